@@ -1,0 +1,1 @@
+"""Encoders, adaptors, the LLM with LoRA, and the SpeechLLM that joins them."""

@@ -1,0 +1,112 @@
+"""Typed model section of a recipe: encoder, adaptor, LLM, LoRA, prompt and CTC head."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from llmasr.config_io import ConfigError
+
+
+@dataclass
+class LoraConfig:
+    r: int = 8
+    alpha: int = 16
+    dropout: float = 0.05
+    # A list of module-name suffixes, or "all-linear" (every nn.Linear but the output head).
+    target_modules: list[str] | str = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+    bias: Literal["none", "all", "lora_only"] = "none"
+
+    def validate(self, path: str) -> None:
+        if self.r <= 0:
+            raise ConfigError(f"{path}.r: LoRA rank must be positive, got {self.r}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"{path}.dropout: must be in [0, 1), got {self.dropout}")
+        if isinstance(self.target_modules, str) and self.target_modules != "all-linear":
+            raise ConfigError(f"{path}.target_modules: a list of module names or 'all-linear', got {self.target_modules!r}")
+        if isinstance(self.target_modules, list) and not self.target_modules:
+            raise ConfigError(f"{path}.target_modules: empty list; name at least one module or use 'all-linear'")
+
+
+@dataclass
+class EncoderConfig:
+    type: Literal["paraformer", "conformer", "whisper"] = "paraformer"
+    # A FunASR model directory (config.yaml + model.pt + am.mvn) for paraformer/conformer, an HF Whisper directory
+    # for whisper. None builds the architecture from `conf` with random weights (tests, from-scratch demo).
+    path: str | None = None
+    # Constructor arguments (FunASR `encoder_conf` names). Values here override those read from `path`.
+    conf: dict[str, Any] = field(default_factory=dict)
+    # Frontend used when `path` carries none (fbank settings; see llmasr.data.features.FrontendConfig).
+    frontend: dict[str, Any] = field(default_factory=dict)
+    freeze: bool = True
+    lora: LoraConfig | None = None
+    gradient_checkpointing: bool = False
+    # Checkpoint keys (encoder-relative names, glob patterns allowed) that may be missing or differently shaped:
+    # these are left at their fresh initialisation. Anything else that does not match is an error.
+    reinit_keys: list[str] = field(default_factory=list)
+
+    def validate(self, path: str) -> None:
+        if self.type == "whisper" and self.path is None and not self.conf:
+            raise ConfigError(f"{path}: a whisper encoder needs `path` (an HF Whisper directory) or `conf`")
+
+
+@dataclass
+class AdaptorConfig:
+    type: Literal["linear", "conv", "transformer", "qformer"] = "linear"
+    downsample: int = 2  # frames stacked (linear/transformer), conv stride, or window per query block (qformer)
+    ffn_dim: int = 2048
+    n_layer: int = 2  # transformer blocks (transformer) or Q-Former layers (qformer)
+    n_head: int = 8
+    num_queries: int = 4  # queries per window (qformer)
+    dropout: float = 0.0
+    freeze: bool = False
+
+    def validate(self, path: str) -> None:
+        if self.downsample < 1:
+            raise ConfigError(f"{path}.downsample: must be >= 1, got {self.downsample}")
+
+
+@dataclass
+class LLMConfig:
+    path: str = ""  # local HF directory (config.json, weights, tokenizer); no hub downloads
+    freeze: bool = True  # freeze the base weights; LoRA (if set) stays trainable
+    lora: LoraConfig | None = None
+    gradient_checkpointing: bool = False
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    trust_remote_code: bool = False
+
+    def validate(self, path: str) -> None:
+        if not self.path:
+            raise ConfigError(f"{path}.path: the LLM directory is required")
+
+
+@dataclass
+class PromptConfig:
+    task: str = "Transcribe the audio."
+    system: str | None = None
+    # A Jinja chat template (text, or a path to a .jinja file) for tokenizers that ship none.
+    chat_template: str | None = None
+
+
+@dataclass
+class CTCConfig:
+    weight: float = 0.0  # 0 disables the CTC head entirely
+    # "llm": the LLM tokenizer's vocabulary; a path ending in .model: a sentencepiece model; any other path:
+    # a token list (one token per line, or a FunASR tokens.json list), characters split on spaces-or-chars.
+    vocab: str = "llm"
+    label_smoothing: float = 0.0
+
+    def validate(self, path: str) -> None:
+        if not 0.0 <= self.weight <= 1.0:
+            raise ConfigError(f"{path}.weight: must be in [0, 1], got {self.weight}")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ConfigError(f"{path}.label_smoothing: must be in [0, 1), got {self.label_smoothing}")
+
+
+@dataclass
+class ModelConfig:
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    adaptor: AdaptorConfig = field(default_factory=AdaptorConfig)
+    llm: LLMConfig = field(default_factory=LLMConfig)
+    prompt: PromptConfig = field(default_factory=PromptConfig)
+    ctc: CTCConfig = field(default_factory=CTCConfig)

@@ -1,0 +1,114 @@
+"""Loading checkpoint tensors into a module with every mismatch reported by name and shape.
+
+FunASR skips mismatched tensors silently (users then train an output layer that was never loaded). Here a
+missing, unexpected or differently shaped key is an error unless the recipe lists it as re-initialised.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+
+class CheckpointMismatchError(RuntimeError):
+    """The checkpoint does not fit the module built from the config."""
+
+
+@dataclass
+class LoadReport:
+    loaded: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)  # in the module, not in the checkpoint
+    unexpected: list[str] = field(default_factory=list)  # in the checkpoint, not in the module
+    mismatched: list[tuple[str, tuple, tuple]] = field(default_factory=list)  # (key, checkpoint shape, module shape)
+    reinitialised: list[str] = field(default_factory=list)
+
+    def describe(self) -> str:
+        lines = []
+        for key in self.missing:
+            lines.append(f"  missing from checkpoint: {key}")
+        for key in self.unexpected:
+            lines.append(f"  unexpected in checkpoint: {key}")
+        for key, ckpt_shape, mod_shape in self.mismatched:
+            lines.append(f"  shape mismatch: {key}: checkpoint {list(ckpt_shape)} vs model {list(mod_shape)}")
+        return "\n".join(lines)
+
+
+def torch_load(path: str | Path) -> dict:
+    """torch.load restricted to tensors and plain containers (no pickled code)."""
+    try:
+        return torch.load(str(path), map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise
+    except Exception as err:  # pickle errors, truncated files
+        raise CheckpointMismatchError(f"{path}: cannot be read as a weights-only torch checkpoint: {err}") from err
+
+
+def unwrap_state_dict(obj: dict, source: str = "checkpoint") -> dict[str, torch.Tensor]:
+    """FunASR model.pt files hold the state dict directly or under state_dict / model_state_dict / model."""
+    for key in ("state_dict", "model_state_dict", "model"):
+        if isinstance(obj, dict) and key in obj and isinstance(obj[key], dict):
+            obj = obj[key]
+            break
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise CheckpointMismatchError(f"{source}: does not hold a state dict of tensors")
+    return obj
+
+
+def select_prefix(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    """Keys under `prefix` (e.g. "encoder.") with the prefix removed."""
+    return {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+
+
+def load_into(
+    module: nn.Module,
+    state: dict[str, torch.Tensor],
+    *,
+    source: str,
+    reinit_keys: list[str] | tuple[str, ...] = (),
+) -> LoadReport:
+    """Copy `state` into `module` strictly; keys matching a `reinit_keys` glob may be missing or mismatched.
+
+    Raises CheckpointMismatchError naming every offending key (and both shapes) otherwise.
+    """
+    own = module.state_dict()
+    report = LoadReport()
+
+    def allowed(key: str) -> bool:
+        return any(fnmatch.fnmatchcase(key, pat) for pat in reinit_keys)
+
+    to_load = {}
+    for key, tensor in state.items():
+        if key not in own:
+            if not allowed(key):
+                report.unexpected.append(key)
+            continue
+        if tuple(tensor.shape) != tuple(own[key].shape):
+            if allowed(key):
+                report.reinitialised.append(key)
+            else:
+                report.mismatched.append((key, tuple(tensor.shape), tuple(own[key].shape)))
+            continue
+        to_load[key] = tensor
+    for key in own:
+        if key not in state:
+            if allowed(key):
+                report.reinitialised.append(key)
+            else:
+                report.missing.append(key)
+    if report.missing or report.unexpected or report.mismatched:
+        raise CheckpointMismatchError(
+            f"{source} does not match the {type(module).__name__} built from the config:\n{report.describe()}\n"
+            "Fix the config to match the checkpoint, or list keys that should start fresh under `reinit_keys`."
+        )
+    module.load_state_dict(to_load, strict=False)
+    report.loaded = sorted(to_load)
+    if report.reinitialised:
+        log.warning("%s: re-initialised (per reinit_keys): %s", source, ", ".join(sorted(report.reinitialised)))
+    return report
