@@ -1,0 +1,250 @@
+"""DeepSpeed JSON configs: presets, loading, resolution of "auto" against the recipe, and a ZeRO memory estimate.
+
+The presets (ds_configs/zero0.json ... zero3_offload.json at the repository root) hold only what is DeepSpeed's own
+business (ZeRO stage, offload, buckets) and "auto" for what the recipe decides:
+
+    train_batch_size                 micro * grad_accum * world size
+    train_micro_batch_size_per_gpu   train.micro_batch_per_gpu (nominal: batches are dynamic), else 1
+    gradient_accumulation_steps      train.grad_accum
+    gradient_clipping                train.grad_clip
+    bf16.enabled / fp16.enabled      train.precision
+
+`resolve_ds_config` replaces every "auto", and refuses a concrete value that contradicts the recipe (one error that
+lists every such key with both values) rather than letting one silently win. A key missing from the JSON is filled
+from the recipe like an "auto". The JSON must hold no "scheduler" and no "optimizer" block: llmasr builds one AdamW
+param group per branch and one schedule per group (llmasr.train.param_groups / schedulers); DeepSpeed's built-in
+WarmupLR / WarmupDecayLR write one scalar lr into every group, collapsing the per-branch lrs, and a DeepSpeed
+"optimizer" block would build its optimizer from DeepSpeed's own group handling instead of ours. The optimizer's type,
+betas, eps and weight decay live in the recipe's `optim` section.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+from llmasr.config_io import ConfigError
+from llmasr.train.config import TrainConfig
+
+PRESETS: tuple[str, ...] = ("zero0", "zero1", "zero2", "zero2_offload", "zero3", "zero3_offload")
+PRESET_DIR = Path(__file__).resolve().parents[2] / "ds_configs"
+
+AUTO = "auto"
+
+
+def preset_path(name_or_path: str | Path) -> Path:
+    """A preset name ("zero2") -> its JSON file; anything else is taken as a path."""
+    if str(name_or_path) in PRESETS:
+        path = PRESET_DIR / f"{name_or_path}.json"
+        if not path.is_file():
+            raise ConfigError(f"DeepSpeed preset {name_or_path!r}: {path} not found (is llmasr installed from a checkout?)")
+        return path
+    path = Path(name_or_path)
+    if not path.is_file():
+        raise ConfigError(f"DeepSpeed config {str(name_or_path)!r} is neither a file nor a preset ({', '.join(PRESETS)})")
+    return path
+
+
+def load_ds_config(path: str | Path) -> dict:
+    """Read a DeepSpeed JSON file (or a preset name); bad JSON is reported with file, line and column."""
+    path = preset_path(path)
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"{path}:{err.lineno}:{err.colno}: not valid JSON: {err.msg}") from err
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a JSON object, got {type(data).__name__}")
+    return data
+
+
+def _find_autos(node: Any, path: str = "") -> list[str]:
+    if isinstance(node, dict):
+        return [p for k, v in node.items() for p in _find_autos(v, f"{path}.{k}" if path else k)]
+    if isinstance(node, list):
+        return [p for i, v in enumerate(node) for p in _find_autos(v, f"{path}[{i}]")]
+    return [path] if node == AUTO else []
+
+
+def _get(ds: dict, dotted: str) -> Any:
+    node = ds
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def _set(ds: dict, dotted: str, value: Any) -> None:
+    *parents, last = dotted.split(".")
+    node = ds
+    for part in parents:
+        node = node.setdefault(part, {})
+    node[last] = value
+
+
+def resolve_ds_config(ds: dict | str | Path, train_cfg: TrainConfig, *, world_size: int, source: str | None = None) -> dict:
+    """The DeepSpeed config to pass to deepspeed.initialize: every "auto" replaced from `train_cfg`, checked against
+    it. `ds` is a dict, a path or a preset name; `source` names it in error messages. The input is not modified."""
+    if isinstance(ds, dict):
+        source = source or "DeepSpeed config"
+        ds = copy.deepcopy(ds)
+    else:
+        source = source or str(ds)
+        ds = load_ds_config(ds)
+    if world_size < 1:
+        raise ValueError(f"world_size must be >= 1, got {world_size}")
+
+    if "scheduler" in ds:
+        raise ConfigError(
+            f"{source}: remove the \"scheduler\" block. llmasr steps one schedule per param group (optim.scheduler and "
+            "optim.branches.<branch>.scheduler in the recipe); DeepSpeed's WarmupLR/WarmupDecayLR would write one lr "
+            "into every group and collapse the per-branch learning rates"
+        )
+    if "optimizer" in ds:
+        raise ConfigError(
+            f"{source}: remove the \"optimizer\" block. llmasr builds AdamW over its per-branch param groups itself; "
+            "set the type, lrs, betas, eps and weight decay in the recipe's optim section (optim.branches.<branch>)"
+        )
+    if "bf16" in ds and "bfloat16" in ds:
+        raise ConfigError(f"{source}: both \"bf16\" and its alias \"bfloat16\" are set; keep \"bf16\" only")
+    bf16_key = "bfloat16" if "bfloat16" in ds else "bf16"
+    if _get(ds, f"{bf16_key}.enabled") is True and _get(ds, "fp16.enabled") is True:
+        raise ConfigError(f"{source}: fp16.enabled and {bf16_key}.enabled are both true; pick one (train.precision)")
+
+    # Recipe values, None where the recipe leaves the choice to the JSON.
+    micro = train_cfg.micro_batch_per_gpu
+    accum = train_cfg.grad_accum
+    wanted = {
+        "train_micro_batch_size_per_gpu": micro,
+        "gradient_accumulation_steps": accum,
+        "gradient_clipping": train_cfg.grad_clip,
+        f"{bf16_key}.enabled": train_cfg.precision == "bf16",
+        "fp16.enabled": train_cfg.precision == "fp16",
+    }
+    recipe_name = {
+        "train_micro_batch_size_per_gpu": "train.micro_batch_per_gpu",
+        "gradient_accumulation_steps": "train.grad_accum",
+        "gradient_clipping": "train.grad_clip",
+        f"{bf16_key}.enabled": "train.precision",
+        "fp16.enabled": "train.precision",
+    }
+    disagreements = []
+    for key, want in wanted.items():
+        have = _get(ds, key)
+        if have is None or have == AUTO:
+            if want is not None:
+                _set(ds, key, want)
+        elif want is not None and have != want:
+            shown = train_cfg.precision if recipe_name[key] == "train.precision" else want
+            disagreements.append(f"  {key}: {have!r} in the JSON, but {recipe_name[key]} = {shown!r} in the recipe")
+    if disagreements:
+        raise ConfigError(
+            f"{source}: concrete value(s) disagree with the recipe (set them to \"auto\", or make them agree):\n"
+            + "\n".join(disagreements)
+        )
+
+    if _get(ds, "train_micro_batch_size_per_gpu") in (None, AUTO):
+        ds["train_micro_batch_size_per_gpu"] = 1  # nominal: batches are dynamic
+    if _get(ds, "gradient_accumulation_steps") in (None, AUTO):
+        raise ConfigError(
+            f"{source}: gradient_accumulation_steps is not set: give train.grad_accum in the recipe "
+            "(or a number in the JSON); llmasr never assumes 1"
+        )
+    micro, accum = ds["train_micro_batch_size_per_gpu"], ds["gradient_accumulation_steps"]
+    for key, value in (("train_micro_batch_size_per_gpu", micro), ("gradient_accumulation_steps", accum)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ConfigError(f"{source}: {key} must be an integer >= 1, got {value!r}")
+    expected = micro * accum * world_size
+    tbs = ds.get("train_batch_size")
+    if tbs is None or tbs == AUTO:
+        ds["train_batch_size"] = expected
+    elif tbs != expected:
+        raise ConfigError(
+            f"{source}: train_batch_size is {tbs!r}, but train_micro_batch_size_per_gpu * "
+            f"gradient_accumulation_steps * world size = {micro} * {accum} * {world_size} = {expected}; "
+            "set it to \"auto\""
+        )
+
+    left = _find_autos(ds)
+    if left:
+        raise ConfigError(
+            f"{source}: \"auto\" left at {left}; llmasr fills only train_batch_size, train_micro_batch_size_per_gpu, "
+            "gradient_accumulation_steps, gradient_clipping, bf16.enabled and fp16.enabled: set a number there"
+        )
+    return ds
+
+
+def zero_stage(ds: dict) -> int:
+    return int(_get(ds, "zero_optimization.stage") or 0)
+
+
+# --- memory estimate ---------------------------------------------------------------------------------------------
+
+
+def estimate_zero_memory(
+    num_params_total: int,
+    num_trainable: int,
+    stage: int,
+    world_size: int,
+    offload_optimizer: bool = False,
+    offload_params: bool = False,
+    precision: str = "bf16",
+    largest_layer_params: int = 0,
+) -> dict:
+    """Bytes per rank of the model states (no activations, no buffers) under ZeRO `stage`, where N = all parameters,
+    T = trainable ones, W = world size, and a "partition" is 1/W of a tensor set (stage >= its ZeRO level):
+
+    mixed precision (bf16 / fp16):
+      params            2N                      16-bit weights; partitioned (2N/W) at stage 3
+      grads             2T (+4T fp32)           16-bit grads, partitioned from stage 2; plus the fp32 grads the
+                                                optimizer steps on, partitioned from stage 1. With the optimizer
+                                                offloaded, grads are reduced straight into fp32 CPU buffers (4T/W);
+                                                at stage 3 DeepSpeed's estimator counts 4T/W in all.
+      optimizer_states  12T                     fp32 master weights + Adam moments, partitioned from stage 1
+    fp32: params 4N, grads 4T, optimizer_states 8T (the weights are the master copy), with the same partitioning.
+
+    Offloaded states count under "cpu", the rest under "device". At stage 3 the largest layer is gathered in full
+    on every rank (DeepSpeed counts 4 bytes per parameter of it): pass `largest_layer_params` to include it. With
+    every parameter trainable and one node this reproduces DeepSpeed's estimate_zero2/3_model_states_mem_needs
+    device figure (additional_buffer_factor aside), and, when offloading, their CPU figure divided by the ranks of the
+    node (zero_init=True at stage 3; at stage 2 for up to 4 ranks, above which DeepSpeed counts every rank's fp32
+    copy of the model loaded in CPU memory instead).
+    """
+    if stage not in (0, 1, 2, 3):
+        raise ValueError(f"ZeRO stage must be 0-3, got {stage}")
+    if offload_params and stage != 3:
+        raise ValueError("parameter offload needs ZeRO stage 3")
+    if offload_optimizer and stage == 0:
+        raise ValueError("optimizer offload needs ZeRO stage >= 1")
+    if precision not in ("fp32", "bf16", "fp16"):
+        raise ValueError(f"precision must be fp32, bf16 or fp16, got {precision!r}")
+    N, T, W = num_params_total, num_trainable, world_size
+
+    def part(n: float, level: int) -> float:
+        return n / W if stage >= level else n
+
+    if precision == "fp32":
+        params = part(4 * N, 3)
+        grads = part(4 * T, 2)
+        optim = part(8 * T, 1)
+    else:
+        params = part(2 * N, 3)
+        if stage == 3 or offload_optimizer:
+            grads = 4 * T / W
+        else:
+            grads = part(2 * T, 2) + part(4 * T, 1)
+        optim = part(12 * T, 1)
+    gathered = 4 * largest_layer_params if stage == 3 else 0
+
+    device = gathered + (0 if offload_params else params) + (0 if offload_optimizer else grads + optim)
+    cpu = (params if offload_params else 0) + (grads + optim if offload_optimizer else 0)
+    return {
+        "params": int(params),
+        "grads": int(grads),
+        "optimizer_states": int(optim),
+        "gathered_layer": int(gathered),
+        "device": int(device),
+        "cpu": int(cpu),
+    }

@@ -1,0 +1,123 @@
+"""Optimizer param groups: one per (branch, decay / no-decay), trainable parameters only.
+
+The model's top-level attributes are its branches: `encoder`, `adaptor`, `ctc_head` (branch "ctc") and `llm`.
+Groups are named "<branch>" (decayed tensors) and "<branch>_no_decay" (biases, norm weights, 1-d tensors,
+relative-position biases), and carry their branch's lr, weight_decay, betas and eps, so torch.optim.AdamW takes the
+list as is. Frozen branches get no group, and no group is ever empty: DeepSpeed drops empty groups in place, which
+would leave a scheduler built beforehand pointing at groups that no longer exist.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from llmasr.config_io import ConfigError
+from llmasr.train.config import BRANCHES, OptimConfig
+from llmasr.train.schedulers import NO_DECAY_SUFFIX
+
+# Model attribute holding each branch.
+BRANCH_ATTRS: dict[str, str] = {"encoder": "encoder", "adaptor": "adaptor", "ctc": "ctc_head", "llm": "llm"}
+
+_NORM_TYPES = (nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm, nn.modules.batchnorm._NormBase)
+if hasattr(nn, "RMSNorm"):
+    _NORM_TYPES = (*_NORM_TYPES, nn.RMSNorm)
+# Parameter names (last component) that never decay whatever their shape: Transformer-XL style relative-position
+# biases of conformer attention.
+_NO_DECAY_NAMES = ("pos_bias_u", "pos_bias_v")
+
+
+def _is_norm(module: nn.Module) -> bool:
+    # HF models define their own norms (Qwen2RMSNorm, LlamaRMSNorm...) that subclass nn.Module directly.
+    return isinstance(module, _NORM_TYPES) or type(module).__name__.endswith(("Norm", "Norm2d", "Norm1d"))
+
+
+def _no_decay_names(model: nn.Module) -> set[str]:
+    names = set()
+    for mod_name, module in model.named_modules():
+        prefix = f"{mod_name}." if mod_name else ""
+        for p_name, p in module.named_parameters(recurse=False):
+            if p.ndim < 2 or _is_norm(module) or p_name in _NO_DECAY_NAMES or p_name.endswith("bias"):
+                names.add(prefix + p_name)
+    return names
+
+
+def _branch_of_param(name: str) -> str | None:
+    top = name.split(".", 1)[0]
+    for branch, attr in BRANCH_ATTRS.items():
+        if top == attr:
+            return branch
+    return None
+
+
+def _freeze_report(model: nn.Module) -> str:
+    lines = []
+    for branch, attr in BRANCH_ATTRS.items():
+        module = getattr(model, attr, None)
+        if module is None:
+            lines.append(f"{branch}: absent")
+            continue
+        params = list(module.parameters())
+        trainable = sum(p.numel() for p in params if p.requires_grad)
+        total = sum(p.numel() for p in params)
+        state = "frozen" if trainable == 0 else "trainable"
+        lines.append(f"{branch}: {state} ({trainable:,} of {total:,} parameters trainable)")
+    return "; ".join(lines)
+
+
+def build_param_groups(model: nn.Module, optim_cfg: OptimConfig) -> list[dict]:
+    """Param groups of `model`'s trainable parameters, in branch order (encoder, adaptor, ctc, llm), decayed group
+    before no-decay group. Raises ConfigError when nothing is trainable or a trainable parameter belongs to no
+    branch."""
+    no_decay = _no_decay_names(model)
+    buckets: dict[tuple[str, bool], list[torch.nn.Parameter]] = {}
+    stray = []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        branch = _branch_of_param(name)
+        if branch is None:
+            stray.append(name)
+            continue
+        buckets.setdefault((branch, name in no_decay), []).append(p)
+    if stray:
+        raise ConfigError(
+            f"trainable parameter(s) outside every branch: {stray[:10]}{' ...' if len(stray) > 10 else ''}; "
+            f"parameters must live under {sorted(BRANCH_ATTRS.values())} (or be frozen)"
+        )
+    if not buckets:
+        raise ConfigError(f"no trainable parameters: {_freeze_report(model)}")
+    groups = []
+    for branch in BRANCHES:
+        settings = optim_cfg.branch(branch)
+        for is_no_decay in (False, True):
+            params = buckets.get((branch, is_no_decay))
+            if not params:
+                continue
+            groups.append(
+                {
+                    "params": params,
+                    "name": branch + (NO_DECAY_SUFFIX if is_no_decay else ""),
+                    "branch": branch,
+                    "lr": settings.lr,
+                    "weight_decay": 0.0 if is_no_decay else settings.weight_decay,
+                    "betas": settings.betas,
+                    "eps": settings.eps,
+                }
+            )
+    return groups
+
+
+def describe_param_groups(groups: list[dict]) -> str:
+    """A table of the groups: name, tensors, parameters, peak lr, weight decay."""
+    rows = [("group", "tensors", "params", "lr", "weight_decay")]
+    for g in groups:
+        n = sum(p.numel() for p in g["params"])
+        rows.append((g["name"], str(len(g["params"])), f"{n:,}", f"{g['lr']:.3g}", f"{g['weight_decay']:g}"))
+    total = sum(p.numel() for g in groups for p in g["params"])
+    rows.append(("total", str(sum(len(g["params"]) for g in groups)), f"{total:,}", "", ""))
+    widths = [max(len(r[i]) for r in rows) for i in range(5)]
+    lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in rows]
+    lines.insert(1, "-" * len(lines[0]))
+    lines.insert(len(lines) - 1, "-" * len(lines[0]))
+    return "\n".join(lines)
