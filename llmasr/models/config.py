@@ -23,7 +23,9 @@ class LoraConfig:
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"{path}.dropout: must be in [0, 1), got {self.dropout}")
         if isinstance(self.target_modules, str) and self.target_modules != "all-linear":
-            raise ConfigError(f"{path}.target_modules: a list of module names or 'all-linear', got {self.target_modules!r}")
+            raise ConfigError(
+                f"{path}.target_modules: a list of module names or 'all-linear', got {self.target_modules!r}"
+            )
         if isinstance(self.target_modules, list) and not self.target_modules:
             raise ConfigError(f"{path}.target_modules: empty list; name at least one module or use 'all-linear'")
 
@@ -60,6 +62,10 @@ class AdaptorConfig:
     num_queries: int = 4  # queries per window (qformer)
     dropout: float = 0.0
     freeze: bool = False
+    # Pretrained adaptor weights (.safetensors or .pt), e.g. from a FunASR LLM-ASR model.pt with
+    # init_prefix "audio_adaptor.". Shapes are checked against the adaptor built for this LLM.
+    init_from: str | None = None
+    init_prefix: str = ""
 
     def validate(self, path: str) -> None:
         if self.downsample < 1:

@@ -248,7 +248,11 @@ class ConformerEncoder(nn.Module):
             ConformerLayer(
                 output_size,
                 RelPositionMultiHeadedAttention(
-                    attention_heads, output_size, attention_dropout_rate, zero_triu=zero_triu and not legacy, legacy=legacy
+                    attention_heads,
+                    output_size,
+                    attention_dropout_rate,
+                    zero_triu=zero_triu and not legacy,
+                    legacy=legacy,
                 ),
                 PositionwiseFeedForward(output_size, linear_units, dropout_rate, activation()),
                 PositionwiseFeedForward(output_size, linear_units, dropout_rate, activation())
