@@ -1,0 +1,147 @@
+"""Builders: recipe model section -> encoder, adaptor, LLM, CTC head -> SpeechLLM, validated at start-up."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from torch import nn
+
+from llmasr.config_io import ConfigError, from_dict, load_yaml
+from llmasr.data.frontend import FrontendConfig
+from llmasr.models.config import AdaptorConfig, EncoderConfig, ModelConfig
+from llmasr.models.llm import apply_lora, load_llm
+from llmasr.models.prompt import PromptBuilder
+from llmasr.models.speech_llm import SpeechLLM
+from llmasr.models.state_dict import load_into, select_prefix, torch_load, unwrap_state_dict
+
+log = logging.getLogger(__name__)
+
+
+def _encoder_class(kind: str):
+    if kind == "paraformer":
+        from llmasr.models.sanm import SANMEncoder
+
+        return SANMEncoder
+    if kind == "conformer":
+        from llmasr.models.conformer import ConformerEncoder
+
+        return ConformerEncoder
+    raise ConfigError(f"model.encoder.type: {kind!r} cannot be built from `conf` alone")
+
+
+def build_encoder(cfg: EncoderConfig) -> tuple[nn.Module, FrontendConfig]:
+    """The encoder (pretrained when `cfg.path` is set) and the frontend it expects."""
+    if cfg.type == "whisper":
+        if cfg.path is None:
+            raise ConfigError("model.encoder.path: a whisper encoder is loaded from an HF Whisper directory")
+        from llmasr.models.whisper import load_whisper_encoder
+
+        encoder, frontend = load_whisper_encoder(cfg.path, reinit_keys=cfg.reinit_keys)
+    elif cfg.path is not None:
+        from llmasr.models.funasr_dir import load_funasr_encoder
+
+        encoder, frontend = load_funasr_encoder(cfg.path, conf_overrides=cfg.conf or None, reinit_keys=cfg.reinit_keys)
+    else:
+        frontend = from_dict(FrontendConfig, dict(cfg.frontend), "model.encoder.frontend")
+        conf = dict(cfg.conf)
+        conf.setdefault("input_size", frontend.feature_dim)
+        if conf["input_size"] != frontend.feature_dim:
+            raise ConfigError(
+                f"model.encoder.conf.input_size is {conf['input_size']} but the frontend gives "
+                f"{frontend.feature_dim} dims (n_mels {frontend.n_mels} x lfr_m {frontend.lfr_m})"
+            )
+        encoder = _encoder_class(cfg.type)(**conf)
+        log.info("%s encoder built from conf with fresh weights", cfg.type)
+    if cfg.path is not None and cfg.frontend:
+        # Explicit settings (e.g. dither) refine what the model directory says.
+        merged = {**_as_dict(frontend), **cfg.frontend}
+        frontend = from_dict(FrontendConfig, merged, "model.encoder.frontend")
+    if cfg.freeze:
+        encoder.requires_grad_(False)
+    if cfg.lora is not None:
+        encoder = apply_lora(encoder, cfg.lora, what="model.encoder", hf_model=False)
+    if cfg.gradient_checkpointing:
+        if not hasattr(encoder, "gradient_checkpointing"):
+            raise ConfigError(f"model.encoder.gradient_checkpointing: {type(encoder).__name__} does not support it")
+        encoder.gradient_checkpointing = True
+    return encoder, frontend
+
+
+def _as_dict(frontend: FrontendConfig) -> dict:
+    from llmasr.config_io import to_dict
+
+    return to_dict(frontend)
+
+
+def load_adaptor_weights(adaptor: nn.Module, cfg: AdaptorConfig) -> None:
+    path = Path(cfg.init_from)
+    if not path.is_file():
+        raise ConfigError(f"model.adaptor.init_from: file not found: {path}")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        state = load_file(str(path))
+    else:
+        state = unwrap_state_dict(torch_load(path), str(path))
+    if cfg.init_prefix:
+        state = select_prefix(state, cfg.init_prefix)
+        if not state:
+            raise ConfigError(f"model.adaptor.init_prefix: no key of {path} starts with {cfg.init_prefix!r}")
+    load_into(adaptor, state, source=f"adaptor weights {path}")
+
+
+def output_dim(encoder: nn.Module) -> int:
+    size = encoder.output_size
+    return int(size() if callable(size) else size)
+
+
+def build_model(cfg: ModelConfig | dict | str | Path) -> SpeechLLM:
+    """Build the SpeechLLM described by a recipe's `model` section (a ModelConfig, a dict, or a recipe path)."""
+    if isinstance(cfg, (str, Path)):
+        cfg = load_yaml(cfg)
+    if isinstance(cfg, dict):
+        cfg = from_dict(ModelConfig, cfg.get("model", cfg), "model")
+
+    encoder, frontend = build_encoder(cfg.encoder)
+    llm, tokenizer = load_llm(
+        cfg.llm.path,
+        lora=cfg.llm.lora,
+        freeze=cfg.llm.freeze,
+        dtype=cfg.llm.dtype,
+        gradient_checkpointing=cfg.llm.gradient_checkpointing,
+        trust_remote_code=cfg.llm.trust_remote_code,
+    )
+    prompt = PromptBuilder(
+        tokenizer,
+        task=cfg.prompt.task,
+        system=cfg.prompt.system,
+        chat_template=cfg.prompt.chat_template,
+        source=f"the tokenizer of {cfg.llm.path}",
+    )
+    llm_dim = int(llm.get_input_embeddings().weight.shape[-1])
+    from llmasr.models.adaptors import build_adaptor
+
+    adaptor = build_adaptor(cfg.adaptor, output_dim(encoder), llm_dim)
+    if cfg.adaptor.init_from:
+        load_adaptor_weights(adaptor, cfg.adaptor)
+    if cfg.adaptor.freeze:
+        adaptor.requires_grad_(False)
+
+    ctc_head = ctc_tokenizer = None
+    if cfg.ctc.weight > 0:
+        from llmasr.models.ctc import CTCHead, build_ctc_tokenizer
+
+        ctc_tokenizer = build_ctc_tokenizer(cfg.ctc.vocab, tokenizer)
+        ctc_head = CTCHead(output_dim(encoder), ctc_tokenizer.vocab_size)
+    return SpeechLLM(
+        encoder,
+        adaptor,
+        llm,
+        prompt,
+        frontend,
+        ctc_head=ctc_head,
+        ctc_tokenizer=ctc_tokenizer,
+        ctc_weight=cfg.ctc.weight,
+        ctc_label_smoothing=cfg.ctc.label_smoothing,
+    )

@@ -1,0 +1,85 @@
+"""Writing audio embeddings into the text embedding sequence with tensor indexing (no per-sample loop).
+
+Each row of the batch is `text[:audio_pos] + audio[:audio_len] + text[audio_pos:text_len]`. The destination of
+every text and audio position is computed for the whole batch at once and written with one index_put each, which
+is differentiable with respect to both the text and the audio embeddings.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from llmasr.models.losses import IGNORE_INDEX
+
+
+@dataclass
+class MergedInputs:
+    inputs_embeds: torch.Tensor  # [B, N, H]
+    attention_mask: torch.Tensor  # [B, N] int64, 1 on real positions
+    position_ids: torch.Tensor  # [B, N] int64, counting real positions only (left padding safe)
+    labels: torch.Tensor | None  # [B, N] int64 with IGNORE_INDEX outside the targets
+    audio_mask: torch.Tensor  # [B, N] bool, True where audio embeddings sit
+
+
+def merge_audio_into_text(
+    text_embeds: torch.Tensor,
+    text_ids: torch.Tensor,
+    text_lens: torch.Tensor,
+    audio_pos: torch.Tensor,
+    target_start: torch.Tensor,
+    audio_embeds: torch.Tensor,
+    audio_lens: torch.Tensor,
+    *,
+    left_pad: bool = False,
+    with_labels: bool = True,
+) -> MergedInputs:
+    """Insert `audio_embeds[b, :audio_lens[b]]` before text position `audio_pos[b]` of each row.
+
+    Labels are the text ids from `target_start` to `text_lens` (the target and its end token), -100 elsewhere.
+    `left_pad=True` right-aligns the rows, as batched generation requires.
+    """
+    batch, text_len, hidden = text_embeds.shape
+    audio_len = audio_embeds.shape[1]
+    if audio_embeds.shape[0] != batch or audio_embeds.shape[2] != hidden:
+        raise ValueError(
+            f"audio embeddings {list(audio_embeds.shape)} do not fit text embeddings {list(text_embeds.shape)}: "
+            "the adaptor output size must equal the LLM hidden size"
+        )
+    if bool((audio_pos > text_lens).any()) or bool((audio_pos < 0).any()):
+        raise ValueError(f"audio_pos {audio_pos.tolist()} outside the text lengths {text_lens.tolist()}")
+    device = text_embeds.device
+    total = text_lens + audio_lens
+    width = int(total.max()) if batch else 0
+    offset = (width - total) if left_pad else torch.zeros_like(total)
+
+    j = torch.arange(text_len, device=device).unsqueeze(0)
+    text_valid = j < text_lens.unsqueeze(1)
+    after_audio = j >= audio_pos.unsqueeze(1)
+    text_dest = j + after_audio * audio_lens.unsqueeze(1) + offset.unsqueeze(1)
+
+    k = torch.arange(audio_len, device=device).unsqueeze(0)
+    audio_valid = k < audio_lens.unsqueeze(1)
+    audio_dest = audio_pos.unsqueeze(1) + k + offset.unsqueeze(1)
+
+    rows_t = torch.arange(batch, device=device).unsqueeze(1).expand(batch, text_len)
+    rows_a = torch.arange(batch, device=device).unsqueeze(1).expand(batch, audio_len)
+
+    embeds = text_embeds.new_zeros(batch, width, hidden)
+    embeds = embeds.index_put((rows_t[text_valid], text_dest[text_valid]), text_embeds[text_valid])
+    embeds = embeds.index_put((rows_a[audio_valid], audio_dest[audio_valid]), audio_embeds[audio_valid].to(embeds))
+
+    attention_mask = torch.zeros(batch, width, dtype=torch.long, device=device)
+    attention_mask[rows_t[text_valid], text_dest[text_valid]] = 1
+    attention_mask[rows_a[audio_valid], audio_dest[audio_valid]] = 1
+    audio_mask = torch.zeros(batch, width, dtype=torch.bool, device=device)
+    audio_mask[rows_a[audio_valid], audio_dest[audio_valid]] = True
+    position_ids = (attention_mask.cumsum(1) - 1).clamp(min=0)
+
+    labels = None
+    if with_labels:
+        labelled = text_valid & (j >= target_start.unsqueeze(1))
+        labels = torch.full((batch, width), IGNORE_INDEX, dtype=torch.long, device=device)
+        labels[rows_t[labelled], text_dest[labelled]] = text_ids[labelled]
+    return MergedInputs(embeds, attention_mask, position_ids, labels, audio_mask)

@@ -1,0 +1,127 @@
+"""Loading a Hugging Face causal LM from a local directory, with LoRA through peft.
+
+Under ZeRO-3 the trainer keeps a `transformers.integrations.HfDeepSpeedConfig` alive before calling `load_llm`,
+so `from_pretrained` partitions the weights as it reads them (zero.Init) and no rank ever holds the whole LLM.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from llmasr.config_io import ConfigError
+from llmasr.models.config import LoraConfig
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json")
+
+
+class LLMLoadError(ConfigError):
+    """The LLM directory cannot be used."""
+
+
+def check_llm_dir(path: str | Path) -> Path:
+    path = Path(path)
+    if not path.is_dir():
+        raise LLMLoadError(f"LLM directory not found: {path}")
+    if not (path / "config.json").is_file():
+        raise LLMLoadError(f"{path}: no config.json; expected a Hugging Face model directory (save_pretrained)")
+    if not any((path / name).is_file() for name in TOKENIZER_FILES):
+        raise LLMLoadError(f"{path}: no tokenizer files (looked for {', '.join(TOKENIZER_FILES)})")
+    return path
+
+
+def load_tokenizer(path: str | Path, *, trust_remote_code: bool = False):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(path), local_files_only=True, trust_remote_code=trust_remote_code)
+
+
+def linear_module_names(model: nn.Module) -> list[str]:
+    """Leaf names of nn.Linear modules (e.g. q_proj), the vocabulary `target_modules` is written in."""
+    names = {name.rsplit(".", 1)[-1] for name, mod in model.named_modules() if isinstance(mod, nn.Linear)}
+    return sorted(names)
+
+
+def apply_lora(model: nn.Module, lora: LoraConfig, *, what: str, hf_model: bool):
+    """Wrap `model` with LoRA adapters; every named target must exist (peft alone accepts a partial match)."""
+    import peft
+
+    available = linear_module_names(model)
+    targets = lora.target_modules
+    if targets != "all-linear":
+        missing = [t for t in targets if t not in available]
+        if missing:
+            raise ConfigError(
+                f"{what}.lora.target_modules: {missing} match no nn.Linear in the {what}; available: {available}"
+            )
+    elif not hf_model:
+        targets = available  # peft's "all-linear" shortcut needs a transformers model
+    config = peft.LoraConfig(
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=targets,
+        bias=lora.bias,
+        task_type="CAUSAL_LM" if hf_model else None,
+    )
+    if hf_model:
+        return peft.get_peft_model(model, config)
+    model = peft.inject_adapter_in_model(config, model)
+    for name, param in model.named_parameters():
+        param.requires_grad = "lora_" in name
+    return model
+
+
+def load_llm(
+    path: str | Path,
+    *,
+    lora: LoraConfig | None = None,
+    freeze: bool = True,
+    dtype: str = "float32",
+    gradient_checkpointing: bool = False,
+    trust_remote_code: bool = False,
+):
+    """Load (model, tokenizer) from a local HF directory; the model is a peft PeftModel when `lora` is given."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    path = check_llm_dir(path)
+    if dtype not in DTYPES:
+        raise LLMLoadError(f"model.llm.dtype: {dtype!r} is not one of {sorted(DTYPES)}")
+    config = AutoConfig.from_pretrained(str(path), local_files_only=True, trust_remote_code=trust_remote_code)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            str(path), config=config, dtype=DTYPES[dtype], local_files_only=True, trust_remote_code=trust_remote_code
+        )
+    except ValueError as err:
+        raise LLMLoadError(f"{path}: not loadable as a causal LM ({config.model_type}): {err}") from err
+    tokenizer = load_tokenizer(path, trust_remote_code=trust_remote_code)
+    vocab_rows = model.get_input_embeddings().weight.shape[0]
+    if len(tokenizer) > vocab_rows:
+        raise LLMLoadError(
+            f"{path}: the tokenizer has {len(tokenizer)} tokens but the embedding matrix only {vocab_rows} rows"
+        )
+    if freeze:
+        model.requires_grad_(False)
+    if gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.config.use_cache = False
+    if lora is not None:
+        model = apply_lora(model, lora, what="model.llm", hf_model=True)
+        if not freeze:  # full fine-tuning plus adapters: peft froze the base, undo that
+            model.requires_grad_(True)
+    return model, tokenizer
+
+
+def causal_lm_parts(llm: nn.Module) -> tuple[nn.Module, nn.Module, nn.Module]:
+    """(input embeddings, decoder stack returning hidden states, output head) of a HF or peft-wrapped LM."""
+    base = llm.get_base_model() if hasattr(llm, "get_base_model") else llm
+    decoder = base.get_decoder() if hasattr(base, "get_decoder") else base.model
+    return base.get_input_embeddings(), decoder, base.get_output_embeddings()

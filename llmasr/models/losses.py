@@ -1,0 +1,54 @@
+"""Cross-entropy computed only where there are labels.
+
+A speech-LLM batch is mostly audio and prompt positions whose labels are -100. The usual path (full logits, then
+CrossEntropyLoss) materialises a [batch, sequence, vocab] tensor: 8 x 340 x 151,936 floats is 1.6 GB before its
+gradient. Selecting the labelled hidden states first and running the output head on those alone gives the same
+loss with a [labelled tokens, vocab] tensor, typically 10x smaller.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+IGNORE_INDEX = -100
+
+
+@dataclass
+class TokenLoss:
+    loss_sum: torch.Tensor  # summed cross-entropy over labelled tokens (float32)
+    n_tokens: torch.Tensor  # number of labelled tokens (int64)
+    n_correct: torch.Tensor  # argmax hits among them (int64)
+
+
+def labels_only_cross_entropy(hidden: torch.Tensor, labels: torch.Tensor, lm_head: nn.Module) -> TokenLoss:
+    """Next-token CE of `lm_head(hidden)` against `labels`, evaluating the head only at labelled positions.
+
+    hidden: [B, N, H] final hidden states; labels: [B, N] with IGNORE_INDEX where no loss applies. Position t
+    predicts labels[t + 1], as in Hugging Face causal LMs.
+    """
+    if hidden.shape[:2] != labels.shape:
+        raise ValueError(f"hidden {list(hidden.shape)} and labels {list(labels.shape)} disagree on [batch, sequence]")
+    targets = labels[:, 1:]
+    mask = targets != IGNORE_INDEX
+    selected = hidden[:, :-1][mask]  # [M, H]
+    target_ids = targets[mask]
+    # The head is called as a module (not F.linear on its weight) so ZeRO-3 gathers its partitioned weight.
+    logits = lm_head(selected).float()
+    loss_sum = F.cross_entropy(logits, target_ids, reduction="sum")
+    with torch.no_grad():
+        n_correct = (logits.argmax(-1) == target_ids).sum()
+    return TokenLoss(loss_sum=loss_sum, n_tokens=mask.sum(), n_correct=n_correct)
+
+
+def full_logits_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Reference: summed next-token CE from full logits (what HF's model(labels=...) computes, unreduced)."""
+    return F.cross_entropy(
+        logits[:, :-1].reshape(-1, logits.shape[-1]).float(),
+        labels[:, 1:].reshape(-1),
+        ignore_index=IGNORE_INDEX,
+        reduction="sum",
+    )

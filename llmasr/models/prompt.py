@@ -1,0 +1,125 @@
+"""Prompt building from the tokenizer's own chat template, shared by training and inference.
+
+The chat is rendered once with a placeholder where the audio goes; the text on either side of the placeholder is
+tokenized separately, and the model writes the audio embeddings at `audio_pos`. Training appends the target
+tokens and the template's end-of-turn token; inference stops at `target_start`. Because both paths call the same
+`encode`, the prompt a model is trained on is the prompt it is decoded with (FunASR users report drift here).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+AUDIO_PLACEHOLDER = "<|llmasr_audio|>"
+
+
+class PromptError(ValueError):
+    """The tokenizer or the prompt settings cannot produce a usable prompt."""
+
+
+@dataclass(frozen=True)
+class EncodedPrompt:
+    ids: list[int]  # prompt tokens (+ target tokens + end token when a target was given)
+    audio_pos: int  # index in `ids` before which the audio embeddings are inserted
+    target_start: int  # index in `ids` where the labels begin (== len(ids) without a target)
+
+
+class PromptBuilder:
+    def __init__(
+        self,
+        tokenizer,
+        *,
+        task: str = "Transcribe the audio.",
+        system: str | None = None,
+        chat_template: str | None = None,
+        source: str = "the LLM tokenizer",
+    ):
+        self.tokenizer = tokenizer
+        self.task = task
+        self.system = system
+        self.source = source
+        if chat_template:
+            template_path = Path(chat_template)
+            if len(chat_template) < 4096 and "{" not in chat_template:
+                if not template_path.is_file():
+                    raise PromptError(f"model.prompt.chat_template: file not found: {chat_template}")
+                chat_template = template_path.read_text()
+            tokenizer.chat_template = chat_template
+        if not getattr(tokenizer, "chat_template", None):
+            raise PromptError(
+                f"{source} has no chat template (tokenizer_config.json / chat_template.jinja). Use an instruct "
+                "tokenizer, or set model.prompt.chat_template to a Jinja template (text or file path)."
+            )
+        if AUDIO_PLACEHOLDER in tokenizer.get_vocab():
+            raise PromptError(f"{source} already defines the token {AUDIO_PLACEHOLDER!r}, which llmasr reserves")
+        self._cache: dict[str, tuple[list[int], list[int]]] = {}
+        self._prompt_ids(task)  # render once now so template errors surface at start-up
+        self.end_id = self._find_end_id()
+        pad = tokenizer.pad_token_id
+        self.pad_id = int(pad if pad is not None else self.end_id)
+
+    def _messages(self, task: str, target: str | None) -> list[dict]:
+        messages = [{"role": "system", "content": self.system}] if self.system else []
+        messages.append({"role": "user", "content": f"{task}\n{AUDIO_PLACEHOLDER}" if task else AUDIO_PLACEHOLDER})
+        if target is not None:
+            messages.append({"role": "assistant", "content": target})
+        return messages
+
+    def _render(self, task: str, target: str | None) -> str:
+        try:
+            return self.tokenizer.apply_chat_template(
+                self._messages(task, target), tokenize=False, add_generation_prompt=target is None
+            )
+        except Exception as err:  # jinja errors, templates that reject a role
+            raise PromptError(f"{self.source}: the chat template failed to render: {err}") from err
+
+    def _find_end_id(self) -> int:
+        """The token the template closes an assistant turn with (Qwen: <|im_end|>), else the tokenizer's EOS."""
+        marker = "llmasrprobe"
+        full = self._render(self.task, marker)
+        if marker not in full:
+            raise PromptError(f"{self.source}: the chat template drops the assistant message: {full!r}")
+        tail = full[full.rindex(marker) + len(marker) :]
+        tail_ids = self.tokenizer.encode(tail, add_special_tokens=False) if tail.strip() else []
+        special = set(self.tokenizer.all_special_ids) | set(getattr(self.tokenizer, "added_tokens_decoder", {}))
+        for tid in tail_ids:
+            if tid in special:
+                return int(tid)
+        if self.tokenizer.eos_token_id is not None:
+            return int(self.tokenizer.eos_token_id)
+        raise PromptError(
+            f"{self.source}: cannot tell which token ends an answer: the chat template closes the assistant turn "
+            f"with {tail!r} (no special token) and the tokenizer has no eos_token"
+        )
+
+    def _prompt_ids(self, task: str) -> tuple[list[int], list[int]]:
+        if task not in self._cache:
+            text = self._render(task, None)
+            if text.count(AUDIO_PLACEHOLDER) != 1:
+                raise PromptError(
+                    f"{self.source}: the chat template must keep the user message intact; the rendered prompt "
+                    f"holds the audio placeholder {text.count(AUDIO_PLACEHOLDER)} times: {text!r}"
+                )
+            before, after = text.split(AUDIO_PLACEHOLDER)
+            enc = self.tokenizer.encode
+            self._cache[task] = (enc(before, add_special_tokens=False), enc(after, add_special_tokens=False))
+        return self._cache[task]
+
+    def encode(self, target: str | None, task: str | None = None) -> EncodedPrompt:
+        """Token ids for one utterance; `target=None` gives the inference prompt."""
+        before, after = self._prompt_ids(task if task is not None else self.task)
+        ids = before + after
+        target_start = len(ids)
+        if target is not None:
+            if not isinstance(target, str) or not target.strip():
+                raise PromptError(f"empty or non-text transcript: {target!r}")
+            ids = ids + self.tokenizer.encode(target.strip(), add_special_tokens=False) + [self.end_id]
+        return EncodedPrompt(ids=ids, audio_pos=len(before), target_start=target_start)
+
+    def decode(self, ids) -> str:
+        """Text of generated ids, cut at the first end token."""
+        ids = [int(i) for i in ids]
+        if self.end_id in ids:
+            ids = ids[: ids.index(self.end_id)]
+        return self.tokenizer.decode(ids, skip_special_tokens=True).strip()

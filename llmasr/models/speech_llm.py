@@ -1,0 +1,187 @@
+"""SpeechLLM: audio encoder -> adaptor -> causal LM, with an optional CTC head on the encoder.
+
+The batch it consumes is what llmasr.data.collate produces: padded features and lengths, per-utterance prompt
+token ids with the audio position and the target start (from models.prompt.PromptBuilder), and CTC targets.
+The number of audio tokens per utterance comes from the encoder and adaptor at run time, never from a formula on
+the data side.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from llmasr.data.frontend import FrontendConfig
+from llmasr.models.insert_audio import merge_audio_into_text
+from llmasr.models.llm import causal_lm_parts
+from llmasr.models.losses import labels_only_cross_entropy
+from llmasr.models.prompt import PromptBuilder
+
+BRANCHES = ("encoder", "adaptor", "ctc_head", "llm")
+
+
+@dataclass
+class SpeechLLMOutput:
+    loss: torch.Tensor  # what backward() is called on
+    llm_loss_sum: torch.Tensor
+    n_tokens: torch.Tensor
+    n_correct: torch.Tensor
+    ctc_loss_sum: torch.Tensor  # 0 when the CTC head is off
+    n_utts: int
+
+
+class SpeechLLM(nn.Module):
+    def __init__(
+        self,
+        encoder: nn.Module,
+        adaptor: nn.Module,
+        llm: nn.Module,
+        prompt: PromptBuilder,
+        frontend: FrontendConfig,
+        *,
+        ctc_head: nn.Module | None = None,
+        ctc_tokenizer=None,
+        ctc_weight: float = 0.0,
+        ctc_label_smoothing: float = 0.0,
+    ):
+        super().__init__()
+        self.encoder = encoder
+        self.adaptor = adaptor
+        self.llm = llm
+        self.ctc_head = ctc_head
+        self.prompt = prompt
+        self.frontend = frontend
+        self.ctc_tokenizer = ctc_tokenizer
+        self.ctc_weight = ctc_weight
+        self.ctc_label_smoothing = ctc_label_smoothing
+
+    # -- train/eval ---------------------------------------------------------------------------------------------
+    def frozen_branches(self) -> list[str]:
+        """Branches with no trainable parameter; they stay in eval mode (no dropout, frozen BatchNorm stats)."""
+        out = []
+        for name in BRANCHES:
+            module = getattr(self, name)
+            if module is not None and not any(p.requires_grad for p in module.parameters()):
+                out.append(name)
+        return out
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if mode:
+            for name in self.frozen_branches():
+                getattr(self, name).eval()
+        return self
+
+    # -- forward ------------------------------------------------------------------------------------------------
+    def encode_audio(self, feats: torch.Tensor, feat_lens: torch.Tensor):
+        enc, enc_lens = self.encoder(feats, feat_lens)
+        audio, audio_lens = self.adaptor(enc, enc_lens)
+        return enc, enc_lens, audio, audio_lens
+
+    def _llm_hidden(self, merged) -> torch.Tensor:
+        _, decoder, _ = causal_lm_parts(self.llm)
+        out = decoder(
+            inputs_embeds=merged.inputs_embeds,
+            attention_mask=merged.attention_mask,
+            position_ids=merged.position_ids,
+            use_cache=False,
+        )
+        return out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
+
+    def forward(
+        self,
+        batch: dict,
+        *,
+        token_normalizer: torch.Tensor | float | None = None,
+        utt_normalizer: torch.Tensor | float | None = None,
+    ) -> SpeechLLMOutput:
+        """Loss for one batch.
+
+        The LLM loss is summed over labelled tokens and divided by `token_normalizer` (default: this batch's token
+        count); the CTC loss is summed over utterances and divided by `utt_normalizer` (default: batch size). The
+        trainer passes the counts of a whole accumulation window across ranks, which makes the accumulated
+        gradient equal to that of one batch holding all of it.
+        """
+        enc, enc_lens, audio, audio_lens = self.encode_audio(batch["feats"], batch["feat_lens"])
+        embed, _, head = causal_lm_parts(self.llm)
+        text_ids = batch["text_ids"]
+        merged = merge_audio_into_text(
+            embed(text_ids),
+            text_ids,
+            batch["text_lens"],
+            batch["audio_pos"],
+            batch["target_start"],
+            audio,
+            audio_lens,
+        )
+        token = labels_only_cross_entropy(self._llm_hidden(merged), merged.labels, head)
+        n_tok = token.n_tokens.clamp(min=1) if token_normalizer is None else token_normalizer
+        loss = token.loss_sum / n_tok
+        n_utts = int(text_ids.shape[0])
+        ctc_sum = loss.new_zeros(())
+        if self.ctc_head is not None:
+            from llmasr.models.ctc import ctc_loss
+
+            log_probs = self.ctc_head(enc, enc_lens)
+            ctc_sum = ctc_loss(
+                log_probs,
+                enc_lens,
+                batch["ctc_ids"],
+                batch["ctc_lens"],
+                blank_id=self.ctc_tokenizer.blank_id,
+                label_smoothing=self.ctc_label_smoothing,
+                reduction="sum",
+            )
+            n_utt = max(n_utts, 1) if utt_normalizer is None else utt_normalizer
+            loss = loss + self.ctc_weight * ctc_sum / n_utt
+        return SpeechLLMOutput(loss, token.loss_sum.detach(), token.n_tokens, token.n_correct, ctc_sum.detach(), n_utts)
+
+    # -- inference ----------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def generate(
+        self,
+        batch: dict,
+        *,
+        max_new_tokens: int | None = None,
+        tokens_per_second: float = 8.0,
+        num_beams: int = 1,
+        repetition_penalty: float = 1.0,
+        no_repeat_ngram_size: int = 0,
+    ) -> list[str]:
+        """Greedy (num_beams=1) or beam-search transcripts for a batch; the prompt ends at `target_start`.
+
+        The length cap defaults to `tokens_per_second` times the longest utterance's duration plus 8, so a model
+        that loops stops at a length tied to its audio rather than at a global maximum.
+        """
+        enc, enc_lens, audio, audio_lens = self.encode_audio(batch["feats"], batch["feat_lens"])
+        embed, _, _ = causal_lm_parts(self.llm)
+        text_ids = batch["text_ids"]
+        merged = merge_audio_into_text(
+            embed(text_ids),
+            text_ids,
+            batch["target_start"],  # drop any reference target carried by a training batch
+            batch["audio_pos"],
+            batch["target_start"],
+            audio,
+            audio_lens,
+            left_pad=True,
+            with_labels=False,
+        )
+        if max_new_tokens is None:
+            seconds = float(batch["feat_lens"].max()) * self.frontend.frame_seconds
+            max_new_tokens = int(math.ceil(seconds * tokens_per_second)) + 8
+        out = self.llm.generate(
+            inputs_embeds=merged.inputs_embeds,
+            attention_mask=merged.attention_mask,
+            max_new_tokens=max_new_tokens,
+            num_beams=num_beams,
+            do_sample=False,
+            repetition_penalty=repetition_penalty,
+            no_repeat_ngram_size=no_repeat_ngram_size,
+            eos_token_id=self.prompt.end_id,
+            pad_token_id=self.prompt.pad_id,
+        )
+        return [self.prompt.decode(row) for row in out.tolist()]

@@ -1,0 +1,106 @@
+"""Tiny Hugging Face causal LMs with real tokenizers, written to disk in the real format.
+
+Used by the tests, the embedded demo and the recipe checks, so that the same `from_pretrained` loaders that read a
+Qwen2.5-7B directory are the ones exercised. Nothing here downloads anything.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+# ChatML, the format of the Qwen family; written here rather than copied so that tiny models carry a template.
+CHATML_TEMPLATE = (
+    "{%- for message in messages -%}"
+    "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' -}}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{- '<|im_start|>assistant\\n' -}}{%- endif -%}"
+)
+CHATML_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+
+DEFAULT_CORPUS = [
+    "zero one two three four five six seven eight nine",
+    "the quick brown fox jumps over the lazy dog",
+    "transcribe the audio please",
+    "speech recognition with a large language model",
+    "hello world this is a test of the tokenizer",
+    "you are a helpful assistant",
+]
+
+
+def train_bpe_tokenizer(texts: list[str], vocab_size: int = 300, *, chat_template: str | None = CHATML_TEMPLATE):
+    """A byte-level BPE tokenizer (Qwen-style) trained on `texts`, wrapped as a transformers fast tokenizer."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=CHATML_SPECIALS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(texts, trainer=trainer)
+    hf = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        additional_special_tokens=["<|im_start|>"],
+    )
+    if chat_template is not None:
+        hf.chat_template = chat_template
+    return hf
+
+
+def write_tiny_llm_dir(
+    path: str | Path,
+    *,
+    arch: str = "qwen2",
+    hidden_size: int = 64,
+    num_layers: int = 2,
+    num_heads: int = 4,
+    num_kv_heads: int = 2,
+    intermediate_size: int = 128,
+    tokenizer=None,
+    texts: list[str] | None = None,
+    vocab_size: int = 300,
+    chat_template: str | None = CHATML_TEMPLATE,
+    tie_word_embeddings: bool = False,
+    seed: int = 0,
+    model=None,
+) -> Path:
+    """Write a randomly initialised tiny causal LM (Qwen2 or Llama architecture) plus tokenizer to `path`.
+
+    Pass `model` to save an already trained model (the demo pretrains one on text) with its `tokenizer`.
+    """
+    from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    if tokenizer is None:
+        tokenizer = train_bpe_tokenizer(texts or DEFAULT_CORPUS, vocab_size, chat_template=chat_template)
+    if model is None:
+        cls = {"qwen2": Qwen2Config, "llama": LlamaConfig}[arch]
+        config = cls(
+            vocab_size=len(tokenizer),
+            hidden_size=hidden_size,
+            intermediate_size=intermediate_size,
+            num_hidden_layers=num_layers,
+            num_attention_heads=num_heads,
+            num_key_value_heads=num_kv_heads,
+            max_position_embeddings=2048,
+            tie_word_embeddings=tie_word_embeddings,
+            bos_token_id=tokenizer.convert_tokens_to_ids("<|endoftext|>"),
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+        torch.manual_seed(seed)
+        model = AutoModelForCausalLM.from_config(config)
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path

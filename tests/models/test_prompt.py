@@ -1,0 +1,90 @@
+import pytest
+
+from llmasr.models.llm import load_tokenizer
+from llmasr.models.prompt import AUDIO_PLACEHOLDER, PromptBuilder, PromptError
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_llm_dir):
+    return load_tokenizer(tiny_llm_dir)
+
+
+def test_prompt_matches_chat_template_around_audio(tokenizer):
+    pb = PromptBuilder(tokenizer, task="Transcribe the audio.")
+    enc = pb.encode("zero one two")
+    rendered = tokenizer.apply_chat_template(
+        [
+            {"role": "user", "content": f"Transcribe the audio.\n{AUDIO_PLACEHOLDER}"},
+            {"role": "assistant", "content": "zero one two"},
+        ],
+        tokenize=False,
+    )
+    before, after = rendered.split(AUDIO_PLACEHOLDER)
+    assert tokenizer.decode(enc.ids[: enc.audio_pos]) == before
+    # The text after the audio is the rest of the prompt, the target and the end-of-turn token.
+    assert tokenizer.decode(enc.ids[enc.audio_pos :]).startswith(after.split("zero")[0])
+    target = enc.ids[enc.target_start :]
+    assert target[-1] == tokenizer.convert_tokens_to_ids("<|im_end|>")
+    assert tokenizer.decode(target[:-1]) == "zero one two"
+
+
+def test_inference_prompt_is_training_prompt_prefix(tokenizer):
+    pb = PromptBuilder(tokenizer)
+    train = pb.encode("seven eight")
+    infer = pb.encode(None)
+    assert infer.ids == train.ids[: train.target_start]
+    assert infer.target_start == len(infer.ids)
+    assert infer.audio_pos == train.audio_pos
+
+
+def test_end_token_is_template_end_of_turn_and_decode_stops_there(tokenizer):
+    pb = PromptBuilder(tokenizer)
+    assert pb.end_id == tokenizer.convert_tokens_to_ids("<|im_end|>")
+    ids = tokenizer.encode("nine", add_special_tokens=False) + [pb.end_id] + tokenizer.encode("junk")
+    assert pb.decode(ids) == "nine"
+
+
+def test_per_utterance_task_prompt(tokenizer):
+    pb = PromptBuilder(tokenizer, task="Transcribe the audio.")
+    a = pb.encode("one", task="Translate the audio.")
+    b = pb.encode("one")
+    assert a.ids != b.ids
+    assert "Translate" in tokenizer.decode(a.ids[: a.audio_pos])
+
+
+def test_system_prompt_rendered(tokenizer):
+    pb = PromptBuilder(tokenizer, system="You are a helpful assistant.")
+    enc = pb.encode(None)
+    assert "<|im_start|>system\nYou are a helpful assistant." in tokenizer.decode(enc.ids)
+
+
+@pytest.mark.parametrize("bad", ["", "   ", None, 5])
+def test_empty_or_non_text_transcript_is_an_error(tokenizer, bad):
+    pb = PromptBuilder(tokenizer)
+    if bad is None:
+        return  # None is the inference prompt, not an error
+    with pytest.raises(PromptError, match="empty or non-text transcript"):
+        pb.encode(bad)
+
+
+def test_missing_chat_template_is_a_clear_error(tiny_llm_no_template_dir):
+    tok = load_tokenizer(tiny_llm_no_template_dir)
+    with pytest.raises(PromptError, match="has no chat template.*model.prompt.chat_template"):
+        PromptBuilder(tok, source=str(tiny_llm_no_template_dir))
+
+
+def test_chat_template_from_recipe_fixes_a_base_tokenizer(tiny_llm_no_template_dir, tmp_path):
+    from llmasr.testing.tiny_llm import CHATML_TEMPLATE
+
+    path = tmp_path / "chatml.jinja"
+    path.write_text(CHATML_TEMPLATE)
+    pb = PromptBuilder(load_tokenizer(tiny_llm_no_template_dir), chat_template=str(path))
+    assert pb.encode("one").target_start > 0
+    with pytest.raises(PromptError, match="file not found"):
+        PromptBuilder(load_tokenizer(tiny_llm_no_template_dir), chat_template=str(tmp_path / "nope.jinja"))
+
+
+def test_template_that_drops_user_content_is_rejected(tokenizer):
+    template = "{% for m in messages %}{{ m['role'] }}{% endfor %}"
+    with pytest.raises(PromptError, match="placeholder 0 times"):
+        PromptBuilder(tokenizer, chat_template=template)
