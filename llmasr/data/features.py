@@ -1,0 +1,222 @@
+"""Waveform -> encoder input features, exactly as the encoder was trained on.
+
+kind "fbank" (FunASR WavFrontend): Kaldi fbank (kaldi-native-fbank) on the waveform scaled by
+`waveform_scale`, then low-frame-rate stacking (LFR m/n), then CMVN (x + shift) * scale from `cmvn_file`.
+kind "whisper": Whisper's log-mel spectrogram, unpadded (the encoder pads to 30 s itself).
+
+LFR follows FunASR's `apply_lfr`: the first fbank frame is repeated (m-1)//2 times on the left, output frame i
+stacks padded frames [i*n, i*n + m), frames past the end repeat the last fbank frame, and there are
+ceil(T / n) output frames for T fbank frames.
+
+Dither (fbank, training only): Gaussian noise of standard deviation `dither` (in the scaled, int16-like domain)
+is added to the waveform from the caller's numpy Generator before extraction, with the library's own dither at 0,
+so a seeded run is reproducible. Kaldi draws fresh noise per frame; adding it once per sample gives the same
+per-frame noise level (overlapping frames then share their noise, which does not matter for training).
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import numpy as np
+
+from llmasr.data.frontend import FrontendConfig, read_kaldi_cmvn
+
+
+MIN_FBANK_SAMPLES = 4  # shorter clips give no fbank frames
+
+
+@lru_cache(maxsize=8)
+def _cached_cmvn(path: str) -> tuple[np.ndarray, np.ndarray]:
+    shift, scale = read_kaldi_cmvn(path)
+    shift.setflags(write=False)
+    scale.setflags(write=False)
+    return shift, scale
+
+
+def apply_lfr(feats: np.ndarray, m: int, n: int) -> np.ndarray:
+    """Low frame rate: [T, D] -> [ceil(T/n), m*D] (FunASR's padding convention, see the module docstring)."""
+    if m == 1 and n == 1:
+        return feats
+    t, d = feats.shape
+    if t == 0:
+        return np.zeros((0, m * d), dtype=feats.dtype)
+    left = (m - 1) // 2
+    t_out = -(-t // n)
+    # Row r of the left-padded sequence is feats[clip(r - left, 0, T-1)]: left pad repeats the first frame,
+    # rows past the end repeat the last one.
+    rows = np.arange(t_out)[:, None] * n + np.arange(m)[None, :] - left
+    np.clip(rows, 0, t - 1, out=rows)
+    return feats[rows].reshape(t_out, m * d)
+
+
+def lfr_num_frames(t: int, n: int) -> int:
+    return -(-t // n) if t > 0 else 0
+
+
+def _hz_to_mel_slaney(f: np.ndarray) -> np.ndarray:
+    f = np.asarray(f, dtype=np.float64)
+    mel = 3.0 * f / 200.0
+    logstep = 27.0 / np.log(6.4)
+    return np.where(f >= 1000.0, 15.0 + np.log(np.maximum(f, 1e-10) / 1000.0) * logstep, mel)
+
+
+def _mel_to_hz_slaney(mel: np.ndarray) -> np.ndarray:
+    mel = np.asarray(mel, dtype=np.float64)
+    f = 200.0 * mel / 3.0
+    logstep = np.log(6.4) / 27.0
+    return np.where(mel >= 15.0, 1000.0 * np.exp(logstep * (mel - 15.0)), f)
+
+
+@lru_cache(maxsize=8)
+def whisper_mel_filters(n_mels: int, n_fft: int, sample_rate: int) -> np.ndarray:
+    """Slaney-scale, Slaney-normalised triangular filters [n_fft//2+1, n_mels] over 0 .. sample_rate/2 Hz
+    (the same filters as Whisper / transformers' WhisperFeatureExtractor)."""
+    fft_freqs = np.linspace(0, sample_rate // 2, n_fft // 2 + 1)
+    mel_pts = np.linspace(_hz_to_mel_slaney(0.0), _hz_to_mel_slaney(sample_rate / 2), n_mels + 2)
+    hz_pts = _mel_to_hz_slaney(mel_pts)
+    diff = np.diff(hz_pts)
+    slopes = hz_pts[None, :] - fft_freqs[:, None]
+    down = -slopes[:, :-2] / diff[:-1]
+    up = slopes[:, 2:] / diff[1:]
+    filters = np.maximum(0.0, np.minimum(down, up))
+    filters *= 2.0 / (hz_pts[2 : n_mels + 2] - hz_pts[:n_mels])
+    return filters.astype(np.float32)
+
+
+class FeatureExtractor:
+    """Callable: float32 waveform in [-1, 1] at `frontend.sample_rate` -> float32 [T, frontend.feature_dim]."""
+
+    def __init__(self, frontend: FrontendConfig):
+        if frontend.kind not in ("fbank", "whisper"):
+            raise ValueError(f"unknown frontend kind {frontend.kind!r}")
+        self.frontend = frontend
+        self.window_samples = int(frontend.sample_rate * frontend.frame_length_ms / 1000)
+        self.shift_samples = int(frontend.sample_rate * frontend.frame_shift_ms / 1000)
+        if frontend.kind == "whisper":
+            # Whisper's STFT: n_fft-sample periodic Hann window, hop = frame_shift (160 at 16 kHz).
+            self.window_samples = frontend.n_fft
+        self._cmvn: tuple[np.ndarray, np.ndarray] | None = None
+        if frontend.kind == "fbank" and frontend.cmvn_file is not None:
+            self._cmvn = _cached_cmvn(str(frontend.cmvn_file))
+            if self._cmvn[0].size != frontend.feature_dim:
+                raise ValueError(
+                    f"{frontend.cmvn_file}: CMVN has {self._cmvn[0].size} dims, features have {frontend.feature_dim}"
+                )
+
+    # ------------------------------------------------------------------------------------------------ frame counts
+    def num_fbank_frames(self, num_samples: int) -> int:
+        """Frames before LFR (fbank) or before nothing (whisper)."""
+        fe = self.frontend
+        if num_samples <= 0:
+            return 0
+        if fe.kind == "fbank" and num_samples < MIN_FBANK_SAMPLES:
+            return 0
+        if fe.kind == "whisper":
+            return -(-num_samples // self.shift_samples)
+        if fe.snip_edges:
+            # FunASR shrinks the window to the whole clip when the clip is shorter than one window.
+            if num_samples < self.window_samples:
+                return 1
+            return 1 + (num_samples - self.window_samples) // self.shift_samples
+        return (num_samples + self.shift_samples // 2) // self.shift_samples
+
+    def num_frames(self, num_samples: int) -> int:
+        """Exact number of output frames for a waveform of `num_samples` samples (no features computed)."""
+        t = self.num_fbank_frames(num_samples)
+        if self.frontend.kind == "fbank":
+            return lfr_num_frames(t, self.frontend.lfr_n)
+        return t
+
+    # ---------------------------------------------------------------------------------------------------- features
+    def __call__(self, waveform: np.ndarray, *, train: bool, rng: np.random.Generator | None = None) -> np.ndarray:
+        waveform = np.asarray(waveform, dtype=np.float32)
+        if waveform.ndim != 1:
+            raise ValueError(f"expected a mono 1-D waveform, got shape {waveform.shape}")
+        if self.frontend.kind == "whisper":
+            return self.whisper_logmel(waveform)
+        feats = self.fbank(waveform, dither=self.frontend.dither if train else 0.0, rng=rng)
+        feats = apply_lfr(feats, self.frontend.lfr_m, self.frontend.lfr_n)
+        if self._cmvn is not None:
+            shift, scale = self._cmvn
+            feats = (feats + shift) * scale
+        return np.ascontiguousarray(feats, dtype=np.float32)
+
+    def fbank(self, waveform: np.ndarray, *, dither: float = 0.0, rng: np.random.Generator | None = None) -> np.ndarray:
+        """Kaldi fbank [T, n_mels] (before LFR and CMVN)."""
+        import kaldi_native_fbank as knf
+
+        fe = self.frontend
+        n = int(waveform.shape[0])
+        if n < MIN_FBANK_SAMPLES:  # kaldi-native-fbank aborts the process on a 1-sample window
+            return np.zeros((0, fe.n_mels), dtype=np.float32)
+        x = waveform.astype(np.float32) * np.float32(fe.waveform_scale)
+        if dither > 0.0:
+            gen = rng if rng is not None else np.random.default_rng()
+            x = x + np.float32(dither) * gen.standard_normal(n, dtype=np.float32)
+        opts = knf.FbankOptions()
+        fo = opts.frame_opts
+        fo.samp_freq = float(fe.sample_rate)
+        fo.frame_shift_ms = float(fe.frame_shift_ms)
+        # FunASR: frame_length = min(frame_length, clip length), so a clip shorter than a window still gives a frame.
+        fo.frame_length_ms = float(min(fe.frame_length_ms, n / fe.sample_rate * 1000))
+        fo.dither = 0.0
+        fo.window_type = fe.window
+        fo.snip_edges = bool(fe.snip_edges)
+        fo.preemph_coeff = 0.97
+        fo.remove_dc_offset = True
+        fo.round_to_power_of_two = True
+        opts.mel_opts.num_bins = int(fe.n_mels)
+        opts.mel_opts.low_freq = 20.0
+        opts.mel_opts.high_freq = 0.0
+        opts.energy_floor = 0.0
+        opts.use_energy = False
+        opts.raw_energy = True
+        opts.use_log_fbank = True
+        opts.use_power = True
+        fb = knf.OnlineFbank(opts)
+        fb.accept_waveform(float(fe.sample_rate), x)
+        fb.input_finished()
+        t = fb.num_frames_ready
+        if t == 0:
+            return np.zeros((0, fe.n_mels), dtype=np.float32)
+        out = np.empty((t, fe.n_mels), dtype=np.float32)
+        for i in range(t):
+            out[i] = fb.get_frame(i)
+        return out
+
+    def whisper_logmel(self, waveform: np.ndarray) -> np.ndarray:
+        """Whisper log-mel [ceil(N/hop), n_mels] for the unpadded waveform.
+
+        Equal to the first ceil(N/hop) frames of transformers' WhisperFeatureExtractor output (which pads the audio
+        with zeros to 30 s first): the audio is zero-padded on the right here too, so the frames at the end see
+        the same zeros, and the max used for the 8-decade dynamic-range floor is taken over the same values.
+        """
+        import torch
+
+        fe = self.frontend
+        n_fft, hop = fe.n_fft, self.shift_samples
+        n = int(waveform.shape[0])
+        t_out = -(-n // hop)
+        if n == 0:
+            return np.zeros((0, fe.n_mels), dtype=np.float32)
+        pad = n_fft + hop  # covers every frame that touches the audio, plus at least one all-zero frame
+        x = np.zeros(n + pad, dtype=np.float32)
+        x[:n] = waveform
+        with torch.no_grad():
+            spec = torch.stft(
+                torch.from_numpy(x),
+                n_fft,
+                hop,
+                window=torch.hann_window(n_fft),
+                center=True,
+                pad_mode="reflect",
+                return_complex=True,
+            )
+            power = spec.abs() ** 2  # [n_fft//2+1, frames]
+            filters = torch.from_numpy(whisper_mel_filters(fe.n_mels, n_fft, fe.sample_rate))
+            mel = filters.T @ power
+            logmel = torch.clamp(mel, min=1e-10).log10()
+            logmel = torch.maximum(logmel, logmel.max() - 8.0)
+            logmel = (logmel + 4.0) / 4.0
+        return np.ascontiguousarray(logmel[:, :t_out].T.numpy(), dtype=np.float32)
