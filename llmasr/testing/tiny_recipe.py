@@ -1,0 +1,75 @@
+"""Model sections and batches for tiny stand-in models (tests, demo smoke runs, recipe checks)."""
+
+from __future__ import annotations
+
+import torch
+
+from llmasr.testing.tiny_funasr import paraformer_frontend_conf, tiny_sanm_conf
+
+
+def tiny_model_section(
+    llm_dir,
+    *,
+    encoder_dir=None,
+    adaptor: str = "linear",
+    lora: bool = True,
+    ctc_weight: float = 0.0,
+    freeze_encoder: bool = False,
+) -> dict:
+    """A recipe `model:` section: 2-block SAN-M (from `encoder_dir` or fresh), adaptor, tiny LLM with LoRA."""
+    encoder = {"type": "paraformer", "freeze": freeze_encoder}
+    if encoder_dir is not None:
+        encoder["path"] = str(encoder_dir)
+    else:
+        conf = tiny_sanm_conf()
+        conf["input_size"] = 80 * 7
+        fe = paraformer_frontend_conf()
+        encoder["conf"] = conf
+        encoder["frontend"] = {
+            "sample_rate": fe["fs"],
+            "n_mels": fe["n_mels"],
+            "lfr_m": fe["lfr_m"],
+            "lfr_n": fe["lfr_n"],
+        }
+    return {
+        "encoder": encoder,
+        "adaptor": {"type": adaptor, "downsample": 2, "ffn_dim": 64, "n_layer": 1, "n_head": 4},
+        "llm": {
+            "path": str(llm_dir),
+            "lora": {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]} if lora else None,
+        },
+        "ctc": {"weight": ctc_weight},
+    }
+
+
+def random_batch(model, targets: list[str], *, frames: list[int] | None = None, seed: int = 0) -> dict:
+    """A collated batch of random features for `targets`, in the layout llmasr.data.collate produces."""
+    g = torch.Generator().manual_seed(seed)
+    n = len(targets)
+    frames = frames or [12 + 3 * i for i in range(n)]
+    dim = model.frontend.feature_dim
+    feats = torch.zeros(n, max(frames), dim)
+    for i, t in enumerate(frames):
+        feats[i, :t] = torch.randn(t, dim, generator=g)
+    enc = [model.prompt.encode(t) for t in targets]
+    width = max(len(e.ids) for e in enc)
+    text_ids = torch.full((n, width), model.prompt.pad_id, dtype=torch.long)
+    for i, e in enumerate(enc):
+        text_ids[i, : len(e.ids)] = torch.tensor(e.ids)
+    batch = {
+        "feats": feats,
+        "feat_lens": torch.tensor(frames),
+        "text_ids": text_ids,
+        "text_lens": torch.tensor([len(e.ids) for e in enc]),
+        "audio_pos": torch.tensor([e.audio_pos for e in enc]),
+        "target_start": torch.tensor([e.target_start for e in enc]),
+        "keys": [f"utt{i}" for i in range(n)],
+        "targets": list(targets),
+    }
+    if model.ctc_tokenizer is not None:
+        ids = [model.ctc_tokenizer.encode(t) for t in targets]
+        ctc = torch.zeros(n, max(len(x) for x in ids), dtype=torch.long)
+        for i, x in enumerate(ids):
+            ctc[i, : len(x)] = torch.tensor(x)
+        batch["ctc_ids"], batch["ctc_lens"] = ctc, torch.tensor([len(x) for x in ids])
+    return batch

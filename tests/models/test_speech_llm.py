@@ -1,0 +1,202 @@
+import pytest
+import torch
+
+import llmasr
+from llmasr.config_io import ConfigError
+from llmasr.models.losses import full_logits_cross_entropy
+from llmasr.testing.tiny_recipe import random_batch, tiny_model_section
+
+TARGETS = ["zero one two", "three four", "five six seven eight", "nine"]
+
+
+@pytest.fixture
+def model(tiny_llm_dir):
+    torch.manual_seed(0)
+    return llmasr.build_model(tiny_model_section(tiny_llm_dir, ctc_weight=0.3))
+
+
+def test_forward_backward_trains_the_right_branches(model):
+    model.train()
+    out = model(random_batch(model, TARGETS))
+    assert torch.isfinite(out.loss) and out.n_utts == 4
+    assert int(out.n_tokens) > len(TARGETS)  # targets plus one end token each
+    out.loss.backward()
+    grads = {name: p.grad for name, p in model.named_parameters()}
+    assert any(g is not None and g.abs().sum() > 0 for n, g in grads.items() if n.startswith("encoder."))
+    assert any(g is not None and g.abs().sum() > 0 for n, g in grads.items() if n.startswith("adaptor."))
+    assert any(g is not None and g.abs().sum() > 0 for n, g in grads.items() if n.startswith("ctc_head."))
+    lora = [n for n in grads if "lora_" in n]
+    assert lora and all(grads[n] is not None for n in lora if "lora_B" in n)
+    base = [n for n, p in model.llm.named_parameters() if "lora_" not in n]
+    assert base and all(not p.requires_grad for n, p in model.llm.named_parameters() if "lora_" not in n)
+
+
+def test_loss_equals_hf_full_logits_loss_on_the_same_inputs(model):
+    from llmasr.models.insert_audio import merge_audio_into_text
+    from llmasr.models.llm import causal_lm_parts
+
+    model.eval()
+    batch = random_batch(model, TARGETS)
+    with torch.no_grad():
+        out = model(batch)
+        _, _, audio, audio_lens = model.encode_audio(batch["feats"], batch["feat_lens"])
+        embed, _, _ = causal_lm_parts(model.llm)
+        merged = merge_audio_into_text(
+            embed(batch["text_ids"]),
+            batch["text_ids"],
+            batch["text_lens"],
+            batch["audio_pos"],
+            batch["target_start"],
+            audio,
+            audio_lens,
+        )
+        logits = model.llm(
+            inputs_embeds=merged.inputs_embeds,
+            attention_mask=merged.attention_mask,
+            position_ids=merged.position_ids,
+        ).logits
+        ref = full_logits_cross_entropy(logits, merged.labels)
+    assert abs(float(out.llm_loss_sum) - float(ref)) < 1e-4
+    assert abs(float(out.llm_loss_sum / out.n_tokens) - float(ref / out.n_tokens)) < 1e-6
+
+
+def test_batch_loss_is_sum_of_single_utterance_losses(model):
+    model.eval()
+    frames = [12, 15, 18, 21]
+    with torch.no_grad():
+        whole = model(random_batch(model, TARGETS, frames=frames, seed=3))
+        parts = []
+        full = random_batch(model, TARGETS, frames=frames, seed=3)
+        for i in range(4):
+            single = {k: (v[i : i + 1] if torch.is_tensor(v) else v[i : i + 1]) for k, v in full.items()}
+            single["feats"] = single["feats"][:, : frames[i]]
+            single["text_ids"] = single["text_ids"][:, : int(single["text_lens"][0])]
+            parts.append(model(single))
+    assert abs(float(whole.llm_loss_sum) - sum(float(p.llm_loss_sum) for p in parts)) < 1e-4
+    assert abs(float(whole.ctc_loss_sum) - sum(float(p.ctc_loss_sum) for p in parts)) < 1e-4
+
+
+def test_frozen_branch_stays_in_eval_mode_and_gets_no_gradient(tiny_llm_dir):
+    section = tiny_model_section(tiny_llm_dir, freeze_encoder=True)
+    m = llmasr.build_model(section)
+    m.train()
+    assert "encoder" in m.frozen_branches()
+    assert not m.encoder.training and all(not mod.training for mod in m.encoder.modules())
+    assert m.adaptor.training
+    batch = random_batch(m, TARGETS[:2])
+    # Dropout 0.1 in the tiny encoder: frozen means eval, so two passes agree exactly.
+    a, _ = m.encoder(batch["feats"], batch["feat_lens"])
+    b, _ = m.encoder(batch["feats"], batch["feat_lens"])
+    assert torch.equal(a, b)
+    m(batch).loss.backward()
+    assert all(p.grad is None for p in m.encoder.parameters())
+
+
+def test_lora_wraps_every_named_target(model):
+    import peft
+
+    targets = [(n, mod) for n, mod in model.llm.named_modules() if n.endswith(("q_proj", "v_proj"))]
+    assert targets and all(isinstance(mod, peft.tuners.lora.LoraLayer) for _, mod in targets)
+    assert not any(
+        isinstance(mod, peft.tuners.lora.LoraLayer)
+        for n, mod in model.llm.named_modules()
+        if n.endswith(("k_proj", "o_proj"))
+    )
+
+
+def test_all_linear_lora_and_encoder_lora(tiny_llm_dir):
+    import peft
+
+    section = tiny_model_section(tiny_llm_dir, freeze_encoder=True)
+    section["llm"]["lora"]["target_modules"] = "all-linear"
+    section["encoder"]["lora"] = {"r": 2, "alpha": 4, "target_modules": ["linear_q_k_v", "linear_out"]}
+    m = llmasr.build_model(section)
+    lora_llm = [n for n, mod in m.llm.named_modules() if isinstance(mod, peft.tuners.lora.LoraLayer)]
+    assert any(n.endswith("gate_proj") for n in lora_llm) and any(n.endswith("o_proj") for n in lora_llm)
+    trainable_enc = [n for n, p in m.encoder.named_parameters() if p.requires_grad]
+    assert trainable_enc and all("lora_" in n for n in trainable_enc)
+    m.train()
+    assert m.encoder.training  # has trainable adapters, so it is not a frozen branch
+
+
+def test_batched_greedy_decoding_equals_one_by_one(model):
+    model.eval()
+    batch = random_batch(model, TARGETS, frames=[12, 20, 16, 9], seed=5)
+    together = model.generate(batch, max_new_tokens=6)
+    alone = []
+    for i in range(4):
+        single = {k: (v[i : i + 1] if torch.is_tensor(v) else v[i : i + 1]) for k, v in batch.items()}
+        single["feats"] = single["feats"][:, : int(single["feat_lens"][0])]
+        alone += model.generate(single, max_new_tokens=6)
+    assert together == alone
+
+
+def test_gradient_checkpointing_gives_same_gradients(tiny_llm_dir):
+    grads = []
+    for ckpt in (False, True):
+        torch.manual_seed(0)
+        section = tiny_model_section(tiny_llm_dir)
+        section["llm"]["gradient_checkpointing"] = ckpt
+        section["encoder"]["gradient_checkpointing"] = ckpt
+        section["encoder"]["conf"]["dropout_rate"] = 0.0
+        section["encoder"]["conf"]["attention_dropout_rate"] = 0.0
+        section["encoder"]["conf"]["positional_dropout_rate"] = 0.0
+        m = llmasr.build_model(section)
+        m.train()
+        m(random_batch(m, TARGETS)).loss.backward()
+        grads.append({n: p.grad.clone() for n, p in m.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys()
+    for n in grads[0]:
+        assert torch.allclose(grads[0][n], grads[1][n], atol=1e-6), n
+
+
+def test_bad_lora_target_lists_available_modules(tiny_llm_dir):
+    section = tiny_model_section(tiny_llm_dir)
+    section["llm"]["lora"]["target_modules"] = ["q_proj", "qkv_proj"]
+    with pytest.raises(ConfigError, match=r"\['qkv_proj'\] match no nn.Linear.*available: .*q_proj"):
+        llmasr.build_model(section)
+
+
+def test_missing_llm_dir_and_missing_tokenizer(tmp_path, tiny_llm_dir):
+    section = tiny_model_section(tmp_path / "nope")
+    with pytest.raises(ConfigError, match="LLM directory not found"):
+        llmasr.build_model(section)
+    (tmp_path / "no_tok").mkdir()
+    (tmp_path / "no_tok" / "config.json").write_text((tiny_llm_dir / "config.json").read_text())
+    with pytest.raises(ConfigError, match="no tokenizer files"):
+        llmasr.build_model(tiny_model_section(tmp_path / "no_tok"))
+
+
+def test_encoder_input_size_must_match_frontend(tiny_llm_dir):
+    section = tiny_model_section(tiny_llm_dir)
+    section["encoder"]["conf"]["input_size"] = 80
+    with pytest.raises(ConfigError, match="input_size is 80 but the frontend gives 560 dims"):
+        llmasr.build_model(section)
+
+
+def test_pretrained_adaptor_of_another_llm_size_is_rejected_with_both_shapes(tiny_llm_dir, tmp_path):
+    from safetensors.torch import save_file
+
+    section = tiny_model_section(tiny_llm_dir)
+    m = llmasr.build_model(section)
+    state = {k: v.clone() for k, v in m.adaptor.state_dict().items()}
+    good = tmp_path / "adaptor.safetensors"
+    save_file(state, str(good))
+    section["adaptor"]["init_from"] = str(good)
+    m2 = llmasr.build_model(section)
+    assert all(torch.equal(m2.adaptor.state_dict()[k], v) for k, v in state.items())
+    key = next(k for k in state if k.endswith("weight") and state[k].shape[0] == 64)  # output rows = LLM hidden
+    bad_state = dict(state)
+    bad_state[key] = torch.zeros(128, *state[key].shape[1:])
+    bad = tmp_path / "adaptor_big.safetensors"
+    save_file(bad_state, str(bad))
+    section["adaptor"]["init_from"] = str(bad)
+    with pytest.raises(Exception, match=rf"{key}: checkpoint \[128, .*\] vs model \[64, "):
+        llmasr.build_model(section)
+
+
+def test_unknown_recipe_key_is_named(tiny_llm_dir):
+    section = tiny_model_section(tiny_llm_dir)
+    section["adaptor"]["downsampel"] = 2
+    with pytest.raises(ConfigError, match=r"model.adaptor: unknown key\(s\) \['downsampel'\]"):
+        llmasr.build_model({"model": section})
