@@ -1,0 +1,137 @@
+"""Typed `data:` section of a recipe: manifests, dynamic batching, loader workers, bad-data tolerance, augmentation.
+
+Example::
+
+    data:
+      train:
+        - {path: data/librispeech_train.jsonl, weight: 1.0}
+        - data/extra.jsonl                  # a plain string is {path: ..., weight: 1.0}
+      valid: [data/dev_clean.jsonl]
+      batching:
+        max_seconds: 120                    # padded seconds of audio per batch (B * longest utterance)
+        max_target_tokens: 4096             # optional: padded target length per batch (B * longest target)
+        num_buckets: 30
+        max_duration: 35
+      num_workers: 4
+      max_bad_fraction: 0.01
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from llmasr.config_io import ConfigError
+
+try:  # written by the feature/augmentation side; kept optional so this module imports on its own
+    from llmasr.data.augment import AugmentConfig
+except ImportError:  # pragma: no cover - only while the augment module is absent
+    AugmentConfig = dict  # type: ignore[misc,assignment]
+
+DEFAULT_MAX_SECONDS = 120.0
+
+
+@dataclass
+class ManifestSpec:
+    path: str
+    weight: float = 1.0  # sampling weight when several training manifests are mixed
+
+    def validate(self, path: str) -> None:
+        if not self.path:
+            raise ConfigError(f"{path}.path: empty manifest path")
+        if not (self.weight > 0 and math.isfinite(self.weight)):
+            raise ConfigError(f"{path}.weight: must be a positive number, got {self.weight}")
+
+
+@dataclass
+class BatchingConfig:
+    # Batch budget, in padded units: B * (longest item). Exactly one of max_seconds / max_frames; when neither is set
+    # max_seconds = 120 is used. max_frames counts encoder-input feature frames (after low-frame-rate stacking).
+    max_seconds: float | None = None
+    max_frames: int | None = None
+    max_target_tokens: int | None = None  # padded target length per batch: B * (longest target_len)
+    num_buckets: int = 30  # duration-quantile buckets; batches are drawn from one bucket each
+    # Items per bucket window that are shuffled together and then sorted by duration before batches are cut.
+    # Larger: tighter padding; smaller: more random batch composition. 0: no sorting (bucket width decides padding).
+    shuffle_buffer: int = 2000
+    shuffle: bool = True  # training only; validation batches are never shuffled
+    # Ranks must run the same number of steps. The batches left over after dividing the epoch's batches by the
+    # world size are padded with duplicates of real batches (drop_last: false) or dropped (drop_last: true).
+    drop_last: bool = False
+    min_duration: float = 0.0  # seconds; shorter utterances are skipped (counted)
+    max_duration: float = 40.0  # seconds; longer utterances are skipped (counted) unless truncate_to_max
+    max_target_len: int | None = None  # target_len above this is skipped (counted)
+    # Cut audio longer than max_duration to max_duration instead of skipping it. The transcript is NOT cut, so this
+    # only suits data whose long utterances end in silence; off by default.
+    truncate_to_max: bool = False
+
+    @property
+    def budget_seconds(self) -> float | None:
+        if self.max_seconds is None and self.max_frames is None:
+            return DEFAULT_MAX_SECONDS
+        return self.max_seconds
+
+    def validate(self, path: str) -> None:
+        if self.max_seconds is not None and self.max_frames is not None:
+            raise ConfigError(f"{path}: set max_seconds or max_frames, not both")
+        if self.max_seconds is not None and not self.max_seconds > 0:
+            raise ConfigError(f"{path}.max_seconds: must be positive, got {self.max_seconds}")
+        if self.max_frames is not None and self.max_frames <= 0:
+            raise ConfigError(f"{path}.max_frames: must be positive, got {self.max_frames}")
+        if self.max_target_tokens is not None and self.max_target_tokens <= 0:
+            raise ConfigError(f"{path}.max_target_tokens: must be positive, got {self.max_target_tokens}")
+        if self.num_buckets < 1:
+            raise ConfigError(f"{path}.num_buckets: must be >= 1, got {self.num_buckets}")
+        if self.shuffle_buffer < 0:
+            raise ConfigError(f"{path}.shuffle_buffer: must be >= 0, got {self.shuffle_buffer}")
+        if self.min_duration < 0:
+            raise ConfigError(f"{path}.min_duration: must be >= 0, got {self.min_duration}")
+        if not self.max_duration > self.min_duration:
+            raise ConfigError(
+                f"{path}: max_duration ({self.max_duration}) must be greater than min_duration ({self.min_duration})"
+            )
+        if self.max_target_len is not None and self.max_target_len <= 0:
+            raise ConfigError(f"{path}.max_target_len: must be positive, got {self.max_target_len}")
+
+
+@dataclass
+class DataConfig:
+    train: list[ManifestSpec | str] = field(default_factory=list)
+    valid: list[ManifestSpec | str] = field(default_factory=list)
+    batching: BatchingConfig = field(default_factory=BatchingConfig)
+    num_workers: int = 4
+    prefetch_factor: int = 2
+    pin_memory: bool = True
+    # Training stops with TooMuchBadData once more than this fraction of the items seen is unusable.
+    max_bad_fraction: float = 0.01
+    seed: int = 0
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    # Validation uses at most this many utterances (evenly spaced over the valid manifests); None: all of them.
+    valid_max_utts: int | None = None
+
+    def __post_init__(self) -> None:
+        self.train = [ManifestSpec(m) if isinstance(m, str) else m for m in self.train]
+        self.valid = [ManifestSpec(m) if isinstance(m, str) else m for m in self.valid]
+
+    @property
+    def train_manifests(self) -> list[ManifestSpec]:
+        return list(self.train)  # type: ignore[arg-type]
+
+    @property
+    def valid_manifests(self) -> list[ManifestSpec]:
+        return list(self.valid)  # type: ignore[arg-type]
+
+    def validate(self, path: str) -> None:
+        for name in ("train", "valid"):
+            for i, spec in enumerate(getattr(self, name)):
+                spec.validate(f"{path}.{name}[{i}]")
+        if self.num_workers < 0:
+            raise ConfigError(f"{path}.num_workers: must be >= 0, got {self.num_workers}")
+        if self.prefetch_factor < 1:
+            raise ConfigError(f"{path}.prefetch_factor: must be >= 1, got {self.prefetch_factor}")
+        if not 0.0 <= self.max_bad_fraction <= 1.0:
+            raise ConfigError(f"{path}.max_bad_fraction: must be in [0, 1], got {self.max_bad_fraction}")
+        if self.seed < 0:
+            raise ConfigError(f"{path}.seed: must be >= 0, got {self.seed}")
+        if self.valid_max_utts is not None and self.valid_max_utts <= 0:
+            raise ConfigError(f"{path}.valid_max_utts: must be positive, got {self.valid_max_utts}")

@@ -1,0 +1,339 @@
+"""Duration-bucketed dynamic batching that keeps every rank in step.
+
+How an epoch's batches are made (identically on every rank, from (seed, epoch) only):
+
+1. Filters: items with an unknown (NaN) duration, shorter than min_duration, longer than max_duration (unless
+   truncate_to_max, which then counts them as `truncated` and costs them at max_duration), with target_len above
+   max_target_len, or too big to fit a batch on their own are skipped; `.filtered` holds reason -> count for the
+   current epoch and the counts are logged once per epoch.
+2. Buckets: duration quantiles of the kept items (computed once) split them into `num_buckets` buckets.
+3. In each bucket the items are shuffled, then taken in windows of `shuffle_buffer` items; each window is sorted
+   by duration and cut greedily into batches that respect the budget. The budget is in padded units:
+   B * longest <= max_seconds (or max_frames), and B * longest target <= max_target_tokens. Items left over at
+   the end of a window join the next window, so only the last batch of a bucket can be short.
+4. Ranks: all batches are ordered by (bucket, longest item) and cut into groups of `world_size` consecutive
+   batches, so the batches that run at the same step on different ranks cost about the same. The last group
+   is padded with duplicates of its own batches (drop_last=False) or dropped (drop_last=True). Then the groups
+   are shuffled, and rank r takes batch r of every group. Every rank therefore yields exactly the same number
+   of batches, and the data of different ranks is disjoint within an epoch except for the padding duplicates
+   (at most world_size - 1 batches per epoch; their count is `.num_padding_batches`).
+
+`len(sampler)` is the exact number of batches this rank yields in a full epoch (the plan is computed once per
+epoch and cached). Resume: `state_dict()` / `load_state_dict()` restore (epoch, batches already yielded); the
+next iteration over that epoch yields exactly the remaining batches. Under a DataLoader the sampler runs ahead
+of the training loop (prefetching), so take the state from `SpeechDataLoader.state_dict()`, which counts the
+batches the loop actually received, or pass that count to `state_dict(consumed=...)`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Iterator
+
+import numpy as np
+from torch.utils.data import Sampler
+
+log = logging.getLogger("llmasr.data")
+
+FILTER_REASONS = ("unknown_duration", "too_short", "too_long", "target_too_long", "over_batch_budget")
+
+
+class DynamicBucketSampler(Sampler):
+    """Yields lists of dataset indices; see the module docstring for the algorithm and the rank contract."""
+
+    def __init__(
+        self,
+        durations: np.ndarray,
+        target_lens: np.ndarray | None = None,
+        *,
+        max_seconds: float | None = None,
+        max_frames: int | None = None,
+        frames_per_second: float | None = None,
+        max_target_tokens: int | None = None,
+        num_buckets: int = 30,
+        shuffle: bool = True,
+        shuffle_buffer: int = 2000,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        drop_last: bool = False,
+        min_duration: float = 0.0,
+        max_duration: float = math.inf,
+        max_target_len: int | None = None,
+        truncate_to_max: bool = False,
+        min_item_seconds: float | None = None,
+        indices: np.ndarray | None = None,
+        epoch_indices: Callable[[int], np.ndarray] | None = None,
+    ):
+        """
+        durations: seconds per dataset item (NaN = unknown; such items are skipped as unknown_duration).
+        target_lens: per-item target length (any unit consistent with max_target_len/max_target_tokens).
+        min_item_seconds: cost every item at least this long (fixed-length frontends such as Whisper's 30 s).
+        indices: restrict to these dataset indices (e.g. a validation subset).
+        epoch_indices: epoch -> dataset indices for that epoch (weighted mixing); overrides `indices`.
+        """
+        if world_size < 1 or not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} / world_size {world_size} is not a valid pair")
+        if max_seconds is not None and max_frames is not None:
+            raise ValueError("set max_seconds or max_frames, not both")
+        if max_seconds is None and max_frames is None:
+            raise ValueError("a batch budget is needed: max_seconds or max_frames")
+        if max_frames is not None and not (frames_per_second and frames_per_second > 0):
+            raise ValueError("max_frames needs frames_per_second to convert durations to frames")
+        if num_buckets < 1:
+            raise ValueError(f"num_buckets must be >= 1, got {num_buckets}")
+        if seed < 0:
+            raise ValueError(f"seed must be >= 0, got {seed}")
+        self.durations = np.asarray(durations, dtype=np.float64)
+        n = self.durations.size
+        if target_lens is not None:
+            target_lens = np.asarray(target_lens, dtype=np.int64)
+            if target_lens.shape != (n,):
+                raise ValueError(f"target_lens has shape {target_lens.shape}, durations ({n},)")
+        self.target_lens = target_lens
+        self.max_seconds = max_seconds
+        self.max_frames = max_frames
+        self.frames_per_second = frames_per_second
+        self.max_target_tokens = max_target_tokens
+        self.num_buckets = int(num_buckets)
+        self.shuffle = bool(shuffle)
+        self.shuffle_buffer = int(shuffle_buffer)
+        self.seed = int(seed)
+        self.rank = int(rank)
+        self.world_size = int(world_size)
+        self.drop_last = bool(drop_last)
+        self.min_duration = float(min_duration)
+        self.max_duration = float(max_duration)
+        self.max_target_len = max_target_len
+        self.truncate_to_max = bool(truncate_to_max)
+        self.epoch_indices = epoch_indices
+        self.base_indices = np.arange(n, dtype=np.int64) if indices is None else np.asarray(indices, dtype=np.int64)
+
+        # Per-item cost in budget units, and the first filter reason (-1 = kept).
+        d = self.durations
+        eff = np.where(np.isnan(d), 0.0, d)
+        if self.truncate_to_max:
+            eff = np.minimum(eff, self.max_duration)
+        if min_item_seconds is not None:
+            eff = np.maximum(eff, float(min_item_seconds))
+        if max_frames is not None:
+            self.sizes = np.ceil(eff * float(frames_per_second) - 1e-9)
+            self.budget = float(max_frames)
+        else:
+            self.sizes = eff
+            self.budget = float(max_seconds)
+        reason = np.full(n, -1, dtype=np.int8)
+
+        def mark(mask: np.ndarray, code: int) -> None:
+            reason[(reason < 0) & mask] = code
+
+        with np.errstate(invalid="ignore"):
+            mark(np.isnan(d), 0)
+            mark(d < self.min_duration, 1)
+            if not self.truncate_to_max:
+                mark(d > self.max_duration, 2)
+            if target_lens is not None and max_target_len is not None:
+                mark(target_lens > max_target_len, 3)
+            over = self.sizes > self.budget
+            if target_lens is not None and max_target_tokens is not None:
+                over |= target_lens > max_target_tokens
+            mark(over, 4)
+        self._reason = reason
+        self.truncated_mask = (~np.isnan(d)) & (d > self.max_duration) & (reason < 0)
+
+        kept = self.base_indices[reason[self.base_indices] < 0] if n else self.base_indices
+        if kept.size:
+            qs = np.linspace(0.0, 1.0, self.num_buckets + 1)[1:-1]
+            self.boundaries = np.unique(np.quantile(self.sizes[kept], qs)) if qs.size else np.zeros(0)
+        else:
+            self.boundaries = np.zeros(0)
+        self.bucket_of = np.searchsorted(self.boundaries, self.sizes, side="right").astype(np.int64)
+
+        self.epoch = 0
+        self._plan_cache: tuple[int, list[list[list[int]]], dict] | None = None
+        self._yielded = 0
+        self._resume: tuple[int, int] | None = None
+        self._epoch_listeners: list[Callable[[int], None]] = []
+
+    # ----------------------------------------------------------------------------------------------- epoch plan
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+        for fn in self._epoch_listeners:
+            fn(self.epoch)
+
+    def add_epoch_listener(self, fn: Callable[[int], None]) -> None:
+        """Called with the epoch on every set_epoch (the loader keeps the dataset's augmentation epoch in step)."""
+        self._epoch_listeners.append(fn)
+
+    def _epoch_items(self, epoch: int) -> np.ndarray:
+        if self.epoch_indices is not None:
+            return np.asarray(self.epoch_indices(epoch), dtype=np.int64)
+        return self.base_indices
+
+    def _cut(self, items: np.ndarray, out: list[list[int]]) -> None:
+        """Greedy cut of one bucket's items (already in the order to use) into budget-respecting batches."""
+        sizes = self.sizes
+        tl = self.target_lens
+        cap_t = self.max_target_tokens if tl is not None else None
+        budget = self.budget
+        window = self.shuffle_buffer if self.shuffle_buffer > 0 else items.size
+        carry: list[int] = []
+        for start in range(0, max(items.size, 1), max(window, 1)):
+            chunk = items[start : start + window]
+            if self.shuffle_buffer > 0:
+                pool = np.concatenate([np.asarray(carry, dtype=np.int64), chunk])
+                pool = pool[np.argsort(sizes[pool], kind="stable")]
+            else:
+                pool = chunk
+            cur: list[int] = []
+            cur_max = 0.0
+            cur_tmax = 0
+            for i in pool.tolist():
+                s = sizes[i]
+                new_max = s if s > cur_max else cur_max
+                t = int(tl[i]) if cap_t is not None else 0
+                new_tmax = t if t > cur_tmax else cur_tmax
+                over = (len(cur) + 1) * new_max > budget
+                if cap_t is not None and (len(cur) + 1) * new_tmax > cap_t:
+                    over = True
+                if cur and over:
+                    out.append(cur)
+                    cur, new_max, new_tmax = [], s, t
+                cur.append(i)
+                cur_max, cur_tmax = new_max, new_tmax
+            last_window = start + window >= items.size
+            if self.shuffle_buffer > 0 and not last_window:
+                carry = cur
+            elif cur:
+                out.append(cur)
+                carry = []
+
+    def _plan(self, epoch: int) -> tuple[list[list[list[int]]], dict]:
+        """Groups of world_size batches for `epoch` (same on every rank), and the epoch's stats."""
+        if self._plan_cache is not None and self._plan_cache[0] == epoch:
+            return self._plan_cache[1], self._plan_cache[2]
+        items = self._epoch_items(epoch)
+        reasons = self._reason[items]
+        counts = np.bincount(reasons[reasons >= 0], minlength=len(FILTER_REASONS))
+        filtered = {name: int(c) for name, c in zip(FILTER_REASONS, counts) if c}
+        keep = items[reasons < 0]
+        rng = np.random.default_rng([self.seed, epoch])
+        if self.shuffle:
+            keep = keep[rng.permutation(keep.size)]
+        buckets = self.bucket_of[keep]
+        order = np.argsort(buckets, kind="stable")
+        keep, buckets = keep[order], buckets[order]
+        batches: list[list[int]] = []
+        batch_bucket: list[int] = []
+        edges = np.flatnonzero(np.diff(buckets)) + 1
+        for part in np.split(keep, edges) if keep.size else []:
+            before = len(batches)
+            self._cut(part, batches)
+            batch_bucket.extend([int(self.bucket_of[part[0]])] * (len(batches) - before))
+        # Order by (bucket, longest item) so that consecutive batches, which run at the same step on different
+        # ranks, cost about the same.
+        longest = np.array([self.sizes[b].max() for b in batches]) if batches else np.zeros(0)
+        order = np.lexsort((longest, np.asarray(batch_bucket))) if batches else np.zeros(0, dtype=np.int64)
+        ordered = [batches[i] for i in order]
+        ws = self.world_size
+        groups = [ordered[i : i + ws] for i in range(0, len(ordered), ws)]
+        padding = 0
+        if groups and len(groups[-1]) < ws:
+            if self.drop_last:
+                dropped = groups.pop()
+                log.info("dropped %d batch(es) left over after dividing by world size %d", len(dropped), ws)
+            else:
+                last = groups[-1]
+                padding = ws - len(last)
+                last.extend(last[j % len(last)] for j in range(padding))
+        if self.shuffle and groups:
+            perm = rng.permutation(len(groups))
+            groups = [groups[i] for i in perm]
+        n_items = int(sum(len(b) for g in groups for b in g))
+        real = float(sum(self.sizes[b].sum() for g in groups for b in g))
+        padded = float(sum(len(b) * self.sizes[b].max() for g in groups for b in g))
+        stats = {
+            "epoch": epoch,
+            "num_items": int(items.size),
+            "kept_items": int(keep.size),
+            "filtered": filtered,
+            "truncated": int(self.truncated_mask[items].sum()),
+            "num_batches_global": len(ordered),
+            "num_batches_per_rank": len(groups),
+            "num_padding_batches": padding,
+            "mean_batch_size": n_items / max(1, len(groups) * ws),
+            "padding_efficiency": real / padded if padded > 0 else 1.0,
+        }
+        if filtered and (self._plan_cache is None or self._plan_cache[0] != epoch):
+            if self.rank == 0:
+                log.info("epoch %d: skipped %d of %d items: %s", epoch, sum(filtered.values()), items.size, filtered)
+        self._plan_cache = (epoch, groups, stats)
+        return groups, stats
+
+    # ------------------------------------------------------------------------------------------------ interface
+    @property
+    def filtered(self) -> dict[str, int]:
+        """reason -> number of this epoch's items skipped for it."""
+        return dict(self._plan(self.epoch)[1]["filtered"])
+
+    @property
+    def num_padding_batches(self) -> int:
+        return self._plan(self.epoch)[1]["num_padding_batches"]
+
+    def stats(self, epoch: int | None = None) -> dict:
+        """Counts for an epoch (all ranks together): batches, mean batch size, padding efficiency, filters."""
+        return dict(self._plan(self.epoch if epoch is None else epoch)[1])
+
+    def batches(self, epoch: int | None = None, rank: int | None = None) -> list[list[int]]:
+        """All batches `rank` yields in `epoch` (a full epoch, ignoring any resume position)."""
+        groups, _ = self._plan(self.epoch if epoch is None else epoch)
+        r = self.rank if rank is None else rank
+        return [g[r] for g in groups]
+
+    def __len__(self) -> int:
+        return len(self._plan(self.epoch)[0])
+
+    def __iter__(self) -> Iterator[list[int]]:
+        epoch = self.epoch
+        groups, _ = self._plan(epoch)
+        skip = 0
+        if self._resume is not None and self._resume[0] == epoch:
+            skip = self._resume[1]
+        self._resume = None
+        self._yielded = skip
+        for g in groups[skip:]:
+            self._yielded += 1
+            yield list(g[self.rank])
+
+    def state_dict(self, consumed: int | None = None) -> dict:
+        """Resume point. `consumed`: batches of this epoch the training loop actually received (default: yielded)."""
+        return {
+            "epoch": self.epoch,
+            "batches_yielded": int(self._yielded if consumed is None else consumed),
+            "seed": self.seed,
+            "world_size": self.world_size,
+            "rank": self.rank,
+            "num_items": int(self.durations.size),
+            "num_batches": len(self),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        for key in ("seed", "world_size", "num_items"):
+            mine = {"seed": self.seed, "world_size": self.world_size, "num_items": int(self.durations.size)}[key]
+            if key in state and int(state[key]) != mine:
+                raise ValueError(
+                    f"cannot resume the batch order exactly: the saved sampler had {key}={state[key]}, this one has "
+                    f"{mine}. Resume with the same data, seed and world size, or start the epoch afresh."
+                )
+        self.set_epoch(int(state["epoch"]))
+        done = int(state["batches_yielded"])
+        if "num_batches" in state and int(state["num_batches"]) != len(self):
+            raise ValueError(
+                f"cannot resume: the saved epoch had {state['num_batches']} batches per rank, this plan has "
+                f"{len(self)} (batching settings changed?)"
+            )
+        if not 0 <= done <= len(self):
+            raise ValueError(f"cannot resume at batch {done} of an epoch of {len(self)} batches")
+        self._resume = (self.epoch, done)
+        self._yielded = done
