@@ -1,0 +1,186 @@
+"""CTC vocabularies, head, loss, target validation and greedy decoding."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from llmasr.config_io import ConfigError
+from llmasr.models.ctc import CTCHead, build_ctc_tokenizer, ctc_collapse, ctc_greedy, ctc_loss, validate_ctc_targets
+
+SENTENCES = ["one two three", "four five six", "seven eight nine zero", "two four six eight", "one three five seven"]
+
+
+def train_sentencepiece(tmp_path, name: str, **extra) -> str:
+    import sentencepiece as spm
+
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(SENTENCES * 4),
+        model_prefix=str(tmp_path / name),
+        vocab_size=30,
+        model_type="bpe",
+        hard_vocab_limit=False,
+        minloglevel=2,
+        **extra,
+    )
+    return str(tmp_path / f"{name}.model")
+
+
+def hf_tokenizer():
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<unk>": 0, "<eos>": 1}
+    for w in sorted({w for s in SENTENCES for w in s.split()}):
+        vocab[w] = len(vocab)
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", eos_token="<eos>")
+
+
+def test_llm_vocab_appends_blank():
+    hf = hf_tokenizer()
+    tok = build_ctc_tokenizer("llm", hf)
+    assert tok.blank_id == len(hf) and tok.vocab_size == len(hf) + 1
+    ids = tok.encode("two four six")
+    assert ids == hf("two four six", add_special_tokens=False)["input_ids"]
+    assert tok.decode(ids) == "two four six"
+    frames = [tok.blank_id, ids[0], ids[0], tok.blank_id, ids[1], tok.blank_id, ids[2], ids[2]]
+    assert tok.decode_ctc(frames) == "two four six"
+    with pytest.raises(ConfigError, match="LLM tokenizer"):
+        build_ctc_tokenizer("llm", None)
+
+
+def test_sentencepiece_vocab(tmp_path):
+    path = train_sentencepiece(tmp_path, "plain")
+    tok = build_ctc_tokenizer(path, None)
+    import sentencepiece as spm
+
+    size = spm.SentencePieceProcessor(model_file=path).get_piece_size()
+    assert tok.blank_id == size and tok.vocab_size == size + 1
+    ids = tok.encode("seven eight nine")
+    assert ids and max(ids) < size
+    assert tok.decode(ids) == "seven eight nine"
+    assert tok.decode_ctc([ids[0], ids[0], tok.blank_id, *ids[1:]]) == "seven eight nine"
+
+
+def test_sentencepiece_own_blank(tmp_path):
+    path = train_sentencepiece(tmp_path, "withblank", user_defined_symbols=["<blank>"])
+    tok = build_ctc_tokenizer(path, None)
+    import sentencepiece as spm
+
+    sp = spm.SentencePieceProcessor(model_file=path)
+    assert tok.blank_id == sp.piece_to_id("<blank>") and tok.vocab_size == sp.get_piece_size()
+
+
+def test_tokens_json_funasr_style(tmp_path):
+    tokens = ["<blank>", "<s>", "</s>", "你", "好", "hello", "world", "<unk>"]
+    path = tmp_path / "tokens.json"
+    path.write_text(json.dumps(tokens, ensure_ascii=False), encoding="utf-8")
+    tok = build_ctc_tokenizer(str(path), None)
+    assert tok.blank_id == 0 and tok.vocab_size == len(tokens)
+    assert tok.encode("你好 hello") == [3, 4, 5]
+    assert tok.encode("你们") == [3, 7]  # unknown character -> <unk>
+    assert tok.decode([3, 4, 5, 6]) == "你好 hello world"
+    assert tok.decode_ctc([0, 3, 3, 0, 4, 4, 5]) == "你好 hello"
+
+
+def test_tokens_txt_chars_with_separator_and_missing_char(tmp_path):
+    chars = ["<space>", "a", "b", "c"]
+    path = tmp_path / "tokens.txt"
+    path.write_text("\n".join(chars) + "\n")
+    tok = build_ctc_tokenizer(str(path), None)
+    assert tok.blank_id == 4 and tok.vocab_size == 5  # no <blank> listed: appended
+    assert tok.encode("ab c") == [1, 2, 0, 3]
+    assert tok.decode([1, 2, 0, 3]) == "ab c"
+    with pytest.raises(ValueError, match=r"tokens\.txt: character 'z'"):
+        tok.encode("abz")
+
+
+def test_units_txt_with_ids(tmp_path):
+    path = tmp_path / "units.txt"
+    path.write_text("<blk> 0\none 1\ntwo 2\n<unk> 3\n")
+    tok = build_ctc_tokenizer(str(path), None)
+    assert tok.blank_id == 0 and tok.vocab_size == 4
+    assert tok.encode("one two") == [1, 2]
+    assert tok.decode([1, 2]) == "one two"
+
+
+def test_missing_vocab_file_is_named(tmp_path):
+    with pytest.raises(ConfigError, match="nope.model"):
+        build_ctc_tokenizer(str(tmp_path / "nope.model"), None)
+    with pytest.raises(ConfigError, match="tokens.txt"):
+        build_ctc_tokenizer(str(tmp_path / "tokens.txt"), None)
+
+
+def batch(seed=0, b=3, t=20, v=7, s=5):
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(b, t, v, generator=g, requires_grad=True)
+    lens = torch.tensor([20, 15, 9])
+    targets = torch.randint(1, v, (b, s), generator=g)
+    target_lens = torch.tensor([5, 3, 1])
+    targets[1, 3:] = -1  # padding beyond target_lens is ignored
+    targets[2, 1:] = -1
+    return logits, lens, targets, target_lens
+
+
+def test_loss_equals_torch_ctc_without_smoothing():
+    logits, lens, targets, target_lens = batch()
+    head_lp = logits.log_softmax(-1)
+    ours = ctc_loss(head_lp, lens, targets, target_lens, blank_id=0)
+    ref = F.ctc_loss(
+        head_lp.transpose(0, 1), targets.clamp(min=0), lens, target_lens, blank=0, reduction="sum", zero_infinity=True
+    )
+    torch.testing.assert_close(ours, ref)
+    per = ctc_loss(head_lp, lens, targets, target_lens, blank_id=0, reduction="none")
+    assert per.shape == (3,)
+    torch.testing.assert_close(ctc_loss(head_lp, lens, targets, target_lens, 0, reduction="mean"), per.mean())
+
+
+def test_smoothing_differs_and_is_finite():
+    logits, lens, targets, target_lens = batch()
+    lp = logits.log_softmax(-1)
+    plain = ctc_loss(lp, lens, targets, target_lens, blank_id=0)
+    smooth = ctc_loss(lp, lens, targets, target_lens, blank_id=0, label_smoothing=0.1)
+    assert torch.isfinite(smooth) and not torch.allclose(smooth, plain)
+    # The added term: 0.1 * sum over utterances of the mean over valid frames of -mean_v log p.
+    extra = sum(float(-lp[b, : int(n)].detach().mean()) for b, n in enumerate(lens))
+    torch.testing.assert_close(smooth, plain + 0.1 * extra, rtol=1e-5, atol=1e-4)
+    smooth.backward()
+    assert torch.isfinite(logits.grad).all()
+
+
+def test_impossible_alignment_is_zeroed():
+    lp = torch.randn(1, 2, 5).log_softmax(-1)
+    loss = ctc_loss(lp, torch.tensor([2]), torch.tensor([[1, 2, 3, 4]]), torch.tensor([4]), blank_id=0)
+    assert loss.item() == 0.0
+
+
+def test_target_validation_names_utterance_id_and_vocab():
+    logits, lens, targets, target_lens = batch()
+    targets[1, 2] = 7
+    with pytest.raises(ValueError, match=r"id 7 at position 2 of utterance 1.*vocab_size 7"):
+        validate_ctc_targets(targets, target_lens, vocab_size=7, blank_id=0)
+    with pytest.raises(ValueError, match="utterance 1"):
+        ctc_loss(logits.log_softmax(-1), lens, targets, target_lens, blank_id=0)
+    targets[1, 2] = 0
+    with pytest.raises(ValueError, match="blank"):
+        validate_ctc_targets(targets, target_lens, vocab_size=7, blank_id=0)
+    targets[1, 2] = 3
+    targets[1, 4] = 99  # past target_lens: padding, not checked
+    validate_ctc_targets(targets, target_lens, vocab_size=7, blank_id=0)
+
+
+def test_head_and_greedy_decode():
+    head = CTCHead(8, 6, dropout=0.1)
+    lp = head(torch.randn(2, 10, 8, dtype=torch.float64).float(), torch.tensor([10, 4]))
+    assert lp.shape == (2, 10, 6) and lp.dtype == torch.float32
+    torch.testing.assert_close(lp.exp().sum(-1), torch.ones(2, 10))
+
+    frames = torch.tensor([[0, 3, 3, 0, 3, 2, 2, 5], [4, 4, 0, 1, 1, 1, 2, 2]])
+    lp = F.one_hot(frames, 6).float().log_softmax(-1)
+    assert ctc_greedy(lp, torch.tensor([8, 5]), blank_id=0) == [[3, 3, 2, 5], [4, 1]]
+    assert ctc_collapse([5, 5, 5], blank_id=5) == []
