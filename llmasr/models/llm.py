@@ -112,8 +112,10 @@ def load_llm(
         model.requires_grad_(False)
     if gradient_checkpointing:
         # transformers 5 renamed it activation checkpointing; 4.x only has the old name.
-        enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
-        enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if hasattr(model, "activation_checkpointing_enable"):
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
     if lora is not None:
         model = apply_lora(model, lora, what="model.llm", hf_model=True)
