@@ -1,0 +1,279 @@
+"""FunASR model directories: round trip through write_funasr_dir, frontend settings, and every error path."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from llmasr.config_io import ConfigError
+from llmasr.data.frontend import FrontendConfig, read_kaldi_cmvn
+from llmasr.models.funasr_dir import frontend_from_funasr_conf, load_funasr_encoder, read_funasr_config
+from llmasr.models.sanm import SANMEncoder
+from llmasr.models.state_dict import CheckpointMismatchError
+from llmasr.testing.tiny_funasr import build_encoder, tiny_sanm_conf, write_funasr_dir
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    return write_funasr_dir(tmp_path_factory.mktemp("paraformer_tiny"), encoder_conf=tiny_sanm_conf(), seed=3)
+
+
+def _edit_config(model_dir, fn):
+    path = model_dir / "config.yaml"
+    data = yaml.safe_load(path.read_text())
+    fn(data)
+    path.write_text(yaml.safe_dump(data))
+
+
+def _copy(src, dst):
+    dst.mkdir()
+    for f in src.iterdir():
+        (dst / f.name).write_bytes(f.read_bytes())
+    return dst
+
+
+def test_directory_layout(tiny_dir):
+    assert sorted(p.name for p in tiny_dir.iterdir()) == ["am.mvn", "config.yaml", "model.pt", "tokens.json"]
+    cfg = read_funasr_config(tiny_dir)
+    assert cfg["encoder"] == "SANMEncoder" and cfg["frontend"] == "WavFrontend"
+    assert cfg["frontend_conf"]["lfr_m"] == 7
+    state = torch.load(tiny_dir / "model.pt", weights_only=True)
+    assert any(k.startswith("decoder.") for k in state) and any(k.startswith("predictor.") for k in state)
+    assert all(k.split(".")[0] in ("encoder", "decoder", "predictor") for k in state)
+    shift, scale = read_kaldi_cmvn(tiny_dir / "am.mvn")
+    assert shift.shape == scale.shape == (560,)
+    assert isinstance(json.loads((tiny_dir / "tokens.json").read_text()), list)
+
+
+def test_round_trip_identical_outputs_and_frontend(tiny_dir):
+    enc, fe = load_funasr_encoder(tiny_dir)
+    assert isinstance(enc, SANMEncoder)
+    assert isinstance(fe, FrontendConfig)
+    assert (fe.kind, fe.n_mels, fe.lfr_m, fe.lfr_n, fe.sample_rate) == ("fbank", 80, 7, 6, 16000)
+    assert (fe.frame_length_ms, fe.frame_shift_ms, fe.window, fe.dither) == (25.0, 10.0, "hamming", 1.0)
+    assert fe.cmvn_file == str((tiny_dir / "am.mvn").resolve())
+    assert fe.feature_dim == 560
+
+    state = torch.load(tiny_dir / "model.pt", weights_only=True)
+    ref = SANMEncoder(input_size=560, **tiny_sanm_conf()).eval()
+    ref.load_state_dict({k[len("encoder.") :]: v for k, v in state.items() if k.startswith("encoder.")})
+    enc.eval()
+    xs = torch.randn(2, 10, 560)
+    lens = torch.tensor([10, 6])
+    with torch.no_grad():
+        torch.testing.assert_close(enc(xs, lens)[0], ref(xs, lens)[0], rtol=0, atol=0)
+    for k, v in enc.state_dict().items():
+        assert torch.equal(v, state[f"encoder.{k}"]), k
+
+
+@pytest.mark.parametrize("nest", ["state_dict", "model_state_dict", "model"])
+def test_nested_state_dicts(tmp_path, tiny_dir, nest):
+    d = write_funasr_dir(tmp_path / nest, encoder_conf=tiny_sanm_conf(), seed=3, nest_under=nest)
+    assert list(torch.load(d / "model.pt", weights_only=True)) == [nest]
+    a, _ = load_funasr_encoder(d)
+    b, _ = load_funasr_encoder(tiny_dir)
+    for k, v in a.state_dict().items():
+        assert torch.equal(v, b.state_dict()[k])
+
+
+def test_ddp_module_prefix(tmp_path, tiny_dir):
+    d = _copy(tiny_dir, tmp_path / "ddp")
+    state = torch.load(d / "model.pt", weights_only=True)
+    torch.save({f"module.{k}": v for k, v in state.items()}, d / "model.pt")
+    load_funasr_encoder(d)
+
+
+def test_conf_overrides(tiny_dir):
+    enc, _ = load_funasr_encoder(tiny_dir, conf_overrides={"dropout_rate": 0.0, "attention_dropout_rate": 0.0})
+    assert enc.encoders[0].dropout.p == 0.0
+    with pytest.raises(ConfigError, match="no_such_key"):
+        load_funasr_encoder(tiny_dir, conf_overrides={"no_such_key": 1})
+
+
+def test_frontend_from_funasr_conf_mapping(tmp_path):
+    cmvn = tmp_path / "x.mvn"
+    from llmasr.data.frontend import write_kaldi_cmvn
+
+    write_kaldi_cmvn(cmvn, np.zeros(80), np.ones(80))
+    fe = frontend_from_funasr_conf(
+        {
+            "fs": "16k",
+            "n_mels": 80,
+            "lfr_m": 1,
+            "lfr_n": 1,
+            "dither": 0.0,
+            "upsacle_samples": False,
+            "filter_length_min": -1,
+            "snip_edges": False,
+        },
+        cmvn,
+    )
+    assert (fe.sample_rate, fe.dither, fe.waveform_scale, fe.snip_edges) == (16000, 0.0, 1.0, False)
+    assert fe.cmvn_file == str(cmvn.resolve())
+    assert frontend_from_funasr_conf({}, None).cmvn_file is None
+
+
+# ---- errors -----------------------------------------------------------------------------------------------
+
+
+def test_missing_am_mvn(tmp_path, tiny_dir):
+    d = _copy(tiny_dir, tmp_path / "d")
+    (d / "am.mvn").unlink()
+    with pytest.raises(ConfigError, match=r"am\.mvn.*missing.*AddShift"):
+        load_funasr_encoder(d)
+
+
+def test_cmvn_file_from_config_when_am_mvn_absent(tmp_path, tiny_dir):
+    d = _copy(tiny_dir, tmp_path / "d")
+    (d / "am.mvn").rename(d / "cmvn.txt")
+    _edit_config(d, lambda c: c["frontend_conf"].update(cmvn_file="cmvn.txt"))
+    _, fe = load_funasr_encoder(d)
+    assert fe.cmvn_file == str((d / "cmvn.txt").resolve())
+    _edit_config(d, lambda c: c["frontend_conf"].update(cmvn_file=None))  # explicit null: trained without CMVN
+    _, fe = load_funasr_encoder(d)
+    assert fe.cmvn_file is None
+
+
+def test_missing_model_pt(tmp_path, tiny_dir):
+    d = _copy(tiny_dir, tmp_path / "d")
+    (d / "model.pt").unlink()
+    with pytest.raises(ConfigError, match=r"model\.pt: missing.*state dict"):
+        load_funasr_encoder(d)
+
+
+def test_missing_config_and_directory(tmp_path, tiny_dir):
+    with pytest.raises(ConfigError, match="not found"):
+        load_funasr_encoder(tmp_path / "nowhere")
+    d = _copy(tiny_dir, tmp_path / "d")
+    (d / "config.yaml").unlink()
+    with pytest.raises(ConfigError, match=r"config\.yaml: missing.*encoder_conf"):
+        load_funasr_encoder(d)
+
+
+def _rewrite_state(d, fn):
+    state = torch.load(d / "model.pt", weights_only=True)
+    fn(state)
+    torch.save(state, d / "model.pt")
+
+
+def test_missing_key_named(tmp_path, tiny_dir):
+    d = _copy(tiny_dir, tmp_path / "d")
+    _rewrite_state(d, lambda s: s.pop("encoder.encoders.0.feed_forward.w_1.bias"))
+    with pytest.raises(CheckpointMismatchError, match=r"missing from checkpoint: encoders\.0\.feed_forward\.w_1\.bias"):
+        load_funasr_encoder(d)
+
+
+def test_unexpected_key_named(tmp_path, tiny_dir):
+    d = _copy(tiny_dir, tmp_path / "d")
+    _rewrite_state(d, lambda s: s.update({"encoder.encoders.1.norm1.weight": torch.ones(32)}))
+    with pytest.raises(CheckpointMismatchError, match=r"unexpected in checkpoint: encoders\.1\.norm1\.weight"):
+        load_funasr_encoder(d)
+
+
+def test_no_encoder_tensors(tmp_path, tiny_dir):
+    d = _copy(tiny_dir, tmp_path / "d")
+    _rewrite_state(d, lambda s: [s.pop(k) for k in list(s) if k.startswith("encoder.")])
+    with pytest.raises(CheckpointMismatchError, match=r"no tensors under 'encoder\.'.*decoder\."):
+        load_funasr_encoder(d)
+
+
+def test_shape_mismatch_names_key_and_shapes(tmp_path, tiny_dir):
+    d = _copy(tiny_dir, tmp_path / "d")
+    _edit_config(d, lambda c: c["encoder_conf"].update(linear_units=48))
+    with pytest.raises(
+        CheckpointMismatchError,
+        match=r"encoders0\.0\.feed_forward\.w_1\.weight: checkpoint \[64, 32\] vs model \[48, 32\]",
+    ):
+        load_funasr_encoder(d)
+
+
+def test_reinit_keys_allow_listed_mismatch(tmp_path, tiny_dir):
+    d = _copy(tiny_dir, tmp_path / "d")
+    _rewrite_state(d, lambda s: s.update({"encoder.after_norm.weight": torch.ones(7)}))
+    with pytest.raises(CheckpointMismatchError, match="after_norm.weight"):
+        load_funasr_encoder(d)
+    enc, _ = load_funasr_encoder(d, reinit_keys=["after_norm.*"])
+    assert enc.after_norm.weight.shape == (32,)
+    state = torch.load(tiny_dir / "model.pt", weights_only=True)
+    assert torch.equal(enc.encoders[0].norm1.weight, state["encoder.encoders.0.norm1.weight"])
+
+
+@pytest.mark.parametrize("where", ["top", "encoder_conf"])
+def test_input_size_disagreeing_with_frontend(tmp_path, tiny_dir, where):
+    d = _copy(tiny_dir, tmp_path / "d")
+    _edit_config(d, lambda c: (c if where == "top" else c["encoder_conf"]).update(input_size=400))
+    with pytest.raises(ConfigError, match=r"input_size is 400.*80 \* 7 = 560"):
+        load_funasr_encoder(d)
+
+
+def test_input_size_agreeing_is_fine(tmp_path, tiny_dir):
+    d = _copy(tiny_dir, tmp_path / "d")
+    _edit_config(d, lambda c: c.update(input_size=560))
+    load_funasr_encoder(d)
+
+
+def test_unknown_encoder_class(tmp_path, tiny_dir):
+    d = _copy(tiny_dir, tmp_path / "d")
+    _edit_config(d, lambda c: c.update(encoder="BranchformerEncoder"))
+    with pytest.raises(ConfigError, match=r"BranchformerEncoder.*SANMEncoder, ConformerEncoder"):
+        load_funasr_encoder(d)
+
+
+def test_unknown_frontend(tmp_path, tiny_dir):
+    d = _copy(tiny_dir, tmp_path / "d")
+    _edit_config(d, lambda c: c.update(frontend="WhisperFrontend"))
+    with pytest.raises(ConfigError, match=r"WhisperFrontend.*WavFrontend"):
+        load_funasr_encoder(d)
+
+
+def test_unknown_encoder_conf_key(tmp_path, tiny_dir):
+    d = _copy(tiny_dir, tmp_path / "d")
+    _edit_config(d, lambda c: c["encoder_conf"].update(num_block=2))
+    with pytest.raises(ConfigError, match="'num_block'"):
+        load_funasr_encoder(d)
+
+
+def test_harmless_real_config_keys(tmp_path, tiny_dir):
+    d = _copy(tiny_dir, tmp_path / "d")
+    _edit_config(
+        d,
+        lambda c: c["encoder_conf"].update(
+            tf2torch_tensor_name_prefix_torch="encoder", tf2torch_tensor_name_prefix_tf="seq2seq/encoder"
+        ),
+    )
+    load_funasr_encoder(d)
+
+
+def test_build_encoder_matches_loader(tiny_dir):
+    enc = build_encoder("SANMEncoder", tiny_sanm_conf(), 560)
+    assert set(enc.state_dict()) == set(load_funasr_encoder(tiny_dir)[0].state_dict())
+
+
+def test_conformer_directory_round_trip(tmp_path):
+    pytest.importorskip("llmasr.models.conformer")
+    conf = {
+        "output_size": 32,
+        "attention_heads": 4,
+        "linear_units": 64,
+        "num_blocks": 2,
+        "input_layer": "conv2d",
+        "pos_enc_layer_type": "rel_pos",
+        "selfattention_layer_type": "rel_selfattn",
+        "macaron_style": True,
+        "use_cnn_module": True,
+        "cnn_module_kernel": 7,
+    }
+    frontend = {"fs": 16000, "window": "hamming", "n_mels": 80, "frame_length": 25, "frame_shift": 10}
+    d = write_funasr_dir(
+        tmp_path / "conformer", encoder_type="ConformerEncoder", encoder_conf=conf, frontend_conf=frontend
+    )
+    enc, fe = load_funasr_encoder(d)
+    assert type(enc).__name__ == "ConformerEncoder"
+    assert (fe.lfr_m, fe.lfr_n, fe.feature_dim) == (1, 1, 80)
+    state = torch.load(d / "model.pt", weights_only=True)
+    for k, v in enc.state_dict().items():
+        assert torch.equal(v, state[f"encoder.{k}"]), k
