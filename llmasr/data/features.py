@@ -22,7 +22,6 @@ import numpy as np
 
 from llmasr.data.frontend import FrontendConfig, read_kaldi_cmvn
 
-
 MIN_FBANK_SAMPLES = 4  # shorter clips give no fbank frames
 
 

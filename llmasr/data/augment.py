@@ -1,0 +1,257 @@
+"""Training-time augmentation: waveform (speed perturbation, additive noise, gain) and SpecAugment.
+
+Every random draw comes from the numpy Generator the caller passes, in a fixed order, so the same seed gives the
+same augmentation. The caller applies it to training data only (see `Augmenter.enabled`).
+
+SpecAugment on LFR features (lfr_m > 1): a row holds lfr_m stacked sub-frames of n_mels bins each. A frequency
+mask covers the same mel bins in every sub-frame, as FunASR's SpecAugLFR does. Time masks zero whole LFR rows
+(60 ms each for Paraformer's 7/6), at independent random positions. FunASR's SpecAugLFR instead repeats each time
+mask lfr_m times at a stride of T // lfr_m rows (so one configured mask masks lfr_m evenly spaced spans);
+`spec_augment.lfr_time_replicate: true` reproduces that. Masked values are set to 0 (the CMVN mean).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from llmasr.config_io import ConfigError
+from llmasr.data.frontend import FrontendConfig
+
+log = logging.getLogger(__name__)
+
+
+def _check_range(path: str, name: str, values: list[float], lo: float | None = None, hi: float | None = None):
+    if len(values) != 2 or values[0] > values[1]:
+        raise ConfigError(f"{path}.{name}: expected [low, high] with low <= high, got {values}")
+    for v in values:
+        if not math.isfinite(v) or (lo is not None and v < lo) or (hi is not None and v > hi):
+            raise ConfigError(f"{path}.{name}: values must lie in [{lo}, {hi}], got {values}")
+
+
+def _check_prob(path: str, prob: float):
+    if not 0.0 <= prob <= 1.0:
+        raise ConfigError(f"{path}.prob: must be in [0, 1], got {prob}")
+
+
+@dataclass
+class SpecAugmentConfig:
+    enable: bool = False
+    num_time_masks: int = 1
+    max_time_width: float = 12  # >= 1: frames (after LFR); < 1: fraction of the utterance's frames
+    num_freq_masks: int = 1
+    max_freq_width: int = 30  # mel bins (per LFR sub-frame)
+    lfr_time_replicate: bool = False  # FunASR SpecAugLFR's time masks (see the module docstring)
+
+    def validate(self, path: str) -> None:
+        if self.num_time_masks < 0 or self.num_freq_masks < 0:
+            raise ConfigError(f"{path}: num_time_masks and num_freq_masks must be >= 0")
+        if not (math.isfinite(self.max_time_width) and self.max_time_width >= 0):
+            raise ConfigError(
+                f"{path}.max_time_width: must be >= 0 (frames, or a fraction < 1), got {self.max_time_width}"
+            )
+        if self.max_time_width >= 1 and not float(self.max_time_width).is_integer():
+            raise ConfigError(
+                f"{path}.max_time_width: a width >= 1 counts frames and must be whole, got {self.max_time_width}"
+            )
+        if self.max_freq_width < 0:
+            raise ConfigError(f"{path}.max_freq_width: must be >= 0, got {self.max_freq_width}")
+
+
+@dataclass
+class NoiseConfig:
+    enable: bool = False
+    manifest: str | None = None  # jsonl, one {"key": ..., "source": audio path} a line
+    snr_db: list[float] = field(default_factory=lambda: [10.0, 20.0])
+    prob: float = 0.5
+
+    def validate(self, path: str) -> None:
+        _check_range(path, "snr_db", self.snr_db)
+        _check_prob(path, self.prob)
+        if self.enable:
+            if not self.manifest:
+                raise ConfigError(f"{path}.manifest: required when noise is enabled")
+            if not Path(self.manifest).is_file():
+                raise ConfigError(f"{path}.manifest: not found: {self.manifest}")
+
+
+@dataclass
+class SpeedPerturbConfig:
+    enable: bool = False
+    factors: list[float] = field(default_factory=lambda: [0.9, 1.0, 1.1])  # one picked uniformly per utterance
+
+    def validate(self, path: str) -> None:
+        if not self.factors:
+            raise ConfigError(f"{path}.factors: must not be empty")
+        for f in self.factors:
+            if not (math.isfinite(f) and 0.5 <= f <= 2.0):
+                raise ConfigError(f"{path}.factors: each factor must lie in [0.5, 2.0], got {self.factors}")
+
+
+@dataclass
+class GainConfig:
+    enable: bool = False
+    db: list[float] = field(default_factory=lambda: [-6.0, 6.0])
+    prob: float = 0.5
+
+    def validate(self, path: str) -> None:
+        _check_range(path, "db", self.db, -60.0, 40.0)
+        _check_prob(path, self.prob)
+
+
+@dataclass
+class AugmentConfig:
+    spec_augment: SpecAugmentConfig = field(default_factory=SpecAugmentConfig)
+    noise: NoiseConfig = field(default_factory=NoiseConfig)
+    speed_perturb: SpeedPerturbConfig = field(default_factory=SpeedPerturbConfig)
+    gain: GainConfig = field(default_factory=GainConfig)
+
+    def validate(self, path: str) -> None:
+        self.spec_augment.validate(f"{path}.spec_augment")
+        self.noise.validate(f"{path}.noise")
+        self.speed_perturb.validate(f"{path}.speed_perturb")
+        self.gain.validate(f"{path}.gain")
+
+
+def read_noise_list(path: str | Path) -> list[str]:
+    """Audio paths from a noise jsonl ({"key", "source"} a line; relative paths against the file's folder)."""
+    path = Path(path)
+    base = path.resolve().parent
+    out = []
+    with open(path, encoding="utf-8") as f:
+        for lineno, raw in enumerate(f, start=1):
+            if not raw.strip():
+                continue
+            try:
+                rec = json.loads(raw)
+            except ValueError as err:
+                raise ConfigError(f"{path}:{lineno}: malformed JSON: {err}") from None
+            src = rec.get("source") if isinstance(rec, dict) else None
+            if not isinstance(src, str) or not src:
+                raise ConfigError(f"{path}:{lineno}: a noise record needs 'source' (an audio path)")
+            p = Path(src).expanduser()
+            out.append(str(p if p.is_absolute() else base / p))
+    if not out:
+        raise ConfigError(f"{path}: no noise files listed")
+    return out
+
+
+class Augmenter:
+    """Applies the enabled augmentations; `wave` before feature extraction, `spec` after (on final features)."""
+
+    def __init__(self, cfg: AugmentConfig, frontend: FrontendConfig):
+        self.cfg = cfg
+        self.frontend = frontend
+        self.lfr_m = frontend.lfr_m if frontend.kind == "fbank" else 1
+        self._noise: list[str] | None = None
+        self._noise_failures = 0
+
+    @property
+    def enabled(self) -> bool:
+        c = self.cfg
+        return c.spec_augment.enable or c.noise.enable or c.speed_perturb.enable or c.gain.enable
+
+    @property
+    def wave_enabled(self) -> bool:
+        c = self.cfg
+        return c.noise.enable or c.speed_perturb.enable or c.gain.enable
+
+    # -------------------------------------------------------------------------------------------------- waveform
+    def wave(self, waveform: np.ndarray, sr: int, rng: np.random.Generator) -> np.ndarray:
+        """Speed perturbation, then noise at a random SNR, then gain (clipped to [-1, 1])."""
+        c = self.cfg
+        x = np.asarray(waveform, dtype=np.float32)
+        if c.speed_perturb.enable:
+            factor = float(c.speed_perturb.factors[int(rng.integers(len(c.speed_perturb.factors)))])
+            x = speed_perturb(x, sr, factor)
+        if c.noise.enable:
+            if rng.random() < c.noise.prob:
+                x = self._add_noise(x, sr, rng)
+        if c.gain.enable:
+            if rng.random() < c.gain.prob:
+                db = rng.uniform(c.gain.db[0], c.gain.db[1])
+                x = np.clip(x * np.float32(10.0 ** (db / 20.0)), -1.0, 1.0)
+        return x
+
+    def _add_noise(self, x: np.ndarray, sr: int, rng: np.random.Generator) -> np.ndarray:
+        from llmasr.data.audio import AudioError, load_audio, probe_duration
+
+        if self._noise is None:
+            self._noise = read_noise_list(self.cfg.noise.manifest)
+        path = self._noise[int(rng.integers(len(self._noise)))]
+        snr = rng.uniform(self.cfg.noise.snr_db[0], self.cfg.noise.snr_db[1])
+        offset_u = rng.random()
+        n = x.shape[0]
+        try:
+            total = probe_duration(path)
+            need = n / sr
+            start = offset_u * max(0.0, total - need)
+            noise = load_audio(path, sample_rate=sr, start=start, end=start + need if total > need else None)
+        except AudioError as err:
+            self._noise_failures += 1
+            if self._noise_failures <= 5:
+                log.warning("noise augmentation skipped: %s", err)
+            return x
+        return mix_at_snr(x, noise, snr)
+
+    # ----------------------------------------------------------------------------------------------- SpecAugment
+    def spec(self, feats: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        sa = self.cfg.spec_augment
+        if not sa.enable:
+            return feats
+        x = np.array(feats, dtype=np.float32, copy=True)
+        t, d = x.shape
+        m = self.lfr_m if d % self.lfr_m == 0 else 1
+        bins = d // m
+        for _ in range(sa.num_freq_masks):
+            w = int(rng.integers(0, min(sa.max_freq_width, bins) + 1))
+            f0 = int(rng.integers(0, bins - w + 1))
+            if w:
+                for i in range(m):
+                    x[:, i * bins + f0 : i * bins + f0 + w] = 0.0
+        if t == 0:
+            return x
+        max_w = int(sa.max_time_width * t) if sa.max_time_width < 1 else int(sa.max_time_width)
+        for _ in range(sa.num_time_masks):
+            if sa.lfr_time_replicate and m > 1:
+                span = t // m
+                w = int(rng.integers(0, max(0, min(max_w, span)) + 1))
+                t0 = int(rng.integers(0, max(1, span - w)))
+                if w:
+                    for i in range(m):
+                        x[t0 + i * span : t0 + i * span + w] = 0.0
+            else:
+                w = int(rng.integers(0, min(max_w, t) + 1))
+                t0 = int(rng.integers(0, t - w + 1))
+                x[t0 : t0 + w] = 0.0
+        return x
+
+
+def speed_perturb(x: np.ndarray, sr: int, factor: float) -> np.ndarray:
+    """Play `x` `factor` times faster (pitch shifts with it, as sox `speed`): len(out) ~ len(x) / factor."""
+    from llmasr.data.audio import resample
+
+    if factor == 1.0:
+        return x
+    return resample(x, int(round(sr * factor)), sr)
+
+
+def mix_at_snr(x: np.ndarray, noise: np.ndarray, snr_db: float) -> np.ndarray:
+    """x + noise scaled to the given signal-to-noise ratio (noise tiled/cropped to len(x)); clipped to [-1, 1]."""
+    n = x.shape[0]
+    if noise.shape[0] == 0 or n == 0:
+        return x
+    if noise.shape[0] < n:
+        noise = np.tile(noise, -(-n // noise.shape[0]))
+    noise = noise[:n]
+    p_sig = float(np.mean(np.square(x, dtype=np.float64)))
+    p_noise = float(np.mean(np.square(noise, dtype=np.float64)))
+    if p_sig <= 0.0 or p_noise <= 0.0:
+        return x
+    gain = math.sqrt(p_sig / (p_noise * 10.0 ** (snr_db / 10.0)))
+    return np.clip(x + np.float32(gain) * noise.astype(np.float32), -1.0, 1.0)

@@ -1,0 +1,105 @@
+"""Global CMVN statistics over a training set, written as a Kaldi nnet am.mvn (FunASR's format).
+
+Statistics are taken over the features the encoder sees before CMVN: fbank (no dither) + LFR. As in FunASR's
+compute_audio_cmvn: AddShift = -mean, Rescale = 1 / std (population std over all frames), per dimension.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from llmasr.data.audio import AudioError, load_audio
+from llmasr.data.features import FeatureExtractor
+from llmasr.data.frontend import FrontendConfig, write_kaldi_cmvn
+from llmasr.data.manifest import BadRecord, Manifest
+
+log = logging.getLogger(__name__)
+
+VAR_FLOOR = 1e-10
+
+
+class CMVNError(RuntimeError):
+    """Too many unusable utterances (or none usable) to trust the statistics."""
+
+
+def compute_global_cmvn(
+    manifest_paths: Sequence[str | Path] | str | Path,
+    frontend: FrontendConfig,
+    out_path: str | Path,
+    *,
+    max_utts: int | None = None,
+    max_bad_fraction: float = 0.05,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Accumulate per-dimension mean/variance of fbank+LFR features; write am.mvn; return (shift, scale).
+
+    `max_utts` caps the number of utterances read (taken in manifest order, spread evenly over the manifests'
+    records). Unusable records (bad manifest lines, missing/corrupt/empty audio) are counted and logged; more
+    than `max_bad_fraction` of the attempted ones raises CMVNError, as does having no usable frames.
+    """
+    if frontend.kind != "fbank":
+        raise ValueError(f"global CMVN applies to fbank frontends, not {frontend.kind!r}")
+    if isinstance(manifest_paths, (str, Path)):
+        manifest_paths = [manifest_paths]
+    extractor = FeatureExtractor(dataclasses.replace(frontend, cmvn_file=None))
+    manifests = [Manifest.open(p) for p in manifest_paths]
+    total = sum(len(m) for m in manifests)
+    if max_utts is not None and max_utts < total:
+        # evenly spaced over the concatenation, so a cap still covers every manifest
+        picks = np.unique(np.linspace(0, total - 1, num=max(1, max_utts)).round().astype(np.int64))
+    else:
+        picks = np.arange(total, dtype=np.int64)
+    offsets = np.cumsum([0] + [len(m) for m in manifests])
+
+    dim = frontend.feature_dim
+    s1 = np.zeros(dim, dtype=np.float64)
+    s2 = np.zeros(dim, dtype=np.float64)
+    frames = 0
+    used = 0
+    bad: list[str] = []
+    for idx in picks:
+        k = int(np.searchsorted(offsets, idx, side="right") - 1)
+        m = manifests[k]
+        try:
+            utt = m[int(idx - offsets[k])]
+            wav = load_audio(
+                utt.source, sample_rate=frontend.sample_rate, start=utt.start, end=utt.end, channel=utt.channel
+            )
+        except BadRecord as err:
+            bad.append(str(err))
+            continue
+        except AudioError as err:
+            bad.append(f"{m.path}:{utt.line}: audio {err.path}: {err.reason}")
+            continue
+        feats = extractor(wav, train=False).astype(np.float64)
+        if feats.shape[0] == 0:
+            bad.append(f"{m.path}:{utt.line}: audio too short for one feature frame")
+            continue
+        s1 += feats.sum(axis=0)
+        s2 += np.square(feats).sum(axis=0)
+        frames += feats.shape[0]
+        used += 1
+
+    attempted = len(picks)
+    if bad:
+        log.warning("global CMVN: %d of %d utterances unusable, e.g.:\n  %s", len(bad), attempted, "\n  ".join(bad[:5]))
+    if frames == 0:
+        raise CMVNError(f"global CMVN: no usable frames in {attempted} utterance(s); first problems: {bad[:3]}")
+    if attempted and len(bad) / attempted > max_bad_fraction:
+        raise CMVNError(
+            f"global CMVN: {len(bad)} of {attempted} utterances unusable (more than "
+            f"{max_bad_fraction:.0%}); first problems: {bad[:3]}"
+        )
+    mean = s1 / frames
+    var = np.maximum(s2 / frames - mean * mean, VAR_FLOOR)
+    shift = (-mean).astype(np.float32)
+    scale = (1.0 / np.sqrt(var)).astype(np.float32)
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    write_kaldi_cmvn(out_path, shift, scale)
+    log.info("global CMVN: %d utterances, %d frames, %d dims -> %s", used, frames, dim, out_path)
+    return shift, scale
