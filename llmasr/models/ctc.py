@@ -224,7 +224,7 @@ def ctc_loss(
     log_probs = log_probs.float()
     per_utt = F.ctc_loss(
         log_probs.transpose(0, 1),
-        targets,
+        targets.clamp(min=0),  # padding past target_lens (e.g. -1 or -100) is never read, but must be a valid id
         lens,
         target_lens,
         blank=blank_id,
