@@ -1,0 +1,5 @@
+import sys
+
+from llmasr.cli import main
+
+sys.exit(main())
