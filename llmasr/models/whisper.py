@@ -1,0 +1,191 @@
+"""Whisper's audio encoder (transformers' WhisperEncoder) behind the llmasr encoder interface.
+
+`load_whisper_encoder(path)` reads a local Hugging Face Whisper directory (config.json, model.safetensors or a
+sharded model.safetensors.index.json, preprocessor_config.json) and loads only the encoder tensors; the decoder is
+never built or read. Nothing is downloaded and no remote code runs.
+
+Whisper's encoder takes a fixed number of frames (2 * max_source_positions: 3000 = 30 s for the released models)
+and has no padding mask. `WhisperAudioEncoder.forward` therefore pads or truncates to that length and fills every
+frame past an utterance's length with what Whisper's feature extractor produces for zero (silent) audio: the
+log-mel floor, i.e. the utterance's maximum feature value minus 2 (log10 clamp of max-8, then (x+4)/4). Valid
+output frames are the conv-stack output frames of the valid input: (len - 1) // 2 + 1.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from llmasr.config_io import ConfigError
+from llmasr.data.frontend import FrontendConfig
+from llmasr.models.state_dict import CheckpointMismatchError, load_into
+
+log = logging.getLogger(__name__)
+
+_PREFIXES = ("model.encoder.", "encoder.", "")  # WhisperForConditionalGeneration, WhisperModel, bare encoder
+
+
+class WhisperAudioEncoder(nn.Module):
+    """forward(xs [B, T, n_mels], xs_lens [B]) -> (ys [B, T', d_model], ys_lens [B])."""
+
+    def __init__(self, config: Any):
+        super().__init__()
+        from transformers.models.whisper.modeling_whisper import WhisperEncoder
+
+        self.config = config
+        self.encoder = WhisperEncoder(config)
+        self.n_mels = int(config.num_mel_bins)
+        self.n_frames = int(config.max_source_positions) * 2  # conv1 stride 1, conv2 stride 2
+        self._gradient_checkpointing = False
+
+    def output_size(self) -> int:
+        return int(self.config.d_model)
+
+    @property
+    def gradient_checkpointing(self) -> bool:
+        return self._gradient_checkpointing
+
+    @gradient_checkpointing.setter
+    def gradient_checkpointing(self, enabled: bool) -> None:
+        if enabled:
+            self.encoder.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        elif self._gradient_checkpointing:
+            self.encoder.gradient_checkpointing_disable()
+        self._gradient_checkpointing = bool(enabled)
+
+    @staticmethod
+    def output_lengths(xs_lens: torch.Tensor) -> torch.Tensor:
+        return torch.div(xs_lens + 1, 2, rounding_mode="floor")  # conv2: kernel 3, stride 2, padding 1
+
+    def prepare_features(self, xs: torch.Tensor, xs_lens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """[B, T, n_mels] -> ([B, n_mels, n_frames] padded/truncated with the silence floor, clamped lengths)."""
+        if xs.dim() != 3 or xs.size(-1) != self.n_mels:
+            raise ValueError(
+                f"whisper encoder expects [batch, time, {self.n_mels}] log-mel features, got {list(xs.shape)}"
+            )
+        n = self.n_frames
+        lens = xs_lens.to(xs.device).clamp(min=0, max=n)
+        x = xs[:, :n]
+        if x.size(1) < n:
+            x = nn.functional.pad(x, (0, 0, 0, n - x.size(1)))
+        valid = torch.arange(n, device=x.device)[None, :] < lens[:, None]  # [B, n]
+        peak = x.masked_fill(~valid[:, :, None], float("-inf")).amax(dim=(1, 2))
+        fill = torch.where(lens > 0, peak - 2.0, torch.zeros_like(peak))
+        x = torch.where(valid[:, :, None], x, fill[:, None, None].to(x.dtype))
+        return x.transpose(1, 2), lens
+
+    def forward(self, xs: torch.Tensor, xs_lens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        feats, lens = self.prepare_features(xs, xs_lens)
+        feats = feats.to(self.encoder.conv1.weight.dtype)
+        hidden = self.encoder(input_features=feats).last_hidden_state  # [B, n_frames/2, d_model]
+        out_lens = self.output_lengths(lens)
+        hidden = hidden[:, : int(out_lens.max()) if out_lens.numel() else 0]
+        valid = torch.arange(hidden.size(1), device=hidden.device)[None, :] < out_lens[:, None]
+        return hidden.masked_fill(~valid[:, :, None], 0.0), out_lens
+
+
+def whisper_frontend(config: Any, preprocessor: dict | None = None) -> FrontendConfig:
+    """FrontendConfig for a Whisper encoder: log-mel settings from preprocessor_config.json, the chunk length
+    from max_source_positions (the number of frames the encoder requires)."""
+    pre = preprocessor or {}
+    sample_rate = int(pre.get("sampling_rate", 16000))
+    hop = int(pre.get("hop_length", 160))
+    n_fft = int(pre.get("n_fft", 400))
+    n_mels = int(pre.get("feature_size", config.num_mel_bins))
+    if n_mels != int(config.num_mel_bins):
+        raise ConfigError(
+            f"preprocessor_config.json feature_size {n_mels} differs from config.json num_mel_bins "
+            f"{config.num_mel_bins}"
+        )
+    return FrontendConfig(
+        kind="whisper",
+        sample_rate=sample_rate,
+        n_mels=n_mels,
+        frame_length_ms=1000.0 * n_fft / sample_rate,
+        frame_shift_ms=1000.0 * hop / sample_rate,
+        window="hann",
+        dither=float(pre.get("dither", 0.0)),
+        waveform_scale=1.0,
+        n_fft=n_fft,
+        chunk_seconds=2 * int(config.max_source_positions) * hop / sample_rate,
+    )
+
+
+def build_whisper_encoder(conf: dict[str, Any]) -> tuple[WhisperAudioEncoder, FrontendConfig]:
+    """A randomly initialised Whisper encoder from WhisperConfig keys (d_model, encoder_layers, num_mel_bins, ...)."""
+    from transformers import WhisperConfig
+
+    known = set(WhisperConfig().to_dict())
+    for key in conf:
+        if key not in known:
+            raise ConfigError(f"encoder.conf.{key}: not a WhisperConfig option")
+    config = WhisperConfig(**conf)
+    return WhisperAudioEncoder(config), whisper_frontend(config)
+
+
+def _read_encoder_tensors(path: Path) -> dict[str, torch.Tensor]:
+    """Encoder tensors only (prefix stripped), from model.safetensors or the shards an index lists."""
+    from safetensors import safe_open
+
+    single = path / "model.safetensors"
+    index = path / "model.safetensors.index.json"
+    if single.is_file():
+        files = [single]
+    elif index.is_file():
+        weight_map = json.loads(index.read_text()).get("weight_map", {})
+        names = sorted({f for k, f in weight_map.items() if k.startswith(("model.encoder.", "encoder."))})
+        names = names or sorted(set(weight_map.values()))
+        files = [path / name for name in names]
+        for f in files:
+            if not f.is_file():
+                raise FileNotFoundError(f"{f}: listed in {index.name} but missing")
+    else:
+        raise FileNotFoundError(
+            f"{path}: no model.safetensors (or model.safetensors.index.json) in the Whisper directory"
+        )
+
+    keys_by_file: dict[Path, list[str]] = {}
+    all_keys: list[str] = []
+    for f in files:
+        with safe_open(str(f), framework="pt") as handle:
+            keys_by_file[f] = list(handle.keys())
+            all_keys += keys_by_file[f]
+    prefix = next((p for p in _PREFIXES if p + "conv1.weight" in all_keys), None)
+    if prefix is None:
+        raise CheckpointMismatchError(f"{path}: no Whisper encoder weights (no *conv1.weight key) in {files[0].name}")
+    out: dict[str, torch.Tensor] = {}
+    for f, keys in keys_by_file.items():
+        with safe_open(str(f), framework="pt") as handle:
+            for key in keys:
+                if key.startswith(prefix) and (prefix or not key.startswith(("model.", "decoder.", "proj_out"))):
+                    out[key[len(prefix) :]] = handle.get_tensor(key)
+    return out
+
+
+def load_whisper_encoder(
+    path: str | Path, *, reinit_keys: list[str] | tuple[str, ...] = ()
+) -> tuple[WhisperAudioEncoder, FrontendConfig]:
+    """Encoder + frontend settings from a local HF Whisper directory. `reinit_keys` are WhisperEncoder names
+    (globs allowed, e.g. "layers.31.*") that may be missing or differently shaped and stay freshly initialised."""
+    from transformers import WhisperConfig
+
+    path = Path(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"Whisper directory not found: {path}")
+    for name in ("config.json", "preprocessor_config.json"):
+        if not (path / name).is_file():
+            raise FileNotFoundError(f"{path / name}: missing from the Whisper directory")
+    config = WhisperConfig.from_pretrained(str(path), local_files_only=True)
+    if getattr(config, "model_type", None) != "whisper":
+        raise ConfigError(f"{path / 'config.json'}: model_type {config.model_type!r}, expected 'whisper'")
+    preprocessor = json.loads((path / "preprocessor_config.json").read_text())
+    frontend = whisper_frontend(config, preprocessor)
+    state = _read_encoder_tensors(path)
+    model = WhisperAudioEncoder(config)
+    load_into(model.encoder, state, source=str(path), reinit_keys=reinit_keys)
+    return model, frontend
