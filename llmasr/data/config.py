@@ -22,11 +22,7 @@ import math
 from dataclasses import dataclass, field
 
 from llmasr.config_io import ConfigError
-
-try:  # written by the feature/augmentation side; kept optional so this module imports on its own
-    from llmasr.data.augment import AugmentConfig
-except ImportError:  # pragma: no cover - only while the augment module is absent
-    AugmentConfig = dict  # type: ignore[misc,assignment]
+from llmasr.data.augment import AugmentConfig
 
 DEFAULT_MAX_SECONDS = 120.0
 

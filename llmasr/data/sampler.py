@@ -63,6 +63,7 @@ class DynamicBucketSampler(Sampler):
         max_target_len: int | None = None,
         truncate_to_max: bool = False,
         min_item_seconds: float | None = None,
+        cost_scale: float = 1.0,
         indices: np.ndarray | None = None,
         epoch_indices: Callable[[int], np.ndarray] | None = None,
     ):
@@ -70,6 +71,8 @@ class DynamicBucketSampler(Sampler):
         durations: seconds per dataset item (NaN = unknown; such items are skipped as unknown_duration).
         target_lens: per-item target length (any unit consistent with max_target_len/max_target_tokens).
         min_item_seconds: cost every item at least this long (fixed-length frontends such as Whisper's 30 s).
+        cost_scale: multiply every item's cost (e.g. 1/0.9 when speed perturbation may stretch audio by 1/0.9);
+            filters still use the durations as given.
         indices: restrict to these dataset indices (e.g. a validation subset).
         epoch_indices: epoch -> dataset indices for that epoch (weighted mixing); overrides `indices`.
         """
@@ -117,6 +120,7 @@ class DynamicBucketSampler(Sampler):
             eff = np.minimum(eff, self.max_duration)
         if min_item_seconds is not None:
             eff = np.maximum(eff, float(min_item_seconds))
+        eff = eff * float(cost_scale)
         if max_frames is not None:
             self.sizes = np.ceil(eff * float(frames_per_second) - 1e-9)
             self.budget = float(max_frames)

@@ -1,0 +1,101 @@
+"""Batch assembly: pad a list of SpeechDataset items into the tensors the model consumes.
+
+The batch dict (every key is always present, so all ranks see the same structure):
+
+    feats         float32 [B, T, D]  zero-padded features
+    feat_lens     int64   [B]
+    text_ids      int64   [B, L]     prompt + target + end token, right-padded with pad_id
+    text_lens     int64   [B]
+    audio_pos     int64   [B]        index in text_ids where the audio embeddings go
+    target_start  int64   [B]        index in text_ids where the labels begin
+    ctc_ids       int64   [B, C]     CTC labels padded with 0; [B, 0] when no CTC tokenizer is set
+    ctc_lens      int64   [B]        zeros when no CTC tokenizer is set
+    keys          list[str]
+    targets       list[str]
+    durations     float32 [B]        seconds of audio
+    n_bad         int                bad items dropped from this batch
+    bad           list[dict]         those items: manifest, line, key, reason, index
+    empty         bool               see below
+
+Bad items (`BadItem`) are removed and reported through n_bad/bad; the main process aggregates them in a
+BadDataTracker (SpeechDataLoader does this). When every item of a batch is bad, the batch cannot simply vanish:
+the other ranks would wait for this one at the next collective (a hang under DDP/ZeRO). The collator then emits
+a batch made of one known-good `fallback` item (loaded once when the loader is built) with "empty": True. The
+trainer runs it through the same forward/backward as any batch, keeping every rank in step, and should multiply
+its loss by 0 (the fallback is a real utterance, so a trainer that ignores the flag just sees one repeated
+utterance; nothing breaks). Without a fallback an all-bad batch raises, naming the bad items.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from llmasr.data.dataset import BadItem
+
+
+class EmptyBatchError(RuntimeError):
+    """Every item of a batch was bad and the collator has no fallback item."""
+
+
+class Collator:
+    def __init__(self, pad_id: int, *, with_ctc: bool = False, fallback: dict | None = None):
+        self.pad_id = int(pad_id)
+        self.with_ctc = bool(with_ctc)
+        if fallback is not None and isinstance(fallback, BadItem):
+            raise ValueError(f"the fallback item is itself bad: {fallback}")
+        self.fallback = fallback
+
+    def __call__(self, items: list) -> dict:
+        good = [it for it in items if not isinstance(it, BadItem)]
+        bad = [it.to_dict() for it in items if isinstance(it, BadItem)]
+        empty = not good
+        if empty:
+            if self.fallback is None:
+                where = ", ".join(f"{b['manifest']}:{b['line']} ({b['reason']})" for b in bad[:5])
+                raise EmptyBatchError(f"every item of the batch is bad and there is no fallback item: {where}")
+            good = [self.fallback]
+        batch = self.pad(good)
+        batch["n_bad"] = len(bad)
+        batch["bad"] = bad
+        batch["empty"] = empty
+        return batch
+
+    def pad(self, items: list[dict]) -> dict:
+        b = len(items)
+        feat_lens = [int(it["feats"].shape[0]) for it in items]
+        dim = int(items[0]["feats"].shape[1])
+        for it in items:
+            if it["feats"].shape[1] != dim:
+                raise ValueError(f"feature dims differ within a batch: {it['feats'].shape[1]} vs {dim} ({it['key']})")
+        feats = np.zeros((b, max(feat_lens), dim), dtype=np.float32)
+        for i, it in enumerate(items):
+            feats[i, : feat_lens[i]] = it["feats"]
+        text_lens = [len(it["text_ids"]) for it in items]
+        text_ids = np.full((b, max(text_lens)), self.pad_id, dtype=np.int64)
+        for i, it in enumerate(items):
+            text_ids[i, : text_lens[i]] = it["text_ids"]
+        if self.with_ctc:
+            for it in items:
+                if it.get("ctc_ids") is None:
+                    raise ValueError(f"item {it['key']} has no ctc_ids but the collator expects CTC labels")
+            ctc_lens = [len(it["ctc_ids"]) for it in items]
+            ctc_ids = np.zeros((b, max(ctc_lens)), dtype=np.int64)
+            for i, it in enumerate(items):
+                ctc_ids[i, : ctc_lens[i]] = it["ctc_ids"]
+        else:
+            ctc_lens = [0] * b
+            ctc_ids = np.zeros((b, 0), dtype=np.int64)
+        return {
+            "feats": torch.from_numpy(feats),
+            "feat_lens": torch.tensor(feat_lens, dtype=torch.int64),
+            "text_ids": torch.from_numpy(text_ids),
+            "text_lens": torch.tensor(text_lens, dtype=torch.int64),
+            "audio_pos": torch.tensor([int(it["audio_pos"]) for it in items], dtype=torch.int64),
+            "target_start": torch.tensor([int(it["target_start"]) for it in items], dtype=torch.int64),
+            "ctc_ids": torch.from_numpy(ctc_ids),
+            "ctc_lens": torch.tensor(ctc_lens, dtype=torch.int64),
+            "keys": [str(it["key"]) for it in items],
+            "targets": [str(it["target"]) for it in items],
+            "durations": torch.tensor([float(it["duration"]) for it in items], dtype=torch.float32),
+        }

@@ -1,0 +1,273 @@
+"""DataLoader assembly: manifests -> durations -> DynamicBucketSampler -> SpeechDataset -> Collator.
+
+`build_dataloader` returns (loader, sampler). The loader is a `SpeechDataLoader`, a torch DataLoader that also:
+- feeds every batch to its `bad_data` tracker in the main process (workers cannot share counters), raising
+  TooMuchBadData when data.max_bad_fraction is passed (after enough items, and at the end of every epoch);
+- counts the batches the training loop has received, so `loader.state_dict()` resumes exactly even though
+  workers prefetch ahead of the loop;
+- `loader.set_epoch(e)` sets the sampler's epoch and the dataset's (augmentation randomness follows it).
+Workers are not persistent: each epoch's workers start from the dataset as it is when the epoch starts.
+
+Unknown durations are filled once from the audio headers (no decode); lines whose header cannot be read are
+reported as bad data (they count against max_bad_fraction in every epoch) and skipped by the sampler. If they
+alone pass max_bad_fraction the build fails before training starts.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from llmasr.data.collate import Collator
+from llmasr.data.config import DataConfig, ManifestSpec
+from llmasr.data.dataset import BadDataTracker, BadItem, SpeechDataset, TooMuchBadData
+from llmasr.data.frontend import FrontendConfig
+from llmasr.data.sampler import DynamicBucketSampler
+
+log = logging.getLogger("llmasr.data")
+
+FALLBACK_TRIES = 256
+
+
+class SpeechDataLoader(DataLoader):
+    """A DataLoader over a DynamicBucketSampler that accounts bad data and resumes exactly (see module doc)."""
+
+    bad_data: BadDataTracker
+    consumed: int
+
+    def set_epoch(self, epoch: int) -> None:
+        self.batch_sampler.set_epoch(epoch)
+
+    def __iter__(self):
+        sampler: DynamicBucketSampler = self.batch_sampler
+        resume = sampler._resume
+        start = resume[1] if resume is not None and resume[0] == sampler.epoch else 0
+        if start == 0:
+            self.bad_data.new_epoch()
+        self.consumed = start
+        for batch in super().__iter__():
+            self.consumed += 1
+            self.bad_data.update(batch)
+            yield batch
+        self.bad_data.end_epoch()
+
+    def state_dict(self) -> dict:
+        return {
+            "sampler": self.batch_sampler.state_dict(consumed=getattr(self, "consumed", None)),
+            "bad_data": self.bad_data.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.batch_sampler.load_state_dict(state["sampler"])
+        self.consumed = int(state["sampler"]["batches_yielded"])
+        if "bad_data" in state:
+            self.bad_data.load_state_dict(state["bad_data"])
+
+
+def open_manifests(specs: Sequence[ManifestSpec | str], *, mix: bool):
+    """Open manifests and fill unknown durations from headers. Returns (manifest, bad records from the fill).
+
+    One manifest is used as is; several become a MixedManifest (weights used when `mix`, i.e. for training).
+    """
+    from llmasr.data.manifest import Manifest, MixedManifest
+
+    specs = [ManifestSpec(s) if isinstance(s, str) else s for s in specs]
+    if not specs:
+        raise ValueError("no manifests given")
+    opened, bad = [], []
+    for spec in specs:
+        m = Manifest.open(spec.path)
+        bad.extend(m.fill_durations())
+        opened.append(m)
+    if len(opened) == 1:
+        return opened[0], bad
+    weights = [s.weight if mix else 1.0 for s in specs]
+    return MixedManifest(opened, weights), bad
+
+
+def target_lengths(manifest) -> np.ndarray:
+    """Per-item target_len (0 for lines that do not parse; those are reported by the dataset)."""
+    from llmasr.data.manifest import BadRecord
+
+    fast = getattr(manifest, "target_lens", None)
+    if callable(fast):
+        return np.asarray(fast(), dtype=np.int64)
+    out = np.zeros(len(manifest), dtype=np.int64)
+    for i in range(len(manifest)):
+        try:
+            out[i] = int(manifest[i].target_len or 0)
+        except BadRecord:
+            pass
+    return out
+
+
+def evenly_spaced(n: int, k: int | None) -> np.ndarray | None:
+    if k is None or k >= n:
+        return None
+    return np.unique(np.linspace(0, n - 1, k).round().astype(np.int64))
+
+
+def worker_init(worker_id: int) -> None:
+    """Per-worker seeding of the global RNGs (item randomness is per index and does not use them) and 1 thread."""
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)
+    random.seed(seed)
+    torch.set_num_threads(1)
+
+
+def make_sampler(
+    data_cfg: DataConfig,
+    durations: np.ndarray,
+    target_lens,
+    frontend: FrontendConfig,
+    *,
+    train: bool,
+    rank: int,
+    world_size: int,
+    indices=None,
+    epoch_indices=None,
+) -> DynamicBucketSampler:
+    b = data_cfg.batching
+    max_duration = b.max_duration
+    min_item = None
+    if frontend.kind == "whisper":  # features are padded/cut to one fixed window: every item costs that much
+        max_duration = min(max_duration, frontend.chunk_seconds)
+        min_item = frontend.chunk_seconds
+    cost_scale = 1.0
+    sp = data_cfg.augment.speed_perturb
+    if train and sp.enable and sp.factors:  # a factor f < 1 makes audio 1/f times longer
+        cost_scale = max(1.0, 1.0 / min(sp.factors))
+    return DynamicBucketSampler(
+        durations,
+        target_lens,
+        max_seconds=b.budget_seconds,
+        max_frames=b.max_frames,
+        frames_per_second=1.0 / frontend.frame_seconds,
+        max_target_tokens=b.max_target_tokens,
+        num_buckets=b.num_buckets,
+        shuffle=train and b.shuffle,
+        shuffle_buffer=b.shuffle_buffer,
+        seed=data_cfg.seed,
+        rank=rank,
+        world_size=world_size,
+        drop_last=b.drop_last,
+        min_duration=b.min_duration,
+        max_duration=max_duration,
+        max_target_len=b.max_target_len,
+        truncate_to_max=b.truncate_to_max,
+        min_item_seconds=min_item,
+        cost_scale=cost_scale,
+        indices=indices,
+        epoch_indices=epoch_indices,
+    )
+
+
+def find_fallback(dataset: SpeechDataset, candidates: Sequence[int]):
+    """First good item among `candidates`; raises TooMuchBadData if none of the first FALLBACK_TRIES is good."""
+    reasons = []
+    for i in list(candidates)[:FALLBACK_TRIES]:
+        item = dataset[int(i)]
+        if not isinstance(item, BadItem):
+            return item
+        reasons.append(f"{item.where()}: {item.reason}")
+    if not reasons:
+        return None
+    raise TooMuchBadData(f"none of the first {len(reasons)} items is usable; e.g.\n  " + "\n  ".join(reasons[:10]))
+
+
+def build_dataloader(
+    data_cfg: DataConfig,
+    manifests,
+    frontend: FrontendConfig,
+    *,
+    prompt_builder,
+    ctc_tokenizer=None,
+    train: bool,
+    rank: int = 0,
+    world_size: int = 1,
+    epoch: int = 0,
+) -> tuple[SpeechDataLoader, DynamicBucketSampler]:
+    """`manifests`: a list of ManifestSpec / paths (e.g. data_cfg.train), or an opened Manifest/MixedManifest."""
+    name = "train" if train else "valid"
+    if hasattr(manifests, "durations"):
+        manifest, fill_bad = manifests, list(manifests.fill_durations()) if hasattr(manifests, "fill_durations") else []
+    else:
+        manifest, fill_bad = open_manifests(manifests, mix=train)
+    n = len(manifest)
+    tracker = BadDataTracker(data_cfg.max_bad_fraction, name=name)
+    if fill_bad:
+        tracker.add_static(fill_bad)
+        log.warning(
+            "%s: %d of %d manifest lines are unusable before loading (%s)", name, len(fill_bad), n, tracker.summary()
+        )
+        if n and len(fill_bad) / n > data_cfg.max_bad_fraction:
+            probe = BadDataTracker(data_cfg.max_bad_fraction, name=name, log_first=0)
+            probe.good = n - len(fill_bad)
+            probe.bad = tracker.bad
+            probe.by_reason = tracker.by_reason
+            probe.examples = tracker.examples
+            raise TooMuchBadData(probe.message())
+    durations = np.asarray(manifest.durations(), dtype=np.float64)
+    b = data_cfg.batching
+    tl = target_lengths(manifest) if (b.max_target_len is not None or b.max_target_tokens is not None) else None
+    epoch_indices = None
+    if train and hasattr(manifest, "epoch_indices"):
+        seed = data_cfg.seed
+        epoch_indices = lambda e: manifest.epoch_indices(e, seed)  # noqa: E731
+    indices = None if train else evenly_spaced(n, data_cfg.valid_max_utts)
+    sampler = make_sampler(
+        data_cfg,
+        durations,
+        tl,
+        frontend,
+        train=train,
+        rank=rank,
+        world_size=world_size,
+        indices=indices,
+        epoch_indices=epoch_indices,
+    )
+    dataset = SpeechDataset(
+        manifest,
+        frontend,
+        train=train,
+        augment=data_cfg.augment if train else None,
+        prompt_builder=prompt_builder,
+        ctc_tokenizer=ctc_tokenizer,
+        seed=data_cfg.seed,
+        max_duration_truncate=b.max_duration if b.truncate_to_max else None,
+    )
+    sampler.add_epoch_listener(dataset.set_epoch)
+    sampler.set_epoch(epoch)
+    candidates = [i for batch in sampler.batches() for i in batch]
+    fallback = find_fallback(dataset, candidates)
+    collator = Collator(prompt_builder.pad_id, with_ctc=ctc_tokenizer is not None, fallback=fallback)
+    workers = int(data_cfg.num_workers)
+    loader = SpeechDataLoader(
+        dataset,
+        batch_sampler=sampler,
+        num_workers=workers,
+        collate_fn=collator,
+        pin_memory=bool(data_cfg.pin_memory and torch.cuda.is_available()),
+        prefetch_factor=data_cfg.prefetch_factor if workers > 0 else None,
+        persistent_workers=False,
+        worker_init_fn=worker_init if workers > 0 else None,
+    )
+    loader.bad_data = tracker
+    loader.consumed = 0
+    st = sampler.stats()
+    log.info(
+        "%s data: %d items, %d batches per rank (world size %d), mean batch %.1f, padding efficiency %.3f, skipped %s",
+        name,
+        n,
+        len(sampler),
+        world_size,
+        st["mean_batch_size"],
+        st["padding_efficiency"],
+        st["filtered"] or "none",
+    )
+    return loader, sampler

@@ -1,0 +1,84 @@
+"""Small fakes shared by the data-pipeline tests: prompt builder, CTC tokenizer, wav files and manifests."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import soundfile as sf
+
+
+class FakePromptBuilder:
+    """Same interface as llmasr.models.prompt.PromptBuilder.encode / pad_id."""
+
+    pad_id = 0
+    end_id = 9
+
+    def encode(self, target, task=None):
+        before = [1, 2, 3] if task is None else [1, 2, 3, 5]
+        after = [4]
+        ids = before + after
+        target_start = len(ids)
+        if target is not None:
+            if not isinstance(target, str) or not target.strip():
+                raise ValueError(f"empty or non-text transcript: {target!r}")
+            ids = ids + [10 + ord(c) % 50 for c in target.strip()] + [self.end_id]
+        return SimpleNamespace(ids=ids, audio_pos=len(before), target_start=target_start)
+
+
+class FakeCTCTokenizer:
+    """Letters a-z -> 0..25, space -> 26, blank 27; anything else -> 99 (outside the vocabulary)."""
+
+    vocab_size = 28
+    blank_id = 27
+
+    def encode(self, text):
+        out = []
+        for c in text.lower():
+            if "a" <= c <= "z":
+                out.append(ord(c) - ord("a"))
+            elif c == " ":
+                out.append(26)
+            else:
+                out.append(99)
+        return out
+
+
+def write_wav(path: Path, seconds: float, sr: int = 16000, seed: int = 0) -> Path:
+    rng = np.random.default_rng(seed)
+    n = int(round(seconds * sr))
+    t = np.arange(n) / sr
+    x = 0.3 * np.sin(2 * np.pi * (200 + 50 * seed % 7) * t) + 0.01 * rng.standard_normal(n)
+    sf.write(str(path), x.astype(np.float32), sr, subtype="PCM_16")
+    return path
+
+
+def write_manifest(path: Path, records: list) -> Path:
+    """records: dicts (written as JSON) or raw strings (written as they are)."""
+    with open(path, "w") as f:
+        for r in records:
+            f.write((r if isinstance(r, str) else json.dumps(r)) + "\n")
+    return path
+
+
+def good_corpus(tmp: Path, n: int, *, seed: int = 0, with_duration: bool = True, name: str = "train") -> Path:
+    """n good utterances of 0.3-2.0 s with letter-only transcripts."""
+    rng = np.random.default_rng(seed)
+    wavdir = tmp / f"wav_{name}"
+    wavdir.mkdir(parents=True, exist_ok=True)
+    recs = []
+    words = ["hello", "world", "speech", "model", "data", "batch"]
+    for i in range(n):
+        dur = float(rng.uniform(0.3, 2.0))
+        write_wav(wavdir / f"u{i}.wav", dur, seed=i)
+        r = {
+            "key": f"{name}{i}",
+            "source": f"wav_{name}/u{i}.wav",
+            "target": " ".join(rng.choice(words, size=int(rng.integers(1, 4)))),
+        }
+        if with_duration:
+            r["duration"] = round(dur, 4)
+        recs.append(r)
+    return write_manifest(tmp / f"{name}.jsonl", recs)

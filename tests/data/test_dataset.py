@@ -1,0 +1,147 @@
+import pickle
+
+import numpy as np
+import pytest
+from speech_fakes import FakeCTCTokenizer, FakePromptBuilder, write_manifest, write_wav
+
+from llmasr.data.dataset import BadDataTracker, BadItem, SpeechDataset, TooMuchBadData, reason_category
+from llmasr.data.frontend import FrontendConfig
+from llmasr.data.manifest import BadRecord, Manifest
+
+FRONTEND = FrontendConfig(lfr_m=7, lfr_n=6)
+
+
+@pytest.fixture
+def corpus(tmp_path):
+    write_wav(tmp_path / "a.wav", 1.0)
+    write_wav(tmp_path / "b.wav", 0.5, seed=1)
+    write_wav(tmp_path / "empty.wav", 0.0)
+    (tmp_path / "corrupt.wav").write_bytes(b"RIFF\x00\x00\x00\x00WAVEjunkjunkjunk" * 4)
+    write_wav(tmp_path / "tiny.wav", 0.001)
+    recs = [
+        {"key": "a", "source": "a.wav", "target": "hello world", "duration": 1.0},  # 0 good
+        {"key": "b", "source": "b.wav", "target": "speech", "prompt": "Repeat."},  # 1 good, task prompt
+        {"key": "missing", "source": "nope.wav", "target": "x"},  # 2 missing audio
+        {"key": "corrupt", "source": "corrupt.wav", "target": "x"},  # 3 corrupt audio
+        {"key": "empty", "source": "empty.wav", "target": "x"},  # 4 empty audio
+        {"key": "notext", "source": "a.wav", "target": ""},  # 5 empty target
+        '{"key": "broken", "source": ',  # 6 malformed line
+        {"key": "typed", "source": "a.wav", "target": 12},  # 7 non-text target
+        {"key": "digits", "source": "a.wav", "target": "call 911"},  # 8 outside the CTC vocabulary
+        {"key": "seg", "source": "a.wav", "target": "seg", "start": 0.2, "end": 0.7},  # 9 good segment
+        {"key": "late", "source": "a.wav", "target": "late", "start": 5.0, "end": 6.0},  # 10 segment past the end
+    ]
+    return Manifest.open(write_manifest(tmp_path / "m.jsonl", recs))
+
+
+def dataset(m, **kw):
+    kw.setdefault("train", False)
+    return SpeechDataset(m, FRONTEND, prompt_builder=FakePromptBuilder(), ctc_tokenizer=FakeCTCTokenizer(), **kw)
+
+
+def test_good_items(corpus):
+    ds = dataset(corpus)
+    a = ds[0]
+    assert a["key"] == "a" and a["target"] == "hello world"
+    assert a["feats"].dtype == np.float32 and a["feats"].shape[1] == 560
+    # 1 s: 98 fbank frames -> ceil(98 / 6) LFR frames
+    assert a["feats"].shape[0] == 17
+    assert a["text_ids"].dtype == np.int64 and a["text_ids"][:4].tolist() == [1, 2, 3, 4]
+    assert a["audio_pos"] == 3 and a["target_start"] == 4 and a["text_ids"][-1] == 9
+    assert a["ctc_ids"].tolist()[:5] == [7, 4, 11, 11, 14]
+    assert a["duration"] == pytest.approx(1.0)
+    b = ds[1]
+    assert b["audio_pos"] == 4  # per-utterance task prompt reached the prompt builder
+    seg = ds[9]
+    assert seg["duration"] == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize(
+    "index, category",
+    [
+        (2, "audio file not found"),
+        (3, "unreadable or corrupt audio"),
+        (4, "empty audio"),
+        (5, "empty target"),
+        (6, "malformed line"),
+        (7, "non-text target"),
+        (8, "target outside the CTC vocabulary"),
+        (10, "segment outside the audio"),
+    ],
+)
+def test_bad_items_are_markers_with_location(corpus, index, category):
+    item = dataset(corpus)[index]
+    assert isinstance(item, BadItem), item
+    assert item.manifest == corpus.path and item.line == index + 1 and item.index == index
+    assert reason_category(item.reason) == category, item.reason
+    assert isinstance(item.record, BadRecord)
+    assert pickle.loads(pickle.dumps(item)) == item
+
+
+def test_without_ctc_tokenizer_digits_are_fine(corpus):
+    ds = SpeechDataset(corpus, FRONTEND, train=False, prompt_builder=FakePromptBuilder())
+    item = ds[8]
+    assert not isinstance(item, BadItem) and item["ctc_ids"] is None
+
+
+def test_rng_per_seed_epoch_index(corpus):
+    ds = dataset(corpus, train=True, seed=1)  # train: dither on
+    a1, a2 = ds[0]["feats"], ds[0]["feats"]
+    np.testing.assert_array_equal(a1, a2)  # same (seed, epoch, index): same features, whichever worker
+    clone = pickle.loads(pickle.dumps(ds))
+    np.testing.assert_array_equal(clone[0]["feats"], a1)
+    ds.set_epoch(1)
+    assert not np.array_equal(ds[0]["feats"], a1)
+    ev = dataset(corpus, train=False)
+    np.testing.assert_array_equal(ev[0]["feats"], dataset(corpus, train=False, seed=5)[0]["feats"])  # no dither
+
+
+def test_truncation(corpus):
+    item = dataset(corpus, max_duration_truncate=0.4)[0]
+    assert item["duration"] == pytest.approx(0.4)
+    assert item["target"] == "hello world"
+
+
+def bad(i):
+    return BadItem(manifest="m.jsonl", line=i, key=f"k{i}", reason="audio: file not found (/x/y.wav)", index=i)
+
+
+def test_tracker_below_threshold_counts_and_continues():
+    t = BadDataTracker(0.05, min_items=100, log_first=2)
+    for step in range(10):
+        t.update({"keys": ["k"] * 20, "bad": [bad(step)] if step % 2 == 0 else [], "empty": False})
+    assert t.bad == 5 and t.good == 200 and t.fraction == pytest.approx(5 / 205)
+    assert t.by_reason == {"audio file not found": 5}
+    t.end_epoch()
+    assert "5 bad of 205" in t.summary()
+
+
+def test_tracker_above_threshold_raises_with_counts_and_examples():
+    t = BadDataTracker(0.01, min_items=50, keep_examples=3)
+    with pytest.raises(TooMuchBadData) as err:
+        for step in range(20):
+            t.update({"keys": ["k"] * 5, "bad": [bad(step)], "empty": False})
+    msg = str(err.value)
+    assert "above data.max_bad_fraction = 0.01" in msg
+    assert "audio file not found: 9" in msg  # 9 bad of 54 when the first check runs (>= 50 seen)
+    assert msg.count("m.jsonl:") == 3
+
+
+def test_tracker_checks_at_epoch_end_even_below_min_items():
+    t = BadDataTracker(0.01, min_items=1000)
+    t.update({"keys": ["k"] * 10, "bad": [bad(1)], "empty": False})
+    with pytest.raises(TooMuchBadData, match="at epoch end"):
+        t.end_epoch()
+
+
+def test_tracker_empty_batch_counts_no_good_items_and_static_repeat_per_epoch():
+    t = BadDataTracker(1.0, min_items=1)
+    t.add_static([BadRecord("m.jsonl", 3, "audio x.wav: file not found", "k3")])
+    t.update({"keys": ["fallback"], "bad": [bad(1)], "empty": True})
+    assert t.good == 0 and t.bad == 2
+    t.new_epoch()
+    assert t.bad == 1 and t.good == 0
+    state = t.state_dict()
+    t2 = BadDataTracker(0.5)
+    t2.load_state_dict(state)
+    assert t2.bad == 1 and t2.static == t.static

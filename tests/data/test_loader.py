@@ -1,0 +1,174 @@
+import numpy as np
+import pytest
+import torch
+from speech_fakes import FakeCTCTokenizer, FakePromptBuilder, good_corpus, write_manifest, write_wav
+
+from llmasr.config_io import from_dict
+from llmasr.data.config import DataConfig
+from llmasr.data.dataset import TooMuchBadData
+from llmasr.data.frontend import FrontendConfig
+from llmasr.data.loader import build_dataloader
+
+FRONTEND = FrontendConfig(lfr_m=7, lfr_n=6)
+
+
+def cfg(**kw):
+    base = {"batching": {"max_seconds": 6.0, "num_buckets": 4}, "num_workers": 0, "max_bad_fraction": 0.2}
+    for k, v in kw.items():
+        if k == "batching":
+            base["batching"].update(v)
+        else:
+            base[k] = v
+    return from_dict(DataConfig, base, "data")
+
+
+def build(data_cfg, manifests, **kw):
+    kw.setdefault("train", True)
+    return build_dataloader(
+        data_cfg, manifests, FRONTEND, prompt_builder=FakePromptBuilder(), ctc_tokenizer=FakeCTCTokenizer(), **kw
+    )
+
+
+@pytest.fixture
+def mixed(tmp_path):
+    """40 good utterances (no durations: filled from headers), plus 3 bad lines loaded lazily."""
+    path = good_corpus(tmp_path, 40, with_duration=False)
+    lines = path.read_text().splitlines()
+    write_wav(tmp_path / "short.wav", 0.5)
+    (tmp_path / "corrupt.wav").write_bytes(b"RIFF\x00\x00\x00\x00WAVEjunk" * 8)
+    extra = [
+        {"key": "digits", "source": "short.wav", "target": "room 101", "duration": 0.5},  # outside CTC vocab
+        {"key": "corrupt", "source": "corrupt.wav", "target": "hello", "duration": 0.8},  # fails only on decode
+        {"key": "gone", "source": "gone.wav", "target": "hello", "duration": 0.7},  # missing file, duration given
+    ]
+    return write_manifest(tmp_path / "mixed.jsonl", lines + extra)
+
+
+def test_workers_batches_and_bad_accounting(mixed):
+    loader, sampler = build(cfg(num_workers=2), [str(mixed)])
+    assert loader.num_workers == 2
+    batches = list(loader)
+    assert len(batches) == len(sampler) == len(loader)
+    keys = [k for b in batches if not b["empty"] for k in b["keys"]]
+    assert len(keys) == len(set(keys)) == 40
+    assert sum(b["n_bad"] for b in batches) == 3
+    assert loader.bad_data.bad == 3 and loader.bad_data.good == 40
+    assert set(loader.bad_data.by_reason) == {
+        "target outside the CTC vocabulary",
+        "unreadable or corrupt audio",
+        "audio file not found",
+    }
+    for b in batches:
+        assert b["feats"].dtype == torch.float32 and b["feats"].shape[2] == 560
+        assert b["ctc_ids"].shape[0] == b["feats"].shape[0]
+        assert float(b["durations"].max()) * len(b["keys"]) <= 6.0 + 1e-6 or b["empty"]
+
+
+def test_too_much_bad_data_stops_the_epoch(mixed):
+    loader, _ = build(cfg(max_bad_fraction=0.01), [str(mixed)])
+    with pytest.raises(TooMuchBadData, match="3 of 43"):
+        list(loader)
+
+
+def test_header_probe_failures_are_reported_up_front(tmp_path):
+    path = good_corpus(tmp_path, 10, with_duration=False)
+    lines = path.read_text().splitlines() + ['{"key": "gone", "source": "gone.wav", "target": "hello"}']
+    m = write_manifest(tmp_path / "m.jsonl", lines)
+    with pytest.raises(TooMuchBadData, match="gone.wav"):
+        build(cfg(max_bad_fraction=0.05), [str(m)])
+    loader, sampler = build(cfg(max_bad_fraction=0.5), [str(m)])
+    assert sampler.filtered == {"unknown_duration": 1}
+    list(loader)
+    assert loader.bad_data.bad == 1 and loader.bad_data.good == 10
+
+
+def test_all_bad_batch_keeps_ranks_in_step(tmp_path):
+    write_wav(tmp_path / "ok.wav", 1.0)
+    recs = [{"key": "ok", "source": "ok.wav", "target": "hello", "duration": 1.0}]
+    recs += [{"key": f"bad{i}", "source": "ok.wav", "target": "x 1", "duration": 1.0} for i in range(5)]
+    m = write_manifest(tmp_path / "m.jsonl", recs)
+    loader, sampler = build(cfg(max_bad_fraction=1.0, batching={"max_seconds": 1.0}), [str(m)])
+    batches = list(loader)
+    assert len(batches) == 6
+    assert sum(b["empty"] for b in batches) == 5
+    assert all(b["keys"] == ["ok"] for b in batches)
+
+
+def test_ranks_get_equal_counts_and_disjoint_keys(tmp_path):
+    path = good_corpus(tmp_path, 31)
+    per_rank = []
+    for rank in range(2):
+        loader, sampler = build(cfg(), [str(path)], rank=rank, world_size=2, epoch=1)
+        per_rank.append([b["keys"] for b in loader])
+        assert len(per_rank[-1]) == len(sampler)
+    assert len(per_rank[0]) == len(per_rank[1])
+    a = {k for ks in per_rank[0] for k in ks}
+    b = {k for ks in per_rank[1] for k in ks}
+    dup = {k for x, y in zip(per_rank[0], per_rank[1]) if x == y for k in x}
+    assert not (a & b) - dup
+    assert len(a | b) == 31
+
+
+def test_loader_resume_is_exact_despite_prefetch(tmp_path):
+    path = good_corpus(tmp_path, 30)
+    data_cfg = cfg(num_workers=2, batching={"max_seconds": 3.0})
+    loader, sampler = build(data_cfg, [str(path)], epoch=2)
+    full = [b["keys"] for b in loader]
+    it = iter(loader)
+    first = [next(it)["keys"] for _ in range(4)]
+    state = loader.state_dict()
+    del it
+    assert state["sampler"]["batches_yielded"] == 4 and first == full[:4]
+
+    again, _ = build(data_cfg, [str(path)], epoch=0)
+    again.load_state_dict(state)
+    again.set_epoch(2)
+    rest = [b["keys"] for b in again]
+    assert rest == full[4:]
+
+
+def test_augmentation_follows_epoch_and_is_worker_independent(tmp_path):
+    path = good_corpus(tmp_path, 8)
+    aug = {"spec_augment": {"enable": True}}
+
+    def feats(workers, epoch):
+        loader, _ = build(cfg(num_workers=workers, augment=aug), [str(path)], epoch=0)
+        loader.set_epoch(epoch)
+        out = {}
+        for b in loader:
+            for k, f, n in zip(b["keys"], b["feats"], b["feat_lens"]):
+                out[k] = f[:n].numpy()
+        return out
+
+    a, b, c = feats(0, 1), feats(2, 1), feats(0, 2)
+    assert a.keys() == b.keys()
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k])
+    assert any(not np.array_equal(a[k], c[k]) for k in a)
+
+
+def test_valid_subset_and_no_shuffle(tmp_path):
+    path = good_corpus(tmp_path, 20, name="dev")
+    loader, sampler = build(cfg(valid_max_utts=5), [str(path)], train=False)
+    keys = [k for b in loader for k in b["keys"]]
+    assert len(keys) == 5
+    loader2, _ = build(cfg(valid_max_utts=5), [str(path)], train=False, epoch=3)
+    assert [k for b in loader2 for k in b["keys"]] == keys
+
+
+def test_weighted_mix(tmp_path):
+    a = good_corpus(tmp_path, 10, name="a")
+    b = good_corpus(tmp_path, 10, name="b", seed=1)
+    data_cfg = from_dict(
+        DataConfig,
+        {
+            "train": [{"path": str(a)}, {"path": str(b), "weight": 2.0}],
+            "batching": {"max_seconds": 6.0},
+            "num_workers": 0,
+        },
+        "data",
+    )
+    loader, sampler = build(data_cfg, data_cfg.train)
+    keys = [k for batch in loader for k in batch["keys"]]
+    assert sum(k.startswith("a") for k in keys) == 10
+    assert sum(k.startswith("b") for k in keys) == 20
