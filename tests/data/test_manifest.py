@@ -1,0 +1,438 @@
+"""Manifests: FunASR jsonl, lhotse cuts (.jsonl / .jsonl.gz), the lazy index, bad records, Kaldi conversion,
+weighted mixing."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import multiprocessing as mp
+import pickle
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from llmasr.data.audio import load_audio
+from llmasr.data.manifest import BadRecord, Manifest, MixedManifest, kaldi_to_jsonl
+
+
+@pytest.fixture(autouse=True)
+def _cache_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv("LLMASR_CACHE_DIR", str(tmp_path / "cache"))
+
+
+def write_wav(path, seconds=1.0, sr=16000, channels=1, freq=440.0):
+    t = np.arange(int(sr * seconds)) / sr
+    x = np.stack([0.3 * np.sin(2 * np.pi * freq * (c + 1) * t) for c in range(channels)], axis=1)
+    sf.write(path, x.astype(np.float32), sr, subtype="FLOAT")
+    return path
+
+
+def write_jsonl(path, records):
+    with open(path, "w") as f:
+        for r in records:
+            f.write((r if isinstance(r, str) else json.dumps(r, ensure_ascii=False)) + "\n")
+    return path
+
+
+# ------------------------------------------------------------------------------------------------ FunASR jsonl
+
+
+def test_funasr_jsonl_fields_and_relative_paths(tmp_path):
+    (tmp_path / "wav").mkdir()
+    write_wav(tmp_path / "wav" / "a.wav", 1.25)
+    write_wav(tmp_path / "wav" / "b.wav", 2.0)
+    m_path = write_jsonl(
+        tmp_path / "train.jsonl",
+        [
+            {"key": "a", "source": "wav/a.wav", "target": "hello world", "source_len": 125, "target_len": 2},
+            {
+                "key": "b",
+                "source": str(tmp_path / "wav" / "b.wav"),
+                "target": "你好",
+                "duration": 2.0,
+                "source_len": 999,
+                "prompt": "Transcribe:",
+                "lang": "zh",
+            },
+            {"key": "c", "source": "wav/a.wav", "target": "again", "task": "<ASR>", "text_language": "en"},
+        ],
+    )
+    m = Manifest.open(m_path)
+    assert len(m) == 3 and m.path == str(m_path)
+    a, b, c = m[0], m[1], m[2]
+    assert a.key == "a" and a.source == str(tmp_path / "wav" / "a.wav") and a.target == "hello world"
+    assert a.duration == pytest.approx(1.25)  # source_len counts 10 ms frames
+    assert a.target_len == 2 and a.prompt is None and a.lang is None
+    assert (a.manifest, a.line, a.channel, a.start, a.end) == (str(m_path), 1, None, 0.0, None)
+    assert b.duration == 2.0 and b.prompt == "Transcribe:" and b.lang == "zh" and b.target == "你好"
+    assert c.prompt == "<ASR>" and c.lang == "en" and c.duration is None
+    d = m.durations()
+    assert d.dtype == np.float32 and d[0] == pytest.approx(1.25) and d[1] == 2.0 and np.isnan(d[2])
+    assert m.fill_durations() == []
+    assert m.durations()[2] == pytest.approx(1.25)
+    assert m[-1].key == "c"
+    with pytest.raises(IndexError):
+        m[3]
+
+
+def test_blank_lines_keep_file_line_numbers(tmp_path):
+    write_wav(tmp_path / "a.wav")
+    m_path = tmp_path / "m.jsonl"
+    rec = json.dumps({"key": "k1", "source": "a.wav", "target": "x"})
+    m_path.write_text("\n" + rec + "\n\n   \n" + rec.replace("k1", "k2") + "\n{bad json\n" + rec.replace("k1", "k3"))
+    m = Manifest.open(m_path)
+    assert len(m) == 4
+    assert [m[i].line for i in (0, 1, 3)] == [2, 5, 7]
+    assert m[3].key == "k3"  # last line without a newline
+    with pytest.raises(BadRecord) as e:
+        m[2]
+    assert str(e.value).startswith(f"{m_path}:6: malformed JSON")
+
+
+def test_segment_fields(tmp_path):
+    write_wav(tmp_path / "long.wav", 3.0)
+    m = Manifest.open(
+        write_jsonl(
+            tmp_path / "m.jsonl",
+            [
+                {"key": "s1", "source": "long.wav", "target": "x", "start": 0.5, "end": 1.75, "channel": 0},
+                {"key": "s2", "source": "long.wav", "target": "y", "start": 2.0},
+            ],
+        )
+    )
+    s1, s2 = m[0], m[1]
+    assert (s1.start, s1.end, s1.channel, s1.duration) == (0.5, 1.75, 0, 1.25)
+    assert np.isnan(m.durations()[1])
+    assert m.fill_durations() == []
+    assert m.durations()[1] == pytest.approx(1.0)
+    assert len(load_audio(s1.source, sample_rate=16000, start=s1.start, end=s1.end)) == 20000
+    assert s2.end is None
+
+
+# ---------------------------------------------------------------------------------------------------- lhotse
+
+
+def cut(cut_id, path, *, start=0.0, duration=1.0, channel=0, text="hello", sources=None, sups=None, **extra):
+    rec = {
+        "id": cut_id,
+        "start": start,
+        "duration": duration,
+        "channel": channel,
+        "supervisions": sups
+        if sups is not None
+        else [
+            {
+                "id": f"{cut_id}-sup",
+                "recording_id": "rec",
+                "start": 0.0,
+                "duration": duration,
+                "channel": channel,
+                "text": text,
+                "language": "English",
+                "speaker": "spk1",
+            }
+        ],
+        "recording": {
+            "id": "rec",
+            "sources": sources if sources is not None else [{"type": "file", "channels": [0], "source": path}],
+            "sampling_rate": 16000,
+            "num_samples": 48000,
+            "duration": 3.0,
+            "channel_ids": [0],
+        },
+        "type": "MonoCut",
+    }
+    rec.update(extra)
+    return rec
+
+
+@pytest.mark.parametrize("gz", [False, True])
+def test_lhotse_cuts(tmp_path, gz):
+    write_wav(tmp_path / "rec.wav", 3.0)
+    write_wav(tmp_path / "stereo.wav", 3.0, channels=2)
+    cuts = [
+        cut("c1", "rec.wav", start=0.5, duration=1.0, text="first cut"),
+        cut(
+            "c2",
+            str(tmp_path / "stereo.wav"),
+            start=1.0,
+            duration=2.0,
+            channel=1,
+            text="right channel",
+            sources=[{"type": "file", "channels": [0, 1], "source": str(tmp_path / "stereo.wav")}],
+        ),
+    ]
+    text = "".join(json.dumps(c) + "\n" for c in cuts)
+    if gz:
+        path = tmp_path / "cuts.jsonl.gz"
+        with gzip.open(path, "wt") as f:
+            f.write(text)
+    else:
+        path = tmp_path / "cuts.jsonl"
+        path.write_text(text)
+    m = Manifest.open(path)
+    assert len(m) == 2 and m.path == str(path)
+    c1, c2 = m[0], m[1]
+    assert (c1.key, c1.target, c1.lang, c1.start, c1.end, c1.duration) == ("c1", "first cut", "English", 0.5, 1.5, 1.0)
+    assert c1.source == str(tmp_path / "rec.wav") and c1.channel is None and c1.line == 1
+    assert c2.channel == 1 and c2.end == 3.0
+    np.testing.assert_array_equal(m.durations(), np.array([1.0, 2.0], dtype=np.float32))
+    y = load_audio(c2.source, sample_rate=16000, start=c2.start, end=c2.end, channel=c2.channel)
+    ref, _ = sf.read(tmp_path / "stereo.wav", dtype="float32")
+    np.testing.assert_array_equal(y, ref[16000:48000, 1])
+    if gz:  # decompressed once into the cache, and reused
+        cached = list((tmp_path / "cache" / "manifests").iterdir())
+        assert len(cached) == 1
+        Manifest.open(path)
+        assert list((tmp_path / "cache" / "manifests").iterdir()) == cached
+
+
+def test_lhotse_per_channel_files_and_bad_cuts(tmp_path):
+    write_wav(tmp_path / "ch0.wav")
+    write_wav(tmp_path / "ch1.wav")
+    per_channel = [
+        {"type": "file", "channels": [0], "source": "ch0.wav"},
+        {"type": "file", "channels": [1], "source": "ch1.wav"},
+    ]
+    cuts = [
+        cut("ok", None, channel=1, sources=per_channel),
+        cut("two", "ch0.wav", sups=[{"id": "a", "text": "a"}, {"id": "b", "text": "b"}]),
+        cut("url", None, sources=[{"type": "url", "channels": [0], "source": "http://x/y.wav"}]),
+        cut("notext", "ch0.wav", sups=[{"id": "a", "start": 0.0, "duration": 1.0}]),
+        cut("speed", "ch0.wav", recording_transforms=None),
+        {
+            "id": "rec",
+            "sources": [{"type": "file", "channels": [0], "source": "ch0.wav"}],
+            "sampling_rate": 16000,
+            "num_samples": 16000,
+            "duration": 1.0,
+        },
+        cut("mixed", "ch0.wav", type="MixedCut"),
+    ]
+    cuts[4]["recording"]["transforms"] = [{"name": "Speed", "kwargs": {"factor": 1.1}}]
+    m = Manifest.open(write_jsonl(tmp_path / "cuts.jsonl", cuts))
+    ok = m[0]
+    assert ok.source == str(tmp_path / "ch1.wav") and ok.channel is None
+    expected = {
+        1: "has 2 supervisions; expected exactly one",
+        2: "source type 'url' is not supported",
+        3: "missing field 'supervisions[0].text'",
+        4: "transform 'Speed' is not supported",
+        5: "lhotse recordings manifest",
+        6: "type 'MixedCut' is not supported",
+    }
+    for i, reason in expected.items():
+        with pytest.raises(BadRecord) as e:
+            m[i]
+        assert e.value.line == i + 1 and e.value.manifest == str(m.path)
+        assert reason in e.value.reason and str(e.value).startswith(f"{m.path}:{i + 1}: ")
+    assert len(m.scan()) == 6
+
+
+# ---------------------------------------------------------------------------------------------- bad records
+
+
+def test_every_bad_record_kind(tmp_path):
+    write_wav(tmp_path / "good.wav")
+    (tmp_path / "corrupt.wav").write_bytes(b"RIFF\x10\x00\x00\x00WAVEfmt garbage" + bytes(64))
+    sf.write(tmp_path / "empty.wav", np.zeros(0, dtype=np.float32), 16000)
+    lines = [
+        {"key": "good", "source": "good.wav", "target": "fine"},  # 1
+        '{"key": "broken", "source": "good.wav", "target": ',  # 2 malformed JSON
+        {"key": "wrongtype", "source": 42, "target": "x"},  # 3 wrong field type
+        {"key": "nosource", "target": "x"},  # 4 missing field
+        {"key": "empty", "source": "good.wav", "target": "   "},  # 5 empty target
+        {"key": "nontext", "source": "good.wav", "target": ["a", "b"]},  # 6 non-text target
+        {"key": "missing", "source": "nope.wav", "target": "x"},  # 7 missing audio
+        {"key": "corrupt", "source": "corrupt.wav", "target": "x"},  # 8 corrupt audio
+        {"key": "emptyaudio", "source": "empty.wav", "target": "x"},  # 9 empty audio
+        {"key": "baddur", "source": "good.wav", "target": "x", "duration": "long"},  # 10 wrong field type
+        {"key": 7, "source": "good.wav", "target": "x"},  # 11 non-string key
+        "[1, 2, 3]",  # 12 not an object
+    ]
+    path = write_jsonl(tmp_path / "bad.jsonl", lines)
+    m = Manifest.open(path)
+    assert len(m) == 12
+    parse_errors = {
+        2: "malformed JSON",
+        3: "field 'source' must be an audio path (string), got int 42",
+        4: "missing field 'source'",
+        5: "field 'target' is empty",
+        6: "field 'target' is not text: got list",
+        10: "field 'duration' must be a number, got str",
+        11: "field 'key' must be a non-empty string, got int",
+        12: "expected a JSON object, got list",
+    }
+    for line, reason in parse_errors.items():
+        with pytest.raises(BadRecord) as e:
+            m[line - 1]
+        err = e.value
+        assert (err.manifest, err.line) == (str(path), line)
+        assert reason in err.reason, (line, err.reason)
+        assert str(err) == f"{path}:{line}: {err.reason}"
+    with pytest.raises(BadRecord) as e:
+        m[4]
+    assert e.value.key == "empty"
+
+    bad = m.fill_durations()
+    by_line = {b.line: b for b in bad}
+    assert set(by_line) == set(parse_errors) | {7, 8, 9}
+    assert "file not found" in by_line[7].reason and by_line[7].key == "missing"
+    assert "unreadable or corrupt" in by_line[8].reason
+    assert "empty audio (0 samples)" in by_line[9].reason
+    assert str(by_line[7]).startswith(f"{path}:7: audio {tmp_path / 'nope.wav'}: file not found")
+    d = m.durations()
+    assert d[0] == pytest.approx(1.0) and np.isnan(d[6:9]).all()
+
+
+def test_bad_record_pickles():
+    err = BadRecord("m.jsonl", 3, "field 'target' is empty", key="u1")
+    back = pickle.loads(pickle.dumps(err))
+    assert (back.manifest, back.line, back.key, back.reason, str(back)) == (
+        "m.jsonl",
+        3,
+        "u1",
+        "field 'target' is empty",
+        "m.jsonl:3: field 'target' is empty",
+    )
+
+
+# ------------------------------------------------------------------------------------------------ lazy index
+
+
+def test_lazy_index_100k(tmp_path):
+    n = 100_000
+    path = tmp_path / "big.jsonl"
+    with open(path, "w") as f:
+        for i in range(n):
+            dur = {"duration": 1.0 + (i % 7)} if i % 2 == 0 else {}
+            f.write(json.dumps({"key": f"utt{i:06d}", "source": f"wav/{i}.wav", "target": f"words {i}", **dur}) + "\n")
+    m = Manifest.open(path)
+    assert len(m) == n
+    # The only per-record state: the int64 offset index (N+1) and the float32 durations (N).
+    assert m._offsets.dtype == np.int64 and len(m._offsets) == n + 1
+    assert m._linenos is None
+    d = m.durations()
+    assert d.dtype == np.float32 and d.shape == (n,)
+    per_record = [
+        k
+        for k, v in vars(m).items()
+        if isinstance(v, (list, dict, tuple)) or (isinstance(v, np.ndarray) and v.size >= n)
+    ]
+    assert sorted(per_record) == ["_durations", "_offsets"]
+    assert m._offsets.nbytes + d.nbytes == (n + 1) * 8 + n * 4
+    assert d[0] == 1.0 and np.isnan(d[1]) and d[12] == 1.0 + 12 % 7
+    last = m[n - 1]
+    assert last.key == f"utt{n - 1:06d}" and last.line == n and last.source == str(tmp_path / f"wav/{n - 1}.wav")
+    assert m[50_000].target == "words 50000"
+
+
+def _read_keys(args):
+    m, idxs = args
+    return [m[i].key for i in idxs]
+
+
+def test_pickle_and_worker_processes(tmp_path):
+    path = write_jsonl(
+        tmp_path / "m.jsonl", [{"key": f"k{i}", "source": "a.wav", "target": f"t{i}"} for i in range(50)]
+    )
+    m = Manifest.open(path)
+    assert m[3].key == "k3"  # opens the file handle in this process
+    back = pickle.loads(pickle.dumps(m))
+    assert back._fd is None and back[49].key == "k49" and len(back) == 50
+    ctx = mp.get_context("fork")
+    with ctx.Pool(2) as pool:
+        chunks = pool.map(_read_keys, [(m, range(0, 25)), (m, range(25, 50))])
+    assert chunks[0] + chunks[1] == [f"k{i}" for i in range(50)]
+    assert m[10].key == "k10"  # the parent's handle is unaffected (pread never moves a shared offset)
+
+
+# ------------------------------------------------------------------------------------------------------ Kaldi
+
+
+def test_kaldi_to_jsonl_reports_mismatches(tmp_path):
+    d = tmp_path / "data"
+    d.mkdir()
+    for k in ("u1", "u2", "u3"):
+        write_wav(d / f"{k}.wav")
+    (d / "wav.scp").write_text(
+        f"u1 {d / 'u1.wav'}\nu2 data/u2.wav\nu3 sox data/u3.wav -t wav - |\nu4 {d / 'u4.wav'}\nu6 raw.ark:1234\n"
+    )
+    (d / "text").write_text("u1 HELLO WORLD\nu2 second one\nu3 piped\nu5 no audio here\nu6 ark\nu2 again\n")
+    out = tmp_path / "out" / "train.jsonl"
+    counts = kaldi_to_jsonl(d / "wav.scp", d / "text", out, base_dir=tmp_path)
+    assert counts["written"] == 2
+    assert (counts["missing_text"], counts["missing_text_keys"]) == (1, ["u4"])
+    assert (counts["missing_audio"], counts["missing_audio_keys"]) == (1, ["u5"])
+    assert (counts["unsupported"], counts["unsupported_keys"]) == (2, ["u3", "u6"])
+    assert counts["duplicate_keys"] == 1
+    reasons = [str(p) for p in counts["problems"]]
+    assert any(r.startswith(f"{d / 'wav.scp'}:3: unsupported: u3: pipe command") for r in reasons)
+    assert any(r.startswith(f"{d / 'text'}:4: missing_audio: u5") for r in reasons)
+    m = Manifest.open(out)
+    assert [m[i].key for i in range(len(m))] == ["u1", "u2"]
+    assert m[0].target == "HELLO WORLD" and m[1].source == str(d / "u2.wav")
+    assert m.fill_durations() == []
+
+
+def test_kaldi_to_jsonl_segments(tmp_path):
+    write_wav(tmp_path / "rec1.wav", 4.0)
+    (tmp_path / "wav.scp").write_text(f"rec1 {tmp_path / 'rec1.wav'}\n")
+    (tmp_path / "segments").write_text("s1 rec1 0.00 1.50\ns2 rec1 1.50 -1\ns3 rec9 0 1\ns4 rec1 2 1\ns5 rec1 0 1\n")
+    (tmp_path / "text").write_text("s1 one\ns2 two\ns3 three\ns4 four\ns6 six\n")
+    counts = kaldi_to_jsonl(
+        tmp_path / "wav.scp", tmp_path / "text", tmp_path / "seg.jsonl", segments=tmp_path / "segments"
+    )
+    assert counts["written"] == 2
+    assert counts["missing_audio_keys"] == ["s3", "s6"]
+    assert counts["bad_segments_keys"] == ["s4"]
+    assert counts["missing_text_keys"] == ["s5"]
+    m = Manifest.open(tmp_path / "seg.jsonl")
+    s1, s2 = m[0], m[1]
+    assert (s1.start, s1.end, s1.duration) == (0.0, 1.5, 1.5)
+    assert (s2.start, s2.end) == (1.5, None)
+    assert m.fill_durations() == [] and m.durations()[1] == pytest.approx(2.5)
+
+
+# ----------------------------------------------------------------------------------------------------- mixing
+
+
+def test_mixed_manifest_weights(tmp_path):
+    a = Manifest.open(
+        write_jsonl(
+            tmp_path / "a.jsonl",
+            [{"key": f"a{i}", "source": "x.wav", "target": "t", "duration": 1.0} for i in range(40)],
+        )
+    )
+    b = Manifest.open(
+        write_jsonl(tmp_path / "b.jsonl", [{"key": f"b{i}", "source": "x.wav", "target": "t"} for i in range(10)])
+    )
+    mix = MixedManifest([a, b], [1.0, 3.5])
+    assert len(mix) == 50
+    assert mix[39].key == "a39" and mix[40].key == "b0" and mix[49].key == "b9"
+    d = mix.durations()
+    assert d.shape == (50,) and (d[:40] == 1.0).all() and np.isnan(d[40:]).all()
+    counts = np.zeros(50)
+    epochs = 200
+    for epoch in range(epochs):
+        idx = mix.epoch_indices(epoch, seed=7)
+        assert len(idx) == 40 + 35  # 1 pass over a, 3.5 passes over b
+        counts += np.bincount(idx, minlength=50)
+    assert (counts[:40] == epochs).all()
+    np.testing.assert_allclose(counts[40:] / epochs, 3.5, atol=0.15)  # every b record ~3.5 times per epoch
+    # deterministic for (seed, epoch), different across epochs and seeds
+    np.testing.assert_array_equal(mix.epoch_indices(3, seed=7), mix.epoch_indices(3, seed=7))
+    assert not np.array_equal(mix.epoch_indices(3, seed=7), mix.epoch_indices(4, seed=7))
+    assert not np.array_equal(mix.epoch_indices(3, seed=7), mix.epoch_indices(3, seed=8))
+    # subsampling: weight 0.25 visits a quarter of the records, each at most once
+    sub = MixedManifest([a, b], [0.25, 1.0])
+    idx = sub.epoch_indices(0, seed=1)
+    assert (idx < 40).sum() == 10 and len(np.unique(idx[idx < 40])) == 10 and (idx >= 40).sum() == 10
+    back = pickle.loads(pickle.dumps(mix))
+    np.testing.assert_array_equal(back.epoch_indices(5, 7), mix.epoch_indices(5, 7))
+    with pytest.raises(ValueError):
+        MixedManifest([a, b], [1.0])
+    with pytest.raises(ValueError):
+        MixedManifest([a, b], [1.0, -1.0])
+    np.testing.assert_array_equal(a.epoch_indices(0, 0), np.arange(40))
