@@ -10,7 +10,8 @@ How an epoch's batches are made (identically on every rank, from (seed, epoch) o
 3. In each bucket the items are shuffled, then taken in windows of `shuffle_buffer` items; each window is sorted
    by duration and cut greedily into batches that respect the budget. The budget is in padded units:
    B * longest <= max_seconds (or max_frames), and B * longest target <= max_target_tokens. Items left over at
-   the end of a window join the next window, so only the last batch of a bucket can be short.
+   the end of a window join the next window, and those left at the end of a bucket join the next (longer)
+   bucket, so only the epoch's very last batch can be short.
 4. Ranks: all batches are ordered by (bucket, longest item) and cut into groups of `world_size` consecutive
    batches, so the batches that run at the same step on different ranks cost about the same. The last group
    is padded with duplicates of its own batches (drop_last=False) or dropped (drop_last=True). Then the groups
@@ -175,21 +176,21 @@ class DynamicBucketSampler(Sampler):
             return np.asarray(self.epoch_indices(epoch), dtype=np.int64)
         return self.base_indices
 
-    def _cut(self, items: np.ndarray, out: list[list[int]]) -> None:
-        """Greedy cut of one bucket's items (already in the order to use) into budget-respecting batches."""
+    def _cut(self, items: np.ndarray, carry: list[int], out: list[list[int]]) -> list[int]:
+        """Greedy cut of one bucket's items (already in the order to use) into budget-respecting batches.
+
+        `carry`: items left over from the previous (shorter) bucket, put in front. Returns this bucket's leftover
+        (the last, not yet full batch), which the caller carries into the next bucket.
+        """
         sizes = self.sizes
         tl = self.target_lens
         cap_t = self.max_target_tokens if tl is not None else None
         budget = self.budget
-        window = self.shuffle_buffer if self.shuffle_buffer > 0 else items.size
-        carry: list[int] = []
-        for start in range(0, max(items.size, 1), max(window, 1)):
-            chunk = items[start : start + window]
+        window = self.shuffle_buffer if self.shuffle_buffer > 0 else max(items.size, 1)
+        for start in range(0, max(items.size, 1), window):
+            pool = np.concatenate([np.asarray(carry, dtype=np.int64), items[start : start + window]])
             if self.shuffle_buffer > 0:
-                pool = np.concatenate([np.asarray(carry, dtype=np.int64), chunk])
                 pool = pool[np.argsort(sizes[pool], kind="stable")]
-            else:
-                pool = chunk
             cur: list[int] = []
             cur_max = 0.0
             cur_tmax = 0
@@ -206,12 +207,8 @@ class DynamicBucketSampler(Sampler):
                     cur, new_max, new_tmax = [], s, t
                 cur.append(i)
                 cur_max, cur_tmax = new_max, new_tmax
-            last_window = start + window >= items.size
-            if self.shuffle_buffer > 0 and not last_window:
-                carry = cur
-            elif cur:
-                out.append(cur)
-                carry = []
+            carry = cur
+        return carry
 
     def _plan(self, epoch: int) -> tuple[list[list[list[int]]], dict]:
         """Groups of world_size batches for `epoch` (same on every rank), and the epoch's stats."""
@@ -229,12 +226,13 @@ class DynamicBucketSampler(Sampler):
         order = np.argsort(buckets, kind="stable")
         keep, buckets = keep[order], buckets[order]
         batches: list[list[int]] = []
-        batch_bucket: list[int] = []
         edges = np.flatnonzero(np.diff(buckets)) + 1
-        for part in np.split(keep, edges) if keep.size else []:
-            before = len(batches)
-            self._cut(part, batches)
-            batch_bucket.extend([int(self.bucket_of[part[0]])] * (len(batches) - before))
+        carry: list[int] = []
+        for part in np.split(keep, edges) if keep.size else []:  # buckets in ascending duration
+            carry = self._cut(part, carry, batches)
+        if carry:
+            batches.append(carry)
+        batch_bucket = [int(self.bucket_of[b].max()) for b in batches]
         # Order by (bucket, longest item) so that consecutive batches, which run at the same step on different
         # ranks, cost about the same.
         longest = np.array([self.sizes[b].max() for b in batches]) if batches else np.zeros(0)

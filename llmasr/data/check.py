@@ -1,0 +1,303 @@
+"""`llmasr data check MANIFEST...`: validate manifests before training, and preview the batches they make.
+
+Every line is parsed and its audio header probed (no decode): missing/unreadable files, empty audio, segments
+past the end of the file, empty or non-text transcripts and malformed lines are listed with manifest:line and
+reason. Then the report shows the duration histogram, total hours, what the batching filters skip, and what the
+recipe's batching produces (batches per rank, mean batch size, padding efficiency).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from llmasr.config_io import ConfigError, from_dict, load_yaml
+from llmasr.data.config import DataConfig, ManifestSpec
+from llmasr.data.dataset import as_record_dict, reason_category
+from llmasr.data.frontend import FrontendConfig
+
+DURATION_TOLERANCE_S = 0.1  # manifest duration vs header duration before a line is reported as mismatched
+
+
+@dataclass
+class DataReport:
+    manifests: list[str]
+    num_lines: int = 0
+    bad: list[dict] = field(default_factory=list)  # every bad line: manifest, line, key, reason
+    bad_by_reason: dict[str, int] = field(default_factory=dict)
+    duration_mismatches: list[dict] = field(default_factory=list)  # manifest duration disagrees with the header
+    durations: np.ndarray = field(default_factory=lambda: np.zeros(0))  # seconds per line, NaN for bad lines
+    lines_per_manifest: dict[str, int] = field(default_factory=dict)
+    world_size: int = 1
+    max_bad_fraction: float = 0.01
+    batching: dict = field(default_factory=dict)  # sampler stats: batches, mean batch size, padding efficiency
+    budget: str = ""
+    errors: list[str] = field(default_factory=list)  # manifests that could not be opened at all
+
+    @property
+    def num_bad(self) -> int:
+        return len(self.bad)
+
+    @property
+    def bad_fraction(self) -> float:
+        return self.num_bad / self.num_lines if self.num_lines else 0.0
+
+    @property
+    def total_hours(self) -> float:
+        d = self.durations[~np.isnan(self.durations)]
+        return float(d.sum()) / 3600.0
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors and self.bad_fraction <= self.max_bad_fraction
+
+
+def _parse_line(m, i: int):
+    """(utterance, target_len, None) or (None, 0, bad record) for line i of manifest m (no audio access)."""
+    from llmasr.data.manifest import BadRecord
+
+    try:
+        utt = m[i]
+    except BadRecord as rec:
+        return None, 0, as_record_dict(rec)
+    where = {"manifest": str(getattr(utt, "manifest", "?")), "line": int(getattr(utt, "line", i + 1)), "key": utt.key}
+    if not isinstance(utt.target, str):
+        return None, 0, {**where, "reason": f"non-text target: {type(utt.target).__name__}"}
+    if not utt.target.strip():
+        return None, 0, {**where, "reason": "empty target"}
+    tlen = int(utt.target_len) if getattr(utt, "target_len", None) is not None else len(utt.target)
+    return utt, tlen, None
+
+
+def _probe_line(utt, probe: bool) -> tuple[float, dict | None, dict | None]:
+    """(duration or NaN, bad record or None, duration-mismatch note or None) from the audio header."""
+    from llmasr.data.audio import AudioError, probe_duration
+
+    where = {"manifest": str(getattr(utt, "manifest", "?")), "line": int(getattr(utt, "line", 0)), "key": utt.key}
+    start = float(utt.start) if getattr(utt, "start", None) is not None else 0.0
+    end = float(utt.end) if getattr(utt, "end", None) is not None else None
+    if not probe:
+        if utt.duration is not None:
+            return float(utt.duration), None, None
+        if end is not None:
+            return end - start, None, None
+        return math.nan, {**where, "reason": "unknown duration (not probed)"}, None
+    try:
+        file_dur = probe_duration(utt.source)
+    except AudioError as err:
+        return math.nan, {**where, "reason": f"audio: {err.reason} ({err.path})"}, None
+    if start >= file_dur:
+        reason = f"segment start {start:.2f}s is at or past the end of the audio ({file_dur:.2f}s)"
+        return math.nan, {**where, "reason": reason}, None
+    if end is not None and end > file_dur + DURATION_TOLERANCE_S:
+        reason = f"segment end {end:.2f}s is past the end of the audio ({file_dur:.2f}s)"
+        return math.nan, {**where, "reason": reason}, None
+    real = (min(end, file_dur) if end is not None else file_dur) - start
+    note = None
+    if utt.duration is not None and abs(float(utt.duration) - real) > DURATION_TOLERANCE_S:
+        note = {**where, "reason": f"manifest duration {float(utt.duration):.2f}s, audio {real:.2f}s"}
+    return real, None, note
+
+
+def check_data(
+    manifest_paths,
+    data_cfg: DataConfig,
+    frontend: FrontendConfig,
+    *,
+    world_size: int = 1,
+    probe: bool = True,
+    threads: int = 8,
+) -> DataReport:
+    from llmasr.data.loader import make_sampler
+    from llmasr.data.manifest import Manifest
+
+    paths = [p.path if isinstance(p, ManifestSpec) else str(p) for p in manifest_paths]
+    report = DataReport(manifests=paths, world_size=world_size, max_bad_fraction=data_cfg.max_bad_fraction)
+    durations, tlens = [], []
+    for path in paths:
+        try:
+            m = Manifest.open(path)
+        except (OSError, ValueError) as err:
+            report.errors.append(f"{path}: cannot open manifest: {err}")
+            continue
+        n = len(m)
+        report.lines_per_manifest[path] = n
+        report.num_lines += n
+        parsed = [_parse_line(m, i) for i in range(n)]  # the manifest reader is not shared across threads
+        good = [utt for utt, _, _ in parsed if utt is not None]
+        with ThreadPoolExecutor(max(1, threads)) as pool:  # header probes are I/O bound
+            probed = iter(list(pool.map(lambda u: _probe_line(u, probe), good, chunksize=32)))
+        for utt, tl, bad in parsed:
+            dur, note = math.nan, None
+            if utt is not None:
+                dur, bad, note = next(probed)
+            durations.append(dur)
+            tlens.append(tl)
+            if bad is not None:
+                report.bad.append(bad)
+            if note is not None:
+                report.duration_mismatches.append(note)
+    report.durations = np.asarray(durations, dtype=np.float64)
+    report.bad_by_reason = dict(Counter(reason_category(str(b["reason"])) for b in report.bad).most_common())
+    b = data_cfg.batching
+    report.budget = (
+        f"max_frames={b.max_frames}" if b.max_frames is not None else f"max_seconds={b.budget_seconds:g}"
+    ) + (f", max_target_tokens={b.max_target_tokens}" if b.max_target_tokens is not None else "")
+    if report.durations.size:
+        sampler = make_sampler(
+            data_cfg,
+            report.durations,
+            np.asarray(tlens, dtype=np.int64),
+            frontend,
+            train=True,
+            rank=0,
+            world_size=world_size,
+        )
+        report.batching = sampler.stats(0)
+        report.batching["filtered"].pop("unknown_duration", None)  # those are the bad lines, reported above
+    return report
+
+
+def histogram(durations: np.ndarray, *, bins: int = 20, width: int = 50) -> list[str]:
+    d = durations[~np.isnan(durations)]
+    if d.size == 0:
+        return ["(no durations)"]
+    hi = max(float(d.max()), 1e-3)
+    edges = np.linspace(0.0, math.ceil(hi), bins + 1)
+    counts, _ = np.histogram(d, edges)
+    top = max(1, int(counts.max()))
+    out = []
+    for lo, up, c in zip(edges[:-1], edges[1:], counts):
+        bar = "#" * int(round(width * c / top))
+        out.append(f"{lo:6.1f}-{up:6.1f}s |{bar:<{width}}| {c}")
+    return out
+
+
+def format_report(report: DataReport, *, max_examples: int = 50) -> str:
+    lines = ["# llmasr data check", ""]
+    lines += [f"error: {e}" for e in report.errors]
+    for path, n in report.lines_per_manifest.items():
+        lines.append(f"manifest {path}: {n} lines")
+    d = report.durations[~np.isnan(report.durations)]
+    lines.append(
+        f"lines: {report.num_lines}, usable: {report.num_lines - report.num_bad}, bad: {report.num_bad} "
+        f"({100 * report.bad_fraction:.2f}%; data.max_bad_fraction {100 * report.max_bad_fraction:.2f}%)"
+    )
+    if d.size:
+        lines.append(
+            f"total: {report.total_hours:.2f} h; duration min {d.min():.2f}s, median {np.median(d):.2f}s, "
+            f"mean {d.mean():.2f}s, max {d.max():.2f}s"
+        )
+    lines += ["", "## duration histogram", *histogram(report.durations)]
+    if report.bad:
+        lines += ["", "## bad lines by reason"]
+        lines += [f"  {reason}: {count}" for reason, count in report.bad_by_reason.items()]
+        lines += ["", f"## bad lines (first {min(max_examples, report.num_bad)} of {report.num_bad})"]
+        for b in report.bad[:max_examples]:
+            lines.append(f"  {b['manifest']}:{b['line']} key={b.get('key')}: {b['reason']}")
+    if report.duration_mismatches:
+        lines += ["", f"## manifest durations that disagree with the audio header ({len(report.duration_mismatches)})"]
+        for b in report.duration_mismatches[:max_examples]:
+            lines.append(f"  {b['manifest']}:{b['line']} key={b.get('key')}: {b['reason']}")
+    if report.batching:
+        s = report.batching
+        lines += ["", f"## batching ({report.budget}, world size {report.world_size})"]
+        filtered = s["filtered"]
+        lines.append("skipped by filters: " + (", ".join(f"{k}: {v}" for k, v in filtered.items()) or "none"))
+        if s.get("truncated"):
+            lines.append(f"truncated to max_duration: {s['truncated']}")
+        lines.append(
+            f"batches per rank: {s['num_batches_per_rank']} (all ranks: {s['num_batches_global']}, "
+            f"padding duplicates: {s['num_padding_batches']})"
+        )
+        lines.append(f"mean batch size: {s['mean_batch_size']:.1f} utterances")
+        lines.append(f"padding efficiency (real / padded audio): {s['padding_efficiency']:.3f}")
+    if report.ok:
+        verdict = "OK"
+    elif report.errors:
+        verdict = "ERROR: manifests that cannot be opened"
+    else:
+        verdict = "TOO MUCH BAD DATA: training would stop with TooMuchBadData"
+    lines += ["", "result: " + verdict]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="llmasr data check", description=__doc__.splitlines()[0])
+    p.add_argument("manifests", nargs="*", help="manifest files (default: the recipe's data.train)")
+    p.add_argument("--recipe", help="recipe YAML: its data: section gives batching, filters and max_bad_fraction")
+    p.add_argument("--valid", action="store_true", help="with --recipe and no manifests: check data.valid")
+    p.add_argument("--world-size", type=int, default=1)
+    p.add_argument("--max-seconds", type=float)
+    p.add_argument("--max-frames", type=int)
+    p.add_argument("--max-target-tokens", type=int)
+    p.add_argument("--num-buckets", type=int)
+    p.add_argument("--min-duration", type=float)
+    p.add_argument("--max-duration", type=float)
+    p.add_argument("--max-target-len", type=int)
+    p.add_argument("--max-bad-fraction", type=float)
+    p.add_argument("--frame-shift-ms", type=float, help="feature frame shift (for --max-frames); default 10")
+    p.add_argument("--lfr-n", type=int, help="low-frame-rate stride (for --max-frames); default 1")
+    p.add_argument("--no-probe", action="store_true", help="parse lines only; do not open the audio files")
+    p.add_argument("--threads", type=int, default=8, help="parallel header probes")
+    p.add_argument("--show", type=int, default=50, help="bad lines to list")
+    args = p.parse_args(argv)
+
+    try:
+        data_dict: dict = {}
+        front_dict: dict = {}
+        if args.recipe:
+            recipe = load_yaml(args.recipe)
+            data_dict = dict(recipe.get("data") or {})
+            enc = (recipe.get("model") or {}).get("encoder") or {}
+            front_dict = dict(enc.get("frontend") or {})
+        batching = dict(data_dict.get("batching") or {})
+        for opt, key in (
+            ("max_seconds", "max_seconds"),
+            ("max_frames", "max_frames"),
+            ("max_target_tokens", "max_target_tokens"),
+            ("num_buckets", "num_buckets"),
+            ("min_duration", "min_duration"),
+            ("max_duration", "max_duration"),
+            ("max_target_len", "max_target_len"),
+        ):
+            value = getattr(args, opt)
+            if value is not None:
+                batching[key] = value
+                if key == "max_frames":
+                    batching["max_seconds"] = None
+                if key == "max_seconds":
+                    batching["max_frames"] = None
+        data_dict["batching"] = batching
+        if args.max_bad_fraction is not None:
+            data_dict["max_bad_fraction"] = args.max_bad_fraction
+        if args.frame_shift_ms is not None:
+            front_dict["frame_shift_ms"] = args.frame_shift_ms
+        if args.lfr_n is not None:
+            front_dict["lfr_n"] = args.lfr_n
+        front_dict.pop("cmvn_file", None)  # not needed to count frames
+        data_cfg = from_dict(DataConfig, data_dict, "data")
+        frontend = from_dict(FrontendConfig, front_dict, "model.encoder.frontend")
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    manifests = list(args.manifests) or [
+        s.path for s in (data_cfg.valid_manifests if args.valid else data_cfg.train_manifests)
+    ]
+    if not manifests:
+        p.error("no manifests: name them, or give --recipe with data.train")
+    report = check_data(
+        manifests, data_cfg, frontend, world_size=args.world_size, probe=not args.no_probe, threads=args.threads
+    )
+    print(format_report(report, max_examples=args.show))
+    return 0 if report.ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

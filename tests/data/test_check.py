@@ -1,0 +1,104 @@
+import numpy as np
+import pytest
+import yaml
+from speech_fakes import good_corpus, write_manifest, write_wav
+
+from llmasr.config_io import from_dict
+from llmasr.data.check import check_data, format_report, histogram, main
+from llmasr.data.config import DataConfig
+from llmasr.data.frontend import FrontendConfig
+
+
+@pytest.fixture
+def manifest(tmp_path):
+    path = good_corpus(tmp_path, 30)
+    lines = path.read_text().splitlines()
+    write_wav(tmp_path / "long.wav", 3.0)
+    (tmp_path / "corrupt.wav").write_bytes(b"not audio at all" * 10)
+    lines += [
+        '{"key": "gone", "source": "gone.wav", "target": "hello"}',
+        '{"key": "corrupt", "source": "corrupt.wav", "target": "hello"}',
+        '{"key": "notext", "source": "long.wav", "target": "  "}',
+        "{not json",
+        '{"key": "late", "source": "long.wav", "target": "hi", "start": 4.0, "end": 5.0}',
+        '{"key": "liar", "source": "long.wav", "target": "hi", "duration": 9.0}',
+        '{"key": "toolong", "source": "long.wav", "target": "hi", "duration": 3.0}',
+    ]
+    return write_manifest(tmp_path / "m.jsonl", lines)
+
+
+def data_cfg(**batching):
+    return from_dict(DataConfig, {"batching": {"max_seconds": 6.0, "max_duration": 2.5, **batching}}, "data")
+
+
+def test_report_counts_and_locations(manifest):
+    report = check_data([manifest], data_cfg(), FrontendConfig(), world_size=2)
+    assert report.num_lines == 37
+    assert report.num_bad == 5
+    assert report.bad_by_reason == {
+        "audio file not found": 1,
+        "unreadable or corrupt audio": 1,
+        "empty target": 1,
+        "malformed line": 1,
+        "segment outside the audio": 1,
+    }
+    lines = {b["line"] for b in report.bad}
+    assert lines == {31, 32, 33, 34, 35}
+    assert [m["key"] for m in report.duration_mismatches] == ["liar"]
+    assert report.batching["filtered"] == {"too_long": 2}  # liar and toolong are 3 s > max_duration 2.5
+    assert (
+        report.batching["num_batches_per_rank"] * 2
+        == report.batching["num_batches_global"] + report.batching["num_padding_batches"]
+    )
+    assert not report.ok  # 5 / 37 bad > 1%
+    d = report.durations[~np.isnan(report.durations)]
+    assert report.total_hours == pytest.approx(d.sum() / 3600)
+
+
+def test_format_report(manifest):
+    text = format_report(check_data([manifest], data_cfg(), FrontendConfig()))
+    for needle in (
+        "duration histogram",
+        "bad lines by reason",
+        "audio file not found: 1",
+        f"{manifest}:31",
+        "gone.wav",
+        "batches per rank",
+        "mean batch size",
+        "padding efficiency",
+        "too_long: 2",
+        "TOO MUCH BAD DATA",
+        "total:",
+        "liar",
+    ):
+        assert needle in text, needle
+    assert "|" in histogram(np.array([1.0, 2.0, 2.5]))[0]
+
+
+def test_main_exit_codes(manifest, tmp_path, capsys):
+    assert main([str(manifest), "--max-seconds", "6", "--max-duration", "2.5", "--world-size", "2"]) == 1
+    out = capsys.readouterr().out
+    assert "world size 2" in out and "max_seconds=6" in out
+    clean = good_corpus(tmp_path, 5, name="clean")
+    assert main([str(clean), "--max-frames", "300", "--lfr-n", "6"]) == 0
+    assert "max_frames=300" in capsys.readouterr().out
+
+
+def test_main_reads_recipe(manifest, tmp_path, capsys):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(
+        yaml.safe_dump(
+            {
+                "data": {"train": [str(manifest)], "max_bad_fraction": 0.5, "batching": {"max_seconds": 10}},
+                "model": {"encoder": {"frontend": {"lfr_m": 7, "lfr_n": 6}}},
+            }
+        )
+    )
+    assert main(["--recipe", str(recipe)]) == 0
+    assert "max_seconds=10" in capsys.readouterr().out
+
+
+def test_unopenable_manifest_is_an_error(tmp_path, capsys):
+    assert main([str(tmp_path / "missing.jsonl")]) == 1
+    out = capsys.readouterr().out
+    assert "cannot open manifest" in out and "result: ERROR" in out
