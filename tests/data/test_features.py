@@ -1,0 +1,121 @@
+"""Feature extraction: frame counts, LFR, CMVN, dither, Whisper log-mel against transformers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from llmasr.data import features as features_mod
+from llmasr.data.features import FeatureExtractor, apply_lfr, whisper_mel_filters
+from llmasr.data.frontend import FrontendConfig, write_kaldi_cmvn
+
+
+def noise(n: int, seed: int = 0, amp: float = 0.1) -> np.ndarray:
+    return (np.random.default_rng(seed).standard_normal(n) * amp).astype(np.float32)
+
+
+LENGTHS = [4, 5, 100, 399, 400, 401, 559, 560, 561, 1360, 1519, 1520, 1521, 16000, 16077, 48000 + 13]
+
+
+@pytest.mark.parametrize("snip_edges", [True, False])
+@pytest.mark.parametrize("lfr", [(1, 1), (7, 6), (4, 3), (2, 2)])
+def test_num_frames_exact_fbank(snip_edges, lfr):
+    fe = FeatureExtractor(FrontendConfig(lfr_m=lfr[0], lfr_n=lfr[1], snip_edges=snip_edges))
+    for n in LENGTHS:
+        feats = fe(noise(n, n), train=False)
+        assert feats.shape == (fe.num_frames(n), 80 * lfr[0]), (n, feats.shape)
+        assert feats.dtype == np.float32 and np.isfinite(feats).all()
+    assert fe.num_frames(0) == 0
+    assert fe(np.zeros(0, np.float32), train=False).shape == (0, 80 * lfr[0])
+    assert fe(noise(2), train=False).shape[0] == fe.num_frames(2) == 0  # too short for one frame
+
+
+def test_num_frames_exact_whisper():
+    fe = FeatureExtractor(FrontendConfig(kind="whisper"))
+    for n in [1, 159, 160, 161, 400, 16000, 16077]:
+        assert fe(noise(n, n), train=False).shape == (fe.num_frames(n), 80) == (-(-n // 160), 80)
+
+
+def test_lfr_layout():
+    t, d = 13, 3
+    feats = np.arange(t * d, dtype=np.float32).reshape(t, d)
+    out = apply_lfr(feats, 7, 6)
+    assert out.shape == (3, 21)  # ceil(13 / 6)
+    rows = out.reshape(3, 7, d)[:, :, 0] / d  # which input frame each sub-frame holds
+    np.testing.assert_array_equal(rows[0], [0, 0, 0, 0, 1, 2, 3])  # first frame repeated (7-1)//2 = 3 times
+    np.testing.assert_array_equal(rows[1], [3, 4, 5, 6, 7, 8, 9])
+    np.testing.assert_array_equal(rows[2], [9, 10, 11, 12, 12, 12, 12])  # past the end: the last frame
+    assert apply_lfr(feats, 1, 1) is feats
+
+
+def test_cmvn_applied_after_lfr_and_read_once(tmp_path, monkeypatch):
+    shift = np.linspace(-5, 5, 560).astype(np.float32)
+    scale = np.linspace(0.5, 2, 560).astype(np.float32)
+    path = tmp_path / "am.mvn"
+    write_kaldi_cmvn(path, shift, scale)
+    calls = []
+    real = features_mod.read_kaldi_cmvn
+    monkeypatch.setattr(features_mod, "read_kaldi_cmvn", lambda p: calls.append(p) or real(p))
+    features_mod._cached_cmvn.cache_clear()
+    fe = FeatureExtractor(FrontendConfig(lfr_m=7, lfr_n=6, cmvn_file=str(path)))
+    FeatureExtractor(FrontendConfig(lfr_m=7, lfr_n=6, cmvn_file=str(path)))
+    raw = FeatureExtractor(FrontendConfig(lfr_m=7, lfr_n=6))
+    x = noise(8000)
+    np.testing.assert_allclose(fe(x, train=False), (raw(x, train=False) + shift) * scale, rtol=1e-6, atol=1e-5)
+    fe(x, train=False)
+    assert len(calls) == 1
+    with pytest.raises(ValueError, match="CMVN has 560 dims, features have 80"):
+        FeatureExtractor(FrontendConfig(cmvn_file=str(path)))
+
+
+def test_dither_only_in_training_and_seeded():
+    fe = FeatureExtractor(FrontendConfig(lfr_m=7, lfr_n=6, dither=1.0))
+    x = noise(16000)
+    x[4000:8000] = 0.0  # digital silence: where dither shows most
+    eval1, eval2 = fe(x, train=False), fe(x, train=False)
+    np.testing.assert_array_equal(eval1, eval2)
+    a = fe(x, train=True, rng=np.random.default_rng(5))
+    b = fe(x, train=True, rng=np.random.default_rng(5))
+    c = fe(x, train=True, rng=np.random.default_rng(6))
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, c) and not np.array_equal(a, eval1)
+    assert np.isfinite(a).all()
+    no_dither = FeatureExtractor(FrontendConfig(lfr_m=7, lfr_n=6, dither=0.0))
+    np.testing.assert_array_equal(no_dither(x, train=True, rng=np.random.default_rng(5)), eval1)
+
+
+def test_whisper_filters_match_transformers():
+    from transformers.audio_utils import mel_filter_bank
+
+    for n_mels in (80, 128):
+        ref = mel_filter_bank(
+            num_frequency_bins=201,
+            num_mel_filters=n_mels,
+            min_frequency=0.0,
+            max_frequency=8000.0,
+            sampling_rate=16000,
+            norm="slaney",
+            mel_scale="slaney",
+        )
+        np.testing.assert_allclose(whisper_mel_filters(n_mels, 400, 16000), ref, atol=1e-7)
+
+
+@pytest.mark.parametrize("n_mels", [80, 128])
+@pytest.mark.parametrize("n", [1600, 16000 * 3 + 77, 16000 * 7, 16000 * 30 - 1000])
+def test_whisper_logmel_matches_transformers(n_mels, n):
+    from transformers import WhisperFeatureExtractor
+
+    t = np.arange(n) / 16000
+    x = (0.3 * np.sin(2 * np.pi * 440 * t) * (t < t[-1] / 2) + noise(n, 1, 0.02)).astype(np.float32)
+    x[-400:] *= 5  # a loud tail: the frames past the end must see the same zero padding as transformers' 30 s pad
+    ours = FeatureExtractor(FrontendConfig(kind="whisper", n_mels=n_mels))(x, train=True)
+    ref = WhisperFeatureExtractor(feature_size=n_mels)(x, sampling_rate=16000, return_tensors="np")
+    ref = ref["input_features"][0].T
+    assert ours.shape == (-(-n // 160), n_mels) and ref.shape == (3000, n_mels)
+    assert np.max(np.abs(ours - ref[: len(ours)])) < 1e-4
+
+
+def test_rejects_bad_input():
+    fe = FeatureExtractor(FrontendConfig())
+    with pytest.raises(ValueError, match="mono 1-D"):
+        fe(np.zeros((2, 100), np.float32), train=False)
