@@ -52,10 +52,17 @@ class WhisperAudioEncoder(nn.Module):
 
     @gradient_checkpointing.setter
     def gradient_checkpointing(self, enabled: bool) -> None:
+        # transformers >= 5 names it activation_checkpointing_*; 4.x only has gradient_checkpointing_*.
         if enabled:
-            self.encoder.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            if hasattr(self.encoder, "activation_checkpointing_enable"):
+                self.encoder.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+            else:
+                self.encoder.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         elif self._gradient_checkpointing:
-            self.encoder.gradient_checkpointing_disable()
+            if hasattr(self.encoder, "activation_checkpointing_disable"):
+                self.encoder.activation_checkpointing_disable()
+            else:
+                self.encoder.gradient_checkpointing_disable()
         self._gradient_checkpointing = bool(enabled)
 
     @staticmethod

@@ -1,0 +1,198 @@
+"""Whisper encoder wrapper: loading from a real HF directory, equality with transformers, lengths, errors."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from llmasr.config_io import ConfigError
+from llmasr.models.state_dict import CheckpointMismatchError
+from llmasr.models.whisper import build_whisper_encoder, load_whisper_encoder
+from llmasr.testing.tiny_whisper import write_tiny_whisper_dir
+
+
+@pytest.fixture(scope="module")
+def whisper_dir(tmp_path_factory):
+    return write_tiny_whisper_dir(tmp_path_factory.mktemp("tiny_whisper"))
+
+
+def hf_encoder(path):
+    from transformers import WhisperForConditionalGeneration
+
+    return WhisperForConditionalGeneration.from_pretrained(str(path)).model.encoder.eval()
+
+
+def silence_padded(xs: torch.Tensor, lens: torch.Tensor, n_frames: int) -> torch.Tensor:
+    """What Whisper's feature extractor gives for zero-padded audio: the log-mel floor (max - 2) after `len`."""
+    out = torch.zeros(xs.size(0), n_frames, xs.size(2))
+    for b, n in enumerate(lens.tolist()):
+        out[b, :n] = xs[b, :n]
+        out[b, n:] = xs[b, :n].max() - 2.0
+    return out.transpose(1, 2)
+
+
+def test_frontend_config(whisper_dir):
+    enc, frontend = load_whisper_encoder(whisper_dir)
+    assert frontend.kind == "whisper"
+    assert frontend.n_mels == 80 and frontend.sample_rate == 16000 and frontend.n_fft == 400
+    assert frontend.frame_shift_ms == 10.0
+    assert frontend.chunk_seconds == 2.0  # 2 * max_source_positions (100) frames of 10 ms
+    assert enc.output_size() == 32 and enc.n_frames == 200
+
+
+def test_128_mel_directory(tmp_path):
+    path = write_tiny_whisper_dir(tmp_path / "w128", n_mels=128, max_source_positions=50)
+    enc, frontend = load_whisper_encoder(path)
+    assert frontend.n_mels == 128 and frontend.chunk_seconds == 1.0
+    with torch.no_grad():
+        ys, ys_lens = enc(torch.randn(1, 100, 128), torch.tensor([100]))
+    assert ys.shape == (1, 50, 32) and ys_lens.tolist() == [50]
+
+
+def test_full_length_equals_transformers(whisper_dir):
+    enc, _ = load_whisper_encoder(whisper_dir)
+    enc.eval()
+    xs = torch.randn(2, 200, 80)
+    with torch.no_grad():
+        ys, ys_lens = enc(xs, torch.tensor([200, 200]))
+        ref = hf_encoder(whisper_dir)(xs.transpose(1, 2)).last_hidden_state
+    assert ys_lens.tolist() == [100, 100]
+    torch.testing.assert_close(ys, ref, atol=1e-5, rtol=1e-5)
+
+
+def test_padded_batch_equals_transformers_on_padded_input(whisper_dir):
+    enc, _ = load_whisper_encoder(whisper_dir)
+    enc.eval()
+    lens = torch.tensor([150, 91, 37])
+    xs = torch.randn(3, 150, 80)
+    with torch.no_grad():
+        ys, ys_lens = enc(xs, lens)
+        ref = hf_encoder(whisper_dir)(silence_padded(xs, lens, 200)).last_hidden_state
+    assert ys_lens.tolist() == [75, 46, 19]
+    assert ys.shape == (3, 75, 32)
+    for b, n in enumerate(ys_lens.tolist()):
+        torch.testing.assert_close(ys[b, :n], ref[b, :n], atol=1e-5, rtol=1e-5)
+        assert torch.all(ys[b, n:] == 0)
+
+
+def test_batch_padding_does_not_change_outputs(whisper_dir):
+    enc, _ = load_whisper_encoder(whisper_dir)
+    enc.eval()
+    x = torch.randn(1, 60, 80)
+    batch = torch.randn(2, 120, 80) * 50
+    batch[0, :60] = x[0]
+    with torch.no_grad():
+        alone, alone_lens = enc(x, torch.tensor([60]))
+        ys, ys_lens = enc(batch, torch.tensor([60, 120]))
+    assert alone_lens.tolist() == [30] and ys_lens.tolist() == [30, 60]
+    torch.testing.assert_close(ys[0, :30], alone[0], atol=1e-5, rtol=1e-5)
+
+
+def test_longer_input_is_truncated(whisper_dir):
+    enc, _ = load_whisper_encoder(whisper_dir)
+    with torch.no_grad():
+        ys, ys_lens = enc.eval()(torch.randn(2, 260, 80), torch.tensor([260, 199]))
+    assert ys.shape == (2, 100, 32) and ys_lens.tolist() == [100, 100]
+
+
+def test_wrong_feature_size_is_an_error(whisper_dir):
+    enc, _ = load_whisper_encoder(whisper_dir)
+    with pytest.raises(ValueError, match="80"):
+        enc(torch.randn(1, 100, 128), torch.tensor([100]))
+
+
+def test_gradient_checkpointing_same_outputs_and_grads(whisper_dir):
+    enc, _ = load_whisper_encoder(whisper_dir)
+    enc.train()
+    xs, lens = torch.randn(2, 180, 80), torch.tensor([180, 111])
+    results = []
+    for flag in (False, True):
+        enc.gradient_checkpointing = flag
+        assert enc.gradient_checkpointing is flag
+        assert all(layer.gradient_checkpointing is flag for layer in enc.encoder.layers)
+        enc.zero_grad()
+        torch.manual_seed(0)
+        ys, _ = enc(xs, lens)
+        (ys**2).sum().backward()
+        results.append((ys.detach(), {n: p.grad.clone() for n, p in enc.named_parameters() if p.grad is not None}))
+    (y0, g0), (y1, g1) = results
+    torch.testing.assert_close(y0, y1)
+    assert g0.keys() == g1.keys() and len(g0) > 0
+    for name in g0:
+        torch.testing.assert_close(g0[name], g1[name], msg=name)
+    enc.gradient_checkpointing = False
+    assert not enc.gradient_checkpointing
+
+
+def test_whisper_model_layout_and_no_decoder_weights(whisper_dir, tmp_path):
+    from transformers import WhisperForConditionalGeneration
+
+    out = tmp_path / "whisper_model"
+    WhisperForConditionalGeneration.from_pretrained(str(whisper_dir)).model.save_pretrained(str(out))
+    shutil.copy(whisper_dir / "preprocessor_config.json", out)
+    enc, _ = load_whisper_encoder(out)
+    assert not any("decoder" in k for k in enc.state_dict())
+    ref, _ = load_whisper_encoder(whisper_dir)
+    for key, value in ref.state_dict().items():
+        torch.testing.assert_close(enc.state_dict()[key], value)
+
+
+@pytest.mark.parametrize("name", ["config.json", "preprocessor_config.json", "model.safetensors"])
+def test_missing_file_is_named(whisper_dir, tmp_path, name):
+    broken = tmp_path / "broken"
+    shutil.copytree(whisper_dir, broken)
+    (broken / name).unlink()
+    with pytest.raises(FileNotFoundError, match=name.replace(".", r"\.")):
+        load_whisper_encoder(broken)
+
+
+def test_missing_directory(tmp_path):
+    with pytest.raises(FileNotFoundError, match="not found"):
+        load_whisper_encoder(tmp_path / "nope")
+
+
+def test_shape_mismatch_reports_both_shapes_and_reinit_keys(whisper_dir, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    broken = tmp_path / "mismatch"
+    shutil.copytree(whisper_dir, broken)
+    state = load_file(str(broken / "model.safetensors"))
+    state["model.encoder.layers.1.fc1.weight"] = torch.zeros(48, 32)
+    del state["model.encoder.layers.1.fc1.bias"]
+    save_file(state, str(broken / "model.safetensors"), metadata={"format": "pt"})
+    with pytest.raises(CheckpointMismatchError) as err:
+        load_whisper_encoder(broken)
+    text = str(err.value)
+    assert "layers.1.fc1.weight: checkpoint [48, 32] vs model [64, 32]" in text
+    assert "missing from checkpoint: layers.1.fc1.bias" in text
+    enc, _ = load_whisper_encoder(broken, reinit_keys=["layers.1.fc1.*"])
+    assert enc.output_size() == 32
+
+
+def test_mel_mismatch_between_config_and_preprocessor(whisper_dir, tmp_path):
+    broken = tmp_path / "mels"
+    shutil.copytree(whisper_dir, broken)
+    pre = json.loads((broken / "preprocessor_config.json").read_text())
+    pre["feature_size"] = 128
+    (broken / "preprocessor_config.json").write_text(json.dumps(pre))
+    with pytest.raises(ConfigError, match="feature_size 128"):
+        load_whisper_encoder(broken)
+
+
+def test_build_from_conf():
+    enc, frontend = build_whisper_encoder(
+        {
+            "d_model": 16,
+            "encoder_layers": 1,
+            "encoder_attention_heads": 2,
+            "encoder_ffn_dim": 32,
+            "num_mel_bins": 80,
+            "max_source_positions": 50,
+        }
+    )
+    assert enc.output_size() == 16 and frontend.chunk_seconds == 1.0
+    with pytest.raises(ConfigError, match="encoder.conf.d_modle"):
+        build_whisper_encoder({"d_modle": 16})
