@@ -81,7 +81,9 @@ class SchedulerConfig:
             if len(self.phase_ratio) != 3 or any(r < 0 for r in self.phase_ratio):
                 raise ConfigError(f"{path}.phase_ratio: three non-negative fractions expected, got {self.phase_ratio}")
             if not math.isclose(sum(self.phase_ratio), 1.0, rel_tol=0.0, abs_tol=1e-6):
-                raise ConfigError(f"{path}.phase_ratio: must sum to 1, got {self.phase_ratio} (sum {sum(self.phase_ratio)})")
+                raise ConfigError(
+                    f"{path}.phase_ratio: must sum to 1, got {self.phase_ratio} (sum {sum(self.phase_ratio)})"
+                )
             if not 0.0 <= self.init_lr_scale <= 1.0:
                 raise ConfigError(f"{path}.init_lr_scale: must be in [0, 1], got {self.init_lr_scale}")
             if not 0.0 < self.final_lr_scale <= 1.0:

@@ -39,11 +39,15 @@ def preset_path(name_or_path: str | Path) -> Path:
     if str(name_or_path) in PRESETS:
         path = PRESET_DIR / f"{name_or_path}.json"
         if not path.is_file():
-            raise ConfigError(f"DeepSpeed preset {name_or_path!r}: {path} not found (is llmasr installed from a checkout?)")
+            raise ConfigError(
+                f"DeepSpeed preset {name_or_path!r}: {path} not found (is llmasr installed from a checkout?)"
+            )
         return path
     path = Path(name_or_path)
     if not path.is_file():
-        raise ConfigError(f"DeepSpeed config {str(name_or_path)!r} is neither a file nor a preset ({', '.join(PRESETS)})")
+        raise ConfigError(
+            f"DeepSpeed config {str(name_or_path)!r} is neither a file nor a preset ({', '.join(PRESETS)})"
+        )
     return path
 
 
@@ -84,7 +88,9 @@ def _set(ds: dict, dotted: str, value: Any) -> None:
     node[last] = value
 
 
-def resolve_ds_config(ds: dict | str | Path, train_cfg: TrainConfig, *, world_size: int, source: str | None = None) -> dict:
+def resolve_ds_config(
+    ds: dict | str | Path, train_cfg: TrainConfig, *, world_size: int, source: str | None = None
+) -> dict:
     """The DeepSpeed config to pass to deepspeed.initialize: every "auto" replaced from `train_cfg`, checked against
     it. `ds` is a dict, a path or a preset name; `source` names it in error messages. The input is not modified."""
     if isinstance(ds, dict):
@@ -98,17 +104,17 @@ def resolve_ds_config(ds: dict | str | Path, train_cfg: TrainConfig, *, world_si
 
     if "scheduler" in ds:
         raise ConfigError(
-            f"{source}: remove the \"scheduler\" block. llmasr steps one schedule per param group (optim.scheduler and "
+            f'{source}: remove the "scheduler" block. llmasr steps one schedule per param group (optim.scheduler and '
             "optim.branches.<branch>.scheduler in the recipe); DeepSpeed's WarmupLR/WarmupDecayLR would write one lr "
             "into every group and collapse the per-branch learning rates"
         )
     if "optimizer" in ds:
         raise ConfigError(
-            f"{source}: remove the \"optimizer\" block. llmasr builds AdamW over its per-branch param groups itself; "
+            f'{source}: remove the "optimizer" block. llmasr builds AdamW over its per-branch param groups itself; '
             "set the type, lrs, betas, eps and weight decay in the recipe's optim section (optim.branches.<branch>)"
         )
     if "bf16" in ds and "bfloat16" in ds:
-        raise ConfigError(f"{source}: both \"bf16\" and its alias \"bfloat16\" are set; keep \"bf16\" only")
+        raise ConfigError(f'{source}: both "bf16" and its alias "bfloat16" are set; keep "bf16" only')
     bf16_key = "bfloat16" if "bfloat16" in ds else "bf16"
     if _get(ds, f"{bf16_key}.enabled") is True and _get(ds, "fp16.enabled") is True:
         raise ConfigError(f"{source}: fp16.enabled and {bf16_key}.enabled are both true; pick one (train.precision)")
@@ -141,7 +147,7 @@ def resolve_ds_config(ds: dict | str | Path, train_cfg: TrainConfig, *, world_si
             disagreements.append(f"  {key}: {have!r} in the JSON, but {recipe_name[key]} = {shown!r} in the recipe")
     if disagreements:
         raise ConfigError(
-            f"{source}: concrete value(s) disagree with the recipe (set them to \"auto\", or make them agree):\n"
+            f'{source}: concrete value(s) disagree with the recipe (set them to "auto", or make them agree):\n'
             + "\n".join(disagreements)
         )
 
@@ -164,13 +170,13 @@ def resolve_ds_config(ds: dict | str | Path, train_cfg: TrainConfig, *, world_si
         raise ConfigError(
             f"{source}: train_batch_size is {tbs!r}, but train_micro_batch_size_per_gpu * "
             f"gradient_accumulation_steps * world size = {micro} * {accum} * {world_size} = {expected}; "
-            "set it to \"auto\""
+            'set it to "auto"'
         )
 
     left = _find_autos(ds)
     if left:
         raise ConfigError(
-            f"{source}: \"auto\" left at {left}; llmasr fills only train_batch_size, train_micro_batch_size_per_gpu, "
+            f'{source}: "auto" left at {left}; llmasr fills only train_batch_size, train_micro_batch_size_per_gpu, '
             "gradient_accumulation_steps, gradient_clipping, bf16.enabled and fp16.enabled: set a number there"
         )
     return ds

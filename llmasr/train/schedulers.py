@@ -133,9 +133,7 @@ def build_group_schedules(groups: Iterable[dict], optim_cfg: OptimConfig, total:
     branch's scheduler config (own, or the optimizer-wide one) its shape."""
     if total < 1:
         raise ValueError(f"total updates must be >= 1, got {total}")
-    return [
-        GroupSchedule(g["name"], float(g["lr"]), total, optim_cfg.branch(g["branch"]).scheduler) for g in groups
-    ]
+    return [GroupSchedule(g["name"], float(g["lr"]), total, optim_cfg.branch(g["branch"]).scheduler) for g in groups]
 
 
 def lr_curve(optim_cfg: OptimConfig, group_names: Iterable[str], total: int) -> dict[str, np.ndarray]:

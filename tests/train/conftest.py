@@ -34,8 +34,12 @@ class FakeSpeechLLM(nn.Module):
         self.adaptor = nn.Sequential(nn.Linear(dim, dim), nn.ReLU(), nn.Linear(dim, dim, bias=False))
         self.ctc_head = nn.Linear(dim, vocab) if ctc else None
         self.llm = nn.ModuleDict(
-            {"embed": nn.Embedding(vocab, dim), "proj": nn.Linear(dim, dim), "norm": TinyRMSNorm(dim),
-             "head": nn.Linear(dim, vocab, bias=False)}
+            {
+                "embed": nn.Embedding(vocab, dim),
+                "proj": nn.Linear(dim, dim),
+                "norm": TinyRMSNorm(dim),
+                "head": nn.Linear(dim, vocab, bias=False),
+            }
         )
         for module, frozen in ((self.encoder, freeze_encoder), (self.llm, freeze_llm)):
             for p in module.parameters():

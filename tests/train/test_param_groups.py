@@ -21,7 +21,14 @@ def test_groups_per_branch_with_settings(make_model):
     groups = build_param_groups(model, _cfg(encoder={"lr": 1e-3, "betas": [0.8, 0.9]}, llm={"lr": 1e-4, "eps": 1e-6}))
     by_name = {g["name"]: g for g in groups}
     assert list(by_name) == [
-        "encoder", "encoder_no_decay", "adaptor", "adaptor_no_decay", "ctc", "ctc_no_decay", "llm", "llm_no_decay"
+        "encoder",
+        "encoder_no_decay",
+        "adaptor",
+        "adaptor_no_decay",
+        "ctc",
+        "ctc_no_decay",
+        "llm",
+        "llm_no_decay",
     ]
     assert by_name["encoder"]["lr"] == by_name["encoder_no_decay"]["lr"] == 1e-3
     assert by_name["encoder"]["betas"] == (0.8, 0.9)
@@ -42,8 +49,12 @@ def test_no_decay_on_biases_norms_and_pos_biases(make_model):
     names = _names_by_group(model, build_param_groups(model, _cfg()))
     assert names["encoder"] == ["encoder.0.weight", "encoder.1.linear_q.weight"]
     assert names["encoder_no_decay"] == [
-        "encoder.0.bias", "encoder.1.linear_q.bias", "encoder.1.pos_bias_u", "encoder.1.pos_bias_v",
-        "encoder.2.bias", "encoder.2.weight",
+        "encoder.0.bias",
+        "encoder.1.linear_q.bias",
+        "encoder.1.pos_bias_u",
+        "encoder.1.pos_bias_v",
+        "encoder.2.bias",
+        "encoder.2.weight",
     ]
     assert names["llm_no_decay"] == ["llm.norm.weight", "llm.proj.bias"]
     assert "llm.embed.weight" in names["llm"]

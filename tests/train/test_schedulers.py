@@ -94,7 +94,9 @@ def test_decay_endpoints(kind):
     assert lrs[-1] == pytest.approx(0.1)
     assert all(a >= b for a, b in zip(lrs[10:], lrs[11:]))
     mid = schedule_lr(cfg, 10 + 89 // 2, 1.0, 100)
-    assert mid == pytest.approx(0.1 + 0.9 * (0.5 * (1 + math.cos(math.pi * 44 / 89)) if kind == "warmup_cosine" else 1 - 44 / 89))
+    assert mid == pytest.approx(
+        0.1 + 0.9 * (0.5 * (1 + math.cos(math.pi * 44 / 89)) if kind == "warmup_cosine" else 1 - 44 / 89)
+    )
     assert schedule_lr(cfg, 500, 1.0, 100) == pytest.approx(0.1)
 
 

@@ -1,0 +1,277 @@
+import json
+import socket
+
+import pytest
+import torch
+
+from llmasr.config_io import ConfigError, from_dict
+from llmasr.train.config import OptimConfig, TrainConfig
+from llmasr.train.ds_config import (
+    PRESETS,
+    estimate_zero_memory,
+    load_ds_config,
+    resolve_ds_config,
+    zero_stage,
+)
+from llmasr.train.param_groups import build_param_groups
+from llmasr.train.schedulers import BranchLRScheduler, build_group_schedules, schedule_lr
+
+
+def train_cfg(**kw) -> TrainConfig:
+    return from_dict(TrainConfig, {"grad_accum": 4, **kw}, "train")
+
+
+@pytest.mark.parametrize("name", PRESETS)
+def test_every_preset_resolves(name):
+    raw = load_ds_config(name)
+    assert "optimizer" not in raw and "scheduler" not in raw
+    for key in (
+        "train_batch_size",
+        "train_micro_batch_size_per_gpu",
+        "gradient_accumulation_steps",
+        "gradient_clipping",
+    ):
+        assert raw[key] == "auto"
+    assert raw["bf16"]["enabled"] == "auto" and raw["fp16"]["enabled"] == "auto"
+    before = json.dumps(raw, sort_keys=True)
+    ds = resolve_ds_config(raw, train_cfg(precision="bf16", grad_clip=0.5), world_size=8)
+    assert json.dumps(raw, sort_keys=True) == before  # input untouched
+    assert ds["train_micro_batch_size_per_gpu"] == 1
+    assert ds["gradient_accumulation_steps"] == 4
+    assert ds["train_batch_size"] == 32
+    assert ds["gradient_clipping"] == 0.5
+    assert ds["bf16"]["enabled"] is True and ds["fp16"]["enabled"] is False
+    assert "auto" not in json.dumps(ds)
+    stage = zero_stage(ds)
+    assert stage == int(name[4])
+    zero = ds["zero_optimization"]
+    if stage == 3:
+        assert zero["stage3_gather_16bit_weights_on_model_save"] is True
+    assert ("offload_optimizer" in zero) == name.endswith("offload")
+    assert ("offload_param" in zero) == (name == "zero3_offload")
+    if name.endswith("offload"):
+        assert zero["offload_optimizer"] == {"device": "cpu", "pin_memory": True}
+
+
+def test_path_and_source_in_messages(tmp_path):
+    path = tmp_path / "my.json"
+    path.write_text(json.dumps({"scheduler": {"type": "WarmupLR"}}))
+    with pytest.raises(ConfigError, match=f'^{path}: remove the "scheduler" block'):
+        resolve_ds_config(path, train_cfg(), world_size=1)
+    with pytest.raises(ConfigError, match="^recipe deepspeed: remove"):
+        resolve_ds_config({"scheduler": {}}, train_cfg(), world_size=1, source="recipe deepspeed")
+
+
+def test_precision_fp16_and_fp32():
+    ds = resolve_ds_config("zero2", train_cfg(precision="fp16"), world_size=1)
+    assert ds["fp16"]["enabled"] is True and ds["bf16"]["enabled"] is False
+    assert ds["fp16"]["initial_scale_power"] == 16
+    ds = resolve_ds_config({"zero_optimization": {"stage": 1}}, train_cfg(precision="fp32"), world_size=2)
+    assert ds["fp16"] == {"enabled": False} and ds["bf16"] == {"enabled": False}
+    assert ds["train_batch_size"] == 8
+
+
+def test_concrete_values_that_agree_are_kept_and_json_fills_recipe_gaps():
+    raw = {
+        "train_batch_size": 24,
+        "train_micro_batch_size_per_gpu": 2,
+        "gradient_accumulation_steps": 4,
+        "bf16": {"enabled": True},
+    }
+    ds = resolve_ds_config(raw, train_cfg(micro_batch_per_gpu=2), world_size=3)
+    assert ds["train_batch_size"] == 24
+    # recipe silent on grad_accum and micro batch: the JSON's numbers are used
+    ds = resolve_ds_config(raw, from_dict(TrainConfig, {}, "train"), world_size=3)
+    assert ds["gradient_accumulation_steps"] == 4 and ds["train_micro_batch_size_per_gpu"] == 2
+
+
+def test_every_disagreeing_key_listed_in_one_message():
+    raw = {
+        "train_micro_batch_size_per_gpu": 2,
+        "gradient_accumulation_steps": 8,
+        "gradient_clipping": 5.0,
+        "bf16": {"enabled": False},
+        "fp16": {"enabled": True},
+    }
+    with pytest.raises(ConfigError) as err:
+        resolve_ds_config(raw, train_cfg(micro_batch_per_gpu=1, precision="bf16"), world_size=1, source="x.json")
+    msg = str(err.value)
+    assert msg.startswith("x.json: concrete value(s) disagree with the recipe")
+    assert "train_micro_batch_size_per_gpu: 2 in the JSON, but train.micro_batch_per_gpu = 1" in msg
+    assert "gradient_accumulation_steps: 8 in the JSON, but train.grad_accum = 4" in msg
+    assert "gradient_clipping: 5.0 in the JSON, but train.grad_clip = 1.0" in msg
+    assert "bf16.enabled: False in the JSON, but train.precision = 'bf16'" in msg
+    assert "fp16.enabled: True in the JSON, but train.precision = 'bf16'" in msg
+
+
+def test_batch_arithmetic_error_shows_the_product():
+    with pytest.raises(ConfigError, match=r"train_batch_size is 64, .* = 2 \* 4 \* 2 = 16"):
+        resolve_ds_config({"train_batch_size": 64}, train_cfg(micro_batch_per_gpu=2), world_size=2)
+
+
+def test_missing_grad_accum_is_an_error_never_one():
+    recipe = from_dict(TrainConfig, {}, "train")
+    for raw in ({}, {"gradient_accumulation_steps": "auto"}):
+        with pytest.raises(ConfigError, match="gradient_accumulation_steps is not set.*never assumes 1"):
+            resolve_ds_config(raw, recipe, world_size=1)
+
+
+def test_scheduler_and_optimizer_blocks_refused():
+    with pytest.raises(ConfigError, match="scheduler.*collapse the per-branch"):
+        resolve_ds_config({"scheduler": {"type": "WarmupLR"}}, train_cfg(), world_size=1)
+    with pytest.raises(ConfigError, match="optimizer.*optim.branches"):
+        resolve_ds_config({"optimizer": {"type": "AdamW"}}, train_cfg(), world_size=1)
+
+
+def test_fp16_and_bf16_both_enabled():
+    with pytest.raises(ConfigError, match="both true"):
+        resolve_ds_config({"fp16": {"enabled": True}, "bf16": {"enabled": True}}, train_cfg(), world_size=1)
+
+
+def test_unknown_auto_key_named():
+    raw = {"zero_optimization": {"stage": 3, "reduce_bucket_size": "auto"}}
+    with pytest.raises(ConfigError, match=r"\"auto\" left at \['zero_optimization.reduce_bucket_size'\]"):
+        resolve_ds_config(raw, train_cfg(), world_size=1)
+
+
+def test_bad_json_reports_line_and_column(tmp_path):
+    path = tmp_path / "bad.json"
+    path.write_text('{\n  "train_batch_size": "auto",\n  "zero_optimization": {"stage": 2,}\n}\n')
+    with pytest.raises(ConfigError, match=rf"^{path}:3:\d+: not valid JSON"):
+        load_ds_config(path)
+    path.write_text("[1, 2]")
+    with pytest.raises(ConfigError, match="JSON object"):
+        load_ds_config(path)
+    with pytest.raises(ConfigError, match="neither a file nor a preset"):
+        load_ds_config(tmp_path / "missing.json")
+
+
+# --- memory estimate ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("world", [1, 2, 4, 8])
+def test_memory_matches_deepspeed_estimators_all_trainable(world):
+    from deepspeed.runtime.zero.stage3 import estimate_zero3_model_states_mem_needs
+    from deepspeed.runtime.zero.stage_1_and_2 import estimate_zero2_model_states_mem_needs
+
+    n, largest = 7_000_000_000, 130_000_000
+    est = lambda **kw: estimate_zero_memory(n, n, world_size=world, precision="bf16", **kw)  # noqa: E731
+
+    cpu, gpu = estimate_zero2_model_states_mem_needs(n, world, 1, cpu_offload=False, additional_buffer_factor=1)
+    assert est(stage=2)["device"] == gpu
+    cpu, gpu = estimate_zero2_model_states_mem_needs(n, world, 1, cpu_offload=True, additional_buffer_factor=1)
+    got = est(stage=2, offload_optimizer=True)
+    assert got["device"] == gpu
+    if world <= 4:
+        assert got["cpu"] * world == cpu
+
+    for offload_opt, offload_par in ((False, False), (True, False), (True, True)):
+        cpu, gpu, _ = estimate_zero3_model_states_mem_needs(
+            n,
+            largest,
+            world,
+            1,
+            cpu_offload=offload_opt,
+            cpu_offload_params=offload_par,
+            zero_init=True,
+            additional_buffer_factor=1,
+        )
+        got = est(stage=3, offload_optimizer=offload_opt, offload_params=offload_par, largest_layer_params=largest)
+        assert got["device"] == pytest.approx(gpu, abs=world)
+        if offload_opt:
+            assert got["cpu"] * world == pytest.approx(cpu, abs=world)
+
+
+def test_memory_frozen_params_and_fp32():
+    n, t = 1_000_000, 100_000
+    z0 = estimate_zero_memory(n, t, stage=0, world_size=4, precision="bf16")
+    assert z0 == {
+        "params": 2 * n,
+        "grads": 6 * t,
+        "optimizer_states": 12 * t,
+        "gathered_layer": 0,
+        "device": 2 * n + 18 * t,
+        "cpu": 0,
+    }
+    z1 = estimate_zero_memory(n, t, stage=1, world_size=4, precision="bf16")
+    assert z1["grads"] == 2 * t + t and z1["optimizer_states"] == 3 * t
+    f32 = estimate_zero_memory(n, t, stage=2, world_size=4, precision="fp32")
+    assert f32 == {
+        "params": 4 * n,
+        "grads": t,
+        "optimizer_states": 2 * t,
+        "gathered_layer": 0,
+        "device": 4 * n + 3 * t,
+        "cpu": 0,
+    }
+    with pytest.raises(ValueError, match="stage 3"):
+        estimate_zero_memory(n, t, stage=2, world_size=1, offload_params=True)
+    with pytest.raises(ValueError, match="stage >= 1"):
+        estimate_zero_memory(n, t, stage=0, world_size=1, offload_optimizer=True)
+
+
+# --- DeepSpeed integration (CPU, one process, gloo) --------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def single_rank():
+    """A one-rank gloo world. It stays up for the rest of the session: DeepSpeed caches its process groups, and a
+    destroyed world would break a later deepspeed.initialize in the same process."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = dict(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    with pytest.MonkeyPatch.context() as mp:
+        for key, value in env.items():
+            mp.setenv(key, value)
+        yield
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("preset", ["zero0", "zero2"])
+def test_deepspeed_steps_branch_scheduler(preset, make_model, single_rank):
+    deepspeed = pytest.importorskip("deepspeed")
+    model = make_model(freeze_encoder=False)
+    optim_cfg = from_dict(
+        OptimConfig,
+        {
+            "scheduler": {"type": "tri_stage", "phase_ratio": [0.5, 0.0, 0.5]},
+            "branches": {"encoder": {"lr": 1e-3}, "llm": {"lr": 1e-4}},
+        },
+        "optim",
+    )
+    tcfg = train_cfg(precision="fp32", grad_accum=4)
+    groups = build_param_groups(model, optim_cfg)
+    names = [g["name"] for g in groups]
+    total = 4
+    schedules = build_group_schedules(groups, optim_cfg, total)
+    optimizer = torch.optim.AdamW(groups)
+    scheduler = BranchLRScheduler(optimizer, schedules)
+    ds = resolve_ds_config(preset, tcfg, world_size=1)
+    engine, ds_opt, _, ds_sched = deepspeed.initialize(
+        model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds, dist_init_required=True
+    )
+    assert ds_sched is scheduler
+    assert [g["name"] for g in engine.optimizer.param_groups] == names
+
+    torch.manual_seed(1)
+    n_micro = 5  # one full window of 4 and a partial one closed at the "epoch end"
+    updates = []
+    for i in range(n_micro):
+        engine.set_gradient_accumulation_boundary((i + 1) % tcfg.grad_accum == 0 or i == n_micro - 1)
+        loss = engine(torch.randn(3, 5, 4), torch.randint(0, 12, (3, 5)))
+        engine.backward(loss)
+        engine.step()
+        assert scheduler.last_update == engine.global_steps - engine.skipped_steps
+        updates.append(scheduler.last_update)
+        lrs = {g["name"]: g["lr"] for g in engine.optimizer.param_groups}
+        for name in names:
+            branch = name.removesuffix("_no_decay")
+            peak = {"encoder": 1e-3, "llm": 1e-4}.get(branch, 1e-4)
+            assert lrs[name] == pytest.approx(schedule_lr(optim_cfg.scheduler, scheduler.last_update, peak, total)), (
+                i,
+                name,
+            )
+        assert lrs["encoder"] / lrs["llm"] == pytest.approx(10)
+        assert engine.get_lr() == [lrs[n] for n in names]
+    assert updates == [0, 0, 0, 1, 2]

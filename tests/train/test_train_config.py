@@ -1,0 +1,78 @@
+import pytest
+import yaml
+
+from llmasr.config_io import ConfigError, apply_overrides, from_dict, to_dict
+from llmasr.train.config import DEFAULT_LRS, OptimConfig, SchedulerConfig, TrainConfig
+
+RECIPE = """
+optim:
+  weight_decay: 0.02
+  scheduler: {type: tri_stage, phase_ratio: [0.1, 0.2, 0.7], final_lr_scale: 0.05}
+  branches:
+    encoder: {lr: 5.0e-5}
+    llm: {lr: 1e-5, betas: [0.9, 0.95], scheduler: {type: warmup_cosine, warmup_ratio: 0.05, min_lr_ratio: 0.1}}
+train:
+  epochs: 3
+  grad_accum: 4
+  precision: fp16
+  best_metric: wer
+"""
+
+
+def test_recipe_sections_load_with_inheritance():
+    data = yaml.safe_load(RECIPE)
+    optim = from_dict(OptimConfig, data["optim"], "optim")
+    train = from_dict(TrainConfig, data["train"], "train")
+    enc, llm, ada = optim.branch("encoder"), optim.branch("llm"), optim.branch("adaptor")
+    assert enc.lr == 5e-5 and llm.lr == 1e-5 and ada.lr == DEFAULT_LRS["adaptor"]
+    assert enc.scheduler.type == "tri_stage" and enc.scheduler.final_lr_scale == 0.05
+    assert ada.scheduler is optim.scheduler
+    assert llm.scheduler.type == "warmup_cosine" and llm.scheduler.warmup_updates(1000) == 50
+    assert llm.betas == (0.9, 0.95) and enc.betas == (0.9, 0.999)
+    assert enc.weight_decay == llm.weight_decay == 0.02
+    assert train.grad_accum == 4 and train.precision == "fp16" and train.best_mode == "min"
+    # round trip through a plain dict
+    assert from_dict(OptimConfig, to_dict(optim), "optim").branch("llm") == llm
+
+
+def test_dotted_override_of_a_branch_lr():
+    data = apply_overrides(yaml.safe_load(RECIPE), ["optim.branches.adaptor.lr=3e-4", "train.grad_accum=8"])
+    assert from_dict(OptimConfig, data["optim"], "optim").branch("adaptor").lr == 3e-4
+    assert from_dict(TrainConfig, data["train"], "train").grad_accum == 8
+
+
+def test_defaults():
+    optim = from_dict(OptimConfig, {}, "optim")
+    assert {b: optim.branch(b).lr for b in DEFAULT_LRS} == DEFAULT_LRS
+    assert DEFAULT_LRS["llm"] < DEFAULT_LRS["encoder"] < DEFAULT_LRS["adaptor"]
+    train = from_dict(TrainConfig, {}, "train")
+    assert train.grad_accum is None and train.precision == "bf16"
+    assert from_dict(TrainConfig, {"best_metric": "acc"}, "train").best_mode == "max"
+
+
+@pytest.mark.parametrize(
+    "section, data, pattern",
+    [
+        (OptimConfig, {"branches": {"decoder": {}}}, r"optim.branches: unknown branch\(es\) \['decoder'\]"),
+        (OptimConfig, {"branches": {"llm": {"lr": 0}}}, r"optim.branches.llm.lr: must be > 0"),
+        (OptimConfig, {"branches": {"llm": {"betas": [0.9]}}}, r"optim.branches.llm.betas"),
+        (OptimConfig, {"type": "sgd"}, r"optim.type: 'sgd' is not one of \['adamw'\]"),
+        (
+            OptimConfig,
+            {"scheduler": {"type": "warmup_cosine", "phase_ratio": [1, 0, 0]}},
+            "only used by type tri_stage",
+        ),
+        (OptimConfig, {"scheduler": {"type": "noam"}}, "optim.scheduler.type"),
+        (TrainConfig, {"grad_accum": 0}, r"train.grad_accum: must be >= 1"),
+        (TrainConfig, {"epochs": 0}, r"train.epochs: must be >= 1"),
+        (TrainConfig, {"precision": "fp8"}, r"train.precision"),
+        (TrainConfig, {"grad_clip": -1}, r"train.grad_clip"),
+        (TrainConfig, {"best_metric": "cer"}, r"train.best_metric"),
+        (TrainConfig, {"grad_acum": 4}, r"unknown key\(s\) \['grad_acum'\]"),
+        (SchedulerConfig, {"warmup_ratio": 1.5}, r"warmup_ratio: must be in \[0, 1\]"),
+    ],
+)
+def test_validation_errors(section, data, pattern):
+    path = {OptimConfig: "optim", TrainConfig: "train", SchedulerConfig: "scheduler"}[section]
+    with pytest.raises(ConfigError, match=pattern):
+        from_dict(section, data, path)
