@@ -1,0 +1,173 @@
+"""Augmentation: config validation, determinism, speed/noise/gain, LFR-aware SpecAugment."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from llmasr.config_io import ConfigError, from_dict
+from llmasr.data.augment import AugmentConfig, Augmenter, mix_at_snr, speed_perturb
+from llmasr.data.frontend import FrontendConfig
+
+SR = 16000
+
+
+def sine(freq, seconds=1.0, amp=0.3):
+    t = np.arange(int(SR * seconds)) / SR
+    return (amp * np.sin(2 * np.pi * freq * t)).astype(np.float32)
+
+
+def noise_manifest(tmp_path):
+    rng = np.random.default_rng(0)
+    sf.write(tmp_path / "n1.wav", (rng.standard_normal(SR // 2) * 0.1).astype(np.float32), SR)  # shorter: tiled
+    sf.write(tmp_path / "n2.wav", (rng.standard_normal(SR * 3) * 0.1).astype(np.float32), 22050)
+    path = tmp_path / "noise.jsonl"
+    path.write_text(
+        json.dumps({"key": "n1", "source": "n1.wav"})
+        + "\n"
+        + json.dumps({"key": "n2", "source": str(tmp_path / "n2.wav")})
+        + "\n"
+    )
+    return str(path)
+
+
+def test_config_from_dict_and_validation(tmp_path):
+    cfg = from_dict(
+        AugmentConfig,
+        {
+            "spec_augment": {"enable": True, "max_time_width": 0.05},
+            "speed_perturb": {"enable": True, "factors": [0.9, 1.1]},
+        },
+        "augment",
+    )
+    assert cfg.spec_augment.max_time_width == 0.05 and cfg.speed_perturb.factors == [0.9, 1.1]
+    assert not AugmentConfig().noise.enable and not Augmenter(AugmentConfig(), FrontendConfig()).enabled
+    bad = [
+        ({"noise": {"enable": True}}, "augment.noise.manifest: required"),
+        ({"noise": {"enable": True, "manifest": str(tmp_path / "nope.jsonl")}}, "augment.noise.manifest: not found"),
+        ({"noise": {"snr_db": [20, 10]}}, "augment.noise.snr_db"),
+        ({"noise": {"prob": 1.5}}, "augment.noise.prob"),
+        ({"gain": {"db": [-100, 0]}}, "augment.gain.db"),
+        ({"speed_perturb": {"factors": []}}, "augment.speed_perturb.factors"),
+        ({"speed_perturb": {"factors": [3.0]}}, "augment.speed_perturb.factors"),
+        ({"spec_augment": {"max_time_width": 2.5}}, "augment.spec_augment.max_time_width"),
+        ({"spec_augment": {"num_freq_masks": -1}}, "augment.spec_augment"),
+        ({"spec_augment": {"bogus": 1}}, "unknown key"),
+    ]
+    for data, msg in bad:
+        with pytest.raises(ConfigError, match=msg.replace(".", r"\.")):
+            from_dict(AugmentConfig, data, "augment")
+
+
+def test_wave_augment_deterministic_and_effective(tmp_path):
+    cfg = from_dict(
+        AugmentConfig,
+        {
+            "noise": {"enable": True, "manifest": noise_manifest(tmp_path), "snr_db": [5, 5], "prob": 1.0},
+            "speed_perturb": {"enable": True, "factors": [0.9, 1.1]},
+            "gain": {"enable": True, "db": [-6, -6], "prob": 1.0},
+        },
+        "augment",
+    )
+    aug = Augmenter(cfg, FrontendConfig())
+    assert aug.enabled
+    x = sine(500)
+    a = aug.wave(x, SR, np.random.default_rng(1))
+    b = aug.wave(x, SR, np.random.default_rng(1))
+    np.testing.assert_array_equal(a, b)
+    assert len(a) in (int(np.ceil(SR / 0.9)), int(np.ceil(SR / 1.1)))
+    lengths = {len(aug.wave(x, SR, np.random.default_rng(s))) for s in range(20)}
+    assert lengths == {17778, 14546}  # both speed factors drawn
+    assert a.dtype == np.float32 and np.abs(a).max() <= 1.0
+
+
+def test_speed_perturb_shifts_frequency_and_length():
+    x = sine(1000)
+    y = speed_perturb(x, SR, 1.1)
+    assert len(y) == int(np.ceil(SR / 1.1))
+    spec = np.abs(np.fft.rfft(y * np.hanning(len(y))))
+    assert np.argmax(spec) * SR / len(y) == pytest.approx(1100, abs=2)
+    assert speed_perturb(x, SR, 1.0) is x
+
+
+def test_mix_at_snr():
+    rng = np.random.default_rng(0)
+    x = sine(300)
+    n = (rng.standard_normal(4000) * 0.5).astype(np.float32)
+    for snr in (0.0, 10.0, 20.0):
+        y = mix_at_snr(x, n, snr)
+        added = y - x
+        measured = 10 * np.log10(np.mean(x.astype(np.float64) ** 2) / np.mean(added.astype(np.float64) ** 2))
+        assert measured == pytest.approx(snr, abs=0.05)
+    np.testing.assert_array_equal(mix_at_snr(np.zeros(100, np.float32), n, 10), np.zeros(100))
+
+
+def test_bad_noise_file_is_skipped_not_fatal(tmp_path, caplog):
+    path = tmp_path / "noise.jsonl"
+    path.write_text(json.dumps({"key": "gone", "source": "gone.wav"}) + "\n")
+    cfg = from_dict(AugmentConfig, {"noise": {"enable": True, "manifest": str(path), "prob": 1.0}}, "augment")
+    x = sine(300)
+    y = Augmenter(cfg, FrontendConfig()).wave(x, SR, np.random.default_rng(0))
+    np.testing.assert_array_equal(y, x)
+    assert "noise augmentation skipped" in caplog.text and "file not found" in caplog.text
+
+
+def test_spec_augment_lfr_freq_masks_repeat_in_every_subframe():
+    fe = FrontendConfig(lfr_m=7, lfr_n=6)
+    cfg = from_dict(
+        AugmentConfig,
+        {"spec_augment": {"enable": True, "num_time_masks": 0, "num_freq_masks": 2, "max_freq_width": 20}},
+        "augment",
+    )
+    aug = Augmenter(cfg, fe)
+    feats = np.random.default_rng(0).standard_normal((50, 560)).astype(np.float32) + 3.0
+    for seed in range(10):
+        out = aug.spec(feats, np.random.default_rng(seed))
+        masked = (out == 0).all(axis=0).reshape(7, 80)
+        assert (masked == masked[0]).all()  # the same mel bins in all 7 sub-frames
+        assert masked[0].sum() <= 40 and (out[:, ~(out == 0).all(axis=0)] == feats[:, ~(out == 0).all(axis=0)]).all()
+    np.testing.assert_array_equal(aug.spec(feats, np.random.default_rng(3)), aug.spec(feats, np.random.default_rng(3)))
+    assert (feats != 0).all()  # the input is not modified in place
+
+
+def test_spec_augment_time_masks():
+    fe = FrontendConfig(lfr_m=7, lfr_n=6)
+    feats = np.ones((70, 560), np.float32)
+    cfg = from_dict(
+        AugmentConfig,
+        {"spec_augment": {"enable": True, "num_time_masks": 2, "max_time_width": 5, "num_freq_masks": 0}},
+        "augment",
+    )
+    widths = []
+    for seed in range(30):
+        out = Augmenter(cfg, fe).spec(feats, np.random.default_rng(seed))
+        rows = (out == 0).all(axis=1)
+        assert ((out == 0) == rows[:, None]).all()  # whole rows
+        widths.append(rows.sum())
+    assert max(widths) <= 10 and max(widths) > 0
+    # ratio widths: at most 10% of 70 frames per mask
+    cfg.spec_augment.max_time_width = 0.1
+    for seed in range(30):
+        assert (Augmenter(cfg, fe).spec(feats, np.random.default_rng(seed)) == 0).all(axis=1).sum() <= 14
+    # FunASR SpecAugLFR's time masks: each mask repeated lfr_m times, T // lfr_m rows apart
+    cfg.spec_augment = from_dict(
+        type(cfg.spec_augment),
+        {"enable": True, "num_time_masks": 1, "max_time_width": 5, "num_freq_masks": 0, "lfr_time_replicate": True},
+        "sa",
+    )
+    for seed in range(20):
+        rows = np.flatnonzero((Augmenter(cfg, fe).spec(feats, np.random.default_rng(seed)) == 0).all(axis=1))
+        if len(rows):
+            starts = rows[np.r_[True, np.diff(rows) > 1]]
+            assert len(starts) == 7 and (np.diff(starts) == 10).all()
+
+
+def test_spec_augment_disabled_is_identity():
+    aug = Augmenter(AugmentConfig(), FrontendConfig())
+    feats = np.ones((5, 80), np.float32)
+    assert aug.spec(feats, np.random.default_rng(0)) is feats
+    x = sine(100)
+    np.testing.assert_array_equal(aug.wave(x, SR, np.random.default_rng(0)), x)

@@ -1,0 +1,85 @@
+"""Global CMVN: statistics over fbank+LFR, written as Kaldi am.mvn, bad files counted."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from llmasr.data.cmvn import CMVNError, compute_global_cmvn
+from llmasr.data.features import FeatureExtractor
+from llmasr.data.frontend import FrontendConfig, read_kaldi_cmvn
+
+SR = 16000
+
+
+def make_corpus(tmp_path, n=6, bad=()):
+    rng = np.random.default_rng(0)
+    lines = []
+    waves = []
+    for i in range(n):
+        x = (rng.standard_normal(SR // 2 + 160 * i) * (0.05 + 0.02 * i)).astype(np.float32)
+        sf.write(tmp_path / f"u{i}.wav", x, SR, subtype="FLOAT")
+        waves.append(x)
+        lines.append(json.dumps({"key": f"u{i}", "source": f"u{i}.wav", "target": "words"}))
+    for j, kind in enumerate(bad):
+        if kind == "missing":
+            lines.append(json.dumps({"key": f"b{j}", "source": "missing.wav", "target": "x"}))
+        elif kind == "json":
+            lines.append('{"key": oops')
+    path = tmp_path / "train.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    return path, waves
+
+
+def test_cmvn_matches_direct_statistics(tmp_path):
+    path, waves = make_corpus(tmp_path)
+    fe = FrontendConfig(lfr_m=7, lfr_n=6, cmvn_file=None)
+    out = tmp_path / "exp" / "am.mvn"
+    shift, scale = compute_global_cmvn([path], fe, out)
+    raw = FeatureExtractor(fe)
+    allf = np.concatenate([raw(w, train=False) for w in waves]).astype(np.float64)
+    np.testing.assert_allclose(shift, -allf.mean(axis=0), rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(scale, 1 / allf.std(axis=0), rtol=1e-4)
+    s2, r2 = read_kaldi_cmvn(out)
+    np.testing.assert_allclose(s2, shift, rtol=1e-6)
+    np.testing.assert_allclose(r2, scale, rtol=1e-6)
+    # applying it normalises the training features
+    normed = FeatureExtractor(FrontendConfig(lfr_m=7, lfr_n=6, cmvn_file=str(out)))
+    alln = np.concatenate([normed(w, train=False) for w in waves])
+    np.testing.assert_allclose(alln.mean(axis=0), 0, atol=1e-3)
+    np.testing.assert_allclose(alln.std(axis=0), 1, atol=1e-3)
+
+
+def test_cmvn_max_utts_and_existing_cmvn_ignored(tmp_path):
+    path, waves = make_corpus(tmp_path)
+    fe = FrontendConfig(lfr_m=1, lfr_n=1)
+    shift, _ = compute_global_cmvn(path, fe, tmp_path / "a.mvn", max_utts=2)
+    raw = FeatureExtractor(fe)
+    picked = np.concatenate([raw(waves[0], train=False), raw(waves[5], train=False)])  # evenly spread: first, last
+    np.testing.assert_allclose(shift, -picked.mean(axis=0), rtol=1e-5, atol=1e-4)
+    # a cmvn_file already in the frontend is not applied while computing new statistics
+    with_cmvn = FrontendConfig(lfr_m=1, lfr_n=1, cmvn_file=str(tmp_path / "a.mvn"))
+    shift2, _ = compute_global_cmvn(path, with_cmvn, tmp_path / "b.mvn", max_utts=2)
+    np.testing.assert_allclose(shift2, shift, rtol=1e-6)
+
+
+def test_cmvn_bad_files_counted(tmp_path, caplog):
+    path, _ = make_corpus(tmp_path, n=6, bad=("missing",))
+    fe = FrontendConfig(lfr_m=7, lfr_n=6)
+    with pytest.raises(CMVNError, match="1 of 7 utterances unusable"):
+        compute_global_cmvn(path, fe, tmp_path / "x.mvn")  # 14% > the default 5%
+    shift, scale = compute_global_cmvn(path, fe, tmp_path / "x.mvn", max_bad_fraction=0.2)
+    assert shift.shape == scale.shape == (560,)
+    assert "1 of 7 utterances unusable" in caplog.text and "train.jsonl:7: audio" in caplog.text
+    assert "file not found" in caplog.text
+
+
+def test_cmvn_nothing_usable(tmp_path):
+    path, _ = make_corpus(tmp_path, n=0, bad=("json", "missing"))
+    with pytest.raises(CMVNError, match="no usable frames"):
+        compute_global_cmvn(path, FrontendConfig(), tmp_path / "x.mvn", max_bad_fraction=1.0)
+    with pytest.raises(ValueError, match="fbank"):
+        compute_global_cmvn(path, FrontendConfig(kind="whisper"), tmp_path / "x.mvn")
