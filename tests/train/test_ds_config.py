@@ -229,7 +229,7 @@ def single_rank():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("preset", ["zero0", "zero2"])
-def test_deepspeed_steps_branch_scheduler(preset, make_model, single_rank):
+def test_deepspeed_steps_branch_scheduler(preset, make_model, single_rank, tmp_path):
     deepspeed = pytest.importorskip("deepspeed")
     model = make_model(freeze_encoder=False)
     optim_cfg = from_dict(
@@ -275,3 +275,13 @@ def test_deepspeed_steps_branch_scheduler(preset, make_model, single_rank):
         assert lrs["encoder"] / lrs["llm"] == pytest.approx(10)
         assert engine.get_lr() == [lrs[n] for n in names]
     assert updates == [0, 0, 0, 1, 2]
+
+    # the engine checkpoints the scheduler with itself
+    saved = {g["name"]: g["lr"] for g in engine.optimizer.param_groups}
+    engine.save_checkpoint(str(tmp_path), tag="t")
+    scheduler.last_update = 0
+    for g in engine.optimizer.param_groups:
+        g["lr"] = 0.0
+    engine.load_checkpoint(str(tmp_path), tag="t")
+    assert scheduler.last_update == 2
+    assert {g["name"]: g["lr"] for g in engine.optimizer.param_groups} == saved
