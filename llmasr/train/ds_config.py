@@ -119,32 +119,24 @@ def resolve_ds_config(
     if _get(ds, f"{bf16_key}.enabled") is True and _get(ds, "fp16.enabled") is True:
         raise ConfigError(f"{source}: fp16.enabled and {bf16_key}.enabled are both true; pick one (train.precision)")
 
-    # Recipe values, None where the recipe leaves the choice to the JSON.
-    micro = train_cfg.micro_batch_per_gpu
-    accum = train_cfg.grad_accum
-    wanted = {
-        "train_micro_batch_size_per_gpu": micro,
-        "gradient_accumulation_steps": accum,
-        "gradient_clipping": train_cfg.grad_clip,
-        f"{bf16_key}.enabled": train_cfg.precision == "bf16",
-        "fp16.enabled": train_cfg.precision == "fp16",
-    }
-    recipe_name = {
-        "train_micro_batch_size_per_gpu": "train.micro_batch_per_gpu",
-        "gradient_accumulation_steps": "train.grad_accum",
-        "gradient_clipping": "train.grad_clip",
-        f"{bf16_key}.enabled": "train.precision",
-        "fp16.enabled": "train.precision",
-    }
+    # (JSON key, recipe value or None where the recipe leaves it to the JSON, recipe field, recipe value shown)
+    precision = train_cfg.precision
+    wanted = [
+        ("train_micro_batch_size_per_gpu", train_cfg.micro_batch_per_gpu, "train.micro_batch_per_gpu", None),
+        ("gradient_accumulation_steps", train_cfg.grad_accum, "train.grad_accum", None),
+        ("gradient_clipping", train_cfg.grad_clip, "train.grad_clip", None),
+        (f"{bf16_key}.enabled", precision == "bf16", "train.precision", precision),
+        ("fp16.enabled", precision == "fp16", "train.precision", precision),
+    ]
     disagreements = []
-    for key, want in wanted.items():
+    for key, want, field, shown in wanted:
         have = _get(ds, key)
         if have is None or have == AUTO:
             if want is not None:
                 _set(ds, key, want)
         elif want is not None and have != want:
-            shown = train_cfg.precision if recipe_name[key] == "train.precision" else want
-            disagreements.append(f"  {key}: {have!r} in the JSON, but {recipe_name[key]} = {shown!r} in the recipe")
+            shown = want if shown is None else shown
+            disagreements.append(f"  {key}: {have!r} in the JSON, but {field} = {shown!r} in the recipe")
     if disagreements:
         raise ConfigError(
             f'{source}: concrete value(s) disagree with the recipe (set them to "auto", or make them agree):\n'
