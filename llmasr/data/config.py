@@ -45,6 +45,7 @@ class BatchingConfig:
     # max_seconds = 120 is used. max_frames counts encoder-input feature frames (after low-frame-rate stacking).
     max_seconds: float | None = None
     max_frames: int | None = None
+    # Target lengths are the manifest's target_len, else the transcript's character count.
     max_target_tokens: int | None = None  # padded target length per batch: B * (longest target_len)
     num_buckets: int = 30  # duration-quantile buckets; batches are drawn from one bucket each
     # Items per bucket window that are shuffled together and then sorted by duration before batches are cut.

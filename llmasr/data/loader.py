@@ -91,7 +91,8 @@ def open_manifests(specs: Sequence[ManifestSpec | str], *, mix: bool):
 
 
 def target_lengths(manifest) -> np.ndarray:
-    """Per-item target_len (0 for lines that do not parse; those are reported by the dataset)."""
+    """Per-item target_len from the manifest, else the transcript's character count (an upper bound on LLM tokens
+    for most tokenizers); 0 for lines that do not parse (the dataset reports those)."""
     from llmasr.data.manifest import BadRecord
 
     fast = getattr(manifest, "target_lens", None)
@@ -100,7 +101,8 @@ def target_lengths(manifest) -> np.ndarray:
     out = np.zeros(len(manifest), dtype=np.int64)
     for i in range(len(manifest)):
         try:
-            out[i] = int(manifest[i].target_len or 0)
+            utt = manifest[i]
+            out[i] = int(utt.target_len) if utt.target_len is not None else len(str(utt.target))
         except BadRecord:
             pass
     return out
