@@ -9,7 +9,7 @@ from torch import nn
 
 from llmasr.config_io import ConfigError, from_dict, load_yaml
 from llmasr.data.frontend import FrontendConfig
-from llmasr.models.config import AdaptorConfig, EncoderConfig, ModelConfig
+from llmasr.models.config import AdaptorConfig, CTCConfig, EncoderConfig, ModelConfig
 from llmasr.models.llm import apply_lora, load_llm
 from llmasr.models.prompt import PromptBuilder
 from llmasr.models.speech_llm import SpeechLLM
@@ -74,21 +74,44 @@ def _as_dict(frontend: FrontendConfig) -> dict:
     return to_dict(frontend)
 
 
-def load_adaptor_weights(adaptor: nn.Module, cfg: AdaptorConfig) -> None:
-    path = Path(cfg.init_from)
+def read_weights(init_from: str, init_prefix: str, what: str) -> dict:
+    """Tensors of a .safetensors or weights-only .pt file, restricted to `init_prefix` (prefix removed)."""
+    path = Path(init_from)
     if not path.is_file():
-        raise ConfigError(f"model.adaptor.init_from: file not found: {path}")
+        raise ConfigError(f"{what}.init_from: file not found: {path}")
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
         state = load_file(str(path))
     else:
         state = unwrap_state_dict(torch_load(path), str(path))
-    if cfg.init_prefix:
-        state = select_prefix(state, cfg.init_prefix)
+    if init_prefix:
+        state = select_prefix(state, init_prefix)
         if not state:
-            raise ConfigError(f"model.adaptor.init_prefix: no key of {path} starts with {cfg.init_prefix!r}")
-    load_into(adaptor, state, source=f"adaptor weights {path}")
+            raise ConfigError(f"{what}.init_prefix: no key of {path} starts with {init_prefix!r}")
+    return state
+
+
+def load_adaptor_weights(adaptor: nn.Module, cfg: AdaptorConfig) -> None:
+    state = read_weights(cfg.init_from, cfg.init_prefix, "model.adaptor")
+    load_into(adaptor, state, source=f"adaptor weights {cfg.init_from}")
+
+
+def load_ctc_weights(head: nn.Module, cfg: CTCConfig, vocab_size: int) -> None:
+    """Load a pretrained CTC head, refusing one whose output size is not the configured vocabulary's.
+
+    FunASR skips such a mismatch silently and later fails with an assert inside the loss (320 vs 8404).
+    """
+    state = read_weights(cfg.init_from, cfg.init_prefix, "model.ctc")
+    state = {k.replace("ctc_lo.", "proj.", 1) if k.startswith("ctc_lo.") else k: v for k, v in state.items()}
+    rows = state.get("proj.weight")
+    if rows is not None and rows.shape[0] != vocab_size:
+        raise ConfigError(
+            f"model.ctc.init_from: the CTC head in {cfg.init_from} has {rows.shape[0]} outputs but the vocabulary "
+            f"{cfg.vocab!r} has {vocab_size} entries (blank included); use the token list the head was trained "
+            "with (e.g. the model directory's tokens.json)"
+        )
+    load_into(head, state, source=f"CTC head weights {cfg.init_from}")
 
 
 def output_dim(encoder: nn.Module) -> int:
@@ -134,6 +157,8 @@ def build_model(cfg: ModelConfig | dict | str | Path) -> SpeechLLM:
 
         ctc_tokenizer = build_ctc_tokenizer(cfg.ctc.vocab, tokenizer)
         ctc_head = CTCHead(output_dim(encoder), ctc_tokenizer.vocab_size)
+        if cfg.ctc.init_from:
+            load_ctc_weights(ctc_head, cfg.ctc, ctc_tokenizer.vocab_size)
     return SpeechLLM(
         encoder,
         adaptor,

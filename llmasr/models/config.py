@@ -101,6 +101,10 @@ class CTCConfig:
     # a token list (one token per line, or a FunASR tokens.json list), characters split on spaces-or-chars.
     vocab: str = "llm"
     label_smoothing: float = 0.0
+    # Pretrained CTC head weights, e.g. a FunASR model.pt with init_prefix "ctc." (its ctc_lo layer) together
+    # with vocab: <that directory>/tokens.json. The head's output size must equal the vocabulary's.
+    init_from: str | None = None
+    init_prefix: str = ""
 
     def validate(self, path: str) -> None:
         if not 0.0 <= self.weight <= 1.0:

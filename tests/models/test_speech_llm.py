@@ -200,3 +200,40 @@ def test_unknown_recipe_key_is_named(tiny_llm_dir):
     section["adaptor"]["downsampel"] = 2
     with pytest.raises(ConfigError, match=r"model.adaptor: unknown key\(s\) \['downsampel'\]"):
         llmasr.build_model({"model": section})
+
+
+@pytest.fixture
+def funasr_dir_with_ctc(tmp_path):
+    from llmasr.testing.tiny_funasr import tiny_sanm_conf, write_funasr_dir
+
+    conf = tiny_sanm_conf()
+    conf["input_size"] = 560
+    d = write_funasr_dir(tmp_path / "paraformer", encoder_conf=conf)
+    state = torch.load(d / "model.pt", weights_only=True)
+    state["ctc.ctc_lo.weight"] = torch.randn(16, 32)
+    state["ctc.ctc_lo.bias"] = torch.randn(16)
+    torch.save(state, d / "model.pt")
+    return d
+
+
+def test_pretrained_encoder_and_ctc_head_from_a_funasr_directory(tiny_llm_dir, funasr_dir_with_ctc):
+    section = tiny_model_section(tiny_llm_dir, encoder_dir=funasr_dir_with_ctc, ctc_weight=0.3)
+    section["ctc"].update(
+        vocab=str(funasr_dir_with_ctc / "tokens.json"),
+        init_from=str(funasr_dir_with_ctc / "model.pt"),
+        init_prefix="ctc.",
+    )
+    m = llmasr.build_model(section)
+    saved = torch.load(funasr_dir_with_ctc / "model.pt", weights_only=True)
+    assert torch.equal(m.ctc_head.proj.weight, saved["ctc.ctc_lo.weight"])
+    assert torch.equal(m.encoder.state_dict()["after_norm.weight"], saved["encoder.after_norm.weight"])
+    assert m.frontend.lfr_m == 7 and m.frontend.cmvn_file.endswith("am.mvn")
+    out = m(random_batch(m, ["abc", "de"]))
+    assert torch.isfinite(out.loss) and float(out.ctc_loss_sum) > 0
+
+
+def test_ctc_head_of_another_vocabulary_fails_at_load_not_in_the_loss(tiny_llm_dir, funasr_dir_with_ctc):
+    section = tiny_model_section(tiny_llm_dir, encoder_dir=funasr_dir_with_ctc, ctc_weight=0.3)
+    section["ctc"].update(init_from=str(funasr_dir_with_ctc / "model.pt"), init_prefix="ctc.")  # vocab: llm
+    with pytest.raises(ConfigError, match=r"has 16 outputs but the vocabulary 'llm' has 301 entries"):
+        llmasr.build_model(section)
