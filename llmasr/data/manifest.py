@@ -32,6 +32,7 @@ import json
 import logging
 import math
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Callable, Sequence
@@ -259,6 +260,44 @@ def parse_record(rec, *, manifest: str, line: int, base: Path) -> Utterance:
     return p.funasr(rec)
 
 
+_FLAT_FIELD = re.compile(rb'"(duration|source_len|start|end)"\s*:\s*(-?[0-9][0-9.eE+-]*)')
+
+
+def _line_duration(raw: bytes) -> float:
+    """Duration hint for one manifest line without a full JSON parse when the record is flat (FunASR jsonl):
+    in JSON text, a quoted field name followed by ':' can only be a real key (quotes inside strings are
+    escaped). Nested records (lhotse cuts) and anything unusual are parsed properly. NaN when unknown."""
+    if raw.count(b"{") != 1 or b"[" in raw:
+        if b'"duration"' in raw or b'"source_len"' in raw or b'"end"' in raw:
+            return _record_duration(_loads_or_none(raw))
+        return math.nan
+    fields = dict(_FLAT_FIELD.findall(raw))
+    try:
+        if b"duration" in fields:
+            d = float(fields[b"duration"])
+            if 0 < d < math.inf:
+                return d
+        if b"end" in fields:
+            e, s = float(fields[b"end"]), float(fields.get(b"start", 0.0))
+            if s < e < math.inf:
+                return e - s
+        if b"source_len" in fields:
+            n = float(fields[b"source_len"])
+            return n / FUNASR_FRAMES_PER_SECOND if 0 < n < math.inf else math.nan
+    except ValueError:
+        return _record_duration(_loads_or_none(raw))
+    if b'"duration"' in raw and b"duration" not in fields:  # not a plain number: let the full parse decide
+        return _record_duration(_loads_or_none(raw))
+    return math.nan
+
+
+def _loads_or_none(raw: bytes):
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return None
+
+
 def _record_duration(rec) -> float:
     """Cheap duration hint from a decoded record (NaN if unknown or malformed)."""
     if not isinstance(rec, dict):
@@ -341,12 +380,7 @@ class Manifest:
                         offsets[0] = pos
                     continue
                 linenos.append(lineno)
-                hint = b'"duration"' in raw or b'"source_len"' in raw or b'"end"' in raw
-                try:
-                    rec = json.loads(stripped) if hint else None
-                except ValueError:
-                    rec = None
-                durations.append(_record_duration(rec))
+                durations.append(_line_duration(stripped))
                 pos += len(raw)
                 offsets.append(pos)
         off = np.frombuffer(offsets, dtype=np.int64).copy()

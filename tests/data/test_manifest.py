@@ -436,3 +436,26 @@ def test_mixed_manifest_weights(tmp_path):
     with pytest.raises(ValueError):
         MixedManifest([a, b], [1.0, -1.0])
     np.testing.assert_array_equal(a.epoch_indices(0, 0), np.arange(40))
+
+
+def test_duration_hints_match_full_parse(tmp_path):
+    from llmasr.data.manifest import _line_duration, _record_duration
+
+    records = [
+        {"key": "a", "source": "x", "target": "t", "duration": 1.5},
+        {"key": "a", "source": "x", "target": "t", "start": 1, "end": 2.5},
+        {"key": "a", "source": "x", "target": "t", "source_len": 250},
+        {"key": "a", "source": "x", "target": 'he said "duration": 5'},
+        {"key": "a", "source": "x", "target": "t", "duration": "long"},
+        {"key": "a", "source": "x", "target": "t", "duration": -1, "source_len": 100},
+        {"key": "a", "source": "x", "target": "t", "start": 3, "end": 2},
+        {"key": "a", "source": "x", "target": "t", "duration": None, "source_len": 100},
+        {"key": "a", "source": "x", "target": "t", "meta": {"duration": 9}},
+        cut("c", "x.wav", duration=2.25),
+    ]
+    expected = [1.5, 1.5, 2.5, np.nan, np.nan, 1.0, np.nan, 1.0, np.nan, 2.25]
+    for rec, want in zip(records, expected):
+        raw = json.dumps(rec).encode()
+        np.testing.assert_equal([_line_duration(raw), _record_duration(rec)], [want, want])
+    m = Manifest.open(write_jsonl(tmp_path / "m.jsonl", records))
+    np.testing.assert_array_equal(m.durations(), np.array(expected, dtype=np.float32))
