@@ -280,9 +280,9 @@ class ConformerEncoder(nn.Module):
             x, lengths = self.embed(xs), xs_lens
         else:
             x, lengths = self.embed(xs, xs_lens)
-        lengths = lengths.clamp(max=x.size(1))
+        lengths = lengths.to(x.device).clamp(max=x.size(1))
         x, pos_emb = self.pos_enc(x)
-        mask = (torch.arange(x.size(1), device=x.device)[None, :] < lengths.to(x.device)[:, None]).unsqueeze(1)
+        mask = (torch.arange(x.size(1), device=x.device)[None, :] < lengths[:, None]).unsqueeze(1)
         for layer in self.encoders:
             if self.gradient_checkpointing and self.training:
                 x = checkpoint(layer, x, pos_emb, mask, lengths, use_reentrant=False)
