@@ -23,6 +23,8 @@ import numpy as np
 from llmasr.data.frontend import FrontendConfig, read_kaldi_cmvn
 
 MIN_FBANK_SAMPLES = 4  # shorter clips give no fbank frames
+# Window types kaldi-native-fbank accepts; any other name makes it exit the process, so they are checked first.
+FBANK_WINDOWS = ("hamming", "hanning", "hann", "povey", "rectangular", "blackman", "sine")
 
 
 @lru_cache(maxsize=8)
@@ -89,6 +91,8 @@ class FeatureExtractor:
     def __init__(self, frontend: FrontendConfig):
         if frontend.kind not in ("fbank", "whisper"):
             raise ValueError(f"unknown frontend kind {frontend.kind!r}")
+        if frontend.kind == "fbank" and frontend.window not in FBANK_WINDOWS:
+            raise ValueError(f"fbank window {frontend.window!r} is not one of {list(FBANK_WINDOWS)}")
         self.frontend = frontend
         self.window_samples = int(frontend.sample_rate * frontend.frame_length_ms / 1000)
         self.shift_samples = int(frontend.sample_rate * frontend.frame_shift_ms / 1000)

@@ -116,6 +116,8 @@ def test_whisper_logmel_matches_transformers(n_mels, n):
 
 
 def test_rejects_bad_input():
+    with pytest.raises(ValueError, match="fbank window 'bogus'"):  # kaldi-native-fbank would exit the process
+        FeatureExtractor(FrontendConfig(window="bogus"))
     fe = FeatureExtractor(FrontendConfig())
     with pytest.raises(ValueError, match="mono 1-D"):
         fe(np.zeros((2, 100), np.float32), train=False)
