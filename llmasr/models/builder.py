@@ -27,36 +27,55 @@ def _encoder_class(kind: str):
         from llmasr.models.conformer import ConformerEncoder
 
         return ConformerEncoder
-    raise ConfigError(f"model.encoder.type: {kind!r} cannot be built from `conf` alone")
+    raise ConfigError(f"model.encoder.type: {kind!r} has no builder from `conf`")
+
+
+def encoder_frontend(cfg: EncoderConfig) -> FrontendConfig:
+    """The frontend the configured encoder expects, read from its files without loading any weights."""
+    if cfg.type == "whisper":
+        from llmasr.models.whisper import whisper_dir_frontend, whisper_frontend
+
+        if cfg.path is None:
+            from transformers import WhisperConfig
+
+            return whisper_frontend(WhisperConfig(**cfg.conf))
+        frontend = whisper_dir_frontend(cfg.path)
+    elif cfg.path is not None:
+        from llmasr.models.funasr_dir import funasr_frontend
+
+        frontend = funasr_frontend(cfg.path)
+    else:
+        return from_dict(FrontendConfig, dict(cfg.frontend), "model.encoder.frontend")
+    if cfg.frontend:  # explicit settings (e.g. dither) refine what the model directory says
+        frontend = from_dict(FrontendConfig, {**_as_dict(frontend), **cfg.frontend}, "model.encoder.frontend")
+    return frontend
 
 
 def build_encoder(cfg: EncoderConfig) -> tuple[nn.Module, FrontendConfig]:
     """The encoder (pretrained when `cfg.path` is set) and the frontend it expects."""
     if cfg.type == "whisper":
-        if cfg.path is None:
-            raise ConfigError("model.encoder.path: a whisper encoder is loaded from an HF Whisper directory")
-        from llmasr.models.whisper import load_whisper_encoder
+        from llmasr.models.whisper import build_whisper_encoder, load_whisper_encoder
 
-        encoder, frontend = load_whisper_encoder(cfg.path, reinit_keys=cfg.reinit_keys)
+        if cfg.path is None:
+            encoder, _ = build_whisper_encoder(dict(cfg.conf))
+        else:
+            encoder, _ = load_whisper_encoder(cfg.path, reinit_keys=cfg.reinit_keys)
     elif cfg.path is not None:
         from llmasr.models.funasr_dir import load_funasr_encoder
 
-        encoder, frontend = load_funasr_encoder(cfg.path, conf_overrides=cfg.conf or None, reinit_keys=cfg.reinit_keys)
+        encoder, _ = load_funasr_encoder(cfg.path, conf_overrides=cfg.conf or None, reinit_keys=cfg.reinit_keys)
     else:
-        frontend = from_dict(FrontendConfig, dict(cfg.frontend), "model.encoder.frontend")
+        feature_dim = encoder_frontend(cfg).feature_dim
         conf = dict(cfg.conf)
-        conf.setdefault("input_size", frontend.feature_dim)
-        if conf["input_size"] != frontend.feature_dim:
+        conf.setdefault("input_size", feature_dim)
+        if conf["input_size"] != feature_dim:
             raise ConfigError(
                 f"model.encoder.conf.input_size is {conf['input_size']} but the frontend gives "
-                f"{frontend.feature_dim} dims (n_mels {frontend.n_mels} x lfr_m {frontend.lfr_m})"
+                f"{feature_dim} dims (n_mels x lfr_m of model.encoder.frontend)"
             )
         encoder = _encoder_class(cfg.type)(**conf)
         log.info("%s encoder built from conf with fresh weights", cfg.type)
-    if cfg.path is not None and cfg.frontend:
-        # Explicit settings (e.g. dither) refine what the model directory says.
-        merged = {**_as_dict(frontend), **cfg.frontend}
-        frontend = from_dict(FrontendConfig, merged, "model.encoder.frontend")
+    frontend = encoder_frontend(cfg)
     if cfg.freeze:
         encoder.requires_grad_(False)
     if cfg.lora is not None:

@@ -136,6 +136,13 @@ def _resolve_cmvn(model_dir: Path, frontend_conf: dict) -> Path | None:
     )
 
 
+def funasr_frontend(model_dir: str | Path) -> FrontendConfig:
+    """The frontend (CMVN included) a FunASR model directory expects, without reading model.pt."""
+    model_dir = Path(model_dir).resolve()
+    config = read_funasr_config(model_dir)
+    return frontend_from_funasr_conf(config["frontend_conf"], _resolve_cmvn(model_dir, config["frontend_conf"]))
+
+
 def load_funasr_encoder(
     model_dir: str | Path,
     *,

@@ -174,6 +174,18 @@ def _read_encoder_tensors(path: Path) -> dict[str, torch.Tensor]:
     return out
 
 
+def whisper_dir_frontend(path: str | Path) -> FrontendConfig:
+    """The frontend a local HF Whisper directory expects, without reading its weights."""
+    from transformers import WhisperConfig
+
+    path = Path(path)
+    for name in ("config.json", "preprocessor_config.json"):
+        if not (path / name).is_file():
+            raise FileNotFoundError(f"{path / name}: missing from the Whisper directory")
+    config = WhisperConfig.from_pretrained(str(path), local_files_only=True)
+    return whisper_frontend(config, json.loads((path / "preprocessor_config.json").read_text()))
+
+
 def load_whisper_encoder(
     path: str | Path, *, reinit_keys: list[str] | tuple[str, ...] = ()
 ) -> tuple[WhisperAudioEncoder, FrontendConfig]:

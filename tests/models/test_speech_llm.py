@@ -237,3 +237,42 @@ def test_ctc_head_of_another_vocabulary_fails_at_load_not_in_the_loss(tiny_llm_d
     section["ctc"].update(init_from=str(funasr_dir_with_ctc / "model.pt"), init_prefix="ctc.")  # vocab: llm
     with pytest.raises(ConfigError, match=r"has 16 outputs but the vocabulary 'llm' has 301 entries"):
         llmasr.build_model(section)
+
+
+def test_whisper_encoder_from_an_hf_directory(tiny_llm_dir, tmp_path):
+    from llmasr.models.builder import encoder_frontend
+    from llmasr.models.config import EncoderConfig
+    from llmasr.testing.tiny_whisper import write_tiny_whisper_dir
+
+    wdir = write_tiny_whisper_dir(tmp_path / "whisper")
+    section = tiny_model_section(tiny_llm_dir)
+    section["encoder"] = {"type": "whisper", "path": str(wdir), "freeze": True}
+    m = llmasr.build_model(section)
+    assert m.frontend.kind == "whisper" and m.frontend.feature_dim == 80
+    assert encoder_frontend(EncoderConfig(type="whisper", path=str(wdir))) == m.frontend
+    batch = random_batch(m, TARGETS[:2], frames=[60, 90])
+    out = m(batch)
+    assert torch.isfinite(out.loss)
+    # Whisper halves the frame rate, the linear adaptor halves it again.
+    _, enc_lens, _, audio_lens = m.encode_audio(batch["feats"], batch["feat_lens"])
+    assert enc_lens.tolist() == [30, 45] and audio_lens.tolist() == [15, 22]
+
+
+def test_conformer_encoder_from_a_funasr_directory(tiny_llm_dir, tmp_path):
+    from llmasr.models.builder import encoder_frontend
+    from llmasr.models.config import EncoderConfig
+    from llmasr.testing.tiny_funasr import write_funasr_dir
+    from llmasr.testing.tiny_whisper import tiny_conformer_conf
+
+    fe = {"fs": 16000, "window": "hamming", "n_mels": 80, "frame_length": 25, "frame_shift": 10, "lfr_m": 1, "lfr_n": 1}
+    d = write_funasr_dir(
+        tmp_path / "conformer", encoder_type="ConformerEncoder", encoder_conf=tiny_conformer_conf(80), frontend_conf=fe
+    )
+    section = tiny_model_section(tiny_llm_dir, encoder_dir=d)
+    section["encoder"]["type"] = "conformer"
+    m = llmasr.build_model(section)
+    assert type(m.encoder).__name__ == "ConformerEncoder"
+    assert encoder_frontend(EncoderConfig(type="conformer", path=str(d))) == m.frontend
+    m.eval()
+    out = m(random_batch(m, TARGETS[:2], frames=[40, 64]))
+    assert torch.isfinite(out.loss)
