@@ -1,0 +1,461 @@
+"""`llmasr export`: turn a training checkpoint into a self-contained model directory.
+
+    llmasr export --checkpoint RUN_DIR[/checkpoints/TAG] --output DIR [--dtype bf16|fp16|fp32]
+                  [--average N [--average-by last|best]] [--adapter-only]
+
+Steps: locate the checkpoint(s); reload the run's recipe; refuse if the pretrained base directories the recipe
+names are not the ones the run was trained on (fingerprints); read the trained tensors offline (any ZeRO stage,
+CPU only); optionally average N checkpoints; rebuild the model from the recipe and load the trained tensors
+strictly; merge LoRA; write
+
+    DIR/llm/                   the LLM with LoRA merged (HF format, safetensors, sharded when large), its tokenizer
+                               with the chat template, generation_config.eos_token_id = the prompt's end token
+    DIR/encoder.safetensors    the encoder, encoder LoRA merged into plain weights
+    DIR/adaptor.safetensors
+    DIR/ctc_head.safetensors   (+ the CTC vocabulary file) when the model has a CTC head
+    DIR/am.mvn                 the CMVN of an fbank frontend, when it has one
+    DIR/llmasr_model.yaml      architecture, frontend, prompt, source checkpoints (see llmasr.export.exported)
+
+`--adapter-only` writes DIR/adapter/ (a peft adapter: adapter_config.json + adapter_model.safetensors, plus the
+tokenizer) instead of DIR/llm/; it is applied to the base LLM at load time (`PeftModel.from_pretrained`).
+
+The directory is written under DIR.partial and renamed at the end, so an interrupted export never looks complete.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import logging
+import shutil
+import sys
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from llmasr.export.checkpoint_reader import (
+    CheckpointError,
+    average_states,
+    read_meta,
+    read_trained_state,
+    resolve_checkpoint,
+    select_tags,
+)
+
+log = logging.getLogger(__name__)
+
+MODEL_FILE = "llmasr_model.yaml"
+FORMAT = "llmasr-exported-1"
+DTYPE_NAMES = {
+    "bf16": "bfloat16",
+    "bfloat16": "bfloat16",
+    "fp16": "float16",
+    "float16": "float16",
+    "fp32": "float32",
+    "float32": "float32",
+}
+
+
+class ExportError(RuntimeError):
+    """The checkpoint cannot be exported as asked."""
+
+
+# ------------------------------------------------------------------------------------------ loading a checkpoint
+def _check_fingerprint(meta: dict, recipe, where: str) -> None:
+    from llmasr.models.fingerprint import base_fingerprint, fingerprint_differences
+
+    diffs = fingerprint_differences(meta.get("base_fingerprint") or {}, base_fingerprint(recipe.model))
+    if diffs:
+        raise CheckpointError(
+            f"{where}: the base model changed since this checkpoint was trained; LoRA and the other trained tensors "
+            "only make sense on the exact base weights they were trained on. Differences:\n  "
+            + "\n  ".join(diffs)
+            + "\nPoint the recipe's model paths (RUN_DIR/recipe.yaml) at the original directories."
+        )
+
+
+def load_trained(model: nn.Module, state: dict[str, torch.Tensor], trainable: list[str], *, source: str) -> None:
+    """Copy the trained tensors into the rebuilt model, strictly.
+
+    Every name in `trainable` (the meta's list) must be a parameter of the model and present in `state` with the
+    same shape; `state` may hold nothing else except persistent buffers of the model (loaded too) and aliases of
+    a trained parameter (tied weights). The rebuilt model must have exactly those parameters trainable.
+    """
+    params = dict(model.named_parameters())
+    aliases: dict[str, str] = {}  # every name of a shared parameter -> its first (named_parameters) name
+    first_name = {id(p): n for n, p in params.items()}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        aliases[name] = first_name[id(p)]
+    buffers = {k: v for k, v in model.state_dict().items() if k not in aliases}
+    wanted = list(trainable)
+    wanted_set = set(wanted)
+
+    lines = []
+    for n in wanted:
+        if n not in params:
+            lines.append(f"  trainable in the checkpoint but not a parameter of the rebuilt model: {n}")
+        elif n not in state:
+            lines.append(f"  missing from checkpoint: {n} (model shape {list(params[n].shape)})")
+        elif tuple(state[n].shape) != tuple(params[n].shape):
+            lines.append(
+                f"  shape mismatch: {n}: checkpoint {list(state[n].shape)} vs model {list(params[n].shape)}"
+            )
+    for k, v in state.items():
+        if k in wanted_set:
+            continue
+        if k in aliases and aliases[k] in wanted_set:
+            continue
+        if k in buffers:
+            if tuple(v.shape) != tuple(buffers[k].shape):
+                lines.append(f"  shape mismatch: buffer {k}: checkpoint {list(v.shape)} vs model {list(buffers[k].shape)}")
+            continue
+        if k in aliases:
+            lines.append(f"  unexpected in checkpoint: {k} (a parameter the checkpoint's meta does not list as trained)")
+        else:
+            lines.append(f"  unexpected in checkpoint: {k} {list(v.shape)} (no such parameter or buffer in the model)")
+    model_trainable = {n for n, p in params.items() if p.requires_grad}
+    for n in sorted(model_trainable - wanted_set):
+        lines.append(f"  trainable in the rebuilt model but not in the checkpoint: {n}")
+    if lines:
+        raise CheckpointError(
+            f"{source} does not match the model rebuilt from the run's recipe:\n" + "\n".join(lines[:50])
+            + (f"\n  ... and {len(lines) - 50} more" if len(lines) > 50 else "")
+        )
+    with torch.no_grad():
+        for n in wanted:
+            params[n].copy_(state[n].to(params[n].dtype))
+        named_buffers = dict(model.named_buffers())
+        for k, v in state.items():
+            if k in buffers and k in named_buffers:
+                named_buffers[k].copy_(v.to(named_buffers[k].dtype))
+
+
+def load_checkpoint_model(
+    checkpoint: str | Path,
+    *,
+    tag: str | None = None,
+    average: int = 1,
+    average_by: str | None = None,
+):
+    """(SpeechLLM with the trained tensors loaded, LoRA not merged, float32, eval mode; info dict)."""
+    from llmasr.config_io import ConfigError
+    from llmasr.models.builder import build_model
+    from llmasr.recipe import load_recipe
+
+    ref = resolve_checkpoint(checkpoint, tag)
+    if average > 1 or average_by == "best":
+        tags = select_tags(ref, average, average_by or "last")
+    else:
+        tags = [ref.tag]
+    recipe_path = ref.run_dir / "recipe.yaml"
+    if not recipe_path.is_file():
+        raise CheckpointError(f"{recipe_path}: missing; the run's resolved recipe is needed to rebuild the model")
+    try:
+        recipe = load_recipe(recipe_path)
+    except ConfigError as err:
+        raise CheckpointError(f"{recipe_path}: {err}") from err
+    metas = [read_meta(ref.root / t) for t in tags]
+    for t, meta in zip(tags, metas):
+        _check_fingerprint(meta, recipe, str(ref.root / t))
+    trainable = metas[-1]["trainable"]
+    for t, meta in zip(tags, metas):
+        if meta["trainable"] != trainable:
+            raise CheckpointError(f"cannot average {tags}: {t} trained a different set of parameters")
+    states = [read_trained_state(ref.root / t, meta) for t, meta in zip(tags, metas)]
+    state = average_states(states, names=tags)
+
+    cfg = copy.deepcopy(recipe.model)
+    cfg.llm.dtype = "float32"  # merge in full precision; the export casts afterwards
+    cfg.llm.gradient_checkpointing = False
+    cfg.encoder.gradient_checkpointing = False
+    model = build_model(cfg)
+    source = f"checkpoint {ref.root / tags[0]}" + (f" (+{len(tags) - 1} averaged)" if len(tags) > 1 else "")
+    load_trained(model, state, trainable, source=source)
+    model.eval()
+    info = {
+        "run_dir": str(ref.run_dir.resolve()),
+        "tags": tags,
+        "updates": [m.get("update") for m in metas],
+        "epochs": [m.get("epoch") for m in metas],
+        "metrics": [m.get("metrics") for m in metas],
+        "zero_stage": [m.get("zero_stage") for m in metas],
+        "average": {"n": len(tags), "by": (average_by or "last") if len(tags) > 1 or average_by else None},
+        "recipe": recipe,
+    }
+    return model, info
+
+
+# ------------------------------------------------------------------------------------------------ merging
+def merge_lora_modules(module: nn.Module) -> nn.Module:
+    """Merge every peft LoRA layer inside `module` into its base layer and put the base layer in its place."""
+    from peft.tuners.lora import LoraLayer
+
+    found = [(name, m) for name, m in module.named_modules() if isinstance(m, LoraLayer)]
+    for name, layer in found:
+        if name == "":
+            raise ExportError(f"{type(module).__name__} is itself a LoRA layer; cannot merge it in place")
+        layer.merge(safe_merge=True)
+        parent_name, _, child = name.rpartition(".")
+        parent = module.get_submodule(parent_name) if parent_name else module
+        setattr(parent, child, layer.get_base_layer())
+    left = [n for n, _ in module.named_parameters() if "lora_" in n]
+    if left:
+        raise ExportError(f"LoRA tensors left after merging: {left[:5]}")
+    return module
+
+
+def merge_llm(llm: nn.Module) -> nn.Module:
+    """A plain transformers model: LoRA merged (peft merge_and_unload) with tied embeddings kept consistent."""
+    from peft import PeftModel
+    from peft.tuners.lora import LoraLayer
+
+    if not isinstance(llm, PeftModel):
+        return llm
+    base = llm.get_base_model()
+    in_emb, out_emb = base.get_input_embeddings(), base.get_output_embeddings()
+    tied = (
+        out_emb is not None
+        and getattr(base.config, "tie_word_embeddings", False)
+        and out_emb.weight is in_emb.weight
+    )
+    if tied and (isinstance(out_emb, LoraLayer) or isinstance(in_emb, LoraLayer)):
+        # LoRA on one side of tied embeddings: after merging they differ, so untie (the trained model computed
+        # with the adapter on one side only).
+        target = out_emb.get_base_layer() if isinstance(out_emb, LoraLayer) else out_emb
+        target.weight = nn.Parameter(target.weight.detach().clone())
+        base.config.tie_word_embeddings = False
+        log.warning("LoRA was trained on one side of tied input/output embeddings: the export unties them")
+    merged = llm.merge_and_unload(progressbar=False, safe_merge=True)
+    left = [n for n, _ in merged.named_parameters() if "lora_" in n]
+    if left:
+        raise ExportError(f"LoRA tensors left after merge_and_unload: {left[:5]}")
+    if getattr(merged.config, "tie_word_embeddings", False) and merged.get_output_embeddings() is not None:
+        if merged.get_output_embeddings().weight is not merged.get_input_embeddings().weight:
+            raise ExportError("the LLM config ties input/output embeddings but the merged weights differ")
+    return merged
+
+
+# ------------------------------------------------------------------------------------------------ describing
+def encoder_spec(cfg, encoder: nn.Module, frontend) -> dict:
+    """What exported.load_exported needs to rebuild the encoder: {"type", "class", "conf"} (whisper: its config)."""
+    from llmasr.models.whisper import WhisperAudioEncoder
+
+    if isinstance(encoder, WhisperAudioEncoder):
+        return {"type": "whisper", "class": "WhisperAudioEncoder", "conf": json.loads(encoder.config.to_json_string())}
+    if cfg.path is not None:
+        from llmasr.models.funasr_dir import read_funasr_config
+
+        fconf = read_funasr_config(cfg.path)
+        cls = str(fconf["encoder"]).rsplit(".", 1)[-1].rsplit(":", 1)[-1]
+        conf = dict(fconf["encoder_conf"])
+        conf.update(cfg.conf or {})
+    else:
+        cls = {"paraformer": "SANMEncoder", "conformer": "ConformerEncoder"}.get(cfg.type)
+        if cls is None:
+            raise ExportError(f"encoder type {cfg.type!r} cannot be described for export")
+        conf = dict(cfg.conf)
+    conf["input_size"] = frontend.feature_dim
+    return {"type": cfg.type, "class": cls, "conf": conf}
+
+
+def _state_for_file(module: nn.Module, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+    out = {}
+    for k, v in module.state_dict().items():
+        v = v.detach().to("cpu")
+        if dtype is not None and v.is_floating_point():
+            v = v.to(dtype)
+        out[k] = v.contiguous().clone()
+    return out
+
+
+def _save_tensors(module: nn.Module, path: Path) -> None:
+    from safetensors.torch import save_file
+
+    save_file(_state_for_file(module), str(path), metadata={"format": "pt", "producer": "llmasr export"})
+
+
+def _plain(value):
+    """yaml.safe_dump-able copy (tuples -> lists, dataclasses -> dicts)."""
+    from llmasr.config_io import to_dict
+
+    return json.loads(json.dumps(to_dict(value), default=str))
+
+
+# ------------------------------------------------------------------------------------------------ writing
+def export_model(
+    checkpoint: str | Path,
+    output: str | Path,
+    *,
+    tag: str | None = None,
+    dtype: str | None = None,
+    average: int = 1,
+    average_by: str | None = None,
+    adapter_only: bool = False,
+    max_shard_size: str | int = "5GB",
+    overwrite: bool = False,
+) -> Path:
+    """Export a checkpoint (see the module docstring). Returns the output directory."""
+    import yaml
+
+    from llmasr.models.builder import output_dim
+    from llmasr.models.llm import DTYPES
+
+    out = Path(output)
+    non_empty = out.exists() and not (out.is_dir() and not any(out.iterdir()))
+    if non_empty:
+        if not overwrite:
+            raise ExportError(f"{out}: exists and is not empty; choose another --output or pass --overwrite")
+    if dtype is not None and dtype not in DTYPE_NAMES:
+        raise ExportError(f"--dtype must be one of bf16, fp16, fp32; got {dtype!r}")
+
+    model, info = load_checkpoint_model(checkpoint, tag=tag, average=average, average_by=average_by)
+    recipe = info.pop("recipe")
+    dtype_name = DTYPE_NAMES[dtype] if dtype else recipe.model.llm.dtype
+    torch_dtype = DTYPES[dtype_name]
+
+    tmp = out.parent / f".{out.name}.partial"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+
+    # Speech branches: plain modules, float32 (small; the LLM dtype is what matters for memory).
+    enc_spec = encoder_spec(recipe.model.encoder, model.encoder, model.frontend)
+    encoder = merge_lora_modules(model.encoder)
+    _save_tensors(encoder, tmp / "encoder.safetensors")
+    _save_tensors(model.adaptor, tmp / "adaptor.safetensors")
+    llm_base = model.llm.get_base_model() if hasattr(model.llm, "get_base_model") else model.llm
+    llm_dim = int(llm_base.get_input_embeddings().weight.shape[-1])
+    adaptor_conf = _plain(recipe.model.adaptor)
+    adaptor_conf.update(init_from=None, init_prefix="", freeze=False)
+
+    ctc = None
+    if model.ctc_head is not None:
+        _save_tensors(model.ctc_head, tmp / "ctc_head.safetensors")
+        vocab = recipe.model.ctc.vocab
+        if vocab != "llm":
+            src = Path(vocab)
+            name = "ctc_vocab" + "".join(src.suffixes[-1:])
+            shutil.copyfile(src, tmp / name)
+            vocab = name
+        ctc = {
+            "file": "ctc_head.safetensors",
+            "vocab": vocab,
+            "vocab_size": int(model.ctc_tokenizer.vocab_size),
+            "encoder_dim": output_dim(encoder),
+            "weight": recipe.model.ctc.weight,
+            "label_smoothing": recipe.model.ctc.label_smoothing,
+        }
+
+    frontend = _plain(model.frontend)
+    if frontend.get("cmvn_file"):
+        shutil.copyfile(frontend["cmvn_file"], tmp / "am.mvn")
+        frontend["cmvn_file"] = "am.mvn"
+
+    tokenizer = model.prompt.tokenizer
+    if adapter_only:
+        from peft import PeftModel
+
+        if isinstance(model.llm, PeftModel):
+            model.llm.save_pretrained(str(tmp / "adapter"))
+            tokenizer.save_pretrained(str(tmp / "adapter"))
+            llm_entry = {"kind": "adapter", "dir": "adapter"}
+        else:
+            if any(p.requires_grad for p in model.llm.parameters()):
+                raise ExportError(
+                    "--adapter-only: the LLM was fine-tuned without LoRA, so there is no adapter; export the full model"
+                )
+            tokenizer.save_pretrained(str(tmp / "tokenizer"))
+            llm_entry = {"kind": "base", "dir": "tokenizer"}
+        from llmasr.models.fingerprint import dir_fingerprint
+
+        base_path = str(Path(recipe.model.llm.path).resolve())
+        llm_entry.update(base=base_path, base_fingerprint=dir_fingerprint(base_path))
+    else:
+        merged = merge_llm(model.llm)
+        merged.to(torch_dtype)
+        merged.config.use_cache = True
+        gen = merged.generation_config
+        gen.eos_token_id = int(model.prompt.end_id)
+        gen.pad_token_id = int(model.prompt.pad_id)
+        merged.save_pretrained(str(tmp / "llm"), max_shard_size=max_shard_size)
+        tokenizer.save_pretrained(str(tmp / "llm"))
+        llm_entry = {"kind": "merged", "dir": "llm"}
+    llm_entry.update(dtype=dtype_name, trust_remote_code=bool(recipe.model.llm.trust_remote_code))
+
+    description = {
+        "format": FORMAT,
+        "encoder": {**enc_spec, "file": "encoder.safetensors"},
+        "adaptor": {
+            "conf": adaptor_conf,
+            "input_dim": output_dim(encoder),
+            "llm_dim": llm_dim,
+            "file": "adaptor.safetensors",
+        },
+        "ctc": ctc,
+        "frontend": frontend,
+        "prompt": {
+            "task": model.prompt.task,
+            "system": model.prompt.system,
+            "chat_template": getattr(tokenizer, "chat_template", None),
+        },
+        "llm": llm_entry,
+        "decode": _plain(recipe.decode),
+        "source": _plain(info),
+    }
+    (tmp / MODEL_FILE).write_text(yaml.safe_dump(description, sort_keys=False, allow_unicode=True))
+    if out.exists():
+        shutil.rmtree(out) if out.is_dir() else out.unlink()
+    tmp.rename(out)
+    log.info("exported %s (tags %s) to %s", info["run_dir"], ", ".join(info["tags"]), out)
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ CLI
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="llmasr export",
+        description="Merge LoRA into the base model and write a directory that decodes with nothing else.",
+    )
+    p.add_argument(
+        "--checkpoint",
+        required=True,
+        help="RUN_DIR (newest checkpoint: RUN_DIR/checkpoints/latest), RUN_DIR/checkpoints/TAG or RUN_DIR/TAG",
+    )
+    p.add_argument("--tag", help="checkpoint tag under RUN_DIR/checkpoints (instead of a path)")
+    p.add_argument("--output", required=True, help="output directory (must not exist or be empty)")
+    p.add_argument("--dtype", choices=("bf16", "fp16", "fp32"), help="LLM weight dtype (default: the recipe's)")
+    p.add_argument("--average", type=int, default=1, metavar="N", help="average the trained tensors of N checkpoints")
+    p.add_argument(
+        "--average-by",
+        choices=("last", "best"),
+        default=None,
+        help="last: the N newest up to the chosen one (default); best: the N best of checkpoints/best.json",
+    )
+    p.add_argument("--adapter-only", action="store_true", help="write a peft adapter instead of merged weights")
+    p.add_argument("--max-shard-size", default="5GB", help="LLM safetensors shard size (save_pretrained)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        out = export_model(
+            args.checkpoint,
+            args.output,
+            tag=args.tag,
+            dtype=args.dtype,
+            average=args.average,
+            average_by=args.average_by,
+            adapter_only=args.adapter_only,
+            max_shard_size=args.max_shard_size,
+            overwrite=args.overwrite,
+        )
+    except (CheckpointError, ExportError) as err:
+        print(f"llmasr export: error: {err}", file=sys.stderr)
+        return 1
+    print(f"exported to {out}")
+    return 0

@@ -1,0 +1,204 @@
+"""Scoring transcripts: a text normaliser, per-utterance and corpus-level WER/CER (edit distances via jiwer).
+
+Normalisation (applied to reference and hypothesis alike): Unicode NFKC, lowercase (casefold), punctuation and
+symbols removed (apostrophes inside words kept: "don't"), whitespace collapsed.
+
+Units:
+- "wer": words, i.e. the normalised text split on whitespace.
+- "cer": characters of the normalised text with the whitespace removed (the convention for Chinese, Japanese,
+  Thai...; spaces carry no information there and FunASR-style references often put one between every character).
+- "auto": decided per utterance from the reference: a reference holding characters of a script written without
+  spaces (CJK ideographs, kana, Hangul syllables are not, Thai, Lao, Khmer, Myanmar, Tibetan) is scored in
+  characters, any other in words. The corpus rate is total errors / total reference units; when both kinds occur
+  the summary calls it a mixed error rate (MER) and gives the counts of each.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from dataclasses import dataclass, field
+
+METRICS = ("auto", "wer", "cer")
+
+# Scripts written without spaces between words. Hangul is written with spaces and is scored in words.
+_NO_SPACE_RANGES = (
+    (0x0E00, 0x0E7F),  # Thai
+    (0x0E80, 0x0EFF),  # Lao
+    (0x0F00, 0x0FFF),  # Tibetan
+    (0x1000, 0x109F),  # Myanmar
+    (0x1780, 0x17FF),  # Khmer
+    (0x3040, 0x309F),  # Hiragana
+    (0x30A0, 0x30FF),  # Katakana
+    (0x31F0, 0x31FF),  # Katakana phonetic extensions
+    (0x3400, 0x4DBF),  # CJK extension A
+    (0x4E00, 0x9FFF),  # CJK unified ideographs
+    (0xF900, 0xFAFF),  # CJK compatibility ideographs
+    (0xFF66, 0xFF9F),  # half-width katakana
+    (0x20000, 0x2FA1F),  # CJK extensions B-F, compatibility supplement
+)
+
+
+def is_no_space_char(ch: str) -> bool:
+    cp = ord(ch)
+    return any(lo <= cp <= hi for lo, hi in _NO_SPACE_RANGES)
+
+
+def uses_characters(text: str) -> bool:
+    """True when `text` holds characters of a script written without spaces (score it in characters)."""
+    return any(is_no_space_char(ch) for ch in text)
+
+
+_APOSTROPHES = "'\u2019\u02bc"
+
+
+def normalize(text: str) -> str:
+    """NFKC, casefold, punctuation/symbols -> space (in-word apostrophes kept), whitespace collapsed."""
+    text = unicodedata.normalize("NFKC", text).casefold()
+    out = []
+    n = len(text)
+    for i, ch in enumerate(text):
+        cat = unicodedata.category(ch)
+        if ch in _APOSTROPHES:
+            inside = 0 < i < n - 1 and text[i - 1].isalnum() and text[i + 1].isalnum()
+            out.append("'" if inside else " ")
+        elif cat[0] in ("P", "S") or cat in ("Cc", "Cf"):
+            out.append(" ")
+        else:
+            out.append(ch)
+    return re.sub(r"\s+", " ", "".join(out)).strip()
+
+
+def tokens(text: str, unit: str) -> list[str]:
+    """Normalised text -> scoring units ("wer": words, "cer": non-space characters)."""
+    if unit == "wer":
+        return text.split()
+    if unit == "cer":
+        return [ch for ch in text if not ch.isspace()]
+    raise ValueError(f"unit must be 'wer' or 'cer', got {unit!r}")
+
+
+def choose_unit(reference: str, metric: str) -> str:
+    if metric not in METRICS:
+        raise ValueError(f"metric must be one of {', '.join(METRICS)}; got {metric!r}")
+    if metric != "auto":
+        return metric
+    return "cer" if uses_characters(reference) else "wer"
+
+
+@dataclass
+class UttScore:
+    unit: str  # "wer" or "cer"
+    ref_len: int  # reference units
+    hyp_len: int
+    substitutions: int
+    deletions: int
+    insertions: int
+    ref_norm: str
+    hyp_norm: str
+
+    @property
+    def errors(self) -> int:
+        return self.substitutions + self.deletions + self.insertions
+
+    @property
+    def rate(self) -> float:
+        """Errors per reference unit (errors when the reference is empty, so an inserted word still counts)."""
+        return self.errors / self.ref_len if self.ref_len else float(self.errors)
+
+
+def _edit_counts(ref: list[str], hyp: list[str]) -> tuple[int, int, int]:
+    """(substitutions, deletions, insertions) of a minimum edit alignment (jiwer)."""
+    if not ref:
+        return 0, 0, len(hyp)
+    if not hyp:
+        return 0, len(ref), 0
+    import jiwer
+
+    # Units are joined with spaces and split again by jiwer's default transform; units never hold spaces.
+    out = jiwer.process_words(" ".join(ref), " ".join(hyp))
+    return int(out.substitutions), int(out.deletions), int(out.insertions)
+
+
+def score_utterance(reference: str, hypothesis: str, metric: str = "auto") -> UttScore:
+    unit = choose_unit(reference, metric)
+    ref_norm, hyp_norm = normalize(reference), normalize(hypothesis)
+    ref, hyp = tokens(ref_norm, unit), tokens(hyp_norm, unit)
+    s, d, i = _edit_counts(ref, hyp)
+    return UttScore(unit, len(ref), len(hyp), s, d, i, ref_norm, hyp_norm)
+
+
+@dataclass
+class CorpusScore:
+    metric: str  # as requested: auto | wer | cer
+    n_utts: int = 0
+    ref_len: int = 0
+    substitutions: int = 0
+    deletions: int = 0
+    insertions: int = 0
+    by_unit: dict = field(default_factory=lambda: {"wer": 0, "cer": 0})  # utterances scored in each unit
+    sentence_errors: int = 0
+
+    def add(self, score: UttScore) -> None:
+        self.n_utts += 1
+        self.ref_len += score.ref_len
+        self.substitutions += score.substitutions
+        self.deletions += score.deletions
+        self.insertions += score.insertions
+        self.by_unit[score.unit] += 1
+        self.sentence_errors += int(score.errors > 0)
+
+    @property
+    def errors(self) -> int:
+        return self.substitutions + self.deletions + self.insertions
+
+    @property
+    def rate(self) -> float:
+        return self.errors / self.ref_len if self.ref_len else (float(self.errors) if self.errors else 0.0)
+
+    @property
+    def name(self) -> str:
+        """WER, CER, or MER when utterances were scored in both units."""
+        if self.by_unit["wer"] and self.by_unit["cer"]:
+            return "MER"
+        return "CER" if self.by_unit["cer"] else "WER"
+
+    @property
+    def unit_name(self) -> str:
+        return {"WER": "words", "CER": "characters", "MER": "units"}[self.name]
+
+    def to_dict(self) -> dict:
+        return {
+            "metric": self.name,
+            "requested": self.metric,
+            "rate": self.rate,
+            "errors": self.errors,
+            "ref_units": self.ref_len,
+            "substitutions": self.substitutions,
+            "deletions": self.deletions,
+            "insertions": self.insertions,
+            "utterances": self.n_utts,
+            "utterances_scored_in_words": self.by_unit["wer"],
+            "utterances_scored_in_characters": self.by_unit["cer"],
+            "sentence_error_rate": self.sentence_errors / self.n_utts if self.n_utts else 0.0,
+        }
+
+    def summary(self) -> str:
+        line = (
+            f"{self.name} {100 * self.rate:.2f}% [ {self.errors} / {self.ref_len} {self.unit_name}, "
+            f"{self.substitutions} sub, {self.deletions} del, {self.insertions} ins ] over {self.n_utts} utterances"
+        )
+        if self.name == "MER":
+            line += f" ({self.by_unit['wer']} scored in words, {self.by_unit['cer']} in characters)"
+        return line
+
+
+def score_corpus(pairs, metric: str = "auto") -> tuple[CorpusScore, list[UttScore]]:
+    """pairs: iterable of (reference, hypothesis). Returns the corpus totals and the per-utterance scores."""
+    corpus = CorpusScore(metric)
+    scores = []
+    for ref, hyp in pairs:
+        s = score_utterance(ref, hyp, metric)
+        corpus.add(s)
+        scores.append(s)
+    return corpus, scores

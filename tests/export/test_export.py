@@ -1,0 +1,254 @@
+"""Export: merged LoRA equals base + adapter, plain transformers loads it, ZeRO stages agree, errors are clear."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from conftest import TARGETS, make_run, model_section  # noqa: I001  (tests/export/conftest.py)
+
+from llmasr.export.checkpoint_reader import CheckpointError
+from llmasr.export.export import export_model, load_checkpoint_model, main
+from llmasr.export.exported import load_exported
+from llmasr.testing.tiny_recipe import random_batch
+
+
+def speech_logits(model, batch):
+    """LLM logits over the merged audio+text sequence (what training sees)."""
+    from llmasr.models.insert_audio import merge_audio_into_text
+    from llmasr.models.llm import causal_lm_parts
+
+    with torch.no_grad():
+        _, _, audio, audio_lens = model.encode_audio(batch["feats"], batch["feat_lens"])
+        embed, _, _ = causal_lm_parts(model.llm)
+        merged = merge_audio_into_text(
+            embed(batch["text_ids"]),
+            batch["text_ids"],
+            batch["text_lens"],
+            batch["audio_pos"],
+            batch["target_start"],
+            audio,
+            audio_lens,
+        )
+        return model.llm(
+            inputs_embeds=merged.inputs_embeds,
+            attention_mask=merged.attention_mask,
+            position_ids=merged.position_ids,
+        ).logits
+
+
+@pytest.fixture(scope="module")
+def exported(runs, tmp_path_factory):
+    out = tmp_path_factory.mktemp("exports")
+    return {
+        0: export_model(runs[0], out / "z0", dtype="fp32"),
+        2: export_model(runs[2], out / "z2", dtype="fp32"),
+        3: export_model(runs[3], out / "z3", dtype="fp32"),
+        "adapter": export_model(runs[2], out / "adapter", adapter_only=True),
+    }
+
+
+def test_merged_export_equals_base_plus_adapter(runs, exported):
+    ref, _ = load_checkpoint_model(runs[2])
+    assert any("lora_" in n for n, _ in ref.encoder.named_parameters())  # encoder LoRA is exercised
+    model = load_exported(exported[2])
+    assert not any("lora_" in n for n, _ in model.named_parameters())
+    batch = random_batch(ref, TARGETS, seed=7)
+    a, b = speech_logits(ref, batch), speech_logits(model, batch)
+    torch.testing.assert_close(b, a, rtol=0, atol=1e-5)
+    # The CTC head came across too.
+    enc, lens = ref.encoder(batch["feats"], batch["feat_lens"])
+    torch.testing.assert_close(
+        model.ctc_head(*model.encoder(batch["feats"], batch["feat_lens"])), ref.ctc_head(enc, lens), rtol=0, atol=1e-5
+    )
+
+
+def test_exported_llm_loads_with_plain_transformers_and_generates(runs, exported):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    llm_dir = exported[2] / "llm"
+    assert (llm_dir / "model.safetensors").is_file() or (llm_dir / "model.safetensors.index.json").is_file()
+    llm = AutoModelForCausalLM.from_pretrained(str(llm_dir)).eval()
+    tok = AutoTokenizer.from_pretrained(str(llm_dir))
+    ref, _ = load_checkpoint_model(runs[2])
+    ids = tok.apply_chat_template([{"role": "user", "content": "hello world"}], add_generation_prompt=True, tokenize=True)
+    ids = ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids
+    x = torch.tensor([list(ids)])
+    with torch.no_grad():
+        torch.testing.assert_close(llm(x).logits, ref.llm(input_ids=x).logits, rtol=0, atol=1e-5)
+        out = llm.generate(x, max_new_tokens=5, do_sample=False)
+    assert out.shape[1] > x.shape[1]
+    assert llm.generation_config.eos_token_id == tok.convert_tokens_to_ids("<|im_end|>")
+    assert "im_start" in (tok.chat_template or "")
+
+
+def test_adapter_only_export_loads_with_peft_and_equals_merged(exported, base_dirs):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    llm_base, _ = base_dirs
+    adapter = exported["adapter"] / "adapter"
+    assert (adapter / "adapter_config.json").is_file() and (adapter / "adapter_model.safetensors").is_file()
+    base = AutoModelForCausalLM.from_pretrained(str(llm_base))
+    peft_model = PeftModel.from_pretrained(base, str(adapter)).eval()
+    merged = AutoModelForCausalLM.from_pretrained(str(exported[2] / "llm")).eval()
+    x = torch.tensor([[1, 5, 9, 20, 33, 2]])
+    with torch.no_grad():
+        torch.testing.assert_close(peft_model(x).logits, merged(x).logits, rtol=0, atol=1e-5)
+    # The whole speech model loads from the adapter export too and agrees with the merged export.
+    a, b = load_exported(exported["adapter"]), load_exported(exported[2])
+    batch = random_batch(b, TARGETS, seed=3)
+    torch.testing.assert_close(speech_logits(a, batch), speech_logits(b, batch), rtol=0, atol=1e-5)
+    for name in ("encoder.safetensors", "adaptor.safetensors", "ctc_head.safetensors", "am.mvn"):
+        assert (exported["adapter"] / name).is_file()
+
+
+def test_zero_stages_export_identical_tensors(exported):
+    from safetensors.torch import load_file
+
+    for name in ("encoder.safetensors", "adaptor.safetensors", "ctc_head.safetensors", "llm/model.safetensors"):
+        tensors = {s: load_file(str(exported[s] / name)) for s in (0, 2, 3)}
+        assert tensors[2].keys() == tensors[3].keys() == tensors[0].keys()
+        for k in tensors[2]:
+            assert torch.equal(tensors[2][k], tensors[3][k]), (name, k)
+            assert torch.equal(tensors[2][k], tensors[0][k]), (name, k)
+
+
+def test_exported_dir_is_self_contained(exported, tmp_path):
+    import yaml
+
+    moved = tmp_path / "moved"
+    shutil.copytree(exported[2], moved)
+    desc = yaml.safe_load((moved / "llmasr_model.yaml").read_text())
+    assert desc["frontend"]["cmvn_file"] == "am.mvn"
+    assert desc["encoder"]["class"] == "SANMEncoder" and desc["encoder"]["conf"]["input_size"] == 560
+    assert desc["source"]["tags"] == ["update_00000000"]
+    assert desc["ctc"]["vocab"] == "llm"
+    model = load_exported(moved)
+    assert model.frontend.cmvn_file == str(moved / "am.mvn")
+    assert model.prompt.end_id == model.prompt.tokenizer.convert_tokens_to_ids("<|im_end|>")
+
+
+def test_bf16_export_casts_the_llm(runs, tmp_path):
+    out = export_model(runs[0], tmp_path / "bf16", dtype="bf16")
+    cfg = json.loads((out / "llm" / "config.json").read_text())
+    assert cfg.get("dtype", cfg.get("torch_dtype")) == "bfloat16"
+    model = load_exported(out)
+    assert next(model.llm.parameters()).dtype == torch.bfloat16
+    batch = random_batch(model, TARGETS[:2], seed=1)
+    assert len(model.generate(batch, max_new_tokens=3)) == 2
+
+
+def test_sharded_export(runs, tmp_path):
+    out = export_model(runs[0], tmp_path / "sharded", max_shard_size="100KB")
+    assert (out / "llm" / "model.safetensors.index.json").is_file()
+    assert len(list((out / "llm").glob("model-*.safetensors"))) > 1
+    load_exported(out)
+
+
+def test_averaging_equals_mean_of_tensors(trained_run, tmp_path):
+    from llmasr.export.checkpoint_reader import average_states, read_trained_state, select_tags, resolve_checkpoint
+
+    ref = resolve_checkpoint(trained_run)
+    assert ref.tag == "update_00000004"
+    tags = select_tags(ref, 3, "last")
+    assert tags == ["update_00000002", "update_00000003", "update_00000004"]
+    states = [read_trained_state(ref.root / t) for t in tags]
+    key = next(k for k in states[0] if "lora_B" in k)
+    assert not torch.equal(states[0][key], states[2][key])  # training moved the weights
+    avg = average_states(states)
+    for k in states[0]:
+        torch.testing.assert_close(avg[k], torch.stack([s[k] for s in states]).mean(0), rtol=0, atol=1e-7)
+    model, info = load_checkpoint_model(trained_run, average=3)
+    assert info["tags"] == tags
+    params = dict(model.named_parameters())
+    torch.testing.assert_close(params[key].detach(), avg[key], rtol=0, atol=0)
+    # best-N follows best.json (even updates have the lowest loss, newest first)
+    assert select_tags(ref, 2, "best") == ["update_00000004", "update_00000002"]
+    out = export_model(trained_run, tmp_path / "avg", average=2, average_by="best")
+    import yaml
+
+    desc = yaml.safe_load((out / "llmasr_model.yaml").read_text())
+    assert desc["source"]["tags"] == ["update_00000004", "update_00000002"]
+    assert desc["source"]["average"] == {"n": 2, "by": "best"}
+
+
+def test_checkpoint_path_forms(trained_run):
+    from llmasr.export.checkpoint_reader import resolve_checkpoint
+
+    assert resolve_checkpoint(trained_run).tag == "update_00000004"
+    assert resolve_checkpoint(trained_run / "checkpoints" / "update_00000002").tag == "update_00000002"
+    assert resolve_checkpoint(trained_run, "update_00000001").tag == "update_00000001"
+    assert resolve_checkpoint(trained_run / "checkpoints").run_dir == trained_run
+
+
+# ------------------------------------------------------------------------------------------------ errors
+def test_missing_tag_and_no_latest(trained_run, tmp_path, copy_run):
+    with pytest.raises(CheckpointError, match=r"tag 'update_00000099' not found .*available: update_00000001"):
+        load_checkpoint_model(trained_run, tag="update_00000099")
+    run = copy_run(trained_run, tmp_path / "run")
+    (run / "checkpoints" / "latest").unlink()
+    with pytest.raises(CheckpointError, match=r"no 'latest' file.*update_00000004"):
+        load_checkpoint_model(run)
+    assert main(["--checkpoint", str(run), "--output", str(tmp_path / "x")]) == 1
+
+
+def test_truncated_checkpoint_file(runs, tmp_path, copy_run):
+    for stage, name in ((0, "mp_rank_00_model_states.pt"), (2, "zero_pp_rank_0_mp_rank_00_optim_states.pt")):
+        run = copy_run(runs[stage], tmp_path / f"trunc{stage}")
+        f = run / "checkpoints" / "update_00000000" / name
+        f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
+        with pytest.raises(CheckpointError, match=rf"{name}.*(cannot be read|truncated|corrupt)"):
+            load_checkpoint_model(run)
+
+
+def test_missing_shard(runs, tmp_path, copy_run):
+    run = copy_run(runs[3], tmp_path / "partial3")
+    (run / "checkpoints" / "update_00000000" / "zero_pp_rank_0_mp_rank_00_optim_states.pt").unlink()
+    with pytest.raises(CheckpointError, match=r"ZeRO-3 checkpoint of world size 1 but 1 model and 0 optimizer shard"):
+        load_checkpoint_model(run)
+    run = copy_run(runs[2], tmp_path / "partial2")
+    (run / "checkpoints" / "update_00000000" / "llmasr_meta.json").unlink()
+    with pytest.raises(CheckpointError, match=r"llmasr_meta.json: missing"):
+        load_checkpoint_model(run)
+
+
+def test_mismatched_base_model(runs, tmp_path, base_dirs):
+    llm, enc = base_dirs
+    own_llm = tmp_path / "llm"
+    shutil.copytree(llm, own_llm)
+    run = make_run(tmp_path / "run", model_section(own_llm, enc, encoder_lora=False, ctc=False), stage=0)
+    cfg = json.loads((own_llm / "config.json").read_text())
+    cfg["rms_norm_eps"] = 1e-5 if cfg.get("rms_norm_eps") != 1e-5 else 1e-6
+    (own_llm / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(CheckpointError, match=r"base model changed.*\n  llm/config.json: trained on \w+, now \w+"):
+        load_checkpoint_model(run)
+
+
+def test_trained_tensor_mismatch_names_keys_and_shapes(runs, tmp_path, copy_run):
+    run = copy_run(runs[0], tmp_path / "mm")
+    tag = run / "checkpoints" / "update_00000000"
+    sd = torch.load(tag / "mp_rank_00_model_states.pt", weights_only=False)
+    key = next(k for k in sd["module"] if k.startswith("adaptor.") and k.endswith("weight"))
+    sd["module"][key] = torch.zeros(3, 3)
+    dropped = next(k for k in sd["module"] if "lora_A" in k)
+    del sd["module"][dropped]
+    sd["module"]["adaptor.bogus"] = torch.zeros(2)
+    torch.save(sd, tag / "mp_rank_00_model_states.pt")
+    with pytest.raises(CheckpointError) as err:
+        load_checkpoint_model(run)
+    msg = str(err.value)
+    assert f"shape mismatch: {key}: checkpoint [3, 3] vs model [64, " in msg
+    assert f"missing from checkpoint: {dropped}" in msg
+    assert "unexpected in checkpoint: adaptor.bogus [2]" in msg
+
+
+def test_output_must_be_new(runs, tmp_path):
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "f").write_text("x")
+    assert main(["--checkpoint", str(runs[0]), "--output", str(tmp_path / "busy")]) == 1
+    assert main(["--checkpoint", str(runs[0]), "--output", str(tmp_path / "busy"), "--overwrite"]) == 0
+    assert (tmp_path / "busy" / "llmasr_model.yaml").is_file() and not (tmp_path / "busy" / "f").exists()
