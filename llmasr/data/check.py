@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from llmasr.config_io import ConfigError, from_dict, load_yaml
+from llmasr.config_io import ConfigError, from_dict, to_dict
 from llmasr.data.config import DataConfig, ManifestSpec
 from llmasr.data.dataset import as_record_dict, reason_category
 from llmasr.data.frontend import FrontendConfig
@@ -253,10 +253,13 @@ def main(argv: list[str] | None = None) -> int:
         data_dict: dict = {}
         front_dict: dict = {}
         if args.recipe:
-            recipe = load_yaml(args.recipe)
-            data_dict = dict(recipe.get("data") or {})
-            enc = (recipe.get("model") or {}).get("encoder") or {}
-            front_dict = dict(enc.get("frontend") or {})
+            from llmasr.models.builder import encoder_frontend
+            from llmasr.recipe import load_recipe
+
+            recipe = load_recipe(args.recipe)  # typed, with manifest paths resolved against the recipe
+            data_dict = to_dict(recipe.data)
+            # The encoder's own frontend (a FunASR directory's LFR/CMVN, Whisper's mel), no weights loaded.
+            front_dict = to_dict(encoder_frontend(recipe.model.encoder))
         batching = dict(data_dict.get("batching") or {})
         for opt, key in (
             ("max_seconds", "max_seconds"),

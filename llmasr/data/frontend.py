@@ -15,6 +15,8 @@ import numpy as np
 
 from llmasr.config_io import ConfigError
 
+WINDOWS = ("hamming", "hanning", "hann", "povey", "rectangular", "blackman", "sine")
+
 
 @dataclass
 class FrontendConfig:
@@ -24,7 +26,9 @@ class FrontendConfig:
     frame_length_ms: float = 25.0
     frame_shift_ms: float = 10.0
     window: str = "hamming"
-    dither: float = 1.0  # applied in training only; evaluation always uses 0
+    # Gaussian noise of this standard deviation in the int16-scaled domain, training only (evaluation uses 0);
+    # Whisper features are never dithered.
+    dither: float = 1.0
     snip_edges: bool = True
     waveform_scale: float = 32768.0  # Kaldi convention: samples in int16 range
     lfr_m: int = 1  # low frame rate: stack m frames ...
@@ -45,6 +49,18 @@ class FrontendConfig:
     def validate(self, path: str) -> None:
         if self.lfr_m < 1 or self.lfr_n < 1:
             raise ConfigError(f"{path}: lfr_m and lfr_n must be >= 1, got {self.lfr_m}, {self.lfr_n}")
+        for name in ("sample_rate", "n_mels", "frame_length_ms", "frame_shift_ms"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{path}.{name}: must be positive, got {getattr(self, name)}")
+        if self.kind == "fbank" and self.window not in WINDOWS:
+            # kaldi-native-fbank exits the whole process on an unknown window name; refuse it here instead.
+            raise ConfigError(f"{path}.window: {self.window!r} is not one of {list(WINDOWS)}")
+        if self.kind == "whisper":
+            hop = self.frame_shift_ms * self.sample_rate / 1000.0
+            if abs(hop - round(hop)) > 1e-6:
+                raise ConfigError(f"{path}.frame_shift_ms: {self.frame_shift_ms} ms is not a whole number of samples")
+            if self.cmvn_file is not None or self.lfr_m != 1 or self.lfr_n != 1:
+                raise ConfigError(f"{path}: a whisper frontend takes no cmvn_file and no LFR (lfr_m = lfr_n = 1)")
         if self.cmvn_file is not None and not Path(self.cmvn_file).is_file():
             raise ConfigError(f"{path}.cmvn_file: not found: {self.cmvn_file}")
 

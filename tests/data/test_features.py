@@ -121,3 +121,17 @@ def test_rejects_bad_input():
     fe = FeatureExtractor(FrontendConfig())
     with pytest.raises(ValueError, match="mono 1-D"):
         fe(np.zeros((2, 100), np.float32), train=False)
+
+
+def test_frontend_config_refuses_values_that_would_kill_the_process_later():
+    import pytest
+
+    from llmasr.config_io import ConfigError, from_dict
+    from llmasr.data.frontend import FrontendConfig
+
+    with pytest.raises(ConfigError, match=r"frontend.window: 'hamm' is not one of"):
+        from_dict(FrontendConfig, {"window": "hamm"}, "frontend")
+    with pytest.raises(ConfigError, match=r"frontend.n_mels: must be positive"):
+        from_dict(FrontendConfig, {"n_mels": 0}, "frontend")
+    with pytest.raises(ConfigError, match="whisper frontend takes no cmvn_file and no LFR"):
+        from_dict(FrontendConfig, {"kind": "whisper", "window": "hann", "lfr_m": 7}, "frontend")
