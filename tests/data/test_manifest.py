@@ -13,7 +13,8 @@ import pytest
 import soundfile as sf
 
 from llmasr.data.audio import load_audio
-from llmasr.data.manifest import BadRecord, Manifest, MixedManifest, kaldi_to_jsonl
+from llmasr.data.kaldi import kaldi_to_jsonl
+from llmasr.data.manifest import BadRecord, Manifest, MixedManifest
 
 
 @pytest.fixture(autouse=True)

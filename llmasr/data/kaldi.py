@@ -1,0 +1,164 @@
+"""Kaldi data directory (wav.scp + text [+ segments]) -> FunASR-style jsonl, with every skipped key reported."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+from llmasr.data.records import BadRecord
+
+log = logging.getLogger(__name__)
+
+
+def _read_kaldi_table(path: Path, what: str, dups: list[BadRecord]) -> dict[str, tuple[int, str]]:
+    table: dict[str, tuple[int, str]] = {}
+    with open(path, encoding="utf-8") as f:
+        for lineno, raw in enumerate(f, start=1):
+            line = raw.strip()
+            if not line:
+                continue
+            parts = line.split(maxsplit=1)
+            key, value = parts[0], (parts[1].strip() if len(parts) > 1 else "")
+            if key in table:
+                dups.append(
+                    BadRecord(
+                        str(path),
+                        lineno,
+                        f"duplicate_keys: {what} key {key!r} repeated "
+                        f"(first seen on line {table[key][0]}, which is kept)",
+                        key,
+                    )
+                )
+                continue
+            table[key] = (lineno, value)
+    return table
+
+
+def kaldi_to_jsonl(
+    wav_scp: str | Path,
+    text: str | Path,
+    out_jsonl: str | Path,
+    *,
+    segments: str | Path | None = None,
+    base_dir: str | Path | None = None,
+) -> dict:
+    """Convert a Kaldi data dir (wav.scp + text [+ segments]) to FunASR-style jsonl.
+
+    Relative audio paths in wav.scp are resolved against `base_dir` (default: the current directory, Kaldi's
+    convention of running from the recipe folder) and written absolute. With `segments`, each segment becomes a
+    record with start/end/duration (seconds into its recording; an end of -1 means "to the end of the file").
+
+    Nothing is dropped silently. The returned dict has `written` and, for each reason a key is skipped, a count
+    and the first five keys (`<reason>` and `<reason>_keys`):
+      missing_text   audio (wav.scp / segments) but no transcript in `text`
+      missing_audio  a transcript (or segment) whose audio key is not in wav.scp (or segments)
+      empty_text     a transcript line with no words
+      unsupported    wav.scp entries that are pipe commands (`... |`) or ark offsets, not plain paths
+      bad_segments   segments lines that do not parse
+      duplicate_keys a key repeated within one file (the first is kept)
+    plus `problems`: the first 20 BadRecords (file:line: reason). Every reason is also logged once as a warning.
+    """
+    wav_scp, text, out_jsonl = Path(wav_scp), Path(text), Path(out_jsonl)
+    base = Path(base_dir) if base_dir is not None else Path.cwd()
+    problems: list[BadRecord] = []
+    reasons = ("missing_text", "missing_audio", "empty_text", "unsupported", "bad_segments", "duplicate_keys")
+    skipped: dict[str, list[str]] = {r: [] for r in reasons}
+
+    def skip(reason: str, file: Path, lineno: int, key: str, detail: str) -> None:
+        skipped[reason].append(key)
+        problems.append(BadRecord(str(file), lineno, f"{reason}: {detail}", key))
+
+    dups: list[BadRecord] = []
+    wavs = _read_kaldi_table(wav_scp, "wav.scp", dups)
+    texts = _read_kaldi_table(text, "text", dups)
+    segs = _read_kaldi_table(Path(segments), "segments", dups) if segments is not None else {}
+    problems.extend(dups)
+    skipped["duplicate_keys"].extend(bad.key or "" for bad in dups)
+
+    sources: dict[str, str] = {}
+    for key, (lineno, value) in wavs.items():
+        if not value:
+            skip("unsupported", wav_scp, lineno, key, f"{key}: no audio path")
+        elif value.endswith("|"):
+            skip(
+                "unsupported",
+                wav_scp,
+                lineno,
+                key,
+                f"{key}: pipe command {value[:60]!r} is not supported; convert the audio to files first",
+            )
+        elif ".ark:" in value or value.endswith(".ark"):
+            skip("unsupported", wav_scp, lineno, key, f"{key}: Kaldi ark offsets are not supported")
+        else:
+            p = Path(os.path.expanduser(value))
+            sources[key] = str(p if p.is_absolute() else (base / p).resolve())
+
+    records: list[dict] = []
+    if segments is None:
+        for key, (lineno, _) in wavs.items():
+            if key not in sources:
+                continue
+            if key not in texts:
+                skip("missing_text", wav_scp, lineno, key, f"{key}: in wav.scp but not in {text.name}")
+                continue
+            records.append({"key": key, "source": sources[key]})
+        for key, (lineno, _) in texts.items():
+            if key not in wavs:
+                skip("missing_audio", text, lineno, key, f"{key}: in {text.name} but not in wav.scp")
+    else:
+        segments = Path(segments)
+        for seg, (lineno, value) in segs.items():
+            parts = value.split()
+            try:
+                if len(parts) != 3:
+                    raise ValueError
+                rec_id, start, end = parts[0], float(parts[1]), float(parts[2])
+                if start < 0 or (end != -1 and end <= start):
+                    raise ValueError
+            except ValueError:
+                skip("bad_segments", segments, lineno, seg, f"{seg}: expected '<segment> <recording> <start> <end>'")
+                continue
+            if rec_id not in wavs:
+                skip("missing_audio", segments, lineno, seg, f"{seg}: recording {rec_id!r} is not in wav.scp")
+            elif rec_id not in sources:
+                skip("unsupported", segments, lineno, seg, f"{seg}: recording {rec_id!r} has no readable path")
+            elif seg not in texts:
+                skip("missing_text", segments, lineno, seg, f"{seg}: in segments but not in {text.name}")
+            else:
+                r = {"key": seg, "source": sources[rec_id], "start": start}
+                if end != -1:
+                    r["end"] = end
+                    r["duration"] = round(end - start, 6)
+                records.append(r)
+        for key, (lineno, _) in texts.items():
+            if key not in segs:
+                skip("missing_audio", text, lineno, key, f"{key}: in {text.name} but not in segments")
+
+    out_jsonl.parent.mkdir(parents=True, exist_ok=True)
+    written = 0
+    with open(out_jsonl, "w", encoding="utf-8") as f:
+        for r in records:
+            lineno, target = texts[r["key"]]
+            if not target.strip():
+                skip("empty_text", text, lineno, r["key"], f"{r['key']}: empty transcript")
+                continue
+            rec = {"key": r.pop("key"), "source": r.pop("source"), "target": target, **r}
+            f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+            written += 1
+
+    counts: dict = {"written": written}
+    for reason in reasons:
+        keys = skipped[reason]
+        counts[reason] = len(keys)
+        counts[f"{reason}_keys"] = keys[:5]
+        if keys:
+            log.warning(
+                "kaldi_to_jsonl: skipped %d key(s): %s (e.g. %s)",
+                len(keys),
+                reason.replace("_", " "),
+                ", ".join(keys[:5]),
+            )
+    counts["problems"] = problems[:20]
+    return counts

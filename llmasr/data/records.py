@@ -1,0 +1,243 @@
+"""Manifest records: the FunASR jsonl and lhotse cut formats, parsed into `Utterance`s or `BadRecord`s.
+
+FunASR jsonl, one JSON object a line:
+    {"key": "utt1", "source": "wav/utt1.wav", "target": "hello world",
+     "source_len": 312, "target_len": 2, "prompt": "...", "lang": "en"}
+  required: key (str), source (str: audio path, relative paths resolve against the manifest's folder),
+            target (non-empty str).
+  optional: duration (seconds), source_len, target_len (int), prompt or task (str: task prompt override),
+            lang / language / text_language (str), channel (int), start / end (seconds into the file).
+  `source_len` follows FunASR's scp2jsonl convention: the number of 10 ms frames of the 16 kHz waveform
+  (int(num_samples_16k * 1000 / 16000 / 10)), so a record without `duration` gets duration = source_len / 100 s.
+  `duration` wins when both are present. Neither is required: fill_durations() probes file headers.
+
+lhotse CutSet jsonl(.gz), one cut a line (read with json/gzip; lhotse is not imported): MonoCut (or a MultiCut
+with one channel; several channels are averaged) with exactly one supervision, whose `text` is the target and
+`language` the lang; the audio is the cut's recording `file` source, read from cut.start for cut.duration
+seconds, on the cut's channel. Recording transforms other than Resample, URL/command/memory sources,
+features-only cuts and MixedCuts are reported as bad records. A .gz manifest is decompressed once into a cache
+folder ($LLMASR_CACHE_DIR or ~/.cache/llmasr/manifests) so lines can be read by offset.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+FUNASR_FRAMES_PER_SECOND = 100.0  # source_len unit: 10 ms frames
+
+
+class BadRecord(Exception):
+    """One unusable manifest line: where it is, which utterance (if known) and why."""
+
+    def __init__(self, manifest: str, line: int, reason: str, key: str | None = None):
+        self.manifest = str(manifest)
+        self.line = int(line)
+        self.key = key
+        self.reason = reason
+        super().__init__(f"{self.manifest}:{self.line}: {reason}")
+
+    def __str__(self) -> str:
+        return f"{self.manifest}:{self.line}: {self.reason}"
+
+    def __reduce__(self):
+        return (BadRecord, (self.manifest, self.line, self.reason, self.key))
+
+
+@dataclass
+class Utterance:
+    key: str
+    source: str
+    target: str
+    duration: float | None
+    target_len: int | None
+    prompt: str | None
+    lang: str | None
+    manifest: str
+    line: int
+    channel: int | None
+    start: float = 0.0
+    end: float | None = None
+
+
+# ------------------------------------------------------------------------------------------------------ parsing
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+class _Parser:
+    def __init__(self, manifest: str, line: int, base: Path):
+        self.manifest, self.line, self.base = manifest, line, base
+        self.key: str | None = None
+
+    def bad(self, reason: str) -> BadRecord:
+        return BadRecord(self.manifest, self.line, reason, self.key)
+
+    def resolve(self, source: str) -> str:
+        p = Path(os.path.expanduser(source))
+        return str(p if p.is_absolute() else self.base / p)
+
+    def opt_str(self, rec: dict, *names: str) -> str | None:
+        for name in names:
+            if name in rec and rec[name] is not None:
+                v = rec[name]
+                if not isinstance(v, str):
+                    raise self.bad(f"field '{name}' must be a string, got {type(v).__name__} {v!r:.60}")
+                return v
+        return None
+
+    def opt_num(self, rec: dict, name: str, *, integer: bool = False, minimum: float = 0.0) -> float | None:
+        if name not in rec or rec[name] is None:
+            return None
+        v = rec[name]
+        if not _is_number(v) or (integer and isinstance(v, float) and not v.is_integer()):
+            kind = "an integer" if integer else "a number"
+            raise self.bad(f"field '{name}' must be {kind}, got {type(v).__name__} {v!r:.60}")
+        if v < minimum:
+            raise self.bad(f"field '{name}' must be >= {minimum:g}, got {v}")
+        return v
+
+    def target(self, value, name: str) -> str:
+        if not isinstance(value, str):
+            raise self.bad(f"field '{name}' is not text: got {type(value).__name__} {value!r:.60}")
+        if not value.strip():
+            raise self.bad(f"field '{name}' is empty")
+        return value
+
+    # FunASR jsonl ------------------------------------------------------------------------------------------
+    def funasr(self, rec: dict) -> Utterance:
+        for name in ("key", "source", "target"):
+            if name not in rec:
+                raise self.bad(f"missing field '{name}' (a FunASR jsonl record needs key, source, target)")
+        key = rec["key"]
+        if not isinstance(key, str) or not key:
+            raise self.bad(f"field 'key' must be a non-empty string, got {type(key).__name__} {key!r:.60}")
+        self.key = key
+        source = rec["source"]
+        if not isinstance(source, str) or not source.strip():
+            raise self.bad(f"field 'source' must be an audio path (string), got {type(source).__name__} {source!r:.60}")
+        target = self.target(rec["target"], "target")
+        start = self.opt_num(rec, "start") or 0.0
+        end = self.opt_num(rec, "end")
+        if end is not None and end <= start:
+            raise self.bad(f"'end' ({end}) must be after 'start' ({start})")
+        duration = self.opt_num(rec, "duration")
+        source_len = self.opt_num(rec, "source_len")
+        if duration is None and end is not None:
+            duration = end - start
+        if duration is None and source_len is not None and source_len > 0:
+            duration = source_len / FUNASR_FRAMES_PER_SECOND
+        target_len = self.opt_num(rec, "target_len", integer=True)
+        channel = self.opt_num(rec, "channel", integer=True)
+        return Utterance(
+            key=key,
+            source=self.resolve(source),
+            target=target,
+            duration=float(duration) if duration is not None else None,
+            target_len=int(target_len) if target_len is not None else None,
+            prompt=self.opt_str(rec, "prompt", "task"),
+            lang=self.opt_str(rec, "lang", "language", "text_language"),
+            manifest=self.manifest,
+            line=self.line,
+            channel=int(channel) if channel is not None else None,
+            start=float(start),
+            end=float(end) if end is not None else None,
+        )
+
+    # lhotse cut --------------------------------------------------------------------------------------------
+    def cut(self, rec: dict) -> Utterance:
+        cut_id = rec.get("id")
+        if not isinstance(cut_id, str) or not cut_id:
+            raise self.bad(f"lhotse cut: field 'id' must be a non-empty string, got {cut_id!r:.60}")
+        self.key = cut_id
+        kind = rec.get("type", "MonoCut")
+        if kind not in ("MonoCut", "MultiCut", "Cut", "DataCut"):
+            raise self.bad(f"lhotse cut: type {kind!r} is not supported (only MonoCut / single-channel MultiCut)")
+        sups = rec.get("supervisions")
+        if not isinstance(sups, list):
+            raise self.bad("lhotse cut: field 'supervisions' must be a list")
+        if len(sups) != 1:
+            raise self.bad(f"lhotse cut has {len(sups)} supervisions; expected exactly one")
+        sup = sups[0]
+        if not isinstance(sup, dict):
+            raise self.bad("lhotse cut: the supervision is not an object")
+        if "text" not in sup or sup["text"] is None:
+            raise self.bad("lhotse cut: missing field 'supervisions[0].text'")
+        target = self.target(sup["text"], "supervisions[0].text")
+        recording = rec.get("recording")
+        if not isinstance(recording, dict):
+            raise self.bad("lhotse cut has no 'recording' (features-only cuts are not supported)")
+        start = self.opt_num(rec, "start") or 0.0
+        duration = self.opt_num(rec, "duration")
+        if duration is None or duration <= 0:
+            raise self.bad(f"lhotse cut: field 'duration' must be a positive number, got {rec.get('duration')!r}")
+        for tr in recording.get("transforms") or []:
+            name = tr.get("name") if isinstance(tr, dict) else tr
+            if name != "Resample":  # resampling happens anyway, to the model's rate
+                raise self.bad(f"lhotse recording transform {name!r} is not supported")
+        channel = rec.get("channel", 0)
+        if isinstance(channel, list):
+            channel = channel[0] if len(channel) == 1 else None
+        if channel is not None and not (isinstance(channel, int) and not isinstance(channel, bool)):
+            raise self.bad(f"lhotse cut: field 'channel' must be an integer or list, got {channel!r:.60}")
+        sources = recording.get("sources")
+        if not isinstance(sources, list) or not sources:
+            raise self.bad("lhotse recording has no 'sources'")
+        chosen, file_channel = None, None
+        for src in sources:
+            if not isinstance(src, dict):
+                raise self.bad("lhotse recording source is not an object")
+            chans = src.get("channels") or [0]
+            if channel is None or channel in chans:
+                chosen = src
+                if channel is not None and len(chans) > 1:
+                    file_channel = chans.index(channel)
+                elif channel is None and len(sources) > 1:
+                    raise self.bad("lhotse cut mixes several channels spread over several files; not supported")
+                break
+        if chosen is None:
+            raise self.bad(f"lhotse recording has no source for channel {channel}")
+        if chosen.get("type") != "file":
+            raise self.bad(f"lhotse recording source type {chosen.get('type')!r} is not supported (only 'file')")
+        path = chosen.get("source")
+        if not isinstance(path, str) or not path:
+            raise self.bad("lhotse recording source has no file path")
+        lang = sup.get("language")
+        custom = sup.get("custom") if isinstance(sup.get("custom"), dict) else {}
+        prompt = custom.get("prompt")
+        return Utterance(
+            key=cut_id,
+            source=self.resolve(path),
+            target=target,
+            duration=float(duration),
+            target_len=None,
+            prompt=prompt if isinstance(prompt, str) else None,
+            lang=lang if isinstance(lang, str) else None,
+            manifest=self.manifest,
+            line=self.line,
+            channel=file_channel,
+            start=float(start),
+            end=float(start + duration),
+        )
+
+
+def _is_cut(rec: dict) -> bool:
+    return "supervisions" in rec or "recording" in rec or str(rec.get("type", "")).endswith("Cut")
+
+
+def parse_record(rec, *, manifest: str, line: int, base: Path) -> Utterance:
+    """One decoded JSON value -> Utterance (FunASR record or lhotse cut), or BadRecord."""
+    p = _Parser(manifest, line, base)
+    if not isinstance(rec, dict):
+        raise p.bad(f"expected a JSON object, got {type(rec).__name__}")
+    if _is_cut(rec):
+        return p.cut(rec)
+    if "sources" in rec and "sampling_rate" in rec:
+        raise p.bad("this is a lhotse recordings manifest; pass a cuts manifest (CutSet) instead")
+    if "recording_id" in rec and "key" not in rec:
+        raise p.bad("this is a lhotse supervisions manifest; pass a cuts manifest (CutSet) instead")
+    return p.funasr(rec)
