@@ -15,9 +15,11 @@ VERBS = {
     "check": ("llmasr.train.check", "resolve a recipe + DeepSpeed JSON without training: batches, updates, lr, memory"),
     "export": ("llmasr.export.export", "merge LoRA and write a model that plain transformers loads"),
     "decode": ("llmasr.export.decode", "decode a manifest with an exported model or a checkpoint; WER/CER"),
-    "data": ("llmasr.data.check", "data tools: `llmasr data check MANIFEST...`"),
+    "data": ("", "data tools: `llmasr data check|cmvn|kaldi ...` (validate manifests, global CMVN, Kaldi -> jsonl)"),
     "demo": ("llmasr.demo.run", "synthesize speech, train, export and decode a tiny model on this machine"),
 }
+
+DATA_TOOLS = {"check": "llmasr.data.check", "cmvn": "llmasr.data.cmvn", "kaldi": "llmasr.data.kaldi"}
 
 
 def strip_local_rank(argv: list[str]) -> list[str]:
@@ -52,10 +54,11 @@ def main(argv: list[str] | None = None) -> int:
     if verb not in VERBS:
         print(f"llmasr: unknown verb {verb!r}\n\n{usage()}", file=sys.stderr)
         return 2
+    module_name = VERBS[verb][0]
     if verb == "data":
-        if not rest or rest[0] != "check":
-            print("usage: llmasr data check MANIFEST... [options]", file=sys.stderr)
+        if not rest or rest[0] not in DATA_TOOLS:
+            print(f"usage: llmasr data {{{'|'.join(DATA_TOOLS)}}} ... (--help for each)", file=sys.stderr)
             return 2
-        rest = rest[1:]
-    module = import_module(VERBS[verb][0])
+        module_name, rest = DATA_TOOLS[rest[0]], rest[1:]
+    module = import_module(module_name)
     return int(module.main(rest) or 0)

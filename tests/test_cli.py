@@ -1,0 +1,57 @@
+"""The console command: verb dispatch, launcher arguments, and the data tools end to end."""
+
+import json
+import os
+
+import numpy as np
+import soundfile as sf
+
+from llmasr.cli import main, strip_local_rank
+from llmasr.data.frontend import read_kaldi_cmvn
+
+
+def test_help_and_unknown_verb(capsys):
+    assert main([]) == 0
+    assert "train" in capsys.readouterr().out
+    assert main(["frobnicate"]) == 2
+    assert "unknown verb 'frobnicate'" in capsys.readouterr().err
+
+
+def test_deepspeed_local_rank_argument_is_removed(monkeypatch):
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    assert strip_local_rank(["--local_rank=1", "train", "--config", "r.yaml"]) == ["train", "--config", "r.yaml"]
+    assert os.environ["LOCAL_RANK"] == "1"
+
+
+def make_kaldi_dir(tmp_path, n=4):
+    d = tmp_path / "kaldi"
+    d.mkdir()
+    rng = np.random.default_rng(0)
+    wav_lines, text_lines = [], []
+    for i in range(n):
+        path = tmp_path / f"u{i}.wav"
+        sf.write(path, (0.1 * rng.standard_normal(16000 + 1600 * i)).astype(np.float32), 16000)
+        wav_lines.append(f"u{i} {path}")
+        text_lines.append(f"u{i} word {i}")
+    wav_lines.append("orphan /nowhere.wav")  # in wav.scp only: reported, not silently dropped
+    (d / "wav.scp").write_text("\n".join(wav_lines) + "\n")
+    (d / "text").write_text("\n".join(text_lines) + "\n")
+    return d
+
+
+def test_data_kaldi_then_cmvn_then_check(tmp_path, capsys):
+    d = make_kaldi_dir(tmp_path)
+    out = tmp_path / "train.jsonl"
+    assert main(["data", "kaldi", str(d), str(out)]) == 0
+    report = capsys.readouterr().out
+    lines = [json.loads(x) for x in out.read_text().splitlines()]
+    assert [x["key"] for x in lines] == ["u0", "u1", "u2", "u3"] and lines[2]["target"] == "word 2"
+    assert "orphan" in report  # the skipped key is named in the report
+
+    mvn = tmp_path / "am.mvn"
+    assert main(["data", "cmvn", str(out), "--out", str(mvn), "--lfr-m", "7", "--lfr-n", "6"]) == 0
+    shift, scale = read_kaldi_cmvn(mvn)
+    assert shift.shape == (560,) and np.all(scale > 0)
+
+    assert main(["data", "check", str(out)]) == 0
+    assert "result: OK" in capsys.readouterr().out
