@@ -58,7 +58,7 @@ def train_bpe_tokenizer(texts: list[str], vocab_size: int = 300, *, chat_templat
 def write_tiny_llm_dir(
     path: str | Path,
     *,
-    arch: str = "qwen2",
+    arch: str = "qwen2",  # qwen2 (Qwen2/Qwen2.5), qwen3 or llama
     hidden_size: int = 64,
     num_layers: int = 2,
     num_heads: int = 4,
@@ -76,14 +76,14 @@ def write_tiny_llm_dir(
 
     Pass `model` to save an already trained model (the demo pretrains one on text) with its `tokenizer`.
     """
-    from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config
+    from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config, Qwen3Config
 
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     if tokenizer is None:
         tokenizer = train_bpe_tokenizer(texts or DEFAULT_CORPUS, vocab_size, chat_template=chat_template)
     if model is None:
-        cls = {"qwen2": Qwen2Config, "llama": LlamaConfig}[arch]
+        cls = {"qwen2": Qwen2Config, "qwen3": Qwen3Config, "llama": LlamaConfig}[arch]
         config = cls(
             vocab_size=len(tokenizer),
             hidden_size=hidden_size,
