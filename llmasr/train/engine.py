@@ -1,0 +1,270 @@
+"""The DeepSpeed side of training: process group, ZeRO-3 model construction, the engine and its checkpoints.
+
+This module and ds_config.py are the only ones that import deepspeed. The training loop (trainer.py) talks to a
+`TrainEngine`, which owns the accumulation boundary explicitly:
+
+    engine.micro_step(batch, token_normalizer=..., utt_normalizer=..., boundary=last_of_window, zero_loss=empty)
+
+`backward` runs with scale_wrt_gas=False: the trainer's normalisers already make the loss of every micro batch a
+share of the whole window's token-level mean, so DeepSpeed must not divide by gradient_accumulation_steps again.
+DeepSpeed still averages gradients over the data-parallel ranks; the trainer multiplies by the world size for it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import torch
+
+from llmasr.config_io import ConfigError
+from llmasr.train.ds_config import zero_stage
+
+log = logging.getLogger("llmasr.train")
+
+
+@dataclass
+class DistInfo:
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+    backend: str
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def init_distributed() -> DistInfo:
+    """Join (or, without a launcher, create) the process group: gloo on CPU, nccl on CUDA (DeepSpeed's accelerator
+    decides). Under `deepspeed` or `torchrun` the launcher's RANK/WORLD_SIZE/MASTER_* are used; a plain `llmasr
+    train` becomes a 1-rank group on a free local port."""
+    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
+        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK=os.environ.get("LOCAL_RANK", "0"))
+        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+        os.environ.setdefault("MASTER_PORT", str(_free_port()))
+    import deepspeed
+    from deepspeed.accelerator import get_accelerator
+    from deepspeed.utils import logger as ds_logger
+
+    ds_logger.setLevel(logging.WARNING)  # its per-step INFO lines drown the progress report
+    acc = get_accelerator()
+    backend = acc.communication_backend_name()
+    deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False)
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if acc.device_name() == "cpu":
+        device = torch.device("cpu")
+    else:
+        acc.set_device(local_rank)
+        device = torch.device(acc.device_name(local_rank))
+    return DistInfo(
+        rank=torch.distributed.get_rank(),
+        world_size=torch.distributed.get_world_size(),
+        local_rank=local_rank,
+        device=device,
+        backend=backend,
+    )
+
+
+def check_precision(precision: str) -> None:
+    """Refuse a precision the accelerator cannot run, before any model is loaded (DeepSpeed would fail later)."""
+    from deepspeed.accelerator import get_accelerator
+
+    acc = get_accelerator()
+    supported = {"fp32": True, "bf16": bool(acc.is_bf16_supported()), "fp16": bool(acc.is_fp16_supported())}
+    if not supported.get(precision, False):
+        ok = [p for p, yes in supported.items() if yes]
+        raise ConfigError(
+            f"train.precision: {precision} is not supported by DeepSpeed's {acc.device_name()} accelerator on this "
+            f"machine; use one of {ok} (e.g. train.precision=fp32)"
+        )
+
+
+def zero3_model_context(ds_config: dict):
+    """Under ZeRO-3, an HfDeepSpeedConfig that must stay referenced while the LLM is loaded: transformers then
+    builds it inside deepspeed.zero.Init and no rank ever holds all of its weights. None for other stages."""
+    if zero_stage(ds_config) != 3:
+        return None
+    from transformers.integrations import HfDeepSpeedConfig
+
+    return HfDeepSpeedConfig(ds_config)
+
+
+def build_model_for_training(model_cfg, ds_config: dict):
+    """SpeechLLM for `model_cfg`; under ZeRO-3 with the LLM created partitioned (see zero3_model_context)."""
+    from llmasr.models import builder, llm
+
+    hf_ds = None
+    if zero_stage(ds_config) == 3:
+        if getattr(llm, "SUPPORTS_ZERO_INIT", False):
+            hf_ds = zero3_model_context(ds_config)
+        else:
+            # llmasr.models.llm/builder read embedding shapes that zero.Init partitions away (shape [0]); until
+            # they read `ds_shape`, load unpartitioned and let deepspeed.initialize partition the weights.
+            log.warning("ZeRO-3: the LLM is loaded whole on every rank, then partitioned by deepspeed.initialize")
+    model = builder.build_model(model_cfg)
+    return model, hf_ds
+
+
+def offloads_optimizer(ds_config: dict) -> bool:
+    dev = ((ds_config.get("zero_optimization") or {}).get("offload_optimizer") or {}).get("device")
+    return dev not in (None, "none")
+
+
+def make_optimizer(groups: list[dict], ds_config: dict):
+    """AdamW over our param groups: DeepSpeedCPUAdam when ZeRO offloads the optimizer to the CPU (DeepSpeed refuses
+    a torch optimizer there), torch.optim.AdamW otherwise. Per-group lr/betas/eps/weight_decay are kept."""
+    if offloads_optimizer(ds_config):
+        from deepspeed.ops.adam import DeepSpeedCPUAdam
+
+        return DeepSpeedCPUAdam(groups, adamw_mode=True)
+    return torch.optim.AdamW(groups)
+
+
+class TrainEngine:
+    """A DeepSpeed engine around a SpeechLLM, with our optimizer and BranchLRScheduler."""
+
+    def __init__(self, model, groups: list[dict], schedules, ds_config: dict, device: torch.device):
+        import deepspeed
+
+        from llmasr.train.schedulers import BranchLRScheduler
+
+        self.ds_config = ds_config
+        self.stage = zero_stage(ds_config)
+        self.device = device
+        optimizer = make_optimizer(groups, ds_config)
+        self.scheduler = BranchLRScheduler(optimizer, schedules)
+        self.engine, self.optimizer, _, sched = deepspeed.initialize(
+            model=model, optimizer=optimizer, lr_scheduler=self.scheduler, config=ds_config
+        )
+        if sched is not self.scheduler:
+            raise RuntimeError('DeepSpeed replaced the lr scheduler; remove any "scheduler" block from the JSON')
+        self.module = self.engine.module
+        if self.engine.bfloat16_enabled():
+            self.dtype = torch.bfloat16
+        elif self.engine.fp16_enabled():
+            self.dtype = torch.float16
+        else:
+            self.dtype = torch.float32
+
+    # -- batches ------------------------------------------------------------------------------------------------
+    def to_device(self, batch: dict) -> dict:
+        """Tensors onto the device; float tensors (features) in the engine's compute dtype."""
+        out = {}
+        for key, value in batch.items():
+            if torch.is_tensor(value):
+                value = value.to(self.device, non_blocking=True)
+                if value.is_floating_point():
+                    value = value.to(self.dtype)
+            out[key] = value
+        return out
+
+    # -- one micro batch ------------------------------------------------------------------------------------------
+    def micro_step(self, batch: dict, *, token_normalizer, utt_normalizer, boundary: bool, zero_loss: bool = False):
+        """Forward, backward and engine.step() for one micro batch; the optimizer updates when `boundary`.
+
+        `zero_loss` (an all-bad batch's stand-in) still runs the full forward and backward, so every rank calls
+        every collective, but contributes nothing to the gradient."""
+        self.engine.set_gradient_accumulation_boundary(bool(boundary))
+        out = self.engine(self.to_device(batch), token_normalizer=token_normalizer, utt_normalizer=utt_normalizer)
+        loss = out.loss * 0.0 if zero_loss else out.loss
+        self.engine.backward(loss, scale_wrt_gas=False)
+        self.engine.step()
+        return out
+
+    # -- state ----------------------------------------------------------------------------------------------------
+    @property
+    def global_steps(self) -> int:
+        return int(self.engine.global_steps)
+
+    @property
+    def skipped_steps(self) -> int:
+        return int(self.engine.skipped_steps)
+
+    def lrs(self) -> dict[str, float]:
+        return {g.get("name", str(i)): float(g["lr"]) for i, g in enumerate(self.optimizer.param_groups)}
+
+    def grad_norm(self) -> float | None:
+        value = self.engine.get_global_grad_norm()
+        if value is None:
+            return None
+        return float(value.item() if torch.is_tensor(value) else value)
+
+    def loss_scale(self) -> float | None:
+        if not self.engine.fp16_enabled():
+            return None
+        scale = getattr(self.optimizer, "cur_scale", None) or getattr(self.optimizer, "loss_scale", None)
+        return float(scale) if scale is not None else None
+
+    def train(self, mode: bool = True) -> None:
+        self.engine.train(mode)
+
+    def gathered_params(self):
+        """Context that gathers ZeRO-3 partitions (for reading weights); a no-op otherwise."""
+        if self.stage != 3:
+            return nullcontext()
+        import deepspeed
+
+        return deepspeed.zero.GatheredParameters(list(self.module.parameters()), modifier_rank=None)
+
+    # -- checkpoints ------------------------------------------------------------------------------------------------
+    def save(self, save_dir: str, tag: str, client_state: dict) -> None:
+        """Every rank must call this. Frozen base weights are not stored (they come back from the recipe)."""
+        self.engine.save_checkpoint(
+            save_dir, tag=tag, client_state=client_state, save_latest=False, exclude_frozen_parameters=True
+        )
+
+    def load(self, load_dir: str, tag: str) -> dict:
+        # strict=False: the frozen tensors were deliberately left out; the trainer checks the trainable names itself.
+        path, client_state = self.engine.load_checkpoint(
+            load_dir, tag=tag, load_module_strict=False, load_optimizer_states=True, load_lr_scheduler_states=True
+        )
+        if path is None:
+            raise FileNotFoundError(f"DeepSpeed found no checkpoint {tag!r} in {load_dir}")
+        return client_state or {}
+
+
+# -- collectives --------------------------------------------------------------------------------------------------
+def all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    if torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
+        torch.distributed.all_reduce(t)
+    return t.tolist()
+
+
+def barrier() -> None:
+    if torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
+        torch.distributed.barrier()
+
+
+def all_gather_object(obj) -> list:
+    if not torch.distributed.is_initialized() or torch.distributed.get_world_size() == 1:
+        return [obj]
+    out = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(out, obj)
+    return out
+
+
+def broadcast_object(obj, src: int = 0):
+    if not torch.distributed.is_initialized() or torch.distributed.get_world_size() == 1:
+        return obj
+    box = [obj]
+    torch.distributed.broadcast_object_list(box, src=src)
+    return box[0]
+
+
+def world_size_error(ckpt_dir: str, saved: int, current: int) -> str:
+    return (
+        f"{ckpt_dir} was saved by {saved} rank(s) but this run has {current}. ZeRO optimizer partitions cannot be "
+        "loaded at another world size directly; convert it to a universal checkpoint first:\n"
+        f"  python -m deepspeed.checkpoint.ds_to_universal --input_folder {ckpt_dir} "
+        f"--output_folder {ckpt_dir}_universal\n"
+        'then resume from that folder with `"checkpoint": {"load_universal": true}` in the DeepSpeed JSON '
+        f"(or resume with {saved} rank(s))"
+    )

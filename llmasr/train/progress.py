@@ -1,0 +1,166 @@
+"""What a run reports, on rank 0 only: a tqdm bar, TensorBoard scalars and a plain-text RUN_DIR/train.log.
+
+The log lines are `key=value` pairs after a fixed prefix, so they can be grepped and parsed back:
+
+    update=120 epoch=1 loss=2.3141 llm_loss=2.3141 acc=0.4120 lr/llm=1.00e-05 ... grad_norm=0.88 utt/s=31.2
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import resource
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger("llmasr.train")
+
+
+def memory_gb() -> dict[str, float]:
+    """Peak accelerator memory when there is one, and this process's peak resident memory."""
+    out = {"mem/host_peak_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
+    if torch.cuda.is_available():
+        out["mem/device_peak_gb"] = torch.cuda.max_memory_allocated() / 2**30
+    return out
+
+
+def format_pairs(values: dict) -> str:
+    parts = []
+    for key, value in values.items():
+        if isinstance(value, float):
+            text = f"{value:.3e}" if (key.startswith("lr") or (value != 0 and abs(value) < 1e-3)) else f"{value:.4f}"
+        else:
+            text = str(value)
+        parts.append(f"{key}={text}")
+    return " ".join(parts)
+
+
+def parse_log_line(line: str) -> dict:
+    """key=value pairs of a train.log line (numbers as float/int)."""
+    out = {}
+    for part in line.split():
+        if "=" not in part:
+            continue
+        key, value = part.split("=", 1)
+        try:
+            out[key] = int(value)
+        except ValueError:
+            try:
+                out[key] = float(value)
+            except ValueError:
+                out[key] = value
+    return out
+
+
+def setup_logging(run_dir: Path | None, rank: int) -> logging.Handler | None:
+    """llmasr loggers: INFO to stderr on rank 0 (warnings on the others), plus RUN_DIR/train.log on rank 0."""
+    root = logging.getLogger("llmasr")
+    root.setLevel(logging.INFO)
+    fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%Y-%m-%d %H:%M:%S")
+    if not any(getattr(h, "_llmasr_console", False) for h in root.handlers):
+        console = logging.StreamHandler(sys.stderr)
+        console._llmasr_console = True
+        console.setFormatter(fmt)
+        root.addHandler(console)
+    for h in root.handlers:
+        if getattr(h, "_llmasr_console", False):
+            h.setLevel(logging.INFO if rank == 0 else logging.WARNING)
+    if rank != 0 or run_dir is None:
+        return None
+    handler = logging.FileHandler(Path(run_dir) / "train.log")
+    handler.setFormatter(fmt)
+    handler.setLevel(logging.INFO)
+    root.addHandler(handler)
+    return handler
+
+
+class Progress:
+    """Rank-0 reporting of one run. On other ranks every method is a no-op."""
+
+    def __init__(self, run_dir: Path, rank: int, total_updates: int, start_update: int = 0, log_every: int = 1):
+        self.enabled = rank == 0
+        self.total = total_updates
+        self.log_every = max(1, log_every)
+        self.start_update = start_update
+        self.t0 = time.monotonic()
+        self.t_last = self.t0
+        self.utts = 0.0
+        self.audio = 0.0
+        self.bar = None
+        self.writer = None
+        if not self.enabled:
+            return
+        from torch.utils.tensorboard import SummaryWriter
+        from tqdm import tqdm
+
+        self.writer = SummaryWriter(log_dir=str(Path(run_dir) / "tensorboard"))
+        self.bar = tqdm(total=total_updates, initial=start_update, unit="upd", dynamic_ncols=True, file=sys.stderr)
+
+    def update(self, update: int, epoch: int, stats: dict, lrs: dict, extra: dict) -> None:
+        """One optimizer update: `stats` are the window's (already all-reduced) losses and counts."""
+        if not self.enabled:
+            return
+        now = time.monotonic()
+        self.utts += stats.get("n_utts", 0)
+        self.audio += stats.get("audio_seconds", 0.0)
+        elapsed = max(now - self.t0, 1e-9)
+        done = update - self.start_update
+        eta = (self.total - update) * elapsed / done if done > 0 else math.nan
+        speed = {"utt/s": self.utts / elapsed, "audio_s/s": self.audio / elapsed}
+        self.bar.update(1)
+        self.bar.set_postfix_str(
+            f"loss {stats['loss']:.3f} "
+            + " ".join(f"{k} {v:.1e}" for k, v in lrs.items())
+            + f" {speed['utt/s']:.1f} utt/s"
+        )
+        w = self.writer
+        for key in ("loss", "llm_loss", "ctc_loss", "acc"):
+            if key in stats:
+                w.add_scalar(f"train/{key}", stats[key], update)
+        for name, lr in lrs.items():
+            w.add_scalar(f"lr/{name}", lr, update)
+        for key, value in extra.items():
+            if value is not None:
+                w.add_scalar(f"train/{key}", value, update)
+        w.add_scalar("throughput/utt_per_s", speed["utt/s"], update)
+        w.add_scalar("throughput/audio_s_per_s", speed["audio_s/s"], update)
+        mem = memory_gb()
+        for key, value in mem.items():
+            w.add_scalar(key, value, update)
+        if update % self.log_every == 0 or update == self.total:
+            row = {"update": update, "epoch": epoch}
+            row.update({k: float(stats[k]) for k in ("loss", "llm_loss", "ctc_loss", "acc") if k in stats})
+            row.update({f"lr/{k}": v for k, v in lrs.items()})
+            row.update({k: float(v) for k, v in extra.items() if v is not None})
+            row.update(speed)
+            row["eta_s"] = round(eta, 1) if eta == eta else -1.0
+            row.update(mem)
+            log.info("train %s", format_pairs(row))
+
+    def validation(self, update: int, metrics: dict) -> None:
+        if not self.enabled:
+            return
+        for key, value in metrics.items():
+            if isinstance(value, (int, float)) and value == value:
+                self.writer.add_scalar(f"valid/{key}", value, update)
+        log.info("valid %s", format_pairs({"update": update, **metrics}))
+        self.writer.flush()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        if self.writer is not None:
+            self.writer.close()
+
+
+def write_lr_csv(path: str | Path, curves: dict) -> None:
+    """CSV with columns update, <group>...: the lr each update uses (from llmasr.train.schedulers.lr_curve)."""
+    names = list(curves)
+    total = len(next(iter(curves.values()))) if curves else 0
+    lines = [",".join(["update", *names])]
+    for u in range(total):
+        lines.append(",".join([str(u), *(repr(float(curves[n][u])) for n in names)]))
+    Path(path).write_text("\n".join(lines) + "\n")

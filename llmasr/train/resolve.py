@@ -1,0 +1,150 @@
+"""Everything a run needs that does not require model weights: the frontend, the prompt builder and CTC tokenizer
+the data side uses, the data loaders, and the exact update count. Shared by `llmasr train` and `llmasr check`, so
+both see the same numbers.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from llmasr.config_io import ConfigError, from_dict, to_dict
+from llmasr.data.frontend import FrontendConfig
+from llmasr.models.config import EncoderConfig, ModelConfig
+
+
+def frontend_of(cfg: EncoderConfig) -> FrontendConfig:
+    """The frontend the encoder expects, read from its directory's config files only (no weights)."""
+    if cfg.type == "whisper":
+        from transformers import WhisperConfig
+
+        from llmasr.models.whisper import whisper_frontend
+
+        if cfg.path is None:
+            frontend = whisper_frontend(WhisperConfig(**cfg.conf))
+        else:
+            path = Path(cfg.path)
+            pre_file = path / "preprocessor_config.json"
+            if not pre_file.is_file():
+                raise ConfigError(f"model.encoder.path: {pre_file} is missing from the Whisper directory")
+            config = WhisperConfig.from_pretrained(str(path), local_files_only=True)
+            frontend = whisper_frontend(config, json.loads(pre_file.read_text()))
+    elif cfg.path is not None:
+        from llmasr.models.funasr_dir import _resolve_cmvn, frontend_from_funasr_conf, read_funasr_config
+
+        model_dir = Path(cfg.path).resolve()
+        conf = read_funasr_config(model_dir)
+        frontend = frontend_from_funasr_conf(conf["frontend_conf"], _resolve_cmvn(model_dir, conf["frontend_conf"]))
+    else:
+        return from_dict(FrontendConfig, dict(cfg.frontend), "model.encoder.frontend")
+    if cfg.frontend:
+        frontend = from_dict(FrontendConfig, {**to_dict(frontend), **cfg.frontend}, "model.encoder.frontend")
+    return frontend
+
+
+@dataclass
+class TextSide:
+    frontend: FrontendConfig
+    prompt: object  # llmasr.models.prompt.PromptBuilder
+    ctc_tokenizer: object | None
+    tokenizer: object
+
+
+def text_side(model_cfg: ModelConfig) -> TextSide:
+    """Frontend, prompt builder and CTC tokenizer, built as llmasr.models.builder builds them, without weights."""
+    from llmasr.models.llm import check_llm_dir, load_tokenizer
+    from llmasr.models.prompt import PromptBuilder
+
+    path = check_llm_dir(model_cfg.llm.path)
+    tokenizer = load_tokenizer(path, trust_remote_code=model_cfg.llm.trust_remote_code)
+    prompt = PromptBuilder(
+        tokenizer,
+        task=model_cfg.prompt.task,
+        system=model_cfg.prompt.system,
+        chat_template=model_cfg.prompt.chat_template,
+        source=f"the tokenizer of {model_cfg.llm.path}",
+    )
+    ctc = None
+    if model_cfg.ctc.weight > 0:
+        from llmasr.models.ctc import build_ctc_tokenizer
+
+        ctc = build_ctc_tokenizer(model_cfg.ctc.vocab, tokenizer)
+    return TextSide(frontend_of(model_cfg.encoder), prompt, ctc, tokenizer)
+
+
+def check_model_frontend(model, expected: FrontendConfig) -> None:
+    if model.frontend != expected:
+        a, b = to_dict(model.frontend), to_dict(expected)
+        diff = {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)}
+        raise ConfigError(f"the encoder's frontend differs from the one the data was prepared for: {diff}")
+
+
+def build_loaders(recipe, side: TextSide, *, rank: int, world_size: int):
+    """(train loader, train sampler, valid loader or None)."""
+    from llmasr.data.loader import build_dataloader
+
+    data = recipe.data
+    if not data.train:
+        raise ConfigError("data.train: no training manifest given")
+    common = dict(prompt_builder=side.prompt, ctc_tokenizer=side.ctc_tokenizer, rank=rank, world_size=world_size)
+    train_loader, sampler = build_dataloader(data, data.train, side.frontend, train=True, **common)
+    if len(sampler) == 0:
+        raise ConfigError(
+            f"data.train: no batch for rank {rank} of {world_size} (every item filtered? {sampler.filtered or ''})"
+        )
+    valid_loader = None
+    if data.valid:
+        valid_loader, _ = build_dataloader(data, data.valid, side.frontend, train=False, **common)
+    return train_loader, sampler, valid_loader
+
+
+def batches_per_epoch(sampler, epochs: int) -> list[int]:
+    """Batches this rank runs in each epoch (equal on all ranks; weighted mixing can change it per epoch)."""
+    if getattr(sampler, "epoch_indices", None) is None:
+        return [len(sampler)] * epochs
+    current = sampler.epoch
+    counts = [int(sampler.stats(e)["num_batches_per_rank"]) for e in range(epochs)]
+    sampler.set_epoch(current)
+    return counts
+
+
+def count_updates(per_epoch: list[int], grad_accum: int, max_updates: int | None) -> tuple[int, int]:
+    """(updates the schedules are sized by, updates the epochs hold). A partial window at an epoch end completes
+    an update, so an epoch of n batches has ceil(n / grad_accum) updates."""
+    natural = sum(math.ceil(n / grad_accum) for n in per_epoch)
+    return (max_updates if max_updates is not None else natural), natural
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict:
+    """RNG states in plain types (numpy arrays as lists) so that they survive torch.load(weights_only=True)."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": [kind, keys.tolist(), int(pos), int(has_gauss), float(cached)],
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])

@@ -1,0 +1,342 @@
+"""`llmasr train`: the training loop.
+
+    llmasr train --config RECIPE --deepspeed ds_configs/zero2.json [--resume [TAG|PATH]] [key=value ...]
+    deepspeed --num_gpus N --module llmasr train ...      torchrun --nproc_per_node N -m llmasr train ...
+
+Order of work: recipe + overrides, DeepSpeed JSON resolved ("auto" filled), precision checked; data built (the
+exact batches per rank per epoch give the update count the schedules are sized by); model built (under ZeRO-3
+partitioned as it loads); param groups, schedules, engine; resume; then epochs of accumulation windows.
+
+Loss normalisation: a window is the k micro batches of one optimizer update (fewer at an epoch end). Its labelled
+token and utterance counts are summed over all ranks first; each micro batch's loss is then its token-loss sum
+divided by (window tokens / world size) (the CTC term likewise per utterance), so after DeepSpeed averages over
+ranks the gradient equals that of one batch holding the whole window, whatever the batch sizes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import sys
+from itertools import islice
+from pathlib import Path
+
+import torch
+
+from llmasr.config_io import ConfigError
+
+log = logging.getLogger("llmasr.train")
+
+
+def labelled_tokens(batch: dict) -> int:
+    """Target tokens of a batch (target + end token per row), as SpeechLLM's labels count them."""
+    return int((batch["text_lens"] - batch["target_start"]).clamp(min=0).sum())
+
+
+def run_window(engine, window: list[dict], world_size: int) -> dict:
+    """Forward/backward every micro batch of one window and apply the update; returns window-wide stats."""
+    from llmasr.train.engine import all_reduce_sum
+
+    real = [b for b in window if not b.get("empty", False)]
+    n_tok, n_utt = all_reduce_sum(
+        [sum(labelled_tokens(b) for b in real), sum(len(b["keys"]) for b in real)], engine.device
+    )
+    tok_norm = max(n_tok, 1.0) / world_size
+    utt_norm = max(n_utt, 1.0) / world_size
+    llm_sum = ctc_sum = correct = audio = 0.0
+    for i, batch in enumerate(window):
+        empty = bool(batch.get("empty", False))
+        out = engine.micro_step(
+            batch, token_normalizer=tok_norm, utt_normalizer=utt_norm, boundary=i == len(window) - 1, zero_loss=empty
+        )
+        if empty:
+            continue
+        if int(out.n_tokens) != labelled_tokens(batch):
+            raise RuntimeError(
+                f"the model labelled {int(out.n_tokens)} tokens but the batch holds {labelled_tokens(batch)}: "
+                "loss normalisation would be wrong"
+            )
+        llm_sum += float(out.llm_loss_sum)
+        ctc_sum += float(out.ctc_loss_sum)
+        correct += float(out.n_correct)
+        audio += float(batch["durations"].sum()) if "durations" in batch else 0.0
+    llm_sum, ctc_sum, correct, audio = all_reduce_sum([llm_sum, ctc_sum, correct, audio], engine.device)
+    stats = {"llm_loss": llm_sum / max(n_tok, 1.0), "acc": correct / max(n_tok, 1.0)}
+    model = engine.module
+    loss = stats["llm_loss"]
+    if getattr(model, "ctc_head", None) is not None:
+        stats["ctc_loss"] = ctc_sum / max(n_utt, 1.0)
+        loss += model.ctc_weight * stats["ctc_loss"]
+    stats.update(loss=loss, n_tokens=int(n_tok), n_utts=int(n_utt), audio_seconds=audio)
+    return stats
+
+
+def windows(batches, k: int):
+    """Consecutive lists of k batches; the last one may be shorter (it still completes an update)."""
+    it = iter(batches)
+    while True:
+        window = list(islice(it, k))
+        if not window:
+            return
+        yield window
+
+
+class Run:
+    """The state of one training run (built by `train`)."""
+
+    def __init__(self, recipe, ds_config_path, *, resume=None):
+        from llmasr.train import engine as eng
+        from llmasr.train.ds_config import resolve_ds_config
+        from llmasr.train.resolve import build_loaders, count_updates, seed_everything, text_side
+
+        self.recipe = recipe
+        tc = recipe.train
+        self.dist = eng.init_distributed()
+        self.rank, self.world = self.dist.rank, self.dist.world_size
+        self.ds = resolve_ds_config(ds_config_path, tc, world_size=self.world)
+        eng.check_precision(tc.precision)
+        if tc.valid_every_updates and not recipe.data.valid:
+            raise ConfigError("train.valid_every_updates is set but data.valid names no manifest")
+        if tc.deterministic:
+            torch.use_deterministic_algorithms(True)
+        self.run_dir = Path(tc.output_dir)
+        self.ckpt_dir = self.run_dir / "checkpoints"
+        self.resume = resume if resume is not None else tc.resume
+        self.k = int(self.ds["gradient_accumulation_steps"])
+        seed_everything(tc.seed)
+        self.side = text_side(recipe.model)
+        self.train_loader, self.sampler, self.valid_loader = build_loaders(
+            recipe, self.side, rank=self.rank, world_size=self.world
+        )
+        from llmasr.train.resolve import batches_per_epoch
+
+        self.per_epoch = batches_per_epoch(self.sampler, tc.epochs)
+        self.total, natural = count_updates(self.per_epoch, self.k, tc.max_updates)
+        if tc.max_updates is not None and tc.max_updates > natural:
+            log.warning("train.max_updates=%d but %d epochs hold only %d updates", tc.max_updates, tc.epochs, natural)
+        self._write_run_files()
+        self._build_engine()
+
+    def _write_run_files(self) -> None:
+        import json
+
+        from llmasr.recipe import save_recipe
+        from llmasr.train.engine import barrier
+        from llmasr.train.progress import setup_logging
+
+        if self.rank == 0:
+            self.ckpt_dir.mkdir(parents=True, exist_ok=True)
+            save_recipe(self.recipe, self.run_dir / "recipe.yaml")
+            (self.run_dir / "ds_config.json").write_text(json.dumps(self.ds, indent=2))
+        barrier()
+        self.log_handler = setup_logging(self.run_dir, self.rank)
+        tc = self.recipe.train
+        log.info(
+            "batches: micro %d per rank x accumulation %d x world %d = train_batch_size %d; %s batches per rank per "
+            "epoch; %d updates (ZeRO stage %d, %s)",
+            self.ds["train_micro_batch_size_per_gpu"], self.k, self.world, self.ds["train_batch_size"],
+            self.per_epoch[0] if len(set(self.per_epoch)) == 1 else self.per_epoch, self.total,
+            int((self.ds.get("zero_optimization") or {}).get("stage", 0)), tc.precision,
+        )  # fmt: skip
+
+    def _build_engine(self) -> None:
+        from llmasr.train.engine import TrainEngine, build_model_for_training
+        from llmasr.train.param_groups import build_param_groups, describe_param_groups
+        from llmasr.train.progress import write_lr_csv
+        from llmasr.train.resolve import check_model_frontend, seed_everything
+        from llmasr.train.schedulers import build_group_schedules, lr_curve
+
+        tc, optim = self.recipe.train, self.recipe.optim
+        seed_everything(tc.seed)  # identical initial weights on every rank
+        model, self._hf_ds = build_model_for_training(self.recipe.model, self.ds)
+        check_model_frontend(model, self.side.frontend)
+        self.trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+        groups = build_param_groups(model, optim)
+        log.info("param groups:\n%s", describe_param_groups(groups))
+        schedules = build_group_schedules(groups, optim, self.total)
+        self.engine = TrainEngine(model, groups, schedules, self.ds, self.dist.device)
+        if self.rank == 0:
+            write_lr_csv(self.run_dir / "lr_schedule.csv", lr_curve(optim, [g["name"] for g in groups], self.total))
+        seed_everything(tc.seed + self.rank)  # dropout differs per rank
+
+    # -- checkpoints ------------------------------------------------------------------------------------------------
+    def save(self, epoch: int, loader_state: dict | None, metrics: dict | None) -> None:
+        from llmasr.models.fingerprint import base_fingerprint
+        from llmasr.train import checkpoint as ck
+        from llmasr.train.engine import all_gather_object, barrier
+        from llmasr.train.resolve import rng_state
+
+        update = self.engine.global_steps
+        tag = ck.tag_for(update)
+        client = {"llmasr": {"epoch": epoch, "loader": loader_state, "rng": all_gather_object(rng_state())}}
+        client["llmasr"]["update"] = update
+        self.engine.save(str(self.ckpt_dir), tag, client)
+        barrier()
+        if self.rank == 0:
+            tc = self.recipe.train
+            meta = {
+                "update": update,
+                "epoch": epoch,
+                "world_size": self.world,
+                "zero_stage": self.engine.stage,
+                "metrics": metrics or {},
+                "base_fingerprint": base_fingerprint(self.recipe.model),
+                "trainable": self.trainable,
+            }
+            policy = ck.CheckpointPolicy(tc.keep_last, tc.best_k, tc.best_metric, tc.best_mode)
+            deleted = ck.finish_save(self.ckpt_dir, tag, meta, policy)
+            log.info(
+                "saved checkpoint %s%s", self.ckpt_dir / tag, f" (removed {', '.join(deleted)})" if deleted else ""
+            )
+        barrier()
+        self.last_saved = update
+
+    def load(self) -> tuple[int, dict | None]:
+        """Resume: returns (epoch to run, loader state for a mid-epoch position or None)."""
+        from llmasr.models.fingerprint import base_fingerprint, fingerprint_differences
+        from llmasr.train import checkpoint as ck
+        from llmasr.train.engine import world_size_error
+
+        load_dir, tag = ck.resolve_resume(self.resume, self.run_dir)
+        meta = ck.read_meta(load_dir / tag)
+        where = load_dir / tag
+        if int(meta["world_size"]) != self.world:
+            raise ConfigError(world_size_error(str(where), int(meta["world_size"]), self.world))
+        if int(meta.get("zero_stage", self.engine.stage)) != self.engine.stage:
+            raise ConfigError(f"{where}: saved at ZeRO stage {meta['zero_stage']}, this run uses {self.engine.stage}")
+        diffs = fingerprint_differences(meta.get("base_fingerprint") or {}, base_fingerprint(self.recipe.model))
+        if diffs:
+            raise ConfigError(f"{where}: the base model differs from the one trained on:\n  " + "\n  ".join(diffs))
+        if list(meta.get("trainable") or []) != self.trainable:
+            saved, now = set(meta.get("trainable") or []), set(self.trainable)
+            raise ConfigError(
+                f"{where}: the trainable parameters differ (only in the checkpoint: {sorted(saved - now)[:5]}, "
+                f"only now: {sorted(now - saved)[:5]}): LoRA/freeze settings changed since it was saved"
+            )
+        state = self.engine.load(str(load_dir), tag).get("llmasr") or {}
+        rngs = state.get("rng") or []
+        self.pending_rng = rngs[self.rank] if len(rngs) == self.world else None
+        if self.pending_rng is not None and state.get("loader") is None:
+            # Saved at an epoch end, before the next epoch's loader drew its seed: restore now.
+            from llmasr.train.resolve import set_rng_state
+
+            set_rng_state(self.pending_rng)
+            self.pending_rng = None
+        log.info("resumed from %s at update %d, epoch %d", where, self.engine.global_steps, state.get("epoch", 0))
+        self.last_saved = self.engine.global_steps
+        return int(state.get("epoch", 0)), state.get("loader")
+
+    # -- the loop -----------------------------------------------------------------------------------------------------
+    def validate(self) -> dict | None:
+        if self.valid_loader is None:
+            return None
+        from llmasr.train.validate import validate
+
+        metrics = validate(self.engine, self.valid_loader, self.recipe.decode)
+        self.valid_update = self.engine.global_steps
+        self.engine.train(True)
+        self.progress.validation(self.engine.global_steps, metrics)
+        return metrics
+
+    def fit(self, stop_after_updates: int | None = None) -> dict:
+        from llmasr.train.progress import Progress
+        from llmasr.train.resolve import set_rng_state
+
+        tc = self.recipe.train
+        self.pending_rng = None
+        start_epoch, loader_state = (0, None)
+        self.last_saved = self.valid_update = -1
+        if self.resume is not None:
+            start_epoch, loader_state = self.load()
+        self.progress = Progress(self.run_dir, self.rank, self.total, self.engine.global_steps, tc.log_every)
+        history: list[dict] = []
+        last_metrics = None
+        self.engine.train(True)
+        stop = False
+        try:
+            for epoch in range(start_epoch, tc.epochs):
+                if loader_state is not None and epoch == start_epoch:
+                    self.train_loader.load_state_dict(loader_state)
+                else:
+                    self.train_loader.set_epoch(epoch)
+                for window in windows(self.train_loader, self.k):
+                    if self.pending_rng is not None:
+                        # After the loader started (its iterator draws a base seed from torch's RNG).
+                        set_rng_state(self.pending_rng)
+                        self.pending_rng = None
+                    stats = run_window(self.engine, window, self.world)
+                    update = self.engine.global_steps
+                    history.append({"update": update, "epoch": epoch, **stats})
+                    self.progress.update(update, epoch, stats, self.engine.lrs(), self._extra())
+                    if stop_after_updates is not None and update >= stop_after_updates:
+                        return {"history": history, "interrupted": True, "run_dir": str(self.run_dir)}
+                    stop = tc.max_updates is not None and update >= tc.max_updates
+                    if stop:
+                        break
+                    if self.train_loader.consumed >= len(self.sampler):
+                        break  # the epoch's last window: validated and saved below
+                    metrics = None
+                    if tc.valid_every_updates and update % tc.valid_every_updates == 0:
+                        metrics = last_metrics = self.validate()
+                    if (tc.save_every_updates and update % tc.save_every_updates == 0) or (metrics and tc.best_k):
+                        self.save(epoch, self.train_loader.state_dict(), metrics)
+                # Epoch end (or max_updates): validate unless just done, and save. A stop inside the epoch keeps
+                # the loader position, so raising max_updates and resuming carries on mid-epoch.
+                if self.valid_update != self.engine.global_steps:
+                    last_metrics = self.validate() or last_metrics
+                metrics = last_metrics if self.valid_update == self.engine.global_steps else None
+                if stop:
+                    self.save(epoch, self.train_loader.state_dict(), metrics)
+                    break
+                self.save(epoch + 1, None, metrics)
+        finally:
+            self.progress.close()
+            if self.log_handler is not None:
+                logging.getLogger("llmasr").removeHandler(self.log_handler)
+                self.log_handler.close()
+        return {"history": history, "interrupted": False, "run_dir": str(self.run_dir), "metrics": last_metrics}
+
+    def _extra(self) -> dict:
+        return {
+            "grad_norm": self.engine.grad_norm(),
+            "loss_scale": self.engine.loss_scale(),
+            "skipped_steps": float(self.engine.skipped_steps),
+        }
+
+
+def train(recipe, ds_config_path, *, resume: str | None = None, stop_after_updates: int | None = None) -> dict:
+    """Train `recipe` with the DeepSpeed JSON `ds_config_path` (a path or preset name). `resume`: "latest", a tag
+    or a checkpoint path. `stop_after_updates` ends the run right after that update without saving (tests use it
+    to simulate an interruption). Returns {"history": per-update stats, "metrics": last validation, ...}."""
+    return Run(recipe, ds_config_path, resume=resume).fit(stop_after_updates)
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="llmasr train", description="fine-tune a speech LLM under DeepSpeed")
+    p.add_argument("--config", required=True, help="recipe YAML")
+    p.add_argument("--deepspeed", required=True, help="DeepSpeed JSON file, or a preset: zero0 ... zero3_offload")
+    p.add_argument(
+        "--resume", nargs="?", const="latest", default=None,
+        help="resume from RUN_DIR/checkpoints/latest (no value), a tag (update_00000120) or a checkpoint folder",
+    )  # fmt: skip
+    p.add_argument("overrides", nargs="*", help="recipe overrides, e.g. train.epochs=3 optim.branches.llm.lr=2e-5")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from llmasr.data.dataset import TooMuchBadData
+    from llmasr.recipe import load_recipe
+
+    args = parse_args(list(sys.argv[1:] if argv is None else argv))
+    try:
+        recipe = load_recipe(args.config, args.overrides)
+        result = train(recipe, args.deepspeed, resume=args.resume)
+    except (ConfigError, FileNotFoundError, TooMuchBadData) as err:
+        print(f"llmasr train: error: {err}", file=sys.stderr)
+        return 2
+    metrics = result.get("metrics") or {}
+    last = result["history"][-1] if result["history"] else {}
+    summary = {k: v for k, v in metrics.items() if isinstance(v, float) and not math.isnan(v)}
+    log.info("done: %d updates, last loss %s, validation %s", last.get("update", 0), last.get("loss"), summary)
+    return 0
