@@ -28,7 +28,6 @@ allow-listed (`safe_torch_load`), so a checkpoint that names anything else is re
 from __future__ import annotations
 
 import contextlib
-import glob
 import json
 import logging
 import re
@@ -80,7 +79,9 @@ def read_latest(root: Path) -> str:
     latest = root / LATEST_FILE
     if not latest.is_file():
         tags = list_tags(root)
-        hint = f"; tags present: {', '.join(tags[-5:])} (pass one explicitly)" if tags else "; no checkpoint tags either"
+        hint = (
+            f"; tags present: {', '.join(tags[-5:])} (pass one explicitly)" if tags else "; no checkpoint tags either"
+        )
         raise CheckpointError(f"{latest}: no 'latest' file, so there is no newest checkpoint to pick{hint}")
     tag = latest.read_text().strip()
     if not tag:
@@ -231,8 +232,9 @@ def _load_file(path: Path, *, mmap: bool = False) -> dict:
         with safe_torch_load():
             return torch.load(str(path), map_location="cpu", mmap=mmap)
     except Exception as err:
-        raise CheckpointError(f"{path}: cannot be read ({_short(err)}); the file is truncated, corrupt or not "
-                              "a DeepSpeed checkpoint file") from err
+        raise CheckpointError(
+            f"{path}: cannot be read ({_short(err)}); the file is truncated, corrupt or not a DeepSpeed checkpoint file"
+        ) from err
 
 
 def _check_archive(path: Path) -> None:

@@ -99,9 +99,7 @@ def load_trained(model: nn.Module, state: dict[str, torch.Tensor], trainable: li
         elif n not in state:
             lines.append(f"  missing from checkpoint: {n} (model shape {list(params[n].shape)})")
         elif tuple(state[n].shape) != tuple(params[n].shape):
-            lines.append(
-                f"  shape mismatch: {n}: checkpoint {list(state[n].shape)} vs model {list(params[n].shape)}"
-            )
+            lines.append(f"  shape mismatch: {n}: checkpoint {list(state[n].shape)} vs model {list(params[n].shape)}")
     for k, v in state.items():
         if k in wanted_set:
             continue
@@ -109,10 +107,14 @@ def load_trained(model: nn.Module, state: dict[str, torch.Tensor], trainable: li
             continue
         if k in buffers:
             if tuple(v.shape) != tuple(buffers[k].shape):
-                lines.append(f"  shape mismatch: buffer {k}: checkpoint {list(v.shape)} vs model {list(buffers[k].shape)}")
+                lines.append(
+                    f"  shape mismatch: buffer {k}: checkpoint {list(v.shape)} vs model {list(buffers[k].shape)}"
+                )
             continue
         if k in aliases:
-            lines.append(f"  unexpected in checkpoint: {k} (a parameter the checkpoint's meta does not list as trained)")
+            lines.append(
+                f"  unexpected in checkpoint: {k} (a parameter the checkpoint's meta does not list as trained)"
+            )
         else:
             lines.append(f"  unexpected in checkpoint: {k} {list(v.shape)} (no such parameter or buffer in the model)")
     model_trainable = {n for n, p in params.items() if p.requires_grad}
@@ -120,7 +122,8 @@ def load_trained(model: nn.Module, state: dict[str, torch.Tensor], trainable: li
         lines.append(f"  trainable in the rebuilt model but not in the checkpoint: {n}")
     if lines:
         raise CheckpointError(
-            f"{source} does not match the model rebuilt from the run's recipe:\n" + "\n".join(lines[:50])
+            f"{source} does not match the model rebuilt from the run's recipe:\n"
+            + "\n".join(lines[:50])
             + (f"\n  ... and {len(lines) - 50} more" if len(lines) > 50 else "")
         )
     with torch.no_grad():
@@ -216,9 +219,7 @@ def merge_llm(llm: nn.Module) -> nn.Module:
     base = llm.get_base_model()
     in_emb, out_emb = base.get_input_embeddings(), base.get_output_embeddings()
     tied = (
-        out_emb is not None
-        and getattr(base.config, "tie_word_embeddings", False)
-        and out_emb.weight is in_emb.weight
+        out_emb is not None and getattr(base.config, "tie_word_embeddings", False) and out_emb.weight is in_emb.weight
     )
     if tied and (isinstance(out_emb, LoraLayer) or isinstance(in_emb, LoraLayer)):
         # LoRA on one side of tied embeddings: after merging they differ, so untie (the trained model computed

@@ -93,7 +93,9 @@ def load_exported_llm(model_dir: Path, entry: dict, dtype: torch.dtype):
     if not sub.is_dir():
         raise ExportedModelError(f"{sub}: missing (the exported {kind} LLM files)")
     if kind == "merged":
-        llm = AutoModelForCausalLM.from_pretrained(str(sub), dtype=dtype, local_files_only=True, trust_remote_code=trust)
+        llm = AutoModelForCausalLM.from_pretrained(
+            str(sub), dtype=dtype, local_files_only=True, trust_remote_code=trust
+        )
         return llm, load_tokenizer(sub, trust_remote_code=trust)
     if kind in ("adapter", "base"):
         base_path = Path(entry["base"])
@@ -104,7 +106,9 @@ def load_exported_llm(model_dir: Path, entry: dict, dtype: torch.dtype):
 
             diffs = fingerprint_differences({"llm": entry["base_fingerprint"]}, {"llm": dir_fingerprint(base_path)})
             if diffs:
-                raise ExportedModelError(f"{base_path}: not the base LLM the adapter was trained on:\n  " + "\n  ".join(diffs))
+                raise ExportedModelError(
+                    f"{base_path}: not the base LLM the adapter was trained on:\n  " + "\n  ".join(diffs)
+                )
         llm = AutoModelForCausalLM.from_pretrained(
             str(base_path), dtype=dtype, local_files_only=True, trust_remote_code=trust
         )
@@ -148,7 +152,9 @@ def load_exported(model_dir: str | Path, *, dtype: str | torch.dtype | None = No
     )
 
     a = desc["adaptor"]
-    adaptor = build_adaptor(from_dict(AdaptorConfig, dict(a["conf"]), "adaptor"), int(a["input_dim"]), int(a["llm_dim"]))
+    adaptor = build_adaptor(
+        from_dict(AdaptorConfig, dict(a["conf"]), "adaptor"), int(a["input_dim"]), int(a["llm_dim"])
+    )
     _load_weights(adaptor, model_dir / a.get("file", "adaptor.safetensors"), "adaptor")
 
     ctc_head = ctc_tokenizer = None

@@ -8,12 +8,27 @@ import shutil
 import pytest
 import torch
 
-from conftest import TARGETS, make_run, model_section  # noqa: I001  (tests/export/conftest.py)
-
 from llmasr.export.checkpoint_reader import CheckpointError
 from llmasr.export.export import export_model, load_checkpoint_model, main
 from llmasr.export.exported import load_exported
 from llmasr.testing.tiny_recipe import random_batch
+
+
+def _export_conftest():
+    """tests/export/conftest.py by path (several conftest modules share the name `conftest`)."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("llmasr_export_conftest", Path(__file__).with_name("conftest.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+_helpers = _export_conftest()
+TARGETS = _helpers.TARGETS
+make_run = _helpers.make_run
+model_section = _helpers.model_section
 
 
 def speech_logits(model, batch):
@@ -74,7 +89,9 @@ def test_exported_llm_loads_with_plain_transformers_and_generates(runs, exported
     llm = AutoModelForCausalLM.from_pretrained(str(llm_dir)).eval()
     tok = AutoTokenizer.from_pretrained(str(llm_dir))
     ref, _ = load_checkpoint_model(runs[2])
-    ids = tok.apply_chat_template([{"role": "user", "content": "hello world"}], add_generation_prompt=True, tokenize=True)
+    ids = tok.apply_chat_template(
+        [{"role": "user", "content": "hello world"}], add_generation_prompt=True, tokenize=True
+    )
     ids = ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids
     x = torch.tensor([list(ids)])
     with torch.no_grad():
@@ -150,7 +167,7 @@ def test_sharded_export(runs, tmp_path):
 
 
 def test_averaging_equals_mean_of_tensors(trained_run, tmp_path):
-    from llmasr.export.checkpoint_reader import average_states, read_trained_state, select_tags, resolve_checkpoint
+    from llmasr.export.checkpoint_reader import average_states, read_trained_state, resolve_checkpoint, select_tags
 
     ref = resolve_checkpoint(trained_run)
     assert ref.tag == "update_00000004"

@@ -1,0 +1,327 @@
+"""`llmasr decode`: transcribe manifests with an exported model or a training checkpoint, and score them.
+
+    llmasr decode --model DIR | --checkpoint RUN_DIR[/checkpoints/TAG] --data test.jsonl [--data ...]
+                  --output HYP_DIR [--beam N] [--batch-seconds S] [--max-new-tokens N]
+                  [--repetition-penalty P] [--no-repeat-ngram N] [--metric auto|wer|cer]
+
+Batches come from the training data pipeline (SpeechDataset in evaluation mode: no dither, no augmentation; the
+same prompt builder, so the prompt a model is decoded with is the one it was trained with, the utterance's own
+`prompt` field included), cut by a duration-sorted, non-shuffled sampler under an audio-seconds budget (an
+utterance longer than the budget gets a batch of its own; none is skipped). SpeechLLM.generate stops each prompt at
+its target start, so the reference never leaks into the input.
+
+Outputs (HYP_DIR, or HYP_DIR/<manifest name>/ when several manifests are given):
+
+    hyp.txt        key hypothesis          (manifest order)
+    ref.txt        key reference
+    results.jsonl  {key, ref, hyp, unit, errors, sub, del, ins, ref_units, words, duration, wer}
+    wer.txt        summary: WER/CER, substitutions/deletions/insertions, #utterances, real-time factor
+                   (decoding wall-clock seconds / audio seconds), skipped lines
+    wer.json       the same, machine-readable
+    bad.jsonl      manifest lines that could not be decoded (missing/corrupt audio, bad fields...)
+
+Bad lines are skipped and reported; the command fails (exit 1, after writing the outputs) only when they are
+more than --max-bad-fraction of the lines.
+
+With `max_new_tokens` unset, the cap is `tokens_per_second` x the longest utterance of the batch + 8, so a model
+that loops can run longer inside a batch than alone; pass --max-new-tokens for batch-independent output.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class DecodeOptions:
+    num_beams: int = 1
+    batch_seconds: float = 120.0
+    max_new_tokens: int | None = None
+    tokens_per_second: float = 8.0
+    repetition_penalty: float = 1.0
+    no_repeat_ngram_size: int = 0
+    metric: str = "auto"
+    max_bad_fraction: float = 0.01
+    num_workers: int = 2
+
+
+class DecodeError(RuntimeError):
+    """Decoding cannot run as asked."""
+
+
+def _collate(pad_id: int):
+    from llmasr.data.collate import Collator
+    from llmasr.data.dataset import BadItem
+
+    collator = Collator(pad_id)
+
+    def collate(items: list) -> dict:
+        good = [it for it in items if not isinstance(it, BadItem)]
+        bad = [it.to_dict() for it in items if isinstance(it, BadItem)]
+        batch = collator.pad(good) if good else {"keys": []}
+        batch["indices"] = [int(it["index"]) for it in good]
+        batch["bad"] = bad
+        return batch
+
+    return collate
+
+
+def make_loader(model, manifest, opts: DecodeOptions):
+    """DataLoader of evaluation batches over an opened manifest (indices with unknown duration are skipped)."""
+    from torch.utils.data import DataLoader
+
+    from llmasr.data.dataset import SpeechDataset
+    from llmasr.data.sampler import DynamicBucketSampler
+
+    durations = np.asarray(manifest.durations(), dtype=np.float64)
+    known = np.flatnonzero(~np.isnan(durations))
+    frontend = model.frontend
+    min_item = frontend.chunk_seconds if frontend.kind == "whisper" else None
+    longest = float(durations[known].max()) if known.size else 1.0
+    if min_item is not None:
+        longest = max(longest, min_item)
+    # Never skip an utterance for the budget: the budget is at least the longest utterance (one per batch).
+    budget = max(float(opts.batch_seconds), longest)
+    sampler = DynamicBucketSampler(
+        durations,
+        max_seconds=budget,
+        num_buckets=1,
+        shuffle=False,
+        shuffle_buffer=max(len(durations), 1),  # one window: sorted by duration, least padding
+        min_item_seconds=min_item,
+        indices=known,
+    )
+    dataset = SpeechDataset(manifest, frontend, train=False, prompt_builder=model.prompt)
+    return DataLoader(
+        dataset,
+        batch_sampler=sampler,
+        num_workers=int(opts.num_workers),
+        collate_fn=_collate(model.prompt.pad_id),
+        persistent_workers=False,
+    )
+
+
+def _to_device(batch: dict, device) -> dict:
+    return {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in batch.items()}
+
+
+def decode_manifest(
+    model, manifest_path: str | Path, out_dir: str | Path, opts: DecodeOptions, *, device="cpu"
+) -> dict:
+    """Decode one manifest into `out_dir`; returns the summary dict (also written to wer.json)."""
+    from llmasr.data.dataset import BadDataTracker
+    from llmasr.data.loader import open_manifests
+    from llmasr.export.scoring import score_corpus
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    manifest, fill_bad = open_manifests([str(manifest_path)], mix=False)
+    n_lines = len(manifest)
+    tracker = BadDataTracker(
+        opts.max_bad_fraction,
+        name=f"decode {Path(manifest_path).name}",
+        min_items=n_lines + 1,  # checked once, at the end
+        keep_examples=n_lines + 1,  # every bad line goes to bad.jsonl
+    )
+    tracker.add_static(fill_bad)
+    loader = make_loader(model, manifest, opts)
+
+    rows: dict[int, dict] = {}
+    audio_seconds = 0.0
+    model.eval()
+    t0 = time.perf_counter()
+    for batch in loader:
+        for rec in batch["bad"]:
+            tracker.add_bad(rec)
+        if not batch["keys"]:
+            continue
+        tracker.add_good(len(batch["keys"]))
+        hyps = model.generate(
+            _to_device(batch, device),
+            num_beams=opts.num_beams,
+            max_new_tokens=opts.max_new_tokens,
+            tokens_per_second=opts.tokens_per_second,
+            repetition_penalty=opts.repetition_penalty,
+            no_repeat_ngram_size=opts.no_repeat_ngram_size,
+        )
+        for i, (idx, key, ref, hyp) in enumerate(zip(batch["indices"], batch["keys"], batch["targets"], hyps)):
+            dur = float(batch["durations"][i])
+            audio_seconds += dur
+            rows[idx] = {"key": key, "ref": ref, "hyp": hyp, "duration": round(dur, 4)}
+    decode_seconds = time.perf_counter() - t0
+
+    order = sorted(rows)
+    corpus, scores = score_corpus([(rows[i]["ref"], rows[i]["hyp"]) for i in order], opts.metric)
+    with (
+        open(out_dir / "hyp.txt", "w") as fh,
+        open(out_dir / "ref.txt", "w") as fr,
+        open(out_dir / "results.jsonl", "w") as fj,
+    ):
+        for i, s in zip(order, scores):
+            r = rows[i]
+            fh.write(f"{r['key']} {_one_line(r['hyp'])}\n")
+            fr.write(f"{r['key']} {_one_line(r['ref'])}\n")
+            rec = {
+                "key": r["key"],
+                "ref": r["ref"],
+                "hyp": r["hyp"],
+                "unit": "word" if s.unit == "wer" else "char",
+                "errors": s.errors,
+                "sub": s.substitutions,
+                "del": s.deletions,
+                "ins": s.insertions,
+                "ref_units": s.ref_len,
+                "words": s.ref_len,
+                "duration": r["duration"],
+                "wer": s.rate,
+            }
+            fj.write(json.dumps(rec, ensure_ascii=False) + "\n")
+    with open(out_dir / "bad.jsonl", "w") as fb:
+        for rec in tracker.examples:
+            fb.write(json.dumps(rec, ensure_ascii=False, default=str) + "\n")
+
+    summary = corpus.to_dict()
+    summary.update(
+        manifest=str(manifest_path),
+        lines=n_lines,
+        skipped=tracker.bad,
+        skipped_by_reason=dict(tracker.by_reason),
+        audio_seconds=round(audio_seconds, 3),
+        decode_seconds=round(decode_seconds, 3),
+        rtf=decode_seconds / audio_seconds if audio_seconds > 0 else math.nan,
+        num_beams=opts.num_beams,
+        max_new_tokens=opts.max_new_tokens,
+        batch_seconds=opts.batch_seconds,
+    )
+    text = [
+        f"{Path(manifest_path).name}: {corpus.summary()}",
+        f"utterances decoded: {corpus.n_utts} of {n_lines} lines; skipped (bad data): {tracker.bad}"
+        + (f" ({', '.join(f'{k}: {v}' for k, v in tracker.by_reason.items())})" if tracker.bad else ""),
+        f"audio {audio_seconds:.1f} s, decoding {decode_seconds:.1f} s, real-time factor "
+        f"{summary['rtf']:.4f}" + f" (beam {opts.num_beams}, device {device})",
+    ]
+    (out_dir / "wer.txt").write_text("\n".join(text) + "\n")
+    (out_dir / "wer.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False, default=str) + "\n")
+    summary["text"] = "\n".join(text)
+    summary["too_much_bad_data"] = None
+    if tracker.bad and tracker.fraction > opts.max_bad_fraction:
+        summary["too_much_bad_data"] = tracker.message(final=True)
+    return summary
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _out_dirs(data: list[str], output: Path) -> list[Path]:
+    if len(data) == 1:
+        return [output]
+    names, out = set(), []
+    for path in data:
+        stem = Path(path).name
+        for suffix in (".gz", ".jsonl", ".json"):
+            stem = stem.removesuffix(suffix)
+        name, k = stem, 1
+        while name in names:
+            k += 1
+            name = f"{stem}_{k}"
+        names.add(name)
+        out.append(output / name)
+    return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="llmasr decode", description="Decode manifests and score them (WER/CER).")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--model", help="an exported model directory (llmasr export)")
+    src.add_argument("--checkpoint", help="RUN_DIR[/checkpoints/TAG]: decode a training checkpoint directly")
+    p.add_argument("--tag", help="checkpoint tag (with --checkpoint RUN_DIR)")
+    p.add_argument("--data", action="append", required=True, help="manifest (FunASR jsonl or lhotse cuts); repeatable")
+    p.add_argument("--output", required=True, help="output directory for hyp/ref/results/wer files")
+    p.add_argument("--beam", type=int, default=None, help="beam size (1: greedy)")
+    p.add_argument("--batch-seconds", type=float, default=None, help="audio seconds per batch (padded)")
+    p.add_argument("--max-new-tokens", type=int, default=None, help="cap on generated tokens per utterance")
+    p.add_argument("--tokens-per-second", type=float, default=None, help="length cap per audio second (default 8)")
+    p.add_argument("--repetition-penalty", type=float, default=None)
+    p.add_argument("--no-repeat-ngram", type=int, default=None, help="no_repeat_ngram_size for generate")
+    p.add_argument("--metric", choices=("auto", "wer", "cer"), default=None)
+    p.add_argument("--max-bad-fraction", type=float, default=None, help="fail when more lines than this are bad")
+    p.add_argument("--num-workers", type=int, default=2, help="data loader workers")
+    p.add_argument("--dtype", choices=("bf16", "fp16", "fp32"), help="LLM dtype (--model; default: as exported)")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    from llmasr.export.checkpoint_reader import CheckpointError
+    from llmasr.export.exported import ExportedModelError
+
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    try:
+        if args.model:
+            from llmasr.export.exported import load_exported, read_description
+
+            model = load_exported(args.model, dtype=args.dtype)
+            defaults = dict(read_description(args.model).get("decode") or {})
+            max_bad = 0.01
+        else:
+            from llmasr.config_io import to_dict
+            from llmasr.export.export import load_checkpoint_model
+
+            model, info = load_checkpoint_model(args.checkpoint, tag=args.tag)
+            defaults = to_dict(info["recipe"].decode)
+            max_bad = float(info["recipe"].data.max_bad_fraction)
+    except (CheckpointError, ExportedModelError, FileNotFoundError) as err:
+        print(f"llmasr decode: error: {err}", file=sys.stderr)
+        return 1
+    model.to(device)
+
+    def pick(value, key, fallback):
+        return value if value is not None else defaults.get(key, fallback)
+
+    opts = DecodeOptions(
+        num_beams=int(pick(args.beam, "num_beams", 1)),
+        batch_seconds=float(pick(args.batch_seconds, "batch_seconds", 120.0)),
+        max_new_tokens=pick(args.max_new_tokens, "max_new_tokens", None),
+        tokens_per_second=float(pick(args.tokens_per_second, "tokens_per_second", 8.0)),
+        repetition_penalty=float(pick(args.repetition_penalty, "repetition_penalty", 1.0)),
+        no_repeat_ngram_size=int(pick(args.no_repeat_ngram, "no_repeat_ngram_size", 0)),
+        metric=str(pick(args.metric, "metric", "auto")),
+        max_bad_fraction=float(args.max_bad_fraction if args.max_bad_fraction is not None else max_bad),
+        num_workers=args.num_workers,
+    )
+    if opts.num_beams < 1:
+        print("llmasr decode: error: --beam must be >= 1", file=sys.stderr)
+        return 2
+    output = Path(args.output)
+    failed = []
+    summaries = []
+    for data, out_dir in zip(args.data, _out_dirs(args.data, output)):
+        try:
+            summary = decode_manifest(model, data, out_dir, opts, device=device)
+        except (FileNotFoundError, ValueError) as err:
+            print(f"llmasr decode: error: {data}: {err}", file=sys.stderr)
+            failed.append(data)
+            continue
+        print(summary["text"])
+        summaries.append(summary)
+        if summary["too_much_bad_data"]:
+            print(f"llmasr decode: error: {summary['too_much_bad_data']}", file=sys.stderr)
+            failed.append(data)
+    if len(args.data) > 1:
+        (output / "wer.txt").write_text("\n".join(s["text"] for s in summaries) + "\n")
+    return 1 if failed else 0

@@ -1,0 +1,69 @@
+"""Scoring: normaliser, hand-computed WER/CER, auto unit choice, corpus totals."""
+
+import pytest
+
+from llmasr.export.scoring import choose_unit, normalize, score_corpus, score_utterance, uses_characters
+
+
+def test_normalize():
+    assert normalize("  Hello,   WORLD!  ") == "hello world"
+    assert normalize("Don't stop — it's \u201cfine\u201d.") == "don't stop it's fine"
+    assert normalize("'quoted'") == "quoted"
+    assert normalize("ＡＢＣ１２３") == "abc123"  # NFKC folds full-width forms
+    assert normalize("Straße") == "strasse"  # casefold
+    assert normalize("你好，世界。") == "你好 世界"
+    assert normalize("a\tb\nc") == "a b c"
+
+
+def test_wer_hand_computed():
+    # ref "the cat sat on the mat" (6 words), hyp "the cat sit on mat": sat->sit (sub), "the" dropped (del).
+    s = score_utterance("the cat sat on the mat", "the cat sit on mat")
+    assert s.unit == "wer" and s.ref_len == 6
+    assert (s.substitutions, s.deletions, s.insertions) == (1, 1, 0)
+    assert s.errors == 2 and s.rate == pytest.approx(2 / 6)
+    # "a b c d" -> "a c d e": deleting b and inserting e (2) beats three substitutions.
+    s = score_utterance("a b c d", "a c d e")
+    assert (s.substitutions, s.deletions, s.insertions) == (0, 1, 1) and s.rate == pytest.approx(0.5)
+    s = score_utterance("a b c d", "a b c d")
+    assert s.errors == 0 and s.rate == 0
+    s = score_utterance("a b c d", "")
+    assert (s.substitutions, s.deletions, s.insertions) == (0, 4, 0) and s.rate == 1.0
+    s = score_utterance("Hello, World!", "hello world")  # normalised before scoring
+    assert s.errors == 0
+
+
+def test_cer_for_languages_without_spaces():
+    assert uses_characters("今天天气很好") and uses_characters("สวัสดีครับ") and uses_characters("こんにちは")
+    assert not uses_characters("hello world") and not uses_characters("안녕 하세요")
+    s = score_utterance("今天 天气很好", "今天天气不好")  # spaces ignored in character units
+    assert s.unit == "cer" and s.ref_len == 6
+    assert (s.substitutions, s.deletions, s.insertions) == (1, 0, 0)
+    assert s.rate == pytest.approx(1 / 6)
+    s = score_utterance("abc", "abd", metric="cer")
+    assert s.unit == "cer" and s.errors == 1 and s.ref_len == 3
+    assert choose_unit("你好", "wer") == "wer"
+    with pytest.raises(ValueError):
+        choose_unit("x", "bleu")
+
+
+def test_corpus_totals_are_sums_not_means():
+    corpus, scores = score_corpus([("a b c d", "a b x d"), ("e f", ""), ("g", "g h i")])
+    assert [s.errors for s in scores] == [1, 2, 2]
+    assert corpus.ref_len == 7 and corpus.errors == 5
+    assert (corpus.substitutions, corpus.deletions, corpus.insertions) == (1, 2, 2)
+    assert corpus.rate == pytest.approx(5 / 7)
+    assert corpus.name == "WER" and corpus.n_utts == 3 and corpus.sentence_errors == 3
+    assert "WER 71.43% [ 5 / 7 words, 1 sub, 2 del, 2 ins ] over 3 utterances" in corpus.summary()
+
+
+def test_mixed_corpus_is_reported_as_mer():
+    corpus, _ = score_corpus([("你好世界", "你好世界"), ("hello there", "hello")])
+    assert corpus.name == "MER" and corpus.ref_len == 6 and corpus.errors == 1
+    assert "1 scored in words, 1 in characters" in corpus.summary()
+    corpus, _ = score_corpus([("你好世界", "你好")], metric="auto")
+    assert corpus.name == "CER" and corpus.rate == pytest.approx(0.5)
+
+
+def test_empty_reference_counts_insertions():
+    s = score_utterance("", "uh")
+    assert s.insertions == 1 and s.ref_len == 0 and s.rate == 1.0
