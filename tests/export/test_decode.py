@@ -156,3 +156,35 @@ def test_several_manifests_get_their_own_directories(exported_dir, tmp_path):
 def test_missing_model_dir_is_a_clear_error(tmp_path, capsys):
     rc = main(["--model", str(tmp_path), "--data", "x.jsonl", "--output", str(tmp_path / "o")])
     assert rc == 1 and "not a directory written by `llmasr export`" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_export_and_decode_a_checkpoint_the_trainer_wrote(base_dirs, tmp_path):
+    """The real trainer's run directory (ZeRO-2, LoRA, CTC head) exports and decodes to a WER."""
+    pytest.importorskip("llmasr.train.trainer")
+    from llmasr.recipe import load_recipe
+    from llmasr.testing.tiny_corpus import tiny_recipe_dict, write_tiny_corpus
+    from llmasr.train.trainer import train
+
+    llm, enc = base_dirs
+    data = write_tiny_corpus(tmp_path / "corpus", n=8)
+    run = tmp_path / "run"
+    recipe = load_recipe(
+        data=tiny_recipe_dict(llm, train=[data], valid=[data], output_dir=run, encoder_dir=enc, ctc_weight=0.3)
+    )
+    train(recipe, "zero2")
+    latest = (run / "checkpoints" / "latest").read_text().strip()
+    out = export_model(run, tmp_path / "model", dtype="fp32")
+    import yaml
+
+    assert yaml.safe_load((out / "llmasr_model.yaml").read_text())["source"]["tags"] == [latest]
+    rc = main(["--model", str(out), "--data", str(data), "--output", str(tmp_path / "hyp"), "--num-workers", "0"])
+    assert rc == 0
+    summary = json.loads((tmp_path / "hyp" / "wer.json").read_text())
+    assert summary["utterances"] == 8 and summary["metric"] == "WER" and summary["rate"] >= 0
+    # Decoding the checkpoint directly gives the same hypotheses as the merged export.
+    assert (
+        main(["--checkpoint", str(run), "--data", str(data), "--output", str(tmp_path / "hc"), "--num-workers", "0"])
+        == 0
+    )
+    assert _read(tmp_path / "hyp" / "hyp.txt") == _read(tmp_path / "hc" / "hyp.txt")
