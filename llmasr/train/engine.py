@@ -104,6 +104,7 @@ def build_model_for_training(model_cfg, ds_config: dict):
     if zero_stage(ds_config) == 3:
         if getattr(llm, "SUPPORTS_ZERO_INIT", False):
             hf_ds = zero3_model_context(ds_config)
+            log.info("ZeRO-3: the LLM is created partitioned (deepspeed.zero.Init) as it loads")
         else:
             # llmasr.models.llm/builder read embedding shapes that zero.Init partitions away (shape [0]); until
             # they read `ds_shape`, load unpartitioned and let deepspeed.initialize partition the weights.

@@ -19,6 +19,17 @@ from llmasr.data.frontend import FrontendConfig
 from llmasr.models.config import EncoderConfig, ModelConfig
 
 
+def check_run_settings(recipe) -> None:
+    """Cross-section checks of the train section that the typed config cannot make on its own."""
+    tc = recipe.train
+    if not recipe.data.train:
+        raise ConfigError("data.train: no training manifest given")
+    if tc.valid_every_updates and not recipe.data.valid:
+        raise ConfigError("train.valid_every_updates is set but data.valid names no manifest")
+    if tc.best_metric == "wer" and tc.best_k and not recipe.data.valid:
+        raise ConfigError("train.best_metric is wer but data.valid names no manifest to compute it on")
+
+
 def frontend_of(cfg: EncoderConfig) -> FrontendConfig:
     """The frontend the encoder expects, read from its directory's config files only (no weights)."""
     if cfg.type == "whisper":

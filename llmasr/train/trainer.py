@@ -88,7 +88,7 @@ class Run:
     def __init__(self, recipe, ds_config_path, *, resume=None):
         from llmasr.train import engine as eng
         from llmasr.train.ds_config import resolve_ds_config
-        from llmasr.train.resolve import build_loaders, count_updates, seed_everything, text_side
+        from llmasr.train.resolve import build_loaders, check_run_settings, count_updates, seed_everything, text_side
 
         self.recipe = recipe
         tc = recipe.train
@@ -96,8 +96,7 @@ class Run:
         self.rank, self.world = self.dist.rank, self.dist.world_size
         self.ds = resolve_ds_config(ds_config_path, tc, world_size=self.world)
         eng.check_precision(tc.precision)
-        if tc.valid_every_updates and not recipe.data.valid:
-            raise ConfigError("train.valid_every_updates is set but data.valid names no manifest")
+        check_run_settings(recipe)
         if tc.deterministic:
             torch.use_deterministic_algorithms(True)
         self.run_dir = Path(tc.output_dir)
@@ -265,10 +264,11 @@ class Run:
                         # After the loader started (its iterator draws a base seed from torch's RNG).
                         set_rng_state(self.pending_rng)
                         self.pending_rng = None
+                    lrs = self.engine.lrs()  # the lrs this update uses (the scheduler moves them on at its end)
                     stats = run_window(self.engine, window, self.world)
                     update = self.engine.global_steps
-                    history.append({"update": update, "epoch": epoch, **stats})
-                    self.progress.update(update, epoch, stats, self.engine.lrs(), self._extra())
+                    history.append({"update": update, "epoch": epoch, **stats, "lr": lrs})
+                    self.progress.update(update, epoch, stats, lrs, self._extra())
                     if stop_after_updates is not None and update >= stop_after_updates:
                         return {"history": history, "interrupted": True, "run_dir": str(self.run_dir)}
                     stop = tc.max_updates is not None and update >= tc.max_updates

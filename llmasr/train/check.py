@@ -1,0 +1,235 @@
+"""`llmasr check`: resolve a recipe and a DeepSpeed JSON the way `llmasr train` does, without training.
+
+    llmasr check --config RECIPE --deepspeed zero2 [--world-size N] [--out DIR] [key=value ...]
+
+Prints the batch arithmetic, the exact batches per rank per epoch (the real sampler over the real manifests),
+the update count, each param group's lr at the key updates, and a per-rank memory estimate for the ZeRO stage; it
+writes the lr curves (lr_schedule.csv and lr_schedule.png) into --out (default: the run directory). No weights are
+read: the model is built on the meta device from its config files, which gives exact parameter counts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+from llmasr.config_io import ConfigError
+
+
+def _meta_encoder(cfg, feature_dim: int):
+    from llmasr.models.builder import _encoder_class
+
+    if cfg.type == "whisper":
+        from transformers import WhisperConfig
+
+        from llmasr.models.whisper import WhisperAudioEncoder
+
+        if cfg.path is not None:
+            config = WhisperConfig.from_pretrained(str(cfg.path), local_files_only=True)
+        else:
+            config = WhisperConfig(**cfg.conf)
+        return WhisperAudioEncoder(config)
+    if cfg.path is not None:
+        from llmasr.models.funasr_dir import _build_encoder, read_funasr_config
+
+        conf = read_funasr_config(cfg.path)
+        encoder_conf = {**conf["encoder_conf"], **(cfg.conf or {})}
+        encoder_conf.pop("input_size", None)
+        kind = str(conf["encoder"]).rsplit(".", 1)[-1].rsplit(":", 1)[-1]
+        return _build_encoder(kind, {"input_size": feature_dim, **encoder_conf})
+    conf = dict(cfg.conf)
+    conf.setdefault("input_size", feature_dim)
+    return _encoder_class(cfg.type)(**conf)
+
+
+def meta_model(model_cfg, side):
+    """The SpeechLLM of `model_cfg` on the meta device (freezing and LoRA as llmasr.models.builder applies them)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from llmasr.models.adaptors import build_adaptor
+    from llmasr.models.builder import output_dim
+    from llmasr.models.llm import DTYPES, apply_lora
+    from llmasr.models.speech_llm import SpeechLLM
+
+    cfg = model_cfg
+    with torch.device("meta"):
+        encoder = _meta_encoder(cfg.encoder, side.frontend.feature_dim)
+        if cfg.encoder.freeze:
+            encoder.requires_grad_(False)
+        if cfg.encoder.lora is not None:
+            encoder = apply_lora(encoder, cfg.encoder.lora, what="model.encoder", hf_model=False)
+        config = AutoConfig.from_pretrained(
+            str(cfg.llm.path), local_files_only=True, trust_remote_code=cfg.llm.trust_remote_code
+        )
+        llm = AutoModelForCausalLM.from_config(
+            config, dtype=DTYPES[cfg.llm.dtype], trust_remote_code=cfg.llm.trust_remote_code
+        )
+        if cfg.llm.freeze:
+            llm.requires_grad_(False)
+        if cfg.llm.lora is not None:
+            llm = apply_lora(llm, cfg.llm.lora, what="model.llm", hf_model=True)
+            if not cfg.llm.freeze:
+                llm.requires_grad_(True)
+        llm_dim = int(llm.get_input_embeddings().weight.shape[-1])
+        adaptor = build_adaptor(cfg.adaptor, output_dim(encoder), llm_dim)
+        if cfg.adaptor.freeze:
+            adaptor.requires_grad_(False)
+        ctc_head = None
+        if cfg.ctc.weight > 0:
+            from llmasr.models.ctc import CTCHead
+
+            ctc_head = CTCHead(output_dim(encoder), side.ctc_tokenizer.vocab_size)
+    return SpeechLLM(encoder, adaptor, llm, side.prompt, side.frontend, ctc_head=ctc_head, ctc_weight=cfg.ctc.weight)
+
+
+def param_counts(model) -> dict:
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    largest = max((sum(p.numel() for p in m.parameters(recurse=False)) for m in model.modules()), default=0)
+    per_branch = {}
+    for name in ("encoder", "adaptor", "ctc_head", "llm"):
+        module = getattr(model, name, None)
+        if module is not None:
+            ps = list(module.parameters())
+            per_branch[name] = (sum(p.numel() for p in ps), sum(p.numel() for p in ps if p.requires_grad))
+    return {"total": total, "trainable": trainable, "largest_layer": largest, "branches": per_branch}
+
+
+def key_updates(optim_cfg, group_names: list[str], total: int) -> list[tuple[str, int]]:
+    """(label, update) pairs: start, each distinct warmup end, middle, last update."""
+    from llmasr.train.schedulers import branch_of_group
+
+    points = [("start", 0)]
+    for name in group_names:
+        sched = optim_cfg.branch(branch_of_group(name)).scheduler
+        end = int(total * sched.phase_ratio[0]) if sched.type == "tri_stage" else sched.warmup_updates(total)
+        if 0 < end < total and all(u != end for _, u in points):
+            points.append((f"warmup end ({branch_of_group(name)})", end))
+    points += [("middle", total // 2), ("last", total - 1)]
+    seen, out = set(), []
+    for label, u in sorted(points, key=lambda p: p[1]):
+        if u not in seen:
+            seen.add(u)
+            out.append((label, u))
+    return out
+
+
+def plot_lr(curves: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for name, values in curves.items():
+        ax.plot(range(len(values)), values, label=name)
+    ax.set_xlabel("optimizer update")
+    ax.set_ylabel("learning rate")
+    ax.set_title("per-group learning rate")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _gb(n: float) -> str:
+    return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.2f} MiB"
+
+
+def check(recipe, ds_path, *, world_size: int, out: Path | None = None) -> str:
+    """The report text; writes lr_schedule.csv/png into `out` (default: the recipe's output_dir)."""
+    from llmasr.train.ds_config import estimate_zero_memory, resolve_ds_config, zero_stage
+    from llmasr.train.engine import offloads_optimizer
+    from llmasr.train.param_groups import build_param_groups, describe_param_groups
+    from llmasr.train.progress import write_lr_csv
+    from llmasr.train.resolve import batches_per_epoch, build_loaders, check_run_settings, count_updates, text_side
+    from llmasr.train.schedulers import lr_curve
+
+    tc = recipe.train
+    ds = resolve_ds_config(ds_path, tc, world_size=world_size)
+    check_run_settings(recipe)
+    side = text_side(recipe.model)
+    _, sampler, valid_loader = build_loaders(recipe, side, rank=0, world_size=world_size)
+    k = int(ds["gradient_accumulation_steps"])
+    per_epoch = batches_per_epoch(sampler, tc.epochs)
+    total, natural = count_updates(per_epoch, k, tc.max_updates)
+    model = meta_model(recipe.model, side)
+    groups = build_param_groups(model, recipe.optim)
+    names = [g["name"] for g in groups]
+    curves = lr_curve(recipe.optim, names, total)
+    counts = param_counts(model)
+    stage = zero_stage(ds)
+    offload_param = ((ds.get("zero_optimization") or {}).get("offload_param") or {}).get("device") not in (None, "none")
+    mem = estimate_zero_memory(
+        counts["total"], counts["trainable"], stage, world_size,
+        offload_optimizer=offloads_optimizer(ds), offload_params=offload_param,
+        precision=tc.precision, largest_layer_params=counts["largest_layer"],
+    )  # fmt: skip
+    st = sampler.stats(0)
+    ups_per_epoch = [-(-n // k) for n in per_epoch]
+    lines = [
+        "batch arithmetic",
+        f"  micro batch per rank (nominal, batches are dynamic): {ds['train_micro_batch_size_per_gpu']}",
+        f"  gradient accumulation: {k}",
+        f"  world size: {world_size}",
+        f"  train_batch_size: {ds['train_batch_size']}",
+        "data",
+        f"  batches per rank per epoch: {per_epoch[0] if len(set(per_epoch)) == 1 else per_epoch}",
+        f"  mean utterances per batch: {st['mean_batch_size']:.2f}; padding efficiency {st['padding_efficiency']:.3f}",
+        f"  items kept {st['kept_items']} of {st['num_items']}; skipped: {st['filtered'] or 'none'}; "
+        f"padding batches (world-size remainder): {st['num_padding_batches']}",
+        f"  validation: {'none' if valid_loader is None else f'{len(valid_loader)} batches per rank'}",
+        "updates",
+        f"  per epoch: {ups_per_epoch[0] if len(set(ups_per_epoch)) == 1 else ups_per_epoch}"
+        f" x {tc.epochs} epochs = {natural}; schedules sized by {total}"
+        + (" (train.max_updates)" if tc.max_updates is not None else ""),
+        "parameters",
+        f"  total {counts['total']:,}; trainable {counts['trainable']:,}; largest layer {counts['largest_layer']:,}",
+    ]
+    for branch, (n, t) in counts["branches"].items():
+        lines.append(f"  {branch}: {n:,} ({t:,} trainable)")
+    lines += ["param groups", *("  " + row for row in describe_param_groups(groups).splitlines())]
+    lines.append("learning rate at key updates")
+    width = max(len(n) for n in names)
+    for label, u in key_updates(recipe.optim, names, total):
+        lines.append(f"  update {u} ({label}):")
+        lines += [f"    {n:<{width}}  {curves[n][u]:.4e}" for n in names]
+    lines += [
+        f"memory per rank, model states only (ZeRO stage {stage}, {tc.precision}, world size {world_size})",
+        f"  params {_gb(mem['params'])}, grads {_gb(mem['grads'])}, optimizer states {_gb(mem['optimizer_states'])}"
+        + (f", gathered layer {_gb(mem['gathered_layer'])}" if mem["gathered_layer"] else ""),
+        f"  on the device: {_gb(mem['device'])}; offloaded to CPU: {_gb(mem['cpu'])} (activations not included)",
+    ]
+    out = Path(out) if out is not None else Path(tc.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    write_lr_csv(out / "lr_schedule.csv", curves)
+    plot_lr(curves, out / "lr_schedule.png")
+    lines.append(f"wrote {out / 'lr_schedule.csv'} and {out / 'lr_schedule.png'}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from llmasr.data.dataset import TooMuchBadData
+    from llmasr.recipe import load_recipe
+
+    p = argparse.ArgumentParser(prog="llmasr check", description="resolve a recipe + DeepSpeed JSON without training")
+    p.add_argument("--config", required=True, help="recipe YAML")
+    p.add_argument("--deepspeed", required=True, help="DeepSpeed JSON file, or a preset: zero0 ... zero3_offload")
+    p.add_argument("--world-size", type=int, default=int(os.environ.get("WORLD_SIZE", "1")), help="ranks (GPUs)")
+    p.add_argument("--out", help="folder for lr_schedule.csv/png (default: train.output_dir)")
+    p.add_argument("overrides", nargs="*", help="recipe overrides, e.g. train.grad_accum=8")
+    args = p.parse_args(list(sys.argv[1:] if argv is None else argv))
+    if args.world_size < 1:
+        p.error(f"--world-size must be >= 1, got {args.world_size}")
+    try:
+        recipe = load_recipe(args.config, args.overrides)
+        print(check(recipe, args.deepspeed, world_size=args.world_size, out=args.out))
+    except (ConfigError, FileNotFoundError, TooMuchBadData) as err:
+        print(f"llmasr check: error: {err}", file=sys.stderr)
+        return 2
+    return 0
