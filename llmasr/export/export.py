@@ -298,10 +298,6 @@ def export_model(
     overwrite: bool = False,
 ) -> Path:
     """Export a checkpoint (see the module docstring). Returns the output directory."""
-    import yaml
-
-    from llmasr.models.builder import output_dim
-    from llmasr.models.llm import DTYPES
 
     out = Path(output)
     non_empty = out.exists() and not (out.is_dir() and not any(out.iterdir()))
@@ -314,13 +310,30 @@ def export_model(
     model, info = load_checkpoint_model(checkpoint, tag=tag, average=average, average_by=average_by)
     recipe = info.pop("recipe")
     dtype_name = DTYPE_NAMES[dtype] if dtype else recipe.model.llm.dtype
-    torch_dtype = DTYPES[dtype_name]
 
     tmp = out.parent / f".{out.name}.partial"
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
+    try:
+        _write_export(model, info, recipe, tmp, dtype_name, adapter_only=adapter_only, max_shard_size=max_shard_size)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # never leave a half-written export behind
+        raise
+    if out.exists():
+        shutil.rmtree(out) if out.is_dir() else out.unlink()
+    tmp.rename(out)
+    log.info("exported %s (tags %s) to %s", info["run_dir"], ", ".join(info["tags"]), out)
+    return out
 
+
+def _write_export(model, info: dict, recipe, tmp: Path, dtype_name: str, *, adapter_only: bool, max_shard_size) -> None:
+    import yaml
+
+    from llmasr.models.builder import output_dim
+    from llmasr.models.llm import DTYPES
+
+    torch_dtype = DTYPES[dtype_name]
     # Speech branches: plain modules, float32 (small; the LLM dtype is what matters for memory).
     enc_spec = encoder_spec(recipe.model.encoder, model.encoder, model.frontend)
     encoder = merge_lora_modules(model.encoder)
@@ -406,11 +419,6 @@ def export_model(
         "source": _plain(info),
     }
     (tmp / MODEL_FILE).write_text(yaml.safe_dump(description, sort_keys=False, allow_unicode=True))
-    if out.exists():
-        shutil.rmtree(out) if out.is_dir() else out.unlink()
-    tmp.rename(out)
-    log.info("exported %s (tags %s) to %s", info["run_dir"], ", ".join(info["tags"]), out)
-    return out
 
 
 # ------------------------------------------------------------------------------------------------ CLI
