@@ -153,6 +153,8 @@ class TrainEngine:
             self.dtype = torch.float16
         else:
             self.dtype = torch.float32
+        self._plain_grads = self.stage == 0 and self.dtype == torch.float32
+        self._grad_norm = None
 
     # -- batches ------------------------------------------------------------------------------------------------
     def to_device(self, batch: dict) -> dict:
@@ -176,8 +178,15 @@ class TrainEngine:
         out = self.engine(self.to_device(batch), token_normalizer=token_normalizer, utt_normalizer=utt_normalizer)
         loss = out.loss * 0.0 if zero_loss else out.loss
         self.engine.backward(loss, scale_wrt_gas=False)
+        if boundary and self._plain_grads:
+            self._grad_norm = self._norm_of_grads()
         self.engine.step()
         return out
+
+    def _norm_of_grads(self) -> float:
+        # DeepSpeed reports no norm for a plain torch optimizer (ZeRO-0, fp32): the reduced grads are in .grad.
+        norms = [p.grad.detach().float().norm() for p in self.module.parameters() if p.grad is not None]
+        return float(torch.stack(norms).norm()) if norms else 0.0
 
     # -- state ----------------------------------------------------------------------------------------------------
     @property
@@ -194,7 +203,7 @@ class TrainEngine:
     def grad_norm(self) -> float | None:
         value = self.engine.get_global_grad_norm()
         if value is None:
-            return None
+            return self._grad_norm
         return float(value.item() if torch.is_tensor(value) else value)
 
     def loss_scale(self) -> float | None:

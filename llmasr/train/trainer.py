@@ -321,7 +321,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="resume from RUN_DIR/checkpoints/latest (no value), a tag (update_00000120) or a checkpoint folder",
     )  # fmt: skip
     p.add_argument("overrides", nargs="*", help="recipe overrides, e.g. train.epochs=3 optim.branches.llm.lr=2e-5")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.resume is not None and "=" in args.resume and not Path(args.resume).exists():
+        # `--resume key=value ...`: argparse took the first override as the resume value
+        args.overrides.insert(0, args.resume)
+        args.resume = "latest"
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,172 @@
+"""The training loop in one process (no launcher: a 1-rank gloo group), on the tiny model and a tiny wav corpus."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+import llmasr
+from llmasr.config_io import ConfigError
+from llmasr.recipe import load_recipe
+from llmasr.testing.tiny_corpus import tiny_recipe_dict, write_tiny_corpus
+from llmasr.train import checkpoint as ck
+from llmasr.train.progress import parse_log_line
+from llmasr.train.trainer import main, train
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    root = tmp_path_factory.mktemp("corpus")
+    return write_tiny_corpus(root / "train", n=20), write_tiny_corpus(root / "dev", n=6, seed=1)
+
+
+def recipe(tiny_llm_dir, corpus, run_dir, *, valid=True, **kw):
+    train_m, dev_m = corpus
+    return load_recipe(
+        data=tiny_recipe_dict(tiny_llm_dir, train=[train_m], valid=[dev_m] if valid else None, output_dir=run_dir, **kw)
+    )
+
+
+def batches_per_epoch(r) -> int:
+    from llmasr.train.resolve import build_loaders, text_side
+
+    _, sampler, _ = build_loaders(r, text_side(r.model), rank=0, world_size=1)
+    return len(sampler)
+
+
+def test_run_dir_layout_logs_and_checkpoints(tiny_llm_dir, corpus, tmp_path):
+    run = tmp_path / "run"
+    r = recipe(tiny_llm_dir, corpus, run, epochs=2, grad_accum=2, save_every_updates=2, keep_last=1, ctc_weight=0.3)
+    result = train(r, "zero0")
+    history = result["history"]
+    n = batches_per_epoch(r)
+    for epoch in range(2):  # a partial window at the epoch end still makes an update
+        assert sum(h["epoch"] == epoch for h in history) == math.ceil(n / 2)
+    assert all(math.isfinite(h["loss"]) for h in history)
+
+    # resolved recipe and DeepSpeed JSON
+    assert load_recipe(run / "recipe.yaml") == r
+    ds = json.loads((run / "ds_config.json").read_text())
+    assert "auto" not in json.dumps(ds) and ds["train_batch_size"] == 2 and ds["gradient_accumulation_steps"] == 2
+
+    # the text log holds one parsable line per update, with the losses of the history
+    rows = [parse_log_line(line) for line in (run / "train.log").read_text().splitlines() if " train update=" in line]
+    assert [row["update"] for row in rows] == [h["update"] for h in history]
+    assert np.allclose([row["loss"] for row in rows], [h["loss"] for h in history], atol=1e-4)
+    assert {"lr/encoder", "lr/llm", "lr/ctc", "grad_norm", "utt/s", "audio_s/s", "eta_s"} <= set(rows[0])
+    assert any(" valid update=" in line for line in (run / "train.log").read_text().splitlines())
+    assert list((run / "tensorboard").glob("events.out.tfevents.*"))
+
+    # lr_schedule.csv is the schedule the run used: row u holds the lr update u+1 ran with
+    csv = np.genfromtxt(run / "lr_schedule.csv", delimiter=",", names=True)
+    assert len(csv) == len(history)
+    for h in history:
+        assert h["lr"]["llm"] == pytest.approx(csv["llm"][h["update"] - 1], rel=1e-9)
+
+    # checkpoints: latest is the last update; meta as documented; frozen base weights not stored
+    ckpts = run / "checkpoints"
+    last = ck.tag_for(history[-1]["update"])
+    assert ck.read_latest(ckpts) == last
+    meta = ck.read_meta(ckpts / last)
+    model = llmasr.build_model(r.model)
+    trainable = [name for name, p in model.named_parameters() if p.requires_grad]
+    from llmasr.models.fingerprint import base_fingerprint
+
+    assert meta["update"] == history[-1]["update"] and meta["epoch"] == 2
+    assert meta["world_size"] == 1 and meta["zero_stage"] == 0
+    assert meta["trainable"] == trainable
+    assert meta["base_fingerprint"] == base_fingerprint(r.model)
+    assert {"loss", "acc", "wer"} <= set(meta["metrics"])
+    stored = torch.load(ckpts / last / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False)["module"]
+    assert set(stored) == set(trainable)
+    # keep_last 1 plus the best checkpoint; best.json's tags are never rotated away
+    best = ck.read_best(ckpts)
+    assert len(best) == 1 and (ckpts / best[0]["tag"]).is_dir()
+    tags = sorted(p.name for p in ckpts.iterdir() if ck.update_of(p.name) is not None)
+    assert set(tags) == {last, best[0]["tag"]}
+
+
+@pytest.mark.parametrize(
+    ("preset", "stop_after", "resumes_from"),
+    [("zero0", 3, 2), ("zero0", 4, 3), ("zero2", 3, 2)],
+    ids=["mid-epoch", "epoch-end", "zero2-mid-epoch"],
+)
+def test_resume_reproduces_the_uninterrupted_losses(tiny_llm_dir, corpus, tmp_path, preset, stop_after, resumes_from):
+    """An interrupted run (dropout on, so RNG state matters) resumed from its latest checkpoint gives the same
+    per-update losses as a run that was never interrupted; epoch 0 has 5 batches = 3 updates of 2."""
+
+    def make(name):
+        return recipe(tiny_llm_dir, corpus, tmp_path / name, valid=False, epochs=2, grad_accum=2,
+                      save_every_updates=2, dropout=0.1, deterministic=True)  # fmt: skip
+
+    assert batches_per_epoch(make("a")) == 5
+    whole = train(make("a"), preset)["history"]
+    cut = train(make("b"), preset, stop_after_updates=stop_after)
+    assert cut["interrupted"] and len(cut["history"]) == stop_after
+    assert ck.read_latest(tmp_path / "b" / "checkpoints") == ck.tag_for(resumes_from)
+    rest = train(make("b"), preset, resume="latest")["history"]
+    assert [h["update"] for h in rest] == [h["update"] for h in whole[resumes_from:]]
+    assert [h["epoch"] for h in rest] == [h["epoch"] for h in whole[resumes_from:]]
+    np.testing.assert_allclose([h["loss"] for h in rest], [h["loss"] for h in whole[resumes_from:]], rtol=0, atol=1e-6)
+
+
+def test_resume_refuses_another_world_size_and_changed_trainables(tiny_llm_dir, corpus, tmp_path):
+    run = tmp_path / "run"
+    train(recipe(tiny_llm_dir, corpus, run, valid=False, max_updates=2), "zero0")
+    tag_dir = run / "checkpoints" / ck.read_latest(run / "checkpoints")
+    meta = ck.read_meta(tag_dir)
+    frozen_encoder = recipe(tiny_llm_dir, corpus, run, valid=False)
+    frozen_encoder.model.encoder.freeze = True
+    with pytest.raises(ConfigError, match="trainable parameters differ"):
+        train(frozen_encoder, "zero0", resume="latest")
+    (tag_dir / ck.META).write_text(json.dumps({**meta, "world_size": 2}))
+    with pytest.raises(ConfigError, match="ds_to_universal") as err:
+        train(recipe(tiny_llm_dir, corpus, run, valid=False), "zero0", resume=str(tag_dir))
+    assert "load_universal" in str(err.value) and "2 rank(s)" in str(err.value)
+
+
+def test_max_updates_stops_and_keeps_the_loader_position(tiny_llm_dir, corpus, tmp_path):
+    run = tmp_path / "run"
+    result = train(recipe(tiny_llm_dir, corpus, run, valid=False, epochs=5, grad_accum=1, max_updates=3), "zero0")
+    assert [h["update"] for h in result["history"]] == [1, 2, 3]
+    meta = ck.read_meta(run / "checkpoints" / ck.tag_for(3))
+    assert meta["epoch"] == 0  # stopped inside epoch 0: resuming with a larger max_updates carries on there
+
+
+def test_loss_falls(tiny_llm_dir, corpus, tmp_path):
+    r = recipe(tiny_llm_dir, corpus, tmp_path / "run", valid=False, epochs=4, grad_accum=1)
+    r.optim.scheduler.type = "constant"
+    for branch in r.optim.branches.values():
+        branch.lr = 3e-3
+    losses = [h["loss"] for h in train(r, "zero0")["history"]]
+    assert np.mean(losses[-4:]) < np.mean(losses[:4]) - 0.03, losses
+
+
+def test_precision_on_cpu(tiny_llm_dir, corpus, tmp_path):
+    from deepspeed.accelerator import get_accelerator
+
+    if not get_accelerator().is_fp16_supported():
+        with pytest.raises(ConfigError, match="train.precision: fp16 is not supported"):
+            train(recipe(tiny_llm_dir, corpus, tmp_path / "fp16", precision="fp16"), "zero0")
+    r = recipe(tiny_llm_dir, corpus, tmp_path / "bf16", valid=True, precision="bf16", max_updates=2)
+    result = train(r, "zero2")
+    assert len(result["history"]) == 2 and all(math.isfinite(h["loss"]) for h in result["history"])
+    assert math.isfinite(result["metrics"]["loss"])
+
+
+def test_cli(tiny_llm_dir, corpus, tmp_path, capsys):
+    run = tmp_path / "run"
+    data = tiny_recipe_dict(tiny_llm_dir, train=[corpus[0]], output_dir=run, epochs=3)
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(data))
+    assert main(["--config", str(path), "--deepspeed", "zero0", "train.max_updates=2"]) == 0
+    assert ck.read_latest(run / "checkpoints") == ck.tag_for(2)
+    assert main(["--config", str(path), "--deepspeed", "zero0", "--resume", "train.max_updates=3"]) == 0
+    assert ck.read_latest(run / "checkpoints") == ck.tag_for(3)
+    assert main(["--config", str(path), "--deepspeed", "zero0", "train.epochs=0"]) == 2
+    assert "train.epochs" in capsys.readouterr().err
+    assert main(["--config", str(path), "--deepspeed", "zero0", "train.valid_every_updates=2"]) == 2
+    assert "data.valid" in capsys.readouterr().err
