@@ -1,0 +1,94 @@
+"""`llmasr check`: the numbers it prints are the trainer's, and config problems exit non-zero with the reason."""
+
+import json
+import math
+import re
+
+import numpy as np
+import pytest
+import yaml
+
+import llmasr
+from llmasr.testing.tiny_corpus import tiny_recipe_dict, write_tiny_corpus
+from llmasr.train.check import main
+
+
+@pytest.fixture(scope="module")
+def recipe_file(tiny_llm_dir, tmp_path_factory):
+    root = tmp_path_factory.mktemp("check")
+    train_m, dev_m = write_tiny_corpus(root / "train", n=20), write_tiny_corpus(root / "dev", n=4, seed=1)
+    data = tiny_recipe_dict(tiny_llm_dir, train=[train_m], valid=[dev_m], output_dir=root / "run", epochs=3,
+                            grad_accum=2, ctc_weight=0.3)  # fmt: skip
+    data["optim"]["scheduler"] = {"type": "warmup_cosine", "warmup_steps": 2}
+    path = root / "recipe.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def run_check(capsys, *argv):
+    code = main(list(argv))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_report_matches_the_trainer_numbers(recipe_file, tmp_path, capsys):
+    from llmasr.recipe import load_recipe
+    from llmasr.train.resolve import build_loaders, text_side
+    from llmasr.train.schedulers import lr_curve
+
+    code, out, err = run_check(capsys, "--config", str(recipe_file), "--deepspeed", "zero2", "--world-size", "2",
+                               "--out", str(tmp_path))  # fmt: skip
+    assert code == 0, err
+    recipe = load_recipe(recipe_file)
+    _, sampler, _ = build_loaders(recipe, text_side(recipe.model), rank=0, world_size=2)
+    per_epoch = len(sampler)
+    updates = math.ceil(per_epoch / 2) * 3
+    assert "gradient accumulation: 2" in out and "world size: 2" in out and "train_batch_size: 4" in out
+    assert f"batches per rank per epoch: {per_epoch}\n" in out
+    assert f"= {updates}; schedules sized by {updates}" in out
+    model = llmasr.build_model(recipe.model)
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    assert f"total {total:,}; trainable {trainable:,}" in out
+    assert "update 0 (start)" in out and "update 2 (warmup end" in out and f"update {updates - 1} (last)" in out
+    assert "ZeRO stage 2" in out and "on the device:" in out
+
+    names = ["encoder", "encoder_no_decay", "adaptor", "adaptor_no_decay", "ctc", "ctc_no_decay", "llm"]
+    csv = np.genfromtxt(tmp_path / "lr_schedule.csv", delimiter=",", names=True)
+    assert list(csv.dtype.names) == ["update", *names]
+    want = lr_curve(recipe.optim, names, updates)
+    assert len(csv) == updates and list(csv["update"]) == list(range(updates))
+    for name in names:
+        np.testing.assert_allclose(csv[name], want[name], rtol=1e-12)
+    line = re.search(r"update 2 \(warmup end[^\n]*\n(?:.*\n)*?\s+llm\s+(\S+)", out)
+    assert float(line.group(1)) == pytest.approx(want["llm"][2], rel=1e-4)
+    png = (tmp_path / "lr_schedule.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 1000
+
+
+def test_memory_estimate_follows_the_zero_stage(recipe_file, tmp_path, capsys):
+    def device_line(preset):
+        code, out, err = run_check(capsys, "--config", str(recipe_file), "--deepspeed", preset, "--world-size", "4",
+                                   "--out", str(tmp_path))  # fmt: skip
+        assert code == 0, err
+        return re.search(r"on the device: ([\d.]+) (\w+)", out).groups()
+
+    sizes = {p: device_line(p) for p in ("zero0", "zero2", "zero3")}
+    assert all(unit == "MiB" for _, unit in sizes.values())
+    assert float(sizes["zero0"][0]) > float(sizes["zero2"][0]) > float(sizes["zero3"][0])
+
+
+def test_errors_exit_non_zero_with_the_reason(recipe_file, tmp_path, capsys):
+    base = ["--config", str(recipe_file), "--out", str(tmp_path)]
+    bad_json = tmp_path / "bad.json"
+    bad_json.write_text(json.dumps({"gradient_accumulation_steps": 8, "zero_optimization": {"stage": 2}}))
+    code, _, err = run_check(capsys, *base, "--deepspeed", str(bad_json))
+    assert code == 2 and "gradient_accumulation_steps" in err and "train.grad_accum" in err
+    code, _, err = run_check(capsys, *base, "--deepspeed", "zero2", "data.train=[/nonexistent/train.jsonl]")
+    assert code == 2 and "/nonexistent/train.jsonl" in err
+    code, _, err = run_check(capsys, *base, "--deepspeed", "zero2", "data.valid=[]", "train.valid_every_updates=5")
+    assert code == 2 and "data.valid" in err
+    code, _, err = run_check(capsys, *base, "--deepspeed", "zero9")
+    assert code == 2 and "zero9" in err
+    code, _, err = run_check(capsys, *base, "--deepspeed", "zero2", "optim.branches.decoder.lr=1e-4")
+    assert code == 2 and "decoder" in err
