@@ -9,21 +9,7 @@ import pytest
 from llmasr.export.decode import DecodeOptions, decode_manifest, main, make_loader
 from llmasr.export.export import export_model
 from llmasr.export.exported import load_exported
-
-
-def _export_conftest():
-    """tests/export/conftest.py by path (several conftest modules share the name `conftest`)."""
-    import importlib.util
-    from pathlib import Path
-
-    spec = importlib.util.spec_from_file_location("llmasr_export_conftest", Path(__file__).with_name("conftest.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-_helpers = _export_conftest()
-write_corpus = _helpers.write_corpus
+from llmasr.testing.run_dirs import write_corpus
 
 TEXTS = ["zero one two", "three four", "five six seven eight", "nine", "hello world", "the quick brown fox"]
 

@@ -11,24 +11,8 @@ import torch
 from llmasr.export.checkpoint_reader import CheckpointError
 from llmasr.export.export import export_model, load_checkpoint_model, main
 from llmasr.export.exported import load_exported
+from llmasr.testing.run_dirs import TARGETS, make_run, model_section
 from llmasr.testing.tiny_recipe import random_batch
-
-
-def _export_conftest():
-    """tests/export/conftest.py by path (several conftest modules share the name `conftest`)."""
-    import importlib.util
-    from pathlib import Path
-
-    spec = importlib.util.spec_from_file_location("llmasr_export_conftest", Path(__file__).with_name("conftest.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-_helpers = _export_conftest()
-TARGETS = _helpers.TARGETS
-make_run = _helpers.make_run
-model_section = _helpers.model_section
 
 
 def speech_logits(model, batch):
