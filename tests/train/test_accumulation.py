@@ -2,6 +2,7 @@
 windows at epoch ends, empty batches, and overflow-skipped steps."""
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -152,6 +153,21 @@ def test_overflow_skipped_update_does_not_advance_the_schedule(tiny_llm_dir, ful
     run_window(te, [batch], world_size=1)
     assert te.scheduler.last_update == 2 == te.global_steps - te.skipped_steps
     assert te.lrs() != before
+
+
+@pytest.mark.slow
+def test_offloaded_optimizer_is_deepspeed_cpu_adam(tiny_llm_dir, full_batch):
+    """ZeRO offload needs DeepSpeed's CPU Adam (JIT-built on first use, minutes on a fresh machine)."""
+    from deepspeed.ops.adam import DeepSpeedCPUAdam
+
+    from llmasr.train.trainer import run_window
+
+    te = make_engine(build_model(tiny_llm_dir), "zero2_offload", grad_accum=1)
+    assert isinstance(te.engine.optimizer.optimizer, DeepSpeedCPUAdam)
+    before = {n: p.detach().clone() for n, p in te.module.named_parameters() if p.requires_grad}
+    stats = run_window(te, [rows(full_batch, 0, 3)], world_size=1)
+    assert math.isfinite(stats["loss"]) and te.global_steps == 1
+    assert any(not torch.equal(before[n], p.detach()) for n, p in te.module.named_parameters() if n in before)
 
 
 TWO_RANK_SCRIPT = """
