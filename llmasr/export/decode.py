@@ -23,8 +23,8 @@ Outputs (HYP_DIR, or HYP_DIR/<manifest name>/ when several manifests are given):
 Bad lines are skipped and reported; the command fails (exit 1, after writing the outputs) only when they are
 more than --max-bad-fraction of the lines.
 
-With `max_new_tokens` unset, the cap is `tokens_per_second` x the longest utterance of the batch + 8, so a model
-that loops can run longer inside a batch than alone; pass --max-new-tokens for batch-independent output.
+With `max_new_tokens` unset, each utterance's cap is `tokens_per_second` x its own duration + 8, so a model that
+loops stops at a length tied to its audio, and batched output equals one-by-one output.
 """
 
 from __future__ import annotations

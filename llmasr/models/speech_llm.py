@@ -153,8 +153,8 @@ class SpeechLLM(nn.Module):
     ) -> list[str]:
         """Greedy (num_beams=1) or beam-search transcripts for a batch; the prompt ends at `target_start`.
 
-        The length cap defaults to `tokens_per_second` times the longest utterance's duration plus 8, so a model
-        that loops stops at a length tied to its audio rather than at a global maximum.
+        The length cap defaults to `tokens_per_second` times each utterance's own duration plus 8, so a model that
+        loops stops at a length tied to its audio rather than at a global maximum.
         """
         enc, enc_lens, audio, audio_lens = self.encode_audio(batch["feats"], batch["feat_lens"])
         embed, _, _ = causal_lm_parts(self.llm)
@@ -171,12 +171,14 @@ class SpeechLLM(nn.Module):
             with_labels=False,
         )
         if max_new_tokens is None:
-            seconds = float(batch["feat_lens"].max()) * self.frontend.frame_seconds
-            max_new_tokens = int(math.ceil(seconds * tokens_per_second)) + 8
+            seconds = batch["feat_lens"].double() * self.frontend.frame_seconds
+            caps = [int(math.ceil(float(s) * tokens_per_second)) + 8 for s in seconds]
+        else:
+            caps = [int(max_new_tokens)] * int(text_ids.shape[0])
         out = self.llm.generate(
             inputs_embeds=merged.inputs_embeds,
             attention_mask=merged.attention_mask,
-            max_new_tokens=max_new_tokens,
+            max_new_tokens=max(caps),
             num_beams=num_beams,
             do_sample=False,
             repetition_penalty=repetition_penalty,
@@ -184,4 +186,5 @@ class SpeechLLM(nn.Module):
             eos_token_id=self.prompt.end_id,
             pad_token_id=self.prompt.pad_id,
         )
-        return [self.prompt.decode(row) for row in out.tolist()]
+        # Each row is cut at its own cap, so a looping utterance yields the same text in a batch as alone.
+        return [self.prompt.decode(row[:cap]) for row, cap in zip(out.tolist(), caps)]

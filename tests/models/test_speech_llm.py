@@ -276,3 +276,16 @@ def test_conformer_encoder_from_a_funasr_directory(tiny_llm_dir, tmp_path):
     m.eval()
     out = m(random_batch(m, TARGETS[:2], frames=[40, 64]))
     assert torch.isfinite(out.loss)
+
+
+def test_default_length_cap_follows_each_utterance_duration(model):
+    model.eval()
+    # An untrained model rarely emits the end token: every row runs to its own cap.
+    batch = random_batch(model, TARGETS[:2], frames=[10, 40], seed=7)
+    together = model.generate(batch, tokens_per_second=2.0)
+    alone = []
+    for i in range(2):
+        single = {k: (v[i : i + 1] if torch.is_tensor(v) else v[i : i + 1]) for k, v in batch.items()}
+        single["feats"] = single["feats"][:, : int(single["feat_lens"][0])]
+        alone += model.generate(single, tokens_per_second=2.0)
+    assert together == alone
