@@ -1,0 +1,129 @@
+"""The espeak-ng corpus: planning, resampling and noise without espeak-ng; real synthesis when it is installed."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from llmasr.data.audio import resample
+from llmasr.data.manifest import Manifest
+from llmasr.demo import synth
+from llmasr.demo.synth import CorpusConfig, SynthError
+
+needs_espeak = pytest.mark.skipif(
+    shutil.which("espeak-ng") is None, reason="espeak-ng is not installed (apt-get install -y espeak-ng)"
+)
+
+
+def small_config(**kw) -> CorpusConfig:
+    base = dict(n_train=6, n_dev=2, n_test=4, train_voices=["en-us+m3", "en-gb+f2"], test_voices=["en-us+m6"])
+    return CorpusConfig(**{**base, **kw})
+
+
+def test_default_voices_hold_out_the_test_voices():
+    assert not set(synth.DEFAULT_TRAIN_VOICES) & set(synth.DEFAULT_TEST_VOICES)
+    train_variants = {v.split("+")[1] for v in synth.DEFAULT_TRAIN_VOICES}
+    assert not train_variants & {v.split("+")[1] for v in synth.DEFAULT_TEST_VOICES}
+
+
+def test_overlapping_voices_are_rejected_by_name():
+    with pytest.raises(SynthError, match=r"en-us\+m3"):
+        small_config(test_voices=["en-us+m3", "en-us+m6"]).validate()
+
+
+def test_plan_is_deterministic_and_uses_each_splits_voices():
+    cfg = small_config(n_train=40)
+    a, b = synth.plan_corpus(cfg), synth.plan_corpus(cfg)
+    assert a == b
+    assert {it["voice"] for it in a["train"] + a["dev"]} <= set(cfg.train_voices)
+    assert {it["voice"] for it in a["test"]} <= set(cfg.test_voices)
+    vocab = set(synth.DIGITS) | set(synth.WORDS)
+    for it in a["train"]:
+        words = it["target"].split()
+        assert words and set(words) <= vocab
+        assert cfg.rate[0] <= it["rate"] <= cfg.rate[1]
+    assert synth.plan_corpus(small_config(n_train=40, seed=1)) != a
+
+
+def test_fft_resample_matches_the_project_resampler():
+    t = np.arange(22050 + 117) / 22050
+    x = (np.sin(2 * np.pi * 440 * t) + 0.3 * np.sin(2 * np.pi * 3000 * t)).astype(np.float32) * np.hanning(t.size)
+    ours = synth.fft_resample(x, 22050, 16000)
+    ref = resample(x, 22050, 16000)
+    assert ours.shape == ref.shape
+    assert np.abs(ours - ref).max() < 1e-3
+
+
+def test_noise_is_mixed_at_the_requested_snr():
+    rng = np.random.default_rng(0)
+    speech = np.sin(np.linspace(0, 2000, 32000)).astype(np.float32)
+    noisy = synth.add_noise(speech, 10.0, rng)
+    snr = 10 * np.log10(np.mean(speech**2) / np.mean((noisy - speech) ** 2))
+    assert snr == pytest.approx(10.0, abs=0.01)
+
+
+def test_missing_espeak_names_the_install_command(monkeypatch):
+    monkeypatch.setattr(synth.shutil, "which", lambda name: None)
+    with pytest.raises(SynthError, match="apt-get install -y espeak-ng"):
+        synth.espeak_binary()
+
+
+@needs_espeak
+def test_one_utterance_is_written_at_16k(tmp_path):
+    item = synth.plan_corpus(small_config())["train"][0]
+    path = tmp_path / "a.wav"
+    duration = synth.synthesize_one(item, str(path))
+    info = sf.info(str(path))
+    assert info.samplerate == 16000 and info.channels == 1 and info.subtype == "PCM_16"
+    assert duration > 0.2 and info.frames == pytest.approx(duration * 16000, abs=1)
+    wav, _ = sf.read(str(path))
+    assert np.abs(wav).max() < 1.0 and np.abs(wav).max() > 0.2
+
+
+@needs_espeak
+def test_unknown_voice_is_reported():
+    with pytest.raises(SynthError, match="no-such-voice"):
+        synth.check_voices(["en-us", "no-such-voice"])
+
+
+@needs_espeak
+def test_corpus_manifests_and_reuse(tmp_path):
+    cfg = small_config()
+    logs: list[str] = []
+    summary = synth.synthesize_corpus(tmp_path, cfg, workers=1, log=logs.append)
+    assert summary["counts"] == {"train": 6, "dev": 2, "test": 4}
+    voices = {}
+    for split in ("train", "dev", "test"):
+        rows = [json.loads(line) for line in open(tmp_path / f"{split}.jsonl")]
+        assert len(rows) == summary["counts"][split]
+        for row in rows:
+            assert set(row) >= {"key", "source", "target", "duration", "source_len", "target_len", "voice"}
+            assert (tmp_path / row["source"]).is_file()
+            assert row["duration"] > 0 and row["source_len"] == int(row["duration"] * 100)
+            assert row["target_len"] == len(row["target"].split())
+        voices[split] = {row["voice"] for row in rows}
+        # The project's own manifest reader accepts it, durations included.
+        m = Manifest.open(tmp_path / f"{split}.jsonl")
+        assert len(m) == len(rows) and not np.isnan(m.durations()).any()
+    assert not (voices["train"] | voices["dev"]) & voices["test"]
+    stamp = (tmp_path / "corpus.json").stat().st_mtime_ns
+    logs.clear()
+    synth.synthesize_corpus(tmp_path, cfg, workers=1, log=logs.append)
+    assert any("reusing" in line for line in logs)
+    assert (tmp_path / "corpus.json").stat().st_mtime_ns == stamp
+    assert not synth.corpus_done(tmp_path, small_config(n_train=7))
+
+
+@needs_espeak
+def test_two_processes_give_the_same_corpus_as_one(tmp_path):
+    cfg = small_config(n_train=8, n_dev=0, n_test=2)
+    synth.synthesize_corpus(tmp_path / "one", cfg, workers=1, log=lambda m: None)
+    synth.synthesize_corpus(tmp_path / "two", cfg, workers=2, log=lambda m: None)
+    assert (tmp_path / "one" / "train.jsonl").read_text() == (tmp_path / "two" / "train.jsonl").read_text()
+    a, _ = sf.read(str(tmp_path / "one" / "wav" / "train" / "train_00003.wav"))
+    b, _ = sf.read(str(tmp_path / "two" / "wav" / "train" / "train_00003.wav"))
+    assert np.array_equal(a, b)
