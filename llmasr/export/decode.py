@@ -123,7 +123,7 @@ def decode_manifest(
     """Decode one manifest into `out_dir`; returns the summary dict (also written to wer.json)."""
     from llmasr.data.dataset import BadDataTracker
     from llmasr.data.loader import open_manifests
-    from llmasr.export.scoring import score_corpus
+    from llmasr.scoring import score_corpus
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -64,9 +64,9 @@ def build_exported_encoder(spec: dict) -> nn.Module:
         from llmasr.models.whisper import WhisperAudioEncoder
 
         return WhisperAudioEncoder(WhisperConfig.from_dict(dict(spec["conf"])))
-    from llmasr.models.funasr_dir import _build_encoder
+    from llmasr.models.funasr_dir import build_funasr_encoder
 
-    return _build_encoder(spec["class"], dict(spec["conf"]))
+    return build_funasr_encoder(spec["class"], dict(spec["conf"]))
 
 
 def _dtype(name: str | torch.dtype | None, default: str) -> torch.dtype:

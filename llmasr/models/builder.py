@@ -10,7 +10,7 @@ from torch import nn
 from llmasr.config_io import ConfigError, from_dict, load_yaml
 from llmasr.data.frontend import FrontendConfig
 from llmasr.models.config import AdaptorConfig, CTCConfig, EncoderConfig, ModelConfig
-from llmasr.models.llm import apply_lora, load_llm
+from llmasr.models.llm import apply_lora, embedding_shape, load_llm
 from llmasr.models.prompt import PromptBuilder
 from llmasr.models.speech_llm import SpeechLLM
 from llmasr.models.state_dict import load_into, select_prefix, torch_load, unwrap_state_dict
@@ -18,7 +18,7 @@ from llmasr.models.state_dict import load_into, select_prefix, torch_load, unwra
 log = logging.getLogger(__name__)
 
 
-def _encoder_class(kind: str):
+def encoder_class(kind: str):
     if kind == "paraformer":
         from llmasr.models.sanm import SANMEncoder
 
@@ -73,7 +73,7 @@ def build_encoder(cfg: EncoderConfig) -> tuple[nn.Module, FrontendConfig]:
                 f"model.encoder.conf.input_size is {conf['input_size']} but the frontend gives "
                 f"{feature_dim} dims (n_mels x lfr_m of model.encoder.frontend)"
             )
-        encoder = _encoder_class(cfg.type)(**conf)
+        encoder = encoder_class(cfg.type)(**conf)
         log.info("%s encoder built from conf with fresh weights", cfg.type)
     frontend = encoder_frontend(cfg)
     if cfg.freeze:
@@ -161,7 +161,7 @@ def build_model(cfg: ModelConfig | dict | str | Path) -> SpeechLLM:
         chat_template=cfg.prompt.chat_template,
         source=f"the tokenizer of {cfg.llm.path}",
     )
-    llm_dim = int(llm.get_input_embeddings().weight.shape[-1])
+    llm_dim = int(embedding_shape(llm)[-1])
     from llmasr.models.adaptors import build_adaptor
 
     adaptor = build_adaptor(cfg.adaptor, output_dim(encoder), llm_dim)

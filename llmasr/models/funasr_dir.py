@@ -29,7 +29,7 @@ SUPPORTED_FRONTENDS = ("WavFrontend",)
 _FRONTEND_IGNORED = ("filter_length_min", "filter_length_max")
 
 
-def _build_encoder(encoder_type: str, conf: dict[str, Any]) -> nn.Module:
+def build_funasr_encoder(encoder_type: str, conf: dict[str, Any]) -> nn.Module:
     """Construct `encoder_type` from FunASR encoder_conf names (input_size included)."""
     if encoder_type == "SANMEncoder":
         from llmasr.models.sanm import SANMEncoder
@@ -186,7 +186,7 @@ def load_funasr_encoder(
                 f"{cfg_path}: {where} is {stated}, but the frontend produces n_mels * lfr_m = "
                 f"{frontend.n_mels} * {frontend.lfr_m} = {feature_dim} features"
             )
-    encoder = _build_encoder(encoder_type, {"input_size": feature_dim, **encoder_conf})
+    encoder = build_funasr_encoder(encoder_type, {"input_size": feature_dim, **encoder_conf})
 
     ckpt_path = model_dir / "model.pt"
     if not ckpt_path.is_file():

@@ -21,6 +21,16 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json")
 
 
+# load_llm honours a live HfDeepSpeedConfig: under ZeRO-3 from_pretrained partitions weights as it reads them.
+SUPPORTS_ZERO_INIT = True
+
+
+def embedding_shape(model: nn.Module) -> tuple[int, ...]:
+    """[vocab, hidden] of the input embeddings, also when ZeRO-3 has partitioned them (weight.shape is [0])."""
+    weight = model.get_input_embeddings().weight
+    return tuple(getattr(weight, "ds_shape", weight.shape))
+
+
 class LLMLoadError(ConfigError):
     """The LLM directory cannot be used."""
 
@@ -103,7 +113,7 @@ def load_llm(
     except ValueError as err:
         raise LLMLoadError(f"{path}: not loadable as a causal LM ({config.model_type}): {err}") from err
     tokenizer = load_tokenizer(path, trust_remote_code=trust_remote_code)
-    vocab_rows = model.get_input_embeddings().weight.shape[0]
+    vocab_rows = embedding_shape(model)[0]
     if len(tokenizer) > vocab_rows:
         raise LLMLoadError(
             f"{path}: the tokenizer has {len(tokenizer)} tokens but the embedding matrix only {vocab_rows} rows"

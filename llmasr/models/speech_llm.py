@@ -150,6 +150,7 @@ class SpeechLLM(nn.Module):
         num_beams: int = 1,
         repetition_penalty: float = 1.0,
         no_repeat_ngram_size: int = 0,
+        **generate_kwargs,
     ) -> list[str]:
         """Greedy (num_beams=1) or beam-search transcripts for a batch; the prompt ends at `target_start`.
 
@@ -185,6 +186,7 @@ class SpeechLLM(nn.Module):
             no_repeat_ngram_size=no_repeat_ngram_size,
             eos_token_id=self.prompt.end_id,
             pad_token_id=self.prompt.pad_id,
+            **generate_kwargs,  # e.g. synced_gpus=True under ZeRO-3
         )
         # Each row is cut at its own cap, so a looping utterance yields the same text in a batch as alone.
         return [self.prompt.decode(row[:cap]) for row, cap in zip(out.tolist(), caps)]

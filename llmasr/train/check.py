@@ -21,7 +21,7 @@ from llmasr.config_io import ConfigError
 
 
 def _meta_encoder(cfg, feature_dim: int):
-    from llmasr.models.builder import _encoder_class
+    from llmasr.models.builder import encoder_class
 
     if cfg.type == "whisper":
         from transformers import WhisperConfig
@@ -34,16 +34,16 @@ def _meta_encoder(cfg, feature_dim: int):
             config = WhisperConfig(**cfg.conf)
         return WhisperAudioEncoder(config)
     if cfg.path is not None:
-        from llmasr.models.funasr_dir import _build_encoder, read_funasr_config
+        from llmasr.models.funasr_dir import build_funasr_encoder, read_funasr_config
 
         conf = read_funasr_config(cfg.path)
         encoder_conf = {**conf["encoder_conf"], **(cfg.conf or {})}
         encoder_conf.pop("input_size", None)
         kind = str(conf["encoder"]).rsplit(".", 1)[-1].rsplit(":", 1)[-1]
-        return _build_encoder(kind, {"input_size": feature_dim, **encoder_conf})
+        return build_funasr_encoder(kind, {"input_size": feature_dim, **encoder_conf})
     conf = dict(cfg.conf)
     conf.setdefault("input_size", feature_dim)
-    return _encoder_class(cfg.type)(**conf)
+    return encoder_class(cfg.type)(**conf)
 
 
 def meta_model(model_cfg, side):

@@ -98,17 +98,11 @@ def zero3_model_context(ds_config: dict):
 
 def build_model_for_training(model_cfg, ds_config: dict):
     """SpeechLLM for `model_cfg`; under ZeRO-3 with the LLM created partitioned (see zero3_model_context)."""
-    from llmasr.models import builder, llm
+    from llmasr.models import builder
 
-    hf_ds = None
-    if zero_stage(ds_config) == 3:
-        if getattr(llm, "SUPPORTS_ZERO_INIT", False):
-            hf_ds = zero3_model_context(ds_config)
-            log.info("ZeRO-3: the LLM is created partitioned (deepspeed.zero.Init) as it loads")
-        else:
-            # llmasr.models.llm/builder read embedding shapes that zero.Init partitions away (shape [0]); until
-            # they read `ds_shape`, load unpartitioned and let deepspeed.initialize partition the weights.
-            log.warning("ZeRO-3: the LLM is loaded whole on every rank, then partitioned by deepspeed.initialize")
+    hf_ds = zero3_model_context(ds_config)
+    if hf_ds is not None:
+        log.info("ZeRO-3: the LLM is created partitioned (deepspeed.zero.Init) as it loads")
     model = builder.build_model(model_cfg)
     return model, hf_ds
 

@@ -5,18 +5,17 @@ both see the same numbers.
 
 from __future__ import annotations
 
-import json
 import math
 import random
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 
-from llmasr.config_io import ConfigError, from_dict, to_dict
+from llmasr.config_io import ConfigError, to_dict
 from llmasr.data.frontend import FrontendConfig
-from llmasr.models.config import EncoderConfig, ModelConfig
+from llmasr.models.builder import encoder_frontend
+from llmasr.models.config import ModelConfig
 
 
 def check_run_settings(recipe) -> None:
@@ -28,35 +27,6 @@ def check_run_settings(recipe) -> None:
         raise ConfigError("train.valid_every_updates is set but data.valid names no manifest")
     if tc.best_metric == "wer" and tc.best_k and not recipe.data.valid:
         raise ConfigError("train.best_metric is wer but data.valid names no manifest to compute it on")
-
-
-def frontend_of(cfg: EncoderConfig) -> FrontendConfig:
-    """The frontend the encoder expects, read from its directory's config files only (no weights)."""
-    if cfg.type == "whisper":
-        from transformers import WhisperConfig
-
-        from llmasr.models.whisper import whisper_frontend
-
-        if cfg.path is None:
-            frontend = whisper_frontend(WhisperConfig(**cfg.conf))
-        else:
-            path = Path(cfg.path)
-            pre_file = path / "preprocessor_config.json"
-            if not pre_file.is_file():
-                raise ConfigError(f"model.encoder.path: {pre_file} is missing from the Whisper directory")
-            config = WhisperConfig.from_pretrained(str(path), local_files_only=True)
-            frontend = whisper_frontend(config, json.loads(pre_file.read_text()))
-    elif cfg.path is not None:
-        from llmasr.models.funasr_dir import _resolve_cmvn, frontend_from_funasr_conf, read_funasr_config
-
-        model_dir = Path(cfg.path).resolve()
-        conf = read_funasr_config(model_dir)
-        frontend = frontend_from_funasr_conf(conf["frontend_conf"], _resolve_cmvn(model_dir, conf["frontend_conf"]))
-    else:
-        return from_dict(FrontendConfig, dict(cfg.frontend), "model.encoder.frontend")
-    if cfg.frontend:
-        frontend = from_dict(FrontendConfig, {**to_dict(frontend), **cfg.frontend}, "model.encoder.frontend")
-    return frontend
 
 
 @dataclass
@@ -86,7 +56,7 @@ def text_side(model_cfg: ModelConfig) -> TextSide:
         from llmasr.models.ctc import build_ctc_tokenizer
 
         ctc = build_ctc_tokenizer(model_cfg.ctc.vocab, tokenizer)
-    return TextSide(frontend_of(model_cfg.encoder), prompt, ctc, tokenizer)
+    return TextSide(encoder_frontend(model_cfg.encoder), prompt, ctc, tokenizer)
 
 
 def check_model_frontend(model, expected: FrontendConfig) -> None:

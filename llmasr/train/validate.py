@@ -8,70 +8,10 @@ early keeps stepping until all are done.
 
 from __future__ import annotations
 
-import re
-import unicodedata
-from contextlib import contextmanager
-
 import torch
 
+from llmasr.scoring import score_corpus
 from llmasr.train.engine import all_reduce_sum
-
-_PUNCT = re.compile(r"[^\w\s']|_")
-
-
-def normalize_text(text: str) -> str:
-    """Lowercase, punctuation removed (apostrophes kept), whitespace collapsed: what WER is computed on."""
-    text = unicodedata.normalize("NFKC", text).lower()
-    return " ".join(_PUNCT.sub(" ", text).split())
-
-
-def _unspaced_script(text: str) -> bool:
-    """True for text in scripts written without spaces between words (CJK, Thai, ...): score by characters."""
-    for ch in text:
-        name = unicodedata.name(ch, "")
-        if name.startswith(("CJK", "HIRAGANA", "KATAKANA", "HANGUL", "THAI", "LAO", "KHMER", "MYANMAR")):
-            return True
-    return False
-
-
-def error_counts(refs: list[str], hyps: list[str], metric: str = "auto") -> tuple[int, int]:
-    """(edit errors, reference length) summed over utterances. metric: wer | cer | auto (per utterance: CER for
-    unspaced scripts, WER otherwise). Empty references count their hypothesis words as insertions."""
-    import jiwer
-
-    errors = total = 0
-    for ref, hyp in zip(refs, hyps, strict=True):
-        ref, hyp = normalize_text(ref), normalize_text(hyp)
-        by_char = metric == "cer" or (metric == "auto" and _unspaced_script(ref))
-        if by_char:
-            ref, hyp = " ".join(ref.replace(" ", "")), " ".join(hyp.replace(" ", ""))
-        if not ref:
-            errors += len(hyp.split())
-            continue
-        out = jiwer.process_words(ref, hyp)
-        errors += out.substitutions + out.deletions + out.insertions
-        total += len(ref.split())
-    return errors, total
-
-
-@contextmanager
-def synced_generation(model, enabled: bool):
-    """Make model.llm.generate pass synced_gpus=True (needed under ZeRO-3) for the duration."""
-    if not enabled:
-        yield
-        return
-    llm = model.llm
-    original = llm.generate
-
-    def generate(*args, **kwargs):
-        kwargs.setdefault("synced_gpus", True)
-        return original(*args, **kwargs)
-
-    llm.__dict__["generate"] = generate
-    try:
-        yield
-    finally:
-        llm.__dict__.pop("generate", None)
 
 
 @torch.no_grad()
@@ -88,8 +28,7 @@ def validate(engine, loader, decode_cfg, *, with_wer: bool = True) -> dict:
                 # A stand-in for an all-bad batch: run it (ZeRO-3 ranks must stay in step) but count nothing.
                 model(engine.to_device(batch))
                 if with_wer:
-                    with synced_generation(model, engine.stage == 3):
-                        model.generate(engine.to_device(batch), max_new_tokens=1)
+                    model.generate(engine.to_device(batch), max_new_tokens=1, synced_gpus=engine.stage == 3)
                 continue
             dev = engine.to_device(batch)
             out = model(dev)
@@ -99,16 +38,16 @@ def validate(engine, loader, decode_cfg, *, with_wer: bool = True) -> dict:
             n_correct += float(out.n_correct)
             n_utt += out.n_utts
             if with_wer:
-                with synced_generation(model, engine.stage == 3):
-                    hyps = model.generate(
-                        dev,
-                        max_new_tokens=decode_cfg.max_new_tokens,
-                        tokens_per_second=decode_cfg.tokens_per_second,
-                        num_beams=1,
-                    )
-                e, r = error_counts(batch["targets"], hyps, decode_cfg.metric)
-                errors += e
-                ref_len += r
+                hyps = model.generate(
+                    dev,
+                    max_new_tokens=decode_cfg.max_new_tokens,
+                    tokens_per_second=decode_cfg.tokens_per_second,
+                    num_beams=1,
+                    synced_gpus=engine.stage == 3,
+                )
+                corpus, _ = score_corpus(zip(batch["targets"], hyps), decode_cfg.metric)
+                errors += corpus.errors
+                ref_len += corpus.ref_len
     finally:
         model.train(was_training)
     llm_sum, ctc_sum, n_tok, n_correct, n_utt, errors, ref_len = all_reduce_sum(

@@ -53,11 +53,8 @@ def test_two_ranks_train_and_checkpoint(tiny_recipe_file, tmp_path, preset):
     valid = [parse_log_line(line) for line in lines if " valid update=" in line]
     assert [v["update"] for v in valid] == [1, 2, 3, 4]
     assert valid[-1]["loss"] < valid[0]["loss"]  # the same dev utterances, before and after
-    if preset == "zero3":
-        from llmasr.models import llm
-
-        partitioned = "created partitioned (deepspeed.zero.Init)" in proc.stderr
-        assert partitioned == bool(getattr(llm, "SUPPORTS_ZERO_INIT", False))
+    if preset == "zero3":  # the LLM never sits whole on one rank
+        assert "created partitioned (deepspeed.zero.Init)" in proc.stderr
 
 
 def test_two_ranks_zero2_resumes(tiny_recipe_file, tmp_path):

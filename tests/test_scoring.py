@@ -2,7 +2,7 @@
 
 import pytest
 
-from llmasr.export.scoring import choose_unit, normalize, score_corpus, score_utterance, uses_characters
+from llmasr.scoring import choose_unit, normalize, score_corpus, score_utterance, uses_characters
 
 
 def test_normalize():
