@@ -4,6 +4,7 @@ The stand-ins are written in the real on-disk formats (FunASR directory, HF Qwen
 mel bins), so the same loaders that read Paraformer-large or Qwen2.5-7B run here; only the sizes differ.
 """
 
+import re
 from pathlib import Path
 
 import pytest
@@ -23,6 +24,8 @@ REAL = sorted(p.name for p in RECIPES.glob("*.yaml") if p.name != "demo.yaml")
 
 @pytest.fixture(scope="module")
 def stand_ins(tmp_path_factory):
+    from llmasr.testing.tiny_corpus import write_tiny_corpus
+
     root = tmp_path_factory.mktemp("stand_ins")
     conf = tiny_sanm_conf()
     conf["input_size"] = 560
@@ -40,6 +43,9 @@ def stand_ins(tmp_path_factory):
         "whisper": write_tiny_whisper_dir(root / "whisper", n_mels=128),
         "qwen2": write_tiny_llm_dir(root / "qwen2"),
         "qwen3": write_tiny_llm_dir(root / "qwen3", arch="qwen3"),
+        "train": write_tiny_corpus(root / "train", n=24),
+        "dev": write_tiny_corpus(root / "dev", n=4, seed=1),
+        "root": root,
     }
 
 
@@ -76,3 +82,22 @@ def test_recipe_builds_on_tiny_stand_ins(name, stand_ins):
     out.loss.backward()
     trainable = {n.split(".")[0] for n, p in model.named_parameters() if p.requires_grad}
     assert "adaptor" in trainable and "llm" in trainable
+
+
+@pytest.mark.parametrize("name", REAL)
+def test_llmasr_check_resolves_recipe_with_its_preset(name, stand_ins, capsys):
+    """The recipe's own launch line (preset, world size) resolves end to end with `llmasr check`."""
+    from llmasr.train.check import main
+
+    header = (RECIPES / name).read_text().split("\nmodel:")[0]
+    preset = re.search(r"--deepspeed (ds_configs/\S+\.json)", header).group(1)
+    world = re.search(r"--world-size (\d+)", header).group(1)
+    out_dir = stand_ins["root"] / f"check_{name}"
+    argv = ["--config", str(RECIPES / name), "--deepspeed", str(RECIPES.parent / preset), "--world-size", world,
+            "--out", str(out_dir), *stand_in_overrides(name, stand_ins),
+            f"data.train=[{stand_ins['train']}]", f"data.valid=[{stand_ins['dev']}]", "data.num_workers=0",
+            f"train.output_dir={out_dir}"]  # fmt: skip
+    assert main(argv) == 0, capsys.readouterr().err
+    report = capsys.readouterr().out
+    assert "train_batch_size" in report and "updates" in report
+    assert (out_dir / "lr_schedule.csv").is_file() and (out_dir / "lr_schedule.png").is_file()
