@@ -32,6 +32,20 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 
+
+def reproduce_command(script: str, argv: list[str]) -> str:
+    """The command line that reproduces a run, without where its JSON went."""
+    keep, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--json-out":
+            skip = True
+        elif not a.startswith("--json-out="):
+            keep.append(shlex.quote(a))
+    return " ".join(["python", script, *keep])
+
+
 PEAK_TFLOPS = {  # dense, no sparsity, 16-bit tensor cores
     "H100 SXM": 989.0,
     "H100 80GB HBM3": 989.0,
@@ -205,7 +219,7 @@ def run(args) -> dict:
 def markdown(res: dict) -> list[str]:
     p = res["params"]
     mfu = "n/a (no peak figure for this device)" if res["mfu"] is None else f"{100 * res['mfu']:.1f}% (goal 40%)"
-    parts = ", ".join(f"{k} {v / 1e12:.2f}" for k, v in res["flops"].items() if k != "total")
+    parts = ", ".join(f"{k} {v / 1e12:.3g}" for k, v in res["flops"].items() if k != "total")
     return [
         f"Full training step on {res['device']}: {res['model']}; {res['precision']}, "
         f"ZeRO-{res['zero']}, batch {res['batch']} x {res['seconds']:g} s.",
@@ -217,7 +231,7 @@ def markdown(res: dict) -> list[str]:
         "peak memory (GiB) |",
         "|---:|---:|---:|---:|---:|---:|---:|---:|",
         f"| {res['step_s']:.3f} | {res['tokens_per_s']:,.0f} | {res['audio_s_per_s']:,.1f} | {res['utt_per_s']:.2f} | "
-        f"{res['flops']['total'] / 1e12:.2f} | {res['achieved_tflops']:.2f} | {mfu} | "
+        f"{res['flops']['total'] / 1e12:.3g} | {res['achieved_tflops']:.3g} | {mfu} | "
         f"{res['peak_memory_bytes'] / 2**30:.2f} |",
         "",
         f"TFLOP per step by part: {parts}.",
@@ -245,7 +259,7 @@ def main(argv=None) -> int:
         args.size, args.batch, args.seconds, args.precision = "tiny", 2, 2.0, "fp32"
         args.warmup, args.steps = 1, 2
     res = run(args)
-    res["command"] = ("python bench/gpu_mfu.py " + " ".join(shlex.quote(a) for a in argv)).strip()
+    res["command"] = reproduce_command("bench/gpu_mfu.py", argv)
     print("\n".join(markdown(res)))
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(res, indent=1))

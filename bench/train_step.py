@@ -29,6 +29,21 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+
+
+def reproduce_command(script: str, argv: list[str]) -> str:
+    """The command line that reproduces a run, without where its JSON went."""
+    keep, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--json-out":
+            skip = True
+        elif not a.startswith("--json-out="):
+            keep.append(shlex.quote(a))
+    return " ".join(["python", script, *keep])
+
+
 VARIANTS = ("reference", "llmasr")
 
 
@@ -249,7 +264,7 @@ def run(args, argv: list[str]) -> dict:
     p = timing["params"]
     res = {
         "benchmark": "train_step",
-        "command": "python bench/train_step.py " + " ".join(shlex.quote(a) for a in argv),
+        "command": reproduce_command("bench/train_step.py", argv),
         "model": size.describe(),
         "size": sm.size_dict(size),
         "params": p,
@@ -263,7 +278,6 @@ def run(args, argv: list[str]) -> dict:
         "sweep_batch": sweep_b,
         "wall_s": time.perf_counter() - t0,
     }
-    res["command"] = res["command"].strip()
     return res
 
 

@@ -19,6 +19,7 @@ import argparse
 import json
 import shlex
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -26,8 +27,29 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+
+
+def reproduce_command(script: str, argv: list[str]) -> str:
+    """The command line that reproduces a run, without where its JSON went."""
+    keep, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--json-out":
+            skip = True
+        elif not a.startswith("--json-out="):
+            keep.append(shlex.quote(a))
+    return " ".join(["python", script, *keep])
+
+
 POINTS = ("after_initialize", "during_backward", "after_backward", "after_step")
 CATEGORIES = ("params", "grads", "optimizer_states", "reduce_buckets")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def launch(preset: str, precision: str, args, out: Path) -> dict:
@@ -39,7 +61,7 @@ def launch(preset: str, precision: str, args, out: Path) -> dict:
         "--num_gpus",
         str(args.ranks),
         "--master_port",
-        str(args.master_port),
+        str(args.master_port or free_port()),
         str(HERE / "_zero_memory_worker.py"),
         "--preset",
         preset,
@@ -156,7 +178,7 @@ def main(argv=None) -> int:
     p.add_argument("--ranks", type=int, default=2)
     p.add_argument("--width", type=int, default=2048)
     p.add_argument("--depth", type=int, default=16)
-    p.add_argument("--master-port", type=int, default=29531)
+    p.add_argument("--master-port", type=int, help="rendezvous port (default: a free one per launch)")
     p.add_argument("--timeout", type=int, default=900, help="seconds per launch")
     p.add_argument("--quick", action="store_true", help="small model, zero0 and zero2, fp32 (smoke run)")
     p.add_argument("--json-out")
@@ -173,7 +195,7 @@ def main(argv=None) -> int:
         "ranks": args.ranks,
         "width": args.width,
         "depth": args.depth,
-        "command": ("python bench/zero_memory.py " + " ".join(shlex.quote(a) for a in argv)).strip(),
+        "command": reproduce_command("bench/zero_memory.py", argv),
     }
     res = {"benchmark": "zero_memory", **meta, "rows": rows, "wall_s": time.perf_counter() - t0}
     print("\n".join(markdown(rows, meta)))

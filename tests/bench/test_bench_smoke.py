@@ -1,0 +1,200 @@
+"""Benchmarks: the reference formulation computes llmasr's objective, the FLOP count matches torch's counter, and
+each script's --quick mode writes results of the right structure. No assertion is about speed."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+BENCH = Path(__file__).resolve().parents[2] / "bench"
+sys.path.insert(0, str(BENCH))
+
+import _speech_model as sm  # noqa: E402
+
+
+def _tiny_model():
+    return sm.build_model(sm.SIZES["tiny"], seed=0)
+
+
+def test_reference_formulation_gives_llmasr_loss_and_gradients():
+    model = _tiny_model()
+    batch = sm.make_batch(sm.SIZES["tiny"], 3, 2.0, seed=1)
+    grads = {}
+    losses = {}
+    for name in ("reference", "llmasr"):
+        model.zero_grad(set_to_none=True)
+        loss = sm.STEPS[name](model, batch)
+        loss.backward()
+        losses[name] = float(loss.detach())
+        grads[name] = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+    assert losses["reference"] == pytest.approx(losses["llmasr"], rel=1e-5)
+    assert grads["reference"].keys() == grads["llmasr"].keys()
+    for n, g in grads["llmasr"].items():
+        torch.testing.assert_close(grads["reference"][n], g, rtol=1e-4, atol=1e-6, msg=n)
+
+
+def test_batch_layouts_agree():
+    size = sm.SIZES["tiny"]
+    batch = sm.make_batch(size, 4, 3.0, seed=2)
+    from llmasr.models.insert_audio import merge_audio_into_text
+
+    n = batch["text_ids"].shape[0]
+    audio_lens = torch.tensor(batch["ref_audio_lens"])
+    merged = merge_audio_into_text(
+        torch.zeros(n, batch["text_ids"].shape[1], 8),
+        batch["text_ids"],
+        batch["text_lens"],
+        batch["audio_pos"],
+        batch["target_start"],
+        torch.zeros(n, int(audio_lens.max()), 8),
+        audio_lens,
+    )
+    # FunASR's placeholder sequence has the same length, mask and labels as llmasr's merged rows
+    assert torch.equal(merged.attention_mask, batch["ref_mask"])
+    assert torch.equal(merged.labels, batch["ref_labels"])
+    assert batch["audio_seconds"] == pytest.approx(sum(3.0 * (0.9 + 0.1 * i / 3) for i in range(4)))
+
+
+def test_step_flops_match_torch_counter_on_matrix_products():
+    import gpu_mfu
+    from torch.utils.flop_counter import FlopCounterMode
+
+    size = sm.SIZES["tiny"]
+    model = _tiny_model()
+    batch = sm.make_batch(size, 1, 2.5, seed=3)  # one utterance: no padding, so counted work == useful work
+    with FlopCounterMode(display=False) as counter:
+        model(batch).loss.backward()
+    counts = {str(k): v for k, v in counter.get_flop_counts()["Global"].items()}
+    ours = gpu_mfu.step_flops(size, batch)
+    linear = sum(ours[k] for k in ("encoder_linear", "adaptor", "llm_linear", "lora", "output_head"))
+    assert counts["aten.mm"] + counts["aten.addmm"] == linear
+    assert ours["total"] > linear  # attention and the FSMN convolution on top
+
+
+def test_peak_memory_probe_sees_an_allocation():
+    with sm.PeakMemory(torch.device("cpu")) as mem:
+        x = torch.ones(16 * 2**20)  # 64 MiB, touched
+        del x
+    assert mem.peak >= 60 * 2**20
+
+
+def test_mfu_peak_table():
+    import gpu_mfu
+
+    assert gpu_mfu.device_peak_tflops("NVIDIA H100 80GB HBM3", "bf16") == 989.0
+    assert gpu_mfu.device_peak_tflops("NVIDIA H200", "bf16") == 989.0
+    assert gpu_mfu.device_peak_tflops("NVIDIA H100 PCIe", "bf16") == 756.0
+    assert gpu_mfu.device_peak_tflops("NVIDIA H100 80GB HBM3", "fp32") is None
+    assert gpu_mfu.device_peak_tflops("Some Accelerator", "bf16") is None
+
+
+def test_data_pipeline_output_parsed_into_json():
+    import data_pipeline
+    import run_all
+
+    argv = ["--utts", "400", "--wavs", "3", "--workers", "0"]
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        data_pipeline.main(argv)
+    res = run_all.data_pipeline_json(out.getvalue(), argv)
+    assert [r["batching"].split(" (")[0] for r in res["padding"]] == [
+        "DynamicBucketSampler",
+        "DynamicBucketSampler",
+        "shuffled fixed-size batches",
+    ]
+    assert all(0 < r["efficiency"] <= 1 for r in res["padding"])
+    assert [r["workers"] for r in res["throughput"]] == [0]
+    assert res["throughput"][0]["utterances"] == 3
+    assert res["command"] == "python bench/data_pipeline.py --utts 400 --wavs 3 --workers 0"
+    with pytest.raises(RuntimeError, match="no padding table"):
+        run_all.data_pipeline_json("nothing here", [])
+
+
+def test_reproduce_command_drops_the_json_path():
+    import train_step
+
+    cmd = train_step.reproduce_command("bench/train_step.py", ["--quick", "--json-out", "/tmp/x.json", "--batch", "2"])
+    assert cmd == "python bench/train_step.py --quick --batch 2"
+
+
+def _run(args, timeout=900):
+    proc = subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout
+
+
+@pytest.mark.slow
+def test_run_all_quick_train_step_and_data(tmp_path):
+    stdout = _run(
+        [
+            str(BENCH / "run_all.py"),
+            "--quick",
+            "--only",
+            "train_step",
+            "data_pipeline",
+            "--out-dir",
+            str(tmp_path),
+            "--machine",
+            "m",
+        ]
+    )
+    out = tmp_path / "m"
+    assert "wrote" in stdout
+    for name in ("results.md", "results.json", "train_step.json", "train_step.png", "data_pipeline.png"):
+        assert (out / name).is_file(), name
+    res = json.loads((out / "results.json").read_text())
+    ts = res["benchmarks"]["train_step"]
+    assert ts["command"] == "python bench/train_step.py --quick"
+    h = ts["headline"]
+    for v in ("reference", "llmasr"):
+        assert h[v]["step_s"] > 0 and h[v]["peak_bytes"] > 0 and len(h[v]["times"]) == 1
+        assert h[v]["utt_per_s"] == pytest.approx(h["batch"] / h[v]["step_s"])
+    assert h["reference"]["loss"] == pytest.approx(h["llmasr"]["loss"], rel=1e-5)
+    assert h["speedup"] == pytest.approx(h["reference"]["step_s"] / h["llmasr"]["step_s"])
+    assert [r["seconds"] for r in ts["sweep_seconds"]] == [1.0, 2.0]
+    assert [r["batch"] for r in ts["sweep_batch"]] == [1, 2]
+    assert ts["sweep_seconds"][0]["llmasr"]["time_vs_linear"] == pytest.approx(1.0)
+    md = (out / "results.md").read_text()
+    assert "## 1-2. Training step" in md and "## 3. Data pipeline" in md and "![train_step](train_step.png)" in md
+    assert "## 4. ZeRO per-rank memory" in md  # present, reported as not measured
+    assert res["benchmarks"]["data_pipeline"]["padding"]
+
+
+@pytest.mark.slow
+def test_zero_memory_quick_counts_the_states_deepspeed_holds(tmp_path):
+    pytest.importorskip("deepspeed")
+    _run([str(BENCH / "zero_memory.py"), "--quick", "--json-out", str(tmp_path / "z.json")])
+    res = json.loads((tmp_path / "z.json").read_text())
+    rows = {r["preset"]: r for r in res["rows"]}
+    assert set(rows) == {"zero0", "zero2"}
+    for r in rows.values():
+        n = r["num_params"]
+        after = r["points"]["after_step"]
+        assert after["params"] == 4 * n  # fp32 weights, whole on every rank below stage 3
+        assert r["estimates"]["llmasr"]["params"] == 4 * n
+    # zero0: Adam moments of everything; zero2: fp32 master copy + moments of one half (2 ranks)
+    n = rows["zero0"]["num_params"]
+    assert rows["zero0"]["points"]["after_step"]["optimizer_states"] == pytest.approx(8 * n, rel=0.01)
+    assert rows["zero2"]["points"]["after_step"]["optimizer_states"] == pytest.approx(12 * n / 2, rel=0.01)
+    assert rows["zero2"]["measured_buckets_peak"] > 0  # the contiguous reduce bucket exists during backward
+    assert rows["zero2"]["estimates"]["deepspeed_device"] is not None
+    assert rows["zero0"]["estimates"]["deepspeed_device"] is None
+
+
+@pytest.mark.slow
+def test_gpu_mfu_quick_runs_a_deepspeed_step(tmp_path):
+    pytest.importorskip("deepspeed")
+    stdout = _run([str(BENCH / "gpu_mfu.py"), "--quick", "--cpu", "--json-out", str(tmp_path / "g.json")])
+    res = json.loads((tmp_path / "g.json").read_text())
+    assert res["zero"] == "2" and res["precision"] == "fp32" and len(res["step_times"]) == 2
+    assert res["tokens_per_s"] == pytest.approx(res["llm_positions"] / res["step_s"])
+    assert res["flops"]["total"] == pytest.approx(sum(v for k, v in res["flops"].items() if k != "total"))
+    assert res["mfu"] is None  # no peak figure for a CPU
+    assert "Reproduce: `python bench/gpu_mfu.py --quick --cpu`" in stdout
