@@ -138,6 +138,17 @@ def output_dim(encoder: nn.Module) -> int:
     return int(size() if callable(size) else size)
 
 
+def build_prompt(cfg: ModelConfig, tokenizer) -> PromptBuilder:
+    """The prompt builder of the model section, shared by training, `llmasr check` and decoding."""
+    return PromptBuilder(
+        tokenizer,
+        task=cfg.prompt.task,
+        system=cfg.prompt.system,
+        chat_template=cfg.prompt.chat_template,
+        source=f"the tokenizer of {cfg.llm.path}",
+    )
+
+
 def build_model(cfg: ModelConfig | dict | str | Path) -> SpeechLLM:
     """Build the SpeechLLM described by a recipe's `model` section (a ModelConfig, a dict, or a recipe path)."""
     if isinstance(cfg, (str, Path)):
@@ -154,13 +165,7 @@ def build_model(cfg: ModelConfig | dict | str | Path) -> SpeechLLM:
         gradient_checkpointing=cfg.llm.gradient_checkpointing,
         trust_remote_code=cfg.llm.trust_remote_code,
     )
-    prompt = PromptBuilder(
-        tokenizer,
-        task=cfg.prompt.task,
-        system=cfg.prompt.system,
-        chat_template=cfg.prompt.chat_template,
-        source=f"the tokenizer of {cfg.llm.path}",
-    )
+    prompt = build_prompt(cfg, tokenizer)
     llm_dim = int(embedding_shape(llm)[-1])
     from llmasr.models.adaptors import build_adaptor
 

@@ -39,18 +39,12 @@ class TextSide:
 
 def text_side(model_cfg: ModelConfig) -> TextSide:
     """Frontend, prompt builder and CTC tokenizer, built as llmasr.models.builder builds them, without weights."""
+    from llmasr.models.builder import build_prompt
     from llmasr.models.llm import check_llm_dir, load_tokenizer
-    from llmasr.models.prompt import PromptBuilder
 
     path = check_llm_dir(model_cfg.llm.path)
     tokenizer = load_tokenizer(path, trust_remote_code=model_cfg.llm.trust_remote_code)
-    prompt = PromptBuilder(
-        tokenizer,
-        task=model_cfg.prompt.task,
-        system=model_cfg.prompt.system,
-        chat_template=model_cfg.prompt.chat_template,
-        source=f"the tokenizer of {model_cfg.llm.path}",
-    )
+    prompt = build_prompt(model_cfg, tokenizer)
     ctc = None
     if model_cfg.ctc.weight > 0:
         from llmasr.models.ctc import build_ctc_tokenizer
