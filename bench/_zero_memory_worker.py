@@ -1,8 +1,9 @@
 """One rank of the ZeRO memory benchmark (started by bench/zero_memory.py through `deepspeed --num_gpus N`).
 
 Builds an MLP of `--width`-wide linear layers (every parameter trainable, as DeepSpeed's estimators assume),
-initialises DeepSpeed with an llmasr preset resolved against a TrainConfig, runs one training step and counts the
-bytes of tensor storage this rank holds at three points: after initialize, after backward, after the optimizer step.
+initialises DeepSpeed with an llmasr preset resolved against a TrainConfig, runs two training steps and counts the
+bytes of tensor storage this rank holds after initialize and, in the second (steady-state) step, during backward,
+after backward, inside the optimizer step (when gradients and optimizer states coexist) and after the step.
 
 Counting: every tensor reachable from Python (gc) plus the .grad of every model and optimizer parameter, each
 storage counted once, sorted into
@@ -136,19 +137,31 @@ def main() -> int:
     points = {"after_initialize": count_states(engine, stage)}
     torch.manual_seed(1 + rank)
     x = torch.randn(4, args.width, dtype=dtype)
+    current = {"step": 0}
+
+    def snapshot(name):
+        if current["step"] == 2:  # the first step allocates the Adam moments; the second is the steady state
+            points.setdefault(name, count_states(engine, stage))
 
     # The first layer's backward hook runs while the stage 1/2 reduction buffers are alive (they are freed when
-    # backward ends); ZeRO-3 keeps its buffers for the engine's life.
-    def snapshot(*_):
-        points.setdefault("during_backward", count_states(engine, stage))
-
-    hook = engine.module[0].register_full_backward_hook(snapshot)
-    loss = engine(x).float().pow(2).mean()
-    engine.backward(loss)
-    hook.remove()
-    points["after_backward"] = count_states(engine, stage)
-    engine.step()
-    del loss
+    # backward ends; ZeRO-3 keeps its own for the engine's life). The inner optimizer's step pre-hook runs when
+    # the fp32 gradients the optimizer steps on and the moments coexist: the model-state peak.
+    hooks = [
+        engine.module[0].register_full_backward_hook(lambda *_: snapshot("during_backward")),
+        getattr(engine.optimizer, "optimizer", engine.optimizer).register_step_pre_hook(
+            lambda *_: snapshot("in_optimizer_step")
+        ),
+    ]
+    for step in (1, 2):
+        current["step"] = step
+        loss = engine(x).float().pow(2).mean()
+        engine.backward(loss)
+        if step == 2:
+            points["after_backward"] = count_states(engine, stage)
+        engine.step()
+        del loss
+    for h in hooks:
+        h.remove()
     points["after_step"] = count_states(engine, stage)
 
     gathered = [None] * world

@@ -1,8 +1,8 @@
 """Training throughput and model-FLOPs utilisation (MFU) of a full llmasr step under DeepSpeed.
 
     python bench/gpu_mfu.py                                   # on a GPU: Paraformer-large + Qwen2.5-1.5B shapes,
-                                                              # LoRA, bf16, ZeRO-2, batch 16 x 10 s
-    python bench/gpu_mfu.py --batch 32 --seconds 15
+                                                              # LoRA, bf16, ZeRO-2, batch 32 x 15 s
+    python bench/gpu_mfu.py --batch 64 --seconds 15
     python bench/gpu_mfu.py --quick                           # tiny model on CPU, fp32 (smoke run)
 
 Random weights of the real shapes: a SAN-M encoder of 50 blocks x 512 (trained), the linear adaptor (trained), and a
@@ -244,8 +244,8 @@ def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--size", default="paraformer-large+qwen2.5-1.5b")
-    p.add_argument("--batch", type=int, default=16)
-    p.add_argument("--seconds", type=float, default=10.0)
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--seconds", type=float, default=15.0)
     p.add_argument("--precision", choices=["bf16", "fp32"], default="bf16")
     p.add_argument("--zero", choices=["none", "0", "1", "2", "3"], default="2")
     p.add_argument("--warmup", type=int, default=3)

@@ -42,7 +42,7 @@ def reproduce_command(script: str, argv: list[str]) -> str:
     return " ".join(["python", script, *keep])
 
 
-POINTS = ("after_initialize", "during_backward", "after_backward", "after_step")
+POINTS = ("after_initialize", "during_backward", "after_backward", "in_optimizer_step", "after_step")
 CATEGORIES = ("params", "grads", "optimizer_states", "reduce_buckets")
 
 
@@ -128,9 +128,10 @@ def summarise(res: dict) -> dict:
         if all(point in r for r in ranks):
             worst = max(ranks, key=lambda r: r[point]["total"])[point]
             row["points"][point] = {k: worst[k] for k in (*CATEGORIES, "total", "total_without_buckets")}
-    row["measured_states_peak"] = max(p["total_without_buckets"] for p in row["points"].values())
+    row["peak_point"] = max(row["points"], key=lambda k: row["points"][k]["total_without_buckets"])
+    row["measured_states_peak"] = row["points"][row["peak_point"]]["total_without_buckets"]
     row["measured_buckets_peak"] = max(p["reduce_buckets"] for p in row["points"].values())
-    row["per_rank"] = [r["after_step"]["total_without_buckets"] for r in ranks]
+    row["per_rank_peak"] = [max(p["total_without_buckets"] for p in r.values()) for r in ranks]
     row["estimates"] = estimates(res)
     return row
 
@@ -143,27 +144,28 @@ def markdown(rows: list[dict], meta: dict) -> list[str]:
         f"Linear({meta['width']}, {meta['width']}), {first['num_params'] / 1e6:.1f}M parameters, all trainable, "
         "AdamW; the busiest rank, MiB.",
         "",
-        "| preset | precision | params | grads + buffers | optimizer states | states peak (measured) | "
-        "llmasr estimate | DeepSpeed estimator | reduce buckets (peak) |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| preset | precision | params | grads + buffers | optimizer states | measured peak | peak at | "
+        "llmasr estimate | DeepSpeed estimator | reduce buckets |",
+        "|---|---|---:|---:|---:|---:|---|---:|---:|---:|",
     ]
     for r in rows:
-        pts = r["points"]
-        peak_point = max(pts.values(), key=lambda p: p["total_without_buckets"])
+        at = r["points"][r["peak_point"]]
         est = r["estimates"]
         ds = est["deepspeed_device"]
         lines.append(
-            f"| {r['preset']} | {r['precision']} | {pts['after_step']['params'] / mib:.0f} | "
-            f"{peak_point['grads'] / mib:.0f} | {pts['after_step']['optimizer_states'] / mib:.0f} | "
-            f"{r['measured_states_peak'] / mib:.0f} | {est['llmasr']['device'] / mib:.0f} | "
+            f"| {r['preset']} | {r['precision']} | {at['params'] / mib:.0f} | {at['grads'] / mib:.0f} | "
+            f"{at['optimizer_states'] / mib:.0f} | {r['measured_states_peak'] / mib:.0f} | "
+            f"{r['peak_point'].replace('_', ' ')} | {est['llmasr']['device'] / mib:.0f} | "
             f"{'-' if ds is None else f'{ds / mib:.0f}'} | {r['measured_buckets_peak'] / mib:.0f} |"
         )
     lines += [
         "",
-        "params and optimizer states after the step; grads + buffers at the point where the model states peak "
-        "(gradients, gradient partitions and engine buffers other than the reduce buckets); reduce buckets are "
-        "DeepSpeed's contiguous gradient buffers (reduce_bucket_size elements, alive during backward at stages 1-2, "
-        "for the engine's life at stage 3), shown apart because their size is a setting, not a model state.",
+        "Measured in the second (steady-state) training step, at the point where params + grads + optimizer states "
+        "peak; grads + buffers counts gradients, gradient partitions and engine buffers other than the reduce "
+        "buckets. Reduce buckets are DeepSpeed's contiguous gradient buffers (reduce_bucket_size elements; alive "
+        "during backward at stages 1-2, for the engine's life at stage 3), shown apart because their size is a "
+        "setting, not a model state. DeepSpeed's estimators assume 16-bit weights, so their fp32 figures are "
+        "not like for like.",
         "",
         f"Reproduce: `{meta['command']}`",
     ]
