@@ -78,8 +78,10 @@ def main(argv=None) -> int:
     full, lab = results["full"], results["labels"]
     ratio = lab["peak_bytes"] / full["peak_bytes"]
     print(f"command: python bench/loss_memory.py {' '.join(passthrough)}".rstrip())
-    print(f"batch {args.batch} x ({args.audio} audio + {args.text} text), vocab {args.vocab}, hidden {args.hidden}, "
-          f"{args.dtype}, {full['device']}")
+    print(
+        f"batch {args.batch} x ({args.audio} audio + {args.text} text), vocab {args.vocab}, hidden {args.hidden}, "
+        f"{args.dtype}, {full['device']}"
+    )
     print("| loss | peak memory above baseline (MiB) | loss value |")
     print("|---|---|---|")
     for name, r in (("full logits + CrossEntropy", full), ("labels-only (llmasr)", lab)):

@@ -201,7 +201,10 @@ def estimate_zero_memory(
                                                 offloaded, grads are reduced straight into fp32 CPU buffers (4T/W);
                                                 at stage 3 DeepSpeed's estimator counts 4T/W in all.
       optimizer_states  12T                     fp32 master weights + Adam moments, partitioned from stage 1
-    fp32: params 4N, grads 4T, optimizer_states 8T (the weights are the master copy), with the same partitioning.
+      At stage 3 without offload DeepSpeed holds both the 16-bit and the fp32 gradient partitions: 6T/W, measured
+      by bench/zero_memory.py (DeepSpeed's own stage-3 estimator counts 4T/W and falls short by 2T/W).
+    fp32: params 4N, grads 4T; optimizer_states 8T at stage 0 (the weights are the master copy), 12T/W from stage
+    1, where ZeRO keeps a separate fp32 master partition even for fp32 weights (measured).
 
     Offloaded states count under "cpu", the rest under "device". At stage 3 the largest layer is gathered in full
     on every rank (DeepSpeed counts 4 bytes per parameter of it): pass `largest_layer_params` to include it. With
@@ -226,11 +229,13 @@ def estimate_zero_memory(
     if precision == "fp32":
         params = part(4 * N, 3)
         grads = part(4 * T, 2)
-        optim = part(8 * T, 1)
+        optim = 8 * T if stage == 0 else 12 * T / W
     else:
         params = part(2 * N, 3)
-        if stage == 3 or offload_optimizer:
+        if offload_optimizer:
             grads = 4 * T / W
+        elif stage == 3:
+            grads = 6 * T / W
         else:
             grads = part(2 * T, 2) + part(4 * T, 1)
         optim = part(12 * T, 1)

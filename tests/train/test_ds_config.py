@@ -177,7 +177,10 @@ def test_memory_matches_deepspeed_estimators_all_trainable(world):
             additional_buffer_factor=1,
         )
         got = est(stage=3, offload_optimizer=offload_opt, offload_params=offload_par, largest_layer_params=largest)
-        assert got["device"] == pytest.approx(gpu, abs=world)
+        # Without offload DeepSpeed also keeps the 16-bit gradient partition (2T/W), which its estimator omits;
+        # bench/zero_memory.py measures it.
+        missing = 0 if offload_opt else 2 * n / world
+        assert got["device"] == pytest.approx(gpu + missing, abs=world)
         if offload_opt:
             assert got["cpu"] * world == pytest.approx(cpu, abs=world)
 
@@ -199,9 +202,9 @@ def test_memory_frozen_params_and_fp32():
     assert f32 == {
         "params": 4 * n,
         "grads": t,
-        "optimizer_states": 2 * t,
+        "optimizer_states": 3 * t,  # a separate fp32 master partition even for fp32 weights
         "gathered_layer": 0,
-        "device": 4 * n + 3 * t,
+        "device": 4 * n + 4 * t,
         "cpu": 0,
     }
     with pytest.raises(ValueError, match="stage 3"):
