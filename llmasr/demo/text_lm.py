@@ -139,9 +139,11 @@ class TextLMConfig:
     num_heads: int = 4
     num_kv_heads: int = 2
     intermediate_size: int = 384
-    steps: int = 150
+    steps: int = 600
     batch_size: int = 32
-    repeat_fraction: float = 0.5  # exchanges that are "Repeat after me." (see chat_example)
+    # Exchanges that are "Repeat after me." (see chat_example). Copying emerges abruptly (loss 1.6 -> 0.2 between
+    # steps 250 and 480 at 1.0; at 0.8 it had not yet, 22% exact repeats after 600 steps, vs 85% at 1.0).
+    repeat_fraction: float = 1.0
     lr: float = 3e-3
     warmup: int = 20
     seed: int = 0
