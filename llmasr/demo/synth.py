@@ -33,13 +33,12 @@ import soundfile as sf
 
 SAMPLE_RATE = 16000
 DIGITS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
-# Common words, none a homophone of a digit ("to", "for", "won" are left out on purpose).
+# Common words, none a homophone of a digit ("to", "for", "won" are left out on purpose). Thirty keeps every word
+# frequent in 3,000 utterances; with 44 the speech LLM's word-phrase WER lagged its digit WER 5x (0.71 vs 0.15).
 WORDS = [
     "yes", "no", "stop", "go", "left", "right", "up", "down", "open", "close",
     "play", "pause", "next", "back", "red", "green", "blue", "black", "white", "small",
     "big", "hot", "cold", "time", "house", "water", "music", "light", "door", "window",
-    "call", "home", "please", "today", "morning", "night", "happy", "dog", "cat", "bird",
-    "car", "book", "phone", "street",
 ]  # fmt: skip
 # espeak-ng accents (language voices) and voice variants (timbre); a voice is "accent+variant".
 ACCENTS = ["en-us", "en-gb", "en-gb-scotland", "en-gb-x-rp", "en-us-nyc", "en-gb-x-gbclan", "en-gb-x-gbcwmd"]
@@ -68,7 +67,7 @@ class CorpusConfig:
     n_test: int = 300
     train_voices: list[str] = field(default_factory=lambda: list(DEFAULT_TRAIN_VOICES))
     test_voices: list[str] = field(default_factory=lambda: list(DEFAULT_TEST_VOICES))
-    digit_fraction: float = 0.5  # the rest are word phrases
+    digit_fraction: float = 0.4  # the rest are word phrases
     digits_len: tuple[int, int] = (3, 7)  # inclusive range of digits per utterance
     words_len: tuple[int, int] = (2, 5)
     rate: tuple[int, int] = (130, 210)  # espeak-ng words per minute

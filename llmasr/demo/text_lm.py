@@ -135,7 +135,7 @@ def chat_example(
 @dataclass
 class TextLMConfig:
     hidden_size: int = 128
-    num_layers: int = 2
+    num_layers: int = 4
     num_heads: int = 4
     num_kv_heads: int = 2
     intermediate_size: int = 384
@@ -144,6 +144,10 @@ class TextLMConfig:
     # Exchanges that are "Repeat after me." (see chat_example). Copying emerges abruptly (loss 1.6 -> 0.2 between
     # steps 250 and 480 at 1.0; at 0.8 it had not yet, 22% exact repeats after 600 steps, vs 85% at 1.0).
     repeat_fraction: float = 1.0
+    # Qwen2's initializer_range, which sets the scale of the token embeddings. 0.2 (norm ~2.3 at width 128) matches
+    # what a fresh adaptor emits; at the usual 0.02 the audio embeddings start 10x larger than any word's, and the
+    # speech LLM learned far slower (held-out WER after 7 epochs: 0.60 at 0.2, 0.89 at 0.02).
+    init_std: float = 0.2
     lr: float = 3e-3
     warmup: int = 20
     seed: int = 0
@@ -161,6 +165,7 @@ def new_qwen2(tokenizer, cfg: TextLMConfig):
         num_key_value_heads=cfg.num_kv_heads,
         max_position_embeddings=1024,
         tie_word_embeddings=False,
+        initializer_range=cfg.init_std,
         bos_token_id=tokenizer.pad_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
