@@ -7,7 +7,7 @@ stage; the corpus also keeps its own corpus.json):
 
     1 corpus   espeak-ng digit strings and word phrases, train/dev from the training voices, test from held-out
                voices (WORKDIR/corpus); global CMVN of the training features (WORKDIR/corpus/am.mvn)
-    2 llm      word-level sentencepiece tokenizer + Qwen2 pretrained on text (WORKDIR/llm)
+    2 llm      word-level byte-level BPE tokenizer + a 4-layer Qwen2 pretrained on chat text (WORKDIR/llm)
     3 train    `deepspeed --num_gpus N --module llmasr train --config recipes/demo.yaml --deepspeed
                ds_configs/zero2.json key=value...` in a subprocess: the same path as every recipe (WORKDIR/run);
                an interrupted run resumes from its latest checkpoint
