@@ -53,9 +53,23 @@ def _resolve_paths(data: dict, base: Path) -> None:
             section[key] = str((base / value).resolve())
 
     model = data.get("model") or {}
-    for sub, key in (("encoder", "path"), ("llm", "path"), ("adaptor", "init_from"), ("ctc", "vocab")):
+    for sub, key in (
+        ("encoder", "path"),
+        ("llm", "path"),
+        ("adaptor", "init_from"),
+        ("ctc", "vocab"),
+        ("ctc", "init_from"),
+    ):
         if isinstance(model.get(sub), dict):
             fix(model[sub], key)
+    encoder = model.get("encoder")
+    if isinstance(encoder, dict) and isinstance(encoder.get("frontend"), dict):
+        fix(encoder["frontend"], "cmvn_file")
+    train = data.get("train")
+    if isinstance(train, dict):
+        out = train.get("output_dir")
+        if isinstance(out, str) and out.startswith(("./", "../")):  # explicitly recipe-relative, may not exist yet
+            train["output_dir"] = str((base / out).resolve())
     d = data.get("data") or {}
     for split in ("train", "valid"):
         items = d.get(split)
