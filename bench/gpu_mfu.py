@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shlex
 import socket
 import statistics
 import sys
@@ -31,20 +30,9 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))  # sibling helpers when imported from elsewhere
 
-
-def reproduce_command(script: str, argv: list[str]) -> str:
-    """The command line that reproduces a run, without where its JSON went."""
-    keep, skip = [], False
-    for a in argv:
-        if skip:
-            skip = False
-        elif a == "--json-out":
-            skip = True
-        elif not a.startswith("--json-out="):
-            keep.append(shlex.quote(a))
-    return " ".join(["python", script, *keep])
-
+from _common import reproduce_command  # noqa: E402
 
 PEAK_TFLOPS = {  # dense, no sparsity, 16-bit tensor cores
     "H100 SXM": 989.0,

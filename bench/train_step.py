@@ -21,27 +21,15 @@ import argparse
 import json
 import os
 import platform
-import shlex
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))  # sibling helpers when imported from elsewhere
 
-
-def reproduce_command(script: str, argv: list[str]) -> str:
-    """The command line that reproduces a run, without where its JSON went."""
-    keep, skip = [], False
-    for a in argv:
-        if skip:
-            skip = False
-        elif a == "--json-out":
-            skip = True
-        elif not a.startswith("--json-out="):
-            keep.append(shlex.quote(a))
-    return " ".join(["python", script, *keep])
-
+from _common import reproduce_command  # noqa: E402
 
 VARIANTS = ("reference", "llmasr")
 

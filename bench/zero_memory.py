@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
 import shutil
 import socket
 import subprocess
@@ -27,20 +26,9 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))  # sibling helpers when imported from elsewhere
 
-
-def reproduce_command(script: str, argv: list[str]) -> str:
-    """The command line that reproduces a run, without where its JSON went."""
-    keep, skip = [], False
-    for a in argv:
-        if skip:
-            skip = False
-        elif a == "--json-out":
-            skip = True
-        elif not a.startswith("--json-out="):
-            keep.append(shlex.quote(a))
-    return " ".join(["python", script, *keep])
-
+from _common import reproduce_command  # noqa: E402
 
 POINTS = ("after_initialize", "during_backward", "after_backward", "in_optimizer_step", "after_step")
 CATEGORIES = ("params", "grads", "optimizer_states", "reduce_buckets")

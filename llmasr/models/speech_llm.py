@@ -81,6 +81,28 @@ class SpeechLLM(nn.Module):
         audio, audio_lens = self.adaptor(enc, enc_lens)
         return enc, enc_lens, audio, audio_lens
 
+    def embed_batch(self, batch: dict, *, for_generation: bool = False):
+        """(encoder output, its lengths, MergedInputs) for a collated batch.
+
+        For generation the rows are left-padded, carry no labels and end at `target_start`, which drops any
+        reference target a training batch holds.
+        """
+        enc, enc_lens, audio, audio_lens = self.encode_audio(batch["feats"], batch["feat_lens"])
+        embed, _, _ = causal_lm_parts(self.llm)
+        text_ids = batch["text_ids"]
+        merged = merge_audio_into_text(
+            embed(text_ids),
+            text_ids,
+            batch["target_start"] if for_generation else batch["text_lens"],
+            batch["audio_pos"],
+            batch["target_start"],
+            audio,
+            audio_lens,
+            left_pad=for_generation,
+            with_labels=not for_generation,
+        )
+        return enc, enc_lens, merged
+
     def _llm_hidden(self, merged) -> torch.Tensor:
         _, decoder, _ = causal_lm_parts(self.llm)
         out = decoder(
@@ -105,22 +127,11 @@ class SpeechLLM(nn.Module):
         trainer passes the counts of a whole accumulation window across ranks, which makes the accumulated
         gradient equal to that of one batch holding all of it.
         """
-        enc, enc_lens, audio, audio_lens = self.encode_audio(batch["feats"], batch["feat_lens"])
-        embed, _, head = causal_lm_parts(self.llm)
-        text_ids = batch["text_ids"]
-        merged = merge_audio_into_text(
-            embed(text_ids),
-            text_ids,
-            batch["text_lens"],
-            batch["audio_pos"],
-            batch["target_start"],
-            audio,
-            audio_lens,
-        )
-        token = labels_only_cross_entropy(self._llm_hidden(merged), merged.labels, head)
+        enc, enc_lens, merged = self.embed_batch(batch)
+        token = labels_only_cross_entropy(self._llm_hidden(merged), merged.labels, causal_lm_parts(self.llm)[2])
         n_tok = token.n_tokens.clamp(min=1) if token_normalizer is None else token_normalizer
         loss = token.loss_sum / n_tok
-        n_utts = int(text_ids.shape[0])
+        n_utts = int(batch["text_ids"].shape[0])
         ctc_sum = loss.new_zeros(())
         if self.ctc_head is not None:
             from llmasr.models.ctc import ctc_loss
@@ -157,25 +168,12 @@ class SpeechLLM(nn.Module):
         The length cap defaults to `tokens_per_second` times each utterance's own duration plus 8, so a model that
         loops stops at a length tied to its audio rather than at a global maximum.
         """
-        enc, enc_lens, audio, audio_lens = self.encode_audio(batch["feats"], batch["feat_lens"])
-        embed, _, _ = causal_lm_parts(self.llm)
-        text_ids = batch["text_ids"]
-        merged = merge_audio_into_text(
-            embed(text_ids),
-            text_ids,
-            batch["target_start"],  # drop any reference target carried by a training batch
-            batch["audio_pos"],
-            batch["target_start"],
-            audio,
-            audio_lens,
-            left_pad=True,
-            with_labels=False,
-        )
+        _, _, merged = self.embed_batch(batch, for_generation=True)
         if max_new_tokens is None:
             seconds = batch["feat_lens"].double() * self.frontend.frame_seconds
             caps = [int(math.ceil(float(s) * tokens_per_second)) + 8 for s in seconds]
         else:
-            caps = [int(max_new_tokens)] * int(text_ids.shape[0])
+            caps = [int(max_new_tokens)] * int(batch["text_ids"].shape[0])
         out = self.llm.generate(
             inputs_embeds=merged.inputs_embeds,
             attention_mask=merged.attention_mask,

@@ -17,21 +17,8 @@ from llmasr.testing.tiny_recipe import random_batch
 
 def speech_logits(model, batch):
     """LLM logits over the merged audio+text sequence (what training sees)."""
-    from llmasr.models.insert_audio import merge_audio_into_text
-    from llmasr.models.llm import causal_lm_parts
-
     with torch.no_grad():
-        _, _, audio, audio_lens = model.encode_audio(batch["feats"], batch["feat_lens"])
-        embed, _, _ = causal_lm_parts(model.llm)
-        merged = merge_audio_into_text(
-            embed(batch["text_ids"]),
-            batch["text_ids"],
-            batch["text_lens"],
-            batch["audio_pos"],
-            batch["target_start"],
-            audio,
-            audio_lens,
-        )
+        _, _, merged = model.embed_batch(batch)
         return model.llm(
             inputs_embeds=merged.inputs_embeds,
             attention_mask=merged.attention_mask,

@@ -32,24 +32,11 @@ def test_forward_backward_trains_the_right_branches(model):
 
 
 def test_loss_equals_hf_full_logits_loss_on_the_same_inputs(model):
-    from llmasr.models.insert_audio import merge_audio_into_text
-    from llmasr.models.llm import causal_lm_parts
-
     model.eval()
     batch = random_batch(model, TARGETS)
     with torch.no_grad():
         out = model(batch)
-        _, _, audio, audio_lens = model.encode_audio(batch["feats"], batch["feat_lens"])
-        embed, _, _ = causal_lm_parts(model.llm)
-        merged = merge_audio_into_text(
-            embed(batch["text_ids"]),
-            batch["text_ids"],
-            batch["text_lens"],
-            batch["audio_pos"],
-            batch["target_start"],
-            audio,
-            audio_lens,
-        )
+        _, _, merged = model.embed_batch(batch)
         logits = model.llm(
             inputs_embeds=merged.inputs_embeds,
             attention_mask=merged.attention_mask,
