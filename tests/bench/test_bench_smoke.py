@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -74,7 +75,8 @@ def test_step_flops_match_torch_counter_on_matrix_products():
     counts = {str(k): v for k, v in counter.get_flop_counts()["Global"].items()}
     ours = gpu_mfu.step_flops(size, batch)
     linear = sum(ours[k] for k in ("encoder_linear", "adaptor", "llm_linear", "lora", "output_head"))
-    assert counts["aten.mm"] + counts["aten.addmm"] == linear
+    # Which of mm/addmm a linear layer dispatches to varies with state other tests leave (an op absent = 0 FLOPs).
+    assert counts.get("aten.mm", 0) + counts.get("aten.addmm", 0) == linear
     assert ours["total"] > linear  # attention and the FSMN convolution on top
 
 
@@ -125,7 +127,14 @@ def test_reproduce_command_drops_the_json_path():
 
 
 def _run(args, timeout=900):
-    proc = subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=timeout)
+    # Another test in this process may have made a process group whose rendezvous variables would leak into the
+    # child (its port is still held here): the child picks its own.
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK")
+    }
+    proc = subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=timeout, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc.stdout
 
