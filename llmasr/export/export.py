@@ -6,7 +6,7 @@
 Steps: locate the checkpoint(s); reload the run's recipe; refuse if the pretrained base directories the recipe
 names are not the ones the run was trained on (fingerprints); read the trained tensors offline (any ZeRO stage,
 CPU only); optionally average N checkpoints; rebuild the model from the recipe and load the trained tensors
-strictly; merge LoRA; write
+strictly, refusing a frozen branch whose weights were random (llmasr.export.trained_model); merge LoRA; write
 
     DIR/llm/                   the LLM with LoRA merged (HF format, safetensors, sharded when large), its tokenizer
                                with the chat template, generation_config.eos_token_id = the prompt's end token
@@ -25,7 +25,6 @@ The directory is written under DIR.partial and renamed at the end, so an interru
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import logging
 import shutil
@@ -35,14 +34,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from llmasr.export.checkpoint_reader import (
-    CheckpointError,
-    average_states,
-    read_meta,
-    read_trained_state,
-    resolve_checkpoint,
-    select_tags,
-)
+from llmasr.export.checkpoint_reader import CheckpointError
+from llmasr.export.trained_model import load_checkpoint_model, load_trained  # noqa: F401  (public API here too)
 
 log = logging.getLogger(__name__)
 
@@ -60,134 +53,6 @@ DTYPE_NAMES = {
 
 class ExportError(RuntimeError):
     """The checkpoint cannot be exported as asked."""
-
-
-# ------------------------------------------------------------------------------------------ loading a checkpoint
-def _check_fingerprint(meta: dict, recipe, where: str) -> None:
-    from llmasr.models.fingerprint import base_fingerprint, fingerprint_differences
-
-    diffs = fingerprint_differences(meta.get("base_fingerprint") or {}, base_fingerprint(recipe.model))
-    if diffs:
-        raise CheckpointError(
-            f"{where}: the base model changed since this checkpoint was trained; LoRA and the other trained tensors "
-            "only make sense on the exact base weights they were trained on. Differences:\n  "
-            + "\n  ".join(diffs)
-            + "\nPoint the recipe's model paths (RUN_DIR/recipe.yaml) at the original directories."
-        )
-
-
-def load_trained(model: nn.Module, state: dict[str, torch.Tensor], trainable: list[str], *, source: str) -> None:
-    """Copy the trained tensors into the rebuilt model, strictly.
-
-    Every name in `trainable` (the meta's list) must be a parameter of the model and present in `state` with the
-    same shape; `state` may hold nothing else except persistent buffers of the model (loaded too) and aliases of
-    a trained parameter (tied weights). The rebuilt model must have exactly those parameters trainable.
-    """
-    params = dict(model.named_parameters())
-    aliases: dict[str, str] = {}  # every name of a shared parameter -> its first (named_parameters) name
-    first_name = {id(p): n for n, p in params.items()}
-    for name, p in model.named_parameters(remove_duplicate=False):
-        aliases[name] = first_name[id(p)]
-    buffers = {k: v for k, v in model.state_dict().items() if k not in aliases}
-    wanted = list(trainable)
-    wanted_set = set(wanted)
-
-    lines = []
-    for n in wanted:
-        if n not in params:
-            lines.append(f"  trainable in the checkpoint but not a parameter of the rebuilt model: {n}")
-        elif n not in state:
-            lines.append(f"  missing from checkpoint: {n} (model shape {list(params[n].shape)})")
-        elif tuple(state[n].shape) != tuple(params[n].shape):
-            lines.append(f"  shape mismatch: {n}: checkpoint {list(state[n].shape)} vs model {list(params[n].shape)}")
-    for k, v in state.items():
-        if k in wanted_set:
-            continue
-        if k in aliases and aliases[k] in wanted_set:
-            continue
-        if k in buffers:
-            if tuple(v.shape) != tuple(buffers[k].shape):
-                lines.append(
-                    f"  shape mismatch: buffer {k}: checkpoint {list(v.shape)} vs model {list(buffers[k].shape)}"
-                )
-            continue
-        if k in aliases:
-            lines.append(
-                f"  unexpected in checkpoint: {k} (a parameter the checkpoint's meta does not list as trained)"
-            )
-        else:
-            lines.append(f"  unexpected in checkpoint: {k} {list(v.shape)} (no such parameter or buffer in the model)")
-    model_trainable = {n for n, p in params.items() if p.requires_grad}
-    for n in sorted(model_trainable - wanted_set):
-        lines.append(f"  trainable in the rebuilt model but not in the checkpoint: {n}")
-    if lines:
-        raise CheckpointError(
-            f"{source} does not match the model rebuilt from the run's recipe:\n"
-            + "\n".join(lines[:50])
-            + (f"\n  ... and {len(lines) - 50} more" if len(lines) > 50 else "")
-        )
-    with torch.no_grad():
-        for n in wanted:
-            params[n].copy_(state[n].to(params[n].dtype))
-        named_buffers = dict(model.named_buffers())
-        for k, v in state.items():
-            if k in buffers and k in named_buffers:
-                named_buffers[k].copy_(v.to(named_buffers[k].dtype))
-
-
-def load_checkpoint_model(
-    checkpoint: str | Path,
-    *,
-    tag: str | None = None,
-    average: int = 1,
-    average_by: str | None = None,
-):
-    """(SpeechLLM with the trained tensors loaded, LoRA not merged, float32, eval mode; info dict)."""
-    from llmasr.config_io import ConfigError
-    from llmasr.models.builder import build_model
-    from llmasr.recipe import load_recipe
-
-    ref = resolve_checkpoint(checkpoint, tag)
-    if average > 1 or average_by == "best":
-        tags = select_tags(ref, average, average_by or "last")
-    else:
-        tags = [ref.tag]
-    recipe_path = ref.run_dir / "recipe.yaml"
-    if not recipe_path.is_file():
-        raise CheckpointError(f"{recipe_path}: missing; the run's resolved recipe is needed to rebuild the model")
-    try:
-        recipe = load_recipe(recipe_path)
-    except ConfigError as err:
-        raise CheckpointError(f"{recipe_path}: {err}") from err
-    metas = [read_meta(ref.root / t) for t in tags]
-    for t, meta in zip(tags, metas):
-        _check_fingerprint(meta, recipe, str(ref.root / t))
-    trainable = metas[-1]["trainable"]
-    for t, meta in zip(tags, metas):
-        if meta["trainable"] != trainable:
-            raise CheckpointError(f"cannot average {tags}: {t} trained a different set of parameters")
-    states = [read_trained_state(ref.root / t, meta) for t, meta in zip(tags, metas)]
-    state = average_states(states, names=tags)
-
-    cfg = copy.deepcopy(recipe.model)
-    cfg.llm.dtype = "float32"  # merge in full precision; the export casts afterwards
-    cfg.llm.gradient_checkpointing = False
-    cfg.encoder.gradient_checkpointing = False
-    model = build_model(cfg)
-    source = f"checkpoint {ref.root / tags[0]}" + (f" (+{len(tags) - 1} averaged)" if len(tags) > 1 else "")
-    load_trained(model, state, trainable, source=source)
-    model.eval()
-    info = {
-        "run_dir": str(ref.run_dir.resolve()),
-        "tags": tags,
-        "updates": [m.get("update") for m in metas],
-        "epochs": [m.get("epoch") for m in metas],
-        "metrics": [m.get("metrics") for m in metas],
-        "zero_stage": [m.get("zero_stage") for m in metas],
-        "average": {"n": len(tags), "by": (average_by or "last") if len(tags) > 1 or average_by else None},
-        "recipe": recipe,
-    }
-    return model, info
 
 
 # ------------------------------------------------------------------------------------------------ merging

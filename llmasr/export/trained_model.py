@@ -1,0 +1,229 @@
+"""Rebuilding the trained SpeechLLM of a checkpoint, offline on the CPU (used by `llmasr export` and `llmasr decode
+--checkpoint`).
+
+Checkpoints hold only the trained tensors; everything else is rebuilt from the run's recipe: the pretrained base
+weights are read again from the recipe's paths (refused when their fingerprints changed), and the trained tensors are
+then loaded strictly. A branch built with fresh random weights (no pretrained source) can only be rebuilt when all
+of its parameters were trained: frozen random weights are in no file, so such a checkpoint is refused.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from llmasr.export.checkpoint_reader import (
+    CheckpointError,
+    average_states,
+    read_meta,
+    read_trained_state,
+    resolve_checkpoint,
+    select_tags,
+)
+
+
+def _check_fingerprint(meta: dict, recipe, where: str) -> None:
+    from llmasr.models.fingerprint import base_fingerprint, fingerprint_differences
+
+    diffs = fingerprint_differences(meta.get("base_fingerprint") or {}, base_fingerprint(recipe.model))
+    if diffs:
+        raise CheckpointError(
+            f"{where}: the base model changed since this checkpoint was trained; LoRA and the other trained tensors "
+            "only make sense on the exact base weights they were trained on. Differences:\n  "
+            + "\n  ".join(diffs)
+            + "\nPoint the recipe's model paths (RUN_DIR/recipe.yaml) at the original directories."
+        )
+
+
+def load_trained(model: nn.Module, state: dict[str, torch.Tensor], trainable: list[str], *, source: str) -> None:
+    """Copy the trained tensors into the rebuilt model, strictly.
+
+    Every name in `trainable` (the meta's list) must be a parameter of the model and present in `state` with the
+    same shape; `state` may hold nothing else except persistent buffers of the model (loaded too) and second names
+    of a shared parameter (tied weights; not loaded). The rebuilt model must have exactly those parameters trainable.
+    """
+    params = dict(model.named_parameters())
+    aliases: dict[str, str] = {}  # every name of a shared parameter -> its first (named_parameters) name
+    first_name = {id(p): n for n, p in params.items()}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        aliases[name] = first_name[id(p)]
+    buffers = {k: v for k, v in model.state_dict().items() if k not in aliases}
+    wanted = list(trainable)
+    wanted_set = set(wanted)
+
+    lines = []
+    for n in wanted:
+        if n not in params:
+            lines.append(f"  trainable in the checkpoint but not a parameter of the rebuilt model: {n}")
+        elif n not in state:
+            lines.append(f"  missing from checkpoint: {n} (model shape {list(params[n].shape)})")
+        elif tuple(state[n].shape) != tuple(params[n].shape):
+            lines.append(f"  shape mismatch: {n}: checkpoint {list(state[n].shape)} vs model {list(params[n].shape)}")
+    for k, v in state.items():
+        if k in wanted_set:
+            continue
+        if k in aliases and aliases[k] in wanted_set:
+            continue
+        if k in aliases and aliases[k] != k:
+            # Second name of a frozen shared tensor (tied embeddings: lm_head.weight). A ZeRO-0 save drops frozen
+            # parameters by their first name only, so the alias comes along; it holds the base weight the model
+            # was just rebuilt with (fingerprint-checked), in the training dtype. Nothing to load.
+            if tuple(v.shape) != tuple(params[aliases[k]].shape):
+                lines.append(
+                    f"  shape mismatch: {k}: checkpoint {list(v.shape)} vs model {list(params[aliases[k]].shape)}"
+                )
+            continue
+        if k in buffers:
+            if tuple(v.shape) != tuple(buffers[k].shape):
+                lines.append(
+                    f"  shape mismatch: buffer {k}: checkpoint {list(v.shape)} vs model {list(buffers[k].shape)}"
+                )
+            continue
+        if k in aliases:
+            lines.append(
+                f"  unexpected in checkpoint: {k} (a parameter the checkpoint's meta does not list as trained)"
+            )
+        else:
+            lines.append(f"  unexpected in checkpoint: {k} {list(v.shape)} (no such parameter or buffer in the model)")
+    model_trainable = {n for n, p in params.items() if p.requires_grad}
+    for n in sorted(model_trainable - wanted_set):
+        lines.append(f"  trainable in the rebuilt model but not in the checkpoint: {n}")
+    if lines:
+        raise CheckpointError(
+            f"{source} does not match the model rebuilt from the run's recipe:\n"
+            + "\n".join(lines[:50])
+            + (f"\n  ... and {len(lines) - 50} more" if len(lines) > 50 else "")
+        )
+    with torch.no_grad():
+        for n in wanted:
+            params[n].copy_(state[n].to(params[n].dtype))
+        named_buffers = dict(model.named_buffers())
+        for k, v in state.items():
+            if k in buffers and k in named_buffers:
+                named_buffers[k].copy_(v.to(named_buffers[k].dtype))
+
+
+def _seed_dependent(build, names: list[str]) -> list[str]:
+    """Those of `names` (parameters of the module `build()` returns) whose initial values depend on the RNG."""
+    rng = torch.random.get_rng_state()
+    try:
+        torch.manual_seed(1)
+        first = dict(build().named_parameters())
+        torch.manual_seed(2)
+        second = dict(build().named_parameters())
+    finally:
+        torch.random.set_rng_state(rng)
+    return [n for n in names if not torch.equal(first[n], second[n])]
+
+
+def fresh_frozen_parameters(model: nn.Module, cfg, trainable: list[str]) -> dict[str, list[str]]:
+    """{recipe key: names} of frozen parameters whose values were drawn at random when the model was built.
+
+    Such tensors are in no file: not in the checkpoint (frozen tensors are excluded) and not in a pretrained
+    directory, so a rebuilt model would silently differ from the trained one. Fresh branches: an encoder without
+    `path`, an adaptor or CTC head without `init_from`. A frozen tensor with a fixed initial value (Whisper's
+    sinusoidal positions) is fine: each fresh branch with frozen tensors is built twice under different seeds and
+    only the tensors that differ count.
+    """
+    from llmasr.models.adaptors import build_adaptor
+    from llmasr.models.builder import build_encoder, output_dim
+    from llmasr.models.ctc import CTCHead
+    from llmasr.models.llm import embedding_shape
+
+    branches = []
+    if cfg.encoder.path is None:
+        branches.append(("model.encoder", "encoder.", lambda: build_encoder(cfg.encoder)[0]))
+    if cfg.adaptor.init_from is None:
+        llm_dim = int(embedding_shape(model.llm)[-1])
+        branches.append(
+            ("model.adaptor", "adaptor.", lambda: build_adaptor(cfg.adaptor, output_dim(model.encoder), llm_dim))
+        )
+    if model.ctc_head is not None and cfg.ctc.init_from is None:
+        vocab = int(model.ctc_tokenizer.vocab_size)
+        branches.append(("model.ctc", "ctc_head.", lambda: CTCHead(output_dim(model.encoder), vocab)))
+    wanted = set(trainable)
+    out: dict[str, list[str]] = {}
+    for key, prefix, build in branches:
+        frozen = [n[len(prefix) :] for n, _ in model.named_parameters() if n.startswith(prefix) and n not in wanted]
+        random = _seed_dependent(build, frozen) if frozen else []
+        if random:
+            out[key] = [prefix + n for n in random]
+    return out
+
+
+def _refuse_fresh_frozen(model: nn.Module, cfg, trainable: list[str], source: str) -> None:
+    found = fresh_frozen_parameters(model, cfg, trainable)
+    if not found:
+        return
+    lines = []
+    for key, names in found.items():
+        more = f" and {len(names) - 3} more" if len(names) > 3 else ""
+        lines.append(
+            f"  {key}: {len(names)} frozen parameter(s) with random initial values: {', '.join(names[:3])}{more}"
+        )
+    raise CheckpointError(
+        f"{source} cannot be rebuilt: part of the model started from random weights that were never trained, so "
+        "they are neither in the checkpoint nor in a pretrained file:\n"
+        + "\n".join(lines)
+        + "\nTrain such a branch fully (freeze: false, no LoRA on it) or start it from pretrained weights "
+        "(encoder `path`, adaptor/ctc `init_from`)."
+    )
+
+
+def load_checkpoint_model(
+    checkpoint: str | Path,
+    *,
+    tag: str | None = None,
+    average: int = 1,
+    average_by: str | None = None,
+):
+    """(SpeechLLM with the trained tensors loaded, LoRA not merged, float32, eval mode; info dict)."""
+    from llmasr.config_io import ConfigError
+    from llmasr.models.builder import build_model
+    from llmasr.recipe import load_recipe
+
+    ref = resolve_checkpoint(checkpoint, tag)
+    if average > 1 or average_by == "best":
+        tags = select_tags(ref, average, average_by or "last")
+    else:
+        tags = [ref.tag]
+    recipe_path = ref.run_dir / "recipe.yaml"
+    if not recipe_path.is_file():
+        raise CheckpointError(f"{recipe_path}: missing; the run's resolved recipe is needed to rebuild the model")
+    try:
+        recipe = load_recipe(recipe_path)
+    except ConfigError as err:
+        raise CheckpointError(f"{recipe_path}: {err}") from err
+    metas = [read_meta(ref.root / t) for t in tags]
+    for t, meta in zip(tags, metas):
+        _check_fingerprint(meta, recipe, str(ref.root / t))
+    trainable = metas[-1]["trainable"]
+    for t, meta in zip(tags, metas):
+        if meta["trainable"] != trainable:
+            raise CheckpointError(f"cannot average {tags}: {t} trained a different set of parameters")
+    states = [read_trained_state(ref.root / t, meta) for t, meta in zip(tags, metas)]
+    state = average_states(states, names=tags)
+
+    cfg = copy.deepcopy(recipe.model)
+    cfg.llm.dtype = "float32"  # merge in full precision; the export casts afterwards
+    cfg.llm.gradient_checkpointing = False
+    cfg.encoder.gradient_checkpointing = False
+    model = build_model(cfg)
+    source = f"checkpoint {ref.root / tags[0]}" + (f" (+{len(tags) - 1} averaged)" if len(tags) > 1 else "")
+    _refuse_fresh_frozen(model, cfg, trainable, source)
+    load_trained(model, state, trainable, source=source)
+    model.eval()
+    info = {
+        "run_dir": str(ref.run_dir.resolve()),
+        "tags": tags,
+        "updates": [m.get("update") for m in metas],
+        "epochs": [m.get("epoch") for m in metas],
+        "metrics": [m.get("metrics") for m in metas],
+        "zero_stage": [m.get("zero_stage") for m in metas],
+        "average": {"n": len(tags), "by": (average_by or "last") if len(tags) > 1 or average_by else None},
+        "recipe": recipe,
+    }
+    return model, info

@@ -1,0 +1,205 @@
+"""Export of Conformer and Whisper encoders: the reloaded directory computes what the trained model computes, decodes
+like the checkpoint does, and a branch whose frozen weights were random is refused instead of silently redrawn."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from llmasr.export.checkpoint_reader import CheckpointError
+from llmasr.export.decode import main as decode_main
+from llmasr.export.export import export_model, load_checkpoint_model
+from llmasr.export.export import main as export_main
+from llmasr.export.exported import load_exported, read_description
+from llmasr.testing.run_dirs import TARGETS, make_run, model_section, perturb_trainable, write_corpus
+from llmasr.testing.tiny_recipe import random_batch
+
+KINDS = ("conformer", "whisper")
+ENCODER_LORA = {"conformer": ["linear_q", "linear_v"], "whisper": ["q_proj", "v_proj"]}
+CLASS = {"conformer": "ConformerEncoder", "whisper": "WhisperAudioEncoder"}
+FRAMES = [40, 52, 64, 30]  # distinct lengths: padding and per-utterance masks are exercised
+WHISPER_CONF = {
+    "num_mel_bins": 80,
+    "d_model": 32,
+    "encoder_layers": 2,
+    "encoder_attention_heads": 2,
+    "encoder_ffn_dim": 64,
+    "max_source_positions": 100,
+}
+FBANK_80 = {"fs": 16000, "window": "hamming", "n_mels": 80, "frame_length": 25, "frame_shift": 10}
+FBANK_80.update(lfr_m=1, lfr_n=1)
+
+
+@pytest.fixture(scope="module")
+def bases(tmp_path_factory):
+    from llmasr.testing.tiny_funasr import write_funasr_dir
+    from llmasr.testing.tiny_llm import write_tiny_llm_dir
+    from llmasr.testing.tiny_whisper import tiny_conformer_conf, write_tiny_whisper_dir
+
+    root = tmp_path_factory.mktemp("enc_bases")
+    return {
+        "llm": write_tiny_llm_dir(root / "llm"),
+        "conformer": write_funasr_dir(
+            root / "conformer",
+            encoder_type="ConformerEncoder",
+            encoder_conf=tiny_conformer_conf(80),
+            frontend_conf=FBANK_80,
+        ),
+        "whisper": write_tiny_whisper_dir(root / "whisper"),
+    }
+
+
+def pretrained_section(bases, kind: str) -> dict:
+    """Pretrained encoder directory, frozen, with LoRA; LoRA on the LLM; CTC head."""
+    section = model_section(bases["llm"], bases[kind])
+    section["encoder"]["type"] = kind
+    section["encoder"]["lora"]["target_modules"] = ENCODER_LORA[kind]
+    if kind == "whisper":
+        section["encoder"]["conf"] = {}  # the FunASR dropout names mean nothing to Whisper (dropouts default to 0)
+    return section
+
+
+def fresh_section(bases, kind: str) -> dict:
+    """Encoder built from `conf` with fresh weights, fully trained (no `path`)."""
+    from llmasr.testing.tiny_whisper import tiny_conformer_conf
+
+    section = model_section(bases["llm"], None, encoder_lora=False)
+    enc = section["encoder"]
+    enc.update(type=kind, freeze=False)
+    if kind == "whisper":
+        enc.update(conf=dict(WHISPER_CONF), frontend={})
+    else:
+        enc.update(conf={**tiny_conformer_conf(80), "dropout_rate": 0.0, "positional_dropout_rate": 0.0})
+        enc["frontend"] = {"n_mels": 80}
+    return section
+
+
+@pytest.fixture(scope="module")
+def trained(bases, tmp_path_factory):
+    """kind -> (RUN_DIR trained 2 updates under ZeRO-2, its fp32 export)."""
+    out = {}
+    for kind in KINDS:
+        root = tmp_path_factory.mktemp(f"trained_{kind}")
+        run = make_run(root / "run", pretrained_section(bases, kind), stage=2, steps=2)
+        out[kind] = (run, export_model(run, root / "model", dtype="fp32"))
+    return out
+
+
+def compare(ref, model, *, seed: int) -> None:
+    """Encoder, adaptor, CTC head and LLM logits of `model` equal those of `ref` (1e-5)."""
+    batch = random_batch(ref, TARGETS, frames=FRAMES, seed=seed)
+    with torch.no_grad():
+        got = model.encode_audio(batch["feats"], batch["feat_lens"])
+        want = ref.encode_audio(batch["feats"], batch["feat_lens"])
+        for name, a, b in zip(("encoder", "encoder lengths", "adaptor", "adaptor lengths"), got, want):
+            torch.testing.assert_close(a, b, rtol=0, atol=1e-5, msg=lambda m, name=name: f"{name}: {m}")
+        torch.testing.assert_close(model.ctc_head(got[0], got[1]), ref.ctc_head(want[0], want[1]), rtol=0, atol=1e-5)
+        logits = []
+        for m in (model, ref):
+            _, _, merged = m.embed_batch(batch)
+            logits.append(
+                m.llm(
+                    inputs_embeds=merged.inputs_embeds,
+                    attention_mask=merged.attention_mask,
+                    position_ids=merged.position_ids,
+                ).logits
+            )
+        torch.testing.assert_close(logits[0], logits[1], rtol=0, atol=1e-5)
+        torch.testing.assert_close(model(batch).loss, ref(batch).loss, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_reloaded_export_equals_the_trained_model(trained, kind):
+    run, out = trained[kind]
+    ref, _ = load_checkpoint_model(run)
+    assert any("lora_" in n for n, _ in ref.encoder.named_parameters())  # encoder LoRA is merged by the export
+    model = load_exported(out)  # what `llmasr decode --model DIR` loads
+    assert type(model.encoder).__name__ == CLASS[kind]
+    assert not any("lora_" in n for n, _ in model.named_parameters())
+    desc = read_description(out)
+    assert desc["encoder"]["type"] == kind and desc["encoder"]["class"] == CLASS[kind]
+    fe_ref, fe_got = json.loads(json.dumps(vars(ref.frontend))), json.loads(json.dumps(vars(model.frontend)))
+    if kind == "conformer":  # the fbank frontend's CMVN file travels with the export
+        assert fe_got.pop("cmvn_file") == str(out / "am.mvn")
+        assert (out / "am.mvn").read_bytes() == open(fe_ref.pop("cmvn_file"), "rb").read()
+    else:
+        assert fe_got["kind"] == "whisper" and fe_got["chunk_seconds"] == 2.0 and fe_got["cmvn_file"] is None
+    assert fe_got == fe_ref
+    compare(ref, model, seed=5)
+
+
+def test_conformer_batchnorm_statistics_are_exported(trained, bases):
+    """The Conformer encoder is in train mode under LoRA, so its BatchNorm statistics move; they are buffers, not
+    trained parameters, and must come across all the same."""
+    run, out = trained["conformer"]
+    ref, _ = load_checkpoint_model(run)
+    model = load_exported(out)
+    base = torch.load(bases["conformer"] / "model.pt", weights_only=True)
+    got = dict(model.encoder.named_buffers())
+    names = [n for n in got if n.endswith(("running_mean", "running_var"))]
+    assert names
+    for name in names:
+        ref_buf = ref.encoder.get_buffer(name)
+        assert not torch.allclose(base[f"encoder.{name}"], ref_buf)  # training moved them
+        torch.testing.assert_close(got[name], ref_buf, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_decoding_the_export_equals_decoding_the_checkpoint(trained, kind, tmp_path):
+    run, out = trained[kind]
+    texts = ["zero one two", "three four", "five six"]
+    corpus = write_corpus(tmp_path / "data", texts)
+    common = ["--data", str(corpus), "--max-new-tokens", "4", "--num-workers", "0", "--device", "cpu", "--beam", "1"]
+    assert decode_main(["--model", str(out), "--output", str(tmp_path / "m"), *common]) == 0
+    assert decode_main(["--checkpoint", str(run), "--output", str(tmp_path / "c"), *common]) == 0
+    hyp_m = (tmp_path / "m" / "hyp.txt").read_text().splitlines()
+    assert hyp_m == (tmp_path / "c" / "hyp.txt").read_text().splitlines()
+    assert [line.split(" ", 1)[0] for line in hyp_m] == ["test000", "test001", "test002"]
+    assert any(len(line.split(" ", 1)) > 1 for line in hyp_m)  # something was generated
+    summary = json.loads((tmp_path / "m" / "wer.json").read_text())
+    assert summary["utterances"] == len(texts) and summary["skipped"] == 0
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_encoder_built_from_conf_exports_under_zero3(bases, kind, tmp_path):
+    """An encoder without a pretrained directory, trained fully: described from its conf (no FunASR config.yaml
+    to read), and equal to a model rebuilt independently of the checkpoint reader (seed + the run's perturbation).
+    Whisper's frozen sinusoidal positions are not random and do not block the export."""
+    import llmasr
+    from llmasr.recipe import load_recipe
+
+    run = make_run(tmp_path / "run", fresh_section(bases, kind), stage=3, steps=0, seed=0)
+    torch.manual_seed(0)  # what make_run does before building
+    ref = llmasr.build_model(load_recipe(run / "recipe.yaml").model)
+    perturb_trainable(ref, 100)
+    ref.eval()
+    if kind == "whisper":
+        assert not ref.encoder.encoder.embed_positions.weight.requires_grad
+    out = export_model(run, tmp_path / "model", dtype="fp32")
+    desc = read_description(out)
+    assert desc["encoder"]["class"] == CLASS[kind]
+    if kind == "whisper":
+        assert {k: desc["encoder"]["conf"][k] for k in WHISPER_CONF} == WHISPER_CONF
+    else:
+        assert desc["encoder"]["conf"]["input_size"] == 80 and desc["encoder"]["conf"]["cnn_module_kernel"] == 15
+    compare(ref, load_exported(out), seed=9)
+
+
+def test_frozen_random_branches_are_refused(bases, tmp_path):
+    """A frozen encoder built from conf (LoRA on top) and a frozen fresh adaptor hold random weights that no file
+    keeps: rebuilding would draw new ones, so export and checkpoint decoding refuse, naming branch and tensors."""
+    section = fresh_section(bases, "conformer")
+    section["encoder"].update(freeze=True, lora={"r": 2, "alpha": 4, "dropout": 0.0, "target_modules": ["linear_q"]})
+    section["adaptor"]["freeze"] = True
+    run = make_run(tmp_path / "run", section, stage=0, steps=0)
+    with pytest.raises(CheckpointError) as err:
+        load_checkpoint_model(run)
+    msg = str(err.value)
+    assert "cannot be rebuilt" in msg
+    assert "model.encoder: " in msg and "frozen parameter(s) with random initial values: encoder.embed." in msg
+    assert "model.adaptor: " in msg and "adaptor." in msg
+    assert "lora_" not in msg  # the trained LoRA tensors are in the checkpoint
+    assert export_main(["--checkpoint", str(run), "--output", str(tmp_path / "x")]) == 1
+    assert not (tmp_path / "x").exists()
