@@ -212,24 +212,8 @@ def stage_train(args, workdir: Path, state: State, corpus: dict, llm_dir: Path) 
     done = subprocess.run(cmd, env=env, cwd=str(REPO))
     if done.returncode != 0:
         raise RuntimeError(f"training failed (exit {done.returncode}); see {run_dir / 'train.log'}")
-    plot_lr_schedule(run_dir)
     state.mark("train", fp, time.time() - start, ranks=ranks, gpus=gpus)
     return run_dir
-
-
-def plot_lr_schedule(run_dir: Path) -> None:
-    """RUN_DIR/lr_schedule.png from the lr_schedule.csv the trainer writes (one curve per branch)."""
-    csv, png = run_dir / "lr_schedule.csv", run_dir / "lr_schedule.png"
-    if png.is_file() or not csv.is_file():
-        return
-    import numpy as np
-
-    from llmasr.train.check import plot_lr
-
-    rows = [line.split(",") for line in csv.read_text().splitlines() if line.strip()]
-    names, values = rows[0][1:], np.array([[float(x) for x in r[1:]] for r in rows[1:]])
-    curves = {n: values[:, i] for i, n in enumerate(names) if not n.endswith("_no_decay")}
-    plot_lr(curves, png)
 
 
 def stage_export(workdir: Path, state: State, run_dir: Path) -> Path:

@@ -118,25 +118,6 @@ def key_updates(optim_cfg, group_names: list[str], total: int) -> list[tuple[str
     return out
 
 
-def plot_lr(curves: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(8, 4.5))
-    for name, values in curves.items():
-        ax.plot(range(len(values)), values, label=name)
-    ax.set_xlabel("optimizer update")
-    ax.set_ylabel("learning rate")
-    ax.set_title("per-group learning rate")
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-
-
 def _gb(n: float) -> str:
     return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.2f} MiB"
 
@@ -146,7 +127,7 @@ def check(recipe, ds_path, *, world_size: int, out: Path | None = None) -> str:
     from llmasr.train.ds_config import estimate_zero_memory, resolve_ds_config, zero_stage
     from llmasr.train.engine import offloads_optimizer
     from llmasr.train.param_groups import build_param_groups, describe_param_groups
-    from llmasr.train.progress import write_lr_csv
+    from llmasr.train.progress import plot_lr, write_lr_csv
     from llmasr.train.resolve import batches_per_epoch, build_loaders, check_run_settings, count_updates, text_side
     from llmasr.train.schedulers import lr_curve
 

@@ -164,3 +164,24 @@ def write_lr_csv(path: str | Path, curves: dict) -> None:
     for u in range(total):
         lines.append(",".join([str(u), *(repr(float(curves[n][u])) for n in names)]))
     Path(path).write_text("\n".join(lines) + "\n")
+
+
+def plot_lr(curves: dict, path: str | Path) -> None:
+    """A PNG of the per-group learning rates; a group's `_no_decay` twin follows the same curve and is left out."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    shown = {n: v for n, v in curves.items() if not (n.endswith("_no_decay") and n[: -len("_no_decay")] in curves)}
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for name, values in shown.items():
+        ax.plot(range(len(values)), values, label=name)
+    ax.set_xlabel("optimizer update")
+    ax.set_ylabel("learning rate")
+    ax.set_title("per-group learning rate")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

@@ -142,7 +142,7 @@ class Run:
     def _build_engine(self) -> None:
         from llmasr.train.engine import TrainEngine, build_model_for_training
         from llmasr.train.param_groups import build_param_groups, describe_param_groups
-        from llmasr.train.progress import write_lr_csv
+        from llmasr.train.progress import plot_lr, write_lr_csv
         from llmasr.train.resolve import check_model_frontend, seed_everything
         from llmasr.train.schedulers import build_group_schedules, lr_curve
 
@@ -156,7 +156,9 @@ class Run:
         schedules = build_group_schedules(groups, optim, self.total)
         self.engine = TrainEngine(model, groups, schedules, self.ds, self.dist.device)
         if self.rank == 0:
-            write_lr_csv(self.run_dir / "lr_schedule.csv", lr_curve(optim, [g["name"] for g in groups], self.total))
+            curves = lr_curve(optim, [g["name"] for g in groups], self.total)
+            write_lr_csv(self.run_dir / "lr_schedule.csv", curves)
+            plot_lr(curves, self.run_dir / "lr_schedule.png")
         seed_everything(tc.seed + self.rank)  # dropout differs per rank
 
     # -- checkpoints ------------------------------------------------------------------------------------------------

@@ -65,6 +65,7 @@ def test_run_dir_layout_logs_and_checkpoints(tiny_llm_dir, corpus, tmp_path):
     assert len(csv) == len(history)
     for h in history:
         assert h["lr"]["llm"] == pytest.approx(csv["llm"][h["update"] - 1], rel=1e-9)
+    assert (run / "lr_schedule.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # the plot beside it
 
     # checkpoints: latest is the last update; meta as documented; frozen base weights not stored
     ckpts = run / "checkpoints"
