@@ -152,9 +152,8 @@ def load_exported(model_dir: str | Path, *, dtype: str | torch.dtype | None = No
     )
 
     a = desc["adaptor"]
-    adaptor = build_adaptor(
-        from_dict(AdaptorConfig, dict(a["conf"]), "adaptor"), int(a["input_dim"]), int(a["llm_dim"])
-    )
+    adaptor_cfg = from_dict(AdaptorConfig, dict(a["conf"]), "adaptor")
+    adaptor = build_adaptor(adaptor_cfg, int(a["input_dim"]), int(a["llm_dim"]))
     _load_weights(adaptor, model_dir / a.get("file", "adaptor.safetensors"), "adaptor")
 
     ctc_head = ctc_tokenizer = None
@@ -181,6 +180,7 @@ def load_exported(model_dir: str | Path, *, dtype: str | torch.dtype | None = No
         ctc_head=ctc_head,
         ctc_tokenizer=ctc_tokenizer,
         ctc_weight=float(c["weight"]) if c else 0.0,
+        ctc_compress=adaptor_cfg.ctc_compress,
     )
     model.requires_grad_(False)
     model.eval()

@@ -193,4 +193,5 @@ def build_model(cfg: ModelConfig | dict | str | Path) -> SpeechLLM:
         ctc_tokenizer=ctc_tokenizer,
         ctc_weight=cfg.ctc.weight,
         ctc_label_smoothing=cfg.ctc.label_smoothing,
+        ctc_compress=cfg.adaptor.ctc_compress,
     )

@@ -62,6 +62,9 @@ class AdaptorConfig:
     num_queries: int = 4  # queries per window (qformer)
     dropout: float = 0.0
     freeze: bool = False
+    # Average the encoder frames over CTC best-path segments before the adaptor (llmasr.models.ctc_compress):
+    # none | avg | avg_no_blank. Needs the CTC head (model.ctc.weight > 0).
+    ctc_compress: Literal["none", "avg", "avg_no_blank"] = "none"
     # Pretrained adaptor weights (.safetensors or .pt), e.g. from a FunASR LLM-ASR model.pt with
     # init_prefix "audio_adaptor.". Shapes are checked against the adaptor built for this LLM.
     init_from: str | None = None
@@ -120,3 +123,10 @@ class ModelConfig:
     llm: LLMConfig = field(default_factory=LLMConfig)
     prompt: PromptConfig = field(default_factory=PromptConfig)
     ctc: CTCConfig = field(default_factory=CTCConfig)
+
+    def validate(self, path: str) -> None:
+        if self.adaptor.ctc_compress != "none" and self.ctc.weight <= 0:
+            raise ConfigError(
+                f"{path}.adaptor.ctc_compress: {self.adaptor.ctc_compress!r} segments the audio with the CTC head, "
+                f"but {path}.ctc.weight is {self.ctc.weight} (no head); set it > 0 or ctc_compress: none"
+            )

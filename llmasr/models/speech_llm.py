@@ -46,8 +46,11 @@ class SpeechLLM(nn.Module):
         ctc_tokenizer=None,
         ctc_weight: float = 0.0,
         ctc_label_smoothing: float = 0.0,
+        ctc_compress: str = "none",
     ):
         super().__init__()
+        if ctc_compress != "none" and ctc_head is None:
+            raise ValueError(f"ctc_compress={ctc_compress!r} needs a CTC head (model.ctc.weight > 0)")
         self.encoder = encoder
         self.adaptor = adaptor
         self.llm = llm
@@ -57,6 +60,7 @@ class SpeechLLM(nn.Module):
         self.ctc_tokenizer = ctc_tokenizer
         self.ctc_weight = ctc_weight
         self.ctc_label_smoothing = ctc_label_smoothing
+        self.ctc_compress = ctc_compress
 
     # -- train/eval ---------------------------------------------------------------------------------------------
     def frozen_branches(self) -> list[str]:
@@ -77,9 +81,21 @@ class SpeechLLM(nn.Module):
 
     # -- forward ------------------------------------------------------------------------------------------------
     def encode_audio(self, feats: torch.Tensor, feat_lens: torch.Tensor):
-        enc, enc_lens = self.encoder(feats, feat_lens)
-        audio, audio_lens = self.adaptor(enc, enc_lens)
+        """(encoder output, its lengths, audio embeddings, their lengths)."""
+        enc, enc_lens, _, audio, audio_lens = self._encode(feats, feat_lens)
         return enc, enc_lens, audio, audio_lens
+
+    def _encode(self, feats: torch.Tensor, feat_lens: torch.Tensor):
+        enc, enc_lens = self.encoder(feats, feat_lens)
+        log_probs = None
+        frames, frame_lens = enc, enc_lens
+        if self.ctc_compress != "none":
+            from llmasr.models.ctc_compress import ctc_compress
+
+            log_probs = self.ctc_head(enc, enc_lens)
+            frames, frame_lens = ctc_compress(enc, enc_lens, log_probs, self.ctc_tokenizer.blank_id, self.ctc_compress)
+        audio, audio_lens = self.adaptor(frames, frame_lens)
+        return enc, enc_lens, log_probs, audio, audio_lens
 
     def embed_batch(self, batch: dict, *, for_generation: bool = False):
         """(encoder output, its lengths, MergedInputs) for a collated batch.
@@ -87,7 +103,11 @@ class SpeechLLM(nn.Module):
         For generation the rows are left-padded, carry no labels and end at `target_start`, which drops any
         reference target a training batch holds.
         """
-        enc, enc_lens, audio, audio_lens = self.encode_audio(batch["feats"], batch["feat_lens"])
+        enc, enc_lens, _, merged = self._embed(batch, for_generation)
+        return enc, enc_lens, merged
+
+    def _embed(self, batch: dict, for_generation: bool):
+        enc, enc_lens, log_probs, audio, audio_lens = self._encode(batch["feats"], batch["feat_lens"])
         embed, _, _ = causal_lm_parts(self.llm)
         text_ids = batch["text_ids"]
         merged = merge_audio_into_text(
@@ -101,7 +121,7 @@ class SpeechLLM(nn.Module):
             left_pad=for_generation,
             with_labels=not for_generation,
         )
-        return enc, enc_lens, merged
+        return enc, enc_lens, log_probs, merged
 
     def _llm_hidden(self, merged) -> torch.Tensor:
         _, decoder, _ = causal_lm_parts(self.llm)
@@ -127,7 +147,7 @@ class SpeechLLM(nn.Module):
         trainer passes the counts of a whole accumulation window across ranks, which makes the accumulated
         gradient equal to that of one batch holding all of it.
         """
-        enc, enc_lens, merged = self.embed_batch(batch)
+        enc, enc_lens, log_probs, merged = self._embed(batch, for_generation=False)
         token = labels_only_cross_entropy(self._llm_hidden(merged), merged.labels, causal_lm_parts(self.llm)[2])
         n_tok = token.n_tokens.clamp(min=1) if token_normalizer is None else token_normalizer
         loss = token.loss_sum / n_tok
@@ -136,7 +156,8 @@ class SpeechLLM(nn.Module):
         if self.ctc_head is not None:
             from llmasr.models.ctc import ctc_loss
 
-            log_probs = self.ctc_head(enc, enc_lens)
+            if log_probs is None:  # not already computed for compression
+                log_probs = self.ctc_head(enc, enc_lens)
             ctc_sum = ctc_loss(
                 log_probs,
                 enc_lens,
