@@ -34,9 +34,27 @@ def dir_fingerprint(path: str | Path | None) -> dict | None:
     return out
 
 
+def file_fingerprint(path: str | Path) -> dict:
+    """One weight file (adaptor or CTC `init_from`): hashed in full when small, else by name and size."""
+    path = Path(path)
+    if not path.is_file():
+        return {"missing": str(path)}
+    size = path.stat().st_size
+    ident = hashlib.sha256(path.read_bytes()).hexdigest()[:16] if size <= _HASH_LIMIT else f"{size} bytes"
+    return {"files": {path.name: ident}}
+
+
+_HASH_LIMIT = 64 * 2**20
+
+
 def base_fingerprint(model_cfg: ModelConfig) -> dict:
-    """{"llm": ..., "encoder": ...} describing the pretrained directories named by the model section."""
-    return {"llm": dir_fingerprint(model_cfg.llm.path), "encoder": dir_fingerprint(model_cfg.encoder.path)}
+    """{"llm": ..., "encoder": ...} describing the pretrained directories named by the model section, plus
+    "adaptor" / "ctc" for branches initialised from a file (`init_from`): a frozen one is read again from there."""
+    out = {"llm": dir_fingerprint(model_cfg.llm.path), "encoder": dir_fingerprint(model_cfg.encoder.path)}
+    for branch, init_from in (("adaptor", model_cfg.adaptor.init_from), ("ctc", model_cfg.ctc.init_from)):
+        if init_from:  # absent otherwise, so fingerprints of runs without init_from read as before
+            out[branch] = file_fingerprint(init_from)
+    return out
 
 
 def fingerprint_differences(saved: dict, current: dict) -> list[str]:
@@ -54,7 +72,7 @@ def fingerprint_differences(saved: dict, current: dict) -> list[str]:
             continue
         files_a, files_b = a.get("files", {}), b.get("files", {})
         if "missing" in b:
-            diffs.append(f"{branch}: directory not found: {b['missing']}")
+            diffs.append(f"{branch}: not found: {b['missing']}")
             continue
         for name in sorted(set(files_a) | set(files_b)):
             if files_a.get(name) != files_b.get(name):
