@@ -143,7 +143,7 @@ def stage_llm(args, workdir: Path, state: State, corpus: dict) -> Path:
     from llmasr.demo.synth import CorpusConfig, make_text, transcripts
     from llmasr.demo.text_lm import TextLMConfig, build_text_lm
 
-    cfg = TextLMConfig(steps=300 if args.quick else 600)
+    cfg = TextLMConfig(steps=150 if args.quick else 600)
     out = workdir / "llm"
     fp = fingerprint("llm", cfg.__dict__, state.data["corpus"]["fingerprint"])
     if state.done("llm", fp) and (out / "config.json").is_file():
@@ -179,7 +179,7 @@ def train_overrides(args, workdir: Path, corpus: dict, llm_dir: Path) -> list[st
         f"train.output_dir={(workdir / 'run').resolve()}",
     ]
     if args.quick:
-        out += ["train.epochs=30", "data.batching.max_seconds=20", "train.log_every=10", "data.valid_max_utts=20"]
+        out += ["train.epochs=20", "data.batching.max_seconds=20", "train.log_every=10", "data.valid_max_utts=20"]
     return out + list(args.overrides)
 
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import io
 import json
-import math
 import os
 import shutil
 import subprocess
@@ -30,6 +29,8 @@ from pathlib import Path
 
 import numpy as np
 import soundfile as sf
+
+from llmasr.data.audio import resample
 
 SAMPLE_RATE = 16000
 DIGITS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
@@ -62,7 +63,9 @@ DEFAULT_TEST_VOICES = voices(ACCENTS, TEST_VARIANTS)
 
 @dataclass
 class CorpusConfig:
-    n_train: int = 3000
+    # 9,000 rather than 3,000 utterances for the same number of updates: the encoder stops memorising them (with
+    # SpecAugment, CTC greedy held-out WER 2.4% vs 8.0%); synthesis costs ~60 s on 2 cores.
+    n_train: int = 9000
     n_dev: int = 150
     n_test: int = 300
     train_voices: list[str] = field(default_factory=lambda: list(DEFAULT_TRAIN_VOICES))
@@ -188,41 +191,6 @@ def add_noise(wav: np.ndarray, snr_db: float, rng: np.random.Generator) -> np.nd
     return wav + noise * np.sqrt(p_speech / (p_noise * 10.0 ** (snr_db / 10.0)))
 
 
-def fft_resample(x: np.ndarray, orig_sr: int, new_sr: int) -> np.ndarray:
-    """Band-limited resampling of a whole clip in the frequency domain, the top 6% of the kept band tapered.
-
-    Agrees with llmasr.data.audio.resample to ~1e-4 on TTS clips and is ~50x faster for whole short clips
-    (one FFT instead of a polyphase sinc of 441/320 phases), which matters for thousands of clips on 2 cores.
-    """
-    g = math.gcd(int(orig_sr), int(new_sr))
-    up, down = int(new_sr) // g, int(orig_sr) // g
-    n = x.shape[0]
-    n_out = max(1, -(-n * up // down))  # ceil, as llmasr.data.audio.resample
-    # Zero-pad to down * (a 2-3-5-smooth number): both FFT lengths are then fast and the ratio exact.
-    blocks = _smooth_at_least(-(-n // down))
-    n_pad, n_pad_out = blocks * down, blocks * up
-    spec = np.fft.rfft(x.astype(np.float64), n_pad)
-    keep = min(spec.shape[0], n_pad_out // 2 + 1)
-    out = np.zeros(n_pad_out // 2 + 1, dtype=np.complex128)
-    out[:keep] = spec[:keep]
-    taper = max(1, int(keep * 0.06))
-    out[keep - taper : keep] *= 0.5 * (1.0 + np.cos(np.linspace(0.0, np.pi, taper)))
-    return (np.fft.irfft(out, n_pad_out)[:n_out] * (up / down)).astype(np.float32)
-
-
-def _smooth_at_least(n: int) -> int:
-    """The smallest number >= n with no prime factor above 5."""
-    m = max(1, n)
-    while True:
-        k = m
-        for p in (2, 3, 5):
-            while k % p == 0:
-                k //= p
-        if k == 1:
-            return m
-        m += 1
-
-
 def synthesize_one(item: dict, wav_path: str) -> float:
     """Speak one planned utterance into `wav_path` (16 kHz); returns its duration in seconds."""
     exe = espeak_binary()
@@ -236,7 +204,7 @@ def synthesize_one(item: dict, wav_path: str) -> float:
     sr = int.from_bytes(raw[24:28], "little")
     data_at = raw.find(b"data") + 8
     pcm = np.frombuffer(raw[data_at : data_at + (len(raw) - data_at) // 2 * 2], dtype="<i2").astype(np.float32)
-    wav = fft_resample(pcm / 32768.0, sr, SAMPLE_RATE) if sr != SAMPLE_RATE else pcm / 32768.0
+    wav = resample(pcm / 32768.0, sr, SAMPLE_RATE)  # espeak-ng speaks at 22.05 kHz
     rng = np.random.default_rng(item["noise_seed"])
     if item["snr_db"] is not None:
         wav = add_noise(wav, item["snr_db"], rng)

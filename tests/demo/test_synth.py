@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from llmasr.data.audio import resample
 from llmasr.data.manifest import Manifest
 from llmasr.demo import synth
 from llmasr.demo.synth import CorpusConfig, SynthError
@@ -47,15 +46,6 @@ def test_plan_is_deterministic_and_uses_each_splits_voices():
         assert words and set(words) <= vocab
         assert cfg.rate[0] <= it["rate"] <= cfg.rate[1]
     assert synth.plan_corpus(small_config(n_train=40, seed=1)) != a
-
-
-def test_fft_resample_matches_the_project_resampler():
-    t = np.arange(22050 + 117) / 22050
-    x = (np.sin(2 * np.pi * 440 * t) + 0.3 * np.sin(2 * np.pi * 3000 * t)).astype(np.float32) * np.hanning(t.size)
-    ours = synth.fft_resample(x, 22050, 16000)
-    ref = resample(x, 22050, 16000)
-    assert ours.shape == ref.shape
-    assert np.abs(ours - ref).max() < 1e-3
 
 
 def test_noise_is_mixed_at_the_requested_snr():
