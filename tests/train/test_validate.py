@@ -1,0 +1,239 @@
+"""Validation metrics: the CTC branch's greedy WER (ctc_wer) beside the LLM's, at ZeRO-0 and ZeRO-3, summed over
+ranks, and written to train.log and TensorBoard."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+from torch import nn
+
+import llmasr
+from llmasr.config_io import from_dict
+from llmasr.models.ctc import ctc_greedy
+from llmasr.recipe import DecodeConfig
+from llmasr.scoring import score_corpus
+from llmasr.testing.tiny_recipe import random_batch, tiny_model_section
+from llmasr.train import validate as validate_mod
+from llmasr.train.config import OptimConfig, TrainConfig
+from llmasr.train.validate import validate
+
+TARGETS = ["zero one two", "three four", "five six seven eight", "nine", "one one", "two three four five"]
+FRAMES = [34, 40, 46, 30, 38, 44]  # distinct: the oracle heads below know an utterance by its length
+SPLITS = [(0, 2), (2, 5), (5, 6)]
+DECODE = DecodeConfig(max_new_tokens=4)
+
+
+def build_model(llm_dir, *, ctc=True, seed=0):
+    torch.manual_seed(seed)
+    section = tiny_model_section(llm_dir, ctc_weight=0.3 if ctc else 0.0)
+    section["encoder"]["conf"].update(dropout_rate=0.0, attention_dropout_rate=0.0, positional_dropout_rate=0.0)
+    return llmasr.build_model(section)
+
+
+def make_batches(model, splits=SPLITS):
+    return [
+        dict(random_batch(model, TARGETS[lo:hi], frames=FRAMES[lo:hi], seed=k), empty=False)
+        for k, (lo, hi) in enumerate(splits)
+    ]
+
+
+def plain_engine(model):
+    """What validate() needs of a TrainEngine, without DeepSpeed."""
+    return SimpleNamespace(module=model, stage=0, device=torch.device("cpu"), to_device=lambda batch: batch)
+
+
+def make_engine(model, preset, world_size=1):
+    from llmasr.train.ds_config import resolve_ds_config
+    from llmasr.train.engine import TrainEngine, init_distributed
+    from llmasr.train.param_groups import build_param_groups
+    from llmasr.train.schedulers import build_group_schedules
+
+    dist = init_distributed()
+    optim = from_dict(OptimConfig, {"scheduler": {"type": "constant"}})
+    ds = resolve_ds_config(preset, TrainConfig(grad_accum=1, precision="fp32"), world_size=world_size)
+    groups = build_param_groups(model, optim)
+    return TrainEngine(model, groups, build_group_schedules(groups, optim, 10), ds, dist.device)
+
+
+def independent_ctc_wer(model, batches, metric="auto") -> float:
+    """Encoder -> CTC head -> ctc_greedy -> the CTC vocabulary -> the scorer, outside validate()."""
+    model.eval()
+    pairs = []
+    with torch.no_grad():
+        for batch in batches:
+            if batch["empty"]:
+                continue
+            enc, lens = model.encoder(batch["feats"], batch["feat_lens"])
+            ids = ctc_greedy(model.ctc_head(enc, lens), lens, model.ctc_tokenizer.blank_id)
+            pairs += [(ref, model.ctc_tokenizer.decode(i)) for ref, i in zip(batch["targets"], ids)]
+    assert any(hyp.strip() for _, hyp in pairs)  # the head emits something: the comparison is not of empties
+    return score_corpus(pairs, metric)[0].rate
+
+
+class OracleCTCHead(nn.Module):
+    """Log-probs whose best path spells `text_for(reference)` for the utterance of each length (FRAMES)."""
+
+    def __init__(self, tokenizer, text_for):
+        super().__init__()
+        self.tok = tokenizer
+        self.by_len = {n: text_for(t) for n, t in zip(FRAMES, TARGETS)}
+
+    def forward(self, enc, enc_lens):
+        blank = self.tok.blank_id
+        logits = torch.zeros(enc.shape[0], enc.shape[1], self.tok.vocab_size)
+        logits[..., blank] = 10.0
+        for b, n in enumerate(enc_lens.tolist()):
+            t, prev = 0, None
+            for i in self.tok.encode(self.by_len[n]):
+                t += int(i == prev)  # a blank between repeats, or they merge
+                logits[b, t, blank], logits[b, t, i] = 0.0, 10.0
+                t, prev = t + 1, i
+        return logits.log_softmax(-1)
+
+
+def drop_first_word(text: str) -> str:
+    return " ".join(text.split()[1:])
+
+
+N_WORDS = sum(len(t.split()) for t in TARGETS)
+
+
+@pytest.mark.parametrize(
+    "text_for, want",
+    [(lambda t: t, 0.0), (drop_first_word, len(TARGETS) / N_WORDS), (lambda t: t + " nine nine", 2 * 6 / N_WORDS)],
+    ids=["perfect", "drops_first_word", "inserts_two_words"],
+)
+def test_ctc_wer_follows_the_ctc_head(tiny_llm_dir, text_for, want):
+    model = build_model(tiny_llm_dir)
+    model.ctc_head = OracleCTCHead(model.ctc_tokenizer, text_for)
+    batches = make_batches(model)
+    metrics = validate(plain_engine(model), batches, DECODE)
+    assert metrics["ctc_wer"] == pytest.approx(want, abs=1e-12)
+    assert metrics["n_utts"] == len(TARGETS) and metrics["wer"] >= 0
+    # the all-bad stand-in runs but counts nothing
+    with_stand_in = validate(plain_engine(model), [*batches, dict(batches[0], empty=True)], DECODE)
+    assert with_stand_in["ctc_wer"] == metrics["ctc_wer"] and with_stand_in["n_utts"] == len(TARGETS)
+
+
+def test_ctc_scored_with_the_decode_metric(tiny_llm_dir):
+    """metric: cer scores the CTC transcripts in characters, as it does the LLM's."""
+    model = build_model(tiny_llm_dir)
+    model.ctc_head = OracleCTCHead(model.ctc_tokenizer, drop_first_word)
+    batches = make_batches(model)
+    metrics = validate(plain_engine(model), batches, DecodeConfig(max_new_tokens=4, metric="cer"))
+    first = sum(len(t.split()[0]) for t in TARGETS)
+    chars = sum(len(t.replace(" ", "")) for t in TARGETS)
+    assert metrics["ctc_wer"] == pytest.approx(first / chars, abs=1e-12)
+
+
+@pytest.mark.parametrize("preset", ["zero0", "zero3"])
+def test_ctc_wer_equals_an_independent_greedy_score(tiny_llm_dir, preset):
+    """The real (random) CTC head under a DeepSpeed engine; under ZeRO-3 its weights are partitioned."""
+    want = independent_ctc_wer(build_model(tiny_llm_dir), make_batches(build_model(tiny_llm_dir)))
+    model = build_model(tiny_llm_dir)
+    engine = make_engine(model, preset)
+    if preset == "zero3":
+        assert all(hasattr(p, "ds_id") for p in engine.module.ctc_head.parameters())
+    batches = make_batches(build_model(tiny_llm_dir))
+    metrics = validate(engine, batches, DECODE)
+    assert metrics["ctc_wer"] == pytest.approx(want, abs=1e-12)
+    assert want > 0 and metrics["ctc_wer"] != metrics["wer"]
+
+
+def test_no_ctc_head_no_ctc_wer(tiny_llm_dir):
+    model = build_model(tiny_llm_dir, ctc=False)
+    batches = make_batches(model)
+    metrics = validate(plain_engine(model), batches, DECODE)
+    assert "wer" in metrics and "ctc_wer" not in metrics and "ctc_loss" not in metrics
+    with_ctc = build_model(tiny_llm_dir)
+    no_wer = validate(plain_engine(with_ctc), make_batches(with_ctc), DECODE, with_wer=False)
+    assert "wer" not in no_wer and "ctc_wer" not in no_wer and "ctc_loss" in no_wer
+
+
+def test_ranks_sum_error_counts_not_rates(tiny_llm_dir, monkeypatch):
+    """Rank B's all-reduce adds rank A's sums: the result equals one rank validating everything, not the mean of
+    the two ranks' rates."""
+    model = build_model(tiny_llm_dir)
+    model.ctc_head = OracleCTCHead(model.ctc_tokenizer, drop_first_word)
+    batches = make_batches(model)
+    engine = plain_engine(model)
+    whole = validate(engine, batches, DECODE)
+    sent = []
+    monkeypatch.setattr(validate_mod, "all_reduce_sum", lambda values, device: sent.append(values) or list(values))
+    rank_a = validate(engine, batches[:1], DECODE)
+    rank_b_alone = validate(engine, batches[1:], DECODE)
+    monkeypatch.setattr(validate_mod, "all_reduce_sum", lambda values, device: [a + b for a, b in zip(values, sent[0])])
+    rank_b = validate(engine, batches[1:], DECODE)
+    assert rank_b["ctc_wer"] == pytest.approx(whole["ctc_wer"], abs=1e-12) == len(TARGETS) / N_WORDS
+    assert rank_b["wer"] == pytest.approx(whole["wer"], abs=1e-12)
+    assert abs((rank_a["ctc_wer"] + rank_b_alone["ctc_wer"]) / 2 - whole["ctc_wer"]) > 1e-3
+
+
+def test_trainer_logs_ctc_wer(tiny_llm_dir, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from llmasr.recipe import load_recipe
+    from llmasr.testing.tiny_corpus import tiny_recipe_dict, write_tiny_corpus
+    from llmasr.train.progress import parse_log_line
+    from llmasr.train.trainer import train
+
+    train_m = write_tiny_corpus(tmp_path / "train", n=4)
+    dev_m = write_tiny_corpus(tmp_path / "dev", n=3, seed=1)
+    run = tmp_path / "run"
+    recipe = load_recipe(
+        data=tiny_recipe_dict(tiny_llm_dir, train=[train_m], valid=[dev_m], output_dir=run, ctc_weight=0.3)
+    )
+    result = train(recipe, "zero0")
+    lines = (run / "train.log").read_text().splitlines()
+    valid = [parse_log_line(line) for line in lines if " valid update=" in line]
+    assert valid and all(0 <= v["ctc_wer"] < float("inf") and "wer" in v for v in valid)
+    assert valid[-1]["ctc_wer"] == pytest.approx(result["metrics"]["ctc_wer"], rel=1e-3)
+    events = EventAccumulator(str(run / "tensorboard"))
+    events.Reload()
+    assert "valid/ctc_wer" in events.Tags()["scalars"]
+
+
+TWO_RANK_SCRIPT = """
+import json, sys
+sys.path.insert(0, {tests_dir!r})
+import torch
+from test_validate import DECODE, build_model, make_batches, make_engine
+from llmasr.train.validate import validate
+
+llm_dir, out = [a for a in sys.argv[1:] if not a.startswith("--local_rank")]
+batches = make_batches(build_model(llm_dir))
+engine = make_engine(build_model(llm_dir), "zero3", world_size=2)
+rank = torch.distributed.get_rank()
+mine = [batches[0], batches[1]] if rank == 0 else [batches[2], dict(batches[2], empty=True)]
+metrics = validate(engine, mine, DECODE)
+json.dump(metrics, open(out + f".{{rank}}", "w"))
+"""
+
+
+@pytest.mark.slow
+def test_two_rank_zero3_ctc_wer(tiny_llm_dir, tmp_path):
+    """Real `deepspeed` launcher, 2 CPU ranks, ZeRO-3: rank 1 ends on an all-bad stand-in batch; both ranks report
+    the CTC WER of all three batches."""
+    from llmasr.train.engine import _free_port
+
+    script = tmp_path / "two_rank_validate.py"
+    script.write_text(TWO_RANK_SCRIPT.format(tests_dir=str(Path(__file__).parent)))
+    out = tmp_path / "metrics.json"
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")}
+    cmd = ["deepspeed", "--num_gpus", "2", "--master_port", str(_free_port()), str(script), str(tiny_llm_dir), str(out)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    got = [json.loads(Path(f"{out}.{rank}").read_text()) for rank in (0, 1)]
+    want = independent_ctc_wer(build_model(tiny_llm_dir), make_batches(build_model(tiny_llm_dir)))
+    assert got[0] == got[1]
+    assert got[0]["n_utts"] == len(TARGETS)
+    assert got[0]["ctc_wer"] == pytest.approx(want, abs=1e-12)
+
+
+if __name__ == "__main__":
+    sys.exit(pytest.main([__file__, "-q"]))
