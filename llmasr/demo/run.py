@@ -204,9 +204,7 @@ def stage_train(args, workdir: Path, state: State, corpus: dict, llm_dir: Path) 
     where = f"{ranks} GPU rank(s)" if gpus else f"{ranks} CPU rank(s) (gloo)"
     say(f"3/5 train: DeepSpeed ZeRO-2 on {where}{', resuming from the latest checkpoint' if resume else ''}")
     say("  $ " + " ".join(cmd))
-    env = dict(os.environ)
-    if not gpus:  # ranks share the cores: one intra-op thread pool each, sized so they do not oversubscribe
-        env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // ranks)))
+    env = dict(os.environ)  # CPU ranks split the cores between them (llmasr.train.engine.share_cpu_cores)
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
     start = time.time()
     done = subprocess.run(cmd, env=env, cwd=str(REPO))

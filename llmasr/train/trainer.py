@@ -133,10 +133,11 @@ class Run:
         tc = self.recipe.train
         log.info(
             "batches: micro %d per rank x accumulation %d x world %d = train_batch_size %d; %s batches per rank per "
-            "epoch; %d updates (ZeRO stage %d, %s)",
+            "epoch; %d updates (ZeRO stage %d, %s, %s)",
             self.ds["train_micro_batch_size_per_gpu"], self.k, self.world, self.ds["train_batch_size"],
             self.per_epoch[0] if len(set(self.per_epoch)) == 1 else self.per_epoch, self.total,
             int((self.ds.get("zero_optimization") or {}).get("stage", 0)), tc.precision,
+            f"{torch.get_num_threads()} CPU threads per rank" if self.dist.device.type == "cpu" else self.dist.device,
         )  # fmt: skip
 
     def _build_engine(self) -> None:

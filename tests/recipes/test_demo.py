@@ -65,6 +65,8 @@ def test_quick_demo_trains_exports_and_decodes(tmp_path):
     # Two ranks trained (world size in the first log line) and the exported model decodes the training voices
     # (dev split: voices seen in training, sentences not) clearly better than chance.
     assert "world 2" in log_lines[0]
+    if "OMP_NUM_THREADS" not in os.environ:  # the two CPU ranks split the cores instead of each taking all
+        assert f"{max(1, (os.cpu_count() or 1) // 2)} CPU threads per rank" in log_lines[0], log_lines[0]
     summary = json.loads((workdir / "summary.json").read_text())
     dev = workdir / "decode_dev"
     rows = [json.loads(line) for line in open(dev / "results.jsonl")]
