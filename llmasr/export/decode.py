@@ -2,7 +2,7 @@
 
     llmasr decode --model DIR | --checkpoint RUN_DIR[/checkpoints/TAG] --data test.jsonl [--data ...]
                   --output HYP_DIR [--beam N] [--batch-seconds S] [--max-new-tokens N]
-                  [--repetition-penalty P] [--no-repeat-ngram N] [--metric auto|wer|cer]
+                  [--repetition-penalty P] [--no-repeat-ngram N] [--metric auto|wer|cer] [--ctc]
 
 Batches come from the training data pipeline (SpeechDataset in evaluation mode: no dither, no augmentation; the
 same prompt builder, so the prompt a model is decoded with is the one it was trained with, the utterance's own
@@ -19,6 +19,10 @@ Outputs (HYP_DIR, or HYP_DIR/<manifest name>/ when several manifests are given):
                    (decoding wall-clock seconds / audio seconds), skipped lines
     wer.json       the same, machine-readable
     bad.jsonl      manifest lines that could not be decoded (missing/corrupt audio, bad fields...)
+
+With --ctc (a model with a CTC head on its encoder), HYP_DIR/ctc/ also gets hyp.txt, results.jsonl, wer.txt and
+wer.json for the CTC branch's greedy best path, scored the same way: a low CTC WER beside a high LLM WER says the
+encoder hears the words and the LLM side loses them. It reuses the encoder output of the LLM pass.
 
 Bad lines are skipped and reported; the command fails (exit 1, after writing the outputs) only when they are
 more than --max-bad-fraction of the lines.
@@ -55,6 +59,7 @@ class DecodeOptions:
     metric: str = "auto"
     max_bad_fraction: float = 0.01
     num_workers: int = 2
+    ctc: bool = False  # also decode the CTC branch (greedy best path) into HYP_DIR/ctc/
 
 
 class DecodeError(RuntimeError):
@@ -117,14 +122,27 @@ def _to_device(batch: dict, device) -> dict:
     return {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in batch.items()}
 
 
+@torch.no_grad()
+def ctc_transcripts(model, batch: dict, encoded=None) -> list[str]:
+    """The CTC branch's greedy transcripts of a batch on the model's device; `encoded`: the encoder's (frames,
+    lengths) for it when already computed."""
+    from llmasr.models.ctc import ctc_greedy
+
+    enc, enc_lens = encoded if encoded is not None else model.encoder(batch["feats"], batch["feat_lens"])
+    tok = model.ctc_tokenizer
+    return [tok.decode(ids) for ids in ctc_greedy(model.ctc_head(enc, enc_lens), enc_lens, tok.blank_id)]
+
+
 def decode_manifest(
     model, manifest_path: str | Path, out_dir: str | Path, opts: DecodeOptions, *, device="cpu"
 ) -> dict:
-    """Decode one manifest into `out_dir`; returns the summary dict (also written to wer.json)."""
+    """Decode one manifest into `out_dir`; returns the summary dict (also written to wer.json), with the CTC
+    branch's under "ctc" when opts.ctc."""
     from llmasr.data.dataset import BadDataTracker
     from llmasr.data.loader import open_manifests
-    from llmasr.scoring import score_corpus
 
+    if opts.ctc and getattr(model, "ctc_head", None) is None:
+        raise DecodeError("--ctc: the model has no CTC head (it was trained with model.ctc.weight 0)")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     manifest, fill_bad = open_manifests([str(manifest_path)], mix=False)
@@ -142,41 +160,96 @@ def decode_manifest(
     audio_seconds = 0.0
     model.eval()
     t0 = time.perf_counter()
-    for batch in loader:
-        for rec in batch["bad"]:
-            tracker.add_bad(rec)
-        if not batch["keys"]:
-            continue
-        tracker.add_good(len(batch["keys"]))
-        hyps = model.generate(
-            _to_device(batch, device),
-            num_beams=opts.num_beams,
-            max_new_tokens=opts.max_new_tokens,
-            tokens_per_second=opts.tokens_per_second,
-            repetition_penalty=opts.repetition_penalty,
-            no_repeat_ngram_size=opts.no_repeat_ngram_size,
-        )
-        for i, (idx, key, ref, hyp) in enumerate(zip(batch["indices"], batch["keys"], batch["targets"], hyps)):
-            dur = float(batch["durations"][i])
-            audio_seconds += dur
-            rows[idx] = {"key": key, "ref": ref, "hyp": hyp, "duration": round(dur, 4)}
+    # With --ctc, the encoder output that generate() computes is kept for the CTC head (no second encoder pass).
+    encoded: list = []
+    hook = model.encoder.register_forward_hook(lambda m, a, out: encoded.append(out)) if opts.ctc else None
+    try:
+        for batch in loader:
+            for rec in batch["bad"]:
+                tracker.add_bad(rec)
+            if not batch["keys"]:
+                continue
+            tracker.add_good(len(batch["keys"]))
+            dev = _to_device(batch, device)
+            hyps = model.generate(
+                dev,
+                num_beams=opts.num_beams,
+                max_new_tokens=opts.max_new_tokens,
+                tokens_per_second=opts.tokens_per_second,
+                repetition_penalty=opts.repetition_penalty,
+                no_repeat_ngram_size=opts.no_repeat_ngram_size,
+            )
+            ctc_hyps = ctc_transcripts(model, dev, encoded[-1] if encoded else None) if opts.ctc else [None] * len(hyps)
+            for i, (idx, key, ref, hyp) in enumerate(zip(batch["indices"], batch["keys"], batch["targets"], hyps)):
+                dur = float(batch["durations"][i])
+                audio_seconds += dur
+                rows[idx] = {"key": key, "ref": ref, "hyp": hyp, "ctc_hyp": ctc_hyps[i], "duration": round(dur, 4)}
+            encoded.clear()
+    finally:
+        if hook is not None:
+            hook.remove()
     decode_seconds = time.perf_counter() - t0
 
     order = sorted(rows)
-    corpus, scores = score_corpus([(rows[i]["ref"], rows[i]["hyp"]) for i in order], opts.metric)
-    with (
-        open(out_dir / "hyp.txt", "w") as fh,
-        open(out_dir / "ref.txt", "w") as fr,
-        open(out_dir / "results.jsonl", "w") as fj,
-    ):
-        for i, s in zip(order, scores):
-            r = rows[i]
-            fh.write(f"{r['key']} {_one_line(r['hyp'])}\n")
-            fr.write(f"{r['key']} {_one_line(r['ref'])}\n")
+    corpus = _write_results(out_dir, [rows[i] for i in order], "hyp", opts.metric, with_ref=True)
+    with open(out_dir / "bad.jsonl", "w") as fb:
+        for rec in tracker.examples:
+            fb.write(json.dumps(rec, ensure_ascii=False, default=str) + "\n")
+
+    name = Path(manifest_path).name
+    found = dict(
+        manifest=str(manifest_path), lines=n_lines, skipped=tracker.bad, skipped_by_reason=dict(tracker.by_reason)
+    )
+    counts = f"utterances decoded: {corpus.n_utts} of {n_lines} lines; skipped (bad data): {tracker.bad}" + (
+        f" ({', '.join(f'{k}: {v}' for k, v in tracker.by_reason.items())})" if tracker.bad else ""
+    )
+    summary = corpus.to_dict()
+    summary.update(
+        **found,
+        audio_seconds=round(audio_seconds, 3),
+        decode_seconds=round(decode_seconds, 3),
+        rtf=decode_seconds / audio_seconds if audio_seconds > 0 else math.nan,
+        num_beams=opts.num_beams,
+        max_new_tokens=opts.max_new_tokens,
+        batch_seconds=opts.batch_seconds,
+    )
+    text = [
+        f"{name}: {corpus.summary()}",
+        counts,
+        f"audio {audio_seconds:.1f} s, decoding {decode_seconds:.1f} s, real-time factor "
+        f"{summary['rtf']:.4f}" + f" (beam {opts.num_beams}, device {device})",
+    ]
+    _write_summary(out_dir, summary, text)
+    summary["too_much_bad_data"] = None
+    if tracker.bad and tracker.fraction > opts.max_bad_fraction:
+        summary["too_much_bad_data"] = tracker.message(final=True)
+    if opts.ctc:
+        ctc_corpus = _write_results(out_dir / "ctc", [rows[i] for i in order], "ctc_hyp", opts.metric, with_ref=False)
+        ctc = ctc_corpus.to_dict()
+        ctc.update(branch="ctc", decoding="greedy best path", **found, audio_seconds=round(audio_seconds, 3))
+        ctc_text = [
+            f"{name} (CTC branch, greedy): {ctc_corpus.summary()}",
+            counts,
+            f"audio {audio_seconds:.1f} s; the CTC head read the encoder output of the LLM pass (device {device})",
+        ]
+        _write_summary(out_dir / "ctc", ctc, ctc_text)
+        summary["ctc"] = ctc
+    return summary
+
+
+def _write_results(out_dir: Path, rows: list[dict], hyp_key: str, metric: str, *, with_ref: bool):
+    """hyp.txt, results.jsonl (and ref.txt) for rows[...][hyp_key]; returns the corpus score."""
+    from llmasr.scoring import score_corpus
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    corpus, scores = score_corpus([(r["ref"], r[hyp_key]) for r in rows], metric)
+    with open(out_dir / "hyp.txt", "w") as fh, open(out_dir / "results.jsonl", "w") as fj:
+        for r, s in zip(rows, scores):
+            fh.write(f"{r['key']} {_one_line(r[hyp_key])}\n")
             rec = {
                 "key": r["key"],
                 "ref": r["ref"],
-                "hyp": r["hyp"],
+                "hyp": r[hyp_key],
                 "unit": "word" if s.unit == "wer" else "char",
                 "errors": s.errors,
                 "sub": s.substitutions,
@@ -188,37 +261,17 @@ def decode_manifest(
                 "wer": s.rate,
             }
             fj.write(json.dumps(rec, ensure_ascii=False) + "\n")
-    with open(out_dir / "bad.jsonl", "w") as fb:
-        for rec in tracker.examples:
-            fb.write(json.dumps(rec, ensure_ascii=False, default=str) + "\n")
+    if with_ref:
+        with open(out_dir / "ref.txt", "w") as fr:
+            fr.writelines(f"{r['key']} {_one_line(r['ref'])}\n" for r in rows)
+    return corpus
 
-    summary = corpus.to_dict()
-    summary.update(
-        manifest=str(manifest_path),
-        lines=n_lines,
-        skipped=tracker.bad,
-        skipped_by_reason=dict(tracker.by_reason),
-        audio_seconds=round(audio_seconds, 3),
-        decode_seconds=round(decode_seconds, 3),
-        rtf=decode_seconds / audio_seconds if audio_seconds > 0 else math.nan,
-        num_beams=opts.num_beams,
-        max_new_tokens=opts.max_new_tokens,
-        batch_seconds=opts.batch_seconds,
-    )
-    text = [
-        f"{Path(manifest_path).name}: {corpus.summary()}",
-        f"utterances decoded: {corpus.n_utts} of {n_lines} lines; skipped (bad data): {tracker.bad}"
-        + (f" ({', '.join(f'{k}: {v}' for k, v in tracker.by_reason.items())})" if tracker.bad else ""),
-        f"audio {audio_seconds:.1f} s, decoding {decode_seconds:.1f} s, real-time factor "
-        f"{summary['rtf']:.4f}" + f" (beam {opts.num_beams}, device {device})",
-    ]
+
+def _write_summary(out_dir: Path, summary: dict, text: list[str]) -> None:
+    """wer.txt and wer.json; the text joins the summary under "text"."""
     (out_dir / "wer.txt").write_text("\n".join(text) + "\n")
     (out_dir / "wer.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False, default=str) + "\n")
     summary["text"] = "\n".join(text)
-    summary["too_much_bad_data"] = None
-    if tracker.bad and tracker.fraction > opts.max_bad_fraction:
-        summary["too_much_bad_data"] = tracker.message(final=True)
-    return summary
 
 
 def _one_line(text: str) -> str:
@@ -259,6 +312,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metric", choices=("auto", "wer", "cer"), default=None)
     p.add_argument("--max-bad-fraction", type=float, default=None, help="fail when more lines than this are bad")
     p.add_argument("--num-workers", type=int, default=2, help="data loader workers")
+    p.add_argument("--ctc", action="store_true", help="also write the CTC branch's greedy transcripts to OUTPUT/ctc/")
     p.add_argument("--dtype", choices=("bf16", "fp16", "fp32"), help="LLM dtype (--model; default: as exported)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     return p
@@ -288,6 +342,14 @@ def main(argv: list[str] | None = None) -> int:
     except (CheckpointError, ExportedModelError, FileNotFoundError) as err:
         print(f"llmasr decode: error: {err}", file=sys.stderr)
         return 1
+    if args.ctc and model.ctc_head is None:
+        where = f"model directory {args.model}" if args.model else f"checkpoint {args.checkpoint}"
+        print(
+            f"llmasr decode: error: --ctc: the {where} has no CTC head (trained with model.ctc.weight 0); "
+            "decode it without --ctc",
+            file=sys.stderr,
+        )
+        return 2
     model.to(device)
 
     def pick(value, key, fallback):
@@ -303,6 +365,7 @@ def main(argv: list[str] | None = None) -> int:
         metric=str(pick(args.metric, "metric", "auto")),
         max_bad_fraction=float(args.max_bad_fraction if args.max_bad_fraction is not None else max_bad),
         num_workers=args.num_workers,
+        ctc=args.ctc,
     )
     if opts.num_beams < 1:
         print("llmasr decode: error: --beam must be >= 1", file=sys.stderr)
@@ -317,11 +380,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"llmasr decode: error: {data}: {err}", file=sys.stderr)
             failed.append(data)
             continue
-        print(summary["text"])
-        summaries.append(summary)
+        texts = [summary["text"]] + ([summary["ctc"]["text"]] if args.ctc else [])
+        print("\n".join(texts))
+        summaries += texts
         if summary["too_much_bad_data"]:
             print(f"llmasr decode: error: {summary['too_much_bad_data']}", file=sys.stderr)
             failed.append(data)
     if len(args.data) > 1:
-        (output / "wer.txt").write_text("\n".join(s["text"] for s in summaries) + "\n")
+        (output / "wer.txt").write_text("\n".join(summaries) + "\n")
     return 1 if failed else 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from llmasr.export.decode import DecodeOptions, decode_manifest, main, make_loader
 from llmasr.export.export import export_model
@@ -174,3 +175,133 @@ def test_export_and_decode_a_checkpoint_the_trainer_wrote(base_dirs, tmp_path):
         == 0
     )
     assert _read(tmp_path / "hyp" / "hyp.txt") == _read(tmp_path / "hc" / "hyp.txt")
+
+
+# -- --ctc: the CTC branch's greedy transcripts ----------------------------------------------------------------------
+def _independent_ctc(model, corpus) -> dict:
+    """key -> (reference, CTC greedy transcript, encoder length), one utterance per batch: encoder -> head ->
+    ctc_greedy."""
+    from llmasr.data.loader import open_manifests
+    from llmasr.models.ctc import ctc_greedy
+
+    manifest, _ = open_manifests([str(corpus)], mix=False)
+    out = {}
+    with torch.no_grad():
+        for batch in make_loader(model, manifest, DecodeOptions(batch_seconds=0.01, num_workers=0)):
+            enc, lens = model.encoder(batch["feats"], batch["feat_lens"])
+            (ids,) = ctc_greedy(model.ctc_head(enc, lens), lens, model.ctc_tokenizer.blank_id)
+            out[batch["keys"][0]] = (batch["targets"][0], model.ctc_tokenizer.decode(ids), int(lens[0]))
+    return out
+
+
+def test_ctc_branch_batched_equals_one_by_one_and_the_llm_output_is_unchanged(model, corpus, tmp_path):
+    from llmasr.scoring import score_corpus
+
+    common = dict(max_new_tokens=4, num_workers=0)
+    decode_manifest(model, corpus, tmp_path / "plain", DecodeOptions(batch_seconds=100.0, **common))
+    batched = decode_manifest(model, corpus, tmp_path / "b", DecodeOptions(batch_seconds=100.0, ctc=True, **common))
+    decode_manifest(model, corpus, tmp_path / "s", DecodeOptions(batch_seconds=0.01, ctc=True, **common))
+    assert not (tmp_path / "plain" / "ctc").exists()
+    for name in ("hyp.txt", "ref.txt", "results.jsonl", "bad.jsonl"):  # the LLM's outputs do not change
+        assert _read(tmp_path / "b" / name) == _read(tmp_path / "plain" / name), name
+    plain = json.loads((tmp_path / "plain" / "wer.json").read_text())
+    with_ctc = json.loads((tmp_path / "b" / "wer.json").read_text())
+    timing = ("decode_seconds", "rtf")
+    assert {k: v for k, v in with_ctc.items() if k not in timing} == {k: v for k, v in plain.items() if k not in timing}
+    for name in ("hyp.txt", "results.jsonl", "wer.txt", "wer.json"):
+        assert (tmp_path / "b" / "ctc" / name).is_file(), name
+    hyp_b, hyp_s = _read(tmp_path / "b" / "ctc" / "hyp.txt"), _read(tmp_path / "s" / "ctc" / "hyp.txt")
+    assert len(hyp_b) == len(TEXTS) and hyp_b == hyp_s  # padding-invariant
+    # ... and equal to the head read one utterance at a time outside decode_manifest
+    want = _independent_ctc(model, corpus)
+    assert hyp_b == [f"{k} {' '.join(want[k][1].split())}" for k in sorted(want)]
+    assert any(want[k][1].strip() for k in want)  # the random head emits something
+    rate = score_corpus([want[k][:2] for k in sorted(want)], "auto")[0].rate
+    assert batched["ctc"]["rate"] == pytest.approx(rate, abs=1e-12)
+    assert json.loads((tmp_path / "b" / "ctc" / "wer.json").read_text())["rate"] == pytest.approx(rate, abs=1e-12)
+    assert batched["ctc"]["rate"] != batched["rate"]
+
+
+class _OracleCTCHead(torch.nn.Module):
+    """Log-probs whose best path spells `by_len[length]` for the utterance of each encoder length."""
+
+    def __init__(self, tokenizer, by_len: dict):
+        super().__init__()
+        self.tok, self.by_len = tokenizer, by_len
+
+    def forward(self, enc, enc_lens):
+        blank = self.tok.blank_id
+        logits = torch.zeros(enc.shape[0], enc.shape[1], self.tok.vocab_size)
+        logits[..., blank] = 10.0
+        for b, n in enumerate(enc_lens.tolist()):
+            t, prev = 0, None
+            for i in self.tok.encode(self.by_len[n]):
+                t += int(i == prev)
+                logits[b, t, blank], logits[b, t, i] = 0.0, 10.0
+                t, prev = t + 1, i
+            assert t <= n, f"{self.by_len[n]!r} needs {t} frames, the utterance has {n}"
+        return logits.log_softmax(-1)
+
+
+@pytest.fixture(scope="module")
+def long_corpus(tmp_path_factory):
+    """TEXTS as 1.5-2.0 s utterances: enough encoder frames for the longest text's CTC tokens."""
+    from llmasr.testing.run_dirs import write_wav
+
+    root = tmp_path_factory.mktemp("long")
+    (root / "wav").mkdir()
+    lines = []
+    for i, text in enumerate(TEXTS):
+        write_wav(root / "wav" / f"l{i}.wav", 1.5 + 0.1 * i, seed=i)
+        lines.append(json.dumps({"key": f"long{i:03d}", "source": f"wav/l{i}.wav", "target": text}))
+    (root / "long.jsonl").write_text("\n".join(lines) + "\n")
+    return root / "long.jsonl"
+
+
+@pytest.mark.parametrize("wrong", [False, True], ids=["perfect", "drops_first_word"])
+def test_ctc_wer_follows_the_ctc_head(model, long_corpus, tmp_path, monkeypatch, wrong):
+    corpus = long_corpus
+    truth = _independent_ctc(model, corpus)
+    assert len({n for _, _, n in truth.values()}) == len(TEXTS)  # lengths tell the utterances apart
+    by_len = {n: " ".join(ref.split()[int(wrong) :]) for ref, _, n in truth.values()}
+    monkeypatch.setattr(model, "ctc_head", _OracleCTCHead(model.ctc_tokenizer, by_len))
+    opts = DecodeOptions(batch_seconds=100.0, max_new_tokens=2, num_workers=0, ctc=True)
+    summary = decode_manifest(model, corpus, tmp_path / "o", opts)
+    words = sum(len(t.split()) for t in TEXTS)
+    assert summary["ctc"]["rate"] == pytest.approx(len(TEXTS) / words if wrong else 0.0, abs=1e-12)
+    rows = [json.loads(line) for line in open(tmp_path / "o" / "ctc" / "results.jsonl")]
+    assert [r["hyp"] for r in rows] == [" ".join(t.split()[int(wrong) :]) for t in TEXTS]
+    assert [r["errors"] for r in rows] == [int(wrong)] * len(TEXTS)
+    assert "(CTC branch, greedy): WER" in (tmp_path / "o" / "ctc" / "wer.txt").read_text()
+
+
+def test_ctc_without_shared_encoder_output(model, corpus, tmp_path, monkeypatch):
+    """A generate() that runs no encoder (stubbed): the CTC branch runs the encoder itself, same transcripts."""
+    monkeypatch.setattr(model, "generate", lambda batch, **kw: ["x"] * len(batch["keys"]))
+    decode_manifest(model, corpus, tmp_path / "o", DecodeOptions(batch_seconds=100.0, num_workers=0, ctc=True))
+    want = _independent_ctc(model, corpus)
+    assert _read(tmp_path / "o" / "ctc" / "hyp.txt") == [f"{k} {' '.join(want[k][1].split())}" for k in sorted(want)]
+
+
+def test_cli_ctc_prints_both_lines(runs, exported_dir, corpus, tmp_path, capsys):
+    common = ["--data", str(corpus), "--max-new-tokens", "3", "--num-workers", "0", "--ctc"]
+    assert main(["--model", str(exported_dir), "--output", str(tmp_path / "m"), *common]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("test.jsonl: WER ") and lines[3].startswith("test.jsonl (CTC branch, greedy): WER ")
+    assert json.loads((tmp_path / "m" / "ctc" / "wer.json").read_text())["branch"] == "ctc"
+    assert main(["--checkpoint", str(runs[2]), "--output", str(tmp_path / "c"), *common]) == 0
+    assert _read(tmp_path / "m" / "ctc" / "hyp.txt") == _read(tmp_path / "c" / "ctc" / "hyp.txt")
+
+
+def test_ctc_on_a_model_without_a_ctc_head_is_a_clear_error(base_dirs, corpus, tmp_path, capsys):
+    from llmasr.export.decode import DecodeError
+    from llmasr.testing.run_dirs import make_run, model_section
+
+    run = make_run(tmp_path / "run", model_section(*base_dirs, ctc=False), stage=0)
+    exported = export_model(run, tmp_path / "model")
+    rc = main(["--model", str(exported), "--data", str(corpus), "--output", str(tmp_path / "o"), "--ctc"])
+    err = capsys.readouterr().err
+    assert rc == 2 and f"--ctc: the model directory {exported} has no CTC head" in err
+    assert not (tmp_path / "o").exists()
+    with pytest.raises(DecodeError, match="no CTC head"):
+        decode_manifest(load_exported(exported), corpus, tmp_path / "o2", DecodeOptions(num_workers=0, ctc=True))
