@@ -239,15 +239,20 @@ def stage_decode(workdir: Path, state: State, model_dir: Path, corpus: dict) -> 
         out = workdir / f"decode_{split}"
         fp = fingerprint("decode", split, state.data["export"]["fingerprint"])
         stage = f"decode_{split}"
-        if not (state.done(stage, fp) and (out / "wer.json").is_file()):
+        if not (state.done(stage, fp) and (out / "wer.json").is_file() and (out / "ctc" / "wer.json").is_file()):
             say(f"5/5 decode: {split} split ({'held-out voices' if split == 'test' else 'training voices'})")
             start = time.time()
             cmd = ["--model", str(model_dir), "--data", corpus["manifests"][split], "--output", str(out)]
-            rc = decode_main([*cmd, "--num-workers", "0"])
+            rc = decode_main([*cmd, "--num-workers", "0", "--ctc"])  # the CTC branch's own WER beside the LLM's
             if rc != 0:
                 raise RuntimeError(f"decoding the {split} split failed (exit {rc})")
             state.mark(stage, fp, time.time() - start)
-        results[split] = {**read_wer(out), "chance": chance_wer(out / "results.jsonl"), "dir": str(out)}
+        results[split] = {
+            **read_wer(out),
+            "ctc": read_wer(out / "ctc")["wer"],
+            "chance": chance_wer(out / "results.jsonl"),
+            "dir": str(out),
+        }
     return results
 
 
@@ -311,6 +316,7 @@ def main(argv: list[str] | None = None) -> int:
         "stage_seconds": {k: v["seconds"] for k, v in state.data.items() if k != "train_started"},
         "test_wer": scores["test"]["wer"],
         "test_chance_wer": scores["test"]["chance"],
+        "test_ctc_wer": scores["test"]["ctc"],
         "dev_wer": scores["dev"]["wer"],
         "corpus": state.data["corpus"].get("counts"),
     }
@@ -318,6 +324,7 @@ def main(argv: list[str] | None = None) -> int:
     say("done")
     print(f"  held-out-voice test WER  {scores['test']['wer']:.2%}  (chance level {scores['test']['chance']:.2%})")
     print(f"  training-voice dev WER   {scores['dev']['wer']:.2%}")
+    print(f"  encoder CTC branch alone {scores['test']['ctc']:.2%} test, {scores['dev']['ctc']:.2%} dev (greedy)")
     print("  stage seconds            " + ", ".join(f"{k} {v:.0f}" for k, v in summary["stage_seconds"].items()))
     print(f"  wall time                {total:.0f} s (stages reused from earlier runs count 0)")
     print(f"  run directory            {run_dir}")

@@ -74,6 +74,9 @@ def test_quick_demo_trains_exports_and_decodes(tmp_path):
     chance = chance_wer(dev / "results.jsonl")
     assert summary["dev_wer"] < 0.85 * chance, (summary, chance)
     assert summary["dev_wer"] < 1.0
+    # the CTC branch is scored beside the LLM (llmasr decode --ctc)
+    assert 0.0 <= summary["test_ctc_wer"] and (workdir / "decode_test" / "ctc" / "hyp.txt").is_file()
+    assert "encoder CTC branch alone" in done.stdout
 
     # A rerun reuses every stage.
     again = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
