@@ -73,3 +73,36 @@ def random_batch(model, targets: list[str], *, frames: list[int] | None = None, 
             ctc[i, : len(x)] = torch.tensor(x)
         batch["ctc_ids"], batch["ctc_lens"] = ctc, torch.tensor([len(x) for x in ids])
     return batch
+
+
+def speech_logits(model, batch: dict) -> torch.Tensor:
+    """LLM logits over the merged audio+text sequence of `batch` (what training sees), without gradients."""
+    with torch.no_grad():
+        _, _, merged = model.embed_batch(batch)
+        return model.llm(
+            inputs_embeds=merged.inputs_embeds,
+            attention_mask=merged.attention_mask,
+            position_ids=merged.position_ids,
+        ).logits
+
+
+class OracleCTCHead(torch.nn.Module):
+    """A CTC head whose best path spells `by_len[n]` for the utterance of encoder length n (one token a frame, a
+    blank between repeated tokens): a head of known output for testing what scores or decodes it."""
+
+    def __init__(self, tokenizer, by_len: dict[int, str]):
+        super().__init__()
+        self.tok, self.by_len = tokenizer, by_len
+
+    def forward(self, enc: torch.Tensor, enc_lens: torch.Tensor) -> torch.Tensor:
+        blank = self.tok.blank_id
+        logits = torch.zeros(enc.shape[0], enc.shape[1], self.tok.vocab_size)
+        logits[..., blank] = 10.0
+        for b, n in enumerate(enc_lens.tolist()):
+            t, prev = 0, None
+            for i in self.tok.encode(self.by_len[n]):
+                t += int(i == prev)  # a blank between repeats, or they merge
+                logits[b, t, blank], logits[b, t, i] = 0.0, 10.0
+                t, prev = t + 1, i
+            assert t <= n, f"{self.by_len[n]!r} needs {t} frames, the utterance has {n}"
+        return logits.log_softmax(-1)

@@ -11,6 +11,7 @@ from llmasr.export.decode import DecodeOptions, decode_manifest, main, make_load
 from llmasr.export.export import export_model
 from llmasr.export.exported import load_exported
 from llmasr.testing.run_dirs import write_corpus
+from llmasr.testing.tiny_recipe import OracleCTCHead
 
 TEXTS = ["zero one two", "three four", "five six seven eight", "nine", "hello world", "the quick brown fox"]
 
@@ -222,27 +223,6 @@ def test_ctc_branch_batched_equals_one_by_one_and_the_llm_output_is_unchanged(mo
     assert batched["ctc"]["rate"] != batched["rate"]
 
 
-class _OracleCTCHead(torch.nn.Module):
-    """Log-probs whose best path spells `by_len[length]` for the utterance of each encoder length."""
-
-    def __init__(self, tokenizer, by_len: dict):
-        super().__init__()
-        self.tok, self.by_len = tokenizer, by_len
-
-    def forward(self, enc, enc_lens):
-        blank = self.tok.blank_id
-        logits = torch.zeros(enc.shape[0], enc.shape[1], self.tok.vocab_size)
-        logits[..., blank] = 10.0
-        for b, n in enumerate(enc_lens.tolist()):
-            t, prev = 0, None
-            for i in self.tok.encode(self.by_len[n]):
-                t += int(i == prev)
-                logits[b, t, blank], logits[b, t, i] = 0.0, 10.0
-                t, prev = t + 1, i
-            assert t <= n, f"{self.by_len[n]!r} needs {t} frames, the utterance has {n}"
-        return logits.log_softmax(-1)
-
-
 @pytest.fixture(scope="module")
 def long_corpus(tmp_path_factory):
     """TEXTS as 1.5-2.0 s utterances: enough encoder frames for the longest text's CTC tokens."""
@@ -264,7 +244,7 @@ def test_ctc_wer_follows_the_ctc_head(model, long_corpus, tmp_path, monkeypatch,
     truth = _independent_ctc(model, corpus)
     assert len({n for _, _, n in truth.values()}) == len(TEXTS)  # lengths tell the utterances apart
     by_len = {n: " ".join(ref.split()[int(wrong) :]) for ref, _, n in truth.values()}
-    monkeypatch.setattr(model, "ctc_head", _OracleCTCHead(model.ctc_tokenizer, by_len))
+    monkeypatch.setattr(model, "ctc_head", OracleCTCHead(model.ctc_tokenizer, by_len))
     opts = DecodeOptions(batch_seconds=100.0, max_new_tokens=2, num_workers=0, ctc=True)
     summary = decode_manifest(model, corpus, tmp_path / "o", opts)
     words = sum(len(t.split()) for t in TEXTS)

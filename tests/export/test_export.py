@@ -12,18 +12,7 @@ from llmasr.export.checkpoint_reader import CheckpointError
 from llmasr.export.export import export_model, load_checkpoint_model, main
 from llmasr.export.exported import load_exported
 from llmasr.testing.run_dirs import TARGETS, make_run, model_section
-from llmasr.testing.tiny_recipe import random_batch
-
-
-def speech_logits(model, batch):
-    """LLM logits over the merged audio+text sequence (what training sees)."""
-    with torch.no_grad():
-        _, _, merged = model.embed_batch(batch)
-        return model.llm(
-            inputs_embeds=merged.inputs_embeds,
-            attention_mask=merged.attention_mask,
-            position_ids=merged.position_ids,
-        ).logits
+from llmasr.testing.tiny_recipe import random_batch, speech_logits
 
 
 @pytest.fixture(scope="module")

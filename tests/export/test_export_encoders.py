@@ -14,7 +14,7 @@ from llmasr.export.export import export_model, load_checkpoint_model
 from llmasr.export.export import main as export_main
 from llmasr.export.exported import load_exported, read_description
 from llmasr.testing.run_dirs import TARGETS, make_run, model_section, perturb_trainable, write_corpus
-from llmasr.testing.tiny_recipe import random_batch
+from llmasr.testing.tiny_recipe import random_batch, speech_logits
 
 KINDS = ("conformer", "whisper")
 ENCODER_LORA = {"conformer": ["linear_q", "linear_v"], "whisper": ["q_proj", "v_proj"]}
@@ -96,17 +96,7 @@ def compare(ref, model, *, seed: int) -> None:
         for name, a, b in zip(("encoder", "encoder lengths", "adaptor", "adaptor lengths"), got, want):
             torch.testing.assert_close(a, b, rtol=0, atol=1e-5, msg=lambda m, name=name: f"{name}: {m}")
         torch.testing.assert_close(model.ctc_head(got[0], got[1]), ref.ctc_head(want[0], want[1]), rtol=0, atol=1e-5)
-        logits = []
-        for m in (model, ref):
-            _, _, merged = m.embed_batch(batch)
-            logits.append(
-                m.llm(
-                    inputs_embeds=merged.inputs_embeds,
-                    attention_mask=merged.attention_mask,
-                    position_ids=merged.position_ids,
-                ).logits
-            )
-        torch.testing.assert_close(logits[0], logits[1], rtol=0, atol=1e-5)
+        torch.testing.assert_close(speech_logits(model, batch), speech_logits(ref, batch), rtol=0, atol=1e-5)
         torch.testing.assert_close(model(batch).loss, ref(batch).loss, rtol=0, atol=1e-5)
 
 

@@ -13,7 +13,7 @@ import torch
 from llmasr.export.export import export_model, merge_llm
 from llmasr.export.exported import load_exported
 from llmasr.testing.run_dirs import TARGETS, make_run, perturb_trainable
-from llmasr.testing.tiny_recipe import random_batch, tiny_model_section
+from llmasr.testing.tiny_recipe import random_batch, speech_logits, tiny_model_section
 
 IDS = torch.tensor([[1, 5, 9, 20, 33, 2, 7, 250], [3, 3, 40, 41, 42, 100, 200, 299]])
 UNTIE_MESSAGE = "LoRA was trained on one side of tied input/output embeddings: the export unties them"
@@ -44,17 +44,6 @@ def tied_llm(tmp_path_factory):
 
 def untie_warnings(caplog) -> list[str]:
     return [r.getMessage() for r in caplog.records if r.name == "llmasr.export.export" and "unties" in r.getMessage()]
-
-
-def speech_logits(model, batch):
-    """LLM logits over the merged audio+text sequence."""
-    with torch.no_grad():
-        _, _, merged = model.embed_batch(batch)
-        return model.llm(
-            inputs_embeds=merged.inputs_embeds,
-            attention_mask=merged.attention_mask,
-            position_ids=merged.position_ids,
-        ).logits
 
 
 def trained_reference(run):

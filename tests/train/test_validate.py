@@ -10,14 +10,13 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from torch import nn
 
 import llmasr
 from llmasr.config_io import from_dict
 from llmasr.models.ctc import ctc_greedy
 from llmasr.recipe import DecodeConfig
 from llmasr.scoring import score_corpus
-from llmasr.testing.tiny_recipe import random_batch, tiny_model_section
+from llmasr.testing.tiny_recipe import OracleCTCHead, random_batch, tiny_model_section
 from llmasr.train import validate as validate_mod
 from llmasr.train.config import OptimConfig, TrainConfig
 from llmasr.train.validate import validate
@@ -75,25 +74,9 @@ def independent_ctc_wer(model, batches, metric="auto") -> float:
     return score_corpus(pairs, metric)[0].rate
 
 
-class OracleCTCHead(nn.Module):
-    """Log-probs whose best path spells `text_for(reference)` for the utterance of each length (FRAMES)."""
-
-    def __init__(self, tokenizer, text_for):
-        super().__init__()
-        self.tok = tokenizer
-        self.by_len = {n: text_for(t) for n, t in zip(FRAMES, TARGETS)}
-
-    def forward(self, enc, enc_lens):
-        blank = self.tok.blank_id
-        logits = torch.zeros(enc.shape[0], enc.shape[1], self.tok.vocab_size)
-        logits[..., blank] = 10.0
-        for b, n in enumerate(enc_lens.tolist()):
-            t, prev = 0, None
-            for i in self.tok.encode(self.by_len[n]):
-                t += int(i == prev)  # a blank between repeats, or they merge
-                logits[b, t, blank], logits[b, t, i] = 0.0, 10.0
-                t, prev = t + 1, i
-        return logits.log_softmax(-1)
+def oracle_head(model, text_for) -> OracleCTCHead:
+    """A CTC head whose best path spells `text_for(reference)` for each utterance (known by its length, FRAMES)."""
+    return OracleCTCHead(model.ctc_tokenizer, {n: text_for(t) for n, t in zip(FRAMES, TARGETS)})
 
 
 def drop_first_word(text: str) -> str:
@@ -110,7 +93,7 @@ N_WORDS = sum(len(t.split()) for t in TARGETS)
 )
 def test_ctc_wer_follows_the_ctc_head(tiny_llm_dir, text_for, want):
     model = build_model(tiny_llm_dir)
-    model.ctc_head = OracleCTCHead(model.ctc_tokenizer, text_for)
+    model.ctc_head = oracle_head(model, text_for)
     batches = make_batches(model)
     metrics = validate(plain_engine(model), batches, DECODE)
     assert metrics["ctc_wer"] == pytest.approx(want, abs=1e-12)
@@ -123,7 +106,7 @@ def test_ctc_wer_follows_the_ctc_head(tiny_llm_dir, text_for, want):
 def test_ctc_scored_with_the_decode_metric(tiny_llm_dir):
     """metric: cer scores the CTC transcripts in characters, as it does the LLM's."""
     model = build_model(tiny_llm_dir)
-    model.ctc_head = OracleCTCHead(model.ctc_tokenizer, drop_first_word)
+    model.ctc_head = oracle_head(model, drop_first_word)
     batches = make_batches(model)
     metrics = validate(plain_engine(model), batches, DecodeConfig(max_new_tokens=4, metric="cer"))
     first = sum(len(t.split()[0]) for t in TARGETS)
@@ -159,7 +142,7 @@ def test_ranks_sum_error_counts_not_rates(tiny_llm_dir, monkeypatch):
     """Rank B's all-reduce adds rank A's sums: the result equals one rank validating everything, not the mean of
     the two ranks' rates."""
     model = build_model(tiny_llm_dir)
-    model.ctc_head = OracleCTCHead(model.ctc_tokenizer, drop_first_word)
+    model.ctc_head = oracle_head(model, drop_first_word)
     batches = make_batches(model)
     engine = plain_engine(model)
     whole = validate(engine, batches, DECODE)
