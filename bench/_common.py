@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import shlex
+from pathlib import Path
 
 
 def reproduce_command(script: str, argv: list[str]) -> str:
@@ -16,3 +18,10 @@ def reproduce_command(script: str, argv: list[str]) -> str:
         elif not a.startswith("--json-out="):
             keep.append(shlex.quote(a))
     return " ".join(["python", script, *keep])
+
+
+def emit(res: dict, lines: list[str], json_out: str | None) -> None:
+    """Print a benchmark's markdown lines; write its results as JSON when --json-out was given."""
+    print("\n".join(lines))
+    if json_out:
+        Path(json_out).write_text(json.dumps(res, indent=1))

@@ -21,7 +21,6 @@ causal half only in the LLM. The output head runs on the labelled positions only
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import socket
 import statistics
@@ -32,7 +31,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))  # sibling helpers when imported from elsewhere
 
-from _common import reproduce_command  # noqa: E402
+from _common import emit, reproduce_command  # noqa: E402
 
 PEAK_TFLOPS = {  # dense, no sparsity, 16-bit tensor cores
     "H100 SXM": 989.0,
@@ -248,9 +247,7 @@ def main(argv=None) -> int:
         args.warmup, args.steps = 1, 2
     res = run(args)
     res["command"] = reproduce_command("bench/gpu_mfu.py", argv)
-    print("\n".join(markdown(res)))
-    if args.json_out:
-        Path(args.json_out).write_text(json.dumps(res, indent=1))
+    emit(res, markdown(res), args.json_out)
     return 0
 
 

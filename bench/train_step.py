@@ -29,7 +29,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))  # sibling helpers when imported from elsewhere
 
-from _common import reproduce_command  # noqa: E402
+from _common import emit, reproduce_command  # noqa: E402
 
 VARIANTS = ("reference", "llmasr")
 
@@ -329,9 +329,7 @@ def main(argv=None) -> int:
         args.sweep_batch, args.sweep_batch_seconds = [1, 2], 2.0
         args.memory_isolation = "variant"
     res = run(args, argv)
-    print("\n".join(markdown(res)))
-    if args.json_out:
-        Path(args.json_out).write_text(json.dumps(res, indent=1))
+    emit(res, markdown(res), args.json_out)
     return 0
 
 

@@ -28,7 +28,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))  # sibling helpers when imported from elsewhere
 
-from _common import reproduce_command  # noqa: E402
+from _common import emit, reproduce_command  # noqa: E402
 
 POINTS = ("after_initialize", "during_backward", "after_backward", "in_optimizer_step", "after_step")
 CATEGORIES = ("params", "grads", "optimizer_states", "reduce_buckets")
@@ -188,9 +188,7 @@ def main(argv=None) -> int:
         "command": reproduce_command("bench/zero_memory.py", argv),
     }
     res = {"benchmark": "zero_memory", **meta, "rows": rows, "wall_s": time.perf_counter() - t0}
-    print("\n".join(markdown(rows, meta)))
-    if args.json_out:
-        Path(args.json_out).write_text(json.dumps(res, indent=1))
+    emit(res, markdown(rows, meta), args.json_out)
     return 0
 
 
