@@ -126,11 +126,8 @@ def _to_device(batch: dict, device) -> dict:
 def ctc_transcripts(model, batch: dict, encoded=None) -> list[str]:
     """The CTC branch's greedy transcripts of a batch on the model's device; `encoded`: the encoder's (frames,
     lengths) for it when already computed."""
-    from llmasr.models.ctc import ctc_greedy
-
     enc, enc_lens = encoded if encoded is not None else model.encoder(batch["feats"], batch["feat_lens"])
-    tok = model.ctc_tokenizer
-    return [tok.decode(ids) for ids in ctc_greedy(model.ctc_head(enc, enc_lens), enc_lens, tok.blank_id)]
+    return model.ctc_texts(model.ctc_head(enc, enc_lens), enc_lens)
 
 
 def decode_manifest(

@@ -31,6 +31,10 @@ class SpeechLLMOutput:
     n_correct: torch.Tensor
     ctc_loss_sum: torch.Tensor  # 0 when the CTC head is off
     n_utts: int
+    # The CTC head's log-probs [B, T, V] (detached) and their lengths, for scoring its best path: in eval mode only
+    # (a training step would keep them alive into the next forward), None without a head.
+    ctc_log_probs: torch.Tensor | None = None
+    ctc_lens: torch.Tensor | None = None
 
 
 class SpeechLLM(nn.Module):
@@ -169,7 +173,23 @@ class SpeechLLM(nn.Module):
             )
             n_utt = max(n_utts, 1) if utt_normalizer is None else utt_normalizer
             loss = loss + self.ctc_weight * ctc_sum / n_utt
-        return SpeechLLMOutput(loss, token.loss_sum.detach(), token.n_tokens, token.n_correct, ctc_sum.detach(), n_utts)
+        keep_ctc = log_probs is not None and not self.training
+        return SpeechLLMOutput(
+            loss,
+            token.loss_sum.detach(),
+            token.n_tokens,
+            token.n_correct,
+            ctc_sum.detach(),
+            n_utts,
+            **({"ctc_log_probs": log_probs.detach(), "ctc_lens": enc_lens} if keep_ctc else {}),
+        )
+
+    def ctc_texts(self, log_probs: torch.Tensor, lens: torch.Tensor) -> list[str]:
+        """The CTC head's greedy best-path transcripts from its log-probs [B, T, V] and lengths [B]."""
+        from llmasr.models.ctc import ctc_greedy
+
+        tok = self.ctc_tokenizer
+        return [tok.decode(ids) for ids in ctc_greedy(log_probs, lens, tok.blank_id)]
 
     # -- inference ----------------------------------------------------------------------------------------------
     @torch.no_grad()

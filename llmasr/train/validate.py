@@ -7,9 +7,9 @@ early keeps stepping until all are done.
 
 With a CTC head, the greedy pass also scores the CTC branch's best path (`ctc_wer`, same scorer and metric as
 `wer`): a low ctc_wer next to a high wer says the encoder hears the words and the LLM side loses them. The CTC
-log-probabilities are the ones the teacher-forced forward computes for its CTC loss, taken with a forward hook on
-the head: no extra encoder pass and, under ZeRO-3, no extra parameter gather (a rank holding only the stand-in for
-an all-bad batch runs the same forward, so every rank joins the same collectives).
+log-probabilities are the ones the teacher-forced forward computes for its CTC loss (`out.ctc_log_probs`): no
+extra encoder pass and, under ZeRO-3, no extra parameter gather (a rank holding only the stand-in for an all-bad
+batch runs the same forward, so every rank joins the same collectives).
 """
 
 from __future__ import annotations
@@ -18,43 +18,6 @@ import torch
 
 from llmasr.scoring import score_corpus
 from llmasr.train.engine import all_reduce_sum
-
-
-class CTCCapture:
-    """Keeps the (log-probs, lengths) of the last call of a CTC head while installed (a context manager)."""
-
-    def __init__(self, head):
-        self.head = head
-        self.handle = None
-        self.last = None
-
-    def _hook(self, module, args, output):
-        self.last = (output, args[1])
-
-    def __enter__(self):
-        if self.head is not None:
-            self.handle = self.head.register_forward_hook(self._hook)
-        return self
-
-    def __exit__(self, *exc):
-        if self.handle is not None:
-            self.handle.remove()
-        return False
-
-    def take(self):
-        out, self.last = self.last, None
-        return out
-
-
-def ctc_transcripts(model, captured) -> list[str]:
-    """Greedy CTC transcripts from captured (log-probs [B, T, V], lengths [B])."""
-    from llmasr.models.ctc import ctc_greedy
-
-    if captured is None:
-        raise RuntimeError("validation: the model's forward did not call its CTC head; no CTC transcripts to score")
-    log_probs, lens = captured
-    tok = model.ctc_tokenizer
-    return [tok.decode(ids) for ids in ctc_greedy(log_probs, lens, tok.blank_id)]
 
 
 @torch.no_grad()
@@ -68,39 +31,36 @@ def validate(engine, loader, decode_cfg, *, with_wer: bool = True) -> dict:
     model.eval()
     llm_sum = ctc_sum = n_tok = n_correct = n_utt = errors = ref_len = ctc_errors = 0.0
     try:
-        with CTCCapture(model.ctc_head if with_wer else None) as capture:
-            for batch in loader:
-                if batch["empty"]:
-                    # A stand-in for an all-bad batch: run it (ZeRO-3 ranks must stay in step) but count nothing.
-                    model(engine.to_device(batch))
-                    if with_wer:
-                        model.generate(engine.to_device(batch), max_new_tokens=1, synced_gpus=engine.stage == 3)
-                    continue
-                dev = engine.to_device(batch)
-                capture.take()  # nothing stale from a previous batch's generate (which may call the head too)
-                out = model(dev)
-                captured = capture.take()
-                llm_sum += float(out.llm_loss_sum)
-                ctc_sum += float(out.ctc_loss_sum)
-                n_tok += float(out.n_tokens)
-                n_correct += float(out.n_correct)
-                n_utt += out.n_utts
+        for batch in loader:
+            if batch["empty"]:
+                # A stand-in for an all-bad batch: run it (ZeRO-3 ranks must stay in step) but count nothing.
+                model(engine.to_device(batch))
                 if with_wer:
-                    hyps = model.generate(
-                        dev,
-                        max_new_tokens=decode_cfg.max_new_tokens,
-                        tokens_per_second=decode_cfg.tokens_per_second,
-                        num_beams=1,
-                        synced_gpus=engine.stage == 3,
-                    )
-                    corpus, _ = score_corpus(zip(batch["targets"], hyps), decode_cfg.metric)
-                    errors += corpus.errors
-                    ref_len += corpus.ref_len
-                    if has_ctc:
-                        # Same references and metric, so the same reference length as the LLM's score.
-                        ctc_hyps = ctc_transcripts(model, captured)
-                        ctc_corpus, _ = score_corpus(zip(batch["targets"], ctc_hyps), decode_cfg.metric)
-                        ctc_errors += ctc_corpus.errors
+                    model.generate(engine.to_device(batch), max_new_tokens=1, synced_gpus=engine.stage == 3)
+                continue
+            dev = engine.to_device(batch)
+            out = model(dev)
+            llm_sum += float(out.llm_loss_sum)
+            ctc_sum += float(out.ctc_loss_sum)
+            n_tok += float(out.n_tokens)
+            n_correct += float(out.n_correct)
+            n_utt += out.n_utts
+            if with_wer:
+                hyps = model.generate(
+                    dev,
+                    max_new_tokens=decode_cfg.max_new_tokens,
+                    tokens_per_second=decode_cfg.tokens_per_second,
+                    num_beams=1,
+                    synced_gpus=engine.stage == 3,
+                )
+                corpus, _ = score_corpus(zip(batch["targets"], hyps), decode_cfg.metric)
+                errors += corpus.errors
+                ref_len += corpus.ref_len
+                if has_ctc:
+                    # Same references and metric, so the same reference length as the LLM's score.
+                    ctc_hyps = model.ctc_texts(out.ctc_log_probs, out.ctc_lens)
+                    ctc_corpus, _ = score_corpus(zip(batch["targets"], ctc_hyps), decode_cfg.metric)
+                    ctc_errors += ctc_corpus.errors
     finally:
         model.train(was_training)
     llm_sum, ctc_sum, n_tok, n_correct, n_utt, errors, ref_len, ctc_errors = all_reduce_sum(

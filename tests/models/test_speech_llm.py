@@ -276,3 +276,17 @@ def test_default_length_cap_follows_each_utterance_duration(model):
         single["feats"] = single["feats"][:, : int(single["feat_lens"][0])]
         alone += model.generate(single, tokens_per_second=2.0)
     assert together == alone
+
+
+def test_ctc_log_probs_come_back_in_eval_mode_only(model):
+    batch = random_batch(model, TARGETS)
+    model.train()
+    assert model(batch).ctc_log_probs is None  # a training step must not keep [B, T, V] alive past its backward
+    model.eval()
+    with torch.no_grad():
+        out = model(batch)
+        enc, enc_lens = model.encoder(batch["feats"], batch["feat_lens"])
+        want = model.ctc_head(enc, enc_lens)
+    torch.testing.assert_close(out.ctc_log_probs, want)
+    assert out.ctc_lens.tolist() == enc_lens.tolist()
+    assert len(model.ctc_texts(out.ctc_log_probs, out.ctc_lens)) == len(TARGETS)
