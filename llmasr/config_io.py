@@ -168,3 +168,62 @@ def to_dict(obj: Any) -> Any:
 
 def dump_yaml(obj: Any, path: str | Path) -> None:
     Path(path).write_text(yaml.safe_dump(to_dict(obj), sort_keys=False))
+
+
+def path_field(
+    default: Any = dataclasses.MISSING,
+    *,
+    default_factory: Any = dataclasses.MISSING,
+    output: bool = False,
+    keys: tuple[str, ...] = (),
+) -> Any:
+    """A dataclass field holding a file path that a recipe may write relative to itself.
+
+    `output=True`: a folder that may not exist yet, made recipe-relative only when written as ./x or ../x.
+    `keys`: the field is a mapping and these of its keys hold paths (e.g. a frontend's cmvn_file)."""
+    kind = "keys" if keys else "output" if output else "input"
+    metadata = {"path": kind, "path_keys": tuple(keys)}
+    return dataclasses.field(default=default, default_factory=default_factory, metadata=metadata)
+
+
+def _dataclass_args(tp: Any) -> list[type]:
+    if dataclasses.is_dataclass(tp):
+        return [tp]
+    return [a for arg in typing.get_args(tp) for a in _dataclass_args(arg)]
+
+
+def _resolve_one(value: Any, kind: str, base: Path) -> Any:
+    if not isinstance(value, str) or not value or Path(value).is_absolute():
+        return value
+    if kind == "output":
+        return str((base / value).resolve()) if value.startswith(("./", "../")) else value
+    return str((base / value).resolve()) if (base / value).exists() else value
+
+
+def resolve_paths(cls: type, data: dict, base: Path) -> None:
+    """Make the path fields (those declared with `path_field`) of a raw recipe dict for dataclass `cls` absolute
+    against `base`, in place, through nested sections and lists of sections. Input paths are changed only where
+    the recipe-relative file exists, so absolute and working-directory paths keep working."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if f.name not in data:
+            continue
+        value, kind = data[f.name], f.metadata.get("path")
+        if kind == "keys":
+            if isinstance(value, dict):
+                for key in f.metadata["path_keys"]:
+                    if key in value:
+                        value[key] = _resolve_one(value[key], "input", base)
+        elif kind is not None and isinstance(value, list):
+            subs = _dataclass_args(hints[f.name])
+            for i, item in enumerate(value):
+                if isinstance(item, dict) and subs:
+                    resolve_paths(subs[0], item, base)
+                else:
+                    value[i] = _resolve_one(item, kind, base)
+        elif kind is not None:
+            data[f.name] = _resolve_one(value, kind, base)
+        elif isinstance(value, dict):
+            subs = _dataclass_args(hints[f.name])
+            if subs:
+                resolve_paths(subs[0], value, base)

@@ -10,7 +10,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from llmasr.config_io import ConfigError, apply_overrides, dump_yaml, from_dict, load_yaml, to_dict
+from llmasr.config_io import (
+    ConfigError,
+    apply_overrides,
+    dump_yaml,
+    from_dict,
+    load_yaml,
+    resolve_paths,
+    to_dict,
+)
 from llmasr.data.config import DataConfig
 from llmasr.models.config import ModelConfig
 from llmasr.train.config import OptimConfig, TrainConfig
@@ -44,52 +52,14 @@ class Recipe:
     decode: DecodeConfig = field(default_factory=DecodeConfig)
 
 
-def _resolve_paths(data: dict, base: Path) -> None:
-    """Paths in a recipe are relative to the recipe file, so recipes can be moved with their assets."""
-
-    def fix(section: dict, key: str) -> None:
-        value = section.get(key)
-        if isinstance(value, str) and value and not Path(value).is_absolute() and (base / value).exists():
-            section[key] = str((base / value).resolve())
-
-    model = data.get("model") or {}
-    for sub, key in (
-        ("encoder", "path"),
-        ("llm", "path"),
-        ("adaptor", "init_from"),
-        ("ctc", "vocab"),
-        ("ctc", "init_from"),
-    ):
-        if isinstance(model.get(sub), dict):
-            fix(model[sub], key)
-    encoder = model.get("encoder")
-    if isinstance(encoder, dict) and isinstance(encoder.get("frontend"), dict):
-        fix(encoder["frontend"], "cmvn_file")
-    train = data.get("train")
-    if isinstance(train, dict):
-        out = train.get("output_dir")
-        if isinstance(out, str) and out.startswith(("./", "../")):  # explicitly recipe-relative, may not exist yet
-            train["output_dir"] = str((base / out).resolve())
-    d = data.get("data") or {}
-    for split in ("train", "valid"):
-        items = d.get(split)
-        if isinstance(items, list):
-            for i, item in enumerate(items):
-                if isinstance(item, str):
-                    holder = {"p": item}
-                    fix(holder, "p")
-                    items[i] = holder["p"]
-                elif isinstance(item, dict):
-                    fix(item, "path")
-
-
 def load_recipe(path: str | Path | None = None, overrides: list[str] | None = None, *, data: dict | None = None):
     """Recipe from a YAML file (or a dict), with `key.path=value` overrides applied before validation."""
     if data is None:
         if path is None:
             raise ConfigError("load_recipe needs a recipe path or a dict")
         data = load_yaml(path)
-        _resolve_paths(data, Path(path).resolve().parent)
+        # paths are relative to the recipe file, so recipes can be moved with their assets
+        resolve_paths(Recipe, data, Path(path).resolve().parent)
     data = apply_overrides(data, list(overrides or []))
     return from_dict(Recipe, data)
 

@@ -28,6 +28,61 @@ def test_paths_resolve_against_the_recipe_and_overrides_apply(tmp_path):
     assert r.train.epochs == 3 and r.optim.branches["llm"].lr == 2e-5
 
 
+def test_every_path_field_resolves_against_the_recipe(tmp_path):
+    files = {
+        "enc/model_dir": None, "llm": None, "adaptor.pt": "", "ctc.pt": "", "tokens.json": "[]",
+        "noise.jsonl": "", "chat.jinja": "{{ messages }}", "am.mvn": "", "train.jsonl": "", "valid.jsonl": "",
+    }  # fmt: skip
+    for name, text in files.items():
+        target = tmp_path / "assets" / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.mkdir() if text is None else target.write_text(text)
+    recipe = tmp_path / "recipes" / "r.yaml"
+    recipe.parent.mkdir()
+    a = "../assets/"
+    recipe.write_text(yaml.safe_dump({
+        "model": {
+            "encoder": {"path": a + "enc/model_dir", "frontend": {"cmvn_file": a + "am.mvn"}},
+            "llm": {"path": a + "llm"},
+            "adaptor": {"init_from": a + "adaptor.pt"},
+            "prompt": {"chat_template": a + "chat.jinja"},
+            "ctc": {"weight": 0.3, "vocab": a + "tokens.json", "init_from": a + "ctc.pt"},
+        },
+        "data": {
+            "train": [a + "train.jsonl", {"path": a + "train.jsonl", "weight": 2.0}],
+            "valid": [{"path": a + "valid.jsonl"}],
+            "augment": {"noise": {"prob": 0.5, "manifest": a + "noise.jsonl"}},
+        },
+    }))  # fmt: skip
+    r = load_recipe(recipe)
+    assets = tmp_path / "assets"
+    m = r.model
+    assert m.encoder.path == str(assets / "enc/model_dir")
+    assert m.encoder.frontend["cmvn_file"] == str(assets / "am.mvn")
+    assert m.llm.path == str(assets / "llm")
+    assert m.adaptor.init_from == str(assets / "adaptor.pt")
+    assert m.prompt.chat_template == str(assets / "chat.jinja")
+    assert (m.ctc.vocab, m.ctc.init_from) == (str(assets / "tokens.json"), str(assets / "ctc.pt"))
+    assert [s.path for s in r.data.train] == [str(assets / "train.jsonl")] * 2
+    assert r.data.valid[0].path == str(assets / "valid.jsonl")
+    assert r.data.augment.noise.manifest == str(assets / "noise.jsonl")
+
+
+def test_paths_that_are_not_recipe_relative_are_kept(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    absolute = tmp_path / "abs.pt"
+    absolute.write_text("")
+    recipe.write_text(yaml.safe_dump({
+        "model": {"llm": {"path": "llm"}, "adaptor": {"init_from": str(absolute)}, "ctc": {"vocab": "llm"}},
+        "train": {"output_dir": "exp/run"},
+    }))  # fmt: skip
+    r = load_recipe(recipe)
+    # "llm" does not exist beside the recipe: left to the working directory; the CTC vocab keyword stays a keyword
+    assert (r.model.llm.path, r.model.ctc.vocab) == ("llm", "llm")
+    assert r.model.adaptor.init_from == str(absolute)
+    assert r.train.output_dir == "exp/run"  # an output folder is recipe-relative only when written ./x or ../x
+
+
 def test_bad_override_and_bad_type_name_their_key(tmp_path):
     with pytest.raises(ConfigError, match="train.epochs: expected an integer, got 'many'"):
         load_recipe(data={"train": {"epochs": "many"}})

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from llmasr.config_io import ConfigError
+from llmasr.config_io import ConfigError, path_field
 from llmasr.data.frontend import FrontendConfig
 
 log = logging.getLogger(__name__)
@@ -66,7 +66,7 @@ class SpecAugmentConfig:
 @dataclass
 class NoiseConfig:
     enable: bool = False
-    manifest: str | None = None  # jsonl, one {"key": ..., "source": audio path} a line
+    manifest: str | None = path_field(None)  # jsonl, one {"key": ..., "source": audio path} a line
     snr_db: list[float] = field(default_factory=lambda: [10.0, 20.0])
     prob: float = 0.5
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from llmasr.config_io import ConfigError
+from llmasr.config_io import ConfigError, path_field
 from llmasr.data.augment import AugmentConfig
 
 DEFAULT_MAX_SECONDS = 120.0
@@ -29,7 +29,7 @@ DEFAULT_MAX_SECONDS = 120.0
 
 @dataclass
 class ManifestSpec:
-    path: str
+    path: str = path_field()
     weight: float = 1.0  # sampling weight when several training manifests are mixed
 
     def validate(self, path: str) -> None:
@@ -93,8 +93,8 @@ class BatchingConfig:
 
 @dataclass
 class DataConfig:
-    train: list[ManifestSpec | str] = field(default_factory=list)
-    valid: list[ManifestSpec | str] = field(default_factory=list)
+    train: list[ManifestSpec | str] = path_field(default_factory=list)
+    valid: list[ManifestSpec | str] = path_field(default_factory=list)
     batching: BatchingConfig = field(default_factory=BatchingConfig)
     num_workers: int = 4
     prefetch_factor: int = 2

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from llmasr.config_io import ConfigError
+from llmasr.config_io import ConfigError, path_field
 
 
 @dataclass
@@ -35,11 +35,11 @@ class EncoderConfig:
     type: Literal["paraformer", "conformer", "whisper"] = "paraformer"
     # A FunASR model directory (config.yaml + model.pt + am.mvn) for paraformer/conformer, an HF Whisper directory
     # for whisper. None builds the architecture from `conf` with random weights (tests, from-scratch demo).
-    path: str | None = None
+    path: str | None = path_field(None)
     # Constructor arguments (FunASR `encoder_conf` names). Values here override those read from `path`.
     conf: dict[str, Any] = field(default_factory=dict)
     # Frontend used when `path` carries none (fbank settings; see llmasr.data.features.FrontendConfig).
-    frontend: dict[str, Any] = field(default_factory=dict)
+    frontend: dict[str, Any] = path_field(default_factory=dict, keys=("cmvn_file",))
     freeze: bool = True
     lora: LoraConfig | None = None
     gradient_checkpointing: bool = False
@@ -67,7 +67,7 @@ class AdaptorConfig:
     ctc_compress: Literal["none", "avg", "avg_no_blank"] = "none"
     # Pretrained adaptor weights (.safetensors or .pt), e.g. from a FunASR LLM-ASR model.pt with
     # init_prefix "audio_adaptor.". Shapes are checked against the adaptor built for this LLM.
-    init_from: str | None = None
+    init_from: str | None = path_field(None)
     init_prefix: str = ""
 
     def validate(self, path: str) -> None:
@@ -77,7 +77,7 @@ class AdaptorConfig:
 
 @dataclass
 class LLMConfig:
-    path: str = ""  # local HF directory (config.json, weights, tokenizer); no hub downloads
+    path: str = path_field("")  # local HF directory (config.json, weights, tokenizer); no hub downloads
     freeze: bool = True  # freeze the base weights; LoRA (if set) stays trainable
     lora: LoraConfig | None = None
     gradient_checkpointing: bool = False
@@ -94,7 +94,7 @@ class PromptConfig:
     task: str = "Transcribe the audio."
     system: str | None = None
     # A Jinja chat template (text, or a path to a .jinja file) for tokenizers that ship none.
-    chat_template: str | None = None
+    chat_template: str | None = path_field(None)
 
 
 @dataclass
@@ -102,11 +102,11 @@ class CTCConfig:
     weight: float = 0.0  # 0 disables the CTC head entirely
     # "llm": the LLM tokenizer's vocabulary; a path ending in .model: a sentencepiece model; any other path:
     # a token list (one token per line, or a FunASR tokens.json list), characters split on spaces-or-chars.
-    vocab: str = "llm"
+    vocab: str = path_field("llm")
     label_smoothing: float = 0.0
     # Pretrained CTC head weights, e.g. a FunASR model.pt with init_prefix "ctc." (its ctc_lo layer) together
     # with vocab: <that directory>/tokens.json. The head's output size must equal the vocabulary's.
-    init_from: str | None = None
+    init_from: str | None = path_field(None)
     init_prefix: str = ""
 
     def validate(self, path: str) -> None:

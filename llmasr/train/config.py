@@ -22,7 +22,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Literal
 
-from llmasr.config_io import ConfigError
+from llmasr.config_io import ConfigError, path_field
 
 BRANCHES: tuple[str, ...] = ("encoder", "adaptor", "ctc", "llm")
 
@@ -220,7 +220,7 @@ class TrainConfig:
     # Whether a lower or higher best_metric is better; None picks min for loss and wer, max for acc.
     best_mode: Literal["min", "max"] | None = None
     # Run directory: checkpoints, logs, the resolved recipe and DeepSpeed config.
-    output_dir: str = "exp/run"
+    output_dir: str = path_field("exp/run", output=True)
     # Resume from a checkpoint directory, or "auto" for the newest one in output_dir; None starts fresh.
     resume: str | None = None
 
