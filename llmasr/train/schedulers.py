@@ -32,21 +32,6 @@ def branch_of_group(name: str) -> str:
     return name[: -len(NO_DECAY_SUFFIX)] if name.endswith(NO_DECAY_SUFFIX) else name
 
 
-def total_updates(num_batches_per_epoch: int, epochs: int, grad_accum: int, max_updates: int | None = None) -> int:
-    """Optimizer updates in a run. A partial accumulation window at an epoch end completes an update (the trainer
-    sets the accumulation boundary there), so an epoch has ceil(num_batches / grad_accum) updates. `max_updates`,
-    when set, replaces the epoch-derived total."""
-    if grad_accum < 1:
-        raise ValueError(f"grad_accum must be >= 1, got {grad_accum}")
-    if max_updates is not None:
-        if max_updates < 1:
-            raise ValueError(f"max_updates must be >= 1, got {max_updates}")
-        return max_updates
-    if num_batches_per_epoch < 1 or epochs < 1:
-        raise ValueError(f"no updates: {num_batches_per_epoch} batches per epoch, {epochs} epochs")
-    return math.ceil(num_batches_per_epoch / grad_accum) * epochs
-
-
 # --- the schedules: lr at update count u (u >= 0) --------------------------------------------------------------
 
 

@@ -12,7 +12,6 @@ from llmasr.train.schedulers import (
     build_group_schedules,
     lr_curve,
     schedule_lr,
-    total_updates,
 )
 
 
@@ -113,15 +112,6 @@ def test_constant():
     cfg = sched(type="constant", warmup_steps=4)
     assert [schedule_lr(cfg, u, 1.0, 10) for u in range(6)] == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
     assert schedule_lr(sched(type="constant"), 0, 3.0, 10) == 3.0
-
-
-def test_total_updates():
-    assert total_updates(5, 1, 4) == 2  # a partial window at the epoch end completes an update
-    assert total_updates(5, 3, 4) == 6
-    assert total_updates(8, 2, 4) == 4
-    assert total_updates(5, 3, 4, max_updates=100) == 100
-    with pytest.raises(ValueError):
-        total_updates(5, 1, 0)
 
 
 def _optim(scheduler, **branches):

@@ -1,0 +1,60 @@
+"""The update count the schedules are sized by, with weighted manifest mixing: read from the sampler's exact
+per-epoch plans, equal to the batches the loader yields and to the updates a real training run makes."""
+
+import math
+from collections import Counter
+
+import pytest
+
+from llmasr.recipe import load_recipe
+from llmasr.testing.tiny_corpus import tiny_recipe_dict, write_tiny_corpus
+from llmasr.train.resolve import batches_per_epoch, build_loaders, count_updates, text_side
+from llmasr.train.trainer import train
+
+
+@pytest.fixture(scope="module")
+def two_corpora(tmp_path_factory):
+    root = tmp_path_factory.mktemp("mix")
+    return write_tiny_corpus(root / "a", n=12), write_tiny_corpus(root / "b", n=10, seed=3)
+
+
+def mixed_recipe(tiny_llm_dir, corpora, run_dir, weights, **kw):
+    d = tiny_recipe_dict(tiny_llm_dir, train=list(corpora), output_dir=run_dir, max_seconds=2.0, **kw)
+    d["data"]["train"] = [{"path": str(p), "weight": w} for p, w in zip(corpora, weights)]
+    return load_recipe(data=d)
+
+
+def sampler_for(recipe):
+    _, sampler, _ = build_loaders(recipe, text_side(recipe.model), rank=0, world_size=1)
+    return sampler
+
+
+def yielded_per_epoch(sampler, epochs):
+    counts = []
+    for e in range(epochs):
+        sampler.set_epoch(e)
+        counts.append(sum(1 for _ in sampler))
+    return counts
+
+
+def test_weighted_mixing_sizes_each_epoch_by_the_batches_it_yields(tiny_llm_dir, two_corpora, tmp_path):
+    epochs = 4
+    plain = sampler_for(mixed_recipe(tiny_llm_dir, two_corpora, tmp_path / "r", [1.0, 1.0]))
+    mixed = sampler_for(mixed_recipe(tiny_llm_dir, two_corpora, tmp_path / "r", [1.0, 2.5]))
+    mixed.set_epoch(2)
+    got = batches_per_epoch(mixed, epochs)
+    assert mixed.epoch == 2  # counting does not move the sampler
+    assert got == yielded_per_epoch(mixed, epochs)
+    # 2.5 passes over the second corpus: more batches than one pass each, and the fractional part is drawn afresh
+    assert min(got) > max(batches_per_epoch(plain, epochs))
+
+
+def test_a_mixed_run_makes_the_updates_its_schedule_was_sized_for(tiny_llm_dir, two_corpora, tmp_path):
+    r = mixed_recipe(tiny_llm_dir, two_corpora, tmp_path / "run", [1.0, 0.5], epochs=2, grad_accum=3)
+    per_epoch = batches_per_epoch(sampler_for(r), 2)
+    total, natural = count_updates(per_epoch, 3, None)
+    assert total == natural == sum(math.ceil(n / 3) for n in per_epoch)
+    history = train(r, "zero0")["history"]
+    by_epoch = Counter(h["epoch"] for h in history)
+    assert [by_epoch[e] for e in range(2)] == [math.ceil(n / 3) for n in per_epoch]
+    assert history[-1]["update"] == total
