@@ -26,50 +26,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from llmasr.config_io import ConfigError
+from llmasr.models.adaptor_blocks import Adaptor, FeedForward, MultiHeadAttention, length_mask
 from llmasr.models.config import AdaptorConfig
-
-ADAPTOR_TYPES = ("linear", "conv", "transformer", "qformer")
-
-
-def length_mask(lens: Tensor, max_len: int) -> Tensor:
-    """[B, max_len] bool, True at valid positions."""
-    return torch.arange(max_len, device=lens.device)[None, :] < lens[:, None]
-
-
-def check_lengths(x: Tensor, lens: Tensor, input_dim: int) -> None:
-    if x.dim() != 3 or x.size(-1) != input_dim:
-        raise ValueError(f"adaptor input must be [B, T, {input_dim}], got {list(x.shape)}")
-    if lens.dim() != 1 or lens.size(0) != x.size(0):
-        raise ValueError(f"adaptor lengths must be [B={x.size(0)}], got {list(lens.shape)}")
-    bad = ((lens < 1) | (lens > x.size(1))).nonzero()
-    if bad.numel():
-        i = int(bad[0, 0])
-        raise ValueError(
-            f"adaptor input length {int(lens[i])} of utterance {i} is outside [1, {x.size(1)}] "
-            f"(the padded time axis); empty utterances must be filtered before the model"
-        )
-
-
-class Adaptor(nn.Module):
-    """Base: masks padded input frames, runs `_forward`, zeroes padded outputs."""
-
-    input_dim: int
-    llm_dim: int
-
-    def output_lengths(self, lens: Tensor) -> Tensor:
-        raise NotImplementedError
-
-    def _forward(self, x: Tensor, lens: Tensor, out_lens: Tensor) -> Tensor:
-        raise NotImplementedError
-
-    def forward(self, x: Tensor, lens: Tensor) -> tuple[Tensor, Tensor]:
-        lens = lens.to(device=x.device, dtype=torch.long)
-        check_lengths(x, lens, self.input_dim)
-        x = x * length_mask(lens, x.size(1)).unsqueeze(-1).to(x.dtype)
-        out_lens = self.output_lengths(lens)
-        y = self._forward(x, lens, out_lens)
-        y = y * length_mask(out_lens, y.size(1)).unsqueeze(-1).to(y.dtype)
-        return y, out_lens
+from llmasr.models.qformer import QFormerAdaptor
 
 
 def stack_frames(x: Tensor, n_out: int, k: int) -> Tensor:
@@ -124,50 +83,6 @@ class ConvAdaptor(Adaptor):
         return self.proj(self.dropout(h))
 
 
-class MultiHeadAttention(nn.Module):
-    """Multi-head attention with FunASR's parameter names (linear_q/k/v/out); `key_mask` [B, Tk], True = valid."""
-
-    def __init__(self, dim: int, n_head: int, dropout: float, kv_dim: int | None = None):
-        super().__init__()
-        if dim % n_head:
-            raise ConfigError(f"adaptor attention: dim {dim} is not divisible by n_head {n_head}")
-        kv_dim = kv_dim or dim
-        self.n_head, self.dropout = n_head, dropout
-        self.linear_q = nn.Linear(dim, dim)
-        self.linear_k = nn.Linear(kv_dim, dim)
-        self.linear_v = nn.Linear(kv_dim, dim)
-        self.linear_out = nn.Linear(dim, dim)
-
-    def forward(self, q: Tensor, kv: Tensor, key_mask: Tensor | None) -> Tensor:
-        b, tq, d = q.shape
-        h = self.n_head
-
-        def heads(t: Tensor) -> Tensor:
-            return t.view(b, -1, h, d // h).transpose(1, 2)
-
-        mask = None if key_mask is None else key_mask[:, None, None, :]
-        out = F.scaled_dot_product_attention(
-            heads(self.linear_q(q)),
-            heads(self.linear_k(kv)),
-            heads(self.linear_v(kv)),
-            attn_mask=mask,
-            dropout_p=self.dropout if self.training else 0.0,
-        )
-        return self.linear_out(out.transpose(1, 2).reshape(b, tq, d))
-
-
-class FeedForward(nn.Module):
-    def __init__(self, dim: int, hidden: int, dropout: float, activation: nn.Module):
-        super().__init__()
-        self.w_1 = nn.Linear(dim, hidden)
-        self.w_2 = nn.Linear(hidden, dim)
-        self.dropout = nn.Dropout(dropout)
-        self.activation = activation
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.w_2(self.dropout(self.activation(self.w_1(x))))
-
-
 class TransformerBlock(nn.Module):
     """Pre-norm self-attention + FFN block; names and LayerNorm eps (1e-12) as FunASR's EncoderLayer."""
 
@@ -203,17 +118,18 @@ class TransformerAdaptor(StackingAdaptor):
         return y
 
 
+ADAPTORS: dict[str, type[Adaptor]] = {
+    "linear": LinearAdaptor,
+    "conv": ConvAdaptor,
+    "transformer": TransformerAdaptor,
+    "qformer": QFormerAdaptor,
+}
+ADAPTOR_TYPES = tuple(ADAPTORS)
+
+
 def build_adaptor(cfg: AdaptorConfig, input_dim: int, llm_dim: int) -> Adaptor:
     """Build the adaptor named by `cfg.type`; `llm_dim` is the LLM's embedding size (from the LLM, not the recipe)."""
     cfg.validate("model.adaptor")
-    if cfg.type == "linear":
-        return LinearAdaptor(cfg, input_dim, llm_dim)
-    if cfg.type == "conv":
-        return ConvAdaptor(cfg, input_dim, llm_dim)
-    if cfg.type == "transformer":
-        return TransformerAdaptor(cfg, input_dim, llm_dim)
-    if cfg.type == "qformer":
-        from llmasr.models.qformer import QFormerAdaptor
-
-        return QFormerAdaptor(cfg, input_dim, llm_dim)
-    raise ConfigError(f"model.adaptor.type: unknown adaptor {cfg.type!r}; choose one of {', '.join(ADAPTOR_TYPES)}")
+    if cfg.type not in ADAPTORS:
+        raise ConfigError(f"model.adaptor.type: unknown adaptor {cfg.type!r}; choose one of {', '.join(ADAPTOR_TYPES)}")
+    return ADAPTORS[cfg.type](cfg, input_dim, llm_dim)

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from llmasr.config_io import ConfigError
-from llmasr.models.adaptors import length_mask
+from llmasr.models.adaptor_blocks import length_mask
 
 BLANK_NAMES = ("<blank>", "<blk>")
 SEPARATOR_NAMES = ("<space>", "▁", "|")

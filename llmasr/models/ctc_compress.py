@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from llmasr.models.adaptors import length_mask
+from llmasr.models.adaptor_blocks import length_mask
 
 CTC_COMPRESS_MODES = ("none", "avg", "avg_no_blank")
 

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from llmasr.config_io import ConfigError
-from llmasr.models.adaptors import Adaptor, FeedForward, MultiHeadAttention, length_mask
+from llmasr.models.adaptor_blocks import Adaptor, FeedForward, MultiHeadAttention, length_mask
 from llmasr.models.config import AdaptorConfig
 
 
