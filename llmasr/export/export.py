@@ -36,6 +36,7 @@ from torch import nn
 
 from llmasr.export.checkpoint_reader import CheckpointError
 from llmasr.export.trained_model import load_checkpoint_model, load_trained  # noqa: F401  (public API here too)
+from llmasr.models.builder import encoder_spec
 
 log = logging.getLogger(__name__)
 
@@ -104,26 +105,10 @@ def merge_llm(llm: nn.Module) -> nn.Module:
 
 
 # ------------------------------------------------------------------------------------------------ describing
-def encoder_spec(cfg, encoder: nn.Module, frontend) -> dict:
-    """What exported.load_exported needs to rebuild the encoder: {"type", "class", "conf"} (whisper: its config)."""
-    from llmasr.models.whisper import WhisperAudioEncoder
-
-    if isinstance(encoder, WhisperAudioEncoder):
-        return {"type": "whisper", "class": "WhisperAudioEncoder", "conf": json.loads(encoder.config.to_json_string())}
-    if cfg.path is not None:
-        from llmasr.models.funasr_dir import read_funasr_config
-
-        fconf = read_funasr_config(cfg.path)
-        cls = str(fconf["encoder"]).rsplit(".", 1)[-1].rsplit(":", 1)[-1]
-        conf = dict(fconf["encoder_conf"])
-        conf.update(cfg.conf or {})
-    else:
-        cls = {"paraformer": "SANMEncoder", "conformer": "ConformerEncoder"}.get(cfg.type)
-        if cls is None:
-            raise ExportError(f"encoder type {cfg.type!r} cannot be described for export")
-        conf = dict(cfg.conf)
-    conf["input_size"] = frontend.feature_dim
-    return {"type": cfg.type, "class": cls, "conf": conf}
+def encoder_description(cfg) -> dict:
+    """What the exported-model loader needs to rebuild the encoder: {"type", "class", "conf"}, from the registry."""
+    spec = encoder_spec(cfg)
+    return {"type": spec.entry.type, "class": spec.entry.class_name, "conf": spec.conf}
 
 
 def _state_for_file(module: nn.Module, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
@@ -200,7 +185,7 @@ def _write_export(model, info: dict, recipe, tmp: Path, dtype_name: str, *, adap
 
     torch_dtype = DTYPES[dtype_name]
     # Speech branches: plain modules, float32 (small; the LLM dtype is what matters for memory).
-    enc_spec = encoder_spec(recipe.model.encoder, model.encoder, model.frontend)
+    enc_spec = encoder_description(recipe.model.encoder)
     encoder = merge_lora_modules(model.encoder)
     _save_tensors(encoder, tmp / "encoder.safetensors")
     _save_tensors(model.adaptor, tmp / "adaptor.safetensors")

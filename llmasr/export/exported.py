@@ -15,7 +15,10 @@ DIR/llmasr_model.yaml says how to rebuild each part:
               {kind: adapter, dir: adapter, base} peft adapter applied to the base directory `base`
               {kind: base, dir: tokenizer, base}  the unchanged base LLM (only the speech side was trained)
 
-Weights are read with safetensors only; no remote code runs unless the export recorded trust_remote_code.
+The description becomes a recipe model section (`exported_model_config`: encoder `conf` + `init_from`, adaptor
+`init_from`, llm `path` / `adapter` / `tokenizer`, ...) that llmasr.models.builder builds like any other, so an
+exported directory can also be a recipe's starting point. Weights are read with safetensors only; no remote code
+runs unless the export recorded trust_remote_code.
 """
 
 from __future__ import annotations
@@ -23,9 +26,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from torch import nn
+import yaml
 
-from llmasr.config_io import from_dict
+from llmasr.config_io import ConfigError, from_dict
+from llmasr.models.builder import build_model
+from llmasr.models.config import ModelConfig
+from llmasr.models.encoders import entry_for_class
 
 MODEL_FILE = "llmasr_model.yaml"
 
@@ -35,8 +41,6 @@ class ExportedModelError(RuntimeError):
 
 
 def read_description(model_dir: str | Path) -> dict:
-    import yaml
-
     model_dir = Path(model_dir)
     path = model_dir / MODEL_FILE
     if not path.is_file():
@@ -47,141 +51,99 @@ def read_description(model_dir: str | Path) -> dict:
     return desc
 
 
-def _load_weights(module: nn.Module, path: Path, what: str) -> None:
-    from safetensors.torch import load_file
-
-    from llmasr.models.state_dict import load_into
-
+def _file(model_dir: Path, name: str, what: str) -> str:
+    path = model_dir / name
     if not path.is_file():
         raise ExportedModelError(f"{path}: missing ({what} weights)")
-    load_into(module, load_file(str(path)), source=str(path))
+    return str(path)
 
 
-def build_exported_encoder(spec: dict) -> nn.Module:
-    if spec["type"] == "whisper" or spec.get("class") == "WhisperAudioEncoder":
-        from transformers import WhisperConfig
-
-        from llmasr.models.whisper import WhisperAudioEncoder
-
-        return WhisperAudioEncoder(WhisperConfig.from_dict(dict(spec["conf"])))
-    from llmasr.models.funasr_dir import build_funasr_encoder
-
-    return build_funasr_encoder(spec["class"], dict(spec["conf"]))
-
-
-def _dtype(name: str | torch.dtype | None, default: str) -> torch.dtype:
+def _dtype_name(name: str | torch.dtype | None, default: str) -> str:
     from llmasr.export.export import DTYPE_NAMES
     from llmasr.models.llm import DTYPES
 
     if isinstance(name, torch.dtype):
-        return name
+        return next(k for k, v in DTYPES.items() if v == name)
     name = name or default
     if name not in DTYPE_NAMES:
         raise ExportedModelError(f"dtype must be one of bf16, fp16, fp32; got {name!r}")
-    return DTYPES[DTYPE_NAMES[name]]
+    return DTYPE_NAMES[name]
 
 
-def load_exported_llm(model_dir: Path, entry: dict, dtype: torch.dtype):
-    """(causal LM, tokenizer) of an exported directory."""
-    from transformers import AutoModelForCausalLM
-
-    from llmasr.models.llm import load_tokenizer
-
-    trust = bool(entry.get("trust_remote_code", False))
+def _llm_section(model_dir: Path, entry: dict, dtype: str) -> dict:
+    """The model.llm section of an exported LLM: merged weights in DIR, or the base plus DIR's adapter/tokenizer."""
     kind = entry.get("kind", "merged")
     sub = model_dir / entry.get("dir", "llm")
     if not sub.is_dir():
         raise ExportedModelError(f"{sub}: missing (the exported {kind} LLM files)")
+    section = {"dtype": dtype, "trust_remote_code": bool(entry.get("trust_remote_code", False)), "freeze": True}
     if kind == "merged":
-        llm = AutoModelForCausalLM.from_pretrained(
-            str(sub), dtype=dtype, local_files_only=True, trust_remote_code=trust
-        )
-        return llm, load_tokenizer(sub, trust_remote_code=trust)
-    if kind in ("adapter", "base"):
-        base_path = Path(entry["base"])
-        if not base_path.is_dir():
-            raise ExportedModelError(f"{model_dir}: the base LLM {base_path} this adapter export applies to is missing")
-        if entry.get("base_fingerprint"):
-            from llmasr.models.fingerprint import dir_fingerprint, fingerprint_differences
+        return {**section, "path": str(sub)}
+    if kind not in ("adapter", "base"):
+        raise ExportedModelError(f"{model_dir / MODEL_FILE}: unknown llm.kind {kind!r}")
+    base_path = Path(entry["base"])
+    if not base_path.is_dir():
+        raise ExportedModelError(f"{model_dir}: the base LLM {base_path} this adapter export applies to is missing")
+    if entry.get("base_fingerprint"):
+        from llmasr.models.fingerprint import dir_fingerprint, fingerprint_differences
 
-            diffs = fingerprint_differences({"llm": entry["base_fingerprint"]}, {"llm": dir_fingerprint(base_path)})
-            if diffs:
-                raise ExportedModelError(
-                    f"{base_path}: not the base LLM the adapter was trained on:\n  " + "\n  ".join(diffs)
-                )
-        llm = AutoModelForCausalLM.from_pretrained(
-            str(base_path), dtype=dtype, local_files_only=True, trust_remote_code=trust
-        )
-        if kind == "adapter":
-            from peft import PeftModel
-
-            llm = PeftModel.from_pretrained(llm, str(sub), is_trainable=False)
-        return llm, load_tokenizer(sub, trust_remote_code=trust)
-    raise ExportedModelError(f"{model_dir / MODEL_FILE}: unknown llm.kind {kind!r}")
+        diffs = fingerprint_differences({"llm": entry["base_fingerprint"]}, {"llm": dir_fingerprint(base_path)})
+        if diffs:
+            raise ExportedModelError(
+                f"{base_path}: not the base LLM the adapter was trained on:\n  " + "\n  ".join(diffs)
+            )
+    section.update(path=str(base_path), tokenizer=str(sub))
+    if kind == "adapter":
+        section["adapter"] = str(sub)
+    return section
 
 
-def load_exported(model_dir: str | Path, *, dtype: str | torch.dtype | None = None, device: str | torch.device = "cpu"):
-    """SpeechLLM from an exported directory; `dtype` is the LLM's (default: the exported dtype)."""
-    from llmasr.data.frontend import FrontendConfig
-    from llmasr.models.adaptors import build_adaptor
-    from llmasr.models.config import AdaptorConfig
-    from llmasr.models.prompt import PromptBuilder
-    from llmasr.models.speech_llm import SpeechLLM
-
+def exported_model_config(model_dir: str | Path, *, dtype: str | torch.dtype | None = None) -> ModelConfig:
+    """The model section that rebuilds an exported directory: every part built by llmasr.models.builder from the
+    architecture recorded in llmasr_model.yaml, its weights read from the files beside it."""
     model_dir = Path(model_dir).resolve()
     desc = read_description(model_dir)
-
-    encoder = build_exported_encoder(desc["encoder"])
-    _load_weights(encoder, model_dir / desc["encoder"].get("file", "encoder.safetensors"), "encoder")
-
+    enc = desc["encoder"]
+    entry_for_class(enc.get("class", ""), f"{model_dir / MODEL_FILE}: encoder.class")
     fe = dict(desc["frontend"])
     if fe.get("cmvn_file"):
         cmvn = Path(fe["cmvn_file"])
         fe["cmvn_file"] = str(cmvn if cmvn.is_absolute() else model_dir / cmvn)
-    frontend = from_dict(FrontendConfig, fe, "frontend")
-
-    entry = desc["llm"]
-    llm, tokenizer = load_exported_llm(model_dir, entry, _dtype(dtype, entry.get("dtype", "float32")))
-    p = desc.get("prompt") or {}
-    prompt = PromptBuilder(
-        tokenizer,
-        task=p.get("task", "Transcribe the audio."),
-        system=p.get("system"),
-        chat_template=p.get("chat_template"),
-        source=f"the tokenizer of {model_dir}",
-    )
-
-    a = desc["adaptor"]
-    adaptor_cfg = from_dict(AdaptorConfig, dict(a["conf"]), "adaptor")
-    adaptor = build_adaptor(adaptor_cfg, int(a["input_dim"]), int(a["llm_dim"]))
-    _load_weights(adaptor, model_dir / a.get("file", "adaptor.safetensors"), "adaptor")
-
-    ctc_head = ctc_tokenizer = None
-    c = desc.get("ctc")
+    a, c, p = desc["adaptor"], desc.get("ctc"), desc.get("prompt") or {}
+    section = {
+        "encoder": {
+            "type": enc["type"],
+            "conf": dict(enc["conf"]),
+            "frontend": fe,
+            "init_from": _file(model_dir, enc.get("file", "encoder.safetensors"), "encoder"),
+        },
+        "adaptor": {
+            **dict(a["conf"]),
+            "init_from": _file(model_dir, a.get("file", "adaptor.safetensors"), "adaptor"),
+            "init_prefix": "",
+            "freeze": True,
+        },
+        "llm": _llm_section(model_dir, desc["llm"], _dtype_name(dtype, desc["llm"].get("dtype", "float32"))),
+        "prompt": {"task": p.get("task", "Transcribe the audio."), "system": p.get("system")},
+        "ctc": {"weight": 0.0},
+    }
+    if p.get("chat_template"):
+        section["prompt"]["chat_template"] = p["chat_template"]
     if c:
-        from llmasr.models.ctc import CTCHead, build_ctc_tokenizer
+        section["ctc"] = {
+            "weight": float(c["weight"]),
+            "vocab": c["vocab"] if c["vocab"] == "llm" else str(model_dir / c["vocab"]),
+            "init_from": _file(model_dir, c.get("file", "ctc_head.safetensors"), "CTC head"),
+        }
+    try:
+        return from_dict(ModelConfig, section, "model")
+    except ConfigError as err:
+        raise ExportedModelError(f"{model_dir / MODEL_FILE}: {err}") from err
 
-        vocab = c["vocab"] if c["vocab"] == "llm" else str(model_dir / c["vocab"])
-        ctc_tokenizer = build_ctc_tokenizer(vocab, tokenizer)
-        if int(ctc_tokenizer.vocab_size) != int(c["vocab_size"]):
-            raise ExportedModelError(
-                f"{model_dir}: the CTC vocabulary has {ctc_tokenizer.vocab_size} entries, the head was trained "
-                f"with {c['vocab_size']}"
-            )
-        ctc_head = CTCHead(int(c["encoder_dim"]), int(c["vocab_size"]))
-        _load_weights(ctc_head, model_dir / c.get("file", "ctc_head.safetensors"), "CTC head")
 
-    model = SpeechLLM(
-        encoder,
-        adaptor,
-        llm,
-        prompt,
-        frontend,
-        ctc_head=ctc_head,
-        ctc_tokenizer=ctc_tokenizer,
-        ctc_weight=float(c["weight"]) if c else 0.0,
-        ctc_compress=adaptor_cfg.ctc_compress,
-    )
+def load_exported(model_dir: str | Path, *, dtype: str | torch.dtype | None = None, device: str | torch.device = "cpu"):
+    """SpeechLLM from an exported directory; `dtype` is the LLM's (default: the exported dtype). Eval mode, frozen."""
+    model = build_model(exported_model_config(model_dir, dtype=dtype))
     model.requires_grad_(False)
     model.eval()
     return model.to(device)

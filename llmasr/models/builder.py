@@ -1,15 +1,27 @@
-"""Builders: recipe model section -> encoder, adaptor, LLM, CTC head -> SpeechLLM, validated at start-up."""
+"""The one builder: a recipe's model section -> encoder, adaptor, LLM, CTC head -> SpeechLLM.
+
+Training, `llmasr check` (on the meta device), export, the exported-model loader (whose llmasr_model.yaml becomes a
+model section pointing into the exported directory), decoding and the benchmarks all build through `build_model`;
+where the weights come from is its `weights` argument.
+"""
 
 from __future__ import annotations
 
 import logging
+from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import torch
 from torch import nn
 
-from llmasr.config_io import ConfigError, from_dict, load_yaml
+from llmasr.config_io import ConfigError, from_dict, load_yaml, to_dict
 from llmasr.data.frontend import FrontendConfig
+from llmasr.models.adaptors import build_adaptor
 from llmasr.models.config import AdaptorConfig, CTCConfig, EncoderConfig, ModelConfig
+from llmasr.models.ctc import CTCHead, build_ctc_tokenizer
+from llmasr.models.encoders import EncoderEntry, encoder_entry
 from llmasr.models.llm import apply_lora, embedding_shape, load_llm
 from llmasr.models.prompt import PromptBuilder
 from llmasr.models.speech_llm import SpeechLLM
@@ -18,64 +30,83 @@ from llmasr.models.state_dict import load_into, select_prefix, torch_load, unwra
 log = logging.getLogger(__name__)
 
 
-def encoder_class(kind: str):
-    if kind == "paraformer":
-        from llmasr.models.sanm import SANMEncoder
+@dataclass
+class EncoderSpec:
+    """What builds an encoder, read from config files only: its registry entry, constructor settings, frontend."""
 
-        return SANMEncoder
-    if kind == "conformer":
-        from llmasr.models.conformer import ConformerEncoder
+    entry: EncoderEntry
+    conf: dict[str, Any]
+    frontend: FrontendConfig
 
-        return ConformerEncoder
-    raise ConfigError(f"model.encoder.type: {kind!r} has no builder from `conf`")
+
+def encoder_spec(cfg: EncoderConfig) -> EncoderSpec:
+    """The encoder a recipe section describes (its pretrained directory's config files, or `conf`), and the frontend
+    it expects: the explicit `frontend` settings (e.g. dither) refine what the directory says."""
+    entry = encoder_entry(cfg.type)
+    if cfg.type == "whisper":
+        from transformers import WhisperConfig
+
+        from llmasr.models.whisper import check_whisper_conf, whisper_dir_frontend, whisper_frontend
+
+        if cfg.path is None:
+            check_whisper_conf(cfg.conf)
+            config = WhisperConfig(**cfg.conf)
+            base = whisper_frontend(config)
+        else:
+            config = WhisperConfig.from_pretrained(str(cfg.path), local_files_only=True)
+            base = whisper_dir_frontend(cfg.path)
+        return EncoderSpec(entry, config.to_dict(), _refine(base, cfg.frontend))
+    if cfg.path is not None:
+        from llmasr.models.funasr_dir import funasr_encoder_spec
+
+        found, conf, base = funasr_encoder_spec(cfg.path, cfg.conf or None)
+        if found.type != cfg.type:
+            raise ConfigError(
+                f"model.encoder.type is {cfg.type!r} but {cfg.path}/config.yaml holds a {found.class_name} "
+                f"({found.type!r})"
+            )
+        return EncoderSpec(entry, conf, _refine(base, cfg.frontend))
+    frontend = _refine(FrontendConfig(), cfg.frontend)
+    conf = dict(cfg.conf)
+    conf.setdefault("input_size", frontend.feature_dim)
+    if conf["input_size"] != frontend.feature_dim:
+        raise ConfigError(
+            f"model.encoder.conf.input_size is {conf['input_size']} but the frontend gives "
+            f"{frontend.feature_dim} dims (n_mels x lfr_m of model.encoder.frontend)"
+        )
+    return EncoderSpec(entry, conf, frontend)
+
+
+def _refine(base: FrontendConfig, settings: dict) -> FrontendConfig:
+    if not settings:
+        return base
+    return from_dict(FrontendConfig, {**to_dict(base), **settings}, "model.encoder.frontend")
 
 
 def encoder_frontend(cfg: EncoderConfig) -> FrontendConfig:
     """The frontend the configured encoder expects, read from its files without loading any weights."""
-    if cfg.type == "whisper":
-        from llmasr.models.whisper import whisper_dir_frontend, whisper_frontend
-
-        if cfg.path is None:
-            from transformers import WhisperConfig
-
-            return whisper_frontend(WhisperConfig(**cfg.conf))
-        frontend = whisper_dir_frontend(cfg.path)
-    elif cfg.path is not None:
-        from llmasr.models.funasr_dir import funasr_frontend
-
-        frontend = funasr_frontend(cfg.path)
-    else:
-        return from_dict(FrontendConfig, dict(cfg.frontend), "model.encoder.frontend")
-    if cfg.frontend:  # explicit settings (e.g. dither) refine what the model directory says
-        frontend = from_dict(FrontendConfig, {**_as_dict(frontend), **cfg.frontend}, "model.encoder.frontend")
-    return frontend
+    return encoder_spec(cfg).frontend
 
 
-def build_encoder(cfg: EncoderConfig) -> tuple[nn.Module, FrontendConfig]:
-    """The encoder (pretrained when `cfg.path` is set) and the frontend it expects."""
-    if cfg.type == "whisper":
-        from llmasr.models.whisper import build_whisper_encoder, load_whisper_encoder
+def build_encoder(cfg: EncoderConfig, *, pretrained: bool = True) -> tuple[nn.Module, FrontendConfig]:
+    """The encoder (its pretrained weights read when `pretrained`) and the frontend it expects, frozen, with LoRA
+    and checkpointing as configured."""
+    spec = encoder_spec(cfg)
+    if pretrained and cfg.path is not None and cfg.type == "whisper":
+        from llmasr.models.whisper import load_whisper_encoder
 
-        if cfg.path is None:
-            encoder, _ = build_whisper_encoder(dict(cfg.conf))
-        else:
-            encoder, _ = load_whisper_encoder(cfg.path, reinit_keys=cfg.reinit_keys)
-    elif cfg.path is not None:
+        encoder, _ = load_whisper_encoder(cfg.path, reinit_keys=cfg.reinit_keys)
+    elif pretrained and cfg.path is not None:
         from llmasr.models.funasr_dir import load_funasr_encoder
 
         encoder, _ = load_funasr_encoder(cfg.path, conf_overrides=cfg.conf or None, reinit_keys=cfg.reinit_keys)
     else:
-        feature_dim = encoder_frontend(cfg).feature_dim
-        conf = dict(cfg.conf)
-        conf.setdefault("input_size", feature_dim)
-        if conf["input_size"] != feature_dim:
-            raise ConfigError(
-                f"model.encoder.conf.input_size is {conf['input_size']} but the frontend gives "
-                f"{feature_dim} dims (n_mels x lfr_m of model.encoder.frontend)"
-            )
-        encoder = encoder_class(cfg.type)(**conf)
-        log.info("%s encoder built from conf with fresh weights", cfg.type)
-    frontend = encoder_frontend(cfg)
+        encoder = spec.entry.construct(spec.conf)
+        if pretrained and cfg.init_from:
+            state = read_weights(cfg.init_from, cfg.init_prefix, "model.encoder")
+            load_into(encoder, state, source=f"encoder weights {cfg.init_from}", reinit_keys=cfg.reinit_keys)
+        elif pretrained:
+            log.info("%s encoder built from conf with fresh weights", cfg.type)
     if cfg.freeze:
         encoder.requires_grad_(False)
     if cfg.lora is not None:
@@ -84,13 +115,7 @@ def build_encoder(cfg: EncoderConfig) -> tuple[nn.Module, FrontendConfig]:
         if not hasattr(encoder, "gradient_checkpointing"):
             raise ConfigError(f"model.encoder.gradient_checkpointing: {type(encoder).__name__} does not support it")
         encoder.gradient_checkpointing = True
-    return encoder, frontend
-
-
-def _as_dict(frontend: FrontendConfig) -> dict:
-    from llmasr.config_io import to_dict
-
-    return to_dict(frontend)
+    return encoder, spec.frontend
 
 
 def read_weights(init_from: str, init_prefix: str, what: str) -> dict:
@@ -149,45 +174,53 @@ def build_prompt(cfg: ModelConfig, tokenizer) -> PromptBuilder:
     )
 
 
-def build_model(cfg: ModelConfig | dict | str | Path) -> SpeechLLM:
-    """Build the SpeechLLM described by a recipe's `model` section (a ModelConfig, a dict, or a recipe path)."""
+WEIGHTS = ("pretrained", "random", "meta")
+
+
+def build_model(cfg: ModelConfig | dict | str | Path, *, weights: str = "pretrained") -> SpeechLLM:
+    """Build the SpeechLLM described by a recipe's `model` section (a ModelConfig, a dict, or a recipe path).
+
+    weights: "pretrained" reads every pretrained file the section names (training, export, decoding);
+    "random" builds the same architecture from config files with fresh weights (benchmarks); "meta" does that on
+    the meta device, which reads no weight and allocates no memory (`llmasr check`). Freezing, LoRA and the
+    text side (tokenizer, prompt, CTC vocabulary) are the same in all three."""
     if isinstance(cfg, (str, Path)):
         cfg = load_yaml(cfg)
     if isinstance(cfg, dict):
         cfg = from_dict(ModelConfig, cfg.get("model", cfg), "model")
-
-    encoder, frontend = build_encoder(cfg.encoder)
-    llm, tokenizer = load_llm(
-        cfg.llm.path,
-        lora=cfg.llm.lora,
-        freeze=cfg.llm.freeze,
-        dtype=cfg.llm.dtype,
-        gradient_checkpointing=cfg.llm.gradient_checkpointing,
-        trust_remote_code=cfg.llm.trust_remote_code,
-    )
-    prompt = build_prompt(cfg, tokenizer)
-    llm_dim = int(embedding_shape(llm)[-1])
-    from llmasr.models.adaptors import build_adaptor
-
-    adaptor = build_adaptor(cfg.adaptor, output_dim(encoder), llm_dim)
-    if cfg.adaptor.init_from:
-        load_adaptor_weights(adaptor, cfg.adaptor)
-    if cfg.adaptor.freeze:
-        adaptor.requires_grad_(False)
-
-    ctc_head = ctc_tokenizer = None
-    if cfg.ctc.weight > 0:
-        from llmasr.models.ctc import CTCHead, build_ctc_tokenizer
-
-        ctc_tokenizer = build_ctc_tokenizer(cfg.ctc.vocab, tokenizer)
-        ctc_head = CTCHead(output_dim(encoder), ctc_tokenizer.vocab_size)
-        if cfg.ctc.init_from:
-            load_ctc_weights(ctc_head, cfg.ctc, ctc_tokenizer.vocab_size)
+    if weights not in WEIGHTS:
+        raise ValueError(f"weights must be one of {WEIGHTS}, got {weights!r}")
+    pretrained = weights == "pretrained"
+    with torch.device("meta") if weights == "meta" else nullcontext():
+        encoder, frontend = build_encoder(cfg.encoder, pretrained=pretrained)
+        llm, tokenizer = load_llm(
+            cfg.llm.path,
+            lora=cfg.llm.lora,
+            freeze=cfg.llm.freeze,
+            dtype=cfg.llm.dtype,
+            gradient_checkpointing=cfg.llm.gradient_checkpointing,
+            trust_remote_code=cfg.llm.trust_remote_code,
+            adapter=cfg.llm.adapter,
+            tokenizer=cfg.llm.tokenizer,
+            pretrained=pretrained,
+        )
+        llm_dim = int(embedding_shape(llm)[-1])
+        adaptor = build_adaptor(cfg.adaptor, output_dim(encoder), llm_dim)
+        if pretrained and cfg.adaptor.init_from:
+            load_adaptor_weights(adaptor, cfg.adaptor)
+        if cfg.adaptor.freeze:
+            adaptor.requires_grad_(False)
+        ctc_tokenizer = build_ctc_tokenizer(cfg.ctc.vocab, tokenizer) if cfg.ctc.weight > 0 else None
+        ctc_head = None
+        if ctc_tokenizer is not None:
+            ctc_head = CTCHead(output_dim(encoder), ctc_tokenizer.vocab_size)
+            if pretrained and cfg.ctc.init_from:
+                load_ctc_weights(ctc_head, cfg.ctc, ctc_tokenizer.vocab_size)
     return SpeechLLM(
         encoder,
         adaptor,
         llm,
-        prompt,
+        build_prompt(cfg, tokenizer),
         frontend,
         ctc_head=ctc_head,
         ctc_tokenizer=ctc_tokenizer,

@@ -46,10 +46,18 @@ class EncoderConfig:
     # Checkpoint keys (encoder-relative names, glob patterns allowed) that may be missing or differently shaped:
     # these are left at their fresh initialisation. Anything else that does not match is an error.
     reinit_keys: list[str] = field(default_factory=list)
+    # Encoder weights (.safetensors or weights-only .pt) for an encoder built from `conf`, e.g. an llmasr export's
+    # encoder.safetensors; `init_prefix` selects (and strips) a key prefix. Only without `path`.
+    init_from: str | None = path_field(None)
+    init_prefix: str = ""
 
     def validate(self, path: str) -> None:
         if self.type == "whisper" and self.path is None and not self.conf:
             raise ConfigError(f"{path}: a whisper encoder needs `path` (an HF Whisper directory) or `conf`")
+        if self.init_from and self.path is not None:
+            raise ConfigError(
+                f"{path}: set `path` (a pretrained directory) or `init_from` (weights for `conf`), not both"
+            )
 
 
 @dataclass
@@ -83,10 +91,20 @@ class LLMConfig:
     gradient_checkpointing: bool = False
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     trust_remote_code: bool = False
+    # A saved peft LoRA adapter (e.g. `llmasr export --adapter-only`'s DIR/adapter) applied to `path` and frozen with
+    # it; train new adapters with `lora` instead.
+    adapter: str | None = path_field(None)
+    # The tokenizer's directory when it is not `path` (default: the adapter's directory if it holds one, else path).
+    tokenizer: str | None = path_field(None)
 
     def validate(self, path: str) -> None:
         if not self.path:
             raise ConfigError(f"{path}.path: the LLM directory is required")
+        if self.adapter and (self.lora is not None or not self.freeze):
+            raise ConfigError(
+                f"{path}.adapter: a saved adapter is loaded frozen together with its base; it cannot be combined "
+                "with `lora` or `freeze: false`"
+            )
 
 
 @dataclass

@@ -17,29 +17,16 @@ from torch import nn
 
 from llmasr.config_io import ConfigError
 from llmasr.data.frontend import FrontendConfig
+from llmasr.models.encoders import EncoderEntry, funasr_entry
 from llmasr.models.state_dict import CheckpointMismatchError, load_into, select_prefix, torch_load, unwrap_state_dict
 
 log = logging.getLogger(__name__)
 
-SUPPORTED_ENCODERS = ("SANMEncoder", "ConformerEncoder")
 SUPPORTED_FRONTENDS = ("WavFrontend",)
 
 # frontend_conf keys with no bearing on the features of a non-streaming encoder. FunASR's WavFrontend swallows
 # unknown keys too, so anything else is logged and ignored rather than refused.
 _FRONTEND_IGNORED = ("filter_length_min", "filter_length_max")
-
-
-def build_funasr_encoder(encoder_type: str, conf: dict[str, Any]) -> nn.Module:
-    """Construct `encoder_type` from FunASR encoder_conf names (input_size included)."""
-    if encoder_type == "SANMEncoder":
-        from llmasr.models.sanm import SANMEncoder
-
-        return SANMEncoder(**conf)
-    if encoder_type == "ConformerEncoder":
-        from llmasr.models.conformer import ConformerEncoder
-
-        return ConformerEncoder(**conf)
-    raise ConfigError(f"encoder {encoder_type!r} is not supported; supported: {', '.join(SUPPORTED_ENCODERS)}")
 
 
 def read_funasr_config(model_dir: str | Path) -> dict:
@@ -143,6 +130,35 @@ def funasr_frontend(model_dir: str | Path) -> FrontendConfig:
     return frontend_from_funasr_conf(config["frontend_conf"], _resolve_cmvn(model_dir, config["frontend_conf"]))
 
 
+def funasr_encoder_spec(
+    model_dir: str | Path, conf_overrides: dict | None = None
+) -> tuple[EncoderEntry, dict[str, Any], FrontendConfig]:
+    """(registry entry, constructor conf with input_size, frontend) of a FunASR directory, reading no weights."""
+    model_dir = Path(model_dir).resolve()
+    config = read_funasr_config(model_dir)
+    cfg_path = model_dir / "config.yaml"
+    entry = funasr_entry(config["encoder"], str(cfg_path))
+    frontend_type = config.get("frontend", "WavFrontend")
+    if frontend_type not in SUPPORTED_FRONTENDS:
+        raise ConfigError(
+            f"{cfg_path}: frontend {frontend_type!r} is not supported; supported: {', '.join(SUPPORTED_FRONTENDS)}"
+        )
+    frontend = frontend_from_funasr_conf(config["frontend_conf"], _resolve_cmvn(model_dir, config["frontend_conf"]))
+    encoder_conf = dict(config["encoder_conf"])
+    encoder_conf.update(conf_overrides or {})
+    feature_dim = frontend.feature_dim
+    for where, stated in (
+        ("input_size", config.get("input_size")),
+        ("encoder_conf.input_size", encoder_conf.pop("input_size", None)),
+    ):
+        if stated is not None and int(stated) != feature_dim:
+            raise ConfigError(
+                f"{cfg_path}: {where} is {stated}, but the frontend produces n_mels * lfr_m = "
+                f"{frontend.n_mels} * {frontend.lfr_m} = {feature_dim} features"
+            )
+    return entry, {"input_size": feature_dim, **encoder_conf}, frontend
+
+
 def load_funasr_encoder(
     model_dir: str | Path,
     *,
@@ -157,36 +173,8 @@ def load_funasr_encoder(
     Returns (encoder, frontend); the frontend's cmvn_file is the absolute path of am.mvn.
     """
     model_dir = Path(model_dir).resolve()
-    config = read_funasr_config(model_dir)
-    cfg_path = model_dir / "config.yaml"
-
-    encoder_type = str(config["encoder"]).rsplit(".", 1)[-1].rsplit(":", 1)[-1]
-    if encoder_type not in SUPPORTED_ENCODERS:
-        raise ConfigError(
-            f"{cfg_path}: encoder {config['encoder']!r} is not supported; supported: {', '.join(SUPPORTED_ENCODERS)}"
-        )
-    frontend_type = config.get("frontend", "WavFrontend")
-    if frontend_type not in SUPPORTED_FRONTENDS:
-        raise ConfigError(
-            f"{cfg_path}: frontend {frontend_type!r} is not supported; supported: {', '.join(SUPPORTED_FRONTENDS)}"
-        )
-
-    cmvn = _resolve_cmvn(model_dir, config["frontend_conf"])
-    frontend = frontend_from_funasr_conf(config["frontend_conf"], cmvn)
-
-    encoder_conf = dict(config["encoder_conf"])
-    encoder_conf.update(conf_overrides or {})
-    feature_dim = frontend.feature_dim
-    for where, stated in (
-        ("input_size", config.get("input_size")),
-        ("encoder_conf.input_size", encoder_conf.pop("input_size", None)),
-    ):
-        if stated is not None and int(stated) != feature_dim:
-            raise ConfigError(
-                f"{cfg_path}: {where} is {stated}, but the frontend produces n_mels * lfr_m = "
-                f"{frontend.n_mels} * {frontend.lfr_m} = {feature_dim} features"
-            )
-    encoder = build_funasr_encoder(encoder_type, {"input_size": feature_dim, **encoder_conf})
+    entry, conf, frontend = funasr_encoder_spec(model_dir, conf_overrides)
+    encoder = entry.construct(conf)
 
     ckpt_path = model_dir / "model.pt"
     if not ckpt_path.is_file():

@@ -35,14 +35,16 @@ class LLMLoadError(ConfigError):
     """The LLM directory cannot be used."""
 
 
-def check_llm_dir(path: str | Path) -> Path:
+def check_llm_dir(path: str | Path, *, tokenizer: str | Path | None = None) -> Path:
+    """`path` after checking it holds config.json and tokenizer files (those may be in `tokenizer` instead)."""
     path = Path(path)
     if not path.is_dir():
         raise LLMLoadError(f"LLM directory not found: {path}")
     if not (path / "config.json").is_file():
         raise LLMLoadError(f"{path}: no config.json; expected a Hugging Face model directory (save_pretrained)")
-    if not any((path / name).is_file() for name in TOKENIZER_FILES):
-        raise LLMLoadError(f"{path}: no tokenizer files (looked for {', '.join(TOKENIZER_FILES)})")
+    tok_dir = Path(tokenizer) if tokenizer is not None else path
+    if not any((tok_dir / name).is_file() for name in TOKENIZER_FILES):
+        raise LLMLoadError(f"{tok_dir}: no tokenizer files (looked for {', '.join(TOKENIZER_FILES)})")
     return path
 
 
@@ -96,27 +98,39 @@ def load_llm(
     dtype: str = "float32",
     gradient_checkpointing: bool = False,
     trust_remote_code: bool = False,
+    adapter: str | Path | None = None,
+    tokenizer: str | Path | None = None,
+    pretrained: bool = True,
 ):
-    """Load (model, tokenizer) from a local HF directory; the model is a peft PeftModel when `lora` is given."""
+    """Load (model, tokenizer) from a local HF directory; the model is a peft PeftModel when `lora` or `adapter` is
+    given. `pretrained=False` builds the architecture from config.json with fresh weights and reads no weight file
+    (under a meta device context this costs no memory)."""
     from transformers import AutoConfig, AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
-    path = check_llm_dir(path)
+    path = check_llm_dir(path, tokenizer=tokenizer or _adapter_tokenizer(adapter))
     if dtype not in DTYPES:
         raise LLMLoadError(f"model.llm.dtype: {dtype!r} is not one of {sorted(DTYPES)}")
     config = AutoConfig.from_pretrained(str(path), local_files_only=True, trust_remote_code=trust_remote_code)
     try:
-        model = AutoModelForCausalLM.from_pretrained(
-            str(path), config=config, dtype=DTYPES[dtype], local_files_only=True, trust_remote_code=trust_remote_code
-        )
+        if pretrained:
+            model = AutoModelForCausalLM.from_pretrained(
+                str(path),
+                config=config,
+                dtype=DTYPES[dtype],
+                local_files_only=True,
+                trust_remote_code=trust_remote_code,
+            )
+        else:
+            model = AutoModelForCausalLM.from_config(config, dtype=DTYPES[dtype], trust_remote_code=trust_remote_code)
     except ValueError as err:
         raise LLMLoadError(f"{path}: not loadable as a causal LM ({config.model_type}): {err}") from err
-    tokenizer = load_tokenizer(path, trust_remote_code=trust_remote_code)
+    tok = load_tokenizer(tokenizer or _adapter_tokenizer(adapter) or path, trust_remote_code=trust_remote_code)
     vocab_rows = embedding_shape(model)[0]
-    if len(tokenizer) > vocab_rows:
+    if len(tok) > vocab_rows:
         raise LLMLoadError(
-            f"{path}: the tokenizer has {len(tokenizer)} tokens but the embedding matrix only {vocab_rows} rows"
+            f"{path}: the tokenizer has {len(tok)} tokens but the embedding matrix only {vocab_rows} rows"
         )
     if freeze:
         model.requires_grad_(False)
@@ -127,11 +141,35 @@ def load_llm(
         else:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
+    if adapter is not None:
+        model = load_adapter(model, Path(adapter), pretrained=pretrained)
     if lora is not None:
         model = apply_lora(model, lora, what="model.llm", hf_model=True)
         if not freeze:  # full fine-tuning plus adapters: peft froze the base, undo that
             model.requires_grad_(True)
-    return model, tokenizer
+    return model, tok
+
+
+def _adapter_tokenizer(adapter: str | Path | None) -> Path | None:
+    """An adapter directory that carries tokenizer files (an llmasr adapter export does) supplies the tokenizer."""
+    if adapter is None:
+        return None
+    adapter = Path(adapter)
+    return adapter if any((adapter / name).is_file() for name in TOKENIZER_FILES) else None
+
+
+def load_adapter(model: nn.Module, adapter: Path, *, pretrained: bool) -> nn.Module:
+    """A saved peft adapter on `model`, frozen (its fresh-weight twin when `pretrained` is false)."""
+    import peft
+
+    if not (adapter / "adapter_config.json").is_file():
+        raise LLMLoadError(f"{adapter}: no adapter_config.json; model.llm.adapter must be a saved peft adapter")
+    if pretrained:
+        model = peft.PeftModel.from_pretrained(model, str(adapter), is_trainable=False)
+    else:
+        model = peft.get_peft_model(model, peft.PeftConfig.from_pretrained(str(adapter)))
+    model.requires_grad_(False)
+    return model
 
 
 def causal_lm_parts(llm: nn.Module) -> tuple[nn.Module, nn.Module, nn.Module]:

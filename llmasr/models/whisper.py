@@ -123,14 +123,21 @@ def whisper_frontend(config: Any, preprocessor: dict | None = None) -> FrontendC
     )
 
 
-def build_whisper_encoder(conf: dict[str, Any]) -> tuple[WhisperAudioEncoder, FrontendConfig]:
-    """A randomly initialised Whisper encoder from WhisperConfig keys (d_model, encoder_layers, num_mel_bins, ...)."""
+def check_whisper_conf(conf: dict[str, Any]) -> None:
+    """Refuse keys that are not WhisperConfig options (WhisperConfig itself would keep them silently)."""
     from transformers import WhisperConfig
 
     known = set(WhisperConfig().to_dict())
     for key in conf:
         if key not in known:
             raise ConfigError(f"encoder.conf.{key}: not a WhisperConfig option")
+
+
+def build_whisper_encoder(conf: dict[str, Any]) -> tuple[WhisperAudioEncoder, FrontendConfig]:
+    """A randomly initialised Whisper encoder from WhisperConfig keys (d_model, encoder_layers, num_mel_bins, ...)."""
+    from transformers import WhisperConfig
+
+    check_whisper_conf(conf)
     config = WhisperConfig(**conf)
     return WhisperAudioEncoder(config), whisper_frontend(config)
 

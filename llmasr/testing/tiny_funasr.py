@@ -64,9 +64,9 @@ def _randomise(module: torch.nn.Module, generator: torch.Generator) -> None:
 
 
 def build_encoder(encoder_type: str, encoder_conf: dict, input_size: int) -> torch.nn.Module:
-    from llmasr.models.funasr_dir import build_funasr_encoder
+    from llmasr.models.encoders import funasr_entry
 
-    return build_funasr_encoder(encoder_type, {"input_size": input_size, **encoder_conf})
+    return funasr_entry(encoder_type, "encoder_type").construct({"input_size": input_size, **encoder_conf})
 
 
 def write_funasr_dir(

@@ -5,7 +5,7 @@
 Prints the batch arithmetic, the exact batches per rank per epoch (the real sampler over the real manifests),
 the update count, each param group's lr at the key updates, and a per-rank memory estimate for the ZeRO stage; it
 writes the lr curves (lr_schedule.csv and lr_schedule.png) into --out (default: the run directory). No weights are
-read: the model is built on the meta device from its config files, which gives exact parameter counts.
+read: the model is built on the meta device by the same builder training uses, which gives exact parameter counts.
 """
 
 from __future__ import annotations
@@ -15,75 +15,8 @@ import os
 import sys
 from pathlib import Path
 
-import torch
-
 from llmasr.config_io import ConfigError
-
-
-def _meta_encoder(cfg, feature_dim: int):
-    from llmasr.models.builder import encoder_class
-
-    if cfg.type == "whisper":
-        from transformers import WhisperConfig
-
-        from llmasr.models.whisper import WhisperAudioEncoder
-
-        if cfg.path is not None:
-            config = WhisperConfig.from_pretrained(str(cfg.path), local_files_only=True)
-        else:
-            config = WhisperConfig(**cfg.conf)
-        return WhisperAudioEncoder(config)
-    if cfg.path is not None:
-        from llmasr.models.funasr_dir import build_funasr_encoder, read_funasr_config
-
-        conf = read_funasr_config(cfg.path)
-        encoder_conf = {**conf["encoder_conf"], **(cfg.conf or {})}
-        encoder_conf.pop("input_size", None)
-        kind = str(conf["encoder"]).rsplit(".", 1)[-1].rsplit(":", 1)[-1]
-        return build_funasr_encoder(kind, {"input_size": feature_dim, **encoder_conf})
-    conf = dict(cfg.conf)
-    conf.setdefault("input_size", feature_dim)
-    return encoder_class(cfg.type)(**conf)
-
-
-def meta_model(model_cfg, side):
-    """The SpeechLLM of `model_cfg` on the meta device (freezing and LoRA as llmasr.models.builder applies them)."""
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    from llmasr.models.adaptors import build_adaptor
-    from llmasr.models.builder import output_dim
-    from llmasr.models.llm import DTYPES, apply_lora
-    from llmasr.models.speech_llm import SpeechLLM
-
-    cfg = model_cfg
-    with torch.device("meta"):
-        encoder = _meta_encoder(cfg.encoder, side.frontend.feature_dim)
-        if cfg.encoder.freeze:
-            encoder.requires_grad_(False)
-        if cfg.encoder.lora is not None:
-            encoder = apply_lora(encoder, cfg.encoder.lora, what="model.encoder", hf_model=False)
-        config = AutoConfig.from_pretrained(
-            str(cfg.llm.path), local_files_only=True, trust_remote_code=cfg.llm.trust_remote_code
-        )
-        llm = AutoModelForCausalLM.from_config(
-            config, dtype=DTYPES[cfg.llm.dtype], trust_remote_code=cfg.llm.trust_remote_code
-        )
-        if cfg.llm.freeze:
-            llm.requires_grad_(False)
-        if cfg.llm.lora is not None:
-            llm = apply_lora(llm, cfg.llm.lora, what="model.llm", hf_model=True)
-            if not cfg.llm.freeze:
-                llm.requires_grad_(True)
-        llm_dim = int(llm.get_input_embeddings().weight.shape[-1])
-        adaptor = build_adaptor(cfg.adaptor, output_dim(encoder), llm_dim)
-        if cfg.adaptor.freeze:
-            adaptor.requires_grad_(False)
-        ctc_head = None
-        if cfg.ctc.weight > 0:
-            from llmasr.models.ctc import CTCHead
-
-            ctc_head = CTCHead(output_dim(encoder), side.ctc_tokenizer.vocab_size)
-    return SpeechLLM(encoder, adaptor, llm, side.prompt, side.frontend, ctc_head=ctc_head, ctc_weight=cfg.ctc.weight)
+from llmasr.models.builder import build_model
 
 
 def param_counts(model) -> dict:
@@ -139,7 +72,7 @@ def check(recipe, ds_path, *, world_size: int, out: Path | None = None) -> str:
     k = int(ds["gradient_accumulation_steps"])
     per_epoch = batches_per_epoch(sampler, tc.epochs)
     total, natural = count_updates(per_epoch, k, tc.max_updates)
-    model = meta_model(recipe.model, side)
+    model = build_model(recipe.model, weights="meta")  # exact parameter counts, no weights read
     groups = build_param_groups(model, recipe.optim)
     names = [g["name"] for g in groups]
     curves = lr_curve(recipe.optim, names, total)
