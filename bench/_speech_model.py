@@ -8,7 +8,9 @@ weights of the real shapes are enough.
 from __future__ import annotations
 
 import re
+import tempfile
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import torch
 
@@ -69,37 +71,42 @@ SIZES = {
 }
 
 
-def build_model(size: ModelSize, *, seed: int = 0, device="cpu", dtype=torch.float32):
-    """SpeechLLM with seeded random weights; dropout off everywhere so two formulations give the same loss."""
-    from transformers import AutoModelForCausalLM, Qwen2Config
-    from transformers.utils import logging as hf_logging
+def model_section(size: ModelSize, llm_dir) -> dict:
+    """The recipe model section of `size` (dropout off everywhere, so two formulations give the same loss)."""
+    return {
+        "encoder": {
+            "type": "paraformer",
+            "conf": {
+                "output_size": size.enc_dim,
+                "attention_heads": size.enc_heads,
+                "linear_units": size.enc_units,
+                "num_blocks": size.enc_blocks,
+                "dropout_rate": 0.0,
+                "attention_dropout_rate": 0.0,
+            },
+            "frontend": {"lfr_m": 7, "lfr_n": 6},
+            "freeze": size.freeze_encoder,
+        },
+        "adaptor": {"type": "linear", "downsample": size.downsample, "ffn_dim": size.adaptor_ffn},
+        "llm": {
+            "path": str(llm_dir),
+            "freeze": True,
+            "lora": {"r": size.lora_r, "alpha": 2 * size.lora_r, "dropout": 0.0, "target_modules": size.lora_targets},
+        },
+    }
 
-    from llmasr.data.frontend import FrontendConfig
-    from llmasr.models.adaptors import build_adaptor
-    from llmasr.models.config import AdaptorConfig, LoraConfig
-    from llmasr.models.llm import apply_lora
-    from llmasr.models.sanm import SANMEncoder
-    from llmasr.models.speech_llm import SpeechLLM
 
-    hf_logging.set_verbosity_error()
-    torch.manual_seed(seed)
-    frontend = FrontendConfig(lfr_m=7, lfr_n=6)
-    encoder = SANMEncoder(
-        input_size=frontend.feature_dim,
-        output_size=size.enc_dim,
-        attention_heads=size.enc_heads,
-        linear_units=size.enc_units,
-        num_blocks=size.enc_blocks,
-        dropout_rate=0.0,
-        attention_dropout_rate=0.0,
-    )
-    encoder.requires_grad_(not size.freeze_encoder)
-    adaptor = build_adaptor(
-        AdaptorConfig(type="linear", downsample=size.downsample, ffn_dim=size.adaptor_ffn),
-        size.enc_dim,
-        size.llm_hidden,
-    )
-    config = Qwen2Config(
+def write_llm_config_dir(size: ModelSize, path) -> Path:
+    """A Hugging Face directory with the Qwen2 config of `size` and a small tokenizer, and no weights: the builder's
+    `weights="random"` reads nothing else."""
+    from transformers import Qwen2Config
+
+    from llmasr.testing.tiny_llm import train_bpe_tokenizer
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    tokenizer = train_bpe_tokenizer(["transcribe the audio"], 300)
+    Qwen2Config(
         vocab_size=size.vocab,
         hidden_size=size.llm_hidden,
         intermediate_size=size.llm_inter,
@@ -109,17 +116,24 @@ def build_model(size: ModelSize, *, seed: int = 0, device="cpu", dtype=torch.flo
         max_position_embeddings=4096,
         tie_word_embeddings=size.tie_embeddings,
         attention_dropout=0.0,
-    )
-    llm = AutoModelForCausalLM.from_config(config, dtype=dtype)
-    llm.requires_grad_(False)
-    llm = apply_lora(
-        llm,
-        LoraConfig(r=size.lora_r, alpha=2 * size.lora_r, dropout=0.0, target_modules=size.lora_targets),
-        what="model.llm",
-        hf_model=True,
-    )
-    # forward() never reads the prompt builder: the batches below carry token ids directly.
-    model = SpeechLLM(encoder, adaptor, llm, prompt=None, frontend=frontend)
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    ).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def build_model(size: ModelSize, *, seed: int = 0, device="cpu", dtype=torch.float32):
+    """SpeechLLM of `size` with seeded random weights, built by llmasr's builder (weights="random")."""
+    from transformers.utils import logging as hf_logging
+
+    from llmasr.models.builder import build_model as build_speech_llm
+
+    hf_logging.set_verbosity_error()
+    with tempfile.TemporaryDirectory() as tmp:
+        llm_dir = write_llm_config_dir(size, Path(tmp) / "llm")
+        torch.manual_seed(seed)
+        model = build_speech_llm(model_section(size, llm_dir), weights="random")
     return model.to(device=device, dtype=dtype).train()
 
 
