@@ -124,8 +124,8 @@ def fresh_frozen_parameters(model: nn.Module, cfg, trainable: list[str]) -> dict
 
     Such tensors are in no file: not in the checkpoint (frozen tensors are excluded) and not in a pretrained
     directory, so a rebuilt model would silently differ from the trained one. Fresh branches: an encoder without
-    `path`, an adaptor or CTC head without `init_from`. A frozen tensor with a fixed initial value (Whisper's
-    sinusoidal positions) is fine: each fresh branch with frozen tensors is built twice under different seeds and
+    `path` or `init_from`, an adaptor or CTC head without `init_from`. A frozen tensor with a fixed initial value
+    (Whisper's sinusoidal positions) is fine: each fresh branch with frozen tensors is built twice under different seeds and
     only the tensors that differ count.
     """
     from llmasr.models.adaptors import build_adaptor
@@ -134,7 +134,7 @@ def fresh_frozen_parameters(model: nn.Module, cfg, trainable: list[str]) -> dict
     from llmasr.models.llm import embedding_shape
 
     branches = []
-    if cfg.encoder.path is None:
+    if cfg.encoder.path is None and not cfg.encoder.init_from:
         branches.append(("model.encoder", "encoder.", lambda: build_encoder(cfg.encoder)[0]))
     if cfg.adaptor.init_from is None:
         llm_dim = int(embedding_shape(model.llm)[-1])
