@@ -125,8 +125,8 @@ def fresh_frozen_parameters(model: nn.Module, cfg, trainable: list[str]) -> dict
     Such tensors are in no file: not in the checkpoint (frozen tensors are excluded) and not in a pretrained
     directory, so a rebuilt model would silently differ from the trained one. Fresh branches: an encoder without
     `path` or `init_from`, an adaptor or CTC head without `init_from`. A frozen tensor with a fixed initial value
-    (Whisper's sinusoidal positions) is fine: each fresh branch with frozen tensors is built twice under different seeds and
-    only the tensors that differ count.
+    (Whisper's sinusoidal positions) is fine: each fresh branch with frozen tensors is built twice under different
+    seeds and only the tensors that differ count.
     """
     from llmasr.models.adaptors import build_adaptor
     from llmasr.models.builder import build_encoder, output_dim
