@@ -1,0 +1,87 @@
+"""The one builder: the meta-device model `llmasr check` counts is the model training builds; the encoder registry
+resolves every name a FunASR directory or an export may give; an encoder from `conf` takes `init_from` weights."""
+
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from llmasr.config_io import ConfigError, from_dict
+from llmasr.models.builder import build_encoder, build_model
+from llmasr.models.config import EncoderConfig
+from llmasr.models.encoders import ENCODERS, encoder_entry, entry_for_class, funasr_entry
+from llmasr.testing.tiny_funasr import tiny_sanm_conf, write_funasr_dir
+from llmasr.testing.tiny_recipe import tiny_model_section
+
+
+def signature(model):
+    return [(n, tuple(p.shape), p.dtype, p.requires_grad) for n, p in model.named_parameters()]
+
+
+@pytest.mark.parametrize(
+    "variant",
+    ["lora_frozen_base", "lora_trained_base", "encoder_lora_ctc", "no_lora"],
+)
+def test_meta_model_is_the_model_training_builds(tiny_llm_dir, tmp_path, variant):
+    section = tiny_model_section(tiny_llm_dir, lora=variant != "no_lora", ctc_weight=0.3, adaptor="transformer")
+    if variant == "lora_trained_base":
+        section["llm"]["freeze"] = False
+    if variant == "encoder_lora_ctc":
+        section["encoder"]["lora"] = {"r": 2, "alpha": 4, "dropout": 0.0, "target_modules": ["linear_out"]}
+        section["encoder"]["freeze"] = True
+    real = build_model(section)
+    meta = build_model(section, weights="meta")
+    assert signature(meta) == signature(real)
+    assert all(p.is_meta for p in meta.parameters())
+    assert meta.ctc_tokenizer.vocab_size == real.ctc_tokenizer.vocab_size
+    assert meta.frontend == real.frontend
+
+
+def test_meta_and_random_read_no_weight_file(tiny_llm_dir, tmp_path):
+    llm = tmp_path / "llm"
+    shutil.copytree(tiny_llm_dir, llm)
+    for f in llm.glob("*.safetensors"):
+        f.unlink()
+    enc_dir = write_funasr_dir(tmp_path / "enc", encoder_conf=tiny_sanm_conf())
+    (enc_dir / "model.pt").unlink()
+    section = tiny_model_section(llm, encoder_dir=enc_dir)
+    for weights in ("meta", "random"):
+        model = build_model(section, weights=weights)
+        assert sum(p.numel() for p in model.parameters()) > 0
+    with pytest.raises((OSError, ConfigError)):
+        build_model(section)  # the pretrained build does need the weights
+
+
+def test_registry_names():
+    assert funasr_entry("funasr.models.sanm.encoder:SANMEncoder", "config.yaml").type == "paraformer"
+    assert funasr_entry("ConformerEncoder", "config.yaml").type == "conformer"
+    with pytest.raises(ConfigError, match=r"x/config.yaml: encoder 'FancyEncoder' is not supported; supported: "):
+        funasr_entry("FancyEncoder", "x/config.yaml")
+    for entry in ENCODERS.values():
+        assert entry_for_class(entry.class_name, "desc") is entry
+        assert encoder_entry(entry.type) is entry
+    with pytest.raises(ConfigError, match="model.encoder.type: unknown encoder 'wav2vec'"):
+        encoder_entry("wav2vec")
+
+
+def test_recipe_type_must_match_the_directory(tmp_path):
+    enc_dir = write_funasr_dir(tmp_path / "enc", encoder_conf=tiny_sanm_conf())
+    cfg = from_dict(EncoderConfig, {"type": "conformer", "path": str(enc_dir)}, "model.encoder")
+    with pytest.raises(ConfigError, match=r"model.encoder.type is 'conformer' but .*config.yaml holds a SANMEncoder"):
+        build_encoder(cfg)
+
+
+def test_encoder_from_conf_takes_init_from_weights(tmp_path):
+    enc_dir = write_funasr_dir(tmp_path / "enc", encoder_conf=tiny_sanm_conf(), seed=3)
+    pretrained, frontend = build_encoder(from_dict(EncoderConfig, {"path": str(enc_dir)}, "model.encoder"))
+    save_file({"body." + k: v.contiguous() for k, v in pretrained.state_dict().items()}, tmp_path / "enc.safetensors")
+    conf = {**tiny_sanm_conf(), "input_size": frontend.feature_dim}
+    weights = str(tmp_path / "enc.safetensors")
+    cfg = {"conf": conf, "init_from": weights, "init_prefix": "body.", "frontend": {"lfr_m": 7}}
+    rebuilt, _ = build_encoder(from_dict(EncoderConfig, cfg, "model.encoder"))
+    x, lens = torch.randn(2, 9, frontend.feature_dim), torch.tensor([9, 6])
+    with torch.no_grad():
+        assert torch.equal(pretrained.eval()(x, lens)[0], rebuilt.eval()(x, lens)[0])
+    with pytest.raises(ConfigError, match="set `path`.*or `init_from`.*not both"):
+        from_dict(EncoderConfig, {"path": str(enc_dir), "init_from": str(tmp_path / "enc.safetensors")}, "enc")
