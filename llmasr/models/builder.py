@@ -22,10 +22,12 @@ from llmasr.models.adaptors import build_adaptor
 from llmasr.models.config import AdaptorConfig, CTCConfig, EncoderConfig, ModelConfig
 from llmasr.models.ctc import CTCHead, build_ctc_tokenizer
 from llmasr.models.encoders import EncoderEntry, encoder_entry
+from llmasr.models.funasr_dir import funasr_encoder_spec, load_funasr_encoder
 from llmasr.models.llm import apply_lora, embedding_shape, load_llm
 from llmasr.models.prompt import PromptBuilder
 from llmasr.models.speech_llm import SpeechLLM
 from llmasr.models.state_dict import load_into, select_prefix, torch_load, unwrap_state_dict
+from llmasr.models.whisper import check_whisper_conf, load_whisper_encoder, whisper_dir_frontend, whisper_frontend
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +48,6 @@ def encoder_spec(cfg: EncoderConfig) -> EncoderSpec:
     if cfg.type == "whisper":
         from transformers import WhisperConfig
 
-        from llmasr.models.whisper import check_whisper_conf, whisper_dir_frontend, whisper_frontend
-
         if cfg.path is None:
             check_whisper_conf(cfg.conf)
             config = WhisperConfig(**cfg.conf)
@@ -57,8 +57,6 @@ def encoder_spec(cfg: EncoderConfig) -> EncoderSpec:
             base = whisper_dir_frontend(cfg.path)
         return EncoderSpec(entry, config.to_dict(), _refine(base, cfg.frontend))
     if cfg.path is not None:
-        from llmasr.models.funasr_dir import funasr_encoder_spec
-
         found, conf, base = funasr_encoder_spec(cfg.path, cfg.conf or None)
         if found.type != cfg.type:
             raise ConfigError(
@@ -93,12 +91,8 @@ def build_encoder(cfg: EncoderConfig, *, pretrained: bool = True) -> tuple[nn.Mo
     and checkpointing as configured."""
     spec = encoder_spec(cfg)
     if pretrained and cfg.path is not None and cfg.type == "whisper":
-        from llmasr.models.whisper import load_whisper_encoder
-
         encoder, _ = load_whisper_encoder(cfg.path, reinit_keys=cfg.reinit_keys)
     elif pretrained and cfg.path is not None:
-        from llmasr.models.funasr_dir import load_funasr_encoder
-
         encoder, _ = load_funasr_encoder(cfg.path, conf_overrides=cfg.conf or None, reinit_keys=cfg.reinit_keys)
     else:
         encoder = spec.entry.construct(spec.conf)

@@ -15,6 +15,8 @@ import torch
 from torch import nn
 
 from llmasr.data.frontend import FrontendConfig
+from llmasr.models.ctc import ctc_greedy, ctc_loss
+from llmasr.models.ctc_compress import ctc_compress
 from llmasr.models.insert_audio import merge_audio_into_text
 from llmasr.models.llm import causal_lm_parts
 from llmasr.models.losses import labels_only_cross_entropy
@@ -94,8 +96,6 @@ class SpeechLLM(nn.Module):
         log_probs = None
         frames, frame_lens = enc, enc_lens
         if self.ctc_compress != "none":
-            from llmasr.models.ctc_compress import ctc_compress
-
             log_probs = self.ctc_head(enc, enc_lens)
             frames, frame_lens = ctc_compress(enc, enc_lens, log_probs, self.ctc_tokenizer.blank_id, self.ctc_compress)
         audio, audio_lens = self.adaptor(frames, frame_lens)
@@ -158,8 +158,6 @@ class SpeechLLM(nn.Module):
         n_utts = int(batch["text_ids"].shape[0])
         ctc_sum = loss.new_zeros(())
         if self.ctc_head is not None:
-            from llmasr.models.ctc import ctc_loss
-
             if log_probs is None:  # not already computed for compression
                 log_probs = self.ctc_head(enc, enc_lens)
             ctc_sum = ctc_loss(
@@ -186,8 +184,6 @@ class SpeechLLM(nn.Module):
 
     def ctc_texts(self, log_probs: torch.Tensor, lens: torch.Tensor) -> list[str]:
         """The CTC head's greedy best-path transcripts from its log-probs [B, T, V] and lengths [B]."""
-        from llmasr.models.ctc import ctc_greedy
-
         tok = self.ctc_tokenizer
         return [tok.decode(ids) for ids in ctc_greedy(log_probs, lens, tok.blank_id)]
 
