@@ -8,6 +8,7 @@ import shutil
 import pytest
 import torch
 
+from llmasr.checkpoint_files import hash_share
 from llmasr.export.checkpoint_reader import CheckpointError
 from llmasr.export.export import export_model, load_checkpoint_model, main
 from llmasr.export.exported import load_exported
@@ -215,6 +216,10 @@ def test_trained_tensor_mismatch_names_keys_and_shapes(runs, tmp_path, copy_run)
     del sd["module"][dropped]
     sd["module"]["adaptor.bogus"] = torch.zeros(2)
     torch.save(sd, tag / "mp_rank_00_model_states.pt")
+    with pytest.raises(CheckpointError, match=r"mp_rank_00_model_states.pt: \d+ bytes, but the save wrote"):
+        load_checkpoint_model(run)  # the edited file no longer matches its recorded checksum
+    meta = json.loads((tag / "llmasr_meta.json").read_text())
+    (tag / "llmasr_meta.json").write_text(json.dumps({**meta, "files": hash_share(tag)}))  # as if saved so
     with pytest.raises(CheckpointError) as err:
         load_checkpoint_model(run)
     msg = str(err.value)
