@@ -206,6 +206,26 @@ def test_mismatched_base_model(runs, tmp_path, base_dirs):
         load_checkpoint_model(run)
 
 
+def test_same_shape_other_base_weights_are_refused(runs, tmp_path, base_dirs):
+    from safetensors.torch import load_file, save_file
+
+    llm, enc = base_dirs
+    own_llm = tmp_path / "llm"
+    shutil.copytree(llm, own_llm)
+    run = make_run(tmp_path / "run", model_section(own_llm, enc, encoder_lora=False, ctc=False), stage=0)
+    weights = own_llm / "model.safetensors"
+    size = weights.stat().st_size
+    state = load_file(str(weights))
+    name = next(k for k in state if "q_proj.weight" in k)
+    state[name] = state[name] + 0.01  # another fine-tune of the same architecture
+    save_file(state, str(weights), metadata={"format": "pt"})
+    assert weights.stat().st_size == size
+    changed = rf"base model changed.*\n  llm/model.safetensors: trained on {size} bytes"
+    with pytest.raises(CheckpointError, match=changed):
+        load_checkpoint_model(run)
+    assert main(["--checkpoint", str(run), "--output", str(tmp_path / "x")]) == 1
+
+
 def test_trained_tensor_mismatch_names_keys_and_shapes(runs, tmp_path, copy_run):
     run = copy_run(runs[0], tmp_path / "mm")
     tag = run / "checkpoints" / "update_00000000"

@@ -3,6 +3,7 @@ sizes and sha256 sums recorded at save are checked before DeepSpeed reads anythi
 
 import json
 import os
+import shutil
 
 import pytest
 import torch
@@ -123,3 +124,21 @@ def test_weights_only_resume_loads_every_stage(tiny_llm_dir, corpus, tmp_path, p
     result = train(recipe(tiny_llm_dir, corpus, run, max_updates=2), preset, resume="latest")
     assert [h["update"] for h in result["history"]] == [2]
     assert ck.read_meta(run / "checkpoints" / ck.tag_for(2))["files"]
+
+
+def test_resume_refuses_same_shape_other_base_weights(tiny_llm_dir, corpus, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from llmasr.config_io import ConfigError
+
+    llm = tmp_path / "llm"
+    shutil.copytree(tiny_llm_dir, llm)
+    run = tmp_path / "run"
+    train(recipe(llm, corpus, run, max_updates=1), "zero0")
+    state = load_file(str(llm / "model.safetensors"))
+    name = next(k for k in state if "v_proj.weight" in k)
+    state[name] = state[name].flip(0)  # same shape, same file size, other weights
+    save_file(state, str(llm / "model.safetensors"), metadata={"format": "pt"})
+    changed = r"base model differs.*\n  llm/model.safetensors: trained on \d+ bytes sha256:"
+    with pytest.raises(ConfigError, match=changed):
+        train(recipe(llm, corpus, run, max_updates=2), "zero0", resume="latest")
