@@ -161,8 +161,10 @@ def export_model(
     adapter_only: bool = False,
     max_shard_size: str | int = "5GB",
     overwrite: bool = False,
+    trust_remote_code: bool = False,
 ) -> Path:
-    """Export a checkpoint (see the module docstring). Returns the output directory."""
+    """Export a checkpoint (see the module docstring). Returns the output directory. `trust_remote_code` allows
+    a run whose recipe sets model.llm.trust_remote_code to load its LLM's Python files."""
 
     out = Path(output)
     non_empty = out.exists() and not (out.is_dir() and not any(out.iterdir()))
@@ -172,7 +174,9 @@ def export_model(
     if dtype is not None and dtype not in DTYPE_NAMES:
         raise ExportError(f"--dtype must be one of bf16, fp16, fp32; got {dtype!r}")
 
-    model, info = load_checkpoint_model(checkpoint, tag=tag, average=average, average_by=average_by)
+    model, info = load_checkpoint_model(
+        checkpoint, tag=tag, average=average, average_by=average_by, trust_remote_code=trust_remote_code
+    )
     recipe = info.pop("recipe")
     dtype_name = DTYPE_NAMES[dtype] if dtype else recipe.model.llm.dtype
 
@@ -310,6 +314,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--adapter-only", action="store_true", help="write a peft adapter instead of merged weights")
     p.add_argument("--max-shard-size", default="5GB", help="LLM safetensors shard size (save_pretrained)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
+    p.add_argument(
+        "--trust-remote-code", action="store_true",
+        help="allow a run whose recipe sets model.llm.trust_remote_code to run its LLM directory's Python files",
+    )  # fmt: skip
     return p
 
 
@@ -327,6 +335,7 @@ def main(argv: list[str] | None = None) -> int:
             adapter_only=args.adapter_only,
             max_shard_size=args.max_shard_size,
             overwrite=args.overwrite,
+            trust_remote_code=args.trust_remote_code,
         )
     except (CheckpointError, ExportError) as err:
         print(f"llmasr export: error: {err}", file=sys.stderr)

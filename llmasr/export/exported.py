@@ -15,7 +15,10 @@ DIR/llmasr_model.yaml says how to rebuild each part:
               {kind: adapter, dir: adapter, base} peft adapter applied to the base directory `base`
               {kind: base, dir: tokenizer, base}  the unchanged base LLM (only the speech side was trained)
 
-Weights are read with safetensors only; no remote code runs unless the export recorded trust_remote_code.
+Weights are read with safetensors only. An export whose description says `llm.trust_remote_code: true` (its
+recipe needed a model's own Python files) loads only when the caller passes trust_remote_code=True (`llmasr decode
+--trust-remote-code`): the description is part of a directory that may come from anywhere, so it cannot switch
+code execution on by itself.
 """
 
 from __future__ import annotations
@@ -81,17 +84,34 @@ def _dtype(name: str | torch.dtype | None, default: str) -> torch.dtype:
     return DTYPES[DTYPE_NAMES[name]]
 
 
-def load_exported_llm(model_dir: Path, entry: dict, dtype: torch.dtype):
+def remote_code_allowed(model_dir: Path, entry: dict, trust_remote_code: bool) -> bool:
+    """True when the export needs the LLM's own Python files and the caller allowed them; refused otherwise."""
+    from llmasr.models.llm import warn_remote_code
+
+    if not entry.get("trust_remote_code", False):
+        return False
+    code_dirs = [str(model_dir / entry.get("dir", "llm"))] + ([str(entry["base"])] if entry.get("base") else [])
+    if not trust_remote_code:
+        raise ExportedModelError(
+            f"{model_dir / MODEL_FILE}: llm.trust_remote_code is true: loading this model imports and runs the "
+            f"Python files in {' and '.join(code_dirs)}. Pass --trust-remote-code (trust_remote_code=True) only if "
+            "you trust them"
+        )
+    warn_remote_code(" and ".join(code_dirs), "--trust-remote-code")
+    return True
+
+
+def load_exported_llm(model_dir: Path, entry: dict, dtype: torch.dtype, *, trust_remote_code: bool = False):
     """(causal LM, tokenizer) of an exported directory."""
     from transformers import AutoModelForCausalLM
 
     from llmasr.models.llm import load_tokenizer
 
-    trust = bool(entry.get("trust_remote_code", False))
     kind = entry.get("kind", "merged")
     sub = model_dir / entry.get("dir", "llm")
     if not sub.is_dir():
         raise ExportedModelError(f"{sub}: missing (the exported {kind} LLM files)")
+    trust = remote_code_allowed(model_dir, entry, trust_remote_code)
     if kind == "merged":
         llm = AutoModelForCausalLM.from_pretrained(
             str(sub), dtype=dtype, local_files_only=True, trust_remote_code=trust
@@ -120,8 +140,15 @@ def load_exported_llm(model_dir: Path, entry: dict, dtype: torch.dtype):
     raise ExportedModelError(f"{model_dir / MODEL_FILE}: unknown llm.kind {kind!r}")
 
 
-def load_exported(model_dir: str | Path, *, dtype: str | torch.dtype | None = None, device: str | torch.device = "cpu"):
-    """SpeechLLM from an exported directory; `dtype` is the LLM's (default: the exported dtype)."""
+def load_exported(
+    model_dir: str | Path,
+    *,
+    dtype: str | torch.dtype | None = None,
+    device: str | torch.device = "cpu",
+    trust_remote_code: bool = False,
+):
+    """SpeechLLM from an exported directory; `dtype` is the LLM's (default: the exported dtype).
+    `trust_remote_code`: allow an export that needs its LLM's own Python files to run them."""
     from llmasr.data.frontend import FrontendConfig
     from llmasr.models.adaptors import build_adaptor
     from llmasr.models.config import AdaptorConfig
@@ -141,7 +168,8 @@ def load_exported(model_dir: str | Path, *, dtype: str | torch.dtype | None = No
     frontend = from_dict(FrontendConfig, fe, "frontend")
 
     entry = desc["llm"]
-    llm, tokenizer = load_exported_llm(model_dir, entry, _dtype(dtype, entry.get("dtype", "float32")))
+    llm_dtype = _dtype(dtype, entry.get("dtype", "float32"))
+    llm, tokenizer = load_exported_llm(model_dir, entry, llm_dtype, trust_remote_code=trust_remote_code)
     p = desc.get("prompt") or {}
     prompt = PromptBuilder(
         tokenizer,
