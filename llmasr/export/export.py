@@ -17,7 +17,8 @@ strictly, refusing a frozen branch whose weights were random (llmasr.export.trai
     DIR/llmasr_model.yaml      architecture, frontend, prompt, source checkpoints (see llmasr.export.exported)
 
 `--adapter-only` writes DIR/adapter/ (a peft adapter: adapter_config.json + adapter_model.safetensors, plus the
-tokenizer) instead of DIR/llm/; it is applied to the base LLM at load time (`PeftModel.from_pretrained`).
+tokenizer) instead of DIR/llm/; it is applied to the base LLM at load time (`PeftModel.from_pretrained`). It is
+refused when the run trained more of the LLM than LoRA (model.llm.freeze: false): the adapter could not carry that.
 
 The directory is written under DIR.partial and renamed at the end, so an interrupted export never looks complete.
 """
@@ -103,6 +104,20 @@ def merge_llm(llm: nn.Module) -> nn.Module:
     return merged
 
 
+def check_adapter_only(model: nn.Module, recipe) -> None:
+    """--adapter-only writes the LoRA tensors and nothing else of the LLM: refuse when more of it was trained."""
+    trained = [f"llm.{n}" for n, p in model.llm.named_parameters() if p.requires_grad and "lora_" not in n]
+    if not trained:
+        return
+    why = " (model.llm.freeze: false in the run's recipe)" if not recipe.model.llm.freeze else ""
+    more = f" and {len(trained) - 3} more" if len(trained) > 3 else ""
+    raise ExportError(
+        f"--adapter-only: the base LLM's own weights were trained beside LoRA{why}: {len(trained)} tensor(s), "
+        f"{', '.join(trained[:3])}{more}. A peft adapter holds only the LoRA tensors; applied to the untrained base "
+        "it would lose what these learned. Export the merged model instead (without --adapter-only)"
+    )
+
+
 # ------------------------------------------------------------------------------------------------ describing
 def encoder_spec(cfg, encoder: nn.Module, frontend) -> dict:
     """What exported.load_exported needs to rebuild the encoder: {"type", "class", "conf"} (whisper: its config)."""
@@ -178,6 +193,8 @@ def export_model(
         checkpoint, tag=tag, average=average, average_by=average_by, trust_remote_code=trust_remote_code
     )
     recipe = info.pop("recipe")
+    if adapter_only:
+        check_adapter_only(model, recipe)
     dtype_name = DTYPE_NAMES[dtype] if dtype else recipe.model.llm.dtype
 
     tmp = out.parent / f".{out.name}.partial"

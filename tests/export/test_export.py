@@ -84,6 +84,18 @@ def test_adapter_only_export_loads_with_peft_and_equals_merged(exported, base_di
         assert (exported["adapter"] / name).is_file()
 
 
+def test_adapter_only_is_refused_when_the_base_llm_was_trained_too(base_dirs, tmp_path, capsys):
+    llm, enc = base_dirs
+    section = model_section(llm, enc, encoder_lora=False, ctc=False)
+    section["llm"]["freeze"] = False  # LoRA plus the base weights, as the demo trains
+    run = make_run(tmp_path / "run", section, stage=0)
+    assert main(["--checkpoint", str(run), "--output", str(tmp_path / "adapter"), "--adapter-only"]) == 1
+    err = capsys.readouterr().err
+    assert "--adapter-only: the base LLM's own weights were trained beside LoRA (model.llm.freeze: false" in err
+    assert "llm.base_model.model.model.embed_tokens.weight" in err and not (tmp_path / "adapter").exists()
+    assert main(["--checkpoint", str(run), "--output", str(tmp_path / "merged")]) == 0
+
+
 def test_zero_stages_export_identical_tensors(exported):
     from safetensors.torch import load_file
 
