@@ -30,9 +30,11 @@ import sys
 import time
 from pathlib import Path
 
+from llmasr.train.ds_config import PRESET_DIR
+
 REPO = Path(__file__).resolve().parents[2]
 RECIPE = REPO / "recipes" / "demo.yaml"
-DS_CONFIG = REPO / "ds_configs" / "zero2.json"
+DS_CONFIG = PRESET_DIR / "zero2.json"
 QUICK_TRAIN_VOICES = ["en-us+m3", "en-gb+f2"]
 QUICK_TEST_VOICES = ["en-us+m6"]
 

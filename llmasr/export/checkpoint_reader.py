@@ -19,15 +19,13 @@ What a tag directory holds depends on the ZeRO stage:
   `*_optim_states.pt` per rank.
 
 For stages 1-3 the fp32 master weights are consolidated with `deepspeed.utils.zero_to_fp32`, which only reads
-files. Its files are pickles that name a few DeepSpeed classes (the loss scaler, the ZeRO stage enum, fragment
-addresses), so plain `torch.load(weights_only=True)` refuses them. zero_to_fp32 itself loads them with
-`weights_only=False`; here every `torch.load` it makes is forced to `weights_only=True` with exactly those classes
-allow-listed (`safe_torch_load`), so a checkpoint that names anything else is refused instead of executed.
+files. Before anything is read, the files are checked against the sizes and sha256 sums the save recorded in the
+meta (llmasr.checkpoint_files); every torch.load, zero_to_fp32's included, is weights-only with DeepSpeed's own few
+classes allowed (llmasr.safe_load), so a checkpoint that pickles anything else is refused instead of executed.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import re
@@ -36,24 +34,14 @@ from pathlib import Path
 
 import torch
 
+from llmasr.checkpoint_files import verify_tag
+from llmasr.safe_load import CheckpointError, load_weights_only, weights_only_torch_load
+
 log = logging.getLogger(__name__)
 
 META_FILE = "llmasr_meta.json"
 LATEST_FILE = "latest"
 BEST_FILE = "best.json"
-
-# Classes DeepSpeed pickles into its checkpoint files (module path, class name); allow-listed for weights_only.
-_DEEPSPEED_SAFE_GLOBALS = (
-    ("deepspeed.runtime.fp16.loss_scaler", "LossScaler"),
-    ("deepspeed.runtime.fp16.loss_scaler", "DynamicLossScaler"),
-    ("deepspeed.runtime.zero.config", "ZeroStageEnum"),
-    ("deepspeed.utils.tensor_fragment", "fragment_address"),
-)
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint that cannot be found, read or used."""
-
 
 @dataclass(frozen=True)
 class CheckpointRef:
@@ -198,60 +186,6 @@ def select_tags(ref: CheckpointRef, n: int, by: str = "last") -> list[str]:
 
 
 # ------------------------------------------------------------------------------------------------- loading
-def _safe_globals() -> list:
-    import importlib
-
-    out = []
-    for module, name in _DEEPSPEED_SAFE_GLOBALS:
-        try:
-            out.append(getattr(importlib.import_module(module), name))
-        except (ImportError, AttributeError):  # older/newer DeepSpeed without that class
-            continue
-    return out
-
-
-@contextlib.contextmanager
-def safe_torch_load():
-    """Within this context every torch.load is weights_only=True, with DeepSpeed's few pickled classes allowed."""
-    original = torch.load
-
-    def load(*args, **kwargs):
-        kwargs["weights_only"] = True
-        return original(*args, **kwargs)
-
-    with torch.serialization.safe_globals(_safe_globals()):
-        torch.load = load
-        try:
-            yield
-        finally:
-            torch.load = original
-
-
-def _load_file(path: Path, *, mmap: bool = False) -> dict:
-    try:
-        with safe_torch_load():
-            return torch.load(str(path), map_location="cpu", mmap=mmap)
-    except Exception as err:
-        raise CheckpointError(
-            f"{path}: cannot be read ({_short(err)}); the file is truncated, corrupt or not a DeepSpeed checkpoint file"
-        ) from err
-
-
-def _check_archive(path: Path) -> None:
-    """torch.save files are zip archives; a truncated one has no readable central directory."""
-    import zipfile
-
-    if path.stat().st_size == 0:
-        raise CheckpointError(f"{path}: empty file; the checkpoint save did not finish")
-    try:
-        with zipfile.ZipFile(path) as zf:
-            zf.infolist()
-    except (zipfile.BadZipFile, OSError) as err:
-        raise CheckpointError(
-            f"{path}: cannot be read ({err}); the file is truncated or corrupt (an interrupted save or copy?)"
-        ) from err
-
-
 def _short(err: Exception) -> str:
     text = str(err).strip().splitlines()
     return (text[0] if text else type(err).__name__)[:300]
@@ -285,9 +219,8 @@ def read_trained_state(tag_dir: str | Path, meta: dict | None = None) -> dict[st
     if not tag_dir.is_dir():
         raise CheckpointError(f"checkpoint directory not found: {tag_dir}")
     model_files, optim_files = _check_shards(tag_dir, meta)
-    for f in model_files + optim_files:
-        _check_archive(f)
-    first = _load_file(model_files[0])
+    verify_tag(tag_dir, meta or {})
+    first = load_weights_only(model_files[0])
     if not isinstance(first, dict) or "module" not in first:
         raise CheckpointError(f"{model_files[0]}: no 'module' entry; not a DeepSpeed model-states file")
     if meta is not None and meta.get("zero_stage") is not None:
@@ -295,7 +228,7 @@ def read_trained_state(tag_dir: str | Path, meta: dict | None = None) -> dict[st
     else:  # no meta: look inside the first optimizer file
         zero_optim = False
         if optim_files:
-            head = _load_file(optim_files[0], mmap=True)
+            head = load_weights_only(optim_files[0], mmap=True)
             osd = head.get("optimizer_state_dict") if isinstance(head, dict) else None
             zero_optim = isinstance(osd, dict) and "zero_stage" in osd
     if zero_optim and not optim_files:
@@ -318,7 +251,7 @@ def _consolidate_zero(tag_dir: Path) -> dict[str, torch.Tensor]:
 
     buf = io.StringIO()
     try:
-        with safe_torch_load(), redirect_stdout(buf):  # zero_to_fp32 prints progress to stdout
+        with weights_only_torch_load(), redirect_stdout(buf):  # zero_to_fp32 prints progress to stdout
             state = zero_to_fp32.get_fp32_state_dict_from_zero_checkpoint(
                 str(tag_dir.parent), tag=tag_dir.name, exclude_frozen_parameters=True
             )

@@ -312,6 +312,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ctc", action="store_true", help="also write the CTC branch's greedy transcripts to OUTPUT/ctc/")
     p.add_argument("--dtype", choices=("bf16", "fp16", "fp32"), help="LLM dtype (--model; default: as exported)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
+    p.add_argument(
+        "--trust-remote-code", action="store_true",
+        help="allow a model that needs its LLM directory's own Python files (trust_remote_code) to run them",
+    )  # fmt: skip
     return p
 
 
@@ -326,14 +330,14 @@ def main(argv: list[str] | None = None) -> int:
         if args.model:
             from llmasr.export.exported import load_exported, read_description
 
-            model = load_exported(args.model, dtype=args.dtype)
+            model = load_exported(args.model, dtype=args.dtype, trust_remote_code=args.trust_remote_code)
             defaults = dict(read_description(args.model).get("decode") or {})
             max_bad = 0.01
         else:
             from llmasr.config_io import to_dict
             from llmasr.export.export import load_checkpoint_model
 
-            model, info = load_checkpoint_model(args.checkpoint, tag=args.tag)
+            model, info = load_checkpoint_model(args.checkpoint, tag=args.tag, trust_remote_code=args.trust_remote_code)
             defaults = to_dict(info["recipe"].decode)
             max_bad = float(info["recipe"].data.max_bad_fraction)
     except (CheckpointError, ExportedModelError, FileNotFoundError) as err:

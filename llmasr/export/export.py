@@ -17,7 +17,8 @@ strictly, refusing a frozen branch whose weights were random (llmasr.export.trai
     DIR/llmasr_model.yaml      architecture, frontend, prompt, source checkpoints (see llmasr.export.exported)
 
 `--adapter-only` writes DIR/adapter/ (a peft adapter: adapter_config.json + adapter_model.safetensors, plus the
-tokenizer) instead of DIR/llm/; it is applied to the base LLM at load time (`PeftModel.from_pretrained`).
+tokenizer) instead of DIR/llm/; it is applied to the base LLM at load time (`PeftModel.from_pretrained`). It is
+refused when the run trained more of the LLM than LoRA (model.llm.freeze: false): the adapter could not carry that.
 
 The directory is written under DIR.partial and renamed at the end, so an interrupted export never looks complete.
 """
@@ -104,6 +105,20 @@ def merge_llm(llm: nn.Module) -> nn.Module:
     return merged
 
 
+def check_adapter_only(model: nn.Module, recipe) -> None:
+    """--adapter-only writes the LoRA tensors and nothing else of the LLM: refuse when more of it was trained."""
+    trained = [f"llm.{n}" for n, p in model.llm.named_parameters() if p.requires_grad and "lora_" not in n]
+    if not trained:
+        return
+    why = " (model.llm.freeze: false in the run's recipe)" if not recipe.model.llm.freeze else ""
+    more = f" and {len(trained) - 3} more" if len(trained) > 3 else ""
+    raise ExportError(
+        f"--adapter-only: the base LLM's own weights were trained beside LoRA{why}: {len(trained)} tensor(s), "
+        f"{', '.join(trained[:3])}{more}. A peft adapter holds only the LoRA tensors; applied to the untrained base "
+        "it would lose what these learned. Export the merged model instead (without --adapter-only)"
+    )
+
+
 # ------------------------------------------------------------------------------------------------ describing
 def encoder_description(cfg) -> dict:
     """What the exported-model loader needs to rebuild the encoder: {"type", "class", "conf"}, from the registry."""
@@ -146,8 +161,10 @@ def export_model(
     adapter_only: bool = False,
     max_shard_size: str | int = "5GB",
     overwrite: bool = False,
+    trust_remote_code: bool = False,
 ) -> Path:
-    """Export a checkpoint (see the module docstring). Returns the output directory."""
+    """Export a checkpoint (see the module docstring). Returns the output directory. `trust_remote_code` allows
+    a run whose recipe sets model.llm.trust_remote_code to load its LLM's Python files."""
 
     out = Path(output)
     non_empty = out.exists() and not (out.is_dir() and not any(out.iterdir()))
@@ -157,8 +174,12 @@ def export_model(
     if dtype is not None and dtype not in DTYPE_NAMES:
         raise ExportError(f"--dtype must be one of bf16, fp16, fp32; got {dtype!r}")
 
-    model, info = load_checkpoint_model(checkpoint, tag=tag, average=average, average_by=average_by)
+    model, info = load_checkpoint_model(
+        checkpoint, tag=tag, average=average, average_by=average_by, trust_remote_code=trust_remote_code
+    )
     recipe = info.pop("recipe")
+    if adapter_only:
+        check_adapter_only(model, recipe)
     dtype_name = DTYPE_NAMES[dtype] if dtype else recipe.model.llm.dtype
 
     tmp = out.parent / f".{out.name}.partial"
@@ -295,6 +316,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--adapter-only", action="store_true", help="write a peft adapter instead of merged weights")
     p.add_argument("--max-shard-size", default="5GB", help="LLM safetensors shard size (save_pretrained)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
+    p.add_argument(
+        "--trust-remote-code", action="store_true",
+        help="allow a run whose recipe sets model.llm.trust_remote_code to run its LLM directory's Python files",
+    )  # fmt: skip
     return p
 
 
@@ -312,6 +337,7 @@ def main(argv: list[str] | None = None) -> int:
             adapter_only=args.adapter_only,
             max_shard_size=args.max_shard_size,
             overwrite=args.overwrite,
+            trust_remote_code=args.trust_remote_code,
         )
     except (CheckpointError, ExportError) as err:
         print(f"llmasr export: error: {err}", file=sys.stderr)

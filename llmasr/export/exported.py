@@ -17,8 +17,10 @@ DIR/llmasr_model.yaml says how to rebuild each part:
 
 The description becomes a recipe model section (`exported_model_config`: encoder `conf` + `init_from`, adaptor
 `init_from`, llm `path` / `adapter` / `tokenizer`, ...) that llmasr.models.builder builds like any other, so an
-exported directory can also be a recipe's starting point. Weights are read with safetensors only; no remote code
-runs unless the export recorded trust_remote_code.
+exported directory can also be a recipe's starting point. Weights are read with safetensors only. An export whose
+description says `llm.trust_remote_code: true` (its recipe needed a model's own Python files) loads only when the
+caller passes trust_remote_code=True (`llmasr decode --trust-remote-code`): the description is part of a directory
+that may come from anywhere, so it cannot switch code execution on by itself.
 """
 
 from __future__ import annotations
@@ -70,13 +72,28 @@ def _dtype_name(name: str | torch.dtype | None, default: str) -> str:
     return DTYPE_NAMES[name]
 
 
-def _llm_section(model_dir: Path, entry: dict, dtype: str) -> dict:
+def remote_code_allowed(model_dir: Path, entry: dict, trust_remote_code: bool) -> bool:
+    """True when the export needs the LLM's own Python files and the caller allowed them; refused otherwise."""
+    if not entry.get("trust_remote_code", False):
+        return False
+    code_dirs = [str(model_dir / entry.get("dir", "llm"))] + ([str(entry["base"])] if entry.get("base") else [])
+    if not trust_remote_code:
+        raise ExportedModelError(
+            f"{model_dir / MODEL_FILE}: llm.trust_remote_code is true: loading this model imports and runs the "
+            f"Python files in {' and '.join(code_dirs)}. Pass --trust-remote-code (trust_remote_code=True) only if "
+            "you trust them"
+        )
+    return True
+
+
+def _llm_section(model_dir: Path, entry: dict, dtype: str, *, trust_remote_code: bool) -> dict:
     """The model.llm section of an exported LLM: merged weights in DIR, or the base plus DIR's adapter/tokenizer."""
     kind = entry.get("kind", "merged")
     sub = model_dir / entry.get("dir", "llm")
     if not sub.is_dir():
         raise ExportedModelError(f"{sub}: missing (the exported {kind} LLM files)")
-    section = {"dtype": dtype, "trust_remote_code": bool(entry.get("trust_remote_code", False)), "freeze": True}
+    trust = remote_code_allowed(model_dir, entry, trust_remote_code)
+    section = {"dtype": dtype, "trust_remote_code": trust, "freeze": True}
     if kind == "merged":
         return {**section, "path": str(sub)}
     if kind not in ("adapter", "base"):
@@ -98,9 +115,12 @@ def _llm_section(model_dir: Path, entry: dict, dtype: str) -> dict:
     return section
 
 
-def exported_model_config(model_dir: str | Path, *, dtype: str | torch.dtype | None = None) -> ModelConfig:
+def exported_model_config(
+    model_dir: str | Path, *, dtype: str | torch.dtype | None = None, trust_remote_code: bool = False
+) -> ModelConfig:
     """The model section that rebuilds an exported directory: every part built by llmasr.models.builder from the
-    architecture recorded in llmasr_model.yaml, its weights read from the files beside it."""
+    architecture recorded in llmasr_model.yaml, its weights read from the files beside it. `trust_remote_code`:
+    allow an export that needs its LLM's own Python files to run them."""
     model_dir = Path(model_dir).resolve()
     desc = read_description(model_dir)
     enc = desc["encoder"]
@@ -123,7 +143,12 @@ def exported_model_config(model_dir: str | Path, *, dtype: str | torch.dtype | N
             "init_prefix": "",
             "freeze": True,
         },
-        "llm": _llm_section(model_dir, desc["llm"], _dtype_name(dtype, desc["llm"].get("dtype", "float32"))),
+        "llm": _llm_section(
+            model_dir,
+            desc["llm"],
+            _dtype_name(dtype, desc["llm"].get("dtype", "float32")),
+            trust_remote_code=trust_remote_code,
+        ),
         "prompt": {"task": p.get("task", "Transcribe the audio."), "system": p.get("system")},
         "ctc": {"weight": 0.0},
     }
@@ -141,9 +166,16 @@ def exported_model_config(model_dir: str | Path, *, dtype: str | torch.dtype | N
         raise ExportedModelError(f"{model_dir / MODEL_FILE}: {err}") from err
 
 
-def load_exported(model_dir: str | Path, *, dtype: str | torch.dtype | None = None, device: str | torch.device = "cpu"):
-    """SpeechLLM from an exported directory; `dtype` is the LLM's (default: the exported dtype). Eval mode, frozen."""
-    model = build_model(exported_model_config(model_dir, dtype=dtype))
+def load_exported(
+    model_dir: str | Path,
+    *,
+    dtype: str | torch.dtype | None = None,
+    device: str | torch.device = "cpu",
+    trust_remote_code: bool = False,
+):
+    """SpeechLLM from an exported directory; `dtype` is the LLM's (default: the exported dtype). Eval mode, frozen.
+    `trust_remote_code`: allow an export that needs its LLM's own Python files to run them."""
+    model = build_model(exported_model_config(model_dir, dtype=dtype, trust_remote_code=trust_remote_code))
     model.requires_grad_(False)
     model.eval()
     return model.to(device)

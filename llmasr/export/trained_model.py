@@ -173,14 +173,26 @@ def _refuse_fresh_frozen(model: nn.Module, cfg, trainable: list[str], source: st
     )
 
 
+def _check_remote_code(recipe, recipe_path: Path, trust_remote_code: bool) -> None:
+    """The run directory's recipe.yaml cannot switch code execution on by itself: the caller must allow it."""
+    if recipe.model.llm.trust_remote_code and not trust_remote_code:
+        raise CheckpointError(
+            f"{recipe_path}: model.llm.trust_remote_code is true: rebuilding this model imports and runs the Python "
+            f"files in {recipe.model.llm.path}. Pass --trust-remote-code (trust_remote_code=True) only if you trust "
+            "them"
+        )
+
+
 def load_checkpoint_model(
     checkpoint: str | Path,
     *,
     tag: str | None = None,
     average: int = 1,
     average_by: str | None = None,
+    trust_remote_code: bool = False,
 ):
-    """(SpeechLLM with the trained tensors loaded, LoRA not merged, float32, eval mode; info dict)."""
+    """(SpeechLLM with the trained tensors loaded, LoRA not merged, float32, eval mode; info dict).
+    `trust_remote_code`: allow a run whose recipe loads the LLM's own Python files to do so."""
     from llmasr.config_io import ConfigError
     from llmasr.models.builder import build_model
     from llmasr.recipe import load_recipe
@@ -197,6 +209,7 @@ def load_checkpoint_model(
         recipe = load_recipe(recipe_path)
     except ConfigError as err:
         raise CheckpointError(f"{recipe_path}: {err}") from err
+    _check_remote_code(recipe, recipe_path, trust_remote_code)
     metas = [read_meta(ref.root / t) for t in tags]
     for t, meta in zip(tags, metas):
         _check_fingerprint(meta, recipe, str(ref.root / t))

@@ -3,18 +3,114 @@
 Checkpoints hold only the trained tensors (LoRA, adaptor, CTC head, unfrozen branches); the frozen base weights
 are read again from the recipe's paths at export or resume. A fingerprint stored with each checkpoint lets those
 steps refuse a base model that is not the one the run was trained on, instead of merging LoRA into the wrong LLM.
+
+Small files (configs, tokenizers, remote code, weights up to 64 MiB) are hashed whole. A larger weight file is
+hashed by sampling every tensor it holds: the blocks at its start, middle and end, located through the file's own
+index (the safetensors header; the zip directory of a torch.save file, whose per-tensor CRC32 is hashed too), so
+another checkpoint of the same architecture differs in every tensor's samples and is caught, while a 15 GB base costs
+a few thousand small reads. Fingerprints saved by older llmasr versions (weights by size only) are compared on what
+they recorded.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
+import struct
+import zipfile
 from pathlib import Path
 
 from llmasr.models.config import ModelConfig
 
-# Small files hashed in full; weight files are identified by name and size (hashing 15 GB would take minutes).
-_CONFIG_FILES = ("config.json", "config.yaml", "tokenizer.json", "tokenizer_config.json", "am.mvn")
+SCHEME = 2
+# Hashed whole when present (tokenizer and code files change what the weights mean).
+_CONFIG_FILES = (
+    "config.json", "config.yaml", "am.mvn", "tokens.json",
+    "tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "merges.txt",
+    "special_tokens_map.json", "added_tokens.json", "chat_template.jinja",
+    "model.safetensors.index.json", "pytorch_model.bin.index.json",
+)  # fmt: skip
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
+_HASH_LIMIT = 64 * 2**20  # weight files up to this size are hashed whole
+_BLOCK = 4096
+_SPAN = 2**20  # files without a tensor index: sampled per MiB
+
+
+def _sha16(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()[:16]
+
+
+def _samples(f, digest, start: int, end: int) -> None:
+    """Hash the first, middle and last block of the byte range [start, end) (all of it when short)."""
+    if end - start <= 3 * _BLOCK:
+        f.seek(start)
+        digest.update(f.read(end - start))
+        return
+    for at in (start, (start + end - _BLOCK) // 2, end - _BLOCK):
+        f.seek(at)
+        digest.update(f.read(_BLOCK))
+
+
+def _safetensors_ranges(f, digest, size: int) -> list[tuple[int, int]] | None:
+    head = f.read(8)
+    if len(head) < 8:
+        return None
+    (n,) = struct.unpack("<Q", head)
+    if n > size - 8:
+        return None
+    header = f.read(n)
+    try:
+        entries = json.loads(header)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    base = 8 + n
+    try:
+        tensors = [e for k, e in sorted(entries.items()) if k != "__metadata__"]
+        ranges = [(base + int(e["data_offsets"][0]), base + int(e["data_offsets"][1])) for e in tensors]
+    except (AttributeError, KeyError, TypeError, IndexError, ValueError):
+        return None  # not a safetensors header: sampled like any other file
+    digest.update(header)  # names, dtypes, shapes and offsets
+    return ranges
+
+
+def _zip_ranges(f, digest, path: Path) -> list[tuple[int, int]] | None:
+    try:
+        with zipfile.ZipFile(path) as zf:
+            infos = zf.infolist()
+    except (zipfile.BadZipFile, OSError):
+        return None
+    ranges = []
+    for info in infos:
+        digest.update(f"{info.filename}:{info.file_size}:{info.CRC}\n".encode())
+        f.seek(info.header_offset + 26)  # the local header's name and extra-field lengths
+        name_len, extra_len = struct.unpack("<HH", f.read(4))
+        start = info.header_offset + 30 + name_len + extra_len
+        ranges.append((start, start + info.compress_size))
+    return ranges
+
+
+def weight_identity(path: str | Path) -> str:
+    """"<size> bytes sha256:<hex>" (hashed whole) or "<size> bytes sampled-sha256:<hex>" (every tensor sampled)."""
+    path = Path(path)
+    size = path.stat().st_size
+    if size <= _HASH_LIMIT:
+        return f"{size} bytes sha256:{_sha16(path.read_bytes())}"
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        ranges = _safetensors_ranges(f, digest, size) if path.suffix == ".safetensors" else None
+        if ranges is None:
+            digest = hashlib.sha256()
+            ranges = _zip_ranges(f, digest, path)
+        if ranges is None:
+            digest = hashlib.sha256()
+            ranges = [(at, min(at + _SPAN, size)) for at in range(0, size, _SPAN)]
+        for start, end in ranges:
+            _samples(f, digest, start, end)
+    return f"{size} bytes sampled-sha256:{digest.hexdigest()[:16]}"
+
+
+def _tracked(f: Path) -> bool:
+    return f.name in _CONFIG_FILES or f.suffix in (".py", ".jinja")
 
 
 def dir_fingerprint(path: str | Path | None) -> dict | None:
@@ -23,28 +119,23 @@ def dir_fingerprint(path: str | Path | None) -> dict | None:
     path = Path(path)
     if not path.is_dir():
         return {"missing": str(path)}
-    out: dict = {"files": {}}
-    for name in _CONFIG_FILES:
-        f = path / name
-        if f.is_file():
-            out["files"][name] = hashlib.sha256(f.read_bytes()).hexdigest()[:16]
+    out: dict = {"scheme": SCHEME, "files": {}}
     for f in sorted(path.iterdir()):
-        if f.is_file() and f.suffix in _WEIGHT_SUFFIXES:
-            out["files"][f.name] = f"{f.stat().st_size} bytes"
+        if not f.is_file():
+            continue
+        if f.suffix in _WEIGHT_SUFFIXES:
+            out["files"][f.name] = weight_identity(f)
+        elif _tracked(f):
+            out["files"][f.name] = _sha16(f.read_bytes())
     return out
 
 
 def file_fingerprint(path: str | Path) -> dict:
-    """One weight file (adaptor or CTC `init_from`): hashed in full when small, else by name and size."""
+    """One weight file (adaptor or CTC `init_from`)."""
     path = Path(path)
     if not path.is_file():
         return {"missing": str(path)}
-    size = path.stat().st_size
-    ident = hashlib.sha256(path.read_bytes()).hexdigest()[:16] if size <= _HASH_LIMIT else f"{size} bytes"
-    return {"files": {path.name: ident}}
-
-
-_HASH_LIMIT = 64 * 2**20
+    return {"scheme": SCHEME, "files": {path.name: weight_identity(path)}}
 
 
 def base_fingerprint(model_cfg: ModelConfig) -> dict:
@@ -55,6 +146,26 @@ def base_fingerprint(model_cfg: ModelConfig) -> dict:
         if init_from:  # absent otherwise, so fingerprints of runs without init_from read as before
             out[branch] = file_fingerprint(init_from)
     return out
+
+
+def _legacy_same(old: str, new: str) -> bool:
+    """An older fingerprint's entry: "<size> bytes" (weights by size) or a 16-hex sha256 of the whole file."""
+    if old.endswith(" bytes"):
+        return new.split(" ")[:2] == old.split(" ")
+    return old == new or new.endswith(f"sha256:{old}")
+
+
+def _file_differences(branch: str, a: dict, b: dict) -> list[str]:
+    files_a, files_b = a.get("files", {}), b.get("files", {})
+    legacy = "scheme" not in a and "scheme" in b
+    names = sorted(files_a) if legacy else sorted(set(files_a) | set(files_b))  # older: what it recorded
+    diffs = []
+    for name in names:
+        old, new = files_a.get(name), files_b.get(name)
+        same = old == new or (legacy and old is not None and new is not None and _legacy_same(old, new))
+        if not same:
+            diffs.append(f"{branch}/{name}: trained on {old or 'absent'}, now {new or 'absent'}")
+    return diffs
 
 
 def fingerprint_differences(saved: dict, current: dict) -> list[str]:
@@ -70,13 +181,8 @@ def fingerprint_differences(saved: dict, current: dict) -> list[str]:
                 f"now {'without' if b is None else 'with'} one"
             )
             continue
-        files_a, files_b = a.get("files", {}), b.get("files", {})
         if "missing" in b:
             diffs.append(f"{branch}: not found: {b['missing']}")
             continue
-        for name in sorted(set(files_a) | set(files_b)):
-            if files_a.get(name) != files_b.get(name):
-                diffs.append(
-                    f"{branch}/{name}: trained on {files_a.get(name, 'absent')}, now {files_b.get(name, 'absent')}"
-                )
+        diffs += _file_differences(branch, a, b)
     return diffs

@@ -48,6 +48,14 @@ def check_llm_dir(path: str | Path, *, tokenizer: str | Path | None = None) -> P
     return path
 
 
+def warn_remote_code(path: str | Path, source: str) -> None:
+    """trust_remote_code is only ever on because the user said so (`source`); say what it allows."""
+    log.warning(
+        "trust_remote_code is on (%s): transformers may import and run the Python files in %s; "
+        "use it only for a directory you trust", source, path,
+    )  # fmt: skip
+
+
 def load_tokenizer(path: str | Path, *, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 
@@ -112,6 +120,8 @@ def load_llm(
     path = check_llm_dir(path, tokenizer=tokenizer or _adapter_tokenizer(adapter))
     if dtype not in DTYPES:
         raise LLMLoadError(f"model.llm.dtype: {dtype!r} is not one of {sorted(DTYPES)}")
+    if trust_remote_code:
+        warn_remote_code(path, "model.llm.trust_remote_code")
     config = AutoConfig.from_pretrained(str(path), local_files_only=True, trust_remote_code=trust_remote_code)
     try:
         if pretrained:

@@ -72,6 +72,7 @@ def make_run(
     import deepspeed
 
     import llmasr
+    from llmasr.checkpoint_files import hash_share
     from llmasr.models.fingerprint import base_fingerprint
     from llmasr.recipe import load_recipe, save_recipe
     from llmasr.testing.tiny_recipe import random_batch
@@ -118,6 +119,7 @@ def make_run(
             "metrics": {"valid_loss": loss},
             "base_fingerprint": fingerprint,
             "trainable": trainable,
+            "files": hash_share(run_dir / "checkpoints" / tag),
         }
         (run_dir / "checkpoints" / tag / "llmasr_meta.json").write_text(json.dumps(meta))
         (run_dir / "checkpoints" / "latest").write_text(tag)

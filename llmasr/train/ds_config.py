@@ -1,7 +1,8 @@
 """DeepSpeed JSON configs: presets, loading, resolution of "auto" against the recipe, and a ZeRO memory estimate.
 
-The presets (ds_configs/zero0.json ... zero3_offload.json at the repository root) hold only what is DeepSpeed's own
-business (ZeRO stage, offload, buckets) and "auto" for what the recipe decides:
+The presets (llmasr/ds_configs/zero0.json ... zero3_offload.json, package data, so `--deepspeed zero2` resolves from
+any install; a checkout's top-level ds_configs/ links to them) hold only what is DeepSpeed's own business (ZeRO
+stage, offload, buckets) and "auto" for what the recipe decides:
 
     train_batch_size                 micro * grad_accum * world size
     train_micro_batch_size_per_gpu   train.micro_batch_per_gpu (nominal: batches are dynamic), else 1
@@ -29,7 +30,7 @@ from llmasr.config_io import ConfigError
 from llmasr.train.config import TrainConfig
 
 PRESETS: tuple[str, ...] = ("zero0", "zero1", "zero2", "zero2_offload", "zero3", "zero3_offload")
-PRESET_DIR = Path(__file__).resolve().parents[2] / "ds_configs"
+PRESET_DIR = Path(__file__).resolve().parents[1] / "ds_configs"
 
 AUTO = "auto"
 
@@ -40,7 +41,7 @@ def preset_path(name_or_path: str | Path) -> Path:
         path = PRESET_DIR / f"{name_or_path}.json"
         if not path.is_file():
             raise ConfigError(
-                f"DeepSpeed preset {name_or_path!r}: {path} not found (is llmasr installed from a checkout?)"
+                f"DeepSpeed preset {name_or_path!r}: {path} not found; this llmasr install is incomplete (reinstall it)"
             )
         return path
     path = Path(name_or_path)

@@ -245,10 +245,14 @@ class TrainEngine:
         )
 
     def load(self, load_dir: str, tag: str) -> dict:
+        from llmasr.safe_load import weights_only_engine
+
         # strict=False: the frozen tensors were deliberately left out; the trainer checks the trainable names itself.
-        path, client_state = self.engine.load_checkpoint(
-            load_dir, tag=tag, load_module_strict=False, load_optimizer_states=True, load_lr_scheduler_states=True
-        )
+        # Weights-only: a checkpoint is data, and a pickled callable in it would run here (llmasr.safe_load).
+        with weights_only_engine(self.engine):
+            path, client_state = self.engine.load_checkpoint(
+                load_dir, tag=tag, load_module_strict=False, load_optimizer_states=True, load_lr_scheduler_states=True
+            )
         if path is None:
             raise FileNotFoundError(f"DeepSpeed found no checkpoint {tag!r} in {load_dir}")
         return client_state or {}

@@ -164,6 +164,7 @@ class Run:
 
     # -- checkpoints ------------------------------------------------------------------------------------------------
     def save(self, epoch: int, loader_state: dict | None, metrics: dict | None) -> None:
+        from llmasr.checkpoint_files import hash_share, merge_shares
         from llmasr.models.fingerprint import base_fingerprint
         from llmasr.train import checkpoint as ck
         from llmasr.train.engine import all_gather_object, barrier
@@ -175,6 +176,7 @@ class Run:
         client["llmasr"]["update"] = update
         self.engine.save(str(self.ckpt_dir), tag, client)
         barrier()
+        files = merge_shares(all_gather_object(hash_share(self.ckpt_dir / tag, self.rank, self.world)))
         if self.rank == 0:
             tc = self.recipe.train
             meta = {
@@ -185,6 +187,7 @@ class Run:
                 "metrics": metrics or {},
                 "base_fingerprint": base_fingerprint(self.recipe.model),
                 "trainable": self.trainable,
+                "files": files,
             }
             policy = ck.CheckpointPolicy(tc.keep_last, tc.best_k, tc.best_metric, tc.best_mode)
             deleted = ck.finish_save(self.ckpt_dir, tag, meta, policy)
@@ -196,9 +199,10 @@ class Run:
 
     def load(self) -> tuple[int, dict | None]:
         """Resume: returns (epoch to run, loader state for a mid-epoch position or None)."""
+        from llmasr.checkpoint_files import verify_ranks
         from llmasr.models.fingerprint import base_fingerprint, fingerprint_differences
         from llmasr.train import checkpoint as ck
-        from llmasr.train.engine import world_size_error
+        from llmasr.train.engine import all_gather_object, world_size_error
 
         load_dir, tag = ck.resolve_resume(self.resume, self.run_dir)
         meta = ck.read_meta(load_dir / tag)
@@ -216,6 +220,7 @@ class Run:
                 f"{where}: the trainable parameters differ (only in the checkpoint: {sorted(saved - now)[:5]}, "
                 f"only now: {sorted(now - saved)[:5]}): LoRA/freeze settings changed since it was saved"
             )
+        verify_ranks(where, meta, self.rank, self.world, all_gather_object)  # before DeepSpeed reads a byte
         state = self.engine.load(str(load_dir), tag).get("llmasr") or {}
         rngs = state.get("rng") or []
         self.pending_rng = rngs[self.rank] if len(rngs) == self.world else None
@@ -335,12 +340,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     from llmasr.data.dataset import TooMuchBadData
     from llmasr.recipe import load_recipe
+    from llmasr.safe_load import CheckpointError
 
     args = parse_args(list(sys.argv[1:] if argv is None else argv))
     try:
         recipe = load_recipe(args.config, args.overrides)
         result = train(recipe, args.deepspeed, resume=args.resume)
-    except (ConfigError, FileNotFoundError, TooMuchBadData) as err:
+    except (ConfigError, FileNotFoundError, TooMuchBadData, CheckpointError) as err:
         print(f"llmasr train: error: {err}", file=sys.stderr)
         return 2
     metrics = result.get("metrics") or {}

@@ -8,6 +8,7 @@ import shutil
 import pytest
 import torch
 
+from llmasr.checkpoint_files import hash_share
 from llmasr.export.checkpoint_reader import CheckpointError
 from llmasr.export.export import export_model, load_checkpoint_model, main
 from llmasr.export.exported import load_exported
@@ -81,6 +82,18 @@ def test_adapter_only_export_loads_with_peft_and_equals_merged(exported, base_di
     torch.testing.assert_close(speech_logits(a, batch), speech_logits(b, batch), rtol=0, atol=1e-5)
     for name in ("encoder.safetensors", "adaptor.safetensors", "ctc_head.safetensors", "am.mvn"):
         assert (exported["adapter"] / name).is_file()
+
+
+def test_adapter_only_is_refused_when_the_base_llm_was_trained_too(base_dirs, tmp_path, capsys):
+    llm, enc = base_dirs
+    section = model_section(llm, enc, encoder_lora=False, ctc=False)
+    section["llm"]["freeze"] = False  # LoRA plus the base weights, as the demo trains
+    run = make_run(tmp_path / "run", section, stage=0)
+    assert main(["--checkpoint", str(run), "--output", str(tmp_path / "adapter"), "--adapter-only"]) == 1
+    err = capsys.readouterr().err
+    assert "--adapter-only: the base LLM's own weights were trained beside LoRA (model.llm.freeze: false" in err
+    assert "llm.base_model.model.model.embed_tokens.weight" in err and not (tmp_path / "adapter").exists()
+    assert main(["--checkpoint", str(run), "--output", str(tmp_path / "merged")]) == 0
 
 
 def test_zero_stages_export_identical_tensors(exported):
@@ -205,6 +218,26 @@ def test_mismatched_base_model(runs, tmp_path, base_dirs):
         load_checkpoint_model(run)
 
 
+def test_same_shape_other_base_weights_are_refused(runs, tmp_path, base_dirs):
+    from safetensors.torch import load_file, save_file
+
+    llm, enc = base_dirs
+    own_llm = tmp_path / "llm"
+    shutil.copytree(llm, own_llm)
+    run = make_run(tmp_path / "run", model_section(own_llm, enc, encoder_lora=False, ctc=False), stage=0)
+    weights = own_llm / "model.safetensors"
+    size = weights.stat().st_size
+    state = load_file(str(weights))
+    name = next(k for k in state if "q_proj.weight" in k)
+    state[name] = state[name] + 0.01  # another fine-tune of the same architecture
+    save_file(state, str(weights), metadata={"format": "pt"})
+    assert weights.stat().st_size == size
+    changed = rf"base model changed.*\n  llm/model.safetensors: trained on {size} bytes"
+    with pytest.raises(CheckpointError, match=changed):
+        load_checkpoint_model(run)
+    assert main(["--checkpoint", str(run), "--output", str(tmp_path / "x")]) == 1
+
+
 def test_trained_tensor_mismatch_names_keys_and_shapes(runs, tmp_path, copy_run):
     run = copy_run(runs[0], tmp_path / "mm")
     tag = run / "checkpoints" / "update_00000000"
@@ -215,6 +248,10 @@ def test_trained_tensor_mismatch_names_keys_and_shapes(runs, tmp_path, copy_run)
     del sd["module"][dropped]
     sd["module"]["adaptor.bogus"] = torch.zeros(2)
     torch.save(sd, tag / "mp_rank_00_model_states.pt")
+    with pytest.raises(CheckpointError, match=r"mp_rank_00_model_states.pt: \d+ bytes, but the save wrote"):
+        load_checkpoint_model(run)  # the edited file no longer matches its recorded checksum
+    meta = json.loads((tag / "llmasr_meta.json").read_text())
+    (tag / "llmasr_meta.json").write_text(json.dumps({**meta, "files": hash_share(tag)}))  # as if saved so
     with pytest.raises(CheckpointError) as err:
         load_checkpoint_model(run)
     msg = str(err.value)

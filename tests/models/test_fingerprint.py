@@ -1,8 +1,10 @@
+import pytest
 import torch
 from safetensors.torch import save_file
 
+import llmasr.models.fingerprint as fp
 from llmasr.models.config import ModelConfig
-from llmasr.models.fingerprint import base_fingerprint, fingerprint_differences
+from llmasr.models.fingerprint import base_fingerprint, fingerprint_differences, weight_identity
 
 
 def model_config(tmp_path, **init) -> ModelConfig:
@@ -17,13 +19,19 @@ def model_config(tmp_path, **init) -> ModelConfig:
     return cfg
 
 
-def test_directories_are_identified_by_config_hash_and_weight_size(tmp_path):
+def test_weights_are_identified_by_their_contents_not_their_size(tmp_path):
     cfg = model_config(tmp_path)
     before = base_fingerprint(cfg)
     assert set(before) == {"llm", "encoder"} and before["encoder"] is None  # no init_from: no extra keys
-    (tmp_path / "llm" / "model.safetensors").write_bytes(b"x" * 11)
+    (tmp_path / "llm" / "model.safetensors").write_bytes(b"y" * 10)  # same size, other weights
+    (diff,) = fingerprint_differences(before, base_fingerprint(cfg))
+    assert diff.startswith("llm/model.safetensors: trained on 10 bytes sha256:") and ", now 10 bytes sha256:" in diff
+    # tokenizer and remote-code files count too
+    (tmp_path / "llm" / "model.safetensors").write_bytes(b"x" * 10)
+    (tmp_path / "llm" / "modeling_custom.py").write_text("x = 1\n")
+    (tmp_path / "llm" / "README.md").write_text("not part of the model")
     assert fingerprint_differences(before, base_fingerprint(cfg)) == [
-        "llm/model.safetensors: trained on 10 bytes, now 11 bytes"
+        f"llm/modeling_custom.py: trained on absent, now {base_fingerprint(cfg)['llm']['files']['modeling_custom.py']}"
     ]
 
 
@@ -40,3 +48,48 @@ def test_init_from_files_of_adaptor_and_ctc_are_fingerprinted(tmp_path):
     assert len(diffs) == 1 and diffs[0].startswith("adaptor/adaptor.safetensors: trained on ")
     ctc.unlink()
     assert f"ctc: not found: {ctc}" in fingerprint_differences(before, base_fingerprint(cfg))
+
+
+def tensors(seed: int) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return {f"layer{i}.weight": torch.randn(64, 100, generator=g) for i in range(6)} | {"norm": torch.ones(7)}
+
+
+@pytest.mark.parametrize("fmt", ["safetensors", "zip", "other"])
+def test_large_files_are_sampled_per_tensor_and_catch_any_changed_tensor(tmp_path, monkeypatch, fmt):
+    """Above the whole-file limit every tensor is sampled; changing any one tensor (same shapes, same size) shows."""
+    monkeypatch.setattr(fp, "_HASH_LIMIT", 1024)
+    monkeypatch.setattr(fp, "_SPAN", 4 * 4096)
+    path = tmp_path / ("model.safetensors" if fmt == "safetensors" else "model.bin")
+
+    def write(state):
+        if fmt == "safetensors":
+            save_file(state, str(path))
+        elif fmt == "zip":
+            torch.save(state, path)
+        else:  # a file without a tensor index (raw bytes): sampled every _SPAN bytes
+            path.write_bytes(b"".join(t.numpy().tobytes() for t in state.values()))
+
+    write(tensors(0))
+    original = weight_identity(path)
+    assert original.startswith(f"{path.stat().st_size} bytes sampled-sha256:")
+    assert weight_identity(path) == original
+    for name in ("layer3.weight", "norm"):
+        changed = tensors(0)
+        changed[name] = changed[name] + 0.5
+        write(changed)
+        assert weight_identity(path) != original, name
+    write(tensors(0))
+    assert weight_identity(path) == original
+
+
+def test_fingerprints_of_older_llmasr_compare_on_what_they_recorded(tmp_path):
+    cfg = model_config(tmp_path)
+    now = base_fingerprint(cfg)
+    config_hash = now["llm"]["files"]["config.json"]
+    legacy = {"llm": {"files": {"config.json": config_hash, "model.safetensors": "10 bytes"}}, "encoder": None}
+    assert fingerprint_differences(legacy, now) == []
+    (tmp_path / "llm" / "model.safetensors").write_bytes(b"x" * 11)
+    assert fingerprint_differences(legacy, base_fingerprint(cfg)) == [
+        f"llm/model.safetensors: trained on 10 bytes, now {base_fingerprint(cfg)['llm']['files']['model.safetensors']}"
+    ]

@@ -3,6 +3,7 @@
 import json
 import math
 import os
+import shutil
 import subprocess
 
 import pytest
@@ -13,7 +14,7 @@ from llmasr.train.progress import parse_log_line
 pytestmark = pytest.mark.slow
 
 
-def launch(recipe_file, preset, run_dir, *overrides, resume=False):
+def launch(recipe_file, preset, run_dir, *overrides, resume=False, ok=True):
     from llmasr.train.engine import _free_port
 
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")}
@@ -21,7 +22,7 @@ def launch(recipe_file, preset, run_dir, *overrides, resume=False):
            "--config", str(recipe_file), "--deepspeed", preset, *(["--resume"] if resume else []),
            f"train.output_dir={run_dir}", *overrides]  # fmt: skip
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400)
-    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    assert (proc.returncode == 0) == ok, proc.stdout[-4000:] + proc.stderr[-4000:]
     return proc
 
 
@@ -61,6 +62,16 @@ def test_two_ranks_zero2_resumes(tiny_recipe_file, tmp_path):
     run = tmp_path / "zero2"
     launch(tiny_recipe_file, "zero2", run, "train.epochs=2", "train.max_updates=2")
     check_run(run, 2, 2)
+    # Both ranks' optimizer shards carry checksums; a cut-short one stops every rank before DeepSpeed loads.
+    tag = run / "checkpoints" / ck.tag_for(2)
+    shards = [f"zero_pp_rank_{r}_mp_rank_00_optim_states.pt" for r in (0, 1)]
+    assert sorted(ck.read_meta(tag)["files"]) == ["mp_rank_00_model_states.pt", *shards]
+    bad = tmp_path / "bad"
+    shutil.copytree(run, bad)
+    shard = bad / "checkpoints" / ck.tag_for(2) / shards[1]
+    shard.write_bytes(shard.read_bytes()[:1000])
+    proc = launch(tiny_recipe_file, "zero2", bad, "train.epochs=2", "train.max_updates=4", resume=True, ok=False)
+    assert f"{shard}: 1000 bytes, but the save wrote" in proc.stderr and "Traceback" not in proc.stderr
     proc = launch(tiny_recipe_file, "zero2", run, "train.epochs=2", "train.max_updates=4", resume=True)
     assert "resumed from" in proc.stderr and ck.tag_for(2) in proc.stderr
     rows = check_run(run, 2, 4)
