@@ -139,12 +139,18 @@ def file_fingerprint(path: str | Path) -> dict:
 
 
 def base_fingerprint(model_cfg: ModelConfig) -> dict:
-    """{"llm": ..., "encoder": ...} describing the pretrained directories named by the model section, plus
-    "adaptor" / "ctc" for branches initialised from a file (`init_from`): a frozen one is read again from there."""
-    out = {"llm": dir_fingerprint(model_cfg.llm.path), "encoder": dir_fingerprint(model_cfg.encoder.path)}
-    for branch, init_from in (("adaptor", model_cfg.adaptor.init_from), ("ctc", model_cfg.ctc.init_from)):
-        if init_from:  # absent otherwise, so fingerprints of runs without init_from read as before
+    """{"llm": ..., "encoder": ...} describing the pretrained directories named by the model section, plus an entry
+    for every other file or directory the base is read from again (a frozen branch's `init_from`, a saved LLM
+    adapter, a separate tokenizer). Entries that are not set are absent, so older fingerprints read as before."""
+    m = model_cfg
+    out = {"llm": dir_fingerprint(m.llm.path), "encoder": dir_fingerprint(m.encoder.path)}
+    files = (("encoder_init", m.encoder.init_from), ("adaptor", m.adaptor.init_from), ("ctc", m.ctc.init_from))
+    for branch, init_from in files:
+        if init_from:
             out[branch] = file_fingerprint(init_from)
+    for branch, path in (("llm_adapter", m.llm.adapter), ("llm_tokenizer", m.llm.tokenizer)):
+        if path:
+            out[branch] = dir_fingerprint(path)
     return out
 
 

@@ -93,3 +93,20 @@ def test_fingerprints_of_older_llmasr_compare_on_what_they_recorded(tmp_path):
     assert fingerprint_differences(legacy, base_fingerprint(cfg)) == [
         f"llm/model.safetensors: trained on 10 bytes, now {base_fingerprint(cfg)['llm']['files']['model.safetensors']}"
     ]
+
+
+def test_encoder_init_from_and_llm_adapter_and_tokenizer_are_covered(tmp_path):
+    cfg = model_config(tmp_path)
+    enc_file, adapter, tok = tmp_path / "enc.safetensors", tmp_path / "adapter", tmp_path / "tok"
+    save_file({"w": torch.ones(3)}, enc_file)
+    adapter.mkdir()
+    save_file({"lora_A": torch.ones(2)}, adapter / "adapter_model.safetensors")
+    tok.mkdir()
+    (tok / "tokenizer.json").write_text("{}")
+    cfg.encoder.init_from, cfg.llm.adapter, cfg.llm.tokenizer = str(enc_file), str(adapter), str(tok)
+    before = base_fingerprint(cfg)
+    save_file({"w": torch.full((3,), 2.0)}, enc_file)
+    save_file({"lora_A": torch.zeros(2)}, adapter / "adapter_model.safetensors")
+    (tok / "tokenizer.json").write_text('{"model": {}}')
+    diffs = fingerprint_differences(before, base_fingerprint(cfg))
+    assert [d.split("/")[0] for d in diffs] == ["encoder_init", "llm_adapter", "llm_tokenizer"]
