@@ -43,6 +43,7 @@ META_FILE = "llmasr_meta.json"
 LATEST_FILE = "latest"
 BEST_FILE = "best.json"
 
+
 @dataclass(frozen=True)
 class CheckpointRef:
     run_dir: Path  # holds recipe.yaml

@@ -90,7 +90,7 @@ def _zip_ranges(f, digest, path: Path) -> list[tuple[int, int]] | None:
 
 
 def weight_identity(path: str | Path) -> str:
-    """"<size> bytes sha256:<hex>" (hashed whole) or "<size> bytes sampled-sha256:<hex>" (every tensor sampled)."""
+    """ "<size> bytes sha256:<hex>" (hashed whole) or "<size> bytes sampled-sha256:<hex>" (every tensor sampled)."""
     path = Path(path)
     size = path.stat().st_size
     if size <= _HASH_LIMIT:
