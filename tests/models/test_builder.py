@@ -140,3 +140,21 @@ def test_ctc_weights_for_another_encoder_named(tiny_llm_dir, tmp_path):
         "but the paraformer encoder built from model.encoder.conf outputs 32",
     ):
         build_model(section)
+
+
+def test_streaming_chunk_settings_survive_a_rebuild_from_conf(tmp_path):
+    from llmasr.models.builder import encoder_spec
+    from llmasr.testing.tiny_funasr import tiny_streaming_conf
+
+    enc_dir = write_funasr_dir(tmp_path / "s", model="ParaformerStreaming", encoder_conf=tiny_streaming_conf())
+    cfg = from_dict(EncoderConfig, {"path": str(enc_dir)}, "model.encoder")
+    loaded, _ = build_encoder(cfg)
+    save_file({k: v.contiguous() for k, v in loaded.state_dict().items()}, tmp_path / "enc.safetensors")
+    conf = encoder_spec(cfg).conf  # what an export records
+    assert conf["chunk_size"] == [12, 15] and conf["input_layer"] == "pe_online"
+    rebuilt, _ = build_encoder(
+        from_dict(
+            EncoderConfig, {"conf": conf, "init_from": str(tmp_path / "enc.safetensors"), "frontend": {"lfr_m": 7}}, "e"
+        )
+    )
+    assert rebuilt.chunk == loaded.chunk and rebuilt.chunk.stride == (8, 10)
