@@ -33,10 +33,14 @@ def check_lengths(x: Tensor, lens: Tensor, input_dim: int) -> None:
 
 
 class Adaptor(nn.Module):
-    """Base: masks padded input frames, runs `_forward`, zeroes padded outputs."""
+    """Base: masks padded input frames, runs `_forward`, zeroes padded outputs.
+
+    `IO_WEIGHTS` = (input tensor, its axis that carries the encoder dim, output tensor whose rows are llm_dim): the
+    builder reads a pretrained adaptor's sizes there, to name an encoder or LLM that does not fit it."""
 
     input_dim: int
     llm_dim: int
+    IO_WEIGHTS: tuple[str, int, str]
 
     def output_lengths(self, lens: Tensor) -> Tensor:
         raise NotImplementedError

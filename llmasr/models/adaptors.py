@@ -42,6 +42,8 @@ def stack_frames(x: Tensor, n_out: int, k: int) -> Tensor:
 class StackingAdaptor(Adaptor):
     """Frame stacking, then Linear(D*k -> ffn_dim) - ReLU - Linear(ffn_dim -> llm_dim), FunASR parameter names."""
 
+    IO_WEIGHTS = ("linear1.weight", 1, "linear2.weight")
+
     def __init__(self, cfg: AdaptorConfig, input_dim: int, llm_dim: int):
         super().__init__()
         self.input_dim, self.llm_dim, self.k = input_dim, llm_dim, cfg.downsample
@@ -66,6 +68,8 @@ class LinearAdaptor(StackingAdaptor):
 
 
 class ConvAdaptor(Adaptor):
+    IO_WEIGHTS = ("conv.weight", 1, "proj.weight")
+
     def __init__(self, cfg: AdaptorConfig, input_dim: int, llm_dim: int):
         super().__init__()
         self.input_dim, self.llm_dim, self.k = input_dim, llm_dim, cfg.downsample

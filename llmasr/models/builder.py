@@ -19,7 +19,7 @@ from torch import nn
 from llmasr.config_io import ConfigError, from_dict, load_yaml, to_dict
 from llmasr.data.frontend import FrontendConfig
 from llmasr.models.adaptors import build_adaptor
-from llmasr.models.config import AdaptorConfig, CTCConfig, EncoderConfig, ModelConfig
+from llmasr.models.config import CTCConfig, EncoderConfig, ModelConfig
 from llmasr.models.ctc import CTCHead, build_ctc_tokenizer
 from llmasr.models.encoders import EncoderEntry, encoder_entry
 from llmasr.models.funasr_dir import funasr_encoder_spec, load_funasr_encoder
@@ -130,19 +130,56 @@ def read_weights(init_from: str, init_prefix: str, what: str) -> dict:
     return state
 
 
-def load_adaptor_weights(adaptor: nn.Module, cfg: AdaptorConfig) -> None:
-    state = read_weights(cfg.init_from, cfg.init_prefix, "model.adaptor")
-    load_into(adaptor, state, source=f"adaptor weights {cfg.init_from}")
+def encoder_source(cfg: EncoderConfig) -> str:
+    """Where the encoder's size comes from, for error messages."""
+    if cfg.path is not None:
+        return f"the {cfg.type} encoder of {cfg.path}"
+    if cfg.init_from:
+        return f"the {cfg.type} encoder built from model.encoder.conf (weights {cfg.init_from})"
+    return f"the {cfg.type} encoder built from model.encoder.conf"
 
 
-def load_ctc_weights(head: nn.Module, cfg: CTCConfig, vocab_size: int) -> None:
-    """Load a pretrained CTC head, refusing one whose output size is not the configured vocabulary's.
+def load_adaptor_weights(adaptor: nn.Module, cfg: ModelConfig, encoder_dim: int, llm_dim: int) -> None:
+    """Load `cfg.adaptor.init_from`, first naming an encoder or LLM whose size does not fit the stored adaptor."""
+    a = cfg.adaptor
+    state = read_weights(a.init_from, a.init_prefix, "model.adaptor")
+    in_key, axis, out_key = adaptor.IO_WEIGHTS
+    if in_key in state and state[in_key].dim() > axis:
+        stored, built = int(state[in_key].shape[axis]), int(adaptor.state_dict()[in_key].shape[axis])
+        if stored != built:
+            frames = f"{stored}-dim encoder frames"
+            if built != encoder_dim:  # frame stacking: the input is downsample x encoder dim
+                frames = f"{stored / a.downsample:g}-dim encoder frames ({stored} stacked / downsample {a.downsample})"
+                if stored % encoder_dim == 0:
+                    frames += f", or this encoder's frames with downsample {stored // encoder_dim}"
+            raise ConfigError(
+                f"model.adaptor.init_from: the adaptor in {a.init_from} takes {frames} "
+                f"({a.init_prefix}{in_key} {list(state[in_key].shape)}) but {encoder_source(cfg.encoder)} outputs "
+                f"{encoder_dim}"
+            )
+    if out_key in state and state[out_key].dim() >= 1 and int(state[out_key].shape[0]) != llm_dim:
+        raise ConfigError(
+            f"model.adaptor.init_from: the adaptor in {a.init_from} outputs {int(state[out_key].shape[0])}-dim "
+            f"embeddings ({a.init_prefix}{out_key} {list(state[out_key].shape)}) but the LLM {cfg.llm.path} has "
+            f"hidden size {llm_dim} (its config.json)"
+        )
+    load_into(adaptor, state, source=f"adaptor weights {a.init_from}")
+
+
+def load_ctc_weights(head: nn.Module, cfg: CTCConfig, vocab_size: int, encoder_dim: int, encoder_from: str) -> None:
+    """Load a pretrained CTC head, refusing one whose output size is not the configured vocabulary's, or whose
+    input size is not the encoder's.
 
     FunASR skips such a mismatch silently and later fails with an assert inside the loss (320 vs 8404).
     """
     state = read_weights(cfg.init_from, cfg.init_prefix, "model.ctc")
     state = {k.replace("ctc_lo.", "proj.", 1) if k.startswith("ctc_lo.") else k: v for k, v in state.items()}
     rows = state.get("proj.weight")
+    if rows is not None and rows.dim() == 2 and rows.shape[1] != encoder_dim:
+        raise ConfigError(
+            f"model.ctc.init_from: the CTC head in {cfg.init_from} takes {rows.shape[1]}-dim encoder frames "
+            f"(weight {list(rows.shape)}) but {encoder_from} outputs {encoder_dim}"
+        )
     if rows is not None and rows.shape[0] != vocab_size:
         raise ConfigError(
             f"model.ctc.init_from: the CTC head in {cfg.init_from} has {rows.shape[0]} outputs but the vocabulary "
@@ -201,7 +238,7 @@ def build_model(cfg: ModelConfig | dict | str | Path, *, weights: str = "pretrai
         llm_dim = int(embedding_shape(llm)[-1])
         adaptor = build_adaptor(cfg.adaptor, output_dim(encoder), llm_dim)
         if pretrained and cfg.adaptor.init_from:
-            load_adaptor_weights(adaptor, cfg.adaptor)
+            load_adaptor_weights(adaptor, cfg, output_dim(encoder), llm_dim)
         if cfg.adaptor.freeze:
             adaptor.requires_grad_(False)
         ctc_tokenizer = build_ctc_tokenizer(cfg.ctc.vocab, tokenizer) if cfg.ctc.weight > 0 else None
@@ -209,7 +246,9 @@ def build_model(cfg: ModelConfig | dict | str | Path, *, weights: str = "pretrai
         if ctc_tokenizer is not None:
             ctc_head = CTCHead(output_dim(encoder), ctc_tokenizer.vocab_size)
             if pretrained and cfg.ctc.init_from:
-                load_ctc_weights(ctc_head, cfg.ctc, ctc_tokenizer.vocab_size)
+                load_ctc_weights(
+                    ctc_head, cfg.ctc, ctc_tokenizer.vocab_size, output_dim(encoder), encoder_source(cfg.encoder)
+                )
     return SpeechLLM(
         encoder,
         adaptor,

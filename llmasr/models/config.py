@@ -32,9 +32,9 @@ class LoraConfig:
 
 @dataclass
 class EncoderConfig:
-    type: Literal["paraformer", "conformer", "whisper"] = "paraformer"
-    # A FunASR model directory (config.yaml + model.pt + am.mvn) for paraformer/conformer, an HF Whisper directory
-    # for whisper. None builds the architecture from `conf` with random weights (tests, from-scratch demo).
+    type: Literal["paraformer", "conformer", "sensevoice", "whisper"] = "paraformer"
+    # A FunASR model directory (config.yaml + model.pt + am.mvn) for paraformer/conformer/sensevoice, an HF Whisper
+    # directory for whisper. None builds the architecture from `conf` with random weights (tests, from-scratch demo).
     path: str | None = path_field(None)
     # Constructor arguments (FunASR `encoder_conf` names). Values here override those read from `path`.
     conf: dict[str, Any] = field(default_factory=dict)

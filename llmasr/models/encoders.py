@@ -2,8 +2,13 @@
 
     model.encoder.type   FunASR config.yaml `encoder:`   class                       built from
     paraformer           SANMEncoder                     llmasr.models.sanm           FunASR encoder_conf names
+                         SANMEncoderChunkOpt (streaming)
     conformer            ConformerEncoder                llmasr.models.conformer      FunASR encoder_conf names
+    sensevoice           SenseVoiceEncoderSmall          llmasr.models.sensevoice     FunASR encoder_conf names
     whisper              (a Hugging Face directory)      llmasr.models.whisper        WhisperConfig keys
+
+Paraformer-streaming's SANMEncoderChunkOpt is the SAN-M architecture with chunk settings (kept on the encoder as
+`chunk`, see llmasr.models.sanm_chunk), so it is a FunASR name of the paraformer entry, not an entry of its own.
 
 The recipe builder, the FunASR directory loader, `llmasr check`, export (which records `type`, `class` and the
 constructor `conf`) and the exported-model loader all look encoders up here, so a new encoder family is one entry
@@ -43,8 +48,11 @@ class EncoderEntry:
 ENCODERS: dict[str, EncoderEntry] = {
     e.type: e
     for e in (
-        EncoderEntry("paraformer", "SANMEncoder", "llmasr.models.sanm", ("SANMEncoder",)),
+        EncoderEntry("paraformer", "SANMEncoder", "llmasr.models.sanm", ("SANMEncoder", "SANMEncoderChunkOpt")),
         EncoderEntry("conformer", "ConformerEncoder", "llmasr.models.conformer", ("ConformerEncoder",)),
+        EncoderEntry(
+            "sensevoice", "SenseVoiceEncoderSmall", "llmasr.models.sensevoice", ("SenseVoiceEncoderSmall",)
+        ),
         EncoderEntry("whisper", "WhisperAudioEncoder", "llmasr.models.whisper"),
     )
 }

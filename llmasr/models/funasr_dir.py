@@ -1,13 +1,21 @@
 """Load the encoder of a FunASR model directory (Paraformer-large and friends) and the frontend it expects.
 
 A FunASR directory holds `config.yaml` (`encoder`, `encoder_conf`, `frontend`, `frontend_conf`, ...), `model.pt`
-(the whole model's state dict, encoder tensors under `encoder.`), `am.mvn` (Kaldi nnet CMVN applied after LFR)
-and `tokens.json`. Only the encoder and the frontend settings are taken; decoder, predictor and CTC tensors are
-ignored. Every mismatch between `config.yaml` and `model.pt` is an error naming the key.
+(the whole model's state dict, encoder tensors under `encoder.`), `am.mvn` (Kaldi nnet CMVN applied after LFR),
+`tokens.json` (not for SenseVoice) and often `configuration.json`, whose `file_path_metas` name files relative to
+the directory (FunASR reads the CMVN file from there when present). Only the encoder and the frontend settings
+are taken; the other modules (decoder, predictor, CTC, SeACo's hotword modules, SenseVoice's query embeddings)
+are named in one log record (llmasr.models.funasr_checks). Every mismatch between `config.yaml`, `tokens.json`
+and `model.pt` is an error naming the key.
+
+Directories that load: Paraformer (`SANMEncoder`), Paraformer-streaming (`SANMEncoderChunkOpt`, full context,
+frontend `WavFrontendOnline`), SeACo-Paraformer and contextual Paraformer (their SAN-M encoder), Conformer models
+(`ConformerEncoder`) and SenseVoiceSmall (`SenseVoiceEncoderSmall`).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -17,12 +25,18 @@ from torch import nn
 
 from llmasr.config_io import ConfigError
 from llmasr.data.frontend import FrontendConfig
-from llmasr.models.encoders import EncoderEntry, funasr_entry
+from llmasr.models.encoders import EncoderEntry, funasr_class_name, funasr_entry
+from llmasr.models.funasr_checks import check_vocabulary, log_left_out
+from llmasr.models.sanm_chunk import CHUNK_KEYS
 from llmasr.models.state_dict import CheckpointMismatchError, load_into, select_prefix, torch_load, unwrap_state_dict
 
 log = logging.getLogger(__name__)
 
-SUPPORTED_FRONTENDS = ("WavFrontend",)
+# WavFrontendOnline (Paraformer-streaming) over a whole utterance computes WavFrontend's features, except that it
+# always scales the samples to the int16 range and always snips edges (it ignores `upsacle_samples` and
+# `snip_edges`); FunASR's training data pipeline runs it that way (is_final, one call per utterance).
+SUPPORTED_FRONTENDS = ("WavFrontend", "WavFrontendOnline")
+_ONLINE_FIXED = {"upsacle_samples": True, "snip_edges": True}
 
 # frontend_conf keys with no bearing on the features of a non-streaming encoder. FunASR's WavFrontend swallows
 # unknown keys too, so anything else is logged and ignored rather than refused.
@@ -56,10 +70,20 @@ def read_funasr_config(model_dir: str | Path) -> dict:
     return data
 
 
-def frontend_from_funasr_conf(frontend_conf: dict, cmvn_file: str | Path | None) -> FrontendConfig:
-    """FunASR WavFrontend `frontend_conf` -> FrontendConfig (Kaldi fbank + LFR + CMVN from `cmvn_file`)."""
+def frontend_from_funasr_conf(
+    frontend_conf: dict, cmvn_file: str | Path | None, frontend: str = "WavFrontend"
+) -> FrontendConfig:
+    """FunASR WavFrontend / WavFrontendOnline `frontend_conf` -> FrontendConfig (Kaldi fbank + LFR + CMVN from
+    `cmvn_file`)."""
     conf = dict(frontend_conf)
     conf.pop("cmvn_file", None)  # the caller resolves it (relative to the model directory)
+    if frontend == "WavFrontendOnline":
+        for key, fixed in _ONLINE_FIXED.items():
+            if key in conf and conf[key] != fixed:
+                log.warning(
+                    "frontend_conf.%s=%r is ignored: FunASR's WavFrontendOnline always uses %r", key, conf[key], fixed
+                )
+            conf[key] = fixed
     mapping = {
         "fs": "sample_rate",
         "window": "window",
@@ -97,9 +121,42 @@ def frontend_from_funasr_conf(frontend_conf: dict, cmvn_file: str | Path | None)
     return fe
 
 
+def _mapped_cmvn(model_dir: Path) -> tuple[bool, Path | None]:
+    """(has configuration.json, the CMVN file its file_path_metas.frontend_conf.cmvn_file names or None)."""
+    path = model_dir / "configuration.json"
+    if not path.is_file():
+        return False, None
+    try:
+        metas = json.loads(path.read_text(encoding="utf-8")).get("file_path_metas") or {}
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError) as err:
+        raise ConfigError(f"{path}: not a readable JSON object: {err}") from err
+    name = (metas.get("frontend_conf") or {}).get("cmvn_file") if isinstance(metas, dict) else None
+    if name is None:
+        return True, None
+    mapped = model_dir / str(name)
+    if not mapped.is_file():
+        raise ConfigError(f"{path}: file_path_metas.frontend_conf.cmvn_file names {name}, which is not in {model_dir}")
+    return True, mapped
+
+
 def _resolve_cmvn(model_dir: Path, frontend_conf: dict) -> Path | None:
+    """The CMVN file FunASR would use: configuration.json's mapping when the directory has that file (else
+    config.yaml's cmvn_file), otherwise am.mvn beside config.yaml."""
+    has_metas, mapped = _mapped_cmvn(model_dir)
+    if mapped is not None:
+        return mapped
     am_mvn = model_dir / "am.mvn"
-    if am_mvn.is_file():
+    if has_metas and frontend_conf.get("cmvn_file") is None:
+        if am_mvn.is_file():
+            log.warning(
+                "%s: am.mvn is present but neither configuration.json nor config.yaml names a CMVN file, so (as in "
+                "FunASR) features are not normalised",
+                model_dir,
+            )
+        else:
+            log.info("%s: no CMVN file named; features are not normalised", model_dir)
+        return None
+    if am_mvn.is_file() and not has_metas:
         return am_mvn
     stated = frontend_conf.get("cmvn_file", "<absent>")
     if stated is None:
@@ -126,8 +183,18 @@ def _resolve_cmvn(model_dir: Path, frontend_conf: dict) -> Path | None:
 def funasr_frontend(model_dir: str | Path) -> FrontendConfig:
     """The frontend (CMVN included) a FunASR model directory expects, without reading model.pt."""
     model_dir = Path(model_dir).resolve()
-    config = read_funasr_config(model_dir)
-    return frontend_from_funasr_conf(config["frontend_conf"], _resolve_cmvn(model_dir, config["frontend_conf"]))
+    return _frontend(model_dir, read_funasr_config(model_dir))
+
+
+def _frontend(model_dir: Path, config: dict) -> FrontendConfig:
+    frontend_type = funasr_class_name(config.get("frontend", "WavFrontend"))
+    if frontend_type not in SUPPORTED_FRONTENDS:
+        raise ConfigError(
+            f"{model_dir / 'config.yaml'}: frontend {config.get('frontend')!r} is not supported; supported: "
+            f"{', '.join(SUPPORTED_FRONTENDS)}"
+        )
+    cmvn = _resolve_cmvn(model_dir, config["frontend_conf"])
+    return frontend_from_funasr_conf(config["frontend_conf"], cmvn, frontend_type)
 
 
 def funasr_encoder_spec(
@@ -138,14 +205,15 @@ def funasr_encoder_spec(
     config = read_funasr_config(model_dir)
     cfg_path = model_dir / "config.yaml"
     entry = funasr_entry(config["encoder"], str(cfg_path))
-    frontend_type = config.get("frontend", "WavFrontend")
-    if frontend_type not in SUPPORTED_FRONTENDS:
-        raise ConfigError(
-            f"{cfg_path}: frontend {frontend_type!r} is not supported; supported: {', '.join(SUPPORTED_FRONTENDS)}"
-        )
-    frontend = frontend_from_funasr_conf(config["frontend_conf"], _resolve_cmvn(model_dir, config["frontend_conf"]))
+    frontend = _frontend(model_dir, config)
     encoder_conf = dict(config["encoder_conf"])
     encoder_conf.update(conf_overrides or {})
+    chunk_keys = sorted(set(CHUNK_KEYS) & set(encoder_conf))
+    if chunk_keys and funasr_class_name(config["encoder"]) != "SANMEncoderChunkOpt":
+        raise ConfigError(
+            f"{cfg_path}: encoder_conf has the chunk settings {', '.join(chunk_keys)}, which only "
+            f"SANMEncoderChunkOpt (Paraformer-streaming) takes, but the encoder is {config['encoder']}"
+        )
     feature_dim = frontend.feature_dim
     for where, stated in (
         ("input_size", config.get("input_size")),
@@ -183,13 +251,15 @@ def load_funasr_encoder(
             f"encoder tensors under '{prefix}'"
         )
     state = unwrap_state_dict(torch_load(ckpt_path), source=str(ckpt_path))
+    if not select_prefix(state, prefix) and select_prefix(state, "module." + prefix):
+        state = select_prefix(state, "module.")  # saved from a DDP-wrapped model
     encoder_state = select_prefix(state, prefix)
-    if not encoder_state:
-        encoder_state = select_prefix(state, "module." + prefix)  # saved from a DDP-wrapped model
     if not encoder_state:
         heads = sorted({k.split(".", 1)[0] + "." for k in state})
         raise CheckpointMismatchError(
             f"{ckpt_path}: no tensors under '{prefix}'; top-level prefixes present: {', '.join(heads[:20])}"
         )
+    check_vocabulary(model_dir, state, ckpt_path)
     load_into(encoder, encoder_state, source=f"{ckpt_path} ({prefix}*)", reinit_keys=reinit_keys)
+    log_left_out(state, prefix, ckpt_path, str(read_funasr_config(model_dir).get("model", "model")))
     return encoder, frontend

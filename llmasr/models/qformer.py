@@ -40,6 +40,8 @@ class QFormerBlock(nn.Module):
 
 
 class QFormerAdaptor(Adaptor):
+    IO_WEIGHTS = ("query", 1, "proj.weight")
+
     def __init__(self, cfg: AdaptorConfig, input_dim: int, llm_dim: int):
         super().__init__()
         if cfg.num_queries < 1:

@@ -28,6 +28,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from llmasr.config_io import ConfigError
+from llmasr.models.sanm_chunk import CHUNK_KEYS, ChunkSettings
 
 # encoder_conf keys FunASR configs carry that have no effect on this encoder (or only at their default value).
 # value None: accepted with any value; otherwise the tuple of accepted values.
@@ -44,7 +45,8 @@ _HARMLESS_KEYS: dict[str, tuple | None] = {
     "lora_dropout": None,
 }
 
-_SUPPORTED_INPUT_LAYERS = ("pe", None)
+# "pe_online" (Paraformer-streaming) is FunASR's streaming variant of "pe": the same table over a whole utterance.
+_SUPPORTED_INPUT_LAYERS = ("pe", "pe_online", None)
 _SUPPORTED_POS_ENC = ("SinusoidalPositionEncoder", "sinusoidal", None)
 
 
@@ -146,12 +148,13 @@ class EncoderLayerSANM(nn.Module):
         feed_forward: PositionwiseFeedForward,
         dropout_rate: float,
         normalize_before: bool = True,
+        norm: type[nn.Module] = LayerNorm,
     ):
         super().__init__()
         self.self_attn = self_attn
         self.feed_forward = feed_forward
-        self.norm1 = LayerNorm(in_size)
-        self.norm2 = LayerNorm(size)
+        self.norm1 = norm(in_size)
+        self.norm2 = norm(size)
         self.dropout = nn.Dropout(dropout_rate)
         self.in_size = in_size
         self.size = size
@@ -176,7 +179,12 @@ class EncoderLayerSANM(nn.Module):
 
 
 class SANMEncoder(nn.Module):
-    """Paraformer encoder. Constructor arguments are FunASR's `encoder_conf` names (plus input_size)."""
+    """Paraformer encoder. Constructor arguments are FunASR's `encoder_conf` names (plus input_size).
+
+    Paraformer-streaming's SANMEncoderChunkOpt builds this class too: its chunk settings (chunk_size, stride, ...)
+    are kept as `self.chunk` (llmasr.models.sanm_chunk) and the forward runs with full context; `self.chunk` is
+    None for a plain SANMEncoder.
+    """
 
     def __init__(
         self,
@@ -199,11 +207,13 @@ class SANMEncoder(nn.Module):
         **extra,
     ):
         super().__init__()
+        chunk_conf = {k: extra.pop(k) for k in CHUNK_KEYS if k in extra}
+        self.chunk = ChunkSettings.from_conf(chunk_conf) if chunk_conf or input_layer == "pe_online" else None
         for key, value in extra.items():
             if key not in _HARMLESS_KEYS:
                 raise ConfigError(
                     f"SANMEncoder: unknown encoder_conf key {key!r} (value {value!r}); supported keys: "
-                    + ", ".join(sorted([*_CONSTRUCTOR_KEYS, *_HARMLESS_KEYS]))
+                    + ", ".join(sorted([*_CONSTRUCTOR_KEYS, *CHUNK_KEYS, *_HARMLESS_KEYS]))
                 )
             accepted = _HARMLESS_KEYS[key]
             if accepted is not None and value not in accepted:
@@ -213,7 +223,7 @@ class SANMEncoder(nn.Module):
         if input_layer not in _SUPPORTED_INPUT_LAYERS:
             raise ConfigError(
                 f"SANMEncoder: input_layer {input_layer!r} is not supported; "
-                "supported: 'pe' (Paraformer), null (input_size == output_size)"
+                "supported: 'pe' (Paraformer), 'pe_online' (Paraformer-streaming), null (input_size == output_size)"
             )
         if isinstance(pos_enc_class, str):
             pos_enc_class = pos_enc_class.rsplit(".", 1)[-1].rsplit(":", 1)[-1]
@@ -244,14 +254,14 @@ class SANMEncoder(nn.Module):
             )
         if num_blocks < 1:
             raise ConfigError(f"SANMEncoder: num_blocks must be >= 1, got {num_blocks}")
-        if input_layer == "pe" and input_size % 2:
-            raise ConfigError(f"SANMEncoder: input_layer 'pe' needs an even input_size, got {input_size}")
+        if input_layer in ("pe", "pe_online") and input_size % 2:
+            raise ConfigError(f"SANMEncoder: input_layer {input_layer!r} needs an even input_size, got {input_size}")
 
         self._output_size = output_size
         self.input_size = input_size
         self.normalize_before = normalize_before
         self.gradient_checkpointing = False
-        self.embed = SinusoidalPositionEncoder() if input_layer == "pe" else None
+        self.embed = SinusoidalPositionEncoder() if input_layer in ("pe", "pe_online") else None
 
         def block(in_size: int) -> EncoderLayerSANM:
             return EncoderLayerSANM(

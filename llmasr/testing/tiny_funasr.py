@@ -1,9 +1,17 @@
 """Write a tiny FunASR model directory (config.yaml, model.pt, am.mvn, tokens.json) with random weights.
 
-The files follow the layout of a real Paraformer directory: config.yaml with `encoder`/`encoder_conf`/
-`frontend`/`frontend_conf` (plus decoder and predictor sections the encoder loader ignores), model.pt holding
-the whole model's state dict (encoder tensors under `encoder.`, a few decoder/predictor tensors beside them),
-am.mvn in Kaldi nnet text format and tokens.json as a JSON list of tokens.
+The files follow the layout of the real directories of each model family (`model` below): config.yaml with
+`model`/`encoder`/`encoder_conf`/`frontend`/`frontend_conf` (plus the sections of the modules the encoder loader
+leaves out), model.pt holding the whole model's state dict (encoder tensors under `encoder.`, the other modules'
+tensors under their real names beside them), am.mvn in Kaldi nnet text format and tokens.json as a JSON list.
+
+    Paraformer             SANMEncoder; decoder + CIF predictor tensors
+    ParaformerStreaming    SANMEncoderChunkOpt (input_layer pe_online, chunk settings), WavFrontendOnline; no ctc.
+    SeacoParaformer        SANMEncoder; + bias_encoder (LSTM), bias_embed, seaco_decoder, hotword_output_layer;
+                           seg_dict beside tokens.json
+    ContextualParaformer   SANMEncoder; + bias_encoder (LSTM), bias_embed, the decoder's bias_decoder
+    SenseVoiceSmall        SenseVoiceEncoderSmall (tp_encoders); ctc.ctc_lo and the query `embed`; no tokens.json,
+                           configuration.json maps frontend_conf.cmvn_file to am.mvn (config.yaml says null)
 """
 
 from __future__ import annotations
@@ -35,6 +43,24 @@ def tiny_sanm_conf() -> dict:
         "sanm_shfit": 0,
         "selfattention_layer_type": "sanm",
     }
+
+
+def tiny_streaming_conf() -> dict:
+    """tiny_sanm_conf as Paraformer-streaming's SANMEncoderChunkOpt states it (pe_online, two chunk configurations)."""
+    return {
+        **tiny_sanm_conf(),
+        "input_layer": "pe_online",
+        "chunk_size": [12, 15],
+        "stride": [8, 10],
+        "pad_left": [0, 0],
+        "encoder_att_look_back_factor": [4, 4],
+        "decoder_att_look_back_factor": [1, 1],
+    }
+
+
+def tiny_sensevoice_conf() -> dict:
+    """A 2 + 1 block SenseVoiceEncoderSmall encoder_conf (FunASR names, as SenseVoiceSmall's config.yaml lists)."""
+    return {**tiny_sanm_conf(), "tp_blocks": 1}
 
 
 def paraformer_frontend_conf() -> dict:
@@ -69,17 +95,31 @@ def build_encoder(encoder_type: str, encoder_conf: dict, input_size: int) -> tor
     return funasr_entry(encoder_type, "encoder_type").construct({"input_size": input_size, **encoder_conf})
 
 
+MODELS = {  # model -> (encoder class, frontend class)
+    "Paraformer": ("SANMEncoder", "WavFrontend"),
+    "ParaformerStreaming": ("SANMEncoderChunkOpt", "WavFrontendOnline"),
+    "SeacoParaformer": ("SANMEncoder", "WavFrontend"),
+    "ContextualParaformer": ("SANMEncoder", "WavFrontend"),
+    "SenseVoiceSmall": ("SenseVoiceEncoderSmall", "WavFrontend"),
+}
+_VOCAB = 16
+_INNER = 8  # SeACo / contextual hotword dimension (inner_dim)
+
+
 def write_funasr_dir(
     model_dir: str | Path,
     *,
-    encoder_type: str = "SANMEncoder",
+    model: str = "Paraformer",
+    encoder_type: str | None = None,
     encoder_conf: dict,
     frontend_conf: dict | None = None,
     seed: int = 0,
     nest_under: str | None = None,
     cmvn: tuple[np.ndarray, np.ndarray] | None = None,
+    encoder_state: dict[str, torch.Tensor] | None = None,
 ) -> Path:
-    """Build `encoder_type` with seeded random weights and write a FunASR model directory for it.
+    """Build the encoder of `model` (or `encoder_type`) with seeded random weights, or `encoder_state`, and write
+    a FunASR model directory of that family for it.
 
     `nest_under` ("state_dict", "model_state_dict" or "model") wraps the state dict the way training
     checkpoints do. `cmvn` is (add_shift, rescale), each [n_mels * lfr_m]; random by default.
@@ -87,6 +127,8 @@ def write_funasr_dir(
     """
     model_dir = Path(model_dir)
     model_dir.mkdir(parents=True, exist_ok=True)
+    default_encoder, frontend_type = MODELS[model]
+    encoder_type = encoder_type or default_encoder
     frontend_conf = dict(paraformer_frontend_conf() if frontend_conf is None else frontend_conf)
     feature_dim = int(frontend_conf.get("n_mels", 80)) * int(frontend_conf.get("lfr_m", 1))
 
@@ -94,37 +136,15 @@ def write_funasr_dir(
     torch.manual_seed(seed)
     encoder = build_encoder(encoder_type, encoder_conf, feature_dim)
     _randomise(encoder, generator)
-
+    if encoder_state is not None:
+        encoder.load_state_dict(encoder_state, strict=True)
     out = int(encoder.output_size())
-    vocab = 16
-    tokens = ["<blank>", "<s>", "</s>", *[chr(ord("a") + i) for i in range(vocab - 4)], "<unk>"]
-    config = {
-        "model": "Paraformer",
-        "model_conf": {"ctc_weight": 0.0, "lsm_weight": 0.1, "length_normalized_loss": True},
-        "encoder": encoder_type,
-        "encoder_conf": dict(encoder_conf),
-        "decoder": "ParaformerSANMDecoder",
-        "decoder_conf": {"attention_heads": 4, "linear_units": 64, "num_blocks": 1, "kernel_size": 11},
-        "predictor": "CifPredictorV2",
-        "predictor_conf": {"idim": out, "threshold": 1.0, "l_order": 1, "r_order": 1},
-        "frontend": "WavFrontend",
-        "frontend_conf": frontend_conf,
-        "specaug": "SpecAugLFR",
-        "specaug_conf": {"lfr_rate": int(frontend_conf.get("lfr_n", 1)), "num_freq_mask": 1, "num_time_mask": 1},
-        "tokenizer": "CharTokenizer",
-        "tokenizer_conf": {"unk_symbol": "<unk>", "split_with_space": True},
-        "normalize": None,
-    }
-    (model_dir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
 
+    config = _config(model, encoder_type, encoder_conf, frontend_type, frontend_conf, out)
+    (model_dir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     state = {f"encoder.{k}": v.detach().clone() for k, v in encoder.state_dict().items()}
-    # Tensors a real Paraformer model.pt carries beside the encoder; the encoder loader must ignore them.
-    state["decoder.embed.0.weight"] = torch.randn(vocab, out, generator=generator)
-    state["decoder.output_layer.weight"] = torch.randn(vocab, out, generator=generator)
-    state["decoder.output_layer.bias"] = torch.zeros(vocab)
-    state["predictor.cif_conv1d.weight"] = torch.randn(out, out, 3, generator=generator)
-    state["predictor.cif_output.weight"] = torch.randn(1, out, generator=generator)
-    state["predictor.cif_output.bias"] = torch.zeros(1)
+    # Tensors a real model.pt of this family carries beside the encoder; the encoder loader leaves them out.
+    state.update(_other_modules(model, out, feature_dim, generator))
     torch.save({nest_under: state} if nest_under else state, model_dir / "model.pt")
 
     if cmvn is None:
@@ -134,5 +154,84 @@ def write_funasr_dir(
             rng.uniform(0.2, 0.5, feature_dim).astype(np.float32),
         )
     write_kaldi_cmvn(model_dir / "am.mvn", *cmvn)
+    if model == "SenseVoiceSmall":
+        metas = {"init_param": "model.pt", "config": "config.yaml", "frontend_conf": {"cmvn_file": "am.mvn"}}
+        configuration = {"framework": "pytorch", "task": "auto-speech-recognition", "file_path_metas": metas}
+        (model_dir / "configuration.json").write_text(json.dumps(configuration, indent=2))
+        return model_dir
+    tokens = ["<blank>", "<s>", "</s>", *[chr(ord("a") + i) for i in range(_VOCAB - 4)], "<unk>"]
     (model_dir / "tokens.json").write_text(json.dumps(tokens, ensure_ascii=False, indent=4))
+    if model == "SeacoParaformer":
+        (model_dir / "seg_dict").write_text("".join(f"{t} {t}\n" for t in tokens[3:-1]))
     return model_dir
+
+
+def _config(model: str, encoder_type: str, encoder_conf: dict, frontend: str, frontend_conf: dict, out: int) -> dict:
+    config = {
+        "model": model,
+        "model_conf": {"ctc_weight": 0.0, "lsm_weight": 0.1, "length_normalized_loss": True},
+        "encoder": encoder_type,
+        "encoder_conf": dict(encoder_conf),
+        "decoder": "ParaformerSANMDecoder",
+        "decoder_conf": {"attention_heads": 4, "linear_units": 64, "num_blocks": 1, "kernel_size": 11},
+        "predictor": "CifPredictorV2",
+        "predictor_conf": {"idim": out, "threshold": 1.0, "l_order": 1, "r_order": 1},
+        "frontend": frontend,
+        "frontend_conf": frontend_conf,
+        "specaug": "SpecAugLFR",
+        "specaug_conf": {"lfr_rate": int(frontend_conf.get("lfr_n", 1)), "num_freq_mask": 1, "num_time_mask": 1},
+        "tokenizer": "CharTokenizer",
+        "tokenizer_conf": {"unk_symbol": "<unk>", "split_with_space": True},
+        "normalize": None,
+    }
+    if model in ("SeacoParaformer", "ContextualParaformer"):
+        config["model_conf"].update(inner_dim=_INNER, bias_encoder_type="lstm", NO_BIAS=_VOCAB - 2)
+    if model == "SeacoParaformer":
+        config.update(predictor="CifPredictorV3", seaco_decoder="ParaformerSANMDecoder")
+        config["seaco_decoder_conf"] = {"attention_heads": 2, "linear_units": 16, "num_blocks": 1}
+    if model == "ContextualParaformer":
+        config["decoder"] = "ContextualParaformerDecoder"
+    if model == "SenseVoiceSmall":
+        for key in ("decoder", "decoder_conf", "predictor", "predictor_conf"):
+            config.pop(key)
+        config["model_conf"] = {"length_normalized_loss": True, "sos": 1, "eos": 2, "ignore_id": -1}
+        config["tokenizer"] = "SentencepiecesTokenizer"
+        config["tokenizer_conf"] = {"bpemodel": None, "unk_symbol": "<unk>", "split_with_space": True}
+        config["frontend_conf"] = {**frontend_conf, "cmvn_file": None}
+    return config
+
+
+def _other_modules(model: str, out: int, feature_dim: int, g: torch.Generator) -> dict[str, torch.Tensor]:
+    def rand(*shape: int) -> torch.Tensor:
+        return torch.randn(*shape, generator=g)
+
+    if model == "SenseVoiceSmall":
+        # ctc head over the sentencepiece vocabulary, and the 16 query embeddings (language, event, emotion, ITN)
+        return {
+            "ctc.ctc_lo.weight": rand(_VOCAB, out),
+            "ctc.ctc_lo.bias": torch.zeros(_VOCAB),
+            "embed.weight": rand(16, feature_dim),
+        }
+    state = {
+        "decoder.embed.0.weight": rand(_VOCAB, out),
+        "decoder.output_layer.weight": rand(_VOCAB, out),
+        "decoder.output_layer.bias": torch.zeros(_VOCAB),
+        "predictor.cif_conv1d.weight": rand(out, out, 3),
+        "predictor.cif_output.weight": rand(1, out),
+        "predictor.cif_output.bias": torch.zeros(1),
+    }
+    if model in ("SeacoParaformer", "ContextualParaformer"):
+        for name, shape in (("weight_ih_l0", (4 * _INNER, _INNER)), ("weight_hh_l0", (4 * _INNER, _INNER))):
+            state[f"bias_encoder.{name}"] = rand(*shape)
+        state["bias_encoder.bias_ih_l0"] = torch.zeros(4 * _INNER)
+        state["bias_encoder.bias_hh_l0"] = torch.zeros(4 * _INNER)
+        state["bias_embed.weight"] = rand(_VOCAB, _INNER)
+    if model == "SeacoParaformer":
+        state["seaco_decoder.decoders.0.feed_forward.w_1.weight"] = rand(16, _INNER)
+        state["seaco_decoder.after_norm.weight"] = torch.ones(_INNER)
+        state["hotword_output_layer.weight"] = rand(_VOCAB, _INNER)
+        state["hotword_output_layer.bias"] = torch.zeros(_VOCAB)
+    if model == "ContextualParaformer":
+        state["decoder.bias_decoder.src_attn.linear_q.weight"] = rand(out, out)
+        state["decoder.bias_output.weight"] = rand(out, 2 * out, 1)
+    return state

@@ -85,3 +85,76 @@ def test_encoder_from_conf_takes_init_from_weights(tmp_path):
         assert torch.equal(pretrained.eval()(x, lens)[0], rebuilt.eval()(x, lens)[0])
     with pytest.raises(ConfigError, match="set `path`.*or `init_from`.*not both"):
         from_dict(EncoderConfig, {"path": str(enc_dir), "init_from": str(tmp_path / "enc.safetensors")}, "enc")
+
+
+# ---- sizes named at load: a pretrained adaptor or CTC head that does not fit the encoder or the LLM ------------
+
+
+def _save(module, path, **replace):
+    state = {k: v.detach().clone().contiguous() for k, v in module.state_dict().items()}
+    state.update(replace)
+    save_file(state, str(path))
+    return str(path)
+
+
+@pytest.mark.parametrize("adaptor", ["linear", "transformer", "conv", "qformer"])
+def test_adaptor_weights_for_another_encoder_named(tiny_llm_dir, tmp_path, adaptor):
+    section = tiny_model_section(tiny_llm_dir, lora=False, adaptor=adaptor)
+    weights = _save(build_model(section, weights="random").adaptor, tmp_path / "adaptor.safetensors")
+    section["adaptor"]["init_from"] = weights
+    assert build_model(section).adaptor is not None  # the same sizes load
+    section["encoder"]["conf"]["output_size"] = 48
+    in_key = {"linear": "linear1", "transformer": "linear1", "conv": "conv", "qformer": "query"}[adaptor]
+    frames = "32-dim encoder frames (64 stacked / downsample 2)" if adaptor in ("linear", "transformer") else "32-dim"
+    with pytest.raises(ConfigError) as err:
+        build_model(section)
+    message = str(err.value)
+    assert f"the adaptor in {weights} takes {frames}" in message
+    assert in_key in message and "the paraformer encoder built from model.encoder.conf outputs 48" in message
+
+
+def test_adaptor_weights_for_another_llm_named(tiny_llm_dir, tmp_path):
+    section = tiny_model_section(tiny_llm_dir, lora=False)
+    adaptor = build_model(section, weights="random").adaptor
+    weights = _save(
+        adaptor, tmp_path / "a.safetensors", **{"linear2.weight": torch.zeros(48, 64), "linear2.bias": torch.zeros(48)}
+    )
+    section["adaptor"]["init_from"] = weights
+    with pytest.raises(
+        ConfigError,
+        match=rf"adaptor in {weights} outputs 48-dim embeddings \(linear2.weight \[48, 64\]\) "
+        rf"but the LLM {tiny_llm_dir} has hidden size 64",
+    ):
+        build_model(section)
+
+
+def test_ctc_weights_for_another_encoder_named(tiny_llm_dir, tmp_path):
+    section = tiny_model_section(tiny_llm_dir, lora=False, ctc_weight=0.3)
+    head = build_model(section, weights="random").ctc_head
+    vocab = head.proj.weight.shape[0]
+    weights = _save(head, tmp_path / "ctc.safetensors", **{"proj.weight": torch.zeros(vocab, 48)})
+    section["ctc"]["init_from"] = weights
+    with pytest.raises(
+        ConfigError,
+        match=rf"CTC head in {weights} takes 48-dim encoder frames \(weight \[{vocab}, 48\]\) "
+        "but the paraformer encoder built from model.encoder.conf outputs 32",
+    ):
+        build_model(section)
+
+
+def test_streaming_chunk_settings_survive_a_rebuild_from_conf(tmp_path):
+    from llmasr.models.builder import encoder_spec
+    from llmasr.testing.tiny_funasr import tiny_streaming_conf
+
+    enc_dir = write_funasr_dir(tmp_path / "s", model="ParaformerStreaming", encoder_conf=tiny_streaming_conf())
+    cfg = from_dict(EncoderConfig, {"path": str(enc_dir)}, "model.encoder")
+    loaded, _ = build_encoder(cfg)
+    save_file({k: v.contiguous() for k, v in loaded.state_dict().items()}, tmp_path / "enc.safetensors")
+    conf = encoder_spec(cfg).conf  # what an export records
+    assert conf["chunk_size"] == [12, 15] and conf["input_layer"] == "pe_online"
+    rebuilt, _ = build_encoder(
+        from_dict(
+            EncoderConfig, {"conf": conf, "init_from": str(tmp_path / "enc.safetensors"), "frontend": {"lfr_m": 7}}, "e"
+        )
+    )
+    assert rebuilt.chunk == loaded.chunk and rebuilt.chunk.stride == (8, 10)

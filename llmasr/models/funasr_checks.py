@@ -1,0 +1,79 @@
+"""Checks on a FunASR model directory's whole model.pt when only its encoder is taken.
+
+- The vocabulary: FunASR sizes a model's output layers from tokens.json and loads model.pt with
+  `ignore_init_mismatch`, silently skipping an output layer of another size; fine-tuning then fails deep in the
+  label-smoothing loss (`assert x.size(2) == self.size`, 320 vs 8404). Here a tokens.json whose length disagrees
+  with any vocabulary-sized tensor of model.pt is an error at load, naming both numbers and both files. A
+  Paraformer-streaming model.pt has no `ctc.` tensors (its decoder's output layer and embedding carry the size);
+  SenseVoice has no tokens.json at all (a sentencepiece model instead), so nothing is compared there.
+- The modules left out: the loader names every top-level module of model.pt it does not load (decoder,
+  predictor, SeACo's bias_encoder / seaco_decoder / hotword_output_layer, SenseVoice's ctc and query `embed`, ...)
+  in one log record, so nothing is dropped unsaid.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import torch
+
+from llmasr.config_io import ConfigError
+
+log = logging.getLogger(__name__)
+
+# Tensors whose first dimension is the vocabulary size, in the model families llmasr loads encoders from.
+VOCAB_ROWS = (
+    "ctc.ctc_lo.weight",  # CTC head (Paraformer with ctc_weight > 0, Conformer, SenseVoice)
+    "decoder.output_layer.weight",  # attention / Paraformer decoder output
+    "decoder.embed.0.weight",  # decoder token embedding
+    "hotword_output_layer.weight",  # SeACo-Paraformer
+    "bias_embed.weight",  # SeACo / contextual Paraformer hotword embedding
+)
+
+
+def read_token_list(path: Path) -> list:
+    try:
+        tokens = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ConfigError(f"{path}: not a readable JSON token list: {err}") from err
+    if not isinstance(tokens, list):
+        raise ConfigError(f"{path}: must hold a JSON list of tokens, got {type(tokens).__name__}")
+    return tokens
+
+
+def check_vocabulary(model_dir: Path, state: dict[str, torch.Tensor], ckpt_path: Path) -> int | None:
+    """Compare tokens.json (when the directory has one) with every vocabulary-sized tensor of model.pt.
+
+    Returns the vocabulary size (None without tokens.json); raises ConfigError on the first disagreement."""
+    tokens_path = model_dir / "tokens.json"
+    if not tokens_path.is_file():
+        return None
+    size = len(read_token_list(tokens_path))
+    for key in VOCAB_ROWS:
+        tensor = state.get(key)
+        if tensor is not None and tensor.dim() >= 1 and int(tensor.shape[0]) != size:
+            raise ConfigError(
+                f"{tokens_path} lists {size} tokens but {ckpt_path} has {key} of shape {list(tensor.shape)} "
+                f"({int(tensor.shape[0])} rows): the token list and the checkpoint come from different models. "
+                "Put the tokens.json the checkpoint was trained with beside it (FunASR would skip this layer at "
+                "load and fail later inside the loss)"
+            )
+    return size
+
+
+def log_left_out(state: dict[str, torch.Tensor], prefix: str, source: Path, model_name: str) -> list[str]:
+    """Name, in one log record, the top-level modules of `state` outside `prefix` (not loaded); returns them."""
+    left = sorted({key.split(".", 1)[0] for key in state if not key.startswith(prefix)})
+    if left:
+        count = sum(1 for key in state if not key.startswith(prefix))
+        log.info(
+            "%s (%s): loaded the encoder (%s*) only; left out %d tensors of the modules %s",
+            source,
+            model_name,
+            prefix,
+            count,
+            ", ".join(left),
+        )
+    return left

@@ -1,0 +1,177 @@
+"""SenseVoiceSmall's encoder (FunASR `SenseVoiceEncoderSmall`), state-dict compatible with FunASR.
+
+A SAN-M stack (llmasr.models.sanm blocks) with a second stack after it:
+
+    xs * sqrt(output_size) + sinusoidal PE (depth = input_size)
+    encoders0.0       first block: input_size -> output_size, no residual around its attention
+    encoders.{i}      num_blocks - 1 blocks
+    after_norm
+    tp_encoders.{i}   tp_blocks more blocks
+    tp_norm
+
+Differences from Paraformer's SANMEncoder, all FunASR's: every LayerNorm uses eps 1e-5 and is computed in float32
+whatever the activations' dtype; blocks are always pre-norm; there is no input layer choice (the PE is always
+applied). FunASR's class accepts `input_layer`, `pos_enc_class`, `normalize_before` and friends and ignores them;
+so does this one, with a warning when a value would mean something else.
+
+What the encoder needs from a SenseVoiceSmall model.pt: only the `encoder.` tensors. `SenseVoiceSmall.inference`
+prepends four query frames taken from `embed.weight` ([16, input_size]: language, two event/emotion slots, text
+normalisation) to the features, and decodes with `ctc.ctc_lo`; an LLM-ASR model (Fun-ASR-Nano) runs the encoder
+on the features alone, so those tensors are left out (and named in the loader's log record).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from llmasr.config_io import ConfigError
+from llmasr.models.sanm import (
+    EncoderLayerSANM,
+    MultiHeadedAttentionSANM,
+    PositionwiseFeedForward,
+    SinusoidalPositionEncoder,
+)
+
+log = logging.getLogger(__name__)
+
+# encoder_conf keys FunASR's class takes and never reads: (value it would mean nothing unusual with, ...).
+_IGNORED: dict[str, tuple] = {
+    "input_layer": ("pe", None),
+    "pos_enc_class": ("SinusoidalPositionEncoder", None),
+    "normalize_before": (True,),
+    "concat_after": (False,),
+    "positionwise_layer_type": ("linear",),
+    "positionwise_conv_kernel_size": (),
+    "padding_idx": (),
+    "positional_dropout_rate": (),
+    "stochastic_depth_rate": (0.0, 0),
+    "selfattention_layer_type": ("sanm",),
+}
+
+
+class FP32LayerNorm(nn.LayerNorm):
+    """FunASR SenseVoice's LayerNorm: eps 1e-5, normalised in float32, cast back to the input's dtype."""
+
+    def __init__(self, size: int):
+        super().__init__(size, eps=1e-5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weight = self.weight.float() if self.weight is not None else None
+        bias = self.bias.float() if self.bias is not None else None
+        return F.layer_norm(x.float(), self.normalized_shape, weight, bias, self.eps).type_as(x)
+
+
+class SenseVoiceEncoderSmall(nn.Module):
+    """SenseVoiceSmall encoder. Constructor arguments are FunASR's `encoder_conf` names (plus input_size)."""
+
+    def __init__(
+        self,
+        input_size: int,
+        output_size: int = 256,
+        attention_heads: int = 4,
+        linear_units: int = 2048,
+        num_blocks: int = 6,
+        tp_blocks: int = 0,
+        dropout_rate: float = 0.1,
+        attention_dropout_rate: float = 0.0,
+        kernel_size: int = 11,
+        sanm_shfit: int = 0,
+        **ignored,
+    ):
+        super().__init__()
+        _check_ignored(ignored)
+        if num_blocks < 1 or tp_blocks < 0:
+            raise ConfigError(
+                f"SenseVoiceEncoderSmall: needs num_blocks >= 1, tp_blocks >= 0; got {num_blocks}, {tp_blocks}"
+            )
+        if input_size % 2 or input_size < 4:
+            raise ConfigError(
+                f"SenseVoiceEncoderSmall: the position encoding needs an even input_size, got {input_size}"
+            )
+        self._output_size = output_size
+        self.input_size = input_size
+        self.gradient_checkpointing = False
+        self.embed = SinusoidalPositionEncoder()
+
+        def block(in_size: int) -> EncoderLayerSANM:
+            attn = MultiHeadedAttentionSANM(
+                attention_heads, in_size, output_size, attention_dropout_rate, kernel_size, sanm_shfit
+            )
+            ffn = PositionwiseFeedForward(output_size, linear_units, dropout_rate)
+            return EncoderLayerSANM(in_size, output_size, attn, ffn, dropout_rate, True, norm=FP32LayerNorm)
+
+        self.encoders0 = nn.ModuleList([block(input_size)])
+        self.encoders = nn.ModuleList([block(output_size) for _ in range(num_blocks - 1)])
+        self.after_norm = FP32LayerNorm(output_size)
+        self.tp_encoders = nn.ModuleList([block(output_size) for _ in range(tp_blocks)])
+        self.tp_norm = FP32LayerNorm(output_size)
+
+    def output_size(self) -> int:
+        return self._output_size
+
+    def _run(self, layers: nn.ModuleList, xs, key_mask, valid):
+        for layer in layers:
+            if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+                xs = checkpoint(layer, xs, key_mask, valid, use_reentrant=False)
+            else:
+                xs = layer(xs, key_mask, valid)
+        return xs
+
+    def forward(self, xs: torch.Tensor, xs_lens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """xs [B, T, input_size], xs_lens [B] -> ([B, T, output_size], xs_lens)."""
+        if xs.dim() != 3 or xs.size(-1) != self.input_size:
+            raise ValueError(f"SenseVoiceEncoderSmall expects [B, T, {self.input_size}] features, got {list(xs.shape)}")
+        t = xs.size(1)
+        xs_lens = xs_lens.to(device=xs.device, dtype=torch.long)
+        if xs_lens.numel() != xs.size(0) or bool((xs_lens < 1).any()) or bool((xs_lens > t).any()):
+            raise ValueError(
+                f"SenseVoiceEncoderSmall: lengths must be in [1, {t}] (one per item), got {xs_lens.tolist()}"
+            )
+        mask = torch.arange(t, device=xs.device)[None, :] < xs_lens[:, None]
+        key_mask = mask[:, None, None, :]
+        valid = mask[:, :, None].to(xs.dtype)
+        xs = self.embed(xs * self.output_size() ** 0.5)
+        xs = self._run(self.encoders0, xs, key_mask, valid)
+        xs = self.after_norm(self._run(self.encoders, xs, key_mask, valid))
+        xs = self.tp_norm(self._run(self.tp_encoders, xs, key_mask, valid))
+        return xs, xs_lens
+
+
+def _check_ignored(ignored: dict) -> None:
+    for key, value in ignored.items():
+        if key not in _IGNORED:
+            raise ConfigError(
+                f"SenseVoiceEncoderSmall: unknown encoder_conf key {key!r} (value {value!r}); supported keys: "
+                + ", ".join(sorted([*_CONSTRUCTOR_KEYS, *_IGNORED]))
+            )
+        usual = _IGNORED[key]
+        if isinstance(value, str):
+            value = value.rsplit(".", 1)[-1].rsplit(":", 1)[-1]
+        if usual and value not in usual:
+            log.warning(
+                "SenseVoiceEncoderSmall: encoder_conf.%s=%r is ignored, as FunASR's SenseVoiceEncoderSmall ignores "
+                "it (the encoder always behaves as %s=%r)",
+                key,
+                value,
+                key,
+                usual[0],
+            )
+
+
+_CONSTRUCTOR_KEYS = (
+    "input_size",
+    "output_size",
+    "attention_heads",
+    "linear_units",
+    "num_blocks",
+    "tp_blocks",
+    "dropout_rate",
+    "attention_dropout_rate",
+    "kernel_size",
+    "sanm_shfit",
+)

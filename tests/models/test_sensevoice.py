@@ -1,0 +1,81 @@
+"""SenseVoiceEncoderSmall: FunASR's LayerNorm (eps 1e-5, computed in float32), its accepted-and-ignored settings,
+the recipe type `sensevoice` through the builder, and gradient checkpointing."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from llmasr.config_io import ConfigError, from_dict
+from llmasr.models.builder import build_encoder
+from llmasr.models.config import EncoderConfig
+from llmasr.models.sensevoice import FP32LayerNorm, SenseVoiceEncoderSmall
+from llmasr.testing.tiny_funasr import tiny_sensevoice_conf, write_funasr_dir
+
+CONF = dict(input_size=24, output_size=16, attention_heads=2, linear_units=32, num_blocks=2, tp_blocks=2)
+
+
+def test_layer_norms_are_fp32_eps_1e5():
+    enc = SenseVoiceEncoderSmall(**CONF)
+    norms = [m for m in enc.modules() if isinstance(m, torch.nn.LayerNorm)]
+    assert len(norms) == 2 * 4 + 2 and all(isinstance(m, FP32LayerNorm) and m.eps == 1e-5 for m in norms)
+    norm = FP32LayerNorm(16)
+    with torch.no_grad():
+        norm.weight.normal_()
+    x = (torch.randn(3, 16) * 1e-3 + 7).to(torch.bfloat16)  # small variance around a large mean: fp32 matters
+    want = F.layer_norm(x.float(), (16,), norm.weight, norm.bias, 1e-5).to(torch.bfloat16)
+    assert norm(x).dtype == torch.bfloat16 and torch.equal(norm(x), want)
+
+
+def test_ignored_settings_warn_unknown_ones_fail(caplog):
+    with caplog.at_level(logging.WARNING, logger="llmasr.models.sensevoice"):
+        SenseVoiceEncoderSmall(
+            **CONF, input_layer="pe", normalize_before=True, pos_enc_class="x.SinusoidalPositionEncoder"
+        )
+    assert not caplog.records
+    with caplog.at_level(logging.WARNING, logger="llmasr.models.sensevoice"):
+        SenseVoiceEncoderSmall(**CONF, normalize_before=False)
+    assert "normalize_before=False is ignored" in caplog.records[0].getMessage()
+    with pytest.raises(ConfigError, match="unknown encoder_conf key 'tp_block'"):
+        SenseVoiceEncoderSmall(**CONF, tp_block=3)
+
+
+def test_tp_blocks_run_after_after_norm():
+    enc = SenseVoiceEncoderSmall(**CONF).eval()
+    xs, lens = torch.randn(2, 9, 24), torch.tensor([9, 4])
+    with torch.no_grad():
+        full = enc(xs, lens)[0]
+        enc.tp_encoders = torch.nn.ModuleList()
+        assert not torch.allclose(enc(xs, lens)[0], full)
+
+
+def test_recipe_type_sensevoice(tmp_path):
+    d = write_funasr_dir(tmp_path / "sv", model="SenseVoiceSmall", encoder_conf=tiny_sensevoice_conf())
+    enc, fe = build_encoder(from_dict(EncoderConfig, {"type": "sensevoice", "path": str(d)}, "model.encoder"))
+    assert isinstance(enc, SenseVoiceEncoderSmall) and fe.feature_dim == 560
+    with pytest.raises(
+        ConfigError, match=r"type is 'paraformer' but .*holds a SenseVoiceEncoderSmall \('sensevoice'\)"
+    ):
+        build_encoder(from_dict(EncoderConfig, {"type": "paraformer", "path": str(d)}, "model.encoder"))
+    conf = {**tiny_sensevoice_conf(), "input_size": 560}
+    fresh, _ = build_encoder(
+        from_dict(EncoderConfig, {"type": "sensevoice", "conf": conf, "frontend": {"lfr_m": 7}}, "e")
+    )
+    assert set(fresh.state_dict()) == set(enc.state_dict())
+
+
+def test_gradient_checkpointing_same_gradients():
+    torch.manual_seed(0)
+    enc = SenseVoiceEncoderSmall(**CONF, dropout_rate=0.0, attention_dropout_rate=0.0).train()
+    xs, lens = torch.randn(2, 9, 24), torch.tensor([9, 4])
+    grads = []
+    for ckpt in (False, True):
+        enc.gradient_checkpointing = ckpt
+        enc.zero_grad()
+        enc(xs, lens)[0].square().sum().backward()
+        grads.append([p.grad.clone() for p in enc.parameters()])
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b)
