@@ -50,9 +50,7 @@ ENCODERS: dict[str, EncoderEntry] = {
     for e in (
         EncoderEntry("paraformer", "SANMEncoder", "llmasr.models.sanm", ("SANMEncoder", "SANMEncoderChunkOpt")),
         EncoderEntry("conformer", "ConformerEncoder", "llmasr.models.conformer", ("ConformerEncoder",)),
-        EncoderEntry(
-            "sensevoice", "SenseVoiceEncoderSmall", "llmasr.models.sensevoice", ("SenseVoiceEncoderSmall",)
-        ),
+        EncoderEntry("sensevoice", "SenseVoiceEncoderSmall", "llmasr.models.sensevoice", ("SenseVoiceEncoderSmall",)),
         EncoderEntry("whisper", "WhisperAudioEncoder", "llmasr.models.whisper"),
     )
 }
