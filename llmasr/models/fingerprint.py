@@ -25,7 +25,7 @@ from llmasr.models.config import ModelConfig
 SCHEME = 2
 # Hashed whole when present (tokenizer and code files change what the weights mean).
 _CONFIG_FILES = (
-    "config.json", "config.yaml", "am.mvn", "tokens.json",
+    "config.json", "config.yaml", "configuration.json", "am.mvn", "tokens.json",
     "tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "merges.txt",
     "special_tokens_map.json", "added_tokens.json", "chat_template.jinja",
     "model.safetensors.index.json", "pytorch_model.bin.index.json",
