@@ -386,7 +386,13 @@ class SpeechDataset(Dataset):
         aug = self.augmenter if self.train else None
         if aug is not None:
             wave = aug.wave(wave, sr, rng)
-        feats = self.feature_extractor(wave, train=self.train, rng=rng)
+        fx = self.feature_extractor
+        if fx.num_frames(wave.size) == 0:  # decided from the sample count: no feature library is asked
+            return bad(
+                f"audio too short for one feature frame ({wave.size} samples = {wave.size / sr:.3f} s; the frontend "
+                f"needs at least {fx.min_samples})"
+            )
+        feats = fx(wave, train=self.train, rng=rng)
         if aug is not None:
             feats = aug.spec(feats, rng)
         feats = np.ascontiguousarray(feats, dtype=np.float32)
