@@ -156,12 +156,15 @@ class BadDataTracker:
     def fraction(self) -> float:
         return self.bad / self.seen if self.seen else 0.0
 
-    def add_static(self, records) -> None:
-        """Bad items known up front (never batched: the sampler skips them). They count in every epoch."""
+    def add_static(self, records, *, quiet: bool = False) -> None:
+        """Bad items known up front (never batched: the sampler skips them). They count in every epoch. `quiet`:
+        not logged one by one (the caller has reported them)."""
         for rec in records:
             rec = as_record_dict(rec)
             self.static.append(rec)
-            self.add_bad(rec)
+            self._count_bad(rec)
+            if not quiet:
+                self._log(rec)
 
     def new_epoch(self) -> None:
         """Reset the counts for a new epoch (the static bad items are counted again, silently)."""
@@ -175,11 +178,14 @@ class BadDataTracker:
     def add_bad(self, item) -> None:
         """`item`: a BadItem, a BadRecord, or a dict with manifest/line/key/reason."""
         rec = as_record_dict(item)
+        self._count_bad(rec)
+        self._log(rec)
+
+    def _count_bad(self, rec: dict) -> None:
         self.bad += 1
         self.by_reason[reason_category(str(rec.get("reason", "")))] += 1
         if len(self.examples) < self.keep_examples:
             self.examples.append(rec)
-        self._log(rec)
 
     def _log(self, rec: dict) -> None:
         where = f"{rec.get('manifest')}:{rec.get('line')}"

@@ -8,6 +8,12 @@ LFR follows FunASR's `apply_lfr`: the first fbank frame is repeated (m-1)//2 tim
 stacks padded frames [i*n, i*n + m), frames past the end repeat the last fbank frame, and there are
 ceil(T / n) output frames for T fbank frames.
 
+Short clips (fbank): FunASR shrinks the window to a clip shorter than one window, and the FFT size is that window
+rounded up to a power of two. A clip whose FFT leaves some mel bin without an FFT bin gives no frame here
+(`num_frames` is 0 and the dataset reports the item as bad): recent kaldi-native-fbank releases refuse such options
+and older ones fill the empty bins with log(epsilon). The limit follows from the options alone
+(`frontend.fbank_min_samples`: 257 samples for 80 bins at 16 kHz).
+
 Dither (fbank, training only): Gaussian noise of standard deviation `dither` (in the scaled, int16-like domain)
 is added to the waveform from the caller's numpy Generator before extraction, with the library's own dither at 0,
 so a seeded run is reproducible. Kaldi draws fresh noise per frame; adding it once per sample gives the same
