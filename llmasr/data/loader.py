@@ -30,7 +30,7 @@ from llmasr.data.config import DataConfig, ManifestSpec
 from llmasr.data.dataset import BadDataTracker, BadItem, SpeechDataset, TooMuchBadData
 from llmasr.data.frontend import FrontendConfig
 from llmasr.data.sampler import DynamicBucketSampler
-from llmasr.data.screen import describe_skipped, refuse_at_start, screen
+from llmasr.data.screen import describe_skipped, start_tracker
 
 log = logging.getLogger("llmasr.data")
 
@@ -196,6 +196,23 @@ def find_fallback(dataset: SpeechDataset, candidates: Sequence[int]):
     raise TooMuchBadData(f"none of the first {len(reasons)} items is usable; e.g.\n  " + "\n  ".join(reasons[:10]))
 
 
+def _speech_loader(dataset, sampler, collator, data_cfg: DataConfig, tracker: BadDataTracker) -> SpeechDataLoader:
+    workers = int(data_cfg.num_workers)
+    loader = SpeechDataLoader(
+        dataset,
+        batch_sampler=sampler,
+        num_workers=workers,
+        collate_fn=collator,
+        pin_memory=bool(data_cfg.pin_memory and torch.cuda.is_available()),
+        prefetch_factor=data_cfg.prefetch_factor if workers > 0 else None,
+        persistent_workers=False,
+        worker_init_fn=worker_init if workers > 0 else None,
+    )
+    loader.bad_data = tracker
+    loader.consumed = 0
+    return loader
+
+
 def build_dataloader(
     data_cfg: DataConfig,
     manifests,
@@ -215,22 +232,8 @@ def build_dataloader(
     else:
         manifest, _ = open_manifests(manifests, mix=train, fill=False)
     n = len(manifest)
-    static, took = screen(manifest)
     indices = None if train else evenly_spaced(n, data_cfg.valid_max_utts)
-    counted, total = static, n
-    if indices is not None:  # a validation subset counts the bad lines inside it
-        chosen = set(indices.tolist())
-        counted, total = [b for b in static if b.index in chosen], int(indices.size)
-    if counted and rank == 0:
-        log.warning(
-            "%s: %d of %d manifest lines are unusable before loading (screened in %.1f s); skipped, and counted "
-            "against data.max_bad_fraction every epoch. First: %s",
-            name, len(counted), total, took, "; ".join(f"{b.where()} {b.reason}" for b in counted[:5]),
-        )  # fmt: skip
-    refuse_at_start(counted, total, data_cfg.max_bad_fraction, name)
-    tracker = BadDataTracker(data_cfg.max_bad_fraction, name=name)
-    # Each rank sees about 1/world_size of the items, so it counts that share of the lines known bad.
-    tracker.add_static([b for b in counted if b.index % world_size == rank], quiet=True)
+    tracker, static = start_tracker(manifest, data_cfg, name=name, indices=indices, rank=rank, world_size=world_size)
     durations = np.asarray(manifest.durations(), dtype=np.float64)
     b = data_cfg.batching
     tl = target_lengths(manifest) if (b.max_target_len is not None or b.max_target_tokens is not None) else None
@@ -238,18 +241,11 @@ def build_dataloader(
     if train and hasattr(manifest, "epoch_indices"):
         seed = data_cfg.seed
         epoch_indices = lambda e: manifest.epoch_indices(e, seed)  # noqa: E731
+    skip = np.asarray([b.index for b in static], dtype=np.int64)
     sampler = make_sampler(
-        data_cfg,
-        durations,
-        tl,
-        frontend,
-        train=train,
-        rank=rank,
-        world_size=world_size,
-        indices=indices,
-        epoch_indices=epoch_indices,
-        skip=np.asarray([b.index for b in static], dtype=np.int64),
-    )
+        data_cfg, durations, tl, frontend, train=train, rank=rank, world_size=world_size, indices=indices,
+        epoch_indices=epoch_indices, skip=skip,
+    )  # fmt: skip
     skipped = describe_skipped(sampler, manifest, b, name)
     if skipped and rank == 0:
         log.warning("%s", skipped)
@@ -268,28 +264,10 @@ def build_dataloader(
     candidates = [i for batch in sampler.batches() for i in batch]
     fallback = find_fallback(dataset, candidates)
     collator = Collator(prompt_builder.pad_id, with_ctc=ctc_tokenizer is not None, fallback=fallback)
-    workers = int(data_cfg.num_workers)
-    loader = SpeechDataLoader(
-        dataset,
-        batch_sampler=sampler,
-        num_workers=workers,
-        collate_fn=collator,
-        pin_memory=bool(data_cfg.pin_memory and torch.cuda.is_available()),
-        prefetch_factor=data_cfg.prefetch_factor if workers > 0 else None,
-        persistent_workers=False,
-        worker_init_fn=worker_init if workers > 0 else None,
-    )
-    loader.bad_data = tracker
-    loader.consumed = 0
+    loader = _speech_loader(dataset, sampler, collator, data_cfg, tracker)
     st = sampler.stats()
     log.info(
         "%s data: %d items, %d batches per rank (world size %d), mean batch %.1f, padding efficiency %.3f, skipped %s",
-        name,
-        n,
-        len(sampler),
-        world_size,
-        st["mean_batch_size"],
-        st["padding_efficiency"],
-        st["filtered"] or "none",
-    )
+        name, n, len(sampler), world_size, st["mean_batch_size"], st["padding_efficiency"], st["filtered"] or "none",
+    )  # fmt: skip
     return loader, sampler

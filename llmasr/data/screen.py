@@ -13,12 +13,15 @@ budget too small for one item), with examples, for the start of train.log.
 
 from __future__ import annotations
 
+import logging
 import time
 
 import numpy as np
 
 from llmasr.data.dataset import BadDataTracker, BadItem, TooMuchBadData
 from llmasr.data.manifest import BadRecord
+
+log = logging.getLogger("llmasr.data")
 
 EXAMPLES = 5
 
@@ -60,6 +63,27 @@ def refuse_at_start(bad: list[BadItem], total: int, max_bad_fraction: float, nam
     probe.add_static(bad, quiet=True)
     probe.good = total - len(bad)
     raise TooMuchBadData(probe.message().replace(" are unusable,", " are unusable before training starts,", 1))
+
+
+def start_tracker(manifest, data_cfg, *, name: str, indices, rank: int, world_size: int):
+    """Screen `manifest` and refuse at start when its known-bad lines pass data.max_bad_fraction; returns (this
+    rank's BadDataTracker, every line known bad). `indices`: a validation subset, which counts only its own."""
+    static, took = screen(manifest)
+    counted, total = static, len(manifest)
+    if indices is not None:
+        chosen = set(np.asarray(indices).tolist())
+        counted, total = [b for b in static if b.index in chosen], len(chosen)
+    if counted and rank == 0:
+        log.warning(
+            "%s: %d of %d manifest lines are unusable before loading (screened in %.1f s); skipped, and counted "
+            "against data.max_bad_fraction every epoch. First: %s",
+            name, len(counted), total, took, "; ".join(f"{b.where()} {b.reason}" for b in counted[:EXAMPLES]),
+        )  # fmt: skip
+    refuse_at_start(counted, total, data_cfg.max_bad_fraction, name)
+    tracker = BadDataTracker(data_cfg.max_bad_fraction, name=name)
+    # Each rank sees about 1/world_size of the items, so it counts that share of the lines known bad.
+    tracker.add_static([b for b in counted if b.index % world_size == rank], quiet=True)
+    return tracker, static
 
 
 def describe_skipped(sampler, manifest, batching, name: str) -> str | None:
