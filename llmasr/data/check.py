@@ -1,14 +1,16 @@
 """`llmasr data check MANIFEST...`: validate manifests before training, and preview the batches they make.
 
 Every line is parsed and its audio header probed (no decode): missing/unreadable files, empty audio, segments
-past the end of the file, empty or non-text transcripts and malformed lines are listed with manifest:line and
-reason. Then the report shows the duration histogram, total hours, what the batching filters skip, and what the
-recipe's batching produces (batches per rank, mean batch size, padding efficiency).
+past the end of the file, clips too short for one feature frame, empty or non-text transcripts and malformed lines
+are listed with manifest:line and reason. Then the report shows the duration histogram, total hours, what the
+batching filters skip, and what the recipe's batching produces (batches per rank, mean batch size, padding
+efficiency).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import sys
 from collections import Counter
@@ -20,6 +22,7 @@ import numpy as np
 from llmasr.config_io import ConfigError, from_dict, to_dict
 from llmasr.data.config import DataConfig, ManifestSpec
 from llmasr.data.dataset import as_record_dict, reason_category
+from llmasr.data.features import FeatureExtractor
 from llmasr.data.frontend import FrontendConfig
 
 DURATION_TOLERANCE_S = 0.1  # manifest duration vs header duration before a line is reported as mismatched
@@ -105,6 +108,18 @@ def _probe_line(utt, probe: bool) -> tuple[float, dict | None, dict | None]:
     return real, None, note
 
 
+def _too_short(utt, seconds: float, fx: FeatureExtractor) -> dict | None:
+    """A bad record when `seconds` of audio give no feature frame (as SpeechDataset would find on loading)."""
+    if math.isnan(seconds):
+        return None
+    n = int(round(seconds * fx.frontend.sample_rate))
+    if fx.num_frames(n) > 0:
+        return None
+    where = {"manifest": str(getattr(utt, "manifest", "?")), "line": int(getattr(utt, "line", 0)), "key": utt.key}
+    reason = f"audio too short for one feature frame ({n} samples = {seconds:.3f} s; the frontend needs at least "
+    return {**where, "reason": reason + f"{fx.min_samples})"}
+
+
 def check_data(
     manifest_paths,
     data_cfg: DataConfig,
@@ -120,6 +135,7 @@ def check_data(
     paths = [p.path if isinstance(p, ManifestSpec) else str(p) for p in manifest_paths]
     report = DataReport(manifests=paths, world_size=world_size, max_bad_fraction=data_cfg.max_bad_fraction)
     durations, tlens = [], []
+    fx = FeatureExtractor(dataclasses.replace(frontend, cmvn_file=None))  # counts frames only
     for path in paths:
         try:
             m = Manifest.open(path)
@@ -137,6 +153,8 @@ def check_data(
             dur, note = math.nan, None
             if utt is not None:
                 dur, bad, note = next(probed)
+                if bad is None and (bad := _too_short(utt, dur, fx)) is not None:
+                    dur = math.nan
             durations.append(dur)
             tlens.append(tl)
             if bad is not None:

@@ -75,10 +75,13 @@ def compute_global_cmvn(
         except AudioError as err:
             bad.append(f"{m.path}:{utt.line}: audio {err.path}: {err.reason}")
             continue
-        feats = extractor(wav, train=False).astype(np.float64)
-        if feats.shape[0] == 0:
-            bad.append(f"{m.path}:{utt.line}: audio too short for one feature frame")
+        if extractor.num_frames(wav.size) == 0:
+            bad.append(
+                f"{m.path}:{utt.line}: audio too short for one feature frame ({wav.size} samples; the frontend "
+                f"needs at least {extractor.min_samples})"
+            )
             continue
+        feats = extractor(wav, train=False).astype(np.float64)
         s1 += feats.sum(axis=0)
         s2 += np.square(feats).sum(axis=0)
         frames += feats.shape[0]

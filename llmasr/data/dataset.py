@@ -156,12 +156,15 @@ class BadDataTracker:
     def fraction(self) -> float:
         return self.bad / self.seen if self.seen else 0.0
 
-    def add_static(self, records) -> None:
-        """Bad items known up front (never batched: the sampler skips them). They count in every epoch."""
+    def add_static(self, records, *, quiet: bool = False) -> None:
+        """Bad items known up front (never batched: the sampler skips them). They count in every epoch. `quiet`:
+        not logged one by one (the caller has reported them)."""
         for rec in records:
             rec = as_record_dict(rec)
             self.static.append(rec)
-            self.add_bad(rec)
+            self._count_bad(rec)
+            if not quiet:
+                self._log(rec)
 
     def new_epoch(self) -> None:
         """Reset the counts for a new epoch (the static bad items are counted again, silently)."""
@@ -175,11 +178,14 @@ class BadDataTracker:
     def add_bad(self, item) -> None:
         """`item`: a BadItem, a BadRecord, or a dict with manifest/line/key/reason."""
         rec = as_record_dict(item)
+        self._count_bad(rec)
+        self._log(rec)
+
+    def _count_bad(self, rec: dict) -> None:
         self.bad += 1
         self.by_reason[reason_category(str(rec.get("reason", "")))] += 1
         if len(self.examples) < self.keep_examples:
             self.examples.append(rec)
-        self._log(rec)
 
     def _log(self, rec: dict) -> None:
         where = f"{rec.get('manifest')}:{rec.get('line')}"
@@ -350,21 +356,9 @@ class SpeechDataset(Dataset):
             enc = self.prompt_builder.encode(target, task=task)
         except ValueError as err:  # PromptError: text the LLM tokenizer cannot take
             return bad(f"target rejected by the prompt builder: {err}")
-        ctc_ids = None
-        if self.ctc_tokenizer is not None:
-            try:
-                ctc_ids = np.asarray(self.ctc_tokenizer.encode(target), dtype=np.int64)
-            except (ValueError, KeyError) as err:
-                return bad(f"target not encodable by the CTC vocabulary: {err}")
-            if ctc_ids.size == 0:
-                return bad("target has no CTC tokens")
-            vocab, blank = int(self.ctc_tokenizer.vocab_size), int(self.ctc_tokenizer.blank_id)
-            out = (ctc_ids < 0) | (ctc_ids >= vocab) | (ctc_ids == blank)
-            if out.any():
-                return bad(
-                    f"target has CTC ids outside the vocabulary (size {vocab}, blank {blank}): "
-                    f"{sorted(set(ctc_ids[out].tolist()))[:10]}"
-                )
+        ctc_ids = self._ctc_labels(target) if self.ctc_tokenizer is not None else None
+        if isinstance(ctc_ids, str):
+            return bad(ctc_ids)
 
         from llmasr.data.audio import AudioError, load_audio
 
@@ -382,16 +376,9 @@ class SpeechDataset(Dataset):
             return bad(f"audio: empty audio ({utt.source})")
         duration = wave.size / sr
 
-        rng = self.rng(index)
-        aug = self.augmenter if self.train else None
-        if aug is not None:
-            wave = aug.wave(wave, sr, rng)
-        feats = self.feature_extractor(wave, train=self.train, rng=rng)
-        if aug is not None:
-            feats = aug.spec(feats, rng)
-        feats = np.ascontiguousarray(feats, dtype=np.float32)
-        if feats.ndim != 2 or feats.shape[0] == 0:
-            return bad(f"audio too short for one feature frame ({duration:.3f} s)")
+        feats = self._features(wave, index)
+        if isinstance(feats, str):
+            return bad(feats)
         return {
             "key": str(key),
             "index": index,
@@ -403,3 +390,38 @@ class SpeechDataset(Dataset):
             "ctc_ids": ctc_ids,
             "duration": float(duration),
         }
+
+    def _ctc_labels(self, target: str) -> np.ndarray | str:
+        """The CTC label ids of `target`, or why it has none the head can learn."""
+        try:
+            ids = np.asarray(self.ctc_tokenizer.encode(target), dtype=np.int64)
+        except (ValueError, KeyError) as err:
+            return f"target not encodable by the CTC vocabulary: {err}"
+        if ids.size == 0:
+            return "target has no CTC tokens"
+        vocab, blank = int(self.ctc_tokenizer.vocab_size), int(self.ctc_tokenizer.blank_id)
+        out = (ids < 0) | (ids >= vocab) | (ids == blank)
+        if out.any():
+            return (
+                f"target has CTC ids outside the vocabulary (size {vocab}, blank {blank}): "
+                f"{sorted(set(ids[out].tolist()))[:10]}"
+            )
+        return ids
+
+    def _features(self, wave: np.ndarray, index: int) -> np.ndarray | str:
+        """Features of `wave` (augmented in training) as float32 [T, D], or why it gives none."""
+        sr = int(self.frontend.sample_rate)
+        rng = self.rng(index)
+        aug = self.augmenter if self.train else None
+        if aug is not None:
+            wave = aug.wave(wave, sr, rng)
+        fx = self.feature_extractor
+        if fx.num_frames(wave.size) == 0:  # decided from the sample count: no feature library is asked
+            return (
+                f"audio too short for one feature frame ({wave.size} samples = {wave.size / sr:.3f} s; the frontend "
+                f"needs at least {fx.min_samples})"
+            )
+        feats = fx(wave, train=self.train, rng=rng)
+        if aug is not None:
+            feats = aug.spec(feats, rng)
+        return np.ascontiguousarray(feats, dtype=np.float32)

@@ -8,6 +8,12 @@ LFR follows FunASR's `apply_lfr`: the first fbank frame is repeated (m-1)//2 tim
 stacks padded frames [i*n, i*n + m), frames past the end repeat the last fbank frame, and there are
 ceil(T / n) output frames for T fbank frames.
 
+Short clips (fbank): FunASR shrinks the window to a clip shorter than one window, and the FFT size is that window
+rounded up to a power of two. A clip whose FFT leaves some mel bin without an FFT bin gives no frame here
+(`num_frames` is 0 and the dataset reports the item as bad): recent kaldi-native-fbank releases refuse such options
+and older ones fill the empty bins with log(epsilon). The limit follows from the options alone
+(`frontend.fbank_min_samples`: 257 samples for 80 bins at 16 kHz).
+
 Dither (fbank, training only): Gaussian noise of standard deviation `dither` (in the scaled, int16-like domain)
 is added to the waveform from the caller's numpy Generator before extraction, with the library's own dither at 0,
 so a seeded run is reproducible. Kaldi draws fresh noise per frame; adding it once per sample gives the same
@@ -20,11 +26,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from llmasr.data.frontend import FrontendConfig, read_kaldi_cmvn
-
-MIN_FBANK_SAMPLES = 4  # shorter clips give no fbank frames
-# Window types kaldi-native-fbank accepts; any other name makes it exit the process, so they are checked first.
-FBANK_WINDOWS = ("hamming", "hanning", "hann", "povey", "rectangular", "blackman", "sine")
+from llmasr.data.frontend import FBANK_LOW_FREQ_HZ, FrontendConfig, fbank_min_samples, fbank_problem, read_kaldi_cmvn
 
 
 @lru_cache(maxsize=8)
@@ -91,14 +93,21 @@ class FeatureExtractor:
     def __init__(self, frontend: FrontendConfig):
         if frontend.kind not in ("fbank", "whisper"):
             raise ValueError(f"unknown frontend kind {frontend.kind!r}")
-        if frontend.kind == "fbank" and frontend.window not in FBANK_WINDOWS:
-            raise ValueError(f"fbank window {frontend.window!r} is not one of {list(FBANK_WINDOWS)}")
+        problem = fbank_problem(frontend) if frontend.kind == "fbank" else None
+        if problem is not None:  # checked here too: kaldi-native-fbank would raise per clip, or exit the process
+            raise ValueError(f"fbank {problem[0]} {problem[1]}")
         self.frontend = frontend
         self.window_samples = int(frontend.sample_rate * frontend.frame_length_ms / 1000)
         self.shift_samples = int(frontend.sample_rate * frontend.frame_shift_ms / 1000)
         if frontend.kind == "whisper":
             # Whisper's STFT: n_fft-sample periodic Hann window, hop = frame_shift (160 at 16 kHz).
             self.window_samples = frontend.n_fft
+        # Shortest clip that gives a frame: one whose every mel bin is filled (fbank_min_samples) and, without
+        # snip_edges, that reaches the middle of the first frame shift. Any clip gives a Whisper frame.
+        self.min_samples = 1
+        if frontend.kind == "fbank":
+            centred = 0 if frontend.snip_edges else self.shift_samples - self.shift_samples // 2
+            self.min_samples = max(fbank_min_samples(frontend), centred)
         self._cmvn: tuple[np.ndarray, np.ndarray] | None = None
         if frontend.kind == "fbank" and frontend.cmvn_file is not None:
             self._cmvn = _cached_cmvn(str(frontend.cmvn_file))
@@ -111,9 +120,7 @@ class FeatureExtractor:
     def num_fbank_frames(self, num_samples: int) -> int:
         """Frames before LFR (fbank) or before nothing (whisper)."""
         fe = self.frontend
-        if num_samples <= 0:
-            return 0
-        if fe.kind == "fbank" and num_samples < MIN_FBANK_SAMPLES:
+        if num_samples < self.min_samples:
             return 0
         if fe.kind == "whisper":
             return -(-num_samples // self.shift_samples)
@@ -151,7 +158,7 @@ class FeatureExtractor:
 
         fe = self.frontend
         n = int(waveform.shape[0])
-        if n < MIN_FBANK_SAMPLES:  # kaldi-native-fbank aborts the process on a 1-sample window
+        if n < self.min_samples:  # too short for a frame with every mel bin filled: no frame at all
             return np.zeros((0, fe.n_mels), dtype=np.float32)
         x = waveform.astype(np.float32) * np.float32(fe.waveform_scale)
         if dither > 0.0:
@@ -170,7 +177,7 @@ class FeatureExtractor:
         fo.remove_dc_offset = True
         fo.round_to_power_of_two = True
         opts.mel_opts.num_bins = int(fe.n_mels)
-        opts.mel_opts.low_freq = 20.0
+        opts.mel_opts.low_freq = FBANK_LOW_FREQ_HZ
         opts.mel_opts.high_freq = 0.0
         opts.energy_floor = 0.0
         opts.use_energy = False

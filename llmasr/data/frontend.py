@@ -6,8 +6,10 @@ preprocessor, or the recipe's encoder.frontend block for encoders trained from s
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
@@ -16,6 +18,9 @@ import numpy as np
 from llmasr.config_io import ConfigError
 
 WINDOWS = ("hamming", "hanning", "hann", "povey", "rectangular", "blackman", "sine")
+FBANK_LOW_FREQ_HZ = 20.0  # Kaldi's default lower edge of the first mel bin (FunASR keeps it); the upper is Nyquist
+# kaldi-native-fbank aborts the whole process on a 1-sample window; nothing shorter than this is ever passed to it.
+FBANK_FLOOR_SAMPLES = 4
 
 
 @dataclass
@@ -52,9 +57,9 @@ class FrontendConfig:
         for name in ("sample_rate", "n_mels", "frame_length_ms", "frame_shift_ms"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{path}.{name}: must be positive, got {getattr(self, name)}")
-        if self.kind == "fbank" and self.window not in WINDOWS:
-            # kaldi-native-fbank exits the whole process on an unknown window name; refuse it here instead.
-            raise ConfigError(f"{path}.window: {self.window!r} is not one of {list(WINDOWS)}")
+        problem = fbank_problem(self) if self.kind == "fbank" else None
+        if problem is not None:
+            raise ConfigError(f"{path}.{problem[0]}: {problem[1]}")
         if self.kind == "whisper":
             hop = self.frame_shift_ms * self.sample_rate / 1000.0
             if abs(hop - round(hop)) > 1e-6:
@@ -63,6 +68,62 @@ class FrontendConfig:
                 raise ConfigError(f"{path}: a whisper frontend takes no cmvn_file and no LFR (lfr_m = lfr_n = 1)")
         if self.cmvn_file is not None and not Path(self.cmvn_file).is_file():
             raise ConfigError(f"{path}.cmvn_file: not found: {self.cmvn_file}")
+
+
+def _mel(hz: float) -> float:
+    return 1127.0 * math.log(1.0 + hz / 700.0)
+
+
+@lru_cache(maxsize=64)
+def mel_bins_covered(n_mels: int, padded_window: int, sample_rate: int) -> bool:
+    """Whether every triangle of Kaldi's mel bank (FBANK_LOW_FREQ_HZ .. Nyquist) holds at least one FFT bin strictly
+    inside it, for an FFT of `padded_window` points: Kaldi's MelBanks condition. Where a bin holds none, recent
+    kaldi-native-fbank refuses the options and older releases give that bin log(epsilon) in every frame."""
+    lo, hi = _mel(FBANK_LOW_FREQ_HZ), _mel(sample_rate / 2.0)
+    delta = (hi - lo) / (n_mels + 1)
+    fft_mels = [_mel(sample_rate / padded_window * i) for i in range(padded_window // 2)]
+    j = 0  # fft_mels rises, so one pass finds, per triangle, the first FFT bin above its left edge
+    for b in range(n_mels):
+        left, right = lo + b * delta, lo + (b + 2) * delta
+        while j < len(fft_mels) and fft_mels[j] <= left:
+            j += 1
+        if j == len(fft_mels) or fft_mels[j] >= right:
+            return False
+    return True
+
+
+def fbank_min_samples(fe: FrontendConfig) -> int | None:
+    """Fewest samples a clip needs for one fbank frame whose every mel bin is filled, or None if no clip has that.
+
+    FunASR shrinks the analysis window to the clip when the clip is shorter than one window, and the FFT size is
+    the window rounded up to a power of two; a clip of n samples (n below the window) therefore gets an FFT of
+    next_pow2(n) points, and the shortest usable clip is one past half the smallest power of two whose mel bank
+    is filled. Decided from the options alone, so every kaldi-native-fbank release agrees."""
+    window = int(fe.sample_rate * fe.frame_length_ms / 1000)
+    if window < 1:
+        return None
+    full = 1 << max(window - 1, 0).bit_length()  # the FFT size of a full window
+    size = 2
+    while size <= full:
+        if mel_bins_covered(int(fe.n_mels), size, int(fe.sample_rate)):
+            return max(size // 2 + 1, FBANK_FLOOR_SAMPLES)  # <= window, as full // 2 < window
+        size *= 2
+    return None
+
+
+def fbank_problem(fe: FrontendConfig) -> tuple[str, str] | None:
+    """(field, what is wrong) for fbank options kaldi-native-fbank would refuse, or exit the process on."""
+    if fe.window not in WINDOWS:
+        return "window", f"{fe.window!r} is not one of {list(WINDOWS)}"
+    if fe.n_mels < 3:
+        return "n_mels", f"Kaldi fbank needs at least 3 mel bins, got {fe.n_mels}"
+    if fbank_min_samples(fe) is None:
+        window = int(fe.sample_rate * fe.frame_length_ms / 1000)
+        return "n_mels", (
+            f"{fe.n_mels} mel bins do not fit a {fe.frame_length_ms:g} ms window ({window} samples at "
+            f"{fe.sample_rate} Hz): some bins would hold no FFT bin; use fewer mel bins or a longer frame_length_ms"
+        )
+    return None
 
 
 def read_kaldi_cmvn(path: str | Path) -> tuple[np.ndarray, np.ndarray]:

@@ -8,9 +8,11 @@
 - `loader.set_epoch(e)` sets the sampler's epoch and the dataset's (augmentation randomness follows it).
 Workers are not persistent: each epoch's workers start from the dataset as it is when the epoch starts.
 
-Unknown durations are filled once from the audio headers (no decode); lines whose header cannot be read are
-reported as bad data (they count against max_bad_fraction in every epoch) and skipped by the sampler. If they
-alone pass max_bad_fraction the build fails before training starts.
+At build time every line is screened (llmasr.data.screen): lines unusable by the manifest alone (malformed, missing
+fields, empty or non-text transcripts) and lines whose audio header cannot be read (probed only where the duration
+is unknown) are reported as bad data, skipped by the sampler and counted against max_bad_fraction in every epoch
+(each rank counts its share). If they alone pass max_bad_fraction the build fails before training starts. What
+the batching filters skip (max_duration, min_duration, ...) is logged with the first lines it drops.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from llmasr.data.config import DataConfig, ManifestSpec
 from llmasr.data.dataset import BadDataTracker, BadItem, SpeechDataset, TooMuchBadData
 from llmasr.data.frontend import FrontendConfig
 from llmasr.data.sampler import DynamicBucketSampler
+from llmasr.data.screen import describe_skipped, start_tracker
 
 log = logging.getLogger("llmasr.data")
 
@@ -50,11 +53,18 @@ class SpeechDataLoader(DataLoader):
         if start == 0:
             self.bad_data.new_epoch()
         self.consumed = start
+        checked = False
         for batch in super().__iter__():
             self.consumed += 1
             self.bad_data.update(batch)
+            if self.consumed >= len(sampler):
+                # Before the epoch's last batch reaches the loop: a loop that stops after it (the training loop
+                # does, at the end of its last window) never resumes this generator past the yield.
+                self.bad_data.end_epoch()
+                checked = True
             yield batch
-        self.bad_data.end_epoch()
+        if not checked:
+            self.bad_data.end_epoch()
 
     def state_dict(self) -> dict:
         return {
@@ -69,8 +79,9 @@ class SpeechDataLoader(DataLoader):
             self.bad_data.load_state_dict(state["bad_data"])
 
 
-def open_manifests(specs: Sequence[ManifestSpec | str], *, mix: bool):
-    """Open manifests and fill unknown durations from headers. Returns (manifest, bad records from the fill).
+def open_manifests(specs: Sequence[ManifestSpec | str], *, mix: bool, fill: bool = True):
+    """Open manifests and (with `fill`) fill unknown durations from headers. Returns (manifest, bad records from
+    the fill).
 
     One manifest is used as is; several become a MixedManifest (weights used when `mix`, i.e. for training).
     """
@@ -82,7 +93,8 @@ def open_manifests(specs: Sequence[ManifestSpec | str], *, mix: bool):
     opened, bad = [], []
     for spec in specs:
         m = Manifest.open(spec.path)
-        bad.extend(m.fill_durations())
+        if fill:
+            bad.extend(m.fill_durations())
         opened.append(m)
     if len(opened) == 1:
         return opened[0], bad
@@ -133,6 +145,7 @@ def make_sampler(
     world_size: int,
     indices=None,
     epoch_indices=None,
+    skip=None,
 ) -> DynamicBucketSampler:
     b = data_cfg.batching
     max_duration = b.max_duration
@@ -166,6 +179,7 @@ def make_sampler(
         cost_scale=cost_scale,
         indices=indices,
         epoch_indices=epoch_indices,
+        skip=skip,
     )
 
 
@@ -180,6 +194,23 @@ def find_fallback(dataset: SpeechDataset, candidates: Sequence[int]):
     if not reasons:
         return None
     raise TooMuchBadData(f"none of the first {len(reasons)} items is usable; e.g.\n  " + "\n  ".join(reasons[:10]))
+
+
+def _speech_loader(dataset, sampler, collator, data_cfg: DataConfig, tracker: BadDataTracker) -> SpeechDataLoader:
+    workers = int(data_cfg.num_workers)
+    loader = SpeechDataLoader(
+        dataset,
+        batch_sampler=sampler,
+        num_workers=workers,
+        collate_fn=collator,
+        pin_memory=bool(data_cfg.pin_memory and torch.cuda.is_available()),
+        prefetch_factor=data_cfg.prefetch_factor if workers > 0 else None,
+        persistent_workers=False,
+        worker_init_fn=worker_init if workers > 0 else None,
+    )
+    loader.bad_data = tracker
+    loader.consumed = 0
+    return loader
 
 
 def build_dataloader(
@@ -197,23 +228,12 @@ def build_dataloader(
     """`manifests`: a list of ManifestSpec / paths (e.g. data_cfg.train), or an opened Manifest/MixedManifest."""
     name = "train" if train else "valid"
     if hasattr(manifests, "durations"):
-        manifest, fill_bad = manifests, list(manifests.fill_durations()) if hasattr(manifests, "fill_durations") else []
+        manifest = manifests
     else:
-        manifest, fill_bad = open_manifests(manifests, mix=train)
+        manifest, _ = open_manifests(manifests, mix=train, fill=False)
     n = len(manifest)
-    tracker = BadDataTracker(data_cfg.max_bad_fraction, name=name)
-    if fill_bad:
-        tracker.add_static(fill_bad)
-        log.warning(
-            "%s: %d of %d manifest lines are unusable before loading (%s)", name, len(fill_bad), n, tracker.summary()
-        )
-        if n and len(fill_bad) / n > data_cfg.max_bad_fraction:
-            probe = BadDataTracker(data_cfg.max_bad_fraction, name=name, log_first=0)
-            probe.good = n - len(fill_bad)
-            probe.bad = tracker.bad
-            probe.by_reason = tracker.by_reason
-            probe.examples = tracker.examples
-            raise TooMuchBadData(probe.message())
+    indices = None if train else evenly_spaced(n, data_cfg.valid_max_utts)
+    tracker, static = start_tracker(manifest, data_cfg, name=name, indices=indices, rank=rank, world_size=world_size)
     durations = np.asarray(manifest.durations(), dtype=np.float64)
     b = data_cfg.batching
     tl = target_lengths(manifest) if (b.max_target_len is not None or b.max_target_tokens is not None) else None
@@ -221,18 +241,14 @@ def build_dataloader(
     if train and hasattr(manifest, "epoch_indices"):
         seed = data_cfg.seed
         epoch_indices = lambda e: manifest.epoch_indices(e, seed)  # noqa: E731
-    indices = None if train else evenly_spaced(n, data_cfg.valid_max_utts)
+    skip = np.asarray([b.index for b in static], dtype=np.int64)
     sampler = make_sampler(
-        data_cfg,
-        durations,
-        tl,
-        frontend,
-        train=train,
-        rank=rank,
-        world_size=world_size,
-        indices=indices,
-        epoch_indices=epoch_indices,
-    )
+        data_cfg, durations, tl, frontend, train=train, rank=rank, world_size=world_size, indices=indices,
+        epoch_indices=epoch_indices, skip=skip,
+    )  # fmt: skip
+    skipped = describe_skipped(sampler, manifest, b, name)
+    if skipped and rank == 0:
+        log.warning("%s", skipped)
     dataset = SpeechDataset(
         manifest,
         frontend,
@@ -248,28 +264,10 @@ def build_dataloader(
     candidates = [i for batch in sampler.batches() for i in batch]
     fallback = find_fallback(dataset, candidates)
     collator = Collator(prompt_builder.pad_id, with_ctc=ctc_tokenizer is not None, fallback=fallback)
-    workers = int(data_cfg.num_workers)
-    loader = SpeechDataLoader(
-        dataset,
-        batch_sampler=sampler,
-        num_workers=workers,
-        collate_fn=collator,
-        pin_memory=bool(data_cfg.pin_memory and torch.cuda.is_available()),
-        prefetch_factor=data_cfg.prefetch_factor if workers > 0 else None,
-        persistent_workers=False,
-        worker_init_fn=worker_init if workers > 0 else None,
-    )
-    loader.bad_data = tracker
-    loader.consumed = 0
+    loader = _speech_loader(dataset, sampler, collator, data_cfg, tracker)
     st = sampler.stats()
     log.info(
         "%s data: %d items, %d batches per rank (world size %d), mean batch %.1f, padding efficiency %.3f, skipped %s",
-        name,
-        n,
-        len(sampler),
-        world_size,
-        st["mean_batch_size"],
-        st["padding_efficiency"],
-        st["filtered"] or "none",
-    )
+        name, n, len(sampler), world_size, st["mean_batch_size"], st["padding_efficiency"], st["filtered"] or "none",
+    )  # fmt: skip
     return loader, sampler

@@ -2,7 +2,8 @@
 
 How an epoch's batches are made (identically on every rank, from (seed, epoch) only):
 
-1. Filters: items with an unknown (NaN) duration, shorter than min_duration, longer than max_duration (unless
+1. Filters: items the caller already knows are bad (`skip`, reason bad_line), items with an unknown (NaN)
+   duration, shorter than min_duration, longer than max_duration (unless
    truncate_to_max, which then counts them as `truncated` and costs them at max_duration), with target_len above
    max_target_len, or too big to fit a batch on their own are skipped; `.filtered` holds reason -> count for the
    current epoch and the counts are logged once per epoch.
@@ -37,7 +38,7 @@ from torch.utils.data import Sampler
 
 log = logging.getLogger("llmasr.data")
 
-FILTER_REASONS = ("unknown_duration", "too_short", "too_long", "target_too_long", "over_batch_budget")
+FILTER_REASONS = ("unknown_duration", "too_short", "too_long", "target_too_long", "over_batch_budget", "bad_line")
 
 
 class DynamicBucketSampler(Sampler):
@@ -67,6 +68,7 @@ class DynamicBucketSampler(Sampler):
         cost_scale: float = 1.0,
         indices: np.ndarray | None = None,
         epoch_indices: Callable[[int], np.ndarray] | None = None,
+        skip: np.ndarray | None = None,
     ):
         """
         durations: seconds per dataset item (NaN = unknown; such items are skipped as unknown_duration).
@@ -76,6 +78,7 @@ class DynamicBucketSampler(Sampler):
             filters still use the durations as given.
         indices: restrict to these dataset indices (e.g. a validation subset).
         epoch_indices: epoch -> dataset indices for that epoch (weighted mixing); overrides `indices`.
+        skip: dataset indices known to be unusable (lines found bad before loading); never batched.
         """
         if world_size < 1 or not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} / world_size {world_size} is not a valid pair")
@@ -134,6 +137,10 @@ class DynamicBucketSampler(Sampler):
             reason[(reason < 0) & mask] = code
 
         with np.errstate(invalid="ignore"):
+            if skip is not None and len(skip):
+                bad = np.zeros(n, dtype=bool)
+                bad[np.asarray(skip, dtype=np.int64)] = True
+                mark(bad, FILTER_REASONS.index("bad_line"))
             mark(np.isnan(d), 0)
             mark(d < self.min_duration, 1)
             if not self.truncate_to_max:
@@ -278,6 +285,12 @@ class DynamicBucketSampler(Sampler):
     def filtered(self) -> dict[str, int]:
         """reason -> number of this epoch's items skipped for it."""
         return dict(self._plan(self.epoch)[1]["filtered"])
+
+    def skipped_indices(self, reason: str) -> np.ndarray:
+        """Dataset indices (among those the sampler draws from) that the filter `reason` skips in every epoch."""
+        code = FILTER_REASONS.index(reason)
+        pool = self.base_indices if self.epoch_indices is None else np.arange(self.durations.size, dtype=np.int64)
+        return pool[self._reason[pool] == code]
 
     @property
     def num_padding_batches(self) -> int:

@@ -77,6 +77,42 @@ def setup_logging(run_dir: Path | None, rank: int) -> logging.Handler | None:
     return handler
 
 
+class StartupLog(logging.Handler):
+    """Holds the llmasr records logged before RUN_DIR/train.log exists (the data screen, the lines the batching
+    filters skip, the update count), so that train.log starts with them: `attach(rank)` first (it also sets up the
+    console), `replay(handler)` once the file handler exists. Bounded, and replaced by the next attach() if a run
+    fails before its log exists."""
+
+    CAPACITY = 10_000
+
+    def __init__(self):
+        super().__init__(logging.INFO)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if len(self.records) < self.CAPACITY:
+            self.records.append(record)
+
+    @classmethod
+    def attach(cls, rank: int) -> StartupLog:
+        setup_logging(None, rank)  # the console now, so that these records still show as they happen
+        root = logging.getLogger("llmasr")
+        for old in [h for h in root.handlers if isinstance(h, cls)]:
+            root.removeHandler(old)
+        handler = cls()
+        root.addHandler(handler)
+        return handler
+
+    def replay(self, handler: logging.Handler | None) -> None:
+        """Detach, and write the held records to `handler` (train.log on rank 0; None elsewhere drops them)."""
+        logging.getLogger("llmasr").removeHandler(self)
+        if handler is not None:
+            for record in self.records:
+                if record.levelno >= handler.level:
+                    handler.handle(record)
+        self.records.clear()
+
+
 class Progress:
     """Rank-0 reporting of one run. On other ranks every method is a no-op."""
 

@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 
 from llmasr.config_io import ConfigError
+from llmasr.train.progress import StartupLog
 
 log = logging.getLogger("llmasr.train")
 
@@ -94,6 +95,7 @@ class Run:
         tc = recipe.train
         self.dist = eng.init_distributed()
         self.rank, self.world = self.dist.rank, self.dist.world_size
+        self.startup_log = StartupLog.attach(self.rank)  # train.log starts with what is logged before it exists
         self.ds = resolve_ds_config(ds_config_path, tc, world_size=self.world)
         eng.check_precision(tc.precision)
         check_run_settings(recipe)
@@ -130,6 +132,7 @@ class Run:
             (self.run_dir / "ds_config.json").write_text(json.dumps(self.ds, indent=2))
         barrier()
         self.log_handler = setup_logging(self.run_dir, self.rank)
+        self.startup_log.replay(self.log_handler)
         tc = self.recipe.train
         log.info(
             "batches: micro %d per rank x accumulation %d x world %d = train_batch_size %d; %s batches per rank per "

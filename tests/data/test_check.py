@@ -23,7 +23,9 @@ def manifest(tmp_path):
         '{"key": "late", "source": "long.wav", "target": "hi", "start": 4.0, "end": 5.0}',
         '{"key": "liar", "source": "long.wav", "target": "hi", "duration": 9.0}',
         '{"key": "toolong", "source": "long.wav", "target": "hi", "duration": 3.0}',
+        '{"key": "vad", "source": "vad.wav", "target": "hi"}',  # 10 ms: too short for one feature frame
     ]
+    write_wav(tmp_path / "vad.wav", 0.01)
     return write_manifest(tmp_path / "m.jsonl", lines)
 
 
@@ -33,24 +35,26 @@ def data_cfg(**batching):
 
 def test_report_counts_and_locations(manifest):
     report = check_data([manifest], data_cfg(), FrontendConfig(), world_size=2)
-    assert report.num_lines == 37
-    assert report.num_bad == 5
+    assert report.num_lines == 38
+    assert report.num_bad == 6
     assert report.bad_by_reason == {
         "audio file not found": 1,
         "unreadable or corrupt audio": 1,
         "empty target": 1,
         "malformed line": 1,
         "segment outside the audio": 1,
+        "audio too short": 1,
     }
     lines = {b["line"] for b in report.bad}
-    assert lines == {31, 32, 33, 34, 35}
+    assert lines == {31, 32, 33, 34, 35, 38}
+    assert "160 samples = 0.010 s; the frontend needs at least 257" in report.bad[-1]["reason"]
     assert [m["key"] for m in report.duration_mismatches] == ["liar"]
     assert report.batching["filtered"] == {"too_long": 2}  # liar and toolong are 3 s > max_duration 2.5
     assert (
         report.batching["num_batches_per_rank"] * 2
         == report.batching["num_batches_global"] + report.batching["num_padding_batches"]
     )
-    assert not report.ok  # 5 / 37 bad > 1%
+    assert not report.ok  # 6 / 38 bad > 1%
     d = report.durations[~np.isnan(report.durations)]
     assert report.total_hours == pytest.approx(d.sum() / 3600)
 

@@ -29,6 +29,9 @@ def make_corpus(tmp_path, n=6, bad=()):
             lines.append(json.dumps({"key": f"b{j}", "source": "missing.wav", "target": "x"}))
         elif kind == "json":
             lines.append('{"key": oops')
+        elif kind == "short":  # 10 ms, as VAD segmenters cut: too short for an 80-bin fbank frame
+            sf.write(tmp_path / "short.wav", np.full(SR // 100, 0.1, np.float32), SR, subtype="FLOAT")
+            lines.append(json.dumps({"key": f"b{j}", "source": "short.wav", "target": "x"}))
     path = tmp_path / "train.jsonl"
     path.write_text("\n".join(lines) + "\n")
     return path, waves
@@ -75,6 +78,20 @@ def test_cmvn_bad_files_counted(tmp_path, caplog):
     assert shift.shape == scale.shape == (560,)
     assert "1 of 7 utterances unusable" in caplog.text and "train.jsonl:7: audio" in caplog.text
     assert "file not found" in caplog.text
+
+
+def test_cmvn_short_clip_is_a_bad_line(tmp_path, caplog, capsys):
+    from llmasr.data.cmvn import main
+
+    path, waves = make_corpus(tmp_path, n=6, bad=("short",))
+    assert main([str(path), "--out", str(tmp_path / "x.mvn")]) == 2  # 1 of 7 > the default 5%
+    err = capsys.readouterr().err
+    assert "1 of 7 utterances unusable" in err and "train.jsonl:7: audio too short for one feature frame" in err
+    assert "160 samples; the frontend needs at least 257" in err
+    fe = FrontendConfig()
+    shift, _ = compute_global_cmvn(path, fe, tmp_path / "x.mvn", max_bad_fraction=0.2)
+    good = np.concatenate([FeatureExtractor(fe)(w, train=False) for w in waves])
+    np.testing.assert_allclose(shift, -good.mean(axis=0), rtol=1e-5, atol=1e-4)  # the good lines alone
 
 
 def test_cmvn_nothing_usable(tmp_path):

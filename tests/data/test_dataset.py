@@ -18,6 +18,7 @@ def corpus(tmp_path):
     write_wav(tmp_path / "empty.wav", 0.0)
     (tmp_path / "corrupt.wav").write_bytes(b"RIFF\x00\x00\x00\x00WAVEjunkjunkjunk" * 4)
     write_wav(tmp_path / "tiny.wav", 0.001)
+    write_wav(tmp_path / "vad.wav", 0.01)  # 160 samples, as VAD segmenters cut; an 80-bin frame needs 257
     recs = [
         {"key": "a", "source": "a.wav", "target": "hello world", "duration": 1.0},  # 0 good
         {"key": "b", "source": "b.wav", "target": "speech", "prompt": "Repeat."},  # 1 good, task prompt
@@ -30,6 +31,9 @@ def corpus(tmp_path):
         {"key": "digits", "source": "a.wav", "target": "call 911"},  # 8 outside the CTC vocabulary
         {"key": "seg", "source": "a.wav", "target": "seg", "start": 0.2, "end": 0.7},  # 9 good segment
         {"key": "late", "source": "a.wav", "target": "late", "start": 5.0, "end": 6.0},  # 10 segment past the end
+        {"key": "tiny", "source": "tiny.wav", "target": "tiny"},  # 11 too short for a frame
+        {"key": "vad", "source": "vad.wav", "target": "vad", "duration": 0.01},  # 12 too short for a frame
+        {"key": "vadseg", "source": "a.wav", "target": "cut", "start": 0.5, "end": 0.51},  # 13 too short a segment
     ]
     return Manifest.open(write_manifest(tmp_path / "m.jsonl", recs))
 
@@ -67,6 +71,9 @@ def test_good_items(corpus):
         (7, "non-text target"),
         (8, "target outside the CTC vocabulary"),
         (10, "segment outside the audio"),
+        (11, "audio too short"),
+        (12, "audio too short"),
+        (13, "audio too short"),
     ],
 )
 def test_bad_items_are_markers_with_location(corpus, index, category):
@@ -76,6 +83,13 @@ def test_bad_items_are_markers_with_location(corpus, index, category):
     assert reason_category(item.reason) == category, item.reason
     assert isinstance(item.record, BadRecord)
     assert pickle.loads(pickle.dumps(item)) == item
+
+
+@pytest.mark.parametrize("train", [False, True])
+def test_too_short_clip_names_its_sample_count(corpus, train):
+    item = dataset(corpus, train=train)[12]
+    assert isinstance(item, BadItem) and item.where() == f"{corpus.path}:13"
+    assert "160 samples = 0.010 s; the frontend needs at least 257" in item.reason
 
 
 def test_without_ctc_tokenizer_digits_are_fine(corpus):

@@ -30,9 +30,51 @@ def test_num_frames_exact_fbank(snip_edges, lfr):
     assert fe(noise(2), train=False).shape[0] == fe.num_frames(2) == 0  # too short for one frame
 
 
+def direct_knf_fbank(wave: np.ndarray, n_mels: int, snip_edges: bool) -> np.ndarray:
+    """kaldi-native-fbank called with FunASR's options (window shrunk to a short clip); raises where it refuses."""
+    import kaldi_native_fbank as knf
+
+    opts = knf.FbankOptions()
+    opts.frame_opts.frame_length_ms = min(25.0, len(wave) / 16000 * 1000)
+    opts.frame_opts.dither = 0.0
+    opts.frame_opts.window_type = "hamming"
+    opts.frame_opts.snip_edges = snip_edges
+    opts.mel_opts.num_bins = n_mels
+    opts.energy_floor = 0.0
+    fb = knf.OnlineFbank(opts)
+    fb.accept_waveform(16000, wave * 32768)
+    fb.input_finished()
+    return np.array([fb.get_frame(i) for i in range(fb.num_frames_ready)]).reshape(-1, n_mels)
+
+
+@pytest.mark.parametrize("snip_edges", [True, False])
+@pytest.mark.parametrize(("n_mels", "shortest"), [(80, 257), (40, 129), (23, 65)])
+def test_shortest_clip_is_decided_from_the_options(snip_edges, n_mels, shortest):
+    """A clip too short for one frame with every mel bin filled gives no frame (the dataset reports it as bad),
+    decided from the sample count and options alone; one sample more gives FunASR's frame."""
+    fe = FeatureExtractor(FrontendConfig(n_mels=n_mels, snip_edges=snip_edges))
+    if not snip_edges:  # Kaldi's centred frames: the first needs half a shift of audio
+        shortest = max(shortest, 80)
+    assert fe.min_samples == shortest
+    below, at = noise(shortest - 1, 1), noise(shortest, 2)
+    assert fe.num_frames(len(below)) == 0 and fe(below, train=False).shape == (0, n_mels)
+    ours = fe(at, train=False)
+    assert ours.shape == (fe.num_frames(len(at)), n_mels) and len(ours) >= 1
+    np.testing.assert_allclose(ours, direct_knf_fbank(at, n_mels, snip_edges), atol=1e-3, rtol=0)
+    # What kaldi-native-fbank itself makes of one sample less: no frame (centred frames), or an FFT too coarse for
+    # the mel bank, which recent releases refuse and older ones answer with a bin stuck at log(epsilon).
+    try:
+        ref = direct_knf_fbank(below, n_mels, snip_edges)
+    except ValueError as err:
+        assert "num_mel_bins too large" in str(err)
+    else:
+        assert np.isclose(ref, np.log(np.finfo(np.float32).eps), atol=1e-4).any(axis=1).all()
+
+
 def test_num_frames_exact_whisper():
     fe = FeatureExtractor(FrontendConfig(kind="whisper"))
-    for n in [1, 159, 160, 161, 400, 16000, 16077]:
+    assert fe.min_samples == 1 and fe.num_frames(0) == 0  # no window shrinking: one sample makes a frame
+    for n in [1, 2, 3, 159, 160, 161, 400, 16000, 16077]:
         assert fe(noise(n, n), train=False).shape == (fe.num_frames(n), 80) == (-(-n // 160), 80)
 
 
@@ -133,5 +175,12 @@ def test_frontend_config_refuses_values_that_would_kill_the_process_later():
         from_dict(FrontendConfig, {"window": "hamm"}, "frontend")
     with pytest.raises(ConfigError, match=r"frontend.n_mels: must be positive"):
         from_dict(FrontendConfig, {"n_mels": 0}, "frontend")
+    with pytest.raises(ConfigError, match=r"frontend.n_mels: 128 mel bins do not fit a 25 ms window \(400 samples"):
+        from_dict(FrontendConfig, {"n_mels": 128}, "frontend")
+    assert from_dict(FrontendConfig, {"n_mels": 128, "frame_length_ms": 64}, "frontend").n_mels == 128
+    with pytest.raises(ConfigError, match=r"frontend.n_mels: Kaldi fbank needs at least 3 mel bins, got 2"):
+        from_dict(FrontendConfig, {"n_mels": 2}, "frontend")
+    with pytest.raises(ValueError, match="fbank n_mels 128 mel bins do not fit"):  # built without from_dict
+        FeatureExtractor(FrontendConfig(n_mels=128))
     with pytest.raises(ConfigError, match="whisper frontend takes no cmvn_file and no LFR"):
         from_dict(FrontendConfig, {"kind": "whisper", "window": "hann", "lfr_m": 7}, "frontend")

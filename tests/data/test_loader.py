@@ -77,7 +77,7 @@ def test_header_probe_failures_are_reported_up_front(tmp_path):
     with pytest.raises(TooMuchBadData, match="gone.wav"):
         build(cfg(max_bad_fraction=0.05), [str(m)])
     loader, sampler = build(cfg(max_bad_fraction=0.5), [str(m)])
-    assert sampler.filtered == {"unknown_duration": 1}
+    assert sampler.filtered == {"bad_line": 1}
     list(loader)
     assert loader.bad_data.bad == 1 and loader.bad_data.good == 10
 
@@ -172,3 +172,68 @@ def test_weighted_mix(tmp_path):
     keys = [k for batch in loader for k in batch["keys"]]
     assert sum(k.startswith("a") for k in keys) == 10
     assert sum(k.startswith("b") for k in keys) == 20
+
+
+def with_lines(tmp_path, n_good: int, extra: list) -> str:
+    path = good_corpus(tmp_path, n_good)
+    return str(write_manifest(tmp_path / "m.jsonl", path.read_text().splitlines() + extra))
+
+
+MANIFEST_ONLY = [  # unusable whatever the audio holds; durations given, so no header probe finds them
+    {"key": "blank", "source": "wav_train/u0.wav", "target": "   ", "duration": 1.0},
+    {"key": "typed", "source": "wav_train/u1.wav", "target": 7, "duration": 1.0},
+    '{"key": "cut", "source": ',
+]
+
+
+def test_manifest_only_faults_refuse_the_run_at_start(tmp_path):
+    m = with_lines(tmp_path, 40, MANIFEST_ONLY)
+    with pytest.raises(TooMuchBadData) as err:
+        build(cfg(max_bad_fraction=0.05), [m])  # 3 of 43 = 7% > 5%: decided before any batch
+    msg = str(err.value)
+    assert "3 of 43 items (6.98%) are unusable before training starts, above data.max_bad_fraction = 0.05" in msg
+    for line, reason in ((41, "field 'target' is empty"), (42, "field 'target' is not text"), (43, "malformed JSON")):
+        assert f"{m}:{line} " in msg and reason in msg
+
+
+def test_manifest_only_faults_below_the_limit_are_skipped_and_counted_every_epoch(tmp_path, caplog):
+    m = with_lines(tmp_path, 40, MANIFEST_ONLY)
+    loader, sampler = build(cfg(max_bad_fraction=0.1), [m])
+    assert "3 of 43 manifest lines are unusable before loading" in caplog.text and f"{m}:41" in caplog.text
+    assert sampler.filtered == {"bad_line": 3}  # never batched: counted once, not again when loaded
+    for epoch in (0, 1):
+        loader.set_epoch(epoch)
+        keys = [k for b in loader for k in b["keys"]]
+        assert len(keys) == 40 and loader.bad_data.bad == 3 and loader.bad_data.good == 40
+    shares = [build(cfg(max_bad_fraction=0.1), [m], rank=r, world_size=2)[0].bad_data.bad for r in (0, 1)]
+    assert sum(shares) == 3 and min(shares) >= 1  # each rank counts its share of the lines known bad
+
+
+def test_epoch_end_check_runs_when_the_loop_stops_at_the_last_batch(tmp_path):
+    """The training loop stops iterating after an epoch's last batch (when its windows divide the epoch), so the
+    epoch-end check must not wait for the iterator to be resumed past it."""
+    write_wav(tmp_path / "vad.wav", 0.01)
+    extra = [
+        {"key": "gone", "source": "gone.wav", "target": "hello", "duration": 1.0},  # bad only when loaded
+        {"key": "vad", "source": "vad.wav", "target": "hello", "duration": 0.01},  # too short for a frame
+    ]
+    loader, sampler = build(cfg(max_bad_fraction=0.01), [with_lines(tmp_path, 20, extra)])  # 2 of 22, < 1,000 seen
+    with pytest.raises(TooMuchBadData, match="2 of 22 items .* at epoch end") as err:
+        for _ in loader:
+            if loader.consumed >= len(sampler):
+                break
+    assert "audio too short: 1" in str(err.value) and "audio file not found: 1" in str(err.value)
+
+
+def test_duration_filters_are_reported_with_their_lines(tmp_path, caplog):
+    write_wav(tmp_path / "long.wav", 3.0)
+    write_wav(tmp_path / "blip.wav", 0.1)
+    extra = [{"key": f"long{i}", "source": "long.wav", "target": "hello", "duration": 3.0} for i in range(7)]
+    extra.append({"key": "blip", "source": "blip.wav", "target": "hello", "duration": 0.1})
+    m = with_lines(tmp_path, 10, extra)  # the 10 good ones last 0.3-2.0 s
+    _, sampler = build(cfg(batching={"max_duration": 2.5, "min_duration": 0.25}), [m])
+    assert sampler.filtered == {"too_long": 7, "too_short": 1}
+    line = next(r.getMessage() for r in caplog.records if "skipped every epoch" in r.getMessage())
+    assert line.startswith("train: 8 of 18 lines are skipped every epoch: ")
+    assert f"7 longer than data.batching.max_duration = 2.5 s (first: {m}:11, {m}:12, {m}:13, {m}:14, {m}:15)" in line
+    assert f"1 shorter than data.batching.min_duration = 0.25 s (first: {m}:18)" in line

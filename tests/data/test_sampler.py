@@ -96,6 +96,15 @@ def test_filters_counted():
     assert kept == [1, 2, 6]
 
 
+def test_known_bad_lines_are_skipped_first_and_listed_by_reason():
+    d = np.array([0.05, 0.5, 2.0, 3.0, 50.0, np.nan, 4.0, 60.0])
+    s = make(d, max_seconds=8.0, min_duration=0.1, max_duration=40.0, skip=np.array([1, 4, 5]))
+    assert s.filtered == {"bad_line": 3, "too_short": 1, "too_long": 1}  # a bad line counts once, as bad
+    assert sorted(i for b in s for i in b) == [2, 3, 6]
+    assert s.skipped_indices("too_long").tolist() == [7] and s.skipped_indices("bad_line").tolist() == [1, 4, 5]
+    assert s.skipped_indices("too_short").tolist() == [0]
+
+
 def test_truncate_to_max_keeps_long_items():
     d = np.array([2.0, 3.0, 50.0, 60.0])
     s = make(d, max_seconds=100.0, max_duration=30.0, truncate_to_max=True)

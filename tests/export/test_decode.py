@@ -10,7 +10,7 @@ import torch
 from llmasr.export.decode import DecodeOptions, decode_manifest, main, make_loader
 from llmasr.export.export import export_model
 from llmasr.export.exported import load_exported
-from llmasr.testing.run_dirs import write_corpus
+from llmasr.testing.run_dirs import write_corpus, write_wav
 from llmasr.testing.tiny_recipe import OracleCTCHead
 
 TEXTS = ["zero one two", "three four", "five six seven eight", "nine", "hello world", "the quick brown fox"]
@@ -54,7 +54,9 @@ def test_batched_decoding_equals_one_by_one(model, corpus, tmp_path, beam):
 
 def test_end_to_end_outputs_and_wer(model, tmp_path, monkeypatch):
     bad_lines = ['{"key": "gone", "source": "wav/nope.wav", "target": "lost"}', "{not json"]
+    bad_lines.append('{"key": "vad", "source": "wav/vad.wav", "target": "cut"}')  # 10 ms: no feature frame
     manifest = write_corpus(tmp_path / "data", TEXTS, extra_lines=bad_lines)
+    write_wav(tmp_path / "data" / "wav" / "vad.wav", 0.01, seed=0)
     # Known hypotheses: drop the first word of every reference -> WER = #utts / #ref words.
     seen = []
 
@@ -70,7 +72,7 @@ def test_end_to_end_outputs_and_wer(model, tmp_path, monkeypatch):
         assert (out / name).is_file(), name
     assert seen and all(k["num_beams"] == 2 and k["repetition_penalty"] == 1.1 for k in seen)
     words = sum(len(t.split()) for t in TEXTS)
-    assert summary["utterances"] == len(TEXTS) and summary["skipped"] == 2
+    assert summary["utterances"] == len(TEXTS) and summary["skipped"] == 3
     assert summary["errors"] == len(TEXTS) and summary["deletions"] == len(TEXTS)
     assert summary["rate"] == pytest.approx(len(TEXTS) / words)
     assert summary["metric"] == "WER" and summary["audio_seconds"] > 0 and summary["rtf"] > 0
@@ -82,9 +84,11 @@ def test_end_to_end_outputs_and_wer(model, tmp_path, monkeypatch):
     assert rows[3] == {**rows[3], "key": "test003", "hyp": "", "errors": 1, "wer": 1.0}
     assert all(r["duration"] > 0 for r in rows)
     bad = [json.loads(line) for line in open(out / "bad.jsonl")]
-    assert len(bad) == 2 and {b["line"] for b in bad} == {len(TEXTS) + 1, len(TEXTS) + 2}
+    assert len(bad) == 3 and {b["line"] for b in bad} == {len(TEXTS) + 1, len(TEXTS) + 2, len(TEXTS) + 3}
+    short = next(b for b in bad if b["key"] == "vad")
+    assert short["reason"].startswith("audio too short for one feature frame (160 samples")
     text = (out / "wer.txt").read_text()
-    assert f"WER {100 * len(TEXTS) / words:.2f}%" in text and "skipped (bad data): 2" in text
+    assert f"WER {100 * len(TEXTS) / words:.2f}%" in text and "skipped (bad data): 3" in text
     assert "real-time factor" in text
 
 

@@ -1,0 +1,107 @@
+"""What a run can know about its data before loading any audio, checked at start-up.
+
+`screen(manifest)` parses every line and probes the audio header of every line whose duration is unknown: malformed
+lines, missing or ill-typed fields, empty or non-text transcripts, unsupported lhotse records, and unreadable
+headers are found here, once, each with its dataset index. The sampler never batches these lines, every epoch
+counts them against data.max_bad_fraction, and `refuse_at_start` stops the run before training when they alone pass
+it. Faults that only loading shows (corrupt audio behind a readable header, clips too short for a feature frame, a
+transcript the tokenizers refuse) are counted as batches load (see llmasr.data.dataset.BadDataTracker).
+
+`describe_skipped` words what the batching filters drop (max_duration, min_duration, max_target_len, a batch
+budget too small for one item), with examples, for the start of train.log.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import numpy as np
+
+from llmasr.data.dataset import BadDataTracker, BadItem, TooMuchBadData
+from llmasr.data.manifest import BadRecord
+
+log = logging.getLogger("llmasr.data")
+
+EXAMPLES = 5
+
+
+def where(manifest, index: int) -> tuple[str, int]:
+    """(manifest path, 1-based line) of dataset index `index` in a Manifest or MixedManifest."""
+    if hasattr(manifest, "locate"):
+        k, j = manifest.locate(index)
+        manifest, index = manifest.manifests[k], j
+    return manifest.path, manifest.lineno(index)
+
+
+def screen(manifest) -> tuple[list[BadItem], float]:
+    """Every line found unusable without loading audio (see the module docstring), sorted by index, and the seconds
+    the screen took. Fills unknown durations from the audio headers as a side effect, like fill_durations."""
+    t0 = time.perf_counter()
+    bad: list[BadItem] = []
+    for i in range(len(manifest)):
+        try:
+            manifest[i]
+        except BadRecord as rec:
+            bad.append(BadItem.from_record(rec, i))
+    found = {(b.manifest, b.line) for b in bad}
+    unknown = np.flatnonzero(np.isnan(np.asarray(manifest.durations(), dtype=np.float64)))
+    index_of = {where(manifest, int(i)): int(i) for i in unknown}
+    for rec in manifest.fill_durations():  # parses the lines of unknown duration again: skip the ones found above
+        spot = (rec.manifest, rec.line)
+        if spot not in found:
+            bad.append(BadItem.from_record(rec, index_of[spot]))
+    bad.sort(key=lambda b: b.index)
+    return bad, time.perf_counter() - t0
+
+
+def refuse_at_start(bad: list[BadItem], total: int, max_bad_fraction: float, name: str) -> None:
+    """TooMuchBadData when the lines known bad before loading already pass max_bad_fraction of `total` lines."""
+    if not total or len(bad) / total <= max_bad_fraction:
+        return
+    probe = BadDataTracker(max_bad_fraction, name=name)
+    probe.add_static(bad, quiet=True)
+    probe.good = total - len(bad)
+    raise TooMuchBadData(probe.message().replace(" are unusable,", " are unusable before training starts,", 1))
+
+
+def start_tracker(manifest, data_cfg, *, name: str, indices, rank: int, world_size: int):
+    """Screen `manifest` and refuse at start when its known-bad lines pass data.max_bad_fraction; returns (this
+    rank's BadDataTracker, every line known bad). `indices`: a validation subset, which counts only its own."""
+    static, took = screen(manifest)
+    counted, total = static, len(manifest)
+    if indices is not None:
+        chosen = set(np.asarray(indices).tolist())
+        counted, total = [b for b in static if b.index in chosen], len(chosen)
+    if counted and rank == 0:
+        log.warning(
+            "%s: %d of %d manifest lines are unusable before loading (screened in %.1f s); skipped, and counted "
+            "against data.max_bad_fraction every epoch. First: %s",
+            name, len(counted), total, took, "; ".join(f"{b.where()} {b.reason}" for b in counted[:EXAMPLES]),
+        )  # fmt: skip
+    refuse_at_start(counted, total, data_cfg.max_bad_fraction, name)
+    tracker = BadDataTracker(data_cfg.max_bad_fraction, name=name)
+    # Each rank sees about 1/world_size of the items, so it counts that share of the lines known bad.
+    tracker.add_static([b for b in counted if b.index % world_size == rank], quiet=True)
+    return tracker, static
+
+
+def describe_skipped(sampler, manifest, batching, name: str) -> str | None:
+    """One warning line per batching filter that drops lines (count, the setting, the first lines), or None."""
+    limits = {
+        "too_long": f"longer than data.batching.max_duration = {batching.max_duration:g} s",
+        "too_short": f"shorter than data.batching.min_duration = {batching.min_duration:g} s",
+        "target_too_long": f"with target_len above data.batching.max_target_len = {batching.max_target_len}",
+        "over_batch_budget": "too large for a batch of one under the batch budget (max_seconds / max_frames / "
+        "max_target_tokens)",
+    }
+    parts, count = [], 0
+    for reason, text in limits.items():
+        idx = sampler.skipped_indices(reason)
+        if idx.size:
+            first = ", ".join("{}:{}".format(*where(manifest, int(i))) for i in idx[:EXAMPLES])
+            parts.append(f"{idx.size} {text} (first: {first})")
+            count += int(idx.size)
+    if not parts:
+        return None
+    return f"{name}: {count} of {sampler.durations.size} lines are skipped every epoch: " + "; ".join(parts)
