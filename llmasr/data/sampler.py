@@ -23,9 +23,9 @@ How an epoch's batches are made (identically on every rank, from (seed, epoch) o
 epoch and cached). Resume: `state_dict()` / `load_state_dict()` restore (epoch, batches already yielded); the
 next iteration over that epoch yields exactly the remaining batches. A state saved at another world size continues
 the epoch with the batches no rank had trained (llmasr.data.regroup); `len()` is then that remainder's length, for
-that pass over the epoch. Under a DataLoader the sampler runs ahead
-of the training loop (prefetching), so take the state from `SpeechDataLoader.state_dict()`, which counts the
-batches the loop actually received, or pass that count to `state_dict(consumed=...)`.
+that pass over the epoch. Under a DataLoader the sampler runs ahead of the training loop (prefetching), so take
+the state from `SpeechDataLoader.state_dict()`, which counts the batches the loop actually received, or pass that
+count to `state_dict(consumed=...)`.
 """
 
 from __future__ import annotations
