@@ -5,10 +5,13 @@ does. `group_positions` cuts the batches (by position in cost order) into groups
 rank per step, pads or drops the last group and shuffles the groups.
 
 Resume at another world size: the checkpoint says how many groups (steps) of the epoch every rank had trained at the
-old world size. The batches of those groups are done; the others, the epoch's remainder, are grouped afresh for the
-new world size (in cost order, with a generator of their own), so no batch of the epoch is trained twice or left
-out, except the padding duplicates every plan has. The epoch's `history` ((world_size, steps done), ...) records each
-such change, oldest first, so a later resume (at the same or yet another world size) rebuilds the same plan.
+old world size. The batches of those groups are done; the others, the epoch's remainder, finish the epoch at the new
+world size (`continue_at`), so no batch of the epoch is trained twice or left out, except the padding duplicates
+every plan has. A world size that divides the old one takes the remaining groups in order, split (2 -> 1 ranks:
+each old step becomes two), which with the accumulation scaled by the same factor reproduces the old run's updates
+exactly; any other is dealt the remainder afresh, in cost order, with a generator of its own. The epoch's
+`history` ((world_size, steps done), ...) records each such change, oldest first, so a later resume (at the same
+or yet another world size) rebuilds the same plan.
 """
 
 from __future__ import annotations
@@ -50,6 +53,32 @@ def remaining_positions(groups: list[list[int]], done: int) -> list[int]:
     return sorted({p for g in groups[done:] for p in g} - trained)
 
 
+def split_groups(groups: list[list[int]], world_size: int) -> list[list[int]]:
+    """Each group cut into consecutive groups of `world_size` (which divides their size), order kept."""
+    return [g[i : i + world_size] for g in groups for i in range(0, len(g), world_size)]
+
+
+def keeps_order(old_world_size: int, world_size: int) -> bool:
+    """Whether an epoch moved from `old_world_size` ranks to `world_size` keeps its planned order (see continue_at)."""
+    return old_world_size % world_size == 0
+
+
+def continue_at(
+    groups: list[list[int]], done: int, world_size: int, rng: np.random.Generator, grouping: dict
+) -> tuple[list[list[int]], int]:
+    """The groups (and padding count) that finish an epoch at `world_size` after `done` steps of `groups`.
+
+    When the new world size divides the old, the remaining groups are split in order: a step of the old plan becomes
+    several steps of the new one, so with the accumulation scaled by the same factor every update trains exactly
+    the batches it would have trained at the old world size. Otherwise the untrained batches are dealt afresh."""
+    if keeps_order(len(groups[0]), world_size):
+        rest = split_groups(groups[done:], world_size)
+        trained = {p for g in groups[:done] for p in g}
+        padding = sum(len(g) for g in rest) - len({p for g in rest for p in g} - trained)
+        return rest, padding
+    return group_positions(remaining_positions(groups, done), world_size, rng, **grouping)
+
+
 def replay_history(
     n_batches: int,
     history: Sequence[tuple[int, int]],
@@ -66,6 +95,6 @@ def replay_history(
     for i, (_, done) in enumerate(history, start=1):
         if not 0 <= done <= len(groups):
             raise ValueError(f"resume history {list(history)}: step {done} is outside a plan of {len(groups)} steps")
-        rest = remaining_positions(groups, done)
-        groups, padding = group_positions(rest, sizes[i], np.random.default_rng([seed, epoch, i]), **grouping)
+        if groups:
+            groups, padding = continue_at(groups, done, sizes[i], np.random.default_rng([seed, epoch, i]), grouping)
     return groups, padding
