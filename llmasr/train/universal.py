@@ -32,9 +32,10 @@ import shutil
 from argparse import Namespace
 from pathlib import Path
 
+from llmasr.train.checkpoint import UNIVERSAL_SUFFIX
+
 log = logging.getLogger("llmasr.train")
 
-SUFFIX = "_universal"
 MARKER = "llmasr_universal.json"
 STATE_FILES = ("*_model_states.pt", "*_optim_states.pt")
 
@@ -62,10 +63,10 @@ def cached_copy(src: Path, dst: Path) -> bool:
 
 def universal_dir(load_dir: Path, tag: str, fallback_dir: Path) -> Path:
     """Where the converted copy of load_dir/tag lives: beside it, or in `fallback_dir` where load_dir is read-only."""
-    beside = load_dir / f"{tag}{SUFFIX}"
+    beside = load_dir / f"{tag}{UNIVERSAL_SUFFIX}"
     if cached_copy(load_dir / tag, beside) or os.access(load_dir, os.W_OK):
         return beside
-    return fallback_dir / f"{tag}{SUFFIX}"
+    return fallback_dir / f"{tag}{UNIVERSAL_SUFFIX}"
 
 
 def convert(src: Path, dst: Path) -> None:
@@ -76,8 +77,9 @@ def convert(src: Path, dst: Path) -> None:
     if not any(name.endswith("_optim_states.pt") for name in files):
         raise FileNotFoundError(f"{src}: no *_optim_states.pt files; not a complete ZeRO checkpoint")
     dst.parent.mkdir(parents=True, exist_ok=True)
+    for stale in dst.parent.glob(f".{dst.name}.tmp*"):  # left by a conversion that was killed
+        shutil.rmtree(stale, ignore_errors=True)
     tmp = dst.with_name(f".{dst.name}.tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
     args = Namespace(input_folder=str(src), output_folder=str(tmp), num_extract_workers=1, num_merge_workers=1,
                      keep_temp_folder=False, strict=True, inject_missing_state=True)  # fmt: skip
     out = io.StringIO()
