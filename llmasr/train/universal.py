@@ -44,7 +44,7 @@ def needs_conversion(saved_world: int, world: int, stage: int) -> bool:
     return saved_world != world and stage > 0
 
 
-def _source_files(src: Path) -> dict[str, list[int]]:
+def source_files(src: Path) -> dict[str, list[int]]:
     files = sorted(f for pattern in STATE_FILES for f in src.glob(pattern))
     return {f.name: [f.stat().st_size, f.stat().st_mtime_ns] for f in files}
 
@@ -58,7 +58,7 @@ def cached_copy(src: Path, dst: Path) -> bool:
         recorded = json.loads(marker.read_text())
     except ValueError:
         return False
-    return recorded.get("files") == _source_files(src)
+    return recorded.get("files") == source_files(src)
 
 
 def universal_dir(load_dir: Path, tag: str, fallback_dir: Path) -> Path:
@@ -73,7 +73,7 @@ def convert(src: Path, dst: Path) -> None:
     """ds_to_universal from checkpoint folder `src` into `dst`, atomically (a partial copy never has dst's name)."""
     from deepspeed.checkpoint import ds_to_universal
 
-    files = _source_files(src)
+    files = source_files(src)
     if not any(name.endswith("_optim_states.pt") for name in files):
         raise FileNotFoundError(f"{src}: no *_optim_states.pt files; not a complete ZeRO checkpoint")
     dst.parent.mkdir(parents=True, exist_ok=True)
