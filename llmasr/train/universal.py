@@ -32,6 +32,7 @@ import shutil
 from argparse import Namespace
 from pathlib import Path
 
+from llmasr.export.checkpoint_reader import safe_torch_load
 from llmasr.train.checkpoint import UNIVERSAL_SUFFIX
 
 log = logging.getLogger("llmasr.train")
@@ -84,7 +85,8 @@ def convert(src: Path, dst: Path) -> None:
                      keep_temp_folder=False, strict=True, inject_missing_state=True)  # fmt: skip
     out = io.StringIO()
     try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
+        # ds_to_universal unpickles with weights_only=False: read the (untrusted) files weights-only, as export does
+        with safe_torch_load(), contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
             ds_to_universal.main(args)
     except Exception as err:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -136,7 +138,8 @@ def load(engine, load_dir: Path, tag: str) -> dict:
     ds_logger.setLevel(logging.ERROR)  # "MPU is not provided" once per param group: there is no tensor parallelism
     ds_engine._config.load_universal_checkpoint = True
     try:
-        client = engine.load(str(load_dir), tag)
+        with safe_torch_load():
+            client = engine.load(str(load_dir), tag)
     finally:
         ds_engine._config.load_universal_checkpoint = False
         ds_logger.setLevel(level)

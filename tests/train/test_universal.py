@@ -116,3 +116,14 @@ def test_unshare_steps_gives_every_state_its_own_step():
     universal.unshare_steps(Wrapper())
     steps = [s["step"] for s in inner.state.values()]
     assert len({id(s) for s in steps}) == 2 and all(float(s) == 3.0 for s in steps)
+
+
+def test_conversion_reads_the_checkpoint_weights_only(tmp_path):
+    src = fake_checkpoint(tmp_path / "update_00000004")
+    shard = src / "zero_pp_rank_0_mp_rank_00_optim_states.pt"
+    torch.save({"optimizer_state_dict": {"zero_stage": 2}, "payload": os.getcwd}, shard)  # a pickled callable
+    dst = tmp_path / ("update_00000004" + UNIVERSAL_SUFFIX)
+    with pytest.raises(RuntimeError, match="universal checkpoint failed") as err:
+        universal.convert(src, dst)
+    assert str(src) in str(err.value) and "getcwd" in str(err.value)
+    assert not dst.exists() and not list(tmp_path.glob(".*"))
