@@ -111,9 +111,9 @@ def prepare(load_dir: Path, tag: str, fallback_dir: Path, rank: int) -> tuple[Pa
     or raises rank 0's error."""
     from llmasr.train.engine import broadcast_object
 
-    dst = universal_dir(load_dir, tag, fallback_dir)
-    error = None
-    if rank == 0:
+    dst = error = None
+    if rank == 0:  # rank 0 decides where: other ranks may see other permissions
+        dst = universal_dir(load_dir, tag, fallback_dir)
         try:
             if cached_copy(load_dir / tag, dst):
                 log.info("resume: using the universal checkpoint %s", dst)
@@ -122,7 +122,7 @@ def prepare(load_dir: Path, tag: str, fallback_dir: Path, rank: int) -> tuple[Pa
                 convert(load_dir / tag, dst)
         except (OSError, RuntimeError) as err:
             error = str(err)
-    error = broadcast_object(error)
+    dst, error = broadcast_object((dst, error))
     if error is not None:
         raise RuntimeError(error)
     return dst.parent, dst.name
