@@ -59,6 +59,9 @@ def check_moments_equal_the_converted_ones(run, zero_dir):
             torch.testing.assert_close(got.flatten(), universal_state(zero_dir, name, key), rtol=0, atol=0)
         checked += 1
     assert checked == len(run.trainable)
+    groups = run.engine.optimizer.param_groups  # each group keeps its own name and settings
+    assert len({g["name"] for g in groups}) == len(groups) > 2
+    assert all(g["weight_decay"] == (0.0 if g["name"].endswith("_no_decay") else 0.01) for g in groups)
     steps = [s["step"] for s in run.engine.optimizer.optimizer.state.values()]
     assert len({id(s) for s in steps}) == len(steps) and {float(s) for s in steps} == {1.0}
 
