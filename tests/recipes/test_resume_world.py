@@ -43,7 +43,7 @@ def one_rank_recipe(recipe_file, run_dir, *overrides):
 
 
 def universal_state(zero_dir, name, key):
-    value = torch.load(zero_dir / name / f"{key}.pt", weights_only=False)
+    value = torch.load(zero_dir / name / f"{key}.pt", weights_only=True)
     return (value["param"] if isinstance(value, dict) else value).flatten()
 
 
