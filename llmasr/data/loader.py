@@ -49,8 +49,9 @@ class SpeechDataLoader(DataLoader):
     def __iter__(self):
         sampler: DynamicBucketSampler = self.batch_sampler
         resume = sampler._resume
-        start = resume[1] if resume is not None and resume[0] == sampler.epoch else 0
-        if start == 0:
+        resuming = resume is not None and resume[0] == sampler.epoch
+        start = resume[1] if resuming else 0
+        if not resuming:  # a resume keeps the epoch's bad-data counts (at another world size it starts at 0)
             self.bad_data.new_epoch()
         self.consumed = start
         checked = False

@@ -13,18 +13,20 @@ How an epoch's batches are made (identically on every rank, from (seed, epoch) o
    B * longest <= max_seconds (or max_frames), and B * longest target <= max_target_tokens. Items left over at
    the end of a window join the next window, and those left at the end of a bucket join the next (longer)
    bucket, so only the epoch's very last batch can be short.
-4. Ranks: all batches are ordered by (bucket, longest item) and cut into groups of `world_size` consecutive
-   batches, so the batches that run at the same step on different ranks cost about the same. The last group
-   is padded with duplicates of its own batches (drop_last=False) or dropped (drop_last=True). Then the groups
-   are shuffled, and rank r takes batch r of every group. Every rank therefore yields exactly the same number
-   of batches, and the data of different ranks is disjoint within an epoch except for the padding duplicates
-   (at most world_size - 1 batches per epoch; their count is `.num_padding_batches`).
+4. Ranks (llmasr.data.regroup): all batches are ordered by (bucket, longest item) and cut into groups of
+   `world_size` consecutive batches, so the batches that run at the same step on different ranks cost about the
+   same. The last group is padded with duplicates of its own batches (drop_last=False) or dropped
+   (drop_last=True). Then the groups are shuffled, and rank r takes batch r of every group. Every rank therefore
+   yields exactly the same number of batches, and the data of different ranks is disjoint within an epoch except
+   for the padding duplicates (at most world_size - 1 batches per epoch; their count is `.num_padding_batches`).
 
 `len(sampler)` is the exact number of batches this rank yields in a full epoch (the plan is computed once per
 epoch and cached). Resume: `state_dict()` / `load_state_dict()` restore (epoch, batches already yielded); the
-next iteration over that epoch yields exactly the remaining batches. Under a DataLoader the sampler runs ahead
-of the training loop (prefetching), so take the state from `SpeechDataLoader.state_dict()`, which counts the
-batches the loop actually received, or pass that count to `state_dict(consumed=...)`.
+next iteration over that epoch yields exactly the remaining batches. A state saved at another world size continues
+the epoch with the batches no rank had trained (llmasr.data.regroup); `len()` is then that remainder's length, for
+that pass over the epoch. Under a DataLoader the sampler runs ahead of the training loop (prefetching), so take
+the state from `SpeechDataLoader.state_dict()`, which counts the batches the loop actually received, or pass that
+count to `state_dict(consumed=...)`.
 """
 
 from __future__ import annotations
@@ -35,6 +37,8 @@ from collections.abc import Callable, Iterator
 
 import numpy as np
 from torch.utils.data import Sampler
+
+from llmasr.data.regroup import replay_history
 
 log = logging.getLogger("llmasr.data")
 
@@ -163,9 +167,12 @@ class DynamicBucketSampler(Sampler):
         self.bucket_of = np.searchsorted(self.boundaries, self.sizes, side="right").astype(np.int64)
 
         self.epoch = 0
-        self._plan_cache: tuple[int, list[list[list[int]]], dict] | None = None
+        self._plan_cache: tuple[tuple, list[list[list[int]]], dict] | None = None
         self._yielded = 0
         self._resume: tuple[int, int] | None = None
+        # (epoch, ((world_size, batches done), ...)): the epoch ran partly at other world sizes before a resume
+        self._segment: tuple[int, tuple[tuple[int, int], ...]] | None = None
+        self.resharded = False  # the last load_state_dict came from another world size
         self._epoch_listeners: list[Callable[[int], None]] = []
 
     # ----------------------------------------------------------------------------------------------- epoch plan
@@ -217,10 +224,9 @@ class DynamicBucketSampler(Sampler):
             carry = cur
         return carry
 
-    def _plan(self, epoch: int) -> tuple[list[list[list[int]]], dict]:
-        """Groups of world_size batches for `epoch` (same on every rank), and the epoch's stats."""
-        if self._plan_cache is not None and self._plan_cache[0] == epoch:
-            return self._plan_cache[1], self._plan_cache[2]
+    def _ordered_batches(self, epoch: int):
+        """The epoch's batches in cost order (independent of the world size), its filter counts, the kept item
+        count and the epoch's random generator, positioned where grouping continues to draw from it."""
         items = self._epoch_items(epoch)
         reasons = self._reason[items]
         counts = np.bincount(reasons[reasons >= 0], minlength=len(FILTER_REASONS))
@@ -244,40 +250,38 @@ class DynamicBucketSampler(Sampler):
         # ranks, cost about the same.
         longest = np.array([self.sizes[b].max() for b in batches]) if batches else np.zeros(0)
         order = np.lexsort((longest, np.asarray(batch_bucket))) if batches else np.zeros(0, dtype=np.int64)
-        ordered = [batches[i] for i in order]
-        ws = self.world_size
-        groups = [ordered[i : i + ws] for i in range(0, len(ordered), ws)]
-        padding = 0
-        if groups and len(groups[-1]) < ws:
-            if self.drop_last:
-                dropped = groups.pop()
-                log.info("dropped %d batch(es) left over after dividing by world size %d", len(dropped), ws)
-            else:
-                last = groups[-1]
-                padding = ws - len(last)
-                last.extend(last[j % len(last)] for j in range(padding))
-        if self.shuffle and groups:
-            perm = rng.permutation(len(groups))
-            groups = [groups[i] for i in perm]
+        return [batches[i] for i in order], filtered, items, int(keep.size), rng
+
+    def _plan(self, epoch: int) -> tuple[list[list[list[int]]], dict]:
+        """Groups of world_size batches for `epoch` (same on every rank), and the epoch's stats. After a resume
+        at another world size the epoch's plan is its untrained remainder (see llmasr.data.regroup)."""
+        history = self._history(epoch)
+        key = (epoch, history)
+        if self._plan_cache is not None and self._plan_cache[0] == key:
+            return self._plan_cache[1], self._plan_cache[2]
+        ordered, filtered, items, kept, rng = self._ordered_batches(epoch)
+        grouping = dict(drop_last=self.drop_last, shuffle=self.shuffle)
+        positions, padding = replay_history(len(ordered), history, self.world_size, rng, self.seed, epoch, grouping)
+        groups = [[ordered[p] for p in g] for g in positions]
         n_items = int(sum(len(b) for g in groups for b in g))
         real = float(sum(self.sizes[b].sum() for g in groups for b in g))
         padded = float(sum(len(b) * self.sizes[b].max() for g in groups for b in g))
         stats = {
             "epoch": epoch,
             "num_items": int(items.size),
-            "kept_items": int(keep.size),
+            "kept_items": kept,
             "filtered": filtered,
             "truncated": int(self.truncated_mask[items].sum()),
             "num_batches_global": len(ordered),
             "num_batches_per_rank": len(groups),
             "num_padding_batches": padding,
-            "mean_batch_size": n_items / max(1, len(groups) * ws),
+            "mean_batch_size": n_items / max(1, len(groups) * self.world_size),
             "padding_efficiency": real / padded if padded > 0 else 1.0,
         }
-        if filtered and (self._plan_cache is None or self._plan_cache[0] != epoch):
+        if filtered and (self._plan_cache is None or self._plan_cache[0][0] != epoch):
             if self.rank == 0:
                 log.info("epoch %d: skipped %d of %d items: %s", epoch, sum(filtered.values()), items.size, filtered)
-        self._plan_cache = (epoch, groups, stats)
+        self._plan_cache = (key, groups, stats)
         return groups, stats
 
     # ------------------------------------------------------------------------------------------------ interface
@@ -311,15 +315,20 @@ class DynamicBucketSampler(Sampler):
 
     def __iter__(self) -> Iterator[list[int]]:
         epoch = self.epoch
-        groups, _ = self._plan(epoch)
         skip = 0
         if self._resume is not None and self._resume[0] == epoch:
             skip = self._resume[1]
+        else:
+            self._segment = None  # a fresh pass deals the whole epoch at this world size
+        groups, _ = self._plan(epoch)
         self._resume = None
         self._yielded = skip
         for g in groups[skip:]:
             self._yielded += 1
             yield list(g[self.rank])
+
+    def _history(self, epoch: int) -> tuple[tuple[int, int], ...]:
+        return self._segment[1] if self._segment is not None and self._segment[0] == epoch else ()
 
     def state_dict(self, consumed: int | None = None) -> dict:
         """Resume point. `consumed`: batches of this epoch the training loop actually received (default: yielded)."""
@@ -331,24 +340,47 @@ class DynamicBucketSampler(Sampler):
             "rank": self.rank,
             "num_items": int(self.durations.size),
             "num_batches": len(self),
+            "history": [list(h) for h in self._history(self.epoch)],
         }
 
     def load_state_dict(self, state: dict) -> None:
-        for key in ("seed", "world_size", "num_items"):
-            mine = {"seed": self.seed, "world_size": self.world_size, "num_items": int(self.durations.size)}[key]
+        """Resume at the saved position. Saved at another world size, the epoch continues with the batches no rank
+        had trained yet, dealt to this world size (llmasr.data.regroup); `.resharded` then says so."""
+        for key in ("seed", "num_items"):
+            mine = {"seed": self.seed, "num_items": int(self.durations.size)}[key]
             if key in state and int(state[key]) != mine:
                 raise ValueError(
                     f"cannot resume the batch order exactly: the saved sampler had {key}={state[key]}, this one has "
-                    f"{mine}. Resume with the same data, seed and world size, or start the epoch afresh."
+                    f"{mine}. Resume with the same data and seed, or start the epoch afresh."
                 )
-        self.set_epoch(int(state["epoch"]))
-        done = int(state["batches_yielded"])
-        if "num_batches" in state and int(state["num_batches"]) != len(self):
+        epoch, done = int(state["epoch"]), int(state["batches_yielded"])
+        history = tuple((int(w), int(d)) for w, d in state.get("history") or ())
+        saved_ws = int(state.get("world_size", self.world_size))
+        self.set_epoch(epoch)
+        self._segment = (epoch, history)
+        planned = len(self._plan_at(epoch, history, saved_ws)[0])
+        self._check_plan_length(state, planned)
+        if not 0 <= done <= planned:
+            raise ValueError(f"cannot resume at batch {done} of an epoch of {planned} batches")
+        self.resharded = saved_ws != self.world_size
+        if self.resharded:
+            self._segment = (epoch, (*history, (saved_ws, done)))
+            done = 0
+        self._resume = (epoch, done)
+        self._yielded = done
+
+    def _plan_at(self, epoch: int, history: tuple, world_size: int):
+        """The plan a sampler of `world_size` ranks had for `epoch` after `history`."""
+        if world_size == self.world_size:
+            return self._plan(epoch)
+        ordered, *_, rng = self._ordered_batches(epoch)
+        grouping = dict(drop_last=self.drop_last, shuffle=self.shuffle)
+        return replay_history(len(ordered), history, world_size, rng, self.seed, epoch, grouping)
+
+    @staticmethod
+    def _check_plan_length(state: dict, planned: int) -> None:
+        if "num_batches" in state and int(state["num_batches"]) != planned:
             raise ValueError(
                 f"cannot resume: the saved epoch had {state['num_batches']} batches per rank, this plan has "
-                f"{len(self)} (batching settings changed?)"
+                f"{planned} (batching settings changed?)"
             )
-        if not 0 <= done <= len(self):
-            raise ValueError(f"cannot resume at batch {done} of an epoch of {len(self)} batches")
-        self._resume = (self.epoch, done)
-        self._yielded = done

@@ -4,6 +4,7 @@
     RUN_DIR/checkpoints/update_00001200/        DeepSpeed files (trainable tensors only) + llmasr_meta.json
     RUN_DIR/checkpoints/latest                  newest complete tag (written atomically, after every rank saved)
     RUN_DIR/checkpoints/best.json               [{"tag", "metric", "value"}, ...] best first; never rotated away
+    RUN_DIR/checkpoints/update_00001200_universal/   that checkpoint converted for another world size (universal.py)
 
 Only rank 0 writes these files and deletes old checkpoints (every rank deleting the same folder races).
 """
@@ -22,6 +23,7 @@ LATEST = "latest"
 BEST = "best.json"
 META = "llmasr_meta.json"
 TAG_RE = re.compile(r"^update_(\d{8,})$")
+UNIVERSAL_SUFFIX = "_universal"
 
 
 def tag_for(update: int) -> str:
@@ -100,6 +102,10 @@ def rotate(ckpt_dir: Path, policy: CheckpointPolicy, protect: set[str] = frozens
         if tag not in keep:
             shutil.rmtree(ckpt_dir / tag, ignore_errors=True)
             deleted.append(tag)
+    for name in os.listdir(ckpt_dir):  # a universal copy goes with its checkpoint
+        source = name.removesuffix(UNIVERSAL_SUFFIX)
+        if source != name and update_of(source) is not None and source not in keep:
+            shutil.rmtree(ckpt_dir / name, ignore_errors=True)
     return deleted
 
 

@@ -285,14 +285,3 @@ def broadcast_object(obj, src: int = 0):
     box = [obj]
     torch.distributed.broadcast_object_list(box, src=src)
     return box[0]
-
-
-def world_size_error(ckpt_dir: str, saved: int, current: int) -> str:
-    return (
-        f"{ckpt_dir} was saved by {saved} rank(s) but this run has {current}. ZeRO optimizer partitions cannot be "
-        "loaded at another world size directly; convert it to a universal checkpoint first:\n"
-        f"  python -m deepspeed.checkpoint.ds_to_universal --input_folder {ckpt_dir} "
-        f"--output_folder {ckpt_dir}_universal\n"
-        'then resume from that folder with `"checkpoint": {"load_universal": true}` in the DeepSpeed JSON '
-        f"(or resume with {saved} rank(s))"
-    )

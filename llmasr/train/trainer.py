@@ -205,13 +205,13 @@ class Run:
         from llmasr.checkpoint_files import verify_ranks
         from llmasr.models.fingerprint import base_fingerprint, fingerprint_differences
         from llmasr.train import checkpoint as ck
-        from llmasr.train.engine import all_gather_object, world_size_error
+        from llmasr.train import universal
+        from llmasr.train.engine import all_gather_object
 
         load_dir, tag = ck.resolve_resume(self.resume, self.run_dir)
         meta = ck.read_meta(load_dir / tag)
         where = load_dir / tag
-        if int(meta["world_size"]) != self.world:
-            raise ConfigError(world_size_error(str(where), int(meta["world_size"]), self.world))
+        saved_world = int(meta["world_size"])
         if int(meta.get("zero_stage", self.engine.stage)) != self.engine.stage:
             raise ConfigError(f"{where}: saved at ZeRO stage {meta['zero_stage']}, this run uses {self.engine.stage}")
         diffs = fingerprint_differences(meta.get("base_fingerprint") or {}, base_fingerprint(self.recipe.model))
@@ -224,7 +224,11 @@ class Run:
                 f"only now: {sorted(now - saved)[:5]}): LoRA/freeze settings changed since it was saved"
             )
         verify_ranks(where, meta, self.rank, self.world, all_gather_object)  # before DeepSpeed reads a byte
-        state = self.engine.load(str(load_dir), tag).get("llmasr") or {}
+        if universal.needs_conversion(saved_world, self.world, self.engine.stage):
+            client = universal.load(self.engine, *universal.prepare(load_dir, tag, self.ckpt_dir, self.rank))
+        else:
+            client = self.engine.load(str(load_dir), tag)
+        state = client.get("llmasr") or {}
         rngs = state.get("rng") or []
         self.pending_rng = rngs[self.rank] if len(rngs) == self.world else None
         if self.pending_rng is not None and state.get("loader") is None:
@@ -235,7 +239,23 @@ class Run:
             self.pending_rng = None
         log.info("resumed from %s at update %d, epoch %d", where, self.engine.global_steps, state.get("epoch", 0))
         self.last_saved = self.engine.global_steps
+        if saved_world != self.world:
+            self._resize(saved_world, int(state.get("epoch", 0)), state.get("loader"), client.get("ds_config") or {})
         return int(state.get("epoch", 0)), state.get("loader")
+
+    def _resize(self, saved_world: int, epoch: int, loader_state: dict | None, saved_ds: dict) -> None:
+        """After a resume at another world size: the epoch's remainder, the run's update count and schedules."""
+        from llmasr.train import universal
+
+        left = self.per_epoch[epoch] if epoch < len(self.per_epoch) else 0
+        if loader_state is not None:
+            self.train_loader.load_state_dict(loader_state)
+            left = len(self.sampler)
+        log.info(universal.describe_resize(saved_world, self.world, epoch, loader_state, left))
+        universal.check_global_batch(saved_ds, self.ds, self.world)
+        done, max_updates = self.engine.global_steps, self.recipe.train.max_updates
+        self.total = universal.resized_total(done, epoch, left, self.per_epoch, self.k, max_updates)
+        universal.fit_schedules(self.engine.scheduler, self.total)
 
     # -- the loop -----------------------------------------------------------------------------------------------------
     def validate(self) -> dict | None:

@@ -150,11 +150,84 @@ def test_resume_with_consumed_count():
     assert list(fresh) == full[4:]
 
 
-def test_resume_rejects_other_world_size():
+def rank_samplers(d, world_size, **kw):
+    return [make(d, rank=r, world_size=world_size, seed=5, **kw) for r in range(world_size)]
+
+
+def run_steps(samplers, epoch, state, steps):
+    """Every rank resumes from `state` (or starts `epoch`) and trains `steps` steps (None: to the epoch end).
+    Returns (the batches trained, rank 0's state after them)."""
+    trained = []
+    for s in samplers:
+        if state is None:
+            s.set_epoch(epoch)
+        else:
+            s.load_state_dict(state)
+        it = iter(s)
+        n = len(s) if steps is None else steps
+        trained += [tuple(next(it)) for _ in range(n)]
+    return trained, samplers[0].state_dict()
+
+
+@pytest.mark.parametrize("sizes", [(2, 1), (3, 2), (2, 4), (4, 1, 3)])
+@pytest.mark.parametrize("drop_last", [False, True])
+def test_resume_at_another_world_size_trains_every_batch_once(sizes, drop_last):
+    d = librispeech_like(1500)
+    full = make(d, seed=5, drop_last=drop_last).batches(epoch=1)  # the epoch's batches (1 rank: no padding)
+    trained, state = [], None
+    for i, ws in enumerate(sizes):
+        samplers = rank_samplers(d, ws, drop_last=drop_last)
+        last = i == len(sizes) - 1
+        steps, state = run_steps(samplers, 1, state, None if last else 3 + i)
+        assert all(s.resharded == (i > 0) for s in samplers) and len({len(s) for s in samplers}) == 1
+        trained += steps
+    counts: dict[tuple, int] = {}
+    for b in trained:
+        counts[b] = counts.get(b, 0) + 1
+    assert set(counts) <= {tuple(b) for b in full}
+    if not drop_last:
+        assert set(counts) == {tuple(b) for b in full}  # nothing left out
+    repeats = sum(c - 1 for c in counts.values())
+    assert repeats <= sum(ws - 1 for ws in sizes)  # only each segment's padding duplicates
+    dropped = len(full) - len(counts)
+    assert dropped <= (sum(ws - 1 for ws in sizes) if drop_last else 0)
+
+
+def test_resharded_epoch_resumes_again_exactly_and_the_next_pass_is_whole():
+    d = librispeech_like(1500)
+    two = rank_samplers(d, 2)
+    _, state = run_steps(two, 0, None, 4)
+    one = make(d, seed=5)
+    one.load_state_dict(state)
+    remainder = list(one)
+    # 1 divides 2: the 2-rank plan's remaining steps in order, each split in two (rank 0's batch, then rank 1's)
+    steps = zip(two[0].batches(epoch=0)[4:], two[1].batches(epoch=0)[4:])
+    assert one.resharded and remainder == [b for step in steps for b in step]
+    again = make(d, seed=5)
+    again.load_state_dict(state)
+    it = iter(again)
+    head = [next(it) for _ in range(5)]
+    saved = again.state_dict(consumed=5)
+    assert saved["history"] == [[2, 4]] and saved["world_size"] == 1
+    later = make(d, seed=5)
+    later.load_state_dict(saved)
+    assert not later.resharded and head + list(later) == remainder
+    assert list(later) == make(d, seed=5).batches(epoch=0)  # a fresh pass deals the whole epoch
+    later.set_epoch(1)
+    assert list(later) == make(d, seed=5).batches(epoch=1)
+
+
+def test_resume_refuses_other_seed_data_or_batching():
     d = librispeech_like(1000)
-    state = make(d, world_size=2).state_dict()
-    with pytest.raises(ValueError, match="world_size"):
-        make(d, world_size=4).load_state_dict(state)
+    state = make(d, world_size=2, seed=5).state_dict()
+    with pytest.raises(ValueError, match="seed=5"):
+        make(d, world_size=1, seed=6).load_state_dict(state)
+    with pytest.raises(ValueError, match="num_items"):
+        make(d[:-1], world_size=1, seed=5).load_state_dict(state)
+    with pytest.raises(ValueError, match="batching settings"):
+        make(d, world_size=1, seed=5, max_seconds=60.0).load_state_dict(state)
+    with pytest.raises(ValueError, match="batching settings"):
+        make(d, world_size=2, seed=5, max_seconds=60.0).load_state_dict(state)
 
 
 def test_epoch_indices_and_subset():

@@ -50,6 +50,15 @@ def test_rotation_keeps_newest_best_and_latest(tmp_path):
     assert ck.rotate(tmp_path, ck.CheckpointPolicy(keep_last=0)) == []  # 0 keeps everything
 
 
+def test_rotation_removes_a_universal_copy_with_its_checkpoint(tmp_path):
+    make_tags(tmp_path, [1, 2, 3])
+    for u in (1, 3, 9):  # 9: a copy of a checkpoint that is not here (resumed from a read-only folder)
+        (tmp_path / (ck.tag_for(u) + ck.UNIVERSAL_SUFFIX)).mkdir()
+    assert ck.rotate(tmp_path, ck.CheckpointPolicy(keep_last=2)) == [ck.tag_for(1)]
+    left = sorted(p.name for p in tmp_path.iterdir() if p.is_dir())
+    assert left == [ck.tag_for(2), ck.tag_for(3), ck.tag_for(3) + ck.UNIVERSAL_SUFFIX]
+
+
 def test_finish_save_writes_meta_best_and_latest_atomically(tmp_path):
     policy = ck.CheckpointPolicy(keep_last=1, best_k=1, best_metric="loss", best_mode="min")
     deleted = []

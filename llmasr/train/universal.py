@@ -1,0 +1,221 @@
+"""Resume at another world size through DeepSpeed's universal checkpoint.
+
+A ZeRO-1/2/3 checkpoint holds one flat partition of the fp32 weights and Adam moments per rank, cut for the world
+size that saved it, and DeepSpeed refuses to load it at another (engine._load_zero_checkpoint). Its universal
+format holds every trainable tensor's fp32 weight and moments whole, one folder per parameter, and loads at any
+world size. Resuming a checkpoint saved by W0 ranks at W ranks therefore:
+
+1. converts it once, on rank 0 while the others wait, with deepspeed.checkpoint.ds_to_universal into the sibling
+   folder <tag>_universal (written under a temporary name and renamed when complete; a marker file records the
+   source files' sizes and times, so a later resume reuses it and a changed source is converted again). Where the
+   checkpoint's folder is not writable the copy goes to this run's checkpoints folder.
+2. loads it with DeepSpeed's universal path (`load_universal_checkpoint`, read by the engine only while loading),
+3. puts back what that path overwrites: DeepSpeed copies each saved param group's hyperparameters onto the group at
+   the same position (at ZeRO-3 group 0's onto every group, names included), so the groups' own settings are
+   restored and the scheduler writes the lrs again; and at ZeRO-3 it shares one Adam step tensor among all groups
+   (`unshare_steps`).
+
+ZeRO-0 keeps no partitions (the optimizer state is saved whole with the module): it loads at any world size as it
+is. The position in the interrupted epoch is carried by the sampler (llmasr.data.regroup); `resized_total` counts
+the updates the run holds at the new world size, which the schedules are then sized by.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import math
+import os
+import shutil
+from argparse import Namespace
+from pathlib import Path
+
+from llmasr.safe_load import weights_only_torch_load
+from llmasr.train.checkpoint import UNIVERSAL_SUFFIX
+
+log = logging.getLogger("llmasr.train")
+
+MARKER = "llmasr_universal.json"
+STATE_FILES = ("*_model_states.pt", "*_optim_states.pt")
+
+
+def needs_conversion(saved_world: int, world: int, stage: int) -> bool:
+    return saved_world != world and stage > 0
+
+
+def source_files(src: Path) -> dict[str, list[int]]:
+    files = sorted(f for pattern in STATE_FILES for f in src.glob(pattern))
+    return {f.name: [f.stat().st_size, f.stat().st_mtime_ns] for f in files}
+
+
+def cached_copy(src: Path, dst: Path) -> bool:
+    """Whether `dst` is a complete conversion of `src` as it is now."""
+    marker = dst / MARKER
+    if not marker.is_file():
+        return False
+    try:
+        recorded = json.loads(marker.read_text())
+    except ValueError:
+        return False
+    return recorded.get("files") == source_files(src)
+
+
+def universal_dir(load_dir: Path, tag: str, fallback_dir: Path) -> Path:
+    """Where the converted copy of load_dir/tag lives: beside it, or in `fallback_dir` where load_dir is read-only."""
+    beside = load_dir / f"{tag}{UNIVERSAL_SUFFIX}"
+    if cached_copy(load_dir / tag, beside) or os.access(load_dir, os.W_OK):
+        return beside
+    return fallback_dir / f"{tag}{UNIVERSAL_SUFFIX}"
+
+
+def convert(src: Path, dst: Path) -> None:
+    """ds_to_universal from checkpoint folder `src` into `dst`, atomically (a partial copy never has dst's name)."""
+    from deepspeed.checkpoint import ds_to_universal
+
+    files = source_files(src)
+    if not any(name.endswith("_optim_states.pt") for name in files):
+        raise FileNotFoundError(f"{src}: no *_optim_states.pt files; not a complete ZeRO checkpoint")
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    for stale in dst.parent.glob(f".{dst.name}.tmp*"):  # left by a conversion that was killed
+        shutil.rmtree(stale, ignore_errors=True)
+    tmp = dst.with_name(f".{dst.name}.tmp{os.getpid()}")
+    args = Namespace(input_folder=str(src), output_folder=str(tmp), num_extract_workers=1, num_merge_workers=1,
+                     keep_temp_folder=False, strict=True, inject_missing_state=True)  # fmt: skip
+    out = io.StringIO()
+    try:
+        # ds_to_universal unpickles with weights_only=False: read the (untrusted) files weights-only, as export does
+        with weights_only_torch_load(), contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
+            ds_to_universal.main(args)
+    except Exception as err:
+        shutil.rmtree(tmp, ignore_errors=True)
+        detail = out.getvalue()[-2000:]
+        raise RuntimeError(f"converting {src} to a universal checkpoint failed: {err!r}\n{detail}") from err
+    finally:
+        _drop_latest_pointer(tmp)
+    (tmp / MARKER).write_text(json.dumps({"source": str(src.resolve()), "files": files}, indent=2))
+    shutil.rmtree(dst, ignore_errors=True)
+    os.replace(tmp, dst)
+
+
+def _drop_latest_pointer(out_dir: Path) -> None:
+    # ds_to_universal writes `latest_universal` (naming its output folder) beside that folder; we load by tag.
+    pointer = out_dir.parent / "latest_universal"
+    if pointer.is_file() and pointer.read_text().strip() == out_dir.name:
+        pointer.unlink()
+
+
+def prepare(load_dir: Path, tag: str, fallback_dir: Path, rank: int) -> tuple[Path, str]:
+    """Rank 0 converts load_dir/tag unless a complete copy exists; every rank returns (load_dir, tag) of the copy,
+    or raises rank 0's error."""
+    from llmasr.train.engine import broadcast_object
+
+    dst = error = None
+    if rank == 0:  # rank 0 decides where: other ranks may see other permissions
+        dst = universal_dir(load_dir, tag, fallback_dir)
+        try:
+            if cached_copy(load_dir / tag, dst):
+                log.info("resume: using the universal checkpoint %s", dst)
+            else:
+                log.info("resume: converting %s to a universal checkpoint in %s", load_dir / tag, dst)
+                convert(load_dir / tag, dst)
+        except (OSError, RuntimeError) as err:
+            error = str(err)
+    dst, error = broadcast_object((dst, error))
+    if error is not None:
+        raise RuntimeError(error)
+    return dst.parent, dst.name
+
+
+def load(engine, load_dir: Path, tag: str) -> dict:
+    """Load a universal checkpoint into a TrainEngine; returns its client state."""
+    from deepspeed.utils import logger as ds_logger
+
+    ds_engine = engine.engine
+    groups = [{k: v for k, v in g.items() if k != "params"} for g in engine.optimizer.param_groups]
+    level = ds_logger.level
+    ds_logger.setLevel(logging.ERROR)  # "MPU is not provided" once per param group: there is no tensor parallelism
+    ds_engine._config.load_universal_checkpoint = True
+    try:
+        with weights_only_torch_load():
+            client = engine.load(str(load_dir), tag)
+    finally:
+        ds_engine._config.load_universal_checkpoint = False
+        ds_logger.setLevel(level)
+    for group, saved in zip(engine.optimizer.param_groups, groups):
+        group.update(saved)
+    engine.scheduler._apply()
+    unshare_steps(engine.optimizer)
+    return client
+
+
+def unshare_steps(ds_optimizer) -> None:
+    """Give every parameter's optimizer state its own `step` tensor. DeepSpeed's ZeRO-3 universal load stores one
+    tensor in every sub-group's state (runtime/zero/stage3.py, load_hp_checkpoint_state_from_checkpoint_dir_stage3),
+    and torch's Adam increments its step tensors in place: each update would then advance the shared count once per
+    sub-group, and every group after the first would use the wrong bias correction."""
+    import torch
+
+    inner = getattr(ds_optimizer, "optimizer", ds_optimizer)
+    for state in inner.state.values():
+        step = state.get("step")
+        if torch.is_tensor(step):
+            state["step"] = step.clone()
+
+
+def describe_resize(saved_world: int, world: int, epoch: int, loader_state: dict | None, left: int) -> str:
+    """The log line that says where a resume at another world size continues."""
+    from llmasr.data.regroup import keeps_order
+
+    head = f"resume at {world} rank(s) from a checkpoint of {saved_world}:"
+    if loader_state is None:
+        return f"{head} epoch {epoch} starts afresh"
+    steps = loader_state["sampler"]["batches_yielded"]
+    how = (
+        f"in the order the {saved_world}-rank run had planned"
+        if keeps_order(saved_world, world)
+        else "dealt afresh (this world size does not divide the old one)"
+    )
+    return f"{head} epoch {epoch} was {steps} steps in; its untrained batches follow, {left} per rank, {how}"
+
+
+def check_global_batch(saved_ds: dict, ds: dict, world: int) -> None:
+    """Warn when the global batch per update changes with the world size, and say which grad_accum keeps it."""
+    old, new = saved_ds.get("train_batch_size"), ds["train_batch_size"]
+    if old is None or old == new:
+        return
+    micro = ds["train_micro_batch_size_per_gpu"]
+    keep, rest = divmod(int(old), micro * world)
+    hint = f"train.grad_accum={keep} keeps it" if keep and not rest else f"no grad_accum keeps it at {world} rank(s)"
+    log.warning(
+        "resume: the global batch changes from %s to %s micro batches per update (%s); the loss curve will differ "
+        "from an uninterrupted run", old, new, hint,
+    )  # fmt: skip
+
+
+def resized_total(done: int, epoch: int, first_epoch_batches: int, per_epoch: list[int], k: int, max_updates):
+    """Updates of a run resumed after `done` updates, in `epoch` with `first_epoch_batches` batches left per rank,
+    at the world size `per_epoch` (batches per rank of each full epoch) was counted for."""
+    if max_updates is not None:
+        return int(max_updates)
+    rest = sum(math.ceil(n / k) for n in per_epoch[epoch + 1 :])
+    return done + math.ceil(first_epoch_batches / k) + rest
+
+
+def fit_schedules(scheduler, total: int) -> None:
+    """Size every schedule for `total` updates, keeping the update count; logs the lrs before and after."""
+    old = {s.name: s.total for s in scheduler.schedules}
+    if set(old.values()) == {total}:
+        return
+    before = scheduler.get_lr_by_name()
+    for s in scheduler.schedules:
+        s.total = total
+    scheduler._apply()
+    after = scheduler.get_lr_by_name()
+    log.warning(
+        "resume: the run now holds %d updates (the schedules were sized for %s); lr schedules resized at update %d: "
+        "%s",
+        total, sorted(set(old.values())), scheduler.last_update,
+        ", ".join(f"{n} {before[n]:.3g} -> {after[n]:.3g}" for n in sorted(after)),
+    )  # fmt: skip

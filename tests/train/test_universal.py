@@ -1,0 +1,129 @@
+"""The pieces of a resume at another world size that need no launcher (the runs: tests/recipes/test_resume_world.py)."""
+
+import json
+import logging
+import os
+
+import pytest
+import torch
+
+from llmasr.config_io import from_dict
+from llmasr.train import universal
+from llmasr.train.checkpoint import UNIVERSAL_SUFFIX
+from llmasr.train.config import OptimConfig
+from llmasr.train.schedulers import BranchLRScheduler, build_group_schedules, schedule_lr
+
+
+def fake_checkpoint(folder, ranks=2):
+    folder.mkdir(parents=True)
+    (folder / "mp_rank_00_model_states.pt").write_bytes(b"model")
+    for r in range(ranks):
+        (folder / f"zero_pp_rank_{r}_mp_rank_00_optim_states.pt").write_bytes(b"optim" * (r + 1))
+    return folder
+
+
+def test_only_zero_partitions_need_conversion():
+    assert universal.needs_conversion(2, 1, 2) and universal.needs_conversion(1, 4, 3)
+    assert not universal.needs_conversion(2, 1, 0)  # ZeRO-0 saves the optimizer whole
+    assert not universal.needs_conversion(2, 2, 3)
+
+
+def test_a_cached_copy_is_reused_until_its_source_changes(tmp_path):
+    src = fake_checkpoint(tmp_path / "update_00000004")
+    dst = tmp_path / ("update_00000004" + UNIVERSAL_SUFFIX)
+    assert not universal.cached_copy(src, dst)
+    dst.mkdir()
+    assert not universal.cached_copy(src, dst)  # no marker: an interrupted or foreign folder
+    (dst / universal.MARKER).write_text(json.dumps({"files": universal.source_files(src)}))
+    assert universal.cached_copy(src, dst)
+    (src / "zero_pp_rank_1_mp_rank_00_optim_states.pt").write_bytes(b"another run saved this tag")
+    assert not universal.cached_copy(src, dst)
+    (dst / universal.MARKER).write_text("{not json")
+    assert not universal.cached_copy(src, dst)
+
+
+def test_the_copy_goes_beside_the_checkpoint_unless_that_folder_is_read_only(tmp_path, monkeypatch):
+    src = fake_checkpoint(tmp_path / "theirs" / "update_00000004")
+    mine = tmp_path / "mine" / "checkpoints"
+    beside = src.parent / ("update_00000004" + UNIVERSAL_SUFFIX)
+    assert universal.universal_dir(src.parent, src.name, mine) == beside
+    monkeypatch.setattr(os, "access", lambda path, mode: False)
+    assert universal.universal_dir(src.parent, src.name, mine) == mine / beside.name
+
+
+def test_conversion_refuses_a_folder_without_optimizer_partitions(tmp_path):
+    src = tmp_path / "update_00000004"
+    src.mkdir()
+    (src / "mp_rank_00_model_states.pt").write_bytes(b"model")
+    with pytest.raises(FileNotFoundError, match="update_00000004: no \\*_optim_states.pt"):
+        universal.convert(src, tmp_path / ("update_00000004" + UNIVERSAL_SUFFIX))
+
+
+def test_resized_total_counts_the_updates_left_at_the_new_world_size():
+    # 1 update done, 6 batches left in epoch 0, then epochs of 9 batches, accumulation 4
+    assert universal.resized_total(1, 0, 6, [9, 9, 9], 4, None) == 1 + 2 + 3 + 3
+    assert universal.resized_total(5, 1, 9, [9, 9, 9], 4, None) == 5 + 3 + 3  # saved at an epoch end
+    assert universal.resized_total(1, 0, 6, [9, 9, 9], 4, 7) == 7  # max_updates decides
+    assert universal.resized_total(3, 2, 0, [9, 9, 9], 4, None) == 3  # nothing left
+
+
+def test_fit_schedules_keeps_the_update_count_and_says_what_changed(caplog):
+    scheduler = {"type": "warmup_cosine", "warmup_steps": 1}
+    optim = from_dict(OptimConfig, {"scheduler": scheduler, "branches": {"llm": {"lr": 1e-3}}}, "optim")
+    params = [torch.nn.Parameter(torch.zeros(2)), torch.nn.Parameter(torch.zeros(2))]
+    groups = [{"name": "llm", "branch": "llm", "params": [params[0]], "lr": 1e-3},
+              {"name": "llm_no_decay", "branch": "llm", "params": [params[1]], "lr": 1e-3}]  # fmt: skip
+    opt = torch.optim.AdamW(groups)
+    sched = BranchLRScheduler(opt, build_group_schedules(groups, optim, 6), last_update=2)
+    with caplog.at_level(logging.WARNING, logger="llmasr.train"):
+        universal.fit_schedules(sched, 6)
+        assert not caplog.records  # same total: nothing to do
+        universal.fit_schedules(sched, 10)
+    assert sched.last_update == 2 and {s.total for s in sched.schedules} == {10}
+    want = schedule_lr(optim.branch("llm").scheduler, 2, 1e-3, 10)
+    assert [g["lr"] for g in opt.param_groups] == [pytest.approx(want)] * 2
+    assert "holds 10 updates" in caplog.text and "sized for [6]" in caplog.text and "at update 2" in caplog.text
+
+
+def test_a_changed_global_batch_is_named_with_the_accumulation_that_keeps_it(caplog):
+    ds = {"train_batch_size": 2, "train_micro_batch_size_per_gpu": 1}
+    with caplog.at_level(logging.WARNING, logger="llmasr.train"):
+        universal.check_global_batch({"train_batch_size": 2}, ds, 1)
+        assert not caplog.records
+        universal.check_global_batch({"train_batch_size": 4}, ds, 1)
+        assert "from 4 to 2" in caplog.text and "train.grad_accum=4 keeps it" in caplog.text
+        universal.check_global_batch({"train_batch_size": 4}, {**ds, "train_batch_size": 9}, 3)
+        assert "no grad_accum keeps it at 3 rank(s)" in caplog.text
+
+
+def test_describe_resize_says_how_the_epoch_continues():
+    state = {"sampler": {"batches_yielded": 2}}
+    assert "epoch 0 was 2 steps in" in universal.describe_resize(2, 1, 0, state, 6)
+    assert "in the order the 2-rank run had planned" in universal.describe_resize(2, 1, 0, state, 6)
+    assert "dealt afresh" in universal.describe_resize(2, 3, 0, state, 2)
+    assert "epoch 1 starts afresh" in universal.describe_resize(2, 1, 1, None, 9)
+
+
+def test_unshare_steps_gives_every_state_its_own_step():
+    step = torch.tensor(3.0)
+    inner = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1)), torch.nn.Parameter(torch.zeros(1))])
+    for p in inner.param_groups[0]["params"]:
+        inner.state[p] = {"step": step, "exp_avg": torch.zeros(1)}
+
+    class Wrapper:  # DeepSpeed's ZeRO optimizers hold the torch one as .optimizer
+        optimizer = inner
+
+    universal.unshare_steps(Wrapper())
+    steps = [s["step"] for s in inner.state.values()]
+    assert len({id(s) for s in steps}) == 2 and all(float(s) == 3.0 for s in steps)
+
+
+def test_conversion_reads_the_checkpoint_weights_only(tmp_path):
+    src = fake_checkpoint(tmp_path / "update_00000004")
+    shard = src / "zero_pp_rank_0_mp_rank_00_optim_states.pt"
+    torch.save({"optimizer_state_dict": {"zero_stage": 2}, "payload": os.getcwd}, shard)  # a pickled callable
+    dst = tmp_path / ("update_00000004" + UNIVERSAL_SUFFIX)
+    with pytest.raises(RuntimeError, match="universal checkpoint failed") as err:
+        universal.convert(src, dst)
+    assert str(src) in str(err.value) and "getcwd" in str(err.value)
+    assert not dst.exists() and not list(tmp_path.glob(".*"))
