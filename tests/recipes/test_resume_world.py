@@ -1,6 +1,7 @@
 """Resume at another world size: a run of 2 CPU ranks under the real launcher continued by 1 rank (and back), through
 DeepSpeed's universal checkpoint (ZeRO-2/3) or a plain load (ZeRO-0), on the tiny model and corpus."""
 
+import json
 import math
 import os
 import subprocess
@@ -9,7 +10,9 @@ import numpy as np
 import pytest
 import torch
 
+from llmasr.checkpoint_files import hash_share
 from llmasr.recipe import load_recipe
+from llmasr.safe_load import CheckpointError
 from llmasr.train import checkpoint as ck
 from llmasr.train.progress import parse_log_line
 from llmasr.train.trainer import Run, train
@@ -109,8 +112,16 @@ def test_a_broken_checkpoint_fails_conversion_naming_it(tiny_recipe_file, tmp_pa
     launch(tiny_recipe_file, "zero2", two, "train.max_updates=1")
     source = two / "checkpoints" / ck.tag_for(1)
     shard = source / "zero_pp_rank_1_mp_rank_00_optim_states.pt"
-    shard.write_bytes(shard.read_bytes()[:1000])
+    whole = shard.read_bytes()
+    shard.write_bytes(whole[:1000])
     run = Run(one_rank_recipe(tiny_recipe_file, tmp_path / "one"), "zero2", resume=str(source))
+    with pytest.raises(CheckpointError, match=f"{shard.name}: 1000 bytes"):
+        run.load()  # the recorded checksums stop a cut-short shard before the conversion reads it
+    # a shard that is whole but not what DeepSpeed wrote (checksums recorded as if it had been): the conversion fails
+    torch.save({"not": "an optimizer state"}, shard)
+    meta = json.loads((source / "llmasr_meta.json").read_text())
+    (source / "llmasr_meta.json").write_text(json.dumps({**meta, "files": hash_share(source)}))
+    run = Run(one_rank_recipe(tiny_recipe_file, tmp_path / "one2"), "zero2", resume=str(source))
     with pytest.raises(RuntimeError, match="universal checkpoint failed") as err:
         run.load()
     assert str(source) in str(err.value)
