@@ -27,6 +27,7 @@ from typing import Any
 
 from llmasr.config_io import ConfigError
 from llmasr.train.config import TrainConfig
+from llmasr.train.ds_keys import check_ds_keys
 
 PRESETS: tuple[str, ...] = ("zero0", "zero1", "zero2", "zero2_offload", "zero3", "zero3_offload")
 PRESET_DIR = Path(__file__).resolve().parents[2] / "ds_configs"
@@ -171,6 +172,7 @@ def resolve_ds_config(
             f'{source}: "auto" left at {left}; llmasr fills only train_batch_size, train_micro_batch_size_per_gpu, '
             "gradient_accumulation_steps, gradient_clipping, bf16.enabled and fp16.enabled: set a number there"
         )
+    check_ds_keys(ds, source)  # misspelt keys: DeepSpeed ignores them, or refuses them only after the model loads
     return ds
 
 

@@ -17,10 +17,12 @@ import os
 import socket
 from contextlib import nullcontext
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
 from llmasr.config_io import ConfigError
+from llmasr.errors import write_error
 from llmasr.train.ds_config import zero_stage
 
 log = logging.getLogger("llmasr.train")
@@ -73,9 +75,13 @@ def init_distributed() -> DistInfo:
     from deepspeed.utils import logger as ds_logger
 
     ds_logger.setLevel(logging.WARNING)  # its per-step INFO lines drown the progress report
+    from llmasr.train import shm
+
     acc = get_accelerator()
     backend = acc.communication_backend_name()
-    deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False)
+    with shm.without_shm_allreduce():  # training reduces through torch.distributed; see llmasr.train.shm
+        deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False)
+    shm.unlink_own_buffer(torch.distributed.get_rank(), barrier)
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if acc.device_name() == "cpu":
         device = torch.device("cpu")
@@ -239,10 +245,17 @@ class TrainEngine:
 
     # -- checkpoints ------------------------------------------------------------------------------------------------
     def save(self, save_dir: str, tag: str, client_state: dict) -> None:
-        """Every rank must call this. Frozen base weights are not stored (they come back from the recipe)."""
-        self.engine.save_checkpoint(
-            save_dir, tag=tag, client_state=client_state, save_latest=False, exclude_frozen_parameters=True
-        )
+        """Every rank must call this. Frozen base weights are not stored (they come back from the recipe). A full
+        disk is reported as such, naming the checkpoint folder (torch's own message has neither)."""
+        try:
+            self.engine.save_checkpoint(
+                save_dir, tag=tag, client_state=client_state, save_latest=False, exclude_frozen_parameters=True
+            )
+        except Exception as err:
+            full = write_error(Path(save_dir) / tag, err)
+            if full is None:
+                raise
+            raise full from err
 
     def load(self, load_dir: str, tag: str) -> dict:
         # strict=False: the frozen tensors were deliberately left out; the trainer checks the trainable names itself.
