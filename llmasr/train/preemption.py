@@ -95,6 +95,8 @@ class Preemption:
         # Main thread, when Python gets to it. The watcher has the timing; this only interrupts start-up.
         if os.getpid() != self._pid:  # a forked DataLoader worker inherits the handler: the main process decides
             return
+        if self.signum is None:
+            self.signum = signum  # the watcher may not have read the fd yet; the next boundary must see it
         if not self._armed and not self._raised:
             self._raised = True
             raise Interrupted(signum)

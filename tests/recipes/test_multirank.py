@@ -2,11 +2,10 @@
 
 import json
 import math
-import os
-import subprocess
 
 import pytest
 
+from llmasr.testing.launcher import launch_train
 from llmasr.train import checkpoint as ck
 from llmasr.train.progress import parse_log_line
 
@@ -14,15 +13,7 @@ pytestmark = pytest.mark.slow
 
 
 def launch(recipe_file, preset, run_dir, *overrides, resume=False):
-    from llmasr.train.engine import _free_port
-
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")}
-    cmd = ["deepspeed", "--num_gpus", "2", "--master_port", str(_free_port()), "--module", "llmasr", "train",
-           "--config", str(recipe_file), "--deepspeed", preset, *(["--resume"] if resume else []),
-           f"train.output_dir={run_dir}", *overrides]  # fmt: skip
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400)
-    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
-    return proc
+    return launch_train(recipe_file, preset, run_dir, *overrides, resume=resume)  # also: nothing left in /dev/shm
 
 
 def train_rows(run_dir):
