@@ -56,3 +56,12 @@ def test_two_ranks_zero2_resumes(tiny_recipe_file, tmp_path):
     assert "resumed from" in proc.stderr and ck.tag_for(2) in proc.stderr
     rows = check_run(run, 2, 4)
     assert [r["epoch"] for r in rows] == [0, 0, 1, 1]
+
+
+def test_an_error_is_reported_once_by_rank_0(tiny_recipe_file, tmp_path):
+    ds = tmp_path / "ds.json"
+    ds.write_text(json.dumps({"zero_optimisation": {"stage": 2}}))  # refused after the process group is up
+    proc = launch_train(tiny_recipe_file, str(ds), tmp_path / "run", expect_rc=2)
+    lines = [line for line in (proc.stdout + proc.stderr).splitlines() if "llmasr train: error" in line]
+    assert lines == [f"llmasr train: error: {ds}: unknown key(s), which DeepSpeed would silently ignore:"]
+    assert "did you mean 'zero_optimization'?" in proc.stderr and "Traceback" not in proc.stdout + proc.stderr
