@@ -10,7 +10,8 @@ business (ZeRO stage, offload, buckets) and "auto" for what the recipe decides:
     bf16.enabled / fp16.enabled      train.precision
 
 `resolve_ds_config` replaces every "auto", and refuses a concrete value that contradicts the recipe (one error that
-lists every such key with both values) rather than letting one silently win. A key missing from the JSON is filled
+lists every such key with both values) rather than letting one silently win, and a key DeepSpeed does not know
+(ds_keys.py). A key missing from the JSON is filled
 from the recipe like an "auto". The JSON must hold no "scheduler" and no "optimizer" block: llmasr builds one AdamW
 param group per branch and one schedule per group (llmasr.train.param_groups / schedulers); DeepSpeed's built-in
 WarmupLR / WarmupDecayLR write one scalar lr into every group, collapsing the per-branch lrs, and a DeepSpeed
