@@ -1,8 +1,8 @@
 """The DeepSpeed side of training: process group, ZeRO-3 model construction, the engine and its checkpoints.
 
 In the training package, only this module, shm.py (process-group start-up) and ds_keys.py (DeepSpeed's own config
-reader) import deepspeed. The training loop (trainer.py) talks to a
-`TrainEngine`, which owns the accumulation boundary explicitly:
+reader) import deepspeed. The training loop (trainer.py) talks to a `TrainEngine`, which owns the accumulation
+boundary explicitly:
 
     engine.micro_step(batch, token_normalizer=..., utt_normalizer=..., boundary=last_of_window, zero_loss=empty)
 
