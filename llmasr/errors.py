@@ -60,8 +60,15 @@ def context(what: str) -> Iterator[None]:
 
 
 # -- describing an error ------------------------------------------------------------------------------------------
+PACKAGE_DIR = str(Path(__file__).resolve().parent)
+
+
 def _ours(err: BaseException) -> bool:
-    return type(err).__module__.split(".")[0] == "llmasr"
+    """An llmasr error class, or any error llmasr raised itself: its message was written to be read as it is."""
+    if type(err).__module__.split(".")[0] == "llmasr":
+        return True
+    frames = traceback.extract_tb(err.__traceback__)
+    return bool(frames) and str(Path(frames[-1].filename).resolve()).startswith(PACKAGE_DIR)
 
 
 def _raised_at(err: BaseException) -> str:
@@ -85,7 +92,7 @@ def describe(err: BaseException) -> str:
     """The message for `err`: what it says, with the file an OSError names, the context notes, and (for another
     library's error) its type and where it was raised."""
     notes = [n for n in getattr(err, "__notes__", []) if n.startswith("while ")]
-    if isinstance(err, OSError) and err.filename is not None and not _ours(err):
+    if isinstance(err, OSError) and err.filename is not None:
         target = f"{err.filename} -> {err.filename2}" if err.filename2 else str(err.filename)
         text = f"{target}: {err.strerror or err}"
         hint = OSERROR_HINTS.get(err.errno or 0)
