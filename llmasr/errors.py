@@ -189,7 +189,7 @@ def run(prog: str, main: Callable[[list[str] | None], int | None], argv: list[st
     except KeyboardInterrupt as err:  # Interrupted (SIGTERM, SIGINT) or a plain Ctrl-C where none was installed
         signum = err.signum if isinstance(err, Interrupted) else 2
         if _rank() == 0:
-            when = " before training started (nothing to save yet)" if isinstance(err, Interrupted) else ""
+            when = f" {err.when} (nothing to save)" if isinstance(err, Interrupted) else ""
             print(f"{prog}: stopped by {signal_name(signum)}{when}", file=sys.stderr, flush=True)
         return signal_status(signum)
     except Exception as err:

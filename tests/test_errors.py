@@ -103,7 +103,7 @@ def test_tracebacks_go_to_the_registered_log_and_with_debug_to_stderr(tmp_path, 
 def test_a_stop_signal_outside_training_is_one_line(monkeypatch, capsys):
     monkeypatch.setenv("RANK", "0")
     assert errors.run("llmasr train", fail_with(Interrupted(15)), []) == 143
-    assert capsys.readouterr().err == "llmasr train: stopped by SIGTERM before training started (nothing to save yet)\n"
+    assert capsys.readouterr().err == "llmasr train: stopped by SIGTERM before training started (nothing to save)\n"
     assert errors.run("llmasr decode", fail_with(KeyboardInterrupt()), []) == 130
     assert capsys.readouterr().err == "llmasr decode: stopped by SIGINT\n"
 

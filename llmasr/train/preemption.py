@@ -33,11 +33,12 @@ FORWARDED_WITHIN_S = 2.0
 
 
 class Interrupted(KeyboardInterrupt):
-    """A stop signal that arrived where nothing could be saved (start-up, or outside training)."""
+    """A stop signal that arrived where nothing could be saved: before training started, or after it ended."""
 
-    def __init__(self, signum: int):
+    def __init__(self, signum: int, when: str = "before training started"):
         super().__init__(signal.Signals(signum).name)
         self.signum = signum
+        self.when = when
 
 
 def signal_name(signum: int) -> str:
@@ -58,6 +59,7 @@ class Preemption:
         self.signum: int | None = None  # the first stop signal this process received
         self._first_at: float | None = None
         self._armed = False
+        self._trained = False  # armed at some point: a later signal comes after training
         self._raised = False
         self._installed = False
         self._pid = os.getpid()
@@ -89,6 +91,7 @@ class Preemption:
     def arm(self, armed: bool = True) -> None:
         """While armed (the training loop), a first signal only requests a stop at the next update boundary."""
         self._armed = armed
+        self._trained = self._trained or armed
 
     # -- signals ------------------------------------------------------------------------------------------------
     def _on_signal(self, signum: int, frame) -> None:
@@ -99,7 +102,7 @@ class Preemption:
             self.signum = signum  # the watcher may not have read the fd yet; the next boundary must see it
         if not self._armed and not self._raised:
             self._raised = True
-            raise Interrupted(signum)
+            raise Interrupted(signum, "after training ended" if self._trained else "before training started")
 
     def _watch(self) -> None:
         while True:

@@ -157,3 +157,13 @@ def test_agreed_stop_without_a_group_is_the_local_request():
     p.signum = signal.SIGTERM
     assert p.agreed_stop(torch.device("cpu")) == signal.SIGTERM
     assert pre.exit_status(signal.SIGINT) == 130
+
+
+def test_after_training_a_signal_interrupts_at_once_and_says_so():
+    with pre.Preemption() as p:
+        p.arm()
+        p.arm(False)  # the loop ended: the final summary is being written
+        with pytest.raises(pre.Interrupted) as err:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)
+    assert err.value.signum == signal.SIGTERM and err.value.when == "after training ended"
