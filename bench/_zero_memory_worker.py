@@ -121,6 +121,9 @@ def main() -> int:
 
     from llmasr.train.config import TrainConfig
     from llmasr.train.ds_config import resolve_ds_config, zero_stage
+    from llmasr.train.engine import init_distributed
+
+    init_distributed()  # as `llmasr train` does: no shared-memory all-reduce buffers left in /dev/shm
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
     tcfg = TrainConfig(precision=args.precision, grad_accum=1, micro_batch_per_gpu=4, grad_clip=1.0)
@@ -130,7 +133,7 @@ def main() -> int:
     n_params = sum(p.numel() for p in model.parameters())
     largest = max(p.numel() for p in model.parameters())
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds, dist_init_required=True)
+    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds)
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.precision]
     rank = engine.global_rank
 

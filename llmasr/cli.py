@@ -10,6 +10,8 @@ import os
 import sys
 from importlib import import_module
 
+from llmasr import errors
+
 VERBS = {
     "train": ("llmasr.train.trainer", "fine-tune a speech LLM under DeepSpeed (1..N ranks)"),
     "check": ("llmasr.train.check", "resolve a recipe + DeepSpeed JSON without training: batches, updates, lr, memory"),
@@ -45,8 +47,17 @@ def usage() -> str:
     return "\n".join(lines)
 
 
+def strip_debug(argv: list[str]) -> list[str]:
+    """`--debug` anywhere before a lone `--`: print tracebacks (LLMASR_DEBUG=1, which the ranks also see)."""
+    end = argv.index("--") if "--" in argv else len(argv)
+    if "--debug" not in argv[:end]:
+        return argv
+    os.environ[errors.DEBUG_ENV] = "1"
+    return [a for i, a in enumerate(argv) if not (a == "--debug" and i < end)]
+
+
 def main(argv: list[str] | None = None) -> int:
-    argv = strip_local_rank(list(sys.argv[1:] if argv is None else argv))
+    argv = strip_debug(strip_local_rank(list(sys.argv[1:] if argv is None else argv)))
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(usage())
         return 0
@@ -60,5 +71,6 @@ def main(argv: list[str] | None = None) -> int:
             print(f"usage: llmasr data {{{'|'.join(DATA_TOOLS)}}} ... (--help for each)", file=sys.stderr)
             return 2
         module_name, rest = DATA_TOOLS[rest[0]], rest[1:]
-    module = import_module(module_name)
-    return int(module.main(rest) or 0)
+    # Commands decorated with errors.command report their own errors; this catches the rest (an import that fails).
+    return errors.run(f"llmasr {verb}" if verb != "data" else f"llmasr data {argv[1]}",
+                      lambda args: import_module(module_name).main(args), rest)  # fmt: skip

@@ -84,8 +84,13 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
             try:
                 return _coerce(value, arg, path)
             except ConfigError as err:
-                errors.append(str(err))
-        raise ConfigError(f"{path}: {value!r} fits none of {' | '.join(_type_name(a) for a in args)}")
+                errors.append(err)
+        if len(errors) == 1:  # an optional section or value: its own error names the key at fault
+            raise errors[0]
+        raise ConfigError(
+            f"{path}: {value!r} fits none of {' | '.join(_type_name(a) for a in args)}:\n  "
+            + "\n  ".join(str(e) for e in errors)
+        )
     if typing.get_origin(tp) is typing.Literal:
         choices = typing.get_args(tp)
         if value not in choices:

@@ -31,6 +31,7 @@ from llmasr.data.dataset import BadDataTracker, BadItem, SpeechDataset, TooMuchB
 from llmasr.data.frontend import FrontendConfig
 from llmasr.data.sampler import DynamicBucketSampler
 from llmasr.data.screen import describe_skipped, start_tracker
+from llmasr.data.worker_signals import leave_signals_to_main
 
 log = logging.getLogger("llmasr.data")
 
@@ -128,7 +129,9 @@ def evenly_spaced(n: int, k: int | None) -> np.ndarray | None:
 
 
 def worker_init(worker_id: int) -> None:
-    """Per-worker seeding of the global RNGs (item randomness is per index and does not use them) and 1 thread."""
+    """Per-worker seeding of the global RNGs (item randomness is per index and does not use them) and 1 thread;
+    stop signals are left to the main process (llmasr.data.worker_signals)."""
+    leave_signals_to_main()
     seed = torch.initial_seed() % 2**32
     np.random.seed(seed)
     random.seed(seed)

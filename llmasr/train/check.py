@@ -15,7 +15,7 @@ import os
 import sys
 from pathlib import Path
 
-from llmasr.config_io import ConfigError
+from llmasr.errors import command
 from llmasr.models.builder import build_model
 
 
@@ -127,8 +127,8 @@ def check(recipe, ds_path, *, world_size: int, out: Path | None = None) -> str:
     return "\n".join(lines)
 
 
+@command("llmasr check")
 def main(argv: list[str] | None = None) -> int:
-    from llmasr.data.dataset import TooMuchBadData
     from llmasr.recipe import load_recipe
 
     p = argparse.ArgumentParser(prog="llmasr check", description="resolve a recipe + DeepSpeed JSON without training")
@@ -140,10 +140,6 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(list(sys.argv[1:] if argv is None else argv))
     if args.world_size < 1:
         p.error(f"--world-size must be >= 1, got {args.world_size}")
-    try:
-        recipe = load_recipe(args.config, args.overrides)
-        print(check(recipe, args.deepspeed, world_size=args.world_size, out=args.out))
-    except (ConfigError, FileNotFoundError, TooMuchBadData) as err:
-        print(f"llmasr check: error: {err}", file=sys.stderr)
-        return 2
+    recipe = load_recipe(args.config, args.overrides)
+    print(check(recipe, args.deepspeed, world_size=args.world_size, out=args.out))
     return 0

@@ -11,7 +11,8 @@ stage, offload, buckets) and "auto" for what the recipe decides:
     bf16.enabled / fp16.enabled      train.precision
 
 `resolve_ds_config` replaces every "auto", and refuses a concrete value that contradicts the recipe (one error that
-lists every such key with both values) rather than letting one silently win. A key missing from the JSON is filled
+lists every such key with both values) rather than letting one silently win, and a key DeepSpeed does not know
+(ds_keys.py). A key missing from the JSON is filled
 from the recipe like an "auto". The JSON must hold no "scheduler" and no "optimizer" block: llmasr builds one AdamW
 param group per branch and one schedule per group (llmasr.train.param_groups / schedulers); DeepSpeed's built-in
 WarmupLR / WarmupDecayLR write one scalar lr into every group, collapsing the per-branch lrs, and a DeepSpeed
@@ -28,6 +29,7 @@ from typing import Any
 
 from llmasr.config_io import ConfigError
 from llmasr.train.config import TrainConfig
+from llmasr.train.ds_keys import check_ds_keys
 
 PRESETS: tuple[str, ...] = ("zero0", "zero1", "zero2", "zero2_offload", "zero3", "zero3_offload")
 PRESET_DIR = Path(__file__).resolve().parents[1] / "ds_configs"
@@ -172,6 +174,7 @@ def resolve_ds_config(
             f'{source}: "auto" left at {left}; llmasr fills only train_batch_size, train_micro_batch_size_per_gpu, '
             "gradient_accumulation_steps, gradient_clipping, bf16.enabled and fp16.enabled: set a number there"
         )
+    check_ds_keys(ds, source)  # misspelt keys: DeepSpeed ignores them, or refuses them only after the model loads
     return ds
 
 

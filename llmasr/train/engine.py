@@ -1,7 +1,8 @@
 """The DeepSpeed side of training: process group, ZeRO-3 model construction, the engine and its checkpoints.
 
-This module and ds_config.py are the only ones that import deepspeed. The training loop (trainer.py) talks to a
-`TrainEngine`, which owns the accumulation boundary explicitly:
+In the training package, only this module, shm.py (process-group start-up) and ds_keys.py (DeepSpeed's own config
+reader) import deepspeed. The training loop (trainer.py) talks to a `TrainEngine`, which owns the accumulation
+boundary explicitly:
 
     engine.micro_step(batch, token_normalizer=..., utt_normalizer=..., boundary=last_of_window, zero_loss=empty)
 
@@ -17,10 +18,12 @@ import os
 import socket
 from contextlib import nullcontext
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
 from llmasr.config_io import ConfigError
+from llmasr.errors import write_error
 from llmasr.train.ds_config import zero_stage
 
 log = logging.getLogger("llmasr.train")
@@ -73,9 +76,13 @@ def init_distributed() -> DistInfo:
     from deepspeed.utils import logger as ds_logger
 
     ds_logger.setLevel(logging.WARNING)  # its per-step INFO lines drown the progress report
+    from llmasr.train import shm
+
     acc = get_accelerator()
     backend = acc.communication_backend_name()
-    deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False)
+    with shm.without_shm_allreduce():  # training reduces through torch.distributed; see llmasr.train.shm
+        deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False)
+    shm.unlink_own_buffer(torch.distributed.get_rank(), barrier)
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if acc.device_name() == "cpu":
         device = torch.device("cpu")
@@ -239,10 +246,17 @@ class TrainEngine:
 
     # -- checkpoints ------------------------------------------------------------------------------------------------
     def save(self, save_dir: str, tag: str, client_state: dict) -> None:
-        """Every rank must call this. Frozen base weights are not stored (they come back from the recipe)."""
-        self.engine.save_checkpoint(
-            save_dir, tag=tag, client_state=client_state, save_latest=False, exclude_frozen_parameters=True
-        )
+        """Every rank must call this. Frozen base weights are not stored (they come back from the recipe). A full
+        disk is reported as such, naming the checkpoint folder (torch's own message has neither)."""
+        try:
+            self.engine.save_checkpoint(
+                save_dir, tag=tag, client_state=client_state, save_latest=False, exclude_frozen_parameters=True
+            )
+        except Exception as err:
+            full = write_error(Path(save_dir) / tag, err)
+            if full is None:
+                raise
+            raise full from err
 
     def load(self, load_dir: str, tag: str) -> dict:
         from llmasr.safe_load import weights_only_engine

@@ -55,13 +55,29 @@ def parse_log_line(line: str) -> dict:
     return out
 
 
+class _Stderr(logging.StreamHandler):
+    """sys.stderr as it is when a record is written: one handler serves every run in a process, and whoever
+    replaced sys.stderr in between (pytest's capture) may have closed the one it had at the start."""
+
+    def __init__(self):
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
 def setup_logging(run_dir: Path | None, rank: int) -> logging.Handler | None:
     """llmasr loggers: INFO to stderr on rank 0 (warnings on the others), plus RUN_DIR/train.log on rank 0."""
     root = logging.getLogger("llmasr")
     root.setLevel(logging.INFO)
     fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%Y-%m-%d %H:%M:%S")
     if not any(getattr(h, "_llmasr_console", False) for h in root.handlers):
-        console = logging.StreamHandler(sys.stderr)
+        console = _Stderr()
         console._llmasr_console = True
         console.setFormatter(fmt)
         root.addHandler(console)

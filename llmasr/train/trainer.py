@@ -18,13 +18,16 @@ from __future__ import annotations
 import argparse
 import logging
 import math
+import os
 import sys
 from itertools import islice
 from pathlib import Path
 
 import torch
 
+from llmasr import errors
 from llmasr.config_io import ConfigError
+from llmasr.train.preemption import Preemption, exit_status, signal_name
 from llmasr.train.progress import StartupLog
 
 log = logging.getLogger("llmasr.train")
@@ -133,6 +136,7 @@ class Run:
         barrier()
         self.log_handler = setup_logging(self.run_dir, self.rank)
         self.startup_log.replay(self.log_handler)
+        errors.traceback_to(self.run_dir / "train.log")  # a failure's traceback, beside the log of the run
         tc = self.recipe.train
         log.info(
             "batches: micro %d per rank x accumulation %d x world %d = train_batch_size %d; %s batches per rank per "
@@ -177,7 +181,8 @@ class Run:
         tag = ck.tag_for(update)
         client = {"llmasr": {"epoch": epoch, "loader": loader_state, "rng": all_gather_object(rng_state())}}
         client["llmasr"]["update"] = update
-        self.engine.save(str(self.ckpt_dir), tag, client)
+        with errors.context(f"saving checkpoint {tag}"):
+            self.engine.save(str(self.ckpt_dir), tag, client)
         barrier()
         files = merge_shares(all_gather_object(hash_share(self.ckpt_dir / tag, self.rank, self.world)))
         if self.rank == 0:
@@ -224,10 +229,11 @@ class Run:
                 f"only now: {sorted(now - saved)[:5]}): LoRA/freeze settings changed since it was saved"
             )
         verify_ranks(where, meta, self.rank, self.world, all_gather_object)  # before DeepSpeed reads a byte
-        if universal.needs_conversion(saved_world, self.world, self.engine.stage):
-            client = universal.load(self.engine, *universal.prepare(load_dir, tag, self.ckpt_dir, self.rank))
-        else:
-            client = self.engine.load(str(load_dir), tag)
+        with errors.context(f"loading checkpoint {where}"):
+            if universal.needs_conversion(saved_world, self.world, self.engine.stage):
+                client = universal.load(self.engine, *universal.prepare(load_dir, tag, self.ckpt_dir, self.rank))
+            else:
+                client = self.engine.load(str(load_dir), tag)
         state = client.get("llmasr") or {}
         rngs = state.get("rng") or []
         self.pending_rng = rngs[self.rank] if len(rngs) == self.world else None
@@ -269,7 +275,7 @@ class Run:
         self.progress.validation(self.engine.global_steps, metrics)
         return metrics
 
-    def fit(self, stop_after_updates: int | None = None) -> dict:
+    def fit(self, stop_after_updates: int | None = None, preemption: Preemption | None = None) -> dict:
         from llmasr.train.progress import Progress
         from llmasr.train.resolve import set_rng_state
 
@@ -284,6 +290,8 @@ class Run:
         last_metrics = None
         self.engine.train(True)
         stop = False
+        preemption = preemption or Preemption(self.rank)
+        preemption.arm()
         try:
             for epoch in range(start_epoch, tc.epochs):
                 if loader_state is not None and epoch == start_epoch:
@@ -312,6 +320,8 @@ class Run:
                         metrics = last_metrics = self.validate()
                     if (tc.save_every_updates and update % tc.save_every_updates == 0) or (metrics and tc.best_k):
                         self.save(epoch, self.train_loader.state_dict(), metrics)
+                    if signum := preemption.agreed_stop(self.engine.device):
+                        return self._stopped(signum, epoch, self.train_loader.state_dict(), history)
                 # Epoch end (or max_updates): validate unless just done, and save. A stop inside the epoch keeps
                 # the loader position, so raising max_updates and resuming carries on mid-epoch.
                 if self.valid_update != self.engine.global_steps:
@@ -321,12 +331,33 @@ class Run:
                     self.save(epoch, self.train_loader.state_dict(), metrics)
                     break
                 self.save(epoch + 1, None, metrics)
+                if (signum := preemption.agreed_stop(self.engine.device)) and epoch + 1 < tc.epochs:
+                    return self._stopped(signum, epoch + 1, None, history)
+        except Exception as err:
+            errors.rank_specific(err, self.rank)  # this rank's data or memory, maybe: every rank reports its own
+            raise
         finally:
+            preemption.arm(False)
             self.progress.close()
             if self.log_handler is not None:
                 logging.getLogger("llmasr").removeHandler(self.log_handler)
                 self.log_handler.close()
         return {"history": history, "interrupted": False, "run_dir": str(self.run_dir), "metrics": last_metrics}
+
+    def _stopped(self, signum: int, epoch: int, loader_state: dict | None, history: list[dict]) -> dict:
+        """Every rank, after the same update: save (unless this update was just saved) and report one line."""
+        from llmasr.train import checkpoint as ck
+
+        if self.last_saved != self.engine.global_steps:
+            self.save(epoch, loader_state, None)
+        where = self.ckpt_dir / ck.tag_for(self.last_saved)
+        if self.rank == 0:
+            log.warning(
+                "stopped by %s after update %d: checkpoint %s saved; continue with --resume",
+                signal_name(signum), self.engine.global_steps, where,
+            )  # fmt: skip
+        return {"history": history, "interrupted": True, "signal": signum, "checkpoint": str(where),
+                "run_dir": str(self.run_dir), "metrics": None}  # fmt: skip
 
     def _extra(self) -> dict:
         return {
@@ -339,8 +370,12 @@ class Run:
 def train(recipe, ds_config_path, *, resume: str | None = None, stop_after_updates: int | None = None) -> dict:
     """Train `recipe` with the DeepSpeed JSON `ds_config_path` (a path or preset name). `resume`: "latest", a tag
     or a checkpoint path. `stop_after_updates` ends the run right after that update without saving (tests use it
-    to simulate an interruption). Returns {"history": per-update stats, "metrics": last validation, ...}."""
-    return Run(recipe, ds_config_path, resume=resume).fit(stop_after_updates)
+    to simulate an interruption). Returns {"history": per-update stats, "metrics": last validation, ...}.
+
+    SIGTERM/SIGINT during training stop every rank after the same update with a checkpoint ("interrupted": True,
+    "signal": its number); during start-up they raise preemption.Interrupted (llmasr.train.preemption)."""
+    with Preemption(int(os.environ.get("RANK", "0"))) as preemption:
+        return Run(recipe, ds_config_path, resume=resume).fit(stop_after_updates, preemption)
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -360,18 +395,15 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return args
 
 
+@errors.command("llmasr train")
 def main(argv: list[str] | None = None) -> int:
-    from llmasr.data.dataset import TooMuchBadData
     from llmasr.recipe import load_recipe
-    from llmasr.safe_load import CheckpointError
 
     args = parse_args(list(sys.argv[1:] if argv is None else argv))
-    try:
-        recipe = load_recipe(args.config, args.overrides)
-        result = train(recipe, args.deepspeed, resume=args.resume)
-    except (ConfigError, FileNotFoundError, TooMuchBadData, CheckpointError) as err:
-        print(f"llmasr train: error: {err}", file=sys.stderr)
-        return 2
+    recipe = load_recipe(args.config, args.overrides)
+    result = train(recipe, args.deepspeed, resume=args.resume)
+    if result.get("signal"):
+        return exit_status(result["signal"])  # stopped with a checkpoint: the job did not finish
     metrics = result.get("metrics") or {}
     last = result["history"][-1] if result["history"] else {}
     summary = {k: v for k, v in metrics.items() if isinstance(v, float) and not math.isnan(v)}

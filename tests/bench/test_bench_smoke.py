@@ -179,7 +179,12 @@ def test_run_all_quick_train_step_and_data(tmp_path):
 @pytest.mark.slow
 def test_zero_memory_quick_counts_the_states_deepspeed_holds(tmp_path):
     pytest.importorskip("deepspeed")
-    _run([str(BENCH / "zero_memory.py"), "--quick", "--json-out", str(tmp_path / "z.json")])
+    from llmasr.testing.launcher import assert_no_shm_left
+    from llmasr.train.engine import _free_port
+
+    port = _free_port()
+    _run([str(BENCH / "zero_memory.py"), "--quick", "--master-port", str(port), "--json-out", str(tmp_path / "z.json")])
+    assert_no_shm_left(port)  # the ranks start as `llmasr train` does: no shared-memory all-reduce buffers
     res = json.loads((tmp_path / "z.json").read_text())
     rows = {r["preset"]: r for r in res["rows"]}
     assert set(rows) == {"zero0", "zero2"}

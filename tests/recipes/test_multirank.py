@@ -2,28 +2,19 @@
 
 import json
 import math
-import os
 import shutil
-import subprocess
 
 import pytest
 
+from llmasr.testing.launcher import launch_train
 from llmasr.train import checkpoint as ck
 from llmasr.train.progress import parse_log_line
 
 pytestmark = pytest.mark.slow
 
 
-def launch(recipe_file, preset, run_dir, *overrides, resume=False, ok=True):
-    from llmasr.train.engine import _free_port
-
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")}
-    cmd = ["deepspeed", "--num_gpus", "2", "--master_port", str(_free_port()), "--module", "llmasr", "train",
-           "--config", str(recipe_file), "--deepspeed", preset, *(["--resume"] if resume else []),
-           f"train.output_dir={run_dir}", *overrides]  # fmt: skip
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400)
-    assert (proc.returncode == 0) == ok, proc.stdout[-4000:] + proc.stderr[-4000:]
-    return proc
+def launch(recipe_file, preset, run_dir, *overrides, resume=False, expect_rc=0):
+    return launch_train(recipe_file, preset, run_dir, *overrides, resume=resume, expect_rc=expect_rc)  # + no shm left
 
 
 def train_rows(run_dir):
@@ -70,9 +61,18 @@ def test_two_ranks_zero2_resumes(tiny_recipe_file, tmp_path):
     shutil.copytree(run, bad)
     shard = bad / "checkpoints" / ck.tag_for(2) / shards[1]
     shard.write_bytes(shard.read_bytes()[:1000])
-    proc = launch(tiny_recipe_file, "zero2", bad, "train.epochs=2", "train.max_updates=4", resume=True, ok=False)
+    proc = launch(tiny_recipe_file, "zero2", bad, "train.epochs=2", "train.max_updates=4", resume=True, expect_rc=2)
     assert f"{shard}: 1000 bytes, but the save wrote" in proc.stderr and "Traceback" not in proc.stderr
     proc = launch(tiny_recipe_file, "zero2", run, "train.epochs=2", "train.max_updates=4", resume=True)
     assert "resumed from" in proc.stderr and ck.tag_for(2) in proc.stderr
     rows = check_run(run, 2, 4)
     assert [r["epoch"] for r in rows] == [0, 0, 1, 1]
+
+
+def test_an_error_is_reported_once_by_rank_0(tiny_recipe_file, tmp_path):
+    ds = tmp_path / "ds.json"
+    ds.write_text(json.dumps({"zero_optimisation": {"stage": 2}}))  # refused after the process group is up
+    proc = launch_train(tiny_recipe_file, str(ds), tmp_path / "run", expect_rc=2)
+    lines = [line for line in (proc.stdout + proc.stderr).splitlines() if "llmasr train: error" in line]
+    assert lines == [f"llmasr train: error: {ds}: unknown key(s), which DeepSpeed would silently ignore:"]
+    assert "did you mean 'zero_optimization'?" in proc.stderr and "Traceback" not in proc.stdout + proc.stderr

@@ -1,0 +1,213 @@
+"""How every command fails: one clear message, a non-zero exit status, and the traceback kept where it is wanted.
+
+`@command("llmasr train")` on a command's main(argv) turns every exception into
+
+    llmasr train: error: <what went wrong, naming the file, key or line>
+
+on stderr and an exit status: 2 for bad input (a recipe or configuration error, a missing file, too much bad data),
+1 for anything else, 128 + N for a stop signal N. llmasr's own errors already name what is at fault and are printed
+as they are; an error from another library (torch, DeepSpeed, transformers) is given with its type, the context
+llmasr added to it (`context`), and the line it was raised at. The traceback goes to the run's train.log
+(`traceback_to`) and, with LLMASR_DEBUG=1 or `llmasr --debug ...`, to stderr as well.
+
+Under a launcher every rank fails alike on the same recipe, files and checkpoint, so only rank 0 speaks; an error
+that can be one rank's alone (inside the training loop: its data, its memory) is marked with `rank_specific` and is
+reported by every rank that has it, with its rank.
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import os
+import shutil
+import sys
+import traceback
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from llmasr.config_io import ConfigError
+
+DEBUG_ENV = "LLMASR_DEBUG"
+# by class name: no heavy import to recognise them
+INPUT_ERRORS = frozenset({"ConfigError", "TooMuchBadData", "CheckpointError"})
+_traceback_file: Path | None = None
+
+
+def debug_enabled(environ=os.environ) -> bool:
+    return environ.get(DEBUG_ENV, "").strip().lower() not in ("", "0", "false", "no")
+
+
+def traceback_to(path: str | Path | None) -> None:
+    """Append the traceback of a command's failure to `path` (the run's train.log); None stops it."""
+    global _traceback_file
+    _traceback_file = Path(path) if path is not None else None
+
+
+def rank_specific(err: BaseException, rank: int) -> None:
+    """Mark `err` as possibly this rank's alone: every rank that has it reports it."""
+    err.llmasr_rank = rank  # type: ignore[attr-defined]
+
+
+@contextmanager
+def context(what: str) -> Iterator[None]:
+    """Any exception from inside is reported as happening `while <what>` (an exception note: type unchanged)."""
+    try:
+        yield
+    except Exception as err:
+        err.add_note(f"while {what}")
+        raise
+
+
+# -- describing an error ------------------------------------------------------------------------------------------
+PACKAGE_DIR = str(Path(__file__).resolve().parent)
+
+
+def _ours(err: BaseException) -> bool:
+    """An llmasr error class, or any error llmasr raised itself: its message was written to be read as it is."""
+    if type(err).__module__.split(".")[0] == "llmasr":
+        return True
+    frames = traceback.extract_tb(err.__traceback__)
+    return bool(frames) and str(Path(frames[-1].filename).resolve()).startswith(PACKAGE_DIR)
+
+
+def _raised_at(err: BaseException) -> str:
+    frames = traceback.extract_tb(err.__traceback__)
+    if not frames:
+        return ""
+    last = frames[-1]
+    return f"{last.filename}:{last.lineno} ({last.name})"
+
+
+OSERROR_HINTS = {
+    errno.ENOSPC: "the disk is full",
+    errno.EDQUOT: "the disk quota is used up",
+    errno.EROFS: "the file system is read-only",
+    errno.EACCES: "no permission",
+    errno.EPERM: "no permission",
+}
+
+
+def describe(err: BaseException) -> str:
+    """The message for `err`: what it says, with the file an OSError names, the context notes, and (for another
+    library's error) its type and where it was raised."""
+    notes = [n for n in getattr(err, "__notes__", []) if n.startswith("while ")]
+    if isinstance(err, OSError) and err.filename is not None:
+        target = f"{err.filename} -> {err.filename2}" if err.filename2 else str(err.filename)
+        text = f"{target}: {err.strerror or err}"
+        hint = OSERROR_HINTS.get(err.errno or 0)
+        if hint and hint not in text:
+            text += f" ({hint})"
+    elif _ours(err) or isinstance(err, ConfigError):
+        text = str(err)
+    else:
+        where = _raised_at(err)
+        text = f"{type(err).__name__}: {err}" + (f"\n  raised at {where}" if where else "")
+    return f"{'; '.join(notes)}:\n  {text}" if notes else text
+
+
+def exit_status(err: BaseException) -> int:
+    names = {c.__name__ for c in type(err).__mro__}
+    return 2 if names & INPUT_ERRORS or isinstance(err, FileNotFoundError) else 1
+
+
+# -- disk full ----------------------------------------------------------------------------------------------------
+def free_bytes(path: Path) -> int | None:
+    for p in (path, *path.parents):
+        if p.exists():
+            return shutil.disk_usage(p).free
+    return None
+
+
+def _chain(err: BaseException | None) -> Iterator[BaseException]:
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        yield err
+        err = err.__cause__ or err.__context__
+
+
+SHORT_WRITE_MARKERS = ("unexpected pos", "file write failed")  # torch's PyTorchStreamWriter on a short write
+NEARLY_FULL_BYTES = 64 * 2**20
+FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+
+
+def write_error(path: Path, err: BaseException) -> OSError | None:
+    """An OSError naming `path` when `err` (a failed write of a file or folder there) comes from a full disk or
+    quota: torch reports a short write as "unexpected pos 8576 vs 8468", without the errno. None otherwise."""
+    code = next((e.errno for e in _chain(err) if isinstance(e, OSError) and e.errno in FULL_ERRNOS), None)
+    if code is None and any(m in str(e) for e in _chain(err) for m in SHORT_WRITE_MARKERS):
+        free = free_bytes(path)
+        code = errno.ENOSPC if free is not None and free < NEARLY_FULL_BYTES else None
+        if code is None:
+            why = f"a write was cut short ({_free_text(path)}: a disk quota, or a file size limit?)"
+            return OSError(errno.EIO, why, str(path))
+    if code is None:
+        return None
+    return OSError(code, f"{os.strerror(code)} while writing it ({_free_text(path)})", str(path))
+
+
+def _free_text(path: Path) -> str:
+    free = free_bytes(path)
+    return "free space unknown" if free is None else f"{free / 2**20:.1f} MiB free there"
+
+
+# -- running a command --------------------------------------------------------------------------------------------
+def _rank() -> int:
+    return int(os.environ.get("RANK", "0") or 0)
+
+
+def _report(prog: str, err: BaseException) -> None:
+    rank = _rank()
+    own = getattr(err, "llmasr_rank", None)
+    tb = "".join(traceback.format_exception(err))
+    if rank != 0 and own is None:
+        return  # rank 0 has the same error and reports it
+    prefix = f"{prog}: error" + (f" on rank {rank}" if own is not None and rank != 0 else "")
+    if _traceback_file is not None:
+        try:
+            with open(_traceback_file, "a") as f:
+                f.write(f"{prefix}: traceback (rank {rank}):\n{tb}")
+        except OSError:
+            pass  # the log may be what failed (disk full); the message below still goes out
+    lines = [f"{prefix}: {describe(err)}"]
+    if debug_enabled():
+        lines.insert(0, tb.rstrip())
+    elif not _ours(err) and not isinstance(err, (ConfigError, OSError)):
+        where = f"in {_traceback_file}" if _traceback_file is not None else f"with {DEBUG_ENV}=1"
+        lines.append(f"  (the traceback: {where})")
+    print("\n".join(lines), file=sys.stderr, flush=True)
+
+
+def run(prog: str, main: Callable[[list[str] | None], int | None], argv: list[str] | None) -> int:
+    """Run `main(argv)`, turning every exception into one message and an exit status (see the module doc)."""
+    from llmasr.train.preemption import Interrupted, signal_name
+    from llmasr.train.preemption import exit_status as signal_status
+
+    try:
+        return int(main(argv) or 0)
+    except KeyboardInterrupt as err:  # Interrupted (SIGTERM, SIGINT) or a plain Ctrl-C where none was installed
+        signum = err.signum if isinstance(err, Interrupted) else 2
+        if _rank() == 0:
+            when = f" {err.when} (nothing to save)" if isinstance(err, Interrupted) else ""
+            print(f"{prog}: stopped by {signal_name(signum)}{when}", file=sys.stderr, flush=True)
+        return signal_status(signum)
+    except Exception as err:
+        _report(prog, err)
+        return exit_status(err)
+    finally:
+        traceback_to(None)
+
+
+def command(prog: str) -> Callable:
+    """Decorator for a command's `main(argv) -> int` (see the module doc)."""
+
+    def wrap(main: Callable) -> Callable:
+        @functools.wraps(main)
+        def wrapped(argv: list[str] | None = None) -> int:
+            return run(prog, main, argv)
+
+        return wrapped
+
+    return wrap

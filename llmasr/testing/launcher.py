@@ -1,0 +1,102 @@
+"""`llmasr train` under the real `deepspeed` launcher with N CPU ranks, for end-to-end tests.
+
+Every run is checked for what DeepSpeed's CPU shared-memory all-reduce would leave in /dev/shm: the buffers of the
+run's master port must be gone when it ends (llmasr.train.shm).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from pathlib import Path
+
+from llmasr.train.engine import _free_port
+from llmasr.train.shm import run_buffers
+
+
+def train_command(recipe_file, preset: str, run_dir, *overrides: str, port: int, ranks: int = 2, resume=False):
+    return ["deepspeed", "--num_gpus", str(ranks), "--master_port", str(port), "--module", "llmasr", "train",
+            "--config", str(recipe_file), "--deepspeed", preset, *(["--resume"] if resume else []),
+            f"train.output_dir={run_dir}", *overrides]  # fmt: skip
+
+
+def launcher_env() -> dict:
+    """This environment without a rank's variables (a test process may have made itself a 1-rank group)."""
+    return {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")}
+
+
+def assert_no_shm_left(port: int) -> None:
+    left = run_buffers(port)
+    assert not left, f"shared-memory buffers left in /dev/shm: {[p.name for p in left]}"
+
+
+def launch_train(recipe_file, preset: str, run_dir, *overrides: str, resume=False, expect_rc: int = 0, timeout=400):
+    """Run to the end; the launcher's exit status must be `expect_rc`. Returns the CompletedProcess."""
+    port = _free_port()
+    cmd = train_command(recipe_file, preset, run_dir, *overrides, port=port, resume=resume)
+    proc = subprocess.run(cmd, env=launcher_env(), capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == expect_rc, proc.stdout[-4000:] + proc.stderr[-4000:]
+    assert_no_shm_left(port)
+    return proc
+
+
+class Started:
+    """A launch in its own session (process group), its output in a file: for signals sent mid-run."""
+
+    def __init__(self, recipe_file, preset: str, run_dir, *overrides: str, output: Path):
+        self.port = _free_port()
+        self.run_dir = Path(run_dir)
+        self.output = Path(output)
+        cmd = train_command(recipe_file, preset, run_dir, *overrides, port=self.port)
+        with open(self.output, "w") as out:
+            self.proc = subprocess.Popen(cmd, env=launcher_env(), stdout=out, stderr=subprocess.STDOUT,
+                                         start_new_session=True)  # fmt: skip
+
+    def wait_for_update(self, update: int, timeout: float = 300) -> None:
+        """Until RUN/train.log reports `update` (or the run ended)."""
+        log = self.run_dir / "train.log"
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if log.is_file() and f" train update={update} " in log.read_text():
+                return
+            if self.proc.poll() is not None:
+                raise AssertionError(f"the run ended (status {self.proc.returncode}):\n{self.text()[-4000:]}")
+            time.sleep(0.2)
+        raise AssertionError(f"no update {update} within {timeout} s:\n{self.text()[-4000:]}")
+
+    def rank_pids(self) -> dict[int, int]:
+        import psutil
+
+        pids = {}
+        for child in psutil.Process(self.proc.pid).children(recursive=True):
+            try:
+                cmd = child.cmdline()
+            except psutil.Error:
+                continue
+            for arg in cmd:
+                if arg.startswith("--local_rank=") and "llmasr" in cmd:
+                    pids[int(arg.split("=", 1)[1])] = child.pid
+        return pids
+
+    def wait_group(self, timeout: float = 180) -> None:
+        """Until no live process of the launch's group is left (the launcher's own exit does not wait for ranks)."""
+        import psutil
+
+        self.proc.wait(timeout=timeout)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            alive = []
+            for p in psutil.process_iter(["status"]):
+                try:
+                    if os.getpgid(p.pid) == self.proc.pid and p.info["status"] != psutil.STATUS_ZOMBIE:
+                        alive.append(p.pid)
+                except (ProcessLookupError, psutil.Error):
+                    continue
+            if not alive:
+                return
+            time.sleep(0.2)
+        raise AssertionError(f"processes of the launch still running after {timeout} s")
+
+    def text(self) -> str:
+        return self.output.read_text() if self.output.is_file() else ""

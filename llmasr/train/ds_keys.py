@@ -1,0 +1,185 @@
+"""Keys of a DeepSpeed JSON that DeepSpeed would ignore, or refuse only once the model is built, refused at start-up
+with the nearest key DeepSpeed knows.
+
+DeepSpeed reads its top-level keys one by one and says nothing of the rest: `"zero_optimisation": {"stage": 2}`
+trains at ZeRO stage 0. The known keys come from DeepSpeed itself, not from a list kept here: its own config class
+(deepspeed.runtime.config.DeepSpeedConfig) reads a probe config and the user's config through a dict that records
+every key it is asked for. Sections DeepSpeed reads with pydantic models (zero_optimization, bf16, tensorboard, ...)
+forbid unknown keys themselves, but only inside deepspeed.initialize, after the model is loaded; reading the config
+here runs that validation at start-up, and its errors get the dotted key and the nearest field. In the sections read
+key by key (checkpoint, flops_profiler, ...) a key DeepSpeed did not ask for but that nearly matches one it did is
+refused as a misspelling; one that matches nothing may be read later (an option of a disabled feature) and is kept.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import functools
+
+from llmasr.config_io import ConfigError
+
+# Read by deepspeed.initialize itself, before DeepSpeedConfig exists (deepspeed/__init__.py).
+INITIALIZE_KEYS = frozenset({"sequence_parallel_size", "data_parallel_size"})
+PROBE = {"train_micro_batch_size_per_gpu": 1, "gradient_accumulation_steps": 1}
+
+
+class AskedDict(dict):
+    """A dict that records the keys asked for; `whole` once it was read whole (iterated or **-unpacked)."""
+
+    def __init__(self, data: dict):
+        super().__init__(data)
+        self.asked: set = set()
+        self.whole = False
+
+    def get(self, key, default=None):
+        self.asked.add(key)
+        return super().get(key, default)
+
+    def __getitem__(self, key):
+        self.asked.add(key)
+        return super().__getitem__(key)
+
+    def __contains__(self, key) -> bool:
+        self.asked.add(key)
+        return super().__contains__(key)
+
+    def keys(self):
+        return _AskedKeys(self)
+
+    def __iter__(self):
+        self.whole = True
+        return super().__iter__()
+
+    def items(self):
+        self.whole = True
+        return super().items()
+
+    def __copy__(self):
+        return self  # DeepSpeedConfig copies the dict before reading it: keep recording
+
+
+class _AskedKeys:
+    def __init__(self, owner: AskedDict):
+        self.owner = owner
+
+    def __contains__(self, key) -> bool:
+        return key in self.owner
+
+    def __iter__(self):
+        self.owner.whole = True
+        return iter(dict.keys(self.owner))
+
+    def __len__(self) -> int:
+        return dict.__len__(self.owner)
+
+
+def _read_with_deepspeed(ds: dict):
+    from deepspeed.runtime.config import DeepSpeedConfig
+
+    DeepSpeedConfig(ds)
+
+
+@functools.cache
+def known_top_level_keys() -> frozenset[str]:
+    probe = AskedDict(PROBE)
+    _read_with_deepspeed(probe)
+    return frozenset(k for k in probe.asked if isinstance(k, str)) | INITIALIZE_KEYS
+
+
+def nearest(key: str, known) -> str | None:
+    match = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.6)
+    return match[0] if match else None
+
+
+def _suggest(key: str, known) -> str:
+    near = nearest(key, known)
+    return f"; did you mean {near!r}?" if near else ""
+
+
+def check_ds_keys(ds: dict, source: str) -> None:
+    """Refuse what DeepSpeed would ignore or refuse late in the resolved config `ds` (see the module doc)."""
+    known = known_top_level_keys()
+    unknown = [f"  {k!r}: not a DeepSpeed key{_suggest(k, known)}" for k in ds if k not in known]
+    if unknown:
+        raise ConfigError(f"{source}: unknown key(s), which DeepSpeed would silently ignore:\n" + "\n".join(unknown))
+    # train_batch_size left out: DeepSpeed derives it from a world size that `llmasr check` only pretends to have
+    sections = {k: AskedDict(v) if isinstance(v, dict) else copy.deepcopy(v) for k, v in ds.items()}
+    sections.pop("train_batch_size", None)
+    probe = AskedDict(sections)
+    try:
+        _read_with_deepspeed(probe)
+    except Exception as err:
+        raise ConfigError(f"{source}: DeepSpeed refuses it: {_explain(err, ds)}") from err
+    misspelt = []
+    for name, section in sections.items():
+        if not isinstance(section, AskedDict) or section.whole or not section.asked:
+            continue
+        asked = {k for k in section.asked if isinstance(k, str)}
+        for key in section:
+            near = nearest(key, asked) if key not in asked else None
+            if near is not None and difflib.SequenceMatcher(None, key, near).ratio() >= 0.8:
+                misspelt.append(f"  {name}.{key}: DeepSpeed never reads it; did you mean {name}.{near}?")
+    if misspelt:
+        raise ConfigError(f"{source}: unknown key(s):\n" + "\n".join(misspelt))
+
+
+def _explain(err: Exception, ds: dict) -> str:
+    """A pydantic error of DeepSpeed's config models, with each dotted key and, for an unknown one, the nearest."""
+    from pydantic import ValidationError
+
+    if not isinstance(err, ValidationError):
+        return f"{type(err).__name__}: {err}"
+    model = _model_class(err.title)
+    lines = []
+    for item in err.errors():
+        loc = tuple(str(p) for p in item["loc"])
+        path = _dotted(ds, loc)
+        line = f"{path}: {item['msg']}"
+        if item["type"] == "extra_forbidden":
+            line = f"{path}: unknown key" + (_suggest(loc[-1], _fields_at(model, loc[:-1])) if model else "")
+        lines.append(line)
+    return "\n  " + "\n  ".join(lines)
+
+
+def _dotted(ds: dict, loc: tuple[str, ...]) -> str:
+    """The top-level section whose nested keys hold `loc`, joined with it ("zero_optimization.stag")."""
+
+    def holds(node, parts) -> bool:
+        for part in parts[:-1]:
+            if not isinstance(node, dict) or part not in node:
+                return False
+            node = node[part]
+        return isinstance(node, dict) and parts[-1] in node
+
+    tops = [k for k, v in ds.items() if isinstance(v, dict) and holds(v, loc)]
+    if len(tops) == 1:
+        return ".".join((tops[0], *loc))
+    return ".".join(loc) if loc and loc[0] in ds else "<section>." + ".".join(loc)
+
+
+def _model_class(name: str):
+    from deepspeed.runtime.config_utils import DeepSpeedConfigModel
+
+    todo, seen = [DeepSpeedConfigModel], set()
+    while todo:
+        cls = todo.pop()
+        if cls.__name__ == name:
+            return cls
+        for sub in cls.__subclasses__():
+            if sub not in seen:
+                seen.add(sub)
+                todo.append(sub)
+    return None
+
+
+def _fields_at(model, loc: tuple[str, ...]) -> set[str]:
+    """Field names and aliases of the pydantic model reached from `model` through the fields in `loc`."""
+    for part in loc:
+        field = model.model_fields.get(part) or next((f for f in model.model_fields.values() if f.alias == part), None)
+        sub = getattr(field, "annotation", None)
+        sub = next((a for a in getattr(sub, "__args__", ()) if hasattr(a, "model_fields")), sub)
+        if not hasattr(sub, "model_fields"):
+            return set()
+        model = sub
+    return set(model.model_fields) | {f.alias for f in model.model_fields.values() if f.alias}

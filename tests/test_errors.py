@@ -1,0 +1,130 @@
+"""llmasr.errors: the one message a failing command prints, its exit status, who prints it under a launcher, and
+the full-disk diagnosis; and recipe errors inside optional sections naming their key."""
+
+import errno
+from dataclasses import dataclass
+
+import pytest
+
+from llmasr import errors
+from llmasr.config_io import ConfigError, from_dict
+from llmasr.train.preemption import Interrupted
+
+
+def raised(fn):
+    try:
+        fn()
+    except Exception as err:  # noqa: BLE001 (the error under test)
+        return err
+    raise AssertionError("nothing raised")
+
+
+def test_describe_names_the_file_the_context_and_where_a_foreign_error_was_raised():
+    err = raised(lambda: open("/nonexistent/dir/x.yaml"))
+    assert errors.describe(err) == "/nonexistent/dir/x.yaml: No such file or directory"
+    assert errors.exit_status(err) == 2
+
+    full = OSError(errno.ENOSPC, "No space left on device", "/run/checkpoints/best.json")
+    assert errors.describe(full) == "/run/checkpoints/best.json: No space left on device (the disk is full)"
+
+    def load():
+        with errors.context("loading checkpoint /run/checkpoints/update_00000002"):
+            {}["module"]
+
+    text = errors.describe(raised(load))
+    assert text.startswith("while loading checkpoint /run/checkpoints/update_00000002:\n  KeyError: 'module'")
+    assert "raised at " in text and "test_errors.py" in text
+    assert errors.exit_status(raised(load)) == 1
+
+    config = ConfigError("train.epochs: must be >= 1, got 0")
+    assert errors.describe(config) == "train.epochs: must be >= 1, got 0" and errors.exit_status(config) == 2
+
+
+def test_write_error_recognises_a_full_disk(tmp_path, monkeypatch):
+    tag = tmp_path / "checkpoints" / "update_00000003"
+    chained = RuntimeError("saving failed")
+    chained.__cause__ = OSError(errno.ENOSPC, "No space left on device")
+    got = errors.write_error(tag, chained)
+    assert got.errno == errno.ENOSPC and got.filename == str(tag) and "MiB free there" in got.strerror
+
+    short = RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos 8576 vs 8468")
+    monkeypatch.setattr(errors, "free_bytes", lambda path: 10 * 2**20)
+    got = errors.write_error(tag, short)
+    assert got.errno == errno.ENOSPC and "No space left on device" in errors.describe(got)
+    assert "(the disk is full)" in errors.describe(got) and str(tag) in errors.describe(got)
+    monkeypatch.setattr(errors, "free_bytes", lambda path: 50 * 2**30)  # plenty left: a quota or a size limit
+    got = errors.write_error(tag, short)
+    assert got.errno == errno.EIO and "cut short" in got.strerror
+    assert errors.write_error(tag, ValueError("unrelated")) is None
+
+
+def fail_with(err):
+    def main(argv):
+        raise err
+
+    return main
+
+
+@pytest.mark.parametrize("rank", ["0", "1"])
+def test_only_rank_0_reports_what_every_rank_has(monkeypatch, capsys, rank):
+    monkeypatch.setenv("RANK", rank)
+    monkeypatch.setenv(errors.DEBUG_ENV, "")
+    assert errors.run("llmasr train", fail_with(ConfigError("data.train: no training manifest given")), []) == 2
+    expected = "llmasr train: error: data.train: no training manifest given\n" if rank == "0" else ""
+    assert capsys.readouterr().err == expected
+
+    own = RuntimeError("CUDA out of memory")
+    errors.rank_specific(own, int(rank))  # raised inside the training loop: maybe this rank's alone
+    assert errors.run("llmasr train", fail_with(own), []) == 1
+    err = capsys.readouterr().err
+    prefix = "llmasr train: error on rank 1" if rank == "1" else "llmasr train: error"
+    assert err.startswith(f"{prefix}: RuntimeError: CUDA out of memory")
+    assert "LLMASR_DEBUG=1" in err and "Traceback" not in err
+
+
+def test_tracebacks_go_to_the_registered_log_and_with_debug_to_stderr(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv(errors.DEBUG_ENV, "")
+    log = tmp_path / "train.log"
+
+    def main(argv):
+        errors.traceback_to(log)
+        raise KeyError("encoder.weight")
+
+    assert errors.run("llmasr train", main, []) == 1
+    assert "Traceback" in log.read_text() and "KeyError: 'encoder.weight'" in log.read_text()
+    err = capsys.readouterr().err
+    assert f"(the traceback: in {log})" in err and "Traceback" not in err
+    monkeypatch.setenv(errors.DEBUG_ENV, "1")
+    assert errors.run("llmasr export", fail_with(KeyError("x")), []) == 1
+    assert "Traceback (most recent call last)" in capsys.readouterr().err
+
+
+def test_a_stop_signal_outside_training_is_one_line(monkeypatch, capsys):
+    monkeypatch.setenv("RANK", "0")
+    assert errors.run("llmasr train", fail_with(Interrupted(15)), []) == 143
+    assert capsys.readouterr().err == "llmasr train: stopped by SIGTERM before training started (nothing to save)\n"
+    assert errors.run("llmasr decode", fail_with(KeyboardInterrupt()), []) == 130
+    assert capsys.readouterr().err == "llmasr decode: stopped by SIGINT\n"
+
+
+@dataclass
+class Inner:
+    warmup_steps: int = 0
+
+
+@dataclass
+class Outer:
+    scheduler: Inner | None = None
+    either: int | str | None = None
+
+
+def test_an_error_inside_an_optional_section_names_its_key():
+    with pytest.raises(ConfigError) as err:
+        from_dict(Outer, {"scheduler": {"warmup_step": 10}}, "optim.branches.llm")
+    assert str(err.value).startswith("optim.branches.llm.scheduler: unknown key(s) ['warmup_step']")
+    with pytest.raises(ConfigError, match=r"optim.branches.llm.scheduler.warmup_steps: expected an integer, got 'x'"):
+        from_dict(Outer, {"scheduler": {"warmup_steps": "x"}}, "optim.branches.llm")
+    with pytest.raises(ConfigError) as err:  # several types: each one's complaint
+        from_dict(Outer, {"either": [1]}, "a")
+    assert str(err.value).startswith("a.either: [1] fits none of int | str | NoneType:\n  a.either: expected an")

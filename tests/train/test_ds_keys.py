@@ -1,0 +1,56 @@
+"""DeepSpeed JSON keys that DeepSpeed would ignore, or refuse only inside deepspeed.initialize, are refused when the
+config is resolved, with the dotted key and the nearest one DeepSpeed knows."""
+
+import pytest
+
+from llmasr.config_io import ConfigError
+from llmasr.train.config import TrainConfig
+from llmasr.train.ds_config import PRESETS, resolve_ds_config
+from llmasr.train.ds_keys import check_ds_keys, known_top_level_keys
+
+BASE = {"train_micro_batch_size_per_gpu": 1, "gradient_accumulation_steps": 2, "train_batch_size": 16}
+
+
+def test_the_known_keys_come_from_deepspeed():
+    known = known_top_level_keys()
+    assert {"zero_optimization", "bf16", "fp16", "gradient_clipping", "tensorboard", "checkpoint"} <= known
+    assert "zero_optimisation" not in known
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_every_preset_passes_at_any_world_size(preset):
+    for world in (1, 8):
+        resolve_ds_config(preset, TrainConfig(precision="bf16", grad_accum=2), world_size=world)
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ({"zero_optimisation": {"stage": 2}},
+         "'zero_optimisation': not a DeepSpeed key; did you mean 'zero_optimization'?"),
+        ({"zero_optimization": {"stag": 2}}, "zero_optimization.stag: unknown key; did you mean 'stage'?"),
+        ({"zero_optimization": {"stage": 2, "offload_optimizer": {"devic": "cpu"}}},
+         "zero_optimization.offload_optimizer.devic: unknown key; did you mean 'device'?"),
+        ({"zero_optimization": {"stage": 5}}, "zero_optimization.stage: Input should be 0, 1, 2, 3"),
+        ({"bf16": {"enabld": True}}, "bf16.enabld: unknown key; did you mean 'enabled'?"),
+        ({"checkpoint": {"load_univrsal": True}},
+         "checkpoint.load_univrsal: DeepSpeed never reads it; did you mean checkpoint.load_universal?"),
+        ({"flops_profiler": {"enabld": True}},
+         "flops_profiler.enabld: DeepSpeed never reads it; did you mean flops_profiler.enabled?"),
+    ],
+    ids=["top-level", "zero", "nested", "bad-value", "bf16", "checkpoint", "flops_profiler"],
+)  # fmt: skip
+def test_misspelt_keys_are_refused_with_the_nearest(extra, message):
+    with pytest.raises(ConfigError) as err:
+        check_ds_keys({**BASE, **extra}, "my_ds.json")
+    assert str(err.value).startswith("my_ds.json: ") and message in str(err.value)
+
+
+def test_resolve_refuses_them_before_any_model_is_built():
+    with pytest.raises(ConfigError, match="did you mean 'zero_optimization'"):
+        resolve_ds_config({"zero_optimisation": {"stage": 2}}, TrainConfig(grad_accum=1), world_size=2)
+
+
+def test_known_nested_keys_pass():
+    # DeepSpeed asks for every flops_profiler key, enabled or not; wandb is a pydantic section
+    check_ds_keys({**BASE, "flops_profiler": {"enabled": False, "profile_step": 3}, "wandb": {"enabled": False}}, "x")

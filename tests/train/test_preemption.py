@@ -1,0 +1,169 @@
+"""SIGTERM / SIGINT: a stop after the current update with a checkpoint, at once before training or on a second
+signal; a 1-rank run in this process (the 2-rank launcher case is in tests/recipes/test_preemption_multirank.py)."""
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+
+from llmasr.recipe import load_recipe
+from llmasr.testing.tiny_corpus import tiny_recipe_dict, write_tiny_corpus
+from llmasr.train import checkpoint as ck
+from llmasr.train import preemption as pre
+from llmasr.train.progress import Progress
+from llmasr.train.trainer import train
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    return write_tiny_corpus(tmp_path_factory.mktemp("corpus") / "train", n=20)
+
+
+def make_recipe(llm_dir, corpus, run_dir):
+    """5 batches an epoch, 3 updates of 2 (the last one short); dropout on, so a wrong RNG state shows."""
+    return load_recipe(data=tiny_recipe_dict(llm_dir, train=[corpus], output_dir=run_dir, epochs=2, grad_accum=2,
+                                             dropout=0.1, deterministic=True))  # fmt: skip
+
+
+def signal_at(monkeypatch, update: int, signum: int, copies: int = 1) -> None:
+    """Send `signum` to this process (`copies` times, as a launcher forwarding it would) while update `update` is
+    being reported, i.e. after it ran and before the loop reaches its boundary check."""
+    original = Progress.update
+
+    def update_and_signal(self, u, *args, **kwargs):
+        original(self, u, *args, **kwargs)
+        if u == update:
+            for _ in range(copies):
+                os.kill(os.getpid(), signum)
+
+    monkeypatch.setattr(Progress, "update", update_and_signal)
+
+
+@pytest.mark.parametrize(("signum", "at", "saved_epoch"), [(signal.SIGINT, 2, 0), (signal.SIGTERM, 3, 1)],
+                         ids=["SIGINT-mid-epoch", "SIGTERM-at-epoch-end"])  # fmt: skip
+def test_signal_saves_and_resume_matches_the_uninterrupted_run(
+    tiny_llm_dir, corpus, tmp_path, monkeypatch, signum, at, saved_epoch
+):
+    whole = train(make_recipe(tiny_llm_dir, corpus, tmp_path / "a"), "zero0")["history"]
+    assert len(whole) == 6
+
+    before = signal.getsignal(signum)
+    with monkeypatch.context() as m:
+        signal_at(m, at, signum, copies=2)
+        cut = train(make_recipe(tiny_llm_dir, corpus, tmp_path / "b"), "zero0")
+    assert signal.getsignal(signum) is before  # the run's handlers are gone with it
+    assert cut["interrupted"] and cut["signal"] == signum
+    assert [h["update"] for h in cut["history"]] == list(range(1, at + 1))  # finished update `at`, ran no other
+    ckpts = tmp_path / "b" / "checkpoints"
+    assert ck.read_latest(ckpts) == ck.tag_for(at) and cut["checkpoint"] == str(ckpts / ck.tag_for(at))
+    assert ck.read_meta(ckpts / ck.tag_for(at))["epoch"] == saved_epoch
+    log = (tmp_path / "b" / "train.log").read_text()
+    assert f"stopped by {signal.Signals(signum).name} after update {at}" in log and "--resume" in log
+
+    rest = train(make_recipe(tiny_llm_dir, corpus, tmp_path / "b"), "zero0", resume="latest")["history"]
+    assert [h["update"] for h in rest] == list(range(at + 1, 7))
+    np.testing.assert_allclose([h["loss"] for h in rest], [h["loss"] for h in whole[at:]], rtol=0, atol=1e-6)
+
+
+def test_cli_exits_with_the_signal_status_and_one_line(tiny_llm_dir, corpus, tmp_path, monkeypatch, capsys):
+    import yaml
+
+    from llmasr.cli import main
+
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(tiny_recipe_dict(tiny_llm_dir, train=[corpus], output_dir=tmp_path / "run")))
+    signal_at(monkeypatch, 1, signal.SIGTERM)
+    assert main(["train", "--config", str(path), "--deepspeed", "zero0"]) == 128 + signal.SIGTERM
+    assert "Traceback" not in capsys.readouterr().err
+    # the one line goes through the llmasr logger: to stderr on rank 0 and to train.log
+    lines = (tmp_path / "run" / "train.log").read_text().splitlines()
+    stopped = [line for line in lines if "stopped by" in line]
+    assert len(stopped) == 1 and "stopped by SIGTERM after update 1: checkpoint" in stopped[0]
+
+
+def test_signal_before_training_interrupts_at_once(tiny_llm_dir, corpus, tmp_path, monkeypatch, capsys):
+    """During start-up (here: while the DeepSpeed JSON is resolved) there is nothing to save: stop right there."""
+    import yaml
+
+    from llmasr.cli import main
+    from llmasr.train import ds_config
+
+    original = ds_config.resolve_ds_config
+
+    def resolve_then_signal(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGINT)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(ds_config, "resolve_ds_config", resolve_then_signal)
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(tiny_recipe_dict(tiny_llm_dir, train=[corpus], output_dir=tmp_path / "run")))
+    assert main(["train", "--config", str(path), "--deepspeed", "zero0"]) == 130
+    err = capsys.readouterr().err
+    assert "llmasr train: stopped by SIGINT before training started" in err and "Traceback" not in err
+    assert not (tmp_path / "run" / "checkpoints").exists() or not any((tmp_path / "run" / "checkpoints").iterdir())
+
+
+WATCHER_SCRIPT = textwrap.dedent(
+    """
+    import os, signal, sys, time
+    from llmasr.train import preemption as pre
+
+    with pre.Preemption() as p:
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)  # start-up: interrupts at once
+            time.sleep(5)
+            sys.exit("not interrupted")
+        except pre.Interrupted as err:
+            assert err.signum == signal.SIGTERM
+    with pre.Preemption() as p:
+        p.arm()
+        os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), signal.SIGTERM)  # the launcher's copy: the same request
+        time.sleep(0.2)
+        assert p.requested and p.signum == signal.SIGINT
+        print("ready", flush=True)
+        r, w = os.pipe()
+        os.read(r, 1)  # blocked in C for good, as in a collective whose peer is gone
+    """
+)
+
+
+def test_a_later_signal_exits_at_once_even_from_a_blocked_main_thread(tmp_path):
+    script = tmp_path / "watcher.py"
+    script.write_text(WATCHER_SCRIPT)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    proc = subprocess.Popen([sys.executable, str(script)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)  # fmt: skip
+    try:
+        assert proc.stdout.readline().strip() == "ready", proc.stderr.read()
+        time.sleep(pre.FORWARDED_WITHIN_S + 0.5)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 128 + signal.SIGTERM
+    finally:
+        proc.kill()
+    assert "second SIGTERM: exiting now, without saving" in proc.stderr.read()
+
+
+def test_agreed_stop_without_a_group_is_the_local_request():
+    import torch
+
+    p = pre.Preemption()
+    assert p.agreed_stop(torch.device("cpu")) is None
+    p.signum = signal.SIGTERM
+    assert p.agreed_stop(torch.device("cpu")) == signal.SIGTERM
+    assert pre.exit_status(signal.SIGINT) == 130
+
+
+def test_after_training_a_signal_interrupts_at_once_and_says_so():
+    with pre.Preemption() as p:
+        p.arm()
+        p.arm(False)  # the loop ended: the final summary is being written
+        with pytest.raises(pre.Interrupted) as err:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)
+    assert err.value.signum == signal.SIGTERM and err.value.when == "after training ended"

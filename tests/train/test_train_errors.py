@@ -1,0 +1,93 @@
+"""`llmasr train` failures end in one message naming what is at fault, with the traceback in train.log (and on
+stderr with LLMASR_DEBUG=1): a full disk while saving, an output folder that cannot be made, a checkpoint that does
+not fit the model, a misspelt DeepSpeed key."""
+
+import json
+
+import pytest
+import torch
+import yaml
+
+from llmasr import errors
+from llmasr.cli import main
+from llmasr.testing.tiny_corpus import tiny_recipe_dict, write_tiny_corpus
+
+SHORT_WRITE = "[enforce fail at inline_container.cc:664] . unexpected pos 8576 vs 8468"  # torch, on a full disk
+
+
+@pytest.fixture(autouse=True)
+def no_debug(monkeypatch):
+    monkeypatch.setenv(errors.DEBUG_ENV, "")  # and `--debug` sets it for the process: undone after each test
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    return write_tiny_corpus(tmp_path_factory.mktemp("corpus") / "train", n=12)
+
+
+@pytest.fixture
+def recipe_file(tiny_llm_dir, corpus, tmp_path):
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(tiny_recipe_dict(tiny_llm_dir, train=[corpus], output_dir=tmp_path / "run")))
+    return path
+
+
+def full_disk_writer(monkeypatch):
+    """torch.save as it fails when the disk fills up mid-file (what DeepSpeed's checkpoint engine calls)."""
+    real_save = torch.save
+
+    def save(obj, f, *args, **kwargs):
+        if "checkpoints" in str(f):
+            with open(f, "wb") as out:
+                out.write(b"PK\x03\x04" + b"\0" * 100)
+            raise RuntimeError(SHORT_WRITE)
+        return real_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", save)
+    monkeypatch.setattr(errors, "free_bytes", lambda path: 0)
+
+
+def test_full_disk_while_saving_names_the_checkpoint(recipe_file, tmp_path, monkeypatch, capsys):
+    full_disk_writer(monkeypatch)
+    assert main(["train", "--config", str(recipe_file), "--deepspeed", "zero0", "train.max_updates=1"]) == 1
+    err = capsys.readouterr().err
+    tag_dir = tmp_path / "run" / "checkpoints" / "update_00000001"
+    lines = [line for line in err.splitlines() if "llmasr train: error" in line]
+    assert len(lines) == 1 and "while saving checkpoint update_00000001" in lines[0], err
+    assert f"{tag_dir}: No space left on device while writing it (0.0 MiB free there) (the disk is full)" in err
+    assert "Traceback" not in err and "unexpected pos" not in err
+    log = (tmp_path / "run" / "train.log").read_text()
+    assert "Traceback" in log and SHORT_WRITE in log  # the full story stays in the run's log
+
+
+def test_debug_prints_the_traceback(recipe_file, tmp_path, monkeypatch, capsys):
+    (tmp_path / "blocker").write_text("a file where the run folder should go")
+    args = ["train", "--config", str(recipe_file), "--deepspeed", "zero0", f"train.output_dir={tmp_path}/blocker/run"]
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert f"llmasr train: error: {tmp_path}/blocker/run/checkpoints: Not a directory" in err
+    assert "Traceback" not in err
+    assert main(["--debug", *args]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback (most recent call last)" in err and "NotADirectoryError" in err
+
+
+def test_a_checkpoint_that_does_not_fit_names_it(recipe_file, tmp_path, capsys):
+    base = ["train", "--config", str(recipe_file), "--deepspeed", "zero0", "train.max_updates=1"]
+    assert main(base) == 0
+    capsys.readouterr()
+    assert main([*base, "--resume", "model.llm.lora.r=2"]) == 1
+    err = capsys.readouterr().err
+    where = tmp_path / "run" / "checkpoints" / "update_00000001"
+    assert f"llmasr train: error: while loading checkpoint {where}:" in err
+    assert "RuntimeError: Error(s) in loading state_dict" in err and "size mismatch" in err and "raised at " in err
+    assert f"the traceback: in {tmp_path / 'run' / 'train.log'}" in err and "Traceback" not in err
+
+
+def test_a_misspelt_deepspeed_key_is_refused_with_the_nearest(recipe_file, tmp_path, capsys):
+    ds = tmp_path / "ds.json"
+    ds.write_text(json.dumps({"zero_optimisation": {"stage": 2}}))
+    assert main(["train", "--config", str(recipe_file), "--deepspeed", str(ds)]) == 2
+    err = capsys.readouterr().err
+    assert f"llmasr train: error: {ds}: unknown key(s)" in err and "did you mean 'zero_optimization'?" in err
+    assert not (tmp_path / "run" / "checkpoints").exists()  # refused before anything ran
