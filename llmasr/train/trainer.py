@@ -85,10 +85,11 @@ def windows(batches, k: int):
 class Run:
     """The state of one training run (built by `train`)."""
 
-    def __init__(self, recipe, ds_config_path, *, resume=None):
+    def __init__(self, recipe, ds_config_path, *, resume=None, overwrite=False):
         from llmasr.train import engine as eng
         from llmasr.train.ds_config import resolve_ds_config
-        from llmasr.train.resolve import build_loaders, check_run_settings, count_updates, seed_everything, text_side
+        from llmasr.train.resolve import check_run_settings
+        from llmasr.train.run_dir import claim_run_dir
 
         self.recipe = recipe
         tc = recipe.train
@@ -102,34 +103,51 @@ class Run:
         self.run_dir = Path(tc.output_dir)
         self.ckpt_dir = self.run_dir / "checkpoints"
         self.resume = resume if resume is not None else tc.resume
+        self.log_handler = None
+        # Only once the configuration is known to be sound: --overwrite deletes the earlier run.
+        self.lock = claim_run_dir(self.run_dir, rank=self.rank, resume=self.resume, overwrite=overwrite)
+        try:
+            self._prepare()
+        except BaseException:
+            self.close()
+            raise
+
+    def _prepare(self) -> None:
+        from llmasr.train import checkpoint as ck
+        from llmasr.train.progress import setup_logging
+        from llmasr.train.resolve import batches_per_epoch, build_loaders, count_updates, seed_everything, text_side
+        from llmasr.train.resume import check_resume_recipe, describe
+
+        recipe, tc = self.recipe, self.recipe.train
+        self.log_handler = setup_logging(self.run_dir, self.rank)
+        for note in self.lock.notes if self.lock is not None else []:
+            log.warning(note)
+        if self.resume is not None:  # before any data or model is loaded; nothing in RUN_DIR is written yet
+            changes = check_resume_recipe(recipe, ck.resolve_resume(self.resume, self.run_dir)[0])
+            if changes:
+                log.info("resume: recipe changes since the run was saved: %s", describe(changes))
         self.k = int(self.ds["gradient_accumulation_steps"])
         seed_everything(tc.seed)
         self.side = text_side(recipe.model)
         self.train_loader, self.sampler, self.valid_loader = build_loaders(
             recipe, self.side, rank=self.rank, world_size=self.world
         )
-        from llmasr.train.resolve import batches_per_epoch
-
         self.per_epoch = batches_per_epoch(self.sampler, tc.epochs)
         self.total, natural = count_updates(self.per_epoch, self.k, tc.max_updates)
         if tc.max_updates is not None and tc.max_updates > natural:
             log.warning("train.max_updates=%d but %d epochs hold only %d updates", tc.max_updates, tc.epochs, natural)
-        self._write_run_files()
+        self._log_batches()
         self._build_engine()
+        if self.resume is None:
+            self._write_run_files(0)
 
-    def _write_run_files(self) -> None:
-        import json
-
-        from llmasr.recipe import save_recipe
-        from llmasr.train.engine import barrier
-        from llmasr.train.progress import setup_logging
+    def _write_run_files(self, start: int) -> None:
+        from llmasr.train.run_dir import write_run_files
 
         if self.rank == 0:
-            self.ckpt_dir.mkdir(parents=True, exist_ok=True)
-            save_recipe(self.recipe, self.run_dir / "recipe.yaml")
-            (self.run_dir / "ds_config.json").write_text(json.dumps(self.ds, indent=2))
-        barrier()
-        self.log_handler = setup_logging(self.run_dir, self.rank)
+            write_run_files(self.run_dir, self.recipe, self.ds, self.engine.scheduler.schedules, start, self.total)
+
+    def _log_batches(self) -> None:
         tc = self.recipe.train
         log.info(
             "batches: micro %d per rank x accumulation %d x world %d = train_batch_size %d; %s batches per rank per "
@@ -143,9 +161,8 @@ class Run:
     def _build_engine(self) -> None:
         from llmasr.train.engine import TrainEngine, build_model_for_training
         from llmasr.train.param_groups import build_param_groups, describe_param_groups
-        from llmasr.train.progress import plot_lr, write_lr_csv
         from llmasr.train.resolve import check_model_frontend, seed_everything
-        from llmasr.train.schedulers import build_group_schedules, lr_curve
+        from llmasr.train.schedulers import build_group_schedules
 
         tc, optim = self.recipe.train, self.recipe.optim
         seed_everything(tc.seed)  # identical initial weights on every rank
@@ -154,12 +171,8 @@ class Run:
         self.trainable = [n for n, p in model.named_parameters() if p.requires_grad]
         groups = build_param_groups(model, optim)
         log.info("param groups:\n%s", describe_param_groups(groups))
-        schedules = build_group_schedules(groups, optim, self.total)
-        self.engine = TrainEngine(model, groups, schedules, self.ds, self.dist.device)
-        if self.rank == 0:
-            curves = lr_curve(optim, [g["name"] for g in groups], self.total)
-            write_lr_csv(self.run_dir / "lr_schedule.csv", curves)
-            plot_lr(curves, self.run_dir / "lr_schedule.png")
+        self.schedules = build_group_schedules(groups, optim, self.total)
+        self.engine = TrainEngine(model, groups, self.schedules, self.ds, self.dist.device)
         seed_everything(tc.seed + self.rank)  # dropout differs per rank
 
     # -- checkpoints ------------------------------------------------------------------------------------------------
@@ -185,6 +198,7 @@ class Run:
                 "metrics": metrics or {},
                 "base_fingerprint": base_fingerprint(self.recipe.model),
                 "trainable": self.trainable,
+                "batches_per_epoch": self.per_epoch,  # a resume checks the data still gives them
             }
             policy = ck.CheckpointPolicy(tc.keep_last, tc.best_k, tc.best_metric, tc.best_mode)
             deleted = ck.finish_save(self.ckpt_dir, tag, meta, policy)
@@ -199,6 +213,7 @@ class Run:
         from llmasr.models.fingerprint import base_fingerprint, fingerprint_differences
         from llmasr.train import checkpoint as ck
         from llmasr.train.engine import world_size_error
+        from llmasr.train.resume import check_batches, continue_schedules
 
         load_dir, tag = ck.resolve_resume(self.resume, self.run_dir)
         meta = ck.read_meta(load_dir / tag)
@@ -207,6 +222,7 @@ class Run:
             raise ConfigError(world_size_error(str(where), int(meta["world_size"]), self.world))
         if int(meta.get("zero_stage", self.engine.stage)) != self.engine.stage:
             raise ConfigError(f"{where}: saved at ZeRO stage {meta['zero_stage']}, this run uses {self.engine.stage}")
+        check_batches(meta, self.per_epoch, where)
         diffs = fingerprint_differences(meta.get("base_fingerprint") or {}, base_fingerprint(self.recipe.model))
         if diffs:
             raise ConfigError(f"{where}: the base model differs from the one trained on:\n  " + "\n  ".join(diffs))
@@ -217,6 +233,7 @@ class Run:
                 f"only now: {sorted(now - saved)[:5]}): LoRA/freeze settings changed since it was saved"
             )
         state = self.engine.load(str(load_dir), tag).get("llmasr") or {}
+        continue_schedules(self.engine.scheduler, self.schedules)
         rngs = state.get("rng") or []
         self.pending_rng = rngs[self.rank] if len(rngs) == self.world else None
         if self.pending_rng is not None and state.get("loader") is None:
@@ -227,6 +244,11 @@ class Run:
             self.pending_rng = None
         log.info("resumed from %s at update %d, epoch %d", where, self.engine.global_steps, state.get("epoch", 0))
         self.last_saved = self.engine.global_steps
+        self._write_run_files(self.engine.global_steps)  # the resume succeeded: RUN_DIR now describes this run
+        if self.engine.global_steps >= self.total:
+            log.info("nothing to train: the run is at update %d of %d (raise train.epochs or train.max_updates to "
+                     "train on)", self.engine.global_steps, self.total)  # fmt: skip
+            return self.recipe.train.epochs, None
         return int(state.get("epoch", 0)), state.get("loader")
 
     # -- the loop -----------------------------------------------------------------------------------------------------
@@ -295,10 +317,18 @@ class Run:
                 self.save(epoch + 1, None, metrics)
         finally:
             self.progress.close()
-            if self.log_handler is not None:
-                logging.getLogger("llmasr").removeHandler(self.log_handler)
-                self.log_handler.close()
+            self.close()
         return {"history": history, "interrupted": False, "run_dir": str(self.run_dir), "metrics": last_metrics}
+
+    def close(self) -> None:
+        """Release the run directory's lock and the log file (normal exit and error alike; idempotent)."""
+        if self.log_handler is not None:
+            logging.getLogger("llmasr").removeHandler(self.log_handler)
+            self.log_handler.close()
+            self.log_handler = None
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
 
     def _extra(self) -> dict:
         return {
@@ -308,11 +338,18 @@ class Run:
         }
 
 
-def train(recipe, ds_config_path, *, resume: str | None = None, stop_after_updates: int | None = None) -> dict:
+def train(
+    recipe, ds_config_path, *, resume: str | None = None, overwrite: bool = False, stop_after_updates: int | None = None
+) -> dict:
     """Train `recipe` with the DeepSpeed JSON `ds_config_path` (a path or preset name). `resume`: "latest", a tag
-    or a checkpoint path. `stop_after_updates` ends the run right after that update without saving (tests use it
-    to simulate an interruption). Returns {"history": per-update stats, "metrics": last validation, ...}."""
-    return Run(recipe, ds_config_path, resume=resume).fit(stop_after_updates)
+    or a checkpoint path. `overwrite`: a fresh run may replace an earlier run's checkpoints in train.output_dir.
+    `stop_after_updates` ends the run right after that update without saving (tests use it to simulate an
+    interruption). Returns {"history": per-update stats, "metrics": last validation, ...}."""
+    run = Run(recipe, ds_config_path, resume=resume, overwrite=overwrite)
+    try:
+        return run.fit(stop_after_updates)
+    finally:
+        run.close()
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -322,6 +359,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument(
         "--resume", nargs="?", const="latest", default=None,
         help="resume from RUN_DIR/checkpoints/latest (no value), a tag (update_00000120) or a checkpoint folder",
+    )  # fmt: skip
+    p.add_argument(
+        "--overwrite", action="store_true",
+        help="start afresh in a train.output_dir that holds an earlier run's checkpoints (deletes them)",
     )  # fmt: skip
     p.add_argument("overrides", nargs="*", help="recipe overrides, e.g. train.epochs=3 optim.branches.llm.lr=2e-5")
     args = p.parse_args(argv)
@@ -339,9 +380,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(list(sys.argv[1:] if argv is None else argv))
     try:
         recipe = load_recipe(args.config, args.overrides)
-        result = train(recipe, args.deepspeed, resume=args.resume)
+        result = train(recipe, args.deepspeed, resume=args.resume, overwrite=args.overwrite)
     except (ConfigError, FileNotFoundError, TooMuchBadData) as err:
-        print(f"llmasr train: error: {err}", file=sys.stderr)
+        if not getattr(err, "quiet", False):  # a refusal rank 0 reports for every rank
+            print(f"llmasr train: error: {err}", file=sys.stderr)
         return 2
     metrics = result.get("metrics") or {}
     last = result["history"][-1] if result["history"] else {}

@@ -2,6 +2,7 @@
 
 import json
 import math
+import shutil
 
 import numpy as np
 import pytest
@@ -121,8 +122,12 @@ def test_resume_refuses_another_world_size_and_changed_trainables(tiny_llm_dir, 
     meta = ck.read_meta(tag_dir)
     frozen_encoder = recipe(tiny_llm_dir, corpus, run, valid=False)
     frozen_encoder.model.encoder.freeze = True
-    with pytest.raises(ConfigError, match="trainable parameters differ"):
+    with pytest.raises(ConfigError, match="model.encoder.freeze: false -> true"):  # by the run's recipe.yaml
         train(frozen_encoder, "zero0", resume="latest")
+    loose = tmp_path / "copied" / "checkpoints"  # a checkpoint without its run's recipe.yaml: the meta decides
+    shutil.copytree(run / "checkpoints", loose)
+    with pytest.raises(ConfigError, match="trainable parameters differ"):
+        train(frozen_encoder, "zero0", resume=str(loose / tag_dir.name))
     (tag_dir / ck.META).write_text(json.dumps({**meta, "world_size": 2}))
     with pytest.raises(ConfigError, match="ds_to_universal") as err:
         train(recipe(tiny_llm_dir, corpus, run, valid=False), "zero0", resume=str(tag_dir))
