@@ -2,6 +2,7 @@
 
     lock = claim_run_dir(run_dir, rank=rank, resume=resume, overwrite=overwrite)   # every rank calls it
     ...
+    write_run_files(run_dir, recipe, ds_config, schedules, start, total)           # rank 0, once the run is sound
     lock.release()                                                                  # normal exit and error alike
 
 Rank 0 takes RUN_DIR/.lock (pid, host and the process's start time, created atomically) and checks the folder; the
@@ -29,6 +30,13 @@ class RunDirError(ConfigError):
     def __init__(self, message: str, *, quiet: bool = False):
         super().__init__(message)
         self.quiet = quiet
+
+    def reported(self) -> None:
+        """Every rank calls this once rank 0 has printed the message: the deepspeed launcher kills all ranks when
+        the first one exits non-zero, which could otherwise be a quiet rank, before rank 0 has said why."""
+        from llmasr.train.engine import barrier
+
+        barrier()
 
 
 def process_start(pid: int) -> str | None:
@@ -118,7 +126,7 @@ def _refuse_unless_stale(path: Path, held: dict, me: dict) -> None:
             f"{where} is in use by a run on another host ({_owner_text(held)}; {path}). Its process cannot be checked "
             f"from here: if that run is over, delete {path}"
         )
-    if held["pid"] == me["pid"] or process_alive(held["pid"], held.get("start")):
+    if process_alive(held["pid"], held.get("start")):  # this very process included: one run per folder
         raise RunDirError(
             f"{where} is in use by another run ({_owner_text(held)}; {path}): wait for it to end, or set another "
             "train.output_dir"

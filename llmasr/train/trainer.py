@@ -376,6 +376,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     from llmasr.data.dataset import TooMuchBadData
     from llmasr.recipe import load_recipe
+    from llmasr.train.run_dir import RunDirError
 
     args = parse_args(list(sys.argv[1:] if argv is None else argv))
     try:
@@ -384,6 +385,8 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, FileNotFoundError, TooMuchBadData) as err:
         if not getattr(err, "quiet", False):  # a refusal rank 0 reports for every rank
             print(f"llmasr train: error: {err}", file=sys.stderr)
+        if isinstance(err, RunDirError):
+            err.reported()
         return 2
     metrics = result.get("metrics") or {}
     last = result["history"][-1] if result["history"] else {}
