@@ -160,17 +160,19 @@ def clear_earlier_run(run_dir: str | Path) -> list[str]:
     return removed
 
 
-def check_fresh_run(run_dir: Path, overwrite: bool) -> list[str]:
-    """A fresh (not resumed) run: refuse a folder holding checkpoints, unless `overwrite` (then clear it).
-    Returns notes for the run's log."""
+def check_fresh_run(run_dir: Path, overwrite: bool, *, source: Path | None = None) -> list[str]:
+    """A run that does not continue this folder's own checkpoints (fresh, or resumed from `source` in another
+    folder): refuse a folder holding checkpoints, unless `overwrite` (then clear it). Returns notes for the log."""
     earlier = earlier_checkpoints(run_dir)
     if earlier and not overwrite:
         tags = [n for n in earlier if ck.update_of(n) is not None]
         latest = ck.read_latest(ck.checkpoints_dir(run_dir))
+        what = "a new run" if source is None else f"continuing {source} here"
         raise RunDirError(
-            f"{run_dir} holds an earlier run's checkpoints ({len(tags)} checkpoint(s), latest {latest}): a new run "
-            "would overwrite and mix with them. Continue it with --resume, start over with --overwrite (deletes "
-            "them), or set another train.output_dir"
+            f"{run_dir} holds an earlier run's checkpoints ({len(tags)} checkpoint(s), latest {latest}): {what} "
+            "would overwrite and mix with them. "
+            + ("Continue that run with --resume, start" if source is None else "Start")
+            + " over with --overwrite (deletes them), or set another train.output_dir"
         )
     if overwrite:
         removed = clear_earlier_run(run_dir)
@@ -179,26 +181,39 @@ def check_fresh_run(run_dir: Path, overwrite: bool) -> list[str]:
     return []
 
 
+def check_run_start(run_dir: Path, resume: str | None, overwrite: bool) -> list[str]:
+    """Rank 0, holding the lock: may a run (fresh, or resumed from `resume`) start in `run_dir`? Clears it when
+    `overwrite` allows. Returns notes for the run's log."""
+    if resume is None:
+        return check_fresh_run(run_dir, overwrite)
+    load_dir, tag = ck.resolve_resume(resume, run_dir)
+    if load_dir.resolve().parent != run_dir.resolve():
+        return check_fresh_run(run_dir, overwrite, source=load_dir / tag)
+    if overwrite:
+        raise RunDirError(
+            f"--overwrite would delete {load_dir / tag}, which --resume continues from: give only one of them"
+        )
+    return []
+
+
 def claim_run_dir(run_dir: str | Path, *, rank: int, resume: str | None, overwrite: bool) -> RunLock | None:
-    """Every rank calls this after the process group exists. Rank 0 takes the lock and, for a fresh run, checks
-    or clears the folder; its verdict is broadcast, so on a refusal every rank raises RunDirError (only rank 0's
-    is meant to be printed). Returns the lock on rank 0, None elsewhere."""
+    """Every rank calls this after the process group exists. Rank 0 takes the lock and checks (or, with
+    `overwrite`, clears) the folder; its verdict is broadcast, so on a refusal every rank raises RunDirError
+    (only rank 0's is meant to be printed). Returns the lock on rank 0, None elsewhere."""
     from llmasr.train.engine import broadcast_object
 
     run_dir = Path(run_dir)
     lock, error = None, None
     if rank == 0:
         try:
-            if resume is not None and overwrite:
-                raise RunDirError("--overwrite starts a new run and --resume continues one: give only one of them")
             lock = RunLock.acquire(run_dir)
-            if resume is None:
-                lock.notes += check_fresh_run(run_dir, overwrite)
+            lock.notes += check_run_start(run_dir, resume, overwrite)
             ck.checkpoints_dir(run_dir).mkdir(parents=True, exist_ok=True)
         except (OSError, ConfigError) as err:
             if lock is not None:
                 lock.release()
-            lock, error = None, str(err) if isinstance(err, ConfigError) else f"{run_dir}: {err}"
+            ours = isinstance(err, ConfigError) or getattr(err, "errno", None) is None  # a message of our own
+            lock, error = None, str(err) if ours else f"{run_dir}: {err}"
     error = broadcast_object(error)
     if error is not None:
         raise RunDirError(error, quiet=rank != 0)

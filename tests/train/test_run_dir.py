@@ -130,12 +130,32 @@ def test_a_live_lock_refuses_a_run_and_a_stale_one_is_taken_over(tiny_llm_dir, c
     assert not (run / ck.LOCK_FILE).exists()
 
 
-def test_cli_flags(tiny_llm_dir, corpus, tmp_path, capsys):
+def test_resume_and_overwrite_on_the_command_line(tiny_llm_dir, corpus, tmp_path, capsys):
+    """--resume continues the folder's own run; continuing another folder's checkpoint here is a new history for
+    this folder, so its earlier checkpoints are refused unless --overwrite; --overwrite never deletes the
+    checkpoint being resumed."""
+    a, b = tmp_path / "a", tmp_path / "b"
     path = tmp_path / "recipe.yaml"
-    path.write_text(yaml.safe_dump(tiny_recipe_dict(tiny_llm_dir, train=[corpus], output_dir=tmp_path / "run")))
-    assert main(["--config", str(path), "--deepspeed", "zero0", "--resume", "--overwrite"]) == 2
-    assert "give only one of them" in capsys.readouterr().err
-    assert not (tmp_path / "run" / ck.LOCK_FILE).exists()
+    path.write_text(yaml.safe_dump(tiny_recipe_dict(tiny_llm_dir, train=[corpus], output_dir=a, max_updates=1)))
+
+    def cli(*args):
+        code = main(["--config", str(path), "--deepspeed", "zero0", *args])
+        return code, capsys.readouterr().err
+
+    assert cli("--resume")[0] == 2  # nothing to resume yet
+    assert cli()[0] == 0
+    code, err = cli("--resume", "--overwrite", "train.max_updates=2")
+    assert code == 2 and f"--overwrite would delete {ck.checkpoints_dir(a) / ck.tag_for(1)}" in err
+    assert cli(f"train.output_dir={b}", "train.max_updates=2")[0] == 0  # b's own run: update_2
+    source = ck.checkpoints_dir(a) / ck.tag_for(1)
+    code, err = cli("--resume", str(source), f"train.output_dir={b}", "train.max_updates=3")
+    assert code == 2 and f"continuing {source} here would overwrite and mix with them" in err
+    assert cli("--overwrite", "--resume", str(source), f"train.output_dir={b}", "train.max_updates=3")[0] == 0
+    tags = sorted(p.name for p in ck.checkpoints_dir(b).iterdir() if ck.update_of(p.name) is not None)
+    log = (b / ck.TRAIN_LOG).read_text()  # b's own run and its log are gone; a's went on from update 1 (2 in all)
+    assert tags == [ck.tag_for(2)] and f"resumed from {source}" in log and log.count(" train update=2 ") == 1
+    assert log.count(" train update=") == 1 and "--overwrite: removed checkpoints, train.log" in log
+    assert source.is_dir() and not (a / ck.LOCK_FILE).exists() and not (b / ck.LOCK_FILE).exists()
 
 
 # -- two ranks --------------------------------------------------------------------------------------------------------

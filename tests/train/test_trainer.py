@@ -126,6 +126,7 @@ def test_resume_refuses_another_world_size_and_changed_trainables(tiny_llm_dir, 
         train(frozen_encoder, "zero0", resume="latest")
     loose = tmp_path / "copied" / "checkpoints"  # a checkpoint without its run's recipe.yaml: the meta decides
     shutil.copytree(run / "checkpoints", loose)
+    frozen_encoder.train.output_dir = str(tmp_path / "fork")
     with pytest.raises(ConfigError, match="trainable parameters differ"):
         train(frozen_encoder, "zero0", resume=str(loose / tag_dir.name))
     (tag_dir / ck.META).write_text(json.dumps({**meta, "world_size": 2}))
