@@ -85,17 +85,14 @@ class RunLock:
         tmp.write_text(json.dumps(owner))
         notes: list[str] = []
         try:
-            while True:
-                try:
-                    os.link(tmp, path)  # atomic, and the lock is complete the moment it exists
-                    return cls(path, owner, notes)
-                except FileExistsError:
-                    held = _read_lock(path)
-                    if held is None:
-                        continue  # released between our link and our read: try again
-                    _refuse_unless_stale(path, held, owner)
-                    notes.append(f"{path}: stale lock of {_owner_text(held)}, which is not running; taken over")
-                    path.unlink(missing_ok=True)
+            while not _create(path, tmp):
+                held = _read_lock(path)
+                if held is None:
+                    continue  # released between our attempt and our read: try again
+                _refuse_unless_stale(path, held, owner)
+                notes.append(f"{path}: stale lock of {_owner_text(held)}, which is not running; taken over")
+                path.unlink(missing_ok=True)
+            return cls(path, owner, notes)
         finally:
             tmp.unlink(missing_ok=True)
 
@@ -103,6 +100,23 @@ class RunLock:
         """Remove the lock if it is still ours (idempotent)."""
         if _read_lock(self.path) == self.owner:
             self.path.unlink(missing_ok=True)
+
+
+def _create(path: Path, tmp: Path) -> bool:
+    """Create `path` with the content of `tmp` unless it exists (then False)."""
+    try:
+        os.link(tmp, path)  # atomic, and the lock is complete the moment it exists
+        return True
+    except FileExistsError:
+        return False
+    except OSError:  # a filesystem without hard links: exclusive create, then write
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            return False
+        with os.fdopen(fd, "w") as f:
+            f.write(tmp.read_text())
+        return True
 
 
 def _read_lock(path: Path) -> dict | None:
@@ -209,15 +223,22 @@ def claim_run_dir(run_dir: str | Path, *, rank: int, resume: str | None, overwri
             lock = RunLock.acquire(run_dir)
             lock.notes += check_run_start(run_dir, resume, overwrite)
             ck.checkpoints_dir(run_dir).mkdir(parents=True, exist_ok=True)
-        except (OSError, ConfigError) as err:
+        except Exception as err:  # every rank must learn of it, or the others wait in the broadcast
             if lock is not None:
                 lock.release()
-            ours = isinstance(err, ConfigError) or getattr(err, "errno", None) is None  # a message of our own
-            lock, error = None, str(err) if ours else f"{run_dir}: {err}"
+            lock, error = None, _refusal_text(err, run_dir)
     error = broadcast_object(error)
     if error is not None:
         raise RunDirError(error, quiet=rank != 0)
     return lock
+
+
+def _refusal_text(err: Exception, run_dir: Path) -> str:
+    if isinstance(err, ConfigError) or (isinstance(err, OSError) and err.errno is None):
+        return str(err)  # our own messages name what is at fault
+    if isinstance(err, OSError):
+        return f"{run_dir}: {err}"
+    return f"{run_dir}: {type(err).__name__}: {err}"
 
 
 def _lr_rows(csv_path: Path, schedules: list, start: int, total: int) -> dict[str, list[float]]:

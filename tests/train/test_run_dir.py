@@ -58,6 +58,19 @@ def test_lock_is_exclusive_and_released_only_by_its_owner(tmp_path):
     assert not [p for p in (tmp_path / "run").iterdir() if ".tmp" in p.name]
 
 
+def test_lock_without_hard_links(tmp_path, monkeypatch):
+    def no_links(src, dst):
+        raise PermissionError(1, "Operation not permitted")  # as some FUSE and object-store mounts answer
+
+    monkeypatch.setattr(os, "link", no_links)
+    lock = rd.RunLock.acquire(tmp_path)
+    assert json.loads((tmp_path / ck.LOCK_FILE).read_text()) == lock.owner
+    with pytest.raises(rd.RunDirError, match="in use by another run"):
+        rd.RunLock.acquire(tmp_path)
+    lock.release()
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
 def test_stale_lock_is_reported_and_taken_over(tmp_path):
     pid = dead_pid()
     write_lock(tmp_path, pid=pid, host=socket.gethostname(), start="1", since="yesterday")
