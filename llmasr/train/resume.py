@@ -133,13 +133,13 @@ def _plain(recipe) -> dict:
     return yaml.safe_load(yaml.safe_dump(to_dict(recipe), sort_keys=False))
 
 
-def check_resume_recipe(recipe, load_dir: Path) -> list[tuple[str, Any, Any]]:
+def check_resume_recipe(recipe, load_dir: Path) -> list[str]:
     """Compare `recipe` with the recipe of the run `load_dir` (its checkpoints folder) belongs to. Refuses keys
-    that cannot change on resume (each with both values and why); returns the changes that may happen."""
+    that cannot change on resume (each with both values and why); returns notes for the run's log (the changes
+    that may happen, or that there was nothing to compare with)."""
     saved_path = Path(load_dir).parent / ck.RECIPE_FILE
     if not saved_path.is_file():
-        log.warning("resume: no %s beside %s; the recipe cannot be compared with the run's", saved_path, load_dir)
-        return []
+        return [f"resume: no {saved_path} beside {load_dir}; the recipe cannot be compared with the run's"]
     changes = recipe_changes(saved_recipe_dict(saved_path), _plain(recipe))
     refused = [c for c in changes if key_kind(c[0]) == "refused"]
     if refused:
@@ -149,7 +149,7 @@ def check_resume_recipe(recipe, load_dir: Path) -> list[tuple[str, Any, Any]]:
             "on resume:\n" + "\n".join(lines) + "\nResume with the run's values, or start a new run (another "
             "train.output_dir, or --overwrite); README.md (Resume) lists the keys that may change"
         )
-    return changes
+    return [f"resume: recipe changes since the run was saved: {describe(changes)}"] if changes else []
 
 
 def check_batches(meta: dict, per_epoch: list[int], where: Path) -> None:

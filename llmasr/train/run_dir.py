@@ -195,25 +195,31 @@ def check_fresh_run(run_dir: Path, overwrite: bool, *, source: Path | None = Non
     return []
 
 
-def check_run_start(run_dir: Path, resume: str | None, overwrite: bool) -> list[str]:
-    """Rank 0, holding the lock: may a run (fresh, or resumed from `resume`) start in `run_dir`? Clears it when
-    `overwrite` allows. Returns notes for the run's log."""
+def check_run_start(run_dir: Path, resume: str | None, overwrite: bool, recipe=None) -> list[str]:
+    """Rank 0, holding the lock: may a run (fresh, or resumed from `resume` with `recipe`) start in `run_dir`?
+    Clears it when `overwrite` allows. Returns notes for the run's log."""
+    from llmasr.train.resume import check_resume_recipe
+
     if resume is None:
         return check_fresh_run(run_dir, overwrite)
     load_dir, tag = ck.resolve_resume(resume, run_dir)
-    if load_dir.resolve().parent != run_dir.resolve():
-        return check_fresh_run(run_dir, overwrite, source=load_dir / tag)
-    if overwrite:
+    if overwrite and load_dir.resolve().parent == run_dir.resolve():
         raise RunDirError(
             f"--overwrite would delete {load_dir / tag}, which --resume continues from: give only one of them"
         )
-    return []
+    notes = check_resume_recipe(recipe, load_dir) if recipe is not None else []  # before anything is deleted
+    if load_dir.resolve().parent != run_dir.resolve():
+        notes += check_fresh_run(run_dir, overwrite, source=load_dir / tag)
+    return notes
 
 
-def claim_run_dir(run_dir: str | Path, *, rank: int, resume: str | None, overwrite: bool) -> RunLock | None:
+def claim_run_dir(
+    run_dir: str | Path, *, rank: int, resume: str | None, overwrite: bool, recipe=None
+) -> RunLock | None:
     """Every rank calls this after the process group exists. Rank 0 takes the lock and checks (or, with
-    `overwrite`, clears) the folder; its verdict is broadcast, so on a refusal every rank raises RunDirError
-    (only rank 0's is meant to be printed). Returns the lock on rank 0, None elsewhere."""
+    `overwrite`, clears) the folder, and for a resume compares `recipe` with the run's (llmasr.train.resume); its
+    verdict is broadcast, so on a refusal every rank raises RunDirError (only rank 0's is meant to be printed).
+    Returns the lock on rank 0, None elsewhere."""
     from llmasr.train.engine import broadcast_object
 
     run_dir = Path(run_dir)
@@ -221,7 +227,7 @@ def claim_run_dir(run_dir: str | Path, *, rank: int, resume: str | None, overwri
     if rank == 0:
         try:
             lock = RunLock.acquire(run_dir)
-            lock.notes += check_run_start(run_dir, resume, overwrite)
+            lock.notes += check_run_start(run_dir, resume, overwrite, recipe)
             ck.checkpoints_dir(run_dir).mkdir(parents=True, exist_ok=True)
         except Exception as err:  # every rank must learn of it, or the others wait in the broadcast
             if lock is not None:

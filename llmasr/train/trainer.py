@@ -104,8 +104,9 @@ class Run:
         self.ckpt_dir = self.run_dir / "checkpoints"
         self.resume = resume if resume is not None else tc.resume
         self.log_handler = None
-        # Only once the configuration is known to be sound: --overwrite deletes the earlier run.
-        self.lock = claim_run_dir(self.run_dir, rank=self.rank, resume=self.resume, overwrite=overwrite)
+        # Once the configuration is known to be sound (--overwrite deletes the earlier run); a resume's recipe is
+        # compared with the run's here, before any data or model is loaded.
+        self.lock = claim_run_dir(self.run_dir, rank=self.rank, resume=self.resume, overwrite=overwrite, recipe=recipe)
         try:
             self._prepare()
         except BaseException:
@@ -113,19 +114,13 @@ class Run:
             raise
 
     def _prepare(self) -> None:
-        from llmasr.train import checkpoint as ck
         from llmasr.train.progress import setup_logging
         from llmasr.train.resolve import batches_per_epoch, build_loaders, count_updates, seed_everything, text_side
-        from llmasr.train.resume import check_resume_recipe, describe
 
         recipe, tc = self.recipe, self.recipe.train
         self.log_handler = setup_logging(self.run_dir, self.rank)
         for note in self.lock.notes if self.lock is not None else []:
             log.warning(note)
-        if self.resume is not None:  # before any data or model is loaded; nothing in RUN_DIR is written yet
-            changes = check_resume_recipe(recipe, ck.resolve_resume(self.resume, self.run_dir)[0])
-            if changes:
-                log.info("resume: recipe changes since the run was saved: %s", describe(changes))
         self.k = int(self.ds["gradient_accumulation_steps"])
         seed_everything(tc.seed)
         self.side = text_side(recipe.model)

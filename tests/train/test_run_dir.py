@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from llmasr.config_io import ConfigError
-from llmasr.recipe import load_recipe
+from llmasr.recipe import load_recipe, save_recipe
 from llmasr.testing.tiny_corpus import tiny_recipe_dict, write_tiny_corpus
 from llmasr.train import checkpoint as ck
 from llmasr.train import run_dir as rd
@@ -172,18 +172,19 @@ def test_resume_and_overwrite_on_the_command_line(tiny_llm_dir, corpus, tmp_path
 
 
 # -- two ranks --------------------------------------------------------------------------------------------------------
-def launch(recipe_file, run, *extra):
+def launch(recipe_file, run, *options):
     from llmasr.train.engine import _free_port
 
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")}
     cmd = ["deepspeed", "--num_gpus", "2", "--master_port", str(_free_port()), "--module", "llmasr", "train",
-           "--config", str(recipe_file), "--deepspeed", "zero0", f"train.output_dir={run}", *extra]  # fmt: skip
+           "--config", str(recipe_file), "--deepspeed", "zero0", *options, f"train.output_dir={run}"]  # fmt: skip
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
 
 
 @pytest.mark.slow
 def test_two_ranks_learn_rank0s_refusal_and_exit_with_one_message(tiny_llm_dir, corpus, tmp_path):
-    """Only rank 0 checks the folder; rank 1 must not wait for it in a collective, and the message appears once."""
+    """Only rank 0 checks the folder (and a resume's recipe); rank 1 must not wait for it in a collective, and the
+    message appears once."""
     path = tmp_path / "recipe.yaml"
     path.write_text(yaml.safe_dump(tiny_recipe_dict(tiny_llm_dir, train=[corpus], output_dir=tmp_path / "unused")))
     used = tmp_path / "used"
@@ -191,8 +192,15 @@ def test_two_ranks_learn_rank0s_refusal_and_exit_with_one_message(tiny_llm_dir, 
     ck.write_atomic(ck.checkpoints_dir(used) / ck.LATEST, ck.tag_for(3))
     locked = tmp_path / "locked"
     write_lock(locked, **me())
-    for run, why in ((used, "holds an earlier run's checkpoints"), (locked, "in use by another run")):
-        proc = launch(path, run)
+    changed = tmp_path / "changed"  # a run saved under another seed, resumed with this recipe
+    (ck.checkpoints_dir(changed) / ck.tag_for(3)).mkdir(parents=True)
+    ck.write_atomic(ck.checkpoints_dir(changed) / ck.LATEST, ck.tag_for(3))
+    saved = tiny_recipe_dict(tiny_llm_dir, train=[corpus], output_dir=changed, seed=5)
+    save_recipe(load_recipe(data=saved), changed / ck.RECIPE_FILE)
+    cases = [(used, "holds an earlier run's checkpoints", ()), (locked, "in use by another run", ()),
+             (changed, "train.seed: 5 -> 0", ("--resume",))]  # fmt: skip
+    for run, why, extra in cases:
+        proc = launch(path, run, *extra)
         out = proc.stdout + proc.stderr
         assert proc.returncode != 0, out[-3000:]
         assert out.count("llmasr train: error:") == 1 and why in out, out[-3000:]
