@@ -158,7 +158,8 @@ def _rank() -> int:
     return int(os.environ.get("RANK", "0") or 0)
 
 
-def _report(prog: str, err: BaseException) -> None:
+def report(prog: str, err: BaseException) -> None:
+    """The one message for `err` (rank 0 only, unless the error is marked rank-specific); traceback to the log."""
     rank = _rank()
     own = getattr(err, "llmasr_rank", None)
     tb = "".join(traceback.format_exception(err))
@@ -194,7 +195,7 @@ def run(prog: str, main: Callable[[list[str] | None], int | None], argv: list[st
             print(f"{prog}: stopped by {signal_name(signum)}{when}", file=sys.stderr, flush=True)
         return signal_status(signum)
     except Exception as err:
-        _report(prog, err)
+        report(prog, err)
         return exit_status(err)
     finally:
         traceback_to(None)

@@ -1,6 +1,8 @@
 """Run-directory layout, checkpoint bookkeeping (latest pointer, keep-last-K rotation, best-K) and resume lookup.
 
-    RUN_DIR/recipe.yaml, ds_config.json, train.log, tensorboard/, lr_schedule.csv
+    RUN_DIR/recipe.yaml, ds_config.json         the resolved configuration (rewritten only once a resume succeeded)
+    RUN_DIR/train.log, tensorboard/, lr_schedule.csv, lr_schedule.png
+    RUN_DIR/.lock                               pid and host of the run using the folder (llmasr.train.run_dir)
     RUN_DIR/checkpoints/update_00001200/        DeepSpeed files (trainable tensors only) + llmasr_meta.json
     RUN_DIR/checkpoints/latest                  newest complete tag (written atomically, after every rank saved)
     RUN_DIR/checkpoints/best.json               [{"tag", "metric", "value"}, ...] best first; never rotated away
@@ -18,6 +20,13 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+RECIPE_FILE = "recipe.yaml"
+DS_CONFIG_FILE = "ds_config.json"
+TRAIN_LOG = "train.log"
+TENSORBOARD = "tensorboard"
+LR_CSV = "lr_schedule.csv"
+LR_PNG = "lr_schedule.png"
+LOCK_FILE = ".lock"
 CHECKPOINTS = "checkpoints"
 LATEST = "latest"
 BEST = "best.json"

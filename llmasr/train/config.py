@@ -44,8 +44,8 @@ class SchedulerConfig:
     #   to final_lr_scale*peak, phases sized by `phase_ratio` of the total updates.
     # warmup: FunASR WarmupLR (Noam): peak * w^0.5 * min(s^-0.5, s * w^-1.5), s = updates done + 1. It reaches the
     #   peak at s == w and decays as 1/sqrt(s) after; it never reaches zero.
-    # warmup_cosine / warmup_linear: linear warmup to the peak, then cosine / linear decay to min_lr_ratio*peak at
-    #   the last update.
+    # warmup_cosine / warmup_linear: linear warmup to the peak, then cosine / linear decay towards min_lr_ratio*peak,
+    #   reached just after the last update (so the last update never runs at a floor of 0).
     # constant: the peak lr, after an optional linear warmup.
     type: SchedulerType = "warmup_cosine"
     # Warmup length in updates. Exclusive with warmup_ratio; neither means no warmup (warmup_cosine, warmup_linear,
@@ -59,7 +59,7 @@ class SchedulerConfig:
     init_lr_scale: float = 0.01
     # tri_stage only: the lr after the decay phase is final_lr_scale * peak (must be in (0, 1]).
     final_lr_scale: float = 0.01
-    # warmup_cosine / warmup_linear only: the lr at the last update is min_lr_ratio * peak.
+    # warmup_cosine / warmup_linear only: the lr the decay ends at, min_lr_ratio * peak, reached after the last update.
     min_lr_ratio: float = 0.0
 
     def validate(self, path: str) -> None:

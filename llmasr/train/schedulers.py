@@ -68,10 +68,12 @@ def _linear_warmup(u: int, peak: float, warmup: int) -> float:
 
 def warmup_decay_lr(u: int, peak: float, total: int, warmup: int, min_lr_ratio: float, shape: str) -> float:
     """Linear warmup over `warmup` updates, then `shape` ("cosine" or "linear") decay from the peak at u = warmup to
-    min_lr_ratio * peak at u = total - 1 (the last update), held there after."""
+    min_lr_ratio * peak at u = total, held there after. u = total is the lr after the last update, so every update
+    of the run moves the weights: a floor of 0 reached at u = total - 1 made the last update (and the only update of
+    a 1-update run) a wasted one at lr 0."""
     if u < warmup:
         return _linear_warmup(u, peak, warmup)
-    span = total - 1 - warmup
+    span = total - warmup
     progress = 1.0 if span <= 0 else min(1.0, (u - warmup) / span)
     floor = min_lr_ratio * peak
     factor = 0.5 * (1.0 + math.cos(math.pi * progress)) if shape == "cosine" else 1.0 - progress
@@ -183,15 +185,24 @@ class BranchLRScheduler:
     def state_dict(self) -> dict:
         return {"last_update": self.last_update, "schedules": [s.to_state() for s in self.schedules]}
 
+    def _check_same_groups(self, schedules: Sequence[GroupSchedule], what: str) -> None:
+        other, current = sorted(s.name for s in schedules), sorted(s.name for s in self.schedules)
+        if other != current:
+            raise ValueError(
+                f"{what} are for groups {other}, this optimizer's are {current}: the set of trainable branches "
+                "changed since the checkpoint"
+            )
+
     def load_state_dict(self, state: dict) -> None:
         """Restore the update count and the schedules exactly as saved, and write their lrs into the optimizer."""
         schedules = [GroupSchedule.from_state(s) for s in state["schedules"]]
-        saved, current = sorted(s.name for s in schedules), sorted(s.name for s in self.schedules)
-        if saved != current:
-            raise ValueError(
-                f"checkpoint schedules are for groups {saved}, this optimizer's are {current}: the set of trainable "
-                "branches changed since the checkpoint"
-            )
+        self._check_same_groups(schedules, "checkpoint schedules")
         self.schedules = schedules
         self.last_update = int(state["last_update"])
+        self._apply()
+
+    def replace_schedules(self, schedules: Sequence[GroupSchedule]) -> None:
+        """Continue from the current update with other schedules (a resumed run whose recipe changed them)."""
+        self._check_same_groups(schedules, "the new schedules")
+        self.schedules = list(schedules)
         self._apply()

@@ -16,10 +16,12 @@ ranks the gradient equals that of one batch holding the whole window, whatever t
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import math
 import os
 import sys
+from collections import Counter
 from itertools import islice
 from pathlib import Path
 
@@ -89,10 +91,11 @@ def windows(batches, k: int):
 class Run:
     """The state of one training run (built by `train`)."""
 
-    def __init__(self, recipe, ds_config_path, *, resume=None):
+    def __init__(self, recipe, ds_config_path, *, resume=None, overwrite=False):
         from llmasr.train import engine as eng
         from llmasr.train.ds_config import resolve_ds_config
-        from llmasr.train.resolve import build_loaders, check_run_settings, count_updates, seed_everything, text_side
+        from llmasr.train.resolve import check_run_settings
+        from llmasr.train.run_dir import claim_run_dir
 
         self.recipe = recipe
         tc = recipe.train
@@ -107,36 +110,48 @@ class Run:
         self.run_dir = Path(tc.output_dir)
         self.ckpt_dir = self.run_dir / "checkpoints"
         self.resume = resume if resume is not None else tc.resume
+        self.log_handler = None
+        # Once the configuration is known to be sound (--overwrite deletes the earlier run); a resume's recipe is
+        # compared with the run's here, before any data or model is loaded.
+        self.lock = claim_run_dir(self.run_dir, rank=self.rank, resume=self.resume, overwrite=overwrite, recipe=recipe)
+        try:
+            self._prepare()
+        except BaseException:
+            self.close()
+            raise
+
+    def _prepare(self) -> None:
+        from llmasr.train.progress import setup_logging
+        from llmasr.train.resolve import batches_per_epoch, build_loaders, count_updates, seed_everything, text_side
+
+        recipe, tc = self.recipe, self.recipe.train
+        self.log_handler = setup_logging(self.run_dir, self.rank)
+        self.startup_log.replay(self.log_handler)
+        errors.traceback_to(self.run_dir / "train.log")  # a failure's traceback, beside the log of the run
+        for note in self.lock.notes if self.lock is not None else []:
+            log.warning(note)
         self.k = int(self.ds["gradient_accumulation_steps"])
         seed_everything(tc.seed)
         self.side = text_side(recipe.model)
         self.train_loader, self.sampler, self.valid_loader = build_loaders(
             recipe, self.side, rank=self.rank, world_size=self.world
         )
-        from llmasr.train.resolve import batches_per_epoch
-
         self.per_epoch = batches_per_epoch(self.sampler, tc.epochs)
         self.total, natural = count_updates(self.per_epoch, self.k, tc.max_updates)
         if tc.max_updates is not None and tc.max_updates > natural:
             log.warning("train.max_updates=%d but %d epochs hold only %d updates", tc.max_updates, tc.epochs, natural)
-        self._write_run_files()
+        self._log_batches()
         self._build_engine()
+        if self.resume is None:
+            self._write_run_files(0)
 
-    def _write_run_files(self) -> None:
-        import json
-
-        from llmasr.recipe import save_recipe
-        from llmasr.train.engine import barrier
-        from llmasr.train.progress import setup_logging
+    def _write_run_files(self, start: int) -> None:
+        from llmasr.train.run_dir import write_run_files
 
         if self.rank == 0:
-            self.ckpt_dir.mkdir(parents=True, exist_ok=True)
-            save_recipe(self.recipe, self.run_dir / "recipe.yaml")
-            (self.run_dir / "ds_config.json").write_text(json.dumps(self.ds, indent=2))
-        barrier()
-        self.log_handler = setup_logging(self.run_dir, self.rank)
-        self.startup_log.replay(self.log_handler)
-        errors.traceback_to(self.run_dir / "train.log")  # a failure's traceback, beside the log of the run
+            write_run_files(self.run_dir, self.recipe, self.ds, self.engine.scheduler.schedules, start, self.total)
+
+    def _log_batches(self) -> None:
         tc = self.recipe.train
         log.info(
             "batches: micro %d per rank x accumulation %d x world %d = train_batch_size %d; %s batches per rank per "
@@ -150,9 +165,8 @@ class Run:
     def _build_engine(self) -> None:
         from llmasr.train.engine import TrainEngine, build_model_for_training
         from llmasr.train.param_groups import build_param_groups, describe_param_groups
-        from llmasr.train.progress import plot_lr, write_lr_csv
         from llmasr.train.resolve import check_model_frontend, seed_everything
-        from llmasr.train.schedulers import build_group_schedules, lr_curve
+        from llmasr.train.schedulers import build_group_schedules
 
         tc, optim = self.recipe.train, self.recipe.optim
         seed_everything(tc.seed)  # identical initial weights on every rank
@@ -161,12 +175,8 @@ class Run:
         self.trainable = [n for n, p in model.named_parameters() if p.requires_grad]
         groups = build_param_groups(model, optim)
         log.info("param groups:\n%s", describe_param_groups(groups))
-        schedules = build_group_schedules(groups, optim, self.total)
-        self.engine = TrainEngine(model, groups, schedules, self.ds, self.dist.device)
-        if self.rank == 0:
-            curves = lr_curve(optim, [g["name"] for g in groups], self.total)
-            write_lr_csv(self.run_dir / "lr_schedule.csv", curves)
-            plot_lr(curves, self.run_dir / "lr_schedule.png")
+        self.schedules = build_group_schedules(groups, optim, self.total)
+        self.engine = TrainEngine(model, groups, self.schedules, self.ds, self.dist.device)
         seed_everything(tc.seed + self.rank)  # dropout differs per rank
 
     # -- checkpoints ------------------------------------------------------------------------------------------------
@@ -196,6 +206,7 @@ class Run:
                 "base_fingerprint": base_fingerprint(self.recipe.model),
                 "trainable": self.trainable,
                 "files": files,
+                "batches_per_epoch": self.per_epoch,  # a resume checks the data still gives them
             }
             policy = ck.CheckpointPolicy(tc.keep_last, tc.best_k, tc.best_metric, tc.best_mode)
             deleted = ck.finish_save(self.ckpt_dir, tag, meta, policy)
@@ -212,6 +223,7 @@ class Run:
         from llmasr.train import checkpoint as ck
         from llmasr.train import universal
         from llmasr.train.engine import all_gather_object
+        from llmasr.train.resume import check_batches, continue_schedules
 
         load_dir, tag = ck.resolve_resume(self.resume, self.run_dir)
         meta = ck.read_meta(load_dir / tag)
@@ -219,6 +231,8 @@ class Run:
         saved_world = int(meta["world_size"])
         if int(meta.get("zero_stage", self.engine.stage)) != self.engine.stage:
             raise ConfigError(f"{where}: saved at ZeRO stage {meta['zero_stage']}, this run uses {self.engine.stage}")
+        if saved_world == self.world:  # at another world size the batches per rank differ by design (_resize)
+            check_batches(meta, self.per_epoch, where)
         diffs = fingerprint_differences(meta.get("base_fingerprint") or {}, base_fingerprint(self.recipe.model))
         if diffs:
             raise ConfigError(f"{where}: the base model differs from the one trained on:\n  " + "\n  ".join(diffs))
@@ -247,6 +261,12 @@ class Run:
         self.last_saved = self.engine.global_steps
         if saved_world != self.world:
             self._resize(saved_world, int(state.get("epoch", 0)), state.get("loader"), client.get("ds_config") or {})
+        continue_schedules(self.engine.scheduler, self.schedules)  # the recipe's schedules, at the current update
+        self._write_run_files(self.engine.global_steps)  # the resume succeeded: RUN_DIR now describes this run
+        if self.engine.global_steps >= self.total:
+            log.info("nothing to train: the run is at update %d of %d (raise train.epochs or train.max_updates to "
+                     "train on)", self.engine.global_steps, self.total)  # fmt: skip
+            return self.recipe.train.epochs, None
         return int(state.get("epoch", 0)), state.get("loader")
 
     def _resize(self, saved_world: int, epoch: int, loader_state: dict | None, saved_ds: dict) -> None:
@@ -261,7 +281,7 @@ class Run:
         universal.check_global_batch(saved_ds, self.ds, self.world)
         done, max_updates = self.engine.global_steps, self.recipe.train.max_updates
         self.total = universal.resized_total(done, epoch, left, self.per_epoch, self.k, max_updates)
-        universal.fit_schedules(self.engine.scheduler, self.total)
+        self.schedules = [dataclasses.replace(s, total=self.total) for s in self.schedules]
 
     # -- the loop -----------------------------------------------------------------------------------------------------
     def validate(self) -> dict | None:
@@ -339,9 +359,7 @@ class Run:
         finally:
             preemption.arm(False)
             self.progress.close()
-            if self.log_handler is not None:
-                logging.getLogger("llmasr").removeHandler(self.log_handler)
-                self.log_handler.close()
+            self.close()
         return {"history": history, "interrupted": False, "run_dir": str(self.run_dir), "metrics": last_metrics}
 
     def _stopped(self, signum: int, epoch: int, loader_state: dict | None, history: list[dict]) -> dict:
@@ -359,6 +377,16 @@ class Run:
         return {"history": history, "interrupted": True, "signal": signum, "checkpoint": str(where),
                 "run_dir": str(self.run_dir), "metrics": None}  # fmt: skip
 
+    def close(self) -> None:
+        """Release the run directory's lock and the log file (normal exit and error alike; idempotent)."""
+        if self.log_handler is not None:
+            logging.getLogger("llmasr").removeHandler(self.log_handler)
+            self.log_handler.close()
+            self.log_handler = None
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
+
     def _extra(self) -> dict:
         return {
             "grad_norm": self.engine.grad_norm(),
@@ -367,15 +395,22 @@ class Run:
         }
 
 
-def train(recipe, ds_config_path, *, resume: str | None = None, stop_after_updates: int | None = None) -> dict:
+def train(
+    recipe, ds_config_path, *, resume: str | None = None, overwrite: bool = False, stop_after_updates: int | None = None
+) -> dict:
     """Train `recipe` with the DeepSpeed JSON `ds_config_path` (a path or preset name). `resume`: "latest", a tag
-    or a checkpoint path. `stop_after_updates` ends the run right after that update without saving (tests use it
-    to simulate an interruption). Returns {"history": per-update stats, "metrics": last validation, ...}.
+    or a checkpoint path. `overwrite`: a fresh run may replace an earlier run's checkpoints in train.output_dir.
+    `stop_after_updates` ends the run right after that update without saving (tests use it to simulate an
+    interruption). Returns {"history": per-update stats, "metrics": last validation, ...}.
 
     SIGTERM/SIGINT during training stop every rank after the same update with a checkpoint ("interrupted": True,
     "signal": its number); during start-up they raise preemption.Interrupted (llmasr.train.preemption)."""
     with Preemption(int(os.environ.get("RANK", "0"))) as preemption:
-        return Run(recipe, ds_config_path, resume=resume).fit(stop_after_updates, preemption)
+        run = Run(recipe, ds_config_path, resume=resume, overwrite=overwrite)
+        try:
+            return run.fit(stop_after_updates, preemption)
+        finally:
+            run.close()
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -386,11 +421,20 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--resume", nargs="?", const="latest", default=None,
         help="resume from RUN_DIR/checkpoints/latest (no value), a tag (update_00000120) or a checkpoint folder",
     )  # fmt: skip
+    p.add_argument(
+        "--overwrite", action="store_true",
+        help="start afresh in a train.output_dir that holds an earlier run's checkpoints (deletes them)",
+    )  # fmt: skip
     p.add_argument("overrides", nargs="*", help="recipe overrides, e.g. train.epochs=3 optim.branches.llm.lr=2e-5")
-    args = p.parse_args(argv)
+    args = p.parse_intermixed_args(argv)  # overrides may come before and after the options
     if args.resume is not None and "=" in args.resume and not Path(args.resume).exists():
         # `--resume key=value ...`: argparse took the first override as the resume value
-        args.overrides.insert(0, args.resume)
+        wanted, ordered = Counter([*args.overrides, args.resume]), []
+        for arg in argv:  # keep the command line's order: a later override of the same key wins
+            if wanted[arg] > 0:
+                wanted[arg] -= 1
+                ordered.append(arg)
+        args.overrides = ordered
         args.resume = "latest"
     return args
 
@@ -398,10 +442,16 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 @errors.command("llmasr train")
 def main(argv: list[str] | None = None) -> int:
     from llmasr.recipe import load_recipe
+    from llmasr.train.run_dir import RunDirError
 
     args = parse_args(list(sys.argv[1:] if argv is None else argv))
     recipe = load_recipe(args.config, args.overrides)
-    result = train(recipe, args.deepspeed, resume=args.resume)
+    try:
+        result = train(recipe, args.deepspeed, resume=args.resume, overwrite=args.overwrite)
+    except RunDirError as err:  # rank 0 refused the run folder for every rank
+        errors.report("llmasr train", err)
+        err.reported()  # no rank exits (and makes the launcher kill the rest) before rank 0 has said why
+        return 2
     if result.get("signal"):
         return exit_status(result["signal"])  # stopped with a checkpoint: the job did not finish
     metrics = result.get("metrics") or {}

@@ -59,7 +59,9 @@ def test_manifest_faults_refuse_the_run_before_it_starts(tiny_llm_dir, tmp_path,
     err = capsys.readouterr().err
     assert "1 of 21 items (4.76%) are unusable before training starts, above data.max_bad_fraction = 0.01" in err
     assert f"{manifest}:21 key=blank: field 'target' is empty" in err
-    assert not (run / "checkpoints").exists() and not (run / "train.log").exists()  # nothing ran
+    assert not list((run / "checkpoints").glob("update_*"))  # nothing ran
+    assert not (run / ".lock").exists()  # the run folder is free again
+    assert "unusable before training starts" in (run / "train.log").read_text()  # the refusal is in the run's log
     # Under the limit the line is skipped and counted: the run trains on the other 20.
     overrides = ["data.max_bad_fraction=0.05", "train.max_updates=1"]
     assert main(["--config", str(path), "--deepspeed", "zero0", *overrides]) == 0

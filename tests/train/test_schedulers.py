@@ -90,11 +90,13 @@ def test_decay_endpoints(kind):
     lrs = [schedule_lr(cfg, u, 1.0, 100) for u in range(100)]
     assert lrs[0] == pytest.approx(0.1)  # (u+1)/warmup: the first update already moves
     assert lrs[9] == lrs[10] == 1.0
-    assert lrs[-1] == pytest.approx(0.1)
+    assert 0.1 < lrs[-1] < lrs[-2]  # the last update still decays: the floor is the lr after it
+    assert schedule_lr(cfg, 100, 1.0, 100) == pytest.approx(0.1)
     assert all(a >= b for a, b in zip(lrs[10:], lrs[11:]))
-    mid = schedule_lr(cfg, 10 + 89 // 2, 1.0, 100)
-    assert mid == pytest.approx(
-        0.1 + 0.9 * (0.5 * (1 + math.cos(math.pi * 44 / 89)) if kind == "warmup_cosine" else 1 - 44 / 89)
+    assert schedule_lr(cfg, 10 + 45, 1.0, 100) == pytest.approx(0.1 + 0.9 * 0.5)  # half-way, either shape
+    quarter = schedule_lr(cfg, 10 + 90 // 4, 1.0, 100)
+    assert quarter == pytest.approx(
+        0.1 + 0.9 * (0.5 * (1 + math.cos(math.pi * 22 / 90)) if kind == "warmup_cosine" else 1 - 22 / 90)
     )
     assert schedule_lr(cfg, 500, 1.0, 100) == pytest.approx(0.1)
 
@@ -102,10 +104,43 @@ def test_decay_endpoints(kind):
 def test_decay_without_warmup_and_ratio():
     cfg = sched(type="warmup_cosine")
     assert schedule_lr(cfg, 0, 2.0, 50) == 2.0
-    assert schedule_lr(cfg, 49, 2.0, 50) == pytest.approx(0.0)
+    assert schedule_lr(cfg, 49, 2.0, 50) == pytest.approx(2.0 * 0.5 * (1 + math.cos(math.pi * 49 / 50)))
+    assert schedule_lr(cfg, 50, 2.0, 50) == pytest.approx(0.0)  # after the last update
     assert sched(type="warmup_linear", warmup_ratio=0.25).warmup_updates(10) == 2
     with pytest.raises(ConfigError, match="not both"):
         sched(warmup_steps=3, warmup_ratio=0.1)
+
+
+EVERY_TYPE = {
+    "tri_stage": {"type": "tri_stage", "phase_ratio": [0.1, 0.4, 0.5]},
+    "tri_stage_no_hold": {"type": "tri_stage", "phase_ratio": [0.5, 0.0, 0.5], "final_lr_scale": 0.05},
+    "warmup": {"type": "warmup", "warmup_steps": 3},
+    "warmup_cosine": {"type": "warmup_cosine"},
+    "warmup_cosine_warmup": {"type": "warmup_cosine", "warmup_ratio": 0.1},
+    "warmup_linear": {"type": "warmup_linear", "warmup_steps": 2},
+    "constant": {"type": "constant"},
+    "constant_warmup": {"type": "constant", "warmup_steps": 5},
+}
+
+
+@pytest.mark.parametrize("total", [1, 2, 3, 57])
+@pytest.mark.parametrize("name", sorted(EVERY_TYPE))
+def test_no_update_runs_at_lr_zero(name, total):
+    """Updates 0..total-1 all move the weights, whichever schedule, even in a 1- or 2-update run (min_lr_ratio and
+    init_lr_scale at their defaults or 0: a floor of 0 is reached after the run, never by one of its updates)."""
+    cfg = sched(**EVERY_TYPE[name])
+    lrs = [schedule_lr(cfg, u, 1e-3, total) for u in range(total)]
+    assert min(lrs) > 0, lrs
+    assert max(lrs) <= 1e-3 * (1 + 1e-12)
+    if cfg.type in ("warmup_cosine", "warmup_linear") and not cfg.warmup_updates(total):
+        assert lrs[0] == 1e-3  # no warmup: the first update runs at the peak (a 1-update run included)
+
+
+def test_lr_zero_only_where_the_recipe_asks_for_it():
+    """tri_stage keeps FunASR's warmup from init_lr_scale * peak: init_lr_scale 0 is a recipe asking for lr 0."""
+    cfg = sched(type="tri_stage", phase_ratio=[0.5, 0.0, 0.5], init_lr_scale=0.0)
+    lrs = [schedule_lr(cfg, u, 1.0, 10) for u in range(10)]
+    assert lrs[0] == 0.0 and min(lrs[1:]) > 0
 
 
 def test_constant():

@@ -3,6 +3,7 @@ stderr with LLMASR_DEBUG=1): a full disk while saving, an output folder that can
 not fit the model, a misspelt DeepSpeed key."""
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -63,11 +64,11 @@ def test_full_disk_while_saving_names_the_checkpoint(recipe_file, tmp_path, monk
 def test_debug_prints_the_traceback(recipe_file, tmp_path, monkeypatch, capsys):
     (tmp_path / "blocker").write_text("a file where the run folder should go")
     args = ["train", "--config", str(recipe_file), "--deepspeed", "zero0", f"train.output_dir={tmp_path}/blocker/run"]
-    assert main(args) == 1
+    assert main(args) == 2  # the run folder cannot be made: refused before anything starts
     err = capsys.readouterr().err
-    assert f"llmasr train: error: {tmp_path}/blocker/run/checkpoints: Not a directory" in err
+    assert f"llmasr train: error: {tmp_path}/blocker/run: Not a directory" in err
     assert "Traceback" not in err
-    assert main(["--debug", *args]) == 1
+    assert main(["--debug", *args]) == 2
     err = capsys.readouterr().err
     assert "Traceback (most recent call last)" in err and "NotADirectoryError" in err
 
@@ -76,12 +77,18 @@ def test_a_checkpoint_that_does_not_fit_names_it(recipe_file, tmp_path, capsys):
     base = ["train", "--config", str(recipe_file), "--deepspeed", "zero0", "train.max_updates=1"]
     assert main(base) == 0
     capsys.readouterr()
-    assert main([*base, "--resume", "model.llm.lora.r=2"]) == 1
+    assert main([*base, "--resume", "model.llm.lora.r=2"]) == 2  # the run's recipe.yaml refuses the change first
+    assert "model.llm.lora.r: 4 -> 2" in capsys.readouterr().err
+    # a checkpoint without its run's recipe.yaml (copied elsewhere): DeepSpeed's own load finds the mismatch
+    loose = tmp_path / "copied" / "checkpoints"
+    shutil.copytree(tmp_path / "run" / "checkpoints", loose)
+    where = loose / "update_00000001"
+    fork = ["train.output_dir=" + str(tmp_path / "fork"), "model.llm.lora.r=2"]
+    assert main([*base, "--resume", str(where), *fork]) == 1
     err = capsys.readouterr().err
-    where = tmp_path / "run" / "checkpoints" / "update_00000001"
     assert f"llmasr train: error: while loading checkpoint {where}:" in err
     assert "RuntimeError: Error(s) in loading state_dict" in err and "size mismatch" in err and "raised at " in err
-    assert f"the traceback: in {tmp_path / 'run' / 'train.log'}" in err and "Traceback" not in err
+    assert f"the traceback: in {tmp_path / 'fork' / 'train.log'}" in err and "Traceback" not in err
 
 
 def test_a_misspelt_deepspeed_key_is_refused_with_the_nearest(recipe_file, tmp_path, capsys):

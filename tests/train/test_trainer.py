@@ -2,6 +2,7 @@
 
 import json
 import math
+import shutil
 
 import numpy as np
 import pytest
@@ -120,8 +121,14 @@ def test_resume_refuses_changed_trainables(tiny_llm_dir, corpus, tmp_path):
     train(recipe(tiny_llm_dir, corpus, run, valid=False, max_updates=2), "zero0")
     frozen_encoder = recipe(tiny_llm_dir, corpus, run, valid=False)
     frozen_encoder.model.encoder.freeze = True
-    with pytest.raises(ConfigError, match="trainable parameters differ"):
+    with pytest.raises(ConfigError, match="model.encoder.freeze: false -> true"):  # by the run's recipe.yaml
         train(frozen_encoder, "zero0", resume="latest")
+    tag_dir = run / "checkpoints" / ck.read_latest(run / "checkpoints")
+    loose = tmp_path / "copied" / "checkpoints"  # a checkpoint without its run's recipe.yaml: the meta decides
+    shutil.copytree(run / "checkpoints", loose)
+    frozen_encoder.train.output_dir = str(tmp_path / "fork")
+    with pytest.raises(ConfigError, match="trainable parameters differ"):
+        train(frozen_encoder, "zero0", resume=str(loose / tag_dir.name))
 
 
 def test_max_updates_stops_and_keeps_the_loader_position(tiny_llm_dir, corpus, tmp_path):
@@ -166,3 +173,13 @@ def test_cli(tiny_llm_dir, corpus, tmp_path, capsys):
     assert "train.epochs" in capsys.readouterr().err
     assert main(["--config", str(path), "--deepspeed", "zero0", "train.valid_every_updates=2"]) == 2
     assert "data.valid" in capsys.readouterr().err
+
+
+def test_overrides_may_come_before_and_after_resume_in_command_line_order():
+    from llmasr.train.trainer import parse_args
+
+    base = ["--config", "r.yaml", "--deepspeed", "zero0"]
+    args = parse_args([*base, "train.epochs=2", "--resume", "/some/ckpt", "train.epochs=3"])
+    assert (args.resume, args.overrides) == ("/some/ckpt", ["train.epochs=2", "train.epochs=3"])
+    args = parse_args([*base, "a.b=1", "--resume", "a.b=2", "c=3"])  # --resume without a value
+    assert (args.resume, args.overrides) == ("latest", ["a.b=1", "a.b=2", "c=3"])

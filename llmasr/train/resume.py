@@ -1,0 +1,211 @@
+"""What may change when a run is resumed, and what resuming does about it.
+
+A resumed run compares its recipe with the one the run was saved under (RUN_DIR/recipe.yaml beside the checkpoint
+folder), key by key:
+
+- `MAY_CHANGE` keys take effect from the next update (logging, saving, validation, loader workers, clipping) or
+  are checked another way (base model paths: the checkpoint's base fingerprint);
+- `RESCHEDULE` keys size or shape the learning-rate schedules: the schedules are rebuilt from the new recipe and
+  continue at the current update (`schedule_changes` says what changed and the lrs from there);
+- every other key is refused, with both values and why: the model, the batches and the sampler position, the
+  seeds, the precision of the saved optimizer state, optimizer settings that the saved state restores.
+
+README.md ("Resume") lists both tables; a test keeps them equal to these.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from fnmatch import fnmatchcase
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from llmasr.config_io import ConfigError, to_dict
+from llmasr.train import checkpoint as ck
+
+log = logging.getLogger("llmasr.train")
+
+MAY_CHANGE: tuple[str, ...] = (
+    "train.log_every",
+    "train.save_every_updates",
+    "train.keep_last",
+    "train.valid_every_updates",
+    "train.best_k",
+    "train.grad_clip",
+    "train.deterministic",
+    "train.output_dir",
+    "train.resume",
+    "data.valid",
+    "data.valid_max_utts",
+    "data.num_workers",
+    "data.prefetch_factor",
+    "data.pin_memory",
+    "data.max_bad_fraction",
+    "decode",
+    "model.llm.path",
+    "model.encoder.path",
+    "model.adaptor.init_from",
+    "model.ctc.init_from",
+    "model.llm.gradient_checkpointing",
+    "model.encoder.gradient_checkpointing",
+)
+RESCHEDULE: tuple[str, ...] = (
+    "train.epochs",
+    "train.max_updates",
+    "train.grad_accum",
+    "optim.scheduler",
+    "optim.branches.*.lr",
+    "optim.branches.*.scheduler",
+)
+# Why a refused key cannot change (first matching pattern).
+_REFUSED_WHY: tuple[tuple[str, str], ...] = (
+    ("model", "the model the checkpoint holds"),
+    ("train.seed", "the random streams the run continues"),
+    ("data.seed", "the batch order the saved sampler position points into"),
+    ("data", "the batches the saved sampler position points into"),
+    ("optim", "the saved optimizer state restores the old value"),
+    ("train.precision", "the precision of the saved optimizer state"),
+    ("train.best_*", "the ranking already in checkpoints/best.json"),
+)
+
+
+def _matches(key: str, pattern: str) -> bool:
+    return fnmatchcase(key, pattern) or fnmatchcase(key, pattern + ".*")
+
+
+def key_kind(key: str) -> str:
+    """The kind of a dotted recipe key on resume: "may_change", "reschedule" or "refused"."""
+    if any(_matches(key, p) for p in MAY_CHANGE):
+        return "may_change"
+    if any(_matches(key, p) for p in RESCHEDULE):
+        return "reschedule"
+    return "refused"
+
+
+def _why_refused(key: str) -> str:
+    for pattern, why in _REFUSED_WHY:
+        if _matches(key, pattern):
+            return why
+    return "not among the keys that may change on resume"
+
+
+def flatten(data: Any, prefix: str = "") -> dict[str, Any]:
+    """Dotted keys of nested dicts; lists and scalars are leaves."""
+    if not isinstance(data, dict):
+        return {prefix: data}
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        out.update(flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+    return out
+
+
+def recipe_changes(saved: dict, new: dict) -> list[tuple[str, Any, Any]]:
+    """(key, saved value, new value) for every leaf that differs; a key absent on one side reads as None."""
+    a, b = flatten(saved), flatten(new)
+    return [(k, a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+
+
+def _show(value: Any) -> str:
+    text = json.dumps(value, default=str)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def describe(changes: list[tuple[str, Any, Any]]) -> str:
+    return "; ".join(f"{k}: {_show(a)} -> {_show(b)}" for k, a, b in changes)
+
+
+def saved_recipe_dict(path: Path) -> dict:
+    """The recipe a run was saved under, parsed as a recipe (defaults filled in, as the new one is)."""
+    from llmasr.recipe import load_recipe
+
+    try:
+        data = yaml.safe_load(path.read_text())
+        return _plain(load_recipe(data=data))
+    except (ConfigError, yaml.YAMLError, AttributeError, TypeError) as err:
+        raise ConfigError(f"{path}: the saved recipe of the run being resumed does not load: {err}") from None
+
+
+def _plain(recipe) -> dict:
+    # through YAML so that both sides hold the same types (tuples as lists), as recipe.yaml stores them
+    return yaml.safe_load(yaml.safe_dump(to_dict(recipe), sort_keys=False))
+
+
+def check_resume_recipe(recipe, load_dir: Path) -> list[str]:
+    """Compare `recipe` with the recipe of the run `load_dir` (its checkpoints folder) belongs to. Refuses keys
+    that cannot change on resume (each with both values and why); returns notes for the run's log (the changes
+    that may happen, or that there was nothing to compare with)."""
+    saved_path = Path(load_dir).parent / ck.RECIPE_FILE
+    if not saved_path.is_file():
+        return [f"resume: no {saved_path} beside {load_dir}; the recipe cannot be compared with the run's"]
+    changes = recipe_changes(saved_recipe_dict(saved_path), _plain(recipe))
+    refused = [c for c in changes if key_kind(c[0]) == "refused"]
+    if refused:
+        lines = [f"  {k}: {_show(a)} -> {_show(b)} ({_why_refused(k)})" for k, a, b in refused]
+        raise ConfigError(
+            f"--resume: the recipe differs from {saved_path} (the run being resumed) in keys that cannot change "
+            "on resume:\n" + "\n".join(lines) + "\nResume with the run's values, or start a new run (another "
+            "train.output_dir, or --overwrite); README.md (Resume) lists the keys that may change"
+        )
+    return [f"resume: recipe changes since the run was saved: {describe(changes)}"] if changes else []
+
+
+def check_batches(meta: dict, per_epoch: list[int], where: Path) -> None:
+    """The training data must give the batches the checkpoint's run had (the sampler position counts them)."""
+    saved = meta.get("batches_per_epoch")
+    if not saved:
+        return
+    n = min(len(saved), len(per_epoch))
+    if list(saved[:n]) != list(per_epoch[:n]):
+        raise ConfigError(
+            f"{where}: the training data (data.train) now gives {per_epoch[:n]} batches per rank per epoch, the run "
+            f"had {list(saved[:n])}: a manifest changed since the checkpoint, and resuming would skip or repeat "
+            "utterances. Restore the manifests, or start a new run"
+        )
+
+
+def schedule_changes(saved: list, new: list) -> list[str]:
+    """What differs between the saved GroupSchedules and the new recipe's, one entry per group (a `_no_decay`
+    twin that changes like its branch is left out)."""
+    from llmasr.train.schedulers import NO_DECAY_SUFFIX
+
+    old = {s.name: s for s in saved}
+    out, seen = [], {}
+    for s in new:
+        o = old.get(s.name)
+        parts = []
+        if o.total != s.total:
+            parts.append(f"total updates {o.total} -> {s.total}")
+        if o.peak_lr != s.peak_lr:
+            parts.append(f"peak lr {o.peak_lr:.3e} -> {s.peak_lr:.3e}")
+        cfg_a, cfg_b = to_dict(o.cfg), to_dict(s.cfg)
+        parts += [f"scheduler.{k} {_show(cfg_a[k])} -> {_show(cfg_b[k])}" for k in cfg_a if cfg_a[k] != cfg_b[k]]
+        if not parts:
+            continue
+        text = ", ".join(parts)
+        branch = s.name.removesuffix(NO_DECAY_SUFFIX)
+        if s.name.endswith(NO_DECAY_SUFFIX) and seen.get(branch) == text:
+            continue
+        seen[s.name] = text
+        out.append(f"{s.name}: {text}")
+    return out
+
+
+def continue_schedules(scheduler, schedules: list) -> list[str]:
+    """After a load: where the recipe's `schedules` differ from the restored ones (another total, lr or scheduler),
+    continue with the recipe's from the current update and log what changed and the lrs from here. Returns the
+    changes ([] when the saved schedules go on)."""
+    changes = schedule_changes(scheduler.schedules, schedules)
+    if not changes:
+        return []
+    before = scheduler.get_lr_by_name()
+    scheduler.replace_schedules(schedules)
+    now = scheduler.get_lr_by_name()
+    log.info(
+        "resume: learning-rate schedules rebuilt from this recipe at update %d (%s); lr now %s (the saved schedules "
+        "gave %s)", scheduler.last_update, "; ".join(changes),
+        " ".join(f"{k}={v:.3e}" for k, v in now.items()), " ".join(f"{k}={v:.3e}" for k, v in before.items()),
+    )  # fmt: skip
+    return changes

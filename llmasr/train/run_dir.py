@@ -1,0 +1,280 @@
+"""Who may use a run directory: one run at a time, and a fresh run never mixes with an earlier one's checkpoints.
+
+    lock = claim_run_dir(run_dir, rank=rank, resume=resume, overwrite=overwrite)   # every rank calls it
+    ...
+    write_run_files(run_dir, recipe, ds_config, schedules, start, total)           # rank 0, once the run is sound
+    lock.release()                                                                  # normal exit and error alike
+
+Rank 0 takes RUN_DIR/.lock (pid, host and the process's start time, created atomically) and checks the folder; the
+other ranks wait for its verdict, so a refusal reaches every rank and none hangs in a later collective. A lock whose
+process is gone (same host, pid not running or reused by another process) is stale: it is reported and taken over.
+A lock from another host cannot be checked and is refused with its owner named.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import time
+from pathlib import Path
+
+from llmasr.config_io import ConfigError
+from llmasr.train import checkpoint as ck
+
+
+class RunDirError(ConfigError):
+    """A run directory refused. `quiet` on the ranks that only learned of it from rank 0 (which reports it)."""
+
+    def __init__(self, message: str, *, quiet: bool = False):
+        super().__init__(message)
+        self.quiet = quiet
+
+    def reported(self) -> None:
+        """Every rank calls this once rank 0 has printed the message: the deepspeed launcher kills all ranks when
+        the first one exits non-zero, which could otherwise be a quiet rank, before rank 0 has said why."""
+        from llmasr.train.engine import barrier
+
+        barrier()
+
+
+def process_start(pid: int) -> str | None:
+    """The start time of process `pid` in clock ticks since boot (/proc/PID/stat field 22), or None where /proc
+    does not tell. Together with the pid it names one process: a pid reused after a crash has another start time."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat[stat.rfind(")") + 2 :].split()  # the command name may hold spaces and parentheses
+    return fields[19] if len(fields) > 19 else None
+
+
+def process_alive(pid: int, start: str | None) -> bool:
+    """Whether the process that wrote a lock still runs on this host."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # it exists, under another user
+    now = process_start(pid)
+    return start is None or now is None or now == start
+
+
+def _owner_text(owner: dict) -> str:
+    return f"pid {owner.get('pid')} on host {owner.get('host')}, started {owner.get('since', '?')}"
+
+
+class RunLock:
+    """RUN_DIR/.lock held by this process."""
+
+    def __init__(self, path: Path, owner: dict, notes: list[str]):
+        self.path = path
+        self.owner = owner
+        self.notes = notes  # what taking it involved (a stale lock taken over), for the run's log
+
+    @classmethod
+    def acquire(cls, run_dir: str | Path) -> RunLock:
+        run_dir = Path(run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        path = run_dir / ck.LOCK_FILE
+        pid = os.getpid()
+        owner = {"pid": pid, "host": socket.gethostname(), "start": process_start(pid), "since": time.ctime()}
+        tmp = run_dir / f"{ck.LOCK_FILE}.tmp{pid}"
+        tmp.write_text(json.dumps(owner))
+        notes: list[str] = []
+        try:
+            while not _create(path, tmp):
+                held = _read_lock(path)
+                if held is None:
+                    continue  # released between our attempt and our read: try again
+                _refuse_unless_stale(path, held, owner)
+                notes.append(f"{path}: stale lock of {_owner_text(held)}, which is not running; taken over")
+                path.unlink(missing_ok=True)
+            return cls(path, owner, notes)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def release(self) -> None:
+        """Remove the lock if it is still ours (idempotent)."""
+        if _read_lock(self.path) == self.owner:
+            self.path.unlink(missing_ok=True)
+
+
+def _create(path: Path, tmp: Path) -> bool:
+    """Create `path` with the content of `tmp` unless it exists (then False)."""
+    try:
+        os.link(tmp, path)  # atomic, and the lock is complete the moment it exists
+        return True
+    except FileExistsError:
+        return False
+    except OSError:  # a filesystem without hard links: exclusive create, then write
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            return False
+        with os.fdopen(fd, "w") as f:
+            f.write(tmp.read_text())
+        return True
+
+
+def _read_lock(path: Path) -> dict | None:
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return None
+    try:
+        owner = json.loads(text)
+    except ValueError:
+        owner = None
+    if not isinstance(owner, dict) or not isinstance(owner.get("pid"), int):
+        raise RunDirError(f"{path}: not a lock llmasr wrote ({text[:80]!r}); if no run uses the folder, delete it")
+    return owner
+
+
+def _refuse_unless_stale(path: Path, held: dict, me: dict) -> None:
+    where = path.parent
+    if held.get("host") != me["host"]:
+        raise RunDirError(
+            f"{where} is in use by a run on another host ({_owner_text(held)}; {path}). Its process cannot be checked "
+            f"from here: if that run is over, delete {path}"
+        )
+    if process_alive(held["pid"], held.get("start")):  # this very process included: one run per folder
+        raise RunDirError(
+            f"{where} is in use by another run ({_owner_text(held)}; {path}): wait for it to end, or set another "
+            "train.output_dir"
+        )
+
+
+def earlier_checkpoints(run_dir: str | Path) -> list[str]:
+    """Checkpoint tags, `latest` and best.json that an earlier run left in RUN_DIR/checkpoints."""
+    ckpt_dir = ck.checkpoints_dir(run_dir)
+    if not ckpt_dir.is_dir():
+        return []
+    names = (p.name for p in ckpt_dir.iterdir())
+    return sorted(n for n in names if ck.update_of(n) is not None or n in (ck.LATEST, ck.BEST))
+
+
+def clear_earlier_run(run_dir: str | Path) -> list[str]:
+    """--overwrite: remove what the earlier run wrote and a new run would otherwise mix with (checkpoints,
+    train.log, TensorBoard events). The recipe, DeepSpeed JSON and lr schedule are rewritten by the new run; files
+    the trainer does not write (exports, decodes) are left. Returns the removed names."""
+    run_dir = Path(run_dir)
+    removed = []
+    for name in (ck.CHECKPOINTS, ck.TRAIN_LOG, ck.TENSORBOARD):
+        path = run_dir / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+        else:
+            continue
+        removed.append(name)
+    return removed
+
+
+def check_fresh_run(run_dir: Path, overwrite: bool, *, source: Path | None = None) -> list[str]:
+    """A run that does not continue this folder's own checkpoints (fresh, or resumed from `source` in another
+    folder): refuse a folder holding checkpoints, unless `overwrite` (then clear it). Returns notes for the log."""
+    earlier = earlier_checkpoints(run_dir)
+    if earlier and not overwrite:
+        tags = [n for n in earlier if ck.update_of(n) is not None]
+        latest = ck.read_latest(ck.checkpoints_dir(run_dir))
+        what = "a new run" if source is None else f"continuing {source} here"
+        raise RunDirError(
+            f"{run_dir} holds an earlier run's checkpoints ({len(tags)} checkpoint(s), latest {latest}): {what} "
+            "would overwrite and mix with them. "
+            + ("Continue that run with --resume, start" if source is None else "Start")
+            + " over with --overwrite (deletes them), or set another train.output_dir"
+        )
+    if overwrite:
+        removed = clear_earlier_run(run_dir)
+        if removed:
+            return [f"--overwrite: removed {', '.join(removed)} of an earlier run from {run_dir}"]
+    return []
+
+
+def check_run_start(run_dir: Path, resume: str | None, overwrite: bool, recipe=None) -> list[str]:
+    """Rank 0, holding the lock: may a run (fresh, or resumed from `resume` with `recipe`) start in `run_dir`?
+    Clears it when `overwrite` allows. Returns notes for the run's log."""
+    from llmasr.train.resume import check_resume_recipe
+
+    if resume is None:
+        return check_fresh_run(run_dir, overwrite)
+    load_dir, tag = ck.resolve_resume(resume, run_dir)
+    if overwrite and load_dir.resolve().parent == run_dir.resolve():
+        raise RunDirError(
+            f"--overwrite would delete {load_dir / tag}, which --resume continues from: give only one of them"
+        )
+    notes = check_resume_recipe(recipe, load_dir) if recipe is not None else []  # before anything is deleted
+    if load_dir.resolve().parent != run_dir.resolve():
+        notes += check_fresh_run(run_dir, overwrite, source=load_dir / tag)
+    return notes
+
+
+def claim_run_dir(
+    run_dir: str | Path, *, rank: int, resume: str | None, overwrite: bool, recipe=None
+) -> RunLock | None:
+    """Every rank calls this after the process group exists. Rank 0 takes the lock and checks (or, with
+    `overwrite`, clears) the folder, and for a resume compares `recipe` with the run's (llmasr.train.resume); its
+    verdict is broadcast, so on a refusal every rank raises RunDirError (only rank 0's is meant to be printed).
+    Returns the lock on rank 0, None elsewhere."""
+    from llmasr.train.engine import broadcast_object
+
+    run_dir = Path(run_dir)
+    lock, error, cause = None, None, None
+    if rank == 0:
+        try:
+            lock = RunLock.acquire(run_dir)
+            lock.notes += check_run_start(run_dir, resume, overwrite, recipe)
+            ck.checkpoints_dir(run_dir).mkdir(parents=True, exist_ok=True)
+        except Exception as err:  # every rank must learn of it, or the others wait in the broadcast
+            if lock is not None:
+                lock.release()
+            lock, error, cause = None, _refusal_text(err, run_dir), err
+    error = broadcast_object(error)
+    if error is not None:
+        raise RunDirError(error, quiet=rank != 0) from cause  # rank 0 keeps the cause for --debug's traceback
+    return lock
+
+
+def _refusal_text(err: Exception, run_dir: Path) -> str:
+    if isinstance(err, ConfigError) or (isinstance(err, OSError) and err.errno is None):
+        return str(err)  # our own messages name what is at fault
+    if isinstance(err, OSError):
+        return f"{err.filename or run_dir}: {err.strerror or err}"
+    return f"{run_dir}: {type(err).__name__}: {err}"
+
+
+def _lr_rows(csv_path: Path, schedules: list, start: int, total: int) -> dict[str, list[float]]:
+    """The lr of every update of a resumed run, for lr_schedule.csv: rows before `start` as the existing file
+    recorded them (what the run used), or from `schedules` where it does not hold them; rows from `start` from
+    `schedules` (rebuilt or restored)."""
+    names = [s.name for s in schedules]
+    before: dict[str, list[float]] = {}
+    if csv_path.is_file():
+        lines = csv_path.read_text().splitlines()
+        header = lines[0].split(",") if lines else []
+        if header[1:] == names and len(lines) - 1 >= start:
+            rows = [line.split(",") for line in lines[1 : start + 1]]
+            before = {n: [float(r[i + 1]) for r in rows] for i, n in enumerate(names)}
+    out = {}
+    for s in schedules:
+        head = before.get(s.name) or [s.lr(u) for u in range(min(start, total))]
+        out[s.name] = head[: min(start, total)] + [s.lr(u) for u in range(start, total)]
+    return out
+
+
+def write_run_files(run_dir: Path, recipe, ds_config: dict, schedules: list, start: int, total: int) -> None:
+    """RUN_DIR/recipe.yaml, ds_config.json and lr_schedule.csv/png: rows from update `start` on from `schedules`
+    (a fresh run: 0). Rank 0 only; a resumed run calls it once it has loaded, so a failed resume leaves them as
+    they were."""
+    from llmasr.recipe import save_recipe
+    from llmasr.train.progress import plot_lr, write_lr_csv
+
+    save_recipe(recipe, run_dir / ck.RECIPE_FILE)
+    (run_dir / ck.DS_CONFIG_FILE).write_text(json.dumps(ds_config, indent=2))
+    curves = _lr_rows(run_dir / ck.LR_CSV, schedules, start, total)
+    write_lr_csv(run_dir / ck.LR_CSV, curves)
+    plot_lr(curves, run_dir / ck.LR_PNG)

@@ -1,0 +1,184 @@
+"""Resume semantics: which recipe keys may change, schedules rebuilt at the current update, nothing in RUN_DIR
+rewritten by a resume that fails, and the lr each update really runs with."""
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import llmasr
+from llmasr.config_io import ConfigError, from_dict, to_dict
+from llmasr.recipe import Recipe, load_recipe
+from llmasr.safe_load import CheckpointError
+from llmasr.testing.tiny_corpus import tiny_recipe_dict, write_tiny_corpus
+from llmasr.train import checkpoint as ck
+from llmasr.train import resume as rs
+from llmasr.train.config import BRANCHES, SchedulerConfig
+from llmasr.train.resolve import seed_everything
+from llmasr.train.schedulers import schedule_lr
+from llmasr.train.trainer import train
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    return write_tiny_corpus(tmp_path_factory.mktemp("corpus") / "train", n=20)  # 5 batches: 3 updates of 2
+
+
+def recipe(tiny_llm_dir, corpus, run, *, overrides=(), **kw):
+    data = tiny_recipe_dict(tiny_llm_dir, train=[corpus], output_dir=run, **kw)
+    return load_recipe(data=data, overrides=list(overrides))
+
+
+def run_files(run) -> dict:
+    names = (ck.RECIPE_FILE, ck.DS_CONFIG_FILE, ck.LR_CSV, ck.LR_PNG)
+    return {n: (run / n).read_bytes() for n in names}
+
+
+# -- the key tables -----------------------------------------------------------------------------------------------
+def readme_rows() -> dict[str, set[str]]:
+    """{second column: backticked keys of the first} of the README's resume table."""
+    text = README.read_text()
+    table = text[text.index("| keys | on resume |") :].split("\n\n")[0]
+    rows = {}
+    for line in table.splitlines()[2:]:
+        keys, effect = line.strip("|").split("|")
+        rows[effect.strip()] = set(re.findall(r"`([^`]+)`", keys))
+    return rows
+
+
+def test_readme_table_is_the_code_s():
+    rows = readme_rows()
+    rebuilt = [keys for effect, keys in rows.items() if "rebuilt" in effect]
+    assert rebuilt == [set(rs.RESCHEDULE)]
+    may = set().union(
+        *(keys for effect, keys in rows.items() if effect.startswith("may change") and "rebuilt" not in effect)
+    )
+    assert may == set(rs.MAY_CHANGE)
+
+
+def test_every_listed_key_is_a_recipe_key_and_the_rest_are_refused():
+    full = from_dict(
+        Recipe, {"optim": {"branches": {b: {"lr": 1e-4, "scheduler": {"type": "constant"}} for b in BRANCHES}}}
+    )
+    keys = set(rs.flatten(to_dict(full)))
+    for pattern in rs.MAY_CHANGE + rs.RESCHEDULE:  # a renamed config key must not leave a dead entry behind
+        assert any(rs._matches(k, pattern) for k in keys), pattern
+    kinds = {k: rs.key_kind(k) for k in keys}
+    assert kinds["optim.branches.llm.lr"] == kinds["optim.scheduler.warmup_ratio"] == "reschedule"
+    assert kinds["optim.branches.ctc.scheduler.type"] == kinds["train.epochs"] == "reschedule"
+    assert kinds["decode.num_beams"] == kinds["data.num_workers"] == kinds["model.llm.path"] == "may_change"
+    for key in ("model.llm.lora", "model.encoder.freeze", "data.train", "data.batching.max_seconds", "data.seed",
+                "train.seed", "train.precision", "optim.weight_decay", "optim.branches.llm.betas", "train.best_metric",
+                "data.augment.speed_perturb.enabled", "train.micro_batch_per_gpu"):  # fmt: skip
+        assert rs.key_kind(key) == "refused", key
+    assert "data.valid_max_utts" in keys and rs.key_kind("data.valid_max_utts") == "may_change"
+
+
+def test_recipe_changes_read_absent_as_none():
+    saved = {"optim": {"branches": {}}, "train": {"epochs": 1}}
+    new = {"optim": {"branches": {"llm": {"lr": 2e-5, "eps": None}}}, "train": {"epochs": 1}}
+    assert rs.recipe_changes(saved, new) == [("optim.branches.llm.lr", None, 2e-5)]
+
+
+# -- real runs ----------------------------------------------------------------------------------------------------
+def test_more_epochs_and_a_new_lr_rebuild_the_schedules_at_the_current_update(tiny_llm_dir, corpus, tmp_path):
+    """Resuming a finished 3-update run with 2 epochs and another LLM lr trains updates 4-6 on the new recipe's
+    schedules (the saved ones, sized for 3 updates, gave lr 0 there), says so, and records what it used."""
+    run = tmp_path / "run"
+    first = train(recipe(tiny_llm_dir, corpus, run), "zero0")["history"]
+    assert [h["update"] for h in first] == [1, 2, 3]
+    new = recipe(tiny_llm_dir, corpus, run, epochs=2, overrides=["optim.branches.llm.lr=2e-3"])
+    rest = train(new, "zero0", resume="latest")["history"]
+    assert [h["update"] for h in rest] == [4, 5, 6]
+    cfg = SchedulerConfig()  # the tiny recipe's: warmup_cosine, no warmup, floor 0
+    for h in rest:
+        assert h["lr"]["llm"] == pytest.approx(schedule_lr(cfg, h["update"] - 1, 2e-3, 6), rel=1e-12)
+        assert h["lr"]["encoder"] == pytest.approx(schedule_lr(cfg, h["update"] - 1, 1e-3, 6), rel=1e-12)
+        assert min(h["lr"].values()) > 0
+    log = (run / ck.TRAIN_LOG).read_text()
+    assert "resume: recipe changes since the run was saved: " in log and "train.epochs: 1 -> 2" in log
+    assert "optim.branches.llm.lr: 0.001 -> 0.002" in log
+    rebuilt = next(line for line in log.splitlines() if "schedules rebuilt" in line)
+    assert (
+        "at update 3" in rebuilt and "total updates 3 -> 6" in rebuilt and "peak lr 1.000e-03 -> 2.000e-03" in rebuilt
+    )
+    saved = load_recipe(run / ck.RECIPE_FILE)
+    assert saved.train.epochs == 2 and saved.optim.branches["llm"].lr == 2e-3
+    csv = np.genfromtxt(run / ck.LR_CSV, delimiter=",", names=True)
+    assert len(csv) == 6  # the lr every update ran with, before and after the change
+    for h in first + rest:
+        assert csv["llm"][h["update"] - 1] == pytest.approx(h["lr"]["llm"], rel=1e-12)
+
+
+def test_a_refused_or_failed_resume_leaves_the_run_folder_as_it_was(tiny_llm_dir, corpus, tmp_path):
+    run = tmp_path / "run"
+    train(recipe(tiny_llm_dir, corpus, run, max_updates=2), "zero0")
+    before = run_files(run)
+    changed = recipe(tiny_llm_dir, corpus, run, max_updates=3, seed=1, max_seconds=4.0)
+    with pytest.raises(ConfigError) as err:
+        train(changed, "zero0", resume="latest")
+    msg = str(err.value)
+    assert f"differs from {run / ck.RECIPE_FILE}" in msg
+    assert "train.seed: 0 -> 1 (the random streams" in msg and "data.batching.max_seconds: 3.0 -> 4.0" in msg
+    assert "train.max_updates" not in msg  # that one may change
+    assert run_files(run) == before and not (run / ck.LOCK_FILE).exists()
+
+    shard = ck.checkpoints_dir(run) / ck.tag_for(2) / "mp_rank_00_model_states.pt"  # fails later, in the load
+    whole = shard.read_bytes()
+    shard.write_bytes(whole[:-1] + bytes([whole[-1] ^ 1]))
+    with pytest.raises(CheckpointError, match="mp_rank_00_model_states.pt"):
+        train(recipe(tiny_llm_dir, corpus, run, max_updates=3), "zero0", resume="latest")
+    shard.write_bytes(whole)
+    assert run_files(run) == before and not (run / ck.LOCK_FILE).exists()
+
+    assert [
+        h["update"] for h in train(recipe(tiny_llm_dir, corpus, run, max_updates=3), "zero0", resume="")["history"]
+    ] == [3]
+    assert load_recipe(run / ck.RECIPE_FILE).train.max_updates == 3  # rewritten once the resume succeeded
+    again = train(recipe(tiny_llm_dir, corpus, run, max_updates=3), "zero0", resume="latest")
+    assert again["history"] == [] and ck.read_latest(ck.checkpoints_dir(run)) == ck.tag_for(3)
+    assert "nothing to train: the run is at update 3 of 3" in (run / ck.TRAIN_LOG).read_text()
+
+
+def test_training_data_that_changed_on_disk_is_refused(tiny_llm_dir, tmp_path):
+    manifest = write_tiny_corpus(tmp_path / "corpus", n=20)
+    run = tmp_path / "run"
+    train(recipe(tiny_llm_dir, manifest, run, max_updates=1), "zero0")
+    lines = manifest.read_text().splitlines()
+    manifest.write_text("\n".join(lines[:8]) + "\n")
+    with pytest.raises(
+        ConfigError, match=r"data.train\) now gives \[\d+\] batches per rank per epoch, the run had \[5\]"
+    ):
+        train(recipe(tiny_llm_dir, manifest, run, max_updates=2), "zero0", resume="latest")
+
+
+def test_each_update_moves_the_weights_by_its_scheduled_lr(tiny_llm_dir, corpus, tmp_path):
+    """AdamW's first step moves a weight by lr * g / (|g| + eps): the largest move of the first update is the lr
+    DeepSpeed's optimizer step really used, i.e. lr(0) (the scheduler steps after the optimizer). The second and
+    last update of a 2-update cosine run must move the weights too (its floor of 0 is after the run)."""
+    run = tmp_path / "run"
+    r = recipe(tiny_llm_dir, corpus, run, max_updates=2, save_every_updates=1, keep_last=0,
+               overrides=["optim.weight_decay=0.0"])  # fmt: skip
+    history = train(r, "zero0")["history"]
+    cfg = r.optim.scheduler
+    assert [h["lr"]["llm"] for h in history] == [schedule_lr(cfg, 0, 1e-3, 2), schedule_lr(cfg, 1, 1e-3, 2)]
+    assert history[1]["lr"]["llm"] == pytest.approx(0.5e-3)
+    seed_everything(r.train.seed)
+    initial = {n: p.detach().clone() for n, p in llmasr.build_model(r.model).named_parameters() if p.requires_grad}
+
+    def weights(update):
+        path = ck.checkpoints_dir(run) / ck.tag_for(update) / "mp_rank_00_model_states.pt"
+        return torch.load(path, map_location="cpu", weights_only=False)["module"]
+
+    first, second = weights(1), weights(2)
+    assert set(first) == set(initial)
+    moves = {n: float((first[n] - initial[n]).abs().max()) for n in initial}
+    for name, move in moves.items():
+        assert move <= 1e-3 + 2e-7, name  # float32 rounding of weights near 1
+    assert max(moves.values()) == pytest.approx(1e-3, rel=1e-3)
+    last = max(float((second[n] - first[n]).abs().max()) for n in initial)
+    assert 0.1 * 0.5e-3 < last < 3 * 0.5e-3
