@@ -201,21 +201,3 @@ def resized_total(done: int, epoch: int, first_epoch_batches: int, per_epoch: li
         return int(max_updates)
     rest = sum(math.ceil(n / k) for n in per_epoch[epoch + 1 :])
     return done + math.ceil(first_epoch_batches / k) + rest
-
-
-def fit_schedules(scheduler, total: int) -> None:
-    """Size every schedule for `total` updates, keeping the update count; logs the lrs before and after."""
-    old = {s.name: s.total for s in scheduler.schedules}
-    if set(old.values()) == {total}:
-        return
-    before = scheduler.get_lr_by_name()
-    for s in scheduler.schedules:
-        s.total = total
-    scheduler._apply()
-    after = scheduler.get_lr_by_name()
-    log.warning(
-        "resume: the run now holds %d updates (the schedules were sized for %s); lr schedules resized at update %d: "
-        "%s",
-        total, sorted(set(old.values())), scheduler.last_update,
-        ", ".join(f"{n} {before[n]:.3g} -> {after[n]:.3g}" for n in sorted(after)),
-    )  # fmt: skip

@@ -7,11 +7,8 @@ import os
 import pytest
 import torch
 
-from llmasr.config_io import from_dict
 from llmasr.train import universal
 from llmasr.train.checkpoint import UNIVERSAL_SUFFIX
-from llmasr.train.config import OptimConfig
-from llmasr.train.schedulers import BranchLRScheduler, build_group_schedules, schedule_lr
 
 
 def fake_checkpoint(folder, ranks=2):
@@ -65,24 +62,6 @@ def test_resized_total_counts_the_updates_left_at_the_new_world_size():
     assert universal.resized_total(5, 1, 9, [9, 9, 9], 4, None) == 5 + 3 + 3  # saved at an epoch end
     assert universal.resized_total(1, 0, 6, [9, 9, 9], 4, 7) == 7  # max_updates decides
     assert universal.resized_total(3, 2, 0, [9, 9, 9], 4, None) == 3  # nothing left
-
-
-def test_fit_schedules_keeps_the_update_count_and_says_what_changed(caplog):
-    scheduler = {"type": "warmup_cosine", "warmup_steps": 1}
-    optim = from_dict(OptimConfig, {"scheduler": scheduler, "branches": {"llm": {"lr": 1e-3}}}, "optim")
-    params = [torch.nn.Parameter(torch.zeros(2)), torch.nn.Parameter(torch.zeros(2))]
-    groups = [{"name": "llm", "branch": "llm", "params": [params[0]], "lr": 1e-3},
-              {"name": "llm_no_decay", "branch": "llm", "params": [params[1]], "lr": 1e-3}]  # fmt: skip
-    opt = torch.optim.AdamW(groups)
-    sched = BranchLRScheduler(opt, build_group_schedules(groups, optim, 6), last_update=2)
-    with caplog.at_level(logging.WARNING, logger="llmasr.train"):
-        universal.fit_schedules(sched, 6)
-        assert not caplog.records  # same total: nothing to do
-        universal.fit_schedules(sched, 10)
-    assert sched.last_update == 2 and {s.total for s in sched.schedules} == {10}
-    want = schedule_lr(optim.branch("llm").scheduler, 2, 1e-3, 10)
-    assert [g["lr"] for g in opt.param_groups] == [pytest.approx(want)] * 2
-    assert "holds 10 updates" in caplog.text and "sized for [6]" in caplog.text and "at update 2" in caplog.text
 
 
 def test_a_changed_global_batch_is_named_with_the_accumulation_that_keeps_it(caplog):
