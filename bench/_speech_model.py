@@ -1,5 +1,5 @@
-"""Shared by the training benchmarks: a SpeechLLM of a given size with random weights, synthetic batches in the
-collator's layout, the FunASR-style reference step, and peak-memory probes (CPU and CUDA).
+"""Shared by the training benchmarks: a SpeechLLM of a given size with random weights, synthetic batches made by
+llmasr's collator, the FunASR-style reference step, and peak-memory probes (CPU and CUDA).
 
 Nothing here reads a checkpoint: the benchmarks compare formulations and measure throughput, for which random
 weights of the real shapes are enough.
@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import re
 import tempfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
+
+from llmasr.data.batch import Batch
+from llmasr.data.collate import Collator
 
 # Paraformer LFR frames are 60 ms; ChatML prompt around the audio, roughly as Qwen's tokenizer renders it.
 FRAME_SECONDS = 0.06
@@ -137,37 +140,71 @@ def build_model(size: ModelSize, *, seed: int = 0, device="cpu", dtype=torch.flo
     return model.to(device=device, dtype=dtype).train()
 
 
-def make_batch(size: ModelSize, batch: int, seconds: float, *, seed: int = 0, device="cpu", dtype=torch.float32):
+@dataclass
+class FunASRReference:
+    """What FunASR's dataset prepares for its model: the merged token sequence with placeholder slots where the
+    audio goes (`ids`), each slot's start (`audio_beg`) and length from the adaptor's length formula
+    (`audio_lens`), `labels` and the attention `mask`."""
+
+    ids: torch.Tensor
+    labels: torch.Tensor
+    mask: torch.Tensor
+    audio_beg: list[int]
+    audio_lens: list[int]
+
+    def to(self, device) -> FunASRReference:
+        return replace(self, ids=self.ids.to(device), labels=self.labels.to(device), mask=self.mask.to(device))
+
+
+@dataclass
+class SyntheticBatch:
+    """llmasr's collated Batch and FunASR's reference layout of the same utterances."""
+
+    batch: Batch
+    ref: FunASRReference
+    audio_seconds: float
+
+
+def make_batch(
+    size: ModelSize, batch: int, seconds: float, *, seed: int = 0, device="cpu", dtype=torch.float32
+) -> SyntheticBatch:
     """A bucketed batch: `batch` utterances of 0.9-1.0 x `seconds`, ChatML-sized prompt, ~3 target tokens/s.
 
-    Besides the collator's keys it carries what FunASR's dataset prepares for its model: the merged token sequence
-    with placeholder slots where the audio goes (`ref_ids`), the slot start (`ref_audio_beg`), the slot length from
-    the adaptor's length formula (`ref_audio_lens`), `ref_labels` and `ref_mask`.
+    The llmasr side is collated from dataset-like items by llmasr's Collator; the FunASR side is built beside it.
     """
-    from llmasr.models.losses import IGNORE_INDEX
-
     g = torch.Generator().manual_seed(seed)
     durations = [seconds * (0.9 + 0.1 * i / max(1, batch - 1)) for i in range(batch)]
     frames = [max(1, round(d / FRAME_SECONDS)) for d in durations]
     n_target = [max(1, round(TARGET_TOKENS_PER_SECOND * d)) + 1 for d in durations]  # + end-of-turn token
     text_lens = [PROMPT_BEFORE_AUDIO + PROMPT_AFTER_AUDIO + t for t in n_target]
-    dim = 80 * 7
-    feats = torch.zeros(batch, max(frames), dim)
-    text_ids = torch.zeros(batch, max(text_lens), dtype=torch.long)
+    items = []
     for i in range(batch):
-        feats[i, : frames[i]] = torch.randn(frames[i], dim, generator=g)
-        text_ids[i, : text_lens[i]] = torch.randint(1, size.vocab, (text_lens[i],), generator=g)
-    out = {
-        "feats": feats.to(device=device, dtype=dtype),
-        "feat_lens": torch.tensor(frames, device=device),
-        "text_ids": text_ids.to(device),
-        "text_lens": torch.tensor(text_lens, device=device),
-        "audio_pos": torch.full((batch,), PROMPT_BEFORE_AUDIO, device=device),
-        "target_start": torch.full((batch,), PROMPT_BEFORE_AUDIO + PROMPT_AFTER_AUDIO, device=device),
-        "audio_seconds": float(sum(durations)),
-    }
-    # FunASR's side: the audio token count comes from a formula on the data side (here the adaptor's own).
-    audio_lens = [max(f // size.downsample, 1) for f in frames]
+        feats = torch.randn(frames[i], 80 * 7, generator=g).numpy()
+        text_ids = torch.randint(1, size.vocab, (text_lens[i],), generator=g).numpy()
+        items.append(
+            {
+                "key": f"utt{i}",
+                "index": i,
+                "feats": feats,
+                "target": "",
+                "text_ids": text_ids,
+                "audio_pos": PROMPT_BEFORE_AUDIO,
+                "target_start": PROMPT_BEFORE_AUDIO + PROMPT_AFTER_AUDIO,
+                "ctc_ids": None,
+                "duration": durations[i],
+            }
+        )
+    collated = Collator(pad_id=0)(items)
+    ref = _funasr_reference(collated.text_ids, frames, text_lens, size.downsample)
+    return SyntheticBatch(collated.to(device, dtype), ref.to(device), float(sum(durations)))
+
+
+def _funasr_reference(text_ids: torch.Tensor, frames: list[int], text_lens: list[int], downsample: int):
+    """FunASR's side: the audio token count comes from a formula on the data side (here the adaptor's own)."""
+    from llmasr.models.losses import IGNORE_INDEX
+
+    batch = len(frames)
+    audio_lens = [max(f // downsample, 1) for f in frames]
     total = [a + t for a, t in zip(audio_lens, text_lens)]
     ref_ids = torch.zeros(batch, max(total), dtype=torch.long)
     ref_labels = torch.full((batch, max(total)), IGNORE_INDEX, dtype=torch.long)
@@ -180,31 +217,25 @@ def make_batch(size: ModelSize, batch: int, seconds: float, *, seed: int = 0, de
         ts = a + PROMPT_BEFORE_AUDIO + PROMPT_AFTER_AUDIO
         ref_labels[i, ts : a + t] = ref_ids[i, ts : a + t]
         ref_mask[i, : a + t] = 1
-    out.update(
-        ref_ids=ref_ids.to(device),
-        ref_labels=ref_labels.to(device),
-        ref_mask=ref_mask.to(device),
-        ref_audio_beg=[p] * batch,
-        ref_audio_lens=audio_lens,
-    )
-    return out
+    return FunASRReference(ref_ids, ref_labels, ref_mask, [p] * batch, audio_lens)
 
 
-def llmasr_step(model, batch) -> torch.Tensor:
+def llmasr_step(model, sb: SyntheticBatch) -> torch.Tensor:
     """llmasr: vectorised audio insertion, labels-only loss (SpeechLLM.forward)."""
-    return model(batch).loss
+    return model(sb.batch).loss
 
 
-def reference_step(model, batch) -> torch.Tensor:
+def reference_step(model, sb: SyntheticBatch) -> torch.Tensor:
     """FunASR LLM-ASR formulation: embed the placeholder sequence, copy each utterance's audio embeddings into its
     slots in a Python loop, then `llm(inputs_embeds=..., labels=...)`: full-vocabulary logits and the model's loss."""
-    _, _, audio, audio_lens = model.encode_audio(batch["feats"], batch["feat_lens"])
+    _, _, audio, audio_lens = model.encode_audio(sb.batch.feats, sb.batch.feat_lens)
     llm = model.llm
-    embeds = llm.get_input_embeddings()(batch["ref_ids"])
-    for i, (beg, n) in enumerate(zip(batch["ref_audio_beg"], batch["ref_audio_lens"])):
+    ref = sb.ref
+    embeds = llm.get_input_embeddings()(ref.ids)
+    for i, (beg, n) in enumerate(zip(ref.audio_beg, ref.audio_lens)):
         n = min(n, int(audio_lens[i]))
         embeds[i, beg : beg + n] = audio[i, :n]
-    out = llm(inputs_embeds=embeds, attention_mask=batch["ref_mask"], labels=batch["ref_labels"], use_cache=False)
+    out = llm(inputs_embeds=embeds, attention_mask=ref.mask, labels=ref.labels, use_cache=False)
     return out.loss
 
 

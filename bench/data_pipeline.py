@@ -128,8 +128,8 @@ def throughput_table(args) -> list[str]:
             t0 = time.perf_counter()
             n = frames = 0
             for batch in loader:
-                n += len(batch["keys"])
-                frames += int(batch["feat_lens"].sum())
+                n += batch.size
+                frames += int(batch.feat_lens.sum())
             dt = time.perf_counter() - t0
             per_worker = n / dt / max(1, workers)
             rows.append((workers, n, dt, n / dt, audio_s / dt, per_worker))

@@ -55,14 +55,14 @@ def device_peak_tflops(name: str, precision: str) -> float | None:
     return None
 
 
-def step_flops(size, batch: dict) -> dict:
+def step_flops(size, batch) -> dict:
     """Model FLOPs of one training step (see the module docstring), by part."""
     d, units, k = size.enc_dim, size.enc_units, size.downsample
     h, inter, v = size.llm_hidden, size.llm_inter, size.vocab
     kv = size.llm_kv_heads * (h // size.llm_heads)
-    frames = [int(x) for x in batch["feat_lens"]]
-    text = [int(x) for x in batch["text_lens"]]
-    labelled = [t - int(s) for t, s in zip(text, batch["target_start"])]
+    frames = [int(x) for x in batch.feat_lens]
+    text = [int(x) for x in batch.text_lens]
+    labelled = [t - int(s) for t, s in zip(text, batch.target_start)]
     enc_lin = enc_attn = enc_fsmn = adaptor = llm_lin = llm_attn = lora = head = 0.0
     lora_dims = {
         "q_proj": (h, h),
@@ -126,7 +126,8 @@ def run(args) -> dict:
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.precision]
     size = sm.SIZES[args.size]
     model = sm.build_model(size, device=device, dtype=dtype)
-    batch = sm.make_batch(size, args.batch, args.seconds, device=device, dtype=dtype)
+    synthetic = sm.make_batch(size, args.batch, args.seconds, device=device, dtype=dtype)
+    batch = synthetic.batch
     groups = build_param_groups(model, OptimConfig())
     optimizer = torch.optim.AdamW(groups)
     if args.zero == "none":
@@ -176,7 +177,7 @@ def run(args) -> dict:
         name = device_name(device)
     t = statistics.median(times)
     flops = step_flops(size, batch)
-    llm_positions = sum(int(a) + int(b) for a, b in zip(batch["ref_audio_lens"], batch["text_lens"]))
+    llm_positions = sum(int(a) + int(b) for a, b in zip(synthetic.ref.audio_lens, batch.text_lens))
     peak_tflops = args.peak_tflops or (device_peak_tflops(name, args.precision) if device.type == "cuda" else None)
     return {
         "benchmark": "gpu_mfu",
@@ -188,12 +189,12 @@ def run(args) -> dict:
         "zero": args.zero,
         "batch": args.batch,
         "seconds": args.seconds,
-        "audio_seconds": batch["audio_seconds"],
+        "audio_seconds": synthetic.audio_seconds,
         "llm_positions": llm_positions,
         "step_times": times,
         "step_s": t,
         "tokens_per_s": llm_positions / t,
-        "audio_s_per_s": batch["audio_seconds"] / t,
+        "audio_s_per_s": synthetic.audio_seconds / t,
         "utt_per_s": args.batch / t,
         "flops": flops,
         "achieved_tflops": flops["total"] / t / 1e12,

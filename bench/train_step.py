@@ -89,7 +89,7 @@ def timing_worker(args, points: list[tuple[int, float, int]]) -> dict:
     out = []
     for n, seconds, repeats in points:
         batch = sm.make_batch(size, n, seconds, device=device, dtype=dtype)
-        rec = {"batch": n, "seconds": seconds, "audio_seconds": batch["audio_seconds"]}
+        rec = {"batch": n, "seconds": seconds, "audio_seconds": batch.audio_seconds}
         for variant in VARIANTS:
             _, loss = step(variant, batch)  # warm-up
             rec[variant] = {"times": [], "loss": loss}

@@ -1,26 +1,11 @@
-"""Batch assembly: pad a list of SpeechDataset items into the tensors the model consumes.
+"""Batch assembly: pad a list of SpeechDataset items into a `Batch` (llmasr.data.batch lists its fields).
 
-The batch dict (every key is always present, so all ranks see the same structure):
-
-    feats         float32 [B, T, D]  zero-padded features
-    feat_lens     int64   [B]
-    text_ids      int64   [B, L]     prompt + target + end token, right-padded with pad_id
-    text_lens     int64   [B]
-    audio_pos     int64   [B]        index in text_ids where the audio embeddings go
-    target_start  int64   [B]        index in text_ids where the labels begin
-    ctc_ids       int64   [B, C]     CTC labels padded with 0; [B, 0] when no CTC tokenizer is set
-    ctc_lens      int64   [B]        zeros when no CTC tokenizer is set
-    keys          list[str]
-    targets       list[str]
-    durations     float32 [B]        seconds of audio
-    n_bad         int                bad items dropped from this batch
-    bad           list[dict]         those items: manifest, line, key, reason, index
-    empty         bool               see below
+Every field is always present, so all ranks see the same structure.
 
 Bad items (`BadItem`) are removed and reported through n_bad/bad; the main process aggregates them in a
 BadDataTracker (SpeechDataLoader does this). When every item of a batch is bad, the batch cannot simply vanish:
 the other ranks would wait for this one at the next collective (a hang under DDP/ZeRO). The collator then emits
-a batch made of one known-good `fallback` item (loaded once when the loader is built) with "empty": True. The
+a batch made of one known-good `fallback` item (loaded once when the loader is built) with `empty` True. The
 trainer runs it through the same forward/backward as any batch, keeping every rank in step, and should multiply
 its loss by 0 (the fallback is a real utterance, so a trainer that ignores the flag just sees one repeated
 utterance; nothing breaks). Without a fallback an all-bad batch raises, naming the bad items.
@@ -31,6 +16,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from llmasr.data.batch import Batch
 from llmasr.data.dataset import BadItem
 
 
@@ -39,40 +25,42 @@ class EmptyBatchError(RuntimeError):
 
 
 class Collator:
-    def __init__(self, pad_id: int, *, with_ctc: bool = False, fallback: dict | None = None):
+    def __init__(self, pad_id: int, *, with_ctc: bool = False, fallback: dict | None = None, no_rows: bool = False):
+        """`no_rows`: an all-bad batch becomes a batch of no rows that still reports its bad items (decoding, where
+        no rank waits on another); otherwise it takes the `fallback` item or raises."""
         self.pad_id = int(pad_id)
         self.with_ctc = bool(with_ctc)
         if fallback is not None and isinstance(fallback, BadItem):
             raise ValueError(f"the fallback item is itself bad: {fallback}")
+        if fallback is not None and no_rows:
+            raise ValueError("a collator takes either a fallback item or no_rows, not both")
         self.fallback = fallback
+        self.no_rows = bool(no_rows)
 
-    def __call__(self, items: list) -> dict:
+    def __call__(self, items: list) -> Batch:
         good = [it for it in items if not isinstance(it, BadItem)]
         bad = [it.to_dict() for it in items if isinstance(it, BadItem)]
         empty = not good
-        if empty:
+        if empty and not self.no_rows:
             if self.fallback is None:
                 where = ", ".join(f"{b['manifest']}:{b['line']} ({b['reason']})" for b in bad[:5])
                 raise EmptyBatchError(f"every item of the batch is bad and there is no fallback item: {where}")
             good = [self.fallback]
-        batch = self.pad(good)
-        batch["n_bad"] = len(bad)
-        batch["bad"] = bad
-        batch["empty"] = empty
-        return batch
+        return Batch(**self._pad(good), n_bad=len(bad), bad=bad, empty=empty)
 
-    def pad(self, items: list[dict]) -> dict:
+    def _pad(self, items: list[dict]) -> dict:
+        """The padded tensor and per-row fields of `items` (all good), as Batch keyword arguments."""
         b = len(items)
         feat_lens = [int(it["feats"].shape[0]) for it in items]
-        dim = int(items[0]["feats"].shape[1])
+        dim = int(items[0]["feats"].shape[1]) if items else 0
         for it in items:
             if it["feats"].shape[1] != dim:
                 raise ValueError(f"feature dims differ within a batch: {it['feats'].shape[1]} vs {dim} ({it['key']})")
-        feats = np.zeros((b, max(feat_lens), dim), dtype=np.float32)
+        feats = np.zeros((b, max(feat_lens, default=0), dim), dtype=np.float32)
         for i, it in enumerate(items):
             feats[i, : feat_lens[i]] = it["feats"]
         text_lens = [len(it["text_ids"]) for it in items]
-        text_ids = np.full((b, max(text_lens)), self.pad_id, dtype=np.int64)
+        text_ids = np.full((b, max(text_lens, default=0)), self.pad_id, dtype=np.int64)
         for i, it in enumerate(items):
             text_ids[i, : text_lens[i]] = it["text_ids"]
         if self.with_ctc:
@@ -80,7 +68,7 @@ class Collator:
                 if it.get("ctc_ids") is None:
                     raise ValueError(f"item {it['key']} has no ctc_ids but the collator expects CTC labels")
             ctc_lens = [len(it["ctc_ids"]) for it in items]
-            ctc_ids = np.zeros((b, max(ctc_lens)), dtype=np.int64)
+            ctc_ids = np.zeros((b, max(ctc_lens, default=0)), dtype=np.int64)
             for i, it in enumerate(items):
                 ctc_ids[i, : ctc_lens[i]] = it["ctc_ids"]
         else:
@@ -98,4 +86,5 @@ class Collator:
             "keys": [str(it["key"]) for it in items],
             "targets": [str(it["target"]) for it in items],
             "durations": torch.tensor([float(it["duration"]) for it in items], dtype=torch.float32),
+            "indices": [int(it["index"]) for it in items],
         }

@@ -213,12 +213,12 @@ class BadDataTracker:
             self._suppressed = 0
             self._last_log = now
 
-    def update(self, batch: dict) -> None:
-        """Account one collated batch (its real items and its dropped bad items), then check the threshold."""
-        for rec in batch.get("bad", ()):
+    def update(self, batch) -> None:
+        """Account one collated Batch (its real items and its dropped bad items), then check the threshold."""
+        for rec in batch.bad:
             self.add_bad(rec)
-        if not batch.get("empty", False):
-            self.add_good(len(batch["keys"]))
+        if not batch.empty:
+            self.add_good(batch.size)
         if self.seen >= self.min_items:
             self.check()
 

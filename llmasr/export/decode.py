@@ -45,6 +45,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from llmasr.data.batch import Batch
+from llmasr.data.collate import Collator
+
 log = logging.getLogger(__name__)
 
 
@@ -64,23 +67,6 @@ class DecodeOptions:
 
 class DecodeError(RuntimeError):
     """Decoding cannot run as asked."""
-
-
-def _collate(pad_id: int):
-    from llmasr.data.collate import Collator
-    from llmasr.data.dataset import BadItem
-
-    collator = Collator(pad_id)
-
-    def collate(items: list) -> dict:
-        good = [it for it in items if not isinstance(it, BadItem)]
-        bad = [it.to_dict() for it in items if isinstance(it, BadItem)]
-        batch = collator.pad(good) if good else {"keys": []}
-        batch["indices"] = [int(it["index"]) for it in good]
-        batch["bad"] = bad
-        return batch
-
-    return collate
 
 
 def make_loader(model, manifest, opts: DecodeOptions):
@@ -113,20 +99,16 @@ def make_loader(model, manifest, opts: DecodeOptions):
         dataset,
         batch_sampler=sampler,
         num_workers=int(opts.num_workers),
-        collate_fn=_collate(model.prompt.pad_id),
+        collate_fn=Collator(model.prompt.pad_id, no_rows=True),  # an all-bad batch: no rows, its bad items
         persistent_workers=False,
     )
 
 
-def _to_device(batch: dict, device) -> dict:
-    return {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in batch.items()}
-
-
 @torch.no_grad()
-def ctc_transcripts(model, batch: dict, encoded=None) -> list[str]:
+def ctc_transcripts(model, batch: Batch, encoded=None) -> list[str]:
     """The CTC branch's greedy transcripts of a batch on the model's device; `encoded`: the encoder's (frames,
     lengths) for it when already computed."""
-    enc, enc_lens = encoded if encoded is not None else model.encoder(batch["feats"], batch["feat_lens"])
+    enc, enc_lens = encoded if encoded is not None else model.encoder(batch.feats, batch.feat_lens)
     return model.ctc_texts(model.ctc_head(enc, enc_lens), enc_lens)
 
 
@@ -162,12 +144,12 @@ def decode_manifest(
     hook = model.encoder.register_forward_hook(lambda m, a, out: encoded.append(out)) if opts.ctc else None
     try:
         for batch in loader:
-            for rec in batch["bad"]:
+            for rec in batch.bad:
                 tracker.add_bad(rec)
-            if not batch["keys"]:
+            if not batch.size:
                 continue
-            tracker.add_good(len(batch["keys"]))
-            dev = _to_device(batch, device)
+            tracker.add_good(batch.size)
+            dev = batch.to(device)
             hyps = model.generate(
                 dev,
                 num_beams=opts.num_beams,
@@ -177,8 +159,8 @@ def decode_manifest(
                 no_repeat_ngram_size=opts.no_repeat_ngram_size,
             )
             ctc_hyps = ctc_transcripts(model, dev, encoded[-1] if encoded else None) if opts.ctc else [None] * len(hyps)
-            for i, (idx, key, ref, hyp) in enumerate(zip(batch["indices"], batch["keys"], batch["targets"], hyps)):
-                dur = float(batch["durations"][i])
+            for i, (idx, key, ref, hyp) in enumerate(zip(batch.indices, batch.keys, batch.targets, hyps)):
+                dur = float(batch.durations[i])
                 audio_seconds += dur
                 rows[idx] = {"key": key, "ref": ref, "hyp": hyp, "ctc_hyp": ctc_hyps[i], "duration": round(dur, 4)}
             encoded.clear()

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from llmasr.data.batch import Batch
 from llmasr.data.frontend import FrontendConfig
 from llmasr.models.ctc import ctc_greedy, ctc_loss
 from llmasr.models.ctc_compress import ctc_compress
@@ -101,7 +102,7 @@ class SpeechLLM(nn.Module):
         audio, audio_lens = self.adaptor(frames, frame_lens)
         return enc, enc_lens, log_probs, audio, audio_lens
 
-    def embed_batch(self, batch: dict, *, for_generation: bool = False):
+    def embed_batch(self, batch: Batch, *, for_generation: bool = False):
         """(encoder output, its lengths, MergedInputs) for a collated batch.
 
         For generation the rows are left-padded, carry no labels and end at `target_start`, which drops any
@@ -110,16 +111,16 @@ class SpeechLLM(nn.Module):
         enc, enc_lens, _, merged = self._embed(batch, for_generation)
         return enc, enc_lens, merged
 
-    def _embed(self, batch: dict, for_generation: bool):
-        enc, enc_lens, log_probs, audio, audio_lens = self._encode(batch["feats"], batch["feat_lens"])
+    def _embed(self, batch: Batch, for_generation: bool):
+        enc, enc_lens, log_probs, audio, audio_lens = self._encode(batch.feats, batch.feat_lens)
         embed, _, _ = causal_lm_parts(self.llm)
-        text_ids = batch["text_ids"]
+        text_ids = batch.text_ids
         merged = merge_audio_into_text(
             embed(text_ids),
             text_ids,
-            batch["target_start"] if for_generation else batch["text_lens"],
-            batch["audio_pos"],
-            batch["target_start"],
+            batch.target_start if for_generation else batch.text_lens,
+            batch.audio_pos,
+            batch.target_start,
             audio,
             audio_lens,
             left_pad=for_generation,
@@ -139,7 +140,7 @@ class SpeechLLM(nn.Module):
 
     def forward(
         self,
-        batch: dict,
+        batch: Batch,
         *,
         token_normalizer: torch.Tensor | float | None = None,
         utt_normalizer: torch.Tensor | float | None = None,
@@ -155,7 +156,7 @@ class SpeechLLM(nn.Module):
         token = labels_only_cross_entropy(self._llm_hidden(merged), merged.labels, causal_lm_parts(self.llm)[2])
         n_tok = token.n_tokens.clamp(min=1) if token_normalizer is None else token_normalizer
         loss = token.loss_sum / n_tok
-        n_utts = int(batch["text_ids"].shape[0])
+        n_utts = int(batch.text_ids.shape[0])
         ctc_sum = loss.new_zeros(())
         if self.ctc_head is not None:
             if log_probs is None:  # not already computed for compression
@@ -163,8 +164,8 @@ class SpeechLLM(nn.Module):
             ctc_sum = ctc_loss(
                 log_probs,
                 enc_lens,
-                batch["ctc_ids"],
-                batch["ctc_lens"],
+                batch.ctc_ids,
+                batch.ctc_lens,
                 blank_id=self.ctc_tokenizer.blank_id,
                 label_smoothing=self.ctc_label_smoothing,
                 reduction="sum",
@@ -191,7 +192,7 @@ class SpeechLLM(nn.Module):
     @torch.no_grad()
     def generate(
         self,
-        batch: dict,
+        batch: Batch,
         *,
         max_new_tokens: int | None = None,
         tokens_per_second: float = 8.0,
@@ -207,10 +208,10 @@ class SpeechLLM(nn.Module):
         """
         _, _, merged = self.embed_batch(batch, for_generation=True)
         if max_new_tokens is None:
-            seconds = batch["feat_lens"].double() * self.frontend.frame_seconds
+            seconds = batch.feat_lens.double() * self.frontend.frame_seconds
             caps = [int(math.ceil(float(s) * tokens_per_second)) + 8 for s in seconds]
         else:
-            caps = [int(max_new_tokens)] * int(batch["text_ids"].shape[0])
+            caps = [int(max_new_tokens)] * int(batch.text_ids.shape[0])
         out = self.llm.generate(
             inputs_embeds=merged.inputs_embeds,
             attention_mask=merged.attention_mask,

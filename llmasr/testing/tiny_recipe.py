@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
+from llmasr.data.batch import Batch
+from llmasr.data.collate import Collator
 from llmasr.testing.tiny_funasr import paraformer_frontend_conf, tiny_sanm_conf
 
 
@@ -42,40 +45,33 @@ def tiny_model_section(
     }
 
 
-def random_batch(model, targets: list[str], *, frames: list[int] | None = None, seed: int = 0) -> dict:
-    """A collated batch of random features for `targets`, in the layout llmasr.data.collate produces."""
+def random_batch(model, targets: list[str], *, frames: list[int] | None = None, seed: int = 0) -> Batch:
+    """A batch of random features for `targets`, made as training makes one: dataset-like items through the
+    Collator (with CTC labels when the model has a CTC tokenizer)."""
     g = torch.Generator().manual_seed(seed)
-    n = len(targets)
-    frames = frames or [12 + 3 * i for i in range(n)]
+    frames = frames or [12 + 3 * i for i in range(len(targets))]
     dim = model.frontend.feature_dim
-    feats = torch.zeros(n, max(frames), dim)
-    for i, t in enumerate(frames):
-        feats[i, :t] = torch.randn(t, dim, generator=g)
-    enc = [model.prompt.encode(t) for t in targets]
-    width = max(len(e.ids) for e in enc)
-    text_ids = torch.full((n, width), model.prompt.pad_id, dtype=torch.long)
-    for i, e in enumerate(enc):
-        text_ids[i, : len(e.ids)] = torch.tensor(e.ids)
-    batch = {
-        "feats": feats,
-        "feat_lens": torch.tensor(frames),
-        "text_ids": text_ids,
-        "text_lens": torch.tensor([len(e.ids) for e in enc]),
-        "audio_pos": torch.tensor([e.audio_pos for e in enc]),
-        "target_start": torch.tensor([e.target_start for e in enc]),
-        "keys": [f"utt{i}" for i in range(n)],
-        "targets": list(targets),
-    }
-    if model.ctc_tokenizer is not None:
-        ids = [model.ctc_tokenizer.encode(t) for t in targets]
-        ctc = torch.zeros(n, max(len(x) for x in ids), dtype=torch.long)
-        for i, x in enumerate(ids):
-            ctc[i, : len(x)] = torch.tensor(x)
-        batch["ctc_ids"], batch["ctc_lens"] = ctc, torch.tensor([len(x) for x in ids])
-    return batch
+    ctc = model.ctc_tokenizer
+    items = []
+    for i, (target, t) in enumerate(zip(targets, frames, strict=True)):
+        enc = model.prompt.encode(target)
+        items.append(
+            {
+                "key": f"utt{i}",
+                "index": i,
+                "feats": torch.randn(t, dim, generator=g).numpy(),
+                "target": target,
+                "text_ids": np.asarray(enc.ids, dtype=np.int64),
+                "audio_pos": enc.audio_pos,
+                "target_start": enc.target_start,
+                "ctc_ids": None if ctc is None else np.asarray(ctc.encode(target), dtype=np.int64),
+                "duration": t * model.frontend.frame_seconds,
+            }
+        )
+    return Collator(model.prompt.pad_id, with_ctc=ctc is not None)(items)
 
 
-def speech_logits(model, batch: dict) -> torch.Tensor:
+def speech_logits(model, batch: Batch) -> torch.Tensor:
     """LLM logits over the merged audio+text sequence of `batch` (what training sees), without gradients."""
     with torch.no_grad():
         _, _, merged = model.embed_batch(batch)

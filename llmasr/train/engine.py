@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from llmasr.config_io import ConfigError
+from llmasr.data.batch import Batch
 from llmasr.errors import write_error
 from llmasr.train.ds_config import zero_stage
 
@@ -178,19 +179,12 @@ class TrainEngine:
         self._grad_norm = None
 
     # -- batches ------------------------------------------------------------------------------------------------
-    def to_device(self, batch: dict) -> dict:
-        """Tensors onto the device; float tensors (features) in the engine's compute dtype."""
-        out = {}
-        for key, value in batch.items():
-            if torch.is_tensor(value):
-                value = value.to(self.device, non_blocking=True)
-                if value.is_floating_point():
-                    value = value.to(self.dtype)
-            out[key] = value
-        return out
+    def to_device(self, batch: Batch) -> Batch:
+        """The batch on the device, its features in the engine's compute dtype."""
+        return batch.to(self.device, self.dtype, non_blocking=True)
 
     # -- one micro batch ------------------------------------------------------------------------------------------
-    def micro_step(self, batch: dict, *, token_normalizer, utt_normalizer, boundary: bool, zero_loss: bool = False):
+    def micro_step(self, batch: Batch, *, token_normalizer, utt_normalizer, boundary: bool, zero_loss: bool = False):
         """Forward, backward and engine.step() for one micro batch; the optimizer updates when `boundary`.
 
         `zero_loss` (an all-bad batch's stand-in) still runs the full forward and backward, so every rank calls

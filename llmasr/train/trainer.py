@@ -29,44 +29,38 @@ import torch
 
 from llmasr import errors
 from llmasr.config_io import ConfigError
+from llmasr.data.batch import Batch
 from llmasr.train.preemption import Preemption, exit_status, signal_name
 from llmasr.train.progress import StartupLog
 
 log = logging.getLogger("llmasr.train")
 
 
-def labelled_tokens(batch: dict) -> int:
-    """Target tokens of a batch (target + end token per row), as SpeechLLM's labels count them."""
-    return int((batch["text_lens"] - batch["target_start"]).clamp(min=0).sum())
-
-
-def run_window(engine, window: list[dict], world_size: int) -> dict:
+def run_window(engine, window: list[Batch], world_size: int) -> dict:
     """Forward/backward every micro batch of one window and apply the update; returns window-wide stats."""
     from llmasr.train.engine import all_reduce_sum
 
-    real = [b for b in window if not b.get("empty", False)]
-    n_tok, n_utt = all_reduce_sum(
-        [sum(labelled_tokens(b) for b in real), sum(len(b["keys"]) for b in real)], engine.device
-    )
+    real = [b for b in window if not b.empty]
+    n_tok, n_utt = all_reduce_sum([sum(b.labelled_tokens for b in real), sum(b.size for b in real)], engine.device)
     tok_norm = max(n_tok, 1.0) / world_size
     utt_norm = max(n_utt, 1.0) / world_size
     llm_sum = ctc_sum = correct = audio = 0.0
     for i, batch in enumerate(window):
-        empty = bool(batch.get("empty", False))
+        empty = batch.empty
         out = engine.micro_step(
             batch, token_normalizer=tok_norm, utt_normalizer=utt_norm, boundary=i == len(window) - 1, zero_loss=empty
         )
         if empty:
             continue
-        if int(out.n_tokens) != labelled_tokens(batch):
+        if int(out.n_tokens) != batch.labelled_tokens:
             raise RuntimeError(
-                f"the model labelled {int(out.n_tokens)} tokens but the batch holds {labelled_tokens(batch)}: "
+                f"the model labelled {int(out.n_tokens)} tokens but the batch holds {batch.labelled_tokens}: "
                 "loss normalisation would be wrong"
             )
         llm_sum += float(out.llm_loss_sum)
         ctc_sum += float(out.ctc_loss_sum)
         correct += float(out.n_correct)
-        audio += float(batch["durations"].sum()) if "durations" in batch else 0.0
+        audio += batch.audio_seconds
     llm_sum, ctc_sum, correct, audio = all_reduce_sum([llm_sum, ctc_sum, correct, audio], engine.device)
     stats = {"llm_loss": llm_sum / max(n_tok, 1.0), "acc": correct / max(n_tok, 1.0)}
     model = engine.module

@@ -32,7 +32,7 @@ def validate(engine, loader, decode_cfg, *, with_wer: bool = True) -> dict:
     llm_sum = ctc_sum = n_tok = n_correct = n_utt = errors = ref_len = ctc_errors = 0.0
     try:
         for batch in loader:
-            if batch["empty"]:
+            if batch.empty:
                 # A stand-in for an all-bad batch: run it (ZeRO-3 ranks must stay in step) but count nothing.
                 model(engine.to_device(batch))
                 if with_wer:
@@ -53,13 +53,13 @@ def validate(engine, loader, decode_cfg, *, with_wer: bool = True) -> dict:
                     num_beams=1,
                     synced_gpus=engine.stage == 3,
                 )
-                corpus, _ = score_corpus(zip(batch["targets"], hyps), decode_cfg.metric)
+                corpus, _ = score_corpus(zip(batch.targets, hyps), decode_cfg.metric)
                 errors += corpus.errors
                 ref_len += corpus.ref_len
                 if has_ctc:
                     # Same references and metric, so the same reference length as the LLM's score.
                     ctc_hyps = model.ctc_texts(out.ctc_log_probs, out.ctc_lens)
-                    ctc_corpus, _ = score_corpus(zip(batch["targets"], ctc_hyps), decode_cfg.metric)
+                    ctc_corpus, _ = score_corpus(zip(batch.targets, ctc_hyps), decode_cfg.metric)
                     ctc_errors += ctc_corpus.errors
     finally:
         model.train(was_training)

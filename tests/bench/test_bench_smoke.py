@@ -43,24 +43,25 @@ def test_reference_formulation_gives_llmasr_loss_and_gradients():
 
 def test_batch_layouts_agree():
     size = sm.SIZES["tiny"]
-    batch = sm.make_batch(size, 4, 3.0, seed=2)
+    synthetic = sm.make_batch(size, 4, 3.0, seed=2)
+    batch, ref = synthetic.batch, synthetic.ref
     from llmasr.models.insert_audio import merge_audio_into_text
 
-    n = batch["text_ids"].shape[0]
-    audio_lens = torch.tensor(batch["ref_audio_lens"])
+    n = batch.size
+    audio_lens = torch.tensor(ref.audio_lens)
     merged = merge_audio_into_text(
-        torch.zeros(n, batch["text_ids"].shape[1], 8),
-        batch["text_ids"],
-        batch["text_lens"],
-        batch["audio_pos"],
-        batch["target_start"],
+        torch.zeros(n, batch.text_ids.shape[1], 8),
+        batch.text_ids,
+        batch.text_lens,
+        batch.audio_pos,
+        batch.target_start,
         torch.zeros(n, int(audio_lens.max()), 8),
         audio_lens,
     )
     # FunASR's placeholder sequence has the same length, mask and labels as llmasr's merged rows
-    assert torch.equal(merged.attention_mask, batch["ref_mask"])
-    assert torch.equal(merged.labels, batch["ref_labels"])
-    assert batch["audio_seconds"] == pytest.approx(sum(3.0 * (0.9 + 0.1 * i / 3) for i in range(4)))
+    assert torch.equal(merged.attention_mask, ref.mask)
+    assert torch.equal(merged.labels, ref.labels)
+    assert synthetic.audio_seconds == pytest.approx(sum(3.0 * (0.9 + 0.1 * i / 3) for i in range(4)))
 
 
 def test_step_flops_match_torch_counter_on_matrix_products():
@@ -69,7 +70,7 @@ def test_step_flops_match_torch_counter_on_matrix_products():
 
     size = sm.SIZES["tiny"]
     model = _tiny_model()
-    batch = sm.make_batch(size, 1, 2.5, seed=3)  # one utterance: no padding, so counted work == useful work
+    batch = sm.make_batch(size, 1, 2.5, seed=3).batch  # one utterance: no padding, so counted work == useful work
     with FlopCounterMode(display=False) as counter:
         model(batch).loss.backward()
     counts = {str(k): v for k, v in counter.get_flop_counts()["Global"].items()}

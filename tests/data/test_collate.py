@@ -1,3 +1,5 @@
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -5,7 +7,7 @@ import torch
 from llmasr.data.collate import Collator, EmptyBatchError
 from llmasr.data.dataset import BadItem
 
-KEYS = {
+FIELDS = {
     "feats",
     "feat_lens",
     "text_ids",
@@ -20,6 +22,7 @@ KEYS = {
     "n_bad",
     "bad",
     "empty",
+    "indices",
 }
 
 
@@ -43,35 +46,35 @@ def bad(line):
 
 def test_shapes_padding_and_keys():
     batch = Collator(pad_id=-7, with_ctc=True)([item("a", 5, 6, 3), bad(4), item("b", 3, 9, 5)])
-    assert set(batch) == KEYS
-    assert batch["feats"].shape == (2, 5, 4) and batch["feats"].dtype == torch.float32
-    assert batch["feats"][1, 3:].abs().sum() == 0 and batch["feats"][1, :3].min() == 1
-    assert batch["feat_lens"].tolist() == [5, 3] and batch["feat_lens"].dtype == torch.int64
-    assert batch["text_ids"].shape == (2, 9) and batch["text_ids"].dtype == torch.int64
-    assert batch["text_ids"][0, 6:].tolist() == [-7, -7, -7]
-    assert batch["text_lens"].tolist() == [6, 9]
-    assert batch["audio_pos"].tolist() == [2, 2] and batch["target_start"].tolist() == [3, 3]
-    assert batch["ctc_ids"].shape == (2, 5) and batch["ctc_ids"][0].tolist() == [1, 2, 3, 0, 0]
-    assert batch["ctc_lens"].tolist() == [3, 5]
-    assert batch["keys"] == ["a", "b"] and batch["targets"] == ["text a", "text b"]
-    assert batch["durations"].dtype == torch.float32 and batch["durations"].shape == (2,)
-    assert batch["n_bad"] == 1 and batch["bad"][0]["line"] == 4 and batch["empty"] is False
+    assert {f.name for f in dataclasses.fields(batch)} == FIELDS
+    assert batch.feats.shape == (2, 5, 4) and batch.feats.dtype == torch.float32
+    assert batch.feats[1, 3:].abs().sum() == 0 and batch.feats[1, :3].min() == 1
+    assert batch.feat_lens.tolist() == [5, 3] and batch.feat_lens.dtype == torch.int64
+    assert batch.text_ids.shape == (2, 9) and batch.text_ids.dtype == torch.int64
+    assert batch.text_ids[0, 6:].tolist() == [-7, -7, -7]
+    assert batch.text_lens.tolist() == [6, 9]
+    assert batch.audio_pos.tolist() == [2, 2] and batch.target_start.tolist() == [3, 3]
+    assert batch.ctc_ids.shape == (2, 5) and batch.ctc_ids[0].tolist() == [1, 2, 3, 0, 0]
+    assert batch.ctc_lens.tolist() == [3, 5]
+    assert batch.keys == ["a", "b"] and batch.targets == ["text a", "text b"]
+    assert batch.durations.dtype == torch.float32 and batch.durations.shape == (2,)
+    assert batch.n_bad == 1 and batch.bad[0]["line"] == 4 and batch.empty is False
 
 
 def test_without_ctc_keys_present_and_empty():
     batch = Collator(pad_id=0)([item("a", 5, 6), item("b", 3, 2)])
-    assert set(batch) == KEYS
-    assert batch["ctc_ids"].shape == (2, 0) and batch["ctc_ids"].dtype == torch.int64
-    assert batch["ctc_lens"].tolist() == [0, 0]
-    assert batch["n_bad"] == 0 and batch["bad"] == []
+    assert {f.name for f in dataclasses.fields(batch)} == FIELDS
+    assert batch.ctc_ids.shape == (2, 0) and batch.ctc_ids.dtype == torch.int64
+    assert batch.ctc_lens.tolist() == [0, 0]
+    assert batch.n_bad == 0 and batch.bad == []
 
 
 def test_all_bad_batch_uses_fallback_and_is_flagged():
     fb = item("fallback", 4, 5, 2)
     batch = Collator(pad_id=0, with_ctc=True, fallback=fb)([bad(1), bad(2)])
-    assert set(batch) == KEYS
-    assert batch["empty"] is True and batch["n_bad"] == 2
-    assert batch["keys"] == ["fallback"] and batch["feats"].shape == (1, 4, 4)
+    assert {f.name for f in dataclasses.fields(batch)} == FIELDS
+    assert batch.empty is True and batch.n_bad == 2
+    assert batch.keys == ["fallback"] and batch.feats.shape == (1, 4, 4)
 
 
 def test_all_bad_without_fallback_raises():

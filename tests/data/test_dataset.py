@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 from speech_fakes import FakeCTCTokenizer, FakePromptBuilder, write_manifest, write_wav
 
+from llmasr.data.collate import Collator
 from llmasr.data.dataset import BadDataTracker, BadItem, SpeechDataset, TooMuchBadData, reason_category
 from llmasr.data.frontend import FrontendConfig
 from llmasr.data.manifest import BadRecord, Manifest
@@ -116,6 +117,25 @@ def test_truncation(corpus):
     assert item["target"] == "hello world"
 
 
+def collated(n_good: int, bad_items: list):
+    """A collated batch of `n_good` one-frame items and `bad_items`; all bad: a fallback stand-in (empty)."""
+
+    def item(i):
+        return dict(
+            key=f"k{i}",
+            index=i,
+            feats=np.zeros((1, 2), np.float32),
+            target="t",
+            text_ids=np.ones(2, np.int64),
+            audio_pos=0,
+            target_start=1,
+            ctc_ids=None,
+            duration=0.01,
+        )
+
+    return Collator(0, fallback=item(-1))([item(i) for i in range(n_good)] + bad_items)
+
+
 def bad(i):
     return BadItem(manifest="m.jsonl", line=i, key=f"k{i}", reason="audio: file not found (/x/y.wav)", index=i)
 
@@ -123,7 +143,7 @@ def bad(i):
 def test_tracker_below_threshold_counts_and_continues():
     t = BadDataTracker(0.05, min_items=100, log_first=2)
     for step in range(10):
-        t.update({"keys": ["k"] * 20, "bad": [bad(step)] if step % 2 == 0 else [], "empty": False})
+        t.update(collated(20, [bad(step)] if step % 2 == 0 else []))
     assert t.bad == 5 and t.good == 200 and t.fraction == pytest.approx(5 / 205)
     assert t.by_reason == {"audio file not found": 5}
     t.end_epoch()
@@ -134,7 +154,7 @@ def test_tracker_above_threshold_raises_with_counts_and_examples():
     t = BadDataTracker(0.01, min_items=50, keep_examples=3)
     with pytest.raises(TooMuchBadData) as err:
         for step in range(20):
-            t.update({"keys": ["k"] * 5, "bad": [bad(step)], "empty": False})
+            t.update(collated(5, [bad(step)]))
     msg = str(err.value)
     assert "above data.max_bad_fraction = 0.01" in msg
     assert "audio file not found: 9" in msg  # 9 bad of 54 when the first check runs (>= 50 seen)
@@ -143,7 +163,7 @@ def test_tracker_above_threshold_raises_with_counts_and_examples():
 
 def test_tracker_checks_at_epoch_end_even_below_min_items():
     t = BadDataTracker(0.01, min_items=1000)
-    t.update({"keys": ["k"] * 10, "bad": [bad(1)], "empty": False})
+    t.update(collated(10, [bad(1)]))
     with pytest.raises(TooMuchBadData, match="at epoch end"):
         t.end_epoch()
 
@@ -151,7 +171,7 @@ def test_tracker_checks_at_epoch_end_even_below_min_items():
 def test_tracker_empty_batch_counts_no_good_items_and_static_repeat_per_epoch():
     t = BadDataTracker(1.0, min_items=1)
     t.add_static([BadRecord("m.jsonl", 3, "audio x.wav: file not found", "k3")])
-    t.update({"keys": ["fallback"], "bad": [bad(1)], "empty": True})
+    t.update(collated(0, [bad(1)]))
     assert t.good == 0 and t.bad == 2
     t.new_epoch()
     assert t.bad == 1 and t.good == 0

@@ -49,9 +49,9 @@ def test_workers_batches_and_bad_accounting(mixed):
     assert loader.num_workers == 2
     batches = list(loader)
     assert len(batches) == len(sampler) == len(loader)
-    keys = [k for b in batches if not b["empty"] for k in b["keys"]]
+    keys = [k for b in batches if not b.empty for k in b.keys]
     assert len(keys) == len(set(keys)) == 40
-    assert sum(b["n_bad"] for b in batches) == 3
+    assert sum(b.n_bad for b in batches) == 3
     assert loader.bad_data.bad == 3 and loader.bad_data.good == 40
     assert set(loader.bad_data.by_reason) == {
         "target outside the CTC vocabulary",
@@ -59,9 +59,9 @@ def test_workers_batches_and_bad_accounting(mixed):
         "audio file not found",
     }
     for b in batches:
-        assert b["feats"].dtype == torch.float32 and b["feats"].shape[2] == 560
-        assert b["ctc_ids"].shape[0] == b["feats"].shape[0]
-        assert float(b["durations"].max()) * len(b["keys"]) <= 6.0 + 1e-6 or b["empty"]
+        assert b.feats.dtype == torch.float32 and b.feats.shape[2] == 560
+        assert b.ctc_ids.shape[0] == b.feats.shape[0]
+        assert float(b.durations.max()) * len(b.keys) <= 6.0 + 1e-6 or b.empty
 
 
 def test_too_much_bad_data_stops_the_epoch(mixed):
@@ -90,8 +90,8 @@ def test_all_bad_batch_keeps_ranks_in_step(tmp_path):
     loader, sampler = build(cfg(max_bad_fraction=1.0, batching={"max_seconds": 1.0}), [str(m)])
     batches = list(loader)
     assert len(batches) == 6
-    assert sum(b["empty"] for b in batches) == 5
-    assert all(b["keys"] == ["ok"] for b in batches)
+    assert sum(b.empty for b in batches) == 5
+    assert all(b.keys == ["ok"] for b in batches)
 
 
 def test_ranks_get_equal_counts_and_disjoint_keys(tmp_path):
@@ -99,7 +99,7 @@ def test_ranks_get_equal_counts_and_disjoint_keys(tmp_path):
     per_rank = []
     for rank in range(2):
         loader, sampler = build(cfg(), [str(path)], rank=rank, world_size=2, epoch=1)
-        per_rank.append([b["keys"] for b in loader])
+        per_rank.append([b.keys for b in loader])
         assert len(per_rank[-1]) == len(sampler)
     assert len(per_rank[0]) == len(per_rank[1])
     a = {k for ks in per_rank[0] for k in ks}
@@ -113,9 +113,9 @@ def test_loader_resume_is_exact_despite_prefetch(tmp_path):
     path = good_corpus(tmp_path, 30)
     data_cfg = cfg(num_workers=2, batching={"max_seconds": 3.0})
     loader, sampler = build(data_cfg, [str(path)], epoch=2)
-    full = [b["keys"] for b in loader]
+    full = [b.keys for b in loader]
     it = iter(loader)
-    first = [next(it)["keys"] for _ in range(4)]
+    first = [next(it).keys for _ in range(4)]
     state = loader.state_dict()
     del it
     assert state["sampler"]["batches_yielded"] == 4 and first == full[:4]
@@ -123,7 +123,7 @@ def test_loader_resume_is_exact_despite_prefetch(tmp_path):
     again, _ = build(data_cfg, [str(path)], epoch=0)
     again.load_state_dict(state)
     again.set_epoch(2)
-    rest = [b["keys"] for b in again]
+    rest = [b.keys for b in again]
     assert rest == full[4:]
 
 
@@ -136,7 +136,7 @@ def test_augmentation_follows_epoch_and_is_worker_independent(tmp_path):
         loader.set_epoch(epoch)
         out = {}
         for b in loader:
-            for k, f, n in zip(b["keys"], b["feats"], b["feat_lens"]):
+            for k, f, n in zip(b.keys, b.feats, b.feat_lens):
                 out[k] = f[:n].numpy()
         return out
 
@@ -150,10 +150,10 @@ def test_augmentation_follows_epoch_and_is_worker_independent(tmp_path):
 def test_valid_subset_and_no_shuffle(tmp_path):
     path = good_corpus(tmp_path, 20, name="dev")
     loader, sampler = build(cfg(valid_max_utts=5), [str(path)], train=False)
-    keys = [k for b in loader for k in b["keys"]]
+    keys = [k for b in loader for k in b.keys]
     assert len(keys) == 5
     loader2, _ = build(cfg(valid_max_utts=5), [str(path)], train=False, epoch=3)
-    assert [k for b in loader2 for k in b["keys"]] == keys
+    assert [k for b in loader2 for k in b.keys] == keys
 
 
 def test_weighted_mix(tmp_path):
@@ -169,7 +169,7 @@ def test_weighted_mix(tmp_path):
         "data",
     )
     loader, sampler = build(data_cfg, data_cfg.train)
-    keys = [k for batch in loader for k in batch["keys"]]
+    keys = [k for batch in loader for k in batch.keys]
     assert sum(k.startswith("a") for k in keys) == 10
     assert sum(k.startswith("b") for k in keys) == 20
 
@@ -203,7 +203,7 @@ def test_manifest_only_faults_below_the_limit_are_skipped_and_counted_every_epoc
     assert sampler.filtered == {"bad_line": 3}  # never batched: counted once, not again when loaded
     for epoch in (0, 1):
         loader.set_epoch(epoch)
-        keys = [k for b in loader for k in b["keys"]]
+        keys = [k for b in loader for k in b.keys]
         assert len(keys) == 40 and loader.bad_data.bad == 3 and loader.bad_data.good == 40
     shares = [build(cfg(max_bad_fraction=0.1), [m], rank=r, world_size=2)[0].bad_data.bad for r in (0, 1)]
     assert sum(shares) == 3 and min(shares) >= 1  # each rank counts its share of the lines known bad

@@ -62,7 +62,7 @@ def test_end_to_end_outputs_and_wer(model, tmp_path, monkeypatch):
 
     def fake_generate(batch, **kwargs):
         seen.append(kwargs)
-        return [" ".join(t.split()[1:]) for t in batch["targets"]]
+        return [" ".join(t.split()[1:]) for t in batch.targets]
 
     monkeypatch.setattr(model, "generate", fake_generate)
     opts = DecodeOptions(num_beams=2, batch_seconds=1.5, max_bad_fraction=0.5, num_workers=0, repetition_penalty=1.1)
@@ -193,9 +193,9 @@ def _independent_ctc(model, corpus) -> dict:
     out = {}
     with torch.no_grad():
         for batch in make_loader(model, manifest, DecodeOptions(batch_seconds=0.01, num_workers=0)):
-            enc, lens = model.encoder(batch["feats"], batch["feat_lens"])
+            enc, lens = model.encoder(batch.feats, batch.feat_lens)
             (ids,) = ctc_greedy(model.ctc_head(enc, lens), lens, model.ctc_tokenizer.blank_id)
-            out[batch["keys"][0]] = (batch["targets"][0], model.ctc_tokenizer.decode(ids), int(lens[0]))
+            out[batch.keys[0]] = (batch.targets[0], model.ctc_tokenizer.decode(ids), int(lens[0]))
     return out
 
 
@@ -263,7 +263,7 @@ def test_ctc_wer_follows_the_ctc_head(model, long_corpus, tmp_path, monkeypatch,
 
 def test_ctc_without_shared_encoder_output(model, corpus, tmp_path, monkeypatch):
     """A generate() that runs no encoder (stubbed): the CTC branch runs the encoder itself, same transcripts."""
-    monkeypatch.setattr(model, "generate", lambda batch, **kw: ["x"] * len(batch["keys"]))
+    monkeypatch.setattr(model, "generate", lambda batch, **kw: ["x"] * len(batch.keys))
     decode_manifest(model, corpus, tmp_path / "o", DecodeOptions(batch_seconds=100.0, num_workers=0, ctc=True))
     want = _independent_ctc(model, corpus)
     assert _read(tmp_path / "o" / "ctc" / "hyp.txt") == [f"{k} {' '.join(want[k][1].split())}" for k in sorted(want)]

@@ -36,9 +36,9 @@ def test_merged_export_equals_base_plus_adapter(runs, exported):
     a, b = speech_logits(ref, batch), speech_logits(model, batch)
     torch.testing.assert_close(b, a, rtol=0, atol=1e-5)
     # The CTC head came across too.
-    enc, lens = ref.encoder(batch["feats"], batch["feat_lens"])
+    enc, lens = ref.encoder(batch.feats, batch.feat_lens)
     torch.testing.assert_close(
-        model.ctc_head(*model.encoder(batch["feats"], batch["feat_lens"])), ref.ctc_head(enc, lens), rtol=0, atol=1e-5
+        model.ctc_head(*model.encoder(batch.feats, batch.feat_lens)), ref.ctc_head(enc, lens), rtol=0, atol=1e-5
     )
 
 

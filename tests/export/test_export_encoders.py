@@ -91,8 +91,8 @@ def compare(ref, model, *, seed: int) -> None:
     """Encoder, adaptor, CTC head and LLM logits of `model` equal those of `ref` (1e-5)."""
     batch = random_batch(ref, TARGETS, frames=FRAMES, seed=seed)
     with torch.no_grad():
-        got = model.encode_audio(batch["feats"], batch["feat_lens"])
-        want = ref.encode_audio(batch["feats"], batch["feat_lens"])
+        got = model.encode_audio(batch.feats, batch.feat_lens)
+        want = ref.encode_audio(batch.feats, batch.feat_lens)
         for name, a, b in zip(("encoder", "encoder lengths", "adaptor", "adaptor lengths"), got, want):
             torch.testing.assert_close(a, b, rtol=0, atol=1e-5, msg=lambda m, name=name: f"{name}: {m}")
         torch.testing.assert_close(model.ctc_head(got[0], got[1]), ref.ctc_head(want[0], want[1]), rtol=0, atol=1e-5)

@@ -46,8 +46,6 @@ def test_trained_from_a_zoo_directory_exports_and_reloads(family, llm_dir, tmp_p
         assert desc["encoder"]["conf"]["chunk_size"] == [12, 15]
     batch = random_batch(ref, TARGETS, frames=[30, 41, 25, 36], seed=3)
     with torch.no_grad():
-        for a, b in zip(
-            got.encode_audio(batch["feats"], batch["feat_lens"]), ref.encode_audio(batch["feats"], batch["feat_lens"])
-        ):
+        for a, b in zip(got.encode_audio(batch.feats, batch.feat_lens), ref.encode_audio(batch.feats, batch.feat_lens)):
             torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
         torch.testing.assert_close(speech_logits(got, batch), speech_logits(ref, batch), rtol=0, atol=1e-5)

@@ -55,10 +55,7 @@ def test_batch_loss_is_sum_of_single_utterance_losses(model):
         parts = []
         full = random_batch(model, TARGETS, frames=frames, seed=3)
         for i in range(4):
-            single = {k: (v[i : i + 1] if torch.is_tensor(v) else v[i : i + 1]) for k, v in full.items()}
-            single["feats"] = single["feats"][:, : frames[i]]
-            single["text_ids"] = single["text_ids"][:, : int(single["text_lens"][0])]
-            parts.append(model(single))
+            parts.append(model(full.select([i])))
     assert abs(float(whole.llm_loss_sum) - sum(float(p.llm_loss_sum) for p in parts)) < 1e-4
     assert abs(float(whole.ctc_loss_sum) - sum(float(p.ctc_loss_sum) for p in parts)) < 1e-4
 
@@ -72,8 +69,8 @@ def test_frozen_branch_stays_in_eval_mode_and_gets_no_gradient(tiny_llm_dir):
     assert m.adaptor.training
     batch = random_batch(m, TARGETS[:2])
     # Dropout 0.1 in the tiny encoder: frozen means eval, so two passes agree exactly.
-    a, _ = m.encoder(batch["feats"], batch["feat_lens"])
-    b, _ = m.encoder(batch["feats"], batch["feat_lens"])
+    a, _ = m.encoder(batch.feats, batch.feat_lens)
+    b, _ = m.encoder(batch.feats, batch.feat_lens)
     assert torch.equal(a, b)
     m(batch).loss.backward()
     assert all(p.grad is None for p in m.encoder.parameters())
@@ -112,9 +109,7 @@ def test_batched_greedy_decoding_equals_one_by_one(model):
     together = model.generate(batch, max_new_tokens=6)
     alone = []
     for i in range(4):
-        single = {k: (v[i : i + 1] if torch.is_tensor(v) else v[i : i + 1]) for k, v in batch.items()}
-        single["feats"] = single["feats"][:, : int(single["feat_lens"][0])]
-        alone += model.generate(single, max_new_tokens=6)
+        alone += model.generate(batch.select([i]), max_new_tokens=6)
     assert together == alone
 
 
@@ -241,7 +236,7 @@ def test_whisper_encoder_from_an_hf_directory(tiny_llm_dir, tmp_path):
     out = m(batch)
     assert torch.isfinite(out.loss)
     # Whisper halves the frame rate, the linear adaptor halves it again.
-    _, enc_lens, _, audio_lens = m.encode_audio(batch["feats"], batch["feat_lens"])
+    _, enc_lens, _, audio_lens = m.encode_audio(batch.feats, batch.feat_lens)
     assert enc_lens.tolist() == [30, 45] and audio_lens.tolist() == [15, 22]
 
 
@@ -272,9 +267,7 @@ def test_default_length_cap_follows_each_utterance_duration(model):
     together = model.generate(batch, tokens_per_second=2.0)
     alone = []
     for i in range(2):
-        single = {k: (v[i : i + 1] if torch.is_tensor(v) else v[i : i + 1]) for k, v in batch.items()}
-        single["feats"] = single["feats"][:, : int(single["feat_lens"][0])]
-        alone += model.generate(single, tokens_per_second=2.0)
+        alone += model.generate(batch.select([i]), tokens_per_second=2.0)
     assert together == alone
 
 
@@ -285,7 +278,7 @@ def test_ctc_log_probs_come_back_in_eval_mode_only(model):
     model.eval()
     with torch.no_grad():
         out = model(batch)
-        enc, enc_lens = model.encoder(batch["feats"], batch["feat_lens"])
+        enc, enc_lens = model.encoder(batch.feats, batch.feat_lens)
         want = model.ctc_head(enc, enc_lens)
     torch.testing.assert_close(out.ctc_log_probs, want)
     assert out.ctc_lens.tolist() == enc_lens.tolist()

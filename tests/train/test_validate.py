@@ -1,6 +1,7 @@
 """Validation metrics: the CTC branch's greedy WER (ctc_wer) beside the LLM's, at ZeRO-0 and ZeRO-3, summed over
 ranks, and written to train.log and TensorBoard."""
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -35,10 +36,12 @@ def build_model(llm_dir, *, ctc=True, seed=0):
 
 
 def make_batches(model, splits=SPLITS):
-    return [
-        dict(random_batch(model, TARGETS[lo:hi], frames=FRAMES[lo:hi], seed=k), empty=False)
-        for k, (lo, hi) in enumerate(splits)
-    ]
+    return [random_batch(model, TARGETS[lo:hi], frames=FRAMES[lo:hi], seed=k) for k, (lo, hi) in enumerate(splits)]
+
+
+def stand_in(batch):
+    """`batch` flagged as an all-bad batch's stand-in (its rows are the fallback's)."""
+    return dataclasses.replace(batch, empty=True)
 
 
 def plain_engine(model):
@@ -65,11 +68,11 @@ def independent_ctc_wer(model, batches, metric="auto") -> float:
     pairs = []
     with torch.no_grad():
         for batch in batches:
-            if batch["empty"]:
+            if batch.empty:
                 continue
-            enc, lens = model.encoder(batch["feats"], batch["feat_lens"])
+            enc, lens = model.encoder(batch.feats, batch.feat_lens)
             ids = ctc_greedy(model.ctc_head(enc, lens), lens, model.ctc_tokenizer.blank_id)
-            pairs += [(ref, model.ctc_tokenizer.decode(i)) for ref, i in zip(batch["targets"], ids)]
+            pairs += [(ref, model.ctc_tokenizer.decode(i)) for ref, i in zip(batch.targets, ids)]
     assert any(hyp.strip() for _, hyp in pairs)  # the head emits something: the comparison is not of empties
     return score_corpus(pairs, metric)[0].rate
 
@@ -81,7 +84,7 @@ def independent_llm_wer(model, batches) -> float:
     with torch.no_grad():
         for batch in batches:
             hyps = model.generate(batch, max_new_tokens=DECODE.max_new_tokens, num_beams=1)
-            pairs += list(zip(batch["targets"], hyps))
+            pairs += list(zip(batch.targets, hyps))
     return score_corpus(pairs, DECODE.metric)[0].rate
 
 
@@ -112,7 +115,7 @@ def test_ctc_wer_follows_the_ctc_head(tiny_llm_dir, text_for, want):
     # the CTC head does not change the LLM's score: validate's wer is the generated hypotheses' WER
     assert metrics["wer"] == pytest.approx(independent_llm_wer(model, batches), abs=1e-12)
     # the all-bad stand-in runs but counts nothing
-    with_stand_in = validate(plain_engine(model), [*batches, dict(batches[0], empty=True)], DECODE)
+    with_stand_in = validate(plain_engine(model), [*batches, stand_in(batches[0])], DECODE)
     assert with_stand_in["ctc_wer"] == metrics["ctc_wer"] and with_stand_in["n_utts"] == len(TARGETS)
 
 
@@ -198,14 +201,14 @@ TWO_RANK_SCRIPT = """
 import json, sys
 sys.path.insert(0, {tests_dir!r})
 import torch
-from test_validate import DECODE, build_model, make_batches, make_engine
+from test_validate import DECODE, build_model, make_batches, make_engine, stand_in
 from llmasr.train.validate import validate
 
 llm_dir, out = [a for a in sys.argv[1:] if not a.startswith("--local_rank")]
 batches = make_batches(build_model(llm_dir))
 engine = make_engine(build_model(llm_dir), "zero3", world_size=2)
 rank = torch.distributed.get_rank()
-mine = [batches[0], batches[1]] if rank == 0 else [batches[2], dict(batches[2], empty=True)]
+mine = [batches[0], batches[1]] if rank == 0 else [batches[2], stand_in(batches[2])]
 metrics = validate(engine, mine, DECODE)
 json.dump(metrics, open(out + f".{{rank}}", "w"))
 """

@@ -1,0 +1,102 @@
+"""The typed batch the model consumes; only `llmasr.data.collate.Collator` makes one.
+
+Rows are utterances. Padded tensors are exactly as wide as their longest row, so a batch of some rows
+(`select`) equals collating those items alone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields, replace
+
+import torch
+
+
+@dataclass
+class Batch:
+    """A padded batch of utterances.
+
+    feats         float [B, T, D]  zero-padded features
+    feat_lens     int64 [B]
+    text_ids      int64 [B, L]     prompt + target + end token, right-padded with the pad id
+    text_lens     int64 [B]
+    audio_pos     int64 [B]        index in text_ids where the audio embeddings go
+    target_start  int64 [B]        index in text_ids where the labels begin
+    ctc_ids       int64 [B, C]     CTC labels padded with 0; [B, 0] when there is no CTC tokenizer
+    ctc_lens      int64 [B]        zeros when there is no CTC tokenizer
+    durations     float32 [B]      seconds of audio
+    keys, targets, indices         per row: utterance key, reference text, dataset index
+    n_bad, bad                     bad items dropped from this batch (manifest, line, key, reason, index each)
+    empty         True when every item was bad and the rows are the collator's stand-in fallback item
+    """
+
+    feats: torch.Tensor
+    feat_lens: torch.Tensor
+    text_ids: torch.Tensor
+    text_lens: torch.Tensor
+    audio_pos: torch.Tensor
+    target_start: torch.Tensor
+    ctc_ids: torch.Tensor
+    ctc_lens: torch.Tensor
+    durations: torch.Tensor
+    keys: list[str]
+    targets: list[str]
+    indices: list[int]
+    n_bad: int = 0
+    bad: list[dict] = field(default_factory=list)
+    empty: bool = False
+
+    def __post_init__(self):
+        n = len(self.keys)
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if (torch.is_tensor(value) or isinstance(value, list)) and f.name != "bad" and len(value) != n:
+                raise ValueError(f"batch field {f.name} has {len(value)} rows but keys has {n}")
+
+    # -- derived values -------------------------------------------------------------------------------------------
+    @property
+    def size(self) -> int:
+        """Number of rows (utterances)."""
+        return len(self.keys)
+
+    @property
+    def labelled_tokens(self) -> int:
+        """Target tokens (target + end token per row), as SpeechLLM's labels count them."""
+        return int((self.text_lens - self.target_start).clamp(min=0).sum())
+
+    @property
+    def audio_seconds(self) -> float:
+        return float(self.durations.sum())
+
+    # -- moving and slicing -------------------------------------------------------------------------------------
+    def _tensors(self) -> dict[str, torch.Tensor]:
+        return {f.name: getattr(self, f.name) for f in fields(self) if torch.is_tensor(getattr(self, f.name))}
+
+    def to(self, device, dtype: torch.dtype | None = None, *, non_blocking: bool = False) -> Batch:
+        """A copy with every tensor on `device`; `feats` also cast to `dtype` when given (integer fields stay)."""
+        moved = {k: v.to(device, non_blocking=non_blocking) for k, v in self._tensors().items()}
+        if dtype is not None:
+            moved["feats"] = moved["feats"].to(dtype)
+        return replace(self, **moved)
+
+    def pin_memory(self) -> Batch:
+        """A copy in pinned host memory (torch's DataLoader calls this with pin_memory=True)."""
+        return replace(self, **{k: v.pin_memory() for k, v in self._tensors().items()})
+
+    def select(self, rows) -> Batch:
+        """A batch of `rows` (indices, in the order given), padded tensors trimmed to the longest of them.
+
+        The dropped bad items are not rows: the selection carries none (n_bad 0), so nothing counts them twice.
+        """
+        rows = [int(r) for r in rows]
+        if not rows:
+            raise ValueError("Batch.select: no rows selected")
+        bad_rows = [r for r in rows if not -self.size <= r < self.size]
+        if bad_rows:
+            raise IndexError(f"Batch.select: rows {bad_rows} out of range for a batch of {self.size}")
+        idx = torch.tensor(rows, dtype=torch.long)
+        out = {k: v.index_select(0, idx.to(v.device)) for k, v in self._tensors().items()}
+        out["feats"] = out["feats"][:, : int(out["feat_lens"].max())]
+        out["text_ids"] = out["text_ids"][:, : int(out["text_lens"].max())]
+        out["ctc_ids"] = out["ctc_ids"][:, : int(out["ctc_lens"].max())]
+        lists = {name: [getattr(self, name)[r] for r in rows] for name in ("keys", "targets", "indices")}
+        return replace(self, **out, **lists, n_bad=0, bad=[])
