@@ -1,4 +1,4 @@
-"""`llmasr check`: resolve a recipe and a DeepSpeed JSON the way `llmasr train` does, without training.
+"""What `llmasr check` prints: a recipe and a DeepSpeed JSON resolved the way `llmasr train` does, no training.
 
     llmasr check --config RECIPE --deepspeed zero2 [--world-size N] [--out DIR] [key=value ...]
 
@@ -10,12 +10,8 @@ read: the model is built on the meta device by the same builder training uses, w
 
 from __future__ import annotations
 
-import argparse
-import os
-import sys
 from pathlib import Path
 
-from llmasr.errors import command
 from llmasr.models.builder import build_model
 
 
@@ -125,21 +121,3 @@ def check(recipe, ds_path, *, world_size: int, out: Path | None = None) -> str:
     plot_lr(curves, out / "lr_schedule.png")
     lines.append(f"wrote {out / 'lr_schedule.csv'} and {out / 'lr_schedule.png'}")
     return "\n".join(lines)
-
-
-@command("llmasr check")
-def main(argv: list[str] | None = None) -> int:
-    from llmasr.recipe import load_recipe
-
-    p = argparse.ArgumentParser(prog="llmasr check", description="resolve a recipe + DeepSpeed JSON without training")
-    p.add_argument("--config", required=True, help="recipe YAML")
-    p.add_argument("--deepspeed", required=True, help="DeepSpeed JSON file, or a preset: zero0 ... zero3_offload")
-    p.add_argument("--world-size", type=int, default=int(os.environ.get("WORLD_SIZE", "1")), help="ranks (GPUs)")
-    p.add_argument("--out", help="folder for lr_schedule.csv/png (default: train.output_dir)")
-    p.add_argument("overrides", nargs="*", help="recipe overrides, e.g. train.grad_accum=8")
-    args = p.parse_args(list(sys.argv[1:] if argv is None else argv))
-    if args.world_size < 1:
-        p.error(f"--world-size must be >= 1, got {args.world_size}")
-    recipe = load_recipe(args.config, args.overrides)
-    print(check(recipe, args.deepspeed, world_size=args.world_size, out=args.out))
-    return 0

@@ -20,8 +20,9 @@ import socket
 import time
 from pathlib import Path
 
-from llmasr.config_io import ConfigError
+from llmasr.config_io import ConfigError, dump_yaml
 from llmasr.train import checkpoint as ck
+from llmasr.train.progress import plot_lr, write_lr_csv
 
 
 class RunDirError(ConfigError):
@@ -270,10 +271,7 @@ def write_run_files(run_dir: Path, recipe, ds_config: dict, schedules: list, sta
     """RUN_DIR/recipe.yaml, ds_config.json and lr_schedule.csv/png: rows from update `start` on from `schedules`
     (a fresh run: 0). Rank 0 only; a resumed run calls it once it has loaded, so a failed resume leaves them as
     they were."""
-    from llmasr.recipe import save_recipe
-    from llmasr.train.progress import plot_lr, write_lr_csv
-
-    save_recipe(recipe, run_dir / ck.RECIPE_FILE)
+    dump_yaml(recipe, run_dir / ck.RECIPE_FILE)
     (run_dir / ck.DS_CONFIG_FILE).write_text(json.dumps(ds_config, indent=2))
     curves = _lr_rows(run_dir / ck.LR_CSV, schedules, start, total)
     write_lr_csv(run_dir / ck.LR_CSV, curves)
