@@ -17,10 +17,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from llmasr.data.audio import AudioError, probe_duration
 from llmasr.data.config import DataConfig, ManifestSpec
 from llmasr.data.dataset import as_record_dict, reason_category
 from llmasr.data.features import FeatureExtractor
 from llmasr.data.frontend import FrontendConfig
+from llmasr.data.loader import make_sampler
+from llmasr.data.manifest import BadRecord, Manifest
 
 DURATION_TOLERANCE_S = 0.1  # manifest duration vs header duration before a line is reported as mismatched
 
@@ -60,8 +63,6 @@ class DataReport:
 
 def _parse_line(m, i: int):
     """(utterance, target_len, None) or (None, 0, bad record) for line i of manifest m (no audio access)."""
-    from llmasr.data.manifest import BadRecord
-
     try:
         utt = m[i]
     except BadRecord as rec:
@@ -77,8 +78,6 @@ def _parse_line(m, i: int):
 
 def _probe_line(utt, probe: bool) -> tuple[float, dict | None, dict | None]:
     """(duration or NaN, bad record or None, duration-mismatch note or None) from the audio header."""
-    from llmasr.data.audio import AudioError, probe_duration
-
     where = {"manifest": str(getattr(utt, "manifest", "?")), "line": int(getattr(utt, "line", 0)), "key": utt.key}
     start = float(utt.start) if getattr(utt, "start", None) is not None else 0.0
     end = float(utt.end) if getattr(utt, "end", None) is not None else None
@@ -126,9 +125,6 @@ def check_data(
     probe: bool = True,
     threads: int = 8,
 ) -> DataReport:
-    from llmasr.data.loader import make_sampler
-    from llmasr.data.manifest import Manifest
-
     paths = [p.path if isinstance(p, ManifestSpec) else str(p) for p in manifest_paths]
     report = DataReport(manifests=paths, world_size=world_size, max_bad_fraction=data_cfg.max_bad_fraction)
     durations, tlens = [], []

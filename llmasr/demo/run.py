@@ -31,6 +31,18 @@ from pathlib import Path
 
 import torch
 
+from llmasr.data.cmvn import compute_global_cmvn
+from llmasr.data.frontend import FrontendConfig
+from llmasr.demo.synth import (
+    CorpusConfig,
+    SynthError,
+    corpus_done,
+    make_text,
+    synthesize_corpus,
+    transcripts,
+    try_install_espeak,
+)
+from llmasr.demo.text_lm import TextLMConfig, build_text_lm
 from llmasr.export.decode import decode_manifest, decode_options, load_decode_model
 from llmasr.export.export import export_model
 from llmasr.train.ds_config import PRESET_DIR
@@ -106,8 +118,6 @@ def read_wer(hyp_dir: Path) -> dict:
 
 
 def stage_corpus(args, workdir: Path, state: State) -> dict:
-    from llmasr.demo.synth import CorpusConfig, SynthError, corpus_done, synthesize_corpus, try_install_espeak
-
     if args.quick:  # two voices, digit strings only: the smallest task on which learning shows in a minute
         cfg = CorpusConfig(n_train=300, n_dev=40, n_test=40, digit_fraction=1.0)
         cfg.train_voices, cfg.test_voices = list(QUICK_TRAIN_VOICES), list(QUICK_TEST_VOICES)
@@ -132,8 +142,6 @@ def stage_corpus(args, workdir: Path, state: State) -> dict:
         )
     summary = synthesize_corpus(out, cfg, workers=args.workers, log=lambda m: say("  " + m))
     say("  global CMVN over the training features")
-    from llmasr.data.cmvn import compute_global_cmvn
-    from llmasr.data.frontend import FrontendConfig
 
     tmp = out / "am.mvn.tmp"
     compute_global_cmvn(summary["manifests"]["train"], FrontendConfig(n_mels=80, lfr_m=7, lfr_n=6), tmp, max_utts=600)
@@ -144,9 +152,6 @@ def stage_corpus(args, workdir: Path, state: State) -> dict:
 
 def stage_llm(args, workdir: Path, state: State, corpus: dict) -> Path:
     import numpy as np
-
-    from llmasr.demo.synth import CorpusConfig, make_text, transcripts
-    from llmasr.demo.text_lm import TextLMConfig, build_text_lm
 
     cfg = TextLMConfig(steps=150 if args.quick else 600)
     out = workdir / "llm"

@@ -45,8 +45,13 @@ import numpy as np
 import torch
 
 from llmasr.config_io import to_dict
+from llmasr.data.collate import Collator
+from llmasr.data.dataset import BadDataTracker, BadItem, SpeechDataset
+from llmasr.data.loader import open_manifests
+from llmasr.data.sampler import DynamicBucketSampler
 from llmasr.export.exported import load_exported, read_description
 from llmasr.export.trained_model import load_checkpoint_model
+from llmasr.scoring import score_corpus
 
 log = logging.getLogger(__name__)
 
@@ -70,9 +75,6 @@ class DecodeError(RuntimeError):
 
 
 def _collate(pad_id: int):
-    from llmasr.data.collate import Collator
-    from llmasr.data.dataset import BadItem
-
     collator = Collator(pad_id)
 
     def collate(items: list) -> dict:
@@ -89,9 +91,6 @@ def _collate(pad_id: int):
 def make_loader(model, manifest, opts: DecodeOptions):
     """DataLoader of evaluation batches over an opened manifest (indices with unknown duration are skipped)."""
     from torch.utils.data import DataLoader
-
-    from llmasr.data.dataset import SpeechDataset
-    from llmasr.data.sampler import DynamicBucketSampler
 
     durations = np.asarray(manifest.durations(), dtype=np.float64)
     known = np.flatnonzero(~np.isnan(durations))
@@ -138,9 +137,6 @@ def decode_manifest(
 ) -> dict:
     """Decode one manifest into `out_dir`; returns the summary dict (also written to wer.json), with the CTC
     branch's under "ctc" when opts.ctc."""
-    from llmasr.data.dataset import BadDataTracker
-    from llmasr.data.loader import open_manifests
-
     if opts.ctc and getattr(model, "ctc_head", None) is None:
         raise DecodeError("--ctc: the model has no CTC head (it was trained with model.ctc.weight 0)")
     out_dir = Path(out_dir)
@@ -239,8 +235,6 @@ def decode_manifest(
 
 def _write_results(out_dir: Path, rows: list[dict], hyp_key: str, metric: str, *, with_ref: bool):
     """hyp.txt, results.jsonl (and ref.txt) for rows[...][hyp_key]; returns the corpus score."""
-    from llmasr.scoring import score_corpus
-
     out_dir.mkdir(parents=True, exist_ok=True)
     corpus, scores = score_corpus([(r["ref"], r[hyp_key]) for r in rows], metric)
     with open(out_dir / "hyp.txt", "w") as fh, open(out_dir / "results.jsonl", "w") as fj:

@@ -33,8 +33,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from llmasr.config_io import to_dict
 from llmasr.export.trained_model import load_checkpoint_model, load_trained  # noqa: F401  (public API here too)
-from llmasr.models.builder import encoder_spec
+from llmasr.models.builder import encoder_spec, output_dim
+from llmasr.models.fingerprint import dir_fingerprint
+from llmasr.models.llm import DTYPES
 
 log = logging.getLogger(__name__)
 
@@ -141,8 +144,6 @@ def _save_tensors(module: nn.Module, path: Path) -> None:
 
 def _plain(value):
     """yaml.safe_dump-able copy (tuples -> lists, dataclasses -> dicts)."""
-    from llmasr.config_io import to_dict
-
     return json.loads(json.dumps(to_dict(value), default=str))
 
 
@@ -198,9 +199,6 @@ def export_model(
 def _write_export(model, info: dict, recipe, tmp: Path, dtype_name: str, *, adapter_only: bool, max_shard_size) -> None:
     import yaml
 
-    from llmasr.models.builder import output_dim
-    from llmasr.models.llm import DTYPES
-
     torch_dtype = DTYPES[dtype_name]
     # Speech branches: plain modules, float32 (small; the LLM dtype is what matters for memory).
     enc_spec = encoder_description(recipe.model.encoder)
@@ -250,7 +248,6 @@ def _write_export(model, info: dict, recipe, tmp: Path, dtype_name: str, *, adap
                 )
             tokenizer.save_pretrained(str(tmp / "tokenizer"))
             llm_entry = {"kind": "base", "dir": "tokenizer"}
-        from llmasr.models.fingerprint import dir_fingerprint
 
         base_path = str(Path(recipe.model.llm.path).resolve())
         llm_entry.update(base=base_path, base_fingerprint=dir_fingerprint(base_path))

@@ -13,6 +13,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from llmasr.models.builder import build_model
+from llmasr.train.ds_config import estimate_zero_memory, resolve_ds_config, zero_stage
+from llmasr.train.engine import offloads_optimizer
+from llmasr.train.param_groups import build_param_groups, describe_param_groups
+from llmasr.train.progress import plot_lr, write_lr_csv
+from llmasr.train.resolve import batches_per_epoch, build_loaders, check_run_settings, count_updates, text_side
+from llmasr.train.schedulers import branch_of_group, lr_curve
 
 
 def param_counts(model) -> dict:
@@ -30,8 +36,6 @@ def param_counts(model) -> dict:
 
 def key_updates(optim_cfg, group_names: list[str], total: int) -> list[tuple[str, int]]:
     """(label, update) pairs: start, each distinct warmup end, middle, last update."""
-    from llmasr.train.schedulers import branch_of_group
-
     points = [("start", 0)]
     for name in group_names:
         sched = optim_cfg.branch(branch_of_group(name)).scheduler
@@ -53,13 +57,6 @@ def _gb(n: float) -> str:
 
 def check(recipe, ds_path, *, world_size: int, out: Path | None = None) -> str:
     """The report text; writes lr_schedule.csv/png into `out` (default: the recipe's output_dir)."""
-    from llmasr.train.ds_config import estimate_zero_memory, resolve_ds_config, zero_stage
-    from llmasr.train.engine import offloads_optimizer
-    from llmasr.train.param_groups import build_param_groups, describe_param_groups
-    from llmasr.train.progress import plot_lr, write_lr_csv
-    from llmasr.train.resolve import batches_per_epoch, build_loaders, check_run_settings, count_updates, text_side
-    from llmasr.train.schedulers import lr_curve
-
     tc = recipe.train
     ds = resolve_ds_config(ds_path, tc, world_size=world_size)
     check_run_settings(recipe)

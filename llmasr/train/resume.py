@@ -25,6 +25,7 @@ import yaml
 
 from llmasr.config_io import ConfigError, from_dict, to_dict
 from llmasr.train import checkpoint as ck
+from llmasr.train.schedulers import NO_DECAY_SUFFIX
 
 log = logging.getLogger("llmasr.train")
 
@@ -168,8 +169,6 @@ def check_batches(meta: dict, per_epoch: list[int], where: Path) -> None:
 def schedule_changes(saved: list, new: list) -> list[str]:
     """What differs between the saved GroupSchedules and the new recipe's, one entry per group (a `_no_decay`
     twin that changes like its branch is left out)."""
-    from llmasr.train.schedulers import NO_DECAY_SUFFIX
-
     old = {s.name: s for s in saved}
     out, seen = [], {}
     for s in new:

@@ -24,9 +24,32 @@ from pathlib import Path
 import torch
 
 from llmasr import errors
+from llmasr.checkpoint_files import hash_share, merge_shares, verify_ranks
 from llmasr.config_io import ConfigError
+from llmasr.models.fingerprint import base_fingerprint, fingerprint_differences
+from llmasr.train import checkpoint as ck
+from llmasr.train import engine as eng
+from llmasr.train import universal
+from llmasr.train.ds_config import resolve_ds_config
+from llmasr.train.engine import TrainEngine, all_gather_object, all_reduce_sum, barrier, build_model_for_training
+from llmasr.train.param_groups import build_param_groups, describe_param_groups
 from llmasr.train.preemption import Preemption, signal_name
-from llmasr.train.progress import StartupLog
+from llmasr.train.progress import Progress, StartupLog, setup_logging
+from llmasr.train.resolve import (
+    batches_per_epoch,
+    build_loaders,
+    check_model_frontend,
+    check_run_settings,
+    count_updates,
+    rng_state,
+    seed_everything,
+    set_rng_state,
+    text_side,
+)
+from llmasr.train.resume import check_batches, continue_schedules
+from llmasr.train.run_dir import claim_run_dir, write_run_files
+from llmasr.train.schedulers import build_group_schedules
+from llmasr.train.validate import validate
 
 log = logging.getLogger("llmasr.train")
 
@@ -38,8 +61,6 @@ def labelled_tokens(batch: dict) -> int:
 
 def run_window(engine, window: list[dict], world_size: int) -> dict:
     """Forward/backward every micro batch of one window and apply the update; returns window-wide stats."""
-    from llmasr.train.engine import all_reduce_sum
-
     real = [b for b in window if not b.get("empty", False)]
     n_tok, n_utt = all_reduce_sum(
         [sum(labelled_tokens(b) for b in real), sum(len(b["keys"]) for b in real)], engine.device
@@ -88,11 +109,6 @@ class Run:
     """The state of one training run (built by `train`)."""
 
     def __init__(self, recipe, ds_config_path, *, resume=None, overwrite=False):
-        from llmasr.train import engine as eng
-        from llmasr.train.ds_config import resolve_ds_config
-        from llmasr.train.resolve import check_run_settings
-        from llmasr.train.run_dir import claim_run_dir
-
         self.recipe = recipe
         tc = recipe.train
         self.dist = eng.init_distributed()
@@ -117,9 +133,6 @@ class Run:
             raise
 
     def _prepare(self) -> None:
-        from llmasr.train.progress import setup_logging
-        from llmasr.train.resolve import batches_per_epoch, build_loaders, count_updates, seed_everything, text_side
-
         recipe, tc = self.recipe, self.recipe.train
         self.log_handler = setup_logging(self.run_dir, self.rank)
         self.startup_log.replay(self.log_handler)
@@ -142,8 +155,6 @@ class Run:
             self._write_run_files(0)
 
     def _write_run_files(self, start: int) -> None:
-        from llmasr.train.run_dir import write_run_files
-
         if self.rank == 0:
             write_run_files(self.run_dir, self.recipe, self.ds, self.engine.scheduler.schedules, start, self.total)
 
@@ -159,11 +170,6 @@ class Run:
         )  # fmt: skip
 
     def _build_engine(self) -> None:
-        from llmasr.train.engine import TrainEngine, build_model_for_training
-        from llmasr.train.param_groups import build_param_groups, describe_param_groups
-        from llmasr.train.resolve import check_model_frontend, seed_everything
-        from llmasr.train.schedulers import build_group_schedules
-
         tc, optim = self.recipe.train, self.recipe.optim
         seed_everything(tc.seed)  # identical initial weights on every rank
         model, self._hf_ds = build_model_for_training(self.recipe.model, self.ds)
@@ -177,12 +183,6 @@ class Run:
 
     # -- checkpoints ------------------------------------------------------------------------------------------------
     def save(self, epoch: int, loader_state: dict | None, metrics: dict | None) -> None:
-        from llmasr.checkpoint_files import hash_share, merge_shares
-        from llmasr.models.fingerprint import base_fingerprint
-        from llmasr.train import checkpoint as ck
-        from llmasr.train.engine import all_gather_object, barrier
-        from llmasr.train.resolve import rng_state
-
         update = self.engine.global_steps
         tag = ck.tag_for(update)
         client = {"llmasr": {"epoch": epoch, "loader": loader_state, "rng": all_gather_object(rng_state())}}
@@ -214,13 +214,6 @@ class Run:
 
     def load(self) -> tuple[int, dict | None]:
         """Resume: returns (epoch to run, loader state for a mid-epoch position or None)."""
-        from llmasr.checkpoint_files import verify_ranks
-        from llmasr.models.fingerprint import base_fingerprint, fingerprint_differences
-        from llmasr.train import checkpoint as ck
-        from llmasr.train import universal
-        from llmasr.train.engine import all_gather_object
-        from llmasr.train.resume import check_batches, continue_schedules
-
         load_dir, tag = ck.resolve_resume(self.resume, self.run_dir)
         meta = ck.read_meta(load_dir / tag)
         where = load_dir / tag
@@ -249,8 +242,6 @@ class Run:
         self.pending_rng = rngs[self.rank] if len(rngs) == self.world else None
         if self.pending_rng is not None and state.get("loader") is None:
             # Saved at an epoch end, before the next epoch's loader drew its seed: restore now.
-            from llmasr.train.resolve import set_rng_state
-
             set_rng_state(self.pending_rng)
             self.pending_rng = None
         log.info("resumed from %s at update %d, epoch %d", where, self.engine.global_steps, state.get("epoch", 0))
@@ -267,8 +258,6 @@ class Run:
 
     def _resize(self, saved_world: int, epoch: int, loader_state: dict | None, saved_ds: dict) -> None:
         """After a resume at another world size: the epoch's remainder, the run's update count and schedules."""
-        from llmasr.train import universal
-
         left = self.per_epoch[epoch] if epoch < len(self.per_epoch) else 0
         if loader_state is not None:
             self.train_loader.load_state_dict(loader_state)
@@ -283,7 +272,6 @@ class Run:
     def validate(self) -> dict | None:
         if self.valid_loader is None:
             return None
-        from llmasr.train.validate import validate
 
         metrics = validate(self.engine, self.valid_loader, self.recipe.decode)
         self.valid_update = self.engine.global_steps
@@ -292,9 +280,6 @@ class Run:
         return metrics
 
     def fit(self, stop_after_updates: int | None = None, preemption: Preemption | None = None) -> dict:
-        from llmasr.train.progress import Progress
-        from llmasr.train.resolve import set_rng_state
-
         tc = self.recipe.train
         self.pending_rng = None
         start_epoch, loader_state = (0, None)
@@ -360,8 +345,6 @@ class Run:
 
     def _stopped(self, signum: int, epoch: int, loader_state: dict | None, history: list[dict]) -> dict:
         """Every rank, after the same update: save (unless this update was just saved) and report one line."""
-        from llmasr.train import checkpoint as ck
-
         if self.last_saved != self.engine.global_steps:
             self.save(epoch, loader_state, None)
         where = self.ckpt_dir / ck.tag_for(self.last_saved)
