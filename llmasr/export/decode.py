@@ -284,18 +284,20 @@ def load_decode_model(
     return model, to_dict(info["recipe"].decode), float(info["recipe"].data.max_bad_fraction)
 
 
-def decode_options(defaults: dict, max_bad_fraction: float, **given) -> DecodeOptions:
-    """DecodeOptions: a value given (not None) wins, then the model's decode `defaults`, then DecodeOptions'."""
+def decode_options(defaults: dict, default_max_bad: float, **given) -> DecodeOptions:
+    """DecodeOptions: a value given (not None) wins, then the model's decode `defaults`, then DecodeOptions' own;
+    max_bad_fraction: the one given, else `default_max_bad` (the run's data.max_bad_fraction, or 0.01)."""
     unknown = sorted(set(given) - {f.name for f in dataclasses.fields(DecodeOptions)})
     if unknown:
         raise TypeError(f"decode_options: unknown option(s) {unknown}")
-    base = DecodeOptions(max_bad_fraction=max_bad_fraction)
+    base = DecodeOptions()
 
     def pick(key: str, cast=lambda v: v):
         value = given.get(key)
         value = value if value is not None else defaults.get(key, getattr(base, key))
         return None if value is None else cast(value)
 
+    max_bad = given.get("max_bad_fraction")
     opts = DecodeOptions(
         num_beams=pick("num_beams", int),
         batch_seconds=pick("batch_seconds", float),
@@ -304,11 +306,10 @@ def decode_options(defaults: dict, max_bad_fraction: float, **given) -> DecodeOp
         repetition_penalty=pick("repetition_penalty", float),
         no_repeat_ngram_size=pick("no_repeat_ngram_size", int),
         metric=pick("metric", str),
-        max_bad_fraction=float(given.get("max_bad_fraction") if given.get("max_bad_fraction") is not None
-                               else max_bad_fraction),
+        max_bad_fraction=float(max_bad if max_bad is not None else default_max_bad),
         num_workers=pick("num_workers", int),
         ctc=bool(given.get("ctc", False)),
-    )  # fmt: skip
+    )
     if opts.num_beams < 1:
         raise DecodeError(f"the beam size must be >= 1, got {opts.num_beams}")
     return opts
