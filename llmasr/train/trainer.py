@@ -28,9 +28,8 @@ from llmasr.checkpoint_files import hash_share, merge_shares, verify_ranks
 from llmasr.config_io import ConfigError
 from llmasr.models.fingerprint import base_fingerprint, fingerprint_differences
 from llmasr.train import checkpoint as ck
+from llmasr.train import ds_config, universal
 from llmasr.train import engine as eng
-from llmasr.train import universal
-from llmasr.train.ds_config import resolve_ds_config
 from llmasr.train.engine import TrainEngine, all_gather_object, all_reduce_sum, barrier, build_model_for_training
 from llmasr.train.param_groups import build_param_groups, describe_param_groups
 from llmasr.train.preemption import Preemption, signal_name
@@ -114,7 +113,7 @@ class Run:
         self.dist = eng.init_distributed()
         self.rank, self.world = self.dist.rank, self.dist.world_size
         self.startup_log = StartupLog.attach(self.rank)  # train.log starts with what is logged before it exists
-        self.ds = resolve_ds_config(ds_config_path, tc, world_size=self.world)
+        self.ds = ds_config.resolve_ds_config(ds_config_path, tc, world_size=self.world)  # by module: tests patch it
         eng.check_precision(tc.precision)
         check_run_settings(recipe)
         if tc.deterministic:
