@@ -29,6 +29,7 @@ import torch
 
 from llmasr import errors
 from llmasr.config_io import ConfigError
+from llmasr.train.plan import plan_run
 from llmasr.train.preemption import Preemption, exit_status, signal_name
 from llmasr.train.progress import StartupLog
 
@@ -122,7 +123,7 @@ class Run:
 
     def _prepare(self) -> None:
         from llmasr.train.progress import setup_logging
-        from llmasr.train.resolve import batches_per_epoch, build_loaders, count_updates, seed_everything, text_side
+        from llmasr.train.resolve import seed_everything
 
         recipe, tc = self.recipe, self.recipe.train
         self.log_handler = setup_logging(self.run_dir, self.rank)
@@ -130,16 +131,15 @@ class Run:
         errors.traceback_to(self.run_dir / "train.log")  # a failure's traceback, beside the log of the run
         for note in self.lock.notes if self.lock is not None else []:
             log.warning(note)
-        self.k = int(self.ds["gradient_accumulation_steps"])
         seed_everything(tc.seed)
-        self.side = text_side(recipe.model)
-        self.train_loader, self.sampler, self.valid_loader = build_loaders(
-            recipe, self.side, rank=self.rank, world_size=self.world
+        self.plan = plan_run(recipe, self.ds, rank=self.rank, world_size=self.world)  # the arithmetic, once
+        self.k, self.side, self.per_epoch, self.total = (
+            self.plan.grad_accum,
+            self.plan.side,
+            self.plan.per_epoch,
+            self.plan.total,
         )
-        self.per_epoch = batches_per_epoch(self.sampler, tc.epochs)
-        self.total, natural = count_updates(self.per_epoch, self.k, tc.max_updates)
-        if tc.max_updates is not None and tc.max_updates > natural:
-            log.warning("train.max_updates=%d but %d epochs hold only %d updates", tc.max_updates, tc.epochs, natural)
+        self.train_loader, self.sampler, self.valid_loader = self.plan.loaders
         self._log_batches()
         self._build_engine()
         if self.resume is None:
@@ -152,15 +152,11 @@ class Run:
             write_run_files(self.run_dir, self.recipe, self.ds, self.engine.scheduler.schedules, start, self.total)
 
     def _log_batches(self) -> None:
-        tc = self.recipe.train
-        log.info(
-            "batches: micro %d per rank x accumulation %d x world %d = train_batch_size %d; %s batches per rank per "
-            "epoch; %d updates (ZeRO stage %d, %s, %s)",
-            self.ds["train_micro_batch_size_per_gpu"], self.k, self.world, self.ds["train_batch_size"],
-            self.per_epoch[0] if len(set(self.per_epoch)) == 1 else self.per_epoch, self.total,
-            int((self.ds.get("zero_optimization") or {}).get("stage", 0)), tc.precision,
-            f"{torch.get_num_threads()} CPU threads per rank" if self.dist.device.type == "cpu" else self.dist.device,
-        )  # fmt: skip
+        device = self.dist.device
+        where = f"{torch.get_num_threads()} CPU threads per rank" if device.type == "cpu" else device
+        stage = int((self.ds.get("zero_optimization") or {}).get("stage", 0))
+        precision = self.recipe.train.precision
+        log.info("batches: %s (ZeRO stage %d, %s, %s)", self.plan.batch_line(), stage, precision, where)
 
     def _build_engine(self) -> None:
         from llmasr.train.engine import TrainEngine, build_model_for_training
