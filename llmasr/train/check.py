@@ -16,8 +16,9 @@ from llmasr.models.builder import build_model
 from llmasr.train.ds_config import estimate_zero_memory, resolve_ds_config, zero_stage
 from llmasr.train.engine import offloads_optimizer
 from llmasr.train.param_groups import build_param_groups, describe_param_groups
+from llmasr.train.plan import plan_run
 from llmasr.train.progress import plot_lr, write_lr_csv
-from llmasr.train.resolve import batches_per_epoch, build_loaders, check_run_settings, count_updates, text_side
+from llmasr.train.resolve import check_run_settings
 from llmasr.train.schedulers import branch_of_group, lr_curve
 
 
@@ -60,11 +61,9 @@ def check(recipe, ds_path, *, world_size: int, out: Path | None = None) -> str:
     tc = recipe.train
     ds = resolve_ds_config(ds_path, tc, world_size=world_size)
     check_run_settings(recipe)
-    side = text_side(recipe.model)
-    _, sampler, valid_loader = build_loaders(recipe, side, rank=0, world_size=world_size)
-    k = int(ds["gradient_accumulation_steps"])
-    per_epoch = batches_per_epoch(sampler, tc.epochs)
-    total, natural = count_updates(per_epoch, k, tc.max_updates)
+    plan = plan_run(recipe, ds, rank=0, world_size=world_size)  # the same arithmetic `llmasr train` logs
+    _, sampler, valid_loader = plan.loaders
+    k, per_epoch, total = plan.grad_accum, plan.per_epoch, plan.total
     model = build_model(recipe.model, weights="meta")  # exact parameter counts, no weights read
     groups = build_param_groups(model, recipe.optim)
     names = [g["name"] for g in groups]
@@ -78,7 +77,6 @@ def check(recipe, ds_path, *, world_size: int, out: Path | None = None) -> str:
         precision=tc.precision, largest_layer_params=counts["largest_layer"],
     )  # fmt: skip
     st = sampler.stats(0)
-    ups_per_epoch = [-(-n // k) for n in per_epoch]
     lines = [
         "batch arithmetic",
         f"  micro batch per rank (nominal, batches are dynamic): {ds['train_micro_batch_size_per_gpu']}",
@@ -92,9 +90,7 @@ def check(recipe, ds_path, *, world_size: int, out: Path | None = None) -> str:
         f"padding batches (world-size remainder): {st['num_padding_batches']}",
         f"  validation: {'none' if valid_loader is None else f'{len(valid_loader)} batches per rank'}",
         "updates",
-        f"  per epoch: {ups_per_epoch[0] if len(set(ups_per_epoch)) == 1 else ups_per_epoch}"
-        f" x {tc.epochs} epochs = {natural}; schedules sized by {total}"
-        + (" (train.max_updates)" if tc.max_updates is not None else ""),
+        f"  {plan.update_line()}",
         "parameters",
         f"  total {counts['total']:,}; trainable {counts['trainable']:,}; largest layer {counts['largest_layer']:,}",
     ]

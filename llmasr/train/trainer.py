@@ -32,18 +32,15 @@ from llmasr.train import ds_config, universal
 from llmasr.train import engine as eng
 from llmasr.train.engine import TrainEngine, all_gather_object, all_reduce_sum, barrier, build_model_for_training
 from llmasr.train.param_groups import build_param_groups, describe_param_groups
+from llmasr.train.plan import plan_run
 from llmasr.train.preemption import Preemption, signal_name
 from llmasr.train.progress import Progress, StartupLog, setup_logging
 from llmasr.train.resolve import (
-    batches_per_epoch,
-    build_loaders,
     check_model_frontend,
     check_run_settings,
-    count_updates,
     rng_state,
     seed_everything,
     set_rng_state,
-    text_side,
 )
 from llmasr.train.resume import check_batches, continue_schedules
 from llmasr.train.run_dir import claim_run_dir, write_run_files
@@ -138,16 +135,15 @@ class Run:
         errors.traceback_to(self.run_dir / "train.log")  # a failure's traceback, beside the log of the run
         for note in self.lock.notes if self.lock is not None else []:
             log.warning(note)
-        self.k = int(self.ds["gradient_accumulation_steps"])
         seed_everything(tc.seed)
-        self.side = text_side(recipe.model)
-        self.train_loader, self.sampler, self.valid_loader = build_loaders(
-            recipe, self.side, rank=self.rank, world_size=self.world
+        self.plan = plan_run(recipe, self.ds, rank=self.rank, world_size=self.world)  # the arithmetic, once
+        self.k, self.side, self.per_epoch, self.total = (
+            self.plan.grad_accum,
+            self.plan.side,
+            self.plan.per_epoch,
+            self.plan.total,
         )
-        self.per_epoch = batches_per_epoch(self.sampler, tc.epochs)
-        self.total, natural = count_updates(self.per_epoch, self.k, tc.max_updates)
-        if tc.max_updates is not None and tc.max_updates > natural:
-            log.warning("train.max_updates=%d but %d epochs hold only %d updates", tc.max_updates, tc.epochs, natural)
+        self.train_loader, self.sampler, self.valid_loader = self.plan.loaders
         self._log_batches()
         self._build_engine()
         if self.resume is None:
@@ -158,15 +154,11 @@ class Run:
             write_run_files(self.run_dir, self.recipe, self.ds, self.engine.scheduler.schedules, start, self.total)
 
     def _log_batches(self) -> None:
-        tc = self.recipe.train
-        log.info(
-            "batches: micro %d per rank x accumulation %d x world %d = train_batch_size %d; %s batches per rank per "
-            "epoch; %d updates (ZeRO stage %d, %s, %s)",
-            self.ds["train_micro_batch_size_per_gpu"], self.k, self.world, self.ds["train_batch_size"],
-            self.per_epoch[0] if len(set(self.per_epoch)) == 1 else self.per_epoch, self.total,
-            int((self.ds.get("zero_optimization") or {}).get("stage", 0)), tc.precision,
-            f"{torch.get_num_threads()} CPU threads per rank" if self.dist.device.type == "cpu" else self.dist.device,
-        )  # fmt: skip
+        device = self.dist.device
+        where = f"{torch.get_num_threads()} CPU threads per rank" if device.type == "cpu" else device
+        stage = int((self.ds.get("zero_optimization") or {}).get("stage", 0))
+        precision = self.recipe.train.precision
+        log.info("batches: %s (ZeRO stage %d, %s, %s)", self.plan.batch_line(), stage, precision, where)
 
     def _build_engine(self) -> None:
         tc, optim = self.recipe.train, self.recipe.optim
