@@ -1,4 +1,4 @@
-"""`llmasr VERB ...`: one console command, one module per verb.
+"""`llmasr VERB ...`: one console command; the verb table, each verb's main in llmasr.commands.
 
 Works under the DeepSpeed launcher (`deepspeed --num_gpus N --module llmasr train ...`), which adds
 `--local_rank=N` to the arguments, and under torchrun, which sets LOCAL_RANK in the environment.
@@ -13,15 +13,19 @@ from importlib import import_module
 from llmasr import errors
 
 VERBS = {
-    "train": ("llmasr.train.trainer", "fine-tune a speech LLM under DeepSpeed (1..N ranks)"),
-    "check": ("llmasr.train.check", "resolve a recipe + DeepSpeed JSON without training: batches, updates, lr, memory"),
-    "export": ("llmasr.export.export", "merge LoRA and write a model that plain transformers loads"),
-    "decode": ("llmasr.export.decode", "decode a manifest with an exported model or a checkpoint; WER/CER"),
+    "train": ("llmasr.commands.train", "fine-tune a speech LLM under DeepSpeed (1..N ranks)"),
+    "check": ("llmasr.commands.check", "resolve a recipe + DeepSpeed JSON, no training: batches, updates, lr, memory"),
+    "export": ("llmasr.commands.export", "merge LoRA and write a model that plain transformers loads"),
+    "decode": ("llmasr.commands.decode", "decode a manifest with an exported model or a checkpoint; WER/CER"),
     "data": ("", "data tools: `llmasr data check|cmvn|kaldi ...` (validate manifests, global CMVN, Kaldi -> jsonl)"),
-    "demo": ("llmasr.demo.run", "synthesize speech, train, export and decode a tiny model on this machine"),
+    "demo": ("llmasr.commands.demo", "synthesize speech, train, export and decode a tiny model on this machine"),
 }
 
-DATA_TOOLS = {"check": "llmasr.data.check", "cmvn": "llmasr.data.cmvn", "kaldi": "llmasr.data.kaldi"}
+DATA_TOOLS = {
+    "check": "llmasr.commands.data_check",
+    "cmvn": "llmasr.commands.data_cmvn",
+    "kaldi": "llmasr.commands.data_kaldi",
+}
 
 
 def strip_local_rank(argv: list[str]) -> list[str]:

@@ -21,6 +21,7 @@ import errno
 import functools
 import os
 import shutil
+import signal
 import sys
 import traceback
 from collections.abc import Callable, Iterator
@@ -153,6 +154,25 @@ def _free_text(path: Path) -> str:
     return "free space unknown" if free is None else f"{free / 2**20:.1f} MiB free there"
 
 
+# -- stop signals (training's preemption raises Interrupted; every command reports it here) ------------------------
+class Interrupted(KeyboardInterrupt):
+    """A stop signal that arrived where nothing could be saved: before training started, or after it ended."""
+
+    def __init__(self, signum: int, when: str = "before training started"):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+        self.when = when
+
+
+def signal_name(signum: int) -> str:
+    return signal.Signals(signum).name
+
+
+def signal_status(signum: int) -> int:
+    """The shell's status for a process stopped by `signum` (130 for SIGINT, 143 for SIGTERM)."""
+    return 128 + int(signum)
+
+
 # -- running a command --------------------------------------------------------------------------------------------
 def _rank() -> int:
     return int(os.environ.get("RANK", "0") or 0)
@@ -183,9 +203,6 @@ def report(prog: str, err: BaseException) -> None:
 
 def run(prog: str, main: Callable[[list[str] | None], int | None], argv: list[str] | None) -> int:
     """Run `main(argv)`, turning every exception into one message and an exit status (see the module doc)."""
-    from llmasr.train.preemption import Interrupted, signal_name
-    from llmasr.train.preemption import exit_status as signal_status
-
     try:
         return int(main(argv) or 0)
     except KeyboardInterrupt as err:  # Interrupted (SIGTERM, SIGINT) or a plain Ctrl-C where none was installed

@@ -1,4 +1,4 @@
-"""`llmasr data check MANIFEST...`: validate manifests before training, and preview the batches they make.
+"""Behind `llmasr data check MANIFEST...`: validate manifests before training, and preview the batches they make.
 
 Every line is parsed and its audio header probed (no decode): missing/unreadable files, empty audio, segments
 past the end of the file, clips too short for one feature frame, empty or non-text transcripts and malformed lines
@@ -9,21 +9,21 @@ efficiency).
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import math
-import sys
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from llmasr.config_io import ConfigError, from_dict, to_dict
+from llmasr.data.audio import AudioError, probe_duration
 from llmasr.data.config import DataConfig, ManifestSpec
 from llmasr.data.dataset import as_record_dict, reason_category
 from llmasr.data.features import FeatureExtractor
 from llmasr.data.frontend import FrontendConfig
+from llmasr.data.loader import make_sampler
+from llmasr.data.manifest import BadRecord, Manifest
 
 DURATION_TOLERANCE_S = 0.1  # manifest duration vs header duration before a line is reported as mismatched
 
@@ -63,8 +63,6 @@ class DataReport:
 
 def _parse_line(m, i: int):
     """(utterance, target_len, None) or (None, 0, bad record) for line i of manifest m (no audio access)."""
-    from llmasr.data.manifest import BadRecord
-
     try:
         utt = m[i]
     except BadRecord as rec:
@@ -80,8 +78,6 @@ def _parse_line(m, i: int):
 
 def _probe_line(utt, probe: bool) -> tuple[float, dict | None, dict | None]:
     """(duration or NaN, bad record or None, duration-mismatch note or None) from the audio header."""
-    from llmasr.data.audio import AudioError, probe_duration
-
     where = {"manifest": str(getattr(utt, "manifest", "?")), "line": int(getattr(utt, "line", 0)), "key": utt.key}
     start = float(utt.start) if getattr(utt, "start", None) is not None else 0.0
     end = float(utt.end) if getattr(utt, "end", None) is not None else None
@@ -129,9 +125,6 @@ def check_data(
     probe: bool = True,
     threads: int = 8,
 ) -> DataReport:
-    from llmasr.data.loader import make_sampler
-    from llmasr.data.manifest import Manifest
-
     paths = [p.path if isinstance(p, ManifestSpec) else str(p) for p in manifest_paths]
     report = DataReport(manifests=paths, world_size=world_size, max_bad_fraction=data_cfg.max_bad_fraction)
     durations, tlens = [], []
@@ -244,81 +237,3 @@ def format_report(report: DataReport, *, max_examples: int = 50) -> str:
         verdict = "TOO MUCH BAD DATA: training would stop with TooMuchBadData"
     lines += ["", "result: " + verdict]
     return "\n".join(lines)
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="llmasr data check", description=__doc__.splitlines()[0])
-    p.add_argument("manifests", nargs="*", help="manifest files (default: the recipe's data.train)")
-    p.add_argument("--recipe", help="recipe YAML: its data: section gives batching, filters and max_bad_fraction")
-    p.add_argument("--valid", action="store_true", help="with --recipe and no manifests: check data.valid")
-    p.add_argument("--world-size", type=int, default=1)
-    p.add_argument("--max-seconds", type=float)
-    p.add_argument("--max-frames", type=int)
-    p.add_argument("--max-target-tokens", type=int)
-    p.add_argument("--num-buckets", type=int)
-    p.add_argument("--min-duration", type=float)
-    p.add_argument("--max-duration", type=float)
-    p.add_argument("--max-target-len", type=int)
-    p.add_argument("--max-bad-fraction", type=float)
-    p.add_argument("--frame-shift-ms", type=float, help="feature frame shift (for --max-frames); default 10")
-    p.add_argument("--lfr-n", type=int, help="low-frame-rate stride (for --max-frames); default 1")
-    p.add_argument("--no-probe", action="store_true", help="parse lines only; do not open the audio files")
-    p.add_argument("--threads", type=int, default=8, help="parallel header probes")
-    p.add_argument("--show", type=int, default=50, help="bad lines to list")
-    args = p.parse_args(argv)
-
-    try:
-        data_dict: dict = {}
-        front_dict: dict = {}
-        if args.recipe:
-            from llmasr.models.builder import encoder_frontend
-            from llmasr.recipe import load_recipe
-
-            recipe = load_recipe(args.recipe)  # typed, with manifest paths resolved against the recipe
-            data_dict = to_dict(recipe.data)
-            # The encoder's own frontend (a FunASR directory's LFR/CMVN, Whisper's mel), no weights loaded.
-            front_dict = to_dict(encoder_frontend(recipe.model.encoder))
-        batching = dict(data_dict.get("batching") or {})
-        for opt, key in (
-            ("max_seconds", "max_seconds"),
-            ("max_frames", "max_frames"),
-            ("max_target_tokens", "max_target_tokens"),
-            ("num_buckets", "num_buckets"),
-            ("min_duration", "min_duration"),
-            ("max_duration", "max_duration"),
-            ("max_target_len", "max_target_len"),
-        ):
-            value = getattr(args, opt)
-            if value is not None:
-                batching[key] = value
-                if key == "max_frames":
-                    batching["max_seconds"] = None
-                if key == "max_seconds":
-                    batching["max_frames"] = None
-        data_dict["batching"] = batching
-        if args.max_bad_fraction is not None:
-            data_dict["max_bad_fraction"] = args.max_bad_fraction
-        if args.frame_shift_ms is not None:
-            front_dict["frame_shift_ms"] = args.frame_shift_ms
-        if args.lfr_n is not None:
-            front_dict["lfr_n"] = args.lfr_n
-        front_dict.pop("cmvn_file", None)  # not needed to count frames
-        data_cfg = from_dict(DataConfig, data_dict, "data")
-        frontend = from_dict(FrontendConfig, front_dict, "model.encoder.frontend")
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    manifests = list(args.manifests) or [
-        s.path for s in (data_cfg.valid_manifests if args.valid else data_cfg.train_manifests)
-    ]
-    if not manifests:
-        p.error("no manifests: name them, or give --recipe with data.train")
-    report = check_data(
-        manifests, data_cfg, frontend, world_size=args.world_size, probe=not args.no_probe, threads=args.threads
-    )
-    print(format_report(report, max_examples=args.show))
-    return 0 if report.ok else 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())

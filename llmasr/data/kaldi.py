@@ -162,24 +162,3 @@ def kaldi_to_jsonl(
             )
     counts["problems"] = problems[:20]
     return counts
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`llmasr data kaldi DATA_DIR OUT.jsonl` (wav.scp, text and optional segments inside DATA_DIR)."""
-    import argparse
-
-    p = argparse.ArgumentParser(prog="llmasr data kaldi", description=__doc__.splitlines()[0])
-    p.add_argument("data_dir", help="Kaldi data directory with wav.scp and text (and segments, if present)")
-    p.add_argument("out", help="jsonl manifest to write")
-    p.add_argument("--base-dir", help="directory relative wav.scp paths resolve against (default: cwd)")
-    args = p.parse_args(argv)
-    d = Path(args.data_dir)
-    for name in ("wav.scp", "text"):
-        if not (d / name).is_file():
-            p.error(f"{d / name}: missing")
-    segments = d / "segments"
-    counts = kaldi_to_jsonl(
-        d / "wav.scp", d / "text", args.out, segments=segments if segments.is_file() else None, base_dir=args.base_dir
-    )
-    print(json.dumps(counts, indent=2, default=str))
-    return 0

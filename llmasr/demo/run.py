@@ -19,7 +19,6 @@ Extra `key=value` arguments are recipe overrides for the training stage (e.g. tr
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import os
@@ -30,6 +29,22 @@ import sys
 import time
 from pathlib import Path
 
+import torch
+
+from llmasr.data.cmvn import compute_global_cmvn
+from llmasr.data.frontend import FrontendConfig
+from llmasr.demo.synth import (
+    CorpusConfig,
+    SynthError,
+    corpus_done,
+    make_text,
+    synthesize_corpus,
+    transcripts,
+    try_install_espeak,
+)
+from llmasr.demo.text_lm import TextLMConfig, build_text_lm
+from llmasr.export.decode import decode_manifest, decode_options, load_decode_model
+from llmasr.export.export import export_model
 from llmasr.train.ds_config import PRESET_DIR
 
 REPO = Path(__file__).resolve().parents[2]
@@ -103,8 +118,6 @@ def read_wer(hyp_dir: Path) -> dict:
 
 
 def stage_corpus(args, workdir: Path, state: State) -> dict:
-    from llmasr.demo.synth import CorpusConfig, SynthError, corpus_done, synthesize_corpus, try_install_espeak
-
     if args.quick:  # two voices, digit strings only: the smallest task on which learning shows in a minute
         cfg = CorpusConfig(n_train=300, n_dev=40, n_test=40, digit_fraction=1.0)
         cfg.train_voices, cfg.test_voices = list(QUICK_TRAIN_VOICES), list(QUICK_TEST_VOICES)
@@ -129,8 +142,6 @@ def stage_corpus(args, workdir: Path, state: State) -> dict:
         )
     summary = synthesize_corpus(out, cfg, workers=args.workers, log=lambda m: say("  " + m))
     say("  global CMVN over the training features")
-    from llmasr.data.cmvn import compute_global_cmvn
-    from llmasr.data.frontend import FrontendConfig
 
     tmp = out / "am.mvn.tmp"
     compute_global_cmvn(summary["manifests"]["train"], FrontendConfig(n_mels=80, lfr_m=7, lfr_n=6), tmp, max_utts=600)
@@ -141,9 +152,6 @@ def stage_corpus(args, workdir: Path, state: State) -> dict:
 
 def stage_llm(args, workdir: Path, state: State, corpus: dict) -> Path:
     import numpy as np
-
-    from llmasr.demo.synth import CorpusConfig, make_text, transcripts
-    from llmasr.demo.text_lm import TextLMConfig, build_text_lm
 
     cfg = TextLMConfig(steps=150 if args.quick else 600)
     out = workdir / "llm"
@@ -217,8 +225,6 @@ def stage_train(args, workdir: Path, state: State, corpus: dict, llm_dir: Path) 
 
 
 def stage_export(workdir: Path, state: State, run_dir: Path) -> Path:
-    from llmasr.export.export import main as export_main
-
     out = workdir / "model"
     fp = fingerprint("export", state.data["train"]["fingerprint"])
     if state.done("export", fp) and out.is_dir():
@@ -226,17 +232,13 @@ def stage_export(workdir: Path, state: State, run_dir: Path) -> Path:
         return out
     say("4/5 export: merging LoRA into the LLM and writing a self-contained model")
     start = time.time()
-    rc = export_main(["--checkpoint", str(run_dir), "--output", str(out), "--overwrite"])
-    if rc != 0:
-        raise RuntimeError(f"export failed (exit {rc})")
+    export_model(run_dir, out, overwrite=True)
     state.mark("export", fp, time.time() - start)
     return out
 
 
 def stage_decode(workdir: Path, state: State, model_dir: Path, corpus: dict) -> dict:
-    from llmasr.export.decode import main as decode_main
-
-    results = {}
+    results, model = {}, None
     for split in ("test", "dev"):
         out = workdir / f"decode_{split}"
         fp = fingerprint("decode", split, state.data["export"]["fingerprint"])
@@ -244,10 +246,12 @@ def stage_decode(workdir: Path, state: State, model_dir: Path, corpus: dict) -> 
         if not (state.done(stage, fp) and (out / "wer.json").is_file() and (out / "ctc" / "wer.json").is_file()):
             say(f"5/5 decode: {split} split ({'held-out voices' if split == 'test' else 'training voices'})")
             start = time.time()
-            cmd = ["--model", str(model_dir), "--data", corpus["manifests"][split], "--output", str(out)]
-            rc = decode_main([*cmd, "--num-workers", "0", "--ctc"])  # the CTC branch's own WER beside the LLM's
-            if rc != 0:
-                raise RuntimeError(f"decoding the {split} split failed (exit {rc})")
+            if model is None:
+                model, opts, device = _decode_model(model_dir)
+            summary = decode_manifest(model, corpus["manifests"][split], out, opts, device=device)
+            print(f"{summary['text']}\n{summary['ctc']['text']}")
+            if summary["too_much_bad_data"]:
+                raise RuntimeError(f"decoding the {split} split failed: {summary['too_much_bad_data']}")
             state.mark(stage, fp, time.time() - start)
         results[split] = {
             **read_wer(out),
@@ -258,80 +262,8 @@ def stage_decode(workdir: Path, state: State, model_dir: Path, corpus: dict) -> 
     return results
 
 
-# -- command -----------------------------------------------------------------------------------------------------
-
-
-def parse_args(argv: list[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        prog="llmasr demo",
-        description="Synthesize speech with espeak-ng, train a small speech LLM under DeepSpeed, export and decode.",
-    )
-    p.add_argument("--workdir", default="exp/demo", help="where everything goes (default exp/demo)")
-    p.add_argument("--quick", action="store_true", help="tiny corpus and a short run (a smoke test, 1-3 minutes)")
-    p.add_argument("--voices", type=_voice_list, help="training voices, comma-separated (espeak-ng accent+variant)")
-    p.add_argument("--test-voices", type=_voice_list, help="held-out test voices, comma-separated")
-    p.add_argument("--ranks", type=int, default=2, help="DeepSpeed ranks (CPU processes, or GPUs when present)")
-    p.add_argument("--workers", type=int, default=2, help="processes synthesizing speech")
-    p.add_argument("overrides", nargs="*", help="recipe overrides for training, e.g. train.epochs=4")
-    args = p.parse_args(argv)
-    if args.ranks < 1:
-        p.error("--ranks must be >= 1")
-    bad = [o for o in args.overrides if "=" not in o]
-    if bad:
-        p.error(f"overrides must look like key.path=value, got {bad}")
-    return args
-
-
-def _voice_list(text: str) -> list[str]:
-    voices = [v.strip() for v in text.replace(" ", ",").split(",") if v.strip()]
-    if not voices:
-        raise argparse.ArgumentTypeError("give at least one voice, e.g. en-us+m3,en-gb+f2")
-    return voices
-
-
-def main(argv: list[str] | None = None) -> int:
-    from llmasr.config_io import ConfigError
-    from llmasr.demo.synth import SynthError
-
-    args = parse_args(list(sys.argv[1:] if argv is None else argv))
-    workdir = Path(args.workdir).resolve()
-    workdir.mkdir(parents=True, exist_ok=True)
-    for path, what in ((RECIPE, "recipe"), (DS_CONFIG, "DeepSpeed config")):
-        if not path.is_file():
-            print(f"llmasr demo: error: the demo {what} {path} is missing (run from a checkout)", file=sys.stderr)
-            return 2
-    state = State(workdir)
-    t0 = time.time()
-    try:
-        corpus = stage_corpus(args, workdir, state)
-        llm_dir = stage_llm(args, workdir, state, corpus)
-        run_dir = stage_train(args, workdir, state, corpus, llm_dir)
-        model_dir = stage_export(workdir, state, run_dir)
-        scores = stage_decode(workdir, state, model_dir, corpus)
-    except (SynthError, ConfigError, RuntimeError) as err:
-        print(f"llmasr demo: error: {err}", file=sys.stderr)
-        return 1
-    total = time.time() - t0
-    summary = {
-        "workdir": str(workdir),
-        "wall_seconds": round(total, 1),
-        "stage_seconds": {k: v["seconds"] for k, v in state.data.items() if k != "train_started"},
-        "test_wer": scores["test"]["wer"],
-        "test_chance_wer": scores["test"]["chance"],
-        "test_ctc_wer": scores["test"]["ctc"],
-        "dev_wer": scores["dev"]["wer"],
-        "corpus": state.data["corpus"].get("counts"),
-    }
-    (workdir / "summary.json").write_text(json.dumps(summary, indent=2))
-    say("done")
-    print(f"  held-out-voice test WER  {scores['test']['wer']:.2%}  (chance level {scores['test']['chance']:.2%})")
-    print(f"  training-voice dev WER   {scores['dev']['wer']:.2%}")
-    print(f"  encoder CTC branch alone {scores['test']['ctc']:.2%} test, {scores['dev']['ctc']:.2%} dev (greedy)")
-    print("  stage seconds            " + ", ".join(f"{k} {v:.0f}" for k, v in summary["stage_seconds"].items()))
-    print(f"  wall time                {total:.0f} s (stages reused from earlier runs count 0)")
-    print(f"  run directory            {run_dir}")
-    print(f"  TensorBoard logs         {run_dir / 'tensorboard'}   (tensorboard --logdir {run_dir / 'tensorboard'})")
-    print(f"  learning-rate schedule   {run_dir / 'lr_schedule.png'} ({run_dir / 'lr_schedule.csv'})")
-    print(f"  exported model           {model_dir}")
-    print(f"  decoding results         {scores['test']['dir']}/results.jsonl, wer.txt")
-    return 0
+def _decode_model(model_dir: Path) -> tuple:
+    """The exported model on the best device, with its own decode settings, plus the CTC branch's own WER."""
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model, defaults, max_bad = load_decode_model(model_dir)
+    return model.to(device), decode_options(defaults, max_bad, num_workers=0, ctc=True), device

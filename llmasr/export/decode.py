@@ -33,11 +33,10 @@ loops stops at a length tied to its audio, and batched output equals one-by-one 
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import json
 import logging
 import math
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,8 +44,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from llmasr.config_io import to_dict
 from llmasr.data.batch import Batch
 from llmasr.data.collate import Collator
+from llmasr.data.dataset import BadDataTracker, SpeechDataset
+from llmasr.data.loader import open_manifests
+from llmasr.data.sampler import DynamicBucketSampler
+from llmasr.export.exported import load_exported, read_description
+from llmasr.export.trained_model import load_checkpoint_model
+from llmasr.scoring import score_corpus
 
 log = logging.getLogger(__name__)
 
@@ -72,9 +78,6 @@ class DecodeError(RuntimeError):
 def make_loader(model, manifest, opts: DecodeOptions):
     """DataLoader of evaluation batches over an opened manifest (indices with unknown duration are skipped)."""
     from torch.utils.data import DataLoader
-
-    from llmasr.data.dataset import SpeechDataset
-    from llmasr.data.sampler import DynamicBucketSampler
 
     durations = np.asarray(manifest.durations(), dtype=np.float64)
     known = np.flatnonzero(~np.isnan(durations))
@@ -117,9 +120,6 @@ def decode_manifest(
 ) -> dict:
     """Decode one manifest into `out_dir`; returns the summary dict (also written to wer.json), with the CTC
     branch's under "ctc" when opts.ctc."""
-    from llmasr.data.dataset import BadDataTracker
-    from llmasr.data.loader import open_manifests
-
     if opts.ctc and getattr(model, "ctc_head", None) is None:
         raise DecodeError("--ctc: the model has no CTC head (it was trained with model.ctc.weight 0)")
     out_dir = Path(out_dir)
@@ -218,8 +218,6 @@ def decode_manifest(
 
 def _write_results(out_dir: Path, rows: list[dict], hyp_key: str, metric: str, *, with_ref: bool):
     """hyp.txt, results.jsonl (and ref.txt) for rows[...][hyp_key]; returns the corpus score."""
-    from llmasr.scoring import score_corpus
-
     out_dir.mkdir(parents=True, exist_ok=True)
     corpus, scores = score_corpus([(r["ref"], r[hyp_key]) for r in rows], metric)
     with open(out_dir / "hyp.txt", "w") as fh, open(out_dir / "results.jsonl", "w") as fj:
@@ -257,7 +255,51 @@ def _one_line(text: str) -> str:
     return " ".join(text.split())
 
 
-def _out_dirs(data: list[str], output: Path) -> list[Path]:
+def load_decode_model(
+    model_dir=None, checkpoint=None, *, tag=None, dtype=None, trust_remote_code: bool = False
+) -> tuple:
+    """(model, decode defaults, default max_bad_fraction) from an exported model directory (the decode section of
+    its llmasr_model.yaml) or else a training checkpoint (its recipe's decode section and data.max_bad_fraction)."""
+    if model_dir is not None:
+        model = load_exported(model_dir, dtype=dtype, trust_remote_code=trust_remote_code)
+        return model, dict(read_description(model_dir).get("decode") or {}), 0.01
+    model, info = load_checkpoint_model(checkpoint, tag=tag, trust_remote_code=trust_remote_code)
+    return model, to_dict(info["recipe"].decode), float(info["recipe"].data.max_bad_fraction)
+
+
+def decode_options(defaults: dict, default_max_bad: float, **given) -> DecodeOptions:
+    """DecodeOptions: a value given (not None) wins, then the model's decode `defaults`, then DecodeOptions' own;
+    max_bad_fraction: the one given, else `default_max_bad` (the run's data.max_bad_fraction, or 0.01)."""
+    unknown = sorted(set(given) - {f.name for f in dataclasses.fields(DecodeOptions)})
+    if unknown:
+        raise TypeError(f"decode_options: unknown option(s) {unknown}")
+    base = DecodeOptions()
+
+    def pick(key: str, cast=lambda v: v):
+        value = given.get(key)
+        value = value if value is not None else defaults.get(key, getattr(base, key))
+        return None if value is None else cast(value)
+
+    max_bad = given.get("max_bad_fraction")
+    opts = DecodeOptions(
+        num_beams=pick("num_beams", int),
+        batch_seconds=pick("batch_seconds", float),
+        max_new_tokens=pick("max_new_tokens", int),
+        tokens_per_second=pick("tokens_per_second", float),
+        repetition_penalty=pick("repetition_penalty", float),
+        no_repeat_ngram_size=pick("no_repeat_ngram_size", int),
+        metric=pick("metric", str),
+        max_bad_fraction=float(max_bad if max_bad is not None else default_max_bad),
+        num_workers=pick("num_workers", int),
+        ctc=bool(given.get("ctc", False)),
+    )
+    if opts.num_beams < 1:
+        raise DecodeError(f"the beam size must be >= 1, got {opts.num_beams}")
+    return opts
+
+
+def out_dirs(data: list[str], output: Path) -> list[Path]:
+    """One output folder per manifest: OUTPUT itself for one, OUTPUT/<manifest name>[_k] for several."""
     if len(data) == 1:
         return [output]
     names, out = set(), []
@@ -272,103 +314,3 @@ def _out_dirs(data: list[str], output: Path) -> list[Path]:
         names.add(name)
         out.append(output / name)
     return out
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="llmasr decode", description="Decode manifests and score them (WER/CER).")
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--model", help="an exported model directory (llmasr export)")
-    src.add_argument("--checkpoint", help="RUN_DIR[/checkpoints/TAG]: decode a training checkpoint directly")
-    p.add_argument("--tag", help="checkpoint tag (with --checkpoint RUN_DIR)")
-    p.add_argument("--data", action="append", required=True, help="manifest (FunASR jsonl or lhotse cuts); repeatable")
-    p.add_argument("--output", required=True, help="output directory for hyp/ref/results/wer files")
-    p.add_argument("--beam", type=int, default=None, help="beam size (1: greedy)")
-    p.add_argument("--batch-seconds", type=float, default=None, help="audio seconds per batch (padded)")
-    p.add_argument("--max-new-tokens", type=int, default=None, help="cap on generated tokens per utterance")
-    p.add_argument("--tokens-per-second", type=float, default=None, help="length cap per audio second (default 8)")
-    p.add_argument("--repetition-penalty", type=float, default=None)
-    p.add_argument("--no-repeat-ngram", type=int, default=None, help="no_repeat_ngram_size for generate")
-    p.add_argument("--metric", choices=("auto", "wer", "cer"), default=None)
-    p.add_argument("--max-bad-fraction", type=float, default=None, help="fail when more lines than this are bad")
-    p.add_argument("--num-workers", type=int, default=2, help="data loader workers")
-    p.add_argument("--ctc", action="store_true", help="also write the CTC branch's greedy transcripts to OUTPUT/ctc/")
-    p.add_argument("--dtype", choices=("bf16", "fp16", "fp32"), help="LLM dtype (--model; default: as exported)")
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
-    p.add_argument(
-        "--trust-remote-code", action="store_true",
-        help="allow a model that needs its LLM directory's own Python files (trust_remote_code) to run them",
-    )  # fmt: skip
-    return p
-
-
-def main(argv: list[str] | None = None) -> int:
-    from llmasr.export.checkpoint_reader import CheckpointError
-    from llmasr.export.exported import ExportedModelError
-
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    try:
-        if args.model:
-            from llmasr.export.exported import load_exported, read_description
-
-            model = load_exported(args.model, dtype=args.dtype, trust_remote_code=args.trust_remote_code)
-            defaults = dict(read_description(args.model).get("decode") or {})
-            max_bad = 0.01
-        else:
-            from llmasr.config_io import to_dict
-            from llmasr.export.export import load_checkpoint_model
-
-            model, info = load_checkpoint_model(args.checkpoint, tag=args.tag, trust_remote_code=args.trust_remote_code)
-            defaults = to_dict(info["recipe"].decode)
-            max_bad = float(info["recipe"].data.max_bad_fraction)
-    except (CheckpointError, ExportedModelError, FileNotFoundError) as err:
-        print(f"llmasr decode: error: {err}", file=sys.stderr)
-        return 1
-    if args.ctc and model.ctc_head is None:
-        where = f"model directory {args.model}" if args.model else f"checkpoint {args.checkpoint}"
-        print(
-            f"llmasr decode: error: --ctc: the {where} has no CTC head (trained with model.ctc.weight 0); "
-            "decode it without --ctc",
-            file=sys.stderr,
-        )
-        return 2
-    model.to(device)
-
-    def pick(value, key, fallback):
-        return value if value is not None else defaults.get(key, fallback)
-
-    opts = DecodeOptions(
-        num_beams=int(pick(args.beam, "num_beams", 1)),
-        batch_seconds=float(pick(args.batch_seconds, "batch_seconds", 120.0)),
-        max_new_tokens=pick(args.max_new_tokens, "max_new_tokens", None),
-        tokens_per_second=float(pick(args.tokens_per_second, "tokens_per_second", 8.0)),
-        repetition_penalty=float(pick(args.repetition_penalty, "repetition_penalty", 1.0)),
-        no_repeat_ngram_size=int(pick(args.no_repeat_ngram, "no_repeat_ngram_size", 0)),
-        metric=str(pick(args.metric, "metric", "auto")),
-        max_bad_fraction=float(args.max_bad_fraction if args.max_bad_fraction is not None else max_bad),
-        num_workers=args.num_workers,
-        ctc=args.ctc,
-    )
-    if opts.num_beams < 1:
-        print("llmasr decode: error: --beam must be >= 1", file=sys.stderr)
-        return 2
-    output = Path(args.output)
-    failed = []
-    summaries = []
-    for data, out_dir in zip(args.data, _out_dirs(args.data, output)):
-        try:
-            summary = decode_manifest(model, data, out_dir, opts, device=device)
-        except (FileNotFoundError, ValueError) as err:
-            print(f"llmasr decode: error: {data}: {err}", file=sys.stderr)
-            failed.append(data)
-            continue
-        texts = [summary["text"]] + ([summary["ctc"]["text"]] if args.ctc else [])
-        print("\n".join(texts))
-        summaries += texts
-        if summary["too_much_bad_data"]:
-            print(f"llmasr decode: error: {summary['too_much_bad_data']}", file=sys.stderr)
-            failed.append(data)
-    if len(args.data) > 1:
-        (output / "wer.txt").write_text("\n".join(summaries) + "\n")
-    return 1 if failed else 0

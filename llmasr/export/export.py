@@ -25,19 +25,19 @@ The directory is written under DIR.partial and renamed at the end, so an interru
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import shutil
-import sys
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from llmasr.export.checkpoint_reader import CheckpointError
+from llmasr.config_io import to_dict
 from llmasr.export.trained_model import load_checkpoint_model, load_trained  # noqa: F401  (public API here too)
-from llmasr.models.builder import encoder_spec
+from llmasr.models.builder import encoder_spec, output_dim
+from llmasr.models.fingerprint import dir_fingerprint
+from llmasr.models.llm import DTYPES
 
 log = logging.getLogger(__name__)
 
@@ -144,8 +144,6 @@ def _save_tensors(module: nn.Module, path: Path) -> None:
 
 def _plain(value):
     """yaml.safe_dump-able copy (tuples -> lists, dataclasses -> dicts)."""
-    from llmasr.config_io import to_dict
-
     return json.loads(json.dumps(to_dict(value), default=str))
 
 
@@ -201,9 +199,6 @@ def export_model(
 def _write_export(model, info: dict, recipe, tmp: Path, dtype_name: str, *, adapter_only: bool, max_shard_size) -> None:
     import yaml
 
-    from llmasr.models.builder import output_dim
-    from llmasr.models.llm import DTYPES
-
     torch_dtype = DTYPES[dtype_name]
     # Speech branches: plain modules, float32 (small; the LLM dtype is what matters for memory).
     enc_spec = encoder_description(recipe.model.encoder)
@@ -253,7 +248,6 @@ def _write_export(model, info: dict, recipe, tmp: Path, dtype_name: str, *, adap
                 )
             tokenizer.save_pretrained(str(tmp / "tokenizer"))
             llm_entry = {"kind": "base", "dir": "tokenizer"}
-        from llmasr.models.fingerprint import dir_fingerprint
 
         base_path = str(Path(recipe.model.llm.path).resolve())
         llm_entry.update(base=base_path, base_fingerprint=dir_fingerprint(base_path))
@@ -290,57 +284,3 @@ def _write_export(model, info: dict, recipe, tmp: Path, dtype_name: str, *, adap
         "source": _plain(info),
     }
     (tmp / MODEL_FILE).write_text(yaml.safe_dump(description, sort_keys=False, allow_unicode=True))
-
-
-# ------------------------------------------------------------------------------------------------ CLI
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="llmasr export",
-        description="Merge LoRA into the base model and write a directory that decodes with nothing else.",
-    )
-    p.add_argument(
-        "--checkpoint",
-        required=True,
-        help="RUN_DIR (newest checkpoint: RUN_DIR/checkpoints/latest), RUN_DIR/checkpoints/TAG or RUN_DIR/TAG",
-    )
-    p.add_argument("--tag", help="checkpoint tag under RUN_DIR/checkpoints (instead of a path)")
-    p.add_argument("--output", required=True, help="output directory (must not exist or be empty)")
-    p.add_argument("--dtype", choices=("bf16", "fp16", "fp32"), help="LLM weight dtype (default: the recipe's)")
-    p.add_argument("--average", type=int, default=1, metavar="N", help="average the trained tensors of N checkpoints")
-    p.add_argument(
-        "--average-by",
-        choices=("last", "best"),
-        default=None,
-        help="last: the N newest up to the chosen one (default); best: the N best of checkpoints/best.json",
-    )
-    p.add_argument("--adapter-only", action="store_true", help="write a peft adapter instead of merged weights")
-    p.add_argument("--max-shard-size", default="5GB", help="LLM safetensors shard size (save_pretrained)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
-    p.add_argument(
-        "--trust-remote-code", action="store_true",
-        help="allow a run whose recipe sets model.llm.trust_remote_code to run its LLM directory's Python files",
-    )  # fmt: skip
-    return p
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        out = export_model(
-            args.checkpoint,
-            args.output,
-            tag=args.tag,
-            dtype=args.dtype,
-            average=args.average,
-            average_by=args.average_by,
-            adapter_only=args.adapter_only,
-            max_shard_size=args.max_shard_size,
-            overwrite=args.overwrite,
-            trust_remote_code=args.trust_remote_code,
-        )
-    except (CheckpointError, ExportError) as err:
-        print(f"llmasr export: error: {err}", file=sys.stderr)
-        return 1
-    print(f"exported to {out}")
-    return 0

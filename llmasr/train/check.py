@@ -1,4 +1,4 @@
-"""`llmasr check`: resolve a recipe and a DeepSpeed JSON the way `llmasr train` does, without training.
+"""What `llmasr check` prints: a recipe and a DeepSpeed JSON resolved the way `llmasr train` does, no training.
 
     llmasr check --config RECIPE --deepspeed zero2 [--world-size N] [--out DIR] [key=value ...]
 
@@ -10,13 +10,16 @@ read: the model is built on the meta device by the same builder training uses, w
 
 from __future__ import annotations
 
-import argparse
-import os
-import sys
 from pathlib import Path
 
-from llmasr.errors import command
 from llmasr.models.builder import build_model
+from llmasr.train.ds_config import estimate_zero_memory, resolve_ds_config, zero_stage
+from llmasr.train.engine import offloads_optimizer
+from llmasr.train.param_groups import build_param_groups, describe_param_groups
+from llmasr.train.plan import plan_run
+from llmasr.train.progress import plot_lr, write_lr_csv
+from llmasr.train.resolve import check_run_settings
+from llmasr.train.schedulers import branch_of_group, lr_curve
 
 
 def param_counts(model) -> dict:
@@ -34,8 +37,6 @@ def param_counts(model) -> dict:
 
 def key_updates(optim_cfg, group_names: list[str], total: int) -> list[tuple[str, int]]:
     """(label, update) pairs: start, each distinct warmup end, middle, last update."""
-    from llmasr.train.schedulers import branch_of_group
-
     points = [("start", 0)]
     for name in group_names:
         sched = optim_cfg.branch(branch_of_group(name)).scheduler
@@ -57,21 +58,12 @@ def _gb(n: float) -> str:
 
 def check(recipe, ds_path, *, world_size: int, out: Path | None = None) -> str:
     """The report text; writes lr_schedule.csv/png into `out` (default: the recipe's output_dir)."""
-    from llmasr.train.ds_config import estimate_zero_memory, resolve_ds_config, zero_stage
-    from llmasr.train.engine import offloads_optimizer
-    from llmasr.train.param_groups import build_param_groups, describe_param_groups
-    from llmasr.train.progress import plot_lr, write_lr_csv
-    from llmasr.train.resolve import batches_per_epoch, build_loaders, check_run_settings, count_updates, text_side
-    from llmasr.train.schedulers import lr_curve
-
     tc = recipe.train
     ds = resolve_ds_config(ds_path, tc, world_size=world_size)
     check_run_settings(recipe)
-    side = text_side(recipe.model)
-    _, sampler, valid_loader = build_loaders(recipe, side, rank=0, world_size=world_size)
-    k = int(ds["gradient_accumulation_steps"])
-    per_epoch = batches_per_epoch(sampler, tc.epochs)
-    total, natural = count_updates(per_epoch, k, tc.max_updates)
+    plan = plan_run(recipe, ds, rank=0, world_size=world_size)  # the same arithmetic `llmasr train` logs
+    _, sampler, valid_loader = plan.loaders
+    k, per_epoch, total = plan.grad_accum, plan.per_epoch, plan.total
     model = build_model(recipe.model, weights="meta")  # exact parameter counts, no weights read
     groups = build_param_groups(model, recipe.optim)
     names = [g["name"] for g in groups]
@@ -85,7 +77,6 @@ def check(recipe, ds_path, *, world_size: int, out: Path | None = None) -> str:
         precision=tc.precision, largest_layer_params=counts["largest_layer"],
     )  # fmt: skip
     st = sampler.stats(0)
-    ups_per_epoch = [-(-n // k) for n in per_epoch]
     lines = [
         "batch arithmetic",
         f"  micro batch per rank (nominal, batches are dynamic): {ds['train_micro_batch_size_per_gpu']}",
@@ -99,9 +90,7 @@ def check(recipe, ds_path, *, world_size: int, out: Path | None = None) -> str:
         f"padding batches (world-size remainder): {st['num_padding_batches']}",
         f"  validation: {'none' if valid_loader is None else f'{len(valid_loader)} batches per rank'}",
         "updates",
-        f"  per epoch: {ups_per_epoch[0] if len(set(ups_per_epoch)) == 1 else ups_per_epoch}"
-        f" x {tc.epochs} epochs = {natural}; schedules sized by {total}"
-        + (" (train.max_updates)" if tc.max_updates is not None else ""),
+        f"  {plan.update_line()}",
         "parameters",
         f"  total {counts['total']:,}; trainable {counts['trainable']:,}; largest layer {counts['largest_layer']:,}",
     ]
@@ -125,21 +114,3 @@ def check(recipe, ds_path, *, world_size: int, out: Path | None = None) -> str:
     plot_lr(curves, out / "lr_schedule.png")
     lines.append(f"wrote {out / 'lr_schedule.csv'} and {out / 'lr_schedule.png'}")
     return "\n".join(lines)
-
-
-@command("llmasr check")
-def main(argv: list[str] | None = None) -> int:
-    from llmasr.recipe import load_recipe
-
-    p = argparse.ArgumentParser(prog="llmasr check", description="resolve a recipe + DeepSpeed JSON without training")
-    p.add_argument("--config", required=True, help="recipe YAML")
-    p.add_argument("--deepspeed", required=True, help="DeepSpeed JSON file, or a preset: zero0 ... zero3_offload")
-    p.add_argument("--world-size", type=int, default=int(os.environ.get("WORLD_SIZE", "1")), help="ranks (GPUs)")
-    p.add_argument("--out", help="folder for lr_schedule.csv/png (default: train.output_dir)")
-    p.add_argument("overrides", nargs="*", help="recipe overrides, e.g. train.grad_accum=8")
-    args = p.parse_args(list(sys.argv[1:] if argv is None else argv))
-    if args.world_size < 1:
-        p.error(f"--world-size must be >= 1, got {args.world_size}")
-    recipe = load_recipe(args.config, args.overrides)
-    print(check(recipe, args.deepspeed, world_size=args.world_size, out=args.out))
-    return 0

@@ -26,28 +26,13 @@ import time
 
 import torch
 
+from llmasr.errors import Interrupted, signal_name  # noqa: F401  (re-exported: the stop signal's names)
+from llmasr.errors import signal_status as exit_status  # noqa: F401
+
 log = logging.getLogger("llmasr.train")
 
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
 FORWARDED_WITHIN_S = 2.0
-
-
-class Interrupted(KeyboardInterrupt):
-    """A stop signal that arrived where nothing could be saved: before training started, or after it ended."""
-
-    def __init__(self, signum: int, when: str = "before training started"):
-        super().__init__(signal.Signals(signum).name)
-        self.signum = signum
-        self.when = when
-
-
-def signal_name(signum: int) -> str:
-    return signal.Signals(signum).name
-
-
-def exit_status(signum: int) -> int:
-    """The shell's status for a process stopped by `signum` (130 for SIGINT, 143 for SIGTERM)."""
-    return 128 + int(signum)
 
 
 class Preemption:

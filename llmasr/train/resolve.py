@@ -1,11 +1,10 @@
 """Everything a run needs that does not require model weights: the frontend, the prompt builder and CTC tokenizer
-the data side uses, the data loaders, and the exact update count. Shared by `llmasr train` and `llmasr check`, so
-both see the same numbers.
+the data side uses, the data loaders and their exact batch counts, the seeds. llmasr.train.plan puts them together
+into the run plan that `llmasr train` and `llmasr check` share.
 """
 
 from __future__ import annotations
 
-import math
 import random
 from dataclasses import dataclass
 
@@ -89,13 +88,6 @@ def batches_per_epoch(sampler, epochs: int) -> list[int]:
     counts = [int(sampler.stats(e)["num_batches_per_rank"]) for e in range(epochs)]
     sampler.set_epoch(current)
     return counts
-
-
-def count_updates(per_epoch: list[int], grad_accum: int, max_updates: int | None) -> tuple[int, int]:
-    """(updates the schedules are sized by, updates the epochs hold). A partial window at an epoch end completes
-    an update, so an epoch of n batches has ceil(n / grad_accum) updates."""
-    natural = sum(math.ceil(n / grad_accum) for n in per_epoch)
-    return (max_updates if max_updates is not None else natural), natural
 
 
 def seed_everything(seed: int) -> None:

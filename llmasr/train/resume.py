@@ -23,8 +23,9 @@ from typing import Any
 
 import yaml
 
-from llmasr.config_io import ConfigError, to_dict
+from llmasr.config_io import ConfigError, from_dict, to_dict
 from llmasr.train import checkpoint as ck
+from llmasr.train.schedulers import NO_DECAY_SUFFIX
 
 log = logging.getLogger("llmasr.train")
 
@@ -117,13 +118,12 @@ def describe(changes: list[tuple[str, Any, Any]]) -> str:
     return "; ".join(f"{k}: {_show(a)} -> {_show(b)}" for k, a, b in changes)
 
 
-def saved_recipe_dict(path: Path) -> dict:
-    """The recipe a run was saved under, parsed as a recipe (defaults filled in, as the new one is)."""
-    from llmasr.recipe import load_recipe
-
+def saved_recipe_dict(path: Path, recipe_type: type) -> dict:
+    """The recipe a run was saved under, parsed as a `recipe_type` (defaults filled in, as the new one is). The
+    type comes from the caller's recipe: the training library stays below the recipe loader."""
     try:
         data = yaml.safe_load(path.read_text())
-        return _plain(load_recipe(data=data))
+        return _plain(from_dict(recipe_type, data))
     except (ConfigError, yaml.YAMLError, AttributeError, TypeError) as err:
         raise ConfigError(f"{path}: the saved recipe of the run being resumed does not load: {err}") from None
 
@@ -140,7 +140,7 @@ def check_resume_recipe(recipe, load_dir: Path) -> list[str]:
     saved_path = Path(load_dir).parent / ck.RECIPE_FILE
     if not saved_path.is_file():
         return [f"resume: no {saved_path} beside {load_dir}; the recipe cannot be compared with the run's"]
-    changes = recipe_changes(saved_recipe_dict(saved_path), _plain(recipe))
+    changes = recipe_changes(saved_recipe_dict(saved_path, type(recipe)), _plain(recipe))
     refused = [c for c in changes if key_kind(c[0]) == "refused"]
     if refused:
         lines = [f"  {k}: {_show(a)} -> {_show(b)} ({_why_refused(k)})" for k, a, b in refused]
@@ -169,8 +169,6 @@ def check_batches(meta: dict, per_epoch: list[int], where: Path) -> None:
 def schedule_changes(saved: list, new: list) -> list[str]:
     """What differs between the saved GroupSchedules and the new recipe's, one entry per group (a `_no_decay`
     twin that changes like its branch is left out)."""
-    from llmasr.train.schedulers import NO_DECAY_SUFFIX
-
     old = {s.name: s for s in saved}
     out, seen = [], {}
     for s in new:

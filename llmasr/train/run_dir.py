@@ -20,8 +20,11 @@ import socket
 import time
 from pathlib import Path
 
-from llmasr.config_io import ConfigError
+from llmasr.config_io import ConfigError, dump_yaml
 from llmasr.train import checkpoint as ck
+from llmasr.train.engine import barrier, broadcast_object
+from llmasr.train.progress import plot_lr, write_lr_csv
+from llmasr.train.resume import check_resume_recipe
 
 
 class RunDirError(ConfigError):
@@ -34,8 +37,6 @@ class RunDirError(ConfigError):
     def reported(self) -> None:
         """Every rank calls this once rank 0 has printed the message: the deepspeed launcher kills all ranks when
         the first one exits non-zero, which could otherwise be a quiet rank, before rank 0 has said why."""
-        from llmasr.train.engine import barrier
-
         barrier()
 
 
@@ -198,8 +199,6 @@ def check_fresh_run(run_dir: Path, overwrite: bool, *, source: Path | None = Non
 def check_run_start(run_dir: Path, resume: str | None, overwrite: bool, recipe=None) -> list[str]:
     """Rank 0, holding the lock: may a run (fresh, or resumed from `resume` with `recipe`) start in `run_dir`?
     Clears it when `overwrite` allows. Returns notes for the run's log."""
-    from llmasr.train.resume import check_resume_recipe
-
     if resume is None:
         return check_fresh_run(run_dir, overwrite)
     load_dir, tag = ck.resolve_resume(resume, run_dir)
@@ -220,8 +219,6 @@ def claim_run_dir(
     `overwrite`, clears) the folder, and for a resume compares `recipe` with the run's (llmasr.train.resume); its
     verdict is broadcast, so on a refusal every rank raises RunDirError (only rank 0's is meant to be printed).
     Returns the lock on rank 0, None elsewhere."""
-    from llmasr.train.engine import broadcast_object
-
     run_dir = Path(run_dir)
     lock, error, cause = None, None, None
     if rank == 0:
@@ -270,10 +267,7 @@ def write_run_files(run_dir: Path, recipe, ds_config: dict, schedules: list, sta
     """RUN_DIR/recipe.yaml, ds_config.json and lr_schedule.csv/png: rows from update `start` on from `schedules`
     (a fresh run: 0). Rank 0 only; a resumed run calls it once it has loaded, so a failed resume leaves them as
     they were."""
-    from llmasr.recipe import save_recipe
-    from llmasr.train.progress import plot_lr, write_lr_csv
-
-    save_recipe(recipe, run_dir / ck.RECIPE_FILE)
+    dump_yaml(recipe, run_dir / ck.RECIPE_FILE)
     (run_dir / ck.DS_CONFIG_FILE).write_text(json.dumps(ds_config, indent=2))
     curves = _lr_rows(run_dir / ck.LR_CSV, schedules, start, total)
     write_lr_csv(run_dir / ck.LR_CSV, curves)

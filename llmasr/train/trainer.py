@@ -1,4 +1,4 @@
-"""`llmasr train`: the training loop.
+"""The training loop behind `llmasr train` (llmasr.commands.train parses its arguments).
 
     llmasr train --config RECIPE --deepspeed ds_configs/zero2.json [--resume [TAG|PATH]] [key=value ...]
     deepspeed --num_gpus N --module llmasr train ...      torchrun --nproc_per_node N -m llmasr train ...
@@ -15,31 +15,44 @@ ranks the gradient equals that of one batch holding the whole window, whatever t
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import logging
-import math
 import os
-import sys
-from collections import Counter
 from itertools import islice
 from pathlib import Path
 
 import torch
 
 from llmasr import errors
+from llmasr.checkpoint_files import hash_share, merge_shares, verify_ranks
 from llmasr.config_io import ConfigError
 from llmasr.data.batch import Batch
-from llmasr.train.preemption import Preemption, exit_status, signal_name
-from llmasr.train.progress import StartupLog
+from llmasr.models.fingerprint import base_fingerprint, fingerprint_differences
+from llmasr.train import checkpoint as ck
+from llmasr.train import ds_config, universal
+from llmasr.train import engine as eng
+from llmasr.train.engine import TrainEngine, all_gather_object, all_reduce_sum, barrier, build_model_for_training
+from llmasr.train.param_groups import build_param_groups, describe_param_groups
+from llmasr.train.plan import plan_run
+from llmasr.train.preemption import Preemption, signal_name
+from llmasr.train.progress import Progress, StartupLog, setup_logging
+from llmasr.train.resolve import (
+    check_model_frontend,
+    check_run_settings,
+    rng_state,
+    seed_everything,
+    set_rng_state,
+)
+from llmasr.train.resume import check_batches, continue_schedules
+from llmasr.train.run_dir import claim_run_dir, write_run_files
+from llmasr.train.schedulers import build_group_schedules
+from llmasr.train.validate import validate
 
 log = logging.getLogger("llmasr.train")
 
 
 def run_window(engine, window: list[Batch], world_size: int) -> dict:
     """Forward/backward every micro batch of one window and apply the update; returns window-wide stats."""
-    from llmasr.train.engine import all_reduce_sum
-
     real = [b for b in window if not b.empty]
     n_tok, n_utt = all_reduce_sum([sum(b.labelled_tokens for b in real), sum(b.size for b in real)], engine.device)
     tok_norm = max(n_tok, 1.0) / world_size
@@ -86,17 +99,12 @@ class Run:
     """The state of one training run (built by `train`)."""
 
     def __init__(self, recipe, ds_config_path, *, resume=None, overwrite=False):
-        from llmasr.train import engine as eng
-        from llmasr.train.ds_config import resolve_ds_config
-        from llmasr.train.resolve import check_run_settings
-        from llmasr.train.run_dir import claim_run_dir
-
         self.recipe = recipe
         tc = recipe.train
         self.dist = eng.init_distributed()
         self.rank, self.world = self.dist.rank, self.dist.world_size
         self.startup_log = StartupLog.attach(self.rank)  # train.log starts with what is logged before it exists
-        self.ds = resolve_ds_config(ds_config_path, tc, world_size=self.world)
+        self.ds = ds_config.resolve_ds_config(ds_config_path, tc, world_size=self.world)  # by module: tests patch it
         eng.check_precision(tc.precision)
         check_run_settings(recipe)
         if tc.deterministic:
@@ -115,53 +123,38 @@ class Run:
             raise
 
     def _prepare(self) -> None:
-        from llmasr.train.progress import setup_logging
-        from llmasr.train.resolve import batches_per_epoch, build_loaders, count_updates, seed_everything, text_side
-
         recipe, tc = self.recipe, self.recipe.train
         self.log_handler = setup_logging(self.run_dir, self.rank)
         self.startup_log.replay(self.log_handler)
         errors.traceback_to(self.run_dir / "train.log")  # a failure's traceback, beside the log of the run
         for note in self.lock.notes if self.lock is not None else []:
             log.warning(note)
-        self.k = int(self.ds["gradient_accumulation_steps"])
         seed_everything(tc.seed)
-        self.side = text_side(recipe.model)
-        self.train_loader, self.sampler, self.valid_loader = build_loaders(
-            recipe, self.side, rank=self.rank, world_size=self.world
+        self.plan = plan_run(recipe, self.ds, rank=self.rank, world_size=self.world)  # the arithmetic, once
+        self.k, self.side, self.per_epoch, self.total = (
+            self.plan.grad_accum,
+            self.plan.side,
+            self.plan.per_epoch,
+            self.plan.total,
         )
-        self.per_epoch = batches_per_epoch(self.sampler, tc.epochs)
-        self.total, natural = count_updates(self.per_epoch, self.k, tc.max_updates)
-        if tc.max_updates is not None and tc.max_updates > natural:
-            log.warning("train.max_updates=%d but %d epochs hold only %d updates", tc.max_updates, tc.epochs, natural)
+        self.train_loader, self.sampler, self.valid_loader = self.plan.loaders
         self._log_batches()
         self._build_engine()
         if self.resume is None:
             self._write_run_files(0)
 
     def _write_run_files(self, start: int) -> None:
-        from llmasr.train.run_dir import write_run_files
-
         if self.rank == 0:
             write_run_files(self.run_dir, self.recipe, self.ds, self.engine.scheduler.schedules, start, self.total)
 
     def _log_batches(self) -> None:
-        tc = self.recipe.train
-        log.info(
-            "batches: micro %d per rank x accumulation %d x world %d = train_batch_size %d; %s batches per rank per "
-            "epoch; %d updates (ZeRO stage %d, %s, %s)",
-            self.ds["train_micro_batch_size_per_gpu"], self.k, self.world, self.ds["train_batch_size"],
-            self.per_epoch[0] if len(set(self.per_epoch)) == 1 else self.per_epoch, self.total,
-            int((self.ds.get("zero_optimization") or {}).get("stage", 0)), tc.precision,
-            f"{torch.get_num_threads()} CPU threads per rank" if self.dist.device.type == "cpu" else self.dist.device,
-        )  # fmt: skip
+        device = self.dist.device
+        where = f"{torch.get_num_threads()} CPU threads per rank" if device.type == "cpu" else device
+        stage = int((self.ds.get("zero_optimization") or {}).get("stage", 0))
+        precision = self.recipe.train.precision
+        log.info("batches: %s (ZeRO stage %d, %s, %s)", self.plan.batch_line(), stage, precision, where)
 
     def _build_engine(self) -> None:
-        from llmasr.train.engine import TrainEngine, build_model_for_training
-        from llmasr.train.param_groups import build_param_groups, describe_param_groups
-        from llmasr.train.resolve import check_model_frontend, seed_everything
-        from llmasr.train.schedulers import build_group_schedules
-
         tc, optim = self.recipe.train, self.recipe.optim
         seed_everything(tc.seed)  # identical initial weights on every rank
         model, self._hf_ds = build_model_for_training(self.recipe.model, self.ds)
@@ -175,12 +168,6 @@ class Run:
 
     # -- checkpoints ------------------------------------------------------------------------------------------------
     def save(self, epoch: int, loader_state: dict | None, metrics: dict | None) -> None:
-        from llmasr.checkpoint_files import hash_share, merge_shares
-        from llmasr.models.fingerprint import base_fingerprint
-        from llmasr.train import checkpoint as ck
-        from llmasr.train.engine import all_gather_object, barrier
-        from llmasr.train.resolve import rng_state
-
         update = self.engine.global_steps
         tag = ck.tag_for(update)
         client = {"llmasr": {"epoch": epoch, "loader": loader_state, "rng": all_gather_object(rng_state())}}
@@ -212,13 +199,6 @@ class Run:
 
     def load(self) -> tuple[int, dict | None]:
         """Resume: returns (epoch to run, loader state for a mid-epoch position or None)."""
-        from llmasr.checkpoint_files import verify_ranks
-        from llmasr.models.fingerprint import base_fingerprint, fingerprint_differences
-        from llmasr.train import checkpoint as ck
-        from llmasr.train import universal
-        from llmasr.train.engine import all_gather_object
-        from llmasr.train.resume import check_batches, continue_schedules
-
         load_dir, tag = ck.resolve_resume(self.resume, self.run_dir)
         meta = ck.read_meta(load_dir / tag)
         where = load_dir / tag
@@ -247,8 +227,6 @@ class Run:
         self.pending_rng = rngs[self.rank] if len(rngs) == self.world else None
         if self.pending_rng is not None and state.get("loader") is None:
             # Saved at an epoch end, before the next epoch's loader drew its seed: restore now.
-            from llmasr.train.resolve import set_rng_state
-
             set_rng_state(self.pending_rng)
             self.pending_rng = None
         log.info("resumed from %s at update %d, epoch %d", where, self.engine.global_steps, state.get("epoch", 0))
@@ -265,8 +243,6 @@ class Run:
 
     def _resize(self, saved_world: int, epoch: int, loader_state: dict | None, saved_ds: dict) -> None:
         """After a resume at another world size: the epoch's remainder, the run's update count and schedules."""
-        from llmasr.train import universal
-
         left = self.per_epoch[epoch] if epoch < len(self.per_epoch) else 0
         if loader_state is not None:
             self.train_loader.load_state_dict(loader_state)
@@ -281,7 +257,6 @@ class Run:
     def validate(self) -> dict | None:
         if self.valid_loader is None:
             return None
-        from llmasr.train.validate import validate
 
         metrics = validate(self.engine, self.valid_loader, self.recipe.decode)
         self.valid_update = self.engine.global_steps
@@ -290,9 +265,6 @@ class Run:
         return metrics
 
     def fit(self, stop_after_updates: int | None = None, preemption: Preemption | None = None) -> dict:
-        from llmasr.train.progress import Progress
-        from llmasr.train.resolve import set_rng_state
-
         tc = self.recipe.train
         self.pending_rng = None
         start_epoch, loader_state = (0, None)
@@ -358,8 +330,6 @@ class Run:
 
     def _stopped(self, signum: int, epoch: int, loader_state: dict | None, history: list[dict]) -> dict:
         """Every rank, after the same update: save (unless this update was just saved) and report one line."""
-        from llmasr.train import checkpoint as ck
-
         if self.last_saved != self.engine.global_steps:
             self.save(epoch, loader_state, None)
         where = self.ckpt_dir / ck.tag_for(self.last_saved)
@@ -405,51 +375,3 @@ def train(
             return run.fit(stop_after_updates, preemption)
         finally:
             run.close()
-
-
-def parse_args(argv: list[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="llmasr train", description="fine-tune a speech LLM under DeepSpeed")
-    p.add_argument("--config", required=True, help="recipe YAML")
-    p.add_argument("--deepspeed", required=True, help="DeepSpeed JSON file, or a preset: zero0 ... zero3_offload")
-    p.add_argument(
-        "--resume", nargs="?", const="latest", default=None,
-        help="resume from RUN_DIR/checkpoints/latest (no value), a tag (update_00000120) or a checkpoint folder",
-    )  # fmt: skip
-    p.add_argument(
-        "--overwrite", action="store_true",
-        help="start afresh in a train.output_dir that holds an earlier run's checkpoints (deletes them)",
-    )  # fmt: skip
-    p.add_argument("overrides", nargs="*", help="recipe overrides, e.g. train.epochs=3 optim.branches.llm.lr=2e-5")
-    args = p.parse_intermixed_args(argv)  # overrides may come before and after the options
-    if args.resume is not None and "=" in args.resume and not Path(args.resume).exists():
-        # `--resume key=value ...`: argparse took the first override as the resume value
-        wanted, ordered = Counter([*args.overrides, args.resume]), []
-        for arg in argv:  # keep the command line's order: a later override of the same key wins
-            if wanted[arg] > 0:
-                wanted[arg] -= 1
-                ordered.append(arg)
-        args.overrides = ordered
-        args.resume = "latest"
-    return args
-
-
-@errors.command("llmasr train")
-def main(argv: list[str] | None = None) -> int:
-    from llmasr.recipe import load_recipe
-    from llmasr.train.run_dir import RunDirError
-
-    args = parse_args(list(sys.argv[1:] if argv is None else argv))
-    recipe = load_recipe(args.config, args.overrides)
-    try:
-        result = train(recipe, args.deepspeed, resume=args.resume, overwrite=args.overwrite)
-    except RunDirError as err:  # rank 0 refused the run folder for every rank
-        errors.report("llmasr train", err)
-        err.reported()  # no rank exits (and makes the launcher kill the rest) before rank 0 has said why
-        return 2
-    if result.get("signal"):
-        return exit_status(result["signal"])  # stopped with a checkpoint: the job did not finish
-    metrics = result.get("metrics") or {}
-    last = result["history"][-1] if result["history"] else {}
-    summary = {k: v for k, v in metrics.items() if isinstance(v, float) and not math.isnan(v)}
-    log.info("done: %d updates, last loss %s, validation %s", last.get("update", 0), last.get("loss"), summary)
-    return 0

@@ -3,8 +3,9 @@ import pytest
 import yaml
 from speech_fakes import good_corpus, write_manifest, write_wav
 
+from llmasr.commands.data_check import main
 from llmasr.config_io import from_dict
-from llmasr.data.check import check_data, format_report, histogram, main
+from llmasr.data.check import check_data, format_report, histogram
 from llmasr.data.config import DataConfig
 from llmasr.data.frontend import FrontendConfig
 

@@ -81,7 +81,7 @@ def test_cmvn_bad_files_counted(tmp_path, caplog):
 
 
 def test_cmvn_short_clip_is_a_bad_line(tmp_path, caplog, capsys):
-    from llmasr.data.cmvn import main
+    from llmasr.commands.data_cmvn import main
 
     path, waves = make_corpus(tmp_path, n=6, bad=("short",))
     assert main([str(path), "--out", str(tmp_path / "x.mvn")]) == 2  # 1 of 7 > the default 5%

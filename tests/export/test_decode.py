@@ -7,7 +7,8 @@ import json
 import pytest
 import torch
 
-from llmasr.export.decode import DecodeOptions, decode_manifest, main, make_loader
+from llmasr.commands.decode import main
+from llmasr.export.decode import DecodeError, DecodeOptions, decode_manifest, decode_options, make_loader
 from llmasr.export.export import export_model
 from llmasr.export.exported import load_exported
 from llmasr.testing.run_dirs import write_corpus, write_wav
@@ -291,3 +292,14 @@ def test_ctc_on_a_model_without_a_ctc_head_is_a_clear_error(base_dirs, corpus, t
     assert not (tmp_path / "o").exists()
     with pytest.raises(DecodeError, match="no CTC head"):
         decode_manifest(load_exported(exported), corpus, tmp_path / "o2", DecodeOptions(num_workers=0, ctc=True))
+
+
+def test_decode_options_given_then_model_defaults_then_own():
+    opts = decode_options({"num_beams": 3, "metric": "cer", "tokens_per_second": 5}, 0.2, num_beams=2, ctc=True)
+    assert (opts.num_beams, opts.metric, opts.tokens_per_second, opts.ctc) == (2, "cer", 5.0, True)
+    assert (opts.batch_seconds, opts.max_new_tokens, opts.max_bad_fraction) == (120.0, None, 0.2)
+    assert decode_options({}, 0.2, max_bad_fraction=0.5, max_new_tokens=7).max_bad_fraction == 0.5
+    with pytest.raises(DecodeError, match="beam size must be >= 1, got 0"):
+        decode_options({"num_beams": 0}, 0.01)
+    with pytest.raises(TypeError, match="beam"):
+        decode_options({}, 0.01, beam=2)

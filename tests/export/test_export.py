@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from llmasr.checkpoint_files import hash_share
+from llmasr.commands.export import main
 from llmasr.export.checkpoint_reader import CheckpointError
-from llmasr.export.export import export_model, load_checkpoint_model, main
+from llmasr.export.export import export_model, load_checkpoint_model
 from llmasr.export.exported import load_exported
 from llmasr.testing.run_dirs import TARGETS, make_run, model_section
 from llmasr.testing.tiny_recipe import random_batch, speech_logits

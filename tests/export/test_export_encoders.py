@@ -8,10 +8,10 @@ import json
 import pytest
 import torch
 
+from llmasr.commands.decode import main as decode_main
+from llmasr.commands.export import main as export_main
 from llmasr.export.checkpoint_reader import CheckpointError
-from llmasr.export.decode import main as decode_main
 from llmasr.export.export import export_model, load_checkpoint_model
-from llmasr.export.export import main as export_main
 from llmasr.export.exported import load_exported, read_description
 from llmasr.testing.run_dirs import TARGETS, make_run, model_section, perturb_trainable, write_corpus
 from llmasr.testing.tiny_recipe import random_batch, speech_logits

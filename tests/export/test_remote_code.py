@@ -11,7 +11,7 @@ import pytest
 import transformers.dynamic_module_utils
 import yaml
 
-from llmasr.export import decode, export
+from llmasr.commands import decode, export
 from llmasr.export.exported import ExportedModelError, load_exported
 from llmasr.testing.run_dirs import make_run, model_section, write_corpus
 

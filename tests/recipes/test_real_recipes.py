@@ -87,7 +87,7 @@ def test_recipe_builds_on_tiny_stand_ins(name, stand_ins):
 @pytest.mark.parametrize("name", REAL)
 def test_llmasr_check_resolves_recipe_with_its_preset(name, stand_ins, capsys):
     """The recipe's own launch line (preset, world size) resolves end to end with `llmasr check`."""
-    from llmasr.train.check import main
+    from llmasr.commands.check import main
 
     header = (RECIPES / name).read_text().split("\nmodel:")[0]
     preset = re.search(r"--deepspeed (ds_configs/\S+\.json)", header).group(1)

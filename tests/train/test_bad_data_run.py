@@ -7,11 +7,12 @@ import json
 import pytest
 import yaml
 
+from llmasr.commands.train import main
 from llmasr.data.dataset import TooMuchBadData
 from llmasr.recipe import load_recipe
 from llmasr.testing.run_dirs import write_wav
 from llmasr.testing.tiny_corpus import tiny_recipe_dict, write_tiny_corpus
-from llmasr.train.trainer import main, train
+from llmasr.train.trainer import train
 
 
 def corpus_with(tmp_path, extra: list[dict]) -> str:

@@ -9,8 +9,8 @@ import pytest
 import yaml
 
 import llmasr
+from llmasr.commands.check import main
 from llmasr.testing.tiny_corpus import tiny_recipe_dict, write_tiny_corpus
-from llmasr.train.check import main
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,6 @@
-"""The update count the schedules are sized by, with weighted manifest mixing: read from the sampler's exact
-per-epoch plans, equal to the batches the loader yields and to the updates a real training run makes."""
+"""The update count the schedules are sized by (the run plan), with weighted manifest mixing: read from the
+sampler's exact per-epoch plans, equal to the batches the loader yields and to the updates a real training run
+makes."""
 
 import math
 from collections import Counter
@@ -8,7 +9,9 @@ import pytest
 
 from llmasr.recipe import load_recipe
 from llmasr.testing.tiny_corpus import tiny_recipe_dict, write_tiny_corpus
-from llmasr.train.resolve import batches_per_epoch, build_loaders, count_updates, text_side
+from llmasr.train.ds_config import resolve_ds_config
+from llmasr.train.plan import plan_run
+from llmasr.train.resolve import batches_per_epoch, build_loaders, text_side
 from llmasr.train.trainer import train
 
 
@@ -49,12 +52,16 @@ def test_weighted_mixing_sizes_each_epoch_by_the_batches_it_yields(tiny_llm_dir,
     assert min(got) > max(batches_per_epoch(plain, epochs))
 
 
-def test_a_mixed_run_makes_the_updates_its_schedule_was_sized_for(tiny_llm_dir, two_corpora, tmp_path):
+def test_a_mixed_run_makes_the_updates_its_plan_counted(tiny_llm_dir, two_corpora, tmp_path):
     r = mixed_recipe(tiny_llm_dir, two_corpora, tmp_path / "run", [1.0, 0.5], epochs=2, grad_accum=3)
+    plan = plan_run(r, resolve_ds_config("zero0", r.train, world_size=1), rank=0, world_size=1)
     per_epoch = batches_per_epoch(sampler_for(r), 2)
-    total, natural = count_updates(per_epoch, 3, None)
-    assert total == natural == sum(math.ceil(n / 3) for n in per_epoch)
+    assert plan.per_epoch == per_epoch and plan.grad_accum == 3
+    assert plan.total == plan.natural == sum(math.ceil(n / 3) for n in per_epoch)
     history = train(r, "zero0")["history"]
     by_epoch = Counter(h["epoch"] for h in history)
-    assert [by_epoch[e] for e in range(2)] == [math.ceil(n / 3) for n in per_epoch]
-    assert history[-1]["update"] == total
+    assert [by_epoch[e] for e in range(2)] == plan.updates_per_epoch
+    assert history[-1]["update"] == plan.total
+    capped = plan_run(mixed_recipe(tiny_llm_dir, two_corpora, tmp_path / "r2", [1.0, 0.5], max_updates=2),
+                      resolve_ds_config("zero0", r.train, world_size=1), rank=0, world_size=1)  # fmt: skip
+    assert capped.total == 2 and "(train.max_updates)" in capped.update_line()

@@ -11,11 +11,12 @@ import yaml
 
 import llmasr.checkpoint_files
 from llmasr.checkpoint_files import hash_share
+from llmasr.commands.train import main
 from llmasr.recipe import load_recipe
 from llmasr.safe_load import CheckpointError
 from llmasr.testing.tiny_corpus import tiny_recipe_dict, write_tiny_corpus
 from llmasr.train import checkpoint as ck
-from llmasr.train.trainer import main, train
+from llmasr.train.trainer import train
 
 
 @pytest.fixture(scope="module")

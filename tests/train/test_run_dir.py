@@ -9,12 +9,13 @@ import sys
 import pytest
 import yaml
 
+from llmasr.commands.train import main
 from llmasr.config_io import ConfigError
 from llmasr.recipe import load_recipe, save_recipe
 from llmasr.testing.tiny_corpus import tiny_recipe_dict, write_tiny_corpus
 from llmasr.train import checkpoint as ck
 from llmasr.train import run_dir as rd
-from llmasr.train.trainer import main, train
+from llmasr.train.trainer import train
 
 
 @pytest.fixture(scope="module")

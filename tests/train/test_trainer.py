@@ -10,12 +10,13 @@ import torch
 import yaml
 
 import llmasr
+from llmasr.commands.train import main
 from llmasr.config_io import ConfigError
 from llmasr.recipe import load_recipe
 from llmasr.testing.tiny_corpus import tiny_recipe_dict, write_tiny_corpus
 from llmasr.train import checkpoint as ck
 from llmasr.train.progress import parse_log_line
-from llmasr.train.trainer import main, train
+from llmasr.train.trainer import train
 
 
 @pytest.fixture(scope="module")
@@ -176,7 +177,7 @@ def test_cli(tiny_llm_dir, corpus, tmp_path, capsys):
 
 
 def test_overrides_may_come_before_and_after_resume_in_command_line_order():
-    from llmasr.train.trainer import parse_args
+    from llmasr.commands.train import parse_args
 
     base = ["--config", "r.yaml", "--deepspeed", "zero0"]
     args = parse_args([*base, "train.epochs=2", "--resume", "/some/ckpt", "train.epochs=3"])

@@ -1,0 +1,86 @@
+"""`llmasr data check [MANIFEST...] [--recipe R [--valid]] [batching options]`: validate manifests, preview batches."""
+
+from __future__ import annotations
+
+import argparse
+
+from llmasr.config_io import from_dict, to_dict
+from llmasr.data.check import check_data, format_report
+from llmasr.data.config import DataConfig
+from llmasr.data.frontend import FrontendConfig
+from llmasr.errors import command
+from llmasr.models.builder import encoder_frontend
+from llmasr.recipe import load_recipe
+
+# command-line option -> data.batching key
+BATCHING_OPTIONS = (
+    "max_seconds", "max_frames", "max_target_tokens", "num_buckets", "min_duration", "max_duration", "max_target_len"
+)  # fmt: skip
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="llmasr data check", description=__doc__.split(":", 1)[1].strip())
+    p.add_argument("manifests", nargs="*", help="manifest files (default: the recipe's data.train)")
+    p.add_argument("--recipe", help="recipe YAML: its data: section gives batching, filters and max_bad_fraction")
+    p.add_argument("--valid", action="store_true", help="with --recipe and no manifests: check data.valid")
+    p.add_argument("--world-size", type=int, default=1)
+    p.add_argument("--max-seconds", type=float)
+    p.add_argument("--max-frames", type=int)
+    p.add_argument("--max-target-tokens", type=int)
+    p.add_argument("--num-buckets", type=int)
+    p.add_argument("--min-duration", type=float)
+    p.add_argument("--max-duration", type=float)
+    p.add_argument("--max-target-len", type=int)
+    p.add_argument("--max-bad-fraction", type=float)
+    p.add_argument("--frame-shift-ms", type=float, help="feature frame shift (for --max-frames); default 10")
+    p.add_argument("--lfr-n", type=int, help="low-frame-rate stride (for --max-frames); default 1")
+    p.add_argument("--no-probe", action="store_true", help="parse lines only; do not open the audio files")
+    p.add_argument("--threads", type=int, default=8, help="parallel header probes")
+    p.add_argument("--show", type=int, default=50, help="bad lines to list")
+    return p
+
+
+def configs(args: argparse.Namespace) -> tuple[DataConfig, FrontendConfig]:
+    """The data section and the encoder's frontend: the recipe's (when given), the command line's options on top."""
+    data_dict: dict = {}
+    front_dict: dict = {}
+    if args.recipe:
+        recipe = load_recipe(args.recipe)  # typed, with manifest paths resolved against the recipe
+        data_dict = to_dict(recipe.data)
+        # The encoder's own frontend (a FunASR directory's LFR/CMVN, Whisper's mel), no weights loaded.
+        front_dict = to_dict(encoder_frontend(recipe.model.encoder))
+    batching = dict(data_dict.get("batching") or {})
+    for key in BATCHING_OPTIONS:
+        value = getattr(args, key)
+        if value is not None:
+            batching[key] = value
+            if key == "max_frames":
+                batching["max_seconds"] = None
+            if key == "max_seconds":
+                batching["max_frames"] = None
+    data_dict["batching"] = batching
+    if args.max_bad_fraction is not None:
+        data_dict["max_bad_fraction"] = args.max_bad_fraction
+    if args.frame_shift_ms is not None:
+        front_dict["frame_shift_ms"] = args.frame_shift_ms
+    if args.lfr_n is not None:
+        front_dict["lfr_n"] = args.lfr_n
+    front_dict.pop("cmvn_file", None)  # not needed to count frames
+    return from_dict(DataConfig, data_dict, "data"), from_dict(FrontendConfig, front_dict, "model.encoder.frontend")
+
+
+@command("llmasr data check")
+def main(argv: list[str] | None = None) -> int:
+    p = build_parser()
+    args = p.parse_args(argv)
+    data_cfg, frontend = configs(args)
+    manifests = list(args.manifests) or [
+        s.path for s in (data_cfg.valid_manifests if args.valid else data_cfg.train_manifests)
+    ]
+    if not manifests:
+        p.error("no manifests: name them, or give --recipe with data.train")
+    report = check_data(
+        manifests, data_cfg, frontend, world_size=args.world_size, probe=not args.no_probe, threads=args.threads
+    )
+    print(format_report(report, max_examples=args.show))
+    return 0 if report.ok else 1

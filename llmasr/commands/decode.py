@@ -1,0 +1,95 @@
+"""`llmasr decode --model DIR | --checkpoint RUN_DIR --data M.jsonl --output DIR [...]` (llmasr.export.decode
+documents the outputs)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+import torch
+
+from llmasr.export.checkpoint_reader import CheckpointError
+from llmasr.export.decode import DecodeError, decode_manifest, decode_options, load_decode_model, out_dirs
+from llmasr.export.exported import ExportedModelError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="llmasr decode", description="Decode manifests and score them (WER/CER).")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--model", help="an exported model directory (llmasr export)")
+    src.add_argument("--checkpoint", help="RUN_DIR[/checkpoints/TAG]: decode a training checkpoint directly")
+    p.add_argument("--tag", help="checkpoint tag (with --checkpoint RUN_DIR)")
+    p.add_argument("--data", action="append", required=True, help="manifest (FunASR jsonl or lhotse cuts); repeatable")
+    p.add_argument("--output", required=True, help="output directory for hyp/ref/results/wer files")
+    p.add_argument("--beam", type=int, default=None, help="beam size (1: greedy)")
+    p.add_argument("--batch-seconds", type=float, default=None, help="audio seconds per batch (padded)")
+    p.add_argument("--max-new-tokens", type=int, default=None, help="cap on generated tokens per utterance")
+    p.add_argument("--tokens-per-second", type=float, default=None, help="length cap per audio second (default 8)")
+    p.add_argument("--repetition-penalty", type=float, default=None)
+    p.add_argument("--no-repeat-ngram", type=int, default=None, help="no_repeat_ngram_size for generate")
+    p.add_argument("--metric", choices=("auto", "wer", "cer"), default=None)
+    p.add_argument("--max-bad-fraction", type=float, default=None, help="fail when more lines than this are bad")
+    p.add_argument("--num-workers", type=int, default=2, help="data loader workers")
+    p.add_argument("--ctc", action="store_true", help="also write the CTC branch's greedy transcripts to OUTPUT/ctc/")
+    p.add_argument("--dtype", choices=("bf16", "fp16", "fp32"), help="LLM dtype (--model; default: as exported)")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
+    p.add_argument(
+        "--trust-remote-code", action="store_true",
+        help="allow a model that needs its LLM directory's own Python files (trust_remote_code) to run them",
+    )  # fmt: skip
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    try:
+        model, defaults, max_bad = load_decode_model(
+            args.model, args.checkpoint, tag=args.tag, dtype=args.dtype, trust_remote_code=args.trust_remote_code
+        )
+    except (CheckpointError, ExportedModelError, FileNotFoundError) as err:
+        print(f"llmasr decode: error: {err}", file=sys.stderr)
+        return 1
+    if args.ctc and model.ctc_head is None:
+        where = f"model directory {args.model}" if args.model else f"checkpoint {args.checkpoint}"
+        print(
+            f"llmasr decode: error: --ctc: the {where} has no CTC head (trained with model.ctc.weight 0); "
+            "decode it without --ctc",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        opts = decode_options(
+            defaults, max_bad, num_beams=args.beam, batch_seconds=args.batch_seconds,
+            max_new_tokens=args.max_new_tokens, tokens_per_second=args.tokens_per_second,
+            repetition_penalty=args.repetition_penalty, no_repeat_ngram_size=args.no_repeat_ngram,
+            metric=args.metric, max_bad_fraction=args.max_bad_fraction, num_workers=args.num_workers, ctc=args.ctc,
+        )  # fmt: skip
+    except DecodeError as err:
+        print(f"llmasr decode: error: --beam: {err}", file=sys.stderr)
+        return 2
+    model.to(device)
+    return _decode_all(model, args.data, Path(args.output), opts, device)
+
+
+def _decode_all(model, manifests: list[str], output: Path, opts, device) -> int:
+    failed, summaries = [], []
+    for data, out_dir in zip(manifests, out_dirs(manifests, output)):
+        try:
+            summary = decode_manifest(model, data, out_dir, opts, device=device)
+        except (FileNotFoundError, ValueError) as err:
+            print(f"llmasr decode: error: {data}: {err}", file=sys.stderr)
+            failed.append(data)
+            continue
+        texts = [summary["text"]] + ([summary["ctc"]["text"]] if opts.ctc else [])
+        print("\n".join(texts))
+        summaries += texts
+        if summary["too_much_bad_data"]:
+            print(f"llmasr decode: error: {summary['too_much_bad_data']}", file=sys.stderr)
+            failed.append(data)
+    if len(manifests) > 1:
+        (output / "wer.txt").write_text("\n".join(summaries) + "\n")
+    return 1 if failed else 0

@@ -1,0 +1,99 @@
+"""`llmasr demo [--workdir exp/demo] [--quick] [--voices V...] [--test-voices V...] [--ranks N] [key=value ...]`
+(llmasr.demo.run documents the stages)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+from llmasr.config_io import ConfigError
+from llmasr.demo.run import (
+    DS_CONFIG,
+    RECIPE,
+    State,
+    say,
+    stage_corpus,
+    stage_decode,
+    stage_export,
+    stage_llm,
+    stage_train,
+)
+from llmasr.demo.synth import SynthError
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="llmasr demo",
+        description="Synthesize speech with espeak-ng, train a small speech LLM under DeepSpeed, export and decode.",
+    )
+    p.add_argument("--workdir", default="exp/demo", help="where everything goes (default exp/demo)")
+    p.add_argument("--quick", action="store_true", help="tiny corpus and a short run (a smoke test, 1-3 minutes)")
+    p.add_argument("--voices", type=_voice_list, help="training voices, comma-separated (espeak-ng accent+variant)")
+    p.add_argument("--test-voices", type=_voice_list, help="held-out test voices, comma-separated")
+    p.add_argument("--ranks", type=int, default=2, help="DeepSpeed ranks (CPU processes, or GPUs when present)")
+    p.add_argument("--workers", type=int, default=2, help="processes synthesizing speech")
+    p.add_argument("overrides", nargs="*", help="recipe overrides for training, e.g. train.epochs=4")
+    args = p.parse_args(argv)
+    if args.ranks < 1:
+        p.error("--ranks must be >= 1")
+    bad = [o for o in args.overrides if "=" not in o]
+    if bad:
+        p.error(f"overrides must look like key.path=value, got {bad}")
+    return args
+
+
+def _voice_list(text: str) -> list[str]:
+    voices = [v.strip() for v in text.replace(" ", ",").split(",") if v.strip()]
+    if not voices:
+        raise argparse.ArgumentTypeError("give at least one voice, e.g. en-us+m3,en-gb+f2")
+    return voices
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(list(sys.argv[1:] if argv is None else argv))
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    workdir = Path(args.workdir).resolve()
+    workdir.mkdir(parents=True, exist_ok=True)
+    for path, what in ((RECIPE, "recipe"), (DS_CONFIG, "DeepSpeed config")):
+        if not path.is_file():
+            print(f"llmasr demo: error: the demo {what} {path} is missing (run from a checkout)", file=sys.stderr)
+            return 2
+    state = State(workdir)
+    t0 = time.time()
+    try:
+        corpus = stage_corpus(args, workdir, state)
+        llm_dir = stage_llm(args, workdir, state, corpus)
+        run_dir = stage_train(args, workdir, state, corpus, llm_dir)
+        model_dir = stage_export(workdir, state, run_dir)
+        scores = stage_decode(workdir, state, model_dir, corpus)
+    except (SynthError, ConfigError, RuntimeError) as err:
+        print(f"llmasr demo: error: {err}", file=sys.stderr)
+        return 1
+    total = time.time() - t0
+    summary = {
+        "workdir": str(workdir),
+        "wall_seconds": round(total, 1),
+        "stage_seconds": {k: v["seconds"] for k, v in state.data.items() if k != "train_started"},
+        "test_wer": scores["test"]["wer"],
+        "test_chance_wer": scores["test"]["chance"],
+        "test_ctc_wer": scores["test"]["ctc"],
+        "dev_wer": scores["dev"]["wer"],
+        "corpus": state.data["corpus"].get("counts"),
+    }
+    (workdir / "summary.json").write_text(json.dumps(summary, indent=2))
+    say("done")
+    print(f"  held-out-voice test WER  {scores['test']['wer']:.2%}  (chance level {scores['test']['chance']:.2%})")
+    print(f"  training-voice dev WER   {scores['dev']['wer']:.2%}")
+    print(f"  encoder CTC branch alone {scores['test']['ctc']:.2%} test, {scores['dev']['ctc']:.2%} dev (greedy)")
+    print("  stage seconds            " + ", ".join(f"{k} {v:.0f}" for k, v in summary["stage_seconds"].items()))
+    print(f"  wall time                {total:.0f} s (stages reused from earlier runs count 0)")
+    print(f"  run directory            {run_dir}")
+    print(f"  TensorBoard logs         {run_dir / 'tensorboard'}   (tensorboard --logdir {run_dir / 'tensorboard'})")
+    print(f"  learning-rate schedule   {run_dir / 'lr_schedule.png'} ({run_dir / 'lr_schedule.csv'})")
+    print(f"  exported model           {model_dir}")
+    print(f"  decoding results         {scores['test']['dir']}/results.jsonl, wer.txt")
+    return 0

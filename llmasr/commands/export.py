@@ -1,0 +1,63 @@
+"""`llmasr export --checkpoint RUN_DIR[/checkpoints/TAG] --output DIR [...]` (llmasr.export.export documents it)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from llmasr.export.checkpoint_reader import CheckpointError
+from llmasr.export.export import ExportError, export_model
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="llmasr export",
+        description="Merge LoRA into the base model and write a directory that decodes with nothing else.",
+    )
+    p.add_argument(
+        "--checkpoint",
+        required=True,
+        help="RUN_DIR (newest checkpoint: RUN_DIR/checkpoints/latest), RUN_DIR/checkpoints/TAG or RUN_DIR/TAG",
+    )
+    p.add_argument("--tag", help="checkpoint tag under RUN_DIR/checkpoints (instead of a path)")
+    p.add_argument("--output", required=True, help="output directory (must not exist or be empty)")
+    p.add_argument("--dtype", choices=("bf16", "fp16", "fp32"), help="LLM weight dtype (default: the recipe's)")
+    p.add_argument("--average", type=int, default=1, metavar="N", help="average the trained tensors of N checkpoints")
+    p.add_argument(
+        "--average-by",
+        choices=("last", "best"),
+        default=None,
+        help="last: the N newest up to the chosen one (default); best: the N best of checkpoints/best.json",
+    )
+    p.add_argument("--adapter-only", action="store_true", help="write a peft adapter instead of merged weights")
+    p.add_argument("--max-shard-size", default="5GB", help="LLM safetensors shard size (save_pretrained)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
+    p.add_argument(
+        "--trust-remote-code", action="store_true",
+        help="allow a run whose recipe sets model.llm.trust_remote_code to run its LLM directory's Python files",
+    )  # fmt: skip
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        out = export_model(
+            args.checkpoint,
+            args.output,
+            tag=args.tag,
+            dtype=args.dtype,
+            average=args.average,
+            average_by=args.average_by,
+            adapter_only=args.adapter_only,
+            max_shard_size=args.max_shard_size,
+            overwrite=args.overwrite,
+            trust_remote_code=args.trust_remote_code,
+        )
+    except (CheckpointError, ExportError) as err:
+        print(f"llmasr export: error: {err}", file=sys.stderr)
+        return 1
+    print(f"exported to {out}")
+    return 0

@@ -1,0 +1,63 @@
+"""`llmasr train --config RECIPE --deepspeed DS [--resume [TAG|PATH]] [--overwrite] [key=value ...]`."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import sys
+from collections import Counter
+from pathlib import Path
+
+from llmasr import errors
+from llmasr.recipe import load_recipe
+from llmasr.train.preemption import exit_status
+from llmasr.train.run_dir import RunDirError
+from llmasr.train.trainer import train
+
+log = logging.getLogger("llmasr.train")
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="llmasr train", description="fine-tune a speech LLM under DeepSpeed")
+    p.add_argument("--config", required=True, help="recipe YAML")
+    p.add_argument("--deepspeed", required=True, help="DeepSpeed JSON file, or a preset: zero0 ... zero3_offload")
+    p.add_argument(
+        "--resume", nargs="?", const="latest", default=None,
+        help="resume from RUN_DIR/checkpoints/latest (no value), a tag (update_00000120) or a checkpoint folder",
+    )  # fmt: skip
+    p.add_argument(
+        "--overwrite", action="store_true",
+        help="start afresh in a train.output_dir that holds an earlier run's checkpoints (deletes them)",
+    )  # fmt: skip
+    p.add_argument("overrides", nargs="*", help="recipe overrides, e.g. train.epochs=3 optim.branches.llm.lr=2e-5")
+    args = p.parse_intermixed_args(argv)  # overrides may come before and after the options
+    if args.resume is not None and "=" in args.resume and not Path(args.resume).exists():
+        # `--resume key=value ...`: argparse took the first override as the resume value
+        wanted, ordered = Counter([*args.overrides, args.resume]), []
+        for arg in argv:  # keep the command line's order: a later override of the same key wins
+            if wanted[arg] > 0:
+                wanted[arg] -= 1
+                ordered.append(arg)
+        args.overrides = ordered
+        args.resume = "latest"
+    return args
+
+
+@errors.command("llmasr train")
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(list(sys.argv[1:] if argv is None else argv))
+    recipe = load_recipe(args.config, args.overrides)
+    try:
+        result = train(recipe, args.deepspeed, resume=args.resume, overwrite=args.overwrite)
+    except RunDirError as err:  # rank 0 refused the run folder for every rank
+        errors.report("llmasr train", err)
+        err.reported()  # no rank exits (and makes the launcher kill the rest) before rank 0 has said why
+        return 2
+    if result.get("signal"):
+        return exit_status(result["signal"])  # stopped with a checkpoint: the job did not finish
+    metrics = result.get("metrics") or {}
+    last = result["history"][-1] if result["history"] else {}
+    summary = {k: v for k, v in metrics.items() if isinstance(v, float) and not math.isnan(v)}
+    log.info("done: %d updates, last loss %s, validation %s", last.get("update", 0), last.get("loss"), summary)
+    return 0

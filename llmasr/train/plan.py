@@ -1,0 +1,74 @@
+"""The run plan: a run's arithmetic, computed once and shared by `llmasr train` (which logs it) and `llmasr check`
+(which prints it), so both always agree.
+
+    plan = plan_run(recipe, ds, rank=0, world_size=8)
+    plan.per_epoch      batches per rank in each epoch (the real sampler over the real manifests)
+    plan.grad_accum     micro batches per update (the resolved DeepSpeed config)
+    plan.total          updates the schedules are sized by (train.max_updates, else what the epochs hold)
+
+A partial accumulation window at an epoch end completes an update, so an epoch of n batches has ceil(n / k) of them.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+
+from llmasr.train.resolve import TextSide, batches_per_epoch, build_loaders, text_side
+
+log = logging.getLogger("llmasr.train")
+
+
+@dataclass
+class RunPlan:
+    ds: dict  # the resolved DeepSpeed config ("auto" filled in)
+    world_size: int
+    epochs: int
+    max_updates: int | None
+    side: TextSide
+    per_epoch: list[int]
+    loaders: tuple = field(repr=False)  # (train loader, train sampler, valid loader or None)
+
+    @property
+    def grad_accum(self) -> int:
+        return int(self.ds["gradient_accumulation_steps"])
+
+    @property
+    def updates_per_epoch(self) -> list[int]:
+        return [math.ceil(n / self.grad_accum) for n in self.per_epoch]
+
+    @property
+    def natural(self) -> int:
+        """Updates the epochs hold."""
+        return sum(self.updates_per_epoch)
+
+    @property
+    def total(self) -> int:
+        """Updates the schedules are sized by."""
+        return self.max_updates if self.max_updates is not None else self.natural
+
+    def batch_line(self) -> str:
+        ds, k = self.ds, self.grad_accum
+        per = self.per_epoch[0] if len(set(self.per_epoch)) == 1 else self.per_epoch
+        return (
+            f"micro {ds['train_micro_batch_size_per_gpu']} per rank x accumulation {k} x world {self.world_size} = "
+            f"train_batch_size {ds['train_batch_size']}; {per} batches per rank per epoch; {self.total} updates"
+        )
+
+    def update_line(self) -> str:
+        ups = self.updates_per_epoch
+        per = ups[0] if len(set(ups)) == 1 else ups
+        sized = " (train.max_updates)" if self.max_updates is not None else ""
+        return f"per epoch: {per} x {self.epochs} epochs = {self.natural}; schedules sized by {self.total}{sized}"
+
+
+def plan_run(recipe, ds: dict, *, rank: int, world_size: int) -> RunPlan:
+    """Build the data side of `recipe` for `rank` and count what the run will do."""
+    tc = recipe.train
+    side = text_side(recipe.model)
+    loaders = build_loaders(recipe, side, rank=rank, world_size=world_size)
+    plan = RunPlan(ds, world_size, tc.epochs, tc.max_updates, side, batches_per_epoch(loaders[1], tc.epochs), loaders)
+    if tc.max_updates is not None and tc.max_updates > plan.natural:
+        log.warning("train.max_updates=%d but %d epochs hold only %d updates", tc.max_updates, tc.epochs, plan.natural)
+    return plan
