@@ -21,26 +21,8 @@ from llmasr.config_io import (
 )
 from llmasr.data.config import DataConfig
 from llmasr.models.config import ModelConfig
+from llmasr.models.decoding import DecodeConfig
 from llmasr.train.config import OptimConfig, TrainConfig
-
-
-@dataclass
-class DecodeConfig:
-    num_beams: int = 1
-    max_new_tokens: int | None = None  # None: tied to audio duration (tokens_per_second * seconds + 8)
-    tokens_per_second: float = 8.0
-    repetition_penalty: float = 1.0
-    no_repeat_ngram_size: int = 0
-    batch_seconds: float = 120.0  # audio seconds per decoding batch
-    # Text normaliser before scoring: lowercase, strip punctuation; CER instead of WER for languages written
-    # without spaces (auto: decided per utterance by the script of the reference).
-    metric: str = "auto"  # auto | wer | cer
-
-    def validate(self, path: str) -> None:
-        if self.num_beams < 1:
-            raise ConfigError(f"{path}.num_beams: must be >= 1, got {self.num_beams}")
-        if self.metric not in ("auto", "wer", "cer"):
-            raise ConfigError(f"{path}.metric: one of auto, wer, cer; got {self.metric!r}")
 
 
 @dataclass

@@ -8,6 +8,7 @@ the data side.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -18,6 +19,7 @@ from llmasr.data.batch import Batch
 from llmasr.data.frontend import FrontendConfig
 from llmasr.models.ctc import ctc_greedy, ctc_loss
 from llmasr.models.ctc_compress import ctc_compress
+from llmasr.models.decoding import DecodeConfig, Transcripts
 from llmasr.models.insert_audio import merge_audio_into_text
 from llmasr.models.llm import causal_lm_parts
 from llmasr.models.losses import labels_only_cross_entropy
@@ -34,10 +36,6 @@ class SpeechLLMOutput:
     n_correct: torch.Tensor
     ctc_loss_sum: torch.Tensor  # 0 when the CTC head is off
     n_utts: int
-    # The CTC head's log-probs [B, T, V] (detached) and their lengths, for scoring its best path: in eval mode only
-    # (a training step would keep them alive into the next forward), None without a head.
-    ctc_log_probs: torch.Tensor | None = None
-    ctc_lens: torch.Tensor | None = None
 
 
 class SpeechLLM(nn.Module):
@@ -172,16 +170,7 @@ class SpeechLLM(nn.Module):
             )
             n_utt = max(n_utts, 1) if utt_normalizer is None else utt_normalizer
             loss = loss + self.ctc_weight * ctc_sum / n_utt
-        keep_ctc = log_probs is not None and not self.training
-        return SpeechLLMOutput(
-            loss,
-            token.loss_sum.detach(),
-            token.n_tokens,
-            token.n_correct,
-            ctc_sum.detach(),
-            n_utts,
-            **({"ctc_log_probs": log_probs.detach(), "ctc_lens": enc_lens} if keep_ctc else {}),
-        )
+        return SpeechLLMOutput(loss, token.loss_sum.detach(), token.n_tokens, token.n_correct, ctc_sum.detach(), n_utts)
 
     def ctc_texts(self, log_probs: torch.Tensor, lens: torch.Tensor) -> list[str]:
         """The CTC head's greedy best-path transcripts from its log-probs [B, T, V] and lengths [B]."""
@@ -190,39 +179,47 @@ class SpeechLLM(nn.Module):
 
     # -- inference ----------------------------------------------------------------------------------------------
     @torch.no_grad()
-    def generate(
-        self,
-        batch: Batch,
-        *,
-        max_new_tokens: int | None = None,
-        tokens_per_second: float = 8.0,
-        num_beams: int = 1,
-        repetition_penalty: float = 1.0,
-        no_repeat_ngram_size: int = 0,
-        **generate_kwargs,
-    ) -> list[str]:
-        """Greedy (num_beams=1) or beam-search transcripts for a batch; the prompt ends at `target_start`.
+    def transcribe(self, batch: Batch, cfg: DecodeConfig | None = None, **generate_kwargs) -> Transcripts:
+        """The LLM's transcripts of a batch under `cfg` (greedy or beam search; the prompt ends at `target_start`)
+        and, with a CTC head, the head's greedy best path over the same encoder pass.
 
-        The length cap defaults to `tokens_per_second` times each utterance's own duration plus 8, so a model that
-        loops stops at a length tied to its audio rather than at a global maximum.
+        With `cfg.max_new_tokens` unset, each utterance's cap is `cfg.tokens_per_second` times its own duration plus
+        8, so a model that loops stops at a length tied to its audio rather than at a global maximum.
+        `generate_kwargs` go to the LLM's generate (e.g. synced_gpus=True under ZeRO-3).
         """
-        _, _, merged = self.embed_batch(batch, for_generation=True)
-        if max_new_tokens is None:
-            seconds = batch.feat_lens.double() * self.frontend.frame_seconds
-            caps = [int(math.ceil(float(s) * tokens_per_second)) + 8 for s in seconds]
+        cfg = DecodeConfig() if cfg is None else cfg
+        enc, enc_lens, log_probs, merged = self._embed(batch, for_generation=True)
+        llm = self._generate(merged, batch.feat_lens, cfg, generate_kwargs)
+        if self.ctc_head is None:
+            return Transcripts(llm)
+        if log_probs is None:  # not already computed for compression
+            log_probs = self.ctc_head(enc, enc_lens)
+        return Transcripts(llm, self.ctc_texts(log_probs, enc_lens))
+
+    @torch.no_grad()
+    def generate(self, batch: Batch, **settings) -> list[str]:
+        """The LLM's transcripts only; `settings`: DecodeConfig fields (e.g. num_beams, max_new_tokens), the rest
+        go to the LLM's generate."""
+        names = {f.name for f in dataclasses.fields(DecodeConfig)}
+        cfg = DecodeConfig(**{k: v for k, v in settings.items() if k in names})
+        _, _, _, merged = self._embed(batch, for_generation=True)
+        return self._generate(merged, batch.feat_lens, cfg, {k: v for k, v in settings.items() if k not in names})
+
+    def _generate(self, merged, feat_lens: torch.Tensor, cfg: DecodeConfig, generate_kwargs: dict) -> list[str]:
+        if cfg.max_new_tokens is None:
+            seconds = feat_lens.double() * self.frontend.frame_seconds
+            caps = [int(math.ceil(float(s) * cfg.tokens_per_second)) + 8 for s in seconds]
         else:
-            caps = [int(max_new_tokens)] * int(batch.text_ids.shape[0])
+            caps = [int(cfg.max_new_tokens)] * int(feat_lens.shape[0])
         out = self.llm.generate(
             inputs_embeds=merged.inputs_embeds,
             attention_mask=merged.attention_mask,
             max_new_tokens=max(caps),
-            num_beams=num_beams,
             do_sample=False,
-            repetition_penalty=repetition_penalty,
-            no_repeat_ngram_size=no_repeat_ngram_size,
             eos_token_id=self.prompt.end_id,
             pad_token_id=self.prompt.pad_id,
-            **generate_kwargs,  # e.g. synced_gpus=True under ZeRO-3
+            **cfg.generation(),
+            **generate_kwargs,
         )
         # Each row is cut at its own cap, so a looping utterance yields the same text in a batch as alone.
         return [self.prompt.decode(row[:cap]) for row, cap in zip(out.tolist(), caps)]

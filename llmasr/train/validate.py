@@ -6,10 +6,10 @@ ranks gather parameters together, so generation runs with `synced_gpus=True`: a 
 early keeps stepping until all are done.
 
 With a CTC head, the greedy pass also scores the CTC branch's best path (`ctc_wer`, same scorer and metric as
-`wer`): a low ctc_wer next to a high wer says the encoder hears the words and the LLM side loses them. The CTC
-log-probabilities are the ones the teacher-forced forward computes for its CTC loss (`out.ctc_log_probs`): no
-extra encoder pass and, under ZeRO-3, no extra parameter gather (a rank holding only the stand-in for an all-bad
-batch runs the same forward, so every rank joins the same collectives).
+`wer`): a low ctc_wer next to a high wer says the encoder hears the words and the LLM side loses them. Both come from
+one `model.transcribe` call, the function `llmasr decode` uses: the CTC head reads the encoder output of the
+generation pass (a rank holding only the stand-in for an all-bad batch makes the same call, so under ZeRO-3 every
+rank joins the same collectives).
 """
 
 from __future__ import annotations
@@ -32,34 +32,25 @@ def validate(engine, loader, decode_cfg, *, with_wer: bool = True) -> dict:
     llm_sum = ctc_sum = n_tok = n_correct = n_utt = errors = ref_len = ctc_errors = 0.0
     try:
         for batch in loader:
-            if batch.empty:
-                # A stand-in for an all-bad batch: run it (ZeRO-3 ranks must stay in step) but count nothing.
-                model(engine.to_device(batch))
-                if with_wer:
-                    model.generate(engine.to_device(batch), max_new_tokens=1, synced_gpus=engine.stage == 3)
-                continue
             dev = engine.to_device(batch)
             out = model(dev)
+            # A stand-in for an all-bad batch runs too (ZeRO-3 ranks must stay in step) but counts nothing.
+            greedy = decode_cfg.greedy(max_new_tokens=1) if batch.empty else decode_cfg.greedy()
+            hyps = model.transcribe(dev, greedy, synced_gpus=engine.stage == 3) if with_wer else None
+            if batch.empty:
+                continue
             llm_sum += float(out.llm_loss_sum)
             ctc_sum += float(out.ctc_loss_sum)
             n_tok += float(out.n_tokens)
             n_correct += float(out.n_correct)
             n_utt += out.n_utts
             if with_wer:
-                hyps = model.generate(
-                    dev,
-                    max_new_tokens=decode_cfg.max_new_tokens,
-                    tokens_per_second=decode_cfg.tokens_per_second,
-                    num_beams=1,
-                    synced_gpus=engine.stage == 3,
-                )
-                corpus, _ = score_corpus(zip(batch.targets, hyps), decode_cfg.metric)
+                corpus, _ = score_corpus(zip(batch.targets, hyps.llm), decode_cfg.metric)
                 errors += corpus.errors
                 ref_len += corpus.ref_len
                 if has_ctc:
                     # Same references and metric, so the same reference length as the LLM's score.
-                    ctc_hyps = model.ctc_texts(out.ctc_log_probs, out.ctc_lens)
-                    ctc_corpus, _ = score_corpus(zip(batch.targets, ctc_hyps), decode_cfg.metric)
+                    ctc_corpus, _ = score_corpus(zip(batch.targets, hyps.ctc), decode_cfg.metric)
                     ctc_errors += ctc_corpus.errors
     finally:
         model.train(was_training)

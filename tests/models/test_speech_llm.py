@@ -271,15 +271,27 @@ def test_default_length_cap_follows_each_utterance_duration(model):
     assert together == alone
 
 
-def test_ctc_log_probs_come_back_in_eval_mode_only(model):
-    batch = random_batch(model, TARGETS)
-    model.train()
-    assert model(batch).ctc_log_probs is None  # a training step must not keep [B, T, V] alive past its backward
+def test_transcribe_gives_generate_and_the_ctc_greedy_path_of_one_encoder_pass(model, monkeypatch):
+    from llmasr.models.ctc import ctc_greedy
+    from llmasr.models.decoding import DecodeConfig
+
     model.eval()
+    batch = random_batch(model, TARGETS, frames=[12, 20, 16, 9], seed=5)
+    calls = []
+    encoder_forward = model.encoder.forward
+    monkeypatch.setattr(model.encoder, "forward", lambda *a: calls.append(1) or encoder_forward(*a))
+    got = model.transcribe(batch, DecodeConfig(max_new_tokens=5, num_beams=2))
+    assert len(calls) == 1  # the CTC head reads the encoder output of the LLM pass
+    monkeypatch.undo()
+    assert got.llm == model.generate(batch, max_new_tokens=5, num_beams=2)
     with torch.no_grad():
-        out = model(batch)
-        enc, enc_lens = model.encoder(batch.feats, batch.feat_lens)
-        want = model.ctc_head(enc, enc_lens)
-    torch.testing.assert_close(out.ctc_log_probs, want)
-    assert out.ctc_lens.tolist() == enc_lens.tolist()
-    assert len(model.ctc_texts(out.ctc_log_probs, out.ctc_lens)) == len(TARGETS)
+        enc, lens = model.encoder(batch.feats, batch.feat_lens)
+        ids = ctc_greedy(model.ctc_head(enc, lens), lens, model.ctc_tokenizer.blank_id)
+    assert got.ctc == [model.ctc_tokenizer.decode(i) for i in ids] and len(got.ctc) == len(TARGETS)
+
+
+def test_transcribe_without_a_ctc_head_has_no_ctc_hypotheses(tiny_llm_dir):
+    torch.manual_seed(0)
+    plain = llmasr.build_model(tiny_model_section(tiny_llm_dir)).eval()
+    batch = random_batch(plain, TARGETS[:2])
+    assert plain.ctc_head is None and plain.transcribe(batch).ctc is None
