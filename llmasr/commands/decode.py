@@ -4,15 +4,29 @@ documents the outputs)."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import sys
 from pathlib import Path
 
 import torch
 
+from llmasr.config_io import ConfigError
 from llmasr.export.checkpoint_reader import CheckpointError
-from llmasr.export.decode import DecodeError, decode_manifest, decode_options, load_decode_model, out_dirs
+from llmasr.export.decode import decode_manifest, load_decode_model, out_dirs
 from llmasr.export.exported import ExportedModelError
+from llmasr.models.decoding import decode_config
+
+# DecodeConfig field -> the argparse dest of the flag that sets it (unset flags keep the model's saved value)
+DECODE_FLAGS = {
+    "num_beams": "beam",
+    "batch_seconds": "batch_seconds",
+    "max_new_tokens": "max_new_tokens",
+    "tokens_per_second": "tokens_per_second",
+    "repetition_penalty": "repetition_penalty",
+    "no_repeat_ngram_size": "no_repeat_ngram",
+    "metric": "metric",
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -31,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-repeat-ngram", type=int, default=None, help="no_repeat_ngram_size for generate")
     p.add_argument("--metric", choices=("auto", "wer", "cer"), default=None)
     p.add_argument("--max-bad-fraction", type=float, default=None, help="fail when more lines than this are bad")
-    p.add_argument("--num-workers", type=int, default=2, help="data loader workers")
+    p.add_argument("--num-workers", type=int, default=None, help="data loader workers (default 2)")
     p.add_argument("--ctc", action="store_true", help="also write the CTC branch's greedy transcripts to OUTPUT/ctc/")
     p.add_argument("--dtype", choices=("bf16", "fp16", "fp32"), help="LLM dtype (--model; default: as exported)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
@@ -47,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     try:
-        model, defaults, max_bad = load_decode_model(
+        model, saved, opts = load_decode_model(
             args.model, args.checkpoint, tag=args.tag, dtype=args.dtype, trust_remote_code=args.trust_remote_code
         )
     except (CheckpointError, ExportedModelError, FileNotFoundError) as err:
@@ -62,24 +76,21 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
     try:
-        opts = decode_options(
-            defaults, max_bad, num_beams=args.beam, batch_seconds=args.batch_seconds,
-            max_new_tokens=args.max_new_tokens, tokens_per_second=args.tokens_per_second,
-            repetition_penalty=args.repetition_penalty, no_repeat_ngram_size=args.no_repeat_ngram,
-            metric=args.metric, max_bad_fraction=args.max_bad_fraction, num_workers=args.num_workers, ctc=args.ctc,
-        )  # fmt: skip
-    except DecodeError as err:
-        print(f"llmasr decode: error: --beam: {err}", file=sys.stderr)
+        cfg = decode_config(saved, **{field: getattr(args, dest) for field, dest in DECODE_FLAGS.items()})
+    except ConfigError as err:
+        print(f"llmasr decode: error: {err}", file=sys.stderr)
         return 2
+    given = {"num_workers": args.num_workers, "max_bad_fraction": args.max_bad_fraction, "ctc": args.ctc}
+    opts = dataclasses.replace(opts, **{k: v for k, v in given.items() if v is not None})
     model.to(device)
-    return _decode_all(model, args.data, Path(args.output), opts, device)
+    return _decode_all(model, args.data, Path(args.output), cfg, opts, device)
 
 
-def _decode_all(model, manifests: list[str], output: Path, opts, device) -> int:
+def _decode_all(model, manifests: list[str], output: Path, cfg, opts, device) -> int:
     failed, summaries = [], []
     for data, out_dir in zip(manifests, out_dirs(manifests, output)):
         try:
-            summary = decode_manifest(model, data, out_dir, opts, device=device)
+            summary = decode_manifest(model, data, out_dir, cfg, opts, device=device)
         except (FileNotFoundError, ValueError) as err:
             print(f"llmasr decode: error: {data}: {err}", file=sys.stderr)
             failed.append(data)

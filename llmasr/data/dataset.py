@@ -131,8 +131,12 @@ class BadDataTracker:
         log_first: int = 20,
         log_interval_s: float = 60.0,
         name: str = "train",
+        enforce: bool = True,
     ):
+        """`enforce`: False counts without ever raising (decoding checks `exceeded` itself, after its outputs are
+        written)."""
         self.max_bad_fraction = float(max_bad_fraction)
+        self.enforce = bool(enforce)
         self.min_items = int(min_items)
         self.keep_examples = int(keep_examples)
         self.log_first = int(log_first)
@@ -223,8 +227,12 @@ class BadDataTracker:
             self.check()
 
     # ------------------------------------------------------------------------------------------------- checking
+    @property
+    def exceeded(self) -> bool:
+        return bool(self.bad) and self.fraction > self.max_bad_fraction
+
     def check(self, *, final: bool = False) -> None:
-        if self.bad and self.fraction > self.max_bad_fraction:
+        if self.enforce and self.exceeded:
             raise TooMuchBadData(self.message(final=final))
 
     def end_epoch(self) -> None:

@@ -18,6 +18,7 @@ the batching filters skip (max_duration, min_duration, ...) is logged with the f
 from __future__ import annotations
 
 import logging
+import math
 import random
 from collections.abc import Sequence
 
@@ -26,7 +27,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from llmasr.data.collate import Collator
-from llmasr.data.config import DataConfig, ManifestSpec
+from llmasr.data.config import BatchingConfig, DataConfig, ManifestSpec
 from llmasr.data.dataset import BadDataTracker, BadItem, SpeechDataset, TooMuchBadData
 from llmasr.data.frontend import FrontendConfig
 from llmasr.data.sampler import DynamicBucketSampler
@@ -150,13 +151,19 @@ def make_sampler(
     indices=None,
     epoch_indices=None,
     skip=None,
+    keep_every_item: bool = False,
 ) -> DynamicBucketSampler:
+    """`keep_every_item` (decoding): no item is skipped for its length; the budget grows to the longest item's cost
+    (a batch of its own) when it is smaller."""
     b = data_cfg.batching
     max_duration = b.max_duration
     min_item = None
     if frontend.kind == "whisper":  # features are padded/cut to one fixed window: every item costs that much
-        max_duration = min(max_duration, frontend.chunk_seconds)
+        max_duration = max_duration if keep_every_item else min(max_duration, frontend.chunk_seconds)
         min_item = frontend.chunk_seconds
+    max_seconds, max_frames = b.budget_seconds, b.max_frames
+    if keep_every_item:
+        max_seconds, max_frames = _fit_longest(durations, min_item, max_seconds, max_frames, frontend.frame_seconds)
     cost_scale = 1.0
     sp = data_cfg.augment.speed_perturb
     if train and sp.enable and sp.factors:  # a factor f < 1 makes audio 1/f times longer
@@ -164,8 +171,8 @@ def make_sampler(
     return DynamicBucketSampler(
         durations,
         target_lens,
-        max_seconds=b.budget_seconds,
-        max_frames=b.max_frames,
+        max_seconds=max_seconds,
+        max_frames=max_frames,
         frames_per_second=1.0 / frontend.frame_seconds,
         max_target_tokens=b.max_target_tokens,
         num_buckets=b.num_buckets,
@@ -187,6 +194,17 @@ def make_sampler(
     )
 
 
+def _fit_longest(durations, min_item, max_seconds, max_frames, frame_seconds: float):
+    """(max_seconds, max_frames) raised to the longest known duration (at least `min_item`)."""
+    known = durations[~np.isnan(durations)]
+    longest = float(known.max()) if known.size else 1.0
+    if min_item is not None:
+        longest = max(longest, min_item)
+    if max_seconds is not None:
+        return max(float(max_seconds), longest), None
+    return None, max(int(max_frames), math.ceil(longest / frame_seconds - 1e-9))
+
+
 def find_fallback(dataset: SpeechDataset, candidates: Sequence[int]):
     """First good item among `candidates`; raises TooMuchBadData if none of the first FALLBACK_TRIES is good."""
     reasons = []
@@ -198,6 +216,20 @@ def find_fallback(dataset: SpeechDataset, candidates: Sequence[int]):
     if not reasons:
         return None
     raise TooMuchBadData(f"none of the first {len(reasons)} items is usable; e.g.\n  " + "\n  ".join(reasons[:10]))
+
+
+def _dataset(manifest, frontend: FrontendConfig, data_cfg: DataConfig, *, train: bool, prompt_builder, ctc=None):
+    b = data_cfg.batching
+    return SpeechDataset(
+        manifest,
+        frontend,
+        train=train,
+        augment=data_cfg.augment if train else None,
+        prompt_builder=prompt_builder,
+        ctc_tokenizer=ctc,
+        seed=data_cfg.seed,
+        max_duration_truncate=b.max_duration if b.truncate_to_max else None,
+    )
 
 
 def _speech_loader(dataset, sampler, collator, data_cfg: DataConfig, tracker: BadDataTracker) -> SpeechDataLoader:
@@ -253,16 +285,7 @@ def build_dataloader(
     skipped = describe_skipped(sampler, manifest, b, name)
     if skipped and rank == 0:
         log.warning("%s", skipped)
-    dataset = SpeechDataset(
-        manifest,
-        frontend,
-        train=train,
-        augment=data_cfg.augment if train else None,
-        prompt_builder=prompt_builder,
-        ctc_tokenizer=ctc_tokenizer,
-        seed=data_cfg.seed,
-        max_duration_truncate=b.max_duration if b.truncate_to_max else None,
-    )
+    dataset = _dataset(manifest, frontend, data_cfg, train=train, prompt_builder=prompt_builder, ctc=ctc_tokenizer)
     sampler.add_epoch_listener(dataset.set_epoch)
     sampler.set_epoch(epoch)
     candidates = [i for batch in sampler.batches() for i in batch]
@@ -275,3 +298,34 @@ def build_dataloader(
         name, n, len(sampler), world_size, st["mean_batch_size"], st["padding_efficiency"], st["filtered"] or "none",
     )  # fmt: skip
     return loader, sampler
+
+
+def build_decode_loader(
+    manifest_path, frontend: FrontendConfig, *, prompt_builder, batch_seconds: float, num_workers: int,
+    max_bad_fraction: float, name: str,
+) -> SpeechDataLoader:  # fmt: skip
+    """The validation loader over one manifest, for decoding: every line is batched once, in an eval-mode
+    SpeechDataset; batches are cut from one duration-sorted window over the whole manifest (no buckets, no
+    shuffling: least padding) under `batch_seconds` of audio, and an utterance longer than that gets a batch of its
+    own.
+
+    Bad lines are counted, never refused: the tracker (`loader.bad_data`) keeps every one, in the order found (the
+    lines whose audio header cannot be read, then the ones loading rejects), and the caller checks
+    max_bad_fraction at the end. An all-bad batch becomes a batch of no rows (no rank waits on another).
+    """
+    manifest, fill_bad = open_manifests([str(manifest_path)], mix=False)
+    n = len(manifest)
+    batching = BatchingConfig(
+        max_seconds=float(batch_seconds), num_buckets=1, shuffle=False, shuffle_buffer=max(n, 1), max_duration=math.inf
+    )
+    data_cfg = DataConfig(batching=batching, num_workers=int(num_workers), max_bad_fraction=float(max_bad_fraction))
+    tracker = BadDataTracker(data_cfg.max_bad_fraction, name=name, keep_examples=n + 1, enforce=False)
+    tracker.add_static(fill_bad)
+    durations = np.asarray(manifest.durations(), dtype=np.float64)
+    known = np.flatnonzero(~np.isnan(durations))  # the others are in fill_bad
+    sampler = make_sampler(
+        data_cfg, durations, None, frontend, train=False, rank=0, world_size=1, indices=known, keep_every_item=True
+    )  # fmt: skip
+    dataset = _dataset(manifest, frontend, data_cfg, train=False, prompt_builder=prompt_builder)
+    collator = Collator(prompt_builder.pad_id, no_rows=True)
+    return _speech_loader(dataset, sampler, collator, data_cfg, tracker)

@@ -19,6 +19,7 @@ Extra `key=value` arguments are recipe overrides for the training stage (e.g. tr
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -43,7 +44,7 @@ from llmasr.demo.synth import (
     try_install_espeak,
 )
 from llmasr.demo.text_lm import TextLMConfig, build_text_lm
-from llmasr.export.decode import decode_manifest, decode_options, load_decode_model
+from llmasr.export.decode import decode_manifest, load_decode_model
 from llmasr.export.export import export_model
 from llmasr.train.ds_config import PRESET_DIR
 
@@ -247,8 +248,8 @@ def stage_decode(workdir: Path, state: State, model_dir: Path, corpus: dict) -> 
             say(f"5/5 decode: {split} split ({'held-out voices' if split == 'test' else 'training voices'})")
             start = time.time()
             if model is None:
-                model, opts, device = _decode_model(model_dir)
-            summary = decode_manifest(model, corpus["manifests"][split], out, opts, device=device)
+                model, cfg, opts, device = _decode_model(model_dir)
+            summary = decode_manifest(model, corpus["manifests"][split], out, cfg, opts, device=device)
             print(f"{summary['text']}\n{summary['ctc']['text']}")
             if summary["too_much_bad_data"]:
                 raise RuntimeError(f"decoding the {split} split failed: {summary['too_much_bad_data']}")
@@ -265,5 +266,5 @@ def stage_decode(workdir: Path, state: State, model_dir: Path, corpus: dict) -> 
 def _decode_model(model_dir: Path) -> tuple:
     """The exported model on the best device, with its own decode settings, plus the CTC branch's own WER."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model, defaults, max_bad = load_decode_model(model_dir)
-    return model.to(device), decode_options(defaults, max_bad, num_workers=0, ctc=True), device
+    model, cfg, opts = load_decode_model(model_dir)
+    return model.to(device), cfg, dataclasses.replace(opts, num_workers=0, ctc=True), device

@@ -4,11 +4,13 @@
                   --output HYP_DIR [--beam N] [--batch-seconds S] [--max-new-tokens N]
                   [--repetition-penalty P] [--no-repeat-ngram N] [--metric auto|wer|cer] [--ctc]
 
-Batches come from the training data pipeline (SpeechDataset in evaluation mode: no dither, no augmentation; the
-same prompt builder, so the prompt a model is decoded with is the one it was trained with, the utterance's own
-`prompt` field included), cut by a duration-sorted, non-shuffled sampler under an audio-seconds budget (an
-utterance longer than the budget gets a batch of its own; none is skipped). SpeechLLM.generate stops each prompt at
-its target start, so the reference never leaks into the input.
+Batches come from the validation loader of training (llmasr.data.loader.build_decode_loader: SpeechDataset in
+evaluation mode, no dither, no augmentation; the same prompt builder, so the prompt a model is decoded with is the
+one it was trained with, the utterance's own `prompt` field included), cut by a duration-sorted, non-shuffled
+sampler under an audio-seconds budget (an utterance longer than the budget gets a batch of its own; none is
+skipped). The decoding settings are the one DecodeConfig (llmasr.models.decoding) that validation uses too: the
+model's saved settings with the flags given on top. SpeechLLM.transcribe stops each prompt at its target start, so
+the reference never leaks into the input.
 
 Outputs (HYP_DIR, or HYP_DIR/<manifest name>/ when several manifests are given):
 
@@ -22,7 +24,7 @@ Outputs (HYP_DIR, or HYP_DIR/<manifest name>/ when several manifests are given):
 
 With --ctc (a model with a CTC head on its encoder), HYP_DIR/ctc/ also gets hyp.txt, results.jsonl, wer.txt and
 wer.json for the CTC branch's greedy best path, scored the same way: a low CTC WER beside a high LLM WER says the
-encoder hears the words and the LLM side loses them. It reuses the encoder output of the LLM pass.
+encoder hears the words and the LLM side loses them. SpeechLLM.transcribe gives both from one encoder pass.
 
 Bad lines are skipped and reported; the command fails (exit 1, after writing the outputs) only when they are
 more than --max-bad-fraction of the lines.
@@ -33,7 +35,6 @@ loops stops at a length tied to its audio, and batched output equals one-by-one 
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import math
@@ -41,17 +42,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-import torch
-
-from llmasr.config_io import to_dict
-from llmasr.data.batch import Batch
-from llmasr.data.collate import Collator
-from llmasr.data.dataset import BadDataTracker, SpeechDataset
-from llmasr.data.loader import open_manifests
-from llmasr.data.sampler import DynamicBucketSampler
-from llmasr.export.exported import load_exported, read_description
+from llmasr.config_io import ConfigError, from_dict
+from llmasr.data.config import DataConfig
+from llmasr.data.loader import SpeechDataLoader, build_decode_loader
+from llmasr.export.exported import MODEL_FILE, ExportedModelError, load_exported, read_description
 from llmasr.export.trained_model import load_checkpoint_model
+from llmasr.models.decoding import DecodeConfig
 from llmasr.scoring import score_corpus
 
 log = logging.getLogger(__name__)
@@ -59,160 +55,117 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class DecodeOptions:
-    num_beams: int = 1
-    batch_seconds: float = 120.0
-    max_new_tokens: int | None = None
-    tokens_per_second: float = 8.0
-    repetition_penalty: float = 1.0
-    no_repeat_ngram_size: int = 0
-    metric: str = "auto"
-    max_bad_fraction: float = 0.01
-    num_workers: int = 2
-    ctc: bool = False  # also decode the CTC branch (greedy best path) into HYP_DIR/ctc/
+    """What a decoding run needs besides its DecodeConfig."""
+
+    num_workers: int = 2  # data loader workers
+    max_bad_fraction: float = DataConfig.max_bad_fraction  # fail (after writing the outputs) above this
+    ctc: bool = False  # also write the CTC branch's greedy transcripts to HYP_DIR/ctc/
 
 
 class DecodeError(RuntimeError):
     """Decoding cannot run as asked."""
 
 
-def make_loader(model, manifest, opts: DecodeOptions):
-    """DataLoader of evaluation batches over an opened manifest (indices with unknown duration are skipped)."""
-    from torch.utils.data import DataLoader
-
-    durations = np.asarray(manifest.durations(), dtype=np.float64)
-    known = np.flatnonzero(~np.isnan(durations))
-    frontend = model.frontend
-    min_item = frontend.chunk_seconds if frontend.kind == "whisper" else None
-    longest = float(durations[known].max()) if known.size else 1.0
-    if min_item is not None:
-        longest = max(longest, min_item)
-    # Never skip an utterance for the budget: the budget is at least the longest utterance (one per batch).
-    budget = max(float(opts.batch_seconds), longest)
-    sampler = DynamicBucketSampler(
-        durations,
-        max_seconds=budget,
-        num_buckets=1,
-        shuffle=False,
-        shuffle_buffer=max(len(durations), 1),  # one window: sorted by duration, least padding
-        min_item_seconds=min_item,
-        indices=known,
-    )
-    dataset = SpeechDataset(manifest, frontend, train=False, prompt_builder=model.prompt)
-    return DataLoader(
-        dataset,
-        batch_sampler=sampler,
-        num_workers=int(opts.num_workers),
-        collate_fn=Collator(model.prompt.pad_id, no_rows=True),  # an all-bad batch: no rows, its bad items
-        persistent_workers=False,
-    )
-
-
-@torch.no_grad()
-def ctc_transcripts(model, batch: Batch, encoded=None) -> list[str]:
-    """The CTC branch's greedy transcripts of a batch on the model's device; `encoded`: the encoder's (frames,
-    lengths) for it when already computed."""
-    enc, enc_lens = encoded if encoded is not None else model.encoder(batch.feats, batch.feat_lens)
-    return model.ctc_texts(model.ctc_head(enc, enc_lens), enc_lens)
+def decode_loader(model, manifest_path, cfg: DecodeConfig, opts: DecodeOptions) -> SpeechDataLoader:
+    """The evaluation loader over one manifest, with `model`'s frontend and prompt builder."""
+    return build_decode_loader(
+        manifest_path, model.frontend, prompt_builder=model.prompt, batch_seconds=cfg.batch_seconds,
+        num_workers=opts.num_workers, max_bad_fraction=opts.max_bad_fraction,
+        name=f"decode {Path(manifest_path).name}",
+    )  # fmt: skip
 
 
 def decode_manifest(
-    model, manifest_path: str | Path, out_dir: str | Path, opts: DecodeOptions, *, device="cpu"
-) -> dict:
+    model, manifest_path: str | Path, out_dir: str | Path, cfg: DecodeConfig, opts: DecodeOptions | None = None,
+    *, device="cpu",
+) -> dict:  # fmt: skip
     """Decode one manifest into `out_dir`; returns the summary dict (also written to wer.json), with the CTC
-    branch's under "ctc" when opts.ctc."""
+    branch's under "ctc" when opts.ctc, and "too_much_bad_data" (the message, or None)."""
+    opts = DecodeOptions() if opts is None else opts
     if opts.ctc and getattr(model, "ctc_head", None) is None:
         raise DecodeError("--ctc: the model has no CTC head (it was trained with model.ctc.weight 0)")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    manifest, fill_bad = open_manifests([str(manifest_path)], mix=False)
-    n_lines = len(manifest)
-    tracker = BadDataTracker(
-        opts.max_bad_fraction,
-        name=f"decode {Path(manifest_path).name}",
-        min_items=n_lines + 1,  # checked once, at the end
-        keep_examples=n_lines + 1,  # every bad line goes to bad.jsonl
-    )
-    tracker.add_static(fill_bad)
-    loader = make_loader(model, manifest, opts)
-
-    rows: dict[int, dict] = {}
-    audio_seconds = 0.0
+    loader = decode_loader(model, manifest_path, cfg, opts)
     model.eval()
     t0 = time.perf_counter()
-    # With --ctc, the encoder output that generate() computes is kept for the CTC head (no second encoder pass).
-    encoded: list = []
-    hook = model.encoder.register_forward_hook(lambda m, a, out: encoded.append(out)) if opts.ctc else None
-    try:
-        for batch in loader:
-            for rec in batch.bad:
-                tracker.add_bad(rec)
-            if not batch.size:
-                continue
-            tracker.add_good(batch.size)
-            dev = batch.to(device)
-            hyps = model.generate(
-                dev,
-                num_beams=opts.num_beams,
-                max_new_tokens=opts.max_new_tokens,
-                tokens_per_second=opts.tokens_per_second,
-                repetition_penalty=opts.repetition_penalty,
-                no_repeat_ngram_size=opts.no_repeat_ngram_size,
-            )
-            ctc_hyps = ctc_transcripts(model, dev, encoded[-1] if encoded else None) if opts.ctc else [None] * len(hyps)
-            for i, (idx, key, ref, hyp) in enumerate(zip(batch.indices, batch.keys, batch.targets, hyps)):
-                dur = float(batch.durations[i])
-                audio_seconds += dur
-                rows[idx] = {"key": key, "ref": ref, "hyp": hyp, "ctc_hyp": ctc_hyps[i], "duration": round(dur, 4)}
-            encoded.clear()
-    finally:
-        if hook is not None:
-            hook.remove()
-    decode_seconds = time.perf_counter() - t0
-
-    order = sorted(rows)
-    corpus = _write_results(out_dir, [rows[i] for i in order], "hyp", opts.metric, with_ref=True)
+    rows, audio_seconds = transcribe_loader(model, loader, cfg, device)
+    timing = {"audio_seconds": audio_seconds, "decode_seconds": time.perf_counter() - t0, "device": device}
+    tracker = loader.bad_data
     with open(out_dir / "bad.jsonl", "w") as fb:
         for rec in tracker.examples:
             fb.write(json.dumps(rec, ensure_ascii=False, default=str) + "\n")
-
-    name = Path(manifest_path).name
     found = dict(
-        manifest=str(manifest_path), lines=n_lines, skipped=tracker.bad, skipped_by_reason=dict(tracker.by_reason)
+        manifest=str(manifest_path), lines=len(loader.dataset), skipped=tracker.bad,
+        skipped_by_reason=dict(tracker.by_reason),
+    )  # fmt: skip
+    summary = _llm_summary(out_dir, rows, found, cfg, timing)
+    summary["too_much_bad_data"] = tracker.message(final=True) if tracker.exceeded else None
+    if opts.ctc:
+        summary["ctc"] = _ctc_summary(out_dir / "ctc", rows, found, cfg, timing)
+    return summary
+
+
+def transcribe_loader(model, loader: SpeechDataLoader, cfg: DecodeConfig, device) -> tuple[list[dict], float]:
+    """Rows {key, ref, hyp, ctc_hyp, duration} of every decoded utterance in manifest order, and their audio
+    seconds; ctc_hyp is None without a CTC head."""
+    rows: dict[int, dict] = {}
+    audio_seconds = 0.0
+    for batch in loader:
+        if not batch.size:  # every item bad: the loader counted them
+            continue
+        got = model.transcribe(batch.to(device), cfg)
+        ctc = got.ctc if got.ctc is not None else [None] * len(got.llm)
+        for i, (idx, key, ref) in enumerate(zip(batch.indices, batch.keys, batch.targets)):
+            dur = float(batch.durations[i])
+            audio_seconds += dur
+            rows[idx] = {"key": key, "ref": ref, "hyp": got.llm[i], "ctc_hyp": ctc[i], "duration": round(dur, 4)}
+    return [rows[i] for i in sorted(rows)], audio_seconds
+
+
+def _counts(found: dict, n_utts: int) -> str:
+    by_reason = found["skipped_by_reason"]
+    return f"utterances decoded: {n_utts} of {found['lines']} lines; skipped (bad data): {found['skipped']}" + (
+        f" ({', '.join(f'{k}: {v}' for k, v in by_reason.items())})" if found["skipped"] else ""
     )
-    counts = f"utterances decoded: {corpus.n_utts} of {n_lines} lines; skipped (bad data): {tracker.bad}" + (
-        f" ({', '.join(f'{k}: {v}' for k, v in tracker.by_reason.items())})" if tracker.bad else ""
-    )
+
+
+def _llm_summary(out_dir: Path, rows: list[dict], found: dict, cfg: DecodeConfig, timing: dict) -> dict:
+    """hyp/ref/results and wer.txt/wer.json of the LLM's hypotheses; returns the summary."""
+    corpus = _write_results(out_dir, rows, "hyp", cfg.metric, with_ref=True)
+    audio, took = timing["audio_seconds"], timing["decode_seconds"]
     summary = corpus.to_dict()
     summary.update(
         **found,
-        audio_seconds=round(audio_seconds, 3),
-        decode_seconds=round(decode_seconds, 3),
-        rtf=decode_seconds / audio_seconds if audio_seconds > 0 else math.nan,
-        num_beams=opts.num_beams,
-        max_new_tokens=opts.max_new_tokens,
-        batch_seconds=opts.batch_seconds,
+        audio_seconds=round(audio, 3),
+        decode_seconds=round(took, 3),
+        rtf=took / audio if audio > 0 else math.nan,
+        num_beams=cfg.num_beams,
+        max_new_tokens=cfg.max_new_tokens,
+        batch_seconds=cfg.batch_seconds,
     )
     text = [
-        f"{name}: {corpus.summary()}",
-        counts,
-        f"audio {audio_seconds:.1f} s, decoding {decode_seconds:.1f} s, real-time factor "
-        f"{summary['rtf']:.4f}" + f" (beam {opts.num_beams}, device {device})",
+        f"{Path(found['manifest']).name}: {corpus.summary()}",
+        _counts(found, corpus.n_utts),
+        f"audio {audio:.1f} s, decoding {took:.1f} s, real-time factor "
+        f"{summary['rtf']:.4f}" + f" (beam {cfg.num_beams}, device {timing['device']})",
     ]
     _write_summary(out_dir, summary, text)
-    summary["too_much_bad_data"] = None
-    if tracker.bad and tracker.fraction > opts.max_bad_fraction:
-        summary["too_much_bad_data"] = tracker.message(final=True)
-    if opts.ctc:
-        ctc_corpus = _write_results(out_dir / "ctc", [rows[i] for i in order], "ctc_hyp", opts.metric, with_ref=False)
-        ctc = ctc_corpus.to_dict()
-        ctc.update(branch="ctc", decoding="greedy best path", **found, audio_seconds=round(audio_seconds, 3))
-        ctc_text = [
-            f"{name} (CTC branch, greedy): {ctc_corpus.summary()}",
-            counts,
-            f"audio {audio_seconds:.1f} s; the CTC head read the encoder output of the LLM pass (device {device})",
-        ]
-        _write_summary(out_dir / "ctc", ctc, ctc_text)
-        summary["ctc"] = ctc
+    return summary
+
+
+def _ctc_summary(out_dir: Path, rows: list[dict], found: dict, cfg: DecodeConfig, timing: dict) -> dict:
+    """The same files for the CTC branch's greedy hypotheses (no ref.txt); returns the summary."""
+    corpus = _write_results(out_dir, rows, "ctc_hyp", cfg.metric, with_ref=False)
+    audio = timing["audio_seconds"]
+    summary = corpus.to_dict()
+    summary.update(branch="ctc", decoding="greedy best path", **found, audio_seconds=round(audio, 3))
+    text = [
+        f"{Path(found['manifest']).name} (CTC branch, greedy): {corpus.summary()}",
+        _counts(found, corpus.n_utts),
+        f"audio {audio:.1f} s; the CTC head read the encoder output of the LLM pass (device {timing['device']})",
+    ]
+    _write_summary(out_dir, summary, text)
     return summary
 
 
@@ -258,44 +211,19 @@ def _one_line(text: str) -> str:
 def load_decode_model(
     model_dir=None, checkpoint=None, *, tag=None, dtype=None, trust_remote_code: bool = False
 ) -> tuple:
-    """(model, decode defaults, default max_bad_fraction) from an exported model directory (the decode section of
-    its llmasr_model.yaml) or else a training checkpoint (its recipe's decode section and data.max_bad_fraction)."""
+    """(model, its saved DecodeConfig, DecodeOptions with its bad-data tolerance) from an exported model directory
+    (the decode section of its llmasr_model.yaml) or else a training checkpoint (its recipe's decode section and
+    data.max_bad_fraction)."""
     if model_dir is not None:
         model = load_exported(model_dir, dtype=dtype, trust_remote_code=trust_remote_code)
-        return model, dict(read_description(model_dir).get("decode") or {}), 0.01
+        try:
+            cfg = from_dict(DecodeConfig, read_description(model_dir).get("decode") or {}, "decode")
+        except ConfigError as err:
+            raise ExportedModelError(f"{Path(model_dir) / MODEL_FILE}: {err}") from err
+        return model, cfg, DecodeOptions()
     model, info = load_checkpoint_model(checkpoint, tag=tag, trust_remote_code=trust_remote_code)
-    return model, to_dict(info["recipe"].decode), float(info["recipe"].data.max_bad_fraction)
-
-
-def decode_options(defaults: dict, default_max_bad: float, **given) -> DecodeOptions:
-    """DecodeOptions: a value given (not None) wins, then the model's decode `defaults`, then DecodeOptions' own;
-    max_bad_fraction: the one given, else `default_max_bad` (the run's data.max_bad_fraction, or 0.01)."""
-    unknown = sorted(set(given) - {f.name for f in dataclasses.fields(DecodeOptions)})
-    if unknown:
-        raise TypeError(f"decode_options: unknown option(s) {unknown}")
-    base = DecodeOptions()
-
-    def pick(key: str, cast=lambda v: v):
-        value = given.get(key)
-        value = value if value is not None else defaults.get(key, getattr(base, key))
-        return None if value is None else cast(value)
-
-    max_bad = given.get("max_bad_fraction")
-    opts = DecodeOptions(
-        num_beams=pick("num_beams", int),
-        batch_seconds=pick("batch_seconds", float),
-        max_new_tokens=pick("max_new_tokens", int),
-        tokens_per_second=pick("tokens_per_second", float),
-        repetition_penalty=pick("repetition_penalty", float),
-        no_repeat_ngram_size=pick("no_repeat_ngram_size", int),
-        metric=pick("metric", str),
-        max_bad_fraction=float(max_bad if max_bad is not None else default_max_bad),
-        num_workers=pick("num_workers", int),
-        ctc=bool(given.get("ctc", False)),
-    )
-    if opts.num_beams < 1:
-        raise DecodeError(f"the beam size must be >= 1, got {opts.num_beams}")
-    return opts
+    recipe = info["recipe"]
+    return model, recipe.decode, DecodeOptions(max_bad_fraction=float(recipe.data.max_bad_fraction))
 
 
 def out_dirs(data: list[str], output: Path) -> list[Path]:
