@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
 import torch
 
-from llmasr.commands.decode import main
-from llmasr.export.decode import DecodeError, DecodeOptions, decode_manifest, decode_options, make_loader
+from llmasr.commands.decode import DECODE_FLAGS, main
+from llmasr.config_io import ConfigError
+from llmasr.data.collate import Collator
+from llmasr.data.dataset import BadItem, SpeechDataset
+from llmasr.data.loader import open_manifests
+from llmasr.export.decode import DecodeError, DecodeOptions, decode_loader, decode_manifest, load_decode_model
 from llmasr.export.export import export_model
 from llmasr.export.exported import load_exported
+from llmasr.models.decoding import DecodeConfig, decode_config
+from llmasr.scoring import score_corpus
 from llmasr.testing.run_dirs import write_corpus, write_wav
 from llmasr.testing.tiny_recipe import OracleCTCHead
 
@@ -36,61 +43,67 @@ def _read(path):
     return [line.rstrip("\n") for line in open(path)]
 
 
+def one_by_one(model, manifest_path) -> dict:
+    """key -> (reference, batch of that utterance alone) for every good line, made by the eval-mode dataset and the
+    collator directly (no sampler, no decode loop)."""
+    manifest, _ = open_manifests([str(manifest_path)], mix=False)
+    dataset = SpeechDataset(manifest, model.frontend, train=False, prompt_builder=model.prompt)
+    collate = Collator(model.prompt.pad_id)
+    items = [dataset[i] for i in range(len(manifest))]
+    return {it["key"]: (it["target"], collate([it])) for it in items if not isinstance(it, BadItem)}
+
+
 @pytest.mark.parametrize("beam", [1, 2])
 def test_batched_decoding_equals_one_by_one(model, corpus, tmp_path, beam):
-    from llmasr.data.loader import open_manifests
-
-    batched = DecodeOptions(num_beams=beam, batch_seconds=100.0, max_new_tokens=6, num_workers=0)
-    single = DecodeOptions(num_beams=beam, batch_seconds=0.01, max_new_tokens=6, num_workers=0)
-    manifest, _ = open_manifests([str(corpus)], mix=False)
-    assert len(make_loader(model, manifest, batched)) == 1  # all six in one padded batch
-    assert len(make_loader(model, manifest, single)) == len(TEXTS)  # one each
-    decode_manifest(model, corpus, tmp_path / "b", batched)
-    decode_manifest(model, corpus, tmp_path / "s", single)
+    batched = DecodeConfig(num_beams=beam, batch_seconds=100.0, max_new_tokens=6)
+    single = DecodeConfig(num_beams=beam, batch_seconds=0.01, max_new_tokens=6)
+    opts = DecodeOptions(num_workers=0)
+    assert len(decode_loader(model, corpus, batched, opts)) == 1  # all six in one padded batch
+    assert len(decode_loader(model, corpus, single, opts)) == len(TEXTS)  # one each
+    decode_manifest(model, corpus, tmp_path / "b", batched, opts)
+    decode_manifest(model, corpus, tmp_path / "s", single, opts)
     hyp_b, hyp_s = _read(tmp_path / "b" / "hyp.txt"), _read(tmp_path / "s" / "hyp.txt")
     assert len(hyp_b) == len(TEXTS)
     assert hyp_b == hyp_s
     assert any(len(line.split(" ", 1)) > 1 for line in hyp_b)  # something was generated
 
 
-def test_end_to_end_outputs_and_wer(model, tmp_path, monkeypatch):
+def test_end_to_end_outputs_and_wer(model, tmp_path):
+    """The real generate on the tiny model: its text is random, so what must hold is checked against the same
+    model transcribing each utterance alone, and the scores against the scorer run on the written rows."""
     bad_lines = ['{"key": "gone", "source": "wav/nope.wav", "target": "lost"}', "{not json"]
     bad_lines.append('{"key": "vad", "source": "wav/vad.wav", "target": "cut"}')  # 10 ms: no feature frame
     manifest = write_corpus(tmp_path / "data", TEXTS, extra_lines=bad_lines)
     write_wav(tmp_path / "data" / "wav" / "vad.wav", 0.01, seed=0)
-    # Known hypotheses: drop the first word of every reference -> WER = #utts / #ref words.
-    seen = []
-
-    def fake_generate(batch, **kwargs):
-        seen.append(kwargs)
-        return [" ".join(t.split()[1:]) for t in batch.targets]
-
-    monkeypatch.setattr(model, "generate", fake_generate)
-    opts = DecodeOptions(num_beams=2, batch_seconds=1.5, max_bad_fraction=0.5, num_workers=0, repetition_penalty=1.1)
-    summary = decode_manifest(model, manifest, tmp_path / "out", opts)
+    cfg = DecodeConfig(num_beams=2, batch_seconds=1.5, repetition_penalty=1.1, tokens_per_second=3.0)
+    opts = DecodeOptions(max_bad_fraction=0.5, num_workers=0)
+    summary = decode_manifest(model, manifest, tmp_path / "out", cfg, opts)
     out = tmp_path / "out"
     for name in ("hyp.txt", "ref.txt", "results.jsonl", "wer.txt", "wer.json", "bad.jsonl"):
         assert (out / name).is_file(), name
-    assert seen and all(k["num_beams"] == 2 and k["repetition_penalty"] == 1.1 for k in seen)
-    words = sum(len(t.split()) for t in TEXTS)
-    assert summary["utterances"] == len(TEXTS) and summary["skipped"] == 3
-    assert summary["errors"] == len(TEXTS) and summary["deletions"] == len(TEXTS)
-    assert summary["rate"] == pytest.approx(len(TEXTS) / words)
-    assert summary["metric"] == "WER" and summary["audio_seconds"] > 0 and summary["rtf"] > 0
-    refs = _read(out / "ref.txt")
-    assert refs[0] == "test000 zero one two" and len(refs) == len(TEXTS)
-    assert _read(out / "hyp.txt")[0] == "test000 one two"
     rows = [json.loads(line) for line in open(out / "results.jsonl")]
-    assert rows[0]["errors"] == 1 and rows[0]["words"] == 3 and rows[0]["wer"] == pytest.approx(1 / 3)
-    assert rows[3] == {**rows[3], "key": "test003", "hyp": "", "errors": 1, "wer": 1.0}
+    alone = one_by_one(model, manifest)
+    assert [r["key"] for r in rows] == [f"test{i:03d}" for i in range(len(TEXTS))] == list(alone)  # manifest order
+    assert [r["ref"] for r in rows] == TEXTS
+    want = {key: model.transcribe(batch, cfg).llm[0] for key, (_, batch) in alone.items()}
+    assert [r["hyp"] for r in rows] == [want[r["key"]] for r in rows]
+    assert any(r["hyp"].strip() for r in rows)  # the comparison is not of empty strings
+    assert _read(out / "hyp.txt") == [f"{r['key']} {' '.join(r['hyp'].split())}" for r in rows]
+    assert _read(out / "ref.txt") == [f"{r['key']} {r['ref']}" for r in rows]
+    corpus, scores = score_corpus([(r["ref"], r["hyp"]) for r in rows], "auto")
+    assert [r["errors"] for r in rows] == [s.errors for s in scores] and corpus.errors > 0
+    assert summary["errors"] == corpus.errors and summary["rate"] == pytest.approx(corpus.rate, abs=1e-12)
+    assert summary["utterances"] == len(TEXTS) and summary["skipped"] == 3 and summary["metric"] == "WER"
+    assert summary["num_beams"] == 2 and summary["audio_seconds"] > 0 and summary["rtf"] > 0
+    assert json.loads((out / "wer.json").read_text())["rate"] == pytest.approx(corpus.rate, abs=1e-12)
     assert all(r["duration"] > 0 for r in rows)
     bad = [json.loads(line) for line in open(out / "bad.jsonl")]
-    assert len(bad) == 3 and {b["line"] for b in bad} == {len(TEXTS) + 1, len(TEXTS) + 2, len(TEXTS) + 3}
+    assert len(bad) == 3 and [b["line"] for b in bad] == [len(TEXTS) + 1, len(TEXTS) + 2, len(TEXTS) + 3]
     short = next(b for b in bad if b["key"] == "vad")
     assert short["reason"].startswith("audio too short for one feature frame (160 samples")
-    text = (out / "wer.txt").read_text()
-    assert f"WER {100 * len(TEXTS) / words:.2f}%" in text and "skipped (bad data): 3" in text
-    assert "real-time factor" in text
+    text = (out / "wer.txt").read_text().splitlines()
+    assert text[0] == f"test.jsonl: {corpus.summary()}" and f"WER {100 * corpus.rate:.2f}%" in text[0]
+    assert "skipped (bad data): 3" in text[1] and "real-time factor" in text[2]
 
 
 def test_cli_with_exported_model_and_checkpoint_agree(runs, exported_dir, corpus, tmp_path, capsys):
@@ -187,26 +200,23 @@ def test_export_and_decode_a_checkpoint_the_trainer_wrote(base_dirs, tmp_path):
 def _independent_ctc(model, corpus) -> dict:
     """key -> (reference, CTC greedy transcript, encoder length), one utterance per batch: encoder -> head ->
     ctc_greedy."""
-    from llmasr.data.loader import open_manifests
     from llmasr.models.ctc import ctc_greedy
 
-    manifest, _ = open_manifests([str(corpus)], mix=False)
     out = {}
     with torch.no_grad():
-        for batch in make_loader(model, manifest, DecodeOptions(batch_seconds=0.01, num_workers=0)):
+        for key, (ref, batch) in one_by_one(model, corpus).items():
             enc, lens = model.encoder(batch.feats, batch.feat_lens)
             (ids,) = ctc_greedy(model.ctc_head(enc, lens), lens, model.ctc_tokenizer.blank_id)
-            out[batch.keys[0]] = (batch.targets[0], model.ctc_tokenizer.decode(ids), int(lens[0]))
+            out[key] = (ref, model.ctc_tokenizer.decode(ids), int(lens[0]))
     return out
 
 
 def test_ctc_branch_batched_equals_one_by_one_and_the_llm_output_is_unchanged(model, corpus, tmp_path):
-    from llmasr.scoring import score_corpus
-
-    common = dict(max_new_tokens=4, num_workers=0)
-    decode_manifest(model, corpus, tmp_path / "plain", DecodeOptions(batch_seconds=100.0, **common))
-    batched = decode_manifest(model, corpus, tmp_path / "b", DecodeOptions(batch_seconds=100.0, ctc=True, **common))
-    decode_manifest(model, corpus, tmp_path / "s", DecodeOptions(batch_seconds=0.01, ctc=True, **common))
+    big, small = DecodeConfig(batch_seconds=100.0, max_new_tokens=4), DecodeConfig(batch_seconds=0.01, max_new_tokens=4)
+    plain, ctc = DecodeOptions(num_workers=0), DecodeOptions(num_workers=0, ctc=True)
+    decode_manifest(model, corpus, tmp_path / "plain", big, plain)
+    batched = decode_manifest(model, corpus, tmp_path / "b", big, ctc)
+    decode_manifest(model, corpus, tmp_path / "s", small, ctc)
     assert not (tmp_path / "plain" / "ctc").exists()
     for name in ("hyp.txt", "ref.txt", "results.jsonl", "bad.jsonl"):  # the LLM's outputs do not change
         assert _read(tmp_path / "b" / name) == _read(tmp_path / "plain" / name), name
@@ -252,22 +262,14 @@ def test_ctc_wer_follows_the_ctc_head(model, long_corpus, tmp_path, monkeypatch,
     # The submodule table, not setattr: pytest >= 9.2 restores an instance attribute from the instance __dict__,
     # where nn.Module keeps no submodule, so undoing a setattr would delete the module-scoped model's head.
     monkeypatch.setitem(model._modules, "ctc_head", OracleCTCHead(model.ctc_tokenizer, by_len))
-    opts = DecodeOptions(batch_seconds=100.0, max_new_tokens=2, num_workers=0, ctc=True)
-    summary = decode_manifest(model, corpus, tmp_path / "o", opts)
+    cfg = DecodeConfig(batch_seconds=100.0, max_new_tokens=2)
+    summary = decode_manifest(model, corpus, tmp_path / "o", cfg, DecodeOptions(num_workers=0, ctc=True))
     words = sum(len(t.split()) for t in TEXTS)
     assert summary["ctc"]["rate"] == pytest.approx(len(TEXTS) / words if wrong else 0.0, abs=1e-12)
     rows = [json.loads(line) for line in open(tmp_path / "o" / "ctc" / "results.jsonl")]
     assert [r["hyp"] for r in rows] == [" ".join(t.split()[int(wrong) :]) for t in TEXTS]
     assert [r["errors"] for r in rows] == [int(wrong)] * len(TEXTS)
     assert "(CTC branch, greedy): WER" in (tmp_path / "o" / "ctc" / "wer.txt").read_text()
-
-
-def test_ctc_without_shared_encoder_output(model, corpus, tmp_path, monkeypatch):
-    """A generate() that runs no encoder (stubbed): the CTC branch runs the encoder itself, same transcripts."""
-    monkeypatch.setattr(model, "generate", lambda batch, **kw: ["x"] * len(batch.keys))
-    decode_manifest(model, corpus, tmp_path / "o", DecodeOptions(batch_seconds=100.0, num_workers=0, ctc=True))
-    want = _independent_ctc(model, corpus)
-    assert _read(tmp_path / "o" / "ctc" / "hyp.txt") == [f"{k} {' '.join(want[k][1].split())}" for k in sorted(want)]
 
 
 def test_cli_ctc_prints_both_lines(runs, exported_dir, corpus, tmp_path, capsys):
@@ -281,7 +283,6 @@ def test_cli_ctc_prints_both_lines(runs, exported_dir, corpus, tmp_path, capsys)
 
 
 def test_ctc_on_a_model_without_a_ctc_head_is_a_clear_error(base_dirs, corpus, tmp_path, capsys):
-    from llmasr.export.decode import DecodeError
     from llmasr.testing.run_dirs import make_run, model_section
 
     run = make_run(tmp_path / "run", model_section(*base_dirs, ctc=False), stage=0)
@@ -291,15 +292,53 @@ def test_ctc_on_a_model_without_a_ctc_head_is_a_clear_error(base_dirs, corpus, t
     assert rc == 2 and f"--ctc: the model directory {exported} has no CTC head" in err
     assert not (tmp_path / "o").exists()
     with pytest.raises(DecodeError, match="no CTC head"):
-        decode_manifest(load_exported(exported), corpus, tmp_path / "o2", DecodeOptions(num_workers=0, ctc=True))
+        decode_manifest(load_exported(exported), corpus, tmp_path / "o2", DecodeConfig(), DecodeOptions(ctc=True))
 
 
-def test_decode_options_given_then_model_defaults_then_own():
-    opts = decode_options({"num_beams": 3, "metric": "cer", "tokens_per_second": 5}, 0.2, num_beams=2, ctc=True)
-    assert (opts.num_beams, opts.metric, opts.tokens_per_second, opts.ctc) == (2, "cer", 5.0, True)
-    assert (opts.batch_seconds, opts.max_new_tokens, opts.max_bad_fraction) == (120.0, None, 0.2)
-    assert decode_options({}, 0.2, max_bad_fraction=0.5, max_new_tokens=7).max_bad_fraction == 0.5
-    with pytest.raises(DecodeError, match="beam size must be >= 1, got 0"):
-        decode_options({"num_beams": 0}, 0.01)
+def test_decode_config_given_then_saved_then_defaults():
+    saved = DecodeConfig(num_beams=3, metric="cer", tokens_per_second=5.0)
+    cfg = decode_config(saved, num_beams=2, metric=None, max_new_tokens=None)
+    assert (cfg.num_beams, cfg.metric, cfg.tokens_per_second, cfg.batch_seconds, cfg.max_new_tokens) == (
+        2, "cer", 5.0, 120.0, None,
+    )  # fmt: skip
+    with pytest.raises(ConfigError, match=r"decode.num_beams: must be >= 1, got 0"):
+        decode_config(saved, num_beams=0)
     with pytest.raises(TypeError, match="beam"):
-        decode_options({}, 0.01, beam=2)
+        decode_config(saved, beam=2)
+    # every decode setting has its flag
+    assert sorted(DECODE_FLAGS) == sorted(f.name for f in dataclasses.fields(DecodeConfig))
+
+
+def test_cli_flags_override_the_exported_decode_settings(exported_dir, corpus, tmp_path, capsys):
+    import shutil
+
+    import yaml
+
+    model_dir = shutil.copytree(exported_dir, tmp_path / "model")
+    desc = yaml.safe_load((model_dir / "llmasr_model.yaml").read_text())
+    desc["decode"].update(max_new_tokens=2, batch_seconds=0.01, num_beams=2)
+    (model_dir / "llmasr_model.yaml").write_text(yaml.safe_dump(desc))
+    _, saved, opts = load_decode_model(model_dir)
+    assert (saved.max_new_tokens, saved.num_beams, opts.max_bad_fraction, opts.num_workers) == (2, 2, 0.01, 2)
+    common = ["--model", str(model_dir), "--data", str(corpus), "--num-workers", "0"]
+    assert main([*common, "--output", str(tmp_path / "saved")]) == 0
+    assert main([*common, "--output", str(tmp_path / "given"), "--max-new-tokens", "3", "--beam", "1"]) == 0
+    got = {k: json.loads((tmp_path / k / "wer.json").read_text()) for k in ("saved", "given")}
+    assert (got["saved"]["max_new_tokens"], got["saved"]["num_beams"], got["saved"]["batch_seconds"]) == (2, 2, 0.01)
+    assert (got["given"]["max_new_tokens"], got["given"]["num_beams"], got["given"]["batch_seconds"]) == (3, 1, 0.01)
+    capsys.readouterr()
+    assert main([*common, "--output", str(tmp_path / "zero"), "--beam", "0"]) == 2
+    assert "llmasr decode: error: decode.num_beams: must be >= 1, got 0" in capsys.readouterr().err
+    desc["decode"]["metric"] = "bleu"
+    (model_dir / "llmasr_model.yaml").write_text(yaml.safe_dump(desc))
+    assert main([*common, "--output", str(tmp_path / "bad")]) == 1
+    err = capsys.readouterr().err
+    assert f"{model_dir / 'llmasr_model.yaml'}: decode.metric: one of auto, wer, cer; got 'bleu'" in err
+
+
+def test_checkpoint_decoding_takes_the_runs_bad_data_tolerance(runs):
+    from llmasr.recipe import load_recipe
+
+    recipe = load_recipe(runs[2] / "recipe.yaml")
+    _, saved, opts = load_decode_model(checkpoint=runs[2])
+    assert saved == recipe.decode and opts.max_bad_fraction == recipe.data.max_bad_fraction
