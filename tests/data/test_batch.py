@@ -8,9 +8,9 @@ from torch.utils.data import DataLoader
 from torch.utils.data._utils.pin_memory import pin_memory as torch_pin_memory
 
 import llmasr
+from llmasr.data.bad_data import BadItem
 from llmasr.data.batch import Batch
 from llmasr.data.collate import Collator
-from llmasr.data.dataset import BadItem
 from llmasr.testing.tiny_recipe import random_batch, speech_logits, tiny_model_section
 
 TENSORS = "feats feat_lens text_ids text_lens audio_pos target_start ctc_ids ctc_lens durations".split()
@@ -135,15 +135,15 @@ def test_forward_on_selected_rows_equals_those_rows_of_the_whole_forward(model):
     batch = random_batch(model, ["zero one two", "three four", "five six seven eight", "nine"], frames=[12, 30, 21, 17])
     rows = [3, 1]
     with torch.no_grad():
-        whole = model(batch)
+        enc_whole, enc_lens_whole, merged_whole = model.embed_batch(batch)
+        enc_part, enc_lens_part, merged_part = model.embed_batch(batch.select(rows))
+        ctc_whole, ctc_part = model.ctc_head(enc_whole, enc_lens_whole), model.ctc_head(enc_part, enc_lens_part)
         part = model(batch.select(rows))
-        _, _, merged_whole = model.embed_batch(batch)
-        _, _, merged_part = model.embed_batch(batch.select(rows))
     logits_whole, logits_part = speech_logits(model, batch), speech_logits(model, batch.select(rows))
     for j, r in enumerate(rows):
-        n = int(part.ctc_lens[j])
-        assert n == int(whole.ctc_lens[r])
-        torch.testing.assert_close(part.ctc_log_probs[j, :n], whole.ctc_log_probs[r, :n], rtol=0, atol=1e-5)
+        n = int(enc_lens_part[j])
+        assert n == int(enc_lens_whole[r])
+        torch.testing.assert_close(ctc_part[j, :n], ctc_whole[r, :n], rtol=0, atol=1e-5)
         valid = int(merged_part.attention_mask[j].sum())
         assert valid == int(merged_whole.attention_mask[r].sum())
         # right-padded rows: the valid positions come first in both

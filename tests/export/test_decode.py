@@ -10,8 +10,9 @@ import torch
 
 from llmasr.commands.decode import DECODE_FLAGS, main
 from llmasr.config_io import ConfigError
+from llmasr.data.bad_data import BadItem
 from llmasr.data.collate import Collator
-from llmasr.data.dataset import BadItem, SpeechDataset
+from llmasr.data.dataset import SpeechDataset
 from llmasr.data.loader import open_manifests
 from llmasr.export.decode import DecodeError, DecodeOptions, decode_loader, decode_manifest, load_decode_model
 from llmasr.export.export import export_model
