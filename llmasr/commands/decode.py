@@ -13,9 +13,9 @@ import torch
 
 from llmasr.config_io import ConfigError
 from llmasr.export.checkpoint_reader import CheckpointError
-from llmasr.export.decode import decode_manifest, load_decode_model, out_dirs
+from llmasr.export.decode import DecodeOptions, decode_manifest, load_decode_model, out_dirs
 from llmasr.export.exported import ExportedModelError
-from llmasr.models.decoding import decode_config
+from llmasr.models.decoding import DecodeConfig, decode_config
 
 # DecodeConfig field -> the argparse dest of the flag that sets it (unset flags keep the model's saved value)
 DECODE_FLAGS = {
@@ -40,12 +40,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--beam", type=int, default=None, help="beam size (1: greedy)")
     p.add_argument("--batch-seconds", type=float, default=None, help="audio seconds per batch (padded)")
     p.add_argument("--max-new-tokens", type=int, default=None, help="cap on generated tokens per utterance")
-    p.add_argument("--tokens-per-second", type=float, default=None, help="length cap per audio second (default 8)")
+    p.add_argument(
+        "--tokens-per-second", type=float, default=None,
+        help=f"length cap per audio second (default: the model's, else {DecodeConfig.tokens_per_second:g})",
+    )  # fmt: skip
     p.add_argument("--repetition-penalty", type=float, default=None)
     p.add_argument("--no-repeat-ngram", type=int, default=None, help="no_repeat_ngram_size for generate")
     p.add_argument("--metric", choices=("auto", "wer", "cer"), default=None)
     p.add_argument("--max-bad-fraction", type=float, default=None, help="fail when more lines than this are bad")
-    p.add_argument("--num-workers", type=int, default=None, help="data loader workers (default 2)")
+    workers = f"data loader workers (default {DecodeOptions.num_workers})"
+    p.add_argument("--num-workers", type=int, default=None, help=workers)
     p.add_argument("--ctc", action="store_true", help="also write the CTC branch's greedy transcripts to OUTPUT/ctc/")
     p.add_argument("--dtype", choices=("bf16", "fp16", "fp32"), help="LLM dtype (--model; default: as exported)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
