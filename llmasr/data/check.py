@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from llmasr.data.audio import AudioError, probe_duration
+from llmasr.data.bad_data import as_record_dict, reason_category
 from llmasr.data.config import DataConfig, ManifestSpec
-from llmasr.data.dataset import as_record_dict, reason_category
 from llmasr.data.features import FeatureExtractor
 from llmasr.data.frontend import FrontendConfig
 from llmasr.data.loader import make_sampler

@@ -16,8 +16,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from llmasr.data.bad_data import BadItem
 from llmasr.data.batch import Batch
-from llmasr.data.dataset import BadItem
 
 
 class EmptyBatchError(RuntimeError):

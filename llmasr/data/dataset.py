@@ -1,11 +1,9 @@
-"""Map-style speech dataset, and the accounting of unusable data.
+"""Map-style speech dataset: one manifest item -> features, LLM token ids and CTC labels, or a `BadItem`.
 
 `SpeechDataset[i]` returns either a dict for one utterance or a `BadItem` naming manifest:line and the reason
 (missing/unreadable/corrupt/empty audio, empty or non-text transcript, malformed manifest line, wrong field type,
 a transcript the CTC vocabulary cannot encode, audio too short for one feature frame). Bad items never raise in
-the worker: the collator drops them and puts them in the batch ("n_bad", "bad"), and the main process feeds every
-batch to a `BadDataTracker`, which logs them (rate-limited), keeps the first few as examples, and raises
-`TooMuchBadData` once the bad fraction passes the recipe's `max_bad_fraction`.
+the worker: the collator drops them and the main process accounts them (llmasr.data.bad_data).
 
 Randomness (dither, augmentation) for item i comes from numpy Generator([seed, epoch, i]), so it does not depend
 on which worker loads the item, on the number of workers, or on where a resumed run restarts. An index that a
@@ -14,257 +12,20 @@ weighted mix repeats within one epoch gets the same randomness both times.
 
 from __future__ import annotations
 
-import logging
-import re
-import time
-from collections import Counter
-from dataclasses import asdict, dataclass
-
 import numpy as np
 from torch.utils.data import Dataset
 
+from llmasr.data.audio import AudioError, load_audio
+from llmasr.data.augment import Augmenter
+
+# BadDataTracker and TooMuchBadData are re-exported for llmasr/export/decode.py, which another branch of issue 11
+# owns; once it imports them from bad_data, these two lines go.
+from llmasr.data.bad_data import BadDataTracker as BadDataTracker
+from llmasr.data.bad_data import BadItem
+from llmasr.data.bad_data import TooMuchBadData as TooMuchBadData
+from llmasr.data.features import FeatureExtractor
 from llmasr.data.frontend import FrontendConfig
-
-log = logging.getLogger("llmasr.data")
-
-
-@dataclass
-class BadItem:
-    """Marker returned by SpeechDataset for an unusable item (plain fields, so it pickles across workers)."""
-
-    manifest: str
-    line: int
-    key: str | None
-    reason: str
-    index: int = -1
-
-    @classmethod
-    def from_record(cls, record, index: int = -1) -> BadItem:
-        return cls(
-            manifest=str(getattr(record, "manifest", "?")),
-            line=int(getattr(record, "line", -1) or -1),
-            key=getattr(record, "key", None),
-            reason=str(getattr(record, "reason", None) or record),
-            index=int(index),
-        )
-
-    @property
-    def record(self):
-        """The same information as a manifest BadRecord."""
-        from llmasr.data.manifest import BadRecord
-
-        return BadRecord(self.manifest, self.line, self.reason, self.key)
-
-    def where(self) -> str:
-        return f"{self.manifest}:{self.line}"
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-def as_record_dict(item) -> dict:
-    """A BadItem, a manifest BadRecord, or a dict -> dict with manifest, line, key, reason."""
-    if isinstance(item, dict):
-        return dict(item)
-    if isinstance(item, BadItem):
-        return item.to_dict()
-    return BadItem.from_record(item).to_dict()
-
-
-class TooMuchBadData(RuntimeError):
-    """More than max_bad_fraction of the items seen are unusable."""
-
-
-# (substring of the reason, category) in priority order; reasons carry paths and details that vary per line.
-REASON_CATEGORIES = (
-    ("file not found", "audio file not found"),
-    ("is a directory", "audio file not found"),
-    ("empty audio", "empty audio"),
-    ("empty range", "empty audio"),
-    ("non-finite samples", "corrupt audio"),
-    ("corrupt", "unreadable or corrupt audio"),
-    ("unreadable", "unreadable or corrupt audio"),
-    ("too short for one feature frame", "audio too short"),
-    ("past the end", "segment outside the audio"),
-    ("past the audio", "segment outside the audio"),
-    ("channel", "bad channel"),
-    ("malformed JSON", "malformed line"),
-    ("not UTF-8", "malformed line"),
-    ("expected a JSON object", "malformed line"),
-    ("missing field", "missing field"),
-    ("empty target", "empty target"),
-    ("is empty", "empty target"),
-    ("non-text target", "non-text target"),
-    ("is not text", "non-text target"),
-    ("must be", "wrong field type or value"),
-    ("CTC", "target outside the CTC vocabulary"),
-    ("prompt builder", "target rejected by the LLM tokenizer"),
-    ("lhotse", "unsupported lhotse record"),
-    ("unknown duration", "unknown duration"),
-)
-
-
-def reason_category(reason: str) -> str:
-    """A short, stable class of a bad-item reason, for counting."""
-    for needle, category in REASON_CATEGORIES:
-        if needle in reason:
-            return category
-    head = re.split(r"[:(]", reason, maxsplit=1)[0]
-    head = re.sub(r"\S*[/\\]\S*|\d+(\.\d+)?", "", head).strip()  # drop paths and numbers
-    return head or "other"
-
-
-class BadDataTracker:
-    """Counts good and bad items, logs bad ones (rate-limited) and enforces max_bad_fraction.
-
-    The check runs after every update once `min_items` items have been seen, and unconditionally at epoch end
-    (`end_epoch`). Counts are per epoch (`new_epoch` resets them); `state_dict` carries them across a resume.
-    Each rank keeps its own tracker over its own share of the data.
-    """
-
-    def __init__(
-        self,
-        max_bad_fraction: float = 0.01,
-        *,
-        min_items: int = 1000,
-        keep_examples: int = 20,
-        log_first: int = 20,
-        log_interval_s: float = 60.0,
-        name: str = "train",
-    ):
-        self.max_bad_fraction = float(max_bad_fraction)
-        self.min_items = int(min_items)
-        self.keep_examples = int(keep_examples)
-        self.log_first = int(log_first)
-        self.log_interval_s = float(log_interval_s)
-        self.name = name
-        self.good = 0
-        self.bad = 0
-        self.by_reason: Counter[str] = Counter()
-        self.examples: list[dict] = []
-        self.static: list[dict] = []  # bad lines found before loading (manifest parse / header probe)
-        self._logged = 0
-        self._suppressed = 0
-        self._last_log = 0.0
-
-    # ------------------------------------------------------------------------------------------------- counting
-    @property
-    def seen(self) -> int:
-        return self.good + self.bad
-
-    @property
-    def fraction(self) -> float:
-        return self.bad / self.seen if self.seen else 0.0
-
-    def add_static(self, records, *, quiet: bool = False) -> None:
-        """Bad items known up front (never batched: the sampler skips them). They count in every epoch. `quiet`:
-        not logged one by one (the caller has reported them)."""
-        for rec in records:
-            rec = as_record_dict(rec)
-            self.static.append(rec)
-            self._count_bad(rec)
-            if not quiet:
-                self._log(rec)
-
-    def new_epoch(self) -> None:
-        """Reset the counts for a new epoch (the static bad items are counted again, silently)."""
-        self.good = 0
-        self.bad = len(self.static)
-        self.by_reason = Counter(reason_category(str(r.get("reason", ""))) for r in self.static)
-
-    def add_good(self, n: int = 1) -> None:
-        self.good += int(n)
-
-    def add_bad(self, item) -> None:
-        """`item`: a BadItem, a BadRecord, or a dict with manifest/line/key/reason."""
-        rec = as_record_dict(item)
-        self._count_bad(rec)
-        self._log(rec)
-
-    def _count_bad(self, rec: dict) -> None:
-        self.bad += 1
-        self.by_reason[reason_category(str(rec.get("reason", "")))] += 1
-        if len(self.examples) < self.keep_examples:
-            self.examples.append(rec)
-
-    def _log(self, rec: dict) -> None:
-        where = f"{rec.get('manifest')}:{rec.get('line')}"
-        if self._logged < self.log_first:
-            self._logged += 1
-            log.warning("%s: skipping bad item %s (key %s): %s", self.name, where, rec.get("key"), rec.get("reason"))
-            if self._logged == self.log_first:
-                log.warning("%s: further bad items are summarised at most every %.0f s", self.name, self.log_interval_s)
-            self._last_log = time.monotonic()
-            return
-        self._suppressed += 1
-        now = time.monotonic()
-        if now - self._last_log >= self.log_interval_s:
-            log.warning(
-                "%s: %d more bad items (latest %s: %s); %d bad of %d seen (%.3f%%) by reason %s",
-                self.name,
-                self._suppressed,
-                where,
-                rec.get("reason"),
-                self.bad,
-                self.seen,
-                100 * self.fraction,
-                dict(self.by_reason),
-            )
-            self._suppressed = 0
-            self._last_log = now
-
-    def update(self, batch) -> None:
-        """Account one collated Batch (its real items and its dropped bad items), then check the threshold."""
-        for rec in batch.bad:
-            self.add_bad(rec)
-        if not batch.empty:
-            self.add_good(batch.size)
-        if self.seen >= self.min_items:
-            self.check()
-
-    # ------------------------------------------------------------------------------------------------- checking
-    def check(self, *, final: bool = False) -> None:
-        if self.bad and self.fraction > self.max_bad_fraction:
-            raise TooMuchBadData(self.message(final=final))
-
-    def end_epoch(self) -> None:
-        self.check(final=True)
-
-    def message(self, *, final: bool = False) -> str:
-        lines = [
-            f"{self.name}: too much bad data: {self.bad} of {self.seen} items ({100 * self.fraction:.2f}%) are "
-            f"unusable, above data.max_bad_fraction = {self.max_bad_fraction} ({100 * self.max_bad_fraction:.2f}%)"
-            + (" at epoch end" if final else ""),
-            "by reason: " + ", ".join(f"{r}: {c}" for r, c in self.by_reason.most_common()),
-            f"first {len(self.examples)} bad items:",
-        ]
-        lines += [f"  {e.get('manifest')}:{e.get('line')} key={e.get('key')}: {e.get('reason')}" for e in self.examples]
-        lines.append(
-            "Fix or remove these lines (`llmasr data check MANIFEST` lists them all), or raise data.max_bad_fraction."
-        )
-        return "\n".join(lines)
-
-    def summary(self) -> str:
-        if not self.bad:
-            return f"{self.name}: no bad items in {self.seen} seen"
-        reasons = ", ".join(f"{r}: {c}" for r, c in self.by_reason.most_common())
-        return f"{self.name}: {self.bad} bad of {self.seen} items ({100 * self.fraction:.3f}%): {reasons}"
-
-    def state_dict(self) -> dict:
-        return {
-            "good": self.good,
-            "bad": self.bad,
-            "by_reason": dict(self.by_reason),
-            "examples": list(self.examples),
-            "static": list(self.static),
-        }
-
-    def load_state_dict(self, state: dict) -> None:
-        self.good = int(state["good"])
-        self.bad = int(state["bad"])
-        self.by_reason = Counter({str(k): int(v) for k, v in state.get("by_reason", {}).items()})
-        self.examples = list(state.get("examples", []))[: self.keep_examples]
-        self.static = list(state.get("static", self.static))
+from llmasr.data.records import BadRecord
 
 
 class SpeechDataset(Dataset):
@@ -309,16 +70,12 @@ class SpeechDataset(Dataset):
     @property
     def feature_extractor(self):
         if self._fx is None:
-            from llmasr.data.features import FeatureExtractor
-
             self._fx = FeatureExtractor(self.frontend)
         return self._fx
 
     @property
     def augmenter(self):
         if self._aug is None and self.train and self.augment_cfg is not None:
-            from llmasr.data.augment import Augmenter
-
             aug = Augmenter(self.augment_cfg, self.frontend)
             self._aug = aug if aug.enabled else False
         return self._aug or None
@@ -333,8 +90,6 @@ class SpeechDataset(Dataset):
         return np.random.default_rng([self.seed, self.epoch, int(index)])
 
     def __getitem__(self, index: int):
-        from llmasr.data.manifest import BadRecord
-
         index = int(index)
         try:
             utt = self.manifest[index]
@@ -359,8 +114,6 @@ class SpeechDataset(Dataset):
         ctc_ids = self._ctc_labels(target) if self.ctc_tokenizer is not None else None
         if isinstance(ctc_ids, str):
             return bad(ctc_ids)
-
-        from llmasr.data.audio import AudioError, load_audio
 
         sr = int(self.frontend.sample_rate)
         start = float(utt.start) if getattr(utt, "start", None) is not None else 0.0

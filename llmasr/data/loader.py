@@ -25,9 +25,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from llmasr.data.bad_data import BadDataTracker, BadItem, TooMuchBadData
 from llmasr.data.collate import Collator
 from llmasr.data.config import DataConfig, ManifestSpec
-from llmasr.data.dataset import BadDataTracker, BadItem, SpeechDataset, TooMuchBadData
+from llmasr.data.dataset import SpeechDataset
 from llmasr.data.frontend import FrontendConfig
 from llmasr.data.sampler import DynamicBucketSampler
 from llmasr.data.screen import describe_skipped, start_tracker

@@ -5,7 +5,7 @@ lines, missing or ill-typed fields, empty or non-text transcripts, unsupported l
 headers are found here, once, each with its dataset index. The sampler never batches these lines, every epoch
 counts them against data.max_bad_fraction, and `refuse_at_start` stops the run before training when they alone pass
 it. Faults that only loading shows (corrupt audio behind a readable header, clips too short for a feature frame, a
-transcript the tokenizers refuse) are counted as batches load (see llmasr.data.dataset.BadDataTracker).
+transcript the tokenizers refuse) are counted as batches load (see llmasr.data.bad_data.BadDataTracker).
 
 `describe_skipped` words what the batching filters drop (max_duration, min_duration, max_target_len, a batch
 budget too small for one item), with examples, for the start of train.log.
@@ -18,7 +18,7 @@ import time
 
 import numpy as np
 
-from llmasr.data.dataset import BadDataTracker, BadItem, TooMuchBadData
+from llmasr.data.bad_data import BadDataTracker, BadItem, TooMuchBadData
 from llmasr.data.manifest import BadRecord
 
 log = logging.getLogger("llmasr.data")

@@ -8,9 +8,9 @@ from torch.utils.data import DataLoader
 from torch.utils.data._utils.pin_memory import pin_memory as torch_pin_memory
 
 import llmasr
+from llmasr.data.bad_data import BadItem
 from llmasr.data.batch import Batch
 from llmasr.data.collate import Collator
-from llmasr.data.dataset import BadItem
 from llmasr.testing.tiny_recipe import random_batch, speech_logits, tiny_model_section
 
 TENSORS = "feats feat_lens text_ids text_lens audio_pos target_start ctc_ids ctc_lens durations".split()

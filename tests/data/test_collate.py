@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
+from llmasr.data.bad_data import BadItem
 from llmasr.data.collate import Collator, EmptyBatchError
-from llmasr.data.dataset import BadItem
 
 FIELDS = {
     "feats",

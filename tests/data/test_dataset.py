@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 from speech_fakes import FakeCTCTokenizer, FakePromptBuilder, write_manifest, write_wav
 
+from llmasr.data.bad_data import BadDataTracker, BadItem, TooMuchBadData, reason_category
 from llmasr.data.collate import Collator
-from llmasr.data.dataset import BadDataTracker, BadItem, SpeechDataset, TooMuchBadData, reason_category
+from llmasr.data.dataset import SpeechDataset
 from llmasr.data.frontend import FrontendConfig
 from llmasr.data.manifest import BadRecord, Manifest
 

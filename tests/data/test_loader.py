@@ -4,8 +4,8 @@ import torch
 from speech_fakes import FakeCTCTokenizer, FakePromptBuilder, good_corpus, write_manifest, write_wav
 
 from llmasr.config_io import from_dict
+from llmasr.data.bad_data import TooMuchBadData
 from llmasr.data.config import DataConfig
-from llmasr.data.dataset import TooMuchBadData
 from llmasr.data.frontend import FrontendConfig
 from llmasr.data.loader import build_dataloader
 

@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from llmasr.commands.train import main
-from llmasr.data.dataset import TooMuchBadData
+from llmasr.data.bad_data import TooMuchBadData
 from llmasr.recipe import load_recipe
 from llmasr.testing.run_dirs import write_wav
 from llmasr.testing.tiny_corpus import tiny_recipe_dict, write_tiny_corpus
