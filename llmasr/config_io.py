@@ -70,28 +70,13 @@ def _type_name(tp: Any) -> str:
 
 
 def _coerce(value: Any, tp: Any, path: str) -> Any:
+    """`value` checked against type `tp` (converted where YAML reads it loosely); ConfigError names `path`."""
     origin = typing.get_origin(tp)
     if tp is Any:
         return value
     if origin in (Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _coerce(value, arg, path)
-            except ConfigError as err:
-                errors.append(err)
-        if len(errors) == 1:  # an optional section or value: its own error names the key at fault
-            raise errors[0]
-        raise ConfigError(
-            f"{path}: {value!r} fits none of {' | '.join(_type_name(a) for a in args)}:\n  "
-            + "\n  ".join(str(e) for e in errors)
-        )
-    if typing.get_origin(tp) is typing.Literal:
+        return _coerce_union(value, tp, path)
+    if origin is typing.Literal:
         choices = typing.get_args(tp)
         if value not in choices:
             raise ConfigError(f"{path}: {value!r} is not one of {list(choices)}")
@@ -100,18 +85,53 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
         if not isinstance(value, dict):
             raise ConfigError(f"{path}: expected a mapping for {tp.__name__}, got {type(value).__name__} {value!r}")
         return from_dict(tp, value, path)
-    if origin in (list, tuple):
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{path}: expected a list, got {type(value).__name__} {value!r}")
-        args = typing.get_args(tp)
-        item_tp = args[0] if args else Any
-        items = [_coerce(v, item_tp, f"{path}[{i}]") for i, v in enumerate(value)]
-        return items if origin is list else tuple(items)
+    if origin in (list, tuple, dict):
+        return _coerce_container(value, tp, path)
+    if tp in (bool, int, float, str):
+        return _coerce_scalar(value, tp, path)
+    return value
+
+
+def _coerce_union(value: Any, tp: Any, path: str) -> Any:
+    """The first member of the union `tp` that `value` fits (None for an optional)."""
+    args = typing.get_args(tp)
+    if value is None and type(None) in args:
+        return None
+    errors = []
+    for arg in args:
+        if arg is type(None):
+            continue
+        try:
+            return _coerce(value, arg, path)
+        except ConfigError as err:
+            errors.append(err)
+    if len(errors) == 1:  # an optional section or value: its own error names the key at fault
+        raise errors[0]
+    raise ConfigError(
+        f"{path}: {value!r} fits none of {' | '.join(_type_name(a) for a in args)}:\n  "
+        + "\n  ".join(str(e) for e in errors)
+    )
+
+
+def _coerce_container(value: Any, tp: Any, path: str) -> Any:
+    """list[X], tuple[X, ...] or dict[K, V]: each item coerced, with its index or key in the path."""
+    origin = typing.get_origin(tp)
     if origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{path}: expected a mapping, got {type(value).__name__} {value!r}")
         _, val_tp = typing.get_args(tp) or (Any, Any)
         return {k: _coerce(v, val_tp, f"{path}.{k}") for k, v in value.items()}
+    if not isinstance(value, (list, tuple)):
+        raise ConfigError(f"{path}: expected a list, got {type(value).__name__} {value!r}")
+    args = typing.get_args(tp)
+    item_tp = args[0] if args else Any
+    items = [_coerce(v, item_tp, f"{path}[{i}]") for i, v in enumerate(value)]
+    return items if origin is list else tuple(items)
+
+
+def _coerce_scalar(value: Any, tp: type, path: str) -> Any:
+    """bool, int, float or str: no bool passes as a number, a whole float passes as an int, a number as a str."""
+    is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
     if tp is bool:
         if isinstance(value, bool):
             return value
@@ -123,7 +143,7 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
             return int(value)
         raise ConfigError(f"{path}: expected an integer, got {value!r}")
     if tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if is_number:
             return float(value)
         if isinstance(value, str):
             try:
@@ -131,13 +151,11 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
             except ValueError:
                 pass
         raise ConfigError(f"{path}: expected a number, got {value!r}")
-    if tp is str:
-        if isinstance(value, str):
-            return value
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return str(value)
-        raise ConfigError(f"{path}: expected a string, got {value!r}")
-    return value
+    if isinstance(value, str):
+        return value
+    if is_number:
+        return str(value)
+    raise ConfigError(f"{path}: expected a string, got {value!r}")
 
 
 def from_dict(cls: type[T], data: dict, path: str = "") -> T:

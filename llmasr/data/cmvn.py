@@ -47,47 +47,64 @@ def compute_global_cmvn(
         manifest_paths = [manifest_paths]
     extractor = FeatureExtractor(dataclasses.replace(frontend, cmvn_file=None))
     manifests = [Manifest.open(p) for p in manifest_paths]
-    total = sum(len(m) for m in manifests)
-    if max_utts is not None and max_utts < total:
-        # evenly spaced over the concatenation, so a cap still covers every manifest
-        picks = np.unique(np.linspace(0, total - 1, num=max(1, max_utts)).round().astype(np.int64))
-    else:
-        picks = np.arange(total, dtype=np.int64)
     offsets = np.cumsum([0] + [len(m) for m in manifests])
+    picks = _picks(int(offsets[-1]), max_utts)
 
     dim = frontend.feature_dim
     s1 = np.zeros(dim, dtype=np.float64)
     s2 = np.zeros(dim, dtype=np.float64)
     frames = 0
-    used = 0
     bad: list[str] = []
     for idx in picks:
         k = int(np.searchsorted(offsets, idx, side="right") - 1)
-        m = manifests[k]
-        try:
-            utt = m[int(idx - offsets[k])]
-            wav = load_audio(
-                utt.source, sample_rate=frontend.sample_rate, start=utt.start, end=utt.end, channel=utt.channel
-            )
-        except BadRecord as err:
-            bad.append(str(err))
+        feats = _features(manifests[k], int(idx - offsets[k]), extractor)
+        if isinstance(feats, str):
+            bad.append(feats)
             continue
-        except AudioError as err:
-            bad.append(f"{m.path}:{utt.line}: audio {err.path}: {err.reason}")
-            continue
-        if extractor.num_frames(wav.size) == 0:
-            bad.append(
-                f"{m.path}:{utt.line}: audio too short for one feature frame ({wav.size} samples; the frontend "
-                f"needs at least {extractor.min_samples})"
-            )
-            continue
-        feats = extractor(wav, train=False).astype(np.float64)
         s1 += feats.sum(axis=0)
         s2 += np.square(feats).sum(axis=0)
         frames += feats.shape[0]
-        used += 1
 
-    attempted = len(picks)
+    _check_usable(bad, len(picks), frames, max_bad_fraction)
+    mean = s1 / frames
+    var = np.maximum(s2 / frames - mean * mean, VAR_FLOOR)
+    shift = (-mean).astype(np.float32)
+    scale = (1.0 / np.sqrt(var)).astype(np.float32)
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    write_kaldi_cmvn(out_path, shift, scale)
+    log.info("global CMVN: %d utterances, %d frames, %d dims -> %s", len(picks) - len(bad), frames, dim, out_path)
+    return shift, scale
+
+
+def _picks(total: int, max_utts: int | None) -> np.ndarray:
+    """Indices into the concatenated manifests: all of them, or `max_utts` evenly spaced (so a cap still covers
+    every manifest)."""
+    if max_utts is not None and max_utts < total:
+        return np.unique(np.linspace(0, total - 1, num=max(1, max_utts)).round().astype(np.int64))
+    return np.arange(total, dtype=np.int64)
+
+
+def _features(manifest: Manifest, index: int, extractor: FeatureExtractor) -> np.ndarray | str:
+    """Float64 features [T, D] of record `index` of `manifest` (no dither), or why it has none."""
+    sample_rate = extractor.frontend.sample_rate
+    try:
+        utt = manifest[index]
+        wav = load_audio(utt.source, sample_rate=sample_rate, start=utt.start, end=utt.end, channel=utt.channel)
+    except BadRecord as err:
+        return str(err)
+    except AudioError as err:
+        return f"{manifest.path}:{utt.line}: audio {err.path}: {err.reason}"
+    if extractor.num_frames(wav.size) == 0:
+        return (
+            f"{manifest.path}:{utt.line}: audio too short for one feature frame ({wav.size} samples; the frontend "
+            f"needs at least {extractor.min_samples})"
+        )
+    return extractor(wav, train=False).astype(np.float64)
+
+
+def _check_usable(bad: list[str], attempted: int, frames: int, max_bad_fraction: float) -> None:
+    """Log the unusable utterances; raise CMVNError when none gave frames or too many were unusable."""
     if bad:
         log.warning("global CMVN: %d of %d utterances unusable, e.g.:\n  %s", len(bad), attempted, "\n  ".join(bad[:5]))
     if frames == 0:
@@ -97,12 +114,3 @@ def compute_global_cmvn(
             f"global CMVN: {len(bad)} of {attempted} utterances unusable (more than "
             f"{max_bad_fraction:.0%}); first problems: {bad[:3]}"
         )
-    mean = s1 / frames
-    var = np.maximum(s2 / frames - mean * mean, VAR_FLOOR)
-    shift = (-mean).astype(np.float32)
-    scale = (1.0 / np.sqrt(var)).astype(np.float32)
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    write_kaldi_cmvn(out_path, shift, scale)
-    log.info("global CMVN: %d utterances, %d frames, %d dims -> %s", used, frames, dim, out_path)
-    return shift, scale

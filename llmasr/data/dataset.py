@@ -1,11 +1,9 @@
-"""Map-style speech dataset.
+"""Map-style speech dataset: one manifest item -> features, LLM token ids and CTC labels, or a `BadItem`.
 
 `SpeechDataset[i]` returns either a dict for one utterance or a `BadItem` naming manifest:line and the reason
 (missing/unreadable/corrupt/empty audio, empty or non-text transcript, malformed manifest line, wrong field type,
 a transcript the CTC vocabulary cannot encode, audio too short for one feature frame). Bad items never raise in
-the worker: the collator drops them and puts them in the batch ("n_bad", "bad"), and the main process feeds every
-batch to a `BadDataTracker` (llmasr.data.bad_data), which raises `TooMuchBadData` once the bad fraction passes the
-recipe's `max_bad_fraction`.
+the worker: the collator drops them and the main process accounts them (llmasr.data.bad_data).
 
 Randomness (dither, augmentation) for item i comes from numpy Generator([seed, epoch, i]), so it does not depend
 on which worker loads the item, on the number of workers, or on where a resumed run restarts. An index that a
@@ -14,15 +12,15 @@ weighted mix repeats within one epoch gets the same randomness both times.
 
 from __future__ import annotations
 
-import logging
-
 import numpy as np
 from torch.utils.data import Dataset
 
+from llmasr.data.audio import AudioError, load_audio
+from llmasr.data.augment import Augmenter
 from llmasr.data.bad_data import BadItem
+from llmasr.data.features import FeatureExtractor
 from llmasr.data.frontend import FrontendConfig
-
-log = logging.getLogger("llmasr.data")
+from llmasr.data.records import BadRecord
 
 
 class SpeechDataset(Dataset):
@@ -67,16 +65,12 @@ class SpeechDataset(Dataset):
     @property
     def feature_extractor(self):
         if self._fx is None:
-            from llmasr.data.features import FeatureExtractor
-
             self._fx = FeatureExtractor(self.frontend)
         return self._fx
 
     @property
     def augmenter(self):
         if self._aug is None and self.train and self.augment_cfg is not None:
-            from llmasr.data.augment import Augmenter
-
             aug = Augmenter(self.augment_cfg, self.frontend)
             self._aug = aug if aug.enabled else False
         return self._aug or None
@@ -91,8 +85,6 @@ class SpeechDataset(Dataset):
         return np.random.default_rng([self.seed, self.epoch, int(index)])
 
     def __getitem__(self, index: int):
-        from llmasr.data.manifest import BadRecord
-
         index = int(index)
         try:
             utt = self.manifest[index]
@@ -117,8 +109,6 @@ class SpeechDataset(Dataset):
         ctc_ids = self._ctc_labels(target) if self.ctc_tokenizer is not None else None
         if isinstance(ctc_ids, str):
             return bad(ctc_ids)
-
-        from llmasr.data.audio import AudioError, load_audio
 
         sr = int(self.frontend.sample_rate)
         start = float(utt.start) if getattr(utt, "start", None) is not None else 0.0

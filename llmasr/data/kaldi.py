@@ -36,6 +36,42 @@ def _read_kaldi_table(path: Path, what: str, dups: list[BadRecord]) -> dict[str,
     return table
 
 
+REASONS = ("missing_text", "missing_audio", "empty_text", "unsupported", "bad_segments", "duplicate_keys")
+
+
+class _Skipped:
+    """The keys skipped per reason, and the BadRecords (file:line: reason) in the order they were found."""
+
+    def __init__(self):
+        self.keys: dict[str, list[str]] = {r: [] for r in REASONS}
+        self.problems: list[BadRecord] = []
+
+    def skip(self, reason: str, file: Path, lineno: int, key: str, detail: str) -> None:
+        self.keys[reason].append(key)
+        self.problems.append(BadRecord(str(file), lineno, f"{reason}: {detail}", key))
+
+    def duplicates(self, dups: list[BadRecord]) -> None:
+        self.problems.extend(dups)
+        self.keys["duplicate_keys"].extend(bad.key or "" for bad in dups)
+
+    def counts(self, written: int) -> dict:
+        """kaldi_to_jsonl's result; each reason with skipped keys is logged once."""
+        counts: dict = {"written": written}
+        for reason in REASONS:
+            keys = self.keys[reason]
+            counts[reason] = len(keys)
+            counts[f"{reason}_keys"] = keys[:5]
+            if keys:
+                log.warning(
+                    "kaldi_to_jsonl: skipped %d key(s): %s (e.g. %s)",
+                    len(keys),
+                    reason.replace("_", " "),
+                    ", ".join(keys[:5]),
+                )
+        counts["problems"] = self.problems[:20]
+        return counts
+
+
 def kaldi_to_jsonl(
     wav_scp: str | Path,
     text: str | Path,
@@ -62,27 +98,30 @@ def kaldi_to_jsonl(
     """
     wav_scp, text, out_jsonl = Path(wav_scp), Path(text), Path(out_jsonl)
     base = Path(base_dir) if base_dir is not None else Path.cwd()
-    problems: list[BadRecord] = []
-    reasons = ("missing_text", "missing_audio", "empty_text", "unsupported", "bad_segments", "duplicate_keys")
-    skipped: dict[str, list[str]] = {r: [] for r in reasons}
-
-    def skip(reason: str, file: Path, lineno: int, key: str, detail: str) -> None:
-        skipped[reason].append(key)
-        problems.append(BadRecord(str(file), lineno, f"{reason}: {detail}", key))
-
+    skipped = _Skipped()
     dups: list[BadRecord] = []
     wavs = _read_kaldi_table(wav_scp, "wav.scp", dups)
     texts = _read_kaldi_table(text, "text", dups)
     segs = _read_kaldi_table(Path(segments), "segments", dups) if segments is not None else {}
-    problems.extend(dups)
-    skipped["duplicate_keys"].extend(bad.key or "" for bad in dups)
+    skipped.duplicates(dups)
 
+    sources = _audio_sources(wavs, wav_scp, base, skipped)
+    if segments is None:
+        records = _recording_records(wavs, texts, sources, wav_scp, text, skipped)
+    else:
+        records = _segment_records(segs, wavs, texts, sources, Path(segments), text, skipped)
+    written = _write_jsonl(records, texts, text, out_jsonl, skipped)
+    return skipped.counts(written)
+
+
+def _audio_sources(wavs: dict, wav_scp: Path, base: Path, skipped: _Skipped) -> dict[str, str]:
+    """wav.scp key -> absolute audio path, for the entries that are plain paths (the others are skipped)."""
     sources: dict[str, str] = {}
     for key, (lineno, value) in wavs.items():
         if not value:
-            skip("unsupported", wav_scp, lineno, key, f"{key}: no audio path")
+            skipped.skip("unsupported", wav_scp, lineno, key, f"{key}: no audio path")
         elif value.endswith("|"):
-            skip(
+            skipped.skip(
                 "unsupported",
                 wav_scp,
                 lineno,
@@ -90,75 +129,87 @@ def kaldi_to_jsonl(
                 f"{key}: pipe command {value[:60]!r} is not supported; convert the audio to files first",
             )
         elif ".ark:" in value or value.endswith(".ark"):
-            skip("unsupported", wav_scp, lineno, key, f"{key}: Kaldi ark offsets are not supported")
+            skipped.skip("unsupported", wav_scp, lineno, key, f"{key}: Kaldi ark offsets are not supported")
         else:
             p = Path(os.path.expanduser(value))
             sources[key] = str(p if p.is_absolute() else (base / p).resolve())
+    return sources
 
+
+def _recording_records(
+    wavs: dict, texts: dict, sources: dict, wav_scp: Path, text: Path, skipped: _Skipped
+) -> list[dict]:
+    """One record per whole recording (no segments file) that has both audio and a transcript."""
     records: list[dict] = []
-    if segments is None:
-        for key, (lineno, _) in wavs.items():
-            if key not in sources:
-                continue
-            if key not in texts:
-                skip("missing_text", wav_scp, lineno, key, f"{key}: in wav.scp but not in {text.name}")
-                continue
-            records.append({"key": key, "source": sources[key]})
-        for key, (lineno, _) in texts.items():
-            if key not in wavs:
-                skip("missing_audio", text, lineno, key, f"{key}: in {text.name} but not in wav.scp")
-    else:
-        segments = Path(segments)
-        for seg, (lineno, value) in segs.items():
-            parts = value.split()
-            try:
-                if len(parts) != 3:
-                    raise ValueError
-                rec_id, start, end = parts[0], float(parts[1]), float(parts[2])
-                if start < 0 or (end != -1 and end <= start):
-                    raise ValueError
-            except ValueError:
-                skip("bad_segments", segments, lineno, seg, f"{seg}: expected '<segment> <recording> <start> <end>'")
-                continue
-            if rec_id not in wavs:
-                skip("missing_audio", segments, lineno, seg, f"{seg}: recording {rec_id!r} is not in wav.scp")
-            elif rec_id not in sources:
-                skip("unsupported", segments, lineno, seg, f"{seg}: recording {rec_id!r} has no readable path")
-            elif seg not in texts:
-                skip("missing_text", segments, lineno, seg, f"{seg}: in segments but not in {text.name}")
-            else:
-                r = {"key": seg, "source": sources[rec_id], "start": start}
-                if end != -1:
-                    r["end"] = end
-                    r["duration"] = round(end - start, 6)
-                records.append(r)
-        for key, (lineno, _) in texts.items():
-            if key not in segs:
-                skip("missing_audio", text, lineno, key, f"{key}: in {text.name} but not in segments")
+    for key, (lineno, _) in wavs.items():
+        if key not in sources:
+            continue
+        if key not in texts:
+            skipped.skip("missing_text", wav_scp, lineno, key, f"{key}: in wav.scp but not in {text.name}")
+            continue
+        records.append({"key": key, "source": sources[key]})
+    for key, (lineno, _) in texts.items():
+        if key not in wavs:
+            skipped.skip("missing_audio", text, lineno, key, f"{key}: in {text.name} but not in wav.scp")
+    return records
 
+
+def _segment_records(
+    segs: dict, wavs: dict, texts: dict, sources: dict, segments: Path, text: Path, skipped: _Skipped
+) -> list[dict]:
+    """One record per segment whose line parses, whose recording has a readable path, and which has a transcript."""
+    records: list[dict] = []
+    for seg, (lineno, value) in segs.items():
+        parsed = _parse_segment(value)
+        if parsed is None:
+            skipped.skip(
+                "bad_segments", segments, lineno, seg, f"{seg}: expected '<segment> <recording> <start> <end>'"
+            )
+            continue
+        rec_id, start, end = parsed
+        if rec_id not in wavs:
+            skipped.skip("missing_audio", segments, lineno, seg, f"{seg}: recording {rec_id!r} is not in wav.scp")
+        elif rec_id not in sources:
+            skipped.skip("unsupported", segments, lineno, seg, f"{seg}: recording {rec_id!r} has no readable path")
+        elif seg not in texts:
+            skipped.skip("missing_text", segments, lineno, seg, f"{seg}: in segments but not in {text.name}")
+        else:
+            r = {"key": seg, "source": sources[rec_id], "start": start}
+            if end != -1:
+                r["end"] = end
+                r["duration"] = round(end - start, 6)
+            records.append(r)
+    for key, (lineno, _) in texts.items():
+        if key not in segs:
+            skipped.skip("missing_audio", text, lineno, key, f"{key}: in {text.name} but not in segments")
+    return records
+
+
+def _parse_segment(value: str) -> tuple[str, float, float] | None:
+    """`<recording> <start> <end>` (after the segment key) -> its fields, or None when it does not parse."""
+    parts = value.split()
+    try:
+        if len(parts) != 3:
+            return None
+        rec_id, start, end = parts[0], float(parts[1]), float(parts[2])
+    except ValueError:
+        return None
+    if start < 0 or (end != -1 and end <= start):
+        return None
+    return rec_id, start, end
+
+
+def _write_jsonl(records: list[dict], texts: dict, text: Path, out_jsonl: Path, skipped: _Skipped) -> int:
+    """Write the records with their transcripts (empty ones skipped); return how many were written."""
     out_jsonl.parent.mkdir(parents=True, exist_ok=True)
     written = 0
     with open(out_jsonl, "w", encoding="utf-8") as f:
         for r in records:
             lineno, target = texts[r["key"]]
             if not target.strip():
-                skip("empty_text", text, lineno, r["key"], f"{r['key']}: empty transcript")
+                skipped.skip("empty_text", text, lineno, r["key"], f"{r['key']}: empty transcript")
                 continue
             rec = {"key": r.pop("key"), "source": r.pop("source"), "target": target, **r}
             f.write(json.dumps(rec, ensure_ascii=False) + "\n")
             written += 1
-
-    counts: dict = {"written": written}
-    for reason in reasons:
-        keys = skipped[reason]
-        counts[reason] = len(keys)
-        counts[f"{reason}_keys"] = keys[:5]
-        if keys:
-            log.warning(
-                "kaldi_to_jsonl: skipped %d key(s): %s (e.g. %s)",
-                len(keys),
-                reason.replace("_", " "),
-                ", ".join(keys[:5]),
-            )
-    counts["problems"] = problems[:20]
-    return counts
+    return written

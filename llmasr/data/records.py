@@ -157,16 +157,7 @@ class _Parser:
         kind = rec.get("type", "MonoCut")
         if kind not in ("MonoCut", "MultiCut", "Cut", "DataCut"):
             raise self.bad(f"lhotse cut: type {kind!r} is not supported (only MonoCut / single-channel MultiCut)")
-        sups = rec.get("supervisions")
-        if not isinstance(sups, list):
-            raise self.bad("lhotse cut: field 'supervisions' must be a list")
-        if len(sups) != 1:
-            raise self.bad(f"lhotse cut has {len(sups)} supervisions; expected exactly one")
-        sup = sups[0]
-        if not isinstance(sup, dict):
-            raise self.bad("lhotse cut: the supervision is not an object")
-        if "text" not in sup or sup["text"] is None:
-            raise self.bad("lhotse cut: missing field 'supervisions[0].text'")
+        sup = self.cut_supervision(rec)
         target = self.target(sup["text"], "supervisions[0].text")
         recording = rec.get("recording")
         if not isinstance(recording, dict):
@@ -179,11 +170,50 @@ class _Parser:
             name = tr.get("name") if isinstance(tr, dict) else tr
             if name != "Resample":  # resampling happens anyway, to the model's rate
                 raise self.bad(f"lhotse recording transform {name!r} is not supported")
+        path, file_channel = self.cut_source(recording, self.cut_channel(rec))
+        lang = sup.get("language")
+        custom = sup.get("custom") if isinstance(sup.get("custom"), dict) else {}
+        prompt = custom.get("prompt")
+        return Utterance(
+            key=cut_id,
+            source=self.resolve(path),
+            target=target,
+            duration=float(duration),
+            target_len=None,
+            prompt=prompt if isinstance(prompt, str) else None,
+            lang=lang if isinstance(lang, str) else None,
+            manifest=self.manifest,
+            line=self.line,
+            channel=file_channel,
+            start=float(start),
+            end=float(start + duration),
+        )
+
+    def cut_supervision(self, rec: dict) -> dict:
+        """The cut's one supervision, which has a text."""
+        sups = rec.get("supervisions")
+        if not isinstance(sups, list):
+            raise self.bad("lhotse cut: field 'supervisions' must be a list")
+        if len(sups) != 1:
+            raise self.bad(f"lhotse cut has {len(sups)} supervisions; expected exactly one")
+        sup = sups[0]
+        if not isinstance(sup, dict):
+            raise self.bad("lhotse cut: the supervision is not an object")
+        if "text" not in sup or sup["text"] is None:
+            raise self.bad("lhotse cut: missing field 'supervisions[0].text'")
+        return sup
+
+    def cut_channel(self, rec: dict) -> int | None:
+        """The recording channel the cut reads (None: all of a single-file recording)."""
         channel = rec.get("channel", 0)
         if isinstance(channel, list):
             channel = channel[0] if len(channel) == 1 else None
         if channel is not None and not (isinstance(channel, int) and not isinstance(channel, bool)):
             raise self.bad(f"lhotse cut: field 'channel' must be an integer or list, got {channel!r:.60}")
+        return channel
+
+    def cut_source(self, recording: dict, channel: int | None) -> tuple[str, int | None]:
+        """(audio file path, channel within that file or None) of the recording source that holds `channel`."""
         sources = recording.get("sources")
         if not isinstance(sources, list) or not sources:
             raise self.bad("lhotse recording has no 'sources'")
@@ -206,23 +236,7 @@ class _Parser:
         path = chosen.get("source")
         if not isinstance(path, str) or not path:
             raise self.bad("lhotse recording source has no file path")
-        lang = sup.get("language")
-        custom = sup.get("custom") if isinstance(sup.get("custom"), dict) else {}
-        prompt = custom.get("prompt")
-        return Utterance(
-            key=cut_id,
-            source=self.resolve(path),
-            target=target,
-            duration=float(duration),
-            target_len=None,
-            prompt=prompt if isinstance(prompt, str) else None,
-            lang=lang if isinstance(lang, str) else None,
-            manifest=self.manifest,
-            line=self.line,
-            channel=file_channel,
-            start=float(start),
-            end=float(start + duration),
-        )
+        return path, file_channel
 
 
 def _is_cut(rec: dict) -> bool:

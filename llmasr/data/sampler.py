@@ -45,8 +45,33 @@ log = logging.getLogger("llmasr.data")
 FILTER_REASONS = ("unknown_duration", "too_short", "too_long", "target_too_long", "over_batch_budget", "bad_line")
 
 
+def _check_settings(rank, world_size, max_seconds, max_frames, frames_per_second, num_buckets, seed) -> None:
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} / world_size {world_size} is not a valid pair")
+    if max_seconds is not None and max_frames is not None:
+        raise ValueError("set max_seconds or max_frames, not both")
+    if max_seconds is None and max_frames is None:
+        raise ValueError("a batch budget is needed: max_seconds or max_frames")
+    if max_frames is not None and not (frames_per_second and frames_per_second > 0):
+        raise ValueError("max_frames needs frames_per_second to convert durations to frames")
+    if num_buckets < 1:
+        raise ValueError(f"num_buckets must be >= 1, got {num_buckets}")
+    if seed < 0:
+        raise ValueError(f"seed must be >= 0, got {seed}")
+
+
 class DynamicBucketSampler(Sampler):
-    """Yields lists of dataset indices; see the module docstring for the algorithm and the rank contract."""
+    """Yields lists of dataset indices; see the module docstring for the algorithm and the rank contract.
+
+    durations: seconds per dataset item (NaN = unknown; such items are skipped as unknown_duration).
+    target_lens: per-item target length (any unit consistent with max_target_len/max_target_tokens).
+    min_item_seconds: cost every item at least this long (fixed-length frontends such as Whisper's 30 s).
+    cost_scale: multiply every item's cost (e.g. 1/0.9 when speed perturbation may stretch audio by 1/0.9);
+        filters still use the durations as given.
+    indices: restrict to these dataset indices (e.g. a validation subset).
+    epoch_indices: epoch -> dataset indices for that epoch (weighted mixing); overrides `indices`.
+    skip: dataset indices known to be unusable (lines found bad before loading); never batched.
+    """
 
     def __init__(
         self,
@@ -74,35 +99,12 @@ class DynamicBucketSampler(Sampler):
         epoch_indices: Callable[[int], np.ndarray] | None = None,
         skip: np.ndarray | None = None,
     ):
-        """
-        durations: seconds per dataset item (NaN = unknown; such items are skipped as unknown_duration).
-        target_lens: per-item target length (any unit consistent with max_target_len/max_target_tokens).
-        min_item_seconds: cost every item at least this long (fixed-length frontends such as Whisper's 30 s).
-        cost_scale: multiply every item's cost (e.g. 1/0.9 when speed perturbation may stretch audio by 1/0.9);
-            filters still use the durations as given.
-        indices: restrict to these dataset indices (e.g. a validation subset).
-        epoch_indices: epoch -> dataset indices for that epoch (weighted mixing); overrides `indices`.
-        skip: dataset indices known to be unusable (lines found bad before loading); never batched.
-        """
-        if world_size < 1 or not 0 <= rank < world_size:
-            raise ValueError(f"rank {rank} / world_size {world_size} is not a valid pair")
-        if max_seconds is not None and max_frames is not None:
-            raise ValueError("set max_seconds or max_frames, not both")
-        if max_seconds is None and max_frames is None:
-            raise ValueError("a batch budget is needed: max_seconds or max_frames")
-        if max_frames is not None and not (frames_per_second and frames_per_second > 0):
-            raise ValueError("max_frames needs frames_per_second to convert durations to frames")
-        if num_buckets < 1:
-            raise ValueError(f"num_buckets must be >= 1, got {num_buckets}")
-        if seed < 0:
-            raise ValueError(f"seed must be >= 0, got {seed}")
+        _check_settings(rank, world_size, max_seconds, max_frames, frames_per_second, num_buckets, seed)
         self.durations = np.asarray(durations, dtype=np.float64)
         n = self.durations.size
-        if target_lens is not None:
-            target_lens = np.asarray(target_lens, dtype=np.int64)
-            if target_lens.shape != (n,):
-                raise ValueError(f"target_lens has shape {target_lens.shape}, durations ({n},)")
-        self.target_lens = target_lens
+        if target_lens is not None and np.shape(target_lens) != (n,):
+            raise ValueError(f"target_lens has shape {np.shape(target_lens)}, durations ({n},)")
+        self.target_lens = None if target_lens is None else np.asarray(target_lens, dtype=np.int64)
         self.max_seconds = max_seconds
         self.max_frames = max_frames
         self.frames_per_second = frames_per_second
@@ -120,26 +122,40 @@ class DynamicBucketSampler(Sampler):
         self.truncate_to_max = bool(truncate_to_max)
         self.epoch_indices = epoch_indices
         self.base_indices = np.arange(n, dtype=np.int64) if indices is None else np.asarray(indices, dtype=np.int64)
+        self._sort_items(min_item_seconds, cost_scale, skip)
 
-        # Per-item cost in budget units, and the first filter reason (-1 = kept).
+        self.epoch = 0
+        self._plan_cache: tuple[tuple, list[list[list[int]]], dict] | None = None
+        self._yielded = 0
+        self._resume: tuple[int, int] | None = None
+        # (epoch, ((world_size, batches done), ...)): the epoch ran partly at other world sizes before a resume
+        self._segment: tuple[int, tuple[tuple[int, int], ...]] | None = None
+        self.resharded = False  # the last load_state_dict came from another world size
+        self._epoch_listeners: list[Callable[[int], None]] = []
+
+    def _sort_items(self, min_item_seconds: float | None, cost_scale: float, skip: np.ndarray | None) -> None:
+        """Per-item cost in budget units (`sizes`, `budget`), first filter reason (-1 = kept), truncation, and the
+        duration buckets, all computed once."""
         d = self.durations
+        n = d.size
         eff = np.where(np.isnan(d), 0.0, d)
         if self.truncate_to_max:
             eff = np.minimum(eff, self.max_duration)
         if min_item_seconds is not None:
             eff = np.maximum(eff, float(min_item_seconds))
         eff = eff * float(cost_scale)
-        if max_frames is not None:
-            self.sizes = np.ceil(eff * float(frames_per_second) - 1e-9)
-            self.budget = float(max_frames)
+        if self.max_frames is not None:
+            self.sizes = np.ceil(eff * float(self.frames_per_second) - 1e-9)
+            self.budget = float(self.max_frames)
         else:
             self.sizes = eff
-            self.budget = float(max_seconds)
+            self.budget = float(self.max_seconds)
         reason = np.full(n, -1, dtype=np.int8)
 
         def mark(mask: np.ndarray, code: int) -> None:
             reason[(reason < 0) & mask] = code
 
+        tl, max_target_len, max_target_tokens = self.target_lens, self.max_target_len, self.max_target_tokens
         with np.errstate(invalid="ignore"):
             if skip is not None and len(skip):
                 bad = np.zeros(n, dtype=bool)
@@ -149,11 +165,11 @@ class DynamicBucketSampler(Sampler):
             mark(d < self.min_duration, 1)
             if not self.truncate_to_max:
                 mark(d > self.max_duration, 2)
-            if target_lens is not None and max_target_len is not None:
-                mark(target_lens > max_target_len, 3)
+            if tl is not None and max_target_len is not None:
+                mark(tl > max_target_len, 3)
             over = self.sizes > self.budget
-            if target_lens is not None and max_target_tokens is not None:
-                over |= target_lens > max_target_tokens
+            if tl is not None and max_target_tokens is not None:
+                over |= tl > max_target_tokens
             mark(over, 4)
         self._reason = reason
         self.truncated_mask = (~np.isnan(d)) & (d > self.max_duration) & (reason < 0)
@@ -165,15 +181,6 @@ class DynamicBucketSampler(Sampler):
         else:
             self.boundaries = np.zeros(0)
         self.bucket_of = np.searchsorted(self.boundaries, self.sizes, side="right").astype(np.int64)
-
-        self.epoch = 0
-        self._plan_cache: tuple[tuple, list[list[list[int]]], dict] | None = None
-        self._yielded = 0
-        self._resume: tuple[int, int] | None = None
-        # (epoch, ((world_size, batches done), ...)): the epoch ran partly at other world sizes before a resume
-        self._segment: tuple[int, tuple[tuple[int, int], ...]] | None = None
-        self.resharded = False  # the last load_state_dict came from another world size
-        self._epoch_listeners: list[Callable[[int], None]] = []
 
     # ----------------------------------------------------------------------------------------------- epoch plan
     def set_epoch(self, epoch: int) -> None:

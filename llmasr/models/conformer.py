@@ -13,6 +13,7 @@ So in eval mode a valid frame's output does not depend on how much padding the b
 
 from __future__ import annotations
 
+from dataclasses import dataclass, fields
 from typing import Any
 
 import torch
@@ -159,115 +160,140 @@ def _choice(key: str, value: Any, allowed: tuple) -> None:
         raise ConfigError(f"encoder.conf.{key}: {value!r} is not supported (supported: {', '.join(map(str, allowed))})")
 
 
-class ConformerEncoder(nn.Module):
-    """FunASR `ConformerEncoder`: forward(xs [B,T,D], xs_lens [B]) -> (ys [B,T',output_size], ys_lens [B])."""
+@dataclass(frozen=True)
+class ConformerConf:
+    """FunASR's `ConformerEncoder` encoder_conf keys with FunASR's defaults (plus input_size), checked once."""
 
-    def __init__(
-        self,
-        input_size: int,
-        output_size: int = 256,
-        attention_heads: int = 4,
-        linear_units: int = 2048,
-        num_blocks: int = 6,
-        dropout_rate: float = 0.1,
-        positional_dropout_rate: float = 0.1,
-        attention_dropout_rate: float = 0.0,
-        input_layer: str = "conv2d",
-        normalize_before: bool = True,
-        concat_after: bool = False,
-        positionwise_layer_type: str = "linear",
-        positionwise_conv_kernel_size: int = 3,
-        macaron_style: bool = False,
-        rel_pos_type: str = "legacy",
-        pos_enc_layer_type: str = "rel_pos",
-        selfattention_layer_type: str = "rel_selfattn",
-        activation_type: str = "swish",
-        use_cnn_module: bool = True,
-        zero_triu: bool = False,
-        cnn_module_kernel: int = 31,
-        padding_idx: int = -1,
-        interctc_layer_idx: list[int] | None = None,
-        interctc_use_conditioning: bool = False,
-        stochastic_depth_rate: float | list[float] = 0.0,
-        **unknown: Any,
-    ):
-        super().__init__()
+    input_size: int
+    output_size: int = 256
+    attention_heads: int = 4
+    linear_units: int = 2048
+    num_blocks: int = 6
+    dropout_rate: float = 0.1
+    positional_dropout_rate: float = 0.1
+    attention_dropout_rate: float = 0.0
+    input_layer: str = "conv2d"
+    normalize_before: bool = True
+    concat_after: bool = False
+    positionwise_layer_type: str = "linear"
+    positionwise_conv_kernel_size: int = 3  # accepted for FunASR configs; unused by the supported layers
+    macaron_style: bool = False
+    rel_pos_type: str = "legacy"
+    pos_enc_layer_type: str = "rel_pos"
+    selfattention_layer_type: str = "rel_selfattn"
+    activation_type: str = "swish"
+    use_cnn_module: bool = True
+    zero_triu: bool = False  # FunASR does not pass it to the legacy attention, so it has no effect there
+    cnn_module_kernel: int = 31
+    padding_idx: int = -1  # accepted for FunASR configs; unused by the supported layers
+    interctc_layer_idx: list[int] | None = None
+    interctc_use_conditioning: bool = False
+    stochastic_depth_rate: float | list[float] = 0.0
+
+    @classmethod
+    def from_conf(cls, input_size: int, conf: dict[str, Any]) -> ConformerConf:
+        """The checked settings; an unknown key or an unsupported value is a ConfigError naming it."""
+        unknown = sorted(set(conf) - {f.name for f in fields(cls)})
         if unknown:
             raise ConfigError(
-                f"encoder.conf.{sorted(unknown)[0]}: not a ConformerEncoder option "
-                f"(unknown keys: {', '.join(sorted(unknown))})"
+                f"encoder.conf.{unknown[0]}: not a ConformerEncoder option (unknown keys: {', '.join(unknown)})"
             )
-        _choice("rel_pos_type", rel_pos_type, ("legacy", "latest"))
-        legacy = rel_pos_type == "legacy"
+        out = cls(input_size, **conf)
+        out.check()
+        return out
+
+    @property
+    def legacy(self) -> bool:
+        return self.rel_pos_type == "legacy"
+
+    def check(self) -> None:
+        _choice("rel_pos_type", self.rel_pos_type, ("legacy", "latest"))
         # FunASR renames rel_pos/rel_selfattn to their legacy_* forms under rel_pos_type: legacy.
-        _choice("pos_enc_layer_type", pos_enc_layer_type, ("rel_pos", "legacy_rel_pos") if legacy else ("rel_pos",))
+        legacy = self.legacy
+        _choice(
+            "pos_enc_layer_type", self.pos_enc_layer_type, ("rel_pos", "legacy_rel_pos") if legacy else ("rel_pos",)
+        )
         _choice(
             "selfattention_layer_type",
-            selfattention_layer_type,
+            self.selfattention_layer_type,
             ("rel_selfattn", "legacy_rel_selfattn") if legacy else ("rel_selfattn",),
         )
-        _choice("input_layer", input_layer, (*CONV_STACKS, "linear"))
-        _choice("positionwise_layer_type", positionwise_layer_type, ("linear",))
-        _choice("activation_type", activation_type, tuple(ACTIVATIONS))
-        if interctc_layer_idx:
+        _choice("input_layer", self.input_layer, (*CONV_STACKS, "linear"))
+        _choice("positionwise_layer_type", self.positionwise_layer_type, ("linear",))
+        _choice("activation_type", self.activation_type, tuple(ACTIVATIONS))
+        if self.interctc_layer_idx:
             raise ConfigError("encoder.conf.interctc_layer_idx: intermediate CTC is not supported; use []")
-        if interctc_use_conditioning:
+        if self.interctc_use_conditioning:
             raise ConfigError("encoder.conf.interctc_use_conditioning: not supported; use false")
-        if cnn_module_kernel % 2 != 1:
-            raise ConfigError(f"encoder.conf.cnn_module_kernel: must be odd, got {cnn_module_kernel}")
-        if output_size % attention_heads != 0:
+        if self.cnn_module_kernel % 2 != 1:
+            raise ConfigError(f"encoder.conf.cnn_module_kernel: must be odd, got {self.cnn_module_kernel}")
+        if self.output_size % self.attention_heads != 0:
             raise ConfigError(
-                f"encoder.conf.output_size: {output_size} is not divisible by attention_heads {attention_heads}"
+                f"encoder.conf.output_size: {self.output_size} is not divisible by attention_heads "
+                f"{self.attention_heads}"
             )
-        if isinstance(stochastic_depth_rate, (int, float)):
-            stochastic_depth_rate = [float(stochastic_depth_rate)] * num_blocks
-        if len(stochastic_depth_rate) != num_blocks:
+        if len(self.depth_rates()) != self.num_blocks:
             raise ConfigError(
-                f"encoder.conf.stochastic_depth_rate: {len(stochastic_depth_rate)} values for {num_blocks} blocks"
+                f"encoder.conf.stochastic_depth_rate: {len(self.depth_rates())} values for {self.num_blocks} blocks"
             )
-        del positionwise_conv_kernel_size, padding_idx  # accepted for FunASR configs; unused by supported layers
-        # FunASR does not pass zero_triu to the legacy attention, so it has no effect there.
 
-        self._output_size = output_size
-        self.input_layer = input_layer
-        self.normalize_before = normalize_before
-        self.gradient_checkpointing = False
-        if input_layer == "linear":
-            self.embed: nn.Module = LinearInput(input_size, output_size, dropout_rate)
-        else:
-            try:
-                self.embed = Conv2dSubsampling(input_size, output_size, input_layer)
-            except ValueError as err:
-                raise ConfigError(f"encoder.conf.input_size: {err}") from err
-        self.pos_enc = RelPositionalEncoding(output_size, positional_dropout_rate, legacy=legacy)
+    def depth_rates(self) -> list[float]:
+        """The stochastic depth rate of each block (one number means the same for all)."""
+        rate = self.stochastic_depth_rate
+        return [float(rate)] * self.num_blocks if isinstance(rate, (int, float)) else list(rate)
+
+    def layer(self, n: int) -> ConformerLayer:
+        """Block `n` of the encoder."""
+        size = self.output_size
 
         def activation() -> nn.Module:
-            return ACTIVATIONS[activation_type]()
+            return ACTIVATIONS[self.activation_type]()
 
-        self.encoders = nn.ModuleList(
-            ConformerLayer(
-                output_size,
-                RelPositionMultiHeadedAttention(
-                    attention_heads,
-                    output_size,
-                    attention_dropout_rate,
-                    zero_triu=zero_triu and not legacy,
-                    legacy=legacy,
-                ),
-                PositionwiseFeedForward(output_size, linear_units, dropout_rate, activation()),
-                PositionwiseFeedForward(output_size, linear_units, dropout_rate, activation())
-                if macaron_style
-                else None,
-                ConvolutionModule(output_size, cnn_module_kernel, activation()) if use_cnn_module else None,
-                dropout_rate,
-                normalize_before,
-                concat_after,
-                stochastic_depth_rate[n],
-            )
-            for n in range(num_blocks)
+        return ConformerLayer(
+            size,
+            RelPositionMultiHeadedAttention(
+                self.attention_heads,
+                size,
+                self.attention_dropout_rate,
+                zero_triu=self.zero_triu and not self.legacy,
+                legacy=self.legacy,
+            ),
+            PositionwiseFeedForward(size, self.linear_units, self.dropout_rate, activation()),
+            PositionwiseFeedForward(size, self.linear_units, self.dropout_rate, activation())
+            if self.macaron_style
+            else None,
+            ConvolutionModule(size, self.cnn_module_kernel, activation()) if self.use_cnn_module else None,
+            self.dropout_rate,
+            self.normalize_before,
+            self.concat_after,
+            self.depth_rates()[n],
         )
-        if normalize_before:
-            self.after_norm = _layer_norm(output_size)
+
+
+class ConformerEncoder(nn.Module):
+    """FunASR `ConformerEncoder`: forward(xs [B,T,D], xs_lens [B]) -> (ys [B,T',output_size], ys_lens [B]).
+
+    Built from FunASR's encoder_conf keys (ConformerConf lists them with their defaults).
+    """
+
+    def __init__(self, input_size: int, **conf: Any):
+        super().__init__()
+        c = ConformerConf.from_conf(input_size, conf)
+        self._output_size = c.output_size
+        self.input_layer = c.input_layer
+        self.normalize_before = c.normalize_before
+        self.gradient_checkpointing = False
+        if c.input_layer == "linear":
+            self.embed: nn.Module = LinearInput(input_size, c.output_size, c.dropout_rate)
+        else:
+            try:
+                self.embed = Conv2dSubsampling(input_size, c.output_size, c.input_layer)
+            except ValueError as err:
+                raise ConfigError(f"encoder.conf.input_size: {err}") from err
+        self.pos_enc = RelPositionalEncoding(c.output_size, c.positional_dropout_rate, legacy=c.legacy)
+        self.encoders = nn.ModuleList(c.layer(n) for n in range(c.num_blocks))
+        if c.normalize_before:
+            self.after_norm = _layer_norm(c.output_size)
 
     def output_size(self) -> int:
         return self._output_size

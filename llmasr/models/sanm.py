@@ -209,53 +209,9 @@ class SANMEncoder(nn.Module):
         super().__init__()
         chunk_conf = {k: extra.pop(k) for k in CHUNK_KEYS if k in extra}
         self.chunk = ChunkSettings.from_conf(chunk_conf) if chunk_conf or input_layer == "pe_online" else None
-        for key, value in extra.items():
-            if key not in _HARMLESS_KEYS:
-                raise ConfigError(
-                    f"SANMEncoder: unknown encoder_conf key {key!r} (value {value!r}); supported keys: "
-                    + ", ".join(sorted([*_CONSTRUCTOR_KEYS, *CHUNK_KEYS, *_HARMLESS_KEYS]))
-                )
-            accepted = _HARMLESS_KEYS[key]
-            if accepted is not None and value not in accepted:
-                raise ConfigError(
-                    f"SANMEncoder: encoder_conf.{key}={value!r} is not supported (only {accepted[0]!r} is)"
-                )
-        if input_layer not in _SUPPORTED_INPUT_LAYERS:
-            raise ConfigError(
-                f"SANMEncoder: input_layer {input_layer!r} is not supported; "
-                "supported: 'pe' (Paraformer), 'pe_online' (Paraformer-streaming), null (input_size == output_size)"
-            )
-        if isinstance(pos_enc_class, str):
-            pos_enc_class = pos_enc_class.rsplit(".", 1)[-1].rsplit(":", 1)[-1]
-        if pos_enc_class not in _SUPPORTED_POS_ENC:
-            raise ConfigError(
-                f"SANMEncoder: pos_enc_class {pos_enc_class!r} is not supported; supported: SinusoidalPositionEncoder"
-            )
-        if positionwise_layer_type != "linear":
-            raise ConfigError(
-                f"SANMEncoder: positionwise_layer_type {positionwise_layer_type!r} is not supported; supported: linear"
-            )
-        if selfattention_layer_type != "sanm":
-            raise ConfigError(
-                f"SANMEncoder: selfattention_layer_type {selfattention_layer_type!r} is not supported; supported: sanm"
-            )
-        if concat_after:
-            # FunASR's SANM block sizes concat_linear for in_size == size only, so no Paraformer uses it.
-            raise ConfigError("SANMEncoder: concat_after true is not supported (FunASR's SANM cannot build it either)")
-        if input_layer is None and input_size != output_size:
-            raise ConfigError(
-                f"SANMEncoder: input_layer null needs input_size == output_size, got {input_size} and {output_size}"
-            )
-        if not normalize_before and input_size != output_size:
-            # The first block applies norm1 (input_size) to its attention output (output_size) when post-norm.
-            raise ConfigError(
-                "SANMEncoder: normalize_before false needs input_size == output_size, "
-                f"got {input_size} and {output_size}"
-            )
-        if num_blocks < 1:
-            raise ConfigError(f"SANMEncoder: num_blocks must be >= 1, got {num_blocks}")
-        if input_layer in ("pe", "pe_online") and input_size % 2:
-            raise ConfigError(f"SANMEncoder: input_layer {input_layer!r} needs an even input_size, got {input_size}")
+        _check_extra(extra)
+        _check_layer_types(input_layer, pos_enc_class, positionwise_layer_type, selfattention_layer_type)
+        _check_sizes(input_size, output_size, num_blocks, input_layer, normalize_before, concat_after)
 
         self._output_size = output_size
         self.input_size = input_size
@@ -306,6 +262,60 @@ class SANMEncoder(nn.Module):
         if self.normalize_before:
             xs = self.after_norm(xs)
         return xs, xs_lens
+
+
+def _check_extra(extra: dict) -> None:
+    """Keys beyond the constructor's: only those FunASR configs carry without effect here, at their usual value."""
+    for key, value in extra.items():
+        if key not in _HARMLESS_KEYS:
+            raise ConfigError(
+                f"SANMEncoder: unknown encoder_conf key {key!r} (value {value!r}); supported keys: "
+                + ", ".join(sorted([*_CONSTRUCTOR_KEYS, *CHUNK_KEYS, *_HARMLESS_KEYS]))
+            )
+        accepted = _HARMLESS_KEYS[key]
+        if accepted is not None and value not in accepted:
+            raise ConfigError(f"SANMEncoder: encoder_conf.{key}={value!r} is not supported (only {accepted[0]!r} is)")
+
+
+def _check_layer_types(input_layer, pos_enc_class, positionwise_layer_type, selfattention_layer_type) -> None:
+    if input_layer not in _SUPPORTED_INPUT_LAYERS:
+        raise ConfigError(
+            f"SANMEncoder: input_layer {input_layer!r} is not supported; "
+            "supported: 'pe' (Paraformer), 'pe_online' (Paraformer-streaming), null (input_size == output_size)"
+        )
+    if isinstance(pos_enc_class, str):
+        pos_enc_class = pos_enc_class.rsplit(".", 1)[-1].rsplit(":", 1)[-1]
+    if pos_enc_class not in _SUPPORTED_POS_ENC:
+        raise ConfigError(
+            f"SANMEncoder: pos_enc_class {pos_enc_class!r} is not supported; supported: SinusoidalPositionEncoder"
+        )
+    if positionwise_layer_type != "linear":
+        raise ConfigError(
+            f"SANMEncoder: positionwise_layer_type {positionwise_layer_type!r} is not supported; supported: linear"
+        )
+    if selfattention_layer_type != "sanm":
+        raise ConfigError(
+            f"SANMEncoder: selfattention_layer_type {selfattention_layer_type!r} is not supported; supported: sanm"
+        )
+
+
+def _check_sizes(input_size, output_size, num_blocks, input_layer, normalize_before, concat_after) -> None:
+    if concat_after:
+        # FunASR's SANM block sizes concat_linear for in_size == size only, so no Paraformer uses it.
+        raise ConfigError("SANMEncoder: concat_after true is not supported (FunASR's SANM cannot build it either)")
+    if input_layer is None and input_size != output_size:
+        raise ConfigError(
+            f"SANMEncoder: input_layer null needs input_size == output_size, got {input_size} and {output_size}"
+        )
+    if not normalize_before and input_size != output_size:
+        # The first block applies norm1 (input_size) to its attention output (output_size) when post-norm.
+        raise ConfigError(
+            f"SANMEncoder: normalize_before false needs input_size == output_size, got {input_size} and {output_size}"
+        )
+    if num_blocks < 1:
+        raise ConfigError(f"SANMEncoder: num_blocks must be >= 1, got {num_blocks}")
+    if input_layer in ("pe", "pe_online") and input_size % 2:
+        raise ConfigError(f"SANMEncoder: input_layer {input_layer!r} needs an even input_size, got {input_size}")
 
 
 _CONSTRUCTOR_KEYS = (

@@ -104,7 +104,21 @@ def resolve_ds_config(
         ds = load_ds_config(ds)
     if world_size < 1:
         raise ValueError(f"world_size must be >= 1, got {world_size}")
+    bf16_key = _check_blocks(ds, source)
+    _fill_from_recipe(ds, train_cfg, bf16_key, source)
+    _fill_batch_sizes(ds, world_size, source)
+    left = _find_autos(ds)
+    if left:
+        raise ConfigError(
+            f'{source}: "auto" left at {left}; llmasr fills only train_batch_size, train_micro_batch_size_per_gpu, '
+            "gradient_accumulation_steps, gradient_clipping, bf16.enabled and fp16.enabled: set a number there"
+        )
+    check_ds_keys(ds, source)  # misspelt keys: DeepSpeed ignores them, or refuses them only after the model loads
+    return ds
 
+
+def _check_blocks(ds: dict, source: str) -> str:
+    """Refuse the blocks llmasr owns (scheduler, optimizer) and contradictory precision; return the bf16 key used."""
     if "scheduler" in ds:
         raise ConfigError(
             f'{source}: remove the "scheduler" block. llmasr steps one schedule per param group (optim.scheduler and '
@@ -121,7 +135,11 @@ def resolve_ds_config(
     bf16_key = "bfloat16" if "bfloat16" in ds else "bf16"
     if _get(ds, f"{bf16_key}.enabled") is True and _get(ds, "fp16.enabled") is True:
         raise ConfigError(f"{source}: fp16.enabled and {bf16_key}.enabled are both true; pick one (train.precision)")
+    return bf16_key
 
+
+def _fill_from_recipe(ds: dict, train_cfg: TrainConfig, bf16_key: str, source: str) -> None:
+    """Fill each missing or "auto" key the recipe decides; one error lists every concrete value that disagrees."""
     # (JSON key, recipe value or None where the recipe leaves it to the JSON, recipe field, recipe value shown)
     precision = train_cfg.precision
     wanted = [
@@ -146,6 +164,9 @@ def resolve_ds_config(
             + "\n".join(disagreements)
         )
 
+
+def _fill_batch_sizes(ds: dict, world_size: int, source: str) -> None:
+    """Micro batch (nominal 1 when unset), accumulation (required) and train_batch_size = their product * ranks."""
     if _get(ds, "train_micro_batch_size_per_gpu") in (None, AUTO):
         ds["train_micro_batch_size_per_gpu"] = 1  # nominal: batches are dynamic
     if _get(ds, "gradient_accumulation_steps") in (None, AUTO):
@@ -167,15 +188,6 @@ def resolve_ds_config(
             f"gradient_accumulation_steps * world size = {micro} * {accum} * {world_size} = {expected}; "
             'set it to "auto"'
         )
-
-    left = _find_autos(ds)
-    if left:
-        raise ConfigError(
-            f'{source}: "auto" left at {left}; llmasr fills only train_batch_size, train_micro_batch_size_per_gpu, '
-            "gradient_accumulation_steps, gradient_clipping, bf16.enabled and fp16.enabled: set a number there"
-        )
-    check_ds_keys(ds, source)  # misspelt keys: DeepSpeed ignores them, or refuses them only after the model loads
-    return ds
 
 
 def zero_stage(ds: dict) -> int:
@@ -217,34 +229,11 @@ def estimate_zero_memory(
     node (zero_init=True at stage 3; at stage 2 for up to 4 ranks, above which DeepSpeed counts every rank's fp32
     copy of the model loaded in CPU memory instead).
     """
-    if stage not in (0, 1, 2, 3):
-        raise ValueError(f"ZeRO stage must be 0-3, got {stage}")
-    if offload_params and stage != 3:
-        raise ValueError("parameter offload needs ZeRO stage 3")
-    if offload_optimizer and stage == 0:
-        raise ValueError("optimizer offload needs ZeRO stage >= 1")
-    if precision not in ("fp32", "bf16", "fp16"):
-        raise ValueError(f"precision must be fp32, bf16 or fp16, got {precision!r}")
-    N, T, W = num_params_total, num_trainable, world_size
-
-    def part(n: float, level: int) -> float:
-        return n / W if stage >= level else n
-
-    if precision == "fp32":
-        params = part(4 * N, 3)
-        grads = part(4 * T, 2)
-        optim = 8 * T if stage == 0 else 12 * T / W
-    else:
-        params = part(2 * N, 3)
-        if offload_optimizer:
-            grads = 4 * T / W
-        elif stage == 3:
-            grads = 6 * T / W
-        else:
-            grads = part(2 * T, 2) + part(4 * T, 1)
-        optim = part(12 * T, 1)
+    _check_zero_args(stage, offload_optimizer, offload_params, precision)
+    params, grads, optim = _state_bytes(
+        num_params_total, num_trainable, stage, world_size, offload_optimizer, precision
+    )
     gathered = 4 * largest_layer_params if stage == 3 else 0
-
     device = gathered + (0 if offload_params else params) + (0 if offload_optimizer else grads + optim)
     cpu = (params if offload_params else 0) + (grads + optim if offload_optimizer else 0)
     return {
@@ -255,3 +244,34 @@ def estimate_zero_memory(
         "device": int(device),
         "cpu": int(cpu),
     }
+
+
+def _check_zero_args(stage: int, offload_optimizer: bool, offload_params: bool, precision: str) -> None:
+    if stage not in (0, 1, 2, 3):
+        raise ValueError(f"ZeRO stage must be 0-3, got {stage}")
+    if offload_params and stage != 3:
+        raise ValueError("parameter offload needs ZeRO stage 3")
+    if offload_optimizer and stage == 0:
+        raise ValueError("optimizer offload needs ZeRO stage >= 1")
+    if precision not in ("fp32", "bf16", "fp16"):
+        raise ValueError(f"precision must be fp32, bf16 or fp16, got {precision!r}")
+
+
+def _state_bytes(
+    N: int, T: int, stage: int, W: int, offload_optimizer: bool, precision: str
+) -> tuple[float, float, float]:
+    """(params, grads, optimizer_states) bytes per rank; see estimate_zero_memory for the accounting."""
+
+    def part(n: float, level: int) -> float:
+        return n / W if stage >= level else n
+
+    if precision == "fp32":
+        return part(4 * N, 3), part(4 * T, 2), (8 * T if stage == 0 else 12 * T / W)
+    params = part(2 * N, 3)
+    if offload_optimizer:
+        grads = 4 * T / W
+    elif stage == 3:
+        grads = 6 * T / W
+    else:
+        grads = part(2 * T, 2) + part(4 * T, 1)
+    return params, grads, part(12 * T, 1)

@@ -285,15 +285,7 @@ class Run:
                 else:
                     self.train_loader.set_epoch(epoch)
                 for window in windows(self.train_loader, self.k):
-                    if self.pending_rng is not None:
-                        # After the loader started (its iterator draws a base seed from torch's RNG).
-                        set_rng_state(self.pending_rng)
-                        self.pending_rng = None
-                    lrs = self.engine.lrs()  # the lrs this update uses (the scheduler moves them on at its end)
-                    stats = run_window(self.engine, window, self.world)
-                    update = self.engine.global_steps
-                    history.append({"update": update, "epoch": epoch, **stats, "lr": lrs})
-                    self.progress.update(update, epoch, stats, lrs, self._extra())
+                    update = self._update(window, epoch, history)
                     if stop_after_updates is not None and update >= stop_after_updates:
                         return {"history": history, "interrupted": True, "run_dir": str(self.run_dir)}
                     stop = tc.max_updates is not None and update >= tc.max_updates
@@ -301,11 +293,7 @@ class Run:
                         break
                     if self.train_loader.consumed >= len(self.sampler):
                         break  # the epoch's last window: validated and saved below
-                    metrics = None
-                    if tc.valid_every_updates and update % tc.valid_every_updates == 0:
-                        metrics = last_metrics = self.validate()
-                    if (tc.save_every_updates and update % tc.save_every_updates == 0) or (metrics and tc.best_k):
-                        self.save(epoch, self.train_loader.state_dict(), metrics)
+                    last_metrics = self._validate_and_save(epoch, update) or last_metrics
                     if signum := preemption.agreed_stop(self.engine.device):
                         return self._stopped(signum, epoch, self.train_loader.state_dict(), history)
                 # Epoch end (or max_updates): validate unless just done, and save. A stop inside the epoch keeps
@@ -327,6 +315,30 @@ class Run:
             self.progress.close()
             self.close()
         return {"history": history, "interrupted": False, "run_dir": str(self.run_dir), "metrics": last_metrics}
+
+    def _update(self, window, epoch: int, history: list[dict]) -> int:
+        """One optimizer update over `window` (its micro-batches), logged and appended to `history`; its number."""
+        if self.pending_rng is not None:
+            # After the loader started (its iterator draws a base seed from torch's RNG).
+            set_rng_state(self.pending_rng)
+            self.pending_rng = None
+        lrs = self.engine.lrs()  # the lrs this update uses (the scheduler moves them on at its end)
+        stats = run_window(self.engine, window, self.world)
+        update = self.engine.global_steps
+        history.append({"update": update, "epoch": epoch, **stats, "lr": lrs})
+        self.progress.update(update, epoch, stats, lrs, self._extra())
+        return update
+
+    def _validate_and_save(self, epoch: int, update: int) -> dict | None:
+        """Mid-epoch: validate every valid_every_updates, save every save_every_updates (and after a validation when
+        best_k keeps the best checkpoints). The metrics when it validated, else None."""
+        tc = self.recipe.train
+        metrics = None
+        if tc.valid_every_updates and update % tc.valid_every_updates == 0:
+            metrics = self.validate()
+        if (tc.save_every_updates and update % tc.save_every_updates == 0) or (metrics and tc.best_k):
+            self.save(epoch, self.train_loader.state_dict(), metrics)
+        return metrics
 
     def _stopped(self, signum: int, epoch: int, loader_state: dict | None, history: list[dict]) -> dict:
         """Every rank, after the same update: save (unless this update was just saved) and report one line."""

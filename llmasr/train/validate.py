@@ -19,6 +19,9 @@ import torch
 from llmasr.scoring import score_corpus
 from llmasr.train.engine import all_reduce_sum
 
+# The sums each rank accumulates over its batches, all-reduced before the metrics are taken from them.
+SUMS = ("llm_loss", "ctc_loss", "tokens", "correct", "utts", "errors", "ref_len", "ctc_errors")
+
 
 @torch.no_grad()
 def validate(engine, loader, decode_cfg, *, with_wer: bool = True) -> dict:
@@ -26,51 +29,68 @@ def validate(engine, loader, decode_cfg, *, with_wer: bool = True) -> dict:
     when the CTC head is on), acc (token accuracy), wer (greedy), ctc_wer (the CTC head's greedy best path, when
     the model has one), and the counts they come from."""
     model = engine.module
-    has_ctc = model.ctc_head is not None
     was_training = model.training
     model.eval()
-    llm_sum = ctc_sum = n_tok = n_correct = n_utt = errors = ref_len = ctc_errors = 0.0
+    sums = dict.fromkeys(SUMS, 0.0)
     try:
         for batch in loader:
-            dev = engine.to_device(batch)
-            out = model(dev)
-            # A stand-in for an all-bad batch runs too (ZeRO-3 ranks must stay in step) but counts nothing.
-            greedy = decode_cfg.greedy(max_new_tokens=1) if batch.empty else decode_cfg.greedy()
-            hyps = model.transcribe(dev, greedy, synced_gpus=engine.stage == 3) if with_wer else None
             if batch.empty:
+                # A stand-in for an all-bad batch: run it (ZeRO-3 ranks must stay in step) but count nothing.
+                dev = engine.to_device(batch)
+                model(dev)
+                if with_wer:
+                    model.transcribe(dev, decode_cfg.greedy(max_new_tokens=1), synced_gpus=engine.stage == 3)
                 continue
-            llm_sum += float(out.llm_loss_sum)
-            ctc_sum += float(out.ctc_loss_sum)
-            n_tok += float(out.n_tokens)
-            n_correct += float(out.n_correct)
-            n_utt += out.n_utts
-            if with_wer:
-                corpus, _ = score_corpus(zip(batch.targets, hyps.llm), decode_cfg.metric)
-                errors += corpus.errors
-                ref_len += corpus.ref_len
-                if has_ctc:
-                    # Same references and metric, so the same reference length as the LLM's score.
-                    ctc_corpus, _ = score_corpus(zip(batch.targets, hyps.ctc), decode_cfg.metric)
-                    ctc_errors += ctc_corpus.errors
+            for key, value in _batch_sums(engine, batch, decode_cfg, with_wer).items():
+                sums[key] += value
     finally:
         model.train(was_training)
-    llm_sum, ctc_sum, n_tok, n_correct, n_utt, errors, ref_len, ctc_errors = all_reduce_sum(
-        [llm_sum, ctc_sum, n_tok, n_correct, n_utt, errors, ref_len, ctc_errors], engine.device
-    )
-    llm_loss = llm_sum / max(n_tok, 1.0)
+    sums = dict(zip(SUMS, all_reduce_sum([sums[k] for k in SUMS], engine.device)))
+    return _metrics(sums, model, with_wer)
+
+
+def _batch_sums(engine, batch, decode_cfg, with_wer: bool) -> dict[str, float]:
+    """One batch's share of SUMS: the teacher-forced forward, and with `with_wer` the greedy pass scored."""
+    model = engine.module
+    dev = engine.to_device(batch)
+    out = model(dev)
+    sums = {
+        "llm_loss": float(out.llm_loss_sum),
+        "ctc_loss": float(out.ctc_loss_sum),
+        "tokens": float(out.n_tokens),
+        "correct": float(out.n_correct),
+        "utts": out.n_utts,
+    }
+    if not with_wer:
+        return sums
+    hyps = model.transcribe(dev, decode_cfg.greedy(), synced_gpus=engine.stage == 3)
+    corpus, _ = score_corpus(zip(batch.targets, hyps.llm), decode_cfg.metric)
+    sums["errors"], sums["ref_len"] = corpus.errors, corpus.ref_len
+    if model.ctc_head is not None:
+        # Same references and metric, so the same reference length as the LLM's score.
+        ctc_corpus, _ = score_corpus(zip(batch.targets, hyps.ctc), decode_cfg.metric)
+        sums["ctc_errors"] = ctc_corpus.errors
+    return sums
+
+
+def _metrics(sums: dict[str, float], model, with_wer: bool) -> dict:
+    """The metrics from the all-reduced sums (the same on every rank)."""
+    has_ctc = model.ctc_head is not None
+    n_tok, ref_len = sums["tokens"], sums["ref_len"]
+    llm_loss = sums["llm_loss"] / max(n_tok, 1.0)
     ctc_weight = float(getattr(model, "ctc_weight", 0.0) or 0.0)
-    ctc_loss = ctc_sum / max(n_utt, 1.0)
+    ctc_loss = sums["ctc_loss"] / max(sums["utts"], 1.0)
     metrics = {
         "loss": llm_loss + (ctc_weight * ctc_loss if has_ctc else 0.0),
         "llm_loss": llm_loss,
-        "acc": n_correct / max(n_tok, 1.0),
-        "n_utts": int(n_utt),
+        "acc": sums["correct"] / max(n_tok, 1.0),
+        "n_utts": int(sums["utts"]),
         "n_tokens": int(n_tok),
     }
     if has_ctc:
         metrics["ctc_loss"] = ctc_loss
     if with_wer:
-        metrics["wer"] = errors / ref_len if ref_len > 0 else float("nan")
+        metrics["wer"] = sums["errors"] / ref_len if ref_len > 0 else float("nan")
         if has_ctc:
-            metrics["ctc_wer"] = ctc_errors / ref_len if ref_len > 0 else float("nan")
+            metrics["ctc_wer"] = sums["ctc_errors"] / ref_len if ref_len > 0 else float("nan")
     return metrics
