@@ -10,9 +10,9 @@ from pathlib import Path
 
 import torch
 
-from llmasr.export.checkpoint_reader import CheckpointError
 from llmasr.export.decode import DecodeError, decode_manifest, decode_options, load_decode_model, out_dirs
 from llmasr.export.exported import ExportedModelError
+from llmasr.run_dir import CheckpointError
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -20,8 +20,8 @@ import socket
 import time
 from pathlib import Path
 
+from llmasr import run_dir as ck
 from llmasr.config_io import ConfigError, dump_yaml
-from llmasr.train import checkpoint as ck
 from llmasr.train.engine import barrier, broadcast_object
 from llmasr.train.progress import plot_lr, write_lr_csv
 from llmasr.train.resume import check_resume_recipe
@@ -181,7 +181,7 @@ def check_fresh_run(run_dir: Path, overwrite: bool, *, source: Path | None = Non
     earlier = earlier_checkpoints(run_dir)
     if earlier and not overwrite:
         tags = [n for n in earlier if ck.update_of(n) is not None]
-        latest = ck.read_latest(ck.checkpoints_dir(run_dir))
+        latest = ck.latest(ck.checkpoints_dir(run_dir))
         what = "a new run" if source is None else f"continuing {source} here"
         raise RunDirError(
             f"{run_dir} holds an earlier run's checkpoints ({len(tags)} checkpoint(s), latest {latest}): {what} "
