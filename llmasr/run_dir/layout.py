@@ -69,7 +69,8 @@ def require_latest(ckpt_dir: str | Path) -> str:
     f = ckpt_dir / LATEST
     if not f.is_file():
         tags = list_tags(ckpt_dir)
-        hint = f"; tags present: {', '.join(tags[-5:])} (pass one explicitly)" if tags else "; no checkpoint tags"
+        hint = f"; tags present: {', '.join(tags[-5:])} (pass one explicitly)" if tags else ""
+        hint = hint or "; no checkpoint tags either"
         raise CheckpointError(f"{f}: no 'latest' file, so there is no newest checkpoint to pick{hint}")
     tag = latest(ckpt_dir)
     if tag is None:
