@@ -32,23 +32,10 @@ def _check_fingerprint(meta: CheckpointMeta, recipe, where: str) -> None:
         )
 
 
-def load_trained(model: nn.Module, state: dict[str, torch.Tensor], trainable: list[str], *, source: str) -> None:
-    """Copy the trained tensors into the rebuilt model, strictly.
-
-    Every name in `trainable` (the meta's list) must be a parameter of the model and present in `state` with the
-    same shape; `state` may hold nothing else except persistent buffers of the model (loaded too) and second names
-    of a shared parameter (tied weights; not loaded). The rebuilt model must have exactly those parameters trainable.
-    """
-    params = dict(model.named_parameters())
-    aliases: dict[str, str] = {}  # every name of a shared parameter -> its first (named_parameters) name
-    first_name = {id(p): n for n, p in params.items()}
-    for name, p in model.named_parameters(remove_duplicate=False):
-        aliases[name] = first_name[id(p)]
-    buffers = {k: v for k, v in model.state_dict().items() if k not in aliases}
-    wanted = list(trainable)
-    wanted_set = set(wanted)
-
+def _mismatches(params: dict, aliases: dict, buffers: dict, state: dict, wanted: list[str]) -> list[str]:
+    """One line per way `state` does not fit the rebuilt model (see load_trained)."""
     lines = []
+    wanted_set = set(wanted)
     for n in wanted:
         if n not in params:
             lines.append(f"  trainable in the checkpoint but not a parameter of the rebuilt model: {n}")
@@ -85,6 +72,24 @@ def load_trained(model: nn.Module, state: dict[str, torch.Tensor], trainable: li
     model_trainable = {n for n, p in params.items() if p.requires_grad}
     for n in sorted(model_trainable - wanted_set):
         lines.append(f"  trainable in the rebuilt model but not in the checkpoint: {n}")
+    return lines
+
+
+def load_trained(model: nn.Module, state: dict[str, torch.Tensor], trainable: list[str], *, source: str) -> None:
+    """Copy the trained tensors into the rebuilt model, strictly.
+
+    Every name in `trainable` (the meta's list) must be a parameter of the model and present in `state` with the
+    same shape; `state` may hold nothing else except persistent buffers of the model (loaded too) and second names
+    of a shared parameter (tied weights; not loaded). The rebuilt model must have exactly those parameters trainable.
+    """
+    params = dict(model.named_parameters())
+    aliases: dict[str, str] = {}  # every name of a shared parameter -> its first (named_parameters) name
+    first_name = {id(p): n for n, p in params.items()}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        aliases[name] = first_name[id(p)]
+    buffers = {k: v for k, v in model.state_dict().items() if k not in aliases}
+    wanted = list(trainable)
+    lines = _mismatches(params, aliases, buffers, state, wanted)
     if lines:
         raise CheckpointError(
             f"{source} does not match the model rebuilt from the run's recipe:\n"
