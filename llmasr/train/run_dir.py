@@ -8,7 +8,8 @@
 Rank 0 takes RUN_DIR/.lock (pid, host and the process's start time, created atomically) and checks the folder; the
 other ranks wait for its verdict, so a refusal reaches every rank and none hangs in a later collective. A lock whose
 process is gone (same host, pid not running or reused by another process) is stale: it is reported and taken over.
-A lock from another host cannot be checked and is refused with its owner named.
+A lock from another host cannot be checked and is refused with its owner named. What the folder holds (names,
+tags, `latest`, the checkpoint meta) is llmasr.run_dir's.
 """
 
 from __future__ import annotations
