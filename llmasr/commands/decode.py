@@ -12,10 +12,10 @@ from pathlib import Path
 import torch
 
 from llmasr.config_io import ConfigError
-from llmasr.export.checkpoint_reader import CheckpointError
 from llmasr.export.decode import DecodeOptions, decode_manifest, load_decode_model, out_dirs
 from llmasr.export.exported import ExportedModelError
 from llmasr.models.decoding import DecodeConfig, decode_config
+from llmasr.run_dir import CheckpointError
 
 # DecodeConfig field -> the argparse dest of the flag that sets it (unset flags keep the model's saved value)
 DECODE_FLAGS = {

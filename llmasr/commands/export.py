@@ -6,8 +6,8 @@ import argparse
 import logging
 import sys
 
-from llmasr.export.checkpoint_reader import CheckpointError
 from llmasr.export.export import ExportError, export_model
+from llmasr.run_dir import CheckpointError
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -46,6 +46,7 @@ from llmasr.demo.synth import (
 from llmasr.demo.text_lm import TextLMConfig, build_text_lm
 from llmasr.export.decode import decode_manifest, load_decode_model
 from llmasr.export.export import export_model
+from llmasr.run_dir import checkpoints_dir, latest
 from llmasr.train.ds_config import PRESET_DIR
 
 REPO = Path(__file__).resolve().parents[2]
@@ -202,11 +203,12 @@ def stage_train(args, workdir: Path, state: State, corpus: dict, llm_dir: Path) 
     if gpus:
         ranks = min(ranks, gpus)
     fp = fingerprint("train", overrides, ranks, RECIPE.read_text(), DS_CONFIG.read_text(), state.data["llm"])
-    if state.done("train", fp) and (run_dir / "checkpoints" / "latest").is_file():
+    has_checkpoint = latest(checkpoints_dir(run_dir)) is not None
+    if state.done("train", fp) and has_checkpoint:
         say(f"3/5 train: reusing {run_dir}")
         return run_dir
     previous = (state.data.get("train_started") or {}).get("fingerprint")
-    resume = previous == fp and (run_dir / "checkpoints" / "latest").is_file()
+    resume = previous == fp and has_checkpoint
     if run_dir.exists() and not resume:
         shutil.rmtree(run_dir)
     state.mark("train_started", fp, 0.0)

@@ -15,20 +15,14 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from llmasr.export.checkpoint_reader import (
-    CheckpointError,
-    average_states,
-    read_meta,
-    read_trained_state,
-    resolve_checkpoint,
-    select_tags,
-)
+from llmasr.run_dir import RECIPE_FILE, CheckpointError, CheckpointMeta, read_meta, resolve_checkpoint, select_tags
+from llmasr.train.ds_files import read_trained_state
 
 
-def _check_fingerprint(meta: dict, recipe, where: str) -> None:
+def _check_fingerprint(meta: CheckpointMeta, recipe, where: str) -> None:
     from llmasr.models.fingerprint import base_fingerprint, fingerprint_differences
 
-    diffs = fingerprint_differences(meta.get("base_fingerprint") or {}, base_fingerprint(recipe.model))
+    diffs = fingerprint_differences(meta.base_fingerprint, base_fingerprint(recipe.model))
     if diffs:
         raise CheckpointError(
             f"{where}: the base model changed since this checkpoint was trained; LoRA and the other trained tensors "
@@ -38,23 +32,10 @@ def _check_fingerprint(meta: dict, recipe, where: str) -> None:
         )
 
 
-def load_trained(model: nn.Module, state: dict[str, torch.Tensor], trainable: list[str], *, source: str) -> None:
-    """Copy the trained tensors into the rebuilt model, strictly.
-
-    Every name in `trainable` (the meta's list) must be a parameter of the model and present in `state` with the
-    same shape; `state` may hold nothing else except persistent buffers of the model (loaded too) and second names
-    of a shared parameter (tied weights; not loaded). The rebuilt model must have exactly those parameters trainable.
-    """
-    params = dict(model.named_parameters())
-    aliases: dict[str, str] = {}  # every name of a shared parameter -> its first (named_parameters) name
-    first_name = {id(p): n for n, p in params.items()}
-    for name, p in model.named_parameters(remove_duplicate=False):
-        aliases[name] = first_name[id(p)]
-    buffers = {k: v for k, v in model.state_dict().items() if k not in aliases}
-    wanted = list(trainable)
-    wanted_set = set(wanted)
-
+def _mismatches(params: dict, aliases: dict, buffers: dict, state: dict, wanted: list[str]) -> list[str]:
+    """One line per way `state` does not fit the rebuilt model (see load_trained)."""
     lines = []
+    wanted_set = set(wanted)
     for n in wanted:
         if n not in params:
             lines.append(f"  trainable in the checkpoint but not a parameter of the rebuilt model: {n}")
@@ -91,6 +72,24 @@ def load_trained(model: nn.Module, state: dict[str, torch.Tensor], trainable: li
     model_trainable = {n for n, p in params.items() if p.requires_grad}
     for n in sorted(model_trainable - wanted_set):
         lines.append(f"  trainable in the rebuilt model but not in the checkpoint: {n}")
+    return lines
+
+
+def load_trained(model: nn.Module, state: dict[str, torch.Tensor], trainable: list[str], *, source: str) -> None:
+    """Copy the trained tensors into the rebuilt model, strictly.
+
+    Every name in `trainable` (the meta's list) must be a parameter of the model and present in `state` with the
+    same shape; `state` may hold nothing else except persistent buffers of the model (loaded too) and second names
+    of a shared parameter (tied weights; not loaded). The rebuilt model must have exactly those parameters trainable.
+    """
+    params = dict(model.named_parameters())
+    aliases: dict[str, str] = {}  # every name of a shared parameter -> its first (named_parameters) name
+    first_name = {id(p): n for n, p in params.items()}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        aliases[name] = first_name[id(p)]
+    buffers = {k: v for k, v in model.state_dict().items() if k not in aliases}
+    wanted = list(trainable)
+    lines = _mismatches(params, aliases, buffers, state, wanted)
     if lines:
         raise CheckpointError(
             f"{source} does not match the model rebuilt from the run's recipe:\n"
@@ -104,6 +103,36 @@ def load_trained(model: nn.Module, state: dict[str, torch.Tensor], trainable: li
         for k, v in state.items():
             if k in buffers and k in named_buffers:
                 named_buffers[k].copy_(v.to(named_buffers[k].dtype))
+
+
+def average_states(states: list[dict[str, torch.Tensor]], names: list[str] | None = None) -> dict[str, torch.Tensor]:
+    """Element-wise mean of the floating-point tensors of several checkpoints (in float64, returned as float32).
+
+    Non-floating tensors (integer buffers) are taken from the last checkpoint. All key sets and shapes must agree.
+    """
+    if not states:
+        raise CheckpointError("nothing to average")
+    if len(states) == 1:
+        return dict(states[0])
+    names = names or [f"checkpoint {i}" for i in range(len(states))]
+    keys = set(states[0])
+    for name, st in zip(names[1:], states[1:]):
+        if set(st) != keys:
+            diff = sorted(set(st) ^ keys)[:10]
+            raise CheckpointError(f"cannot average: {name} holds different tensors than {names[0]}: {diff}")
+    out = {}
+    for k in states[0]:
+        shapes = {tuple(st[k].shape) for st in states}
+        if len(shapes) > 1:
+            raise CheckpointError(f"cannot average: {k} has shapes {sorted(shapes)} across checkpoints")
+        if states[0][k].is_floating_point():
+            acc = torch.zeros(states[0][k].shape, dtype=torch.float64)
+            for st in states:
+                acc += st[k].double()
+            out[k] = (acc / len(states)).float()
+        else:
+            out[k] = states[-1][k]
+    return out
 
 
 def _seed_dependent(build, names: list[str]) -> list[str]:
@@ -202,7 +231,7 @@ def load_checkpoint_model(
         tags = select_tags(ref, average, average_by or "last")
     else:
         tags = [ref.tag]
-    recipe_path = ref.run_dir / "recipe.yaml"
+    recipe_path = ref.run_dir / RECIPE_FILE
     if not recipe_path.is_file():
         raise CheckpointError(f"{recipe_path}: missing; the run's resolved recipe is needed to rebuild the model")
     try:
@@ -213,9 +242,9 @@ def load_checkpoint_model(
     metas = [read_meta(ref.root / t) for t in tags]
     for t, meta in zip(tags, metas):
         _check_fingerprint(meta, recipe, str(ref.root / t))
-    trainable = metas[-1]["trainable"]
+    trainable = metas[-1].trainable
     for t, meta in zip(tags, metas):
-        if meta["trainable"] != trainable:
+        if meta.trainable != trainable:
             raise CheckpointError(f"cannot average {tags}: {t} trained a different set of parameters")
     states = [read_trained_state(ref.root / t, meta) for t, meta in zip(tags, metas)]
     state = average_states(states, names=tags)
@@ -232,10 +261,10 @@ def load_checkpoint_model(
     info = {
         "run_dir": str(ref.run_dir.resolve()),
         "tags": tags,
-        "updates": [m.get("update") for m in metas],
-        "epochs": [m.get("epoch") for m in metas],
-        "metrics": [m.get("metrics") for m in metas],
-        "zero_stage": [m.get("zero_stage") for m in metas],
+        "updates": [m.update for m in metas],
+        "epochs": [m.epoch for m in metas],
+        "metrics": [m.metrics for m in metas],
+        "zero_stage": [m.zero_stage for m in metas],
         "average": {"n": len(tags), "by": (average_by or "last") if len(tags) > 1 or average_by else None},
         "recipe": recipe,
     }

@@ -1,44 +1,35 @@
-"""Run directories with real DeepSpeed checkpoints of a tiny SpeechLLM, written by a 1-rank engine in this process
-(export/decode tests), and small wav corpora with FunASR manifests.
+"""Run directories written by the real trainer (one rank, in this process) on a tiny wav corpus, and small wav
+corpora with FunASR manifests, for the export and decode tests.
 
-The layout follows the trainer's contract: RUN_DIR/recipe.yaml, RUN_DIR/checkpoints/<tag>/ from
-engine.save_checkpoint(..., save_latest=False, exclude_frozen_parameters=True) plus <tag>/llmasr_meta.json,
-RUN_DIR/checkpoints/latest and RUN_DIR/checkpoints/best.json.
+    corpus = write_tiny_corpus(tmp / "corpus", n=12)                       # llmasr.testing.tiny_corpus
+    run = train_run(tmp / "run", model_section(llm_dir, encoder_dir), corpus, preset="zero2", updates=2)
+    run.run_dir           RUN_DIR as `llmasr train` leaves it (recipe.yaml, checkpoints/, latest, best.json)
+    run.reference_model() the trainer's own model after its last update, rebuilt without the checkpoint reader
 """
 
 from __future__ import annotations
 
+import gc
 import json
-import os
-import socket
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from llmasr.models.builder import build_model
+from llmasr.recipe import Recipe, load_recipe
+from llmasr.testing.tiny_corpus import tiny_recipe_dict
+from llmasr.testing.tiny_recipe import tiny_model_section
+from llmasr.train.preemption import Preemption
+from llmasr.train.trainer import Run
+
 TARGETS = ["zero one two", "three four", "five six seven eight", "nine"]
 
 
-def _free_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
-def init_single_rank() -> None:
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return
-    os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()))
-    dist.init_process_group("gloo", rank=0, world_size=1)
-
-
 def model_section(llm_dir, encoder_dir, *, encoder_lora: bool = True, ctc: bool = True) -> dict:
-    from llmasr.testing.tiny_recipe import tiny_model_section
-
+    """Frozen SAN-M from `encoder_dir` (LoRA on it unless `encoder_lora` is False), adaptor, tiny LLM with LoRA,
+    a CTC head unless `ctc` is False; no dropout, so a rebuilt model computes exactly what the trainer's did."""
     section = tiny_model_section(llm_dir, encoder_dir=encoder_dir, ctc_weight=0.3 if ctc else 0.0, freeze_encoder=True)
     section["encoder"]["conf"] = {"dropout_rate": 0.0, "attention_dropout_rate": 0.0, "positional_dropout_rate": 0.0}
     if encoder_lora:
@@ -46,99 +37,64 @@ def model_section(llm_dir, encoder_dir, *, encoder_lora: bool = True, ctc: bool 
     return section
 
 
-def perturb_trainable(model, seed: int) -> None:
-    """Give every trainable tensor (LoRA B starts at zero) distinct non-trivial values."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for _, p in model.named_parameters():
-            if p.requires_grad:
-                p.add_(0.05 * torch.randn(p.shape, generator=g))
+@dataclass
+class TrainedRun:
+    run_dir: Path
+    recipe: Recipe
+    history: list[dict]  # what train() returns per update
+    trained: dict[str, torch.Tensor]  # the trainer's model after its last update: trainable parameters and buffers
+
+    def reference_model(self):
+        """The model the trainer ended with: built from the run's recipe (the same base weights), its trained
+        tensors copied in by name (no checkpoint file involved), float32, eval mode."""
+        model = build_model(self.recipe.model)
+        targets = {**dict(model.named_parameters()), **dict(model.named_buffers())}
+        missing = sorted(set(self.trained) - set(targets))
+        if missing:
+            raise KeyError(f"the trainer's tensors {missing[:5]} are not in the rebuilt model")
+        with torch.no_grad():
+            for name, value in self.trained.items():
+                targets[name].copy_(value)
+        return model.eval()
 
 
-def make_run(
-    run_dir: Path,
-    section: dict,
-    *,
-    stage: int,
-    steps: int = 0,
-    save_at: list[int] | None = None,
-    seed: int = 0,
-    lr: float = 1e-2,
-) -> Path:
-    """Write RUN_DIR with checkpoints after the updates in `save_at` (default: [steps]); returns RUN_DIR.
+def _trained_tensors(run: Run) -> dict[str, torch.Tensor]:
+    model = run.engine.module
+    with run.engine.gathered_params():  # ZeRO-3: every parameter whole while it is read
+        out = {n: p.detach().clone().float() for n, p in model.named_parameters() if p.requires_grad}
+        out.update({n: b.detach().clone() for n, b in model.named_buffers()})
+    return out
 
-    With steps=0 the checkpoint holds exactly the perturbed initial weights (the same for every ZeRO stage).
+
+def train_run(
+    run_dir, model: dict, corpus: Path, *, preset: str = "zero0", updates: int = 1, valid: Path | None = None, **train
+) -> TrainedRun:
+    """Train `model` (a recipe's model section) on the manifest `corpus` for `updates` updates with the real
+    training loop (`llmasr train`'s, one rank in this process, fp32, no dropout) and return the run. `train`:
+    recipe train.* keys (save_every_updates, keep_last, ...); `valid`: a dev manifest (validation metrics, best.json).
     """
-    import deepspeed
-
-    import llmasr
-    from llmasr.checkpoint_files import hash_share
-    from llmasr.models.fingerprint import base_fingerprint
-    from llmasr.recipe import load_recipe, save_recipe
-    from llmasr.testing.tiny_recipe import random_batch
-
-    init_single_rank()
-    run_dir = Path(run_dir)
-    (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
-    recipe = load_recipe(data={"model": section})
-    save_recipe(recipe, run_dir / "recipe.yaml")
-    torch.manual_seed(seed)
-    model = llmasr.build_model(recipe.model)
-    perturb_trainable(model, seed + 100)
-    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
-    fingerprint = base_fingerprint(recipe.model)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
-    config = {
-        "train_batch_size": 1,
-        "train_micro_batch_size_per_gpu": 1,
-        "gradient_accumulation_steps": 1,
-        "zero_optimization": {"stage": stage},
-        "zero_allow_untested_optimizer": True,
-    }
-    (run_dir / "ds_config.json").write_text(json.dumps(config))
-    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=config)
-    save_at = [steps] if save_at is None else list(save_at)
-    best = []
-
-    def save(update: int) -> None:
-        tag = f"update_{update:08d}"
-        engine.save_checkpoint(
-            str(run_dir / "checkpoints"),
-            tag=tag,
-            client_state={"update": update},
-            save_latest=False,
-            exclude_frozen_parameters=True,
-        )
-        loss = 1.0 / (1 + update) if update % 2 == 0 else 2.0 + update  # even updates rank best
-        meta = {
-            "update": update,
-            "epoch": 0,
-            "world_size": 1,
-            "zero_stage": stage,
-            "metrics": {"valid_loss": loss},
-            "base_fingerprint": fingerprint,
-            "trainable": trainable,
-            "files": hash_share(run_dir / "checkpoints" / tag),
-        }
-        (run_dir / "checkpoints" / tag / "llmasr_meta.json").write_text(json.dumps(meta))
-        (run_dir / "checkpoints" / "latest").write_text(tag)
-        best.append({"tag": tag, "metric": "valid_loss", "value": loss})
-        best.sort(key=lambda b: b["value"])
-        (run_dir / "checkpoints" / "best.json").write_text(json.dumps(best))
-
-    if 0 in save_at:
-        save(0)
-    engine.train()
-    for step in range(1, steps + 1):
-        batch = random_batch(model, TARGETS, seed=step)
-        out = engine(batch)
-        engine.backward(out.loss)
-        engine.step()
-        if step in save_at:
-            save(step)
-    engine.destroy() if hasattr(engine, "destroy") else None
-    return run_dir
+    data = tiny_recipe_dict(
+        model["llm"]["path"], train=[corpus], valid=[valid] if valid else None, output_dir=run_dir, dropout=None,
+        grad_accum=1, max_updates=updates, **train,
+    )  # fmt: skip
+    data["model"] = model
+    data["data"]["valid_max_utts"] = 2
+    data["data"]["batching"]["max_seconds"] = 2.0  # a few utterances a batch: many updates from a small corpus
+    recipe = load_recipe(data=data)
+    with Preemption(0) as preemption:
+        run = Run(recipe, preset)
+        try:
+            result = run.fit(None, preemption)
+            trained = _trained_tensors(run)
+        finally:
+            run.close()
+    if len(result["history"]) != updates:
+        raise RuntimeError(f"{run_dir}: trained {len(result['history'])} updates, wanted {updates}; a bigger corpus?")
+    if hasattr(run.engine.engine, "destroy"):
+        run.engine.engine.destroy()
+    del run
+    gc.collect()  # ZeRO-3's HfDeepSpeedConfig must be gone before the next model is built
+    return TrainedRun(Path(run_dir), recipe, result["history"], trained)
 
 
 def write_wav(path: Path, seconds: float, seed: int, sr: int = 16000) -> Path:

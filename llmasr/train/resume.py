@@ -23,8 +23,9 @@ from typing import Any
 
 import yaml
 
+from llmasr import run_dir as ck
 from llmasr.config_io import ConfigError, from_dict, to_dict
-from llmasr.train import checkpoint as ck
+from llmasr.run_dir import CheckpointMeta
 from llmasr.train.schedulers import NO_DECAY_SUFFIX
 
 log = logging.getLogger("llmasr.train")
@@ -152,9 +153,9 @@ def check_resume_recipe(recipe, load_dir: Path) -> list[str]:
     return [f"resume: recipe changes since the run was saved: {describe(changes)}"] if changes else []
 
 
-def check_batches(meta: dict, per_epoch: list[int], where: Path) -> None:
+def check_batches(meta: CheckpointMeta, per_epoch: list[int], where: Path) -> None:
     """The training data must give the batches the checkpoint's run had (the sampler position counts them)."""
-    saved = meta.get("batches_per_epoch")
+    saved = meta.batches_per_epoch
     if not saved:
         return
     n = min(len(saved), len(per_epoch))

@@ -8,7 +8,8 @@
 Rank 0 takes RUN_DIR/.lock (pid, host and the process's start time, created atomically) and checks the folder; the
 other ranks wait for its verdict, so a refusal reaches every rank and none hangs in a later collective. A lock whose
 process is gone (same host, pid not running or reused by another process) is stale: it is reported and taken over.
-A lock from another host cannot be checked and is refused with its owner named.
+A lock from another host cannot be checked and is refused with its owner named. What the folder holds (names,
+tags, `latest`, the checkpoint meta) is llmasr.run_dir's.
 """
 
 from __future__ import annotations
@@ -20,8 +21,8 @@ import socket
 import time
 from pathlib import Path
 
+from llmasr import run_dir as ck
 from llmasr.config_io import ConfigError, dump_yaml
-from llmasr.train import checkpoint as ck
 from llmasr.train.engine import barrier, broadcast_object
 from llmasr.train.progress import plot_lr, write_lr_csv
 from llmasr.train.resume import check_resume_recipe
@@ -181,7 +182,7 @@ def check_fresh_run(run_dir: Path, overwrite: bool, *, source: Path | None = Non
     earlier = earlier_checkpoints(run_dir)
     if earlier and not overwrite:
         tags = [n for n in earlier if ck.update_of(n) is not None]
-        latest = ck.read_latest(ck.checkpoints_dir(run_dir))
+        latest = ck.latest(ck.checkpoints_dir(run_dir))
         what = "a new run" if source is None else f"continuing {source} here"
         raise RunDirError(
             f"{run_dir} holds an earlier run's checkpoints ({len(tags)} checkpoint(s), latest {latest}): {what} "

@@ -24,11 +24,11 @@ from pathlib import Path
 import torch
 
 from llmasr import errors
-from llmasr.checkpoint_files import hash_share, merge_shares, verify_ranks
+from llmasr import run_dir as ck
 from llmasr.config_io import ConfigError
 from llmasr.data.batch import Batch
 from llmasr.models.fingerprint import base_fingerprint, fingerprint_differences
-from llmasr.train import checkpoint as ck
+from llmasr.run_dir.files import hash_share, merge_shares, verify_ranks
 from llmasr.train import ds_config, universal
 from llmasr.train import engine as eng
 from llmasr.train.engine import TrainEngine, all_gather_object, all_reduce_sum, barrier, build_model_for_training
@@ -110,7 +110,7 @@ class Run:
         if tc.deterministic:
             torch.use_deterministic_algorithms(True)
         self.run_dir = Path(tc.output_dir)
-        self.ckpt_dir = self.run_dir / "checkpoints"
+        self.ckpt_dir = ck.checkpoints_dir(self.run_dir)
         self.resume = resume if resume is not None else tc.resume
         self.log_handler = None
         # Once the configuration is known to be sound (--overwrite deletes the earlier run); a resume's recipe is
@@ -178,17 +178,17 @@ class Run:
         files = merge_shares(all_gather_object(hash_share(self.ckpt_dir / tag, self.rank, self.world)))
         if self.rank == 0:
             tc = self.recipe.train
-            meta = {
-                "update": update,
-                "epoch": epoch,
-                "world_size": self.world,
-                "zero_stage": self.engine.stage,
-                "metrics": metrics or {},
-                "base_fingerprint": base_fingerprint(self.recipe.model),
-                "trainable": self.trainable,
-                "files": files,
-                "batches_per_epoch": self.per_epoch,  # a resume checks the data still gives them
-            }
+            meta = ck.CheckpointMeta(
+                update=update,
+                epoch=epoch,
+                world_size=self.world,
+                zero_stage=self.engine.stage,
+                metrics=metrics or {},
+                base_fingerprint=base_fingerprint(self.recipe.model),
+                trainable=self.trainable,
+                files=files,
+                batches_per_epoch=self.per_epoch,  # a resume checks the data still gives them
+            )
             policy = ck.CheckpointPolicy(tc.keep_last, tc.best_k, tc.best_metric, tc.best_mode)
             deleted = ck.finish_save(self.ckpt_dir, tag, meta, policy)
             log.info(
@@ -202,16 +202,16 @@ class Run:
         load_dir, tag = ck.resolve_resume(self.resume, self.run_dir)
         meta = ck.read_meta(load_dir / tag)
         where = load_dir / tag
-        saved_world = int(meta["world_size"])
-        if int(meta.get("zero_stage", self.engine.stage)) != self.engine.stage:
-            raise ConfigError(f"{where}: saved at ZeRO stage {meta['zero_stage']}, this run uses {self.engine.stage}")
+        saved_world = meta.world_size
+        if meta.zero_stage != self.engine.stage:
+            raise ConfigError(f"{where}: saved at ZeRO stage {meta.zero_stage}, this run uses {self.engine.stage}")
         if saved_world == self.world:  # at another world size the batches per rank differ by design (_resize)
             check_batches(meta, self.per_epoch, where)
-        diffs = fingerprint_differences(meta.get("base_fingerprint") or {}, base_fingerprint(self.recipe.model))
+        diffs = fingerprint_differences(meta.base_fingerprint, base_fingerprint(self.recipe.model))
         if diffs:
             raise ConfigError(f"{where}: the base model differs from the one trained on:\n  " + "\n  ".join(diffs))
-        if list(meta.get("trainable") or []) != self.trainable:
-            saved, now = set(meta.get("trainable") or []), set(self.trainable)
+        if meta.trainable != self.trainable:
+            saved, now = set(meta.trainable), set(self.trainable)
             raise ConfigError(
                 f"{where}: the trainable parameters differ (only in the checkpoint: {sorted(saved - now)[:5]}, "
                 f"only now: {sorted(now - saved)[:5]}): LoRA/freeze settings changed since it was saved"

@@ -32,13 +32,13 @@ import shutil
 from argparse import Namespace
 from pathlib import Path
 
+from llmasr.run_dir import UNIVERSAL_SUFFIX
 from llmasr.safe_load import weights_only_torch_load
-from llmasr.train.checkpoint import UNIVERSAL_SUFFIX
+from llmasr.train.ds_files import OPTIM_STATES, STATE_FILES
 
 log = logging.getLogger("llmasr.train")
 
 MARKER = "llmasr_universal.json"
-STATE_FILES = ("*_model_states.pt", "*_optim_states.pt")
 
 
 def needs_conversion(saved_world: int, world: int, stage: int) -> bool:
@@ -75,8 +75,8 @@ def convert(src: Path, dst: Path) -> None:
     from deepspeed.checkpoint import ds_to_universal
 
     files = source_files(src)
-    if not any(name.endswith("_optim_states.pt") for name in files):
-        raise FileNotFoundError(f"{src}: no *_optim_states.pt files; not a complete ZeRO checkpoint")
+    if not any(Path(name).match(OPTIM_STATES) for name in files):
+        raise FileNotFoundError(f"{src}: no {OPTIM_STATES} files; not a complete ZeRO checkpoint")
     dst.parent.mkdir(parents=True, exist_ok=True)
     for stale in dst.parent.glob(f".{dst.name}.tmp*"):  # left by a conversion that was killed
         shutil.rmtree(stale, ignore_errors=True)

@@ -1,4 +1,5 @@
-"""Fixtures of the export/decode tests: base model directories and run directories at each ZeRO stage."""
+"""Fixtures of the export/decode tests: base model directories, a tiny wav corpus, and run directories that the
+real trainer wrote at each ZeRO stage."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from llmasr.testing.run_dirs import make_run, model_section
+from llmasr.testing.run_dirs import model_section, train_run
 
 
 @pytest.fixture(scope="session")
@@ -23,22 +24,36 @@ def base_dirs(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def runs(tmp_path_factory, base_dirs):
-    """stage -> RUN_DIR with one checkpoint (update 0) of the same perturbed weights, for ZeRO 0, 2 and 3."""
-    llm, enc = base_dirs
-    out = {}
-    for stage in (0, 2, 3):
-        out[stage] = make_run(tmp_path_factory.mktemp(f"run_z{stage}"), model_section(llm, enc), stage=stage, steps=0)
-    return out
+def train_corpus(tmp_path_factory):
+    """16 tone-word utterances: the training data of every run the export tests make."""
+    from llmasr.testing.tiny_corpus import write_tiny_corpus
+
+    return write_tiny_corpus(tmp_path_factory.mktemp("train_corpus"), n=16)
 
 
 @pytest.fixture(scope="session")
-def trained_run(tmp_path_factory, base_dirs):
-    """A ZeRO-2 run trained 4 updates with a checkpoint after each."""
-    llm, enc = base_dirs
-    return make_run(
-        tmp_path_factory.mktemp("run_trained"), model_section(llm, enc), stage=2, steps=4, save_at=[1, 2, 3, 4]
-    )
+def trained_runs(tmp_path_factory, base_dirs, train_corpus):
+    """stage -> TrainedRun of one update (frozen SAN-M with LoRA, LLM LoRA, CTC head) under ZeRO 0, 2 and 3."""
+    section = model_section(*base_dirs)
+    return {
+        stage: train_run(tmp_path_factory.mktemp(f"run_z{stage}"), section, train_corpus, preset=f"zero{stage}")
+        for stage in (0, 2, 3)
+    }
+
+
+@pytest.fixture(scope="session")
+def runs(trained_runs):
+    """stage -> RUN_DIR of `trained_runs`."""
+    return {stage: run.run_dir for stage, run in trained_runs.items()}
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory, base_dirs, train_corpus):
+    """A ZeRO-2 run of 4 updates, validated and saved after each (all kept; best.json ranks 3 by loss)."""
+    return train_run(
+        tmp_path_factory.mktemp("run_trained"), model_section(*base_dirs), train_corpus, preset="zero2", updates=4,
+        valid=train_corpus, save_every_updates=1, valid_every_updates=1, keep_last=0, best_k=3,
+    ).run_dir  # fmt: skip
 
 
 @pytest.fixture

@@ -283,10 +283,10 @@ def test_cli_ctc_prints_both_lines(runs, exported_dir, corpus, tmp_path, capsys)
     assert _read(tmp_path / "m" / "ctc" / "hyp.txt") == _read(tmp_path / "c" / "ctc" / "hyp.txt")
 
 
-def test_ctc_on_a_model_without_a_ctc_head_is_a_clear_error(base_dirs, corpus, tmp_path, capsys):
-    from llmasr.testing.run_dirs import make_run, model_section
+def test_ctc_on_a_model_without_a_ctc_head_is_a_clear_error(base_dirs, train_corpus, corpus, tmp_path, capsys):
+    from llmasr.testing.run_dirs import model_section, train_run
 
-    run = make_run(tmp_path / "run", model_section(*base_dirs, ctc=False), stage=0)
+    run = train_run(tmp_path / "run", model_section(*base_dirs, ctc=False), train_corpus).run_dir
     exported = export_model(run, tmp_path / "model")
     rc = main(["--model", str(exported), "--data", str(corpus), "--output", str(tmp_path / "o"), "--ctc"])
     err = capsys.readouterr().err

@@ -8,12 +8,12 @@ import shutil
 import pytest
 import torch
 
-from llmasr.checkpoint_files import hash_share
 from llmasr.commands.export import main
-from llmasr.export.checkpoint_reader import CheckpointError
 from llmasr.export.export import export_model, load_checkpoint_model
 from llmasr.export.exported import load_exported
-from llmasr.testing.run_dirs import TARGETS, make_run, model_section
+from llmasr.run_dir import CheckpointError
+from llmasr.run_dir.files import hash_share
+from llmasr.testing.run_dirs import TARGETS, model_section, train_run
 from llmasr.testing.tiny_recipe import random_batch, speech_logits
 
 
@@ -85,11 +85,11 @@ def test_adapter_only_export_loads_with_peft_and_equals_merged(exported, base_di
         assert (exported["adapter"] / name).is_file()
 
 
-def test_adapter_only_is_refused_when_the_base_llm_was_trained_too(base_dirs, tmp_path, capsys):
+def test_adapter_only_is_refused_when_the_base_llm_was_trained_too(base_dirs, train_corpus, tmp_path, capsys):
     llm, enc = base_dirs
     section = model_section(llm, enc, encoder_lora=False, ctc=False)
     section["llm"]["freeze"] = False  # LoRA plus the base weights, as the demo trains
-    run = make_run(tmp_path / "run", section, stage=0)
+    run = train_run(tmp_path / "run", section, train_corpus).run_dir
     assert main(["--checkpoint", str(run), "--output", str(tmp_path / "adapter"), "--adapter-only"]) == 1
     err = capsys.readouterr().err
     assert "--adapter-only: the base LLM's own weights were trained beside LoRA (model.llm.freeze: false" in err
@@ -97,15 +97,16 @@ def test_adapter_only_is_refused_when_the_base_llm_was_trained_too(base_dirs, tm
     assert main(["--checkpoint", str(run), "--output", str(tmp_path / "merged")]) == 0
 
 
-def test_zero_stages_export_identical_tensors(exported):
-    from safetensors.torch import load_file
-
-    for name in ("encoder.safetensors", "adaptor.safetensors", "ctc_head.safetensors", "llm/model.safetensors"):
-        tensors = {s: load_file(str(exported[s] / name)) for s in (0, 2, 3)}
-        assert tensors[2].keys() == tensors[3].keys() == tensors[0].keys()
-        for k in tensors[2]:
-            assert torch.equal(tensors[2][k], tensors[3][k]), (name, k)
-            assert torch.equal(tensors[2][k], tensors[0][k]), (name, k)
+def test_every_zero_stage_exports_the_trainers_model(trained_runs, exported):
+    for stage in (0, 2, 3):
+        ref = trained_runs[stage].reference_model()  # the trainer's own tensors, no checkpoint file involved
+        model = load_exported(exported[stage])
+        batch = random_batch(ref, TARGETS, seed=11)
+        torch.testing.assert_close(speech_logits(model, batch), speech_logits(ref, batch), rtol=0, atol=1e-5)
+        with torch.no_grad():
+            enc, lens = ref.encoder(batch.feats, batch.feat_lens)
+            got = model.ctc_head(*model.encoder(batch.feats, batch.feat_lens))
+            torch.testing.assert_close(got, ref.ctc_head(enc, lens), rtol=0, atol=1e-5)
 
 
 def test_exported_dir_is_self_contained(exported, tmp_path):
@@ -116,7 +117,7 @@ def test_exported_dir_is_self_contained(exported, tmp_path):
     desc = yaml.safe_load((moved / "llmasr_model.yaml").read_text())
     assert desc["frontend"]["cmvn_file"] == "am.mvn"
     assert desc["encoder"]["class"] == "SANMEncoder" and desc["encoder"]["conf"]["input_size"] == 560
-    assert desc["source"]["tags"] == ["update_00000000"]
+    assert desc["source"]["tags"] == ["update_00000001"]
     assert desc["ctc"]["vocab"] == "llm"
     model = load_exported(moved)
     assert model.frontend.cmvn_file == str(moved / "am.mvn")
@@ -141,13 +142,15 @@ def test_sharded_export(runs, tmp_path):
 
 
 def test_averaging_equals_mean_of_tensors(trained_run, tmp_path):
-    from llmasr.export.checkpoint_reader import average_states, read_trained_state, resolve_checkpoint, select_tags
+    from llmasr.export.trained_model import average_states
+    from llmasr.run_dir import read_best, read_meta, resolve_checkpoint, select_tags
+    from llmasr.train.ds_files import read_trained_state
 
     ref = resolve_checkpoint(trained_run)
     assert ref.tag == "update_00000004"
     tags = select_tags(ref, 3, "last")
     assert tags == ["update_00000002", "update_00000003", "update_00000004"]
-    states = [read_trained_state(ref.root / t) for t in tags]
+    states = [read_trained_state(ref.root / t, read_meta(ref.root / t)) for t in tags]
     key = next(k for k in states[0] if "lora_B" in k)
     assert not torch.equal(states[0][key], states[2][key])  # training moved the weights
     avg = average_states(states)
@@ -157,18 +160,19 @@ def test_averaging_equals_mean_of_tensors(trained_run, tmp_path):
     assert info["tags"] == tags
     params = dict(model.named_parameters())
     torch.testing.assert_close(params[key].detach(), avg[key], rtol=0, atol=0)
-    # best-N follows best.json (even updates have the lowest loss, newest first)
-    assert select_tags(ref, 2, "best") == ["update_00000004", "update_00000002"]
+    # best-N follows best.json, the trainer's ranking by validation loss
+    best = [b["tag"] for b in read_best(ref.root)][:2]
+    assert select_tags(ref, 2, "best") == best and len(best) == 2
     out = export_model(trained_run, tmp_path / "avg", average=2, average_by="best")
     import yaml
 
     desc = yaml.safe_load((out / "llmasr_model.yaml").read_text())
-    assert desc["source"]["tags"] == ["update_00000004", "update_00000002"]
+    assert desc["source"]["tags"] == best
     assert desc["source"]["average"] == {"n": 2, "by": "best"}
 
 
 def test_checkpoint_path_forms(trained_run):
-    from llmasr.export.checkpoint_reader import resolve_checkpoint
+    from llmasr.run_dir import resolve_checkpoint
 
     assert resolve_checkpoint(trained_run).tag == "update_00000004"
     assert resolve_checkpoint(trained_run / "checkpoints" / "update_00000002").tag == "update_00000002"
@@ -190,7 +194,7 @@ def test_missing_tag_and_no_latest(trained_run, tmp_path, copy_run):
 def test_truncated_checkpoint_file(runs, tmp_path, copy_run):
     for stage, name in ((0, "mp_rank_00_model_states.pt"), (2, "zero_pp_rank_0_mp_rank_00_optim_states.pt")):
         run = copy_run(runs[stage], tmp_path / f"trunc{stage}")
-        f = run / "checkpoints" / "update_00000000" / name
+        f = run / "checkpoints" / "update_00000001" / name
         f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
         with pytest.raises(CheckpointError, match=rf"{name}.*(cannot be read|truncated|corrupt)"):
             load_checkpoint_model(run)
@@ -198,20 +202,20 @@ def test_truncated_checkpoint_file(runs, tmp_path, copy_run):
 
 def test_missing_shard(runs, tmp_path, copy_run):
     run = copy_run(runs[3], tmp_path / "partial3")
-    (run / "checkpoints" / "update_00000000" / "zero_pp_rank_0_mp_rank_00_optim_states.pt").unlink()
+    (run / "checkpoints" / "update_00000001" / "zero_pp_rank_0_mp_rank_00_optim_states.pt").unlink()
     with pytest.raises(CheckpointError, match=r"ZeRO-3 checkpoint of world size 1 but 1 model and 0 optimizer shard"):
         load_checkpoint_model(run)
     run = copy_run(runs[2], tmp_path / "partial2")
-    (run / "checkpoints" / "update_00000000" / "llmasr_meta.json").unlink()
+    (run / "checkpoints" / "update_00000001" / "llmasr_meta.json").unlink()
     with pytest.raises(CheckpointError, match=r"llmasr_meta.json: missing"):
         load_checkpoint_model(run)
 
 
-def test_mismatched_base_model(runs, tmp_path, base_dirs):
+def test_mismatched_base_model(train_corpus, tmp_path, base_dirs):
     llm, enc = base_dirs
     own_llm = tmp_path / "llm"
     shutil.copytree(llm, own_llm)
-    run = make_run(tmp_path / "run", model_section(own_llm, enc, encoder_lora=False, ctc=False), stage=0)
+    run = train_run(tmp_path / "run", model_section(own_llm, enc, encoder_lora=False, ctc=False), train_corpus).run_dir
     cfg = json.loads((own_llm / "config.json").read_text())
     cfg["rms_norm_eps"] = 1e-5 if cfg.get("rms_norm_eps") != 1e-5 else 1e-6
     (own_llm / "config.json").write_text(json.dumps(cfg))
@@ -219,13 +223,13 @@ def test_mismatched_base_model(runs, tmp_path, base_dirs):
         load_checkpoint_model(run)
 
 
-def test_same_shape_other_base_weights_are_refused(runs, tmp_path, base_dirs):
+def test_same_shape_other_base_weights_are_refused(train_corpus, tmp_path, base_dirs):
     from safetensors.torch import load_file, save_file
 
     llm, enc = base_dirs
     own_llm = tmp_path / "llm"
     shutil.copytree(llm, own_llm)
-    run = make_run(tmp_path / "run", model_section(own_llm, enc, encoder_lora=False, ctc=False), stage=0)
+    run = train_run(tmp_path / "run", model_section(own_llm, enc, encoder_lora=False, ctc=False), train_corpus).run_dir
     weights = own_llm / "model.safetensors"
     size = weights.stat().st_size
     state = load_file(str(weights))
@@ -241,7 +245,7 @@ def test_same_shape_other_base_weights_are_refused(runs, tmp_path, base_dirs):
 
 def test_trained_tensor_mismatch_names_keys_and_shapes(runs, tmp_path, copy_run):
     run = copy_run(runs[0], tmp_path / "mm")
-    tag = run / "checkpoints" / "update_00000000"
+    tag = run / "checkpoints" / "update_00000001"
     sd = torch.load(tag / "mp_rank_00_model_states.pt", weights_only=False)
     key = next(k for k in sd["module"] if k.startswith("adaptor.") and k.endswith("weight"))
     sd["module"][key] = torch.zeros(3, 3)

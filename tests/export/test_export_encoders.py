@@ -10,10 +10,10 @@ import torch
 
 from llmasr.commands.decode import main as decode_main
 from llmasr.commands.export import main as export_main
-from llmasr.export.checkpoint_reader import CheckpointError
 from llmasr.export.export import export_model, load_checkpoint_model
 from llmasr.export.exported import load_exported, read_description
-from llmasr.testing.run_dirs import TARGETS, make_run, model_section, perturb_trainable, write_corpus
+from llmasr.run_dir import CheckpointError
+from llmasr.testing.run_dirs import TARGETS, model_section, train_run, write_corpus
 from llmasr.testing.tiny_recipe import random_batch, speech_logits
 
 KINDS = ("conformer", "whisper")
@@ -77,12 +77,12 @@ def fresh_section(bases, kind: str) -> dict:
 
 
 @pytest.fixture(scope="module")
-def trained(bases, tmp_path_factory):
+def trained(bases, train_corpus, tmp_path_factory):
     """kind -> (RUN_DIR trained 2 updates under ZeRO-2, its fp32 export)."""
     out = {}
     for kind in KINDS:
         root = tmp_path_factory.mktemp(f"trained_{kind}")
-        run = make_run(root / "run", pretrained_section(bases, kind), stage=2, steps=2)
+        run = train_run(root / "run", pretrained_section(bases, kind), train_corpus, preset="zero2", updates=2).run_dir
         out[kind] = (run, export_model(run, root / "model", dtype="fp32"))
     return out
 
@@ -153,21 +153,15 @@ def test_decoding_the_export_equals_decoding_the_checkpoint(trained, kind, tmp_p
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_encoder_built_from_conf_exports_under_zero3(bases, kind, tmp_path):
+def test_encoder_built_from_conf_exports_under_zero3(bases, train_corpus, kind, tmp_path):
     """An encoder without a pretrained directory, trained fully: described from its conf (no FunASR config.yaml
-    to read), and equal to a model rebuilt independently of the checkpoint reader (seed + the run's perturbation).
-    Whisper's frozen sinusoidal positions are not random and do not block the export."""
-    import llmasr
-    from llmasr.recipe import load_recipe
-
-    run = make_run(tmp_path / "run", fresh_section(bases, kind), stage=3, steps=0, seed=0)
-    torch.manual_seed(0)  # what make_run does before building
-    ref = llmasr.build_model(load_recipe(run / "recipe.yaml").model)
-    perturb_trainable(ref, 100)
-    ref.eval()
+    to read), and equal to the trainer's own model (its tensors, not the checkpoint reader's). Whisper's frozen
+    sinusoidal positions are not random and do not block the export."""
+    run = train_run(tmp_path / "run", fresh_section(bases, kind), train_corpus, preset="zero3")
+    ref = run.reference_model()
     if kind == "whisper":
         assert not ref.encoder.encoder.embed_positions.weight.requires_grad
-    out = export_model(run, tmp_path / "model", dtype="fp32")
+    out = export_model(run.run_dir, tmp_path / "model", dtype="fp32")
     desc = read_description(out)
     assert desc["encoder"]["class"] == CLASS[kind]
     if kind == "whisper":
@@ -177,13 +171,13 @@ def test_encoder_built_from_conf_exports_under_zero3(bases, kind, tmp_path):
     compare(ref, load_exported(out), seed=9)
 
 
-def test_frozen_random_branches_are_refused(bases, tmp_path):
+def test_frozen_random_branches_are_refused(bases, train_corpus, tmp_path):
     """A frozen encoder built from conf (LoRA on top) and a frozen fresh adaptor hold random weights that no file
     keeps: rebuilding would draw new ones, so export and checkpoint decoding refuse, naming branch and tensors."""
     section = fresh_section(bases, "conformer")
     section["encoder"].update(freeze=True, lora={"r": 2, "alpha": 4, "dropout": 0.0, "target_modules": ["linear_q"]})
     section["adaptor"]["freeze"] = True
-    run = make_run(tmp_path / "run", section, stage=0, steps=0)
+    run = train_run(tmp_path / "run", section, train_corpus).run_dir
     with pytest.raises(CheckpointError) as err:
         load_checkpoint_model(run)
     msg = str(err.value)

@@ -12,7 +12,7 @@ import torch
 
 from llmasr.export.export import export_model, merge_llm
 from llmasr.export.exported import load_exported
-from llmasr.testing.run_dirs import TARGETS, make_run, perturb_trainable
+from llmasr.testing.run_dirs import TARGETS, train_run
 from llmasr.testing.tiny_recipe import random_batch, speech_logits, tiny_model_section
 
 IDS = torch.tensor([[1, 5, 9, 20, 33, 2, 7, 250], [3, 3, 40, 41, 42, 100, 200, 299]])
@@ -46,27 +46,16 @@ def untie_warnings(caplog) -> list[str]:
     return [r.getMessage() for r in caplog.records if r.name == "llmasr.export.export" and "unties" in r.getMessage()]
 
 
-def trained_reference(run):
-    """The model make_run checkpointed (steps=0), rebuilt without the checkpoint reader: seed + perturbation."""
-    import llmasr
-    from llmasr.recipe import load_recipe
-
-    torch.manual_seed(0)
-    model = llmasr.build_model(load_recipe(run / "recipe.yaml").model)
-    perturb_trainable(model, 100)
-    return model.eval()
-
-
 @pytest.mark.parametrize("case", list(CASES))
-def test_tied_embeddings_export(tied_llm, case, tmp_path, caplog):
+def test_tied_embeddings_export(tied_llm, train_corpus, case, tmp_path, caplog):
     from transformers import AutoModelForCausalLM
 
     targets, frozen, stage, stays_tied = CASES[case]
     section = tiny_model_section(tied_llm, ctc_weight=0.0)  # SAN-M from conf, fully trained
     section["llm"]["lora"]["target_modules"] = targets
     section["llm"]["freeze"] = frozen
-    run = make_run(tmp_path / "run", section, stage=stage, steps=0, seed=0)
-    ref = trained_reference(run)
+    run = train_run(tmp_path / "run", section, train_corpus, preset=f"zero{stage}")
+    ref = run.reference_model()  # the trainer's own tensors
     base = ref.llm.get_base_model()
     embedding = base.get_input_embeddings().weight.detach().clone()
     assert base.get_output_embeddings().weight is base.get_input_embeddings().weight  # the trained model is tied
@@ -74,7 +63,7 @@ def test_tied_embeddings_export(tied_llm, case, tmp_path, caplog):
         want = ref.llm(input_ids=IDS).logits
 
     caplog.set_level(logging.WARNING, logger="llmasr.export.export")
-    out = export_model(run, tmp_path / "model", dtype="fp32")
+    out = export_model(run.run_dir, tmp_path / "model", dtype="fp32")
     assert untie_warnings(caplog) == ([] if stays_tied else [UNTIE_MESSAGE])
     config = json.loads((out / "llm" / "config.json").read_text())
     assert config["tie_word_embeddings"] is stays_tied
@@ -98,14 +87,14 @@ def test_tied_embeddings_export(tied_llm, case, tmp_path, caplog):
     torch.testing.assert_close(speech_logits(model, batch), speech_logits(ref, batch), rtol=0, atol=1e-5)
 
 
-def test_adapter_only_export_of_lm_head_lora_on_tied_embeddings(tied_llm, tmp_path):
+def test_adapter_only_export_of_lm_head_lora_on_tied_embeddings(tied_llm, train_corpus, tmp_path):
     """--adapter-only keeps the base tied and applies the lm_head adapter at load time: same model as merged."""
     section = tiny_model_section(tied_llm, ctc_weight=0.0)
     section["llm"]["lora"]["target_modules"] = ["q_proj", "lm_head"]
-    run = make_run(tmp_path / "run", section, stage=0, steps=0, seed=0)
-    ref = trained_reference(run)
-    merged = load_exported(export_model(run, tmp_path / "merged", dtype="fp32"))
-    adapter = load_exported(export_model(run, tmp_path / "adapter", adapter_only=True))
+    run = train_run(tmp_path / "run", section, train_corpus)
+    ref = run.reference_model()
+    merged = load_exported(export_model(run.run_dir, tmp_path / "merged", dtype="fp32"))
+    adapter = load_exported(export_model(run.run_dir, tmp_path / "adapter", adapter_only=True))
     batch = random_batch(ref, TARGETS, seed=6)
     want = speech_logits(ref, batch)
     torch.testing.assert_close(speech_logits(adapter, batch), want, rtol=0, atol=1e-5)
@@ -121,7 +110,10 @@ def test_merge_llm_with_lora_on_the_input_embedding(tied_llm, tmp_path, caplog, 
 
     llm = AutoModelForCausalLM.from_pretrained(str(tied_llm))
     llm = peft.get_peft_model(llm, peft.LoraConfig(r=4, lora_alpha=8, target_modules=targets, lora_dropout=0.0))
-    perturb_trainable(llm, 3)  # lora_embedding_B starts at zero
+    with torch.no_grad():  # lora_embedding_B starts at zero: give every adapter tensor non-trivial values
+        g = torch.Generator().manual_seed(3)
+        for p in (p for p in llm.parameters() if p.requires_grad):
+            p.add_(0.05 * torch.randn(p.shape, generator=g))
     llm.eval()
     head = llm.get_base_model().get_output_embeddings().weight.detach().clone()
     with torch.no_grad():

@@ -10,7 +10,7 @@ import torch
 from llmasr.export.export import export_model, load_checkpoint_model
 from llmasr.export.exported import load_exported, read_description
 from llmasr.models.sanm_chunk import ChunkSettings
-from llmasr.testing.run_dirs import TARGETS, make_run, model_section
+from llmasr.testing.run_dirs import TARGETS, model_section, train_run
 from llmasr.testing.tiny_funasr import tiny_sensevoice_conf, tiny_streaming_conf, write_funasr_dir
 from llmasr.testing.tiny_recipe import random_batch, speech_logits
 
@@ -28,12 +28,12 @@ def llm_dir(tmp_path_factory):
 
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))
-def test_trained_from_a_zoo_directory_exports_and_reloads(family, llm_dir, tmp_path):
+def test_trained_from_a_zoo_directory_exports_and_reloads(family, llm_dir, train_corpus, tmp_path):
     kind, model, conf, cls = FAMILIES[family]
     enc_dir = write_funasr_dir(tmp_path / model, model=model, encoder_conf=conf, seed=4)
     section = model_section(llm_dir, enc_dir)
     section["encoder"]["type"] = kind
-    run = make_run(tmp_path / "run", section, stage=2, steps=1)
+    run = train_run(tmp_path / "run", section, train_corpus, preset="zero2").run_dir
     out = export_model(run, tmp_path / "model", dtype="fp32")
     desc = read_description(out)
     assert (desc["encoder"]["type"], desc["encoder"]["class"]) == (kind, cls)

@@ -13,7 +13,7 @@ import yaml
 
 from llmasr.commands import decode, export
 from llmasr.export.exported import ExportedModelError, load_exported
-from llmasr.testing.run_dirs import make_run, model_section, write_corpus
+from llmasr.testing.run_dirs import model_section, train_run, write_corpus
 
 CUSTOM_CODE = """
 import pathlib
@@ -45,11 +45,11 @@ def set_model_file(out, **llm):
     (out / "llmasr_model.yaml").write_text(yaml.safe_dump(desc, sort_keys=False))
 
 
-def test_a_run_recipe_with_remote_code_exports_only_with_the_flag(base_dirs, tmp_path, capsys, caplog):
+def test_a_run_recipe_with_remote_code_exports_only_with_the_flag(base_dirs, train_corpus, tmp_path, capsys, caplog):
     llm, enc = base_dirs
     section = model_section(llm, enc, encoder_lora=False, ctc=False)
     section["llm"]["trust_remote_code"] = True
-    run = make_run(tmp_path / "run", section, stage=0)
+    run = train_run(tmp_path / "run", section, train_corpus).run_dir
     out = tmp_path / "out"
     assert export.main(["--checkpoint", str(run), "--output", str(out)]) == 1
     err = capsys.readouterr().err

@@ -6,8 +6,8 @@ import shutil
 
 import pytest
 
+from llmasr import run_dir as ck
 from llmasr.testing.launcher import launch_train
-from llmasr.train import checkpoint as ck
 from llmasr.train.progress import parse_log_line
 
 pytestmark = pytest.mark.slow
@@ -24,10 +24,10 @@ def train_rows(run_dir):
 
 def check_run(run_dir, stage, last_update):
     ckpts = run_dir / "checkpoints"
-    assert ck.read_latest(ckpts) == ck.tag_for(last_update)
+    assert ck.latest(ckpts) == ck.tag_for(last_update)
     meta = ck.read_meta(ckpts / ck.tag_for(last_update))
-    assert meta["world_size"] == 2 and meta["zero_stage"] == stage
-    assert math.isfinite(meta["metrics"]["loss"]) and "wer" in meta["metrics"]
+    assert meta.world_size == 2 and meta.zero_stage == stage
+    assert math.isfinite(meta.metrics["loss"]) and "wer" in meta.metrics
     ds = json.loads((run_dir / "ds_config.json").read_text())
     assert ds["train_batch_size"] == 4 and ds["zero_optimization"]["stage"] == stage
     rows = train_rows(run_dir)
@@ -56,7 +56,7 @@ def test_two_ranks_zero2_resumes(tiny_recipe_file, tmp_path):
     # Both ranks' optimizer shards carry checksums; a cut-short one stops every rank before DeepSpeed loads.
     tag = run / "checkpoints" / ck.tag_for(2)
     shards = [f"zero_pp_rank_{r}_mp_rank_00_optim_states.pt" for r in (0, 1)]
-    assert sorted(ck.read_meta(tag)["files"]) == ["mp_rank_00_model_states.pt", *shards]
+    assert sorted(ck.read_meta(tag).files) == ["mp_rank_00_model_states.pt", *shards]
     bad = tmp_path / "bad"
     shutil.copytree(run, bad)
     shard = bad / "checkpoints" / ck.tag_for(2) / shards[1]

@@ -8,8 +8,8 @@ import signal
 
 import pytest
 
+from llmasr import run_dir as ck
 from llmasr.testing.launcher import Started, assert_no_shm_left, launch_train
-from llmasr.train import checkpoint as ck
 from llmasr.train.progress import parse_log_line
 
 pytestmark = pytest.mark.slow
@@ -28,7 +28,7 @@ def stopped_at(run_dir, signame: str) -> int:
     lines = [line for line in (run_dir / "train.log").read_text().splitlines() if "stopped by" in line]
     assert len(lines) == 1 and f"stopped by {signame} after update " in lines[0], lines
     update = int(lines[0].split(" after update ")[1].split(":")[0])
-    assert ck.read_latest(run_dir / "checkpoints") == ck.tag_for(update)
+    assert ck.latest(run_dir / "checkpoints") == ck.tag_for(update)
     assert max(rows(run_dir)) == update  # no update ran after the one the stop followed
     return update
 

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from llmasr.checkpoint_files import hash_share
+from llmasr import run_dir as ck
 from llmasr.recipe import load_recipe
+from llmasr.run_dir.files import hash_share
 from llmasr.safe_load import CheckpointError
-from llmasr.train import checkpoint as ck
 from llmasr.train.progress import parse_log_line
 from llmasr.train.trainer import Run, train
 

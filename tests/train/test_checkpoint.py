@@ -1,15 +1,24 @@
+"""The run directory's format (llmasr.run_dir): tags, `latest`, the meta record, best list, rotation, resolving."""
+
 import json
 
 import pytest
 
-from llmasr.train import checkpoint as ck
+from llmasr import run_dir as ck
+
+
+def meta(update: int, metrics: dict | None = None, **fields) -> ck.CheckpointMeta:
+    return ck.CheckpointMeta(
+        update=update, epoch=0, world_size=1, zero_stage=0, base_fingerprint={}, trainable=["adaptor.w"],
+        metrics=metrics or {}, **fields,
+    )  # fmt: skip
 
 
 def make_tags(ckpt_dir, updates):
     for u in updates:
         d = ckpt_dir / ck.tag_for(u)
         d.mkdir(parents=True)
-        (d / ck.META).write_text(json.dumps({"update": u}))
+        ck.write_meta(d, meta(u))
 
 
 def test_tag_names_round_trip_and_sort_by_update():
@@ -24,20 +33,20 @@ def test_best_list_keeps_k_best_in_mode_order(mode, expected):
     policy = ck.CheckpointPolicy(best_k=2, best_metric="wer", best_mode=mode)
     best = []
     for tag, wer in (("a", 0.5), ("b", 0.2), ("c", 0.3)):
-        best = ck.update_best(best, tag, {"wer": wer, "loss": 1.0}, policy)
+        best = ck.update_best(best, tag, meta(1, {"wer": wer, "loss": 1.0}), policy)
     assert [b["tag"] for b in best] == expected
     assert all(b["metric"] == "wer" for b in best)
 
 
 def test_best_list_ignores_missing_and_nan_and_replaces_same_tag():
     policy = ck.CheckpointPolicy(best_k=3, best_metric="loss", best_mode="min")
-    best = ck.update_best([], "a", {"loss": float("nan")}, policy)
-    best = ck.update_best(best, "b", {"wer": 0.1}, policy)
+    best = ck.update_best([], "a", meta(1, {"loss": float("nan")}), policy)
+    best = ck.update_best(best, "b", meta(2, {"wer": 0.1}), policy)
     assert best == []
-    best = ck.update_best(best, "c", {"loss": 2.0}, policy)
-    best = ck.update_best(best, "c", {"loss": 1.0}, policy)
+    best = ck.update_best(best, "c", meta(3, {"loss": 2.0}), policy)
+    best = ck.update_best(best, "c", meta(3, {"loss": 1.0}), policy)
     assert best == [{"tag": "c", "metric": "loss", "value": 1.0}]
-    assert ck.update_best(best, "d", {"loss": 0.5}, ck.CheckpointPolicy(best_k=0)) == []
+    assert ck.update_best(best, "d", meta(4, {"loss": 0.5}), ck.CheckpointPolicy(best_k=0)) == []
 
 
 def test_rotation_keeps_newest_best_and_latest(tmp_path):
@@ -63,12 +72,12 @@ def test_finish_save_writes_meta_best_and_latest_atomically(tmp_path):
     policy = ck.CheckpointPolicy(keep_last=1, best_k=1, best_metric="loss", best_mode="min")
     deleted = []
     for u, metrics in ((2, {"loss": 1.0}), (4, {"loss": 3.0}), (6, {})):
-        make_tags(tmp_path, [u])  # what DeepSpeed's save wrote
-        deleted += ck.finish_save(tmp_path, ck.tag_for(u), {"update": u, "metrics": metrics}, policy)
-    assert ck.read_latest(tmp_path) == ck.tag_for(6)
+        (tmp_path / ck.tag_for(u)).mkdir()  # what DeepSpeed's save wrote
+        deleted += ck.finish_save(tmp_path, ck.tag_for(u), meta(u, metrics), policy)
+    assert ck.latest(tmp_path) == ck.tag_for(6)
     assert [b["tag"] for b in ck.read_best(tmp_path)] == [ck.tag_for(2)]
     assert deleted == [ck.tag_for(4)]  # update 2 is the best, update 6 the newest
-    assert ck.read_meta(tmp_path / ck.tag_for(6))["update"] == 6
+    assert ck.read_meta(tmp_path / ck.tag_for(6)) == meta(6)
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary files left
 
 
@@ -92,5 +101,60 @@ def test_resolve_resume_errors_name_the_problem(tmp_path):
     (tmp_path / "plain").mkdir()
     with pytest.raises(FileNotFoundError, match="llmasr_meta.json"):
         ck.resolve_resume(str(tmp_path / "plain"), tmp_path)
-    with pytest.raises(FileNotFoundError, match="interrupted"):
+    with pytest.raises(ck.CheckpointError, match="plain/llmasr_meta.json: missing.*did not finish"):
         ck.read_meta(tmp_path / "plain")
+
+
+def test_latest_is_none_without_a_checkpoint_and_require_latest_says_why(tmp_path):
+    assert ck.latest(tmp_path) is None
+    with pytest.raises(ck.CheckpointError, match=r"latest: no 'latest' file, .*; no checkpoint tags either"):
+        ck.require_latest(tmp_path)
+    make_tags(tmp_path, [3, 12])
+    with pytest.raises(ck.CheckpointError, match=r"tags present: update_00000003, update_00000012 \(pass one"):
+        ck.require_latest(tmp_path)
+    (tmp_path / ck.LATEST).write_text("\n")
+    assert ck.latest(tmp_path) is None
+    with pytest.raises(ck.CheckpointError, match=r"latest: empty"):
+        ck.require_latest(tmp_path)
+    (tmp_path / ck.LATEST).write_text(ck.tag_for(5) + "\n")
+    assert ck.latest(tmp_path) == ck.tag_for(5)  # the pointer as written
+    with pytest.raises(ck.CheckpointError, match=r"names tag 'update_00000005' but .* does not exist"):
+        ck.require_latest(tmp_path)
+    ck.write_atomic(tmp_path / ck.LATEST, ck.tag_for(12) + "\n")
+    assert ck.require_latest(tmp_path) == ck.tag_for(12)
+
+
+def test_meta_round_trips_byte_for_byte_old_and_new(tmp_path):
+    files = {"mp_rank_00_model_states.pt": {"bytes": 10, "sha256": "ab"}}
+    new = meta(7, {"loss": 1.5, "wer": 0.25}, files=files, batches_per_epoch=[4, 4])
+    ck.write_meta(tmp_path, new)
+    text = (tmp_path / ck.META).read_text()
+    assert ck.read_meta(tmp_path) == new and ck.read_meta(tmp_path).text() == text
+    assert json.loads(text)["batches_per_epoch"] == [4, 4]
+    old = {k: v for k, v in json.loads(text).items() if k not in ("files", "batches_per_epoch")}  # before checksums
+    (tmp_path / ck.META).write_text(json.dumps(old, indent=2, sort_keys=True))
+    back = ck.read_meta(tmp_path)
+    assert back.files is None and back.batches_per_epoch is None
+    assert back.text() == (tmp_path / ck.META).read_text()
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda d: d.pop("trainable"), r"no 'trainable' entry"),
+        (lambda d: d.update(zero_stage=5), r"'zero_stage' must be a ZeRO stage 0-3, got 5"),
+        (lambda d: d.update(world_size="2"), r"'world_size' must be an integer >= 1, got \"2\""),
+        (lambda d: d.update(metrics={"loss": "low"}), r"'metrics' must be an object of numbers"),
+        (lambda d: d.update(batches_per_epoch=[1.5]), r"'batches_per_epoch' must be a list of integers"),
+        (lambda d: d.update(extra=1), r"unknown entries \['extra'\]"),
+    ],
+)
+def test_a_garbled_meta_names_the_file_and_the_field(tmp_path, edit, message):
+    data = meta(1).to_json()
+    edit(data)
+    (tmp_path / ck.META).write_text(json.dumps(data))
+    with pytest.raises(ck.CheckpointError, match=rf"{tmp_path / ck.META}: {message}"):
+        ck.read_meta(tmp_path)
+    (tmp_path / ck.META).write_text('{"update": 1,')
+    with pytest.raises(ck.CheckpointError, match=r"llmasr_meta.json: not valid JSON"):
+        ck.read_meta(tmp_path)

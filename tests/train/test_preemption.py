@@ -11,9 +11,9 @@ import time
 import numpy as np
 import pytest
 
+from llmasr import run_dir as ck
 from llmasr.recipe import load_recipe
 from llmasr.testing.tiny_corpus import tiny_recipe_dict, write_tiny_corpus
-from llmasr.train import checkpoint as ck
 from llmasr.train import preemption as pre
 from llmasr.train.progress import Progress
 from llmasr.train.trainer import train
@@ -60,8 +60,8 @@ def test_signal_saves_and_resume_matches_the_uninterrupted_run(
     assert cut["interrupted"] and cut["signal"] == signum
     assert [h["update"] for h in cut["history"]] == list(range(1, at + 1))  # finished update `at`, ran no other
     ckpts = tmp_path / "b" / "checkpoints"
-    assert ck.read_latest(ckpts) == ck.tag_for(at) and cut["checkpoint"] == str(ckpts / ck.tag_for(at))
-    assert ck.read_meta(ckpts / ck.tag_for(at))["epoch"] == saved_epoch
+    assert ck.latest(ckpts) == ck.tag_for(at) and cut["checkpoint"] == str(ckpts / ck.tag_for(at))
+    assert ck.read_meta(ckpts / ck.tag_for(at)).epoch == saved_epoch
     log = (tmp_path / "b" / "train.log").read_text()
     assert f"stopped by {signal.Signals(signum).name} after update {at}" in log and "--resume" in log
 

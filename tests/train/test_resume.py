@@ -9,11 +9,11 @@ import pytest
 import torch
 
 import llmasr
+from llmasr import run_dir as ck
 from llmasr.config_io import ConfigError, from_dict, to_dict
 from llmasr.recipe import Recipe, load_recipe
 from llmasr.safe_load import CheckpointError
 from llmasr.testing.tiny_corpus import tiny_recipe_dict, write_tiny_corpus
-from llmasr.train import checkpoint as ck
 from llmasr.train import resume as rs
 from llmasr.train.config import BRANCHES, SchedulerConfig
 from llmasr.train.resolve import seed_everything
@@ -140,7 +140,7 @@ def test_a_refused_or_failed_resume_leaves_the_run_folder_as_it_was(tiny_llm_dir
     ] == [3]
     assert load_recipe(run / ck.RECIPE_FILE).train.max_updates == 3  # rewritten once the resume succeeded
     again = train(recipe(tiny_llm_dir, corpus, run, max_updates=3), "zero0", resume="latest")
-    assert again["history"] == [] and ck.read_latest(ck.checkpoints_dir(run)) == ck.tag_for(3)
+    assert again["history"] == [] and ck.latest(ck.checkpoints_dir(run)) == ck.tag_for(3)
     assert "nothing to train: the run is at update 3 of 3" in (run / ck.TRAIN_LOG).read_text()
 
 

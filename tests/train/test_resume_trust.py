@@ -9,13 +9,13 @@ import pytest
 import torch
 import yaml
 
-import llmasr.checkpoint_files
-from llmasr.checkpoint_files import hash_share
+import llmasr.run_dir.files
+from llmasr import run_dir as ck
 from llmasr.commands.train import main
 from llmasr.recipe import load_recipe
+from llmasr.run_dir.files import hash_share
 from llmasr.safe_load import CheckpointError
 from llmasr.testing.tiny_corpus import tiny_recipe_dict, write_tiny_corpus
-from llmasr.train import checkpoint as ck
 from llmasr.train.trainer import train
 
 
@@ -51,7 +51,7 @@ def saved_run(tiny_llm_dir, corpus, run, preset):
 
 def test_save_records_every_file(tiny_llm_dir, corpus, tmp_path):
     tag = saved_run(tiny_llm_dir, corpus, tmp_path / "run", "zero2")
-    files = ck.read_meta(tag)["files"]
+    files = ck.read_meta(tag).files
     assert sorted(files) == ["mp_rank_00_model_states.pt", "zero_pp_rank_0_mp_rank_00_optim_states.pt"]
     for name, entry in files.items():
         assert entry["bytes"] == (tag / name).stat().st_size and len(entry["sha256"]) == 64
@@ -73,7 +73,7 @@ def test_resume_refuses_pickled_code(tiny_llm_dir, corpus, tmp_path, monkeypatch
     with pytest.raises(CheckpointError, match=refused):
         train(more, preset, resume="latest")  # found by the scan before loading
     # Without the scan (a torch too old to list a file's globals), DeepSpeed's own loading refuses it.
-    monkeypatch.setattr(llmasr.checkpoint_files, "unsafe_globals", lambda path: [])
+    monkeypatch.setattr(llmasr.run_dir.files, "unsafe_globals", lambda path: [])
     with pytest.raises(CheckpointError, match=refused):
         train(more, preset, resume="latest")
     assert not marker.exists()
@@ -124,7 +124,7 @@ def test_weights_only_resume_loads_every_stage(tiny_llm_dir, corpus, tmp_path, p
     saved_run(tiny_llm_dir, corpus, run, preset)
     result = train(recipe(tiny_llm_dir, corpus, run, max_updates=2), preset, resume="latest")
     assert [h["update"] for h in result["history"]] == [2]
-    assert ck.read_meta(run / "checkpoints" / ck.tag_for(2))["files"]
+    assert ck.read_meta(run / "checkpoints" / ck.tag_for(2)).files
 
 
 def test_resume_refuses_same_shape_other_base_weights(tiny_llm_dir, corpus, tmp_path):

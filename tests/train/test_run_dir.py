@@ -9,11 +9,11 @@ import sys
 import pytest
 import yaml
 
+from llmasr import run_dir as ck
 from llmasr.commands.train import main
 from llmasr.config_io import ConfigError
 from llmasr.recipe import load_recipe, save_recipe
 from llmasr.testing.tiny_corpus import tiny_recipe_dict, write_tiny_corpus
-from llmasr.train import checkpoint as ck
 from llmasr.train import run_dir as rd
 from llmasr.train.trainer import train
 
@@ -126,7 +126,7 @@ def test_second_fresh_run_is_refused_and_overwrite_starts_clean(tiny_llm_dir, co
     train(recipe(tiny_llm_dir, corpus, run, max_updates=1, keep_last=0), "zero0", overwrite=True)
     ckpts = ck.checkpoints_dir(run)
     assert sorted(p.name for p in ckpts.iterdir() if ck.update_of(p.name) is not None) == [ck.tag_for(1)]
-    assert ck.read_latest(ckpts) == ck.tag_for(1)
+    assert ck.latest(ckpts) == ck.tag_for(1)
     log = (run / ck.TRAIN_LOG).read_text()
     assert log.count(" train update=") == 1 and "--overwrite: removed checkpoints, train.log" in log
 

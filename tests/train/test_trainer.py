@@ -10,11 +10,11 @@ import torch
 import yaml
 
 import llmasr
+from llmasr import run_dir as ck
 from llmasr.commands.train import main
 from llmasr.config_io import ConfigError
 from llmasr.recipe import load_recipe
 from llmasr.testing.tiny_corpus import tiny_recipe_dict, write_tiny_corpus
-from llmasr.train import checkpoint as ck
 from llmasr.train.progress import parse_log_line
 from llmasr.train.trainer import train
 
@@ -72,17 +72,17 @@ def test_run_dir_layout_logs_and_checkpoints(tiny_llm_dir, corpus, tmp_path):
     # checkpoints: latest is the last update; meta as documented; frozen base weights not stored
     ckpts = run / "checkpoints"
     last = ck.tag_for(history[-1]["update"])
-    assert ck.read_latest(ckpts) == last
+    assert ck.latest(ckpts) == last
     meta = ck.read_meta(ckpts / last)
     model = llmasr.build_model(r.model)
     trainable = [name for name, p in model.named_parameters() if p.requires_grad]
     from llmasr.models.fingerprint import base_fingerprint
 
-    assert meta["update"] == history[-1]["update"] and meta["epoch"] == 2
-    assert meta["world_size"] == 1 and meta["zero_stage"] == 0
-    assert meta["trainable"] == trainable
-    assert meta["base_fingerprint"] == base_fingerprint(r.model)
-    assert {"loss", "acc", "wer"} <= set(meta["metrics"])
+    assert meta.update == history[-1]["update"] and meta.epoch == 2
+    assert meta.world_size == 1 and meta.zero_stage == 0
+    assert meta.trainable == trainable
+    assert meta.base_fingerprint == base_fingerprint(r.model)
+    assert {"loss", "acc", "wer"} <= set(meta.metrics)
     stored = torch.load(ckpts / last / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False)["module"]
     assert set(stored) == set(trainable)
     # keep_last 1 plus the best checkpoint; best.json's tags are never rotated away
@@ -109,7 +109,7 @@ def test_resume_reproduces_the_uninterrupted_losses(tiny_llm_dir, corpus, tmp_pa
     whole = train(make("a"), preset)["history"]
     cut = train(make("b"), preset, stop_after_updates=stop_after)
     assert cut["interrupted"] and len(cut["history"]) == stop_after
-    assert ck.read_latest(tmp_path / "b" / "checkpoints") == ck.tag_for(resumes_from)
+    assert ck.latest(tmp_path / "b" / "checkpoints") == ck.tag_for(resumes_from)
     rest = train(make("b"), preset, resume="latest")["history"]
     assert [h["update"] for h in rest] == [h["update"] for h in whole[resumes_from:]]
     assert [h["epoch"] for h in rest] == [h["epoch"] for h in whole[resumes_from:]]
@@ -124,7 +124,7 @@ def test_resume_refuses_changed_trainables(tiny_llm_dir, corpus, tmp_path):
     frozen_encoder.model.encoder.freeze = True
     with pytest.raises(ConfigError, match="model.encoder.freeze: false -> true"):  # by the run's recipe.yaml
         train(frozen_encoder, "zero0", resume="latest")
-    tag_dir = run / "checkpoints" / ck.read_latest(run / "checkpoints")
+    tag_dir = run / "checkpoints" / ck.latest(run / "checkpoints")
     loose = tmp_path / "copied" / "checkpoints"  # a checkpoint without its run's recipe.yaml: the meta decides
     shutil.copytree(run / "checkpoints", loose)
     frozen_encoder.train.output_dir = str(tmp_path / "fork")
@@ -137,7 +137,7 @@ def test_max_updates_stops_and_keeps_the_loader_position(tiny_llm_dir, corpus, t
     result = train(recipe(tiny_llm_dir, corpus, run, valid=False, epochs=5, grad_accum=1, max_updates=3), "zero0")
     assert [h["update"] for h in result["history"]] == [1, 2, 3]
     meta = ck.read_meta(run / "checkpoints" / ck.tag_for(3))
-    assert meta["epoch"] == 0  # stopped inside epoch 0: resuming with a larger max_updates carries on there
+    assert meta.epoch == 0  # stopped inside epoch 0: resuming with a larger max_updates carries on there
 
 
 def test_loss_falls(tiny_llm_dir, corpus, tmp_path):
@@ -167,9 +167,9 @@ def test_cli(tiny_llm_dir, corpus, tmp_path, capsys):
     path = tmp_path / "recipe.yaml"
     path.write_text(yaml.safe_dump(data))
     assert main(["--config", str(path), "--deepspeed", "zero0", "train.max_updates=2"]) == 0
-    assert ck.read_latest(run / "checkpoints") == ck.tag_for(2)
+    assert ck.latest(run / "checkpoints") == ck.tag_for(2)
     assert main(["--config", str(path), "--deepspeed", "zero0", "--resume", "train.max_updates=3"]) == 0
-    assert ck.read_latest(run / "checkpoints") == ck.tag_for(3)
+    assert ck.latest(run / "checkpoints") == ck.tag_for(3)
     assert main(["--config", str(path), "--deepspeed", "zero0", "train.epochs=0"]) == 2
     assert "train.epochs" in capsys.readouterr().err
     assert main(["--config", str(path), "--deepspeed", "zero0", "train.valid_every_updates=2"]) == 2

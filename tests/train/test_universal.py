@@ -7,8 +7,8 @@ import os
 import pytest
 import torch
 
+from llmasr.run_dir import UNIVERSAL_SUFFIX
 from llmasr.train import universal
-from llmasr.train.checkpoint import UNIVERSAL_SUFFIX
 
 
 def fake_checkpoint(folder, ranks=2):

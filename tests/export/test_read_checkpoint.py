@@ -1,4 +1,5 @@
-"""Checkpoint reader: all ZeRO stages read offline to the same tensors, safe loading, tag selection, averaging."""
+"""Reading checkpoints the trainer wrote: every ZeRO stage reads offline to the trainer's own tensors, safe loading,
+tag selection, averaging."""
 
 from __future__ import annotations
 
@@ -8,35 +9,36 @@ import os
 import pytest
 import torch
 
-from llmasr.export.checkpoint_reader import (
+from llmasr.export.trained_model import average_states
+from llmasr.run_dir import (
     CheckpointError,
-    average_states,
+    CheckpointMeta,
     list_tags,
+    read_best,
     read_meta,
-    read_trained_state,
     resolve_checkpoint,
     select_tags,
-    strip_module_prefix,
 )
 from llmasr.safe_load import weights_only_torch_load
+from llmasr.train.ds_files import read_trained_state, strip_module_prefix
 
 
-def test_every_zero_stage_reads_to_the_same_trained_tensors(runs):
+def test_every_zero_stage_reads_to_the_trainers_tensors(trained_runs):
     states = {}
-    for stage, run in runs.items():
-        ref = resolve_checkpoint(run)
+    for stage, run in trained_runs.items():
+        ref = resolve_checkpoint(run.run_dir)
         meta = read_meta(ref.path)
-        assert meta["zero_stage"] == stage
+        assert (meta.zero_stage, meta.update, meta.world_size) == (stage, 1, 1)
         states[stage] = read_trained_state(ref.path, meta)
-        assert set(states[stage]) >= set(meta["trainable"])
+        assert set(states[stage]) >= set(meta.trainable)
         assert all(v.dtype == torch.float32 for v in states[stage].values() if v.is_floating_point())
+        for name in meta.trainable:  # exactly what the trainer's model held after the update it saved
+            assert torch.equal(states[stage][name], run.trained[name]), (stage, name)
+    # (The stages' values differ in rounding: each optimizer updates its own flat or per-tensor layout.)
     assert states[0].keys() == states[2].keys() == states[3].keys()
-    for k in states[0]:
-        assert torch.equal(states[0][k], states[2][k]) and torch.equal(states[2][k], states[3][k]), k
     # ZeRO-3 model files hold empty placeholders: the values really came from the optimizer shards.
-    z3 = torch.load(next((runs[3] / "checkpoints" / "update_00000000").glob("*_model_states.pt")), weights_only=True)[
-        "module"
-    ]
+    z3_tag = trained_runs[3].run_dir / "checkpoints" / "update_00000001"
+    z3 = torch.load(next(z3_tag.glob("*_model_states.pt")), weights_only=True)["module"]
     assert all(v.numel() == 0 for v in z3.values())
 
 
@@ -46,8 +48,10 @@ def test_reading_needs_no_distributed_and_no_gpu(runs):
 
     code = (
         "import torch.distributed as dist, sys\n"
-        "from llmasr.export.checkpoint_reader import read_trained_state\n"
-        f"s = read_trained_state({str(runs[3] / 'checkpoints' / 'update_00000000')!r})\n"
+        "from llmasr.run_dir import read_meta\n"
+        "from llmasr.train.ds_files import read_trained_state\n"
+        f"tag = {str(runs[3] / 'checkpoints' / 'update_00000001')!r}\n"
+        "s = read_trained_state(tag, read_meta(tag))\n"
         "assert not dist.is_initialized()\n"
         "print(len(s))\n"
     )
@@ -65,9 +69,8 @@ def test_safe_loading_refuses_unlisted_pickled_objects(tmp_path):
 
     path = tmp_path / "mp_rank_00_model_states.pt"
     torch.save({"module": {"w": torch.zeros(1)}, "payload": Sneaky()}, path)
-    (tmp_path / "llmasr_meta.json").write_text(
-        json.dumps({"trainable": ["w"], "base_fingerprint": {}, "zero_stage": 0})
-    )
+    meta = CheckpointMeta(update=1, epoch=0, world_size=1, zero_stage=0, base_fingerprint={}, trainable=["w"])
+    (tmp_path / "llmasr_meta.json").write_text(meta.text())
     with pytest.raises(CheckpointError, match=rf"{path}: refused: it pickles posix.getcwd, which is neither"):
         read_trained_state(tmp_path, read_meta(tmp_path))
     # torch.load is restored afterwards, and the context really forces weights_only
@@ -87,6 +90,9 @@ def test_tag_listing_and_selection(trained_run):
     assert list_tags(ref.root) == [f"update_{i:08d}" for i in (1, 2, 3, 4)]
     older = resolve_checkpoint(trained_run, "update_00000003")
     assert select_tags(older, 2, "last") == ["update_00000002", "update_00000003"]
+    best = read_best(ref.root)  # the trainer's ranking by validation loss, lowest first
+    assert len(best) == 3 and [b["value"] for b in best] == sorted(b["value"] for b in best)
+    assert select_tags(ref, 2, "best") == [b["tag"] for b in best[:2]]
     with pytest.raises(CheckpointError, match=r"asked to average 5 checkpoints \(last\) but only 4"):
         select_tags(ref, 5, "last")
     with pytest.raises(CheckpointError, match="--average-by"):

@@ -19,12 +19,12 @@ import logging
 import zipfile
 from pathlib import Path
 
+from llmasr.run_dir.layout import META
+from llmasr.run_dir.meta import CheckpointMeta
 from llmasr.safe_load import CheckpointError, refusal, unsafe_globals
 
 log = logging.getLogger(__name__)
 
-META = "llmasr_meta.json"
-FILES = "files"
 _CHUNK = 8 * 2**20
 
 
@@ -95,10 +95,10 @@ def _recorded_problem(tag_dir: Path, rel: str, want: dict) -> str | None:
     return None
 
 
-def verify_share(tag_dir: str | Path, meta: dict, rank: int = 0, world: int = 1) -> list[str]:
+def verify_share(tag_dir: str | Path, meta: CheckpointMeta, rank: int = 0, world: int = 1) -> list[str]:
     """Problems with this rank's share of a tag's files (all of them for 1 rank): [] when all is well."""
     tag_dir = Path(tag_dir)
-    recorded = meta.get(FILES)
+    recorded = meta.files
     problems = []
     if recorded is None:
         if rank == 0:
@@ -121,14 +121,14 @@ def problems_error(tag_dir: str | Path, problems: list[str]) -> CheckpointError:
     return CheckpointError(f"checkpoint {tag_dir} cannot be used:\n  " + "\n  ".join(shown))
 
 
-def verify_tag(tag_dir: str | Path, meta: dict) -> None:
+def verify_tag(tag_dir: str | Path, meta: CheckpointMeta) -> None:
     """All of a tag's files, in one process (export, decode --checkpoint): raises CheckpointError on any problem."""
     problems = verify_share(tag_dir, meta)
     if problems:
         raise problems_error(tag_dir, problems)
 
 
-def verify_ranks(tag_dir: str | Path, meta: dict, rank: int, world: int, all_gather) -> None:
+def verify_ranks(tag_dir: str | Path, meta: CheckpointMeta, rank: int, world: int, all_gather) -> None:
     """Every rank verifies its share of the files; `all_gather` (all_gather_object) makes every rank raise the
     same error, so none goes on to load (and wait in a collective) while another has stopped."""
     problems = [p for share in all_gather(verify_share(tag_dir, meta, rank, world)) for p in share]

@@ -1,0 +1,122 @@
+"""What rank 0 does once every rank has saved a checkpoint (meta, best list, `latest`, rotation), and choosing the
+checkpoints an export averages.
+
+    RUN_DIR/checkpoints/best.json   [{"tag", "metric", "value"}, ...] best first; its tags are never rotated away
+    RUN_DIR/checkpoints/latest      the newest complete tag, written after the meta (a save cut short is not latest)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from llmasr.run_dir.layout import (
+    BEST,
+    LATEST,
+    UNIVERSAL_SUFFIX,
+    CheckpointRef,
+    latest,
+    list_tags,
+    tag_update,
+    update_of,
+    write_atomic,
+)
+from llmasr.run_dir.meta import CheckpointMeta, write_meta
+from llmasr.safe_load import CheckpointError
+
+
+@dataclass
+class CheckpointPolicy:
+    keep_last: int = 3  # 0: keep all
+    best_k: int = 1  # 0: no best list
+    best_metric: str = "loss"
+    best_mode: str = "min"
+
+
+def read_best(ckpt_dir: str | Path) -> list[dict]:
+    """best.json's entries, best first; [] when the run keeps no best list (no file)."""
+    path = Path(ckpt_dir) / BEST
+    if not path.is_file():
+        return []
+    try:
+        best = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise CheckpointError(f"{path}: not valid JSON ({err})") from err
+    if not isinstance(best, list) or not all(isinstance(b, dict) and "tag" in b and "value" in b for b in best):
+        raise CheckpointError(f"{path}: expected a list of {{'tag', 'metric', 'value'}} objects")
+    return best
+
+
+def update_best(best: list[dict], tag: str, meta: CheckpointMeta, policy: CheckpointPolicy) -> list[dict]:
+    """best-K list with `tag` entered by its metric policy.best_metric (missing or NaN values never enter)."""
+    if policy.best_k <= 0:
+        return []
+    value = meta.metric(policy.best_metric)
+    out = [b for b in best if b["tag"] != tag]
+    if value is not None:
+        out.append({"tag": tag, "metric": policy.best_metric, "value": value})
+    out.sort(key=lambda b: b["value"], reverse=policy.best_mode == "max")
+    return out[: policy.best_k]
+
+
+def rotate(ckpt_dir: Path, policy: CheckpointPolicy, protect: set[str] = frozenset()) -> list[str]:
+    """Delete all but the newest `keep_last` checkpoints, sparing best.json's tags, `latest` and `protect`.
+    Returns the deleted tags. Call on rank 0 only (every rank deleting the same folder races)."""
+    if policy.keep_last <= 0:
+        return []
+    tags = sorted((t for t in os.listdir(ckpt_dir) if update_of(t) is not None), key=update_of)
+    keep = set(tags[-policy.keep_last :]) | {b["tag"] for b in read_best(ckpt_dir)} | set(protect)
+    newest = latest(ckpt_dir)
+    if newest:
+        keep.add(newest)
+    deleted = []
+    for tag in tags:
+        if tag not in keep:
+            shutil.rmtree(ckpt_dir / tag, ignore_errors=True)
+            deleted.append(tag)
+    for name in os.listdir(ckpt_dir):  # a universal copy goes with its checkpoint
+        source = name.removesuffix(UNIVERSAL_SUFFIX)
+        if source != name and update_of(source) is not None and source not in keep:
+            shutil.rmtree(ckpt_dir / name, ignore_errors=True)
+    return deleted
+
+
+def finish_save(ckpt_dir: Path, tag: str, meta: CheckpointMeta, policy: CheckpointPolicy) -> list[str]:
+    """Rank 0, after every rank has saved `tag`: meta file, best list, latest pointer, rotation."""
+    write_meta(ckpt_dir / tag, meta)
+    best = update_best(read_best(ckpt_dir), tag, meta, policy)
+    if policy.best_k > 0:
+        write_atomic(ckpt_dir / BEST, json.dumps(best, indent=2))
+    write_atomic(ckpt_dir / LATEST, tag + "\n")
+    return rotate(ckpt_dir, policy)
+
+
+def select_tags(ref: CheckpointRef, n: int, by: str = "last") -> list[str]:
+    """The `n` checkpoints to average: the last n up to and including `ref.tag`, or the best n of best.json."""
+    if n < 1:
+        raise CheckpointError(f"--average must be >= 1, got {n}")
+    if by == "last":
+        tags = list_tags(ref.root)
+        if ref.tag not in tags:
+            tags.append(ref.tag)
+        chosen = [t for t in tags if tag_update(ref.root / t) <= tag_update(ref.path)][-n:]
+    elif by == "best":
+        if not (ref.root / BEST).is_file():
+            raise CheckpointError(
+                f"{ref.root / BEST}: missing; best-N averaging needs the validation ranking the trainer writes"
+            )
+        chosen = [b["tag"] for b in read_best(ref.root)][:n]
+        for t in chosen:
+            if not (ref.root / t).is_dir():
+                raise CheckpointError(f"{ref.root / BEST} lists tag {t!r}, but {ref.root / t} does not exist")
+    else:
+        raise CheckpointError(f"--average-by must be 'last' or 'best', got {by!r}")
+    if len(chosen) < n:
+        raise CheckpointError(
+            f"asked to average {n} checkpoints ({by}) but only {len(chosen)} are available under {ref.root}: "
+            f"{', '.join(chosen) or 'none'}"
+        )
+    return chosen

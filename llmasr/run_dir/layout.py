@@ -1,0 +1,166 @@
+"""Where things are in a run directory: file names, checkpoint tags, the `latest` pointer, and turning what a user
+typed (`--checkpoint RUN_DIR[/checkpoints/TAG]`, `--resume [TAG|PATH]`) into one checkpoint folder.
+
+`latest(ckpt_dir)` is None when there is no newest checkpoint (a fresh run asks this); `require_latest` is for a
+caller that needs one (export, decode) and raises CheckpointError naming what is there instead.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from llmasr.safe_load import CheckpointError
+
+RECIPE_FILE = "recipe.yaml"
+DS_CONFIG_FILE = "ds_config.json"
+TRAIN_LOG = "train.log"
+TENSORBOARD = "tensorboard"
+LR_CSV = "lr_schedule.csv"
+LR_PNG = "lr_schedule.png"
+LOCK_FILE = ".lock"
+CHECKPOINTS = "checkpoints"
+LATEST = "latest"
+BEST = "best.json"
+META = "llmasr_meta.json"
+TAG_RE = re.compile(r"^update_(\d{8,})$")
+UNIVERSAL_SUFFIX = "_universal"
+MODEL_STATES = "*_model_states.pt"  # DeepSpeed's per-rank files (llmasr.train.ds_files reads them)
+
+
+def tag_for(update: int) -> str:
+    return f"update_{update:08d}"
+
+
+def update_of(tag: str) -> int | None:
+    m = TAG_RE.match(tag)
+    return int(m.group(1)) if m else None
+
+
+def checkpoints_dir(run_dir: str | Path) -> Path:
+    return Path(run_dir) / CHECKPOINTS
+
+
+def run_dir_of(ckpt_dir: Path) -> Path:
+    """The run directory a checkpoints folder belongs to (its recipe.yaml sits there)."""
+    return ckpt_dir.parent if ckpt_dir.name == CHECKPOINTS else ckpt_dir
+
+
+def write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def latest(ckpt_dir: str | Path) -> str | None:
+    """The tag RUN_DIR/checkpoints/latest names, or None when there is none (no file, or an empty one)."""
+    f = Path(ckpt_dir) / LATEST
+    if not f.is_file():
+        return None
+    return f.read_text().strip() or None
+
+
+def require_latest(ckpt_dir: str | Path) -> str:
+    """The newest complete checkpoint's tag; CheckpointError when `latest` is missing, empty or names no folder."""
+    ckpt_dir = Path(ckpt_dir)
+    f = ckpt_dir / LATEST
+    if not f.is_file():
+        tags = list_tags(ckpt_dir)
+        hint = f"; tags present: {', '.join(tags[-5:])} (pass one explicitly)" if tags else ""
+        hint = hint or "; no checkpoint tags either"
+        raise CheckpointError(f"{f}: no 'latest' file, so there is no newest checkpoint to pick{hint}")
+    tag = latest(ckpt_dir)
+    if tag is None:
+        raise CheckpointError(f"{f}: empty")
+    if not (ckpt_dir / tag).is_dir():
+        raise CheckpointError(f"{f} names tag {tag!r} but {ckpt_dir / tag} does not exist")
+    return tag
+
+
+def is_tag_dir(path: Path) -> bool:
+    return path.is_dir() and ((path / META).is_file() or any(path.glob(MODEL_STATES)))
+
+
+def tag_update(tag_dir: Path) -> int:
+    """The update a checkpoint folder holds, for ordering: its meta's, else the last number in its name, else -1.
+    (A garbled meta is reported when the checkpoint is read, not while folders are being sorted.)"""
+    meta = tag_dir / META
+    if meta.is_file():
+        try:
+            return int(json.loads(meta.read_text()).get("update", -1))
+        except (ValueError, TypeError, AttributeError):
+            pass
+    nums = re.findall(r"\d+", tag_dir.name)
+    return int(nums[-1]) if nums else -1
+
+
+def list_tags(ckpt_dir: str | Path) -> list[str]:
+    """Checkpoint folders under `ckpt_dir`, oldest first."""
+    ckpt_dir = Path(ckpt_dir)
+    if not ckpt_dir.is_dir():
+        return []
+    tags = [p.name for p in ckpt_dir.iterdir() if is_tag_dir(p)]
+    return sorted(tags, key=lambda t: (tag_update(ckpt_dir / t), t))
+
+
+@dataclass(frozen=True)
+class CheckpointRef:
+    run_dir: Path  # holds recipe.yaml
+    root: Path  # RUN_DIR/checkpoints
+    tag: str
+
+    @property
+    def path(self) -> Path:
+        return self.root / self.tag
+
+
+def resolve_checkpoint(spec: str | Path, tag: str | None = None) -> CheckpointRef:
+    """RUN_DIR, RUN_DIR/checkpoints, RUN_DIR/checkpoints/TAG or RUN_DIR/TAG (+ optional explicit tag).
+    Without a tag, RUN_DIR/checkpoints/latest decides (export, decode --checkpoint)."""
+    path = Path(spec)
+    if not path.exists():
+        raise CheckpointError(f"checkpoint path not found: {path}")
+    if tag is None and is_tag_dir(path):
+        return CheckpointRef(run_dir_of(path.parent), path.parent, path.name)
+    if (path / CHECKPOINTS).is_dir():
+        root = path / CHECKPOINTS
+    elif path.name == CHECKPOINTS and path.is_dir():
+        root = path
+    else:
+        raise CheckpointError(
+            f"{path}: not a run directory (no {CHECKPOINTS}/ folder) and not a checkpoint tag directory "
+            f"(no {META} or {MODEL_STATES})"
+        )
+    if tag is None:
+        tag = require_latest(root)
+    if not (root / tag).is_dir():
+        tags = list_tags(root)
+        raise CheckpointError(
+            f"checkpoint tag {tag!r} not found under {root}; available: {', '.join(tags) if tags else 'none'}"
+        )
+    return CheckpointRef(run_dir_of(root), root, tag)
+
+
+def resolve_resume(resume: str, run_dir: str | Path) -> tuple[Path, str]:
+    """`--resume` value -> (DeepSpeed load_dir, tag). "" / "latest" / "auto": RUN_DIR/checkpoints/latest; a tag
+    name: RUN_DIR/checkpoints/TAG; a path: that checkpoint folder (or a checkpoints folder with a `latest`)."""
+    ckpt_dir = checkpoints_dir(run_dir)
+    if resume in ("", "latest", "auto"):
+        tag = latest(ckpt_dir)
+        if tag is None:
+            raise FileNotFoundError(f"--resume: no {ckpt_dir / LATEST}; nothing to resume in {run_dir}")
+        return ckpt_dir, tag
+    path = Path(resume)
+    if not path.exists() and (ckpt_dir / resume).is_dir():
+        path = ckpt_dir / resume
+    if not path.is_dir():
+        raise FileNotFoundError(f"--resume {resume}: neither a checkpoint folder nor a tag in {ckpt_dir}")
+    if (path / META).is_file():
+        return path.parent, path.name
+    tag = latest(path)
+    if tag is not None:
+        return path, tag
+    raise FileNotFoundError(f"--resume {resume}: {path} holds neither {META} nor a `{LATEST}` file")
