@@ -27,6 +27,8 @@ class Batch:
     keys, targets, indices         per row: utterance key, reference text, dataset index
     n_bad, bad                     bad items dropped from this batch (manifest, line, key, reason, index each)
     empty         True when every item was bad and the rows are the collator's stand-in fallback item
+    duplicate     True when the sampler repeats this batch only to keep the ranks in step (its last group's
+                  padding): evaluation runs it but counts nothing, so each item is scored once
     """
 
     feats: torch.Tensor
@@ -44,6 +46,7 @@ class Batch:
     n_bad: int = 0
     bad: list[dict] = field(default_factory=list)
     empty: bool = False
+    duplicate: bool = False
 
     def __post_init__(self):
         n = len(self.keys)

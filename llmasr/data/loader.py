@@ -58,8 +58,10 @@ class SpeechDataLoader(DataLoader):
             self.bad_data.new_epoch()
         self.consumed = start
         checked = False
+        duplicates = sampler.duplicate_steps()
         for batch in super().__iter__():
             self.consumed += 1
+            batch.duplicate = self.consumed - 1 in duplicates
             self.bad_data.update(batch)
             if self.consumed >= len(sampler):
                 # Before the epoch's last batch reaches the loop: a loop that stops after it (the training loop

@@ -307,6 +307,22 @@ class DynamicBucketSampler(Sampler):
     def num_padding_batches(self) -> int:
         return self._plan(self.epoch)[1]["num_padding_batches"]
 
+    def duplicate_steps(self, epoch: int | None = None, rank: int | None = None) -> frozenset[int]:
+        """The steps of a full epoch at which `rank` yields a padding duplicate: a batch that an earlier step or a
+        lower rank of the same step also yields. Counting every step except these counts each batch once."""
+        groups, _ = self._plan(self.epoch if epoch is None else epoch)
+        r = self.rank if rank is None else rank
+        seen: set[int] = set()  # the plan repeats the very list object of a padded batch
+        steps = set()
+        for step, group in enumerate(groups):
+            for g_rank, batch in enumerate(group):
+                if id(batch) in seen:
+                    if g_rank == r:
+                        steps.add(step)
+                else:
+                    seen.add(id(batch))
+        return frozenset(steps)
+
     def stats(self, epoch: int | None = None) -> dict:
         """Counts for an epoch (all ranks together): batches, mean batch size, padding efficiency, filters."""
         return dict(self._plan(self.epoch if epoch is None else epoch)[1])

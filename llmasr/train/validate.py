@@ -34,8 +34,9 @@ def validate(engine, loader, decode_cfg, *, with_wer: bool = True) -> dict:
     sums = dict.fromkeys(SUMS, 0.0)
     try:
         for batch in loader:
-            if batch.empty:
-                # A stand-in for an all-bad batch: run it (ZeRO-3 ranks must stay in step) but count nothing.
+            if batch.empty or batch.duplicate:
+                # A stand-in for an all-bad batch, or a padding repeat of a batch another step scores: run it
+                # (ZeRO-3 ranks must stay in step) but count nothing, so every utterance is scored once.
                 dev = engine.to_device(batch)
                 model(dev)
                 if with_wer:

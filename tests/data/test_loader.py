@@ -1,3 +1,5 @@
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -237,3 +239,17 @@ def test_duration_filters_are_reported_with_their_lines(tmp_path, caplog):
     assert line.startswith("train: 8 of 18 lines are skipped every epoch: ")
     assert f"7 longer than data.batching.max_duration = 2.5 s (first: {m}:11, {m}:12, {m}:13, {m}:14, {m}:15)" in line
     assert f"1 shorter than data.batching.min_duration = 0.25 s (first: {m}:18)" in line
+
+
+def test_valid_ranks_flag_padding_repeats_so_each_utterance_counts_once(tmp_path):
+    """Validation at 3 ranks: the batches that do not divide by the world size are padded with repeats; the loader
+    flags those (Batch.duplicate), and the unflagged rows of all ranks hold every utterance exactly once."""
+    path = good_corpus(tmp_path, 25, name="dev")
+    counted, flagged = [], 0
+    for rank in range(3):
+        loader, sampler = build(cfg(batching={"max_seconds": 4.0}), [str(path)], train=False, rank=rank, world_size=3)
+        for batch in loader:
+            flagged += batch.duplicate
+            counted += [] if batch.duplicate else batch.keys
+    assert flagged == sampler.num_padding_batches > 0
+    assert sorted(counted) == sorted(json.loads(line)["key"] for line in path.read_text().splitlines())

@@ -257,3 +257,20 @@ def test_invalid_arguments():
         make(np.ones(3), max_frames=10)
     with pytest.raises(ValueError):
         make(np.ones(3), rank=2, world_size=2)
+
+
+@pytest.mark.parametrize("world_size", [2, 3, 4])
+@pytest.mark.parametrize("shuffle", [True, False])
+def test_skipping_duplicate_steps_covers_every_item_exactly_once(world_size, shuffle):
+    """The last group's padding repeats batches; the steps duplicate_steps() names are exactly those repeats, so an
+    evaluation that skips them scores every item once."""
+    d = librispeech_like(301, seed=world_size)
+    samplers = [make(d, max_seconds=90.0, rank=r, world_size=world_size, shuffle=shuffle) for r in range(world_size)]
+    assert samplers[0].num_padding_batches > 0  # the case under test: the batches do not divide by world size
+    counted, skipped = [], 0
+    for s in samplers:
+        dups = s.duplicate_steps()
+        skipped += len(dups)
+        counted += [i for step, b in enumerate(s) if step not in dups for i in b]
+    assert skipped == samplers[0].num_padding_batches
+    assert sorted(counted) == list(range(d.size))

@@ -239,3 +239,18 @@ def test_two_rank_zero3_ctc_wer(tiny_llm_dir, tmp_path):
 
 if __name__ == "__main__":
     sys.exit(pytest.main([__file__, "-q"]))
+
+
+def test_padding_duplicates_are_run_but_not_scored(tiny_llm_dir):
+    """A batch the sampler repeats only to keep ranks in step (its `duplicate` flag) runs but counts nothing: the
+    metrics equal those of the batches without it, and n_utts counts each utterance once."""
+    model = build_model(tiny_llm_dir)
+    model.ctc_head = oracle_head(model, drop_first_word)
+    batches = make_batches(model)
+    engine = plain_engine(model)
+    once = validate(engine, batches, DECODE)
+    repeated = validate(engine, [*batches, dataclasses.replace(batches[1], duplicate=True)], DECODE)
+    assert repeated == once
+    assert once["n_utts"] == len(TARGETS)
+    counted_twice = validate(engine, [*batches, batches[1]], DECODE)
+    assert counted_twice["n_utts"] == len(TARGETS) + 3  # the unflagged repeat is scored again
