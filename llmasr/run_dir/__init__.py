@@ -35,6 +35,7 @@ from llmasr.run_dir.layout import (
     require_latest,
     resolve_checkpoint,
     resolve_resume,
+    resume_or_start,
     tag_for,
     update_of,
     write_atomic,
@@ -46,6 +47,6 @@ __all__ = [
     "BEST", "CHECKPOINTS", "DS_CONFIG_FILE", "LATEST", "LOCK_FILE", "LR_CSV", "LR_PNG", "META", "RECIPE_FILE",
     "TENSORBOARD", "TRAIN_LOG", "UNIVERSAL_SUFFIX", "CheckpointError", "CheckpointMeta", "CheckpointPolicy",
     "CheckpointRef", "checkpoints_dir", "finish_save", "latest", "list_tags", "read_best", "read_meta",
-    "require_latest", "resolve_checkpoint", "resolve_resume", "rotate", "select_tags", "tag_for", "update_best",
-    "update_of", "write_atomic", "write_meta",
+    "require_latest", "resolve_checkpoint", "resolve_resume", "resume_or_start", "rotate", "select_tags", "tag_for",
+    "update_best", "update_of", "write_atomic", "write_meta",
 ]  # fmt: skip

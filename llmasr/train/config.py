@@ -221,7 +221,8 @@ class TrainConfig:
     best_mode: Literal["min", "max"] | None = None
     # Run directory: checkpoints, logs, the resolved recipe and DeepSpeed config.
     output_dir: str = path_field("exp/run", output=True)
-    # Resume from a checkpoint directory, or "auto" for the newest one in output_dir; None starts fresh.
+    # Resume from a checkpoint directory or tag, "latest" (output_dir's newest; an error when there is none), or
+    # "auto" (output_dir's newest when there is one, else a fresh start: one command restarts a preempted job).
     resume: str | None = None
 
     def validate(self, path: str) -> None:

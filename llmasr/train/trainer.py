@@ -111,7 +111,12 @@ class Run:
             torch.use_deterministic_algorithms(True)
         self.run_dir = Path(tc.output_dir)
         self.ckpt_dir = ck.checkpoints_dir(self.run_dir)
-        self.resume = resume if resume is not None else tc.resume
+        asked = resume if resume is not None else tc.resume
+        self.resume = ck.resume_or_start(asked, self.run_dir)
+        if asked == "auto":
+            log.info(
+                "resume auto: %s", f"continuing {self.ckpt_dir}" if self.resume else "no checkpoint yet, a fresh run"
+            )
         self.log_handler = None
         # Once the configuration is known to be sound (--overwrite deletes the earlier run); a resume's recipe is
         # compared with the run's here, before any data or model is loaded.

@@ -182,3 +182,18 @@ def test_each_update_moves_the_weights_by_its_scheduled_lr(tiny_llm_dir, corpus,
     assert max(moves.values()) == pytest.approx(1e-3, rel=1e-3)
     last = max(float((second[n] - first[n]).abs().max()) for n in initial)
     assert 0.1 * 0.5e-3 < last < 3 * 0.5e-3
+
+
+def test_resume_auto_starts_fresh_then_continues(tiny_llm_dir, corpus, tmp_path):
+    """`train.resume: auto` is one command for a preemptible job: with no checkpoint it starts a fresh run, and run
+    again (here with a second epoch) it continues the newest checkpoint instead of refusing the folder."""
+    run = tmp_path / "run"
+    first = train(recipe(tiny_llm_dir, corpus, run, overrides=["train.resume=auto"]), "zero0")["history"]
+    assert [h["update"] for h in first] == [1, 2, 3]
+    assert "resume auto: no checkpoint yet, a fresh run" in (run / ck.TRAIN_LOG).read_text()
+    again = recipe(tiny_llm_dir, corpus, run, epochs=2, overrides=["train.resume=auto"])
+    assert [h["update"] for h in train(again, "zero0")["history"]] == [4, 5, 6]
+    assert "resume auto: continuing" in (run / ck.TRAIN_LOG).read_text()
+    assert ck.resume_or_start("latest", tmp_path / "empty") == "latest"  # "latest" still insists on a checkpoint
+    with pytest.raises(FileNotFoundError, match="nothing to resume"):
+        ck.resolve_resume("latest", tmp_path / "empty")
