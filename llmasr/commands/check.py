@@ -17,7 +17,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--config", required=True, help="recipe YAML")
     p.add_argument("--deepspeed", required=True, help="DeepSpeed JSON file, or a preset: zero0 ... zero3_offload")
     p.add_argument("--world-size", type=int, default=int(os.environ.get("WORLD_SIZE", "1")), help="ranks (GPUs)")
-    p.add_argument("--out", help="folder for lr_schedule.csv/png (default: train.output_dir)")
+    p.add_argument(
+        "--out",
+        help="folder for lr_schedule.csv/png (default: train.output_dir, or its check/ once it holds a run)",
+    )
     p.add_argument("overrides", nargs="*", help="recipe overrides, e.g. train.grad_accum=8")
     args = p.parse_args(list(sys.argv[1:] if argv is None else argv))
     if args.world_size < 1:

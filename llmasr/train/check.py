@@ -4,8 +4,9 @@
 
 Prints the batch arithmetic, the exact batches per rank per epoch (the real sampler over the real manifests),
 the update count, each param group's lr at the key updates, and a per-rank memory estimate for the ZeRO stage; it
-writes the lr curves (lr_schedule.csv and lr_schedule.png) into --out (default: the run directory). No weights are
-read: the model is built on the meta device by the same builder training uses, which gives exact parameter counts.
+writes the lr curves (lr_schedule.csv and lr_schedule.png) into --out (default: the run directory, or its check/
+folder once it holds a run). No weights are read: the model is built on the meta device by the same builder
+training uses, which gives exact parameter counts.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from llmasr.models.builder import build_model
+from llmasr.run_dir import RECIPE_FILE
 from llmasr.train.ds_config import estimate_zero_memory, resolve_ds_config, zero_stage
 from llmasr.train.engine import offloads_optimizer
 from llmasr.train.param_groups import build_param_groups, describe_param_groups
@@ -56,8 +58,14 @@ def _gb(n: float) -> str:
     return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.2f} MiB"
 
 
+def plot_dir(run_dir: Path) -> Path:
+    """Where check's lr curves go without --out: the run directory, unless it already holds a run, whose own
+    lr_schedule.* record what that run trained with (a check beside a live run must not overwrite them)."""
+    return run_dir / "check" if (run_dir / RECIPE_FILE).exists() else run_dir
+
+
 def check(recipe, ds_path, *, world_size: int, out: Path | None = None) -> str:
-    """The report text; writes lr_schedule.csv/png into `out` (default: the recipe's output_dir)."""
+    """The report text; writes lr_schedule.csv/png into `out` (default: `plot_dir` of the recipe's output_dir)."""
     tc = recipe.train
     ds = resolve_ds_config(ds_path, tc, world_size=world_size)
     check_run_settings(recipe)
@@ -108,7 +116,7 @@ def check(recipe, ds_path, *, world_size: int, out: Path | None = None) -> str:
         + (f", gathered layer {_gb(mem['gathered_layer'])}" if mem["gathered_layer"] else ""),
         f"  on the device: {_gb(mem['device'])}; offloaded to CPU: {_gb(mem['cpu'])} (activations not included)",
     ]
-    out = Path(out) if out is not None else Path(tc.output_dir)
+    out = Path(out) if out is not None else plot_dir(Path(tc.output_dir))
     out.mkdir(parents=True, exist_ok=True)
     write_lr_csv(out / "lr_schedule.csv", curves)
     plot_lr(curves, out / "lr_schedule.png")

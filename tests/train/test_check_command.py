@@ -92,3 +92,18 @@ def test_errors_exit_non_zero_with_the_reason(recipe_file, tmp_path, capsys):
     assert code == 2 and "zero9" in err
     code, _, err = run_check(capsys, *base, "--deepspeed", "zero2", "optim.branches.decoder.lr=1e-4")
     assert code == 2 and "decoder" in err
+
+
+def test_a_run_folder_keeps_its_own_lr_schedule(recipe_file, capsys):
+    """Without --out the curves go to the run directory, but once it holds a run (its recipe.yaml) they go to its
+    check/ folder: the run's lr_schedule.* record what it trained with and a check beside it must not overwrite them."""
+    run = recipe_file.parent / "run"
+    code, out, err = run_check(capsys, "--config", str(recipe_file), "--deepspeed", "zero2")
+    assert code == 0, err
+    assert (run / "lr_schedule.csv").is_file() and f"wrote {run / 'lr_schedule.csv'}" in out
+    (run / "recipe.yaml").write_text("# a run started here\n")
+    (run / "lr_schedule.csv").write_text("the run's own\n")
+    code, out, err = run_check(capsys, "--config", str(recipe_file), "--deepspeed", "zero2", "train.epochs=9")
+    assert code == 0, err
+    assert (run / "lr_schedule.csv").read_text() == "the run's own\n"
+    assert (run / "check" / "lr_schedule.csv").is_file() and f"wrote {run / 'check' / 'lr_schedule.csv'}" in out
