@@ -132,7 +132,33 @@ def build_model_for_training(model_cfg, ds_config: dict):
     if hf_ds is not None:
         log.info("ZeRO-3: the LLM is created partitioned (deepspeed.zero.Init) as it loads")
     model = builder.build_model(model_cfg)
+    if hf_ds is not None:
+        cast_unpartitioned(model, ds_config)
     return model, hf_ds
+
+
+def half_dtype(ds_config: dict) -> torch.dtype | None:
+    """bf16 or fp16 when the DeepSpeed config trains in it, else None."""
+    for key, dtype in (("bf16", torch.bfloat16), ("bfloat16", torch.bfloat16), ("fp16", torch.float16)):
+        if (ds_config.get(key) or {}).get("enabled"):
+            return dtype
+    return None
+
+
+def cast_unpartitioned(model: torch.nn.Module, ds_config: dict) -> int:
+    """Cast the parameters zero.Init did not create (encoder, adaptor, CTC head) to the training dtype; returns
+    how many. DeepSpeed casts a model's parameters to bf16/fp16 only when none of them is ZeRO-partitioned yet,
+    so with the LLM created partitioned the other branches would stay fp32 and the first matmul fails on mixed
+    dtypes. Buffers stay as they are, as DeepSpeed leaves them for an unpartitioned model."""
+    dtype = half_dtype(ds_config)
+    if dtype is None:
+        return 0
+    cast = 0
+    for p in model.parameters():
+        if not hasattr(p, "ds_id") and p.is_floating_point() and p.dtype != dtype:
+            p.data = p.data.to(dtype)
+            cast += 1
+    return cast
 
 
 def offloads_optimizer(ds_config: dict) -> bool:
