@@ -13,7 +13,7 @@ import torch
 import llmasr
 from llmasr.config_io import load_yaml
 from llmasr.recipe import load_recipe
-from llmasr.testing.tiny_funasr import tiny_sanm_conf, write_funasr_dir
+from llmasr.testing.tiny_funasr import tiny_sanm_conf, tiny_sensevoice_conf, tiny_streaming_conf, write_funasr_dir
 from llmasr.testing.tiny_llm import write_tiny_llm_dir
 from llmasr.testing.tiny_recipe import random_batch
 from llmasr.testing.tiny_whisper import tiny_conformer_conf, write_tiny_whisper_dir
@@ -37,8 +37,11 @@ def stand_ins(tmp_path_factory):
     state["ctc.ctc_lo.weight"] = torch.randn(16, 32)  # tokens.json of the stand-in has 16 entries
     state["ctc.ctc_lo.bias"] = torch.zeros(16)
     torch.save(state, conformer / "model.pt")
+    streaming, sensevoice = tiny_streaming_conf(), tiny_sensevoice_conf()
     return {
         "paraformer": write_funasr_dir(root / "paraformer", encoder_conf=conf),
+        "streaming": write_funasr_dir(root / "streaming", model="ParaformerStreaming", encoder_conf=streaming),
+        "sensevoice": write_funasr_dir(root / "sensevoice", model="SenseVoiceSmall", encoder_conf=sensevoice),
         "conformer": conformer,
         "whisper": write_tiny_whisper_dir(root / "whisper", n_mels=128),
         "qwen2": write_tiny_llm_dir(root / "qwen2"),
@@ -50,7 +53,8 @@ def stand_ins(tmp_path_factory):
 
 
 def stand_in_overrides(name: str, s: dict) -> list[str]:
-    enc = "paraformer" if "paraformer" in name else "whisper" if "whisper" in name else "conformer"
+    families = ("streaming", "sensevoice", "paraformer", "whisper", "conformer")  # the first one the name holds
+    enc = next(f for f in families if f in name)
     llm = "qwen3" if "qwen3" in name else "qwen2"
     out = [f"model.encoder.path={s[enc]}", f"model.llm.path={s[llm]}"]
     if (load_yaml(RECIPES / name)["model"].get("ctc") or {}).get("init_from"):
@@ -58,9 +62,10 @@ def stand_in_overrides(name: str, s: dict) -> list[str]:
     return out
 
 
-def test_there_are_recipes_for_the_three_encoder_families():
+def test_there_are_recipes_for_each_encoder_family():
     joined = " ".join(REAL)
     assert "paraformer" in joined and "conformer" in joined and "whisper" in joined
+    assert "paraformer-streaming" in joined and "sensevoice" in joined
     assert any("offload" in n for n in REAL)
 
 
