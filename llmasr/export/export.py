@@ -185,7 +185,7 @@ def export_model(
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
     try:
-        _write_export(model, info, recipe, tmp, dtype_name, adapter_only=adapter_only, max_shard_size=max_shard_size)
+        write_model_dir(model, info, recipe, tmp, dtype_name, adapter_only=adapter_only, max_shard_size=max_shard_size)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)  # never leave a half-written export behind
         raise
@@ -196,7 +196,11 @@ def export_model(
     return out
 
 
-def _write_export(model, info: dict, recipe, tmp: Path, dtype_name: str, *, adapter_only: bool, max_shard_size) -> None:
+def write_model_dir(
+    model, info: dict, recipe, tmp: Path, dtype_name: str, *, adapter_only: bool = False, max_shard_size="5GB"
+) -> None:
+    """Write the exported layout of `model` into the existing directory `tmp`; `recipe` (its `model` and `decode`
+    sections) describes the architecture, `info` is recorded as the model's `source`. Also used by `llmasr convert`."""
     import yaml
 
     torch_dtype = DTYPES[dtype_name]
@@ -278,6 +282,7 @@ def _write_export(model, info: dict, recipe, tmp: Path, dtype_name: str, *, adap
             "task": model.prompt.task,
             "system": model.prompt.system,
             "chat_template": getattr(tokenizer, "chat_template", None),
+            "audio_separator": model.prompt.audio_separator,
         },
         "llm": llm_entry,
         "decode": _plain(recipe.decode),

@@ -190,7 +190,13 @@ class SpeechLLM(nn.Module):
 
     # -- inference ----------------------------------------------------------------------------------------------
     @torch.no_grad()
-    def generate(
+    def generate(self, batch: Batch, **kwargs) -> list[str]:
+        """Greedy (num_beams=1) or beam-search transcripts for a batch: `generate_ids`, decoded (cut at the end
+        token)."""
+        return [self.prompt.decode(ids) for ids in self.generate_ids(batch, **kwargs)]
+
+    @torch.no_grad()
+    def generate_ids(
         self,
         batch: Batch,
         *,
@@ -200,8 +206,8 @@ class SpeechLLM(nn.Module):
         repetition_penalty: float = 1.0,
         no_repeat_ngram_size: int = 0,
         **generate_kwargs,
-    ) -> list[str]:
-        """Greedy (num_beams=1) or beam-search transcripts for a batch; the prompt ends at `target_start`.
+    ) -> list[list[int]]:
+        """The generated token ids of each utterance (the prompt ends at `target_start`), each row cut at its cap.
 
         The length cap defaults to `tokens_per_second` times each utterance's own duration plus 8, so a model that
         loops stops at a length tied to its audio rather than at a global maximum.
@@ -225,4 +231,4 @@ class SpeechLLM(nn.Module):
             **generate_kwargs,  # e.g. synced_gpus=True under ZeRO-3
         )
         # Each row is cut at its own cap, so a looping utterance yields the same text in a batch as alone.
-        return [self.prompt.decode(row[:cap]) for row, cap in zip(out.tolist(), caps)]
+        return [row[:cap] for row, cap in zip(out.tolist(), caps)]
