@@ -111,6 +111,7 @@ def write_nano_dir(
         _randomise(module, g)
     tokenizer = train_bpe_tokenizer(DEFAULT_CORPUS + ["语音转写：你好世界"], 300)
     llm = _tiny_qwen3(tokenizer, llm_hidden, seed)
+    _randomise(llm, g)  # larger than HF's init, so that the greedy ids depend on the audio and vary per step
     state = {}
     for prefix, module in (("audio_encoder.", encoder), ("audio_adaptor.", adaptor), ("ctc_decoder.", ctc_decoder),
                            ("llm.", llm)):  # fmt: skip
