@@ -214,3 +214,11 @@ def test_references_resolve_and_configuration_json_maps_the_llm(tmp_path):
     (src / "configuration.json").write_text(json.dumps(metas))
     convert_funasr(src, tmp_path / "out")
     assert (tmp_path / "out" / "llm" / "model.safetensors").is_file()
+
+
+def test_audio_token_cap_refuses_ctc_compress():
+    from llmasr.config_io import from_dict
+    from llmasr.models.config import AdaptorConfig
+
+    with pytest.raises(ConfigError, match="audio_token_cap: 'funasr_nano' counts the encoder's frames"):
+        from_dict(AdaptorConfig, {"audio_token_cap": "funasr_nano", "ctc_compress": "avg"}, "model.adaptor")
