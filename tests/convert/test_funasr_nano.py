@@ -73,6 +73,7 @@ def test_pinned_funasr_greedy_ids(tmp_path):
     check_parity(src, tmp_path / "out", fixture["feats"], fixture["ids"], fixture["max_new"])
 
 
+@pytest.mark.parity
 @pytest.mark.skipif(
     os.environ.get("LLMASR_PARITY") != "1" or importlib.util.find_spec("funasr") is None,
     reason="opt-in: set LLMASR_PARITY=1 and install funasr (see tests/fixtures/make_nano_fixture.py)",
