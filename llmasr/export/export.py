@@ -185,7 +185,7 @@ def export_model(
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
     try:
-        _write_export(model, info, recipe, tmp, dtype_name, adapter_only=adapter_only, max_shard_size=max_shard_size)
+        write_model_dir(model, info, recipe, tmp, dtype_name, adapter_only=adapter_only, max_shard_size=max_shard_size)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)  # never leave a half-written export behind
         raise
@@ -196,43 +196,29 @@ def export_model(
     return out
 
 
-def _write_export(model, info: dict, recipe, tmp: Path, dtype_name: str, *, adapter_only: bool, max_shard_size) -> None:
-    import yaml
+def _write_ctc(model, recipe, tmp: Path, encoder_dim: int) -> dict | None:
+    """DIR/ctc_head.safetensors and its vocabulary file; the description's `ctc` entry (None without a head)."""
+    if model.ctc_head is None:
+        return None
+    _save_tensors(model.ctc_head, tmp / "ctc_head.safetensors")
+    vocab = recipe.model.ctc.vocab
+    if vocab != "llm":
+        src = Path(vocab)
+        name = "ctc_vocab" + "".join(src.suffixes[-1:])
+        shutil.copyfile(src, tmp / name)
+        vocab = name
+    return {
+        "file": "ctc_head.safetensors",
+        "vocab": vocab,
+        "vocab_size": int(model.ctc_tokenizer.vocab_size),
+        "encoder_dim": encoder_dim,
+        "weight": recipe.model.ctc.weight,
+        "label_smoothing": recipe.model.ctc.label_smoothing,
+    }
 
-    torch_dtype = DTYPES[dtype_name]
-    # Speech branches: plain modules, float32 (small; the LLM dtype is what matters for memory).
-    enc_spec = encoder_description(recipe.model.encoder)
-    encoder = merge_lora_modules(model.encoder)
-    _save_tensors(encoder, tmp / "encoder.safetensors")
-    _save_tensors(model.adaptor, tmp / "adaptor.safetensors")
-    llm_base = model.llm.get_base_model() if hasattr(model.llm, "get_base_model") else model.llm
-    llm_dim = int(llm_base.get_input_embeddings().weight.shape[-1])
-    adaptor_conf = _plain(recipe.model.adaptor)
-    adaptor_conf.update(init_from=None, init_prefix="", freeze=False)
 
-    ctc = None
-    if model.ctc_head is not None:
-        _save_tensors(model.ctc_head, tmp / "ctc_head.safetensors")
-        vocab = recipe.model.ctc.vocab
-        if vocab != "llm":
-            src = Path(vocab)
-            name = "ctc_vocab" + "".join(src.suffixes[-1:])
-            shutil.copyfile(src, tmp / name)
-            vocab = name
-        ctc = {
-            "file": "ctc_head.safetensors",
-            "vocab": vocab,
-            "vocab_size": int(model.ctc_tokenizer.vocab_size),
-            "encoder_dim": output_dim(encoder),
-            "weight": recipe.model.ctc.weight,
-            "label_smoothing": recipe.model.ctc.label_smoothing,
-        }
-
-    frontend = _plain(model.frontend)
-    if frontend.get("cmvn_file"):
-        shutil.copyfile(frontend["cmvn_file"], tmp / "am.mvn")
-        frontend["cmvn_file"] = "am.mvn"
-
+def _write_llm(model, recipe, tmp: Path, dtype_name: str, *, adapter_only: bool, max_shard_size) -> dict:
+    """DIR/llm (merged), DIR/adapter or DIR/tokenizer; the description's `llm` entry."""
     tokenizer = model.prompt.tokenizer
     if adapter_only:
         from peft import PeftModel
@@ -253,7 +239,7 @@ def _write_export(model, info: dict, recipe, tmp: Path, dtype_name: str, *, adap
         llm_entry.update(base=base_path, base_fingerprint=dir_fingerprint(base_path))
     else:
         merged = merge_llm(model.llm)
-        merged.to(torch_dtype)
+        merged.to(DTYPES[dtype_name])
         merged.config.use_cache = True
         gen = merged.generation_config
         gen.eos_token_id = int(model.prompt.end_id)
@@ -262,6 +248,32 @@ def _write_export(model, info: dict, recipe, tmp: Path, dtype_name: str, *, adap
         tokenizer.save_pretrained(str(tmp / "llm"))
         llm_entry = {"kind": "merged", "dir": "llm"}
     llm_entry.update(dtype=dtype_name, trust_remote_code=bool(recipe.model.llm.trust_remote_code))
+    return llm_entry
+
+
+def write_model_dir(
+    model, info: dict, recipe, tmp: Path, dtype_name: str, *, adapter_only: bool = False, max_shard_size="5GB"
+) -> None:
+    """Write the exported layout of `model` into the existing directory `tmp`; `recipe` (its `model` and `decode`
+    sections) describes the architecture, `info` is recorded as the model's `source`. Also used by `llmasr convert`."""
+    import yaml
+
+    # Speech branches: plain modules, float32 (small; the LLM dtype is what matters for memory).
+    enc_spec = encoder_description(recipe.model.encoder)
+    encoder = merge_lora_modules(model.encoder)
+    _save_tensors(encoder, tmp / "encoder.safetensors")
+    _save_tensors(model.adaptor, tmp / "adaptor.safetensors")
+    llm_base = model.llm.get_base_model() if hasattr(model.llm, "get_base_model") else model.llm
+    llm_dim = int(llm_base.get_input_embeddings().weight.shape[-1])
+    adaptor_conf = _plain(recipe.model.adaptor)
+    adaptor_conf.update(init_from=None, init_prefix="", freeze=False)
+    ctc = _write_ctc(model, recipe, tmp, output_dim(encoder))
+
+    frontend = _plain(model.frontend)
+    if frontend.get("cmvn_file"):
+        shutil.copyfile(frontend["cmvn_file"], tmp / "am.mvn")
+        frontend["cmvn_file"] = "am.mvn"
+    llm_entry = _write_llm(model, recipe, tmp, dtype_name, adapter_only=adapter_only, max_shard_size=max_shard_size)
 
     description = {
         "format": FORMAT,
@@ -277,7 +289,8 @@ def _write_export(model, info: dict, recipe, tmp: Path, dtype_name: str, *, adap
         "prompt": {
             "task": model.prompt.task,
             "system": model.prompt.system,
-            "chat_template": getattr(tokenizer, "chat_template", None),
+            "chat_template": getattr(model.prompt.tokenizer, "chat_template", None),
+            "audio_separator": model.prompt.audio_separator,
         },
         "llm": llm_entry,
         "decode": _plain(recipe.decode),

@@ -10,7 +10,7 @@ DIR/llmasr_model.yaml says how to rebuild each part:
     adaptor:  {conf, input_dim, llm_dim, file}
     ctc:      {file, vocab ("llm" or a file in DIR), vocab_size, encoder_dim, ...} or null
     frontend: FrontendConfig fields; cmvn_file relative to DIR
-    prompt:   {task, system, chat_template}
+    prompt:   {task, system, chat_template, audio_separator}
     llm:      {kind: merged, dir: llm}            plain transformers AutoModelForCausalLM (no peft)
               {kind: adapter, dir: adapter, base} peft adapter applied to the base directory `base`
               {kind: base, dir: tokenizer, base}  the unchanged base LLM (only the speech side was trained)
@@ -149,7 +149,11 @@ def exported_model_config(
             _dtype_name(dtype, desc["llm"].get("dtype", "float32")),
             trust_remote_code=trust_remote_code,
         ),
-        "prompt": {"task": p.get("task", "Transcribe the audio."), "system": p.get("system")},
+        "prompt": {
+            "task": p.get("task", "Transcribe the audio."),
+            "system": p.get("system"),
+            "audio_separator": p.get("audio_separator", "\n"),  # exports written before the key existed: "\n"
+        },
         "ctc": {"weight": 0.0},
     }
     if p.get("chat_template"):

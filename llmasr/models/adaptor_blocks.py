@@ -32,8 +32,18 @@ def check_lengths(x: Tensor, lens: Tensor, input_dim: int) -> None:
         )
 
 
+def funasr_nano_token_len(lens: Tensor) -> Tensor:
+    """FunASR Fun-ASR-Nano's `fake_token_len` for L input frames: three halvings, (L - 1) // 2 + 1 each."""
+    for _ in range(3):
+        lens = (lens - 1) // 2 + 1
+    return lens
+
+
 class Adaptor(nn.Module):
     """Base: masks padded input frames, runs `_forward`, zeroes padded outputs.
+
+    `audio_token_cap` (model.adaptor.audio_token_cap, set by the builder): "funasr_nano" keeps only the first
+    `funasr_nano_token_len(lens)` outputs, after the adaptor ran over all frames, as FunASR's Nano does.
 
     `IO_WEIGHTS` = (input tensor, its axis that carries the encoder dim, output tensor whose rows are llm_dim): the
     builder reads a pretrained adaptor's sizes there, to name an encoder or LLM that does not fit it."""
@@ -41,6 +51,7 @@ class Adaptor(nn.Module):
     input_dim: int
     llm_dim: int
     IO_WEIGHTS: tuple[str, int, str]
+    audio_token_cap: str = "none"
 
     def output_lengths(self, lens: Tensor) -> Tensor:
         raise NotImplementedError
@@ -54,6 +65,9 @@ class Adaptor(nn.Module):
         x = x * length_mask(lens, x.size(1)).unsqueeze(-1).to(x.dtype)
         out_lens = self.output_lengths(lens)
         y = self._forward(x, lens, out_lens)
+        if self.audio_token_cap == "funasr_nano":
+            out_lens = torch.minimum(out_lens, funasr_nano_token_len(lens))
+            y = y[:, : int(out_lens.max())]
         y = y * length_mask(out_lens, y.size(1)).unsqueeze(-1).to(y.dtype)
         return y, out_lens
 

@@ -136,4 +136,6 @@ def build_adaptor(cfg: AdaptorConfig, input_dim: int, llm_dim: int) -> Adaptor:
     cfg.validate("model.adaptor")
     if cfg.type not in ADAPTORS:
         raise ConfigError(f"model.adaptor.type: unknown adaptor {cfg.type!r}; choose one of {', '.join(ADAPTOR_TYPES)}")
-    return ADAPTORS[cfg.type](cfg, input_dim, llm_dim)
+    adaptor = ADAPTORS[cfg.type](cfg, input_dim, llm_dim)
+    adaptor.audio_token_cap = cfg.audio_token_cap
+    return adaptor

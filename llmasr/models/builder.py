@@ -201,6 +201,7 @@ def build_prompt(cfg: ModelConfig, tokenizer) -> PromptBuilder:
         task=cfg.prompt.task,
         system=cfg.prompt.system,
         chat_template=cfg.prompt.chat_template,
+        audio_separator=cfg.prompt.audio_separator,
         source=f"the tokenizer of {cfg.llm.path}",
     )
 

@@ -73,6 +73,11 @@ class AdaptorConfig:
     # Average the encoder frames over CTC best-path segments before the adaptor (llmasr.models.ctc_compress):
     # none | avg | avg_no_blank. Needs the CTC head (model.ctc.weight > 0).
     ctc_compress: Literal["none", "avg", "avg_no_blank"] = "none"
+    # Cap on the audio tokens that enter the prompt, applied after the adaptor ran over all frames (training,
+    # validation and decoding alike): "none" keeps every adaptor frame; "funasr_nano" keeps only the first
+    # ((1 + ((1 + (L-1)//2) - 1)//2) - 1)//2 + 1 (about L/8) of an utterance's L input frames, as FunASR's
+    # Fun-ASR-Nano does (`use_low_frame_rate: true`: its `fake_token_len`).
+    audio_token_cap: Literal["none", "funasr_nano"] = "none"
     # Pretrained adaptor weights (.safetensors or .pt), e.g. from a FunASR LLM-ASR model.pt with
     # init_prefix "audio_adaptor.". Shapes are checked against the adaptor built for this LLM.
     init_from: str | None = path_field(None)
@@ -81,6 +86,11 @@ class AdaptorConfig:
     def validate(self, path: str) -> None:
         if self.downsample < 1:
             raise ConfigError(f"{path}.downsample: must be >= 1, got {self.downsample}")
+        if self.audio_token_cap != "none" and self.ctc_compress != "none":
+            raise ConfigError(
+                f"{path}.audio_token_cap: {self.audio_token_cap!r} counts the encoder's frames, which "
+                f"ctc_compress {self.ctc_compress!r} merges; use one of the two"
+            )
 
 
 @dataclass
@@ -113,6 +123,8 @@ class PromptConfig:
     system: str | None = None
     # A Jinja chat template (text, or a path to a .jinja file) for tokenizers that ship none.
     chat_template: str | None = path_field(None)
+    # Text between the task and the audio in the user message ("" for Fun-ASR-Nano: "语音转写：<audio>").
+    audio_separator: str = "\n"
 
 
 @dataclass

@@ -33,10 +33,12 @@ class PromptBuilder:
         task: str = "Transcribe the audio.",
         system: str | None = None,
         chat_template: str | None = None,
+        audio_separator: str = "\n",
         source: str = "the LLM tokenizer",
     ):
         self.tokenizer = tokenizer
         self.task = task
+        self.audio_separator = audio_separator
         self.system = system
         self.source = source
         if chat_template:
@@ -61,7 +63,8 @@ class PromptBuilder:
 
     def _messages(self, task: str, target: str | None) -> list[dict]:
         messages = [{"role": "system", "content": self.system}] if self.system else []
-        messages.append({"role": "user", "content": f"{task}\n{AUDIO_PLACEHOLDER}" if task else AUDIO_PLACEHOLDER})
+        user = f"{task}{self.audio_separator}{AUDIO_PLACEHOLDER}" if task else AUDIO_PLACEHOLDER
+        messages.append({"role": "user", "content": user})
         if target is not None:
             messages.append({"role": "assistant", "content": target})
         return messages

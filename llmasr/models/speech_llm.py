@@ -189,7 +189,7 @@ class SpeechLLM(nn.Module):
         """
         cfg = DecodeConfig() if cfg is None else cfg
         enc, enc_lens, log_probs, merged = self._embed(batch, for_generation=True)
-        llm = self._generate(merged, batch.feat_lens, cfg, generate_kwargs)
+        llm = [self.prompt.decode(ids) for ids in self._generate(merged, batch.feat_lens, cfg, generate_kwargs)]
         if self.ctc_head is None:
             return Transcripts(llm)
         if log_probs is None:  # not already computed for compression
@@ -200,12 +200,17 @@ class SpeechLLM(nn.Module):
     def generate(self, batch: Batch, **settings) -> list[str]:
         """The LLM's transcripts only; `settings`: DecodeConfig fields (e.g. num_beams, max_new_tokens), the rest
         go to the LLM's generate."""
+        return [self.prompt.decode(ids) for ids in self.generate_ids(batch, **settings)]
+
+    @torch.no_grad()
+    def generate_ids(self, batch: Batch, **settings) -> list[list[int]]:
+        """`generate`'s token ids, before decoding (each row cut at its cap)."""
         names = {f.name for f in dataclasses.fields(DecodeConfig)}
         cfg = DecodeConfig(**{k: v for k, v in settings.items() if k in names})
         _, _, _, merged = self._embed(batch, for_generation=True)
         return self._generate(merged, batch.feat_lens, cfg, {k: v for k, v in settings.items() if k not in names})
 
-    def _generate(self, merged, feat_lens: torch.Tensor, cfg: DecodeConfig, generate_kwargs: dict) -> list[str]:
+    def _generate(self, merged, feat_lens: torch.Tensor, cfg: DecodeConfig, generate_kwargs: dict) -> list[list[int]]:
         if cfg.max_new_tokens is None:
             seconds = feat_lens.double() * self.frontend.frame_seconds
             caps = [int(math.ceil(float(s) * cfg.tokens_per_second)) + 8 for s in seconds]
@@ -222,4 +227,4 @@ class SpeechLLM(nn.Module):
             **generate_kwargs,
         )
         # Each row is cut at its own cap, so a looping utterance yields the same text in a batch as alone.
-        return [self.prompt.decode(row[:cap]) for row, cap in zip(out.tolist(), caps)]
+        return [row[:cap] for row, cap in zip(out.tolist(), caps)]

@@ -46,13 +46,39 @@ def stand_ins(tmp_path_factory):
         "whisper": write_tiny_whisper_dir(root / "whisper", n_mels=128),
         "qwen2": write_tiny_llm_dir(root / "qwen2"),
         "qwen3": write_tiny_llm_dir(root / "qwen3", arch="qwen3"),
+        "nano": _converted_nano(root),
         "train": write_tiny_corpus(root / "train", n=24),
         "dev": write_tiny_corpus(root / "dev", n=4, seed=1),
         "root": root,
     }
 
 
+def _converted_nano(root: Path) -> Path:
+    """A tiny Fun-ASR-Nano directory (FunASR layout) converted by `llmasr convert funasr`, as the recipe expects."""
+    from llmasr.convert.funasr_nano import convert_funasr
+    from llmasr.testing.tiny_nano import write_nano_dir
+
+    return convert_funasr(write_nano_dir(root / "nano_src"), root / "nano")
+
+
+def nano_overrides(out: Path) -> list[str]:
+    """The converted stand-in's files, and its tiny sizes (its llmasr_model.yaml) in place of Nano's."""
+    desc = load_yaml(out / "llmasr_model.yaml")
+    conf = desc["encoder"]["conf"]
+    sizes = [f"model.encoder.conf.{k}={conf[k]}" for k in ("output_size", "attention_heads", "linear_units",
+                                                            "num_blocks", "tp_blocks", "kernel_size")]  # fmt: skip
+    files = [
+        f"model.encoder.init_from={out / 'encoder.safetensors'}",
+        f"model.adaptor.init_from={out / 'adaptor.safetensors'}",
+        f"model.llm.path={out / 'llm'}",
+        f"model.adaptor.ffn_dim={desc['adaptor']['conf']['ffn_dim']}",
+    ]
+    return files + sizes
+
+
 def stand_in_overrides(name: str, s: dict) -> list[str]:
+    if "fun-asr-nano" in name:
+        return nano_overrides(s["nano"])
     families = ("streaming", "sensevoice", "paraformer", "whisper", "conformer")  # the first one the name holds
     enc = next(f for f in families if f in name)
     llm = "qwen3" if "qwen3" in name else "qwen2"
@@ -106,3 +132,18 @@ def test_llmasr_check_resolves_recipe_with_its_preset(name, stand_ins, capsys):
     report = capsys.readouterr().out
     assert "train_batch_size" in report and "updates" in report
     assert (out_dir / "lr_schedule.csv").is_file() and (out_dir / "lr_schedule.png").is_file()
+
+
+def test_fun_asr_nano_recipe_starts_from_the_converted_model(stand_ins):
+    """The recipe's model keys rebuild what `llmasr convert funasr` wrote: same frontend, prompt and greedy ids
+    (fresh LoRA changes nothing yet)."""
+    from llmasr.export.exported import load_exported
+
+    out = stand_ins["nano"]
+    overrides = [*nano_overrides(out), "model.llm.dtype=float32"]
+    model = llmasr.build_model(load_recipe(RECIPES / "fun-asr-nano_lora_zero2.yaml", overrides).model).eval()
+    ref = load_exported(out)
+    assert model.frontend == ref.frontend
+    assert model.prompt.encode(None) == ref.prompt.encode(None)
+    batch = random_batch(ref, ["a", "b"], frames=[30, 17])
+    assert model.generate_ids(batch, max_new_tokens=6) == ref.generate_ids(batch, max_new_tokens=6)

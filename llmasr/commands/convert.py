@@ -1,0 +1,33 @@
+"""`llmasr convert funasr SRC OUT [--dtype fp32|bf16|fp16] [--overwrite]` (llmasr.convert.funasr_nano documents it)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+from llmasr import errors
+from llmasr.convert.funasr_nano import convert_funasr
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="llmasr convert",
+        description="Turn another toolkit's model directory into an llmasr model directory (the `llmasr export` "
+        "layout: decode it with `llmasr decode --model OUT`, fine-tune from its files).",
+    )
+    sub = p.add_subparsers(dest="source", required=True, metavar="SOURCE")
+    f = sub.add_parser("funasr", help="a FunASR Fun-ASR-Nano directory (config.yaml, model.pt, its Qwen3 directory)")
+    f.add_argument("src", metavar="SRC", help="the Fun-ASR-Nano directory")
+    f.add_argument("out", metavar="OUT", help="the llmasr model directory to write (must not exist or be empty)")
+    f.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), default="fp32", help="LLM weight dtype in OUT")
+    f.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
+    return p
+
+
+@errors.command("llmasr convert")
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    out = convert_funasr(args.src, args.out, dtype=args.dtype, overwrite=args.overwrite)
+    print(f"converted {args.src} to {out}; decode with: llmasr decode --model {out} ...")
+    return 0

@@ -1,0 +1,1 @@
+"""Converters from other toolkits' model directories into llmasr's exported layout (`llmasr convert ...`)."""

@@ -1,0 +1,194 @@
+"""`llmasr convert funasr SRC OUT`: a FunASR Fun-ASR-Nano directory -> an llmasr model directory.
+
+OUT has the layout `llmasr export` writes (llmasr.export.export), so OUT/llm/ loads with
+transformers.AutoModelForCausalLM alone, `llmasr decode --model OUT` decodes it with Nano's own prompt, and a
+recipe fine-tunes from OUT's files. The steps:
+
+- config.yaml (llmasr.convert.nano_config) gives the encoder, adaptor, frontend and prompt; every size it states is
+  checked against model.pt and the LLM's config.json, each mismatch an error naming both numbers and both files.
+- model.pt ({"state_dict": ...}, bf16): `audio_encoder.*` -> the sensevoice encoder, `audio_adaptor.*` -> the
+  transformer adaptor, `llm.*` -> the Qwen3 model built from the LLM directory's config.json (that directory holds
+  config and tokenizer only; tied embeddings may store no lm_head). FunASR's own LoRA tensors are refused.
+- Left out, in one log record: `ctc_decoder.*` and `ctc.*`, Nano's timestamp branch (a transformer stack and a
+  linear layer over a tiktoken vocabulary, multilingual.tiktoken) that llmasr's linear CTC head and its
+  vocabularies (the LLM's, sentencepiece, a token list) cannot hold; the converted model has no CTC head. Any other
+  module of model.pt is named there too.
+
+Everything is written under OUT's `.partial` sibling and renamed at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+
+import torch
+
+from llmasr.config_io import ConfigError, from_dict
+from llmasr.convert.nano_config import llm_dir, nano_model_section, read_nano_config, stated_adaptor_dims
+from llmasr.export.export import DTYPE_NAMES, write_model_dir
+from llmasr.models.builder import build_model
+from llmasr.models.config import ModelConfig
+from llmasr.models.state_dict import select_prefix, torch_load, unwrap_state_dict
+from llmasr.recipe import Recipe
+
+log = logging.getLogger(__name__)
+
+TAKEN = ("audio_encoder.", "audio_adaptor.", "llm.")
+CTC_BRANCH = ("ctc_decoder.", "ctc.")
+
+
+class ConvertError(RuntimeError):
+    """The source directory cannot be converted as asked."""
+
+
+def read_nano_state(src: Path) -> dict[str, torch.Tensor]:
+    path = src / "model.pt"
+    if not path.is_file():
+        raise ConfigError(f"{path}: missing; a Fun-ASR-Nano directory holds the whole model's weights there")
+    state = unwrap_state_dict(torch_load(path), source=str(path))
+    if not any(k.startswith(TAKEN) for k in state) and any(k.startswith("module.") for k in state):
+        state = select_prefix(state, "module.")  # saved from a DDP-wrapped model
+    for prefix in TAKEN:
+        if not select_prefix(state, prefix):
+            found = sorted({k.split(".", 1)[0] + "." for k in state})
+            raise ConfigError(f"{path}: no tensors under {prefix!r}; top-level prefixes present: {found[:20]}")
+    lora = [k for k in state if k.startswith("llm.") and "lora_" in k]
+    if lora:
+        raise ConvertError(
+            f"{path}: the LLM carries {len(lora)} LoRA tensor(s) of FunASR's own LoRA layers (e.g. {lora[0]}); "
+            "the converter takes plain Qwen3 weights. Fold them into the base weights (W + alpha/r * B @ A) first"
+        )
+    return state
+
+
+def log_left_out(state: dict, path: Path) -> list[str]:
+    """Name every module of model.pt the converter does not take (one log record), and why."""
+    groups: dict[str, int] = {}
+    for key in state:
+        if not key.startswith(TAKEN):
+            top = key.split(".", 1)[0]
+            groups[top] = groups.get(top, 0) + 1
+    if not groups:
+        return []
+    ctc = [f"{g} ({n} tensors)" for g, n in sorted(groups.items()) if f"{g}." in CTC_BRANCH]
+    other = [f"{g} ({n} tensors)" for g, n in sorted(groups.items()) if f"{g}." not in CTC_BRANCH]
+    parts = []
+    if ctc:
+        parts.append(
+            f"{', '.join(ctc)}: Nano's CTC timestamp branch (a transformer stack + linear layer over a tiktoken "
+            "vocabulary), which llmasr's linear CTC head and its vocabularies cannot hold; the converted model has "
+            "no CTC head"
+        )
+    if other:
+        parts.append(f"{', '.join(other)}: not part of the speech encoder -> adaptor -> LLM path")
+    log.warning("%s: left out of the conversion: %s", path, "; ".join(parts))
+    return sorted(groups)
+
+
+def _check_dims(state: dict, section: dict, llm_config: dict, src: Path) -> None:
+    """Adaptor input vs encoder output and adaptor output vs LLM hidden size, named at conversion."""
+    ckpt, cfg_path = src / "model.pt", src / "config.yaml"
+    enc_dim = int(section["encoder"]["conf"].get("output_size", 256))  # SenseVoiceEncoderSmall's default
+    k = section["adaptor"]["downsample"]
+    w1 = state.get("audio_adaptor.linear1.weight")
+    if w1 is not None and int(w1.shape[1]) != enc_dim * k:
+        raise ConfigError(
+            f"{ckpt}: audio_adaptor.linear1.weight {list(w1.shape)} takes {int(w1.shape[1]) / k:g}-dim encoder "
+            f"frames (downsample_rate {k}) but {cfg_path} audio_encoder_conf.output_size is {enc_dim}"
+        )
+    hidden = int(llm_config.get("hidden_size", -1))
+    w2 = state.get("audio_adaptor.linear2.weight")
+    if w2 is not None and int(w2.shape[0]) != hidden:
+        raise ConfigError(
+            f"{ckpt}: audio_adaptor.linear2.weight {list(w2.shape)} outputs {int(w2.shape[0])}-dim embeddings but "
+            f"the LLM's config.json has hidden_size {hidden}"
+        )
+    for key, actual in stated_adaptor_dims(read_nano_config(src), cfg_path).items():
+        expected = enc_dim if key == "encoder_dim" else hidden
+        if actual != expected:
+            what = "audio_encoder_conf.output_size" if key == "encoder_dim" else "the LLM's config.json hidden_size"
+            raise ConfigError(f"{cfg_path}: audio_adaptor_conf.{key} is {actual} but {what} is {expected}")
+
+
+def write_llm(llm_state: dict, llm_src: Path, dest: Path) -> None:
+    """The Qwen3 model of `llm_src`'s config.json with Nano's `llm.*` weights, and its tokenizer, as an HF directory."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    config = AutoConfig.from_pretrained(str(llm_src), local_files_only=True)
+    model = AutoModelForCausalLM.from_config(config)
+    dtype = next(iter(llm_state.values())).dtype
+    try:
+        missing, unexpected = model.load_state_dict(llm_state, strict=False)
+    except RuntimeError as err:  # shape mismatches: the config.json is not the one the weights were trained with
+        raise ConfigError(f"{llm_src / 'config.json'} does not fit the llm.* weights of model.pt: {err}") from err
+    tied = bool(getattr(config, "tie_word_embeddings", False))
+    missing = [k for k in missing if not (tied and k == "lm_head.weight")]
+    if missing or unexpected:
+        raise ConfigError(
+            f"{llm_src / 'config.json'} and model.pt's llm.* weights disagree: missing from model.pt "
+            f"{['llm.' + k for k in missing][:5]}, not in the model {['llm.' + k for k in unexpected][:5]}"
+        )
+    model.tie_weights()
+    model.to(dtype).save_pretrained(str(dest))
+    AutoTokenizer.from_pretrained(str(llm_src), local_files_only=True).save_pretrained(str(dest))
+
+
+def _stage(state: dict, llm_src: Path, stage: Path) -> dict[str, Path]:
+    from safetensors.torch import save_file
+
+    stage.mkdir(parents=True)
+    files = {}
+    for name, prefix in (("encoder", "audio_encoder."), ("adaptor", "audio_adaptor.")):
+        files[name] = stage / f"{name}.safetensors"
+        part = {k: v.float().contiguous() for k, v in select_prefix(state, prefix).items()}
+        save_file(part, str(files[name]))
+    files["llm"] = stage / "llm"
+    write_llm(select_prefix(state, "llm."), llm_src, files["llm"])
+    return files
+
+
+def convert_funasr(src: str | Path, out: str | Path, *, dtype: str = "fp32", overwrite: bool = False) -> Path:
+    """Convert the Fun-ASR-Nano directory `src` into `out` (see the module docstring); returns `out`.
+    `dtype`: the LLM's weights in OUT (bf16, fp16, fp32); the speech branches stay float32."""
+    src, out = Path(src).resolve(), Path(out)
+    if out.exists() and not (out.is_dir() and not any(out.iterdir())) and not overwrite:
+        raise ConvertError(f"{out}: exists and is not empty; choose another OUT or pass --overwrite")
+    if dtype not in DTYPE_NAMES:
+        raise ConvertError(f"--dtype must be one of bf16, fp16, fp32; got {dtype!r}")
+    if not src.is_dir():
+        raise ConfigError(f"{src}: not a directory")
+    config = read_nano_config(src)
+    section = nano_model_section(src, config)
+    llm_src = llm_dir(src, config)
+    llm_config = json.loads((llm_src / "config.json").read_text(encoding="utf-8"))
+    state = read_nano_state(src)
+    _check_dims(state, section, llm_config, src)
+    left_out = log_left_out(state, src / "model.pt")
+
+    tmp, stage = out.parent / f".{out.name}.partial", out.parent / f".{out.name}.stage"
+    for d in (tmp, stage):
+        shutil.rmtree(d, ignore_errors=True)
+    try:
+        files = _stage(state, llm_src, stage)
+        del state
+        section["encoder"]["init_from"] = str(files["encoder"])
+        section["adaptor"]["init_from"] = str(files["adaptor"])
+        section["llm"] = {"path": str(files["llm"]), "dtype": DTYPE_NAMES[dtype], "freeze": True}
+        cfg = from_dict(ModelConfig, section, "model")
+        model = build_model(cfg)
+        tmp.mkdir(parents=True)
+        info = {"converted_from": str(src), "model": "FunASRNano", "llm_config": str(llm_src), "left_out": left_out}
+        write_model_dir(model, info, Recipe(model=cfg), tmp, DTYPE_NAMES[dtype])
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    if out.exists():
+        shutil.rmtree(out) if out.is_dir() else out.unlink()
+    tmp.rename(out)
+    log.info("converted %s to %s", src, out)
+    return out

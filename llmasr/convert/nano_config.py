@@ -1,0 +1,203 @@
+"""Reading a Fun-ASR-Nano directory's config.yaml into an llmasr model section (no weights read here).
+
+A Nano directory holds config.yaml (`model: FunASRNano`, `audio_encoder` / `audio_encoder_conf`, `audio_adaptor` /
+`audio_adaptor_conf`, `llm_conf`, `ctc_decoder` / `ctc_decoder_conf`, `frontend_conf`, with `${a.b}` references
+to other keys), configuration.json (whose `file_path_metas` name files relative to the directory, the LLM's
+`llm_conf.init_param_path` among them), model.pt and the Qwen3 directory (config and tokenizer, no weights).
+
+What llmasr builds from it: a `sensevoice` encoder, a `transformer` adaptor (FunASR's `Transformer`, same parameter
+names) with `audio_token_cap: funasr_nano` when `use_low_frame_rate` is on, and Nano's own prompt: system "You are
+a helpful assistant.", user "语音转写：<audio>" (no separator), ChatML written out as FunASR writes it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from llmasr.config_io import ConfigError, to_dict
+from llmasr.models.encoders import funasr_class_name
+from llmasr.models.funasr_dir import frontend_from_funasr_conf
+
+NANO_MODEL = "FunASRNano"
+NANO_SYSTEM = "You are a helpful assistant."
+NANO_TASK = "语音转写："  # FunASRNano.get_prompt() without hotwords, language or ITN switch
+# FunASR writes the ChatML prompt with an f-string (FunASRNano.data_load_speech); this template renders the same.
+NANO_CHAT_TEMPLATE = (
+    "{%- for message in messages -%}"
+    "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' -}}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{- '<|im_start|>assistant\\n' -}}{%- endif -%}"
+)
+# audio_encoder_conf / audio_adaptor_conf keys that steer FunASR's training or loading, not the architecture.
+_TRAINING_KEYS = ("freeze", "freeze_layer_num", "activation_checkpoint")
+_ADAPTOR_KEYS = {
+    "downsample_rate", "ffn_dim", "n_layer", "attention_heads", "dropout_rate", "attention_dropout_rate",
+    "use_low_frame_rate", "encoder_dim", "llm_dim", *_TRAINING_KEYS,
+}  # fmt: skip
+_REF = re.compile(r"\$\{([^}]+)\}")
+
+
+def _lookup(config: dict, dotted: str, where: str, seen: tuple[str, ...]) -> Any:
+    if dotted in seen:
+        raise ConfigError(f"{where}: ${{{dotted}}} refers to itself through {' -> '.join(seen)}")
+    node: Any = config
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            raise ConfigError(f"{where}: ${{{dotted}}} names no key of the config")
+        node = node[part]
+    return resolve(node, config, where, (*seen, dotted))
+
+
+def resolve(value: Any, config: dict, where: str, seen: tuple[str, ...] = ()) -> Any:
+    """`value` with its `${a.b}` references (OmegaConf style) replaced from `config`; a value that is one whole
+    reference keeps the referred value's type."""
+    if isinstance(value, dict):
+        return {k: resolve(v, config, f"{where}.{k}", seen) for k, v in value.items()}
+    if isinstance(value, list):
+        return [resolve(v, config, where, seen) for v in value]
+    if not isinstance(value, str) or "${" not in value:
+        return value
+    whole = _REF.fullmatch(value)
+    if whole:
+        return _lookup(config, whole.group(1), where, seen)
+    return _REF.sub(lambda m: str(_lookup(config, m.group(1), where, seen)), value)
+
+
+def read_nano_config(src: Path) -> dict:
+    """config.yaml of a Fun-ASR-Nano directory, checked to be one; references are resolved where used."""
+    path = src / "config.yaml"
+    if not path.is_file():
+        raise ConfigError(f"{path}: missing; a Fun-ASR-Nano directory holds config.yaml, model.pt and an LLM directory")
+    try:
+        config = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from err
+    if not isinstance(config, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping")
+    model = funasr_class_name(config.get("model", ""))
+    if model != NANO_MODEL:
+        raise ConfigError(
+            f"{path}: model is {config.get('model')!r}; `llmasr convert funasr` converts FunASR's LLM-ASR model "
+            f"{NANO_MODEL} (Fun-ASR-Nano). For an encoder-only FunASR directory (Paraformer, SenseVoiceSmall, ...) "
+            "set model.encoder.path to it in a recipe instead"
+        )
+    return config
+
+
+def _section(config: dict, key: str, path: Path) -> dict:
+    value = resolve(config.get(key) or {}, config, f"{path}: {key}")
+    if not isinstance(value, dict):
+        raise ConfigError(f"{path}: `{key}` must be a mapping, got {type(value).__name__}")
+    return value
+
+
+def file_path_metas(src: Path) -> dict:
+    path = src / "configuration.json"
+    if not path.is_file():
+        return {}
+    try:
+        metas = json.loads(path.read_text(encoding="utf-8")).get("file_path_metas") or {}
+    except (UnicodeDecodeError, json.JSONDecodeError, AttributeError) as err:
+        raise ConfigError(f"{path}: not a readable JSON object: {err}") from err
+    return metas if isinstance(metas, dict) else {}
+
+
+def llm_dir(src: Path, config: dict) -> Path:
+    """The Qwen3 directory: configuration.json's file_path_metas.llm_conf.init_param_path (relative to SRC, as
+    FunASR's AutoModel maps it), else config.yaml's llm_conf.init_param_path."""
+    mapped = (file_path_metas(src).get("llm_conf") or {}).get("init_param_path")
+    stated = mapped if mapped is not None else _section(config, "llm_conf", src / "config.yaml").get("init_param_path")
+    where = "configuration.json file_path_metas.llm_conf" if mapped is not None else "config.yaml llm_conf"
+    if not stated:
+        raise ConfigError(f"{src}: {where}.init_param_path is not set; it names the LLM (Qwen3) directory")
+    path = Path(str(stated))
+    path = path if path.is_absolute() else src / path
+    if not (path / "config.json").is_file():
+        raise ConfigError(f"{src}: {where}.init_param_path names {stated}, but {path / 'config.json'} does not exist")
+    return path
+
+
+def _encoder_section(config: dict, path: Path, frontend_dim: int) -> dict:
+    name = funasr_class_name(config.get("audio_encoder", ""))
+    conf = _section(config, "audio_encoder_conf", path)
+    if name != "SenseVoiceEncoderSmall" or conf.get("hub"):
+        raise ConfigError(
+            f"{path}: audio_encoder is {config.get('audio_encoder')!r}"
+            + (f" from hub {conf['hub']!r}" if conf.get("hub") else "")
+            + "; the converter builds Fun-ASR-Nano's SenseVoiceEncoderSmall from model.pt (audio_encoder.*) only"
+        )
+    stated = config.get("input_size")
+    if stated is not None and int(stated) != frontend_dim:
+        raise ConfigError(
+            f"{path}: input_size is {stated}, but frontend_conf gives n_mels * lfr_m = {frontend_dim} features"
+        )
+    conf = {k: v for k, v in conf.items() if k not in _TRAINING_KEYS}
+    return {"type": "sensevoice", "conf": conf, "freeze": True}
+
+
+def _adaptor_section(config: dict, path: Path) -> dict:
+    name = funasr_class_name(config.get("audio_adaptor", ""))
+    conf = _section(config, "audio_adaptor_conf", path)
+    if name != "Transformer":
+        raise ConfigError(
+            f"{path}: audio_adaptor is {config.get('audio_adaptor')!r}; the converter maps Fun-ASR-Nano's "
+            "`Transformer` adaptor (llmasr's `transformer`) only"
+        )
+    unknown = sorted(set(conf) - _ADAPTOR_KEYS)
+    if unknown:
+        raise ConfigError(
+            f"{path}: audio_adaptor_conf has key(s) {unknown} that llmasr's transformer adaptor cannot express; "
+            f"known: {sorted(_ADAPTOR_KEYS)}"
+        )
+    return {
+        "type": "transformer",
+        "downsample": int(conf.get("downsample_rate", 2)),  # FunASR's defaults
+        "ffn_dim": int(conf.get("ffn_dim", 2048)),
+        "n_layer": int(conf.get("n_layer", 2)),
+        "n_head": int(conf.get("attention_heads", 8)),
+        "dropout": float(conf.get("dropout_rate", 0.0)),
+        "audio_token_cap": "funasr_nano" if conf.get("use_low_frame_rate", False) else "none",
+    }
+
+
+def _frontend(config: dict, src: Path):
+    path = src / "config.yaml"
+    frontend = funasr_class_name(config.get("frontend", "WavFrontend"))
+    if frontend != "WavFrontend":
+        raise ConfigError(f"{path}: frontend {config.get('frontend')!r}; Fun-ASR-Nano's WavFrontend is supported")
+    conf = _section(config, "frontend_conf", path)
+    cmvn = conf.get("cmvn_file")
+    if cmvn is not None and not (src / str(cmvn)).is_file() and not Path(str(cmvn)).is_file():
+        raise ConfigError(f"{path}: frontend_conf.cmvn_file names {cmvn}, which does not exist")
+    cmvn_path = None if cmvn is None else (src / str(cmvn) if (src / str(cmvn)).is_file() else Path(str(cmvn)))
+    return frontend_from_funasr_conf(conf, cmvn_path)
+
+
+def nano_model_section(src: Path, config: dict) -> dict:
+    """The llmasr model section (a dict for ModelConfig) of a Nano config; weights and LLM path filled by the caller."""
+    path = src / "config.yaml"
+    frontend = _frontend(config, src)
+    encoder = _encoder_section(config, path, frontend.feature_dim)
+    encoder.update(frontend=to_dict(frontend))
+    return {
+        "encoder": encoder,
+        "adaptor": _adaptor_section(config, path),
+        "prompt": {
+            "task": NANO_TASK,
+            "system": NANO_SYSTEM,
+            "chat_template": NANO_CHAT_TEMPLATE,
+            "audio_separator": "",
+        },
+        "ctc": {"weight": 0.0},
+    }
+
+
+def stated_adaptor_dims(config: dict, path: Path) -> dict[str, int]:
+    """audio_adaptor_conf's encoder_dim / llm_dim where stated (FunASR overwrites them from the modules built)."""
+    conf = _section(config, "audio_adaptor_conf", path)
+    return {k: int(conf[k]) for k in ("encoder_dim", "llm_dim") if conf.get(k) is not None}

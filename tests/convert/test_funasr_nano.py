@@ -1,0 +1,225 @@
+"""`llmasr convert funasr`: a Fun-ASR-Nano directory becomes an exported llmasr model that decodes as FunASR does.
+
+Always on: tests/fixtures/funasr_nano_parity.pt (written by tests/fixtures/make_nano_fixture.py with FunASR's own
+FunASRNano): the converted model's greedy ids on the pinned features equal FunASR's, batched and one by one.
+Opt-in (LLMASR_PARITY=1 and funasr importable): the same on a fresh directory, against FunASR now.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from llmasr.cli import main as cli_main
+from llmasr.config_io import ConfigError
+from llmasr.convert.funasr_nano import ConvertError, convert_funasr
+from llmasr.data.collate import Collator
+from llmasr.export.exported import load_exported
+from llmasr.models.adaptor_blocks import funasr_nano_token_len
+from llmasr.testing.tiny_nano import write_nano_dir
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
+FIXTURE = FIXTURES / "funasr_nano_parity.pt"
+
+
+def feature_batch(model, feats: list[torch.Tensor]):
+    """An inference batch of the given features, through the prompt builder and collator decoding uses."""
+    enc = model.prompt.encode(None)
+    items = [
+        {"key": f"utt{i}", "index": i, "feats": f.numpy().astype(np.float32), "target": "x",
+         "text_ids": np.asarray(enc.ids, dtype=np.int64), "audio_pos": enc.audio_pos,
+         "target_start": enc.target_start, "ctc_ids": None, "duration": 1.0}
+        for i, f in enumerate(feats)
+    ]  # fmt: skip
+    return Collator(model.prompt.pad_id)(items)
+
+
+def until_end(ids: list[int], end_id: int) -> list[int]:
+    return ids[: ids.index(end_id) + 1] if end_id in ids else ids
+
+
+def check_parity(src: Path, out: Path, feats: list[torch.Tensor], expected: list[list[int]], max_new: int) -> None:
+    convert_funasr(src, out)
+    model = load_exported(out)
+    end = model.prompt.end_id
+    batched = model.generate_ids(feature_batch(model, feats), max_new_tokens=max_new)
+    alone = [model.generate_ids(feature_batch(model, [f]), max_new_tokens=max_new)[0] for f in feats]
+    for i, ref in enumerate(expected):
+        assert until_end(batched[i], end) == until_end(ref, end), f"utterance {i} batched"
+        assert until_end(alone[i], end) == until_end(ref, end), f"utterance {i} alone"
+
+
+def unpack_fixture(fixture: dict, src: Path) -> Path:
+    for name, text in fixture["files"].items():
+        (src / name).parent.mkdir(parents=True, exist_ok=True)
+        (src / name).write_text(text, encoding="utf-8")
+    torch.save({"state_dict": fixture["state_dict"]}, src / "model.pt")
+    return src
+
+
+def test_pinned_funasr_greedy_ids(tmp_path):
+    fixture = torch.load(FIXTURE, weights_only=True)
+    assert FIXTURE.stat().st_size < 400_000
+    assert len({tuple(i) for i in fixture["ids"]}) == len(fixture["ids"]), "the ids must depend on the audio"
+    src = unpack_fixture(fixture, tmp_path / "nano")
+    check_parity(src, tmp_path / "out", fixture["feats"], fixture["ids"], fixture["max_new"])
+
+
+@pytest.mark.parity
+@pytest.mark.skipif(
+    os.environ.get("LLMASR_PARITY") != "1" or importlib.util.find_spec("funasr") is None,
+    reason="opt-in: set LLMASR_PARITY=1 and install funasr (see tests/fixtures/make_nano_fixture.py)",
+)
+def test_live_against_funasr_nano(tmp_path):
+    spec = importlib.util.spec_from_file_location("make_nano_fixture", FIXTURES / "make_nano_fixture.py")
+    make = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(make)
+    src = write_nano_dir(tmp_path / "nano", encoder_conf=make.ENCODER, frontend_conf=make.FRONTEND, llm_hidden=32,
+                         seed=11)  # fmt: skip
+    g = torch.Generator().manual_seed(12)
+    feats = [torch.randn(n, 24, generator=g) for n in (31, 7, 18)]
+    check_parity(src, tmp_path / "out", feats, make.funasr_nano_ids(src, feats), make.MAX_NEW)
+
+
+@pytest.fixture(scope="module")
+def converted(tmp_path_factory):
+    root = tmp_path_factory.mktemp("nano")
+    src = write_nano_dir(root / "src")
+    assert cli_main(["convert", "funasr", str(src), str(root / "out")]) == 0
+    return src, root / "out"
+
+
+def test_out_llm_loads_with_transformers_alone_and_holds_the_llm_weights(converted):
+    from transformers import AutoModelForCausalLM
+
+    src, out = converted
+    llm = AutoModelForCausalLM.from_pretrained(str(out / "llm"))
+    state = torch.load(src / "model.pt", weights_only=True)["state_dict"]
+    for key, value in llm.state_dict().items():
+        assert torch.equal(value, state["llm." + key].float()), key
+    assert llm.generation_config.eos_token_id == llm.config.eos_token_id  # <|im_end|>
+
+
+def test_prompt_is_nanos_own(converted):
+    """FunASR writes `...user\\n语音转写：<audio><|im_end|>\\n<|im_start|>assistant\\n`: no newline before the audio."""
+    _, out = converted
+    model = load_exported(out)
+    tok = model.prompt.tokenizer
+    enc = model.prompt.encode(None)
+    before = "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n语音转写："
+    assert enc.ids[: enc.audio_pos] == tok.encode(before)
+    assert enc.ids[enc.audio_pos :] == tok.encode("<|im_end|>\n<|im_start|>assistant\n")
+    assert tok.convert_ids_to_tokens(model.prompt.end_id) == "<|im_end|>"
+
+
+def test_only_the_first_fake_token_len_adaptor_frames_enter_the_prompt(converted):
+    _, out = converted
+    model = load_exported(out)
+    lens = torch.tensor([40, 23, 9, 1])
+    assert funasr_nano_token_len(lens).tolist() == [5, 3, 2, 1]  # FunASR's three (L - 1) // 2 + 1 halvings
+    x = torch.randn(4, 40, model.adaptor.input_dim)
+    with torch.no_grad():
+        capped, capped_lens = model.adaptor(x, lens)
+        model.adaptor.audio_token_cap = "none"
+        full, full_lens = model.adaptor(x, lens)
+    assert capped_lens.tolist() == [5, 3, 2, 1] and full_lens.tolist() == lens.tolist()
+    # The adaptor's transformer blocks see every frame; only the first outputs are kept.
+    for b, n in enumerate(capped_lens.tolist()):
+        torch.testing.assert_close(capped[b, :n], full[b, :n])
+
+
+def test_decode_command_on_the_converted_directory(converted, tmp_path):
+    from llmasr.commands.decode import main as decode_main
+    from llmasr.testing.tiny_corpus import write_tiny_corpus
+
+    _, out = converted
+    data = write_tiny_corpus(tmp_path / "corpus", n=3)
+    rc = decode_main(["--model", str(out), "--data", str(data), "--output", str(tmp_path / "hyp"),
+                      "--num-workers", "0", "--max-new-tokens", "4"])  # fmt: skip
+    assert rc == 0
+    assert json.loads((tmp_path / "hyp" / "wer.json").read_text())["utterances"] == 3
+
+
+def test_ctc_branch_is_left_out_in_a_log_record(tmp_path, caplog):
+    src = write_nano_dir(tmp_path / "src")
+    with caplog.at_level(logging.WARNING, logger="llmasr.convert.funasr_nano"):
+        convert_funasr(src, tmp_path / "out")
+    text = caplog.text
+    assert "ctc (2 tensors), ctc_decoder (" in text and "tiktoken" in text and "no CTC head" in text
+    assert yaml.safe_load((tmp_path / "out" / "llmasr_model.yaml").read_text())["ctc"] is None
+
+
+def _edit_config(src: Path, **changes) -> None:
+    config = yaml.safe_load((src / "config.yaml").read_text(encoding="utf-8"))
+    for dotted, value in changes.items():
+        node = config
+        *parents, last = dotted.split("__")
+        for p in parents:
+            node = node[p]
+        node[last] = value
+    (src / "config.yaml").write_text(yaml.safe_dump(config, allow_unicode=True), encoding="utf-8")
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"model": "SenseVoiceSmall"}, "converts FunASR's LLM-ASR model FunASRNano"),
+        ({"audio_adaptor": "QFormer"}, "audio_adaptor is 'QFormer'"),
+        ({"audio_adaptor_conf__llm_dim": 99}, "audio_adaptor_conf.llm_dim is 99 but the LLM's config.json"),
+        ({"audio_encoder_conf__output_size": 48}, "takes 32-dim encoder frames (downsample_rate 1) but"),
+        ({"tokenizer_conf__init_param_path": "${llm_conf.nowhere}"}, "names no key of the config"),
+    ],
+)
+def test_what_cannot_be_converted_is_refused_with_what_and_why(tmp_path, change, message):
+    src = write_nano_dir(tmp_path / "src")
+    if "tokenizer_conf__init_param_path" in change:  # a reference inside a section the converter reads
+        change = {"llm_conf__init_param_path": change["tokenizer_conf__init_param_path"]}
+        (src / "configuration.json").unlink()
+    _edit_config(src, **change)
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)").replace("$", r"\$")):
+        convert_funasr(src, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_llm_hidden_size_that_disagrees_with_the_adaptor_is_named(tmp_path):
+    src = write_nano_dir(tmp_path / "src")
+    cfg = json.loads((src / "Qwen3-0.6B" / "config.json").read_text())
+    (src / "Qwen3-0.6B" / "config.json").write_text(json.dumps({**cfg, "hidden_size": 96}))
+    with pytest.raises(ConfigError, match=r"outputs 64-dim embeddings but the LLM's config.json has hidden_size 96"):
+        convert_funasr(src, tmp_path / "out")
+
+
+def test_funasr_lora_tensors_are_refused(tmp_path):
+    src = write_nano_dir(tmp_path / "src")
+    state = torch.load(src / "model.pt", weights_only=True)
+    state["state_dict"]["llm.model.layers.0.self_attn.q_proj.lora_A"] = torch.zeros(4, 64)
+    torch.save(state, src / "model.pt")
+    with pytest.raises(ConvertError, match="LoRA tensor"):
+        convert_funasr(src, tmp_path / "out")
+
+
+def test_references_resolve_and_configuration_json_maps_the_llm(tmp_path):
+    """The released config writes `${...}` references; configuration.json names the LLM directory."""
+    src = write_nano_dir(tmp_path / "src")
+    (src / "Qwen3-0.6B").rename(src / "qwen")
+    metas = json.loads((src / "configuration.json").read_text())
+    metas["file_path_metas"]["llm_conf"]["init_param_path"] = "qwen"
+    (src / "configuration.json").write_text(json.dumps(metas))
+    convert_funasr(src, tmp_path / "out")
+    assert (tmp_path / "out" / "llm" / "model.safetensors").is_file()
+
+
+def test_audio_token_cap_refuses_ctc_compress():
+    from llmasr.config_io import from_dict
+    from llmasr.models.config import AdaptorConfig
+
+    with pytest.raises(ConfigError, match="audio_token_cap: 'funasr_nano' counts the encoder's frames"):
+        from_dict(AdaptorConfig, {"audio_token_cap": "funasr_nano", "ctc_compress": "avg"}, "model.adaptor")
