@@ -46,6 +46,21 @@ def group_positions(
     return groups, padding
 
 
+def repeated_steps(groups: list[list], rank: int) -> frozenset[int]:
+    """The steps at which `rank` yields a padding duplicate: a batch (the same object) that an earlier step or a
+    lower rank of the same step also yields. Counting every step except these counts each batch once."""
+    seen: set[int] = set()
+    steps = set()
+    for step, group in enumerate(groups):
+        for g_rank, batch in enumerate(group):
+            if id(batch) in seen:
+                if g_rank == rank:
+                    steps.add(step)
+            else:
+                seen.add(id(batch))
+    return frozenset(steps)
+
+
 def remaining_positions(groups: list[list[int]], done: int) -> list[int]:
     """Positions in groups[done:] that no group before `done` holds (padding duplicates count as trained), in
     cost order."""

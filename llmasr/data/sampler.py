@@ -38,7 +38,7 @@ from collections.abc import Callable, Iterator
 import numpy as np
 from torch.utils.data import Sampler
 
-from llmasr.data.regroup import replay_history
+from llmasr.data.regroup import repeated_steps, replay_history
 
 log = logging.getLogger("llmasr.data")
 
@@ -308,20 +308,9 @@ class DynamicBucketSampler(Sampler):
         return self._plan(self.epoch)[1]["num_padding_batches"]
 
     def duplicate_steps(self, epoch: int | None = None, rank: int | None = None) -> frozenset[int]:
-        """The steps of a full epoch at which `rank` yields a padding duplicate: a batch that an earlier step or a
-        lower rank of the same step also yields. Counting every step except these counts each batch once."""
+        """Steps of a full epoch at which `rank` only repeats a batch to keep the ranks in step (see regroup)."""
         groups, _ = self._plan(self.epoch if epoch is None else epoch)
-        r = self.rank if rank is None else rank
-        seen: set[int] = set()  # the plan repeats the very list object of a padded batch
-        steps = set()
-        for step, group in enumerate(groups):
-            for g_rank, batch in enumerate(group):
-                if id(batch) in seen:
-                    if g_rank == r:
-                        steps.add(step)
-                else:
-                    seen.add(id(batch))
-        return frozenset(steps)
+        return repeated_steps(groups, self.rank if rank is None else rank)
 
     def stats(self, epoch: int | None = None) -> dict:
         """Counts for an epoch (all ranks together): batches, mean batch size, padding efficiency, filters."""
