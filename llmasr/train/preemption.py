@@ -32,7 +32,7 @@ from llmasr.errors import signal_status as exit_status  # noqa: F401
 log = logging.getLogger("llmasr.train")
 
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
-FORWARDED_WITHIN_S = 2.0
+FORWARDED_WITHIN_S = 5.0  # a launcher busy on loaded cores has taken over 2 s to forward its copy
 
 
 class Preemption:

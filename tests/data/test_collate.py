@@ -23,6 +23,7 @@ FIELDS = {
     "bad",
     "empty",
     "indices",
+    "duplicate",
 }
 
 

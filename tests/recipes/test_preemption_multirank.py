@@ -40,7 +40,8 @@ def test_sigterm_to_the_job_saves_and_resume_matches(tiny_recipe_file, tmp_path)
     job.wait_group()
     out = job.text()
     assert "Traceback" not in out, out[-4000:]
-    assert sum("stopped by SIGTERM after update" in line for line in out.splitlines()) == 1  # rank 0 only
+    stops = sum("stopped by SIGTERM after update" in line for line in out.splitlines())
+    assert stops == 1, out[-4000:]  # rank 0 only
     update = stopped_at(tmp_path / "b", "SIGTERM")
     assert 1 <= update < TOTAL, f"the stop came too late to test a resume: after update {update}"
     assert_no_shm_left(job.port)
