@@ -157,8 +157,8 @@ class FlopCounter:
             self._llm_mask = kwargs["attention_mask"]
 
     @contextlib.contextmanager
-    def measure(self, feat_lens: torch.Tensor, feat_slots: int):
-        """Count the forward run inside; `feat_lens`/`feat_slots` are the batch's real and padded frame counts."""
+    def measure(self, batch):
+        """Count the forward of `batch` (a llmasr.data.batch.Batch) run inside."""
         for key in self.padded:
             self.padded[key] = 0.0
         self._llm_mask = None
@@ -167,7 +167,7 @@ class FlopCounter:
             yield
         finally:
             self.armed = False
-        self.total.add(self._finish(feat_lens, feat_slots))
+        self.total.add(self._finish(batch.feat_lens, batch.feats.shape[0] * batch.feats.shape[1]))
 
     def _finish(self, feat_lens: torch.Tensor, feat_slots: int) -> StepCount:
         frames = float(feat_lens.sum())

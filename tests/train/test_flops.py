@@ -11,7 +11,7 @@ from llmasr.train.flops import FlopCounter
 def counted(model, batch):
     counter = FlopCounter(model)
     model.train()
-    with counter.measure(batch.feat_lens, batch.feats.shape[0] * batch.feats.shape[1]):
+    with counter.measure(batch):
         model(batch).loss.backward()
     counter.remove()
     return counter.take()
