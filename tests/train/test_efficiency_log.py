@@ -20,10 +20,10 @@ def corpus(tmp_path_factory):
     return write_tiny_corpus(tmp_path_factory.mktemp("corpus") / "train", n=16)
 
 
-def run(tiny_llm_dir, corpus, run_dir, **train_keys):
+def run(tiny_llm_dir, corpus, run_dir, preset="zero0", **train_keys):
     data = tiny_recipe_dict(tiny_llm_dir, train=[corpus], output_dir=run_dir, epochs=2, max_updates=4, **train_keys)
     r = load_recipe(data=data)
-    result = train(r, "zero0")
+    result = train(r, preset)
     lines = (run_dir / "train.log").read_text().splitlines()
     return result, [parse_log_line(line) for line in lines if " train update=" in line]
 
@@ -58,6 +58,15 @@ def test_mfu_against_a_recipe_peak(tiny_llm_dir, corpus, tmp_path):
     _, rows = run(tiny_llm_dir, corpus, tmp_path / "run", peak_tflops=0.001)
     for row in rows:  # achieved FLOP/s over the peak the recipe gave
         assert row["mfu"] == pytest.approx(row["tflops"] / 0.001, rel=1e-3)
+
+
+def test_zero3_counts_as_zero0(tiny_llm_dir, corpus, tmp_path):
+    """Under ZeRO-3 the weights are partitioned and gathered around each module's forward: the same batches cost the
+    same FLOPs as unpartitioned (the counter reads a weight's full size, ds_numel, where DeepSpeed sets it)."""
+    plain, _ = run(tiny_llm_dir, corpus, tmp_path / "zero0")
+    sharded, _ = run(tiny_llm_dir, corpus, tmp_path / "zero3", preset="zero3")
+    assert [h["count"] for h in sharded["history"]] == [h["count"] for h in plain["history"]]
+    assert all(h["count"].flops > 0 for h in plain["history"])
 
 
 def test_progress_bar_only_on_a_terminal(tmp_path):
