@@ -12,10 +12,12 @@ Counted per matrix product (a multiply-add is 2 FLOPs), for the real (unpadded) 
   encoder and adaptor attention counts all T^2 pairs.
 
 Padding is not useful work: each branch's count at padded shapes is scaled by its real share (audio frames for the
-encoder, adaptor and CTC head; real tokens for the LLM decoder). The output head runs on labelled positions only
-(llmasr.models.losses), so its rows are exact. Embedding lookups, norms, activations and the loss are not counted.
-Activation-checkpoint recomputation happens in the backward, outside the counted forward, so the count is model
-FLOPs, not hardware FLOPs.
+encoder, adaptor and CTC head; real tokens for the LLM decoder). For the LLM this is exact (its attention is counted
+from each row's own length); on the audio side it is exact for the matmuls of frame-wise layers and approximate for
+attention and for Whisper's encoder, which always runs over its whole window. The output head runs on labelled
+positions only (llmasr.models.losses), so its rows are exact. Embedding lookups, norms, activations and the loss
+are not counted. Activation-checkpoint recomputation happens in the backward, outside the counted forward, so the
+count is model FLOPs, not hardware FLOPs.
 """
 
 from __future__ import annotations
@@ -83,12 +85,26 @@ def _gemm_rows(module: nn.Module, output: torch.Tensor) -> int:
 
 
 def _attention_width(module: nn.Module) -> int | None:
-    """heads * head size of an encoder/adaptor attention block (the FunASR-named ones of llmasr.models)."""
-    if isinstance(getattr(module, "h", None), int) and isinstance(getattr(module, "d_k", None), int):
-        return module.h * module.d_k
+    """heads * head size of an encoder/adaptor attention block: the FunASR-named ones of llmasr.models (h/d_k, or
+    n_head with linear_q) and Hugging Face's (num_heads/head_dim: Whisper's encoder)."""
+    for heads, size in (("h", "d_k"), ("num_heads", "head_dim")):
+        if isinstance(getattr(module, heads, None), int) and isinstance(getattr(module, size, None), int):
+            return getattr(module, heads) * getattr(module, size)
     if isinstance(getattr(module, "n_head", None), int) and isinstance(getattr(module, "linear_q", None), nn.Linear):
         return module.linear_q.out_features
     return None
+
+
+def _attention_inputs(module: nn.Module, args: tuple, kwargs: dict) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """(queries, keys) [B, T, D] of an attention block's call: (q, kv, mask) blocks name both, Hugging Face's take
+    hidden_states and key_value_states, the rest attend over their first input."""
+    q = args[0] if args else kwargs.get("hidden_states")
+    if not torch.is_tensor(q) or q.dim() != 3:
+        return None, None
+    if hasattr(module, "n_head") and len(args) > 1 and torch.is_tensor(args[1]):
+        return q, args[1]
+    kv = kwargs.get("key_value_states")
+    return q, kv if torch.is_tensor(kv) else q
 
 
 class FlopCounter:
@@ -141,13 +157,12 @@ class FlopCounter:
         def hook(mod, args, kwargs, output):
             if not self.armed:
                 return
-            q = args[0] if args else None
-            if not torch.is_tensor(q) or q.dim() != 3:
+            q, kv = _attention_inputs(mod, args, kwargs)
+            if q is None:
                 return
-            cross = hasattr(mod, "n_head") and len(args) > 1 and torch.is_tensor(args[1])
-            kv = args[1] if cross else q  # (q, kv, mask) blocks; the others attend over their input
             pairs = float(q.shape[0] * q.shape[1] * kv.shape[1])
-            back = torch.is_tensor(output) and output.requires_grad
+            out = output[0] if isinstance(output, tuple) else output
+            back = torch.is_tensor(out) and out.requires_grad
             self.padded[branch] += attention_flops(_attention_width(mod), pairs, backward=back)
 
         return hook

@@ -83,3 +83,21 @@ def test_padding_is_left_out(tiny_llm_dir):
     assert count.audio_frames == 64 and count.audio_slots == 80
     # The LLM side is exact per row; the audio branches' padded count is scaled by the real frame share.
     assert count.flops == pytest.approx(sum(r.flops for r in rows), rel=0.05)
+
+
+def test_whisper_encoder_counts_its_convolutions_and_attention(tiny_llm_dir, tmp_path):
+    """Hugging Face's Whisper encoder: two convolutions at 10 and 20 ms, then blocks over the whole window of
+    max_source_positions (100) positions, whatever the clip's length; frozen, so forward only."""
+    from llmasr.testing.tiny_whisper import write_tiny_whisper_dir
+
+    section = tiny_model_section(tiny_llm_dir, encoder_dir=write_tiny_whisper_dir(tmp_path / "w"), freeze_encoder=True)
+    section["encoder"].update(type="whisper", conf={})
+    model = build_model(section)
+    batch = random_batch(model, ["hello world"], frames=[120])
+    counter = FlopCounter(model)
+    with counter.measure(batch):
+        model(batch)
+    d, positions = 32, 100
+    convs = 2 * (80 * d * 3) * 200 + 2 * (d * d * 3) * positions
+    block = 2 * (4 * d * d + 2 * d * 2 * d) * positions + 2 * 2 * d * positions * positions
+    assert counter.padded["encoder"] == convs + 2 * block
