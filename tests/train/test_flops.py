@@ -11,8 +11,9 @@ from llmasr.train.flops import FlopCounter
 def counted(model, batch):
     counter = FlopCounter(model)
     model.train()
-    with counter.measure(batch):
-        model(batch).loss.backward()
+    with counter.measure(batch):  # the forward only, as TrainEngine.micro_step measures it
+        out = model(batch)
+    out.loss.backward()
     counter.remove()
     return counter.take()
 
@@ -69,6 +70,18 @@ def test_trained_encoder_adds_its_backward(tiny_llm_dir):
     extra_adaptor = 2 * (t // 2) * (64 * 64)  # linear1's input now needs a gradient
     more = counted(trained, batch).flops - counted(frozen, batch).flops
     assert more == pytest.approx(extra_weight_grads + extra_input_grads + extra_attention + extra_adaptor, rel=1e-9)
+
+
+def test_activation_checkpointing_recomputation_is_not_model_flops(tiny_llm_dir):
+    """Recomputing checkpointed activations in the backward changes hardware FLOPs, not the model's."""
+    torch.manual_seed(0)
+    section = tiny_model_section(tiny_llm_dir, freeze_encoder=True)
+    plain = build_model(section)
+    section["llm"]["gradient_checkpointing"] = True
+    section["encoder"]["gradient_checkpointing"] = True
+    checkpointed = build_model(section)
+    batch = random_batch(plain, ["hello world", "the quick brown fox jumps"], frames=[24, 40])
+    assert counted(checkpointed, batch) == counted(plain, batch)
 
 
 def test_padding_is_left_out(tiny_llm_dir):
