@@ -89,13 +89,15 @@ class WaitClock:
 
 @dataclass
 class Interval:
-    """Sums since the last logged line; `figures()` turns them into the logged rates and shares."""
+    """Sums since the last logged line; `figures()` turns them into the logged rates and shares over the training
+    time in it (validation and checkpoint saving set aside)."""
 
     start: float = field(default_factory=time.monotonic)
     count: StepCount = field(default_factory=StepCount)
     utts: float = 0.0
     audio_seconds: float = 0.0
     wait_s: float = 0.0
+    aside_s: float = 0.0  # validation and checkpoint saving: not training time
 
     def add(self, stats: dict, wait_s: float) -> None:
         if "count" in stats:
@@ -107,7 +109,7 @@ class Interval:
     def figures(self, peak_total: float | None) -> dict:
         """utt/s, audio_s/s, tok/s (LLM positions, audio + text), mfu ("n/a" without a peak), padding shares of
         audio frames and LLM positions, and the share of the interval spent waiting for data."""
-        dt = max(time.monotonic() - self.start, 1e-9)
+        dt = max(time.monotonic() - self.start - self.aside_s, 1e-9)
         c = self.count
         return {
             "utt/s": self.utts / dt,

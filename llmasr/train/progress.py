@@ -226,6 +226,10 @@ class Progress:
         print(f"{stamp} progress update {update}/{self.total} ({100 * update / max(self.total, 1):.0f}%) {text} "
               f"eta {left}", file=self.stream, flush=True)  # fmt: skip
 
+    def aside(self, seconds: float) -> None:
+        """`seconds` spent on something other than training (validation, saving): out of the efficiency figures."""
+        self.interval.aside_s += seconds
+
     def validation(self, update: int, metrics: dict) -> None:
         if not self.enabled:
             return

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import time
 from pathlib import Path
 
 import torch
@@ -127,6 +128,7 @@ class Run:
 
     # -- checkpoints ------------------------------------------------------------------------------------------------
     def save(self, epoch: int, loader_state: dict | None, metrics: dict | None) -> None:
+        start = time.monotonic()
         update = self.engine.global_steps
         tag = ck.tag_for(update)
         client = {"llmasr": {"epoch": epoch, "loader": loader_state, "rng": all_gather_object(rng_state())}}
@@ -155,6 +157,7 @@ class Run:
             )
         barrier()
         self.last_saved = update
+        self.progress.aside(time.monotonic() - start)
 
     def load(self) -> tuple[int, dict | None]:
         """Resume: returns (epoch to run, loader state for a mid-epoch position or None)."""
@@ -217,7 +220,9 @@ class Run:
         if self.valid_loader is None:
             return None
 
+        start = time.monotonic()
         metrics = validate(self.engine, self.valid_loader, self.recipe.decode)
+        self.progress.aside(time.monotonic() - start)
         self.valid_update = self.engine.global_steps
         self.engine.train(True)
         self.progress.validation(self.engine.global_steps, metrics)

@@ -1,6 +1,7 @@
 """Efficiency figures in train.log and TensorBoard, the peak table, and progress without a terminal."""
 
 import io
+import time
 
 import pytest
 import torch
@@ -8,7 +9,7 @@ import torch
 from llmasr.config_io import ConfigError
 from llmasr.recipe import load_recipe
 from llmasr.testing.tiny_corpus import tiny_recipe_dict, write_tiny_corpus
-from llmasr.train.efficiency import device_peak, table_peak
+from llmasr.train.efficiency import Interval, device_peak, table_peak
 from llmasr.train.progress import Progress, parse_log_line
 from llmasr.train.trainer import train
 
@@ -102,3 +103,12 @@ def test_bad_keys_are_refused(tiny_llm_dir, corpus, tmp_path):
     for key, value in (("peak_tflops", 0), ("progress_every_s", -1)):
         with pytest.raises(ConfigError, match=f"train.{key}"):
             load_recipe(data=tiny_recipe_dict(tiny_llm_dir, train=[corpus], output_dir=tmp_path, **{key: value}))
+
+
+def test_validation_and_saving_are_not_training_time():
+    interval = Interval(start=time.monotonic() - 10.0)
+    interval.add({"n_utts": 20, "audio_seconds": 40.0}, wait_s=1.0)
+    interval.aside_s = 8.0  # 8 of the 10 s went to validation and a checkpoint
+    figures = interval.figures(None)
+    assert figures["utt/s"] == pytest.approx(10.0, rel=0.01) and figures["audio_s/s"] == pytest.approx(20.0, rel=0.01)
+    assert figures["data_wait"] == pytest.approx(0.5, rel=0.01) and figures["mfu"] == "n/a"
