@@ -207,6 +207,12 @@ class TrainConfig:
     deterministic: bool = False
     # Log training loss and learning rates every this many updates.
     log_every: int = 50
+    # When stderr is not a terminal (a cluster job's log), one plain progress line every this many seconds replaces
+    # the progress bar (0: one per update).
+    progress_every_s: float = 30.0
+    # Peak TFLOP/s of one rank's device in the training dtype, for MFU; None looks the GPU up by name (a CPU, or a
+    # GPU not in llmasr.train.efficiency's table, then logs mfu=n/a).
+    peak_tflops: float | None = None
     # Save a checkpoint every this many updates (0: only at epoch ends).
     save_every_updates: int = 0
     # Keep the newest this many periodic checkpoints (0: keep all); best checkpoints are kept apart.
@@ -236,6 +242,10 @@ class TrainConfig:
         for name in ("save_every_updates", "keep_last", "valid_every_updates", "best_k"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{path}.{name}: must be >= 0, got {getattr(self, name)}")
+        if self.progress_every_s < 0:
+            raise ConfigError(f"{path}.progress_every_s: must be >= 0 seconds, got {self.progress_every_s}")
+        if self.peak_tflops is not None and not self.peak_tflops > 0:
+            raise ConfigError(f"{path}.peak_tflops: must be > 0 TFLOP/s when set, got {self.peak_tflops}")
         if self.grad_clip < 0:
             raise ConfigError(f"{path}.grad_clip: must be >= 0 (0 disables clipping), got {self.grad_clip}")
         if self.best_mode is None:

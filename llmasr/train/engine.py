@@ -210,13 +210,18 @@ class TrainEngine:
         return batch.to(self.device, self.dtype, non_blocking=True)
 
     # -- one micro batch ------------------------------------------------------------------------------------------
-    def micro_step(self, batch: Batch, *, token_normalizer, utt_normalizer, boundary: bool, zero_loss: bool = False):
+    def micro_step(
+        self, batch: Batch, *, token_normalizer, utt_normalizer, boundary: bool, zero_loss: bool = False, counter=None
+    ):
         """Forward, backward and engine.step() for one micro batch; the optimizer updates when `boundary`.
 
         `zero_loss` (an all-bad batch's stand-in) still runs the full forward and backward, so every rank calls
-        every collective, but contributes nothing to the gradient."""
+        every collective, but contributes nothing to the gradient. A `counter` (llmasr.train.flops.FlopCounter)
+        counts the forward's FLOPs; the backward's activation-checkpoint recomputation stays outside it."""
         self.engine.set_gradient_accumulation_boundary(bool(boundary))
-        out = self.engine(self.to_device(batch), token_normalizer=token_normalizer, utt_normalizer=utt_normalizer)
+        batch = self.to_device(batch)
+        with counter.measure(batch) if counter is not None else nullcontext():
+            out = self.engine(batch, token_normalizer=token_normalizer, utt_normalizer=utt_normalizer)
         loss = out.loss * 0.0 if zero_loss else out.loss
         self.engine.backward(loss, scale_wrt_gas=False)
         if boundary and self._plain_grads:

@@ -2,7 +2,9 @@
 
 The log lines are `key=value` pairs after a fixed prefix, so they can be grepped and parsed back:
 
-    update=120 epoch=1 loss=2.3141 llm_loss=2.3141 acc=0.4120 lr/llm=1.00e-05 ... grad_norm=0.88 utt/s=31.2
+    update=120 epoch=1 loss=2.3141 llm_loss=2.3141 acc=0.4120 lr/llm=1.00e-05 ... grad_norm=0.88 utt/s=31.2 ...
+
+The rates and shares after grad_norm are over the interval since the previous logged line (efficiency.Interval).
 """
 
 from __future__ import annotations
@@ -16,7 +18,19 @@ from pathlib import Path
 
 import torch
 
+from llmasr.train.efficiency import Interval
+
 log = logging.getLogger("llmasr.train")
+
+# TensorBoard names of the logged efficiency figures (tags cannot hold "/s" readably).
+TB_NAMES = {"utt/s": "utt_per_s", "audio_s/s": "audio_s_per_s", "tok/s": "llm_tokens_per_s"}
+
+
+def _is_terminal(stream) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):  # no isatty, or a closed stream
+        return False
 
 
 def memory_gb() -> dict[str, float]:
@@ -130,17 +144,25 @@ class StartupLog(logging.Handler):
 
 
 class Progress:
-    """Rank-0 reporting of one run. On other ranks every method is a no-op."""
+    """Rank-0 reporting of one run. On other ranks every method is a no-op.
 
-    def __init__(self, run_dir: Path, rank: int, total_updates: int, start_update: int = 0, log_every: int = 1):
+    On a terminal a tqdm bar; otherwise (a cluster job's log) one plain line every `progress_every_s` seconds,
+    so the log holds no carriage-return redraws. Each logged update's train.log line and the TensorBoard
+    `throughput/` scalars hold the efficiency of the interval since the previous logged line (efficiency.Interval).
+    """
+
+    def __init__(self, run_dir: Path, rank: int, total_updates: int, start_update: int = 0, log_every: int = 1, *,
+                 progress_every_s: float = 30.0, peak_total: float | None = None, stream=None):  # fmt: skip
         self.enabled = rank == 0
         self.total = total_updates
         self.log_every = max(1, log_every)
         self.start_update = start_update
         self.t0 = time.monotonic()
-        self.t_last = self.t0
-        self.utts = 0.0
-        self.audio = 0.0
+        self.interval = Interval()
+        self.peak_total = peak_total  # summed over the ranks
+        self.every_s = progress_every_s
+        self.stream = stream if stream is not None else sys.stderr
+        self.next_line = self.t0 + progress_every_s
         self.bar = None
         self.writer = None
         if not self.enabled:
@@ -149,25 +171,18 @@ class Progress:
         from tqdm import tqdm
 
         self.writer = SummaryWriter(log_dir=str(Path(run_dir) / "tensorboard"))
-        self.bar = tqdm(total=total_updates, initial=start_update, unit="upd", dynamic_ncols=True, file=sys.stderr)
+        if _is_terminal(self.stream):
+            self.bar = tqdm(total=total_updates, initial=start_update, unit="upd", dynamic_ncols=True, file=self.stream)
 
-    def update(self, update: int, epoch: int, stats: dict, lrs: dict, extra: dict) -> None:
-        """One optimizer update: `stats` are the window's (already all-reduced) losses and counts."""
+    def update(self, update: int, epoch: int, stats: dict, lrs: dict, extra: dict, wait_s: float = 0.0) -> None:
+        """One optimizer update: `stats` are the window's (already all-reduced) losses and counts, `wait_s` the
+        seconds rank 0 waited for its batches."""
         if not self.enabled:
             return
-        now = time.monotonic()
-        self.utts += stats.get("n_utts", 0)
-        self.audio += stats.get("audio_seconds", 0.0)
-        elapsed = max(now - self.t0, 1e-9)
+        self.interval.add(stats, wait_s)
         done = update - self.start_update
-        eta = (self.total - update) * elapsed / done if done > 0 else math.nan
-        speed = {"utt/s": self.utts / elapsed, "audio_s/s": self.audio / elapsed}
-        self.bar.update(1)
-        self.bar.set_postfix_str(
-            f"loss {stats['loss']:.3f} "
-            + " ".join(f"{k} {v:.1e}" for k, v in lrs.items())
-            + f" {speed['utt/s']:.1f} utt/s"
-        )
+        eta = (self.total - update) * (time.monotonic() - self.t0) / done if done > 0 else math.nan
+        self._show(update, stats, lrs, eta)
         w = self.writer
         for key in ("loss", "llm_loss", "ctc_loss", "acc"):
             if key in stats:
@@ -177,20 +192,43 @@ class Progress:
         for key, value in extra.items():
             if value is not None:
                 w.add_scalar(f"train/{key}", value, update)
-        w.add_scalar("throughput/utt_per_s", speed["utt/s"], update)
-        w.add_scalar("throughput/audio_s_per_s", speed["audio_s/s"], update)
         mem = memory_gb()
         for key, value in mem.items():
             w.add_scalar(key, value, update)
         if update % self.log_every == 0 or update == self.total:
+            figures = self.interval.figures(self.peak_total)
+            self.interval = Interval()
+            for key, value in figures.items():
+                if not isinstance(value, str):
+                    w.add_scalar(f"throughput/{TB_NAMES.get(key, key)}", value, update)
             row = {"update": update, "epoch": epoch}
             row.update({k: float(stats[k]) for k in ("loss", "llm_loss", "ctc_loss", "acc") if k in stats})
             row.update({f"lr/{k}": v for k, v in lrs.items()})
             row.update({k: float(v) for k, v in extra.items() if v is not None})
-            row.update(speed)
+            row.update(figures)
             row["eta_s"] = round(eta, 1) if eta == eta else -1.0
             row.update(mem)
             log.info("train %s", format_pairs(row))
+
+    def _show(self, update: int, stats: dict, lrs: dict, eta: float) -> None:
+        """The bar on a terminal; elsewhere a plain line when `progress_every_s` has passed (and at the last update)."""
+        text = f"loss {stats['loss']:.3f} " + " ".join(f"{k} {v:.1e}" for k, v in lrs.items())
+        if self.bar is not None:
+            self.bar.update(1)
+            self.bar.set_postfix_str(text)
+            return
+        now = time.monotonic()
+        if now < self.next_line and update != self.total:
+            return
+        self.next_line = now + self.every_s
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+        left = f"{eta:.0f}s" if eta == eta else "?"
+        print(f"{stamp} progress update {update}/{self.total} ({100 * update / max(self.total, 1):.0f}%) {text} "
+              f"eta {left}", file=self.stream, flush=True)  # fmt: skip
+
+    def aside(self, seconds: float) -> None:
+        """`seconds` spent on something other than training (validation, saving): out of the efficiency figures."""
+        self.interval.aside_s += seconds
 
     def validation(self, update: int, metrics: dict) -> None:
         if not self.enabled:

@@ -32,6 +32,8 @@ log = logging.getLogger("llmasr.train")
 
 MAY_CHANGE: tuple[str, ...] = (
     "train.log_every",
+    "train.progress_every_s",
+    "train.peak_tflops",
     "train.save_every_updates",
     "train.keep_last",
     "train.valid_every_updates",

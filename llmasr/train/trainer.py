@@ -7,10 +7,7 @@ Order of work: recipe + overrides, DeepSpeed JSON resolved ("auto" filled), prec
 exact batches per rank per epoch give the update count the schedules are sized by); model built (under ZeRO-3
 partitioned as it loads); param groups, schedules, engine; resume; then epochs of accumulation windows.
 
-Loss normalisation: a window is the k micro batches of one optimizer update (fewer at an epoch end). Its labelled
-token and utterance counts are summed over all ranks first; each micro batch's loss is then its token-loss sum
-divided by (window tokens / world size) (the CTC term likewise per utterance), so after DeepSpeed averages over
-ranks the gradient equals that of one batch holding the whole window, whatever the batch sizes.
+An update's micro batches and loss normalisation: llmasr.train.window. What each log line reports: progress.py.
 """
 
 from __future__ import annotations
@@ -18,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-from itertools import islice
+import time
 from pathlib import Path
 
 import torch
@@ -26,12 +23,13 @@ import torch
 from llmasr import errors
 from llmasr import run_dir as ck
 from llmasr.config_io import ConfigError
-from llmasr.data.batch import Batch
 from llmasr.models.fingerprint import base_fingerprint, fingerprint_differences
 from llmasr.run_dir.files import hash_share, merge_shares, verify_ranks
 from llmasr.train import ds_config, universal
 from llmasr.train import engine as eng
-from llmasr.train.engine import TrainEngine, all_gather_object, all_reduce_sum, barrier, build_model_for_training
+from llmasr.train.efficiency import WaitClock, device_peak
+from llmasr.train.engine import TrainEngine, all_gather_object, barrier, build_model_for_training
+from llmasr.train.flops import FlopCounter
 from llmasr.train.param_groups import build_param_groups, describe_param_groups
 from llmasr.train.plan import plan_run
 from llmasr.train.preemption import Preemption, signal_name
@@ -47,52 +45,9 @@ from llmasr.train.resume import check_batches, continue_schedules
 from llmasr.train.run_dir import claim_run_dir, write_run_files
 from llmasr.train.schedulers import build_group_schedules
 from llmasr.train.validate import validate
+from llmasr.train.window import run_window, windows
 
 log = logging.getLogger("llmasr.train")
-
-
-def run_window(engine, window: list[Batch], world_size: int) -> dict:
-    """Forward/backward every micro batch of one window and apply the update; returns window-wide stats."""
-    real = [b for b in window if not b.empty]
-    n_tok, n_utt = all_reduce_sum([sum(b.labelled_tokens for b in real), sum(b.size for b in real)], engine.device)
-    tok_norm = max(n_tok, 1.0) / world_size
-    utt_norm = max(n_utt, 1.0) / world_size
-    llm_sum = ctc_sum = correct = audio = 0.0
-    for i, batch in enumerate(window):
-        empty = batch.empty
-        out = engine.micro_step(
-            batch, token_normalizer=tok_norm, utt_normalizer=utt_norm, boundary=i == len(window) - 1, zero_loss=empty
-        )
-        if empty:
-            continue
-        if int(out.n_tokens) != batch.labelled_tokens:
-            raise RuntimeError(
-                f"the model labelled {int(out.n_tokens)} tokens but the batch holds {batch.labelled_tokens}: "
-                "loss normalisation would be wrong"
-            )
-        llm_sum += float(out.llm_loss_sum)
-        ctc_sum += float(out.ctc_loss_sum)
-        correct += float(out.n_correct)
-        audio += batch.audio_seconds
-    llm_sum, ctc_sum, correct, audio = all_reduce_sum([llm_sum, ctc_sum, correct, audio], engine.device)
-    stats = {"llm_loss": llm_sum / max(n_tok, 1.0), "acc": correct / max(n_tok, 1.0)}
-    model = engine.module
-    loss = stats["llm_loss"]
-    if getattr(model, "ctc_head", None) is not None:
-        stats["ctc_loss"] = ctc_sum / max(n_utt, 1.0)
-        loss += model.ctc_weight * stats["ctc_loss"]
-    stats.update(loss=loss, n_tokens=int(n_tok), n_utts=int(n_utt), audio_seconds=audio)
-    return stats
-
-
-def windows(batches, k: int):
-    """Consecutive lists of k batches; the last one may be shorter (it still completes an update)."""
-    it = iter(batches)
-    while True:
-        window = list(islice(it, k))
-        if not window:
-            return
-        yield window
 
 
 class Run:
@@ -173,6 +128,7 @@ class Run:
 
     # -- checkpoints ------------------------------------------------------------------------------------------------
     def save(self, epoch: int, loader_state: dict | None, metrics: dict | None) -> None:
+        start = time.monotonic()
         update = self.engine.global_steps
         tag = ck.tag_for(update)
         client = {"llmasr": {"epoch": epoch, "loader": loader_state, "rng": all_gather_object(rng_state())}}
@@ -201,6 +157,7 @@ class Run:
             )
         barrier()
         self.last_saved = update
+        self.progress.aside(time.monotonic() - start)
 
     def load(self) -> tuple[int, dict | None]:
         """Resume: returns (epoch to run, loader state for a mid-epoch position or None)."""
@@ -263,7 +220,9 @@ class Run:
         if self.valid_loader is None:
             return None
 
+        start = time.monotonic()
         metrics = validate(self.engine, self.valid_loader, self.recipe.decode)
+        self.progress.aside(time.monotonic() - start)
         self.valid_update = self.engine.global_steps
         self.engine.train(True)
         self.progress.validation(self.engine.global_steps, metrics)
@@ -276,7 +235,7 @@ class Run:
         self.last_saved = self.valid_update = -1
         if self.resume is not None:
             start_epoch, loader_state = self.load()
-        self.progress = Progress(self.run_dir, self.rank, self.total, self.engine.global_steps, tc.log_every)
+        self.progress = self._progress()
         history: list[dict] = []
         last_metrics = None
         self.engine.train(True)
@@ -289,7 +248,7 @@ class Run:
                     self.train_loader.load_state_dict(loader_state)
                 else:
                     self.train_loader.set_epoch(epoch)
-                for window in windows(self.train_loader, self.k):
+                for window in windows(self.wait.wrap(self.train_loader), self.k):
                     update = self._update(window, epoch, history)
                     if stop_after_updates is not None and update >= stop_after_updates:
                         return {"history": history, "interrupted": True, "run_dir": str(self.run_dir)}
@@ -317,9 +276,21 @@ class Run:
             raise
         finally:
             preemption.arm(False)
+            self.flops.remove()
             self.progress.close()
             self.close()
         return {"history": history, "interrupted": False, "run_dir": str(self.run_dir), "metrics": last_metrics}
+
+    def _progress(self) -> Progress:
+        """The run's reporting, with the FLOP counter and loader clock behind its efficiency figures."""
+        tc = self.recipe.train
+        self.flops = FlopCounter(self.engine.module)
+        self.wait = WaitClock()
+        peak, line = device_peak(self.engine.device, self.engine.dtype, tc.peak_tflops)
+        log.info(line)
+        peak_total = peak * self.world if peak else None
+        return Progress(self.run_dir, self.rank, self.total, self.engine.global_steps, tc.log_every,
+                        progress_every_s=tc.progress_every_s, peak_total=peak_total)  # fmt: skip
 
     def _update(self, window, epoch: int, history: list[dict]) -> int:
         """One optimizer update over `window` (its micro-batches), logged and appended to `history`; its number."""
@@ -328,10 +299,10 @@ class Run:
             set_rng_state(self.pending_rng)
             self.pending_rng = None
         lrs = self.engine.lrs()  # the lrs this update uses (the scheduler moves them on at its end)
-        stats = run_window(self.engine, window, self.world)
+        stats = run_window(self.engine, window, self.world, self.flops)
         update = self.engine.global_steps
         history.append({"update": update, "epoch": epoch, **stats, "lr": lrs})
-        self.progress.update(update, epoch, stats, lrs, self._extra())
+        self.progress.update(update, epoch, stats, lrs, self._extra(), self.wait.take())
         return update
 
     def _validate_and_save(self, epoch: int, update: int) -> dict | None:

@@ -1,0 +1,123 @@
+"""Where a run's time goes: the device's peak FLOP/s, the time spent waiting for the loader, and the per-interval
+efficiency figures of train.log (tokens/s, audio s/s, MFU, padding, data wait).
+
+MFU is model FLOPs (llmasr.train.flops) over elapsed time times the ranks' summed peak for the training dtype:
+dense tensor-core peaks, without sparsity. fp32 is the plain fp32 peak (torch runs fp32 matmuls without TF32 unless
+told to). A CPU, or a GPU missing from the table, has no MFU ("n/a") unless `train.peak_tflops` gives a peak.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from llmasr.train.flops import StepCount
+
+log = logging.getLogger("llmasr.train")
+
+# Dense TFLOP/s per device: (name fragment as torch.cuda.get_device_name reports it, bf16, fp16, fp32). The first
+# fragment found in the name wins, so the more specific names come first.
+PEAK_TFLOPS: tuple[tuple[str, float | None, float, float], ...] = (
+    ("B200", 2250.0, 2250.0, 80.0),
+    ("H200", 989.4, 989.4, 66.9),
+    ("H100 PCIe", 756.0, 756.0, 51.2),
+    ("H100 NVL", 835.0, 835.0, 60.0),
+    ("H100", 989.4, 989.4, 66.9),
+    ("H800", 989.4, 989.4, 66.9),
+    ("H20", 148.0, 148.0, 44.0),
+    ("A100", 312.0, 312.0, 19.5),
+    ("A800", 312.0, 312.0, 19.5),
+    ("L40S", 362.1, 362.1, 91.6),
+    ("L40", 181.0, 181.0, 90.5),
+    ("L4", 121.0, 121.0, 30.3),
+    ("A10G", 70.0, 70.0, 31.2),
+    ("A10", 125.0, 125.0, 31.2),
+    ("RTX 4090", 165.2, 165.2, 82.6),
+    ("RTX 3090", 71.0, 71.0, 35.6),
+    ("V100", None, 125.0, 15.7),
+)
+DTYPE_COLUMN = {torch.bfloat16: 1, torch.float16: 2, torch.float32: 3}
+
+
+def table_peak(device_name: str, dtype: torch.dtype) -> float | None:
+    """Peak FLOP/s of a device by its name for `dtype`, or None when the table does not know it."""
+    for row in PEAK_TFLOPS:
+        if row[0] in device_name:
+            tflops = row[DTYPE_COLUMN[dtype]]
+            return None if tflops is None else tflops * 1e12
+    return None
+
+
+def device_peak(device: torch.device, dtype: torch.dtype, peak_tflops: float | None) -> tuple[float | None, str]:
+    """(peak FLOP/s of one rank's device, a line saying where it comes from); the peak is None when unknown."""
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    dtype_name = str(dtype).removeprefix("torch.")
+    if peak_tflops is not None:
+        return peak_tflops * 1e12, f"MFU against train.peak_tflops={peak_tflops:g} per rank ({name}, {dtype_name})"
+    peak = table_peak(name, dtype) if device.type == "cuda" else None
+    if peak is None:
+        return None, f"MFU n/a: no peak FLOP/s known for {name} in {dtype_name} (set train.peak_tflops to give one)"
+    return peak, f"MFU against the {name} {dtype_name} peak of {peak / 1e12:g} TFLOP/s per rank"
+
+
+class WaitClock:
+    """Time spent inside the loader's next(): `wrap(loader)` yields its items, `take()` returns and resets the
+    seconds waited since the last take."""
+
+    def __init__(self):
+        self.waited = 0.0
+
+    def wrap(self, iterable):
+        it = iter(iterable)
+        while True:
+            start = time.perf_counter()
+            try:
+                item = next(it)
+            except StopIteration:
+                self.waited += time.perf_counter() - start
+                return
+            self.waited += time.perf_counter() - start
+            yield item
+
+    def take(self) -> float:
+        out, self.waited = self.waited, 0.0
+        return out
+
+
+@dataclass
+class Interval:
+    """Sums since the last logged line; `figures()` turns them into the logged rates and shares over the training
+    time in it (validation and checkpoint saving set aside)."""
+
+    start: float = field(default_factory=time.monotonic)
+    count: StepCount = field(default_factory=StepCount)
+    utts: float = 0.0
+    audio_seconds: float = 0.0
+    wait_s: float = 0.0
+    aside_s: float = 0.0  # validation and checkpoint saving: not training time
+
+    def add(self, stats: dict, wait_s: float) -> None:
+        if "count" in stats:
+            self.count.add(stats["count"])
+        self.utts += stats.get("n_utts", 0)
+        self.audio_seconds += stats.get("audio_seconds", 0.0)
+        self.wait_s += wait_s
+
+    def figures(self, peak_total: float | None) -> dict:
+        """utt/s, audio_s/s, tok/s (LLM positions, audio + text), mfu ("n/a" without a peak), padding shares of
+        audio frames and LLM positions, and the share of the interval spent waiting for data."""
+        dt = max(time.monotonic() - self.start - self.aside_s, 1e-9)
+        c = self.count
+        return {
+            "utt/s": self.utts / dt,
+            "audio_s/s": self.audio_seconds / dt,
+            "tok/s": c.llm_tokens / dt,
+            "mfu": c.flops / (dt * peak_total) if peak_total else "n/a",
+            "tflops": c.flops / dt / 1e12,
+            "pad_audio": 1.0 - c.audio_frames / c.audio_slots if c.audio_slots else 0.0,
+            "pad_llm": 1.0 - c.llm_tokens / c.llm_slots if c.llm_slots else 0.0,
+            "data_wait": min(self.wait_s / dt, 1.0),
+        }

@@ -1,0 +1,208 @@
+"""Model FLOPs of a training step, from the shapes the model's matmuls see and what is frozen.
+
+Counted per matrix product (a multiply-add is 2 FLOPs), for the real (unpadded) rows of a batch:
+
+- forward: 2 * weight elements * rows, for every Linear and convolution (a convolution's rows are its output
+  positions; grouped/depthwise convolutions count their own weight elements), LoRA's A and B included;
+- backward, activation gradient: the same again wherever a gradient flows into the module's input (autograd computes
+  it exactly when the input requires grad, which is what the counter reads);
+- backward, weight gradient: the same again only for weights that are trained (frozen base weights have none);
+- attention scores (QK^T and the weighted sum of V): 2 * 2 * width * Tq * Tk per row forward, and twice that
+  backward when a gradient flows through the attention. LLM attention is causal and counts T(T+1)/2 pairs per row;
+  encoder and adaptor attention counts all T^2 pairs.
+
+Padding is not useful work: each branch's count at padded shapes is scaled by its real share (audio frames for the
+encoder, adaptor and CTC head; real tokens for the LLM decoder). For the LLM this is exact (its attention is counted
+from each row's own length); on the audio side it is exact for the matmuls of frame-wise layers and approximate for
+attention and for Whisper's encoder, which always runs over its whole window. The output head runs on labelled
+positions only (llmasr.models.losses), so its rows are exact. Embedding lookups, norms, activations and the loss
+are not counted. Activation-checkpoint recomputation happens in the backward, outside the counted forward, so the
+count is model FLOPs, not hardware FLOPs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from llmasr.models.llm import causal_lm_parts
+
+GEMMS = (nn.Linear, nn.Conv1d, nn.Conv2d)
+AUDIO_BRANCHES = ("encoder", "adaptor", "ctc_head")
+
+
+@dataclass
+class StepCount:
+    """What one or more micro batches cost and held (sums; `add` merges them)."""
+
+    flops: float = 0.0
+    llm_tokens: float = 0.0  # real LLM positions (audio embeddings + text)
+    llm_slots: float = 0.0  # LLM positions including padding
+    audio_frames: float = 0.0  # real feature frames
+    audio_slots: float = 0.0  # feature frames including padding
+
+    def add(self, other: StepCount) -> None:
+        for name in self.__dataclass_fields__:
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+
+    def as_list(self) -> list[float]:
+        return [getattr(self, name) for name in self.__dataclass_fields__]
+
+    @classmethod
+    def from_list(cls, values) -> StepCount:
+        return cls(*(float(v) for v in values))
+
+
+def gemm_flops(weight_elements: float, rows: float, *, input_grad: bool, weight_grad: bool) -> float:
+    """Forward + backward FLOPs of one matrix product with a weight of `weight_elements` over `rows` rows."""
+    one = 2.0 * weight_elements * rows
+    return one * (1 + int(input_grad) + int(weight_grad))
+
+
+def attention_flops(width: int, pairs: float, *, backward: bool) -> float:
+    """Score and weighted-sum FLOPs of attention with `width` = heads * head size over `pairs` query-key pairs."""
+    forward = 2 * 2.0 * width * pairs
+    return forward * (3 if backward else 1)
+
+
+def causal_pairs(lengths: torch.Tensor) -> float:
+    """Query-key pairs of causal attention over rows of these real lengths."""
+    lengths = lengths.double()
+    return float((lengths * (lengths + 1) / 2).sum())
+
+
+def _elements(weight: torch.Tensor) -> int:
+    return int(getattr(weight, "ds_numel", weight.numel()))  # ZeRO-3 partitions hold only a shard
+
+
+def _gemm_rows(module: nn.Module, output: torch.Tensor) -> int:
+    """Rows of a Linear's output [..., out], output positions of a convolution's [B, C, *positions]."""
+    channels = module.out_features if isinstance(module, nn.Linear) else module.out_channels
+    return output.numel() // max(channels, 1)
+
+
+def _attention_width(module: nn.Module) -> int | None:
+    """heads * head size of an encoder/adaptor attention block: the FunASR-named ones of llmasr.models (h/d_k, or
+    n_head with linear_q) and Hugging Face's (num_heads/head_dim: Whisper's encoder)."""
+    for heads, size in (("h", "d_k"), ("num_heads", "head_dim")):
+        if isinstance(getattr(module, heads, None), int) and isinstance(getattr(module, size, None), int):
+            return getattr(module, heads) * getattr(module, size)
+    if isinstance(getattr(module, "n_head", None), int) and isinstance(getattr(module, "linear_q", None), nn.Linear):
+        return module.linear_q.out_features
+    return None
+
+
+def _attention_inputs(module: nn.Module, args: tuple, kwargs: dict) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """(queries, keys) [B, T, D] of an attention block's call: (q, kv, mask) blocks name both, Hugging Face's take
+    hidden_states and key_value_states, the rest attend over their first input."""
+    q = args[0] if args else kwargs.get("hidden_states")
+    if not torch.is_tensor(q) or q.dim() != 3:
+        return None, None
+    if hasattr(module, "n_head") and len(args) > 1 and torch.is_tensor(args[1]):
+        return q, args[1]
+    kv = kwargs.get("key_value_states")
+    return q, kv if torch.is_tensor(kv) else q
+
+
+class FlopCounter:
+    """Counts a SpeechLLM's forward shapes while armed (`with counter.measure(batch):` around the forward);
+    `take()` returns the StepCount since the last take."""
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+        self.armed = False
+        self.padded = dict.fromkeys((*AUDIO_BRANCHES, "llm", "head"), 0.0)
+        self.total = StepCount()
+        self._llm_mask: torch.Tensor | None = None
+        self.handles = []
+        _, decoder, head = causal_lm_parts(model.llm)
+        config = getattr(model.llm, "config", None) or getattr(decoder, "config", None)
+        self.llm_layers = int(config.num_hidden_layers)
+        heads = int(config.num_attention_heads)
+        self.llm_width = heads * int(getattr(config, "head_dim", None) or config.hidden_size // heads)
+        # A gradient flows back through the LLM when anything before or in it is trained (not the CTC side head).
+        upstream = [getattr(model, b, None) for b in ("encoder", "adaptor", "llm")]
+        self.llm_backward = any(p.requires_grad for m in upstream if m is not None for p in m.parameters())
+        for branch in AUDIO_BRANCHES:
+            module = getattr(model, branch, None)
+            if module is not None:
+                self._hook_branch(module, branch)
+        self._hook_branch(decoder, "llm")
+        self._hook_gemm(head, "head")
+        self.handles.append(decoder.register_forward_pre_hook(self._on_decoder, with_kwargs=True))
+
+    def _hook_branch(self, module: nn.Module, branch: str) -> None:
+        for sub in module.modules():
+            if isinstance(sub, GEMMS):
+                self._hook_gemm(sub, branch)
+            elif branch != "llm" and _attention_width(sub) is not None:
+                self.handles.append(sub.register_forward_hook(self._on_attention(branch), with_kwargs=True))
+
+    def _hook_gemm(self, module: nn.Module, branch: str) -> None:
+        def hook(mod, args, output):
+            if not self.armed or not torch.is_tensor(output):
+                return
+            x = args[0] if args else None
+            grad_in = torch.is_tensor(x) and x.requires_grad
+            self.padded[branch] += gemm_flops(
+                _elements(mod.weight), _gemm_rows(mod, output), input_grad=grad_in, weight_grad=mod.weight.requires_grad
+            )
+
+        self.handles.append(module.register_forward_hook(hook))
+
+    def _on_attention(self, branch: str):
+        def hook(mod, args, kwargs, output):
+            if not self.armed:
+                return
+            q, kv = _attention_inputs(mod, args, kwargs)
+            if q is None:
+                return
+            pairs = float(q.shape[0] * q.shape[1] * kv.shape[1])
+            out = output[0] if isinstance(output, tuple) else output
+            back = torch.is_tensor(out) and out.requires_grad
+            self.padded[branch] += attention_flops(_attention_width(mod), pairs, backward=back)
+
+        return hook
+
+    def _on_decoder(self, module, args, kwargs):
+        if self.armed and torch.is_tensor(kwargs.get("attention_mask")):
+            self._llm_mask = kwargs["attention_mask"]
+
+    @contextlib.contextmanager
+    def measure(self, batch):
+        """Count the forward of `batch` (a llmasr.data.batch.Batch) run inside."""
+        for key in self.padded:
+            self.padded[key] = 0.0
+        self._llm_mask = None
+        self.armed = True
+        try:
+            yield
+        finally:
+            self.armed = False
+        self.total.add(self._finish(batch.feat_lens, batch.feats.shape[0] * batch.feats.shape[1]))
+
+    def _finish(self, feat_lens: torch.Tensor, feat_slots: int) -> StepCount:
+        frames = float(feat_lens.sum())
+        audio_share = frames / max(feat_slots, 1)
+        flops = sum(self.padded[b] for b in AUDIO_BRANCHES) * audio_share + self.padded["head"]
+        tokens = slots = 0.0
+        mask = self._llm_mask
+        if mask is not None:
+            lengths = mask.sum(1)
+            tokens, slots = float(lengths.sum()), float(mask.numel())
+            flops += self.padded["llm"] * tokens / max(slots, 1.0)
+            pairs = causal_pairs(lengths)
+            flops += self.llm_layers * attention_flops(self.llm_width, pairs, backward=self.llm_backward)
+        return StepCount(flops, tokens, slots, frames, float(feat_slots))
+
+    def take(self) -> StepCount:
+        out, self.total = self.total, StepCount()
+        return out
+
+    def remove(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+        self.handles.clear()

@@ -1,0 +1,68 @@
+"""One optimizer update: the accumulation window of micro batches, its loss normalisation and its statistics.
+
+Loss normalisation: a window is the k micro batches of one optimizer update (fewer at an epoch end). Its labelled
+token and utterance counts are summed over all ranks first; each micro batch's loss is then its token-loss sum
+divided by (window tokens / world size) (the CTC term likewise per utterance), so after DeepSpeed averages over
+ranks the gradient equals that of one batch holding the whole window, whatever the batch sizes.
+"""
+
+from __future__ import annotations
+
+from itertools import islice
+
+from llmasr.data.batch import Batch
+from llmasr.train.engine import all_reduce_sum
+from llmasr.train.flops import FlopCounter, StepCount
+
+
+def run_window(engine, window: list[Batch], world_size: int, counter: FlopCounter | None = None) -> dict:
+    """Forward/backward every micro batch of one window and apply the update; returns window-wide stats. With a
+    `counter`, stats["count"] is the window's StepCount (FLOPs, tokens, frames) summed over all ranks."""
+    real = [b for b in window if not b.empty]
+    n_tok, n_utt = all_reduce_sum([sum(b.labelled_tokens for b in real), sum(b.size for b in real)], engine.device)
+    tok_norm = max(n_tok, 1.0) / world_size
+    utt_norm = max(n_utt, 1.0) / world_size
+    llm_sum = ctc_sum = correct = audio = 0.0
+    for i, batch in enumerate(window):
+        empty = batch.empty
+        out = engine.micro_step(
+            batch,
+            token_normalizer=tok_norm,
+            utt_normalizer=utt_norm,
+            boundary=i == len(window) - 1,
+            zero_loss=empty,
+            counter=None if empty else counter,  # a stand-in batch is no work done on data
+        )
+        if empty:
+            continue
+        if int(out.n_tokens) != batch.labelled_tokens:
+            raise RuntimeError(
+                f"the model labelled {int(out.n_tokens)} tokens but the batch holds {batch.labelled_tokens}: "
+                "loss normalisation would be wrong"
+            )
+        llm_sum += float(out.llm_loss_sum)
+        ctc_sum += float(out.ctc_loss_sum)
+        correct += float(out.n_correct)
+        audio += batch.audio_seconds
+    count = counter.take().as_list() if counter is not None else []
+    llm_sum, ctc_sum, correct, audio, *count = all_reduce_sum([llm_sum, ctc_sum, correct, audio, *count], engine.device)
+    stats = {"llm_loss": llm_sum / max(n_tok, 1.0), "acc": correct / max(n_tok, 1.0)}
+    model = engine.module
+    loss = stats["llm_loss"]
+    if getattr(model, "ctc_head", None) is not None:
+        stats["ctc_loss"] = ctc_sum / max(n_utt, 1.0)
+        loss += model.ctc_weight * stats["ctc_loss"]
+    stats.update(loss=loss, n_tokens=int(n_tok), n_utts=int(n_utt), audio_seconds=audio)
+    if counter is not None:
+        stats["count"] = StepCount.from_list(count)
+    return stats
+
+
+def windows(batches, k: int):
+    """Consecutive lists of k batches; the last one may be shorter (it still completes an update)."""
+    it = iter(batches)
+    while True:
+        window = list(islice(it, k))
+        if not window:
+            return
+        yield window

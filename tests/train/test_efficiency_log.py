@@ -1,0 +1,114 @@
+"""Efficiency figures in train.log and TensorBoard, the peak table, and progress without a terminal."""
+
+import io
+import time
+
+import pytest
+import torch
+
+from llmasr.config_io import ConfigError
+from llmasr.recipe import load_recipe
+from llmasr.testing.tiny_corpus import tiny_recipe_dict, write_tiny_corpus
+from llmasr.train.efficiency import Interval, device_peak, table_peak
+from llmasr.train.progress import Progress, parse_log_line
+from llmasr.train.trainer import train
+
+FIGURES = {"utt/s", "audio_s/s", "tok/s", "mfu", "tflops", "pad_audio", "pad_llm", "data_wait"}
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    return write_tiny_corpus(tmp_path_factory.mktemp("corpus") / "train", n=16)
+
+
+def run(tiny_llm_dir, corpus, run_dir, preset="zero0", **train_keys):
+    data = tiny_recipe_dict(tiny_llm_dir, train=[corpus], output_dir=run_dir, epochs=2, max_updates=4, **train_keys)
+    r = load_recipe(data=data)
+    result = train(r, preset)
+    lines = (run_dir / "train.log").read_text().splitlines()
+    return result, [parse_log_line(line) for line in lines if " train update=" in line]
+
+
+def test_log_lines_hold_the_efficiency_figures_and_stderr_no_redraws(tiny_llm_dir, corpus, tmp_path, capfd):
+    # Under pytest stderr is not a terminal: as in a cluster job's log, plain lines and no bar.
+    result, rows = run(tiny_llm_dir, corpus, tmp_path / "run", progress_every_s=0)
+    err = capfd.readouterr().err
+    assert "\r" not in err
+    assert err.count(" progress update ") == len(result["history"]) == 4
+    assert [row["update"] for row in rows] == [1, 2, 3, 4]
+    for row in rows:
+        assert FIGURES <= set(row)
+        assert row["mfu"] == "n/a"  # a CPU has no peak unless the recipe gives one
+        assert row["tok/s"] > 0 and row["tflops"] > 0 and row["audio_s/s"] > 0
+        assert 0 <= row["pad_audio"] < 1 and 0 <= row["pad_llm"] < 1 and 0 <= row["data_wait"] <= 1
+    # batches of several utterances of different lengths carry padding on both sides
+    assert any(row["pad_audio"] > 0 for row in rows) and any(row["pad_llm"] > 0 for row in rows)
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(tmp_path / "run" / "tensorboard"))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    expected = {"llm_tokens_per_s", "audio_s_per_s", "tflops", "pad_audio", "pad_llm", "data_wait"}
+    assert {f"throughput/{t}" for t in expected} <= tags
+    assert "throughput/mfu" not in tags  # nothing to plot without a peak
+    assert [e.step for e in events.Scalars("throughput/llm_tokens_per_s")] == [1, 2, 3, 4]
+
+
+def test_mfu_against_a_recipe_peak(tiny_llm_dir, corpus, tmp_path):
+    _, rows = run(tiny_llm_dir, corpus, tmp_path / "run", peak_tflops=0.001)
+    for row in rows:  # achieved FLOP/s over the peak the recipe gave
+        assert row["mfu"] == pytest.approx(row["tflops"] / 0.001, rel=1e-3)
+
+
+def test_zero3_counts_as_zero0(tiny_llm_dir, corpus, tmp_path):
+    """Under ZeRO-3 the weights are partitioned and gathered around each module's forward: the same batches cost the
+    same FLOPs as unpartitioned (the counter reads a weight's full size, ds_numel, where DeepSpeed sets it)."""
+    plain, _ = run(tiny_llm_dir, corpus, tmp_path / "zero0")
+    sharded, _ = run(tiny_llm_dir, corpus, tmp_path / "zero3", preset="zero3")
+    assert [h["count"] for h in sharded["history"]] == [h["count"] for h in plain["history"]]
+    assert all(h["count"].flops > 0 for h in plain["history"])
+
+
+def test_progress_bar_only_on_a_terminal(tmp_path):
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    stats = {"loss": 1.0, "n_utts": 2, "audio_seconds": 3.0}
+    for stream, redraws in ((Terminal(), True), (io.StringIO(), False)):
+        progress = Progress(tmp_path / type(stream).__name__, 0, 3, log_every=1, progress_every_s=3600, stream=stream)
+        for update in (1, 2, 3):
+            progress.update(update, 0, stats, {"llm": 1e-4}, {})
+        progress.close()
+        text = stream.getvalue()
+        assert ("\r" in text) == redraws
+        if not redraws:  # the first line waits for progress_every_s; the last update always has one
+            assert text.count("progress update") == 1 and "progress update 3/3 (100%)" in text
+
+
+def test_peaks():
+    assert table_peak("NVIDIA H100 80GB HBM3", torch.bfloat16) == pytest.approx(989.4e12)
+    assert table_peak("NVIDIA H100 PCIe", torch.float16) == pytest.approx(756e12)
+    assert table_peak("NVIDIA A100-SXM4-80GB", torch.float32) == pytest.approx(19.5e12)
+    assert table_peak("Tesla V100-SXM2-32GB", torch.bfloat16) is None  # no bf16 on that chip
+    assert table_peak("Some Future GPU", torch.bfloat16) is None
+    peak, line = device_peak(torch.device("cpu"), torch.float32, None)
+    assert peak is None and "n/a" in line and "train.peak_tflops" in line
+    peak, line = device_peak(torch.device("cpu"), torch.float32, 2.5)
+    assert peak == 2.5e12 and "2.5" in line
+
+
+def test_bad_keys_are_refused(tiny_llm_dir, corpus, tmp_path):
+    for key, value in (("peak_tflops", 0), ("progress_every_s", -1)):
+        with pytest.raises(ConfigError, match=f"train.{key}"):
+            load_recipe(data=tiny_recipe_dict(tiny_llm_dir, train=[corpus], output_dir=tmp_path, **{key: value}))
+
+
+def test_validation_and_saving_are_not_training_time():
+    interval = Interval(start=time.monotonic() - 10.0)
+    interval.add({"n_utts": 20, "audio_seconds": 40.0}, wait_s=1.0)
+    interval.aside_s = 8.0  # 8 of the 10 s went to validation and a checkpoint
+    figures = interval.figures(None)
+    assert figures["utt/s"] == pytest.approx(10.0, rel=0.01) and figures["audio_s/s"] == pytest.approx(20.0, rel=0.01)
+    assert figures["data_wait"] == pytest.approx(0.5, rel=0.01) and figures["mfu"] == "n/a"

@@ -1,0 +1,116 @@
+"""The training FLOP count against a count by hand from the tiny model's dimensions."""
+
+import pytest
+import torch
+
+from llmasr.models.builder import build_model
+from llmasr.testing.tiny_recipe import random_batch, tiny_model_section
+from llmasr.train.flops import FlopCounter
+
+
+def counted(model, batch):
+    counter = FlopCounter(model)
+    model.train()
+    with counter.measure(batch):  # the forward only, as TrainEngine.micro_step measures it
+        out = model(batch)
+    out.loss.backward()
+    counter.remove()
+    return counter.take()
+
+
+def tiny_hand_count(frames: int, text_len: int, labelled: int, vocab: int) -> float:
+    """The tiny model of tiny_model_section(freeze_encoder=True): a frozen 2-block SAN-M (560 -> 32, 4 heads, FFN
+    64, FSMN kernel 11), a trained linear adaptor (stack 2, 64 -> 64 -> 64) and a 2-layer Qwen2 (hidden 64, 4 heads
+    of 16, 2 KV heads, MLP 128) with LoRA r=4 on q_proj and v_proj. fwd = 2 * weights * rows; a backward GEMM is the
+    same again for the input gradient (when one flows in) and for the weight gradient (when the weight trains)."""
+    t, n = frames, frames // 2
+    # Encoder, frozen and fed features that need no gradient: forward only.
+    block0 = 560 * 96 + 32 * 32 + 32 * 11 + 32 * 64 + 64 * 32  # q|k|v, out, depthwise FSMN, FFN
+    block1 = 32 * 96 + 32 * 32 + 32 * 11 + 32 * 64 + 64 * 32
+    encoder = 2 * t * (block0 + block1) + 2 * (2 * 2 * 32 * t * t)  # + scores and weighted sum, T^2 pairs
+    # Adaptor: linear1's input needs no gradient (fwd + weight grad), linear2's does (fwd + both).
+    adaptor = 2 * n * (64 * 64) * 2 + 2 * n * (64 * 64) * 3
+    # LLM over N = text + audio tokens: frozen base weights get input gradients only, LoRA A/B both.
+    tokens = text_len + n
+    base = 64 * 64 + 64 * 32 + 64 * 32 + 64 * 64 + 3 * 64 * 128  # q, k, v, o, gate, up, down
+    lora = (64 * 4 + 4 * 64) + (64 * 4 + 4 * 32)  # q: A, B; v: A, B
+    llm = 2 * (2 * tokens * base * 2 + 2 * tokens * lora * 3)
+    attention = 2 * (2 * 2 * 64 * tokens * (tokens + 1) / 2) * 3  # causal pairs, forward + 2x backward
+    head = 2 * labelled * 64 * vocab * 2  # labelled positions only; frozen head: input gradient only
+    return encoder + adaptor + llm + attention + head
+
+
+def test_flops_match_the_hand_count_of_the_tiny_model(tiny_llm_dir):
+    torch.manual_seed(0)
+    model = build_model(tiny_model_section(tiny_llm_dir, freeze_encoder=True))
+    batch = random_batch(model, ["hello world"], frames=[24])
+    count = counted(model, batch)
+    vocab = model.llm.get_base_model().config.vocab_size
+    text_len = int(batch.text_lens[0])
+    expected = tiny_hand_count(24, text_len, batch.labelled_tokens, vocab)
+    assert count.flops == pytest.approx(expected, rel=1e-9)
+    assert count.llm_tokens == count.llm_slots == text_len + 12
+    assert count.audio_frames == count.audio_slots == 24
+
+
+def test_trained_encoder_adds_its_backward(tiny_llm_dir):
+    """The same batch with the encoder trained: its GEMMs add weight and input gradients (block 0's q|k|v too: it
+    reads the output of a trained LayerNorm), its attention a backward, and the adaptor's linear1 an input
+    gradient; the rest is unchanged."""
+    torch.manual_seed(0)
+    frozen = build_model(tiny_model_section(tiny_llm_dir, freeze_encoder=True))
+    trained = build_model(tiny_model_section(tiny_llm_dir, freeze_encoder=False))
+    batch = random_batch(frozen, ["hello world"], frames=[24])
+    t = 24
+    block0 = 560 * 96 + 32 * 32 + 32 * 11 + 32 * 64 + 64 * 32
+    block1 = 32 * 96 + 32 * 32 + 32 * 11 + 32 * 64 + 64 * 32
+    extra_weight_grads = 2 * t * (block0 + block1)
+    extra_input_grads = 2 * t * (block0 + block1)
+    extra_attention = 2 * (2 * 2 * 32 * t * t) * 2
+    extra_adaptor = 2 * (t // 2) * (64 * 64)  # linear1's input now needs a gradient
+    more = counted(trained, batch).flops - counted(frozen, batch).flops
+    assert more == pytest.approx(extra_weight_grads + extra_input_grads + extra_attention + extra_adaptor, rel=1e-9)
+
+
+def test_activation_checkpointing_recomputation_is_not_model_flops(tiny_llm_dir):
+    """Recomputing checkpointed activations in the backward changes hardware FLOPs, not the model's."""
+    torch.manual_seed(0)
+    section = tiny_model_section(tiny_llm_dir, freeze_encoder=True)
+    plain = build_model(section)
+    section["llm"]["gradient_checkpointing"] = True
+    section["encoder"]["gradient_checkpointing"] = True
+    checkpointed = build_model(section)
+    batch = random_batch(plain, ["hello world", "the quick brown fox jumps"], frames=[24, 40])
+    assert counted(checkpointed, batch) == counted(plain, batch)
+
+
+def test_padding_is_left_out(tiny_llm_dir):
+    """Two rows of different lengths: LLM tokens count the real positions of each row, slots the padded ones."""
+    torch.manual_seed(0)
+    model = build_model(tiny_model_section(tiny_llm_dir, freeze_encoder=True))
+    batch = random_batch(model, ["hello world", "the quick brown fox jumps"], frames=[24, 40])
+    count = counted(model, batch)
+    rows = [counted(model, batch.select([i])) for i in range(2)]
+    assert count.llm_tokens == sum(r.llm_tokens for r in rows)
+    assert count.llm_slots == 2 * max(r.llm_tokens for r in rows)
+    assert count.audio_frames == 64 and count.audio_slots == 80
+    # The LLM side is exact per row; the audio branches' padded count is scaled by the real frame share.
+    assert count.flops == pytest.approx(sum(r.flops for r in rows), rel=0.05)
+
+
+def test_whisper_encoder_counts_its_convolutions_and_attention(tiny_llm_dir, tmp_path):
+    """Hugging Face's Whisper encoder: two convolutions at 10 and 20 ms, then blocks over the whole window of
+    max_source_positions (100) positions, whatever the clip's length; frozen, so forward only."""
+    from llmasr.testing.tiny_whisper import write_tiny_whisper_dir
+
+    section = tiny_model_section(tiny_llm_dir, encoder_dir=write_tiny_whisper_dir(tmp_path / "w"), freeze_encoder=True)
+    section["encoder"].update(type="whisper", conf={})
+    model = build_model(section)
+    batch = random_batch(model, ["hello world"], frames=[120])
+    counter = FlopCounter(model)
+    with counter.measure(batch):
+        model(batch)
+    d, positions = 32, 100
+    convs = 2 * (80 * d * 3) * 200 + 2 * (d * d * 3) * positions
+    block = 2 * (4 * d * d + 2 * d * 2 * d) * positions + 2 * 2 * d * positions * positions
+    assert counter.padded["encoder"] == convs + 2 * block
