@@ -178,11 +178,10 @@ class SpeechDataset(Dataset):
                 f"needs at least {fx.min_samples})"
             )
         if self.features_on == "device":
-            dither = self.frontend.dither if self.train else 0.0
+            scaled = fx.scaled_wave(wave, dither=self.frontend.dither if self.train else 0.0, rng=rng)
             d = self.frontend.feature_dim
-            masks = aug.spec_masks(t, d, rng) if aug is not None else np.zeros((0, 3), dtype=np.int64)
-            return {"wave": fx.scaled_wave(wave, dither=dither, rng=rng), "num_frames": t, "feat_dim": d,
-                    "spec_masks": masks}  # fmt: skip
+            masks = aug.spec_masks(t, d, rng) if aug is not None else np.zeros((0, 3), dtype=np.int64)  # after dither
+            return {"wave": scaled, "num_frames": t, "feat_dim": d, "spec_masks": masks}
         feats = fx(wave, train=self.train, rng=rng)
         if aug is not None:
             feats = aug.spec(feats, rng)

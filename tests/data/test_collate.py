@@ -23,6 +23,10 @@ FIELDS = {
     "bad",
     "empty",
     "indices",
+    "duplicate",
+    "wave",
+    "wave_lens",
+    "spec_masks",
 }
 
 
