@@ -9,6 +9,11 @@ ExtractWindow). A clip shorter than one window gets one window of its own length
 such rows are computed in groups of equal window length. Window and shift sizes are computed in float32 as the
 C++ code computes them, so the shrunk window has the same number of samples.
 
+Frames whose samples are all equal hold nothing but float rounding once the DC offset is removed: on 16-bit PCM
+samples (integers after scaling, summed exactly in float32) both give the log floor; on other float samples the
+residue depends on the order of summation, so such frames can differ from kaldi-native-fbank (both far below any
+sound; with dither, as in training, no frame is constant).
+
 The input is the waveform already scaled by `waveform_scale` and dithered (`FeatureExtractor.scaled_wave`): the
 noise is drawn per item in the data worker, so the device path sees the same noise as the CPU path.
 """

@@ -29,12 +29,14 @@ def edge_lengths(fx: FeatureExtractor, tf: TorchFbank, sr: int) -> list[int]:
 
 
 def speechy(n: int, rng: np.random.Generator) -> np.ndarray:
-    """A tone with noise, and a stretch of digital silence (log floor) in longer clips."""
+    """A tone with noise on the 16-bit PCM grid, with stretches of digital silence and of a constant DC level
+    (frames at the log floor once DC is removed) in longer clips."""
     t = np.arange(n) / 16000.0
     x = 0.3 * np.sin(2 * np.pi * 220 * t) * (1 + np.sin(2 * np.pi * 3 * t)) + 0.05 * rng.standard_normal(n)
     if n > 4000:
         x[1000:2000] = 0.0
-    return x.astype(np.float32)
+        x[2500:3600] = 0.01
+    return (np.round(x * 32768) / 32768).astype(np.float32)
 
 
 def knf_frames(fx: FeatureExtractor, wave: np.ndarray) -> np.ndarray:
