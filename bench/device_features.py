@@ -150,7 +150,7 @@ def measure(args) -> dict:
             "results": results}  # fmt: skip
 
 
-def table(res: dict) -> list[str]:
+def markdown(res: dict) -> list[str]:
     lines = [
         f"{res['clips']} clips, {res['audio_seconds']:.1f} s of audio, in {res['batches']} length-sorted batches "
         f"({res['padded_seconds']:.1f} s padded); "
@@ -166,7 +166,7 @@ def table(res: dict) -> list[str]:
             f"| {r['path']} | {r['device']} | {threads} | {r['seconds']:.3f} | {r['audio_s_per_s']:,.0f} | "
             f"{per_core} | {r['x_step']:.2f} |"
         )
-    return lines
+    return [*lines, "", f"Reproduce: `{res['command']}`"]
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -185,7 +185,7 @@ def main(argv: list[str] | None = None) -> dict:
         args.clips, args.median_seconds, args.repeat = 4, 2.0, 1
     res = measure(args)
     res["command"] = reproduce_command("bench/device_features.py", argv)
-    emit(res, [*table(res), "", f"Reproduce: `{res['command']}`"], args.json_out)
+    emit(res, markdown(res), args.json_out)
     return res
 
 

@@ -233,3 +233,12 @@ def test_device_features_quick_measures_every_path(tmp_path):
         assert r["x_step"] == pytest.approx(r["audio_s_per_s"] / device_features.STEP_AUDIO_PER_S)
     assert res["clips"] == 4 and res["padded_seconds"] >= res["audio_seconds"] > 0
     assert "Reproduce: `python bench/device_features.py --quick --cpu-only`" in out.getvalue()
+
+
+def test_run_all_quick_device_features(tmp_path):
+    args = ["--quick", "--only", "device_features", "--out-dir", str(tmp_path), "--machine", "m"]
+    _run([str(BENCH / "run_all.py"), *args])
+    res = json.loads((tmp_path / "m" / "device_features.json").read_text())
+    assert res["command"] == "python bench/device_features.py --quick"
+    md = (tmp_path / "m" / "results.md").read_text()
+    assert "## 6. Features: loader workers vs the device" in md and "| torch batched | cpu | 1 |" in md
