@@ -72,3 +72,19 @@ def test_decoding_with_device_features_gives_the_worker_transcripts(setup, tmp_p
         assert bool(seen) == (where == "device")
     hyps = {where: (tmp_path / where / "hyp.txt").read_text() for where in got}
     assert hyps["worker"] == hyps["device"] and hyps["worker"].strip()
+
+
+def test_exported_model_decodes_with_device_features_from_the_command(setup, tmp_path, monkeypatch):
+    from llmasr.commands.decode import main
+    from llmasr.export.export import export_model
+
+    runs, corpus = setup
+    exported = export_model(runs["device"].run_dir, tmp_path / "model", dtype="fp32")
+    seen = []
+    monkeypatch.setattr(DeviceFeatures, "__call__", _counting(DeviceFeatures.__call__, seen))
+    common = ["--model", str(exported), "--data", str(corpus), "--num-workers", "0", "--device", "cpu", "--ctc"]
+    for where in ("worker", "device"):
+        assert main([*common, "--output", str(tmp_path / where), "--features-on", where]) == 0
+        assert bool(seen) == (where == "device")  # the exported model's frontend (its am.mvn) computed them
+    for name in ("hyp.txt", "ctc/hyp.txt"):
+        assert (tmp_path / "worker" / name).read_text() == (tmp_path / "device" / name).read_text(), name
