@@ -92,6 +92,16 @@ class DeviceFeatures:
 
     @torch.no_grad()
     def __call__(self, wave: torch.Tensor, lens: torch.Tensor, masks: torch.Tensor | None = None):
+        # float32 throughout: no autocast, and no TF32/bf16 matmul (the mel projection would lose the 1e-3 parity)
+        precision = torch.get_float32_matmul_precision()
+        try:
+            torch.set_float32_matmul_precision("highest")
+            with torch.autocast(wave.device.type, enabled=False):
+                return self._features(wave, lens, masks)
+        finally:
+            torch.set_float32_matmul_precision(precision)
+
+    def _features(self, wave: torch.Tensor, lens: torch.Tensor, masks: torch.Tensor | None):
         fe = self.frontend
         feats, frames = self.fbank(wave, lens)
         feats, frames = lfr_batch(feats, frames, fe.lfr_m, fe.lfr_n)

@@ -166,3 +166,22 @@ def test_features_on_setting():
         resolve_features_on("device", whisper, "cuda")
     with pytest.raises(ConfigError, match="data.features_on.*'gpu'"):
         resolve_features_on("gpu", fbank, "cuda")
+
+
+def test_float32_under_autocast_and_reduced_matmul_precision():
+    """Inside a bf16 autocast region with TF32/bf16 matmuls allowed (as a training step may run), the features
+    are still computed in float32 to the same tolerance, and the caller's settings are left as they were."""
+    fe = FrontendConfig(lfr_m=7, lfr_n=6)
+    fx, dev = FeatureExtractor(fe), DeviceFeatures(fe)
+    waves = [speechy(n, np.random.default_rng(n)) for n in (16000, 7000)]
+    before = torch.get_float32_matmul_precision()
+    try:
+        torch.set_float32_matmul_precision("medium")
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            feats, lens = dev(*batch_of(waves, fe.waveform_scale))
+        assert torch.get_float32_matmul_precision() == "medium"
+    finally:
+        torch.set_float32_matmul_precision(before)
+    assert feats.dtype == torch.float32
+    for i, w in enumerate(waves):
+        np.testing.assert_allclose(feats[i, : int(lens[i])].numpy(), fx(w, train=False), atol=TOL, rtol=0)
