@@ -185,3 +185,19 @@ def test_float32_under_autocast_and_reduced_matmul_precision():
     assert feats.dtype == torch.float32
     for i, w in enumerate(waves):
         np.testing.assert_allclose(feats[i, : int(lens[i])].numpy(), fx(w, train=False), atol=TOL, rtol=0)
+
+
+@pytest.mark.parametrize("sr,n_mels", [(16000, 80), (8000, 40)])
+@pytest.mark.parametrize("snip", [True, False])
+def test_every_length_up_to_two_windows_in_one_batch(sr, n_mels, snip):
+    """Each clip length from 1 sample to two windows + one shift, all in one padded batch (short clips each have
+    their own shrunk window): frame counts and values as kaldi-native-fbank gives them clip by clip."""
+    fe = FrontendConfig(sample_rate=sr, n_mels=n_mels, snip_edges=snip, window="povey")
+    fx, tf = FeatureExtractor(fe), TorchFbank(fe)
+    rng = np.random.default_rng(7)
+    waves = [speechy(n, rng) for n in range(1, 2 * tf.window + tf.shift + 2)]
+    feats, frames = tf(*batch_of(waves, fe.waveform_scale))
+    for i, w in enumerate(waves):
+        ref = fx.fbank(w)
+        assert int(frames[i]) == ref.shape[0], len(w)
+        np.testing.assert_allclose(feats[i, : ref.shape[0]].numpy(), ref, atol=TOL, rtol=0, err_msg=f"{len(w)}")
