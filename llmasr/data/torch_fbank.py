@@ -143,6 +143,10 @@ class TorchFbank:
             if t > 0:
                 groups.setdefault(self.window_for(n), []).append(row)
         for win, rows in groups.items():
+            if len(rows) == len(n_list):  # the usual batch: every row a full window, no gather
+                t_max = out.shape[1]
+                out[:, :t_max] = self._fbank_group(wave.float(), lens.to(wave.device), win, t_max)
+                continue
             idx = torch.tensor(rows, device=wave.device)
             t_max = max(counts[r] for r in rows)
             rows_lens = lens.to(wave.device).index_select(0, idx)
@@ -153,6 +157,8 @@ class TorchFbank:
 
     def _frames(self, wave: torch.Tensor, lens: torch.Tensor, win: int, t_max: int) -> torch.Tensor:
         """[B, t_max, win] analysis frames, samples outside each clip reflected as Kaldi reflects them."""
+        if self.fe.snip_edges and (t_max - 1) * self.shift + win <= wave.shape[1]:
+            return wave.unfold(1, win, self.shift)[:, :t_max]  # a view; frames past a row's count are masked later
         off = 0 if self.fe.snip_edges else self.shift // 2 - win // 2
         span = (t_max - 1) * self.shift + win
         s = torch.arange(span, device=wave.device)[None, :] + off  # sample position of each extended column
