@@ -201,3 +201,20 @@ def test_every_length_up_to_two_windows_in_one_batch(sr, n_mels, snip):
         ref = fx.fbank(w)
         assert int(frames[i]) == ref.shape[0], len(w)
         np.testing.assert_allclose(feats[i, : ref.shape[0]].numpy(), ref, atol=TOL, rtol=0, err_msg=f"{len(w)}")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_equals_kaldi_native_fbank(tmp_path):
+    rng = np.random.default_rng(3)
+    cmvn = tmp_path / "am.mvn"
+    write_kaldi_cmvn(cmvn, rng.normal(-8, 2, 560).astype(np.float32), rng.uniform(0.1, 0.6, 560).astype(np.float32))
+    fe = FrontendConfig(lfr_m=7, lfr_n=6, cmvn_file=str(cmvn))
+    fx, dev = FeatureExtractor(fe), DeviceFeatures(fe)
+    waves = [speechy(n, rng) for n in (1, 257, 300, 400, 401, 16000, 160_013)]
+    wave, lens = batch_of(waves, fe.waveform_scale)
+    feats, got = dev(wave.cuda(), lens.cuda())
+    assert feats.is_cuda
+    for i, w in enumerate(waves):
+        ref = fx(w, train=False)
+        assert int(got[i]) == ref.shape[0]
+        np.testing.assert_allclose(feats[i, : ref.shape[0]].cpu().numpy(), ref, atol=TOL, rtol=0)
