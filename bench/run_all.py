@@ -10,6 +10,7 @@ Benchmarks (each a script in bench/ that prints its Markdown and the command tha
   data_pipeline  padding efficiency of the batch sampler; loader utterances/s per worker
   zero_memory    per-rank model-state memory under ZeRO 0/1/2/3 at 2 ranks, against the estimators
   gpu_mfu        tokens/s, MFU and peak memory of a Paraformer-large + 1.5B LLM step (needs CUDA; skipped without)
+  device_features  fbank + LFR + CMVN audio s/s: per-core loader worker vs batched torch on CPU (and CUDA when present)
 Each benchmark's JSON and Markdown are written to the machine's directory as they finish, so an interrupted run
 keeps what it measured.
 """
@@ -28,12 +29,13 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-BENCHES = ("train_step", "data_pipeline", "zero_memory", "gpu_mfu")
+BENCHES = ("train_step", "data_pipeline", "zero_memory", "gpu_mfu", "device_features")
 QUICK_ARGS = {
     "train_step": ["--quick"],
     "data_pipeline": ["--utts", "2000", "--wavs", "12", "--workers", "0", "1"],
     "zero_memory": ["--quick"],
     "gpu_mfu": ["--quick"],
+    "device_features": ["--quick"],
 }
 
 
@@ -160,6 +162,8 @@ def report_from_json(name: str, res: dict) -> str | None:
         from train_step import markdown
     elif name == "gpu_mfu":
         from gpu_mfu import markdown
+    elif name == "device_features":
+        from device_features import markdown
     elif name == "zero_memory":
         from zero_memory import markdown
 
@@ -174,6 +178,7 @@ TITLES = {
     "data_pipeline": "3. Data pipeline",
     "zero_memory": "4. ZeRO per-rank memory",
     "gpu_mfu": "5. GPU throughput and MFU",
+    "device_features": "6. Features: loader workers vs the device (data.features_on)",
 }
 
 

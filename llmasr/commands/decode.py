@@ -50,6 +50,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-bad-fraction", type=float, default=None, help="fail when more lines than this are bad")
     workers = f"data loader workers (default {DecodeOptions.num_workers})"
     p.add_argument("--num-workers", type=int, default=None, help=workers)
+    p.add_argument(
+        "--features-on", choices=("worker", "device", "auto"), default=None,
+        help="where fbank features are computed: loader workers, the model's device, or auto (device on a GPU)",
+    )  # fmt: skip
     p.add_argument("--ctc", action="store_true", help="also write the CTC branch's greedy transcripts to OUTPUT/ctc/")
     p.add_argument("--dtype", choices=("bf16", "fp16", "fp32"), help="LLM dtype (--model; default: as exported)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
@@ -84,7 +88,8 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"llmasr decode: error: {err}", file=sys.stderr)
         return 2
-    given = {"num_workers": args.num_workers, "max_bad_fraction": args.max_bad_fraction, "ctc": args.ctc}
+    given = {"num_workers": args.num_workers, "max_bad_fraction": args.max_bad_fraction, "ctc": args.ctc,
+             "features_on": args.features_on}  # fmt: skip
     opts = dataclasses.replace(opts, **{k: v for k, v in given.items() if v is not None})
     model.to(device)
     return _decode_all(model, args.data, Path(args.output), cfg, opts, device)

@@ -201,35 +201,50 @@ class Augmenter:
 
     # ----------------------------------------------------------------------------------------------- SpecAugment
     def spec(self, feats: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        sa = self.cfg.spec_augment
-        if not sa.enable:
+        if not self.cfg.spec_augment.enable:
             return feats
-        x = np.array(feats, dtype=np.float32, copy=True)
-        t, d = x.shape
+        return apply_spec_masks(feats, self.spec_masks(feats.shape[0], feats.shape[1], rng))
+
+    def spec_masks(self, t: int, d: int, rng: np.random.Generator) -> np.ndarray:
+        """SpecAugment's masks for features of [t, d], drawn from `rng`: int64 [K, 3] rows (axis, start, width),
+        axis 0 = frames, 1 = feature columns. Drawn apart from the features so that the data worker can draw them
+        and the device apply them (`apply_spec_masks`, `device_features`)."""
+        sa = self.cfg.spec_augment
+        out: list[tuple[int, int, int]] = []
+        if not sa.enable:
+            return np.zeros((0, 3), dtype=np.int64)
         m = self.lfr_m if d % self.lfr_m == 0 else 1
         bins = d // m
         for _ in range(sa.num_freq_masks):
             w = int(rng.integers(0, min(sa.max_freq_width, bins) + 1))
             f0 = int(rng.integers(0, bins - w + 1))
             if w:
-                for i in range(m):
-                    x[:, i * bins + f0 : i * bins + f0 + w] = 0.0
-        if t == 0:
-            return x
+                out.extend((1, i * bins + f0, w) for i in range(m))
         max_w = int(sa.max_time_width * t) if sa.max_time_width < 1 else int(sa.max_time_width)
-        for _ in range(sa.num_time_masks):
+        for _ in range(sa.num_time_masks if t > 0 else 0):
             if sa.lfr_time_replicate and m > 1:
                 span = t // m
                 w = int(rng.integers(0, max(0, min(max_w, span)) + 1))
                 t0 = int(rng.integers(0, max(1, span - w)))
                 if w:
-                    for i in range(m):
-                        x[t0 + i * span : t0 + i * span + w] = 0.0
+                    out.extend((0, t0 + i * span, w) for i in range(m))
             else:
                 w = int(rng.integers(0, min(max_w, t) + 1))
                 t0 = int(rng.integers(0, t - w + 1))
-                x[t0 : t0 + w] = 0.0
-        return x
+                if w:
+                    out.append((0, t0, w))
+        return np.asarray(out, dtype=np.int64).reshape(-1, 3)
+
+
+def apply_spec_masks(feats: np.ndarray, masks: np.ndarray) -> np.ndarray:
+    """A copy of `feats` [T, D] with the (axis, start, width) masks of `Augmenter.spec_masks` set to 0."""
+    x = np.array(feats, dtype=np.float32, copy=True)
+    for axis, start, width in np.asarray(masks, dtype=np.int64).reshape(-1, 3).tolist():
+        if axis == 0:
+            x[start : start + width] = 0.0
+        else:
+            x[:, start : start + width] = 0.0
+    return x
 
 
 def speed_perturb(x: np.ndarray, sr: int, factor: float) -> np.ndarray:

@@ -29,6 +29,11 @@ class Batch:
     empty         True when every item was bad and the rows are the collator's stand-in fallback item
     duplicate     True when the sampler repeats this batch only to keep the ranks in step (its last group's
                   padding): evaluation runs it but counts nothing, so each item is scored once
+    wave          float32 [B, N]   features on the device (data.features_on): the zero-padded waveforms fbank
+                                   reads (scaled, dithered); feats is then [B, 0, D] and feat_lens the frame counts
+                                   the device will compute. [B, 0] when the workers computed feats.
+    wave_lens     int64 [B]        samples per row (zeros without waveforms)
+    spec_masks    int64 [B, K, 3]  SpecAugment masks (axis, start, width) the device applies; width 0 rows do nothing
     """
 
     feats: torch.Tensor
@@ -47,9 +52,18 @@ class Batch:
     bad: list[dict] = field(default_factory=list)
     empty: bool = False
     duplicate: bool = False
+    wave: torch.Tensor | None = None
+    wave_lens: torch.Tensor | None = None
+    spec_masks: torch.Tensor | None = None
 
     def __post_init__(self):
         n = len(self.keys)
+        if self.wave is None:
+            self.wave = torch.zeros(n, 0)
+        if self.wave_lens is None:
+            self.wave_lens = torch.zeros(n, dtype=torch.int64)
+        if self.spec_masks is None:
+            self.spec_masks = torch.zeros(n, 0, 3, dtype=torch.int64)
         for f in fields(self):
             value = getattr(self, f.name)
             if (torch.is_tensor(value) or isinstance(value, list)) and f.name != "bad" and len(value) != n:
@@ -67,6 +81,11 @@ class Batch:
         return int((self.text_lens - self.target_start).clamp(min=0).sum())
 
     @property
+    def has_waves(self) -> bool:
+        """Whether the features are still to be computed from `wave` (data.features_on: device)."""
+        return self.wave.shape[1] > 0
+
+    @property
     def audio_seconds(self) -> float:
         return float(self.durations.sum())
 
@@ -75,7 +94,8 @@ class Batch:
         return {f.name: getattr(self, f.name) for f in fields(self) if torch.is_tensor(getattr(self, f.name))}
 
     def to(self, device, dtype: torch.dtype | None = None, *, non_blocking: bool = False) -> Batch:
-        """A copy with every tensor on `device`; `feats` also cast to `dtype` when given (integer fields stay)."""
+        """A copy with every tensor on `device`; `feats` also cast to `dtype` when given (integer fields stay, and
+        so does `wave`: fbank runs in float32 and its output takes the dtype `feats` has)."""
         moved = {k: v.to(device, non_blocking=non_blocking) for k, v in self._tensors().items()}
         if dtype is not None:
             moved["feats"] = moved["feats"].to(dtype)
@@ -101,5 +121,6 @@ class Batch:
         out["feats"] = out["feats"][:, : int(out["feat_lens"].max())]
         out["text_ids"] = out["text_ids"][:, : int(out["text_lens"].max())]
         out["ctc_ids"] = out["ctc_ids"][:, : int(out["ctc_lens"].max())]
+        out["wave"] = out["wave"][:, : int(out["wave_lens"].max())]
         lists = {name: [getattr(self, name)[r] for r in rows] for name in ("keys", "targets", "indices")}
         return replace(self, **out, **lists, n_bad=0, bad=[])

@@ -51,6 +51,11 @@ class Collator:
     def _pad(self, items: list[dict]) -> dict:
         """The padded tensor and per-row fields of `items` (all good), as Batch keyword arguments."""
         b = len(items)
+        on_device = [("wave" in it) for it in items]
+        if any(on_device) and not all(on_device):
+            raise ValueError("a batch mixes items with features and items with waveforms (features_on differs)")
+        if any(on_device):
+            return {**self._pad_waves(items), **self._pad_text(items)}
         feat_lens = [int(it["feats"].shape[0]) for it in items]
         dim = int(items[0]["feats"].shape[1]) if items else 0
         for it in items:
@@ -59,6 +64,34 @@ class Collator:
         feats = np.zeros((b, max(feat_lens, default=0), dim), dtype=np.float32)
         for i, it in enumerate(items):
             feats[i, : feat_lens[i]] = it["feats"]
+        feat_fields = {"feats": torch.from_numpy(feats), "feat_lens": torch.tensor(feat_lens, dtype=torch.int64)}
+        return {**feat_fields, **self._pad_text(items)}
+
+    @staticmethod
+    def _pad_waves(items: list[dict]) -> dict:
+        """Features on the device: the waveforms padded with zeros, the frame counts the device will produce,
+        SpecAugment's masks padded with no-op (0, 0, 0) rows, and `feats` [B, 0, D]."""
+        b, dim = len(items), int(items[0]["feat_dim"])
+        for it in items:
+            if int(it["feat_dim"]) != dim:
+                raise ValueError(f"feature dims differ within a batch: {it['feat_dim']} vs {dim} ({it['key']})")
+        wave_lens = [int(it["wave"].shape[0]) for it in items]
+        wave = np.zeros((b, max(wave_lens)), dtype=np.float32)
+        n_masks = max(int(it["spec_masks"].shape[0]) for it in items)
+        masks = np.zeros((b, n_masks, 3), dtype=np.int64)
+        for i, it in enumerate(items):
+            wave[i, : wave_lens[i]] = it["wave"]
+            masks[i, : it["spec_masks"].shape[0]] = it["spec_masks"]
+        return {
+            "feats": torch.zeros(b, 0, dim),
+            "feat_lens": torch.tensor([int(it["num_frames"]) for it in items], dtype=torch.int64),
+            "wave": torch.from_numpy(wave),
+            "wave_lens": torch.tensor(wave_lens, dtype=torch.int64),
+            "spec_masks": torch.from_numpy(masks),
+        }
+
+    def _pad_text(self, items: list[dict]) -> dict:
+        b = len(items)
         text_lens = [len(it["text_ids"]) for it in items]
         text_ids = np.full((b, max(text_lens, default=0)), self.pad_id, dtype=np.int64)
         for i, it in enumerate(items):
@@ -75,8 +108,6 @@ class Collator:
             ctc_lens = [0] * b
             ctc_ids = np.zeros((b, 0), dtype=np.int64)
         return {
-            "feats": torch.from_numpy(feats),
-            "feat_lens": torch.tensor(feat_lens, dtype=torch.int64),
             "text_ids": torch.from_numpy(text_ids),
             "text_lens": torch.tensor(text_lens, dtype=torch.int64),
             "audio_pos": torch.tensor([int(it["audio_pos"]) for it in items], dtype=torch.int64),

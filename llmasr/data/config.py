@@ -13,6 +13,7 @@ Example::
         num_buckets: 30
         max_duration: 35
       num_workers: 4
+      features_on: auto                     # worker | device | auto (device on a GPU)
       max_bad_fraction: 0.01
 """
 
@@ -103,6 +104,9 @@ class DataConfig:
     max_bad_fraction: float = 0.01
     seed: int = 0
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    # Where fbank + LFR + CMVN + SpecAugment run: in the loader workers, on the model's device over the padded
+    # waveform batch (workers then only read, resample and augment), or auto: device on an accelerator.
+    features_on: str = "auto"
     # Validation uses at most this many utterances (evenly spaced over the valid manifests); None: all of them.
     valid_max_utts: int | None = None
 
@@ -130,5 +134,7 @@ class DataConfig:
             raise ConfigError(f"{path}.max_bad_fraction: must be in [0, 1], got {self.max_bad_fraction}")
         if self.seed < 0:
             raise ConfigError(f"{path}.seed: must be >= 0, got {self.seed}")
+        if self.features_on not in ("worker", "device", "auto"):
+            raise ConfigError(f"{path}.features_on: expected worker, device or auto, got {self.features_on!r}")
         if self.valid_max_utts is not None and self.valid_max_utts <= 0:
             raise ConfigError(f"{path}.valid_max_utts: must be positive, got {self.valid_max_utts}")

@@ -24,7 +24,8 @@ from llmasr.data.records import BadRecord
 
 
 class SpeechDataset(Dataset):
-    """Manifest item -> {key, feats [T, D] float32, target, text_ids, audio_pos, target_start, ctc_ids, duration}.
+    """Manifest item -> {key, feats [T, D] float32, target, text_ids, audio_pos, target_start, ctc_ids, duration};
+    with `features_on="device"`, {wave, num_frames, feat_dim, spec_masks} stand for feats (see `_features`).
 
     `prompt_builder.encode(target, task)` gives the LLM token ids (task = the utterance's own `prompt`, if any);
     `ctc_tokenizer.encode(target)` the CTC labels (checked against its vocabulary). `max_duration_truncate`
@@ -42,6 +43,7 @@ class SpeechDataset(Dataset):
         ctc_tokenizer=None,
         seed: int = 0,
         max_duration_truncate: float | None = None,
+        features_on: str = "worker",
     ):
         self.manifest = manifest
         self.frontend = frontend
@@ -51,6 +53,9 @@ class SpeechDataset(Dataset):
         self.ctc_tokenizer = ctc_tokenizer
         self.seed = int(seed)
         self.max_duration_truncate = max_duration_truncate
+        if features_on not in ("worker", "device"):
+            raise ValueError(f"features_on must be 'worker' or 'device' (resolved), got {features_on!r}")
+        self.features_on = features_on
         self.epoch = 0
         self._fx = None
         self._aug = None
@@ -130,7 +135,7 @@ class SpeechDataset(Dataset):
         return {
             "key": str(key),
             "index": index,
-            "feats": feats,
+            **feats,
             "target": target,
             "text_ids": np.asarray(enc.ids, dtype=np.int64),
             "audio_pos": int(enc.audio_pos),
@@ -156,20 +161,28 @@ class SpeechDataset(Dataset):
             )
         return ids
 
-    def _features(self, wave: np.ndarray, index: int) -> np.ndarray | str:
-        """Features of `wave` (augmented in training) as float32 [T, D], or why it gives none."""
+    def _features(self, wave: np.ndarray, index: int) -> dict | str:
+        """{"feats": float32 [T, D]} for `wave` (augmented in training), or why it gives none. With features on
+        the device: {"wave": the waveform fbank reads (scaled, dithered), "num_frames": T, "feat_dim": D,
+        "spec_masks": SpecAugment's masks}, every random draw made here in the same order as the worker path."""
         sr = int(self.frontend.sample_rate)
         rng = self.rng(index)
         aug = self.augmenter if self.train else None
         if aug is not None:
             wave = aug.wave(wave, sr, rng)
         fx = self.feature_extractor
-        if fx.num_frames(wave.size) == 0:  # decided from the sample count: no feature library is asked
+        t = fx.num_frames(wave.size)
+        if t == 0:  # decided from the sample count: no feature library is asked
             return (
                 f"audio too short for one feature frame ({wave.size} samples = {wave.size / sr:.3f} s; the frontend "
                 f"needs at least {fx.min_samples})"
             )
+        if self.features_on == "device":
+            scaled = fx.scaled_wave(wave, dither=self.frontend.dither if self.train else 0.0, rng=rng)
+            d = self.frontend.feature_dim
+            masks = aug.spec_masks(t, d, rng) if aug is not None else np.zeros((0, 3), dtype=np.int64)  # after dither
+            return {"wave": scaled, "num_frames": t, "feat_dim": d, "spec_masks": masks}
         feats = fx(wave, train=self.train, rng=rng)
         if aug is not None:
             feats = aug.spec(feats, rng)
-        return np.ascontiguousarray(feats, dtype=np.float32)
+        return {"feats": np.ascontiguousarray(feats, dtype=np.float32)}

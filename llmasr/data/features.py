@@ -152,6 +152,16 @@ class FeatureExtractor:
             feats = (feats + shift) * scale
         return np.ascontiguousarray(feats, dtype=np.float32)
 
+    def scaled_wave(
+        self, waveform: np.ndarray, *, dither: float = 0.0, rng: np.random.Generator | None = None
+    ) -> np.ndarray:
+        """The waveform fbank reads: scaled by waveform_scale, plus `dither` times Gaussian noise from `rng`."""
+        x = np.asarray(waveform, dtype=np.float32) * np.float32(self.frontend.waveform_scale)
+        if dither > 0.0:
+            gen = rng if rng is not None else np.random.default_rng()
+            x = x + np.float32(dither) * gen.standard_normal(x.shape[0], dtype=np.float32)
+        return x
+
     def fbank(self, waveform: np.ndarray, *, dither: float = 0.0, rng: np.random.Generator | None = None) -> np.ndarray:
         """Kaldi fbank [T, n_mels] (before LFR and CMVN)."""
         import kaldi_native_fbank as knf
@@ -160,10 +170,7 @@ class FeatureExtractor:
         n = int(waveform.shape[0])
         if n < self.min_samples:  # too short for a frame with every mel bin filled: no frame at all
             return np.zeros((0, fe.n_mels), dtype=np.float32)
-        x = waveform.astype(np.float32) * np.float32(fe.waveform_scale)
-        if dither > 0.0:
-            gen = rng if rng is not None else np.random.default_rng()
-            x = x + np.float32(dither) * gen.standard_normal(n, dtype=np.float32)
+        x = self.scaled_wave(waveform, dither=dither, rng=rng)
         opts = knf.FbankOptions()
         fo = opts.frame_opts
         fo.samp_freq = float(fe.sample_rate)

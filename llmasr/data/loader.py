@@ -30,6 +30,7 @@ from llmasr.data.bad_data import BadDataTracker, BadItem, TooMuchBadData
 from llmasr.data.collate import Collator
 from llmasr.data.config import BatchingConfig, DataConfig, ManifestSpec
 from llmasr.data.dataset import SpeechDataset
+from llmasr.data.device_features import resolve_features_on
 from llmasr.data.frontend import FrontendConfig
 from llmasr.data.sampler import DynamicBucketSampler
 from llmasr.data.screen import describe_skipped, start_tracker
@@ -221,7 +222,9 @@ def find_fallback(dataset: SpeechDataset, candidates: Sequence[int]):
     raise TooMuchBadData(f"none of the first {len(reasons)} items is usable; e.g.\n  " + "\n  ".join(reasons[:10]))
 
 
-def _dataset(manifest, frontend: FrontendConfig, data_cfg: DataConfig, *, train: bool, prompt_builder, ctc=None):
+def _dataset(
+    manifest, frontend: FrontendConfig, data_cfg: DataConfig, *, train: bool, prompt_builder, ctc=None, device=None
+):
     b = data_cfg.batching
     return SpeechDataset(
         manifest,
@@ -232,6 +235,7 @@ def _dataset(manifest, frontend: FrontendConfig, data_cfg: DataConfig, *, train:
         ctc_tokenizer=ctc,
         seed=data_cfg.seed,
         max_duration_truncate=b.max_duration if b.truncate_to_max else None,
+        features_on=resolve_features_on(data_cfg.features_on, frontend, device),
     )
 
 
@@ -263,8 +267,10 @@ def build_dataloader(
     rank: int = 0,
     world_size: int = 1,
     epoch: int = 0,
+    device=None,
 ) -> tuple[SpeechDataLoader, DynamicBucketSampler]:
-    """`manifests`: a list of ManifestSpec / paths (e.g. data_cfg.train), or an opened Manifest/MixedManifest."""
+    """`manifests`: a list of ManifestSpec / paths (e.g. data_cfg.train), or an opened Manifest/MixedManifest.
+    `device`: the model's, which data.features_on auto follows (None: CUDA when available)."""
     name = "train" if train else "valid"
     if hasattr(manifests, "durations"):
         manifest = manifests
@@ -288,7 +294,9 @@ def build_dataloader(
     skipped = describe_skipped(sampler, manifest, b, name)
     if skipped and rank == 0:
         log.warning("%s", skipped)
-    dataset = _dataset(manifest, frontend, data_cfg, train=train, prompt_builder=prompt_builder, ctc=ctc_tokenizer)
+    dataset = _dataset(
+        manifest, frontend, data_cfg, train=train, prompt_builder=prompt_builder, ctc=ctc_tokenizer, device=device
+    )
     sampler.add_epoch_listener(dataset.set_epoch)
     sampler.set_epoch(epoch)
     candidates = [i for batch in sampler.batches() for i in batch]
@@ -305,7 +313,7 @@ def build_dataloader(
 
 def build_decode_loader(
     manifest_path, frontend: FrontendConfig, *, prompt_builder, batch_seconds: float, num_workers: int,
-    max_bad_fraction: float, name: str,
+    max_bad_fraction: float, name: str, features_on: str = "auto", device=None,
 ) -> SpeechDataLoader:  # fmt: skip
     """The validation loader over one manifest, for decoding: every line is batched once, in an eval-mode
     SpeechDataset; batches are cut from one duration-sorted window over the whole manifest (no buckets, no
@@ -321,7 +329,10 @@ def build_decode_loader(
     batching = BatchingConfig(
         max_seconds=float(batch_seconds), num_buckets=1, shuffle=False, shuffle_buffer=max(n, 1), max_duration=math.inf
     )
-    data_cfg = DataConfig(batching=batching, num_workers=int(num_workers), max_bad_fraction=float(max_bad_fraction))
+    data_cfg = DataConfig(
+        batching=batching, num_workers=int(num_workers), max_bad_fraction=float(max_bad_fraction),
+        features_on=features_on,
+    )  # fmt: skip
     tracker = BadDataTracker(data_cfg.max_bad_fraction, name=name, keep_examples=n + 1, enforce=False)
     tracker.add_static(fill_bad)
     durations = np.asarray(manifest.durations(), dtype=np.float64)
@@ -329,6 +340,6 @@ def build_decode_loader(
     sampler = make_sampler(
         data_cfg, durations, None, frontend, train=False, rank=0, world_size=1, indices=known, keep_every_item=True
     )  # fmt: skip
-    dataset = _dataset(manifest, frontend, data_cfg, train=False, prompt_builder=prompt_builder)
+    dataset = _dataset(manifest, frontend, data_cfg, train=False, prompt_builder=prompt_builder, device=device)
     collator = Collator(prompt_builder.pad_id, no_rows=True)
     return _speech_loader(dataset, sampler, collator, data_cfg, tracker)

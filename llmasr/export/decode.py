@@ -60,18 +60,19 @@ class DecodeOptions:
     num_workers: int = 2  # data loader workers
     max_bad_fraction: float = DataConfig.max_bad_fraction  # fail (after writing the outputs) above this
     ctc: bool = False  # also write the CTC branch's greedy transcripts to HYP_DIR/ctc/
+    features_on: str = "auto"  # as data.features_on: worker, device, or auto (device on an accelerator)
 
 
 class DecodeError(RuntimeError):
     """Decoding cannot run as asked."""
 
 
-def decode_loader(model, manifest_path, cfg: DecodeConfig, opts: DecodeOptions) -> SpeechDataLoader:
+def decode_loader(model, manifest_path, cfg: DecodeConfig, opts: DecodeOptions, device=None) -> SpeechDataLoader:
     """The evaluation loader over one manifest, with `model`'s frontend and prompt builder."""
     return build_decode_loader(
         manifest_path, model.frontend, prompt_builder=model.prompt, batch_seconds=cfg.batch_seconds,
         num_workers=opts.num_workers, max_bad_fraction=opts.max_bad_fraction,
-        name=f"decode {Path(manifest_path).name}",
+        name=f"decode {Path(manifest_path).name}", features_on=opts.features_on, device=device,
     )  # fmt: skip
 
 
@@ -86,7 +87,7 @@ def decode_manifest(
         raise DecodeError("--ctc: the model has no CTC head (it was trained with model.ctc.weight 0)")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    loader = decode_loader(model, manifest_path, cfg, opts)
+    loader = decode_loader(model, manifest_path, cfg, opts, device)
     model.eval()
     t0 = time.perf_counter()
     rows, audio_seconds = transcribe_loader(model, loader, cfg, device)

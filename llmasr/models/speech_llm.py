@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from llmasr.data.batch import Batch
+from llmasr.data.device_features import DeviceFeatures
 from llmasr.data.frontend import FrontendConfig
 from llmasr.models.ctc import ctc_greedy, ctc_loss
 from llmasr.models.ctc_compress import ctc_compress
@@ -109,8 +110,24 @@ class SpeechLLM(nn.Module):
         enc, enc_lens, _, merged = self._embed(batch, for_generation)
         return enc, enc_lens, merged
 
+    def batch_features(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """(features, lengths) of a batch: the workers' `feats`, or, with features on the device, those computed
+        here from `batch.wave` on its device (cast to the dtype `feats` carries); the one place training,
+        validation and decoding get them."""
+        if not batch.has_waves:
+            return batch.feats, batch.feat_lens
+        if getattr(self, "_device_features", None) is None:
+            self._device_features = DeviceFeatures(self.frontend)
+        feats, lens = self._device_features(batch.wave, batch.wave_lens, batch.spec_masks)
+        if not torch.equal(lens, batch.feat_lens.to(lens.device)):
+            raise RuntimeError(
+                f"features computed on the device have {lens.tolist()} frames, the data side expected "
+                f"{batch.feat_lens.tolist()} (keys {batch.keys})"
+            )
+        return feats.to(batch.feats.dtype), batch.feat_lens
+
     def _embed(self, batch: Batch, for_generation: bool):
-        enc, enc_lens, log_probs, audio, audio_lens = self._encode(batch.feats, batch.feat_lens)
+        enc, enc_lens, log_probs, audio, audio_lens = self._encode(*self.batch_features(batch))
         embed, _, _ = causal_lm_parts(self.llm)
         text_ids = batch.text_ids
         merged = merge_audio_into_text(

@@ -67,20 +67,23 @@ def _trained_tensors(run: Run) -> dict[str, torch.Tensor]:
 
 
 def train_run(
-    run_dir, model: dict, corpus: Path, *, preset: str = "zero0", updates: int = 1, valid: Path | None = None, **train
-) -> TrainedRun:
+    run_dir, model: dict, corpus: Path, *, preset: str = "zero0", updates: int = 1, valid: Path | None = None,
+    data: dict | None = None, **train,
+) -> TrainedRun:  # fmt: skip
     """Train `model` (a recipe's model section) on the manifest `corpus` for `updates` updates with the real
     training loop (`llmasr train`'s, one rank in this process, fp32, no dropout) and return the run. `train`:
-    recipe train.* keys (save_every_updates, keep_last, ...); `valid`: a dev manifest (validation metrics, best.json).
+    recipe train.* keys (save_every_updates, keep_last, ...); `valid`: a dev manifest (validation metrics, best.json);
+    `data`: recipe data.* keys set over the defaults (features_on, augment, ...).
     """
-    data = tiny_recipe_dict(
+    recipe_dict = tiny_recipe_dict(
         model["llm"]["path"], train=[corpus], valid=[valid] if valid else None, output_dir=run_dir, dropout=None,
         grad_accum=1, max_updates=updates, **train,
     )  # fmt: skip
-    data["model"] = model
-    data["data"]["valid_max_utts"] = 2
-    data["data"]["batching"]["max_seconds"] = 2.0  # a few utterances a batch: many updates from a small corpus
-    recipe = load_recipe(data=data)
+    recipe_dict["model"] = model
+    recipe_dict["data"]["valid_max_utts"] = 2
+    recipe_dict["data"]["batching"]["max_seconds"] = 2.0  # a few utterances a batch: many updates from a small corpus
+    recipe_dict["data"].update(data or {})
+    recipe = load_recipe(data=recipe_dict)
     with Preemption(0) as preemption:
         run = Run(recipe, preset)
         try:

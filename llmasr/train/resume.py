@@ -45,6 +45,7 @@ MAY_CHANGE: tuple[str, ...] = (
     "data.valid",
     "data.valid_max_utts",
     "data.num_workers",
+    "data.features_on",  # the same features either way (same dither and masks per item)
     "data.prefetch_factor",
     "data.pin_memory",
     "data.max_bad_fraction",

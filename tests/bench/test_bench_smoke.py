@@ -213,3 +213,32 @@ def test_gpu_mfu_quick_runs_a_deepspeed_step(tmp_path):
     assert res["flops"]["total"] == pytest.approx(sum(v for k, v in res["flops"].items() if k != "total"))
     assert res["mfu"] is None  # no peak figure for a CPU
     assert "Reproduce: `python bench/gpu_mfu.py --quick --cpu`" in stdout
+
+
+def test_device_features_quick_measures_every_path(tmp_path):
+    import device_features
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        res = device_features.main(["--quick", "--cpu-only", "--json-out", str(tmp_path / "f.json")])
+    assert json.loads((tmp_path / "f.json").read_text()) == json.loads(json.dumps(res))
+    paths = [(r["path"], r["device"], r["threads"]) for r in res["results"]]
+    assert paths[:3] == [
+        ("worker (kaldi-native-fbank)", "cpu", 1),
+        ("worker, waves only (scale + dither)", "cpu", 1),
+        ("torch batched", "cpu", 1),
+    ]
+    for r in res["results"]:
+        assert r["audio_s_per_s"] == pytest.approx(res["audio_seconds"] / r["seconds"])
+        assert r["x_step"] == pytest.approx(r["audio_s_per_s"] / device_features.STEP_AUDIO_PER_S)
+    assert res["clips"] == 4 and res["padded_seconds"] >= res["audio_seconds"] > 0
+    assert "Reproduce: `python bench/device_features.py --quick --cpu-only`" in out.getvalue()
+
+
+def test_run_all_quick_device_features(tmp_path):
+    args = ["--quick", "--only", "device_features", "--out-dir", str(tmp_path), "--machine", "m"]
+    _run([str(BENCH / "run_all.py"), *args])
+    res = json.loads((tmp_path / "m" / "device_features.json").read_text())
+    assert res["command"] == "python bench/device_features.py --quick"
+    md = (tmp_path / "m" / "results.md").read_text()
+    assert "## 6. Features: loader workers vs the device" in md and "| torch batched | cpu | 1 |" in md

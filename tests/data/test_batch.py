@@ -13,7 +13,9 @@ from llmasr.data.batch import Batch
 from llmasr.data.collate import Collator
 from llmasr.testing.tiny_recipe import random_batch, speech_logits, tiny_model_section
 
-TENSORS = "feats feat_lens text_ids text_lens audio_pos target_start ctc_ids ctc_lens durations".split()
+TENSORS = (
+    "feats feat_lens text_ids text_lens audio_pos target_start ctc_ids ctc_lens durations wave wave_lens spec_masks"
+).split()
 
 
 def item(i, frames, n_text, n_ctc):
@@ -79,7 +81,7 @@ def test_to_casts_only_the_features():
     batch = collate(ITEMS)
     moved = batch.to("cpu", torch.float64)
     assert moved.feats.dtype == torch.float64 and torch.equal(moved.feats.float(), batch.feats)
-    assert all(getattr(moved, n).dtype == torch.int64 for n in TENSORS if n not in ("feats", "durations"))
+    assert all(getattr(moved, n).dtype == torch.int64 for n in TENSORS if n not in ("feats", "durations", "wave"))
     assert moved.durations.dtype == torch.float32 and moved.keys == batch.keys
     assert batch.feats.dtype == torch.float32  # the original is left as it was
     assert batch.to("cpu").feats.dtype == torch.float32

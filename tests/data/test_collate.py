@@ -24,6 +24,9 @@ FIELDS = {
     "empty",
     "indices",
     "duplicate",
+    "wave",
+    "wave_lens",
+    "spec_masks",
 }
 
 
