@@ -12,7 +12,8 @@ llmasr added to it (`context`), and the line it was raised at. The traceback goe
 
 Under a launcher every rank fails alike on the same recipe, files and checkpoint, so only rank 0 speaks; an error
 that can be one rank's alone (inside the training loop: its data, its memory) is marked with `rank_specific` and is
-reported by every rank that has it, with its rank.
+reported by every rank that has it, with its rank. Any other error on a rank > 0 is reported by that rank, with its
+rank, when rank 0 runs on without reporting one (asked through the process group's store).
 """
 
 from __future__ import annotations
@@ -178,13 +179,50 @@ def _rank() -> int:
     return int(os.environ.get("RANK", "0") or 0)
 
 
+REPORTED_KEY = "llmasr/rank0_reported"
+RANK0_WAIT_S = 3.0
+
+
+def _store():
+    """The process group's key-value store (rank 0 hosts it), or None outside an initialised process group."""
+    try:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            return dist.distributed_c10d._get_default_store()
+    except Exception:  # noqa: BLE001 - no store: behave as without a process group
+        pass
+    return None
+
+
+def _rank0_reports(store) -> bool:
+    """Whether rank 0 reports an error too: it set REPORTED_KEY, sets it within RANK0_WAIT_S, or is gone with its
+    store (it failed and said why, or was stopped). False when rank 0 runs on and said nothing: the error is this
+    rank's alone (a file only this node lacks, its memory), and only this rank can say it."""
+    import datetime
+
+    try:
+        store.wait([REPORTED_KEY], datetime.timedelta(seconds=RANK0_WAIT_S))
+        return True
+    except Exception as err:  # noqa: BLE001 - a timeout means rank 0 is alive and silent; anything else, gone
+        return "timeout" not in str(err).lower()
+
+
 def report(prog: str, err: BaseException) -> None:
-    """The one message for `err` (rank 0 only, unless the error is marked rank-specific); traceback to the log."""
+    """The one message for `err` (rank 0, or the rank that alone has it); traceback to the log."""
     rank = _rank()
     own = getattr(err, "llmasr_rank", None)
     tb = "".join(traceback.format_exception(err))
+    store = _store()
+    if rank == 0 and store is not None:
+        try:
+            store.set(REPORTED_KEY, "1")
+        except Exception:  # noqa: BLE001 - the other ranks then report their own errors themselves
+            pass
     if rank != 0 and own is None:
-        return  # rank 0 has the same error and reports it
+        if store is None or _rank0_reports(store):
+            return  # rank 0 has the same error and reports it
+        own = rank
     prefix = f"{prog}: error" + (f" on rank {rank}" if own is not None and rank != 0 else "")
     if _traceback_file is not None:
         try:

@@ -76,3 +76,30 @@ def test_an_error_is_reported_once_by_rank_0(tiny_recipe_file, tmp_path):
     lines = [line for line in (proc.stdout + proc.stderr).splitlines() if "llmasr train: error" in line]
     assert lines == [f"llmasr train: error: {ds}: unknown key(s), which DeepSpeed would silently ignore:"]
     assert "did you mean 'zero_optimization'?" in proc.stderr and "Traceback" not in proc.stdout + proc.stderr
+
+
+RANK1_FAILS = """
+import os
+
+if os.environ.get("RANK") == "1":  # only the second rank: as a file that one node lacks
+    from llmasr.config_io import ConfigError
+    from llmasr.train import trainer
+
+    def _prepare(self):
+        raise ConfigError("/data/node2/train.jsonl: no such file (this node only)")
+
+    trainer.Run._prepare = _prepare
+"""
+
+
+def test_an_error_only_rank_1_has_is_reported_by_rank_1(tiny_recipe_file, tmp_path, monkeypatch):
+    """Rank 0 runs on into its first collective and has nothing to report: rank 1 says what went wrong, once, with
+    its rank (before, nothing was printed but the launcher's exit status)."""
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "sitecustomize.py").write_text(RANK1_FAILS)
+    monkeypatch.setenv("PYTHONPATH", f"{tmp_path / 'site'}:{__import__('os').environ.get('PYTHONPATH', '')}")
+    proc = launch(tiny_recipe_file, "zero2", tmp_path / "run", expect_rc=2)
+    out = proc.stdout + proc.stderr
+    lines = [line for line in out.splitlines() if "llmasr train: error" in line]
+    assert lines == ["llmasr train: error on rank 1: /data/node2/train.jsonl: no such file (this node only)"], out[-3000:]
+    assert "Traceback" not in out
