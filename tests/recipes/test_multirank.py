@@ -101,5 +101,7 @@ def test_an_error_only_rank_1_has_is_reported_by_rank_1(tiny_recipe_file, tmp_pa
     proc = launch(tiny_recipe_file, "zero2", tmp_path / "run", expect_rc=2)
     out = proc.stdout + proc.stderr
     lines = [line for line in out.splitlines() if "llmasr train: error" in line]
-    assert lines == ["llmasr train: error on rank 1: /data/node2/train.jsonl: no such file (this node only)"], out[-3000:]
+    assert lines == ["llmasr train: error on rank 1: /data/node2/train.jsonl: no such file (this node only)"], out[
+        -3000:
+    ]
     assert "Traceback" not in out
