@@ -2,6 +2,7 @@
 
 import json
 import math
+import os
 import shutil
 
 import pytest
@@ -97,11 +98,10 @@ def test_an_error_only_rank_1_has_is_reported_by_rank_1(tiny_recipe_file, tmp_pa
     its rank (before, nothing was printed but the launcher's exit status)."""
     (tmp_path / "site").mkdir()
     (tmp_path / "site" / "sitecustomize.py").write_text(RANK1_FAILS)
-    monkeypatch.setenv("PYTHONPATH", f"{tmp_path / 'site'}:{__import__('os').environ.get('PYTHONPATH', '')}")
+    monkeypatch.setenv("PYTHONPATH", f"{tmp_path / 'site'}:{os.environ.get('PYTHONPATH', '')}")
     proc = launch(tiny_recipe_file, "zero2", tmp_path / "run", expect_rc=2)
     out = proc.stdout + proc.stderr
     lines = [line for line in out.splitlines() if "llmasr train: error" in line]
-    assert lines == ["llmasr train: error on rank 1: /data/node2/train.jsonl: no such file (this node only)"], out[
-        -3000:
-    ]
+    want = "llmasr train: error on rank 1: /data/node2/train.jsonl: no such file (this node only)"
+    assert lines == [want], out[-3000:]
     assert "Traceback" not in out
