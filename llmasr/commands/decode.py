@@ -26,6 +26,8 @@ DECODE_FLAGS = {
     "repetition_penalty": "repetition_penalty",
     "no_repeat_ngram_size": "no_repeat_ngram",
     "metric": "metric",
+    "ctc_weight": "ctc_weight",
+    "repeat_limit": "repeat_limit",
 }
 
 
@@ -47,6 +49,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repetition-penalty", type=float, default=None)
     p.add_argument("--no-repeat-ngram", type=int, default=None, help="no_repeat_ngram_size for generate")
     p.add_argument("--metric", choices=("auto", "wer", "cer"), default=None)
+    p.add_argument(
+        "--ctc-weight", type=float, default=None,
+        help="CTC-guided decoding: weight of the CTC head's score against the LLM's (0: off; default: the model's, "
+        "else 0.5 with a CTC head)",
+    )  # fmt: skip
+    p.add_argument(
+        "--repeat-limit", type=int, default=None,
+        help=f"end a hypothesis whose n-gram repeats back to back more than this (0: off; default "
+        f"{DecodeConfig.repeat_limit})",
+    )  # fmt: skip
     p.add_argument("--max-bad-fraction", type=float, default=None, help="fail when more lines than this are bad")
     workers = f"data loader workers (default {DecodeOptions.num_workers})"
     p.add_argument("--num-workers", type=int, default=None, help=workers)
