@@ -213,3 +213,19 @@ def test_gpu_mfu_quick_runs_a_deepspeed_step(tmp_path):
     assert res["flops"]["total"] == pytest.approx(sum(v for k, v in res["flops"].items() if k != "total"))
     assert res["mfu"] is None  # no peak figure for a CPU
     assert "Reproduce: `python bench/gpu_mfu.py --quick --cpu`" in stdout
+
+
+def test_decode_speed_quick_reports_every_mode(tmp_path, capsys):
+    import decode_speed
+
+    argv = ["--quick", "--beam", "2", "--json-out", str(tmp_path / "d.json"), "--num-workers", "0"]
+    assert decode_speed.main(argv) == 0
+    res = json.loads((tmp_path / "d.json").read_text())
+    assert [m["mode"] for m in res["modes"]] == ["greedy", "beam 2", "greedy + CTC 0.5", "beam 2 + CTC 0.5"]
+    assert [m["search"] for m in res["modes"]][2:] == [
+        "greedy + CTC prefix scoring (ctc_weight 0.5)", "beam 2 + CTC prefix scoring (ctc_weight 0.5)",
+    ]  # fmt: skip
+    for m in res["modes"]:
+        assert m["utterances"] == 6 and m["utts_per_second"] > 0 and m["rtf"] > 0 and 0 <= m["truncated"] <= 6
+    out = capsys.readouterr().out
+    assert "| beam 2 + CTC 0.5 |" in out and "Reproduce: `python bench/decode_speed.py --quick --beam 2" in out
