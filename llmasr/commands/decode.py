@@ -52,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--ctc-weight", type=float, default=None,
         help="CTC-guided decoding: weight of the CTC head's score against the LLM's (0: off; default: the model's, "
-        "else 0.5 with a CTC head)",
+        "else 0.7 with a CTC head)",
     )  # fmt: skip
     p.add_argument(
         "--repeat-limit", type=int, default=None,

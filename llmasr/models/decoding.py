@@ -14,7 +14,7 @@ from llmasr.config_io import ConfigError
 
 METRICS = ("auto", "wer", "cer")
 # ctc_weight when unset and the model has a CTC head (tuned on the demo's dev set; see the README's decode section).
-AUTO_CTC_WEIGHT = 0.5
+AUTO_CTC_WEIGHT = 0.7
 
 
 @dataclass
