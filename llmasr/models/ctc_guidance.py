@@ -30,7 +30,9 @@ class CTCPrefixGuide:
 
     def __init__(self, scorer: CTCPrefixScorer, weight: float, end_id: int, num_beams: int):
         self.scorer, self.weight, self.end_id, self.num_beams = scorer, float(weight), int(end_id), int(num_beams)
-        self.states: dict[tuple[int, tuple[int, ...]], PrefixState] = {}
+        # (utterance, prefix) -> (row, candidate) in the last step's (psi, r_n, r_b), for the prefixes it proposed
+        self.kept: dict[tuple[int, tuple[int, ...]], tuple[int, int]] = {}
+        self.step: tuple = ()
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         rows, prefixes = [], []
@@ -44,18 +46,19 @@ class CTCPrefixGuide:
         states = [self._state(u, p) for u, p in zip(utts, prefixes)]
         labels, ok = self._candidates(scores[rows])
         psi, r_n, r_b = self.scorer.extend(utts, states, labels.clamp(max=self.scorer.vocab_size - 1))
-        old = torch.tensor([s.psi for s in states], dtype=torch.float64)[:, None]
-        delta = psi.clamp(min=FLOOR) - old.clamp(min=FLOOR)
-        ends = torch.tensor([self.scorer.final(u, s) for u, s in zip(utts, states)], dtype=torch.float64)
-        delta = torch.cat([delta, (ends.clamp(min=FLOOR) - old[:, 0].clamp(min=FLOOR))[:, None]], dim=1)
+        old = torch.tensor([s.psi for s in states], dtype=torch.float64)[:, None].clamp(min=FLOOR)
+        ends = self.scorer.final_all(utts, states)[:, None]
+        delta = torch.cat([psi.clamp(min=FLOOR) - old, ends.clamp(min=FLOOR) - old], dim=1)
+        self._keep(utts, prefixes, labels, ok, (psi, r_n, r_b))
         labels = torch.cat([labels, torch.full_like(labels[:, :1], self.end_id)], dim=1)
         ok = torch.cat([ok, torch.ones_like(ok[:, :1])], dim=1)
-        self._keep(utts, prefixes, labels[:, :-1], psi, r_n, r_b, ok[:, :-1])
         llm = scores[rows].gather(1, labels).double()
         joint = torch.where(ok, (1 - self.weight) * llm + self.weight * delta, torch.tensor(float("-inf")).double())
-        out = scores.clone()
-        out[rows] = float("-inf")
+        out = torch.full_like(scores, float("-inf"))
         out[torch.tensor(rows)[:, None], labels] = joint.to(scores.dtype)
+        guided = set(rows)
+        done = [r for r in range(scores.shape[0]) if r not in guided]
+        out[done] = scores[done]
         return out
 
     def _candidates(self, scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -72,23 +75,24 @@ class CTCPrefixGuide:
         """A prefix's state: kept from the step that proposed it, or (a token no candidate list held, e.g. forced
         by another processor) extended from its parent's."""
         key = (utt, prefix)
-        if key not in self.states:
-            if not prefix:
-                self.states[key] = self.scorer.initial(utt)
-            else:
-                parent = self._state(utt, prefix[:-1])
-                label = prefix[-1] if prefix[-1] < self.scorer.vocab_size and prefix[-1] != self.scorer.blank_id else 0
-                psi, r_n, r_b = self.scorer.extend([utt], [parent], torch.tensor([[label]]))
-                self.states[key] = PrefixState(r_n[0, 0], r_b[0, 0], float(psi[0, 0]), label)
-        return self.states[key]
+        if key in self.kept:
+            i, k = self.kept[key]
+            psi, r_n, r_b = self.step
+            return PrefixState(r_n[i, k], r_b[i, k], psi[i, k].item(), prefix[-1])
+        if not prefix:
+            return self.scorer.initial(utt)
+        parent = self._state(utt, prefix[:-1])
+        label = prefix[-1] if prefix[-1] < self.scorer.vocab_size and prefix[-1] != self.scorer.blank_id else 0
+        psi, r_n, r_b = self.scorer.extend([utt], [parent], torch.tensor([[label]]))
+        return PrefixState(r_n[0, 0], r_b[0, 0], float(psi[0, 0]), label)
 
-    def _keep(self, utts, prefixes, labels, psi, r_n, r_b, ok) -> None:
-        """Remember this step's extensions (the next step's prefixes are among them); older states are dropped."""
-        self.states = {}
-        for i, (utt, prefix) in enumerate(zip(utts, prefixes)):
-            for k, label in enumerate(labels[i].tolist()):
-                if ok[i, k]:
-                    self.states[(utt, (*prefix, label))] = PrefixState(r_n[i, k], r_b[i, k], float(psi[i, k]), label)
+    def _keep(self, utts, prefixes, labels: torch.Tensor, ok: torch.Tensor, step: tuple) -> None:
+        """Remember where this step's extensions are (the next step's prefixes are among them); older ones go."""
+        self.step, self.kept = step, {}
+        for i, (utt, prefix, row, good) in enumerate(zip(utts, prefixes, labels.tolist(), ok.tolist())):
+            for k, (label, valid) in enumerate(zip(row, good)):
+                if valid:
+                    self.kept[(utt, (*prefix, label))] = (i, k)
 
 
 def rescore_nbest(

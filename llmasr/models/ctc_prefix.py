@@ -79,6 +79,12 @@ class CTCPrefixScorer:
         t = self.lens[utt] - 1
         return float(torch.logaddexp(state.r_n[t], state.r_b[t]))
 
+    def final_all(self, utts: list[int], states: list[PrefixState]) -> torch.Tensor:
+        """`final` of every (utterance, state) pair at once: [N] float64."""
+        last = torch.tensor([self.lens[u] - 1 for u in utts])[:, None]
+        r_n = torch.stack([s.r_n for s in states]).gather(1, last)[:, 0]
+        return torch.logaddexp(r_n, torch.stack([s.r_b for s in states]).gather(1, last)[:, 0])
+
 
 def _linear_recursion(start: torch.Tensor, inflow: torch.Tensor, gain: torch.Tensor) -> torch.Tensor:
     """a(0) = start, a(t) = (a(t-1) + inflow(t-1)) * gain(t) in log space, for all t at once:
