@@ -44,7 +44,7 @@ class CTCPrefixGuide:
             return scores
         utts = [r // self.num_beams for r in rows]
         states = [self._state(u, p) for u, p in zip(utts, prefixes)]
-        labels, ok = self._candidates(scores[rows])
+        labels, ok = self._candidates(scores[rows].cpu())  # the CTC side runs on the CPU, in float64
         psi, r_n, r_b = self.scorer.extend(utts, states, labels.clamp(max=self.scorer.vocab_size - 1))
         old = torch.tensor([s.psi for s in states], dtype=torch.float64)[:, None].clamp(min=FLOOR)
         ends = self.scorer.final_all(utts, states)[:, None]
@@ -52,10 +52,11 @@ class CTCPrefixGuide:
         self._keep(utts, prefixes, labels, ok, (psi, r_n, r_b))
         labels = torch.cat([labels, torch.full_like(labels[:, :1], self.end_id)], dim=1)
         ok = torch.cat([ok, torch.ones_like(ok[:, :1])], dim=1)
-        llm = scores[rows].gather(1, labels).double()
+        llm = scores[rows].cpu().gather(1, labels).double()
         joint = torch.where(ok, (1 - self.weight) * llm + self.weight * delta, torch.tensor(float("-inf")).double())
         out = torch.full_like(scores, float("-inf"))
-        out[torch.tensor(rows)[:, None], labels] = joint.to(scores.dtype)
+        at = (torch.tensor(rows)[:, None].to(scores.device), labels.to(scores.device))
+        out[at] = joint.to(scores.device, scores.dtype)
         guided = set(rows)
         done = [r for r in range(scores.shape[0]) if r not in guided]
         out[done] = scores[done]
@@ -102,7 +103,7 @@ def rescore_nbest(
     (1 - w) * LLM + w * log P_ctc(text re-tokenised into the CTC vocabulary)."""
     best = []
     for b, hyps in enumerate(nbest):
-        frames = log_probs[b, : int(lens[b])].float()
+        frames = log_probs[b, : int(lens[b])].float().cpu()
         joint = []
         for text, llm_score in hyps:
             ids = tokenizer.encode(text) if text.strip() else []
