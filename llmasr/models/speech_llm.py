@@ -259,9 +259,13 @@ class SpeechLLM(nn.Module):
         return [row[:cap] for row, cap in zip(rows, caps)], truncated, cfg.mode(weight, llm_vocab)
 
     def _rescored(self, rows: list[list[int]], scores: torch.Tensor, nbest: int, ctc, weight: float) -> list:
-        """The best of each utterance's `nbest` rows by LLM beam score joined with the CTC score of its text."""
+        """The best of each utterance's `nbest` rows by LLM log-probability joined with the CTC score of its text.
+        Beam scores are divided by length ** length_penalty (tokens with the end token; the guards end every row
+        with it), which is undone here so that both scores are sums over the hypothesis."""
         groups = [rows[b * nbest : (b + 1) * nbest] for b in range(len(rows) // nbest)]
-        llm = scores.view(-1, nbest).tolist()
-        hyps = [[(self.prompt.decode(r), s) for r, s in zip(g, sc)] for g, sc in zip(groups, llm)]
+        penalty = float(getattr(self.llm.generation_config, "length_penalty", 1.0) or 0.0)
+        end = self.prompt.end_id
+        sums = [s * (r.index(end) + 1 if end in r else len(r)) ** penalty for r, s in zip(rows, scores.tolist())]
+        hyps = [[(self.prompt.decode(r), sums[b * nbest + i]) for i, r in enumerate(g)] for b, g in enumerate(groups)]
         best = rescore_nbest(hyps, ctc[0], ctc[1], self.ctc_tokenizer, weight)
         return [g[i] for g, i in zip(groups, best)]

@@ -11,6 +11,7 @@ import torch
 
 import llmasr
 from llmasr.config_io import ConfigError
+from llmasr.models.adaptors import ADAPTOR_TYPES
 from llmasr.models.ctc import ctc_collapse
 from llmasr.models.ctc_guidance import rescore_nbest
 from llmasr.models.ctc_prefix import CTCPrefixScorer, PrefixState
@@ -136,3 +137,52 @@ def test_a_looping_llm_is_stopped_and_each_stop_is_named(model):
     assert stopped.llm == [tok.decode([a, b] * 3).strip()] * 2  # the third copy ends the hypothesis
     assert ids[0][:7] == [a, b, a, b, a, b, model.prompt.end_id]
     assert capped.truncated == [MAX_TOKENS, MAX_TOKENS] and capped.llm[0] == tok.decode([a, b, a, b, a]).strip()
+
+
+@pytest.mark.parametrize(
+    "adaptor, compress", [(a, "none") for a in ADAPTOR_TYPES] + [("linear", "avg_no_blank"), ("qformer", "avg")]
+)
+def test_guided_decoding_with_every_adaptor_and_ctc_compress(tiny_llm_dir, adaptor, compress):
+    torch.manual_seed(0)
+    section = tiny_model_section(tiny_llm_dir, adaptor=adaptor, ctc_weight=0.3)
+    section["adaptor"]["ctc_compress"] = compress
+    m = llmasr.build_model(section).eval()
+    batch = random_batch(m, TARGETS, frames=[12, 20, 16, 9], seed=5)
+    cfg = DecodeConfig(num_beams=2, ctc_weight=0.5, max_new_tokens=4)
+    together = m.transcribe(batch, cfg)
+    assert together.llm == [m.transcribe(batch.select([i]), cfg).llm[0] for i in range(len(TARGETS))]
+    assert together.mode == "beam 2 + CTC prefix scoring (ctc_weight 0.5)"
+
+
+def test_a_word_vocabulary_head_rescores_the_nbest_and_removes_the_insertion(tiny_llm_dir, tmp_path):
+    vocab = tmp_path / "words.txt"
+    vocab.write_text("\n".join(["<blank>", "<unk>", "<space>", "three", "four", "nine"]) + "\n")
+    torch.manual_seed(0)
+    section = tiny_model_section(tiny_llm_dir, ctc_weight=0.3)
+    section["ctc"]["vocab"] = str(vocab)
+    m = llmasr.build_model(section).eval()
+    assert m.ctc_tokenizer.encode("three four") == [3, 2, 4]
+    batch, head = random_batch(m, ["three four"], frames=[30], seed=1), m.ctc_head
+    with torch.no_grad(), _inserting_model(m, batch, "nine"):
+        alone = m.transcribe(batch, DecodeConfig(num_beams=3, ctc_weight=0.0))
+        guided = m.transcribe(batch, DecodeConfig(num_beams=3, ctc_weight=0.5))
+    assert alone.llm == ["three four nine"] and guided.llm == ["three four"]
+    assert guided.mode == "beam 3 + CTC n-best rescoring (ctc_weight 0.5)"
+    with pytest.raises(ConfigError, match="set num_beams >= 2"):
+        m.transcribe(batch, DecodeConfig(ctc_weight=0.5))
+    assert m.transcribe(batch, DecodeConfig(max_new_tokens=3)).mode == "greedy"  # the default needs a beam here
+    m._modules["ctc_head"] = head  # the trained-shape random head again: batched == one-by-one on any lengths
+    together = random_batch(m, TARGETS, frames=[12, 20, 16, 9], seed=5)
+    cfg = DecodeConfig(num_beams=3, ctc_weight=0.5, max_new_tokens=5)
+    assert m.transcribe(together, cfg).llm == [m.transcribe(together.select([i]), cfg).llm[0] for i in range(4)]
+
+
+def test_recipe_and_command_refuse_guidance_the_model_cannot_take(tmp_path, capsys):
+    from llmasr.recipe import load_recipe
+
+    data = {"model": {"ctc": {"weight": 0.0}}, "decode": {"ctc_weight": 0.5}}
+    with pytest.raises(ConfigError, match="needs a CTC head"):
+        load_recipe(data=data)
+    data = {"model": {"ctc": {"weight": 0.3, "vocab": str(tmp_path)}}, "decode": {"ctc_weight": 0.5}}
+    with pytest.raises(ConfigError, match="set num_beams >= 2"):
+        load_recipe(data=data)
