@@ -14,6 +14,7 @@ import torch
 from llmasr.config_io import ConfigError
 from llmasr.export.decode import DecodeOptions, decode_manifest, load_decode_model, out_dirs
 from llmasr.export.exported import ExportedModelError
+from llmasr.models.ctc import LLMCTCTokenizer
 from llmasr.models.decoding import DecodeConfig, decode_config
 from llmasr.run_dir import CheckpointError
 
@@ -93,6 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         cfg = decode_config(saved, **{field: getattr(args, dest) for field, dest in DECODE_FLAGS.items()})
+        cfg.guidance(model.ctc_head is not None, isinstance(model.ctc_tokenizer, LLMCTCTokenizer))
     except ConfigError as err:
         print(f"llmasr decode: error: {err}", file=sys.stderr)
         return 2

@@ -313,6 +313,16 @@ def test_ctc_on_a_model_without_a_ctc_head_is_a_clear_error(base_dirs, train_cor
     assert not (tmp_path / "o").exists()
     with pytest.raises(DecodeError, match="no CTC head"):
         decode_manifest(load_exported(exported), corpus, tmp_path / "o2", DecodeConfig(), DecodeOptions(ctc=True))
+    # CTC-guided decoding is refused the same way, before anything is decoded; by default it is simply off
+    args = ["--model", str(exported), "--data", str(corpus), "--output", str(tmp_path / "o3"), "--ctc-weight", "0.5"]
+    rc = main(args)
+    err = capsys.readouterr().err
+    assert rc == 2 and "decode.ctc_weight 0.5: CTC-guided decoding needs a CTC head, and this model has none" in err
+    assert not (tmp_path / "o3").exists()
+    with pytest.raises(DecodeError, match="needs a CTC head"):
+        decode_manifest(load_exported(exported), corpus, tmp_path / "o4", DecodeConfig(ctc_weight=0.5))
+    summary = decode_manifest(load_exported(exported), corpus, tmp_path / "o5", DecodeConfig(max_new_tokens=2))
+    assert summary["mode"] == "greedy"
 
 
 def test_decode_config_given_then_saved_then_defaults():
