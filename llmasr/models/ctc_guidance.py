@@ -44,7 +44,9 @@ class CTCPrefixGuide:
             return scores
         utts = [r // self.num_beams for r in rows]
         states = [self._state(u, p) for u, p in zip(utts, prefixes)]
-        labels, ok = self._candidates(scores[rows].cpu())  # the CTC side runs on the CPU, in float64
+        # Candidates are picked on the LLM's device; only they travel to the CTC side (CPU, float64).
+        here = scores[rows]
+        labels, ok = self._candidates(here)
         psi, r_n, r_b = self.scorer.extend(utts, states, labels.clamp(max=self.scorer.vocab_size - 1))
         old = torch.tensor([s.psi for s in states], dtype=torch.float64)[:, None].clamp(min=FLOOR)
         ends = self.scorer.final_all(utts, states)[:, None]
@@ -52,7 +54,7 @@ class CTCPrefixGuide:
         self._keep(utts, prefixes, labels, ok, (psi, r_n, r_b))
         labels = torch.cat([labels, torch.full_like(labels[:, :1], self.end_id)], dim=1)
         ok = torch.cat([ok, torch.ones_like(ok[:, :1])], dim=1)
-        llm = scores[rows].cpu().gather(1, labels).double()
+        llm = here.gather(1, labels.to(here.device)).cpu().double()
         joint = torch.where(ok, (1 - self.weight) * llm + self.weight * delta, torch.tensor(float("-inf")).double())
         out = torch.full_like(scores, float("-inf"))
         at = (torch.tensor(rows)[:, None].to(scores.device), labels.to(scores.device))
@@ -67,9 +69,10 @@ class CTCPrefixGuide:
         can spell (an id past it, or the blank's id, is ruled out)."""
         masked = scores.clone()
         masked[:, self.end_id] = float("-inf")
-        labels = masked.topk(min(CANDIDATES, masked.shape[1] - 1), dim=1).indices
+        top = masked.topk(min(CANDIDATES, masked.shape[1] - 1), dim=1)
+        labels, finite = top.indices.cpu(), torch.isfinite(top.values).cpu()
         blank = self.scorer.blank_id
-        ok = (labels < self.scorer.vocab_size) & (labels != blank) & torch.isfinite(masked.gather(1, labels))
+        ok = (labels < self.scorer.vocab_size) & (labels != blank) & finite
         return torch.where(labels == blank, torch.zeros_like(labels), labels), ok
 
     def _state(self, utt: int, prefix: tuple[int, ...]) -> PrefixState:
