@@ -39,15 +39,19 @@ class CTCPrefixScorer:
     def __init__(self, log_probs: torch.Tensor, lens: torch.Tensor, blank_id: int):
         self.blank_id = int(blank_id)
         self.lens = [int(n) for n in lens.tolist()]
-        x = log_probs.detach().to(torch.float64).cpu()
+        # The log-probs stay where they are (a full-vocabulary copy, e.g. an LLM vocabulary over long audio, would be
+        # large); each step gathers only its candidates' columns, into float64 on the CPU.
+        self.log_probs = log_probs.detach()
+        self.vocab_size = log_probs.shape[-1]
         # Frames past an utterance's end get a finite stand-in (never read: scores stop at len-1), so the
         # cumulative sums below never subtract -inf from -inf.
-        valid = torch.arange(x.shape[1])[None, :] < torch.tensor(self.lens)[:, None]
-        self.x = torch.where(valid[..., None], x, torch.zeros(()))
-        self.valid = valid
-        self.vocab_size = x.shape[-1]
-        blank = self.x[..., self.blank_id]
-        self.blank_cum = blank.cumsum(-1)  # B[t]: log prod of blank probabilities up to t
+        self.valid = torch.arange(log_probs.shape[1])[None, :] < torch.tensor(self.lens)[:, None]
+        self.blank = self._valid_only(self.log_probs[..., self.blank_id].to("cpu", torch.float64), self.valid)
+        self.blank_cum = self.blank.cumsum(-1)  # B[t]: log prod of blank probabilities up to t
+
+    @staticmethod
+    def _valid_only(x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        return torch.where(valid, x, torch.zeros((), dtype=x.dtype))
 
     def initial(self, utt: int) -> PrefixState:
         """The empty prefix: all frames blank so far."""
@@ -58,8 +62,11 @@ class CTCPrefixScorer:
         """Prefix scores of every state extended by each of its K labels ([N, K] ids < vocab_size, not blank):
         (psi [N, K] float64, r_n [N, K, T], r_b [N, K, T])."""
         utt_idx = torch.tensor(utts)
-        x = self.x[utt_idx]  # [N, T, V]
-        xc = torch.gather(x, 2, labels[:, None, :].expand(-1, x.shape[1], -1)).transpose(1, 2)  # [N, K, T]
+        dev = self.log_probs.device
+        frames = torch.arange(self.log_probs.shape[1], device=dev)
+        # x[utt, t, label] for every state, label and frame: [N, K, T], without a [N, T, V] copy
+        xc = self.log_probs[utt_idx.to(dev)[:, None, None], frames[None, None, :], labels.to(dev)[:, :, None]]
+        xc = self._valid_only(xc.to("cpu", torch.float64), self.valid[utt_idx][:, None, :])
         r_n = torch.stack([s.r_n for s in states])[:, None, :]  # [N, 1, T]
         r_b = torch.stack([s.r_b for s in states])[:, None, :]
         last = torch.tensor([-1 if s.last is None else s.last for s in states])[:, None, None]
@@ -67,7 +74,7 @@ class CTCPrefixScorer:
         empty = torch.tensor([s.last is None for s in states])[:, None]
         start = torch.where(empty, xc[:, :, 0], torch.tensor(NEG_INF, dtype=torch.float64))  # r_n^{hc}(0)
         new_n = _linear_recursion(start, phi[:, :, :-1], xc)
-        xb = x[:, :, self.blank_id][:, None, :].expand_as(xc)
+        xb = self.blank[utt_idx][:, None, :].expand_as(xc)
         new_b = _linear_recursion(torch.full_like(start, NEG_INF), new_n[:, :, :-1], xb)
         valid = self.valid[utt_idx][:, None, 1:]
         terms = torch.where(valid, phi[:, :, :-1] + xc[:, :, 1:], torch.tensor(NEG_INF, dtype=torch.float64))
