@@ -15,7 +15,7 @@ from llmasr.config_io import ConfigError
 from llmasr.export.decode import DecodeOptions, decode_manifest, load_decode_model, out_dirs
 from llmasr.export.exported import ExportedModelError
 from llmasr.models.ctc import LLMCTCTokenizer
-from llmasr.models.decoding import DecodeConfig, decode_config
+from llmasr.models.decoding import AUTO_CTC_WEIGHT, DecodeConfig, decode_config
 from llmasr.run_dir import CheckpointError
 
 # DecodeConfig field -> the argparse dest of the flag that sets it (unset flags keep the model's saved value)
@@ -53,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--ctc-weight", type=float, default=None,
         help="CTC-guided decoding: weight of the CTC head's score against the LLM's (0: off; default: the model's, "
-        "else 0.7 with a CTC head)",
+        f"else {AUTO_CTC_WEIGHT:g} with a CTC head)",
     )  # fmt: skip
     p.add_argument(
         "--repeat-limit", type=int, default=None,
