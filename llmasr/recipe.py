@@ -33,6 +33,16 @@ class Recipe:
     train: TrainConfig = field(default_factory=TrainConfig)
     decode: DecodeConfig = field(default_factory=DecodeConfig)
 
+    def validate(self, path: str) -> None:
+        """Checks across sections: validation decodes greedily with decode.ctc_weight, which a CTC head of
+        another vocabulary than the LLM's cannot guide (its guidance rescores a beam's n-best)."""
+        ctc, weight = self.model.ctc, self.decode.ctc_weight
+        if weight is not None and weight > 0:
+            try:
+                self.decode.greedy().guidance(ctc.weight > 0, ctc.vocab == "llm")
+            except ConfigError as err:
+                raise ConfigError(f"{err} (model.ctc.weight {ctc.weight}, model.ctc.vocab {ctc.vocab!r})") from err
+
 
 def load_recipe(path: str | Path | None = None, overrides: list[str] | None = None, *, data: dict | None = None):
     """Recipe from a YAML file (or a dict), with `key.path=value` overrides applied before validation."""

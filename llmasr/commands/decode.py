@@ -14,7 +14,8 @@ import torch
 from llmasr.config_io import ConfigError
 from llmasr.export.decode import DecodeOptions, decode_manifest, load_decode_model, out_dirs
 from llmasr.export.exported import ExportedModelError
-from llmasr.models.decoding import DecodeConfig, decode_config
+from llmasr.models.ctc import LLMCTCTokenizer
+from llmasr.models.decoding import AUTO_CTC_WEIGHT, DecodeConfig, decode_config
 from llmasr.run_dir import CheckpointError
 
 # DecodeConfig field -> the argparse dest of the flag that sets it (unset flags keep the model's saved value)
@@ -26,6 +27,8 @@ DECODE_FLAGS = {
     "repetition_penalty": "repetition_penalty",
     "no_repeat_ngram_size": "no_repeat_ngram",
     "metric": "metric",
+    "ctc_weight": "ctc_weight",
+    "repeat_limit": "repeat_limit",
 }
 
 
@@ -47,6 +50,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repetition-penalty", type=float, default=None)
     p.add_argument("--no-repeat-ngram", type=int, default=None, help="no_repeat_ngram_size for generate")
     p.add_argument("--metric", choices=("auto", "wer", "cer"), default=None)
+    p.add_argument(
+        "--ctc-weight", type=float, default=None,
+        help="CTC-guided decoding: weight of the CTC head's score against the LLM's (0: off; default: the model's, "
+        f"else {AUTO_CTC_WEIGHT:g} with a CTC head)",
+    )  # fmt: skip
+    p.add_argument(
+        "--repeat-limit", type=int, default=None,
+        help=f"end a hypothesis whose n-gram repeats back to back more than this (0: off; default "
+        f"{DecodeConfig.repeat_limit})",
+    )  # fmt: skip
     p.add_argument("--max-bad-fraction", type=float, default=None, help="fail when more lines than this are bad")
     workers = f"data loader workers (default {DecodeOptions.num_workers})"
     p.add_argument("--num-workers", type=int, default=None, help=workers)
@@ -85,6 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         cfg = decode_config(saved, **{field: getattr(args, dest) for field, dest in DECODE_FLAGS.items()})
+        cfg.guidance(model.ctc_head is not None, isinstance(model.ctc_tokenizer, LLMCTCTokenizer))
     except ConfigError as err:
         print(f"llmasr decode: error: {err}", file=sys.stderr)
         return 2

@@ -3,6 +3,7 @@
     llmasr decode --model DIR | --checkpoint RUN_DIR[/checkpoints/TAG] --data test.jsonl [--data ...]
                   --output HYP_DIR [--beam N] [--batch-seconds S] [--max-new-tokens N]
                   [--repetition-penalty P] [--no-repeat-ngram N] [--metric auto|wer|cer] [--ctc]
+                  [--ctc-weight W] [--repeat-limit N]
 
 Batches come from the validation loader of training (llmasr.data.loader.build_decode_loader: SpeechDataset in
 evaluation mode, no dither, no augmentation; the same prompt builder, so the prompt a model is decoded with is the
@@ -16,9 +17,11 @@ Outputs (HYP_DIR, or HYP_DIR/<manifest name>/ when several manifests are given):
 
     hyp.txt        key hypothesis          (manifest order)
     ref.txt        key reference
-    results.jsonl  {key, ref, hyp, unit, errors, sub, del, ins, ref_units, words, duration, wer}
-    wer.txt        summary: WER/CER, substitutions/deletions/insertions, #utterances, real-time factor
-                   (decoding wall-clock seconds / audio seconds), skipped lines
+    results.jsonl  {key, ref, hyp, unit, errors, sub, del, ins, ref_units, words, duration, wer, truncated}
+                   truncated: null, "max_tokens" (the length cap ended the hypothesis) or "repetition"
+    wer.txt        summary: WER/CER, substitutions/deletions/insertions, #utterances, truncations by guard, the
+                   search mode (greedy, beam N, + CTC guidance), its real-time factor (decoding wall-clock seconds
+                   / audio seconds) and throughput (utterances/s), skipped lines
     wer.json       the same, machine-readable
     bad.jsonl      manifest lines that could not be decoded (missing/corrupt audio, bad fields...)
 
@@ -30,7 +33,9 @@ Bad lines are skipped and reported; the command fails (exit 1, after writing the
 more than --max-bad-fraction of the lines.
 
 With `max_new_tokens` unset, each utterance's cap is `tokens_per_second` x its own duration + 8, so a model that
-loops stops at a length tied to its audio, and batched output equals one-by-one output.
+loops stops at a length tied to its audio, and batched output equals one-by-one output; `repeat_limit` ends a
+hypothesis that repeats an n-gram. Both are counted (results.jsonl "truncated", wer.txt totals), never silent.
+A model with a CTC head decodes CTC-guided by default (DecodeConfig.ctc_weight; models.ctc_guidance).
 """
 
 from __future__ import annotations
@@ -47,6 +52,8 @@ from llmasr.data.config import DataConfig
 from llmasr.data.loader import SpeechDataLoader, build_decode_loader
 from llmasr.export.exported import MODEL_FILE, ExportedModelError, load_exported, read_description
 from llmasr.export.trained_model import load_checkpoint_model
+from llmasr.models.ctc import LLMCTCTokenizer
+from llmasr.models.decode_guards import MAX_TOKENS, REPETITION
 from llmasr.models.decoding import DecodeConfig
 from llmasr.scoring import score_corpus
 
@@ -83,15 +90,21 @@ def decode_manifest(
     """Decode one manifest into `out_dir`; returns the summary dict (also written to wer.json), with the CTC
     branch's under "ctc" when opts.ctc, and "too_much_bad_data" (the message, or None)."""
     opts = DecodeOptions() if opts is None else opts
-    if opts.ctc and getattr(model, "ctc_head", None) is None:
+    has_head = getattr(model, "ctc_head", None) is not None
+    if opts.ctc and not has_head:
         raise DecodeError("--ctc: the model has no CTC head (it was trained with model.ctc.weight 0)")
+    try:
+        cfg.guidance(has_head, isinstance(getattr(model, "ctc_tokenizer", None), LLMCTCTokenizer))
+    except ConfigError as err:
+        raise DecodeError(str(err)) from err
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     loader = decode_loader(model, manifest_path, cfg, opts, device)
     model.eval()
     t0 = time.perf_counter()
-    rows, audio_seconds = transcribe_loader(model, loader, cfg, device)
+    rows, audio_seconds, mode = transcribe_loader(model, loader, cfg, device)
     timing = {"audio_seconds": audio_seconds, "decode_seconds": time.perf_counter() - t0, "device": device}
+    timing["mode"] = mode
     tracker = loader.bad_data
     with open(out_dir / "bad.jsonl", "w") as fb:
         for rec in tracker.examples:
@@ -107,21 +120,23 @@ def decode_manifest(
     return summary
 
 
-def transcribe_loader(model, loader: SpeechDataLoader, cfg: DecodeConfig, device) -> tuple[list[dict], float]:
-    """Rows {key, ref, hyp, ctc_hyp, duration} of every decoded utterance in manifest order, and their audio
-    seconds; ctc_hyp is None without a CTC head."""
+def transcribe_loader(model, loader: SpeechDataLoader, cfg: DecodeConfig, device) -> tuple[list[dict], float, str]:
+    """Rows {key, ref, hyp, ctc_hyp, truncated, duration} of every decoded utterance in manifest order, their audio
+    seconds and the search mode; ctc_hyp is None without a CTC head."""
     rows: dict[int, dict] = {}
-    audio_seconds = 0.0
+    audio_seconds, mode = 0.0, cfg.mode(0.0)
     for batch in loader:
         if not batch.size:  # every item bad: the loader counted them
             continue
         got = model.transcribe(batch.to(device), cfg)
+        mode = got.mode
         ctc = got.ctc if got.ctc is not None else [None] * len(got.llm)
         for i, (idx, key, ref) in enumerate(zip(batch.indices, batch.keys, batch.targets)):
             dur = float(batch.durations[i])
             audio_seconds += dur
             rows[idx] = {"key": key, "ref": ref, "hyp": got.llm[i], "ctc_hyp": ctc[i], "duration": round(dur, 4)}
-    return [rows[i] for i in sorted(rows)], audio_seconds
+            rows[idx]["truncated"] = got.truncated[i]
+    return [rows[i] for i in sorted(rows)], audio_seconds, mode
 
 
 def _counts(found: dict, n_utts: int) -> str:
@@ -136,11 +151,16 @@ def _llm_summary(out_dir: Path, rows: list[dict], found: dict, cfg: DecodeConfig
     corpus = _write_results(out_dir, rows, "hyp", cfg.metric, with_ref=True)
     audio, took = timing["audio_seconds"], timing["decode_seconds"]
     summary = corpus.to_dict()
+    truncated = {reason: sum(r["truncated"] == reason for r in rows) for reason in (MAX_TOKENS, REPETITION)}
     summary.update(
         **found,
+        mode=timing["mode"],
         audio_seconds=round(audio, 3),
         decode_seconds=round(took, 3),
         rtf=took / audio if audio > 0 else math.nan,
+        utts_per_second=corpus.n_utts / took if took > 0 else math.nan,
+        truncated=sum(truncated.values()),
+        truncated_by_guard=truncated,
         num_beams=cfg.num_beams,
         max_new_tokens=cfg.max_new_tokens,
         batch_seconds=cfg.batch_seconds,
@@ -148,8 +168,9 @@ def _llm_summary(out_dir: Path, rows: list[dict], found: dict, cfg: DecodeConfig
     text = [
         f"{Path(found['manifest']).name}: {corpus.summary()}",
         _counts(found, corpus.n_utts),
-        f"audio {audio:.1f} s, decoding {took:.1f} s, real-time factor "
-        f"{summary['rtf']:.4f}" + f" (beam {cfg.num_beams}, device {timing['device']})",
+        f"truncated: {summary['truncated']} (length cap {truncated[MAX_TOKENS]}, repetition {truncated[REPETITION]})",
+        f"mode {timing['mode']}: audio {audio:.1f} s, decoding {took:.1f} s, real-time factor {summary['rtf']:.4f}, "
+        f"{summary['utts_per_second']:.2f} utterances/s (device {timing['device']})",
     ]
     _write_summary(out_dir, summary, text)
     return summary
@@ -191,6 +212,8 @@ def _write_results(out_dir: Path, rows: list[dict], hyp_key: str, metric: str, *
                 "duration": r["duration"],
                 "wer": s.rate,
             }
+            if "truncated" in r and hyp_key == "hyp":
+                rec["truncated"] = r["truncated"]
             fj.write(json.dumps(rec, ensure_ascii=False) + "\n")
     if with_ref:
         with open(out_dir / "ref.txt", "w") as fr:

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from llmasr.config_io import ConfigError
 
 METRICS = ("auto", "wer", "cer")
+# ctc_weight when unset and the model has a CTC head (tuned on the demo's dev set; see the README's decode section).
+AUTO_CTC_WEIGHT = 0.7
 
 
 @dataclass
@@ -26,12 +28,50 @@ class DecodeConfig:
     # Text normaliser before scoring: lowercase, strip punctuation; CER instead of WER for languages written
     # without spaces (auto: decided per utterance by the script of the reference).
     metric: str = "auto"  # auto | wer | cer
+    # CTC-guided decoding (models.ctc_guidance): weight w of the CTC head's score against the LLM's, 0 = off;
+    # None = AUTO_CTC_WEIGHT for a model with a CTC head (with a non-"llm" CTC vocabulary: when num_beams > 1).
+    ctc_weight: float | None = None
+    # An n-gram (up to models.decode_guards.MAX_NGRAM tokens) repeated back to back more than this many times ends
+    # the hypothesis (counted as a truncation); 0 = no repetition stop.
+    repeat_limit: int = 4
 
     def validate(self, path: str) -> None:
         if self.num_beams < 1:
             raise ConfigError(f"{path}.num_beams: must be >= 1, got {self.num_beams}")
         if self.metric not in METRICS:
             raise ConfigError(f"{path}.metric: one of {', '.join(METRICS)}; got {self.metric!r}")
+        if self.ctc_weight is not None and not 0.0 <= self.ctc_weight <= 1.0:
+            raise ConfigError(f"{path}.ctc_weight: must be in [0, 1] (or unset for the default), got {self.ctc_weight}")
+        if self.repeat_limit < 0:
+            raise ConfigError(f"{path}.repeat_limit: must be >= 0 (0: off), got {self.repeat_limit}")
+        if self.tokens_per_second <= 0:
+            raise ConfigError(f"{path}.tokens_per_second: must be > 0, got {self.tokens_per_second}")
+
+    def guidance(self, has_ctc_head: bool, llm_vocab: bool) -> float:
+        """The CTC weight this configuration decodes a model with: the set value, else AUTO_CTC_WEIGHT when the
+        model has a CTC head that can guide this search (n-best rescoring needs num_beams > 1), else 0.
+        ConfigError when a weight > 0 is asked of a model that cannot take it."""
+        if self.ctc_weight is None:
+            return AUTO_CTC_WEIGHT if has_ctc_head and (llm_vocab or self.num_beams > 1) else 0.0
+        if self.ctc_weight > 0 and not has_ctc_head:
+            raise ConfigError(
+                f"decode.ctc_weight {self.ctc_weight}: CTC-guided decoding needs a CTC head, and this model has none "
+                "(trained with model.ctc.weight 0); set ctc_weight 0"
+            )
+        if self.ctc_weight > 0 and not llm_vocab and self.num_beams < 2:
+            raise ConfigError(
+                f"decode.ctc_weight {self.ctc_weight}: the model's CTC vocabulary is not the LLM's, so CTC guidance "
+                "rescores the LLM's n-best list; set num_beams >= 2 (got 1)"
+            )
+        return float(self.ctc_weight)
+
+    def mode(self, weight: float, llm_vocab: bool = True) -> str:
+        """A short name of the search this configuration runs with CTC weight `weight`."""
+        name = "greedy" if self.num_beams == 1 else f"beam {self.num_beams}"
+        if weight > 0:
+            how = "CTC prefix scoring" if llm_vocab else "CTC n-best rescoring"
+            name += f" + {how} (ctc_weight {weight:g})"
+        return name
 
     def greedy(self, **changes) -> DecodeConfig:
         """This configuration as validation decodes: greedy search with neither repetition penalty nor n-gram
@@ -68,3 +108,6 @@ class Transcripts:
 
     llm: list[str]
     ctc: list[str] | None = None
+    # Per utterance: which guard ended its LLM hypothesis (decode_guards.MAX_TOKENS / REPETITION) or None.
+    truncated: list[str | None] | None = None
+    mode: str = ""  # DecodeConfig.mode of the search that made `llm`

@@ -18,8 +18,11 @@ from torch import nn
 from llmasr.data.batch import Batch
 from llmasr.data.device_features import DeviceFeatures
 from llmasr.data.frontend import FrontendConfig
-from llmasr.models.ctc import ctc_greedy, ctc_loss
+from llmasr.models.ctc import LLMCTCTokenizer, ctc_greedy, ctc_loss
 from llmasr.models.ctc_compress import ctc_compress
+from llmasr.models.ctc_guidance import CTCPrefixGuide, rescore_nbest
+from llmasr.models.ctc_prefix import CTCPrefixScorer
+from llmasr.models.decode_guards import Guards
 from llmasr.models.decoding import DecodeConfig, Transcripts
 from llmasr.models.insert_audio import merge_audio_into_text
 from llmasr.models.llm import causal_lm_parts
@@ -197,8 +200,9 @@ class SpeechLLM(nn.Module):
     # -- inference ----------------------------------------------------------------------------------------------
     @torch.no_grad()
     def transcribe(self, batch: Batch, cfg: DecodeConfig | None = None, **generate_kwargs) -> Transcripts:
-        """The LLM's transcripts of a batch under `cfg` (greedy or beam search; the prompt ends at `target_start`)
-        and, with a CTC head, the head's greedy best path over the same encoder pass.
+        """The LLM's transcripts of a batch under `cfg` (greedy or beam search, CTC-guided when cfg.guidance says
+        so; the prompt ends at `target_start`), which guard ended each (decode_guards), and, with a CTC head, the
+        head's greedy best path over the same encoder pass.
 
         With `cfg.max_new_tokens` unset, each utterance's cap is `cfg.tokens_per_second` times its own duration plus
         8, so a model that loops stops at a length tied to its audio rather than at a global maximum.
@@ -206,12 +210,13 @@ class SpeechLLM(nn.Module):
         """
         cfg = DecodeConfig() if cfg is None else cfg
         enc, enc_lens, log_probs, merged = self._embed(batch, for_generation=True)
-        llm = [self.prompt.decode(ids) for ids in self._generate(merged, batch.feat_lens, cfg, generate_kwargs)]
-        if self.ctc_head is None:
-            return Transcripts(llm)
-        if log_probs is None:  # not already computed for compression
+        if self.ctc_head is not None and log_probs is None:  # not already computed for compression
             log_probs = self.ctc_head(enc, enc_lens)
-        return Transcripts(llm, self.ctc_texts(log_probs, enc_lens))
+        ctc = None if self.ctc_head is None else (log_probs, enc_lens)
+        rows, truncated, mode = self._search(merged, batch.feat_lens, cfg, generate_kwargs, ctc)
+        llm = [self.prompt.decode(ids) for ids in rows]
+        ctc_texts = None if ctc is None else self.ctc_texts(log_probs, enc_lens)
+        return Transcripts(llm, ctc_texts, truncated, mode)
 
     @torch.no_grad()
     def generate(self, batch: Batch, **settings) -> list[str]:
@@ -224,24 +229,60 @@ class SpeechLLM(nn.Module):
         """`generate`'s token ids, before decoding (each row cut at its cap)."""
         names = {f.name for f in dataclasses.fields(DecodeConfig)}
         cfg = DecodeConfig(**{k: v for k, v in settings.items() if k in names})
-        _, _, _, merged = self._embed(batch, for_generation=True)
-        return self._generate(merged, batch.feat_lens, cfg, {k: v for k, v in settings.items() if k not in names})
+        enc, enc_lens, log_probs, merged = self._embed(batch, for_generation=True)
+        ctc = None
+        if self.ctc_head is not None:
+            ctc = (self.ctc_head(enc, enc_lens) if log_probs is None else log_probs, enc_lens)
+        kwargs = {k: v for k, v in settings.items() if k not in names}
+        return self._search(merged, batch.feat_lens, cfg, kwargs, ctc)[0]
 
-    def _generate(self, merged, feat_lens: torch.Tensor, cfg: DecodeConfig, generate_kwargs: dict) -> list[list[int]]:
+    def _search(self, merged, feat_lens, cfg: DecodeConfig, generate_kwargs: dict, ctc) -> tuple:
+        """(token ids per row, each cut at its cap; truncation per row; mode name) of the search `cfg` asks for;
+        `ctc`: (CTC log-probs, lengths) of a model with a CTC head, else None."""
+        from transformers import LogitsProcessorList  # deferred like every transformers import (models.llm)
+
+        llm_vocab = isinstance(self.ctc_tokenizer, LLMCTCTokenizer)
+        weight = cfg.guidance(ctc is not None, llm_vocab)
         if cfg.max_new_tokens is None:
             seconds = feat_lens.double() * self.frontend.frame_seconds
             caps = [int(math.ceil(float(s) * cfg.tokens_per_second)) + 8 for s in seconds]
         else:
             caps = [int(cfg.max_new_tokens)] * int(feat_lens.shape[0])
+        guards = Guards(caps, cfg.repeat_limit, self.prompt.end_id, cfg.num_beams)
+        processors = []
+        if weight > 0 and llm_vocab:
+            scorer = CTCPrefixScorer(ctc[0], ctc[1], self.ctc_tokenizer.blank_id)
+            processors.append(CTCPrefixGuide(scorer, weight, self.prompt.end_id, cfg.num_beams))
+        nbest = cfg.num_beams if weight > 0 and not llm_vocab else 1
         out = self.llm.generate(
             inputs_embeds=merged.inputs_embeds,
             attention_mask=merged.attention_mask,
-            max_new_tokens=max(caps),
+            max_new_tokens=max(caps) + 1,  # the guard ends each row at its own cap
             do_sample=False,
             eos_token_id=self.prompt.end_id,
             pad_token_id=self.prompt.pad_id,
+            logits_processor=LogitsProcessorList([*processors, guards]),
+            num_return_sequences=nbest,
+            output_scores=nbest > 1,
+            return_dict_in_generate=True,
             **cfg.generation(),
             **generate_kwargs,
         )
+        rows = out.sequences.tolist()
+        if nbest > 1:
+            rows = self._rescored(rows, out.sequences_scores, nbest, ctc, weight)
         # Each row is cut at its own cap, so a looping utterance yields the same text in a batch as alone.
-        return [row[:cap] for row, cap in zip(out.tolist(), caps)]
+        truncated = [guards.truncation(row, cap) for row, cap in zip(rows, caps)]
+        return [row[:cap] for row, cap in zip(rows, caps)], truncated, cfg.mode(weight, llm_vocab)
+
+    def _rescored(self, rows: list[list[int]], scores: torch.Tensor, nbest: int, ctc, weight: float) -> list:
+        """The best of each utterance's `nbest` rows by LLM log-probability joined with the CTC score of its text.
+        Beam scores are divided by length ** length_penalty (tokens with the end token; the guards end every row
+        with it), which is undone here so that both scores are sums over the hypothesis."""
+        groups = [rows[b * nbest : (b + 1) * nbest] for b in range(len(rows) // nbest)]
+        penalty = float(getattr(self.llm.generation_config, "length_penalty", 1.0) or 0.0)
+        end = self.prompt.end_id
+        sums = [s * (r.index(end) + 1 if end in r else len(r)) ** penalty for r, s in zip(rows, scores.tolist())]
+        hyps = [[(self.prompt.decode(r), sums[b * nbest + i]) for i, r in enumerate(g)] for b, g in enumerate(groups)]
+        best = rescore_nbest(hyps, ctc[0], ctc[1], self.ctc_tokenizer, weight)
+        return [g[i] for g, i in zip(groups, best)]

@@ -5,11 +5,12 @@ the same number of batches) and the sums are all-reduced, so all ranks return th
 ranks gather parameters together, so generation runs with `synced_gpus=True`: a rank whose utterances finished
 early keeps stepping until all are done.
 
-With a CTC head, the greedy pass also scores the CTC branch's best path (`ctc_wer`, same scorer and metric as
-`wer`): a low ctc_wer next to a high wer says the encoder hears the words and the LLM side loses them. Both come from
-one `model.transcribe` call, the function `llmasr decode` uses: the CTC head reads the encoder output of the
-generation pass (a rank holding only the stand-in for an all-bad batch makes the same call, so under ZeRO-3 every
-rank joins the same collectives).
+The greedy pass is CTC-guided when the decode section says so (decode.ctc_weight; by default for a model with a
+CTC head), as `llmasr decode` decodes. With a CTC head, the greedy pass also scores the CTC branch's best path
+(`ctc_wer`, same scorer and metric as `wer`): a low ctc_wer next to a high wer says the encoder hears the words and
+the LLM side loses them. Both come from one `model.transcribe` call, the function `llmasr decode` uses: the CTC head
+reads the encoder output of the generation pass (a rank holding only the stand-in for an all-bad batch makes the
+same call, so under ZeRO-3 every rank joins the same collectives).
 """
 
 from __future__ import annotations

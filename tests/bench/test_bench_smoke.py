@@ -242,3 +242,19 @@ def test_run_all_quick_device_features(tmp_path):
     assert res["command"] == "python bench/device_features.py --quick"
     md = (tmp_path / "m" / "results.md").read_text()
     assert "## 6. Features: loader workers vs the device" in md and "| torch batched | cpu | 1 |" in md
+
+
+def test_decode_speed_quick_reports_every_mode(tmp_path, capsys):
+    import decode_speed
+
+    argv = ["--quick", "--beam", "2", "--json-out", str(tmp_path / "d.json"), "--num-workers", "0"]
+    assert decode_speed.main(argv) == 0
+    res = json.loads((tmp_path / "d.json").read_text())
+    assert [m["mode"] for m in res["modes"]] == ["greedy", "beam 2", "greedy + CTC 0.5", "beam 2 + CTC 0.5"]
+    assert [m["search"] for m in res["modes"]][2:] == [
+        "greedy + CTC prefix scoring (ctc_weight 0.5)", "beam 2 + CTC prefix scoring (ctc_weight 0.5)",
+    ]  # fmt: skip
+    for m in res["modes"]:
+        assert m["utterances"] == 6 and m["utts_per_second"] > 0 and m["rtf"] > 0 and 0 <= m["truncated"] <= 6
+    out = capsys.readouterr().out
+    assert "| beam 2 + CTC 0.5 |" in out and "Reproduce: `python bench/decode_speed.py --quick --beam 2" in out

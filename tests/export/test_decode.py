@@ -17,7 +17,7 @@ from llmasr.data.loader import open_manifests
 from llmasr.export.decode import DecodeError, DecodeOptions, decode_loader, decode_manifest, load_decode_model
 from llmasr.export.export import export_model
 from llmasr.export.exported import load_exported
-from llmasr.models.decoding import DecodeConfig, decode_config
+from llmasr.models.decoding import AUTO_CTC_WEIGHT, DecodeConfig, decode_config
 from llmasr.scoring import score_corpus
 from llmasr.testing.run_dirs import write_corpus, write_wav
 from llmasr.testing.tiny_recipe import OracleCTCHead
@@ -88,11 +88,17 @@ def test_end_to_end_outputs_and_wer(model, tmp_path):
     assert [r["ref"] for r in rows] == TEXTS
     # The same model transcribing decode's own batches directly (batched == alone is the test above, on short
     # outputs: over these long random strings a padding-sized float difference may flip a near-tie).
-    want = {}
+    want, stops = {}, {}
     for batch in decode_loader(model, manifest, cfg, opts):
         if batch.size:
-            want.update(zip(batch.keys, model.transcribe(batch, cfg).llm))
+            got = model.transcribe(batch, cfg)
+            want.update(zip(batch.keys, got.llm))
+            stops.update(zip(batch.keys, got.truncated))
     assert [r["hyp"] for r in rows] == [want[r["key"]] for r in rows]
+    # Every guard stop is listed per utterance and counted (the untrained model rarely ends: caps are reached).
+    assert [r["truncated"] for r in rows] == [stops[r["key"]] for r in rows]
+    by_guard = {g: sum(r["truncated"] == g for r in rows) for g in ("max_tokens", "repetition")}
+    assert summary["truncated_by_guard"] == by_guard and summary["truncated"] == sum(by_guard.values()) > 0
     assert any(r["hyp"].strip() for r in rows)  # the comparison is not of empty strings
     assert _read(out / "hyp.txt") == [f"{r['key']} {' '.join(r['hyp'].split())}" for r in rows]
     assert _read(out / "ref.txt") == [f"{r['key']} {r['ref']}" for r in rows]
@@ -109,7 +115,13 @@ def test_end_to_end_outputs_and_wer(model, tmp_path):
     assert short["reason"].startswith("audio too short for one feature frame (160 samples")
     text = (out / "wer.txt").read_text().splitlines()
     assert text[0] == f"test.jsonl: {corpus.summary()}" and f"WER {100 * corpus.rate:.2f}%" in text[0]
-    assert "skipped (bad data): 3" in text[1] and "real-time factor" in text[2]
+    assert "skipped (bad data): 3" in text[1]
+    guards = f"length cap {by_guard['max_tokens']}, repetition {by_guard['repetition']}"
+    assert text[2] == f"truncated: {summary['truncated']} ({guards})"
+    assert text[3].startswith(f"mode {summary['mode']}: ") and "real-time factor" in text[3]
+    assert "utterances/s" in text[3]
+    assert summary["mode"] == f"beam 2 + CTC prefix scoring (ctc_weight {AUTO_CTC_WEIGHT:g})"  # a CTC head's default
+    assert summary["utts_per_second"] > 0
 
 
 def test_cli_with_exported_model_and_checkpoint_agree(runs, exported_dir, corpus, tmp_path, capsys):
@@ -162,7 +174,7 @@ def test_several_manifests_get_their_own_directories(exported_dir, tmp_path):
     )
     assert rc == 0
     assert len(_read(tmp_path / "o" / "dev" / "hyp.txt")) == 2 and len(_read(tmp_path / "o" / "test" / "hyp.txt")) == 2
-    assert len(_read(tmp_path / "o" / "wer.txt")) == 2 * 3
+    assert len(_read(tmp_path / "o" / "wer.txt")) == 2 * 4
 
 
 def test_missing_model_dir_is_a_clear_error(tmp_path, capsys):
@@ -218,7 +230,9 @@ def _independent_ctc(model, corpus) -> dict:
 
 
 def test_ctc_branch_batched_equals_one_by_one_and_the_llm_output_is_unchanged(model, corpus, tmp_path):
-    big, small = DecodeConfig(batch_seconds=100.0, max_new_tokens=4), DecodeConfig(batch_seconds=0.01, max_new_tokens=4)
+    # Unguided (ctc_weight 0), so that the LLM's hypotheses are its own and differ from the CTC branch's.
+    big = DecodeConfig(batch_seconds=100.0, max_new_tokens=4, ctc_weight=0.0)
+    small = DecodeConfig(batch_seconds=0.01, max_new_tokens=4, ctc_weight=0.0)
     plain, ctc = DecodeOptions(num_workers=0), DecodeOptions(num_workers=0, ctc=True)
     decode_manifest(model, corpus, tmp_path / "plain", big, plain)
     batched = decode_manifest(model, corpus, tmp_path / "b", big, ctc)
@@ -228,7 +242,7 @@ def test_ctc_branch_batched_equals_one_by_one_and_the_llm_output_is_unchanged(mo
         assert _read(tmp_path / "b" / name) == _read(tmp_path / "plain" / name), name
     plain = json.loads((tmp_path / "plain" / "wer.json").read_text())
     with_ctc = json.loads((tmp_path / "b" / "wer.json").read_text())
-    timing = ("decode_seconds", "rtf")
+    timing = ("decode_seconds", "rtf", "utts_per_second")
     assert {k: v for k, v in with_ctc.items() if k not in timing} == {k: v for k, v in plain.items() if k not in timing}
     for name in ("hyp.txt", "results.jsonl", "wer.txt", "wer.json"):
         assert (tmp_path / "b" / "ctc" / name).is_file(), name
@@ -282,7 +296,7 @@ def test_cli_ctc_prints_both_lines(runs, exported_dir, corpus, tmp_path, capsys)
     common = ["--data", str(corpus), "--max-new-tokens", "3", "--num-workers", "0", "--ctc"]
     assert main(["--model", str(exported_dir), "--output", str(tmp_path / "m"), *common]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0].startswith("test.jsonl: WER ") and lines[3].startswith("test.jsonl (CTC branch, greedy): WER ")
+    assert lines[0].startswith("test.jsonl: WER ") and lines[4].startswith("test.jsonl (CTC branch, greedy): WER ")
     assert json.loads((tmp_path / "m" / "ctc" / "wer.json").read_text())["branch"] == "ctc"
     assert main(["--checkpoint", str(runs[2]), "--output", str(tmp_path / "c"), *common]) == 0
     assert _read(tmp_path / "m" / "ctc" / "hyp.txt") == _read(tmp_path / "c" / "ctc" / "hyp.txt")
@@ -299,6 +313,16 @@ def test_ctc_on_a_model_without_a_ctc_head_is_a_clear_error(base_dirs, train_cor
     assert not (tmp_path / "o").exists()
     with pytest.raises(DecodeError, match="no CTC head"):
         decode_manifest(load_exported(exported), corpus, tmp_path / "o2", DecodeConfig(), DecodeOptions(ctc=True))
+    # CTC-guided decoding is refused the same way, before anything is decoded; by default it is simply off
+    args = ["--model", str(exported), "--data", str(corpus), "--output", str(tmp_path / "o3"), "--ctc-weight", "0.5"]
+    rc = main(args)
+    err = capsys.readouterr().err
+    assert rc == 2 and "decode.ctc_weight 0.5: CTC-guided decoding needs a CTC head, and this model has none" in err
+    assert not (tmp_path / "o3").exists()
+    with pytest.raises(DecodeError, match="needs a CTC head"):
+        decode_manifest(load_exported(exported), corpus, tmp_path / "o4", DecodeConfig(ctc_weight=0.5))
+    summary = decode_manifest(load_exported(exported), corpus, tmp_path / "o5", DecodeConfig(max_new_tokens=2))
+    assert summary["mode"] == "greedy"
 
 
 def test_decode_config_given_then_saved_then_defaults():

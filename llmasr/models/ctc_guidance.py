@@ -1,0 +1,125 @@
+"""CTC-guided LLM decoding: the LLM's next-token scores joined with the CTC head's prefix scores.
+
+With a CTC vocabulary of the LLM's own token ids (model.ctc.vocab "llm"), each step of greedy or beam search scores
+the LLM's top candidates (and always the end token) by
+
+    (1 - w) * log P_llm(c | h) + w * (log psi_ctc(h c) - log psi_ctc(h))
+
+(the end token's CTC term: log P_ctc(exactly h) - log psi_ctc(h)); every other token is ruled out. Summed over a
+hypothesis this is (1 - w) log P_llm + w log P_ctc, so a token the audio does not support (an insertion) or an end
+before the audio is spelled out loses. With any other CTC vocabulary the LLM's n-best list is rescored by the CTC
+forward score of each hypothesis re-tokenised into that vocabulary (`rescore_nbest`).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from llmasr.models.ctc_prefix import CTCPrefixScorer, PrefixState
+
+# LLM candidates scored by CTC per hypothesis and step (the end token is always scored as well).
+CANDIDATES = 8
+# Prefix scores are floored here so that an impossible prefix (more labels than frames) stays comparable.
+FLOOR = -1.0e4
+
+
+class CTCPrefixGuide:
+    """A transformers logits processor (called with the generated ids [rows, n] and log-probs [rows, V]); row r
+    belongs to utterance r // num_beams. States are kept per (utterance, prefix), so beam reordering needs nothing."""
+
+    def __init__(self, scorer: CTCPrefixScorer, weight: float, end_id: int, num_beams: int):
+        self.scorer, self.weight, self.end_id, self.num_beams = scorer, float(weight), int(end_id), int(num_beams)
+        # (utterance, prefix) -> (row, candidate) in the last step's (psi, r_n, r_b), for the prefixes it proposed
+        self.kept: dict[tuple[int, tuple[int, ...]], tuple[int, int]] = {}
+        self.step: tuple = ()
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        rows, prefixes = [], []
+        for r, ids in enumerate(input_ids.tolist()):
+            if self.end_id not in ids:  # a finished greedy row only receives padding
+                rows.append(r)
+                prefixes.append(tuple(ids))
+        if not rows:
+            return scores
+        utts = [r // self.num_beams for r in rows]
+        states = [self._state(u, p) for u, p in zip(utts, prefixes)]
+        # Candidates are picked on the LLM's device; only they travel to the CTC side (CPU, float64).
+        here = scores[rows]
+        labels, ok = self._candidates(here)
+        psi, r_n, r_b = self.scorer.extend(utts, states, labels.clamp(max=self.scorer.vocab_size - 1))
+        old = torch.tensor([s.psi for s in states], dtype=torch.float64)[:, None].clamp(min=FLOOR)
+        ends = self.scorer.final_all(utts, states)[:, None]
+        delta = torch.cat([psi.clamp(min=FLOOR) - old, ends.clamp(min=FLOOR) - old], dim=1)
+        self._keep(utts, prefixes, labels, ok, (psi, r_n, r_b))
+        labels = torch.cat([labels, torch.full_like(labels[:, :1], self.end_id)], dim=1)
+        ok = torch.cat([ok, torch.ones_like(ok[:, :1])], dim=1)
+        llm = here.gather(1, labels.to(here.device)).cpu().double()
+        joint = torch.where(ok, (1 - self.weight) * llm + self.weight * delta, torch.tensor(float("-inf")).double())
+        out = torch.full_like(scores, float("-inf"))
+        at = (torch.tensor(rows)[:, None].to(scores.device), labels.to(scores.device))
+        out[at] = joint.to(scores.device, scores.dtype)
+        guided = set(rows)
+        done = [r for r in range(scores.shape[0]) if r not in guided]
+        out[done] = scores[done]
+        return out
+
+    def _candidates(self, scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The LLM's top tokens per row ([N, K]) other than the end token, and which of them the CTC vocabulary
+        can spell (an id past it, or the blank's id, is ruled out)."""
+        masked = scores.clone()
+        masked[:, self.end_id] = float("-inf")
+        top = masked.topk(min(CANDIDATES, masked.shape[1] - 1), dim=1)
+        labels, finite = top.indices.cpu(), torch.isfinite(top.values).cpu()
+        blank = self.scorer.blank_id
+        ok = (labels < self.scorer.vocab_size) & (labels != blank) & finite
+        return torch.where(labels == blank, torch.zeros_like(labels), labels), ok
+
+    def _state(self, utt: int, prefix: tuple[int, ...]) -> PrefixState:
+        """A prefix's state: kept from the step that proposed it, or (a token no candidate list held, e.g. forced
+        by another processor) extended from its parent's."""
+        key = (utt, prefix)
+        if key in self.kept:
+            i, k = self.kept[key]
+            psi, r_n, r_b = self.step
+            return PrefixState(r_n[i, k], r_b[i, k], psi[i, k].item(), prefix[-1])
+        if not prefix:
+            return self.scorer.initial(utt)
+        parent = self._state(utt, prefix[:-1])
+        label = prefix[-1] if prefix[-1] < self.scorer.vocab_size and prefix[-1] != self.scorer.blank_id else 0
+        psi, r_n, r_b = self.scorer.extend([utt], [parent], torch.tensor([[label]]))
+        return PrefixState(r_n[0, 0], r_b[0, 0], float(psi[0, 0]), label)
+
+    def _keep(self, utts, prefixes, labels: torch.Tensor, ok: torch.Tensor, step: tuple) -> None:
+        """Remember where this step's extensions are (the next step's prefixes are among them); older ones go."""
+        self.step, self.kept = step, {}
+        for i, (utt, prefix, row, good) in enumerate(zip(utts, prefixes, labels.tolist(), ok.tolist())):
+            for k, (label, valid) in enumerate(zip(row, good)):
+                if valid:
+                    self.kept[(utt, (*prefix, label))] = (i, k)
+
+
+def rescore_nbest(
+    nbest: list[list[tuple[str, float]]], log_probs: torch.Tensor, lens: torch.Tensor, tokenizer, weight: float
+) -> list[int]:
+    """Index of the best hypothesis per utterance among its n-best [(text, LLM log-probability)], by
+    (1 - w) * LLM + w * log P_ctc(text re-tokenised into the CTC vocabulary)."""
+    best = []
+    for b, hyps in enumerate(nbest):
+        frames = log_probs[b, : int(lens[b])].float().cpu()
+        joint = []
+        for text, llm_score in hyps:
+            ids = tokenizer.encode(text) if text.strip() else []
+            ctc = _ctc_log_prob(frames, ids, tokenizer.blank_id)
+            joint.append((1 - weight) * llm_score + weight * max(ctc, FLOOR))
+        best.append(max(range(len(hyps)), key=lambda i: joint[i]))
+    return best
+
+
+def _ctc_log_prob(frames: torch.Tensor, ids: list[int], blank_id: int) -> float:
+    """log P_ctc(ids | frames [T, V]) (-inf when the labels need more frames than there are)."""
+    loss = F.ctc_loss(
+        frames[:, None, :], torch.tensor([ids], dtype=torch.long).reshape(1, -1), torch.tensor([frames.shape[0]]),
+        torch.tensor([len(ids)]), blank=blank_id, reduction="sum", zero_infinity=False,
+    )  # fmt: skip
+    return -float(loss)

@@ -1,0 +1,61 @@
+"""Guards that keep a hypothesis from running away: a per-utterance cap on new tokens (from its audio duration) and a
+repetition stop (an n-gram repeated back to back past a limit ends the hypothesis).
+
+Both work by forcing the end token inside the search (a transformers logits processor), so they hold per
+utterance in greedy and beam search alike and a batch decodes as its utterances would alone. Which guard ended a
+hypothesis is read back from its tokens with the same rules (`truncation`), so every stop is counted.
+"""
+
+from __future__ import annotations
+
+import torch
+
+# The longest n-gram (in tokens) the repetition stop looks for.
+MAX_NGRAM = 8
+MAX_TOKENS, REPETITION = "max_tokens", "repetition"
+
+
+def repeated_tail(ids: list[int], copies: int) -> bool:
+    """Whether `ids` ends with `copies` back-to-back copies of one n-gram of 1..MAX_NGRAM tokens."""
+    for n in range(1, MAX_NGRAM + 1):
+        span = n * copies
+        if len(ids) < span:
+            break
+        tail = ids[-n:]
+        if ids[-span:] == tail * copies:
+            return True
+    return False
+
+
+class Guards:
+    """Forces the end token on row r (utterance r // num_beams) once it holds caps[utterance] tokens, or once its
+    tail repeats an n-gram `repeat_limit` + 1 times (repeat_limit 0: no repetition stop)."""
+
+    def __init__(self, caps: list[int], repeat_limit: int, end_id: int, num_beams: int):
+        self.caps, self.repeat_limit, self.end_id, self.num_beams = caps, int(repeat_limit), int(end_id), num_beams
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        stop = [
+            r
+            for r, ids in enumerate(input_ids.tolist())
+            if self.end_id not in ids and self.reason(ids, self.caps[r // self.num_beams]) is not None
+        ]
+        if not stop:
+            return scores
+        out = scores.clone()
+        out[stop] = float("-inf")
+        out[stop, self.end_id] = 0.0
+        return out
+
+    def reason(self, ids: list[int], cap: int) -> str | None:
+        """Why a hypothesis of these tokens must end now: MAX_TOKENS, REPETITION, or None."""
+        if len(ids) >= cap:
+            return MAX_TOKENS
+        if self.repeat_limit and repeated_tail(ids, self.repeat_limit + 1):
+            return REPETITION
+        return None
+
+    def truncation(self, ids: list[int], cap: int) -> str | None:
+        """Which guard ended the hypothesis `ids` (generated tokens, cut at their end token or not), or None."""
+        body = ids[: ids.index(self.end_id)] if self.end_id in ids else ids
+        return self.reason(body, cap)

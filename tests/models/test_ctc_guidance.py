@@ -1,0 +1,188 @@
+"""CTC-guided decoding and the decoding guards, on models whose outputs are known: CTC prefix scores against brute
+force, an LLM scripted to insert a word against an oracle CTC head, batched == one-by-one, truncations named."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import pytest
+import torch
+
+import llmasr
+from llmasr.config_io import ConfigError
+from llmasr.models.adaptors import ADAPTOR_TYPES
+from llmasr.models.ctc import ctc_collapse
+from llmasr.models.ctc_guidance import rescore_nbest
+from llmasr.models.ctc_prefix import CTCPrefixScorer, PrefixState
+from llmasr.models.decode_guards import MAX_TOKENS, REPETITION, repeated_tail
+from llmasr.models.decoding import DecodeConfig
+from llmasr.testing.scripted_llm import ScriptedLLM, chain_script
+from llmasr.testing.tiny_recipe import OracleCTCHead, random_batch, tiny_model_section
+
+TARGETS = ["zero one two", "three four", "five six seven eight", "nine"]
+
+
+@pytest.fixture
+def model(tiny_llm_dir):
+    torch.manual_seed(0)
+    return llmasr.build_model(tiny_model_section(tiny_llm_dir, ctc_weight=0.3)).eval()
+
+
+def _spell(scorer, utt, labels) -> PrefixState:
+    state = scorer.initial(utt)
+    for c in labels:
+        psi, r_n, r_b = scorer.extend([utt], [state], torch.tensor([[c]]))
+        state = PrefixState(r_n[0, 0], r_b[0, 0], float(psi[0, 0]), c)
+    return state
+
+
+def test_prefix_scores_equal_brute_force_over_every_frame_path():
+    torch.manual_seed(0)
+    steps, vocab, blank = 5, 4, 3
+    log_probs = torch.randn(2, steps, vocab, dtype=torch.float64).log_softmax(-1)
+    lens = torch.tensor([5, 4])  # the second row is padded: its scores must ignore the last frame
+    scorer = CTCPrefixScorer(log_probs, lens, blank)
+    for utt in range(2):
+        n = int(lens[utt])
+        spelled: dict[tuple, float] = {}
+        for path in itertools.product(range(vocab), repeat=n):
+            p = math.exp(sum(float(log_probs[utt, t, c]) for t, c in enumerate(path)))
+            key = tuple(ctc_collapse(path, blank))
+            spelled[key] = spelled.get(key, 0.0) + p
+        for labels in [(0,), (0, 0), (0, 1), (1, 0, 1), (2, 2), (0, 1, 2, 0)]:
+            state = _spell(scorer, utt, labels)
+            prefix = sum(p for y, p in spelled.items() if y[: len(labels)] == labels)
+            assert math.exp(state.psi) == pytest.approx(prefix, rel=1e-9, abs=1e-12), (utt, labels)
+            assert math.exp(scorer.final(utt, state)) == pytest.approx(spelled.get(labels, 0.0), rel=1e-9, abs=1e-12)
+
+
+def _inserting_model(model, batch, inserted: str):
+    """For a one-utterance batch: the oracle CTC head spelling the reference put in place, and the LLM scripted
+    to say the reference, then `inserted`, then stop (a ScriptedLLM context)."""
+    ref = batch.targets[0]
+    enc_len = int(model.encoder(batch.feats, batch.feat_lens)[1][0])
+    model._modules["ctc_head"] = OracleCTCHead(model.ctc_tokenizer, {enc_len: ref})
+    tokens = model.prompt.tokenizer.encode(f"{ref} {inserted}", add_special_tokens=False)
+    script = chain_script(tokens, model.prompt.end_id)
+    # After the reference the LLM prefers the inserted word, with the end token a clear second.
+    ref_len = len(model.prompt.tokenizer.encode(ref, add_special_tokens=False))
+    script[tokens[ref_len - 1]][model.prompt.end_id] = 25.0
+    return ScriptedLLM(model, script)
+
+
+@pytest.mark.parametrize("beams", [1, 3])
+def test_ctc_guidance_removes_the_insertion_the_llm_alone_makes(model, beams):
+    batch = random_batch(model, ["three four"], frames=[30], seed=1)
+    with torch.no_grad(), _inserting_model(model, batch, "nine"):
+        alone = model.transcribe(batch, DecodeConfig(num_beams=beams, ctc_weight=0.0))
+        guided = model.transcribe(batch, DecodeConfig(num_beams=beams, ctc_weight=0.5))
+    assert alone.llm == ["three four nine"]  # the scripted insertion
+    assert guided.llm == ["three four"] and guided.ctc == ["three four"]
+    assert "CTC prefix scoring (ctc_weight 0.5)" in guided.mode and "CTC" not in alone.mode
+    assert guided.truncated == [None]
+
+
+@pytest.mark.parametrize("beams", [1, 3])
+def test_guided_batched_equals_one_by_one_and_guidance_changes_the_output(model, beams):
+    batch = random_batch(model, TARGETS, frames=[12, 20, 16, 9], seed=5)
+    cfg = DecodeConfig(num_beams=beams, ctc_weight=0.5, max_new_tokens=6)
+    together = model.transcribe(batch, cfg)
+    alone = [model.transcribe(batch.select([i]), cfg) for i in range(len(TARGETS))]
+    assert together.llm == [a.llm[0] for a in alone]
+    assert together.truncated == [a.truncated[0] for a in alone]
+    plain = model.transcribe(batch, DecodeConfig(num_beams=beams, ctc_weight=0.0, max_new_tokens=6))
+    assert plain.llm != together.llm  # the random CTC head does steer the random LLM
+
+
+def test_default_weight_is_on_with_a_ctc_head_and_refused_without_one(model, tiny_llm_dir):
+    assert DecodeConfig().guidance(True, True) > 0 and DecodeConfig().guidance(False, True) == 0.0
+    assert DecodeConfig().guidance(True, False) == 0.0  # n-best rescoring needs a beam
+    batch = random_batch(model, TARGETS[:2])
+    assert "CTC prefix scoring" in model.transcribe(batch, DecodeConfig(max_new_tokens=3)).mode
+    torch.manual_seed(0)
+    plain = llmasr.build_model(tiny_model_section(tiny_llm_dir)).eval()
+    assert plain.transcribe(random_batch(plain, TARGETS[:2]), DecodeConfig(max_new_tokens=3)).mode == "greedy"
+    with pytest.raises(ConfigError, match="needs a CTC head, and this model has none"):
+        plain.transcribe(random_batch(plain, TARGETS[:2]), DecodeConfig(ctc_weight=0.3))
+    with pytest.raises(ConfigError, match="set num_beams >= 2"):
+        DecodeConfig(ctc_weight=0.3).guidance(True, False)
+    with pytest.raises(ConfigError, match=r"decode.ctc_weight: must be in \[0, 1\]"):
+        DecodeConfig(ctc_weight=1.5).validate("decode")
+
+
+def test_nbest_rescoring_picks_the_hypothesis_the_ctc_head_spells(model):
+    tok = model.ctc_tokenizer
+    frames = OracleCTCHead(tok, {20: "three four"})(torch.zeros(1, 20, 1), torch.tensor([20]))
+    nbest = [[("three four nine", -0.1), ("three four", -2.0), ("three", -1.0)]]
+    assert rescore_nbest(nbest, frames, torch.tensor([20]), tok, 0.0) == [0]
+    assert rescore_nbest(nbest, frames, torch.tensor([20]), tok, 0.5) == [1]
+
+
+def test_repeated_tail():
+    assert repeated_tail([5, 1, 2, 1, 2, 1, 2], 3) and not repeated_tail([5, 1, 2, 1, 2, 1, 2], 4)
+    assert repeated_tail([7, 7, 7], 3) and not repeated_tail([7, 8, 7], 2)
+
+
+def test_a_looping_llm_is_stopped_and_each_stop_is_named(model):
+    tok = model.prompt.tokenizer
+    a, b = tok.encode(" one", add_special_tokens=False)[0], tok.encode(" two", add_special_tokens=False)[0]
+    loop = {None: {a: 30.0}, a: {b: 30.0}, b: {a: 30.0}}  # "one two one two ..." and never the end token
+    batch = random_batch(model, TARGETS[:2], frames=[40, 60], seed=2)
+    with torch.no_grad(), ScriptedLLM(model, loop):
+        stopped = model.transcribe(batch, DecodeConfig(ctc_weight=0.0, repeat_limit=2))
+        capped = model.transcribe(batch, DecodeConfig(ctc_weight=0.0, repeat_limit=0, max_new_tokens=5))
+        ids = model.generate_ids(batch.select([0]), ctc_weight=0.0, repeat_limit=2)
+    assert stopped.truncated == [REPETITION, REPETITION]
+    assert stopped.llm == [tok.decode([a, b] * 3).strip()] * 2  # the third copy ends the hypothesis
+    assert ids[0][:7] == [a, b, a, b, a, b, model.prompt.end_id]
+    assert capped.truncated == [MAX_TOKENS, MAX_TOKENS] and capped.llm[0] == tok.decode([a, b, a, b, a]).strip()
+
+
+@pytest.mark.parametrize(
+    "adaptor, compress", [(a, "none") for a in ADAPTOR_TYPES] + [("linear", "avg_no_blank"), ("qformer", "avg")]
+)
+def test_guided_decoding_with_every_adaptor_and_ctc_compress(tiny_llm_dir, adaptor, compress):
+    torch.manual_seed(0)
+    section = tiny_model_section(tiny_llm_dir, adaptor=adaptor, ctc_weight=0.3)
+    section["adaptor"]["ctc_compress"] = compress
+    m = llmasr.build_model(section).eval()
+    batch = random_batch(m, TARGETS, frames=[12, 20, 16, 9], seed=5)
+    cfg = DecodeConfig(num_beams=2, ctc_weight=0.5, max_new_tokens=4)
+    together = m.transcribe(batch, cfg)
+    assert together.llm == [m.transcribe(batch.select([i]), cfg).llm[0] for i in range(len(TARGETS))]
+    assert together.mode == "beam 2 + CTC prefix scoring (ctc_weight 0.5)"
+
+
+def test_a_word_vocabulary_head_rescores_the_nbest_and_removes_the_insertion(tiny_llm_dir, tmp_path):
+    vocab = tmp_path / "words.txt"
+    vocab.write_text("\n".join(["<blank>", "<unk>", "<space>", "three", "four", "nine"]) + "\n")
+    torch.manual_seed(0)
+    section = tiny_model_section(tiny_llm_dir, ctc_weight=0.3)
+    section["ctc"]["vocab"] = str(vocab)
+    m = llmasr.build_model(section).eval()
+    assert m.ctc_tokenizer.encode("three four") == [3, 2, 4]
+    batch, head = random_batch(m, ["three four"], frames=[30], seed=1), m.ctc_head
+    with torch.no_grad(), _inserting_model(m, batch, "nine"):
+        alone = m.transcribe(batch, DecodeConfig(num_beams=3, ctc_weight=0.0))
+        guided = m.transcribe(batch, DecodeConfig(num_beams=3, ctc_weight=0.5))
+    assert alone.llm == ["three four nine"] and guided.llm == ["three four"]
+    assert guided.mode == "beam 3 + CTC n-best rescoring (ctc_weight 0.5)"
+    with pytest.raises(ConfigError, match="set num_beams >= 2"):
+        m.transcribe(batch, DecodeConfig(ctc_weight=0.5))
+    assert m.transcribe(batch, DecodeConfig(max_new_tokens=3)).mode == "greedy"  # the default needs a beam here
+    m._modules["ctc_head"] = head  # the trained-shape random head again: batched == one-by-one on any lengths
+    together = random_batch(m, TARGETS, frames=[12, 20, 16, 9], seed=5)
+    cfg = DecodeConfig(num_beams=3, ctc_weight=0.5, max_new_tokens=5)
+    assert m.transcribe(together, cfg).llm == [m.transcribe(together.select([i]), cfg).llm[0] for i in range(4)]
+
+
+def test_recipe_and_command_refuse_guidance_the_model_cannot_take(tmp_path, capsys):
+    from llmasr.recipe import load_recipe
+
+    data = {"model": {"ctc": {"weight": 0.0}}, "decode": {"ctc_weight": 0.5}}
+    with pytest.raises(ConfigError, match="needs a CTC head"):
+        load_recipe(data=data)
+    data = {"model": {"ctc": {"weight": 0.3, "vocab": str(tmp_path)}}, "decode": {"ctc_weight": 0.5}}
+    with pytest.raises(ConfigError, match="set num_beams >= 2"):
+        load_recipe(data=data)
