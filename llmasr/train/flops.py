@@ -131,7 +131,7 @@ class FlopCounter:
             if module is not None:
                 self._hook_branch(module, branch)
         self._hook_branch(decoder, "llm")
-        self._hook_gemm(head, "head")
+        self._hook_branch(head, "head")  # a plain Linear, or peft's wrapper: its base layer and LoRA A/B
         self.handles.append(decoder.register_forward_pre_hook(self._on_decoder, with_kwargs=True))
 
     def _hook_branch(self, module: nn.Module, branch: str) -> None:
