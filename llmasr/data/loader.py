@@ -34,7 +34,7 @@ from llmasr.data.device_features import resolve_features_on
 from llmasr.data.frontend import FrontendConfig
 from llmasr.data.sampler import DynamicBucketSampler
 from llmasr.data.screen import describe_skipped, start_tracker
-from llmasr.data.worker_signals import leave_signals_to_main
+from llmasr.data.worker_signals import leave_signals_to_main, workers_born_blocked
 
 log = logging.getLogger("llmasr.data")
 
@@ -60,7 +60,9 @@ class SpeechDataLoader(DataLoader):
         self.consumed = start
         checked = False
         duplicates = sampler.duplicate_steps()
-        for batch in super().__iter__():
+        with workers_born_blocked():  # the workers start here
+            batches = super().__iter__()
+        for batch in batches:
             self.consumed += 1
             batch.duplicate = self.consumed - 1 in duplicates
             self.bad_data.update(batch)

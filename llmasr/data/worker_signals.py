@@ -7,14 +7,34 @@ to every process of a job, DataLoader workers included. A worker killed by it ma
 
 So a worker ignores SIGINT and every SIGTERM that its main process did not send. Its main process still ends it as
 torch does (the end-of-epoch shutdown, or a SIGTERM from the parent, which torch's own worker handler also takes as
-a clean exit), and torch's watchdog ends it once the main process is gone.
+a clean exit), and torch's watchdog ends it once the main process is gone. Workers are forked with both signals
+blocked (`workers_born_blocked`), so one that arrives before the worker's init function has run (a new epoch's
+workers start right after an update) waits for it instead of killing the worker.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import threading
+from collections.abc import Iterator
+
+STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
+
+
+@contextlib.contextmanager
+def workers_born_blocked() -> Iterator[None]:
+    """Block the stop signals in this thread while DataLoader workers are forked (a child inherits the mask). This
+    process's other threads still take them, so its own stop request is not delayed."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 def leave_signals_to_main() -> None:

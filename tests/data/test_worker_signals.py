@@ -5,6 +5,7 @@ after), and still exit cleanly when the main process itself terminates them."""
 import os
 import signal
 import subprocess
+import threading
 import time
 
 import torch
@@ -36,3 +37,61 @@ def test_workers_leave_stop_signals_to_the_main_process():
     it._workers[0].join(timeout=10)
     assert it._workers[0].exitcode == 0
     del it
+
+
+class Rows(list):  # a collated batch (the loader sets .duplicate on it); module level: workers pickle it
+    duplicate = False
+
+
+def slow_init(worker_id: int) -> None:
+    time.sleep(1.5)  # a worker still starting when the signal comes (a new epoch's, right after an update)
+    worker_init(worker_id)
+
+
+def test_a_stop_signal_before_the_worker_init_waits_for_it():
+    """SpeechDataLoader forks its workers with the stop signals blocked, so a SIGTERM or SIGINT that reaches a worker
+    before its init function has run is taken by that function's rules (ignored) instead of killing the worker."""
+    import psutil
+
+    from llmasr.data.loader import SpeechDataLoader
+
+    class Batches:  # the batch_sampler interface SpeechDataLoader's __iter__ reads
+        epoch, _resume = 0, None
+
+        def __iter__(self):
+            return iter([[2 * k, 2 * k + 1] for k in range(6)])
+
+        def __len__(self):
+            return 6
+
+        def duplicate_steps(self):
+            return frozenset()
+
+    class Counted:
+        def new_epoch(self): ...
+
+        def update(self, batch): ...
+
+        def end_epoch(self): ...
+
+    loader = SpeechDataLoader(Numbers(), batch_sampler=Batches(), num_workers=2, worker_init_fn=slow_init,
+                              collate_fn=lambda items: Rows(int(i) for i in items))  # fmt: skip
+    loader.bad_data = Counted()
+
+    def signal_the_starting_workers():
+        deadline, workers = time.monotonic() + 10, []
+        while len(workers) < 2 and time.monotonic() < deadline:
+            workers = psutil.Process().children()
+            time.sleep(0.05)
+        sent.extend(w.pid for w in workers)
+        if len(workers) == 2:  # still inside slow_init: before leave_signals_to_main
+            subprocess.run(["kill", "-TERM", str(workers[0].pid)], check=True)
+            subprocess.run(["kill", "-INT", str(workers[1].pid)], check=True)
+
+    sent = []
+    sender = threading.Thread(target=signal_the_starting_workers)
+    sender.start()
+    got = [list(b) for b in loader]  # the main thread starts the workers, as the trainer does
+    sender.join()
+    assert len(sent) == 2
+    assert got == [[2 * k, 2 * k + 1] for k in range(6)]  # every batch, no dead worker
