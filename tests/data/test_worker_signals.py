@@ -78,10 +78,12 @@ def test_a_stop_signal_before_the_worker_init_waits_for_it():
                               collate_fn=lambda items: Rows(int(i) for i in items))  # fmt: skip
     loader.bad_data = Counted()
 
+    before = {p.pid for p in psutil.Process().children()}  # earlier tests may have left children of their own
+
     def signal_the_starting_workers():
         deadline, workers = time.monotonic() + 10, []
         while len(workers) < 2 and time.monotonic() < deadline:
-            workers = psutil.Process().children()
+            workers = [p for p in psutil.Process().children() if p.pid not in before]
             time.sleep(0.05)
         sent.extend(w.pid for w in workers)
         if len(workers) == 2:  # still inside slow_init: before leave_signals_to_main
