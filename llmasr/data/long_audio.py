@@ -1,0 +1,167 @@
+"""Long audio: where an utterance longer than a model's training maximum is cut into windows, and how the windows'
+texts are joined back. No VAD model: cut points come from frame energies (25 ms frames every 10 ms).
+
+`plan_windows` splits the audio into as few windows as fit the limit, each aiming at an equal share of what is
+left (no sliver of a window at the end), and ends each one inside a search band around its share:
+
+- a clear pause in the band (at least MIN_PAUSE_S of frames below the utterance's silence level) -> the cut goes
+  in the middle of the longest one and the next window starts there: no word straddles a pause, so no word is cut
+  in half and none is heard twice;
+- no pause -> the cut goes at the quietest point of the band (most likely a gap between words, at worst a weak
+  syllable) and the next window starts `overlap` seconds earlier: a word the cut splits is whole in one of the two
+  windows, and `join_texts` removes the words both windows heard (the longest run of words the end of one text
+  shares with the start of the next).
+
+The silence level sits between the utterance's quietest stretch and its loud frames; audio whose quietest stretch
+is within MIN_RANGE_DB of its loud frames (steady noise, music) has no pauses.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import unicodedata
+from dataclasses import dataclass
+
+import numpy as np
+
+FRAME_S, HOP_S = 0.025, 0.010
+MIN_PAUSE_S = 0.2  # shorter silences are stop closures and breaths inside words as often as gaps between them
+MIN_RANGE_DB = 10.0  # loud minus quiet frames below this: no frame counts as a pause
+SILENCE_FRACTION = 0.3  # silence level: quiet frames' level + this fraction of the way to the loud frames'
+BAND_S = 4.0  # a cut lands at most this far from its window's share (and never past the limit)
+QUIET_DB = 3.0  # without a pause, frames within this of the band's quietest are equally good cuts
+SMOOTH_FRAMES = 5  # energies averaged over 50 ms before the quietest point is sought
+TOKENS_PER_SECOND = 5.0  # words (or CJK characters) an overlap may hold: how far a join looks for shared words
+
+
+@dataclass(frozen=True)
+class Window:
+    """Samples [start, end) of an utterance; `overlapped`: it starts before the previous window ended."""
+
+    start: int
+    end: int
+    overlapped: bool = False
+
+
+def frame_energies(wave: np.ndarray, sample_rate: int) -> np.ndarray:
+    """Log energy (dB) of every 25 ms frame, every 10 ms."""
+    frame, hop = int(FRAME_S * sample_rate), int(HOP_S * sample_rate)
+    wave = np.asarray(wave, dtype=np.float32)
+    if wave.size < frame:
+        wave = np.pad(wave, (0, frame - wave.size))
+    frames = np.lib.stride_tricks.sliding_window_view(wave, frame)[::hop]
+    power = np.einsum("ij,ij->i", frames, frames, dtype=np.float64) / frame
+    return 10.0 * np.log10(power + 1e-10)
+
+
+def silence_level(db: np.ndarray) -> float | None:
+    """The level below which a frame is silence, or None when the audio has no clear pauses: between the
+    quietest MIN_PAUSE_S stretch (one pause anywhere is enough to set it) and the loud frames (90th percentile)."""
+    pause = max(1, int(MIN_PAUSE_S / HOP_S))
+    quiet = float(np.convolve(db, np.ones(pause) / pause, mode="valid").min()) if db.size >= pause else float(db.min())
+    loud = float(np.percentile(db, 90))
+    if loud - quiet < MIN_RANGE_DB:
+        return None
+    return quiet + SILENCE_FRACTION * (loud - quiet)
+
+
+def plan_windows(wave: np.ndarray, sample_rate: int, max_seconds: float, overlap: float) -> list[Window]:
+    """The windows `wave` is decoded in (one when it fits `max_seconds`); see the module docstring."""
+    n, limit, ov = int(len(wave)), int(max_seconds * sample_rate), int(round(overlap * sample_rate))
+    if limit <= 2 * ov:
+        raise ValueError(f"plan_windows: a window of {max_seconds} s must be longer than twice the overlap {overlap} s")
+    if n <= limit:
+        return [Window(0, n)]
+    db = frame_energies(wave, sample_rate)
+    quiet = silence_level(db)
+    windows, start, overlapped = [], 0, False
+    while n - start > limit:
+        end, pause = _cut(db, quiet, start, n, limit, ov, sample_rate)
+        windows.append(Window(start, end, overlapped))
+        start, overlapped = (end, False) if pause else (end - ov, True)
+    windows.append(Window(start, n, overlapped))
+    return windows
+
+
+def _cut(db, quiet, start: int, n: int, limit: int, ov: int, sr: int) -> tuple[int, bool]:
+    """(the sample the window from `start` ends at, whether it ends in a pause)."""
+    left = n - start
+    k = math.ceil((left - ov) / (limit - ov))  # windows still needed, each overlapping the next at most `ov`
+    target = start + (left + (k - 1) * ov) / k  # an equal share; <= start + limit
+    hop, frame = HOP_S * sr, FRAME_S * sr
+    half = min(BAND_S * sr, (target - start) / 4, target - start - ov - hop)  # the next window must advance
+    lo = max(0, math.ceil((target - half - frame / 2) / hop))
+    hi = min(len(db) - 1, math.floor((min(target + half, start + limit) - frame / 2) / hop))
+    if hi < lo:  # a band narrower than a frame
+        return int(target), False
+    centre = lambda i: int(i * hop + frame / 2)  # noqa: E731  (a frame's centre sample)
+    near = lambda idx: int(idx[np.argmin(np.abs(idx * hop + frame / 2 - target))])  # noqa: E731
+    band = db[lo : hi + 1]
+    if quiet is not None:
+        runs = _runs(band < quiet)
+        runs = [(b - a, a, b) for a, b in runs if b - a >= MIN_PAUSE_S / HOP_S]
+        if runs:
+            longest = max(r[0] for r in runs)
+            mids = np.asarray([lo + (a + b - 1) // 2 for length, a, b in runs if length == longest])
+            return centre(near(mids)), True
+    smooth = np.convolve(band, np.ones(SMOOTH_FRAMES) / SMOOTH_FRAMES, mode="same")
+    candidates = lo + np.flatnonzero(smooth <= smooth.min() + QUIET_DB)
+    return min(centre(near(candidates)), start + limit), False
+
+
+def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
+    """[a, b) index ranges where `mask` is True."""
+    edges = np.flatnonzero(np.diff(np.concatenate([[0], mask.astype(np.int8), [0]])))
+    return list(zip(edges[::2].tolist(), edges[1::2].tolist()))
+
+
+# -- joining the windows' texts ----------------------------------------------------------------------------------
+# Scripts written without spaces: each character is a token (and texts join without a space).
+_NO_SPACE = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
+_TOKEN = re.compile(f"[{_NO_SPACE}]|[^\\s{_NO_SPACE}]+")
+
+
+def _norm(token: str) -> str:
+    return "".join(c for c in token.lower() if not unicodedata.category(c).startswith("P"))
+
+
+def _glue(left: str, right: str) -> str:
+    left, right = left.rstrip(), right.lstrip()
+    if not left or not right:
+        return left or right
+    no_space = re.match(f"[{_NO_SPACE}]", left[-1]) and re.match(f"[{_NO_SPACE}]", right[0])
+    return left + ("" if no_space else " ") + right
+
+
+def join_pair(left: str, right: str, max_tokens: int) -> str:
+    """`left` then `right`, the run of tokens both share at the seam said once: the longest run of (normalised)
+    tokens common to the last `max_tokens` of `left` and the first `max_tokens` of `right`, ties going to the run
+    nearest the seam; `left` is kept up to the run's end and `right` from just after it."""
+    a = list(_TOKEN.finditer(left))[-max_tokens:] if max_tokens > 0 else []
+    b = list(_TOKEN.finditer(right))[:max_tokens] if max_tokens > 0 else []
+    na, nb = [_norm(m.group()) for m in a], [_norm(m.group()) for m in b]
+    best = None  # (length, -distance from the seam, end in a, end in b)
+    run = [[0] * (len(b) + 1) for _ in range(len(a) + 1)]
+    for i in range(1, len(a) + 1):
+        for j in range(1, len(b) + 1):
+            if na[i - 1] and na[i - 1] == nb[j - 1]:
+                run[i][j] = run[i - 1][j - 1] + 1
+                key = (run[i][j], -((len(a) - i) + (j - run[i][j])), i, j)
+                best = key if best is None or key > best else best
+    if best is None:
+        return _glue(left, right)
+    _, _, i, j = best
+    return _glue(left[: a[i - 1].end()], right[b[j - 1].end() :])
+
+
+def join_texts(texts: list[str], overlapped: list[bool], overlap: float) -> str:
+    """One utterance's text from its windows' texts in order; `overlapped[k]`: window k starts inside window k-1
+    (its shared words are said once, see join_pair); `overlap`: the seconds such windows share."""
+    if len(texts) != len(overlapped) or not texts:
+        raise ValueError(f"join_texts: {len(texts)} texts and {len(overlapped)} overlap flags")
+    max_tokens = math.ceil(TOKENS_PER_SECOND * overlap) + 1
+    out = texts[0]
+    for text, shared in zip(texts[1:], overlapped[1:]):
+        out = join_pair(out, text, max_tokens) if shared else _glue(out, text)
+    return out
