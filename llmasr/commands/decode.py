@@ -29,6 +29,8 @@ DECODE_FLAGS = {
     "metric": "metric",
     "ctc_weight": "ctc_weight",
     "repeat_limit": "repeat_limit",
+    "max_window_seconds": "max_window_seconds",
+    "window_overlap": "window_overlap",
 }
 
 
@@ -59,6 +61,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--repeat-limit", type=int, default=None,
         help=f"end a hypothesis whose n-gram repeats back to back more than this (0: off; default "
         f"{DecodeConfig.repeat_limit})",
+    )  # fmt: skip
+    p.add_argument(
+        "--max-window-seconds", type=float, default=None,
+        help="decode longer utterances in windows cut at low-energy points (0: never split; default: the model's "
+        "saved value, else its training data.batching.max_duration)",
+    )  # fmt: skip
+    p.add_argument(
+        "--window-overlap", type=float, default=None,
+        help=f"seconds two windows share where no pause separates them (default {DecodeConfig.window_overlap:g})",
     )  # fmt: skip
     p.add_argument("--max-bad-fraction", type=float, default=None, help="fail when more lines than this are bad")
     workers = f"data loader workers (default {DecodeOptions.num_workers})"
@@ -99,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = decode_config(saved, **{field: getattr(args, dest) for field, dest in DECODE_FLAGS.items()})
         cfg.guidance(model.ctc_head is not None, isinstance(model.ctc_tokenizer, LLMCTCTokenizer))
+        cfg.window_seconds(opts.training_max_seconds)
     except ConfigError as err:
         print(f"llmasr decode: error: {err}", file=sys.stderr)
         return 2

@@ -3,7 +3,7 @@
     llmasr decode --model DIR | --checkpoint RUN_DIR[/checkpoints/TAG] --data test.jsonl [--data ...]
                   --output HYP_DIR [--beam N] [--batch-seconds S] [--max-new-tokens N]
                   [--repetition-penalty P] [--no-repeat-ngram N] [--metric auto|wer|cer] [--ctc]
-                  [--ctc-weight W] [--repeat-limit N]
+                  [--ctc-weight W] [--repeat-limit N] [--max-window-seconds S] [--window-overlap S]
 
 Batches come from the validation loader of training (llmasr.data.loader.build_decode_loader: SpeechDataset in
 evaluation mode, no dither, no augmentation; the same prompt builder, so the prompt a model is decoded with is the
@@ -17,11 +17,14 @@ Outputs (HYP_DIR, or HYP_DIR/<manifest name>/ when several manifests are given):
 
     hyp.txt        key hypothesis          (manifest order)
     ref.txt        key reference
-    results.jsonl  {key, ref, hyp, unit, errors, sub, del, ins, ref_units, words, duration, wer, truncated}
-                   truncated: null, "max_tokens" (the length cap ended the hypothesis) or "repetition"
+    results.jsonl  {key, ref, hyp, unit, errors, sub, del, ins, ref_units, words, duration, wer, windows,
+                   truncated}
+                   truncated: null, "max_tokens" (the length cap ended a hypothesis) or "repetition"
+                   windows: how many windows the utterance was decoded in (1: whole)
     wer.txt        summary: WER/CER, substitutions/deletions/insertions, #utterances, truncations by guard, the
                    search mode (greedy, beam N, + CTC guidance), its real-time factor (decoding wall-clock seconds
-                   / audio seconds) and throughput (utterances/s), skipped lines
+                   / audio seconds) and throughput (utterances/s), skipped lines, and "N utterances decoded in M
+                   windows" with the window limit
     wer.json       the same, machine-readable
     bad.jsonl      manifest lines that could not be decoded (missing/corrupt audio, bad fields...)
 
@@ -36,6 +39,11 @@ With `max_new_tokens` unset, each utterance's cap is `tokens_per_second` x its o
 loops stops at a length tied to its audio, and batched output equals one-by-one output; `repeat_limit` ends a
 hypothesis that repeats an n-gram. Both are counted (results.jsonl "truncated", wer.txt totals), never silent.
 A model with a CTC head decodes CTC-guided by default (DecodeConfig.ctc_weight; models.ctc_guidance).
+
+Long audio: an utterance longer than `window_limit` (decode.max_window_seconds, by default the model's training
+data.batching.max_duration) is cut at low-energy points into windows (llmasr.data.long_audio), each loaded,
+featurised and batched as an item of its own (llmasr.data.windowed); their texts are joined back in order, the
+words two overlapping windows both heard said once. A bad window makes its utterance one bad line.
 """
 
 from __future__ import annotations
@@ -50,6 +58,7 @@ from pathlib import Path
 from llmasr.config_io import ConfigError, from_dict
 from llmasr.data.config import DataConfig
 from llmasr.data.loader import SpeechDataLoader, build_decode_loader
+from llmasr.data.windowed import utterance_rows, utterance_tracker
 from llmasr.export.exported import MODEL_FILE, ExportedModelError, load_exported, read_description
 from llmasr.export.trained_model import load_checkpoint_model
 from llmasr.models.ctc import LLMCTCTokenizer
@@ -68,18 +77,38 @@ class DecodeOptions:
     max_bad_fraction: float = DataConfig.max_bad_fraction  # fail (after writing the outputs) above this
     ctc: bool = False  # also write the CTC branch's greedy transcripts to HYP_DIR/ctc/
     features_on: str = "auto"  # as data.features_on: worker, device, or auto (device on an accelerator)
+    # The longest audio the model was trained on (its export's training.max_duration, a checkpoint's
+    # data.batching.max_duration): decode.max_window_seconds unset means this. None: unknown.
+    training_max_seconds: float | None = None
 
 
 class DecodeError(RuntimeError):
     """Decoding cannot run as asked."""
 
 
+def window_limit(model, cfg: DecodeConfig, opts: DecodeOptions) -> float:
+    """The longest audio `model` decodes in one piece under `cfg` (0.0: any length), DecodeError when the settings
+    cannot make windows. A Whisper encoder reads one fixed chunk and would drop what lies past it, so its windows
+    never exceed the chunk (unless max_window_seconds is 0)."""
+    try:
+        limit = cfg.window_seconds(opts.training_max_seconds)
+    except ConfigError as err:
+        raise DecodeError(str(err)) from err
+    frontend = model.frontend
+    if frontend.kind == "whisper" and cfg.max_window_seconds != 0:
+        limit = min(limit or math.inf, float(frontend.chunk_seconds))
+    return limit
+
+
 def decode_loader(model, manifest_path, cfg: DecodeConfig, opts: DecodeOptions, device=None) -> SpeechDataLoader:
-    """The evaluation loader over one manifest, with `model`'s frontend and prompt builder."""
+    """The evaluation loader over one manifest, with `model`'s frontend and prompt builder; utterances longer
+    than window_limit are cut into windows (llmasr.data.windowed)."""
+    limit = window_limit(model, cfg, opts)
     return build_decode_loader(
         manifest_path, model.frontend, prompt_builder=model.prompt, batch_seconds=cfg.batch_seconds,
         num_workers=opts.num_workers, max_bad_fraction=opts.max_bad_fraction,
         name=f"decode {Path(manifest_path).name}", features_on=opts.features_on, device=device,
+        windows=(limit, cfg.window_overlap) if limit > 0 else None,
     )  # fmt: skip
 
 
@@ -97,21 +126,27 @@ def decode_manifest(
         cfg.guidance(has_head, isinstance(getattr(model, "ctc_tokenizer", None), LLMCTCTokenizer))
     except ConfigError as err:
         raise DecodeError(str(err)) from err
+    window_limit(model, cfg, opts)  # refused before anything is written
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     loader = decode_loader(model, manifest_path, cfg, opts, device)
     model.eval()
     t0 = time.perf_counter()
-    rows, audio_seconds, mode = transcribe_loader(model, loader, cfg, device)
+    items, mode = transcribe_loader(model, loader, cfg, device)
+    manifest = loader.dataset.manifest
+    rows = utterance_rows(items, manifest, cfg.window_overlap)
+    audio_seconds = sum(r["duration"] for r in rows)
     timing = {"audio_seconds": audio_seconds, "decode_seconds": time.perf_counter() - t0, "device": device}
     timing["mode"] = mode
-    tracker = loader.bad_data
+    tracker = utterance_tracker(loader.bad_data, manifest, len(rows))
     with open(out_dir / "bad.jsonl", "w") as fb:
         for rec in tracker.examples:
             fb.write(json.dumps(rec, ensure_ascii=False, default=str) + "\n")
     found = dict(
-        manifest=str(manifest_path), lines=len(loader.dataset), skipped=tracker.bad,
+        manifest=str(manifest_path), lines=len(getattr(manifest, "base", manifest)), skipped=tracker.bad,
         skipped_by_reason=dict(tracker.by_reason),
+        windows=sum(r["windows"] for r in rows), split=sum(r["windows"] > 1 for r in rows),
+        max_window_seconds=window_limit(model, cfg, opts) or None, window_overlap=cfg.window_overlap,
     )  # fmt: skip
     summary = _llm_summary(out_dir, rows, found, cfg, timing)
     summary["too_much_bad_data"] = tracker.message(final=True) if tracker.exceeded else None
@@ -120,11 +155,11 @@ def decode_manifest(
     return summary
 
 
-def transcribe_loader(model, loader: SpeechDataLoader, cfg: DecodeConfig, device) -> tuple[list[dict], float, str]:
-    """Rows {key, ref, hyp, ctc_hyp, truncated, duration} of every decoded utterance in manifest order, their audio
-    seconds and the search mode; ctc_hyp is None without a CTC head."""
+def transcribe_loader(model, loader: SpeechDataLoader, cfg: DecodeConfig, device) -> tuple[dict[int, dict], str]:
+    """Rows {key, ref, hyp, ctc_hyp, truncated, duration} of every decoded item (an utterance or a window of one)
+    by item index, and the search mode; ctc_hyp is None without a CTC head."""
     rows: dict[int, dict] = {}
-    audio_seconds, mode = 0.0, cfg.mode(0.0)
+    mode = cfg.mode(0.0)
     for batch in loader:
         if not batch.size:  # every item bad: the loader counted them
             continue
@@ -133,10 +168,9 @@ def transcribe_loader(model, loader: SpeechDataLoader, cfg: DecodeConfig, device
         ctc = got.ctc if got.ctc is not None else [None] * len(got.llm)
         for i, (idx, key, ref) in enumerate(zip(batch.indices, batch.keys, batch.targets)):
             dur = float(batch.durations[i])
-            audio_seconds += dur
-            rows[idx] = {"key": key, "ref": ref, "hyp": got.llm[i], "ctc_hyp": ctc[i], "duration": round(dur, 4)}
+            rows[idx] = {"key": key, "ref": ref, "hyp": got.llm[i], "ctc_hyp": ctc[i], "duration": dur}
             rows[idx]["truncated"] = got.truncated[i]
-    return [rows[i] for i in sorted(rows)], audio_seconds, mode
+    return rows, mode
 
 
 def _counts(found: dict, n_utts: int) -> str:
@@ -144,6 +178,16 @@ def _counts(found: dict, n_utts: int) -> str:
     return f"utterances decoded: {n_utts} of {found['lines']} lines; skipped (bad data): {found['skipped']}" + (
         f" ({', '.join(f'{k}: {v}' for k, v in by_reason.items())})" if found["skipped"] else ""
     )
+
+
+def _windows_line(found: dict, n_utts: int) -> str:
+    limit = found["max_window_seconds"]
+    how = (
+        f"{found['split']} longer than {limit:g} s split at low-energy points, overlap {found['window_overlap']:g} s"
+        if limit
+        else "no window limit"
+    )
+    return f"long audio: {n_utts} utterances decoded in {found['windows']} windows ({how})"
 
 
 def _llm_summary(out_dir: Path, rows: list[dict], found: dict, cfg: DecodeConfig, timing: dict) -> dict:
@@ -171,6 +215,7 @@ def _llm_summary(out_dir: Path, rows: list[dict], found: dict, cfg: DecodeConfig
         f"truncated: {summary['truncated']} (length cap {truncated[MAX_TOKENS]}, repetition {truncated[REPETITION]})",
         f"mode {timing['mode']}: audio {audio:.1f} s, decoding {took:.1f} s, real-time factor {summary['rtf']:.4f}, "
         f"{summary['utts_per_second']:.2f} utterances/s (device {timing['device']})",
+        _windows_line(found, corpus.n_utts),
     ]
     _write_summary(out_dir, summary, text)
     return summary
@@ -186,6 +231,7 @@ def _ctc_summary(out_dir: Path, rows: list[dict], found: dict, cfg: DecodeConfig
         f"{Path(found['manifest']).name} (CTC branch, greedy): {corpus.summary()}",
         _counts(found, corpus.n_utts),
         f"audio {audio:.1f} s; the CTC head read the encoder output of the LLM pass (device {timing['device']})",
+        _windows_line(found, corpus.n_utts),
     ]
     _write_summary(out_dir, summary, text)
     return summary
@@ -209,8 +255,9 @@ def _write_results(out_dir: Path, rows: list[dict], hyp_key: str, metric: str, *
                 "ins": s.insertions,
                 "ref_units": s.ref_len,
                 "words": s.ref_len,
-                "duration": r["duration"],
+                "duration": round(r["duration"], 4),
                 "wer": s.rate,
+                "windows": r["windows"],
             }
             if "truncated" in r and hyp_key == "hyp":
                 rec["truncated"] = r["truncated"]
@@ -240,14 +287,24 @@ def load_decode_model(
     data.max_bad_fraction)."""
     if model_dir is not None:
         model = load_exported(model_dir, dtype=dtype, trust_remote_code=trust_remote_code)
+        desc = read_description(model_dir)
         try:
-            cfg = from_dict(DecodeConfig, read_description(model_dir).get("decode") or {}, "decode")
+            cfg = from_dict(DecodeConfig, desc.get("decode") or {}, "decode")
         except ConfigError as err:
             raise ExportedModelError(f"{Path(model_dir) / MODEL_FILE}: {err}") from err
-        return model, cfg, DecodeOptions()
+        longest = (desc.get("training") or {}).get("max_duration")
+        if longest is None:
+            log.info("%s: no training.max_duration recorded: long audio is not split unless max_window_seconds is set",
+                     Path(model_dir) / MODEL_FILE)  # fmt: skip
+        return model, cfg, DecodeOptions(training_max_seconds=None if longest is None else float(longest))
     model, info = load_checkpoint_model(checkpoint, tag=tag, trust_remote_code=trust_remote_code)
     recipe = info["recipe"]
-    return model, recipe.decode, DecodeOptions(max_bad_fraction=float(recipe.data.max_bad_fraction))
+    longest = float(recipe.data.batching.max_duration)
+    return (
+        model,
+        recipe.decode,
+        DecodeOptions(max_bad_fraction=float(recipe.data.max_bad_fraction), training_max_seconds=longest),
+    )
 
 
 def out_dirs(data: list[str], output: Path) -> list[Path]:
