@@ -30,8 +30,8 @@ MIN_PAUSE_S = 0.2  # shorter silences are stop closures and breaths inside words
 MIN_RANGE_DB = 10.0  # loud minus quiet frames below this: no frame counts as a pause
 SILENCE_FRACTION = 0.3  # silence level: quiet frames' level + this fraction of the way to the loud frames'
 BAND_S = 4.0  # a cut lands at most this far from its window's share (and never past the limit)
-QUIET_DB = 3.0  # without a pause, frames within this of the band's quietest are equally good cuts
-SMOOTH_FRAMES = 5  # energies averaged over 50 ms before the quietest point is sought
+QUIET_DB = 1.0  # without a pause, frames within this of the band's quietest are equally good cuts
+SMOOTH_FRAMES = 3  # energies averaged over 30 ms before the quietest point is sought
 TOKENS_PER_SECOND = 5.0  # words (or CJK characters) an overlap may hold: how far a join looks for shared words
 
 
@@ -89,25 +89,34 @@ def _cut(db, quiet, start: int, n: int, limit: int, ov: int, sr: int) -> tuple[i
     left = n - start
     k = math.ceil((left - ov) / (limit - ov))  # windows still needed, each overlapping the next at most `ov`
     target = start + (left + (k - 1) * ov) / k  # an equal share; <= start + limit
-    hop, frame = HOP_S * sr, FRAME_S * sr
-    half = min(BAND_S * sr, (target - start) / 4, target - start - ov - hop)  # the next window must advance
-    lo = max(0, math.ceil((target - half - frame / 2) / hop))
-    hi = min(len(db) - 1, math.floor((min(target + half, start + limit) - frame / 2) / hop))
-    if hi < lo:  # a band narrower than a frame
-        return int(target), False
-    centre = lambda i: int(i * hop + frame / 2)  # noqa: E731  (a frame's centre sample)
-    near = lambda idx: int(idx[np.argmin(np.abs(idx * hop + frame / 2 - target))])  # noqa: E731
-    band = db[lo : hi + 1]
+    half = min(BAND_S * sr, (target - start) / 4, target - start - ov - HOP_S * sr)  # the next window must advance
+    fits = n - (k - 1) * (limit - ov)  # an earlier cut would leave more than k - 1 overlapping windows can hold
+    hi = min(target + half, start + limit)
     if quiet is not None:
-        runs = _runs(band < quiet)
-        runs = [(b - a, a, b) for a, b in runs if b - a >= MIN_PAUSE_S / HOP_S]
+        lo, band = _band(db, max(target - half, fits - ov), hi, sr)  # a cut at a pause needs no overlap
+        runs = [(b - a, a, b) for a, b in _runs(band < quiet) if b - a >= MIN_PAUSE_S / HOP_S]
         if runs:
             longest = max(r[0] for r in runs)
-            mids = np.asarray([lo + (a + b - 1) // 2 for length, a, b in runs if length == longest])
-            return centre(near(mids)), True
+            return _nearest([lo + (a + b - 1) // 2 for size, a, b in runs if size == longest], target, sr), True
+    lo, band = _band(db, max(target - half, fits), hi, sr)
+    if band.size == 0:  # a band narrower than a frame
+        return int(target), False
     smooth = np.convolve(band, np.ones(SMOOTH_FRAMES) / SMOOTH_FRAMES, mode="same")
-    candidates = lo + np.flatnonzero(smooth <= smooth.min() + QUIET_DB)
-    return min(centre(near(candidates)), start + limit), False
+    return _nearest(lo + np.flatnonzero(smooth <= smooth.min() + QUIET_DB), target, sr), False
+
+
+def _band(db: np.ndarray, lo: float, hi: float, sr: int) -> tuple[int, np.ndarray]:
+    """(first frame, energies) of the frames whose centres lie in samples [lo, hi]."""
+    hop, frame = HOP_S * sr, FRAME_S * sr
+    first = max(0, math.ceil((lo - frame / 2) / hop))
+    last = min(len(db) - 1, math.floor((hi - frame / 2) / hop))
+    return first, db[first : last + 1]
+
+
+def _nearest(frames, target: float, sr: int) -> int:
+    """The centre sample of the frame among `frames` nearest `target`."""
+    centres = np.asarray(frames) * HOP_S * sr + FRAME_S * sr / 2
+    return int(centres[np.argmin(np.abs(centres - target))])
 
 
 def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
