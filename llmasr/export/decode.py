@@ -40,14 +40,16 @@ loops stops at a length tied to its audio, and batched output equals one-by-one 
 hypothesis that repeats an n-gram. Both are counted (results.jsonl "truncated", wer.txt totals), never silent.
 A model with a CTC head decodes CTC-guided by default (DecodeConfig.ctc_weight; models.ctc_guidance).
 
-Long audio: an utterance longer than `window_limit` (decode.max_window_seconds, by default the model's training
-data.batching.max_duration) is cut at low-energy points into windows (llmasr.data.long_audio), each loaded,
-featurised and batched as an item of its own (llmasr.data.windowed); their texts are joined back in order, the
-words two overlapping windows both heard said once. A bad window makes its utterance one bad line.
+Long audio: an utterance longer than `window_limit` (decode.max_window_seconds, by default the longest audio the
+model was trained on: its longest training utterance within data.batching.max_duration) is cut at low-energy
+points into windows (llmasr.data.long_audio), each loaded, featurised and batched as an item of its own
+(llmasr.data.windowed); their texts are joined back in order, the words two overlapping windows both heard said
+once. A bad window makes its utterance one bad line.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -58,6 +60,7 @@ from pathlib import Path
 from llmasr.config_io import ConfigError, from_dict
 from llmasr.data.config import DataConfig
 from llmasr.data.loader import SpeechDataLoader, build_decode_loader
+from llmasr.data.screen import longest_trained
 from llmasr.data.windowed import utterance_rows, utterance_tracker
 from llmasr.export.exported import MODEL_FILE, ExportedModelError, load_exported, read_description
 from llmasr.export.trained_model import load_checkpoint_model
@@ -77,8 +80,8 @@ class DecodeOptions:
     max_bad_fraction: float = DataConfig.max_bad_fraction  # fail (after writing the outputs) above this
     ctc: bool = False  # also write the CTC branch's greedy transcripts to HYP_DIR/ctc/
     features_on: str = "auto"  # as data.features_on: worker, device, or auto (device on an accelerator)
-    # The longest audio the model was trained on (its export's training.max_duration, a checkpoint's
-    # data.batching.max_duration): decode.max_window_seconds unset means this. None: unknown.
+    # The longest audio the model was trained on (its export's training.longest_seconds, a checkpoint's
+    # llmasr.data.screen.longest_trained): decode.max_window_seconds unset means this. None: unknown.
     training_max_seconds: float | None = None
 
 
@@ -292,19 +295,15 @@ def load_decode_model(
             cfg = from_dict(DecodeConfig, desc.get("decode") or {}, "decode")
         except ConfigError as err:
             raise ExportedModelError(f"{Path(model_dir) / MODEL_FILE}: {err}") from err
-        longest = (desc.get("training") or {}).get("max_duration")
+        longest = (desc.get("training") or {}).get("longest_seconds")
         if longest is None:
-            log.info("%s: no training.max_duration recorded: long audio is not split unless max_window_seconds is set",
-                     Path(model_dir) / MODEL_FILE)  # fmt: skip
+            where = Path(model_dir) / MODEL_FILE
+            log.info("%s: no training.longest_seconds: long audio is not split unless max_window_seconds is set", where)
         return model, cfg, DecodeOptions(training_max_seconds=None if longest is None else float(longest))
     model, info = load_checkpoint_model(checkpoint, tag=tag, trust_remote_code=trust_remote_code)
     recipe = info["recipe"]
-    longest = float(recipe.data.batching.max_duration)
-    return (
-        model,
-        recipe.decode,
-        DecodeOptions(max_bad_fraction=float(recipe.data.max_bad_fraction), training_max_seconds=longest),
-    )
+    opts = DecodeOptions(max_bad_fraction=float(recipe.data.max_bad_fraction))
+    return model, recipe.decode, dataclasses.replace(opts, training_max_seconds=longest_trained(recipe.data))
 
 
 def out_dirs(data: list[str], output: Path) -> list[Path]:

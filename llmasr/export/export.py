@@ -14,8 +14,8 @@ strictly, refusing a frozen branch whose weights were random (llmasr.export.trai
     DIR/adaptor.safetensors
     DIR/ctc_head.safetensors   (+ the CTC vocabulary file) when the model has a CTC head
     DIR/am.mvn                 the CMVN of an fbank frontend, when it has one
-    DIR/llmasr_model.yaml      architecture, frontend, prompt, decode settings, the training maximum duration
-                               (data.batching.max_duration: longer audio is decoded in windows), source checkpoints
+    DIR/llmasr_model.yaml      architecture, frontend, prompt, decode settings, the longest audio trained on
+                               (training.longest_seconds: longer audio is decoded in windows), source checkpoints
                                (see llmasr.export.exported)
 
 `--adapter-only` writes DIR/adapter/ (a peft adapter: adapter_config.json + adapter_model.safetensors, plus the
@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import shutil
 from pathlib import Path
 
@@ -203,9 +202,10 @@ def export_model(
 
 
 def _training_max(recipe) -> float | None:
-    """The longest audio the run trained on: data.batching.max_duration (inf: unlimited, recorded as None)."""
-    limit = float(recipe.data.batching.max_duration)
-    return limit if math.isfinite(limit) else None
+    """The longest audio the run trained on (llmasr.data.screen.longest_trained); None: unlimited."""
+    from llmasr.data.screen import longest_trained
+
+    return longest_trained(recipe.data)
 
 
 def _write_ctc(model, recipe, tmp: Path, encoder_dim: int) -> dict | None:
@@ -269,7 +269,7 @@ def write_model_dir(
 ) -> None:  # fmt: skip
     """Write the exported layout of `model` into the existing directory `tmp`; `recipe` (its `model` and `decode`
     sections) describes the architecture, `info` is recorded as the model's `source`, `training_max_duration` (the
-    longest audio it was trained on, None: unknown) as `training.max_duration`: decoding cuts longer utterances
+    longest audio it was trained on, None: unknown) as `training.longest_seconds`: decoding cuts longer utterances
     into windows. Also used by `llmasr convert`."""
     import yaml
 
@@ -309,7 +309,7 @@ def write_model_dir(
         },
         "llm": llm_entry,
         "decode": _plain(recipe.decode),
-        "training": {"max_duration": training_max_duration},
+        "training": {"longest_seconds": training_max_duration},
         "source": _plain(info),
     }
     (tmp / MODEL_FILE).write_text(yaml.safe_dump(description, sort_keys=False, allow_unicode=True))

@@ -37,8 +37,8 @@ class DecodeConfig:
     # the hypothesis (counted as a truncation); 0 = no repetition stop.
     repeat_limit: int = 4
     # Long audio (llmasr.data.long_audio): an utterance longer than this many seconds is decoded in windows cut at
-    # low-energy points, their texts joined. None: the model's training maximum (data.batching.max_duration, which
-    # `llmasr export` records); 0: never split.
+    # low-energy points, their texts joined. None: the longest audio the model was trained on (its longest training
+    # utterance within data.batching.max_duration, which `llmasr export` records); 0: never split.
     max_window_seconds: float | None = None
     window_overlap: float = 1.0  # seconds two windows share where no pause lets them meet
 
@@ -59,20 +59,22 @@ class DecodeConfig:
             self.window_seconds(None, path)
 
     def window_seconds(self, training_max: float | None, path: str = "decode") -> float:
-        """The longest audio decoded in one piece (0.0: no limit): max_window_seconds, else the model's training
-        maximum `training_max` (None: unknown, no limit). ConfigError when windows could not advance: the limit
-        must hold two overlaps and MIN_WINDOW_SECONDS."""
-        limit, what = self.max_window_seconds, f"{path}.max_window_seconds"
+        """The longest audio decoded in one piece (0.0: no limit): max_window_seconds, else `training_max`, the
+        longest audio the model was trained on (None: unknown, no limit), raised to the shortest window that
+        works (MIN_WINDOW_SECONDS, three overlaps). ConfigError when a set limit could not make windows advance."""
+        limit = self.max_window_seconds
         if limit is None:
-            limit, what = training_max, f"the model's training maximum (data.batching.max_duration) {training_max}"
-        if limit is None or limit == 0 or limit == math.inf:
+            if training_max is None or training_max == math.inf:
+                return 0.0
+            return max(float(training_max), MIN_WINDOW_SECONDS, 3 * self.window_overlap)
+        if limit == 0 or limit == math.inf:
             return 0.0
         if not limit > 0:
-            raise ConfigError(f"{what}: must be > 0 seconds (0: never split), got {limit}")
+            raise ConfigError(f"{path}.max_window_seconds: must be > 0 seconds (0: never split), got {limit}")
         if limit < MIN_WINDOW_SECONDS or limit <= 2 * self.window_overlap:
             raise ConfigError(
-                f"{what}: a window of {limit:g} s must be at least {MIN_WINDOW_SECONDS:g} s and longer than twice "
-                f"{path}.window_overlap ({self.window_overlap:g} s); set {path}.max_window_seconds or lower the overlap"
+                f"{path}.max_window_seconds: a window of {limit:g} s must be at least {MIN_WINDOW_SECONDS:g} s and "
+                f"longer than twice {path}.window_overlap ({self.window_overlap:g} s)"
             )
         return float(limit)
 

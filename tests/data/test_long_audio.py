@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 
 from llmasr.data.long_audio import (
+    LEAD_S,
+    TRAIL_S,
     Window,
     frame_energies,
     join_pair,
@@ -33,12 +35,15 @@ def speechy(seconds: float, gaps=(), seed: int = 0) -> np.ndarray:
     return wave
 
 
-def check_cover(windows: list[Window], n: int, limit: float, overlap: float) -> None:
-    """Windows tile [0, n) in order, each at most `limit` s, each next one starting at the previous end (a pause)
-    or exactly `overlap` s before it."""
-    assert windows[0].start == 0 and windows[-1].end == n and not windows[0].overlapped
+def check_cover(windows: list[Window], wave: np.ndarray, limit: float, overlap: float) -> None:
+    """Windows cover the audio in order, each at most `limit` s: the next one starts exactly `overlap` s before
+    the previous end, or after a pause, leaving out only silence."""
+    assert windows[0].start == 0 and windows[-1].end == wave.size and not windows[0].overlapped
     for prev, w in zip(windows, windows[1:]):
-        assert w.start == (prev.end - int(round(overlap * SR)) if w.overlapped else prev.end)
+        if w.overlapped:
+            assert w.start == prev.end - int(round(overlap * SR))
+        else:
+            assert prev.end <= w.start and np.abs(wave[prev.end : w.start]).max(initial=0.0) < 0.02
     assert all(0 < w.end - w.start <= limit * SR for w in windows)
 
 
@@ -46,19 +51,20 @@ def test_cuts_land_in_the_pauses():
     gaps = [(9.0, 9.4), (17.5, 18.1), (27.0, 27.3)]
     wave = speechy(36.0, gaps)
     windows = plan_windows(wave, SR, 12.0, 1.0)
-    check_cover(windows, wave.size, 12.0, 1.0)
+    check_cover(windows, wave, 12.0, 1.0)
     assert len(windows) == 4 and not any(w.overlapped for w in windows)  # pauses: no overlap, nothing heard twice
-    for w, (a, b) in zip(windows, gaps):
-        assert a * SR < w.end < b * SR, (w, a, b)
-    # the middle of the pause, give or take a frame
-    assert abs(windows[1].end / SR - 17.8) < 0.03
+    for w, nxt, (a, b) in zip(windows, windows[1:], gaps):
+        # TRAIL_S of the pause ends a window, the next starts LEAD_S before the speech (give or take a frame; a
+        # pause shorter than both is not cut into)
+        assert abs(w.end / SR - (a + TRAIL_S)) < 0.02, (w, a)
+        assert abs(nxt.start / SR - max(a + TRAIL_S, b - LEAD_S)) < 0.02, (nxt, a, b)
 
 
 def test_the_longest_pause_of_the_band_wins_and_a_pause_past_the_limit_is_not_used():
     wave = speechy(18.0, [(7.5, 7.75), (8.5, 9.1), (10.2, 11.5)])  # the longest is past the 10 s limit
     windows = plan_windows(wave, SR, 10.0, 1.0)
-    check_cover(windows, wave.size, 10.0, 1.0)
-    assert len(windows) == 2 and 8.5 * SR < windows[0].end < 9.1 * SR and not windows[1].overlapped
+    check_cover(windows, wave, 10.0, 1.0)
+    assert len(windows) == 2 and 8.5 * SR < windows[0].end < windows[1].start < 9.1 * SR and not windows[1].overlapped
 
 
 def test_no_pause_cuts_at_the_equal_share_with_an_overlap():
@@ -68,7 +74,7 @@ def test_no_pause_cuts_at_the_equal_share_with_an_overlap():
     tone = (0.3 * np.sin(2 * np.pi * 400 * t)).astype(np.float32)
     assert silence_level(frame_energies(tone, SR)) is None
     windows = plan_windows(tone, SR, 25.0, 1.0)
-    check_cover(windows, tone.size, 25.0, 1.0)
+    check_cover(windows, tone, 25.0, 1.0)
     assert len(windows) == 3 and all(w.overlapped for w in windows[1:])
     share = (60 + 2 * 1.0) / 3  # three windows sharing two overlaps
     assert [w.end / SR for w in windows[:2]] == pytest.approx([share, 2 * share - 1.0], abs=0.011)  # a frame's hop
@@ -80,7 +86,7 @@ def test_no_pause_cuts_at_the_equal_share_with_an_overlap():
 def test_speech_without_pauses_cuts_at_a_dip_between_bursts():
     wave = speechy(30.0)
     windows = plan_windows(wave, SR, 20.0, 1.0)
-    check_cover(windows, wave.size, 20.0, 1.0)
+    check_cover(windows, wave, 20.0, 1.0)
     assert len(windows) == 2 and windows[1].overlapped
     cut = windows[0].end
     assert np.abs(wave[cut - 160 : cut + 160]).max() < 0.05  # well inside a dip, not in a burst

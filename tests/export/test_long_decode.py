@@ -16,7 +16,7 @@ from llmasr.data.collate import Collator
 from llmasr.data.dataset import SpeechDataset
 from llmasr.data.loader import open_manifests
 from llmasr.data.long_audio import join_texts, plan_windows
-from llmasr.export.decode import DecodeError, DecodeOptions, decode_loader, decode_manifest, load_decode_model
+from llmasr.export.decode import DecodeOptions, decode_loader, decode_manifest, load_decode_model
 from llmasr.export.export import export_model
 from llmasr.export.exported import load_exported
 from llmasr.models.decoding import DecodeConfig
@@ -163,13 +163,15 @@ def test_a_long_line_whose_audio_is_missing_is_one_bad_line(model, long_manifest
 
 
 def test_the_export_records_the_training_maximum_and_decoding_defaults_to_it(
-    runs, exported_dir, model, long_manifest, tmp_path
+    runs, train_corpus, exported_dir, model, long_manifest, tmp_path
 ):
     manifest, _ = long_manifest
     desc = yaml.safe_load((exported_dir / "llmasr_model.yaml").read_text())
     _, saved, opts = load_decode_model(exported_dir)
     _, ck_saved, ck_opts = load_decode_model(checkpoint=runs[2])
-    assert desc["training"]["max_duration"] == opts.training_max_seconds == ck_opts.training_max_seconds > 0
+    # the longest training clip of the tone-word corpus (under the recipe's max_duration)
+    longest = max(json.loads(line)["duration"] for line in train_corpus.read_text().splitlines())
+    assert desc["training"]["longest_seconds"] == opts.training_max_seconds == ck_opts.training_max_seconds == longest
     assert saved.max_window_seconds is None and ck_saved.max_window_seconds is None
     # unset: the training maximum decides (here as if the model had been trained on at most 3 s)
     cfg = DecodeConfig(max_new_tokens=2, window_overlap=OVERLAP)
@@ -196,10 +198,9 @@ def test_window_settings_are_refused_clearly(exported_dir, model, long_manifest,
         DecodeConfig(max_window_seconds=1.5).validate("decode")
     with pytest.raises(ConfigError, match=r"a window of 3 s .* twice decode.window_overlap \(2 s\)"):
         DecodeConfig(max_window_seconds=3, window_overlap=2).validate("decode")
-    # the training maximum is checked when it is the one used, and named as such
-    with pytest.raises(DecodeError, match=r"the model's training maximum \(data.batching.max_duration\) 1.5"):
-        decode_manifest(model, manifest, tmp_path / "x", DecodeConfig(), DecodeOptions(training_max_seconds=1.5))
-    assert not (tmp_path / "x").exists()
+    # a model trained on shorter audio than a window can be gets the shortest window that works
+    assert DecodeConfig().window_seconds(1.5) == 3.0 and DecodeConfig(window_overlap=0.5).window_seconds(1.5) == 2.0
+    assert DecodeConfig().window_seconds(None) == 0.0 and DecodeConfig().window_seconds(7.5) == 7.5
     args = ["--model", str(exported_dir), "--data", str(manifest), "--output", str(tmp_path / "o")]
     assert main([*args, "--max-window-seconds", "4", "--window-overlap", "2.5"]) == 2
     assert "decode.max_window_seconds: a window of 4 s must be at least 2 s" in capsys.readouterr().err
