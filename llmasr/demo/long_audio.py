@@ -42,7 +42,7 @@ def join_clips(
             wave = load_audio(manifest.parent / clip["source"], sample_rate=SAMPLE_RATE)
             if pieces:
                 gap = int(rng.uniform(*PAUSE_S) * SAMPLE_RATE)
-                pieces.append((0.01 * rng.standard_normal(gap)).astype(np.float32))
+                pieces.append((1e-4 * rng.standard_normal(gap)).astype(np.float32))
             pieces.append(wave)
             parts.append(clip["key"])
             texts.append(clip["target"])
@@ -76,15 +76,21 @@ def parts_wer(joined: str | Path, results: str | Path) -> tuple[float, int, int]
 
 def score_long_audio(model, joined: Path, parts_results: Path, out_dir: Path, cfg, opts, device="cpu") -> dict:
     """Decode the joined utterances into `out_dir` (llmasr.export.decode) and compare with their parts:
-    {"wer", "parts_wer", "utterances", "windows", "seconds", "text"}."""
+    {"wer", "parts_wer", "utterances", "windows", "text"}, and "ctc_wer", "parts_ctc_wer" for the CTC branch when
+    opts.ctc (the parts' from parts_results' folder's ctc/results.jsonl)."""
     from llmasr.export.decode import decode_manifest
 
     summary = decode_manifest(model, joined, out_dir, cfg, opts, device=device)
     parts, _, _ = parts_wer(joined, parts_results)
     n, windows, audio = summary["utterances"], summary["windows"], summary["audio_seconds"]
-    text = (
-        f"long audio: {n} utterances of {audio / max(n, 1):.0f} s (joined test clips) decoded in {windows} windows "
-        f"(limit {summary['max_window_seconds'] or 0:g} s): WER {summary['rate']:.2%}; the same clips one by one "
+    out = {"wer": summary["rate"], "parts_wer": parts, "utterances": n, "windows": windows}
+    out["text"] = (
+        f"long audio: {n} utterance(s) of {audio / max(n, 1):.0f} s (joined test clips) decoded in {windows} windows "
+        f"(limit {summary['max_window_seconds'] or 0:.1f} s): WER {summary['rate']:.2%}; the same clips one by one "
         f"{parts:.2%}"
     )
-    return {"wer": summary["rate"], "parts_wer": parts, "utterances": n, "windows": windows, "text": text}
+    if "ctc" in summary:
+        out["ctc_wer"] = summary["ctc"]["rate"]
+        out["parts_ctc_wer"] = parts_wer(joined, Path(parts_results).parent / "ctc" / "results.jsonl")[0]
+        out["text"] += f" (CTC branch {out['ctc_wer']:.2%}; one by one {out['parts_ctc_wer']:.2%})"
+    return out
