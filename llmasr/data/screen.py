@@ -19,7 +19,7 @@ import time
 import numpy as np
 
 from llmasr.data.bad_data import BadDataTracker, BadItem, TooMuchBadData
-from llmasr.data.manifest import BadRecord
+from llmasr.data.manifest import BadRecord, Manifest
 
 log = logging.getLogger("llmasr.data")
 
@@ -112,13 +112,11 @@ def longest_trained(data_cfg) -> float | None:
     training utterance that data.batching.max_duration keeps (or truncates to it), stretched by the slowest speed
     perturbation. Read from the manifests' durations without probing audio; when a manifest cannot be opened or a
     duration is unknown, max_duration itself. Decoding splits longer utterances into windows no longer than this."""
-    from llmasr.data.loader import open_manifests
-
     b = data_cfg.batching
     limit = float(b.max_duration)
     try:
-        manifest, _ = open_manifests(data_cfg.train_manifests, mix=False, fill=False)
-        durations = np.asarray(manifest.durations(), dtype=np.float64)
+        opened = [Manifest.open(spec.path).durations() for spec in data_cfg.train_manifests]
+        durations = np.concatenate([np.asarray(d, dtype=np.float64) for d in opened]) if opened else np.zeros(0)
     except (OSError, ValueError) as err:
         log.warning("the longest training utterance is unknown (%s); taking data.batching.max_duration", err)
         durations = np.full(1, np.nan)
