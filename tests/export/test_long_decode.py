@@ -205,3 +205,18 @@ def test_window_settings_are_refused_clearly(exported_dir, model, long_manifest,
     assert main([*args, "--max-window-seconds", "4", "--window-overlap", "2.5"]) == 2
     assert "decode.max_window_seconds: a window of 4 s must be at least 2 s" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_a_whisper_encoder_never_gets_a_window_past_its_chunk():
+    from types import SimpleNamespace
+
+    from llmasr.data.frontend import FrontendConfig
+    from llmasr.export.decode import window_limit
+
+    whisper = SimpleNamespace(frontend=FrontendConfig(kind="whisper", n_mels=80))
+    fbank = SimpleNamespace(frontend=FrontendConfig())
+    opts = DecodeOptions(training_max_seconds=40.0)
+    assert window_limit(whisper, DecodeConfig(), opts) == 30.0 and window_limit(fbank, DecodeConfig(), opts) == 40.0
+    assert window_limit(whisper, DecodeConfig(), DecodeOptions()) == 30.0  # the training maximum unknown
+    assert window_limit(whisper, DecodeConfig(max_window_seconds=12), opts) == 12.0
+    assert window_limit(whisper, DecodeConfig(max_window_seconds=0), opts) == 0.0  # asked: never split
