@@ -3,7 +3,7 @@
     llmasr decode --model DIR | --checkpoint RUN_DIR[/checkpoints/TAG] --data test.jsonl [--data ...]
                   --output HYP_DIR [--beam N] [--batch-seconds S] [--max-new-tokens N]
                   [--repetition-penalty P] [--no-repeat-ngram N] [--metric auto|wer|cer] [--ctc]
-                  [--ctc-weight W] [--repeat-limit N]
+                  [--ctc-weight W] [--repeat-limit N] [--hotwords FILE]
 
 Batches come from the validation loader of training (llmasr.data.loader.build_decode_loader: SpeechDataset in
 evaluation mode, no dither, no augmentation; the same prompt builder, so the prompt a model is decoded with is the
@@ -17,11 +17,14 @@ Outputs (HYP_DIR, or HYP_DIR/<manifest name>/ when several manifests are given):
 
     hyp.txt        key hypothesis          (manifest order)
     ref.txt        key reference
-    results.jsonl  {key, ref, hyp, unit, errors, sub, del, ins, ref_units, words, duration, wer, truncated}
+    results.jsonl  {key, ref, hyp, unit, errors, sub, del, ins, ref_units, words, duration, wer, truncated,
+                    hotwords, hotwords_dropped}
                    truncated: null, "max_tokens" (the length cap ended the hypothesis) or "repetition"
+                   hotwords: the biasing phrases rendered into the utterance's prompt (after the token cap), [] none
     wer.txt        summary: WER/CER, substitutions/deletions/insertions, #utterances, truncations by guard, the
                    search mode (greedy, beam N, + CTC guidance), its real-time factor (decoding wall-clock seconds
-                   / audio seconds) and throughput (utterances/s), skipped lines
+                   / audio seconds) and throughput (utterances/s), skipped lines, and with biasing lists how many
+                   utterances had one and how many phrases the prompt's token cap dropped
     wer.json       the same, machine-readable
     bad.jsonl      manifest lines that could not be decoded (missing/corrupt audio, bad fields...)
 
@@ -36,6 +39,11 @@ With `max_new_tokens` unset, each utterance's cap is `tokens_per_second` x its o
 loops stops at a length tied to its audio, and batched output equals one-by-one output; `repeat_limit` ends a
 hypothesis that repeats an n-gram. Both are counted (results.jsonl "truncated", wer.txt totals), never silent.
 A model with a CTC head decodes CTC-guided by default (DecodeConfig.ctc_weight; models.ctc_guidance).
+
+Hotwords: a line's own `hotwords` field is its biasing list; `--hotwords FILE` (one phrase a line, UTF-8) gives the
+list of every line that has no such field. A line's own list wins, an explicit [] included ("no list for this
+one"): per-utterance lists are the more specific statement. The list is rendered by the model's prompt builder as in
+training (its wording and token cap are saved with the model).
 """
 
 from __future__ import annotations
@@ -68,6 +76,8 @@ class DecodeOptions:
     max_bad_fraction: float = DataConfig.max_bad_fraction  # fail (after writing the outputs) above this
     ctc: bool = False  # also write the CTC branch's greedy transcripts to HYP_DIR/ctc/
     features_on: str = "auto"  # as data.features_on: worker, device, or auto (device on an accelerator)
+    hotwords: list[str] | None = None  # --hotwords: the list of every line without its own `hotwords` field
+    hotwords_file: str | None = None  # where that list came from (reported in wer.txt)
 
 
 class DecodeError(RuntimeError):
@@ -80,6 +90,7 @@ def decode_loader(model, manifest_path, cfg: DecodeConfig, opts: DecodeOptions, 
         manifest_path, model.frontend, prompt_builder=model.prompt, batch_seconds=cfg.batch_seconds,
         num_workers=opts.num_workers, max_bad_fraction=opts.max_bad_fraction,
         name=f"decode {Path(manifest_path).name}", features_on=opts.features_on, device=device,
+        hotwords=opts.hotwords,
     )  # fmt: skip
 
 
@@ -113,6 +124,7 @@ def decode_manifest(
         manifest=str(manifest_path), lines=len(loader.dataset), skipped=tracker.bad,
         skipped_by_reason=dict(tracker.by_reason),
     )  # fmt: skip
+    timing["hotwords"] = _hotword_counts(rows, opts, model.prompt.hotwords_max_tokens)
     summary = _llm_summary(out_dir, rows, found, cfg, timing)
     summary["too_much_bad_data"] = tracker.message(final=True) if tracker.exceeded else None
     if opts.ctc:
@@ -121,8 +133,8 @@ def decode_manifest(
 
 
 def transcribe_loader(model, loader: SpeechDataLoader, cfg: DecodeConfig, device) -> tuple[list[dict], float, str]:
-    """Rows {key, ref, hyp, ctc_hyp, truncated, duration} of every decoded utterance in manifest order, their audio
-    seconds and the search mode; ctc_hyp is None without a CTC head."""
+    """Rows {key, ref, hyp, ctc_hyp, truncated, duration, hotwords, hotwords_dropped} of every decoded utterance in
+    manifest order, their audio seconds and the search mode; ctc_hyp is None without a CTC head."""
     rows: dict[int, dict] = {}
     audio_seconds, mode = 0.0, cfg.mode(0.0)
     for batch in loader:
@@ -136,7 +148,32 @@ def transcribe_loader(model, loader: SpeechDataLoader, cfg: DecodeConfig, device
             audio_seconds += dur
             rows[idx] = {"key": key, "ref": ref, "hyp": got.llm[i], "ctc_hyp": ctc[i], "duration": round(dur, 4)}
             rows[idx]["truncated"] = got.truncated[i]
+            rows[idx].update(hotwords=list(batch.hotwords[i]), hotwords_dropped=int(batch.hotwords_dropped[i]))
     return [rows[i] for i in sorted(rows)], audio_seconds, mode
+
+
+def _hotword_counts(rows: list[dict], opts: DecodeOptions, cap: int | None) -> dict:
+    """How the utterances were biased: lists, phrases rendered, phrases the token cap dropped."""
+    return {
+        "hotword_lists": sum(bool(r["hotwords"]) for r in rows),
+        "hotword_phrases": sum(len(r["hotwords"]) for r in rows),
+        "hotwords_dropped": sum(r["hotwords_dropped"] for r in rows),
+        "hotwords_file": opts.hotwords_file,
+        "hotwords_max_tokens": cap,
+    }
+
+
+def _hotword_line(h: dict, n_utts: int) -> str:
+    source = (
+        f"--hotwords {h['hotwords_file']} where a line has no list of its own"
+        if h["hotwords_file"]
+        else ("the manifest's lists")
+    )
+    cap = "no token cap" if h["hotwords_max_tokens"] is None else f"token cap {h['hotwords_max_tokens']}"
+    return (
+        f"hotwords: {h['hotword_lists']} of {n_utts} utterances decoded with a list ({source}), "
+        f"{h['hotword_phrases']} phrases, {h['hotwords_dropped']} dropped by the {cap}"
+    )
 
 
 def _counts(found: dict, n_utts: int) -> str:
@@ -164,6 +201,7 @@ def _llm_summary(out_dir: Path, rows: list[dict], found: dict, cfg: DecodeConfig
         num_beams=cfg.num_beams,
         max_new_tokens=cfg.max_new_tokens,
         batch_seconds=cfg.batch_seconds,
+        **timing["hotwords"],
     )
     text = [
         f"{Path(found['manifest']).name}: {corpus.summary()}",
@@ -172,6 +210,8 @@ def _llm_summary(out_dir: Path, rows: list[dict], found: dict, cfg: DecodeConfig
         f"mode {timing['mode']}: audio {audio:.1f} s, decoding {took:.1f} s, real-time factor {summary['rtf']:.4f}, "
         f"{summary['utts_per_second']:.2f} utterances/s (device {timing['device']})",
     ]
+    if timing["hotwords"]["hotword_lists"] or timing["hotwords"]["hotwords_file"]:
+        text.append(_hotword_line(timing["hotwords"], corpus.n_utts))
     _write_summary(out_dir, summary, text)
     return summary
 
@@ -214,6 +254,7 @@ def _write_results(out_dir: Path, rows: list[dict], hyp_key: str, metric: str, *
             }
             if "truncated" in r and hyp_key == "hyp":
                 rec["truncated"] = r["truncated"]
+            rec.update(hotwords=r.get("hotwords", []), hotwords_dropped=r.get("hotwords_dropped", 0))
             fj.write(json.dumps(rec, ensure_ascii=False) + "\n")
     if with_ref:
         with open(out_dir / "ref.txt", "w") as fr:
