@@ -205,3 +205,20 @@ def test_stats_weight_of_unseen_units():
     stats = CorpusStats(Counter({"a": 4}), [])
     assert stats.weight(("a",), 1.0) == 0.25 and stats.weight(("a", "zz"), 1.0) == 1.0
     assert np.isclose(stats.weight(("a",), 0.5), 0.5)
+
+
+def test_readme_documents_every_hotword_key():
+    import dataclasses
+    import re
+    from pathlib import Path
+
+    from llmasr.models.config import PromptConfig
+
+    text = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    start = text.index("\n## Hotwords\n")
+    section = text[start : text.find("\n## ", start + 5)]
+    rows = {m for line in section.splitlines() if line.startswith("| `") for m in re.findall(r"^\| `(\w+)`", line)}
+    wanted = {f.name for f in dataclasses.fields(HotwordsConfig)}
+    wanted |= {f.name for f in dataclasses.fields(PromptConfig) if f.name.startswith("hotwords")}
+    assert wanted == rows, (wanted - rows, rows - wanted)
+    assert "--hotwords FILE" in section
