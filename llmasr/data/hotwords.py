@@ -152,7 +152,7 @@ class CorpusStats:
         rng = np.random.default_rng([int(seed), HOTWORD_STREAM])
         counts: Counter = Counter()
         pool: list[str] = []
-        seen = 0
+        seen = 0  # n-grams offered to the reservoir so far
         for i in range(len(manifest)):
             try:
                 target = manifest[i].target
@@ -160,14 +160,15 @@ class CorpusStats:
                 continue
             parts = units(target, cfg.unit)
             counts.update(p.lower() for p in parts)
-            for a, b in ngrams(parts, *cfg.ngram):
-                seen += 1
-                if len(pool) < cfg.pool_size:
-                    pool.append(_join(parts[a:b], cfg.unit))
-                else:
-                    k = int(rng.integers(seen))
-                    if k < cfg.pool_size:
-                        pool[k] = _join(parts[a:b], cfg.unit)
+            spans = ngrams(parts, *cfg.ngram)
+            fill = min(len(spans), cfg.pool_size - len(pool))
+            pool.extend(_join(parts[a:b], cfg.unit) for a, b in spans[:fill])
+            if fill < len(spans):  # the t-th n-gram replaces a random slot with probability pool_size / t
+                slots = rng.integers(0, np.arange(seen + fill + 1, seen + len(spans) + 1))
+                for j in np.flatnonzero(slots < cfg.pool_size):
+                    a, b = spans[fill + j]
+                    pool[int(slots[j])] = _join(parts[a:b], cfg.unit)
+            seen += len(spans)
         return cls(counts, pool)
 
     def weight(self, keys, rarity: float) -> float:
