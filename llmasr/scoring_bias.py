@@ -23,6 +23,7 @@ it *leaks* when it occurs in the hypothesis: leak rate = leaked distractors / di
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 from llmasr.scoring import UttScore, normalize, tokens
 
@@ -98,16 +99,33 @@ class BiasedUttScore:
         )  # fmt: skip
 
 
-def find(seq: list[str], phrase: tuple[str, ...], *, overlapping: bool) -> list[int]:
-    """Start indices of `phrase` in `seq`, left to right (non-overlapping ones only unless `overlapping`)."""
-    n, out, i = len(phrase), [], 0
-    while i + n <= len(seq):
-        if tuple(seq[i : i + n]) == phrase:
-            out.append(i)
-            i += 1 if overlapping else n
-        else:
-            i += 1
-    return out
+class Units:
+    """A unit sequence and where each unit occurs: a phrase is tried only where its first unit is, so a long list
+    (one shared by every utterance) costs little per utterance."""
+
+    def __init__(self, seq: list[str]):
+        self.seq = seq
+        self.at: dict[str, list[int]] = {}
+        for i, u in enumerate(seq):
+            self.at.setdefault(u, []).append(i)
+
+    def __len__(self) -> int:
+        return len(self.seq)
+
+    def find(self, phrase: tuple[str, ...], *, overlapping: bool) -> list[int]:
+        """Start indices of `phrase`, left to right (non-overlapping ones only unless `overlapping`)."""
+        n, out, free = len(phrase), [], 0
+        for i in self.at.get(phrase[0], ()):
+            if (overlapping or i >= free) and tuple(self.seq[i : i + n]) == phrase:
+                out.append(i)
+                free = i + n
+        return out
+
+
+@lru_cache(maxsize=1 << 16)
+def _phrase(phrase: str, unit: str) -> tuple[tuple[str, ...], str]:
+    norm = normalize(phrase)
+    return tuple(tokens(norm, unit)), norm
 
 
 def phrase_units(phrases, unit: str) -> tuple[dict[tuple[str, ...], str], int]:
@@ -115,8 +133,7 @@ def phrase_units(phrases, unit: str) -> tuple[dict[tuple[str, ...], str], int]:
     out: dict[tuple[str, ...], str] = {}
     empty = 0
     for phrase in phrases:
-        norm = normalize(phrase)
-        units = tuple(tokens(norm, unit))
+        units, norm = _phrase(phrase, unit)
         if units:
             out.setdefault(units, norm)
         else:
@@ -124,20 +141,20 @@ def phrase_units(phrases, unit: str) -> tuple[dict[tuple[str, ...], str], int]:
     return out, empty
 
 
-def _spans(seq: list[str], phrases) -> tuple[list[bool], list[bool]]:
+def _spans(seq: Units, phrases) -> tuple[list[bool], list[bool]]:
     """(inside[k]: unit k lies in an occurrence of a phrase, interior[k]: units k and k+1 lie in the same one)."""
     inside, interior = [False] * len(seq), [False] * len(seq)
     for units in phrases:
-        for s in find(seq, units, overlapping=True):
+        for s in seq.find(units, overlapping=True):
             for k in range(s, s + len(units)):
                 inside[k] = True
                 interior[k] = interior[k] or k < s + len(units) - 1
     return inside, interior
 
 
-def split_errors(score: UttScore, phrases) -> tuple[Side, Side]:
-    """(biased, unbiased) units and errors of one scored utterance under its phrases (tuples of units)."""
-    ref, hyp = tokens(score.ref_norm, score.unit), tokens(score.hyp_norm, score.unit)
+def split_errors(score: UttScore, ref: Units, hyp: Units, phrases) -> tuple[Side, Side]:
+    """(biased, unbiased) units and errors of one scored utterance (its units `ref`, `hyp`) under its phrases
+    (tuples of units)."""
     in_ref, interior = _spans(ref, phrases)
     in_hyp, _ = _spans(hyp, phrases)
     b, u = Side(units=sum(in_ref)), Side(units=len(ref) - sum(in_ref))
@@ -156,13 +173,12 @@ def split_errors(score: UttScore, phrases) -> tuple[Side, Side]:
     return b, u
 
 
-def count_phrases(score: UttScore, phrases: dict) -> tuple[PhraseCounts, list[str], list[str]]:
+def count_phrases(score: UttScore, ref: Units, hyp: Units, phrases: dict) -> tuple[PhraseCounts, list, list]:
     """Occurrences, recalled occurrences and leaks of the phrases ({units: text}); the missed and leaked texts."""
-    ref, hyp = tokens(score.ref_norm, score.unit), tokens(score.hyp_norm, score.unit)
     hyp_of_ref = {op.ref: op.hyp for op in score.alignment if op.kind == "equal"}
     counts, missed, leaked = PhraseCounts(), [], []
     for units, text in phrases.items():
-        in_ref, in_hyp = find(ref, units, overlapping=False), find(hyp, units, overlapping=False)
+        in_ref, in_hyp = ref.find(units, overlapping=False), hyp.find(units, overlapping=False)
         counts.ref_occurrences += len(in_ref)
         counts.hyp_occurrences += len(in_hyp)
         if not in_ref:
@@ -182,8 +198,9 @@ def count_phrases(score: UttScore, phrases: dict) -> tuple[PhraseCounts, list[st
 def score_biased(score: UttScore, phrases) -> BiasedUttScore:
     """B/U split and phrase counts of one scored utterance under its biasing list (strings; may be empty)."""
     units, empty = phrase_units(phrases, score.unit)
-    biased, unbiased = split_errors(score, units)
-    counts, missed, leaked = count_phrases(score, units)
+    ref, hyp = Units(tokens(score.ref_norm, score.unit)), Units(tokens(score.hyp_norm, score.unit))
+    biased, unbiased = split_errors(score, ref, hyp, units)
+    counts, missed, leaked = count_phrases(score, ref, hyp, units)
     return BiasedUttScore(biased, unbiased, counts, len(units), empty, missed, leaked)
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from llmasr.scoring import EditOp, UttScore, score_corpus, score_utterance
-from llmasr.scoring_bias import find, hotword_list, phrase_units, score_biased, score_lists
+from llmasr.scoring_bias import Units, hotword_list, phrase_units, score_biased, score_lists
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -93,8 +93,10 @@ def test_phrases_normalised_deduplicated_and_unscorable_counted():
     assert units == {("anna",): "anna", ("new", "york"): "new york"} and empty == 1
     b = biased("anna", "anna", ["Anna", "anna", "?!"])
     assert (b.listed, b.unscorable, b.phrases.ref_occurrences) == (1, 1, 1)
-    assert find(list("aaa"), ("a", "a"), overlapping=True) == [0, 1]
-    assert find(list("aaa"), ("a", "a"), overlapping=False) == [0]
+    assert Units(list("aaaa")).find(("a", "a"), overlapping=True) == [0, 1, 2]
+    assert Units(list("aaaa")).find(("a", "a"), overlapping=False) == [0, 2]
+    assert Units(list("abab")).find(("a", "b"), overlapping=False) == [0, 2]
+    assert Units(list("aab")).find(("x",), overlapping=True) == []
 
 
 def test_hand_built_alignments_decide_the_split():
