@@ -19,13 +19,17 @@ Outputs (HYP_DIR, or HYP_DIR/<manifest name>/ when several manifests are given):
     ref.txt        key reference
     results.jsonl  {key, ref, hyp, unit, errors, sub, del, ins, ref_units, words, duration, wer, truncated,
                     hotwords, hotwords_dropped}
-                   truncated: null, "max_tokens" (the length cap ended the hypothesis) or "repetition"
-                   hotwords: the biasing phrases rendered into the utterance's prompt (after the token cap), [] none
+                   truncated: null, "max_tokens" (the length cap ended the hypothesis) or "repetition";
+                   hotwords: the biasing phrases rendered into the utterance's prompt (after the token cap), []
+                   for none; with a biasing list, hotword_scores {b_errors, b_units, u_errors, u_units, recalled,
+                   ref_occurrences, hyp_occurrences, missed, leaked} (llmasr.scoring_bias)
     wer.txt        summary: WER/CER, substitutions/deletions/insertions, #utterances, truncations by guard, the
                    search mode (greedy, beam N, + CTC guidance), its real-time factor (decoding wall-clock seconds
-                   / audio seconds) and throughput (utterances/s), skipped lines, and with biasing lists how many
-                   utterances had one and how many phrases the prompt's token cap dropped
-    wer.json       the same, machine-readable
+                   / audio seconds) and throughput (utterances/s), skipped lines; when any utterance has a
+                   biasing list (`hotwords`), how many had one and how many phrases the prompt's token cap
+                   dropped, B-WER / U-WER and hotword recall, precision and leaks
+    wer.json       the same, machine-readable (the hotword scores under "hotwords", the list counts as
+                   hotword_lists, hotword_phrases, hotwords_dropped, hotwords_file, hotwords_max_tokens)
     bad.jsonl      manifest lines that could not be decoded (missing/corrupt audio, bad fields...)
 
 With --ctc (a model with a CTC head on its encoder), HYP_DIR/ctc/ also gets hyp.txt, results.jsonl, wer.txt and
@@ -64,6 +68,7 @@ from llmasr.models.ctc import LLMCTCTokenizer
 from llmasr.models.decode_guards import MAX_TOKENS, REPETITION
 from llmasr.models.decoding import DecodeConfig
 from llmasr.scoring import score_corpus
+from llmasr.scoring_bias import BiasedCorpus, hotword_list, score_lists
 
 log = logging.getLogger(__name__)
 
@@ -185,7 +190,7 @@ def _counts(found: dict, n_utts: int) -> str:
 
 def _llm_summary(out_dir: Path, rows: list[dict], found: dict, cfg: DecodeConfig, timing: dict) -> dict:
     """hyp/ref/results and wer.txt/wer.json of the LLM's hypotheses; returns the summary."""
-    corpus = _write_results(out_dir, rows, "hyp", cfg.metric, with_ref=True)
+    corpus, hot = _write_results(out_dir, rows, "hyp", cfg.metric, with_ref=True)
     audio, took = timing["audio_seconds"], timing["decode_seconds"]
     summary = corpus.to_dict()
     truncated = {reason: sum(r["truncated"] == reason for r in rows) for reason in (MAX_TOKENS, REPETITION)}
@@ -201,7 +206,7 @@ def _llm_summary(out_dir: Path, rows: list[dict], found: dict, cfg: DecodeConfig
         num_beams=cfg.num_beams,
         max_new_tokens=cfg.max_new_tokens,
         batch_seconds=cfg.batch_seconds,
-        **timing["hotwords"],
+        **timing.get("hotwords", {}),
     )
     text = [
         f"{Path(found['manifest']).name}: {corpus.summary()}",
@@ -210,15 +215,17 @@ def _llm_summary(out_dir: Path, rows: list[dict], found: dict, cfg: DecodeConfig
         f"mode {timing['mode']}: audio {audio:.1f} s, decoding {took:.1f} s, real-time factor {summary['rtf']:.4f}, "
         f"{summary['utts_per_second']:.2f} utterances/s (device {timing['device']})",
     ]
-    if timing["hotwords"]["hotword_lists"] or timing["hotwords"]["hotwords_file"]:
-        text.append(_hotword_line(timing["hotwords"], corpus.n_utts))
+    lists = timing.get("hotwords")  # decode_manifest's list counts (absent when a caller scores rows alone)
+    if lists and (lists["hotword_lists"] or lists["hotwords_file"]):
+        text.append(_hotword_line(lists, corpus.n_utts))
+    _add_hotwords(summary, text, hot)
     _write_summary(out_dir, summary, text)
     return summary
 
 
 def _ctc_summary(out_dir: Path, rows: list[dict], found: dict, cfg: DecodeConfig, timing: dict) -> dict:
     """The same files for the CTC branch's greedy hypotheses (no ref.txt); returns the summary."""
-    corpus = _write_results(out_dir, rows, "ctc_hyp", cfg.metric, with_ref=False)
+    corpus, hot = _write_results(out_dir, rows, "ctc_hyp", cfg.metric, with_ref=False)
     audio = timing["audio_seconds"]
     summary = corpus.to_dict()
     summary.update(branch="ctc", decoding="greedy best path", **found, audio_seconds=round(audio, 3))
@@ -227,16 +234,22 @@ def _ctc_summary(out_dir: Path, rows: list[dict], found: dict, cfg: DecodeConfig
         _counts(found, corpus.n_utts),
         f"audio {audio:.1f} s; the CTC head read the encoder output of the LLM pass (device {timing['device']})",
     ]
+    _add_hotwords(summary, text, hot)
     _write_summary(out_dir, summary, text)
     return summary
 
 
 def _write_results(out_dir: Path, rows: list[dict], hyp_key: str, metric: str, *, with_ref: bool):
-    """hyp.txt, results.jsonl (and ref.txt) for rows[...][hyp_key]; returns the corpus score."""
+    """hyp.txt, results.jsonl (and ref.txt) for rows[...][hyp_key]; returns the corpus score and, when a row has a
+    biasing list (`hotwords`), the hotword scores (else None)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     corpus, scores = score_corpus([(r["ref"], r[hyp_key]) for r in rows], metric)
+    lists = [hotword_list(r.get("hotwords"), f"utterance {r['key']!r}") for r in rows]
+    hot, biased = None, [None] * len(rows)
+    if any(lists):
+        hot, biased = score_lists(scores, lists, corpus.name, corpus.unit_name)
     with open(out_dir / "hyp.txt", "w") as fh, open(out_dir / "results.jsonl", "w") as fj:
-        for r, s in zip(rows, scores):
+        for r, s, b, phrases in zip(rows, scores, biased, lists):
             fh.write(f"{r['key']} {_one_line(r[hyp_key])}\n")
             rec = {
                 "key": r["key"],
@@ -254,12 +267,21 @@ def _write_results(out_dir: Path, rows: list[dict], hyp_key: str, metric: str, *
             }
             if "truncated" in r and hyp_key == "hyp":
                 rec["truncated"] = r["truncated"]
-            rec.update(hotwords=r.get("hotwords", []), hotwords_dropped=r.get("hotwords_dropped", 0))
+            rec.update(hotwords=list(r.get("hotwords") or []), hotwords_dropped=int(r.get("hotwords_dropped") or 0))
+            if phrases:
+                rec["hotword_scores"] = b.to_row()
             fj.write(json.dumps(rec, ensure_ascii=False) + "\n")
     if with_ref:
         with open(out_dir / "ref.txt", "w") as fr:
             fr.writelines(f"{r['key']} {_one_line(r['ref'])}\n" for r in rows)
-    return corpus
+    return corpus, hot
+
+
+def _add_hotwords(summary: dict, text: list[str], hot: BiasedCorpus | None) -> None:
+    """B-/U- error rates and phrase recall, precision and leaks, when the rows had biasing lists."""
+    if hot is not None:
+        summary["hotwords"] = hot.to_dict()
+        text.extend(hot.summary_lines())
 
 
 def _write_summary(out_dir: Path, summary: dict, text: list[str]) -> None:

@@ -76,6 +76,9 @@ def test_batched_equals_one_by_one_with_lists(model, corpus, tmp_path):
     assert [r["hotwords"] for r in rows_s] == expected_lists(["world", "nine"])
     assert b["hotword_lists"] == 5 and b["hotword_phrases"] == 10 and b["hotwords_dropped"] == 0
     assert "hotwords: 5 of 6 utterances decoded with a list (--hotwords hot.txt" in b["text"]
+    # the rendered lists are what the hotword scores read: B-/U- rates over exactly these rows
+    assert "B-WER" in b["text"] and b["hotwords"]["utterances_with_list"] == 5
+    assert [("hotword_scores" in r) for r in rows_b] == [bool(h) for h in expected_lists(["world", "nine"])]
 
 
 def test_lists_change_the_prompt_and_none_keeps_it(model, corpus, tmp_path):
