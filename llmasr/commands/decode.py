@@ -74,6 +74,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="biasing list for every line without its own `hotwords` field (UTF-8, one phrase a line; a line's own "
         "list wins, [] included)",
     )  # fmt: skip
+    p.add_argument(
+        "--hotwords-unprompted", action="store_true",
+        help="score B-/U- rates against the lists (the manifest's, --hotwords) without rendering them into the "
+        "prompt: the unbiased baseline of the same lists",
+    )  # fmt: skip
     p.add_argument("--dtype", choices=("bf16", "fp16", "fp32"), help="LLM dtype (--model; default: as exported)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     p.add_argument(
@@ -114,7 +119,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"llmasr decode: error: {err}", file=sys.stderr)
         return 2
     given = {"num_workers": args.num_workers, "max_bad_fraction": args.max_bad_fraction, "ctc": args.ctc,
-             "features_on": args.features_on, "hotwords": hotwords, "hotwords_file": args.hotwords}  # fmt: skip
+             "features_on": args.features_on, "hotwords": hotwords, "hotwords_file": args.hotwords,
+             "hotwords_unprompted": args.hotwords_unprompted or None}  # fmt: skip
     opts = dataclasses.replace(opts, **{k: v for k, v in given.items() if v is not None})
     model.to(device)
     return _decode_all(model, args.data, Path(args.output), cfg, opts, device)

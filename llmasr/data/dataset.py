@@ -50,6 +50,7 @@ class SpeechDataset(Dataset):
         features_on: str = "worker",
         hotword_sampler=None,
         default_hotwords: list[str] | None = None,
+        prompt_hotwords: bool = True,
     ):
         self.manifest = manifest
         self.frontend = frontend
@@ -64,6 +65,9 @@ class SpeechDataset(Dataset):
         self.features_on = features_on
         self.hotword_sampler = hotword_sampler
         self.default_hotwords = list(default_hotwords or [])
+        # False: lists are chosen as usual (listed_hotwords) but no prompt renders them: the unbiased baseline
+        # that decoding scores against the same lists.
+        self.prompt_hotwords = bool(prompt_hotwords)
         self.epoch = 0
         self._fx = None
         self._aug = None
@@ -116,7 +120,8 @@ class SpeechDataset(Dataset):
         target = target.strip()
         task = utt.prompt if isinstance(getattr(utt, "prompt", None), str) and utt.prompt.strip() else None
         try:
-            enc = self.prompt_builder.encode(target, task=task, hotwords=self._hotwords(utt, index, target))
+            hotwords = self._hotwords(utt, index, target) if self.prompt_hotwords else []
+            enc = self.prompt_builder.encode(target, task=task, hotwords=hotwords)
         except ValueError as err:  # PromptError: text the LLM tokenizer cannot take
             return bad(f"target or hotwords rejected by the prompt builder: {err}")
         ctc_ids = self._ctc_labels(target) if self.ctc_tokenizer is not None else None
@@ -153,6 +158,15 @@ class SpeechDataset(Dataset):
             "hotwords": list(enc.hotwords),
             "hotwords_dropped": int(enc.hotwords_dropped),
         }
+
+    def listed_hotwords(self, index: int) -> list[str]:
+        """Line `index`'s biasing list before the token cap, whether or not prompts render it ([] for a bad line)."""
+        try:
+            utt = self.manifest[int(index)]
+        except BadRecord:
+            return []
+        target = utt.target.strip() if isinstance(utt.target, str) else ""
+        return self._hotwords(utt, int(index), target)
 
     def _hotwords(self, utt, index: int, target: str) -> list[str]:
         """The item's biasing list before the token cap (see the class docstring)."""

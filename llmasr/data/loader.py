@@ -227,7 +227,7 @@ def find_fallback(dataset: SpeechDataset, candidates: Sequence[int]):
 
 def _dataset(
     manifest, frontend: FrontendConfig, data_cfg: DataConfig, *, train: bool, prompt_builder, ctc=None, device=None,
-    hotword_sampler=None, default_hotwords=None,
+    hotword_sampler=None, default_hotwords=None, prompt_hotwords: bool = True,
 ):  # fmt: skip
     b = data_cfg.batching
     return SpeechDataset(
@@ -242,6 +242,7 @@ def _dataset(
         features_on=resolve_features_on(data_cfg.features_on, frontend, device),
         hotword_sampler=hotword_sampler,
         default_hotwords=default_hotwords,
+        prompt_hotwords=prompt_hotwords,
     )
 
 
@@ -337,6 +338,7 @@ def build_dataloader(
 def build_decode_loader(
     manifest_path, frontend: FrontendConfig, *, prompt_builder, batch_seconds: float, num_workers: int,
     max_bad_fraction: float, name: str, features_on: str = "auto", device=None, hotwords: list[str] | None = None,
+    prompt_hotwords: bool = True,
 ) -> SpeechDataLoader:  # fmt: skip
     """The validation loader over one manifest, for decoding: every line is batched once, in an eval-mode
     SpeechDataset; batches are cut from one duration-sorted window over the whole manifest (no buckets, no
@@ -346,7 +348,8 @@ def build_decode_loader(
     Bad lines are counted, never refused: the tracker (`loader.bad_data`) keeps every one, in the order found (the
     lines whose audio header cannot be read, then the ones loading rejects), and the caller checks
     max_bad_fraction at the end. An all-bad batch becomes a batch of no rows (no rank waits on another).
-    `hotwords`: the list of every line that has no `hotwords` field of its own.
+    `hotwords`: the list of every line that has no `hotwords` field of its own; `prompt_hotwords` False: no
+    prompt renders the lists (`dataset.listed_hotwords` still gives them, for scoring).
     """
     manifest, fill_bad = open_manifests([str(manifest_path)], mix=False)
     n = len(manifest)
@@ -366,7 +369,7 @@ def build_decode_loader(
     )  # fmt: skip
     dataset = _dataset(
         manifest, frontend, data_cfg, train=False, prompt_builder=prompt_builder, device=device,
-        default_hotwords=hotwords,
+        default_hotwords=hotwords, prompt_hotwords=prompt_hotwords,
     )  # fmt: skip
     collator = Collator(prompt_builder.pad_id, no_rows=True)
     return _speech_loader(dataset, sampler, collator, data_cfg, tracker)

@@ -3,7 +3,7 @@
     llmasr decode --model DIR | --checkpoint RUN_DIR[/checkpoints/TAG] --data test.jsonl [--data ...]
                   --output HYP_DIR [--beam N] [--batch-seconds S] [--max-new-tokens N]
                   [--repetition-penalty P] [--no-repeat-ngram N] [--metric auto|wer|cer] [--ctc]
-                  [--ctc-weight W] [--repeat-limit N] [--hotwords FILE]
+                  [--ctc-weight W] [--repeat-limit N] [--hotwords FILE] [--hotwords-unprompted]
 
 Batches come from the validation loader of training (llmasr.data.loader.build_decode_loader: SpeechDataset in
 evaluation mode, no dither, no augmentation; the same prompt builder, so the prompt a model is decoded with is the
@@ -47,7 +47,8 @@ A model with a CTC head decodes CTC-guided by default (DecodeConfig.ctc_weight; 
 Hotwords: a line's own `hotwords` field is its biasing list; `--hotwords FILE` (one phrase a line, UTF-8) gives the
 list of every line that has no such field. A line's own list wins, an explicit [] included ("no list for this
 one"): per-utterance lists are the more specific statement. The list is rendered by the model's prompt builder as in
-training (its wording and token cap are saved with the model).
+training (its wording and token cap are saved with the model). `--hotwords-unprompted` chooses the lists the same
+way but renders none: the B-/U- rates of the model unbiased, on the same lists (rows: `hotwords_scored`).
 """
 
 from __future__ import annotations
@@ -83,6 +84,8 @@ class DecodeOptions:
     features_on: str = "auto"  # as data.features_on: worker, device, or auto (device on an accelerator)
     hotwords: list[str] | None = None  # --hotwords: the list of every line without its own `hotwords` field
     hotwords_file: str | None = None  # where that list came from (reported in wer.txt)
+    # --hotwords-unprompted: the lists are scored but no prompt renders them (the unbiased baseline of the same lists)
+    hotwords_unprompted: bool = False
 
 
 class DecodeError(RuntimeError):
@@ -95,7 +98,7 @@ def decode_loader(model, manifest_path, cfg: DecodeConfig, opts: DecodeOptions, 
         manifest_path, model.frontend, prompt_builder=model.prompt, batch_seconds=cfg.batch_seconds,
         num_workers=opts.num_workers, max_bad_fraction=opts.max_bad_fraction,
         name=f"decode {Path(manifest_path).name}", features_on=opts.features_on, device=device,
-        hotwords=opts.hotwords,
+        hotwords=opts.hotwords, prompt_hotwords=not opts.hotwords_unprompted,
     )  # fmt: skip
 
 
@@ -119,6 +122,9 @@ def decode_manifest(
     model.eval()
     t0 = time.perf_counter()
     rows, audio_seconds, mode = transcribe_loader(model, loader, cfg, device)
+    if opts.hotwords_unprompted:
+        for r in rows:
+            r["hotwords_scored"] = loader.dataset.listed_hotwords(r["index"])
     timing = {"audio_seconds": audio_seconds, "decode_seconds": time.perf_counter() - t0, "device": device}
     timing["mode"] = mode
     tracker = loader.bad_data
@@ -152,14 +158,18 @@ def transcribe_loader(model, loader: SpeechDataLoader, cfg: DecodeConfig, device
             dur = float(batch.durations[i])
             audio_seconds += dur
             rows[idx] = {"key": key, "ref": ref, "hyp": got.llm[i], "ctc_hyp": ctc[i], "duration": round(dur, 4)}
+            rows[idx]["index"] = int(idx)
             rows[idx]["truncated"] = got.truncated[i]
             rows[idx].update(hotwords=list(batch.hotwords[i]), hotwords_dropped=int(batch.hotwords_dropped[i]))
     return [rows[i] for i in sorted(rows)], audio_seconds, mode
 
 
 def _hotword_counts(rows: list[dict], opts: DecodeOptions, cap: int | None) -> dict:
-    """How the utterances were biased: lists, phrases rendered, phrases the token cap dropped."""
+    """How the utterances were biased: lists, phrases rendered, phrases the token cap dropped; unprompted, the
+    lists scored (none rendered)."""
     return {
+        "hotwords_unprompted": opts.hotwords_unprompted,
+        "hotword_lists_scored": sum(bool(r.get("hotwords_scored")) for r in rows),
         "hotword_lists": sum(bool(r["hotwords"]) for r in rows),
         "hotword_phrases": sum(len(r["hotwords"]) for r in rows),
         "hotwords_dropped": sum(r["hotwords_dropped"] for r in rows),
@@ -174,6 +184,11 @@ def _hotword_line(h: dict, n_utts: int) -> str:
         if h["hotwords_file"]
         else ("the manifest's lists")
     )
+    if h["hotwords_unprompted"]:
+        return (
+            f"hotwords: {h['hotword_lists_scored']} of {n_utts} utterances have a list ({source}), scored but not "
+            "rendered into the prompt (--hotwords-unprompted: the unbiased baseline of the same lists)"
+        )
     cap = "no token cap" if h["hotwords_max_tokens"] is None else f"token cap {h['hotwords_max_tokens']}"
     return (
         f"hotwords: {h['hotword_lists']} of {n_utts} utterances decoded with a list ({source}), "
@@ -216,7 +231,7 @@ def _llm_summary(out_dir: Path, rows: list[dict], found: dict, cfg: DecodeConfig
         f"{summary['utts_per_second']:.2f} utterances/s (device {timing['device']})",
     ]
     lists = timing.get("hotwords")  # decode_manifest's list counts (absent when a caller scores rows alone)
-    if lists and (lists["hotword_lists"] or lists["hotwords_file"]):
+    if lists and (lists["hotword_lists"] or lists["hotword_lists_scored"] or lists["hotwords_file"]):
         text.append(_hotword_line(lists, corpus.n_utts))
     _add_hotwords(summary, text, hot)
     _write_summary(out_dir, summary, text)
@@ -241,10 +256,11 @@ def _ctc_summary(out_dir: Path, rows: list[dict], found: dict, cfg: DecodeConfig
 
 def _write_results(out_dir: Path, rows: list[dict], hyp_key: str, metric: str, *, with_ref: bool):
     """hyp.txt, results.jsonl (and ref.txt) for rows[...][hyp_key]; returns the corpus score and, when a row has a
-    biasing list (`hotwords`), the hotword scores (else None)."""
+    biasing list (`hotwords`, or `hotwords_scored` when the lists were not prompted), the hotword scores (else
+    None)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     corpus, scores = score_corpus([(r["ref"], r[hyp_key]) for r in rows], metric)
-    lists = [hotword_list(r.get("hotwords"), f"utterance {r['key']!r}") for r in rows]
+    lists = [hotword_list(r.get("hotwords_scored", r.get("hotwords")), f"utterance {r['key']!r}") for r in rows]
     hot, biased = None, [None] * len(rows)
     if any(lists):
         hot, biased = score_lists(scores, lists, corpus.name, corpus.unit_name)
@@ -268,6 +284,8 @@ def _write_results(out_dir: Path, rows: list[dict], hyp_key: str, metric: str, *
             if "truncated" in r and hyp_key == "hyp":
                 rec["truncated"] = r["truncated"]
             rec.update(hotwords=list(r.get("hotwords") or []), hotwords_dropped=int(r.get("hotwords_dropped") or 0))
+            if "hotwords_scored" in r:
+                rec["hotwords_scored"] = list(r["hotwords_scored"])
             if phrases:
                 rec["hotword_scores"] = b.to_row()
             fj.write(json.dumps(rec, ensure_ascii=False) + "\n")

@@ -165,3 +165,33 @@ def test_cli_hotwords_file(exported_dir, corpus, phrase_file, tmp_path, capsys):
     assert main([*args, "--max-new-tokens", "2", "--hotwords", str(phrase_file)]) == 0
     assert [r["hotwords"] for r in _rows(tmp_path / "o" / "results.jsonl")] == expected_lists(["world", "nine"])
     assert f"--hotwords {phrase_file} where a line has no list of its own" in capsys.readouterr().out
+    assert main([*args, "--max-new-tokens", "2", "--hotwords", str(phrase_file), "--hotwords-unprompted"]) == 0
+    rows = _rows(tmp_path / "o" / "results.jsonl")
+    assert [r["hotwords"] for r in rows] == [[]] * len(TEXTS)
+    assert [r["hotwords_scored"] for r in rows] == expected_lists(["world", "nine"])
+
+
+def test_unprompted_lists_are_scored_not_rendered(model, corpus, tmp_path):
+    """--hotwords-unprompted: the text equals decoding with no lists at all, the rows keep the lists chosen as usual
+    (a line's own, else the file's) and the B-/U- scores read them: the unbiased baseline of the same lists."""
+    plain = corpus.parent / "plain.jsonl"  # beside it: the audio paths are relative to the manifest
+    recs = [json.loads(line) for line in corpus.read_text().splitlines()]
+    plain.write_text("".join(json.dumps({k: v for k, v in r.items() if k != "hotwords"}) + "\n" for r in recs))
+    cfg = DecodeConfig(batch_seconds=100.0, max_new_tokens=6)
+    base = DecodeOptions(num_workers=0, hotwords=["world", "nine"], hotwords_file="hot.txt")
+    unprompted = DecodeOptions(**{**base.__dict__, "hotwords_unprompted": True})
+    got = decode_manifest(model, corpus, tmp_path / "u", cfg, unprompted)
+    decode_manifest(model, plain, tmp_path / "p", cfg, DecodeOptions(num_workers=0))
+    decode_manifest(model, corpus, tmp_path / "b", cfg, base)
+    rows_u, rows_p = _rows(tmp_path / "u" / "results.jsonl"), _rows(tmp_path / "p" / "results.jsonl")
+    rows_b = _rows(tmp_path / "b" / "results.jsonl")
+    assert [r["hyp"] for r in rows_u] == [r["hyp"] for r in rows_p]
+    assert [r["hotwords"] for r in rows_u] == [[]] * len(TEXTS)
+    assert [r["hotwords_scored"] for r in rows_u] == expected_lists(["world", "nine"])
+    assert [r["hotwords_scored"] for r in rows_u] == [r["hotwords"] for r in rows_b]
+    assert got["hotwords"]["utterances_with_list"] == 5 and got["hotword_lists"] == 0
+    assert "scored but not rendered into the prompt" in got["text"] and "B-WER" in got["text"]
+    # the baseline's B-/U- split is that of its own hypotheses under the lists
+    for r in rows_u:
+        if r["hotwords_scored"]:
+            assert r["hotword_scores"]["b_errors"] + r["hotword_scores"]["u_errors"] == r["errors"]
