@@ -97,10 +97,10 @@ def split_long(manifest, indices, *, sample_rate: int, max_seconds: float, overl
 
 # -- back from items to utterances -------------------------------------------------------------------------------
 def utterance_rows(items: dict[int, dict], manifest, overlap: float) -> list[dict]:
-    """Decoded rows by item index ({key, ref, hyp, ctc_hyp, truncated, duration}) -> one row per utterance in
+    """Decoded rows by item index ({key, ref, hyp, ctc_hyp, truncated, duration, ...}) -> one row per utterance in
     manifest order, with `windows` (how many it was decoded in): the windows' texts joined (join_texts), the first
-    guard that ended one of them, the utterance's own duration. An utterance missing a window (the window was bad
-    data) has no row: utterance_tracker counts it."""
+    guard that ended one of them, the utterance's own duration, the rest as its first window has them. An utterance
+    missing a window (the window was bad data) has no row: utterance_tracker counts it."""
     if not isinstance(manifest, WindowedManifest):
         return [{**items[j], "windows": 1} for j in sorted(items)]
     groups: dict[int, list[int]] = {}
@@ -118,8 +118,8 @@ def utterance_rows(items: dict[int, dict], manifest, overlap: float) -> list[dic
         flags = [w.overlapped for w in windows]
         ctc = None if got[0]["ctc_hyp"] is None else join_texts([g["ctc_hyp"] for g in got], flags, overlap)
         rows.append({
-            "key": got[0]["key"], "ref": got[0]["ref"], "hyp": join_texts([g["hyp"] for g in got], flags, overlap),
-            "ctc_hyp": ctc, "truncated": next((g["truncated"] for g in got if g["truncated"]), None),
+            **got[0], "hyp": join_texts([g["hyp"] for g in got], flags, overlap), "ctc_hyp": ctc,
+            "truncated": next((g["truncated"] for g in got if g["truncated"]), None),
             "duration": (windows[-1].end - windows[0].start) / manifest.sample_rate, "windows": len(windows),
         })  # fmt: skip
     return rows
