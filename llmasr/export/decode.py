@@ -276,8 +276,9 @@ def _llm_summary(out_dir: Path, rows: list[dict], found: dict, cfg: DecodeConfig
         f"truncated: {summary['truncated']} (length cap {truncated[MAX_TOKENS]}, repetition {truncated[REPETITION]})",
         f"mode {timing['mode']}: audio {audio:.1f} s, decoding {took:.1f} s, real-time factor {summary['rtf']:.4f}, "
         f"{summary['utts_per_second']:.2f} utterances/s (device {timing['device']})",
-        _windows_line(found, corpus.n_utts),
     ]
+    if "windows" in found:  # decode_manifest's window counts (absent when a caller scores rows alone)
+        text.append(_windows_line(found, corpus.n_utts))
     lists = timing.get("hotwords")  # decode_manifest's list counts (absent when a caller scores rows alone)
     if lists and (lists["hotword_lists"] or lists["hotword_lists_scored"] or lists["hotwords_file"]):
         text.append(_hotword_line(lists, corpus.n_utts))
@@ -296,8 +297,9 @@ def _ctc_summary(out_dir: Path, rows: list[dict], found: dict, cfg: DecodeConfig
         f"{Path(found['manifest']).name} (CTC branch, greedy): {corpus.summary()}",
         _counts(found, corpus.n_utts),
         f"audio {audio:.1f} s; the CTC head read the encoder output of the LLM pass (device {timing['device']})",
-        _windows_line(found, corpus.n_utts),
     ]
+    if "windows" in found:
+        text.append(_windows_line(found, corpus.n_utts))
     _add_hotwords(summary, text, hot)
     _write_summary(out_dir, summary, text)
     return summary
@@ -329,7 +331,7 @@ def _write_results(out_dir: Path, rows: list[dict], hyp_key: str, metric: str, *
                 "words": s.ref_len,
                 "duration": round(r["duration"], 4),
                 "wer": s.rate,
-                "windows": r["windows"],
+                "windows": r.get("windows", 1),
             }
             if "truncated" in r and hyp_key == "hyp":
                 rec["truncated"] = r["truncated"]
