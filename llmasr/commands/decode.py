@@ -32,6 +32,7 @@ DECODE_FLAGS = {
     "repeat_limit": "repeat_limit",
     "max_window_seconds": "max_window_seconds",
     "window_overlap": "window_overlap",
+    "window_split_pause": "window_split_pause",
 }
 
 
@@ -101,6 +102,11 @@ def _search_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--window-overlap", type=float, default=None,
         help=f"seconds two windows share where no pause separates them (default {DecodeConfig.window_overlap:g})",
+    )  # fmt: skip
+    p.add_argument(
+        "--window-split-pause", type=float, default=None,
+        help="a pause at least this long ends a window before the limit (0: fill windows to the limit; default "
+        f"{DecodeConfig.window_split_pause:g})",
     )  # fmt: skip
 
 

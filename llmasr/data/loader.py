@@ -350,8 +350,8 @@ def build_decode_loader(
     max_bad_fraction at the end. An all-bad batch becomes a batch of no rows (no rank waits on another).
     `hotwords`: the list of every line that has no `hotwords` field of its own; `prompt_hotwords` False: no
     prompt renders the lists (`dataset.listed_hotwords` still gives them, for scoring). `windows` =
-    (max_seconds, overlap): utterances longer than max_seconds are decoded in windows, each an item of its own
-    (`loader.dataset.manifest` is then a llmasr.data.windowed.WindowedManifest).
+    (max_seconds, overlap, split_pause): utterances longer than max_seconds are decoded in windows, each an item of
+    its own (`loader.dataset.manifest` is then a llmasr.data.windowed.WindowedManifest).
     """
     manifest, fill_bad = open_manifests([str(manifest_path)], mix=False)
     durations = np.asarray(manifest.durations(), dtype=np.float64)
@@ -359,10 +359,11 @@ def build_decode_loader(
     if windows is not None:
         from llmasr.data.windowed import split_long
 
-        max_seconds, overlap = windows
+        max_seconds, overlap, split_pause = windows
         manifest = split_long(
-            manifest, known, sample_rate=frontend.sample_rate, max_seconds=max_seconds, overlap=overlap
-        )
+            manifest, known, sample_rate=frontend.sample_rate, max_seconds=max_seconds, overlap=overlap,
+            split_pause=split_pause,
+        )  # fmt: skip
         durations, known = manifest.durations(), manifest.items_of(known)
     n = len(manifest)
     batching = BatchingConfig(

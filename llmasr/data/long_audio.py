@@ -14,6 +14,10 @@ left (no sliver of a window at the end), and never leaving more audio than the w
   one of the two windows, and `join_texts` removes the words both windows heard (the longest run of words the end
   of one text shares with the start of the next).
 
+With `split_pause` (decode.window_split_pause) a window also ends at the first pause at least that long after
+MIN_SEGMENT_S of it, before the limit: one sentence a window, as a VAD segments (a model trained on single sentences
+breaks on two speakers or two noise levels in one window).
+
 The silence level sits between the quietest stretch and the loud frames of the window being cut (background noise
 changes along a long recording); a window whose quietest stretch is within MIN_RANGE_DB of its loud frames (steady
 noise, music) has no pauses.
@@ -31,7 +35,10 @@ import numpy as np
 FRAME_S, HOP_S = 0.025, 0.010
 MIN_PAUSE_S = 0.2  # shorter silences are stop closures and breaths inside words as often as gaps between them
 TRAIL_S = 0.3  # silence a window keeps after its last speech when it ends in a pause
-LEAD_S = 0.1  # silence the next window keeps before its first speech
+MIN_SEGMENT_S = 0.5  # with split_pause, a window ends at the first long pause after this much audio
+# The next window starts where the first frame of its speech starts: a model trained on clips that begin with
+# their speech breaks the first word on any silence before it (measured on the demo model).
+LEAD_S = FRAME_S / 2
 MIN_RANGE_DB = 10.0  # loud minus quiet frames below this: no frame counts as a pause
 SILENCE_FRACTION = 0.3  # silence level: quiet frames' level + this fraction of the way to the loud frames'
 BAND_S = 4.0  # a cut lands at most this far from its window's share (and never past the limit)
@@ -72,8 +79,12 @@ def silence_level(db: np.ndarray) -> float | None:
     return quiet + SILENCE_FRACTION * (loud - quiet)
 
 
-def plan_windows(wave: np.ndarray, sample_rate: int, max_seconds: float, overlap: float) -> list[Window]:
-    """The windows `wave` is decoded in (one when it fits `max_seconds`); see the module docstring."""
+def plan_windows(
+    wave: np.ndarray, sample_rate: int, max_seconds: float, overlap: float, split_pause: float = 0.0
+) -> list[Window]:
+    """The windows `wave` is decoded in (one when it fits `max_seconds`); see the module docstring. `split_pause` >
+    0: a pause at least that long ends a window even before the limit (one sentence a window, as a VAD segments;
+    a model trained on single sentences breaks on two speakers or two noise levels in one window)."""
     n, limit, ov = int(len(wave)), int(max_seconds * sample_rate), int(round(overlap * sample_rate))
     if limit <= 2 * ov:
         raise ValueError(f"plan_windows: a window of {max_seconds} s must be longer than twice the overlap {overlap} s")
@@ -81,8 +92,11 @@ def plan_windows(wave: np.ndarray, sample_rate: int, max_seconds: float, overlap
         return [Window(0, n)]
     db = frame_energies(wave, sample_rate)
     windows, start, overlapped = [], 0, False
-    while n - start > limit:
-        end, after, pause = _cut(db, start, n, limit, ov, sample_rate)
+    while True:  # with split_pause, also the last `limit` seconds are cut at their sentence pauses
+        early = _first_pause(db, start, n, limit, split_pause, sample_rate) if split_pause > 0 else None
+        if early is None and n - start <= limit:
+            break
+        end, after, pause = early or _cut(db, start, n, limit, ov, sample_rate)
         windows.append(Window(start, end, overlapped))
         start, overlapped = after, not pause
     windows.append(Window(start, n, overlapped))
@@ -120,6 +134,25 @@ def _cut(db, start: int, n: int, limit: int, ov: int, sr: int) -> tuple[int, int
     smooth = np.convolve(band, np.ones(SMOOTH_FRAMES) / SMOOTH_FRAMES, mode="same")
     end = _nearest(lo + np.flatnonzero(smooth <= smooth.min() + QUIET_DB), target, sr)
     return end, end - ov, False
+
+
+def _first_pause(db, start: int, n: int, limit: int, split_pause: float, sr: int) -> tuple[int, int, bool] | None:
+    """The cut at the first pause of at least `split_pause` s after MIN_SEGMENT_S of the window, if any."""
+    _, own = _band(db, start, start + limit, sr)
+    quiet = silence_level(own)
+    if quiet is None:
+        return None
+    lo, band = _band(db, start + MIN_SEGMENT_S * sr, start + limit, sr)
+    runs = [(a, b) for a, b in _runs(band < quiet) if b - a >= max(split_pause, MIN_PAUSE_S) / HOP_S]
+    if not runs:
+        return None
+    a, b = lo + runs[0][0], lo + runs[0][1]
+    while b < len(db) and db[b] < quiet:  # the whole pause, also where it runs past the band
+        b += 1
+    if b >= len(db):  # silence to the end: nothing after it to decode
+        return None
+    end = int(min(start + limit, _at(a, sr) + TRAIL_S * sr))
+    return end, int(min(max(end, _at(b, sr) - LEAD_S * sr), n - 1)), True
 
 
 def _at(frame: float, sr: int) -> float:

@@ -73,7 +73,9 @@ class WindowedManifest:
         return np.flatnonzero(np.isin(self.origin, np.asarray(indices, dtype=np.int64)))
 
 
-def split_long(manifest, indices, *, sample_rate: int, max_seconds: float, overlap: float) -> WindowedManifest:
+def split_long(
+    manifest, indices, *, sample_rate: int, max_seconds: float, overlap: float, split_pause: float = 0.0
+) -> WindowedManifest:
     """`manifest` with every utterance among `indices` longer than `max_seconds` (by its known duration) replaced by
     its windows; see the module docstring."""
     durations = np.asarray(manifest.durations(), dtype=np.float64)
@@ -86,7 +88,7 @@ def split_long(manifest, indices, *, sample_rate: int, max_seconds: float, overl
             wave = load_audio(utt.source, sample_rate=sample_rate, start=utt.start, end=utt.end, channel=utt.channel)
         except (BadRecord, AudioError):
             continue  # loading the item reports it
-        planned = plan_windows(wave, sample_rate, max_seconds, overlap)
+        planned = plan_windows(wave, sample_rate, max_seconds, overlap, split_pause)
         if len(planned) > 1:
             windows[int(i)] = planned
     if windows:

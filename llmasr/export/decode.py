@@ -128,7 +128,7 @@ def decode_loader(model, manifest_path, cfg: DecodeConfig, opts: DecodeOptions, 
         num_workers=opts.num_workers, max_bad_fraction=opts.max_bad_fraction,
         name=f"decode {Path(manifest_path).name}", features_on=opts.features_on, device=device,
         hotwords=opts.hotwords, prompt_hotwords=not opts.hotwords_unprompted,
-        windows=(limit, cfg.window_overlap) if limit > 0 else None,
+        windows=(limit, cfg.window_overlap, cfg.window_split_pause) if limit > 0 else None,
     )  # fmt: skip
 
 

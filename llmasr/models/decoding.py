@@ -41,6 +41,9 @@ class DecodeConfig:
     # utterance within data.batching.max_duration, which `llmasr export` records); 0: never split.
     max_window_seconds: float | None = None
     window_overlap: float = 1.0  # seconds two windows share where no pause lets them meet
+    # A pause at least this long ends a window before the limit (one sentence a window, as a VAD would cut it);
+    # 0: windows fill up to the limit, cut at their longest pause.
+    window_split_pause: float = 0.2
 
     def validate(self, path: str) -> None:
         if self.num_beams < 1:
@@ -55,6 +58,10 @@ class DecodeConfig:
             raise ConfigError(f"{path}.tokens_per_second: must be > 0, got {self.tokens_per_second}")
         if not 0.0 <= self.window_overlap < math.inf:
             raise ConfigError(f"{path}.window_overlap: must be a number of seconds >= 0, got {self.window_overlap}")
+        if not 0.0 <= self.window_split_pause < math.inf:
+            raise ConfigError(
+                f"{path}.window_split_pause: must be seconds >= 0 (0: off), got {self.window_split_pause}"
+            )
         if self.max_window_seconds is not None:
             self.window_seconds(None, path)
 

@@ -60,6 +60,23 @@ def test_cuts_land_in_the_pauses():
         assert abs(nxt.start / SR - max(a + TRAIL_S, b - LEAD_S)) < 0.02, (nxt, a, b)
 
 
+def test_split_pause_ends_a_window_at_each_sentence_pause():
+    """With split_pause, every pause at least that long (after MIN_SEGMENT_S of a window) ends the window, so
+    sentences are decoded one a window even where two would fit the limit; shorter pauses do not cut."""
+    gaps = [(2.0, 2.3), (4.1, 4.5), (5.0, 5.1), (7.2, 7.5)]  # the 0.1 s one is too short
+    wave = speechy(9.0, gaps)
+    fill = plan_windows(wave, SR, 6.0, 1.0)
+    split = plan_windows(wave, SR, 6.0, 1.0, split_pause=0.2)
+    check_cover(split, wave, 6.0, 1.0)
+    assert len(fill) == 2 and len(split) == 4 and not any(w.overlapped for w in split)
+    for w, nxt, (a, b) in zip(split, split[1:], [gaps[0], gaps[1], gaps[3]]):
+        # TRAIL_S after the pause begins (a syllable dip just before it counts as pause), LEAD_S before the speech
+        assert a + TRAIL_S - 0.1 < w.end / SR < a + TRAIL_S + 0.02, (w, a)
+        assert b - LEAD_S - 0.02 < nxt.start / SR < b - LEAD_S + 0.1, (nxt, b)  # likewise a dip just after it
+    # audio that fits one window stays whole, pauses or not
+    assert plan_windows(wave[: 5 * SR], SR, 6.0, 1.0, split_pause=0.2) == [Window(0, 5 * SR)]
+
+
 def test_the_longest_pause_of_the_band_wins_and_a_pause_past_the_limit_is_not_used():
     wave = speechy(18.0, [(7.5, 7.75), (8.5, 9.1), (10.2, 11.5)])  # the longest is past the 10 s limit
     windows = plan_windows(wave, SR, 10.0, 1.0)

@@ -67,7 +67,7 @@ def test_the_decode_loader_batches_windows_as_items(manifest):
 
     loader = build_decode_loader(
         manifest, FrontendConfig(), prompt_builder=Prompt(), batch_seconds=100.0, num_workers=0,
-        max_bad_fraction=1.0, name="decode", windows=(4.0, 0.5),
+        max_bad_fraction=1.0, name="decode", windows=(4.0, 0.5, 0.0),
     )  # fmt: skip
     batches = [b for b in loader if b.size]
     assert sum(b.size for b in batches) == 4  # the short line and three windows; `gone` is bad
