@@ -59,14 +59,14 @@ def train_runs(smoke: bool, liger: str | None) -> list[dict]:
 
 def liger_skip_reason() -> str | None:
     """Why the fused-kernel variant cannot run here, or None when it can."""
-    import importlib.util
-
     import torch
 
     if not torch.cuda.is_available():
         return "model.llm.fused_kernels=liger needs CUDA"
-    if importlib.util.find_spec("liger_kernel") is None:
-        return "liger_kernel is not importable (pip install --target .gpudeps --no-deps liger-kernel to carry it)"
+    try:
+        import liger_kernel.transformers  # noqa: F401
+    except Exception as err:  # ImportError, or triton failing to initialise
+        return f"liger_kernel is not importable ({err}); carry it: pip install --target .gpudeps --no-deps liger-kernel"
     return None
 
 

@@ -106,6 +106,9 @@ class LLMConfig:
     adapter: str | None = path_field(None)
     # The tokenizer's directory when it is not `path` (default: the adapter's directory if it holds one, else path).
     tokenizer: str | None = path_field(None)
+    # Training on CUDA: "liger" swaps in liger-kernel's fused RMSNorm/SwiGLU/RoPE and a fused linear cross-entropy
+    # over the labelled positions (llmasr.models.fused_kernels; needs `pip install liger-kernel`, ZeRO stage <= 2).
+    fused_kernels: Literal["none", "liger"] = "none"
 
     def validate(self, path: str) -> None:
         if not self.path:

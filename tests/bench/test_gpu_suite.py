@@ -77,7 +77,8 @@ def test_liger_variant_is_skipped_with_a_reason_without_cuda(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert "needs CUDA" in gpu_suite.liger_skip_reason()
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr("importlib.util.find_spec", lambda name: None)
+    monkeypatch.setitem(sys.modules, "liger_kernel", None)  # import raises ImportError
+    monkeypatch.setitem(sys.modules, "liger_kernel.transformers", None)
     assert "liger_kernel is not importable" in gpu_suite.liger_skip_reason()
 
 
