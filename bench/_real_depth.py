@@ -22,8 +22,8 @@ its gradients and AdamW states, 2.2 GB in fp32, dominate the peak at a CPU-sized
 fresh optimizer and measures the peak resident memory above the start of the step: activations, gradients and the
 optimizer states it creates (weights excluded: the same for all). The AdamW steps run at learning rate 0, so every
 variant sees the same weights (the losses of one model configuration agree; the CTC variants' include 0.3 x the CTC
-loss). Timed steps follow, the variants alternating, so load from other jobs hits all alike; a variant's time is the
-fastest of its steps, the memory-measured one included.
+loss). Timing runs in a second process with the default allocator: rounds of one step per variant, the variants
+alternating, so load from other jobs hits all alike; a variant's time is its fastest step.
 """
 
 from __future__ import annotations
@@ -151,7 +151,10 @@ def fresh_step(model, step, sb, param_groups, optim_cfg) -> tuple[float, float]:
     return took, value
 
 
-def run_variants(*, names: list[str], batch: int, seconds: float, repeats: int, tiny: bool, train_encoder: bool):
+def run_variants(*, mode: str, names: list[str], batch: int, seconds: float, repeats: int, tiny: bool,
+                 train_encoder: bool) -> dict:  # fmt: skip
+    """mode "memory": one step per variant with its peak memory, loss and LLM positions; mode "timing": `repeats`
+    rounds of one step per variant."""
     from llmasr.train.config import OptimConfig
     from llmasr.train.param_groups import build_param_groups
 
@@ -160,14 +163,14 @@ def run_variants(*, names: list[str], batch: int, seconds: float, repeats: int, 
         models = build(size, Path(tmp), 50 if tiny else CTC_VOCAB)  # the CTC vocabulary file is read here
     plain_sb = sm.make_batch(size, batch, seconds)
     batches = {"plain": plain_sb, "ctc": ctc_batch(plain_sb, models[1].ctc_tokenizer.vocab_size)}
-    rows = {}
-    for name in names:  # memory: the first step with a fresh optimizer, alone in its measurement
+    rows = {name: {"times": []} for name in names}
+    for name in names if mode == "memory" else []:  # the first step with a fresh optimizer, alone in its measurement
         model, key, step = configure(models, name)
         with LLMPositions(model) as positions, sm.PeakMemory(torch.device("cpu")) as mem:
             dt, loss = fresh_step(model, step, batches[key], build_param_groups, OptimConfig())
-        rows[name] = {"times": [dt], "loss": loss, "peak_bytes": int(mem.peak), "llm_positions": positions.count}
+        rows[name] = {"first_step_s": dt, "loss": loss, "peak_bytes": int(mem.peak), "llm_positions": positions.count}
         print(json.dumps({"variant": name, **rows[name]}), file=sys.stderr, flush=True)
-    for _ in range(repeats):  # timing, the variants alternating
+    for _ in range(repeats if mode == "timing" else 0):  # the variants alternating
         for name in names:
             model, key, step = configure(models, name)
             dt, _ = fresh_step(model, step, batches[key], build_param_groups, OptimConfig())
@@ -238,22 +241,28 @@ def markdown(res: dict) -> list[str]:
     return lines
 
 
+def _worker(spec: dict, env: dict) -> dict:
+    cmd = [sys.executable, str(HERE / "_real_depth.py"), json.dumps(spec)]
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, env=env)  # stderr: progress, one line a step
+    if proc.returncode != 0:
+        raise RuntimeError(f"real-depth {spec['mode']} worker failed (exit {proc.returncode})")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 def run(args, argv: list[str]) -> dict:
-    """Run the variants in one worker process (glibc returning freed blocks to the system at once, so each
-    variant's resident peak starts from what the previous one left) and summarise."""
+    """Memory in one worker process, where glibc returns every freed block of 64 KiB or more to the system at once
+    (each variant's resident peak then starts from what the previous one left); timing in another with the default
+    allocator (returning blocks at once makes every step pay page faults for its temporaries). Then summarise."""
     from _common import reproduce_command
 
     spec = {"names": args.variants, "batch": args.batch, "seconds": args.seconds, "repeats": args.repeats,
             "tiny": args.quick, "train_encoder": args.train_encoder}  # fmt: skip
-    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
-    cmd = [sys.executable, str(HERE / "_real_depth.py"), json.dumps(spec)]
-    if args.threads:
-        env["OMP_NUM_THREADS"] = str(args.threads)
+    env = {**os.environ, **({"OMP_NUM_THREADS": str(args.threads)} if args.threads else {})}
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, env=env)  # stderr: progress, one line a step
-    if proc.returncode != 0:
-        raise RuntimeError(f"real-depth worker failed (exit {proc.returncode})")
-    res = json.loads(proc.stdout.strip().splitlines()[-1])
+    res = _worker({**spec, "mode": "memory"}, {**env, "MALLOC_MMAP_THRESHOLD_": "65536"})
+    timing = _worker({**spec, "mode": "timing"}, env)
+    for name, row in res["rows"].items():
+        row["times"] = timing["rows"][name]["times"]
     from train_step import device_name
 
     res.update(
