@@ -43,6 +43,7 @@ def test_quick_real_depth_runs_every_variant(tmp_path, capsys):
         assert r["loss"] == pytest.approx(plain[0]["loss"], rel=1e-5)  # lr 0: the weights never move
     for r in compressed[1:]:
         assert r["loss"] == pytest.approx(compressed[0]["loss"], rel=1e-5)
+    assert compressed[0]["loss"] < 2 * plain[0]["loss"]  # CTC targets follow the pinned path: a small CTC term
     sb = sm.make_batch(rd.TINY, 2, 2.0)
     text = int(sb.batch.text_lens.sum())
     assert plain[0]["llm_positions"] == text + sum(sb.ref.audio_lens)  # frames // 2, FunASR's slot formula
@@ -53,6 +54,7 @@ def test_quick_real_depth_runs_every_variant(tmp_path, capsys):
     for r in rows.values():
         assert len(r["times"]) == 1 and r["step_s"] == min(r["times"]) and r["first_step_s"] > 0
         assert r["speedup"] == pytest.approx(ref["step_s"] / r["step_s"])
+        assert len(r["cpu_times"]) == 1 and r["cpu_speedup"] == pytest.approx(ref["cpu_s"] / r["cpu_s"])
         assert r["memory_ratio"] == pytest.approx(r["peak_bytes"] / ref["peak_bytes"])
     out = capsys.readouterr().out
     assert "| llmasr+ctc+ckpt/2 |" in out and "Reproduce: `python bench/train_step.py --real-depth --quick`" in out
