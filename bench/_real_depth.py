@@ -255,6 +255,19 @@ def _worker(spec: dict, env: dict) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def reused_memory(path: str, spec: dict) -> dict:
+    prev = json.loads(Path(path).read_text())
+    for key in ("batch", "seconds"):
+        if prev.get(key) != spec[key]:
+            raise ValueError(f"--reuse-memory {path}: {key} {prev.get(key)} there, {spec[key]} here")
+    missing = [n for n in spec["names"] if n not in prev["rows"]]
+    if missing or prev["size"]["freeze_encoder"] == spec["train_encoder"]:
+        raise ValueError(f"--reuse-memory {path}: measured another configuration (missing variants: {missing})")
+    keep = ("first_step_s", "loss", "peak_bytes", "llm_positions")
+    rows = {n: {k: prev["rows"][n][k] for k in keep} for n in spec["names"]}
+    return {**{k: prev[k] for k in ("params", "audio_seconds", "size")}, "rows": rows, "memory_from": path}
+
+
 def run(args, argv: list[str]) -> dict:
     """Memory in one worker process, where glibc returns every freed block of 64 KiB or more to the system at once
     (each variant's resident peak then starts from what the previous one left); timing in another with the default
@@ -265,7 +278,10 @@ def run(args, argv: list[str]) -> dict:
             "tiny": args.quick, "train_encoder": args.train_encoder}  # fmt: skip
     env = {**os.environ, **({"OMP_NUM_THREADS": str(args.threads)} if args.threads else {})}
     t0 = time.perf_counter()
-    res = _worker({**spec, "mode": "memory"}, {**env, "MALLOC_MMAP_THRESHOLD_": "65536"})
+    if args.reuse_memory:  # an earlier run's memory figures (the same variants, shapes and batch): timing only
+        res = reused_memory(args.reuse_memory, spec)
+    else:
+        res = _worker({**spec, "mode": "memory"}, {**env, "MALLOC_MMAP_THRESHOLD_": "65536"})
     timing = _worker({**spec, "mode": "timing"}, env)
     for name, row in res["rows"].items():
         row["times"], row["cpu_times"] = timing["rows"][name]["times"], timing["rows"][name].get("cpu_times", [])
