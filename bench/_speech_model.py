@@ -232,6 +232,8 @@ def reference_step(model, sb: SyntheticBatch) -> torch.Tensor:
     llm = model.llm
     ref = sb.ref
     embeds = llm.get_input_embeddings()(ref.ids)
+    if embeds.is_leaf and embeds.requires_grad:  # HF's checkpointing hook on the frozen embedding made it a leaf
+        embeds = embeds.clone()
     for i, (beg, n) in enumerate(zip(ref.audio_beg, ref.audio_lens)):
         n = min(n, int(audio_lens[i]))
         embeds[i, beg : beg + n] = audio[i, :n]

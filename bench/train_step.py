@@ -3,6 +3,7 @@
     python bench/train_step.py                       # CPU size (see _speech_model.SIZES["cpu"]), batch 8 x 10 s
     python bench/train_step.py --quick               # tiny model, smoke run (seconds)
     python bench/train_step.py --size paraformer-large+qwen2.5-1.5b --dtype bf16    # on a GPU
+    python bench/train_step.py --real-depth --batch 2 --seconds 10   # 28 layers, with the levers (_real_depth.py)
 
 Both formulations run on the same model (same seeded random weights) and the same batch:
 - llmasr: SpeechLLM.forward: audio embeddings written into the text embeddings with two index_puts for the whole
@@ -312,6 +313,12 @@ def main(argv=None) -> int:
     )
     p.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's choice)")
     p.add_argument("--quick", action="store_true", help="tiny model and short sweeps (smoke run)")
+    p.add_argument(
+        "--real-depth", action="store_true",
+        help="28 LLM layers + 50 encoder blocks, fp32 CPU, variants with the levers (bench/_real_depth.py)",
+    )  # fmt: skip
+    p.add_argument("--variants", nargs="+", help="--real-depth: which variants (default: all)")
+    p.add_argument("--train-encoder", action="store_true", help="--real-depth: train the encoder (default frozen)")
     p.add_argument("--json-out", help="write the results here as JSON")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -322,6 +329,16 @@ def main(argv=None) -> int:
         else:
             out = memory_worker(args, spec["variant"], [tuple(x) for x in spec["points"]])
         print(json.dumps(out))
+        return 0
+    if args.real_depth:
+        import _real_depth
+
+        args.variants = args.variants or list(_real_depth.VARIANTS)
+        if args.quick:
+            args.batch, args.seconds = 2, 2.0
+        args.repeats = args.repeats if "--repeats" in argv else 1
+        res = _real_depth.run(args, argv)
+        emit(res, _real_depth.markdown(res), args.json_out)
         return 0
     if args.quick:
         args.size, args.batch, args.seconds, args.repeats = "tiny", 2, 2.0, 1

@@ -234,6 +234,7 @@ def build_model(cfg: ModelConfig | dict | str | Path, *, weights: str = "pretrai
             freeze=cfg.llm.freeze,
             dtype=cfg.llm.dtype,
             gradient_checkpointing=cfg.llm.gradient_checkpointing,
+            checkpoint_every=cfg.llm.checkpoint_every,
             trust_remote_code=cfg.llm.trust_remote_code,
             adapter=cfg.llm.adapter,
             tokenizer=cfg.llm.tokenizer,

@@ -99,6 +99,9 @@ class LLMConfig:
     freeze: bool = True  # freeze the base weights; LoRA (if set) stays trainable
     lora: LoraConfig | None = None
     gradient_checkpointing: bool = False
+    # With gradient_checkpointing: recompute every n-th decoder layer only (1: all). 2 frees about half the
+    # activation memory for about half the recompute time (selective checkpointing).
+    checkpoint_every: int = 1
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     trust_remote_code: bool = False
     # A saved peft LoRA adapter (e.g. `llmasr export --adapter-only`'s DIR/adapter) applied to `path` and frozen with
@@ -106,10 +109,20 @@ class LLMConfig:
     adapter: str | None = path_field(None)
     # The tokenizer's directory when it is not `path` (default: the adapter's directory if it holds one, else path).
     tokenizer: str | None = path_field(None)
+    # Training on CUDA: "liger" swaps in liger-kernel's fused RMSNorm/SwiGLU/RoPE and a fused linear cross-entropy
+    # over the labelled positions (llmasr.models.fused_kernels; needs `pip install liger-kernel`, ZeRO stage <= 2).
+    fused_kernels: Literal["none", "liger"] = "none"
 
     def validate(self, path: str) -> None:
         if not self.path:
             raise ConfigError(f"{path}.path: the LLM directory is required")
+        if self.checkpoint_every < 1:
+            raise ConfigError(f"{path}.checkpoint_every: must be >= 1, got {self.checkpoint_every}")
+        if self.checkpoint_every > 1 and not self.gradient_checkpointing:
+            raise ConfigError(
+                f"{path}.checkpoint_every: {self.checkpoint_every} selects layers to checkpoint, but "
+                f"{path}.gradient_checkpointing is off; turn it on or leave checkpoint_every at 1"
+            )
         if self.adapter and (self.lora is not None or not self.freeze):
             raise ConfigError(
                 f"{path}.adapter: a saved adapter is loaded frozen together with its base; it cannot be combined "

@@ -24,11 +24,14 @@ class TokenLoss:
     n_correct: torch.Tensor  # argmax hits among them (int64)
 
 
-def labels_only_cross_entropy(hidden: torch.Tensor, labels: torch.Tensor, lm_head: nn.Module) -> TokenLoss:
+def labels_only_cross_entropy(
+    hidden: torch.Tensor, labels: torch.Tensor, lm_head: nn.Module, fused: nn.Module | None = None
+) -> TokenLoss:
     """Next-token CE of `lm_head(hidden)` against `labels`, evaluating the head only at labelled positions.
 
     hidden: [B, N, H] final hidden states; labels: [B, N] with IGNORE_INDEX where no loss applies. Position t
-    predicts labels[t + 1], as in Hugging Face causal LMs.
+    predicts labels[t + 1], as in Hugging Face causal LMs. `fused` (llmasr.models.fused_kernels.LigerLabelsHead)
+    computes head and loss of the selected positions in one kernel, without their logits.
     """
     if hidden.shape[:2] != labels.shape:
         raise ValueError(f"hidden {list(hidden.shape)} and labels {list(labels.shape)} disagree on [batch, sequence]")
@@ -36,6 +39,9 @@ def labels_only_cross_entropy(hidden: torch.Tensor, labels: torch.Tensor, lm_hea
     mask = targets != IGNORE_INDEX
     selected = hidden[:, :-1][mask]  # [M, H]
     target_ids = targets[mask]
+    if fused is not None:
+        loss_sum, n_correct = fused(selected, target_ids)
+        return TokenLoss(loss_sum=loss_sum, n_tokens=mask.sum(), n_correct=n_correct)
     # The head is called as a module (not F.linear on its weight) so ZeRO-3 gathers its partitioned weight.
     logits = lm_head(selected).float()
     loss_sum = F.cross_entropy(logits, target_ids, reduction="sum")

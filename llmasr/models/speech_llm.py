@@ -70,6 +70,7 @@ class SpeechLLM(nn.Module):
         self.ctc_weight = ctc_weight
         self.ctc_label_smoothing = ctc_label_smoothing
         self.ctc_compress = ctc_compress
+        self.fused_head: nn.Module | None = None  # training's fused head + loss (llmasr.models.fused_kernels)
 
     # -- train/eval ---------------------------------------------------------------------------------------------
     def frozen_branches(self) -> list[str]:
@@ -171,7 +172,8 @@ class SpeechLLM(nn.Module):
         gradient equal to that of one batch holding all of it.
         """
         enc, enc_lens, log_probs, merged = self._embed(batch, for_generation=False)
-        token = labels_only_cross_entropy(self._llm_hidden(merged), merged.labels, causal_lm_parts(self.llm)[2])
+        head = causal_lm_parts(self.llm)[2]
+        token = labels_only_cross_entropy(self._llm_hidden(merged), merged.labels, head, self.fused_head)
         n_tok = token.n_tokens.clamp(min=1) if token_normalizer is None else token_normalizer
         loss = token.loss_sum / n_tok
         n_utts = int(batch.text_ids.shape[0])

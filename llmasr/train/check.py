@@ -14,6 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from llmasr.models.builder import build_model
+from llmasr.models.fused_kernels import check_fused_kernels
 from llmasr.run_dir import RECIPE_FILE
 from llmasr.train.ds_config import estimate_zero_memory, resolve_ds_config, zero_stage
 from llmasr.train.engine import offloads_optimizer
@@ -69,6 +70,7 @@ def check(recipe, ds_path, *, world_size: int, out: Path | None = None) -> str:
     tc = recipe.train
     ds = resolve_ds_config(ds_path, tc, world_size=world_size)
     check_run_settings(recipe)
+    check_fused_kernels(recipe.model.llm, zero_stage=zero_stage(ds))  # the device is training's to check
     plan = plan_run(recipe, ds, rank=0, world_size=world_size)  # the same arithmetic `llmasr train` logs
     _, sampler, valid_loader = plan.loaders
     k, per_epoch, total = plan.grad_accum, plan.per_epoch, plan.total

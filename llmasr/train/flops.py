@@ -133,6 +133,9 @@ class FlopCounter:
         self._hook_branch(decoder, "llm")
         self._hook_branch(head, "head")  # a plain Linear, or peft's wrapper: its base layer and LoRA A/B
         self.handles.append(decoder.register_forward_pre_hook(self._on_decoder, with_kwargs=True))
+        fused = getattr(model, "fused_head", None)
+        if fused is not None:  # the head's matmul runs inside the fused loss, not through the head module
+            self.handles.append(fused.register_forward_hook(self._on_fused_head))
 
     def _hook_branch(self, module: nn.Module, branch: str) -> None:
         for sub in module.modules():
@@ -152,6 +155,13 @@ class FlopCounter:
             )
 
         self.handles.append(module.register_forward_hook(hook))
+
+    def _on_fused_head(self, mod, args, output):
+        if self.armed:
+            x, w = args[0], mod.weight
+            self.padded["head"] += gemm_flops(
+                _elements(w), x.shape[0], input_grad=x.requires_grad, weight_grad=w.requires_grad
+            )
 
     def _on_attention(self, branch: str):
         def hook(mod, args, kwargs, output):

@@ -56,6 +56,8 @@ MAY_CHANGE: tuple[str, ...] = (
     "model.ctc.init_from",
     "model.llm.gradient_checkpointing",
     "model.encoder.gradient_checkpointing",
+    "model.llm.checkpoint_every",
+    "model.llm.fused_kernels",  # the same weights and loss, other kernels
 )
 RESCHEDULE: tuple[str, ...] = (
     "train.epochs",

@@ -24,6 +24,7 @@ from llmasr import errors
 from llmasr import run_dir as ck
 from llmasr.config_io import ConfigError
 from llmasr.models.fingerprint import base_fingerprint, fingerprint_differences
+from llmasr.models.fused_kernels import apply_fused_kernels, check_fused_kernels
 from llmasr.run_dir.files import hash_share, merge_shares, verify_ranks
 from llmasr.train import ds_config, universal
 from llmasr.train import engine as eng
@@ -62,6 +63,7 @@ class Run:
         self.ds = ds_config.resolve_ds_config(ds_config_path, tc, world_size=self.world)  # by module: tests patch it
         eng.check_precision(tc.precision)
         check_run_settings(recipe)
+        check_fused_kernels(recipe.model.llm, zero_stage=ds_config.zero_stage(self.ds), device=self.dist.device)
         if tc.deterministic:
             torch.use_deterministic_algorithms(True)
         self.run_dir = Path(tc.output_dir)
@@ -119,6 +121,7 @@ class Run:
         seed_everything(tc.seed)  # identical initial weights on every rank
         model, self._hf_ds = build_model_for_training(self.recipe.model, self.ds)
         check_model_frontend(model, self.side.frontend)
+        apply_fused_kernels(model, self.recipe.model.llm)
         self.trainable = [n for n, p in model.named_parameters() if p.requires_grad]
         groups = build_param_groups(model, optim)
         log.info("param groups:\n%s", describe_param_groups(groups))

@@ -1,0 +1,318 @@
+"""Every GPU measurement the project needs, in one run through the real commands (bench/gpu_suite.sh calls this).
+
+    bash bench/gpu_suite.sh                      # on a lent GPU: results under $OUT (or bench/results/gpu-suite)
+    python bench/gpu_suite.py --smoke --out DIR  # tiny shapes on CPU, 2-3 updates a run: the suite's own test
+
+Writes the Paraformer-large + Qwen2.5-1.5B shapes with random weights to disk in the real formats and synthetic
+audio manifests (bench/_gpu_suite_prepare.py), then runs, each as its own `python -m llmasr ...` process with a
+timeout, in this order (a run the time budget no longer allows is reported as skipped, with the reason):
+
+  zero2_bf16   llmasr train, the shipped recipe (LoRA, bf16, grad_accum 2, 240 s of audio per micro batch), zero2
+  zero3_bf16   the same under zero3 (the LLM loaded partitioned through zero.Init)
+  fp16_zero2   fp16 with dynamic loss scaling, once (half the updates)
+  decode       llmasr decode of zero2_bf16's last checkpoint: real-time factor (random weights never emit EOS, so
+               every utterance runs to the length cap: an upper bound on decoding time)
+  features     bench/device_features.py: fbank on loader workers vs on the device
+  liger_zero2  zero2_bf16 with model.llm.fused_kernels=liger, when liger_kernel imports (else skipped, saying so)
+
+From each train.log it takes the efficiency lines (tok/s, audio s/s, MFU, TFLOP/s, padding, data wait) after the
+first one (start-up and warm-up), their medians, the peak device memory and the first and last loss, and writes
+summary.md, summary.json and logs.txt (the tail of every run's output) under --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(HERE))
+
+FIGURES = ("tok/s", "audio_s/s", "utt/s", "mfu", "tflops", "pad_audio", "pad_llm", "data_wait")
+LOG_TAIL = 60  # lines of each run's output kept in logs.txt
+
+
+def train_runs(smoke: bool, liger: str | None) -> list[dict]:
+    """The training runs: name, DeepSpeed preset, overrides, and the reason to skip (None: run it)."""
+    half = "fp32" if smoke else "bf16"  # DeepSpeed's bf16/fp16 engines want an accelerator
+    cuda_reason = "fp16 mixed precision with loss scaling needs CUDA (smoke run on CPU)" if smoke else None
+    return [
+        {"name": f"zero2_{half}", "preset": "zero2", "overrides": [f"train.precision={half}"], "skip": None},
+        {"name": f"zero3_{half}", "preset": "zero3", "overrides": [f"train.precision={half}"], "skip": None},
+        {"name": "fp16_zero2", "preset": "zero2", "overrides": ["train.precision=fp16"], "skip": cuda_reason},
+        {
+            "name": "liger_zero2",
+            "preset": "zero2",
+            "skip": liger,
+            "overrides": [f"train.precision={half}", "model.llm.fused_kernels=liger"],
+        },  # fmt: skip
+    ]
+
+
+def liger_skip_reason() -> str | None:
+    """Why the fused-kernel variant cannot run here, or None when it can."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return "model.llm.fused_kernels=liger needs CUDA"
+    try:
+        import liger_kernel.transformers  # noqa: F401
+    except Exception as err:  # ImportError, or triton failing to initialise
+        return f"liger_kernel is not importable ({err}); carry it: pip install --target .gpudeps --no-deps liger-kernel"
+    return None
+
+
+class Suite:
+    """Runs the steps against one deadline and gathers their results."""
+
+    def __init__(self, args):
+        self.args = args
+        self.out = Path(args.out)
+        self.work = Path(args.work)
+        self.deadline = time.monotonic() + args.budget_s
+        self.results: dict[str, dict] = {}
+        self.logs: list[str] = []
+        self.env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+        self.env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH", "")]))
+
+    def run(self, name: str, cmd: list[str], timeout: float) -> dict:
+        """`cmd` in its own process group, killed as a group at min(timeout, the suite's deadline)."""
+        left = self.deadline - time.monotonic()
+        if left < 20:
+            return {"status": "skipped", "reason": f"the suite's {self.args.budget_s:g} s budget is spent"}
+        limit = min(timeout, left)
+        t0 = time.monotonic()
+        proc = subprocess.Popen(
+            cmd, cwd=ROOT, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            start_new_session=True,
+        )  # fmt: skip
+        try:
+            output, _ = proc.communicate(timeout=limit)
+            status = "ok" if proc.returncode == 0 else f"failed (exit {proc.returncode})"
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            output, _ = proc.communicate()
+            status = f"timed out after {limit:.0f} s"
+        took = time.monotonic() - t0
+        tail = output.splitlines()[-LOG_TAIL:]
+        self.logs += [f"==== {name}: {status}, {took:.1f} s: {' '.join(cmd)}", *tail, ""]
+        return {"status": status, "wall_s": round(took, 1)}
+
+    def prepare(self) -> dict:
+        from _gpu_suite_prepare import prepare
+
+        t0 = time.monotonic()
+        files = prepare(self.work, self.args.smoke)
+        files["wall_s"] = round(time.monotonic() - t0, 1)
+        return files
+
+    def train(self, run: dict, recipe: str) -> dict:
+        if run["skip"]:
+            return {"status": "skipped", "reason": run["skip"]}
+        a = self.args
+        run_dir = self.work / "runs" / run["name"]
+        updates = max(a.updates // 2, 3) if run["name"].startswith("fp16") else a.updates
+        cmd = [sys.executable, "-m", "llmasr", "train", "--config", recipe, "--deepspeed", run["preset"],
+               "--overwrite", f"train.output_dir={run_dir}", f"train.max_updates={updates}",
+               f"train.log_every={a.log_every}", "train.progress_every_s=0", *run["overrides"]]  # fmt: skip
+        if a.smoke:
+            cmd.append("train.grad_accum=1")
+        res = self.run(run["name"], cmd, a.train_timeout_s)
+        res.update(run_dir=str(run_dir), **train_figures(run_dir / "train.log"))
+        return res
+
+    def decode(self, run_dir: str, manifest: str) -> dict:
+        out = self.work / "decode"
+        cmd = [sys.executable, "-m", "llmasr", "decode", "--checkpoint", run_dir, "--data", manifest,
+               "--output", str(out), "--max-new-tokens", str(self.args.max_new_tokens)]  # fmt: skip
+        if self.args.smoke:
+            cmd += ["--num-workers", "0", "--device", "cpu"]
+        res = self.run("decode", cmd, self.args.step_timeout_s)
+        summary = out / "wer.json"
+        if summary.is_file():
+            got = json.loads(summary.read_text())
+            keys = ("rtf", "utts_per_second", "audio_seconds", "decode_seconds", "mode", "max_new_tokens",
+                    "truncated", "batch_seconds")  # fmt: skip
+            res.update({k: got.get(k) for k in keys})
+        return res
+
+    def features(self) -> dict:
+        out = self.work / "features.json"
+        cmd = [sys.executable, str(HERE / "device_features.py"), "--json-out", str(out)]
+        if self.args.smoke:
+            cmd += ["--quick", "--cpu-only"]
+        res = self.run("features", cmd, self.args.step_timeout_s)
+        if out.is_file():
+            rows = json.loads(out.read_text())["results"]
+            keys = ("path", "device", "threads", "audio_s_per_s", "x_step")
+            res["paths"] = [{k: r.get(k) for k in keys} for r in rows]
+        return res
+
+
+def train_figures(log: Path) -> dict:
+    """Medians of the efficiency figures of the train.log lines after the first, the peak memory over all of them,
+    and the first and last loss; {} when the log has no train line."""
+    from llmasr.train.progress import parse_log_line
+
+    if not log.is_file():
+        return {}
+    rows = [parse_log_line(line.split(" train ", 1)[1]) for line in log.read_text().splitlines() if " train " in line]
+    rows = [r for r in rows if "update" in r and "loss" in r]
+    if not rows:
+        return {}
+    steady = rows[1:] or rows
+    out = {"updates": rows[-1]["update"], "lines": len(rows), "steady_lines": len(steady)}
+    for key in FIGURES:
+        values = [r[key] for r in steady if isinstance(r.get(key), (int, float))]
+        out[key] = statistics.median(values) if values else None
+    for key in ("mem/device_peak_gb", "mem/host_peak_gb"):
+        values = [r[key] for r in rows if key in r]
+        out[key] = max(values) if values else None
+    out["loss_first"], out["loss_last"] = rows[0]["loss"], rows[-1]["loss"]
+    for key in ("loss_scale", "skipped_steps"):
+        out[key] = rows[-1].get(key)
+    return out
+
+
+def reproduce_command(argv: list[str]) -> str:
+    """bench/gpu_suite.sh with the arguments that change what is measured (not where files go)."""
+    keep, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a in ("--out", "--work"):
+            skip = True
+        elif not a.startswith(("--out=", "--work=")):
+            keep.append(a)
+    return " ".join(["bash bench/gpu_suite.sh", *keep])
+
+
+def fmt(value, spec: str = ".3g") -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def markdown(res: dict) -> list[str]:
+    p = res["prepare"]
+    lines = [
+        f"# GPU suite on {res['device']} ({'CPU smoke run, numbers mean nothing' if res['smoke'] else 'real shapes'})",
+        "",
+        f"Model: {p.get('encoder_conf')} + {p.get('llm_conf')}, random weights, recipe "
+        "recipes/paraformer-large_qwen2.5-1.5b_lora_zero2.yaml (LoRA r16 on every projection, gradient checkpointing).",
+        f"{res['updates']} updates a run (fp16: half); medians of the train.log lines after the first; peak memory: "
+        "the device's (torch.cuda.max_memory_allocated), the process's resident peak on CPU. Suite wall time "
+        f"{res['wall_s']:.0f} s (prepare {p.get('wall_s', 0):.0f} s).",
+        "",
+        "| run | status | wall s | LLM tok/s | audio s/s | MFU | TFLOP/s | peak GiB | pad audio | pad LLM | "
+        "data wait | loss first -> last |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for name, r in res["train"].items():
+        status = r["status"] if r["status"] != "skipped" else f"skipped: {r['reason']}"
+        mfu = r.get("mfu")
+        mfu = f"{100 * mfu:.1f}%" if isinstance(mfu, (int, float)) else "n/a"
+        loss = f"{fmt(r.get('loss_first'), '.3f')} -> {fmt(r.get('loss_last'), '.3f')}" if "loss_first" in r else "-"
+        lines.append(
+            f"| {name} | {status} | {fmt(r.get('wall_s'), '.0f')} | {fmt(r.get('tok/s'), ',.0f')} | "
+            f"{fmt(r.get('audio_s/s'), ',.0f')} | {mfu} | {fmt(r.get('tflops'))} | "
+            f"{fmt(r.get('mem/device_peak_gb') or r.get('mem/host_peak_gb'), '.1f')} | "
+            f"{fmt(r.get('pad_audio'), '.2f')} | "
+            f"{fmt(r.get('pad_llm'), '.2f')} | {fmt(r.get('data_wait'), '.2f')} | {loss} |"
+        )
+    d = res["decode"]
+    lines += ["", f"Decoding ({d['status']}): RTF {fmt(d.get('rtf'), '.4f')}, {fmt(d.get('utts_per_second'))} utt/s, "
+              f"{fmt(d.get('audio_seconds'), '.0f')} s of audio, {d.get('mode')}, length cap "
+              f"{d.get('max_new_tokens')} tokens (random weights: every utterance runs to the cap)."]  # fmt: skip
+    f = res["features"]
+    lines += ["", f"Features ({f['status']}), audio s/s and multiple of a step's need:", ""]
+    lines += [f"- {r['path']} on {r['device']} x{r['threads']}: {fmt(r['audio_s_per_s'], ',.0f')} "
+              f"({fmt(r['x_step'], '.2f')}x)" for r in f.get("paths", [])]  # fmt: skip
+    lines += ["", f"Reproduce: `{res['command']}`"]
+    return lines
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", default=os.environ.get("OUT") or str(HERE / "results" / "gpu-suite"))
+    p.add_argument("--work", default=None, help="where models, audio and runs go (default: a temporary folder)")
+    p.add_argument("--smoke", action="store_true", default=os.environ.get("LLMASR_GPU_SUITE_SMOKE") == "1",
+                   help="tiny shapes on CPU, 3 updates a run (also LLMASR_GPU_SUITE_SMOKE=1)")  # fmt: skip
+    p.add_argument("--updates", type=int, default=None, help="updates per training run (default 30; smoke 3)")
+    p.add_argument("--log-every", type=int, default=None, help="train.log_every (default 5; smoke 1)")
+    p.add_argument("--budget-s", type=float, default=450.0, help="the whole suite's wall-clock budget")
+    p.add_argument("--train-timeout-s", type=float, default=120.0)
+    p.add_argument("--step-timeout-s", type=float, default=90.0, help="decode and features timeouts")
+    p.add_argument("--max-new-tokens", type=int, default=48)
+    p.add_argument("--only", nargs="+", help="train run names, decode, features (default: all)")
+    args = p.parse_args(argv)
+    args.updates = args.updates or (3 if args.smoke else 30)
+    args.log_every = args.log_every or (1 if args.smoke else 5)
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="gpu_suite_") as tmp:
+        args.work = args.work or tmp
+        res = run_suite(args)
+    res["command"] = reproduce_command(argv)
+    write_outputs(Path(args.out), res, markdown(res))
+    failed = [n for n, r in [*res["train"].items(), ("decode", res["decode"]), ("features", res["features"])]
+              if r["status"] not in ("ok", "skipped")]  # fmt: skip
+    return 1 if failed else 0
+
+
+def run_suite(args) -> dict:
+    import torch
+
+    t0 = time.monotonic()
+    suite = Suite(args)
+    wanted = set(args.only or [])
+    files = suite.prepare()
+    runs = train_runs(args.smoke, liger_skip_reason() if not args.smoke else "model.llm.fused_kernels=liger needs CUDA")
+    runs = [r for r in runs if not wanted or r["name"] in wanted]
+    train = {r["name"]: suite.train(r, files["recipe"]) for r in runs if not r["name"].startswith("liger")}
+    first = next((r for r in train.values() if r["status"] == "ok"), None)
+    if wanted and "decode" not in wanted:
+        decode = {"status": "skipped", "reason": "not in --only"}
+    elif first is None:
+        decode = {"status": "skipped", "reason": "no training run finished: no checkpoint to decode"}
+    else:
+        decode = suite.decode(first["run_dir"], files["decode_manifest"])
+    features = suite.features() if not wanted or "features" in wanted else {"status": "skipped", "reason": "--only"}
+    # The optional variant last: the measurements the project needs most come first in the time budget.
+    train.update({r["name"]: suite.train(r, files["recipe"]) for r in runs if r["name"].startswith("liger")})
+    cuda = torch.cuda.is_available() and not args.smoke
+    return {
+        "benchmark": "gpu_suite",
+        "smoke": args.smoke,
+        "device": torch.cuda.get_device_name() if cuda else "CPU",
+        "torch": torch.__version__,
+        "updates": args.updates,
+        "prepare": files,
+        "train": train,
+        "decode": decode,
+        "features": features,
+        "wall_s": time.monotonic() - t0,
+        "logs": suite.logs,
+    }
+
+
+def write_outputs(out: Path, res: dict, lines: list[str]) -> None:
+    """summary.md, summary.json and logs.txt: three files (the GPU machine returns at most eight)."""
+    out.mkdir(parents=True, exist_ok=True)
+    logs = res.pop("logs")
+    (out / "summary.md").write_text("\n".join(lines) + "\n")
+    (out / "summary.json").write_text(json.dumps(res, indent=1, default=str) + "\n")
+    (out / "logs.txt").write_text("\n".join(logs) + "\n")
+    print("\n".join(lines))
+    print(f"wrote {out}/summary.md, summary.json, logs.txt")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,135 @@
+"""Optional fused GPU kernels for the LLM (`model.llm.fused_kernels: liger`), from the liger-kernel package.
+
+liger-kernel's Triton kernels replace the LLM's RMSNorm, SwiGLU MLP and rotary embedding (its
+`apply_liger_kernel_to_<model_type>(model=...)`), and its fused linear cross-entropy computes the output head and the
+loss chunk by chunk without materialising the logits. llmasr keeps its own rule for the loss: only the labelled
+positions reach the head (llmasr.models.losses), so the fused loss runs over exactly those hidden states.
+
+Checked at start-up (`llmasr check` and `llmasr train`): the package must import and know the LLM's model type, and
+the output head must be a plain Linear whose weight the fused loss can read, i.e. not partitioned by ZeRO-3. Training
+also refuses a device other than CUDA (the kernels are Triton). Decoding and export ignore the key: they run the
+model's own modules, whose weights are the same.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import json
+import logging
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from llmasr.config_io import ConfigError
+
+log = logging.getLogger(__name__)
+
+FUSED_KERNELS = ("none", "liger")
+INSTALL_HINT = (
+    "install it where training runs: pip install liger-kernel (it needs triton, which CUDA builds of torch "
+    "bring), or set model.llm.fused_kernels=none"
+)
+# The Liger patch leaves the loss to llmasr: its own fused CE replaces the HF forward, which llmasr does not call.
+PATCH_FLAGS = {
+    "rope": True,
+    "rms_norm": True,
+    "swiglu": True,
+    "cross_entropy": False,
+    "fused_linear_cross_entropy": False,
+}
+PATCH_PREFIX = "apply_liger_kernel_to_"
+
+
+class FusedKernelError(ConfigError):
+    """model.llm.fused_kernels cannot be honoured here."""
+
+
+def liger_transformers():
+    """liger_kernel.transformers, or FusedKernelError saying how to install it."""
+    try:
+        return importlib.import_module("liger_kernel.transformers")
+    except ImportError as err:
+        why = f"model.llm.fused_kernels=liger: liger_kernel is not importable ({err}); {INSTALL_HINT}"
+        raise FusedKernelError(why) from err
+
+
+def llm_model_type(llm_path: str | Path) -> str:
+    config = Path(llm_path) / "config.json"
+    try:
+        return str(json.loads(config.read_text())["model_type"])
+    except (OSError, ValueError, KeyError) as err:
+        raise FusedKernelError(f"model.llm.fused_kernels: cannot read model_type from {config}: {err}") from err
+
+
+def check_fused_kernels(llm_cfg, *, zero_stage: int, device: torch.device | None = None) -> None:
+    """Refuse `llm_cfg.fused_kernels` where it cannot run: `device` not CUDA (None: not known yet, as in `llmasr
+    check` on a login node), ZeRO-3, liger-kernel missing, too old, or without kernels for the LLM's model type."""
+    if llm_cfg.fused_kernels == "none":
+        return
+    key = f"model.llm.fused_kernels={llm_cfg.fused_kernels}"
+    if device is not None and device.type != "cuda":
+        raise FusedKernelError(
+            f"{key}: liger-kernel's fused kernels are Triton kernels that run on CUDA only; this run is on "
+            f"{device.type}. Set model.llm.fused_kernels=none for CPU runs"
+        )
+    if zero_stage >= 3:
+        raise FusedKernelError(
+            f"{key}: the fused linear cross-entropy reads the output head's weight directly, which ZeRO stage 3 "
+            "partitions across ranks; use ZeRO stage 0-2, or model.llm.fused_kernels=none under ZeRO-3"
+        )
+    api = liger_transformers()
+    model_type = llm_model_type(llm_cfg.path)
+    if getattr(api, f"{PATCH_PREFIX}{model_type}", None) is None:
+        known = sorted(n.removeprefix(PATCH_PREFIX) for n in dir(api) if n.startswith(PATCH_PREFIX))
+        raise FusedKernelError(
+            f"{key}: liger-kernel has no kernels for the LLM's model type {model_type!r} ({llm_cfg.path}); "
+            f"it has: {', '.join(known)}"
+        )
+    loss_cls = getattr(api, "LigerFusedLinearCrossEntropyLoss", None)
+    if loss_cls is None or "return_token_accuracy" not in inspect.signature(loss_cls).parameters:
+        raise FusedKernelError(
+            f"{key}: this liger-kernel has no LigerFusedLinearCrossEntropyLoss(return_token_accuracy=...), which "
+            "the labels-only fused loss needs; upgrade it (pip install -U liger-kernel)"
+        )
+
+
+class LigerLabelsHead(nn.Module):
+    """The output head and cross-entropy over the labelled positions, fused: (selected hidden [M, H], target ids
+    [M]) -> (summed loss, argmax hits). Owns no parameters: the head stays the LLM's (one copy in the state dict)."""
+
+    def __init__(self, head: nn.Linear, loss_cls):
+        super().__init__()
+        self._head = [head]  # a list: not registered as a submodule
+        self.loss = loss_cls(reduction="sum", return_token_accuracy=True)
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self._head[0].weight
+
+    def forward(self, selected: torch.Tensor, target_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        out = self.loss(self.weight, selected, target_ids, self._head[0].bias)
+        # token_accuracy is a mean over the (all labelled) rows: back to a count, as the unfused path reports.
+        n_correct = (out.token_accuracy.detach().float() * target_ids.numel()).round().long()
+        return out.loss.float(), n_correct
+
+
+def apply_fused_kernels(model: nn.Module, llm_cfg) -> None:
+    """Patch the SpeechLLM `model`'s LLM with liger's kernels and give it the fused labels-only loss (after
+    `check_fused_kernels` passed)."""
+    if llm_cfg.fused_kernels == "none":
+        return
+    api = liger_transformers()
+    llm = model.llm
+    base = llm.get_base_model() if hasattr(llm, "get_base_model") else llm
+    model_type = base.config.model_type
+    getattr(api, f"{PATCH_PREFIX}{model_type}")(model=base, **PATCH_FLAGS)
+    head = base.get_output_embeddings()
+    if not isinstance(head, nn.Linear):
+        raise FusedKernelError(
+            f"model.llm.fused_kernels=liger: the output head is a {type(head).__name__}, not a plain Linear (LoRA on "
+            "lm_head?); the fused loss reads its weight directly. Leave lm_head out of lora.target_modules"
+        )
+    model.fused_head = LigerLabelsHead(head, api.LigerFusedLinearCrossEntropyLoss)
+    log.info("fused kernels: liger RMSNorm, SwiGLU, RoPE (%s); fused linear cross-entropy on the labels", model_type)

@@ -1,0 +1,87 @@
+"""bench/gpu_suite.sh in its CPU smoke mode: every step runs through the real commands and the summary holds the
+figures a GPU run reports. No assertion is about speed."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[2] / "bench"
+sys.path.insert(0, str(BENCH))
+
+import gpu_suite  # noqa: E402
+
+
+@pytest.mark.slow
+def test_smoke_suite_trains_decodes_and_summarises(tmp_path):
+    pytest.importorskip("deepspeed")
+    env = {k: v for k, v in os.environ.items() if k not in ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE")}
+    env["LLMASR_GPU_SUITE_SMOKE"] = "1"
+    out = tmp_path / "out"
+    cmd = ["bash", str(BENCH / "gpu_suite.sh"), "--out", str(out), "--work", str(tmp_path / "work")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert sorted(p.name for p in out.iterdir()) == ["logs.txt", "summary.json", "summary.md"]
+    res = json.loads((out / "summary.json").read_text())
+    assert res["smoke"] is True and res["updates"] == 3
+    train = res["train"]
+    assert list(train) == ["zero2_fp32", "zero3_fp32", "fp16_zero2", "liger_zero2"]
+    for name in ("zero2_fp32", "zero3_fp32"):
+        r = train[name]
+        assert r["status"] == "ok", r
+        assert r["updates"] == 3 and r["lines"] == 3 and r["steady_lines"] == 2
+        for key in ("tok/s", "audio_s/s", "tflops", "mem/host_peak_gb", "loss_first", "loss_last"):
+            assert r[key] > 0, (name, key)
+        assert r["mfu"] is None  # "n/a" on a CPU: no peak figure
+        assert 0 <= r["pad_llm"] < 1 and 0 <= r["data_wait"] <= 1
+    assert "needs CUDA" in train["fp16_zero2"]["reason"] and "needs CUDA" in train["liger_zero2"]["reason"]
+    d = res["decode"]
+    assert d["status"] == "ok" and d["rtf"] > 0 and d["max_new_tokens"] == 48 and d["audio_seconds"] > 0
+    paths = [p["path"] for p in res["features"]["paths"]]
+    assert paths[0] == "worker (kaldi-native-fbank)" and "torch batched" in paths
+    md = (out / "summary.md").read_text()
+    assert "| zero2_fp32 | ok |" in md and "| fp16_zero2 | skipped: fp16" in md and "Decoding (ok): RTF" in md
+    assert "Reproduce: `bash bench/gpu_suite.sh`" in md  # the output paths are not part of it
+    logs = (out / "logs.txt").read_text()
+    assert "==== zero3_fp32: ok" in logs and "==== decode: ok" in logs
+
+
+def test_train_figures_skip_the_first_line_and_take_the_peak(tmp_path):
+    log = tmp_path / "train.log"
+    lines = [
+        "2026-12-01 10:00:00 INFO llmasr.train: batches: 3 per epoch",
+        "2026-12-01 10:00:01 INFO llmasr.train: train update=5 epoch=0 loss=4.0000 tok/s=100.0000 mfu=0.1000 "
+        "mem/device_peak_gb=30.0000 loss_scale=65536.0000",
+        "2026-12-01 10:00:02 INFO llmasr.train: train update=10 epoch=0 loss=3.0000 tok/s=300.0000 mfu=0.3000 "
+        "mem/device_peak_gb=31.0000 loss_scale=32768.0000",
+        "2026-12-01 10:00:03 INFO llmasr.train: train update=15 epoch=0 loss=2.0000 tok/s=500.0000 mfu=0.5000 "
+        "mem/device_peak_gb=29.0000 loss_scale=32768.0000",
+    ]
+    log.write_text("\n".join(lines) + "\n")
+    got = gpu_suite.train_figures(log)
+    assert got["updates"] == 15 and got["lines"] == 3 and got["steady_lines"] == 2
+    assert got["tok/s"] == 400.0 and got["mfu"] == pytest.approx(0.4)  # the warm-up line is left out
+    assert got["mem/device_peak_gb"] == 31.0 and got["loss_first"] == 4.0 and got["loss_last"] == 2.0
+    assert got["loss_scale"] == 32768.0 and got["audio_s/s"] is None
+    assert gpu_suite.train_figures(tmp_path / "missing.log") == {}
+
+
+def test_liger_variant_is_skipped_with_a_reason_without_cuda(monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert "needs CUDA" in gpu_suite.liger_skip_reason()
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setitem(sys.modules, "liger_kernel", None)  # import raises ImportError
+    monkeypatch.setitem(sys.modules, "liger_kernel.transformers", None)
+    assert "liger_kernel is not importable" in gpu_suite.liger_skip_reason()
+
+
+def test_reproduce_command_leaves_out_where_files_go():
+    argv = ["--out", "/x", "--updates", "10", "--work=/w"]
+    assert gpu_suite.reproduce_command(argv) == "bash bench/gpu_suite.sh --updates 10"
