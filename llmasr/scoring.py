@@ -1,4 +1,4 @@
-"""Scoring transcripts: a text normaliser, per-utterance and corpus-level WER/CER (edit distances via jiwer).
+"""Scoring transcripts: a text normaliser, a minimum edit alignment, per-utterance and corpus-level WER/CER.
 
 Normalisation (applied to reference and hypothesis alike): Unicode NFKC, lowercase (casefold), punctuation and
 symbols removed (apostrophes inside words kept: "don't"), whitespace collapsed.
@@ -11,6 +11,10 @@ Units:
   spaces (CJK ideographs, kana, Hangul syllables are not, Thai, Lao, Khmer, Myanmar, Tibetan) is scored in
   characters, any other in words. The corpus rate is total errors / total reference units; when both kinds occur
   the summary calls it a mixed error rate (MER) and gives the counts of each.
+
+The alignment (`align`: one Levenshtein alignment, unit by unit, computed by rapidfuzz as jiwer does) is the one
+owner of edit operations: the substitution/deletion/insertion counts are read off it, and so is the hotword scoring
+(llmasr.scoring_bias), so the two never disagree.
 """
 
 from __future__ import annotations
@@ -18,6 +22,9 @@ from __future__ import annotations
 import re
 import unicodedata
 from dataclasses import dataclass, field
+from typing import NamedTuple
+
+from rapidfuzz.distance import Levenshtein
 
 METRICS = ("auto", "wer", "cer")
 
@@ -96,6 +103,7 @@ class UttScore:
     insertions: int
     ref_norm: str
     hyp_norm: str
+    alignment: list = field(default_factory=list, repr=False)  # EditOps over tokens(ref_norm/hyp_norm, unit)
 
     @property
     def errors(self) -> int:
@@ -107,25 +115,48 @@ class UttScore:
         return self.errors / self.ref_len if self.ref_len else float(self.errors)
 
 
-def _edit_counts(ref: list[str], hyp: list[str]) -> tuple[int, int, int]:
-    """(substitutions, deletions, insertions) of a minimum edit alignment (jiwer)."""
-    if not ref:
-        return 0, 0, len(hyp)
-    if not hyp:
-        return 0, len(ref), 0
-    import jiwer
+class EditOp(NamedTuple):
+    """One step of an alignment: kind "equal", "sub", "del" (ref only) or "ins" (hyp only), with unit indices."""
 
-    # Units are joined with spaces and split again by jiwer's default transform; units never hold spaces.
-    out = jiwer.process_words(" ".join(ref), " ".join(hyp))
-    return int(out.substitutions), int(out.deletions), int(out.insertions)
+    kind: str
+    ref: int | None
+    hyp: int | None
+
+
+def align(ref: list[str], hyp: list[str]) -> list[EditOp]:
+    """A minimum edit (Levenshtein, unit costs) alignment of two unit sequences, one EditOp per unit, in order:
+    every reference index and every hypothesis index appears exactly once. Ties between alignments of equal cost
+    are broken as jiwer breaks them (the same rapidfuzz opcodes over the same integer ids), so counts match it."""
+    ids: dict[str, int] = {}
+    r = [ids.setdefault(u, len(ids)) for u in ref]
+    h = [ids.setdefault(u, len(ids)) for u in hyp]
+    ops: list[EditOp] = []
+    for tag, i1, i2, j1, j2 in Levenshtein.opcodes(r, h):
+        if tag in ("equal", "replace"):
+            if i2 - i1 != j2 - j1:  # rapidfuzz pairs replaced units one to one; anything else is a bug there
+                raise RuntimeError(f"alignment block {tag} {i1}:{i2} vs {j1}:{j2} has unequal lengths")
+            kind = "equal" if tag == "equal" else "sub"
+            ops.extend(EditOp(kind, i, j) for i, j in zip(range(i1, i2), range(j1, j2)))
+        elif tag == "delete":
+            ops.extend(EditOp("del", i, None) for i in range(i1, i2))
+        else:
+            ops.extend(EditOp("ins", None, j) for j in range(j1, j2))
+    return ops
+
+
+def edit_counts(ops: list[EditOp]) -> tuple[int, int, int]:
+    """(substitutions, deletions, insertions) of an alignment."""
+    kinds = [op.kind for op in ops]
+    return kinds.count("sub"), kinds.count("del"), kinds.count("ins")
 
 
 def score_utterance(reference: str, hypothesis: str, metric: str = "auto") -> UttScore:
     unit = choose_unit(reference, metric)
     ref_norm, hyp_norm = normalize(reference), normalize(hypothesis)
     ref, hyp = tokens(ref_norm, unit), tokens(hyp_norm, unit)
-    s, d, i = _edit_counts(ref, hyp)
-    return UttScore(unit, len(ref), len(hyp), s, d, i, ref_norm, hyp_norm)
+    ops = align(ref, hyp)
+    s, d, i = edit_counts(ops)
+    return UttScore(unit, len(ref), len(hyp), s, d, i, ref_norm, hyp_norm, ops)
 
 
 @dataclass

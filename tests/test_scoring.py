@@ -1,8 +1,19 @@
-"""Scoring: normaliser, hand-computed WER/CER, auto unit choice, corpus totals."""
+"""Scoring: normaliser, the alignment, hand-computed WER/CER, auto unit choice, corpus totals."""
+
+import random
 
 import pytest
 
-from llmasr.scoring import choose_unit, normalize, score_corpus, score_utterance, uses_characters
+from llmasr.scoring import (
+    EditOp,
+    align,
+    choose_unit,
+    edit_counts,
+    normalize,
+    score_corpus,
+    score_utterance,
+    uses_characters,
+)
 
 
 def test_normalize():
@@ -67,3 +78,31 @@ def test_mixed_corpus_is_reported_as_mer():
 def test_empty_reference_counts_insertions():
     s = score_utterance("", "uh")
     assert s.insertions == 1 and s.ref_len == 0 and s.rate == 1.0
+
+
+def test_alignment_ops_hand_checked():
+    ops = align("the cat sat on the mat".split(), "the cat sit on mat".split())
+    assert [op.kind for op in ops] == ["equal", "equal", "sub", "equal", "del", "equal"]
+    assert ops[2] == EditOp("sub", 2, 2) and ops[4] == EditOp("del", 4, None) and ops[5] == EditOp("equal", 5, 4)
+    assert align(["a", "b"], []) == [EditOp("del", 0, None), EditOp("del", 1, None)]
+    assert align([], ["x"]) == [EditOp("ins", None, 0)]
+    assert align([], []) == []
+    s = score_utterance("a b c d", "a c d e")
+    assert [op.kind for op in s.alignment] == ["equal", "del", "equal", "equal", "ins"]
+    assert edit_counts(s.alignment) == (s.substitutions, s.deletions, s.insertions)
+
+
+def test_alignment_covers_every_unit_once_and_counts_agree_with_jiwer():
+    """Random pairs over a 4-word vocabulary (many equal-cost alignments): each unit appears once, in order, equal
+    ops pair equal units, and the counts are jiwer's (the same tie-breaking as before the alignment existed)."""
+    jiwer = pytest.importorskip("jiwer")
+    rng = random.Random(13)
+    for _ in range(400):
+        ref = [rng.choice("abcd") for _ in range(rng.randint(1, 9))]
+        hyp = [rng.choice("abcd") for _ in range(rng.randint(1, 9))]
+        ops = align(ref, hyp)
+        assert [op.ref for op in ops if op.ref is not None] == list(range(len(ref)))
+        assert [op.hyp for op in ops if op.hyp is not None] == list(range(len(hyp)))
+        assert all((ref[op.ref] == hyp[op.hyp]) == (op.kind == "equal") for op in ops if op.kind in ("equal", "sub"))
+        out = jiwer.process_words(" ".join(ref), " ".join(hyp))
+        assert edit_counts(ops) == (out.substitutions, out.deletions, out.insertions)

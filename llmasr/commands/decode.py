@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from llmasr.config_io import ConfigError
+from llmasr.data.hotwords import PhraseFileError, read_phrase_file
 from llmasr.export.decode import DecodeOptions, decode_manifest, load_decode_model, out_dirs
 from llmasr.export.exported import ExportedModelError
 from llmasr.models.ctc import LLMCTCTokenizer
@@ -68,6 +69,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="where fbank features are computed: loader workers, the model's device, or auto (device on a GPU)",
     )  # fmt: skip
     p.add_argument("--ctc", action="store_true", help="also write the CTC branch's greedy transcripts to OUTPUT/ctc/")
+    p.add_argument(
+        "--hotwords", metavar="FILE",
+        help="biasing list for every line without its own `hotwords` field (UTF-8, one phrase a line; a line's own "
+        "list wins, [] included)",
+    )  # fmt: skip
+    p.add_argument(
+        "--hotwords-unprompted", action="store_true",
+        help="score B-/U- rates against the lists (the manifest's, --hotwords) without rendering them into the "
+        "prompt: the unbiased baseline of the same lists",
+    )  # fmt: skip
     p.add_argument("--dtype", choices=("bf16", "fp16", "fp32"), help="LLM dtype (--model; default: as exported)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     p.add_argument(
@@ -80,6 +91,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:  # before the model loads: a bad list file fails at once
+        hotwords = read_phrase_file(args.hotwords) if args.hotwords else None
+    except PhraseFileError as err:
+        print(f"llmasr decode: error: --hotwords: {err}", file=sys.stderr)
+        return 2
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     try:
         model, saved, opts = load_decode_model(
@@ -103,7 +119,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"llmasr decode: error: {err}", file=sys.stderr)
         return 2
     given = {"num_workers": args.num_workers, "max_bad_fraction": args.max_bad_fraction, "ctc": args.ctc,
-             "features_on": args.features_on}  # fmt: skip
+             "features_on": args.features_on, "hotwords": hotwords, "hotwords_file": args.hotwords,
+             "hotwords_unprompted": args.hotwords_unprompted or None}  # fmt: skip
     opts = dataclasses.replace(opts, **{k: v for k, v in given.items() if v is not None})
     model.to(device)
     return _decode_all(model, args.data, Path(args.output), cfg, opts, device)

@@ -25,6 +25,8 @@ class Batch:
     ctc_lens      int64 [B]        zeros when there is no CTC tokenizer
     durations     float32 [B]      seconds of audio
     keys, targets, indices         per row: utterance key, reference text, dataset index
+    hotwords      per row: the biasing phrases rendered into its prompt (after the token cap; [] for none)
+    hotwords_dropped  per row: phrases the token cap left out of its list
     n_bad, bad                     bad items dropped from this batch (manifest, line, key, reason, index each)
     empty         True when every item was bad and the rows are the collator's stand-in fallback item
     duplicate     True when the sampler repeats this batch only to keep the ranks in step (its last group's
@@ -48,6 +50,8 @@ class Batch:
     keys: list[str]
     targets: list[str]
     indices: list[int]
+    hotwords: list[list[str]] | None = None  # None: no row has a list ([] each)
+    hotwords_dropped: list[int] | None = None
     n_bad: int = 0
     bad: list[dict] = field(default_factory=list)
     empty: bool = False
@@ -58,6 +62,10 @@ class Batch:
 
     def __post_init__(self):
         n = len(self.keys)
+        if self.hotwords is None:
+            self.hotwords = [[] for _ in range(n)]
+        if self.hotwords_dropped is None:
+            self.hotwords_dropped = [0] * n
         if self.wave is None:
             self.wave = torch.zeros(n, 0)
         if self.wave_lens is None:
@@ -122,5 +130,6 @@ class Batch:
         out["text_ids"] = out["text_ids"][:, : int(out["text_lens"].max())]
         out["ctc_ids"] = out["ctc_ids"][:, : int(out["ctc_lens"].max())]
         out["wave"] = out["wave"][:, : int(out["wave_lens"].max())]
-        lists = {name: [getattr(self, name)[r] for r in rows] for name in ("keys", "targets", "indices")}
+        names = ("keys", "targets", "indices", "hotwords", "hotwords_dropped")
+        lists = {name: [getattr(self, name)[r] for r in rows] for name in names}
         return replace(self, **out, **lists, n_bad=0, bad=[])

@@ -118,4 +118,6 @@ class Collator:
             "targets": [str(it["target"]) for it in items],
             "durations": torch.tensor([float(it["duration"]) for it in items], dtype=torch.float32),
             "indices": [int(it["index"]) for it in items],
+            "hotwords": [list(it.get("hotwords") or []) for it in items],
+            "hotwords_dropped": [int(it.get("hotwords_dropped", 0)) for it in items],
         }

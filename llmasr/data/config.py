@@ -15,6 +15,7 @@ Example::
       num_workers: 4
       features_on: auto                     # worker | device | auto (device on a GPU)
       max_bad_fraction: 0.01
+      hotwords: {enable: true, ngram: [1, 2], list_size: [2, 10], distractors: corpus}   # see data.hotwords
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from dataclasses import dataclass, field
 
 from llmasr.config_io import ConfigError, path_field
 from llmasr.data.augment import AugmentConfig
+from llmasr.data.hotwords import HotwordsConfig
 
 DEFAULT_MAX_SECONDS = 120.0
 
@@ -104,6 +106,7 @@ class DataConfig:
     max_bad_fraction: float = 0.01
     seed: int = 0
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    hotwords: HotwordsConfig = field(default_factory=HotwordsConfig)  # training's biasing lists
     # Where fbank + LFR + CMVN + SpecAugment run: in the loader workers, on the model's device over the padded
     # waveform batch (workers then only read, resample and augment), or auto: device on an accelerator.
     features_on: str = "auto"

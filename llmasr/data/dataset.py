@@ -30,6 +30,10 @@ class SpeechDataset(Dataset):
     `prompt_builder.encode(target, task)` gives the LLM token ids (task = the utterance's own `prompt`, if any);
     `ctc_tokenizer.encode(target)` the CTC labels (checked against its vocabulary). `max_duration_truncate`
     (seconds) cuts longer audio (the transcript is kept whole).
+
+    Biasing lists (`hotwords`, the phrases rendered into the item's prompt, and `hotwords_dropped` by the token cap):
+    a `hotword_sampler` (training, data.hotwords) picks each item's; without one, the manifest's list is used, else
+    `default_hotwords` (decoding's --hotwords file: a line's own list, [] included, wins over it).
     """
 
     def __init__(
@@ -44,6 +48,9 @@ class SpeechDataset(Dataset):
         seed: int = 0,
         max_duration_truncate: float | None = None,
         features_on: str = "worker",
+        hotword_sampler=None,
+        default_hotwords: list[str] | None = None,
+        prompt_hotwords: bool = True,
     ):
         self.manifest = manifest
         self.frontend = frontend
@@ -56,6 +63,11 @@ class SpeechDataset(Dataset):
         if features_on not in ("worker", "device"):
             raise ValueError(f"features_on must be 'worker' or 'device' (resolved), got {features_on!r}")
         self.features_on = features_on
+        self.hotword_sampler = hotword_sampler
+        self.default_hotwords = list(default_hotwords or [])
+        # False: lists are chosen as usual (listed_hotwords) but no prompt renders them: the unbiased baseline
+        # that decoding scores against the same lists.
+        self.prompt_hotwords = bool(prompt_hotwords)
         self.epoch = 0
         self._fx = None
         self._aug = None
@@ -108,9 +120,10 @@ class SpeechDataset(Dataset):
         target = target.strip()
         task = utt.prompt if isinstance(getattr(utt, "prompt", None), str) and utt.prompt.strip() else None
         try:
-            enc = self.prompt_builder.encode(target, task=task)
+            hotwords = self._hotwords(utt, index, target) if self.prompt_hotwords else []
+            enc = self.prompt_builder.encode(target, task=task, hotwords=hotwords)
         except ValueError as err:  # PromptError: text the LLM tokenizer cannot take
-            return bad(f"target rejected by the prompt builder: {err}")
+            return bad(f"target or hotwords rejected by the prompt builder: {err}")
         ctc_ids = self._ctc_labels(target) if self.ctc_tokenizer is not None else None
         if isinstance(ctc_ids, str):
             return bad(ctc_ids)
@@ -142,7 +155,25 @@ class SpeechDataset(Dataset):
             "target_start": int(enc.target_start),
             "ctc_ids": ctc_ids,
             "duration": float(duration),
+            "hotwords": list(enc.hotwords),
+            "hotwords_dropped": int(enc.hotwords_dropped),
         }
+
+    def listed_hotwords(self, index: int) -> list[str]:
+        """Line `index`'s biasing list before the token cap, whether or not prompts render it ([] for a bad line)."""
+        try:
+            utt = self.manifest[int(index)]
+        except BadRecord:
+            return []
+        target = utt.target.strip() if isinstance(utt.target, str) else ""
+        return self._hotwords(utt, int(index), target)
+
+    def _hotwords(self, utt, index: int, target: str) -> list[str]:
+        """The item's biasing list before the token cap (see the class docstring)."""
+        given = getattr(utt, "hotwords", None)
+        if self.hotword_sampler is not None:
+            return self.hotword_sampler.pick(given, target, index, self.epoch)
+        return list(given) if given is not None else list(self.default_hotwords)
 
     def _ctc_labels(self, target: str) -> np.ndarray | str:
         """The CTC label ids of `target`, or why it has none the head can learn."""

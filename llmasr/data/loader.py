@@ -32,6 +32,7 @@ from llmasr.data.config import BatchingConfig, DataConfig, ManifestSpec
 from llmasr.data.dataset import SpeechDataset
 from llmasr.data.device_features import resolve_features_on
 from llmasr.data.frontend import FrontendConfig
+from llmasr.data.hotwords import HotwordSampler
 from llmasr.data.sampler import DynamicBucketSampler
 from llmasr.data.screen import describe_skipped, start_tracker
 from llmasr.data.worker_signals import leave_signals_to_main, workers_born_blocked
@@ -225,8 +226,9 @@ def find_fallback(dataset: SpeechDataset, candidates: Sequence[int]):
 
 
 def _dataset(
-    manifest, frontend: FrontendConfig, data_cfg: DataConfig, *, train: bool, prompt_builder, ctc=None, device=None
-):
+    manifest, frontend: FrontendConfig, data_cfg: DataConfig, *, train: bool, prompt_builder, ctc=None, device=None,
+    hotword_sampler=None, default_hotwords=None, prompt_hotwords: bool = True,
+):  # fmt: skip
     b = data_cfg.batching
     return SpeechDataset(
         manifest,
@@ -238,7 +240,26 @@ def _dataset(
         seed=data_cfg.seed,
         max_duration_truncate=b.max_duration if b.truncate_to_max else None,
         features_on=resolve_features_on(data_cfg.features_on, frontend, device),
+        hotword_sampler=hotword_sampler,
+        default_hotwords=default_hotwords,
+        prompt_hotwords=prompt_hotwords,
     )
+
+
+def _hotword_sampler(data_cfg: DataConfig, manifest, *, train: bool, rank: int):
+    """Training's list sampler (the corpus counts read once, here), or None: validation uses the manifest's lists,
+    else none, so its WER measures the model on given lists only."""
+    if not train or not data_cfg.hotwords.samples:
+        return None
+    sampler = HotwordSampler.build(data_cfg.hotwords, manifest, data_cfg.seed)
+    if rank == 0:
+        h = data_cfg.hotwords
+        log.info(
+            "hotwords: lists drawn (source %s, %s n-grams %s, true phrases %s, list size %s, empty share %g), %d units "
+            "counted, distractor pool %d phrases (%s)", h.source, h.unit, h.ngram, h.true_phrases, h.list_size,
+            h.empty_prob, len(sampler.stats.counts), len(sampler.pool), h.distractors,
+        )  # fmt: skip
+    return sampler
 
 
 def _speech_loader(dataset, sampler, collator, data_cfg: DataConfig, tracker: BadDataTracker) -> SpeechDataLoader:
@@ -297,8 +318,9 @@ def build_dataloader(
     if skipped and rank == 0:
         log.warning("%s", skipped)
     dataset = _dataset(
-        manifest, frontend, data_cfg, train=train, prompt_builder=prompt_builder, ctc=ctc_tokenizer, device=device
-    )
+        manifest, frontend, data_cfg, train=train, prompt_builder=prompt_builder, ctc=ctc_tokenizer, device=device,
+        hotword_sampler=_hotword_sampler(data_cfg, manifest, train=train, rank=rank),
+    )  # fmt: skip
     sampler.add_epoch_listener(dataset.set_epoch)
     sampler.set_epoch(epoch)
     candidates = [i for batch in sampler.batches() for i in batch]
@@ -315,7 +337,8 @@ def build_dataloader(
 
 def build_decode_loader(
     manifest_path, frontend: FrontendConfig, *, prompt_builder, batch_seconds: float, num_workers: int,
-    max_bad_fraction: float, name: str, features_on: str = "auto", device=None,
+    max_bad_fraction: float, name: str, features_on: str = "auto", device=None, hotwords: list[str] | None = None,
+    prompt_hotwords: bool = True,
 ) -> SpeechDataLoader:  # fmt: skip
     """The validation loader over one manifest, for decoding: every line is batched once, in an eval-mode
     SpeechDataset; batches are cut from one duration-sorted window over the whole manifest (no buckets, no
@@ -325,6 +348,8 @@ def build_decode_loader(
     Bad lines are counted, never refused: the tracker (`loader.bad_data`) keeps every one, in the order found (the
     lines whose audio header cannot be read, then the ones loading rejects), and the caller checks
     max_bad_fraction at the end. An all-bad batch becomes a batch of no rows (no rank waits on another).
+    `hotwords`: the list of every line that has no `hotwords` field of its own; `prompt_hotwords` False: no
+    prompt renders the lists (`dataset.listed_hotwords` still gives them, for scoring).
     """
     manifest, fill_bad = open_manifests([str(manifest_path)], mix=False)
     n = len(manifest)
@@ -342,6 +367,9 @@ def build_decode_loader(
     sampler = make_sampler(
         data_cfg, durations, None, frontend, train=False, rank=0, world_size=1, indices=known, keep_every_item=True
     )  # fmt: skip
-    dataset = _dataset(manifest, frontend, data_cfg, train=False, prompt_builder=prompt_builder, device=device)
+    dataset = _dataset(
+        manifest, frontend, data_cfg, train=False, prompt_builder=prompt_builder, device=device,
+        default_hotwords=hotwords, prompt_hotwords=prompt_hotwords,
+    )  # fmt: skip
     collator = Collator(prompt_builder.pad_id, no_rows=True)
     return _speech_loader(dataset, sampler, collator, data_cfg, tracker)

@@ -6,7 +6,8 @@ FunASR jsonl, one JSON object a line:
   required: key (str), source (str: audio path, relative paths resolve against the manifest's folder),
             target (non-empty str).
   optional: duration (seconds), source_len, target_len (int), prompt or task (str: task prompt override),
-            lang / language / text_language (str), channel (int), start / end (seconds into the file).
+            lang / language / text_language (str), channel (int), start / end (seconds into the file),
+            hotwords (list of non-empty strings: the utterance's biasing phrases; [] says "none").
   `source_len` follows FunASR's scp2jsonl convention: the number of 10 ms frames of the 16 kHz waveform
   (int(num_samples_16k * 1000 / 16000 / 10)), so a record without `duration` gets duration = source_len / 100 s.
   `duration` wins when both are present. Neither is required: fill_durations() probes file headers.
@@ -14,9 +15,10 @@ FunASR jsonl, one JSON object a line:
 lhotse CutSet jsonl(.gz), one cut a line (read with json/gzip; lhotse is not imported): MonoCut (or a MultiCut
 with one channel; several channels are averaged) with exactly one supervision, whose `text` is the target and
 `language` the lang; the audio is the cut's recording `file` source, read from cut.start for cut.duration
-seconds, on the cut's channel. Recording transforms other than Resample, URL/command/memory sources,
-features-only cuts and MixedCuts are reported as bad records. A .gz manifest is decompressed once into a cache
-folder ($LLMASR_CACHE_DIR or ~/.cache/llmasr/manifests) so lines can be read by offset.
+seconds, on the cut's channel; the supervision's custom.hotwords is the biasing list. Recording transforms other
+than Resample, URL/command/memory sources, features-only cuts and MixedCuts are reported as bad records. A .gz
+manifest is decompressed once into a cache folder ($LLMASR_CACHE_DIR or ~/.cache/llmasr/manifests) so lines can
+be read by offset.
 """
 
 from __future__ import annotations
@@ -60,6 +62,7 @@ class Utterance:
     channel: int | None
     start: float = 0.0
     end: float | None = None
+    hotwords: list[str] | None = None  # biasing phrases; None: the record has none (not even an empty list)
 
 
 # ------------------------------------------------------------------------------------------------------ parsing
@@ -100,6 +103,20 @@ class _Parser:
         if v < minimum:
             raise self.bad(f"field '{name}' must be >= {minimum:g}, got {v}")
         return v
+
+    def hotwords(self, rec: dict, name: str = "hotwords") -> list[str] | None:
+        """The record's biasing list: a JSON list of non-empty strings, else a bad line naming the field."""
+        value = rec.get(name.rpartition(".")[2])
+        if value is None:
+            return None
+        if not isinstance(value, list):
+            raise self.bad(f"field '{name}' must be a list of strings, got {type(value).__name__} {value!r:.60}")
+        for i, phrase in enumerate(value):
+            if not isinstance(phrase, str):
+                raise self.bad(f"field '{name}'[{i}] must be a string, got {type(phrase).__name__} {phrase!r:.60}")
+            if not phrase.strip():
+                raise self.bad(f"field '{name}'[{i}] is an empty phrase")
+        return [p.strip() for p in value]
 
     def target(self, value, name: str) -> str:
         if not isinstance(value, str):
@@ -146,6 +163,7 @@ class _Parser:
             channel=int(channel) if channel is not None else None,
             start=float(start),
             end=float(end) if end is not None else None,
+            hotwords=self.hotwords(rec),
         )
 
     # lhotse cut --------------------------------------------------------------------------------------------
@@ -187,6 +205,7 @@ class _Parser:
             channel=file_channel,
             start=float(start),
             end=float(start + duration),
+            hotwords=self.hotwords(custom, "supervisions[0].custom.hotwords"),
         )
 
     def cut_supervision(self, rec: dict) -> dict:

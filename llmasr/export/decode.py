@@ -3,7 +3,7 @@
     llmasr decode --model DIR | --checkpoint RUN_DIR[/checkpoints/TAG] --data test.jsonl [--data ...]
                   --output HYP_DIR [--beam N] [--batch-seconds S] [--max-new-tokens N]
                   [--repetition-penalty P] [--no-repeat-ngram N] [--metric auto|wer|cer] [--ctc]
-                  [--ctc-weight W] [--repeat-limit N]
+                  [--ctc-weight W] [--repeat-limit N] [--hotwords FILE] [--hotwords-unprompted]
 
 Batches come from the validation loader of training (llmasr.data.loader.build_decode_loader: SpeechDataset in
 evaluation mode, no dither, no augmentation; the same prompt builder, so the prompt a model is decoded with is the
@@ -17,12 +17,19 @@ Outputs (HYP_DIR, or HYP_DIR/<manifest name>/ when several manifests are given):
 
     hyp.txt        key hypothesis          (manifest order)
     ref.txt        key reference
-    results.jsonl  {key, ref, hyp, unit, errors, sub, del, ins, ref_units, words, duration, wer, truncated}
-                   truncated: null, "max_tokens" (the length cap ended the hypothesis) or "repetition"
+    results.jsonl  {key, ref, hyp, unit, errors, sub, del, ins, ref_units, words, duration, wer, truncated,
+                    hotwords, hotwords_dropped}
+                   truncated: null, "max_tokens" (the length cap ended the hypothesis) or "repetition";
+                   hotwords: the biasing phrases rendered into the utterance's prompt (after the token cap), []
+                   for none; with a biasing list, hotword_scores {b_errors, b_units, u_errors, u_units, recalled,
+                   ref_occurrences, hyp_occurrences, missed, leaked} (llmasr.scoring_bias)
     wer.txt        summary: WER/CER, substitutions/deletions/insertions, #utterances, truncations by guard, the
                    search mode (greedy, beam N, + CTC guidance), its real-time factor (decoding wall-clock seconds
-                   / audio seconds) and throughput (utterances/s), skipped lines
-    wer.json       the same, machine-readable
+                   / audio seconds) and throughput (utterances/s), skipped lines; when any utterance has a
+                   biasing list (`hotwords`), how many had one and how many phrases the prompt's token cap
+                   dropped, B-WER / U-WER and hotword recall, precision and leaks
+    wer.json       the same, machine-readable (the hotword scores under "hotwords", the list counts as
+                   hotword_lists, hotword_phrases, hotwords_dropped, hotwords_file, hotwords_max_tokens)
     bad.jsonl      manifest lines that could not be decoded (missing/corrupt audio, bad fields...)
 
 With --ctc (a model with a CTC head on its encoder), HYP_DIR/ctc/ also gets hyp.txt, results.jsonl, wer.txt and
@@ -36,6 +43,12 @@ With `max_new_tokens` unset, each utterance's cap is `tokens_per_second` x its o
 loops stops at a length tied to its audio, and batched output equals one-by-one output; `repeat_limit` ends a
 hypothesis that repeats an n-gram. Both are counted (results.jsonl "truncated", wer.txt totals), never silent.
 A model with a CTC head decodes CTC-guided by default (DecodeConfig.ctc_weight; models.ctc_guidance).
+
+Hotwords: a line's own `hotwords` field is its biasing list; `--hotwords FILE` (one phrase a line, UTF-8) gives the
+list of every line that has no such field. A line's own list wins, an explicit [] included ("no list for this
+one"): per-utterance lists are the more specific statement. The list is rendered by the model's prompt builder as in
+training (its wording and token cap are saved with the model). `--hotwords-unprompted` chooses the lists the same
+way but renders none: the B-/U- rates of the model unbiased, on the same lists (rows: `hotwords_scored`).
 """
 
 from __future__ import annotations
@@ -56,6 +69,7 @@ from llmasr.models.ctc import LLMCTCTokenizer
 from llmasr.models.decode_guards import MAX_TOKENS, REPETITION
 from llmasr.models.decoding import DecodeConfig
 from llmasr.scoring import score_corpus
+from llmasr.scoring_bias import BiasedCorpus, hotword_list, score_lists
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +82,10 @@ class DecodeOptions:
     max_bad_fraction: float = DataConfig.max_bad_fraction  # fail (after writing the outputs) above this
     ctc: bool = False  # also write the CTC branch's greedy transcripts to HYP_DIR/ctc/
     features_on: str = "auto"  # as data.features_on: worker, device, or auto (device on an accelerator)
+    hotwords: list[str] | None = None  # --hotwords: the list of every line without its own `hotwords` field
+    hotwords_file: str | None = None  # where that list came from (reported in wer.txt)
+    # --hotwords-unprompted: the lists are scored but no prompt renders them (the unbiased baseline of the same lists)
+    hotwords_unprompted: bool = False
 
 
 class DecodeError(RuntimeError):
@@ -80,6 +98,7 @@ def decode_loader(model, manifest_path, cfg: DecodeConfig, opts: DecodeOptions, 
         manifest_path, model.frontend, prompt_builder=model.prompt, batch_seconds=cfg.batch_seconds,
         num_workers=opts.num_workers, max_bad_fraction=opts.max_bad_fraction,
         name=f"decode {Path(manifest_path).name}", features_on=opts.features_on, device=device,
+        hotwords=opts.hotwords, prompt_hotwords=not opts.hotwords_unprompted,
     )  # fmt: skip
 
 
@@ -103,6 +122,9 @@ def decode_manifest(
     model.eval()
     t0 = time.perf_counter()
     rows, audio_seconds, mode = transcribe_loader(model, loader, cfg, device)
+    if opts.hotwords_unprompted:
+        for r in rows:
+            r["hotwords_scored"] = loader.dataset.listed_hotwords(r["index"])
     timing = {"audio_seconds": audio_seconds, "decode_seconds": time.perf_counter() - t0, "device": device}
     timing["mode"] = mode
     tracker = loader.bad_data
@@ -113,6 +135,7 @@ def decode_manifest(
         manifest=str(manifest_path), lines=len(loader.dataset), skipped=tracker.bad,
         skipped_by_reason=dict(tracker.by_reason),
     )  # fmt: skip
+    timing["hotwords"] = _hotword_counts(rows, opts, model.prompt.hotwords_max_tokens)
     summary = _llm_summary(out_dir, rows, found, cfg, timing)
     summary["too_much_bad_data"] = tracker.message(final=True) if tracker.exceeded else None
     if opts.ctc:
@@ -121,8 +144,8 @@ def decode_manifest(
 
 
 def transcribe_loader(model, loader: SpeechDataLoader, cfg: DecodeConfig, device) -> tuple[list[dict], float, str]:
-    """Rows {key, ref, hyp, ctc_hyp, truncated, duration} of every decoded utterance in manifest order, their audio
-    seconds and the search mode; ctc_hyp is None without a CTC head."""
+    """Rows {key, ref, hyp, ctc_hyp, truncated, duration, hotwords, hotwords_dropped} of every decoded utterance in
+    manifest order, their audio seconds and the search mode; ctc_hyp is None without a CTC head."""
     rows: dict[int, dict] = {}
     audio_seconds, mode = 0.0, cfg.mode(0.0)
     for batch in loader:
@@ -135,8 +158,42 @@ def transcribe_loader(model, loader: SpeechDataLoader, cfg: DecodeConfig, device
             dur = float(batch.durations[i])
             audio_seconds += dur
             rows[idx] = {"key": key, "ref": ref, "hyp": got.llm[i], "ctc_hyp": ctc[i], "duration": round(dur, 4)}
+            rows[idx]["index"] = int(idx)
             rows[idx]["truncated"] = got.truncated[i]
+            rows[idx].update(hotwords=list(batch.hotwords[i]), hotwords_dropped=int(batch.hotwords_dropped[i]))
     return [rows[i] for i in sorted(rows)], audio_seconds, mode
+
+
+def _hotword_counts(rows: list[dict], opts: DecodeOptions, cap: int | None) -> dict:
+    """How the utterances were biased: lists, phrases rendered, phrases the token cap dropped; unprompted, the
+    lists scored (none rendered)."""
+    return {
+        "hotwords_unprompted": opts.hotwords_unprompted,
+        "hotword_lists_scored": sum(bool(r.get("hotwords_scored")) for r in rows),
+        "hotword_lists": sum(bool(r["hotwords"]) for r in rows),
+        "hotword_phrases": sum(len(r["hotwords"]) for r in rows),
+        "hotwords_dropped": sum(r["hotwords_dropped"] for r in rows),
+        "hotwords_file": opts.hotwords_file,
+        "hotwords_max_tokens": cap,
+    }
+
+
+def _hotword_line(h: dict, n_utts: int) -> str:
+    source = (
+        f"--hotwords {h['hotwords_file']} where a line has no list of its own"
+        if h["hotwords_file"]
+        else ("the manifest's lists")
+    )
+    if h["hotwords_unprompted"]:
+        return (
+            f"hotwords: {h['hotword_lists_scored']} of {n_utts} utterances have a list ({source}), scored but not "
+            "rendered into the prompt (--hotwords-unprompted: the unbiased baseline of the same lists)"
+        )
+    cap = "no token cap" if h["hotwords_max_tokens"] is None else f"token cap {h['hotwords_max_tokens']}"
+    return (
+        f"hotwords: {h['hotword_lists']} of {n_utts} utterances decoded with a list ({source}), "
+        f"{h['hotword_phrases']} phrases, {h['hotwords_dropped']} dropped by the {cap}"
+    )
 
 
 def _counts(found: dict, n_utts: int) -> str:
@@ -148,7 +205,7 @@ def _counts(found: dict, n_utts: int) -> str:
 
 def _llm_summary(out_dir: Path, rows: list[dict], found: dict, cfg: DecodeConfig, timing: dict) -> dict:
     """hyp/ref/results and wer.txt/wer.json of the LLM's hypotheses; returns the summary."""
-    corpus = _write_results(out_dir, rows, "hyp", cfg.metric, with_ref=True)
+    corpus, hot = _write_results(out_dir, rows, "hyp", cfg.metric, with_ref=True)
     audio, took = timing["audio_seconds"], timing["decode_seconds"]
     summary = corpus.to_dict()
     truncated = {reason: sum(r["truncated"] == reason for r in rows) for reason in (MAX_TOKENS, REPETITION)}
@@ -164,6 +221,7 @@ def _llm_summary(out_dir: Path, rows: list[dict], found: dict, cfg: DecodeConfig
         num_beams=cfg.num_beams,
         max_new_tokens=cfg.max_new_tokens,
         batch_seconds=cfg.batch_seconds,
+        **timing.get("hotwords", {}),
     )
     text = [
         f"{Path(found['manifest']).name}: {corpus.summary()}",
@@ -172,13 +230,17 @@ def _llm_summary(out_dir: Path, rows: list[dict], found: dict, cfg: DecodeConfig
         f"mode {timing['mode']}: audio {audio:.1f} s, decoding {took:.1f} s, real-time factor {summary['rtf']:.4f}, "
         f"{summary['utts_per_second']:.2f} utterances/s (device {timing['device']})",
     ]
+    lists = timing.get("hotwords")  # decode_manifest's list counts (absent when a caller scores rows alone)
+    if lists and (lists["hotword_lists"] or lists["hotword_lists_scored"] or lists["hotwords_file"]):
+        text.append(_hotword_line(lists, corpus.n_utts))
+    _add_hotwords(summary, text, hot)
     _write_summary(out_dir, summary, text)
     return summary
 
 
 def _ctc_summary(out_dir: Path, rows: list[dict], found: dict, cfg: DecodeConfig, timing: dict) -> dict:
     """The same files for the CTC branch's greedy hypotheses (no ref.txt); returns the summary."""
-    corpus = _write_results(out_dir, rows, "ctc_hyp", cfg.metric, with_ref=False)
+    corpus, hot = _write_results(out_dir, rows, "ctc_hyp", cfg.metric, with_ref=False)
     audio = timing["audio_seconds"]
     summary = corpus.to_dict()
     summary.update(branch="ctc", decoding="greedy best path", **found, audio_seconds=round(audio, 3))
@@ -187,16 +249,23 @@ def _ctc_summary(out_dir: Path, rows: list[dict], found: dict, cfg: DecodeConfig
         _counts(found, corpus.n_utts),
         f"audio {audio:.1f} s; the CTC head read the encoder output of the LLM pass (device {timing['device']})",
     ]
+    _add_hotwords(summary, text, hot)
     _write_summary(out_dir, summary, text)
     return summary
 
 
 def _write_results(out_dir: Path, rows: list[dict], hyp_key: str, metric: str, *, with_ref: bool):
-    """hyp.txt, results.jsonl (and ref.txt) for rows[...][hyp_key]; returns the corpus score."""
+    """hyp.txt, results.jsonl (and ref.txt) for rows[...][hyp_key]; returns the corpus score and, when a row has a
+    biasing list (`hotwords`, or `hotwords_scored` when the lists were not prompted), the hotword scores (else
+    None)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     corpus, scores = score_corpus([(r["ref"], r[hyp_key]) for r in rows], metric)
+    lists = [hotword_list(r.get("hotwords_scored", r.get("hotwords")), f"utterance {r['key']!r}") for r in rows]
+    hot, biased = None, [None] * len(rows)
+    if any(lists):
+        hot, biased = score_lists(scores, lists, corpus.name, corpus.unit_name)
     with open(out_dir / "hyp.txt", "w") as fh, open(out_dir / "results.jsonl", "w") as fj:
-        for r, s in zip(rows, scores):
+        for r, s, b, phrases in zip(rows, scores, biased, lists):
             fh.write(f"{r['key']} {_one_line(r[hyp_key])}\n")
             rec = {
                 "key": r["key"],
@@ -214,11 +283,23 @@ def _write_results(out_dir: Path, rows: list[dict], hyp_key: str, metric: str, *
             }
             if "truncated" in r and hyp_key == "hyp":
                 rec["truncated"] = r["truncated"]
+            rec.update(hotwords=list(r.get("hotwords") or []), hotwords_dropped=int(r.get("hotwords_dropped") or 0))
+            if "hotwords_scored" in r:
+                rec["hotwords_scored"] = list(r["hotwords_scored"])
+            if phrases:
+                rec["hotword_scores"] = b.to_row()
             fj.write(json.dumps(rec, ensure_ascii=False) + "\n")
     if with_ref:
         with open(out_dir / "ref.txt", "w") as fr:
             fr.writelines(f"{r['key']} {_one_line(r['ref'])}\n" for r in rows)
-    return corpus
+    return corpus, hot
+
+
+def _add_hotwords(summary: dict, text: list[str], hot: BiasedCorpus | None) -> None:
+    """B-/U- error rates and phrase recall, precision and leaks, when the rows had biasing lists."""
+    if hot is not None:
+        summary["hotwords"] = hot.to_dict()
+        text.extend(hot.summary_lines())
 
 
 def _write_summary(out_dir: Path, summary: dict, text: list[str]) -> None:

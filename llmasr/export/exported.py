@@ -10,7 +10,8 @@ DIR/llmasr_model.yaml says how to rebuild each part:
     adaptor:  {conf, input_dim, llm_dim, file}
     ctc:      {file, vocab ("llm" or a file in DIR), vocab_size, encoder_dim, ...} or null
     frontend: FrontendConfig fields; cmvn_file relative to DIR
-    prompt:   {task, system, chat_template, audio_separator}
+    prompt:   {task, system, chat_template, audio_separator, hotwords_template, hotwords_separator,
+               hotwords_max_tokens}
     llm:      {kind: merged, dir: llm}            plain transformers AutoModelForCausalLM (no peft)
               {kind: adapter, dir: adapter, base} peft adapter applied to the base directory `base`
               {kind: base, dir: tokenizer, base}  the unchanged base LLM (only the speech side was trained)
@@ -158,6 +159,9 @@ def exported_model_config(
     }
     if p.get("chat_template"):
         section["prompt"]["chat_template"] = p["chat_template"]
+    for key in ("hotwords_template", "hotwords_separator", "hotwords_max_tokens"):  # older exports: the defaults
+        if key in p:
+            section["prompt"][key] = p[key]
     if c:
         section["ctc"] = {
             "weight": float(c["weight"]),

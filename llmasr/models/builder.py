@@ -202,6 +202,9 @@ def build_prompt(cfg: ModelConfig, tokenizer) -> PromptBuilder:
         system=cfg.prompt.system,
         chat_template=cfg.prompt.chat_template,
         audio_separator=cfg.prompt.audio_separator,
+        hotwords_template=cfg.prompt.hotwords_template,
+        hotwords_separator=cfg.prompt.hotwords_separator,
+        hotwords_max_tokens=cfg.prompt.hotwords_max_tokens,
         source=f"the tokenizer of {cfg.llm.path}",
     )
 

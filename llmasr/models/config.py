@@ -125,6 +125,25 @@ class PromptConfig:
     chat_template: str | None = path_field(None)
     # Text between the task and the audio in the user message ("" for Fun-ASR-Nano: "语音转写：<audio>").
     audio_separator: str = "\n"
+    # How a biasing list is worded before the task ({hotwords}: the phrases joined by hotwords_separator); an empty
+    # list adds nothing. The same wording in training, validation and decoding (it is saved with an export).
+    hotwords_template: str = "Hotwords: {hotwords}. "
+    hotwords_separator: str = ", "
+    # Token budget of a list's joined phrases: the longest phrase is dropped until it fits (counted). None: no cap.
+    hotwords_max_tokens: int | None = None
+
+    def validate(self, path: str) -> None:
+        if self.hotwords_template.count("{hotwords}") != 1:
+            raise ConfigError(
+                f"{path}.hotwords_template: must hold the placeholder {{hotwords}} exactly once, got "
+                f"{self.hotwords_template!r}"
+            )
+        if not self.hotwords_separator:
+            raise ConfigError(f"{path}.hotwords_separator: must not be empty (it separates the phrases)")
+        if self.hotwords_max_tokens is not None and self.hotwords_max_tokens < 1:
+            raise ConfigError(
+                f"{path}.hotwords_max_tokens: must be >= 1 (or null: no cap), got {self.hotwords_max_tokens}"
+            )
 
 
 @dataclass

@@ -4,6 +4,12 @@ The chat is rendered once with a placeholder where the audio goes; the text on e
 tokenized separately, and the model writes the audio embeddings at `audio_pos`. Training appends the target
 tokens and the template's end-of-turn token; inference stops at `target_start`. Because both paths call the same
 `encode`, the prompt a model is trained on is the prompt it is decoded with (FunASR users report drift here).
+
+Hotwords: an utterance's biasing list is rendered into the user message before the task, as `hotwords_template`
+with its `{hotwords}` placeholder replaced by the phrases joined with `hotwords_separator`; an empty list adds
+nothing, so the prompt is then exactly the plain one. With `hotwords_max_tokens`, a list whose joined phrases take
+more tokens drops its longest phrase (in tokens; the first of equals) until it fits; `EncodedPrompt` says which
+phrases were rendered and how many were dropped.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 AUDIO_PLACEHOLDER = "<|llmasr_audio|>"
+HOTWORDS_PLACEHOLDER = "{hotwords}"
 
 
 class PromptError(ValueError):
@@ -23,6 +30,8 @@ class EncodedPrompt:
     ids: list[int]  # prompt tokens (+ target tokens + end token when a target was given)
     audio_pos: int  # index in `ids` before which the audio embeddings are inserted
     target_start: int  # index in `ids` where the labels begin (== len(ids) without a target)
+    hotwords: tuple[str, ...] = ()  # the biasing phrases rendered into the prompt (after the token cap)
+    hotwords_dropped: int = 0  # phrases the token cap left out
 
 
 class PromptBuilder:
@@ -34,11 +43,19 @@ class PromptBuilder:
         system: str | None = None,
         chat_template: str | None = None,
         audio_separator: str = "\n",
+        hotwords_template: str = "Hotwords: {hotwords}. ",
+        hotwords_separator: str = ", ",
+        hotwords_max_tokens: int | None = None,
         source: str = "the LLM tokenizer",
     ):
+        if hotwords_template.count(HOTWORDS_PLACEHOLDER) != 1:
+            raise PromptError(f"hotwords_template must hold {HOTWORDS_PLACEHOLDER} once, got {hotwords_template!r}")
         self.tokenizer = tokenizer
         self.task = task
         self.audio_separator = audio_separator
+        self.hotwords_template = hotwords_template
+        self.hotwords_separator = hotwords_separator
+        self.hotwords_max_tokens = hotwords_max_tokens
         self.system = system
         self.source = source
         if chat_template:
@@ -98,27 +115,56 @@ class PromptBuilder:
 
     def _prompt_ids(self, task: str) -> tuple[list[int], list[int]]:
         if task not in self._cache:
-            text = self._render(task, None)
-            if text.count(AUDIO_PLACEHOLDER) != 1:
-                raise PromptError(
-                    f"{self.source}: the chat template must keep the user message intact; the rendered prompt "
-                    f"holds the audio placeholder {text.count(AUDIO_PLACEHOLDER)} times: {text!r}"
-                )
-            before, after = text.split(AUDIO_PLACEHOLDER)
-            enc = self.tokenizer.encode
-            self._cache[task] = (enc(before, add_special_tokens=False), enc(after, add_special_tokens=False))
+            self._cache[task] = self._split(self._render(task, None))
         return self._cache[task]
 
-    def encode(self, target: str | None, task: str | None = None) -> EncodedPrompt:
-        """Token ids for one utterance; `target=None` gives the inference prompt."""
-        before, after = self._prompt_ids(task if task is not None else self.task)
+    def _split(self, text: str) -> tuple[list[int], list[int]]:
+        """The token ids of a rendered prompt before and after the audio placeholder."""
+        if text.count(AUDIO_PLACEHOLDER) != 1:
+            raise PromptError(
+                f"{self.source}: the chat template must keep the user message intact; the rendered prompt "
+                f"holds the audio placeholder {text.count(AUDIO_PLACEHOLDER)} times: {text!r}"
+            )
+        before, after = text.split(AUDIO_PLACEHOLDER)
+        enc = self.tokenizer.encode
+        return enc(before, add_special_tokens=False), enc(after, add_special_tokens=False)
+
+    def capped_hotwords(self, hotwords) -> tuple[list[str], int]:
+        """(the phrases kept under hotwords_max_tokens, in their order; how many were dropped)."""
+        kept = [str(h) for h in hotwords or ()]
+        cap = self.hotwords_max_tokens
+        if cap is None or not kept:
+            return kept, 0
+        enc = self.tokenizer.encode
+        lengths = [len(enc(h, add_special_tokens=False)) for h in kept]
+        dropped = 0
+        while kept and len(enc(self.hotwords_separator.join(kept), add_special_tokens=False)) > cap:
+            j = lengths.index(max(lengths))
+            del kept[j], lengths[j]
+            dropped += 1
+        return kept, dropped
+
+    def hotwords_text(self, hotwords) -> str:
+        """The text a (capped) list adds before the task: "" for none."""
+        if not hotwords:
+            return ""
+        return self.hotwords_template.replace(HOTWORDS_PLACEHOLDER, self.hotwords_separator.join(hotwords))
+
+    def encode(self, target: str | None, task: str | None = None, hotwords=None) -> EncodedPrompt:
+        """Token ids for one utterance; `target=None` gives the inference prompt. `hotwords`: its biasing list."""
+        kept, dropped = self.capped_hotwords(hotwords)
+        task = task if task is not None else self.task
+        if kept:  # a list makes a prompt of its own: not cached (training draws a new list per item and epoch)
+            before, after = self._split(self._render(self.hotwords_text(kept) + task, None))
+        else:
+            before, after = self._prompt_ids(task)
         ids = before + after
         target_start = len(ids)
         if target is not None:
             if not isinstance(target, str) or not target.strip():
                 raise PromptError(f"empty or non-text transcript: {target!r}")
             ids = ids + self.tokenizer.encode(target.strip(), add_special_tokens=False) + [self.end_id]
-        return EncodedPrompt(ids=ids, audio_pos=len(before), target_start=target_start)
+        return EncodedPrompt(ids, len(before), target_start, tuple(kept), dropped)
 
     def decode(self, ids) -> str:
         """Text of generated ids, cut at the first end token."""

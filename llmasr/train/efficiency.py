@@ -98,19 +98,25 @@ class Interval:
     audio_seconds: float = 0.0
     wait_s: float = 0.0
     aside_s: float = 0.0  # validation and checkpoint saving: not training time
+    hotword_lists: int = 0  # utterances trained with a biasing list
+    hotwords_dropped: int = 0  # phrases the prompt's token cap dropped from them
 
     def add(self, stats: dict, wait_s: float) -> None:
         if "count" in stats:
             self.count.add(stats["count"])
         self.utts += stats.get("n_utts", 0)
         self.audio_seconds += stats.get("audio_seconds", 0.0)
+        self.hotword_lists += stats.get("hotword_lists", 0)
+        self.hotwords_dropped += stats.get("hotwords_dropped", 0)
         self.wait_s += wait_s
 
     def figures(self, peak_total: float | None) -> dict:
         """utt/s, audio_s/s, tok/s (LLM positions, audio + text), mfu ("n/a" without a peak), padding shares of
-        audio frames and LLM positions, and the share of the interval spent waiting for data."""
+        audio frames and LLM positions, and the share of the interval spent waiting for data; with biasing lists in
+        the interval, how many utterances had one (hw_lists) and the phrases the token cap dropped (hw_dropped)."""
         dt = max(time.monotonic() - self.start - self.aside_s, 1e-9)
         c = self.count
+        hot = {"hw_lists": self.hotword_lists, "hw_dropped": self.hotwords_dropped} if self.hotword_lists else {}
         return {
             "utt/s": self.utts / dt,
             "audio_s/s": self.audio_seconds / dt,
@@ -120,4 +126,5 @@ class Interval:
             "pad_audio": 1.0 - c.audio_frames / c.audio_slots if c.audio_slots else 0.0,
             "pad_llm": 1.0 - c.llm_tokens / c.llm_slots if c.llm_slots else 0.0,
             "data_wait": min(self.wait_s / dt, 1.0),
+            **hot,
         }

@@ -45,7 +45,11 @@ def run_window(engine, window: list[Batch], world_size: int, counter: FlopCounte
         correct += float(out.n_correct)
         audio += batch.audio_seconds
     count = counter.take().as_list() if counter is not None else []
-    llm_sum, ctc_sum, correct, audio, *count = all_reduce_sum([llm_sum, ctc_sum, correct, audio, *count], engine.device)
+    lists = sum(bool(h) for b in real for h in b.hotwords)
+    dropped = sum(sum(b.hotwords_dropped) for b in real)
+    llm_sum, ctc_sum, correct, audio, lists, dropped, *count = all_reduce_sum(
+        [llm_sum, ctc_sum, correct, audio, lists, dropped, *count], engine.device
+    )
     stats = {"llm_loss": llm_sum / max(n_tok, 1.0), "acc": correct / max(n_tok, 1.0)}
     model = engine.module
     loss = stats["llm_loss"]
@@ -53,6 +57,7 @@ def run_window(engine, window: list[Batch], world_size: int, counter: FlopCounte
         stats["ctc_loss"] = ctc_sum / max(n_utt, 1.0)
         loss += model.ctc_weight * stats["ctc_loss"]
     stats.update(loss=loss, n_tokens=int(n_tok), n_utts=int(n_utt), audio_seconds=audio)
+    stats.update(hotword_lists=int(lists), hotwords_dropped=int(dropped))  # the token cap's drops, logged
     if counter is not None:
         stats["count"] = StepCount.from_list(count)
     return stats

@@ -258,3 +258,12 @@ def test_decode_speed_quick_reports_every_mode(tmp_path, capsys):
         assert m["utterances"] == 6 and m["utts_per_second"] > 0 and m["rtf"] > 0 and 0 <= m["truncated"] <= 6
     out = capsys.readouterr().out
     assert "| beam 2 + CTC 0.5 |" in out and "Reproduce: `python bench/decode_speed.py --quick --beam 2" in out
+
+
+def test_hotword_lists_quick_prints_its_tables(capsys):
+    import hotword_lists
+
+    assert hotword_lists.main(["--quick"]) == 0
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if line.startswith(("| word |", "| char |", "| 10-phrase"))]
+    assert len(rows) == 3 and out.rstrip().endswith("python bench/hotword_lists.py --quick")

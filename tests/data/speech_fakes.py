@@ -16,8 +16,9 @@ class FakePromptBuilder:
     pad_id = 0
     end_id = 9
 
-    def encode(self, target, task=None):
+    def encode(self, target, task=None, hotwords=None):
         before = [1, 2, 3] if task is None else [1, 2, 3, 5]
+        before = before + [6] * len(hotwords or [])  # one token a phrase
         after = [4]
         ids = before + after
         target_start = len(ids)
@@ -25,7 +26,13 @@ class FakePromptBuilder:
             if not isinstance(target, str) or not target.strip():
                 raise ValueError(f"empty or non-text transcript: {target!r}")
             ids = ids + [10 + ord(c) % 50 for c in target.strip()] + [self.end_id]
-        return SimpleNamespace(ids=ids, audio_pos=len(before), target_start=target_start)
+        return SimpleNamespace(
+            ids=ids,
+            audio_pos=len(before),
+            target_start=target_start,
+            hotwords=tuple(hotwords or ()),
+            hotwords_dropped=0,
+        )
 
 
 class FakeCTCTokenizer:

@@ -27,6 +27,8 @@ FIELDS = {
     "wave",
     "wave_lens",
     "spec_masks",
+    "hotwords",
+    "hotwords_dropped",
 }
 
 

@@ -180,3 +180,30 @@ def test_tracker_empty_batch_counts_no_good_items_and_static_repeat_per_epoch():
     t2 = BadDataTracker(0.5)
     t2.load_state_dict(state)
     assert t2.bad == 1 and t2.static == t.static
+
+
+def test_hotword_lists_reach_the_prompt_and_batch(tmp_path):
+    from llmasr.config_io import from_dict
+    from llmasr.data.hotwords import HotwordSampler, HotwordsConfig
+
+    write_wav(tmp_path / "a.wav", 0.5)
+    recs = [
+        {"key": "given", "source": "a.wav", "target": "hello world", "hotwords": ["Qwen", "world"]},
+        {"key": "none", "source": "a.wav", "target": "hello big world"},
+        {"key": "empty", "source": "a.wav", "target": "hello", "hotwords": []},
+    ]
+    m = Manifest.open(write_manifest(tmp_path / "m.jsonl", recs))
+    # Validation and decoding: the line's list, else the default (decode --hotwords), an explicit [] included.
+    ev = dataset(m, default_hotwords=["Paraformer"])
+    assert [ev[i]["hotwords"] for i in range(3)] == [["Qwen", "world"], ["Paraformer"], []]
+    assert ev[0]["audio_pos"] == 5 and ev[2]["audio_pos"] == 3  # the list is rendered before the audio
+    cfg = from_dict(HotwordsConfig, {"enable": True, "empty_prob": 0.0, "list_size": [2, 2]}, "h")
+    tr = dataset(m, train=True, hotword_sampler=HotwordSampler.build(cfg, m, seed=0))
+    assert tr[0]["hotwords"] == ["Qwen", "world"]  # manifest_or_sample: the manifest's list where given
+    drawn = tr[1]["hotwords"]
+    assert len(drawn) == 2 and any(f" {p} " in " hello big world " for p in drawn)
+    assert tr[1]["hotwords"] == drawn  # same item, same epoch: the same list
+    batch = Collator(0, with_ctc=True)([tr[0], tr[1], tr[2]])
+    assert batch.hotwords == [["Qwen", "world"], drawn, []] and batch.hotwords_dropped == [0, 0, 0]
+    sel = batch.select([2, 0])
+    assert sel.hotwords == [[], ["Qwen", "world"]] and sel.hotwords_dropped == [0, 0]

@@ -88,3 +88,49 @@ def test_template_that_drops_user_content_is_rejected(tokenizer):
     template = "{% for m in messages %}{{ m['role'] }}{% endfor %}"
     with pytest.raises(PromptError, match="placeholder 0 times"):
         PromptBuilder(tokenizer, chat_template=template)
+
+
+# ------------------------------------------------------------------------------------------------------ hotwords
+
+
+@pytest.fixture
+def hw_tokenizer(tiny_llm_dir):
+    return load_tokenizer(tiny_llm_dir)  # its own: other tests set the module tokenizer's chat template
+
+
+def test_hotwords_render_before_task_and_empty_list_is_the_plain_prompt(hw_tokenizer):
+    pb = PromptBuilder(hw_tokenizer, task="Transcribe the audio.", hotwords_template="Hotwords: {hotwords}. ")
+    plain = pb.encode("zero one")
+    assert pb.encode("zero one", hotwords=[]) == plain
+    enc = pb.encode("zero one", hotwords=["nine", "four five"])
+    head = hw_tokenizer.decode(enc.ids[: enc.audio_pos])
+    assert "Hotwords: nine, four five. Transcribe the audio.\n" in head
+    assert enc.hotwords == ("nine", "four five") and enc.hotwords_dropped == 0
+    # The labels are the target alone: the list only moves where they start.
+    assert enc.ids[enc.target_start :] == plain.ids[plain.target_start :]
+    assert enc.target_start > plain.target_start
+
+
+def test_hotwords_inference_prompt_is_training_prompt_prefix(hw_tokenizer):
+    pb = PromptBuilder(hw_tokenizer)
+    train = pb.encode("seven eight", hotwords=["eight", "three"])
+    infer = pb.encode(None, hotwords=["eight", "three"])
+    assert infer.ids == train.ids[: train.target_start] and infer.audio_pos == train.audio_pos
+
+
+def test_hotword_token_cap_drops_longest_first(hw_tokenizer):
+    phrases = ["one", "three four five six seven", "two", "eight nine"]
+    joined = ", ".join(["one", "two", "eight nine"])
+    cap = len(hw_tokenizer.encode(joined, add_special_tokens=False))
+    pb = PromptBuilder(hw_tokenizer, hotwords_max_tokens=cap)
+    enc = pb.encode(None, hotwords=phrases)
+    assert enc.hotwords == ("one", "two", "eight nine") and enc.hotwords_dropped == 1
+    tight = PromptBuilder(hw_tokenizer, hotwords_max_tokens=cap - 1)
+    enc = tight.encode(None, hotwords=phrases)
+    assert enc.hotwords == ("one", "two") and enc.hotwords_dropped == 2
+    assert PromptBuilder(hw_tokenizer, hotwords_max_tokens=1).encode(None, hotwords=["three four five"]).hotwords == ()
+
+
+def test_hotwords_template_needs_its_placeholder(hw_tokenizer):
+    with pytest.raises(PromptError, match="hotwords"):
+        PromptBuilder(hw_tokenizer, hotwords_template="Hotwords: ")

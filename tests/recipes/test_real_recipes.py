@@ -20,6 +20,7 @@ from llmasr.testing.tiny_whisper import tiny_conformer_conf, write_tiny_whisper_
 
 RECIPES = Path(__file__).resolve().parents[2] / "recipes"
 REAL = sorted(p.name for p in RECIPES.glob("*.yaml") if p.name != "demo.yaml")
+HOTWORDS = [n for n in REAL if ((load_yaml(RECIPES / n).get("data") or {}).get("hotwords") or {}).get("enable")]
 
 
 @pytest.fixture(scope="module")
@@ -40,6 +41,7 @@ def stand_ins(tmp_path_factory):
     streaming, sensevoice = tiny_streaming_conf(), tiny_sensevoice_conf()
     return {
         "paraformer": write_funasr_dir(root / "paraformer", encoder_conf=conf),
+        "seaco": write_funasr_dir(root / "seaco", model="SeacoParaformer", encoder_conf=conf),
         "streaming": write_funasr_dir(root / "streaming", model="ParaformerStreaming", encoder_conf=streaming),
         "sensevoice": write_funasr_dir(root / "sensevoice", model="SenseVoiceSmall", encoder_conf=sensevoice),
         "conformer": conformer,
@@ -79,7 +81,7 @@ def nano_overrides(out: Path) -> list[str]:
 def stand_in_overrides(name: str, s: dict) -> list[str]:
     if "fun-asr-nano" in name:
         return nano_overrides(s["nano"])
-    families = ("streaming", "sensevoice", "paraformer", "whisper", "conformer")  # the first one the name holds
+    families = ("streaming", "sensevoice", "seaco", "paraformer", "whisper", "conformer")  # the first the name holds
     enc = next(f for f in families if f in name)
     llm = "qwen3" if "qwen3" in name else "qwen2"
     out = [f"model.encoder.path={s[enc]}", f"model.llm.path={s[llm]}"]
@@ -91,7 +93,8 @@ def stand_in_overrides(name: str, s: dict) -> list[str]:
 def test_there_are_recipes_for_each_encoder_family():
     joined = " ".join(REAL)
     assert "paraformer" in joined and "conformer" in joined and "whisper" in joined
-    assert "paraformer-streaming" in joined and "sensevoice" in joined
+    assert "paraformer-streaming" in joined and "sensevoice" in joined and "seaco-paraformer" in joined
+    assert HOTWORDS, "a recipe trains hotwords (data.hotwords.enable)"
     assert any("offload" in n for n in REAL)
 
 
@@ -147,3 +150,25 @@ def test_fun_asr_nano_recipe_starts_from_the_converted_model(stand_ins):
     assert model.prompt.encode(None) == ref.prompt.encode(None)
     batch = random_batch(ref, ["a", "b"], frames=[30, 17])
     assert model.generate_ids(batch, max_new_tokens=6) == ref.generate_ids(batch, max_new_tokens=6)
+
+
+@pytest.mark.parametrize("name", HOTWORDS)
+def test_hotword_recipe_trains_through_its_data_path(name, stand_ins, tmp_path):
+    """A real training update on the stand-ins through the recipe's own data path: its hotword section draws the
+    lists, its prompt renders them (token cap included), and train.log counts them."""
+    from llmasr.train.progress import parse_log_line
+    from llmasr.train.trainer import train
+
+    overrides = [*stand_in_overrides(name, stand_ins), f"data.train=[{stand_ins['train']}]",
+                 f"data.valid=[{stand_ins['dev']}]", "data.num_workers=0", "data.pin_memory=false",
+                 "data.batching.max_seconds=4", "data.valid_max_utts=2", "data.hotwords.empty_prob=0",
+                 "train.precision=fp32", "train.max_updates=1", "train.grad_accum=1", "train.log_every=1",
+                 "model.encoder.gradient_checkpointing=false", "model.llm.gradient_checkpointing=false",
+                 f"train.output_dir={tmp_path / 'run'}"]  # fmt: skip
+    recipe = load_recipe(RECIPES / name, overrides)
+    result = train(recipe, "zero0")
+    assert len(result["history"]) == 1 and torch.isfinite(torch.tensor(result["history"][0]["loss"]))
+    log = (tmp_path / "run" / "train.log").read_text()
+    assert f"hotwords: lists drawn (source {recipe.data.hotwords.source}, {recipe.data.hotwords.unit}" in log
+    row = next(parse_log_line(line) for line in log.splitlines() if " train update=" in line)
+    assert row["hw_lists"] == result["history"][0]["n_utts"] > 0  # every utterance had a list (empty_prob 0)

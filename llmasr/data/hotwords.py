@@ -1,0 +1,252 @@
+"""Hotword (biasing) lists: the `data.hotwords` recipe section, phrase files, and the per-utterance lists training
+samples.
+
+A training list mixes phrases of the reference (words, or n-grams of up to `ngram[1]` units, picked with a weight
+that favours rare units by the training corpus's counts) with distractors (phrases that do not occur in the
+reference, from a phrase file or from the corpus itself), shuffled so the true phrases have no fixed place. Some
+utterances get no list (`empty_prob`), so the model also learns to transcribe without one. Each list is drawn from
+numpy Generator([seed, epoch, index, HOTWORD_STREAM]): the same item in the same epoch gets the same list on any
+worker or rank, after a resume too, and the draws never shift the augmentation's (a separate stream).
+
+Phrase files (a distractor pool, or `llmasr decode --hotwords`): UTF-8 text, one phrase a line; an empty line or
+text that is not UTF-8 is an error naming the file and line.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from llmasr.config_io import ConfigError, path_field
+from llmasr.data.records import BadRecord
+
+HOTWORD_STREAM = 0x686F74  # "hot": the Generator stream of hotword lists, apart from augmentation's
+SOURCES = ("sample", "manifest", "manifest_or_sample")
+
+
+class PhraseFileError(ValueError):
+    """A phrase file that cannot be read as one phrase a line."""
+
+
+def read_phrase_file(path: str | Path) -> list[str]:
+    """The phrases of a UTF-8 file, one a line (surrounding spaces stripped; a trailing newline is fine)."""
+    path = Path(path)
+    if not path.is_file():
+        raise PhraseFileError(f"hotword file not found: {path}")
+    data = path.read_bytes()
+    lines = data.split(b"\n")
+    if lines and lines[-1] == b"":
+        lines.pop()
+    phrases = []
+    for lineno, raw in enumerate(lines, start=1):
+        try:
+            text = raw.decode("utf-8").strip()
+        except UnicodeDecodeError as err:
+            raise PhraseFileError(f"{path}:{lineno}: not UTF-8 text ({err.reason} at byte {err.start})") from None
+        if not text:
+            raise PhraseFileError(f"{path}:{lineno}: empty line (one phrase a line; remove the empty line)")
+        phrases.append(text)
+    if not phrases:
+        raise PhraseFileError(f"{path}: no phrases (one phrase a line)")
+    return phrases
+
+
+def _pair(path: str, name: str, values: list[int], low: int) -> None:
+    if len(values) != 2 or not all(isinstance(v, int) for v in values) or not low <= values[0] <= values[1]:
+        raise ConfigError(f"{path}.{name}: expected [min, max] whole numbers with {low} <= min <= max, got {values}")
+
+
+@dataclass
+class HotwordsConfig:
+    """Training's biasing lists (validation uses the manifest's lists, else none: it measures the model as decoding
+    will use it, on given lists, not on lists drawn from the reference it scores)."""
+
+    enable: bool = False
+    # sample: always draw a list; manifest: the manifest's lists only (none where absent); manifest_or_sample: the
+    # manifest's list where the line has one (an explicit [] included), a drawn list elsewhere.
+    source: str = "manifest_or_sample"
+    unit: str = "word"  # word: split on spaces; char: characters (languages written without spaces)
+    ngram: list[int] = field(default_factory=lambda: [1, 2])  # a reference phrase is [min, max] units long
+    true_phrases: list[int] = field(default_factory=lambda: [1, 2])  # reference phrases per list, [min, max]
+    list_size: list[int] = field(default_factory=lambda: [2, 10])  # phrases per list in all, [min, max]
+    empty_prob: float = 0.2  # share of drawn lists left empty
+    # A phrase's weight is count(its rarest unit in the training texts) ** -rarity: 0 draws uniformly.
+    rarity: float = 1.0
+    # Where distractors come from: "corpus" (n-grams of the training texts) or a phrase file (one a line, UTF-8).
+    distractors: str = path_field("corpus")
+    pool_size: int = 100_000  # corpus distractors: n-grams kept from the training texts (a reservoir sample)
+
+    def validate(self, path: str) -> None:
+        if self.source not in SOURCES:
+            raise ConfigError(f"{path}.source: expected one of {', '.join(SOURCES)}, got {self.source!r}")
+        if self.unit not in ("word", "char"):
+            raise ConfigError(f"{path}.unit: expected word or char, got {self.unit!r}")
+        _pair(path, "ngram", self.ngram, 1)
+        _pair(path, "true_phrases", self.true_phrases, 0)
+        _pair(path, "list_size", self.list_size, 1)
+        if not 0.0 <= self.empty_prob <= 1.0:
+            raise ConfigError(f"{path}.empty_prob: must be in [0, 1], got {self.empty_prob}")
+        if not 0.0 <= self.rarity <= 10.0:
+            raise ConfigError(f"{path}.rarity: must be in [0, 10], got {self.rarity}")
+        if self.pool_size < 1:
+            raise ConfigError(f"{path}.pool_size: must be >= 1, got {self.pool_size}")
+        if self.enable and self.distractors != "corpus":
+            try:
+                read_phrase_file(self.distractors)
+            except PhraseFileError as err:
+                raise ConfigError(f"{path}.distractors: {err}") from None
+
+    @property
+    def samples(self) -> bool:
+        return self.enable and self.source != "manifest"
+
+
+# ------------------------------------------------------------------------------------------------------ phrases
+
+
+def _is_punct(ch: str) -> bool:
+    return unicodedata.category(ch).startswith("P")
+
+
+def _strip_punct(token: str) -> str:
+    i, j = 0, len(token)
+    while i < j and _is_punct(token[i]):
+        i += 1
+    while j > i and _is_punct(token[j - 1]):
+        j -= 1
+    return token[i:j]
+
+
+def units(text: str, unit: str) -> list[str]:
+    """The units of `text` as written: words with punctuation at their edges cut, or the non-space,
+    non-punctuation characters."""
+    if unit == "char":
+        return [c for c in text if not c.isspace() and not _is_punct(c)]
+    return [w for w in (_strip_punct(t) for t in text.split()) if w]
+
+
+def _join(parts, unit: str) -> str:
+    return ("" if unit == "char" else " ").join(parts)
+
+
+def ngrams(parts: list[str], lo: int, hi: int) -> list[tuple[int, int]]:
+    """(start, end) spans of every n-gram of `parts` with lo <= n <= hi."""
+    return [(i, i + n) for n in range(lo, hi + 1) for i in range(len(parts) - n + 1)]
+
+
+@dataclass
+class CorpusStats:
+    """Unit counts of the training texts (lower-cased) and a reservoir of their n-grams, built once at start-up."""
+
+    counts: Counter
+    pool: list[str]
+
+    @classmethod
+    def from_manifest(cls, manifest, cfg: HotwordsConfig, seed: int) -> CorpusStats:
+        """Count every parseable line's units (bad lines are the screen's to report) and keep a uniform sample of
+        `cfg.pool_size` n-grams for corpus distractors."""
+        rng = np.random.default_rng([int(seed), HOTWORD_STREAM])
+        counts: Counter = Counter()
+        pool: list[str] = []
+        seen = 0  # n-grams offered to the reservoir so far
+        for i in range(len(manifest)):
+            try:
+                target = manifest[i].target
+            except BadRecord:
+                continue
+            parts = units(target, cfg.unit)
+            counts.update(p.lower() for p in parts)
+            spans = ngrams(parts, *cfg.ngram)
+            fill = min(len(spans), cfg.pool_size - len(pool))
+            pool.extend(_join(parts[a:b], cfg.unit) for a, b in spans[:fill])
+            if fill < len(spans):  # the t-th n-gram replaces a random slot with probability pool_size / t
+                slots = rng.integers(0, np.arange(seen + fill + 1, seen + len(spans) + 1))
+                for j in np.flatnonzero(slots < cfg.pool_size):
+                    a, b = spans[fill + j]
+                    pool[int(slots[j])] = _join(parts[a:b], cfg.unit)
+            seen += len(spans)
+        return cls(counts, pool)
+
+    def weight(self, keys, rarity: float) -> float:
+        """count(the rarest unit) ** -rarity (a unit the corpus lacks counts once)."""
+        return float(min(self.counts.get(k, 1) for k in keys) or 1) ** -rarity if keys else 0.0
+
+
+class HotwordSampler:
+    """Draws the training list of one utterance (see the module docstring); picklable into loader workers."""
+
+    def __init__(self, cfg: HotwordsConfig, stats: CorpusStats, seed: int):
+        self.cfg, self.stats, self.seed = cfg, stats, int(seed)
+        pool = stats.pool if cfg.distractors == "corpus" else read_phrase_file(cfg.distractors)
+        self.pool = list(dict.fromkeys(pool))  # distinct phrases, first-seen order
+        self._pool_keys = [self._keys(p) for p in self.pool]
+        w = np.array([stats.weight(k, cfg.rarity) if cfg.distractors == "corpus" else 1.0 for k in self._pool_keys])
+        self._pool_p = w / w.sum() if w.size and w.sum() > 0 else None
+
+    @classmethod
+    def build(cls, cfg: HotwordsConfig, manifest, seed: int) -> HotwordSampler | None:
+        """The sampler for a training manifest, or None when training draws no lists."""
+        return cls(cfg, CorpusStats.from_manifest(manifest, cfg, seed), seed) if cfg.samples else None
+
+    def _keys(self, phrase: str) -> tuple[str, ...]:
+        return tuple(u.lower() for u in units(phrase, self.cfg.unit))
+
+    def rng(self, index: int, epoch: int) -> np.random.Generator:
+        return np.random.default_rng([self.seed, int(epoch), int(index), HOTWORD_STREAM])
+
+    def pick(self, given: list[str] | None, target: str, index: int, epoch: int) -> list[str]:
+        """The list training uses for item `index` in `epoch`: the manifest's (`given`) when the source says so,
+        else a drawn one."""
+        if self.cfg.source == "manifest_or_sample" and given is not None:
+            return list(given)
+        rng = self.rng(index, epoch)
+        if rng.random() < self.cfg.empty_prob:
+            return []
+        parts = units(target, self.cfg.unit)
+        true = self._true_phrases(parts, rng)
+        lo, hi = self.cfg.list_size
+        wanted = max(int(rng.integers(lo, hi + 1)) - len(true), 0)
+        ref = _join((p.lower() for p in parts), self.cfg.unit)
+        phrases = true + self._distractors(wanted, ref, {self._keys(t) for t in true}, rng)
+        return [phrases[i] for i in rng.permutation(len(phrases))]
+
+    def _true_phrases(self, parts: list[str], rng: np.random.Generator) -> list[str]:
+        """Reference n-grams, drawn one at a time by rarity weight; n-grams that overlap a drawn one are left out."""
+        lo, hi = self.cfg.true_phrases
+        k = int(rng.integers(lo, hi + 1))
+        spans = ngrams(parts, *self.cfg.ngram)
+        weights = np.array([self.stats.weight([p.lower() for p in parts[a:b]], self.cfg.rarity) for a, b in spans])
+        out: list[str] = []
+        chosen: set[tuple[str, ...]] = set()
+        while len(out) < k and weights.sum() > 0:
+            j = int(rng.choice(len(spans), p=weights / weights.sum()))
+            a, b = spans[j]
+            phrase = _join(parts[a:b], self.cfg.unit)
+            if self._keys(phrase) not in chosen:
+                out.append(phrase)
+                chosen.add(self._keys(phrase))
+            for m, (c, d) in enumerate(spans):
+                if c < b and a < d:  # overlaps the drawn span
+                    weights[m] = 0.0
+        return out
+
+    def _distractors(self, n: int, ref: str, taken: set, rng: np.random.Generator) -> list[str]:
+        """`n` distinct pool phrases (fewer if the pool runs short) that do not occur in the reference `ref`."""
+        if n <= 0 or not self.pool:
+            return []
+        sep = "" if self.cfg.unit == "char" else " "
+        padded = f"{sep}{ref}{sep}"
+        out: list[str] = []
+        for j in rng.choice(len(self.pool), size=min(4 * n + 8, 4 * len(self.pool)), p=self._pool_p):
+            keys = self._pool_keys[int(j)]
+            if not keys or keys in taken or f"{sep}{_join(keys, self.cfg.unit)}{sep}" in padded:
+                continue
+            taken.add(keys)
+            out.append(self.pool[int(j)])
+            if len(out) == n:
+                break
+        return out

@@ -1,0 +1,224 @@
+"""Hotwords in the data: the manifest field, bad lists as bad data, the training list sampler, phrase files."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from llmasr.config_io import ConfigError, from_dict
+from llmasr.data.hotwords import (
+    CorpusStats,
+    HotwordSampler,
+    HotwordsConfig,
+    PhraseFileError,
+    read_phrase_file,
+    units,
+)
+from llmasr.data.manifest import BadRecord, Manifest
+from llmasr.data.screen import screen
+
+
+@pytest.fixture(autouse=True)
+def _cache_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv("LLMASR_CACHE_DIR", str(tmp_path / "cache"))
+
+
+def write_jsonl(path, records):
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r, ensure_ascii=False)) + "\n" for r in records))
+    return path
+
+
+def rec(key, target="a b", **extra):
+    return {"key": key, "source": f"{key}.wav", "target": target, "duration": 1.0, **extra}
+
+
+# ------------------------------------------------------------------------------------------------------ manifest
+
+
+def test_manifest_hotwords_field(tmp_path):
+    cut = {
+        "id": "c1", "start": 0.0, "duration": 1.0, "channel": 0,
+        "supervisions": [{"text": "hi there", "custom": {"hotwords": ["there"]}}],
+        "recording": {"sources": [{"type": "file", "channels": [0], "source": "x.wav"}]},
+    }  # fmt: skip
+    path = write_jsonl(tmp_path / "m.jsonl", [rec("u1", hotwords=["Qwen", " SeACo Paraformer "]), rec("u2"),
+                                              rec("u3", hotwords=[]), cut])  # fmt: skip
+    m = Manifest.open(path)
+    assert m[0].hotwords == ["Qwen", "SeACo Paraformer"]
+    assert m[1].hotwords is None  # no field: none given (decoding's --hotwords list may apply)
+    assert m[2].hotwords == []  # an explicit empty list: none, and nothing else applies
+    assert m[3].hotwords == ["there"]
+
+
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [
+        ("Qwen", "field 'hotwords' must be a list of strings, got str"),
+        ({"a": 1}, "field 'hotwords' must be a list of strings, got dict"),
+        (["ok", 3], "field 'hotwords'[1] must be a string, got int"),
+        (["ok", "  "], "field 'hotwords'[1] is an empty phrase"),
+    ],
+)
+def test_bad_hotwords_are_bad_lines(tmp_path, value, reason):
+    path = write_jsonl(tmp_path / "m.jsonl", [rec("good"), rec("bad", hotwords=value)])
+    m = Manifest.open(path)
+    with pytest.raises(BadRecord) as err:
+        m[1]
+    assert err.value.line == 2 and err.value.key == "bad" and reason in err.value.reason
+    assert str(err.value).startswith(f"{path}:2: ")
+    bad, _ = screen(m)  # counted like any bad line, by the start-up screen
+    assert [(b.line, b.key) for b in bad] == [(2, "bad")] and reason in bad[0].reason
+
+
+def test_bad_hotwords_in_a_cut(tmp_path):
+    cut = {
+        "id": "c1", "duration": 1.0, "supervisions": [{"text": "hi", "custom": {"hotwords": [""]}}],
+        "recording": {"sources": [{"type": "file", "channels": [0], "source": "x.wav"}]},
+    }  # fmt: skip
+    with pytest.raises(BadRecord, match=r"supervisions\[0\]\.custom\.hotwords'\[0\] is an empty phrase"):
+        Manifest.open(write_jsonl(tmp_path / "c.jsonl", [cut]))[0]
+
+
+# -------------------------------------------------------------------------------------------------- phrase files
+
+
+def test_phrase_file(tmp_path):
+    good = tmp_path / "p.txt"
+    good.write_text("Qwen\n  通义千问 \nSeACo Paraformer\n", encoding="utf-8")
+    assert read_phrase_file(good) == ["Qwen", "通义千问", "SeACo Paraformer"]
+    with pytest.raises(PhraseFileError, match="not found"):
+        read_phrase_file(tmp_path / "missing.txt")
+    blank = tmp_path / "blank.txt"
+    blank.write_text("a\n\nb\n")
+    with pytest.raises(PhraseFileError, match=rf"{blank}:2: empty line"):
+        read_phrase_file(blank)
+    latin = tmp_path / "latin.txt"
+    latin.write_bytes("ok\ncaf\xe9\n".encode("latin-1"))
+    with pytest.raises(PhraseFileError, match=rf"{latin}:2: not UTF-8"):
+        read_phrase_file(latin)
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    with pytest.raises(PhraseFileError, match="no phrases"):
+        read_phrase_file(empty)
+
+
+# ------------------------------------------------------------------------------------------------------- config
+
+
+@pytest.mark.parametrize(
+    ("section", "match"),
+    [
+        ({"source": "both"}, "hotwords.source"),
+        ({"unit": "byte"}, "hotwords.unit"),
+        ({"ngram": [0, 2]}, "hotwords.ngram"),
+        ({"ngram": [3, 2]}, "hotwords.ngram"),
+        ({"list_size": [0, 3]}, "hotwords.list_size"),
+        ({"empty_prob": 1.5}, "hotwords.empty_prob"),
+        ({"enable": True, "distractors": "/no/such/file.txt"}, "hotwords.distractors: hotword file not found"),
+    ],
+)
+def test_config_is_checked(section, match):
+    with pytest.raises(ConfigError, match=match):
+        from_dict(HotwordsConfig, section, "data.hotwords")
+
+
+# ------------------------------------------------------------------------------------------------------ sampling
+
+CORPUS = ["the cat sat on the mat", "the dog and the cat", "zanzibar the cat", "the the the dog"]
+
+
+def sampler(tmp_path, texts=CORPUS, **cfg) -> HotwordSampler:
+    path = write_jsonl(tmp_path / "train.jsonl", [rec(f"u{i}", t) for i, t in enumerate(texts)])
+    c = from_dict(HotwordsConfig, {"enable": True, **cfg}, "data.hotwords")
+    return HotwordSampler.build(c, Manifest.open(path), seed=7)
+
+
+def test_corpus_counts_and_pool(tmp_path):
+    s = sampler(tmp_path, ngram=[1, 2], pool_size=1000)
+    assert s.stats.counts["the"] == 8 and s.stats.counts["zanzibar"] == 1
+    assert "zanzibar the" in s.pool and "cat sat" in s.pool
+    small = sampler(tmp_path, ngram=[1, 1], pool_size=3)
+    assert len(small.stats.pool) == 3  # the reservoir keeps pool_size n-grams
+    assert units("Hello, world! (Qwen-2.5)", "word") == ["Hello", "world", "Qwen-2.5"]
+    assert units("通义，千问", "char") == ["通", "义", "千", "问"]
+
+
+def test_lists_are_deterministic_per_item_and_epoch(tmp_path):
+    s = sampler(tmp_path, empty_prob=0.0, list_size=[3, 5])
+    target = "the cat sat on the mat"
+    a = [s.pick(None, target, i, 0) for i in range(20)]
+    again = sampler(tmp_path, empty_prob=0.0, list_size=[3, 5])  # another worker, or a resumed run
+    assert a == [again.pick(None, target, i, 0) for i in range(20)]
+    assert a != [s.pick(None, target, i, 1) for i in range(20)]  # a new epoch draws new lists
+    assert a != [s.pick(None, target, i + 1, 0) for i in range(20)]  # and every item its own
+
+
+def test_true_phrases_favour_rare_words(tmp_path):
+    s = sampler(tmp_path, ngram=[1, 1], true_phrases=[1, 1], list_size=[1, 1], empty_prob=0.0, rarity=1.0)
+    picks = Counter(w for i in range(400) for w in s.pick(None, "zanzibar the cat", i, 0))
+    # weights 1 (zanzibar) : 1/8 (the) : 1/3 (cat)
+    assert picks["zanzibar"] > 2 * picks["cat"] > 0 and picks["cat"] > picks["the"]
+    flat = sampler(tmp_path, ngram=[1, 1], true_phrases=[1, 1], list_size=[1, 1], empty_prob=0.0, rarity=0.0)
+    uniform = Counter(w for i in range(400) for w in flat.pick(None, "zanzibar the cat", i, 0))
+    assert abs(uniform["zanzibar"] - uniform["the"]) < 60
+
+
+def test_lists_mix_true_phrases_and_distractors_shuffled(tmp_path):
+    pool = tmp_path / "pool.txt"
+    pool.write_text("Qwen\nSeACo\nthe cat\nParaformer\nLoRA\nDeepSpeed\n")
+    s = sampler(tmp_path, ngram=[1, 2], true_phrases=[1, 1], list_size=[4, 4], empty_prob=0.0, distractors=str(pool))
+    target = "the cat sat on the mat"
+    first = []
+    for i in range(60):
+        got = s.pick(None, target, i, 0)
+        true = [p for p in got if f" {p} " in f" {target} "]
+        false = [p for p in got if p not in true]
+        assert len(got) == 4 and len(set(got)) == 4 and len(true) == 1, got
+        assert set(false) <= {"Qwen", "SeACo", "Paraformer", "LoRA", "DeepSpeed"}  # "the cat" is in the reference
+        first.append(got[0] in true)
+    assert 0 < sum(first) < 40  # the true phrase has no fixed place
+
+
+def test_empty_share_and_sources(tmp_path):
+    s = sampler(tmp_path, empty_prob=0.3)
+    empty = sum(not s.pick(None, "the cat sat", i, 0) for i in range(1000))
+    assert 240 < empty < 360
+    assert s.pick(["given"], "the cat", 0, 0) == ["given"]  # manifest_or_sample: a line's list as given
+    assert s.pick([], "the cat", 0, 0) == []
+    always = sampler(tmp_path, source="sample", empty_prob=0.0)
+    assert always.pick(["given"], "the cat sat", 0, 0) != ["given"]
+    assert sampler(tmp_path, source="manifest") is None  # nothing drawn: the dataset uses the manifest's lists
+
+
+def test_char_unit_lists(tmp_path):
+    texts = ["通义千问很好", "千问模型", "通义实验室"]
+    s = sampler(tmp_path, texts, unit="char", ngram=[2, 3], true_phrases=[1, 1], list_size=[3, 3], empty_prob=0.0)
+    got = s.pick(None, "通义千问很好", 5, 0)
+    assert len(got) == 3 and sum(p in "通义千问很好" for p in got) == 1
+    assert all(2 <= len(p) <= 3 for p in got)
+
+
+def test_stats_weight_of_unseen_units():
+    stats = CorpusStats(Counter({"a": 4}), [])
+    assert stats.weight(("a",), 1.0) == 0.25 and stats.weight(("a", "zz"), 1.0) == 1.0
+    assert np.isclose(stats.weight(("a",), 0.5), 0.5)
+
+
+def test_readme_documents_every_hotword_key():
+    import dataclasses
+    import re
+    from pathlib import Path
+
+    from llmasr.models.config import PromptConfig
+
+    text = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    start = text.index("\n## Hotwords\n")
+    section = text[start : text.find("\n## ", start + 5)]
+    rows = {m for line in section.splitlines() if line.startswith("| `") for m in re.findall(r"^\| `(\w+)`", line)}
+    wanted = {f.name for f in dataclasses.fields(HotwordsConfig)}
+    wanted |= {f.name for f in dataclasses.fields(PromptConfig) if f.name.startswith("hotwords")}
+    assert wanted == rows, (wanted - rows, rows - wanted)
+    assert "--hotwords FILE" in section
