@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 from llmasr.config_io import ConfigError
+from llmasr.demo.hotword_eval import report_lines, stage_hotwords
 from llmasr.demo.run import (
     DS_CONFIG,
     RECIPE,
@@ -70,6 +71,7 @@ def main(argv: list[str] | None = None) -> int:
         run_dir = stage_train(args, workdir, state, corpus, llm_dir)
         model_dir = stage_export(workdir, state, run_dir)
         scores = stage_decode(workdir, state, model_dir, corpus)
+        hot = stage_hotwords(workdir, state, model_dir, corpus)
     except (SynthError, ConfigError, RuntimeError) as err:
         print(f"llmasr demo: error: {err}", file=sys.stderr)
         return 1
@@ -83,12 +85,15 @@ def main(argv: list[str] | None = None) -> int:
         "test_ctc_wer": scores["test"]["ctc"],
         "dev_wer": scores["dev"]["wer"],
         "corpus": state.data["corpus"].get("counts"),
+        "hotwords": hot,
     }
     (workdir / "summary.json").write_text(json.dumps(summary, indent=2))
     say("done")
     print(f"  held-out-voice test WER  {scores['test']['wer']:.2%}  (chance level {scores['test']['chance']:.2%})")
     print(f"  training-voice dev WER   {scores['dev']['wer']:.2%}")
     print(f"  encoder CTC branch alone {scores['test']['ctc']:.2%} test, {scores['dev']['ctc']:.2%} dev (greedy)")
+    if hot is not None:
+        print("\n".join(report_lines(hot)))
     print("  stage seconds            " + ", ".join(f"{k} {v:.0f}" for k, v in summary["stage_seconds"].items()))
     print(f"  wall time                {total:.0f} s (stages reused from earlier runs count 0)")
     print(f"  run directory            {run_dir}")

@@ -12,7 +12,8 @@ stage; the corpus also keeps its own corpus.json):
                ds_configs/zero2.json key=value...` in a subprocess: the same path as every recipe (WORKDIR/run);
                an interrupted run resumes from its latest checkpoint
     4 export   `llmasr export` of the newest checkpoint, LoRA merged (WORKDIR/model)
-    5 decode   `llmasr decode` of the held-out-voice test split (WORKDIR/decode_test) and the dev split
+    5 decode   `llmasr decode` of the held-out-voice test split (WORKDIR/decode_test) and the dev split; the
+               hotword split with its biasing lists and unprompted (demo.hotword_eval)
 
 Extra `key=value` arguments are recipe overrides for the training stage (e.g. train.epochs=4).
 """
