@@ -30,6 +30,8 @@ DECODE_FLAGS = {
     "metric": "metric",
     "ctc_weight": "ctc_weight",
     "repeat_limit": "repeat_limit",
+    "max_window_seconds": "max_window_seconds",
+    "window_overlap": "window_overlap",
 }
 
 
@@ -51,16 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repetition-penalty", type=float, default=None)
     p.add_argument("--no-repeat-ngram", type=int, default=None, help="no_repeat_ngram_size for generate")
     p.add_argument("--metric", choices=("auto", "wer", "cer"), default=None)
-    p.add_argument(
-        "--ctc-weight", type=float, default=None,
-        help="CTC-guided decoding: weight of the CTC head's score against the LLM's (0: off; default: the model's, "
-        f"else {AUTO_CTC_WEIGHT:g} with a CTC head)",
-    )  # fmt: skip
-    p.add_argument(
-        "--repeat-limit", type=int, default=None,
-        help=f"end a hypothesis whose n-gram repeats back to back more than this (0: off; default "
-        f"{DecodeConfig.repeat_limit})",
-    )  # fmt: skip
+    _search_args(p)
     p.add_argument("--max-bad-fraction", type=float, default=None, help="fail when more lines than this are bad")
     workers = f"data loader workers (default {DecodeOptions.num_workers})"
     p.add_argument("--num-workers", type=int, default=None, help=workers)
@@ -86,6 +79,29 @@ def build_parser() -> argparse.ArgumentParser:
         help="allow a model that needs its LLM directory's own Python files (trust_remote_code) to run them",
     )  # fmt: skip
     return p
+
+
+def _search_args(p: argparse.ArgumentParser) -> None:
+    """Flags of the search and its guards beyond beam and length: CTC guidance, repetition stop, long-audio windows."""
+    p.add_argument(
+        "--ctc-weight", type=float, default=None,
+        help="CTC-guided decoding: weight of the CTC head's score against the LLM's (0: off; default: the model's, "
+        f"else {AUTO_CTC_WEIGHT:g} with a CTC head)",
+    )  # fmt: skip
+    p.add_argument(
+        "--repeat-limit", type=int, default=None,
+        help=f"end a hypothesis whose n-gram repeats back to back more than this (0: off; default "
+        f"{DecodeConfig.repeat_limit})",
+    )  # fmt: skip
+    p.add_argument(
+        "--max-window-seconds", type=float, default=None,
+        help="decode longer utterances in windows cut at low-energy points (0: never split; default: the model's "
+        "saved value, else its training data.batching.max_duration)",
+    )  # fmt: skip
+    p.add_argument(
+        "--window-overlap", type=float, default=None,
+        help=f"seconds two windows share where no pause separates them (default {DecodeConfig.window_overlap:g})",
+    )  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -115,6 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = decode_config(saved, **{field: getattr(args, dest) for field, dest in DECODE_FLAGS.items()})
         cfg.guidance(model.ctc_head is not None, isinstance(model.ctc_tokenizer, LLMCTCTokenizer))
+        cfg.window_seconds(opts.training_max_seconds)
     except ConfigError as err:
         print(f"llmasr decode: error: {err}", file=sys.stderr)
         return 2

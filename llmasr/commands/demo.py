@@ -21,6 +21,7 @@ from llmasr.demo.run import (
     stage_decode,
     stage_export,
     stage_llm,
+    stage_long_audio,
     stage_train,
 )
 from llmasr.demo.synth import SynthError
@@ -71,6 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         run_dir = stage_train(args, workdir, state, corpus, llm_dir)
         model_dir = stage_export(workdir, state, run_dir)
         scores = stage_decode(workdir, state, model_dir, corpus)
+        long_audio = stage_long_audio(args, workdir, state, model_dir, corpus)
         hot = stage_hotwords(workdir, state, model_dir, corpus)
     except (SynthError, ConfigError, RuntimeError) as err:
         print(f"llmasr demo: error: {err}", file=sys.stderr)
@@ -84,6 +86,9 @@ def main(argv: list[str] | None = None) -> int:
         "test_chance_wer": scores["test"]["chance"],
         "test_ctc_wer": scores["test"]["ctc"],
         "dev_wer": scores["dev"]["wer"],
+        "long_audio_wer": long_audio["wer"],
+        "long_audio_parts_wer": long_audio["parts_wer"],
+        "long_audio_ctc_wer": long_audio["ctc_wer"],
         "corpus": state.data["corpus"].get("counts"),
         "hotwords": hot,
     }
@@ -92,6 +97,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  held-out-voice test WER  {scores['test']['wer']:.2%}  (chance level {scores['test']['chance']:.2%})")
     print(f"  training-voice dev WER   {scores['dev']['wer']:.2%}")
     print(f"  encoder CTC branch alone {scores['test']['ctc']:.2%} test, {scores['dev']['ctc']:.2%} dev (greedy)")
+    la = long_audio
+    print(
+        f"  minute-long audio        {la['wer']:.2%} in {la['windows']} windows (the same test clips one by one "
+        f"{la['parts_wer']:.2%}; CTC branch {la['ctc_wer']:.2%} vs {la['parts_ctc_wer']:.2%})"
+    )
     if hot is not None:
         print("\n".join(report_lines(hot)))
     print("  stage seconds            " + ", ".join(f"{k} {v:.0f}" for k, v in summary["stage_seconds"].items()))

@@ -41,6 +41,8 @@ class DataReport:
     max_bad_fraction: float = 0.01
     batching: dict = field(default_factory=dict)  # sampler stats: batches, mean batch size, padding efficiency
     budget: str = ""
+    max_duration: float = float("inf")  # data.batching.max_duration the report was made with
+    too_long: list[dict] = field(default_factory=list)  # lines past max_duration: manifest, line, duration
     errors: list[str] = field(default_factory=list)  # manifests that could not be opened at all
 
     @property
@@ -127,7 +129,7 @@ def check_data(
 ) -> DataReport:
     paths = [p.path if isinstance(p, ManifestSpec) else str(p) for p in manifest_paths]
     report = DataReport(manifests=paths, world_size=world_size, max_bad_fraction=data_cfg.max_bad_fraction)
-    durations, tlens = [], []
+    durations, tlens, spots = [], [], []  # spots: (manifest, line) of every duration
     fx = FeatureExtractor(dataclasses.replace(frontend, cmvn_file=None))  # counts frames only
     for path in paths:
         try:
@@ -142,13 +144,14 @@ def check_data(
         good = [utt for utt, _, _ in parsed if utt is not None]
         with ThreadPoolExecutor(max(1, threads)) as pool:  # header probes are I/O bound
             probed = iter(list(pool.map(lambda u: _probe_line(u, probe), good, chunksize=32)))
-        for utt, tl, bad in parsed:
+        for i, (utt, tl, bad) in enumerate(parsed):
             dur, note = math.nan, None
             if utt is not None:
                 dur, bad, note = next(probed)
                 if bad is None and (bad := _too_short(utt, dur, fx)) is not None:
                     dur = math.nan
             durations.append(dur)
+            spots.append((path, m.lineno(i)))
             tlens.append(tl)
             if bad is not None:
                 report.bad.append(bad)
@@ -161,18 +164,20 @@ def check_data(
         f"max_frames={b.max_frames}" if b.max_frames is not None else f"max_seconds={b.budget_seconds:g}"
     ) + (f", max_target_tokens={b.max_target_tokens}" if b.max_target_tokens is not None else "")
     if report.durations.size:
-        sampler = make_sampler(
-            data_cfg,
-            report.durations,
-            np.asarray(tlens, dtype=np.int64),
-            frontend,
-            train=True,
-            rank=0,
-            world_size=world_size,
-        )
-        report.batching = sampler.stats(0)
-        report.batching["filtered"].pop("unknown_duration", None)  # those are the bad lines, reported above
+        _preview_batching(report, data_cfg, frontend, np.asarray(tlens, dtype=np.int64), spots, world_size)
     return report
+
+
+def _preview_batching(report: DataReport, data_cfg, frontend, tlens, spots: list, world_size: int) -> None:
+    """The recipe's batching over the report's durations: stats, and the lines max_duration skips."""
+    sampler = make_sampler(data_cfg, report.durations, tlens, frontend, train=True, rank=0, world_size=world_size)
+    report.batching = sampler.stats(0)
+    report.batching["filtered"].pop("unknown_duration", None)  # those are the bad lines, reported above
+    report.max_duration = float(sampler.max_duration)
+    report.too_long = [
+        {"manifest": spots[i][0], "line": spots[i][1], "duration": float(report.durations[i])}
+        for i in sampler.skipped_indices("too_long").tolist()
+    ]
 
 
 def histogram(durations: np.ndarray, *, bins: int = 20, width: int = 50) -> list[str]:
@@ -187,6 +192,18 @@ def histogram(durations: np.ndarray, *, bins: int = 20, width: int = 50) -> list
     for lo, up, c in zip(edges[:-1], edges[1:], counts):
         bar = "#" * int(round(width * c / top))
         out.append(f"{lo:6.1f}-{up:6.1f}s |{bar:<{width}}| {c}")
+    return out
+
+
+def _too_long_lines(report: DataReport, max_examples: int) -> list[str]:
+    """What max_duration skips: count, the limit, and the first lines."""
+    if not report.too_long:
+        return []
+    out = [
+        f"longer than data.batching.max_duration = {report.max_duration:g} s: {len(report.too_long)} lines, skipped "
+        "by training (not truncated; `llmasr decode` splits such audio into windows)"
+    ]
+    out += [f"  {t['manifest']}:{t['line']} ({t['duration']:.2f} s)" for t in report.too_long[:max_examples]]
     return out
 
 
@@ -221,8 +238,12 @@ def format_report(report: DataReport, *, max_examples: int = 50) -> str:
         lines += ["", f"## batching ({report.budget}, world size {report.world_size})"]
         filtered = s["filtered"]
         lines.append("skipped by filters: " + (", ".join(f"{k}: {v}" for k, v in filtered.items()) or "none"))
+        lines += _too_long_lines(report, max_examples)
         if s.get("truncated"):
-            lines.append(f"truncated to max_duration: {s['truncated']}")
+            lines.append(
+                f"truncated to max_duration ({report.max_duration:g} s; data.batching.truncate_to_max, the transcript "
+                f"is kept whole): {s['truncated']}"
+            )
         lines.append(
             f"batches per rank: {s['num_batches_per_rank']} (all ranks: {s['num_batches_global']}, "
             f"padding duplicates: {s['num_padding_batches']})"

@@ -338,7 +338,7 @@ def build_dataloader(
 def build_decode_loader(
     manifest_path, frontend: FrontendConfig, *, prompt_builder, batch_seconds: float, num_workers: int,
     max_bad_fraction: float, name: str, features_on: str = "auto", device=None, hotwords: list[str] | None = None,
-    prompt_hotwords: bool = True,
+    prompt_hotwords: bool = True, windows: tuple | None = None,
 ) -> SpeechDataLoader:  # fmt: skip
     """The validation loader over one manifest, for decoding: every line is batched once, in an eval-mode
     SpeechDataset; batches are cut from one duration-sorted window over the whole manifest (no buckets, no
@@ -349,9 +349,21 @@ def build_decode_loader(
     lines whose audio header cannot be read, then the ones loading rejects), and the caller checks
     max_bad_fraction at the end. An all-bad batch becomes a batch of no rows (no rank waits on another).
     `hotwords`: the list of every line that has no `hotwords` field of its own; `prompt_hotwords` False: no
-    prompt renders the lists (`dataset.listed_hotwords` still gives them, for scoring).
+    prompt renders the lists (`dataset.listed_hotwords` still gives them, for scoring). `windows` =
+    (max_seconds, overlap): utterances longer than max_seconds are decoded in windows, each an item of its own
+    (`loader.dataset.manifest` is then a llmasr.data.windowed.WindowedManifest).
     """
     manifest, fill_bad = open_manifests([str(manifest_path)], mix=False)
+    durations = np.asarray(manifest.durations(), dtype=np.float64)
+    known = np.flatnonzero(~np.isnan(durations))  # the others are in fill_bad
+    if windows is not None:
+        from llmasr.data.windowed import split_long
+
+        max_seconds, overlap = windows
+        manifest = split_long(
+            manifest, known, sample_rate=frontend.sample_rate, max_seconds=max_seconds, overlap=overlap
+        )
+        durations, known = manifest.durations(), manifest.items_of(known)
     n = len(manifest)
     batching = BatchingConfig(
         max_seconds=float(batch_seconds), num_buckets=1, shuffle=False, shuffle_buffer=max(n, 1), max_duration=math.inf
@@ -362,8 +374,6 @@ def build_decode_loader(
     )  # fmt: skip
     tracker = BadDataTracker(data_cfg.max_bad_fraction, name=name, keep_examples=n + 1, enforce=False)
     tracker.add_static(fill_bad)
-    durations = np.asarray(manifest.durations(), dtype=np.float64)
-    known = np.flatnonzero(~np.isnan(durations))  # the others are in fill_bad
     sampler = make_sampler(
         data_cfg, durations, None, frontend, train=False, rank=0, world_size=1, indices=known, keep_every_item=True
     )  # fmt: skip

@@ -19,7 +19,7 @@ import time
 import numpy as np
 
 from llmasr.data.bad_data import BadDataTracker, BadItem, TooMuchBadData
-from llmasr.data.manifest import BadRecord
+from llmasr.data.manifest import BadRecord, Manifest
 
 log = logging.getLogger("llmasr.data")
 
@@ -105,3 +105,27 @@ def describe_skipped(sampler, manifest, batching, name: str) -> str | None:
     if not parts:
         return None
     return f"{name}: {count} of {sampler.durations.size} lines are skipped every epoch: " + "; ".join(parts)
+
+
+def longest_trained(data_cfg) -> float | None:
+    """The longest audio (seconds) a run with this data section trains on, None when unlimited: its longest
+    training utterance that data.batching.max_duration keeps (or truncates to it), stretched by the slowest speed
+    perturbation. Read from the manifests' durations without probing audio; when a manifest cannot be opened or a
+    duration is unknown, max_duration itself. Decoding splits longer utterances into windows no longer than this."""
+    b = data_cfg.batching
+    limit = float(b.max_duration)
+    try:
+        opened = [Manifest.open(spec.path).durations() for spec in data_cfg.train_manifests]
+        durations = np.concatenate([np.asarray(d, dtype=np.float64) for d in opened]) if opened else np.zeros(0)
+    except (OSError, ValueError) as err:
+        log.warning("the longest training utterance is unknown (%s); taking data.batching.max_duration", err)
+        durations = np.full(1, np.nan)
+    if durations.size == 0 or np.isnan(durations).any():
+        longest = limit
+    else:
+        kept = np.minimum(durations, limit) if b.truncate_to_max else durations[durations <= limit]
+        longest = float(kept.max()) if kept.size else limit
+    sp = data_cfg.augment.speed_perturb
+    if sp.enable and sp.factors:
+        longest /= min(1.0, min(sp.factors))
+    return round(float(longest), 4) if np.isfinite(longest) else None  # manifests keep float32 durations

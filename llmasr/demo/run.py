@@ -12,8 +12,14 @@ stage; the corpus also keeps its own corpus.json):
                ds_configs/zero2.json key=value...` in a subprocess: the same path as every recipe (WORKDIR/run);
                an interrupted run resumes from its latest checkpoint
     4 export   `llmasr export` of the newest checkpoint, LoRA merged (WORKDIR/model)
+<<<<<<< HEAD
     5 decode   `llmasr decode` of the held-out-voice test split (WORKDIR/decode_test) and the dev split; the
                hotword split with its biasing lists and unprompted (demo.hotword_eval)
+=======
+    5 decode   `llmasr decode` of the held-out-voice test split (WORKDIR/decode_test) and the dev split; then
+               minute-long utterances joined from test clips, decoded in windows (WORKDIR/long_audio, see
+               llmasr.demo.long_audio) and scored beside the same clips one by one
+>>>>>>> main
 
 Extra `key=value` arguments are recipe overrides for the training stage (e.g. train.epochs=4).
 """
@@ -35,6 +41,7 @@ import torch
 
 from llmasr.data.cmvn import compute_global_cmvn
 from llmasr.data.frontend import FrontendConfig
+from llmasr.demo.long_audio import join_clips, score_long_audio
 from llmasr.demo.synth import (
     CorpusConfig,
     SynthError,
@@ -265,6 +272,29 @@ def stage_decode(workdir: Path, state: State, model_dir: Path, corpus: dict) -> 
             "dir": str(out),
         }
     return results
+
+
+def stage_long_audio(args, workdir: Path, state: State, model_dir: Path, corpus: dict) -> dict:
+    """Minute-long utterances joined from the test clips (one with --quick, else three), decoded in windows."""
+    out = workdir / "long_audio"
+    count = 1 if args.quick else 3
+    fp = fingerprint("long_audio", count, state.data["export"]["fingerprint"])
+    result = out / "result.json"
+    if state.done("long_audio", fp) and result.is_file():
+        return json.loads(result.read_text())
+    say("5/5 decode: minute-long utterances joined from test clips, decoded in windows")
+    start = time.time()
+    model, cfg, opts, device = _decode_model(model_dir)
+    try:
+        joined = join_clips(corpus["manifests"]["test"], out, seconds=60.0, count=count)
+        parts = workdir / "decode_test" / "results.jsonl"
+        scores = score_long_audio(model, joined, parts, out / "decode", cfg, opts, device=device)
+    except (ValueError, KeyError) as err:
+        raise RuntimeError(f"the long-audio check failed: {err}") from err
+    print(scores["text"])
+    result.write_text(json.dumps(scores, indent=2))
+    state.mark("long_audio", fp, time.time() - start)
+    return scores
 
 
 def _decode_model(model_dir: Path) -> tuple:

@@ -4,6 +4,7 @@
                   --output HYP_DIR [--beam N] [--batch-seconds S] [--max-new-tokens N]
                   [--repetition-penalty P] [--no-repeat-ngram N] [--metric auto|wer|cer] [--ctc]
                   [--ctc-weight W] [--repeat-limit N] [--hotwords FILE] [--hotwords-unprompted]
+                  [--max-window-seconds S] [--window-overlap S]
 
 Batches come from the validation loader of training (llmasr.data.loader.build_decode_loader: SpeechDataset in
 evaluation mode, no dither, no augmentation; the same prompt builder, so the prompt a model is decoded with is the
@@ -17,15 +18,17 @@ Outputs (HYP_DIR, or HYP_DIR/<manifest name>/ when several manifests are given):
 
     hyp.txt        key hypothesis          (manifest order)
     ref.txt        key reference
-    results.jsonl  {key, ref, hyp, unit, errors, sub, del, ins, ref_units, words, duration, wer, truncated,
-                    hotwords, hotwords_dropped}
-                   truncated: null, "max_tokens" (the length cap ended the hypothesis) or "repetition";
+    results.jsonl  {key, ref, hyp, unit, errors, sub, del, ins, ref_units, words, duration, wer, windows,
+                    truncated, hotwords, hotwords_dropped}
+                   windows: how many windows the utterance was decoded in (1: whole);
+                   truncated: null, "max_tokens" (the length cap ended a hypothesis) or "repetition";
                    hotwords: the biasing phrases rendered into the utterance's prompt (after the token cap), []
                    for none; with a biasing list, hotword_scores {b_errors, b_units, u_errors, u_units, recalled,
                    ref_occurrences, hyp_occurrences, missed, leaked} (llmasr.scoring_bias)
     wer.txt        summary: WER/CER, substitutions/deletions/insertions, #utterances, truncations by guard, the
                    search mode (greedy, beam N, + CTC guidance), its real-time factor (decoding wall-clock seconds
-                   / audio seconds) and throughput (utterances/s), skipped lines; when any utterance has a
+                   / audio seconds) and throughput (utterances/s), skipped lines, "N utterances decoded in M
+                   windows" with the window limit; when any utterance has a
                    biasing list (`hotwords`), how many had one and how many phrases the prompt's token cap
                    dropped, B-WER / U-WER and hotword recall, precision and leaks
     wer.json       the same, machine-readable (the hotword scores under "hotwords", the list counts as
@@ -44,6 +47,12 @@ loops stops at a length tied to its audio, and batched output equals one-by-one 
 hypothesis that repeats an n-gram. Both are counted (results.jsonl "truncated", wer.txt totals), never silent.
 A model with a CTC head decodes CTC-guided by default (DecodeConfig.ctc_weight; models.ctc_guidance).
 
+Long audio: an utterance longer than `window_limit` (decode.max_window_seconds, by default the longest audio the
+model was trained on: its longest training utterance within data.batching.max_duration) is cut at low-energy
+points into windows (llmasr.data.long_audio), each loaded, featurised and batched as an item of its own
+(llmasr.data.windowed); their texts are joined back in order, the words two overlapping windows both heard said
+once. A bad window makes its utterance one bad line.
+
 Hotwords: a line's own `hotwords` field is its biasing list; `--hotwords FILE` (one phrase a line, UTF-8) gives the
 list of every line that has no such field. A line's own list wins, an explicit [] included ("no list for this
 one"): per-utterance lists are the more specific statement. The list is rendered by the model's prompt builder as in
@@ -53,6 +62,7 @@ way but renders none: the B-/U- rates of the model unbiased, on the same lists (
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -63,13 +73,13 @@ from pathlib import Path
 from llmasr.config_io import ConfigError, from_dict
 from llmasr.data.config import DataConfig
 from llmasr.data.loader import SpeechDataLoader, build_decode_loader
+from llmasr.data.screen import longest_trained
+from llmasr.data.windowed import utterance_rows, utterance_tracker
+from llmasr.export.decode_results import ctc_summary, hotword_counts, llm_summary
 from llmasr.export.exported import MODEL_FILE, ExportedModelError, load_exported, read_description
 from llmasr.export.trained_model import load_checkpoint_model
 from llmasr.models.ctc import LLMCTCTokenizer
-from llmasr.models.decode_guards import MAX_TOKENS, REPETITION
 from llmasr.models.decoding import DecodeConfig
-from llmasr.scoring import score_corpus
-from llmasr.scoring_bias import BiasedCorpus, hotword_list, score_lists
 
 log = logging.getLogger(__name__)
 
@@ -86,19 +96,39 @@ class DecodeOptions:
     hotwords_file: str | None = None  # where that list came from (reported in wer.txt)
     # --hotwords-unprompted: the lists are scored but no prompt renders them (the unbiased baseline of the same lists)
     hotwords_unprompted: bool = False
+    # The longest audio the model was trained on (its export's training.longest_seconds, a checkpoint's
+    # llmasr.data.screen.longest_trained): decode.max_window_seconds unset means this. None: unknown.
+    training_max_seconds: float | None = None
 
 
 class DecodeError(RuntimeError):
     """Decoding cannot run as asked."""
 
 
+def window_limit(model, cfg: DecodeConfig, opts: DecodeOptions) -> float:
+    """The longest audio `model` decodes in one piece under `cfg` (0.0: any length), DecodeError when the settings
+    cannot make windows. A Whisper encoder reads one fixed chunk and would drop what lies past it, so its windows
+    never exceed the chunk (unless max_window_seconds is 0)."""
+    try:
+        limit = cfg.window_seconds(opts.training_max_seconds)
+    except ConfigError as err:
+        raise DecodeError(str(err)) from err
+    frontend = model.frontend
+    if frontend.kind == "whisper" and cfg.max_window_seconds != 0:
+        limit = min(limit or math.inf, float(frontend.chunk_seconds))
+    return limit
+
+
 def decode_loader(model, manifest_path, cfg: DecodeConfig, opts: DecodeOptions, device=None) -> SpeechDataLoader:
-    """The evaluation loader over one manifest, with `model`'s frontend and prompt builder."""
+    """The evaluation loader over one manifest, with `model`'s frontend and prompt builder; utterances longer
+    than window_limit are cut into windows (llmasr.data.windowed)."""
+    limit = window_limit(model, cfg, opts)
     return build_decode_loader(
         manifest_path, model.frontend, prompt_builder=model.prompt, batch_seconds=cfg.batch_seconds,
         num_workers=opts.num_workers, max_bad_fraction=opts.max_bad_fraction,
         name=f"decode {Path(manifest_path).name}", features_on=opts.features_on, device=device,
         hotwords=opts.hotwords, prompt_hotwords=not opts.hotwords_unprompted,
+        windows=(limit, cfg.window_overlap) if limit > 0 else None,
     )  # fmt: skip
 
 
@@ -116,38 +146,44 @@ def decode_manifest(
         cfg.guidance(has_head, isinstance(getattr(model, "ctc_tokenizer", None), LLMCTCTokenizer))
     except ConfigError as err:
         raise DecodeError(str(err)) from err
+    window_limit(model, cfg, opts)  # refused before anything is written
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     loader = decode_loader(model, manifest_path, cfg, opts, device)
     model.eval()
     t0 = time.perf_counter()
-    rows, audio_seconds, mode = transcribe_loader(model, loader, cfg, device)
+    items, mode = transcribe_loader(model, loader, cfg, device)
+    manifest = loader.dataset.manifest
+    rows = utterance_rows(items, manifest, cfg.window_overlap)
     if opts.hotwords_unprompted:
         for r in rows:
             r["hotwords_scored"] = loader.dataset.listed_hotwords(r["index"])
+    audio_seconds = sum(r["duration"] for r in rows)
     timing = {"audio_seconds": audio_seconds, "decode_seconds": time.perf_counter() - t0, "device": device}
     timing["mode"] = mode
-    tracker = loader.bad_data
+    tracker = utterance_tracker(loader.bad_data, manifest, len(rows))
     with open(out_dir / "bad.jsonl", "w") as fb:
         for rec in tracker.examples:
             fb.write(json.dumps(rec, ensure_ascii=False, default=str) + "\n")
     found = dict(
-        manifest=str(manifest_path), lines=len(loader.dataset), skipped=tracker.bad,
+        manifest=str(manifest_path), lines=len(getattr(manifest, "base", manifest)), skipped=tracker.bad,
         skipped_by_reason=dict(tracker.by_reason),
+        windows=sum(r["windows"] for r in rows), split=sum(r["windows"] > 1 for r in rows),
+        max_window_seconds=window_limit(model, cfg, opts) or None, window_overlap=cfg.window_overlap,
     )  # fmt: skip
-    timing["hotwords"] = _hotword_counts(rows, opts, model.prompt.hotwords_max_tokens)
-    summary = _llm_summary(out_dir, rows, found, cfg, timing)
+    timing["hotwords"] = hotword_counts(rows, opts, model.prompt.hotwords_max_tokens)
+    summary = llm_summary(out_dir, rows, found, cfg, timing)
     summary["too_much_bad_data"] = tracker.message(final=True) if tracker.exceeded else None
     if opts.ctc:
-        summary["ctc"] = _ctc_summary(out_dir / "ctc", rows, found, cfg, timing)
+        summary["ctc"] = ctc_summary(out_dir / "ctc", rows, found, cfg, timing)
     return summary
 
 
-def transcribe_loader(model, loader: SpeechDataLoader, cfg: DecodeConfig, device) -> tuple[list[dict], float, str]:
-    """Rows {key, ref, hyp, ctc_hyp, truncated, duration, hotwords, hotwords_dropped} of every decoded utterance in
-    manifest order, their audio seconds and the search mode; ctc_hyp is None without a CTC head."""
+def transcribe_loader(model, loader: SpeechDataLoader, cfg: DecodeConfig, device) -> tuple[dict[int, dict], str]:
+    """Rows {key, ref, hyp, ctc_hyp, truncated, duration, index, hotwords, hotwords_dropped} of every decoded item
+    (an utterance or a window of one) by item index, and the search mode; ctc_hyp is None without a CTC head."""
     rows: dict[int, dict] = {}
-    audio_seconds, mode = 0.0, cfg.mode(0.0)
+    mode = cfg.mode(0.0)
     for batch in loader:
         if not batch.size:  # every item bad: the loader counted them
             continue
@@ -156,162 +192,11 @@ def transcribe_loader(model, loader: SpeechDataLoader, cfg: DecodeConfig, device
         ctc = got.ctc if got.ctc is not None else [None] * len(got.llm)
         for i, (idx, key, ref) in enumerate(zip(batch.indices, batch.keys, batch.targets)):
             dur = float(batch.durations[i])
-            audio_seconds += dur
-            rows[idx] = {"key": key, "ref": ref, "hyp": got.llm[i], "ctc_hyp": ctc[i], "duration": round(dur, 4)}
+            rows[idx] = {"key": key, "ref": ref, "hyp": got.llm[i], "ctc_hyp": ctc[i], "duration": dur}
             rows[idx]["index"] = int(idx)
             rows[idx]["truncated"] = got.truncated[i]
             rows[idx].update(hotwords=list(batch.hotwords[i]), hotwords_dropped=int(batch.hotwords_dropped[i]))
-    return [rows[i] for i in sorted(rows)], audio_seconds, mode
-
-
-def _hotword_counts(rows: list[dict], opts: DecodeOptions, cap: int | None) -> dict:
-    """How the utterances were biased: lists, phrases rendered, phrases the token cap dropped; unprompted, the
-    lists scored (none rendered)."""
-    return {
-        "hotwords_unprompted": opts.hotwords_unprompted,
-        "hotword_lists_scored": sum(bool(r.get("hotwords_scored")) for r in rows),
-        "hotword_lists": sum(bool(r["hotwords"]) for r in rows),
-        "hotword_phrases": sum(len(r["hotwords"]) for r in rows),
-        "hotwords_dropped": sum(r["hotwords_dropped"] for r in rows),
-        "hotwords_file": opts.hotwords_file,
-        "hotwords_max_tokens": cap,
-    }
-
-
-def _hotword_line(h: dict, n_utts: int) -> str:
-    source = (
-        f"--hotwords {h['hotwords_file']} where a line has no list of its own"
-        if h["hotwords_file"]
-        else ("the manifest's lists")
-    )
-    if h["hotwords_unprompted"]:
-        return (
-            f"hotwords: {h['hotword_lists_scored']} of {n_utts} utterances have a list ({source}), scored but not "
-            "rendered into the prompt (--hotwords-unprompted: the unbiased baseline of the same lists)"
-        )
-    cap = h["hotwords_max_tokens"]
-    dropped = "no token cap" if cap is None else f"{h['hotwords_dropped']} dropped by the token cap {cap}"
-    return (
-        f"hotwords: {h['hotword_lists']} of {n_utts} utterances decoded with a list ({source}), "
-        f"{h['hotword_phrases']} phrases, {dropped}"
-    )
-
-
-def _counts(found: dict, n_utts: int) -> str:
-    by_reason = found["skipped_by_reason"]
-    return f"utterances decoded: {n_utts} of {found['lines']} lines; skipped (bad data): {found['skipped']}" + (
-        f" ({', '.join(f'{k}: {v}' for k, v in by_reason.items())})" if found["skipped"] else ""
-    )
-
-
-def _llm_summary(out_dir: Path, rows: list[dict], found: dict, cfg: DecodeConfig, timing: dict) -> dict:
-    """hyp/ref/results and wer.txt/wer.json of the LLM's hypotheses; returns the summary."""
-    corpus, hot = _write_results(out_dir, rows, "hyp", cfg.metric, with_ref=True)
-    audio, took = timing["audio_seconds"], timing["decode_seconds"]
-    summary = corpus.to_dict()
-    truncated = {reason: sum(r["truncated"] == reason for r in rows) for reason in (MAX_TOKENS, REPETITION)}
-    summary.update(
-        **found,
-        mode=timing["mode"],
-        audio_seconds=round(audio, 3),
-        decode_seconds=round(took, 3),
-        rtf=took / audio if audio > 0 else math.nan,
-        utts_per_second=corpus.n_utts / took if took > 0 else math.nan,
-        truncated=sum(truncated.values()),
-        truncated_by_guard=truncated,
-        num_beams=cfg.num_beams,
-        max_new_tokens=cfg.max_new_tokens,
-        batch_seconds=cfg.batch_seconds,
-        **timing.get("hotwords", {}),
-    )
-    text = [
-        f"{Path(found['manifest']).name}: {corpus.summary()}",
-        _counts(found, corpus.n_utts),
-        f"truncated: {summary['truncated']} (length cap {truncated[MAX_TOKENS]}, repetition {truncated[REPETITION]})",
-        f"mode {timing['mode']}: audio {audio:.1f} s, decoding {took:.1f} s, real-time factor {summary['rtf']:.4f}, "
-        f"{summary['utts_per_second']:.2f} utterances/s (device {timing['device']})",
-    ]
-    lists = timing.get("hotwords")  # decode_manifest's list counts (absent when a caller scores rows alone)
-    if lists and (lists["hotword_lists"] or lists["hotword_lists_scored"] or lists["hotwords_file"]):
-        text.append(_hotword_line(lists, corpus.n_utts))
-    _add_hotwords(summary, text, hot)
-    _write_summary(out_dir, summary, text)
-    return summary
-
-
-def _ctc_summary(out_dir: Path, rows: list[dict], found: dict, cfg: DecodeConfig, timing: dict) -> dict:
-    """The same files for the CTC branch's greedy hypotheses (no ref.txt); returns the summary."""
-    corpus, hot = _write_results(out_dir, rows, "ctc_hyp", cfg.metric, with_ref=False)
-    audio = timing["audio_seconds"]
-    summary = corpus.to_dict()
-    summary.update(branch="ctc", decoding="greedy best path", **found, audio_seconds=round(audio, 3))
-    text = [
-        f"{Path(found['manifest']).name} (CTC branch, greedy): {corpus.summary()}",
-        _counts(found, corpus.n_utts),
-        f"audio {audio:.1f} s; the CTC head read the encoder output of the LLM pass (device {timing['device']})",
-    ]
-    _add_hotwords(summary, text, hot)
-    _write_summary(out_dir, summary, text)
-    return summary
-
-
-def _write_results(out_dir: Path, rows: list[dict], hyp_key: str, metric: str, *, with_ref: bool):
-    """hyp.txt, results.jsonl (and ref.txt) for rows[...][hyp_key]; returns the corpus score and, when a row has a
-    biasing list (`hotwords`, or `hotwords_scored` when the lists were not prompted), the hotword scores (else
-    None)."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    corpus, scores = score_corpus([(r["ref"], r[hyp_key]) for r in rows], metric)
-    lists = [hotword_list(r.get("hotwords_scored", r.get("hotwords")), f"utterance {r['key']!r}") for r in rows]
-    hot, biased = None, [None] * len(rows)
-    if any(lists):
-        hot, biased = score_lists(scores, lists, corpus.name, corpus.unit_name)
-    with open(out_dir / "hyp.txt", "w") as fh, open(out_dir / "results.jsonl", "w") as fj:
-        for r, s, b, phrases in zip(rows, scores, biased, lists):
-            fh.write(f"{r['key']} {_one_line(r[hyp_key])}\n")
-            rec = {
-                "key": r["key"],
-                "ref": r["ref"],
-                "hyp": r[hyp_key],
-                "unit": "word" if s.unit == "wer" else "char",
-                "errors": s.errors,
-                "sub": s.substitutions,
-                "del": s.deletions,
-                "ins": s.insertions,
-                "ref_units": s.ref_len,
-                "words": s.ref_len,
-                "duration": r["duration"],
-                "wer": s.rate,
-            }
-            if "truncated" in r and hyp_key == "hyp":
-                rec["truncated"] = r["truncated"]
-            rec.update(hotwords=list(r.get("hotwords") or []), hotwords_dropped=int(r.get("hotwords_dropped") or 0))
-            if "hotwords_scored" in r:
-                rec["hotwords_scored"] = list(r["hotwords_scored"])
-            if phrases:
-                rec["hotword_scores"] = b.to_row()
-            fj.write(json.dumps(rec, ensure_ascii=False) + "\n")
-    if with_ref:
-        with open(out_dir / "ref.txt", "w") as fr:
-            fr.writelines(f"{r['key']} {_one_line(r['ref'])}\n" for r in rows)
-    return corpus, hot
-
-
-def _add_hotwords(summary: dict, text: list[str], hot: BiasedCorpus | None) -> None:
-    """B-/U- error rates and phrase recall, precision and leaks, when the rows had biasing lists."""
-    if hot is not None:
-        summary["hotwords"] = hot.to_dict()
-        text.extend(hot.summary_lines())
-
-
-def _write_summary(out_dir: Path, summary: dict, text: list[str]) -> None:
-    """wer.txt and wer.json; the text joins the summary under "text"."""
-    (out_dir / "wer.txt").write_text("\n".join(text) + "\n")
-    (out_dir / "wer.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False, default=str) + "\n")
-    summary["text"] = "\n".join(text)
-
-
-def _one_line(text: str) -> str:
-    return " ".join(text.split())
+    return rows, mode
 
 
 def load_decode_model(
@@ -322,14 +207,20 @@ def load_decode_model(
     data.max_bad_fraction)."""
     if model_dir is not None:
         model = load_exported(model_dir, dtype=dtype, trust_remote_code=trust_remote_code)
+        desc = read_description(model_dir)
         try:
-            cfg = from_dict(DecodeConfig, read_description(model_dir).get("decode") or {}, "decode")
+            cfg = from_dict(DecodeConfig, desc.get("decode") or {}, "decode")
         except ConfigError as err:
             raise ExportedModelError(f"{Path(model_dir) / MODEL_FILE}: {err}") from err
-        return model, cfg, DecodeOptions()
+        longest = (desc.get("training") or {}).get("longest_seconds")
+        if longest is None:
+            where = Path(model_dir) / MODEL_FILE
+            log.info("%s: no training.longest_seconds: long audio is not split unless max_window_seconds is set", where)
+        return model, cfg, DecodeOptions(training_max_seconds=None if longest is None else float(longest))
     model, info = load_checkpoint_model(checkpoint, tag=tag, trust_remote_code=trust_remote_code)
     recipe = info["recipe"]
-    return model, recipe.decode, DecodeOptions(max_bad_fraction=float(recipe.data.max_bad_fraction))
+    opts = DecodeOptions(max_bad_fraction=float(recipe.data.max_bad_fraction))
+    return model, recipe.decode, dataclasses.replace(opts, training_max_seconds=longest_trained(recipe.data))
 
 
 def out_dirs(data: list[str], output: Path) -> list[Path]:

@@ -14,7 +14,9 @@ strictly, refusing a frozen branch whose weights were random (llmasr.export.trai
     DIR/adaptor.safetensors
     DIR/ctc_head.safetensors   (+ the CTC vocabulary file) when the model has a CTC head
     DIR/am.mvn                 the CMVN of an fbank frontend, when it has one
-    DIR/llmasr_model.yaml      architecture, frontend, prompt, source checkpoints (see llmasr.export.exported)
+    DIR/llmasr_model.yaml      architecture, frontend, prompt, decode settings, the longest audio trained on
+                               (training.longest_seconds: longer audio is decoded in windows), source checkpoints
+                               (see llmasr.export.exported)
 
 `--adapter-only` writes DIR/adapter/ (a peft adapter: adapter_config.json + adapter_model.safetensors, plus the
 tokenizer) instead of DIR/llm/; it is applied to the base LLM at load time (`PeftModel.from_pretrained`). It is
@@ -185,7 +187,10 @@ def export_model(
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
     try:
-        write_model_dir(model, info, recipe, tmp, dtype_name, adapter_only=adapter_only, max_shard_size=max_shard_size)
+        write_model_dir(
+            model, info, recipe, tmp, dtype_name, adapter_only=adapter_only, max_shard_size=max_shard_size,
+            training_max_duration=_training_max(recipe),
+        )  # fmt: skip
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)  # never leave a half-written export behind
         raise
@@ -194,6 +199,13 @@ def export_model(
     tmp.rename(out)
     log.info("exported %s (tags %s) to %s", info["run_dir"], ", ".join(info["tags"]), out)
     return out
+
+
+def _training_max(recipe) -> float | None:
+    """The longest audio the run trained on (llmasr.data.screen.longest_trained); None: unlimited."""
+    from llmasr.data.screen import longest_trained
+
+    return longest_trained(recipe.data)
 
 
 def _write_ctc(model, recipe, tmp: Path, encoder_dim: int) -> dict | None:
@@ -252,10 +264,13 @@ def _write_llm(model, recipe, tmp: Path, dtype_name: str, *, adapter_only: bool,
 
 
 def write_model_dir(
-    model, info: dict, recipe, tmp: Path, dtype_name: str, *, adapter_only: bool = False, max_shard_size="5GB"
-) -> None:
+    model, info: dict, recipe, tmp: Path, dtype_name: str, *, adapter_only: bool = False, max_shard_size="5GB",
+    training_max_duration: float | None = None,
+) -> None:  # fmt: skip
     """Write the exported layout of `model` into the existing directory `tmp`; `recipe` (its `model` and `decode`
-    sections) describes the architecture, `info` is recorded as the model's `source`. Also used by `llmasr convert`."""
+    sections) describes the architecture, `info` is recorded as the model's `source`, `training_max_duration` (the
+    longest audio it was trained on, None: unknown) as `training.longest_seconds`: decoding cuts longer utterances
+    into windows. Also used by `llmasr convert`."""
     import yaml
 
     # Speech branches: plain modules, float32 (small; the LLM dtype is what matters for memory).
@@ -297,6 +312,7 @@ def write_model_dir(
         },
         "llm": llm_entry,
         "decode": _plain(recipe.decode),
+        "training": {"longest_seconds": training_max_duration},
         "source": _plain(info),
     }
     (tmp / MODEL_FILE).write_text(yaml.safe_dump(description, sort_keys=False, allow_unicode=True))

@@ -8,6 +8,7 @@ setting means the same in both and its default is written here only.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 
 from llmasr.config_io import ConfigError
@@ -15,6 +16,7 @@ from llmasr.config_io import ConfigError
 METRICS = ("auto", "wer", "cer")
 # ctc_weight when unset and the model has a CTC head (tuned on the demo's dev set; see the README's decode section).
 AUTO_CTC_WEIGHT = 0.7
+MIN_WINDOW_SECONDS = 2.0  # shortest long-audio window: below it the join would hang on a word or two
 
 
 @dataclass
@@ -34,6 +36,11 @@ class DecodeConfig:
     # An n-gram (up to models.decode_guards.MAX_NGRAM tokens) repeated back to back more than this many times ends
     # the hypothesis (counted as a truncation); 0 = no repetition stop.
     repeat_limit: int = 4
+    # Long audio (llmasr.data.long_audio): an utterance longer than this many seconds is decoded in windows cut at
+    # low-energy points, their texts joined. None: the longest audio the model was trained on (its longest training
+    # utterance within data.batching.max_duration, which `llmasr export` records); 0: never split.
+    max_window_seconds: float | None = None
+    window_overlap: float = 1.0  # seconds two windows share where no pause lets them meet
 
     def validate(self, path: str) -> None:
         if self.num_beams < 1:
@@ -46,6 +53,30 @@ class DecodeConfig:
             raise ConfigError(f"{path}.repeat_limit: must be >= 0 (0: off), got {self.repeat_limit}")
         if self.tokens_per_second <= 0:
             raise ConfigError(f"{path}.tokens_per_second: must be > 0, got {self.tokens_per_second}")
+        if not 0.0 <= self.window_overlap < math.inf:
+            raise ConfigError(f"{path}.window_overlap: must be a number of seconds >= 0, got {self.window_overlap}")
+        if self.max_window_seconds is not None:
+            self.window_seconds(None, path)
+
+    def window_seconds(self, training_max: float | None, path: str = "decode") -> float:
+        """The longest audio decoded in one piece (0.0: no limit): max_window_seconds, else `training_max`, the
+        longest audio the model was trained on (None: unknown, no limit), raised to the shortest window that
+        works (MIN_WINDOW_SECONDS, three overlaps). ConfigError when a set limit could not make windows advance."""
+        limit = self.max_window_seconds
+        if limit is None:
+            if training_max is None or training_max == math.inf:
+                return 0.0
+            return max(float(training_max), MIN_WINDOW_SECONDS, 3 * self.window_overlap)
+        if limit == 0 or limit == math.inf:
+            return 0.0
+        if not limit > 0:
+            raise ConfigError(f"{path}.max_window_seconds: must be > 0 seconds (0: never split), got {limit}")
+        if limit < MIN_WINDOW_SECONDS or limit <= 2 * self.window_overlap:
+            raise ConfigError(
+                f"{path}.max_window_seconds: a window of {limit:g} s must be at least {MIN_WINDOW_SECONDS:g} s and "
+                f"longer than twice {path}.window_overlap ({self.window_overlap:g} s)"
+            )
+        return float(limit)
 
     def guidance(self, has_ctc_head: bool, llm_vocab: bool) -> float:
         """The CTC weight this configuration decodes a model with: the set value, else AUTO_CTC_WEIGHT when the

@@ -78,6 +78,16 @@ def test_format_report(manifest):
     ):
         assert needle in text, needle
     assert "|" in histogram(np.array([1.0, 2.0, 2.5]))[0]
+    # What max_duration skips is named, with its lines: training skips them whole, never cut
+    report = check_data([manifest], data_cfg(), FrontendConfig())
+    assert [t["duration"] for t in report.too_long] == pytest.approx([3.0, 3.0], abs=0.01)
+    assert "longer than data.batching.max_duration = 2.5 s: 2 lines, skipped by training (not truncated" in text
+    for t in report.too_long:
+        assert f"  {manifest}:{t['line']} (3.00 s)" in text
+    assert "truncated to max_duration" not in text
+    cut = format_report(check_data([manifest], data_cfg(truncate_to_max=True), FrontendConfig()))
+    assert "truncated to max_duration (2.5 s; data.batching.truncate_to_max, the transcript is kept whole): 2" in cut
+    assert "longer than data.batching.max_duration" not in cut
 
 
 def test_main_exit_codes(manifest, tmp_path, capsys):

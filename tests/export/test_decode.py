@@ -174,7 +174,7 @@ def test_several_manifests_get_their_own_directories(exported_dir, tmp_path):
     )
     assert rc == 0
     assert len(_read(tmp_path / "o" / "dev" / "hyp.txt")) == 2 and len(_read(tmp_path / "o" / "test" / "hyp.txt")) == 2
-    assert len(_read(tmp_path / "o" / "wer.txt")) == 2 * 4
+    assert len(_read(tmp_path / "o" / "wer.txt")) == 2 * 5  # five summary lines each
 
 
 def test_missing_model_dir_is_a_clear_error(tmp_path, capsys):
@@ -296,7 +296,7 @@ def test_cli_ctc_prints_both_lines(runs, exported_dir, corpus, tmp_path, capsys)
     common = ["--data", str(corpus), "--max-new-tokens", "3", "--num-workers", "0", "--ctc"]
     assert main(["--model", str(exported_dir), "--output", str(tmp_path / "m"), *common]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0].startswith("test.jsonl: WER ") and lines[4].startswith("test.jsonl (CTC branch, greedy): WER ")
+    assert lines[0].startswith("test.jsonl: WER ") and lines[5].startswith("test.jsonl (CTC branch, greedy): WER ")
     assert json.loads((tmp_path / "m" / "ctc" / "wer.json").read_text())["branch"] == "ctc"
     assert main(["--checkpoint", str(runs[2]), "--output", str(tmp_path / "c"), *common]) == 0
     assert _read(tmp_path / "m" / "ctc" / "hyp.txt") == _read(tmp_path / "c" / "ctc" / "hyp.txt")

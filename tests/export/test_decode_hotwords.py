@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from llmasr.export.decode import _ctc_summary, _llm_summary
+from llmasr.export.decode_results import ctc_summary, llm_summary
 from llmasr.models.decoding import DecodeConfig
 
 FOUND = dict(manifest="data/test.jsonl", lines=2, skipped=0, skipped_by_reason={})
@@ -31,7 +31,7 @@ def rows(lists=None, with_key=True) -> list[dict]:
 
 def summarise(tmp_path, name, rows_):
     out = tmp_path / name
-    summary = _llm_summary(out, rows_, dict(FOUND), DecodeConfig(), dict(TIMING))
+    summary = llm_summary(out, rows_, dict(FOUND), DecodeConfig(), dict(TIMING))
     return out, summary
 
 
@@ -56,7 +56,7 @@ def test_rows_with_lists_get_the_hotword_scores(tmp_path):
 
 
 def test_ctc_branch_is_scored_against_the_same_lists(tmp_path):
-    summary = _ctc_summary(tmp_path / "ctc", rows(LISTS), dict(FOUND), DecodeConfig(), dict(TIMING))
+    summary = ctc_summary(tmp_path / "ctc", rows(LISTS), dict(FOUND), DecodeConfig(), dict(TIMING))
     hot = summary["hotwords"]  # ctc_hyp is the reference: every phrase recalled, nothing leaked
     assert hot["biased"]["errors"] == 0 and hot["recall"] == 1.0 and hot["leaked"] == 0
     assert "B-WER 0.00% [ 0 / 4 biased words" in (tmp_path / "ctc" / "wer.txt").read_text()

@@ -1,0 +1,203 @@
+"""Long audio: where an utterance longer than a model's training maximum is cut into windows, and how the windows'
+texts are joined back. No VAD model: cut points come from frame energies (25 ms frames every 10 ms).
+
+`plan_windows` splits the audio into as few windows as fit the limit, each aiming at an equal share of what is
+left (no sliver of a window at the end), and never leaving more audio than the windows still planned can hold:
+
+- a clear pause between half a share and the limit (at least MIN_PAUSE_S of frames below the window's silence
+  level) -> the cut goes into the longest one, LEAD_S before the speech that ends it, and the next window starts
+  there: no word straddles a pause, so no word is cut in half and none is heard twice. The next window opens on
+  speech, as most training utterances do, and the silence trails the previous one (a model trained on clips that
+  start with speech inserts words into a leading silence it never saw: measured on the demo model);
+- no pause -> the cut goes at the quietest point of a band around the share (most likely a gap between words, at
+  worst a weak syllable) and the next window starts `overlap` seconds earlier: a word the cut splits is whole in
+  one of the two windows, and `join_texts` removes the words both windows heard (the longest run of words the end
+  of one text shares with the start of the next).
+
+The silence level sits between the quietest stretch and the loud frames of the window being cut (background noise
+changes along a long recording); a window whose quietest stretch is within MIN_RANGE_DB of its loud frames (steady
+noise, music) has no pauses.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import unicodedata
+from dataclasses import dataclass
+
+import numpy as np
+
+FRAME_S, HOP_S = 0.025, 0.010
+MIN_PAUSE_S = 0.2  # shorter silences are stop closures and breaths inside words as often as gaps between them
+TRAIL_S = 0.3  # silence a window keeps after its last speech when it ends in a pause
+LEAD_S = 0.1  # silence the next window keeps before its first speech
+MIN_RANGE_DB = 10.0  # loud minus quiet frames below this: no frame counts as a pause
+SILENCE_FRACTION = 0.3  # silence level: quiet frames' level + this fraction of the way to the loud frames'
+BAND_S = 4.0  # a cut lands at most this far from its window's share (and never past the limit)
+QUIET_DB = 1.0  # without a pause, frames within this of the band's quietest are equally good cuts
+SMOOTH_FRAMES = 3  # energies averaged over 30 ms before the quietest point is sought
+TOKENS_PER_SECOND = 5.0  # words (or CJK characters) an overlap may hold: how far a join looks for shared words
+EDGE_TOKENS = 2  # tokens a shared run may leave at a window's edge (a cut word); farther runs are chance matches
+
+
+@dataclass(frozen=True)
+class Window:
+    """Samples [start, end) of an utterance; `overlapped`: it starts before the previous window ended."""
+
+    start: int
+    end: int
+    overlapped: bool = False
+
+
+def frame_energies(wave: np.ndarray, sample_rate: int) -> np.ndarray:
+    """Log energy (dB) of every 25 ms frame, every 10 ms."""
+    frame, hop = int(FRAME_S * sample_rate), int(HOP_S * sample_rate)
+    wave = np.asarray(wave, dtype=np.float32)
+    if wave.size < frame:
+        wave = np.pad(wave, (0, frame - wave.size))
+    frames = np.lib.stride_tricks.sliding_window_view(wave, frame)[::hop]
+    power = np.einsum("ij,ij->i", frames, frames, dtype=np.float64) / frame
+    return 10.0 * np.log10(power + 1e-10)
+
+
+def silence_level(db: np.ndarray) -> float | None:
+    """The level below which a frame is silence, or None when the audio has no clear pauses: between the
+    quietest MIN_PAUSE_S stretch (one pause anywhere is enough to set it) and the loud frames (90th percentile)."""
+    pause = max(1, int(MIN_PAUSE_S / HOP_S))
+    quiet = float(np.convolve(db, np.ones(pause) / pause, mode="valid").min()) if db.size >= pause else float(db.min())
+    loud = float(np.percentile(db, 90))
+    if loud - quiet < MIN_RANGE_DB:
+        return None
+    return quiet + SILENCE_FRACTION * (loud - quiet)
+
+
+def plan_windows(wave: np.ndarray, sample_rate: int, max_seconds: float, overlap: float) -> list[Window]:
+    """The windows `wave` is decoded in (one when it fits `max_seconds`); see the module docstring."""
+    n, limit, ov = int(len(wave)), int(max_seconds * sample_rate), int(round(overlap * sample_rate))
+    if limit <= 2 * ov:
+        raise ValueError(f"plan_windows: a window of {max_seconds} s must be longer than twice the overlap {overlap} s")
+    if n <= limit:
+        return [Window(0, n)]
+    db = frame_energies(wave, sample_rate)
+    windows, start, overlapped = [], 0, False
+    while n - start > limit:
+        end, after, pause = _cut(db, start, n, limit, ov, sample_rate)
+        windows.append(Window(start, end, overlapped))
+        start, overlapped = after, not pause
+    windows.append(Window(start, n, overlapped))
+    return windows
+
+
+def _cut(db, start: int, n: int, limit: int, ov: int, sr: int) -> tuple[int, int, bool]:
+    """(the sample the window from `start` ends at, the sample the next one starts at, whether a pause is between)."""
+    _, own = _band(db, start, start + limit, sr)
+    quiet = silence_level(own)  # the window's own levels: background noise changes along long recordings
+    left = n - start
+    k = math.ceil((left - ov) / (limit - ov))  # windows still needed, each overlapping the next at most `ov`
+    target = start + (left + (k - 1) * ov) / k  # an equal share; <= start + limit
+    half = min(BAND_S * sr, (target - start) / 4, target - start - ov - HOP_S * sr)  # the next window must advance
+    fits = n - (k - 1) * (limit - ov)  # an earlier cut would leave more than k - 1 overlapping windows can hold
+    if quiet is not None:  # any pause from half a share on will do: a cut at a pause needs no overlap
+        lo_s = start + (target - start) / 2  # (a pause may cost a window more than planned, never a cut word)
+        lo, band = _band(db, lo_s, start + limit, sr)
+        runs = [(b - a, a, b) for a, b in _runs(band < quiet) if b - a >= MIN_PAUSE_S / HOP_S]
+        if runs:
+            longest = max(r[0] for r in runs)
+            a, b = min(
+                ((lo + a, lo + b) for size, a, b in runs if size == longest),
+                key=lambda r: abs(_at(sum(r) / 2, sr) - target),
+            )
+            while a > 0 and db[a - 1] < quiet:  # the whole pause, also where it runs past the band
+                a -= 1
+            while b < len(db) and db[b] < quiet:
+                b += 1
+            end = int(min(start + limit, max(lo_s, _at(a, sr) + TRAIL_S * sr)))
+            return end, int(min(max(end, _at(b, sr) - LEAD_S * sr), n - 1)), True
+    lo, band = _band(db, max(target - half, fits), min(target + half, start + limit), sr)
+    if band.size == 0:  # a band narrower than a frame
+        return int(target), int(target) - ov, False
+    smooth = np.convolve(band, np.ones(SMOOTH_FRAMES) / SMOOTH_FRAMES, mode="same")
+    end = _nearest(lo + np.flatnonzero(smooth <= smooth.min() + QUIET_DB), target, sr)
+    return end, end - ov, False
+
+
+def _at(frame: float, sr: int) -> float:
+    """The centre sample of frame `frame`."""
+    return frame * HOP_S * sr + FRAME_S * sr / 2
+
+
+def _band(db: np.ndarray, lo: float, hi: float, sr: int) -> tuple[int, np.ndarray]:
+    """(first frame, energies) of the frames whose centres lie in samples [lo, hi]."""
+    hop, frame = HOP_S * sr, FRAME_S * sr
+    first = max(0, math.ceil((lo - frame / 2) / hop))
+    last = min(len(db) - 1, math.floor((hi - frame / 2) / hop))
+    return first, db[first : last + 1]
+
+
+def _nearest(frames, target: float, sr: int) -> int:
+    """The centre sample of the frame among `frames` nearest `target`."""
+    centres = np.asarray(frames) * HOP_S * sr + FRAME_S * sr / 2
+    return int(centres[np.argmin(np.abs(centres - target))])
+
+
+def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
+    """[a, b) index ranges where `mask` is True."""
+    edges = np.flatnonzero(np.diff(np.concatenate([[0], mask.astype(np.int8), [0]])))
+    return list(zip(edges[::2].tolist(), edges[1::2].tolist()))
+
+
+# -- joining the windows' texts ----------------------------------------------------------------------------------
+# Scripts written without spaces: each character is a token (and texts join without a space).
+_NO_SPACE = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
+_TOKEN = re.compile(f"[{_NO_SPACE}]|[^\\s{_NO_SPACE}]+")
+
+
+def _norm(token: str) -> str:
+    return "".join(c for c in token.lower() if not unicodedata.category(c).startswith("P"))
+
+
+def _glue(left: str, right: str) -> str:
+    left, right = left.rstrip(), right.lstrip()
+    if not left or not right:
+        return left or right
+    no_space = re.match(f"[{_NO_SPACE}]", left[-1]) and re.match(f"[{_NO_SPACE}]", right[0])
+    return left + ("" if no_space else " ") + right
+
+
+def join_pair(left: str, right: str, max_tokens: int) -> str:
+    """`left` then `right`, the run of tokens both heard in their overlap said once: the longest run of (normalised)
+    tokens common to the last `max_tokens` of `left` and the first `max_tokens` of `right` that ends at most
+    EDGE_TOKENS before the end of `left` and starts at most EDGE_TOKENS into `right` (both windows heard the overlap
+    at their edges; a word cut at an edge may come out as a stray token), ties going to the run nearest the seam.
+    `left` is kept up to the run's end and `right` from just after it; with no such run both are kept whole."""
+    a = list(_TOKEN.finditer(left))[-max_tokens:] if max_tokens > 0 else []
+    b = list(_TOKEN.finditer(right))[:max_tokens] if max_tokens > 0 else []
+    na, nb = [_norm(m.group()) for m in a], [_norm(m.group()) for m in b]
+    best = None  # (length, -tokens outside the run at the seam, end in a, end in b)
+    run = [[0] * (len(b) + 1) for _ in range(len(a) + 1)]
+    for i in range(1, len(a) + 1):
+        for j in range(1, len(b) + 1):
+            if not (na[i - 1] and na[i - 1] == nb[j - 1]):
+                continue
+            run[i][j] = length = run[i - 1][j - 1] + 1
+            after, before = len(a) - i, j - length
+            if after <= EDGE_TOKENS and before <= EDGE_TOKENS:
+                key = (length, -(after + before), i, j)
+                best = key if best is None or key > best else best
+    if best is None:
+        return _glue(left, right)
+    _, _, i, j = best
+    return _glue(left[: a[i - 1].end()], right[b[j - 1].end() :])
+
+
+def join_texts(texts: list[str], overlapped: list[bool], overlap: float) -> str:
+    """One utterance's text from its windows' texts in order; `overlapped[k]`: window k starts inside window k-1
+    (its shared words are said once, see join_pair); `overlap`: the seconds such windows share."""
+    if len(texts) != len(overlapped) or not texts:
+        raise ValueError(f"join_texts: {len(texts)} texts and {len(overlapped)} overlap flags")
+    max_tokens = math.ceil(TOKENS_PER_SECOND * overlap) + 1
+    out = texts[0]
+    for text, shared in zip(texts[1:], overlapped[1:]):
+        out = join_pair(out, text, max_tokens) if shared else _glue(out, text)
+    return out

@@ -1,0 +1,144 @@
+"""A decoding manifest whose long utterances stand as their windows (llmasr.data.long_audio), so that each window
+is read, featurised and batched exactly like an utterance of its own length and batches mix windows with short
+utterances.
+
+    windowed = split_long(manifest, indices, sample_rate=16000, max_seconds=20.0, overlap=1.0)
+    windowed[j]            the Utterance of item j: its utterance's record with start/end/duration of the window
+    windowed.origin[j]     the index in `manifest` of the utterance item j belongs to
+    windowed.windows[i]    the Windows utterance i was cut into (one covering it all when it fits)
+
+The audio of every utterance longer than `max_seconds` is read once here, in the main process, to place the cuts
+(its energies decide them). An utterance whose record or audio cannot be read stays one item: loading it reports
+the same fault through the bad-data accounting, once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+import numpy as np
+
+from llmasr.data.audio import AudioError, load_audio
+from llmasr.data.bad_data import BadDataTracker
+from llmasr.data.long_audio import Window, join_texts, plan_windows
+from llmasr.data.records import BadRecord
+
+log = logging.getLogger("llmasr.data")
+
+
+class WindowedManifest:
+    """The items of a base manifest with long utterances replaced by their windows (see the module docstring)."""
+
+    def __init__(self, base, windows: dict[int, list[Window]], sample_rate: int):
+        self.base, self.windows, self.sample_rate = base, windows, int(sample_rate)
+        self.path = getattr(base, "path", "?")
+        origin, part = [], []
+        for i in range(len(base)):
+            k = len(windows.get(i, [None]))
+            origin += [i] * k
+            part += list(range(k)) if i in windows else [-1]
+        self.origin = np.asarray(origin, dtype=np.int64)
+        self.part = np.asarray(part, dtype=np.int64)  # window number, -1: the utterance whole
+        base_durations = np.asarray(base.durations(), dtype=np.float64)
+        self._durations = base_durations[self.origin]
+        for j in np.flatnonzero(self.part >= 0):
+            w = self.window(int(j))
+            self._durations[j] = (w.end - w.start) / self.sample_rate
+
+    def __len__(self) -> int:
+        return int(self.origin.size)
+
+    def window(self, j: int) -> Window | None:
+        """The Window item j reads, or None when it is its utterance whole."""
+        k = int(self.part[j])
+        return None if k < 0 else self.windows[int(self.origin[j])][k]
+
+    def __getitem__(self, j: int):
+        utt = self.base[int(self.origin[j])]
+        w = self.window(j)
+        if w is None:
+            return utt
+        offset, start, end = float(utt.start or 0.0), w.start / self.sample_rate, w.end / self.sample_rate
+        return dataclasses.replace(utt, start=offset + start, end=offset + end, duration=end - start)
+
+    def durations(self) -> np.ndarray:
+        return self._durations
+
+    def lineno(self, j: int) -> int:
+        return self.base.lineno(int(self.origin[j]))
+
+    def items_of(self, indices) -> np.ndarray:
+        """The item indices of the base utterances `indices`."""
+        return np.flatnonzero(np.isin(self.origin, np.asarray(indices, dtype=np.int64)))
+
+
+def split_long(manifest, indices, *, sample_rate: int, max_seconds: float, overlap: float) -> WindowedManifest:
+    """`manifest` with every utterance among `indices` longer than `max_seconds` (by its known duration) replaced by
+    its windows; see the module docstring."""
+    durations = np.asarray(manifest.durations(), dtype=np.float64)
+    windows: dict[int, list[Window]] = {}
+    for i in np.asarray(indices, dtype=np.int64):
+        if not durations[i] > max_seconds:
+            continue
+        try:
+            utt = manifest[int(i)]
+            wave = load_audio(utt.source, sample_rate=sample_rate, start=utt.start, end=utt.end, channel=utt.channel)
+        except (BadRecord, AudioError):
+            continue  # loading the item reports it
+        planned = plan_windows(wave, sample_rate, max_seconds, overlap)
+        if len(planned) > 1:
+            windows[int(i)] = planned
+    if windows:
+        n = sum(len(w) for w in windows.values())
+        log.info("long audio: %d utterance(s) longer than %g s are decoded in %d windows", len(windows), max_seconds, n)
+    return WindowedManifest(manifest, windows, sample_rate)
+
+
+# -- back from items to utterances -------------------------------------------------------------------------------
+def utterance_rows(items: dict[int, dict], manifest, overlap: float) -> list[dict]:
+    """Decoded rows by item index ({key, ref, hyp, ctc_hyp, truncated, duration, ...}) -> one row per utterance in
+    manifest order, with `windows` (how many it was decoded in): the windows' texts joined (join_texts), the first
+    guard that ended one of them, the utterance's own duration, the rest as its first window has them. An utterance
+    missing a window (the window was bad data) has no row: utterance_tracker counts it."""
+    if not isinstance(manifest, WindowedManifest):
+        return [{**items[j], "windows": 1} for j in sorted(items)]
+    groups: dict[int, list[int]] = {}
+    for j in sorted(items):
+        groups.setdefault(int(manifest.origin[j]), []).append(j)
+    rows = []
+    for i, parts in sorted(groups.items()):
+        windows = manifest.windows.get(i)
+        if windows is None:
+            rows.append({**items[parts[0]], "windows": 1})
+            continue
+        if len(parts) < len(windows):
+            continue
+        got = [items[j] for j in parts]  # item order is window order
+        flags = [w.overlapped for w in windows]
+        ctc = None if got[0]["ctc_hyp"] is None else join_texts([g["ctc_hyp"] for g in got], flags, overlap)
+        rows.append({
+            **got[0], "hyp": join_texts([g["hyp"] for g in got], flags, overlap), "ctc_hyp": ctc,
+            "truncated": next((g["truncated"] for g in got if g["truncated"]), None),
+            "duration": (windows[-1].end - windows[0].start) / manifest.sample_rate, "windows": len(windows),
+        })  # fmt: skip
+    return rows
+
+
+def utterance_tracker(tracker: BadDataTracker, manifest, decoded: int) -> BadDataTracker:
+    """`tracker`'s bad-data accounting in utterances: the bad windows of one utterance count once, as that
+    utterance, and `decoded` utterances are the good ones. Without windows, `tracker` itself."""
+    if not isinstance(manifest, WindowedManifest):
+        return tracker
+    out = BadDataTracker(tracker.max_bad_fraction, name=tracker.name, keep_examples=len(manifest) + 1, enforce=False)
+    seen = set()
+    for rec in tracker.examples:  # every bad item (the decode loader keeps them all), in the order found
+        index = int(rec.get("index", -1))
+        if index >= 0:  # a loaded item: named by its utterance's index in the manifest
+            rec = {**rec, "index": int(manifest.origin[index])}
+        where = (rec.get("manifest"), rec.get("line"), rec.get("index"))
+        if where not in seen:
+            seen.add(where)
+            out.add_static([rec], quiet=True)
+    out.add_good(decoded)
+    return out

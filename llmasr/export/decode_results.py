@@ -1,0 +1,180 @@
+"""The files a decoding run writes, for the LLM's hypotheses and for the CTC branch's: hyp.txt, ref.txt,
+results.jsonl (one row per utterance: its counts, truncation, windows, biasing list and hotword scores), and wer.txt /
+wer.json (corpus rate, bad-data counts, guards, speed, long-audio windows, biasing lists and B-/U- rates).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from llmasr.models.decode_guards import MAX_TOKENS, REPETITION
+from llmasr.models.decoding import DecodeConfig
+from llmasr.scoring import score_corpus
+from llmasr.scoring_bias import BiasedCorpus, hotword_list, score_lists
+
+
+def hotword_counts(rows: list[dict], opts, cap: int | None) -> dict:
+    """How the utterances were biased: lists, phrases rendered, phrases the token cap dropped; unprompted, the
+    lists scored (none rendered). `opts`: the run's DecodeOptions."""
+    return {
+        "hotwords_unprompted": opts.hotwords_unprompted,
+        "hotword_lists_scored": sum(bool(r.get("hotwords_scored")) for r in rows),
+        "hotword_lists": sum(bool(r["hotwords"]) for r in rows),
+        "hotword_phrases": sum(len(r["hotwords"]) for r in rows),
+        "hotwords_dropped": sum(r["hotwords_dropped"] for r in rows),
+        "hotwords_file": opts.hotwords_file,
+        "hotwords_max_tokens": cap,
+    }
+
+
+def _hotword_line(h: dict, n_utts: int) -> str:
+    source = (
+        f"--hotwords {h['hotwords_file']} where a line has no list of its own"
+        if h["hotwords_file"]
+        else ("the manifest's lists")
+    )
+    if h["hotwords_unprompted"]:
+        return (
+            f"hotwords: {h['hotword_lists_scored']} of {n_utts} utterances have a list ({source}), scored but not "
+            "rendered into the prompt (--hotwords-unprompted: the unbiased baseline of the same lists)"
+        )
+    cap = h["hotwords_max_tokens"]
+    dropped = "no token cap" if cap is None else f"{h['hotwords_dropped']} dropped by the token cap {cap}"
+    return (
+        f"hotwords: {h['hotword_lists']} of {n_utts} utterances decoded with a list ({source}), "
+        f"{h['hotword_phrases']} phrases, {dropped}"
+    )
+
+
+def _counts(found: dict, n_utts: int) -> str:
+    by_reason = found["skipped_by_reason"]
+    return f"utterances decoded: {n_utts} of {found['lines']} lines; skipped (bad data): {found['skipped']}" + (
+        f" ({', '.join(f'{k}: {v}' for k, v in by_reason.items())})" if found["skipped"] else ""
+    )
+
+
+def _windows_line(found: dict, n_utts: int) -> str:
+    limit = found["max_window_seconds"]
+    how = (
+        f"{found['split']} longer than {limit:g} s split at low-energy points, overlap {found['window_overlap']:g} s"
+        if limit
+        else "no window limit"
+    )
+    return f"long audio: {n_utts} utterances decoded in {found['windows']} windows ({how})"
+
+
+def llm_summary(out_dir: Path, rows: list[dict], found: dict, cfg: DecodeConfig, timing: dict) -> dict:
+    """hyp/ref/results and wer.txt/wer.json of the LLM's hypotheses; returns the summary."""
+    corpus, hot = _write_results(out_dir, rows, "hyp", cfg.metric, with_ref=True)
+    audio, took = timing["audio_seconds"], timing["decode_seconds"]
+    summary = corpus.to_dict()
+    truncated = {reason: sum(r["truncated"] == reason for r in rows) for reason in (MAX_TOKENS, REPETITION)}
+    summary.update(
+        **found,
+        mode=timing["mode"],
+        audio_seconds=round(audio, 3),
+        decode_seconds=round(took, 3),
+        rtf=took / audio if audio > 0 else math.nan,
+        utts_per_second=corpus.n_utts / took if took > 0 else math.nan,
+        truncated=sum(truncated.values()),
+        truncated_by_guard=truncated,
+        num_beams=cfg.num_beams,
+        max_new_tokens=cfg.max_new_tokens,
+        batch_seconds=cfg.batch_seconds,
+        **timing.get("hotwords", {}),
+    )
+    text = [
+        f"{Path(found['manifest']).name}: {corpus.summary()}",
+        _counts(found, corpus.n_utts),
+        f"truncated: {summary['truncated']} (length cap {truncated[MAX_TOKENS]}, repetition {truncated[REPETITION]})",
+        f"mode {timing['mode']}: audio {audio:.1f} s, decoding {took:.1f} s, real-time factor {summary['rtf']:.4f}, "
+        f"{summary['utts_per_second']:.2f} utterances/s (device {timing['device']})",
+    ]
+    if "windows" in found:  # decode_manifest's window counts (absent when a caller scores rows alone)
+        text.append(_windows_line(found, corpus.n_utts))
+    lists = timing.get("hotwords")  # decode_manifest's list counts (absent when a caller scores rows alone)
+    if lists and (lists["hotword_lists"] or lists["hotword_lists_scored"] or lists["hotwords_file"]):
+        text.append(_hotword_line(lists, corpus.n_utts))
+    _add_hotwords(summary, text, hot)
+    _write_summary(out_dir, summary, text)
+    return summary
+
+
+def ctc_summary(out_dir: Path, rows: list[dict], found: dict, cfg: DecodeConfig, timing: dict) -> dict:
+    """The same files for the CTC branch's greedy hypotheses (no ref.txt); returns the summary."""
+    corpus, hot = _write_results(out_dir, rows, "ctc_hyp", cfg.metric, with_ref=False)
+    audio = timing["audio_seconds"]
+    summary = corpus.to_dict()
+    summary.update(branch="ctc", decoding="greedy best path", **found, audio_seconds=round(audio, 3))
+    text = [
+        f"{Path(found['manifest']).name} (CTC branch, greedy): {corpus.summary()}",
+        _counts(found, corpus.n_utts),
+        f"audio {audio:.1f} s; the CTC head read the encoder output of the LLM pass (device {timing['device']})",
+    ]
+    if "windows" in found:
+        text.append(_windows_line(found, corpus.n_utts))
+    _add_hotwords(summary, text, hot)
+    _write_summary(out_dir, summary, text)
+    return summary
+
+
+def _write_results(out_dir: Path, rows: list[dict], hyp_key: str, metric: str, *, with_ref: bool):
+    """hyp.txt, results.jsonl (and ref.txt) for rows[...][hyp_key]; returns the corpus score and, when a row has a
+    biasing list (`hotwords`, or `hotwords_scored` when the lists were not prompted), the hotword scores (else
+    None)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    corpus, scores = score_corpus([(r["ref"], r[hyp_key]) for r in rows], metric)
+    lists = [hotword_list(r.get("hotwords_scored", r.get("hotwords")), f"utterance {r['key']!r}") for r in rows]
+    hot, biased = None, [None] * len(rows)
+    if any(lists):
+        hot, biased = score_lists(scores, lists, corpus.name, corpus.unit_name)
+    with open(out_dir / "hyp.txt", "w") as fh, open(out_dir / "results.jsonl", "w") as fj:
+        for r, s, b, phrases in zip(rows, scores, biased, lists):
+            fh.write(f"{r['key']} {_one_line(r[hyp_key])}\n")
+            rec = {
+                "key": r["key"],
+                "ref": r["ref"],
+                "hyp": r[hyp_key],
+                "unit": "word" if s.unit == "wer" else "char",
+                "errors": s.errors,
+                "sub": s.substitutions,
+                "del": s.deletions,
+                "ins": s.insertions,
+                "ref_units": s.ref_len,
+                "words": s.ref_len,
+                "duration": round(r["duration"], 4),
+                "wer": s.rate,
+                "windows": r.get("windows", 1),
+            }
+            if "truncated" in r and hyp_key == "hyp":
+                rec["truncated"] = r["truncated"]
+            rec.update(hotwords=list(r.get("hotwords") or []), hotwords_dropped=int(r.get("hotwords_dropped") or 0))
+            if "hotwords_scored" in r:
+                rec["hotwords_scored"] = list(r["hotwords_scored"])
+            if phrases:
+                rec["hotword_scores"] = b.to_row()
+            fj.write(json.dumps(rec, ensure_ascii=False) + "\n")
+    if with_ref:
+        with open(out_dir / "ref.txt", "w") as fr:
+            fr.writelines(f"{r['key']} {_one_line(r['ref'])}\n" for r in rows)
+    return corpus, hot
+
+
+def _add_hotwords(summary: dict, text: list[str], hot: BiasedCorpus | None) -> None:
+    """B-/U- error rates and phrase recall, precision and leaks, when the rows had biasing lists."""
+    if hot is not None:
+        summary["hotwords"] = hot.to_dict()
+        text.extend(hot.summary_lines())
+
+
+def _write_summary(out_dir: Path, summary: dict, text: list[str]) -> None:
+    """wer.txt and wer.json; the text joins the summary under "text"."""
+    (out_dir / "wer.txt").write_text("\n".join(text) + "\n")
+    (out_dir / "wer.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False, default=str) + "\n")
+    summary["text"] = "\n".join(text)
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())

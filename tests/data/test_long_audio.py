@@ -1,0 +1,137 @@
+"""Long audio: cut points on synthetic waveforms whose pauses are known, and the seam join of window texts."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from llmasr.data.long_audio import (
+    LEAD_S,
+    TRAIL_S,
+    Window,
+    frame_energies,
+    join_pair,
+    join_texts,
+    plan_windows,
+    silence_level,
+)
+
+SR = 16000
+
+
+def speechy(seconds: float, gaps=(), seed: int = 0) -> np.ndarray:
+    """Noise bursts of syllable rhythm (loud 80-200 ms, dips of 40-80 ms, never a pause of 0.2 s) with true
+    silences at `gaps` ((start, end) seconds)."""
+    rng = np.random.default_rng(seed)
+    wave = np.zeros(int(seconds * SR), dtype=np.float32)
+    t = 0
+    while t < wave.size:
+        n = int(rng.uniform(0.08, 0.2) * SR)
+        wave[t : t + n] = 0.3 * rng.standard_normal(min(n, wave.size - t))
+        t += n + int(rng.uniform(0.04, 0.08) * SR)
+    wave += 0.003 * rng.standard_normal(wave.size).astype(np.float32)  # a noise floor under everything
+    for a, b in gaps:
+        wave[int(a * SR) : int(b * SR)] = 0.003 * rng.standard_normal(int(b * SR) - int(a * SR))
+    return wave
+
+
+def check_cover(windows: list[Window], wave: np.ndarray, limit: float, overlap: float) -> None:
+    """Windows cover the audio in order, each at most `limit` s: the next one starts exactly `overlap` s before
+    the previous end, or after a pause, leaving out only silence."""
+    assert windows[0].start == 0 and windows[-1].end == wave.size and not windows[0].overlapped
+    for prev, w in zip(windows, windows[1:]):
+        if w.overlapped:
+            assert w.start == prev.end - int(round(overlap * SR))
+        else:
+            assert prev.end <= w.start and np.abs(wave[prev.end : w.start]).max(initial=0.0) < 0.02
+    assert all(0 < w.end - w.start <= limit * SR for w in windows)
+
+
+def test_cuts_land_in_the_pauses():
+    gaps = [(9.0, 9.4), (17.5, 18.1), (27.0, 27.3)]
+    wave = speechy(36.0, gaps)
+    windows = plan_windows(wave, SR, 12.0, 1.0)
+    check_cover(windows, wave, 12.0, 1.0)
+    assert len(windows) == 4 and not any(w.overlapped for w in windows)  # pauses: no overlap, nothing heard twice
+    for w, nxt, (a, b) in zip(windows, windows[1:], gaps):
+        # TRAIL_S of the pause ends a window, the next starts LEAD_S before the speech (give or take a frame; a
+        # pause shorter than both is not cut into)
+        assert abs(w.end / SR - (a + TRAIL_S)) < 0.02, (w, a)
+        assert abs(nxt.start / SR - max(a + TRAIL_S, b - LEAD_S)) < 0.02, (nxt, a, b)
+
+
+def test_the_longest_pause_of_the_band_wins_and_a_pause_past_the_limit_is_not_used():
+    wave = speechy(18.0, [(7.5, 7.75), (8.5, 9.1), (10.2, 11.5)])  # the longest is past the 10 s limit
+    windows = plan_windows(wave, SR, 10.0, 1.0)
+    check_cover(windows, wave, 10.0, 1.0)
+    assert len(windows) == 2 and 8.5 * SR < windows[0].end < windows[1].start < 9.1 * SR and not windows[1].overlapped
+
+
+def test_no_pause_cuts_at_the_equal_share_with_an_overlap():
+    """A steady tone has no pause and no quieter point: each window ends at its equal share of the audio (the
+    window limit when one share fills it) and the next starts one overlap earlier."""
+    t = np.arange(60 * SR) / SR
+    tone = (0.3 * np.sin(2 * np.pi * 400 * t)).astype(np.float32)
+    assert silence_level(frame_energies(tone, SR)) is None
+    windows = plan_windows(tone, SR, 25.0, 1.0)
+    check_cover(windows, tone, 25.0, 1.0)
+    assert len(windows) == 3 and all(w.overlapped for w in windows[1:])
+    share = (60 + 2 * 1.0) / 3  # three windows sharing two overlaps
+    assert [w.end / SR for w in windows[:2]] == pytest.approx([share, 2 * share - 1.0], abs=0.011)  # a frame's hop
+    # 49 s at a 25 s limit: two windows of 25 s, the cut exactly at the limit
+    windows = plan_windows(tone[: 49 * SR], SR, 25.0, 1.0)
+    assert [(w.start, w.end) for w in windows] == [(0, 25 * SR), (24 * SR, 49 * SR)]
+
+
+def test_speech_without_pauses_cuts_at_a_dip_between_bursts():
+    wave = speechy(30.0)
+    windows = plan_windows(wave, SR, 20.0, 1.0)
+    check_cover(windows, wave, 20.0, 1.0)
+    assert len(windows) == 2 and windows[1].overlapped
+    cut = windows[0].end
+    assert np.abs(wave[cut - 160 : cut + 160]).max() < 0.05  # well inside a dip, not in a burst
+
+
+def test_short_audio_is_one_window_and_bad_settings_are_refused():
+    wave = speechy(5.0)
+    assert plan_windows(wave, SR, 5.0, 1.0) == [Window(0, wave.size)]
+    with pytest.raises(ValueError, match="longer than twice the overlap"):
+        plan_windows(wave, SR, 2.0, 1.0)
+
+
+def test_energies_are_25ms_frames_every_10ms():
+    db = frame_energies(np.ones(SR, dtype=np.float32), SR)
+    assert db.shape == (1 + (SR - 400) // 160,) and np.allclose(db, 0.0, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "left, right, joined",
+    [
+        ("one two three four", "three four five six", "one two three four five six"),  # the shared run once
+        ("the cat sat on th", "at on the mat", "the cat sat on the mat"),  # half words at the seam are dropped
+        ("Hello, World.", "world! Again", "Hello, World. Again"),  # compared without case and punctuation
+        ("a b c", "d e f", "a b c d e f"),  # nothing shared: both whole
+        ("今天天气", "天气很好", "今天天气很好"),  # characters of scripts without spaces, joined without one
+        ("go left go right", "go right go", "go left go right go"),  # the longest shared run, not the first
+        ("", "only right", "only right"),
+    ],
+)
+def test_join_pair(left, right, joined):
+    assert join_pair(left, right, 6) == joined
+
+
+def test_join_pair_looks_only_near_the_seam():
+    # "alpha" is shared, but 7 words from the end of the left text: beyond what a 6-token overlap can hold
+    assert join_pair("alpha b c d e f g", "alpha h", 6) == "alpha b c d e f g alpha h"
+    # of two equal runs, the one nearest the seam is the overlap
+    assert join_pair("x y a b", "a b z", 6) == "x y a b z"
+
+
+def test_join_texts_dedups_only_overlapped_seams():
+    texts = ["we go to the", "the park and the", "the lake"]
+    # The second seam met at a pause: "the the" was said twice, and stays
+    assert join_texts(texts, [False, True, False], 1.0) == "we go to the park and the the lake"
+    assert join_texts(texts, [False, True, True], 1.0) == "we go to the park and the lake"
+    assert join_texts(["solo"], [False], 1.0) == "solo"
+    with pytest.raises(ValueError, match="2 texts and 1 overlap flags"):
+        join_texts(["a", "b"], [False], 1.0)

@@ -1,0 +1,222 @@
+"""Long audio through the one decode path: windows planned at the loader, each decoded as an utterance of its own
+(batched with others), texts joined back per utterance; the window limit from the export; clear refusals."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import soundfile as sf
+import yaml
+
+from llmasr.commands.decode import main
+from llmasr.config_io import ConfigError
+from llmasr.data.collate import Collator
+from llmasr.data.dataset import SpeechDataset
+from llmasr.data.loader import open_manifests
+from llmasr.data.long_audio import join_texts, plan_windows
+from llmasr.export.decode import DecodeOptions, decode_loader, decode_manifest, load_decode_model
+from llmasr.export.export import export_model
+from llmasr.export.exported import load_exported
+from llmasr.models.decoding import DecodeConfig
+from llmasr.testing.tiny_recipe import OracleCTCHead
+
+SR = 16000
+LIMIT, OVERLAP = 3.0, 0.5
+# key -> (reference, the text each window's oracle CTC path spells)
+ORACLE = {
+    "paused": ("one two three four five", ["one two", "three four", "five"]),  # cut at pauses: no overlap
+    "steady": ("six seven eight nine", ["six seven eight", "eight nine"]),  # no pause: "eight" heard twice
+    "short": ("zero", ["zero"]),
+    "brief": ("hello world", ["hello world"]),
+}
+
+
+def bursts(seconds: float, rng, gaps=()) -> np.ndarray:
+    """Syllable-like noise bursts (no pause of 0.2 s) with silences at `gaps` (seconds)."""
+    wave = np.zeros(int(seconds * SR), dtype=np.float32)
+    t = 0
+    while t < wave.size:
+        n = int(rng.uniform(0.08, 0.2) * SR)
+        wave[t : t + n] = 0.2 * rng.standard_normal(min(n, wave.size - t))
+        t += n + int(rng.uniform(0.04, 0.08) * SR)
+    for a, b in gaps:
+        wave[int(a * SR) : int(b * SR)] = 0.0
+    return wave + 0.002 * rng.standard_normal(wave.size).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def long_manifest(tmp_path_factory):
+    root = tmp_path_factory.mktemp("long_audio")
+    rng = np.random.default_rng(0)
+    steady = (0.2 * rng.standard_normal(int(4.45 * SR))).astype(np.float32)
+    steady[int(2.2 * SR) : int(2.3 * SR)] *= 0.01  # too short for a pause: the quietest point, an overlapped cut
+    # Window lengths 2.875, 2.05, 2.575 s (paused) and 2.25, 2.7 s (steady): encoder lengths apart
+    waves = {
+        "paused": bursts(7.5, rng, gaps=[(2.75, 3.05), (4.75, 5.05)]),
+        "steady": steady,
+        "short": bursts(1.1, rng),
+        "brief": bursts(1.6, rng),
+    }
+    lines = []
+    for key, wave in waves.items():
+        sf.write(str(root / f"{key}.wav"), wave, SR, subtype="FLOAT")
+        lines.append(json.dumps({"key": key, "source": f"{key}.wav", "target": ORACLE[key][0]}))
+    (root / "long.jsonl").write_text("\n".join(lines) + "\n")
+    return root / "long.jsonl", waves
+
+
+@pytest.fixture(scope="module")
+def exported_dir(runs, tmp_path_factory):
+    return export_model(runs[2], tmp_path_factory.mktemp("long_export") / "model")
+
+
+@pytest.fixture(scope="module")
+def model(exported_dir):
+    return load_exported(exported_dir)
+
+
+def test_the_planned_windows_are_the_ones_meant(long_manifest):
+    """The audio makes the windows this file's oracle expects: pauses for `paused`, an overlap for `steady`."""
+    _, waves = long_manifest
+    paused = plan_windows(waves["paused"], SR, LIMIT, OVERLAP)
+    assert len(paused) == 3 and not any(w.overlapped for w in paused)
+    steady = plan_windows(waves["steady"], SR, LIMIT, OVERLAP)
+    assert len(steady) == 2 and steady[1].overlapped
+
+
+def _window_lengths(model, manifest, cfg, opts) -> dict[tuple[str, int], int]:
+    """(key, window number) -> encoder length, from decode's own loader."""
+    out, by_item = {}, {}
+    for batch in decode_loader(model, manifest, cfg, opts):
+        enc_lens = model.encoder(batch.feats, batch.feat_lens)[1]
+        by_item.update((idx, (key, int(n))) for idx, key, n in zip(batch.indices, batch.keys, enc_lens.tolist()))
+    for idx in sorted(by_item):  # item order is window order within an utterance
+        key, n = by_item[idx]
+        out[(key, sum(k == key for k, _ in out))] = n
+    return out
+
+
+@pytest.mark.parametrize("batch_seconds", [100.0, 0.01], ids=["batched", "one_by_one"])
+def test_long_utterances_decode_in_windows_and_join(model, long_manifest, tmp_path, monkeypatch, batch_seconds):
+    manifest, _ = long_manifest
+    cfg = DecodeConfig(batch_seconds=batch_seconds, max_new_tokens=3, ctc_weight=0.0, max_window_seconds=LIMIT,
+                       window_overlap=OVERLAP)  # fmt: skip
+    opts = DecodeOptions(num_workers=0, ctc=True)
+    lengths = _window_lengths(model, manifest, cfg, opts)
+    assert sorted(lengths) == sorted((k, i) for k, (_, parts) in ORACLE.items() for i in range(len(parts)))
+    assert len(set(lengths.values())) == len(lengths)  # encoder lengths tell the windows apart
+    by_len = {lengths[(k, i)]: text for k, (_, parts) in ORACLE.items() for i, text in enumerate(parts)}
+    monkeypatch.setitem(model._modules, "ctc_head", OracleCTCHead(model.ctc_tokenizer, by_len))
+    summary = decode_manifest(model, manifest, tmp_path / "o", cfg, opts)
+    ctc_rows = [json.loads(line) for line in open(tmp_path / "o" / "ctc" / "results.jsonl")]
+    assert [r["key"] for r in ctc_rows] == list(ORACLE)  # manifest order
+    # The windows' CTC texts joined: the pause seams as they are, the overlap's "eight" said once
+    assert [r["hyp"] for r in ctc_rows] == [ref for ref, _ in ORACLE.values()]
+    assert summary["ctc"]["rate"] == 0.0 and [r["windows"] for r in ctc_rows] == [3, 2, 1, 1]
+    rows = [json.loads(line) for line in open(tmp_path / "o" / "results.jsonl")]
+    assert [r["windows"] for r in rows] == [3, 2, 1, 1]
+    assert [r["duration"] for r in rows] == pytest.approx([7.5, 4.45, 1.1, 1.6], abs=1e-4)  # the audio, once
+    assert summary["audio_seconds"] == pytest.approx(7.5 + 4.45 + 1.1 + 1.6, abs=1e-3)
+    # The LLM's text is the join of each window transcribed alone, read as an utterance of its own
+    alone = _windows_alone(model, manifest, long_manifest[1], cfg)
+    assert [r["hyp"] for r in rows] == [alone[k] for k in ORACLE]
+    assert any(r["hyp"].strip() for r in rows)
+    assert summary["windows"] == 7 and summary["split"] == 2 and summary["utterances"] == 4
+    want = "long audio: 4 utterances decoded in 7 windows (2 longer than 3 s split at low-energy points, overlap 0.5 s)"
+    assert (tmp_path / "o" / "wer.txt").read_text().splitlines()[-1] == want
+    assert (tmp_path / "o" / "ctc" / "wer.txt").read_text().splitlines()[-1] == want
+
+
+def _windows_alone(model, manifest, waves, cfg) -> dict[str, str]:
+    """key -> the join of its windows' LLM texts, each window a manifest line of its own (start/end) decoded in a
+    batch of one outside the decode loop."""
+    lines = []
+    for key, wave in waves.items():
+        for w in plan_windows(wave, SR, LIMIT, OVERLAP):
+            rec = {"key": key, "source": f"{key}.wav", "target": ORACLE[key][0], "start": w.start / SR}
+            lines.append(json.dumps({**rec, "end": w.end / SR, "overlapped": w.overlapped}))
+    path = manifest.parent / "windows_alone.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    m, _ = open_manifests([str(path)], mix=False)
+    dataset = SpeechDataset(m, model.frontend, train=False, prompt_builder=model.prompt)
+    collate = Collator(model.prompt.pad_id)
+    texts: dict[str, list] = {}
+    for i, line in enumerate(lines):
+        item = dataset[i]
+        text = model.transcribe(collate([item]), cfg).llm[0]
+        texts.setdefault(item["key"], []).append((text, json.loads(line)["overlapped"]))
+    return {k: join_texts([t for t, _ in v], [o for _, o in v], OVERLAP) for k, v in texts.items()}
+
+
+def test_a_long_line_whose_audio_is_missing_is_one_bad_line(model, long_manifest, tmp_path):
+    manifest, _ = long_manifest
+    gone = json.dumps({"key": "gone", "source": "nope.wav", "target": "lost", "duration": 9.0})
+    bad = manifest.parent / "with_bad.jsonl"
+    bad.write_text(manifest.read_text() + gone + "\n")
+    cfg = DecodeConfig(max_new_tokens=2, max_window_seconds=LIMIT, window_overlap=OVERLAP)
+    summary = decode_manifest(model, bad, tmp_path / "o", cfg, DecodeOptions(num_workers=0, max_bad_fraction=0.5))
+    assert summary["lines"] == 5 and summary["skipped"] == 1 and summary["utterances"] == 4
+    assert [json.loads(line)["key"] for line in open(tmp_path / "o" / "bad.jsonl")] == ["gone"]
+    assert summary["windows"] == 7
+
+
+def test_the_export_records_the_training_maximum_and_decoding_defaults_to_it(
+    runs, train_corpus, exported_dir, model, long_manifest, tmp_path
+):
+    manifest, _ = long_manifest
+    desc = yaml.safe_load((exported_dir / "llmasr_model.yaml").read_text())
+    _, saved, opts = load_decode_model(exported_dir)
+    _, ck_saved, ck_opts = load_decode_model(checkpoint=runs[2])
+    # the longest training clip of the tone-word corpus (under the recipe's max_duration)
+    longest = max(json.loads(line)["duration"] for line in train_corpus.read_text().splitlines())
+    assert desc["training"]["longest_seconds"] == opts.training_max_seconds == ck_opts.training_max_seconds == longest
+    assert saved.max_window_seconds is None and ck_saved.max_window_seconds is None
+    # unset: the training maximum decides (here as if the model had been trained on at most 3 s)
+    cfg = DecodeConfig(max_new_tokens=2, window_overlap=OVERLAP)
+    summary = decode_manifest(
+        model, manifest, tmp_path / "a", cfg, DecodeOptions(num_workers=0, training_max_seconds=3)
+    )
+    assert summary["windows"] == 7 and summary["max_window_seconds"] == 3.0
+    # 0: never split, whatever the training maximum
+    never = DecodeConfig(max_new_tokens=2, max_window_seconds=0)
+    summary = decode_manifest(
+        model, manifest, tmp_path / "b", never, DecodeOptions(num_workers=0, training_max_seconds=3)
+    )
+    assert summary["windows"] == 4 and summary["max_window_seconds"] is None
+    assert (tmp_path / "b" / "wer.txt").read_text().splitlines()[-1].endswith("in 4 windows (no window limit)")
+
+
+def test_window_settings_are_refused_clearly(exported_dir, model, long_manifest, tmp_path, capsys):
+    manifest, _ = long_manifest
+    with pytest.raises(ConfigError, match=r"decode.window_overlap: must be a number of seconds >= 0, got -1"):
+        DecodeConfig(window_overlap=-1).validate("decode")
+    with pytest.raises(ConfigError, match=r"decode.max_window_seconds: must be > 0 seconds \(0: never split\)"):
+        DecodeConfig(max_window_seconds=-2).validate("decode")
+    with pytest.raises(ConfigError, match=r"a window of 1.5 s must be at least 2 s and longer than twice"):
+        DecodeConfig(max_window_seconds=1.5).validate("decode")
+    with pytest.raises(ConfigError, match=r"a window of 3 s .* twice decode.window_overlap \(2 s\)"):
+        DecodeConfig(max_window_seconds=3, window_overlap=2).validate("decode")
+    # a model trained on shorter audio than a window can be gets the shortest window that works
+    assert DecodeConfig().window_seconds(1.5) == 3.0 and DecodeConfig(window_overlap=0.5).window_seconds(1.5) == 2.0
+    assert DecodeConfig().window_seconds(None) == 0.0 and DecodeConfig().window_seconds(7.5) == 7.5
+    args = ["--model", str(exported_dir), "--data", str(manifest), "--output", str(tmp_path / "o")]
+    assert main([*args, "--max-window-seconds", "4", "--window-overlap", "2.5"]) == 2
+    assert "decode.max_window_seconds: a window of 4 s must be at least 2 s" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_whisper_encoder_never_gets_a_window_past_its_chunk():
+    from types import SimpleNamespace
+
+    from llmasr.data.frontend import FrontendConfig
+    from llmasr.export.decode import window_limit
+
+    whisper = SimpleNamespace(frontend=FrontendConfig(kind="whisper", n_mels=80))
+    fbank = SimpleNamespace(frontend=FrontendConfig())
+    opts = DecodeOptions(training_max_seconds=40.0)
+    assert window_limit(whisper, DecodeConfig(), opts) == 30.0 and window_limit(fbank, DecodeConfig(), opts) == 40.0
+    assert window_limit(whisper, DecodeConfig(), DecodeOptions()) == 30.0  # the training maximum unknown
+    assert window_limit(whisper, DecodeConfig(max_window_seconds=12), opts) == 12.0
+    assert window_limit(whisper, DecodeConfig(max_window_seconds=0), opts) == 0.0  # asked: never split
