@@ -1,7 +1,7 @@
 """The demo's hotword material: made-up names that training hears only a few times, and a held-out-voice split in
 which each utterance comes with a biasing list (its name, if it has one, among distractor names).
 
-A name heard four times in 9,000 utterances is what a hotword is in real use: a word the model has barely learned,
+A name heard a dozen times in 9,000 utterances is what a hotword is in real use: a word the model has barely learned,
 that the user knows may occur. The `hotword` split is spoken by the test voices; its manifest carries each list in
 the `hotwords` field, so `llmasr decode` biases with it, and the same manifest without the field gives the unbiased
 baseline. A fifth of its utterances hold no name at all: there the whole list is distractors, which is where a
@@ -15,8 +15,7 @@ import numpy as np
 # Pronounceable by espeak-ng's English rules, none an English word or close to one of the corpus words.
 NAMES = [
     "zandor", "keltrix", "mirabo", "quenlar", "brevik", "tolmara", "yusandi", "fengrove",
-    "oskarra", "velmont", "drakuna", "halvesto", "jorunda", "pimsley", "raskovin", "selvaggi",
-    "talloway", "umberko", "wexfordi", "zilkova", "barnaby", "corvetti", "dunmora", "elvorin",
+    "oskarra", "velmont", "drakuna", "halvesto", "jorunda", "pimsley", "raskovin", "umberko",
 ]  # fmt: skip
 NO_NAME_SHARE = 0.2  # share of hotword-split utterances without a name: lists of distractors only
 _SEED_OFFSET = 7919  # names are drawn from their own generator: the rest of the corpus plan stays as it was
