@@ -13,10 +13,16 @@ from __future__ import annotations
 import numpy as np
 
 # Pronounceable by espeak-ng's English rules, none an English word or close to one of the corpus words.
-NAMES = [
-    "zandor", "keltrix", "mirabo", "quenlar", "brevik", "tolmara", "yusandi", "fengrove",
-    "oskarra", "velmont", "drakuna", "halvesto", "jorunda", "pimsley", "raskovin", "umberko",
-]  # fmt: skip
+# The names' syllables: the demo's tokenizer spells each name in these pieces (as a real LLM's BPE splits a rare
+# name into familiar pieces) while every other corpus word is one token.
+SYLLABLES = {
+    "zandor": ["zan", "dor"], "keltrix": ["kel", "trix"], "mirabo": ["mi", "ra", "bo"], "quenlar": ["quen", "lar"],
+    "brevik": ["bre", "vik"], "tolmara": ["tol", "ma", "ra"], "yusandi": ["yu", "san", "di"],
+    "fengrove": ["fen", "grove"], "oskarra": ["os", "kar", "ra"], "velmont": ["vel", "mont"],
+    "drakuna": ["dra", "ku", "na"], "halvesto": ["hal", "ves", "to"], "jorunda": ["jo", "run", "da"],
+    "pimsley": ["pims", "ley"], "raskovin": ["ras", "ko", "vin"], "umberko": ["um", "ber", "ko"],
+}  # fmt: skip
+NAMES = list(SYLLABLES)
 NO_NAME_SHARE = 0.2  # share of hotword-split utterances without a name: lists of distractors only
 _SEED_OFFSET = 7919  # names are drawn from their own generator: the rest of the corpus plan stays as it was
 

@@ -41,6 +41,7 @@ import torch
 
 from llmasr.data.cmvn import compute_global_cmvn
 from llmasr.data.frontend import FrontendConfig
+from llmasr.demo.hotword_split import SYLLABLES
 from llmasr.demo.long_audio import join_clips, score_long_audio
 from llmasr.demo.synth import (
     CorpusConfig,
@@ -166,7 +167,9 @@ def stage_llm(args, workdir: Path, state: State, corpus: dict) -> Path:
 
     cfg = TextLMConfig(steps=150 if args.quick else 600)
     out = workdir / "llm"
-    fp = fingerprint("llm", cfg.__dict__, state.data["corpus"]["fingerprint"])
+    # the hotword names in their syllables, as a real tokenizer spells rare names in pieces
+    spelled = {name: SYLLABLES.get(name, list(name)) for name in corpus["config"].get("names") or []}
+    fp = fingerprint("llm", cfg.__dict__, state.data["corpus"]["fingerprint"], spelled)
     if state.done("llm", fp) and (out / "config.json").is_file():
         say(f"2/5 LLM: reusing {out}")
         return out
@@ -185,7 +188,7 @@ def stage_llm(args, workdir: Path, state: State, corpus: dict) -> Path:
     texts += [make_text(rng, ccfg) for _ in range(len(texts))]
     if out.exists():
         shutil.rmtree(out)
-    info = build_text_lm(out, texts, cfg, log=lambda m: say("  " + m))
+    info = build_text_lm(out, texts, cfg, log=lambda m: say("  " + m), spelled=spelled)
     state.mark("llm", fp, time.time() - start, **info)
     return out
 
