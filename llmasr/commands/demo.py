@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 from llmasr.config_io import ConfigError
+from llmasr.demo.hotword_eval import report_lines, stage_hotwords
 from llmasr.demo.run import (
     DS_CONFIG,
     RECIPE,
@@ -72,6 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         model_dir = stage_export(workdir, state, run_dir)
         scores = stage_decode(workdir, state, model_dir, corpus)
         long_audio = stage_long_audio(args, workdir, state, model_dir, corpus)
+        hot = stage_hotwords(workdir, state, model_dir, corpus)
     except (SynthError, ConfigError, RuntimeError) as err:
         print(f"llmasr demo: error: {err}", file=sys.stderr)
         return 1
@@ -88,6 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         "long_audio_parts_wer": long_audio["parts_wer"],
         "long_audio_ctc_wer": long_audio["ctc_wer"],
         "corpus": state.data["corpus"].get("counts"),
+        "hotwords": hot,
     }
     (workdir / "summary.json").write_text(json.dumps(summary, indent=2))
     say("done")
@@ -99,6 +102,8 @@ def main(argv: list[str] | None = None) -> int:
         f"  minute-long audio        {la['wer']:.2%} in {la['windows']} windows (the same test clips one by one "
         f"{la['parts_wer']:.2%}; CTC branch {la['ctc_wer']:.2%} vs {la['parts_ctc_wer']:.2%})"
     )
+    if hot is not None:
+        print("\n".join(report_lines(hot)))
     print("  stage seconds            " + ", ".join(f"{k} {v:.0f}" for k, v in summary["stage_seconds"].items()))
     print(f"  wall time                {total:.0f} s (stages reused from earlier runs count 0)")
     print(f"  run directory            {run_dir}")

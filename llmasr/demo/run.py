@@ -12,9 +12,14 @@ stage; the corpus also keeps its own corpus.json):
                ds_configs/zero2.json key=value...` in a subprocess: the same path as every recipe (WORKDIR/run);
                an interrupted run resumes from its latest checkpoint
     4 export   `llmasr export` of the newest checkpoint, LoRA merged (WORKDIR/model)
+<<<<<<< HEAD
+    5 decode   `llmasr decode` of the held-out-voice test split (WORKDIR/decode_test) and the dev split; the
+               hotword split with its biasing lists and unprompted (demo.hotword_eval)
+=======
     5 decode   `llmasr decode` of the held-out-voice test split (WORKDIR/decode_test) and the dev split; then
                minute-long utterances joined from test clips, decoded in windows (WORKDIR/long_audio, see
                llmasr.demo.long_audio) and scored beside the same clips one by one
+>>>>>>> main
 
 Extra `key=value` arguments are recipe overrides for the training stage (e.g. train.epochs=4).
 """
@@ -36,6 +41,7 @@ import torch
 
 from llmasr.data.cmvn import compute_global_cmvn
 from llmasr.data.frontend import FrontendConfig
+from llmasr.demo.hotword_split import SYLLABLES
 from llmasr.demo.long_audio import join_clips, score_long_audio
 from llmasr.demo.synth import (
     CorpusConfig,
@@ -124,7 +130,8 @@ def read_wer(hyp_dir: Path) -> dict:
 
 def stage_corpus(args, workdir: Path, state: State) -> dict:
     if args.quick:  # two voices, digit strings only: the smallest task on which learning shows in a minute
-        cfg = CorpusConfig(n_train=300, n_dev=40, n_test=40, digit_fraction=1.0)
+        cfg = CorpusConfig(n_train=300, n_dev=40, n_test=40, digit_fraction=1.0, n_hotword=20)
+        cfg.names = cfg.names[:8]
         cfg.train_voices, cfg.test_voices = list(QUICK_TRAIN_VOICES), list(QUICK_TEST_VOICES)
     else:
         cfg = CorpusConfig()
@@ -160,7 +167,9 @@ def stage_llm(args, workdir: Path, state: State, corpus: dict) -> Path:
 
     cfg = TextLMConfig(steps=150 if args.quick else 600)
     out = workdir / "llm"
-    fp = fingerprint("llm", cfg.__dict__, state.data["corpus"]["fingerprint"])
+    # the hotword names in their syllables, as a real tokenizer spells rare names in pieces
+    spelled = {name: SYLLABLES.get(name, list(name)) for name in corpus["config"].get("names") or []}
+    fp = fingerprint("llm", cfg.__dict__, state.data["corpus"]["fingerprint"], spelled)
     if state.done("llm", fp) and (out / "config.json").is_file():
         say(f"2/5 LLM: reusing {out}")
         return out
@@ -179,7 +188,7 @@ def stage_llm(args, workdir: Path, state: State, corpus: dict) -> Path:
     texts += [make_text(rng, ccfg) for _ in range(len(texts))]
     if out.exists():
         shutil.rmtree(out)
-    info = build_text_lm(out, texts, cfg, log=lambda m: say("  " + m))
+    info = build_text_lm(out, texts, cfg, log=lambda m: say("  " + m), spelled=spelled)
     state.mark("llm", fp, time.time() - start, **info)
     return out
 

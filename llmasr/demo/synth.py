@@ -7,9 +7,10 @@ generalisation to new speakers rather than memorisation.
 
 Output layout under `out_dir`::
 
-    wav/{train,dev,test}/<key>.wav     16 kHz mono 16-bit PCM
-    train.jsonl dev.jsonl test.jsonl   FunASR jsonl: key, source (relative), target, duration, source_len,
-                                       target_len (words), voice, rate, pitch, snr_db
+    wav/{train,dev,test,hotword}/<key>.wav     16 kHz mono 16-bit PCM
+    {train,dev,test,hotword}.jsonl     FunASR jsonl: key, source (relative), target, duration, source_len,
+                                       target_len (words), voice, rate, pitch, snr_db; hotword.jsonl also
+                                       `hotwords`, each utterance's biasing list (demo.hotword_split)
     corpus.json                        the settings, counts and hours; written last (the stage's done-marker)
 """
 
@@ -31,6 +32,7 @@ import numpy as np
 import soundfile as sf
 
 from llmasr.data.audio import resample
+from llmasr.demo.hotword_split import NAMES, hotword_texts, plant_names
 
 SAMPLE_RATE = 16000
 DIGITS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
@@ -78,6 +80,12 @@ class CorpusConfig:
     noise_prob: float = 0.7
     snr_db: tuple[float, float] = (8.0, 30.0)
     seed: int = 0
+    # Hotwords (demo.hotword_split): made-up names, each spoken in `name_repeats` training utterances, and a
+    # held-out-voice split of `n_hotword` utterances with biasing lists of one name + `hotword_distractors` others.
+    names: list[str] = field(default_factory=lambda: list(NAMES))
+    name_repeats: int = 12
+    n_hotword: int = 150
+    hotword_distractors: int = 4
 
     def validate(self) -> None:
         for name in ("n_train", "n_test"):
@@ -92,6 +100,14 @@ class CorpusConfig:
             raise SynthError(f"the test voices must be held out from training, but {shared} are in both lists")
         if not 0.0 <= self.digit_fraction <= 1.0:
             raise SynthError(f"digit_fraction: must be in [0, 1], got {self.digit_fraction}")
+        if self.n_hotword < 0 or self.name_repeats < 0 or self.hotword_distractors < 0:
+            raise SynthError("n_hotword, name_repeats and hotword_distractors must be >= 0")
+        if self.n_hotword and len(self.names) < self.hotword_distractors + 1:
+            raise SynthError(f"hotword lists of 1 + {self.hotword_distractors} names need that many names")
+        if len(self.names) * self.name_repeats > self.n_train:
+            raise SynthError(
+                f"{len(self.names)} names x name_repeats {self.name_repeats} exceed n_train {self.n_train}"
+            )
 
 
 def espeak_binary() -> str:
@@ -163,7 +179,10 @@ def plan_corpus(cfg: CorpusConfig) -> dict[str, list[dict]]:
         ("train", cfg.n_train, cfg.train_voices),
         ("dev", cfg.n_dev, cfg.train_voices),
         ("test", cfg.n_test, cfg.test_voices),
+        ("hotword", cfg.n_hotword, cfg.test_voices),
     ):
+        if split == "hotword" and n == 0:
+            continue
         items = []
         for i in range(n):
             snr = float(rng.uniform(*cfg.snr_db)) if rng.random() < cfg.noise_prob else None
@@ -179,6 +198,13 @@ def plan_corpus(cfg: CorpusConfig) -> dict[str, list[dict]]:
                 }
             )
         plan[split] = items
+    plant_names(plan["train"], cfg.names, cfg.name_repeats, cfg.seed)
+    if "hotword" in plan:
+        texts = [it["target"] for it in plan["hotword"]]
+        for item, (text, phrases) in zip(
+            plan["hotword"], hotword_texts(len(texts), texts, cfg.names, cfg.hotword_distractors, cfg.seed)
+        ):
+            item["target"], item["hotwords"] = text, phrases
     return plan
 
 
@@ -234,6 +260,7 @@ def _record(item: dict, split: str, duration: float) -> dict:
         "rate": item["rate"],
         "pitch": item["pitch"],
         "snr_db": item["snr_db"],
+        **({"hotwords": item["hotwords"]} if "hotwords" in item else {}),
     }
 
 

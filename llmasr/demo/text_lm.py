@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,8 +48,11 @@ class TextLMError(RuntimeError):
     """The tokenizer or the text LM cannot be built from what was given."""
 
 
-def train_word_tokenizer(texts: Sequence[str]):
-    """A byte-level BPE tokenizer (Qwen2's pipeline) whose merges make every word of `texts` one token.
+def train_word_tokenizer(texts: Sequence[str], spelled: Mapping[str, Sequence[str]] | None = None):
+    """A byte-level BPE tokenizer (Qwen2's pipeline) whose merges make every word of `texts` one token, except the
+    `spelled` words (word -> its pieces): only their pieces are merged, so they encode in those pieces, as a real
+    LLM's subword tokenizer spells a rare name (the demo's hotwords: a list helps a model that can match a name's
+    spelling to its sound).
 
     Returned as a transformers fast tokenizer with the ChatML specials and chat template. Text it has never seen
     still encodes, into smaller pieces down to single bytes, so nothing is out of vocabulary.
@@ -57,7 +60,9 @@ def train_word_tokenizer(texts: Sequence[str]):
     from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    lines = [t.strip() for t in texts if t and t.strip()]
+    spelled = dict(spelled or {})
+    lines = [" ".join(w for w in t.split() if w not in spelled) for t in texts if t and t.strip()]
+    lines = [line for line in lines if line] + [p for pieces in spelled.values() for p in pieces] * 20
     if not lines:
         raise TextLMError("train_word_tokenizer: no text given")
     words = sorted({w for line in lines for w in line.split()})
@@ -233,10 +238,12 @@ def build_text_lm(
     cfg: TextLMConfig | None = None,
     *,
     log: Callable[[str], None] = print,
+    spelled: Mapping[str, Sequence[str]] | None = None,
 ) -> dict:
-    """Tokenizer + Qwen2 pretrained on `texts`, saved as a HF directory; returns a summary (losses, sizes)."""
+    """Tokenizer + Qwen2 pretrained on `texts`, saved as a HF directory; returns a summary (losses, sizes).
+    `spelled`: words the tokenizer keeps in pieces (train_word_tokenizer)."""
     cfg = cfg or TextLMConfig()
-    tokenizer = train_word_tokenizer(texts)
+    tokenizer = train_word_tokenizer(texts, spelled)
     model = new_qwen2(tokenizer, cfg)
     n_params = sum(p.numel() for p in model.parameters())
     log(f"text LM: Qwen2 {cfg.num_layers} layers x {cfg.hidden_size}, {n_params / 1e6:.2f}M parameters, "

@@ -40,10 +40,11 @@ def _hotword_line(h: dict, n_utts: int) -> str:
             f"hotwords: {h['hotword_lists_scored']} of {n_utts} utterances have a list ({source}), scored but not "
             "rendered into the prompt (--hotwords-unprompted: the unbiased baseline of the same lists)"
         )
-    cap = "no token cap" if h["hotwords_max_tokens"] is None else f"token cap {h['hotwords_max_tokens']}"
+    cap = h["hotwords_max_tokens"]
+    dropped = "no token cap" if cap is None else f"{h['hotwords_dropped']} dropped by the token cap {cap}"
     return (
         f"hotwords: {h['hotword_lists']} of {n_utts} utterances decoded with a list ({source}), "
-        f"{h['hotword_phrases']} phrases, {h['hotwords_dropped']} dropped by the {cap}"
+        f"{h['hotword_phrases']} phrases, {dropped}"
     )
 
 

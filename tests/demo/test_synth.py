@@ -20,6 +20,7 @@ needs_espeak = pytest.mark.skipif(
 
 def small_config(**kw) -> CorpusConfig:
     base = dict(n_train=6, n_dev=2, n_test=4, train_voices=["en-us+m3", "en-gb+f2"], test_voices=["en-us+m6"])
+    base.update(names=["zandor", "keltrix", "mirabo"], name_repeats=1, n_hotword=2, hotword_distractors=1)
     return CorpusConfig(**{**base, **kw})
 
 
@@ -40,12 +41,35 @@ def test_plan_is_deterministic_and_uses_each_splits_voices():
     assert a == b
     assert {it["voice"] for it in a["train"] + a["dev"]} <= set(cfg.train_voices)
     assert {it["voice"] for it in a["test"]} <= set(cfg.test_voices)
-    vocab = set(synth.DIGITS) | set(synth.WORDS)
+    vocab = set(synth.DIGITS) | set(synth.WORDS) | set(cfg.names)
     for it in a["train"]:
         words = it["target"].split()
         assert words and set(words) <= vocab
         assert cfg.rate[0] <= it["rate"] <= cfg.rate[1]
     assert synth.plan_corpus(small_config(n_train=40, seed=1)) != a
+
+
+def test_names_are_rare_in_training_and_biased_in_the_hotword_split():
+    cfg = CorpusConfig(n_train=400, n_dev=0, n_test=10, n_hotword=200, name_repeats=4, hotword_distractors=4)
+    plan = synth.plan_corpus(cfg)
+    base = synth.plan_corpus(CorpusConfig(n_train=400, n_dev=0, n_test=10, n_hotword=0, name_repeats=0))
+    # Planting names leaves every other draw as it was: voices, rates and the test split are unchanged.
+    assert [it["voice"] for it in plan["train"]] == [it["voice"] for it in base["train"]]
+    assert plan["test"] == base["test"]
+    spoken = [w for it in plan["train"] for w in it["target"].split()]
+    assert all(spoken.count(name) == 4 for name in cfg.names)
+    with_name = 0
+    for it in plan["hotword"]:
+        assert it["voice"] in cfg.test_voices
+        listed = it["hotwords"]
+        assert len(listed) == 5 and len(set(listed)) == 5 and set(listed) <= set(cfg.names)
+        in_text = [w for w in it["target"].split() if w in cfg.names]
+        assert len(in_text) <= 1 and set(in_text) <= set(listed)
+        with_name += bool(in_text)
+    # About a fifth of the lists are distractors only (no name spoken).
+    assert 0.7 < with_name / len(plan["hotword"]) < 0.9
+    with pytest.raises(SynthError, match="exceed n_train"):
+        CorpusConfig(n_train=10, name_repeats=4).validate()
 
 
 def test_noise_is_mixed_at_the_requested_snr():
@@ -85,9 +109,9 @@ def test_corpus_manifests_and_reuse(tmp_path):
     cfg = small_config()
     logs: list[str] = []
     summary = synth.synthesize_corpus(tmp_path, cfg, workers=1, log=logs.append)
-    assert summary["counts"] == {"train": 6, "dev": 2, "test": 4}
+    assert summary["counts"] == {"train": 6, "dev": 2, "test": 4, "hotword": 2}
     voices = {}
-    for split in ("train", "dev", "test"):
+    for split in ("train", "dev", "test", "hotword"):
         rows = [json.loads(line) for line in open(tmp_path / f"{split}.jsonl")]
         assert len(rows) == summary["counts"][split]
         for row in rows:
@@ -99,7 +123,9 @@ def test_corpus_manifests_and_reuse(tmp_path):
         # The project's own manifest reader accepts it, durations included.
         m = Manifest.open(tmp_path / f"{split}.jsonl")
         assert len(m) == len(rows) and not np.isnan(m.durations()).any()
-    assert not (voices["train"] | voices["dev"]) & voices["test"]
+    assert not (voices["train"] | voices["dev"]) & (voices["test"] | voices["hotword"])
+    for row in map(json.loads, open(tmp_path / "hotword.jsonl")):
+        assert len(row["hotwords"]) == 2 and set(row["hotwords"]) <= set(cfg.names)
     stamp = (tmp_path / "corpus.json").stat().st_mtime_ns
     logs.clear()
     synth.synthesize_corpus(tmp_path, cfg, workers=1, log=logs.append)

@@ -1,0 +1,78 @@
+"""The demo's hotword stage: the held-out-voice `hotword` split decoded with its biasing lists in the prompt and
+again with the same lists unprompted (`llmasr decode --hotwords-unprompted`), so B-WER, U-WER and distractor leaks
+are read side by side on the same utterances and the same lists.
+
+Each utterance's list holds its made-up name (which training heard a dozen times) among four other names; a fifth of
+the lists hold no name of the utterance at all (demo.hotword_split).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+
+from llmasr.demo.run import State, _decode_model, fingerprint, say
+from llmasr.export.decode import decode_manifest
+
+RUNS = {"hotword": False, "hotword_unprompted": True}  # decode directory suffix -> lists unprompted
+
+
+def stage_hotwords(workdir: Path, state: State, model_dir: Path, corpus: dict) -> dict | None:
+    """Decode the hotword split both ways (reusing results of the same export); None when the corpus has none."""
+    manifest = corpus["manifests"].get("hotword")
+    if manifest is None:
+        return None
+    model = None
+    for name, unprompted in RUNS.items():
+        out = workdir / f"decode_{name}"
+        fp = fingerprint("decode", name, state.data["export"]["fingerprint"])
+        if state.done(f"decode_{name}", fp) and (out / "wer.json").is_file():
+            continue
+        how = "same lists scored, not in the prompt" if unprompted else "biasing lists in the prompt"
+        say(f"5/5 decode: hotword split (held-out voices, made-up names; {how})")
+        start = time.time()
+        if model is None:
+            model, cfg, opts, device = _decode_model(model_dir)
+        opts = dataclasses.replace(opts, ctc=False, hotwords_unprompted=unprompted)
+        summary = decode_manifest(model, manifest, out, cfg, opts, device=device)
+        print(summary["text"])
+        if summary["too_much_bad_data"]:
+            raise RuntimeError(f"decoding the hotword split failed: {summary['too_much_bad_data']}")
+        state.mark(f"decode_{name}", fp, time.time() - start)
+    return {name: hotword_scores(workdir / f"decode_{name}") for name in RUNS}
+
+
+def hotword_scores(hyp_dir: Path) -> dict:
+    """WER, B-WER, U-WER, phrase recall and leak rate of one decoding run (its wer.json)."""
+    summary = json.loads((hyp_dir / "wer.json").read_text())
+    hot = summary.get("hotwords")
+    if hot is None:
+        raise RuntimeError(f"{hyp_dir / 'wer.json'}: no hotword scores (were the lists lost from the manifest?)")
+    return {
+        "wer": float(summary["rate"]),
+        "b_wer": hot["biased"]["rate"],
+        "u_wer": hot["unbiased"]["rate"],
+        "recall": hot["recall"],
+        "leak_rate": hot["leak_rate"],
+        "leaked": hot["leaked"],
+        "distractors": hot["distractors"],
+        "dir": str(hyp_dir),
+    }
+
+
+def report_lines(scores: dict) -> list[str]:
+    """The demo's closing lines for the hotword split."""
+    on, off = scores["hotword"], scores["hotword_unprompted"]
+
+    def pct(x) -> str:
+        return "n/a" if x is None else f"{x:.2%}"
+
+    return [
+        f"  hotword split B-WER      {pct(on['b_wer'])} with lists, {pct(off['b_wer'])} without "
+        "(errors on the made-up names)",
+        f"  hotword split U-WER      {pct(on['u_wer'])} with lists, {pct(off['u_wer'])} without (the other words)",
+        f"  hotword leaks            {on['leaked']} of {on['distractors']} distractor names ({pct(on['leak_rate'])}); "
+        f"name recall {pct(on['recall'])} with lists, {pct(off['recall'])} without",
+    ]
