@@ -101,3 +101,14 @@ def test_empty_text_is_an_error(tokenizer):
         text_lm.train_word_tokenizer(["", "  "])
     with pytest.raises(TextLMError, match="no text"):
         text_lm.pretrain_lm(text_lm.new_qwen2(tokenizer, tiny_cfg()), tokenizer, [" "], tiny_cfg(steps=1))
+
+
+def test_spelled_words_encode_in_their_pieces_and_the_others_stay_whole():
+    from llmasr.demo.hotword_split import SYLLABLES
+
+    texts = ["keltrix seven two", "water black velmont", "three four", "open door"] * 5
+    tok = text_lm.train_word_tokenizer(texts, {k: SYLLABLES[k] for k in ("keltrix", "velmont")})
+    pieces = [tok.decode([i]) for i in tok.encode("keltrix seven water", add_special_tokens=False)]
+    assert pieces == ["kel", "trix", " seven", " water"]
+    assert len(tok.encode("velmont", add_special_tokens=False)) == 2
+    assert tok.decode(tok.encode("water velmont keltrix", add_special_tokens=False)) == "water velmont keltrix"

@@ -78,6 +78,13 @@ def test_quick_demo_trains_exports_and_decodes(tmp_path):
     # the CTC branch is scored beside the LLM (llmasr decode --ctc)
     assert 0.0 <= summary["test_ctc_wer"] and (workdir / "decode_test" / "ctc" / "hyp.txt").is_file()
     assert "encoder CTC branch alone" in done.stdout
+    # the hotword split is decoded with its lists and unprompted, and both are scored on the same lists
+    assert "hotword split B-WER" in done.stdout and "minute-long audio" in done.stdout
+    hot = summary["hotwords"]
+    assert hot["hotword"]["distractors"] == hot["hotword_unprompted"]["distractors"] > 0
+    assert hot["hotword"]["b_wer"] is not None and hot["hotword_unprompted"]["b_wer"] is not None
+    rows = [json.loads(line) for line in open(workdir / "decode_hotword" / "results.jsonl")]
+    assert all(len(r["hotwords"]) == 5 for r in rows) and len(rows) == summary["corpus"]["hotword"]
 
     # A rerun reuses every stage.
     again = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
