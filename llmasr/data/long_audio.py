@@ -143,16 +143,17 @@ def _first_pause(db, start: int, n: int, limit: int, split_pause: float, sr: int
     if quiet is None:
         return None
     lo, band = _band(db, start + MIN_SEGMENT_S * sr, start + limit, sr)
-    runs = [(a, b) for a, b in _runs(band < quiet) if b - a >= max(split_pause, MIN_PAUSE_S) / HOP_S]
-    if not runs:
-        return None
-    a, b = lo + runs[0][0], lo + runs[0][1]
-    while b < len(db) and db[b] < quiet:  # the whole pause, also where it runs past the band
-        b += 1
-    if b >= len(db):  # silence to the end: nothing after it to decode
-        return None
-    end = int(min(start + limit, _at(a, sr) + TRAIL_S * sr))
-    return end, int(min(max(end, _at(b, sr) - LEAD_S * sr), n - 1)), True
+    for a, b in _runs(band < quiet):
+        if b - a < max(split_pause, MIN_PAUSE_S) / HOP_S:
+            continue
+        a, b = lo + a, lo + b
+        while b < len(db) and db[b] < quiet:  # the whole pause, also where it runs past the band
+            b += 1
+        end = int(min(start + limit, _at(a, sr) + TRAIL_S * sr))
+        after = int(max(end, _at(b, sr) - LEAD_S * sr))
+        if n - after >= MIN_SEGMENT_S * sr:  # a click or breath after the last pause is no sentence of its own
+            return end, after, True
+    return None
 
 
 def _at(frame: float, sr: int) -> float:

@@ -152,3 +152,13 @@ def test_join_texts_dedups_only_overlapped_seams():
     assert join_texts(["solo"], [False], 1.0) == "solo"
     with pytest.raises(ValueError, match="2 texts and 1 overlap flags"):
         join_texts(["a", "b"], [False], 1.0)
+
+
+def test_split_pause_leaves_no_sliver_after_the_last_pause():
+    """A pause followed by a mere click at the end is not a sentence boundary: the last window keeps it (a
+    15 ms window has no feature frame to decode)."""
+    wave = speechy(5.0, [(1.5, 1.9), (4.3, 4.985)])
+    wave[int(4.985 * SR) :] = 0.3  # the click: 15 ms loud
+    windows = plan_windows(wave, SR, 4.0, 1.0, split_pause=0.2)
+    check_cover(windows, wave, 4.0, 1.0)
+    assert len(windows) == 2 and windows[-1].end - windows[-1].start > 2 * SR
