@@ -2,7 +2,7 @@
 again with the same lists unprompted (`llmasr decode --hotwords-unprompted`), so B-WER, U-WER and distractor leaks
 are read side by side on the same utterances and the same lists.
 
-Each utterance's list holds its made-up name (which training heard a dozen times) among four other names; a fifth of
+Each utterance's list holds its made-up name (which training heard 40 times) among four other names; a fifth of
 the lists hold no name of the utterance at all (demo.hotword_split).
 """
 

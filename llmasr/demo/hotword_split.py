@@ -1,11 +1,11 @@
-"""The demo's hotword material: made-up names that training hears only a few times, and a held-out-voice split in
-which each utterance comes with a biasing list (its name, if it has one, among distractor names).
+"""The demo's hotword material: made-up names that training hears seldom, and a held-out-voice split in which each
+utterance comes with a biasing list (its name, if it has one, among distractor names).
 
-A name heard a dozen times in 9,000 utterances is what a hotword is in real use: a word the model has barely learned,
-that the user knows may occur. The `hotword` split is spoken by the test voices; its manifest carries each list in
-the `hotwords` field, so `llmasr decode` biases with it, and the same manifest without the field gives the unbiased
-baseline. A fifth of its utterances hold no name at all: there the whole list is distractors, which is where a
-model that copies from its prompt shows it.
+A name heard 40 times in 9,000 utterances (a common word is heard hundreds of times) is what a hotword is in real
+use: a word the model has barely learned, that the user knows may occur. The `hotword` split is spoken by the test
+voices; its manifest carries each list in the `hotwords` field, so `llmasr decode` biases with it, and
+`--hotwords-unprompted` scores the same lists without them in the prompt. A fifth of its utterances hold no name at
+all: there the whole list is distractors, which is where a model that copies from its prompt shows it.
 """
 
 from __future__ import annotations

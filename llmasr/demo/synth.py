@@ -83,7 +83,7 @@ class CorpusConfig:
     # Hotwords (demo.hotword_split): made-up names, each spoken in `name_repeats` training utterances, and a
     # held-out-voice split of `n_hotword` utterances with biasing lists of one name + `hotword_distractors` others.
     names: list[str] = field(default_factory=lambda: list(NAMES))
-    name_repeats: int = 12
+    name_repeats: int = 40
     n_hotword: int = 150
     hotword_distractors: int = 4
 
