@@ -23,6 +23,23 @@ WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight",
 SAMPLE_RATE = 16000
 
 
+def syllable_bursts(
+    seconds: float, gaps=(), *, sample_rate: int = 16000, seed: int = 0, level: float = 0.3, floor: float = 0.003
+) -> np.ndarray:
+    """Speech-like audio for cut-point tests: noise bursts of syllable rhythm (loud 80-200 ms, dips of 40-80 ms, never
+    a pause of 0.2 s) over a noise floor, with true silences (the floor alone) at `gaps` ((start, end) seconds)."""
+    rng = np.random.default_rng(seed)
+    wave = np.zeros(int(seconds * sample_rate), dtype=np.float32)
+    t = 0
+    while t < wave.size:
+        n = int(rng.uniform(0.08, 0.2) * sample_rate)
+        wave[t : t + n] = level * rng.standard_normal(min(n, wave.size - t))
+        t += n + int(rng.uniform(0.04, 0.08) * sample_rate)
+    for a, b in gaps:
+        wave[int(a * sample_rate) : int(b * sample_rate)] = 0.0
+    return wave + (floor * rng.standard_normal(wave.size)).astype(np.float32)
+
+
 def _tone_words(words: list[str], rng: np.random.Generator, sr: int) -> np.ndarray:
     pieces = [np.zeros(int(0.05 * sr), dtype=np.float32)]
     for w in words:

@@ -15,24 +15,9 @@ from llmasr.data.long_audio import (
     plan_windows,
     silence_level,
 )
+from llmasr.testing.tiny_corpus import syllable_bursts
 
 SR = 16000
-
-
-def speechy(seconds: float, gaps=(), seed: int = 0) -> np.ndarray:
-    """Noise bursts of syllable rhythm (loud 80-200 ms, dips of 40-80 ms, never a pause of 0.2 s) with true
-    silences at `gaps` ((start, end) seconds)."""
-    rng = np.random.default_rng(seed)
-    wave = np.zeros(int(seconds * SR), dtype=np.float32)
-    t = 0
-    while t < wave.size:
-        n = int(rng.uniform(0.08, 0.2) * SR)
-        wave[t : t + n] = 0.3 * rng.standard_normal(min(n, wave.size - t))
-        t += n + int(rng.uniform(0.04, 0.08) * SR)
-    wave += 0.003 * rng.standard_normal(wave.size).astype(np.float32)  # a noise floor under everything
-    for a, b in gaps:
-        wave[int(a * SR) : int(b * SR)] = 0.003 * rng.standard_normal(int(b * SR) - int(a * SR))
-    return wave
 
 
 def check_cover(windows: list[Window], wave: np.ndarray, limit: float, overlap: float) -> None:
@@ -49,7 +34,7 @@ def check_cover(windows: list[Window], wave: np.ndarray, limit: float, overlap: 
 
 def test_cuts_land_in_the_pauses():
     gaps = [(9.0, 9.4), (17.5, 18.1), (27.0, 27.3)]
-    wave = speechy(36.0, gaps)
+    wave = syllable_bursts(36.0, gaps)
     windows = plan_windows(wave, SR, 12.0, 1.0)
     check_cover(windows, wave, 12.0, 1.0)
     assert len(windows) == 4 and not any(w.overlapped for w in windows)  # pauses: no overlap, nothing heard twice
@@ -64,7 +49,7 @@ def test_split_pause_ends_a_window_at_each_sentence_pause():
     """With split_pause, every pause at least that long (after MIN_SEGMENT_S of a window) ends the window, so
     sentences are decoded one a window even where two would fit the limit; shorter pauses do not cut."""
     gaps = [(2.0, 2.3), (4.1, 4.5), (5.0, 5.1), (7.2, 7.5)]  # the 0.1 s one is too short
-    wave = speechy(9.0, gaps)
+    wave = syllable_bursts(9.0, gaps)
     fill = plan_windows(wave, SR, 6.0, 1.0)
     split = plan_windows(wave, SR, 6.0, 1.0, split_pause=0.2)
     check_cover(split, wave, 6.0, 1.0)
@@ -78,7 +63,7 @@ def test_split_pause_ends_a_window_at_each_sentence_pause():
 
 
 def test_the_longest_pause_of_the_band_wins_and_a_pause_past_the_limit_is_not_used():
-    wave = speechy(18.0, [(7.5, 7.75), (8.5, 9.1), (10.2, 11.5)])  # the longest is past the 10 s limit
+    wave = syllable_bursts(18.0, [(7.5, 7.75), (8.5, 9.1), (10.2, 11.5)])  # the longest is past the 10 s limit
     windows = plan_windows(wave, SR, 10.0, 1.0)
     check_cover(windows, wave, 10.0, 1.0)
     assert len(windows) == 2 and 8.5 * SR < windows[0].end < windows[1].start < 9.1 * SR and not windows[1].overlapped
@@ -101,7 +86,7 @@ def test_no_pause_cuts_at_the_equal_share_with_an_overlap():
 
 
 def test_speech_without_pauses_cuts_at_a_dip_between_bursts():
-    wave = speechy(30.0)
+    wave = syllable_bursts(30.0)
     windows = plan_windows(wave, SR, 20.0, 1.0)
     check_cover(windows, wave, 20.0, 1.0)
     assert len(windows) == 2 and windows[1].overlapped
@@ -110,7 +95,7 @@ def test_speech_without_pauses_cuts_at_a_dip_between_bursts():
 
 
 def test_short_audio_is_one_window_and_bad_settings_are_refused():
-    wave = speechy(5.0)
+    wave = syllable_bursts(5.0)
     assert plan_windows(wave, SR, 5.0, 1.0) == [Window(0, wave.size)]
     with pytest.raises(ValueError, match="longer than twice the overlap"):
         plan_windows(wave, SR, 2.0, 1.0)
@@ -157,7 +142,7 @@ def test_join_texts_dedups_only_overlapped_seams():
 def test_split_pause_leaves_no_sliver_after_the_last_pause():
     """A pause followed by a mere click at the end is not a sentence boundary: the last window keeps it (a
     15 ms window has no feature frame to decode)."""
-    wave = speechy(5.0, [(1.5, 1.9), (4.3, 4.985)])
+    wave = syllable_bursts(5.0, [(1.5, 1.9), (4.3, 4.985)])
     wave[int(4.985 * SR) :] = 0.3  # the click: 15 ms loud
     windows = plan_windows(wave, SR, 4.0, 1.0, split_pause=0.2)
     check_cover(windows, wave, 4.0, 1.0)

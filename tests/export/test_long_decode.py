@@ -20,6 +20,7 @@ from llmasr.export.decode import DecodeOptions, decode_loader, decode_manifest, 
 from llmasr.export.export import export_model
 from llmasr.export.exported import load_exported
 from llmasr.models.decoding import DecodeConfig
+from llmasr.testing.tiny_corpus import syllable_bursts
 from llmasr.testing.tiny_recipe import OracleCTCHead
 
 SR = 16000
@@ -33,19 +34,6 @@ ORACLE = {
 }
 
 
-def bursts(seconds: float, rng, gaps=()) -> np.ndarray:
-    """Syllable-like noise bursts (no pause of 0.2 s) with silences at `gaps` (seconds)."""
-    wave = np.zeros(int(seconds * SR), dtype=np.float32)
-    t = 0
-    while t < wave.size:
-        n = int(rng.uniform(0.08, 0.2) * SR)
-        wave[t : t + n] = 0.2 * rng.standard_normal(min(n, wave.size - t))
-        t += n + int(rng.uniform(0.04, 0.08) * SR)
-    for a, b in gaps:
-        wave[int(a * SR) : int(b * SR)] = 0.0
-    return wave + 0.002 * rng.standard_normal(wave.size).astype(np.float32)
-
-
 @pytest.fixture(scope="module")
 def long_manifest(tmp_path_factory):
     root = tmp_path_factory.mktemp("long_audio")
@@ -53,11 +41,12 @@ def long_manifest(tmp_path_factory):
     steady = (0.2 * rng.standard_normal(int(4.45 * SR))).astype(np.float32)
     steady[int(2.2 * SR) : int(2.3 * SR)] *= 0.01  # too short for a pause: the quietest point, an overlapped cut
     # Window lengths 2.875, 2.05, 2.575 s (paused) and 2.25, 2.7 s (steady): encoder lengths apart
+    speech = {"sample_rate": SR, "level": 0.2, "floor": 0.002}
     waves = {
-        "paused": bursts(7.5, rng, gaps=[(2.75, 3.05), (4.75, 5.05)]),
+        "paused": syllable_bursts(7.5, [(2.75, 3.05), (4.75, 5.05)], seed=1, **speech),
         "steady": steady,
-        "short": bursts(1.1, rng),
-        "brief": bursts(1.6, rng),
+        "short": syllable_bursts(1.1, seed=2, **speech),
+        "brief": syllable_bursts(1.6, seed=3, **speech),
     }
     lines = []
     for key, wave in waves.items():
