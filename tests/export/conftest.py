@@ -63,3 +63,19 @@ def copy_run():
         return dst
 
     return copy
+
+
+@pytest.fixture(scope="module")
+def exported_dir(runs, tmp_path_factory):
+    """The ZeRO-2 run exported, once per test module (modules may change what they load from it)."""
+    from llmasr.export.export import export_model
+
+    return export_model(runs[2], tmp_path_factory.mktemp("exported") / "model")
+
+
+@pytest.fixture(scope="module")
+def model(exported_dir):
+    """The exported model loaded, once per test module (a module may swap its CTC head)."""
+    from llmasr.export.exported import load_exported
+
+    return load_exported(exported_dir)

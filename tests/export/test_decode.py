@@ -26,18 +26,8 @@ TEXTS = ["zero one two", "three four", "five six seven eight", "nine", "hello wo
 
 
 @pytest.fixture(scope="module")
-def exported_dir(runs, tmp_path_factory):
-    return export_model(runs[2], tmp_path_factory.mktemp("dec") / "model")
-
-
-@pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
     return write_corpus(tmp_path_factory.mktemp("corpus"), TEXTS)
-
-
-@pytest.fixture(scope="module")
-def model(exported_dir):
-    return load_exported(exported_dir)
 
 
 def _read(path):

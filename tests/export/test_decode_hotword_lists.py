@@ -16,23 +16,12 @@ from llmasr.data.dataset import SpeechDataset
 from llmasr.data.hotwords import HotwordSampler, HotwordsConfig
 from llmasr.data.loader import open_manifests
 from llmasr.export.decode import DecodeOptions, decode_loader, decode_manifest
-from llmasr.export.export import export_model
 from llmasr.export.exported import MODEL_FILE, load_exported
 from llmasr.models.decoding import DecodeConfig
 from llmasr.testing.run_dirs import write_corpus
 
 TEXTS = ["zero one two", "three four", "five six seven eight", "nine", "hello world", "the quick brown fox"]
 LISTS = {0: ["two", "seven eight"], 2: ["eight"], 3: [], 5: ["quick brown", "lazy dog", "fox"]}  # line -> list
-
-
-@pytest.fixture(scope="module")
-def exported_dir(runs, tmp_path_factory):
-    return export_model(runs[2], tmp_path_factory.mktemp("dec_hot") / "model")
-
-
-@pytest.fixture(scope="module")
-def model(exported_dir):
-    return load_exported(exported_dir)
 
 
 @pytest.fixture(scope="module")

@@ -17,8 +17,6 @@ from llmasr.data.dataset import SpeechDataset
 from llmasr.data.loader import open_manifests
 from llmasr.data.long_audio import join_texts, plan_windows
 from llmasr.export.decode import DecodeOptions, decode_loader, decode_manifest, load_decode_model
-from llmasr.export.export import export_model
-from llmasr.export.exported import load_exported
 from llmasr.models.decoding import DecodeConfig
 from llmasr.testing.tiny_corpus import syllable_bursts
 from llmasr.testing.tiny_recipe import OracleCTCHead
@@ -54,16 +52,6 @@ def long_manifest(tmp_path_factory):
         lines.append(json.dumps({"key": key, "source": f"{key}.wav", "target": ORACLE[key][0]}))
     (root / "long.jsonl").write_text("\n".join(lines) + "\n")
     return root / "long.jsonl", waves
-
-
-@pytest.fixture(scope="module")
-def exported_dir(runs, tmp_path_factory):
-    return export_model(runs[2], tmp_path_factory.mktemp("long_export") / "model")
-
-
-@pytest.fixture(scope="module")
-def model(exported_dir):
-    return load_exported(exported_dir)
 
 
 def test_the_planned_windows_are_the_ones_meant(long_manifest):
