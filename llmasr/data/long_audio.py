@@ -93,20 +93,21 @@ def plan_windows(
     db = frame_energies(wave, sample_rate)
     windows, start, overlapped = [], 0, False
     while True:  # with split_pause, also the last `limit` seconds are cut at their sentence pauses
-        early = _first_pause(db, start, n, limit, split_pause, sample_rate) if split_pause > 0 else None
+        # the window's own levels: background noise changes along long recordings
+        quiet = silence_level(_band(db, start, start + limit, sample_rate)[1])
+        early = _first_pause(db, quiet, start, n, limit, split_pause, sample_rate) if split_pause > 0 else None
         if early is None and n - start <= limit:
             break
-        end, after, pause = early or _cut(db, start, n, limit, ov, sample_rate)
+        end, after, pause = early or _cut(db, quiet, start, n, limit, ov, sample_rate)
         windows.append(Window(start, end, overlapped))
         start, overlapped = after, not pause
     windows.append(Window(start, n, overlapped))
     return windows
 
 
-def _cut(db, start: int, n: int, limit: int, ov: int, sr: int) -> tuple[int, int, bool]:
-    """(the sample the window from `start` ends at, the sample the next one starts at, whether a pause is between)."""
-    _, own = _band(db, start, start + limit, sr)
-    quiet = silence_level(own)  # the window's own levels: background noise changes along long recordings
+def _cut(db, quiet, start: int, n: int, limit: int, ov: int, sr: int) -> tuple[int, int, bool]:
+    """(the sample the window from `start` ends at, the sample the next one starts at, whether a pause is between);
+    `quiet`: the window's silence level (None: no pauses)."""
     left = n - start
     k = math.ceil((left - ov) / (limit - ov))  # windows still needed, each overlapping the next at most `ov`
     target = start + (left + (k - 1) * ov) / k  # an equal share; <= start + limit
@@ -124,10 +125,8 @@ def _cut(db, start: int, n: int, limit: int, ov: int, sr: int) -> tuple[int, int
             )
             while a > 0 and db[a - 1] < quiet:  # the whole pause, also where it runs past the band
                 a -= 1
-            while b < len(db) and db[b] < quiet:
-                b += 1
-            end = int(min(start + limit, max(lo_s, _at(a, sr) + TRAIL_S * sr)))
-            return end, int(min(max(end, _at(b, sr) - LEAD_S * sr), n - 1)), True
+            end, after = _pause_cut(db, a, b, quiet, start + limit, sr, earliest=lo_s)
+            return end, min(after, n - 1), True
     lo, band = _band(db, max(target - half, fits), min(target + half, start + limit), sr)
     if band.size == 0:  # a band narrower than a frame
         return int(target), int(target) - ov, False
@@ -136,24 +135,30 @@ def _cut(db, start: int, n: int, limit: int, ov: int, sr: int) -> tuple[int, int
     return end, end - ov, False
 
 
-def _first_pause(db, start: int, n: int, limit: int, split_pause: float, sr: int) -> tuple[int, int, bool] | None:
+def _first_pause(
+    db, quiet, start: int, n: int, limit: int, split_pause: float, sr: int
+) -> tuple[int, int, bool] | None:
     """The cut at the first pause of at least `split_pause` s after MIN_SEGMENT_S of the window, if any."""
-    _, own = _band(db, start, start + limit, sr)
-    quiet = silence_level(own)
     if quiet is None:
         return None
     lo, band = _band(db, start + MIN_SEGMENT_S * sr, start + limit, sr)
     for a, b in _runs(band < quiet):
         if b - a < max(split_pause, MIN_PAUSE_S) / HOP_S:
             continue
-        a, b = lo + a, lo + b
-        while b < len(db) and db[b] < quiet:  # the whole pause, also where it runs past the band
-            b += 1
-        end = int(min(start + limit, _at(a, sr) + TRAIL_S * sr))
-        after = int(max(end, _at(b, sr) - LEAD_S * sr))
+        end, after = _pause_cut(db, lo + a, lo + b, quiet, start + limit, sr)
         if n - after >= MIN_SEGMENT_S * sr:  # a click or breath after the last pause is no sentence of its own
             return end, after, True
     return None
+
+
+def _pause_cut(db, a: int, b: int, quiet: float, last_end: float, sr: int, earliest: float = 0.0) -> tuple[int, int]:
+    """(window end, next window start) for the pause of frames [a, b): the pause runs on while frames stay quiet
+    (also past the band it was found in); the window keeps TRAIL_S of it (between `earliest` and `last_end`), the
+    next starts LEAD_S before the speech that ends it."""
+    while b < len(db) and db[b] < quiet:
+        b += 1
+    end = int(min(last_end, max(earliest, _at(a, sr) + TRAIL_S * sr)))
+    return end, int(max(end, _at(b, sr) - LEAD_S * sr))
 
 
 def _at(frame: float, sr: int) -> float:
