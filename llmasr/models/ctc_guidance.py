@@ -1,17 +1,21 @@
 """CTC-guided LLM decoding: the LLM's next-token scores joined with the CTC head's prefix scores.
 
 With a CTC vocabulary of the LLM's own token ids (model.ctc.vocab "llm"), each step of greedy or beam search scores
-the LLM's top candidates (and always the end token) by
+candidate tokens (and always the end token) by
 
     (1 - w) * log P_llm(c | h) + w * (log psi_ctc(h c) - log psi_ctc(h))
 
-(the end token's CTC term: log P_ctc(exactly h) - log psi_ctc(h)); every other token is ruled out. Summed over a
+(the end token's CTC term: log P_ctc(exactly h) - log psi_ctc(h)); every other token is ruled out. The candidates are
+the LLM's top tokens joined with the tokens the audio supports (those the CTC head gives at least AUDIO_TOKEN_PROB on
+some frame of the utterance): a word the encoder hears is never out of reach because the LLM ranks it low. Summed over a
 hypothesis this is (1 - w) log P_llm + w log P_ctc, so a token the audio does not support (an insertion) or an end
 before the audio is spelled out loses. With any other CTC vocabulary the LLM's n-best list is rescored by the CTC
 forward score of each hypothesis re-tokenised into that vocabulary (`rescore_nbest`).
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -20,6 +24,9 @@ from llmasr.models.ctc_prefix import CTCPrefixScorer, PrefixState
 
 # LLM candidates scored by CTC per hypothesis and step (the end token is always scored as well).
 CANDIDATES = 8
+# A token the CTC head gives at least this probability on some frame of an utterance is a candidate at every step of
+# that utterance, whatever the LLM's rank of it.
+AUDIO_TOKEN_PROB = 0.01
 # Prefix scores are floored here so that an impossible prefix (more labels than frames) stays comparable.
 FLOOR = -1.0e4
 
@@ -28,11 +35,16 @@ class CTCPrefixGuide:
     """A transformers logits processor (called with the generated ids [rows, n] and log-probs [rows, V]); row r
     belongs to utterance r // num_beams. States are kept per (utterance, prefix), so beam reordering needs nothing."""
 
-    def __init__(self, scorer: CTCPrefixScorer, weight: float, end_id: int, num_beams: int):
+    def __init__(self, scorer: CTCPrefixScorer, weight: float, end_id: int, num_beams: int, extra=None):
+        """`extra`: per utterance, token ids to score at every step besides the LLM's top and the audio's tokens
+        (e.g. the utterance's hotword spellings), or None."""
         self.scorer, self.weight, self.end_id, self.num_beams = scorer, float(weight), int(end_id), int(num_beams)
         # (utterance, prefix) -> (row, candidate) in the last step's (psi, r_n, r_b), for the prefixes it proposed
         self.kept: dict[tuple[int, tuple[int, ...]], tuple[int, int]] = {}
         self.step: tuple = ()
+        self.audio_tokens = audio_tokens(scorer, AUDIO_TOKEN_PROB)
+        if extra is not None:
+            self.audio_tokens = [torch.cat([a, e]).unique() for a, e in zip(self.audio_tokens, extra)]
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         rows, prefixes = [], []
@@ -46,7 +58,7 @@ class CTCPrefixGuide:
         states = [self._state(u, p) for u, p in zip(utts, prefixes)]
         # Candidates are picked on the LLM's device; only they travel to the CTC side (CPU, float64).
         here = scores[rows]
-        labels, ok = self._candidates(here)
+        labels, ok = self._candidates(here, utts)
         psi, r_n, r_b = self.scorer.extend(utts, states, labels.clamp(max=self.scorer.vocab_size - 1))
         old = torch.tensor([s.psi for s in states], dtype=torch.float64)[:, None].clamp(min=FLOOR)
         ends = self.scorer.final_all(utts, states)[:, None]
@@ -64,16 +76,26 @@ class CTCPrefixGuide:
         out[done] = scores[done]
         return out
 
-    def _candidates(self, scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The LLM's top tokens per row ([N, K]) other than the end token, and which of them the CTC vocabulary
-        can spell (an id past it, or the blank's id, is ruled out)."""
+    def _candidates(self, scores: torch.Tensor, utts: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per row ([N, K]): the LLM's top tokens other than the end token, joined with its utterance's audio
+        tokens (a token the LLM rules out, -inf, stays out), and which of them can be scored (an id past the CTC
+        vocabulary, the blank's id or padding cannot)."""
         masked = scores.clone()
         masked[:, self.end_id] = float("-inf")
         top = masked.topk(min(CANDIDATES, masked.shape[1] - 1), dim=1)
-        labels, finite = top.indices.cpu(), torch.isfinite(top.values).cpu()
+        finite = torch.isfinite(masked).cpu()
+        rows = []
+        for i, (ids, u) in enumerate(zip(top.indices.cpu(), utts)):
+            ids = torch.cat([ids, self.audio_tokens[u][self.audio_tokens[u] < finite.shape[1]]]).unique()
+            rows.append(ids[finite[i, ids] & (ids != self.end_id)])
+        width = max(len(r) for r in rows)
+        labels = torch.zeros(len(rows), max(width, 1), dtype=torch.long)
+        ok = torch.zeros_like(labels, dtype=torch.bool)
+        for i, r in enumerate(rows):
+            labels[i, : len(r)], ok[i, : len(r)] = r, True
         blank = self.scorer.blank_id
-        ok = (labels < self.scorer.vocab_size) & (labels != blank) & finite
-        return torch.where(labels == blank, torch.zeros_like(labels), labels), ok
+        ok &= (labels < self.scorer.vocab_size) & (labels != blank)
+        return torch.where(ok, labels, torch.zeros_like(labels)), ok
 
     def _state(self, utt: int, prefix: tuple[int, ...]) -> PrefixState:
         """A prefix's state: kept from the step that proposed it, or (a token no candidate list held, e.g. forced
@@ -97,6 +119,17 @@ class CTCPrefixGuide:
             for k, (label, valid) in enumerate(zip(row, good)):
                 if valid:
                     self.kept[(utt, (*prefix, label))] = (i, k)
+
+
+def audio_tokens(scorer: CTCPrefixScorer, min_prob: float) -> list[torch.Tensor]:
+    """Per utterance, the ids (CPU, sorted) other than the blank that the CTC head gives at least `min_prob` on some
+    frame of the utterance's own length (one utterance at a time: no [B, T, V] copy of a large vocabulary)."""
+    found = []
+    for b, n in enumerate(scorer.lens):
+        best = scorer.log_probs[b, : max(n, 1)].amax(dim=0)
+        best[scorer.blank_id] = float("-inf")
+        found.append((best >= math.log(min_prob)).nonzero()[:, 0].cpu())
+    return found
 
 
 def rescore_nbest(

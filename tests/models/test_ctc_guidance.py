@@ -11,6 +11,7 @@ import torch
 
 import llmasr
 from llmasr.config_io import ConfigError
+from llmasr.models import ctc_guidance
 from llmasr.models.adaptors import ADAPTOR_TYPES
 from llmasr.models.ctc import ctc_collapse
 from llmasr.models.ctc_guidance import rescore_nbest
@@ -81,6 +82,26 @@ def test_ctc_guidance_removes_the_insertion_the_llm_alone_makes(model, beams):
     assert guided.llm == ["three four"] and guided.ctc == ["three four"]
     assert "CTC prefix scoring (ctc_weight 0.5)" in guided.mode and "CTC" not in alone.mode
     assert guided.truncated == [None]
+
+
+@pytest.mark.parametrize("beams", [1, 3])
+def test_a_word_the_audio_holds_is_reached_though_the_llm_ranks_it_last(model, beams, monkeypatch):
+    """The LLM says "three nine" and puts " four" at the bottom of its ranking, far below CANDIDATES; the audio
+    says "three four": its tokens are candidates because the CTC head gives them on some frame."""
+    tok, end = model.prompt.tokenizer, model.prompt.end_id
+    batch = random_batch(model, ["three four"], frames=[30], seed=1)
+    enc_len = int(model.encoder(batch.feats, batch.feat_lens)[1][0])
+    model._modules["ctc_head"] = OracleCTCHead(model.ctc_tokenizer, {enc_len: "three four"})
+    script = chain_script(tok.encode("three nine", add_special_tokens=False), end)
+    four = tok.encode(" four", add_special_tokens=False)
+    script[tok.encode("three", add_special_tokens=False)[-1]][four[0]] = -12.0
+    cfg = DecodeConfig(num_beams=beams, ctc_weight=0.9)
+    with torch.no_grad(), ScriptedLLM(model, script):
+        guided = model.transcribe(batch, cfg)
+        monkeypatch.setattr(ctc_guidance, "AUDIO_TOKEN_PROB", 2.0)  # no audio tokens: the LLM's top ones only
+        top_only = model.transcribe(batch, cfg)
+    assert guided.llm == ["three four"]
+    assert top_only.llm != ["three four"]
 
 
 @pytest.mark.parametrize("beams", [1, 3])
