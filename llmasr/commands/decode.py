@@ -16,7 +16,7 @@ from llmasr.data.hotwords import PhraseFileError, read_phrase_file
 from llmasr.export.decode import DecodeOptions, decode_manifest, load_decode_model, out_dirs
 from llmasr.export.exported import ExportedModelError
 from llmasr.models.ctc import LLMCTCTokenizer
-from llmasr.models.decoding import AUTO_CTC_WEIGHT, DecodeConfig, decode_config
+from llmasr.models.decoding import AUTO_CTC_WEIGHT, AUTO_HOTWORD_BOOST, DecodeConfig, decode_config
 from llmasr.run_dir import CheckpointError
 
 # DecodeConfig field -> the argparse dest of the flag that sets it (unset flags keep the model's saved value)
@@ -33,6 +33,7 @@ DECODE_FLAGS = {
     "max_window_seconds": "max_window_seconds",
     "window_overlap": "window_overlap",
     "window_split_pause": "window_split_pause",
+    "hotword_boost": "hotword_boost",
 }
 
 
@@ -70,8 +71,13 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     p.add_argument(
         "--hotwords-unprompted", action="store_true",
-        help="score B-/U- rates against the lists (the manifest's, --hotwords) without rendering them into the "
-        "prompt: the unbiased baseline of the same lists",
+        help="score B-/U- rates against the lists (the manifest's, --hotwords) without using them (neither prompt "
+        "nor boost): the unbiased baseline of the same lists",
+    )  # fmt: skip
+    p.add_argument(
+        "--hotword-boost", type=float, default=None,
+        help="score per token of a listed phrase the hypothesis completes, in the search (0: the list is only in the "
+        f"prompt; default: the model's, else {AUTO_HOTWORD_BOOST:g} when CTC-guided)",
     )  # fmt: skip
     p.add_argument("--dtype", choices=("bf16", "fp16", "fp32"), help="LLM dtype (--model; default: as exported)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")

@@ -57,7 +57,9 @@ Hotwords: a line's own `hotwords` field is its biasing list; `--hotwords FILE` (
 list of every line that has no such field. A line's own list wins, an explicit [] included ("no list for this
 one"): per-utterance lists are the more specific statement. The list is rendered by the model's prompt builder as in
 training (its wording and token cap are saved with the model). `--hotwords-unprompted` chooses the lists the same
-way but renders none: the B-/U- rates of the model unbiased, on the same lists (rows: `hotwords_scored`).
+way but uses none: the B-/U- rates of the model unbiased, on the same lists (rows: `hotwords_scored`).
+The search boosts each listed phrase it completes (decode.hotword_boost, llmasr.models.hotword_boost; by default on
+when the search is CTC-guided); wer.txt says by how much.
 """
 
 from __future__ import annotations
@@ -142,8 +144,9 @@ def decode_manifest(
     has_head = getattr(model, "ctc_head", None) is not None
     if opts.ctc and not has_head:
         raise DecodeError("--ctc: the model has no CTC head (it was trained with model.ctc.weight 0)")
+    llm_vocab = isinstance(getattr(model, "ctc_tokenizer", None), LLMCTCTokenizer)
     try:
-        cfg.guidance(has_head, isinstance(getattr(model, "ctc_tokenizer", None), LLMCTCTokenizer))
+        boost = cfg.boost(cfg.guidance(has_head, llm_vocab), llm_vocab)
     except ConfigError as err:
         raise DecodeError(str(err)) from err
     window_limit(model, cfg, opts)  # refused before anything is written
@@ -171,7 +174,7 @@ def decode_manifest(
         windows=sum(r["windows"] for r in rows), split=sum(r["windows"] > 1 for r in rows),
         max_window_seconds=window_limit(model, cfg, opts) or None, window_overlap=cfg.window_overlap,
     )  # fmt: skip
-    timing["hotwords"] = hotword_counts(rows, opts, model.prompt.hotwords_max_tokens)
+    timing["hotwords"] = hotword_counts(rows, opts, model.prompt.hotwords_max_tokens, boost)
     summary = llm_summary(out_dir, rows, found, cfg, timing)
     summary["too_much_bad_data"] = tracker.message(final=True) if tracker.exceeded else None
     if opts.ctc:

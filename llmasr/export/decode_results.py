@@ -15,10 +15,11 @@ from llmasr.scoring import score_corpus
 from llmasr.scoring_bias import BiasedCorpus, hotword_list, score_lists
 
 
-def hotword_counts(rows: list[dict], opts, cap: int | None) -> dict:
-    """How the utterances were biased: lists, phrases rendered, phrases the token cap dropped; unprompted, the
-    lists scored (none rendered). `opts`: the run's DecodeOptions."""
+def hotword_counts(rows: list[dict], opts, cap: int | None, boost: float = 0.0) -> dict:
+    """How the utterances were biased: lists, phrases rendered, phrases the token cap dropped, the search's boost
+    per phrase token; unprompted, the lists scored (none used). `opts`: the run's DecodeOptions."""
     return {
+        "hotword_boost": boost,
         "hotwords_unprompted": opts.hotwords_unprompted,
         "hotword_lists_scored": sum(bool(r.get("hotwords_scored")) for r in rows),
         "hotword_lists": sum(bool(r["hotwords"]) for r in rows),
@@ -38,13 +39,16 @@ def _hotword_line(h: dict, n_utts: int) -> str:
     if h["hotwords_unprompted"]:
         return (
             f"hotwords: {h['hotword_lists_scored']} of {n_utts} utterances have a list ({source}), scored but not "
-            "rendered into the prompt (--hotwords-unprompted: the unbiased baseline of the same lists)"
+            "used, neither in the prompt nor in the search (--hotwords-unprompted: the unbiased baseline of the same "
+            "lists)"
         )
     cap = h["hotwords_max_tokens"]
     dropped = "no token cap" if cap is None else f"{h['hotwords_dropped']} dropped by the token cap {cap}"
+    boost = h.get("hotword_boost") or 0.0
+    search = f"boosted in the search by {boost:g} per phrase token" if boost else "not boosted in the search"
     return (
         f"hotwords: {h['hotword_lists']} of {n_utts} utterances decoded with a list ({source}), "
-        f"{h['hotword_phrases']} phrases, {dropped}"
+        f"{h['hotword_phrases']} phrases, {dropped}; {search}"
     )
 
 

@@ -16,6 +16,8 @@ from llmasr.config_io import ConfigError
 METRICS = ("auto", "wer", "cer")
 # ctc_weight when unset and the model has a CTC head (tuned on the demo's dev set; see the README's decode section).
 AUTO_CTC_WEIGHT = 0.7
+# hotword_boost when unset and the search is CTC prefix-guided (measured on the demo's hotword split; README).
+AUTO_HOTWORD_BOOST = 2.0
 MIN_WINDOW_SECONDS = 2.0  # shortest long-audio window: below it the join would hang on a word or two
 
 
@@ -44,6 +46,10 @@ class DecodeConfig:
     # A pause at least this long ends a window before the limit (one sentence a window, as a VAD would cut it);
     # 0: windows fill up to the limit, cut at their longest pause.
     window_split_pause: float = 0.2
+    # Hotword boosting in the search (models.hotword_boost): score per token of an utterance's biasing phrase that
+    # the hypothesis completes; 0 = the list is only in the prompt; None = AUTO_HOTWORD_BOOST when the search is
+    # CTC prefix-guided (the audio then keeps a boosted phrase out unless it is heard), else 0.
+    hotword_boost: float | None = None
 
     def validate(self, path: str) -> None:
         if self.num_beams < 1:
@@ -64,6 +70,10 @@ class DecodeConfig:
             )
         if self.max_window_seconds is not None:
             self.window_seconds(None, path)
+        if self.hotword_boost is not None and not 0.0 <= self.hotword_boost < math.inf:
+            raise ConfigError(
+                f"{path}.hotword_boost: must be >= 0 (0: off; unset: the default), got {self.hotword_boost}"
+            )
 
     def window_seconds(self, training_max: float | None, path: str = "decode") -> float:
         """The longest audio decoded in one piece (0.0: no limit): max_window_seconds, else `training_max`, the
@@ -102,6 +112,14 @@ class DecodeConfig:
                 "rescores the LLM's n-best list; set num_beams >= 2 (got 1)"
             )
         return float(self.ctc_weight)
+
+    def boost(self, weight: float, llm_vocab: bool) -> float:
+        """The hotword boost this configuration decodes with, under CTC weight `weight`: the set value, else
+        AUTO_HOTWORD_BOOST when the search is CTC prefix-guided, else 0 (an LLM alone, boosted, writes listed
+        phrases the audio does not hold)."""
+        if self.hotword_boost is not None:
+            return float(self.hotword_boost)
+        return AUTO_HOTWORD_BOOST if weight > 0 and llm_vocab else 0.0
 
     def mode(self, weight: float, llm_vocab: bool = True) -> str:
         """A short name of the search this configuration runs with CTC weight `weight`."""

@@ -24,6 +24,7 @@ from llmasr.models.ctc_guidance import CTCPrefixGuide, rescore_nbest
 from llmasr.models.ctc_prefix import CTCPrefixScorer
 from llmasr.models.decode_guards import Guards
 from llmasr.models.decoding import DecodeConfig, Transcripts
+from llmasr.models.hotword_boost import HotwordBoost
 from llmasr.models.insert_audio import merge_audio_into_text
 from llmasr.models.llm import causal_lm_parts
 from llmasr.models.losses import labels_only_cross_entropy
@@ -215,7 +216,7 @@ class SpeechLLM(nn.Module):
         if self.ctc_head is not None and log_probs is None:  # not already computed for compression
             log_probs = self.ctc_head(enc, enc_lens)
         ctc = None if self.ctc_head is None else (log_probs, enc_lens)
-        rows, truncated, mode = self._search(merged, batch.feat_lens, cfg, generate_kwargs, ctc)
+        rows, truncated, mode = self._search(merged, batch.feat_lens, cfg, generate_kwargs, ctc, batch.hotwords)
         llm = [self.prompt.decode(ids) for ids in rows]
         ctc_texts = None if ctc is None else self.ctc_texts(log_probs, enc_lens)
         return Transcripts(llm, ctc_texts, truncated, mode)
@@ -236,11 +237,12 @@ class SpeechLLM(nn.Module):
         if self.ctc_head is not None:
             ctc = (self.ctc_head(enc, enc_lens) if log_probs is None else log_probs, enc_lens)
         kwargs = {k: v for k, v in settings.items() if k not in names}
-        return self._search(merged, batch.feat_lens, cfg, kwargs, ctc)[0]
+        return self._search(merged, batch.feat_lens, cfg, kwargs, ctc, batch.hotwords)[0]
 
-    def _search(self, merged, feat_lens, cfg: DecodeConfig, generate_kwargs: dict, ctc) -> tuple:
+    def _search(self, merged, feat_lens, cfg: DecodeConfig, generate_kwargs: dict, ctc, hotwords=None) -> tuple:
         """(token ids per row, each cut at its cap; truncation per row; mode name) of the search `cfg` asks for;
-        `ctc`: (CTC log-probs, lengths) of a model with a CTC head, else None."""
+        `ctc`: (CTC log-probs, lengths) of a model with a CTC head, else None; `hotwords`: each row's biasing
+        phrases (boosted in the search by cfg.hotword_boost)."""
         from transformers import LogitsProcessorList  # deferred like every transformers import (models.llm)
 
         llm_vocab = isinstance(self.ctc_tokenizer, LLMCTCTokenizer)
@@ -251,10 +253,16 @@ class SpeechLLM(nn.Module):
         else:
             caps = [int(cfg.max_new_tokens)] * int(feat_lens.shape[0])
         guards = Guards(caps, cfg.repeat_limit, self.prompt.end_id, cfg.num_beams)
+        boost, end = cfg.boost(weight, llm_vocab), self.prompt.end_id
+        boosts = []
+        if boost > 0 and hotwords is not None and any(hotwords):
+            boosts.append(HotwordBoost(hotwords, self.prompt.tokenizer, boost, end, cfg.num_beams))
         processors = []
         if weight > 0 and llm_vocab:
             scorer = CTCPrefixScorer(ctc[0], ctc[1], self.ctc_tokenizer.blank_id)
-            processors.append(CTCPrefixGuide(scorer, weight, self.prompt.end_id, cfg.num_beams))
+            listed = [boosts[0].tokens(u) for u in range(len(hotwords))] if boosts else None
+            processors.append(CTCPrefixGuide(scorer, weight, end, cfg.num_beams, listed))
+        processors += boosts  # after the guide: the boost is added to the joint score of the candidates it kept
         nbest = cfg.num_beams if weight > 0 and not llm_vocab else 1
         out = self.llm.generate(
             inputs_embeds=merged.inputs_embeds,

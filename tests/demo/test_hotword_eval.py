@@ -34,8 +34,8 @@ def test_scores_and_lines_of_a_biased_and_an_unbiased_run(tmp_path):
     assert on["u_wer"] == pytest.approx(1 / 3) and off["u_wer"] == pytest.approx(1 / 3)
     assert on["leaked"] == 1 and on["distractors"] == 3 and on["leak_rate"] == pytest.approx(1 / 3)
     assert on["recall"] == 1.0 and off["recall"] == 0.0
-    lines = report_lines({"hotword": on, "hotword_unprompted": off})
-    assert "0.00% with lists, 100.00% without" in lines[0]
+    lines = report_lines({"hotword": on, "hotword_prompt_only": off, "hotword_unprompted": off})
+    assert "0.00% with lists, 100.00% without" in lines[0] and "prompt only: 100.00%" in lines[0]
     assert "1 of 3 distractor names (33.33%)" in lines[2]
 
 

@@ -17,7 +17,7 @@ from llmasr.data.hotwords import HotwordSampler, HotwordsConfig
 from llmasr.data.loader import open_manifests
 from llmasr.export.decode import DecodeOptions, decode_loader, decode_manifest
 from llmasr.export.exported import MODEL_FILE, load_exported
-from llmasr.models.decoding import DecodeConfig
+from llmasr.models.decoding import AUTO_HOTWORD_BOOST, DecodeConfig
 from llmasr.testing.run_dirs import write_corpus
 
 TEXTS = ["zero one two", "three four", "five six seven eight", "nine", "hello world", "the quick brown fox"]
@@ -153,7 +153,12 @@ def test_cli_hotwords_file(exported_dir, corpus, phrase_file, tmp_path, capsys):
     args = ["--model", str(exported_dir), "--data", str(corpus), "--output", str(tmp_path / "o"), "--num-workers", "0"]
     assert main([*args, "--max-new-tokens", "2", "--hotwords", str(phrase_file)]) == 0
     assert [r["hotwords"] for r in _rows(tmp_path / "o" / "results.jsonl")] == expected_lists(["world", "nine"])
-    assert f"--hotwords {phrase_file} where a line has no list of its own" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert f"--hotwords {phrase_file} where a line has no list of its own" in out
+    assert f"boosted in the search by {AUTO_HOTWORD_BOOST:g} per phrase token" in out  # CTC-guided: the default
+    assert main([*args, "--max-new-tokens", "2", "--hotwords", str(phrase_file), "--hotword-boost", "0"]) == 0
+    assert "not boosted in the search" in capsys.readouterr().out
+    assert json.loads((tmp_path / "o" / "wer.json").read_text())["hotword_boost"] == 0.0
     assert main([*args, "--max-new-tokens", "2", "--hotwords", str(phrase_file), "--hotwords-unprompted"]) == 0
     rows = _rows(tmp_path / "o" / "results.jsonl")
     assert [r["hotwords"] for r in rows] == [[]] * len(TEXTS)
@@ -179,7 +184,7 @@ def test_unprompted_lists_are_scored_not_rendered(model, corpus, tmp_path):
     assert [r["hotwords_scored"] for r in rows_u] == expected_lists(["world", "nine"])
     assert [r["hotwords_scored"] for r in rows_u] == [r["hotwords"] for r in rows_b]
     assert got["hotwords"]["utterances_with_list"] == 5 and got["hotword_lists"] == 0
-    assert "scored but not rendered into the prompt" in got["text"] and "B-WER" in got["text"]
+    assert "scored but not used, neither in the prompt nor in the search" in got["text"] and "B-WER" in got["text"]
     # the baseline's B-/U- split is that of its own hypotheses under the lists
     for r in rows_u:
         if r["hotwords_scored"]:

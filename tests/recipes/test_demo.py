@@ -82,6 +82,7 @@ def test_quick_demo_trains_exports_and_decodes(tmp_path):
     assert "hotword split B-WER" in done.stdout and "minute-long audio" in done.stdout
     hot = summary["hotwords"]
     assert hot["hotword"]["distractors"] == hot["hotword_unprompted"]["distractors"] > 0
+    assert hot["hotword_prompt_only"]["distractors"] == hot["hotword"]["distractors"]
     assert hot["hotword"]["b_wer"] is not None and hot["hotword_unprompted"]["b_wer"] is not None
     rows = [json.loads(line) for line in open(workdir / "decode_hotword" / "results.jsonl")]
     assert all(len(r["hotwords"]) == 5 for r in rows) and len(rows) == summary["corpus"]["hotword"]

@@ -1,0 +1,144 @@
+"""Hotword boosting in the search: the bonus a phrase earns token by token and gives back when it breaks off, and
+what it does to decoding on models of known output (a scripted LLM, an oracle CTC head)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import llmasr
+from llmasr.config_io import ConfigError
+from llmasr.models.decoding import AUTO_HOTWORD_BOOST, DecodeConfig
+from llmasr.models.hotword_boost import HotwordBoost, phrase_trie
+from llmasr.testing.scripted_llm import ScriptedLLM
+from llmasr.testing.tiny_recipe import OracleCTCHead, random_batch, tiny_model_section
+
+TARGETS = ["zero one two", "three four", "five six seven eight", "nine"]
+
+
+@pytest.fixture
+def model(tiny_llm_dir):
+    torch.manual_seed(0)
+    return llmasr.build_model(tiny_model_section(tiny_llm_dir, ctc_weight=0.3)).eval()
+
+
+def _ids(tok, text: str) -> list[int]:
+    return tok.encode(text, add_special_tokens=False)
+
+
+def _gains(boost: HotwordBoost, prefix: list[int], vocab: int) -> torch.Tensor:
+    """What the processor adds to each token's score after `prefix` (one greedy row)."""
+    scores = torch.zeros(1, vocab)
+    return boost(torch.tensor([prefix], dtype=torch.long).reshape(1, -1), scores)[0]
+
+
+def test_a_phrase_earns_its_boost_only_when_it_is_complete(model):
+    tok, end = model.prompt.tokenizer, model.prompt.end_id
+    vocab = len(tok)
+    boost = HotwordBoost([["three four"]], tok, 2.0, end, 1)
+    phrase = _ids(tok, "three four")
+    earned = 0.0
+    for n, token in enumerate(phrase):  # each token of the phrase earns the boost as it is written
+        gains = _gains(boost, phrase[:n], vocab)
+        assert gains[token] == 2.0
+        earned += float(gains[token])
+    gains = _gains(boost, phrase, vocab)
+    assert gains[end] == 0.0  # complete: nothing to give back
+    assert earned + float(gains[end]) == 2.0 * len(phrase)
+    # Broken off after three tokens: any other token, and the end token, give those three back.
+    gains = _gains(boost, phrase[:3], vocab)
+    other = _ids(tok, " nine")[0]
+    assert gains[end] == -6.0 and gains[other] == -6.0 and gains[phrase[3]] == 2.0
+    # The after-a-space spelling matches mid-sentence too.
+    mid = _ids(tok, "nine three four")
+    total = sum(float(_gains(boost, mid[:n], vocab)[mid[n]]) for n in range(len(mid)))
+    assert total + float(_gains(boost, mid, vocab)[end]) == 2.0 * len(_ids(tok, " three four"))
+
+
+def test_a_completed_shorter_phrase_stays_earned_when_a_longer_one_breaks_off(model):
+    tok, end = model.prompt.tokenizer, model.prompt.end_id
+    boost = HotwordBoost([["four", "four one"]], tok, 1.0, end, 1)
+    spelled = _ids(tok, "four")
+    longer = _ids(tok, "four one")
+    assert longer[: len(spelled)] == spelled
+    root = phrase_trie(["four", "four one"], tok)
+    assert root.children[spelled[0]].done == 0
+    gains = _gains(boost, spelled, len(tok))
+    assert gains[end] == 0.0  # "four" is complete: ending here keeps its boost
+    gains = _gains(boost, longer[: len(spelled) + 1], len(tok))
+    assert gains[end] == -1.0  # one token into " one": only that token is given back
+
+
+def test_ended_rows_and_rows_without_a_list_are_left_alone(model):
+    tok, end = model.prompt.tokenizer, model.prompt.end_id
+    boost = HotwordBoost([["four"], []], tok, 2.0, end, 1)
+    scores = torch.zeros(2, len(tok))
+    out = boost(torch.tensor([[end], [5]]), scores)
+    assert torch.equal(out, scores)
+    ruled_out = torch.full((1, len(tok)), float("-inf"))
+    assert torch.equal(HotwordBoost([["four"]], tok, 2.0, end, 1)(torch.zeros(1, 0, dtype=torch.long), ruled_out),
+                       ruled_out)  # fmt: skip
+
+
+def _near_miss_script(tok, end: int) -> dict:
+    """An LLM that says "three nine", with "three four" a close second (two logits behind at the branch)."""
+    first, nine, four = _ids(tok, "three"), _ids(tok, " nine"), _ids(tok, " four")
+    script = {None: {first[0]: 30.0}}
+    for a, b in zip(first, first[1:]):
+        script[a] = {b: 30.0}
+    script[first[-1]] = {nine[0]: 30.0, four[0]: 28.0}
+    for word in (nine, four):
+        for a, b in zip(word, word[1:]):
+            script[a] = {b: 30.0}
+        script[word[-1]] = {end: 30.0}
+    return script
+
+
+@pytest.mark.parametrize("beams", [1, 2])
+def test_the_boost_turns_the_near_miss_into_the_listed_phrase(model, beams):
+    tok, end = model.prompt.tokenizer, model.prompt.end_id
+    batch = random_batch(model, ["three four"], frames=[30], seed=1)
+    cfg = DecodeConfig(num_beams=beams, ctc_weight=0.0, hotword_boost=3.0)
+    with torch.no_grad(), ScriptedLLM(model, _near_miss_script(tok, end)):
+        plain = model.transcribe(batch, cfg)
+        batch.hotwords = [["four"]]
+        listed = model.transcribe(batch, cfg)
+        batch.hotwords = [["fourteen"]]  # begun by "four" but never finished: its boost is given back
+        unfinished = model.transcribe(batch, cfg)
+    assert plain.llm == ["three nine"] and listed.llm == ["three four"]
+    if beams > 1:  # the beam kept "three nine", which now scores higher; greedy took the bonus and could not undo it
+        assert unfinished.llm == ["three nine"]
+
+
+def test_a_listed_phrase_the_audio_does_not_hold_stays_out_when_ctc_guided(model):
+    tok, end = model.prompt.tokenizer, model.prompt.end_id
+    batch = random_batch(model, ["three nine"], frames=[30], seed=1)
+    enc_len = int(model.encoder(batch.feats, batch.feat_lens)[1][0])
+    model._modules["ctc_head"] = OracleCTCHead(model.ctc_tokenizer, {enc_len: "three nine"})
+    batch.hotwords = [["four"]]
+    with torch.no_grad(), ScriptedLLM(model, _near_miss_script(tok, end)):
+        guided = model.transcribe(batch, DecodeConfig())  # the defaults: CTC-guided, boosted
+        alone = model.transcribe(batch, DecodeConfig(ctc_weight=0.0, hotword_boost=AUTO_HOTWORD_BOOST))
+    assert guided.llm == ["three nine"]
+    assert alone.llm == ["three four"]  # the LLM alone, boosted, writes the listed word the audio does not hold
+
+
+@pytest.mark.parametrize("beams", [1, 3])
+def test_boosted_batched_equals_one_by_one(model, beams):
+    batch = random_batch(model, TARGETS, frames=[12, 20, 16, 9], seed=5)
+    batch.hotwords = [["one two"], [], ["six", "seven eight"], ["nine"]]
+    cfg = DecodeConfig(num_beams=beams, ctc_weight=0.5, hotword_boost=6.0, max_new_tokens=8)
+    together = model.transcribe(batch, cfg)
+    assert together.llm == [model.transcribe(batch.select([i]), cfg).llm[0] for i in range(len(TARGETS))]
+    unboosted = model.transcribe(batch, DecodeConfig(num_beams=beams, ctc_weight=0.5, hotword_boost=0.0,
+                                                     max_new_tokens=8))  # fmt: skip
+    assert unboosted.llm != together.llm
+
+
+def test_default_boost_follows_ctc_guidance_and_bad_values_are_refused():
+    assert DecodeConfig().boost(0.7, True) == AUTO_HOTWORD_BOOST
+    assert DecodeConfig().boost(0.0, True) == 0.0  # an LLM alone is not boosted by default
+    assert DecodeConfig().boost(0.7, False) == 0.0  # n-best rescoring: no prefix-guided search to boost
+    assert DecodeConfig(hotword_boost=1.5).boost(0.0, True) == 1.5
+    with pytest.raises(ConfigError, match=r"decode.hotword_boost: must be >= 0"):
+        DecodeConfig(hotword_boost=-1.0).validate("decode")
