@@ -3,7 +3,7 @@
     llmasr decode --model DIR | --checkpoint RUN_DIR[/checkpoints/TAG] --data test.jsonl [--data ...]
                   --output HYP_DIR [--beam N] [--batch-seconds S] [--max-new-tokens N]
                   [--repetition-penalty P] [--no-repeat-ngram N] [--metric auto|wer|cer] [--ctc]
-                  [--ctc-weight W] [--repeat-limit N] [--hotwords FILE] [--hotwords-unprompted]
+                  [--ctc-weight W] [--repeat-limit N] [--hotwords FILE] [--hotwords-unprompted] [--hotword-boost B]
                   [--max-window-seconds S] [--window-overlap S]
 
 Batches come from the validation loader of training (llmasr.data.loader.build_decode_loader: SpeechDataset in
