@@ -84,7 +84,10 @@ def main(argv: list[str] | None = None) -> int:
         "stage_seconds": {k: v["seconds"] for k, v in state.data.items() if k != "train_started"},
         "test_wer": scores["test"]["wer"],
         "test_chance_wer": scores["test"]["chance"],
+        "test_wer_ci95": scores["test"]["ci95"],
         "test_ctc_wer": scores["test"]["ctc"],
+        "test_ctc_wer_ci95": scores["test"]["ctc_ci95"],
+        "test_llm_beats_ctc": scores["test"]["beats_ctc"],
         "dev_wer": scores["dev"]["wer"],
         "long_audio_wer": long_audio["wer"],
         "long_audio_parts_wer": long_audio["parts_wer"],
@@ -94,9 +97,14 @@ def main(argv: list[str] | None = None) -> int:
     }
     (workdir / "summary.json").write_text(json.dumps(summary, indent=2))
     say("done")
-    print(f"  held-out-voice test WER  {scores['test']['wer']:.2%}  (chance level {scores['test']['chance']:.2%})")
+    test = scores["test"]
+    print(f"  held-out-voice test WER  {test['wer']:.2%}  ({_ci(test['ci95'])}chance level {test['chance']:.2%})")
     print(f"  training-voice dev WER   {scores['dev']['wer']:.2%}")
-    print(f"  encoder CTC branch alone {scores['test']['ctc']:.2%} test, {scores['dev']['ctc']:.2%} dev (greedy)")
+    print(
+        f"  encoder CTC branch alone {test['ctc']:.2%} test ({_ci(test['ctc_ci95'])}greedy), "
+        f"{scores['dev']['ctc']:.2%} dev; the decoded test WER is the lower in {test['beats_ctc']:.0%} of paired "
+        "utterance resamples"
+    )
     la = long_audio
     print(
         f"  minute-long audio        {la['wer']:.2%} in {la['windows']} windows (the same test clips one by one "
@@ -112,3 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  exported model           {model_dir}")
     print(f"  decoding results         {scores['test']['dir']}/results.jsonl, wer.txt")
     return 0
+
+
+def _ci(interval) -> str:
+    return "" if interval is None else f"95% CI {interval[0]:.2%}-{interval[1]:.2%}; "

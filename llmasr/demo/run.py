@@ -56,6 +56,7 @@ from llmasr.demo.text_lm import TextLMConfig, build_text_lm
 from llmasr.export.decode import decode_manifest, load_decode_model
 from llmasr.export.export import export_model
 from llmasr.run_dir import checkpoints_dir, latest
+from llmasr.scoring_bootstrap import improvement_probability
 from llmasr.train.ds_config import PRESET_DIR
 
 REPO = Path(__file__).resolve().parents[2]
@@ -122,7 +123,12 @@ def chance_wer(results_jsonl: str | Path) -> float:
 
 def read_wer(hyp_dir: Path) -> dict:
     summary = json.loads((hyp_dir / "wer.json").read_text())
-    return {"wer": float(summary["rate"]), "metric": summary.get("metric", "WER"), "summary": summary}
+    return {
+        "wer": float(summary["rate"]),
+        "ci95": summary.get("rate_ci95"),
+        "metric": summary.get("metric", "WER"),
+        "summary": summary,
+    }
 
 
 # -- stages ------------------------------------------------------------------------------------------------------
@@ -268,13 +274,25 @@ def stage_decode(workdir: Path, state: State, model_dir: Path, corpus: dict) -> 
             if summary["too_much_bad_data"]:
                 raise RuntimeError(f"decoding the {split} split failed: {summary['too_much_bad_data']}")
             state.mark(stage, fp, time.time() - start)
+        ctc = read_wer(out / "ctc")
         results[split] = {
             **read_wer(out),
-            "ctc": read_wer(out / "ctc")["wer"],
+            "ctc": ctc["wer"],
+            "ctc_ci95": ctc["summary"].get("rate_ci95"),
+            "beats_ctc": beats(out / "results.jsonl", out / "ctc" / "results.jsonl"),
             "chance": chance_wer(out / "results.jsonl"),
             "dir": str(out),
         }
     return results
+
+
+def beats(results_a: Path, results_b: Path) -> float:
+    """The probability that hypotheses A have fewer errors than hypotheses B of the same utterances (paired
+    bootstrap over utterances, llmasr.scoring_bootstrap)."""
+    a, b = ([json.loads(line) for line in open(p) if line.strip()] for p in (results_a, results_b))
+    if [r["key"] for r in a] != [r["key"] for r in b]:
+        raise RuntimeError(f"{results_a} and {results_b} do not hold the same utterances in the same order")
+    return improvement_probability([r["errors"] for r in a], [r["errors"] for r in b])
 
 
 def stage_long_audio(args, workdir: Path, state: State, model_dir: Path, corpus: dict) -> dict:

@@ -13,6 +13,7 @@ from llmasr.models.decode_guards import MAX_TOKENS, REPETITION
 from llmasr.models.decoding import DecodeConfig
 from llmasr.scoring import score_corpus
 from llmasr.scoring_bias import BiasedCorpus, hotword_list, score_lists
+from llmasr.scoring_bootstrap import LEVEL, RESAMPLES, rate_interval
 
 
 def hotword_counts(rows: list[dict], opts, cap: int | None, boost: float = 0.0) -> dict:
@@ -71,9 +72,10 @@ def _windows_line(found: dict, n_utts: int) -> str:
 
 def llm_summary(out_dir: Path, rows: list[dict], found: dict, cfg: DecodeConfig, timing: dict) -> dict:
     """hyp/ref/results and wer.txt/wer.json of the LLM's hypotheses; returns the summary."""
-    corpus, hot = _write_results(out_dir, rows, "hyp", cfg.metric, with_ref=True)
+    corpus, hot, scores = _write_results(out_dir, rows, "hyp", cfg.metric, with_ref=True)
     audio, took = timing["audio_seconds"], timing["decode_seconds"]
     summary = corpus.to_dict()
+    summary["rate_ci95"] = rate_interval([s.errors for s in scores], [s.ref_len for s in scores])
     truncated = {reason: sum(r["truncated"] == reason for r in rows) for reason in (MAX_TOKENS, REPETITION)}
     summary.update(
         **found,
@@ -90,7 +92,7 @@ def llm_summary(out_dir: Path, rows: list[dict], found: dict, cfg: DecodeConfig,
         **timing.get("hotwords", {}),
     )
     text = [
-        f"{Path(found['manifest']).name}: {corpus.summary()}",
+        f"{Path(found['manifest']).name}: {corpus.summary()}{_interval_text(summary['rate_ci95'])}",
         _counts(found, corpus.n_utts),
         f"truncated: {summary['truncated']} (length cap {truncated[MAX_TOKENS]}, repetition {truncated[REPETITION]})",
         f"mode {timing['mode']}: audio {audio:.1f} s, decoding {took:.1f} s, real-time factor {summary['rtf']:.4f}, "
@@ -108,12 +110,14 @@ def llm_summary(out_dir: Path, rows: list[dict], found: dict, cfg: DecodeConfig,
 
 def ctc_summary(out_dir: Path, rows: list[dict], found: dict, cfg: DecodeConfig, timing: dict) -> dict:
     """The same files for the CTC branch's greedy hypotheses (no ref.txt); returns the summary."""
-    corpus, hot = _write_results(out_dir, rows, "ctc_hyp", cfg.metric, with_ref=False)
+    corpus, hot, scores = _write_results(out_dir, rows, "ctc_hyp", cfg.metric, with_ref=False)
     audio = timing["audio_seconds"]
     summary = corpus.to_dict()
+    summary["rate_ci95"] = rate_interval([s.errors for s in scores], [s.ref_len for s in scores])
     summary.update(branch="ctc", decoding="greedy best path", **found, audio_seconds=round(audio, 3))
     text = [
-        f"{Path(found['manifest']).name} (CTC branch, greedy): {corpus.summary()}",
+        f"{Path(found['manifest']).name} (CTC branch, greedy): {corpus.summary()}"
+        f"{_interval_text(summary['rate_ci95'])}",
         _counts(found, corpus.n_utts),
         f"audio {audio:.1f} s; the CTC head read the encoder output of the LLM pass (device {timing['device']})",
     ]
@@ -125,9 +129,9 @@ def ctc_summary(out_dir: Path, rows: list[dict], found: dict, cfg: DecodeConfig,
 
 
 def _write_results(out_dir: Path, rows: list[dict], hyp_key: str, metric: str, *, with_ref: bool):
-    """hyp.txt, results.jsonl (and ref.txt) for rows[...][hyp_key]; returns the corpus score and, when a row has a
-    biasing list (`hotwords`, or `hotwords_scored` when the lists were not prompted), the hotword scores (else
-    None)."""
+    """hyp.txt, results.jsonl (and ref.txt) for rows[...][hyp_key]; returns the corpus score, when a row has a
+    biasing list (`hotwords`, or `hotwords_scored` when the lists were not prompted) the hotword scores (else
+    None), and the per-utterance scores."""
     out_dir.mkdir(parents=True, exist_ok=True)
     corpus, scores = score_corpus([(r["ref"], r[hyp_key]) for r in rows], metric)
     lists = [hotword_list(r.get("hotwords_scored", r.get("hotwords")), f"utterance {r['key']!r}") for r in rows]
@@ -163,7 +167,13 @@ def _write_results(out_dir: Path, rows: list[dict], hyp_key: str, metric: str, *
     if with_ref:
         with open(out_dir / "ref.txt", "w") as fr:
             fr.writelines(f"{r['key']} {_one_line(r['ref'])}\n" for r in rows)
-    return corpus, hot
+    return corpus, hot, scores
+
+
+def _interval_text(interval) -> str:
+    if interval is None:
+        return ""
+    return f"; {LEVEL:.0%} CI {100 * interval[0]:.2f}-{100 * interval[1]:.2f}% ({RESAMPLES} utterance resamples)"
 
 
 def _add_hotwords(summary: dict, text: list[str], hot: BiasedCorpus | None) -> None:

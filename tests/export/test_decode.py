@@ -104,7 +104,9 @@ def test_end_to_end_outputs_and_wer(model, tmp_path):
     short = next(b for b in bad if b["key"] == "vad")
     assert short["reason"].startswith("audio too short for one feature frame (160 samples")
     text = (out / "wer.txt").read_text().splitlines()
-    assert text[0] == f"test.jsonl: {corpus.summary()}" and f"WER {100 * corpus.rate:.2f}%" in text[0]
+    assert text[0].startswith(f"test.jsonl: {corpus.summary()}; 95% CI ") and f"WER {100 * corpus.rate:.2f}%" in text[0]
+    low, high = json.loads((out / "wer.json").read_text())["rate_ci95"]
+    assert low <= corpus.rate <= high and f"CI {100 * low:.2f}-{100 * high:.2f}% (1000 utterance resamples)" in text[0]
     assert "skipped (bad data): 3" in text[1]
     guards = f"length cap {by_guard['max_tokens']}, repetition {by_guard['repetition']}"
     assert text[2] == f"truncated: {summary['truncated']} ({guards})"

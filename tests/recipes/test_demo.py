@@ -78,6 +78,10 @@ def test_quick_demo_trains_exports_and_decodes(tmp_path):
     # the CTC branch is scored beside the LLM (llmasr decode --ctc)
     assert 0.0 <= summary["test_ctc_wer"] and (workdir / "decode_test" / "ctc" / "hyp.txt").is_file()
     assert "encoder CTC branch alone" in done.stdout
+    # how sure: a bootstrap interval around the test WER, and how often the decoded WER beats the CTC branch's
+    low, high = summary["test_wer_ci95"]
+    assert low <= summary["test_wer"] <= high and 0.0 <= summary["test_llm_beats_ctc"] <= 1.0
+    assert "of paired utterance resamples" in done.stdout
     # the hotword split is decoded with its lists and unprompted, and both are scored on the same lists
     assert "hotword split B-WER" in done.stdout and "minute-long audio" in done.stdout
     hot = summary["hotwords"]

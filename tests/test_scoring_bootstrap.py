@@ -1,0 +1,39 @@
+"""Bootstrap confidence intervals and the probability of improvement, against cases whose answer is known."""
+
+from __future__ import annotations
+
+import pytest
+
+from llmasr.scoring_bootstrap import improvement_probability, rate_interval
+
+
+def test_interval_holds_the_rate_and_narrows_with_more_utterances():
+    errors, units = [0, 1, 0, 3, 1, 0, 2, 0, 0, 1], [5, 4, 6, 5, 3, 4, 6, 5, 4, 5]
+    rate = sum(errors) / sum(units)
+    low, high = rate_interval(errors, units)
+    assert low < rate < high
+    wide = high - low
+    low4, high4 = rate_interval(errors * 4, units * 4)
+    assert low4 < rate < high4 and high4 - low4 < 0.7 * wide  # four times the data: about half the width
+    assert rate_interval(errors, units) == (low, high)  # a fixed seed: the report does not move between runs
+
+
+def test_equal_utterances_give_a_point_and_too_little_data_gives_none():
+    low, high = rate_interval([1] * 20, [4] * 20)
+    assert low == pytest.approx(0.25) and high == pytest.approx(0.25)
+    assert rate_interval([1], [4]) is None and rate_interval([0, 0], [0, 0]) is None
+    with pytest.raises(ValueError, match="3 error counts against 2 unit counts"):
+        rate_interval([1, 2, 3], [4, 5])
+
+
+def test_probability_of_improvement():
+    assert improvement_probability([0, 1, 0], [1, 2, 1]) == 1.0
+    assert improvement_probability([1, 2, 1], [0, 1, 0]) == 0.0
+    assert improvement_probability([1, 2, 1], [1, 2, 1]) == 0.5  # ties count half
+    # A is better on one utterance of ten and equal elsewhere: it wins on every draw that holds that utterance,
+    # 1 - 0.9^10 of them, and ties the rest.
+    p_drawn = 1 - 0.9**10
+    got = improvement_probability([0] + [1] * 9, [1] * 10, resamples=4000)
+    assert got == pytest.approx(p_drawn + 0.5 * (1 - p_drawn), abs=0.03)
+    with pytest.raises(ValueError, match="the same utterances"):
+        improvement_probability([1, 2], [1])
