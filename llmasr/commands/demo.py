@@ -97,6 +97,13 @@ def main(argv: list[str] | None = None) -> int:
     }
     (workdir / "summary.json").write_text(json.dumps(summary, indent=2))
     say("done")
+    _print_scores(scores, long_audio, hot)
+    _print_places(summary, total, run_dir, model_dir, scores["test"]["dir"])
+    return 0
+
+
+def _print_scores(scores: dict, long_audio: dict, hot: dict | None) -> None:
+    """The demo's closing lines on accuracy: test and dev WER, the CTC branch, long audio, hotwords."""
     test = scores["test"]
     print(f"  held-out-voice test WER  {test['wer']:.2%}  ({_ci(test['ci95'])}chance level {test['chance']:.2%})")
     print(f"  training-voice dev WER   {scores['dev']['wer']:.2%}")
@@ -112,14 +119,17 @@ def main(argv: list[str] | None = None) -> int:
     )
     if hot is not None:
         print("\n".join(report_lines(hot)))
+
+
+def _print_places(summary: dict, total: float, run_dir: Path, model_dir: Path, test_dir: str) -> None:
+    """The demo's closing lines on time and where its outputs are."""
     print("  stage seconds            " + ", ".join(f"{k} {v:.0f}" for k, v in summary["stage_seconds"].items()))
     print(f"  wall time                {total:.0f} s (stages reused from earlier runs count 0)")
     print(f"  run directory            {run_dir}")
     print(f"  TensorBoard logs         {run_dir / 'tensorboard'}   (tensorboard --logdir {run_dir / 'tensorboard'})")
     print(f"  learning-rate schedule   {run_dir / 'lr_schedule.png'} ({run_dir / 'lr_schedule.csv'})")
     print(f"  exported model           {model_dir}")
-    print(f"  decoding results         {scores['test']['dir']}/results.jsonl, wer.txt")
-    return 0
+    print(f"  decoding results         {test_dir}/results.jsonl, wer.txt")
 
 
 def _ci(interval) -> str:
