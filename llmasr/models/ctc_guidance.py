@@ -6,11 +6,11 @@ candidate tokens (and always the end token) by
     (1 - w) * log P_llm(c | h) + w * (log psi_ctc(h c) - log psi_ctc(h))
 
 (the end token's CTC term: log P_ctc(exactly h) - log psi_ctc(h)); every other token is ruled out. The candidates are
-the LLM's top tokens joined with the tokens the audio supports (those the CTC head gives at least AUDIO_TOKEN_PROB on
-some frame of the utterance): a word the encoder hears is never out of reach because the LLM ranks it low. Summed over a
-hypothesis this is (1 - w) log P_llm + w log P_ctc, so a token the audio does not support (an insertion) or an end
-before the audio is spelled out loses. With any other CTC vocabulary the LLM's n-best list is rescored by the CTC
-forward score of each hypothesis re-tokenised into that vocabulary (`rescore_nbest`).
+the LLM's top tokens joined with the tokens the audio supports where the hypothesis stands (those the CTC head gives at
+least AUDIO_TOKEN_PROB on a frame where its next label can be): a word the encoder hears is never out of reach because
+the LLM ranks it low. Summed over a hypothesis this is (1 - w) log P_llm + w log P_ctc, so a token the audio does not
+support (an insertion) or an end before the audio is spelled out loses. With any other CTC vocabulary the LLM's n-best
+list is rescored by the CTC forward score of each hypothesis re-tokenised into that vocabulary (`rescore_nbest`).
 """
 
 from __future__ import annotations
@@ -24,9 +24,11 @@ from llmasr.models.ctc_prefix import CTCPrefixScorer, PrefixState
 
 # LLM candidates scored by CTC per hypothesis and step (the end token is always scored as well).
 CANDIDATES = 8
-# A token the CTC head gives at least this probability on some frame of an utterance is a candidate at every step of
-# that utterance, whatever the LLM's rank of it.
+# A token the CTC head gives at least this probability on a frame is a candidate, whatever the LLM's rank of it ...
 AUDIO_TOKEN_PROB = 0.01
+# ... on a frame where the next label can be: the prefix spelled exactly up to the frame before is within this many
+# nats of its best (models.ctc_guidance.CTCPrefixGuide._reachable).
+REACH_MARGIN = 10.0
 # Prefix scores are floored here so that an impossible prefix (more labels than frames) stays comparable.
 FLOOR = -1.0e4
 
@@ -42,9 +44,8 @@ class CTCPrefixGuide:
         # (utterance, prefix) -> (row, candidate) in the last step's (psi, r_n, r_b), for the prefixes it proposed
         self.kept: dict[tuple[int, tuple[int, ...]], tuple[int, int]] = {}
         self.step: tuple = ()
-        self.audio_tokens = audio_tokens(scorer, AUDIO_TOKEN_PROB)
-        if extra is not None:
-            self.audio_tokens = [torch.cat([a, e]).unique() for a, e in zip(self.audio_tokens, extra)]
+        self.support = frame_support(scorer, AUDIO_TOKEN_PROB)
+        self.extra = extra
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         rows, prefixes = [], []
@@ -58,7 +59,7 @@ class CTCPrefixGuide:
         states = [self._state(u, p) for u, p in zip(utts, prefixes)]
         # Candidates are picked on the LLM's device; only they travel to the CTC side (CPU, float64).
         here = scores[rows]
-        labels, ok = self._candidates(here, utts)
+        labels, ok = self._candidates(here, utts, states)
         psi, r_n, r_b = self.scorer.extend(utts, states, labels.clamp(max=self.scorer.vocab_size - 1))
         old = torch.tensor([s.psi for s in states], dtype=torch.float64)[:, None].clamp(min=FLOOR)
         ends = self.scorer.final_all(utts, states)[:, None]
@@ -76,17 +77,19 @@ class CTCPrefixGuide:
         out[done] = scores[done]
         return out
 
-    def _candidates(self, scores: torch.Tensor, utts: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per row ([N, K]): the LLM's top tokens other than the end token, joined with its utterance's audio
-        tokens (a token the LLM rules out, -inf, stays out), and which of them can be scored (an id past the CTC
-        vocabulary, the blank's id or padding cannot)."""
+    def _candidates(self, scores: torch.Tensor, utts: list[int], states) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per row ([N, K]): the LLM's top tokens other than the end token, joined with the audio's tokens that can
+        come next (`_reachable`) and the utterance's `extra` tokens (a token the LLM rules out, -inf, stays out),
+        and which of them can be scored (an id past the CTC vocabulary, the blank's id or padding cannot)."""
         masked = scores.clone()
         masked[:, self.end_id] = float("-inf")
         top = masked.topk(min(CANDIDATES, masked.shape[1] - 1), dim=1)
         finite = torch.isfinite(masked).cpu()
         rows = []
         for i, (ids, u) in enumerate(zip(top.indices.cpu(), utts)):
-            ids = torch.cat([ids, self.audio_tokens[u][self.audio_tokens[u] < finite.shape[1]]]).unique()
+            more = [self._reachable(u, states[i])] + ([self.extra[u]] if self.extra is not None else [])
+            ids = torch.cat([ids, *more]).unique()
+            ids = ids[ids < finite.shape[1]]
             rows.append(ids[finite[i, ids] & (ids != self.end_id)])
         width = max(len(r) for r in rows)
         labels = torch.zeros(len(rows), max(width, 1), dtype=torch.long)
@@ -96,6 +99,19 @@ class CTCPrefixGuide:
         blank = self.scorer.blank_id
         ok &= (labels < self.scorer.vocab_size) & (labels != blank)
         return torch.where(ok, labels, torch.zeros_like(labels)), ok
+
+    def _reachable(self, utt: int, state: PrefixState) -> torch.Tensor:
+        """The audio's tokens on frames where the prefix's next label can be: frame t counts when the prefix,
+        spelled exactly, is within REACH_MARGIN of its most likely end at frame t - 1 (frame 0 for the empty
+        prefix). Elsewhere the prefix score of the extension is negligible, and scoring every token of a long
+        window at every step would cost the CTC side more than the LLM's step."""
+        frames, tokens = self.support[utt]
+        n = self.scorer.lens[utt]
+        spelled = torch.logaddexp(state.r_n[:n], state.r_b[:n])
+        near = torch.zeros(n, dtype=torch.bool)
+        near[1:] = spelled[:-1] >= spelled.max() - REACH_MARGIN
+        near[0] = state.last is None
+        return tokens[near[frames]].unique()
 
     def _state(self, utt: int, prefix: tuple[int, ...]) -> PrefixState:
         """A prefix's state: kept from the step that proposed it, or (a token no candidate list held, e.g. forced
@@ -121,14 +137,16 @@ class CTCPrefixGuide:
                     self.kept[(utt, (*prefix, label))] = (i, k)
 
 
-def audio_tokens(scorer: CTCPrefixScorer, min_prob: float) -> list[torch.Tensor]:
-    """Per utterance, the ids (CPU, sorted) other than the blank that the CTC head gives at least `min_prob` on some
-    frame of the utterance's own length (one utterance at a time: no [B, T, V] copy of a large vocabulary)."""
+def frame_support(scorer: CTCPrefixScorer, min_prob: float) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Per utterance, (frames, tokens) (CPU) of every token other than the blank that the CTC head gives at least
+    `min_prob` on a frame within the utterance's length; one utterance at a time, so a large vocabulary is never
+    copied for the whole batch."""
     found = []
     for b, n in enumerate(scorer.lens):
-        best = scorer.log_probs[b, : max(n, 1)].amax(dim=0)
-        best[scorer.blank_id] = float("-inf")
-        found.append((best >= math.log(min_prob)).nonzero()[:, 0].cpu())
+        held = scorer.log_probs[b, : max(n, 1)] >= math.log(min_prob)
+        held[:, scorer.blank_id] = False
+        at = held.nonzero().cpu()
+        found.append((at[:, 0], at[:, 1]))
     return found
 
 

@@ -104,6 +104,22 @@ def test_a_word_the_audio_holds_is_reached_though_the_llm_ranks_it_last(model, b
     assert top_only.llm != ["three four"]
 
 
+def test_the_audio_tokens_scored_are_those_where_the_hypothesis_stands(model):
+    """Of the tokens the audio holds, a prefix is offered those on the frames its next label can take: the empty
+    prefix the first word's, "three four" the last word's, never one it has long passed or is far from."""
+    tok = model.prompt.tokenizer
+    frames = 40
+    log_probs = OracleCTCHead(model.ctc_tokenizer, {frames: "three four nine"})(torch.zeros(1, frames, 1),
+                                                                                  torch.tensor([frames]))  # fmt: skip
+    scorer = CTCPrefixScorer(log_probs, torch.tensor([frames]), model.ctc_tokenizer.blank_id)
+    guide = ctc_guidance.CTCPrefixGuide(scorer, 0.5, model.prompt.end_id, 1)
+    first, nine = tok.encode("three", add_special_tokens=False), tok.encode(" nine", add_special_tokens=False)
+    at_start = set(guide._reachable(0, scorer.initial(0)).tolist())
+    assert first[0] in at_start and not at_start & set(nine)
+    later = set(guide._reachable(0, _spell(scorer, 0, tok.encode("three four", add_special_tokens=False))).tolist())
+    assert nine[0] in later and first[0] not in later
+
+
 @pytest.mark.parametrize("beams", [1, 3])
 def test_guided_batched_equals_one_by_one_and_guidance_changes_the_output(model, beams):
     batch = random_batch(model, TARGETS, frames=[12, 20, 16, 9], seed=5)
