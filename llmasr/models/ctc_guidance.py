@@ -70,8 +70,9 @@ class CTCPrefixGuide:
         llm = here.gather(1, labels.to(here.device)).cpu().double()
         joint = torch.where(ok, (1 - self.weight) * llm + self.weight * delta, torch.tensor(float("-inf")).double())
         out = torch.full_like(scores, float("-inf"))
-        at = (torch.tensor(rows)[:, None].to(scores.device), labels.to(scores.device))
-        out[at] = joint.to(scores.device, scores.dtype)
+        # Only real candidates are written: a padding slot holds id 0 too, and must not overwrite token 0's score.
+        at = (torch.tensor(rows)[:, None].expand_as(labels)[ok].to(scores.device), labels[ok].to(scores.device))
+        out[at] = joint[ok].to(scores.device, scores.dtype)
         guided = set(rows)
         done = [r for r in range(scores.shape[0]) if r not in guided]
         out[done] = scores[done]

@@ -120,6 +120,22 @@ def test_the_audio_tokens_scored_are_those_where_the_hypothesis_stands(model):
     assert nine[0] in later and first[0] not in later
 
 
+def test_a_padded_candidate_row_keeps_token_zero(model):
+    """Rows hold candidate lists of different lengths, padded with id 0; the padding must not overwrite the score
+    of token 0 where it is a real candidate (batched decoding then differed from one-by-one)."""
+    assert model.ctc_tokenizer.blank_id != 0
+    frames, vocab = 20, len(model.prompt.tokenizer)
+    log_probs = OracleCTCHead(model.ctc_tokenizer, {frames: "three four"})(torch.zeros(2, frames, 1),
+                                                                         torch.tensor([frames, frames]))  # fmt: skip
+    scorer = CTCPrefixScorer(log_probs, torch.tensor([frames, frames]), model.ctc_tokenizer.blank_id)
+    wide = torch.arange(1, 40)  # utterance 1 scores many more tokens, so utterance 0's row is padded
+    guide = ctc_guidance.CTCPrefixGuide(scorer, 0.5, model.prompt.end_id, 1, [torch.tensor([], dtype=torch.long), wide])
+    scores = torch.zeros(2, vocab)
+    scores[0, 0] = 5.0  # token 0 is the LLM's first choice on row 0
+    out = guide(torch.zeros(2, 0, dtype=torch.long), scores)
+    assert torch.isfinite(out[0, 0]) and torch.isfinite(out[1, wide]).all()
+
+
 @pytest.mark.parametrize("beams", [1, 3])
 def test_guided_batched_equals_one_by_one_and_guidance_changes_the_output(model, beams):
     batch = random_batch(model, TARGETS, frames=[12, 20, 16, 9], seed=5)
