@@ -12,14 +12,10 @@ stage; the corpus also keeps its own corpus.json):
                ds_configs/zero2.json key=value...` in a subprocess: the same path as every recipe (WORKDIR/run);
                an interrupted run resumes from its latest checkpoint
     4 export   `llmasr export` of the newest checkpoint, LoRA merged (WORKDIR/model)
-<<<<<<< HEAD
-    5 decode   `llmasr decode` of the held-out-voice test split (WORKDIR/decode_test) and the dev split; the
-               hotword split with its biasing lists and unprompted (demo.hotword_eval)
-=======
     5 decode   `llmasr decode` of the held-out-voice test split (WORKDIR/decode_test) and the dev split; then
                minute-long utterances joined from test clips, decoded in windows (WORKDIR/long_audio, see
-               llmasr.demo.long_audio) and scored beside the same clips one by one
->>>>>>> main
+               llmasr.demo.long_audio) and scored beside the same clips one by one; then the hotword split with its
+               biasing lists, with the lists in the prompt only, and with them unused (demo.hotword_eval)
 
 Extra `key=value` arguments are recipe overrides for the training stage (e.g. train.epochs=4).
 """
