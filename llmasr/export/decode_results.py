@@ -72,10 +72,10 @@ def _windows_line(found: dict, n_utts: int) -> str:
 
 def llm_summary(out_dir: Path, rows: list[dict], found: dict, cfg: DecodeConfig, timing: dict) -> dict:
     """hyp/ref/results and wer.txt/wer.json of the LLM's hypotheses; returns the summary."""
-    corpus, hot, scores = _write_results(out_dir, rows, "hyp", cfg.metric, with_ref=True)
+    corpus, hot, interval = _write_results(out_dir, rows, "hyp", cfg.metric, with_ref=True)
     audio, took = timing["audio_seconds"], timing["decode_seconds"]
     summary = corpus.to_dict()
-    summary["rate_ci95"] = rate_interval([s.errors for s in scores], [s.ref_len for s in scores])
+    summary["rate_ci95"] = interval
     truncated = {reason: sum(r["truncated"] == reason for r in rows) for reason in (MAX_TOKENS, REPETITION)}
     summary.update(
         **found,
@@ -110,10 +110,10 @@ def llm_summary(out_dir: Path, rows: list[dict], found: dict, cfg: DecodeConfig,
 
 def ctc_summary(out_dir: Path, rows: list[dict], found: dict, cfg: DecodeConfig, timing: dict) -> dict:
     """The same files for the CTC branch's greedy hypotheses (no ref.txt); returns the summary."""
-    corpus, hot, scores = _write_results(out_dir, rows, "ctc_hyp", cfg.metric, with_ref=False)
+    corpus, hot, interval = _write_results(out_dir, rows, "ctc_hyp", cfg.metric, with_ref=False)
     audio = timing["audio_seconds"]
     summary = corpus.to_dict()
-    summary["rate_ci95"] = rate_interval([s.errors for s in scores], [s.ref_len for s in scores])
+    summary["rate_ci95"] = interval
     summary.update(branch="ctc", decoding="greedy best path", **found, audio_seconds=round(audio, 3))
     text = [
         f"{Path(found['manifest']).name} (CTC branch, greedy): {corpus.summary()}"
@@ -131,7 +131,7 @@ def ctc_summary(out_dir: Path, rows: list[dict], found: dict, cfg: DecodeConfig,
 def _write_results(out_dir: Path, rows: list[dict], hyp_key: str, metric: str, *, with_ref: bool):
     """hyp.txt, results.jsonl (and ref.txt) for rows[...][hyp_key]; returns the corpus score, when a row has a
     biasing list (`hotwords`, or `hotwords_scored` when the lists were not prompted) the hotword scores (else
-    None), and the per-utterance scores."""
+    None), and the rate's bootstrap interval (llmasr.scoring_bootstrap; None with too few utterances)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     corpus, scores = score_corpus([(r["ref"], r[hyp_key]) for r in rows], metric)
     lists = [hotword_list(r.get("hotwords_scored", r.get("hotwords")), f"utterance {r['key']!r}") for r in rows]
@@ -167,7 +167,7 @@ def _write_results(out_dir: Path, rows: list[dict], hyp_key: str, metric: str, *
     if with_ref:
         with open(out_dir / "ref.txt", "w") as fr:
             fr.writelines(f"{r['key']} {_one_line(r['ref'])}\n" for r in rows)
-    return corpus, hot, scores
+    return corpus, hot, rate_interval([s.errors for s in scores], [s.ref_len for s in scores])
 
 
 def _interval_text(interval) -> str:

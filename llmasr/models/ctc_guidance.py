@@ -68,8 +68,8 @@ class CTCPrefixGuide:
         labels = torch.cat([labels, torch.full_like(labels[:, :1], self.end_id)], dim=1)
         ok = torch.cat([ok, torch.ones_like(ok[:, :1])], dim=1)
         llm = here.gather(1, labels.to(here.device)).cpu().double()
-        joint = torch.where(ok, (1 - self.weight) * llm + self.weight * delta, torch.tensor(float("-inf")).double())
-        out = torch.full_like(scores, float("-inf"))
+        joint = (1 - self.weight) * llm + self.weight * delta
+        out = torch.full_like(scores, float("-inf"))  # every token that is not a candidate is ruled out
         # Only real candidates are written: a padding slot holds id 0 too, and must not overwrite token 0's score.
         at = (torch.tensor(rows)[:, None].expand_as(labels)[ok].to(scores.device), labels[ok].to(scores.device))
         out[at] = joint[ok].to(scores.device, scores.dtype)

@@ -56,10 +56,7 @@ def _inherit_done(node: _Node) -> None:
 @dataclass(frozen=True)
 class _Match:
     banked: int  # tokens of completed phrase matches so far
-    node: _Node  # where the current match stands (the root: none)
-
-    def potential(self) -> int:
-        return self.banked + self.node.depth
+    node: _Node  # where the current match stands (the root: none); Phi = boost * (banked + node.depth)
 
 
 def _step(match: _Match, token: int, root: _Node) -> _Match:
