@@ -186,4 +186,6 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from llmasr.train.engine import exit_rank
+
+    exit_rank(main())  # no gloo worker thread may abort the rank at exit

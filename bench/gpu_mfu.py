@@ -253,4 +253,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from llmasr.train.engine import exit_rank
+
+    exit_rank(main())  # no gloo worker thread may abort the process at exit

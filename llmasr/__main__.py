@@ -1,5 +1,5 @@
 import sys
 
-from llmasr.cli import main
+from llmasr.cli import entry
 
-sys.exit(main())
+sys.exit(entry())

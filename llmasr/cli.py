@@ -79,3 +79,15 @@ def main(argv: list[str] | None = None) -> int:
     # Commands decorated with errors.command report their own errors; this catches the rest (an import that fails).
     return errors.run(f"llmasr {verb}" if verb != "data" else f"llmasr data {argv[1]}",
                       lambda args: import_module(module_name).main(args), rest)  # fmt: skip
+
+
+def entry() -> int:
+    """The process's entry point (`llmasr`, `python -m llmasr`, a launcher's rank). A process that joined a
+    process group ends through llmasr.train.engine.exit_rank, which keeps a gloo worker thread from aborting it."""
+    status = main()
+    torch_distributed = sys.modules.get("torch.distributed")  # only a verb that used torch can hold a group
+    if torch_distributed is not None and torch_distributed.is_available() and torch_distributed.is_initialized():
+        from llmasr.train.engine import exit_rank
+
+        exit_rank(status)
+    return status

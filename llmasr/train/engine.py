@@ -13,12 +13,15 @@ DeepSpeed still averages gradients over the data-parallel ranks; the trainer mul
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import socket
+import sys
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NoReturn
 
 import torch
 
@@ -98,6 +101,24 @@ def init_distributed() -> DistInfo:
         device=device,
         backend=backend,
     )
+
+
+def exit_rank(status: int) -> NoReturn:
+    """End a rank's process without the interpreter's finalization, as multiprocessing ends its children: release
+    the process group (after a success only: a failed rank's peers may never join a shutdown), run the atexit
+    functions, flush, `os._exit`. A gloo worker thread that drops the last reference to a finished collective just
+    after the main thread has returned from waiting for it needs the GIL to free the collective's tensors; during
+    finalization it cannot take it and the rank aborts ("terminate called without an active exception", exit -6),
+    and `destroy_process_group` does not join those threads (the C++ side still holds the groups)."""
+    if status == 0 and torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # closed or gone: nothing left to lose
+            pass
+    os._exit(status)
 
 
 def check_precision(precision: str) -> None:

@@ -201,6 +201,7 @@ TWO_RANK_SCRIPT = """
 import json, sys
 sys.path.insert(0, {tests_dir!r})
 import torch
+from llmasr.train.engine import exit_rank
 from test_validate import DECODE, build_model, make_batches, make_engine, stand_in
 from llmasr.train.validate import validate
 
@@ -211,6 +212,7 @@ rank = torch.distributed.get_rank()
 mine = [batches[0], batches[1]] if rank == 0 else [batches[2], stand_in(batches[2])]
 metrics = validate(engine, mine, DECODE)
 json.dump(metrics, open(out + f".{{rank}}", "w"))
+exit_rank(0)  # as the llmasr entry point ends a rank: no abort at exit
 """
 
 
