@@ -20,7 +20,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from llmasr.models.ctc_prefix import CTCPrefixScorer, PrefixState
+from llmasr.models.ctc_prefix import CTCPrefixScorer, Extensions, PrefixState
 
 # LLM candidates scored by CTC per hypothesis and step (the end token is always scored as well).
 CANDIDATES = 8
@@ -41,9 +41,9 @@ class CTCPrefixGuide:
         """`extra`: per utterance, token ids to score at every step besides the LLM's top and the audio's tokens
         (e.g. the utterance's hotword spellings), or None."""
         self.scorer, self.weight, self.end_id, self.num_beams = scorer, float(weight), int(end_id), int(num_beams)
-        # (utterance, prefix) -> (row, candidate) in the last step's (psi, r_n, r_b), for the prefixes it proposed
+        # (utterance, prefix) -> (row, candidate) in the last step's extensions, for the prefixes it proposed
         self.kept: dict[tuple[int, tuple[int, ...]], tuple[int, int]] = {}
-        self.step: tuple = ()
+        self.step: Extensions | None = None
         self.support = frame_support(scorer, AUDIO_TOKEN_PROB)
         self.extra = extra
 
@@ -58,13 +58,13 @@ class CTCPrefixGuide:
         utts = [r // self.num_beams for r in rows]
         states = [self._state(u, p) for u, p in zip(utts, prefixes)]
         # Candidates are picked on the LLM's device; only they travel to the CTC side (CPU, float64).
-        here = scores[rows]
+        here = scores if len(rows) == scores.shape[0] else scores[rows]
         labels, ok = self._candidates(here, utts, states)
-        psi, r_n, r_b = self.scorer.extend(utts, states, labels.clamp(max=self.scorer.vocab_size - 1))
+        ext = self.scorer.extend(utts, states, labels.clamp(max=self.scorer.vocab_size - 1))
         old = torch.tensor([s.psi for s in states], dtype=torch.float64)[:, None].clamp(min=FLOOR)
         ends = self.scorer.final_all(utts, states)[:, None]
-        delta = torch.cat([psi.clamp(min=FLOOR) - old, ends.clamp(min=FLOOR) - old], dim=1)
-        self._keep(utts, prefixes, labels, ok, (psi, r_n, r_b))
+        delta = torch.cat([ext.psi.clamp(min=FLOOR) - old, ends.clamp(min=FLOOR) - old], dim=1)
+        self._keep(utts, prefixes, labels, ok, ext)
         labels = torch.cat([labels, torch.full_like(labels[:, :1], self.end_id)], dim=1)
         ok = torch.cat([ok, torch.ones_like(ok[:, :1])], dim=1)
         llm = here.gather(1, labels.to(here.device)).cpu().double()
@@ -73,30 +73,29 @@ class CTCPrefixGuide:
         # Only real candidates are written: a padding slot holds id 0 too, and must not overwrite token 0's score.
         at = (torch.tensor(rows)[:, None].expand_as(labels)[ok].to(scores.device), labels[ok].to(scores.device))
         out[at] = joint[ok].to(scores.device, scores.dtype)
-        guided = set(rows)
-        done = [r for r in range(scores.shape[0]) if r not in guided]
-        out[done] = scores[done]
+        if len(rows) < scores.shape[0]:
+            guided = set(rows)
+            done = [r for r in range(scores.shape[0]) if r not in guided]
+            out[done] = scores[done]
         return out
 
     def _candidates(self, scores: torch.Tensor, utts: list[int], states) -> tuple[torch.Tensor, torch.Tensor]:
         """Per row ([N, K]): the LLM's top tokens other than the end token, joined with the audio's tokens that can
         come next (`_reachable`) and the utterance's `extra` tokens (a token the LLM rules out, -inf, stays out),
         and which of them can be scored (an id past the CTC vocabulary, the blank's id or padding cannot)."""
-        masked = scores.clone()
-        masked[:, self.end_id] = float("-inf")
-        top = masked.topk(min(CANDIDATES, masked.shape[1] - 1), dim=1)
-        finite = torch.isfinite(masked).cpu()
+        # one more than CANDIDATES: the end token, scored anyway, is dropped from the LLM's list
+        top = scores.topk(min(CANDIDATES + 1, scores.shape[1]), dim=1).indices.cpu()
         rows = []
-        for i, (ids, u) in enumerate(zip(top.indices.cpu(), utts)):
+        for i, (ids, u) in enumerate(zip(top, utts)):
             more = [self._reachable(u, states[i])] + ([self.extra[u]] if self.extra is not None else [])
-            ids = torch.cat([ids, *more]).unique()
-            ids = ids[ids < finite.shape[1]]
-            rows.append(ids[finite[i, ids] & (ids != self.end_id)])
+            ids = torch.cat([ids[ids != self.end_id][:CANDIDATES], *more]).unique()
+            rows.append(ids[(ids < scores.shape[1]) & (ids != self.end_id)])
         width = max(len(r) for r in rows)
         labels = torch.zeros(len(rows), max(width, 1), dtype=torch.long)
         ok = torch.zeros_like(labels, dtype=torch.bool)
         for i, r in enumerate(rows):
             labels[i, : len(r)], ok[i, : len(r)] = r, True
+        ok &= torch.isfinite(scores.gather(1, labels.to(scores.device))).cpu()  # only the candidates are looked at
         blank = self.scorer.blank_id
         ok &= (labels < self.scorer.vocab_size) & (labels != blank)
         return torch.where(ok, labels, torch.zeros_like(labels)), ok
@@ -119,17 +118,14 @@ class CTCPrefixGuide:
         by another processor) extended from its parent's."""
         key = (utt, prefix)
         if key in self.kept:
-            i, k = self.kept[key]
-            psi, r_n, r_b = self.step
-            return PrefixState(r_n[i, k], r_b[i, k], psi[i, k].item(), prefix[-1])
+            return self.step.state(*self.kept[key])
         if not prefix:
             return self.scorer.initial(utt)
         parent = self._state(utt, prefix[:-1])
         label = prefix[-1] if prefix[-1] < self.scorer.vocab_size and prefix[-1] != self.scorer.blank_id else 0
-        psi, r_n, r_b = self.scorer.extend([utt], [parent], torch.tensor([[label]]))
-        return PrefixState(r_n[0, 0], r_b[0, 0], float(psi[0, 0]), label)
+        return self.scorer.extend([utt], [parent], torch.tensor([[label]])).state(0, 0)
 
-    def _keep(self, utts, prefixes, labels: torch.Tensor, ok: torch.Tensor, step: tuple) -> None:
+    def _keep(self, utts, prefixes, labels: torch.Tensor, ok: torch.Tensor, step: Extensions | None) -> None:
         """Remember where this step's extensions are (the next step's prefixes are among them); older ones go."""
         self.step, self.kept = step, {}
         for i, (utt, prefix, row, good) in enumerate(zip(utts, prefixes, labels.tolist(), ok.tolist())):
@@ -143,11 +139,16 @@ def frame_support(scorer: CTCPrefixScorer, min_prob: float) -> list[tuple[torch.
     `min_prob` on a frame within the utterance's length; one utterance at a time, so a large vocabulary is never
     copied for the whole batch."""
     found = []
+    blank_at_most = math.log1p(-min_prob) + 1e-6 if min_prob < 1 else float("-inf")
     for b, n in enumerate(scorer.lens):
-        held = scorer.log_probs[b, : max(n, 1)] >= math.log(min_prob)
+        frames = scorer.log_probs[b, : max(n, 1)]
+        # where the blank holds more than 1 - min_prob no other token reaches min_prob: only the rest is scanned
+        # (a small tolerance keeps a frame that rounding would put on the line)
+        open_ = (frames[:, scorer.blank_id] <= blank_at_most).nonzero()[:, 0]
+        held = frames[open_] >= math.log(min_prob)
         held[:, scorer.blank_id] = False
-        at = held.nonzero().cpu()
-        found.append((at[:, 0], at[:, 1]))
+        at = held.nonzero()
+        found.append((open_[at[:, 0]].cpu(), at[:, 1].cpu()))
     return found
 
 

@@ -11,6 +11,12 @@ ending in a non-blank / blank frame. Extending h by a label c:
 Both recursions are first-order linear, so they are solved for every frame at once with cumulative sums in log
 space (logcumsumexp, float64) instead of a Python loop over frames. The end of the hypothesis scores
 r_n^h(T-1) + r_b^h(T-1), the probability that the whole utterance spells exactly h.
+
+A prefix is kept only over its window: the frames where, spelled exactly, it is within WINDOW_MARGIN nats of its
+most likely frame (between its last label and the next one the audio holds); elsewhere its forward variables are
+taken as zero. An extension is computed over its parent's window and the frames after it, as far as the extension
+itself reaches, so a step costs the frames a hypothesis can be at rather than the whole utterance's, and the scores
+dropped are below e^-WINDOW_MARGIN of the ones kept.
 """
 
 from __future__ import annotations
@@ -20,16 +26,44 @@ from dataclasses import dataclass
 import torch
 
 NEG_INF = float("-inf")
+# Frames where a prefix spelled exactly is this many nats below its most likely frame are outside its window.
+WINDOW_MARGIN = 40.0
+# An extension is first computed over its parent's window and this many frames after it (more while it reaches on).
+TAIL = 16
 
 
 @dataclass
 class PrefixState:
-    """A prefix's forward variables over its utterance's frames ([T] each, float64) and its prefix score."""
+    """A prefix's forward variables over its utterance's frames ([T] each, float64; -inf outside frames [lo, hi))
+    and its prefix score."""
 
     r_n: torch.Tensor
     r_b: torch.Tensor
     psi: float
     last: int | None  # the prefix's last label (None for the empty prefix)
+    lo: int = 0
+    hi: int | None = None  # None: every frame
+
+    def __post_init__(self):
+        if self.hi is None:
+            self.hi = self.r_n.shape[0]
+
+
+@dataclass
+class Extensions:
+    """Every state of a step extended by each of its K labels: prefix scores [N, K] and the new states' forward
+    variables [N, K, T] with their windows [N, K]."""
+
+    psi: torch.Tensor
+    r_n: torch.Tensor
+    r_b: torch.Tensor
+    lo: torch.Tensor
+    hi: torch.Tensor
+    labels: torch.Tensor
+
+    def state(self, i: int, k: int) -> PrefixState:
+        return PrefixState(self.r_n[i, k], self.r_b[i, k], float(self.psi[i, k]), int(self.labels[i, k]),
+                           int(self.lo[i, k]), int(self.hi[i, k]))  # fmt: skip
 
 
 class CTCPrefixScorer:
@@ -56,30 +90,74 @@ class CTCPrefixScorer:
     def initial(self, utt: int) -> PrefixState:
         """The empty prefix: all frames blank so far."""
         r_b = torch.where(self.valid[utt], self.blank_cum[utt], torch.tensor(NEG_INF, dtype=torch.float64))
-        return PrefixState(torch.full_like(r_b, NEG_INF), r_b, 0.0, None)
+        lo, hi = _window(r_b[None])
+        r_b = torch.where(torch.arange(r_b.shape[0]) < hi[0], r_b, torch.tensor(NEG_INF, dtype=torch.float64))
+        return PrefixState(torch.full_like(r_b, NEG_INF), r_b, 0.0, None, 0, int(hi[0]))
 
-    def extend(self, utts: list[int], states: list[PrefixState], labels: torch.Tensor):
-        """Prefix scores of every state extended by each of its K labels ([N, K] ids < vocab_size, not blank):
-        (psi [N, K] float64, r_n [N, K, T], r_b [N, K, T])."""
+    def extend(self, utts: list[int], states: list[PrefixState], labels: torch.Tensor) -> Extensions:
+        """Every state extended by each of its K labels ([N, K] ids < vocab_size, not blank)."""
+        n, k = labels.shape
+        frames = self.log_probs.shape[1]
+        lens = torch.tensor([self.lens[u] for u in utts])
+        lo = torch.tensor([s.lo for s in states])
+        width = min(frames, max(s.hi - s.lo for s in states) + TAIL)
+        psi = torch.empty(n, k, dtype=torch.float64)
+        # room for a window that starts at the last frame: windows are cut to the utterance afterwards
+        r_n = torch.full((n, k, 2 * frames), NEG_INF, dtype=torch.float64)
+        r_b = torch.full_like(r_n, NEG_INF)
+        todo = torch.arange(n)
+        while len(todo):
+            psi[todo], ext_n, ext_b, reaches = self._extend_over(
+                [utts[i] for i in todo], [states[i] for i in todo], labels[todo], lo[todo], width, lens[todo]
+            )
+            cols = (lo[todo][:, None] + torch.arange(width))[:, None, :].expand(-1, k, -1)
+            r_n[todo] = r_n[todo].scatter(2, cols, ext_n)  # a wider window covers the narrower one's frames
+            r_b[todo] = r_b[todo].scatter(2, cols, ext_b)
+            # an extension still within the margin at its window's last frame reaches on: a wider window
+            todo = todo[(reaches & (lo[todo] + width < lens[todo])[:, None]).any(dim=1)]
+            width = min(frames, 2 * width)
+        r_n, r_b = r_n[..., :frames], r_b[..., :frames]
+        spelled = torch.logaddexp(r_n, r_b)
+        new_lo, new_hi = _window(spelled.reshape(n * k, frames))
+        new_lo, new_hi = new_lo.reshape(n, k), new_hi.reshape(n, k)
+        t = torch.arange(frames)
+        inside = (t >= new_lo[..., None]) & (t < new_hi[..., None])
+        r_n = torch.where(inside, r_n, torch.tensor(NEG_INF, dtype=torch.float64))
+        r_b = torch.where(inside, r_b, torch.tensor(NEG_INF, dtype=torch.float64))
+        return Extensions(psi, r_n, r_b, new_lo, new_hi, labels)
+
+    def _extend_over(self, utts, states, labels, lo, width: int, lens):
+        """The extensions over frames lo .. lo + width - 1 of each state: (psi [N, K], r_n, r_b [N, K, width],
+        whether each is still within the margin at the last frame [N, K])."""
         utt_idx = torch.tensor(utts)
+        frames = self.log_probs.shape[1]
+        at = lo[:, None] + torch.arange(width)  # [N, W]
+        valid = at < lens[:, None]
+        at = at.clamp(max=frames - 1)
         dev = self.log_probs.device
-        frames = torch.arange(self.log_probs.shape[1], device=dev)
-        # x[utt, t, label] for every state, label and frame: [N, K, T], without a [N, T, V] copy
-        xc = self.log_probs[utt_idx.to(dev)[:, None, None], frames[None, None, :], labels.to(dev)[:, :, None]]
-        xc = self._valid_only(xc.to("cpu", torch.float64), self.valid[utt_idx][:, None, :])
-        r_n = torch.stack([s.r_n for s in states])[:, None, :]  # [N, 1, T]
-        r_b = torch.stack([s.r_b for s in states])[:, None, :]
+        # x[utt, t, label] for every state, label and window frame: [N, K, W], without a [N, T, V] copy
+        xc = self.log_probs[utt_idx.to(dev)[:, None, None], at.to(dev)[:, None, :], labels.to(dev)[:, :, None]]
+        zero = torch.zeros((), dtype=torch.float64)
+        xc = torch.where(valid[:, None, :], xc.to("cpu", torch.float64), zero)
+        xb = torch.where(valid, self.blank[utt_idx[:, None], at], zero)[:, None, :].expand_as(xc)
+        neg = torch.tensor(NEG_INF, dtype=torch.float64)
+        r_n = torch.where(valid, torch.stack([s.r_n for s in states]).gather(1, at), neg)[:, None, :]
+        r_b = torch.where(valid, torch.stack([s.r_b for s in states]).gather(1, at), neg)[:, None, :]
         last = torch.tensor([-1 if s.last is None else s.last for s in states])[:, None, None]
-        phi = torch.where(labels[:, :, None] == last, r_b, torch.logaddexp(r_n, r_b))  # [N, K, T]
-        empty = torch.tensor([s.last is None for s in states])[:, None]
-        start = torch.where(empty, xc[:, :, 0], torch.tensor(NEG_INF, dtype=torch.float64))  # r_n^{hc}(0)
+        phi = torch.where(labels[:, :, None] == last, r_b, torch.logaddexp(r_n, r_b))  # [N, K, W]
+        empty = torch.tensor([s.last is None for s in states])[:, None] & (lo == 0)[:, None]
+        start = torch.where(empty, xc[:, :, 0], neg)  # r_n^{hc}(0): only the empty prefix starts at frame 0
         new_n = _linear_recursion(start, phi[:, :, :-1], xc)
-        xb = self.blank[utt_idx][:, None, :].expand_as(xc)
         new_b = _linear_recursion(torch.full_like(start, NEG_INF), new_n[:, :, :-1], xb)
-        valid = self.valid[utt_idx][:, None, 1:]
-        terms = torch.where(valid, phi[:, :, :-1] + xc[:, :, 1:], torch.tensor(NEG_INF, dtype=torch.float64))
+        terms = torch.where(valid[:, None, 1:], phi[:, :, :-1] + xc[:, :, 1:], neg)
         psi = torch.logsumexp(torch.cat([start[:, :, None], terms], dim=2), dim=2)
-        return psi, new_n, new_b
+        new_n = torch.where(valid[:, None, :], new_n, neg)
+        new_b = torch.where(valid[:, None, :], new_b, neg)
+        spelled = torch.logaddexp(new_n, new_b)
+        best = spelled.amax(dim=2)
+        # after the parent's window nothing flows in, so past the last frame the extension only falls
+        reaches = torch.isfinite(best) & (spelled[:, :, -1] >= best - WINDOW_MARGIN)
+        return psi, new_n, new_b, reaches
 
     def final(self, utt: int, state: PrefixState) -> float:
         """log P(the utterance spells exactly this prefix)."""
@@ -100,3 +178,14 @@ def _linear_recursion(start: torch.Tensor, inflow: torch.Tensor, gain: torch.Ten
     cum = gain.cumsum(-1)
     terms = torch.cat([(start - cum[..., 0])[..., None], inflow - cum[..., :-1]], dim=-1)
     return cum + torch.logcumsumexp(terms, dim=-1)
+
+
+def _window(spelled: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per row of [R, T] log-probabilities, the frames [lo, hi) within WINDOW_MARGIN of the row's best (an empty
+    window, lo == hi == 0, for a row without a finite value)."""
+    best = spelled.amax(dim=1, keepdim=True)
+    alive = torch.isfinite(spelled) & (spelled >= best - WINDOW_MARGIN)
+    t = torch.arange(spelled.shape[1])
+    lo = torch.where(alive, t, spelled.shape[1]).amin(dim=1)
+    hi = torch.where(alive, t + 1, 0).amax(dim=1)
+    return torch.minimum(lo, hi), hi

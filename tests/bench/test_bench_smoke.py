@@ -267,3 +267,13 @@ def test_hotword_lists_quick_prints_its_tables(capsys):
     out = capsys.readouterr().out
     rows = [line for line in out.splitlines() if line.startswith(("| word |", "| char |", "| 10-phrase"))]
     assert len(rows) == 3 and out.rstrip().endswith("python bench/hotword_lists.py --quick")
+
+
+def test_ctc_guidance_cost_quick_decodes_every_row(tmp_path, capsys):
+    import ctc_guidance_cost
+
+    assert ctc_guidance_cost.main(["--quick", "--json-out", str(tmp_path / "c.json")]) == 0
+    res = json.loads((tmp_path / "c.json").read_text())
+    assert res["rows_decoded_right"] == res["rows"] == 2
+    assert res["steps"] > res["tokens_per_row"] and res["candidates_per_row_step"] >= 1
+    assert "Reproduce: `python bench/ctc_guidance_cost.py --quick`" in capsys.readouterr().out

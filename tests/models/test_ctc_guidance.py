@@ -33,8 +33,7 @@ def model(tiny_llm_dir):
 def _spell(scorer, utt, labels) -> PrefixState:
     state = scorer.initial(utt)
     for c in labels:
-        psi, r_n, r_b = scorer.extend([utt], [state], torch.tensor([[c]]))
-        state = PrefixState(r_n[0, 0], r_b[0, 0], float(psi[0, 0]), c)
+        state = scorer.extend([utt], [state], torch.tensor([[c]])).state(0, 0)
     return state
 
 
@@ -118,6 +117,24 @@ def test_the_audio_tokens_scored_are_those_where_the_hypothesis_stands(model):
     assert first[0] in at_start and not at_start & set(nine)
     later = set(guide._reachable(0, _spell(scorer, 0, tok.encode("three four", add_special_tokens=False))).tolist())
     assert nine[0] in later and first[0] not in later
+
+
+def test_frame_support_skips_only_frames_where_no_token_can_reach_the_threshold():
+    """Frames where the blank holds more than 1 - p are not scanned; the tokens found equal a scan of every frame,
+    with a frame on the line (blank 0.99, one token 0.01) and a padded second utterance."""
+    torch.manual_seed(0)
+    blank, vocab, frames = 2, 30, 12
+    logits = torch.randn(2, frames, vocab)
+    logits[:, ::2, blank] += 12.0  # every other frame: a confident blank
+    log_probs = logits.log_softmax(-1)
+    log_probs[0, 4] = float("-inf")
+    log_probs[0, 4, blank], log_probs[0, 4, 7] = math.log1p(-0.01), math.log(0.01)
+    scorer = CTCPrefixScorer(log_probs, torch.tensor([frames, 7]), blank)
+    for b, n in enumerate([frames, 7]):
+        full = log_probs[b, :n] >= math.log(0.01)
+        full[:, blank] = False
+        frame, token = ctc_guidance.frame_support(scorer, 0.01)[b]
+        assert set(zip(frame.tolist(), token.tolist())) == {(int(t), int(c)) for t, c in full.nonzero()}
 
 
 def test_a_padded_candidate_row_keeps_token_zero(model):
