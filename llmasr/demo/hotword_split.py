@@ -5,7 +5,9 @@ A name heard 40 times in 9,000 utterances (a common word is heard hundreds of ti
 use: a word the model has barely learned, that the user knows may occur. The `hotword` split is spoken by the test
 voices; its manifest carries each list in the `hotwords` field, so `llmasr decode` biases with it, and
 `--hotwords-unprompted` scores the same lists without them in the prompt. A fifth of its utterances hold no name at
-all: there the whole list is distractors, which is where a model that copies from its prompt shows it.
+all: there the whole list is distractors, which is where a model that copies from its prompt shows it. A
+`hotword_dev` split built the same way in training voices, with lists of its own, is where decoding settings such
+as the boost are chosen (bench/hotword_boost.py), so the held-out split only reports them.
 """
 
 from __future__ import annotations

@@ -132,7 +132,9 @@ def read_wer(hyp_dir: Path) -> dict:
 
 def stage_corpus(args, workdir: Path, state: State) -> dict:
     if args.quick:  # two voices, digit strings only: the smallest task on which learning shows in a minute
-        cfg = CorpusConfig(n_train=300, n_dev=40, n_test=40, digit_fraction=1.0, n_hotword=20, name_repeats=12)
+        cfg = CorpusConfig(
+            n_train=300, n_dev=40, n_test=40, digit_fraction=1.0, n_hotword=20, n_hotword_dev=0, name_repeats=12
+        )
         cfg.names = cfg.names[:8]
         cfg.train_voices, cfg.test_voices = list(QUICK_TRAIN_VOICES), list(QUICK_TEST_VOICES)
     else:

@@ -7,10 +7,11 @@ generalisation to new speakers rather than memorisation.
 
 Output layout under `out_dir`::
 
-    wav/{train,dev,test,hotword}/<key>.wav     16 kHz mono 16-bit PCM
-    {train,dev,test,hotword}.jsonl     FunASR jsonl: key, source (relative), target, duration, source_len,
-                                       target_len (words), voice, rate, pitch, snr_db; hotword.jsonl also
-                                       `hotwords`, each utterance's biasing list (demo.hotword_split)
+    wav/<split>/<key>.wav              16 kHz mono 16-bit PCM; splits train, dev, test, hotword, hotword_dev
+    <split>.jsonl                      FunASR jsonl: key, source (relative), target, duration, source_len,
+                                       target_len (words), voice, rate, pitch, snr_db; hotword.jsonl and
+                                       hotword_dev.jsonl also `hotwords`, each utterance's biasing list
+                                       (demo.hotword_split)
     corpus.json                        the settings, counts and hours; written last (the stage's done-marker)
 """
 
@@ -81,11 +82,14 @@ class CorpusConfig:
     snr_db: tuple[float, float] = (8.0, 30.0)
     seed: int = 0
     # Hotwords (demo.hotword_split): made-up names, each spoken in `name_repeats` training utterances, and a
-    # held-out-voice split of `n_hotword` utterances with biasing lists of one name + `hotword_distractors` others.
+    # held-out-voice split of `n_hotword` utterances with biasing lists of one name + `hotword_distractors` others;
+    # `n_hotword_dev` more in training voices, to choose decoding settings on (bench/hotword_boost.py) so that the
+    # held-out split only reports them.
     names: list[str] = field(default_factory=lambda: list(NAMES))
     name_repeats: int = 40
     n_hotword: int = 150
     hotword_distractors: int = 4
+    n_hotword_dev: int = 150
 
     def validate(self) -> None:
         for name in ("n_train", "n_test"):
@@ -100,9 +104,9 @@ class CorpusConfig:
             raise SynthError(f"the test voices must be held out from training, but {shared} are in both lists")
         if not 0.0 <= self.digit_fraction <= 1.0:
             raise SynthError(f"digit_fraction: must be in [0, 1], got {self.digit_fraction}")
-        if self.n_hotword < 0 or self.name_repeats < 0 or self.hotword_distractors < 0:
-            raise SynthError("n_hotword, name_repeats and hotword_distractors must be >= 0")
-        if self.n_hotword and len(self.names) < self.hotword_distractors + 1:
+        if min(self.n_hotword, self.n_hotword_dev, self.name_repeats, self.hotword_distractors) < 0:
+            raise SynthError("n_hotword, n_hotword_dev, name_repeats and hotword_distractors must be >= 0")
+        if (self.n_hotword or self.n_hotword_dev) and len(self.names) < self.hotword_distractors + 1:
             raise SynthError(f"hotword lists of 1 + {self.hotword_distractors} names need that many names")
         if len(self.names) * self.name_repeats > self.n_train:
             raise SynthError(
@@ -180,8 +184,9 @@ def plan_corpus(cfg: CorpusConfig) -> dict[str, list[dict]]:
         ("dev", cfg.n_dev, cfg.train_voices),
         ("test", cfg.n_test, cfg.test_voices),
         ("hotword", cfg.n_hotword, cfg.test_voices),
+        ("hotword_dev", cfg.n_hotword_dev, cfg.train_voices),  # last: the other splits' draws stay as they were
     ):
-        if split == "hotword" and n == 0:
+        if split.startswith("hotword") and n == 0:
             continue
         items = []
         for i in range(n):
@@ -199,12 +204,13 @@ def plan_corpus(cfg: CorpusConfig) -> dict[str, list[dict]]:
             )
         plan[split] = items
     plant_names(plan["train"], cfg.names, cfg.name_repeats, cfg.seed)
-    if "hotword" in plan:
-        texts = [it["target"] for it in plan["hotword"]]
-        for item, (text, phrases) in zip(
-            plan["hotword"], hotword_texts(len(texts), texts, cfg.names, cfg.hotword_distractors, cfg.seed)
-        ):
-            item["target"], item["hotwords"] = text, phrases
+    for split, seed in (("hotword", cfg.seed), ("hotword_dev", cfg.seed + 1)):  # lists of their own
+        if split in plan:
+            texts = [it["target"] for it in plan[split]]
+            for item, (text, phrases) in zip(
+                plan[split], hotword_texts(len(texts), texts, cfg.names, cfg.hotword_distractors, seed)
+            ):
+                item["target"], item["hotwords"] = text, phrases
     return plan
 
 

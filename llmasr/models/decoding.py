@@ -16,7 +16,8 @@ from llmasr.config_io import ConfigError
 METRICS = ("auto", "wer", "cer")
 # ctc_weight when unset and the model has a CTC head (tuned on the demo's dev set; see the README's decode section).
 AUTO_CTC_WEIGHT = 0.7
-# hotword_boost when unset and the search is CTC prefix-guided (measured on the demo's hotword split; README).
+# hotword_boost when unset and the search is CTC prefix-guided (chosen on the demo's hotword_dev split by
+# bench/hotword_boost.py: the lowest WER within its leak and U-WER limits; README).
 AUTO_HOTWORD_BOOST = 2.0
 MIN_WINDOW_SECONDS = 2.0  # shortest long-audio window: below it the join would hang on a word or two
 

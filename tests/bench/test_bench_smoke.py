@@ -277,3 +277,22 @@ def test_ctc_guidance_cost_quick_decodes_every_row(tmp_path, capsys):
     assert res["rows_decoded_right"] == res["rows"] == 2
     assert res["steps"] > res["tokens_per_row"] and res["candidates_per_row_step"] >= 1
     assert "Reproduce: `python bench/ctc_guidance_cost.py --quick`" in capsys.readouterr().out
+
+
+def test_hotword_boost_chooses_the_lowest_wer_within_the_leak_and_u_wer_limits(tmp_path, capsys):
+    import hotword_boost
+
+    def row(boost, wer, u_wer, leaked):
+        return {"boost": boost, "wer": wer, "b_wer": 0.5 - boost / 10, "u_wer": u_wer, "leaked": leaked,
+                "distractors": 100}  # fmt: skip
+
+    rows = [row(0, 0.050, 0.030, 0), row(1, 0.036, 0.024, 0), row(2, 0.025, 0.023, 1), row(2.5, 0.027, 0.029, 1)]
+    assert hotword_boost.choose(rows) == 2  # not 2.5, the lowest B-WER: more errors over all words
+    assert hotword_boost.choose([*rows, row(3, 0.020, 0.030, 2)]) == 2  # 2 leaks of 100: over the limit
+    assert hotword_boost.choose([*rows, row(3, 0.020, 0.036, 0)]) == 2  # U-WER 0.6 points above boost 0's
+    assert hotword_boost.choose([*rows, row(3, 0.025, 0.023, 0)]) == 2  # a tie goes to the smaller boost
+    assert hotword_boost.choose([row(1, 0.1, 0.1, 5)]) is None
+    assert hotword_boost.main(["--quick", "--boosts", "0", "2", "--json-out", str(tmp_path / "h.json")]) == 0
+    res = json.loads((tmp_path / "h.json").read_text())
+    assert [r["boost"] for r in res["runs"]] == [0, 2] and res["runs"][0]["distractors"] > 0
+    assert "Reproduce: `python bench/hotword_boost.py --quick --boosts 0 2`" in capsys.readouterr().out

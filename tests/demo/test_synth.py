@@ -21,6 +21,7 @@ needs_espeak = pytest.mark.skipif(
 def small_config(**kw) -> CorpusConfig:
     base = dict(n_train=6, n_dev=2, n_test=4, train_voices=["en-us+m3", "en-gb+f2"], test_voices=["en-us+m6"])
     base.update(names=["zandor", "keltrix", "mirabo"], name_repeats=1, n_hotword=2, hotword_distractors=1)
+    base.update(n_hotword_dev=2)
     return CorpusConfig(**{**base, **kw})
 
 
@@ -72,6 +73,23 @@ def test_names_are_rare_in_training_and_biased_in_the_hotword_split():
         CorpusConfig(n_train=10, name_repeats=4).validate()
 
 
+def test_the_hotword_dev_split_is_in_training_voices_and_changes_no_other_split():
+    """Settings are chosen on hotword_dev (training voices) and reported on hotword (held-out voices): adding the dev
+    split leaves every other split as it was, so a corpus with it trains the same model."""
+    cfg = CorpusConfig(n_train=400, n_dev=5, n_test=10, n_hotword=50, n_hotword_dev=60, name_repeats=4)
+    plan = synth.plan_corpus(cfg)
+    without = synth.plan_corpus(CorpusConfig(n_train=400, n_dev=5, n_test=10, n_hotword=50, n_hotword_dev=0,
+                                             name_repeats=4))  # fmt: skip
+    assert "hotword_dev" not in without
+    assert all(plan[split] == without[split] for split in ("train", "dev", "test", "hotword"))
+    dev = plan["hotword_dev"]
+    assert len(dev) == 60 and {it["voice"] for it in dev} <= set(cfg.train_voices)
+    assert all(len(set(it["hotwords"])) == 5 and set(it["hotwords"]) <= set(cfg.names) for it in dev)
+    assert [it["hotwords"] for it in dev[:50]] != [it["hotwords"] for it in plan["hotword"]]
+    with pytest.raises(SynthError, match="n_hotword_dev"):
+        CorpusConfig(n_hotword_dev=-1).validate()
+
+
 def test_noise_is_mixed_at_the_requested_snr():
     rng = np.random.default_rng(0)
     speech = np.sin(np.linspace(0, 2000, 32000)).astype(np.float32)
@@ -109,9 +127,9 @@ def test_corpus_manifests_and_reuse(tmp_path):
     cfg = small_config()
     logs: list[str] = []
     summary = synth.synthesize_corpus(tmp_path, cfg, workers=1, log=logs.append)
-    assert summary["counts"] == {"train": 6, "dev": 2, "test": 4, "hotword": 2}
+    assert summary["counts"] == {"train": 6, "dev": 2, "test": 4, "hotword": 2, "hotword_dev": 2}
     voices = {}
-    for split in ("train", "dev", "test", "hotword"):
+    for split in ("train", "dev", "test", "hotword", "hotword_dev"):
         rows = [json.loads(line) for line in open(tmp_path / f"{split}.jsonl")]
         assert len(rows) == summary["counts"][split]
         for row in rows:
@@ -123,8 +141,11 @@ def test_corpus_manifests_and_reuse(tmp_path):
         # The project's own manifest reader accepts it, durations included.
         m = Manifest.open(tmp_path / f"{split}.jsonl")
         assert len(m) == len(rows) and not np.isnan(m.durations()).any()
-    assert not (voices["train"] | voices["dev"]) & (voices["test"] | voices["hotword"])
-    for row in map(json.loads, open(tmp_path / "hotword.jsonl")):
+    assert not (voices["train"] | voices["dev"] | voices["hotword_dev"]) & (voices["test"] | voices["hotword"])
+    for row in [
+        *map(json.loads, open(tmp_path / "hotword.jsonl")),
+        *map(json.loads, open(tmp_path / "hotword_dev.jsonl")),
+    ]:
         assert len(row["hotwords"]) == 2 and set(row["hotwords"]) <= set(cfg.names)
     stamp = (tmp_path / "corpus.json").stat().st_mtime_ns
     logs.clear()
