@@ -1,5 +1,6 @@
 """`llmasr decode --model DIR | --checkpoint RUN_DIR --data M.jsonl --output DIR [...]` (llmasr.export.decode
-documents the outputs)."""
+documents the outputs). Under a launcher (`deepspeed --num_gpus N --module llmasr decode ...`, torchrun) the ranks
+share the batches and rank 0 writes the outputs (llmasr.export.decode_world)."""
 
 from __future__ import annotations
 
@@ -9,11 +10,10 @@ import logging
 import sys
 from pathlib import Path
 
-import torch
-
 from llmasr.config_io import ConfigError
 from llmasr.data.hotwords import PhraseFileError, read_phrase_file
 from llmasr.export.decode import DecodeOptions, decode_manifest, load_decode_model, out_dirs
+from llmasr.export.decode_world import DecodeWorld
 from llmasr.export.exported import ExportedModelError
 from llmasr.models.ctc import LLMCTCTokenizer
 from llmasr.models.decoding import AUTO_CTC_WEIGHT, AUTO_HOTWORD_BOOST, DecodeConfig, decode_config
@@ -124,7 +124,14 @@ def main(argv: list[str] | None = None) -> int:
     except PhraseFileError as err:
         print(f"llmasr decode: error: --hotwords: {err}", file=sys.stderr)
         return 2
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    try:
+        world = DecodeWorld.from_env()
+    except ValueError as err:
+        print(f"llmasr decode: error: {err}", file=sys.stderr)
+        return 2
+    if not world.leader:  # rank 0 says what happens; the others only on trouble
+        logging.getLogger().setLevel(logging.WARNING)
+    device = world.device(args.device)
     try:
         model, saved, opts = load_decode_model(
             args.model, args.checkpoint, tag=args.tag, dtype=args.dtype, trust_remote_code=args.trust_remote_code
@@ -152,17 +159,20 @@ def main(argv: list[str] | None = None) -> int:
              "hotwords_unprompted": args.hotwords_unprompted or None}  # fmt: skip
     opts = dataclasses.replace(opts, **{k: v for k, v in given.items() if v is not None})
     model.to(device)
-    return _decode_all(model, args.data, Path(args.output), cfg, opts, device)
+    world.start(device)
+    return _decode_all(model, args.data, Path(args.output), cfg, opts, device, world)
 
 
-def _decode_all(model, manifests: list[str], output: Path, cfg, opts, device) -> int:
+def _decode_all(model, manifests: list[str], output: Path, cfg, opts, device, world: DecodeWorld) -> int:
     failed, summaries = [], []
     for data, out_dir in zip(manifests, out_dirs(manifests, output)):
         try:
-            summary = decode_manifest(model, data, out_dir, cfg, opts, device=device)
+            summary = decode_manifest(model, data, out_dir, cfg, opts, device=device, world=world)
         except (FileNotFoundError, ValueError) as err:
             print(f"llmasr decode: error: {data}: {err}", file=sys.stderr)
             failed.append(data)
+            continue
+        if summary is None:  # another rank writes the outputs
             continue
         texts = [summary["text"]] + ([summary["ctc"]["text"]] if opts.ctc else [])
         print("\n".join(texts))
@@ -170,6 +180,6 @@ def _decode_all(model, manifests: list[str], output: Path, cfg, opts, device) ->
         if summary["too_much_bad_data"]:
             print(f"llmasr decode: error: {summary['too_much_bad_data']}", file=sys.stderr)
             failed.append(data)
-    if len(manifests) > 1:
+    if len(manifests) > 1 and world.leader:
         (output / "wer.txt").write_text("\n".join(summaries) + "\n")
     return 1 if failed else 0

@@ -338,7 +338,7 @@ def build_dataloader(
 def build_decode_loader(
     manifest_path, frontend: FrontendConfig, *, prompt_builder, batch_seconds: float, num_workers: int,
     max_bad_fraction: float, name: str, features_on: str = "auto", device=None, hotwords: list[str] | None = None,
-    prompt_hotwords: bool = True, windows: tuple | None = None,
+    prompt_hotwords: bool = True, windows: tuple | None = None, rank: int = 0, world_size: int = 1,
 ) -> SpeechDataLoader:  # fmt: skip
     """The validation loader over one manifest, for decoding: every line is batched once, in an eval-mode
     SpeechDataset; batches are cut from one duration-sorted window over the whole manifest (no buckets, no
@@ -351,7 +351,8 @@ def build_decode_loader(
     `hotwords`: the list of every line that has no `hotwords` field of its own; `prompt_hotwords` False: no
     prompt renders the lists (`dataset.listed_hotwords` still gives them, for scoring). `windows` =
     (max_seconds, overlap, split_pause): utterances longer than max_seconds are decoded in windows, each an item of
-    its own (`loader.dataset.manifest` is then a llmasr.data.windowed.WindowedManifest).
+    its own (`loader.dataset.manifest` is then a llmasr.data.windowed.WindowedManifest). `rank` of `world_size`:
+    the sampler's share of the same plan (llmasr.export.decode_world).
     """
     manifest, fill_bad = open_manifests([str(manifest_path)], mix=False)
     durations = np.asarray(manifest.durations(), dtype=np.float64)
@@ -374,9 +375,10 @@ def build_decode_loader(
         features_on=features_on,
     )  # fmt: skip
     tracker = BadDataTracker(data_cfg.max_bad_fraction, name=name, keep_examples=n + 1, enforce=False)
-    tracker.add_static(fill_bad)
+    tracker.add_static(fill_bad, quiet=rank != 0)  # every rank finds them; one says so
     sampler = make_sampler(
-        data_cfg, durations, None, frontend, train=False, rank=0, world_size=1, indices=known, keep_every_item=True
+        data_cfg, durations, None, frontend, train=False, rank=rank, world_size=world_size, indices=known,
+        keep_every_item=True,
     )  # fmt: skip
     dataset = _dataset(
         manifest, frontend, data_cfg, train=False, prompt_builder=prompt_builder, device=device,

@@ -39,6 +39,9 @@ With --ctc (a model with a CTC head on its encoder), HYP_DIR/ctc/ also gets hyp.
 wer.json for the CTC branch's greedy best path, scored the same way: a low CTC WER beside a high LLM WER says the
 encoder hears the words and the LLM side loses them. SpeechLLM.transcribe gives both from one encoder pass.
 
+On N ranks (a launcher's RANK / WORLD_SIZE) each decodes every N-th batch of the same plan and rank 0 writes the
+outputs, the same as one process's (llmasr.export.decode_world).
+
 Bad lines are skipped and reported; the command fails (exit 1, after writing the outputs) only when they are
 more than --max-bad-fraction of the lines.
 
@@ -78,12 +81,14 @@ from llmasr.data.loader import SpeechDataLoader, build_decode_loader
 from llmasr.data.screen import longest_trained
 from llmasr.data.windowed import utterance_rows, utterance_tracker
 from llmasr.export.decode_results import ctc_summary, hotword_counts, llm_summary
+from llmasr.export.decode_world import DecodeWorld
 from llmasr.export.exported import MODEL_FILE, ExportedModelError, load_exported, read_description
 from llmasr.export.trained_model import load_checkpoint_model
 from llmasr.models.ctc import LLMCTCTokenizer
 from llmasr.models.decoding import DecodeConfig
 
 log = logging.getLogger(__name__)
+SOLO = DecodeWorld()  # one process decodes everything
 
 
 @dataclass
@@ -121,9 +126,11 @@ def window_limit(model, cfg: DecodeConfig, opts: DecodeOptions) -> float:
     return limit
 
 
-def decode_loader(model, manifest_path, cfg: DecodeConfig, opts: DecodeOptions, device=None) -> SpeechDataLoader:
+def decode_loader(
+    model, manifest_path, cfg: DecodeConfig, opts: DecodeOptions, device=None, world: DecodeWorld = SOLO
+) -> SpeechDataLoader:
     """The evaluation loader over one manifest, with `model`'s frontend and prompt builder; utterances longer
-    than window_limit are cut into windows (llmasr.data.windowed)."""
+    than window_limit are cut into windows (llmasr.data.windowed); `world`: this rank's share of the batches."""
     limit = window_limit(model, cfg, opts)
     return build_decode_loader(
         manifest_path, model.frontend, prompt_builder=model.prompt, batch_seconds=cfg.batch_seconds,
@@ -131,15 +138,17 @@ def decode_loader(model, manifest_path, cfg: DecodeConfig, opts: DecodeOptions, 
         name=f"decode {Path(manifest_path).name}", features_on=opts.features_on, device=device,
         hotwords=opts.hotwords, prompt_hotwords=not opts.hotwords_unprompted,
         windows=(limit, cfg.window_overlap, cfg.window_split_pause) if limit > 0 else None,
+        rank=world.rank, world_size=world.size,
     )  # fmt: skip
 
 
 def decode_manifest(
     model, manifest_path: str | Path, out_dir: str | Path, cfg: DecodeConfig, opts: DecodeOptions | None = None,
-    *, device="cpu",
-) -> dict:  # fmt: skip
+    *, device="cpu", world: DecodeWorld = SOLO,
+) -> dict | None:  # fmt: skip
     """Decode one manifest into `out_dir`; returns the summary dict (also written to wer.json), with the CTC
-    branch's under "ctc" when opts.ctc, and "too_much_bad_data" (the message, or None)."""
+    branch's under "ctc" when opts.ctc, and "too_much_bad_data" (the message, or None). On N ranks (`world`) each
+    decodes its share and rank 0 writes the whole; the other ranks return None."""
     opts = DecodeOptions() if opts is None else opts
     has_head = getattr(model, "ctc_head", None) is not None
     if opts.ctc and not has_head:
@@ -152,10 +161,13 @@ def decode_manifest(
     window_limit(model, cfg, opts)  # refused before anything is written
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    loader = decode_loader(model, manifest_path, cfg, opts, device)
+    loader = decode_loader(model, manifest_path, cfg, opts, device, world)
     model.eval()
     t0 = time.perf_counter()
     items, mode = transcribe_loader(model, loader, cfg, device)
+    items, bad_data, shares = world.merge(items, loader.bad_data)
+    if not world.leader:
+        return None
     manifest = loader.dataset.manifest
     rows = utterance_rows(items, manifest, cfg.window_overlap)
     if opts.hotwords_unprompted:
@@ -163,8 +175,8 @@ def decode_manifest(
             r["hotwords_scored"] = loader.dataset.listed_hotwords(r["index"])
     audio_seconds = sum(r["duration"] for r in rows)
     timing = {"audio_seconds": audio_seconds, "decode_seconds": time.perf_counter() - t0, "device": device}
-    timing["mode"] = mode
-    tracker = utterance_tracker(loader.bad_data, manifest, len(rows))
+    timing.update(mode=mode, rank_items=shares)
+    tracker = utterance_tracker(bad_data, manifest, len(rows))
     with open(out_dir / "bad.jsonl", "w") as fb:
         for rec in tracker.examples:
             fb.write(json.dumps(rec, ensure_ascii=False, default=str) + "\n")
@@ -188,7 +200,7 @@ def transcribe_loader(model, loader: SpeechDataLoader, cfg: DecodeConfig, device
     rows: dict[int, dict] = {}
     mode = cfg.mode(0.0)
     for batch in loader:
-        if not batch.size:  # every item bad: the loader counted them
+        if not batch.size or batch.duplicate:  # every item bad (the loader counted them), or a rank's padding
             continue
         got = model.transcribe(batch.to(device), cfg)
         mode = got.mode

@@ -70,6 +70,11 @@ def _windows_line(found: dict, n_utts: int) -> str:
     return f"long audio: {n_utts} utterances decoded in {found['windows']} windows ({how})"
 
 
+def _ranks(timing: dict) -> str:
+    shares = timing.get("rank_items") or []
+    return f"; {len(shares)} ranks, items decoded {' + '.join(map(str, shares))}" if len(shares) > 1 else ""
+
+
 def llm_summary(out_dir: Path, rows: list[dict], found: dict, cfg: DecodeConfig, timing: dict) -> dict:
     """hyp/ref/results and wer.txt/wer.json of the LLM's hypotheses; returns the summary."""
     corpus, hot, interval = _write_results(out_dir, rows, "hyp", cfg.metric, with_ref=True)
@@ -89,6 +94,7 @@ def llm_summary(out_dir: Path, rows: list[dict], found: dict, cfg: DecodeConfig,
         num_beams=cfg.num_beams,
         max_new_tokens=cfg.max_new_tokens,
         batch_seconds=cfg.batch_seconds,
+        rank_items=timing.get("rank_items"),
         **timing.get("hotwords", {}),
     )
     text = [
@@ -96,7 +102,7 @@ def llm_summary(out_dir: Path, rows: list[dict], found: dict, cfg: DecodeConfig,
         _counts(found, corpus.n_utts),
         f"truncated: {summary['truncated']} (length cap {truncated[MAX_TOKENS]}, repetition {truncated[REPETITION]})",
         f"mode {timing['mode']}: audio {audio:.1f} s, decoding {took:.1f} s, real-time factor {summary['rtf']:.4f}, "
-        f"{summary['utts_per_second']:.2f} utterances/s (device {timing['device']})",
+        f"{summary['utts_per_second']:.2f} utterances/s (device {timing['device']}{_ranks(timing)})",
     ]
     if "windows" in found:  # decode_manifest's window counts (absent when a caller scores rows alone)
         text.append(_windows_line(found, corpus.n_utts))

@@ -1,0 +1,89 @@
+"""Decoding on N ranks: `deepspeed --num_gpus N --module llmasr decode ...` or `torchrun --nproc_per_node N -m
+llmasr decode ...`.
+
+Every rank plans the same duration-sorted batches of the manifest and decodes every N-th one (the sampler's rank
+contract: rank r takes batch r of each group of N, so ranks get batches of about the same cost; the padding batch a
+rank may repeat to keep the count even is skipped). Rank 0 then gathers the decoded rows and the bad lines of all
+ranks and writes the outputs alone, so they are those of one process: every line once, in manifest order, the bad
+lines counted once. Nothing is exchanged while decoding: one collective at the end of each manifest.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from datetime import timedelta
+
+import torch
+
+from llmasr.data.bad_data import BadDataTracker
+
+GATHER_TIMEOUT = timedelta(hours=2)
+
+
+@dataclass(frozen=True)
+class DecodeWorld:
+    rank: int = 0
+    size: int = 1
+    local_rank: int = 0
+
+    @property
+    def leader(self) -> bool:
+        return self.rank == 0
+
+    @classmethod
+    def from_env(cls, environ=os.environ) -> DecodeWorld:
+        """The launcher's RANK / WORLD_SIZE / LOCAL_RANK (one process without them)."""
+        try:
+            size, rank = int(environ.get("WORLD_SIZE", "1")), int(environ.get("RANK", "0"))
+            local = int(environ.get("LOCAL_RANK", "0"))
+        except ValueError as err:
+            raise ValueError(f"RANK / WORLD_SIZE / LOCAL_RANK must be integers: {err}") from err
+        if size < 1 or not 0 <= rank < size:
+            raise ValueError(f"RANK {rank} with WORLD_SIZE {size}: not a rank of that world")
+        return cls(rank=rank, size=size, local_rank=local)
+
+    def device(self, requested: str | None) -> torch.device:
+        """--device as given, a bare `cuda` (or none, with a GPU) meaning this rank's own GPU."""
+        if requested is None:
+            requested = "cuda" if torch.cuda.is_available() else "cpu"
+        device = torch.device(requested)
+        if device.type == "cuda" and device.index is None:
+            device = torch.device("cuda", self.local_rank if self.size > 1 else 0)
+        return device
+
+    def start(self, device: torch.device) -> None:
+        """Join the launcher's process group (nccl on GPUs, gloo on CPU ranks)."""
+        if self.size == 1 or torch.distributed.is_initialized():
+            return
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        # The only collective is the gather at the end of a manifest: a rank that finishes its share first waits
+        # there for the slowest (a rank that fails ends the launch: the launcher stops the others).
+        torch.distributed.init_process_group(backend, rank=self.rank, world_size=self.size, timeout=GATHER_TIMEOUT)
+
+    def merge(self, items: dict[int, dict], tracker: BadDataTracker) -> tuple[dict[int, dict], BadDataTracker, list]:
+        """Every rank's decoded items (by item index) and bad lines, on every rank: the items joined, the bad lines
+        counted once (each rank holds the ones found before loading; the ones loading found are its own), and how
+        many items each rank decoded."""
+        if self.size == 1:
+            return items, tracker, [len(items)]
+        static = len(tracker.static)
+        mine = (items, tracker.examples[static:])
+        everyone: list = [None] * self.size
+        torch.distributed.all_gather_object(everyone, mine)
+        merged: dict[int, dict] = {}
+        keep = len(tracker.examples) * self.size + 1
+        out = BadDataTracker(tracker.max_bad_fraction, name=tracker.name, keep_examples=keep, enforce=False)
+        out.add_static(tracker.static, quiet=True)
+        seen = set()
+        for rank_items, found in everyone:
+            merged.update(rank_items)
+            for rec in found:
+                where = (rec.get("manifest"), rec.get("line"), rec.get("index"))
+                if where not in seen:  # a padding batch repeats a rank's own items
+                    seen.add(where)
+                    out.add_static([rec], quiet=True)
+        out.add_good(len(merged))
+        return dict(sorted(merged.items())), out, [len(rank_items) for rank_items, _ in everyone]

@@ -1,0 +1,75 @@
+"""Decoding on N ranks (llmasr.export.decode_world): each rank's share of the batches, and `llmasr decode` under the
+real `deepspeed` launcher on 2 CPU ranks writing the outputs one process writes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import pytest
+
+from llmasr.commands.decode import main
+from llmasr.export.decode import DecodeOptions, decode_loader
+from llmasr.export.decode_world import DecodeWorld
+from llmasr.models.decoding import DecodeConfig
+from llmasr.testing.launcher import assert_no_shm_left, launcher_env
+from llmasr.testing.run_dirs import write_corpus, write_wav
+from llmasr.train.engine import _free_port
+
+TEXTS = ["zero one two", "three four", "five six seven eight", "nine", "hello world", "the quick brown fox",
+         "one one", "two three four five", "six", "seven eight nine"]  # fmt: skip
+BAD = ['{"key": "gone", "source": "wav/nope.wav", "target": "lost"}', "{not json",
+       '{"key": "vad", "source": "wav/vad.wav", "target": "cut"}']  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def manifest(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ranks_corpus")
+    path = write_corpus(root, TEXTS, extra_lines=BAD)
+    write_wav(root / "wav" / "vad.wav", 0.01, seed=0)  # loads, then is refused: a bad line found by a rank
+    return path
+
+
+def test_ranks_share_the_batches_of_one_plan(model, manifest):
+    cfg, opts = DecodeConfig(batch_seconds=1.6), DecodeOptions(num_workers=0)
+    plan = [sorted(b) for b in decode_loader(model, manifest, cfg, opts).batch_sampler]
+    shares = [list(decode_loader(model, manifest, cfg, opts, world=DecodeWorld(r, 2)).batch_sampler) for r in (0, 1)]
+    assert len(plan) % 2 == 1  # an odd count: one rank repeats a batch to keep the count even
+    assert len(shares[0]) == len(shares[1]) == (len(plan) + 1) // 2
+    assert {tuple(sorted(b)) for b in shares[0] + shares[1]} == {tuple(b) for b in plan}
+
+
+def test_two_ranks_write_what_one_process_writes(exported_dir, manifest, tmp_path):
+    common = ["--model", str(exported_dir), "--data", str(manifest), "--num-workers", "0", "--batch-seconds", "1.6",
+              "--max-new-tokens", "5", "--max-bad-fraction", "0.5", "--ctc"]  # fmt: skip
+    assert main([*common, "--output", str(tmp_path / "one")]) == 0
+    port = _free_port()
+    cmd = ["deepspeed", "--num_gpus", "2", "--master_port", str(port), "--module", "llmasr", "decode", *common,
+           "--output", str(tmp_path / "two")]  # fmt: skip
+    proc = subprocess.run(cmd, env=launcher_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert_no_shm_left(port)
+    assert proc.stdout.count("test.jsonl: WER") == 1  # rank 0 reports, once
+    one, two = tmp_path / "one", tmp_path / "two"
+    for name in ("hyp.txt", "ref.txt", "results.jsonl", "bad.jsonl", "ctc/hyp.txt", "ctc/results.jsonl"):
+        assert (two / name).read_text() == (one / name).read_text(), name
+    timing = {"decode_seconds", "rtf", "utts_per_second", "text", "rank_items"}
+    got, want = (json.loads((d / "wer.json").read_text()) for d in (two, one))
+    assert {k: v for k, v in got.items() if k not in timing} == {k: v for k, v in want.items() if k not in timing}
+    assert got["utterances"] == len(TEXTS) and got["skipped"] == len(BAD)
+    assert want["rank_items"] == [len(TEXTS)] and len(got["rank_items"]) == 2 and min(got["rank_items"]) > 0
+    assert sum(got["rank_items"]) == len(TEXTS)  # the batch a rank repeats to keep the count even is skipped
+    assert f"2 ranks, items decoded {got['rank_items'][0]} + {got['rank_items'][1]}" in (two / "wer.txt").read_text()
+    assert len((two / "hyp.txt").read_text().splitlines()) == len(TEXTS)
+
+
+def test_the_world_comes_from_the_launcher_and_each_rank_takes_its_own_gpu():
+    assert DecodeWorld.from_env({}) == DecodeWorld(0, 1, 0)
+    world = DecodeWorld.from_env({"RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "1"})
+    assert world == DecodeWorld(3, 4, 1) and not world.leader
+    assert str(world.device("cuda")) == "cuda:1" and str(world.device("cuda:0")) == "cuda:0"
+    assert str(world.device("cpu")) == "cpu"
+    with pytest.raises(ValueError, match="RANK 4 with WORLD_SIZE 4"):
+        DecodeWorld.from_env({"RANK": "4", "WORLD_SIZE": "4"})
+    with pytest.raises(ValueError, match="must be integers"):
+        DecodeWorld.from_env({"RANK": "x", "WORLD_SIZE": "2"})
