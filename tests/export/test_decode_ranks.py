@@ -20,13 +20,15 @@ TEXTS = ["zero one two", "three four", "five six seven eight", "nine", "hello wo
          "one one", "two three four five", "six", "seven eight nine"]  # fmt: skip
 BAD = ['{"key": "gone", "source": "wav/nope.wav", "target": "lost"}', "{not json",
        '{"key": "vad", "source": "wav/vad.wav", "target": "cut"}']  # fmt: skip
+LONG = '{"key": "long", "source": "wav/long.wav", "target": "one two three four five six"}'  # decoded in windows
 
 
 @pytest.fixture(scope="module")
 def manifest(tmp_path_factory):
     root = tmp_path_factory.mktemp("ranks_corpus")
-    path = write_corpus(root, TEXTS, extra_lines=BAD)
+    path = write_corpus(root, TEXTS, extra_lines=[*BAD, LONG])
     write_wav(root / "wav" / "vad.wav", 0.01, seed=0)  # loads, then is refused: a bad line found by a rank
+    write_wav(root / "wav" / "long.wav", 6.0, seed=1)
     return path
 
 
@@ -41,7 +43,7 @@ def test_ranks_share_the_batches_of_one_plan(model, manifest):
 
 def test_two_ranks_write_what_one_process_writes(exported_dir, manifest, tmp_path):
     common = ["--model", str(exported_dir), "--data", str(manifest), "--num-workers", "0", "--batch-seconds", "1.6",
-              "--max-new-tokens", "5", "--max-bad-fraction", "0.5", "--ctc"]  # fmt: skip
+              "--max-new-tokens", "5", "--max-bad-fraction", "0.5", "--ctc", "--max-window-seconds", "2.5"]  # fmt: skip
     assert main([*common, "--output", str(tmp_path / "one")]) == 0
     port = _free_port()
     cmd = ["deepspeed", "--num_gpus", "2", "--master_port", str(port), "--module", "llmasr", "decode", *common,
@@ -56,11 +58,13 @@ def test_two_ranks_write_what_one_process_writes(exported_dir, manifest, tmp_pat
     timing = {"decode_seconds", "rtf", "utts_per_second", "text", "rank_items"}
     got, want = (json.loads((d / "wer.json").read_text()) for d in (two, one))
     assert {k: v for k, v in got.items() if k not in timing} == {k: v for k, v in want.items() if k not in timing}
-    assert got["utterances"] == len(TEXTS) and got["skipped"] == len(BAD)
-    assert want["rank_items"] == [len(TEXTS)] and len(got["rank_items"]) == 2 and min(got["rank_items"]) > 0
-    assert sum(got["rank_items"]) == len(TEXTS)  # the batch a rank repeats to keep the count even is skipped
+    assert got["utterances"] == len(TEXTS) + 1 and got["skipped"] == len(BAD)
+    assert got["split"] == 1 and got["windows"] > len(TEXTS) + 1  # the long line went in windows
+    items = got["windows"]  # every good line's item, the long one's windows each
+    assert want["rank_items"] == [items] and len(got["rank_items"]) == 2 and min(got["rank_items"]) > 0
+    assert sum(got["rank_items"]) == items  # the batch a rank repeats to keep the count even is skipped
     assert f"2 ranks, items decoded {got['rank_items'][0]} + {got['rank_items'][1]}" in (two / "wer.txt").read_text()
-    assert len((two / "hyp.txt").read_text().splitlines()) == len(TEXTS)
+    assert len((two / "hyp.txt").read_text().splitlines()) == len(TEXTS) + 1
 
 
 def test_the_world_comes_from_the_launcher_and_each_rank_takes_its_own_gpu():
