@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import math
 import random
+import time
 from collections.abc import Sequence
 
 import numpy as np
@@ -35,11 +36,15 @@ from llmasr.data.frontend import FrontendConfig
 from llmasr.data.hotwords import HotwordSampler
 from llmasr.data.sampler import DynamicBucketSampler
 from llmasr.data.screen import describe_skipped, start_tracker
-from llmasr.data.worker_signals import leave_signals_to_main, workers_born_blocked
+from llmasr.data.worker_signals import fork_deadlock_warning, leave_signals_to_main, workers_born_blocked
 
 log = logging.getLogger("llmasr.data")
 
 FALLBACK_TRIES = 256
+# Where this Python can deadlock a forked worker (llmasr.data.worker_signals), the rank lets go of the GIL this long
+# before forking an epoch's workers: a collective's thread waiting for it to free tensors then finishes, thread state
+# and all, instead of being caught halfway by the fork. It narrows the window; a fixed Python closes it.
+FORK_QUIET_S = 0.05
 
 
 class SpeechDataLoader(DataLoader):
@@ -61,6 +66,8 @@ class SpeechDataLoader(DataLoader):
         self.consumed = start
         checked = False
         duplicates = sampler.duplicate_steps()
+        if self.num_workers > 0 and getattr(self, "fork_hazard", False):
+            time.sleep(FORK_QUIET_S)  # see llmasr.data.worker_signals.FORK_DEADLOCK_FIXED
         with workers_born_blocked():  # the workers start here
             batches = super().__iter__()
         for batch in batches:
@@ -317,6 +324,9 @@ def build_dataloader(
     skipped = describe_skipped(sampler, manifest, b, name)
     if skipped and rank == 0:
         log.warning("%s", skipped)
+    hazard = fork_deadlock_warning(world_size, data_cfg.num_workers)
+    if hazard and train and rank == 0:
+        log.warning("%s", hazard)
     dataset = _dataset(
         manifest, frontend, data_cfg, train=train, prompt_builder=prompt_builder, ctc=ctc_tokenizer, device=device,
         hotword_sampler=_hotword_sampler(data_cfg, manifest, train=train, rank=rank),
@@ -327,6 +337,7 @@ def build_dataloader(
     fallback = find_fallback(dataset, candidates)
     collator = Collator(prompt_builder.pad_id, with_ctc=ctc_tokenizer is not None, fallback=fallback)
     loader = _speech_loader(dataset, sampler, collator, data_cfg, tracker)
+    loader.fork_hazard = hazard is not None
     st = sampler.stats()
     log.info(
         "%s data: %d items, %d batches per rank (world size %d), mean batch %.1f, padding efficiency %.3f, skipped %s",
@@ -384,5 +395,6 @@ def build_decode_loader(
         manifest, frontend, data_cfg, train=False, prompt_builder=prompt_builder, device=device,
         default_hotwords=hotwords, prompt_hotwords=prompt_hotwords,
     )  # fmt: skip
-    collator = Collator(prompt_builder.pad_id, no_rows=True)
-    return _speech_loader(dataset, sampler, collator, data_cfg, tracker)
+    loader = _speech_loader(dataset, sampler, Collator(prompt_builder.pad_id, no_rows=True), data_cfg, tracker)
+    loader.fork_hazard = fork_deadlock_warning(world_size, data_cfg.num_workers) is not None
+    return loader

@@ -17,10 +17,30 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import sys
 import threading
 from collections.abc import Iterator
 
 STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
+# CPython gh-112275: a fork while another thread creates or deletes a thread state leaves the child blocked for good
+# on the interpreter's HEAD_LOCK. gloo's worker threads do that whenever they free a finished collective's tensors,
+# so a DataLoader worker forked by a rank of a multi-rank run can hang it (seen here: a rank stuck at an epoch's
+# start, its worker in PyOS_AfterFork_Child). The first release with the fix, per minor version:
+FORK_DEADLOCK_FIXED = {(3, 10): (3, 10, 15), (3, 11): (3, 11, 8)}
+
+
+def fork_deadlock_warning(world_size: int, num_workers: int, version=None) -> str | None:
+    """What to tell a user whose run can hang that way (None when it cannot); `version`: this Python's by default."""
+    version = sys.version_info if version is None else version
+    fixed = FORK_DEADLOCK_FIXED.get(tuple(version[:2]))
+    if world_size < 2 or num_workers < 1 or fixed is None or tuple(version[:3]) >= fixed:
+        return None
+    have, need = ".".join(map(str, version[:3])), ".".join(map(str, fixed))
+    return (
+        f"Python {have} can hang a rank when it starts its DataLoader workers (CPython gh-112275, fixed in {need}): "
+        f"with {world_size} ranks and data.num_workers {num_workers}, a worker forked while a collective's thread "
+        f"holds the interpreter's thread-state lock waits for it forever. Use Python >= {need}, or data.num_workers 0"
+    )
 
 
 @contextlib.contextmanager

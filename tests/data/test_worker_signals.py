@@ -97,3 +97,15 @@ def test_a_stop_signal_before_the_worker_init_waits_for_it():
     sender.join()
     assert len(sent) == 2
     assert got == [[2 * k, 2 * k + 1] for k in range(6)]  # every batch, no dead worker
+
+
+def test_a_python_with_the_fork_deadlock_is_named_before_a_multirank_run_with_workers():
+    from llmasr.data.worker_signals import fork_deadlock_warning
+
+    text = fork_deadlock_warning(2, 1, version=(3, 11, 7, "final", 0))
+    assert "Python 3.11.7" in text and "gh-112275" in text and "3.11.8" in text and "data.num_workers 0" in text
+    assert fork_deadlock_warning(2, 1, version=(3, 11, 8, "final", 0)) is None  # fixed
+    assert fork_deadlock_warning(2, 1, version=(3, 12, 0, "final", 0)) is None
+    assert fork_deadlock_warning(1, 4, version=(3, 11, 7, "final", 0)) is None  # one rank: no collective threads
+    assert fork_deadlock_warning(8, 0, version=(3, 11, 7, "final", 0)) is None  # no workers: no fork
+    assert "3.10.15" in fork_deadlock_warning(4, 2, version=(3, 10, 12, "final", 0))
