@@ -25,8 +25,9 @@ STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
 # CPython gh-112275: a fork while another thread creates or deletes a thread state leaves the child blocked for good
 # on the interpreter's HEAD_LOCK. gloo's worker threads do that whenever they free a finished collective's tensors,
 # so a DataLoader worker forked by a rank of a multi-rank run can hang it (seen here: a rank stuck at an epoch's
-# start, its worker in PyOS_AfterFork_Child). The first release with the fix, per minor version:
-FORK_DEADLOCK_FIXED = {(3, 10): (3, 10, 15), (3, 11): (3, 11, 8)}
+# start, its worker in PyOS_AfterFork_Child). The fix reached 3.10 and 3.11 in the releases of September 2024 (3.12
+# reinitialises the lock first); the first release with it, per minor version:
+FORK_DEADLOCK_FIXED = {(3, 10): (3, 10, 15), (3, 11): (3, 11, 10)}
 
 
 def fork_deadlock_warning(world_size: int, num_workers: int, version=None) -> str | None:

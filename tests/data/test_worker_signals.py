@@ -103,8 +103,8 @@ def test_a_python_with_the_fork_deadlock_is_named_before_a_multirank_run_with_wo
     from llmasr.data.worker_signals import fork_deadlock_warning
 
     text = fork_deadlock_warning(2, 1, version=(3, 11, 7, "final", 0))
-    assert "Python 3.11.7" in text and "gh-112275" in text and "3.11.8" in text and "data.num_workers 0" in text
-    assert fork_deadlock_warning(2, 1, version=(3, 11, 8, "final", 0)) is None  # fixed
+    assert "Python 3.11.7" in text and "gh-112275" in text and "3.11.10" in text and "data.num_workers 0" in text
+    assert fork_deadlock_warning(2, 1, version=(3, 11, 10, "final", 0)) is None  # fixed
     assert fork_deadlock_warning(2, 1, version=(3, 12, 0, "final", 0)) is None
     assert fork_deadlock_warning(1, 4, version=(3, 11, 7, "final", 0)) is None  # one rank: no collective threads
     assert fork_deadlock_warning(8, 0, version=(3, 11, 7, "final", 0)) is None  # no workers: no fork
