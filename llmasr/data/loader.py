@@ -52,6 +52,7 @@ class SpeechDataLoader(DataLoader):
 
     bad_data: BadDataTracker
     consumed: int
+    fork_hazard: bool = False  # this Python can deadlock a worker forked beside a collective's thread (FORK_QUIET_S)
 
     def set_epoch(self, epoch: int) -> None:
         self.batch_sampler.set_epoch(epoch)
@@ -66,7 +67,7 @@ class SpeechDataLoader(DataLoader):
         self.consumed = start
         checked = False
         duplicates = sampler.duplicate_steps()
-        if self.num_workers > 0 and getattr(self, "fork_hazard", False):
+        if self.num_workers > 0 and self.fork_hazard:
             time.sleep(FORK_QUIET_S)  # see llmasr.data.worker_signals.FORK_DEADLOCK_FIXED
         with workers_born_blocked():  # the workers start here
             batches = super().__iter__()
@@ -283,6 +284,7 @@ def _speech_loader(dataset, sampler, collator, data_cfg: DataConfig, tracker: Ba
     )
     loader.bad_data = tracker
     loader.consumed = 0
+    loader.fork_hazard = fork_deadlock_warning(sampler.world_size, workers) is not None
     return loader
 
 
@@ -324,8 +326,8 @@ def build_dataloader(
     skipped = describe_skipped(sampler, manifest, b, name)
     if skipped and rank == 0:
         log.warning("%s", skipped)
-    hazard = fork_deadlock_warning(world_size, data_cfg.num_workers)
-    if hazard and train and rank == 0:
+    hazard = fork_deadlock_warning(world_size, data_cfg.num_workers) if train and rank == 0 else None
+    if hazard:
         log.warning("%s", hazard)
     dataset = _dataset(
         manifest, frontend, data_cfg, train=train, prompt_builder=prompt_builder, ctc=ctc_tokenizer, device=device,
@@ -337,7 +339,6 @@ def build_dataloader(
     fallback = find_fallback(dataset, candidates)
     collator = Collator(prompt_builder.pad_id, with_ctc=ctc_tokenizer is not None, fallback=fallback)
     loader = _speech_loader(dataset, sampler, collator, data_cfg, tracker)
-    loader.fork_hazard = hazard is not None
     st = sampler.stats()
     log.info(
         "%s data: %d items, %d batches per rank (world size %d), mean batch %.1f, padding efficiency %.3f, skipped %s",
@@ -395,6 +396,5 @@ def build_decode_loader(
         manifest, frontend, data_cfg, train=False, prompt_builder=prompt_builder, device=device,
         default_hotwords=hotwords, prompt_hotwords=prompt_hotwords,
     )  # fmt: skip
-    loader = _speech_loader(dataset, sampler, Collator(prompt_builder.pad_id, no_rows=True), data_cfg, tracker)
-    loader.fork_hazard = fork_deadlock_warning(world_size, data_cfg.num_workers) is not None
-    return loader
+    collator = Collator(prompt_builder.pad_id, no_rows=True)
+    return _speech_loader(dataset, sampler, collator, data_cfg, tracker)

@@ -90,7 +90,7 @@ class CTCPrefixScorer:
     def initial(self, utt: int) -> PrefixState:
         """The empty prefix: all frames blank so far."""
         r_b = torch.where(self.valid[utt], self.blank_cum[utt], torch.tensor(NEG_INF, dtype=torch.float64))
-        lo, hi = _window(r_b[None])
+        _, hi = _window(r_b[None])  # it starts at frame 0: all blank so far is the most likely there
         r_b = torch.where(torch.arange(r_b.shape[0]) < hi[0], r_b, torch.tensor(NEG_INF, dtype=torch.float64))
         return PrefixState(torch.full_like(r_b, NEG_INF), r_b, 0.0, None, 0, int(hi[0]))
 
