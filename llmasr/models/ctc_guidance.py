@@ -106,10 +106,10 @@ class CTCPrefixGuide:
         prefix). Elsewhere the prefix score of the extension is negligible, and scoring every token of a long
         window at every step would cost the CTC side more than the LLM's step."""
         frames, tokens = self.support[utt]
-        n = self.scorer.lens[utt]
-        spelled = torch.logaddexp(state.r_n[:n], state.r_b[:n])
-        near = torch.zeros(n, dtype=torch.bool)
-        near[1:] = spelled[:-1] >= spelled.max() - REACH_MARGIN
+        near = torch.zeros(self.scorer.lens[utt] + 1, dtype=torch.bool)
+        spelled = state.spelled()  # over the prefix's window only: elsewhere it is below any margin
+        if len(spelled):
+            near[state.lo + 1 : state.hi + 1] = spelled >= spelled.max() - REACH_MARGIN
         near[0] = state.last is None
         return tokens[near[frames]].unique()
 

@@ -12,11 +12,11 @@ Both recursions are first-order linear, so they are solved for every frame at on
 space (logcumsumexp, float64) instead of a Python loop over frames. The end of the hypothesis scores
 r_n^h(T-1) + r_b^h(T-1), the probability that the whole utterance spells exactly h.
 
-A prefix is kept only over its window: the frames where, spelled exactly, it is within WINDOW_MARGIN nats of its
-most likely frame (between its last label and the next one the audio holds); elsewhere its forward variables are
-taken as zero. An extension is computed over its parent's window and the frames after it, as far as the extension
-itself reaches, so a step costs the frames a hypothesis can be at rather than the whole utterance's, and the scores
-dropped are below e^-WINDOW_MARGIN of the ones kept.
+A prefix is kept only over its window, and its state holds only those frames: the frames where, spelled exactly, it
+is within WINDOW_MARGIN nats of its most likely frame (between its last label and the next one the audio holds);
+elsewhere its forward variables are taken as zero. An extension is computed over its parent's window and the frames
+after it, as far as the extension itself reaches, so a step costs, and a state keeps, the frames a hypothesis can be
+at rather than the whole utterance's; the scores dropped are below e^-WINDOW_MARGIN of the ones kept.
 """
 
 from __future__ import annotations
@@ -34,36 +34,44 @@ TAIL = 16
 
 @dataclass
 class PrefixState:
-    """A prefix's forward variables over its utterance's frames ([T] each, float64; -inf outside frames [lo, hi))
-    and its prefix score."""
+    """A prefix's forward variables over its window, frames [lo, hi) of its utterance ([hi - lo] each, float64;
+    outside the window they are taken as -inf), and its prefix score."""
 
     r_n: torch.Tensor
     r_b: torch.Tensor
     psi: float
     last: int | None  # the prefix's last label (None for the empty prefix)
     lo: int = 0
-    hi: int | None = None  # None: every frame
+    hi: int | None = None  # None: lo + the window's length
 
     def __post_init__(self):
         if self.hi is None:
-            self.hi = self.r_n.shape[0]
+            self.hi = self.lo + self.r_n.shape[0]
+
+    def spelled(self) -> torch.Tensor:
+        """log P(the frames lo .. t spell exactly this prefix) for t in the window: [hi - lo]."""
+        return torch.logaddexp(self.r_n, self.r_b)
 
 
 @dataclass
 class Extensions:
-    """Every state of a step extended by each of its K labels: prefix scores [N, K] and the new states' forward
-    variables [N, K, T] with their windows [N, K]."""
+    """Every state of a step extended by each of its K labels: prefix scores [N, K], the new states' forward
+    variables [N, K, W] over frames base[i] .. base[i] + W - 1 of state i's utterance, and their windows [N, K]
+    (frames of the utterance)."""
 
     psi: torch.Tensor
     r_n: torch.Tensor
     r_b: torch.Tensor
+    base: torch.Tensor
     lo: torch.Tensor
     hi: torch.Tensor
     labels: torch.Tensor
 
     def state(self, i: int, k: int) -> PrefixState:
-        return PrefixState(self.r_n[i, k], self.r_b[i, k], float(self.psi[i, k]), int(self.labels[i, k]),
-                           int(self.lo[i, k]), int(self.hi[i, k]))  # fmt: skip
+        lo, hi, base = int(self.lo[i, k]), int(self.hi[i, k]), int(self.base[i])
+        window = slice(lo - base, hi - base)
+        return PrefixState(self.r_n[i, k, window], self.r_b[i, k, window], float(self.psi[i, k]),
+                           int(self.labels[i, k]), lo, hi)  # fmt: skip
 
 
 class CTCPrefixScorer:
@@ -89,9 +97,9 @@ class CTCPrefixScorer:
 
     def initial(self, utt: int) -> PrefixState:
         """The empty prefix: all frames blank so far."""
-        r_b = torch.where(self.valid[utt], self.blank_cum[utt], torch.tensor(NEG_INF, dtype=torch.float64))
+        r_b = self.blank_cum[utt, : self.lens[utt]]
         _, hi = _window(r_b[None])  # it starts at frame 0: all blank so far is the most likely there
-        r_b = torch.where(torch.arange(r_b.shape[0]) < hi[0], r_b, torch.tensor(NEG_INF, dtype=torch.float64))
+        r_b = r_b[: int(hi[0])].clone()
         return PrefixState(torch.full_like(r_b, NEG_INF), r_b, 0.0, None, 0, int(hi[0]))
 
     def extend(self, utts: list[int], states: list[PrefixState], labels: torch.Tensor) -> Extensions:
@@ -102,29 +110,24 @@ class CTCPrefixScorer:
         lo = torch.tensor([s.lo for s in states])
         width = min(frames, max(s.hi - s.lo for s in states) + TAIL)
         psi = torch.empty(n, k, dtype=torch.float64)
-        # room for a window that starts at the last frame: windows are cut to the utterance afterwards
-        r_n = torch.full((n, k, 2 * frames), NEG_INF, dtype=torch.float64)
-        r_b = torch.full_like(r_n, NEG_INF)
-        todo = torch.arange(n)
+        passes, todo = [], torch.arange(n)
         while len(todo):
             psi[todo], ext_n, ext_b, reaches = self._extend_over(
                 [utts[i] for i in todo], [states[i] for i in todo], labels[todo], lo[todo], width, lens[todo]
             )
-            cols = (lo[todo][:, None] + torch.arange(width))[:, None, :].expand(-1, k, -1)
-            r_n[todo] = r_n[todo].scatter(2, cols, ext_n)  # a wider window covers the narrower one's frames
-            r_b[todo] = r_b[todo].scatter(2, cols, ext_b)
+            passes.append((todo, ext_n, ext_b))
             # an extension still within the margin at its window's last frame reaches on: a wider window
             todo = todo[(reaches & (lo[todo] + width < lens[todo])[:, None]).any(dim=1)]
             width = min(frames, 2 * width)
-        r_n, r_b = r_n[..., :frames], r_b[..., :frames]
-        spelled = torch.logaddexp(r_n, r_b)
-        new_lo, new_hi = _window(spelled.reshape(n * k, frames))
-        new_lo, new_hi = new_lo.reshape(n, k), new_hi.reshape(n, k)
-        t = torch.arange(frames)
-        inside = (t >= new_lo[..., None]) & (t < new_hi[..., None])
-        r_n = torch.where(inside, r_n, torch.tensor(NEG_INF, dtype=torch.float64))
-        r_b = torch.where(inside, r_b, torch.tensor(NEG_INF, dtype=torch.float64))
-        return Extensions(psi, r_n, r_b, new_lo, new_hi, labels)
+        wide = passes[-1][1].shape[2]  # the last pass is the widest
+        r_n = torch.full((n, k, wide), NEG_INF, dtype=torch.float64)
+        r_b = torch.full_like(r_n, NEG_INF)
+        for rows, ext_n, ext_b in passes:  # a wider window covers the narrower one's frames
+            r_n[rows, :, : ext_n.shape[2]] = ext_n
+            r_b[rows, :, : ext_b.shape[2]] = ext_b
+        new_lo, new_hi = _window(torch.logaddexp(r_n, r_b).reshape(n * k, wide))
+        base = lo[:, None]
+        return Extensions(psi, r_n, r_b, lo, base + new_lo.reshape(n, k), base + new_hi.reshape(n, k), labels)
 
     def _extend_over(self, utts, states, labels, lo, width: int, lens):
         """The extensions over frames lo .. lo + width - 1 of each state: (psi [N, K], r_n, r_b [N, K, width],
@@ -141,8 +144,8 @@ class CTCPrefixScorer:
         xc = torch.where(valid[:, None, :], xc.to("cpu", torch.float64), zero)
         xb = torch.where(valid, self.blank[utt_idx[:, None], at], zero)[:, None, :].expand_as(xc)
         neg = torch.tensor(NEG_INF, dtype=torch.float64)
-        r_n = torch.where(valid, torch.stack([s.r_n for s in states]).gather(1, at), neg)[:, None, :]
-        r_b = torch.where(valid, torch.stack([s.r_b for s in states]).gather(1, at), neg)[:, None, :]
+        r_n = _windows_at(states, width, "r_n")[:, None, :]  # the parents over the same frames
+        r_b = _windows_at(states, width, "r_b")[:, None, :]
         last = torch.tensor([-1 if s.last is None else s.last for s in states])[:, None, None]
         phi = torch.where(labels[:, :, None] == last, r_b, torch.logaddexp(r_n, r_b))  # [N, K, W]
         empty = torch.tensor([s.last is None for s in states])[:, None] & (lo == 0)[:, None]
@@ -160,15 +163,23 @@ class CTCPrefixScorer:
         return psi, new_n, new_b, reaches
 
     def final(self, utt: int, state: PrefixState) -> float:
-        """log P(the utterance spells exactly this prefix)."""
+        """log P(the utterance spells exactly this prefix): -inf unless its window holds the last frame."""
         t = self.lens[utt] - 1
-        return float(torch.logaddexp(state.r_n[t], state.r_b[t]))
+        if not state.lo <= t < state.hi:
+            return NEG_INF
+        return float(torch.logaddexp(state.r_n[t - state.lo], state.r_b[t - state.lo]))
 
     def final_all(self, utts: list[int], states: list[PrefixState]) -> torch.Tensor:
-        """`final` of every (utterance, state) pair at once: [N] float64."""
-        last = torch.tensor([self.lens[u] - 1 for u in utts])[:, None]
-        r_n = torch.stack([s.r_n for s in states]).gather(1, last)[:, 0]
-        return torch.logaddexp(r_n, torch.stack([s.r_b for s in states]).gather(1, last)[:, 0])
+        """`final` of every (utterance, state) pair: [N] float64."""
+        return torch.tensor([self.final(u, s) for u, s in zip(utts, states)], dtype=torch.float64)
+
+
+def _windows_at(states: list[PrefixState], width: int, name: str) -> torch.Tensor:
+    """The states' forward variables `name` over frames lo .. lo + width - 1 of each: [N, width], -inf past a window."""
+    out = torch.full((len(states), width), NEG_INF, dtype=torch.float64)
+    for i, s in enumerate(states):
+        out[i, : s.hi - s.lo] = getattr(s, name)
+    return out
 
 
 def _linear_recursion(start: torch.Tensor, inflow: torch.Tensor, gain: torch.Tensor) -> torch.Tensor:
@@ -183,6 +194,8 @@ def _linear_recursion(start: torch.Tensor, inflow: torch.Tensor, gain: torch.Ten
 def _window(spelled: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per row of [R, T] log-probabilities, the frames [lo, hi) within WINDOW_MARGIN of the row's best (an empty
     window, lo == hi == 0, for a row without a finite value)."""
+    if spelled.shape[1] == 0:
+        return torch.zeros(spelled.shape[0], dtype=torch.long), torch.zeros(spelled.shape[0], dtype=torch.long)
     best = spelled.amax(dim=1, keepdim=True)
     alive = torch.isfinite(spelled) & (spelled >= best - WINDOW_MARGIN)
     t = torch.arange(spelled.shape[1])

@@ -48,6 +48,7 @@ def spell_all_steps(scorer, labels, others):
         ext = scorer.extend([0], [state], cand)
         rows.append((ext.psi[0].tolist(), state.hi - state.lo))
         state = ext.state(0, 0)
+        assert state.r_n.shape == state.r_b.shape == (state.hi - state.lo,)  # a state holds its window only
     return rows, scorer.final(0, state)
 
 
