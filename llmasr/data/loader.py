@@ -17,10 +17,9 @@ the batching filters skip (max_duration, min_duration, ...) is logged with the f
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
-import random
-import time
 from collections.abc import Sequence
 
 import numpy as np
@@ -36,15 +35,12 @@ from llmasr.data.frontend import FrontendConfig
 from llmasr.data.hotwords import HotwordSampler
 from llmasr.data.sampler import DynamicBucketSampler
 from llmasr.data.screen import describe_skipped, start_tracker
-from llmasr.data.worker_signals import fork_deadlock_warning, leave_signals_to_main, workers_born_blocked
+from llmasr.data.worker_signals import fork_deadlock_warning, workers_born_blocked
+from llmasr.data.worker_start import WorkerStarts, start_workers, worker_init
 
 log = logging.getLogger("llmasr.data")
 
 FALLBACK_TRIES = 256
-# Where this Python can deadlock a forked worker (llmasr.data.worker_signals), the rank lets go of the GIL this long
-# before forking an epoch's workers: a collective's thread waiting for it to free tensors then finishes, thread state
-# and all, instead of being caught halfway by the fork. It narrows the window; a fixed Python closes it.
-FORK_QUIET_S = 0.05
 
 
 class SpeechDataLoader(DataLoader):
@@ -52,7 +48,7 @@ class SpeechDataLoader(DataLoader):
 
     bad_data: BadDataTracker
     consumed: int
-    fork_hazard: bool = False  # this Python can deadlock a worker forked beside a collective's thread (FORK_QUIET_S)
+    fork_hazard: bool = False  # this Python can deadlock a worker forked beside a collective's thread (worker_start)
 
     def set_epoch(self, epoch: int) -> None:
         self.batch_sampler.set_epoch(epoch)
@@ -67,10 +63,8 @@ class SpeechDataLoader(DataLoader):
         self.consumed = start
         checked = False
         duplicates = sampler.duplicate_steps()
-        if self.num_workers > 0 and self.fork_hazard:
-            time.sleep(FORK_QUIET_S)  # see llmasr.data.worker_signals.FORK_DEADLOCK_FIXED
-        with workers_born_blocked():  # the workers start here
-            batches = super().__iter__()
+        restore = lambda: setattr(sampler, "_resume", resume)  # noqa: E731  (the sampler clears it on iterating)
+        batches = start_workers(self._start, self.num_workers, self.fork_hazard, restore)
         for batch in batches:
             self.consumed += 1
             batch.duplicate = self.consumed - 1 in duplicates
@@ -83,6 +77,13 @@ class SpeechDataLoader(DataLoader):
             yield batch
         if not checked:
             self.bad_data.end_epoch()
+
+    def _start(self, watch: WorkerStarts | None):
+        """torch's iterator: the workers start here, each marking `watch` first (llmasr.data.worker_start)."""
+        if self.num_workers > 0:
+            self.worker_init_fn = functools.partial(worker_init, watch=watch)
+        with workers_born_blocked():
+            return super().__iter__()
 
     def state_dict(self) -> dict:
         return {
@@ -142,16 +143,6 @@ def evenly_spaced(n: int, k: int | None) -> np.ndarray | None:
     if k is None or k >= n:
         return None
     return np.unique(np.linspace(0, n - 1, k).round().astype(np.int64))
-
-
-def worker_init(worker_id: int) -> None:
-    """Per-worker seeding of the global RNGs (item randomness is per index and does not use them) and 1 thread;
-    stop signals are left to the main process (llmasr.data.worker_signals)."""
-    leave_signals_to_main()
-    seed = torch.initial_seed() % 2**32
-    np.random.seed(seed)
-    random.seed(seed)
-    torch.set_num_threads(1)
 
 
 def make_sampler(

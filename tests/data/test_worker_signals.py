@@ -11,7 +11,7 @@ import time
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from llmasr.data.loader import worker_init
+from llmasr.data.worker_start import worker_init
 
 
 class Numbers(Dataset):
