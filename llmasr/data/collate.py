@@ -115,7 +115,7 @@ class Collator:
             "ctc_ids": torch.from_numpy(ctc_ids),
             "ctc_lens": torch.tensor(ctc_lens, dtype=torch.int64),
             "keys": [str(it["key"]) for it in items],
-            "targets": [str(it["target"]) for it in items],
+            "targets": [None if it["target"] is None else str(it["target"]) for it in items],  # None: untranscribed
             "durations": torch.tensor([float(it["duration"]) for it in items], dtype=torch.float32),
             "indices": [int(it["index"]) for it in items],
             "hotwords": [list(it.get("hotwords") or []) for it in items],

@@ -113,18 +113,19 @@ class SpeechDataset(Dataset):
             return BadItem(manifest=mf, line=line, key=key, reason=reason, index=index)
 
         target = utt.target
-        if not isinstance(target, str):
-            return bad(f"non-text target: {type(target).__name__} {target!r:.80}")
-        if not target.strip():
-            return bad("empty target")
-        target = target.strip()
+        if target is not None or self.train:  # None: a line to transcribe (a manifest opened for decoding)
+            if not isinstance(target, str):
+                return bad(f"non-text target: {type(target).__name__} {target!r:.80}")
+            if not target.strip():
+                return bad("empty target")
+            target = target.strip()
         task = utt.prompt if isinstance(getattr(utt, "prompt", None), str) and utt.prompt.strip() else None
         try:
             hotwords = self._hotwords(utt, index, target) if self.prompt_hotwords else []
             enc = self.prompt_builder.encode(target, task=task, hotwords=hotwords)
         except ValueError as err:  # PromptError: text the LLM tokenizer cannot take
             return bad(f"target or hotwords rejected by the prompt builder: {err}")
-        ctc_ids = self._ctc_labels(target) if self.ctc_tokenizer is not None else None
+        ctc_ids = self._ctc_labels(target) if self.ctc_tokenizer is not None and target is not None else None
         if isinstance(ctc_ids, str):
             return bad(ctc_ids)
 

@@ -98,9 +98,9 @@ class SpeechDataLoader(DataLoader):
             self.bad_data.load_state_dict(state["bad_data"])
 
 
-def open_manifests(specs: Sequence[ManifestSpec | str], *, mix: bool, fill: bool = True):
+def open_manifests(specs: Sequence[ManifestSpec | str], *, mix: bool, fill: bool = True, need_target: bool = True):
     """Open manifests and (with `fill`) fill unknown durations from headers. Returns (manifest, bad records from
-    the fill).
+    the fill). `need_target` False (decoding): lines without a transcript are utterances to transcribe.
 
     One manifest is used as is; several become a MixedManifest (weights used when `mix`, i.e. for training).
     """
@@ -111,7 +111,7 @@ def open_manifests(specs: Sequence[ManifestSpec | str], *, mix: bool, fill: bool
         raise ValueError("no manifests given")
     opened, bad = [], []
     for spec in specs:
-        m = Manifest.open(spec.path)
+        m = Manifest.open(spec.path, need_target=need_target)
         if fill:
             bad.extend(m.fill_durations())
         opened.append(m)
@@ -355,9 +355,10 @@ def build_decode_loader(
     prompt renders the lists (`dataset.listed_hotwords` still gives them, for scoring). `windows` =
     (max_seconds, overlap, split_pause): utterances longer than max_seconds are decoded in windows, each an item of
     its own (`loader.dataset.manifest` is then a llmasr.data.windowed.WindowedManifest). `rank` of `world_size`:
-    the sampler's share of the same plan (llmasr.export.decode_world).
+    the sampler's share of the same plan (llmasr.export.decode_world). A line without a transcript is decoded too
+    (its batch's `targets` hold None for it).
     """
-    manifest, fill_bad = open_manifests([str(manifest_path)], mix=False)
+    manifest, fill_bad = open_manifests([str(manifest_path)], mix=False, need_target=False)
     durations = np.asarray(manifest.durations(), dtype=np.float64)
     known = np.flatnonzero(~np.isnan(durations))  # the others are in fill_bad
     if windows is not None:

@@ -113,9 +113,11 @@ class Manifest:
     """A lazily read jsonl manifest (FunASR records and/or lhotse cuts); see the module docstring."""
 
     def __init__(
-        self, path: str | Path, data_path: Path, offsets: np.ndarray, linenos: np.ndarray | None, durations: np.ndarray
-    ):
+        self, path: str | Path, data_path: Path, offsets: np.ndarray, linenos: np.ndarray | None, durations: np.ndarray,
+        need_target: bool = True,
+    ):  # fmt: skip
         self.path = str(path)
+        self.need_target = need_target  # False (decoding): a line without a transcript is an utterance to transcribe
         self._data_path = str(data_path)
         self._base = Path(path).resolve().parent
         self._offsets = offsets  # int64 [N+1]: line i is bytes [offsets[i], offsets[i+1])
@@ -125,7 +127,7 @@ class Manifest:
         self._fd_pid: int | None = None
 
     @classmethod
-    def open(cls, path: str | Path) -> Manifest:
+    def open(cls, path: str | Path, *, need_target: bool = True) -> Manifest:
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"manifest not found: {path}")
@@ -152,7 +154,7 @@ class Manifest:
                 offsets.append(pos)
         off = np.frombuffer(offsets, dtype=np.int64).copy()
         lines = np.frombuffer(linenos, dtype=np.int64).copy() if saw_blank else None
-        return cls(path, data_path, off, lines, np.frombuffer(durations, dtype=np.float32).copy())
+        return cls(path, data_path, off, lines, np.frombuffer(durations, dtype=np.float32).copy(), need_target)
 
     # ------------------------------------------------------------------------------------------ sequence protocol
     def __len__(self) -> int:
@@ -184,7 +186,7 @@ class Manifest:
             raise BadRecord(self.path, line, f"not UTF-8 text: {err}") from None
         except ValueError as err:
             raise BadRecord(self.path, line, f"malformed JSON: {err}") from None
-        return parse_record(rec, manifest=self.path, line=line, base=self._base)
+        return parse_record(rec, manifest=self.path, line=line, base=self._base, need_target=self.need_target)
 
     def __iter__(self):
         for i in range(len(self)):

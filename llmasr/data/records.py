@@ -4,7 +4,7 @@ FunASR jsonl, one JSON object a line:
     {"key": "utt1", "source": "wav/utt1.wav", "target": "hello world",
      "source_len": 312, "target_len": 2, "prompt": "...", "lang": "en"}
   required: key (str), source (str: audio path, relative paths resolve against the manifest's folder),
-            target (non-empty str).
+            target (non-empty str; decoding takes a line without one, or with null, as audio to transcribe).
   optional: duration (seconds), source_len, target_len (int), prompt or task (str: task prompt override),
             lang / language / text_language (str), channel (int), start / end (seconds into the file),
             hotwords (list of non-empty strings: the utterance's biasing phrases; [] says "none").
@@ -15,7 +15,8 @@ FunASR jsonl, one JSON object a line:
 lhotse CutSet jsonl(.gz), one cut a line (read with json/gzip; lhotse is not imported): MonoCut (or a MultiCut
 with one channel; several channels are averaged) with exactly one supervision, whose `text` is the target and
 `language` the lang; the audio is the cut's recording `file` source, read from cut.start for cut.duration
-seconds, on the cut's channel; the supervision's custom.hotwords is the biasing list. Recording transforms other
+seconds, on the cut's channel; the supervision's custom.hotwords is the biasing list (decoding also takes a cut
+without supervisions, or whose supervision has no text, as audio to transcribe). Recording transforms other
 than Resample, URL/command/memory sources, features-only cuts and MixedCuts are reported as bad records. A .gz
 manifest is decompressed once into a cache folder ($LLMASR_CACHE_DIR or ~/.cache/llmasr/manifests) so lines can
 be read by offset.
@@ -52,7 +53,7 @@ class BadRecord(Exception):
 class Utterance:
     key: str
     source: str
-    target: str
+    target: str | None  # None: no transcript (only where the manifest is opened for decoding)
     duration: float | None
     target_len: int | None
     prompt: str | None
@@ -73,8 +74,8 @@ def _is_number(v) -> bool:
 
 
 class _Parser:
-    def __init__(self, manifest: str, line: int, base: Path):
-        self.manifest, self.line, self.base = manifest, line, base
+    def __init__(self, manifest: str, line: int, base: Path, need_target: bool = True):
+        self.manifest, self.line, self.base, self.need_target = manifest, line, base, need_target
         self.key: str | None = None
 
     def bad(self, reason: str) -> BadRecord:
@@ -125,19 +126,24 @@ class _Parser:
             raise self.bad(f"field '{name}' is empty")
         return value
 
+    def optional_target(self, value, name: str) -> str | None:
+        """The transcript; None where there is none and the manifest is read for decoding."""
+        return None if value is None and not self.need_target else self.target(value, name)
+
     # FunASR jsonl ------------------------------------------------------------------------------------------
     def funasr(self, rec: dict) -> Utterance:
-        for name in ("key", "source", "target"):
+        if isinstance(rec.get("key"), str) and rec["key"]:
+            self.key = rec["key"]  # named in every complaint below
+        for name in ("key", "source", "target") if self.need_target else ("key", "source"):
             if name not in rec:
                 raise self.bad(f"missing field '{name}' (a FunASR jsonl record needs key, source, target)")
         key = rec["key"]
         if not isinstance(key, str) or not key:
             raise self.bad(f"field 'key' must be a non-empty string, got {type(key).__name__} {key!r:.60}")
-        self.key = key
         source = rec["source"]
         if not isinstance(source, str) or not source.strip():
             raise self.bad(f"field 'source' must be an audio path (string), got {type(source).__name__} {source!r:.60}")
-        target = self.target(rec["target"], "target")
+        target = self.optional_target(rec.get("target"), "target")
         start = self.opt_num(rec, "start") or 0.0
         end = self.opt_num(rec, "end")
         if end is not None and end <= start:
@@ -176,7 +182,7 @@ class _Parser:
         if kind not in ("MonoCut", "MultiCut", "Cut", "DataCut"):
             raise self.bad(f"lhotse cut: type {kind!r} is not supported (only MonoCut / single-channel MultiCut)")
         sup = self.cut_supervision(rec)
-        target = self.target(sup["text"], "supervisions[0].text")
+        target = self.optional_target(sup.get("text"), "supervisions[0].text")
         recording = rec.get("recording")
         if not isinstance(recording, dict):
             raise self.bad("lhotse cut has no 'recording' (features-only cuts are not supported)")
@@ -213,12 +219,14 @@ class _Parser:
         sups = rec.get("supervisions")
         if not isinstance(sups, list):
             raise self.bad("lhotse cut: field 'supervisions' must be a list")
+        if not sups and not self.need_target:
+            return {}  # audio to transcribe
         if len(sups) != 1:
             raise self.bad(f"lhotse cut has {len(sups)} supervisions; expected exactly one")
         sup = sups[0]
         if not isinstance(sup, dict):
             raise self.bad("lhotse cut: the supervision is not an object")
-        if "text" not in sup or sup["text"] is None:
+        if ("text" not in sup or sup["text"] is None) and self.need_target:
             raise self.bad("lhotse cut: missing field 'supervisions[0].text'")
         return sup
 
@@ -262,9 +270,10 @@ def _is_cut(rec: dict) -> bool:
     return "supervisions" in rec or "recording" in rec or str(rec.get("type", "")).endswith("Cut")
 
 
-def parse_record(rec, *, manifest: str, line: int, base: Path) -> Utterance:
-    """One decoded JSON value -> Utterance (FunASR record or lhotse cut), or BadRecord."""
-    p = _Parser(manifest, line, base)
+def parse_record(rec, *, manifest: str, line: int, base: Path, need_target: bool = True) -> Utterance:
+    """One decoded JSON value -> Utterance (FunASR record or lhotse cut), or BadRecord. `need_target` False: a
+    record without a transcript is an utterance whose target is None."""
+    p = _Parser(manifest, line, base, need_target)
     if not isinstance(rec, dict):
         raise p.bad(f"expected a JSON object, got {type(rec).__name__}")
     if _is_cut(rec):

@@ -79,8 +79,7 @@ def llm_summary(out_dir: Path, rows: list[dict], found: dict, cfg: DecodeConfig,
     """hyp/ref/results and wer.txt/wer.json of the LLM's hypotheses; returns the summary."""
     corpus, hot, interval = _write_results(out_dir, rows, "hyp", cfg.metric, with_ref=True)
     audio, took = timing["audio_seconds"], timing["decode_seconds"]
-    summary = corpus.to_dict()
-    summary["rate_ci95"] = interval
+    summary = _scored(corpus, interval, len(rows))
     truncated = {reason: sum(r["truncated"] == reason for r in rows) for reason in (MAX_TOKENS, REPETITION)}
     summary.update(
         **found,
@@ -88,7 +87,7 @@ def llm_summary(out_dir: Path, rows: list[dict], found: dict, cfg: DecodeConfig,
         audio_seconds=round(audio, 3),
         decode_seconds=round(took, 3),
         rtf=took / audio if audio > 0 else math.nan,
-        utts_per_second=corpus.n_utts / took if took > 0 else math.nan,
+        utts_per_second=len(rows) / took if took > 0 else math.nan,
         truncated=sum(truncated.values()),
         truncated_by_guard=truncated,
         num_beams=cfg.num_beams,
@@ -98,17 +97,17 @@ def llm_summary(out_dir: Path, rows: list[dict], found: dict, cfg: DecodeConfig,
         **timing.get("hotwords", {}),
     )
     text = [
-        f"{Path(found['manifest']).name}: {corpus.summary()}{_interval_text(summary['rate_ci95'])}",
-        _counts(found, corpus.n_utts),
+        f"{Path(found['manifest']).name}: {_rate_line(corpus, summary)}",
+        _counts(found, len(rows)),
         f"truncated: {summary['truncated']} (length cap {truncated[MAX_TOKENS]}, repetition {truncated[REPETITION]})",
         f"mode {timing['mode']}: audio {audio:.1f} s, decoding {took:.1f} s, real-time factor {summary['rtf']:.4f}, "
         f"{summary['utts_per_second']:.2f} utterances/s (device {timing['device']}{_ranks(timing)})",
     ]
     if "windows" in found:  # decode_manifest's window counts (absent when a caller scores rows alone)
-        text.append(_windows_line(found, corpus.n_utts))
+        text.append(_windows_line(found, len(rows)))
     lists = timing.get("hotwords")  # decode_manifest's list counts (absent when a caller scores rows alone)
     if lists and (lists["hotword_lists"] or lists["hotword_lists_scored"] or lists["hotwords_file"]):
-        text.append(_hotword_line(lists, corpus.n_utts))
+        text.append(_hotword_line(lists, len(rows)))
     _add_hotwords(summary, text, hot)
     _write_summary(out_dir, summary, text)
     return summary
@@ -118,50 +117,39 @@ def ctc_summary(out_dir: Path, rows: list[dict], found: dict, cfg: DecodeConfig,
     """The same files for the CTC branch's greedy hypotheses (no ref.txt); returns the summary."""
     corpus, hot, interval = _write_results(out_dir, rows, "ctc_hyp", cfg.metric, with_ref=False)
     audio = timing["audio_seconds"]
-    summary = corpus.to_dict()
-    summary["rate_ci95"] = interval
+    summary = _scored(corpus, interval, len(rows))
     summary.update(branch="ctc", decoding="greedy best path", **found, audio_seconds=round(audio, 3))
     text = [
-        f"{Path(found['manifest']).name} (CTC branch, greedy): {corpus.summary()}"
-        f"{_interval_text(summary['rate_ci95'])}",
-        _counts(found, corpus.n_utts),
+        f"{Path(found['manifest']).name} (CTC branch, greedy): {_rate_line(corpus, summary)}",
+        _counts(found, len(rows)),
         f"audio {audio:.1f} s; the CTC head read the encoder output of the LLM pass (device {timing['device']})",
     ]
     if "windows" in found:
-        text.append(_windows_line(found, corpus.n_utts))
+        text.append(_windows_line(found, len(rows)))
     _add_hotwords(summary, text, hot)
     _write_summary(out_dir, summary, text)
     return summary
 
 
 def _write_results(out_dir: Path, rows: list[dict], hyp_key: str, metric: str, *, with_ref: bool):
-    """hyp.txt, results.jsonl (and ref.txt) for rows[...][hyp_key]; returns the corpus score, when a row has a
-    biasing list (`hotwords`, or `hotwords_scored` when the lists were not prompted) the hotword scores (else
-    None), and the rate's bootstrap interval (llmasr.scoring_bootstrap; None with too few utterances)."""
+    """hyp.txt, results.jsonl (and ref.txt) for rows[...][hyp_key]; returns the corpus score of the rows with a
+    reference (`ref` None: transcribed, not scored), when a scored row has a biasing list (`hotwords`, or
+    `hotwords_scored` when the lists were not prompted) the hotword scores (else None), and the rate's bootstrap
+    interval (llmasr.scoring_bootstrap; None with too few utterances)."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    corpus, scores = score_corpus([(r["ref"], r[hyp_key]) for r in rows], metric)
-    lists = [hotword_list(r.get("hotwords_scored", r.get("hotwords")), f"utterance {r['key']!r}") for r in rows]
-    hot, biased = None, [None] * len(rows)
+    scored = [r for r in rows if r["ref"] is not None]
+    corpus, scores = score_corpus([(r["ref"], r[hyp_key]) for r in scored], metric)
+    lists = [hotword_list(r.get("hotwords_scored", r.get("hotwords")), f"utterance {r['key']!r}") for r in scored]
+    hot, biased = None, [None] * len(scored)
     if any(lists):
         hot, biased = score_lists(scores, lists, corpus.name, corpus.unit_name)
+    by_row = {id(r): (s, b, phrases) for r, s, b, phrases in zip(scored, scores, biased, lists)}
     with open(out_dir / "hyp.txt", "w") as fh, open(out_dir / "results.jsonl", "w") as fj:
-        for r, s, b, phrases in zip(rows, scores, biased, lists):
+        for r in rows:
+            s, b, phrases = by_row.get(id(r), (None, None, None))
             fh.write(f"{r['key']} {_one_line(r[hyp_key])}\n")
-            rec = {
-                "key": r["key"],
-                "ref": r["ref"],
-                "hyp": r[hyp_key],
-                "unit": "word" if s.unit == "wer" else "char",
-                "errors": s.errors,
-                "sub": s.substitutions,
-                "del": s.deletions,
-                "ins": s.insertions,
-                "ref_units": s.ref_len,
-                "words": s.ref_len,
-                "duration": round(r["duration"], 4),
-                "wer": s.rate,
-                "windows": r.get("windows", 1),
-            }
+            rec = {"key": r["key"], "ref": r["ref"], "hyp": r[hyp_key], **_counts_of(s)}
+            rec.update(duration=round(r["duration"], 4), wer=None if s is None else s.rate, windows=r.get("windows", 1))
             if "truncated" in r and hyp_key == "hyp":
                 rec["truncated"] = r["truncated"]
             rec.update(hotwords=list(r.get("hotwords") or []), hotwords_dropped=int(r.get("hotwords_dropped") or 0))
@@ -172,8 +160,34 @@ def _write_results(out_dir: Path, rows: list[dict], hyp_key: str, metric: str, *
             fj.write(json.dumps(rec, ensure_ascii=False) + "\n")
     if with_ref:
         with open(out_dir / "ref.txt", "w") as fr:
-            fr.writelines(f"{r['key']} {_one_line(r['ref'])}\n" for r in rows)
+            fr.writelines(f"{r['key']} {_one_line(r['ref'])}\n" for r in scored)
     return corpus, hot, rate_interval([s.errors for s in scores], [s.ref_len for s in scores])
+
+
+def _counts_of(s) -> dict:
+    """A results.jsonl row's error counts (None each for a row without a reference)."""
+    counts = (s.errors, s.substitutions, s.deletions, s.insertions, s.ref_len, s.ref_len) if s else (None,) * 6
+    unit = None if s is None else ("word" if s.unit == "wer" else "char")
+    return {"unit": unit, **dict(zip(("errors", "sub", "del", "ins", "ref_units", "words"), counts))}
+
+
+def _scored(corpus, interval, transcribed: int) -> dict:
+    """The corpus score's summary fields, with how many utterances were transcribed and how many had no reference;
+    the rate is None when none had one."""
+    summary = corpus.to_dict()
+    summary.update(rate_ci95=interval, transcribed=transcribed, unscored=transcribed - corpus.n_utts)
+    if not corpus.n_utts and transcribed:
+        summary["rate"] = None
+    return summary
+
+
+def _rate_line(corpus, summary: dict) -> str:
+    if summary["rate"] is None:
+        return f"{summary['transcribed']} utterances transcribed (hyp.txt); none has a reference transcript: not scored"
+    line = f"{corpus.summary()}{_interval_text(summary['rate_ci95'])}"
+    if summary["unscored"]:
+        line += f"; {summary['unscored']} more transcribed without a reference, not scored"
+    return line
 
 
 def _interval_text(interval) -> str:

@@ -460,3 +460,28 @@ def test_duration_hints_match_full_parse(tmp_path):
         np.testing.assert_equal([_line_duration(raw), _record_duration(rec)], [want, want])
     m = Manifest.open(write_jsonl(tmp_path / "m.jsonl", records))
     np.testing.assert_array_equal(m.durations(), np.array(expected, dtype=np.float32))
+
+
+def test_a_line_without_a_transcript_is_bad_for_training_and_audio_to_transcribe_for_decoding(tmp_path):
+    lines = [
+        {"key": "nofield", "source": "a.wav"},
+        {"key": "null", "source": "a.wav", "target": None},
+        {"key": "empty", "source": "a.wav", "target": " "},
+        cut("nosup", "a.wav", sups=[]),
+        cut("notext", "a.wav", sups=[{"id": "s", "start": 0.0, "duration": 1.0, "language": "English"}]),
+    ]
+    path = write_jsonl(tmp_path / "m.jsonl", lines)
+    training = Manifest.open(path)
+    reasons = []
+    for i in range(len(lines)):
+        with pytest.raises(BadRecord) as e:
+            training[i]
+        reasons.append((e.value.key, e.value.reason))
+    assert reasons[0] == ("nofield", "missing field 'target' (a FunASR jsonl record needs key, source, target)")
+    assert reasons[1] == ("null", "field 'target' is not text: got NoneType None")
+    assert "has 0 supervisions" in reasons[3][1] and "missing field 'supervisions[0].text'" in reasons[4][1]
+    decoding = Manifest.open(path, need_target=False)
+    assert [decoding[i].target for i in (0, 1, 3, 4)] == [None] * 4
+    assert decoding[4].lang == "English" and decoding[0].source == str(tmp_path / "a.wav")
+    with pytest.raises(BadRecord, match="field 'target' is empty"):  # an empty transcript is still a bad line
+        decoding[2]
