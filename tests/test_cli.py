@@ -55,3 +55,9 @@ def test_data_kaldi_then_cmvn_then_check(tmp_path, capsys):
 
     assert main(["data", "check", str(out)]) == 0
     assert "result: OK" in capsys.readouterr().out
+
+    (d / "text").unlink()  # audio alone: a manifest to transcribe
+    assert main(["data", "kaldi", str(d), str(tmp_path / "decode.jsonl")]) == 0
+    assert "has no transcripts (llmasr decode transcribes it; training refuses it)" in capsys.readouterr().out
+    lines = [json.loads(x) for x in (tmp_path / "decode.jsonl").read_text().splitlines()]
+    assert [x["key"] for x in lines] == ["u0", "u1", "u2", "u3", "orphan"] and not any("target" in x for x in lines)

@@ -11,17 +11,22 @@ from llmasr.data.kaldi import kaldi_to_jsonl
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="llmasr data kaldi", description="Kaldi data directory -> FunASR-style jsonl")
-    p.add_argument("data_dir", help="Kaldi data directory with wav.scp and text (and segments, if present)")
+    p.add_argument(
+        "data_dir", help="Kaldi data directory with wav.scp, and text and segments where present (no text: a manifest "
+        "of audio to transcribe, for llmasr decode)",
+    )  # fmt: skip
     p.add_argument("out", help="jsonl manifest to write")
     p.add_argument("--base-dir", help="directory relative wav.scp paths resolve against (default: cwd)")
     args = p.parse_args(argv)
     d = Path(args.data_dir)
-    for name in ("wav.scp", "text"):
-        if not (d / name).is_file():
-            p.error(f"{d / name}: missing")
-    segments = d / "segments"
+    if not (d / "wav.scp").is_file():
+        p.error(f"{d / 'wav.scp'}: missing")
+    segments, text = d / "segments", d / "text"
     counts = kaldi_to_jsonl(
-        d / "wav.scp", d / "text", args.out, segments=segments if segments.is_file() else None, base_dir=args.base_dir
-    )
+        d / "wav.scp", text if text.is_file() else None, args.out, segments=segments if segments.is_file() else None,
+        base_dir=args.base_dir,
+    )  # fmt: skip
     print(json.dumps(counts, indent=2, default=str))
+    if not text.is_file():
+        print(f"{text}: missing: {args.out} has no transcripts (llmasr decode transcribes it; training refuses it)")
     return 0

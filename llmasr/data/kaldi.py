@@ -1,4 +1,5 @@
-"""Kaldi data directory (wav.scp + text [+ segments]) -> FunASR-style jsonl, with every skipped key reported."""
+"""Kaldi data directory (wav.scp + text [+ segments]) -> FunASR-style jsonl, with every skipped key reported. Without
+a text file the records have no target: audio for `llmasr decode` to transcribe (training refuses them)."""
 
 from __future__ import annotations
 
@@ -74,7 +75,7 @@ class _Skipped:
 
 def kaldi_to_jsonl(
     wav_scp: str | Path,
-    text: str | Path,
+    text: str | Path | None,
     out_jsonl: str | Path,
     *,
     segments: str | Path | None = None,
@@ -85,6 +86,7 @@ def kaldi_to_jsonl(
     Relative audio paths in wav.scp are resolved against `base_dir` (default: the current directory, Kaldi's
     convention of running from the recipe folder) and written absolute. With `segments`, each segment becomes a
     record with start/end/duration (seconds into its recording; an end of -1 means "to the end of the file").
+    `text` None: every recording (or segment) is written without a target, for decoding.
 
     Nothing is dropped silently. The returned dict has `written` and, for each reason a key is skipped, a count
     and the first five keys (`<reason>` and `<reason>_keys`):
@@ -96,12 +98,13 @@ def kaldi_to_jsonl(
       duplicate_keys a key repeated within one file (the first is kept)
     plus `problems`: the first 20 BadRecords (file:line: reason). Every reason is also logged once as a warning.
     """
-    wav_scp, text, out_jsonl = Path(wav_scp), Path(text), Path(out_jsonl)
+    wav_scp, out_jsonl = Path(wav_scp), Path(out_jsonl)
+    text = Path(text) if text is not None else None
     base = Path(base_dir) if base_dir is not None else Path.cwd()
     skipped = _Skipped()
     dups: list[BadRecord] = []
     wavs = _read_kaldi_table(wav_scp, "wav.scp", dups)
-    texts = _read_kaldi_table(text, "text", dups)
+    texts = _read_kaldi_table(text, "text", dups) if text is not None else None
     segs = _read_kaldi_table(Path(segments), "segments", dups) if segments is not None else {}
     skipped.duplicates(dups)
 
@@ -137,25 +140,25 @@ def _audio_sources(wavs: dict, wav_scp: Path, base: Path, skipped: _Skipped) -> 
 
 
 def _recording_records(
-    wavs: dict, texts: dict, sources: dict, wav_scp: Path, text: Path, skipped: _Skipped
+    wavs: dict, texts: dict | None, sources: dict, wav_scp: Path, text: Path | None, skipped: _Skipped
 ) -> list[dict]:
-    """One record per whole recording (no segments file) that has both audio and a transcript."""
+    """One record per whole recording (no segments file) that has both audio and a transcript (or any text)."""
     records: list[dict] = []
     for key, (lineno, _) in wavs.items():
         if key not in sources:
             continue
-        if key not in texts:
+        if texts is not None and key not in texts:
             skipped.skip("missing_text", wav_scp, lineno, key, f"{key}: in wav.scp but not in {text.name}")
             continue
         records.append({"key": key, "source": sources[key]})
-    for key, (lineno, _) in texts.items():
+    for key, (lineno, _) in (texts or {}).items():
         if key not in wavs:
             skipped.skip("missing_audio", text, lineno, key, f"{key}: in {text.name} but not in wav.scp")
     return records
 
 
 def _segment_records(
-    segs: dict, wavs: dict, texts: dict, sources: dict, segments: Path, text: Path, skipped: _Skipped
+    segs: dict, wavs: dict, texts: dict | None, sources: dict, segments: Path, text: Path | None, skipped: _Skipped
 ) -> list[dict]:
     """One record per segment whose line parses, whose recording has a readable path, and which has a transcript."""
     records: list[dict] = []
@@ -171,7 +174,7 @@ def _segment_records(
             skipped.skip("missing_audio", segments, lineno, seg, f"{seg}: recording {rec_id!r} is not in wav.scp")
         elif rec_id not in sources:
             skipped.skip("unsupported", segments, lineno, seg, f"{seg}: recording {rec_id!r} has no readable path")
-        elif seg not in texts:
+        elif texts is not None and seg not in texts:
             skipped.skip("missing_text", segments, lineno, seg, f"{seg}: in segments but not in {text.name}")
         else:
             r = {"key": seg, "source": sources[rec_id], "start": start}
@@ -179,7 +182,7 @@ def _segment_records(
                 r["end"] = end
                 r["duration"] = round(end - start, 6)
             records.append(r)
-    for key, (lineno, _) in texts.items():
+    for key, (lineno, _) in (texts or {}).items():
         if key not in segs:
             skipped.skip("missing_audio", text, lineno, key, f"{key}: in {text.name} but not in segments")
     return records
@@ -199,17 +202,19 @@ def _parse_segment(value: str) -> tuple[str, float, float] | None:
     return rec_id, start, end
 
 
-def _write_jsonl(records: list[dict], texts: dict, text: Path, out_jsonl: Path, skipped: _Skipped) -> int:
-    """Write the records with their transcripts (empty ones skipped); return how many were written."""
+def _write_jsonl(records: list[dict], texts: dict | None, text: Path | None, out_jsonl: Path, skipped: _Skipped) -> int:
+    """Write the records with their transcripts (empty ones skipped; none without a text file); return how many were
+    written."""
     out_jsonl.parent.mkdir(parents=True, exist_ok=True)
     written = 0
     with open(out_jsonl, "w", encoding="utf-8") as f:
         for r in records:
-            lineno, target = texts[r["key"]]
-            if not target.strip():
+            lineno, target = texts[r["key"]] if texts is not None else (0, None)
+            if target is not None and not target.strip():
                 skipped.skip("empty_text", text, lineno, r["key"], f"{r['key']}: empty transcript")
                 continue
-            rec = {"key": r.pop("key"), "source": r.pop("source"), "target": target, **r}
+            said = {"target": target} if texts is not None else {}
+            rec = {"key": r.pop("key"), "source": r.pop("source"), **said, **r}
             f.write(json.dumps(rec, ensure_ascii=False) + "\n")
             written += 1
     return written

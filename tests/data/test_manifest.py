@@ -396,6 +396,25 @@ def test_kaldi_to_jsonl_segments(tmp_path):
     assert m.fill_durations() == [] and m.durations()[1] == pytest.approx(2.5)
 
 
+@pytest.mark.parametrize("with_segments", [False, True])
+def test_kaldi_to_jsonl_without_a_text_file_writes_audio_to_transcribe(tmp_path, with_segments):
+    write_wav(tmp_path / "rec1.wav", 3.0)
+    (tmp_path / "wav.scp").write_text(f"rec1 {tmp_path / 'rec1.wav'}\nrec2 cat x.wav |\n")
+    segments = None
+    if with_segments:
+        segments = tmp_path / "segments"
+        segments.write_text("s1 rec1 0.0 1.5\ns2 rec1 1.5 -1\ns3 rec1 2 1\n")
+    counts = kaldi_to_jsonl(tmp_path / "wav.scp", None, tmp_path / "d.jsonl", segments=segments)
+    keys = ["s1", "s2"] if with_segments else ["rec1"]
+    assert counts["written"] == len(keys) and counts["missing_text"] == 0 and counts["unsupported_keys"] == ["rec2"]
+    assert counts["bad_segments_keys"] == (["s3"] if with_segments else [])
+    assert all("target" not in json.loads(line) for line in (tmp_path / "d.jsonl").read_text().splitlines())
+    m = Manifest.open(tmp_path / "d.jsonl", need_target=False)
+    assert [(u.key, u.target) for u in m] == [(k, None) for k in keys]
+    with pytest.raises(BadRecord, match="missing field 'target'"):  # not a training manifest
+        Manifest.open(tmp_path / "d.jsonl")[0]
+
+
 # ----------------------------------------------------------------------------------------------------- mixing
 
 
