@@ -35,8 +35,8 @@ from llmasr.data.frontend import FrontendConfig
 from llmasr.data.hotwords import HotwordSampler
 from llmasr.data.sampler import DynamicBucketSampler
 from llmasr.data.screen import describe_skipped, start_tracker
-from llmasr.data.worker_signals import fork_deadlock_warning, workers_born_blocked
-from llmasr.data.worker_start import WorkerStarts, start_workers, worker_init
+from llmasr.data.worker_signals import workers_born_blocked
+from llmasr.data.worker_start import WorkerStarts, fork_deadlock_warning, start_workers, worker_init
 
 log = logging.getLogger("llmasr.data")
 

@@ -17,36 +17,10 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import sys
 import threading
 from collections.abc import Iterator
 
 STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
-# CPython gh-112275: a fork while another thread creates or deletes a thread state leaves the child blocked for good
-# on the interpreter's HEAD_LOCK. gloo's worker threads do that whenever they free a finished collective's tensors,
-# so a DataLoader worker forked by a rank of a multi-rank run can hang it (seen here: a rank stuck at an epoch's
-# start, its worker in PyOS_AfterFork_Child; llmasr.data.worker_start now restarts such a worker). The fix reached
-# 3.10 and 3.11 in the releases of September 2024 (3.12 reinitialises the lock first); the first release with it,
-# per minor version:
-FORK_DEADLOCK_FIXED = {(3, 10): (3, 10, 15), (3, 11): (3, 11, 10)}
-
-
-def fork_deadlock_warning(world_size: int, num_workers: int, version=None) -> str | None:
-    """What to tell a user whose run can hang that way (None when it cannot); `version`: this Python's by default."""
-    version = sys.version_info if version is None else version
-    fixed = FORK_DEADLOCK_FIXED.get(tuple(version[:2]))
-    if world_size < 2 or num_workers < 1 or fixed is None or tuple(version[:3]) >= fixed:
-        return None
-    from llmasr.data.worker_start import WORKER_START_LIMIT_S  # it imports this module
-
-    have, need = ".".join(map(str, version[:3])), ".".join(map(str, fixed))
-    return (
-        f"Python {have} can leave a DataLoader worker stuck in its fork (CPython gh-112275, fixed in {need}): with "
-        f"{world_size} ranks and data.num_workers {num_workers}, a worker forked while a collective's thread holds "
-        f"the interpreter's thread-state lock waits for it forever. Such workers are restarted after "
-        f"{WORKER_START_LIMIT_S:.0f} s (llmasr.data.worker_start); use Python >= {need}, or data.num_workers 0, "
-        "not to lose that time"
-    )
 
 
 @contextlib.contextmanager

@@ -1,5 +1,5 @@
 """How an epoch's DataLoader workers start: their init function (`worker_init`), and their start on a Python that
-can deadlock a forked child (CPython gh-112275, see llmasr.data.worker_signals.FORK_DEADLOCK_FIXED).
+can deadlock a forked child (CPython gh-112275, FORK_DEADLOCK_FIXED).
 
 Such a child blocks for good inside the fork, before it runs a line of Python, and the rank that forked it then
 waits for its batches forever. Here every worker marks a shared flag first thing in its init function; a worker
@@ -16,6 +16,7 @@ import multiprocessing
 import os
 import random
 import signal
+import sys
 import time
 from collections.abc import Callable, Iterator
 
@@ -35,6 +36,31 @@ FORK_QUIET_S = 0.05
 WORKER_START_LIMIT_S = 60.0
 WORKER_START_TRIES = 3
 _POLL_S = 0.01
+
+
+# CPython gh-112275: a fork while another thread creates or deletes a thread state leaves the child blocked for good
+# on the interpreter's HEAD_LOCK. gloo's worker threads do that whenever they free a finished collective's tensors,
+# so a DataLoader worker forked by a rank of a multi-rank run can hang it (seen here: a rank stuck at an epoch's
+# start, its worker in PyOS_AfterFork_Child; `start_workers` restarts such a worker). The fix reached
+# 3.10 and 3.11 in the releases of September 2024 (3.12 reinitialises the lock first); the first release with it,
+# per minor version:
+FORK_DEADLOCK_FIXED = {(3, 10): (3, 10, 15), (3, 11): (3, 11, 10)}
+
+
+def fork_deadlock_warning(world_size: int, num_workers: int, version=None) -> str | None:
+    """What to tell a user whose run can hang that way (None when it cannot); `version`: this Python's by default."""
+    version = sys.version_info if version is None else version
+    fixed = FORK_DEADLOCK_FIXED.get(tuple(version[:2]))
+    if world_size < 2 or num_workers < 1 or fixed is None or tuple(version[:3]) >= fixed:
+        return None
+    have, need = ".".join(map(str, version[:3])), ".".join(map(str, fixed))
+    return (
+        f"Python {have} can leave a DataLoader worker stuck in its fork (CPython gh-112275, fixed in {need}): with "
+        f"{world_size} ranks and data.num_workers {num_workers}, a worker forked while a collective's thread holds "
+        f"the interpreter's thread-state lock waits for it forever. Such workers are restarted after "
+        f"{WORKER_START_LIMIT_S:.0f} s; use Python >= {need}, or data.num_workers 0, "
+        "not to lose that time"
+    )
 
 
 class WorkersNeverStarted(RuntimeError):
@@ -83,7 +109,7 @@ def start_workers(start: Callable[[WorkerStarts | None], Iterator], num_workers:
         restore()
     raise WorkersNeverStarted(
         f"DataLoader workers stayed stuck in their fork {WORKER_START_TRIES} times (CPython gh-112275, see "
-        "llmasr.data.worker_signals): use Python >= 3.11.10, >= 3.10.15 or 3.12+, or data.num_workers 0"
+        "llmasr.data.worker_start): use Python >= 3.11.10, >= 3.10.15 or 3.12+, or data.num_workers 0"
     )
 
 

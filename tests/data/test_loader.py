@@ -258,11 +258,10 @@ def test_valid_ranks_flag_padding_repeats_so_each_utterance_counts_once(tmp_path
 @pytest.mark.parametrize("version", [(3, 11, 7, "final", 0), (3, 11, 10, "final", 0)])
 def test_a_rank_on_a_python_with_the_fork_deadlock_lets_go_before_forking_workers(tmp_path, monkeypatch, version):
     """On 2 ranks with workers, a Python with CPython gh-112275 pauses (GIL released) before each epoch's workers
-    fork; a fixed one does not (llmasr.data.worker_signals)."""
-    import llmasr.data.worker_signals as signals
+    fork; a fixed one does not (llmasr.data.worker_start)."""
     import llmasr.data.worker_start as start
 
-    monkeypatch.setattr(signals.sys, "version_info", version)
+    monkeypatch.setattr(start.sys, "version_info", version)
     slept = []
     monkeypatch.setattr(start.time, "sleep", slept.append)
     loader, _ = build(cfg(num_workers=1), [str(good_corpus(tmp_path, 8))], rank=1, world_size=2)

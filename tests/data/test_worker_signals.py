@@ -100,7 +100,7 @@ def test_a_stop_signal_before_the_worker_init_waits_for_it():
 
 
 def test_a_python_with_the_fork_deadlock_is_named_before_a_multirank_run_with_workers():
-    from llmasr.data.worker_signals import fork_deadlock_warning
+    from llmasr.data.worker_start import fork_deadlock_warning
 
     text = fork_deadlock_warning(2, 1, version=(3, 11, 7, "final", 0))
     assert "Python 3.11.7" in text and "gh-112275" in text and "3.11.10" in text and "data.num_workers 0" in text

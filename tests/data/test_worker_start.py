@@ -47,7 +47,7 @@ def gone(pid: int) -> bool:
 
 def hazardous_loader(tmp_path):
     loader, _ = build(cfg(num_workers=2), [str(good_corpus(tmp_path, 24))], rank=0, world_size=2)
-    loader.fork_hazard = True  # as on a Python with the deadlock (llmasr.data.worker_signals.fork_deadlock_warning)
+    loader.fork_hazard = True  # as on a Python with the deadlock (llmasr.data.worker_start.fork_deadlock_warning)
     return loader
 
 
