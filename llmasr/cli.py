@@ -17,6 +17,7 @@ VERBS = {
     "check": ("llmasr.commands.check", "resolve a recipe + DeepSpeed JSON, no training: batches, updates, lr, memory"),
     "export": ("llmasr.commands.export", "merge LoRA and write a model that plain transformers loads"),
     "decode": ("llmasr.commands.decode", "decode a manifest with an exported model or a checkpoint; WER/CER"),
+    "transcribe": ("llmasr.commands.transcribe", "print the transcripts of audio files (no manifest, no scoring)"),
     "convert": ("llmasr.commands.convert", "convert a FunASR Fun-ASR-Nano directory into an llmasr model directory"),
     "data": ("", "data tools: `llmasr data check|cmvn|kaldi ...` (validate manifests, global CMVN, Kaldi -> jsonl)"),
     "demo": ("llmasr.commands.demo", "synthesize speech, train, export and decode a tiny model on this machine"),
@@ -47,7 +48,7 @@ def strip_local_rank(argv: list[str]) -> list[str]:
 
 def usage() -> str:
     lines = ["usage: llmasr VERB [ARGS...]", "", "verbs:"]
-    lines += [f"  {verb:<8} {help_}" for verb, (_, help_) in VERBS.items()]
+    lines += [f"  {verb:<10} {help_}" for verb, (_, help_) in VERBS.items()]
     lines += ["", "`llmasr VERB --help` describes each verb's arguments."]
     return "\n".join(lines)
 

@@ -1,0 +1,105 @@
+"""Transcribing audio from Python: files or waveforms in, texts out.
+
+    from llmasr.export.transcribe import Transcriber
+
+    asr = Transcriber.load("exp/run/export")               # or Transcriber.load(checkpoint="exp/run")
+    asr("call.wav")                                         # -> "the text"
+    asr(["a.wav", "b.flac"], hotwords=["Zhang Wei"])        # -> ["...", "..."]
+    asr(wave, sample_rate=8000)                             # a numpy / torch waveform (mono, float in [-1, 1])
+    asr.transcripts(["a.wav"])                              # rows with the CTC branch's text, guard stops, windows
+
+The audio goes through exactly what `llmasr decode` runs (llmasr.export.decode): a manifest of its own without
+transcripts, the evaluation loader with the model's frontend and prompt, long audio cut into windows, the model's
+saved decoding settings (CTC guidance, hotword boost, length and repetition guards) with any given on top. A file
+that cannot be read, or a waveform that is not one, is an error naming it, not a missing text.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+from llmasr.data.windowed import utterance_rows
+from llmasr.export.decode import DecodeOptions, decode_loader, load_decode_model, transcribe_loader
+from llmasr.models.decoding import DecodeConfig, decode_config
+
+
+class TranscribeError(ValueError):
+    """Audio given to a Transcriber that cannot be transcribed (named, with why)."""
+
+
+class Transcriber:
+    """A speech LLM loaded once, with its decoding settings, transcribing audio files or waveforms."""
+
+    def __init__(self, model, cfg: DecodeConfig, opts: DecodeOptions | None = None, device="cpu"):
+        self.model, self.cfg, self.device = model.eval(), cfg, device
+        self.opts = dataclasses.replace(opts or DecodeOptions(), num_workers=0, max_bad_fraction=1.0)
+
+    @classmethod
+    def load(cls, model_dir=None, *, checkpoint=None, tag=None, device="cpu", dtype=None, **decode) -> Transcriber:
+        """From an exported model directory (or a training checkpoint), on `device`; `decode`: DecodeConfig
+        fields to override the model's saved settings (num_beams=4, ctc_weight=0.5, ...)."""
+        model, saved, opts = load_decode_model(model_dir, checkpoint, tag=tag, dtype=dtype)
+        return cls(model.to(device), decode_config(saved, **decode), opts, device)
+
+    def __call__(self, audio, *, sample_rate: int | None = None, hotwords: list[str] | None = None):
+        """The text of one clip (a path or a waveform), or the texts of a list of them, in order."""
+        single = not isinstance(audio, (list, tuple))
+        texts = [row["hyp"] for row in self.transcripts([audio] if single else audio, sample_rate, hotwords)]
+        return texts[0] if single else texts
+
+    def transcripts(self, audio: list, sample_rate: int | None = None, hotwords: list[str] | None = None) -> list:
+        """Per clip, in order: {"audio" (the path, or "waveform i"), "hyp", "ctc_hyp" (the CTC branch's greedy
+        text, None without a head), "truncated" (the guard that ended it, or None), "windows", "duration"}."""
+        if not audio:
+            return []
+        with tempfile.TemporaryDirectory(prefix="llmasr-transcribe-") as tmp:
+            names, manifest = _manifest(list(audio), sample_rate, hotwords, Path(tmp))
+            loader = decode_loader(self.model, manifest, self.cfg, self.opts, self.device)
+            items, _ = transcribe_loader(self.model, loader, self.cfg, self.device)
+            bad = loader.bad_data.examples
+            if bad:
+                why = "; ".join(f"{names[int(b['key'])]}: {b['reason']}" for b in bad)
+                raise TranscribeError(f"cannot transcribe {len(bad)} of {len(names)} clips: {why}")
+            rows = utterance_rows(items, loader.dataset.manifest, self.cfg.window_overlap)
+        keep = ("hyp", "ctc_hyp", "truncated", "windows", "duration")
+        return [{"audio": names[int(r["key"])], **{k: r[k] for k in keep}} for r in rows]
+
+
+def _manifest(audio: list, sample_rate, hotwords, tmp: Path) -> tuple[list[str], Path]:
+    """The clips' names and a manifest of them in `tmp` (waveforms written there as float wav files), keyed by
+    position."""
+    names, lines = [], []
+    for i, clip in enumerate(audio):
+        if isinstance(clip, (str, Path)):
+            if not Path(clip).is_file():
+                raise TranscribeError(f"{clip}: no such audio file")
+            names.append(str(clip))
+            source = str(Path(clip).resolve())
+        else:
+            names.append(f"waveform {i}")
+            source = str(tmp / f"{i}.wav")
+            sf.write(source, _waveform(clip, sample_rate, names[-1]), int(sample_rate), subtype="FLOAT")
+        line = {"key": str(i), "source": source}
+        if hotwords is not None:
+            line["hotwords"] = list(hotwords)
+        lines.append(json.dumps(line, ensure_ascii=False))
+    path = tmp / "audio.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    return names, path
+
+
+def _waveform(clip, sample_rate, name: str) -> np.ndarray:
+    if sample_rate is None or int(sample_rate) <= 0:
+        raise TranscribeError(f"{name}: a waveform needs its sample_rate (Hz)")
+    wave = np.asarray(clip.detach().cpu() if hasattr(clip, "detach") else clip, dtype=np.float32)
+    if wave.ndim != 1 or wave.size == 0:
+        raise TranscribeError(f"{name}: expected a non-empty mono waveform (1-D), got shape {tuple(wave.shape)}")
+    if not np.isfinite(wave).all():
+        raise TranscribeError(f"{name}: the waveform holds NaN or infinite samples")
+    return wave

@@ -1,0 +1,89 @@
+"""Transcribing from Python (llmasr.export.transcribe): files and waveforms give the texts `llmasr decode` gives for
+the same audio, in order; audio that cannot be transcribed is an error naming it."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+import soundfile as sf
+import torch
+
+from llmasr.export.decode import DecodeOptions, decode_manifest, load_decode_model
+from llmasr.export.transcribe import TranscribeError, Transcriber
+from llmasr.testing.run_dirs import write_corpus
+
+TEXTS = ["zero one two", "three four", "five six seven eight", "nine"]
+
+
+@pytest.fixture(scope="module")
+def asr(exported_dir):
+    return Transcriber.load(exported_dir, max_new_tokens=4)
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory):
+    manifest = write_corpus(tmp_path_factory.mktemp("clips"), TEXTS)
+    paths = [manifest.parent / json.loads(line)["source"] for line in manifest.read_text().splitlines()]
+    return manifest, paths
+
+
+def decoded(asr, manifest, tmp_path, **opts) -> list[str]:
+    """What `llmasr decode` writes for `manifest` with the Transcriber's model and settings."""
+    decode_manifest(asr.model, manifest, tmp_path, asr.cfg, DecodeOptions(num_workers=0, **opts))
+    return [json.loads(line)["hyp"] for line in open(tmp_path / "results.jsonl")]
+
+
+def test_files_and_waveforms_give_the_texts_decode_gives(asr, clips, tmp_path):
+    manifest, paths = clips
+    want = decoded(asr, manifest, tmp_path / "d")
+    assert any(want)  # the comparison is not of empty strings
+    backwards = [str(p) for p in reversed(paths)]
+    assert asr(backwards) == want[::-1]  # in the order given, not the batches'
+    assert asr(paths[1]) == want[1]  # one clip: one text
+    wave, rate = sf.read(paths[2], dtype="float32")
+    assert asr([torch.from_numpy(wave), str(paths[0])], sample_rate=rate) == [want[2], want[0]]
+    (row,) = asr.transcripts([paths[3]])
+    assert set(row) == {"audio", "hyp", "ctc_hyp", "truncated", "windows", "duration"}
+    assert (row["audio"], row["hyp"], row["windows"]) == (str(paths[3]), want[3], 1)
+    assert row["duration"] == pytest.approx(sf.info(paths[3]).duration, abs=1e-3)
+    assert asr([]) == []
+
+
+def test_a_hotword_list_is_used_as_decode_uses_a_list_file(asr, clips, tmp_path):
+    manifest, paths = clips
+    phrases = ["seven eight", "nine"]
+    assert asr(paths, hotwords=phrases) == decoded(asr, manifest, tmp_path / "h", hotwords=phrases)
+
+
+def test_audio_that_cannot_be_transcribed_is_named(asr, clips, tmp_path):
+    _, paths = clips
+    with pytest.raises(TranscribeError, match="nope.wav: no such audio file"):
+        asr([paths[0], tmp_path / "nope.wav"])
+    corrupt = tmp_path / "corrupt.wav"
+    corrupt.write_bytes(b"RIFF\x00\x00\x00\x00WAVEjunk" * 8)
+    with pytest.raises(TranscribeError, match=rf"cannot transcribe 1 of 2 clips: {corrupt}: .*unreadable or corrupt"):
+        asr([paths[0], corrupt])
+    with pytest.raises(TranscribeError, match=r"waveform 0: expected a non-empty mono waveform \(1-D\), got shape"):
+        asr(torch.zeros(2, 1600), sample_rate=16000)
+    with pytest.raises(TranscribeError, match="waveform 0: a waveform needs its sample_rate"):
+        asr(torch.zeros(1600))
+
+
+def test_settings_given_override_the_saved_ones(exported_dir):
+    _, saved, _ = load_decode_model(exported_dir)
+    asr = Transcriber.load(exported_dir, num_beams=2, max_new_tokens=3)
+    assert asr.cfg == dataclasses.replace(saved, num_beams=2, max_new_tokens=3)
+
+
+def test_the_command_prints_a_line_per_file_in_the_order_given(exported_dir, clips, tmp_path, capsys):
+    from llmasr.cli import main
+
+    _, paths = clips
+    files = [str(paths[2]), str(paths[0])]
+    want = Transcriber.load(exported_dir)(files)
+    assert main(["transcribe", "--model", str(exported_dir), *files, "--device", "cpu"]) == 0
+    assert capsys.readouterr().out.splitlines() == [f"{f}\t{t}" for f, t in zip(files, want)]
+    assert main(["transcribe", "--model", str(exported_dir), str(tmp_path / "gone.wav")]) == 1
+    assert f"llmasr transcribe: error: {tmp_path / 'gone.wav'}: no such audio file" in capsys.readouterr().err
