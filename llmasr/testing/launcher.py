@@ -68,16 +68,17 @@ class Started:
     def rank_pids(self) -> dict[int, int]:
         import psutil
 
-        pids = {}
+        found = {}  # pid -> (rank, parent pid)
         for child in psutil.Process(self.proc.pid).children(recursive=True):
             try:
-                cmd = child.cmdline()
+                cmd, parent = child.cmdline(), child.ppid()
             except psutil.Error:
                 continue
             for arg in cmd:
                 if arg.startswith("--local_rank=") and "llmasr" in cmd:
-                    pids[int(arg.split("=", 1)[1])] = child.pid
-        return pids
+                    found[child.pid] = (int(arg.split("=", 1)[1]), parent)
+        # a rank's DataLoader workers are forked with its command line: a rank is the one whose parent is not a rank
+        return {rank: pid for pid, (rank, parent) in found.items() if parent not in found}
 
     def wait_group(self, timeout: float = 180) -> None:
         """Until no live process of the launch's group is left (the launcher's own exit does not wait for ranks)."""
