@@ -37,12 +37,23 @@ DECODE_FLAGS = {
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="llmasr decode", description="Decode manifests and score them (WER/CER).")
+def model_args(p: argparse.ArgumentParser) -> None:
+    """The model to decode with (an exported directory or a checkpoint) and where it runs: decode's and transcribe's."""
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--model", help="an exported model directory (llmasr export)")
     src.add_argument("--checkpoint", help="RUN_DIR[/checkpoints/TAG]: decode a training checkpoint directly")
     p.add_argument("--tag", help="checkpoint tag (with --checkpoint RUN_DIR)")
+    p.add_argument("--dtype", choices=("bf16", "fp16", "fp32"), help="LLM dtype (--model; default: as exported)")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
+    p.add_argument(
+        "--trust-remote-code", action="store_true",
+        help="allow a model that needs its LLM directory's own Python files (trust_remote_code) to run them",
+    )  # fmt: skip
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="llmasr decode", description="Decode manifests and score them (WER/CER).")
+    model_args(p)
     p.add_argument("--data", action="append", required=True, help="manifest (FunASR jsonl or lhotse cuts); repeatable")
     p.add_argument("--output", required=True, help="output directory for hyp/ref/results/wer files")
     p.add_argument("--beam", type=int, default=None, help="beam size (1: greedy)")
@@ -78,12 +89,6 @@ def build_parser() -> argparse.ArgumentParser:
         "--hotword-boost", type=float, default=None,
         help="score per token of a listed phrase the hypothesis completes, in the search (0: the list is only in the "
         f"prompt; default: the model's, else {AUTO_HOTWORD_BOOST:g} when CTC-guided)",
-    )  # fmt: skip
-    p.add_argument("--dtype", choices=("bf16", "fp16", "fp32"), help="LLM dtype (--model; default: as exported)")
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
-    p.add_argument(
-        "--trust-remote-code", action="store_true",
-        help="allow a model that needs its LLM directory's own Python files (trust_remote_code) to run them",
     )  # fmt: skip
     return p
 

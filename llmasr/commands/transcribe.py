@@ -9,6 +9,7 @@ import sys
 
 import torch
 
+from llmasr.commands.decode import model_args
 from llmasr.config_io import ConfigError
 from llmasr.data.hotwords import PhraseFileError, read_phrase_file
 from llmasr.export.exported import ExportedModelError
@@ -18,16 +19,11 @@ from llmasr.run_dir import CheckpointError
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="llmasr transcribe", description="Print the transcripts of audio files.")
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--model", help="an exported model directory (llmasr export)")
-    src.add_argument("--checkpoint", help="RUN_DIR[/checkpoints/TAG]: a training checkpoint")
-    p.add_argument("--tag", help="checkpoint tag (with --checkpoint RUN_DIR)")
+    model_args(p)
     p.add_argument("audio", nargs="+", help="audio files (wav, flac, ogg, mp3: what libsndfile reads)")
     p.add_argument("--hotwords", metavar="FILE", help="biasing list for every file (UTF-8, one phrase a line)")
     p.add_argument("--beam", type=int, default=None, help="beam size (default: the model's decode settings)")
     p.add_argument("--ctc-weight", type=float, default=None, help="CTC guidance weight (default: the model's)")
-    p.add_argument("--dtype", choices=("bf16", "fp16", "fp32"), help="LLM dtype (--model; default: as exported)")
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     return p
 
 
@@ -44,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         asr = Transcriber.load(
             args.model, checkpoint=args.checkpoint, tag=args.tag, device=device, dtype=args.dtype,
-            **{k: v for k, v in given.items() if v is not None},
+            trust_remote_code=args.trust_remote_code, **{k: v for k, v in given.items() if v is not None},
         )  # fmt: skip
         texts = asr(args.audio, hotwords=hotwords)
     except (CheckpointError, ExportedModelError, FileNotFoundError, ConfigError, TranscribeError) as err:

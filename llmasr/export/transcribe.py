@@ -41,10 +41,14 @@ class Transcriber:
         self.opts = dataclasses.replace(opts or DecodeOptions(), num_workers=0, max_bad_fraction=1.0)
 
     @classmethod
-    def load(cls, model_dir=None, *, checkpoint=None, tag=None, device="cpu", dtype=None, **decode) -> Transcriber:
+    def load(
+        cls, model_dir=None, *, checkpoint=None, tag=None, device="cpu", dtype=None, trust_remote_code=False, **decode
+    ) -> Transcriber:
         """From an exported model directory (or a training checkpoint), on `device`; `decode`: DecodeConfig
         fields to override the model's saved settings (num_beams=4, ctc_weight=0.5, ...)."""
-        model, saved, opts = load_decode_model(model_dir, checkpoint, tag=tag, dtype=dtype)
+        model, saved, opts = load_decode_model(
+            model_dir, checkpoint, tag=tag, dtype=dtype, trust_remote_code=trust_remote_code
+        )
         return cls(model.to(device), decode_config(saved, **decode), opts, device)
 
     def __call__(self, audio, *, sample_rate: int | None = None, hotwords: list[str] | None = None):
