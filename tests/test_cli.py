@@ -61,3 +61,9 @@ def test_data_kaldi_then_cmvn_then_check(tmp_path, capsys):
     assert "has no transcripts (llmasr decode transcribes it; training refuses it)" in capsys.readouterr().out
     lines = [json.loads(x) for x in (tmp_path / "decode.jsonl").read_text().splitlines()]
     assert [x["key"] for x in lines] == ["u0", "u1", "u2", "u3", "orphan"] and not any("target" in x for x in lines)
+    assert main(["data", "check", str(tmp_path / "decode.jsonl")]) == 1  # not training data
+    assert "missing field 'target'" in capsys.readouterr().out
+    assert main(["data", "check", "--decode", str(tmp_path / "decode.jsonl")]) == 1  # the orphan has no audio
+    out = capsys.readouterr().out
+    assert "lines: 5, usable: 4, bad: 1 " in out and "key=orphan: audio: file not found" in out
+    assert out.rstrip().endswith("result: TOO MUCH BAD DATA: llmasr decode would fail (after writing its outputs)")

@@ -35,6 +35,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--frame-shift-ms", type=float, help="feature frame shift (for --max-frames); default 10")
     p.add_argument("--lfr-n", type=int, help="low-frame-rate stride (for --max-frames); default 1")
     p.add_argument("--no-probe", action="store_true", help="parse lines only; do not open the audio files")
+    p.add_argument(
+        "--decode", action="store_true",
+        help="manifests to decode: a line without a transcript is audio to transcribe, not a bad line",
+    )  # fmt: skip
     p.add_argument("--threads", type=int, default=8, help="parallel header probes")
     p.add_argument("--show", type=int, default=50, help="bad lines to list")
     return p
@@ -80,7 +84,8 @@ def main(argv: list[str] | None = None) -> int:
     if not manifests:
         p.error("no manifests: name them, or give --recipe with data.train")
     report = check_data(
-        manifests, data_cfg, frontend, world_size=args.world_size, probe=not args.no_probe, threads=args.threads
-    )
+        manifests, data_cfg, frontend, world_size=args.world_size, probe=not args.no_probe, threads=args.threads,
+        need_target=not args.decode,
+    )  # fmt: skip
     print(format_report(report, max_examples=args.show))
     return 0 if report.ok else 1

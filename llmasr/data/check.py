@@ -44,6 +44,7 @@ class DataReport:
     max_duration: float = float("inf")  # data.batching.max_duration the report was made with
     too_long: list[dict] = field(default_factory=list)  # lines past max_duration: manifest, line, duration
     errors: list[str] = field(default_factory=list)  # manifests that could not be opened at all
+    for_decoding: bool = False  # checked as manifests to decode (lines without a transcript are fine)
 
     @property
     def num_bad(self) -> int:
@@ -70,6 +71,8 @@ def _parse_line(m, i: int):
     except BadRecord as rec:
         return None, 0, as_record_dict(rec)
     where = {"manifest": str(getattr(utt, "manifest", "?")), "line": int(getattr(utt, "line", i + 1)), "key": utt.key}
+    if utt.target is None and not m.need_target:  # audio to transcribe
+        return utt, 0, None
     if not isinstance(utt.target, str):
         return None, 0, {**where, "reason": f"non-text target: {type(utt.target).__name__}"}
     if not utt.target.strip():
@@ -126,14 +129,17 @@ def check_data(
     world_size: int = 1,
     probe: bool = True,
     threads: int = 8,
+    need_target: bool = True,
 ) -> DataReport:
     paths = [p.path if isinstance(p, ManifestSpec) else str(p) for p in manifest_paths]
-    report = DataReport(manifests=paths, world_size=world_size, max_bad_fraction=data_cfg.max_bad_fraction)
+    report = DataReport(
+        manifests=paths, world_size=world_size, max_bad_fraction=data_cfg.max_bad_fraction, for_decoding=not need_target
+    )
     durations, tlens, spots = [], [], []  # spots: (manifest, line) of every duration
     fx = FeatureExtractor(dataclasses.replace(frontend, cmvn_file=None))  # counts frames only
     for path in paths:
         try:
-            m = Manifest.open(path)
+            m = Manifest.open(path, need_target=need_target)  # False: manifests for decoding
         except (OSError, ValueError) as err:
             report.errors.append(f"{path}: cannot open manifest: {err}")
             continue
@@ -255,6 +261,9 @@ def format_report(report: DataReport, *, max_examples: int = 50) -> str:
     elif report.errors:
         verdict = "ERROR: manifests that cannot be opened"
     else:
-        verdict = "TOO MUCH BAD DATA: training would stop with TooMuchBadData"
+        verdict = "TOO MUCH BAD DATA: " + (
+            "llmasr decode would fail (after writing its outputs)" if report.for_decoding
+            else "training would stop with TooMuchBadData"
+        )  # fmt: skip
     lines += ["", "result: " + verdict]
     return "\n".join(lines)
