@@ -10,6 +10,7 @@ import pytest
 import soundfile as sf
 import torch
 
+from llmasr.config_io import ConfigError
 from llmasr.export.decode import DecodeOptions, decode_manifest, load_decode_model
 from llmasr.export.transcribe import TranscribeError, Transcriber
 from llmasr.testing.run_dirs import write_corpus
@@ -71,10 +72,21 @@ def test_audio_that_cannot_be_transcribed_is_named(asr, clips, tmp_path):
         asr(torch.zeros(1600))
 
 
-def test_settings_given_override_the_saved_ones(exported_dir):
+def test_settings_given_override_the_saved_ones_and_are_checked_at_load(exported_dir):
     _, saved, _ = load_decode_model(exported_dir)
     asr = Transcriber.load(exported_dir, num_beams=2, max_new_tokens=3)
     assert asr.cfg == dataclasses.replace(saved, num_beams=2, max_new_tokens=3)
+    with pytest.raises(ConfigError, match="decode.num_beams"):
+        Transcriber.load(exported_dir, num_beams=0)
+    with pytest.raises(TypeError, match=r"unknown setting\(s\) \['beams'\]"):
+        Transcriber.load(exported_dir, beams=4)
+    model = asr.model
+    head, model.ctc_head = model.ctc_head, None  # a model without a CTC head cannot be guided by one
+    try:
+        with pytest.raises(ConfigError, match="CTC-guided decoding needs a CTC head"):
+            Transcriber(model, dataclasses.replace(saved, ctc_weight=0.5))
+    finally:
+        model.ctc_head = head
 
 
 def test_the_command_prints_a_line_per_file_in_the_order_given(exported_dir, clips, tmp_path, capsys):
