@@ -99,3 +99,16 @@ def test_the_command_prints_a_line_per_file_in_the_order_given(exported_dir, cli
     assert capsys.readouterr().out.splitlines() == [f"{f}\t{t}" for f, t in zip(files, want)]
     assert main(["transcribe", "--model", str(exported_dir), str(tmp_path / "gone.wav")]) == 1
     assert f"llmasr transcribe: error: {tmp_path / 'gone.wav'}: no such audio file" in capsys.readouterr().err
+
+
+def test_long_audio_is_decoded_in_windows_as_decode_does(exported_dir, clips, tmp_path):
+    import numpy as np
+
+    _, paths = clips
+    wave = np.concatenate([sf.read(p, dtype="float32")[0] for p in paths * 2])  # about 5 s
+    sf.write(tmp_path / "long.wav", wave, 16000)
+    (tmp_path / "long.jsonl").write_text(json.dumps({"key": "long", "source": "long.wav"}) + "\n")
+    asr = Transcriber.load(exported_dir, max_new_tokens=4, max_window_seconds=2.0, window_overlap=0.25)
+    (row,) = asr.transcripts([tmp_path / "long.wav"])
+    assert row["windows"] >= 2
+    assert row["hyp"] == decoded(asr, tmp_path / "long.jsonl", tmp_path / "d")[0]
