@@ -17,7 +17,7 @@ the reference never leaks into the input.
 Outputs (HYP_DIR, or HYP_DIR/<manifest name>/ when several manifests are given):
 
     hyp.txt        key hypothesis          (manifest order)
-    ref.txt        key reference
+    ref.txt        key reference           (the lines with a transcript: one without is transcribed, not scored)
     results.jsonl  {key, ref, hyp, unit, errors, sub, del, ins, ref_units, words, duration, wer, windows,
                     truncated, hotwords, hotwords_dropped}
                    windows: how many windows the utterance was decoded in (1: whole);
@@ -32,7 +32,8 @@ Outputs (HYP_DIR, or HYP_DIR/<manifest name>/ when several manifests are given):
                    biasing list (`hotwords`), how many had one and how many phrases the prompt's token cap
                    dropped, B-WER / U-WER and hotword recall, precision and leaks
     wer.json       the same, machine-readable (the hotword scores under "hotwords", the list counts as
-                   hotword_lists, hotword_phrases, hotwords_dropped, hotwords_file, hotwords_max_tokens)
+                   hotword_lists, hotword_phrases, hotwords_dropped, hotwords_file, hotwords_max_tokens;
+                   `transcribed` and `unscored` count the lines without a transcript; `rate` is null if all are)
     bad.jsonl      manifest lines that could not be decoded (missing/corrupt audio, bad fields...)
 
 With --ctc (a model with a CTC head on its encoder), HYP_DIR/ctc/ also gets hyp.txt, results.jsonl, wer.txt and
