@@ -83,7 +83,7 @@ def run(args) -> dict:
         t0 = time.perf_counter()
         guided = guide(ids, scores)
         step_ms.append(1000 * (time.perf_counter() - t0))
-        cands.append(len(guide.kept) / len(live))
+        cands.append(sum(map(len, guide.kept.values())) / len(live))
         nxt = guided.argmax(1)
         nxt[[r for r in range(args.rows) if r not in live]] = end_id
         ids = torch.cat([ids, nxt[:, None]], dim=1)

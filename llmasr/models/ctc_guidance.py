@@ -41,8 +41,9 @@ class CTCPrefixGuide:
         """`extra`: per utterance, token ids to score at every step besides the LLM's top and the audio's tokens
         (e.g. the utterance's hotword spellings), or None."""
         self.scorer, self.weight, self.end_id, self.num_beams = scorer, float(weight), int(end_id), int(num_beams)
-        # (utterance, prefix) -> (row, candidate) in the last step's extensions, for the prefixes it proposed
-        self.kept: dict[tuple[int, tuple[int, ...]], tuple[int, int]] = {}
+        # (utterance, prefix) -> {label: (row, candidate)} in the last step's extensions: where each prefix it
+        # proposed (the prefix and one of its labels) is; keyed by the parent, so a step hashes each prefix once
+        self.kept: dict[tuple[int, tuple[int, ...]], dict[int, tuple[int, int]]] = {}
         self.step: Extensions | None = None
         self.support = frame_support(scorer, AUDIO_TOKEN_PROB)
         self.extra = extra
@@ -116,9 +117,9 @@ class CTCPrefixGuide:
     def _state(self, utt: int, prefix: tuple[int, ...]) -> PrefixState:
         """A prefix's state: kept from the step that proposed it, or (a token no candidate list held, e.g. forced
         by another processor) extended from its parent's."""
-        key = (utt, prefix)
-        if key in self.kept:
-            return self.step.state(*self.kept[key])
+        at = self.kept.get((utt, prefix[:-1]), {}).get(prefix[-1]) if prefix else None
+        if at is not None:
+            return self.step.state(*at)
         if not prefix:
             return self.scorer.initial(utt)
         parent = self._state(utt, prefix[:-1])
@@ -129,9 +130,7 @@ class CTCPrefixGuide:
         """Remember where this step's extensions are (the next step's prefixes are among them); older ones go."""
         self.step, self.kept = step, {}
         for i, (utt, prefix, row, good) in enumerate(zip(utts, prefixes, labels.tolist(), ok.tolist())):
-            for k, (label, valid) in enumerate(zip(row, good)):
-                if valid:
-                    self.kept[(utt, (*prefix, label))] = (i, k)
+            self.kept[(utt, prefix)] = {label: (i, k) for k, (label, valid) in enumerate(zip(row, good)) if valid}
 
 
 def frame_support(scorer: CTCPrefixScorer, min_prob: float) -> list[tuple[torch.Tensor, torch.Tensor]]:
