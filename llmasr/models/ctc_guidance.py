@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -45,8 +46,9 @@ class CTCPrefixGuide:
         # proposed (the prefix and one of its labels) is; keyed by the parent, so a step hashes each prefix once
         self.kept: dict[tuple[int, tuple[int, ...]], dict[int, tuple[int, int]]] = {}
         self.step: Extensions | None = None
-        self.support = frame_support(scorer, AUDIO_TOKEN_PROB)
-        self.extra = extra
+        # The per-row candidate work below runs in numpy: small arrays, where a torch call's overhead would dominate.
+        self.support = [(f.numpy(), t.numpy()) for f, t in frame_support(scorer, AUDIO_TOKEN_PROB)]
+        self.extra = None if extra is None else [np.asarray(ids, dtype=np.int64).reshape(-1) for ids in extra]
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         rows, prefixes = [], []
@@ -85,34 +87,35 @@ class CTCPrefixGuide:
         come next (`_reachable`) and the utterance's `extra` tokens (a token the LLM rules out, -inf, stays out),
         and which of them can be scored (an id past the CTC vocabulary, the blank's id or padding cannot)."""
         # one more than CANDIDATES: the end token, scored anyway, is dropped from the LLM's list
-        top = scores.topk(min(CANDIDATES + 1, scores.shape[1]), dim=1).indices.cpu()
+        top = scores.topk(min(CANDIDATES + 1, scores.shape[1]), dim=1).indices.cpu().numpy()
         rows = []
-        for i, (ids, u) in enumerate(zip(top, utts)):
-            more = [self._reachable(u, states[i])] + ([self.extra[u]] if self.extra is not None else [])
-            ids = torch.cat([ids[ids != self.end_id][:CANDIDATES], *more]).unique()
+        for ids, u, state in zip(top, utts, states):
+            more = [self._reachable(u, state)] + ([self.extra[u]] if self.extra is not None else [])
+            ids = np.unique(np.concatenate([ids[ids != self.end_id][:CANDIDATES], *more]))
             rows.append(ids[(ids < scores.shape[1]) & (ids != self.end_id)])
         width = max(len(r) for r in rows)
-        labels = torch.zeros(len(rows), max(width, 1), dtype=torch.long)
-        ok = torch.zeros_like(labels, dtype=torch.bool)
+        labels_np = np.zeros((len(rows), max(width, 1)), dtype=np.int64)
+        ok_np = np.zeros(labels_np.shape, dtype=bool)
         for i, r in enumerate(rows):
-            labels[i, : len(r)], ok[i, : len(r)] = r, True
+            labels_np[i, : len(r)], ok_np[i, : len(r)] = r, True
+        labels, ok = torch.from_numpy(labels_np), torch.from_numpy(ok_np)
         ok &= torch.isfinite(scores.gather(1, labels.to(scores.device))).cpu()  # only the candidates are looked at
         blank = self.scorer.blank_id
         ok &= (labels < self.scorer.vocab_size) & (labels != blank)
         return torch.where(ok, labels, torch.zeros_like(labels)), ok
 
-    def _reachable(self, utt: int, state: PrefixState) -> torch.Tensor:
+    def _reachable(self, utt: int, state: PrefixState) -> np.ndarray:
         """The audio's tokens on frames where the prefix's next label can be: frame t counts when the prefix,
         spelled exactly, is within REACH_MARGIN of its most likely end at frame t - 1 (frame 0 for the empty
         prefix). Elsewhere the prefix score of the extension is negligible, and scoring every token of a long
         window at every step would cost the CTC side more than the LLM's step."""
         frames, tokens = self.support[utt]
-        near = torch.zeros(self.scorer.lens[utt] + 1, dtype=torch.bool)
-        spelled = state.spelled()  # over the prefix's window only: elsewhere it is below any margin
+        near = np.zeros(self.scorer.lens[utt] + 1, dtype=bool)
+        spelled = np.logaddexp(state.r_n.numpy(), state.r_b.numpy())  # the prefix's window: elsewhere far below
         if len(spelled):
             near[state.lo + 1 : state.hi + 1] = spelled >= spelled.max() - REACH_MARGIN
         near[0] = state.last is None
-        return tokens[near[frames]].unique()
+        return np.unique(tokens[near[frames]])
 
     def _state(self, utt: int, prefix: tuple[int, ...]) -> PrefixState:
         """A prefix's state: kept from the step that proposed it, or (a token no candidate list held, e.g. forced

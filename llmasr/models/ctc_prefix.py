@@ -48,10 +48,6 @@ class PrefixState:
         if self.hi is None:
             self.hi = self.lo + self.r_n.shape[0]
 
-    def spelled(self) -> torch.Tensor:
-        """log P(the frames lo .. t spell exactly this prefix) for t in the window: [hi - lo]."""
-        return torch.logaddexp(self.r_n, self.r_b)
-
 
 @dataclass
 class Extensions:
