@@ -127,6 +127,15 @@ def window_limit(model, cfg: DecodeConfig, opts: DecodeOptions) -> float:
     return limit
 
 
+def search_boost(model, cfg: DecodeConfig, opts: DecodeOptions) -> float:
+    """The hotword boost `cfg` searches `model` with, once it is known that `cfg` can decode `model`: ConfigError for
+    CTC guidance or a boost the model cannot take, DecodeError for long-audio windows it cannot make."""
+    llm_vocab = isinstance(getattr(model, "ctc_tokenizer", None), LLMCTCTokenizer)
+    boost = cfg.boost(cfg.guidance(getattr(model, "ctc_head", None) is not None, llm_vocab), llm_vocab)
+    window_limit(model, cfg, opts)
+    return boost
+
+
 def decode_loader(
     model, manifest_path, cfg: DecodeConfig, opts: DecodeOptions, device=None, world: DecodeWorld = SOLO
 ) -> SpeechDataLoader:
@@ -151,15 +160,12 @@ def decode_manifest(
     branch's under "ctc" when opts.ctc, and "too_much_bad_data" (the message, or None). On N ranks (`world`) each
     decodes its share and rank 0 writes the whole; the other ranks return None."""
     opts = DecodeOptions() if opts is None else opts
-    has_head = getattr(model, "ctc_head", None) is not None
-    if opts.ctc and not has_head:
+    if opts.ctc and getattr(model, "ctc_head", None) is None:
         raise DecodeError("--ctc: the model has no CTC head (it was trained with model.ctc.weight 0)")
-    llm_vocab = isinstance(getattr(model, "ctc_tokenizer", None), LLMCTCTokenizer)
     try:
-        boost = cfg.boost(cfg.guidance(has_head, llm_vocab), llm_vocab)
+        boost = search_boost(model, cfg, opts)  # refused before anything is written
     except ConfigError as err:
         raise DecodeError(str(err)) from err
-    window_limit(model, cfg, opts)  # refused before anything is written
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     loader = decode_loader(model, manifest_path, cfg, opts, device, world)

@@ -25,8 +25,7 @@ import numpy as np
 import soundfile as sf
 
 from llmasr.data.windowed import utterance_rows
-from llmasr.export.decode import DecodeOptions, decode_loader, load_decode_model, transcribe_loader, window_limit
-from llmasr.models.ctc import LLMCTCTokenizer
+from llmasr.export.decode import DecodeOptions, decode_loader, load_decode_model, search_boost, transcribe_loader
 from llmasr.models.decoding import DecodeConfig, decode_config
 
 
@@ -40,10 +39,7 @@ class Transcriber:
     def __init__(self, model, cfg: DecodeConfig, opts: DecodeOptions | None = None, device="cpu"):
         self.model, self.cfg, self.device = model.eval(), cfg, device
         self.opts = dataclasses.replace(opts or DecodeOptions(), num_workers=0, max_bad_fraction=1.0)
-        # settings this model cannot decode with fail here, not at the first clip (ConfigError / DecodeError)
-        llm_vocab = isinstance(getattr(model, "ctc_tokenizer", None), LLMCTCTokenizer)
-        cfg.boost(cfg.guidance(getattr(model, "ctc_head", None) is not None, llm_vocab), llm_vocab)
-        window_limit(model, cfg, self.opts)
+        search_boost(model, cfg, self.opts)  # settings this model cannot decode with fail here, not at the first clip
 
     @classmethod
     def load(
