@@ -143,10 +143,10 @@ def _write_results(out_dir: Path, rows: list[dict], hyp_key: str, metric: str, *
     hot, biased = None, [None] * len(scored)
     if any(lists):
         hot, biased = score_lists(scores, lists, corpus.name, corpus.unit_name)
-    by_row = {id(r): (s, b, phrases) for r, s, b, phrases in zip(scored, scores, biased, lists)}
+    scoring = iter(zip(scores, biased, lists))  # the scored rows' scores, in row order
     with open(out_dir / "hyp.txt", "w") as fh, open(out_dir / "results.jsonl", "w") as fj:
         for r in rows:
-            s, b, phrases = by_row.get(id(r), (None, None, None))
+            s, b, phrases = next(scoring) if r["ref"] is not None else (None, None, None)
             fh.write(f"{r['key']} {_one_line(r[hyp_key])}\n")
             rec = {"key": r["key"], "ref": r["ref"], "hyp": r[hyp_key], **_counts_of(s)}
             rec.update(duration=round(r["duration"], 4), wer=None if s is None else s.rate, windows=r.get("windows", 1))
