@@ -106,12 +106,15 @@ class CTCPrefixScorer:
         lo = torch.tensor([s.lo for s in states])
         width = min(frames, max(s.hi - s.lo for s in states) + TAIL)
         psi = torch.empty(n, k, dtype=torch.float64)
+        new_lo, new_hi = torch.empty(n, k, dtype=torch.long), torch.empty(n, k, dtype=torch.long)
         passes, todo = [], torch.arange(n)
         while len(todo):
-            psi[todo], ext_n, ext_b, reaches = self._extend_over(
+            psi[todo], ext_n, ext_b, spelled, reaches = self._extend_over(
                 [utts[i] for i in todo], [states[i] for i in todo], labels[todo], lo[todo], width, lens[todo]
             )
             passes.append((todo, ext_n, ext_b))
+            win_lo, win_hi = _window(spelled.reshape(-1, width))  # a row's wider pass, later, has the last word
+            new_lo[todo], new_hi[todo] = win_lo.reshape(-1, k), win_hi.reshape(-1, k)
             # an extension still within the margin at its window's last frame reaches on: a wider window
             todo = todo[(reaches & (lo[todo] + width < lens[todo])[:, None]).any(dim=1)]
             width = min(frames, 2 * width)
@@ -121,13 +124,12 @@ class CTCPrefixScorer:
         for rows, ext_n, ext_b in passes:  # a wider window covers the narrower one's frames
             r_n[rows, :, : ext_n.shape[2]] = ext_n
             r_b[rows, :, : ext_b.shape[2]] = ext_b
-        new_lo, new_hi = _window(torch.logaddexp(r_n, r_b).reshape(n * k, wide))
         base = lo[:, None]
-        return Extensions(psi, r_n, r_b, lo, base + new_lo.reshape(n, k), base + new_hi.reshape(n, k), labels)
+        return Extensions(psi, r_n, r_b, lo, base + new_lo, base + new_hi, labels)
 
     def _extend_over(self, utts, states, labels, lo, width: int, lens):
-        """The extensions over frames lo .. lo + width - 1 of each state: (psi [N, K], r_n, r_b [N, K, width],
-        whether each is still within the margin at the last frame [N, K])."""
+        """The extensions over frames lo .. lo + width - 1 of each state: (psi [N, K], r_n, r_b and their sum
+        spelled [N, K, width], whether each is still within the margin at the last frame [N, K])."""
         utt_idx = torch.tensor(utts)
         frames = self.log_probs.shape[1]
         at = lo[:, None] + torch.arange(width)  # [N, W]
@@ -156,7 +158,7 @@ class CTCPrefixScorer:
         best = spelled.amax(dim=2)
         # after the parent's window nothing flows in, so past the last frame the extension only falls
         reaches = torch.isfinite(best) & (spelled[:, :, -1] >= best - WINDOW_MARGIN)
-        return psi, new_n, new_b, reaches
+        return psi, new_n, new_b, spelled, reaches
 
     def final(self, utt: int, state: PrefixState) -> float:
         """log P(the utterance spells exactly this prefix): -inf unless its window holds the last frame."""
