@@ -63,7 +63,7 @@ class SpeechDataLoader(DataLoader):
         self.consumed = start
         checked = False
         duplicates = sampler.duplicate_steps()
-        restore = lambda: setattr(sampler, "_resume", resume)  # noqa: E731  (the sampler clears it on iterating)
+        restore = functools.partial(setattr, sampler, "_resume", resume)  # the sampler clears it on iterating
         batches = start_workers(self._start, self.num_workers, self.fork_hazard, restore)
         for batch in batches:
             self.consumed += 1
