@@ -12,10 +12,16 @@ from pathlib import Path
 
 from llmasr.config_io import ConfigError
 from llmasr.data.hotwords import PhraseFileError, read_phrase_file
-from llmasr.export.decode import DecodeOptions, decode_manifest, load_decode_model, out_dirs
+from llmasr.export.decode import (
+    DecodeError,
+    DecodeOptions,
+    decode_manifest,
+    load_decode_model,
+    out_dirs,
+    search_boost,
+)
 from llmasr.export.decode_world import DecodeWorld
 from llmasr.export.exported import ExportedModelError
-from llmasr.models.ctc import LLMCTCTokenizer
 from llmasr.models.decoding import AUTO_CTC_WEIGHT, AUTO_HOTWORD_BOOST, DecodeConfig, decode_config
 from llmasr.run_dir import CheckpointError
 
@@ -154,9 +160,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         cfg = decode_config(saved, **{field: getattr(args, dest) for field, dest in DECODE_FLAGS.items()})
-        cfg.guidance(model.ctc_head is not None, isinstance(model.ctc_tokenizer, LLMCTCTokenizer))
-        cfg.window_seconds(opts.training_max_seconds)
-    except ConfigError as err:
+        search_boost(model, cfg, opts)  # refused here, before the model moves to its device
+    except (ConfigError, DecodeError) as err:
         print(f"llmasr decode: error: {err}", file=sys.stderr)
         return 2
     given = {"num_workers": args.num_workers, "max_bad_fraction": args.max_bad_fraction, "ctc": args.ctc,
