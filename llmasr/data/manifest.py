@@ -24,7 +24,11 @@ import numpy as np
 
 from llmasr.data.records import FUNASR_FRAMES_PER_SECOND, BadRecord, Utterance, _is_cut, _is_number, parse_record
 
-__all__ = ["BadRecord", "Utterance", "Manifest", "MixedManifest"]
+__all__ = ["BadRecord", "EmptyManifest", "Utterance", "Manifest", "MixedManifest"]
+
+
+class EmptyManifest(ValueError):
+    """A manifest without a single record."""
 
 
 _FLAT_FIELD = re.compile(rb'"(duration|source_len|start|end)"\s*:\s*(-?[0-9][0-9.eE+-]*)')
@@ -152,6 +156,8 @@ class Manifest:
                 durations.append(_line_duration(stripped))
                 pos += len(raw)
                 offsets.append(pos)
+        if not linenos:  # a wrong path or a failed export upstream, never a set to train on or decode
+            raise EmptyManifest(f"manifest {path}: no records (the file is empty or holds only blank lines)")
         off = np.frombuffer(offsets, dtype=np.int64).copy()
         lines = np.frombuffer(linenos, dtype=np.int64).copy() if saw_blank else None
         return cls(path, data_path, off, lines, np.frombuffer(durations, dtype=np.float32).copy(), need_target)

@@ -14,7 +14,7 @@ import soundfile as sf
 
 from llmasr.data.audio import load_audio
 from llmasr.data.kaldi import kaldi_to_jsonl
-from llmasr.data.manifest import BadRecord, Manifest, MixedManifest
+from llmasr.data.manifest import BadRecord, EmptyManifest, Manifest, MixedManifest
 
 
 @pytest.fixture(autouse=True)
@@ -89,6 +89,19 @@ def test_blank_lines_keep_file_line_numbers(tmp_path):
     with pytest.raises(BadRecord) as e:
         m[2]
     assert str(e.value).startswith(f"{m_path}:6: malformed JSON")
+
+
+@pytest.mark.parametrize("text", ["", "\n   \n\t\n"])
+def test_a_manifest_without_a_record_is_refused_when_opened(tmp_path, text):
+    m_path = tmp_path / "m.jsonl"
+    m_path.write_text(text)
+    for need_target in (True, False):  # training and decoding alike
+        with pytest.raises(EmptyManifest, match=f"manifest {m_path}: no records"):
+            Manifest.open(m_path, need_target=need_target)
+    with gzip.open(tmp_path / "m.jsonl.gz", "wt") as f:
+        f.write(text)
+    with pytest.raises(ValueError, match="m.jsonl.gz: no records"):
+        Manifest.open(tmp_path / "m.jsonl.gz")
 
 
 def test_segment_fields(tmp_path):
