@@ -140,9 +140,13 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as err:
         print(f"llmasr decode: error: {err}", file=sys.stderr)
         return 2
+    try:
+        device = world.device(args.device)
+    except ValueError as err:
+        print(f"llmasr decode: error: --device: {err}", file=sys.stderr)
+        return 2
     if not world.leader:  # rank 0 says what happens; the others only on trouble
         logging.getLogger().setLevel(logging.WARNING)
-    device = world.device(args.device)
     try:
         model, saved, opts = load_decode_model(
             args.model, args.checkpoint, tag=args.tag, dtype=args.dtype, trust_remote_code=args.trust_remote_code
@@ -167,7 +171,11 @@ def main(argv: list[str] | None = None) -> int:
     given = {"num_workers": args.num_workers, "max_bad_fraction": args.max_bad_fraction, "ctc": args.ctc,
              "features_on": args.features_on, "hotwords": hotwords, "hotwords_file": args.hotwords,
              "hotwords_unprompted": args.hotwords_unprompted or None}  # fmt: skip
-    opts = dataclasses.replace(opts, **{k: v for k, v in given.items() if v is not None})
+    try:
+        opts = dataclasses.replace(opts, **{k: v for k, v in given.items() if v is not None})
+    except ConfigError as err:
+        print(f"llmasr decode: error: {err}", file=sys.stderr)
+        return 2
     model.to(device)
     world.start(device)
     return _decode_all(model, args.data, Path(args.output), cfg, opts, device, world)

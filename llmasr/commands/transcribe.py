@@ -12,6 +12,7 @@ import torch
 from llmasr.commands.decode import model_args
 from llmasr.config_io import ConfigError
 from llmasr.data.hotwords import PhraseFileError, read_phrase_file
+from llmasr.export.decode_world import usable_device
 from llmasr.export.exported import ExportedModelError
 from llmasr.export.transcribe import TranscribeError, Transcriber
 from llmasr.run_dir import CheckpointError
@@ -35,7 +36,11 @@ def main(argv: list[str] | None = None) -> int:
     except PhraseFileError as err:
         print(f"llmasr transcribe: error: --hotwords: {err}", file=sys.stderr)
         return 2
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = usable_device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    except ValueError as err:
+        print(f"llmasr transcribe: error: --device: {err}", file=sys.stderr)
+        return 2
     given = {"num_beams": args.beam, "ctc_weight": args.ctc_weight}
     try:
         asr = Transcriber.load(

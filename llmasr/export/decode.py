@@ -108,6 +108,14 @@ class DecodeOptions:
     # llmasr.data.screen.longest_trained): decode.max_window_seconds unset means this. None: unknown.
     training_max_seconds: float | None = None
 
+    def __post_init__(self):
+        if self.num_workers < 0:
+            raise ConfigError(f"num_workers: must be >= 0 (0: load in the decoding process), got {self.num_workers}")
+        if not 0.0 <= self.max_bad_fraction <= 1.0:
+            raise ConfigError(f"max_bad_fraction: must be in [0, 1], got {self.max_bad_fraction}")
+        if self.features_on not in ("worker", "device", "auto"):
+            raise ConfigError(f"features_on: expected worker, device or auto, got {self.features_on!r}")
+
 
 class DecodeError(RuntimeError):
     """Decoding cannot run as asked."""

@@ -21,6 +21,24 @@ from llmasr.data.bad_data import BadDataTracker
 GATHER_TIMEOUT = timedelta(hours=2)
 
 
+def usable_device(device: str | torch.device) -> torch.device:
+    """`device` as a torch.device when this machine has it; ValueError saying what it has instead (before a model
+    moves there, not as torch's assertion at the first tensor)."""
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(f"device {device!r} is not a device name (cpu, cuda, cuda:1, ...): {err}") from None
+    if device.type != "cuda":
+        return device
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if count == 0:
+        why = "this torch build has no CUDA" if torch.version.cuda is None else "no CUDA device is visible"
+        raise ValueError(f"device {device}: {why}; use cpu")
+    if device.index is not None and device.index >= count:
+        raise ValueError(f"device {device}: this machine has {count} CUDA device(s), cuda:0 to cuda:{count - 1}")
+    return device
+
+
 @dataclass(frozen=True)
 class DecodeWorld:
     rank: int = 0
@@ -47,9 +65,9 @@ class DecodeWorld:
         """--device as given, a bare `cuda` (or none, with a GPU) meaning this rank's own GPU."""
         if requested is None:
             requested = "cuda" if torch.cuda.is_available() else "cpu"
-        device = torch.device(requested)
+        device = usable_device(requested)
         if device.type == "cuda" and device.index is None:
-            device = torch.device("cuda", self.local_rank if self.size > 1 else 0)
+            device = usable_device(torch.device("cuda", self.local_rank if self.size > 1 else 0))
         return device
 
     def start(self, device: torch.device) -> None:

@@ -26,6 +26,7 @@ import soundfile as sf
 
 from llmasr.data.windowed import utterance_rows
 from llmasr.export.decode import DecodeOptions, decode_loader, load_decode_model, search_boost, transcribe_loader
+from llmasr.export.decode_world import usable_device
 from llmasr.models.decoding import DecodeConfig, decode_config
 
 
@@ -47,6 +48,10 @@ class Transcriber:
     ) -> Transcriber:
         """From an exported model directory (or a training checkpoint), on `device`; `decode`: DecodeConfig
         fields to override the model's saved settings (num_beams=4, ctc_weight=0.5, ...)."""
+        try:
+            device = usable_device(device)
+        except ValueError as err:
+            raise TranscribeError(str(err)) from None
         model, saved, opts = load_decode_model(
             model_dir, checkpoint, tag=tag, dtype=dtype, trust_remote_code=trust_remote_code
         )

@@ -61,6 +61,14 @@ class DecodeConfig:
             raise ConfigError(f"{path}.ctc_weight: must be in [0, 1] (or unset for the default), got {self.ctc_weight}")
         if self.repeat_limit < 0:
             raise ConfigError(f"{path}.repeat_limit: must be >= 0 (0: off), got {self.repeat_limit}")
+        if not 0.0 < self.batch_seconds < math.inf:
+            raise ConfigError(f"{path}.batch_seconds: must be > 0 seconds of audio a batch, got {self.batch_seconds}")
+        if self.max_new_tokens is not None and self.max_new_tokens < 1:
+            raise ConfigError(f"{path}.max_new_tokens: must be >= 1 (or unset: by duration), got {self.max_new_tokens}")
+        if not self.repetition_penalty > 0:
+            raise ConfigError(f"{path}.repetition_penalty: must be > 0 (1: off), got {self.repetition_penalty}")
+        if self.no_repeat_ngram_size < 0:
+            raise ConfigError(f"{path}.no_repeat_ngram_size: must be >= 0 (0: off), got {self.no_repeat_ngram_size}")
         if self.tokens_per_second <= 0:
             raise ConfigError(f"{path}.tokens_per_second: must be > 0, got {self.tokens_per_second}")
         if not 0.0 <= self.window_overlap < math.inf:

@@ -1,0 +1,101 @@
+"""Settings and inputs `llmasr decode` / `llmasr transcribe` cannot run with are refused before the model moves or a
+file is written, each named: a device this machine lacks, decoding numbers out of range, an empty manifest."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from llmasr.commands.decode import main as decode_main
+from llmasr.commands.transcribe import main as transcribe_main
+from llmasr.config_io import ConfigError
+from llmasr.export.decode import DecodeOptions
+from llmasr.export.decode_world import DecodeWorld, usable_device
+from llmasr.export.transcribe import TranscribeError, Transcriber
+from llmasr.models.decoding import DecodeConfig
+from llmasr.testing.run_dirs import write_corpus
+
+
+@pytest.fixture(scope="module")
+def manifest(tmp_path_factory):
+    return write_corpus(tmp_path_factory.mktemp("refusals"), ["zero one", "two three"])
+
+
+def _no_cuda(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+
+
+def _one_gpu(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+
+
+def test_a_device_this_machine_lacks_is_named_with_what_it_has(monkeypatch):
+    _no_cuda(monkeypatch)
+    assert usable_device("cpu") == torch.device("cpu")
+    with pytest.raises(ValueError, match=r"device cuda: (this torch build has no CUDA|no CUDA device is visible)"):
+        usable_device("cuda")
+    with pytest.raises(ValueError, match=r"device 'gpu' is not a device name \(cpu, cuda, cuda:1, \.\.\.\)"):
+        usable_device("gpu")
+    _one_gpu(monkeypatch)
+    assert usable_device("cuda:0") == torch.device("cuda", 0)
+    with pytest.raises(ValueError, match=r"device cuda:3: this machine has 1 CUDA device\(s\), cuda:0 to cuda:0"):
+        usable_device("cuda:3")
+    # a launcher's rank takes the GPU of its local rank: one that is not there is named the same way
+    assert DecodeWorld().device(None) == torch.device("cuda", 0)
+    with pytest.raises(ValueError, match=r"device cuda:1: this machine has 1 CUDA device"):
+        DecodeWorld(rank=1, size=2, local_rank=1).device("cuda")
+
+
+def test_the_commands_refuse_a_missing_device_before_loading(exported_dir, manifest, tmp_path, monkeypatch, capsys):
+    _no_cuda(monkeypatch)
+    out = tmp_path / "out"
+    rc = decode_main(["--model", str(exported_dir), "--data", str(manifest), "--output", str(out), "--device", "cuda"])
+    assert rc == 2 and "llmasr decode: error: --device: device cuda:" in capsys.readouterr().err
+    assert not out.exists()
+    clip = manifest.parent / "wav" / "test0.wav"
+    rc = transcribe_main(["--model", str(exported_dir), "--device", "cuda:2", str(clip)])
+    assert rc == 2 and "llmasr transcribe: error: --device: device cuda:2:" in capsys.readouterr().err
+    with pytest.raises(TranscribeError, match="device cuda"):
+        Transcriber.load(exported_dir, device="cuda")
+
+
+@pytest.mark.parametrize(
+    "flag, value, message",
+    [
+        ("--batch-seconds", "-1", "decode.batch_seconds: must be > 0 seconds of audio a batch, got -1.0"),
+        ("--max-new-tokens", "0", "decode.max_new_tokens: must be >= 1 (or unset: by duration), got 0"),
+        ("--repetition-penalty", "0", "decode.repetition_penalty: must be > 0 (1: off), got 0.0"),
+        ("--no-repeat-ngram", "-1", "decode.no_repeat_ngram_size: must be >= 0 (0: off), got -1"),
+        ("--num-workers", "-1", "num_workers: must be >= 0 (0: load in the decoding process), got -1"),
+        ("--max-bad-fraction", "1.5", "max_bad_fraction: must be in [0, 1], got 1.5"),
+    ],
+)
+def test_decoding_numbers_out_of_range_are_refused(exported_dir, manifest, tmp_path, capsys, flag, value, message):
+    out = tmp_path / "out"
+    rc = decode_main(["--model", str(exported_dir), "--data", str(manifest), "--output", str(out), flag, value])
+    assert rc == 2 and f"llmasr decode: error: {message}" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_the_python_settings_are_checked_the_same_way():
+    with pytest.raises(ConfigError, match="decode.batch_seconds: must be > 0"):
+        DecodeConfig(batch_seconds=0).validate("decode")
+    with pytest.raises(ConfigError, match="num_workers: must be >= 0"):
+        DecodeOptions(num_workers=-2)
+    with pytest.raises(ConfigError, match="features_on: expected worker, device or auto, got 'gpu'"):
+        DecodeOptions(features_on="gpu")
+
+
+def test_an_empty_manifest_is_an_error_not_a_run_of_nothing(exported_dir, manifest, tmp_path, capsys):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n  \n")
+    out = tmp_path / "out"
+    rc = decode_main(
+        ["--model", str(exported_dir), "--data", str(empty), "--data", str(manifest), "--output", str(out)]
+    )
+    err = capsys.readouterr().err
+    assert rc == 1 and f"manifest {empty}: no records (the file is empty or holds only blank lines)" in err
+    assert not (out / "empty" / "wer.json").exists()
+    assert (out / "test" / "wer.json").is_file()  # the other manifest is still decoded
