@@ -199,13 +199,15 @@ def path_field(
     default_factory: Any = dataclasses.MISSING,
     output: bool = False,
     keys: tuple[str, ...] = (),
+    keywords: tuple[str, ...] = (),
 ) -> Any:
     """A dataclass field holding a file path that a recipe may write relative to itself.
 
     `output=True`: a folder that may not exist yet, made recipe-relative only when written as ./x or ../x.
-    `keys`: the field is a mapping and these of its keys hold paths (e.g. a frontend's cmvn_file)."""
+    `keys`: the field is a mapping and these of its keys hold paths (e.g. a frontend's cmvn_file).
+    `keywords`: values that are words, not paths (ctc.vocab: llm), even beside a folder of that name."""
     kind = "keys" if keys else "output" if output else "input"
-    metadata = {"path": kind, "path_keys": tuple(keys)}
+    metadata = {"path": kind, "path_keys": tuple(keys), "path_keywords": tuple(keywords)}
     return dataclasses.field(default=default, default_factory=default_factory, metadata=metadata)
 
 
@@ -232,6 +234,8 @@ def resolve_paths(cls: type, data: dict, base: Path) -> None:
         if f.name not in data:
             continue
         value, kind = data[f.name], f.metadata.get("path")
+        if isinstance(value, str) and value in f.metadata.get("path_keywords", ()):
+            continue
         if kind == "keys":
             if isinstance(value, dict):
                 for key in f.metadata["path_keys"]:

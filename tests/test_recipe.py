@@ -83,6 +83,21 @@ def test_paths_that_are_not_recipe_relative_are_kept(tmp_path):
     assert r.train.output_dir == "exp/run"  # an output folder is recipe-relative only when written ./x or ../x
 
 
+def test_keywords_stay_keywords_beside_a_folder_of_their_name(tmp_path):
+    """`ctc.vocab: llm` and `hotwords.distractors: corpus` are words: a recipe beside folders named llm/ and corpus/
+    (a common layout) must not turn them into those folders' paths."""
+    (tmp_path / "llm").mkdir()
+    (tmp_path / "corpus").mkdir()
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump({
+        "model": {"llm": {"path": "llm"}, "ctc": {"weight": 0.3, "vocab": "llm"}},
+        "data": {"hotwords": {"enable": True, "distractors": "corpus"}},
+    }))  # fmt: skip
+    r = load_recipe(recipe)
+    assert r.model.llm.path == str(tmp_path / "llm")  # the LLM folder's path resolves as before
+    assert (r.model.ctc.vocab, r.data.hotwords.distractors) == ("llm", "corpus")
+
+
 def test_bad_override_and_bad_type_name_their_key(tmp_path):
     with pytest.raises(ConfigError, match="train.epochs: expected an integer, got 'many'"):
         load_recipe(data={"train": {"epochs": "many"}})

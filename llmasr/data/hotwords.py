@@ -77,7 +77,7 @@ class HotwordsConfig:
     # A phrase's weight is count(its rarest unit in the training texts) ** -rarity: 0 draws uniformly.
     rarity: float = 1.0
     # Where distractors come from: "corpus" (n-grams of the training texts) or a phrase file (one a line, UTF-8).
-    distractors: str = path_field("corpus")
+    distractors: str = path_field("corpus", keywords=("corpus",))
     pool_size: int = 100_000  # corpus distractors: n-grams kept from the training texts (a reservoir sample)
 
     def validate(self, path: str) -> None:

@@ -164,7 +164,7 @@ class CTCConfig:
     weight: float = 0.0  # 0 disables the CTC head entirely
     # "llm": the LLM tokenizer's vocabulary; a path ending in .model: a sentencepiece model; any other path:
     # a token list (one token per line, or a FunASR tokens.json list), characters split on spaces-or-chars.
-    vocab: str = path_field("llm")
+    vocab: str = path_field("llm", keywords=("llm",))
     label_smoothing: float = 0.0
     # Pretrained CTC head weights, e.g. a FunASR model.pt with init_prefix "ctc." (its ctc_lo layer) together
     # with vocab: <that directory>/tokens.json. The head's output size must equal the vocabulary's.
