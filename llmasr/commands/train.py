@@ -18,8 +18,8 @@ from llmasr.train.trainer import train
 log = logging.getLogger("llmasr.train")
 
 
-def parse_args(argv: list[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="llmasr train", description="fine-tune a speech LLM under DeepSpeed")
+def run_args(p: argparse.ArgumentParser) -> None:
+    """The arguments that describe a run: train's, and check's (which checks what train would do with them)."""
     p.add_argument("--config", required=True, help="recipe YAML")
     p.add_argument("--deepspeed", required=True, help="DeepSpeed JSON file, or a preset: zero0 ... zero3_offload")
     p.add_argument(
@@ -31,6 +31,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="start afresh in a train.output_dir that holds an earlier run's checkpoints (deletes them)",
     )  # fmt: skip
     p.add_argument("overrides", nargs="*", help="recipe overrides, e.g. train.epochs=3 optim.branches.llm.lr=2e-5")
+
+
+def parse_run_args(p: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
     args = p.parse_intermixed_args(argv)  # overrides may come before and after the options
     if args.resume is not None and "=" in args.resume and not Path(args.resume).exists():
         # `--resume key=value ...`: argparse took the first override as the resume value
@@ -42,6 +45,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         args.overrides = ordered
         args.resume = "latest"
     return args
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="llmasr train", description="fine-tune a speech LLM under DeepSpeed")
+    run_args(p)
+    return parse_run_args(p, argv)
 
 
 @errors.command("llmasr train")

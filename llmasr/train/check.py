@@ -15,13 +15,15 @@ from pathlib import Path
 
 from llmasr.models.builder import build_model
 from llmasr.models.fused_kernels import check_fused_kernels
-from llmasr.run_dir import RECIPE_FILE
+from llmasr.run_dir import RECIPE_FILE, read_meta, resolve_resume, resume_or_start
 from llmasr.train.ds_config import estimate_zero_memory, resolve_ds_config, zero_stage
 from llmasr.train.engine import offloads_optimizer
 from llmasr.train.param_groups import build_param_groups, describe_param_groups
 from llmasr.train.plan import plan_run
 from llmasr.train.progress import plot_lr, write_lr_csv
 from llmasr.train.resolve import check_run_settings
+from llmasr.train.resume import check_checkpoint
+from llmasr.train.run_dir import check_run_start
 from llmasr.train.schedulers import branch_of_group, lr_curve
 
 
@@ -65,8 +67,35 @@ def plot_dir(run_dir: Path) -> Path:
     return run_dir / "check" if (run_dir / RECIPE_FILE).exists() else run_dir
 
 
-def check(recipe, ds_path, *, world_size: int, out: Path | None = None) -> str:
-    """The report text; writes lr_schedule.csv/png into `out` (default: `plot_dir` of the recipe's output_dir)."""
+def run_start(recipe, model, plan, *, stage: int, world_size: int, resume: str | None, overwrite: bool) -> list[str]:
+    """What `llmasr train` (with --resume `resume`, --overwrite) would do with train.output_dir, checked as it
+    checks before loading anything: the folder may be started in, the checkpoint resumed fits this recipe, data,
+    model and ZeRO stage. ConfigError / FileNotFoundError otherwise; nothing is deleted."""
+    run_dir = Path(recipe.train.output_dir)
+    asked = resume if resume is not None else recipe.train.resume
+    resume = resume_or_start(asked, run_dir)
+    notes = check_run_start(run_dir, resume, overwrite, recipe, clear=False)
+    if resume is None:
+        auto = " (train.resume auto: no checkpoint yet)" if asked == "auto" else ""
+        return ["run directory", f"  {run_dir}: a fresh run{auto}", *(f"  {n}" for n in notes)]
+    load_dir, tag = resolve_resume(resume, run_dir)
+    where = load_dir / tag
+    meta = read_meta(where)
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    check_checkpoint(
+        meta, where, recipe=recipe, stage=stage, world_size=world_size, per_epoch=plan.per_epoch, trainable=trainable
+    )
+    ranks = f"{meta.world_size} rank{'s' if meta.world_size != 1 else ''}"
+    resized = "" if meta.world_size == world_size else f"; saved on {ranks}, resized to {world_size}"
+    head = f"  resumes {where} (update {meta.update}, epoch {meta.epoch}{resized}) into {run_dir}"
+    return ["run directory", head, *(f"  {n}" for n in notes)]
+
+
+def check(
+    recipe, ds_path, *, world_size: int, out: Path | None = None, resume: str | None = None, overwrite: bool = False
+) -> str:
+    """The report text; writes lr_schedule.csv/png into `out` (default: `plot_dir` of the recipe's output_dir).
+    `resume`, `overwrite`: as `llmasr train` is given them (the run directory section)."""
     tc = recipe.train
     ds = resolve_ds_config(ds_path, tc, world_size=world_size)
     check_run_settings(recipe)
@@ -87,6 +116,7 @@ def check(recipe, ds_path, *, world_size: int, out: Path | None = None) -> str:
         precision=tc.precision, largest_layer_params=counts["largest_layer"],
     )  # fmt: skip
     st = sampler.stats(0)
+    start = run_start(recipe, model, plan, stage=stage, world_size=world_size, resume=resume, overwrite=overwrite)
     lines = [
         "batch arithmetic",
         f"  micro batch per rank (nominal, batches are dynamic): {ds['train_micro_batch_size_per_gpu']}",
@@ -112,6 +142,7 @@ def check(recipe, ds_path, *, world_size: int, out: Path | None = None) -> str:
     for label, u in key_updates(recipe.optim, names, total):
         lines.append(f"  update {u} ({label}):")
         lines += [f"    {n:<{width}}  {curves[n][u]:.4e}" for n in names]
+    lines += start
     lines += [
         f"memory per rank, model states only (ZeRO stage {stage}, {tc.precision}, world size {world_size})",
         f"  params {_gb(mem['params'])}, grads {_gb(mem['grads'])}, optimizer states {_gb(mem['optimizer_states'])}"

@@ -25,6 +25,7 @@ import yaml
 
 from llmasr import run_dir as ck
 from llmasr.config_io import ConfigError, from_dict, to_dict
+from llmasr.models.fingerprint import base_fingerprint, fingerprint_differences
 from llmasr.run_dir import CheckpointMeta
 from llmasr.train.schedulers import NO_DECAY_SUFFIX
 
@@ -156,6 +157,27 @@ def check_resume_recipe(recipe, load_dir: Path) -> list[str]:
             "train.output_dir, or --overwrite); README.md (Resume) lists the keys that may change"
         )
     return [f"resume: recipe changes since the run was saved: {describe(changes)}"] if changes else []
+
+
+def check_checkpoint(
+    meta: CheckpointMeta, where: Path, *, recipe, stage: int, world_size: int, per_epoch: list[int], trainable: list
+) -> None:
+    """The checkpoint `where` (its `meta`) can be resumed by a run of `recipe` at ZeRO `stage` on `world_size`
+    ranks, whose data gives `per_epoch` batches a rank and whose model trains the parameters named `trainable`:
+    ConfigError naming what differs. `llmasr train` checks this before loading, `llmasr check` before launching."""
+    if meta.zero_stage != stage:
+        raise ConfigError(f"{where}: saved at ZeRO stage {meta.zero_stage}, this run uses {stage}")
+    if meta.world_size == world_size:  # at another world size the batches per rank differ by design
+        check_batches(meta, per_epoch, where)
+    diffs = fingerprint_differences(meta.base_fingerprint, base_fingerprint(recipe.model))
+    if diffs:
+        raise ConfigError(f"{where}: the base model differs from the one trained on:\n  " + "\n  ".join(diffs))
+    if meta.trainable != trainable:
+        saved, now = set(meta.trainable), set(trainable)
+        raise ConfigError(
+            f"{where}: the trainable parameters differ (only in the checkpoint: {sorted(saved - now)[:5]}, "
+            f"only now: {sorted(now - saved)[:5]}): LoRA/freeze settings changed since it was saved"
+        )
 
 
 def check_batches(meta: CheckpointMeta, per_epoch: list[int], where: Path) -> None:

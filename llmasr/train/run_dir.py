@@ -176,9 +176,10 @@ def clear_earlier_run(run_dir: str | Path) -> list[str]:
     return removed
 
 
-def check_fresh_run(run_dir: Path, overwrite: bool, *, source: Path | None = None) -> list[str]:
+def check_fresh_run(run_dir: Path, overwrite: bool, *, source: Path | None = None, clear: bool = True) -> list[str]:
     """A run that does not continue this folder's own checkpoints (fresh, or resumed from `source` in another
-    folder): refuse a folder holding checkpoints, unless `overwrite` (then clear it). Returns notes for the log."""
+    folder): refuse a folder holding checkpoints, unless `overwrite` (then clear it; `clear` False, as `llmasr
+    check` asks: only say what would go). Returns notes for the log."""
     earlier = earlier_checkpoints(run_dir)
     if earlier and not overwrite:
         tags = [n for n in earlier if ck.update_of(n) is not None]
@@ -190,6 +191,10 @@ def check_fresh_run(run_dir: Path, overwrite: bool, *, source: Path | None = Non
             + ("Continue that run with --resume, start" if source is None else "Start")
             + " over with --overwrite (deletes them), or set another train.output_dir"
         )
+    if overwrite and not clear:
+        n = sum(ck.update_of(name) is not None for name in earlier)
+        return [f"--overwrite: would delete the earlier run's {n} checkpoint(s), train.log and TensorBoard events in "
+                f"{run_dir}"] if earlier else []  # fmt: skip
     if overwrite:
         removed = clear_earlier_run(run_dir)
         if removed:
@@ -197,11 +202,11 @@ def check_fresh_run(run_dir: Path, overwrite: bool, *, source: Path | None = Non
     return []
 
 
-def check_run_start(run_dir: Path, resume: str | None, overwrite: bool, recipe=None) -> list[str]:
+def check_run_start(run_dir: Path, resume: str | None, overwrite: bool, recipe=None, *, clear: bool = True) -> list:
     """Rank 0, holding the lock: may a run (fresh, or resumed from `resume` with `recipe`) start in `run_dir`?
-    Clears it when `overwrite` allows. Returns notes for the run's log."""
+    Clears it when `overwrite` allows (and `clear`: `llmasr check` does not). Returns notes for the run's log."""
     if resume is None:
-        return check_fresh_run(run_dir, overwrite)
+        return check_fresh_run(run_dir, overwrite, clear=clear)
     load_dir, tag = ck.resolve_resume(resume, run_dir)
     if overwrite and load_dir.resolve().parent == run_dir.resolve():
         raise RunDirError(
@@ -209,7 +214,7 @@ def check_run_start(run_dir: Path, resume: str | None, overwrite: bool, recipe=N
         )
     notes = check_resume_recipe(recipe, load_dir) if recipe is not None else []  # before anything is deleted
     if load_dir.resolve().parent != run_dir.resolve():
-        notes += check_fresh_run(run_dir, overwrite, source=load_dir / tag)
+        notes += check_fresh_run(run_dir, overwrite, source=load_dir / tag, clear=clear)
     return notes
 
 

@@ -22,8 +22,7 @@ import torch
 
 from llmasr import errors
 from llmasr import run_dir as ck
-from llmasr.config_io import ConfigError
-from llmasr.models.fingerprint import base_fingerprint, fingerprint_differences
+from llmasr.models.fingerprint import base_fingerprint
 from llmasr.models.fused_kernels import apply_fused_kernels, check_fused_kernels
 from llmasr.run_dir.files import hash_share, merge_shares, verify_ranks
 from llmasr.train import ds_config, universal
@@ -42,7 +41,7 @@ from llmasr.train.resolve import (
     seed_everything,
     set_rng_state,
 )
-from llmasr.train.resume import check_batches, continue_schedules
+from llmasr.train.resume import check_checkpoint, continue_schedules
 from llmasr.train.run_dir import claim_run_dir, write_run_files
 from llmasr.train.schedulers import build_group_schedules
 from llmasr.train.validate import validate
@@ -168,19 +167,10 @@ class Run:
         meta = ck.read_meta(load_dir / tag)
         where = load_dir / tag
         saved_world = meta.world_size
-        if meta.zero_stage != self.engine.stage:
-            raise ConfigError(f"{where}: saved at ZeRO stage {meta.zero_stage}, this run uses {self.engine.stage}")
-        if saved_world == self.world:  # at another world size the batches per rank differ by design (_resize)
-            check_batches(meta, self.per_epoch, where)
-        diffs = fingerprint_differences(meta.base_fingerprint, base_fingerprint(self.recipe.model))
-        if diffs:
-            raise ConfigError(f"{where}: the base model differs from the one trained on:\n  " + "\n  ".join(diffs))
-        if meta.trainable != self.trainable:
-            saved, now = set(meta.trainable), set(self.trainable)
-            raise ConfigError(
-                f"{where}: the trainable parameters differ (only in the checkpoint: {sorted(saved - now)[:5]}, "
-                f"only now: {sorted(now - saved)[:5]}): LoRA/freeze settings changed since it was saved"
-            )
+        check_checkpoint(
+            meta, where, recipe=self.recipe, stage=self.engine.stage, world_size=self.world, per_epoch=self.per_epoch,
+            trainable=self.trainable,
+        )  # fmt: skip
         verify_ranks(where, meta, self.rank, self.world, all_gather_object)  # before DeepSpeed reads a byte
         with errors.context(f"loading checkpoint {where}"):
             if universal.needs_conversion(saved_world, self.world, self.engine.stage):

@@ -107,3 +107,46 @@ def test_a_run_folder_keeps_its_own_lr_schedule(recipe_file, capsys):
     assert code == 0, err
     assert (run / "lr_schedule.csv").read_text() == "the run's own\n"
     assert (run / "check" / "lr_schedule.csv").is_file() and f"wrote {run / 'check' / 'lr_schedule.csv'}" in out
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A ZeRO-2 run of one update, saved, and its recipe as a file (what `llmasr train` was given)."""
+    from llmasr.config_io import dump_yaml, to_dict
+    from llmasr.testing.run_dirs import model_section, train_run
+    from llmasr.testing.tiny_funasr import tiny_sanm_conf, write_funasr_dir
+    from llmasr.testing.tiny_llm import write_tiny_llm_dir
+
+    root = tmp_path_factory.mktemp("check_resume")
+    llm, enc = write_tiny_llm_dir(root / "llm"), write_funasr_dir(root / "enc", encoder_conf=tiny_sanm_conf())
+    corpus = write_tiny_corpus(root / "corpus", n=8)
+    run = train_run(root / "run", model_section(llm, enc), corpus, preset="zero2", save_every_updates=1)
+    recipe = root / "recipe.yaml"
+    dump_yaml(to_dict(run.recipe), recipe)
+    return run.run_dir, recipe
+
+
+def test_the_run_folder_is_checked_as_train_would_treat_it(trained, tmp_path, capsys):
+    """A fresh start in a folder with checkpoints is refused as `llmasr train` refuses it; --overwrite says what it
+    would delete (and deletes nothing); --resume names the checkpoint, checked as training checks it before loading."""
+    run_dir, recipe = trained
+    tag = (run_dir / "checkpoints" / "latest").read_text().strip()
+    base = ["--config", str(recipe), "--deepspeed", "zero2", "--out", str(tmp_path)]
+    code, _, err = run_check(capsys, *base)
+    assert code == 2 and f"{run_dir} holds an earlier run's checkpoints" in err and "--resume" in err
+    code, out, err = run_check(capsys, *base, "--overwrite")
+    assert code == 0, err
+    assert "--overwrite: would delete the earlier run's 1 checkpoint(s), train.log and TensorBoard events" in out
+    assert (run_dir / "checkpoints" / tag).is_dir()
+    code, out, err = run_check(capsys, *base, "--resume")
+    assert code == 0, err
+    assert f"resumes {run_dir / 'checkpoints' / tag} (update 1, epoch 0) into {run_dir}" in out
+    code, out, err = run_check(capsys, *base, "--resume", "--world-size", "2")
+    assert code == 0 and "saved on 1 rank, resized to 2" in out, err
+    # what training would refuse before loading a byte
+    code, _, err = run_check(capsys, *base, "--resume", "train.seed=7")
+    assert code == 2 and "cannot change on resume" in err and "train.seed:" in err and "-> 7" in err
+    code, _, err = run_check(capsys, *[a if a != "zero2" else "zero3" for a in base], "--resume")
+    assert code == 2 and "saved at ZeRO stage 2, this run uses 3" in err
+    code, _, err = run_check(capsys, *base, "--resume", "update_00000099")
+    assert code == 2 and "--resume update_00000099: neither a checkpoint folder nor a tag" in err
