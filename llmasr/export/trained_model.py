@@ -226,6 +226,8 @@ def load_checkpoint_model(
     from llmasr.models.builder import build_model
     from llmasr.recipe import load_recipe
 
+    if average < 1:
+        raise CheckpointError(f"--average {average}: the number of checkpoints to average must be >= 1")
     ref = resolve_checkpoint(checkpoint, tag)
     if average > 1 or average_by == "best":
         tags = select_tags(ref, average, average_by or "last")

@@ -9,7 +9,7 @@ import os
 import pytest
 import torch
 
-from llmasr.export.trained_model import average_states
+from llmasr.export.trained_model import average_states, load_checkpoint_model
 from llmasr.run_dir import (
     CheckpointError,
     CheckpointMeta,
@@ -97,6 +97,8 @@ def test_tag_listing_and_selection(trained_run):
         select_tags(ref, 5, "last")
     with pytest.raises(CheckpointError, match="--average-by"):
         select_tags(ref, 2, "worst")
+    with pytest.raises(CheckpointError, match=r"--average 0: the number of checkpoints to average must be >= 1"):
+        load_checkpoint_model(trained_run, average=0)  # not one checkpoint silently
 
 
 def test_best_json_errors(trained_run, tmp_path, copy_run):
