@@ -5,7 +5,7 @@
     asr = Transcriber.load("exp/run/export")               # or Transcriber.load(checkpoint="exp/run")
     asr("call.wav")                                         # -> "the text"
     asr(["a.wav", "b.flac"], hotwords=["Zhang Wei"])        # -> ["...", "..."]
-    asr(wave, sample_rate=8000)                             # a numpy / torch waveform (mono, float in [-1, 1])
+    asr(wave, sample_rate=8000)                             # a numpy / torch waveform (mono; float or PCM integers)
     asr.transcripts(["a.wav"])                              # rows with the CTC branch's text, guard stops, windows
 
 The audio goes through exactly what `llmasr decode` runs (llmasr.export.decode): a manifest of its own without
@@ -28,6 +28,8 @@ from llmasr.data.windowed import utterance_rows
 from llmasr.export.decode import DecodeOptions, decode_loader, load_decode_model, search_boost, transcribe_loader
 from llmasr.export.decode_world import usable_device
 from llmasr.models.decoding import DecodeConfig, decode_config
+
+MAX_FLOAT_PEAK = 4.0  # a float waveform louder than this is not in [-1, 1] full scale (a little clipping headroom)
 
 
 class TranscribeError(ValueError):
@@ -107,9 +109,25 @@ def _manifest(audio: list, sample_rate, hotwords, tmp: Path) -> tuple[list[str],
 def _waveform(clip, sample_rate, name: str) -> np.ndarray:
     if sample_rate is None or int(sample_rate) <= 0:
         raise TranscribeError(f"{name}: a waveform needs its sample_rate (Hz)")
-    wave = np.asarray(clip.detach().cpu() if hasattr(clip, "detach") else clip, dtype=np.float32)
+    wave = np.asarray(clip.detach().cpu() if hasattr(clip, "detach") else clip)
     if wave.ndim != 1 or wave.size == 0:
-        raise TranscribeError(f"{name}: expected a non-empty mono waveform (1-D), got shape {tuple(wave.shape)}")
+        hint = " (several channels: average them, or pick one)" if wave.ndim == 2 and min(wave.shape) <= 8 else ""
+        raise TranscribeError(
+            f"{name}: expected a non-empty mono waveform (1-D), got shape {tuple(wave.shape)}{hint}"
+        )  # fmt: skip
+    if wave.dtype.kind in "iu":  # PCM samples (soundfile's dtype="int16", a wav read raw): full scale is 1.0
+        info = np.iinfo(wave.dtype)
+        offset = (int(info.max) + 1) // 2 if wave.dtype.kind == "u" else 0
+        return ((wave.astype(np.float64) - offset) / (int(info.max) + 1 - offset)).astype(np.float32)
+    if wave.dtype.kind not in "f":
+        raise TranscribeError(f"{name}: expected numeric samples, got dtype {wave.dtype}")
+    wave = wave.astype(np.float32)
     if not np.isfinite(wave).all():
         raise TranscribeError(f"{name}: the waveform holds NaN or infinite samples")
+    peak = float(np.abs(wave).max())
+    if peak > MAX_FLOAT_PEAK:  # integer PCM values in a float array would be scaled twice and decode as noise
+        raise TranscribeError(
+            f"{name}: float samples reach {peak:g}, expected full scale 1.0; integer PCM values as floats? "
+            "divide them by 32768 (16-bit), or pass the integer array itself"
+        )
     return wave

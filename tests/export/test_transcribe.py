@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 
+import numpy as np
 import pytest
 import soundfile as sf
 import torch
@@ -45,6 +46,8 @@ def test_files_and_waveforms_give_the_texts_decode_gives(asr, clips, tmp_path):
     assert asr(paths[1]) == want[1]  # one clip: one text
     wave, rate = sf.read(paths[2], dtype="float32")
     assert asr([torch.from_numpy(wave), str(paths[0])], sample_rate=rate) == [want[2], want[0]]
+    pcm, _ = sf.read(paths[2], dtype="int16")  # integer PCM is scaled to full scale 1.0, not read as floats
+    assert asr(pcm, sample_rate=rate) == want[2] and asr(torch.from_numpy(pcm), sample_rate=rate) == want[2]
     (row,) = asr.transcripts([paths[3]])
     assert set(row) == {"audio", "hyp", "ctc_hyp", "truncated", "windows", "duration"}
     assert (row["audio"], row["hyp"], row["windows"]) == (str(paths[3]), want[3], 1)
@@ -68,6 +71,10 @@ def test_audio_that_cannot_be_transcribed_is_named(asr, clips, tmp_path):
         asr([paths[0], corrupt])
     with pytest.raises(TranscribeError, match=r"waveform 0: expected a non-empty mono waveform \(1-D\), got shape"):
         asr(torch.zeros(2, 1600), sample_rate=16000)
+    with pytest.raises(TranscribeError, match=r"got shape \(1600, 2\) \(several channels: average them"):
+        asr(np.zeros((1600, 2), dtype=np.float32), sample_rate=16000)
+    with pytest.raises(TranscribeError, match=r"waveform 0: float samples reach \d{4,5}, expected full scale 1.0"):
+        asr(sf.read(paths[0], dtype="int16")[0].astype(np.float32), sample_rate=16000)
     with pytest.raises(TranscribeError, match="waveform 0: a waveform needs its sample_rate"):
         asr(torch.zeros(1600))
 
@@ -102,8 +109,6 @@ def test_the_command_prints_a_line_per_file_in_the_order_given(exported_dir, cli
 
 
 def test_long_audio_is_decoded_in_windows_as_decode_does(exported_dir, clips, tmp_path):
-    import numpy as np
-
     _, paths = clips
     wave = np.concatenate([sf.read(p, dtype="float32")[0] for p in paths * 2])  # about 5 s
     sf.write(tmp_path / "long.wav", wave, 16000)
