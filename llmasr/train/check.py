@@ -16,6 +16,7 @@ from pathlib import Path
 from llmasr.models.builder import build_model
 from llmasr.models.fused_kernels import check_fused_kernels
 from llmasr.run_dir import RECIPE_FILE, read_meta, resolve_resume, resume_or_start
+from llmasr.train.checkpoint_space import CheckpointSpace
 from llmasr.train.ds_config import estimate_zero_memory, resolve_ds_config, zero_stage
 from llmasr.train.engine import offloads_optimizer
 from llmasr.train.param_groups import build_param_groups, describe_param_groups
@@ -23,7 +24,7 @@ from llmasr.train.plan import plan_run
 from llmasr.train.progress import plot_lr, write_lr_csv
 from llmasr.train.resolve import check_run_settings
 from llmasr.train.resume import check_checkpoint
-from llmasr.train.run_dir import check_run_start
+from llmasr.train.run_dir import RunDirError, check_run_start
 from llmasr.train.schedulers import branch_of_group, lr_curve
 
 
@@ -143,6 +144,10 @@ def check(
         lines.append(f"  update {u} ({label}):")
         lines += [f"    {n:<{width}}  {curves[n][u]:.4e}" for n in names]
     lines += start
+    space = CheckpointSpace.estimate(tc, trainable=counts["trainable"], epochs=len(per_epoch), total=total)
+    if space.problem():
+        raise RunDirError(space.problem())
+    lines += ["checkpoints", f"  {space.line()}", *([f"  warning: {space.warning()}"] if space.warning() else [])]
     lines += [
         f"memory per rank, model states only (ZeRO stage {stage}, {tc.precision}, world size {world_size})",
         f"  params {_gb(mem['params'])}, grads {_gb(mem['grads'])}, optimizer states {_gb(mem['optimizer_states'])}"

@@ -27,8 +27,9 @@ from llmasr.models.fused_kernels import apply_fused_kernels, check_fused_kernels
 from llmasr.run_dir.files import hash_share, merge_shares, verify_ranks
 from llmasr.train import ds_config, universal
 from llmasr.train import engine as eng
+from llmasr.train.checkpoint_space import CheckpointSpace
 from llmasr.train.efficiency import WaitClock, device_peak
-from llmasr.train.engine import TrainEngine, all_gather_object, barrier, build_model_for_training
+from llmasr.train.engine import TrainEngine, all_gather_object, barrier, broadcast_object, build_model_for_training
 from llmasr.train.flops import FlopCounter
 from llmasr.train.param_groups import build_param_groups, describe_param_groups
 from llmasr.train.plan import plan_run
@@ -42,7 +43,7 @@ from llmasr.train.resolve import (
     set_rng_state,
 )
 from llmasr.train.resume import check_checkpoint, continue_schedules
-from llmasr.train.run_dir import claim_run_dir, write_run_files
+from llmasr.train.run_dir import RunDirError, claim_run_dir, write_run_files
 from llmasr.train.schedulers import build_group_schedules
 from llmasr.train.validate import validate
 from llmasr.train.window import run_window, windows
@@ -101,8 +102,20 @@ class Run:
         self.train_loader, self.sampler, self.valid_loader = self.plan.loaders
         self._log_batches()
         self._build_engine()
+        self._check_space()
         if self.resume is None:
             self._write_run_files(0)
+
+    def _check_space(self) -> None:
+        """Rank 0 decides whether the run folder holds a checkpoint of this run, for every rank (checkpoint_space)."""
+        space = CheckpointSpace.estimate(
+            self.recipe.train, trainable=self.trainable_params, epochs=len(self.per_epoch), total=self.total
+        )
+        problem = broadcast_object(space.problem() if self.rank == 0 else None)
+        if problem is not None:
+            raise RunDirError(problem, quiet=self.rank != 0)
+        if self.rank == 0 and (warning := space.warning()):
+            log.warning(warning)
 
     def _write_run_files(self, start: int) -> None:
         if self.rank == 0:
@@ -122,6 +135,8 @@ class Run:
         check_model_frontend(model, self.side.frontend)
         apply_fused_kernels(model, self.recipe.model.llm)
         self.trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+        # ZeRO-3 partitions parameters as they are made: ds_numel is the whole size, numel() this rank's zero
+        self.trainable_params = sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters() if p.requires_grad)
         groups = build_param_groups(model, optim)
         log.info("param groups:\n%s", describe_param_groups(groups))
         self.schedules = build_group_schedules(groups, optim, self.total)

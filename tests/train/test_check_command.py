@@ -141,6 +141,7 @@ def test_the_run_folder_is_checked_as_train_would_treat_it(trained, tmp_path, ca
     code, out, err = run_check(capsys, *base, "--resume")
     assert code == 0, err
     assert f"resumes {run_dir / 'checkpoints' / tag} (update 1, epoch 0) into {run_dir}" in out
+    assert re.search(r"checkpoints\n  about [\d.]+ MiB a checkpoint, up to 2 on disk at once", out)
     code, out, err = run_check(capsys, *base, "--resume", "--world-size", "2")
     assert code == 0 and "saved on 1 rank, resized to 2" in out, err
     # what training would refuse before loading a byte
@@ -148,5 +149,11 @@ def test_the_run_folder_is_checked_as_train_would_treat_it(trained, tmp_path, ca
     assert code == 2 and "cannot change on resume" in err and "train.seed:" in err and "-> 7" in err
     code, _, err = run_check(capsys, *[a if a != "zero2" else "zero3" for a in base], "--resume")
     assert code == 2 and "saved at ZeRO stage 2, this run uses 3" in err
+    import llmasr.train.checkpoint_space as space
+
+    with pytest.MonkeyPatch.context() as mp:  # a disk that cannot take one checkpoint of the run
+        mp.setattr(space, "free_bytes", lambda path: 1000)
+        code, _, err = run_check(capsys, *base, "--resume")
+    assert code == 2 and "free, and a checkpoint of this run takes about" in err
     code, _, err = run_check(capsys, *base, "--resume", "update_00000099")
     assert code == 2 and "--resume update_00000099: neither a checkpoint folder nor a tag" in err

@@ -1,0 +1,79 @@
+"""Disk space for a run's checkpoints, checked before the first update.
+
+A checkpoint holds the trained tensors only (frozen base weights are read again from the recipe's paths): each
+trained parameter in the training dtype, plus the optimizer's fp32 master copy and Adam's two moments. A run whose
+folder cannot hold one would fail at its first save, an epoch or `train.save_every_updates` into the run; one that
+cannot hold as many as rotation keeps would fail later. `llmasr train` refuses the first and warns of the second;
+`llmasr check` prints both numbers.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+# Per trained parameter, besides its own copy: ZeRO's fp32 master partition and Adam's exp_avg and exp_avg_sq
+# (plain torch Adam under ZeRO-0 in fp32 keeps 8: the estimate errs on the side of more).
+OPTIMIZER_BYTES = 12
+WEIGHT_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
+
+
+def _gib(n: float) -> str:
+    return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
+
+
+def free_bytes(path: Path) -> int:
+    """Free bytes on the file system `path` is (or, not made yet, would be) on."""
+    path = Path(path).absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return shutil.disk_usage(path).free
+
+
+@dataclass(frozen=True)
+class CheckpointSpace:
+    run_dir: Path
+    per_checkpoint: int  # bytes, estimated
+    most_kept: int  # checkpoints on disk at once at most (rotation's, with the one being written)
+    free: int  # bytes free on the run folder's file system
+
+    @classmethod
+    def estimate(cls, train_cfg, *, trainable: int, epochs: int, total: int) -> CheckpointSpace:
+        """For a run of `train_cfg` (train.*) training `trainable` parameters in `total` updates over `epochs`
+        epochs: a save at every epoch end and every save_every_updates (an upper bound on the count)."""
+        per = trainable * (WEIGHT_BYTES[train_cfg.precision] + OPTIMIZER_BYTES)
+        every = train_cfg.save_every_updates
+        saves = max(1, epochs + (total // every if every else 0))
+        kept = saves if train_cfg.keep_last == 0 else min(saves, train_cfg.keep_last + train_cfg.best_k + 1)
+        run_dir = Path(train_cfg.output_dir)
+        return cls(run_dir, per, kept, free_bytes(run_dir))
+
+    @property
+    def needed(self) -> int:
+        return self.per_checkpoint * self.most_kept
+
+    def line(self) -> str:
+        return (
+            f"about {_gib(self.per_checkpoint)} a checkpoint, up to {self.most_kept} on disk at once "
+            f"({_gib(self.needed)}); {_gib(self.free)} free at {self.run_dir}"
+        )
+
+    def problem(self) -> str | None:
+        """Why the run cannot start here (its first save would not fit), or None."""
+        if self.free >= self.per_checkpoint:
+            return None
+        return (
+            f"{self.run_dir}: {_gib(self.free)} free, and a checkpoint of this run takes about "
+            f"{_gib(self.per_checkpoint)}: the first save would fail. Free space there or set another "
+            "train.output_dir"
+        )
+
+    def warning(self) -> str | None:
+        """What to do when the first save fits but rotation's worth of checkpoints does not, or None."""
+        if self.free >= self.needed:
+            return None
+        return (
+            f"checkpoints: {self.line()}: a later save may fail for lack of space; lower train.keep_last / "
+            "train.best_k, or free space there"
+        )

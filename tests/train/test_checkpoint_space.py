@@ -1,0 +1,76 @@
+"""Disk space for checkpoints (llmasr.train.checkpoint_space): the estimate is the size a real save writes, a run
+whose folder cannot hold one checkpoint is refused before its first update, and one that cannot hold rotation's
+worth is warned of; `llmasr check` prints the same numbers."""
+
+from __future__ import annotations
+
+import logging
+from types import SimpleNamespace
+
+import pytest
+
+import llmasr.train.checkpoint_space as space_mod
+from llmasr.train.checkpoint_space import CheckpointSpace
+from llmasr.train.run_dir import RunDirError
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    from llmasr.testing.run_dirs import model_section
+    from llmasr.testing.tiny_corpus import write_tiny_corpus
+    from llmasr.testing.tiny_funasr import tiny_sanm_conf, write_funasr_dir
+    from llmasr.testing.tiny_llm import write_tiny_llm_dir
+
+    root = tmp_path_factory.mktemp("space")
+    llm, enc = write_tiny_llm_dir(root / "llm"), write_funasr_dir(root / "enc", encoder_conf=tiny_sanm_conf())
+    return model_section(llm, enc), write_tiny_corpus(root / "corpus", n=8)
+
+
+def _train_cfg(**kw):
+    cfg = {"precision": "fp32", "save_every_updates": 0, "keep_last": 3, "best_k": 1, "output_dir": "/tmp"}
+    return SimpleNamespace(**{**cfg, **kw})
+
+
+def test_how_many_checkpoints_rotation_keeps_at_once():
+    one = CheckpointSpace.estimate(_train_cfg(), trainable=1000, epochs=10, total=500)
+    assert one.per_checkpoint == 1000 * (4 + 12) and one.most_kept == 5  # keep_last 3 + best 1 + the one written
+    assert CheckpointSpace.estimate(_train_cfg(precision="bf16"), trainable=1000, epochs=1, total=5).per_checkpoint == (
+        1000 * 14
+    )
+    assert CheckpointSpace.estimate(_train_cfg(), trainable=1, epochs=2, total=50).most_kept == 2  # only 2 saves
+    keep_all = _train_cfg(keep_last=0, save_every_updates=10)
+    assert CheckpointSpace.estimate(keep_all, trainable=1, epochs=2, total=50).most_kept == 2 + 5
+
+
+@pytest.mark.parametrize("preset", ["zero0", "zero2"])
+def test_the_estimate_is_what_a_save_writes(base, tmp_path, preset):
+    from llmasr.testing.run_dirs import train_run
+
+    run = train_run(tmp_path / "run", *base[:1], base[1], preset=preset)
+    tag_dir = next(p for p in (run.run_dir / "checkpoints").iterdir() if p.name.startswith("update_"))
+    written = sum(f.stat().st_size for f in tag_dir.iterdir() if f.name.endswith(".pt"))
+    trainable = sum(t.numel() for t in run.trained.values())
+    estimate = CheckpointSpace.estimate(run.recipe.train, trainable=trainable, epochs=1, total=1).per_checkpoint
+    # ZeRO keeps 12 bytes of optimizer state a parameter, plain Adam 8; pickling adds a little per tensor
+    assert 0.7 * estimate <= written <= 1.25 * estimate, (written, estimate)
+
+
+def test_a_folder_that_cannot_hold_one_checkpoint_is_refused_before_training(base, tmp_path, monkeypatch):
+    from llmasr.testing.run_dirs import train_run
+
+    monkeypatch.setattr(space_mod, "free_bytes", lambda path: 4096)
+    with pytest.raises(RunDirError, match=r"0.0 MiB free, and a checkpoint of this run takes about .* first save"):
+        train_run(tmp_path / "run", *base[:1], base[1], preset="zero2")
+    assert not any((tmp_path / "run" / "checkpoints").glob("update_*"))
+
+
+def test_too_little_for_rotation_is_warned_of(base, tmp_path, monkeypatch, caplog):
+    from llmasr.models.builder import build_model
+    from llmasr.testing.run_dirs import train_run
+
+    model = build_model(base[0], weights="meta")
+    per = 16 * sum(p.numel() for p in model.parameters() if p.requires_grad)  # fp32 weights + optimizer states
+    monkeypatch.setattr(space_mod, "free_bytes", lambda path: int(1.5 * per))  # one fits, the run's two saves do not
+    with caplog.at_level(logging.WARNING, logger="llmasr.train"):
+        train_run(tmp_path / "run", *base[:1], base[1], preset="zero2", keep_last=3, best_k=1, save_every_updates=1)
+    assert "a later save may fail for lack of space; lower train.keep_last" in caplog.text
