@@ -7,6 +7,7 @@ import json
 import subprocess
 
 import pytest
+import torch
 
 from llmasr.commands.decode import main
 from llmasr.export.decode import DecodeOptions, decode_loader
@@ -67,7 +68,9 @@ def test_two_ranks_write_what_one_process_writes(exported_dir, manifest, tmp_pat
     assert len((two / "hyp.txt").read_text().splitlines()) == len(TEXTS) + 1
 
 
-def test_the_world_comes_from_the_launcher_and_each_rank_takes_its_own_gpu():
+def test_the_world_comes_from_the_launcher_and_each_rank_takes_its_own_gpu(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # a node of two GPUs, as the launcher sees it
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     assert DecodeWorld.from_env({}) == DecodeWorld(0, 1, 0)
     world = DecodeWorld.from_env({"RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "1"})
     assert world == DecodeWorld(3, 4, 1) and not world.leader
