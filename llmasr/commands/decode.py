@@ -40,6 +40,7 @@ DECODE_FLAGS = {
     "window_overlap": "window_overlap",
     "window_split_pause": "window_split_pause",
     "hotword_boost": "hotword_boost",
+    "timestamps": "timestamps",
 }
 
 
@@ -81,6 +82,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="where fbank features are computed: loader workers, the model's device, or auto (device on a GPU)",
     )  # fmt: skip
     p.add_argument("--ctc", action="store_true", help="also write the CTC branch's greedy transcripts to OUTPUT/ctc/")
+    p.add_argument(
+        "--timestamps", action="store_true", default=None,
+        help="word times in results.jsonl (`timestamps`: [word, start s, end s] each), the transcript force-aligned "
+        "to the CTC head's frames",
+    )  # fmt: skip
     p.add_argument(
         "--hotwords", metavar="FILE",
         help="biasing list for every line without its own `hotwords` field (UTF-8, one phrase a line; a line's own "

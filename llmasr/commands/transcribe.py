@@ -1,9 +1,11 @@
-"""`llmasr transcribe --model DIR | --checkpoint RUN_DIR AUDIO... [--hotwords FILE] [--beam N] [--device D]`: print
-each audio file's transcript, one "AUDIO<TAB>TEXT" line per file in the order given (llmasr.export.transcribe)."""
+"""`llmasr transcribe --model DIR | --checkpoint RUN_DIR AUDIO... [--hotwords FILE] [--beam N] [--device D]
+[--timestamps]`: print each audio file's transcript, one "AUDIO<TAB>TEXT" line per file in the order given
+(llmasr.export.transcribe); with --timestamps one JSON line per file with its words' times."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 
@@ -25,6 +27,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hotwords", metavar="FILE", help="biasing list for every file (UTF-8, one phrase a line)")
     p.add_argument("--beam", type=int, default=None, help="beam size (default: the model's decode settings)")
     p.add_argument("--ctc-weight", type=float, default=None, help="CTC guidance weight (default: the model's)")
+    p.add_argument(
+        "--timestamps", action="store_true",
+        help='one JSON line per file instead: {"audio", "text", "timestamps": [[word, start s, end s], ...]} (word '
+        "times from the CTC head)",
+    )  # fmt: skip
     return p
 
 
@@ -41,16 +48,20 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as err:
         print(f"llmasr transcribe: error: --device: {err}", file=sys.stderr)
         return 2
-    given = {"num_beams": args.beam, "ctc_weight": args.ctc_weight}
+    given = {"num_beams": args.beam, "ctc_weight": args.ctc_weight, "timestamps": args.timestamps or None}
     try:
         asr = Transcriber.load(
             args.model, checkpoint=args.checkpoint, tag=args.tag, device=device, dtype=args.dtype,
             trust_remote_code=args.trust_remote_code, **{k: v for k, v in given.items() if v is not None},
         )  # fmt: skip
-        texts = asr(args.audio, hotwords=hotwords)
+        rows = asr.transcripts(args.audio, hotwords=hotwords)
     except (CheckpointError, ExportedModelError, FileNotFoundError, ConfigError, TranscribeError) as err:
         print(f"llmasr transcribe: error: {err}", file=sys.stderr)
         return 1
-    for path, text in zip(args.audio, texts):
-        print(f"{path}\t{text}")
+    for path, row in zip(args.audio, rows):
+        if args.timestamps:
+            times = None if row["timestamps"] is None else [list(w) for w in row["timestamps"]]
+            print(json.dumps({"audio": path, "text": row["hyp"], "timestamps": times}, ensure_ascii=False))
+        else:
+            print(f"{path}\t{row['hyp']}")
     return 0

@@ -210,6 +210,12 @@ def join_pair(left: str, right: str, max_tokens: int) -> str:
     EDGE_TOKENS before the end of `left` and starts at most EDGE_TOKENS into `right` (both windows heard the overlap
     at their edges; a word cut at an edge may come out as a stray token), ties going to the run nearest the seam.
     `left` is kept up to the run's end and `right` from just after it; with no such run both are kept whole."""
+    cut = seam(left, right, max_tokens)
+    return _glue(left, right) if cut is None else _glue(left[: cut[0]], right[cut[1] :])
+
+
+def seam(left: str, right: str, max_tokens: int) -> tuple[int, int] | None:
+    """Where join_pair cuts: (characters of `left` kept, characters of `right` dropped), None to keep both whole."""
     a = list(_TOKEN.finditer(left))[-max_tokens:] if max_tokens > 0 else []
     b = list(_TOKEN.finditer(right))[:max_tokens] if max_tokens > 0 else []
     na, nb = [_norm(m.group()) for m in a], [_norm(m.group()) for m in b]
@@ -225,9 +231,9 @@ def join_pair(left: str, right: str, max_tokens: int) -> str:
                 key = (length, -(after + before), i, j)
                 best = key if best is None or key > best else best
     if best is None:
-        return _glue(left, right)
+        return None
     _, _, i, j = best
-    return _glue(left[: a[i - 1].end()], right[b[j - 1].end() :])
+    return a[i - 1].end(), b[j - 1].end()
 
 
 def join_texts(texts: list[str], overlapped: list[bool], overlap: float) -> str:
@@ -240,3 +246,24 @@ def join_texts(texts: list[str], overlapped: list[bool], overlap: float) -> str:
     for text, shared in zip(texts[1:], overlapped[1:]):
         out = join_pair(out, text, max_tokens) if shared else _glue(out, text)
     return out
+
+
+def join_words(
+    texts: list[str], words: list[list | None], starts: list[float], overlapped: list[bool], overlap: float
+) -> list | None:
+    """The timed units (unit, start s, end s; llmasr.models.ctc_align) of join_texts' text: each window's `words`
+    (one per token of its text, in window time) moved by its `starts` seconds into the utterance, cut where
+    join_texts cuts the texts. None when a window has none."""
+    if any(w is None or len(w) != len(_TOKEN.findall(t)) for t, w in zip(texts, words)):
+        return None
+    words = [[(u, round(a + s, 3), round(b + s, 3)) for u, a, b in w] for w, s in zip(words, starts)]
+    max_tokens = math.ceil(TOKENS_PER_SECOND * overlap) + 1
+    out, timed = texts[0], list(words[0])
+    for text, ws, shared in zip(texts[1:], words[1:], overlapped[1:]):
+        cut = seam(out, text, max_tokens) if shared else None
+        if cut is None:
+            out, timed = _glue(out, text), timed + list(ws)
+            continue
+        kept, dropped = len(_TOKEN.findall(out[: cut[0]])), len(_TOKEN.findall(text[: cut[1]]))
+        out, timed = _glue(out[: cut[0]], text[cut[1] :]), timed[:kept] + list(ws[dropped:])
+    return timed

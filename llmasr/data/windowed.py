@@ -21,7 +21,7 @@ import numpy as np
 
 from llmasr.data.audio import AudioError, load_audio
 from llmasr.data.bad_data import BadDataTracker
-from llmasr.data.long_audio import Window, join_texts, plan_windows
+from llmasr.data.long_audio import Window, join_texts, join_words, plan_windows
 from llmasr.data.records import BadRecord
 
 log = logging.getLogger("llmasr.data")
@@ -119,6 +119,10 @@ def utterance_rows(items: dict[int, dict], manifest, overlap: float) -> list[dic
         got = [items[j] for j in parts]  # item order is window order
         flags = [w.overlapped for w in windows]
         ctc = None if got[0]["ctc_hyp"] is None else join_texts([g["ctc_hyp"] for g in got], flags, overlap)
+        if "timestamps" in got[0]:  # each window's times from its own start, then cut where the texts are cut
+            starts = [(w.start - windows[0].start) / manifest.sample_rate for w in windows]
+            timed = join_words([g["hyp"] for g in got], [g["timestamps"] for g in got], starts, flags, overlap)
+            got[0] = {**got[0], "timestamps": timed}
         rows.append({
             **got[0], "hyp": join_texts([g["hyp"] for g in got], flags, overlap), "ctc_hyp": ctc,
             "truncated": next((g["truncated"] for g in got if g["truncated"]), None),

@@ -139,7 +139,13 @@ def search_boost(model, cfg: DecodeConfig, opts: DecodeOptions) -> float:
     """The hotword boost `cfg` searches `model` with, once it is known that `cfg` can decode `model`: ConfigError for
     CTC guidance or a boost the model cannot take, DecodeError for long-audio windows it cannot make."""
     llm_vocab = isinstance(getattr(model, "ctc_tokenizer", None), LLMCTCTokenizer)
-    boost = cfg.boost(cfg.guidance(getattr(model, "ctc_head", None) is not None, llm_vocab), llm_vocab)
+    has_head = getattr(model, "ctc_head", None) is not None
+    boost = cfg.boost(cfg.guidance(has_head, llm_vocab), llm_vocab)
+    if cfg.timestamps and not has_head:
+        raise ConfigError(
+            "decode.timestamps: word times come from the CTC head's frames, and this model has none (trained with "
+            "model.ctc.weight 0)"
+        )
     window_limit(model, cfg, opts)
     return boost
 
@@ -226,6 +232,8 @@ def transcribe_loader(model, loader: SpeechDataLoader, cfg: DecodeConfig, device
             rows[idx]["index"] = int(idx)
             rows[idx]["truncated"] = got.truncated[i]
             rows[idx].update(hotwords=list(batch.hotwords[i]), hotwords_dropped=int(batch.hotwords_dropped[i]))
+            if got.timestamps is not None:
+                rows[idx]["timestamps"] = got.timestamps[i]
     return rows, mode
 
 

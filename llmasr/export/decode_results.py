@@ -152,6 +152,8 @@ def _write_results(out_dir: Path, rows: list[dict], hyp_key: str, metric: str, *
             rec.update(duration=round(r["duration"], 4), wer=None if s is None else s.rate, windows=r.get("windows", 1))
             if "truncated" in r and hyp_key == "hyp":
                 rec["truncated"] = r["truncated"]
+            if "timestamps" in r and hyp_key == "hyp":  # decode.timestamps: [unit, start s, end s] each, or null
+                rec["timestamps"] = None if r["timestamps"] is None else [list(w) for w in r["timestamps"]]
             rec.update(hotwords=list(r.get("hotwords") or []), hotwords_dropped=int(r.get("hotwords_dropped") or 0))
             if "hotwords_scored" in r:
                 rec["hotwords_scored"] = list(r["hotwords_scored"])

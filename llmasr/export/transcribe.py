@@ -79,8 +79,8 @@ class Transcriber:
                 why = "; ".join(f"{names[int(b['key'])]}: {b['reason']}" for b in bad)
                 raise TranscribeError(f"cannot transcribe {len(bad)} of {len(names)} clips: {why}")
             rows = utterance_rows(items, loader.dataset.manifest, self.cfg.window_overlap)
-        keep = ("hyp", "ctc_hyp", "truncated", "windows", "duration")
-        return [{"audio": names[int(r["key"])], **{k: r[k] for k in keep}} for r in rows]
+        keep = ("hyp", "ctc_hyp", "truncated", "windows", "duration", "timestamps")
+        return [{"audio": names[int(r["key"])], **{k: r[k] for k in keep if k in r}} for r in rows]
 
 
 def _manifest(audio: list, sample_rate, hotwords, tmp: Path) -> tuple[list[str], Path]:

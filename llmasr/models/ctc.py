@@ -55,6 +55,11 @@ class CTCTokenizer:
         """Raw frame-wise (argmax) ids -> text: repeats merged, blanks dropped."""
         return self.decode(ctc_collapse(ids, self.blank_id))
 
+    def encode_unit(self, unit: str, spaced: bool) -> tuple[list[int], list[int]]:
+        """One unit of a transcript (a word, or a character of a script written without spaces) spelled as in running
+        text, after a space when `spaced`: (its labels, the word-separator labels before it)."""
+        return self.encode((" " if spaced else "") + unit), []
+
 
 class LLMCTCTokenizer(CTCTokenizer):
     """The LLM's own (Hugging Face) tokenizer, with the blank appended after its last id."""
@@ -124,6 +129,10 @@ class TokenListCTCTokenizer(CTCTokenizer):
             else:
                 ids.extend(self._char_id(ch, word) for ch in word)
         return ids
+
+    def encode_unit(self, unit: str, spaced: bool) -> tuple[list[int], list[int]]:
+        sep = [self.index[self.sep]] if spaced and self.sep is not None else []
+        return self.encode(unit), sep
 
     def decode(self, ids: Sequence[int]) -> str:
         pieces = [self.tokens[int(i)] for i in ids if int(i) != self.blank_id and 0 <= int(i) < len(self.tokens)]

@@ -51,6 +51,9 @@ class DecodeConfig:
     # the hypothesis completes; 0 = the list is only in the prompt; None = AUTO_HOTWORD_BOOST when the search is
     # CTC prefix-guided (the audio then keeps a boosted phrase out unless it is heard), else 0.
     hotword_boost: float | None = None
+    # Word timestamps (models.ctc_align): the transcript force-aligned to the CTC head's frames, per word (or
+    # character of a script without spaces); needs a CTC head.
+    timestamps: bool = False
 
     def validate(self, path: str) -> None:
         if self.num_beams < 1:
@@ -140,8 +143,8 @@ class DecodeConfig:
 
     def greedy(self, **changes) -> DecodeConfig:
         """This configuration as validation decodes: greedy search with neither repetition penalty nor n-gram
-        blocking (their defaults); length cap and metric as set here; `changes` on top."""
-        plain = {"num_beams": 1, "repetition_penalty": DecodeConfig.repetition_penalty}
+        blocking (their defaults) nor timestamps; length cap and metric as set here; `changes` on top."""
+        plain = {"num_beams": 1, "repetition_penalty": DecodeConfig.repetition_penalty, "timestamps": False}
         plain["no_repeat_ngram_size"] = DecodeConfig.no_repeat_ngram_size
         return dataclasses.replace(self, **{**plain, **changes})
 
@@ -176,3 +179,6 @@ class Transcripts:
     # Per utterance: which guard ended its LLM hypothesis (decode_guards.MAX_TOKENS / REPETITION) or None.
     truncated: list[str | None] | None = None
     mode: str = ""  # DecodeConfig.mode of the search that made `llm`
+    # With DecodeConfig.timestamps: per utterance, the (unit, start s, end s) of `llm`'s units, or None where the
+    # CTC alignment could not spell or fit them.
+    timestamps: list | None = None

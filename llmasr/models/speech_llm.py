@@ -19,6 +19,7 @@ from llmasr.data.batch import Batch
 from llmasr.data.device_features import DeviceFeatures
 from llmasr.data.frontend import FrontendConfig
 from llmasr.models.ctc import LLMCTCTokenizer, ctc_greedy, ctc_loss
+from llmasr.models.ctc_align import align_words
 from llmasr.models.ctc_compress import ctc_compress
 from llmasr.models.ctc_guidance import CTCPrefixGuide, rescore_nbest
 from llmasr.models.ctc_prefix import CTCPrefixScorer
@@ -219,7 +220,14 @@ class SpeechLLM(nn.Module):
         rows, truncated, mode = self._search(merged, batch.feat_lens, cfg, generate_kwargs, ctc, batch.hotwords)
         llm = [self.prompt.decode(ids) for ids in rows]
         ctc_texts = None if ctc is None else self.ctc_texts(log_probs, enc_lens)
-        return Transcripts(llm, ctc_texts, truncated, mode)
+        times = None
+        if cfg.timestamps and ctc is not None:
+            shifts = batch.feat_lens.double() * self.frontend.frame_seconds / enc_lens.clamp(min=1).double()
+            times = [
+                align_words(self.ctc_tokenizer, text, log_probs[i, : int(enc_lens[i])], float(shifts[i]))
+                for i, text in enumerate(llm)
+            ]
+        return Transcripts(llm, ctc_texts, truncated, mode, times)
 
     @torch.no_grad()
     def generate(self, batch: Batch, **settings) -> list[str]:

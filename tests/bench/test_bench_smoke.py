@@ -296,3 +296,18 @@ def test_hotword_boost_chooses_the_lowest_wer_within_the_leak_and_u_wer_limits(t
     res = json.loads((tmp_path / "h.json").read_text())
     assert [r["boost"] for r in res["runs"]] == [0, 2] and res["runs"][0]["distractors"] > 0
     assert "Reproduce: `python bench/hotword_boost.py --quick --boosts 0 2`" in capsys.readouterr().out
+
+
+def test_timestamps_quick_measures_single_clips_and_joined_ones(tmp_path, capsys):
+    import timestamps
+
+    assert timestamps.main(["--quick", "--json-out", str(tmp_path / "t.json")]) == 0
+    res = json.loads((tmp_path / "t.json").read_text())
+    single, long = res["single"], res["long"]
+    assert (
+        single["clips"] == 6 and single["unaligned"] + single["first_start"]["n"] + single["other_word"]["first"] == 6
+    )
+    assert {"median_s", "mean_abs_s", "p90_abs_s"} <= set(single["first_start"]) or single["first_start"]["n"] == 0
+    assert long["utterances"] == 1 and long["clips"] == 6 and long["windows"] >= 1
+    assert res["command"] == "python bench/timestamps.py --quick"
+    assert "first word start - speech onset" in capsys.readouterr().out

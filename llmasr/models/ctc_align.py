@@ -1,0 +1,97 @@
+"""Word timestamps: the LLM's transcript force-aligned to the CTC head's frames.
+
+The LLM writes text without times; the CTC head, trained on the same encoder output, says at which frames each
+label is heard. The transcript's units (words, and each character of scripts written without spaces: the tokens
+that long-audio joining works on, llmasr.data.long_audio) are encoded in the CTC vocabulary one by one, and the
+best CTC path that spells exactly that label sequence (Viterbi over the usual blank-interleaved states) gives each
+unit the frames of its labels: start at its first label's first frame, end after its last label's last frame.
+A unit the vocabulary cannot spell, or a transcript longer than the frames can hold, gets no times (None).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from llmasr.data.long_audio import _TOKEN
+from llmasr.models.ctc import CTCTokenizer
+
+Word = tuple[str, float, float]  # (unit, start seconds, end seconds)
+
+
+def unit_labels(tokenizer: CTCTokenizer, text: str) -> tuple[list[str], list[int], list[int]] | None:
+    """(units of `text`, their CTC labels in order, the unit each label belongs to: -1 for a word separator), or
+    None when the vocabulary cannot spell a unit."""
+    units, labels, owner = [], [], []
+    for k, m in enumerate(_TOKEN.finditer(text)):
+        spaced = m.start() > 0 and text[m.start() - 1].isspace()
+        try:
+            ids, sep = tokenizer.encode_unit(m.group(), spaced)
+        except ValueError:  # a character outside a token list without <unk>
+            return None
+        if not ids:
+            return None
+        units.append(m.group())
+        labels += sep + ids
+        owner += [-1] * len(sep) + [k] * len(ids)
+    return units, labels, owner
+
+
+def viterbi_path(log_probs: np.ndarray, labels: list[int], blank: int) -> np.ndarray | None:
+    """The state of every frame on the best CTC path of `labels` through `log_probs` [T, V] (numpy, one
+    utterance): state 2i+1 is label i, even states are blanks. None when T frames cannot hold the labels."""
+    t_len, n = log_probs.shape[0], len(labels)
+    lab = np.asarray(labels, dtype=np.int64)
+    need = n + int(np.sum(lab[1:] == lab[:-1])) if n else 0  # a repeated label needs a blank between
+    if t_len < max(need, 1):
+        return None
+    states = np.full(2 * n + 1, blank, dtype=np.int64)
+    states[1::2] = lab
+    emit = log_probs[:, states]  # [T, S]
+    s_len = states.size
+    skip = np.zeros(s_len, dtype=bool)  # s may come from s-2: a label after a different label
+    skip[3::2] = lab[1:] != lab[:-1]
+    score = np.full(s_len, -np.inf)
+    score[:2] = emit[0, :2]
+    back = np.zeros((t_len, s_len), dtype=np.int8)  # how far back the best predecessor lies: 0, 1 or 2
+    choices = np.full((3, s_len), -np.inf)  # from the same state, the one before, the one two before
+    for t in range(1, t_len):
+        choices[0], choices[1, 1:], choices[2, 2:] = score, score[:-1], score[:-2]
+        choices[2, ~skip] = -np.inf
+        back[t] = np.argmax(choices, axis=0)
+        score = choices[back[t], np.arange(s_len)] + emit[t]
+    end = s_len - 1 if s_len == 1 or score[-1] >= score[-2] else s_len - 2
+    if not math.isfinite(score[end]):
+        return None
+    path = np.empty(t_len, dtype=np.int64)
+    for t in range(t_len - 1, -1, -1):
+        path[t] = end
+        end -= back[t, end]
+    return path
+
+
+def align_words(tokenizer: CTCTokenizer, text: str, log_probs: torch.Tensor, frame_seconds: float) -> list[Word] | None:
+    """`text`'s units with (start, end) seconds from one utterance's CTC log-probs [T, V] (its valid frames), or
+    None when it cannot be aligned. Only the label columns leave the device."""
+    spelled = unit_labels(tokenizer, text)
+    if spelled is None:
+        return None
+    units, labels, owner = spelled
+    if not units:
+        return []
+    columns = sorted(set(labels) | {tokenizer.blank_id})
+    index = {c: i for i, c in enumerate(columns)}
+    picked = log_probs[:, columns].float().cpu().numpy()
+    path = viterbi_path(picked, [index[c] for c in labels], index[tokenizer.blank_id])
+    if path is None:
+        return None
+    first, last = [-1] * len(units), [-1] * len(units)
+    for t, state in enumerate(path.tolist()):
+        if state % 2:
+            k = owner[state // 2]
+            if k >= 0:
+                first[k] = t if first[k] < 0 else first[k]
+                last[k] = t
+    return [(u, round(a * frame_seconds, 3), round((b + 1) * frame_seconds, 3)) for u, a, b in zip(units, first, last)]

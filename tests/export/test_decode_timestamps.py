@@ -1,0 +1,90 @@
+"""Word timestamps through the decode path (`decode.timestamps`, `llmasr decode --timestamps`, `llmasr transcribe
+--timestamps`): every row's words are its transcript's units in order with times inside its audio, long audio's
+windows put theirs in utterance time, and a model without a CTC head is refused."""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from llmasr.commands.decode import main as decode_main
+from llmasr.commands.transcribe import main as transcribe_main
+from llmasr.config_io import ConfigError
+from llmasr.data.long_audio import _TOKEN
+from llmasr.export.decode import DecodeOptions, decode_manifest, search_boost
+from llmasr.models.decoding import DecodeConfig
+from llmasr.testing.run_dirs import write_corpus
+
+TEXTS = ["zero one two", "three four", "five six seven eight", "nine"]
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    root = tmp_path_factory.mktemp("timestamps")
+    manifest = write_corpus(root, TEXTS)
+    waves = [sf.read(root / "wav" / f"test{i}.wav", dtype="float32")[0] for i in range(len(TEXTS))]
+    gap = np.zeros(8000, dtype=np.float32)
+    long = np.concatenate([w for wave in waves for w in (wave, gap)])  # about 5 s: windows of at most 2 s
+    sf.write(root / "long.wav", long, 16000, subtype="FLOAT")
+    (root / "long.jsonl").write_text(json.dumps({"key": "long", "source": "long.wav", "target": " ".join(TEXTS)}))
+    return manifest, root / "long.jsonl", len(long) / 16000
+
+
+def _check_words(row: dict, duration: float) -> None:
+    """Units and times of a row, where it has them (None: its text could not be spelled or fit in the CTC frames:
+    the tiny model writes byte-level noise, some of it more labels than the frames can hold)."""
+    words = row["timestamps"]
+    if words is None:
+        return
+    assert [w[0] for w in words] == _TOKEN.findall(row["hyp"])
+    starts = [w[1] for w in words]
+    assert starts == sorted(starts) and all(0 <= a < b <= duration + 0.2 for _, a, b in words), words
+
+
+def test_rows_carry_their_words_times_and_only_when_asked(model, corpus, tmp_path):
+    manifest, _, _ = corpus
+    cfg = DecodeConfig(max_new_tokens=4, timestamps=True)
+    decode_manifest(model, manifest, tmp_path / "on", cfg, DecodeOptions(num_workers=0))
+    rows = [json.loads(line) for line in open(tmp_path / "on" / "results.jsonl")]
+    assert sum(bool(r["timestamps"]) for r in rows) >= 2  # not only empty or unalignable transcripts
+    for r in rows:
+        _check_words(r, r["duration"])
+    decode_manifest(model, manifest, tmp_path / "off", DecodeConfig(max_new_tokens=4), DecodeOptions(num_workers=0))
+    off = [json.loads(line) for line in open(tmp_path / "off" / "results.jsonl")]
+    assert all("timestamps" not in r for r in off) and [r["words"] for r in off] == [r["words"] for r in rows]
+    assert [r["hyp"] for r in off] == [r["hyp"] for r in rows]
+
+
+def test_windows_put_their_words_in_utterance_time(model, corpus, tmp_path):
+    _, long, seconds = corpus
+    cfg = DecodeConfig(max_new_tokens=4, timestamps=True, max_window_seconds=2.0, window_overlap=0.5)
+    decode_manifest(model, long, tmp_path / "o", cfg, DecodeOptions(num_workers=0))
+    (row,) = [json.loads(line) for line in open(tmp_path / "o" / "results.jsonl")]
+    assert row["windows"] >= 3
+    _check_words(row, seconds)
+    assert row["timestamps"] and row["timestamps"][-1][1] > 2.0  # a later window's words are not in its own time
+
+
+def test_the_commands_write_and_print_words(exported_dir, corpus, tmp_path, capsys):
+    manifest, _, _ = corpus
+    args = ["--model", str(exported_dir), "--data", str(manifest), "--output", str(tmp_path / "o")]
+    assert decode_main([*args, "--timestamps", "--max-new-tokens", "4"]) == 0
+    rows = [json.loads(line) for line in open(tmp_path / "o" / "results.jsonl")]
+    assert all("timestamps" in r for r in rows) and any(r["timestamps"] for r in rows)
+    capsys.readouterr()
+    clip = str(manifest.parent / "wav" / "test0.wav")
+    assert transcribe_main(["--model", str(exported_dir), "--timestamps", clip]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["audio"] == clip and set(printed) == {"audio", "text", "timestamps"}
+    _check_words({"hyp": printed["text"], "timestamps": printed["timestamps"]}, sf.info(clip).duration)
+
+
+def test_a_model_without_a_ctc_head_is_refused():
+    headless = SimpleNamespace(ctc_head=None, ctc_tokenizer=None, frontend=SimpleNamespace(kind="fbank"))
+    with pytest.raises(ConfigError, match="decode.timestamps: word times come from the CTC head's frames"):
+        search_boost(headless, DecodeConfig(timestamps=True), DecodeOptions())
+    assert search_boost(headless, DecodeConfig(), DecodeOptions()) == 0.0

@@ -1,0 +1,92 @@
+"""Word timestamps (llmasr.models.ctc_align): the Viterbi path is the best CTC path of the labels (against every path
+enumerated), units are spelled in each kind of CTC vocabulary, spikes become word times, and windows' times join
+where their texts join (llmasr.data.long_audio.join_words)."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+
+from llmasr.data.long_audio import join_texts, join_words
+from llmasr.models.ctc import build_ctc_tokenizer, ctc_collapse
+from llmasr.models.ctc_align import align_words, unit_labels, viterbi_path
+from tests.models.test_ctc import hf_tokenizer
+
+
+def _path_score(lp, path):
+    return sum(lp[t, s] for t, s in enumerate(path))
+
+
+@pytest.mark.parametrize("labels", [[1], [1, 2], [1, 1], [2, 1, 2], [1, 1, 2]])
+@pytest.mark.parametrize("seed", range(3))
+def test_the_viterbi_path_is_the_best_path_that_spells_the_labels(labels, seed):
+    rng = np.random.default_rng(seed)
+    t_len, vocab, blank = 6, 3, 0
+    lp = np.log(rng.dirichlet(np.ones(vocab), size=t_len))
+    best = max(
+        (_path_score(lp, p), p)
+        for p in itertools.product(range(vocab), repeat=t_len)
+        if ctc_collapse(p, blank) == labels
+    )
+    states = viterbi_path(lp, labels, blank)
+    symbols = [blank if s % 2 == 0 else labels[s // 2] for s in states]
+    assert ctc_collapse(symbols, blank) == labels
+    assert _path_score(lp, symbols) == pytest.approx(best[0])
+    assert list(np.diff(states)) == [d for d in np.diff(states) if 0 <= d <= 2]  # states only move forward
+
+
+def test_frames_too_few_for_the_labels_give_no_path():
+    lp = np.log(np.full((3, 3), 1 / 3))
+    assert viterbi_path(lp, [1, 1, 2], blank=0) is None  # 1 _ 1 2 needs four frames
+    assert viterbi_path(lp, [1, 2, 1], blank=0) is not None
+    assert viterbi_path(lp, [], blank=0).tolist() == [0, 0, 0]
+
+
+def _spikes(t_len: int, vocab: int, blank: int, where: dict[int, int]) -> torch.Tensor:
+    """Log-probs that are blank everywhere but label where[t] at frame t."""
+    p = np.full((t_len, vocab), 0.01 / (vocab - 1))
+    p[:, blank] = 0.99
+    for t, label in where.items():
+        p[t] = 0.01 / (vocab - 1)
+        p[t, label] = 0.99
+    return torch.from_numpy(np.log(p))
+
+
+def test_spikes_become_word_times_in_an_llm_vocabulary():
+    tok = build_ctc_tokenizer("llm", hf_tokenizer())
+    two, four, six = (tok.encode(w)[0] for w in ("two", "four", "six"))
+    lp = _spikes(20, tok.vocab_size, tok.blank_id, {2: two, 3: two, 9: four, 15: six})
+    words = align_words(tok, "two four six", lp, frame_seconds=0.06)
+    assert words == [("two", 0.12, 0.24), ("four", 0.54, 0.6), ("six", 0.9, 0.96)]
+    assert align_words(tok, "", lp, 0.06) == []
+    assert align_words(tok, "two four six two four six two four six", lp[:8], 0.06) is None  # cannot fit 9 words
+
+
+def test_units_of_a_token_list_with_a_separator_and_of_a_script_without_spaces(tmp_path):
+    path = tmp_path / "tokens.txt"
+    path.write_text("\n".join(["<space>", "a", "b", "c", "中", "文"]) + "\n")
+    tok = build_ctc_tokenizer(str(path), None)
+    units, labels, owner = unit_labels(tok, "ab c中文")
+    assert units == ["ab", "c", "中", "文"]  # a character of a script without spaces is a unit of its own
+    assert labels == [1, 2, 0, 3, 4, 5] and owner == [0, 0, -1, 1, 2, 3]  # the separator belongs to no word
+    assert unit_labels(tok, "abz") is None  # a character the list lacks (and no <unk>): no times, not an error
+    sep = tok.index["<space>"]
+    lp = _spikes(12, tok.vocab_size, tok.blank_id, {1: 1, 2: 2, 4: sep, 6: 3, 8: 4, 10: 5})
+    assert align_words(tok, "ab c中文", lp, 0.04) == [("ab", 0.04, 0.12), ("c", 0.24, 0.28), ("中", 0.32, 0.36),
+                                                     ("文", 0.4, 0.44)]  # fmt: skip
+
+
+def test_window_times_join_where_the_texts_join():
+    left, right = "one two three four", "three four five six"  # the windows shared "three four"
+    lw = [("one", 0.1, 0.2), ("two", 0.5, 0.6), ("three", 1.0, 1.1), ("four", 1.5, 1.6)]
+    rw = [("three", 0.1, 0.2), ("four", 0.6, 0.7), ("five", 1.1, 1.2), ("six", 1.6, 1.7)]
+    text = join_texts([left, right], [False, True], overlap=1.0)
+    words = join_words([left, right], [lw, rw], [0.0, 0.9], [False, True], overlap=1.0)
+    assert [w[0] for w in words] == text.split() == ["one", "two", "three", "four", "five", "six"]
+    assert words[3:] == [("four", 1.5, 1.6), ("five", 2.0, 2.1), ("six", 2.5, 2.6)]  # the right window 0.9 s later
+    apart = join_words([left, "seven"], [lw, [("seven", 0.2, 0.3)]], [0.0, 3.0], [False, False], overlap=1.0)
+    assert apart[-1] == ("seven", 3.2, 3.3) and len(apart) == 5
+    assert join_words([left, right], [lw, None], [0.0, 0.9], [False, True], overlap=1.0) is None
