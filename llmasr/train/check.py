@@ -92,6 +92,30 @@ def run_start(recipe, model, plan, *, stage: int, world_size: int, resume: str |
     return ["run directory", head, *(f"  {n}" for n in notes)]
 
 
+def _checkpoint_lines(tc, counts: dict, plan) -> list[str]:
+    """The disk the run's checkpoints take against the run folder's free space; RunDirError where one cannot fit."""
+    space = CheckpointSpace.estimate(tc, trainable=counts["trainable"], epochs=len(plan.per_epoch), total=plan.total)
+    if space.problem():
+        raise RunDirError(space.problem())
+    return ["checkpoints", f"  {space.line()}", *([f"  warning: {space.warning()}"] if space.warning() else [])]
+
+
+def _memory_lines(ds: dict, tc, counts: dict, world_size: int) -> list[str]:
+    stage = zero_stage(ds)
+    offload_param = ((ds.get("zero_optimization") or {}).get("offload_param") or {}).get("device") not in (None, "none")
+    mem = estimate_zero_memory(
+        counts["total"], counts["trainable"], stage, world_size,
+        offload_optimizer=offloads_optimizer(ds), offload_params=offload_param,
+        precision=tc.precision, largest_layer_params=counts["largest_layer"],
+    )  # fmt: skip
+    return [
+        f"memory per rank, model states only (ZeRO stage {stage}, {tc.precision}, world size {world_size})",
+        f"  params {_gb(mem['params'])}, grads {_gb(mem['grads'])}, optimizer states {_gb(mem['optimizer_states'])}"
+        + (f", gathered layer {_gb(mem['gathered_layer'])}" if mem["gathered_layer"] else ""),
+        f"  on the device: {_gb(mem['device'])}; offloaded to CPU: {_gb(mem['cpu'])} (activations not included)",
+    ]
+
+
 def check(
     recipe, ds_path, *, world_size: int, out: Path | None = None, resume: str | None = None, overwrite: bool = False
 ) -> str:
@@ -110,12 +134,6 @@ def check(
     curves = lr_curve(recipe.optim, names, total)
     counts = param_counts(model)
     stage = zero_stage(ds)
-    offload_param = ((ds.get("zero_optimization") or {}).get("offload_param") or {}).get("device") not in (None, "none")
-    mem = estimate_zero_memory(
-        counts["total"], counts["trainable"], stage, world_size,
-        offload_optimizer=offloads_optimizer(ds), offload_params=offload_param,
-        precision=tc.precision, largest_layer_params=counts["largest_layer"],
-    )  # fmt: skip
     st = sampler.stats(0)
     start = run_start(recipe, model, plan, stage=stage, world_size=world_size, resume=resume, overwrite=overwrite)
     lines = [
@@ -143,17 +161,7 @@ def check(
     for label, u in key_updates(recipe.optim, names, total):
         lines.append(f"  update {u} ({label}):")
         lines += [f"    {n:<{width}}  {curves[n][u]:.4e}" for n in names]
-    lines += start
-    space = CheckpointSpace.estimate(tc, trainable=counts["trainable"], epochs=len(per_epoch), total=total)
-    if space.problem():
-        raise RunDirError(space.problem())
-    lines += ["checkpoints", f"  {space.line()}", *([f"  warning: {space.warning()}"] if space.warning() else [])]
-    lines += [
-        f"memory per rank, model states only (ZeRO stage {stage}, {tc.precision}, world size {world_size})",
-        f"  params {_gb(mem['params'])}, grads {_gb(mem['grads'])}, optimizer states {_gb(mem['optimizer_states'])}"
-        + (f", gathered layer {_gb(mem['gathered_layer'])}" if mem["gathered_layer"] else ""),
-        f"  on the device: {_gb(mem['device'])}; offloaded to CPU: {_gb(mem['cpu'])} (activations not included)",
-    ]
+    lines += start + _checkpoint_lines(tc, counts, plan) + _memory_lines(ds, tc, counts, world_size)
     out = Path(out) if out is not None else plot_dir(Path(tc.output_dir))
     out.mkdir(parents=True, exist_ok=True)
     write_lr_csv(out / "lr_schedule.csv", curves)
