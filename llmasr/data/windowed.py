@@ -100,9 +100,10 @@ def split_long(
 # -- back from items to utterances -------------------------------------------------------------------------------
 def utterance_rows(items: dict[int, dict], manifest, overlap: float) -> list[dict]:
     """Decoded rows by item index ({key, ref, hyp, ctc_hyp, truncated, duration, ...}) -> one row per utterance in
-    manifest order, with `windows` (how many it was decoded in): the windows' texts joined (join_texts), the first
-    guard that ended one of them, the utterance's own duration, the rest as its first window has them. An utterance
-    missing a window (the window was bad data) has no row: utterance_tracker counts it."""
+    manifest order, with `windows` (how many it was decoded in): the windows' texts joined (join_texts) and, when
+    rows have `timestamps`, their word times in the utterance's time (join_words), the first guard that ended one of
+    them, the utterance's own duration, the rest as its first window has them. An utterance missing a window (the
+    window was bad data) has no row: utterance_tracker counts it."""
     if not isinstance(manifest, WindowedManifest):
         return [{**items[j], "windows": 1} for j in sorted(items)]
     groups: dict[int, list[int]] = {}

@@ -137,7 +137,7 @@ def window_limit(model, cfg: DecodeConfig, opts: DecodeOptions) -> float:
 
 def search_boost(model, cfg: DecodeConfig, opts: DecodeOptions) -> float:
     """The hotword boost `cfg` searches `model` with, once it is known that `cfg` can decode `model`: ConfigError for
-    CTC guidance or a boost the model cannot take, DecodeError for long-audio windows it cannot make."""
+    CTC guidance or timestamps the model cannot give, DecodeError for long-audio windows it cannot make."""
     llm_vocab = isinstance(getattr(model, "ctc_tokenizer", None), LLMCTCTokenizer)
     has_head = getattr(model, "ctc_head", None) is not None
     boost = cfg.boost(cfg.guidance(has_head, llm_vocab), llm_vocab)

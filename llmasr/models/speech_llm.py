@@ -206,7 +206,8 @@ class SpeechLLM(nn.Module):
     def transcribe(self, batch: Batch, cfg: DecodeConfig | None = None, **generate_kwargs) -> Transcripts:
         """The LLM's transcripts of a batch under `cfg` (greedy or beam search, CTC-guided when cfg.guidance says
         so; the prompt ends at `target_start`), which guard ended each (decode_guards), and, with a CTC head, the
-        head's greedy best path over the same encoder pass.
+        head's greedy best path over the same encoder pass and (cfg.timestamps) each transcript's word times, its text
+        force-aligned to the head's frames (models.ctc_align).
 
         With `cfg.max_new_tokens` unset, each utterance's cap is `cfg.tokens_per_second` times its own duration plus
         8, so a model that loops stops at a length tied to its audio rather than at a global maximum.
