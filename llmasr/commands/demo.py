@@ -128,7 +128,7 @@ def _print_places(summary: dict, total: float, run_dir: Path, model_dir: Path, t
     print(f"  run directory            {run_dir}")
     print(f"  TensorBoard logs         {run_dir / 'tensorboard'}   (tensorboard --logdir {run_dir / 'tensorboard'})")
     print(f"  learning-rate schedule   {run_dir / 'lr_schedule.png'} ({run_dir / 'lr_schedule.csv'})")
-    print(f"  exported model           {model_dir}   (llmasr transcribe --model {model_dir} YOUR.wav)")
+    print(f"  exported model           {model_dir}   (llmasr transcribe --model {model_dir} [--timestamps] YOUR.wav)")
     print(f"  decoding results         {test_dir}/results.jsonl, wer.txt")
 
 
