@@ -54,6 +54,8 @@ def _stats(errors: list[float]) -> dict:
 
 
 def clips_in_silence(asr, clips, rng) -> dict:
+    from llmasr.scoring import score_corpus
+
     waves, spans = [], []
     for wave, _text in clips:
         lead = rng.uniform(0.3, 1.5)
@@ -79,8 +81,10 @@ def clips_in_silence(asr, clips, rng) -> dict:
         else:
             other["last"] += 1
         ordered += all(a[1] <= b[1] and a[1] < a[2] for a, b in zip(words, words[1:] + [(None, words[-1][1], 1e9)]))
+    score, _ = score_corpus([(text, row["hyp"]) for row, (_, text) in zip(rows, clips)], "wer")
     return {"clips": len(rows), "unaligned": unaligned, "ordered": ordered, "first_start": _stats(starts),
-            "last_end": _stats(ends), "other_word": other}  # fmt: skip
+            "last_end": _stats(ends), "other_word": other, "wer": round(score.rate, 4),
+            "insertions": score.insertions}  # fmt: skip
 
 
 def joined(asr, clips, rng, per_utt: int = 20) -> dict:
@@ -120,12 +124,16 @@ def main(argv: list[str]) -> int:
     p.add_argument("-n", type=int, default=200, help="clips to use")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quick", action="store_true", help="a tiny random model and corpus (a smoke run)")
+    p.add_argument(
+        "--keep-leading-silence", action="store_true",
+        help="decode the silence before each clip too (decode.trim_leading_silence false): what it costs",
+    )  # fmt: skip
     p.add_argument("--json-out")
     args = p.parse_args(argv)
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from llmasr.export.transcribe import Transcriber
 
-    rng = np.random.default_rng(args.seed)
+    rng, trim = np.random.default_rng(args.seed), not args.keep_leading_silence
     if args.quick:
         import tempfile
 
@@ -136,21 +144,21 @@ def main(argv: list[str]) -> int:
         from llmasr.export.decode import DecodeOptions
         from llmasr.models.decoding import DecodeConfig
 
-        asr, clips = (
-            Transcriber(model, DecodeConfig(timestamps=True, max_new_tokens=6), DecodeOptions()),
-            _read(manifest, args.n),
-        )
+        cfg = DecodeConfig(timestamps=True, max_new_tokens=6, trim_leading_silence=trim)
+        asr, clips = Transcriber(model, cfg, DecodeOptions()), _read(manifest, args.n)
     else:
         if not (args.model and args.data):
             p.error("--model and --data (or --quick)")
-        asr, clips = Transcriber.load(args.model, timestamps=True), _read(Path(args.data), args.n)
+        asr = Transcriber.load(args.model, timestamps=True, trim_leading_silence=trim)
+        clips = _read(Path(args.data), args.n)
     single = clips_in_silence(asr, clips, rng)
     long = joined(asr, clips, rng, per_utt=min(20, len(clips)))
     res = {"single": single, "long": long, "command": reproduce_command("bench/timestamps.py", argv)}
     f, e, c = single["first_start"], single["last_end"], long["clip_start"]
     lines = [
-        f"clips {single['clips']} (unaligned {single['unaligned']}, in order {single['ordered']}; first word not the "
-        f"clip's first {single['other_word']['first']}, last not its last {single['other_word']['last']})",
+        f"clips {single['clips']} after silence: WER {single['wer']:.2%} ({single['insertions']} insertions); "
+        f"unaligned {single['unaligned']}, in order {single['ordered']}; first word not the clip's first "
+        f"{single['other_word']['first']}, last not its last {single['other_word']['last']}",
         f"first word start - speech onset: median {f.get('median_s')} s, mean |err| {f.get('mean_abs_s')} s, "
         f"p90 |err| {f.get('p90_abs_s')} s",
         f"last word end - speech offset: median {e.get('median_s')} s, mean |err| {e.get('mean_abs_s')} s, "

@@ -41,6 +41,7 @@ DECODE_FLAGS = {
     "window_split_pause": "window_split_pause",
     "hotword_boost": "hotword_boost",
     "timestamps": "timestamps",
+    "trim_leading_silence": "trim_leading_silence",
 }
 
 
@@ -130,6 +131,11 @@ def _search_args(p: argparse.ArgumentParser) -> None:
         "--window-split-pause", type=float, default=None,
         help="a pause at least this long ends a window before the limit (0: fill windows to the limit; default "
         f"{DecodeConfig.window_split_pause:g})",
+    )  # fmt: skip
+    p.add_argument(
+        "--keep-leading-silence", dest="trim_leading_silence", action="store_const", const=False, default=None,
+        help="decode each utterance from its first sample, not from where its speech starts after a leading pause "
+        "(decode.trim_leading_silence)",
     )  # fmt: skip
 
 

@@ -120,4 +120,5 @@ class Collator:
             "indices": [int(it["index"]) for it in items],
             "hotwords": [list(it.get("hotwords") or []) for it in items],
             "hotwords_dropped": [int(it.get("hotwords_dropped", 0)) for it in items],
+            "leads": [float(it.get("lead", 0.0)) for it in items],
         }

@@ -20,6 +20,7 @@ from llmasr.data.augment import Augmenter
 from llmasr.data.bad_data import BadItem
 from llmasr.data.features import FeatureExtractor
 from llmasr.data.frontend import FrontendConfig
+from llmasr.data.long_audio import speech_start
 from llmasr.data.records import BadRecord
 
 
@@ -51,6 +52,7 @@ class SpeechDataset(Dataset):
         hotword_sampler=None,
         default_hotwords: list[str] | None = None,
         prompt_hotwords: bool = True,
+        trim_leading_silence: bool = False,
     ):
         self.manifest = manifest
         self.frontend = frontend
@@ -68,6 +70,9 @@ class SpeechDataset(Dataset):
         # False: lists are chosen as usual (listed_hotwords) but no prompt renders them: the unbiased baseline
         # that decoding scores against the same lists.
         self.prompt_hotwords = bool(prompt_hotwords)
+        self.trim_leading_silence = bool(
+            trim_leading_silence
+        )  # decoding: a leading pause cut (long_audio.speech_start)
         self.epoch = 0
         self._fx = None
         self._aug = None
@@ -141,7 +146,10 @@ class SpeechDataset(Dataset):
             return bad(f"audio: {err.reason} ({err.path})")
         if wave.size == 0:
             return bad(f"audio: empty audio ({utt.source})")
-        duration = wave.size / sr
+        duration, lead = wave.size / sr, 0
+        if self.trim_leading_silence:
+            lead = speech_start(wave, sr)
+            wave = wave[lead:]
 
         feats = self._features(wave, index)
         if isinstance(feats, str):
@@ -156,6 +164,7 @@ class SpeechDataset(Dataset):
             "target_start": int(enc.target_start),
             "ctc_ids": ctc_ids,
             "duration": float(duration),
+            "lead": lead / sr,
             "hotwords": list(enc.hotwords),
             "hotwords_dropped": int(enc.hotwords_dropped),
         }

@@ -226,7 +226,7 @@ def find_fallback(dataset: SpeechDataset, candidates: Sequence[int]):
 
 def _dataset(
     manifest, frontend: FrontendConfig, data_cfg: DataConfig, *, train: bool, prompt_builder, ctc=None, device=None,
-    hotword_sampler=None, default_hotwords=None, prompt_hotwords: bool = True,
+    hotword_sampler=None, default_hotwords=None, prompt_hotwords: bool = True, trim_leading_silence: bool = False,
 ):  # fmt: skip
     b = data_cfg.batching
     return SpeechDataset(
@@ -242,6 +242,7 @@ def _dataset(
         hotword_sampler=hotword_sampler,
         default_hotwords=default_hotwords,
         prompt_hotwords=prompt_hotwords,
+        trim_leading_silence=trim_leading_silence,
     )
 
 
@@ -342,6 +343,7 @@ def build_decode_loader(
     manifest_path, frontend: FrontendConfig, *, prompt_builder, batch_seconds: float, num_workers: int,
     max_bad_fraction: float, name: str, features_on: str = "auto", device=None, hotwords: list[str] | None = None,
     prompt_hotwords: bool = True, windows: tuple | None = None, rank: int = 0, world_size: int = 1,
+    trim_leading_silence: bool = False,
 ) -> SpeechDataLoader:  # fmt: skip
     """The validation loader over one manifest, for decoding: every line is batched once, in an eval-mode
     SpeechDataset; batches are cut from one duration-sorted window over the whole manifest (no buckets, no
@@ -356,7 +358,8 @@ def build_decode_loader(
     (max_seconds, overlap, split_pause): utterances longer than max_seconds are decoded in windows, each an item of
     its own (`loader.dataset.manifest` is then a llmasr.data.windowed.WindowedManifest). `rank` of `world_size`:
     the sampler's share of the same plan (llmasr.export.decode_world). A line without a transcript is decoded too
-    (its batch's `targets` hold None for it).
+    (its batch's `targets` hold None for it). `trim_leading_silence`: each item's leading pause is cut
+    (llmasr.data.long_audio.speech_start; the batch's `leads` say by how much each starts later).
     """
     manifest, fill_bad = open_manifests([str(manifest_path)], mix=False, need_target=False)
     durations = np.asarray(manifest.durations(), dtype=np.float64)
@@ -367,7 +370,7 @@ def build_decode_loader(
         max_seconds, overlap, split_pause = windows
         manifest = split_long(
             manifest, known, sample_rate=frontend.sample_rate, max_seconds=max_seconds, overlap=overlap,
-            split_pause=split_pause,
+            split_pause=split_pause, from_speech=trim_leading_silence,
         )  # fmt: skip
         durations, known = manifest.durations(), manifest.items_of(known)
     n = len(manifest)
@@ -386,7 +389,7 @@ def build_decode_loader(
     )  # fmt: skip
     dataset = _dataset(
         manifest, frontend, data_cfg, train=False, prompt_builder=prompt_builder, device=device,
-        default_hotwords=hotwords, prompt_hotwords=prompt_hotwords,
+        default_hotwords=hotwords, prompt_hotwords=prompt_hotwords, trim_leading_silence=trim_leading_silence,
     )  # fmt: skip
     collator = Collator(prompt_builder.pad_id, no_rows=True)
     return _speech_loader(dataset, sampler, collator, data_cfg, tracker)

@@ -79,6 +79,19 @@ def silence_level(db: np.ndarray) -> float | None:
     return quiet + SILENCE_FRACTION * (loud - quiet)
 
 
+def speech_start(wave: np.ndarray, sample_rate: int) -> int:
+    """The sample decoding starts `wave` at: after a leading pause (MIN_PAUSE_S or more below the silence level),
+    LEAD_S before the first speech frame, as a window after a pause starts (a model trained on clips that start with
+    their speech inserts words into silence before it: measured on the demo model); else 0. A trailing pause stays:
+    cutting it (to TRAIL_S, as windows end) cost the demo model final words."""
+    db = frame_energies(wave, sample_rate)
+    quiet = silence_level(db)
+    loud = np.flatnonzero(db >= quiet) if quiet is not None else np.zeros(0, dtype=np.int64)
+    if loud.size == 0 or loud[0] < MIN_PAUSE_S / HOP_S:
+        return 0
+    return int(min(len(wave) - 1, max(0, _at(loud[0], sample_rate) - LEAD_S * sample_rate)))
+
+
 def plan_windows(
     wave: np.ndarray, sample_rate: int, max_seconds: float, overlap: float, split_pause: float = 0.0
 ) -> list[Window]:
@@ -248,6 +261,11 @@ def join_texts(texts: list[str], overlapped: list[bool], overlap: float) -> str:
     return out
 
 
+def shift_times(words: list | None, seconds: float) -> list | None:
+    """Timed units (unit, start s, end s) `seconds` later; None stays None."""
+    return None if words is None else [(u, round(a + seconds, 3), round(b + seconds, 3)) for u, a, b in words]
+
+
 def join_words(
     texts: list[str], words: list[list | None], starts: list[float], overlapped: list[bool], overlap: float
 ) -> list | None:
@@ -256,7 +274,7 @@ def join_words(
     join_texts cuts the texts. None when a window has none."""
     if any(w is None or len(w) != len(_TOKEN.findall(t)) for t, w in zip(texts, words)):
         return None
-    words = [[(u, round(a + s, 3), round(b + s, 3)) for u, a, b in w] for w, s in zip(words, starts)]
+    words = [shift_times(w, s) for w, s in zip(words, starts)]
     max_tokens = math.ceil(TOKENS_PER_SECOND * overlap) + 1
     out, timed = texts[0], list(words[0])
     for text, ws, shared in zip(texts[1:], words[1:], overlapped[1:]):

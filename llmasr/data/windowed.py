@@ -21,7 +21,7 @@ import numpy as np
 
 from llmasr.data.audio import AudioError, load_audio
 from llmasr.data.bad_data import BadDataTracker
-from llmasr.data.long_audio import Window, join_texts, join_words, plan_windows
+from llmasr.data.long_audio import Window, join_texts, join_words, plan_windows, speech_start
 from llmasr.data.records import BadRecord
 
 log = logging.getLogger("llmasr.data")
@@ -74,10 +74,13 @@ class WindowedManifest:
 
 
 def split_long(
-    manifest, indices, *, sample_rate: int, max_seconds: float, overlap: float, split_pause: float = 0.0
-) -> WindowedManifest:
+    manifest, indices, *, sample_rate: int, max_seconds: float, overlap: float, split_pause: float = 0.0,
+    from_speech: bool = False,
+) -> WindowedManifest:  # fmt: skip
     """`manifest` with every utterance among `indices` longer than `max_seconds` (by its known duration) replaced by
-    its windows; see the module docstring."""
+    its windows; see the module docstring. `from_speech` (decode.trim_leading_silence): the windows cover the audio
+    from where its speech starts (long_audio.speech_start), so a leading pause is neither a window of its own (a
+    model decoding silence writes words) nor a reason to split audio whose speech fits one window."""
     durations = np.asarray(manifest.durations(), dtype=np.float64)
     windows: dict[int, list[Window]] = {}
     for i in np.asarray(indices, dtype=np.int64):
@@ -88,7 +91,9 @@ def split_long(
             wave = load_audio(utt.source, sample_rate=sample_rate, start=utt.start, end=utt.end, channel=utt.channel)
         except (BadRecord, AudioError):
             continue  # loading the item reports it
-        planned = plan_windows(wave, sample_rate, max_seconds, overlap, split_pause)
+        skip = speech_start(wave, sample_rate) if from_speech else 0
+        planned = plan_windows(wave[skip:], sample_rate, max_seconds, overlap, split_pause)
+        planned = [dataclasses.replace(w, start=w.start + skip, end=w.end + skip) for w in planned]
         if len(planned) > 1:
             windows[int(i)] = planned
     if windows:
@@ -121,13 +126,13 @@ def utterance_rows(items: dict[int, dict], manifest, overlap: float) -> list[dic
         flags = [w.overlapped for w in windows]
         ctc = None if got[0]["ctc_hyp"] is None else join_texts([g["ctc_hyp"] for g in got], flags, overlap)
         if "timestamps" in got[0]:  # each window's times from its own start, then cut where the texts are cut
-            starts = [(w.start - windows[0].start) / manifest.sample_rate for w in windows]
+            starts = [w.start / manifest.sample_rate for w in windows]  # in the utterance's time
             timed = join_words([g["hyp"] for g in got], [g["timestamps"] for g in got], starts, flags, overlap)
             got[0] = {**got[0], "timestamps": timed}
         rows.append({
             **got[0], "hyp": join_texts([g["hyp"] for g in got], flags, overlap), "ctc_hyp": ctc,
             "truncated": next((g["truncated"] for g in got if g["truncated"]), None),
-            "duration": (windows[-1].end - windows[0].start) / manifest.sample_rate, "windows": len(windows),
+            "duration": windows[-1].end / manifest.sample_rate, "windows": len(windows),
         })  # fmt: skip
     return rows
 

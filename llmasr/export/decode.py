@@ -79,6 +79,7 @@ from pathlib import Path
 from llmasr.config_io import ConfigError, from_dict
 from llmasr.data.config import DataConfig
 from llmasr.data.loader import SpeechDataLoader, build_decode_loader
+from llmasr.data.long_audio import shift_times
 from llmasr.data.screen import longest_trained
 from llmasr.data.windowed import utterance_rows, utterance_tracker
 from llmasr.export.decode_results import ctc_summary, hotword_counts, llm_summary
@@ -162,7 +163,7 @@ def decode_loader(
         name=f"decode {Path(manifest_path).name}", features_on=opts.features_on, device=device,
         hotwords=opts.hotwords, prompt_hotwords=not opts.hotwords_unprompted,
         windows=(limit, cfg.window_overlap, cfg.window_split_pause) if limit > 0 else None,
-        rank=world.rank, world_size=world.size,
+        rank=world.rank, world_size=world.size, trim_leading_silence=cfg.trim_leading_silence,
     )  # fmt: skip
 
 
@@ -232,8 +233,8 @@ def transcribe_loader(model, loader: SpeechDataLoader, cfg: DecodeConfig, device
             rows[idx]["index"] = int(idx)
             rows[idx]["truncated"] = got.truncated[i]
             rows[idx].update(hotwords=list(batch.hotwords[i]), hotwords_dropped=int(batch.hotwords_dropped[i]))
-            if got.timestamps is not None:
-                rows[idx]["timestamps"] = got.timestamps[i]
+            if got.timestamps is not None:  # in the item's time: the silence trimmed off its start comes back
+                rows[idx]["timestamps"] = shift_times(got.timestamps[i], float(batch.leads[i]))
     return rows, mode
 
 

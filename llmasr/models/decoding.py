@@ -54,6 +54,10 @@ class DecodeConfig:
     # Word timestamps (models.ctc_align): the transcript force-aligned to the CTC head's frames, per word (or
     # character of a script without spaces); needs a CTC head.
     timestamps: bool = False
+    # Start each utterance (and window) where its speech starts, after a leading pause, as long-audio windows after a
+    # pause start (data.long_audio.speech_start): a model trained on clips that start with their speech inserts
+    # words into silence before it.
+    trim_leading_silence: bool = True
 
     def validate(self, path: str) -> None:
         if self.num_beams < 1:

@@ -308,6 +308,7 @@ def test_timestamps_quick_measures_single_clips_and_joined_ones(tmp_path, capsys
         single["clips"] == 6 and single["unaligned"] + single["first_start"]["n"] + single["other_word"]["first"] == 6
     )
     assert {"median_s", "mean_abs_s", "p90_abs_s"} <= set(single["first_start"]) or single["first_start"]["n"] == 0
+    assert single["wer"] >= 0 and single["insertions"] >= 0
     assert long["utterances"] == 1 and long["clips"] == 6 and long["windows"] >= 1
     assert res["command"] == "python bench/timestamps.py --quick"
     assert "first word start - speech onset" in capsys.readouterr().out

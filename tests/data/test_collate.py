@@ -29,6 +29,7 @@ FIELDS = {
     "spec_masks",
     "hotwords",
     "hotwords_dropped",
+    "leads",
 }
 
 

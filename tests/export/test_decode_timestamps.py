@@ -88,3 +88,25 @@ def test_a_model_without_a_ctc_head_is_refused():
     with pytest.raises(ConfigError, match="decode.timestamps: word times come from the CTC head's frames"):
         search_boost(headless, DecodeConfig(timestamps=True), DecodeOptions())
     assert search_boost(headless, DecodeConfig(), DecodeOptions()) == 0.0
+
+
+def test_times_count_the_leading_silence_decoding_cut(model, corpus, tmp_path):
+    """A clip after a second of silence is decoded from its speech (decode.trim_leading_silence); its words' times
+    are on the clip's own clock, the second included."""
+    manifest, _, _ = corpus
+    rng = np.random.default_rng(0)
+    lines = []
+    for i in range(len(TEXTS)):
+        wave = sf.read(manifest.parent / "wav" / f"test{i}.wav", dtype="float32")[0]
+        quiet = (1e-4 * rng.standard_normal(16000)).astype(np.float32)
+        sf.write(tmp_path / f"late{i}.wav", np.concatenate([quiet, wave]), 16000, subtype="FLOAT")
+        lines.append(json.dumps({"key": f"late{i}", "source": f"late{i}.wav", "target": TEXTS[i]}))
+    late = tmp_path / "late.jsonl"
+    late.write_text("\n".join(lines) + "\n")
+    cfg = DecodeConfig(max_new_tokens=4, timestamps=True, max_window_seconds=0)
+    decode_manifest(model, late, tmp_path / "o", cfg, DecodeOptions(num_workers=0))
+    rows = [json.loads(line) for line in open(tmp_path / "o" / "results.jsonl")]
+    timed = [r for r in rows if r["timestamps"]]
+    assert timed and all(r["timestamps"][0][1] >= 0.95 for r in timed), [r["timestamps"] for r in rows]
+    for r in rows:
+        _check_words(r, r["duration"])
