@@ -134,18 +134,10 @@ class SpeechDataset(Dataset):
         if isinstance(ctc_ids, str):
             return bad(ctc_ids)
 
+        wave = self._audio(utt)
+        if isinstance(wave, str):
+            return bad(wave)
         sr = int(self.frontend.sample_rate)
-        start = float(utt.start) if getattr(utt, "start", None) is not None else 0.0
-        end = float(utt.end) if getattr(utt, "end", None) is not None else None
-        if self.max_duration_truncate is not None:
-            cut = start + float(self.max_duration_truncate)
-            end = cut if end is None else min(end, cut)
-        try:
-            wave = load_audio(utt.source, sample_rate=sr, start=start, end=end, channel=getattr(utt, "channel", None))
-        except AudioError as err:
-            return bad(f"audio: {err.reason} ({err.path})")
-        if wave.size == 0:
-            return bad(f"audio: empty audio ({utt.source})")
         duration, lead = wave.size / sr, 0
         if self.trim_leading_silence:
             lead = speech_start(wave, sr)
@@ -168,6 +160,21 @@ class SpeechDataset(Dataset):
             "hotwords": list(enc.hotwords),
             "hotwords_dropped": int(enc.hotwords_dropped),
         }
+
+    def _audio(self, utt) -> np.ndarray | str:
+        """The utterance's samples at the frontend's rate (its segment, cut at max_duration when training truncates),
+        or why there are none."""
+        sr = int(self.frontend.sample_rate)
+        start = float(utt.start) if getattr(utt, "start", None) is not None else 0.0
+        end = float(utt.end) if getattr(utt, "end", None) is not None else None
+        if self.max_duration_truncate is not None:
+            cut = start + float(self.max_duration_truncate)
+            end = cut if end is None else min(end, cut)
+        try:
+            wave = load_audio(utt.source, sample_rate=sr, start=start, end=end, channel=getattr(utt, "channel", None))
+        except AudioError as err:
+            return f"audio: {err.reason} ({err.path})"
+        return wave if wave.size else f"audio: empty audio ({utt.source})"
 
     def listed_hotwords(self, index: int) -> list[str]:
         """Line `index`'s biasing list before the token cap, whether or not prompts render it ([] for a bad line)."""
