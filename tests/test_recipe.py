@@ -98,6 +98,20 @@ def test_keywords_stay_keywords_beside_a_folder_of_their_name(tmp_path):
     assert (r.model.ctc.vocab, r.data.hotwords.distractors) == ("llm", "corpus")
 
 
+def test_a_recipe_is_utf8_whatever_the_locale(tmp_path, monkeypatch):
+    """A Chinese prompt in a UTF-8 recipe (BOM or not) reads the same under any locale; a GBK-saved one is named."""
+    import locale
+
+    monkeypatch.setattr(locale, "getpreferredencoding", lambda do_setlocale=True: "latin-1")  # a non-UTF-8 shell
+    text = yaml.safe_dump({"model": {"prompt": {"task": "语音转写"}}}, allow_unicode=True)
+    for name, data in (("plain.yaml", text.encode("utf-8")), ("bom.yaml", "\ufeff".encode("utf-8") + text.encode())):
+        (tmp_path / name).write_bytes(data)
+        assert load_recipe(tmp_path / name).model.prompt.task == "语音转写"
+    (tmp_path / "gbk.yaml").write_bytes(text.encode("gbk"))
+    with pytest.raises(ConfigError, match=r"gbk.yaml: not UTF-8 text .* save the recipe as UTF-8"):
+        load_recipe(tmp_path / "gbk.yaml")
+
+
 def test_bad_override_and_bad_type_name_their_key(tmp_path):
     with pytest.raises(ConfigError, match="train.epochs: expected an integer, got 'many'"):
         load_recipe(data={"train": {"epochs": "many"}})

@@ -123,7 +123,7 @@ def read_noise_list(path: str | Path) -> list[str]:
     path = Path(path)
     base = path.resolve().parent
     out = []
-    with open(path, encoding="utf-8") as f:
+    with open(path, encoding="utf-8-sig") as f:
         for lineno, raw in enumerate(f, start=1):
             if not raw.strip():
                 continue

@@ -14,6 +14,7 @@ text that is not UTF-8 is an error naming the file and line.
 
 from __future__ import annotations
 
+import codecs
 import unicodedata
 from collections import Counter
 from dataclasses import dataclass, field
@@ -37,7 +38,7 @@ def read_phrase_file(path: str | Path) -> list[str]:
     path = Path(path)
     if not path.is_file():
         raise PhraseFileError(f"hotword file not found: {path}")
-    data = path.read_bytes()
+    data = path.read_bytes().removeprefix(codecs.BOM_UTF8)  # a BOM (Windows editors) is no part of the first phrase
     lines = data.split(b"\n")
     if lines and lines[-1] == b"":
         lines.pop()

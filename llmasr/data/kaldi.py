@@ -15,7 +15,7 @@ log = logging.getLogger(__name__)
 
 def _read_kaldi_table(path: Path, what: str, dups: list[BadRecord]) -> dict[str, tuple[int, str]]:
     table: dict[str, tuple[int, str]] = {}
-    with open(path, encoding="utf-8") as f:
+    with open(path, encoding="utf-8-sig") as f:  # -sig: a BOM is not part of the first key
         for lineno, raw in enumerate(f, start=1):
             line = raw.strip()
             if not line:

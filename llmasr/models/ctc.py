@@ -151,7 +151,7 @@ def _is_cjk(piece: str) -> bool:
 
 def read_token_list(path: str) -> list[str]:
     """A FunASR tokens.json (JSON list) or a text file with one token per line (optionally "token id")."""
-    text = Path(path).read_text(encoding="utf-8")
+    text = Path(path).read_text(encoding="utf-8-sig")  # -sig: a BOM is not part of the first token
     if text.lstrip().startswith("["):
         try:
             tokens = json.loads(text)

@@ -63,7 +63,7 @@ class PromptBuilder:
             if len(chat_template) < 4096 and "{" not in chat_template:
                 if not template_path.is_file():
                     raise PromptError(f"model.prompt.chat_template: file not found: {chat_template}")
-                chat_template = template_path.read_text()
+                chat_template = template_path.read_text(encoding="utf-8-sig")
             tokenizer.chat_template = chat_template
         if not getattr(tokenizer, "chat_template", None):
             raise PromptError(

@@ -58,7 +58,7 @@ def load_ds_config(path: str | Path) -> dict:
     """Read a DeepSpeed JSON file (or a preset name); bad JSON is reported with file, line and column."""
     path = preset_path(path)
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(path.read_text(encoding="utf-8-sig"))
     except json.JSONDecodeError as err:
         raise ConfigError(f"{path}:{err.lineno}:{err.colno}: not valid JSON: {err.msg}") from err
     if not isinstance(data, dict):

@@ -103,6 +103,9 @@ def test_phrase_file(tmp_path):
     empty.write_text("")
     with pytest.raises(PhraseFileError, match="no phrases"):
         read_phrase_file(empty)
+    windows = tmp_path / "notepad.txt"  # a BOM and CRLF line ends: the first phrase must not carry the BOM
+    windows.write_bytes("\ufeffVelmont\r\n通义千问\r\n".encode("utf-8"))
+    assert read_phrase_file(windows) == ["Velmont", "通义千问"]
 
 
 # ------------------------------------------------------------------------------------------------------- config

@@ -409,6 +409,18 @@ def test_kaldi_to_jsonl_segments(tmp_path):
     assert m.fill_durations() == [] and m.durations()[1] == pytest.approx(2.5)
 
 
+def test_kaldi_files_saved_with_a_bom_keep_their_first_key(tmp_path):
+    write_wav(tmp_path / "a.wav", 1.0)
+    write_wav(tmp_path / "b.wav", 1.0)
+    bom = "\ufeff"
+    (tmp_path / "wav.scp").write_text(f"{bom}a {tmp_path / 'a.wav'}\r\nb {tmp_path / 'b.wav'}\r\n", encoding="utf-8")
+    (tmp_path / "text").write_text(f"{bom}a one two\r\nb three\r\n", encoding="utf-8")
+    counts = kaldi_to_jsonl(tmp_path / "wav.scp", tmp_path / "text", tmp_path / "k.jsonl")
+    assert counts["written"] == 2 and not counts["missing_text_keys"] and not counts["missing_audio_keys"]
+    m = Manifest.open(tmp_path / "k.jsonl")
+    assert [(u.key, u.target) for u in m] == [("a", "one two"), ("b", "three")]
+
+
 @pytest.mark.parametrize("with_segments", [False, True])
 def test_kaldi_to_jsonl_without_a_text_file_writes_audio_to_transcribe(tmp_path, with_segments):
     write_wav(tmp_path / "rec1.wav", 3.0)

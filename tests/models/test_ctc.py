@@ -100,6 +100,14 @@ def test_tokens_txt_chars_with_separator_and_missing_char(tmp_path):
         tok.encode("abz")
 
 
+def test_a_token_list_saved_with_a_bom(tmp_path):
+    for name, text in (("tokens.txt", "a\nb\n<space>\n"), ("tokens.json", '["a", "b", "<space>"]')):
+        path = tmp_path / name
+        path.write_text("\ufeff" + text, encoding="utf-8")
+        tok = build_ctc_tokenizer(str(path), None)
+        assert tok.encode("ab a") == [0, 1, 2, 0], name  # "a" is the first token, not "\ufeffa"
+
+
 def test_units_txt_with_ids(tmp_path):
     path = tmp_path / "units.txt"
     path.write_text("<blk> 0\none 1\ntwo 2\n<unk> 3\n")
