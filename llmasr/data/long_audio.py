@@ -200,9 +200,10 @@ def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
 
 
 # -- joining the windows' texts ----------------------------------------------------------------------------------
-# Scripts written without spaces: each character is a token (and texts join without a space).
+# Scripts written without spaces: each character is a token (and texts join without a space). UNIT matches the
+# tokens of a transcript: what windows are joined on and what word timestamps time (models.ctc_align).
 _NO_SPACE = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
-_TOKEN = re.compile(f"[{_NO_SPACE}]|[^\\s{_NO_SPACE}]+")
+UNIT = re.compile(f"[{_NO_SPACE}]|[^\\s{_NO_SPACE}]+")
 
 
 def _norm(token: str) -> str:
@@ -229,8 +230,8 @@ def join_pair(left: str, right: str, max_tokens: int) -> str:
 
 def seam(left: str, right: str, max_tokens: int) -> tuple[int, int] | None:
     """Where join_pair cuts: (characters of `left` kept, characters of `right` dropped), None to keep both whole."""
-    a = list(_TOKEN.finditer(left))[-max_tokens:] if max_tokens > 0 else []
-    b = list(_TOKEN.finditer(right))[:max_tokens] if max_tokens > 0 else []
+    a = list(UNIT.finditer(left))[-max_tokens:] if max_tokens > 0 else []
+    b = list(UNIT.finditer(right))[:max_tokens] if max_tokens > 0 else []
     na, nb = [_norm(m.group()) for m in a], [_norm(m.group()) for m in b]
     best = None  # (length, -tokens outside the run at the seam, end in a, end in b)
     run = [[0] * (len(b) + 1) for _ in range(len(a) + 1)]
@@ -272,7 +273,7 @@ def join_words(
     """The timed units (unit, start s, end s; llmasr.models.ctc_align) of join_texts' text: each window's `words`
     (one per token of its text, in window time) moved by its `starts` seconds into the utterance, cut where
     join_texts cuts the texts. None when a window has none."""
-    if any(w is None or len(w) != len(_TOKEN.findall(t)) for t, w in zip(texts, words)):
+    if any(w is None or len(w) != len(UNIT.findall(t)) for t, w in zip(texts, words)):
         return None
     words = [shift_times(w, s) for w, s in zip(words, starts)]
     max_tokens = math.ceil(TOKENS_PER_SECOND * overlap) + 1
@@ -282,6 +283,6 @@ def join_words(
         if cut is None:
             out, timed = _glue(out, text), timed + list(ws)
             continue
-        kept, dropped = len(_TOKEN.findall(out[: cut[0]])), len(_TOKEN.findall(text[: cut[1]]))
+        kept, dropped = len(UNIT.findall(out[: cut[0]])), len(UNIT.findall(text[: cut[1]]))
         out, timed = _glue(out[: cut[0]], text[cut[1] :]), timed[:kept] + list(ws[dropped:])
     return timed

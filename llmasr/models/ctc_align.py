@@ -15,7 +15,7 @@ import math
 import numpy as np
 import torch
 
-from llmasr.data.long_audio import _TOKEN
+from llmasr.data.long_audio import UNIT
 from llmasr.models.ctc import CTCTokenizer
 
 Word = tuple[str, float, float]  # (unit, start seconds, end seconds)
@@ -25,7 +25,7 @@ def unit_labels(tokenizer: CTCTokenizer, text: str) -> tuple[list[str], list[int
     """(units of `text`, their CTC labels in order, the unit each label belongs to: -1 for a word separator), or
     None when the vocabulary cannot spell a unit."""
     units, labels, owner = [], [], []
-    for k, m in enumerate(_TOKEN.finditer(text)):
+    for k, m in enumerate(UNIT.finditer(text)):
         spaced = m.start() > 0 and text[m.start() - 1].isspace()
         try:
             ids, sep = tokenizer.encode_unit(m.group(), spaced)

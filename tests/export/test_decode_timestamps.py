@@ -14,7 +14,7 @@ import soundfile as sf
 from llmasr.commands.decode import main as decode_main
 from llmasr.commands.transcribe import main as transcribe_main
 from llmasr.config_io import ConfigError
-from llmasr.data.long_audio import _TOKEN
+from llmasr.data.long_audio import UNIT
 from llmasr.export.decode import DecodeOptions, decode_manifest, search_boost
 from llmasr.models.decoding import DecodeConfig
 from llmasr.testing.run_dirs import write_corpus
@@ -40,7 +40,7 @@ def _check_words(row: dict, duration: float) -> None:
     words = row["timestamps"]
     if words is None:
         return
-    assert [w[0] for w in words] == _TOKEN.findall(row["hyp"])
+    assert [w[0] for w in words] == UNIT.findall(row["hyp"])
     starts = [w[1] for w in words]
     assert starts == sorted(starts) and all(0 <= a < b <= duration + 0.2 for _, a, b in words), words
 
