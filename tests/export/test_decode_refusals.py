@@ -99,3 +99,20 @@ def test_an_empty_manifest_is_an_error_not_a_run_of_nothing(exported_dir, manife
     assert rc == 1 and f"manifest {empty}: no records (the file is empty or holds only blank lines)" in err
     assert not (out / "empty" / "wer.json").exists()
     assert (out / "test" / "wer.json").is_file()  # the other manifest is still decoded
+
+
+def test_the_flags_set_the_decode_settings_they_name():
+    from llmasr.commands.decode import DECODE_FLAGS, build_parser
+    from llmasr.models.decoding import decode_config
+
+    def resolved(*flags):
+        args = build_parser().parse_args(["--model", "m", "--data", "d", "--output", "o", *flags])
+        return decode_config(DecodeConfig(), **{field: getattr(args, dest) for field, dest in DECODE_FLAGS.items()})
+
+    assert (resolved().timestamps, resolved().trim_leading_silence) == (False, True)  # unset: the saved values
+    both = resolved("--timestamps", "--keep-leading-silence")
+    assert (both.timestamps, both.trim_leading_silence) == (True, False)
+    saved = DecodeConfig(timestamps=True, trim_leading_silence=False)  # a model exported with them: kept
+    args = build_parser().parse_args(["--model", "m", "--data", "d", "--output", "o"])
+    kept = decode_config(saved, **{field: getattr(args, dest) for field, dest in DECODE_FLAGS.items()})
+    assert (kept.timestamps, kept.trim_leading_silence) == (True, False)
