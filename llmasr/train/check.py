@@ -16,7 +16,7 @@ from pathlib import Path
 from llmasr.models.builder import build_model
 from llmasr.models.fused_kernels import check_fused_kernels
 from llmasr.run_dir import RECIPE_FILE, read_meta, resolve_resume, resume_or_start
-from llmasr.train.checkpoint_space import CheckpointSpace
+from llmasr.train.checkpoint_space import CheckpointSpace, size_text
 from llmasr.train.ds_config import estimate_zero_memory, resolve_ds_config, zero_stage
 from llmasr.train.engine import offloads_optimizer
 from llmasr.train.param_groups import build_param_groups, describe_param_groups
@@ -58,10 +58,6 @@ def key_updates(optim_cfg, group_names: list[str], total: int) -> list[tuple[str
     return out
 
 
-def _gb(n: float) -> str:
-    return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.2f} MiB"
-
-
 def plot_dir(run_dir: Path) -> Path:
     """Where check's lr curves go without --out: the run directory, unless it already holds a run, whose own
     lr_schedule.* record what that run trained with (a check beside a live run must not overwrite them)."""
@@ -95,9 +91,10 @@ def run_start(recipe, model, plan, *, stage: int, world_size: int, resume: str |
 def _checkpoint_lines(tc, counts: dict, plan) -> list[str]:
     """The disk the run's checkpoints take against the run folder's free space; RunDirError where one cannot fit."""
     space = CheckpointSpace.estimate(tc, trainable=counts["trainable"], epochs=len(plan.per_epoch), total=plan.total)
-    if space.problem():
-        raise RunDirError(space.problem())
-    return ["checkpoints", f"  {space.line()}", *([f"  warning: {space.warning()}"] if space.warning() else [])]
+    problem, warning = space.problem(), space.warning()
+    if problem:
+        raise RunDirError(problem)
+    return ["checkpoints", f"  {space.line()}", *([f"  warning: {warning}"] if warning else [])]
 
 
 def _memory_lines(ds: dict, tc, counts: dict, world_size: int) -> list[str]:
@@ -108,11 +105,12 @@ def _memory_lines(ds: dict, tc, counts: dict, world_size: int) -> list[str]:
         offload_optimizer=offloads_optimizer(ds), offload_params=offload_param,
         precision=tc.precision, largest_layer_params=counts["largest_layer"],
     )  # fmt: skip
+    size = {k: size_text(v) for k, v in mem.items()}
     return [
         f"memory per rank, model states only (ZeRO stage {stage}, {tc.precision}, world size {world_size})",
-        f"  params {_gb(mem['params'])}, grads {_gb(mem['grads'])}, optimizer states {_gb(mem['optimizer_states'])}"
-        + (f", gathered layer {_gb(mem['gathered_layer'])}" if mem["gathered_layer"] else ""),
-        f"  on the device: {_gb(mem['device'])}; offloaded to CPU: {_gb(mem['cpu'])} (activations not included)",
+        f"  params {size['params']}, grads {size['grads']}, optimizer states {size['optimizer_states']}"
+        + (f", gathered layer {size['gathered_layer']}" if mem["gathered_layer"] else ""),
+        f"  on the device: {size['device']}; offloaded to CPU: {size['cpu']} (activations not included)",
     ]
 
 

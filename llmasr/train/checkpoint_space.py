@@ -9,9 +9,11 @@ cannot hold as many as rotation keeps would fail later. `llmasr train` refuses t
 
 from __future__ import annotations
 
-import shutil
+import math
 from dataclasses import dataclass
 from pathlib import Path
+
+from llmasr.errors import free_bytes
 
 # Per trained parameter, besides its own copy: ZeRO's fp32 master partition and Adam's exp_avg and exp_avg_sq
 # (plain torch Adam under ZeRO-0 in fp32 keeps 8: the estimate errs on the side of more).
@@ -19,16 +21,9 @@ OPTIMIZER_BYTES = 12
 WEIGHT_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
 
 
-def _gib(n: float) -> str:
-    return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
-
-
-def free_bytes(path: Path) -> int:
-    """Free bytes on the file system `path` is (or, not made yet, would be) on."""
-    path = Path(path).absolute()
-    while not path.exists() and path != path.parent:
-        path = path.parent
-    return shutil.disk_usage(path).free
+def size_text(n: float) -> str:
+    """Bytes as `llmasr check` prints sizes: GiB from one GiB up, MiB below."""
+    return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.2f} MiB"
 
 
 @dataclass(frozen=True)
@@ -36,7 +31,7 @@ class CheckpointSpace:
     run_dir: Path
     per_checkpoint: int  # bytes, estimated
     most_kept: int  # checkpoints on disk at once at most (rotation's, with the one being written)
-    free: int  # bytes free on the run folder's file system
+    free: float  # bytes free on the run folder's file system (inf where no folder above it exists to ask)
 
     @classmethod
     def estimate(cls, train_cfg, *, trainable: int, epochs: int, total: int) -> CheckpointSpace:
@@ -47,7 +42,8 @@ class CheckpointSpace:
         saves = max(1, epochs + (total // every if every else 0))
         kept = saves if train_cfg.keep_last == 0 else min(saves, train_cfg.keep_last + train_cfg.best_k + 1)
         run_dir = Path(train_cfg.output_dir)
-        return cls(run_dir, per, kept, free_bytes(run_dir))
+        free = free_bytes(run_dir)  # the run folder's, or that of the nearest folder above it that exists
+        return cls(run_dir, per, kept, math.inf if free is None else free)
 
     @property
     def needed(self) -> int:
@@ -55,8 +51,8 @@ class CheckpointSpace:
 
     def line(self) -> str:
         return (
-            f"about {_gib(self.per_checkpoint)} a checkpoint, up to {self.most_kept} on disk at once "
-            f"({_gib(self.needed)}); {_gib(self.free)} free at {self.run_dir}"
+            f"about {size_text(self.per_checkpoint)} a checkpoint, up to {self.most_kept} on disk at once "
+            f"({size_text(self.needed)}); {size_text(self.free)} free at {self.run_dir}"
         )
 
     def problem(self) -> str | None:
@@ -64,8 +60,8 @@ class CheckpointSpace:
         if self.free >= self.per_checkpoint:
             return None
         return (
-            f"{self.run_dir}: {_gib(self.free)} free, and a checkpoint of this run takes about "
-            f"{_gib(self.per_checkpoint)}: the first save would fail. Free space there or set another "
+            f"{self.run_dir}: {size_text(self.free)} free, and a checkpoint of this run takes about "
+            f"{size_text(self.per_checkpoint)}: the first save would fail. Free space there or set another "
             "train.output_dir"
         )
 

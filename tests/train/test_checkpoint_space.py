@@ -59,7 +59,7 @@ def test_a_folder_that_cannot_hold_one_checkpoint_is_refused_before_training(bas
     from llmasr.testing.run_dirs import train_run
 
     monkeypatch.setattr(space_mod, "free_bytes", lambda path: 4096)
-    with pytest.raises(RunDirError, match=r"0.0 MiB free, and a checkpoint of this run takes about .* first save"):
+    with pytest.raises(RunDirError, match=r"0.00 MiB free, and a checkpoint of this run takes about .* first save"):
         train_run(tmp_path / "run", *base[:1], base[1], preset="zero2")
     assert not any((tmp_path / "run" / "checkpoints").glob("update_*"))
 
