@@ -70,9 +70,8 @@ class SpeechDataset(Dataset):
         # False: lists are chosen as usual (listed_hotwords) but no prompt renders them: the unbiased baseline
         # that decoding scores against the same lists.
         self.prompt_hotwords = bool(prompt_hotwords)
-        self.trim_leading_silence = bool(
-            trim_leading_silence
-        )  # decoding: a leading pause cut (long_audio.speech_start)
+        # decoding: an item's leading pause is cut (long_audio.speech_start); its `lead` says by how much
+        self.trim_leading_silence = bool(trim_leading_silence)
         self.epoch = 0
         self._fx = None
         self._aug = None

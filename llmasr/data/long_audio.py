@@ -255,11 +255,7 @@ def join_texts(texts: list[str], overlapped: list[bool], overlap: float) -> str:
     (its shared words are said once, see join_pair); `overlap`: the seconds such windows share."""
     if len(texts) != len(overlapped) or not texts:
         raise ValueError(f"join_texts: {len(texts)} texts and {len(overlapped)} overlap flags")
-    max_tokens = math.ceil(TOKENS_PER_SECOND * overlap) + 1
-    out = texts[0]
-    for text, shared in zip(texts[1:], overlapped[1:]):
-        out = join_pair(out, text, max_tokens) if shared else _glue(out, text)
-    return out
+    return _join(texts, overlapped, overlap)[0]
 
 
 def shift_times(words: list | None, seconds: float) -> list | None:
@@ -275,14 +271,23 @@ def join_words(
     join_texts cuts the texts. None when a window has none."""
     if any(w is None or len(w) != len(UNIT.findall(t)) for t, w in zip(texts, words)):
         return None
-    words = [shift_times(w, s) for w, s in zip(words, starts)]
+    return _join(texts, overlapped, overlap, [shift_times(w, s) for w, s in zip(words, starts)])[1]
+
+
+def _join(texts: list[str], overlapped: list[bool], overlap: float, words: list[list] | None = None):
+    """(join_texts' text, and with `words` (one timed unit per UNIT of each text) the units that text keeps): one
+    loop for both, so the times are cut exactly where the texts are."""
     max_tokens = math.ceil(TOKENS_PER_SECOND * overlap) + 1
-    out, timed = texts[0], list(words[0])
-    for text, ws, shared in zip(texts[1:], words[1:], overlapped[1:]):
-        cut = seam(out, text, max_tokens) if shared else None
+    out, timed = texts[0], None if words is None else list(words[0])
+    for k in range(1, len(texts)):
+        text = texts[k]
+        cut = seam(out, text, max_tokens) if overlapped[k] else None
         if cut is None:
-            out, timed = _glue(out, text), timed + list(ws)
+            out = _glue(out, text)
+            timed = None if timed is None else timed + list(words[k])
             continue
-        kept, dropped = len(UNIT.findall(out[: cut[0]])), len(UNIT.findall(text[: cut[1]]))
-        out, timed = _glue(out[: cut[0]], text[cut[1] :]), timed[:kept] + list(ws[dropped:])
-    return timed
+        if timed is not None:
+            kept, dropped = len(UNIT.findall(out[: cut[0]])), len(UNIT.findall(text[: cut[1]]))
+            timed = timed[:kept] + list(words[k][dropped:])
+        out = _glue(out[: cut[0]], text[cut[1] :])
+    return out, timed
