@@ -9,12 +9,10 @@ import json
 import logging
 import sys
 
-import torch
-
 from llmasr.commands.decode import model_args
 from llmasr.config_io import ConfigError
 from llmasr.data.hotwords import PhraseFileError, read_phrase_file
-from llmasr.export.decode_world import usable_device
+from llmasr.export.decode_world import DecodeWorld
 from llmasr.export.exported import ExportedModelError
 from llmasr.export.transcribe import TranscribeError, Transcriber
 from llmasr.run_dir import CheckpointError
@@ -44,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"llmasr transcribe: error: --hotwords: {err}", file=sys.stderr)
         return 2
     try:
-        device = usable_device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        device = DecodeWorld().device(args.device)  # decode's choice: cuda when available
     except ValueError as err:
         print(f"llmasr transcribe: error: --device: {err}", file=sys.stderr)
         return 2

@@ -67,7 +67,8 @@ class Transcriber:
 
     def transcripts(self, audio: list, sample_rate: int | None = None, hotwords: list[str] | None = None) -> list:
         """Per clip, in order: {"audio" (the path, or "waveform i"), "hyp", "ctc_hyp" (the CTC branch's greedy
-        text, None without a head), "truncated" (the guard that ended it, or None), "windows", "duration"}."""
+        text, None without a head), "truncated" (the guard that ended it, or None), "windows", "duration", and with
+        decode.timestamps "timestamps" ([word, start s, end s] each, or None)}."""
         if not audio:
             return []
         with tempfile.TemporaryDirectory(prefix="llmasr-transcribe-") as tmp:
