@@ -292,9 +292,11 @@ def build_dataloader(
     world_size: int = 1,
     epoch: int = 0,
     device=None,
+    trim_leading_silence: bool = False,
 ) -> tuple[SpeechDataLoader, DynamicBucketSampler]:
     """`manifests`: a list of ManifestSpec / paths (e.g. data_cfg.train), or an opened Manifest/MixedManifest.
-    `device`: the model's, which data.features_on auto follows (None: CUDA when available)."""
+    `device`: the model's, which data.features_on auto follows (None: CUDA when available). `trim_leading_silence`:
+    validation hears each utterance from its speech, as decoding does (decode.trim_leading_silence)."""
     name = "train" if train else "valid"
     if hasattr(manifests, "durations"):
         manifest = manifests
@@ -324,6 +326,7 @@ def build_dataloader(
     dataset = _dataset(
         manifest, frontend, data_cfg, train=train, prompt_builder=prompt_builder, ctc=ctc_tokenizer, device=device,
         hotword_sampler=_hotword_sampler(data_cfg, manifest, train=train, rank=rank),
+        trim_leading_silence=trim_leading_silence and not train,
     )  # fmt: skip
     sampler.add_epoch_listener(dataset.set_epoch)
     sampler.set_epoch(epoch)

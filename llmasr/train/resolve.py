@@ -76,7 +76,10 @@ def build_loaders(recipe, side: TextSide, *, rank: int, world_size: int):
         )
     valid_loader = None
     if data.valid:
-        valid_loader, _ = build_dataloader(data, data.valid, side.frontend, train=False, **common)
+        valid_loader, _ = build_dataloader(
+            data, data.valid, side.frontend, train=False, trim_leading_silence=recipe.decode.trim_leading_silence,
+            **common,
+        )  # fmt: skip
     return train_loader, sampler, valid_loader
 
 

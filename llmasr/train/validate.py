@@ -10,7 +10,9 @@ CTC head), as `llmasr decode` decodes. With a CTC head, the greedy pass also sco
 (`ctc_wer`, same scorer and metric as `wer`): a low ctc_wer next to a high wer says the encoder hears the words and
 the LLM side loses them. Both come from one `model.transcribe` call, the function `llmasr decode` uses: the CTC head
 reads the encoder output of the generation pass (a rank holding only the stand-in for an all-bad batch makes the
-same call, so under ZeRO-3 every rank joins the same collectives).
+same call, so under ZeRO-3 every rank joins the same collectives). The loader hears each dev utterance from where
+its speech starts when decoding does (decode.trim_leading_silence), so the WER that picks the best checkpoint is
+the one `llmasr decode` would measure.
 """
 
 from __future__ import annotations

@@ -65,3 +65,13 @@ def test_a_mixed_run_makes_the_updates_its_plan_counted(tiny_llm_dir, two_corpor
     capped = plan_run(mixed_recipe(tiny_llm_dir, two_corpora, tmp_path / "r2", [1.0, 0.5], max_updates=2),
                       resolve_ds_config("zero0", r.train, world_size=1), rank=0, world_size=1)  # fmt: skip
     assert capped.total == 2 and "(train.max_updates)" in capped.update_line()
+
+
+@pytest.mark.parametrize("trim", [True, False])
+def test_validation_hears_its_utterances_from_where_decoding_starts_them(tiny_llm_dir, two_corpora, tmp_path, trim):
+    d = tiny_recipe_dict(tiny_llm_dir, train=[two_corpora[0]], valid=[two_corpora[1]], output_dir=tmp_path / "r")
+    d["decode"] = {"trim_leading_silence": trim}
+    recipe = load_recipe(data=d)
+    train_loader, _, valid_loader = build_loaders(recipe, text_side(recipe.model), rank=0, world_size=1)
+    assert valid_loader.dataset.trim_leading_silence is trim  # decode.trim_leading_silence
+    assert train_loader.dataset.trim_leading_silence is False  # training hears its clips whole
