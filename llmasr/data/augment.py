@@ -1,4 +1,5 @@
-"""Training-time augmentation: waveform (speed perturbation, additive noise, gain) and SpecAugment.
+"""Training-time augmentation: waveform (speed perturbation, pauses around the speech, additive noise, gain) and
+SpecAugment.
 
 Every random draw comes from the numpy Generator the caller passes, in a fixed order, so the same seed gives the
 same augmentation. The caller applies it to training data only (see `Augmenter.enabled`).
@@ -8,6 +9,11 @@ mask covers the same mel bins in every sub-frame, as FunASR's SpecAugLFR does. T
 (60 ms each for Paraformer's 7/6), at independent random positions. FunASR's SpecAugLFR instead repeats each time
 mask lfr_m times at a stride of T // lfr_m rows (so one configured mask masks lfr_m evenly spaced spans);
 `spec_augment.lfr_time_replicate: true` reproduces that. Masked values are set to 0 (the CMVN mean).
+
+Pauses (`silence`): clips cut tightly around their speech teach a model that audio starts with a word, and an
+LLM-ASR model so trained writes words into the pause before speech it meets in real recordings. The pause put
+before and after the clip is Gaussian noise at the clip's own floor (its quietest frames), so it sounds like the
+recording going on; noise augmentation, applied after it, covers the pause as well.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import numpy as np
 
 from llmasr.config_io import ConfigError, path_field
 from llmasr.data.frontend import FrontendConfig
+from llmasr.data.long_audio import frame_energies
 
 log = logging.getLogger(__name__)
 
@@ -105,17 +112,50 @@ class GainConfig:
 
 
 @dataclass
+class SilenceConfig:
+    enable: bool = False
+    prob: float = 0.5  # one draw decides both pauses of a clip
+    lead: list[float] = field(default_factory=lambda: [0.0, 1.0])  # seconds of pause before the speech
+    trail: list[float] = field(default_factory=lambda: [0.0, 0.5])  # and after it
+    level_db: list[float] = field(default_factory=lambda: [-20.0, 0.0])  # against the clip's quietest frames
+
+    def validate(self, path: str) -> None:
+        _check_range(path, "lead", self.lead, 0.0, 30.0)
+        _check_range(path, "trail", self.trail, 0.0, 30.0)
+        _check_range(path, "level_db", self.level_db, -60.0, 20.0)
+        _check_prob(path, self.prob)
+
+    @property
+    def max_seconds(self) -> float:
+        """The most audio the pauses add to one clip (what the batch budget reserves for them)."""
+        return float(self.lead[1] + self.trail[1]) if self.enable else 0.0
+
+
+@dataclass
 class AugmentConfig:
     spec_augment: SpecAugmentConfig = field(default_factory=SpecAugmentConfig)
     noise: NoiseConfig = field(default_factory=NoiseConfig)
     speed_perturb: SpeedPerturbConfig = field(default_factory=SpeedPerturbConfig)
+    silence: SilenceConfig = field(default_factory=SilenceConfig)
     gain: GainConfig = field(default_factory=GainConfig)
 
     def validate(self, path: str) -> None:
         self.spec_augment.validate(f"{path}.spec_augment")
         self.noise.validate(f"{path}.noise")
         self.speed_perturb.validate(f"{path}.speed_perturb")
+        self.silence.validate(f"{path}.silence")
         self.gain.validate(f"{path}.gain")
+
+    @property
+    def stretch(self) -> float:
+        """The most speed perturbation lengthens a clip by: 1 / its slowest factor (at least 1)."""
+        sp = self.speed_perturb
+        return max(1.0, 1.0 / min(sp.factors)) if sp.enable and sp.factors else 1.0
+
+    def cost(self, frontend: FrontendConfig) -> tuple[float, float]:
+        """(scale, seconds): a clip of d seconds leaves the waveform augmentations at most d * scale + seconds long,
+        what the batch budget reserves. A Whisper frontend's pauses fit in the window every clip costs anyway."""
+        return self.stretch, 0.0 if frontend.kind == "whisper" else self.silence.max_seconds
 
 
 def read_noise_list(path: str | Path) -> list[str]:
@@ -153,22 +193,25 @@ class Augmenter:
 
     @property
     def enabled(self) -> bool:
-        c = self.cfg
-        return c.spec_augment.enable or c.noise.enable or c.speed_perturb.enable or c.gain.enable
+        return self.cfg.spec_augment.enable or self.wave_enabled
 
     @property
     def wave_enabled(self) -> bool:
         c = self.cfg
-        return c.noise.enable or c.speed_perturb.enable or c.gain.enable
+        return c.noise.enable or c.speed_perturb.enable or c.silence.enable or c.gain.enable
 
     # -------------------------------------------------------------------------------------------------- waveform
     def wave(self, waveform: np.ndarray, sr: int, rng: np.random.Generator) -> np.ndarray:
-        """Speed perturbation, then noise at a random SNR, then gain (clipped to [-1, 1])."""
+        """Speed perturbation, then pauses around the speech, then noise at a random SNR, then gain (clipped to
+        [-1, 1])."""
         c = self.cfg
         x = np.asarray(waveform, dtype=np.float32)
         if c.speed_perturb.enable:
             factor = float(c.speed_perturb.factors[int(rng.integers(len(c.speed_perturb.factors)))])
             x = speed_perturb(x, sr, factor)
+        if c.silence.enable:
+            if rng.random() < c.silence.prob:
+                x = self._add_pauses(x, sr, rng)
         if c.noise.enable:
             if rng.random() < c.noise.prob:
                 x = self._add_noise(x, sr, rng)
@@ -177,6 +220,22 @@ class Augmenter:
                 db = rng.uniform(c.gain.db[0], c.gain.db[1])
                 x = np.clip(x * np.float32(10.0 ** (db / 20.0)), -1.0, 1.0)
         return x
+
+    def _add_pauses(self, x: np.ndarray, sr: int, rng: np.random.Generator) -> np.ndarray:
+        """`x` between a lead and a trail of noise at its own floor (see the module docstring). A Whisper frontend
+        cuts audio at its window: there the pauses shrink to the room the clip leaves in it."""
+        c = self.cfg.silence
+        lead, trail = rng.uniform(c.lead[0], c.lead[1]), rng.uniform(c.trail[0], c.trail[1])
+        level_db = rng.uniform(c.level_db[0], c.level_db[1])
+        if self.frontend.kind == "whisper" and lead + trail > 0:
+            fit = min(1.0, max(0.0, self.frontend.chunk_seconds - x.shape[0] / sr) / (lead + trail))
+            lead, trail = lead * fit, trail * fit
+        n_lead, n_trail = int(round(lead * sr)), int(round(trail * sr))
+        if n_lead + n_trail == 0 or x.shape[0] == 0:
+            return x
+        floor_db = float(np.percentile(frame_energies(x, sr), 10)) + level_db
+        pause = rng.standard_normal(n_lead + n_trail).astype(np.float32) * np.float32(10.0 ** (floor_db / 20.0))
+        return np.concatenate([pause[:n_lead], x, pause[n_lead:]])
 
     def _add_noise(self, x: np.ndarray, sr: int, rng: np.random.Generator) -> np.ndarray:
         from llmasr.data.audio import AudioError, load_audio, probe_duration

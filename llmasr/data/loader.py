@@ -170,10 +170,7 @@ def make_sampler(
     max_seconds, max_frames = b.budget_seconds, b.max_frames
     if keep_every_item:
         max_seconds, max_frames = _fit_longest(durations, min_item, max_seconds, max_frames, frontend.frame_seconds)
-    cost_scale = 1.0
-    sp = data_cfg.augment.speed_perturb
-    if train and sp.enable and sp.factors:  # a factor f < 1 makes audio 1/f times longer
-        cost_scale = max(1.0, 1.0 / min(sp.factors))
+    cost_scale, cost_pad = data_cfg.augment.cost(frontend) if train else (1.0, 0.0)
     return DynamicBucketSampler(
         durations,
         target_lens,
@@ -194,6 +191,7 @@ def make_sampler(
         truncate_to_max=b.truncate_to_max,
         min_item_seconds=min_item,
         cost_scale=cost_scale,
+        cost_pad=cost_pad,
         indices=indices,
         epoch_indices=epoch_indices,
         skip=skip,

@@ -68,6 +68,7 @@ class DynamicBucketSampler(Sampler):
     min_item_seconds: cost every item at least this long (fixed-length frontends such as Whisper's 30 s).
     cost_scale: multiply every item's cost (e.g. 1/0.9 when speed perturbation may stretch audio by 1/0.9);
         filters still use the durations as given.
+    cost_pad: seconds added to every item's cost after the scale (pauses augmentation may put around a clip).
     indices: restrict to these dataset indices (e.g. a validation subset).
     epoch_indices: epoch -> dataset indices for that epoch (weighted mixing); overrides `indices`.
     skip: dataset indices known to be unusable (lines found bad before loading); never batched.
@@ -95,6 +96,7 @@ class DynamicBucketSampler(Sampler):
         truncate_to_max: bool = False,
         min_item_seconds: float | None = None,
         cost_scale: float = 1.0,
+        cost_pad: float = 0.0,
         indices: np.ndarray | None = None,
         epoch_indices: Callable[[int], np.ndarray] | None = None,
         skip: np.ndarray | None = None,
@@ -122,7 +124,7 @@ class DynamicBucketSampler(Sampler):
         self.truncate_to_max = bool(truncate_to_max)
         self.epoch_indices = epoch_indices
         self.base_indices = np.arange(n, dtype=np.int64) if indices is None else np.asarray(indices, dtype=np.int64)
-        self._sort_items(min_item_seconds, cost_scale, skip)
+        self._sort_items(min_item_seconds, cost_scale, cost_pad, skip)
 
         self.epoch = 0
         self._plan_cache: tuple[tuple, list[list[list[int]]], dict] | None = None
@@ -133,7 +135,9 @@ class DynamicBucketSampler(Sampler):
         self.resharded = False  # the last load_state_dict came from another world size
         self._epoch_listeners: list[Callable[[int], None]] = []
 
-    def _sort_items(self, min_item_seconds: float | None, cost_scale: float, skip: np.ndarray | None) -> None:
+    def _sort_items(
+        self, min_item_seconds: float | None, cost_scale: float, cost_pad: float, skip: np.ndarray | None
+    ) -> None:
         """Per-item cost in budget units (`sizes`, `budget`), first filter reason (-1 = kept), truncation, and the
         duration buckets, all computed once."""
         d = self.durations
@@ -143,7 +147,7 @@ class DynamicBucketSampler(Sampler):
             eff = np.minimum(eff, self.max_duration)
         if min_item_seconds is not None:
             eff = np.maximum(eff, float(min_item_seconds))
-        eff = eff * float(cost_scale)
+        eff = eff * float(cost_scale) + float(cost_pad)
         if self.max_frames is not None:
             self.sizes = np.ceil(eff * float(self.frames_per_second) - 1e-9)
             self.budget = float(self.max_frames)
@@ -203,8 +207,7 @@ class DynamicBucketSampler(Sampler):
         `carry`: items left over from the previous (shorter) bucket, put in front. Returns this bucket's leftover
         (the last, not yet full batch), which the caller carries into the next bucket.
         """
-        sizes = self.sizes
-        tl = self.target_lens
+        sizes, tl = self.sizes, self.target_lens
         cap_t = self.max_target_tokens if tl is not None else None
         budget = self.budget
         window = self.shuffle_buffer if self.shuffle_buffer > 0 else max(items.size, 1)
@@ -213,8 +216,7 @@ class DynamicBucketSampler(Sampler):
             if self.shuffle_buffer > 0:
                 pool = pool[np.argsort(sizes[pool], kind="stable")]
             cur: list[int] = []
-            cur_max = 0.0
-            cur_tmax = 0
+            cur_max, cur_tmax = 0.0, 0
             for i in pool.tolist():
                 s = sizes[i]
                 new_max = s if s > cur_max else cur_max

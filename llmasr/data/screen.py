@@ -125,7 +125,5 @@ def longest_trained(data_cfg) -> float | None:
     else:
         kept = np.minimum(durations, limit) if b.truncate_to_max else durations[durations <= limit]
         longest = float(kept.max()) if kept.size else limit
-    sp = data_cfg.augment.speed_perturb
-    if sp.enable and sp.factors:
-        longest /= min(1.0, min(sp.factors))
+    longest *= data_cfg.augment.stretch
     return round(float(longest), 4) if np.isfinite(longest) else None  # manifests keep float32 durations

@@ -53,6 +53,10 @@ def test_config_from_dict_and_validation(tmp_path):
         ({"gain": {"db": [-100, 0]}}, "augment.gain.db"),
         ({"speed_perturb": {"factors": []}}, "augment.speed_perturb.factors"),
         ({"speed_perturb": {"factors": [3.0]}}, "augment.speed_perturb.factors"),
+        ({"silence": {"lead": [1.0, 0.5]}}, "augment.silence.lead"),
+        ({"silence": {"trail": [-0.5, 0.5]}}, "augment.silence.trail"),
+        ({"silence": {"level_db": [-100, 0]}}, "augment.silence.level_db"),
+        ({"silence": {"prob": -0.1}}, "augment.silence.prob"),
         ({"spec_augment": {"max_time_width": 2.5}}, "augment.spec_augment.max_time_width"),
         ({"spec_augment": {"num_freq_masks": -1}}, "augment.spec_augment"),
         ({"spec_augment": {"bogus": 1}}, "unknown key"),
@@ -82,6 +86,55 @@ def test_wave_augment_deterministic_and_effective(tmp_path):
     lengths = {len(aug.wave(x, SR, np.random.default_rng(s))) for s in range(20)}
     assert lengths == {17778, 14546}  # both speed factors drawn
     assert a.dtype == np.float32 and np.abs(a).max() <= 1.0
+
+
+def speech_like(seconds=2.0, floor=0.01, seed=0):
+    """A tone in bursts over a noise floor of RMS `floor` (the quiet stretches between the bursts)."""
+    rng = np.random.default_rng(seed)
+    x = sine(300, seconds) * (np.arange(int(SR * seconds)) // (SR // 4) % 2 == 0)
+    return (x + floor * rng.standard_normal(x.size)).astype(np.float32)
+
+
+def test_pauses_put_the_clip_between_noise_at_its_floor():
+    cfg = from_dict(
+        AugmentConfig,
+        {"silence": {"enable": True, "prob": 1.0, "lead": [0.3, 1.0], "trail": [0.1, 0.4], "level_db": [0, 0]}},
+        "augment",
+    )
+    aug = Augmenter(cfg, FrontendConfig())
+    assert aug.wave_enabled and cfg.silence.max_seconds == pytest.approx(1.4)
+    x = speech_like()
+    leads = set()
+    for seed in range(10):
+        y = aug.wave(x, SR, np.random.default_rng(seed))
+        np.testing.assert_array_equal(y, aug.wave(x, SR, np.random.default_rng(seed)))
+        found = [i for i in range(y.size - x.size + 1) if y[i] == x[0] and np.array_equal(y[i : i + x.size], x)]
+        assert len(found) == 1, "the clip itself is untouched, once, inside the pauses"
+        lead, trail = found[0], y.size - x.size - found[0]
+        assert 0.3 * SR <= lead <= 1.0 * SR and 0.1 * SR <= trail <= 0.4 * SR
+        leads.add(lead)
+        rms = float(np.sqrt(np.mean(np.concatenate([y[:lead], y[y.size - trail :]]) ** 2)))
+        assert rms == pytest.approx(0.01, rel=0.25)  # the floor of the quiet stretches, not the tone's level
+    assert len(leads) == 10
+    cfg.silence.level_db = [-20.0, -20.0]
+    y = aug.wave(x, SR, np.random.default_rng(0))
+    assert float(np.sqrt(np.mean(y[: int(0.3 * SR)] ** 2))) == pytest.approx(0.001, rel=0.25)
+    cfg.silence.prob = 0.0
+    np.testing.assert_array_equal(aug.wave(x, SR, np.random.default_rng(0)), x)
+
+
+def test_pauses_fit_a_whisper_window():
+    cfg = from_dict(AugmentConfig, {"silence": {"enable": True, "prob": 1.0, "lead": [2, 2], "trail": [2, 2]}}, "a")
+    whisper = FrontendConfig(kind="whisper", n_mels=80, chunk_seconds=3.0)
+    x = speech_like(2.0)
+    y = Augmenter(cfg, whisper).wave(x, SR, np.random.default_rng(0))
+    assert y.size == 3 * SR  # 1 s of room in the 3 s window: half a second each side
+    np.testing.assert_array_equal(y[SR // 2 : SR // 2 + x.size], x)
+    assert Augmenter(cfg, whisper).wave(speech_like(3.5), SR, np.random.default_rng(0)).size == int(3.5 * SR)
+    assert Augmenter(cfg, FrontendConfig()).wave(x, SR, np.random.default_rng(0)).size == 6 * SR
+    # what the batch budget reserves: the pauses, except in a Whisper window that every clip fills anyway
+    cfg.speed_perturb.enable = True
+    assert cfg.cost(FrontendConfig()) == (pytest.approx(1 / 0.9), 4.0) and cfg.cost(whisper)[1] == 0.0
 
 
 def test_speed_perturb_shifts_frequency_and_length():

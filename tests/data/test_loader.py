@@ -268,3 +268,21 @@ def test_a_rank_on_a_python_with_the_fork_deadlock_lets_go_before_forking_worker
     list(loader)
     list(loader)
     assert slept.count(start.FORK_QUIET_S) == (2 if version[2] == 7 else 0)
+
+
+def test_pauses_lengthen_training_items_and_the_budget_reserves_room_for_them(tmp_path):
+    path = good_corpus(tmp_path, 24)
+    durations = {json.loads(line)["key"]: json.loads(line)["duration"] for line in path.read_text().splitlines()}
+    pauses = {"silence": {"enable": True, "prob": 1.0, "lead": [0.6, 0.6], "trail": [0.3, 0.3]}}
+    frames_per_s = 100 / 6  # LFR 7/6 of 10 ms frames
+    for train in (True, False):
+        loader, sampler = build(cfg(augment=pauses), [str(path)], train=train)
+        assert sampler.budget == 6.0
+        for batch in loader:
+            lens = batch.feat_lens.tolist()
+            for key, n in zip(batch.keys, lens):
+                # 0.9 s more frames in training; validation and decoding hear the clip as it is
+                assert n / frames_per_s == pytest.approx(durations[key] + (0.9 if train else 0.0), abs=0.1)
+            assert len(lens) * max(lens) / frames_per_s <= 6.0 + 0.1  # the budget counted the pauses
+            if train:
+                assert sampler.sizes[sampler.base_indices].min() >= 0.9 + 0.3

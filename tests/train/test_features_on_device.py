@@ -1,6 +1,6 @@
 """data.features_on: device through the real training loop and decoding: the loader ships waveforms, the model
 computes fbank + LFR + CMVN + SpecAugment itself, and training, validation and decoding give what the worker path
-gives (same dither and masks per item, features equal within the fbank parity tolerance)."""
+gives (same pauses, dither and masks per item, features equal within the fbank parity tolerance)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,11 @@ from llmasr.export.decode import DecodeOptions, decode_manifest
 from llmasr.models.decoding import DecodeConfig
 from llmasr.testing.run_dirs import model_section, train_run
 
-SPEC = {"spec_augment": {"enable": True, "num_time_masks": 2, "max_time_width": 3, "num_freq_masks": 1}}
+# SpecAugment drawn in the worker, applied where the features are made; pauses put around every clip before either
+AUGMENT = {
+    "spec_augment": {"enable": True, "num_time_masks": 2, "max_time_width": 3, "num_freq_masks": 1},
+    "silence": {"enable": True, "prob": 1.0, "lead": [0.05, 0.2], "trail": [0.0, 0.1]},
+}
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +32,7 @@ def setup(tmp_path_factory):
         seen = []
         with pytest.MonkeyPatch.context() as mp:  # count the batches whose features the model computed
             mp.setattr(DeviceFeatures, "__call__", _counting(DeviceFeatures.__call__, seen))
-            data = {"features_on": where, "augment": SPEC}
+            data = {"features_on": where, "augment": AUGMENT}
             runs[where] = train_run(root / where, model_section(llm, enc), corpus, updates=2, valid=corpus, data=data)
         calls[where] = len(seen)
     assert calls["worker"] == 0 and calls["device"] >= 3  # >= 2 training batches and a validation batch
