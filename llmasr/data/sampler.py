@@ -107,8 +107,7 @@ class DynamicBucketSampler(Sampler):
         if target_lens is not None and np.shape(target_lens) != (n,):
             raise ValueError(f"target_lens has shape {np.shape(target_lens)}, durations ({n},)")
         self.target_lens = None if target_lens is None else np.asarray(target_lens, dtype=np.int64)
-        self.max_seconds = max_seconds
-        self.max_frames = max_frames
+        self.max_seconds, self.max_frames = max_seconds, max_frames
         self.frames_per_second = frames_per_second
         self.max_target_tokens = max_target_tokens
         self.num_buckets = int(num_buckets)
@@ -147,7 +146,8 @@ class DynamicBucketSampler(Sampler):
             eff = np.minimum(eff, self.max_duration)
         if min_item_seconds is not None:
             eff = np.maximum(eff, float(min_item_seconds))
-        eff = eff * float(cost_scale) + float(cost_pad)
+        self.cost = (float(cost_scale), float(cost_pad))  # what augmentation may add: duration x scale + seconds
+        eff = eff * self.cost[0] + self.cost[1]
         if self.max_frames is not None:
             self.sizes = np.ceil(eff * float(self.frames_per_second) - 1e-9)
             self.budget = float(self.max_frames)

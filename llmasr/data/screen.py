@@ -95,6 +95,12 @@ def describe_skipped(sampler, manifest, batching, name: str) -> str | None:
         "over_batch_budget": "too large for a batch of one under the batch budget (max_seconds / max_frames / "
         "max_target_tokens)",
     }
+    scale, pad = getattr(sampler, "cost", (1.0, 0.0))
+    if scale != 1.0 or pad:
+        limits["over_batch_budget"] += (
+            f"; a line costs its duration x {scale:.3g} + {pad:g} s there, what data.augment may add to it "
+            "(speed_perturb's slowest factor, silence's lead[1] + trail[1])"
+        )
     parts, count = [], 0
     for reason, text in limits.items():
         idx = sampler.skipped_indices(reason)

@@ -286,3 +286,13 @@ def test_pauses_lengthen_training_items_and_the_budget_reserves_room_for_them(tm
             assert len(lens) * max(lens) / frames_per_s <= 6.0 + 0.1  # the budget counted the pauses
             if train:
                 assert sampler.sizes[sampler.base_indices].min() >= 0.9 + 0.3
+
+
+def test_lines_that_pauses_push_over_the_budget_are_reported_with_the_reason(tmp_path, caplog):
+    m = with_lines(tmp_path, 10, [])  # 0.3-2.0 s
+    pauses = {"silence": {"enable": True, "lead": [0.0, 4.5], "trail": [0.0, 0.5]}}
+    _, sampler = build(cfg(augment=pauses), [m])
+    durations = [json.loads(line)["duration"] for line in open(m)]
+    assert sampler.filtered == {"over_batch_budget": sum(d + 5.0 > 6.0 for d in durations)} and sampler.filtered
+    line = next(r.getMessage() for r in caplog.records if "skipped every epoch" in r.getMessage())
+    assert "a line costs its duration x 1 + 5 s there" in line and "silence's lead[1] + trail[1]" in line
