@@ -114,6 +114,23 @@ def _memory_lines(ds: dict, tc, counts: dict, world_size: int) -> list[str]:
     ]
 
 
+def _data_lines(sampler, per_epoch: list[int], valid_loader) -> list[str]:
+    st = sampler.stats(0)
+    lines = [
+        "data",
+        f"  batches per rank per epoch: {per_epoch[0] if len(set(per_epoch)) == 1 else per_epoch}",
+        f"  mean utterances per batch: {st['mean_batch_size']:.2f}; padding efficiency {st['padding_efficiency']:.3f}",
+        f"  items kept {st['kept_items']} of {st['num_items']}; skipped: {st['filtered'] or 'none'}; "
+        f"padding batches (world-size remainder): {st['num_padding_batches']}",
+        f"  validation: {'none' if valid_loader is None else f'{len(valid_loader)} batches per rank'}",
+    ]
+    scale, pad = sampler.cost
+    if scale != 1.0 or pad:  # the batches are cut for the longest audio augmentation can make
+        lines.insert(3, f"  an utterance costs the budget its duration x {scale:.3g} + {pad:g} s (data.augment: "
+                     "speed_perturb's slowest factor, silence's longest pauses)")  # fmt: skip
+    return lines
+
+
 def check(
     recipe, ds_path, *, world_size: int, out: Path | None = None, resume: str | None = None, overwrite: bool = False
 ) -> str:
@@ -132,7 +149,6 @@ def check(
     curves = lr_curve(recipe.optim, names, total)
     counts = param_counts(model)
     stage = zero_stage(ds)
-    st = sampler.stats(0)
     start = run_start(recipe, model, plan, stage=stage, world_size=world_size, resume=resume, overwrite=overwrite)
     lines = [
         "batch arithmetic",
@@ -140,12 +156,7 @@ def check(
         f"  gradient accumulation: {k}",
         f"  world size: {world_size}",
         f"  train_batch_size: {ds['train_batch_size']}",
-        "data",
-        f"  batches per rank per epoch: {per_epoch[0] if len(set(per_epoch)) == 1 else per_epoch}",
-        f"  mean utterances per batch: {st['mean_batch_size']:.2f}; padding efficiency {st['padding_efficiency']:.3f}",
-        f"  items kept {st['kept_items']} of {st['num_items']}; skipped: {st['filtered'] or 'none'}; "
-        f"padding batches (world-size remainder): {st['num_padding_batches']}",
-        f"  validation: {'none' if valid_loader is None else f'{len(valid_loader)} batches per rank'}",
+        *_data_lines(sampler, per_epoch, valid_loader),
         "updates",
         f"  {plan.update_line()}",
         "parameters",
