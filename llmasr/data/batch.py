@@ -29,6 +29,7 @@ class Batch:
     hotwords_dropped  per row: phrases the token cap left out of its list
     leads         per row: seconds of leading silence decoding cut off (decode.trim_leading_silence; 0.0 elsewhere), by
                   which its times (word timestamps) are later than its features'
+    speech_runs   per row: [K, 2] seconds where its speech runs, in its features' time (decode.timestamps), or None
     n_bad, bad                     bad items dropped from this batch (manifest, line, key, reason, index each)
     empty         True when every item was bad and the rows are the collator's stand-in fallback item
     duplicate     True when the sampler repeats this batch only to keep the ranks in step (its last group's
@@ -55,6 +56,7 @@ class Batch:
     hotwords: list[list[str]] | None = None  # None: no row has a list ([] each)
     hotwords_dropped: list[int] | None = None
     leads: list[float] | None = None
+    speech_runs: list | None = None
     n_bad: int = 0
     bad: list[dict] = field(default_factory=list)
     empty: bool = False
@@ -71,6 +73,8 @@ class Batch:
             self.hotwords_dropped = [0] * n
         if self.leads is None:
             self.leads = [0.0] * n
+        if self.speech_runs is None:
+            self.speech_runs = [None] * n
         if self.wave is None:
             self.wave = torch.zeros(n, 0)
         if self.wave_lens is None:
@@ -135,6 +139,6 @@ class Batch:
         out["text_ids"] = out["text_ids"][:, : int(out["text_lens"].max())]
         out["ctc_ids"] = out["ctc_ids"][:, : int(out["ctc_lens"].max())]
         out["wave"] = out["wave"][:, : int(out["wave_lens"].max())]
-        names = ("keys", "targets", "indices", "hotwords", "hotwords_dropped", "leads")
+        names = ("keys", "targets", "indices", "hotwords", "hotwords_dropped", "leads", "speech_runs")
         lists = {name: [getattr(self, name)[r] for r in rows] for name in names}
         return replace(self, **out, **lists, n_bad=0, bad=[])

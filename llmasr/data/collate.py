@@ -121,4 +121,5 @@ class Collator:
             "hotwords": [list(it.get("hotwords") or []) for it in items],
             "hotwords_dropped": [int(it.get("hotwords_dropped", 0)) for it in items],
             "leads": [float(it.get("lead", 0.0)) for it in items],
+            "speech_runs": [it.get("speech_runs") for it in items],
         }

@@ -20,7 +20,7 @@ from llmasr.data.augment import Augmenter
 from llmasr.data.bad_data import BadItem
 from llmasr.data.features import FeatureExtractor
 from llmasr.data.frontend import FrontendConfig
-from llmasr.data.long_audio import speech_start
+from llmasr.data.long_audio import speech_runs, speech_start
 from llmasr.data.records import BadRecord
 
 
@@ -53,6 +53,7 @@ class SpeechDataset(Dataset):
         default_hotwords: list[str] | None = None,
         prompt_hotwords: bool = True,
         trim_leading_silence: bool = False,
+        speech_runs: bool = False,
     ):
         self.manifest = manifest
         self.frontend = frontend
@@ -72,6 +73,8 @@ class SpeechDataset(Dataset):
         self.prompt_hotwords = bool(prompt_hotwords)
         # decoding: an item's leading pause is cut (long_audio.speech_start); its `lead` says by how much
         self.trim_leading_silence = bool(trim_leading_silence)
+        # word timestamps: where its speech runs, in the time the model hears it (ctc_align.sound_ends)
+        self.speech_runs = bool(speech_runs)
         self.epoch = 0
         self._fx = None
         self._aug = None
@@ -156,6 +159,7 @@ class SpeechDataset(Dataset):
             "ctc_ids": ctc_ids,
             "duration": float(duration),
             "lead": lead / sr,
+            "speech_runs": speech_runs(wave, sr) if self.speech_runs else None,
             "hotwords": list(enc.hotwords),
             "hotwords_dropped": int(enc.hotwords_dropped),
         }

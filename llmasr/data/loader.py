@@ -225,6 +225,7 @@ def find_fallback(dataset: SpeechDataset, candidates: Sequence[int]):
 def _dataset(
     manifest, frontend: FrontendConfig, data_cfg: DataConfig, *, train: bool, prompt_builder, ctc=None, device=None,
     hotword_sampler=None, default_hotwords=None, prompt_hotwords: bool = True, trim_leading_silence: bool = False,
+    speech_runs: bool = False,
 ):  # fmt: skip
     b = data_cfg.batching
     return SpeechDataset(
@@ -241,6 +242,7 @@ def _dataset(
         default_hotwords=default_hotwords,
         prompt_hotwords=prompt_hotwords,
         trim_leading_silence=trim_leading_silence,
+        speech_runs=speech_runs,
     )
 
 
@@ -344,7 +346,7 @@ def build_decode_loader(
     manifest_path, frontend: FrontendConfig, *, prompt_builder, batch_seconds: float, num_workers: int,
     max_bad_fraction: float, name: str, features_on: str = "auto", device=None, hotwords: list[str] | None = None,
     prompt_hotwords: bool = True, windows: tuple | None = None, rank: int = 0, world_size: int = 1,
-    trim_leading_silence: bool = False,
+    trim_leading_silence: bool = False, speech_runs: bool = False,
 ) -> SpeechDataLoader:  # fmt: skip
     """The validation loader over one manifest, for decoding: every line is batched once, in an eval-mode
     SpeechDataset; batches are cut from one duration-sorted window over the whole manifest (no buckets, no
@@ -360,7 +362,8 @@ def build_decode_loader(
     its own (`loader.dataset.manifest` is then a llmasr.data.windowed.WindowedManifest). `rank` of `world_size`:
     the sampler's share of the same plan (llmasr.export.decode_world). A line without a transcript is decoded too
     (its batch's `targets` hold None for it). `trim_leading_silence`: each item's leading pause is cut
-    (llmasr.data.long_audio.speech_start; the batch's `leads` say by how much each starts later).
+    (llmasr.data.long_audio.speech_start; the batch's `leads` say by how much each starts later). `speech_runs`:
+    each item's stretches of speech ride along (`Batch.speech_runs`, for word timestamps' ends).
     """
     manifest, fill_bad = open_manifests([str(manifest_path)], mix=False, need_target=False)
     durations = np.asarray(manifest.durations(), dtype=np.float64)
@@ -391,6 +394,7 @@ def build_decode_loader(
     dataset = _dataset(
         manifest, frontend, data_cfg, train=False, prompt_builder=prompt_builder, device=device,
         default_hotwords=hotwords, prompt_hotwords=prompt_hotwords, trim_leading_silence=trim_leading_silence,
+        speech_runs=speech_runs,
     )  # fmt: skip
     collator = Collator(prompt_builder.pad_id, no_rows=True)
     return _speech_loader(dataset, sampler, collator, data_cfg, tracker)

@@ -92,6 +92,21 @@ def speech_start(wave: np.ndarray, sample_rate: int) -> int:
     return int(min(len(wave) - 1, max(0, _at(loud[0], sample_rate) - LEAD_S * sample_rate)))
 
 
+def speech_runs(wave: np.ndarray, sample_rate: int) -> np.ndarray:
+    """[K, 2] (start, end) seconds of the stretches of speech in `wave`: frames at or above its silence level, dips
+    shorter than MIN_PAUSE_S bridged (closures inside words, gaps between them); none when the audio's loudness
+    varies too little to tell speech from silence by (silence_level)."""
+    db = frame_energies(wave, sample_rate)
+    quiet = silence_level(db)
+    runs: list[list[int]] = []
+    for a, b in _runs(db >= quiet) if quiet is not None else []:
+        if runs and (a - runs[-1][1]) * HOP_S < MIN_PAUSE_S:
+            runs[-1][1] = b
+        else:
+            runs.append([a, b])
+    return np.asarray([(a * HOP_S, (b - 1) * HOP_S + FRAME_S) for a, b in runs], dtype=np.float64).reshape(-1, 2)
+
+
 def plan_windows(
     wave: np.ndarray, sample_rate: int, max_seconds: float, overlap: float, split_pause: float = 0.0
 ) -> list[Window]:

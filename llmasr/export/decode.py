@@ -87,6 +87,7 @@ from llmasr.export.decode_world import DecodeWorld
 from llmasr.export.exported import MODEL_FILE, ExportedModelError, load_exported, read_description
 from llmasr.export.trained_model import load_checkpoint_model
 from llmasr.models.ctc import LLMCTCTokenizer
+from llmasr.models.ctc_align import sound_ends
 from llmasr.models.decoding import DecodeConfig
 
 log = logging.getLogger(__name__)
@@ -164,6 +165,7 @@ def decode_loader(
         hotwords=opts.hotwords, prompt_hotwords=not opts.hotwords_unprompted,
         windows=(limit, cfg.window_overlap, cfg.window_split_pause) if limit > 0 else None,
         rank=world.rank, world_size=world.size, trim_leading_silence=cfg.trim_leading_silence,
+        speech_runs=cfg.timestamps,
     )  # fmt: skip
 
 
@@ -233,8 +235,9 @@ def transcribe_loader(model, loader: SpeechDataLoader, cfg: DecodeConfig, device
             rows[idx]["index"] = int(idx)
             rows[idx]["truncated"] = got.truncated[i]
             rows[idx].update(hotwords=list(batch.hotwords[i]), hotwords_dropped=int(batch.hotwords_dropped[i]))
-            if got.timestamps is not None:  # in the item's time: the silence trimmed off its start comes back
-                rows[idx]["timestamps"] = shift_times(got.timestamps[i], float(batch.leads[i]))
+            if got.timestamps is not None:  # ends where the sound ends; in the item's time (its trimmed lead back)
+                words = sound_ends(got.timestamps[i], batch.speech_runs[i])
+                rows[idx]["timestamps"] = shift_times(words, float(batch.leads[i]))
     return rows, mode
 
 

@@ -6,6 +6,11 @@ that long-audio joining works on, llmasr.data.long_audio) are encoded in the CTC
 best CTC path that spells exactly that label sequence (Viterbi over the usual blank-interleaved states) gives each
 unit the frames of its labels: start at its first label's first frame, end after its last label's last frame.
 A unit the vocabulary cannot spell, or a transcript longer than the frames can hold, gets no times (None).
+
+CTC spikes come early in a word: the head's last frame of a word lies before its sound ends. `sound_ends` moves each
+end to where the stretch of speech it falls in ends (frame energies, llmasr.data.long_audio.speech_runs), never past
+the next word's start nor WORD_TAIL_S past the head's frame, so words in running speech last until the next one
+starts and a word before a pause lasts until the pause.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from llmasr.data.long_audio import UNIT
 from llmasr.models.ctc import CTCTokenizer
 
 Word = tuple[str, float, float]  # (unit, start seconds, end seconds)
+WORD_TAIL_S = 1.0  # a word's sound ends at most this long after the CTC head's last frame of it
 
 
 def unit_labels(tokenizer: CTCTokenizer, text: str) -> tuple[list[str], list[int], list[int]] | None:
@@ -95,3 +101,19 @@ def align_words(tokenizer: CTCTokenizer, text: str, log_probs: torch.Tensor, fra
                 first[k] = t if first[k] < 0 else first[k]
                 last[k] = t
     return [(u, round(a * frame_seconds, 3), round((b + 1) * frame_seconds, 3)) for u, a, b in zip(units, first, last)]
+
+
+def sound_ends(words: list[Word] | None, runs: np.ndarray | None) -> list[Word] | None:
+    """`words` with each end moved to the end of the stretch of speech it falls in (`runs`: [K, 2] seconds from
+    llmasr.data.long_audio.speech_runs, in the words' time), capped by the next word's start and WORD_TAIL_S. An end
+    in silence, or audio without clear pauses (no runs), keeps the CTC end."""
+    if not words or runs is None or len(runs) == 0:
+        return words
+    out = []
+    for k, (unit, start, end) in enumerate(words):
+        i = int(np.searchsorted(runs[:, 0], end, side="left")) - 1  # the last stretch starting before the end
+        if i >= 0 and runs[i, 1] > end:
+            cap = words[k + 1][1] if k + 1 < len(words) else math.inf
+            end = max(end, min(float(runs[i, 1]), cap, end + WORD_TAIL_S))
+        out.append((unit, start, round(end, 3)))
+    return out

@@ -30,6 +30,7 @@ FIELDS = {
     "hotwords",
     "hotwords_dropped",
     "leads",
+    "speech_runs",
 }
 
 

@@ -13,7 +13,7 @@ import soundfile as sf
 from llmasr.data.dataset import SpeechDataset
 from llmasr.data.frontend import FrontendConfig
 from llmasr.data.loader import open_manifests
-from llmasr.data.long_audio import FRAME_S, LEAD_S, speech_start
+from llmasr.data.long_audio import FRAME_S, HOP_S, LEAD_S, speech_runs, speech_start
 from llmasr.data.windowed import split_long
 from llmasr.testing.tiny_corpus import syllable_bursts
 
@@ -24,6 +24,22 @@ def _lead_then_speech(silence: float, speech: float, seed: int = 0) -> np.ndarra
     rng = np.random.default_rng(seed)
     quiet = (0.002 * rng.standard_normal(int(silence * SR))).astype(np.float32)
     return np.concatenate([quiet, syllable_bursts(speech, seed=seed, sample_rate=SR, level=0.2, floor=0.002)])
+
+
+def test_speech_runs_between_pauses_and_across_the_dips_inside_words():
+    rng = np.random.default_rng(3)
+    quiet = lambda s: (0.002 * rng.standard_normal(int(s * SR))).astype(np.float32)  # noqa: E731
+    speech = lambda s, seed: syllable_bursts(s, seed=seed, sample_rate=SR, level=0.2, floor=0.002)  # noqa: E731
+    wave = np.concatenate([quiet(0.5), speech(1.0, 1), quiet(0.6), speech(0.8, 2), quiet(0.4)])
+    runs = speech_runs(wave, SR)
+    assert runs.shape == (2, 2)  # the 40-80 ms dips between syllables do not split a stretch
+    slack = FRAME_S + HOP_S
+    np.testing.assert_allclose(runs[:, 0], [0.5, 2.1], atol=slack)
+    assert 1.3 <= runs[0, 1] <= 1.5 + slack and 2.7 <= runs[1, 1] <= 2.9 + slack  # a burst may end before its span
+    whole = speech_runs(speech(2.0, 1), SR)  # speech throughout: one stretch, the clip
+    assert whole.shape == (1, 2) and whole[0, 0] <= slack and whole[0, 1] >= 2.0 - slack
+    assert speech_runs(np.zeros(SR, dtype=np.float32), SR).shape == (0, 2)  # nothing tells speech from silence
+    assert speech_runs(quiet(1.0), SR).shape == (0, 2)
 
 
 def test_speech_starts_after_a_leading_pause_and_nowhere_else():

@@ -110,3 +110,36 @@ def test_times_count_the_leading_silence_decoding_cut(model, corpus, tmp_path):
     assert timed and all(r["timestamps"][0][1] >= 0.95 for r in timed), [r["timestamps"] for r in rows]
     for r in rows:
         _check_words(r, r["duration"])
+
+
+def test_words_end_where_the_sound_ends_not_where_the_head_last_fires(model, corpus, tmp_path, monkeypatch):
+    """Each clip between a second of silence before and after it; the head (made to) end its one word 0.1 s into
+    the speech it hears: the row's word ends where the clip's speech ends, on the clip's own clock (the trimmed
+    lead back), within a frame."""
+    from llmasr.data.long_audio import FRAME_S, speech_runs
+    from llmasr.models.decoding import Transcripts
+
+    manifest, _, _ = corpus
+    rng = np.random.default_rng(1)
+    lines, clips = [], {}
+    for i in range(len(TEXTS)):
+        wave = sf.read(manifest.parent / "wav" / f"test{i}.wav", dtype="float32")[0]
+        quiet = lambda: (1e-4 * rng.standard_normal(16000)).astype(np.float32)  # noqa: E731
+        clips[f"mid{i}"] = np.concatenate([quiet(), wave, quiet()])
+        sf.write(tmp_path / f"mid{i}.wav", clips[f"mid{i}"], 16000, subtype="FLOAT")
+        lines.append(json.dumps({"key": f"mid{i}", "source": f"mid{i}.wav", "target": TEXTS[i]}))
+    (tmp_path / "mid.jsonl").write_text("\n".join(lines) + "\n")
+    real = type(model).transcribe
+
+    def early_head(self, batch, cfg):
+        got = real(self, batch, cfg)
+        return Transcripts(**{**vars(got), "timestamps": [[("word", 0.02, 0.1)] for _ in got.llm]})
+
+    monkeypatch.setattr(type(model), "transcribe", early_head)
+    cfg = DecodeConfig(max_new_tokens=4, timestamps=True, max_window_seconds=0)
+    decode_manifest(model, tmp_path / "mid.jsonl", tmp_path / "o", cfg, DecodeOptions(num_workers=0))
+    for row in map(json.loads, open(tmp_path / "o" / "results.jsonl")):
+        [(_, start, end)] = row["timestamps"]
+        sound = speech_runs(clips[row["key"]], 16000)
+        assert start == pytest.approx(sound[0, 0], abs=FRAME_S), row  # after the trimmed lead
+        assert end == pytest.approx(sound[-1, 1], abs=FRAME_S) and end - start > 0.3, row

@@ -1,6 +1,7 @@
 """Word timestamps (llmasr.models.ctc_align): the Viterbi path is the best CTC path of the labels (against every path
-enumerated), units are spelled in each kind of CTC vocabulary, spikes become word times, and windows' times join
-where their texts join (llmasr.data.long_audio.join_words)."""
+enumerated), units are spelled in each kind of CTC vocabulary, spikes become word times, words end where their
+sound ends (sound_ends over long_audio.speech_runs), and windows' times join where their texts join
+(llmasr.data.long_audio.join_words)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import torch
 
 from llmasr.data.long_audio import join_texts, join_words
 from llmasr.models.ctc import build_ctc_tokenizer, ctc_collapse
-from llmasr.models.ctc_align import align_words, unit_labels, viterbi_path
+from llmasr.models.ctc_align import WORD_TAIL_S, align_words, sound_ends, unit_labels, viterbi_path
 from tests.models.test_ctc import hf_tokenizer
 
 
@@ -90,3 +91,18 @@ def test_window_times_join_where_the_texts_join():
     apart = join_words([left, "seven"], [lw, [("seven", 0.2, 0.3)]], [0.0, 3.0], [False, False], overlap=1.0)
     assert apart[-1] == ("seven", 3.2, 3.3) and len(apart) == 5
     assert join_words([left, right], [lw, None], [0.0, 0.9], [False, True], overlap=1.0) is None
+
+
+def test_words_end_where_their_sound_ends():
+    runs = np.array([[0.30, 1.50], [2.10, 2.90]])  # two stretches of speech, a pause between
+    words = [("one", 0.30, 0.42), ("two", 0.78, 0.90), ("three", 2.10, 2.28), ("four", 2.50, 2.56)]
+    got = sound_ends(words, runs)
+    # in running speech a word lasts until the next starts; before a pause, until the pause; starts never move
+    assert got == [("one", 0.30, 0.78), ("two", 0.78, 1.5), ("three", 2.10, 2.5), ("four", 2.50, 2.9)]
+    late = [("one", 0.30, 1.6)]  # the head's end already past the sound's: kept
+    assert sound_ends(late, runs) == late
+    long_run = np.array([[0.0, 9.0]])  # steady noise above the level after the word: the tail is capped
+    assert sound_ends([("a", 0.1, 0.4)], long_run) == [("a", 0.1, round(0.4 + WORD_TAIL_S, 3))]
+    at_start = [("a", 0.0, 2.10)]  # an end at the very start of the next stretch is not in it
+    assert sound_ends(at_start, runs) == at_start
+    assert sound_ends(words, np.zeros((0, 2))) == words and sound_ends(None, runs) is None
