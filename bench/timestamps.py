@@ -92,29 +92,32 @@ def joined(asr, clips, rng, per_utt: int = 20) -> dict:
     for g in range(0, len(clips) - per_utt + 1, per_utt):
         parts, plan, t = [], [], 0.0
         for wave, text in clips[g : g + per_utt]:
-            on, _ = speech_span(wave, RATE)
-            plan.append((t + on, text))
+            on, off = speech_span(wave, RATE)
+            plan.append((t + on, t + off, text))
             gap = rng.uniform(0.5, 1.0)
             parts += [wave, 1e-4 * rng.standard_normal(int(gap * RATE)).astype(np.float32)]
             t += len(wave) / RATE + gap
         waves.append(np.concatenate(parts))
         plans.append(plan)
     rows = asr.transcripts(waves, sample_rate=RATE)
-    errors, located, windows = [], 0, 0
+    errors, end_errors, located, windows = [], [], 0, 0
     for row, plan in zip(rows, plans):
         windows += row["windows"]
         words = row["timestamps"] or []
-        ref = " ".join(text for _, text in plan).split()
+        ref = " ".join(text for *_, text in plan).split()
         matched = {}  # reference word index -> transcript word index, where the two agree (difflib's blocks)
         for a, b, size in SequenceMatcher(None, ref, [w[0] for w in words], autojunk=False).get_matching_blocks():
             matched.update({a + i: b + i for i in range(size)})
         k = 0
-        for onset, text in plan:
+        for onset, offset, text in plan:
             if k in matched:  # the clip's first word was heard: where the transcript puts it
                 errors.append(words[matched[k]][1] - onset)
             k += len(text.split())
+            if k - 1 in matched:  # and its last word, before the pause that follows the clip
+                end_errors.append(words[matched[k - 1]][2] - offset)
         located += len(plan)
-    return {"utterances": len(rows), "windows": windows, "clips": located, "clip_start": _stats(errors)}
+    return {"utterances": len(rows), "windows": windows, "clips": located, "clip_start": _stats(errors),
+            "clip_end": _stats(end_errors)}  # fmt: skip
 
 
 def main(argv: list[str]) -> int:
@@ -154,7 +157,7 @@ def main(argv: list[str]) -> int:
     single = clips_in_silence(asr, clips, rng)
     long = joined(asr, clips, rng, per_utt=min(20, len(clips)))
     res = {"single": single, "long": long, "command": reproduce_command("bench/timestamps.py", argv)}
-    f, e, c = single["first_start"], single["last_end"], long["clip_start"]
+    f, e, c, ce = single["first_start"], single["last_end"], long["clip_start"], long["clip_end"]
     lines = [
         f"clips {single['clips']} after silence: WER {single['wer']:.2%} ({single['insertions']} insertions); "
         f"unaligned {single['unaligned']}, in order {single['ordered']}; first word not the clip's first "
@@ -165,7 +168,8 @@ def main(argv: list[str]) -> int:
         f"p90 |err| {e.get('p90_abs_s')} s",
         f"joined: {long['utterances']} utterances in {long['windows']} windows, {long['clips']} clips; "
         f"first word start - clip onset: median {c.get('median_s')} s, mean |err| {c.get('mean_abs_s')} s, p90 |err| "
-        f"{c.get('p90_abs_s')} s over {c.get('n')} clips",
+        f"{c.get('p90_abs_s')} s over {c.get('n')} clips; last word end - clip offset: median {ce.get('median_s')} s, "
+        f"mean |err| {ce.get('mean_abs_s')} s, p90 |err| {ce.get('p90_abs_s')} s over {ce.get('n')} clips",
     ]
     emit(res, lines, args.json_out)
     return 0
