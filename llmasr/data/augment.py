@@ -158,6 +158,18 @@ class AugmentConfig:
         return self.stretch, 0.0 if frontend.kind == "whisper" else self.silence.max_seconds
 
 
+def cost_text(cost: tuple[float, float]) -> str | None:
+    """What a sampler's (scale, seconds) cost (AugmentConfig.cost) makes of a line, for the messages that explain
+    its batches; None when augmentation adds nothing."""
+    scale, pad = cost
+    if scale == 1.0 and not pad:
+        return None
+    return (
+        f"its duration x {scale:.3g} + {pad:g} s (data.augment: speed_perturb's slowest factor, silence's "
+        "lead[1] + trail[1])"
+    )
+
+
 def read_noise_list(path: str | Path) -> list[str]:
     """Audio paths from a noise jsonl ({"key", "source"} a line; relative paths against the file's folder)."""
     path = Path(path)

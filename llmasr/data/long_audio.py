@@ -79,14 +79,20 @@ def silence_level(db: np.ndarray) -> float | None:
     return quiet + SILENCE_FRACTION * (loud - quiet)
 
 
+def loud_frames(wave: np.ndarray, sample_rate: int) -> np.ndarray:
+    """Per frame of `wave` (frame_energies'), whether it is at or above its silence level; all False when the audio
+    has no silence level (silence_level: too little range to tell speech from silence)."""
+    db = frame_energies(wave, sample_rate)
+    quiet = silence_level(db)
+    return db >= quiet if quiet is not None else np.zeros(db.shape, dtype=bool)
+
+
 def speech_start(wave: np.ndarray, sample_rate: int) -> int:
     """The sample decoding starts `wave` at: after a leading pause (MIN_PAUSE_S or more below the silence level),
     LEAD_S before the first speech frame, as a window after a pause starts (a model trained on clips that start with
     their speech inserts words into silence before it: measured on the demo model); else 0. A trailing pause stays:
     cutting it (to TRAIL_S, as windows end) cost the demo model final words."""
-    db = frame_energies(wave, sample_rate)
-    quiet = silence_level(db)
-    loud = np.flatnonzero(db >= quiet) if quiet is not None else np.zeros(0, dtype=np.int64)
+    loud = np.flatnonzero(loud_frames(wave, sample_rate))
     if loud.size == 0 or loud[0] < MIN_PAUSE_S / HOP_S:
         return 0
     return int(min(len(wave) - 1, max(0, _at(loud[0], sample_rate) - LEAD_S * sample_rate)))
@@ -96,10 +102,8 @@ def speech_runs(wave: np.ndarray, sample_rate: int) -> np.ndarray:
     """[K, 2] (start, end) seconds of the stretches of speech in `wave`: frames at or above its silence level, dips
     shorter than MIN_PAUSE_S bridged (closures inside words, gaps between them); none when the audio's loudness
     varies too little to tell speech from silence by (silence_level)."""
-    db = frame_energies(wave, sample_rate)
-    quiet = silence_level(db)
     runs: list[list[int]] = []
-    for a, b in _runs(db >= quiet) if quiet is not None else []:
+    for a, b in _runs(loud_frames(wave, sample_rate)):
         if runs and (a - runs[-1][1]) * HOP_S < MIN_PAUSE_S:
             runs[-1][1] = b
         else:

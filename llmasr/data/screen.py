@@ -18,6 +18,7 @@ import time
 
 import numpy as np
 
+from llmasr.data.augment import cost_text
 from llmasr.data.bad_data import BadDataTracker, BadItem, TooMuchBadData
 from llmasr.data.manifest import BadRecord, Manifest
 
@@ -95,12 +96,9 @@ def describe_skipped(sampler, manifest, batching, name: str) -> str | None:
         "over_batch_budget": "too large for a batch of one under the batch budget (max_seconds / max_frames / "
         "max_target_tokens)",
     }
-    scale, pad = getattr(sampler, "cost", (1.0, 0.0))
-    if scale != 1.0 or pad:
-        limits["over_batch_budget"] += (
-            f"; a line costs its duration x {scale:.3g} + {pad:g} s there, what data.augment may add to it "
-            "(speed_perturb's slowest factor, silence's lead[1] + trail[1])"
-        )
+    cost = cost_text(sampler.cost)
+    if cost:
+        limits["over_batch_budget"] += f"; a line costs {cost} there"
     parts, count = [], 0
     for reason, text in limits.items():
         idx = sampler.skipped_indices(reason)

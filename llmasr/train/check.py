@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from llmasr.data.augment import cost_text
 from llmasr.models.builder import build_model
 from llmasr.models.fused_kernels import check_fused_kernels
 from llmasr.run_dir import RECIPE_FILE, read_meta, resolve_resume, resume_or_start
@@ -116,19 +117,16 @@ def _memory_lines(ds: dict, tc, counts: dict, world_size: int) -> list[str]:
 
 def _data_lines(sampler, per_epoch: list[int], valid_loader) -> list[str]:
     st = sampler.stats(0)
-    lines = [
+    cost = cost_text(sampler.cost)  # the batches are cut for the longest audio augmentation can make
+    return [
         "data",
         f"  batches per rank per epoch: {per_epoch[0] if len(set(per_epoch)) == 1 else per_epoch}",
         f"  mean utterances per batch: {st['mean_batch_size']:.2f}; padding efficiency {st['padding_efficiency']:.3f}",
+        *([f"  an utterance costs the budget {cost}"] if cost else []),
         f"  items kept {st['kept_items']} of {st['num_items']}; skipped: {st['filtered'] or 'none'}; "
         f"padding batches (world-size remainder): {st['num_padding_batches']}",
         f"  validation: {'none' if valid_loader is None else f'{len(valid_loader)} batches per rank'}",
     ]
-    scale, pad = sampler.cost
-    if scale != 1.0 or pad:  # the batches are cut for the longest audio augmentation can make
-        lines.insert(3, f"  an utterance costs the budget its duration x {scale:.3g} + {pad:g} s (data.augment: "
-                     "speed_perturb's slowest factor, silence's longest pauses)")  # fmt: skip
-    return lines
 
 
 def check(

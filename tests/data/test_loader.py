@@ -295,4 +295,7 @@ def test_lines_that_pauses_push_over_the_budget_are_reported_with_the_reason(tmp
     durations = [json.loads(line)["duration"] for line in open(m)]
     assert sampler.filtered == {"over_batch_budget": sum(d + 5.0 > 6.0 for d in durations)} and sampler.filtered
     line = next(r.getMessage() for r in caplog.records if "skipped every epoch" in r.getMessage())
-    assert "a line costs its duration x 1 + 5 s there" in line and "silence's lead[1] + trail[1]" in line
+    assert (
+        "a line costs its duration x 1 + 5 s (data.augment: speed_perturb's slowest factor, silence's lead[1] + "
+        "trail[1]) there" in line
+    )
