@@ -93,7 +93,8 @@ def build(size, tmp: Path, ctc_vocab: int):
     """(plain SpeechLLM, the CTC-compressing one) sharing encoder and LLM: same weights for every variant."""
     from llmasr.models.adaptors import build_adaptor
     from llmasr.models.config import AdaptorConfig
-    from llmasr.models.ctc import CTCHead, TokenListCTCTokenizer
+    from llmasr.models.ctc import CTCHead
+    from llmasr.models.ctc_vocab import TokenListCTCTokenizer
     from llmasr.models.speech_llm import SpeechLLM
 
     plain = sm.build_model(size)

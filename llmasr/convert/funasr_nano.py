@@ -9,10 +9,11 @@ recipe fine-tunes from OUT's files. The steps:
 - model.pt ({"state_dict": ...}, bf16): `audio_encoder.*` -> the sensevoice encoder, `audio_adaptor.*` -> the
   transformer adaptor, `llm.*` -> the Qwen3 model built from the LLM directory's config.json (that directory holds
   config and tokenizer only; tied embeddings may store no lm_head). FunASR's own LoRA tensors are refused.
-- Left out, in one log record: `ctc_decoder.*` and `ctc.*`, Nano's timestamp branch (a transformer stack and a
-  linear layer over a tiktoken vocabulary, multilingual.tiktoken) that llmasr's linear CTC head and its
-  vocabularies (the LLM's, sentencepiece, a token list) cannot hold; the converted model has no CTC head. Any other
-  module of model.pt is named there too.
+- `ctc_decoder.*` + `ctc.ctc_lo.*`, Nano's CTC branch (a transformer stack at the encoder's width, then a linear
+  layer over SenseVoice's tiktoken vocabulary) -> the CTC head (`model.ctc.decoder`, vocabulary
+  `multilingual.tiktoken` found where FunASR finds it, copied into OUT), so `--timestamps` and the CTC output work
+  on OUT. Without that vocabulary file the branch is left out and the log says where it looked.
+- Left out, in one log record: any other module of model.pt.
 
 Everything is written under OUT's `.partial` sibling and renamed at the end.
 """
@@ -27,7 +28,14 @@ from pathlib import Path
 import torch
 
 from llmasr.config_io import ConfigError, from_dict
-from llmasr.convert.nano_config import llm_dir, nano_model_section, read_nano_config, stated_adaptor_dims
+from llmasr.convert.nano_config import (
+    ctc_section,
+    ctc_vocab_file,
+    llm_dir,
+    nano_model_section,
+    read_nano_config,
+    stated_adaptor_dims,
+)
 from llmasr.export.export import DTYPE_NAMES, write_model_dir
 from llmasr.models.builder import build_model
 from llmasr.models.config import ModelConfig
@@ -64,11 +72,34 @@ def read_nano_state(src: Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def log_left_out(state: dict, path: Path) -> list[str]:
-    """Name every module of model.pt the converter does not take (one log record), and why."""
+def ctc_branch(src: Path, config: dict, state: dict, enc_dim: int) -> tuple[dict | None, str]:
+    """(the model section's `ctc` entry without init_from, "") when model.pt's CTC branch converts, else (None, why
+    it is left out: "" when there is none)."""
+    if not any(k.startswith(CTC_BRANCH) for k in state):
+        return None, ""
+    path = src / "config.yaml"
+    if not config.get("ctc_decoder"):
+        return None, f"{path} names no ctc_decoder to build it from"
+    vocab, places = ctc_vocab_file(src, config)
+    if vocab is None:
+        return None, f"its vocabulary is missing (looked for {', '.join(str(p) for p in places)})"
+    section = ctc_section(config, path, enc_dim)
+    rows = state.get("ctc.ctc_lo.weight")
+    if rows is None or tuple(rows.shape) != (section["vocab_size"], enc_dim):
+        found = "absent" if rows is None else list(rows.shape)
+        raise ConfigError(
+            f"{src / 'model.pt'}: ctc.ctc_lo.weight is {found}, but {path} gives ctc_vocab_size "
+            f"{section['vocab_size']} over the encoder's {enc_dim}-dim frames"
+        )
+    return {**section, "vocab": str(vocab)}, ""
+
+
+def log_left_out(state: dict, path: Path, ctc_reason: str = "") -> list[str]:
+    """Name every module of model.pt the converter does not take (one log record), and why; `ctc_reason`: why the
+    CTC branch is not taken ("" when it is)."""
     groups: dict[str, int] = {}
     for key in state:
-        if not key.startswith(TAKEN):
+        if not key.startswith(TAKEN) and not (key.startswith(CTC_BRANCH) and not ctc_reason):
             top = key.split(".", 1)[0]
             groups[top] = groups.get(top, 0) + 1
     if not groups:
@@ -77,21 +108,21 @@ def log_left_out(state: dict, path: Path) -> list[str]:
     other = [f"{g} ({n} tensors)" for g, n in sorted(groups.items()) if f"{g}." not in CTC_BRANCH]
     parts = []
     if ctc:
-        parts.append(
-            f"{', '.join(ctc)}: Nano's CTC timestamp branch (a transformer stack + linear layer over a tiktoken "
-            "vocabulary), which llmasr's linear CTC head and its vocabularies cannot hold; the converted model has "
-            "no CTC head"
-        )
+        parts.append(f"{', '.join(ctc)}: Nano's CTC branch, because {ctc_reason}; the converted model has no CTC head")
     if other:
         parts.append(f"{', '.join(other)}: not part of the speech encoder -> adaptor -> LLM path")
     log.warning("%s: left out of the conversion: %s", path, "; ".join(parts))
     return sorted(groups)
 
 
+def encoder_dim(section: dict) -> int:
+    return int(section["encoder"]["conf"].get("output_size", 256))  # SenseVoiceEncoderSmall's default
+
+
 def _check_dims(state: dict, section: dict, llm_config: dict, src: Path) -> None:
     """Adaptor input vs encoder output and adaptor output vs LLM hidden size, named at conversion."""
     ckpt, cfg_path = src / "model.pt", src / "config.yaml"
-    enc_dim = int(section["encoder"]["conf"].get("output_size", 256))  # SenseVoiceEncoderSmall's default
+    enc_dim = encoder_dim(section)
     k = section["adaptor"]["downsample"]
     w1 = state.get("audio_adaptor.linear1.weight")
     if w1 is not None and int(w1.shape[1]) != enc_dim * k:
@@ -136,7 +167,7 @@ def write_llm(llm_state: dict, llm_src: Path, dest: Path) -> None:
     AutoTokenizer.from_pretrained(str(llm_src), local_files_only=True).save_pretrained(str(dest))
 
 
-def _stage(state: dict, llm_src: Path, stage: Path) -> dict[str, Path]:
+def _stage(state: dict, llm_src: Path, stage: Path, with_ctc: bool) -> dict[str, Path]:
     from safetensors.torch import save_file
 
     stage.mkdir(parents=True)
@@ -147,6 +178,11 @@ def _stage(state: dict, llm_src: Path, stage: Path) -> dict[str, Path]:
         save_file(part, str(files[name]))
     files["llm"] = stage / "llm"
     write_llm(select_prefix(state, "llm."), llm_src, files["llm"])
+    if with_ctc:  # the CTC head's parameter names: decoder.* (FunASR's ctc_decoder.*) and proj.* (ctc.ctc_lo.*)
+        files["ctc"] = stage / "ctc_head.safetensors"
+        part = {"decoder." + k: v for k, v in select_prefix(state, "ctc_decoder.").items()}
+        part.update({"proj." + k: v for k, v in select_prefix(state, "ctc.ctc_lo.").items()})
+        save_file({k: v.float().contiguous() for k, v in part.items()}, str(files["ctc"]))
     return files
 
 
@@ -166,16 +202,19 @@ def convert_funasr(src: str | Path, out: str | Path, *, dtype: str = "fp32", ove
     llm_config = json.loads((llm_src / "config.json").read_text(encoding="utf-8"))
     state = read_nano_state(src)
     _check_dims(state, section, llm_config, src)
-    left_out = log_left_out(state, src / "model.pt")
+    ctc, ctc_reason = ctc_branch(src, config, state, encoder_dim(section))
+    left_out = log_left_out(state, src / "model.pt", ctc_reason)
 
     tmp, stage = out.parent / f".{out.name}.partial", out.parent / f".{out.name}.stage"
     for d in (tmp, stage):
         shutil.rmtree(d, ignore_errors=True)
     try:
-        files = _stage(state, llm_src, stage)
+        files = _stage(state, llm_src, stage, with_ctc=ctc is not None)
         del state
         section["encoder"]["init_from"] = str(files["encoder"])
         section["adaptor"]["init_from"] = str(files["adaptor"])
+        if ctc is not None:
+            section["ctc"] = {**ctc, "init_from": str(files["ctc"])}
         section["llm"] = {"path": str(files["llm"]), "dtype": DTYPE_NAMES[dtype], "freeze": True}
         cfg = from_dict(ModelConfig, section, "model")
         model = build_model(cfg)

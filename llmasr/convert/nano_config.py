@@ -6,8 +6,9 @@ to other keys), configuration.json (whose `file_path_metas` name files relative 
 `llm_conf.init_param_path` among them), model.pt and the Qwen3 directory (config and tokenizer, no weights).
 
 What llmasr builds from it: a `sensevoice` encoder, a `transformer` adaptor (FunASR's `Transformer`, same parameter
-names) with `audio_token_cap: funasr_nano` when `use_low_frame_rate` is on, and Nano's own prompt: system "You are
-a helpful assistant.", user "语音转写：<audio>" (no separator), ChatML written out as FunASR writes it.
+names) with `audio_token_cap: funasr_nano` when `use_low_frame_rate` is on, Nano's own prompt: system "You are
+a helpful assistant.", user "语音转写：<audio>" (no separator), ChatML written out as FunASR writes it, and the CTC
+head's decoder layers and sizes (`ctc_section`; the caller decides whether the branch converts).
 """
 
 from __future__ import annotations
@@ -176,6 +177,64 @@ def _frontend(config: dict, src: Path):
         raise ConfigError(f"{path}: frontend_conf.cmvn_file names {cmvn}, which does not exist")
     cmvn_path = None if cmvn is None else (src / str(cmvn) if (src / str(cmvn)).is_file() else Path(str(cmvn)))
     return frontend_from_funasr_conf(conf, cmvn_path)
+
+
+_CTC_DECODER_KEYS = {
+    "downsample_rate", "ffn_dim", "n_layer", "attention_heads", "dropout_rate", "attention_dropout_rate",
+    "encoder_dim", "llm_dim", "init_param_path", *_TRAINING_KEYS,
+}  # fmt: skip
+NANO_CTC_VOCAB = "multilingual.tiktoken"  # where FunASR looks first for the CTC vocabulary (beside config.yaml)
+
+
+def ctc_vocab_file(src: Path, config: dict) -> tuple[Path | None, list[Path]]:
+    """The CTC branch's tiktoken file, found where FunASR finds it: an absolute `ctc_tokenizer_conf.vocab_path`,
+    else SRC/multilingual.tiktoken, else vocab_path under SRC; (None, the places looked) when none exists."""
+    dataset = _section(config, "dataset_conf", src / "config.yaml")
+    stated = (dataset.get("ctc_tokenizer_conf") or {}).get("vocab_path")
+    places = [Path(str(stated))] if stated and Path(str(stated)).is_absolute() else []
+    places.append(src / NANO_CTC_VOCAB)
+    if stated and not Path(str(stated)).is_absolute():
+        places.append(src / str(stated))
+    return next((p for p in places if p.is_file()), None), places
+
+
+def ctc_section(config: dict, path: Path, encoder_dim: int) -> dict:
+    """The CTC head's decoder and sizes from `ctc_decoder_conf`, `ctc_conf` and `ctc_vocab_size`; a layout llmasr's
+    head cannot hold (another decoder class, downsampling, a width other than the encoder's, a blank that is not the
+    last output) is an error naming the key."""
+    name = funasr_class_name(config.get("ctc_decoder", ""))
+    conf = _section(config, "ctc_decoder_conf", path)
+    if name != "Transformer":
+        raise ConfigError(
+            f"{path}: ctc_decoder is {config.get('ctc_decoder')!r}; the converter maps `Transformer` only"
+        )
+    unknown = sorted(set(conf) - _CTC_DECODER_KEYS)
+    if unknown:
+        raise ConfigError(f"{path}: ctc_decoder_conf has key(s) {unknown} that llmasr's CTC decoder cannot express")
+    k, width = int(conf.get("downsample_rate", 2)), int(conf.get("llm_dim", 4096))  # FunASR Transformer's defaults
+    if k != 1:
+        raise ConfigError(
+            f"{path}: ctc_decoder_conf.downsample_rate is {k}; the CTC head reads every encoder frame (1)"
+        )
+    if width != encoder_dim:
+        raise ConfigError(f"{path}: ctc_decoder_conf.llm_dim is {width} but the CTC layer (ctc.ctc_lo) takes the "
+                          f"encoder's {encoder_dim}-dim frames")  # fmt: skip
+    vocab_size = int(config.get("ctc_vocab_size", 60515))  # FunASRNano's default
+    blank = (config.get("ctc_conf") or {}).get("blank_id")
+    if blank is not None and int(blank) != vocab_size - 1:
+        raise ConfigError(f"{path}: ctc_conf.blank_id is {blank}; llmasr's tiktoken CTC vocabulary has the blank last "
+                          f"({vocab_size - 1} of ctc_vocab_size {vocab_size})")  # fmt: skip
+    weight = float(config.get("ctc_weight", 0.3))
+    return {
+        "weight": weight if 0.0 < weight <= 1.0 else 0.3,  # the head exists only with a weight > 0
+        "vocab_size": vocab_size,
+        "decoder": {
+            "n_layer": int(conf.get("n_layer", 2)),  # FunASR Transformer adaptor's defaults
+            "ffn_dim": int(conf.get("ffn_dim", 2048)),
+            "n_head": int(conf.get("attention_heads", 8)),
+            "dropout": float(conf.get("dropout_rate", 0.0)),
+        },
+    }
 
 
 def nano_model_section(src: Path, config: dict) -> dict:

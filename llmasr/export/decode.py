@@ -86,8 +86,8 @@ from llmasr.export.decode_results import ctc_summary, hotword_counts, llm_summar
 from llmasr.export.decode_world import DecodeWorld
 from llmasr.export.exported import MODEL_FILE, ExportedModelError, load_exported, read_description
 from llmasr.export.trained_model import load_checkpoint_model
-from llmasr.models.ctc import LLMCTCTokenizer
 from llmasr.models.ctc_align import sound_ends
+from llmasr.models.ctc_vocab import LLMCTCTokenizer
 from llmasr.models.decoding import DecodeConfig
 
 log = logging.getLogger(__name__)

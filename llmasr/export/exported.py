@@ -167,7 +167,10 @@ def exported_model_config(
             "weight": float(c["weight"]),
             "vocab": c["vocab"] if c["vocab"] == "llm" else str(model_dir / c["vocab"]),
             "init_from": _file(model_dir, c.get("file", "ctc_head.safetensors"), "CTC head"),
+            "decoder": c.get("decoder"),  # exports written before the key existed: the projection alone
         }
+        if str(c["vocab"]).endswith(".tiktoken"):
+            section["ctc"]["vocab_size"] = int(c["vocab_size"])
     try:
         return from_dict(ModelConfig, section, "model")
     except ConfigError as err:

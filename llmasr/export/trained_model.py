@@ -172,7 +172,9 @@ def fresh_frozen_parameters(model: nn.Module, cfg, trainable: list[str]) -> dict
         )
     if model.ctc_head is not None and cfg.ctc.init_from is None:
         vocab = int(model.ctc_tokenizer.vocab_size)
-        branches.append(("model.ctc", "ctc_head.", lambda: CTCHead(output_dim(model.encoder), vocab)))
+        branches.append(
+            ("model.ctc", "ctc_head.", lambda: CTCHead(output_dim(model.encoder), vocab, decoder=cfg.ctc.decoder))
+        )
     wanted = set(trainable)
     out: dict[str, list[str]] = {}
     for key, prefix, build in branches:

@@ -246,10 +246,12 @@ def build_model(cfg: ModelConfig | dict | str | Path, *, weights: str = "pretrai
             load_adaptor_weights(adaptor, cfg, output_dim(encoder), llm_dim)
         if cfg.adaptor.freeze:
             adaptor.requires_grad_(False)
-        ctc_tokenizer = build_ctc_tokenizer(cfg.ctc.vocab, tokenizer) if cfg.ctc.weight > 0 else None
+        ctc_tokenizer = None
+        if cfg.ctc.weight > 0:
+            ctc_tokenizer = build_ctc_tokenizer(cfg.ctc.vocab, tokenizer, cfg.ctc.vocab_size)
         ctc_head = None
         if ctc_tokenizer is not None:
-            ctc_head = CTCHead(output_dim(encoder), ctc_tokenizer.vocab_size)
+            ctc_head = CTCHead(output_dim(encoder), ctc_tokenizer.vocab_size, decoder=cfg.ctc.decoder)
             if pretrained and cfg.ctc.init_from:
                 load_ctc_weights(
                     ctc_head, cfg.ctc, ctc_tokenizer.vocab_size, output_dim(encoder), encoder_source(cfg.encoder)

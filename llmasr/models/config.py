@@ -160,11 +160,32 @@ class PromptConfig:
 
 
 @dataclass
+class CTCDecoderConfig:
+    """Layers between the encoder and the CTC projection, as Fun-ASR-Nano's CTC decoder (FunASR's `Transformer`
+    adaptor at the encoder's width, no downsampling): Linear - ReLU - Linear, then `n_layer` transformer blocks."""
+
+    n_layer: int = 5
+    ffn_dim: int = 2048
+    n_head: int = 8
+    dropout: float = 0.0
+
+    def validate(self, path: str) -> None:
+        for key in ("n_layer", "ffn_dim", "n_head"):
+            if getattr(self, key) < (0 if key == "n_layer" else 1):
+                raise ConfigError(f"{path}.{key}: must be >= {0 if key == 'n_layer' else 1}, got {getattr(self, key)}")
+
+
+@dataclass
 class CTCConfig:
     weight: float = 0.0  # 0 disables the CTC head entirely
-    # "llm": the LLM tokenizer's vocabulary; a path ending in .model: a sentencepiece model; any other path:
-    # a token list (one token per line, or a FunASR tokens.json list), characters split on spaces-or-chars.
+    # "llm": the LLM tokenizer's vocabulary; a path ending in .model: a sentencepiece model; a path ending in
+    # .tiktoken: a byte-level BPE file (SenseVoice's, Fun-ASR-Nano's CTC branch); any other path: a token list (one
+    # token per line, or a FunASR tokens.json list), characters split on spaces-or-chars.
     vocab: str = path_field("llm", keywords=("llm",))
+    # The head's outputs with a .tiktoken vocabulary (blank = the last; the ids between its tokens and the blank
+    # are special tokens); None: its tokens + the blank. Other vocabularies have their size from their file.
+    vocab_size: int | None = None
+    decoder: CTCDecoderConfig | None = None  # None: the projection alone reads the encoder's frames
     label_smoothing: float = 0.0
     # Pretrained CTC head weights, e.g. a FunASR model.pt with init_prefix "ctc." (its ctc_lo layer) together
     # with vocab: <that directory>/tokens.json. The head's output size must equal the vocabulary's.
@@ -176,6 +197,11 @@ class CTCConfig:
             raise ConfigError(f"{path}.weight: must be in [0, 1], got {self.weight}")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ConfigError(f"{path}.label_smoothing: must be in [0, 1), got {self.label_smoothing}")
+        if self.vocab_size is not None and not str(self.vocab).endswith(".tiktoken"):
+            raise ConfigError(
+                f"{path}.vocab_size: sets the head's size for a .tiktoken vocabulary only; {self.vocab!r} has its "
+                "size from its own entries (leave vocab_size unset)"
+            )
 
 
 @dataclass

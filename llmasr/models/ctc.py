@@ -1,19 +1,8 @@
-"""CTC auxiliary head: vocabularies (tokenizers), the projection, the loss and greedy decoding.
-
-`build_ctc_tokenizer(spec, llm_tokenizer)` turns `model.ctc.vocab` into a tokenizer:
-- "llm": the LLM tokenizer's ids; blank appended as id len(tokenizer).
-- a path ending ".model": a sentencepiece model; blank = its <blank>/<blk> piece if it has one, else appended.
-- any other path: a token list (one token per line, optionally "token id" as in units.txt, or a FunASR
-  tokens.json JSON list). Blank = the index of "<blank>"/"<blk>" if listed, else appended. Text is split on
-  spaces; a word in the list is one token, any other word is split into characters. Characters not in the list
-  map to "<unk>" when listed, else raise an error naming the character and the file. If the list has a word
-  separator ("<space>", "▁" or "|") it is placed between words.
-"""
+"""CTC auxiliary head: its vocabulary (`build_ctc_tokenizer`; the kinds in llmasr.models.ctc_vocab), the projection
+(with Fun-ASR-Nano's decoder layers before it when configured), the loss and greedy decoding."""
 
 from __future__ import annotations
 
-import json
-from collections.abc import Sequence
 from pathlib import Path
 
 import torch.nn.functional as F
@@ -21,178 +10,57 @@ from torch import Tensor, nn
 
 from llmasr.config_io import ConfigError
 from llmasr.models.adaptor_blocks import length_mask
-
-BLANK_NAMES = ("<blank>", "<blk>")
-SEPARATOR_NAMES = ("<space>", "▁", "|")
-
-
-def ctc_collapse(ids: Sequence[int], blank_id: int) -> list[int]:
-    """Frame-wise ids -> label ids: merge repeats, then drop blanks."""
-    out: list[int] = []
-    prev = None
-    for i in ids:
-        i = int(i)
-        if i != prev and i != blank_id:
-            out.append(i)
-        prev = i
-    return out
+from llmasr.models.config import AdaptorConfig, CTCDecoderConfig
+from llmasr.models.ctc_tiktoken import TiktokenCTCTokenizer
+from llmasr.models.ctc_vocab import (
+    CTCTokenizer,
+    LLMCTCTokenizer,
+    SentencePieceCTCTokenizer,
+    TokenListCTCTokenizer,
+    ctc_collapse,
+)
 
 
-class CTCTokenizer:
-    """A CTC vocabulary: `vocab_size` counts the blank; ids are in [0, vocab_size)."""
-
-    vocab_size: int
-    blank_id: int
-
-    def encode(self, text: str) -> list[int]:
-        raise NotImplementedError
-
-    def decode(self, ids: Sequence[int]) -> str:
-        """Label ids (blanks are dropped) -> text."""
-        raise NotImplementedError
-
-    def decode_ctc(self, ids: Sequence[int]) -> str:
-        """Raw frame-wise (argmax) ids -> text: repeats merged, blanks dropped."""
-        return self.decode(ctc_collapse(ids, self.blank_id))
-
-    def encode_unit(self, unit: str, spaced: bool) -> tuple[list[int], list[int]]:
-        """One unit of a transcript (a word, or a character of a script written without spaces) spelled as in running
-        text, after a space when `spaced`: (its labels, the word-separator labels before it)."""
-        return self.encode((" " if spaced else "") + unit), []
-
-
-class LLMCTCTokenizer(CTCTokenizer):
-    """The LLM's own (Hugging Face) tokenizer, with the blank appended after its last id."""
-
-    def __init__(self, tokenizer):
-        self.tokenizer = tokenizer
-        self.blank_id = len(tokenizer)
-        self.vocab_size = self.blank_id + 1
-
-    def encode(self, text: str) -> list[int]:
-        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
-
-    def decode(self, ids: Sequence[int]) -> str:
-        return self.tokenizer.decode([int(i) for i in ids if int(i) != self.blank_id], skip_special_tokens=True)
-
-
-class SentencePieceCTCTokenizer(CTCTokenizer):
-    def __init__(self, path: str):
-        import sentencepiece as spm
-
-        self.path = path
-        self.sp = spm.SentencePieceProcessor(model_file=path)
-        size = self.sp.get_piece_size()
-        own = [self.sp.piece_to_id(p) for p in BLANK_NAMES]
-        own = [i for i in own if i != self.sp.unk_id() or self.sp.id_to_piece(i) in BLANK_NAMES]
-        self.blank_id = own[0] if own else size
-        self.vocab_size = size if own else size + 1
-
-    def encode(self, text: str) -> list[int]:
-        return list(self.sp.encode(text, out_type=int))
-
-    def decode(self, ids: Sequence[int]) -> str:
-        return self.sp.decode([int(i) for i in ids if int(i) != self.blank_id])
-
-
-class TokenListCTCTokenizer(CTCTokenizer):
-    def __init__(self, path: str):
-        self.path = path
-        self.tokens = read_token_list(path)
-        index: dict[str, int] = {}
-        for i, tok in enumerate(self.tokens):
-            index.setdefault(tok, i)
-        self.index = index
-        blank = next((index[b] for b in BLANK_NAMES if b in index), None)
-        self.blank_id = len(self.tokens) if blank is None else blank
-        self.vocab_size = len(self.tokens) + (1 if blank is None else 0)
-        self.unk_id = index.get("<unk>")
-        self.sep = next((s for s in SEPARATOR_NAMES if s in index), None)
-
-    def _char_id(self, ch: str, word: str) -> int:
-        if ch in self.index:
-            return self.index[ch]
-        if self.unk_id is not None:
-            return self.unk_id
-        raise ValueError(
-            f"CTC vocabulary {self.path}: character {ch!r} (in {word!r}) is not in the token list and the list "
-            f"has no <unk>; add it to the list or add an <unk> token"
-        )
-
-    def encode(self, text: str) -> list[int]:
-        ids: list[int] = []
-        for n, word in enumerate(text.split()):
-            if n and self.sep is not None:
-                ids.append(self.index[self.sep])
-            if word in self.index:
-                ids.append(self.index[word])
-            else:
-                ids.extend(self._char_id(ch, word) for ch in word)
-        return ids
-
-    def encode_unit(self, unit: str, spaced: bool) -> tuple[list[int], list[int]]:
-        sep = [self.index[self.sep]] if spaced and self.sep is not None else []
-        return self.encode(unit), sep
-
-    def decode(self, ids: Sequence[int]) -> str:
-        pieces = [self.tokens[int(i)] for i in ids if int(i) != self.blank_id and 0 <= int(i) < len(self.tokens)]
-        if self.sep is not None:
-            return "".join(" " if p == self.sep else p for p in pieces).strip()
-        text = ""
-        for prev, p in zip([None, *pieces], pieces):
-            glue = prev is None or prev.endswith("@@") or (_is_cjk(prev) and _is_cjk(p))
-            text += ("" if glue else " ") + p.removesuffix("@@")
-        return text
-
-
-def _is_cjk(piece: str) -> bool:
-    return len(piece) == 1 and ord(piece) >= 0x2E80
-
-
-def read_token_list(path: str) -> list[str]:
-    """A FunASR tokens.json (JSON list) or a text file with one token per line (optionally "token id")."""
-    text = Path(path).read_text(encoding="utf-8-sig")  # -sig: a BOM is not part of the first token
-    if text.lstrip().startswith("["):
-        try:
-            tokens = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"CTC vocabulary {path}: not a valid JSON token list: {err}") from err
-        if not all(isinstance(t, str) for t in tokens):
-            raise ValueError(f"CTC vocabulary {path}: the JSON list must hold only strings")
-    else:
-        lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-        pairs = [ln.split() for ln in lines]
-        if pairs and all(len(p) == 2 and p[1].lstrip("-").isdigit() for p in pairs):
-            tokens = [p[0] for p in sorted(pairs, key=lambda p: int(p[1]))]
-        else:
-            tokens = lines
-    if not tokens:
-        raise ValueError(f"CTC vocabulary {path}: no tokens")
-    return tokens
-
-
-def build_ctc_tokenizer(spec: str, llm_tokenizer=None) -> CTCTokenizer:
-    """`model.ctc.vocab` -> a CTC tokenizer (see the module docstring)."""
+def build_ctc_tokenizer(spec: str, llm_tokenizer=None, vocab_size: int | None = None) -> CTCTokenizer:
+    """`model.ctc.vocab` -> a CTC tokenizer (the kinds: llmasr.models.ctc_vocab); `vocab_size`
+    (model.ctc.vocab_size) sizes a .tiktoken vocabulary's head."""
     if spec == "llm":
         if llm_tokenizer is None:
             raise ConfigError("model.ctc.vocab: 'llm' needs the LLM tokenizer, none was given")
         return LLMCTCTokenizer(llm_tokenizer)
     if not Path(spec).is_file():
-        raise ConfigError(f"model.ctc.vocab: file not found: {spec} (use 'llm', a .model file or a token list)")
+        raise ConfigError(
+            f"model.ctc.vocab: file not found: {spec} (use 'llm', a .model or .tiktoken file, or a token list)"
+        )
     if spec.endswith(".model"):
         return SentencePieceCTCTokenizer(spec)
+    if spec.endswith(".tiktoken"):
+        return TiktokenCTCTokenizer(spec, vocab_size)
     return TokenListCTCTokenizer(spec)
 
 
 class CTCHead(nn.Module):
-    """Linear(encoder_dim -> vocab_size) with optional dropout; returns float32 log-probabilities [B, T, V]."""
+    """[decoder layers ->] dropout -> Linear(encoder_dim -> vocab_size); returns float32 log-probabilities [B, T, V].
+    `decoder` (model.ctc.decoder): Fun-ASR-Nano's CTC decoder, a transformer adaptor at the encoder's width whose
+    parameter names are FunASR's `ctc_decoder.*` ones."""
 
-    def __init__(self, encoder_dim: int, vocab_size: int, dropout: float = 0.0):
+    def __init__(
+        self, encoder_dim: int, vocab_size: int, dropout: float = 0.0, decoder: CTCDecoderConfig | None = None
+    ):
         super().__init__()
+        self.decoder = None
+        if decoder is not None:
+            from llmasr.models.adaptors import TransformerAdaptor
+
+            blocks = AdaptorConfig(type="transformer", downsample=1, ffn_dim=decoder.ffn_dim, n_layer=decoder.n_layer,
+                                   n_head=decoder.n_head, dropout=decoder.dropout)  # fmt: skip
+            self.decoder = TransformerAdaptor(blocks, encoder_dim, encoder_dim)
         self.dropout = nn.Dropout(dropout)
         self.proj = nn.Linear(encoder_dim, vocab_size)
 
     def forward(self, enc: Tensor, enc_lens: Tensor) -> Tensor:
+        if self.decoder is not None:
+            enc = self.decoder(enc, enc_lens)[0]
         return self.proj(self.dropout(enc)).float().log_softmax(dim=-1)
 
 

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from llmasr.data.long_audio import UNIT
-from llmasr.models.ctc import CTCTokenizer
+from llmasr.models.ctc_vocab import CTCTokenizer
 
 Word = tuple[str, float, float]  # (unit, start seconds, end seconds)
 WORD_TAIL_S = 1.0  # a word's sound ends at most this long after the CTC head's last frame of it

@@ -18,11 +18,12 @@ from torch import nn
 from llmasr.data.batch import Batch
 from llmasr.data.device_features import DeviceFeatures
 from llmasr.data.frontend import FrontendConfig
-from llmasr.models.ctc import LLMCTCTokenizer, ctc_greedy, ctc_loss
+from llmasr.models.ctc import ctc_greedy, ctc_loss
 from llmasr.models.ctc_align import align_words
 from llmasr.models.ctc_compress import ctc_compress
 from llmasr.models.ctc_guidance import CTCPrefixGuide, rescore_nbest
 from llmasr.models.ctc_prefix import CTCPrefixScorer
+from llmasr.models.ctc_vocab import LLMCTCTokenizer
 from llmasr.models.decode_guards import Guards
 from llmasr.models.decoding import DecodeConfig, Transcripts
 from llmasr.models.hotword_boost import HotwordBoost

@@ -8,6 +8,7 @@
     SRC/model.pt             {"state_dict": ...} in bf16: audio_encoder.*, audio_adaptor.*, llm.* (tied embeddings,
                              lm_head stored too, as torch's state_dict has it), ctc_decoder.*, ctc.ctc_lo.*
     SRC/Qwen3-0.6B/          config.json, generation_config.json and the tokenizer: no weights
+    SRC/multilingual.tiktoken the CTC branch's byte-level BPE vocabulary (single bytes + a few merges)
 
 The encoder and adaptor are llmasr's classes, whose parameter names are FunASR's (the parity tests load the same
 tensors into FunASR's classes). Sizes are tiny; names and layout are the real ones.
@@ -28,7 +29,33 @@ from llmasr.testing.tiny_funasr import _randomise, paraformer_frontend_conf, tin
 from llmasr.testing.tiny_llm import DEFAULT_CORPUS, train_bpe_tokenizer
 
 LLM_DIR = "Qwen3-0.6B"
-CTC_VOCAB = 24  # stands in for the 60,515-entry tiktoken vocabulary (blank = last)
+CTC_MERGES = 40  # byte pairs merged into tokens after the 256 single bytes
+CTC_SPECIALS = 3  # stand-ins for SenseVoice's special tokens, between the BPE tokens and the blank
+CTC_VOCAB = 256 + CTC_MERGES + CTC_SPECIALS + 1  # stands in for the 60,515 outputs of Nano's CTC head (blank = last)
+CTC_TEXT = DEFAULT_CORPUS + ["语音转写：你好世界"]
+
+
+def write_tiktoken(path: Path, texts: list[str], merges: int = CTC_MERGES) -> Path:
+    """A byte-level BPE vocabulary in tiktoken's file format (`<base64 token> <rank>` lines): the 256 single bytes,
+    then `merges` tokens, each the most frequent adjacent pair in `texts`' words (ties: the first pair met)."""
+    import base64
+    from collections import Counter
+
+    words = [[bytes([b]) for b in (" " + w).encode("utf-8")] for t in texts for w in t.split()]
+    tokens = [bytes([b]) for b in range(256)]
+    for _ in range(merges):
+        pairs = Counter((a, b) for w in words for a, b in zip(w, w[1:]))
+        (a, b), _ = pairs.most_common(1)[0]
+        tokens.append(a + b)
+        for w in words:
+            i = 0
+            while i < len(w) - 1:
+                if w[i] == a and w[i + 1] == b:
+                    w[i : i + 2] = [a + b]
+                i += 1
+    lines = [f"{base64.b64encode(t).decode()} {rank}" for rank, t in enumerate(tokens)]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
 
 
 def nano_config(encoder_conf: dict, frontend_conf: dict, *, llm_dim: int, ffn_dim: int = 48) -> dict:
@@ -118,7 +145,7 @@ def write_nano_dir(
     )
     for module in (encoder, adaptor, ctc_decoder):
         _randomise(module, g)
-    tokenizer = train_bpe_tokenizer(DEFAULT_CORPUS + ["语音转写：你好世界"], 300)
+    tokenizer = train_bpe_tokenizer(CTC_TEXT, 300)
     llm = _tiny_qwen3(tokenizer, llm_hidden, seed)
     _randomise(llm, g)  # larger than HF's init, so that the greedy ids depend on the audio and vary per step
     state = {}
@@ -138,6 +165,7 @@ def write_nano_dir(
     }
     configuration = {"framework": "pytorch", "task": "auto-speech-recognition", "file_path_metas": metas}
     (src / "configuration.json").write_text(json.dumps(configuration, indent=2), encoding="utf-8")
+    write_tiktoken(src / "multilingual.tiktoken", CTC_TEXT)
     llm.config.save_pretrained(src / LLM_DIR)
     llm.generation_config.save_pretrained(src / LLM_DIR)
     tokenizer.save_pretrained(src / LLM_DIR)

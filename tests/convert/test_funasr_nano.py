@@ -11,6 +11,7 @@ import importlib.util
 import json
 import logging
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +25,7 @@ from llmasr.convert.funasr_nano import ConvertError, convert_funasr
 from llmasr.data.collate import Collator
 from llmasr.export.exported import load_exported
 from llmasr.models.adaptor_blocks import funasr_nano_token_len
-from llmasr.testing.tiny_nano import write_nano_dir
+from llmasr.testing.tiny_nano import CTC_VOCAB, write_nano_dir
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 FIXTURE = FIXTURES / "funasr_nano_parity.pt"
@@ -59,6 +60,24 @@ def check_parity(src: Path, out: Path, feats: list[torch.Tensor], expected: list
         assert until_end(alone[i], end) == until_end(ref, end), f"utterance {i} alone"
 
 
+def check_ctc_parity(out: Path, feats: list[torch.Tensor], log_probs: list[torch.Tensor], texts: list[str]) -> None:
+    """The converted CTC head's log-probabilities (alone and batched; FunASR's are stored as float16) and greedy texts
+    are FunASR's (less its special tokens' tags)."""
+    model = load_exported(out)
+    with torch.no_grad():
+        batch = feature_batch(model, feats)
+        enc, enc_lens, _, _ = model.encode_audio(batch.feats, batch.feat_lens)
+        batched = model.ctc_head(enc, enc_lens)
+        one = [feature_batch(model, [f]) for f in feats]
+        alone = [model.ctc_head(*model.encode_audio(b.feats, b.feat_lens)[:2]) for b in one]
+    for i, ref in enumerate(log_probs):
+        assert int(enc_lens[i]) == ref.shape[0]
+        torch.testing.assert_close(batched[i, : ref.shape[0]], ref.float(), atol=1e-3, rtol=1e-3)
+        torch.testing.assert_close(alone[i][0], ref.float(), atol=1e-3, rtol=1e-3)
+    # FunASR writes a special token's tag (<|startoftranscript|>, <|en|>, ...) into its text; llmasr drops them
+    assert model.ctc_texts(batched, enc_lens) == [re.sub(r"<\|[^|]*\|>", "", t) for t in texts]
+
+
 def unpack_fixture(fixture: dict, src: Path) -> Path:
     for name, text in fixture["files"].items():
         (src / name).parent.mkdir(parents=True, exist_ok=True)
@@ -73,6 +92,21 @@ def test_pinned_funasr_greedy_ids(tmp_path):
     assert len({tuple(i) for i in fixture["ids"]}) == len(fixture["ids"]), "the ids must depend on the audio"
     src = unpack_fixture(fixture, tmp_path / "nano")
     check_parity(src, tmp_path / "out", fixture["feats"], fixture["ids"], fixture["max_new"])
+    check_ctc_parity(tmp_path / "out", fixture["feats"], fixture["ctc_log_probs"], fixture["ctc_texts"])
+
+
+def test_pinned_funasr_ctc_tokenizer_ids(tmp_path):
+    """The converted CTC vocabulary encodes as FunASR's SenseVoiceTokenizer (tiktoken) does, and decodes back."""
+    fixture = torch.load(FIXTURE, weights_only=True)
+    src = unpack_fixture(fixture, tmp_path / "nano")
+    convert_funasr(src, tmp_path / "out")
+    tok = load_exported(tmp_path / "out").ctc_tokenizer
+    for text, ids in zip(fixture["ctc_encode_texts"], fixture["ctc_encoded"], strict=True):
+        assert tok.encode(text) == ids, text
+        assert tok.decode(ids) == text
+    assert any(
+        len(ids) < len(text.encode("utf-8")) for text, ids in zip(fixture["ctc_encode_texts"], fixture["ctc_encoded"])
+    )  # merges ran
 
 
 @pytest.mark.parity
@@ -89,6 +123,7 @@ def test_live_against_funasr_nano(tmp_path):
     g = torch.Generator().manual_seed(12)
     feats = [torch.randn(n, 24, generator=g) for n in (31, 7, 18)]
     check_parity(src, tmp_path / "out", feats, make.funasr_nano_ids(src, feats), make.MAX_NEW)
+    check_ctc_parity(tmp_path / "out", feats, *make.funasr_nano_ctc(src, feats))
 
 
 @pytest.fixture(scope="module")
@@ -150,13 +185,50 @@ def test_decode_command_on_the_converted_directory(converted, tmp_path):
     assert json.loads((tmp_path / "hyp" / "wer.json").read_text())["utterances"] == 3
 
 
-def test_ctc_branch_is_left_out_in_a_log_record(tmp_path, caplog):
+def test_ctc_branch_converts_with_its_vocabulary(converted, caplog):
+    src, out = converted
+    desc = yaml.safe_load((out / "llmasr_model.yaml").read_text())
+    assert desc["ctc"]["vocab"] == "ctc_vocab.tiktoken" and desc["ctc"]["vocab_size"] == CTC_VOCAB
+    assert desc["ctc"]["decoder"] == {"n_layer": 1, "ffn_dim": 48, "n_head": 8, "dropout": 0.0}
+    assert (out / "ctc_vocab.tiktoken").read_bytes() == (src / "multilingual.tiktoken").read_bytes()
+    model = load_exported(out)
+    assert model.ctc_tokenizer.blank_id == CTC_VOCAB - 1
+    state = torch.load(src / "model.pt", weights_only=True)["state_dict"]
+    head = model.ctc_head.state_dict()
+    assert torch.equal(head["proj.weight"], state["ctc.ctc_lo.weight"].float())
+    assert torch.equal(head["decoder.blocks.0.norm1.weight"], state["ctc_decoder.blocks.0.norm1.weight"].float())
+    assert len(head) == sum(k.startswith(("ctc_decoder.", "ctc.")) for k in state)
+
+
+def test_ctc_branch_without_its_vocabulary_is_left_out_naming_where_it_looked(tmp_path, caplog):
     src = write_nano_dir(tmp_path / "src")
+    (src / "multilingual.tiktoken").unlink()
     with caplog.at_level(logging.WARNING, logger="llmasr.convert.funasr_nano"):
         convert_funasr(src, tmp_path / "out")
     text = caplog.text
-    assert "ctc (2 tensors), ctc_decoder (" in text and "tiktoken" in text and "no CTC head" in text
+    assert "ctc (2 tensors), ctc_decoder (" in text and "no CTC head" in text
+    assert f"vocabulary is missing (looked for {src / 'multilingual.tiktoken'}" in text
     assert yaml.safe_load((tmp_path / "out" / "llmasr_model.yaml").read_text())["ctc"] is None
+
+
+def test_decode_timestamps_on_the_converted_directory(converted, tmp_path):
+    """Nano's CTC branch gives word times on the converted model, as FunASR's gives its timestamps."""
+    from llmasr.commands.decode import main as decode_main
+    from llmasr.testing.tiny_corpus import write_tiny_corpus
+
+    _, out = converted
+    data = write_tiny_corpus(tmp_path / "corpus", n=3)
+    rc = decode_main(["--model", str(out), "--data", str(data), "--output", str(tmp_path / "hyp"), "--timestamps",
+                      "--ctc", "--num-workers", "0", "--max-new-tokens", "3"])  # fmt: skip
+    assert rc == 0
+    rows = [json.loads(line) for line in (tmp_path / "hyp" / "results.jsonl").read_text().splitlines()]
+    timed = [r for r in rows if r["timestamps"]]
+    assert timed, rows
+    for r in timed:
+        assert [w for w, _, _ in r["timestamps"]] == r["hyp"].split()
+        assert all(0 <= start <= end <= r["duration"] + 0.1 for _, start, end in r["timestamps"])
+    ctc = json.loads((tmp_path / "hyp" / "ctc" / "wer.json").read_text())  # and the CTC branch's own transcripts
+    assert ctc["utterances"] == 3 and ctc["branch"] == "ctc"
 
 
 def _edit_config(src: Path, **changes) -> None:
@@ -178,6 +250,11 @@ def _edit_config(src: Path, **changes) -> None:
         ({"audio_adaptor_conf__llm_dim": 99}, "audio_adaptor_conf.llm_dim is 99 but the LLM's config.json"),
         ({"audio_encoder_conf__output_size": 48}, "takes 32-dim encoder frames (downsample_rate 1) but"),
         ({"tokenizer_conf__init_param_path": "${llm_conf.nowhere}"}, "names no key of the config"),
+        ({"ctc_decoder": "Linear"}, "ctc_decoder is 'Linear'; the converter maps `Transformer` only"),
+        ({"ctc_decoder_conf__downsample_rate": 2}, "ctc_decoder_conf.downsample_rate is 2"),
+        ({"ctc_decoder_conf__llm_dim": 24}, "ctc_decoder_conf.llm_dim is 24 but the CTC layer (ctc.ctc_lo) takes"),
+        ({"ctc_conf__blank_id": 0}, "ctc_conf.blank_id is 0; llmasr's tiktoken CTC vocabulary has the blank last"),
+        ({"ctc_vocab_size": 60515}, "gives ctc_vocab_size 60515 over the encoder's 32-dim frames"),
     ],
 )
 def test_what_cannot_be_converted_is_refused_with_what_and_why(tmp_path, change, message):

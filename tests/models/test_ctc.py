@@ -9,7 +9,8 @@ import torch
 import torch.nn.functional as F
 
 from llmasr.config_io import ConfigError
-from llmasr.models.ctc import CTCHead, build_ctc_tokenizer, ctc_collapse, ctc_greedy, ctc_loss, validate_ctc_targets
+from llmasr.models.ctc import CTCHead, build_ctc_tokenizer, ctc_greedy, ctc_loss, validate_ctc_targets
+from llmasr.models.ctc_vocab import ctc_collapse
 
 SENTENCES = ["one two three", "four five six", "seven eight nine zero", "two four six eight", "one three five seven"]
 

@@ -13,9 +13,9 @@ import llmasr
 from llmasr.config_io import ConfigError
 from llmasr.models import ctc_guidance
 from llmasr.models.adaptors import ADAPTOR_TYPES
-from llmasr.models.ctc import ctc_collapse
 from llmasr.models.ctc_guidance import rescore_nbest
 from llmasr.models.ctc_prefix import CTCPrefixScorer, PrefixState
+from llmasr.models.ctc_vocab import ctc_collapse
 from llmasr.models.decode_guards import MAX_TOKENS, REPETITION, repeated_tail
 from llmasr.models.decoding import DecodeConfig
 from llmasr.testing.scripted_llm import ScriptedLLM, chain_script

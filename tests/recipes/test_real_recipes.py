@@ -74,6 +74,10 @@ def nano_overrides(out: Path) -> list[str]:
         f"model.adaptor.init_from={out / 'adaptor.safetensors'}",
         f"model.llm.path={out / 'llm'}",
         f"model.adaptor.ffn_dim={desc['adaptor']['conf']['ffn_dim']}",
+        f"model.ctc.vocab={out / desc['ctc']['vocab']}",
+        f"model.ctc.vocab_size={desc['ctc']['vocab_size']}",
+        f"model.ctc.init_from={out / desc['ctc']['file']}",
+        *(f"model.ctc.decoder.{k}={v}" for k, v in desc["ctc"]["decoder"].items()),
     ]
     return files + sizes
 
@@ -150,6 +154,8 @@ def test_fun_asr_nano_recipe_starts_from_the_converted_model(stand_ins):
     assert model.prompt.encode(None) == ref.prompt.encode(None)
     batch = random_batch(ref, ["a", "b"], frames=[30, 17])
     assert model.generate_ids(batch, max_new_tokens=6) == ref.generate_ids(batch, max_new_tokens=6)
+    enc, enc_lens, _, _ = ref.encode_audio(batch.feats, batch.feat_lens)  # and Nano's CTC branch, as converted
+    assert torch.equal(model.ctc_head(enc, enc_lens), ref.ctc_head(enc, enc_lens))
 
 
 @pytest.mark.parametrize("name", HOTWORDS)
@@ -175,3 +181,26 @@ def test_hotword_recipe_trains_through_its_data_path(name, stand_ins, tmp_path):
     # its CTC head over the LLM's tokens trains, so decoding is CTC-guided and boosts the lists by default
     assert recipe.model.ctc.vocab == "llm" and row["ctc_loss"] > 0
     assert recipe.decode.boost(recipe.decode.guidance(True, True), True) > 0
+
+
+def test_fun_asr_nano_recipe_trains_the_converted_ctc_branch(stand_ins, tmp_path):
+    """A real training update from the converted Nano: its CTC branch reads the targets through the tiktoken
+    vocabulary and trains beside LoRA and the adaptor (the encoder stays frozen)."""
+    from llmasr.export.exported import load_exported
+    from llmasr.train.progress import parse_log_line
+    from llmasr.train.trainer import train
+
+    out = stand_ins["nano"]
+    overrides = [*nano_overrides(out), f"data.train=[{stand_ins['train']}]", f"data.valid=[{stand_ins['dev']}]",
+                 "data.num_workers=0", "data.pin_memory=false", "data.batching.max_seconds=4",
+                 "data.valid_max_utts=2", "train.precision=fp32", "model.llm.dtype=float32", "train.max_updates=1",
+                 "train.grad_accum=1", "train.log_every=1", "model.encoder.gradient_checkpointing=false",
+                 "model.llm.gradient_checkpointing=false", f"train.output_dir={tmp_path / 'run'}"]  # fmt: skip
+    recipe = load_recipe(RECIPES / "fun-asr-nano_lora_zero2.yaml", overrides)
+    result = train(recipe, "zero0")
+    log = (tmp_path / "run" / "train.log").read_text()
+    row = next(parse_log_line(line) for line in log.splitlines() if " train update=" in line)
+    assert row["ctc_loss"] > 0 and torch.isfinite(torch.tensor(result["history"][0]["loss"]))
+    groups = {m[0]: int(m[1].replace(",", "")) for m in re.findall(r"^(ctc|ctc_no_decay) +\d+ +([\d,]+) ", log, re.M)}
+    head = sum(p.numel() for p in load_exported(out).ctc_head.parameters())  # decoder layers and projection
+    assert sum(groups.values()) == head and len(groups) == 2

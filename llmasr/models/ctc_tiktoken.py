@@ -1,0 +1,109 @@
+"""A byte-level BPE vocabulary in tiktoken's file format as a CTC vocabulary: Fun-ASR-Nano's CTC branch spells its
+labels in SenseVoice's `multilingual.tiktoken`.
+
+The file holds one token a line, `<base64 bytes> <rank>`; a token's id is its rank. Text is cut into pieces by the
+Whisper/SenseVoice pre-tokenizer pattern (contractions, letters, digits, other symbols, each with one leading space)
+and each piece's bytes are merged pair by pair, always the adjacent pair whose joined bytes have the lowest rank,
+until no joined pair is a token: the ids tiktoken's own encoder gives. Ids from the last token up to the head's size
+are the special tokens SenseVoice's tokenizer appends (language, event, timestamp tags): never produced when
+encoding, dropped when decoding (FunASR writes their tags into its `ctc_text`), so the CTC text holds words only.
+The blank is the head's last output, as FunASR's `ctc_conf.blank_id` defaults it.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Sequence
+from pathlib import Path
+
+import regex
+
+from llmasr.models.ctc_vocab import CTCTokenizer
+
+# SenseVoice's (and Whisper's) pre-tokenizer: what tiktoken's Encoding gets as pat_str for multilingual.tiktoken.
+CACHE_PIECES = 20_000  # pieces whose ids are kept between calls (a worker holds a few MB of them)
+PIECES = regex.compile(r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+""")
+
+
+def read_ranks(path: str | Path) -> dict[bytes, int]:
+    """`<base64 token> <rank>` lines -> {token bytes: rank}; a bad line is named with its number."""
+    ranks: dict[bytes, int] = {}
+    with open(path, encoding="utf-8-sig") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            fields = line.split()
+            try:
+                if len(fields) != 2:
+                    raise ValueError(f"expected `<base64 token> <rank>`, got {len(fields)} field(s)")
+                token, rank = base64.b64decode(fields[0], validate=True), int(fields[1])
+            except (ValueError, binascii.Error) as err:
+                raise ValueError(f"CTC vocabulary {path}, line {n}: {err}: {line.strip()[:60]!r}") from err
+            if token in ranks:
+                raise ValueError(f"CTC vocabulary {path}, line {n}: token {token!r} is listed twice")
+            ranks[token] = rank
+    if not ranks:
+        raise ValueError(f"CTC vocabulary {path}: no tokens")
+    missing = [b for b in range(256) if bytes([b]) not in ranks]
+    if missing:
+        raise ValueError(
+            f"CTC vocabulary {path}: {len(missing)} of the 256 single bytes have no token (e.g. "
+            f"{bytes(missing[:1])!r}); a byte-level BPE vocabulary needs all of them to spell any text"
+        )
+    return ranks
+
+
+def merge(piece: bytes, ranks: dict[bytes, int]) -> list[int]:
+    """One pre-tokenized piece -> its ids: join the lowest-ranked adjacent pair (the leftmost on a tie) until none
+    joins into a token."""
+    if piece in ranks:
+        return [ranks[piece]]
+    parts = [piece[i : i + 1] for i in range(len(piece))]
+    while len(parts) > 1:
+        best, at = None, -1
+        for i in range(len(parts) - 1):
+            rank = ranks.get(parts[i] + parts[i + 1])
+            if rank is not None and (best is None or rank < best):
+                best, at = rank, i
+        if best is None:
+            break
+        parts[at : at + 2] = [parts[at] + parts[at + 1]]
+    return [ranks[p] for p in parts]
+
+
+class TiktokenCTCTokenizer(CTCTokenizer):
+    """See the module docstring. `vocab_size`: the CTC head's outputs, blank = the last; None: the file's tokens
+    and the blank after them."""
+
+    def __init__(self, path: str, vocab_size: int | None = None):
+        self.path = path
+        ranks = read_ranks(path)
+        self.ranks = ranks
+        self.tokens = {rank: token for token, rank in ranks.items()}
+        self.n_tokens = max(self.tokens) + 1
+        if vocab_size is not None and vocab_size <= self.n_tokens:
+            raise ValueError(
+                f"CTC vocabulary {path}: model.ctc.vocab_size is {vocab_size}, but the file's tokens alone take ids "
+                f"0..{self.n_tokens - 1}; the head needs at least {self.n_tokens + 1} outputs (the blank is the last)"
+            )
+        self.vocab_size = self.n_tokens + 1 if vocab_size is None else int(vocab_size)
+        self.blank_id = self.vocab_size - 1
+        self._cache: dict[str, list[int]] = {}
+
+    def encode(self, text: str) -> list[int]:
+        ids: list[int] = []
+        for piece in PIECES.findall(text):
+            cached = self._cache.get(piece)
+            if cached is None:
+                if len(self._cache) >= CACHE_PIECES:  # a corpus's distinct words, in every data worker
+                    self._cache.clear()
+                cached = self._cache[piece] = merge(piece.encode("utf-8"), self.ranks)
+            ids.extend(cached)
+        return ids
+
+    def decode(self, ids: Sequence[int]) -> str:
+        """Special tokens (ids past the file's tokens) and the blank are dropped; bytes that do not end a UTF-8
+        character (a label sequence cut mid-character) become U+FFFD, as tiktoken decodes them."""
+        data = b"".join(self.tokens.get(int(i), b"") for i in ids if int(i) < self.n_tokens)
+        return data.decode("utf-8", errors="replace")

@@ -1,0 +1,107 @@
+"""The tiktoken-format CTC vocabulary (Fun-ASR-Nano's CTC branch) and the CTC head's decoder layers.
+
+Parity of the ids with FunASR's own tokenizer is pinned in tests/convert/test_funasr_nano.py; here the rules are
+checked on vocabularies small enough to work out by hand."""
+
+from __future__ import annotations
+
+import base64
+
+import pytest
+import torch
+
+from llmasr.config_io import ConfigError, from_dict
+from llmasr.models.config import CTCConfig, CTCDecoderConfig, ModelConfig
+from llmasr.models.ctc import CTCHead, build_ctc_tokenizer
+from llmasr.models.ctc_tiktoken import TiktokenCTCTokenizer
+
+
+def write_ranks(path, merges: dict[bytes, int]):
+    """Single bytes at their own values, then `merges` at the given ranks."""
+    tokens = {bytes([b]): b for b in range(256)} | merges
+    lines = [f"{base64.b64encode(t).decode()} {r}" for t, r in sorted(tokens.items(), key=lambda kv: kv[1])]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return str(path)
+
+
+@pytest.fixture
+def vocab(tmp_path):
+    return write_ranks(tmp_path / "v.tiktoken", {b"ab": 256, b"bc": 257, b"abc": 258, b" a": 259, b"\xe4\xbd": 260})
+
+
+def test_merges_take_the_lowest_rank_first_then_the_leftmost(vocab, tmp_path):
+    tok = build_ctc_tokenizer(vocab)
+    assert isinstance(tok, TiktokenCTCTokenizer)
+    assert tok.encode("abc") == [258]  # a whole piece that is a token
+    assert tok.encode("abcb") == [258, ord("b")]  # ab (256), then ab+c (258); c+b is no token
+    assert tok.encode("abab") == [256, 256]  # two equal pairs: the leftmost first
+    low = build_ctc_tokenizer(write_ranks(tmp_path / "low.tiktoken", {b"bc": 256, b"ab": 257}))
+    assert low.encode("abc") == [ord("a"), 256]  # bc ranks lower than ab although ab comes first
+
+
+def test_pieces_are_cut_as_sensevoice_cuts_them(vocab):
+    tok = build_ctc_tokenizer(vocab)
+    assert tok.encode("x a") == [ord("x"), 259]  # " a" is one piece: the space goes with the word after it
+    assert tok.encode("ab,ab") == [256, ord(","), 256]  # punctuation is a piece of its own
+    assert tok.encode("a1") == [ord("a"), ord("1")]  # letters and digits never merge across pieces
+    assert tok.encode_unit("abc", spaced=True) == (tok.encode(" abc"), [])
+
+
+def test_decode_joins_bytes_drops_specials_and_the_blank(vocab):
+    tok = TiktokenCTCTokenizer(vocab, vocab_size=270)
+    assert (tok.n_tokens, tok.vocab_size, tok.blank_id) == (261, 270, 269)
+    text = "ab 你好 🙂"
+    ids = tok.encode(text)
+    assert 260 in ids and tok.decode(ids) == text  # CJK bytes, one of them merged
+    assert tok.decode([256, 265, 269, 256]) == "abab"  # 265: a special token; 269: the blank
+    assert tok.decode(tok.encode("你")[:1]) == "\ufffd"  # a label sequence cut inside a character
+    assert tok.decode_ctc([256, 256, 269, 256, 269, 269]) == "abab"
+
+
+def test_vocabulary_size(vocab):
+    tok = build_ctc_tokenizer(vocab)
+    assert (tok.vocab_size, tok.blank_id) == (262, 261)  # unset: the file's tokens, then the blank
+    with pytest.raises(ValueError, match=r"model.ctc.vocab_size is 261, but the file's tokens alone take ids 0..260"):
+        TiktokenCTCTokenizer(vocab, vocab_size=261)
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("YQ== 0\nYg== x\n", r"line 2: invalid literal for int"),
+        ("YQ== 0\n!!!! 1\n", r"line 2: .*'!!!! 1'"),
+        ("YQ== 0 extra\n", r"line 1: expected `<base64 token> <rank>`, got 3 field"),
+        ("YQ== 0\nYQ== 1\n", r"line 2: token b'a' is listed twice"),
+        ("YQ== 0\n", r"255 of the 256 single bytes have no token"),
+        ("\n\n", r"no tokens"),
+    ],
+)
+def test_a_bad_vocabulary_file_is_named_with_its_line(tmp_path, text, message):
+    path = tmp_path / "bad.tiktoken"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(ValueError, match=message) as err:
+        build_ctc_tokenizer(str(path))
+    assert str(path) in str(err.value)
+
+
+def test_vocab_size_is_a_tiktoken_key_only():
+    cfg = from_dict(CTCConfig, {"vocab": "v.tiktoken", "vocab_size": 300}, "model.ctc")
+    assert cfg.vocab_size == 300
+    with pytest.raises(ConfigError, match=r"model.ctc.vocab_size: sets the head's size for a .tiktoken vocabulary"):
+        from_dict(CTCConfig, {"vocab": "llm", "vocab_size": 300}, "model.ctc")
+    with pytest.raises(ConfigError, match=r"model.ctc.decoder.n_head: must be >= 1, got 0"):
+        from_dict(ModelConfig, {"ctc": {"decoder": {"n_head": 0}}}, "model")
+
+
+def test_head_decoder_layers_run_before_the_projection():
+    torch.manual_seed(0)
+    head = CTCHead(16, 11, decoder=CTCDecoderConfig(n_layer=2, ffn_dim=24, n_head=4)).eval()
+    assert sorted({k.split(".")[0] for k in head.state_dict()}) == ["decoder", "proj"]
+    assert "decoder.blocks.1.self_attn.linear_q.weight" in head.state_dict()  # FunASR's ctc_decoder.* names
+    enc, lens = torch.randn(2, 9, 16), torch.tensor([9, 5])
+    lp = head(enc, lens)
+    assert lp.shape == (2, 9, 11)
+    torch.testing.assert_close(lp[1, :5], head(enc[1:, :5], lens[1:])[0])  # padding changes no valid frame
+    plain = CTCHead(16, 11)
+    plain.proj.load_state_dict(head.proj.state_dict())
+    assert not torch.allclose(plain(enc, lens), lp)  # the layers are not skipped
