@@ -6,9 +6,10 @@ to other keys), configuration.json (whose `file_path_metas` name files relative 
 `llm_conf.init_param_path` among them), model.pt and the Qwen3 directory (config and tokenizer, no weights).
 
 What llmasr builds from it: a `sensevoice` encoder, a `transformer` adaptor (FunASR's `Transformer`, same parameter
-names) with `audio_token_cap: funasr_nano` when `use_low_frame_rate` is on, Nano's own prompt: system "You are
-a helpful assistant.", user "语音转写：<audio>" (no separator), ChatML written out as FunASR writes it, and the CTC
-head's decoder layers and sizes (`ctc_section`; the caller decides whether the branch converts).
+names) with `audio_token_cap: funasr_nano` when `use_low_frame_rate` is on, Nano's own prompt (system "You are
+a helpful assistant.", user "语音转写：<audio>" with no separator, an utterance's hotwords in Nano's own context
+block before it, ChatML written out as FunASR writes it), and the CTC head's decoder layers and sizes
+(`ctc_section`; the caller decides whether the branch converts).
 """
 
 from __future__ import annotations
@@ -27,6 +28,11 @@ from llmasr.models.funasr_dir import frontend_from_funasr_conf
 NANO_MODEL = "FunASRNano"
 NANO_SYSTEM = "You are a helpful assistant."
 NANO_TASK = "语音转写："  # FunASRNano.get_prompt() without hotwords, language or ITN switch
+# What FunASRNano.get_prompt() puts before the task when an utterance has hotwords (joined by ", ").
+NANO_HOTWORDS_TEMPLATE = (
+    "请结合上下文信息，更加准确地完成语音转写任务。如果没有相关信息，我们会留空。\n\n\n**上下文信息：**\n\n\n"
+    "热词列表：[{hotwords}]\n"
+)
 # FunASR writes the ChatML prompt with an f-string (FunASRNano.data_load_speech); this template renders the same.
 NANO_CHAT_TEMPLATE = (
     "{%- for message in messages -%}"
@@ -251,6 +257,8 @@ def nano_model_section(src: Path, config: dict) -> dict:
             "system": NANO_SYSTEM,
             "chat_template": NANO_CHAT_TEMPLATE,
             "audio_separator": "",
+            "hotwords_template": NANO_HOTWORDS_TEMPLATE,
+            "hotwords_separator": ", ",
         },
         "ctc": {"weight": 0.0},
     }

@@ -31,14 +31,15 @@ FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 FIXTURE = FIXTURES / "funasr_nano_parity.pt"
 
 
-def feature_batch(model, feats: list[torch.Tensor]):
-    """An inference batch of the given features, through the prompt builder and collator decoding uses."""
-    enc = model.prompt.encode(None)
+def feature_batch(model, feats: list[torch.Tensor], hotwords: list[list[str]] | None = None):
+    """An inference batch of the given features (and each one's hotword list), through the prompt builder and
+    collator decoding uses."""
+    prompts = [model.prompt.encode(None, hotwords=h) for h in hotwords or [[]] * len(feats)]
     items = [
         {"key": f"utt{i}", "index": i, "feats": f.numpy().astype(np.float32), "target": "x",
          "text_ids": np.asarray(enc.ids, dtype=np.int64), "audio_pos": enc.audio_pos,
-         "target_start": enc.target_start, "ctc_ids": None, "duration": 1.0}
-        for i, f in enumerate(feats)
+         "target_start": enc.target_start, "ctc_ids": None, "duration": 1.0, "hotwords": enc.hotwords}
+        for i, (f, enc) in enumerate(zip(feats, prompts, strict=True))
     ]  # fmt: skip
     return Collator(model.prompt.pad_id)(items)
 
@@ -47,14 +48,18 @@ def until_end(ids: list[int], end_id: int) -> list[int]:
     return ids[: ids.index(end_id) + 1] if end_id in ids else ids
 
 
-def check_parity(src: Path, out: Path, feats: list[torch.Tensor], expected: list[list[int]], max_new: int) -> None:
-    convert_funasr(src, out)
+def check_parity(
+    src: Path, out: Path, feats: list[torch.Tensor], expected: list[list[int]], max_new: int, hotwords=None
+) -> None:
+    if not out.exists():
+        convert_funasr(src, out)
     model = load_exported(out)
     end = model.prompt.end_id
     # FunASR's greedy search has no repetition stop (the random stand-in loops), so ours runs without it too.
     search = {"max_new_tokens": max_new, "repeat_limit": 0}
-    batched = model.generate_ids(feature_batch(model, feats), **search)
-    alone = [model.generate_ids(feature_batch(model, [f]), **search)[0] for f in feats]
+    batched = model.generate_ids(feature_batch(model, feats, hotwords), **search)
+    alone = [model.generate_ids(feature_batch(model, [f], hotwords and [hotwords[i]]), **search)[0]
+             for i, f in enumerate(feats)]  # fmt: skip
     for i, ref in enumerate(expected):
         assert until_end(batched[i], end) == until_end(ref, end), f"utterance {i} batched"
         assert until_end(alone[i], end) == until_end(ref, end), f"utterance {i} alone"
@@ -95,6 +100,15 @@ def test_pinned_funasr_greedy_ids(tmp_path):
     check_ctc_parity(tmp_path / "out", fixture["feats"], fixture["ctc_log_probs"], fixture["ctc_texts"])
 
 
+def test_pinned_funasr_greedy_ids_with_hotwords_in_nanos_own_prompt(tmp_path):
+    """An utterance's hotwords go into the prompt as FunASRNano.get_prompt writes them, so the ids are FunASR's."""
+    fixture = torch.load(FIXTURE, weights_only=True)
+    assert fixture["ids_hotwords"][:2] != fixture["ids"][:2], "the lists must change the output"
+    src = unpack_fixture(fixture, tmp_path / "nano")
+    check_parity(src, tmp_path / "out", fixture["feats"], fixture["ids_hotwords"], fixture["max_new"],
+                 fixture["hotwords"])  # fmt: skip
+
+
 def test_pinned_funasr_ctc_tokenizer_ids(tmp_path):
     """The converted CTC vocabulary encodes as FunASR's SenseVoiceTokenizer (tiktoken) does, and decodes back."""
     fixture = torch.load(FIXTURE, weights_only=True)
@@ -123,6 +137,9 @@ def test_live_against_funasr_nano(tmp_path):
     g = torch.Generator().manual_seed(12)
     feats = [torch.randn(n, 24, generator=g) for n in (31, 7, 18)]
     check_parity(src, tmp_path / "out", feats, make.funasr_nano_ids(src, feats), make.MAX_NEW)
+    lists = [["你好"], [], ["world", "语音"]]
+    expected = make.funasr_nano_ids(src, feats, hotwords=lists)
+    check_parity(src, tmp_path / "out", feats, expected, make.MAX_NEW, lists)
     check_ctc_parity(tmp_path / "out", feats, *make.funasr_nano_ctc(src, feats))
 
 

@@ -152,6 +152,7 @@ def test_fun_asr_nano_recipe_starts_from_the_converted_model(stand_ins):
     ref = load_exported(out)
     assert model.frontend == ref.frontend
     assert model.prompt.encode(None) == ref.prompt.encode(None)
+    assert model.prompt.encode(None, hotwords=["你好", "world"]) == ref.prompt.encode(None, hotwords=["你好", "world"])
     batch = random_batch(ref, ["a", "b"], frames=[30, 17])
     assert model.generate_ids(batch, max_new_tokens=6) == ref.generate_ids(batch, max_new_tokens=6)
     enc, enc_lens, _, _ = ref.encode_audio(batch.feats, batch.feat_lens)  # and Nano's CTC branch, as converted
