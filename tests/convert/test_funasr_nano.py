@@ -229,7 +229,8 @@ def test_ctc_branch_without_its_vocabulary_is_left_out_naming_where_it_looked(tm
 
 
 def test_decode_timestamps_on_the_converted_directory(converted, tmp_path):
-    """Nano's CTC branch gives word times on the converted model, as FunASR's gives its timestamps."""
+    """Nano's CTC branch gives word times on the converted model (as FunASR's gives its timestamps), its own
+    transcripts, and rescores a beam's n-best."""
     from llmasr.commands.decode import main as decode_main
     from llmasr.testing.tiny_corpus import write_tiny_corpus
 
@@ -246,6 +247,9 @@ def test_decode_timestamps_on_the_converted_directory(converted, tmp_path):
         assert all(0 <= start <= end <= r["duration"] + 0.1 for _, start, end in r["timestamps"])
     ctc = json.loads((tmp_path / "hyp" / "ctc" / "wer.json").read_text())  # and the CTC branch's own transcripts
     assert ctc["utterances"] == 3 and ctc["branch"] == "ctc"
+    rc = decode_main(["--model", str(out), "--data", str(data), "--output", str(tmp_path / "beam"), "--beam", "2",
+                      "--num-workers", "0", "--max-new-tokens", "3"])  # fmt: skip
+    assert rc == 0 and "beam 2 + CTC n-best rescoring" in (tmp_path / "beam" / "wer.txt").read_text()
 
 
 def _edit_config(src: Path, **changes) -> None:
