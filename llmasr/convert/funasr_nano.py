@@ -45,6 +45,9 @@ from llmasr.recipe import Recipe
 log = logging.getLogger(__name__)
 
 TAKEN = ("audio_encoder.", "audio_adaptor.", "llm.")
+# Fun-ASR-Nano's own long-audio path decodes VAD segments of at most 30 s (max_single_segment_time 30000 throughout
+# its examples): OUT records it as the longest audio trained on, so `llmasr decode` cuts longer audio into windows.
+NANO_SEGMENT_SECONDS = 30.0
 CTC_BRANCH = ("ctc_decoder.", "ctc.")
 
 
@@ -220,7 +223,9 @@ def convert_funasr(src: str | Path, out: str | Path, *, dtype: str = "fp32", ove
         model = build_model(cfg)
         tmp.mkdir(parents=True)
         info = {"converted_from": str(src), "model": "FunASRNano", "llm_config": str(llm_src), "left_out": left_out}
-        write_model_dir(model, info, Recipe(model=cfg), tmp, DTYPE_NAMES[dtype])
+        write_model_dir(
+            model, info, Recipe(model=cfg), tmp, DTYPE_NAMES[dtype], training_max_duration=NANO_SEGMENT_SECONDS
+        )
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

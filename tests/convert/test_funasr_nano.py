@@ -252,6 +252,25 @@ def test_decode_timestamps_on_the_converted_directory(converted, tmp_path):
     assert rc == 0 and "beam 2 + CTC n-best rescoring" in (tmp_path / "beam" / "wer.txt").read_text()
 
 
+def test_audio_longer_than_nanos_segments_decodes_in_windows(converted, tmp_path):
+    """OUT records Nano's 30 s segments as its longest audio, so a 70 s recording is cut into windows."""
+    import soundfile as sf
+
+    from llmasr.commands.decode import main as decode_main
+
+    _, out = converted
+    assert yaml.safe_load((out / "llmasr_model.yaml").read_text())["training"]["longest_seconds"] == 30.0
+    rng = np.random.default_rng(0)
+    wave = np.concatenate([rng.normal(0, 0.1, 16000 * 20) if i % 2 == 0 else np.zeros(16000) for i in range(7)])
+    sf.write(tmp_path / "long.wav", wave.astype(np.float32), 16000)
+    (tmp_path / "long.jsonl").write_text(json.dumps({"key": "long", "source": "long.wav", "target": "x"}) + "\n")
+    rc = decode_main(["--model", str(out), "--data", str(tmp_path / "long.jsonl"), "--output", str(tmp_path / "hyp"),
+                      "--num-workers", "0", "--max-new-tokens", "2"])  # fmt: skip
+    assert rc == 0
+    row = json.loads((tmp_path / "hyp" / "results.jsonl").read_text())
+    assert row["duration"] == pytest.approx(83.0) and row["windows"] >= 3
+
+
 def _edit_config(src: Path, **changes) -> None:
     config = yaml.safe_load((src / "config.yaml").read_text(encoding="utf-8"))
     for dotted, value in changes.items():
