@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import heapq
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -56,20 +57,39 @@ def read_ranks(path: str | Path) -> dict[bytes, int]:
 
 def merge(piece: bytes, ranks: dict[bytes, int]) -> list[int]:
     """One pre-tokenized piece -> its ids: join the lowest-ranked adjacent pair (the leftmost on a tie) until none
-    joins into a token."""
+    joins into a token. The segments are a linked list and the candidate pairs a heap, so a long piece (a sentence of
+    a script written without spaces is one piece) costs n log n, not n^2. An entry whose pair no longer has the rank
+    it was pushed with is stale and skipped; every current pair has an entry, so the first valid one is the least."""
     if piece in ranks:
         return [ranks[piece]]
-    parts = [piece[i : i + 1] for i in range(len(piece))]
-    while len(parts) > 1:
-        best, at = None, -1
-        for i in range(len(parts) - 1):
-            rank = ranks.get(parts[i] + parts[i + 1])
-            if rank is not None and (best is None or rank < best):
-                best, at = rank, i
-        if best is None:
-            break
-        parts[at : at + 2] = [parts[at] + parts[at + 1]]
-    return [ranks[p] for p in parts]
+    n = len(piece)
+    nxt = list(range(1, n + 1))  # segment i covers piece[i:nxt[i]]
+    prv = list(range(-1, n - 1))
+    alive = [True] * n
+
+    def pair_rank(i: int) -> int | None:
+        j = nxt[i]
+        return None if j >= n else ranks.get(piece[i : nxt[j]])
+
+    heap = [(r, i) for i in range(n - 1) if (r := ranks.get(piece[i : i + 2])) is not None]
+    heapq.heapify(heap)
+    while heap:
+        rank, i = heapq.heappop(heap)
+        if not alive[i] or pair_rank(i) != rank:
+            continue
+        j = nxt[i]
+        alive[j] = False
+        nxt[i] = nxt[j]
+        if nxt[j] < n:
+            prv[nxt[j]] = i
+        for s in (prv[i], i):
+            if s >= 0 and (r := pair_rank(s)) is not None:
+                heapq.heappush(heap, (r, s))
+    ids, i = [], 0
+    while i < n:
+        ids.append(ranks[piece[i : nxt[i]]])
+        i = nxt[i]
+    return ids
 
 
 class TiktokenCTCTokenizer(CTCTokenizer):

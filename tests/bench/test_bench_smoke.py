@@ -279,6 +279,15 @@ def test_ctc_guidance_cost_quick_decodes_every_row(tmp_path, capsys):
     assert "Reproduce: `python bench/ctc_guidance_cost.py --quick`" in capsys.readouterr().out
 
 
+def test_ctc_tiktoken_times_both_merges_on_the_same_ids(tmp_path, capsys):
+    import ctc_tiktoken
+
+    assert ctc_tiktoken.main(["--lengths", "20", "90", "--texts", "2", "--json-out", str(tmp_path / "t.json")]) == 0
+    res = json.loads((tmp_path / "t.json").read_text())
+    assert [r["chars"] for r in res["rows"]] == [20, 90] and all(r["heap_ms"] > 0 < r["scan_ms"] for r in res["rows"])
+    assert "Reproduce: `python bench/ctc_tiktoken.py --lengths 20 90 --texts 2`" in capsys.readouterr().out
+
+
 def test_hotword_boost_chooses_the_lowest_wer_within_the_leak_and_u_wer_limits(tmp_path, capsys):
     import hotword_boost
 

@@ -105,3 +105,32 @@ def test_head_decoder_layers_run_before_the_projection():
     plain = CTCHead(16, 11)
     plain.proj.load_state_dict(head.proj.state_dict())
     assert not torch.allclose(plain(enc, lens), lp)  # the layers are not skipped
+
+
+def reference_merge(piece: bytes, ranks: dict[bytes, int]) -> list[int]:
+    """The rule spelled out the slow way: scan every adjacent pair, join the lowest-ranked (the leftmost on a tie)."""
+    parts = [piece[i : i + 1] for i in range(len(piece))]
+    while True:
+        found = [(ranks[a + b], i) for i, (a, b) in enumerate(zip(parts, parts[1:])) if a + b in ranks]
+        if not found:
+            return [ranks[p] for p in parts]
+        _, i = min(found)
+        parts[i : i + 2] = [parts[i] + parts[i + 1]]
+
+
+def test_merge_order_equals_the_pairwise_scan_on_random_vocabularies():
+    """llmasr's heap-ordered merge gives the scan's ids on random vocabularies and texts, long pieces included."""
+    import random
+
+    from llmasr.models.ctc_tiktoken import merge
+
+    rng = random.Random(0)
+    for trial in range(30):
+        alphabet = [bytes([b]) for b in rng.sample(range(97, 105), 4)]
+        ranks = {bytes([b]): b for b in range(256)}
+        while len(ranks) < 256 + 25:  # tokens built from tokens, ranked in random order
+            token = rng.choice(list(ranks)[256:] + alphabet) + rng.choice(list(ranks)[256:] + alphabet)
+            ranks.setdefault(token, 256 + rng.randrange(10_000))
+        for length in (2, 7, 60, 300):
+            piece = b"".join(rng.choice(alphabet) for _ in range(length))
+            assert merge(piece, ranks) == reference_merge(piece, ranks), (trial, piece)
