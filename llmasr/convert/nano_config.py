@@ -234,6 +234,7 @@ def ctc_section(config: dict, path: Path, encoder_dim: int) -> dict:
     return {
         "weight": weight if 0.0 < weight <= 1.0 else 0.3,  # the head exists only with a weight > 0
         "vocab_size": vocab_size,
+        "detach_encoder": bool(config.get("detach_ctc_decoder", True)),  # FunASRNano's default
         "decoder": {
             "n_layer": int(conf.get("n_layer", 2)),  # FunASR Transformer adaptor's defaults
             "ffn_dim": int(conf.get("ffn_dim", 2048)),

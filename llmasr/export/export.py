@@ -227,6 +227,7 @@ def _write_ctc(model, recipe, tmp: Path, encoder_dim: int) -> dict | None:
         "weight": recipe.model.ctc.weight,
         "label_smoothing": recipe.model.ctc.label_smoothing,
         "decoder": None if recipe.model.ctc.decoder is None else to_dict(recipe.model.ctc.decoder),
+        "detach_encoder": recipe.model.ctc.detach_encoder,
     }
 
 

@@ -168,6 +168,7 @@ def exported_model_config(
             "vocab": c["vocab"] if c["vocab"] == "llm" else str(model_dir / c["vocab"]),
             "init_from": _file(model_dir, c.get("file", "ctc_head.safetensors"), "CTC head"),
             "decoder": c.get("decoder"),  # exports written before the key existed: the projection alone
+            "detach_encoder": bool(c.get("detach_encoder", False)),
         }
         if str(c["vocab"]).endswith(".tiktoken"):
             section["ctc"]["vocab_size"] = int(c["vocab_size"])

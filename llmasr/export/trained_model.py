@@ -159,7 +159,7 @@ def fresh_frozen_parameters(model: nn.Module, cfg, trainable: list[str]) -> dict
     """
     from llmasr.models.adaptors import build_adaptor
     from llmasr.models.builder import build_encoder, output_dim
-    from llmasr.models.ctc import CTCHead
+    from llmasr.models.ctc import build_ctc_head
     from llmasr.models.llm import embedding_shape
 
     branches = []
@@ -172,9 +172,7 @@ def fresh_frozen_parameters(model: nn.Module, cfg, trainable: list[str]) -> dict
         )
     if model.ctc_head is not None and cfg.ctc.init_from is None:
         vocab = int(model.ctc_tokenizer.vocab_size)
-        branches.append(
-            ("model.ctc", "ctc_head.", lambda: CTCHead(output_dim(model.encoder), vocab, decoder=cfg.ctc.decoder))
-        )
+        branches.append(("model.ctc", "ctc_head.", lambda: build_ctc_head(cfg.ctc, output_dim(model.encoder), vocab)))
     wanted = set(trainable)
     out: dict[str, list[str]] = {}
     for key, prefix, build in branches:

@@ -20,7 +20,7 @@ from llmasr.config_io import ConfigError, from_dict, load_yaml, to_dict
 from llmasr.data.frontend import FrontendConfig
 from llmasr.models.adaptors import build_adaptor
 from llmasr.models.config import CTCConfig, EncoderConfig, ModelConfig
-from llmasr.models.ctc import CTCHead, build_ctc_tokenizer
+from llmasr.models.ctc import build_ctc_head, build_ctc_tokenizer
 from llmasr.models.encoders import EncoderEntry, encoder_entry
 from llmasr.models.funasr_dir import funasr_encoder_spec, load_funasr_encoder
 from llmasr.models.llm import apply_lora, embedding_shape, load_llm
@@ -251,7 +251,7 @@ def build_model(cfg: ModelConfig | dict | str | Path, *, weights: str = "pretrai
             ctc_tokenizer = build_ctc_tokenizer(cfg.ctc.vocab, tokenizer, cfg.ctc.vocab_size)
         ctc_head = None
         if ctc_tokenizer is not None:
-            ctc_head = CTCHead(output_dim(encoder), ctc_tokenizer.vocab_size, decoder=cfg.ctc.decoder)
+            ctc_head = build_ctc_head(cfg.ctc, output_dim(encoder), ctc_tokenizer.vocab_size)
             if pretrained and cfg.ctc.init_from:
                 load_ctc_weights(
                     ctc_head, cfg.ctc, ctc_tokenizer.vocab_size, output_dim(encoder), encoder_source(cfg.encoder)

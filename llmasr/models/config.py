@@ -186,6 +186,9 @@ class CTCConfig:
     # are special tokens); None: its tokens + the blank. Other vocabularies have their size from their file.
     vocab_size: int | None = None
     decoder: CTCDecoderConfig | None = None  # None: the projection alone reads the encoder's frames
+    # The CTC loss trains the head only: no gradient reaches the encoder through it (Fun-ASR-Nano's
+    # detach_ctc_decoder), so a trainable encoder learns from the LLM's loss alone.
+    detach_encoder: bool = False
     label_smoothing: float = 0.0
     # Pretrained CTC head weights, e.g. a FunASR model.pt with init_prefix "ctc." (its ctc_lo layer) together
     # with vocab: <that directory>/tokens.json. The head's output size must equal the vocabulary's.

@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from llmasr.config_io import ConfigError
 from llmasr.models.adaptor_blocks import length_mask
-from llmasr.models.config import AdaptorConfig, CTCDecoderConfig
+from llmasr.models.config import AdaptorConfig, CTCConfig, CTCDecoderConfig
 from llmasr.models.ctc_tiktoken import TiktokenCTCTokenizer
 from llmasr.models.ctc_vocab import (
     CTCTokenizer,
@@ -42,12 +42,19 @@ def build_ctc_tokenizer(spec: str, llm_tokenizer=None, vocab_size: int | None = 
 class CTCHead(nn.Module):
     """[decoder layers ->] dropout -> Linear(encoder_dim -> vocab_size); returns float32 log-probabilities [B, T, V].
     `decoder` (model.ctc.decoder): Fun-ASR-Nano's CTC decoder, a transformer adaptor at the encoder's width whose
-    parameter names are FunASR's `ctc_decoder.*` ones."""
+    parameter names are FunASR's `ctc_decoder.*` ones. `detach_encoder` (model.ctc.detach_encoder): no gradient
+    flows back into the encoder through the head."""
 
     def __init__(
-        self, encoder_dim: int, vocab_size: int, dropout: float = 0.0, decoder: CTCDecoderConfig | None = None
+        self,
+        encoder_dim: int,
+        vocab_size: int,
+        dropout: float = 0.0,
+        decoder: CTCDecoderConfig | None = None,
+        detach_encoder: bool = False,
     ):
         super().__init__()
+        self.detach_encoder = detach_encoder
         self.decoder = None
         if decoder is not None:
             from llmasr.models.adaptors import TransformerAdaptor
@@ -59,9 +66,16 @@ class CTCHead(nn.Module):
         self.proj = nn.Linear(encoder_dim, vocab_size)
 
     def forward(self, enc: Tensor, enc_lens: Tensor) -> Tensor:
+        if self.detach_encoder:
+            enc = enc.detach()
         if self.decoder is not None:
             enc = self.decoder(enc, enc_lens)[0]
         return self.proj(self.dropout(enc)).float().log_softmax(dim=-1)
+
+
+def build_ctc_head(cfg: CTCConfig, encoder_dim: int, vocab_size: int) -> CTCHead:
+    """The head `model.ctc` describes, over `vocab_size` outputs (its vocabulary's)."""
+    return CTCHead(encoder_dim, vocab_size, decoder=cfg.decoder, detach_encoder=cfg.detach_encoder)
 
 
 def validate_ctc_targets(targets: Tensor, target_lens: Tensor, vocab_size: int, blank_id: int | None = None) -> None:

@@ -207,9 +207,10 @@ def test_ctc_branch_converts_with_its_vocabulary(converted, caplog):
     desc = yaml.safe_load((out / "llmasr_model.yaml").read_text())
     assert desc["ctc"]["vocab"] == "ctc_vocab.tiktoken" and desc["ctc"]["vocab_size"] == CTC_VOCAB
     assert desc["ctc"]["decoder"] == {"n_layer": 1, "ffn_dim": 48, "n_head": 8, "dropout": 0.0}
+    assert desc["ctc"]["detach_encoder"] is True  # the tiny config's detach_ctc_decoder, as Nano's
     assert (out / "ctc_vocab.tiktoken").read_bytes() == (src / "multilingual.tiktoken").read_bytes()
     model = load_exported(out)
-    assert model.ctc_tokenizer.blank_id == CTC_VOCAB - 1
+    assert model.ctc_tokenizer.blank_id == CTC_VOCAB - 1 and model.ctc_head.detach_encoder
     state = torch.load(src / "model.pt", weights_only=True)["state_dict"]
     head = model.ctc_head.state_dict()
     assert torch.equal(head["proj.weight"], state["ctc.ctc_lo.weight"].float())

@@ -193,3 +193,17 @@ def test_head_and_greedy_decode():
     lp = F.one_hot(frames, 6).float().log_softmax(-1)
     assert ctc_greedy(lp, torch.tensor([8, 5]), blank_id=0) == [[3, 3, 2, 5], [4, 1]]
     assert ctc_collapse([5, 5, 5], blank_id=5) == []
+
+
+@pytest.mark.parametrize("detach", [False, True])
+def test_detached_head_sends_no_gradient_to_the_encoder(detach):
+    """model.ctc.detach_encoder (Fun-ASR-Nano's detach_ctc_decoder): the head trains, the encoder output gets none."""
+    from llmasr.models.config import CTCConfig
+    from llmasr.models.ctc import build_ctc_head
+
+    head = build_ctc_head(CTCConfig(weight=0.3, detach_encoder=detach), encoder_dim=8, vocab_size=6)
+    enc = torch.randn(2, 10, 8, requires_grad=True)
+    lens = torch.tensor([10, 6])
+    ctc_loss(head(enc, lens), lens, torch.tensor([[1, 2], [3, 0]]), torch.tensor([2, 1]), blank_id=0).backward()
+    assert head.proj.weight.grad is not None and head.proj.weight.grad.abs().sum() > 0
+    assert (enc.grad is None) == detach
