@@ -22,7 +22,15 @@ from pathlib import Path
 
 import numpy as np
 
-from llmasr.data.records import FUNASR_FRAMES_PER_SECOND, BadRecord, Utterance, _is_cut, _is_number, parse_record
+from llmasr.data.records import (
+    FUNASR_FRAMES_PER_SECOND,
+    BadRecord,
+    Utterance,
+    _is_cut,
+    _is_number,
+    nano_speech_seconds,
+    parse_record,
+)
 
 __all__ = ["BadRecord", "EmptyManifest", "Utterance", "Manifest", "MixedManifest"]
 
@@ -39,7 +47,7 @@ def _line_duration(raw: bytes) -> float:
     in JSON text, a quoted field name followed by ':' can only be a real key (quotes inside strings are
     escaped). Nested records (lhotse cuts) and anything unusual are parsed properly. NaN when unknown."""
     if raw.count(b"{") != 1 or b"[" in raw:
-        if b'"duration"' in raw or b'"source_len"' in raw or b'"end"' in raw:
+        if b'"duration"' in raw or b'"source_len"' in raw or b'"end"' in raw or b'"speech_length"' in raw:
             return _record_duration(_loads_or_none(raw))
         return math.nan
     fields = dict(_FLAT_FIELD.findall(raw))
@@ -78,6 +86,9 @@ def _record_duration(rec) -> float:
         return float(d)
     if _is_cut(rec):
         return math.nan
+    n = rec.get("speech_length")
+    if "messages" in rec and _is_number(n) and n >= 1:
+        return nano_speech_seconds(n)
     s, e = rec.get("start", 0.0), rec.get("end")
     if _is_number(e) and _is_number(s) and e > s:
         return float(e - s)

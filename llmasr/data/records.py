@@ -1,4 +1,5 @@
-"""Manifest records: the FunASR jsonl and lhotse cut formats, parsed into `Utterance`s or `BadRecord`s.
+"""Manifest records: the FunASR jsonl, Fun-ASR-Nano ChatML and lhotse cut formats, parsed into `Utterance`s or
+`BadRecord`s.
 
 FunASR jsonl, one JSON object a line:
     {"key": "utt1", "source": "wav/utt1.wav", "target": "hello world",
@@ -11,6 +12,16 @@ FunASR jsonl, one JSON object a line:
   `source_len` follows FunASR's scp2jsonl convention: the number of 10 ms frames of the 16 kHz waveform
   (int(num_samples_16k * 1000 / 16000 / 10)), so a record without `duration` gets duration = source_len / 100 s.
   `duration` wins when both are present. Neither is required: fill_durations() probes file headers.
+
+Fun-ASR-Nano ChatML jsonl (what FunASR's Nano fine-tuning reads, and its scp2jsonl writes), one turn a line:
+    {"messages": [{"role": "system", "content": "You are a helpful assistant."},
+                  {"role": "user", "content": "语音转写：<|startofspeech|>!wav/utt1.wav<|endofspeech|>"},
+                  {"role": "assistant", "content": "你好"}], "speech_length": 145, "text_length": 2}
+  the audio is the path between the speech tags (the "!" dropped), the user text before it the line's task prompt,
+  the assistant's content the target (decoding takes a line without one); `speech_length` counts 25 ms / 10 ms
+  fbank frames (duration (n - 1) / 100 + 0.025 s), `text_length` is target_len; the key is the line's `key` or the
+  audio file's name without its extension. The system message is the recipe's (model.prompt.system), not the
+  line's. Several turns, text after the audio and audio URLs are bad records.
 
 lhotse CutSet jsonl(.gz), one cut a line (read with json/gzip; lhotse is not imported): MonoCut (or a MultiCut
 with one channel; several channels are averaged) with exactly one supervision, whose `text` is the target and
@@ -26,10 +37,18 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 FUNASR_FRAMES_PER_SECOND = 100.0  # source_len unit: 10 ms frames
+SPEECH_TAGS = re.compile(r"<\|startofspeech\|>(.*?)<\|endofspeech\|>", re.S)  # Fun-ASR-Nano's audio in a message
+ROLES = ("system", "user", "assistant")
+
+
+def nano_speech_seconds(speech_length: float) -> float:
+    """Fun-ASR-Nano's `speech_length` (fbank frames of 25 ms every 10 ms) -> seconds."""
+    return (speech_length - 1) / FUNASR_FRAMES_PER_SECOND + 0.025
 
 
 class BadRecord(Exception):
@@ -82,6 +101,8 @@ class _Parser:
         return BadRecord(self.manifest, self.line, reason, self.key)
 
     def resolve(self, source: str) -> str:
+        if "://" in source:
+            raise self.bad(f"audio {source!r:.80} is a URL; llmasr reads local files: download it and name the file")
         p = Path(os.path.expanduser(source))
         return str(p if p.is_absolute() else self.base / p)
 
@@ -169,6 +190,63 @@ class _Parser:
             channel=int(channel) if channel is not None else None,
             start=float(start),
             end=float(end) if end is not None else None,
+            hotwords=self.hotwords(rec),
+        )
+
+    # Fun-ASR-Nano ChatML jsonl ------------------------------------------------------------------------------
+    def messages(self, rec: dict) -> dict[str, str]:
+        """{role: content} of the line's one turn."""
+        msgs = rec["messages"]
+        if not isinstance(msgs, list):
+            raise self.bad(f"field 'messages' must be a list of {{role, content}} objects, got {type(msgs).__name__}")
+        turn: dict[str, str] = {}
+        for i, m in enumerate(msgs):
+            role = m.get("role") if isinstance(m, dict) else None
+            if role not in ROLES:
+                raise self.bad(f"messages[{i}]: role {role!r}; expected one of {', '.join(ROLES)}")
+            if not isinstance(m.get("content"), str):
+                raise self.bad(f"messages[{i}] ({role}): content must be a string, got {m.get('content')!r:.60}")
+            if role in turn:
+                raise self.bad(f"messages[{i}]: a second {role!r} message; llmasr reads one turn a line (several "
+                               "turns of one conversation go on lines of their own)")  # fmt: skip
+            turn[role] = m["content"]
+        return turn
+
+    def chatml(self, rec: dict) -> Utterance:
+        if isinstance(rec.get("key"), str) and rec["key"]:
+            self.key = rec["key"]
+        turn = self.messages(rec)
+        user = turn.get("user")
+        found = SPEECH_TAGS.findall(user or "")
+        if len(found) != 1:
+            raise self.bad(f"the user message must hold the audio once as <|startofspeech|>!PATH<|endofspeech|>; "
+                           f"found {len(found)} in {user!r:.80}")  # fmt: skip
+        task, _, after = SPEECH_TAGS.split(user, maxsplit=1)
+        if after.strip():
+            raise self.bad(f"text after <|endofspeech|> in the user message ({after.strip()!r:.60}): llmasr's prompt "
+                           "is the task, then the audio")  # fmt: skip
+        source = found[0].strip().removeprefix("!").strip()
+        if not source:
+            raise self.bad("the user message's <|startofspeech|>...<|endofspeech|> names no audio")
+        self.key = self.key or Path(source).stem
+        if "assistant" not in turn and self.need_target:
+            raise self.bad("messages has no 'assistant' message (its content is the transcript)")
+        duration = self.opt_num(rec, "duration")
+        speech_length = self.opt_num(rec, "speech_length")
+        if duration is None and speech_length is not None and speech_length >= 1:
+            duration = nano_speech_seconds(speech_length)
+        target_len = self.opt_num(rec, "text_length", integer=True)
+        return Utterance(
+            key=self.key,
+            source=self.resolve(source),
+            target=self.optional_target(turn.get("assistant"), "messages (assistant)"),
+            duration=float(duration) if duration is not None else None,
+            target_len=int(target_len) if target_len is not None else None,
+            prompt=task if task.strip() else None,
+            lang=self.opt_str(rec, "lang", "language", "text_language"),
+            manifest=self.manifest,
+            line=self.line,
+            channel=None,
             hotwords=self.hotwords(rec),
         )
 
@@ -278,6 +356,8 @@ def parse_record(rec, *, manifest: str, line: int, base: Path, need_target: bool
         raise p.bad(f"expected a JSON object, got {type(rec).__name__}")
     if _is_cut(rec):
         return p.cut(rec)
+    if "messages" in rec:
+        return p.chatml(rec)
     if "sources" in rec and "sampling_rate" in rec:
         raise p.bad("this is a lhotse recordings manifest; pass a cuts manifest (CutSet) instead")
     if "recording_id" in rec and "key" not in rec:

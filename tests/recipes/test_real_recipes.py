@@ -184,15 +184,30 @@ def test_hotword_recipe_trains_through_its_data_path(name, stand_ins, tmp_path):
     assert recipe.decode.boost(recipe.decode.guidance(True, True), True) > 0
 
 
+def as_nano_chatml(manifest: Path, dest: Path) -> Path:
+    """The FunASR jsonl `manifest` written as Fun-ASR-Nano's ChatML lines (what its scp2jsonl writes)."""
+    import json
+
+    lines = []
+    for rec in map(json.loads, manifest.read_text().splitlines()):
+        user = f"语音转写：<|startofspeech|>!{manifest.parent / rec['source']}<|endofspeech|>"
+        messages = [{"role": "system", "content": "You are a helpful assistant."}, {"role": "user", "content": user},
+                    {"role": "assistant", "content": rec["target"]}]  # fmt: skip
+        lines.append(json.dumps({"messages": messages, "speech_length": int((rec["duration"] * 1000 - 25) // 10 + 1)}))
+    dest.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return dest
+
+
 def test_fun_asr_nano_recipe_trains_the_converted_ctc_branch(stand_ins, tmp_path):
-    """A real training update from the converted Nano: its CTC branch reads the targets through the tiktoken
-    vocabulary and trains beside LoRA and the adaptor (the encoder stays frozen)."""
+    """A real training update from the converted Nano on data in Nano's own ChatML jsonl: its CTC branch reads the
+    targets through the tiktoken vocabulary and trains beside LoRA and the adaptor (the encoder stays frozen)."""
     from llmasr.export.exported import load_exported
     from llmasr.train.progress import parse_log_line
     from llmasr.train.trainer import train
 
     out = stand_ins["nano"]
-    overrides = [*nano_overrides(out), f"data.train=[{stand_ins['train']}]", f"data.valid=[{stand_ins['dev']}]",
+    chatml = as_nano_chatml(Path(stand_ins["train"]), tmp_path / "train_nano.jsonl")
+    overrides = [*nano_overrides(out), f"data.train=[{chatml}]", f"data.valid=[{stand_ins['dev']}]",
                  "data.num_workers=0", "data.pin_memory=false", "data.batching.max_seconds=4",
                  "data.valid_max_utts=2", "train.precision=fp32", "model.llm.dtype=float32", "train.max_updates=1",
                  "train.grad_accum=1", "train.log_every=1", "model.encoder.gradient_checkpointing=false",
@@ -202,6 +217,7 @@ def test_fun_asr_nano_recipe_trains_the_converted_ctc_branch(stand_ins, tmp_path
     log = (tmp_path / "run" / "train.log").read_text()
     row = next(parse_log_line(line) for line in log.splitlines() if " train update=" in line)
     assert row["ctc_loss"] > 0 and torch.isfinite(torch.tensor(result["history"][0]["loss"]))
+    assert "train data: 24 items" in log and "skipped none" in log  # every ChatML line read, durations included
     groups = {m[0]: int(m[1].replace(",", "")) for m in re.findall(r"^(ctc|ctc_no_decay) +\d+ +([\d,]+) ", log, re.M)}
     head = sum(p.numel() for p in load_exported(out).ctc_head.parameters())  # decoder layers and projection
     assert sum(groups.values()) == head and len(groups) == 2
