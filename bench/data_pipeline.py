@@ -97,7 +97,7 @@ def synth_wavs(root: Path, n: int, seed: int) -> tuple[Path, float]:
 class BenchPromptBuilder:
     pad_id = 0
 
-    def encode(self, target, task=None, hotwords=None):  # PromptBuilder.encode's interface; the bench has no lists
+    def encode(self, target, task=None, hotwords=None, system=None):  # PromptBuilder.encode's; no lists here
         ids = [1, 2, 3, 4] + [10 + ord(c) % 200 for c in target] + [5]
         return SimpleNamespace(ids=ids, audio_pos=3, target_start=4, hotwords=(), hotwords_dropped=0)
 

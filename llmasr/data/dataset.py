@@ -129,7 +129,7 @@ class SpeechDataset(Dataset):
         task = utt.prompt if isinstance(getattr(utt, "prompt", None), str) and utt.prompt.strip() else None
         try:
             hotwords = self._hotwords(utt, index, target) if self.prompt_hotwords else []
-            enc = self.prompt_builder.encode(target, task=task, hotwords=hotwords)
+            enc = self.prompt_builder.encode(target, task=task, hotwords=hotwords, system=getattr(utt, "system", None))
         except ValueError as err:  # PromptError: text the LLM tokenizer cannot take
             return bad(f"target or hotwords rejected by the prompt builder: {err}")
         ctc_ids = self._ctc_labels(target) if self.ctc_tokenizer is not None and target is not None else None

@@ -20,8 +20,9 @@ Fun-ASR-Nano ChatML jsonl (what FunASR's Nano fine-tuning reads, and its scp2jso
   the audio is the path between the speech tags (the "!" dropped), the user text before it the line's task prompt,
   the assistant's content the target (decoding takes a line without one); `speech_length` counts 25 ms / 10 ms
   fbank frames (duration (n - 1) / 100 + 0.025 s), `text_length` is target_len; the key is the line's `key` or the
-  audio file's name without its extension. The system message is the recipe's (model.prompt.system), not the
-  line's. Several turns, text after the audio and audio URLs are bad records.
+  audio file's name without its extension; the system message, when the line has one, replaces the recipe's
+  (model.prompt.system) for that line, as FunASR's Nano dataset uses it. Several turns, text after the audio and
+  audio URLs are bad records.
 
 lhotse CutSet jsonl(.gz), one cut a line (read with json/gzip; lhotse is not imported): MonoCut (or a MultiCut
 with one channel; several channels are averaged) with exactly one supervision, whose `text` is the target and
@@ -83,6 +84,7 @@ class Utterance:
     start: float = 0.0
     end: float | None = None
     hotwords: list[str] | None = None  # biasing phrases; None: the record has none (not even an empty list)
+    system: str | None = None  # a ChatML line's own system message; None: the recipe's (model.prompt.system)
 
 
 # ------------------------------------------------------------------------------------------------------ parsing
@@ -248,6 +250,7 @@ class _Parser:
             line=self.line,
             channel=None,
             hotwords=self.hotwords(rec),
+            system=turn.get("system"),
         )
 
     # lhotse cut --------------------------------------------------------------------------------------------

@@ -72,24 +72,25 @@ class PromptBuilder:
             )
         if AUDIO_PLACEHOLDER in tokenizer.get_vocab():
             raise PromptError(f"{source} already defines the token {AUDIO_PLACEHOLDER!r}, which llmasr reserves")
-        self._cache: dict[str, tuple[list[int], list[int]]] = {}
+        self._cache: dict[tuple[str, str | None], tuple[list[int], list[int]]] = {}
         self._prompt_ids(task)  # render once now so template errors surface at start-up
         self.end_id = self._find_end_id()
         pad = tokenizer.pad_token_id
         self.pad_id = int(pad if pad is not None else self.end_id)
 
-    def _messages(self, task: str, target: str | None) -> list[dict]:
-        messages = [{"role": "system", "content": self.system}] if self.system else []
+    def _messages(self, task: str, target: str | None, system: str | None = None) -> list[dict]:
+        system = self.system if system is None else system
+        messages = [{"role": "system", "content": system}] if system else []
         user = f"{task}{self.audio_separator}{AUDIO_PLACEHOLDER}" if task else AUDIO_PLACEHOLDER
         messages.append({"role": "user", "content": user})
         if target is not None:
             messages.append({"role": "assistant", "content": target})
         return messages
 
-    def _render(self, task: str, target: str | None) -> str:
+    def _render(self, task: str, target: str | None, system: str | None = None) -> str:
         try:
             return self.tokenizer.apply_chat_template(
-                self._messages(task, target), tokenize=False, add_generation_prompt=target is None
+                self._messages(task, target, system), tokenize=False, add_generation_prompt=target is None
             )
         except Exception as err:  # jinja errors, templates that reject a role
             raise PromptError(f"{self.source}: the chat template failed to render: {err}") from err
@@ -113,10 +114,10 @@ class PromptBuilder:
             f"with {tail!r} (no special token) and the tokenizer has no eos_token"
         )
 
-    def _prompt_ids(self, task: str) -> tuple[list[int], list[int]]:
-        if task not in self._cache:
-            self._cache[task] = self._split(self._render(task, None))
-        return self._cache[task]
+    def _prompt_ids(self, task: str, system: str | None = None) -> tuple[list[int], list[int]]:
+        if (task, system) not in self._cache:
+            self._cache[task, system] = self._split(self._render(task, None, system))
+        return self._cache[task, system]
 
     def _split(self, text: str) -> tuple[list[int], list[int]]:
         """The token ids of a rendered prompt before and after the audio placeholder."""
@@ -150,14 +151,17 @@ class PromptBuilder:
             return ""
         return self.hotwords_template.replace(HOTWORDS_PLACEHOLDER, self.hotwords_separator.join(hotwords))
 
-    def encode(self, target: str | None, task: str | None = None, hotwords=None) -> EncodedPrompt:
-        """Token ids for one utterance; `target=None` gives the inference prompt. `hotwords`: its biasing list."""
+    def encode(
+        self, target: str | None, task: str | None = None, hotwords=None, system: str | None = None
+    ) -> EncodedPrompt:
+        """Token ids for one utterance; `target=None` gives the inference prompt. `hotwords`: its biasing list;
+        `system`: its own system message in place of the builder's ("" for none; a ChatML manifest line's)."""
         kept, dropped = self.capped_hotwords(hotwords)
         task = task if task is not None else self.task
         if kept:  # a list makes a prompt of its own: not cached (training draws a new list per item and epoch)
-            before, after = self._split(self._render(self.hotwords_text(kept) + task, None))
+            before, after = self._split(self._render(self.hotwords_text(kept) + task, None, system))
         else:
-            before, after = self._prompt_ids(task)
+            before, after = self._prompt_ids(task, system)
         ids = before + after
         target_start = len(ids)
         if target is not None:

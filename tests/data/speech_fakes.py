@@ -16,7 +16,7 @@ class FakePromptBuilder:
     pad_id = 0
     end_id = 9
 
-    def encode(self, target, task=None, hotwords=None):
+    def encode(self, target, task=None, hotwords=None, system=None):
         before = [1, 2, 3] if task is None else [1, 2, 3, 5]
         before = before + [6] * len(hotwords or [])  # one token a phrase
         after = [4]

@@ -55,7 +55,7 @@ def test_speech_starts_after_a_leading_pause_and_nowhere_else():
 class _Prompt:
     pad_id = 0
 
-    def encode(self, target, task=None, hotwords=()):
+    def encode(self, target, task=None, hotwords=(), system=None):
         from types import SimpleNamespace
 
         return SimpleNamespace(ids=[1, 2], audio_pos=1, target_start=2, hotwords=[], hotwords_dropped=0)

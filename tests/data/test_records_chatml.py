@@ -47,6 +47,7 @@ def test_nano_lines_give_audio_task_transcript_and_duration(tmp_path):
         "IT0011W0002", str(tmp_path / "wav" / "IT0011W0002.wav"), "几点了？", "语音转写：", 3)  # fmt: skip
     assert a.duration == pytest.approx(seconds, abs=0.011)
     assert (b.key, b.prompt, b.hotwords, b.duration) == ("en1", "语音转写成英文：", ["几点"], None)
+    assert a.system == "You are a helpful assistant."  # the line's own, which its prompt then uses
     d = m.durations()  # the sampler's duration hints, read without parsing every line in full
     assert d[0] == pytest.approx(seconds, abs=0.011) and np.isnan(d[1])
     assert m.fill_durations() == [] and m.durations()[1] == pytest.approx(seconds)
@@ -84,3 +85,24 @@ def test_bad_nano_lines_name_the_line_and_the_fault(tmp_path, change, message):
     assert m[0].key == "ok"
     with pytest.raises(BadRecord, match=r"bad.jsonl:2: .*" + message):
         m[1]
+
+
+def test_a_lines_system_message_reaches_its_prompt(tmp_path, tiny_llm_dir):
+    """The dataset renders a ChatML line with its own system message; a line without one gets the recipe's."""
+    from llmasr.data.dataset import SpeechDataset
+    from llmasr.data.frontend import FrontendConfig
+    from llmasr.models.llm import load_tokenizer
+    from llmasr.models.prompt import PromptBuilder
+
+    sf.write(tmp_path / "a.wav", np.zeros(8000, dtype=np.float32), 16000)
+    own = nano_line("a.wav", "hello")
+    own["messages"][0]["content"] = "You transcribe court hearings."
+    plain = nano_line("a.wav", "hello")
+    del plain["messages"][0]
+    m = Manifest.open(write_lines(tmp_path / "m.jsonl", [own, plain]))
+    tok = load_tokenizer(tiny_llm_dir)
+    pb = PromptBuilder(tok, task="语音转写：", system="You are a helpful assistant.")
+    ds = SpeechDataset(m, FrontendConfig(), train=False, prompt_builder=pb)
+    texts = [tok.decode(ds[i]["text_ids"]) for i in range(2)]
+    assert "court hearings" in texts[0] and "helpful" not in texts[0]
+    assert "helpful" in texts[1]

@@ -59,7 +59,7 @@ def test_the_decode_loader_batches_windows_as_items(manifest):
     class Prompt:  # the loader needs only what the dataset asks of a prompt builder
         pad_id = 0
 
-        def encode(self, target, task=None, hotwords=None):
+        def encode(self, target, task=None, hotwords=None, system=None):
             from types import SimpleNamespace
 
             return SimpleNamespace(ids=[1, 2, 3], audio_pos=1, target_start=2, hotwords=(), hotwords_dropped=0)

@@ -58,6 +58,19 @@ def test_system_prompt_rendered(tokenizer):
     assert "<|im_start|>system\nYou are a helpful assistant." in tokenizer.decode(enc.ids)
 
 
+def test_per_utterance_system_message(tokenizer):
+    """A manifest line's own system message (ChatML lines) replaces the builder's for that utterance only."""
+    pb = PromptBuilder(tokenizer, system="You are a helpful assistant.")
+    own = pb.encode("one", system="You transcribe court hearings.")
+    text = tokenizer.decode(own.ids)
+    assert "court hearings" in text and "helpful" not in text
+    assert pb.encode("one", system="You are a helpful assistant.").ids == pb.encode("one").ids
+    assert "<|im_start|>system" not in tokenizer.decode(pb.encode(None, system="").ids)  # "": no system message
+    with_list = pb.encode(None, hotwords=["Qwen"], system="You transcribe court hearings.")
+    assert "court hearings" in tokenizer.decode(with_list.ids) and with_list.hotwords == ("Qwen",)
+    assert pb.encode("one").ids != own.ids  # the cache keeps the two apart
+
+
 @pytest.mark.parametrize("bad", ["", "   ", None, 5])
 def test_empty_or_non_text_transcript_is_an_error(tokenizer, bad):
     pb = PromptBuilder(tokenizer)
