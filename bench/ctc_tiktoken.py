@@ -11,7 +11,6 @@ those characters; each is encoded with an empty piece cache, so every piece is m
 from __future__ import annotations
 
 import argparse
-import base64
 import random
 import sys
 import tempfile
@@ -19,6 +18,8 @@ import time
 from pathlib import Path
 
 from _common import emit, reproduce_command
+
+from llmasr.models.ctc_tiktoken import write_ranks
 
 
 def synthetic_vocabulary(path: Path, rng: random.Random) -> list[str]:
@@ -31,7 +32,7 @@ def synthetic_vocabulary(path: Path, rng: random.Random) -> list[str]:
         if token not in seen:
             seen.add(token)
             tokens.append(token)
-    path.write_text("\n".join(f"{base64.b64encode(t).decode()} {i}" for i, t in enumerate(tokens)) + "\n")
+    write_ranks(path, tokens)
     return chars
 
 

@@ -226,7 +226,7 @@ def ctc_section(config: dict, path: Path, encoder_dim: int) -> dict:
         raise ConfigError(f"{path}: ctc_decoder_conf.llm_dim is {width} but the CTC layer (ctc.ctc_lo) takes the "
                           f"encoder's {encoder_dim}-dim frames")  # fmt: skip
     vocab_size = int(config.get("ctc_vocab_size", 60515))  # FunASRNano's default
-    blank = (config.get("ctc_conf") or {}).get("blank_id")
+    blank = _section(config, "ctc_conf", path).get("blank_id")
     if blank is not None and int(blank) != vocab_size - 1:
         raise ConfigError(f"{path}: ctc_conf.blank_id is {blank}; llmasr's tiktoken CTC vocabulary has the blank last "
                           f"({vocab_size - 1} of ctc_vocab_size {vocab_size})")  # fmt: skip

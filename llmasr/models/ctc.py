@@ -10,6 +10,7 @@ from torch import Tensor, nn
 
 from llmasr.config_io import ConfigError
 from llmasr.models.adaptor_blocks import length_mask
+from llmasr.models.adaptors import TransformerAdaptor
 from llmasr.models.config import AdaptorConfig, CTCConfig, CTCDecoderConfig
 from llmasr.models.ctc_tiktoken import TiktokenCTCTokenizer
 from llmasr.models.ctc_vocab import (
@@ -57,8 +58,6 @@ class CTCHead(nn.Module):
         self.detach_encoder = detach_encoder
         self.decoder = None
         if decoder is not None:
-            from llmasr.models.adaptors import TransformerAdaptor
-
             blocks = AdaptorConfig(type="transformer", downsample=1, ffn_dim=decoder.ffn_dim, n_layer=decoder.n_layer,
                                    n_head=decoder.n_head, dropout=decoder.dropout)  # fmt: skip
             self.decoder = TransformerAdaptor(blocks, encoder_dim, encoder_dim)

@@ -13,7 +13,6 @@ The blank is the head's last output, as FunASR's `ctc_conf.blank_id` defaults it
 from __future__ import annotations
 
 import base64
-import binascii
 import heapq
 from collections.abc import Sequence
 from pathlib import Path
@@ -39,7 +38,7 @@ def read_ranks(path: str | Path) -> dict[bytes, int]:
                 if len(fields) != 2:
                     raise ValueError(f"expected `<base64 token> <rank>`, got {len(fields)} field(s)")
                 token, rank = base64.b64decode(fields[0], validate=True), int(fields[1])
-            except (ValueError, binascii.Error) as err:
+            except ValueError as err:  # binascii.Error (bad base64) is one
                 raise ValueError(f"CTC vocabulary {path}, line {n}: {err}: {line.strip()[:60]!r}") from err
             if token in ranks:
                 raise ValueError(f"CTC vocabulary {path}, line {n}: token {token!r} is listed twice")
@@ -53,6 +52,13 @@ def read_ranks(path: str | Path) -> dict[bytes, int]:
             f"{bytes(missing[:1])!r}); a byte-level BPE vocabulary needs all of them to spell any text"
         )
     return ranks
+
+
+def write_ranks(path: str | Path, tokens: list[bytes]) -> Path:
+    """`tokens` in tiktoken's file format, each ranked by its place in the list (read_ranks reads it back)."""
+    path = Path(path)
+    path.write_text("".join(f"{base64.b64encode(t).decode()} {rank}\n" for rank, t in enumerate(tokens)), "utf-8")
+    return path
 
 
 def merge(piece: bytes, ranks: dict[bytes, int]) -> list[int]:

@@ -24,6 +24,7 @@ import yaml
 
 from llmasr.models.adaptors import TransformerAdaptor
 from llmasr.models.config import AdaptorConfig
+from llmasr.models.ctc_tiktoken import write_ranks
 from llmasr.models.sensevoice import SenseVoiceEncoderSmall
 from llmasr.testing.tiny_funasr import _randomise, paraformer_frontend_conf, tiny_sensevoice_conf
 from llmasr.testing.tiny_llm import DEFAULT_CORPUS, train_bpe_tokenizer
@@ -38,7 +39,6 @@ CTC_TEXT = DEFAULT_CORPUS + ["语音转写：你好世界"]
 def write_tiktoken(path: Path, texts: list[str], merges: int = CTC_MERGES) -> Path:
     """A byte-level BPE vocabulary in tiktoken's file format (`<base64 token> <rank>` lines): the 256 single bytes,
     then `merges` tokens, each the most frequent adjacent pair in `texts`' words (ties: the first pair met)."""
-    import base64
     from collections import Counter
 
     words = [[bytes([b]) for b in (" " + w).encode("utf-8")] for t in texts for w in t.split()]
@@ -53,9 +53,7 @@ def write_tiktoken(path: Path, texts: list[str], merges: int = CTC_MERGES) -> Pa
                 if w[i] == a and w[i + 1] == b:
                     w[i : i + 2] = [a + b]
                 i += 1
-    lines = [f"{base64.b64encode(t).decode()} {rank}" for rank, t in enumerate(tokens)]
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return path
+    return write_ranks(path, tokens)
 
 
 def nano_config(encoder_conf: dict, frontend_conf: dict, *, llm_dim: int, ffn_dim: int = 48) -> dict:

@@ -5,28 +5,23 @@ checked on vocabularies small enough to work out by hand."""
 
 from __future__ import annotations
 
-import base64
-
 import pytest
 import torch
 
 from llmasr.config_io import ConfigError, from_dict
 from llmasr.models.config import CTCConfig, CTCDecoderConfig, ModelConfig
 from llmasr.models.ctc import CTCHead, build_ctc_tokenizer
-from llmasr.models.ctc_tiktoken import TiktokenCTCTokenizer
+from llmasr.models.ctc_tiktoken import TiktokenCTCTokenizer, write_ranks
 
 
-def write_ranks(path, merges: dict[bytes, int]):
-    """Single bytes at their own values, then `merges` at the given ranks."""
-    tokens = {bytes([b]): b for b in range(256)} | merges
-    lines = [f"{base64.b64encode(t).decode()} {r}" for t, r in sorted(tokens.items(), key=lambda kv: kv[1])]
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return str(path)
+def vocabulary(path, merges: list[bytes]) -> str:
+    """Single bytes at their own values as ranks, then `merges` ranked 256, 257, ..."""
+    return str(write_ranks(path, [bytes([b]) for b in range(256)] + merges))
 
 
 @pytest.fixture
 def vocab(tmp_path):
-    return write_ranks(tmp_path / "v.tiktoken", {b"ab": 256, b"bc": 257, b"abc": 258, b" a": 259, b"\xe4\xbd": 260})
+    return vocabulary(tmp_path / "v.tiktoken", [b"ab", b"bc", b"abc", b" a", b"\xe4\xbd"])
 
 
 def test_merges_take_the_lowest_rank_first_then_the_leftmost(vocab, tmp_path):
@@ -35,7 +30,7 @@ def test_merges_take_the_lowest_rank_first_then_the_leftmost(vocab, tmp_path):
     assert tok.encode("abc") == [258]  # a whole piece that is a token
     assert tok.encode("abcb") == [258, ord("b")]  # ab (256), then ab+c (258); c+b is no token
     assert tok.encode("abab") == [256, 256]  # two equal pairs: the leftmost first
-    low = build_ctc_tokenizer(write_ranks(tmp_path / "low.tiktoken", {b"bc": 256, b"ab": 257}))
+    low = build_ctc_tokenizer(vocabulary(tmp_path / "low.tiktoken", [b"bc", b"ab"]))
     assert low.encode("abc") == [ord("a"), 256]  # bc ranks lower than ab although ab comes first
 
 
