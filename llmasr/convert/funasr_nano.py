@@ -49,6 +49,7 @@ TAKEN = ("audio_encoder.", "audio_adaptor.", "llm.")
 # its examples): OUT records it as the longest audio trained on, so `llmasr decode` cuts longer audio into windows.
 NANO_SEGMENT_SECONDS = 30.0
 CTC_BRANCH = ("ctc_decoder.", "ctc.")
+CTC_TAKEN = ("ctc_decoder.", "ctc.ctc_lo.")  # what the CTC head holds of the branch
 
 
 class ConvertError(RuntimeError):
@@ -99,19 +100,27 @@ def ctc_branch(src: Path, config: dict, state: dict, enc_dim: int) -> tuple[dict
 
 def log_left_out(state: dict, path: Path, ctc_reason: str = "") -> list[str]:
     """Name every module of model.pt the converter does not take (one log record), and why; `ctc_reason`: why the
-    CTC branch is not taken ("" when it is)."""
+    CTC branch is not taken ("" when it is: then only its decoder and projection are, and anything else under
+    `ctc.` is named as left out)."""
+    taken = TAKEN + (CTC_TAKEN if not ctc_reason else ())
     groups: dict[str, int] = {}
     for key in state:
-        if not key.startswith(TAKEN) and not (key.startswith(CTC_BRANCH) and not ctc_reason):
-            top = key.split(".", 1)[0]
+        if not key.startswith(taken):
+            top = ".".join(key.split(".")[:2]) if key.startswith("ctc.") and not ctc_reason else key.split(".", 1)[0]
             groups[top] = groups.get(top, 0) + 1
     if not groups:
         return []
-    ctc = [f"{g} ({n} tensors)" for g, n in sorted(groups.items()) if f"{g}." in CTC_BRANCH]
-    other = [f"{g} ({n} tensors)" for g, n in sorted(groups.items()) if f"{g}." not in CTC_BRANCH]
+    named = {g: f"{g} ({n} tensors)" for g, n in sorted(groups.items())}
+    branch = [named[g] for g in named if f"{g}." in CTC_BRANCH]
+    stray = [named[g] for g in named if g.startswith("ctc.")]
+    other = [named[g] for g in named if f"{g}." not in CTC_BRANCH and not g.startswith("ctc.")]
     parts = []
-    if ctc:
-        parts.append(f"{', '.join(ctc)}: Nano's CTC branch, because {ctc_reason}; the converted model has no CTC head")
+    if branch:
+        parts.append(
+            f"{', '.join(branch)}: Nano's CTC branch, because {ctc_reason}; the converted model has no CTC head"
+        )
+    if stray:
+        parts.append(f"{', '.join(stray)}: not part of the CTC head (its decoder and ctc.ctc_lo)")
     if other:
         parts.append(f"{', '.join(other)}: not part of the speech encoder -> adaptor -> LLM path")
     log.warning("%s: left out of the conversion: %s", path, "; ".join(parts))

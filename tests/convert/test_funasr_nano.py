@@ -229,6 +229,20 @@ def test_ctc_branch_without_its_vocabulary_is_left_out_naming_where_it_looked(tm
     assert yaml.safe_load((tmp_path / "out" / "llmasr_model.yaml").read_text())["ctc"] is None
 
 
+def test_ctc_tensors_the_head_does_not_hold_are_named_as_left_out(tmp_path, caplog):
+    """With the branch converted, a tensor under `ctc.` beside ctc_lo is not taken silently."""
+    src = write_nano_dir(tmp_path / "src")
+    state = torch.load(src / "model.pt", weights_only=True)
+    state["state_dict"]["ctc.extra.weight"] = torch.zeros(3)
+    torch.save(state, src / "model.pt")
+    with caplog.at_level(logging.WARNING, logger="llmasr.convert.funasr_nano"):
+        convert_funasr(src, tmp_path / "out")
+    assert "ctc.extra (1 tensors): not part of the CTC head" in caplog.text
+    assert "ctc_decoder (" not in caplog.text  # the branch itself converted
+    desc = yaml.safe_load((tmp_path / "out" / "llmasr_model.yaml").read_text())
+    assert desc["source"]["left_out"] == ["ctc.extra"] and desc["ctc"]["vocab"] == "ctc_vocab.tiktoken"
+
+
 def test_decode_timestamps_on_the_converted_directory(converted, tmp_path):
     """Nano's CTC branch gives word times on the converted model (as FunASR's gives its timestamps), its own
     transcripts, and rescores a beam's n-best."""
