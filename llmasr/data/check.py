@@ -44,6 +44,7 @@ class DataReport:
     max_duration: float = float("inf")  # data.batching.max_duration the report was made with
     too_long: list[dict] = field(default_factory=list)  # lines past max_duration: manifest, line, duration
     errors: list[str] = field(default_factory=list)  # manifests that could not be opened at all
+    repeated_keys: list[dict] = field(default_factory=list)  # a key seen before: manifest, line, key, first
     for_decoding: bool = False  # checked as manifests to decode (lines without a transcript are fine)
 
     @property
@@ -121,6 +122,14 @@ def _too_short(utt, seconds: float, fx: FeatureExtractor) -> dict | None:
     return {**where, "reason": reason + f"{fx.min_samples})"}
 
 
+def _note_key(report: DataReport, first_seen: dict[str, str], utt, path: str, line: int) -> None:
+    """A key already seen is noted: training does not mind, but decoding's hyp.txt and ref.txt are keyed."""
+    here = f"{path}:{line}"
+    first = first_seen.setdefault(str(utt.key), here)
+    if first != here:
+        report.repeated_keys.append({"manifest": path, "line": line, "key": utt.key, "first": first})
+
+
 def check_data(
     manifest_paths,
     data_cfg: DataConfig,
@@ -136,6 +145,7 @@ def check_data(
         manifests=paths, world_size=world_size, max_bad_fraction=data_cfg.max_bad_fraction, for_decoding=not need_target
     )
     durations, tlens, spots = [], [], []  # spots: (manifest, line) of every duration
+    first_seen: dict[str, str] = {}  # key -> "manifest:line" of its first line, across all manifests
     fx = FeatureExtractor(dataclasses.replace(frontend, cmvn_file=None))  # counts frames only
     for path in paths:
         try:
@@ -153,6 +163,7 @@ def check_data(
         for i, (utt, tl, bad) in enumerate(parsed):
             dur, note = math.nan, None
             if utt is not None:
+                _note_key(report, first_seen, utt, path, m.lineno(i))
                 dur, bad, note = next(probed)
                 if bad is None and (bad := _too_short(utt, dur, fx)) is not None:
                     dur = math.nan
@@ -213,6 +224,20 @@ def _too_long_lines(report: DataReport, max_examples: int) -> list[str]:
     return out
 
 
+def _repeated_key_lines(report: DataReport, max_examples: int) -> list[str]:
+    if not report.repeated_keys:
+        return []
+    out = [
+        "",
+        f"## keys that repeat an earlier line's ({len(report.repeated_keys)}; training takes both, but decoding's "
+        "hyp.txt and ref.txt are keyed: give each line a `key` of its own)",
+    ]
+    return out + [
+        f"  {r['manifest']}:{r['line']} key={r['key']}: first at {r['first']}"
+        for r in report.repeated_keys[:max_examples]
+    ]
+
+
 def format_report(report: DataReport, *, max_examples: int = 50) -> str:
     lines = ["# llmasr data check", ""]
     lines += [f"error: {e}" for e in report.errors]
@@ -239,6 +264,7 @@ def format_report(report: DataReport, *, max_examples: int = 50) -> str:
         lines += ["", f"## manifest durations that disagree with the audio header ({len(report.duration_mismatches)})"]
         for b in report.duration_mismatches[:max_examples]:
             lines.append(f"  {b['manifest']}:{b['line']} key={b.get('key')}: {b['reason']}")
+    lines += _repeated_key_lines(report, max_examples)
     if report.batching:
         s = report.batching
         lines += ["", f"## batching ({report.budget}, world size {report.world_size})"]

@@ -105,12 +105,26 @@ def llm_summary(out_dir: Path, rows: list[dict], found: dict, cfg: DecodeConfig,
     ]
     if "windows" in found:  # decode_manifest's window counts (absent when a caller scores rows alone)
         text.append(_windows_line(found, len(rows)))
+    summary["repeated_keys"] = _repeated_keys(rows)
+    if summary["repeated_keys"]:
+        text.append(
+            f"keys on more than one line: {len(summary['repeated_keys'])} (e.g. {summary['repeated_keys'][0]!r}); "
+            "scored line by line here; a scorer pairing hyp.txt and ref.txt by key (sclite, compute-wer) would not"
+        )
     lists = timing.get("hotwords")  # decode_manifest's list counts (absent when a caller scores rows alone)
     if lists and (lists["hotword_lists"] or lists["hotword_lists_scored"] or lists["hotwords_file"]):
         text.append(_hotword_line(lists, len(rows)))
     _add_hotwords(summary, text, hot)
     _write_summary(out_dir, summary, text)
     return summary
+
+
+def _repeated_keys(rows: list[dict]) -> list[str]:
+    """The keys that stand on more than one row, in first-seen order."""
+    seen: dict[str, int] = {}
+    for r in rows:
+        seen[r["key"]] = seen.get(r["key"], 0) + 1
+    return [k for k, n in seen.items() if n > 1]
 
 
 def ctc_summary(out_dir: Path, rows: list[dict], found: dict, cfg: DecodeConfig, timing: dict) -> dict:

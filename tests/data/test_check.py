@@ -117,3 +117,19 @@ def test_unopenable_manifest_is_an_error(tmp_path, capsys):
     assert main([str(tmp_path / "missing.jsonl")]) == 1
     out = capsys.readouterr().out
     assert "cannot open manifest" in out and "result: ERROR" in out
+
+
+def test_repeated_keys_are_named_with_their_first_line(tmp_path):
+    """Two manifests of one corpus keyed alike (or a ChatML line's key taken from an audio file transcribed twice):
+    training takes both lines, and the report names each repeat with where the key first stood."""
+    a = good_corpus(tmp_path / "a", 3)
+    b = good_corpus(tmp_path / "b", 2)
+    report = check_data([a, b], data_cfg(), FrontendConfig())
+    assert report.ok and report.num_bad == 0
+    keys = [r["key"] for r in report.repeated_keys]
+    assert len(keys) == 2 and all(r["manifest"] == str(b) for r in report.repeated_keys)
+    assert report.repeated_keys[0]["first"] == f"{a}:1" and report.repeated_keys[0]["line"] == 1
+    text = format_report(report)
+    assert "## keys that repeat an earlier line's (2;" in text
+    assert f"  {b}:2 key={keys[1]}: first at {a}:2" in text
+    assert "keys that repeat" not in format_report(check_data([a], data_cfg(), FrontendConfig()))
