@@ -84,9 +84,8 @@ def build_loaders(recipe, side: TextSide, *, rank: int, world_size: int):
 
 
 def batches_per_epoch(sampler, epochs: int) -> list[int]:
-    """Batches this rank runs in each epoch (equal on all ranks; weighted mixing can change it per epoch)."""
-    if getattr(sampler, "epoch_indices", None) is None:
-        return [len(sampler)] * epochs
+    """Batches this rank runs in each epoch (equal on all ranks), from each epoch's own plan: the greedy cut of each
+    epoch's shuffled windows can give a batch more or less, and weighted mixing draws each epoch's items."""
     current = sampler.epoch
     counts = [int(sampler.stats(e)["num_batches_per_rank"]) for e in range(epochs)]
     sampler.set_epoch(current)

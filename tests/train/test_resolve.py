@@ -5,8 +5,10 @@ makes."""
 import math
 from collections import Counter
 
+import numpy as np
 import pytest
 
+from llmasr.data.sampler import DynamicBucketSampler
 from llmasr.recipe import load_recipe
 from llmasr.testing.tiny_corpus import tiny_recipe_dict, write_tiny_corpus
 from llmasr.train.ds_config import resolve_ds_config
@@ -50,6 +52,16 @@ def test_weighted_mixing_sizes_each_epoch_by_the_batches_it_yields(tiny_llm_dir,
     assert got == yielded_per_epoch(mixed, epochs)
     # 2.5 passes over the second corpus: more batches than one pass each, and the fractional part is drawn afresh
     assert min(got) > max(batches_per_epoch(plain, epochs))
+
+
+def test_epochs_whose_shuffled_windows_cut_into_another_count_are_counted_each():
+    """Windows of the shuffle buffer cut greedily: one epoch's shuffle can give a batch more than the first's, and
+    the schedules are sized by what each epoch yields, not by the first epoch's count."""
+    durations = np.random.default_rng(0).uniform(0.5, 6.0, 300)
+    sampler = DynamicBucketSampler(durations, max_seconds=20, seed=0, shuffle_buffer=20, num_buckets=4)
+    got = batches_per_epoch(sampler, 4)
+    assert got == yielded_per_epoch(sampler, 4)
+    assert len(set(got)) > 1, got  # the case this guards: epochs that differ
 
 
 def test_a_mixed_run_makes_the_updates_its_plan_counted(tiny_llm_dir, two_corpora, tmp_path):
