@@ -186,6 +186,10 @@ def check_batches(meta: CheckpointMeta, per_epoch: list[int], where: Path) -> No
     if not saved:
         return
     n = min(len(saved), len(per_epoch))
+    if n and len(set(saved)) == 1 and saved[0] == per_epoch[0] and list(saved[:n]) != list(per_epoch[:n]):
+        # llmasr before each epoch's own count wrote the first epoch's for all: the same data, counted anew
+        log.info("%s: counted %s batches per rank in every epoch; the data gives %s", where, saved[0], per_epoch[:n])
+        return
     if list(saved[:n]) != list(per_epoch[:n]):
         raise ConfigError(
             f"{where}: the training data (data.train) now gives {per_epoch[:n]} batches per rank per epoch, the run "

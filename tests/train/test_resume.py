@@ -1,6 +1,7 @@
 """Resume semantics: which recipe keys may change, schedules rebuilt at the current update, nothing in RUN_DIR
 rewritten by a resume that fails, and the lr each update really runs with."""
 
+import logging
 import re
 from pathlib import Path
 
@@ -197,3 +198,17 @@ def test_resume_auto_starts_fresh_then_continues(tiny_llm_dir, corpus, tmp_path)
     assert ck.resume_or_start("latest", tmp_path / "empty") == "latest"  # "latest" still insists on a checkpoint
     with pytest.raises(FileNotFoundError, match="nothing to resume"):
         ck.resolve_resume("latest", tmp_path / "empty")
+
+
+def test_a_checkpoint_that_counted_every_epoch_as_the_first_resumes(caplog):
+    """Checkpoints from before each epoch was counted on its own hold the first epoch's count for all: the same data
+    resumes (a log line says so); any other difference is still a changed manifest."""
+    meta = ck.CheckpointMeta(3, 1, 1, 0, base_fingerprint={}, trainable=[], batches_per_epoch=[906, 906, 906])
+    with caplog.at_level(logging.INFO, logger="llmasr.train"):
+        rs.check_batches(meta, [906, 905, 906], Path("ck"))
+    assert "counted 906 batches per rank in every epoch; the data gives [906, 905, 906]" in caplog.text
+    with pytest.raises(ConfigError, match=r"now gives \[905, 905, 906\] .* the run had \[906, 906, 906\]"):
+        rs.check_batches(meta, [905, 905, 906], Path("ck"))
+    meta.batches_per_epoch = [906, 905, 906]
+    with pytest.raises(ConfigError, match="a manifest changed"):
+        rs.check_batches(meta, [906, 906, 906], Path("ck"))
