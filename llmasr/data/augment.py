@@ -1,8 +1,9 @@
 """Training-time augmentation: waveform (speed perturbation, pauses around the speech, additive noise, gain) and
 SpecAugment.
 
-Every random draw comes from the numpy Generator the caller passes, in a fixed order, so the same seed gives the
-same augmentation. The caller applies it to training data only (see `Augmenter.enabled`).
+A clip's speed factor and pauses come from llmasr.data.clip_lengths (the sampler costs batches by them); every other
+random draw comes from the numpy Generator the caller passes, in a fixed order, so the same seed gives the same
+augmentation. The caller applies it to training data only (see `Augmenter.enabled`).
 
 SpecAugment on LFR features (lfr_m > 1): a row holds lfr_m stacked sub-frames of n_mels bins each. A frequency
 mask covers the same mel bins in every sub-frame, as FunASR's SpecAugLFR does. Time masks zero whole LFR rows
@@ -213,17 +214,19 @@ class Augmenter:
         return c.noise.enable or c.speed_perturb.enable or c.silence.enable or c.gain.enable
 
     # -------------------------------------------------------------------------------------------------- waveform
-    def wave(self, waveform: np.ndarray, sr: int, rng: np.random.Generator) -> np.ndarray:
-        """Speed perturbation, then pauses around the speech, then noise at a random SNR, then gain (clipped to
-        [-1, 1])."""
+    def wave(
+        self, waveform: np.ndarray, sr: int, rng: np.random.Generator, lengths: tuple[float, float, float]
+    ) -> np.ndarray:
+        """Speed perturbation and pauses around the speech as `lengths` gives them (the item's speed factor, lead and
+        trail seconds: llmasr.data.clip_lengths, drawn where the sampler draws them), then noise at a random SNR,
+        then gain (clipped to [-1, 1]), drawn from `rng`."""
         c = self.cfg
+        factor, lead, trail = lengths
         x = np.asarray(waveform, dtype=np.float32)
-        if c.speed_perturb.enable:
-            factor = float(c.speed_perturb.factors[int(rng.integers(len(c.speed_perturb.factors)))])
+        if c.speed_perturb.enable and factor != 1.0:
             x = speed_perturb(x, sr, factor)
-        if c.silence.enable:
-            if rng.random() < c.silence.prob:
-                x = self._add_pauses(x, sr, rng)
+        if c.silence.enable and lead + trail > 0:
+            x = self._add_pauses(x, sr, rng, lead, trail)
         if c.noise.enable:
             if rng.random() < c.noise.prob:
                 x = self._add_noise(x, sr, rng)
@@ -233,11 +236,10 @@ class Augmenter:
                 x = np.clip(x * np.float32(10.0 ** (db / 20.0)), -1.0, 1.0)
         return x
 
-    def _add_pauses(self, x: np.ndarray, sr: int, rng: np.random.Generator) -> np.ndarray:
-        """`x` between a lead and a trail of noise at its own floor (see the module docstring). A Whisper frontend
-        cuts audio at its window: there the pauses shrink to the room the clip leaves in it."""
+    def _add_pauses(self, x: np.ndarray, sr: int, rng: np.random.Generator, lead: float, trail: float) -> np.ndarray:
+        """`x` between `lead` and `trail` seconds of noise at its own floor (see the module docstring). A Whisper
+        frontend cuts audio at its window: there the pauses shrink to the room the clip leaves in it."""
         c = self.cfg.silence
-        lead, trail = rng.uniform(c.lead[0], c.lead[1]), rng.uniform(c.trail[0], c.trail[1])
         level_db = rng.uniform(c.level_db[0], c.level_db[1])
         if self.frontend.kind == "whisper" and lead + trail > 0:
             fit = min(1.0, max(0.0, self.frontend.chunk_seconds - x.shape[0] / sr) / (lead + trail))

@@ -5,9 +5,10 @@
 a transcript the CTC vocabulary cannot encode, audio too short for one feature frame). Bad items never raise in
 the worker: the collator drops them and the main process accounts them (llmasr.data.bad_data).
 
-Randomness (dither, augmentation) for item i comes from numpy Generator([seed, epoch, i]), so it does not depend
-on which worker loads the item, on the number of workers, or on where a resumed run restarts. An index that a
-weighted mix repeats within one epoch gets the same randomness both times.
+Randomness (dither, augmentation) for item i comes from numpy Generator([seed, epoch, i]) (its speed factor and
+pauses from llmasr.data.clip_lengths, a function of the same three), so it does not depend on which worker loads
+the item, on the number of workers, or on where a resumed run restarts. An index that a weighted mix repeats within
+one epoch gets the same randomness both times.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from torch.utils.data import Dataset
 from llmasr.data.audio import AudioError, load_audio
 from llmasr.data.augment import Augmenter
 from llmasr.data.bad_data import BadItem
+from llmasr.data.clip_lengths import draw_clip_lengths
 from llmasr.data.features import FeatureExtractor
 from llmasr.data.frontend import FrontendConfig
 from llmasr.data.long_audio import speech_runs, speech_start
@@ -220,7 +222,7 @@ class SpeechDataset(Dataset):
         rng = self.rng(index)
         aug = self.augmenter if self.train else None
         if aug is not None:
-            wave = aug.wave(wave, sr, rng)
+            wave = aug.wave(wave, sr, rng, draw_clip_lengths(aug.cfg, self.seed, self.epoch, index).item())
         fx = self.feature_extractor
         t = fx.num_frames(wave.size)
         if t == 0:  # decided from the sample count: no feature library is asked

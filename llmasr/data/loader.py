@@ -27,6 +27,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from llmasr.data.bad_data import BadDataTracker, BadItem, TooMuchBadData
+from llmasr.data.clip_lengths import augmented_costs
 from llmasr.data.collate import Collator
 from llmasr.data.config import BatchingConfig, DataConfig, ManifestSpec
 from llmasr.data.dataset import SpeechDataset
@@ -170,7 +171,6 @@ def make_sampler(
     max_seconds, max_frames = b.budget_seconds, b.max_frames
     if keep_every_item:
         max_seconds, max_frames = _fit_longest(durations, min_item, max_seconds, max_frames, frontend.frame_seconds)
-    cost_scale, cost_pad = data_cfg.augment.cost(frontend) if train else (1.0, 0.0)
     return DynamicBucketSampler(
         durations,
         target_lens,
@@ -190,8 +190,7 @@ def make_sampler(
         max_target_len=b.max_target_len,
         truncate_to_max=b.truncate_to_max,
         min_item_seconds=min_item,
-        cost_scale=cost_scale,
-        cost_pad=cost_pad,
+        **(augmented_costs(data_cfg.augment, data_cfg.seed, frontend) if train else {}),
         indices=indices,
         epoch_indices=epoch_indices,
         skip=skip,

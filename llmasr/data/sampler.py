@@ -38,6 +38,7 @@ from collections.abc import Callable, Iterator
 import numpy as np
 from torch.utils.data import Sampler
 
+from llmasr.data.item_costs import EpochCostFn, ItemCosts, quantile_buckets
 from llmasr.data.regroup import repeated_steps, replay_history
 
 log = logging.getLogger("llmasr.data")
@@ -69,6 +70,9 @@ class DynamicBucketSampler(Sampler):
     cost_scale: multiply every item's cost (e.g. 1/0.9 when speed perturbation may stretch audio by 1/0.9);
         filters still use the durations as given.
     cost_pad: seconds added to every item's cost after the scale (pauses augmentation may put around a clip).
+    epoch_costs: (epoch, indices) -> (scale, seconds) per item: the length augmentation gives each clip in that epoch
+        (llmasr.data.clip_lengths.EpochCosts); batches are then cut, bucketed and sorted on those costs, while
+        cost_scale and cost_pad stay the worst case that decides which items can never fit a batch.
     indices: restrict to these dataset indices (e.g. a validation subset).
     epoch_indices: epoch -> dataset indices for that epoch (weighted mixing); overrides `indices`.
     skip: dataset indices known to be unusable (lines found bad before loading); never batched.
@@ -100,6 +104,7 @@ class DynamicBucketSampler(Sampler):
         indices: np.ndarray | None = None,
         epoch_indices: Callable[[int], np.ndarray] | None = None,
         skip: np.ndarray | None = None,
+        epoch_costs: EpochCostFn | None = None,
     ):
         _check_settings(rank, world_size, max_seconds, max_frames, frames_per_second, num_buckets, seed)
         self.durations = np.asarray(durations, dtype=np.float64)
@@ -123,7 +128,12 @@ class DynamicBucketSampler(Sampler):
         self.truncate_to_max = bool(truncate_to_max)
         self.epoch_indices = epoch_indices
         self.base_indices = np.arange(n, dtype=np.int64) if indices is None else np.asarray(indices, dtype=np.int64)
-        self._sort_items(min_item_seconds, cost_scale, cost_pad, skip)
+        costs = ItemCosts(
+            self.durations, max_seconds=max_seconds, max_frames=max_frames, frames_per_second=frames_per_second,
+            max_duration=self.max_duration, truncate_to_max=self.truncate_to_max, min_item_seconds=min_item_seconds,
+            cost_scale=cost_scale, cost_pad=cost_pad, epoch_costs=epoch_costs,
+        )  # fmt: skip
+        self._sort_items(costs, skip)
 
         self.epoch = 0
         self._plan_cache: tuple[tuple, list[list[list[int]]], dict] | None = None
@@ -134,26 +144,12 @@ class DynamicBucketSampler(Sampler):
         self.resharded = False  # the last load_state_dict came from another world size
         self._epoch_listeners: list[Callable[[int], None]] = []
 
-    def _sort_items(
-        self, min_item_seconds: float | None, cost_scale: float, cost_pad: float, skip: np.ndarray | None
-    ) -> None:
+    def _sort_items(self, costs: ItemCosts, skip: np.ndarray | None) -> None:
         """Per-item cost in budget units (`sizes`, `budget`), first filter reason (-1 = kept), truncation, and the
-        duration buckets, all computed once."""
+        cost buckets, all computed once."""
         d = self.durations
         n = d.size
-        eff = np.where(np.isnan(d), 0.0, d)
-        if self.truncate_to_max:
-            eff = np.minimum(eff, self.max_duration)
-        if min_item_seconds is not None:
-            eff = np.maximum(eff, float(min_item_seconds))
-        self.cost = (float(cost_scale), float(cost_pad))  # what augmentation may add: duration x scale + seconds
-        eff = eff * self.cost[0] + self.cost[1]
-        if self.max_frames is not None:
-            self.sizes = np.ceil(eff * float(self.frames_per_second) - 1e-9)
-            self.budget = float(self.max_frames)
-        else:
-            self.sizes = eff
-            self.budget = float(self.max_seconds)
+        self.costs, self.sizes, self.budget, self.cost = costs, costs.sizes, costs.budget, costs.cost
         reason = np.full(n, -1, dtype=np.int8)
 
         def mark(mask: np.ndarray, code: int) -> None:
@@ -177,14 +173,8 @@ class DynamicBucketSampler(Sampler):
             mark(over, 4)
         self._reason = reason
         self.truncated_mask = (~np.isnan(d)) & (d > self.max_duration) & (reason < 0)
-
         kept = self.base_indices[reason[self.base_indices] < 0] if n else self.base_indices
-        if kept.size:
-            qs = np.linspace(0.0, 1.0, self.num_buckets + 1)[1:-1]
-            self.boundaries = np.unique(np.quantile(self.sizes[kept], qs)) if qs.size else np.zeros(0)
-        else:
-            self.boundaries = np.zeros(0)
-        self.bucket_of = np.searchsorted(self.boundaries, self.sizes, side="right").astype(np.int64)
+        self.bucket_of = quantile_buckets(self.sizes, kept, self.num_buckets)
 
     # ----------------------------------------------------------------------------------------------- epoch plan
     def set_epoch(self, epoch: int) -> None:
@@ -201,13 +191,13 @@ class DynamicBucketSampler(Sampler):
             return np.asarray(self.epoch_indices(epoch), dtype=np.int64)
         return self.base_indices
 
-    def _cut(self, items: np.ndarray, carry: list[int], out: list[list[int]]) -> list[int]:
+    def _cut(self, items: np.ndarray, carry: list[int], out: list[list[int]], sizes: np.ndarray) -> list[int]:
         """Greedy cut of one bucket's items (already in the order to use) into budget-respecting batches.
 
         `carry`: items left over from the previous (shorter) bucket, put in front. Returns this bucket's leftover
         (the last, not yet full batch), which the caller carries into the next bucket.
         """
-        sizes, tl = self.sizes, self.target_lens
+        tl = self.target_lens
         cap_t = self.max_target_tokens if tl is not None else None
         budget = self.budget
         window = self.shuffle_buffer if self.shuffle_buffer > 0 else max(items.size, 1)
@@ -241,25 +231,34 @@ class DynamicBucketSampler(Sampler):
         counts = np.bincount(reasons[reasons >= 0], minlength=len(FILTER_REASONS))
         filtered = {name: int(c) for name, c in zip(FILTER_REASONS, counts) if c}
         keep = items[reasons < 0]
+        sizes, bucket_of = self._epoch_sizes(epoch, keep)
         rng = np.random.default_rng([self.seed, epoch])
         if self.shuffle:
             keep = keep[rng.permutation(keep.size)]
-        buckets = self.bucket_of[keep]
+        buckets = bucket_of[keep]
         order = np.argsort(buckets, kind="stable")
         keep, buckets = keep[order], buckets[order]
         batches: list[list[int]] = []
         edges = np.flatnonzero(np.diff(buckets)) + 1
         carry: list[int] = []
         for part in np.split(keep, edges) if keep.size else []:  # buckets in ascending duration
-            carry = self._cut(part, carry, batches)
+            carry = self._cut(part, carry, batches, sizes)
         if carry:
             batches.append(carry)
-        batch_bucket = [int(self.bucket_of[b].max()) for b in batches]
+        batch_bucket = [int(bucket_of[b].max()) for b in batches]
         # Order by (bucket, longest item) so that consecutive batches, which run at the same step on different
         # ranks, cost about the same.
-        longest = np.array([self.sizes[b].max() for b in batches]) if batches else np.zeros(0)
+        longest = np.array([sizes[b].max() for b in batches]) if batches else np.zeros(0)
         order = np.lexsort((longest, np.asarray(batch_bucket))) if batches else np.zeros(0, dtype=np.int64)
-        return [batches[i] for i in order], filtered, items, int(keep.size), rng
+        return [batches[i] for i in order], filtered, items, int(keep.size), rng, sizes
+
+    def _epoch_sizes(self, epoch: int, keep: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(cost, bucket) of every item in `epoch`: those computed once, or, when augmentation's lengths are drawn
+        per epoch, the kept items' costs at the lengths they have this epoch, bucketed by this epoch's quantiles."""
+        if not self.costs.vary_by_epoch:
+            return self.sizes, self.bucket_of
+        sizes = self.costs.for_epoch(epoch, keep)
+        return sizes, quantile_buckets(sizes, keep, self.num_buckets)
 
     def _plan(self, epoch: int) -> tuple[list[list[list[int]]], dict]:
         """Groups of world_size batches for `epoch` (same on every rank), and the epoch's stats. After a resume
@@ -268,13 +267,13 @@ class DynamicBucketSampler(Sampler):
         key = (epoch, history)
         if self._plan_cache is not None and self._plan_cache[0] == key:
             return self._plan_cache[1], self._plan_cache[2]
-        ordered, filtered, items, kept, rng = self._ordered_batches(epoch)
+        ordered, filtered, items, kept, rng, sizes = self._ordered_batches(epoch)
         grouping = dict(drop_last=self.drop_last, shuffle=self.shuffle)
         positions, padding = replay_history(len(ordered), history, self.world_size, rng, self.seed, epoch, grouping)
         groups = [[ordered[p] for p in g] for g in positions]
         n_items = int(sum(len(b) for g in groups for b in g))
-        real = float(sum(self.sizes[b].sum() for g in groups for b in g))
-        padded = float(sum(len(b) * self.sizes[b].max() for g in groups for b in g))
+        real = float(sum(sizes[b].sum() for g in groups for b in g))
+        padded = float(sum(len(b) * sizes[b].max() for g in groups for b in g))
         stats = {
             "epoch": epoch,
             "num_items": int(items.size),
@@ -387,7 +386,7 @@ class DynamicBucketSampler(Sampler):
         """The plan a sampler of `world_size` ranks had for `epoch` after `history`."""
         if world_size == self.world_size:
             return self._plan(epoch)
-        ordered, *_, rng = self._ordered_batches(epoch)
+        ordered, _, _, _, rng, _ = self._ordered_batches(epoch)
         grouping = dict(drop_last=self.drop_last, shuffle=self.shuffle)
         return replay_history(len(ordered), history, world_size, rng, self.seed, epoch, grouping)
 

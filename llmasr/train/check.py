@@ -117,12 +117,13 @@ def _memory_lines(ds: dict, tc, counts: dict, world_size: int) -> list[str]:
 
 def _data_lines(sampler, per_epoch: list[int], valid_loader) -> list[str]:
     st = sampler.stats(0)
-    cost = cost_text(sampler.cost)  # the batches are cut for the longest audio augmentation can make
+    worst = cost_text(sampler.cost)  # the most augmentation can add; batches are cut on each epoch's own draws
+    cost = f"  an utterance costs the budget its length after this epoch's speed factor and pauses; at most {worst}"
     return [
         "data",
         f"  batches per rank per epoch: {per_epoch[0] if len(set(per_epoch)) == 1 else per_epoch}",
         f"  mean utterances per batch: {st['mean_batch_size']:.2f}; padding efficiency {st['padding_efficiency']:.3f}",
-        *([f"  an utterance costs the budget {cost}"] if cost else []),
+        *([cost] if worst else []),
         f"  items kept {st['kept_items']} of {st['num_items']}; skipped: {st['filtered'] or 'none'}; "
         f"padding batches (world-size remainder): {st['num_padding_batches']}",
         f"  validation: {'none' if valid_loader is None else f'{len(valid_loader)} batches per rank'}",

@@ -321,3 +321,20 @@ def test_timestamps_quick_measures_single_clips_and_joined_ones(tmp_path, capsys
     assert long["utterances"] == 1 and long["clips"] == 6 and long["windows"] >= 1
     assert res["command"] == "python bench/timestamps.py --quick"
     assert "first word start - speech onset" in capsys.readouterr().out
+
+
+def test_augmented_batching_measures_both_costings_on_the_audio_batches_get(tmp_path, capsys):
+    import augmented_batching
+
+    out = tmp_path / "a.json"
+    assert (
+        augmented_batching.main(["--lines", "600", "--max-seconds", "40", "--epochs", "2", "--json-out", str(out)]) == 0
+    )
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["augment"], r["costed"]) for r in rows] == [
+        (a, c) for a in ("speed", "speed+pauses") for c in ("worst case", "each clip's draw")
+    ]
+    assert all(r["over_budget"] == 0 and 0 < r["padding"] <= 1 for r in rows)
+    for worst, drawn in zip(rows[::2], rows[1::2]):
+        assert drawn["padding"] > worst["padding"] and drawn["batches"] < worst["batches"]
+    assert "Reproduce: `python bench/augmented_batching.py --lines 600" in capsys.readouterr().out

@@ -10,6 +10,7 @@ import soundfile as sf
 
 from llmasr.config_io import ConfigError, from_dict
 from llmasr.data.augment import AugmentConfig, Augmenter, mix_at_snr, speed_perturb
+from llmasr.data.clip_lengths import draw_clip_lengths
 from llmasr.data.frontend import FrontendConfig
 
 SR = 16000
@@ -18,6 +19,11 @@ SR = 16000
 def sine(freq, seconds=1.0, amp=0.3):
     t = np.arange(int(SR * seconds)) / SR
     return (amp * np.sin(2 * np.pi * freq * t)).astype(np.float32)
+
+
+def drawn(cfg: AugmentConfig, seed: int) -> tuple[float, float, float]:
+    """Item `seed`'s speed factor and pauses in epoch 0, as the dataset draws them."""
+    return draw_clip_lengths(cfg, 0, 0, seed).item()
 
 
 def noise_manifest(tmp_path):
@@ -79,11 +85,11 @@ def test_wave_augment_deterministic_and_effective(tmp_path):
     aug = Augmenter(cfg, FrontendConfig())
     assert aug.enabled
     x = sine(500)
-    a = aug.wave(x, SR, np.random.default_rng(1))
-    b = aug.wave(x, SR, np.random.default_rng(1))
+    a = aug.wave(x, SR, np.random.default_rng(1), drawn(cfg, 1))
+    b = aug.wave(x, SR, np.random.default_rng(1), drawn(cfg, 1))
     np.testing.assert_array_equal(a, b)
     assert len(a) in (int(np.ceil(SR / 0.9)), int(np.ceil(SR / 1.1)))
-    lengths = {len(aug.wave(x, SR, np.random.default_rng(s))) for s in range(20)}
+    lengths = {len(aug.wave(x, SR, np.random.default_rng(s), drawn(cfg, s))) for s in range(20)}
     assert lengths == {17778, 14546}  # both speed factors drawn
     assert a.dtype == np.float32 and np.abs(a).max() <= 1.0
 
@@ -106,8 +112,8 @@ def test_pauses_put_the_clip_between_noise_at_its_floor():
     x = speech_like()
     leads = set()
     for seed in range(10):
-        y = aug.wave(x, SR, np.random.default_rng(seed))
-        np.testing.assert_array_equal(y, aug.wave(x, SR, np.random.default_rng(seed)))
+        y = aug.wave(x, SR, np.random.default_rng(seed), drawn(cfg, seed))
+        np.testing.assert_array_equal(y, aug.wave(x, SR, np.random.default_rng(seed), drawn(cfg, seed)))
         found = [i for i in range(y.size - x.size + 1) if y[i] == x[0] and np.array_equal(y[i : i + x.size], x)]
         assert len(found) == 1, "the clip itself is untouched, once, inside the pauses"
         lead, trail = found[0], y.size - x.size - found[0]
@@ -117,21 +123,23 @@ def test_pauses_put_the_clip_between_noise_at_its_floor():
         assert rms == pytest.approx(0.01, rel=0.25)  # the floor of the quiet stretches, not the tone's level
     assert len(leads) == 10
     cfg.silence.level_db = [-20.0, -20.0]
-    y = aug.wave(x, SR, np.random.default_rng(0))
+    y = aug.wave(x, SR, np.random.default_rng(0), drawn(cfg, 0))
     assert float(np.sqrt(np.mean(y[: int(0.3 * SR)] ** 2))) == pytest.approx(0.001, rel=0.25)
     cfg.silence.prob = 0.0
-    np.testing.assert_array_equal(aug.wave(x, SR, np.random.default_rng(0)), x)
+    np.testing.assert_array_equal(aug.wave(x, SR, np.random.default_rng(0), drawn(cfg, 0)), x)
 
 
 def test_pauses_fit_a_whisper_window():
     cfg = from_dict(AugmentConfig, {"silence": {"enable": True, "prob": 1.0, "lead": [2, 2], "trail": [2, 2]}}, "a")
     whisper = FrontendConfig(kind="whisper", n_mels=80, chunk_seconds=3.0)
     x = speech_like(2.0)
-    y = Augmenter(cfg, whisper).wave(x, SR, np.random.default_rng(0))
+    y = Augmenter(cfg, whisper).wave(x, SR, np.random.default_rng(0), drawn(cfg, 0))
     assert y.size == 3 * SR  # 1 s of room in the 3 s window: half a second each side
     np.testing.assert_array_equal(y[SR // 2 : SR // 2 + x.size], x)
-    assert Augmenter(cfg, whisper).wave(speech_like(3.5), SR, np.random.default_rng(0)).size == int(3.5 * SR)
-    assert Augmenter(cfg, FrontendConfig()).wave(x, SR, np.random.default_rng(0)).size == 6 * SR
+    assert Augmenter(cfg, whisper).wave(speech_like(3.5), SR, np.random.default_rng(0), drawn(cfg, 0)).size == int(
+        3.5 * SR
+    )
+    assert Augmenter(cfg, FrontendConfig()).wave(x, SR, np.random.default_rng(0), drawn(cfg, 0)).size == 6 * SR
     # what the batch budget reserves: the pauses, except in a Whisper window that every clip fills anyway
     cfg.speed_perturb.enable = True
     assert cfg.cost(FrontendConfig()) == (pytest.approx(1 / 0.9), 4.0) and cfg.cost(whisper)[1] == 0.0
@@ -163,7 +171,7 @@ def test_bad_noise_file_is_skipped_not_fatal(tmp_path, caplog):
     path.write_text(json.dumps({"key": "gone", "source": "gone.wav"}) + "\n")
     cfg = from_dict(AugmentConfig, {"noise": {"enable": True, "manifest": str(path), "prob": 1.0}}, "augment")
     x = sine(300)
-    y = Augmenter(cfg, FrontendConfig()).wave(x, SR, np.random.default_rng(0))
+    y = Augmenter(cfg, FrontendConfig()).wave(x, SR, np.random.default_rng(0), drawn(cfg, 0))
     np.testing.assert_array_equal(y, x)
     assert "noise augmentation skipped" in caplog.text and "file not found" in caplog.text
 
@@ -223,4 +231,4 @@ def test_spec_augment_disabled_is_identity():
     feats = np.ones((5, 80), np.float32)
     assert aug.spec(feats, np.random.default_rng(0)) is feats
     x = sine(100)
-    np.testing.assert_array_equal(aug.wave(x, SR, np.random.default_rng(0)), x)
+    np.testing.assert_array_equal(aug.wave(x, SR, np.random.default_rng(0), drawn(aug.cfg, 0)), x)

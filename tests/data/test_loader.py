@@ -299,3 +299,27 @@ def test_lines_that_pauses_push_over_the_budget_are_reported_with_the_reason(tmp
         "a line costs its duration x 1 + 5 s (data.augment: speed_perturb's slowest factor, silence's lead[1] + "
         "trail[1]) there" in line
     )
+
+
+def test_batches_are_cut_on_the_length_augmentation_gives_each_clip(tmp_path):
+    """With speed perturbation and pauses, the sampler costs each clip at the length the dataset then gives it in
+    that epoch (not at the slowest factor and the longest pauses), and no batch passes the budget."""
+    path = good_corpus(tmp_path, 40)
+    augment = {
+        "speed_perturb": {"enable": True, "factors": [0.9, 1.0, 1.1]},
+        "silence": {"enable": True, "prob": 0.5, "lead": [0.0, 0.6], "trail": [0.0, 0.3]},
+    }
+    frames_per_s = 100 / 6  # LFR 7/6 of 10 ms frames
+    loader, sampler = build(cfg(augment=augment), [str(path)])
+    seen = {}
+    for epoch in (0, 1):
+        loader.set_epoch(epoch)
+        costs = sampler.costs.for_epoch(epoch, sampler.base_indices)
+        assert (costs <= sampler.sizes).all() and (costs < sampler.sizes).any()
+        for batch in loader:
+            seconds = [n / frames_per_s for n in batch.feat_lens.tolist()]
+            for i, s in zip(batch.indices, seconds):
+                assert s == pytest.approx(costs[i], abs=0.07)  # LFR frames and resampling round
+                seen.setdefault(i, set()).add(round(s, 2))
+            assert len(seconds) * max(seconds) <= 6.0 + 0.07
+    assert sum(len(v) > 1 for v in seen.values()) > 10  # each epoch draws its own lengths

@@ -68,19 +68,24 @@ def test_report_matches_the_trainer_numbers(recipe_file, tmp_path, capsys):
 
 def test_the_batch_budget_says_what_augmentation_reserves(recipe_file, tmp_path, capsys):
     from llmasr.recipe import load_recipe
-    from llmasr.train.resolve import build_loaders, text_side
+    from llmasr.train.resolve import batches_per_epoch, build_loaders, text_side
 
     pauses = ["data.augment.silence.enable=true", "data.augment.silence.lead=[0.0,0.3]",
               "data.augment.silence.trail=[0.0,0.1]", "data.augment.speed_perturb.enable=true"]  # fmt: skip
     base = ["--config", str(recipe_file), "--deepspeed", "zero2", "--world-size", "1", "--out", str(tmp_path)]
     code, out, err = run_check(capsys, *base, *pauses)
     assert code == 0, err
-    assert "an utterance costs the budget its duration x 1.11 + 0.4 s (data.augment" in out
+    assert (
+        "an utterance costs the budget its length after this epoch's speed factor and pauses; at most its duration "
+        "x 1.11 + 0.4 s (data.augment" in out
+    )
     recipe = load_recipe(recipe_file, pauses)
     _, sampler, _ = build_loaders(recipe, text_side(recipe.model), rank=0, world_size=1)
-    assert f"batches per rank per epoch: {len(sampler)}\n" in out  # the trainer's batches, pauses reserved
+    per_epoch = batches_per_epoch(sampler, recipe.train.epochs)
+    shown = per_epoch[0] if len(set(per_epoch)) == 1 else per_epoch
+    assert f"batches per rank per epoch: {shown}\n" in out  # the trainer's batches, each clip at its drawn length
     code, plain, _ = run_check(capsys, *base)
-    assert "costs the budget" not in plain and int(re.search(r"per epoch: (\d+)", plain).group(1)) < len(sampler)
+    assert "costs the budget" not in plain and int(re.search(r"per epoch: (\d+)", plain).group(1)) < min(per_epoch)
 
 
 def test_memory_estimate_follows_the_zero_stage(recipe_file, tmp_path, capsys):

@@ -1,0 +1,73 @@
+"""What each item costs a batch, in the budget's units: seconds of padded audio (data.batching.max_seconds) or
+feature frames (max_frames); a batch of B items whose costliest costs c holds B * c of the budget.
+
+An item costs its duration (cut to max_duration when training truncates; at least `min_item_seconds`, a Whisper
+window), stretched by what waveform augmentation adds to it. Two costs are kept: the worst case (`sizes`: the slowest
+speed factor and the longest pauses, AugmentConfig.cost), which decides once which items can never fit a batch, and,
+when an `epoch_costs` draws each clip's own speed factor and pauses (llmasr.data.clip_lengths.EpochCosts), the cost
+of every item in a given epoch, which the sampler cuts that epoch's batches by.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+EpochCostFn = Callable[[int, np.ndarray], tuple[np.ndarray, np.ndarray]]
+
+
+class ItemCosts:
+    """Per-item costs of `durations` (NaN: unknown, costed 0; the sampler skips those items) and the budget."""
+
+    def __init__(
+        self,
+        durations: np.ndarray,
+        *,
+        max_seconds: float | None,
+        max_frames: int | None,
+        frames_per_second: float | None,
+        max_duration: float,
+        truncate_to_max: bool,
+        min_item_seconds: float | None = None,
+        cost_scale: float = 1.0,
+        cost_pad: float = 0.0,
+        epoch_costs: EpochCostFn | None = None,
+    ):
+        eff = np.where(np.isnan(durations), 0.0, durations)
+        if truncate_to_max:
+            eff = np.minimum(eff, max_duration)
+        if min_item_seconds is not None:
+            eff = np.maximum(eff, float(min_item_seconds))
+        self.unscaled = eff
+        self.frames_per_second = frames_per_second if max_frames is not None else None
+        self.budget = float(max_frames if max_frames is not None else max_seconds)
+        self.cost = (float(cost_scale), float(cost_pad))  # the worst augmentation adds: duration x scale + seconds
+        self.sizes = self._units(eff * self.cost[0] + self.cost[1])
+        self.epoch_costs = epoch_costs
+
+    def _units(self, seconds: np.ndarray) -> np.ndarray:
+        if self.frames_per_second is None:
+            return seconds
+        return np.ceil(seconds * float(self.frames_per_second) - 1e-9)
+
+    @property
+    def vary_by_epoch(self) -> bool:
+        return self.epoch_costs is not None
+
+    def for_epoch(self, epoch: int, items: np.ndarray) -> np.ndarray:
+        """Every item's cost in `epoch`: the worst case, except `items`' own when epoch_costs draws them (an item's
+        own cost never exceeds its worst case)."""
+        if self.epoch_costs is None or not items.size:
+            return self.sizes
+        scale, pad = self.epoch_costs(epoch, items)
+        sizes = self.sizes.copy()
+        sizes[items] = np.minimum(self._units(self.unscaled[items] * scale + pad), self.sizes[items])
+        return sizes
+
+
+def quantile_buckets(sizes: np.ndarray, kept: np.ndarray, num_buckets: int) -> np.ndarray:
+    """Every item's bucket: `num_buckets` cost quantiles of the `kept` items split them (0 = cheapest)."""
+    qs = np.linspace(0.0, 1.0, num_buckets + 1)[1:-1]
+    boundaries = np.unique(np.quantile(sizes[kept], qs)) if kept.size and qs.size else np.zeros(0)
+    return np.searchsorted(boundaries, sizes, side="right").astype(np.int64)
