@@ -155,8 +155,11 @@ class AugmentConfig:
 
     def cost(self, frontend: FrontendConfig) -> tuple[float, float]:
         """(scale, seconds): a clip of d seconds leaves the waveform augmentations at most d * scale + seconds long,
-        what the batch budget reserves. A Whisper frontend's pauses fit in the window every clip costs anyway."""
-        return self.stretch, 0.0 if frontend.kind == "whisper" else self.silence.max_seconds
+        what the batch budget reserves. In a Whisper frontend's window, which every clip costs anyway, speed and
+        pauses stretch a clip only as far as the window holds it."""
+        if frontend.kind == "whisper":
+            return 1.0, 0.0
+        return self.stretch, self.silence.max_seconds
 
 
 def cost_text(cost: tuple[float, float]) -> str | None:
@@ -224,6 +227,8 @@ class Augmenter:
         factor, lead, trail = lengths
         x = np.asarray(waveform, dtype=np.float32)
         if c.speed_perturb.enable and factor != 1.0:
+            if self.frontend.kind == "whisper":  # the window cuts what passes it: slow a clip only as far as it holds
+                factor = max(factor, x.shape[0] / (self.frontend.chunk_seconds * sr))
             x = speed_perturb(x, sr, factor)
         if c.silence.enable and lead + trail > 0:
             x = self._add_pauses(x, sr, rng, lead, trail)

@@ -68,23 +68,22 @@ def draw_clip_lengths(cfg: AugmentConfig, seed: int, epoch: int, indices) -> Cli
 
 class EpochCosts:
     """For the sampler: (scale, seconds) per item of an epoch, so that a clip of d seconds is costed at
-    d * scale + seconds, the length augmentation gives it (AugmentConfig.cost's worst case, drawn per item). A
-    Whisper window's pauses cost nothing: every clip fills the window anyway."""
+    d * scale + seconds, the length augmentation gives it (AugmentConfig.cost's worst case, drawn per item)."""
 
-    def __init__(self, cfg: AugmentConfig, seed: int, *, pauses_cost: bool):
-        self.cfg, self.seed, self.pauses_cost = cfg, int(seed), bool(pauses_cost)
+    def __init__(self, cfg: AugmentConfig, seed: int):
+        self.cfg, self.seed = cfg, int(seed)
 
     @classmethod
     def of(cls, cfg: AugmentConfig, seed: int, frontend) -> EpochCosts | None:
-        """None when no augmentation changes a clip's length (every epoch costs its clips alike)."""
-        if not (cfg.speed_perturb.enable or cfg.silence.enable):
+        """None when no augmentation changes what a clip costs (every epoch costs its clips alike): none changes its
+        length, or a Whisper window holds every clip at one cost."""
+        if not (cfg.speed_perturb.enable or cfg.silence.enable) or frontend.kind == "whisper":
             return None
-        return cls(cfg, seed, pauses_cost=frontend.kind != "whisper")
+        return cls(cfg, seed)
 
     def __call__(self, epoch: int, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         drawn = draw_clip_lengths(self.cfg, self.seed, epoch, indices)
-        pad = drawn.lead + drawn.trail if self.pauses_cost else np.zeros_like(drawn.lead)
-        return 1.0 / drawn.factor, pad
+        return 1.0 / drawn.factor, drawn.lead + drawn.trail
 
 
 def augmented_costs(cfg: AugmentConfig, seed: int, frontend) -> dict:

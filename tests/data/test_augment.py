@@ -145,6 +145,21 @@ def test_pauses_fit_a_whisper_window():
     assert cfg.cost(FrontendConfig()) == (pytest.approx(1 / 0.9), 4.0) and cfg.cost(whisper)[1] == 0.0
 
 
+def test_speed_perturbation_slows_a_clip_only_as_far_as_a_whisper_window_holds_it():
+    """The Whisper encoder cuts its features at the window: a clip slowed past it would lose its last words while
+    its transcript stays whole."""
+    cfg = from_dict(AugmentConfig, {"speed_perturb": {"enable": True, "factors": [0.5]}}, "a")
+    whisper = FrontendConfig(kind="whisper", n_mels=80, chunk_seconds=3.0)
+    slow = Augmenter(cfg, whisper)
+    held = slow.wave(sine(300, 2.0), SR, np.random.default_rng(0), drawn(cfg, 0)).size
+    assert 3 * SR - 2 <= held <= 3 * SR  # slowed to the window, not to 4 s
+    assert slow.wave(sine(300, 1.0), SR, np.random.default_rng(0), drawn(cfg, 0)).size == 2 * SR  # fits: 0.5
+    assert (
+        Augmenter(cfg, FrontendConfig()).wave(sine(300, 2.0), SR, np.random.default_rng(0), (0.5, 0, 0)).size == 4 * SR
+    )
+    assert cfg.cost(whisper) == (1.0, 0.0) and cfg.cost(FrontendConfig()) == (2.0, 0.0)  # one window a clip
+
+
 def test_speed_perturb_shifts_frequency_and_length():
     x = sine(1000)
     y = speed_perturb(x, SR, 1.1)
