@@ -55,9 +55,7 @@ def draw_clip_lengths(cfg: AugmentConfig, seed: int, epoch: int, indices) -> Cli
     factor, lead, trail = np.ones(idx.size), np.zeros(idx.size), np.zeros(idx.size)
     sp, si = cfg.speed_perturb, cfg.silence
     if sp.enable and sp.factors:
-        choice = np.minimum(
-            (uniforms(seed, epoch, idx, _FACTOR) * len(sp.factors)).astype(np.int64), len(sp.factors) - 1
-        )
+        choice = (uniforms(seed, epoch, idx, _FACTOR) * len(sp.factors)).astype(np.int64)  # uniforms are < 1
         factor = np.asarray(sp.factors, dtype=np.float64)[choice]
     if si.enable:
         paused = uniforms(seed, epoch, idx, _PAUSED) < si.prob
