@@ -92,3 +92,14 @@ def test_a_resumed_epoch_yields_the_rest_of_the_same_batches():
     again = make()
     again.load_state_dict(first.state_dict())
     assert head + list(again) == first.batches(2)
+
+
+def test_a_frame_budget_holds_for_the_frames_the_drawn_lengths_give():
+    durations = np.random.default_rng(2).uniform(1.0, 10.0, 2_000)
+    cfg, fps = augment(), 100 / 6  # LFR 7/6 frames
+    scale, pad = cfg.cost(FrontendConfig())
+    sampler = DynamicBucketSampler(durations, max_frames=3_000, frames_per_second=fps, seed=0, cost_scale=scale,
+                                   cost_pad=pad, epoch_costs=EpochCosts.of(cfg, 0, FrontendConfig()))  # fmt: skip
+    frames = np.ceil(real_seconds(durations, cfg, 1) * fps - 1e-9)
+    padded = [len(b) * frames[b].max() for b in sampler.batches(1)]
+    assert max(padded) <= 3_000 and sum(frames) / sum(padded) > 0.98
