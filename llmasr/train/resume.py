@@ -193,8 +193,9 @@ def check_batches(meta: CheckpointMeta, per_epoch: list[int], where: Path) -> No
     if list(saved[:n]) != list(per_epoch[:n]):
         raise ConfigError(
             f"{where}: the training data (data.train) now gives {per_epoch[:n]} batches per rank per epoch, the run "
-            f"had {list(saved[:n])}: a manifest changed since the checkpoint, and resuming would skip or repeat "
-            "utterances. Restore the manifests, or start a new run"
+            f"had {list(saved[:n])}: a manifest changed since the checkpoint, or an llmasr that plans batches "
+            "otherwise wrote it; resuming would skip or repeat utterances. Restore the manifests (or that llmasr), or "
+            "start a new run"
         )
 
 
