@@ -13,6 +13,8 @@ one epoch gets the same randomness both times.
 
 from __future__ import annotations
 
+from typing import Protocol
+
 import numpy as np
 from torch.utils.data import Dataset
 
@@ -24,6 +26,16 @@ from llmasr.data.features import FeatureExtractor
 from llmasr.data.frontend import FrontendConfig
 from llmasr.data.long_audio import speech_runs, speech_start
 from llmasr.data.records import BadRecord
+
+
+class PromptEncoder(Protocol):
+    """What the dataset asks of a prompt builder (llmasr.models.prompt.PromptBuilder is one, and the tests' and
+    benchmarks' stand-ins): an utterance's LLM token ids, as an object with `ids`, `audio_pos`, `target_start`,
+    `hotwords` and `hotwords_dropped`, and the id that pads them."""
+
+    pad_id: int
+
+    def encode(self, target: str | None, task: str | None = None, hotwords=None, system: str | None = None): ...
 
 
 class SpeechDataset(Dataset):
@@ -46,7 +58,7 @@ class SpeechDataset(Dataset):
         *,
         train: bool,
         augment=None,
-        prompt_builder,
+        prompt_builder: PromptEncoder,
         ctc_tokenizer=None,
         seed: int = 0,
         max_duration_truncate: float | None = None,

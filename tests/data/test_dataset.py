@@ -1,4 +1,7 @@
+import inspect
 import pickle
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -6,9 +9,10 @@ from speech_fakes import FakeCTCTokenizer, FakePromptBuilder, write_manifest, wr
 
 from llmasr.data.bad_data import BadDataTracker, BadItem, TooMuchBadData, reason_category
 from llmasr.data.collate import Collator
-from llmasr.data.dataset import SpeechDataset
+from llmasr.data.dataset import PromptEncoder, SpeechDataset
 from llmasr.data.frontend import FrontendConfig
 from llmasr.data.manifest import BadRecord, Manifest
+from llmasr.models.prompt import PromptBuilder
 
 FRONTEND = FrontendConfig(lfr_m=7, lfr_n=6)
 
@@ -207,3 +211,15 @@ def test_hotword_lists_reach_the_prompt_and_batch(tmp_path):
     assert batch.hotwords == [["Qwen", "world"], drawn, []] and batch.hotwords_dropped == [0, 0, 0]
     sel = batch.select([2, 0])
     assert sel.hotwords == [[], ["Qwen", "world"]] and sel.hotwords_dropped == [0, 0]
+
+
+def test_prompt_builder_and_its_stand_ins_take_what_the_dataset_passes():
+    """The dataset calls `encode(target, task=..., hotwords=..., system=...)`: PromptBuilder and every stand-in for
+    it (tests, the data-pipeline benchmark) take the parameters PromptEncoder names, so adding one to the builder
+    fails here rather than in whichever stand-in a run reaches first."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+    from data_pipeline import BenchPromptBuilder
+
+    want = list(inspect.signature(PromptEncoder.encode).parameters)
+    for stand_in in (PromptBuilder, FakePromptBuilder, BenchPromptBuilder):
+        assert list(inspect.signature(stand_in.encode).parameters) == want, stand_in.__name__

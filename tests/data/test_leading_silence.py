@@ -9,6 +9,7 @@ import json
 import numpy as np
 import pytest
 import soundfile as sf
+from speech_fakes import FakePromptBuilder
 
 from llmasr.data.dataset import SpeechDataset
 from llmasr.data.frontend import FrontendConfig
@@ -52,15 +53,6 @@ def test_speech_starts_after_a_leading_pause_and_nowhere_else():
     assert speech_start(np.zeros(10, dtype=np.float32), SR) == 0  # shorter than a frame
 
 
-class _Prompt:
-    pad_id = 0
-
-    def encode(self, target, task=None, hotwords=(), system=None):
-        from types import SimpleNamespace
-
-        return SimpleNamespace(ids=[1, 2], audio_pos=1, target_start=2, hotwords=[], hotwords_dropped=0)
-
-
 @pytest.fixture
 def manifest(tmp_path):
     """Line 1: 1 s of silence, then 2.5 s of speech; line 2: 1 s of silence, then 5.5 s of speech with a pause."""
@@ -76,8 +68,8 @@ def manifest(tmp_path):
 def test_the_dataset_cuts_the_pause_and_says_by_how_much(manifest):
     base, _ = open_manifests([str(manifest)], mix=False, need_target=False)
     fe = FrontendConfig(kind="fbank", sample_rate=SR)
-    kept = SpeechDataset(base, fe, train=False, prompt_builder=_Prompt())[0]
-    cut = SpeechDataset(base, fe, train=False, prompt_builder=_Prompt(), trim_leading_silence=True)[0]
+    kept = SpeechDataset(base, fe, train=False, prompt_builder=FakePromptBuilder())[0]
+    cut = SpeechDataset(base, fe, train=False, prompt_builder=FakePromptBuilder(), trim_leading_silence=True)[0]
     assert kept["lead"] == 0.0 and 1.0 - LEAD_S - FRAME_S <= cut["lead"] <= 1.0
     assert cut["duration"] == kept["duration"] == pytest.approx(3.5)  # the utterance's audio, as read
     frames = cut["lead"] / fe.frame_seconds

@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 import soundfile as sf
+from speech_fakes import FakePromptBuilder
 
 from llmasr.data.bad_data import BadDataTracker
 from llmasr.data.loader import build_decode_loader, open_manifests
@@ -56,18 +57,10 @@ def test_long_utterances_stand_as_their_windows(manifest):
 
 
 def test_the_decode_loader_batches_windows_as_items(manifest):
-    class Prompt:  # the loader needs only what the dataset asks of a prompt builder
-        pad_id = 0
-
-        def encode(self, target, task=None, hotwords=None, system=None):
-            from types import SimpleNamespace
-
-            return SimpleNamespace(ids=[1, 2, 3], audio_pos=1, target_start=2, hotwords=(), hotwords_dropped=0)
-
     from llmasr.data.frontend import FrontendConfig
 
     loader = build_decode_loader(
-        manifest, FrontendConfig(), prompt_builder=Prompt(), batch_seconds=100.0, num_workers=0,
+        manifest, FrontendConfig(), prompt_builder=FakePromptBuilder(), batch_seconds=100.0, num_workers=0,
         max_bad_fraction=1.0, name="decode", windows=(4.0, 0.5, 0.0),
     )  # fmt: skip
     batches = [b for b in loader if b.size]
