@@ -228,6 +228,7 @@ def _write_ctc(model, recipe, tmp: Path, encoder_dim: int) -> dict | None:
         "label_smoothing": recipe.model.ctc.label_smoothing,
         "decoder": None if recipe.model.ctc.decoder is None else to_dict(recipe.model.ctc.decoder),
         "detach_encoder": recipe.model.ctc.detach_encoder,
+        "blank": recipe.model.ctc.blank,
     }
 
 

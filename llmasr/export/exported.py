@@ -169,6 +169,7 @@ def exported_model_config(
             "init_from": _file(model_dir, c.get("file", "ctc_head.safetensors"), "CTC head"),
             "decoder": c.get("decoder"),  # exports written before the key existed: the projection alone
             "detach_encoder": bool(c.get("detach_encoder", False)),
+            "blank": c.get("blank"),  # exports written before the key existed: the vocabulary's own rule
         }
         if str(c["vocab"]).endswith(".tiktoken"):
             section["ctc"]["vocab_size"] = int(c["vocab_size"])

@@ -185,6 +185,9 @@ class CTCConfig:
     # The head's outputs with a .tiktoken vocabulary (blank = the last; the ids between its tokens and the blank
     # are special tokens); None: its tokens + the blank. Other vocabularies have their size from their file.
     vocab_size: int | None = None
+    # The entry of a sentencepiece model or token list that is the blank, for a head trained with one of its own
+    # (SenseVoiceSmall's: "<unk>"); None: "<blank>" or "<blk>" when the vocabulary has one, else one appended.
+    blank: str | None = None
     decoder: CTCDecoderConfig | None = None  # None: the projection alone reads the encoder's frames
     # The CTC loss trains the head only: no gradient reaches the encoder through it (Fun-ASR-Nano's
     # detach_ctc_decoder), so a trainable encoder learns from the LLM's loss alone.
@@ -200,6 +203,11 @@ class CTCConfig:
             raise ConfigError(f"{path}.weight: must be in [0, 1], got {self.weight}")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ConfigError(f"{path}.label_smoothing: must be in [0, 1), got {self.label_smoothing}")
+        if self.blank is not None and (self.vocab == "llm" or str(self.vocab).endswith(".tiktoken")):
+            raise ConfigError(
+                f"{path}.blank: names the blank entry of a sentencepiece model or token list; {self.vocab!r} has its "
+                "blank by its own rule (leave blank unset)"
+            )
         if self.vocab_size is not None and not str(self.vocab).endswith(".tiktoken"):
             raise ConfigError(
                 f"{path}.vocab_size: sets the head's size for a .tiktoken vocabulary only; {self.vocab!r} has its "

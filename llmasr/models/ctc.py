@@ -22,9 +22,12 @@ from llmasr.models.ctc_vocab import (
 )
 
 
-def build_ctc_tokenizer(spec: str, llm_tokenizer=None, vocab_size: int | None = None) -> CTCTokenizer:
+def build_ctc_tokenizer(
+    spec: str, llm_tokenizer=None, vocab_size: int | None = None, blank: str | None = None
+) -> CTCTokenizer:
     """`model.ctc.vocab` -> a CTC tokenizer (the kinds: llmasr.models.ctc_vocab); `vocab_size`
-    (model.ctc.vocab_size) sizes a .tiktoken vocabulary's head."""
+    (model.ctc.vocab_size) sizes a .tiktoken vocabulary's head; `blank` (model.ctc.blank) names the entry of a
+    sentencepiece model or token list that is the blank."""
     if spec == "llm":
         if llm_tokenizer is None:
             raise ConfigError("model.ctc.vocab: 'llm' needs the LLM tokenizer, none was given")
@@ -34,10 +37,10 @@ def build_ctc_tokenizer(spec: str, llm_tokenizer=None, vocab_size: int | None = 
             f"model.ctc.vocab: file not found: {spec} (use 'llm', a .model or .tiktoken file, or a token list)"
         )
     if spec.endswith(".model"):
-        return SentencePieceCTCTokenizer(spec)
+        return SentencePieceCTCTokenizer(spec, blank)
     if spec.endswith(".tiktoken"):
         return TiktokenCTCTokenizer(spec, vocab_size)
-    return TokenListCTCTokenizer(spec)
+    return TokenListCTCTokenizer(spec, blank)
 
 
 class CTCHead(nn.Module):

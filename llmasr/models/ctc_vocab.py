@@ -9,6 +9,9 @@ llmasr.models.ctc.build_ctc_tokenizer).
   spaces; a word in the list is one token, any other word is split into characters. Characters not in the list
   map to "<unk>" when listed, else raise an error naming the character and the file. If the list has a word
   separator ("<space>", "▁" or "|") it is placed between words.
+
+`blank` (model.ctc.blank) names the entry of a sentencepiece model or token list that is the blank instead: a head
+trained with another one as its blank (SenseVoiceSmall's CTC head uses `<unk>`, id 0).
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from pathlib import Path
+
+from llmasr.config_io import ConfigError
 
 BLANK_NAMES = ("<blank>", "<blk>")
 SEPARATOR_NAMES = ("<space>", "▁", "|")
@@ -72,14 +77,16 @@ class LLMCTCTokenizer(CTCTokenizer):
 
 
 class SentencePieceCTCTokenizer(CTCTokenizer):
-    def __init__(self, path: str):
+    def __init__(self, path: str, blank: str | None = None):
         import sentencepiece as spm
 
         self.path = path
         self.sp = spm.SentencePieceProcessor(model_file=path)
         size = self.sp.get_piece_size()
-        own = [self.sp.piece_to_id(p) for p in BLANK_NAMES]
-        own = [i for i in own if i != self.sp.unk_id() or self.sp.id_to_piece(i) in BLANK_NAMES]
+        pieces = [blank] if blank is not None else BLANK_NAMES
+        own = [i for i in map(self.sp.piece_to_id, pieces) if self.sp.id_to_piece(i) in pieces]
+        if blank is not None and not own:
+            raise ConfigError(f"model.ctc.blank: {blank!r} is not a piece of the sentencepiece model {path}")
         self.blank_id = own[0] if own else size
         self.vocab_size = size if own else size + 1
 
@@ -91,14 +98,16 @@ class SentencePieceCTCTokenizer(CTCTokenizer):
 
 
 class TokenListCTCTokenizer(CTCTokenizer):
-    def __init__(self, path: str):
+    def __init__(self, path: str, blank_name: str | None = None):
         self.path = path
         self.tokens = read_token_list(path)
         index: dict[str, int] = {}
         for i, tok in enumerate(self.tokens):
             index.setdefault(tok, i)
         self.index = index
-        blank = next((index[b] for b in BLANK_NAMES if b in index), None)
+        if blank_name is not None and blank_name not in index:
+            raise ConfigError(f"model.ctc.blank: {blank_name!r} is not an entry of the token list {path}")
+        blank = next((index[b] for b in ([blank_name] if blank_name else BLANK_NAMES) if b in index), None)
         self.blank_id = len(self.tokens) if blank is None else blank
         self.vocab_size = len(self.tokens) + (1 if blank is None else 0)
         self.unk_id = index.get("<unk>")

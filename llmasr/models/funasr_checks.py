@@ -63,16 +63,17 @@ def check_vocabulary(model_dir: Path, state: dict[str, torch.Tensor], ckpt_path:
     return size
 
 
-def log_left_out(state: dict[str, torch.Tensor], prefix: str, source: Path, model_name: str) -> list[str]:
-    """Name, in one log record, the top-level modules of `state` outside `prefix` (not loaded); returns them."""
-    left = sorted({key.split(".", 1)[0] for key in state if not key.startswith(prefix)})
+def log_left_out(state: dict[str, torch.Tensor], taken: tuple[str, ...], source: Path, model_name: str) -> list[str]:
+    """Name, in one log record, the top-level modules of `state` outside the prefixes `taken` (the encoder's, and
+    SenseVoice's query embeddings when the encoder prepends them); returns them."""
+    left = sorted({key.split(".", 1)[0] for key in state if not key.startswith(taken)})
     if left:
-        count = sum(1 for key in state if not key.startswith(prefix))
+        count = sum(1 for key in state if not key.startswith(taken))
         log.info(
-            "%s (%s): loaded the encoder (%s*) only; left out %d tensors of the modules %s",
+            "%s (%s): loaded the encoder (%s) only; left out %d tensors of the modules %s",
             source,
             model_name,
-            prefix,
+            " and ".join(f"{t}*" for t in taken),
             count,
             ", ".join(left),
         )

@@ -260,6 +260,14 @@ def load_funasr_encoder(
             f"{ckpt_path}: no tensors under '{prefix}'; top-level prefixes present: {', '.join(heads[:20])}"
         )
     check_vocabulary(model_dir, state, ckpt_path)
+    taken = (prefix,)
+    if getattr(encoder, "query_embed", None) is not None:  # SenseVoiceSmall's query frames (encoder conf `queries`)
+        if "embed.weight" not in state:
+            raise CheckpointMismatchError(
+                f"{ckpt_path}: no embed.weight, the query embeddings the encoder's `queries` setting prepends"
+            )
+        encoder_state["query_embed.weight"] = state["embed.weight"]
+        taken += ("embed.",)
     load_into(encoder, encoder_state, source=f"{ckpt_path} ({prefix}*)", reinit_keys=reinit_keys)
-    log_left_out(state, prefix, ckpt_path, str(read_funasr_config(model_dir).get("model", "model")))
+    log_left_out(state, taken, ckpt_path, str(read_funasr_config(model_dir).get("model", "model")))
     return encoder, frontend

@@ -14,10 +14,13 @@ whatever the activations' dtype; blocks are always pre-norm; there is no input l
 applied). FunASR's class accepts `input_layer`, `pos_enc_class`, `normalize_before` and friends and ignores them;
 so does this one, with a warning when a value would mean something else.
 
-What the encoder needs from a SenseVoiceSmall model.pt: only the `encoder.` tensors. `SenseVoiceSmall.inference`
+What the encoder needs from a SenseVoiceSmall model.pt: the `encoder.` tensors. `SenseVoiceSmall.inference`
 prepends four query frames taken from `embed.weight` ([16, input_size]: language, two event/emotion slots, text
-normalisation) to the features, and decodes with `ctc.ctc_lo`; an LLM-ASR model (Fun-ASR-Nano) runs the encoder
-on the features alone, so those tensors are left out (and named in the loader's log record).
+normalisation) to the features, and decodes the encoder's output with `ctc.ctc_lo`. An LLM-ASR model
+(Fun-ASR-Nano) runs the encoder on the features alone, as this class does by default. With `queries` (llmasr's
+constructor key beside FunASR's: `{language: auto, itn: false}`) it prepends SenseVoiceSmall's four query frames
+the way its inference does (the loader takes `embed.weight` for them) and returns the frames after them: the
+encoder then sees what it was trained on, and SenseVoice's own CTC head reads its output as in FunASR.
 """
 
 from __future__ import annotations
@@ -38,6 +41,25 @@ from llmasr.models.sanm import (
 )
 
 log = logging.getLogger(__name__)
+
+# SenseVoiceSmall's query rows (its lid_dict, the event/emotion slots, textnorm_dict): 16 in its `embed` table.
+LANGUAGES = {"auto": 0, "zh": 3, "en": 4, "yue": 7, "ja": 11, "ko": 12, "nospeech": 13}
+EVENT_EMOTION = (1, 2)
+TEXT_NORM = {True: 14, False: 15}  # withitn, woitn
+QUERY_ROWS = 16
+
+
+def query_ids(queries: dict) -> list[int]:
+    """The four embedding rows SenseVoiceSmall prepends, in its order: language, event, emotion, text norm."""
+    if not isinstance(queries, dict) or set(queries) - {"language", "itn"}:
+        raise ConfigError(f"SenseVoiceEncoderSmall: queries takes {{language, itn}}, got {queries!r}")
+    language, itn = queries.get("language", "auto"), queries.get("itn", False)
+    if language not in LANGUAGES:
+        raise ConfigError(f"SenseVoiceEncoderSmall: queries.language {language!r} is not one of {sorted(LANGUAGES)}")
+    if not isinstance(itn, bool):
+        raise ConfigError(f"SenseVoiceEncoderSmall: queries.itn must be true or false, got {itn!r}")
+    return [LANGUAGES[language], *EVENT_EMOTION, TEXT_NORM[itn]]
+
 
 # encoder_conf keys FunASR's class takes and never reads: (value it would mean nothing unusual with, ...).
 _IGNORED: dict[str, tuple] = {
@@ -81,6 +103,7 @@ class SenseVoiceEncoderSmall(nn.Module):
         attention_dropout_rate: float = 0.0,
         kernel_size: int = 11,
         sanm_shfit: int = 0,
+        queries: dict | None = None,
         **ignored,
     ):
         super().__init__()
@@ -110,6 +133,10 @@ class SenseVoiceEncoderSmall(nn.Module):
         self.after_norm = FP32LayerNorm(output_size)
         self.tp_encoders = nn.ModuleList([block(output_size) for _ in range(tp_blocks)])
         self.tp_norm = FP32LayerNorm(output_size)
+        self.query_embed = None
+        if queries is not None:  # SenseVoiceSmall's `embed` table; its rows are the four query frames
+            self.query_embed = nn.Embedding(QUERY_ROWS, input_size)
+            self.register_buffer("query_ids", torch.tensor(query_ids(queries)), persistent=False)
 
     def output_size(self) -> int:
         return self._output_size
@@ -132,14 +159,20 @@ class SenseVoiceEncoderSmall(nn.Module):
             raise ValueError(
                 f"SenseVoiceEncoderSmall: lengths must be in [1, {t}] (one per item), got {xs_lens.tolist()}"
             )
-        mask = torch.arange(t, device=xs.device)[None, :] < xs_lens[:, None]
+        n_query = 0
+        if self.query_embed is not None:  # in front of every utterance, its padding stays at the end
+            query = self.query_embed(self.query_ids).to(xs.dtype)
+            xs = torch.cat([query.expand(xs.size(0), -1, -1), xs], dim=1)
+            n_query = query.size(0)
+            t += n_query
+        mask = torch.arange(t, device=xs.device)[None, :] < (xs_lens + n_query)[:, None]
         key_mask = mask[:, None, None, :]
         valid = mask[:, :, None].to(xs.dtype)
         xs = self.embed(xs * self.output_size() ** 0.5)
         xs = self._run(self.encoders0, xs, key_mask, valid)
         xs = self.after_norm(self._run(self.encoders, xs, key_mask, valid))
         xs = self.tp_norm(self._run(self.tp_encoders, xs, key_mask, valid))
-        return xs, xs_lens
+        return xs[:, n_query:], xs_lens
 
 
 def _check_ignored(ignored: dict) -> None:
@@ -174,4 +207,5 @@ _CONSTRUCTOR_KEYS = (
     "attention_dropout_rate",
     "kernel_size",
     "sanm_shfit",
+    "queries",
 )

@@ -11,7 +11,9 @@ tensors under their real names beside them), am.mvn in Kaldi nnet text format an
                            seg_dict beside tokens.json
     ContextualParaformer   SANMEncoder; + bias_encoder (LSTM), bias_embed, the decoder's bias_decoder
     SenseVoiceSmall        SenseVoiceEncoderSmall (tp_encoders); ctc.ctc_lo and the query `embed`; no tokens.json,
-                           configuration.json maps frontend_conf.cmvn_file to am.mvn (config.yaml says null)
+                           configuration.json maps frontend_conf.cmvn_file to am.mvn (config.yaml says null);
+                           its sentencepiece model (SENSEVOICE_BPE, `<unk>` at 0, the CTC head's blank), trained
+                           on the tiny corpus' words, sizes ctc.ctc_lo
 """
 
 from __future__ import annotations
@@ -103,6 +105,8 @@ MODELS = {  # model -> (encoder class, frontend class)
     "SenseVoiceSmall": ("SenseVoiceEncoderSmall", "WavFrontend"),
 }
 _VOCAB = 16
+SENSEVOICE_BPE = "chn_jpn_yue_eng_ko_spectok.bpe.model"  # the name in SenseVoiceSmall's directory
+_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")  # tiny_corpus.WORDS
 _INNER = 8  # SeACo / contextual hotword dimension (inner_dim)
 
 
@@ -144,7 +148,8 @@ def write_funasr_dir(
     (model_dir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     state = {f"encoder.{k}": v.detach().clone() for k, v in encoder.state_dict().items()}
     # Tensors a real model.pt of this family carries beside the encoder; the encoder loader leaves them out.
-    state.update(_other_modules(model, out, feature_dim, generator))
+    vocab = _write_bpe(model_dir / SENSEVOICE_BPE) if model == "SenseVoiceSmall" else _VOCAB
+    state.update(_other_modules(model, out, feature_dim, generator, vocab))
     torch.save({nest_under: state} if nest_under else state, model_dir / "model.pt")
 
     if cmvn is None:
@@ -196,20 +201,31 @@ def _config(model: str, encoder_type: str, encoder_conf: dict, frontend: str, fr
             config.pop(key)
         config["model_conf"] = {"length_normalized_loss": True, "sos": 1, "eos": 2, "ignore_id": -1}
         config["tokenizer"] = "SentencepiecesTokenizer"
-        config["tokenizer_conf"] = {"bpemodel": None, "unk_symbol": "<unk>", "split_with_space": True}
+        config["tokenizer_conf"] = {"bpemodel": SENSEVOICE_BPE, "unk_symbol": "<unk>", "split_with_space": True}
         config["frontend_conf"] = {**frontend_conf, "cmvn_file": None}
     return config
 
 
-def _other_modules(model: str, out: int, feature_dim: int, g: torch.Generator) -> dict[str, torch.Tensor]:
+def _write_bpe(path: Path) -> int:
+    """A sentencepiece BPE model over the tiny corpus' words (ids 0-2: <unk>, <s>, </s>); returns its size."""
+    import sentencepiece as spm
+
+    sentences = [" ".join(_WORDS[i:] + _WORDS[:i]) for i in range(len(_WORDS))] * 4
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(sentences), model_prefix=str(path.with_suffix("")),
+                                   vocab_size=40, model_type="bpe", hard_vocab_limit=False, minloglevel=2)  # fmt: skip
+    path.with_suffix(".vocab").unlink()
+    return spm.SentencePieceProcessor(model_file=str(path)).get_piece_size()
+
+
+def _other_modules(model: str, out: int, feature_dim: int, g: torch.Generator, vocab: int) -> dict[str, torch.Tensor]:
     def rand(*shape: int) -> torch.Tensor:
         return torch.randn(*shape, generator=g)
 
     if model == "SenseVoiceSmall":
         # ctc head over the sentencepiece vocabulary, and the 16 query embeddings (language, event, emotion, ITN)
         return {
-            "ctc.ctc_lo.weight": rand(_VOCAB, out),
-            "ctc.ctc_lo.bias": torch.zeros(_VOCAB),
+            "ctc.ctc_lo.weight": rand(vocab, out),
+            "ctc.ctc_lo.bias": torch.zeros(vocab),
             "embed.weight": rand(16, feature_dim),
         }
     state = {

@@ -8,7 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from llmasr.config_io import ConfigError
+from llmasr.config_io import ConfigError, from_dict
+from llmasr.models.config import CTCConfig
 from llmasr.models.ctc import CTCHead, build_ctc_tokenizer, ctc_greedy, ctc_loss, validate_ctc_targets
 from llmasr.models.ctc_vocab import ctc_collapse
 
@@ -75,6 +76,27 @@ def test_sentencepiece_own_blank(tmp_path):
 
     sp = spm.SentencePieceProcessor(model_file=path)
     assert tok.blank_id == sp.piece_to_id("<blank>") and tok.vocab_size == sp.get_piece_size()
+
+
+def test_a_named_blank_is_that_entry_of_the_vocabulary(tmp_path):
+    """SenseVoiceSmall's CTC head uses its sentencepiece model's <unk> (id 0) as the blank: `model.ctc.blank`."""
+    import sentencepiece as spm
+
+    path = train_sentencepiece(tmp_path, "unkblank")
+    sp = spm.SentencePieceProcessor(model_file=path)
+    tok = build_ctc_tokenizer(path, None, blank="<unk>")
+    assert tok.blank_id == sp.unk_id() == 0 and tok.vocab_size == sp.get_piece_size()
+    assert tok.decode_ctc([0, *tok.encode("two four"), 0]) == "two four"
+    with pytest.raises(ConfigError, match=r"model.ctc.blank: '<eps>' is not a piece of the sentencepiece model"):
+        build_ctc_tokenizer(path, None, blank="<eps>")
+    tokens = tmp_path / "tokens.json"
+    tokens.write_text(json.dumps(["<unk>", "a", "b"]))
+    listed = build_ctc_tokenizer(str(tokens), None, blank="<unk>")
+    assert (listed.blank_id, listed.vocab_size) == (0, 3)
+    with pytest.raises(ConfigError, match="'<blk>' is not an entry of the token list"):
+        build_ctc_tokenizer(str(tokens), None, blank="<blk>")
+    with pytest.raises(ConfigError, match=r"model.ctc.blank: names the blank entry of a sentencepiece model"):
+        from_dict(CTCConfig, {"vocab": "llm", "blank": "<unk>"}, "model.ctc")
 
 
 def test_tokens_json_funasr_style(tmp_path):

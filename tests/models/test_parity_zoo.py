@@ -5,6 +5,10 @@ and SenseVoiceSmall (SenseVoiceEncoderSmall): each written as a FunASR-layout di
 loaded through `load_funasr_encoder`, and compared on a padded batch with FunASR's output for every utterance run
 alone (1e-5); llmasr's batched output equals its one-by-one output.
 
+SenseVoiceSmall whole, with its query frames (encoder conf `queries`) and its own CTC head (`model.ctc.init_from`
+model.pt, prefix `ctc.`): the head's log-probabilities on the speech frames are those of FunASR's
+`SenseVoiceSmall.inference` (after its four query frames), batched and alone, for two query settings.
+
 Always on: tests/fixtures/funasr_zoo_parity.pt, written by tests/fixtures/make_zoo_fixture.py with FunASR.
 Opt-in (LLMASR_PARITY=1 and funasr importable; install it in a separate venv, see the fixture script): the same
 comparisons on fresh weights, inputs and audio made by FunASR now.
@@ -20,10 +24,14 @@ from pathlib import Path
 import pytest
 import torch
 
+from llmasr.config_io import ConfigError
 from llmasr.data.features import FeatureExtractor
+from llmasr.models.builder import load_ctc_weights
+from llmasr.models.config import CTCConfig
+from llmasr.models.ctc import CTCHead
 from llmasr.models.funasr_dir import funasr_frontend, load_funasr_encoder
 from llmasr.models.sanm_chunk import ChunkSettings
-from llmasr.models.state_dict import torch_load
+from llmasr.models.state_dict import CheckpointMismatchError, torch_load
 from llmasr.testing.tiny_funasr import write_funasr_dir
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
@@ -69,6 +77,7 @@ def test_fixture_is_small_and_complete():
     assert FIXTURE.stat().st_size < 300_000
     data = _fixture()
     assert set(data["cases"]) == set(LEFT_OUT)
+    assert [r["queries"]["language"] for r in data["sensevoice_ctc"]["runs"]] == ["auto", "en"]
     assert data["cases"]["streaming"]["encoder"] == "SANMEncoderChunkOpt"
     assert data["cases"]["sensevoice"]["conf"]["tp_blocks"] > 0
 
@@ -85,6 +94,56 @@ def test_pinned_funasr_outputs(name, tmp_path, caplog):
         assert list(encoder.chunk.chunk_size) == chunk["chunk_size"] and list(encoder.chunk.stride) == chunk["stride"]
     else:
         assert getattr(encoder, "chunk", None) is None
+
+
+def sensevoice_dir(encoder_case: dict, others: dict, tmp_path: Path) -> Path:
+    """A SenseVoiceSmall directory holding the encoder case's weights and FunASR's query embeddings and CTC head."""
+    model_dir = write_funasr_dir(
+        tmp_path / "sensevoice_ctc", model="SenseVoiceSmall", encoder_conf=encoder_case["conf"],
+        frontend_conf=encoder_case["frontend_conf"], encoder_state=encoder_case["state_dict"],
+    )  # fmt: skip
+    state = torch_load(model_dir / "model.pt")
+    state.update(others)
+    torch.save(state, model_dir / "model.pt")
+    return model_dir
+
+
+def check_sensevoice_ctc(encoder_case: dict, ctc_case: dict, tmp_path: Path, caplog) -> None:
+    model_dir = sensevoice_dir(encoder_case, ctc_case["state_dict"], tmp_path)
+    xs, lens, vocab = encoder_case["xs"], encoder_case["lens"], ctc_case["vocab_size"]
+    for run in ctc_case["runs"]:
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="llmasr.models.funasr_checks"):
+            encoder, _ = load_funasr_encoder(model_dir, conf_overrides={"queries": run["queries"]})
+        assert any(r.getMessage().endswith("of the modules ctc") for r in caplog.records)  # embed is taken
+        head = CTCHead(encoder.output_size(), vocab)
+        load_ctc_weights(head, CTCConfig(init_from=str(model_dir / "model.pt"), init_prefix="ctc."), vocab, 16, "x")
+        encoder.eval(), head.eval()
+        with torch.no_grad():
+            batched = head(*encoder(xs, lens))
+            alone = [head(*encoder(xs[b : b + 1, :n], lens[b : b + 1]))[0] for b, n in enumerate(lens.tolist())]
+        for b, ref in enumerate(run["log_probs"]):
+            n = int(lens[b])
+            assert ref.shape[0] == n
+            torch.testing.assert_close(batched[b, :n], ref, rtol=0, atol=TOL)
+            torch.testing.assert_close(alone[b], ref, rtol=0, atol=TOL)
+
+
+def test_pinned_sensevoice_ctc_head_over_its_query_frames(tmp_path, caplog):
+    data = _fixture()
+    check_sensevoice_ctc(data["cases"]["sensevoice"], data["sensevoice_ctc"], tmp_path, caplog)
+
+
+def test_sensevoice_queries_need_the_query_embeddings(tmp_path):
+    data = _fixture()
+    model_dir = sensevoice_dir(data["cases"]["sensevoice"], {}, tmp_path)
+    state = torch_load(model_dir / "model.pt")
+    del state["embed.weight"]
+    torch.save(state, model_dir / "model.pt")
+    with pytest.raises(CheckpointMismatchError, match="no embed.weight, the query embeddings"):
+        load_funasr_encoder(model_dir, conf_overrides={"queries": {"language": "zh"}})
+    with pytest.raises(ConfigError, match=r"queries.language 'de' is not one of \['auto', 'en'"):
+        load_funasr_encoder(model_dir, conf_overrides={"queries": {"language": "de"}})
 
 
 def _online_features(fx: dict, tmp_path: Path) -> torch.Tensor:
@@ -134,3 +193,11 @@ def test_live_against_funasr(name, tmp_path, caplog):
 def test_live_wav_frontend_online(tmp_path):
     fx = _maker().frontend_case(seed=99)
     torch.testing.assert_close(_online_features(fx, tmp_path), fx["features"], rtol=0, atol=1e-4)
+
+
+@pytest.mark.parity
+@_live
+def test_live_sensevoice_ctc_head_against_funasr(tmp_path, caplog):
+    maker = _maker()
+    encoder_case = maker.encoder_case("sensevoice", seed=2025)
+    check_sensevoice_ctc(encoder_case, maker.sensevoice_ctc_case(encoder_case, seed=2026), tmp_path, caplog)

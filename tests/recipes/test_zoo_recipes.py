@@ -18,7 +18,7 @@ import torch
 import llmasr
 from llmasr.recipe import load_recipe
 from llmasr.testing.run_dirs import write_corpus
-from llmasr.testing.tiny_funasr import tiny_sensevoice_conf, tiny_streaming_conf, write_funasr_dir
+from llmasr.testing.tiny_funasr import SENSEVOICE_BPE, tiny_sensevoice_conf, tiny_streaming_conf, write_funasr_dir
 from llmasr.testing.tiny_llm import write_tiny_llm_dir
 from llmasr.train.param_groups import build_param_groups
 from llmasr.train.resolve import build_loaders, check_model_frontend, text_side
@@ -49,6 +49,8 @@ def zoo_recipe(name: str, zoo: dict):
     enc, llm = ZOO[name]
     overrides = [f"model.encoder.path={zoo[enc]}", f"model.llm.path={zoo[llm]}", f"data.train=[{zoo['wavs']}]",
                  f"data.valid=[{zoo['wavs']}]", "data.num_workers=0"]  # fmt: skip
+    if enc == "sensevoice":  # its own CTC head and vocabulary, from the same directory
+        overrides += [f"model.ctc.vocab={zoo[enc] / SENSEVOICE_BPE}", f"model.ctc.init_from={zoo[enc] / 'model.pt'}"]
     return load_recipe(RECIPES / name, overrides)
 
 
@@ -82,7 +84,8 @@ def test_zoo_recipe_takes_a_training_step_through_its_data_path(name, zoo):
     scheduler = BranchLRScheduler(optimizer, build_group_schedules(groups, recipe.optim, total=100))
     lrs = {g["name"]: g["lr"] for g in optimizer.param_groups}
     # every branch at its own lr and schedule: the encoder starts far below the adaptor (a late, low warmup)
-    assert {g["branch"] for g in groups} == {"encoder", "adaptor", "llm"}
+    branches = {"encoder", "adaptor", "llm"} | ({"ctc"} if recipe.model.ctc.weight > 0 else set())
+    assert {g["branch"] for g in groups} == branches
     assert lrs["encoder"] < lrs["adaptor"] / 10 and lrs["encoder"] < lrs["llm"]
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     model.train()
@@ -92,7 +95,7 @@ def test_zoo_recipe_takes_a_training_step_through_its_data_path(name, zoo):
     optimizer.step()
     scheduler.step()
     moved = {n.split(".")[0] for n, p in model.named_parameters() if not torch.equal(p.detach(), before[n])}
-    assert moved == {"encoder", "adaptor", "llm"}, moved
+    assert moved == {"encoder", "adaptor", "llm"} | ({"ctc_head"} if "ctc" in branches else set()), moved
     changed_llm = [n for n, p in model.llm.named_parameters(prefix="llm") if not torch.equal(p, before[n])]
     assert changed_llm and all("lora_" in n for n in changed_llm), changed_llm  # the base LLM stays frozen
 
@@ -113,3 +116,9 @@ def test_sensevoice_recipe_reads_cmvn_from_configuration_json_without_tokens_jso
     model = llmasr.build_model(recipe.model)
     assert type(model.encoder).__name__ == "SenseVoiceEncoderSmall"
     assert Path(model.frontend.cmvn_file) == (zoo["sensevoice"] / "am.mvn").resolve()
+    # SenseVoiceSmall as it runs itself: its query frames before the speech, its CTC head over its own vocabulary
+    state = torch.load(zoo["sensevoice"] / "model.pt", weights_only=True)
+    assert torch.equal(model.encoder.query_embed.weight, state["embed.weight"])
+    assert model.encoder.query_ids.tolist() == [0, 1, 2, 15]  # language auto, event, emotion, without ITN
+    assert torch.equal(model.ctc_head.proj.weight, state["ctc.ctc_lo.weight"])
+    assert model.ctc_tokenizer.blank_id == 0 and model.ctc_tokenizer.vocab_size == state["ctc.ctc_lo.bias"].numel()
