@@ -128,12 +128,7 @@ class DynamicBucketSampler(Sampler):
         self.truncate_to_max = bool(truncate_to_max)
         self.epoch_indices = epoch_indices
         self.base_indices = np.arange(n, dtype=np.int64) if indices is None else np.asarray(indices, dtype=np.int64)
-        costs = ItemCosts(
-            self.durations, max_seconds=max_seconds, max_frames=max_frames, frames_per_second=frames_per_second,
-            max_duration=self.max_duration, truncate_to_max=self.truncate_to_max, min_item_seconds=min_item_seconds,
-            cost_scale=cost_scale, cost_pad=cost_pad, epoch_costs=epoch_costs,
-        )  # fmt: skip
-        self._sort_items(costs, skip)
+        self._sort_items(min_item_seconds, cost_scale, cost_pad, epoch_costs, skip)
 
         self.epoch = 0
         self._plan_cache: tuple[tuple, list[list[list[int]]], dict] | None = None
@@ -144,11 +139,16 @@ class DynamicBucketSampler(Sampler):
         self.resharded = False  # the last load_state_dict came from another world size
         self._epoch_listeners: list[Callable[[int], None]] = []
 
-    def _sort_items(self, costs: ItemCosts, skip: np.ndarray | None) -> None:
+    def _sort_items(self, min_item_seconds, cost_scale, cost_pad, epoch_costs, skip: np.ndarray | None) -> None:
         """Per-item cost in budget units (`sizes`, `budget`), first filter reason (-1 = kept), truncation, and the
         cost buckets, all computed once."""
         d = self.durations
         n = d.size
+        costs = ItemCosts(
+            d, max_seconds=self.max_seconds, max_frames=self.max_frames, frames_per_second=self.frames_per_second,
+            max_duration=self.max_duration, truncate_to_max=self.truncate_to_max, min_item_seconds=min_item_seconds,
+            cost_scale=cost_scale, cost_pad=cost_pad, epoch_costs=epoch_costs,
+        )  # fmt: skip
         self.costs, self.sizes, self.budget, self.cost = costs, costs.sizes, costs.budget, costs.cost
         reason = np.full(n, -1, dtype=np.int8)
 

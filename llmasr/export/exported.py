@@ -163,20 +163,26 @@ def exported_model_config(
         if key in p:
             section["prompt"][key] = p[key]
     if c:
-        section["ctc"] = {
-            "weight": float(c["weight"]),
-            "vocab": c["vocab"] if c["vocab"] == "llm" else str(model_dir / c["vocab"]),
-            "init_from": _file(model_dir, c.get("file", "ctc_head.safetensors"), "CTC head"),
-            "decoder": c.get("decoder"),  # exports written before the key existed: the projection alone
-            "detach_encoder": bool(c.get("detach_encoder", False)),
-            "blank": c.get("blank"),  # exports written before the key existed: the vocabulary's own rule
-        }
-        if str(c["vocab"]).endswith(".tiktoken"):
-            section["ctc"]["vocab_size"] = int(c["vocab_size"])
+        section["ctc"] = _ctc_section(model_dir, c)
     try:
         return from_dict(ModelConfig, section, "model")
     except ConfigError as err:
         raise ExportedModelError(f"{model_dir / MODEL_FILE}: {err}") from err
+
+
+def _ctc_section(model_dir: Path, c: dict) -> dict:
+    """The recipe's `model.ctc` of the description's `ctc` entry (its files in `model_dir`)."""
+    section = {
+        "weight": float(c["weight"]),
+        "vocab": c["vocab"] if c["vocab"] == "llm" else str(model_dir / c["vocab"]),
+        "init_from": _file(model_dir, c.get("file", "ctc_head.safetensors"), "CTC head"),
+        "decoder": c.get("decoder"),  # exports written before the key existed: the projection alone
+        "detach_encoder": bool(c.get("detach_encoder", False)),
+        "blank": c.get("blank"),  # exports written before the key existed: the vocabulary's own rule
+    }
+    if str(c["vocab"]).endswith(".tiktoken"):
+        section["vocab_size"] = int(c["vocab_size"])
+    return section
 
 
 def load_exported(
