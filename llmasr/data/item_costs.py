@@ -11,6 +11,7 @@ of every item in a given epoch, which the sampler cuts that epoch's batches by.
 from __future__ import annotations
 
 from collections.abc import Callable
+from itertools import chain
 
 import numpy as np
 
@@ -71,3 +72,11 @@ def quantile_buckets(sizes: np.ndarray, kept: np.ndarray, num_buckets: int) -> n
     qs = np.linspace(0.0, 1.0, num_buckets + 1)[1:-1]
     boundaries = np.unique(np.quantile(sizes[kept], qs)) if kept.size and qs.size else np.zeros(0)
     return np.searchsorted(boundaries, sizes, side="right").astype(np.int64)
+
+
+def per_batch(batches: list[list[int]], values: np.ndarray, ufunc: np.ufunc) -> np.ndarray:
+    """`ufunc` reduced over each batch's items' `values` (batches are never empty), one number a batch."""
+    lens = np.fromiter(map(len, batches), dtype=np.int64, count=len(batches))
+    flat = np.fromiter(chain.from_iterable(batches), dtype=np.int64, count=int(lens.sum()))
+    starts = np.cumsum(lens) - lens
+    return ufunc.reduceat(values[flat], starts) if len(batches) else np.zeros(0, dtype=values.dtype)

@@ -38,7 +38,7 @@ from collections.abc import Callable, Iterator
 import numpy as np
 from torch.utils.data import Sampler
 
-from llmasr.data.item_costs import EpochCostFn, ItemCosts, quantile_buckets
+from llmasr.data.item_costs import EpochCostFn, ItemCosts, per_batch, quantile_buckets
 from llmasr.data.regroup import repeated_steps, replay_history
 
 log = logging.getLogger("llmasr.data")
@@ -245,11 +245,9 @@ class DynamicBucketSampler(Sampler):
             carry = self._cut(part, carry, batches, sizes)
         if carry:
             batches.append(carry)
-        batch_bucket = [int(bucket_of[b].max()) for b in batches]
         # Order by (bucket, longest item) so that consecutive batches, which run at the same step on different
         # ranks, cost about the same.
-        longest = np.array([sizes[b].max() for b in batches]) if batches else np.zeros(0)
-        order = np.lexsort((longest, np.asarray(batch_bucket))) if batches else np.zeros(0, dtype=np.int64)
+        order = np.lexsort((per_batch(batches, sizes, np.maximum), per_batch(batches, bucket_of, np.maximum)))
         return [batches[i] for i in order], filtered, items, int(keep.size), rng, sizes
 
     def _epoch_sizes(self, epoch: int, keep: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -271,9 +269,11 @@ class DynamicBucketSampler(Sampler):
         grouping = dict(drop_last=self.drop_last, shuffle=self.shuffle)
         positions, padding = replay_history(len(ordered), history, self.world_size, rng, self.seed, epoch, grouping)
         groups = [[ordered[p] for p in g] for g in positions]
-        n_items = int(sum(len(b) for g in groups for b in g))
-        real = float(sum(sizes[b].sum() for g in groups for b in g))
-        padded = float(sum(len(b) * sizes[b].max() for g in groups for b in g))
+        dealt = [b for g in groups for b in g]
+        lens = np.fromiter(map(len, dealt), dtype=np.int64, count=len(dealt))
+        n_items = int(lens.sum())
+        real = float(per_batch(dealt, sizes, np.add).sum())
+        padded = float((lens * per_batch(dealt, sizes, np.maximum)).sum())
         stats = {
             "epoch": epoch,
             "num_items": int(items.size),

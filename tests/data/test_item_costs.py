@@ -1,0 +1,35 @@
+"""Per-item batch costs: worst case and per-epoch draws, quantile buckets, per-batch reductions."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from llmasr.data.item_costs import ItemCosts, per_batch, quantile_buckets
+
+
+def test_costs_in_seconds_or_frames_with_the_worst_case_and_each_epochs_draw():
+    durations = np.array([1.0, 2.0, np.nan, 40.0])
+    worst = ItemCosts(durations, max_seconds=10.0, max_frames=None, frames_per_second=None, max_duration=30.0,
+                      truncate_to_max=True, cost_scale=1.25, cost_pad=0.5)  # fmt: skip
+    np.testing.assert_allclose(worst.sizes, [1.75, 3.0, 0.5, 38.0])  # unknown costs 0, truncated to 30 s first
+    assert worst.budget == 10.0 and not worst.vary_by_epoch and worst.for_epoch(3, np.arange(4)) is worst.sizes
+
+    def slower_each_epoch(epoch: int, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return np.full(idx.size, 1.0 + epoch / 10), np.zeros(idx.size)
+
+    drawn = ItemCosts(durations, max_seconds=None, max_frames=100, frames_per_second=10.0, max_duration=30.0,
+                      truncate_to_max=False, cost_scale=1.25, cost_pad=0.5, epoch_costs=slower_each_epoch)  # fmt: skip
+    np.testing.assert_array_equal(drawn.sizes, [18, 30, 5, 505])  # frames, rounded up
+    np.testing.assert_array_equal(drawn.for_epoch(1, np.array([0, 1])), [11, 22, 5, 505])  # only the items asked
+    np.testing.assert_array_equal(drawn.for_epoch(9, np.array([1])), [18, 30, 5, 505])  # never above the worst case
+
+
+def test_quantile_buckets_and_per_batch_reductions():
+    sizes = np.arange(10, dtype=np.float64)
+    buckets = quantile_buckets(sizes, np.arange(10), 2)
+    assert buckets.tolist() == [0] * 5 + [1] * 5
+    assert quantile_buckets(sizes, np.arange(0), 4).tolist() == [0] * 10  # nothing kept: one bucket
+    batches = [[3, 1], [0], [9, 8, 7]]
+    assert per_batch(batches, sizes, np.maximum).tolist() == [3.0, 0.0, 9.0]
+    assert per_batch(batches, sizes, np.add).tolist() == [4.0, 0.0, 24.0]
+    assert per_batch([], sizes, np.add).size == 0
