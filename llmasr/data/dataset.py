@@ -146,7 +146,7 @@ class SpeechDataset(Dataset):
             enc = self.prompt_builder.encode(target, task=task, hotwords=hotwords, system=getattr(utt, "system", None))
         except ValueError as err:  # PromptError: text the LLM tokenizer cannot take
             return bad(f"target or hotwords rejected by the prompt builder: {err}")
-        ctc_ids = self._ctc_labels(target) if self.ctc_tokenizer is not None and target is not None else None
+        ctc_ids = self.ctc_labels(target) if self.ctc_tokenizer is not None and target is not None else None
         if isinstance(ctc_ids, str):
             return bad(ctc_ids)
 
@@ -209,8 +209,9 @@ class SpeechDataset(Dataset):
             return self.hotword_sampler.pick(given, target, index, self.epoch)
         return list(given) if given is not None else list(self.default_hotwords)
 
-    def _ctc_labels(self, target: str) -> np.ndarray | str:
-        """The CTC label ids of `target`, or why it has none the head can learn."""
+    def ctc_labels(self, target: str) -> np.ndarray | str:
+        """The CTC label ids of `target` (stripped), or why it has none the head can learn (the start-up screen
+        asks this too: llmasr.data.screen)."""
         try:
             ids = np.asarray(self.ctc_tokenizer.encode(target), dtype=np.int64)
         except (ValueError, KeyError) as err:

@@ -9,10 +9,10 @@
 Workers are not persistent: each epoch's workers start from the dataset as it is when the epoch starts.
 
 At build time every line is screened (llmasr.data.screen): lines unusable by the manifest alone (malformed, missing
-fields, empty or non-text transcripts) and lines whose audio header cannot be read (probed only where the duration
-is unknown) are reported as bad data, skipped by the sampler and counted against max_bad_fraction in every epoch
-(each rank counts its share). If they alone pass max_bad_fraction the build fails before training starts. What
-the batching filters skip (max_duration, min_duration, ...) is logged with the first lines it drops.
+fields, empty or non-text transcripts, or ones a CTC head cannot spell) and unreadable audio headers (probed where
+the duration is unknown) are reported as bad data, skipped by the sampler and counted against max_bad_fraction in
+every epoch (each rank counts its share). If they alone pass max_bad_fraction the build fails before training
+starts. What the batching filters skip (max_duration, min_duration, ...) is logged with the first lines it drops.
 """
 
 from __future__ import annotations
@@ -303,7 +303,13 @@ def build_dataloader(
         manifest, _ = open_manifests(manifests, mix=train, fill=False)
     n = len(manifest)
     indices = None if train else evenly_spaced(n, data_cfg.valid_max_utts)
-    tracker, static = start_tracker(manifest, data_cfg, name=name, indices=indices, rank=rank, world_size=world_size)
+    dataset = _dataset(
+        manifest, frontend, data_cfg, train=train, prompt_builder=prompt_builder, ctc=ctc_tokenizer, device=device,
+        hotword_sampler=_hotword_sampler(data_cfg, manifest, train=train, rank=rank),
+        trim_leading_silence=trim_leading_silence and not train,
+    )  # fmt: skip
+    tracker, static = start_tracker(manifest, data_cfg, name=name, indices=indices, rank=rank, world_size=world_size,
+                                    ctc_labels=dataset.ctc_labels if ctc_tokenizer is not None else None)  # fmt: skip
     durations = np.asarray(manifest.durations(), dtype=np.float64)
     b = data_cfg.batching
     tl = target_lengths(manifest) if (b.max_target_len is not None or b.max_target_tokens is not None) else None
@@ -322,11 +328,6 @@ def build_dataloader(
     hazard = fork_deadlock_warning(world_size, data_cfg.num_workers) if train and rank == 0 else None
     if hazard:
         log.warning("%s", hazard)
-    dataset = _dataset(
-        manifest, frontend, data_cfg, train=train, prompt_builder=prompt_builder, ctc=ctc_tokenizer, device=device,
-        hotword_sampler=_hotword_sampler(data_cfg, manifest, train=train, rank=rank),
-        trim_leading_silence=trim_leading_silence and not train,
-    )  # fmt: skip
     sampler.add_epoch_listener(dataset.set_epoch)
     sampler.set_epoch(epoch)
     candidates = [i for batch in sampler.batches() for i in batch]

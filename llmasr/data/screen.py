@@ -2,10 +2,12 @@
 
 `screen(manifest)` parses every line and probes the audio header of every line whose duration is unknown: malformed
 lines, missing or ill-typed fields, empty or non-text transcripts, unsupported lhotse records, and unreadable
-headers are found here, once, each with its dataset index. The sampler never batches these lines, every epoch
-counts them against data.max_bad_fraction, and `refuse_at_start` stops the run before training when they alone pass
-it. Faults that only loading shows (corrupt audio behind a readable header, clips too short for a feature frame, a
-transcript the tokenizers refuse) are counted as batches load (see llmasr.data.bad_data.BadDataTracker).
+headers are found here, once, each with its dataset index; with a CTC head, so are transcripts its vocabulary
+cannot spell (the dataset's own rule, asked of each distinct character once, then of every line holding a character
+it refused alone). The sampler never batches these lines, every epoch counts them against data.max_bad_fraction,
+and `refuse_at_start` stops the run before training when they alone pass it. Faults that only loading shows
+(corrupt audio behind a readable header, clips too short for a feature frame) are counted as batches load (see
+llmasr.data.bad_data.BadDataTracker).
 
 `describe_skipped` words what the batching filters drop (max_duration, min_duration, max_target_len, a batch
 budget too small for one item), with examples, for the start of train.log.
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 
 import numpy as np
 
@@ -35,16 +38,23 @@ def where(manifest, index: int) -> tuple[str, int]:
     return manifest.path, manifest.lineno(index)
 
 
-def screen(manifest) -> tuple[list[BadItem], float]:
+def screen(manifest, ctc_labels: Callable[[str], object] | None = None) -> tuple[list[BadItem], float]:
     """Every line found unusable without loading audio (see the module docstring), sorted by index, and the seconds
-    the screen took. Fills unknown durations from the audio headers as a side effect, like fill_durations."""
+    the screen took. `ctc_labels`: the dataset's CTC rule (a transcript -> ids, or why there are none). Fills
+    unknown durations from the audio headers as a side effect, like fill_durations."""
     t0 = time.perf_counter()
     bad: list[BadItem] = []
+    chars: set[str] = set()
     for i in range(len(manifest)):
         try:
-            manifest[i]
+            utt = manifest[i]
         except BadRecord as rec:
             bad.append(BadItem.from_record(rec, i))
+            continue
+        if ctc_labels is not None and isinstance(utt.target, str):
+            chars.update(utt.target)
+    if chars:
+        bad += unspellable(manifest, ctc_labels, {c for c in chars if not c.isspace()}, {b.index for b in bad})
     found = {(b.manifest, b.line) for b in bad}
     unknown = np.flatnonzero(np.isnan(np.asarray(manifest.durations(), dtype=np.float64)))
     index_of = {where(manifest, int(i)): int(i) for i in unknown}
@@ -54,6 +64,22 @@ def screen(manifest) -> tuple[list[BadItem], float]:
             bad.append(BadItem.from_record(rec, index_of[spot]))
     bad.sort(key=lambda b: b.index)
     return bad, time.perf_counter() - t0
+
+
+def unspellable(manifest, ctc_labels: Callable[[str], object], chars: set[str], known: set[int]) -> list[BadItem]:
+    """The lines (outside `known`) whose transcript `ctc_labels` refuses. A character that a vocabulary spells alone
+    it spells in any line, so only lines holding a character refused alone are encoded whole."""
+    refused = {c for c in chars if isinstance(ctc_labels(c), str)}
+    out = []
+    for i in range(len(manifest)) if refused else ():
+        utt = manifest[i] if i not in known else None
+        if utt is None or not isinstance(utt.target, str) or refused.isdisjoint(utt.target):
+            continue
+        why = ctc_labels(utt.target.strip())
+        if isinstance(why, str):
+            where_ = {"manifest": str(getattr(utt, "manifest", "?")), "line": int(getattr(utt, "line", -1))}
+            out.append(BadItem(**where_, key=utt.key, reason=why, index=i))
+    return out
 
 
 def refuse_at_start(bad: list[BadItem], total: int, max_bad_fraction: float, name: str) -> None:
@@ -66,10 +92,11 @@ def refuse_at_start(bad: list[BadItem], total: int, max_bad_fraction: float, nam
     raise TooMuchBadData(probe.message().replace(" are unusable,", " are unusable before training starts,", 1))
 
 
-def start_tracker(manifest, data_cfg, *, name: str, indices, rank: int, world_size: int):
+def start_tracker(manifest, data_cfg, *, name: str, indices, rank: int, world_size: int, ctc_labels=None):
     """Screen `manifest` and refuse at start when its known-bad lines pass data.max_bad_fraction; returns (this
-    rank's BadDataTracker, every line known bad). `indices`: a validation subset, which counts only its own."""
-    static, took = screen(manifest)
+    rank's BadDataTracker, every line known bad). `indices`: a validation subset, which counts only its own;
+    `ctc_labels`: the dataset's CTC rule, when the model has a CTC head."""
+    static, took = screen(manifest, ctc_labels)
     counted, total = static, len(manifest)
     if indices is not None:
         chosen = set(np.asarray(indices).tolist())

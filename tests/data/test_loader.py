@@ -26,9 +26,8 @@ def cfg(**kw):
 
 def build(data_cfg, manifests, **kw):
     kw.setdefault("train", True)
-    return build_dataloader(
-        data_cfg, manifests, FRONTEND, prompt_builder=FakePromptBuilder(), ctc_tokenizer=FakeCTCTokenizer(), **kw
-    )
+    kw.setdefault("ctc_tokenizer", FakeCTCTokenizer())
+    return build_dataloader(data_cfg, manifests, FRONTEND, prompt_builder=FakePromptBuilder(), **kw)
 
 
 @pytest.fixture
@@ -39,7 +38,7 @@ def mixed(tmp_path):
     write_wav(tmp_path / "short.wav", 0.5)
     (tmp_path / "corrupt.wav").write_bytes(b"RIFF\x00\x00\x00\x00WAVEjunk" * 8)
     extra = [
-        {"key": "digits", "source": "short.wav", "target": "room 101", "duration": 0.5},  # outside CTC vocab
+        {"key": "digits", "source": "short.wav", "target": "room 101", "duration": 0.5},  # outside CTC vocab: screened
         {"key": "corrupt", "source": "corrupt.wav", "target": "hello", "duration": 0.8},  # fails only on decode
         {"key": "gone", "source": "gone.wav", "target": "hello", "duration": 0.7},  # missing file, duration given
     ]
@@ -53,7 +52,7 @@ def test_workers_batches_and_bad_accounting(mixed):
     assert len(batches) == len(sampler) == len(loader)
     keys = [k for b in batches if not b.empty for k in b.keys]
     assert len(keys) == len(set(keys)) == 40
-    assert sum(b.n_bad for b in batches) == 3
+    assert sum(b.n_bad for b in batches) == 2  # corrupt and gone show as they load; digits was screened at start
     assert loader.bad_data.bad == 3 and loader.bad_data.good == 40
     assert set(loader.bad_data.by_reason) == {
         "target outside the CTC vocabulary",
@@ -67,7 +66,7 @@ def test_workers_batches_and_bad_accounting(mixed):
 
 
 def test_too_much_bad_data_stops_the_epoch(mixed):
-    loader, _ = build(cfg(max_bad_fraction=0.01), [str(mixed)])
+    loader, _ = build(cfg(max_bad_fraction=0.03), [str(mixed)])  # the one line screened at start is 2.3%
     with pytest.raises(TooMuchBadData, match="3 of 43"):
         list(loader)
 
@@ -87,7 +86,7 @@ def test_header_probe_failures_are_reported_up_front(tmp_path):
 def test_all_bad_batch_keeps_ranks_in_step(tmp_path):
     write_wav(tmp_path / "ok.wav", 1.0)
     recs = [{"key": "ok", "source": "ok.wav", "target": "hello", "duration": 1.0}]
-    recs += [{"key": f"bad{i}", "source": "ok.wav", "target": "x 1", "duration": 1.0} for i in range(5)]
+    recs += [{"key": f"bad{i}", "source": f"gone{i}.wav", "target": "hello", "duration": 1.0} for i in range(5)]
     m = write_manifest(tmp_path / "m.jsonl", recs)
     loader, sampler = build(cfg(max_bad_fraction=1.0, batching={"max_seconds": 1.0}), [str(m)])
     batches = list(loader)
@@ -209,6 +208,23 @@ def test_manifest_only_faults_below_the_limit_are_skipped_and_counted_every_epoc
         assert len(keys) == 40 and loader.bad_data.bad == 3 and loader.bad_data.good == 40
     shares = [build(cfg(max_bad_fraction=0.1), [m], rank=r, world_size=2)[0].bad_data.bad for r in (0, 1)]
     assert sum(shares) == 3 and min(shares) >= 1  # each rank counts its share of the lines known bad
+
+
+def test_transcripts_the_ctc_vocabulary_cannot_spell_are_found_at_start(tmp_path, caplog):
+    """The fake CTC vocabulary spells a-z and space: a transcript with another character is a bad line before any
+    audio loads (the dataset's own rule), not a surprise hours into the run; its letters alone are fine."""
+    accented = [{"key": f"cafe{i}", "source": f"wav_train/u{i}.wav", "target": "café au lait", "duration": 1.0}
+                for i in range(3)]  # fmt: skip
+    m = with_lines(tmp_path, 40, [*accented, {"key": "fine", "source": "wav_train/u5.wav", "target": "cafe"}])
+    loader, sampler = build(cfg(max_bad_fraction=0.1), [m])
+    assert "3 of 44 manifest lines are unusable before loading" in caplog.text
+    assert "target has CTC ids outside the vocabulary" in caplog.text and f"{m}:41" in caplog.text
+    assert sampler.filtered == {"bad_line": 3} and sampler.skipped_indices("bad_line").tolist() == [40, 41, 42]
+    assert len([k for b in loader for k in b.keys]) == 41 and loader.bad_data.bad == 3
+    with pytest.raises(TooMuchBadData, match="3 of 44 items .* are unusable before training starts"):
+        build(cfg(max_bad_fraction=0.05), [m])
+    _, plain = build(cfg(max_bad_fraction=0.05), [m], ctc_tokenizer=None)  # no CTC head: nothing to spell
+    assert plain.filtered == {}
 
 
 def test_epoch_end_check_runs_when_the_loop_stops_at_the_last_batch(tmp_path):
