@@ -297,10 +297,7 @@ def build_dataloader(
     `device`: the model's, which data.features_on auto follows (None: CUDA when available). `trim_leading_silence`:
     validation hears each utterance from its speech, as decoding does (decode.trim_leading_silence)."""
     name = "train" if train else "valid"
-    if hasattr(manifests, "durations"):
-        manifest = manifests
-    else:
-        manifest, _ = open_manifests(manifests, mix=train, fill=False)
+    manifest = manifests if hasattr(manifests, "durations") else open_manifests(manifests, mix=train, fill=False)[0]
     n = len(manifest)
     indices = None if train else evenly_spaced(n, data_cfg.valid_max_utts)
     dataset = _dataset(
