@@ -1,16 +1,22 @@
-"""`llmasr data check [MANIFEST...] [--recipe R [--valid]] [batching options]`: validate manifests, preview batches."""
+"""`llmasr data check [MANIFEST...] [--recipe R [--valid]] [batching options]`: validate manifests, preview batches.
+
+With a recipe whose CTC head spells a vocabulary file, transcripts it cannot spell are bad lines, as training's
+start-up screen finds them (an LLM's own vocabulary spells any text and needs the LLM's files: not checked here)."""
 
 from __future__ import annotations
 
 import argparse
+import functools
 
 from llmasr.config_io import from_dict, to_dict
 from llmasr.data.check import check_data, format_report
 from llmasr.data.config import DataConfig
+from llmasr.data.dataset import ctc_label_ids
 from llmasr.data.frontend import FrontendConfig
 from llmasr.errors import command
 from llmasr.models.builder import encoder_frontend
-from llmasr.recipe import load_recipe
+from llmasr.models.ctc import build_ctc_tokenizer
+from llmasr.recipe import Recipe, load_recipe
 
 # command-line option -> data.batching key
 BATCHING_OPTIONS = (
@@ -44,12 +50,11 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def configs(args: argparse.Namespace) -> tuple[DataConfig, FrontendConfig]:
+def configs(args: argparse.Namespace, recipe: Recipe | None) -> tuple[DataConfig, FrontendConfig]:
     """The data section and the encoder's frontend: the recipe's (when given), the command line's options on top."""
     data_dict: dict = {}
     front_dict: dict = {}
-    if args.recipe:
-        recipe = load_recipe(args.recipe)  # typed, with manifest paths resolved against the recipe
+    if recipe is not None:
         data_dict = to_dict(recipe.data)
         # The encoder's own frontend (a FunASR directory's LFR/CMVN, Whisper's mel), no weights loaded.
         front_dict = to_dict(encoder_frontend(recipe.model.encoder))
@@ -73,11 +78,20 @@ def configs(args: argparse.Namespace) -> tuple[DataConfig, FrontendConfig]:
     return from_dict(DataConfig, data_dict, "data"), from_dict(FrontendConfig, front_dict, "model.encoder.frontend")
 
 
+def ctc_rule(recipe: Recipe | None):
+    """The recipe's CTC spelling rule when its head spells a vocabulary file, else None."""
+    ctc = recipe.model.ctc if recipe is not None else None
+    if ctc is None or ctc.weight <= 0 or ctc.vocab == "llm":
+        return None
+    return functools.partial(ctc_label_ids, build_ctc_tokenizer(ctc.vocab, None, ctc.vocab_size, ctc.blank))
+
+
 @command("llmasr data check")
 def main(argv: list[str] | None = None) -> int:
     p = build_parser()
     args = p.parse_args(argv)
-    data_cfg, frontend = configs(args)
+    recipe = load_recipe(args.recipe) if args.recipe else None  # typed, manifest paths resolved against it
+    data_cfg, frontend = configs(args, recipe)
     manifests = list(args.manifests) or [
         s.path for s in (data_cfg.valid_manifests if args.valid else data_cfg.train_manifests)
     ]
@@ -85,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
         p.error("no manifests: name them, or give --recipe with data.train")
     report = check_data(
         manifests, data_cfg, frontend, world_size=args.world_size, probe=not args.no_probe, threads=args.threads,
-        need_target=not args.decode,
+        need_target=not args.decode, ctc_labels=None if args.decode else ctc_rule(recipe),
     )  # fmt: skip
     print(format_report(report, max_examples=args.show))
     return 0 if report.ok else 1

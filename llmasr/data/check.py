@@ -1,10 +1,10 @@
 """Behind `llmasr data check MANIFEST...`: validate manifests before training, and preview the batches they make.
 
 Every line is parsed and its audio header probed (no decode): missing/unreadable files, empty audio, segments
-past the end of the file, clips too short for one feature frame, empty or non-text transcripts and malformed lines
-are listed with manifest:line and reason. Then the report shows the duration histogram, total hours, what the
-batching filters skip, and what the recipe's batching produces (batches per rank, mean batch size, padding
-efficiency).
+past the end of the file, clips too short for one feature frame, empty or non-text transcripts, malformed lines and,
+given a CTC vocabulary, transcripts it cannot spell are listed with manifest:line and reason. Then the report shows
+the duration histogram, total hours, what the batching filters skip, and what the recipe's batching produces
+(batches per rank, mean batch size, padding efficiency).
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from llmasr.data.features import FeatureExtractor
 from llmasr.data.frontend import FrontendConfig
 from llmasr.data.loader import make_sampler
 from llmasr.data.manifest import BadRecord, Manifest
+from llmasr.data.screen import unspellable
 
 DURATION_TOLERANCE_S = 0.1  # manifest duration vs header duration before a line is reported as mismatched
 
@@ -122,6 +123,15 @@ def _too_short(utt, seconds: float, fx: FeatureExtractor) -> dict | None:
     return {**where, "reason": reason + f"{fx.min_samples})"}
 
 
+def _unspellable_lines(m, parsed: list, ctc_labels) -> None:
+    """Turn the parsed lines the CTC vocabulary cannot spell into bad ones (llmasr.data.screen.unspellable)."""
+    chars = {c for utt, _, _ in parsed if utt is not None and isinstance(utt.target, str) for c in utt.target}
+    known = {i for i, (utt, _, _) in enumerate(parsed) if utt is None}
+    for item in unspellable(m, ctc_labels, {c for c in chars if not c.isspace()}, known):
+        parsed[item.index] = (None, 0, {"manifest": item.manifest, "line": item.line, "key": item.key,
+                                        "reason": item.reason})  # fmt: skip
+
+
 def _note_key(report: DataReport, first_seen: dict[str, str], utt, path: str, line: int) -> None:
     """A key already seen is noted: training does not mind, but decoding's hyp.txt and ref.txt are keyed."""
     here = f"{path}:{line}"
@@ -139,7 +149,10 @@ def check_data(
     probe: bool = True,
     threads: int = 8,
     need_target: bool = True,
+    ctc_labels=None,
 ) -> DataReport:
+    """`ctc_labels`: a CTC head's rule (transcript -> ids, or why there are none; llmasr.data.dataset.ctc_label_ids)
+    whose refusals are bad lines, as training's start-up screen finds them."""
     paths = [p.path if isinstance(p, ManifestSpec) else str(p) for p in manifest_paths]
     report = DataReport(
         manifests=paths, world_size=world_size, max_bad_fraction=data_cfg.max_bad_fraction, for_decoding=not need_target
@@ -157,6 +170,8 @@ def check_data(
         report.lines_per_manifest[path] = n
         report.num_lines += n
         parsed = [_parse_line(m, i) for i in range(n)]  # the manifest reader is not shared across threads
+        if ctc_labels is not None:
+            _unspellable_lines(m, parsed, ctc_labels)
         good = [utt for utt, _, _ in parsed if utt is not None]
         with ThreadPoolExecutor(max(1, threads)) as pool:  # header probes are I/O bound
             probed = iter(list(pool.map(lambda u: _probe_line(u, probe), good, chunksize=32)))

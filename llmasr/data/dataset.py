@@ -28,6 +28,25 @@ from llmasr.data.long_audio import speech_runs, speech_start
 from llmasr.data.records import BadRecord
 
 
+def ctc_label_ids(tokenizer, target: str) -> np.ndarray | str:
+    """The CTC label ids of `target` in `tokenizer`'s vocabulary, or why it has none a head can learn: the one rule
+    for training items, the start-up screen and `llmasr data check` (llmasr.data.screen.unspellable)."""
+    try:
+        ids = np.asarray(tokenizer.encode(target), dtype=np.int64)
+    except (ValueError, KeyError) as err:
+        return f"target not encodable by the CTC vocabulary: {err}"
+    if ids.size == 0:
+        return "target has no CTC tokens"
+    vocab, blank = int(tokenizer.vocab_size), int(tokenizer.blank_id)
+    out = (ids < 0) | (ids >= vocab) | (ids == blank)
+    if out.any():
+        return (
+            f"target has CTC ids outside the vocabulary (size {vocab}, blank {blank}): "
+            f"{sorted(set(ids[out].tolist()))[:10]}"
+        )
+    return ids
+
+
 class PromptEncoder(Protocol):
     """What the dataset asks of a prompt builder (llmasr.models.prompt.PromptBuilder is one, and the tests' and
     benchmarks' stand-ins): an utterance's LLM token ids, as an object with `ids`, `audio_pos`, `target_start`,
@@ -210,22 +229,8 @@ class SpeechDataset(Dataset):
         return list(given) if given is not None else list(self.default_hotwords)
 
     def ctc_labels(self, target: str) -> np.ndarray | str:
-        """The CTC label ids of `target` (stripped), or why it has none the head can learn (the start-up screen
-        asks this too: llmasr.data.screen)."""
-        try:
-            ids = np.asarray(self.ctc_tokenizer.encode(target), dtype=np.int64)
-        except (ValueError, KeyError) as err:
-            return f"target not encodable by the CTC vocabulary: {err}"
-        if ids.size == 0:
-            return "target has no CTC tokens"
-        vocab, blank = int(self.ctc_tokenizer.vocab_size), int(self.ctc_tokenizer.blank_id)
-        out = (ids < 0) | (ids >= vocab) | (ids == blank)
-        if out.any():
-            return (
-                f"target has CTC ids outside the vocabulary (size {vocab}, blank {blank}): "
-                f"{sorted(set(ids[out].tolist()))[:10]}"
-            )
-        return ids
+        """The CTC label ids of `target` (stripped), or why it has none the head can learn (ctc_label_ids)."""
+        return ctc_label_ids(self.ctc_tokenizer, target)
 
     def _features(self, wave: np.ndarray, index: int) -> dict | str:
         """{"feats": float32 [T, D]} for `wave` (augmented in training), or why it gives none. With features on

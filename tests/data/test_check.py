@@ -1,3 +1,5 @@
+import json
+
 import numpy as np
 import pytest
 import yaml
@@ -133,3 +135,22 @@ def test_repeated_keys_are_named_with_their_first_line(tmp_path):
     assert "## keys that repeat an earlier line's (2;" in text
     assert f"  {b}:2 key={keys[1]}: first at {a}:2" in text
     assert "keys that repeat" not in format_report(check_data([a], data_cfg(), FrontendConfig()))
+
+
+def test_transcripts_a_ctc_vocabulary_cannot_spell_are_bad_lines(tmp_path, capsys):
+    """With a recipe whose CTC head spells a token list, a transcript holding a character outside it is a bad line,
+    as training's start-up screen finds it."""
+    path = good_corpus(tmp_path, 6)  # words of a-z
+    lines = path.read_text().splitlines() + ['{"key": "naive", "source": "wav_train/u0.wav", "target": "naïve"}']
+    m = write_manifest(tmp_path / "m.jsonl", lines)
+    tokens = tmp_path / "tokens.json"
+    tokens.write_text(json.dumps(["<blank>", " ", *"abcdefghijklmnopqrstuvwxyz"]))  # no <unk>
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump({
+        "data": {"train": [str(m)], "max_bad_fraction": 0.5, "batching": {"max_seconds": 10}},
+        "model": {"encoder": {"frontend": {"lfr_m": 7, "lfr_n": 6}}, "ctc": {"weight": 0.3, "vocab": str(tokens)}},
+    }))  # fmt: skip
+    assert main(["--recipe", str(recipe)]) == 0
+    out = capsys.readouterr().out
+    assert f"{m}:7 key=naive: target not encodable by the CTC vocabulary" in out and "bad: 1 " in out
+    assert main([str(m), "--max-seconds", "10"]) == 0 and "bad: 0 " in capsys.readouterr().out  # no recipe, no head
