@@ -24,7 +24,7 @@ from llmasr.data.features import FeatureExtractor
 from llmasr.data.frontend import FrontendConfig
 from llmasr.data.loader import make_sampler
 from llmasr.data.manifest import BadRecord, Manifest
-from llmasr.data.screen import unspellable
+from llmasr.data.screen import spelling_check
 
 DURATION_TOLERANCE_S = 0.1  # manifest duration vs header duration before a line is reported as mismatched
 
@@ -66,8 +66,9 @@ class DataReport:
         return not self.errors and self.bad_fraction <= self.max_bad_fraction
 
 
-def _parse_line(m, i: int):
-    """(utterance, target_len, None) or (None, 0, bad record) for line i of manifest m (no audio access)."""
+def _parse_line(m, i: int, spell=None):
+    """(utterance, target_len, None) or (None, 0, bad record) for line i of manifest m (no audio access); `spell`:
+    the CTC vocabulary's spelling check (llmasr.data.screen.spelling_check)."""
     try:
         utt = m[i]
     except BadRecord as rec:
@@ -79,6 +80,8 @@ def _parse_line(m, i: int):
         return None, 0, {**where, "reason": f"non-text target: {type(utt.target).__name__}"}
     if not utt.target.strip():
         return None, 0, {**where, "reason": "empty target"}
+    if spell is not None and (why := spell(utt.target)) is not None:
+        return None, 0, {**where, "reason": why}
     tlen = int(utt.target_len) if getattr(utt, "target_len", None) is not None else len(utt.target)
     return utt, tlen, None
 
@@ -123,15 +126,6 @@ def _too_short(utt, seconds: float, fx: FeatureExtractor) -> dict | None:
     return {**where, "reason": reason + f"{fx.min_samples})"}
 
 
-def _unspellable_lines(m, parsed: list, ctc_labels) -> None:
-    """Turn the parsed lines the CTC vocabulary cannot spell into bad ones (llmasr.data.screen.unspellable)."""
-    chars = {c for utt, _, _ in parsed if utt is not None and isinstance(utt.target, str) for c in utt.target}
-    known = {i for i, (utt, _, _) in enumerate(parsed) if utt is None}
-    for item in unspellable(m, ctc_labels, {c for c in chars if not c.isspace()}, known):
-        parsed[item.index] = (None, 0, {"manifest": item.manifest, "line": item.line, "key": item.key,
-                                        "reason": item.reason})  # fmt: skip
-
-
 def _note_key(report: DataReport, first_seen: dict[str, str], utt, path: str, line: int) -> None:
     """A key already seen is noted: training does not mind, but decoding's hyp.txt and ref.txt are keyed."""
     here = f"{path}:{line}"
@@ -160,6 +154,7 @@ def check_data(
     durations, tlens, spots = [], [], []  # spots: (manifest, line) of every duration
     first_seen: dict[str, str] = {}  # key -> "manifest:line" of its first line, across all manifests
     fx = FeatureExtractor(dataclasses.replace(frontend, cmvn_file=None))  # counts frames only
+    spell = spelling_check(ctc_labels) if ctc_labels is not None else None
     for path in paths:
         try:
             m = Manifest.open(path, need_target=need_target)  # False: manifests for decoding
@@ -169,9 +164,7 @@ def check_data(
         n = len(m)
         report.lines_per_manifest[path] = n
         report.num_lines += n
-        parsed = [_parse_line(m, i) for i in range(n)]  # the manifest reader is not shared across threads
-        if ctc_labels is not None:
-            _unspellable_lines(m, parsed, ctc_labels)
+        parsed = [_parse_line(m, i, spell) for i in range(n)]  # the manifest reader is not shared across threads
         good = [utt for utt, _, _ in parsed if utt is not None]
         with ThreadPoolExecutor(max(1, threads)) as pool:  # header probes are I/O bound
             probed = iter(list(pool.map(lambda u: _probe_line(u, probe), good, chunksize=32)))

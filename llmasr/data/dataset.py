@@ -30,7 +30,7 @@ from llmasr.data.records import BadRecord
 
 def ctc_label_ids(tokenizer, target: str) -> np.ndarray | str:
     """The CTC label ids of `target` in `tokenizer`'s vocabulary, or why it has none a head can learn: the one rule
-    for training items, the start-up screen and `llmasr data check` (llmasr.data.screen.unspellable)."""
+    for training items, the start-up screen and `llmasr data check` (llmasr.data.screen.spelling_check)."""
     try:
         ids = np.asarray(tokenizer.encode(target), dtype=np.int64)
     except (ValueError, KeyError) as err:

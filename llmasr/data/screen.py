@@ -3,11 +3,11 @@
 `screen(manifest)` parses every line and probes the audio header of every line whose duration is unknown: malformed
 lines, missing or ill-typed fields, empty or non-text transcripts, unsupported lhotse records, and unreadable
 headers are found here, once, each with its dataset index; with a CTC head, so are transcripts its vocabulary
-cannot spell (the dataset's own rule, asked of each distinct character once, then of every line holding a character
-it refused alone). The sampler never batches these lines, every epoch counts them against data.max_bad_fraction,
-and `refuse_at_start` stops the run before training when they alone pass it. Faults that only loading shows
-(corrupt audio behind a readable header, clips too short for a feature frame) are counted as batches load (see
-llmasr.data.bad_data.BadDataTracker).
+cannot spell (`spelling_check`: the dataset's own rule, asked of each distinct character once, then of every line
+holding a character it refused alone). The sampler never batches these lines, every epoch counts them against
+data.max_bad_fraction, and `refuse_at_start` stops the run before training when they alone pass it. Faults that
+only loading shows (corrupt audio behind a readable header, clips too short for a feature frame) are counted as
+batches load (see llmasr.data.bad_data.BadDataTracker).
 
 `describe_skipped` words what the batching filters drop (max_duration, min_duration, max_target_len, a batch
 budget too small for one item), with examples, for the start of train.log.
@@ -44,17 +44,15 @@ def screen(manifest, ctc_labels: Callable[[str], object] | None = None) -> tuple
     unknown durations from the audio headers as a side effect, like fill_durations."""
     t0 = time.perf_counter()
     bad: list[BadItem] = []
-    chars: set[str] = set()
+    spell = spelling_check(ctc_labels) if ctc_labels is not None else None
     for i in range(len(manifest)):
         try:
             utt = manifest[i]
         except BadRecord as rec:
             bad.append(BadItem.from_record(rec, i))
             continue
-        if ctc_labels is not None and isinstance(utt.target, str):
-            chars.update(utt.target)
-    if chars:
-        bad += unspellable(manifest, ctc_labels, {c for c in chars if not c.isspace()}, {b.index for b in bad})
+        if spell is not None and isinstance(utt.target, str) and (why := spell(utt.target)) is not None:
+            bad.append(BadItem(manifest=str(utt.manifest), line=int(utt.line), key=utt.key, reason=why, index=i))
     found = {(b.manifest, b.line) for b in bad}
     unknown = np.flatnonzero(np.isnan(np.asarray(manifest.durations(), dtype=np.float64)))
     index_of = {where(manifest, int(i)): int(i) for i in unknown}
@@ -66,20 +64,22 @@ def screen(manifest, ctc_labels: Callable[[str], object] | None = None) -> tuple
     return bad, time.perf_counter() - t0
 
 
-def unspellable(manifest, ctc_labels: Callable[[str], object], chars: set[str], known: set[int]) -> list[BadItem]:
-    """The lines (outside `known`) whose transcript `ctc_labels` refuses. A character that a vocabulary spells alone
-    it spells in any line, so only lines holding a character refused alone are encoded whole."""
-    refused = {c for c in chars if isinstance(ctc_labels(c), str)}
-    out = []
-    for i in range(len(manifest)) if refused else ():
-        utt = manifest[i] if i not in known else None
-        if utt is None or not isinstance(utt.target, str) or refused.isdisjoint(utt.target):
-            continue
-        why = ctc_labels(utt.target.strip())
-        if isinstance(why, str):
-            where_ = {"manifest": str(getattr(utt, "manifest", "?")), "line": int(getattr(utt, "line", -1))}
-            out.append(BadItem(**where_, key=utt.key, reason=why, index=i))
-    return out
+def spelling_check(ctc_labels: Callable[[str], object]) -> Callable[[str], str | None]:
+    """A transcript -> why `ctc_labels` (the dataset's CTC rule) refuses it, or None. A character that a vocabulary
+    spells alone it spells in any line, so each distinct character is asked once, and only a transcript holding one
+    refused alone is encoded whole."""
+    spelled: dict[str, bool] = {}
+
+    def why(target: str) -> str | None:
+        chars = set(target)
+        for c in chars - spelled.keys():
+            spelled[c] = c.isspace() or not isinstance(ctc_labels(c), str)
+        if all(spelled[c] for c in chars):
+            return None
+        refused = ctc_labels(target.strip())
+        return refused if isinstance(refused, str) else None
+
+    return why
 
 
 def refuse_at_start(bad: list[BadItem], total: int, max_bad_fraction: float, name: str) -> None:
