@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections import Counter
 from pathlib import Path
 
 from llmasr.models.decode_guards import MAX_TOKENS, REPETITION
@@ -121,10 +122,7 @@ def llm_summary(out_dir: Path, rows: list[dict], found: dict, cfg: DecodeConfig,
 
 def _repeated_keys(rows: list[dict]) -> list[str]:
     """The keys that stand on more than one row, in first-seen order."""
-    seen: dict[str, int] = {}
-    for r in rows:
-        seen[r["key"]] = seen.get(r["key"], 0) + 1
-    return [k for k, n in seen.items() if n > 1]
+    return [k for k, n in Counter(r["key"] for r in rows).items() if n > 1]
 
 
 def ctc_summary(out_dir: Path, rows: list[dict], found: dict, cfg: DecodeConfig, timing: dict) -> dict:
