@@ -172,7 +172,16 @@ def load_ctc_weights(head: nn.Module, cfg: CTCConfig, vocab_size: int, encoder_d
 
     FunASR skips such a mismatch silently and later fails with an assert inside the loss (320 vs 8404).
     """
-    state = read_weights(cfg.init_from, cfg.init_prefix, "model.ctc")
+    try:
+        state = read_weights(cfg.init_from, cfg.init_prefix, "model.ctc")
+    except ConfigError as err:
+        if not cfg.from_encoder:
+            raise
+        raise ConfigError(
+            f"model.ctc.from_encoder: {cfg.init_from} holds no CTC head (no {cfg.init_prefix}* tensor; the model was "
+            "trained without a CTC loss). Set model.ctc.vocab (e.g. the directory's tokens.json) for a new head "
+            "instead"
+        ) from err
     state = {k.replace("ctc_lo.", "proj.", 1) if k.startswith("ctc_lo.") else k: v for k, v in state.items()}
     rows = state.get("proj.weight")
     if rows is not None and rows.dim() == 2 and rows.shape[1] != encoder_dim:

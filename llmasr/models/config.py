@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from llmasr.config_io import ConfigError, path_field
@@ -197,12 +197,17 @@ class CTCConfig:
     # with vocab: <that directory>/tokens.json. The head's output size must equal the vocabulary's.
     init_from: str | None = path_field(None)
     init_prefix: str = ""
+    # Take vocab, blank, init_from and init_prefix from the FunASR directory model.encoder.path: the CTC head its
+    # model.pt holds (SenseVoiceSmall's, a Conformer's), over its own vocabulary (llmasr.models.funasr_ctc).
+    from_encoder: bool = False
 
     def validate(self, path: str) -> None:
         if not 0.0 <= self.weight <= 1.0:
             raise ConfigError(f"{path}.weight: must be in [0, 1], got {self.weight}")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ConfigError(f"{path}.label_smoothing: must be in [0, 1), got {self.label_smoothing}")
+        if self.from_encoder and self.vocab == "llm":
+            return  # the vocabulary is derived with the model section (ModelConfig), and checked then
         if self.blank is not None and (self.vocab == "llm" or str(self.vocab).endswith(".tiktoken")):
             raise ConfigError(
                 f"{path}.blank: names the blank entry of a sentencepiece model or token list; {self.vocab!r} has its "
@@ -224,8 +229,36 @@ class ModelConfig:
     ctc: CTCConfig = field(default_factory=CTCConfig)
 
     def validate(self, path: str) -> None:
+        if self.ctc.from_encoder:
+            self.ctc = self._encoder_ctc(f"{path}.ctc")
         if self.adaptor.ctc_compress != "none" and self.ctc.weight <= 0:
             raise ConfigError(
                 f"{path}.adaptor.ctc_compress: {self.adaptor.ctc_compress!r} segments the audio with the CTC head, "
                 f"but {path}.ctc.weight is {self.ctc.weight} (no head); set it > 0 or ctc_compress: none"
             )
+
+    def _encoder_ctc(self, path: str) -> CTCConfig:
+        """`ctc` with the head of the encoder's FunASR directory filled in (derived once, here). A field the recipe
+        also sets must agree, so a recipe saved with the derived values loads again."""
+        from llmasr.models.funasr_ctc import funasr_ctc_settings
+
+        if self.ctc.weight <= 0:
+            raise ConfigError(f"{path}.from_encoder: takes the encoder's CTC head, but {path}.weight is 0 (no head)")
+        if self.encoder.type not in ("paraformer", "conformer", "sensevoice") or self.encoder.path is None:
+            raise ConfigError(
+                f"{path}.from_encoder: takes the CTC head of a FunASR model directory (model.encoder.path with type "
+                f"paraformer, conformer or sensevoice); this encoder is type {self.encoder.type!r} with path "
+                f"{self.encoder.path!r}. Set {path}.vocab (and init_from for a pretrained head) instead"
+            )
+        derived = funasr_ctc_settings(self.encoder.path)
+        unset = {"vocab": "llm", "blank": None, "init_from": None, "init_prefix": ""}
+        for key, value in derived.items():
+            own = getattr(self.ctc, key)
+            if own != unset[key] and own != value:
+                raise ConfigError(
+                    f"{path}.{key}: {own!r}, but {path}.from_encoder takes {value!r} from {self.encoder.path}; "
+                    f"leave {key} unset or set from_encoder: false"
+                )
+        ctc = replace(self.ctc, **derived)
+        ctc.validate(path)
+        return ctc

@@ -11,9 +11,10 @@ tensors under their real names beside them), am.mvn in Kaldi nnet text format an
                            seg_dict beside tokens.json
     ContextualParaformer   SANMEncoder; + bias_encoder (LSTM), bias_embed, the decoder's bias_decoder
     SenseVoiceSmall        SenseVoiceEncoderSmall (tp_encoders); ctc.ctc_lo and the query `embed`; no tokens.json,
-                           configuration.json maps frontend_conf.cmvn_file to am.mvn (config.yaml says null);
-                           its sentencepiece model (SENSEVOICE_BPE, `<unk>` at 0, the CTC head's blank), trained
-                           on the tiny corpus' words, sizes ctc.ctc_lo
+                           configuration.json maps frontend_conf.cmvn_file to am.mvn and tokenizer_conf.bpemodel
+                           to its sentencepiece model (config.yaml says null for both); that model
+                           (SENSEVOICE_BPE, `<unk>` at 0, the CTC head's blank), trained on the tiny corpus'
+                           words, sizes ctc.ctc_lo
 """
 
 from __future__ import annotations
@@ -160,7 +161,8 @@ def write_funasr_dir(
         )
     write_kaldi_cmvn(model_dir / "am.mvn", *cmvn)
     if model == "SenseVoiceSmall":
-        metas = {"init_param": "model.pt", "config": "config.yaml", "frontend_conf": {"cmvn_file": "am.mvn"}}
+        metas = {"init_param": "model.pt", "config": "config.yaml", "tokenizer_conf": {"bpemodel": SENSEVOICE_BPE},
+                 "frontend_conf": {"cmvn_file": "am.mvn"}}  # fmt: skip
         configuration = {"framework": "pytorch", "task": "auto-speech-recognition", "file_path_metas": metas}
         (model_dir / "configuration.json").write_text(json.dumps(configuration, indent=2))
         return model_dir
@@ -201,7 +203,8 @@ def _config(model: str, encoder_type: str, encoder_conf: dict, frontend: str, fr
             config.pop(key)
         config["model_conf"] = {"length_normalized_loss": True, "sos": 1, "eos": 2, "ignore_id": -1}
         config["tokenizer"] = "SentencepiecesTokenizer"
-        config["tokenizer_conf"] = {"bpemodel": SENSEVOICE_BPE, "unk_symbol": "<unk>", "split_with_space": True}
+        # as in SenseVoiceSmall's directory: configuration.json names the sentencepiece model, config.yaml says null
+        config["tokenizer_conf"] = {"bpemodel": None, "unk_symbol": "<unk>", "split_with_space": True}
         config["frontend_conf"] = {**frontend_conf, "cmvn_file": None}
     return config
 

@@ -37,8 +37,7 @@ def test_trained_from_a_zoo_directory_exports_and_reloads(family, llm_dir, train
     section["encoder"]["type"] = kind
     if family == "sensevoice":  # as SenseVoiceSmall runs itself: its query frames, its own CTC head
         section["encoder"]["conf"]["queries"] = {"language": "en", "itn": True}
-        section["ctc"] = {"weight": 0.3, "vocab": str(enc_dir / SENSEVOICE_BPE), "blank": "<unk>",
-                          "init_from": str(enc_dir / "model.pt"), "init_prefix": "ctc."}  # fmt: skip
+        section["ctc"] = {"weight": 0.3, "from_encoder": True}  # the run's saved recipe holds what it derived
     run = train_run(tmp_path / "run", section, train_corpus, preset="zero2").run_dir
     out = export_model(run, tmp_path / "model", dtype="fp32")
     desc = read_description(out)
@@ -53,6 +52,7 @@ def test_trained_from_a_zoo_directory_exports_and_reloads(family, llm_dir, train
     else:
         assert desc["encoder"]["conf"]["queries"] == {"language": "en", "itn": True} and desc["ctc"]["blank"] == "<unk>"
         assert got.encoder.query_ids.tolist() == [4, 1, 2, 14] and got.ctc_tokenizer.blank_id == 0
+        assert (out / desc["ctc"]["vocab"]).read_bytes() == (enc_dir / SENSEVOICE_BPE).read_bytes()
     batch = random_batch(ref, TARGETS, frames=[30, 41, 25, 36], seed=3)
     with torch.no_grad():
         for a, b in zip(got.encode_audio(batch.feats, batch.feat_lens), ref.encode_audio(batch.feats, batch.feat_lens)):

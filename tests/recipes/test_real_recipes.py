@@ -13,13 +13,7 @@ import torch
 import llmasr
 from llmasr.config_io import load_yaml
 from llmasr.recipe import load_recipe
-from llmasr.testing.tiny_funasr import (
-    SENSEVOICE_BPE,
-    tiny_sanm_conf,
-    tiny_sensevoice_conf,
-    tiny_streaming_conf,
-    write_funasr_dir,
-)
+from llmasr.testing.tiny_funasr import tiny_sanm_conf, tiny_sensevoice_conf, tiny_streaming_conf, write_funasr_dir
 from llmasr.testing.tiny_llm import write_tiny_llm_dir
 from llmasr.testing.tiny_recipe import random_batch
 from llmasr.testing.tiny_whisper import tiny_conformer_conf, write_tiny_whisper_dir
@@ -94,11 +88,8 @@ def stand_in_overrides(name: str, s: dict) -> list[str]:
     families = ("streaming", "sensevoice", "seaco", "paraformer", "whisper", "conformer")  # the first the name holds
     enc = next(f for f in families if f in name)
     llm = "qwen3" if "qwen3" in name else "qwen2"
-    out = [f"model.encoder.path={s[enc]}", f"model.llm.path={s[llm]}"]
-    if (load_yaml(RECIPES / name)["model"].get("ctc") or {}).get("init_from"):
-        vocab = s[enc] / (SENSEVOICE_BPE if enc == "sensevoice" else "tokens.json")
-        out += [f"model.ctc.vocab={vocab}", f"model.ctc.init_from={s[enc] / 'model.pt'}"]
-    return out
+    # a CTC head from the encoder's directory (model.ctc.from_encoder) follows model.encoder.path
+    return [f"model.encoder.path={s[enc]}", f"model.llm.path={s[llm]}"]
 
 
 def test_there_are_recipes_for_each_encoder_family():

@@ -49,9 +49,7 @@ def zoo_recipe(name: str, zoo: dict):
     enc, llm = ZOO[name]
     overrides = [f"model.encoder.path={zoo[enc]}", f"model.llm.path={zoo[llm]}", f"data.train=[{zoo['wavs']}]",
                  f"data.valid=[{zoo['wavs']}]", "data.num_workers=0"]  # fmt: skip
-    if enc == "sensevoice":  # its own CTC head and vocabulary, from the same directory
-        overrides += [f"model.ctc.vocab={zoo[enc] / SENSEVOICE_BPE}", f"model.ctc.init_from={zoo[enc] / 'model.pt'}"]
-    return load_recipe(RECIPES / name, overrides)
+    return load_recipe(RECIPES / name, overrides)  # SenseVoice: its CTC head comes from encoder.path (from_encoder)
 
 
 def test_zoo_recipes_exist_and_are_checked_with_the_other_recipes():
@@ -120,5 +118,6 @@ def test_sensevoice_recipe_reads_cmvn_from_configuration_json_without_tokens_jso
     state = torch.load(zoo["sensevoice"] / "model.pt", weights_only=True)
     assert torch.equal(model.encoder.query_embed.weight, state["embed.weight"])
     assert model.encoder.query_ids.tolist() == [0, 1, 2, 15]  # language auto, event, emotion, without ITN
+    assert recipe.model.ctc.vocab == str(zoo["sensevoice"].resolve() / SENSEVOICE_BPE)
     assert torch.equal(model.ctc_head.proj.weight, state["ctc.ctc_lo.weight"])
     assert model.ctc_tokenizer.blank_id == 0 and model.ctc_tokenizer.vocab_size == state["ctc.ctc_lo.bias"].numel()

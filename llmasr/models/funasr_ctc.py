@@ -1,0 +1,96 @@
+"""The CTC head a FunASR model directory carries, as `model.ctc` settings (`model.ctc.from_encoder`).
+
+FunASR models trained with a CTC loss (Conformer, SenseVoiceSmall, Paraformer with ctc_weight > 0) keep the head in
+model.pt as `ctc.ctc_lo`, over the vocabulary their tokenizer reads: configuration.json's
+`file_path_metas.tokenizer_conf` (`token_list`: tokens.json, `bpemodel`: a sentencepiece model) when the directory
+has that file, else config.yaml's `tokenizer_conf`, else tokens.json beside it. FunASR's CTC loss and decoders use
+id 0 as the blank, whatever that entry is called (`<blank>` in a tokens.json, `<unk>` in SenseVoice's sentencepiece
+model), so the blank is named by the vocabulary's first entry.
+
+Only config.yaml and configuration.json are read here (the recipe is being validated); the head's tensors are read,
+and their sizes checked against the vocabulary and the encoder, when the model is built.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from llmasr.config_io import ConfigError
+from llmasr.models.ctc_vocab import read_token_list
+from llmasr.models.funasr_dir import read_funasr_config
+
+# FunASR prefixes every tensor of the CTC head with the module's name.
+CTC_PREFIX = "ctc."
+
+
+def _metas(model_dir: Path) -> dict:
+    """configuration.json's file_path_metas ({} without the file)."""
+    path = model_dir / "configuration.json"
+    if not path.is_file():
+        return {}
+    try:
+        metas = json.loads(path.read_text(encoding="utf-8")).get("file_path_metas") or {}
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError) as err:
+        raise ConfigError(f"{path}: not a readable JSON object: {err}") from err
+    return metas if isinstance(metas, dict) else {}
+
+
+def _named_file(model_dir: Path, name: object, where: str) -> Path:
+    """A file a FunASR config names: relative to the directory; an absolute path from the machine the model was
+    trained on is looked for in the directory under its own name."""
+    path = Path(str(name))
+    candidates = [path] if path.is_absolute() else [model_dir / path]
+    if path.is_absolute():
+        candidates.append(model_dir / path.name)
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    raise ConfigError(f"{where} names {name}, which is not a file in {model_dir}")
+
+
+def _vocabulary(model_dir: Path, config: dict, metas: dict) -> Path:
+    for source, conf, where in (
+        ("configuration.json", metas.get("tokenizer_conf"), "file_path_metas.tokenizer_conf"),
+        ("config.yaml", config.get("tokenizer_conf"), "tokenizer_conf"),
+    ):
+        if not isinstance(conf, dict):
+            continue
+        for key in ("bpemodel", "token_list"):
+            name = conf.get(key)
+            if isinstance(name, str) and name:
+                return _named_file(model_dir, name, f"{model_dir / source}: {where}.{key}")
+    tokens = model_dir / "tokens.json"
+    if tokens.is_file():
+        return tokens
+    raise ConfigError(
+        f"model.ctc.from_encoder: {model_dir} names no vocabulary for its CTC head: neither configuration.json's "
+        "file_path_metas.tokenizer_conf nor config.yaml's tokenizer_conf has a bpemodel or token_list, and there is "
+        "no tokens.json; set model.ctc.vocab instead"
+    )
+
+
+def _first_entry(vocab: Path) -> str:
+    """The vocabulary's id 0: FunASR's CTC blank."""
+    if vocab.suffix == ".model":
+        import sentencepiece as spm
+
+        try:
+            return spm.SentencePieceProcessor(model_file=str(vocab)).id_to_piece(0)
+        except (OSError, RuntimeError) as err:
+            raise ConfigError(f"{vocab}: not a readable sentencepiece model: {err}") from err
+    try:
+        return read_token_list(str(vocab))[0]
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        raise ConfigError(f"{vocab}: not a readable token list: {err}") from err
+
+
+def funasr_ctc_settings(model_dir: str | Path) -> dict[str, str]:
+    """`model.ctc` settings for the CTC head of FunASR directory `model_dir`: vocab, blank, init_from, init_prefix."""
+    model_dir = Path(model_dir).resolve()
+    config = read_funasr_config(model_dir)
+    metas = _metas(model_dir)
+    vocab = _vocabulary(model_dir, config, metas)
+    weights = metas.get("init_param") or "model.pt"
+    init_from = _named_file(model_dir, weights, f"{model_dir}: the model weights ({weights})")
+    return {"vocab": str(vocab), "blank": _first_entry(vocab), "init_from": str(init_from), "init_prefix": CTC_PREFIX}

@@ -1,0 +1,138 @@
+"""`model.ctc.from_encoder`: the CTC head of a FunASR directory (llmasr.models.funasr_ctc), on directories in the
+real layouts (llmasr.testing.tiny_funasr), built through the real model builder."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import yaml
+
+from llmasr.config_io import ConfigError, from_dict, to_dict
+from llmasr.models.builder import build_model
+from llmasr.models.config import ModelConfig
+from llmasr.models.funasr_ctc import funasr_ctc_settings
+from llmasr.testing.tiny_funasr import SENSEVOICE_BPE, tiny_sanm_conf, tiny_sensevoice_conf, write_funasr_dir
+from llmasr.testing.tiny_llm import write_tiny_llm_dir
+from llmasr.testing.tiny_whisper import tiny_conformer_conf
+
+
+@pytest.fixture(scope="module")
+def dirs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("funasr_ctc")
+    fe = {"fs": 16000, "window": "hamming", "n_mels": 80, "frame_length": 25, "frame_shift": 10, "lfr_m": 1, "lfr_n": 1}
+    conformer = write_funasr_dir(
+        root / "conformer", encoder_type="ConformerEncoder", encoder_conf=tiny_conformer_conf(80), frontend_conf=fe
+    )
+    state = torch.load(conformer / "model.pt", weights_only=True)
+    state["ctc.ctc_lo.weight"] = torch.randn(16, 32)  # the stand-in's tokens.json has 16 entries
+    state["ctc.ctc_lo.bias"] = torch.randn(16)
+    torch.save(state, conformer / "model.pt")
+    return {
+        "sensevoice": write_funasr_dir(root / "sv", model="SenseVoiceSmall", encoder_conf=tiny_sensevoice_conf()),
+        "paraformer": write_funasr_dir(root / "pa", encoder_conf=tiny_sanm_conf()),
+        "conformer": conformer,
+        "llm": write_tiny_llm_dir(root / "llm"),
+    }
+
+
+def model_section(encoder_type: str, path, llm, **ctc) -> dict:
+    return {
+        "encoder": {"type": encoder_type, "path": str(path)},
+        "llm": {"path": str(llm)},
+        "ctc": {"weight": 0.3, "from_encoder": True, **ctc},
+    }
+
+
+def test_sensevoice_head_comes_with_its_sentencepiece_model_and_unk_blank(dirs):
+    d = dirs["sensevoice"]
+    # as in iic/SenseVoiceSmall: config.yaml's bpemodel is null, configuration.json names the file
+    assert yaml.safe_load((d / "config.yaml").read_text())["tokenizer_conf"]["bpemodel"] is None
+    got = funasr_ctc_settings(d)
+    assert got == {"vocab": str(d.resolve() / SENSEVOICE_BPE), "blank": "<unk>",
+                   "init_from": str(d.resolve() / "model.pt"), "init_prefix": "ctc."}  # fmt: skip
+
+    cfg = from_dict(ModelConfig, model_section("sensevoice", d, dirs["llm"]), "model")
+    assert (cfg.ctc.vocab, cfg.ctc.blank, cfg.ctc.init_from, cfg.ctc.init_prefix) == tuple(got.values())
+    model = build_model(cfg)
+    state = torch.load(d / "model.pt", weights_only=True)
+    assert torch.equal(model.ctc_head.proj.weight, state["ctc.ctc_lo.weight"])
+    assert model.ctc_tokenizer.blank_id == 0 and model.ctc_tokenizer.vocab_size == state["ctc.ctc_lo.bias"].numel()
+
+
+def test_conformer_head_comes_with_its_tokens_json_and_blank(dirs):
+    d = dirs["conformer"]
+    cfg = from_dict(ModelConfig, model_section("conformer", d, dirs["llm"]), "model")
+    assert cfg.ctc.vocab == str(d.resolve() / "tokens.json") and cfg.ctc.blank == "<blank>"
+    model = build_model(cfg)
+    state = torch.load(d / "model.pt", weights_only=True)
+    assert torch.equal(model.ctc_head.proj.bias, state["ctc.ctc_lo.bias"])
+    assert model.ctc_tokenizer.blank_id == 0 and model.ctc_tokenizer.vocab_size == 16
+
+
+def test_the_derived_section_loads_again_as_a_saved_recipe_does(dirs):
+    """A run directory's recipe holds the derived values beside from_encoder: loading it derives the same."""
+    cfg = from_dict(ModelConfig, model_section("sensevoice", dirs["sensevoice"], dirs["llm"]), "model")
+    again = from_dict(ModelConfig, to_dict(cfg), "model")
+    assert again.ctc == cfg.ctc
+
+
+def test_configuration_json_names_the_vocabulary_over_config_yaml(dirs, tmp_path):
+    """FunASR resolves file_path_metas against the directory; an absolute path left in config.yaml from the machine
+    the model was trained on is found in the directory under its own name."""
+    d = write_funasr_dir(tmp_path / "pa", encoder_conf=tiny_sanm_conf())
+    (d / "tokens.json").rename(d / "units.json")
+    config = yaml.safe_load((d / "config.yaml").read_text())
+    config["tokenizer_conf"]["token_list"] = "/home/someone/exp/units.json"
+    (d / "config.yaml").write_text(yaml.safe_dump(config))
+    assert funasr_ctc_settings(d)["vocab"] == str(d.resolve() / "units.json")
+    (d / "other.json").write_text(json.dumps(["<blk>", "a", "b"]))
+    metas = {"init_param": "model.pt", "tokenizer_conf": {"token_list": "other.json"}}
+    (d / "configuration.json").write_text(json.dumps({"file_path_metas": metas}))
+    got = funasr_ctc_settings(d)
+    assert got["vocab"] == str(d.resolve() / "other.json") and got["blank"] == "<blk>"
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"ctc": {"weight": 0.0, "from_encoder": True}}, r"model.ctc.from_encoder: .*model.ctc.weight is 0"),
+        ({"encoder": {"type": "whisper", "conf": {"d_model": 8}}}, r"model.ctc.from_encoder: .*type 'whisper'"),
+        ({"encoder": {"type": "paraformer"}}, r"model.ctc.from_encoder: .*with path None"),
+        (
+            {"ctc": {"weight": 0.3, "from_encoder": True, "blank": "<s>"}},
+            r"model.ctc.blank: '<s>', but model.ctc.from_encoder takes '<unk>' from .*sv",
+        ),
+        (
+            {"ctc": {"weight": 0.3, "from_encoder": True, "init_prefix": "head."}},
+            r"model.ctc.init_prefix: 'head.', but .* takes 'ctc.'",
+        ),
+    ],
+)
+def test_from_encoder_refuses_what_it_cannot_take(dirs, change, message):
+    section = model_section("sensevoice", dirs["sensevoice"], dirs["llm"])
+    for key, value in change.items():
+        section[key] = value
+    with pytest.raises(ConfigError, match=message):
+        from_dict(ModelConfig, section, "model")
+
+
+def test_a_directory_without_a_head_is_named_when_the_weights_load(dirs):
+    """Paraformer-large was trained with ctc_weight 0: its tokens.json is found, its model.pt has no ctc.* tensor."""
+    cfg = from_dict(ModelConfig, model_section("paraformer", dirs["paraformer"], dirs["llm"]), "model")
+    assert cfg.ctc.vocab.endswith("tokens.json") and cfg.ctc.blank == "<blank>"
+    build_model(cfg, weights="meta")  # `llmasr check` builds without reading weights
+    with pytest.raises(ConfigError, match=r"model.ctc.from_encoder: .*model.pt holds no CTC head .*model.ctc.vocab"):
+        build_model(cfg)
+
+
+def test_a_directory_naming_no_vocabulary_is_refused(tmp_path):
+    d = write_funasr_dir(tmp_path / "pa", encoder_conf=tiny_sanm_conf())
+    (d / "tokens.json").unlink()
+    with pytest.raises(ConfigError, match=r"names no vocabulary for its CTC head.*set model.ctc.vocab"):
+        funasr_ctc_settings(d)
+    metas = {"tokenizer_conf": {"bpemodel": "gone.model"}}
+    (d / "configuration.json").write_text(json.dumps({"file_path_metas": metas}))
+    with pytest.raises(ConfigError, match=r"configuration.json: file_path_metas.tokenizer_conf.bpemodel names gone"):
+        funasr_ctc_settings(d)
