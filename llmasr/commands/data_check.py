@@ -83,7 +83,7 @@ def ctc_rule(recipe: Recipe | None):
     ctc = recipe.model.ctc if recipe is not None else None
     if ctc is None or ctc.weight <= 0 or ctc.vocab == "llm":
         return None
-    return functools.partial(ctc_label_ids, build_ctc_tokenizer(ctc.vocab, None, ctc.vocab_size, ctc.blank))
+    return functools.partial(ctc_label_ids, build_ctc_tokenizer(ctc))
 
 
 @command("llmasr data check")

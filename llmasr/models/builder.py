@@ -257,7 +257,7 @@ def build_model(cfg: ModelConfig | dict | str | Path, *, weights: str = "pretrai
             adaptor.requires_grad_(False)
         ctc_tokenizer = None
         if cfg.ctc.weight > 0:
-            ctc_tokenizer = build_ctc_tokenizer(cfg.ctc.vocab, tokenizer, cfg.ctc.vocab_size, cfg.ctc.blank)
+            ctc_tokenizer = build_ctc_tokenizer(cfg.ctc, tokenizer)
         ctc_head = None
         if ctc_tokenizer is not None:
             ctc_head = build_ctc_head(cfg.ctc, output_dim(encoder), ctc_tokenizer.vocab_size)

@@ -22,12 +22,11 @@ from llmasr.models.ctc_vocab import (
 )
 
 
-def build_ctc_tokenizer(
-    spec: str, llm_tokenizer=None, vocab_size: int | None = None, blank: str | None = None
-) -> CTCTokenizer:
-    """`model.ctc.vocab` -> a CTC tokenizer (the kinds: llmasr.models.ctc_vocab); `vocab_size`
-    (model.ctc.vocab_size) sizes a .tiktoken vocabulary's head; `blank` (model.ctc.blank) names the entry of a
-    sentencepiece model or token list that is the blank."""
+def build_ctc_tokenizer(cfg: CTCConfig, llm_tokenizer=None) -> CTCTokenizer:
+    """`model.ctc` -> its CTC tokenizer (the kinds: llmasr.models.ctc_vocab), from `vocab`, with `vocab_size`
+    sizing a .tiktoken vocabulary's head and `blank` naming the entry of a sentencepiece model or token list that is
+    the blank. `llm_tokenizer`: the LLM's, for `vocab: llm`."""
+    spec = cfg.vocab
     if spec == "llm":
         if llm_tokenizer is None:
             raise ConfigError("model.ctc.vocab: 'llm' needs the LLM tokenizer, none was given")
@@ -37,10 +36,10 @@ def build_ctc_tokenizer(
             f"model.ctc.vocab: file not found: {spec} (use 'llm', a .model or .tiktoken file, or a token list)"
         )
     if spec.endswith(".model"):
-        return SentencePieceCTCTokenizer(spec, blank)
+        return SentencePieceCTCTokenizer(spec, cfg.blank)
     if spec.endswith(".tiktoken"):
-        return TiktokenCTCTokenizer(spec, vocab_size)
-    return TokenListCTCTokenizer(spec, blank)
+        return TiktokenCTCTokenizer(spec, cfg.vocab_size)
+    return TokenListCTCTokenizer(spec, cfg.blank)
 
 
 class CTCHead(nn.Module):

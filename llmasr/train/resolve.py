@@ -50,7 +50,7 @@ def text_side(model_cfg: ModelConfig) -> TextSide:
     if model_cfg.ctc.weight > 0:
         from llmasr.models.ctc import build_ctc_tokenizer
 
-        ctc = build_ctc_tokenizer(model_cfg.ctc.vocab, tokenizer, model_cfg.ctc.vocab_size, model_cfg.ctc.blank)
+        ctc = build_ctc_tokenizer(model_cfg.ctc, tokenizer)
     return TextSide(encoder_frontend(model_cfg.encoder), prompt, ctc, tokenizer)
 
 

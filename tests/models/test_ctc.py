@@ -45,7 +45,7 @@ def hf_tokenizer():
 
 def test_llm_vocab_appends_blank():
     hf = hf_tokenizer()
-    tok = build_ctc_tokenizer("llm", hf)
+    tok = build_ctc_tokenizer(CTCConfig(vocab="llm"), hf)
     assert tok.blank_id == len(hf) and tok.vocab_size == len(hf) + 1
     ids = tok.encode("two four six")
     assert ids == hf("two four six", add_special_tokens=False)["input_ids"]
@@ -53,12 +53,12 @@ def test_llm_vocab_appends_blank():
     frames = [tok.blank_id, ids[0], ids[0], tok.blank_id, ids[1], tok.blank_id, ids[2], ids[2]]
     assert tok.decode_ctc(frames) == "two four six"
     with pytest.raises(ConfigError, match="LLM tokenizer"):
-        build_ctc_tokenizer("llm", None)
+        build_ctc_tokenizer(CTCConfig(vocab="llm"))
 
 
 def test_sentencepiece_vocab(tmp_path):
     path = train_sentencepiece(tmp_path, "plain")
-    tok = build_ctc_tokenizer(path, None)
+    tok = build_ctc_tokenizer(CTCConfig(vocab=path))
     import sentencepiece as spm
 
     size = spm.SentencePieceProcessor(model_file=path).get_piece_size()
@@ -71,7 +71,7 @@ def test_sentencepiece_vocab(tmp_path):
 
 def test_sentencepiece_own_blank(tmp_path):
     path = train_sentencepiece(tmp_path, "withblank", user_defined_symbols=["<blank>"])
-    tok = build_ctc_tokenizer(path, None)
+    tok = build_ctc_tokenizer(CTCConfig(vocab=path))
     import sentencepiece as spm
 
     sp = spm.SentencePieceProcessor(model_file=path)
@@ -84,17 +84,17 @@ def test_a_named_blank_is_that_entry_of_the_vocabulary(tmp_path):
 
     path = train_sentencepiece(tmp_path, "unkblank")
     sp = spm.SentencePieceProcessor(model_file=path)
-    tok = build_ctc_tokenizer(path, None, blank="<unk>")
+    tok = build_ctc_tokenizer(CTCConfig(vocab=path, blank="<unk>"))
     assert tok.blank_id == sp.unk_id() == 0 and tok.vocab_size == sp.get_piece_size()
     assert tok.decode_ctc([0, *tok.encode("two four"), 0]) == "two four"
     with pytest.raises(ConfigError, match=r"model.ctc.blank: '<eps>' is not a piece of the sentencepiece model"):
-        build_ctc_tokenizer(path, None, blank="<eps>")
+        build_ctc_tokenizer(CTCConfig(vocab=path, blank="<eps>"))
     tokens = tmp_path / "tokens.json"
     tokens.write_text(json.dumps(["<unk>", "a", "b"]))
-    listed = build_ctc_tokenizer(str(tokens), None, blank="<unk>")
+    listed = build_ctc_tokenizer(CTCConfig(vocab=str(tokens), blank="<unk>"))
     assert (listed.blank_id, listed.vocab_size) == (0, 3)
     with pytest.raises(ConfigError, match="'<blk>' is not an entry of the token list"):
-        build_ctc_tokenizer(str(tokens), None, blank="<blk>")
+        build_ctc_tokenizer(CTCConfig(vocab=str(tokens), blank="<blk>"))
     with pytest.raises(ConfigError, match=r"model.ctc.blank: names the blank entry of a sentencepiece model"):
         from_dict(CTCConfig, {"vocab": "llm", "blank": "<unk>"}, "model.ctc")
 
@@ -103,7 +103,7 @@ def test_tokens_json_funasr_style(tmp_path):
     tokens = ["<blank>", "<s>", "</s>", "你", "好", "hello", "world", "<unk>"]
     path = tmp_path / "tokens.json"
     path.write_text(json.dumps(tokens, ensure_ascii=False), encoding="utf-8")
-    tok = build_ctc_tokenizer(str(path), None)
+    tok = build_ctc_tokenizer(CTCConfig(vocab=str(path)))
     assert tok.blank_id == 0 and tok.vocab_size == len(tokens)
     assert tok.encode("你好 hello") == [3, 4, 5]
     assert tok.encode("你们") == [3, 7]  # unknown character -> <unk>
@@ -115,7 +115,7 @@ def test_tokens_txt_chars_with_separator_and_missing_char(tmp_path):
     chars = ["<space>", "a", "b", "c"]
     path = tmp_path / "tokens.txt"
     path.write_text("\n".join(chars) + "\n")
-    tok = build_ctc_tokenizer(str(path), None)
+    tok = build_ctc_tokenizer(CTCConfig(vocab=str(path)))
     assert tok.blank_id == 4 and tok.vocab_size == 5  # no <blank> listed: appended
     assert tok.encode("ab c") == [1, 2, 0, 3]
     assert tok.decode([1, 2, 0, 3]) == "ab c"
@@ -127,14 +127,14 @@ def test_a_token_list_saved_with_a_bom(tmp_path):
     for name, text in (("tokens.txt", "a\nb\n<space>\n"), ("tokens.json", '["a", "b", "<space>"]')):
         path = tmp_path / name
         path.write_text("\ufeff" + text, encoding="utf-8")
-        tok = build_ctc_tokenizer(str(path), None)
+        tok = build_ctc_tokenizer(CTCConfig(vocab=str(path)))
         assert tok.encode("ab a") == [0, 1, 2, 0], name  # "a" is the first token, not "\ufeffa"
 
 
 def test_units_txt_with_ids(tmp_path):
     path = tmp_path / "units.txt"
     path.write_text("<blk> 0\none 1\ntwo 2\n<unk> 3\n")
-    tok = build_ctc_tokenizer(str(path), None)
+    tok = build_ctc_tokenizer(CTCConfig(vocab=str(path)))
     assert tok.blank_id == 0 and tok.vocab_size == 4
     assert tok.encode("one two") == [1, 2]
     assert tok.decode([1, 2]) == "one two"
@@ -142,9 +142,9 @@ def test_units_txt_with_ids(tmp_path):
 
 def test_missing_vocab_file_is_named(tmp_path):
     with pytest.raises(ConfigError, match="nope.model"):
-        build_ctc_tokenizer(str(tmp_path / "nope.model"), None)
+        build_ctc_tokenizer(CTCConfig(vocab=str(tmp_path / "nope.model")))
     with pytest.raises(ConfigError, match="tokens.txt"):
-        build_ctc_tokenizer(str(tmp_path / "tokens.txt"), None)
+        build_ctc_tokenizer(CTCConfig(vocab=str(tmp_path / "tokens.txt")))
 
 
 def batch(seed=0, b=3, t=20, v=7, s=5):

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from llmasr.data.long_audio import join_texts, join_words
+from llmasr.models.config import CTCConfig
 from llmasr.models.ctc import build_ctc_tokenizer
 from llmasr.models.ctc_align import WORD_TAIL_S, align_words, sound_ends, unit_labels, viterbi_path
 from llmasr.models.ctc_vocab import ctc_collapse
@@ -58,7 +59,7 @@ def _spikes(t_len: int, vocab: int, blank: int, where: dict[int, int]) -> torch.
 
 
 def test_spikes_become_word_times_in_an_llm_vocabulary():
-    tok = build_ctc_tokenizer("llm", hf_tokenizer())
+    tok = build_ctc_tokenizer(CTCConfig(vocab="llm"), hf_tokenizer())
     two, four, six = (tok.encode(w)[0] for w in ("two", "four", "six"))
     lp = _spikes(20, tok.vocab_size, tok.blank_id, {2: two, 3: two, 9: four, 15: six})
     words = align_words(tok, "two four six", lp, frame_seconds=0.06)
@@ -70,7 +71,7 @@ def test_spikes_become_word_times_in_an_llm_vocabulary():
 def test_units_of_a_token_list_with_a_separator_and_of_a_script_without_spaces(tmp_path):
     path = tmp_path / "tokens.txt"
     path.write_text("\n".join(["<space>", "a", "b", "c", "中", "文"]) + "\n")
-    tok = build_ctc_tokenizer(str(path), None)
+    tok = build_ctc_tokenizer(CTCConfig(vocab=str(path)))
     units, labels, owner = unit_labels(tok, "ab c中文")
     assert units == ["ab", "c", "中", "文"]  # a character of a script without spaces is a unit of its own
     assert labels == [1, 2, 0, 3, 4, 5] and owner == [0, 0, -1, 1, 2, 3]  # the separator belongs to no word

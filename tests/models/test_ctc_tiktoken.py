@@ -25,17 +25,17 @@ def vocab(tmp_path):
 
 
 def test_merges_take_the_lowest_rank_first_then_the_leftmost(vocab, tmp_path):
-    tok = build_ctc_tokenizer(vocab)
+    tok = build_ctc_tokenizer(CTCConfig(vocab=vocab))
     assert isinstance(tok, TiktokenCTCTokenizer)
     assert tok.encode("abc") == [258]  # a whole piece that is a token
     assert tok.encode("abcb") == [258, ord("b")]  # ab (256), then ab+c (258); c+b is no token
     assert tok.encode("abab") == [256, 256]  # two equal pairs: the leftmost first
-    low = build_ctc_tokenizer(vocabulary(tmp_path / "low.tiktoken", [b"bc", b"ab"]))
+    low = build_ctc_tokenizer(CTCConfig(vocab=vocabulary(tmp_path / "low.tiktoken", [b"bc", b"ab"])))
     assert low.encode("abc") == [ord("a"), 256]  # bc ranks lower than ab although ab comes first
 
 
 def test_pieces_are_cut_as_sensevoice_cuts_them(vocab):
-    tok = build_ctc_tokenizer(vocab)
+    tok = build_ctc_tokenizer(CTCConfig(vocab=vocab))
     assert tok.encode("x a") == [ord("x"), 259]  # " a" is one piece: the space goes with the word after it
     assert tok.encode("ab,ab") == [256, ord(","), 256]  # punctuation is a piece of its own
     assert tok.encode("a1") == [ord("a"), ord("1")]  # letters and digits never merge across pieces
@@ -54,7 +54,7 @@ def test_decode_joins_bytes_drops_specials_and_the_blank(vocab):
 
 
 def test_vocabulary_size(vocab):
-    tok = build_ctc_tokenizer(vocab)
+    tok = build_ctc_tokenizer(CTCConfig(vocab=vocab))
     assert (tok.vocab_size, tok.blank_id) == (262, 261)  # unset: the file's tokens, then the blank
     with pytest.raises(ValueError, match=r"model.ctc.vocab_size is 261, but the file's tokens alone take ids 0..260"):
         TiktokenCTCTokenizer(vocab, vocab_size=261)
@@ -75,7 +75,7 @@ def test_a_bad_vocabulary_file_is_named_with_its_line(tmp_path, text, message):
     path = tmp_path / "bad.tiktoken"
     path.write_text(text, encoding="utf-8")
     with pytest.raises(ValueError, match=message) as err:
-        build_ctc_tokenizer(str(path))
+        build_ctc_tokenizer(CTCConfig(vocab=str(path)))
     assert str(path) in str(err.value)
 
 
