@@ -14,7 +14,6 @@ block before it, ChatML written out as FunASR writes it), and the CTC head's dec
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,7 @@ import yaml
 
 from llmasr.config_io import ConfigError, to_dict
 from llmasr.models.encoders import funasr_class_name
-from llmasr.models.funasr_dir import frontend_from_funasr_conf
+from llmasr.models.funasr_dir import file_path_metas, frontend_from_funasr_conf
 
 NANO_MODEL = "FunASRNano"
 NANO_SYSTEM = "You are a helpful assistant."
@@ -103,21 +102,10 @@ def _section(config: dict, key: str, path: Path) -> dict:
     return value
 
 
-def file_path_metas(src: Path) -> dict:
-    path = src / "configuration.json"
-    if not path.is_file():
-        return {}
-    try:
-        metas = json.loads(path.read_text(encoding="utf-8")).get("file_path_metas") or {}
-    except (UnicodeDecodeError, json.JSONDecodeError, AttributeError) as err:
-        raise ConfigError(f"{path}: not a readable JSON object: {err}") from err
-    return metas if isinstance(metas, dict) else {}
-
-
 def llm_dir(src: Path, config: dict) -> Path:
     """The Qwen3 directory: configuration.json's file_path_metas.llm_conf.init_param_path (relative to SRC, as
     FunASR's AutoModel maps it), else config.yaml's llm_conf.init_param_path."""
-    mapped = (file_path_metas(src).get("llm_conf") or {}).get("init_param_path")
+    mapped = ((file_path_metas(src) or {}).get("llm_conf") or {}).get("init_param_path")
     stated = mapped if mapped is not None else _section(config, "llm_conf", src / "config.yaml").get("init_param_path")
     where = "configuration.json file_path_metas.llm_conf" if mapped is not None else "config.yaml llm_conf"
     if not stated:

@@ -13,27 +13,14 @@ and their sizes checked against the vocabulary and the encoder, when the model i
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from llmasr.config_io import ConfigError
 from llmasr.models.ctc_vocab import read_token_list
-from llmasr.models.funasr_dir import read_funasr_config
+from llmasr.models.funasr_dir import file_path_metas, read_funasr_config
 
 # FunASR prefixes every tensor of the CTC head with the module's name.
 CTC_PREFIX = "ctc."
-
-
-def _metas(model_dir: Path) -> dict:
-    """configuration.json's file_path_metas ({} without the file)."""
-    path = model_dir / "configuration.json"
-    if not path.is_file():
-        return {}
-    try:
-        metas = json.loads(path.read_text(encoding="utf-8")).get("file_path_metas") or {}
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError) as err:
-        raise ConfigError(f"{path}: not a readable JSON object: {err}") from err
-    return metas if isinstance(metas, dict) else {}
 
 
 def _named_file(model_dir: Path, name: object, where: str) -> Path:
@@ -89,7 +76,7 @@ def funasr_ctc_settings(model_dir: str | Path) -> dict[str, str]:
     """`model.ctc` settings for the CTC head of FunASR directory `model_dir`: vocab, blank, init_from, init_prefix."""
     model_dir = Path(model_dir).resolve()
     config = read_funasr_config(model_dir)
-    metas = _metas(model_dir)
+    metas = file_path_metas(model_dir) or {}
     vocab = _vocabulary(model_dir, config, metas)
     weights = metas.get("init_param") or "model.pt"
     init_from = _named_file(model_dir, weights, f"{model_dir}: the model weights ({weights})")

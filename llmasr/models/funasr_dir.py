@@ -121,21 +121,33 @@ def frontend_from_funasr_conf(
     return fe
 
 
-def _mapped_cmvn(model_dir: Path) -> tuple[bool, Path | None]:
-    """(has configuration.json, the CMVN file its file_path_metas.frontend_conf.cmvn_file names or None)."""
+def file_path_metas(model_dir: Path) -> dict | None:
+    """configuration.json's `file_path_metas`: the files FunASR's AutoModel resolves against the directory
+    ({} when it names none); None without configuration.json."""
     path = model_dir / "configuration.json"
     if not path.is_file():
-        return False, None
+        return None
     try:
         metas = json.loads(path.read_text(encoding="utf-8")).get("file_path_metas") or {}
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError) as err:
         raise ConfigError(f"{path}: not a readable JSON object: {err}") from err
-    name = (metas.get("frontend_conf") or {}).get("cmvn_file") if isinstance(metas, dict) else None
+    return metas if isinstance(metas, dict) else {}
+
+
+def _mapped_cmvn(model_dir: Path) -> tuple[bool, Path | None]:
+    """(has configuration.json, the CMVN file its file_path_metas.frontend_conf.cmvn_file names or None)."""
+    metas = file_path_metas(model_dir)
+    if metas is None:
+        return False, None
+    name = (metas.get("frontend_conf") or {}).get("cmvn_file")
     if name is None:
         return True, None
     mapped = model_dir / str(name)
     if not mapped.is_file():
-        raise ConfigError(f"{path}: file_path_metas.frontend_conf.cmvn_file names {name}, which is not in {model_dir}")
+        raise ConfigError(
+            f"{model_dir / 'configuration.json'}: file_path_metas.frontend_conf.cmvn_file names {name}, which is not "
+            f"in {model_dir}"
+        )
     return True, mapped
 
 
