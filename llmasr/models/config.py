@@ -250,7 +250,10 @@ class ModelConfig:
                 f"paraformer, conformer or sensevoice); this encoder is type {self.encoder.type!r} with path "
                 f"{self.encoder.path!r}. Set {path}.vocab (and init_from for a pretrained head) instead"
             )
-        derived = funasr_ctc_settings(self.encoder.path)
+        try:
+            derived = funasr_ctc_settings(self.encoder.path)
+        except ConfigError as err:
+            raise ConfigError(f"{path}.from_encoder (reading model.encoder.path): {err}") from err
         unset = {"vocab": "llm", "blank": None, "init_from": None, "init_prefix": ""}
         for key, value in derived.items():
             own = getattr(self.ctc, key)

@@ -101,6 +101,10 @@ def test_configuration_json_names_the_vocabulary_over_config_yaml(dirs, tmp_path
         ({"encoder": {"type": "whisper", "conf": {"d_model": 8}}}, r"model.ctc.from_encoder: .*type 'whisper'"),
         ({"encoder": {"type": "paraformer"}}, r"model.ctc.from_encoder: .*with path None"),
         (
+            {"encoder": {"type": "sensevoice", "path": "/no/such/dir"}},
+            r"model.ctc.from_encoder \(reading model.encoder.path\): FunASR model directory not found: /no/such/dir",
+        ),
+        (
             {"ctc": {"weight": 0.3, "from_encoder": True, "blank": "<s>"}},
             r"model.ctc.blank: '<s>', but model.ctc.from_encoder takes '<unk>' from .*sv",
         ),
