@@ -32,8 +32,9 @@ from pathlib import Path
 from llmasr.config_io import ConfigError
 
 DEBUG_ENV = "LLMASR_DEBUG"
-# by class name: no heavy import to recognise them
-INPUT_ERRORS = frozenset({"ConfigError", "TooMuchBadData", "CheckpointError"})
+# by class name: no heavy import to recognise them. CheckpointMismatchError: a pretrained file that does not fit the
+# model the recipe describes (a wrong directory, or a conf override that disagrees with it).
+INPUT_ERRORS = frozenset({"ConfigError", "TooMuchBadData", "CheckpointError", "CheckpointMismatchError"})
 _traceback_file: Path | None = None
 
 

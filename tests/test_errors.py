@@ -36,6 +36,9 @@ def test_describe_names_the_file_the_context_and_where_a_foreign_error_was_raise
     assert "raised at " in text and "test_errors.py" in text
     assert errors.exit_status(raised(load)) == 1
 
+    from llmasr.models.state_dict import CheckpointMismatchError
+
+    assert errors.exit_status(CheckpointMismatchError("model.pt does not match the SANMEncoder")) == 2
     config = ConfigError("train.epochs: must be >= 1, got 0")
     assert errors.describe(config) == "train.epochs: must be >= 1, got 0" and errors.exit_status(config) == 2
 

@@ -26,7 +26,7 @@ from llmasr.models.funasr_dir import funasr_encoder_spec, load_funasr_encoder
 from llmasr.models.llm import apply_lora, embedding_shape, load_llm
 from llmasr.models.prompt import PromptBuilder
 from llmasr.models.speech_llm import SpeechLLM
-from llmasr.models.state_dict import load_into, select_prefix, torch_load, unwrap_state_dict
+from llmasr.models.state_dict import load_into, read_safetensors, select_prefix, torch_load, unwrap_state_dict
 from llmasr.models.whisper import check_whisper_conf, load_whisper_encoder, whisper_dir_frontend, whisper_frontend
 
 log = logging.getLogger(__name__)
@@ -86,18 +86,22 @@ def encoder_frontend(cfg: EncoderConfig) -> FrontendConfig:
     return encoder_spec(cfg).frontend
 
 
-def build_encoder(cfg: EncoderConfig, *, pretrained: bool = True) -> tuple[nn.Module, FrontendConfig]:
-    """The encoder (its pretrained weights read when `pretrained`) and the frontend it expects, frozen, with LoRA
-    and checkpointing as configured."""
+def build_encoder(
+    cfg: EncoderConfig, *, pretrained: bool = True, shapes_only: bool = False
+) -> tuple[nn.Module, FrontendConfig]:
+    """The encoder (its pretrained weights read when `pretrained`; only their names and shapes, checked, with
+    `shapes_only`) and the frontend it expects, frozen, with LoRA and checkpointing as configured."""
     spec = encoder_spec(cfg)
     if pretrained and cfg.path is not None and cfg.type == "whisper":
-        encoder, _ = load_whisper_encoder(cfg.path, reinit_keys=cfg.reinit_keys)
+        encoder, _ = load_whisper_encoder(cfg.path, reinit_keys=cfg.reinit_keys, shapes_only=shapes_only)
     elif pretrained and cfg.path is not None:
-        encoder, _ = load_funasr_encoder(cfg.path, conf_overrides=cfg.conf or None, reinit_keys=cfg.reinit_keys)
+        encoder, _ = load_funasr_encoder(
+            cfg.path, conf_overrides=cfg.conf or None, reinit_keys=cfg.reinit_keys, shapes_only=shapes_only
+        )
     else:
         encoder = spec.entry.construct(spec.conf)
         if pretrained and cfg.init_from:
-            state = read_weights(cfg.init_from, cfg.init_prefix, "model.encoder")
+            state = read_weights(cfg.init_from, cfg.init_prefix, "model.encoder", shapes_only=shapes_only)
             load_into(encoder, state, source=f"encoder weights {cfg.init_from}", reinit_keys=cfg.reinit_keys)
         elif pretrained:
             log.info("%s encoder built from conf with fresh weights", cfg.type)
@@ -112,17 +116,16 @@ def build_encoder(cfg: EncoderConfig, *, pretrained: bool = True) -> tuple[nn.Mo
     return encoder, spec.frontend
 
 
-def read_weights(init_from: str, init_prefix: str, what: str) -> dict:
-    """Tensors of a .safetensors or weights-only .pt file, restricted to `init_prefix` (prefix removed)."""
+def read_weights(init_from: str, init_prefix: str, what: str, *, shapes_only: bool = False) -> dict:
+    """Tensors of a .safetensors or weights-only .pt file, restricted to `init_prefix` (prefix removed);
+    `shapes_only`: meta tensors of their shapes."""
     path = Path(init_from)
     if not path.is_file():
         raise ConfigError(f"{what}.init_from: file not found: {path}")
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        state = load_file(str(path))
+        state = read_safetensors(path, shapes_only=shapes_only)
     else:
-        state = unwrap_state_dict(torch_load(path), str(path))
+        state = unwrap_state_dict(torch_load(path, shapes_only=shapes_only), str(path))
     if init_prefix:
         state = select_prefix(state, init_prefix)
         if not state:
@@ -139,10 +142,12 @@ def encoder_source(cfg: EncoderConfig) -> str:
     return f"the {cfg.type} encoder built from model.encoder.conf"
 
 
-def load_adaptor_weights(adaptor: nn.Module, cfg: ModelConfig, encoder_dim: int, llm_dim: int) -> None:
+def load_adaptor_weights(
+    adaptor: nn.Module, cfg: ModelConfig, encoder_dim: int, llm_dim: int, *, shapes_only: bool = False
+) -> None:
     """Load `cfg.adaptor.init_from`, first naming an encoder or LLM whose size does not fit the stored adaptor."""
     a = cfg.adaptor
-    state = read_weights(a.init_from, a.init_prefix, "model.adaptor")
+    state = read_weights(a.init_from, a.init_prefix, "model.adaptor", shapes_only=shapes_only)
     in_key, axis, out_key = adaptor.IO_WEIGHTS
     if in_key in state and state[in_key].dim() > axis:
         stored, built = int(state[in_key].shape[axis]), int(adaptor.state_dict()[in_key].shape[axis])
@@ -166,14 +171,16 @@ def load_adaptor_weights(adaptor: nn.Module, cfg: ModelConfig, encoder_dim: int,
     load_into(adaptor, state, source=f"adaptor weights {a.init_from}")
 
 
-def load_ctc_weights(head: nn.Module, cfg: CTCConfig, vocab_size: int, encoder_dim: int, encoder_from: str) -> None:
+def load_ctc_weights(
+    head: nn.Module, cfg: CTCConfig, vocab_size: int, encoder_dim: int, encoder_from: str, *, shapes_only: bool = False
+) -> None:
     """Load a pretrained CTC head, refusing one whose output size is not the configured vocabulary's, or whose
     input size is not the encoder's.
 
     FunASR skips such a mismatch silently and later fails with an assert inside the loss (320 vs 8404).
     """
     try:
-        state = read_weights(cfg.init_from, cfg.init_prefix, "model.ctc")
+        state = read_weights(cfg.init_from, cfg.init_prefix, "model.ctc", shapes_only=shapes_only)
     except ConfigError as err:
         if not cfg.from_encoder:
             raise
@@ -218,7 +225,7 @@ def build_prompt(cfg: ModelConfig, tokenizer) -> PromptBuilder:
     )
 
 
-WEIGHTS = ("pretrained", "random", "meta")
+WEIGHTS = ("pretrained", "random", "meta", "shapes")
 
 
 def build_model(cfg: ModelConfig | dict | str | Path, *, weights: str = "pretrained") -> SpeechLLM:
@@ -226,17 +233,20 @@ def build_model(cfg: ModelConfig | dict | str | Path, *, weights: str = "pretrai
 
     weights: "pretrained" reads every pretrained file the section names (training, export, decoding);
     "random" builds the same architecture from config files with fresh weights (benchmarks); "meta" does that on
-    the meta device, which reads no weight and allocates no memory (`llmasr check`). Freezing, LoRA and the
-    text side (tokenizer, prompt, CTC vocabulary) are the same in all three."""
+    the meta device, which reads no weight and allocates no memory; "shapes" builds on the meta device too and then
+    runs the encoder, adaptor and CTC head loaders on their pretrained files' tensor names and shapes, reading no
+    tensor data, so every mismatch the "pretrained" load would refuse is found (`llmasr check`; the LLM's own
+    files are left to transformers' load). Freezing, LoRA and the text side (tokenizer, prompt, CTC vocabulary) are
+    the same in all four."""
     if isinstance(cfg, (str, Path)):
         cfg = load_yaml(cfg)
     if isinstance(cfg, dict):
         cfg = from_dict(ModelConfig, cfg.get("model", cfg), "model")
     if weights not in WEIGHTS:
         raise ValueError(f"weights must be one of {WEIGHTS}, got {weights!r}")
-    pretrained = weights == "pretrained"
-    with torch.device("meta") if weights == "meta" else nullcontext():
-        encoder, frontend = build_encoder(cfg.encoder, pretrained=pretrained)
+    pretrained, shapes_only = weights in ("pretrained", "shapes"), weights == "shapes"
+    with torch.device("meta") if weights in ("meta", "shapes") else nullcontext():
+        encoder, frontend = build_encoder(cfg.encoder, pretrained=pretrained, shapes_only=shapes_only)
         llm, tokenizer = load_llm(
             cfg.llm.path,
             lora=cfg.llm.lora,
@@ -247,24 +257,15 @@ def build_model(cfg: ModelConfig | dict | str | Path, *, weights: str = "pretrai
             trust_remote_code=cfg.llm.trust_remote_code,
             adapter=cfg.llm.adapter,
             tokenizer=cfg.llm.tokenizer,
-            pretrained=pretrained,
+            pretrained=weights == "pretrained",
         )
         llm_dim = int(embedding_shape(llm)[-1])
         adaptor = build_adaptor(cfg.adaptor, output_dim(encoder), llm_dim)
         if pretrained and cfg.adaptor.init_from:
-            load_adaptor_weights(adaptor, cfg, output_dim(encoder), llm_dim)
+            load_adaptor_weights(adaptor, cfg, output_dim(encoder), llm_dim, shapes_only=shapes_only)
         if cfg.adaptor.freeze:
             adaptor.requires_grad_(False)
-        ctc_tokenizer = None
-        if cfg.ctc.weight > 0:
-            ctc_tokenizer = build_ctc_tokenizer(cfg.ctc, tokenizer)
-        ctc_head = None
-        if ctc_tokenizer is not None:
-            ctc_head = build_ctc_head(cfg.ctc, output_dim(encoder), ctc_tokenizer.vocab_size)
-            if pretrained and cfg.ctc.init_from:
-                load_ctc_weights(
-                    ctc_head, cfg.ctc, ctc_tokenizer.vocab_size, output_dim(encoder), encoder_source(cfg.encoder)
-                )
+        ctc_tokenizer, ctc_head = _build_ctc(cfg, tokenizer, output_dim(encoder), pretrained, shapes_only)
     return SpeechLLM(
         encoder,
         adaptor,
@@ -277,3 +278,15 @@ def build_model(cfg: ModelConfig | dict | str | Path, *, weights: str = "pretrai
         ctc_label_smoothing=cfg.ctc.label_smoothing,
         ctc_compress=cfg.adaptor.ctc_compress,
     )
+
+
+def _build_ctc(cfg: ModelConfig, tokenizer, encoder_dim: int, pretrained: bool, shapes_only: bool):
+    """(CTC tokenizer, CTC head), both None without a head (`model.ctc.weight` 0)."""
+    if cfg.ctc.weight <= 0:
+        return None, None
+    ctc_tokenizer = build_ctc_tokenizer(cfg.ctc, tokenizer)
+    head = build_ctc_head(cfg.ctc, encoder_dim, ctc_tokenizer.vocab_size)
+    if pretrained and cfg.ctc.init_from:
+        vocab, source = ctc_tokenizer.vocab_size, encoder_source(cfg.encoder)
+        load_ctc_weights(head, cfg.ctc, vocab, encoder_dim, source, shapes_only=shapes_only)
+    return ctc_tokenizer, head

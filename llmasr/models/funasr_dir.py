@@ -245,12 +245,14 @@ def load_funasr_encoder(
     conf_overrides: dict | None = None,
     reinit_keys: list[str] | tuple[str, ...] = (),
     prefix: str = "encoder.",
+    shapes_only: bool = False,
 ) -> tuple[nn.Module, FrontendConfig]:
     """Build the encoder named in `model_dir/config.yaml`, load its weights from model.pt, read its frontend.
 
     `conf_overrides` replace `encoder_conf` values (e.g. dropout rates); `reinit_keys` (encoder-relative names,
     globs allowed) may be missing from model.pt or differently shaped and keep their fresh initialisation.
-    Returns (encoder, frontend); the frontend's cmvn_file is the absolute path of am.mvn.
+    Returns (encoder, frontend); the frontend's cmvn_file is the absolute path of am.mvn. `shapes_only`: model.pt's
+    tensor names and shapes are checked as a load checks them, no data is read (build it on the meta device).
     """
     model_dir = Path(model_dir).resolve()
     entry, conf, frontend = funasr_encoder_spec(model_dir, conf_overrides)
@@ -262,7 +264,7 @@ def load_funasr_encoder(
             f"{ckpt_path}: missing. A FunASR model directory needs model.pt: the model's state dict (torch.save), "
             f"encoder tensors under '{prefix}'"
         )
-    state = unwrap_state_dict(torch_load(ckpt_path), source=str(ckpt_path))
+    state = unwrap_state_dict(torch_load(ckpt_path, shapes_only=shapes_only), source=str(ckpt_path))
     if not select_prefix(state, prefix) and select_prefix(state, "module." + prefix):
         state = select_prefix(state, "module.")  # saved from a DDP-wrapped model
     encoder_state = select_prefix(state, prefix)

@@ -40,14 +40,62 @@ class LoadReport:
         return "\n".join(lines)
 
 
-def torch_load(path: str | Path) -> dict:
-    """torch.load restricted to tensors and plain containers (no pickled code)."""
+def torch_load(path: str | Path, *, shapes_only: bool = False) -> dict:
+    """torch.load restricted to tensors and plain containers (no pickled code), memory-mapped: a tensor's data is
+    read when it is copied, so taking the encoder from a whole model.pt never reads the rest. `shapes_only`: meta
+    tensors (names, shapes and dtypes; no data read), for checking a file against a model built on the meta device."""
     try:
-        return torch.load(str(path), map_location="cpu", weights_only=True)
+        try:
+            obj = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as err:
+            if "mmap" not in str(err):
+                raise
+            obj = torch.load(str(path), map_location="cpu", weights_only=True)  # the legacy (pre-zip) format
     except FileNotFoundError:
         raise
     except Exception as err:  # pickle errors, truncated files
         raise CheckpointMismatchError(f"{path}: cannot be read as a weights-only torch checkpoint: {err}") from err
+    return as_meta(obj) if shapes_only else obj
+
+
+def as_meta(obj):
+    """`obj` with every tensor (in nested dicts and lists) replaced by a meta tensor of its shape and dtype."""
+    if isinstance(obj, torch.Tensor):
+        return torch.empty(obj.shape, dtype=obj.dtype, device="meta")
+    if isinstance(obj, dict):
+        return {k: as_meta(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(as_meta(v) for v in obj)
+    return obj
+
+
+def read_safetensors(path: str | Path, keys=None, *, shapes_only: bool = False) -> dict[str, torch.Tensor]:
+    """The tensors of a .safetensors file (only `keys` when given); `shapes_only`: meta tensors from its header."""
+    from safetensors import safe_open
+
+    out = {}
+    with safe_open(str(path), framework="pt") as handle:
+        for key in handle.keys() if keys is None else keys:
+            if shapes_only:
+                part = handle.get_slice(key)
+                out[key] = torch.empty(part.get_shape(), dtype=_SAFETENSORS_DTYPES.get(part.get_dtype()), device="meta")
+            else:
+                out[key] = handle.get_tensor(key)
+    return out
+
+
+_SAFETENSORS_DTYPES = {
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
 
 
 def unwrap_state_dict(obj: dict, source: str = "checkpoint") -> dict[str, torch.Tensor]:

@@ -23,7 +23,7 @@ from torch import nn
 
 from llmasr.config_io import ConfigError
 from llmasr.data.frontend import FrontendConfig
-from llmasr.models.state_dict import CheckpointMismatchError, load_into
+from llmasr.models.state_dict import CheckpointMismatchError, load_into, read_safetensors
 
 log = logging.getLogger(__name__)
 
@@ -142,8 +142,9 @@ def build_whisper_encoder(conf: dict[str, Any]) -> tuple[WhisperAudioEncoder, Fr
     return WhisperAudioEncoder(config), whisper_frontend(config)
 
 
-def _read_encoder_tensors(path: Path) -> dict[str, torch.Tensor]:
-    """Encoder tensors only (prefix stripped), from model.safetensors or the shards an index lists."""
+def _read_encoder_tensors(path: Path, shapes_only: bool = False) -> dict[str, torch.Tensor]:
+    """Encoder tensors only (prefix stripped), from model.safetensors or the shards an index lists; `shapes_only`:
+    meta tensors from the files' headers."""
     from safetensors import safe_open
 
     single = path / "model.safetensors"
@@ -174,10 +175,9 @@ def _read_encoder_tensors(path: Path) -> dict[str, torch.Tensor]:
         raise CheckpointMismatchError(f"{path}: no Whisper encoder weights (no *conv1.weight key) in {files[0].name}")
     out: dict[str, torch.Tensor] = {}
     for f, keys in keys_by_file.items():
-        with safe_open(str(f), framework="pt") as handle:
-            for key in keys:
-                if key.startswith(prefix) and (prefix or not key.startswith(("model.", "decoder.", "proj_out"))):
-                    out[key[len(prefix) :]] = handle.get_tensor(key)
+        other = ("model.", "decoder.", "proj_out")  # with no prefix (a bare encoder's keys), the rest is skipped
+        wanted = [k for k in keys if k.startswith(prefix) and (prefix or not k.startswith(other))]
+        out.update((k[len(prefix) :], v) for k, v in read_safetensors(f, wanted, shapes_only=shapes_only).items())
     return out
 
 
@@ -194,10 +194,12 @@ def whisper_dir_frontend(path: str | Path) -> FrontendConfig:
 
 
 def load_whisper_encoder(
-    path: str | Path, *, reinit_keys: list[str] | tuple[str, ...] = ()
+    path: str | Path, *, reinit_keys: list[str] | tuple[str, ...] = (), shapes_only: bool = False
 ) -> tuple[WhisperAudioEncoder, FrontendConfig]:
     """Encoder + frontend settings from a local HF Whisper directory. `reinit_keys` are WhisperEncoder names
-    (globs allowed, e.g. "layers.31.*") that may be missing or differently shaped and stay freshly initialised."""
+    (globs allowed, e.g. "layers.31.*") that may be missing or differently shaped and stay freshly initialised.
+    `shapes_only`: the files' tensor names and shapes are checked against the encoder, no data is read (build it on
+    the meta device)."""
     from transformers import WhisperConfig
 
     path = Path(path)
@@ -211,7 +213,7 @@ def load_whisper_encoder(
         raise ConfigError(f"{path / 'config.json'}: model_type {config.model_type!r}, expected 'whisper'")
     preprocessor = json.loads((path / "preprocessor_config.json").read_text())
     frontend = whisper_frontend(config, preprocessor)
-    state = _read_encoder_tensors(path)
+    state = _read_encoder_tensors(path, shapes_only)
     model = WhisperAudioEncoder(config)
     load_into(model.encoder, state, source=str(path), reinit_keys=reinit_keys)
     return model, frontend

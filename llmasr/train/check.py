@@ -5,8 +5,10 @@
 Prints the batch arithmetic, the exact batches per rank per epoch (the real sampler over the real manifests),
 the update count, each param group's lr at the key updates, and a per-rank memory estimate for the ZeRO stage; it
 writes the lr curves (lr_schedule.csv and lr_schedule.png) into --out (default: the run directory, or its check/
-folder once it holds a run). No weights are read: the model is built on the meta device by the same builder
-training uses, which gives exact parameter counts.
+folder once it holds a run). No weight data is read: the model is built on the meta device by the same builder
+training uses, which gives exact parameter counts, and the encoder, adaptor and CTC head loaders run on their
+pretrained files' tensor names and shapes, so a file that does not fit the model is refused here, as training's
+load would refuse it.
 """
 
 from __future__ import annotations
@@ -142,7 +144,7 @@ def check(
     plan = plan_run(recipe, ds, rank=0, world_size=world_size)  # the same arithmetic `llmasr train` logs
     _, sampler, valid_loader = plan.loaders
     k, per_epoch, total = plan.grad_accum, plan.per_epoch, plan.total
-    model = build_model(recipe.model, weights="meta")  # exact parameter counts, no weights read
+    model = build_model(recipe.model, weights="shapes")  # exact counts; the pretrained files' shapes checked
     groups = build_param_groups(model, recipe.optim)
     names = [g["name"] for g in groups]
     curves = lr_curve(recipe.optim, names, total)

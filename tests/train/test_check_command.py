@@ -179,3 +179,48 @@ def test_the_run_folder_is_checked_as_train_would_treat_it(trained, tmp_path, ca
     assert code == 2 and "free, and a checkpoint of this run takes about" in err
     code, _, err = run_check(capsys, *base, "--resume", "update_00000099")
     assert code == 2 and "--resume update_00000099: neither a checkpoint folder nor a tag" in err
+
+
+@pytest.fixture(scope="module")
+def pretrained_recipe(tiny_llm_dir, tmp_path_factory):
+    """A recipe whose encoder is a FunASR directory (model.pt) and whose adaptor starts from a file."""
+    import torch
+    from safetensors.torch import save_file
+
+    from llmasr.models.builder import build_model
+    from llmasr.testing.tiny_funasr import tiny_sanm_conf, write_funasr_dir
+
+    root = tmp_path_factory.mktemp("check_pretrained")
+    enc = write_funasr_dir(root / "paraformer", encoder_conf=tiny_sanm_conf())
+    train_m = write_tiny_corpus(root / "train", n=8)
+    data = tiny_recipe_dict(tiny_llm_dir, train=[train_m], output_dir=root / "run", encoder_dir=enc, dropout=None)
+    model = build_model(data["model"], weights="random")
+    save_file({k: v.contiguous() for k, v in model.adaptor.state_dict().items()}, str(root / "adaptor.safetensors"))
+    wide = {k: torch.zeros(*v.shape[:-1], v.shape[-1] + 8) for k, v in model.adaptor.state_dict().items()}
+    save_file(wide, str(root / "adaptor_wide.safetensors"))
+    data["model"]["adaptor"]["init_from"] = str(root / "adaptor.safetensors")
+    path = root / "recipe.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_pretrained_files_that_do_not_fit_the_model_are_refused_before_training(pretrained_recipe, tmp_path, capsys):
+    """`llmasr check` runs the encoder, adaptor and CTC head loaders on the files' names and shapes, as training's
+    load does, so what the first minutes of a GPU job would refuse is refused here."""
+    from llmasr.models.builder import build_model
+    from llmasr.recipe import load_recipe
+
+    base = ["--config", str(pretrained_recipe), "--out", str(tmp_path), "--deepspeed", "zero2"]
+    code, out, err = run_check(capsys, *base)
+    assert code == 0, err
+    meta = build_model(load_recipe(pretrained_recipe).model, weights="shapes")
+    assert {p.device.type for p in meta.parameters()} == {"meta"}  # nothing allocated, no data read
+
+    code, _, err = run_check(capsys, *base, "model.encoder.conf.num_blocks=3")  # model.pt holds 2 blocks
+    assert code == 2 and "model.pt (encoder.*) does not match the SANMEncoder built from the config" in err
+    assert "missing from checkpoint: encoders.1." in err, err
+    wide = pretrained_recipe.parent / "adaptor_wide.safetensors"
+    code, _, err = run_check(capsys, *base, f"model.adaptor.init_from={wide}")
+    assert code == 2 and "adaptor_wide.safetensors" in err, err
+    code, _, err = run_check(capsys, *base, "model.ctc.weight=0.3", "model.ctc.from_encoder=true")
+    assert code == 2 and "model.ctc.from_encoder:" in err and "holds no CTC head" in err, err
