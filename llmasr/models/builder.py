@@ -234,10 +234,10 @@ def build_model(cfg: ModelConfig | dict | str | Path, *, weights: str = "pretrai
     weights: "pretrained" reads every pretrained file the section names (training, export, decoding);
     "random" builds the same architecture from config files with fresh weights (benchmarks); "meta" does that on
     the meta device, which reads no weight and allocates no memory; "shapes" builds on the meta device too and then
-    runs the encoder, adaptor and CTC head loaders on their pretrained files' tensor names and shapes, reading no
-    tensor data, so every mismatch the "pretrained" load would refuse is found (`llmasr check`; the LLM's own
-    files are left to transformers' load). Freezing, LoRA and the text side (tokenizer, prompt, CTC vocabulary) are
-    the same in all four."""
+    checks every pretrained file's tensor names and shapes against it (the encoder, adaptor and CTC head through
+    their own loaders, the LLM's weight files against its config.json), reading no tensor data, so what the
+    "pretrained" load would refuse, or fill with random values, is found (`llmasr check`). Freezing, LoRA and the
+    text side (tokenizer, prompt, CTC vocabulary) are the same in all four."""
     if isinstance(cfg, (str, Path)):
         cfg = load_yaml(cfg)
     if isinstance(cfg, dict):
@@ -258,6 +258,7 @@ def build_model(cfg: ModelConfig | dict | str | Path, *, weights: str = "pretrai
             adapter=cfg.llm.adapter,
             tokenizer=cfg.llm.tokenizer,
             pretrained=weights == "pretrained",
+            shapes_only=shapes_only,
         )
         llm_dim = int(embedding_shape(llm)[-1])
         adaptor = build_adaptor(cfg.adaptor, output_dim(encoder), llm_dim)

@@ -14,6 +14,7 @@ from torch import nn
 
 from llmasr.config_io import ConfigError
 from llmasr.models.config import LoraConfig
+from llmasr.models.llm_files import check_llm_weights, weight_files
 
 log = logging.getLogger(__name__)
 
@@ -110,11 +111,12 @@ def load_llm(
     adapter: str | Path | None = None,
     tokenizer: str | Path | None = None,
     pretrained: bool = True,
+    shapes_only: bool = False,
 ):
     """Load (model, tokenizer) from a local HF directory; the model is a peft PeftModel when `lora` or `adapter` is
     given. `pretrained=False` builds the architecture from config.json with fresh weights and reads no weight file
-    (under a meta device context this costs no memory)."""
-    from transformers import AutoConfig, AutoModelForCausalLM
+    (under a meta device context this costs no memory); `shapes_only` then checks the weight files' tensor names and
+    shapes against it (llmasr.models.llm_files), reading no tensor data."""
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
@@ -123,20 +125,7 @@ def load_llm(
         raise LLMLoadError(f"model.llm.dtype: {dtype!r} is not one of {sorted(DTYPES)}")
     if trust_remote_code:
         warn_remote_code(path, "model.llm.trust_remote_code")
-    config = AutoConfig.from_pretrained(str(path), local_files_only=True, trust_remote_code=trust_remote_code)
-    try:
-        if pretrained:
-            model = AutoModelForCausalLM.from_pretrained(
-                str(path),
-                config=config,
-                dtype=DTYPES[dtype],
-                local_files_only=True,
-                trust_remote_code=trust_remote_code,
-            )
-        else:
-            model = AutoModelForCausalLM.from_config(config, dtype=DTYPES[dtype], trust_remote_code=trust_remote_code)
-    except ValueError as err:
-        raise LLMLoadError(f"{path}: not loadable as a causal LM ({config.model_type}): {err}") from err
+    model = _causal_lm(path, DTYPES[dtype], trust_remote_code, pretrained=pretrained, shapes_only=shapes_only)
     tok = load_tokenizer(tokenizer or _adapter_tokenizer(adapter) or path, trust_remote_code=trust_remote_code)
     vocab_rows = embedding_shape(model)[0]
     if len(tok) > vocab_rows:
@@ -154,6 +143,28 @@ def load_llm(
         if not freeze:  # full fine-tuning plus adapters: peft froze the base, undo that
             model.requires_grad_(True)
     return model, tok
+
+
+def _causal_lm(path: Path, dtype: torch.dtype, trust_remote_code: bool, *, pretrained: bool, shapes_only: bool):
+    """The causal LM of `path`: its weights read (`pretrained`), or fresh ones from config.json with the weight
+    files' names and shapes checked against it (`shapes_only`), or fresh ones alone."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(str(path), local_files_only=True, trust_remote_code=trust_remote_code)
+    if pretrained:
+        weight_files(path)  # there, and not Git LFS pointers: transformers' own errors do not say so
+    try:
+        if pretrained:
+            model = AutoModelForCausalLM.from_pretrained(
+                str(path), config=config, dtype=dtype, local_files_only=True, trust_remote_code=trust_remote_code
+            )
+        else:
+            model = AutoModelForCausalLM.from_config(config, dtype=dtype, trust_remote_code=trust_remote_code)
+    except ValueError as err:
+        raise LLMLoadError(f"{path}: not loadable as a causal LM ({config.model_type}): {err}") from err
+    if shapes_only:
+        check_llm_weights(path, model)
+    return model
 
 
 def set_activation_checkpointing(model: nn.Module, every: int) -> int:

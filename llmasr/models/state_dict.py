@@ -54,8 +54,24 @@ def torch_load(path: str | Path, *, shapes_only: bool = False) -> dict:
     except FileNotFoundError:
         raise
     except Exception as err:  # pickle errors, truncated files
+        refuse_lfs_pointer(path)
         raise CheckpointMismatchError(f"{path}: cannot be read as a weights-only torch checkpoint: {err}") from err
     return as_meta(obj) if shapes_only else obj
+
+
+def refuse_lfs_pointer(path: str | Path) -> None:
+    """A Git LFS pointer in place of a weight file (a model repository cloned without LFS) is named as such: the
+    readers' own errors (an invalid load key, a header too large) do not say it."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(64)
+    except OSError:
+        return
+    if head.startswith(b"version https://git-lfs"):
+        raise CheckpointMismatchError(
+            f"{path}: a Git LFS pointer, not the weights (the repository was cloned without LFS): run "
+            f"`git lfs pull` in {Path(path).parent}, or download the file itself"
+        )
 
 
 def as_meta(obj):
@@ -74,13 +90,20 @@ def read_safetensors(path: str | Path, keys=None, *, shapes_only: bool = False) 
     from safetensors import safe_open
 
     out = {}
-    with safe_open(str(path), framework="pt") as handle:
-        for key in handle.keys() if keys is None else keys:
-            if shapes_only:
-                part = handle.get_slice(key)
-                out[key] = torch.empty(part.get_shape(), dtype=_SAFETENSORS_DTYPES.get(part.get_dtype()), device="meta")
-            else:
-                out[key] = handle.get_tensor(key)
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            for key in handle.keys() if keys is None else keys:
+                if shapes_only:
+                    part = handle.get_slice(key)
+                    dtype = _SAFETENSORS_DTYPES.get(part.get_dtype())
+                    out[key] = torch.empty(part.get_shape(), dtype=dtype, device="meta")
+                else:
+                    out[key] = handle.get_tensor(key)
+    except FileNotFoundError:
+        raise
+    except Exception as err:  # safetensors' own error type: a bad header, a truncated file
+        refuse_lfs_pointer(path)
+        raise CheckpointMismatchError(f"{path}: not a readable safetensors file: {err}") from err
     return out
 
 

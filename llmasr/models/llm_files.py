@@ -1,0 +1,103 @@
+"""The weight files of a Hugging Face LLM directory: present, readable, and (for `llmasr check`) holding a tensor of
+the right shape for every weight of the model its config.json describes.
+
+transformers fills a weight its files lack with fresh random values and only logs it, and it meets a Git LFS pointer
+(a repository cloned without LFS) with a header error that does not say so. Both are found here before the load,
+the names-and-shapes comparison without reading any tensor data (safetensors headers, memory-mapped .bin files).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from torch import nn
+
+from llmasr.config_io import ConfigError
+from llmasr.models.state_dict import read_safetensors, refuse_lfs_pointer, torch_load
+
+# (index, single file) pairs in the order transformers looks for them
+WEIGHT_LAYOUTS = (
+    ("model.safetensors.index.json", "model.safetensors"),
+    ("pytorch_model.bin.index.json", "pytorch_model.bin"),
+)
+_SHOWN = 8  # keys listed per kind of mismatch; the rest are counted
+
+
+class LLMWeightsError(ConfigError):
+    """The LLM directory's weight files are missing, unreadable, or do not fit its config.json."""
+
+
+def weight_files(path: Path) -> list[Path]:
+    """The files holding the LLM's weights (an index's shards, or the single file); each is checked to be there
+    and not a Git LFS pointer."""
+    for index_name, single_name in WEIGHT_LAYOUTS:
+        index, single = path / index_name, path / single_name
+        if index.is_file():
+            try:
+                weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as err:
+                raise LLMWeightsError(f"{index}: not a readable weight index (a `weight_map` object): {err}") from err
+            files = [path / name for name in sorted(set(weight_map.values()))]
+            absent = [f.name for f in files if not f.is_file()]
+            if absent:
+                raise LLMWeightsError(f"{index} lists shards that are not in {path}: {', '.join(absent)}")
+            break
+        if single.is_file():
+            files = [single]
+            break
+    else:
+        names = ", ".join(name for pair in WEIGHT_LAYOUTS for name in pair)
+        raise LLMWeightsError(f"{path}: no weight files ({names}); the directory holds no model weights")
+    for f in files:
+        refuse_lfs_pointer(f)
+    return files
+
+
+def stored_shapes(files: list[Path]) -> dict:
+    """Key -> meta tensor of every tensor the files hold (no data read)."""
+    out = {}
+    for f in files:
+        out.update(
+            read_safetensors(f, shapes_only=True) if f.suffix == ".safetensors" else torch_load(f, shapes_only=True)
+        )
+    return out
+
+
+def _renamed_on_load(model_type: str) -> bool:
+    """Whether transformers renames or fuses this model type's checkpoint keys when it loads them."""
+    try:
+        from transformers.conversion_mapping import get_checkpoint_conversion_mapping
+    except ImportError:
+        return False
+    return bool(get_checkpoint_conversion_mapping(model_type))
+
+
+def check_llm_weights(path: Path, model: nn.Module) -> None:
+    """Every weight of `model` (built from `path`'s config.json, on the meta device) has a tensor of its shape in the
+    directory's weight files, as transformers' load would need; tied weights need one of their names stored."""
+    stored = stored_shapes(weight_files(path))
+    if _renamed_on_load(getattr(model.config, "model_type", "")):
+        return  # the files are readable; their names are transformers' to map
+    prefix = getattr(model, "base_model_prefix", "")
+    if prefix and not any(k.startswith(prefix + ".") for k in stored):
+        stored = {f"{prefix}.{k}": v for k, v in stored.items()}  # saved from the bare model, as transformers reads it
+    aliases: dict[int, list[str]] = {}
+    for name, param in model.named_parameters(remove_duplicate=False):
+        aliases.setdefault(id(param), []).append(name)
+    names_of = {name: names for names in aliases.values() for name in names}
+    missing, mismatched = [], []
+    for key, tensor in model.state_dict().items():
+        found = next((stored[n] for n in names_of.get(key, [key]) if n in stored), None)
+        if found is None:
+            missing.append(key)
+        elif tuple(found.shape) != tuple(tensor.shape):
+            mismatched.append(f"{key}: stored {list(found.shape)}, config.json gives {list(tensor.shape)}")
+    if missing or mismatched:
+        lines = [f"  missing: {k}" for k in missing[:_SHOWN]] + [f"  shape: {m}" for m in mismatched[:_SHOWN]]
+        more = max(len(missing) - _SHOWN, 0) + max(len(mismatched) - _SHOWN, 0)
+        raise LLMWeightsError(
+            f"{path}: the weight files do not fit the model its config.json describes ({len(missing)} weights "
+            f"missing, {len(mismatched)} of another shape; transformers would start the missing ones from random "
+            "values):\n" + "\n".join(lines) + (f"\n  ... and {more} more" if more else "")
+        )

@@ -1,0 +1,96 @@
+"""An LLM directory's weight files (llmasr.models.llm_files): present, readable, not Git LFS pointers, and holding
+every weight of the model its config.json describes, checked from headers alone by `llmasr check`."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from llmasr.models.llm import load_llm
+from llmasr.models.llm_files import LLMWeightsError
+from llmasr.models.state_dict import CheckpointMismatchError, torch_load
+from llmasr.testing.tiny_llm import write_tiny_llm_dir
+
+LFS_POINTER = "version https://git-lfs.github.com/spec/v1\noid sha256:0123abcd\nsize 1234567\n"
+
+
+@pytest.fixture(scope="module")
+def llm_dirs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("llm_files")
+    return {
+        "untied": write_tiny_llm_dir(root / "untied"),
+        "tied": write_tiny_llm_dir(root / "tied", tie_word_embeddings=True),
+    }
+
+
+def copy_of(src, tmp_path):
+    return shutil.copytree(src, tmp_path / src.name)
+
+
+def check(path):
+    """What `llmasr check` does with the LLM: build it from config.json on the meta device, check its files."""
+    with torch.device("meta"):
+        return load_llm(path, pretrained=False, shapes_only=True)[0]
+
+
+@pytest.mark.parametrize("kind", ["untied", "tied"])
+def test_a_directory_saved_by_transformers_passes(llm_dirs, kind):
+    model = check(llm_dirs[kind])
+    assert {p.device.type for p in model.parameters()} == {"meta"}
+
+
+def test_a_missing_or_partial_download_is_named(llm_dirs, tmp_path):
+    d = copy_of(llm_dirs["untied"], tmp_path)
+    (d / "model.safetensors").unlink()
+    for load in (check, lambda p: load_llm(p)):
+        with pytest.raises(LLMWeightsError, match=r"no weight files \(model.safetensors.index.json, model.safetensors"):
+            load(d)
+    (d / "model.safetensors.index.json").write_text(
+        json.dumps({"weight_map": {"lm_head.weight": "part-2.safetensors"}})
+    )
+    with pytest.raises(LLMWeightsError, match=r"model.safetensors.index.json lists shards that are not in .*: part-2"):
+        check(d)
+
+
+def test_git_lfs_pointers_are_named_as_such(llm_dirs, tmp_path):
+    d = copy_of(llm_dirs["untied"], tmp_path)
+    (d / "model.safetensors").write_text(LFS_POINTER)
+    for load in (check, lambda p: load_llm(p)):  # `llmasr check`, and training's load
+        with pytest.raises(
+            CheckpointMismatchError, match=r"model.safetensors: a Git LFS pointer, not the weights .*git lfs pull"
+        ):
+            load(d)
+    (tmp_path / "model.pt").write_text(LFS_POINTER)  # a FunASR model.pt cloned from ModelScope without LFS
+    with pytest.raises(CheckpointMismatchError, match=r"model.pt: a Git LFS pointer"):
+        torch_load(tmp_path / "model.pt")
+
+
+def test_weights_that_do_not_fit_config_json_are_listed_with_both_shapes(llm_dirs, tmp_path):
+    d = copy_of(llm_dirs["untied"], tmp_path)
+    config = json.loads((d / "config.json").read_text())
+    config["intermediate_size"] += 8
+    (d / "config.json").write_text(json.dumps(config))
+    with pytest.raises(LLMWeightsError, match=r"0 weights missing, \d+ of another shape") as err:
+        check(d)
+    want = config["intermediate_size"]
+    assert f"model.layers.0.mlp.gate_proj.weight: stored [{want - 8}, " in str(err.value)
+    assert f"config.json gives [{want}, " in str(err.value)
+
+
+def test_an_lm_head_the_files_lack_is_refused_not_left_random(llm_dirs, tmp_path):
+    """Weights saved from the bare model (no `model.` prefix, no lm_head): transformers reads the body and would start
+    the untied lm_head from random values, logging it among its warnings."""
+    d = copy_of(llm_dirs["untied"], tmp_path)
+    state = load_file(str(d / "model.safetensors"))
+    body = {k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")}
+    save_file(body, str(d / "model.safetensors"), metadata={"format": "pt"})
+    with pytest.raises(LLMWeightsError, match=r"1 weights missing, 0 of another shape.*\n  missing: lm_head.weight$"):
+        check(d)
+    tied = copy_of(llm_dirs["tied"], tmp_path / "t")
+    state = load_file(str(tied / "model.safetensors"))
+    save_file({k.removeprefix("model."): v for k, v in state.items()}, str(tied / "model.safetensors"))
+    check(tied)  # tied to the embeddings, which are stored
