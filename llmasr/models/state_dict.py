@@ -41,14 +41,15 @@ class LoadReport:
 
 
 def torch_load(path: str | Path, *, shapes_only: bool = False) -> dict:
-    """torch.load restricted to tensors and plain containers (no pickled code), memory-mapped: a tensor's data is
-    read when it is copied, so taking the encoder from a whole model.pt never reads the rest. `shapes_only`: meta
-    tensors (names, shapes and dtypes; no data read), for checking a file against a model built on the meta device."""
+    """torch.load restricted to tensors and plain containers (no pickled code). `shapes_only`: meta tensors (names,
+    shapes and dtypes), for checking a file against a model built on the meta device; the file is memory-mapped for
+    that, so no tensor data is read, and unmapped before this returns. (Real loads do not map the file: tensors
+    backed by a mapping die with SIGBUS when the file is rewritten while they live.)"""
     try:
         try:
-            obj = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+            obj = torch.load(str(path), map_location="cpu", weights_only=True, mmap=shapes_only)
         except RuntimeError as err:
-            if "mmap" not in str(err):
+            if not shapes_only or "mmap" not in str(err):
                 raise
             obj = torch.load(str(path), map_location="cpu", weights_only=True)  # the legacy (pre-zip) format
     except FileNotFoundError:

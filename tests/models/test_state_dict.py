@@ -1,0 +1,38 @@
+"""Reading checkpoint files (llmasr.models.state_dict): weights-only torch files and safetensors, their tensors or
+only their shapes."""
+
+from __future__ import annotations
+
+import torch
+from safetensors.torch import save_file
+
+from llmasr.models.state_dict import read_safetensors, torch_load
+
+
+def test_shapes_only_reads_meta_tensors_from_either_format(tmp_path):
+    state = {"a.weight": torch.randn(3, 4), "b": torch.arange(5)}
+    torch.save({"state_dict": state}, tmp_path / "model.pt")
+    torch.save(state, tmp_path / "legacy.pt", _use_new_zipfile_serialization=False)  # cannot be memory-mapped
+    save_file(state, str(tmp_path / "model.safetensors"))
+    for got in (
+        torch_load(tmp_path / "model.pt", shapes_only=True)["state_dict"],
+        torch_load(tmp_path / "legacy.pt", shapes_only=True),
+        read_safetensors(tmp_path / "model.safetensors", shapes_only=True),
+    ):
+        assert {k: (v.device.type, tuple(v.shape), v.dtype) for k, v in got.items()} == {
+            "a.weight": ("meta", (3, 4), torch.float32),
+            "b": ("meta", (5,), torch.int64),
+        }
+    assert list(read_safetensors(tmp_path / "model.safetensors", ["b"])) == ["b"]
+
+
+def test_a_file_read_for_its_tensors_can_be_rewritten_while_they_live(tmp_path):
+    """The real load holds no mapping of the file: rewriting it (a script that edits model.pt in place) cannot pull
+    the tensors' pages away from under them (SIGBUS)."""
+    path = tmp_path / "model.pt"
+    torch.save({"w": torch.randn(256, 256), "x": torch.randn(512)}, path)
+    state = torch_load(path)
+    state["extra"] = torch.zeros(2)
+    torch.save(state, path)
+    again = torch_load(path)
+    assert torch.equal(again["w"], state["w"]) and torch.equal(again["x"], state["x"]) and "extra" in again
