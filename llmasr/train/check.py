@@ -91,6 +91,31 @@ def run_start(recipe, model, plan, *, stage: int, world_size: int, resume: str |
     return ["run directory", head, *(f"  {n}" for n in notes)]
 
 
+def _weights_lines(m) -> list[str]:
+    """Where each branch's weights start from: a pretrained file (its tensor names and shapes checked by the build
+    above), or fresh values."""
+
+    def start(init_from, prefix: str, fresh: str) -> str:
+        return f"{init_from}" + (f" ({prefix}*)" if prefix else "") if init_from else fresh
+
+    enc = m.encoder
+    if enc.path is not None:
+        encoder = f"{enc.path}" if enc.type == "whisper" else f"{Path(enc.path) / 'model.pt'} (encoder.*)"
+    else:
+        encoder = start(enc.init_from, enc.init_prefix, "fresh (model.encoder.conf)")
+    lines = [
+        "weights (where each branch starts)",
+        f"  encoder: {encoder}",
+        f"  adaptor: {start(m.adaptor.init_from, m.adaptor.init_prefix, 'fresh')}",
+    ]
+    if m.ctc.weight > 0:
+        vocab = "the LLM's vocabulary" if m.ctc.vocab == "llm" else m.ctc.vocab
+        blank = f", blank {m.ctc.blank!r}" if m.ctc.blank is not None else ""
+        lines.append(f"  ctc_head: {start(m.ctc.init_from, m.ctc.init_prefix, 'fresh')} over {vocab}{blank}")
+    adapter = f" + adapter {m.llm.adapter}" if m.llm.adapter else ""
+    return [*lines, f"  llm: {m.llm.path}{adapter}"]
+
+
 def _checkpoint_lines(tc, counts: dict, plan) -> list[str]:
     """The disk the run's checkpoints take against the run folder's free space; RunDirError where one cannot fit."""
     space = CheckpointSpace.estimate(tc, trainable=counts["trainable"], epochs=len(plan.per_epoch), total=plan.total)
@@ -165,6 +190,7 @@ def check(
     ]
     for branch, (n, t) in counts["branches"].items():
         lines.append(f"  {branch}: {n:,} ({t:,} trainable)")
+    lines += _weights_lines(recipe.model)
     lines += ["param groups", *("  " + row for row in describe_param_groups(groups).splitlines())]
     lines.append("learning rate at key updates")
     width = max(len(n) for n in names)

@@ -211,8 +211,12 @@ def test_pretrained_files_that_do_not_fit_the_model_are_refused_before_training(
     from llmasr.recipe import load_recipe
 
     base = ["--config", str(pretrained_recipe), "--out", str(tmp_path), "--deepspeed", "zero2"]
-    code, out, err = run_check(capsys, *base)
+    code, out, err = run_check(capsys, *base, "model.ctc.weight=0.3")
     assert code == 0, err
+    root = pretrained_recipe.parent
+    assert f"  encoder: {root / 'paraformer' / 'model.pt'} (encoder.*)\n" in out
+    assert f"  adaptor: {root / 'adaptor.safetensors'}\n" in out
+    assert "  ctc_head: fresh over the LLM's vocabulary\n" in out
     meta = build_model(load_recipe(pretrained_recipe).model, weights="shapes")
     assert {p.device.type for p in meta.parameters()} == {"meta"}  # nothing allocated, no data read
 
