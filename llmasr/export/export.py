@@ -213,12 +213,15 @@ def _write_ctc(model, recipe, tmp: Path, encoder_dim: int) -> dict | None:
     if model.ctc_head is None:
         return None
     _save_tensors(model.ctc_head, tmp / "ctc_head.safetensors")
-    vocab = recipe.model.ctc.vocab
+    vocab, seg_dict = recipe.model.ctc.vocab, recipe.model.ctc.seg_dict
     if vocab != "llm":
         src = Path(vocab)
         name = "ctc_vocab" + "".join(src.suffixes[-1:])
         shutil.copyfile(src, tmp / name)
         vocab = name
+    if seg_dict is not None:
+        shutil.copyfile(seg_dict, tmp / "ctc_seg_dict")
+        seg_dict = "ctc_seg_dict"
     return {
         "file": "ctc_head.safetensors",
         "vocab": vocab,
@@ -229,6 +232,7 @@ def _write_ctc(model, recipe, tmp: Path, encoder_dim: int) -> dict | None:
         "decoder": None if recipe.model.ctc.decoder is None else to_dict(recipe.model.ctc.decoder),
         "detach_encoder": recipe.model.ctc.detach_encoder,
         "blank": recipe.model.ctc.blank,
+        "seg_dict": seg_dict,
     }
 
 

@@ -179,7 +179,12 @@ def _ctc_section(model_dir: Path, c: dict) -> dict:
         "decoder": c.get("decoder"),  # exports written before the key existed: the projection alone
         "detach_encoder": bool(c.get("detach_encoder", False)),
         "blank": c.get("blank"),  # exports written before the key existed: the vocabulary's own rule
+        "seg_dict": None,
     }
+    if c.get("seg_dict"):
+        section["seg_dict"] = str(model_dir / c["seg_dict"])
+        if not Path(section["seg_dict"]).is_file():
+            raise ExportedModelError(f"{section['seg_dict']}: missing (the seg_dict of the CTC head's token list)")
     if str(c["vocab"]).endswith(".tiktoken"):
         section["vocab_size"] = int(c["vocab_size"])
     return section

@@ -188,6 +188,9 @@ class CTCConfig:
     # The entry of a sentencepiece model or token list that is the blank, for a head trained with one of its own
     # (SenseVoiceSmall's: "<unk>"); None: "<blank>" or "<blk>" when the vocabulary has one, else one appended.
     blank: str | None = None
+    # A FunASR seg_dict (`word piece piece ...` lines) through which a token list spells text, as Paraformer-large's
+    # and SeACo-Paraformer's CharTokenizer reads it (llmasr.models.ctc_seg_dict); token lists only.
+    seg_dict: str | None = path_field(None)
     decoder: CTCDecoderConfig | None = None  # None: the projection alone reads the encoder's frames
     # The CTC loss trains the head only: no gradient reaches the encoder through it (Fun-ASR-Nano's
     # detach_ctc_decoder), so a trainable encoder learns from the LLM's loss alone.
@@ -212,6 +215,11 @@ class CTCConfig:
             raise ConfigError(
                 f"{path}.blank: names the blank entry of a sentencepiece model or token list; {self.vocab!r} has its "
                 "blank by its own rule (leave blank unset)"
+            )
+        if self.seg_dict is not None and (self.vocab == "llm" or str(self.vocab).endswith((".model", ".tiktoken"))):
+            raise ConfigError(
+                f"{path}.seg_dict: spells text into the entries of a token list (tokens.json, units.txt); "
+                f"{self.vocab!r} is not one (leave seg_dict unset)"
             )
         if self.vocab_size is not None and not str(self.vocab).endswith(".tiktoken"):
             raise ConfigError(
@@ -254,7 +262,7 @@ class ModelConfig:
             derived = funasr_ctc_settings(self.encoder.path)
         except ConfigError as err:
             raise ConfigError(f"{path}.from_encoder (reading model.encoder.path): {err}") from err
-        unset = {"vocab": "llm", "blank": None, "init_from": None, "init_prefix": ""}
+        unset = {"vocab": "llm", "blank": None, "seg_dict": None, "init_from": None, "init_prefix": ""}
         for key, value in derived.items():
             own = getattr(self.ctc, key)
             if own != unset[key] and own != value:

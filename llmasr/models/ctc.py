@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import torch.nn.functional as F
@@ -12,6 +13,7 @@ from llmasr.config_io import ConfigError
 from llmasr.models.adaptor_blocks import length_mask
 from llmasr.models.adaptors import TransformerAdaptor
 from llmasr.models.config import AdaptorConfig, CTCConfig, CTCDecoderConfig
+from llmasr.models.ctc_seg_dict import SegDictCTCTokenizer
 from llmasr.models.ctc_tiktoken import TiktokenCTCTokenizer
 from llmasr.models.ctc_vocab import (
     CTCTokenizer,
@@ -20,6 +22,9 @@ from llmasr.models.ctc_vocab import (
     TokenListCTCTokenizer,
     ctc_collapse,
 )
+
+log = logging.getLogger(__name__)
+_SEG_DICT_NOTED: set[str] = set()  # token lists whose unused seg_dict was pointed out (once a process)
 
 
 def build_ctc_tokenizer(cfg: CTCConfig, llm_tokenizer=None) -> CTCTokenizer:
@@ -39,6 +44,16 @@ def build_ctc_tokenizer(cfg: CTCConfig, llm_tokenizer=None) -> CTCTokenizer:
         return SentencePieceCTCTokenizer(spec, cfg.blank)
     if spec.endswith(".tiktoken"):
         return TiktokenCTCTokenizer(spec, cfg.vocab_size)
+    if cfg.seg_dict is not None:
+        return SegDictCTCTokenizer(spec, cfg.seg_dict, cfg.blank)
+    beside = Path(spec).parent / "seg_dict"
+    if beside.is_file() and spec not in _SEG_DICT_NOTED:
+        _SEG_DICT_NOTED.add(spec)
+        log.warning(
+            "model.ctc.vocab %s has a seg_dict beside it, which FunASR spells this token list's text through; set "
+            "model.ctc.seg_dict: %s to read it so (without it an English word outside the list is spelled in letters)",
+            spec, beside,
+        )  # fmt: skip
     return TokenListCTCTokenizer(spec, cfg.blank)
 
 

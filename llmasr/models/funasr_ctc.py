@@ -5,7 +5,8 @@ model.pt as `ctc.ctc_lo`, over the vocabulary their tokenizer reads: configurati
 `file_path_metas.tokenizer_conf` (`token_list`: tokens.json, `bpemodel`: a sentencepiece model) when the directory
 has that file, else config.yaml's `tokenizer_conf`, else tokens.json beside it. FunASR's CTC loss and decoders use
 id 0 as the blank, whatever that entry is called (`<blank>` in a tokens.json, `<unk>` in SenseVoice's sentencepiece
-model), so the blank is named by the vocabulary's first entry.
+model), so the blank is named by the vocabulary's first entry. A token list read through a seg_dict (tokenizer_conf
+`seg_dict_file`, as Paraformer-large's is) comes with it.
 
 Only config.yaml and configuration.json are read here (the recipe is being validated); the head's tensors are read,
 and their sizes checked against the vocabulary and the encoder, when the model is built.
@@ -36,17 +37,26 @@ def _named_file(model_dir: Path, name: object, where: str) -> Path:
     raise ConfigError(f"{where} names {name}, which is not a file in {model_dir}")
 
 
-def _vocabulary(model_dir: Path, config: dict, metas: dict) -> Path:
+def _tokenizer_file(model_dir: Path, config: dict, metas: dict, keys: tuple[str, ...]) -> Path | None:
+    """The file the first of `keys` names in configuration.json's file_path_metas.tokenizer_conf, else in
+    config.yaml's tokenizer_conf; None when neither names one."""
     for source, conf, where in (
         ("configuration.json", metas.get("tokenizer_conf"), "file_path_metas.tokenizer_conf"),
         ("config.yaml", config.get("tokenizer_conf"), "tokenizer_conf"),
     ):
         if not isinstance(conf, dict):
             continue
-        for key in ("bpemodel", "token_list"):
+        for key in keys:
             name = conf.get(key)
             if isinstance(name, str) and name:
                 return _named_file(model_dir, name, f"{model_dir / source}: {where}.{key}")
+    return None
+
+
+def _vocabulary(model_dir: Path, config: dict, metas: dict) -> Path:
+    named = _tokenizer_file(model_dir, config, metas, ("bpemodel", "token_list"))
+    if named is not None:
+        return named
     tokens = model_dir / "tokens.json"
     if tokens.is_file():
         return tokens
@@ -73,11 +83,21 @@ def _first_entry(vocab: Path) -> str:
 
 
 def funasr_ctc_settings(model_dir: str | Path) -> dict[str, str]:
-    """`model.ctc` settings for the CTC head of FunASR directory `model_dir`: vocab, blank, init_from, init_prefix."""
+    """`model.ctc` settings for the CTC head of FunASR directory `model_dir`: vocab, blank, seg_dict, init_from,
+    init_prefix."""
     model_dir = Path(model_dir).resolve()
     config = read_funasr_config(model_dir)
     metas = file_path_metas(model_dir) or {}
     vocab = _vocabulary(model_dir, config, metas)
     weights = metas.get("init_param") or "model.pt"
     init_from = _named_file(model_dir, weights, f"{model_dir}: the model weights ({weights})")
-    return {"vocab": str(vocab), "blank": _first_entry(vocab), "init_from": str(init_from), "init_prefix": CTC_PREFIX}
+    seg_dict = None
+    if vocab.suffix != ".model":  # a CharTokenizer's token list, read through its seg_dict when it names one
+        seg_dict = _tokenizer_file(model_dir, config, metas, ("seg_dict_file", "seg_dict"))
+    return {
+        "vocab": str(vocab),
+        "blank": _first_entry(vocab),
+        "seg_dict": None if seg_dict is None else str(seg_dict),
+        "init_from": str(init_from),
+        "init_prefix": CTC_PREFIX,
+    }

@@ -50,11 +50,11 @@ def test_sensevoice_head_comes_with_its_sentencepiece_model_and_unk_blank(dirs):
     # as in iic/SenseVoiceSmall: config.yaml's bpemodel is null, configuration.json names the file
     assert yaml.safe_load((d / "config.yaml").read_text())["tokenizer_conf"]["bpemodel"] is None
     got = funasr_ctc_settings(d)
-    assert got == {"vocab": str(d.resolve() / SENSEVOICE_BPE), "blank": "<unk>",
+    assert got == {"vocab": str(d.resolve() / SENSEVOICE_BPE), "blank": "<unk>", "seg_dict": None,
                    "init_from": str(d.resolve() / "model.pt"), "init_prefix": "ctc."}  # fmt: skip
 
     cfg = from_dict(ModelConfig, model_section("sensevoice", d, dirs["llm"]), "model")
-    assert (cfg.ctc.vocab, cfg.ctc.blank, cfg.ctc.init_from, cfg.ctc.init_prefix) == tuple(got.values())
+    assert {k: getattr(cfg.ctc, k) for k in got} == got
     model = build_model(cfg)
     state = torch.load(d / "model.pt", weights_only=True)
     assert torch.equal(model.ctc_head.proj.weight, state["ctc.ctc_lo.weight"])

@@ -1,0 +1,98 @@
+"""A token list read through a FunASR seg_dict (llmasr.models.ctc_seg_dict): FunASR's CharTokenizer rule, the
+recipe key, `from_encoder` picking it up, and (opt-in) the ids of FunASR's own tokenizer. An export carrying it:
+tests/export/test_export_seg_dict.py."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import os
+
+import pytest
+import yaml
+
+from llmasr.config_io import ConfigError, from_dict
+from llmasr.models.config import CTCConfig, ModelConfig
+from llmasr.models.ctc import build_ctc_tokenizer
+from llmasr.testing.tiny_funasr import tiny_sanm_conf, write_funasr_dir
+
+# Paraformer-large's layout in small: Chinese characters are their own pieces, English words are cut into pieces
+# ending in "@@" where the word goes on
+TOKENS = ["<blank>", "<s>", "</s>", "he@@", "llo", "wor@@", "ld", "你", "好", "1", "on@@", "e", "<unk>"]
+SEG_DICT = "hello he@@ llo\nworld wor@@ ld\none on@@ e\n你 你\n好 好\n1 1\n"
+TEXTS = ["hello 你好 world", "Hello World", "你好1", "one 12 ok?", "HELLO,", "e2e Test-case 你们", "  hello   world  "]
+
+
+@pytest.fixture
+def files(tmp_path):
+    (tmp_path / "tokens.json").write_text(json.dumps(TOKENS, ensure_ascii=False))
+    (tmp_path / "seg_dict").write_text(SEG_DICT, encoding="utf-8")
+    return tmp_path
+
+
+def tokenizer(files):
+    return build_ctc_tokenizer(CTCConfig(vocab=str(files / "tokens.json"), seg_dict=str(files / "seg_dict")))
+
+
+def test_text_is_cut_as_funasr_cuts_it(files):
+    tok = tokenizer(files)
+    ids = {t: i for i, t in enumerate(TOKENS)}
+    unk = ids["<unk>"]
+    assert tok.encode("hello 你好 world") == [ids[p] for p in ("he@@", "llo", "你", "好", "wor@@", "ld")]
+    assert tok.encode("Hello World") == tok.encode("hello world")  # words are looked up lower-cased
+    # a word the seg_dict lacks: character by character when it starts with a letter, digit or Chinese character
+    assert tok.encode("one 12 ok?") == [ids["on@@"], ids["e"], ids["1"], unk, unk, unk, unk]
+    assert tok.encode("HELLO,") == [unk] * 6 and tok.encode(",hello") == [unk]  # else the whole word is one <unk>
+    assert tok.decode(tok.encode("hello 你好 world one")) == "hello 你好 world one"  # "@@" joins the pieces back
+    assert tok.blank_id == 0 and tok.vocab_size == len(TOKENS)
+
+
+def test_without_the_seg_dict_a_word_outside_the_list_is_spelled_in_letters_and_it_is_pointed_out(files, caplog):
+    with caplog.at_level(logging.WARNING, logger="llmasr.models.ctc"):
+        plain = build_ctc_tokenizer(CTCConfig(vocab=str(files / "tokens.json")))
+        build_ctc_tokenizer(CTCConfig(vocab=str(files / "tokens.json")))
+    noted = [r.getMessage() for r in caplog.records if "seg_dict" in r.getMessage()]
+    assert len(noted) == 1 and f"model.ctc.seg_dict: {files / 'seg_dict'}" in noted[0]  # once a process
+    assert plain.encode("one") != tokenizer(files).encode("one")
+
+
+def test_the_recipe_key_is_for_token_lists_and_their_pieces(files, tmp_path):
+    for vocab in ("llm", "x.model", "x.tiktoken"):
+        with pytest.raises(ConfigError, match=r"model.ctc.seg_dict: spells text into the entries of a token list"):
+            from_dict(CTCConfig, {"weight": 0.3, "vocab": vocab, "seg_dict": str(files / "seg_dict")}, "model.ctc")
+    (tmp_path / "other.json").write_text(json.dumps(["<blank>", "a", "b"]))
+    with pytest.raises(ConfigError, match=r"spells words with pieces the token list .*other.json lacks .*no <unk>"):
+        build_ctc_tokenizer(CTCConfig(vocab=str(tmp_path / "other.json"), seg_dict=str(files / "seg_dict")))
+
+
+def test_from_encoder_takes_the_seg_dict_the_directory_names(tmp_path, tiny_llm_dir):
+    """Paraformer-large's configuration.json maps tokenizer_conf.seg_dict_file to the seg_dict beside tokens.json."""
+    d = write_funasr_dir(tmp_path / "seaco", model="SeacoParaformer", encoder_conf=tiny_sanm_conf())
+    metas = {"init_param": "model.pt", "tokenizer_conf": {"token_list": "tokens.json", "seg_dict_file": "seg_dict"}}
+    (d / "configuration.json").write_text(json.dumps({"file_path_metas": metas}))
+    section = {"encoder": {"path": str(d)}, "llm": {"path": str(tiny_llm_dir)}, "ctc": {"weight": 0.3}}
+    section["ctc"]["from_encoder"] = True
+    cfg = from_dict(ModelConfig, section, "model")
+    assert cfg.ctc.seg_dict == str(d.resolve() / "seg_dict") and cfg.ctc.vocab == str(d.resolve() / "tokens.json")
+    assert type(build_ctc_tokenizer(cfg.ctc)).__name__ == "SegDictCTCTokenizer"
+    config = yaml.safe_load((d / "config.yaml").read_text())
+    (d / "configuration.json").unlink()  # config.yaml alone names no seg_dict: the plain token list
+    assert from_dict(ModelConfig, section, "model").ctc.seg_dict is None
+    config["tokenizer_conf"]["seg_dict_file"] = "/data/old_machine/seg_dict"  # found beside it by its name
+    (d / "config.yaml").write_text(yaml.safe_dump(config))
+    assert from_dict(ModelConfig, section, "model").ctc.seg_dict == str(d.resolve() / "seg_dict")
+
+
+@pytest.mark.parity
+@pytest.mark.skipif(
+    os.environ.get("LLMASR_PARITY") != "1" or importlib.util.find_spec("funasr") is None,
+    reason="opt-in: set LLMASR_PARITY=1 and install funasr",
+)
+def test_live_ids_equal_funasr_char_tokenizer(files):
+    from funasr.tokenizer.char_tokenizer import CharTokenizer
+
+    theirs = CharTokenizer(token_list=str(files / "tokens.json"), seg_dict=str(files / "seg_dict"), unk_symbol="<unk>")
+    ours = tokenizer(files)
+    for text in TEXTS[:-1]:  # the last has runs of spaces, which FunASR makes <unk>s of (see the module)
+        assert ours.encode(text) == theirs.encode(text), text
