@@ -111,7 +111,8 @@ def _weights_lines(m) -> list[str]:
     if m.ctc.weight > 0:
         vocab = "the LLM's vocabulary" if m.ctc.vocab == "llm" else m.ctc.vocab
         blank = f", blank {m.ctc.blank!r}" if m.ctc.blank is not None else ""
-        lines.append(f"  ctc_head: {start(m.ctc.init_from, m.ctc.init_prefix, 'fresh')} over {vocab}{blank}")
+        seg = f" through the seg_dict {m.ctc.seg_dict}" if m.ctc.seg_dict else ""
+        lines.append(f"  ctc_head: {start(m.ctc.init_from, m.ctc.init_prefix, 'fresh')} over {vocab}{seg}{blank}")
     adapter = f" + adapter {m.llm.adapter}" if m.llm.adapter else ""
     return [*lines, f"  llm: {m.llm.path}{adapter}"]
 

@@ -137,6 +137,11 @@ def test_llmasr_check_resolves_recipe_with_its_preset(name, stand_ins, capsys):
     report = capsys.readouterr().out
     assert "train_batch_size" in report and "updates" in report
     assert (out_dir / "lr_schedule.csv").is_file() and (out_dir / "lr_schedule.png").is_file()
+    if (load_yaml(RECIPES / name)["model"].get("ctc") or {}).get("from_encoder"):  # the encoder directory's own head
+        enc = stand_ins["sensevoice" if "sensevoice" in name else "conformer"].resolve()
+        vocab = enc / ("chn_jpn_yue_eng_ko_spectok.bpe.model" if "sensevoice" in name else "tokens.json")
+        blank = "<unk>" if "sensevoice" in name else "<blank>"
+        assert f"  ctc_head: {enc / 'model.pt'} (ctc.*) over {vocab}, blank '{blank}'\n" in report, report
 
 
 def test_fun_asr_nano_recipe_starts_from_the_converted_model(stand_ins):
