@@ -338,3 +338,14 @@ def test_augmented_batching_measures_both_costings_on_the_audio_batches_get(tmp_
     for worst, drawn in zip(rows[::2], rows[1::2]):
         assert drawn["padding"] > worst["padding"] and drawn["batches"] < worst["batches"]
     assert "Reproduce: `python bench/augmented_batching.py --lines 600" in capsys.readouterr().out
+
+
+def test_check_cost_quick_builds_in_every_mode(tmp_path, capsys):
+    import check_cost
+
+    out = tmp_path / "c.json"
+    assert check_cost.main(["--quick", "--repeats", "1", "--work", str(tmp_path), "--json-out", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert sorted(res["modes"]) == ["meta", "pretrained", "shapes"]
+    assert all(r["seconds"] > 0 and r["peak_rss_mb"] > 0 for r in res["modes"].values())
+    assert "Reproduce: `python bench/check_cost.py --quick --repeats 1 --work" in capsys.readouterr().out
