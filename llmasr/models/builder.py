@@ -182,8 +182,8 @@ def load_ctc_weights(
     try:
         state = read_weights(cfg.init_from, cfg.init_prefix, "model.ctc", shapes_only=shapes_only)
     except ConfigError as err:
-        if not cfg.from_encoder:
-            raise
+        if not cfg.from_encoder or not Path(cfg.init_from).is_file():
+            raise  # a missing model.pt is named as such
         raise ConfigError(
             f"model.ctc.from_encoder: {cfg.init_from} holds no CTC head (no {cfg.init_prefix}* tensor; the model was "
             "trained without a CTC loss). Set model.ctc.vocab (e.g. the directory's tokens.json) for a new head "

@@ -163,7 +163,7 @@ def _causal_lm(path: Path, dtype: torch.dtype, trust_remote_code: bool, *, pretr
     except ValueError as err:
         raise LLMLoadError(f"{path}: not loadable as a causal LM ({config.model_type}): {err}") from err
     if shapes_only:
-        check_llm_weights(path, model)
+        check_llm_weights(path, model, remote_code=trust_remote_code)
     return model
 
 

@@ -9,6 +9,7 @@ the names-and-shapes comparison without reading any tensor data (safetensors hea
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 from torch import nn
@@ -73,12 +74,14 @@ def _renamed_on_load(model_type: str) -> bool:
     return bool(get_checkpoint_conversion_mapping(model_type))
 
 
-def check_llm_weights(path: Path, model: nn.Module) -> None:
+def check_llm_weights(path: Path, model: nn.Module, *, remote_code: bool = False) -> None:
     """Every weight of `model` (built from `path`'s config.json, on the meta device) has a tensor of its shape in the
-    directory's weight files, as transformers' load would need; tied weights need one of their names stored."""
+    directory's weight files, as transformers' load would need; tied weights need one of their names stored, and
+    the model class's own `_keys_to_ignore_on_load_missing` may be absent. With `remote_code` (the directory's own
+    modeling code, which may map names its own way) only the files' presence and headers are checked."""
     stored = stored_shapes(weight_files(path))
-    if _renamed_on_load(getattr(model.config, "model_type", "")):
-        return  # the files are readable; their names are transformers' to map
+    if remote_code or _renamed_on_load(getattr(model.config, "model_type", "")):
+        return  # the files are readable; their names are the model code's or transformers' to map
     prefix = getattr(model, "base_model_prefix", "")
     if prefix and not any(k.startswith(prefix + ".") for k in stored):
         stored = {f"{prefix}.{k}": v for k, v in stored.items()}  # saved from the bare model, as transformers reads it
@@ -86,11 +89,13 @@ def check_llm_weights(path: Path, model: nn.Module) -> None:
     for name, param in model.named_parameters(remove_duplicate=False):
         aliases.setdefault(id(param), []).append(name)
     names_of = {name: names for names in aliases.values() for name in names}
+    optional = [re.compile(p) for p in getattr(model, "_keys_to_ignore_on_load_missing", None) or []]
     missing, mismatched = [], []
     for key, tensor in model.state_dict().items():
         found = next((stored[n] for n in names_of.get(key, [key]) if n in stored), None)
         if found is None:
-            missing.append(key)
+            if not any(p.search(key) for p in optional):
+                missing.append(key)
         elif tuple(found.shape) != tuple(tensor.shape):
             mismatched.append(f"{key}: stored {list(found.shape)}, config.json gives {list(tensor.shape)}")
     if missing or mismatched:

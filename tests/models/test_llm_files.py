@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from llmasr.models.llm import load_llm
-from llmasr.models.llm_files import LLMWeightsError
+from llmasr.models.llm_files import LLMWeightsError, check_llm_weights
 from llmasr.models.state_dict import CheckpointMismatchError, torch_load
 from llmasr.testing.tiny_llm import write_tiny_llm_dir
 
@@ -79,6 +79,13 @@ def test_weights_that_do_not_fit_config_json_are_listed_with_both_shapes(llm_dir
     want = config["intermediate_size"]
     assert f"model.layers.0.mlp.gate_proj.weight: stored [{want - 8}, " in str(err.value)
     assert f"config.json gives [{want}, " in str(err.value)
+    # a directory with its own modeling code (trust_remote_code) may map names its own way: its files are only
+    # checked to be there and readable
+    model = check(llm_dirs["untied"])
+    check_llm_weights(d, model, remote_code=True)
+    (d / "model.safetensors").write_text(LFS_POINTER)
+    with pytest.raises(CheckpointMismatchError, match="a Git LFS pointer"):
+        check_llm_weights(d, model, remote_code=True)
 
 
 def test_an_lm_head_the_files_lack_is_refused_not_left_random(llm_dirs, tmp_path):
