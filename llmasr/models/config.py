@@ -200,9 +200,18 @@ class CTCConfig:
     # with vocab: <that directory>/tokens.json. The head's output size must equal the vocabulary's.
     init_from: str | None = path_field(None)
     init_prefix: str = ""
-    # Take vocab, blank, init_from and init_prefix from the FunASR directory model.encoder.path: the CTC head its
-    # model.pt holds (SenseVoiceSmall's, a Conformer's), over its own vocabulary (llmasr.models.funasr_ctc).
+    # Take vocab, blank, seg_dict, init_from and init_prefix from the FunASR directory model.encoder.path: the CTC
+    # head its model.pt holds (SenseVoiceSmall's, a Conformer's), over its own vocabulary (llmasr.models.funasr_ctc).
     from_encoder: bool = False
+
+    @property
+    def vocab_kind(self) -> Literal["llm", "sentencepiece", "tiktoken", "token_list"]:
+        """What `vocab` names, by its value: the one rule the checks below and build_ctc_tokenizer use."""
+        if self.vocab == "llm":
+            return "llm"
+        if str(self.vocab).endswith(".model"):
+            return "sentencepiece"
+        return "tiktoken" if str(self.vocab).endswith(".tiktoken") else "token_list"
 
     def validate(self, path: str) -> None:
         if not 0.0 <= self.weight <= 1.0:
@@ -211,17 +220,17 @@ class CTCConfig:
             raise ConfigError(f"{path}.label_smoothing: must be in [0, 1), got {self.label_smoothing}")
         if self.from_encoder and self.vocab == "llm":
             return  # the vocabulary is derived with the model section (ModelConfig), and checked then
-        if self.blank is not None and (self.vocab == "llm" or str(self.vocab).endswith(".tiktoken")):
+        if self.blank is not None and self.vocab_kind in ("llm", "tiktoken"):
             raise ConfigError(
                 f"{path}.blank: names the blank entry of a sentencepiece model or token list; {self.vocab!r} has its "
                 "blank by its own rule (leave blank unset)"
             )
-        if self.seg_dict is not None and (self.vocab == "llm" or str(self.vocab).endswith((".model", ".tiktoken"))):
+        if self.seg_dict is not None and self.vocab_kind != "token_list":
             raise ConfigError(
                 f"{path}.seg_dict: spells text into the entries of a token list (tokens.json, units.txt); "
                 f"{self.vocab!r} is not one (leave seg_dict unset)"
             )
-        if self.vocab_size is not None and not str(self.vocab).endswith(".tiktoken"):
+        if self.vocab_size is not None and self.vocab_kind != "tiktoken":
             raise ConfigError(
                 f"{path}.vocab_size: sets the head's size for a .tiktoken vocabulary only; {self.vocab!r} has its "
                 "size from its own entries (leave vocab_size unset)"

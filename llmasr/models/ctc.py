@@ -32,7 +32,7 @@ def build_ctc_tokenizer(cfg: CTCConfig, llm_tokenizer=None) -> CTCTokenizer:
     sizing a .tiktoken vocabulary's head and `blank` naming the entry of a sentencepiece model or token list that is
     the blank. `llm_tokenizer`: the LLM's, for `vocab: llm`."""
     spec = cfg.vocab
-    if spec == "llm":
+    if cfg.vocab_kind == "llm":
         if llm_tokenizer is None:
             raise ConfigError("model.ctc.vocab: 'llm' needs the LLM tokenizer, none was given")
         return LLMCTCTokenizer(llm_tokenizer)
@@ -40,9 +40,9 @@ def build_ctc_tokenizer(cfg: CTCConfig, llm_tokenizer=None) -> CTCTokenizer:
         raise ConfigError(
             f"model.ctc.vocab: file not found: {spec} (use 'llm', a .model or .tiktoken file, or a token list)"
         )
-    if spec.endswith(".model"):
+    if cfg.vocab_kind == "sentencepiece":
         return SentencePieceCTCTokenizer(spec, cfg.blank)
-    if spec.endswith(".tiktoken"):
+    if cfg.vocab_kind == "tiktoken":
         return TiktokenCTCTokenizer(spec, cfg.vocab_size)
     if cfg.seg_dict is not None:
         return SegDictCTCTokenizer(spec, cfg.seg_dict, cfg.blank)
