@@ -42,6 +42,8 @@ DECODE_FLAGS = {
     "hotword_boost": "hotword_boost",
     "timestamps": "timestamps",
     "trim_leading_silence": "trim_leading_silence",
+    "vad": "vad",
+    "vad_max_end_silence_ms": "vad_max_end_silence_ms",
 }
 
 
@@ -131,6 +133,15 @@ def _search_args(p: argparse.ArgumentParser) -> None:
         "--window-split-pause", type=float, default=None,
         help="a pause at least this long ends a window before the limit (0: fill windows to the limit; default "
         f"{DecodeConfig.window_split_pause:g})",
+    )  # fmt: skip
+    p.add_argument(
+        "--vad", metavar="DIR", default=None,
+        help="a FunASR FSMN VAD directory (fsmn-vad): long utterances are cut at the speech segments it finds "
+        "(default: the model's saved decode.vad, else cuts by frame energies)",
+    )  # fmt: skip
+    p.add_argument(
+        "--vad-max-end-silence-ms", type=int, default=None,
+        help="silence (ms) that ends a VAD segment, FunASR's max_end_silence_time (default: FunASR's schedule)",
     )  # fmt: skip
     p.add_argument(
         "--keep-leading-silence", dest="trim_leading_silence", action="store_const", const=False, default=None,

@@ -12,6 +12,7 @@ import sys
 from llmasr.commands.decode import model_args
 from llmasr.config_io import ConfigError
 from llmasr.data.hotwords import PhraseFileError, read_phrase_file
+from llmasr.export.decode import DecodeError
 from llmasr.export.decode_world import DecodeWorld
 from llmasr.export.exported import ExportedModelError
 from llmasr.export.transcribe import TranscribeError, Transcriber
@@ -25,6 +26,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hotwords", metavar="FILE", help="biasing list for every file (UTF-8, one phrase a line)")
     p.add_argument("--beam", type=int, default=None, help="beam size (default: the model's decode settings)")
     p.add_argument("--ctc-weight", type=float, default=None, help="CTC guidance weight (default: the model's)")
+    p.add_argument(
+        "--vad", metavar="DIR", default=None,
+        help="a FunASR FSMN VAD directory: long audio is cut at the speech segments it finds (default: the model's)",
+    )  # fmt: skip
     p.add_argument(
         "--timestamps", action="store_true",
         help='one JSON line per file instead: {"audio", "text", "timestamps": [[word, start s, end s], ...]} (word '
@@ -46,14 +51,15 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as err:
         print(f"llmasr transcribe: error: --device: {err}", file=sys.stderr)
         return 2
-    given = {"num_beams": args.beam, "ctc_weight": args.ctc_weight, "timestamps": args.timestamps or None}
+    given = {"num_beams": args.beam, "ctc_weight": args.ctc_weight, "timestamps": args.timestamps or None,
+             "vad": args.vad}  # fmt: skip
     try:
         asr = Transcriber.load(
             args.model, checkpoint=args.checkpoint, tag=args.tag, device=device, dtype=args.dtype,
             trust_remote_code=args.trust_remote_code, **{k: v for k, v in given.items() if v is not None},
         )  # fmt: skip
         rows = asr.transcripts(args.audio, hotwords=hotwords)
-    except (CheckpointError, ExportedModelError, FileNotFoundError, ConfigError, TranscribeError) as err:
+    except (CheckpointError, ExportedModelError, FileNotFoundError, ConfigError, TranscribeError, DecodeError) as err:
         print(f"llmasr transcribe: error: {err}", file=sys.stderr)
         return 1
     for path, row in zip(args.audio, rows):

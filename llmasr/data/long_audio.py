@@ -1,5 +1,6 @@
 """Long audio: where an utterance longer than a model's training maximum is cut into windows, and how the windows'
-texts are joined back. No VAD model: cut points come from frame energies (25 ms frames every 10 ms).
+texts are joined back. Cut points come from frame energies (25 ms frames every 10 ms), or from a VAD's speech
+segments (`segment_windows`: a window a segment, a long segment cut as below).
 
 `plan_windows` splits the audio into as few windows as fit the limit, each aiming at an equal share of what is
 left (no sliver of a window at the end), and never leaving more audio than the windows still planned can hold:
@@ -134,6 +135,20 @@ def plan_windows(
         windows.append(Window(start, end, overlapped))
         start, overlapped = after, not pause
     windows.append(Window(start, n, overlapped))
+    return windows
+
+
+def segment_windows(
+    wave: np.ndarray, sample_rate: int, segments, max_seconds: float, overlap: float, split_pause: float = 0.0
+) -> list[Window]:
+    """The windows of `wave` from a VAD's speech segments ((start, end) samples, in order): a window per segment,
+    a segment longer than `max_seconds` cut by plan_windows; the audio between segments is in no window."""
+    windows: list[Window] = []
+    for a, b in segments:
+        a, b = max(0, int(a)), min(len(wave), int(b))
+        if b > a:
+            windows += [Window(a + w.start, a + w.end, w.overlapped) for w in plan_windows(
+                wave[a:b], sample_rate, max_seconds, overlap, split_pause)]  # fmt: skip
     return windows
 
 

@@ -21,7 +21,7 @@ import numpy as np
 
 from llmasr.data.audio import AudioError, load_audio
 from llmasr.data.bad_data import BadDataTracker
-from llmasr.data.long_audio import Window, join_texts, join_words, plan_windows, speech_start
+from llmasr.data.long_audio import Window, join_texts, join_words, plan_windows, segment_windows, speech_start
 from llmasr.data.records import BadRecord
 
 log = logging.getLogger("llmasr.data")
@@ -30,8 +30,10 @@ log = logging.getLogger("llmasr.data")
 class WindowedManifest:
     """The items of a base manifest with long utterances replaced by their windows (see the module docstring)."""
 
-    def __init__(self, base, windows: dict[int, list[Window]], sample_rate: int):
+    def __init__(self, base, windows: dict[int, list[Window]], sample_rate: int, lengths: dict[int, int] | None = None):
         self.base, self.windows, self.sample_rate = base, windows, int(sample_rate)
+        # samples of each windowed utterance (its windows need not reach its end: VAD segments skip the silence)
+        self.lengths = lengths if lengths is not None else {i: w[-1].end for i, w in windows.items()}
         self.path = getattr(base, "path", "?")
         origin, part = [], []
         for i in range(len(base)):
@@ -75,14 +77,18 @@ class WindowedManifest:
 
 def split_long(
     manifest, indices, *, sample_rate: int, max_seconds: float, overlap: float, split_pause: float = 0.0,
-    from_speech: bool = False,
+    from_speech: bool = False, speech_segments=None,
 ) -> WindowedManifest:  # fmt: skip
     """`manifest` with every utterance among `indices` longer than `max_seconds` (by its known duration) replaced by
     its windows; see the module docstring. `from_speech` (decode.trim_leading_silence): the windows cover the audio
     from where its speech starts (long_audio.speech_start), so a leading pause is neither a window of its own (a
-    model decoding silence writes words) nor a reason to split audio whose speech fits one window."""
+    model decoding silence writes words) nor a reason to split audio whose speech fits one window.
+    `speech_segments` (decode.vad): waveform -> its speech segments ((start, end) samples); the windows are those
+    segments (long_audio.segment_windows). A recording in which it finds no speech is cut by energies, with a
+    warning (an utterance needs a window to have a row)."""
     durations = np.asarray(manifest.durations(), dtype=np.float64)
     windows: dict[int, list[Window]] = {}
+    lengths: dict[int, int] = {}
     for i in np.asarray(indices, dtype=np.int64):
         if not durations[i] > max_seconds:
             continue
@@ -91,15 +97,29 @@ def split_long(
             wave = load_audio(utt.source, sample_rate=sample_rate, start=utt.start, end=utt.end, channel=utt.channel)
         except (BadRecord, AudioError):
             continue  # loading the item reports it
-        skip = speech_start(wave, sample_rate) if from_speech else 0
-        planned = plan_windows(wave[skip:], sample_rate, max_seconds, overlap, split_pause)
-        planned = [dataclasses.replace(w, start=w.start + skip, end=w.end + skip) for w in planned]
-        if len(planned) > 1:
-            windows[int(i)] = planned
+        planned = _plan(wave, sample_rate, (max_seconds, overlap, split_pause), from_speech, speech_segments,
+                        f"{utt.key} (line {manifest.lineno(int(i))})")  # fmt: skip
+        if planned is not None:
+            windows[int(i)], lengths[int(i)] = planned, len(wave)
     if windows:
         n = sum(len(w) for w in windows.values())
         log.info("long audio: %d utterance(s) longer than %g s are decoded in %d windows", len(windows), max_seconds, n)
-    return WindowedManifest(manifest, windows, sample_rate)
+    return WindowedManifest(manifest, windows, sample_rate, lengths)
+
+
+def _plan(wave, sample_rate: int, limits: tuple, from_speech: bool, speech_segments, where: str) -> list | None:
+    """The windows of one long recording (split_long's rules), None when it is decoded whole; `limits`: (max_seconds,
+    overlap, split_pause)."""
+    if speech_segments is not None:
+        planned = segment_windows(wave, sample_rate, speech_segments(wave), *limits)
+        if planned:
+            return None if [(w.start, w.end) for w in planned] == [(0, len(wave))] else planned
+        log.warning("long audio: the VAD finds no speech in %s; it is cut by energies", where)
+    skip = speech_start(wave, sample_rate) if from_speech else 0
+    planned = plan_windows(wave[skip:], sample_rate, *limits)
+    if len(planned) == 1:  # a leading pause alone is the loader's to trim (from_speech)
+        return None
+    return [dataclasses.replace(w, start=w.start + skip, end=w.end + skip) for w in planned]
 
 
 # -- back from items to utterances -------------------------------------------------------------------------------
@@ -132,7 +152,7 @@ def utterance_rows(items: dict[int, dict], manifest, overlap: float) -> list[dic
         rows.append({
             **got[0], "hyp": join_texts([g["hyp"] for g in got], flags, overlap), "ctc_hyp": ctc,
             "truncated": next((g["truncated"] for g in got if g["truncated"]), None),
-            "duration": windows[-1].end / manifest.sample_rate, "windows": len(windows),
+            "duration": manifest.lengths[i] / manifest.sample_rate, "windows": len(windows),
         })  # fmt: skip
     return rows
 

@@ -55,7 +55,8 @@ Long audio: an utterance longer than `window_limit` (decode.max_window_seconds, 
 model was trained on: its longest training utterance within data.batching.max_duration) is cut at low-energy
 points into windows (llmasr.data.long_audio), each loaded, featurised and batched as an item of its own
 (llmasr.data.windowed); their texts are joined back in order, the words two overlapping windows both heard said
-once. A bad window makes its utterance one bad line.
+once. A bad window makes its utterance one bad line. With decode.vad (a FunASR FSMN VAD directory) the windows are
+the VAD's speech segments instead, a segment longer than the limit cut as above.
 
 Hotwords: a line's own `hotwords` field is its biasing list; `--hotwords FILE` (one phrase a line, UTF-8) gives the
 list of every line that has no such field. A line's own list wins, an explicit [] included ("no list for this
@@ -89,6 +90,8 @@ from llmasr.export.trained_model import load_checkpoint_model
 from llmasr.models.ctc_align import sound_ends
 from llmasr.models.ctc_vocab import LLMCTCTokenizer
 from llmasr.models.decoding import DecodeConfig
+from llmasr.models.fsmn_vad import FsmnVad
+from llmasr.models.state_dict import CheckpointMismatchError
 
 log = logging.getLogger(__name__)
 SOLO = DecodeWorld()  # one process decodes everything
@@ -137,6 +140,29 @@ def window_limit(model, cfg: DecodeConfig, opts: DecodeOptions) -> float:
     return limit
 
 
+def speech_segmenter(cfg: DecodeConfig, sample_rate: int):
+    """cfg.vad's speech segments for long audio (waveform -> [(start, end) samples]), None without a VAD;
+    DecodeError for a VAD directory that does not load or reads audio at another sample rate than the model."""
+    if cfg.vad is None:
+        return None
+    try:
+        vad = FsmnVad.from_dir(cfg.vad)
+    except (ConfigError, CheckpointMismatchError) as err:
+        raise DecodeError(f"decode.vad: {err}") from err
+    if vad.sample_rate != sample_rate:
+        raise DecodeError(
+            f"decode.vad: {cfg.vad} reads {vad.sample_rate} Hz audio and the model {sample_rate} Hz; a VAD of the "
+            "model's sample rate is needed"
+        )
+    per_ms = sample_rate / 1000
+
+    def segments(wave) -> list[tuple[int, int]]:
+        found = vad.segments_ms(wave, cfg.vad_max_end_silence_ms)
+        return [(round(a * per_ms), round(b * per_ms)) for a, b in found]
+
+    return segments
+
+
 def search_boost(model, cfg: DecodeConfig, opts: DecodeOptions) -> float:
     """The hotword boost `cfg` searches `model` with, once it is known that `cfg` can decode `model`: ConfigError for
     CTC guidance or timestamps the model cannot give, DecodeError for long-audio windows it cannot make."""
@@ -149,6 +175,7 @@ def search_boost(model, cfg: DecodeConfig, opts: DecodeOptions) -> float:
             "model.ctc.weight 0)"
         )
     window_limit(model, cfg, opts)
+    speech_segmenter(cfg, model.frontend.sample_rate)
     return boost
 
 
@@ -165,7 +192,7 @@ def decode_loader(
         hotwords=opts.hotwords, prompt_hotwords=not opts.hotwords_unprompted,
         windows=(limit, cfg.window_overlap, cfg.window_split_pause) if limit > 0 else None,
         rank=world.rank, world_size=world.size, trim_leading_silence=cfg.trim_leading_silence,
-        speech_runs=cfg.timestamps,
+        speech_runs=cfg.timestamps, speech_segments=speech_segmenter(cfg, model.frontend.sample_rate),
     )  # fmt: skip
 
 
@@ -208,7 +235,7 @@ def decode_manifest(
         manifest=str(manifest_path), lines=len(getattr(manifest, "base", manifest)), skipped=tracker.bad,
         skipped_by_reason=dict(tracker.by_reason),
         windows=sum(r["windows"] for r in rows), split=sum(r["windows"] > 1 for r in rows),
-        max_window_seconds=window_limit(model, cfg, opts) or None, window_overlap=cfg.window_overlap,
+        max_window_seconds=window_limit(model, cfg, opts) or None, window_overlap=cfg.window_overlap, vad=cfg.vad,
     )  # fmt: skip
     timing["hotwords"] = hotword_counts(rows, opts, model.prompt.hotwords_max_tokens, boost)
     summary = llm_summary(out_dir, rows, found, cfg, timing)
@@ -250,8 +277,11 @@ def load_decode_model(
     if model_dir is not None:
         model = load_exported(model_dir, dtype=dtype, trust_remote_code=trust_remote_code)
         desc = read_description(model_dir)
+        saved = dict(desc.get("decode") or {})
+        if saved.get("vad") is not None:  # an export carries its VAD in a folder of its own (llmasr export)
+            saved["vad"] = str(Path(model_dir) / saved["vad"])
         try:
-            cfg = from_dict(DecodeConfig, desc.get("decode") or {}, "decode")
+            cfg = from_dict(DecodeConfig, saved, "decode")
         except ConfigError as err:
             raise ExportedModelError(f"{Path(model_dir) / MODEL_FILE}: {err}") from err
         longest = (desc.get("training") or {}).get("longest_seconds")

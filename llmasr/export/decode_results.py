@@ -63,8 +63,9 @@ def _counts(found: dict, n_utts: int) -> str:
 
 def _windows_line(found: dict, n_utts: int) -> str:
     limit = found["max_window_seconds"]
+    where = f"at the speech segments of the VAD {found['vad']}" if found.get("vad") else "at low-energy points"
     how = (
-        f"{found['split']} longer than {limit:g} s split at low-energy points, overlap {found['window_overlap']:g} s"
+        f"{found['split']} longer than {limit:g} s split {where}, overlap {found['window_overlap']:g} s"
         if limit
         else "no window limit"
     )

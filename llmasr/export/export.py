@@ -39,6 +39,7 @@ from llmasr.config_io import to_dict
 from llmasr.export.trained_model import load_checkpoint_model, load_trained  # noqa: F401  (public API here too)
 from llmasr.models.builder import encoder_spec, output_dim
 from llmasr.models.fingerprint import dir_fingerprint
+from llmasr.models.fsmn_vad import FsmnVad
 from llmasr.models.llm import DTYPES
 
 log = logging.getLogger(__name__)
@@ -208,6 +209,15 @@ def _training_max(recipe) -> float | None:
     return longest_trained(recipe.data)
 
 
+def _write_vad(decode, tmp: Path) -> dict:
+    """The description's `decode` entry; a decode.vad directory is copied into DIR/vad and named relative to DIR."""
+    entry = _plain(decode)
+    if decode.vad is not None:
+        FsmnVad.from_dir(decode.vad).copy_to(tmp / "vad")
+        entry["vad"] = "vad"
+    return entry
+
+
 def _write_ctc(model, recipe, tmp: Path, encoder_dim: int) -> dict | None:
     """DIR/ctc_head.safetensors and its vocabulary file; the description's `ctc` entry (None without a head)."""
     if model.ctc_head is None:
@@ -318,7 +328,7 @@ def write_model_dir(
             "hotwords_max_tokens": model.prompt.hotwords_max_tokens,
         },
         "llm": llm_entry,
-        "decode": _plain(recipe.decode),
+        "decode": _write_vad(recipe.decode, tmp),
         "training": {"longest_seconds": training_max_duration},
         "source": _plain(info),
     }

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 from llmasr.config_io import ConfigError
 
@@ -47,6 +48,13 @@ class DecodeConfig:
     # A pause at least this long ends a window before the limit (one sentence a window, as a VAD would cut it);
     # 0: windows fill up to the limit, cut at their longest pause.
     window_split_pause: float = 0.2
+    # A FunASR FSMN VAD directory (fsmn-vad: llmasr.models.fsmn_vad): long audio is cut at the speech segments it
+    # finds, what lies between them is not decoded, and a segment longer than the window limit is cut further as
+    # above. None: cuts come from frame energies alone.
+    vad: str | None = None
+    # The silence (ms) that ends a VAD segment (FunASR's max_end_silence_time); None: FunASR's offline schedule
+    # (2 s at the start of a recording, shorter after long unbroken speech).
+    vad_max_end_silence_ms: int | None = None
     # Hotword boosting in the search (models.hotword_boost): score per token of an utterance's biasing phrase that
     # the hypothesis completes; 0 = the list is only in the prompt; None = AUTO_HOTWORD_BOOST when the search is
     # CTC prefix-guided (the audio then keeps a boosted phrase out unless it is heard), else 0.
@@ -86,6 +94,13 @@ class DecodeConfig:
             )
         if self.max_window_seconds is not None:
             self.window_seconds(None, path)
+        if self.vad is not None and not (Path(self.vad) / "config.yaml").is_file():
+            raise ConfigError(f"{path}.vad: {self.vad} is not a FunASR VAD directory (no config.yaml there)")
+        if self.vad_max_end_silence_ms is not None and not self.vad_max_end_silence_ms > 0:
+            raise ConfigError(
+                f"{path}.vad_max_end_silence_ms: must be > 0 ms (unset: FunASR's schedule), got "
+                f"{self.vad_max_end_silence_ms}"
+            )
         if self.hotword_boost is not None and not 0.0 <= self.hotword_boost < math.inf:
             raise ConfigError(
                 f"{path}.hotword_boost: must be >= 0 (0: off; unset: the default), got {self.hotword_boost}"

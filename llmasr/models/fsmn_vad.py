@@ -12,6 +12,7 @@ end-point rules that turn those into segments are llmasr.models.vad_endpoints.
 
 from __future__ import annotations
 
+import shutil
 from functools import lru_cache
 from pathlib import Path
 
@@ -110,6 +111,16 @@ class FsmnVad:
         stamps = tuple(f.stat().st_mtime_ns if f.is_file() else None for f in (path / "config.yaml", path / "model.pt"))
         return _load(str(path), stamps)
 
+    def copy_to(self, out_dir: Path) -> None:
+        """Write a directory that loads as this VAD: config.yaml, model.pt and its CMVN as am.mvn (what an export
+        carries; the source's configuration.json is not needed once its CMVN file is am.mvn)."""
+        out_dir.mkdir(parents=True, exist_ok=True)
+        src = Path(self.source)
+        shutil.copyfile(src / "config.yaml", out_dir / "config.yaml")
+        shutil.copyfile(src / "model.pt", out_dir / "model.pt")
+        if self.extractor.frontend.cmvn_file is not None:
+            shutil.copyfile(self.extractor.frontend.cmvn_file, out_dir / "am.mvn")
+
     def silence_probs(self, wave: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(p(silence), energy in dB) of every 10 ms frame of a float waveform in [-1, 1] at self.sample_rate."""
         fe = self.extractor
@@ -166,6 +177,8 @@ def _load(model_dir: str, _stamps: tuple) -> FsmnVad:
     missing = [k for k in FSMN_KEYS if k not in conf]
     if missing:
         raise ConfigError(f"{cfg_path}: encoder_conf lacks {', '.join(missing)}")
+    if not frontend.snip_edges:
+        raise ConfigError(f"{cfg_path}: frontend_conf.snip_edges must be true: the VAD's frames are whole 25 ms frames")
     if frontend.lfr_n != 1 or int(conf["input_dim"]) != frontend.feature_dim:
         raise ConfigError(
             f"{cfg_path}: the VAD scores one frame every frame shift from n_mels * lfr_m = {frontend.feature_dim} "

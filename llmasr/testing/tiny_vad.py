@@ -76,24 +76,26 @@ def _craft(state: dict[str, torch.Tensor], conf: dict) -> None:
 
 def write_fsmn_vad_dir(
     model_dir: str | Path, *, level: float = 15.0, margin: float = 6.0, crafted: bool = True, seed: int = 0,
-    model_conf: dict | None = None,
+    model_conf: dict | None = None, fsmn: dict | None = None,
 ) -> Path:  # fmt: skip
     """Write the directory (see the module docstring); `level`, `margin`: the CMVN maps a mean log-mel of `level` to
-    -0.5 and `level + margin` to +0.5 (the crafted path's speech side). Returns the directory."""
+    -0.5 and `level + margin` to +0.5 (the crafted path's speech side); `fsmn`: encoder_conf (TINY_FSMN by default,
+    input_dim 400). Returns the directory."""
+    fsmn = dict(TINY_FSMN if fsmn is None else fsmn)
     model_dir = Path(model_dir)
     model_dir.mkdir(parents=True, exist_ok=True)
     g = torch.Generator().manual_seed(seed)
-    state = _fsmn_state(TINY_FSMN, g, scale=0.05 if crafted else 0.3)
+    state = _fsmn_state(fsmn, g, scale=0.05 if crafted else 0.3)
     if crafted:
-        _craft(state, TINY_FSMN)
+        _craft(state, fsmn)
     torch.save({f"encoder.{k}": v for k, v in state.items()}, model_dir / "model.pt")
     config = {
         "model": "FsmnVADStreaming", "model_conf": {**MODEL_CONF, **(model_conf or {})},
-        "encoder": "FSMN", "encoder_conf": dict(TINY_FSMN),
+        "encoder": "FSMN", "encoder_conf": fsmn,
         "frontend": "WavFrontendOnline", "frontend_conf": dict(FRONTEND),
     }  # fmt: skip
     (model_dir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-    dim = TINY_FSMN["input_dim"]
+    dim = fsmn["input_dim"]
     shift = np.full(dim, -(level + margin / 2), dtype=np.float32)
     write_kaldi_cmvn(model_dir / "am.mvn", shift, np.full(dim, 1.0 / margin, dtype=np.float32))
     return model_dir

@@ -15,8 +15,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from llmasr.config_io import ConfigError
 from llmasr.data.augment import cost_text
 from llmasr.models.builder import build_model
+from llmasr.models.fsmn_vad import FsmnVad
 from llmasr.models.fused_kernels import check_fused_kernels
 from llmasr.run_dir import RECIPE_FILE, read_meta, resolve_resume, resume_or_start
 from llmasr.train.checkpoint_space import CheckpointSpace, size_text
@@ -117,6 +119,22 @@ def _weights_lines(m) -> list[str]:
     return [*lines, f"  llm: {m.llm.path}{adapter}"]
 
 
+def _vad_lines(decode, sample_rate: int) -> list[str]:
+    """decode.vad, loaded as decoding loads it: a directory that does not load, or hears another sample rate than
+    the model, fails the check."""
+    if decode.vad is None:
+        return []
+    vad = FsmnVad.from_dir(decode.vad)
+    if vad.sample_rate != sample_rate:
+        raise ConfigError(f"decode.vad: {decode.vad} reads {vad.sample_rate} Hz audio and the model {sample_rate} Hz")
+    ms = decode.vad_max_end_silence_ms
+    silence = "FunASR's schedule" if ms is None else f"{ms} ms"
+    return [
+        "decoding",
+        f"  long audio cut at the speech segments of the FSMN VAD {vad.source} (ending silence: {silence})",
+    ]
+
+
 def _checkpoint_lines(tc, counts: dict, plan) -> list[str]:
     """The disk the run's checkpoints take against the run folder's free space; RunDirError where one cannot fit."""
     space = CheckpointSpace.estimate(tc, trainable=counts["trainable"], epochs=len(plan.per_epoch), total=plan.total)
@@ -192,6 +210,7 @@ def check(
     for branch, (n, t) in counts["branches"].items():
         lines.append(f"  {branch}: {n:,} ({t:,} trainable)")
     lines += _weights_lines(recipe.model)
+    lines += _vad_lines(recipe.decode, model.frontend.sample_rate)
     lines += ["param groups", *("  " + row for row in describe_param_groups(groups).splitlines())]
     lines.append("learning rate at key updates")
     width = max(len(n) for n in names)

@@ -349,3 +349,14 @@ def test_check_cost_quick_builds_in_every_mode(tmp_path, capsys):
     assert sorted(res["modes"]) == ["meta", "pretrained", "shapes"]
     assert all(r["seconds"] > 0 and r["peak_rss_mb"] > 0 for r in res["modes"].values())
     assert "Reproduce: `python bench/check_cost.py --quick --repeats 1 --work" in capsys.readouterr().out
+
+
+def test_vad_speed_quick_times_every_part(tmp_path, capsys):
+    import vad_speed
+
+    out = tmp_path / "vad.json"
+    assert vad_speed.main(["--quick", "--json-out", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert res["audio_seconds"] == 20.0 and res["segments"] >= 1
+    assert set(res["llmasr"]) == {"features", "network", "endpoints", "total"}
+    assert "x real time" in capsys.readouterr().out

@@ -228,3 +228,18 @@ def test_pretrained_files_that_do_not_fit_the_model_are_refused_before_training(
     assert code == 2 and "adaptor_wide.safetensors" in err, err
     code, _, err = run_check(capsys, *base, "model.ctc.weight=0.3", "model.ctc.from_encoder=true")
     assert code == 2 and "model.ctc.from_encoder:" in err and "holds no CTC head" in err, err
+
+
+def test_a_decode_vad_is_loaded_by_the_check(recipe_file, tmp_path, capsys):
+    from llmasr.testing.tiny_vad import write_fsmn_vad_dir
+
+    vad = write_fsmn_vad_dir(tmp_path / "vad")
+    args = ["--config", str(recipe_file), "--deepspeed", "zero2", "--out", str(tmp_path)]
+    code, out, err = run_check(capsys, *args, f"decode.vad={vad}", "decode.vad_max_end_silence_ms=800")
+    assert code == 0, err
+    assert f"long audio cut at the speech segments of the FSMN VAD {vad} (ending silence: 800 ms)" in out
+    (vad / "model.pt").write_bytes(b"version https://git-lfs.github.com/spec/v1\n")  # a weight file never pulled
+    code, out, err = run_check(capsys, *args, f"decode.vad={vad}")
+    assert code == 2 and "model.pt" in err and "Git LFS" in err
+    code, out, err = run_check(capsys, *args, f"decode.vad={tmp_path}")
+    assert code == 2 and "decode.vad: " in err and "is not a FunASR VAD directory" in err

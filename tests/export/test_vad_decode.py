@@ -1,0 +1,139 @@
+"""Long audio cut at a FunASR FSMN VAD's speech segments (decode.vad): the windows are the segments, what lies
+between them is not decoded, a segment longer than the limit is cut further; the export carries the VAD; bad VAD
+settings are refused before anything is written."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+
+import numpy as np
+import pytest
+import soundfile as sf
+import yaml
+
+from llmasr.commands.decode import main
+from llmasr.config_io import ConfigError
+from llmasr.export.decode import DecodeOptions, decode_loader, decode_manifest, load_decode_model
+from llmasr.models.decoding import DecodeConfig
+from llmasr.models.fsmn_vad import FsmnVad
+from llmasr.testing.tiny_corpus import syllable_bursts
+from llmasr.testing.tiny_vad import write_fsmn_vad_dir
+
+SR = 16000
+LIMIT = 6.0
+
+
+@pytest.fixture(scope="module")
+def vad_dir(tmp_path_factory):
+    return write_fsmn_vad_dir(tmp_path_factory.mktemp("vad") / "fsmn-vad")
+
+
+@pytest.fixture(scope="module")
+def long_manifest(tmp_path_factory):
+    root = tmp_path_factory.mktemp("vad_audio")
+    waves = {
+        "pause": syllable_bursts(12.0, [(4.0, 7.0)], seed=1),  # two segments around a 3 s pause
+        "unbroken": syllable_bursts(14.0, seed=2),  # one segment longer than the limit
+        "silent": (0.003 * np.random.default_rng(3).standard_normal(8 * SR)).astype(np.float32),
+        "short": syllable_bursts(2.0, seed=4),  # within the limit: decoded whole, no VAD
+    }
+    lines = []
+    for key, wave in waves.items():
+        sf.write(str(root / f"{key}.wav"), wave, SR, subtype="FLOAT")
+        lines.append(json.dumps({"key": key, "source": f"{key}.wav", "target": "one two"}))
+    (root / "long.jsonl").write_text("\n".join(lines) + "\n")
+    return root / "long.jsonl", waves
+
+
+def _windows(model, manifest, cfg) -> dict:
+    loader = decode_loader(model, manifest, cfg, DecodeOptions(num_workers=0))
+    windowed = loader.dataset.manifest
+    return {windowed.base[i].key: [(w.start, w.end) for w in ws] for i, ws in windowed.windows.items()}
+
+
+def test_windows_are_the_vad_segments(model, long_manifest, vad_dir, caplog):
+    manifest, waves = long_manifest
+    cfg = DecodeConfig(max_new_tokens=2, max_window_seconds=LIMIT, vad=str(vad_dir))
+    with caplog.at_level(logging.WARNING, logger="llmasr.data"):
+        windows = _windows(model, manifest, cfg)
+    vad = FsmnVad.from_dir(vad_dir)
+    pause = [(a * 16, b * 16) for a, b in vad.segments_ms(waves["pause"])]
+    assert len(pause) == 2 and windows["pause"] == pause  # each segment fits: one window each
+    assert pause[0][1] < 4.5 * SR and pause[1][0] > 6.5 * SR  # the pause's middle is in no window
+    (a, b), = vad.segments_ms(waves["unbroken"])  # fmt: skip
+    unbroken = windows["unbroken"]
+    assert len(unbroken) == 3 and unbroken[0][0] == a * 16 and unbroken[-1][1] == b * 16
+    assert all(e - s <= LIMIT * SR for s, e in unbroken)
+    # no speech: cut by energies as without a VAD, and said
+    assert "the VAD finds no speech in silent (line 3)" in caplog.text
+    assert "short" not in windows
+
+
+def test_decode_with_a_vad_scores_each_recording_once(model, long_manifest, vad_dir, tmp_path):
+    manifest, _ = long_manifest
+    cfg = DecodeConfig(max_new_tokens=2, max_window_seconds=LIMIT, vad=str(vad_dir))
+    summary = decode_manifest(model, manifest, tmp_path / "o", cfg, DecodeOptions(num_workers=0))
+    rows = [json.loads(line) for line in open(tmp_path / "o" / "results.jsonl")]
+    assert [r["key"] for r in rows] == ["pause", "unbroken", "silent", "short"]
+    assert [r["duration"] for r in rows] == pytest.approx([12.0, 14.0, 8.0, 2.0], abs=1e-4)  # the audio, not its speech
+    assert [r["windows"] for r in rows][:2] == [2, 3] and rows[3]["windows"] == 1
+    assert summary["audio_seconds"] == pytest.approx(36.0, abs=1e-3)
+    assert f"split at the speech segments of the VAD {vad_dir}" in (tmp_path / "o" / "wer.txt").read_text()
+
+
+def test_the_export_carries_its_vad(runs, vad_dir, tmp_path):
+    from llmasr.export.export import export_model
+
+    run = tmp_path / "run"
+    shutil.copytree(runs[2], run)
+    recipe = run / "recipe.yaml"
+    data = yaml.safe_load(recipe.read_text())
+    data.setdefault("decode", {})["vad"] = str(vad_dir)
+    recipe.write_text(yaml.safe_dump(data))
+    out = export_model(run, tmp_path / "exported")
+    assert sorted(p.name for p in (out / "vad").iterdir()) == ["am.mvn", "config.yaml", "model.pt"]
+    assert yaml.safe_load((out / "llmasr_model.yaml").read_text())["decode"]["vad"] == "vad"
+    _, cfg, _ = load_decode_model(out)
+    assert cfg.vad == str(out / "vad")
+    wave = syllable_bursts(12.0, [(4.0, 7.0)], seed=1)
+    assert FsmnVad.from_dir(cfg.vad).segments_ms(wave) == FsmnVad.from_dir(vad_dir).segments_ms(wave)
+
+
+def test_bad_vad_settings_are_refused_before_decoding(exported_dir, long_manifest, vad_dir, tmp_path, capsys):
+    manifest, _ = long_manifest
+    with pytest.raises(ConfigError, match="decode.vad: .* is not a FunASR VAD directory"):
+        DecodeConfig(vad=str(tmp_path)).validate("decode")
+    with pytest.raises(ConfigError, match="decode.vad_max_end_silence_ms: must be > 0 ms"):
+        DecodeConfig(vad_max_end_silence_ms=0).validate("decode")
+    args = ["--model", str(exported_dir), "--data", str(manifest), "--output", str(tmp_path / "o")]
+    assert main([*args, "--vad", str(tmp_path / "nowhere")]) == 2
+    assert "is not a FunASR VAD directory" in capsys.readouterr().err
+    broken = write_fsmn_vad_dir(tmp_path / "broken")
+    (broken / "model.pt").unlink()
+    assert main([*args, "--vad", str(broken), "--max-window-seconds", "6"]) == 2
+    assert "decode.vad: " in capsys.readouterr().err
+    other_rate = write_fsmn_vad_dir(tmp_path / "8k", model_conf={"sample_rate": 8000})
+    cfg = yaml.safe_load((other_rate / "config.yaml").read_text())
+    cfg["frontend_conf"]["fs"] = 8000
+    (other_rate / "config.yaml").write_text(yaml.safe_dump(cfg))
+    assert main([*args, "--vad", str(other_rate), "--max-window-seconds", "6"]) == 2
+    assert "reads 8000 Hz audio and the model 16000 Hz" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_transcribe_takes_a_vad_too(exported_dir, long_manifest, vad_dir, tmp_path, capsys):
+    from llmasr.cli import main as cli
+    from llmasr.export.transcribe import Transcriber
+
+    wav = long_manifest[0].parent / "pause.wav"
+    asr = Transcriber.load(exported_dir, max_new_tokens=2, max_window_seconds=LIMIT, vad=str(vad_dir))
+    (row,) = asr.transcripts([wav])
+    assert row["windows"] == 2 and row["duration"] == pytest.approx(12.0, abs=1e-4)
+    assert cli(["transcribe", "--model", str(exported_dir), str(wav), "--vad", str(tmp_path)]) == 1
+    assert "is not a FunASR VAD directory" in capsys.readouterr().err
+    broken = write_fsmn_vad_dir(tmp_path / "broken")
+    (broken / "model.pt").unlink()
+    assert cli(["transcribe", "--model", str(exported_dir), str(wav), "--vad", str(broken)]) == 1
+    assert "decode.vad: " in capsys.readouterr().err
