@@ -28,6 +28,7 @@ from llmasr.models.funasr_dir import funasr_frontend, read_funasr_config
 from llmasr.models.state_dict import CheckpointMismatchError, load_into, select_prefix, torch_load, unwrap_state_dict
 from llmasr.models.vad_endpoints import CHUNK_MS, EndpointDetector, VadOptions
 
+NET_CHUNK = 1000  # frames the network reads at a time (llmasr.models.fsmn_vad.FsmnVad._probs)
 FSMN_KEYS = ("input_dim", "input_affine_dim", "fsmn_layers", "linear_dim", "proj_dim", "lorder", "output_affine_dim",
              "output_dim")  # fmt: skip
 
@@ -88,6 +89,8 @@ class FSMN(nn.Module):
         self.out_linear1 = _Affine(linear_dim, output_affine_dim)
         self.out_linear2 = _Affine(output_affine_dim, output_dim)
         self.use_softmax = use_softmax
+        # frames of the past one output frame sees: none past this in a block's input reaches the output
+        self.context = None if rorder > 0 else fsmn_layers * (lorder - 1) * lstride
 
     def forward(self, feats: torch.Tensor) -> torch.Tensor:
         x = torch.relu(self.in_linear2(self.in_linear1(feats)))
@@ -128,8 +131,7 @@ class FsmnVad:
         if n < fe.window_samples:  # FunASR's online frontend gives such a recording no frame
             return np.zeros(0, dtype=np.float64), np.zeros(0, dtype=np.float32)
         feats = fe(np.asarray(wave, dtype=np.float32), train=False)
-        with torch.no_grad():
-            probs = self.net(torch.from_numpy(feats)[None].float())[0].numpy()
+        probs = self._probs(torch.from_numpy(feats).float())
         ids = self.opts.sil_pdf_ids
         sil = probs[:, ids[0]].astype(np.float64)
         for i in ids[1:]:  # summed one by one, as FunASR does
@@ -138,6 +140,19 @@ class FsmnVad:
         frames = frames[:: fe.shift_samples][: feats.shape[0]]
         decibels = 10 * np.log10(np.sum(np.square(frames), axis=1) + np.float32(1e-6))
         return sil, decibels
+
+    def _probs(self, feats: torch.Tensor) -> np.ndarray:
+        """The network over [T, D] features, NET_CHUNK frames at a time, each with the `context` frames before it:
+        the same outputs as one pass (the memory is causal and finite), at half its time on long recordings, whose
+        activations do not fit a CPU's caches in one piece."""
+        t, context = feats.shape[0], self.net.context
+        step = t if context is None else NET_CHUNK
+        out = []
+        with torch.no_grad():
+            for start in range(0, t, step):
+                first = max(0, start - (context or 0))
+                out.append(self.net(feats[None, first : start + step])[0, start - first :])
+        return torch.cat(out).numpy()
 
     def chunk_ends(self, num_samples: int, num_frames: int) -> list[int]:
         """The frame count FunASR's frontend has given out after each 60 s chunk of a recording: a chunk's fbank

@@ -19,7 +19,7 @@ import torch
 import yaml
 
 from llmasr.config_io import ConfigError
-from llmasr.models.fsmn_vad import FSMN, FsmnVad
+from llmasr.models.fsmn_vad import FSMN, NET_CHUNK, FsmnVad
 from llmasr.models.state_dict import CheckpointMismatchError
 from llmasr.models.vad_endpoints import EndpointDetector, VadOptions
 from llmasr.testing.tiny_corpus import syllable_bursts
@@ -84,6 +84,14 @@ def test_network_matches_funasr_layout(tmp_path):
     x2[:, 20:] += 5.0
     torch.testing.assert_close(vad.net(x2)[:, :20], y[:, :20])
     torch.testing.assert_close(y.sum(-1), torch.ones(1, 30))
+
+
+def test_the_network_in_pieces_equals_one_pass(tmp_path):
+    vad = _vad(tmp_path, crafted=False)
+    feats = torch.randn(NET_CHUNK * 2 + 77, TINY_FSMN["input_dim"])
+    with torch.no_grad():
+        whole = vad.net(feats[None])[0].numpy()
+    np.testing.assert_allclose(vad._probs(feats), whole, rtol=0, atol=1e-6)
 
 
 def test_chunk_ends_follow_funasr_frontend(tmp_path):
