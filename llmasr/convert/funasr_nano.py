@@ -39,6 +39,7 @@ from llmasr.convert.nano_config import (
 from llmasr.export.export import DTYPE_NAMES, write_model_dir
 from llmasr.models.builder import build_model
 from llmasr.models.config import ModelConfig
+from llmasr.models.funasr_dir import weights_file
 from llmasr.models.state_dict import select_prefix, torch_load, unwrap_state_dict
 from llmasr.recipe import Recipe
 
@@ -57,7 +58,7 @@ class ConvertError(RuntimeError):
 
 
 def read_nano_state(src: Path) -> dict[str, torch.Tensor]:
-    path = src / "model.pt"
+    path = weights_file(src)
     if not path.is_file():
         raise ConfigError(f"{path}: missing; a Fun-ASR-Nano directory holds the whole model's weights there")
     state = unwrap_state_dict(torch_load(path), source=str(path))
@@ -133,7 +134,7 @@ def encoder_dim(section: dict) -> int:
 
 def _check_dims(state: dict, section: dict, llm_config: dict, src: Path) -> None:
     """Adaptor input vs encoder output and adaptor output vs LLM hidden size, named at conversion."""
-    ckpt, cfg_path = src / "model.pt", src / "config.yaml"
+    ckpt, cfg_path = weights_file(src), src / "config.yaml"
     enc_dim = encoder_dim(section)
     k = section["adaptor"]["downsample"]
     w1 = state.get("audio_adaptor.linear1.weight")
@@ -215,7 +216,7 @@ def convert_funasr(src: str | Path, out: str | Path, *, dtype: str = "fp32", ove
     state = read_nano_state(src)
     _check_dims(state, section, llm_config, src)
     ctc, ctc_reason = ctc_branch(src, config, state, encoder_dim(section))
-    left_out = log_left_out(state, src / "model.pt", ctc_reason)
+    left_out = log_left_out(state, weights_file(src), ctc_reason)
 
     tmp, stage = out.parent / f".{out.name}.partial", out.parent / f".{out.name}.stage"
     for d in (tmp, stage):

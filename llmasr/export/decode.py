@@ -175,7 +175,8 @@ def search_boost(model, cfg: DecodeConfig, opts: DecodeOptions) -> float:
             "model.ctc.weight 0)"
         )
     window_limit(model, cfg, opts)
-    speech_segmenter(cfg, model.frontend.sample_rate)
+    if cfg.vad is not None:
+        speech_segmenter(cfg, model.frontend.sample_rate)
     return boost
 
 

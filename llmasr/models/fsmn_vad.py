@@ -19,12 +19,13 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+import yaml
 from torch import nn
 
 from llmasr.config_io import ConfigError
 from llmasr.data.features import FeatureExtractor
 from llmasr.models.encoders import funasr_class_name
-from llmasr.models.funasr_dir import funasr_frontend, read_funasr_config
+from llmasr.models.funasr_dir import funasr_frontend, read_funasr_config, weights_file
 from llmasr.models.state_dict import CheckpointMismatchError, load_into, select_prefix, torch_load, unwrap_state_dict
 from llmasr.models.vad_endpoints import CHUNK_MS, EndpointDetector, VadOptions
 
@@ -111,18 +112,24 @@ class FsmnVad:
     def from_dir(cls, model_dir: str | Path) -> FsmnVad:
         path = Path(model_dir).resolve()
         # loaded once per process (every long recording of a decode reads it), again when a file changes
-        stamps = tuple(f.stat().st_mtime_ns if f.is_file() else None for f in (path / "config.yaml", path / "model.pt"))
+        files = (path / "config.yaml", path / "configuration.json", weights_file(path))
+        stamps = tuple(f.stat().st_mtime_ns if f.is_file() else None for f in files)
         return _load(str(path), stamps)
 
     def copy_to(self, out_dir: Path) -> None:
         """Write a directory that loads as this VAD: config.yaml, model.pt and its CMVN as am.mvn (what an export
-        carries; the source's configuration.json is not needed once its CMVN file is am.mvn)."""
+        carries; without a CMVN, config.yaml says `cmvn_file: null`)."""
         out_dir.mkdir(parents=True, exist_ok=True)
         src = Path(self.source)
-        shutil.copyfile(src / "config.yaml", out_dir / "config.yaml")
-        shutil.copyfile(src / "model.pt", out_dir / "model.pt")
-        if self.extractor.frontend.cmvn_file is not None:
-            shutil.copyfile(self.extractor.frontend.cmvn_file, out_dir / "am.mvn")
+        config = read_funasr_config(src)
+        cmvn = self.extractor.frontend.cmvn_file
+        config["frontend_conf"] = {k: v for k, v in config["frontend_conf"].items() if k != "cmvn_file"}
+        if cmvn is None:
+            config["frontend_conf"]["cmvn_file"] = None
+        else:
+            shutil.copyfile(cmvn, out_dir / "am.mvn")
+        (out_dir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+        shutil.copyfile(weights_file(src), out_dir / "model.pt")
 
     def silence_probs(self, wave: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(p(silence), energy in dB) of every 10 ms frame of a float waveform in [-1, 1] at self.sample_rate."""
@@ -208,9 +215,9 @@ def _load(model_dir: str, _stamps: tuple) -> FsmnVad:
     if not opts.sil_pdf_ids or max(opts.sil_pdf_ids) >= int(conf["output_dim"]):
         raise ConfigError(f"{cfg_path}: model_conf.sil_pdf_ids {list(opts.sil_pdf_ids)} are not outputs of the FSMN")
     net = FSMN(**{k: int(v) for k, v in conf.items() if k != "use_softmax"}, use_softmax=conf.get("use_softmax", True))
-    ckpt = path / "model.pt"
+    ckpt = weights_file(path)
     if not ckpt.is_file():
-        raise ConfigError(f"{ckpt}: missing. A FunASR VAD directory needs model.pt (FSMN tensors under 'encoder.')")
+        raise ConfigError(f"{ckpt}: missing. A FunASR VAD directory needs its weights (FSMN tensors under 'encoder.')")
     state = select_prefix(unwrap_state_dict(torch_load(ckpt), source=str(ckpt)), "encoder.")
     if not state:
         raise CheckpointMismatchError(f"{ckpt}: no tensors under 'encoder.' (the FSMN VAD's network)")

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from llmasr.config_io import ConfigError
 from llmasr.models.ctc_vocab import read_token_list
-from llmasr.models.funasr_dir import file_path_metas, read_funasr_config
+from llmasr.models.funasr_dir import file_path_metas, read_funasr_config, weights_file
 
 # FunASR prefixes every tensor of the CTC head with the module's name.
 CTC_PREFIX = "ctc."
@@ -89,8 +89,9 @@ def funasr_ctc_settings(model_dir: str | Path) -> dict[str, str]:
     config = read_funasr_config(model_dir)
     metas = file_path_metas(model_dir) or {}
     vocab = _vocabulary(model_dir, config, metas)
-    weights = metas.get("init_param") or "model.pt"
-    init_from = _named_file(model_dir, weights, f"{model_dir}: the model weights ({weights})")
+    init_from = weights_file(model_dir)
+    if not init_from.is_file():
+        raise ConfigError(f"{model_dir}: the model weights ({init_from.name}) are not a file there")
     seg_dict = None
     if vocab.suffix != ".model":  # a CharTokenizer's token list, read through its seg_dict when it names one
         seg_dict = _tokenizer_file(model_dir, config, metas, ("seg_dict_file", "seg_dict"))

@@ -134,6 +134,17 @@ def file_path_metas(model_dir: Path) -> dict | None:
     return metas if isinstance(metas, dict) else {}
 
 
+def weights_file(model_dir: Path) -> Path:
+    """The file FunASR's AutoModel reads a directory's weights from: configuration.json's file_path_metas.init_param,
+    else model.pt. A name relative to the directory; an absolute path from the machine the model was trained on is
+    looked for in the directory under its own name. The file may be missing: each reader says what it needs there."""
+    name = (file_path_metas(model_dir) or {}).get("init_param") or "model.pt"
+    path = Path(str(name))
+    if not path.is_absolute():
+        return model_dir / path
+    return path if path.is_file() else model_dir / path.name
+
+
 def _mapped_cmvn(model_dir: Path) -> tuple[bool, Path | None]:
     """(has configuration.json, the CMVN file its file_path_metas.frontend_conf.cmvn_file names or None)."""
     metas = file_path_metas(model_dir)
@@ -258,11 +269,12 @@ def load_funasr_encoder(
     entry, conf, frontend = funasr_encoder_spec(model_dir, conf_overrides)
     encoder = entry.construct(conf)
 
-    ckpt_path = model_dir / "model.pt"
+    ckpt_path = weights_file(model_dir)
     if not ckpt_path.is_file():
         raise ConfigError(
-            f"{ckpt_path}: missing. A FunASR model directory needs model.pt: the model's state dict (torch.save), "
-            f"encoder tensors under '{prefix}'"
+            f"{ckpt_path}: missing. A FunASR model directory needs its weights there (model.pt, or the file "
+            f"configuration.json's init_param names): the model's state dict (torch.save), encoder tensors under "
+            f"'{prefix}'"
         )
     state = unwrap_state_dict(torch_load(ckpt_path, shapes_only=shapes_only), source=str(ckpt_path))
     if not select_prefix(state, prefix) and select_prefix(state, "module." + prefix):

@@ -165,3 +165,22 @@ def test_live_segments_against_funasr(name, tmp_path):
     sf.write(str(tmp_path / "a.wav"), wave, 16000, subtype="FLOAT")
     want = maker.funasr_segments(model_dir, tmp_path / "a.wav", case["max_end_silence_ms"])
     assert FsmnVad.from_dir(model_dir).segments_ms(wave, case["max_end_silence_ms"]) == want
+
+
+def test_weights_are_read_where_configuration_json_says(tmp_path):
+    # FunASR's AutoModel loads file_path_metas.init_param; a trained-elsewhere absolute path is found by its name
+    d = write_fsmn_vad_dir(tmp_path / "renamed")
+    (d / "model.pt").rename(d / "vad.pt")
+    metas = {"init_param": "/train/box/vad.pt", "config": "config.yaml", "frontend_conf": {"cmvn_file": "am.mvn"}}
+    (d / "configuration.json").write_text(json.dumps({"file_path_metas": metas}))
+    vad = FsmnVad.from_dir(d)
+    wave = syllable_bursts(7.0, gaps=[(2.0, 5.0)], seed=1)
+    assert len(vad.segments_ms(wave)) == 2 and vad.segments_ms(wave) == _vad(tmp_path).segments_ms(wave)
+    vad.copy_to(tmp_path / "copied")
+    assert FsmnVad.from_dir(tmp_path / "copied").segments_ms(wave) == vad.segments_ms(wave)
+    # without a CMVN (configuration.json maps none: FunASR does not normalise), the copy normalises nothing either
+    (d / "configuration.json").write_text(json.dumps({"file_path_metas": {"init_param": "vad.pt"}}))
+    plain = FsmnVad.from_dir(d)
+    assert plain.extractor.frontend.cmvn_file is None
+    plain.copy_to(tmp_path / "plain")
+    assert FsmnVad.from_dir(tmp_path / "plain").segments_ms(wave) == plain.segments_ms(wave)
