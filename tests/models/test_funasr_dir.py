@@ -93,6 +93,22 @@ def test_ddp_module_prefix(tmp_path, tiny_dir):
     load_funasr_encoder(d)
 
 
+def test_weights_come_from_configuration_json_init_param(tmp_path, tiny_dir):
+    # FunASR's AutoModel loads file_path_metas.init_param; model.pt beside it is not what it reads
+    d = _copy(tiny_dir, tmp_path / "init_param")
+    (d / "model.pt").rename(d / "model.pt.best")
+    other = write_funasr_dir(tmp_path / "other", encoder_conf=tiny_sanm_conf(), seed=4)
+    (d / "model.pt").write_bytes((other / "model.pt").read_bytes())
+    metas = {"init_param": "/mnt/train/exp/model.pt.best", "frontend_conf": {"cmvn_file": "am.mvn"}}
+    (d / "configuration.json").write_text(json.dumps({"file_path_metas": metas}))
+    a, _ = load_funasr_encoder(d)
+    b, _ = load_funasr_encoder(tiny_dir)
+    assert all(torch.equal(v, b.state_dict()[k]) for k, v in a.state_dict().items())
+    (d / "model.pt.best").unlink()
+    with pytest.raises(ConfigError, match=r"model.pt.best: missing"):
+        load_funasr_encoder(d)
+
+
 def test_conf_overrides(tiny_dir):
     enc, _ = load_funasr_encoder(tiny_dir, conf_overrides={"dropout_rate": 0.0, "attention_dropout_rate": 0.0})
     assert enc.encoders[0].dropout.p == 0.0
