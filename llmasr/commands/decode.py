@@ -44,6 +44,7 @@ DECODE_FLAGS = {
     "trim_leading_silence": "trim_leading_silence",
     "vad": "vad",
     "vad_max_end_silence_ms": "vad_max_end_silence_ms",
+    "vad_gate": "vad_gate",
 }
 
 
@@ -142,6 +143,11 @@ def _search_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--vad-max-end-silence-ms", type=int, default=None,
         help="silence (ms) that ends a VAD segment, FunASR's max_end_silence_time (default: FunASR's schedule)",
+    )  # fmt: skip
+    p.add_argument(
+        "--no-vad-gate", dest="vad_gate", action="store_const", const=False, default=None,
+        help="with --vad, decode an utterance even where the VAD finds no speech (default: its transcript is empty; "
+        "decode.vad_gate)",
     )  # fmt: skip
     p.add_argument(
         "--keep-leading-silence", dest="trim_leading_silence", action="store_const", const=False, default=None,

@@ -343,7 +343,7 @@ def build_decode_loader(
     manifest_path, frontend: FrontendConfig, *, prompt_builder, batch_seconds: float, num_workers: int,
     max_bad_fraction: float, name: str, features_on: str = "auto", device=None, hotwords: list[str] | None = None,
     prompt_hotwords: bool = True, windows: tuple | None = None, rank: int = 0, world_size: int = 1,
-    trim_leading_silence: bool = False, speech_runs: bool = False, speech_segments=None,
+    trim_leading_silence: bool = False, speech_runs: bool = False, speech_segments=None, vad_gate: bool = False,
 ) -> SpeechDataLoader:  # fmt: skip
     """The validation loader over one manifest, for decoding: every line is batched once, in an eval-mode
     SpeechDataset; batches are cut from one duration-sorted window over the whole manifest (no buckets, no
@@ -357,7 +357,8 @@ def build_decode_loader(
     prompt renders the lists (`dataset.listed_hotwords` still gives them, for scoring). `windows` =
     (max_seconds, overlap, split_pause): utterances longer than max_seconds are decoded in windows, each an item of
     its own (`loader.dataset.manifest` is then a llmasr.data.windowed.WindowedManifest), cut at the speech segments
-    `speech_segments` finds when given (waveform -> (start, end) samples: decode.vad). `rank` of `world_size`:
+    `speech_segments` finds when given (waveform -> (start, end) samples: decode.vad); `vad_gate`: every utterance
+    meets it, and one without speech gets an empty transcript (split_long's `gate`). `rank` of `world_size`:
     the sampler's share of the same plan (llmasr.export.decode_world). A line without a transcript is decoded too
     (its batch's `targets` hold None for it). `trim_leading_silence`: each item's leading pause is cut
     (llmasr.data.long_audio.speech_start; the batch's `leads` say by how much each starts later). `speech_runs`:
@@ -372,7 +373,7 @@ def build_decode_loader(
         max_seconds, overlap, split_pause = windows
         manifest = split_long(
             manifest, known, sample_rate=frontend.sample_rate, max_seconds=max_seconds, overlap=overlap,
-            split_pause=split_pause, from_speech=trim_leading_silence, speech_segments=speech_segments,
+            split_pause=split_pause, from_speech=trim_leading_silence, speech_segments=speech_segments, gate=vad_gate,
         )  # fmt: skip
         durations, known = manifest.durations(), manifest.items_of(known)
     n = len(manifest)

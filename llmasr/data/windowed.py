@@ -8,8 +8,10 @@ utterances.
     windowed.windows[i]    the Windows utterance i was cut into (one covering it all when it fits)
 
 The audio of every utterance longer than `max_seconds` is read once here, in the main process, to place the cuts
-(its energies decide them). An utterance whose record or audio cannot be read stays one item: loading it reports
-the same fault through the bad-data accounting, once.
+(its energies, or a VAD's segments, decide them); with a VAD gate, every utterance's audio is, and an utterance in
+which the VAD finds no speech is in `windowed.silent`: its rows get an empty transcript (utterance_rows). An
+utterance whose record or audio cannot be read stays one item: loading it reports the same fault through the
+bad-data accounting, once.
 """
 
 from __future__ import annotations
@@ -30,8 +32,11 @@ log = logging.getLogger("llmasr.data")
 class WindowedManifest:
     """The items of a base manifest with long utterances replaced by their windows (see the module docstring)."""
 
-    def __init__(self, base, windows: dict[int, list[Window]], sample_rate: int, lengths: dict[int, int] | None = None):
-        self.base, self.windows, self.sample_rate = base, windows, int(sample_rate)
+    def __init__(
+        self, base, windows: dict[int, list[Window]], sample_rate: int, lengths: dict[int, int] | None = None,
+        silent: set[int] = frozenset(),
+    ):  # fmt: skip
+        self.base, self.windows, self.sample_rate, self.silent = base, windows, int(sample_rate), set(silent)
         # samples of each windowed utterance (its windows need not reach its end: VAD segments skip the silence)
         self.lengths = lengths if lengths is not None else {i: w[-1].end for i, w in windows.items()}
         self.path = getattr(base, "path", "?")
@@ -77,41 +82,54 @@ class WindowedManifest:
 
 def split_long(
     manifest, indices, *, sample_rate: int, max_seconds: float, overlap: float, split_pause: float = 0.0,
-    from_speech: bool = False, speech_segments=None,
+    from_speech: bool = False, speech_segments=None, gate: bool = False,
 ) -> WindowedManifest:  # fmt: skip
     """`manifest` with every utterance among `indices` longer than `max_seconds` (by its known duration) replaced by
     its windows; see the module docstring. `from_speech` (decode.trim_leading_silence): the windows cover the audio
     from where its speech starts (long_audio.speech_start), so a leading pause is neither a window of its own (a
     model decoding silence writes words) nor a reason to split audio whose speech fits one window.
     `speech_segments` (decode.vad): waveform -> its speech segments ((start, end) samples); the windows are those
-    segments (long_audio.segment_windows). A recording in which it finds no speech is cut by energies, with a
-    warning (an utterance needs a window to have a row)."""
+    segments (long_audio.segment_windows). `gate` (decode.vad_gate): every utterance meets the VAD, and one in which
+    it finds no speech is `silent` (decoded as one item of at most `max_seconds`, its text replaced by nothing);
+    without the gate such a long recording is cut by energies, with a warning."""
     durations = np.asarray(manifest.durations(), dtype=np.float64)
     windows: dict[int, list[Window]] = {}
     lengths: dict[int, int] = {}
+    silent: set[int] = set()
+    gate = gate and speech_segments is not None
     for i in np.asarray(indices, dtype=np.int64):
-        if not durations[i] > max_seconds:
+        if not (durations[i] > max_seconds or gate):
             continue
         try:
             utt = manifest[int(i)]
             wave = load_audio(utt.source, sample_rate=sample_rate, start=utt.start, end=utt.end, channel=utt.channel)
         except (BadRecord, AudioError):
             continue  # loading the item reports it
-        planned = _plan(wave, sample_rate, (max_seconds, overlap, split_pause), from_speech, speech_segments,
+        segments = None if speech_segments is None else speech_segments(wave)
+        if gate and not segments:
+            silent.add(int(i))
+            if wave.size > max_seconds * sample_rate:  # one item, as short as a window: its text is dropped anyway
+                windows[int(i)], lengths[int(i)] = [Window(0, int(max_seconds * sample_rate))], len(wave)
+            continue
+        if not durations[i] > max_seconds:
+            continue
+        planned = _plan(wave, sample_rate, (max_seconds, overlap, split_pause), from_speech, segments,
                         f"{utt.key} (line {manifest.lineno(int(i))})")  # fmt: skip
         if planned is not None:
             windows[int(i)], lengths[int(i)] = planned, len(wave)
     if windows:
         n = sum(len(w) for w in windows.values())
         log.info("long audio: %d utterance(s) longer than %g s are decoded in %d windows", len(windows), max_seconds, n)
-    return WindowedManifest(manifest, windows, sample_rate, lengths)
+    if silent:
+        log.info("VAD: no speech in %d utterance(s); their transcripts are empty", len(silent))
+    return WindowedManifest(manifest, windows, sample_rate, lengths, silent)
 
 
-def _plan(wave, sample_rate: int, limits: tuple, from_speech: bool, speech_segments, where: str) -> list | None:
+def _plan(wave, sample_rate: int, limits: tuple, from_speech: bool, segments, where: str) -> list | None:
     """The windows of one long recording (split_long's rules), None when it is decoded whole; `limits`: (max_seconds,
-    overlap, split_pause)."""
-    if speech_segments is not None:
-        planned = segment_windows(wave, sample_rate, speech_segments(wave), *limits)
+    overlap, split_pause); `segments`: the VAD's, or None."""
+    if segments is not None:
+        planned = segment_windows(wave, sample_rate, segments, *limits)
         if planned:
             return None if [(w.start, w.end) for w in planned] == [(0, len(wave))] else planned
         log.warning("long audio: the VAD finds no speech in %s; it is cut by energies", where)
@@ -131,6 +149,18 @@ def utterance_rows(items: dict[int, dict], manifest, overlap: float) -> list[dic
     window was bad data) has no row: utterance_tracker counts it."""
     if not isinstance(manifest, WindowedManifest):
         return [{**items[j], "windows": 1} for j in sorted(items)]
+    rows = []
+    for i, row in _joined_rows(items, manifest, overlap):
+        if i in manifest.silent:
+            row.update(hyp="", ctc_hyp=None if row["ctc_hyp"] is None else "", truncated=None, no_speech=True)
+            if "timestamps" in row:
+                row["timestamps"] = []
+        rows.append(row)
+    return rows
+
+
+def _joined_rows(items: dict[int, dict], manifest: WindowedManifest, overlap: float) -> list[tuple[int, dict]]:
+    """(utterance index, its row) in manifest order (see utterance_rows)."""
     groups: dict[int, list[int]] = {}
     for j in sorted(items):
         groups.setdefault(int(manifest.origin[j]), []).append(j)
@@ -138,7 +168,7 @@ def utterance_rows(items: dict[int, dict], manifest, overlap: float) -> list[dic
     for i, parts in sorted(groups.items()):
         windows = manifest.windows.get(i)
         if windows is None:
-            rows.append({**items[parts[0]], "windows": 1})
+            rows.append((i, {**items[parts[0]], "windows": 1}))
             continue
         if len(parts) < len(windows):
             continue
@@ -149,11 +179,11 @@ def utterance_rows(items: dict[int, dict], manifest, overlap: float) -> list[dic
             starts = [w.start / manifest.sample_rate for w in windows]  # in the utterance's time
             timed = join_words([g["hyp"] for g in got], [g["timestamps"] for g in got], starts, flags, overlap)
             got[0] = {**got[0], "timestamps": timed}
-        rows.append({
+        rows.append((i, {
             **got[0], "hyp": join_texts([g["hyp"] for g in got], flags, overlap), "ctc_hyp": ctc,
             "truncated": next((g["truncated"] for g in got if g["truncated"]), None),
             "duration": manifest.lengths[i] / manifest.sample_rate, "windows": len(windows),
-        })  # fmt: skip
+        }))  # fmt: skip
     return rows
 
 

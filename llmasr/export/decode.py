@@ -186,14 +186,15 @@ def decode_loader(
     """The evaluation loader over one manifest, with `model`'s frontend and prompt builder; utterances longer
     than window_limit are cut into windows (llmasr.data.windowed); `world`: this rank's share of the batches."""
     limit = window_limit(model, cfg, opts)
+    gate = cfg.vad is not None and cfg.vad_gate
     return build_decode_loader(
         manifest_path, model.frontend, prompt_builder=model.prompt, batch_seconds=cfg.batch_seconds,
         num_workers=opts.num_workers, max_bad_fraction=opts.max_bad_fraction,
         name=f"decode {Path(manifest_path).name}", features_on=opts.features_on, device=device,
         hotwords=opts.hotwords, prompt_hotwords=not opts.hotwords_unprompted,
-        windows=(limit, cfg.window_overlap, cfg.window_split_pause) if limit > 0 else None,
+        windows=(limit or math.inf, cfg.window_overlap, cfg.window_split_pause) if limit > 0 or gate else None,
         rank=world.rank, world_size=world.size, trim_leading_silence=cfg.trim_leading_silence,
-        speech_runs=cfg.timestamps, speech_segments=speech_segmenter(cfg, model.frontend.sample_rate),
+        speech_runs=cfg.timestamps, speech_segments=speech_segmenter(cfg, model.frontend.sample_rate), vad_gate=gate,
     )  # fmt: skip
 
 
@@ -237,6 +238,7 @@ def decode_manifest(
         skipped_by_reason=dict(tracker.by_reason),
         windows=sum(r["windows"] for r in rows), split=sum(r["windows"] > 1 for r in rows),
         max_window_seconds=window_limit(model, cfg, opts) or None, window_overlap=cfg.window_overlap, vad=cfg.vad,
+        no_speech=sum(bool(r.get("no_speech")) for r in rows),
     )  # fmt: skip
     timing["hotwords"] = hotword_counts(rows, opts, model.prompt.hotwords_max_tokens, boost)
     summary = llm_summary(out_dir, rows, found, cfg, timing)

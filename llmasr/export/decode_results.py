@@ -69,7 +69,9 @@ def _windows_line(found: dict, n_utts: int) -> str:
         if limit
         else "no window limit"
     )
-    return f"long audio: {n_utts} utterances decoded in {found['windows']} windows ({how})"
+    silent = found.get("no_speech") or 0
+    gated = f"; {silent} without speech (the VAD's gate): empty transcripts" if silent else ""
+    return f"long audio: {n_utts} utterances decoded in {found['windows']} windows ({how}){gated}"
 
 
 def _ranks(timing: dict) -> str:
@@ -165,6 +167,8 @@ def _write_results(out_dir: Path, rows: list[dict], hyp_key: str, metric: str, *
             rec.update(duration=round(r["duration"], 4), wer=None if s is None else s.rate, windows=r.get("windows", 1))
             if "truncated" in r and hyp_key == "hyp":
                 rec["truncated"] = r["truncated"]
+            if r.get("no_speech"):  # the VAD's gate: not transcribed
+                rec["no_speech"] = True
             if "timestamps" in r and hyp_key == "hyp":  # decode.timestamps: [unit, start s, end s] each, or null
                 rec["timestamps"] = None if r["timestamps"] is None else [list(w) for w in r["timestamps"]]
             rec.update(hotwords=list(r.get("hotwords") or []), hotwords_dropped=int(r.get("hotwords_dropped") or 0))

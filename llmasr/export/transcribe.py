@@ -67,8 +67,9 @@ class Transcriber:
 
     def transcripts(self, audio: list, sample_rate: int | None = None, hotwords: list[str] | None = None) -> list:
         """Per clip, in order: {"audio" (the path, or "waveform i"), "hyp", "ctc_hyp" (the CTC branch's greedy
-        text, None without a head), "truncated" (the guard that ended it, or None), "windows", "duration", and with
-        decode.timestamps "timestamps" ([word, start s, end s] each, or None)}."""
+        text, None without a head), "truncated" (the guard that ended it, or None), "windows", "duration", with
+        decode.timestamps "timestamps" ([word, start s, end s] each, or None), and "no_speech" (True) where the VAD's
+        gate (decode.vad) found none}."""
         if not audio:
             return []
         with tempfile.TemporaryDirectory(prefix="llmasr-transcribe-") as tmp:
@@ -80,7 +81,7 @@ class Transcriber:
                 why = "; ".join(f"{names[int(b['key'])]}: {b['reason']}" for b in bad)
                 raise TranscribeError(f"cannot transcribe {len(bad)} of {len(names)} clips: {why}")
             rows = utterance_rows(items, loader.dataset.manifest, self.cfg.window_overlap)
-        keep = ("hyp", "ctc_hyp", "truncated", "windows", "duration", "timestamps")
+        keep = ("hyp", "ctc_hyp", "truncated", "windows", "duration", "timestamps", "no_speech")
         return [{"audio": names[int(r["key"])], **{k: r[k] for k in keep if k in r}} for r in rows]
 
 

@@ -55,6 +55,9 @@ class DecodeConfig:
     # The silence (ms) that ends a VAD segment (FunASR's max_end_silence_time); None: FunASR's offline schedule
     # (2 s at the start of a recording, shorter after long unbroken speech).
     vad_max_end_silence_ms: int | None = None
+    # With a VAD: an utterance of any length in which it finds no speech gets an empty transcript (an LLM decoding
+    # noise or silence writes words); false: only long audio meets the VAD.
+    vad_gate: bool = True
     # Hotword boosting in the search (models.hotword_boost): score per token of an utterance's biasing phrase that
     # the hypothesis completes; 0 = the list is only in the prompt; None = AUTO_HOTWORD_BOOST when the search is
     # CTC prefix-guided (the audio then keeps a boosted phrase out unless it is heard), else 0.

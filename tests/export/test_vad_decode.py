@@ -37,7 +37,8 @@ def long_manifest(tmp_path_factory):
         "pause": syllable_bursts(12.0, [(4.0, 7.0)], seed=1),  # two segments around a 3 s pause
         "unbroken": syllable_bursts(14.0, seed=2),  # one segment longer than the limit
         "silent": (0.003 * np.random.default_rng(3).standard_normal(8 * SR)).astype(np.float32),
-        "short": syllable_bursts(2.0, seed=4),  # within the limit: decoded whole, no VAD
+        "short": syllable_bursts(2.0, seed=4),  # within the limit: decoded whole
+        "hush": (0.003 * np.random.default_rng(5).standard_normal(3 * SR)).astype(np.float32),  # short, no speech
     }
     lines = []
     for key, wave in waves.items():
@@ -55,7 +56,7 @@ def _windows(model, manifest, cfg) -> dict:
 
 def test_windows_are_the_vad_segments(model, long_manifest, vad_dir, caplog):
     manifest, waves = long_manifest
-    cfg = DecodeConfig(max_new_tokens=2, max_window_seconds=LIMIT, vad=str(vad_dir))
+    cfg = DecodeConfig(max_new_tokens=2, max_window_seconds=LIMIT, vad=str(vad_dir), vad_gate=False)
     with caplog.at_level(logging.WARNING, logger="llmasr.data"):
         windows = _windows(model, manifest, cfg)
     vad = FsmnVad.from_dir(vad_dir)
@@ -66,9 +67,36 @@ def test_windows_are_the_vad_segments(model, long_manifest, vad_dir, caplog):
     unbroken = windows["unbroken"]
     assert len(unbroken) == 3 and unbroken[0][0] == a * 16 and unbroken[-1][1] == b * 16
     assert all(e - s <= LIMIT * SR for s, e in unbroken)
-    # no speech: cut by energies as without a VAD, and said
+    # no speech (and no gate): cut by energies as without a VAD, and said
     assert "the VAD finds no speech in silent (line 3)" in caplog.text
-    assert "short" not in windows
+    assert "short" not in windows and "hush" not in windows
+
+
+def test_the_gate_gives_silence_an_empty_transcript(model, long_manifest, vad_dir, tmp_path):
+    manifest, _ = long_manifest
+    cfg = DecodeConfig(max_new_tokens=3, max_window_seconds=LIMIT, vad=str(vad_dir), ctc_weight=0.0)
+    loader = decode_loader(model, manifest, cfg, DecodeOptions(num_workers=0))
+    windowed = loader.dataset.manifest
+    assert {windowed.base[i].key for i in windowed.silent} == {"silent", "hush"}
+    assert [(w.start, w.end) for w in windowed.windows[2]] == [(0, int(LIMIT * SR))]  # one item, not the 8 s whole
+    summary = decode_manifest(model, manifest, tmp_path / "g", cfg, DecodeOptions(num_workers=0, ctc=True))
+    rows = {r["key"]: r for r in map(json.loads, open(tmp_path / "g" / "results.jsonl"))}
+    ctc = {r["key"]: r for r in map(json.loads, open(tmp_path / "g" / "ctc" / "results.jsonl"))}
+    for key in ("silent", "hush"):
+        assert rows[key]["hyp"] == "" and ctc[key]["hyp"] == ""
+    assert rows["silent"]["duration"] == pytest.approx(8.0, abs=1e-4) and rows["hush"]["duration"] == pytest.approx(3.0)
+    assert summary["no_speech"] == 2
+    assert "; 2 without speech (the VAD's gate): empty transcripts" in (tmp_path / "g" / "wer.txt").read_text()
+    # without a VAD the same model writes words over the silence: what the gate is for
+    plain = DecodeConfig(max_new_tokens=3, max_window_seconds=LIMIT, ctc_weight=0.0)
+    decode_manifest(model, manifest, tmp_path / "p", plain, DecodeOptions(num_workers=0))
+    words = {r["key"]: r["hyp"] for r in map(json.loads, open(tmp_path / "p" / "results.jsonl"))}
+    assert words["hush"] != "" or words["silent"] != ""
+    # the gate with no window limit: short audio meets the VAD all the same
+    unlimited = DecodeConfig(max_new_tokens=3, max_window_seconds=0, vad=str(vad_dir), ctc_weight=0.0)
+    decode_manifest(model, manifest, tmp_path / "u", unlimited, DecodeOptions(num_workers=0))
+    rows = {r["key"]: r for r in map(json.loads, open(tmp_path / "u" / "results.jsonl"))}
+    assert rows["hush"]["hyp"] == "" and rows["hush"]["no_speech"] and rows["pause"]["windows"] == 1
 
 
 def test_decode_with_a_vad_scores_each_recording_once(model, long_manifest, vad_dir, tmp_path):
@@ -76,10 +104,10 @@ def test_decode_with_a_vad_scores_each_recording_once(model, long_manifest, vad_
     cfg = DecodeConfig(max_new_tokens=2, max_window_seconds=LIMIT, vad=str(vad_dir))
     summary = decode_manifest(model, manifest, tmp_path / "o", cfg, DecodeOptions(num_workers=0))
     rows = [json.loads(line) for line in open(tmp_path / "o" / "results.jsonl")]
-    assert [r["key"] for r in rows] == ["pause", "unbroken", "silent", "short"]
-    assert [r["duration"] for r in rows] == pytest.approx([12.0, 14.0, 8.0, 2.0], abs=1e-4)  # the audio, not its speech
-    assert [r["windows"] for r in rows][:2] == [2, 3] and rows[3]["windows"] == 1
-    assert summary["audio_seconds"] == pytest.approx(36.0, abs=1e-3)
+    assert [r["key"] for r in rows] == ["pause", "unbroken", "silent", "short", "hush"]
+    assert [r["duration"] for r in rows] == pytest.approx([12.0, 14.0, 8.0, 2.0, 3.0], abs=1e-4)  # the audio's
+    assert [r["windows"] for r in rows] == [2, 3, 1, 1, 1]
+    assert summary["audio_seconds"] == pytest.approx(39.0, abs=1e-3)
     assert f"split at the speech segments of the VAD {vad_dir}" in (tmp_path / "o" / "wer.txt").read_text()
 
 
