@@ -27,6 +27,7 @@ from llmasr.data.long_audio import Window, join_texts, join_words, plan_windows,
 from llmasr.data.records import BadRecord
 
 log = logging.getLogger("llmasr.data")
+SILENT_ITEM_S = 0.5  # the piece of an utterance without speech that stands for it in the batches
 
 
 class WindowedManifest:
@@ -90,7 +91,7 @@ def split_long(
     model decoding silence writes words) nor a reason to split audio whose speech fits one window.
     `speech_segments` (decode.vad): waveform -> its speech segments ((start, end) samples); the windows are those
     segments (long_audio.segment_windows). `gate` (decode.vad_gate): every utterance meets the VAD, and one in which
-    it finds no speech is `silent` (decoded as one item of at most `max_seconds`, its text replaced by nothing);
+    it finds no speech is `silent` (its first SILENT_ITEM_S seconds stand for it, their text replaced by nothing);
     without the gate such a long recording is cut by energies, with a warning."""
     durations = np.asarray(manifest.durations(), dtype=np.float64)
     windows: dict[int, list[Window]] = {}
@@ -106,10 +107,9 @@ def split_long(
         except (BadRecord, AudioError):
             continue  # loading the item reports it
         segments = None if speech_segments is None else speech_segments(wave)
-        if gate and not segments:
+        if gate and not segments:  # its row needs an item; what the model makes of it is dropped, so a short one
             silent.add(int(i))
-            if wave.size > max_seconds * sample_rate:  # one item, as short as a window: its text is dropped anyway
-                windows[int(i)], lengths[int(i)] = [Window(0, int(max_seconds * sample_rate))], len(wave)
+            windows[int(i)], lengths[int(i)] = [Window(0, min(wave.size, int(SILENT_ITEM_S * sample_rate)))], len(wave)
             continue
         if not durations[i] > max_seconds:
             continue
