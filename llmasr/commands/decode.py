@@ -137,8 +137,9 @@ def _search_args(p: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     p.add_argument(
         "--vad", metavar="DIR", default=None,
-        help="a FunASR FSMN VAD directory (fsmn-vad): long utterances are cut at the speech segments it finds "
-        "(default: the model's saved decode.vad, else cuts by frame energies)",
+        help="a FunASR FSMN VAD directory (fsmn-vad): long utterances are cut at the speech segments it finds, and an "
+        "utterance without speech gets an empty text (default: the model's saved decode.vad, else cuts by frame "
+        "energies)",
     )  # fmt: skip
     p.add_argument(
         "--vad-max-end-silence-ms", type=int, default=None,

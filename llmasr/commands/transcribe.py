@@ -28,7 +28,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ctc-weight", type=float, default=None, help="CTC guidance weight (default: the model's)")
     p.add_argument(
         "--vad", metavar="DIR", default=None,
-        help="a FunASR FSMN VAD directory: long audio is cut at the speech segments it finds (default: the model's)",
+        help="a FunASR FSMN VAD directory: long audio is cut at the speech segments it finds, a file without speech "
+        "gets an empty text (default: the model's)",
     )  # fmt: skip
     p.add_argument(
         "--timestamps", action="store_true",
