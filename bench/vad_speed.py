@@ -45,7 +45,7 @@ def time_ours(model_dir: Path, wave) -> tuple[dict, list]:
     t0 = time.perf_counter()
     feats = vad.extractor(wave, train=False)
     t1 = time.perf_counter()
-    vad._probs(torch.from_numpy(feats))  # the network, as segments_ms runs it
+    vad.frame_probs(torch.from_numpy(feats))  # the network, as segments_ms runs it
     t2 = time.perf_counter()
     sil, db = vad.silence_probs(wave)
     t3 = time.perf_counter()

@@ -29,7 +29,7 @@ from llmasr.models.funasr_dir import funasr_frontend, read_funasr_config, weight
 from llmasr.models.state_dict import CheckpointMismatchError, load_into, select_prefix, torch_load, unwrap_state_dict
 from llmasr.models.vad_endpoints import CHUNK_MS, EndpointDetector, VadOptions
 
-NET_CHUNK = 1000  # frames the network reads at a time (llmasr.models.fsmn_vad.FsmnVad._probs)
+NET_CHUNK = 1000  # frames the network reads at a time (FsmnVad.frame_probs)
 FSMN_KEYS = ("input_dim", "input_affine_dim", "fsmn_layers", "linear_dim", "proj_dim", "lorder", "output_affine_dim",
              "output_dim")  # fmt: skip
 
@@ -138,7 +138,7 @@ class FsmnVad:
         if n < fe.window_samples:  # FunASR's online frontend gives such a recording no frame
             return np.zeros(0, dtype=np.float64), np.zeros(0, dtype=np.float32)
         feats = fe(np.asarray(wave, dtype=np.float32), train=False)
-        probs = self._probs(torch.from_numpy(feats).float())
+        probs = self.frame_probs(torch.from_numpy(feats).float())
         ids = self.opts.sil_pdf_ids
         sil = probs[:, ids[0]].astype(np.float64)
         for i in ids[1:]:  # summed one by one, as FunASR does
@@ -148,9 +148,9 @@ class FsmnVad:
         decibels = 10 * np.log10(np.sum(np.square(frames), axis=1) + np.float32(1e-6))
         return sil, decibels
 
-    def _probs(self, feats: torch.Tensor) -> np.ndarray:
+    def frame_probs(self, feats: torch.Tensor) -> np.ndarray:
         """The network over [T, D] features, NET_CHUNK frames at a time, each with the `context` frames before it:
-        the same outputs as one pass (the memory is causal and finite), at half its time on long recordings, whose
+        the same outputs as one pass (the memory is causal and finite), faster on long recordings, whose
         activations do not fit a CPU's caches in one piece."""
         t, context = feats.shape[0], self.net.context
         step = t if context is None else NET_CHUNK

@@ -91,7 +91,7 @@ def test_the_network_in_pieces_equals_one_pass(tmp_path):
     feats = torch.randn(NET_CHUNK * 2 + 77, TINY_FSMN["input_dim"])
     with torch.no_grad():
         whole = vad.net(feats[None])[0].numpy()
-    np.testing.assert_allclose(vad._probs(feats), whole, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(vad.frame_probs(feats), whole, rtol=0, atol=1e-6)
 
 
 def test_chunk_ends_follow_funasr_frontend(tmp_path):
