@@ -14,7 +14,7 @@ from torch import nn
 
 from llmasr.config_io import ConfigError
 from llmasr.models.config import LoraConfig
-from llmasr.models.llm_files import check_llm_weights, weight_files
+from llmasr.models.llm_files import check_adapter_weights, check_llm_weights, weight_files
 
 log = logging.getLogger(__name__)
 
@@ -138,6 +138,8 @@ def load_llm(
         set_activation_checkpointing(model, checkpoint_every)
     if adapter is not None:
         model = load_adapter(model, Path(adapter), pretrained=pretrained)
+        if shapes_only:
+            check_adapter_weights(Path(adapter), model)
     if lora is not None:
         model = apply_lora(model, lora, what="model.llm", hf_model=True)
         if not freeze:  # full fine-tuning plus adapters: peft froze the base, undo that

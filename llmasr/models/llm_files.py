@@ -106,3 +106,37 @@ def check_llm_weights(path: Path, model: nn.Module, *, remote_code: bool = False
             f"missing, {len(mismatched)} of another shape; transformers would start the missing ones from random "
             "values):\n" + "\n".join(lines) + (f"\n  ... and {more} more" if more else "")
         )
+
+
+ADAPTER_FILES = ("adapter_model.safetensors", "adapter_model.bin")  # peft's, in the order it looks
+
+
+def check_adapter_weights(adapter: Path, model: nn.Module) -> None:
+    """A saved peft adapter (model.llm.adapter) against the adapter `model` carries, built from its
+    adapter_config.json on the meta device: every LoRA tensor stored with its shape. peft leaves a tensor its file
+    lacks at the fresh value and only warns; an LLM of another size than the adapter's is named here with both
+    shapes. peft saves a tensor without its adapter's name (`lora_A.default.weight` as `lora_A.weight`)."""
+    found = next((adapter / name for name in ADAPTER_FILES if (adapter / name).is_file()), None)
+    if found is None:
+        raise LLMWeightsError(f"{adapter}: no {' or '.join(ADAPTER_FILES)}; the adapter holds no weights")
+    refuse_lfs_pointer(found)
+    stored = stored_shapes([found])
+    missing, mismatched = [], []
+    for key, tensor in model.state_dict().items():
+        if ".lora_" not in key:
+            continue
+        saved = re.sub(r"\.default(?=\.|$)", "", key)
+        have = stored.get(saved, stored.get(saved.removesuffix(".weight")))  # DoRA's magnitude: no `.weight`
+        if have is None:
+            missing.append(saved)
+        elif tuple(have.shape) != tuple(tensor.shape):
+            mismatched.append(f"{saved}: stored {list(have.shape)}, the LLM gives {list(tensor.shape)}")
+    if missing or mismatched:
+        lines = [f"  missing: {k}" for k in missing[:_SHOWN]] + [f"  shape: {m}" for m in mismatched[:_SHOWN]]
+        more = max(len(missing) - _SHOWN, 0) + max(len(mismatched) - _SHOWN, 0)
+        raise LLMWeightsError(
+            f"{found}: the adapter does not fit the LLM ({len(missing)} LoRA tensors missing, {len(mismatched)} of "
+            "another shape; peft would leave the missing ones at fresh values):\n"
+            + "\n".join(lines)
+            + (f"\n  ... and {more} more" if more else "")
+        )

@@ -101,3 +101,37 @@ def test_an_lm_head_the_files_lack_is_refused_not_left_random(llm_dirs, tmp_path
     state = load_file(str(tied / "model.safetensors"))
     save_file({k.removeprefix("model."): v for k, v in state.items()}, str(tied / "model.safetensors"))
     check(tied)  # tied to the embeddings, which are stored
+
+
+@pytest.fixture(scope="module")
+def adapter_dir(llm_dirs, tmp_path_factory):
+    """A peft LoRA adapter saved from the untied tiny LLM (as `llmasr export --adapter-only` writes one)."""
+    import peft
+
+    model, _ = load_llm(llm_dirs["untied"])
+    config = peft.LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], use_dora=True)
+    out = tmp_path_factory.mktemp("adapter") / "adapter"
+    peft.get_peft_model(model, config).save_pretrained(str(out))
+    return out
+
+
+def test_a_saved_adapter_is_checked_against_the_llm(llm_dirs, adapter_dir, tmp_path):
+    with torch.device("meta"):
+        model = load_llm(llm_dirs["untied"], pretrained=False, shapes_only=True, adapter=adapter_dir)[0]
+    assert any(".lora_A." in n for n, _ in model.named_parameters())
+    # a tensor the file lacks: peft would leave it fresh and only warn
+    d = copy_of(adapter_dir, tmp_path)
+    state = load_file(d / "adapter_model.safetensors")
+    dropped = sorted(k for k in state if k.endswith("lora_B.weight"))[0]
+    save_file({k: v for k, v in state.items() if k != dropped}, d / "adapter_model.safetensors")
+    with torch.device("meta"), pytest.raises(LLMWeightsError, match=r"1 LoRA tensors missing") as err:
+        load_llm(llm_dirs["untied"], pretrained=False, shapes_only=True, adapter=d)
+    assert f"missing: {dropped}" in str(err.value)
+    # an adapter trained on an LLM of another width
+    wide = next(k for k in state if k.endswith("lora_A.weight"))
+    save_file({**state, wide: torch.zeros(4, 3)}, d / "adapter_model.safetensors")
+    with torch.device("meta"), pytest.raises(LLMWeightsError, match=rf"{wide}: stored \[4, 3\], the LLM gives"):
+        load_llm(llm_dirs["untied"], pretrained=False, shapes_only=True, adapter=d)
+    (d / "adapter_model.safetensors").write_text(LFS_POINTER)
+    with torch.device("meta"), pytest.raises(CheckpointMismatchError, match="Git LFS pointer"):
+        load_llm(llm_dirs["untied"], pretrained=False, shapes_only=True, adapter=d)
