@@ -56,7 +56,8 @@ model was trained on: its longest training utterance within data.batching.max_du
 points into windows (llmasr.data.long_audio), each loaded, featurised and batched as an item of its own
 (llmasr.data.windowed); their texts are joined back in order, the words two overlapping windows both heard said
 once. A bad window makes its utterance one bad line. With decode.vad (a FunASR FSMN VAD directory) the windows are
-the VAD's speech segments instead, a segment longer than the limit cut as above.
+the VAD's speech segments instead, a segment longer than the limit cut as above, and (decode.vad_gate) an utterance
+of any length in which the VAD finds no speech gets an empty transcript.
 
 Hotwords: a line's own `hotwords` field is its biasing list; `--hotwords FILE` (one phrase a line, UTF-8) gives the
 list of every line that has no such field. A line's own list wins, an explicit [] included ("no list for this
@@ -184,7 +185,8 @@ def decode_loader(
     model, manifest_path, cfg: DecodeConfig, opts: DecodeOptions, device=None, world: DecodeWorld = SOLO
 ) -> SpeechDataLoader:
     """The evaluation loader over one manifest, with `model`'s frontend and prompt builder; utterances longer
-    than window_limit are cut into windows (llmasr.data.windowed); `world`: this rank's share of the batches."""
+    than window_limit are cut into windows (llmasr.data.windowed), at cfg.vad's speech segments when it names a VAD,
+    which then also gates every utterance (cfg.vad_gate); `world`: this rank's share of the batches."""
     limit = window_limit(model, cfg, opts)
     gate = cfg.vad is not None and cfg.vad_gate
     return build_decode_loader(
