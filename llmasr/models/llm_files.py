@@ -99,13 +99,18 @@ def check_llm_weights(path: Path, model: nn.Module, *, remote_code: bool = False
         elif tuple(found.shape) != tuple(tensor.shape):
             mismatched.append(f"{key}: stored {list(found.shape)}, config.json gives {list(tensor.shape)}")
     if missing or mismatched:
-        lines = [f"  missing: {k}" for k in missing[:_SHOWN]] + [f"  shape: {m}" for m in mismatched[:_SHOWN]]
-        more = max(len(missing) - _SHOWN, 0) + max(len(mismatched) - _SHOWN, 0)
         raise LLMWeightsError(
             f"{path}: the weight files do not fit the model its config.json describes ({len(missing)} weights "
             f"missing, {len(mismatched)} of another shape; transformers would start the missing ones from random "
-            "values):\n" + "\n".join(lines) + (f"\n  ... and {more} more" if more else "")
+            f"values):\n{_listed(missing, mismatched)}"
         )
+
+
+def _listed(missing: list[str], mismatched: list[str]) -> str:
+    """The first _SHOWN keys of each kind, one a line, and how many more there are."""
+    lines = [f"  missing: {k}" for k in missing[:_SHOWN]] + [f"  shape: {m}" for m in mismatched[:_SHOWN]]
+    more = max(len(missing) - _SHOWN, 0) + max(len(mismatched) - _SHOWN, 0)
+    return "\n".join(lines) + (f"\n  ... and {more} more" if more else "")
 
 
 ADAPTER_FILES = ("adapter_model.safetensors", "adapter_model.bin")  # peft's, in the order it looks
@@ -132,11 +137,7 @@ def check_adapter_weights(adapter: Path, model: nn.Module) -> None:
         elif tuple(have.shape) != tuple(tensor.shape):
             mismatched.append(f"{saved}: stored {list(have.shape)}, the LLM gives {list(tensor.shape)}")
     if missing or mismatched:
-        lines = [f"  missing: {k}" for k in missing[:_SHOWN]] + [f"  shape: {m}" for m in mismatched[:_SHOWN]]
-        more = max(len(missing) - _SHOWN, 0) + max(len(mismatched) - _SHOWN, 0)
         raise LLMWeightsError(
             f"{found}: the adapter does not fit the LLM ({len(missing)} LoRA tensors missing, {len(mismatched)} of "
-            "another shape; peft would leave the missing ones at fresh values):\n"
-            + "\n".join(lines)
-            + (f"\n  ... and {more} more" if more else "")
+            f"another shape; peft would leave the missing ones at fresh values):\n{_listed(missing, mismatched)}"
         )
