@@ -91,8 +91,7 @@ from llmasr.export.trained_model import load_checkpoint_model
 from llmasr.models.ctc_align import sound_ends
 from llmasr.models.ctc_vocab import LLMCTCTokenizer
 from llmasr.models.decoding import DecodeConfig
-from llmasr.models.fsmn_vad import FsmnVad
-from llmasr.models.state_dict import CheckpointMismatchError
+from llmasr.models.fsmn_vad import load_vad
 
 log = logging.getLogger(__name__)
 SOLO = DecodeWorld()  # one process decodes everything
@@ -147,14 +146,9 @@ def speech_segmenter(cfg: DecodeConfig, sample_rate: int):
     if cfg.vad is None:
         return None
     try:
-        vad = FsmnVad.from_dir(cfg.vad)
-    except (ConfigError, CheckpointMismatchError) as err:
-        raise DecodeError(f"decode.vad: {err}") from err
-    if vad.sample_rate != sample_rate:
-        raise DecodeError(
-            f"decode.vad: {cfg.vad} reads {vad.sample_rate} Hz audio and the model {sample_rate} Hz; a VAD of the "
-            "model's sample rate is needed"
-        )
+        vad = load_vad(cfg.vad, sample_rate)
+    except ConfigError as err:
+        raise DecodeError(str(err)) from err
     per_ms = sample_rate / 1000
 
     def segments(wave) -> list[tuple[int, int]]:

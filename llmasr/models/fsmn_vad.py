@@ -183,6 +183,21 @@ class FsmnVad:
         return detector.run(sil.tolist(), decibels.tolist(), self.chunk_ends(int(wave.shape[0]), sil.size))
 
 
+def load_vad(model_dir: str | Path, sample_rate: int, key: str = "decode.vad") -> FsmnVad:
+    """The VAD `key` names, for a model that reads audio at `sample_rate`: ConfigError, naming `key`, for a directory
+    that does not load (CheckpointMismatchError included) or a VAD of another sample rate."""
+    try:
+        vad = FsmnVad.from_dir(model_dir)
+    except (ConfigError, CheckpointMismatchError) as err:
+        raise ConfigError(f"{key}: {err}") from err
+    if vad.sample_rate != sample_rate:
+        raise ConfigError(
+            f"{key}: {model_dir} reads {vad.sample_rate} Hz audio and the model {sample_rate} Hz; a VAD of the "
+            "model's sample rate is needed"
+        )
+    return vad
+
+
 @lru_cache(maxsize=4)
 def _load(model_dir: str, _stamps: tuple) -> FsmnVad:
     path = Path(model_dir)

@@ -18,22 +18,17 @@ from pathlib import Path
 
 from llmasr.config_io import ConfigError
 from llmasr.models.ctc_vocab import read_token_list
-from llmasr.models.funasr_dir import file_path_metas, read_funasr_config, weights_file
+from llmasr.models.funasr_dir import file_path_metas, named_in_dir, read_funasr_config, weights_file
 
 # FunASR prefixes every tensor of the CTC head with the module's name.
 CTC_PREFIX = "ctc."
 
 
 def _named_file(model_dir: Path, name: object, where: str) -> Path:
-    """A file a FunASR config names: relative to the directory; an absolute path from the machine the model was
-    trained on is looked for in the directory under its own name."""
-    path = Path(str(name))
-    candidates = [path] if path.is_absolute() else [model_dir / path]
-    if path.is_absolute():
-        candidates.append(model_dir / path.name)
-    for candidate in candidates:
-        if candidate.is_file():
-            return candidate
+    """A file a FunASR config names (funasr_dir.named_in_dir), ConfigError naming `where` when it is not there."""
+    path = named_in_dir(model_dir, name)
+    if path.is_file():
+        return path
     raise ConfigError(f"{where} names {name}, which is not a file in {model_dir}")
 
 

@@ -134,15 +134,20 @@ def file_path_metas(model_dir: Path) -> dict | None:
     return metas if isinstance(metas, dict) else {}
 
 
-def weights_file(model_dir: Path) -> Path:
-    """The file FunASR's AutoModel reads a directory's weights from: configuration.json's file_path_metas.init_param,
-    else model.pt. A name relative to the directory; an absolute path from the machine the model was trained on is
-    looked for in the directory under its own name. The file may be missing: each reader says what it needs there."""
-    name = (file_path_metas(model_dir) or {}).get("init_param") or "model.pt"
+def named_in_dir(model_dir: Path, name: object) -> Path:
+    """Where a file a FunASR config names is: relative to the directory; an absolute path from the machine the model
+    was trained on, when it is not here, in the directory under its own name. It may be missing: callers say what
+    they need there."""
     path = Path(str(name))
     if not path.is_absolute():
         return model_dir / path
     return path if path.is_file() else model_dir / path.name
+
+
+def weights_file(model_dir: Path) -> Path:
+    """The file FunASR's AutoModel reads a directory's weights from: configuration.json's file_path_metas.init_param,
+    else model.pt (named_in_dir; it may be missing)."""
+    return named_in_dir(model_dir, (file_path_metas(model_dir) or {}).get("init_param") or "model.pt")
 
 
 def _mapped_cmvn(model_dir: Path) -> tuple[bool, Path | None]:

@@ -153,7 +153,7 @@ class EndpointDetector:
         noise = math.exp(math.log(sil) * o.speech_2_noise_ratio) if sil > 0.0 else 0.0
         speech = math.exp(math.log(1.0 - sil)) if sil < 1.0 else 0.0
         if speech >= noise + self.speech_thres:
-            return snr >= o.snr_thres and db >= o.decibel_thres and math.fabs(1.0) > o.fe_prior_thres
+            return snr >= o.snr_thres and math.fabs(1.0) > o.fe_prior_thres  # db passed decibel_thres above
         n = o.noise_frame_num_used_for_snr
         self.noise_db = db if self.noise_db < -99.9 else (db + self.noise_db * (n - 1)) / n
         return False

@@ -15,10 +15,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from llmasr.config_io import ConfigError
 from llmasr.data.augment import cost_text
 from llmasr.models.builder import build_model
-from llmasr.models.fsmn_vad import FsmnVad
+from llmasr.models.fsmn_vad import load_vad
 from llmasr.models.fused_kernels import check_fused_kernels
 from llmasr.run_dir import RECIPE_FILE, read_meta, resolve_resume, resume_or_start
 from llmasr.train.checkpoint_space import CheckpointSpace, size_text
@@ -124,9 +123,7 @@ def _vad_lines(decode, sample_rate: int) -> list[str]:
     the model, fails the check."""
     if decode.vad is None:
         return []
-    vad = FsmnVad.from_dir(decode.vad)
-    if vad.sample_rate != sample_rate:
-        raise ConfigError(f"decode.vad: {decode.vad} reads {vad.sample_rate} Hz audio and the model {sample_rate} Hz")
+    vad = load_vad(decode.vad, sample_rate)
     ms = decode.vad_max_end_silence_ms
     silence = "FunASR's schedule" if ms is None else f"{ms} ms"
     return [
