@@ -79,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metric", choices=("auto", "wer", "cer"), default=None)
     _search_args(p)
     p.add_argument("--max-bad-fraction", type=float, default=None, help="fail when more lines than this are bad")
-    workers = f"data loader workers (default {DecodeOptions.num_workers})"
+    workers = f"data loader workers, also for the VAD's pass before batching (default {DecodeOptions.num_workers})"
     p.add_argument("--num-workers", type=int, default=None, help=workers)
     p.add_argument(
         "--features-on", choices=("worker", "device", "auto"), default=None,

@@ -36,6 +36,7 @@ from llmasr.data.frontend import FrontendConfig
 from llmasr.data.hotwords import HotwordSampler
 from llmasr.data.sampler import DynamicBucketSampler
 from llmasr.data.screen import describe_skipped, start_tracker
+from llmasr.data.window_plan import PlanShare, WindowRules, split_long
 from llmasr.data.worker_signals import workers_born_blocked
 from llmasr.data.worker_start import WorkerStarts, fork_deadlock_warning, start_workers, worker_init
 
@@ -342,8 +343,8 @@ def build_dataloader(
 def build_decode_loader(
     manifest_path, frontend: FrontendConfig, *, prompt_builder, batch_seconds: float, num_workers: int,
     max_bad_fraction: float, name: str, features_on: str = "auto", device=None, hotwords: list[str] | None = None,
-    prompt_hotwords: bool = True, windows: tuple | None = None, rank: int = 0, world_size: int = 1,
-    trim_leading_silence: bool = False, speech_runs: bool = False, speech_segments=None, vad_gate: bool = False,
+    prompt_hotwords: bool = True, windows: WindowRules | None = None, rank: int = 0, world_size: int = 1,
+    gather=None, trim_leading_silence: bool = False, speech_runs: bool = False,
 ) -> SpeechDataLoader:  # fmt: skip
     """The validation loader over one manifest, for decoding: every line is batched once, in an eval-mode
     SpeechDataset; batches are cut from one duration-sorted window over the whole manifest (no buckets, no
@@ -354,12 +355,12 @@ def build_decode_loader(
     lines whose audio header cannot be read, then the ones loading rejects), and the caller checks
     max_bad_fraction at the end. An all-bad batch becomes a batch of no rows (no rank waits on another).
     `hotwords`: the list of every line that has no `hotwords` field of its own; `prompt_hotwords` False: no
-    prompt renders the lists (`dataset.listed_hotwords` still gives them, for scoring). `windows` =
-    (max_seconds, overlap, split_pause): utterances longer than max_seconds are decoded in windows, each an item of
-    its own (`loader.dataset.manifest` is then a llmasr.data.windowed.WindowedManifest), cut at the speech segments
-    `speech_segments` finds when given (waveform -> (start, end) samples: decode.vad); `vad_gate`: every utterance
-    meets it, and one without speech gets an empty transcript (split_long's `gate`). `rank` of `world_size`:
-    the sampler's share of the same plan (llmasr.export.decode_world). A line without a transcript is decoded too
+    prompt renders the lists (`dataset.listed_hotwords` still gives them, for scoring). `windows`: utterances the
+    rules cut are decoded in windows, each an item of its own, and the ones a VAD gate silences get an empty
+    transcript (`loader.dataset.manifest` is then a llmasr.data.windowed.WindowedManifest; llmasr.data.window_plan).
+    `rank` of `world_size`: the sampler's share of the same plan (llmasr.export.decode_world); with `gather` (obj ->
+    every rank's obj) the ranks also share reading the audio the window rules hear, `num_workers` processes each.
+    A line without a transcript is decoded too
     (its batch's `targets` hold None for it). `trim_leading_silence`: each item's leading pause is cut
     (llmasr.data.long_audio.speech_start; the batch's `leads` say by how much each starts later). `speech_runs`:
     each item's stretches of speech ride along (`Batch.speech_runs`, for word timestamps' ends).
@@ -368,13 +369,8 @@ def build_decode_loader(
     durations = np.asarray(manifest.durations(), dtype=np.float64)
     known = np.flatnonzero(~np.isnan(durations))  # the others are in fill_bad
     if windows is not None:
-        from llmasr.data.windowed import split_long
-
-        max_seconds, overlap, split_pause = windows
-        manifest = split_long(
-            manifest, known, sample_rate=frontend.sample_rate, max_seconds=max_seconds, overlap=overlap,
-            split_pause=split_pause, from_speech=trim_leading_silence, speech_segments=speech_segments, gate=vad_gate,
-        )  # fmt: skip
+        share = PlanShare(rank, world_size, int(num_workers), gather) if gather else PlanShare(workers=int(num_workers))
+        manifest = split_long(manifest, known, sample_rate=frontend.sample_rate, rules=windows, share=share)
         durations, known = manifest.durations(), manifest.items_of(known)
     n = len(manifest)
     batching = BatchingConfig(

@@ -1,32 +1,26 @@
 """A decoding manifest whose long utterances stand as their windows (llmasr.data.long_audio), so that each window
 is read, featurised and batched exactly like an utterance of its own length and batches mix windows with short
-utterances.
+utterances; and the way back, from decoded items to one row per utterance.
 
-    windowed = split_long(manifest, indices, sample_rate=16000, max_seconds=20.0, overlap=1.0)
+    windowed = split_long(manifest, indices, sample_rate=16000, rules=WindowRules(20.0, 1.0))  # data.window_plan
     windowed[j]            the Utterance of item j: its utterance's record with start/end/duration of the window
     windowed.origin[j]     the index in `manifest` of the utterance item j belongs to
     windowed.windows[i]    the Windows utterance i was cut into (one covering it all when it fits)
 
-The audio of every utterance longer than `max_seconds` is read once here, in the main process, to place the cuts
-(its energies, or a VAD's segments, decide them); with a VAD gate, every utterance's audio is, and an utterance in
-which the VAD finds no speech is in `windowed.silent`: its rows get an empty transcript (utterance_rows). An
-utterance whose record or audio cannot be read stays one item: loading it reports the same fault through the
-bad-data accounting, once.
+An utterance in which a VAD gate finds no speech is in `windowed.silent`: its rows get an empty transcript
+(utterance_rows). An utterance whose record or audio cannot be read stays one item: loading it reports the same fault
+through the bad-data accounting, once.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import logging
 
 import numpy as np
 
-from llmasr.data.audio import AudioError, load_audio
 from llmasr.data.bad_data import BadDataTracker
-from llmasr.data.long_audio import Window, join_texts, join_words, plan_windows, segment_windows, speech_start
-from llmasr.data.records import BadRecord
+from llmasr.data.long_audio import Window, join_texts, join_words
 
-log = logging.getLogger("llmasr.data")
 SILENT_ITEM_S = 0.5  # the piece of an utterance without speech that stands for it in the batches
 
 
@@ -79,65 +73,6 @@ class WindowedManifest:
     def items_of(self, indices) -> np.ndarray:
         """The item indices of the base utterances `indices`."""
         return np.flatnonzero(np.isin(self.origin, np.asarray(indices, dtype=np.int64)))
-
-
-def split_long(
-    manifest, indices, *, sample_rate: int, max_seconds: float, overlap: float, split_pause: float = 0.0,
-    from_speech: bool = False, speech_segments=None, gate: bool = False,
-) -> WindowedManifest:  # fmt: skip
-    """`manifest` with every utterance among `indices` longer than `max_seconds` (by its known duration) replaced by
-    its windows; see the module docstring. `from_speech` (decode.trim_leading_silence): the windows cover the audio
-    from where its speech starts (long_audio.speech_start), so a leading pause is neither a window of its own (a
-    model decoding silence writes words) nor a reason to split audio whose speech fits one window.
-    `speech_segments` (decode.vad): waveform -> its speech segments ((start, end) samples); the windows are those
-    segments (long_audio.segment_windows). `gate` (decode.vad_gate): every utterance meets the VAD, and one in which
-    it finds no speech is `silent` (its first SILENT_ITEM_S seconds stand for it, their text replaced by nothing);
-    without the gate such a long recording is cut by energies, with a warning."""
-    durations = np.asarray(manifest.durations(), dtype=np.float64)
-    windows: dict[int, list[Window]] = {}
-    lengths: dict[int, int] = {}
-    silent: set[int] = set()
-    gate = gate and speech_segments is not None
-    for i in np.asarray(indices, dtype=np.int64):
-        if not (durations[i] > max_seconds or gate):
-            continue
-        try:
-            utt = manifest[int(i)]
-            wave = load_audio(utt.source, sample_rate=sample_rate, start=utt.start, end=utt.end, channel=utt.channel)
-        except (BadRecord, AudioError):
-            continue  # loading the item reports it
-        segments = None if speech_segments is None else speech_segments(wave)
-        if gate and not segments:  # its row needs an item; what the model makes of it is dropped, so a short one
-            silent.add(int(i))
-            windows[int(i)], lengths[int(i)] = [Window(0, min(wave.size, int(SILENT_ITEM_S * sample_rate)))], len(wave)
-            continue
-        if not durations[i] > max_seconds:
-            continue
-        planned = _plan(wave, sample_rate, (max_seconds, overlap, split_pause), from_speech, segments,
-                        f"{utt.key} (line {manifest.lineno(int(i))})")  # fmt: skip
-        if planned is not None:
-            windows[int(i)], lengths[int(i)] = planned, len(wave)
-    if windows:
-        n = sum(len(w) for w in windows.values())
-        log.info("long audio: %d utterance(s) longer than %g s are decoded in %d windows", len(windows), max_seconds, n)
-    if silent:
-        log.info("VAD: no speech in %d utterance(s); their transcripts are empty", len(silent))
-    return WindowedManifest(manifest, windows, sample_rate, lengths, silent)
-
-
-def _plan(wave, sample_rate: int, limits: tuple, from_speech: bool, segments, where: str) -> list | None:
-    """The windows of one long recording (split_long's rules), None when it is decoded whole; `limits`: (max_seconds,
-    overlap, split_pause); `segments`: the VAD's, or None."""
-    if segments is not None:
-        planned = segment_windows(wave, sample_rate, segments, *limits)
-        if planned:
-            return None if [(w.start, w.end) for w in planned] == [(0, len(wave))] else planned
-        log.warning("long audio: the VAD finds no speech in %s; it is cut by energies", where)
-    skip = speech_start(wave, sample_rate) if from_speech else 0
-    planned = plan_windows(wave[skip:], sample_rate, *limits)
-    if len(planned) == 1:  # a leading pause alone is the loader's to trim (from_speech)
-        return None
-    return [dataclasses.replace(w, start=w.start + skip, end=w.end + skip) for w in planned]
 
 
 # -- back from items to utterances -------------------------------------------------------------------------------

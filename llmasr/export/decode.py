@@ -83,6 +83,7 @@ from llmasr.data.config import DataConfig
 from llmasr.data.loader import SpeechDataLoader, build_decode_loader
 from llmasr.data.long_audio import shift_times
 from llmasr.data.screen import longest_trained
+from llmasr.data.window_plan import WindowRules
 from llmasr.data.windowed import utterance_rows, utterance_tracker
 from llmasr.export.decode_results import ctc_summary, hotword_counts, llm_summary
 from llmasr.export.decode_world import DecodeWorld
@@ -183,14 +184,17 @@ def decode_loader(
     which then also gates every utterance (cfg.vad_gate); `world`: this rank's share of the batches."""
     limit = window_limit(model, cfg, opts)
     gate = cfg.vad is not None and cfg.vad_gate
+    rules = WindowRules(
+        limit or math.inf, cfg.window_overlap, cfg.window_split_pause, from_speech=cfg.trim_leading_silence,
+        speech_segments=speech_segmenter(cfg, model.frontend.sample_rate), gate=gate,
+    )  # fmt: skip
     return build_decode_loader(
         manifest_path, model.frontend, prompt_builder=model.prompt, batch_seconds=cfg.batch_seconds,
         num_workers=opts.num_workers, max_bad_fraction=opts.max_bad_fraction,
         name=f"decode {Path(manifest_path).name}", features_on=opts.features_on, device=device,
         hotwords=opts.hotwords, prompt_hotwords=not opts.hotwords_unprompted,
-        windows=(limit or math.inf, cfg.window_overlap, cfg.window_split_pause) if limit > 0 or gate else None,
-        rank=world.rank, world_size=world.size, trim_leading_silence=cfg.trim_leading_silence,
-        speech_runs=cfg.timestamps, speech_segments=speech_segmenter(cfg, model.frontend.sample_rate), vad_gate=gate,
+        windows=rules if limit > 0 or gate else None, rank=world.rank, world_size=world.size, gather=world.gather,
+        trim_leading_silence=cfg.trim_leading_silence, speech_runs=cfg.timestamps,
     )  # fmt: skip
 
 

@@ -5,7 +5,8 @@ Every rank plans the same duration-sorted batches of the manifest and decodes ev
 contract: rank r takes batch r of each group of N, so ranks get batches of about the same cost; the padding batch a
 rank may repeat to keep the count even is skipped). Rank 0 then gathers the decoded rows and the bad lines of all
 ranks and writes the outputs alone, so they are those of one process: every line once, in manifest order, the bad
-lines counted once. Nothing is exchanged while decoding: one collective at the end of each manifest.
+lines counted once. Nothing is exchanged while decoding: one collective at the end of each manifest, and one before
+it when the ranks share reading the audio that long-audio windows or a VAD gate need (llmasr.data.window_plan).
 """
 
 from __future__ import annotations
@@ -77,9 +78,17 @@ class DecodeWorld:
         if device.type == "cuda":
             torch.cuda.set_device(device)
         backend = "nccl" if device.type == "cuda" else "gloo"
-        # The only collective is the gather at the end of a manifest: a rank that finishes its share first waits
-        # there for the slowest (a rank that fails ends the launch: the launcher stops the others).
+        # The collectives are gathers (a manifest's window plans, its decoded rows): a rank that finishes its share
+        # first waits there for the slowest (a rank that fails ends the launch: the launcher stops the others).
         torch.distributed.init_process_group(backend, rank=self.rank, world_size=self.size, timeout=GATHER_TIMEOUT)
+
+    def gather(self, obj) -> list:
+        """Every rank's `obj`, in rank order, on every rank (one collective: every rank calls it)."""
+        if self.size == 1:
+            return [obj]
+        everyone: list = [None] * self.size
+        torch.distributed.all_gather_object(everyone, obj)
+        return everyone
 
     def merge(self, items: dict[int, dict], tracker: BadDataTracker) -> tuple[dict[int, dict], BadDataTracker, list]:
         """Every rank's decoded items (by item index) and bad lines, on every rank: the items joined, the bad lines
@@ -88,9 +97,7 @@ class DecodeWorld:
         if self.size == 1:
             return items, tracker, [len(items)]
         static = len(tracker.static)
-        mine = (items, tracker.examples[static:])
-        everyone: list = [None] * self.size
-        torch.distributed.all_gather_object(everyone, mine)
+        everyone = self.gather((items, tracker.examples[static:]))
         merged: dict[int, dict] = {}
         keep = len(tracker.examples) * self.size + 1
         out = BadDataTracker(tracker.max_bad_fraction, name=tracker.name, keep_examples=keep, enforce=False)

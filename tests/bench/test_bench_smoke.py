@@ -360,3 +360,14 @@ def test_vad_speed_quick_times_every_part(tmp_path, capsys):
     assert res["audio_seconds"] == 20.0 and res["segments"] >= 1
     assert set(res["llmasr"]) == {"features", "network", "endpoints", "total"}
     assert "x real time" in capsys.readouterr().out
+
+
+def test_vad_gate_plan_quick_makes_one_plan_every_way(tmp_path, capsys):
+    import vad_gate_plan
+
+    out = tmp_path / "gate.json"
+    assert vad_gate_plan.main(["--quick", "--workers", "0", "2", "--json-out", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert res["same_plan"] and sorted(res["runs"]) == ["0", "2"] and res["audio_seconds"] == 18.0
+    assert all(r["seconds"] > 0 for r in res["runs"].values())
+    assert "| loader workers | seconds | x real time |" in capsys.readouterr().out

@@ -15,7 +15,7 @@ from llmasr.data.dataset import SpeechDataset
 from llmasr.data.frontend import FrontendConfig
 from llmasr.data.loader import open_manifests
 from llmasr.data.long_audio import FRAME_S, HOP_S, LEAD_S, speech_runs, speech_start
-from llmasr.data.windowed import split_long
+from llmasr.data.window_plan import WindowRules, split_long
 from llmasr.testing.tiny_corpus import syllable_bursts
 
 SR = 16000
@@ -78,8 +78,8 @@ def test_the_dataset_cuts_the_pause_and_says_by_how_much(manifest):
 
 def test_long_audio_windows_begin_at_the_speech(manifest):
     base, _ = open_manifests([str(manifest)], mix=False, need_target=False)
-    whole = split_long(base, [0, 1], sample_rate=SR, max_seconds=3.0, overlap=0.5, split_pause=0.2)
-    speech = split_long(base, [0, 1], sample_rate=SR, max_seconds=3.0, overlap=0.5, split_pause=0.2, from_speech=True)
+    whole = split_long(base, [0, 1], sample_rate=SR, rules=WindowRules(3.0, 0.5, 0.2))
+    speech = split_long(base, [0, 1], sample_rate=SR, rules=WindowRules(3.0, 0.5, 0.2, from_speech=True))
     # 3.5 s with its pause: windowed; 2.5 s of speech after it: one item, the dataset cuts the pause
     assert 0 in whole.windows and 0 not in speech.windows
     first = [w.start / SR for w in speech.windows[1]]

@@ -12,7 +12,8 @@ from speech_fakes import FakePromptBuilder
 
 from llmasr.data.bad_data import BadDataTracker
 from llmasr.data.loader import build_decode_loader, open_manifests
-from llmasr.data.windowed import WindowedManifest, split_long, utterance_rows, utterance_tracker
+from llmasr.data.window_plan import WindowRules, split_long
+from llmasr.data.windowed import WindowedManifest, utterance_rows, utterance_tracker
 
 SR = 16000
 
@@ -40,7 +41,7 @@ def manifest(tmp_path):
 def test_long_utterances_stand_as_their_windows(manifest):
     base, bad = open_manifests([str(manifest)], mix=False)
     assert not bad
-    windowed = split_long(base, [0, 1, 2], sample_rate=SR, max_seconds=4.0, overlap=0.5)
+    windowed = split_long(base, [0, 1, 2], sample_rate=SR, rules=WindowRules(4.0, 0.5))
     assert isinstance(windowed, WindowedManifest) and list(windowed.windows) == [1]  # `gone` stays whole
     assert len(windowed) == 5 and windowed.origin.tolist() == [0, 1, 1, 1, 2]
     cuts = [(w.start / SR, w.end / SR, w.overlapped) for w in windowed.windows[1]]
@@ -61,7 +62,7 @@ def test_the_decode_loader_batches_windows_as_items(manifest):
 
     loader = build_decode_loader(
         manifest, FrontendConfig(), prompt_builder=FakePromptBuilder(), batch_seconds=100.0, num_workers=0,
-        max_bad_fraction=1.0, name="decode", windows=(4.0, 0.5, 0.0),
+        max_bad_fraction=1.0, name="decode", windows=WindowRules(4.0, 0.5),
     )  # fmt: skip
     batches = [b for b in loader if b.size]
     assert sum(b.size for b in batches) == 4  # the short line and three windows; `gone` is bad
@@ -76,7 +77,7 @@ def test_the_decode_loader_batches_windows_as_items(manifest):
 
 def test_items_go_back_to_utterances(manifest):
     base, _ = open_manifests([str(manifest)], mix=False)
-    windowed = split_long(base, [0, 1], sample_rate=SR, max_seconds=4.0, overlap=0.5)
+    windowed = split_long(base, [0, 1], sample_rate=SR, rules=WindowRules(4.0, 0.5))
 
     def item(key, hyp, truncated=None, duration=1.0):
         return {

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import subprocess
 
 import numpy as np
 import pytest
@@ -18,8 +19,10 @@ from llmasr.config_io import ConfigError
 from llmasr.export.decode import DecodeOptions, decode_loader, decode_manifest, load_decode_model
 from llmasr.models.decoding import DecodeConfig
 from llmasr.models.fsmn_vad import FsmnVad
+from llmasr.testing.launcher import assert_no_shm_left, launcher_env
 from llmasr.testing.tiny_corpus import syllable_bursts
 from llmasr.testing.tiny_vad import write_fsmn_vad_dir
+from llmasr.train.engine import _free_port
 
 SR = 16000
 LIMIT = 6.0
@@ -166,3 +169,24 @@ def test_transcribe_takes_a_vad_too(exported_dir, long_manifest, vad_dir, tmp_pa
     (broken / "model.pt").unlink()
     assert cli(["transcribe", "--model", str(exported_dir), str(wav), "--vad", str(broken)]) == 1
     assert "decode.vad: " in capsys.readouterr().err
+
+
+def test_two_ranks_share_the_vad_and_write_what_one_process_writes(exported_dir, long_manifest, vad_dir, tmp_path):
+    manifest, _ = long_manifest
+    common = ["--model", str(exported_dir), "--data", str(manifest), "--max-new-tokens", "3", "--batch-seconds", "8",
+              "--max-window-seconds", str(LIMIT), "--vad", str(vad_dir), "--ctc"]  # fmt: skip
+    assert main([*common, "--num-workers", "0", "--output", str(tmp_path / "one")]) == 0
+    port = _free_port()
+    cmd = ["deepspeed", "--num_gpus", "2", "--master_port", str(port), "--module", "llmasr", "decode", *common,
+           "--num-workers", "1", "--output", str(tmp_path / "two")]  # fmt: skip
+    proc = subprocess.run(cmd, env=launcher_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert_no_shm_left(port)
+    # rank 0 read three of the five recordings (longest first, dealt in turn), rank 1 the other two
+    said = proc.stdout + proc.stderr
+    assert "read the audio of 5 utterance(s) for the VAD gate (3 on this rank, 1 worker(s))" in said
+    one, two = tmp_path / "one", tmp_path / "two"
+    for name in ("hyp.txt", "ref.txt", "results.jsonl", "ctc/results.jsonl"):
+        assert (two / name).read_text() == (one / name).read_text(), name
+    rows = {r["key"]: r for r in map(json.loads, open(two / "results.jsonl"))}
+    assert rows["silent"]["no_speech"] and rows["hush"]["no_speech"] and rows["pause"]["windows"] == 2

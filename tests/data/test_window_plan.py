@@ -1,0 +1,121 @@
+"""Reading the audio that long-audio windows and a VAD gate need (llmasr.data.window_plan): loader workers and decode
+ranks share it, and the plan is the one a single process makes; each rank reads only its share."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from llmasr.data.loader import open_manifests
+from llmasr.data.window_plan import PlanShare, WindowRules, split_long
+from llmasr.models.fsmn_vad import FsmnVad
+from llmasr.testing.tiny_corpus import syllable_bursts
+from llmasr.testing.tiny_vad import write_fsmn_vad_dir
+
+SR = 16000
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    root = tmp_path_factory.mktemp("plan")
+    noise = np.random.default_rng(0)
+    waves = [
+        syllable_bursts(12.0, [(4.0, 7.0)], seed=1),
+        syllable_bursts(14.0, seed=2),
+        syllable_bursts(2.0, seed=3),
+        (0.003 * noise.standard_normal(8 * SR)).astype(np.float32),
+        syllable_bursts(3.0, seed=4),
+        (0.003 * noise.standard_normal(2 * SR)).astype(np.float32),
+        syllable_bursts(9.0, [(3.0, 5.0)], seed=5),
+    ]
+    lines = []
+    for k, wave in enumerate(waves):
+        sf.write(str(root / f"{k}.wav"), wave, SR, subtype="FLOAT")
+        lines.append(json.dumps({"key": f"u{k}", "source": f"{k}.wav", "target": "one"}))
+    lines.append(json.dumps({"key": "gone", "source": "nope.wav", "target": "lost", "duration": 30.0}))
+    (root / "m.jsonl").write_text("\n".join(lines) + "\n")
+    manifest, _ = open_manifests([str(root / "m.jsonl")], mix=False)
+    return manifest, np.flatnonzero(~np.isnan(manifest.durations()))
+
+
+@pytest.fixture(scope="module")
+def vad(tmp_path_factory):
+    return FsmnVad.from_dir(write_fsmn_vad_dir(tmp_path_factory.mktemp("vad") / "fsmn-vad"))
+
+
+class Heard:
+    """A VAD's speech segments (samples), recording which recordings it heard (by length: each differs here)."""
+
+    def __init__(self, vad):
+        self.vad, self.lengths = vad, []
+
+    def __call__(self, wave):
+        self.lengths.append(len(wave))
+        return [(a * SR // 1000, b * SR // 1000) for a, b in self.vad.segments_ms(wave)]
+
+
+def _plan(windowed) -> tuple:
+    windows = {i: [(w.start, w.end, w.overlapped) for w in ws] for i, ws in windowed.windows.items()}
+    return windows, windowed.lengths, windowed.silent, windowed.durations().tolist()
+
+
+def test_loader_workers_make_the_plan_one_process_makes(corpus, vad):
+    manifest, known = corpus
+    rules = WindowRules(5.0, 0.5, gate=True, speech_segments=Heard(vad))
+    alone = split_long(manifest, known, sample_rate=SR, rules=rules)
+    workers = split_long(manifest, known, sample_rate=SR, rules=rules, share=PlanShare(workers=2))
+    assert _plan(workers) == _plan(alone)
+    windows, _, silent, _ = _plan(alone)
+    assert silent == {3, 5} and {0, 1, 6} <= windows.keys() and len(windows[1]) == 3  # gated, segmented, cut
+
+
+def _ranks(manifest, known, rules_of, size: int) -> list:
+    """split_long on `size` ranks (threads) whose gather is a barrier: each rank's plan and the recordings it heard."""
+    barrier, posted, out = threading.Barrier(size), [None] * size, [None] * size
+
+    def rank(r: int) -> None:
+        def gather(obj):
+            posted[r] = obj
+            barrier.wait()
+            everyone = list(posted)
+            barrier.wait()
+            return everyone
+
+        rules = rules_of()
+        windowed = split_long(manifest, known, sample_rate=SR, rules=rules, share=PlanShare(r, size, 0, gather))
+        out[r] = (windowed, sorted(rules.speech_segments.lengths))
+
+    threads = [threading.Thread(target=rank, args=(r,)) for r in range(size)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    return out
+
+
+@pytest.mark.parametrize("gate", [True, False])
+def test_ranks_share_the_reading_and_each_gets_the_whole_plan(corpus, vad, gate):
+    manifest, known = corpus
+    solo = WindowRules(5.0, 0.5, gate=gate, speech_segments=Heard(vad))
+    alone = split_long(manifest, known, sample_rate=SR, rules=solo)
+    ranks = _ranks(manifest, known, lambda: WindowRules(5.0, 0.5, gate=gate, speech_segments=Heard(vad)), 2)
+    heard = [lengths for _, lengths in ranks]
+    assert all(_plan(windowed) == _plan(alone) for windowed, _ in ranks)
+    assert sorted(heard[0] + heard[1]) == sorted(solo.speech_segments.lengths)  # each recording heard once
+    # longest first, dealt in turn: shares of about the same audio
+    assert abs(len(heard[0]) - len(heard[1])) <= 1 and min(map(len, heard)) > 0
+    assert len(solo.speech_segments.lengths) == (7 if gate else 4)  # with the gate every readable one, else long ones
+
+
+def test_nothing_to_read_means_no_gather(corpus):
+    manifest, known = corpus
+
+    def gather(obj):
+        raise AssertionError("gathered with nothing to share")
+
+    windowed = split_long(manifest, known, sample_rate=SR, rules=WindowRules(60.0), share=PlanShare(0, 2, 0, gather))
+    assert windowed.windows == {} and windowed.silent == set()
