@@ -6,7 +6,9 @@ so `from_pretrained` partitions the weights as it reads them (zero.Init) and no 
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import warnings
 from pathlib import Path
 
 import torch
@@ -69,6 +71,15 @@ def linear_module_names(model: nn.Module) -> list[str]:
     return sorted(names)
 
 
+@contextlib.contextmanager
+def peft_wrapping():
+    """peft reads transformers' deprecated `is_gradient_checkpointing` as it wraps a model: a FutureWarning each run
+    about peft's own code, which a user cannot act on. Other warnings pass."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        yield
+
+
 def apply_lora(model: nn.Module, lora: LoraConfig, *, what: str, hf_model: bool):
     """Wrap `model` with LoRA adapters; every named target must exist (peft alone accepts a partial match)."""
     import peft
@@ -92,7 +103,8 @@ def apply_lora(model: nn.Module, lora: LoraConfig, *, what: str, hf_model: bool)
         task_type="CAUSAL_LM" if hf_model else None,
     )
     if hf_model:
-        return peft.get_peft_model(model, config)
+        with peft_wrapping():
+            return peft.get_peft_model(model, config)
     model = peft.inject_adapter_in_model(config, model)
     for name, param in model.named_parameters():
         param.requires_grad = "lora_" in name
@@ -214,10 +226,11 @@ def load_adapter(model: nn.Module, adapter: Path, *, pretrained: bool) -> nn.Mod
 
     if not (adapter / "adapter_config.json").is_file():
         raise LLMLoadError(f"{adapter}: no adapter_config.json; model.llm.adapter must be a saved peft adapter")
-    if pretrained:
-        model = peft.PeftModel.from_pretrained(model, str(adapter), is_trainable=False)
-    else:
-        model = peft.get_peft_model(model, peft.PeftConfig.from_pretrained(str(adapter)))
+    with peft_wrapping():
+        if pretrained:
+            model = peft.PeftModel.from_pretrained(model, str(adapter), is_trainable=False)
+        else:
+            model = peft.get_peft_model(model, peft.PeftConfig.from_pretrained(str(adapter)))
     model.requires_grad_(False)
     return model
 

@@ -88,6 +88,17 @@ def test_lora_wraps_every_named_target(model):
     )
 
 
+def test_lora_wraps_the_llm_without_peft_s_deprecation_noise(tiny_llm_dir):
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        llmasr.build_model(tiny_model_section(tiny_llm_dir))
+        warnings.warn("`is_gradient_checkpointing` is deprecated, said by our own code", FutureWarning, stacklevel=1)
+    said = [str(w.message) for w in caught if "is_gradient_checkpointing" in str(w.message)]
+    assert said == ["`is_gradient_checkpointing` is deprecated, said by our own code"]  # only peft's call is quiet
+
+
 def test_all_linear_lora_and_encoder_lora(tiny_llm_dir):
     import peft
 
