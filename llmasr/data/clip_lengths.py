@@ -83,6 +83,15 @@ class EpochCosts:
         drawn = draw_clip_lengths(self.cfg, self.seed, epoch, indices)
         return 1.0 / drawn.factor, drawn.lead + drawn.trail
 
+    @property
+    def least(self) -> tuple[float, float]:
+        """(scale, seconds) of the shortest draw: the fastest speed factor, and the shortest pauses when every clip
+        gets them (prob 1), else none. A clip that passes the batch budget even so never fits a batch."""
+        sp, si = self.cfg.speed_perturb, self.cfg.silence
+        scale = 1.0 / max(sp.factors) if sp.enable and sp.factors else 1.0
+        pad = float(si.lead[0] + si.trail[0]) if si.enable and si.prob >= 1.0 else 0.0
+        return scale, pad
+
 
 def augmented_costs(cfg: AugmentConfig, seed: int, frontend) -> dict:
     """The sampler's keywords for training batches (DynamicBucketSampler's cost_scale, cost_pad, epoch_costs)."""

@@ -2,10 +2,12 @@
 feature frames (max_frames); a batch of B items whose costliest costs c holds B * c of the budget.
 
 An item costs its duration (cut to max_duration when training truncates; at least `min_item_seconds`, a Whisper
-window), stretched by what waveform augmentation adds to it. Two costs are kept: the worst case (`sizes`: the slowest
-speed factor and the longest pauses, AugmentConfig.cost), which decides once which items can never fit a batch, and,
-when an `epoch_costs` draws each clip's own speed factor and pauses (llmasr.data.clip_lengths.EpochCosts), the cost
-of every item in a given epoch, which the sampler cuts that epoch's batches by.
+window), stretched by what waveform augmentation adds to it. Three costs are kept: the worst case (`sizes`: the
+slowest speed factor and the longest pauses, AugmentConfig.cost); when an `epoch_costs` draws each clip's own speed
+factor and pauses (llmasr.data.clip_lengths.EpochCosts), the cost of every item in a given epoch, which the sampler
+cuts that epoch's batches by; and the least an item can cost (`least`: its shortest draw, epoch_costs.least, else the
+worst case), which decides once which items can never fit a batch. An item between the two fits in the epochs whose
+draws let it.
 """
 
 from __future__ import annotations
@@ -46,6 +48,8 @@ class ItemCosts:
         self.cost = (float(cost_scale), float(cost_pad))  # the worst augmentation adds: duration x scale + seconds
         self.sizes = self._units(eff * self.cost[0] + self.cost[1])
         self.epoch_costs = epoch_costs
+        least = getattr(epoch_costs, "least", None)
+        self.least = self.sizes if least is None else np.minimum(self._units(eff * least[0] + least[1]), self.sizes)
 
     def _units(self, seconds: np.ndarray) -> np.ndarray:
         if self.frames_per_second is None:

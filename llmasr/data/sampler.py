@@ -6,7 +6,9 @@ How an epoch's batches are made (identically on every rank, from (seed, epoch) o
    duration, shorter than min_duration, longer than max_duration (unless
    truncate_to_max, which then counts them as `truncated` and costs them at max_duration), with target_len above
    max_target_len, or too big to fit a batch on their own are skipped; `.filtered` holds reason -> count for the
-   current epoch and the counts are logged once per epoch.
+   current epoch and the counts are logged once per epoch. When augmentation draws each clip's length per epoch
+   (epoch_costs), a clip too big at its shortest draw is skipped every epoch, and one that fits only at some draws
+   (`fits_sometimes`) is skipped in the epochs whose draws put it over the budget.
 2. Buckets: duration quantiles of the kept items (computed once) split them into `num_buckets` buckets.
 3. In each bucket the items are shuffled, then taken in windows of `shuffle_buffer` items; each window is sorted
    by duration and cut greedily into batches that respect the budget. The budget is in padded units:
@@ -71,8 +73,10 @@ class DynamicBucketSampler(Sampler):
         filters still use the durations as given.
     cost_pad: seconds added to every item's cost after the scale (pauses augmentation may put around a clip).
     epoch_costs: (epoch, indices) -> (scale, seconds) per item: the length augmentation gives each clip in that epoch
-        (llmasr.data.clip_lengths.EpochCosts); batches are then cut, bucketed and sorted on those costs, while
-        cost_scale and cost_pad stay the worst case that decides which items can never fit a batch.
+        (llmasr.data.clip_lengths.EpochCosts); batches are then cut, bucketed and sorted on those costs, and an
+        item is skipped in an epoch whose cost puts it over the budget. cost_scale and cost_pad stay the worst case;
+        `epoch_costs.least` (scale, seconds), when it has one, is the shortest draw, which decides which items can
+        never fit a batch (else the worst case does).
     indices: restrict to these dataset indices (e.g. a validation subset).
     epoch_indices: epoch -> dataset indices for that epoch (weighted mixing); overrides `indices`.
     skip: dataset indices known to be unusable (lines found bad before loading); never batched.
@@ -167,11 +171,14 @@ class DynamicBucketSampler(Sampler):
                 mark(d > self.max_duration, 2)
             if tl is not None and max_target_len is not None:
                 mark(tl > max_target_len, 3)
-            over = self.sizes > self.budget
+            over = costs.least > self.budget  # at no draw of augmentation's lengths
             if tl is not None and max_target_tokens is not None:
                 over |= tl > max_target_tokens
             mark(over, 4)
         self._reason = reason
+        # the items that fit the budget only at some draws: each epoch batches those its draws let fit
+        pool = self.base_indices
+        self.fits_sometimes = pool[(reason[pool] < 0) & (self.sizes[pool] > self.budget)] if n else pool
         self.truncated_mask = (~np.isnan(d)) & (d > self.max_duration) & (reason < 0)
         kept = self.base_indices[reason[self.base_indices] < 0] if n else self.base_indices
         self.bucket_of = quantile_buckets(self.sizes, kept, self.num_buckets)
@@ -231,7 +238,9 @@ class DynamicBucketSampler(Sampler):
         counts = np.bincount(reasons[reasons >= 0], minlength=len(FILTER_REASONS))
         filtered = {name: int(c) for name, c in zip(FILTER_REASONS, counts) if c}
         keep = items[reasons < 0]
-        sizes, bucket_of = self._epoch_sizes(epoch, keep)
+        sizes, bucket_of, keep, late = self._epoch_sizes(epoch, keep)
+        if late:
+            filtered["over_batch_budget"] = filtered.get("over_batch_budget", 0) + late
         rng = np.random.default_rng([self.seed, epoch])
         if self.shuffle:
             keep = keep[rng.permutation(keep.size)]
@@ -250,13 +259,17 @@ class DynamicBucketSampler(Sampler):
         order = np.lexsort((per_batch(batches, sizes, np.maximum), per_batch(batches, bucket_of, np.maximum)))
         return [batches[i] for i in order], filtered, items, int(keep.size), rng, sizes
 
-    def _epoch_sizes(self, epoch: int, keep: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(cost, bucket) of every item in `epoch`: those computed once, or, when augmentation's lengths are drawn
-        per epoch, the kept items' costs at the lengths they have this epoch, bucketed by this epoch's quantiles."""
+    def _epoch_sizes(self, epoch: int, keep: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+        """(cost, bucket) of every item in `epoch`, the items of `keep` that fit a batch then, and how many did not:
+        those computed once, or, when augmentation's lengths are drawn per epoch, the kept items' costs at the
+        lengths they have this epoch, bucketed by this epoch's quantiles, less the ones these lengths put over the
+        budget (fits_sometimes)."""
         if not self.costs.vary_by_epoch:
-            return self.sizes, self.bucket_of
+            return self.sizes, self.bucket_of, keep, 0
         sizes = self.costs.for_epoch(epoch, keep)
-        return sizes, quantile_buckets(sizes, keep, self.num_buckets)
+        fit = sizes[keep] <= self.budget
+        keep = keep[fit]
+        return sizes, quantile_buckets(sizes, keep, self.num_buckets), keep, int(fit.size - keep.size)
 
     def _plan(self, epoch: int) -> tuple[list[list[list[int]]], dict]:
         """Groups of world_size batches for `epoch` (same on every rank), and the epoch's stats. After a resume

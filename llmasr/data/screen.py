@@ -115,7 +115,8 @@ def start_tracker(manifest, data_cfg, *, name: str, indices, rank: int, world_si
 
 
 def describe_skipped(sampler, manifest, batching, name: str) -> str | None:
-    """One warning line per batching filter that drops lines (count, the setting, the first lines), or None."""
+    """A warning of the lines batching filters drop every epoch (for each filter: count, the setting, the first lines),
+    and of the ones it drops in some epochs (fits_sometimes), or None."""
     limits = {
         "too_long": f"longer than data.batching.max_duration = {batching.max_duration:g} s",
         "too_short": f"shorter than data.batching.min_duration = {batching.min_duration:g} s",
@@ -123,19 +124,29 @@ def describe_skipped(sampler, manifest, batching, name: str) -> str | None:
         "over_batch_budget": "too large for a batch of one under the batch budget (max_seconds / max_frames / "
         "max_target_tokens)",
     }
-    cost = cost_text(sampler.cost)
-    if cost:
-        limits["over_batch_budget"] += f"; a line costs {cost} there"
+    scale, pad = getattr(sampler.costs.epoch_costs, "least", None) or sampler.cost
+    if (scale, pad) != (1.0, 0.0):
+        shortest = f"its duration x {scale:.3g} + {pad:g} s"
+        limits["over_batch_budget"] += f", even at augmentation's shortest length ({shortest})"
     parts, count = [], 0
     for reason, text in limits.items():
         idx = sampler.skipped_indices(reason)
         if idx.size:
-            first = ", ".join("{}:{}".format(*where(manifest, int(i))) for i in idx[:EXAMPLES])
-            parts.append(f"{idx.size} {text} (first: {first})")
+            parts.append(f"{idx.size} {text} (first: {_first(manifest, idx)})")
             count += int(idx.size)
-    if not parts:
-        return None
-    return f"{name}: {count} of {sampler.durations.size} lines are skipped every epoch: " + "; ".join(parts)
+    said = [f"{name}: {count} of {sampler.durations.size} lines are skipped every epoch: " + "; ".join(parts)]
+    sometimes = sampler.fits_sometimes
+    if sometimes.size:  # only with lengths drawn per epoch
+        said.append(
+            f"{name}: {sometimes.size} lines fit the batch budget only at some of augmentation's lengths (at most "
+            f"{cost_text(sampler.cost)}): each epoch skips those its draws put over it (first: "
+            f"{_first(manifest, sometimes)})"
+        )
+    return "\n".join(said[bool(not parts) :]) or None
+
+
+def _first(manifest, indices) -> str:
+    return ", ".join("{}:{}".format(*where(manifest, int(i))) for i in indices[:EXAMPLES])
 
 
 def longest_trained(data_cfg) -> float | None:

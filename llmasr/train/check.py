@@ -162,6 +162,11 @@ def _data_lines(sampler, per_epoch: list[int], valid_loader) -> list[str]:
     st = sampler.stats(0)
     worst = cost_text(sampler.cost)  # the most augmentation can add; batches are cut on each epoch's own draws
     cost = f"  an utterance costs the budget its length after this epoch's speed factor and pauses; at most {worst}"
+    if sampler.fits_sometimes.size:
+        cost += (
+            f"\n  {sampler.fits_sometimes.size} utterance(s) fit the budget only at some of these lengths: an epoch "
+            "skips those its draws put over it (counted under over_batch_budget)"
+        )
     return [
         "data",
         f"  batches per rank per epoch: {per_epoch[0] if len(set(per_epoch)) == 1 else per_epoch}",

@@ -7,6 +7,7 @@ from speech_fakes import FakeCTCTokenizer, FakePromptBuilder, good_corpus, write
 
 from llmasr.config_io import from_dict
 from llmasr.data.bad_data import TooMuchBadData
+from llmasr.data.clip_lengths import draw_clip_lengths
 from llmasr.data.config import DataConfig
 from llmasr.data.frontend import FrontendConfig
 from llmasr.data.loader import build_dataloader
@@ -304,16 +305,49 @@ def test_pauses_lengthen_training_items_and_the_budget_reserves_room_for_them(tm
                 assert sampler.sizes[sampler.base_indices].min() >= 0.9 + 0.3
 
 
-def test_lines_that_pauses_push_over_the_budget_are_reported_with_the_reason(tmp_path, caplog):
+def test_lines_that_fit_only_at_some_draws_are_batched_in_the_epochs_they_fit(tmp_path, caplog):
+    """A clip whose longest pauses pass the budget but whose shortest fit is not skipped for good: each epoch skips
+    it only when that epoch's draw puts it over, and the loader hears it in the others."""
     m = with_lines(tmp_path, 10, [])  # 0.3-2.0 s
     pauses = {"silence": {"enable": True, "lead": [0.0, 4.5], "trail": [0.0, 0.5]}}
+    data = cfg(augment=pauses)
+    loader, sampler = build(data, [m])
+    durations = np.asarray([json.loads(line)["duration"] for line in open(m)])
+    sometimes = np.flatnonzero(durations + 5.0 > 6.0)
+    assert sometimes.size and sampler.fits_sometimes.tolist() == sometimes.tolist()
+    assert sampler.skipped_indices("over_batch_budget").size == 0
+    heard = set()
+    for epoch in range(6):
+        loader.set_epoch(epoch)
+        drawn = draw_clip_lengths(data.augment, data.seed, epoch, np.arange(durations.size))
+        over = durations + drawn.lead + drawn.trail > 6.0  # the length this epoch gives each clip
+        assert sampler.filtered == ({"over_batch_budget": int(over.sum())} if over.any() else {})
+        batched = {i for batch in loader for i in batch.indices}
+        assert batched == set(np.flatnonzero(~over).tolist())
+        heard |= batched
+    assert heard == set(range(durations.size))  # every line trained in some epoch
+    line = next(r.getMessage() for r in caplog.records if "only at some" in r.getMessage())
+    assert (
+        f"train: {sometimes.size} lines fit the batch budget only at some of augmentation's lengths (at most its "
+        "duration x 1 + 5 s (data.augment: speed_perturb's slowest factor, silence's lead[1] + trail[1])): each "
+        "epoch skips those its draws put over it (first: " in line
+    )
+    assert "skipped every epoch" not in caplog.text
+
+
+def test_lines_over_the_budget_at_every_draw_are_reported_with_the_reason(tmp_path, caplog):
+    m = with_lines(tmp_path, 10, [])  # 0.3-2.0 s
+    pauses = {"silence": {"enable": True, "prob": 1.0, "lead": [4.2, 4.5], "trail": [0.0, 0.5]}}
     _, sampler = build(cfg(augment=pauses), [m])
-    durations = [json.loads(line)["duration"] for line in open(m)]
-    assert sampler.filtered == {"over_batch_budget": sum(d + 5.0 > 6.0 for d in durations)} and sampler.filtered
+    durations = np.asarray([json.loads(line)["duration"] for line in open(m)])
+    never = np.flatnonzero(durations + 4.2 > 6.0)
+    assert never.size and sampler.skipped_indices("over_batch_budget").tolist() == never.tolist()
+    assert sampler.filtered["over_batch_budget"] >= never.size
     line = next(r.getMessage() for r in caplog.records if "skipped every epoch" in r.getMessage())
     assert (
-        "a line costs its duration x 1 + 5 s (data.augment: speed_perturb's slowest factor, silence's lead[1] + "
-        "trail[1]) there" in line
+        f"train: {never.size} of 10 lines are skipped every epoch: {never.size} too large for a batch of one under "
+        "the batch budget (max_seconds / max_frames / max_target_tokens), even at augmentation's shortest length "
+        "(its duration x 1 + 4.2 s) (first: " in line
     )
 
 

@@ -84,6 +84,12 @@ def test_the_batch_budget_says_what_augmentation_reserves(recipe_file, tmp_path,
     per_epoch = batches_per_epoch(sampler, recipe.train.epochs)
     shown = per_epoch[0] if len(set(per_epoch)) == 1 else per_epoch
     assert f"batches per rank per epoch: {shown}\n" in out  # the trainer's batches, each clip at its drawn length
+    assert "fit the budget only at some" not in out  # the recipe's clips fit at every draw
+    tight = [*pauses, "data.augment.silence.lead=[0.0,6.0]", "data.augment.silence.prob=1.0"]
+    code, out, err = run_check(capsys, *base, *tight)
+    assert code == 0, err
+    sometimes = re.search(r"\n  (\d+) utterance\(s\) fit the budget only at some of these lengths: an epoch skips", out)
+    assert sometimes and int(sometimes.group(1)) > 0, out
     code, plain, _ = run_check(capsys, *base)
     assert "costs the budget" not in plain and int(re.search(r"per epoch: (\d+)", plain).group(1)) < min(per_epoch)
 
