@@ -45,6 +45,7 @@ DECODE_FLAGS = {
     "vad": "vad",
     "vad_max_end_silence_ms": "vad_max_end_silence_ms",
     "vad_gate": "vad_gate",
+    "vad_merge_seconds": "vad_merge_seconds",
 }
 
 
@@ -144,6 +145,11 @@ def _search_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--vad-max-end-silence-ms", type=int, default=None,
         help="silence (ms) that ends a VAD segment, FunASR's max_end_silence_time (default: FunASR's schedule)",
+    )  # fmt: skip
+    p.add_argument(
+        "--vad-merge-seconds", type=float, default=None,
+        help="join consecutive VAD segments into windows of up to this many seconds, pauses included (FunASR's "
+        "merge_vad / merge_length_s; default 0: a window a segment)",
     )  # fmt: skip
     p.add_argument(
         "--no-vad-gate", dest="vad_gate", action="store_const", const=False, default=None,

@@ -139,17 +139,32 @@ def plan_windows(
 
 
 def segment_windows(
-    wave: np.ndarray, sample_rate: int, segments, max_seconds: float, overlap: float, split_pause: float = 0.0
-) -> list[Window]:
+    wave: np.ndarray, sample_rate: int, segments, max_seconds: float, overlap: float, split_pause: float = 0.0,
+    merge_seconds: float = 0.0,
+) -> list[Window]:  # fmt: skip
     """The windows of `wave` from a VAD's speech segments ((start, end) samples, in order): a window per segment,
-    a segment longer than `max_seconds` cut by plan_windows; the audio between segments is in no window."""
+    or with `merge_seconds` per run of consecutive segments that spans at most that (and `max_seconds`), the pauses
+    inside it included; a segment longer than `max_seconds` cut by plan_windows; the audio between windows is in
+    none."""
+    spans = [(max(0, int(a)), min(len(wave), int(b))) for a, b in segments]
     windows: list[Window] = []
-    for a, b in segments:
-        a, b = max(0, int(a)), min(len(wave), int(b))
-        if b > a:
-            windows += [Window(a + w.start, a + w.end, w.overlapped) for w in plan_windows(
-                wave[a:b], sample_rate, max_seconds, overlap, split_pause)]  # fmt: skip
+    for a, b in merge_segments([s for s in spans if s[1] > s[0]], min(merge_seconds, max_seconds) * sample_rate):
+        windows += [Window(a + w.start, a + w.end, w.overlapped) for w in plan_windows(
+            wave[a:b], sample_rate, max_seconds, overlap, split_pause)]  # fmt: skip
     return windows
+
+
+def merge_segments(spans: list[tuple[int, int]], limit: float) -> list[tuple[int, int]]:
+    """Consecutive (start, end) spans joined while the joined span is at most `limit` long (0: none joined).
+    FunASR's merge_vad also tiles the audio before the first segment and between the joined runs; here what lies
+    between runs stays out of every window (a window of silence is where LLM-ASR writes words)."""
+    out: list[tuple[int, int]] = []
+    for a, b in spans:
+        if out and b - out[-1][0] <= limit:
+            out[-1] = (out[-1][0], b)
+        else:
+            out.append((a, b))
+    return out
 
 
 def _cut(db, quiet, start: int, n: int, limit: int, ov: int, sr: int) -> tuple[int, int, bool]:

@@ -46,7 +46,8 @@ class WindowRules:
     speech segments ((start, end) samples), and the windows are those segments (long_audio.segment_windows). `gate`
     (decode.vad_gate): every utterance meets the VAD, and one in which it finds no speech is silent (its first
     SILENT_ITEM_S seconds stand for it, their text replaced by nothing); without the gate such a long recording is cut
-    by energies, with a warning."""
+    by energies, with a warning. `merge_seconds` (decode.vad_merge_seconds): consecutive segments share a window while
+    it spans at most that (long_audio.merge_segments)."""
 
     max_seconds: float = math.inf
     overlap: float = 0.0
@@ -54,6 +55,7 @@ class WindowRules:
     from_speech: bool = False
     speech_segments: Callable | None = None
     gate: bool = False
+    merge_seconds: float = 0.0
 
     @property
     def gated(self) -> bool:
@@ -155,7 +157,7 @@ def _plan(wave, sample_rate: int, rules: WindowRules, segments, where: str) -> l
     """The windows of one long recording, None when it is decoded whole; `segments`: the VAD's, or None."""
     limits = (rules.max_seconds, rules.overlap, rules.split_pause)
     if segments is not None:
-        planned = segment_windows(wave, sample_rate, segments, *limits)
+        planned = segment_windows(wave, sample_rate, segments, *limits, merge_seconds=rules.merge_seconds)
         if planned:
             return None if [(w.start, w.end) for w in planned] == [(0, len(wave))] else planned
         log.warning("long audio: the VAD finds no speech in %s; it is cut by energies", where)

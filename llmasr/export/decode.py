@@ -56,8 +56,9 @@ model was trained on: its longest training utterance within data.batching.max_du
 points into windows (llmasr.data.long_audio), each loaded, featurised and batched as an item of its own
 (llmasr.data.windowed); their texts are joined back in order, the words two overlapping windows both heard said
 once. A bad window makes its utterance one bad line. With decode.vad (a FunASR FSMN VAD directory) the windows are
-the VAD's speech segments instead, a segment longer than the limit cut as above, and (decode.vad_gate) an utterance
-of any length in which the VAD finds no speech gets an empty transcript.
+the VAD's speech segments instead (consecutive ones joined up to decode.vad_merge_seconds), a segment longer than
+the limit cut as above, and (decode.vad_gate) an utterance of any length in which the VAD finds no speech gets an
+empty transcript.
 
 Hotwords: a line's own `hotwords` field is its biasing list; `--hotwords FILE` (one phrase a line, UTF-8) gives the
 list of every line that has no such field. A line's own list wins, an explicit [] included ("no list for this
@@ -187,6 +188,7 @@ def decode_loader(
     rules = WindowRules(
         limit or math.inf, cfg.window_overlap, cfg.window_split_pause, from_speech=cfg.trim_leading_silence,
         speech_segments=speech_segmenter(cfg, model.frontend.sample_rate), gate=gate,
+        merge_seconds=cfg.vad_merge_seconds,
     )  # fmt: skip
     return build_decode_loader(
         manifest_path, model.frontend, prompt_builder=model.prompt, batch_seconds=cfg.batch_seconds,
@@ -238,7 +240,7 @@ def decode_manifest(
         skipped_by_reason=dict(tracker.by_reason),
         windows=sum(r["windows"] for r in rows), split=sum(r["windows"] > 1 for r in rows),
         max_window_seconds=window_limit(model, cfg, opts) or None, window_overlap=cfg.window_overlap, vad=cfg.vad,
-        no_speech=sum(bool(r.get("no_speech")) for r in rows),
+        no_speech=sum(bool(r.get("no_speech")) for r in rows), vad_merge_seconds=cfg.vad_merge_seconds,
     )  # fmt: skip
     timing["hotwords"] = hotword_counts(rows, opts, model.prompt.hotwords_max_tokens, boost)
     summary = llm_summary(out_dir, rows, found, cfg, timing)

@@ -64,6 +64,8 @@ def _counts(found: dict, n_utts: int) -> str:
 def _windows_line(found: dict, n_utts: int) -> str:
     limit = found["max_window_seconds"]
     where = f"at the speech segments of the VAD {found['vad']}" if found.get("vad") else "at low-energy points"
+    if found.get("vad") and found.get("vad_merge_seconds"):
+        where += f", consecutive segments merged into windows of up to {found['vad_merge_seconds']:g} s"
     how = (
         f"{found['split']} longer than {limit:g} s split {where}, overlap {found['window_overlap']:g} s"
         if limit

@@ -58,6 +58,10 @@ class DecodeConfig:
     # With a VAD: an utterance of any length in which it finds no speech gets an empty transcript (an LLM decoding
     # noise or silence writes words); false: only long audio meets the VAD.
     vad_gate: bool = True
+    # With a VAD: consecutive speech segments are joined into one window while it spans at most this many seconds
+    # (and the window limit), the pauses between them decoded too (FunASR's merge_vad with merge_length_s, as
+    # SenseVoice is run); 0: a window a segment.
+    vad_merge_seconds: float = 0.0
     # Hotword boosting in the search (models.hotword_boost): score per token of an utterance's biasing phrase that
     # the hypothesis completes; 0 = the list is only in the prompt; None = AUTO_HOTWORD_BOOST when the search is
     # CTC prefix-guided (the audio then keeps a boosted phrase out unless it is heard), else 0.
@@ -103,6 +107,10 @@ class DecodeConfig:
             raise ConfigError(
                 f"{path}.vad_max_end_silence_ms: must be > 0 ms (unset: FunASR's schedule), got "
                 f"{self.vad_max_end_silence_ms}"
+            )
+        if not 0.0 <= self.vad_merge_seconds < math.inf:
+            raise ConfigError(
+                f"{path}.vad_merge_seconds: must be seconds >= 0 (0: a window a segment), got {self.vad_merge_seconds}"
             )
         if self.hotword_boost is not None and not 0.0 <= self.hotword_boost < math.inf:
             raise ConfigError(

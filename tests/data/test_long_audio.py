@@ -12,7 +12,9 @@ from llmasr.data.long_audio import (
     frame_energies,
     join_pair,
     join_texts,
+    merge_segments,
     plan_windows,
+    segment_windows,
     silence_level,
 )
 from llmasr.testing.tiny_corpus import syllable_bursts
@@ -147,3 +149,18 @@ def test_split_pause_leaves_no_sliver_after_the_last_pause():
     windows = plan_windows(wave, SR, 4.0, 1.0, split_pause=0.2)
     check_cover(windows, wave, 4.0, 1.0)
     assert len(windows) == 2 and windows[-1].end - windows[-1].start > 2 * SR
+
+
+def test_merged_segments_share_a_window_up_to_the_limit():
+    spans = [(0, 2), (3, 5), (5, 6), (9, 10), (10, 17), (18, 19)]
+    assert merge_segments(spans, 0) == spans
+    assert merge_segments(spans, 6) == [(0, 6), (9, 10), (10, 17), (18, 19)]  # 9-17 spans 8: too long to join
+    assert merge_segments(spans, 10) == [(0, 10), (10, 19)]  # a run closes when the next would pass the limit
+    wave = syllable_bursts(12.0, [(2.0, 2.6), (5.0, 5.6), (9.0, 10.0)], seed=3)
+    segments = [(0, 2 * SR), (int(2.6 * SR), 5 * SR), (int(5.6 * SR), 9 * SR), (10 * SR, 12 * SR)]
+    one_each = segment_windows(wave, SR, segments, 6.0, 0.5)
+    assert [(w.start, w.end) for w in one_each] == segments
+    merged = segment_windows(wave, SR, segments, 6.0, 0.5, merge_seconds=8.0)  # the window limit caps the merge
+    assert [(w.start, w.end) for w in merged] == [(0, 5 * SR), (int(5.6 * SR), 9 * SR), (10 * SR, 12 * SR)]
+    long_run = segment_windows(wave, SR, [(0, 12 * SR)], 6.0, 0.5, merge_seconds=6.0)  # a long segment is still cut
+    assert len(long_run) >= 2 and all(w.end - w.start <= 6 * SR for w in long_run)

@@ -16,6 +16,7 @@ import yaml
 
 from llmasr.commands.decode import main
 from llmasr.config_io import ConfigError
+from llmasr.data.long_audio import merge_segments
 from llmasr.export.decode import DecodeOptions, decode_loader, decode_manifest, load_decode_model
 from llmasr.models.decoding import DecodeConfig
 from llmasr.models.fsmn_vad import FsmnVad
@@ -73,6 +74,24 @@ def test_windows_are_the_vad_segments(model, long_manifest, vad_dir, caplog):
     # no speech (and no gate): cut by energies as without a VAD, and said
     assert "the VAD finds no speech in silent (line 3)" in caplog.text
     assert "short" not in windows and "hush" not in windows
+
+
+def test_merged_vad_segments_share_windows(model, vad_dir, tmp_path):
+    wave = syllable_bursts(12.0, [(2.0, 2.8), (5.0, 5.8), (8.5, 9.3)], seed=6)  # four sentences
+    sf.write(str(tmp_path / "s.wav"), wave, SR, subtype="FLOAT")
+    manifest = tmp_path / "s.jsonl"
+    manifest.write_text(json.dumps({"key": "pause", "source": "s.wav", "target": "one two"}) + "\n")
+    short_pauses = {"max_window_seconds": LIMIT, "vad": str(vad_dir), "vad_max_end_silence_ms": 300}
+    cfg = DecodeConfig(max_new_tokens=2, **short_pauses)
+    merged_cfg = DecodeConfig(max_new_tokens=2, vad_merge_seconds=LIMIT, **short_pauses)
+    one_each, merged = _windows(model, manifest, cfg), _windows(model, manifest, merged_cfg)
+    segments = [(a * 16, b * 16) for a, b in FsmnVad.from_dir(vad_dir).segments_ms(wave, 300)]
+    assert one_each["pause"] == segments and len(segments) == 4  # 300 ms of silence ends a segment
+    assert merged["pause"] == merge_segments(segments, LIMIT * SR) and len(merged["pause"]) < len(segments)
+    assert any(b - a > 0 for (_, a), (b, _) in zip(merged["pause"], merged["pause"][1:]))  # pauses between windows
+    decode_manifest(model, manifest, tmp_path / "m", merged_cfg, DecodeOptions(num_workers=0))
+    said = (tmp_path / "m" / "wer.txt").read_text()
+    assert f"consecutive segments merged into windows of up to {LIMIT:g} s" in said
 
 
 def test_the_gate_gives_silence_an_empty_transcript(model, long_manifest, vad_dir, tmp_path):
@@ -142,6 +161,8 @@ def test_bad_vad_settings_are_refused_before_decoding(exported_dir, long_manifes
     args = ["--model", str(exported_dir), "--data", str(manifest), "--output", str(tmp_path / "o")]
     assert main([*args, "--vad", str(tmp_path / "nowhere")]) == 2
     assert "is not a FunASR VAD directory" in capsys.readouterr().err
+    assert main([*args, "--vad", str(vad_dir), "--vad-merge-seconds", "-1"]) == 2
+    assert "decode.vad_merge_seconds: must be seconds >= 0 (0: a window a segment), got -1" in capsys.readouterr().err
     broken = write_fsmn_vad_dir(tmp_path / "broken")
     (broken / "model.pt").unlink()
     assert main([*args, "--vad", str(broken), "--max-window-seconds", "6"]) == 2
