@@ -56,10 +56,6 @@ class ItemCosts:
             return seconds
         return np.ceil(seconds * float(self.frames_per_second) - 1e-9)
 
-    @property
-    def vary_by_epoch(self) -> bool:
-        return self.epoch_costs is not None
-
     def for_epoch(self, epoch: int, items: np.ndarray) -> np.ndarray:
         """Every item's cost in `epoch`: the worst case, except `items`' own when epoch_costs draws them (an item's
         own cost never exceeds its worst case)."""
@@ -69,6 +65,16 @@ class ItemCosts:
         sizes = self.sizes.copy()
         sizes[items] = np.minimum(self._units(self.unscaled[items] * scale + pad), self.sizes[items])
         return sizes
+
+    def fitting(self, epoch: int, keep: np.ndarray, num_buckets: int, buckets: np.ndarray):
+        """(every item's cost in `epoch`, its bucket, the items of `keep` that fit the budget then, how many did not):
+        the costs computed once (`buckets` theirs), or, when augmentation's lengths are drawn per epoch, `keep`'s at
+        this epoch's lengths, bucketed by this epoch's quantiles, less the ones these lengths put over the budget."""
+        if self.epoch_costs is None:
+            return self.sizes, buckets, keep, 0
+        sizes = self.for_epoch(epoch, keep)
+        fit = sizes[keep] <= self.budget
+        return sizes, quantile_buckets(sizes, keep[fit], num_buckets), keep[fit], int(fit.size - fit.sum())
 
 
 def quantile_buckets(sizes: np.ndarray, kept: np.ndarray, num_buckets: int) -> np.ndarray:

@@ -238,7 +238,7 @@ class DynamicBucketSampler(Sampler):
         counts = np.bincount(reasons[reasons >= 0], minlength=len(FILTER_REASONS))
         filtered = {name: int(c) for name, c in zip(FILTER_REASONS, counts) if c}
         keep = items[reasons < 0]
-        sizes, bucket_of, keep, late = self._epoch_sizes(epoch, keep)
+        sizes, bucket_of, keep, late = self.costs.fitting(epoch, keep, self.num_buckets, self.bucket_of)
         if late:
             filtered["over_batch_budget"] = filtered.get("over_batch_budget", 0) + late
         rng = np.random.default_rng([self.seed, epoch])
@@ -258,18 +258,6 @@ class DynamicBucketSampler(Sampler):
         # ranks, cost about the same.
         order = np.lexsort((per_batch(batches, sizes, np.maximum), per_batch(batches, bucket_of, np.maximum)))
         return [batches[i] for i in order], filtered, items, int(keep.size), rng, sizes
-
-    def _epoch_sizes(self, epoch: int, keep: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
-        """(cost, bucket) of every item in `epoch`, the items of `keep` that fit a batch then, and how many did not:
-        those computed once, or, when augmentation's lengths are drawn per epoch, the kept items' costs at the
-        lengths they have this epoch, bucketed by this epoch's quantiles, less the ones these lengths put over the
-        budget (fits_sometimes)."""
-        if not self.costs.vary_by_epoch:
-            return self.sizes, self.bucket_of, keep, 0
-        sizes = self.costs.for_epoch(epoch, keep)
-        fit = sizes[keep] <= self.budget
-        keep = keep[fit]
-        return sizes, quantile_buckets(sizes, keep, self.num_buckets), keep, int(fit.size - keep.size)
 
     def _plan(self, epoch: int) -> tuple[list[list[list[int]]], dict]:
         """Groups of world_size batches for `epoch` (same on every rank), and the epoch's stats. After a resume

@@ -12,7 +12,8 @@ def test_costs_in_seconds_or_frames_with_the_worst_case_and_each_epochs_draw():
     worst = ItemCosts(durations, max_seconds=10.0, max_frames=None, frames_per_second=None, max_duration=30.0,
                       truncate_to_max=True, cost_scale=1.25, cost_pad=0.5)  # fmt: skip
     np.testing.assert_allclose(worst.sizes, [1.75, 3.0, 0.5, 38.0])  # unknown costs 0, truncated to 30 s first
-    assert worst.budget == 10.0 and not worst.vary_by_epoch and worst.for_epoch(3, np.arange(4)) is worst.sizes
+    assert worst.budget == 10.0 and worst.for_epoch(3, np.arange(4)) is worst.sizes
+    np.testing.assert_array_equal(worst.least, worst.sizes)  # no draws: the worst case is the only case
 
     def slower_each_epoch(epoch: int, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return np.full(idx.size, 1.0 + epoch / 10), np.zeros(idx.size)
@@ -22,6 +23,27 @@ def test_costs_in_seconds_or_frames_with_the_worst_case_and_each_epochs_draw():
     np.testing.assert_array_equal(drawn.sizes, [18, 30, 5, 505])  # frames, rounded up
     np.testing.assert_array_equal(drawn.for_epoch(1, np.array([0, 1])), [11, 22, 5, 505])  # only the items asked
     np.testing.assert_array_equal(drawn.for_epoch(9, np.array([1])), [18, 30, 5, 505])  # never above the worst case
+
+
+class Draws:
+    """Speed factors 0.8 / 1.25 by epoch parity; the shortest draw plays 1.25 times faster."""
+
+    least = (0.8, 0.0)
+
+    def __call__(self, epoch: int, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return np.full(idx.size, 1.25 if epoch % 2 else 0.8), np.zeros(idx.size)
+
+
+def test_an_item_over_the_budget_at_some_draws_fits_in_the_epochs_that_let_it():
+    durations = np.array([1.0, 9.0, 11.0, 14.0])
+    costs = ItemCosts(durations, max_seconds=10.0, max_frames=None, frames_per_second=None, max_duration=30.0,
+                      truncate_to_max=False, cost_scale=1.25, epoch_costs=Draws())  # fmt: skip
+    np.testing.assert_allclose(costs.least, [0.8, 7.2, 8.8, 11.2])  # 14 s never fits a 10 s budget
+    keep = np.array([0, 1, 2])
+    sizes, _, fit, late = costs.fitting(0, keep, 2, np.zeros(4, dtype=np.int64))
+    assert fit.tolist() == [0, 1, 2] and late == 0 and sizes[2] == 8.8
+    sizes, _, fit, late = costs.fitting(1, keep, 2, np.zeros(4, dtype=np.int64))
+    assert fit.tolist() == [0] and late == 2 and sizes[1] == 11.25  # slowed: 9 s and 11 s pass the budget
 
 
 def test_quantile_buckets_and_per_batch_reductions():
