@@ -1,4 +1,5 @@
-"""`llmasr data check [MANIFEST...] [--recipe R [--valid]] [batching options]`: validate manifests, preview batches.
+"""`llmasr data check [MANIFEST...] [--recipe R [--valid]] [batching options] [--vad DIR]`: validate manifests, preview
+batches, and with a VAD list the transcripts their audio does not bear out.
 
 With a recipe whose CTC head spells a vocabulary file, transcripts it cannot spell are bad lines, as training's
 start-up screen finds them (an LLM's own vocabulary spells any text and needs the LLM's files: not checked here)."""
@@ -8,14 +9,16 @@ from __future__ import annotations
 import argparse
 import functools
 
-from llmasr.config_io import from_dict, to_dict
+from llmasr.config_io import ConfigError, from_dict, to_dict
 from llmasr.data.check import check_data, format_report
 from llmasr.data.config import DataConfig
 from llmasr.data.dataset import ctc_label_ids
 from llmasr.data.frontend import FrontendConfig
+from llmasr.data.speech_check import hear_speech
 from llmasr.errors import command
 from llmasr.models.builder import encoder_frontend
 from llmasr.models.ctc import build_ctc_tokenizer
+from llmasr.models.fsmn_vad import load_vad
 from llmasr.recipe import Recipe, load_recipe
 
 # command-line option -> data.batching key
@@ -45,6 +48,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--decode", action="store_true",
         help="manifests to decode: a line without a transcript is audio to transcribe, not a bad line",
     )  # fmt: skip
+    p.add_argument(
+        "--vad", metavar="DIR",
+        help="a FunASR FSMN VAD directory: list transcripts over audio without speech and speaking rates far from "
+        "the median (every line's audio is read)",
+    )  # fmt: skip
+    p.add_argument(
+        "--vad-max-end-silence-ms", type=int, default=None,
+        help="silence (ms) that ends a VAD segment, FunASR's max_end_silence_time (default: FunASR's schedule)",
+    )  # fmt: skip
+    p.add_argument("--workers", type=int, default=2, help="processes that run the VAD (--vad; 0: this one)")
     p.add_argument("--threads", type=int, default=8, help="parallel header probes")
     p.add_argument("--show", type=int, default=50, help="bad lines to list")
     return p
@@ -86,6 +99,20 @@ def ctc_rule(recipe: Recipe | None):
     return functools.partial(ctc_label_ids, build_ctc_tokenizer(ctc))
 
 
+def hear(args: argparse.Namespace, manifests: list[str], sample_rate: int):
+    """--vad's findings (llmasr.data.speech_check); ConfigError for a VAD that does not load or reads audio at
+    another sample rate than the encoder's frontend."""
+    if args.vad_max_end_silence_ms is not None and not args.vad_max_end_silence_ms > 0:
+        raise ConfigError(f"--vad-max-end-silence-ms: must be > 0 ms, got {args.vad_max_end_silence_ms}")
+    vad = load_vad(args.vad, sample_rate, key="--vad")
+    per_ms = sample_rate / 1000
+
+    def segments(wave):
+        return [(a * per_ms, b * per_ms) for a, b in vad.segments_ms(wave, args.vad_max_end_silence_ms)]
+
+    return hear_speech(manifests, segments, sample_rate, vad=args.vad, workers=max(args.workers, 0))
+
+
 @command("llmasr data check")
 def main(argv: list[str] | None = None) -> int:
     p = build_parser()
@@ -101,5 +128,7 @@ def main(argv: list[str] | None = None) -> int:
         manifests, data_cfg, frontend, world_size=args.world_size, probe=not args.no_probe, threads=args.threads,
         need_target=not args.decode, ctc_labels=None if args.decode else ctc_rule(recipe),
     )  # fmt: skip
+    if args.vad:
+        report.speech = hear(args, manifests, frontend.sample_rate)
     print(format_report(report, max_examples=args.show))
     return 0 if report.ok else 1

@@ -25,6 +25,7 @@ from llmasr.data.frontend import FrontendConfig
 from llmasr.data.loader import make_sampler
 from llmasr.data.manifest import BadRecord, Manifest
 from llmasr.data.screen import spelling_check
+from llmasr.data.speech_check import SpeechFindings
 
 DURATION_TOLERANCE_S = 0.1  # manifest duration vs header duration before a line is reported as mismatched
 
@@ -47,6 +48,7 @@ class DataReport:
     errors: list[str] = field(default_factory=list)  # manifests that could not be opened at all
     repeated_keys: list[dict] = field(default_factory=list)  # a key seen before: manifest, line, key, first
     for_decoding: bool = False  # checked as manifests to decode (lines without a transcript are fine)
+    speech: SpeechFindings | None = None  # with a VAD (llmasr.data.speech_check)
 
     @property
     def num_bad(self) -> int:
@@ -290,6 +292,8 @@ def format_report(report: DataReport, *, max_examples: int = 50) -> str:
         )
         lines.append(f"mean batch size: {s['mean_batch_size']:.1f} utterances")
         lines.append(f"padding efficiency (real / padded audio): {s['padding_efficiency']:.3f}")
+    if report.speech is not None:
+        lines += report.speech.lines_of_report(max_examples)
     if report.ok:
         verdict = "OK"
     elif report.errors:

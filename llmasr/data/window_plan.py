@@ -21,13 +21,12 @@ import time
 from collections.abc import Callable
 
 import numpy as np
-import torch
 
 from llmasr.data.audio import AudioError, load_audio
 from llmasr.data.long_audio import Window, plan_windows, segment_windows, speech_start
 from llmasr.data.records import BadRecord
 from llmasr.data.windowed import SILENT_ITEM_S, WindowedManifest
-from llmasr.data.worker_start import worker_init
+from llmasr.data.worker_map import worker_map
 
 log = logging.getLogger("llmasr.data")
 
@@ -107,33 +106,13 @@ def split_long(manifest, indices, *, sample_rate: int, rules: WindowRules, share
     return WindowedManifest(manifest, windows, sample_rate, lengths, silent)
 
 
-class _Heard(torch.utils.data.Dataset):
-    """Utterance k of `indices` -> (its index, its plan): what a loader worker computes."""
-
-    def __init__(self, manifest, indices: list[int], sample_rate: int, rules: WindowRules):
-        self.manifest, self.indices, self.sample_rate, self.rules = manifest, indices, sample_rate, rules
-        self.durations = np.asarray(manifest.durations(), dtype=np.float64)
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def __getitem__(self, k: int) -> tuple[int, tuple | None]:
-        i = self.indices[k]
-        return i, plan_utterance(self.manifest, i, float(self.durations[i]), self.sample_rate, self.rules)
-
-
-def _unchanged(item):
-    return item
-
-
 def _read(manifest, indices: list[int], sample_rate: int, rules: WindowRules, workers: int):
-    heard = _Heard(manifest, indices, sample_rate, rules)
-    if workers == 0 or len(indices) < 2:
-        return (heard[k] for k in range(len(heard)))
-    workers = min(workers, len(indices))
-    return torch.utils.data.DataLoader(
-        heard, batch_size=None, num_workers=workers, collate_fn=_unchanged, worker_init_fn=worker_init
-    )
+    durations = np.asarray(manifest.durations(), dtype=np.float64)
+
+    def plan(i: int) -> tuple[int, tuple | None]:
+        return i, plan_utterance(manifest, i, float(durations[i]), sample_rate, rules)
+
+    return worker_map(plan, indices, workers)
 
 
 def plan_utterance(manifest, i: int, duration: float, sample_rate: int, rules: WindowRules) -> tuple | None:
