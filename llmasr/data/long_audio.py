@@ -7,7 +7,8 @@ left (no sliver of a window at the end), and never leaving more audio than the w
 
 - a clear pause between half a share and the limit (at least MIN_PAUSE_S of frames below the window's silence
   level) -> the cut goes into the longest one, LEAD_S before the speech that ends it, and the next window starts
-  there: no word straddles a pause, so no word is cut in half and none is heard twice. The next window opens on
+  there (a pause that runs to the end of the audio ends the last window: no window of silence alone): no word
+  straddles a pause, so no word is cut in half and none is heard twice. The next window opens on
   speech, as most training utterances do, and the silence trails the previous one (a model trained on clips that
   start with speech inserts words into a leading silence it never saw: measured on the demo model);
 - no pause -> the cut goes at the quietest point of a band around the share (most likely a gap between words, at
@@ -133,6 +134,8 @@ def plan_windows(
             break
         end, after, pause = early or _cut(db, quiet, start, n, limit, ov, sample_rate)
         windows.append(Window(start, end, overlapped))
+        if pause and not (_band(db, after, n, sample_rate)[1] >= quiet).any():
+            return windows  # the pause runs to the end: its silence trails this window, as between windows
         start, overlapped = after, not pause
     windows.append(Window(start, n, overlapped))
     return windows

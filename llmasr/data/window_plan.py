@@ -107,17 +107,16 @@ def split_long(manifest, indices, *, sample_rate: int, rules: WindowRules, share
 
 
 def _read(manifest, indices: list[int], sample_rate: int, rules: WindowRules, workers: int):
-    durations = np.asarray(manifest.durations(), dtype=np.float64)
-
     def plan(i: int) -> tuple[int, tuple | None]:
-        return i, plan_utterance(manifest, i, float(durations[i]), sample_rate, rules)
+        return i, plan_utterance(manifest, i, sample_rate, rules)
 
     return worker_map(plan, indices, workers)
 
 
-def plan_utterance(manifest, i: int, duration: float, sample_rate: int, rules: WindowRules) -> tuple | None:
+def plan_utterance(manifest, i: int, sample_rate: int, rules: WindowRules) -> tuple | None:
     """Utterance i's plan: (its windows, its length in samples, whether the gate silences it), or None when it is
-    decoded whole (its `duration` in the manifest fits, or its record or audio cannot be read)."""
+    decoded whole (its audio fits max_seconds, or its record or audio cannot be read). The audio's own length
+    decides, not the manifest's duration: a gated utterance is read whatever its line says."""
     try:
         utt = manifest[i]
         wave = load_audio(utt.source, sample_rate=sample_rate, start=utt.start, end=utt.end, channel=utt.channel)
@@ -126,7 +125,7 @@ def plan_utterance(manifest, i: int, duration: float, sample_rate: int, rules: W
     segments = None if rules.speech_segments is None else rules.speech_segments(wave)
     if rules.gated and not segments:  # its row needs an item; what the model makes of it is dropped: a short one
         return [Window(0, min(wave.size, int(SILENT_ITEM_S * sample_rate)))], len(wave), True
-    if not duration > rules.max_seconds:
+    if not len(wave) > rules.max_seconds * sample_rate:
         return None
     planned = _plan(wave, sample_rate, rules, segments, f"{utt.key} (line {manifest.lineno(i)})")
     return None if planned is None else (planned, len(wave), False)

@@ -23,15 +23,17 @@ SR = 16000
 
 
 def check_cover(windows: list[Window], wave: np.ndarray, limit: float, overlap: float) -> None:
-    """Windows cover the audio in order, each at most `limit` s: the next one starts exactly `overlap` s before
-    the previous end, or after a pause, leaving out only silence."""
-    assert windows[0].start == 0 and windows[-1].end == wave.size and not windows[0].overlapped
+    """Windows cover the audio in order, each at most `limit` s and at least a pause's trail (a window shorter than
+    a feature frame is a bad item, and it takes its whole utterance with it): the next one starts exactly `overlap`
+    s before the previous end, or after a pause, leaving out only silence (as after the last one)."""
+    assert windows[0].start == 0 and not windows[0].overlapped
+    assert np.abs(wave[windows[-1].end :]).max(initial=0.0) < 0.02
     for prev, w in zip(windows, windows[1:]):
         if w.overlapped:
             assert w.start == prev.end - int(round(overlap * SR))
         else:
             assert prev.end <= w.start and np.abs(wave[prev.end : w.start]).max(initial=0.0) < 0.02
-    assert all(0 < w.end - w.start <= limit * SR for w in windows)
+    assert all(TRAIL_S * SR <= w.end - w.start <= limit * SR for w in windows), windows
 
 
 def test_cuts_land_in_the_pauses():
@@ -164,3 +166,18 @@ def test_merged_segments_share_a_window_up_to_the_limit():
     assert [(w.start, w.end) for w in merged] == [(0, 5 * SR), (int(5.6 * SR), 9 * SR), (10 * SR, 12 * SR)]
     long_run = segment_windows(wave, SR, [(0, 12 * SR)], 6.0, 0.5, merge_seconds=6.0)  # a long segment is still cut
     assert len(long_run) >= 2 and all(w.end - w.start <= 6 * SR for w in long_run)
+
+
+@pytest.mark.parametrize("split_pause", [0.0, 0.5])
+def test_a_pause_to_the_end_of_the_audio_ends_the_last_window(split_pause):
+    """Speech, then silence to the end, longer than the limit in all: the cut goes into that pause, and the silence
+    after it is no window of its own (it was a 20 ms sliver, shorter than a feature frame: its utterance was lost)."""
+    wave = syllable_bursts(25.0, [(15.0, 25.0)], seed=3)
+    windows = plan_windows(wave, SR, 20.0, 1.0, split_pause=split_pause)
+    check_cover(windows, wave, 20.0, 1.0)
+    assert len(windows) == 1 and abs(windows[0].end / SR - (15.0 + TRAIL_S)) < 0.02, windows
+    # a VAD segment a little over the limit that ends in its end-silence, as fsmn-vad's segments do
+    wave = syllable_bursts(12.0, [(9.5, 12.0)], seed=4)
+    windows = segment_windows(wave, SR, [(0, int(10.5 * SR))], 10.0, 1.0)
+    check_cover(windows, wave[: int(10.5 * SR)], 10.0, 1.0)
+    assert [(w.start, w.end) for w in windows] == [(0, windows[0].end)] and windows[0].end < 10 * SR

@@ -119,3 +119,18 @@ def test_nothing_to_read_means_no_gather(corpus):
 
     windowed = split_long(manifest, known, sample_rate=SR, rules=WindowRules(60.0), share=PlanShare(0, 2, 0, gather))
     assert windowed.windows == {} and windowed.silent == set()
+
+
+def test_a_gated_recording_is_cut_by_its_audio_not_its_line(tmp_path, vad):
+    """The gate reads every recording, so a line whose duration understates its audio (a hint copied from another
+    file) is still cut into windows: decoded whole it would be a 12 s item in a batch planned for 3 s."""
+    sf.write(str(tmp_path / "long.wav"), syllable_bursts(12.0, [(4.0, 7.0)], seed=1), SR, subtype="FLOAT")
+    lines = [{"key": "hint", "source": "long.wav", "target": "x", "duration": 3.0},
+             {"key": "frames", "source": "long.wav", "target": "x", "source_len": 300}]  # fmt: skip
+    (tmp_path / "m.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    manifest, _ = open_manifests([str(tmp_path / "m.jsonl")], mix=False)
+    gated = WindowRules(5.0, 0.5, gate=True, speech_segments=Heard(vad))
+    windowed = split_long(manifest, [0, 1], sample_rate=SR, rules=gated)
+    assert windowed.windows.keys() == {0, 1} and all(len(ws) >= 2 for ws in windowed.windows.values())
+    assert windowed.lengths == {0: 12 * SR, 1: 12 * SR}
+    assert max(windowed.durations()) <= 5.0
