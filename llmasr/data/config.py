@@ -56,7 +56,8 @@ class BatchingConfig:
     shuffle_buffer: int = 2000
     shuffle: bool = True  # training only; validation batches are never shuffled
     # Ranks must run the same number of steps. The batches left over after dividing the epoch's batches by the
-    # world size are padded with duplicates of real batches (drop_last: false) or dropped (drop_last: true).
+    # world size are padded with duplicates of real batches (drop_last: false) or dropped (drop_last: true; training
+    # only: validation and decoding pad, and count each utterance once).
     drop_last: bool = False
     min_duration: float = 0.0  # seconds; shorter utterances are skipped (counted)
     max_duration: float = 40.0  # seconds; longer utterances are skipped (counted) unless truncate_to_max

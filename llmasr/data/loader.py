@@ -53,7 +53,10 @@ class SpeechDataLoader(DataLoader):
     fork_hazard: bool = False  # this Python can deadlock a worker forked beside a collective's thread (worker_start)
 
     def set_epoch(self, epoch: int) -> None:
+        changed = int(epoch) != self.batch_sampler.epoch
         self.batch_sampler.set_epoch(epoch)
+        if changed:  # a state saved before the new epoch's first batch resumes at its start, not at the last count
+            self.consumed = self.batch_sampler._yielded
 
     def __iter__(self):
         sampler: DynamicBucketSampler = self.batch_sampler
@@ -95,7 +98,7 @@ class SpeechDataLoader(DataLoader):
 
     def load_state_dict(self, state: dict) -> None:
         self.batch_sampler.load_state_dict(state["sampler"])
-        self.consumed = int(state["sampler"]["batches_yielded"])
+        self.consumed = self.batch_sampler._yielded  # 0 when resharded: the remainder is the epoch dealt afresh
         if "bad_data" in state:
             self.bad_data.load_state_dict(state["bad_data"])
 
@@ -185,7 +188,7 @@ def make_sampler(
         seed=data_cfg.seed,
         rank=rank,
         world_size=world_size,
-        drop_last=b.drop_last,
+        drop_last=train and b.drop_last,  # validation and decoding count every utterance
         min_duration=b.min_duration,
         max_duration=max_duration,
         max_target_len=b.max_target_len,

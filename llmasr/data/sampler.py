@@ -185,6 +185,8 @@ class DynamicBucketSampler(Sampler):
 
     # ----------------------------------------------------------------------------------------------- epoch plan
     def set_epoch(self, epoch: int) -> None:
+        if int(epoch) != self.epoch:  # another epoch's position: none yet, or the one a resume loaded for it
+            self._yielded = self._resume[1] if self._resume is not None and self._resume[0] == int(epoch) else 0
         self.epoch = int(epoch)
         for fn in self._epoch_listeners:
             fn(self.epoch)
@@ -194,9 +196,7 @@ class DynamicBucketSampler(Sampler):
         self._epoch_listeners.append(fn)
 
     def _epoch_items(self, epoch: int) -> np.ndarray:
-        if self.epoch_indices is not None:
-            return np.asarray(self.epoch_indices(epoch), dtype=np.int64)
-        return self.base_indices
+        return self.base_indices if self.epoch_indices is None else np.asarray(self.epoch_indices(epoch), np.int64)
 
     def _cut(self, items: np.ndarray, carry: list[int], out: list[list[int]], sizes: np.ndarray) -> list[int]:
         """Greedy cut of one bucket's items (already in the order to use) into budget-respecting batches.
@@ -219,9 +219,7 @@ class DynamicBucketSampler(Sampler):
                 new_max = s if s > cur_max else cur_max
                 t = int(tl[i]) if cap_t is not None else 0
                 new_tmax = t if t > cur_tmax else cur_tmax
-                over = (len(cur) + 1) * new_max > budget
-                if cap_t is not None and (len(cur) + 1) * new_tmax > cap_t:
-                    over = True
+                over = (len(cur) + 1) * new_max > budget or (cap_t is not None and (len(cur) + 1) * new_tmax > cap_t)
                 if cur and over:
                     out.append(cur)
                     cur, new_max, new_tmax = [], s, t
@@ -231,8 +229,8 @@ class DynamicBucketSampler(Sampler):
         return carry
 
     def _ordered_batches(self, epoch: int):
-        """The epoch's batches in cost order (independent of the world size), its filter counts, the kept item
-        count and the epoch's random generator, positioned where grouping continues to draw from it."""
+        """The epoch's batches in cost order (independent of the world size), its filter counts, items, the items
+        batched and the epoch's random generator, positioned where grouping continues to draw from it."""
         items = self._epoch_items(epoch)
         reasons = self._reason[items]
         counts = np.bincount(reasons[reasons >= 0], minlength=len(FILTER_REASONS))
@@ -257,7 +255,7 @@ class DynamicBucketSampler(Sampler):
         # Order by (bucket, longest item) so that consecutive batches, which run at the same step on different
         # ranks, cost about the same.
         order = np.lexsort((per_batch(batches, sizes, np.maximum), per_batch(batches, bucket_of, np.maximum)))
-        return [batches[i] for i in order], filtered, items, int(keep.size), rng, sizes
+        return [batches[i] for i in order], filtered, items, keep, rng, sizes
 
     def _plan(self, epoch: int) -> tuple[list[list[list[int]]], dict]:
         """Groups of world_size batches for `epoch` (same on every rank), and the epoch's stats. After a resume
@@ -278,9 +276,9 @@ class DynamicBucketSampler(Sampler):
         stats = {
             "epoch": epoch,
             "num_items": int(items.size),
-            "kept_items": kept,
+            "kept_items": int(kept.size),
             "filtered": filtered,
-            "truncated": int(self.truncated_mask[items].sum()),
+            "truncated": int(self.truncated_mask[kept].sum()),  # of the clips batched: one this epoch skips is not
             "num_batches_global": len(ordered),
             "num_batches_per_rank": len(groups),
             "num_padding_batches": padding,

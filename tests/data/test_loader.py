@@ -129,6 +129,31 @@ def test_loader_resume_is_exact_despite_prefetch(tmp_path):
     assert rest == full[4:]
 
 
+def test_loader_state_before_the_first_batch_is_where_iteration_starts(tmp_path):
+    """Saved right after set_epoch or after a resume, before any batch: the position is that epoch's start, or the
+    resharded remainder's (not the saved run's count, which would skip untrained batches on the next resume)."""
+    path = good_corpus(tmp_path, 30)
+    data_cfg = cfg(batching={"max_seconds": 3.0})
+    loader, _ = build(data_cfg, [str(path)], epoch=0)
+    assert len(list(loader)) > 0
+    loader.set_epoch(1)
+    assert loader.state_dict()["sampler"]["batches_yielded"] == 0
+    two, _ = build(data_cfg, [str(path)], rank=0, world_size=2, epoch=1)
+    it = iter(two)
+    [next(it) for _ in range(2)]
+    saved = two.state_dict()
+    one, sampler = build(data_cfg, [str(path)], epoch=0)
+    one.load_state_dict(saved)
+    rest = [b.keys for b in one]
+    again, _ = build(data_cfg, [str(path)], epoch=0)
+    again.load_state_dict(saved)
+    state = again.state_dict()
+    assert state["sampler"]["batches_yielded"] == 0 and state["sampler"]["history"] == [[2, 2]]
+    last, _ = build(data_cfg, [str(path)], epoch=0)
+    last.load_state_dict(state)
+    assert [b.keys for b in last] == rest and len(rest) == len(sampler) > 0
+
+
 def test_augmentation_follows_epoch_and_is_worker_independent(tmp_path):
     path = good_corpus(tmp_path, 8)
     aug = {"spec_augment": {"enable": True}}
@@ -258,13 +283,16 @@ def test_duration_filters_are_reported_with_their_lines(tmp_path, caplog):
     assert f"1 shorter than data.batching.min_duration = 0.25 s (first: {m}:18)" in line
 
 
-def test_valid_ranks_flag_padding_repeats_so_each_utterance_counts_once(tmp_path):
+@pytest.mark.parametrize("drop_last", [False, True])
+def test_valid_ranks_flag_padding_repeats_so_each_utterance_counts_once(tmp_path, drop_last):
     """Validation at 3 ranks: the batches that do not divide by the world size are padded with repeats; the loader
-    flags those (Batch.duplicate), and the unflagged rows of all ranks hold every utterance exactly once."""
+    flags those (Batch.duplicate), and the unflagged rows of all ranks hold every utterance exactly once. Training's
+    drop_last does not drop them: a score (or a decode's WER) counts every utterance at any world size."""
     path = good_corpus(tmp_path, 25, name="dev")
     counted, flagged = [], 0
+    batching = {"max_seconds": 4.0, "drop_last": drop_last}
     for rank in range(3):
-        loader, sampler = build(cfg(batching={"max_seconds": 4.0}), [str(path)], train=False, rank=rank, world_size=3)
+        loader, sampler = build(cfg(batching=batching), [str(path)], train=False, rank=rank, world_size=3)
         for batch in loader:
             flagged += batch.duplicate
             counted += [] if batch.duplicate else batch.keys
@@ -333,6 +361,24 @@ def test_lines_that_fit_only_at_some_draws_are_batched_in_the_epochs_they_fit(tm
         "epoch skips those its draws put over it (first: " in line
     )
     assert "skipped every epoch" not in caplog.text
+
+
+def test_truncated_lines_are_counted_in_the_epochs_that_batch_them(tmp_path):
+    """truncate_to_max's count is of the clips an epoch batches: one its draw puts over the budget is counted
+    skipped (over_batch_budget), not truncated as well."""
+    m = with_lines(tmp_path, 10, [])  # 0.3-2.0 s
+    pauses = {"silence": {"enable": True, "lead": [0.0, 5.5], "trail": [0.0, 0.5]}}
+    data = cfg(augment=pauses, batching={"max_duration": 1.0, "truncate_to_max": True})
+    loader, sampler = build(data, [m])
+    durations = np.asarray([json.loads(line)["duration"] for line in open(m)])
+    for epoch in range(4):
+        loader.set_epoch(epoch)
+        drawn = draw_clip_lengths(data.augment, data.seed, epoch, np.arange(durations.size))
+        over = np.minimum(durations, 1.0) + drawn.lead + drawn.trail > 6.0
+        stats = sampler.stats()
+        assert stats["filtered"].get("over_batch_budget", 0) == over.sum()
+        assert stats["truncated"] == int(((durations > 1.0) & ~over).sum())
+        assert stats["truncated"] + stats["filtered"].get("over_batch_budget", 0) <= durations.size
 
 
 def test_lines_over_the_budget_at_every_draw_are_reported_with_the_reason(tmp_path, caplog):

@@ -169,6 +169,26 @@ def run_steps(samplers, epoch, state, steps):
     return trained, samplers[0].state_dict()
 
 
+def test_a_state_saved_before_an_epochs_first_batch_resumes_at_its_start():
+    """The last epoch's count does not carry into the next: saved between set_epoch and the first batch, the
+    state resumes the new epoch whole (it said the new epoch was done, and a resume skipped all of it)."""
+    d = librispeech_like(600)
+    s = make(d, seed=5)
+    s.set_epoch(0)
+    assert len(list(s)) == len(s) > 0
+    s.set_epoch(1)
+    assert s.state_dict()["batches_yielded"] == 0
+    again = make(d, seed=5)
+    again.load_state_dict(s.state_dict())
+    assert list(again) == s.batches(epoch=1)
+    # a resume loaded for an epoch keeps its position through set_epoch to that epoch and back
+    again.load_state_dict({**s.state_dict(), "batches_yielded": 3})
+    again.set_epoch(2)
+    assert again.state_dict()["batches_yielded"] == 0
+    again.set_epoch(1)
+    assert again.state_dict()["batches_yielded"] == 3 and list(again) == s.batches(epoch=1)[3:]
+
+
 @pytest.mark.parametrize("sizes", [(2, 1), (3, 2), (2, 4), (4, 1, 3)])
 @pytest.mark.parametrize("drop_last", [False, True])
 def test_resume_at_another_world_size_trains_every_batch_once(sizes, drop_last):
