@@ -27,6 +27,7 @@ from llmasr.data.long_audio import Window, plan_windows, segment_windows, speech
 from llmasr.data.records import BadRecord
 from llmasr.data.windowed import SILENT_ITEM_S, WindowedManifest
 from llmasr.data.worker_map import worker_map
+from llmasr.data.worker_start import fork_deadlock_warning
 
 log = logging.getLogger("llmasr.data")
 
@@ -87,7 +88,8 @@ def split_long(manifest, indices, *, sample_rate: int, rules: WindowRules, share
         order = sorted(heard, key=lambda i: (-durations[i], i))
         mine = order[share.rank :: share.size]
         t0 = time.perf_counter()
-        own = dict(_read(manifest, mine, sample_rate, rules, share.workers))
+        hazard = fork_deadlock_warning(share.size, share.workers) is not None
+        own = dict(_read(manifest, mine, sample_rate, rules, share.workers, hazard))
         for part in share.gather(own) if share.size > 1 else [own]:
             plans.update(part)
         what = "for the VAD gate" if rules.gated else "to place the windows"
@@ -106,11 +108,11 @@ def split_long(manifest, indices, *, sample_rate: int, rules: WindowRules, share
     return WindowedManifest(manifest, windows, sample_rate, lengths, silent)
 
 
-def _read(manifest, indices: list[int], sample_rate: int, rules: WindowRules, workers: int):
+def _read(manifest, indices: list[int], sample_rate: int, rules: WindowRules, workers: int, hazard: bool):
     def plan(i: int) -> tuple[int, tuple | None]:
         return i, plan_utterance(manifest, i, sample_rate, rules)
 
-    return worker_map(plan, indices, workers)
+    return worker_map(plan, indices, workers, hazard)
 
 
 def plan_utterance(manifest, i: int, sample_rate: int, rules: WindowRules) -> tuple | None:

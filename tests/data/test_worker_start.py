@@ -14,6 +14,7 @@ from speech_fakes import good_corpus
 from test_loader import build, cfg
 
 import llmasr.data.worker_start as start
+from llmasr.data.worker_map import worker_map
 from llmasr.data.worker_start import WorkersNeverStarted, WorkerStarts
 
 
@@ -88,3 +89,14 @@ def test_workers_stuck_on_every_try_stop_the_rank_with_the_reason(tmp_path, monk
         list(loader)
     stuck = list(map(int, pids.read_text().split()))
     assert len(stuck) == 2 and all(gone(pid) for pid in stuck)
+
+
+def test_a_pass_over_every_recording_restarts_a_worker_stuck_in_its_fork(tmp_path, monkeypatch):
+    """The pass that plans a multi-rank decode's windows (llmasr.data.worker_map) forks its workers beside the
+    ranks' collectives too: with the hazard they are watched and started again, and every result comes in order."""
+    pids = tmp_path / "stuck.pids"
+    monkeypatch.setattr(start, "WORKER_START_LIMIT_S", 1.5)
+    monkeypatch.setattr(WorkerStarts, "mark", stuck_in_fork(pids, worker=1, times=1))
+    assert list(worker_map(lambda i: i * i, range(9), workers=2, hazard=True)) == [i * i for i in range(9)]
+    (pid,) = map(int, pids.read_text().split())
+    assert gone(pid)
