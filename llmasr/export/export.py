@@ -41,6 +41,7 @@ from llmasr.models.builder import encoder_spec, output_dim
 from llmasr.models.fingerprint import dir_fingerprint
 from llmasr.models.fsmn_vad import FsmnVad
 from llmasr.models.llm import DTYPES
+from llmasr.run_dir import CHECKPOINTS, resolve_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -174,6 +175,7 @@ def export_model(
             raise ExportError(f"{out}: exists and is not empty; choose another --output or pass --overwrite")
     if dtype is not None and dtype not in DTYPE_NAMES:
         raise ExportError(f"--dtype must be one of bf16, fp16, fp32; got {dtype!r}")
+    _refuse_the_run_itself(out, checkpoint, tag)
 
     model, info = load_checkpoint_model(
         checkpoint, tag=tag, average=average, average_by=average_by, trust_remote_code=trust_remote_code
@@ -200,6 +202,19 @@ def export_model(
     tmp.rename(out)
     log.info("exported %s (tags %s) to %s", info["run_dir"], ", ".join(info["tags"]), out)
     return out
+
+
+def _refuse_the_run_itself(out: Path, checkpoint, tag: str | None) -> None:
+    """An --output that is the run directory, holds it or lies in its checkpoints would be deleted with them
+    (--overwrite replaces the whole folder): refused before anything is read. RUN_DIR/export is fine."""
+    run = resolve_checkpoint(checkpoint, tag).run_dir.resolve()
+    where, ckpts = out.resolve(), (run / CHECKPOINTS).resolve()
+    if where == run or run.is_relative_to(where) or where.is_relative_to(ckpts):
+        raise ExportError(
+            f"--output {out}: {'is' if where == run else 'holds' if run.is_relative_to(where) else 'lies in'} the "
+            f"training run {run} being exported, which writing the export would replace; choose another folder "
+            f"(e.g. {run / 'export'})"
+        )
 
 
 def _training_max(recipe) -> float | None:

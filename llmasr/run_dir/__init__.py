@@ -14,7 +14,15 @@ layout.py: names, tags, `latest`, resolving a checkpoint; meta.py: CheckpointMet
 rotation, finishing a save, choosing checkpoints to average; files.py: the sizes and checksums of a tag's files.
 """
 
-from llmasr.run_dir.bookkeeping import CheckpointPolicy, finish_save, read_best, rotate, select_tags, update_best
+from llmasr.run_dir.bookkeeping import (
+    CheckpointPolicy,
+    clear_tag,
+    finish_save,
+    read_best,
+    rotate,
+    select_tags,
+    update_best,
+)
 from llmasr.run_dir.layout import (
     BEST,
     CHECKPOINTS,
@@ -46,7 +54,7 @@ from llmasr.safe_load import CheckpointError
 __all__ = [
     "BEST", "CHECKPOINTS", "DS_CONFIG_FILE", "LATEST", "LOCK_FILE", "LR_CSV", "LR_PNG", "META", "RECIPE_FILE",
     "TENSORBOARD", "TRAIN_LOG", "UNIVERSAL_SUFFIX", "CheckpointError", "CheckpointMeta", "CheckpointPolicy",
-    "CheckpointRef", "checkpoints_dir", "finish_save", "latest", "list_tags", "read_best", "read_meta",
+    "CheckpointRef", "checkpoints_dir", "clear_tag", "finish_save", "latest", "list_tags", "read_best", "read_meta",
     "require_latest", "resolve_checkpoint", "resolve_resume", "resume_or_start", "rotate", "select_tags", "tag_for",
     "update_best", "update_of", "write_atomic", "write_meta",
 ]  # fmt: skip

@@ -16,6 +16,7 @@ from pathlib import Path
 from llmasr.run_dir.layout import (
     BEST,
     LATEST,
+    META,
     UNIVERSAL_SUFFIX,
     CheckpointRef,
     latest,
@@ -47,6 +48,9 @@ def read_best(ckpt_dir: str | Path) -> list[dict]:
         raise CheckpointError(f"{path}: not valid JSON ({err})") from err
     if not isinstance(best, list) or not all(isinstance(b, dict) and "tag" in b and "value" in b for b in best):
         raise CheckpointError(f"{path}: expected a list of {{'tag', 'metric', 'value'}} objects")
+    odd = [b for b in best if isinstance(b["value"], bool) or not isinstance(b["value"], (int, float))]
+    if odd:
+        raise CheckpointError(f"{path}: tag {odd[0]['tag']!r} has value {odd[0]['value']!r}; expected a number")
     return best
 
 
@@ -82,6 +86,28 @@ def rotate(ckpt_dir: Path, policy: CheckpointPolicy, protect: set[str] = frozens
         if source != name and update_of(source) is not None and source not in keep:
             shutil.rmtree(ckpt_dir / name, ignore_errors=True)
     return deleted
+
+
+def clear_tag(ckpt_dir: Path, tag: str) -> bool:
+    """Rank 0, before every rank saves `tag`: remove a folder of that name left from before (a save cut short by a
+    preemption, or a checkpoint of a run resumed from an earlier one), which the new save would only partly
+    overwrite (another world size's optimizer shards stay, and its file list records them); `latest` and best.json
+    stop naming it first, so a crash mid-save leaves them on complete checkpoints. Returns whether one was there."""
+    folder = ckpt_dir / tag
+    if not folder.exists():
+        return False
+    if latest(ckpt_dir) == tag:
+        older = [t for t in list_tags(ckpt_dir) if t != tag and (ckpt_dir / t / META).is_file()]
+        if older:
+            write_atomic(ckpt_dir / LATEST, older[-1] + "\n")
+        else:
+            (ckpt_dir / LATEST).unlink()
+    best = read_best(ckpt_dir)
+    if any(b["tag"] == tag for b in best):
+        write_atomic(ckpt_dir / BEST, json.dumps([b for b in best if b["tag"] != tag], indent=2))
+    shutil.rmtree(folder)
+    shutil.rmtree(ckpt_dir / (tag + UNIVERSAL_SUFFIX), ignore_errors=True)
+    return True
 
 
 def finish_save(ckpt_dir: Path, tag: str, meta: CheckpointMeta, policy: CheckpointPolicy) -> list[str]:

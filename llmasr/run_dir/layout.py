@@ -81,7 +81,9 @@ def require_latest(ckpt_dir: str | Path) -> str:
 
 
 def is_tag_dir(path: Path) -> bool:
-    return path.is_dir() and ((path / META).is_file() or any(path.glob(MODEL_STATES)))
+    """A checkpoint folder (ds_to_universal's copy of one beside it holds model states too, and is not one)."""
+    universal = path.name.endswith(UNIVERSAL_SUFFIX)
+    return path.is_dir() and not universal and ((path / META).is_file() or any(path.glob(MODEL_STATES)))
 
 
 def tag_update(tag_dir: Path) -> int:

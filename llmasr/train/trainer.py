@@ -150,6 +150,10 @@ class Run:
         tag = ck.tag_for(update)
         client = {"llmasr": {"epoch": epoch, "loader": loader_state, "rng": all_gather_object(rng_state())}}
         client["llmasr"]["update"] = update
+        if self.rank == 0 and ck.clear_tag(self.ckpt_dir, tag):
+            log.warning("checkpoint %s was there from before (a save cut short, or a run resumed from an earlier "
+                        "checkpoint): removed, and saved afresh", self.ckpt_dir / tag)  # fmt: skip
+        barrier()
         with errors.context(f"saving checkpoint {tag}"):
             self.engine.save(str(self.ckpt_dir), tag, client)
         barrier()

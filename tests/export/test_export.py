@@ -11,7 +11,7 @@ import torch
 from llmasr.commands.export import main
 from llmasr.export.export import export_model, load_checkpoint_model
 from llmasr.export.exported import load_exported
-from llmasr.run_dir import CheckpointError
+from llmasr.run_dir import CheckpointError, list_tags
 from llmasr.run_dir.files import hash_share
 from llmasr.testing.run_dirs import TARGETS, model_section, train_run
 from llmasr.testing.tiny_recipe import random_batch, speech_logits
@@ -271,3 +271,13 @@ def test_output_must_be_new(runs, tmp_path):
     assert main(["--checkpoint", str(runs[0]), "--output", str(tmp_path / "busy")]) == 1
     assert main(["--checkpoint", str(runs[0]), "--output", str(tmp_path / "busy"), "--overwrite"]) == 0
     assert (tmp_path / "busy" / "llmasr_model.yaml").is_file() and not (tmp_path / "busy" / "f").exists()
+
+
+def test_output_over_the_run_itself_is_refused(runs, capsys):
+    """--overwrite replaces the output folder whole: the run being exported (or what holds it, or its checkpoints)
+    is never that folder."""
+    run = runs[0]
+    for out, why in ((run, "is"), (run.parent, "holds"), (run / "checkpoints" / "x", "lies in")):
+        assert main(["--checkpoint", str(run), "--output", str(out), "--overwrite"]) == 1
+        assert f"--output {out}: {why} the training run {run.resolve()} being exported" in capsys.readouterr().err
+    assert list_tags(run / "checkpoints") and (run / "recipe.yaml").is_file()

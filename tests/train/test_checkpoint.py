@@ -81,6 +81,43 @@ def test_finish_save_writes_meta_best_and_latest_atomically(tmp_path):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary files left
 
 
+def test_a_universal_copy_is_no_checkpoint_of_its_own(tmp_path):
+    """ds_to_universal copies the model states beside the checkpoint: that copy is neither listed nor averaged."""
+    make_tags(tmp_path, [1000, 1100, 1200])
+    copy = tmp_path / (ck.tag_for(1000) + ck.UNIVERSAL_SUFFIX)
+    copy.mkdir()
+    (copy / "mp_rank_00_model_states.pt").write_bytes(b"x")
+    assert ck.list_tags(tmp_path) == [ck.tag_for(1000), ck.tag_for(1100), ck.tag_for(1200)]
+    ref = ck.CheckpointRef(tmp_path.parent, tmp_path, ck.tag_for(1200))
+    assert ck.select_tags(ref, 3) == [ck.tag_for(1000), ck.tag_for(1100), ck.tag_for(1200)]
+    with pytest.raises(ck.CheckpointError, match="only 1 are available"):
+        ck.select_tags(ck.CheckpointRef(tmp_path.parent, tmp_path, ck.tag_for(1000)), 2)
+
+
+def test_a_tag_saved_again_is_cleared_first_and_latest_and_best_move_off_it(tmp_path):
+    """A save into a folder left from before (another world size's shards, a cut-short save): rank 0 removes it
+    and its universal copy; `latest` falls back to the newest complete checkpoint, best.json drops it."""
+    make_tags(tmp_path, [1, 2])
+    (tmp_path / ck.tag_for(3)).mkdir()  # a save cut short: shards, no meta
+    (tmp_path / ck.tag_for(3) / "zero_pp_rank_3_mp_rank_00_optim_states.pt").write_bytes(b"old")
+    assert ck.clear_tag(tmp_path, ck.tag_for(3)) and not (tmp_path / ck.tag_for(3)).exists()
+    assert not ck.clear_tag(tmp_path, ck.tag_for(3))
+    (tmp_path / ck.LATEST).write_text(ck.tag_for(2) + "\n")
+    (tmp_path / ck.BEST).write_text(json.dumps([{"tag": t, "metric": "loss", "value": v}
+                                                for t, v in ((ck.tag_for(2), 0.1), (ck.tag_for(1), 0.2))]))  # fmt: skip
+    (tmp_path / (ck.tag_for(2) + ck.UNIVERSAL_SUFFIX)).mkdir()
+    assert ck.clear_tag(tmp_path, ck.tag_for(2))
+    assert ck.latest(tmp_path) == ck.tag_for(1) and [b["tag"] for b in ck.read_best(tmp_path)] == [ck.tag_for(1)]
+    assert sorted(p.name for p in tmp_path.iterdir() if p.is_dir()) == [ck.tag_for(1)]
+    assert ck.clear_tag(tmp_path, ck.tag_for(1)) and ck.latest(tmp_path) is None
+
+
+def test_a_best_list_value_that_is_no_number_names_the_file(tmp_path):
+    (tmp_path / ck.BEST).write_text(json.dumps([{"tag": ck.tag_for(1), "metric": "loss", "value": None}]))
+    with pytest.raises(ck.CheckpointError, match=r"best.json: tag 'update_00000001' has value None; expected a"):
+        ck.read_best(tmp_path)
+
+
 def test_resolve_resume_forms(tmp_path):
     run = tmp_path / "run"
     ckpts = ck.checkpoints_dir(run)

@@ -1,6 +1,7 @@
 """The training loop in one process (no launcher: a 1-rank gloo group), on the tiny model and a tiny wav corpus."""
 
 import json
+import logging
 import math
 import shutil
 
@@ -114,6 +115,25 @@ def test_resume_reproduces_the_uninterrupted_losses(tiny_llm_dir, corpus, tmp_pa
     assert [h["update"] for h in rest] == [h["update"] for h in whole[resumes_from:]]
     assert [h["epoch"] for h in rest] == [h["epoch"] for h in whole[resumes_from:]]
     np.testing.assert_allclose([h["loss"] for h in rest], [h["loss"] for h in whole[resumes_from:]], rtol=0, atol=1e-6)
+
+
+def test_a_save_into_a_folder_left_from_before_starts_it_afresh(tiny_llm_dir, corpus, tmp_path, caplog):
+    """A run preempted while saving update 4 at more ranks left that folder with shards of its own; the resumed run
+    saves update 4 again into a clean folder, and its file list holds only what this save wrote."""
+    run = tmp_path / "run"
+
+    def make():
+        return recipe(tiny_llm_dir, corpus, run, valid=False, epochs=2, grad_accum=2, save_every_updates=2)
+
+    train(make(), "zero0", stop_after_updates=3)
+    stale = run / "checkpoints" / ck.tag_for(4)
+    stale.mkdir()
+    (stale / "zero_pp_rank_3_mp_rank_00_optim_states.pt").write_bytes(b"a shard of the cut-short save")
+    with caplog.at_level(logging.WARNING, logger="llmasr"):
+        train(make(), "zero0", resume="latest")
+    assert not (stale / "zero_pp_rank_3_mp_rank_00_optim_states.pt").exists()
+    assert all("rank_3" not in name for name in ck.read_meta(stale).files)
+    assert any("was there from before" in r.getMessage() for r in caplog.records)
 
 
 def test_resume_refuses_changed_trainables(tiny_llm_dir, corpus, tmp_path):
