@@ -16,20 +16,22 @@ MAX_TOKENS, REPETITION = "max_tokens", "repetition"
 
 
 def repeated_tail(ids: list[int], copies: int) -> bool:
-    """Whether `ids` ends with `copies` back-to-back copies of one n-gram of 1..MAX_NGRAM tokens."""
+    """Whether `ids` ends with `copies` back-to-back copies of one n-gram of 2..MAX_NGRAM tokens, or twice as many
+    copies of one token: a token is a digit in Qwen-style vocabularies, and speech says "1000000" and "no no no no
+    no no"; a looping hypothesis runs far past either."""
     for n in range(1, MAX_NGRAM + 1):
-        span = n * copies
+        span = n * (2 * copies if n == 1 else copies)
         if len(ids) < span:
             break
-        tail = ids[-n:]
-        if ids[-span:] == tail * copies:
+        if ids[-span:] == ids[-n:] * (span // n):
             return True
     return False
 
 
 class Guards:
     """Forces the end token on row r (utterance r // num_beams) once it holds caps[utterance] tokens, or once its
-    tail repeats an n-gram `repeat_limit` + 1 times (repeat_limit 0: no repetition stop)."""
+    tail repeats an n-gram `repeat_limit` + 1 times, a single token 2 x (repeat_limit + 1) times (repeat_limit 0: no
+    repetition stop)."""
 
     def __init__(self, caps: list[int], repeat_limit: int, end_id: int, num_beams: int):
         self.caps, self.repeat_limit, self.end_id, self.num_beams = caps, int(repeat_limit), int(end_id), num_beams

@@ -300,7 +300,8 @@ class SpeechLLM(nn.Module):
         Beam scores are divided by length ** length_penalty (tokens with the end token; the guards end every row
         with it), which is undone here so that both scores are sums over the hypothesis."""
         groups = [rows[b * nbest : (b + 1) * nbest] for b in range(len(rows) // nbest)]
-        penalty = float(getattr(self.llm.generation_config, "length_penalty", 1.0) or 0.0)
+        penalty = getattr(self.llm.generation_config, "length_penalty", None)
+        penalty = 1.0 if penalty is None else float(penalty)  # unset: generate's default, 1.0
         end = self.prompt.end_id
         sums = [s * (r.index(end) + 1 if end in r else len(r)) ** penalty for r, s in zip(rows, scores.tolist())]
         hyps = [[(self.prompt.decode(r), sums[b * nbest + i]) for i, r in enumerate(g)] for b, g in enumerate(groups)]

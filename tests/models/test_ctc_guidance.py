@@ -191,7 +191,10 @@ def test_nbest_rescoring_picks_the_hypothesis_the_ctc_head_spells(model):
 
 def test_repeated_tail():
     assert repeated_tail([5, 1, 2, 1, 2, 1, 2], 3) and not repeated_tail([5, 1, 2, 1, 2, 1, 2], 4)
-    assert repeated_tail([7, 7, 7], 3) and not repeated_tail([7, 8, 7], 2)
+    assert repeated_tail([7] * 6, 3) and not repeated_tail([7] * 5, 3) and not repeated_tail([7, 8, 7], 2)
+    one, zero = 19, 18  # "1000000" in a vocabulary of single digits: six zeros are a number, not a loop
+    assert not repeated_tail([one] + [zero] * 6, 5) and not repeated_tail([one] + [zero] * 9, 5)
+    assert repeated_tail([one] + [zero] * 10, 5)
 
 
 def test_a_looping_llm_is_stopped_and_each_stop_is_named(model):
@@ -245,6 +248,31 @@ def test_a_word_vocabulary_head_rescores_the_nbest_and_removes_the_insertion(tin
     together = random_batch(m, TARGETS, frames=[12, 20, 16, 9], seed=5)
     cfg = DecodeConfig(num_beams=3, ctc_weight=0.5, max_new_tokens=5)
     assert m.transcribe(together, cfg).llm == [m.transcribe(together.select([i]), cfg).llm[0] for i in range(4)]
+
+
+def test_nbest_rescoring_weighs_the_llms_whole_log_probability(tiny_llm_dir, tmp_path, monkeypatch):
+    """Beam scores come divided by length ** length_penalty; an unset penalty is generate's 1.0 and is undone as such
+    (it was taken for 0: the CTC score met the LLM's mean per token, not its sum)."""
+    import llmasr.models.speech_llm as speech_llm
+
+    vocab = tmp_path / "words.txt"
+    vocab.write_text("\n".join(["<blank>", "<unk>", "<space>", "three", "four", "nine"]) + "\n")
+    torch.manual_seed(0)
+    section = tiny_model_section(tiny_llm_dir, ctc_weight=0.3)
+    section["ctc"]["vocab"] = str(vocab)
+    m = llmasr.build_model(section).eval()
+    batch, seen = random_batch(m, ["three four"], frames=[30], seed=1), []
+    real = speech_llm.rescore_nbest
+    monkeypatch.setattr(speech_llm, "rescore_nbest", lambda hyps, *a: seen.append(hyps) or real(hyps, *a))
+    cfg = DecodeConfig(num_beams=3, ctc_weight=0.5, max_new_tokens=6)
+    for penalty in (None, 1.0, 0.0):
+        m.llm.generation_config.length_penalty = penalty
+        with torch.no_grad():
+            m.transcribe(batch, cfg)
+    unset, one, none = ({text: score for text, score in hyps[0]} for hyps in seen)
+    assert unset == pytest.approx(one) and len(unset) == 3
+    both = one.keys() & none.keys()  # 0: the beams ranked by sums already; the hypotheses they share score alike
+    assert both and all(one[t] == pytest.approx(none[t], rel=1e-5) for t in both)
 
 
 def test_recipe_and_command_refuse_guidance_the_model_cannot_take(tmp_path, capsys):
