@@ -57,10 +57,13 @@ def uses_characters(text: str) -> bool:
 
 
 _APOSTROPHES = "'\u2019\u02bc"
+_WORD_BREAKS = "\u200b"  # the zero-width space: an invisible word boundary (Thai, Khmer); other format characters
+# (soft hyphen, zero-width joiner and non-joiner, direction marks, BOM) sit inside words and go
 
 
 def normalize(text: str) -> str:
-    """NFKC, casefold, punctuation/symbols -> space (in-word apostrophes kept), whitespace collapsed."""
+    """NFKC, casefold, punctuation/symbols -> space (in-word apostrophes kept), format characters dropped (a zero-width
+    space -> space), whitespace collapsed."""
     text = unicodedata.normalize("NFKC", text).casefold()
     out = []
     n = len(text)
@@ -69,8 +72,10 @@ def normalize(text: str) -> str:
         if ch in _APOSTROPHES:
             inside = 0 < i < n - 1 and text[i - 1].isalnum() and text[i + 1].isalnum()
             out.append("'" if inside else " ")
-        elif cat[0] in ("P", "S") or cat in ("Cc", "Cf"):
+        elif cat[0] in ("P", "S") or cat == "Cc" or ch in _WORD_BREAKS:
             out.append(" ")
+        elif cat == "Cf":
+            continue
         else:
             out.append(ch)
     return re.sub(r"\s+", " ", "".join(out)).strip()

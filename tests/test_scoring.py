@@ -24,6 +24,12 @@ def test_normalize():
     assert normalize("Straße") == "strasse"  # casefold
     assert normalize("你好，世界。") == "你好 世界"
     assert normalize("a\tb\nc") == "a b c"
+    # format characters inside a word leave it whole (a soft hyphen, Persian's zero-width non-joiner, a BOM); a
+    # zero-width space is a word boundary
+    assert normalize("\ufeffco\u00adoperate") == "cooperate"
+    assert normalize("\u0645\u06cc\u200c\u062e\u0648\u0627\u0647\u0645") == "\u0645\u06cc\u062e\u0648\u0627\u0647\u0645"
+    assert normalize("one\u200btwo") == "one two"
+    assert score_utterance("co\u00adoperate", "cooperate").errors == 0
 
 
 def test_wer_hand_computed():
