@@ -92,8 +92,8 @@ class RunLock:
                 if held is None:
                     continue  # released between our attempt and our read: try again
                 _refuse_unless_stale(path, held, owner)
-                notes.append(f"{path}: stale lock of {_owner_text(held)}, which is not running; taken over")
-                path.unlink(missing_ok=True)
+                if _remove_if_still(path, held, run_dir / f"{ck.LOCK_FILE}.stale{pid}"):
+                    notes.append(f"{path}: stale lock of {_owner_text(held)}, which is not running; taken over")
             return cls(path, owner, notes)
         finally:
             tmp.unlink(missing_ok=True)
@@ -119,6 +119,22 @@ def _create(path: Path, tmp: Path) -> bool:
         with os.fdopen(fd, "w") as f:
             f.write(tmp.read_text())
         return True
+
+
+def _remove_if_still(path: Path, held: dict, grave: Path) -> bool:
+    """Remove the lock at `path` if it is still the one `held` judged stale. Another start may have taken that one
+    over since it was read: its fresh lock is moved aside atomically, seen not to be the stale one, and put back."""
+    try:
+        os.replace(path, grave)
+    except FileNotFoundError:
+        return False
+    try:
+        if _read_lock(grave) == held:
+            return True
+        _create(path, grave)  # a third start that locked the folder meanwhile keeps it; this start then refuses
+        return False
+    finally:
+        grave.unlink(missing_ok=True)
 
 
 def _read_lock(path: Path) -> dict | None:

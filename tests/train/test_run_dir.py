@@ -84,6 +84,26 @@ def test_stale_lock_is_reported_and_taken_over(tmp_path):
     rd.RunLock.acquire(tmp_path).release()
 
 
+def test_two_starts_taking_over_one_stale_lock_leave_one_holder(tmp_path, monkeypatch):
+    """Both read the same stale lock; the other start takes it over first. This one must not delete that fresh
+    lock as the stale one: it finds the folder held and refuses."""
+    write_lock(tmp_path, pid=dead_pid(), host=socket.gethostname(), start="1", since="yesterday")
+    judged = rd._refuse_unless_stale
+    other = {**me(), "start": rd.process_start(os.getpid())}
+
+    def the_other_start_wins(path, held, mine):
+        judged(path, held, mine)  # stale: this start is about to take it over ...
+        monkeypatch.setattr(rd, "_refuse_unless_stale", judged)
+        path.unlink()  # ... but the other start does so first
+        path.write_text(json.dumps(other))
+
+    monkeypatch.setattr(rd, "_refuse_unless_stale", the_other_start_wins)
+    with pytest.raises(rd.RunDirError, match="in use by another run"):
+        rd.RunLock.acquire(tmp_path)
+    assert json.loads((tmp_path / ck.LOCK_FILE).read_text()) == other
+    assert sorted(p.name for p in tmp_path.iterdir()) == [ck.LOCK_FILE]
+
+
 def test_locks_that_cannot_be_checked_are_refused_with_their_owner(tmp_path):
     write_lock(tmp_path, pid=123, host="gpu-node-7", start="5", since="Mon")
     with pytest.raises(rd.RunDirError, match="another host.*pid 123 on host gpu-node-7") as err:
