@@ -1,11 +1,13 @@
 """Word timestamps: the LLM's transcript force-aligned to the CTC head's frames.
 
-The LLM writes text without times; the CTC head, trained on the same encoder output, says at which frames each
-label is heard. The transcript's units (words, and each character of scripts written without spaces: the tokens
-that long-audio joining works on, llmasr.data.long_audio) are encoded in the CTC vocabulary one by one, and the
-best CTC path that spells exactly that label sequence (Viterbi over the usual blank-interleaved states) gives each
-unit the frames of its labels: start at its first label's first frame, end after its last label's last frame.
-A unit the vocabulary cannot spell, or a transcript longer than the frames can hold, gets no times (None).
+The LLM writes text without times; the CTC head, trained on the same encoder output, says at which frames each label
+is heard. The transcript's units (words, and each character of scripts written without spaces: the tokens that
+long-audio joining works on, llmasr.data.long_audio) are encoded in the CTC vocabulary one by one (in the LLM's own
+vocabulary the text is tokenized whole, as the head was trained, and a token that merges several characters gives
+each of them its frames), and the best CTC path that spells exactly that label sequence (Viterbi over the usual
+blank-interleaved states) gives each unit the frames of its labels: start at its first label's first frame, end
+after its last label's last frame. A unit the vocabulary cannot spell, or a transcript longer than the frames can
+hold, gets no times (None).
 
 CTC spikes come early in a word: the head's last frame of a word lies before its sound ends. `sound_ends` moves each
 end to where the stretch of speech it falls in ends (frame energies, llmasr.data.long_audio.speech_runs), never past
@@ -27,11 +29,16 @@ Word = tuple[str, float, float]  # (unit, start seconds, end seconds)
 WORD_TAIL_S = 1.0  # a word's sound ends at most this long after the CTC head's last frame of it
 
 
-def unit_labels(tokenizer: CTCTokenizer, text: str) -> tuple[list[str], list[int], list[int]] | None:
-    """(units of `text`, their CTC labels in order, the unit each label belongs to: -1 for a word separator), or
-    None when the vocabulary cannot spell a unit."""
+def unit_labels(tokenizer: CTCTokenizer, text: str) -> tuple[list[str], list[int], list[range]] | None:
+    """(units of `text`, their CTC labels in order, the units each label belongs to: none for a word separator, two
+    or more for an LLM token that merges characters), or None when the vocabulary cannot spell a unit."""
+    matches = list(UNIT.finditer(text))
+    whole = getattr(tokenizer, "spell_units", None)  # an LLM vocabulary: tokens as the head learned them
+    spelled = whole(text, [m.span() for m in matches]) if whole is not None else None
+    if spelled is not None:
+        return [m.group() for m in matches], *spelled
     units, labels, owner = [], [], []
-    for k, m in enumerate(UNIT.finditer(text)):
+    for k, m in enumerate(matches):
         spaced = m.start() > 0 and text[m.start() - 1].isspace()
         try:
             ids, sep = tokenizer.encode_unit(m.group(), spaced)
@@ -41,7 +48,7 @@ def unit_labels(tokenizer: CTCTokenizer, text: str) -> tuple[list[str], list[int
             return None
         units.append(m.group())
         labels += sep + ids
-        owner += [-1] * len(sep) + [k] * len(ids)
+        owner += [range(0)] * len(sep) + [range(k, k + 1)] * len(ids)
     return units, labels, owner
 
 
@@ -95,11 +102,11 @@ def align_words(tokenizer: CTCTokenizer, text: str, log_probs: torch.Tensor, fra
         return None
     first, last = [-1] * len(units), [-1] * len(units)
     for t, state in enumerate(path.tolist()):
-        if state % 2:
-            k = owner[state // 2]
-            if k >= 0:
-                first[k] = t if first[k] < 0 else first[k]
-                last[k] = t
+        for k in owner[state // 2] if state % 2 else ():
+            first[k] = t if first[k] < 0 else first[k]
+            last[k] = t
+    if min(first) < 0:  # a unit no label spelled (offsets that skip a character): no times rather than wrong ones
+        return None
     return [(u, round(a * frame_seconds, 3), round((b + 1) * frame_seconds, 3)) for u, a, b in zip(units, first, last)]
 
 

@@ -75,6 +75,22 @@ class LLMCTCTokenizer(CTCTokenizer):
     def decode(self, ids: Sequence[int]) -> str:
         return self.tokenizer.decode([int(i) for i in ids if int(i) != self.blank_id], skip_special_tokens=True)
 
+    def spell_units(self, text: str, spans: list[tuple[int, int]]) -> tuple[list[int], list[range]] | None:
+        """`text`'s labels as the head learned them, the whole text tokenized at once (byte-level BPE merges the
+        characters of a script written without spaces: "你好" is one token, not "你" and "好"), each with the units
+        its characters cover (indices into `spans`, (start, end) characters); None from a tokenizer without
+        offsets (a slow one: units are then spelled one by one)."""
+        try:
+            enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        except (NotImplementedError, ValueError, TypeError):
+            return None
+        labels, owners = [], []
+        for token, (a, b) in zip(enc["input_ids"], enc["offset_mapping"]):
+            covered = [k for k, (s, e) in enumerate(spans) if s < max(b, a + 1) and e > a]
+            labels.append(int(token))
+            owners.append(range(covered[0], covered[-1] + 1) if covered else range(0))
+        return labels, owners
+
 
 class SentencePieceCTCTokenizer(CTCTokenizer):
     def __init__(self, path: str, blank: str | None = None):

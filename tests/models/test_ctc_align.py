@@ -74,12 +74,31 @@ def test_units_of_a_token_list_with_a_separator_and_of_a_script_without_spaces(t
     tok = build_ctc_tokenizer(CTCConfig(vocab=str(path)))
     units, labels, owner = unit_labels(tok, "ab c中文")
     assert units == ["ab", "c", "中", "文"]  # a character of a script without spaces is a unit of its own
-    assert labels == [1, 2, 0, 3, 4, 5] and owner == [0, 0, -1, 1, 2, 3]  # the separator belongs to no word
+    assert labels == [1, 2, 0, 3, 4, 5]
+    assert [list(o) for o in owner] == [[0], [0], [], [1], [2], [3]]  # the separator belongs to no word
     assert unit_labels(tok, "abz") is None  # a character the list lacks (and no <unk>): no times, not an error
     sep = tok.index["<space>"]
     lp = _spikes(12, tok.vocab_size, tok.blank_id, {1: 1, 2: 2, 4: sep, 6: 3, 8: 4, 10: 5})
     assert align_words(tok, "ab c中文", lp, 0.04) == [("ab", 0.04, 0.12), ("c", 0.24, 0.28), ("中", 0.32, 0.36),
                                                      ("文", 0.4, 0.44)]  # fmt: skip
+
+
+def test_an_llm_token_that_merges_characters_times_each_of_them():
+    """In the LLM's vocabulary a script without spaces is tokenized as the head learned it, the whole text at once:
+    "你好" is one token, not two single characters (spelled one by one, the path was forced through labels the
+    head never emits, and the times came out spread over the wrong frames)."""
+    from llmasr.models.ctc_vocab import LLMCTCTokenizer
+    from llmasr.testing.tiny_llm import train_bpe_tokenizer
+
+    tok = LLMCTCTokenizer(train_bpe_tokenizer(["你好 世界 你好世界 中文 语音 识别"] * 50 + ["hello world"], 400))
+    hello, world = tok.encode("你好世界")
+    assert tok.encode("你好") == [hello] and tok.encode("世界") == [world]
+    units, labels, owner = unit_labels(tok, "你好世界 hello")
+    assert units == ["你", "好", "世", "界", "hello"] and labels == tok.encode("你好世界 hello")
+    assert [list(o) for o in owner][:2] == [[0, 1], [2, 3]] and owner[-1] == range(4, 5)
+    lp = _spikes(20, tok.vocab_size, tok.blank_id, {1: hello, 2: hello, 8: world})
+    assert align_words(tok, "你好世界", lp, 0.06) == [("你", 0.06, 0.18), ("好", 0.06, 0.18), ("世", 0.48, 0.54),
+                                                     ("界", 0.48, 0.54)]  # fmt: skip
 
 
 def test_window_times_join_where_the_texts_join():
