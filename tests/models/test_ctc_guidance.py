@@ -227,13 +227,19 @@ def test_guided_decoding_with_every_adaptor_and_ctc_compress(tiny_llm_dir, adapt
     assert together.mode == "beam 2 + CTC prefix scoring (ctc_weight 0.5)"
 
 
-def test_a_word_vocabulary_head_rescores_the_nbest_and_removes_the_insertion(tiny_llm_dir, tmp_path):
+def _word_vocabulary_model(tiny_llm_dir, tmp_path):
+    """The tiny model with a CTC head over a word list (its own vocabulary, not the LLM's: n-best rescoring)."""
     vocab = tmp_path / "words.txt"
     vocab.write_text("\n".join(["<blank>", "<unk>", "<space>", "three", "four", "nine"]) + "\n")
     torch.manual_seed(0)
     section = tiny_model_section(tiny_llm_dir, ctc_weight=0.3)
     section["ctc"]["vocab"] = str(vocab)
     m = llmasr.build_model(section).eval()
+    return m
+
+
+def test_a_word_vocabulary_head_rescores_the_nbest_and_removes_the_insertion(tiny_llm_dir, tmp_path):
+    m = _word_vocabulary_model(tiny_llm_dir, tmp_path)
     assert m.ctc_tokenizer.encode("three four") == [3, 2, 4]
     batch, head = random_batch(m, ["three four"], frames=[30], seed=1), m.ctc_head
     with torch.no_grad(), _inserting_model(m, batch, "nine"):
@@ -255,12 +261,7 @@ def test_nbest_rescoring_weighs_the_llms_whole_log_probability(tiny_llm_dir, tmp
     (it was taken for 0: the CTC score met the LLM's mean per token, not its sum)."""
     import llmasr.models.speech_llm as speech_llm
 
-    vocab = tmp_path / "words.txt"
-    vocab.write_text("\n".join(["<blank>", "<unk>", "<space>", "three", "four", "nine"]) + "\n")
-    torch.manual_seed(0)
-    section = tiny_model_section(tiny_llm_dir, ctc_weight=0.3)
-    section["ctc"]["vocab"] = str(vocab)
-    m = llmasr.build_model(section).eval()
+    m = _word_vocabulary_model(tiny_llm_dir, tmp_path)
     batch, seen = random_batch(m, ["three four"], frames=[30], seed=1), []
     real = speech_llm.rescore_nbest
     monkeypatch.setattr(speech_llm, "rescore_nbest", lambda hyps, *a: seen.append(hyps) or real(hyps, *a))
