@@ -7,6 +7,7 @@ at start-up instead of being ignored for a whole run.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from pathlib import Path
@@ -21,12 +22,72 @@ class ConfigError(ValueError):
     """A recipe or override that cannot be turned into the typed config."""
 
 
+class _Int(int):
+    """An integer as YAML read it, with the text it was written as (`raw`): a string field takes that text, not
+    the number's (`output_dir=0755` is the folder 0755, not 493)."""
+
+    raw: str
+
+
+class _Float(float):
+    raw: str
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML that refuses a key given twice in one mapping (plain YAML keeps the last silently: a recipe with two
+    `optim:` sections lost the first) and keeps the text of every number (_Int, _Float)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            try:
+                first = seen.setdefault(key, key_node.start_mark.line)
+            except TypeError:  # an unhashable key: the base constructor says so
+                continue
+            if first != key_node.start_mark.line:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} given twice in one mapping (line {first + 1} and line "
+                    f"{key_node.start_mark.line + 1}): the second would silently replace the first",
+                    key_node.start_mark,
+                )  # fmt: skip
+        return super().construct_mapping(node, deep)
+
+
+def _number(kind: type, construct):
+    def build(loader, node):
+        value = kind(construct(loader, node))
+        value.raw = node.value
+        return value
+
+    return build
+
+
+_Loader.add_constructor("tag:yaml.org,2002:int", _number(_Int, yaml.SafeLoader.construct_yaml_int))
+_Loader.add_constructor("tag:yaml.org,2002:float", _number(_Float, yaml.SafeLoader.construct_yaml_float))
+
+
+def _plain(value: Any) -> Any:
+    """`value` with every _Int or _Float made a plain int or float again (what the typed config holds)."""
+    if isinstance(value, dict):
+        return {_plain(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    if isinstance(value, _Int):
+        return int(value)
+    if isinstance(value, _Float):
+        return float(value)
+    return value
+
+
 def load_yaml(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"recipe not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8-sig"))  # UTF-8 whatever the locale (a GBK shell)
+        data = yaml.load(path.read_text(encoding="utf-8-sig"), Loader=_Loader)  # UTF-8 whatever the locale
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML: {err}") from err
     except UnicodeDecodeError as err:
@@ -53,7 +114,7 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
         if not key:
             raise ConfigError(f"override {item!r} has an empty key")
         try:
-            value = yaml.safe_load(raw) if raw != "" else ""
+            value = yaml.load(raw, Loader=_Loader) if raw != "" else ""
         except yaml.YAMLError as err:
             raise ConfigError(f"override {item!r}: value is not valid YAML: {err}") from err
         node = out
@@ -77,14 +138,14 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
     """`value` checked against type `tp` (converted where YAML reads it loosely); ConfigError names `path`."""
     origin = typing.get_origin(tp)
     if tp is Any:
-        return value
+        return _plain(value)
     if origin in (Union, types.UnionType):
         return _coerce_union(value, tp, path)
     if origin is typing.Literal:
         choices = typing.get_args(tp)
         if value not in choices:
-            raise ConfigError(f"{path}: {value!r} is not one of {list(choices)}")
-        return value
+            raise ConfigError(f"{path}: {_plain(value)!r} is not one of {list(choices)}")
+        return _plain(value)
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise ConfigError(f"{path}: expected a mapping for {tp.__name__}, got {type(value).__name__} {value!r}")
@@ -93,7 +154,7 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
         return _coerce_container(value, tp, path)
     if tp in (bool, int, float, str):
         return _coerce_scalar(value, tp, path)
-    return value
+    return _plain(value)
 
 
 def _coerce_union(value: Any, tp: Any, path: str) -> Any:
@@ -134,32 +195,37 @@ def _coerce_container(value: Any, tp: Any, path: str) -> Any:
 
 
 def _coerce_scalar(value: Any, tp: type, path: str) -> Any:
-    """bool, int, float or str: no bool passes as a number, a whole float passes as an int, a number as a str."""
+    """bool, int, float or str: no bool passes as a number, a whole float passes as an int, a number as a str (as it
+    was written), NaN as nothing."""
     is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    shown = repr(_plain(value))
     if tp is bool:
         if isinstance(value, bool):
             return value
-        raise ConfigError(f"{path}: expected true/false, got {value!r}")
+        raise ConfigError(f"{path}: expected true/false, got {shown}")
     if tp is int:
         if isinstance(value, int) and not isinstance(value, bool):
-            return value
+            return int(value)
         if isinstance(value, float) and value.is_integer():
             return int(value)
-        raise ConfigError(f"{path}: expected an integer, got {value!r}")
+        raise ConfigError(f"{path}: expected an integer, got {shown}")
     if tp is float:
+        number = None
         if is_number:
-            return float(value)
-        if isinstance(value, str):
+            number = float(value)
+        elif isinstance(value, str):
             try:
-                return float(value)  # YAML reads "1e-4" as a string
+                number = float(value)  # YAML reads "1e-4" as a string
             except ValueError:
                 pass
-        raise ConfigError(f"{path}: expected a number, got {value!r}")
+        if number is None or math.isnan(number):
+            raise ConfigError(f"{path}: expected a number, got {shown}")
+        return number
     if isinstance(value, str):
         return value
     if is_number:
-        return str(value)
-    raise ConfigError(f"{path}: expected a string, got {value!r}")
+        return getattr(value, "raw", str(value))
+    raise ConfigError(f"{path}: expected a string, got {shown}")
 
 
 def from_dict(cls: type[T], data: dict, path: str = "") -> T:

@@ -119,3 +119,32 @@ def test_bad_override_and_bad_type_name_their_key(tmp_path):
         load_recipe(data={}, overrides=["train.epochs"])
     with pytest.raises(ConfigError, match=r"top level: unknown key\(s\) \['trian'\]"):
         load_recipe(data={"trian": {}})
+
+
+def test_a_key_given_twice_is_refused_with_both_lines(tmp_path):
+    """Plain YAML keeps the last of two equal keys: the first optim section, and its learning rate, would be gone."""
+    path = tmp_path / "twice.yaml"
+    path.write_text("train:\n  epochs: 3\noptim:\n  branches:\n    llm: {lr: 1.0e-4}\noptim:\n  weight_decay: 0.1\n")
+    with pytest.raises(ConfigError, match=r"twice.yaml: not valid YAML: .*key 'optim' given twice in one mapping "
+                                          r"\(line 3 and line 6\)"):  # fmt: skip
+        load_recipe(path)
+    path.write_text("base: &b {epochs: 3}\ntrain:\n  <<: *b\n  epochs: 4\n")  # a merge key may be overridden
+    assert yaml.safe_load(path.read_text())["train"]["epochs"] == 4
+    from llmasr.config_io import load_yaml
+
+    assert load_yaml(path)["train"] == {"epochs": 4}
+
+
+def test_a_number_in_a_string_field_keeps_its_text_and_nan_is_no_number():
+    """YAML reads 0755 as 493 and 1:30 as 90: a string field (a folder, a tag) takes the text as written."""
+    for text in ("0755", "1:30", "1_000", "1e3", "007"):
+        assert load_recipe(data={}, overrides=[f"train.output_dir={text}"]).train.output_dir.endswith(text)
+    recipe = load_recipe(data={"train": {"epochs": 3}}, overrides=["optim.weight_decay=0.5", "train.grad_accum=2.0"])
+    assert (type(recipe.train.epochs), type(recipe.optim.weight_decay), recipe.train.grad_accum) == (int, float, 2)
+    assert type(recipe.train.grad_accum) is int
+    for key, text in (("optim.weight_decay", "nan"), ("optim.weight_decay", ".nan"), ("train.grad_clip", "NaN")):
+        with pytest.raises(ConfigError, match=f"{key}: expected a number, got"):
+            load_recipe(data={}, overrides=[f"{key}={text}"])
+    for key in ("optim.branches.llm.lr", "optim.weight_decay", "train.grad_clip"):
+        with pytest.raises(ConfigError, match=f"{key}: must be .*finite"):
+            load_recipe(data={}, overrides=[f"{key}=.inf"])

@@ -125,13 +125,13 @@ class BranchOptimConfig:
 
 
 def _check_optim_values(path: str, lr, weight_decay, betas, eps) -> None:
-    if lr is not None and not lr > 0:
-        raise ConfigError(f"{path}.lr: must be > 0, got {lr}")
-    if weight_decay is not None and weight_decay < 0:
-        raise ConfigError(f"{path}.weight_decay: must be >= 0, got {weight_decay}")
+    if lr is not None and not 0 < lr < math.inf:
+        raise ConfigError(f"{path}.lr: must be > 0 and finite, got {lr}")
+    if weight_decay is not None and not 0 <= weight_decay < math.inf:
+        raise ConfigError(f"{path}.weight_decay: must be >= 0 and finite, got {weight_decay}")
     if betas is not None and (len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas)):
         raise ConfigError(f"{path}.betas: two numbers in [0, 1) expected, got {betas}")
-    if eps is not None and not eps > 0:
+    if eps is not None and not 0 < eps < math.inf:
         raise ConfigError(f"{path}.eps: must be > 0, got {eps}")
 
 
@@ -246,7 +246,7 @@ class TrainConfig:
             raise ConfigError(f"{path}.progress_every_s: must be >= 0 seconds, got {self.progress_every_s}")
         if self.peak_tflops is not None and not self.peak_tflops > 0:
             raise ConfigError(f"{path}.peak_tflops: must be > 0 TFLOP/s when set, got {self.peak_tflops}")
-        if self.grad_clip < 0:
-            raise ConfigError(f"{path}.grad_clip: must be >= 0 (0 disables clipping), got {self.grad_clip}")
+        if not 0 <= self.grad_clip < math.inf:
+            raise ConfigError(f"{path}.grad_clip: must be >= 0 and finite (0 disables clipping), got {self.grad_clip}")
         if self.best_mode is None:
             self.best_mode = "max" if self.best_metric == "acc" else "min"
