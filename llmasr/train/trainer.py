@@ -205,8 +205,15 @@ class Run:
             self.pending_rng = None
         log.info("resumed from %s at update %d, epoch %d", where, self.engine.global_steps, state.get("epoch", 0))
         self.last_saved = self.engine.global_steps
+        epoch, loader_state = int(state.get("epoch", 0)), state.get("loader")
         if saved_world != self.world:
-            self._resize(saved_world, int(state.get("epoch", 0)), state.get("loader"), client.get("ds_config") or {})
+            left = self._resize(saved_world, epoch, loader_state, client.get("ds_config") or {})
+        else:  # the epoch's batches not yet trained (another grad_accum counts them into other updates)
+            left = (self.per_epoch[epoch] if epoch < len(self.per_epoch) else 0) - int(
+                loader_state["sampler"]["batches_yielded"] if loader_state else 0)  # fmt: skip
+        done, max_updates = self.engine.global_steps, self.recipe.train.max_updates
+        self.total = universal.resized_total(done, epoch, left, self.per_epoch, self.k, max_updates)
+        self.schedules = [dataclasses.replace(s, total=self.total) for s in self.schedules]
         continue_schedules(self.engine.scheduler, self.schedules)  # the recipe's schedules, at the current update
         self._write_run_files(self.engine.global_steps)  # the resume succeeded: RUN_DIR now describes this run
         if self.engine.global_steps >= self.total:
@@ -215,17 +222,16 @@ class Run:
             return self.recipe.train.epochs, None
         return int(state.get("epoch", 0)), state.get("loader")
 
-    def _resize(self, saved_world: int, epoch: int, loader_state: dict | None, saved_ds: dict) -> None:
-        """After a resume at another world size: the epoch's remainder, the run's update count and schedules."""
+    def _resize(self, saved_world: int, epoch: int, loader_state: dict | None, saved_ds: dict) -> int:
+        """After a resume at another world size: the epoch's remainder, dealt to this one; returns its batches per
+        rank."""
         left = self.per_epoch[epoch] if epoch < len(self.per_epoch) else 0
         if loader_state is not None:
             self.train_loader.load_state_dict(loader_state)
             left = len(self.sampler)
         log.info(universal.describe_resize(saved_world, self.world, epoch, loader_state, left))
         universal.check_global_batch(saved_ds, self.ds, self.world)
-        done, max_updates = self.engine.global_steps, self.recipe.train.max_updates
-        self.total = universal.resized_total(done, epoch, left, self.per_epoch, self.k, max_updates)
-        self.schedules = [dataclasses.replace(s, total=self.total) for s in self.schedules]
+        return left
 
     # -- the loop -----------------------------------------------------------------------------------------------------
     def validate(self) -> dict | None:

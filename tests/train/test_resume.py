@@ -115,6 +115,21 @@ def test_more_epochs_and_a_new_lr_rebuild_the_schedules_at_the_current_update(ti
         assert csv["llm"][h["update"] - 1] == pytest.approx(h["lr"]["llm"], rel=1e-12)
 
 
+@pytest.mark.parametrize(("stop", "epochs", "updates"), [(None, 2, [6, 7, 8]), (3, 1, [3, 4])])  # 3: saved at 2
+def test_another_grad_accum_on_resume_counts_the_updates_left(tiny_llm_dir, corpus, tmp_path, stop, epochs, updates):
+    """5 batches an epoch trained one a update, then resumed 2 a update: the schedules are sized for the updates the
+    run now holds (they were sized as if every epoch had been 2 a update: the last updates ran at lr 0)."""
+    run = tmp_path / "run"
+    first = recipe(tiny_llm_dir, corpus, run, grad_accum=1, save_every_updates=2)
+    first = train(first, "zero0", stop_after_updates=stop)["history"]
+    rest = train(recipe(tiny_llm_dir, corpus, run, grad_accum=2, epochs=epochs), "zero0", resume="latest")["history"]
+    assert [h["update"] for h in rest] == updates and len(first) == (stop or updates[0] - 1)
+    cfg, total = SchedulerConfig(), updates[-1]
+    for h in rest:
+        assert h["lr"]["llm"] == pytest.approx(schedule_lr(cfg, h["update"] - 1, 1e-3, total), rel=1e-12)
+        assert h["lr"]["llm"] > 0
+
+
 def test_a_refused_or_failed_resume_leaves_the_run_folder_as_it_was(tiny_llm_dir, corpus, tmp_path):
     run = tmp_path / "run"
     train(recipe(tiny_llm_dir, corpus, run, max_updates=2), "zero0")
