@@ -37,7 +37,8 @@ def _no_decay_names(model: nn.Module) -> set[str]:
     for mod_name, module in model.named_modules():
         prefix = f"{mod_name}." if mod_name else ""
         for p_name, p in module.named_parameters(recurse=False):
-            if p.ndim < 2 or _is_norm(module) or p_name in _NO_DECAY_NAMES or p_name.endswith("bias"):
+            ndim = len(getattr(p, "ds_shape", p.shape))  # ZeRO-3 leaves a partitioned weight 1-D and empty
+            if ndim < 2 or _is_norm(module) or p_name in _NO_DECAY_NAMES or p_name.endswith("bias"):
                 names.add(prefix + p_name)
     return names
 

@@ -107,3 +107,15 @@ def test_describe_param_groups(make_model):
     assert adaptor.split() == ["adaptor", "2", "128", "0.0003", "0.05"]
     total = sum(p.numel() for p in model.parameters() if p.requires_grad)
     assert lines[-1].split()[:3] == ["total", str(sum(1 for p in model.parameters() if p.requires_grad)), f"{total:,}"]
+
+
+def test_zero3_partitioned_weights_still_decay(make_model):
+    """ZeRO-3 builds the LLM partitioned: each weight's data is an empty 1-D tensor and its shape is in ds_shape (as
+    deepspeed.zero.Init leaves it). A matrix is still a matrix: it decays (every LLM weight had gone to no-decay)."""
+    model = make_model()
+    for p in model.llm.parameters():
+        p.ds_shape = p.shape
+        p.data = torch.empty(0)
+    names = _names_by_group(model, build_param_groups(model, _cfg()))
+    assert names["llm_no_decay"] == ["llm.norm.weight", "llm.proj.bias"]
+    assert "llm.embed.weight" in names["llm"] and "llm.proj.weight" in names["llm"]
