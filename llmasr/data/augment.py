@@ -230,20 +230,25 @@ class Augmenter:
             if self.frontend.kind == "whisper":  # the window cuts what passes it: slow a clip only as far as it holds
                 factor = max(factor, x.shape[0] / (self.frontend.chunk_seconds * sr))
             x = speed_perturb(x, sr, factor)
+        speech = slice(0, x.shape[0])
         if c.silence.enable and lead + trail > 0:
-            x = self._add_pauses(x, sr, rng, lead, trail)
+            x, n_lead = self._add_pauses(x, sr, rng, lead, trail)
+            speech = slice(n_lead, n_lead + speech.stop)
         if c.noise.enable:
             if rng.random() < c.noise.prob:
-                x = self._add_noise(x, sr, rng)
+                x = self._add_noise(x, sr, rng, speech)
         if c.gain.enable:
             if rng.random() < c.gain.prob:
                 db = rng.uniform(c.gain.db[0], c.gain.db[1])
                 x = np.clip(x * np.float32(10.0 ** (db / 20.0)), -1.0, 1.0)
         return x
 
-    def _add_pauses(self, x: np.ndarray, sr: int, rng: np.random.Generator, lead: float, trail: float) -> np.ndarray:
-        """`x` between `lead` and `trail` seconds of noise at its own floor (see the module docstring). A Whisper
-        frontend cuts audio at its window: there the pauses shrink to the room the clip leaves in it."""
+    def _add_pauses(
+        self, x: np.ndarray, sr: int, rng: np.random.Generator, lead: float, trail: float
+    ) -> tuple[np.ndarray, int]:
+        """`x` between `lead` and `trail` seconds of noise at its own floor (see the module docstring), and the
+        samples before it. A Whisper frontend cuts audio at its window: there the pauses shrink to the room the clip
+        leaves in it."""
         c = self.cfg.silence
         level_db = rng.uniform(c.level_db[0], c.level_db[1])
         if self.frontend.kind == "whisper" and lead + trail > 0:
@@ -251,12 +256,12 @@ class Augmenter:
             lead, trail = lead * fit, trail * fit
         n_lead, n_trail = int(round(lead * sr)), int(round(trail * sr))
         if n_lead + n_trail == 0 or x.shape[0] == 0:
-            return x
+            return x, 0
         floor_db = float(np.percentile(frame_energies(x, sr), 10)) + level_db
         pause = rng.standard_normal(n_lead + n_trail).astype(np.float32) * np.float32(10.0 ** (floor_db / 20.0))
-        return np.concatenate([pause[:n_lead], x, pause[n_lead:]])
+        return np.concatenate([pause[:n_lead], x, pause[n_lead:]]), n_lead
 
-    def _add_noise(self, x: np.ndarray, sr: int, rng: np.random.Generator) -> np.ndarray:
+    def _add_noise(self, x: np.ndarray, sr: int, rng: np.random.Generator, speech: slice) -> np.ndarray:
         from llmasr.data.audio import AudioError, load_audio, probe_duration
 
         if self._noise is None:
@@ -275,7 +280,7 @@ class Augmenter:
             if self._noise_failures <= 5:
                 log.warning("noise augmentation skipped: %s", err)
             return x
-        return mix_at_snr(x, noise, snr)
+        return mix_at_snr(x, noise, snr, speech)
 
     # ----------------------------------------------------------------------------------------------- SpecAugment
     def spec(self, feats: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -334,15 +339,17 @@ def speed_perturb(x: np.ndarray, sr: int, factor: float) -> np.ndarray:
     return resample(x, int(round(sr * factor)), sr)
 
 
-def mix_at_snr(x: np.ndarray, noise: np.ndarray, snr_db: float) -> np.ndarray:
-    """x + noise scaled to the given signal-to-noise ratio (noise tiled/cropped to len(x)); clipped to [-1, 1]."""
+def mix_at_snr(x: np.ndarray, noise: np.ndarray, snr_db: float, speech: slice = slice(None)) -> np.ndarray:
+    """x + noise scaled to the given signal-to-noise ratio (noise tiled/cropped to len(x)); clipped to [-1, 1]. The
+    signal's power is that of x[speech]: the pauses augmentation put around a clip would dilute it (and the noise
+    with it) by their share of the clip."""
     n = x.shape[0]
     if noise.shape[0] == 0 or n == 0:
         return x
     if noise.shape[0] < n:
         noise = np.tile(noise, -(-n // noise.shape[0]))
     noise = noise[:n]
-    p_sig = float(np.mean(np.square(x, dtype=np.float64)))
+    p_sig = float(np.mean(np.square(x[speech], dtype=np.float64)))
     p_noise = float(np.mean(np.square(noise, dtype=np.float64)))
     if p_sig <= 0.0 or p_noise <= 0.0:
         return x

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -179,6 +180,30 @@ def test_mix_at_snr():
         measured = 10 * np.log10(np.mean(x.astype(np.float64) ** 2) / np.mean(added.astype(np.float64) ** 2))
         assert measured == pytest.approx(snr, abs=0.05)
     np.testing.assert_array_equal(mix_at_snr(np.zeros(100, np.float32), n, 10), np.zeros(100))
+
+
+def test_noise_meets_the_clip_at_its_snr_also_between_pauses(tmp_path):
+    """With pauses around the clip, the SNR is the clip's own: the pauses do not count as signal (over the whole
+    array the signal's power was diluted by their share, and the noise scaled down with it: 2.4 dB too clean
+    here)."""
+    rng = np.random.default_rng(0)
+    sf.write(tmp_path / "n.wav", (rng.standard_normal(SR * 6) * 0.1).astype(np.float32), SR)
+    (tmp_path / "noise.jsonl").write_text(json.dumps({"key": "n", "source": "n.wav"}) + "\n")
+    cfg = from_dict(
+        AugmentConfig,
+        {"silence": {"enable": True, "prob": 1.0, "lead": [1.0, 1.0], "trail": [0.5, 0.5], "level_db": [-60, -60]},
+         "noise": {"enable": True, "manifest": str(tmp_path / "noise.jsonl"), "snr_db": [10, 10], "prob": 1.0}},
+        "augment",
+    )  # fmt: skip
+    x = np.tile(sine(500), 2)  # 2 s of tone
+    quiet = dataclasses.replace(cfg, noise=dataclasses.replace(cfg.noise, enable=False))
+    lengths = drawn(cfg, 0)
+    paused = Augmenter(quiet, FrontendConfig()).wave(x, SR, np.random.default_rng(3), lengths)
+    mixed = Augmenter(cfg, FrontendConfig()).wave(x, SR, np.random.default_rng(3), lengths)
+    start = SR  # the lead
+    clip, noise = paused[start : start + x.size], (mixed - paused)[start : start + x.size]
+    measured = 10 * np.log10(np.mean(clip.astype(np.float64) ** 2) / np.mean(noise.astype(np.float64) ** 2))
+    assert measured == pytest.approx(10.0, abs=0.3)
 
 
 def test_bad_noise_file_is_skipped_not_fatal(tmp_path, caplog):
