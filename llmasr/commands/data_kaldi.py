@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from llmasr.data.kaldi import kaldi_to_jsonl
@@ -29,4 +30,8 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps(counts, indent=2, default=str))
     if not text.is_file():
         print(f"{text}: missing: {args.out} has no transcripts (llmasr decode transcribes it; training refuses it)")
+    if counts["written"] == 0:
+        print(f"llmasr data kaldi: error: no utterance of {d} could be written ({args.out} is empty): see the skipped "
+              "keys above", file=sys.stderr)  # fmt: skip
+        return 1
     return 0

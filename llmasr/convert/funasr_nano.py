@@ -212,6 +212,11 @@ def convert_funasr(src: str | Path, out: str | Path, *, dtype: str = "fp32", ove
     config = read_nano_config(src)
     section = nano_model_section(src, config)
     llm_src = llm_dir(src, config)
+    where = out.resolve()
+    for kept in (src, llm_src.resolve()):  # --overwrite replaces OUT whole: never the model being converted
+        if kept.is_relative_to(where):
+            raise ConvertError(f"OUT {out}: {'is' if kept == where else 'holds'} {kept}, which the conversion reads "
+                               "and writing OUT would replace; choose another folder")  # fmt: skip
     llm_config = json.loads((llm_src / "config.json").read_text(encoding="utf-8"))
     state = read_nano_state(src)
     _check_dims(state, section, llm_config, src)

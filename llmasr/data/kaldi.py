@@ -37,7 +37,9 @@ def _read_kaldi_table(path: Path, what: str, dups: list[BadRecord]) -> dict[str,
     return table
 
 
-REASONS = ("missing_text", "missing_audio", "empty_text", "unsupported", "bad_segments", "duplicate_keys")
+REASONS = (
+    "missing_text", "missing_audio", "empty_text", "unsupported", "bad_segments", "duplicate_keys", "no_segments",
+)  # fmt: skip
 
 
 class _Skipped:
@@ -112,7 +114,7 @@ def kaldi_to_jsonl(
     if segments is None:
         records = _recording_records(wavs, texts, sources, wav_scp, text, skipped)
     else:
-        records = _segment_records(segs, wavs, texts, sources, Path(segments), text, skipped)
+        records = _segment_records(segs, wavs, texts, sources, (wav_scp, Path(segments)), text, skipped)
     written = _write_jsonl(records, texts, text, out_jsonl, skipped)
     return skipped.counts(written)
 
@@ -123,6 +125,8 @@ def _audio_sources(wavs: dict, wav_scp: Path, base: Path, skipped: _Skipped) -> 
     for key, (lineno, value) in wavs.items():
         if not value:
             skipped.skip("unsupported", wav_scp, lineno, key, f"{key}: no audio path")
+        elif value == "-":
+            skipped.skip("unsupported", wav_scp, lineno, key, f"{key}: '-' (standard input) is not an audio file")
         elif value.endswith("|"):
             skipped.skip(
                 "unsupported",
@@ -158,9 +162,12 @@ def _recording_records(
 
 
 def _segment_records(
-    segs: dict, wavs: dict, texts: dict | None, sources: dict, segments: Path, text: Path | None, skipped: _Skipped
-) -> list[dict]:
-    """One record per segment whose line parses, whose recording has a readable path, and which has a transcript."""
+    segs: dict, wavs: dict, texts: dict | None, sources: dict, files: tuple[Path, Path], text: Path | None,
+    skipped: _Skipped,
+) -> list[dict]:  # fmt: skip
+    """One record per segment whose line parses, whose recording has a readable path, and which has a transcript;
+    `files`: the wav.scp and segments files."""
+    wav_scp, segments = files
     records: list[dict] = []
     for seg, (lineno, value) in segs.items():
         parsed = _parse_segment(value)
@@ -185,6 +192,11 @@ def _segment_records(
     for key, (lineno, _) in (texts or {}).items():
         if key not in segs:
             skipped.skip("missing_audio", text, lineno, key, f"{key}: in {text.name} but not in segments")
+    named = {parsed[0] for parsed in map(_parse_segment, (v for _, v in segs.values())) if parsed is not None}
+    for key, (lineno, _) in wavs.items():  # a recording no segment names holds no utterance: counted, not lost
+        if key not in named:
+            skipped.skip("no_segments", wav_scp, lineno, key, f"{key}: a recording that no line of {segments.name} "
+                         "names")  # fmt: skip
     return records
 
 

@@ -340,6 +340,16 @@ def test_funasr_lora_tensors_are_refused(tmp_path):
         convert_funasr(src, tmp_path / "out")
 
 
+def test_out_over_the_model_being_converted_is_refused(tmp_path):
+    """--overwrite replaces OUT whole: OUT as the source directory (or a folder holding it) would delete it."""
+    src = write_nano_dir(tmp_path / "src")
+    before = sorted(p.name for p in src.iterdir())
+    for out, why in ((src, "is"), (tmp_path, "holds")):
+        with pytest.raises(ConvertError, match=f"OUT {out}: {why} {src.resolve()}, which the conversion reads"):
+            convert_funasr(src, out, overwrite=True)
+    assert sorted(p.name for p in src.iterdir()) == before
+
+
 def test_references_resolve_and_configuration_json_maps_the_llm(tmp_path):
     """The released config writes `${...}` references; configuration.json names the LLM directory."""
     src = write_nano_dir(tmp_path / "src")

@@ -371,15 +371,15 @@ def test_kaldi_to_jsonl_reports_mismatches(tmp_path):
     for k in ("u1", "u2", "u3"):
         write_wav(d / f"{k}.wav")
     (d / "wav.scp").write_text(
-        f"u1 {d / 'u1.wav'}\nu2 data/u2.wav\nu3 sox data/u3.wav -t wav - |\nu4 {d / 'u4.wav'}\nu6 raw.ark:1234\n"
+        f"u1 {d / 'u1.wav'}\nu2 data/u2.wav\nu3 sox data/u3.wav -t wav - |\nu4 {d / 'u4.wav'}\nu6 raw.ark:1234\nu7 -\n"
     )
-    (d / "text").write_text("u1 HELLO WORLD\nu2 second one\nu3 piped\nu5 no audio here\nu6 ark\nu2 again\n")
+    (d / "text").write_text("u1 HELLO WORLD\nu2 second one\nu3 piped\nu5 no audio here\nu6 ark\nu2 again\nu7 in\n")
     out = tmp_path / "out" / "train.jsonl"
     counts = kaldi_to_jsonl(d / "wav.scp", d / "text", out, base_dir=tmp_path)
     assert counts["written"] == 2
     assert (counts["missing_text"], counts["missing_text_keys"]) == (1, ["u4"])
     assert (counts["missing_audio"], counts["missing_audio_keys"]) == (1, ["u5"])
-    assert (counts["unsupported"], counts["unsupported_keys"]) == (2, ["u3", "u6"])
+    assert (counts["unsupported"], counts["unsupported_keys"]) == (3, ["u3", "u6", "u7"])  # u7: standard input
     assert counts["duplicate_keys"] == 1
     reasons = [str(p) for p in counts["problems"]]
     assert any(r.startswith(f"{d / 'wav.scp'}:3: unsupported: u3: pipe command") for r in reasons)
@@ -392,7 +392,8 @@ def test_kaldi_to_jsonl_reports_mismatches(tmp_path):
 
 def test_kaldi_to_jsonl_segments(tmp_path):
     write_wav(tmp_path / "rec1.wav", 4.0)
-    (tmp_path / "wav.scp").write_text(f"rec1 {tmp_path / 'rec1.wav'}\n")
+    write_wav(tmp_path / "rec2.wav", 1.0)  # no segment names it: counted, with its line
+    (tmp_path / "wav.scp").write_text(f"rec1 {tmp_path / 'rec1.wav'}\nrec2 {tmp_path / 'rec2.wav'}\n")
     (tmp_path / "segments").write_text("s1 rec1 0.00 1.50\ns2 rec1 1.50 -1\ns3 rec9 0 1\ns4 rec1 2 1\ns5 rec1 0 1\n")
     (tmp_path / "text").write_text("s1 one\ns2 two\ns3 three\ns4 four\ns6 six\n")
     counts = kaldi_to_jsonl(
@@ -401,7 +402,8 @@ def test_kaldi_to_jsonl_segments(tmp_path):
     assert counts["written"] == 2
     assert counts["missing_audio_keys"] == ["s3", "s6"]
     assert counts["bad_segments_keys"] == ["s4"]
-    assert counts["missing_text_keys"] == ["s5"]
+    assert counts["missing_text_keys"] == ["s5"] and counts["no_segments_keys"] == ["rec2"]
+    assert any(str(p).startswith(f"{tmp_path / 'wav.scp'}:2: no_segments: rec2") for p in counts["problems"])
     m = Manifest.open(tmp_path / "seg.jsonl")
     s1, s2 = m[0], m[1]
     assert (s1.start, s1.end, s1.duration) == (0.0, 1.5, 1.5)
