@@ -157,6 +157,16 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
     return _plain(value)
 
 
+def coerce_arguments(fn, values: dict, path: str) -> dict:
+    """`values` for the keyword arguments of `fn`, each converted to its annotated type (unannotated or unknown
+    names pass as they are: the callee refuses those); ConfigError names `path`.KEY."""
+    try:
+        hints = typing.get_type_hints(fn)
+    except Exception:  # an annotation that does not resolve here: leave the values to the callee
+        return dict(values)
+    return {k: _coerce(v, hints[k], f"{path}.{k}") if k in hints else _plain(v) for k, v in values.items()}
+
+
 def _coerce_union(value: Any, tp: Any, path: str) -> Any:
     """The first member of the union `tp` that `value` fits (None for an optional)."""
     args = typing.get_args(tp)

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from llmasr.config_io import ConfigError
+from llmasr.config_io import ConfigError, coerce_arguments
 from llmasr.models.rel_attention import RelPositionalEncoding, RelPositionMultiHeadedAttention
 from llmasr.models.subsampling import CONV_STACKS, Conv2dSubsampling, LinearInput, subsampled_lengths
 
@@ -198,7 +198,7 @@ class ConformerConf:
             raise ConfigError(
                 f"encoder.conf.{unknown[0]}: not a ConformerEncoder option (unknown keys: {', '.join(unknown)})"
             )
-        out = cls(input_size, **conf)
+        out = cls(input_size, **coerce_arguments(cls, conf, "model.encoder.conf"))
         out.check()
         return out
 

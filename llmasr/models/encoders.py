@@ -23,7 +23,7 @@ from typing import Any
 
 from torch import nn
 
-from llmasr.config_io import ConfigError
+from llmasr.config_io import ConfigError, coerce_arguments
 
 
 @dataclass(frozen=True)
@@ -42,7 +42,8 @@ class EncoderEntry:
             from transformers import WhisperConfig
 
             return self.cls()(WhisperConfig.from_dict(dict(conf)))
-        return self.cls()(**conf)
+        cls = self.cls()  # "1e-1" or 2.0 from a recipe: typed as the constructor declares, or an error naming the key
+        return cls(**coerce_arguments(cls.__init__, conf, "model.encoder.conf"))
 
 
 ENCODERS: dict[str, EncoderEntry] = {

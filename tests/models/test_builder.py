@@ -65,6 +65,21 @@ def test_registry_names():
         encoder_entry("wav2vec")
 
 
+@pytest.mark.parametrize("kind", ["paraformer", "conformer", "sensevoice"])
+def test_encoder_conf_overrides_are_typed_as_the_constructor_declares(kind):
+    """model.encoder.conf is a free mapping in the recipe; its values are typed by the encoder's own settings: a
+    "1e-1" from an override is a number, and a wrong type is an error naming the key (it was a TypeError from deep
+    inside the constructor)."""
+    conf = {"input_size": 20, "output_size": 16, "attention_heads": 2, "linear_units": 32, "num_blocks": 2.0}
+    conf.update(
+        {"conformer": {}, "paraformer": {"kernel_size": 3}, "sensevoice": {"kernel_size": 3, "tp_blocks": 1}}[kind]
+    )
+    encoder = ENCODERS[kind].construct({**conf, "dropout_rate": "1e-1"})
+    assert sum(isinstance(m, torch.nn.Dropout) and m.p == pytest.approx(0.1) for m in encoder.modules()) > 0
+    with pytest.raises(ConfigError, match=r"model.encoder.conf.num_blocks: expected an integer, got 'many'"):
+        ENCODERS[kind].construct({**conf, "num_blocks": "many"})
+
+
 def test_recipe_type_must_match_the_directory(tmp_path):
     enc_dir = write_funasr_dir(tmp_path / "enc", encoder_conf=tiny_sanm_conf())
     cfg = from_dict(EncoderConfig, {"type": "conformer", "path": str(enc_dir)}, "model.encoder")
