@@ -74,8 +74,10 @@ def main(argv: list[str] | None = None) -> int:
     module_name = VERBS[verb][0]
     if verb == "data":
         if not rest or rest[0] not in DATA_TOOLS:
-            print(f"usage: llmasr data {{{'|'.join(DATA_TOOLS)}}} ... (--help for each)", file=sys.stderr)
-            return 2
+            asked = bool(rest) and rest[0] in ("-h", "--help", "help")
+            print(f"usage: llmasr data {{{'|'.join(DATA_TOOLS)}}} ... (--help for each)", file=sys.stdout if asked
+                  else sys.stderr)  # fmt: skip
+            return 0 if asked else 2
         module_name, rest = DATA_TOOLS[rest[0]], rest[1:]
     # Commands decorated with errors.command report their own errors; this catches the rest (an import that fails).
     return errors.run(f"llmasr {verb}" if verb != "data" else f"llmasr data {argv[1]}",

@@ -15,6 +15,9 @@ def test_help_and_unknown_verb(capsys):
     assert "train" in capsys.readouterr().out
     assert main(["frobnicate"]) == 2
     assert "unknown verb 'frobnicate'" in capsys.readouterr().err
+    assert main(["data", "--help"]) == 0  # the usage promises VERB --help
+    assert "llmasr data {check|cmvn|kaldi}" in capsys.readouterr().out
+    assert main(["data", "frob"]) == 2 and "llmasr data {check|" in capsys.readouterr().err
 
 
 def test_deepspeed_local_rank_argument_is_removed(monkeypatch):
