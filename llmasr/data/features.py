@@ -207,7 +207,8 @@ class FeatureExtractor:
 
         Equal to the first ceil(N/hop) frames of transformers' WhisperFeatureExtractor output (which pads the audio
         with zeros to 30 s first): the audio is zero-padded on the right here too, so the frames at the end see
-        the same zeros, and the max used for the 8-decade dynamic-range floor is taken over the same values.
+        the same zeros (for audio that nearly fills the window, the window's own end), and the max used for the
+        8-decade dynamic-range floor is taken over the same values.
         """
         import torch
 
@@ -218,7 +219,10 @@ class FeatureExtractor:
         if n == 0:
             return np.zeros((0, fe.n_mels), dtype=np.float32)
         pad = n_fft + hop  # covers every frame that touches the audio, plus at least one all-zero frame
-        x = np.zeros(n + pad, dtype=np.float32)
+        window = int(round(fe.chunk_seconds * fe.sample_rate))
+        # transformers pads to the window alone, and the last frames reflect that end: audio within `pad` of it too
+        size = window if window - pad < n <= window else n + pad
+        x = np.zeros(size, dtype=np.float32)
         x[:n] = waveform
         with torch.no_grad():
             spec = torch.stft(

@@ -143,7 +143,7 @@ def test_whisper_filters_match_transformers():
 
 
 @pytest.mark.parametrize("n_mels", [80, 128])
-@pytest.mark.parametrize("n", [1600, 16000 * 3 + 77, 16000 * 7, 16000 * 30 - 1000])
+@pytest.mark.parametrize("n", [1600, 16000 * 3 + 77, 16000 * 7, 16000 * 30 - 1000, 16000 * 30 - 20, 16000 * 30])
 def test_whisper_logmel_matches_transformers(n_mels, n):
     from transformers import WhisperFeatureExtractor
 
