@@ -121,9 +121,13 @@ def _too_short(utt, seconds: float, fx: FeatureExtractor) -> dict | None:
     if math.isnan(seconds):
         return None
     n = int(round(seconds * fx.frontend.sample_rate))
-    if fx.num_frames(n) > 0:
+    t = fx.num_frames(n)
+    if t >= fx.frontend.min_frames:
         return None
     where = {"manifest": str(getattr(utt, "manifest", "?")), "line": int(getattr(utt, "line", 0)), "key": utt.key}
+    if t > 0:
+        reason = f"audio too short for the encoder ({t} feature frames = {seconds:.3f} s; its subsampling needs at "
+        return {**where, "reason": reason + f"least {fx.frontend.min_frames})"}
     reason = f"audio too short for one feature frame ({n} samples = {seconds:.3f} s; the frontend needs at least "
     return {**where, "reason": reason + f"{fx.min_samples})"}
 

@@ -248,6 +248,11 @@ class SpeechDataset(Dataset):
                 f"audio too short for one feature frame ({wave.size} samples = {wave.size / sr:.3f} s; the frontend "
                 f"needs at least {fx.min_samples})"
             )
+        if t < self.frontend.min_frames:
+            return (
+                f"audio too short for the encoder ({t} feature frames = {wave.size / sr:.3f} s; its subsampling needs "
+                f"at least {self.frontend.min_frames})"
+            )
         if self.features_on == "device":
             scaled = fx.scaled_wave(wave, dither=self.frontend.dither if self.train else 0.0, rng=rng)
             d = self.frontend.feature_dim

@@ -41,6 +41,9 @@ class FrontendConfig:
     cmvn_file: str | None = None  # Kaldi nnet am.mvn (<AddShift>/<Rescale>) applied after LFR
     n_fft: int = 400  # whisper log-mel only
     chunk_seconds: float = 30.0  # whisper pads/truncates to this
+    # Fewest feature frames the encoder takes (a Conformer's convolutional subsampling needs several): set from the
+    # encoder; a shorter clip is a bad item, not a batch the encoder cannot subsample.
+    min_frames: int = 1
 
     @property
     def feature_dim(self) -> int:
@@ -52,6 +55,8 @@ class FrontendConfig:
         return self.frame_shift_ms / 1000.0 * self.lfr_n
 
     def validate(self, path: str) -> None:
+        if self.min_frames < 1:
+            raise ConfigError(f"{path}.min_frames: must be >= 1, got {self.min_frames}")
         if self.lfr_m < 1 or self.lfr_n < 1:
             raise ConfigError(f"{path}: lfr_m and lfr_n must be >= 1, got {self.lfr_m}, {self.lfr_n}")
         for name in ("sample_rate", "n_mels", "frame_length_ms", "frame_shift_ms"):

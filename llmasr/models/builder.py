@@ -7,6 +7,7 @@ where the weights come from is its `weights` argument.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -63,7 +64,7 @@ def encoder_spec(cfg: EncoderConfig) -> EncoderSpec:
                 f"model.encoder.type is {cfg.type!r} but {cfg.path}/config.yaml holds a {found.class_name} "
                 f"({found.type!r})"
             )
-        return EncoderSpec(entry, conf, _refine(base, cfg.frontend))
+        return EncoderSpec(entry, conf, _fewest_frames(_refine(base, cfg.frontend), cfg.type, conf))
     frontend = _refine(FrontendConfig(), cfg.frontend)
     conf = dict(cfg.conf)
     conf.setdefault("input_size", frontend.feature_dim)
@@ -72,7 +73,17 @@ def encoder_spec(cfg: EncoderConfig) -> EncoderSpec:
             f"model.encoder.conf.input_size is {conf['input_size']} but the frontend gives "
             f"{frontend.feature_dim} dims (n_mels x lfr_m of model.encoder.frontend)"
         )
-    return EncoderSpec(entry, conf, frontend)
+    return EncoderSpec(entry, conf, _fewest_frames(frontend, cfg.type, conf))
+
+
+def _fewest_frames(frontend: FrontendConfig, kind: str, conf: dict) -> FrontendConfig:
+    """`frontend` with the fewest frames the encoder takes: a Conformer's subsampling needs 7 (conv2d) to 15
+    (conv2d8); a clip shorter than that in a batch of longer ones gave the adaptor an empty utterance."""
+    if kind != "conformer":
+        return frontend
+    from llmasr.models.subsampling import min_input_frames
+
+    return dataclasses.replace(frontend, min_frames=min_input_frames(str(conf.get("input_layer", "conv2d"))))
 
 
 def _refine(base: FrontendConfig, settings: dict) -> FrontendConfig:

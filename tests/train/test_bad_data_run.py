@@ -67,3 +67,23 @@ def test_manifest_faults_refuse_the_run_before_it_starts(tiny_llm_dir, tmp_path,
     overrides = ["data.max_bad_fraction=0.05", "train.max_updates=1"]
     assert main(["--config", str(path), "--deepspeed", "zero0", *overrides]) == 0
     assert "train: 1 of 21 manifest lines are unusable before loading" in (run / "train.log").read_text()
+
+
+def test_a_clip_too_short_for_a_conformers_subsampling_is_a_bad_item(tiny_llm_dir, tmp_path):
+    """A Conformer's conv2d subsampling takes 7 frames at least (0.42 s at LFR 7/6). A 0.3 s clip batched with longer
+    ones gave the adaptor an empty utterance and stopped training mid-run; it is a bad item, counted and named."""
+    from llmasr.testing.tiny_whisper import tiny_conformer_conf
+
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    write_wav(corpus / "clip.wav", 0.3, seed=0)
+    manifest = corpus_with(tmp_path, [{"key": "clip", "source": "clip.wav", "target": "two"}])
+    run = tmp_path / "run"
+    data = tiny_recipe_dict(tiny_llm_dir, train=[manifest], output_dir=run, grad_accum=1, max_seconds=6.0)
+    data["model"]["encoder"] = {**data["model"]["encoder"], "type": "conformer", "conf": tiny_conformer_conf(560)}
+    data["data"]["max_bad_fraction"] = 0.5  # the tiny corpus has clips of 0.2-0.3 s too
+    result = train(load_recipe(data=data), "zero0")
+    assert len(result["history"]) > 0
+    log = (run / "train.log").read_text()
+    why = "audio too short for the encoder (5 feature frames = 0.300 s; its subsampling needs at least 7)"
+    assert f"(key clip): {why}" in log
