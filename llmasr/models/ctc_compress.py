@@ -63,6 +63,9 @@ def ctc_compress(x: Tensor, lens: Tensor, log_probs: Tensor, blank_id: int, mode
     b, t, d = x.shape
     s = int(n_seg.max())
     index = torch.where(kept, seg, torch.full_like(seg, s))  # frames not kept go to a spare slot, then dropped
-    sums = x.new_zeros(b, s + 1, d).scatter_add_(1, index[..., None].expand(b, t, d), x)
-    counts = x.new_zeros(b, s + 1).scatter_add_(1, index, kept.to(x.dtype))
-    return sums[:, :s] / counts[:, :s, None].clamp(min=1), n_seg
+    # Summed in float32: CUDA adds bf16 one element at a time, rounding each sum, and a count stops at 256 (a long
+    # silence, or every frame of an all-blank utterance early in training, is one segment)
+    xf = x.float()
+    sums = xf.new_zeros(b, s + 1, d).scatter_add_(1, index[..., None].expand(b, t, d), xf)
+    counts = xf.new_zeros(b, s + 1).scatter_add_(1, index, kept.float())
+    return (sums[:, :s] / counts[:, :s, None].clamp(min=1)).to(x.dtype), n_seg

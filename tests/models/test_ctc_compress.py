@@ -118,3 +118,15 @@ def test_compression_without_a_ctc_head_is_a_config_error(tiny_llm_dir):
     section["ctc"] = {"weight": 0.3}
     with pytest.raises(ConfigError, match="ctc_compress"):
         llmasr.build_model(section)
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs CUDA"))])  # fmt: skip
+def test_a_long_segment_of_a_bf16_encoder_is_its_true_mean(device):
+    """600 frames in one segment (a long silence): the bf16 output is the mean to bf16 precision. Summed in bf16 as
+    CUDA sums (one rounding an add), the count stopped at 256 and the mean drifted."""
+    x = (torch.arange(600, dtype=torch.float32) / 100.0).view(1, 600, 1).repeat(1, 1, 4).to(device)
+    lp = one_hot_log_probs([[0] * 600]).to(device)
+    y, n = ctc_compress(x.bfloat16(), torch.tensor([600]), lp, BLANK, "avg")
+    assert y.dtype == torch.bfloat16 and n.tolist() == [1]
+    assert float(y[0, 0, 0]) == pytest.approx(float(x.mean()), rel=4e-3)
