@@ -55,7 +55,9 @@ def model_args(p: argparse.ArgumentParser) -> None:
     src.add_argument("--model", help="an exported model directory (llmasr export)")
     src.add_argument("--checkpoint", help="RUN_DIR[/checkpoints/TAG]: decode a training checkpoint directly")
     p.add_argument("--tag", help="checkpoint tag (with --checkpoint RUN_DIR)")
-    p.add_argument("--dtype", choices=("bf16", "fp16", "fp32"), help="LLM dtype (--model; default: as exported)")
+    p.add_argument(
+        "--dtype", choices=("bf16", "fp16", "fp32"), help="LLM dtype (default: as exported, or as the run trained it)"
+    )
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     p.add_argument(
         "--trust-remote-code", action="store_true",

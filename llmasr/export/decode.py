@@ -88,7 +88,7 @@ from llmasr.data.window_plan import WindowRules
 from llmasr.data.windowed import utterance_rows, utterance_tracker
 from llmasr.export.decode_results import ctc_summary, hotword_counts, llm_summary
 from llmasr.export.decode_world import DecodeWorld
-from llmasr.export.exported import MODEL_FILE, ExportedModelError, load_exported, read_description
+from llmasr.export.exported import MODEL_FILE, ExportedModelError, llm_dtype_name, load_exported, read_description
 from llmasr.export.trained_model import load_checkpoint_model
 from llmasr.models.ctc_align import sound_ends
 from llmasr.models.ctc_vocab import LLMCTCTokenizer
@@ -232,7 +232,7 @@ def decode_manifest(
     timing = {"audio_seconds": audio_seconds, "decode_seconds": time.perf_counter() - t0, "device": device}
     timing.update(mode=mode, rank_items=shares)
     tracker = utterance_tracker(bad_data, manifest, len(rows))
-    with open(out_dir / "bad.jsonl", "w") as fb:
+    with open(out_dir / "bad.jsonl", "w", encoding="utf-8") as fb:
         for rec in tracker.examples:
             fb.write(json.dumps(rec, ensure_ascii=False, default=str) + "\n")
     found = dict(
@@ -295,6 +295,10 @@ def load_decode_model(
             log.info("%s: no training.longest_seconds: long audio is not split unless max_window_seconds is set", where)
         return model, cfg, DecodeOptions(training_max_seconds=None if longest is None else float(longest))
     model, info = load_checkpoint_model(checkpoint, tag=tag, trust_remote_code=trust_remote_code)
+    if dtype is not None:  # the LLM in the dtype asked for, as an export's is (the speech branches stay float32)
+        from llmasr.models.llm import DTYPES
+
+        model.llm.to(DTYPES[llm_dtype_name(dtype, "float32")])
     recipe = info["recipe"]
     opts = DecodeOptions(max_bad_fraction=float(recipe.data.max_bad_fraction))
     return model, recipe.decode, dataclasses.replace(opts, training_max_seconds=longest_trained(recipe.data))

@@ -117,6 +117,12 @@ def llm_summary(out_dir: Path, rows: list[dict], found: dict, cfg: DecodeConfig,
             f"keys on more than one line: {len(summary['repeated_keys'])} (e.g. {summary['repeated_keys'][0]!r}); "
             "scored line by line here; a scorer pairing hyp.txt and ref.txt by key (sclite, compute-wer) would not"
         )
+    summary["spaced_keys"] = [r["key"] for r in rows if _kaldi_key(r["key"]) != r["key"]]
+    if summary["spaced_keys"]:
+        text.append(
+            f"keys holding whitespace: {len(summary['spaced_keys'])} (e.g. {summary['spaced_keys'][0]!r}); written "
+            "with '_' for it in hyp.txt and ref.txt (\"key text\" lines), as they are in results.jsonl"
+        )
     lists = timing.get("hotwords")  # decode_manifest's list counts (absent when a caller scores rows alone)
     if lists and (lists["hotword_lists"] or lists["hotword_lists_scored"] or lists["hotwords_file"]):
         text.append(_hotword_line(lists, len(rows)))
@@ -161,10 +167,13 @@ def _write_results(out_dir: Path, rows: list[dict], hyp_key: str, metric: str, *
     if any(lists):
         hot, biased = score_lists(scores, lists, corpus.name, corpus.unit_name)
     scoring = iter(zip(scores, biased, lists))  # the scored rows' scores, in row order
-    with open(out_dir / "hyp.txt", "w") as fh, open(out_dir / "results.jsonl", "w") as fj:
+    with (
+        open(out_dir / "hyp.txt", "w", encoding="utf-8") as fh,
+        open(out_dir / "results.jsonl", "w", encoding="utf-8") as fj,
+    ):
         for r in rows:
             s, b, phrases = next(scoring) if r["ref"] is not None else (None, None, None)
-            fh.write(f"{r['key']} {_one_line(r[hyp_key])}\n")
+            fh.write(f"{_kaldi_key(r['key'])} {_one_line(r[hyp_key])}\n")
             rec = {"key": r["key"], "ref": r["ref"], "hyp": r[hyp_key], **_counts_of(s)}
             rec.update(duration=round(r["duration"], 4), wer=None if s is None else s.rate, windows=r.get("windows", 1))
             if "truncated" in r and hyp_key == "hyp":
@@ -180,8 +189,8 @@ def _write_results(out_dir: Path, rows: list[dict], hyp_key: str, metric: str, *
                 rec["hotword_scores"] = b.to_row()
             fj.write(json.dumps(rec, ensure_ascii=False) + "\n")
     if with_ref:
-        with open(out_dir / "ref.txt", "w") as fr:
-            fr.writelines(f"{r['key']} {_one_line(r['ref'])}\n" for r in scored)
+        with open(out_dir / "ref.txt", "w", encoding="utf-8") as fr:
+            fr.writelines(f"{_kaldi_key(r['key'])} {_one_line(r['ref'])}\n" for r in scored)
     return corpus, hot, rate_interval([s.errors for s in scores], [s.ref_len for s in scores])
 
 
@@ -197,12 +206,14 @@ def _scored(corpus, interval, transcribed: int) -> dict:
     the rate is None when none had one."""
     summary = corpus.to_dict()
     summary.update(rate_ci95=interval, transcribed=transcribed, unscored=transcribed - corpus.n_utts)
-    if not corpus.n_utts and transcribed:
+    if not corpus.n_utts:  # none scored (every line bad, or none with a reference): no rate, not 0%
         summary["rate"] = None
     return summary
 
 
 def _rate_line(corpus, summary: dict) -> str:
+    if summary["rate"] is None and not summary["transcribed"]:
+        return "no utterance was transcribed (every line was bad: see bad.jsonl): not scored"
     if summary["rate"] is None:
         return f"{summary['transcribed']} utterances transcribed (hyp.txt); none has a reference transcript: not scored"
     line = f"{corpus.summary()}{_interval_text(summary['rate_ci95'])}"
@@ -226,9 +237,15 @@ def _add_hotwords(summary: dict, text: list[str], hot: BiasedCorpus | None) -> N
 
 def _write_summary(out_dir: Path, summary: dict, text: list[str]) -> None:
     """wer.txt and wer.json; the text joins the summary under "text"."""
-    (out_dir / "wer.txt").write_text("\n".join(text) + "\n")
-    (out_dir / "wer.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False, default=str) + "\n")
+    (out_dir / "wer.txt").write_text("\n".join(text) + "\n", encoding="utf-8")
+    (out_dir / "wer.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False, default=str) + "\n",
+                                      encoding="utf-8")  # fmt: skip
     summary["text"] = "\n".join(text)
+
+
+def _kaldi_key(key: str) -> str:
+    """A key a "key text" line can hold: whitespace in it would move words of the key into the text."""
+    return "_".join(str(key).split()) or "_"
 
 
 def _one_line(text: str) -> str:

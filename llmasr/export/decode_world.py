@@ -99,7 +99,7 @@ class DecodeWorld:
         static = len(tracker.static)
         everyone = self.gather((items, tracker.examples[static:]))
         merged: dict[int, dict] = {}
-        keep = len(tracker.examples) * self.size + 1
+        keep = static + sum(len(found) for _, found in everyone) + 1  # every rank's, not this one's times the ranks
         out = BadDataTracker(tracker.max_bad_fraction, name=tracker.name, keep_examples=keep, enforce=False)
         out.add_static(tracker.static, quiet=True)
         seen = set()

@@ -39,6 +39,9 @@ from llmasr.models.encoders import entry_for_class
 MODEL_FILE = "llmasr_model.yaml"
 
 
+READABLE_FORMATS = ("llmasr-exported-1",)  # what llmasr.export.export.FORMAT has been
+
+
 class ExportedModelError(RuntimeError):
     """An exported directory that is incomplete or inconsistent."""
 
@@ -48,9 +51,20 @@ def read_description(model_dir: str | Path) -> dict:
     path = model_dir / MODEL_FILE
     if not path.is_file():
         raise ExportedModelError(f"{path}: missing; {model_dir} is not a directory written by `llmasr export`")
-    desc = yaml.safe_load(path.read_text())
+    try:
+        desc = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        raise ExportedModelError(f"{path}: not readable YAML ({err})") from None
     if not isinstance(desc, dict) or not str(desc.get("format", "")).startswith("llmasr-exported"):
         raise ExportedModelError(f"{path}: not an llmasr export description")
+    if desc["format"] not in READABLE_FORMATS:
+        raise ExportedModelError(
+            f"{path}: format {desc['format']!r}, but this llmasr reads {', '.join(READABLE_FORMATS)} (written by a "
+            "newer llmasr? upgrade this one)"
+        )
+    missing = [key for key in ("encoder", "adaptor", "frontend", "llm") if not isinstance(desc.get(key), dict)]
+    if missing:
+        raise ExportedModelError(f"{path}: no {', '.join(missing)} section (a damaged or hand-edited file?)")
     return desc
 
 
@@ -61,7 +75,7 @@ def _file(model_dir: Path, name: str, what: str) -> str:
     return str(path)
 
 
-def _dtype_name(name: str | torch.dtype | None, default: str) -> str:
+def llm_dtype_name(name: str | torch.dtype | None, default: str) -> str:
     from llmasr.export.export import DTYPE_NAMES
     from llmasr.models.llm import DTYPES
 
@@ -147,7 +161,7 @@ def exported_model_config(
         "llm": _llm_section(
             model_dir,
             desc["llm"],
-            _dtype_name(dtype, desc["llm"].get("dtype", "float32")),
+            llm_dtype_name(dtype, desc["llm"].get("dtype", "float32")),
             trust_remote_code=trust_remote_code,
         ),
         "prompt": {

@@ -364,3 +364,5 @@ def test_checkpoint_decoding_takes_the_runs_bad_data_tolerance(runs):
     recipe = load_recipe(runs[2] / "recipe.yaml")
     _, saved, opts = load_decode_model(checkpoint=runs[2])
     assert saved == recipe.decode and opts.max_bad_fraction == recipe.data.max_bad_fraction
+    model, _, _ = load_decode_model(checkpoint=runs[2], dtype="bf16")  # --dtype holds for a checkpoint too
+    assert {p.dtype for p in model.llm.parameters()} == {torch.bfloat16}

@@ -28,3 +28,41 @@ def test_repeated_keys_are_scored_line_by_line_and_named(tmp_path):
     unique = llm_summary(tmp_path / "unique", rows[1:], dict(FOUND), DecodeConfig(), dict(TIMING))
     assert unique["repeated_keys"] == []
     assert "keys on more than one line" not in (tmp_path / "unique" / "wer.txt").read_text()
+
+
+def test_a_manifest_of_bad_lines_only_has_no_rate():
+    """Every line bad: nothing was decoded, so there is no WER to report (it said 0.00%)."""
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory() as tmp:
+        found = dict(FOUND, skipped=3, skipped_by_reason={"audio: file not found": 3})
+        summary = llm_summary(Path(tmp), [], found, DecodeConfig(), dict(TIMING))
+        assert summary["rate"] is None
+        assert "no utterance was transcribed (every line was bad: see bad.jsonl): not scored" in summary["text"]
+
+
+def test_ranks_bad_lines_are_all_kept_whichever_rank_found_them():
+    """Rank 1 found three bad items, rank 0 none: all three are kept for bad.jsonl (the kept examples were sized by
+    rank 0's own count, so two were lost and a windowed decode counted 1 skipped)."""
+    from llmasr.data.bad_data import BadDataTracker
+    from llmasr.export.decode_world import DecodeWorld
+
+    found = [[], [{"manifest": "m.jsonl", "line": k, "index": k, "reason": "audio: file not found"} for k in (2, 5, 7)]]
+
+    class TwoRanks(DecodeWorld):
+        def gather(self, obj):
+            return [({0: {"key": "a"}}, found[0]), ({1: {"key": "b"}}, found[1])]
+
+    merged, tracker, shares = TwoRanks(rank=0, size=2).merge({0: {"key": "a"}}, BadDataTracker(0.5, name="test"))
+    assert [rec["line"] for rec in tracker.examples] == [2, 5, 7] and tracker.bad == 3 and shares == [1, 1]
+
+
+def test_keys_holding_whitespace_keep_hyp_and_ref_lines_of_key_and_text(tmp_path):
+    rows = [row("utt 1", "hello world", "hello world"), row("utt\n3", "x", "x"), row("plain", "y", "y")]
+    summary = llm_summary(tmp_path, rows, dict(FOUND), DecodeConfig(), dict(TIMING))
+    assert (tmp_path / "hyp.txt").read_text().splitlines() == ["utt_1 hello world", "utt_3 x", "plain y"]
+    assert (tmp_path / "ref.txt").read_text().splitlines() == ["utt_1 hello world", "utt_3 x", "plain y"]
+    assert summary["spaced_keys"] == ["utt 1", "utt\n3"] and "keys holding whitespace: 2" in summary["text"]
+    keys = [json.loads(line)["key"] for line in (tmp_path / "results.jsonl").read_text().splitlines()]
+    assert keys == ["utt 1", "utt\n3", "plain"]

@@ -124,6 +124,24 @@ def test_exported_dir_is_self_contained(exported, tmp_path):
     assert model.prompt.end_id == model.prompt.tokenizer.convert_tokens_to_ids("<|im_end|>")
 
 
+def test_a_damaged_or_newer_description_is_refused_naming_the_file(exported, tmp_path):
+    import yaml
+
+    from llmasr.export.exported import ExportedModelError
+
+    moved = shutil.copytree(exported[0], tmp_path / "moved")
+    path = moved / "llmasr_model.yaml"
+    desc = yaml.safe_load(path.read_text())
+    for text, why in (
+        (yaml.safe_dump({**desc, "format": "llmasr-exported-2"}), r"format 'llmasr-exported-2', but this llmasr reads"),
+        ("format: llmasr-exported-1\nencoder: [unclosed\n", "not readable YAML"),
+        (yaml.safe_dump({k: v for k, v in desc.items() if k != "encoder"}), "no encoder section"),
+    ):
+        path.write_text(text)
+        with pytest.raises(ExportedModelError, match=f"{path}: {why}"):
+            load_exported(moved)
+
+
 def test_bf16_export_casts_the_llm(runs, tmp_path):
     out = export_model(runs[0], tmp_path / "bf16", dtype="bf16")
     cfg = json.loads((out / "llm" / "config.json").read_text())
