@@ -24,6 +24,7 @@ import numpy as np
 
 from llmasr.config_io import ConfigError, path_field
 from llmasr.data.records import BadRecord
+from llmasr.scoring import normalize
 
 HOTWORD_STREAM = 0x686F74  # "hot": the Generator stream of hotword lists, apart from augmentation's
 SOURCES = ("sample", "manifest", "manifest_or_sample")
@@ -212,7 +213,7 @@ class HotwordSampler:
         lo, hi = self.cfg.list_size
         wanted = max(int(rng.integers(lo, hi + 1)) - len(true), 0)
         ref = _join((p.lower() for p in parts), self.cfg.unit)
-        phrases = true + self._distractors(wanted, ref, {self._keys(t) for t in true}, rng)
+        phrases = true + self._distractors(wanted, (ref, self._scored(target)), {self._keys(t) for t in true}, rng)
         return [phrases[i] for i in rng.permutation(len(phrases))]
 
     def _true_phrases(self, parts: list[str], rng: np.random.Generator) -> list[str]:
@@ -235,16 +236,24 @@ class HotwordSampler:
                     weights[m] = 0.0
         return out
 
-    def _distractors(self, n: int, ref: str, taken: set, rng: np.random.Generator) -> list[str]:
-        """`n` distinct pool phrases (fewer if the pool runs short) that do not occur in the reference `ref`."""
+    def _scored(self, text: str) -> str:
+        """`text` as scoring reads it (llmasr.scoring.normalize: "New-York" is the words new and york), padded."""
+        return f" {normalize(text)} " if self.cfg.unit != "char" else normalize(text).replace(" ", "")
+
+    def _distractors(self, n: int, ref: tuple[str, str], taken: set, rng: np.random.Generator) -> list[str]:
+        """`n` distinct pool phrases (fewer if the pool runs short) that do not occur in the reference, neither as
+        written (`ref`[0]: its units, lowercased) nor as scored (`ref`[1]: a distractor scoring finds spoken would
+        count as a hit)."""
         if n <= 0 or not self.pool:
             return []
         sep = "" if self.cfg.unit == "char" else " "
-        padded = f"{sep}{ref}{sep}"
+        padded, scored = f"{sep}{ref[0]}{sep}", ref[1]
         out: list[str] = []
         for j in rng.choice(len(self.pool), size=min(4 * n + 8, 4 * len(self.pool)), p=self._pool_p):
             keys = self._pool_keys[int(j)]
             if not keys or keys in taken or f"{sep}{_join(keys, self.cfg.unit)}{sep}" in padded:
+                continue
+            if self._scored(self.pool[int(j)]).strip() and self._scored(self.pool[int(j)]) in scored:
                 continue
             taken.add(keys)
             out.append(self.pool[int(j)])

@@ -225,9 +225,9 @@ def decode_manifest(
         return None
     manifest = loader.dataset.manifest
     rows = utterance_rows(items, manifest, cfg.window_overlap)
-    if opts.hotwords_unprompted:
+    if opts.hotwords_unprompted:  # the lists a prompted run would have used: capped as its prompt caps them
         for r in rows:
-            r["hotwords_scored"] = loader.dataset.listed_hotwords(r["index"])
+            r["hotwords_scored"] = model.prompt.capped_hotwords(loader.dataset.listed_hotwords(r["index"]))[0]
     audio_seconds = sum(r["duration"] for r in rows)
     timing = {"audio_seconds": audio_seconds, "decode_seconds": time.perf_counter() - t0, "device": device}
     timing.update(mode=mode, rank_items=shares)

@@ -185,6 +185,17 @@ def test_lists_mix_true_phrases_and_distractors_shuffled(tmp_path):
     assert 0 < sum(first) < 40  # the true phrase has no fixed place
 
 
+def test_a_distractor_is_never_a_word_scoring_finds_spoken(tmp_path):
+    """ "york" is a word of "a New-York minute" as scoring reads it (the hyphen splits words there): a list that
+    offered it as a distractor taught the prompt that a spoken word was absent."""
+    pool = tmp_path / "pool.txt"
+    pool.write_text("york\nQwen\nSeACo\nLoRA\nDeepSpeed\n")
+    s = sampler(tmp_path, ngram=[1, 1], true_phrases=[1, 1], list_size=[4, 4], empty_prob=0.0, distractors=str(pool))
+    lists = [s.pick(None, "a New-York minute", i, 0) for i in range(100)]
+    assert not any("york" in got for got in lists)
+    assert any("york" in s.pick(None, "a minute", i, 0) for i in range(100))  # elsewhere it is a distractor
+
+
 def test_empty_share_and_sources(tmp_path):
     s = sampler(tmp_path, empty_prob=0.3)
     empty = sum(not s.pick(None, "the cat sat", i, 0) for i in range(1000))

@@ -189,3 +189,13 @@ def test_unprompted_lists_are_scored_not_rendered(model, corpus, tmp_path):
     for r in rows_u:
         if r["hotwords_scored"]:
             assert r["hotword_scores"]["b_errors"] + r["hotword_scores"]["u_errors"] == r["errors"]
+    # under a prompt token cap the baseline scores the lists the prompted run kept, not the lists before the cap
+    cap, model.prompt.hotwords_max_tokens = model.prompt.hotwords_max_tokens, 1
+    try:
+        decode_manifest(model, corpus, tmp_path / "cu", cfg, unprompted)
+        decode_manifest(model, corpus, tmp_path / "cb", cfg, base)
+    finally:
+        model.prompt.hotwords_max_tokens = cap
+    capped = [r["hotwords"] for r in _rows(tmp_path / "cb" / "results.jsonl")]
+    assert [r["hotwords_scored"] for r in _rows(tmp_path / "cu" / "results.jsonl")] == capped
+    assert capped != expected_lists(["world", "nine"])
