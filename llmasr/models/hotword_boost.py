@@ -14,7 +14,8 @@ CTC guidance the boost is added to the joint score of the candidates the audio s
 does not support stays out of reach.
 
 Phrases are matched as token ids of the LLM tokenizer, as they would be written at the start of the text and after
-a space (byte-level BPE tokenizers spell the two differently).
+a space (byte-level BPE tokenizers spell the two differently). A phrase that ends in a letter or digit is complete
+only where its word ends: a token that carries the word on ("Ann" then "a": Anna) gives its bonus back.
 """
 
 from __future__ import annotations
@@ -23,11 +24,14 @@ from dataclasses import dataclass, field
 
 import torch
 
+from llmasr.scoring import is_no_space_char
+
 
 @dataclass
 class _Node:
     depth: int = 0
     done: int = 0  # tokens of the longest complete phrase on the path to here (0: none)
+    word_end: bool = False  # the phrase complete here ends in a letter or digit: a joining token carries it on
     children: dict[int, _Node] = field(default_factory=dict)
 
 
@@ -42,7 +46,7 @@ def phrase_trie(phrases, tokenizer) -> _Node:
             node = root
             for token in spelling:
                 node = node.children.setdefault(token, _Node(node.depth + 1, node.done))
-            node.done = node.depth
+            node.done, node.word_end = node.depth, _word_char(text[-1])
     _inherit_done(root)
     return root
 
@@ -59,12 +63,41 @@ class _Match:
     node: _Node  # where the current match stands (the root: none); Phi = boost * (banked + node.depth)
 
 
-def _step(match: _Match, token: int, root: _Node) -> _Match:
+def _word_char(ch: str) -> bool:
+    """A character a word goes on with (a letter or digit of a script written with spaces)."""
+    return ch.isalnum() and not is_no_space_char(ch)
+
+
+def joining_tokens(tokenizer) -> torch.Tensor:
+    """Per token id, whether its text starts with a letter or digit of a script written with spaces (it carries
+    the word before it on); cached on the tokenizer. A tokenizer that cannot decode ids: none."""
+    cached = getattr(tokenizer, "_llmasr_joining", None)
+    if cached is None:
+        try:
+            texts = tokenizer.batch_decode([[t] for t in range(len(tokenizer))])
+        except (AttributeError, TypeError, NotImplementedError):
+            texts = []
+        cached = torch.tensor([bool(t) and _word_char(t[0]) for t in texts], dtype=torch.bool)
+        try:
+            tokenizer._llmasr_joining = cached
+        except AttributeError:
+            pass
+    return cached
+
+
+def _step(match: _Match, token: int, root: _Node, joins: torch.Tensor) -> _Match:
     child = match.node.children.get(token)
     if child is not None:
         return _Match(match.banked, child)
-    # The match breaks: the complete phrase it passed (if any) stays banked; the token may begin a new match.
-    return _Match(match.banked + match.node.done, root.children.get(token, root))
+    # The match breaks: the complete phrase it passed (if any) stays banked, unless it ends right here and the token
+    # carries its word on; the token may begin a new match.
+    return _Match(match.banked + _kept(match.node, token, joins), root.children.get(token, root))
+
+
+def _kept(node: _Node, token: int, joins: torch.Tensor) -> int:
+    """What a match standing at `node` banks when `token` breaks it."""
+    carried_on = node.word_end and node.done == node.depth and token < len(joins) and bool(joins[token])
+    return 0 if carried_on else node.done
 
 
 class HotwordBoost:
@@ -75,6 +108,7 @@ class HotwordBoost:
     def __init__(self, phrases: list[list[str]], tokenizer, boost: float, end_id: int, num_beams: int):
         self.boost, self.end_id, self.num_beams = float(boost), int(end_id), int(num_beams)
         self.tries = [phrase_trie(p, tokenizer) if p else None for p in phrases]
+        self.joins = joining_tokens(tokenizer) if any(t is not None for t in self.tries) else torch.zeros(0, dtype=bool)
         self.matches: dict[tuple[int, tuple[int, ...]], _Match] = {}
 
     def tokens(self, utt: int) -> torch.Tensor:
@@ -101,6 +135,10 @@ class HotwordBoost:
             # Every token breaks the match (giving back its unfinished part) unless it continues it; a token that
             # begins a phrase earns one token's worth; the end token only gives back.
             add[r] = self.boost * (node.done - node.depth)
+            if node.word_end and node.done == node.depth:  # a token that carries the phrase's word on: all back
+                joining = torch.zeros(scores.shape[1], dtype=torch.bool)
+                joining[: min(len(self.joins), scores.shape[1])] = self.joins[: scores.shape[1]]
+                add[r, joining.to(add.device)] = -self.boost * node.depth
             starts = [t for t in root.children if t < scores.shape[1]]
             add[r, starts] += self.boost
             add[r, [t for t in node.children if t < scores.shape[1]]] = self.boost
@@ -116,4 +154,4 @@ class HotwordBoost:
             return known
         if not prefix:
             return _Match(0, root)
-        return _step(self._match(utt, prefix[:-1], root), prefix[-1], root)
+        return _step(self._match(utt, prefix[:-1], root), prefix[-1], root, self.joins)

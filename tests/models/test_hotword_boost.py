@@ -55,6 +55,27 @@ def test_a_phrase_earns_its_boost_only_when_it_is_complete(model):
     assert total + float(_gains(boost, mid, vocab)[end]) == 2.0 * len(_ids(tok, " three four"))
 
 
+def _total(boost: HotwordBoost, seq: list[int], vocab: int, end: int) -> float:
+    """The boost a hypothesis of tokens `seq` ends with (every step's gain, then the end token's)."""
+    steps = sum(float(_gains(boost, seq[:n], vocab)[seq[n]]) for n in range(len(seq)))
+    return steps + float(_gains(boost, seq, vocab)[end])
+
+
+def test_a_phrase_is_complete_only_where_its_word_ends(model):
+    """ "four" earns its boost before " one" and at the end; carried on by a token that goes on with the word
+    ("four" + "teen") it gives it back: the search is not pushed towards every word a phrase begins. A phrase in a
+    script without spaces is complete before the next character."""
+    tok, end = model.prompt.tokenizer, model.prompt.end_id
+    vocab = len(tok)
+    boost = HotwordBoost([["four"]], tok, 1.0, end, 1)
+    four, teen, one = _ids(tok, " four"), _ids(tok, "teen"), _ids(tok, " one")
+    assert _total(boost, four + one, vocab, end) == len(four) and _total(boost, four, vocab, end) == len(four)
+    assert _total(boost, four + teen + one, vocab, end) == 0.0
+    joined = _ids(tok, "五")
+    cjk = HotwordBoost([["四"]], tok, 1.0, end, 1)
+    assert _total(cjk, _ids(tok, "四") + joined, vocab, end) == len(_ids(tok, "四"))
+
+
 def test_a_completed_shorter_phrase_stays_earned_when_a_longer_one_breaks_off(model):
     tok, end = model.prompt.tokenizer, model.prompt.end_id
     boost = HotwordBoost([["four", "four one"]], tok, 1.0, end, 1)
