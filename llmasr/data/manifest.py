@@ -29,7 +29,7 @@ from llmasr.data.records import (
     _is_cut,
     _is_number,
     nano_speech_seconds,
-    parse_record,
+    parse_line,
 )
 
 __all__ = ["BadRecord", "EmptyManifest", "Utterance", "Manifest", "MixedManifest"]
@@ -60,9 +60,9 @@ def _line_duration(raw: bytes) -> float:
             e, s = float(fields[b"end"]), float(fields.get(b"start", 0.0))
             if s < e < math.inf:
                 return e - s
-        if b"source_len" in fields:
-            n = float(fields[b"source_len"])
-            return n / FUNASR_FRAMES_PER_SECOND if 0 < n < math.inf else math.nan
+        if b"source_len" in fields:  # the file's frames: what `start` leaves of them
+            n = float(fields[b"source_len"]) / FUNASR_FRAMES_PER_SECOND - float(fields.get(b"start", 0.0))
+            return n if 0 < n < math.inf else math.nan
     except ValueError:
         return _record_duration(_loads_or_none(raw))
     if b'"duration"' in raw and b"duration" not in fields:  # not a plain number: let the full parse decide
@@ -82,10 +82,16 @@ def _record_duration(rec) -> float:
     if not isinstance(rec, dict):
         return math.nan
     d = rec.get("duration")
+    if _is_cut(rec):  # what its one supervision covers, as the full parse cuts it
+        sups = rec.get("supervisions")
+        sup = sups[0] if isinstance(sups, list) and len(sups) == 1 and isinstance(sups[0], dict) else {}
+        a, b = sup.get("start", 0.0), sup.get("duration")
+        if not (_is_number(d) and d > 0 and _is_number(a) and (b is None or _is_number(b))):
+            return math.nan
+        span = (d if b is None else min(d, a + b)) - max(0.0, a)
+        return float(span) if span > 0 else math.nan
     if _is_number(d) and d > 0:
         return float(d)
-    if _is_cut(rec):
-        return math.nan
     n = rec.get("speech_length")
     if "messages" in rec and _is_number(n) and n >= 1:
         return nano_speech_seconds(n)
@@ -93,8 +99,8 @@ def _record_duration(rec) -> float:
     if _is_number(e) and _is_number(s) and e > s:
         return float(e - s)
     sl = rec.get("source_len")
-    if _is_number(sl) and sl > 0:
-        return float(sl) / FUNASR_FRAMES_PER_SECOND
+    if _is_number(sl) and sl > 0 and _is_number(s) and float(sl) / FUNASR_FRAMES_PER_SECOND > s:
+        return float(sl) / FUNASR_FRAMES_PER_SECOND - float(s)
     return math.nan
 
 
@@ -203,7 +209,7 @@ class Manifest:
             raise BadRecord(self.path, line, f"not UTF-8 text: {err}") from None
         except ValueError as err:
             raise BadRecord(self.path, line, f"malformed JSON: {err}") from None
-        return parse_record(rec, manifest=self.path, line=line, base=self._base, need_target=self.need_target)
+        return parse_line(rec, manifest=self.path, line=line, base=self._base, need_target=self.need_target)
 
     def __iter__(self):
         for i in range(len(self)):
@@ -339,7 +345,10 @@ class MixedManifest:
             base = np.arange(n, dtype=np.int64) + self.offsets[k]
             full = int(math.floor(w))
             parts.extend([base] * full)
-            extra = int(round((w - full) * n))
+            share = (w - full) * n  # w passes in expectation: the fraction of a line is a coin (round() lost 0.5)
+            extra = int(math.floor(share))
+            if share > extra and rng.random() < share - extra:
+                extra += 1
             if extra:
                 parts.append(np.sort(rng.choice(base, size=extra, replace=False)))
         return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)

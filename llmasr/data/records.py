@@ -91,7 +91,10 @@ class Utterance:
 
 
 def _is_number(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    try:
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    except OverflowError:  # an integer past float range (a JSON 10**400)
+        return False
 
 
 class _Parser:
@@ -175,8 +178,12 @@ class _Parser:
         source_len = self.opt_num(rec, "source_len")
         if duration is None and end is not None:
             duration = end - start
-        if duration is None and source_len is not None and source_len > 0:
-            duration = source_len / FUNASR_FRAMES_PER_SECOND
+        if duration is None and source_len is not None and source_len > 0:  # the file's frames: what start leaves
+            duration = source_len / FUNASR_FRAMES_PER_SECOND - start
+            if duration <= 0:
+                raise self.bad(f"'start' ({start}) is at or past the audio's end (source_len {source_len:g} frames)")
+        elif end is None and start > 0 and duration is not None:
+            end = start + duration  # a segment: `duration` seconds from `start`, not the rest of the file
         target_len = self.opt_num(rec, "target_len", integer=True)
         channel = self.opt_num(rec, "channel", integer=True)
         return Utterance(
@@ -271,6 +278,7 @@ class _Parser:
         duration = self.opt_num(rec, "duration")
         if duration is None or duration <= 0:
             raise self.bad(f"lhotse cut: field 'duration' must be a positive number, got {rec.get('duration')!r}")
+        start, duration = self.supervised_span(sup, start, duration)
         for tr in recording.get("transforms") or []:
             name = tr.get("name") if isinstance(tr, dict) else tr
             if name != "Resample":  # resampling happens anyway, to the model's rate
@@ -311,17 +319,43 @@ class _Parser:
             raise self.bad("lhotse cut: missing field 'supervisions[0].text'")
         return sup
 
-    def cut_channel(self, rec: dict) -> int | None:
+    def supervised_span(self, sup: dict, start: float, duration: float) -> tuple[float, float]:
+        """(start, duration) in the recording of what the supervision's text covers: its own span within the cut
+        (its `start` is relative to the cut), clipped to the cut; the whole cut for a supervision without one."""
+        a = sup.get("start", 0.0)
+        b = sup.get("duration")
+        if not _is_number(a) or (b is not None and not _is_number(b)):
+            raise self.bad(f"lhotse supervision: 'start'/'duration' must be numbers, got {a!r:.30}, {b!r:.30}")
+        lo, hi = max(0.0, float(a)), duration if b is None else min(duration, float(a) + float(b))
+        if hi - lo <= 0:
+            raise self.bad(f"lhotse supervision ({a:g} s + {b} s) lies outside its cut (0-{duration:g} s)")
+        return start + lo, hi - lo
+
+    def cut_channel(self, rec: dict) -> int | list[int] | None:
         """The recording channel the cut reads (None: all of a single-file recording)."""
         channel = rec.get("channel", 0)
         if isinstance(channel, list):
-            channel = channel[0] if len(channel) == 1 else None
+            if not all(isinstance(c, int) and not isinstance(c, bool) for c in channel):
+                raise self.bad(f"lhotse cut: field 'channel' must list integers, got {channel!r:.60}")
+            channel = channel[0] if len(channel) == 1 else sorted(channel) or None
+            if isinstance(channel, list):
+                return channel
         if channel is not None and not (isinstance(channel, int) and not isinstance(channel, bool)):
             raise self.bad(f"lhotse cut: field 'channel' must be an integer or list, got {channel!r:.60}")
         return channel
 
-    def cut_source(self, recording: dict, channel: int | None) -> tuple[str, int | None]:
-        """(audio file path, channel within that file or None) of the recording source that holds `channel`."""
+    def cut_source(self, recording: dict, channel: int | list[int] | None) -> tuple[str, int | None]:
+        """(audio file path, channel within that file or None) of the recording source that holds `channel` (a
+        list: all the channels of one file, averaged)."""
+        if isinstance(channel, list):
+            srcs = [s for s in recording.get("sources") or [] if isinstance(s, dict)]
+            chans = [sorted(s.get("channels") or [0]) if isinstance(s.get("channels"), list) else None for s in srcs]
+            if len(srcs) != 1 or chans[0] != channel:
+                raise self.bad(
+                    f"lhotse cut reads channels {channel} of a recording whose sources hold {chans}: only all the "
+                    "channels of one file (averaged) or one channel are supported"
+                )
+            channel = None
         sources = recording.get("sources")
         if not isinstance(sources, list) or not sources:
             raise self.bad("lhotse recording has no 'sources'")
@@ -330,6 +364,8 @@ class _Parser:
             if not isinstance(src, dict):
                 raise self.bad("lhotse recording source is not an object")
             chans = src.get("channels") or [0]
+            if not isinstance(chans, list):
+                raise self.bad(f"lhotse recording source: 'channels' must be a list, got {chans!r:.30}")
             if channel is None or channel in chans:
                 chosen = src
                 if channel is not None and len(chans) > 1:
@@ -366,3 +402,16 @@ def parse_record(rec, *, manifest: str, line: int, base: Path, need_target: bool
     if "recording_id" in rec and "key" not in rec:
         raise p.bad("this is a lhotse supervisions manifest; pass a cuts manifest (CutSet) instead")
     return p.funasr(rec)
+
+
+def parse_line(rec, *, manifest: str, line: int, base: Path, need_target: bool = True) -> Utterance:
+    """parse_record, with any other failure on an odd value (a field of an unexpected shape the checks did not
+    foresee) a BadRecord naming the line too: a scan counts it instead of stopping."""
+    try:
+        return parse_record(rec, manifest=manifest, line=line, base=base, need_target=need_target)
+    except BadRecord:
+        raise
+    except (TypeError, ValueError, AttributeError, KeyError, IndexError, OverflowError) as err:
+        key = rec.get("key", rec.get("id")) if isinstance(rec, dict) else None
+        why = f"malformed record ({type(err).__name__}: {err})"
+        raise BadRecord(manifest, line, why, key if isinstance(key, str) else None) from None

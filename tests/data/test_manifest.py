@@ -122,6 +122,25 @@ def test_segment_fields(tmp_path):
     assert m.durations()[1] == pytest.approx(1.0)
     assert len(load_audio(s1.source, sample_rate=16000, start=s1.start, end=s1.end)) == 20000
     assert s2.end is None
+    # `duration` from `start` is a segment of that length (it read to the file's end: 2 s budgeted, 2.5 s loaded);
+    # `source_len` counts the file's 10 ms frames, so what `start` leaves of them
+    m = Manifest.open(
+        write_jsonl(
+            tmp_path / "n.jsonl",
+            [
+                {"key": "s3", "source": "long.wav", "target": "x", "start": 0.5, "duration": 2.0},
+                {"key": "s4", "source": "long.wav", "target": "y", "start": 1.0, "source_len": 300},
+                {"key": "s5", "source": "long.wav", "target": "y", "start": 3.5, "source_len": 300},
+                {"key": "s6", "source": "long.wav", "target": "y", "duration": 10**400},
+            ],
+        )
+    )
+    assert (m[0].start, m[0].end, m[0].duration) == (0.5, 2.5, 2.0)
+    assert (m[1].start, m[1].end, m[1].duration) == (1.0, None, 2.0)
+    with pytest.raises(BadRecord, match=r"n.jsonl:3: .*'start' \(3.5\) is at or past the audio's end"):
+        m[2]
+    with pytest.raises(BadRecord, match=r"n.jsonl:4: "):  # a number past float range: a bad line, not a crash
+        m[3]
 
 
 # ---------------------------------------------------------------------------------------------------- lhotse
@@ -242,6 +261,39 @@ def test_lhotse_per_channel_files_and_bad_cuts(tmp_path):
         assert e.value.line == i + 1 and e.value.manifest == str(m.path)
         assert reason in e.value.reason and str(e.value).startswith(f"{m.path}:{i + 1}: ")
     assert len(m.scan()) == 6
+
+
+def test_lhotse_supervision_span_and_channel_sets(tmp_path):
+    """A supervision that covers part of its cut trains on that part (the cut's other audio has no text); a cut
+    that reads some channels of a file, not one or all, is refused rather than averaged over every channel."""
+    write_wav(tmp_path / "rec.wav", 3.0)
+    write_wav(tmp_path / "quad.wav", 3.0, channels=4)
+    quad = [{"type": "file", "channels": [0, 1, 2, 3], "source": "quad.wav"}]
+    cuts = [
+        cut(
+            "part", "rec.wav", start=0.5, duration=1.0, sups=[{"id": "s", "start": 0.25, "duration": 0.5, "text": "a"}]
+        ),
+        cut("outside", "rec.wav", duration=1.0, sups=[{"id": "s", "start": 2.0, "duration": 0.5, "text": "a"}]),
+        cut("two", "quad.wav", channel=[0, 1], sources=quad, type="MultiCut"),
+        cut("all", "quad.wav", channel=[3, 2, 1, 0], sources=quad, type="MultiCut"),
+        cut("ints", "rec.wav", sources=[{"type": "file", "channels": 1, "source": "rec.wav"}]),
+        cut("odd", "rec.wav"),
+    ]
+    cuts[-1]["recording"]["transforms"] = 5  # a shape no check foresaw: still a bad line, named
+    m = Manifest.open(write_jsonl(tmp_path / "cuts.jsonl", cuts))
+    assert (m[0].start, m[0].end, m[0].duration) == (0.75, 1.25, 0.5)
+    with pytest.raises(BadRecord, match="lies outside its cut"):
+        m[1]
+    with pytest.raises(
+        BadRecord, match=r"reads channels \[0, 1\] of a recording whose sources hold \[\[0, 1, 2, 3\]\]"
+    ):
+        m[2]
+    assert m[3].channel is None and m[3].source == str(tmp_path / "quad.wav")  # every channel of the file
+    with pytest.raises(BadRecord, match="'channels' must be a list"):
+        m[4]
+    with pytest.raises(BadRecord, match=r"cuts.jsonl:6: malformed record \(TypeError: "):
+        m[5]
+    assert len(m.scan()) == 4  # counted, not a crash
 
 
 # ---------------------------------------------------------------------------------------------- bad records
@@ -472,6 +524,16 @@ def test_mixed_manifest_weights(tmp_path):
     np.testing.assert_array_equal(mix.epoch_indices(3, seed=7), mix.epoch_indices(3, seed=7))
     assert not np.array_equal(mix.epoch_indices(3, seed=7), mix.epoch_indices(4, seed=7))
     assert not np.array_equal(mix.epoch_indices(3, seed=7), mix.epoch_indices(3, seed=8))
+    # a fraction of a line is a coin, not rounded away: weight 0.5 on one line visits it in about half the epochs,
+    # and on three lines 1.5 of them an epoch
+    one = Manifest.open(write_jsonl(tmp_path / "one.jsonl", [{"key": "o", "source": "x.wav", "target": "t"}]))
+    half = MixedManifest([one, b], [0.5, 1.0])
+    visits = [int((half.epoch_indices(e, seed=7) == 0).sum()) for e in range(400)]
+    assert set(visits) == {0, 1} and 150 < sum(visits) < 250
+    three = MixedManifest([Manifest.open(write_jsonl(tmp_path / "three.jsonl", [
+        {"key": f"t{i}", "source": "x.wav", "target": "t"} for i in range(3)])), b], [0.5, 1.0])  # fmt: skip
+    drawn = [int((three.epoch_indices(e, seed=7) < 3).sum()) for e in range(400)]
+    assert set(drawn) == {1, 2} and abs(np.mean(drawn) - 1.5) < 0.1
     # subsampling: weight 0.25 visits a quarter of the records, each at most once
     sub = MixedManifest([a, b], [0.25, 1.0])
     idx = sub.epoch_indices(0, seed=1)
@@ -499,8 +561,10 @@ def test_duration_hints_match_full_parse(tmp_path):
         {"key": "a", "source": "x", "target": "t", "duration": None, "source_len": 100},
         {"key": "a", "source": "x", "target": "t", "meta": {"duration": 9}},
         cut("c", "x.wav", duration=2.25),
+        {"key": "a", "source": "x", "target": "t", "start": 0.5, "source_len": 250},  # what start leaves
+        cut("p", "x.wav", duration=2.0, sups=[{"id": "s", "start": 0.5, "duration": 1.0, "text": "a"}]),
     ]
-    expected = [1.5, 1.5, 2.5, np.nan, np.nan, 1.0, np.nan, 1.0, np.nan, 2.25]
+    expected = [1.5, 1.5, 2.5, np.nan, np.nan, 1.0, np.nan, 1.0, np.nan, 2.25, 2.0, 1.0]
     for rec, want in zip(records, expected):
         raw = json.dumps(rec).encode()
         np.testing.assert_equal([_line_duration(raw), _record_duration(rec)], [want, want])
