@@ -105,6 +105,7 @@ def resolve_ds_config(
     if world_size < 1:
         raise ValueError(f"world_size must be >= 1, got {world_size}")
     bf16_key = _check_blocks(ds, source)
+    _check_layout(ds, bf16_key, source)
     _fill_from_recipe(ds, train_cfg, bf16_key, source)
     _fill_batch_sizes(ds, world_size, source)
     left = _find_autos(ds)
@@ -136,6 +137,29 @@ def _check_blocks(ds: dict, source: str) -> str:
     if _get(ds, f"{bf16_key}.enabled") is True and _get(ds, "fp16.enabled") is True:
         raise ConfigError(f"{source}: fp16.enabled and {bf16_key}.enabled are both true; pick one (train.precision)")
     return bf16_key
+
+
+def _check_layout(ds: dict, bf16_key: str, source: str) -> None:
+    """Refuse what would pass here and fail or mislead later: a precision block that is not an object, model
+    parallelism (llmasr trains data-parallel: DeepSpeed would count fewer data ranks than the batch sizes assume),
+    and offload at a ZeRO stage that does not take it."""
+    for key in (bf16_key, "fp16"):
+        if key in ds and not isinstance(ds[key], dict):
+            raise ConfigError(f'{source}: "{key}" is {json.dumps(ds[key])}; write it as an object, e.g. '
+                              f'"{key}": {{"enabled": "auto"}}')  # fmt: skip
+    for key in ("sequence_parallel_size", "data_parallel_size", "tensor_parallel.autotp_size"):
+        value = _get(ds, key)
+        if value not in (None, 0, 1):
+            raise ConfigError(f"{source}: {key} is {value}; llmasr trains data-parallel only (every rank a whole "
+                              "model and its own batches): remove it")  # fmt: skip
+    stage = _get(ds, "zero_optimization.stage") or 0
+    for block, lowest in (("offload_param", 3), ("offload_optimizer", 1)):
+        device = _get(ds, f"zero_optimization.{block}.device")
+        if device not in (None, "none") and isinstance(stage, int) and stage < lowest:
+            raise ConfigError(
+                f"{source}: zero_optimization.{block}.device is {device!r} but zero_optimization.stage is {stage}; "
+                f"{block} needs stage {lowest} or more (the presets zero2_offload and zero3_offload offload)"
+            )
 
 
 def _fill_from_recipe(ds: dict, train_cfg: TrainConfig, bf16_key: str, source: str) -> None:

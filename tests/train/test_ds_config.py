@@ -128,6 +128,29 @@ def test_fp16_and_bf16_both_enabled():
         resolve_ds_config({"fp16": {"enabled": True}, "bf16": {"enabled": True}}, train_cfg(), world_size=1)
 
 
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        ({"fp16": False}, r'"fp16" is false; write it as an object'),
+        ({"bf16": None}, r'"bf16" is null; write it as an object'),
+        ({"sequence_parallel_size": 2}, "sequence_parallel_size is 2; llmasr trains data-parallel only"),
+        ({"tensor_parallel": {"autotp_size": 2}}, "tensor_parallel.autotp_size is 2"),
+        ({"zero_optimization": {"stage": 2, "offload_param": {"device": "cpu"}}},
+         r"offload_param.device is 'cpu' but zero_optimization.stage is 2; offload_param needs stage 3"),
+        ({"zero_optimization": {"stage": 0, "offload_optimizer": {"device": "cpu"}}},
+         r"offload_optimizer.device is 'cpu' but zero_optimization.stage is 0; offload_optimizer needs stage 1"),
+    ],
+)  # fmt: skip
+def test_settings_deepspeed_or_training_would_fail_on_later_are_refused(raw, message):
+    """A precision block that is not an object (a TypeError naming nothing), model parallelism (DeepSpeed counts fewer
+    data ranks than the batch sizes: it refuses after the model loaded), offload at a stage without it (the memory
+    estimate failed at the end of llmasr check)."""
+    with pytest.raises(ConfigError, match=message):
+        resolve_ds_config(raw, train_cfg(), world_size=8, source="ds.json")
+    assert resolve_ds_config({"zero_optimization": {"stage": 2, "offload_param": {"device": "none"}}}, train_cfg(),
+                             world_size=8)  # fmt: skip
+
+
 def test_unknown_auto_key_named():
     raw = {"zero_optimization": {"stage": 3, "reduce_bucket_size": "auto"}}
     with pytest.raises(ConfigError, match=r"\"auto\" left at \['zero_optimization.reduce_bucket_size'\]"):
