@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from llmasr.data.record_line import parse_line
 from llmasr.data.records import (
     FUNASR_FRAMES_PER_SECOND,
     BadRecord,
@@ -29,7 +30,6 @@ from llmasr.data.records import (
     _is_cut,
     _is_number,
     nano_speech_seconds,
-    parse_line,
 )
 
 __all__ = ["BadRecord", "EmptyManifest", "Utterance", "Manifest", "MixedManifest"]

@@ -1,5 +1,5 @@
-"""Manifest records: the FunASR jsonl, Fun-ASR-Nano ChatML and lhotse cut formats, parsed into `Utterance`s or
-`BadRecord`s.
+"""Manifest records: `Utterance`, `BadRecord`, and the parser of the FunASR jsonl and Fun-ASR-Nano ChatML formats
+(lhotse cuts: llmasr.data.lhotse_cut; a line by its format: llmasr.data.record_line).
 
 FunASR jsonl, one JSON object a line:
     {"key": "utt1", "source": "wav/utt1.wav", "target": "hello world",
@@ -24,14 +24,8 @@ Fun-ASR-Nano ChatML jsonl (what FunASR's Nano fine-tuning reads, and its scp2jso
   (model.prompt.system) for that line, as FunASR's Nano dataset uses it. Several turns, text after the audio and
   audio URLs are bad records.
 
-lhotse CutSet jsonl(.gz), one cut a line (read with json/gzip; lhotse is not imported): MonoCut (or a MultiCut
-with one channel; several channels are averaged) with exactly one supervision, whose `text` is the target and
-`language` the lang; the audio is the cut's recording `file` source, read from cut.start for cut.duration
-seconds, on the cut's channel; the supervision's custom.hotwords is the biasing list (decoding also takes a cut
-without supervisions, or whose supervision has no text, as audio to transcribe). Recording transforms other
-than Resample, URL/command/memory sources, features-only cuts and MixedCuts are reported as bad records. A .gz
-manifest is decompressed once into a cache folder ($LLMASR_CACHE_DIR or ~/.cache/llmasr/manifests) so lines can
-be read by offset.
+lhotse CutSet jsonl(.gz), one cut a line: llmasr.data.lhotse_cut reads it. A .gz manifest is decompressed once into
+a cache folder ($LLMASR_CACHE_DIR or ~/.cache/llmasr/manifests) so lines can be read by offset.
 """
 
 from __future__ import annotations
@@ -260,158 +254,6 @@ class _Parser:
             system=turn.get("system"),
         )
 
-    # lhotse cut --------------------------------------------------------------------------------------------
-    def cut(self, rec: dict) -> Utterance:
-        cut_id = rec.get("id")
-        if not isinstance(cut_id, str) or not cut_id:
-            raise self.bad(f"lhotse cut: field 'id' must be a non-empty string, got {cut_id!r:.60}")
-        self.key = cut_id
-        kind = rec.get("type", "MonoCut")
-        if kind not in ("MonoCut", "MultiCut", "Cut", "DataCut"):
-            raise self.bad(f"lhotse cut: type {kind!r} is not supported (only MonoCut / single-channel MultiCut)")
-        sup = self.cut_supervision(rec)
-        target = self.optional_target(sup.get("text"), "supervisions[0].text")
-        recording = rec.get("recording")
-        if not isinstance(recording, dict):
-            raise self.bad("lhotse cut has no 'recording' (features-only cuts are not supported)")
-        start = self.opt_num(rec, "start") or 0.0
-        duration = self.opt_num(rec, "duration")
-        if duration is None or duration <= 0:
-            raise self.bad(f"lhotse cut: field 'duration' must be a positive number, got {rec.get('duration')!r}")
-        start, duration = self.supervised_span(sup, start, duration)
-        for tr in recording.get("transforms") or []:
-            name = tr.get("name") if isinstance(tr, dict) else tr
-            if name != "Resample":  # resampling happens anyway, to the model's rate
-                raise self.bad(f"lhotse recording transform {name!r} is not supported")
-        path, file_channel = self.cut_source(recording, self.cut_channel(rec))
-        lang = sup.get("language")
-        custom = sup.get("custom") if isinstance(sup.get("custom"), dict) else {}
-        prompt = custom.get("prompt")
-        return Utterance(
-            key=cut_id,
-            source=self.resolve(path),
-            target=target,
-            duration=float(duration),
-            target_len=None,
-            prompt=prompt if isinstance(prompt, str) else None,
-            lang=lang if isinstance(lang, str) else None,
-            manifest=self.manifest,
-            line=self.line,
-            channel=file_channel,
-            start=float(start),
-            end=float(start + duration),
-            hotwords=self.hotwords(custom, "supervisions[0].custom.hotwords"),
-        )
-
-    def cut_supervision(self, rec: dict) -> dict:
-        """The cut's one supervision, which has a text."""
-        sups = rec.get("supervisions")
-        if not isinstance(sups, list):
-            raise self.bad("lhotse cut: field 'supervisions' must be a list")
-        if not sups and not self.need_target:
-            return {}  # audio to transcribe
-        if len(sups) != 1:
-            raise self.bad(f"lhotse cut has {len(sups)} supervisions; expected exactly one")
-        sup = sups[0]
-        if not isinstance(sup, dict):
-            raise self.bad("lhotse cut: the supervision is not an object")
-        if ("text" not in sup or sup["text"] is None) and self.need_target:
-            raise self.bad("lhotse cut: missing field 'supervisions[0].text'")
-        return sup
-
-    def supervised_span(self, sup: dict, start: float, duration: float) -> tuple[float, float]:
-        """(start, duration) in the recording of what the supervision's text covers: its own span within the cut
-        (its `start` is relative to the cut), clipped to the cut; the whole cut for a supervision without one."""
-        a = sup.get("start", 0.0)
-        b = sup.get("duration")
-        if not _is_number(a) or (b is not None and not _is_number(b)):
-            raise self.bad(f"lhotse supervision: 'start'/'duration' must be numbers, got {a!r:.30}, {b!r:.30}")
-        lo, hi = max(0.0, float(a)), duration if b is None else min(duration, float(a) + float(b))
-        if hi - lo <= 0:
-            raise self.bad(f"lhotse supervision ({a:g} s + {b} s) lies outside its cut (0-{duration:g} s)")
-        return start + lo, hi - lo
-
-    def cut_channel(self, rec: dict) -> int | list[int] | None:
-        """The recording channel the cut reads (None: all of a single-file recording)."""
-        channel = rec.get("channel", 0)
-        if isinstance(channel, list):
-            if not all(isinstance(c, int) and not isinstance(c, bool) for c in channel):
-                raise self.bad(f"lhotse cut: field 'channel' must list integers, got {channel!r:.60}")
-            channel = channel[0] if len(channel) == 1 else sorted(channel) or None
-            if isinstance(channel, list):
-                return channel
-        if channel is not None and not (isinstance(channel, int) and not isinstance(channel, bool)):
-            raise self.bad(f"lhotse cut: field 'channel' must be an integer or list, got {channel!r:.60}")
-        return channel
-
-    def cut_source(self, recording: dict, channel: int | list[int] | None) -> tuple[str, int | None]:
-        """(audio file path, channel within that file or None) of the recording source that holds `channel` (a
-        list: all the channels of one file, averaged)."""
-        if isinstance(channel, list):
-            srcs = [s for s in recording.get("sources") or [] if isinstance(s, dict)]
-            chans = [sorted(s.get("channels") or [0]) if isinstance(s.get("channels"), list) else None for s in srcs]
-            if len(srcs) != 1 or chans[0] != channel:
-                raise self.bad(
-                    f"lhotse cut reads channels {channel} of a recording whose sources hold {chans}: only all the "
-                    "channels of one file (averaged) or one channel are supported"
-                )
-            channel = None
-        sources = recording.get("sources")
-        if not isinstance(sources, list) or not sources:
-            raise self.bad("lhotse recording has no 'sources'")
-        chosen, file_channel = None, None
-        for src in sources:
-            if not isinstance(src, dict):
-                raise self.bad("lhotse recording source is not an object")
-            chans = src.get("channels") or [0]
-            if not isinstance(chans, list):
-                raise self.bad(f"lhotse recording source: 'channels' must be a list, got {chans!r:.30}")
-            if channel is None or channel in chans:
-                chosen = src
-                if channel is not None and len(chans) > 1:
-                    file_channel = chans.index(channel)
-                elif channel is None and len(sources) > 1:
-                    raise self.bad("lhotse cut mixes several channels spread over several files; not supported")
-                break
-        if chosen is None:
-            raise self.bad(f"lhotse recording has no source for channel {channel}")
-        if chosen.get("type") != "file":
-            raise self.bad(f"lhotse recording source type {chosen.get('type')!r} is not supported (only 'file')")
-        path = chosen.get("source")
-        if not isinstance(path, str) or not path:
-            raise self.bad("lhotse recording source has no file path")
-        return path, file_channel
-
 
 def _is_cut(rec: dict) -> bool:
     return "supervisions" in rec or "recording" in rec or str(rec.get("type", "")).endswith("Cut")
-
-
-def parse_record(rec, *, manifest: str, line: int, base: Path, need_target: bool = True) -> Utterance:
-    """One decoded JSON value -> Utterance (FunASR record or lhotse cut), or BadRecord. `need_target` False: a
-    record without a transcript is an utterance whose target is None."""
-    p = _Parser(manifest, line, base, need_target)
-    if not isinstance(rec, dict):
-        raise p.bad(f"expected a JSON object, got {type(rec).__name__}")
-    if _is_cut(rec):
-        return p.cut(rec)
-    if "messages" in rec:
-        return p.chatml(rec)
-    if "sources" in rec and "sampling_rate" in rec:
-        raise p.bad("this is a lhotse recordings manifest; pass a cuts manifest (CutSet) instead")
-    if "recording_id" in rec and "key" not in rec:
-        raise p.bad("this is a lhotse supervisions manifest; pass a cuts manifest (CutSet) instead")
-    return p.funasr(rec)
-
-
-def parse_line(rec, *, manifest: str, line: int, base: Path, need_target: bool = True) -> Utterance:
-    """parse_record, with any other failure on an odd value (a field of an unexpected shape the checks did not
-    foresee) a BadRecord naming the line too: a scan counts it instead of stopping."""
-    try:
-        return parse_record(rec, manifest=manifest, line=line, base=base, need_target=need_target)
-    except BadRecord:
-        raise
-    except (TypeError, ValueError, AttributeError, KeyError, IndexError, OverflowError) as err:
-        key = rec.get("key", rec.get("id")) if isinstance(rec, dict) else None
-        why = f"malformed record ({type(err).__name__}: {err})"
-        raise BadRecord(manifest, line, why, key if isinstance(key, str) else None) from None
