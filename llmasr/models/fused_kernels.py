@@ -17,6 +17,7 @@ import importlib
 import inspect
 import json
 import logging
+import re
 from pathlib import Path
 
 import torch
@@ -40,6 +41,7 @@ PATCH_FLAGS = {
     "fused_linear_cross_entropy": False,
 }
 PATCH_PREFIX = "apply_liger_kernel_to_"
+HEAD_NAME = "lm_head"  # the output head of Hugging Face causal LMs
 
 
 class FusedKernelError(ConfigError):
@@ -79,6 +81,12 @@ def check_fused_kernels(llm_cfg, *, zero_stage: int, device: torch.device | None
             f"{key}: the fused linear cross-entropy reads the output head's weight directly, which ZeRO stage 3 "
             "partitions across ranks; use ZeRO stage 0-2, or model.llm.fused_kernels=none under ZeRO-3"
         )
+    wrapped = _head_wrapped_by(llm_cfg)
+    if wrapped:
+        raise FusedKernelError(
+            f"{key}: {wrapped} wraps the output head ({HEAD_NAME}), but the fused loss reads a plain Linear head's "
+            f"weight directly; leave {HEAD_NAME} out of it, or set model.llm.fused_kernels=none"
+        )
     api = liger_transformers()
     model_type = llm_model_type(llm_cfg.path)
     if getattr(api, f"{PATCH_PREFIX}{model_type}", None) is None:
@@ -93,6 +101,37 @@ def check_fused_kernels(llm_cfg, *, zero_stage: int, device: torch.device | None
             f"{key}: this liger-kernel has no LigerFusedLinearCrossEntropyLoss(return_token_accuracy=...), which "
             "the labels-only fused loss needs; upgrade it (pip install -U liger-kernel)"
         )
+
+
+def _targets_head(targets, *, suffix: bool = False) -> bool:
+    """Whether peft's `target_modules` reaches the output head as peft matches them: a list by whole module name, a
+    string as a regular expression over it; `suffix`: `modules_to_save`, which peft matches by any name ending."""
+    if isinstance(targets, str):
+        try:
+            return re.fullmatch(targets, HEAD_NAME) is not None  # "all-linear" never matches: peft leaves the head out
+        except re.error:
+            return False  # peft itself names a pattern it cannot read
+    return any(HEAD_NAME.endswith(str(t)) if suffix else HEAD_NAME == str(t) for t in targets or ())
+
+
+def _head_wrapped_by(llm_cfg) -> str | None:
+    """The recipe key or adapter file that would put peft layers on the output head, so that `llmasr check` refuses
+    it before training loads the weights to find out."""
+    if llm_cfg.lora is not None and _targets_head(llm_cfg.lora.target_modules):
+        return "model.llm.lora.target_modules"
+    if llm_cfg.adapter:
+        config = Path(llm_cfg.adapter) / "adapter_config.json"
+        try:
+            saved = json.loads(config.read_text())
+        except (OSError, ValueError):
+            return None  # loading the adapter names what is wrong with it
+        if not isinstance(saved, dict):
+            return None
+        if _targets_head(saved.get("target_modules")):
+            return f"the adapter's target_modules ({config})"
+        if _targets_head(saved.get("modules_to_save"), suffix=True):
+            return f"the adapter's modules_to_save ({config})"
+    return None
 
 
 class LigerLabelsHead(nn.Module):

@@ -5,6 +5,7 @@ sys.modules (it needs triton and CUDA), whose loss computes what liger's documen
 
 from __future__ import annotations
 
+import json
 import sys
 import types
 from types import SimpleNamespace
@@ -17,7 +18,7 @@ from torch import nn
 
 from llmasr.commands.check import main as check_main
 from llmasr.models.builder import build_model
-from llmasr.models.config import LLMConfig
+from llmasr.models.config import LLMConfig, LoraConfig
 from llmasr.models.fused_kernels import FusedKernelError, apply_fused_kernels, check_fused_kernels
 from llmasr.testing.tiny_corpus import tiny_recipe_dict, write_tiny_corpus
 from llmasr.testing.tiny_recipe import random_batch, tiny_model_section
@@ -169,3 +170,43 @@ def test_train_refuses_on_cpu_before_loading_anything(tiny_llm_dir, tmp_path, fa
     assert main(argv) == 2
     assert "CUDA only; this run is on cpu" in capsys.readouterr().err
     assert fake_liger.calls == []  # refused before any model was built or patched
+
+
+@pytest.mark.parametrize("targets", [["q_proj", "lm_head"], "lm_head", ".*(lm_head|q_proj)"])
+def test_refused_for_lora_on_the_output_head_before_liger_is_asked(tiny_llm_dir, targets, monkeypatch):
+    monkeypatch.setitem(sys.modules, "liger_kernel", None)  # the recipe alone is at fault: found without liger
+    monkeypatch.setitem(sys.modules, "liger_kernel.transformers", None)
+    cfg = LLMConfig(path=str(tiny_llm_dir), fused_kernels="liger", lora=LoraConfig(target_modules=targets))
+    with pytest.raises(FusedKernelError, match="model.llm.lora.target_modules wraps the output head \\(lm_head\\)"):
+        check_fused_kernels(cfg, zero_stage=2, device=CUDA)
+
+
+@pytest.mark.parametrize("targets", [["q_proj", "v_proj"], "all-linear", ".*_proj", ["head"]])
+def test_lora_elsewhere_passes(tiny_llm_dir, fake_liger, targets):
+    cfg = LLMConfig(path=str(tiny_llm_dir), fused_kernels="liger", lora=LoraConfig(target_modules=targets))
+    check_fused_kernels(cfg, zero_stage=2, device=CUDA)
+
+
+@pytest.mark.parametrize(
+    ("saved", "field"),
+    [({"target_modules": ["lm_head", "q_proj"]}, "target_modules"), ({"modules_to_save": ["head"]}, "modules_to_save")],
+)
+def test_refused_for_a_saved_adapter_on_the_output_head(tiny_llm_dir, tmp_path, fake_liger, saved, field):
+    """peft matches target_modules by whole name and modules_to_save by any ending ("head" takes lm_head)."""
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text(json.dumps({"target_modules": ["q_proj"], **saved}))
+    cfg = LLMConfig(path=str(tiny_llm_dir), fused_kernels="liger", adapter=str(adapter))
+    with pytest.raises(FusedKernelError, match=f"the adapter's {field} \\(.*adapter_config.json\\) wraps the output"):
+        check_fused_kernels(cfg, zero_stage=2, device=CUDA)
+    (adapter / "adapter_config.json").write_text(json.dumps({"target_modules": ["q_proj"], "modules_to_save": None}))
+    check_fused_kernels(cfg, zero_stage=2, device=CUDA)
+
+
+def test_check_command_refuses_lora_on_the_output_head(tiny_llm_dir, tmp_path, fake_liger, capsys):
+    manifest = write_tiny_corpus(tmp_path / "c", n=4)
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump(tiny_recipe_dict(tiny_llm_dir, train=[manifest], output_dir=tmp_path / "run")))
+    args = ["--config", str(recipe), "--deepspeed", "zero2", "--out", str(tmp_path / "o")]
+    assert check_main([*args, "model.llm.fused_kernels=liger", "model.llm.lora.target_modules=[q_proj,lm_head]"]) == 2
+    assert "wraps the output head (lm_head)" in capsys.readouterr().err
