@@ -53,13 +53,16 @@ def screen(manifest, ctc_labels: Callable[[str], object] | None = None) -> tuple
             continue
         if spell is not None and isinstance(utt.target, str) and (why := spell(utt.target)) is not None:
             bad.append(BadItem(manifest=str(utt.manifest), line=int(utt.line), key=utt.key, reason=why, index=i))
-    found = {(b.manifest, b.line) for b in bad}
-    unknown = np.flatnonzero(np.isnan(np.asarray(manifest.durations(), dtype=np.float64)))
-    index_of = {where(manifest, int(i)): int(i) for i in unknown}
-    for rec in manifest.fill_durations():  # parses the lines of unknown duration again: skip the ones found above
-        spot = (rec.manifest, rec.line)
-        if spot not in found:
-            bad.append(BadItem.from_record(rec, index_of[spot]))
+    found = {b.index for b in bad}
+    # Each manifest of a mix apart, by its offset: one listed twice has the same (path, line) at two indices.
+    parts = zip(manifest.manifests, manifest.offsets) if hasattr(manifest, "manifests") else [(manifest, 0)]
+    for part, offset in parts:
+        unknown = np.flatnonzero(np.isnan(np.asarray(part.durations(), dtype=np.float64)))
+        index_of = {part.lineno(int(i)): int(offset) + int(i) for i in unknown}
+        for rec in part.fill_durations():  # parses the lines of unknown duration again: skip the ones found above
+            i = index_of[rec.line]
+            if i not in found:
+                bad.append(BadItem.from_record(rec, i))
     bad.sort(key=lambda b: b.index)
     return bad, time.perf_counter() - t0
 

@@ -1,4 +1,5 @@
-"""longest_trained: the longest audio a recipe's training data holds, which decoding takes as its window limit."""
+"""screen: the lines known bad before loading, at every index a mix gives them; longest_trained: the longest audio a
+recipe's training data holds, which decoding takes as its window limit."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ import pytest
 
 from llmasr.config_io import from_dict
 from llmasr.data.config import DataConfig
-from llmasr.data.screen import longest_trained
+from llmasr.data.manifest import Manifest, MixedManifest
+from llmasr.data.screen import longest_trained, screen
 
 
 def manifest(tmp_path, durations, name="train.jsonl"):
@@ -48,3 +50,19 @@ def test_unknown_durations_fall_back_to_max_duration(tmp_path, caplog):
     assert longest_trained(cfg([manifest(tmp_path, [1.0, None])], max_duration=math.inf)) is None
     assert longest_trained(cfg([str(tmp_path / "moved.jsonl")], max_duration=20.0)) == 20.0
     assert "the longest training utterance is unknown" in caplog.text
+
+
+def test_a_manifest_listed_twice_is_screened_at_both_indices(tmp_path):
+    """A missing audio file (found by probing its header) and a malformed line, in a manifest a mix lists twice: each
+    copy's index is bad; the (path, line) of the two copies had kept only the second."""
+    path = tmp_path / "train.jsonl"
+    path.write_text(
+        json.dumps({"key": "ok", "source": "ok.wav", "target": "words", "duration": 1.0}) + "\n"
+        + json.dumps({"key": "gone", "source": str(tmp_path / "gone.wav"), "target": "words"}) + "\n"
+        + "{not json\n"
+    )  # fmt: skip
+    once, _ = screen(Manifest.open(str(path)))
+    assert [(b.index, b.line) for b in once] == [(1, 2), (2, 3)]
+    twice, _ = screen(MixedManifest([Manifest.open(str(path)), Manifest.open(str(path))], weights=[1.0, 0.5]))
+    assert [(b.index, b.line) for b in twice] == [(1, 2), (2, 3), (4, 2), (5, 3)]
+    assert "gone.wav" in twice[2].reason
