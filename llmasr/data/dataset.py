@@ -5,10 +5,12 @@
 a transcript the CTC vocabulary cannot encode, audio too short for one feature frame). Bad items never raise in
 the worker: the collator drops them and the main process accounts them (llmasr.data.bad_data).
 
-Randomness (dither, augmentation) for item i comes from numpy Generator([seed, epoch, i]) (its speed factor and
-pauses from llmasr.data.clip_lengths, a function of the same three), so it does not depend on which worker loads
-the item, on the number of workers, or on where a resumed run restarts. An index that a weighted mix repeats within
-one epoch gets the same randomness both times.
+Randomness (dither, augmentation, the hotword list) for a visit with key k comes from numpy
+Generator([seed, epoch, k]) (its speed factor and pauses from llmasr.data.clip_lengths, a function of the same
+three), so it does not depend on which worker loads the item, on the number of workers, or on where a resumed run
+restarts. The key is the dataset index, except for the second and later visits a weighted mix pays to a line in
+one epoch, which the sampler gives keys of their own (llmasr.data.visit_keys): `SpeechDataset[k]` reads the line
+that key visits, with that visit's draws.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from llmasr.data.features import FeatureExtractor
 from llmasr.data.frontend import FrontendConfig
 from llmasr.data.long_audio import speech_runs, speech_start
 from llmasr.data.records import BadRecord
+from llmasr.data.visit_keys import dataset_index
 
 
 def ctc_label_ids(tokenizer, target: str) -> np.ndarray | str:
@@ -138,11 +141,12 @@ class SpeechDataset(Dataset):
         state["_aug"] = None
         return state
 
-    def rng(self, index: int) -> np.random.Generator:
-        return np.random.default_rng([self.seed, self.epoch, int(index)])
+    def rng(self, visit: int) -> np.random.Generator:
+        return np.random.default_rng([self.seed, self.epoch, int(visit)])
 
-    def __getitem__(self, index: int):
-        index = int(index)
+    def __getitem__(self, visit: int):
+        visit = int(visit)  # the draws' key (llmasr.data.visit_keys); the line is `index`
+        index = dataset_index(visit, len(self.manifest))
         try:
             utt = self.manifest[index]
         except BadRecord as rec:
@@ -161,7 +165,7 @@ class SpeechDataset(Dataset):
             target = target.strip()
         task = utt.prompt if isinstance(getattr(utt, "prompt", None), str) and utt.prompt.strip() else None
         try:
-            hotwords = self._hotwords(utt, index, target) if self.prompt_hotwords else []
+            hotwords = self._hotwords(utt, visit, target) if self.prompt_hotwords else []
             enc = self.prompt_builder.encode(target, task=task, hotwords=hotwords, system=getattr(utt, "system", None))
         except ValueError as err:  # PromptError: text the LLM tokenizer cannot take
             return bad(f"target or hotwords rejected by the prompt builder: {err}")
@@ -178,7 +182,7 @@ class SpeechDataset(Dataset):
             lead = speech_start(wave, sr)
             wave = wave[lead:]
 
-        feats = self._features(wave, index)
+        feats = self._features(wave, visit)
         if isinstance(feats, str):
             return bad(feats)
         return {
@@ -221,26 +225,26 @@ class SpeechDataset(Dataset):
         target = utt.target.strip() if isinstance(utt.target, str) else ""
         return self._hotwords(utt, int(index), target)
 
-    def _hotwords(self, utt, index: int, target: str) -> list[str]:
+    def _hotwords(self, utt, visit: int, target: str) -> list[str]:
         """The item's biasing list before the token cap (see the class docstring)."""
         given = getattr(utt, "hotwords", None)
         if self.hotword_sampler is not None:
-            return self.hotword_sampler.pick(given, target, index, self.epoch)
+            return self.hotword_sampler.pick(given, target, visit, self.epoch)
         return list(given) if given is not None else list(self.default_hotwords)
 
     def ctc_labels(self, target: str) -> np.ndarray | str:
         """The CTC label ids of `target` (stripped), or why it has none the head can learn (ctc_label_ids)."""
         return ctc_label_ids(self.ctc_tokenizer, target)
 
-    def _features(self, wave: np.ndarray, index: int) -> dict | str:
+    def _features(self, wave: np.ndarray, visit: int) -> dict | str:
         """{"feats": float32 [T, D]} for `wave` (augmented in training), or why it gives none. With features on
         the device: {"wave": the waveform fbank reads (scaled, dithered), "num_frames": T, "feat_dim": D,
         "spec_masks": SpecAugment's masks}, every random draw made here in the same order as the worker path."""
         sr = int(self.frontend.sample_rate)
-        rng = self.rng(index)
+        rng = self.rng(visit)
         aug = self.augmenter if self.train else None
         if aug is not None:
-            wave = aug.wave(wave, sr, rng, draw_clip_lengths(aug.cfg, self.seed, self.epoch, index).item())
+            wave = aug.wave(wave, sr, rng, draw_clip_lengths(aug.cfg, self.seed, self.epoch, visit).item())
         fx = self.feature_extractor
         t = fx.num_frames(wave.size)
         if t == 0:  # decided from the sample count: no feature library is asked

@@ -5,8 +5,9 @@ A training list mixes phrases of the reference (words, or n-grams of up to `ngra
 that favours rare units by the training corpus's counts) with distractors (phrases that do not occur in the
 reference, from a phrase file or from the corpus itself), shuffled so the true phrases have no fixed place. Some
 utterances get no list (`empty_prob`), so the model also learns to transcribe without one. Each list is drawn from
-numpy Generator([seed, epoch, index, HOTWORD_STREAM]): the same item in the same epoch gets the same list on any
-worker or rank, after a resume too, and the draws never shift the augmentation's (a separate stream).
+numpy Generator([seed, epoch, key, HOTWORD_STREAM]), with the item's visit key (its index, or its own key for a
+repeated visit: llmasr.data.visit_keys): the same visit in the same epoch gets the same list on any worker or rank,
+after a resume too, and the draws never shift the augmentation's (a separate stream).
 
 Phrase files (a distractor pool, or `llmasr decode --hotwords`): UTF-8 text, one phrase a line; an empty line or
 text that is not UTF-8 is an error naming the file and line.
@@ -197,15 +198,15 @@ class HotwordSampler:
     def _keys(self, phrase: str) -> tuple[str, ...]:
         return tuple(u.lower() for u in units(phrase, self.cfg.unit))
 
-    def rng(self, index: int, epoch: int) -> np.random.Generator:
-        return np.random.default_rng([self.seed, int(epoch), int(index), HOTWORD_STREAM])
+    def rng(self, key: int, epoch: int) -> np.random.Generator:
+        return np.random.default_rng([self.seed, int(epoch), int(key), HOTWORD_STREAM])
 
-    def pick(self, given: list[str] | None, target: str, index: int, epoch: int) -> list[str]:
-        """The list training uses for item `index` in `epoch`: the manifest's (`given`) when the source says so,
+    def pick(self, given: list[str] | None, target: str, key: int, epoch: int) -> list[str]:
+        """The list training uses for the visit `key` in `epoch`: the manifest's (`given`) when the source says so,
         else a drawn one."""
         if self.cfg.source == "manifest_or_sample" and given is not None:
             return list(given)
-        rng = self.rng(index, epoch)
+        rng = self.rng(key, epoch)
         if rng.random() < self.cfg.empty_prob:
             return []
         parts = units(target, self.cfg.unit)

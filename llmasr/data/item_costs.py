@@ -56,23 +56,33 @@ class ItemCosts:
             return seconds
         return np.ceil(seconds * float(self.frames_per_second) - 1e-9)
 
+    def drawn(self, epoch: int, items: np.ndarray, keys: np.ndarray | None = None) -> np.ndarray:
+        """The cost of each of `items` in `epoch`, its lengths drawn by its visit key in `keys` (default: the items
+        themselves; llmasr.data.visit_keys): the worst case unless epoch_costs draws them, and never above it."""
+        worst = self.sizes[items]
+        if self.epoch_costs is None or not items.size:
+            return worst
+        scale, pad = self.epoch_costs(epoch, items if keys is None else keys)
+        return np.minimum(self._units(self.unscaled[items] * scale + pad), worst)
+
     def for_epoch(self, epoch: int, items: np.ndarray) -> np.ndarray:
-        """Every item's cost in `epoch`: the worst case, except `items`' own when epoch_costs draws them (an item's
-        own cost never exceeds its worst case)."""
+        """Every item's cost in `epoch`: the worst case, except `items`' own (first visits) when epoch_costs draws
+        them."""
         if self.epoch_costs is None or not items.size:
             return self.sizes
-        scale, pad = self.epoch_costs(epoch, items)
         sizes = self.sizes.copy()
-        sizes[items] = np.minimum(self._units(self.unscaled[items] * scale + pad), self.sizes[items])
+        sizes[items] = self.drawn(epoch, items)
         return sizes
 
-    def fitting(self, epoch: int, keep: np.ndarray, num_buckets: int, buckets: np.ndarray):
-        """(every item's cost in `epoch`, its bucket, the items of `keep` that fit the budget then, how many did not):
-        the costs computed once (`buckets` theirs), or, when augmentation's lengths are drawn per epoch, `keep`'s at
-        this epoch's lengths, bucketed by this epoch's quantiles, less the ones these lengths put over the budget."""
+    def fitting(self, epoch: int, items: np.ndarray, keys: np.ndarray, keep: np.ndarray, num_buckets: int, buckets):
+        """Per visit of an epoch (`items`: its dataset indices, `keys`: its visit keys): (its cost in `epoch`, its
+        bucket, the positions of `keep` that fit the budget then, how many of them did not): the costs computed once
+        (`buckets`: every item's), or, when augmentation's lengths are drawn per epoch, `keep`'s at this epoch's
+        lengths, bucketed by this epoch's quantiles, less the ones these lengths put over the budget."""
+        sizes = self.sizes[items]
         if self.epoch_costs is None:
-            return self.sizes, buckets, keep, 0
-        sizes = self.for_epoch(epoch, keep)
+            return sizes, buckets[items], keep, 0
+        sizes[keep] = self.drawn(epoch, items[keep], keys[keep])
         fit = sizes[keep] <= self.budget
         return sizes, quantile_buckets(sizes, keep[fit], num_buckets), keep[fit], int(fit.size - fit.sum())
 

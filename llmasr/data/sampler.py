@@ -11,10 +11,11 @@ How an epoch's batches are made (identically on every rank, from (seed, epoch) o
    (`fits_sometimes`) is skipped in the epochs whose draws put it over the budget.
 2. Buckets: duration quantiles of the kept items (computed once) split them into `num_buckets` buckets.
 3. In each bucket the items are shuffled, then taken in windows of `shuffle_buffer` items; each window is sorted
-   by duration and cut greedily into batches that respect the budget. The budget is in padded units:
-   B * longest <= max_seconds (or max_frames), and B * longest target <= max_target_tokens. Items left over at
-   the end of a window join the next window, and those left at the end of a bucket join the next (longer)
-   bucket, so only the epoch's very last batch can be short.
+   by duration and cut greedily into batches that respect the budget (llmasr.data.batch_cut). The budget is in
+   padded units: B * longest <= max_seconds (or max_frames), and B * longest target <= max_target_tokens. Items
+   left over at the end of a window join the next window, and those left at the end of a bucket join the next
+   (longer) bucket, so only the epoch's very last batch can be short. A line a weighted mix visits more than once
+   an epoch is an item per visit, each with its own key and draws (llmasr.data.visit_keys).
 4. Ranks (llmasr.data.regroup): all batches are ordered by (bucket, longest item) and cut into groups of
    `world_size` consecutive batches, so the batches that run at the same step on different ranks cost about the
    same. The last group is padded with duplicates of its own batches (drop_last=False) or dropped
@@ -40,8 +41,10 @@ from collections.abc import Callable, Iterator
 import numpy as np
 from torch.utils.data import Sampler
 
+from llmasr.data.batch_cut import OrderedBatches, cut_batches
 from llmasr.data.item_costs import EpochCostFn, ItemCosts, per_batch, quantile_buckets
 from llmasr.data.regroup import repeated_steps, replay_history
+from llmasr.data.visit_keys import visit_keys
 
 log = logging.getLogger("llmasr.data")
 
@@ -64,7 +67,8 @@ def _check_settings(rank, world_size, max_seconds, max_frames, frames_per_second
 
 
 class DynamicBucketSampler(Sampler):
-    """Yields lists of dataset indices; see the module docstring for the algorithm and the rank contract.
+    """Yields lists of visit keys (a dataset index, or past len(durations) a repeated visit of one in the epoch:
+    llmasr.data.visit_keys); see the module docstring for the algorithm and the rank contract.
 
     durations: seconds per dataset item (NaN = unknown; such items are skipped as unknown_duration).
     target_lens: per-item target length (any unit consistent with max_target_len/max_target_tokens).
@@ -72,13 +76,14 @@ class DynamicBucketSampler(Sampler):
     cost_scale: multiply every item's cost (e.g. 1/0.9 when speed perturbation may stretch audio by 1/0.9);
         filters still use the durations as given.
     cost_pad: seconds added to every item's cost after the scale (pauses augmentation may put around a clip).
-    epoch_costs: (epoch, indices) -> (scale, seconds) per item: the length augmentation gives each clip in that epoch
+    epoch_costs: (epoch, visit keys) -> (scale, seconds) per item: the length augmentation gives each clip in that epoch
         (llmasr.data.clip_lengths.EpochCosts); batches are then cut, bucketed and sorted on those costs, and an
         item is skipped in an epoch whose cost puts it over the budget. cost_scale and cost_pad stay the worst case;
         `epoch_costs.least` (scale, seconds), when it has one, is the shortest draw, which decides which items can
         never fit a batch (else the worst case does).
     indices: restrict to these dataset indices (e.g. a validation subset).
-    epoch_indices: epoch -> dataset indices for that epoch (weighted mixing); overrides `indices`.
+    epoch_indices: epoch -> dataset indices for that epoch (weighted mixing; repeats are visits with keys of their
+        own); overrides `indices`.
     skip: dataset indices known to be unusable (lines found bad before loading); never batched.
     """
 
@@ -198,45 +203,16 @@ class DynamicBucketSampler(Sampler):
     def _epoch_items(self, epoch: int) -> np.ndarray:
         return self.base_indices if self.epoch_indices is None else np.asarray(self.epoch_indices(epoch), np.int64)
 
-    def _cut(self, items: np.ndarray, carry: list[int], out: list[list[int]], sizes: np.ndarray) -> list[int]:
-        """Greedy cut of one bucket's items (already in the order to use) into budget-respecting batches.
-
-        `carry`: items left over from the previous (shorter) bucket, put in front. Returns this bucket's leftover
-        (the last, not yet full batch), which the caller carries into the next bucket.
-        """
-        tl = self.target_lens
-        cap_t = self.max_target_tokens if tl is not None else None
-        budget = self.budget
-        window = self.shuffle_buffer if self.shuffle_buffer > 0 else max(items.size, 1)
-        for start in range(0, max(items.size, 1), window):
-            pool = np.concatenate([np.asarray(carry, dtype=np.int64), items[start : start + window]])
-            if self.shuffle_buffer > 0:
-                pool = pool[np.argsort(sizes[pool], kind="stable")]
-            cur: list[int] = []
-            cur_max, cur_tmax = 0.0, 0
-            for i in pool.tolist():
-                s = sizes[i]
-                new_max = s if s > cur_max else cur_max
-                t = int(tl[i]) if cap_t is not None else 0
-                new_tmax = t if t > cur_tmax else cur_tmax
-                over = (len(cur) + 1) * new_max > budget or (cap_t is not None and (len(cur) + 1) * new_tmax > cap_t)
-                if cur and over:
-                    out.append(cur)
-                    cur, new_max, new_tmax = [], s, t
-                cur.append(i)
-                cur_max, cur_tmax = new_max, new_tmax
-            carry = cur
-        return carry
-
-    def _ordered_batches(self, epoch: int):
-        """The epoch's batches in cost order (independent of the world size), its filter counts, items, the items
-        batched and the epoch's random generator, positioned where grouping continues to draw from it."""
+    def _ordered_batches(self, epoch: int) -> OrderedBatches:
+        """The epoch's batches in cost order (independent of the world size), as visit keys."""
         items = self._epoch_items(epoch)
+        keys = visit_keys(items, self.durations.size)
         reasons = self._reason[items]
         counts = np.bincount(reasons[reasons >= 0], minlength=len(FILTER_REASONS))
         filtered = {name: int(c) for name, c in zip(FILTER_REASONS, counts) if c}
-        keep = items[reasons < 0]
-        sizes, bucket_of, keep, late = self.costs.fitting(epoch, keep, self.num_buckets, self.bucket_of)
+        # Planned by position in the epoch's visits: two visits of one line may cost differently (their own draws)
+        keep = np.flatnonzero(reasons < 0)
+        sizes, bucket_of, keep, late = self.costs.fitting(epoch, items, keys, keep, self.num_buckets, self.bucket_of)
         if late:
             filtered["over_batch_budget"] = filtered.get("over_batch_budget", 0) + late
         rng = np.random.default_rng([self.seed, epoch])
@@ -245,17 +221,27 @@ class DynamicBucketSampler(Sampler):
         buckets = bucket_of[keep]
         order = np.argsort(buckets, kind="stable")
         keep, buckets = keep[order], buckets[order]
+        tl, budget = (self.target_lens[items] if self.target_lens is not None else None), self.budget
         batches: list[list[int]] = []
         edges = np.flatnonzero(np.diff(buckets)) + 1
         carry: list[int] = []
         for part in np.split(keep, edges) if keep.size else []:  # buckets in ascending duration
-            carry = self._cut(part, carry, batches, sizes)
+            carry = cut_batches(part, carry, batches, sizes, tl, budget, self.max_target_tokens, self.shuffle_buffer)
         if carry:
             batches.append(carry)
         # Order by (bucket, longest item) so that consecutive batches, which run at the same step on different
         # ranks, cost about the same.
-        order = np.lexsort((per_batch(batches, sizes, np.maximum), per_batch(batches, bucket_of, np.maximum)))
-        return [batches[i] for i in order], filtered, items, keep, rng, sizes
+        longest = per_batch(batches, sizes, np.maximum)
+        order = np.lexsort((longest, per_batch(batches, bucket_of, np.maximum)))
+        return OrderedBatches(
+            batches=[keys[batches[i]].tolist() for i in order],
+            cost=per_batch(batches, sizes, np.add)[order],
+            longest=longest[order],
+            filtered=filtered,
+            items=items,
+            kept=items[keep],
+            rng=rng,
+        )
 
     def _plan(self, epoch: int) -> tuple[list[list[list[int]]], dict]:
         """Groups of world_size batches for `epoch` (same on every rank), and the epoch's stats. After a resume
@@ -264,30 +250,31 @@ class DynamicBucketSampler(Sampler):
         key = (epoch, history)
         if self._plan_cache is not None and self._plan_cache[0] == key:
             return self._plan_cache[1], self._plan_cache[2]
-        ordered, filtered, items, kept, rng, sizes = self._ordered_batches(epoch)
+        o = self._ordered_batches(epoch)
         grouping = dict(drop_last=self.drop_last, shuffle=self.shuffle)
-        positions, padding = replay_history(len(ordered), history, self.world_size, rng, self.seed, epoch, grouping)
-        groups = [[ordered[p] for p in g] for g in positions]
-        dealt = [b for g in groups for b in g]
-        lens = np.fromiter(map(len, dealt), dtype=np.int64, count=len(dealt))
+        positions, padding = replay_history(len(o.batches), history, self.world_size, o.rng, self.seed, epoch, grouping)
+        groups = [[o.batches[p] for p in g] for g in positions]
+        dealt = np.asarray([p for g in positions for p in g], dtype=np.int64)
+        lens = np.fromiter((len(o.batches[p]) for p in dealt), dtype=np.int64, count=dealt.size)
         n_items = int(lens.sum())
-        real = float(per_batch(dealt, sizes, np.add).sum())
-        padded = float((lens * per_batch(dealt, sizes, np.maximum)).sum())
+        real = float(o.cost[dealt].sum())
+        padded = float((lens * o.longest[dealt]).sum())
         stats = {
             "epoch": epoch,
-            "num_items": int(items.size),
-            "kept_items": int(kept.size),
-            "filtered": filtered,
-            "truncated": int(self.truncated_mask[kept].sum()),  # of the clips batched: one this epoch skips is not
-            "num_batches_global": len(ordered),
+            "num_items": int(o.items.size),
+            "kept_items": int(o.kept.size),
+            "filtered": o.filtered,
+            "truncated": int(self.truncated_mask[o.kept].sum()),  # of the clips batched: one this epoch skips is not
+            "num_batches_global": len(o.batches),
             "num_batches_per_rank": len(groups),
             "num_padding_batches": padding,
             "mean_batch_size": n_items / max(1, len(groups) * self.world_size),
             "padding_efficiency": real / padded if padded > 0 else 1.0,
         }
+        filtered = o.filtered
         if filtered and (self._plan_cache is None or self._plan_cache[0][0] != epoch):
             if self.rank == 0:
-                log.info("epoch %d: skipped %d of %d items: %s", epoch, sum(filtered.values()), items.size, filtered)
+                log.info("epoch %d: skipped %d of %d items: %s", epoch, sum(filtered.values()), o.items.size, filtered)
         self._plan_cache = (key, groups, stats)
         return groups, stats
 
@@ -385,9 +372,9 @@ class DynamicBucketSampler(Sampler):
         """The plan a sampler of `world_size` ranks had for `epoch` after `history`."""
         if world_size == self.world_size:
             return self._plan(epoch)
-        ordered, _, _, _, rng, _ = self._ordered_batches(epoch)
+        o = self._ordered_batches(epoch)
         grouping = dict(drop_last=self.drop_last, shuffle=self.shuffle)
-        return replay_history(len(ordered), history, world_size, rng, self.seed, epoch, grouping)
+        return replay_history(len(o.batches), history, world_size, o.rng, self.seed, epoch, grouping)
 
     @staticmethod
     def _check_plan_length(state: dict, planned: int) -> None:

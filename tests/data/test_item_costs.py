@@ -39,11 +39,26 @@ def test_an_item_over_the_budget_at_some_draws_fits_in_the_epochs_that_let_it():
     costs = ItemCosts(durations, max_seconds=10.0, max_frames=None, frames_per_second=None, max_duration=30.0,
                       truncate_to_max=False, cost_scale=1.25, epoch_costs=Draws())  # fmt: skip
     np.testing.assert_allclose(costs.least, [0.8, 7.2, 8.8, 11.2])  # 14 s never fits a 10 s budget
-    keep = np.array([0, 1, 2])
-    sizes, _, fit, late = costs.fitting(0, keep, 2, np.zeros(4, dtype=np.int64))
+    items, keep = np.arange(4), np.array([0, 1, 2])
+    sizes, _, fit, late = costs.fitting(0, items, items, keep, 2, np.zeros(4, dtype=np.int64))
     assert fit.tolist() == [0, 1, 2] and late == 0 and sizes[2] == 8.8
-    sizes, _, fit, late = costs.fitting(1, keep, 2, np.zeros(4, dtype=np.int64))
+    sizes, _, fit, late = costs.fitting(1, items, items, keep, 2, np.zeros(4, dtype=np.int64))
     assert fit.tolist() == [0] and late == 2 and sizes[1] == 11.25  # slowed: 9 s and 11 s pass the budget
+
+
+def test_two_visits_of_one_item_cost_their_own_draws():
+    """Per position in the epoch's visits: item 1 twice, by keys 1 and 5 (llmasr.data.visit_keys), at two speeds."""
+
+    def by_key(epoch: int, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return np.where(keys >= 4, 1.0, 1.25), np.zeros(keys.size)
+
+    costs = ItemCosts(np.array([1.0, 8.0, 4.0, 2.0]), max_seconds=10.0, max_frames=None, frames_per_second=None,
+                      max_duration=30.0, truncate_to_max=False, cost_scale=1.25, epoch_costs=by_key)  # fmt: skip
+    items, keys = np.array([0, 1, 2, 1]), np.array([0, 1, 2, 5])
+    sizes, buckets, fit, late = costs.fitting(0, items, keys, np.arange(4), 2, np.zeros(4, dtype=np.int64))
+    np.testing.assert_allclose(sizes, [1.25, 10.0, 5.0, 8.0])  # item 1: its slow visit, then its plain one
+    assert fit.tolist() == [0, 1, 2, 3] and late == 0
+    assert buckets.tolist() == [0, 1, 0, 1]
 
 
 def test_quantile_buckets_and_per_batch_reductions():

@@ -201,6 +201,52 @@ def test_weighted_mix(tmp_path):
     assert sum(k.startswith("b") for k in keys) == 20
 
 
+def test_each_visit_of_a_weighted_line_has_draws_of_its_own(tmp_path):
+    """Weight 2 visits each line of b twice an epoch: each visit its own speed, pauses, noise-free SpecAugment
+    masks and dither (llmasr.data.visit_keys), costed by the sampler at its own length. The two visits had been one
+    example trained twice, and, of one length, mostly in the same batch."""
+    a = good_corpus(tmp_path, 10, name="a")
+    b = good_corpus(tmp_path, 10, name="b", seed=1)
+    augment = {
+        "speed_perturb": {"enable": True, "factors": [0.9, 1.0, 1.1]},
+        "silence": {"enable": True, "prob": 0.5, "lead": [0.0, 0.6], "trail": [0.0, 0.3]},
+        "spec_augment": {"enable": True},
+    }
+    data_cfg = from_dict(
+        DataConfig,
+        {"train": [{"path": str(a)}, {"path": str(b), "weight": 2.0}], "batching": {"max_seconds": 6.0},
+         "num_workers": 0, "augment": augment},
+        "data",
+    )  # fmt: skip
+    loader, sampler = build(data_cfg, data_cfg.train)
+    frames_per_s = 100 / 6  # LFR 7/6 of 10 ms frames
+    visits, same_batch = {}, 0
+    for batch, keys in zip(loader, sampler.batches()):
+        assert [k % 20 for k in keys] == batch.indices  # a repeated visit's key reads its line
+        costs = sampler.costs.drawn(0, np.asarray(batch.indices), np.asarray(keys))
+        for i, f, n, cost in zip(batch.indices, batch.feats, batch.feat_lens.tolist(), costs):
+            assert n / frames_per_s == pytest.approx(cost, abs=0.07)  # each visit at its own drawn length
+            visits.setdefault(i, []).append(f[:n].numpy())
+        same_batch += len(batch.indices) - len(set(batch.indices))
+    assert sorted(visits) == list(range(20)) and all(len(visits[i]) == (2 if i >= 10 else 1) for i in visits)
+    assert all(not (v[0].shape == v[1].shape and np.array_equal(v[0], v[1])) for v in visits.values() if len(v) == 2)
+    assert same_batch <= 3  # of 10 lines visited twice
+
+
+def test_a_line_visited_once_keeps_its_draws(tmp_path):
+    """Visit keys of first visits are the dataset indices: a run without repeated visits draws what it drew."""
+    path = good_corpus(tmp_path, 8)
+    loader, sampler = build(cfg(augment={"spec_augment": {"enable": True}}), [str(path)])
+    dataset = loader.dataset
+    for keys in sampler.batches():
+        for k in keys:
+            assert k < 8
+            np.testing.assert_array_equal(dataset[k]["feats"], dataset[k]["feats"])
+    again = dataset[3 + 8]  # a second visit of line 3: the same line, other draws
+    assert again["index"] == 3 and again["key"] == dataset[3]["key"]
+    assert not np.array_equal(again["feats"], dataset[3]["feats"])
+
+
 def with_lines(tmp_path, n_good: int, extra: list) -> str:
     path = good_corpus(tmp_path, n_good)
     return str(write_manifest(tmp_path / "m.jsonl", path.read_text().splitlines() + extra))

@@ -260,6 +260,25 @@ def test_epoch_indices_and_subset():
     assert sorted(i for b in sub for i in b) == [5, 6, 7]
 
 
+def test_repeated_visits_are_batched_under_keys_of_their_own_and_resume_exactly():
+    """An epoch visiting lines 0-99 three times: the sampler yields visit keys (index + copy * 1000), each visit
+    once, and a resume mid-epoch at another world size continues with the untrained ones."""
+    d = librispeech_like(1000)
+    three = lambda e: np.concatenate([np.arange(1000)] + [np.arange(100)] * 2)  # noqa: E731
+    s = make(d, seed=5, epoch_indices=three)
+    keys = sorted(k for b in s for k in b)
+    assert keys == list(range(1000)) + list(range(1000, 1100)) + list(range(2000, 2100))
+    for b in s.batches():
+        assert len(b) * d[np.asarray(b) % 1000].max() <= 120.0 + 1e-9
+    assert s.stats()["num_items"] == s.stats()["kept_items"] == 1200
+    two = [make(d, seed=5, epoch_indices=three, rank=r, world_size=2) for r in range(2)]
+    _, state = run_steps(two, 0, None, 4)
+    one = make(d, seed=5, epoch_indices=three)
+    one.load_state_dict(state)
+    trained = [k for step in zip(two[0].batches()[:4], two[1].batches()[:4]) for b in step for k in b]
+    assert sorted(trained + [k for b in one for k in b]) == keys
+
+
 def test_empty_and_tiny_datasets_do_not_break():
     s = make(np.zeros(0), world_size=4, rank=1)
     assert len(s) == 0 and list(s) == []

@@ -1,0 +1,63 @@
+"""The sampler's cut of one bucket into batches, and what an epoch's cut hands on to the ranks' grouping.
+
+A bucket's items (positions in the epoch's visits, in random order) are taken in windows of `shuffle_buffer`;
+each window is sorted by cost and cut greedily: an item joins the current batch while B * the costliest item stays
+within the budget (and B * the longest target within max_target_tokens). What is left at a window's end joins the
+next window, what is left at a bucket's end the next (longer) bucket.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+def cut_batches(
+    items: np.ndarray,
+    carry: list[int],
+    out: list[list[int]],
+    sizes: np.ndarray,
+    target_lens: np.ndarray | None,
+    budget: float,
+    max_target_tokens: int | None,
+    shuffle_buffer: int,
+) -> list[int]:
+    """Append to `out` the batches of one bucket's `items` (already in the order to use), `carry` in front; `sizes`
+    and `target_lens` are per position. Returns the bucket's leftover, the last batch, not yet full."""
+    cap_t = max_target_tokens if target_lens is not None else None
+    window = shuffle_buffer if shuffle_buffer > 0 else max(items.size, 1)
+    for start in range(0, max(items.size, 1), window):
+        pool = np.concatenate([np.asarray(carry, dtype=np.int64), items[start : start + window]])
+        if shuffle_buffer > 0:
+            pool = pool[np.argsort(sizes[pool], kind="stable")]
+        cur: list[int] = []
+        cur_max, cur_tmax = 0.0, 0
+        for i in pool.tolist():
+            s = sizes[i]
+            new_max = s if s > cur_max else cur_max
+            t = int(target_lens[i]) if cap_t is not None else 0
+            new_tmax = t if t > cur_tmax else cur_tmax
+            over = (len(cur) + 1) * new_max > budget or (cap_t is not None and (len(cur) + 1) * new_tmax > cap_t)
+            if cur and over:
+                out.append(cur)
+                cur, new_max, new_tmax = [], s, t
+            cur.append(i)
+            cur_max, cur_tmax = new_max, new_tmax
+        carry = cur
+    return carry
+
+
+@dataclass
+class OrderedBatches:
+    """An epoch's batches in cost order (as visit keys, llmasr.data.visit_keys), per batch its summed and its
+    largest cost, the epoch's filter counts, its items (dataset indices) and those batched, and its generator,
+    positioned where the ranks' grouping goes on drawing from it."""
+
+    batches: list[list[int]]
+    cost: np.ndarray
+    longest: np.ndarray
+    filtered: dict[str, int]
+    items: np.ndarray
+    kept: np.ndarray
+    rng: np.random.Generator
