@@ -9,6 +9,7 @@ next window, what is left at a bucket's end the next (longer) bucket.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import chain
 
 import numpy as np
 
@@ -46,6 +47,16 @@ def cut_batches(
             cur_max, cur_tmax = new_max, new_tmax
         carry = cur
     return carry
+
+
+def as_keys(batches: list[list[int]], keys: np.ndarray) -> list[list[int]]:
+    """`batches` of positions in an epoch's visits as the visits' `keys`."""
+    if np.array_equal(keys, np.arange(keys.size)):  # every item visited once, in order: positions are the keys
+        return batches
+    lens = np.fromiter(map(len, batches), dtype=np.int64, count=len(batches))
+    flat = keys[np.fromiter(chain.from_iterable(batches), dtype=np.int64, count=int(lens.sum()))].tolist()
+    ends = np.cumsum(lens).tolist()
+    return [flat[a:b] for a, b in zip([0, *ends[:-1]], ends)]
 
 
 @dataclass

@@ -41,7 +41,7 @@ from collections.abc import Callable, Iterator
 import numpy as np
 from torch.utils.data import Sampler
 
-from llmasr.data.batch_cut import OrderedBatches, cut_batches
+from llmasr.data.batch_cut import OrderedBatches, as_keys, cut_batches
 from llmasr.data.item_costs import EpochCostFn, ItemCosts, per_batch, quantile_buckets
 from llmasr.data.regroup import repeated_steps, replay_history
 from llmasr.data.visit_keys import visit_keys
@@ -234,7 +234,7 @@ class DynamicBucketSampler(Sampler):
         longest = per_batch(batches, sizes, np.maximum)
         order = np.lexsort((longest, per_batch(batches, bucket_of, np.maximum)))
         return OrderedBatches(
-            batches=[keys[batches[i]].tolist() for i in order],
+            batches=as_keys([batches[i] for i in order], keys),
             cost=per_batch(batches, sizes, np.add)[order],
             longest=longest[order],
             filtered=filtered,
@@ -255,7 +255,7 @@ class DynamicBucketSampler(Sampler):
         positions, padding = replay_history(len(o.batches), history, self.world_size, o.rng, self.seed, epoch, grouping)
         groups = [[o.batches[p] for p in g] for g in positions]
         dealt = np.asarray([p for g in positions for p in g], dtype=np.int64)
-        lens = np.fromiter((len(o.batches[p]) for p in dealt), dtype=np.int64, count=dealt.size)
+        lens = np.fromiter(map(len, o.batches), dtype=np.int64, count=len(o.batches))[dealt]
         n_items = int(lens.sum())
         real = float(o.cost[dealt].sum())
         padded = float((lens * o.longest[dealt]).sum())
