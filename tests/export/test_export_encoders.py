@@ -187,3 +187,23 @@ def test_frozen_random_branches_are_refused(bases, train_corpus, tmp_path):
     assert "lora_" not in msg  # the trained LoRA tensors are in the checkpoint
     assert export_main(["--checkpoint", str(run), "--output", str(tmp_path / "x")]) == 1
     assert not (tmp_path / "x").exists()
+
+
+def test_an_export_that_records_no_min_frames_gets_the_conformers(trained, tmp_path):
+    """Exports written before the frontend recorded `min_frames` (the fewest frames a Conformer's subsampling takes)
+    get it from the encoder's recorded input_layer when rebuilt, so decoding names a too-short clip as bad."""
+    import shutil
+
+    import yaml
+
+    from llmasr.export.exported import exported_model_config
+    from llmasr.models.builder import encoder_frontend
+
+    _, out = trained["conformer"]
+    old = tmp_path / "old"
+    shutil.copytree(out, old)
+    desc = yaml.safe_load((old / "llmasr_model.yaml").read_text())
+    assert desc["frontend"].pop("min_frames") == 7
+    (old / "llmasr_model.yaml").write_text(yaml.safe_dump(desc, allow_unicode=True))
+    assert encoder_frontend(exported_model_config(old).encoder).min_frames == 7
+    assert load_exported(old).frontend.min_frames == 7
