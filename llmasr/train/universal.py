@@ -32,8 +32,10 @@ import shutil
 from argparse import Namespace
 from pathlib import Path
 
+from llmasr.errors import free_bytes
 from llmasr.run_dir import UNIVERSAL_SUFFIX
 from llmasr.safe_load import weights_only_torch_load
+from llmasr.train.checkpoint_space import size_text
 from llmasr.train.ds_files import OPTIM_STATES, STATE_FILES
 
 log = logging.getLogger("llmasr.train")
@@ -78,6 +80,7 @@ def convert(src: Path, dst: Path) -> None:
     if not any(Path(name).match(OPTIM_STATES) for name in files):
         raise FileNotFoundError(f"{src}: no {OPTIM_STATES} files; not a complete ZeRO checkpoint")
     dst.parent.mkdir(parents=True, exist_ok=True)
+    _check_room(src, dst, files)
     for stale in dst.parent.glob(f".{dst.name}.tmp*"):  # left by a conversion that was killed
         shutil.rmtree(stale, ignore_errors=True)
     tmp = dst.with_name(f".{dst.name}.tmp{os.getpid()}")
@@ -97,6 +100,20 @@ def convert(src: Path, dst: Path) -> None:
     (tmp / MARKER).write_text(json.dumps({"source": str(src.resolve()), "files": files}, indent=2))
     shutil.rmtree(dst, ignore_errors=True)
     os.replace(tmp, dst)
+
+
+def _check_room(src: Path, dst: Path, files: dict[str, list[int]]) -> None:
+    """OSError naming both sizes where dst's folder cannot hold the conversion: the copy holds the optimizer
+    partitions' fp32 weights and moments whole, and ds_to_universal extracts them once more on the way (deleted
+    when the merge is done); a conversion that ran out of space would fail in DeepSpeed's workers."""
+    need = 2 * sum(size for name, (size, _) in files.items() if Path(name).match(OPTIM_STATES))
+    free = free_bytes(dst.parent)
+    if free is not None and free < need:
+        raise OSError(
+            f"{dst.parent}: {size_text(free)} free, and converting {src} for another world size writes about "
+            f"{size_text(need)} there (its optimizer partitions whole, and DeepSpeed's extraction of them on the "
+            "way). Free space there, or resume at the world size that saved it"
+        )
 
 
 def _drop_latest_pointer(out_dir: Path) -> None:

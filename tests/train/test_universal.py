@@ -106,3 +106,18 @@ def test_conversion_reads_the_checkpoint_weights_only(tmp_path):
         universal.convert(src, dst)
     assert str(src) in str(err.value) and "getcwd" in str(err.value)
     assert not dst.exists() and not list(tmp_path.glob(".*"))
+
+
+def test_conversion_refuses_a_folder_without_room_for_it(tmp_path, monkeypatch):
+    """The copy and DeepSpeed's extraction on the way take about twice the optimizer partitions; refused before
+    DeepSpeed writes a byte, naming the folder and both sizes (then the error reaches every rank: prepare)."""
+    src = fake_checkpoint(tmp_path / "update_00000004")
+    (src / "zero_pp_rank_0_mp_rank_00_optim_states.pt").write_bytes(b"x" * 3 * 2**20)
+    (src / "zero_pp_rank_1_mp_rank_00_optim_states.pt").write_bytes(b"x" * 3 * 2**20)
+    dst = tmp_path / ("update_00000004" + UNIVERSAL_SUFFIX)
+    monkeypatch.setattr(universal, "free_bytes", lambda path: 10 * 2**20)
+    with pytest.raises(OSError, match=f"{tmp_path}: 10.00 MiB free, and converting .*update_00000004 .* 12.00 MiB"):
+        universal.convert(src, dst)
+    assert not dst.exists() and not list(tmp_path.glob(".*"))
+    with pytest.raises(RuntimeError, match="10.00 MiB free"):
+        universal.prepare(tmp_path, "update_00000004", tmp_path / "fallback", rank=0)
