@@ -103,16 +103,17 @@ def convert(src: Path, dst: Path) -> None:
 
 
 def _check_room(src: Path, dst: Path, files: dict[str, list[int]]) -> None:
-    """OSError naming both sizes where dst's folder cannot hold the conversion: the copy holds the optimizer
-    partitions' fp32 weights and moments whole, and ds_to_universal extracts them once more on the way (deleted
-    when the merge is done); a conversion that ran out of space would fail in DeepSpeed's workers."""
-    need = 2 * sum(size for name, (size, _) in files.items() if Path(name).match(OPTIM_STATES))
+    """OSError naming both sizes where dst's folder cannot hold the conversion: the copy holds the model states file
+    and the optimizer partitions' fp32 weights and moments whole, and ds_to_universal extracts those once more on
+    the way (deleted when the merge is done); a conversion that ran out of space would fail in DeepSpeed's workers."""
+    optim = sum(size for name, (size, _) in files.items() if Path(name).match(OPTIM_STATES))
+    need = sum(size for size, _ in files.values()) + optim
     free = free_bytes(dst.parent)
     if free is not None and free < need:
         raise OSError(
             f"{dst.parent}: {size_text(free)} free, and converting {src} for another world size writes about "
-            f"{size_text(need)} there (its optimizer partitions whole, and DeepSpeed's extraction of them on the "
-            "way). Free space there, or resume at the world size that saved it"
+            f"{size_text(need)} there (its model states and optimizer partitions whole, and DeepSpeed's extraction "
+            "of the partitions on the way). Free space there, or resume at the world size that saved it"
         )
 
 
