@@ -15,7 +15,7 @@ recipe fine-tunes from OUT's files. The steps:
   on OUT. Without that vocabulary file the branch is left out and the log says where it looked.
 - Left out, in one log record: any other module of model.pt.
 
-Everything is written under OUT's `.partial` sibling and renamed at the end.
+Everything is written under a hidden sibling of OUT and put in place at the end (llmasr.export.staged_dir).
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ from llmasr.convert.nano_config import (
     stated_adaptor_dims,
 )
 from llmasr.export.export import DTYPE_NAMES, write_model_dir
+from llmasr.export.staged_dir import publish, staging_dir
 from llmasr.models.builder import build_model
 from llmasr.models.config import ModelConfig
 from llmasr.models.funasr_dir import weights_file
@@ -223,9 +224,7 @@ def convert_funasr(src: str | Path, out: str | Path, *, dtype: str = "fp32", ove
     ctc, ctc_reason = ctc_branch(src, config, state, encoder_dim(section))
     left_out = log_left_out(state, weights_file(src), ctc_reason)
 
-    tmp, stage = out.parent / f".{out.name}.partial", out.parent / f".{out.name}.stage"
-    for d in (tmp, stage):
-        shutil.rmtree(d, ignore_errors=True)
+    tmp, stage = staging_dir(out), staging_dir(out, "stage")
     try:
         files = _stage(state, llm_src, stage, with_ctc=ctc is not None)
         del state
@@ -246,8 +245,6 @@ def convert_funasr(src: str | Path, out: str | Path, *, dtype: str = "fp32", ove
         raise
     finally:
         shutil.rmtree(stage, ignore_errors=True)
-    if out.exists():
-        shutil.rmtree(out) if out.is_dir() else out.unlink()
-    tmp.rename(out)
+    publish(tmp, out)
     log.info("converted %s to %s", src, out)
     return out

@@ -22,7 +22,8 @@ strictly, refusing a frozen branch whose weights were random (llmasr.export.trai
 tokenizer) instead of DIR/llm/; it is applied to the base LLM at load time (`PeftModel.from_pretrained`). It is
 refused when the run trained more of the LLM than LoRA (model.llm.freeze: false): the adapter could not carry that.
 
-The directory is written under DIR.partial and renamed at the end, so an interrupted export never looks complete.
+The directory is written under a hidden sibling and put in place at the end (llmasr.export.staged_dir), so an
+interrupted export never looks complete.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ import torch
 from torch import nn
 
 from llmasr.config_io import to_dict
+from llmasr.export.staged_dir import publish, staging_dir
 from llmasr.export.trained_model import load_checkpoint_model, load_trained  # noqa: F401  (public API here too)
 from llmasr.models.builder import encoder_spec, output_dim
 from llmasr.models.fingerprint import dir_fingerprint
@@ -185,9 +187,7 @@ def export_model(
         check_adapter_only(model, recipe)
     dtype_name = DTYPE_NAMES[dtype] if dtype else recipe.model.llm.dtype
 
-    tmp = out.parent / f".{out.name}.partial"
-    if tmp.exists():
-        shutil.rmtree(tmp)
+    tmp = staging_dir(out)
     tmp.mkdir(parents=True)
     try:
         write_model_dir(
@@ -197,9 +197,7 @@ def export_model(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)  # never leave a half-written export behind
         raise
-    if out.exists():
-        shutil.rmtree(out) if out.is_dir() else out.unlink()
-    tmp.rename(out)
+    publish(tmp, out)
     log.info("exported %s (tags %s) to %s", info["run_dir"], ", ".join(info["tags"]), out)
     return out
 

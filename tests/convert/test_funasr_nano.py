@@ -350,6 +350,24 @@ def test_out_over_the_model_being_converted_is_refused(tmp_path):
     assert sorted(p.name for p in src.iterdir()) == before
 
 
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_out_as_the_current_folder_is_written_in_place(tmp_path, monkeypatch, overwrite):
+    """`llmasr convert funasr SRC .`: "." has no name, so the staging folder was made inside OUT, and replacing OUT
+    at the end deleted the converted model (and with --overwrite, what the folder held). The folder stays, the
+    model is in it, nothing is left beside it."""
+    src = write_nano_dir(tmp_path / "src")
+    here = tmp_path / "here"
+    here.mkdir()
+    if overwrite:
+        (here / "old.txt").write_text("replaced")
+    monkeypatch.chdir(here)
+    assert convert_funasr(src, ".", overwrite=overwrite) == Path(".")
+    assert (here / "llmasr_model.yaml").is_file() and (here / "llm" / "config.json").is_file()
+    assert not (here / "old.txt").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["here", "src"]  # no staging folder left
+    load_exported(here)
+
+
 def test_references_resolve_and_configuration_json_maps_the_llm(tmp_path):
     """The released config writes `${...}` references; configuration.json names the LLM directory."""
     src = write_nano_dir(tmp_path / "src")

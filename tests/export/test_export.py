@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -289,6 +290,17 @@ def test_output_must_be_new(runs, tmp_path):
     assert main(["--checkpoint", str(runs[0]), "--output", str(tmp_path / "busy")]) == 1
     assert main(["--checkpoint", str(runs[0]), "--output", str(tmp_path / "busy"), "--overwrite"]) == 0
     assert (tmp_path / "busy" / "llmasr_model.yaml").is_file() and not (tmp_path / "busy" / "f").exists()
+
+
+def test_output_as_the_current_folder_is_written_in_place(runs, tmp_path, monkeypatch):
+    """--output . : the export lands in the current folder, which stays (it had been deleted with the export)."""
+    here = tmp_path / "here"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    assert main(["--checkpoint", str(runs[0]), "--output", "."]) == 0
+    assert (here / "llmasr_model.yaml").is_file() and Path.cwd() == here
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["here"]
+    load_exported(here)
 
 
 def test_output_over_the_run_itself_is_refused(runs, capsys):
