@@ -21,6 +21,7 @@ from llmasr.run_dir.bookkeeping import (
     read_best,
     rotate,
     select_tags,
+    set_aside_later,
     update_best,
 )
 from llmasr.run_dir.layout import (
@@ -55,6 +56,6 @@ __all__ = [
     "BEST", "CHECKPOINTS", "DS_CONFIG_FILE", "LATEST", "LOCK_FILE", "LR_CSV", "LR_PNG", "META", "RECIPE_FILE",
     "TENSORBOARD", "TRAIN_LOG", "UNIVERSAL_SUFFIX", "CheckpointError", "CheckpointMeta", "CheckpointPolicy",
     "CheckpointRef", "checkpoints_dir", "clear_tag", "finish_save", "latest", "list_tags", "read_best", "read_meta",
-    "require_latest", "resolve_checkpoint", "resolve_resume", "resume_or_start", "rotate", "select_tags", "tag_for",
-    "update_best", "update_of", "write_atomic", "write_meta",
+    "require_latest", "resolve_checkpoint", "resolve_resume", "resume_or_start", "rotate", "select_tags",
+    "set_aside_later", "tag_for", "update_best", "update_of", "write_atomic", "write_meta",
 ]  # fmt: skip

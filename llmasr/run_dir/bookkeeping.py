@@ -111,13 +111,51 @@ def clear_tag(ckpt_dir: Path, tag: str) -> bool:
 
 
 def finish_save(ckpt_dir: Path, tag: str, meta: CheckpointMeta, policy: CheckpointPolicy) -> list[str]:
-    """Rank 0, after every rank has saved `tag`: meta file, best list, latest pointer, rotation."""
+    """Rank 0, after every rank has saved `tag`: meta file, best list, latest pointer, rotation. With best_k 0 (a
+    resume may turn the list off) best.json goes: its tags would be spared by rotation and averaged for ever."""
     write_meta(ckpt_dir / tag, meta)
     best = update_best(read_best(ckpt_dir), tag, meta, policy)
     if policy.best_k > 0:
         write_atomic(ckpt_dir / BEST, json.dumps(best, indent=2))
+    else:
+        (ckpt_dir / BEST).unlink(missing_ok=True)
     write_atomic(ckpt_dir / LATEST, tag + "\n")
     return rotate(ckpt_dir, policy)
+
+
+def set_aside_later(ckpt_dir: Path, update: int) -> tuple[list[str], Path | None]:
+    """Rank 0, once a resume at `update` has loaded: the run's checkpoints of later updates belong to the course
+    the resume leaves (a resume from an earlier checkpoint, say after a loss spike). Left in place, rotation kept
+    them (the highest updates) and deleted the new ones, and export's last-N and best-N averaged them. They move,
+    with their universal copies and best.json entries, into `abandoned_at_update_N[_k]/` beside them, where export
+    can still read them and nothing rotates them; `latest` names the newest checkpoint left. Returns (moved tags,
+    that folder or None)."""
+    later = sorted((t for t in os.listdir(ckpt_dir) if (update_of(t) or 0) > update), key=update_of)
+    if not later:
+        return [], None
+    aside = ckpt_dir / f"abandoned_at_update_{update:08d}"
+    k = 1
+    while aside.exists():
+        k += 1
+        aside = ckpt_dir / f"abandoned_at_update_{update:08d}_{k}"
+    aside.mkdir()
+    best = read_best(ckpt_dir)
+    for tag in later:
+        os.replace(ckpt_dir / tag, aside / tag)
+        if (ckpt_dir / (tag + UNIVERSAL_SUFFIX)).exists():
+            os.replace(ckpt_dir / (tag + UNIVERSAL_SUFFIX), aside / (tag + UNIVERSAL_SUFFIX))
+    moved = set(later)
+    if any(b["tag"] in moved for b in best):
+        write_atomic(aside / BEST, json.dumps([b for b in best if b["tag"] in moved], indent=2))
+        write_atomic(ckpt_dir / BEST, json.dumps([b for b in best if b["tag"] not in moved], indent=2))
+    if latest(ckpt_dir) in moved:
+        write_atomic(aside / LATEST, later[-1] + "\n")
+        left = [t for t in list_tags(ckpt_dir) if (ckpt_dir / t / META).is_file()]
+        if left:
+            write_atomic(ckpt_dir / LATEST, left[-1] + "\n")
+        else:
+            (ckpt_dir / LATEST).unlink()
+    return later, aside
 
 
 def select_tags(ref: CheckpointRef, n: int, by: str = "last") -> list[str]:

@@ -205,6 +205,12 @@ class Run:
             self.pending_rng = None
         log.info("resumed from %s at update %d, epoch %d", where, self.engine.global_steps, state.get("epoch", 0))
         self.last_saved = self.engine.global_steps
+        if self.rank == 0:
+            moved, aside = ck.set_aside_later(self.ckpt_dir, self.engine.global_steps)
+            if moved:
+                log.warning("resume: %d later checkpoint(s) of this run (%s) belong to the course this resume leaves; "
+                            "moved to %s, out of rotation and averaging (export can still read them; delete the "
+                            "folder when done)", len(moved), ", ".join(moved), aside)  # fmt: skip
         epoch, loader_state = int(state.get("epoch", 0)), state.get("loader")
         if saved_world != self.world:
             left = self._resize(saved_world, epoch, loader_state, client.get("ds_config") or {})

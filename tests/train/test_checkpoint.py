@@ -112,6 +112,41 @@ def test_a_tag_saved_again_is_cleared_first_and_latest_and_best_move_off_it(tmp_
     assert ck.clear_tag(tmp_path, ck.tag_for(1)) and ck.latest(tmp_path) is None
 
 
+def test_a_resume_from_an_earlier_checkpoint_sets_the_later_ones_aside(tmp_path):
+    """Resumed at update 3 of a run saved up to 5: updates 4 and 5 (and a universal copy, their best.json entries,
+    `latest`) move out of rotation's and averaging's way, into a folder export can still read."""
+    make_tags(tmp_path, [1, 2, 3, 4, 5])
+    (tmp_path / (ck.tag_for(5) + ck.UNIVERSAL_SUFFIX)).mkdir()
+    (tmp_path / ck.LATEST).write_text(ck.tag_for(5) + "\n")
+    best = [{"tag": ck.tag_for(u), "metric": "loss", "value": v} for u, v in ((4, 0.1), (2, 0.2))]
+    (tmp_path / ck.BEST).write_text(json.dumps(best))
+    moved, aside = ck.set_aside_later(tmp_path, 3)
+    assert moved == [ck.tag_for(4), ck.tag_for(5)] and aside == tmp_path / "abandoned_at_update_00000003"
+    assert ck.list_tags(tmp_path) == [ck.tag_for(1), ck.tag_for(2), ck.tag_for(3)]
+    assert ck.latest(tmp_path) == ck.tag_for(3) and ck.read_best(tmp_path) == best[1:]
+    assert ck.list_tags(aside) == moved and ck.latest(aside) == ck.tag_for(5) and ck.read_best(aside) == best[:1]
+    assert (aside / (ck.tag_for(5) + ck.UNIVERSAL_SUFFIX)).is_dir()
+    ck.rotate(tmp_path, ck.CheckpointPolicy(keep_last=1))  # rotation keeps the resumed course's newest
+    assert ck.list_tags(tmp_path) == [ck.tag_for(2), ck.tag_for(3)]
+    assert ck.set_aside_later(tmp_path, 3) == ([], None)  # nothing later: nothing moves
+    make_tags(tmp_path, [4])
+    assert ck.set_aside_later(tmp_path, 3)[1].name == "abandoned_at_update_00000003_2"
+
+
+def test_best_k_turned_off_removes_the_best_list(tmp_path):
+    """train.best_k may change on resume: at 0 the old best.json would keep its tags from rotation for ever."""
+    policy = ck.CheckpointPolicy(keep_last=1, best_k=1)
+    for u, loss in ((2, 1.0), (4, 2.0)):
+        (tmp_path / ck.tag_for(u)).mkdir()
+        ck.finish_save(tmp_path, ck.tag_for(u), meta(u, {"loss": loss}), policy)
+    assert [b["tag"] for b in ck.read_best(tmp_path)] == [ck.tag_for(2)]
+    (tmp_path / ck.tag_for(6)).mkdir()
+    deleted = ck.finish_save(
+        tmp_path, ck.tag_for(6), meta(6, {"loss": 0.5}), ck.CheckpointPolicy(keep_last=1, best_k=0)
+    )
+    assert not (tmp_path / ck.BEST).exists() and deleted == [ck.tag_for(2), ck.tag_for(4)]
+
+
 def test_a_best_list_value_that_is_no_number_names_the_file(tmp_path):
     (tmp_path / ck.BEST).write_text(json.dumps([{"tag": ck.tag_for(1), "metric": "loss", "value": None}]))
     with pytest.raises(ck.CheckpointError, match=r"best.json: tag 'update_00000001' has value None; expected a"):

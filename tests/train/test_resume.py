@@ -160,6 +160,28 @@ def test_a_refused_or_failed_resume_leaves_the_run_folder_as_it_was(tiny_llm_dir
     assert "nothing to train: the run is at update 3 of 3" in (run / ck.TRAIN_LOG).read_text()
 
 
+def test_resuming_an_earlier_checkpoint_sets_the_later_ones_aside(tiny_llm_dir, corpus, tmp_path):
+    """A run saved at updates 1-3, resumed from update 1 (say after a loss spike): its saves at 2 and 3 replace the
+    old ones, and rotation (keep_last 1) keeps the new course's; the old 2 and 3 wait in a folder of their own. They
+    had kept rotation's slots (the highest updates) while the new course's checkpoints were deleted."""
+    run = tmp_path / "run"
+    first = train(recipe(tiny_llm_dir, corpus, run, grad_accum=1, max_updates=3, save_every_updates=1), "zero0")
+    assert [h["update"] for h in first["history"]] == [1, 2, 3]
+    ckpts = ck.checkpoints_dir(run)
+    old3 = (ckpts / ck.tag_for(3) / "mp_rank_00_model_states.pt").read_bytes()
+    again = recipe(tiny_llm_dir, corpus, run, grad_accum=1, max_updates=2, save_every_updates=1, keep_last=1)
+    rest = train(again, "zero0", resume=ck.tag_for(1))["history"]
+    assert [h["update"] for h in rest] == [2]
+    aside = ckpts / "abandoned_at_update_00000001"
+    assert ck.list_tags(aside) == [ck.tag_for(2), ck.tag_for(3)] and ck.latest(ckpts) == ck.tag_for(2)
+    assert ck.list_tags(ckpts) == [ck.tag_for(2)]  # the new update 2; update 1 rotated away
+    assert (aside / ck.tag_for(3) / "mp_rank_00_model_states.pt").read_bytes() == old3
+    assert (
+        "resume: 2 later checkpoint(s) of this run (update_00000002, update_00000003)"
+        in (run / ck.TRAIN_LOG).read_text()
+    )
+
+
 def test_training_data_that_changed_on_disk_is_refused(tiny_llm_dir, tmp_path):
     manifest = write_tiny_corpus(tmp_path / "corpus", n=20)
     run = tmp_path / "run"
