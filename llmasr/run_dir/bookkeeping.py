@@ -130,7 +130,11 @@ def set_aside_later(ckpt_dir: Path, update: int) -> tuple[list[str], Path | None
     with their universal copies and best.json entries, into `abandoned_at_update_N[_k]/` beside them, where export
     can still read them and nothing rotates them; `latest` names the newest checkpoint left. Returns (moved tags,
     that folder or None)."""
-    later = sorted((t for t in os.listdir(ckpt_dir) if (update_of(t) or 0) > update), key=update_of)
+    # A folder without its meta is a save cut short (a preemption), not a course: the save of its update clears it.
+    later = sorted(
+        (t for t in os.listdir(ckpt_dir) if (update_of(t) or 0) > update and (ckpt_dir / t / META).is_file()),
+        key=update_of,
+    )
     if not later:
         return [], None
     aside = ckpt_dir / f"abandoned_at_update_{update:08d}"

@@ -116,6 +116,7 @@ def test_a_resume_from_an_earlier_checkpoint_sets_the_later_ones_aside(tmp_path)
     """Resumed at update 3 of a run saved up to 5: updates 4 and 5 (and a universal copy, their best.json entries,
     `latest`) move out of rotation's and averaging's way, into a folder export can still read."""
     make_tags(tmp_path, [1, 2, 3, 4, 5])
+    (tmp_path / ck.tag_for(6)).mkdir()  # a save cut short (no meta): no course, cleared when update 6 is saved
     (tmp_path / (ck.tag_for(5) + ck.UNIVERSAL_SUFFIX)).mkdir()
     (tmp_path / ck.LATEST).write_text(ck.tag_for(5) + "\n")
     best = [{"tag": ck.tag_for(u), "metric": "loss", "value": v} for u, v in ((4, 0.1), (2, 0.2))]
@@ -125,7 +126,7 @@ def test_a_resume_from_an_earlier_checkpoint_sets_the_later_ones_aside(tmp_path)
     assert ck.list_tags(tmp_path) == [ck.tag_for(1), ck.tag_for(2), ck.tag_for(3)]
     assert ck.latest(tmp_path) == ck.tag_for(3) and ck.read_best(tmp_path) == best[1:]
     assert ck.list_tags(aside) == moved and ck.latest(aside) == ck.tag_for(5) and ck.read_best(aside) == best[:1]
-    assert (aside / (ck.tag_for(5) + ck.UNIVERSAL_SUFFIX)).is_dir()
+    assert (aside / (ck.tag_for(5) + ck.UNIVERSAL_SUFFIX)).is_dir() and (tmp_path / ck.tag_for(6)).is_dir()
     ck.rotate(tmp_path, ck.CheckpointPolicy(keep_last=1))  # rotation keeps the resumed course's newest
     assert ck.list_tags(tmp_path) == [ck.tag_for(2), ck.tag_for(3)]
     assert ck.set_aside_later(tmp_path, 3) == ([], None)  # nothing later: nothing moves
