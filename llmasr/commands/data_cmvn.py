@@ -12,6 +12,26 @@ from llmasr.models.builder import encoder_frontend
 from llmasr.recipe import load_recipe
 
 
+def _at_least_one(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="llmasr data cmvn", description="global CMVN statistics, written as am.mvn")
     p.add_argument("manifests", nargs="*", help="manifests (default: the recipe's data.train)")
@@ -21,7 +41,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lfr-m", type=int, default=1)
     p.add_argument("--lfr-n", type=int, default=1)
     p.add_argument("--sample-rate", type=int, default=16000)
-    p.add_argument("--max-utts", type=int, help="read at most this many utterances, spread over the manifests")
+    p.add_argument(
+        "--max-bad-fraction",
+        type=_fraction,
+        help="unusable utterances allowed (default: the recipe's data.max_bad_fraction, else 0.05)",
+    )
+    p.add_argument(
+        "--max-utts", type=_at_least_one, help="read at most this many utterances, spread over the manifests"
+    )
     return p
 
 
@@ -29,11 +56,14 @@ def main(argv: list[str] | None = None) -> int:
     p = build_parser()
     args = p.parse_args(argv)
     try:
-        manifests = list(args.manifests)
+        manifests, max_bad = list(args.manifests), args.max_bad_fraction
         if args.recipe:
-            recipe = load_recipe(args.recipe)
+            # The am.mvn the recipe names is often the one this writes (an encoder trained from scratch); the
+            # statistics never read it.
+            recipe = load_recipe(args.recipe, ["model.encoder.frontend.cmvn_file=null"])
             frontend = encoder_frontend(recipe.model.encoder)
             manifests = manifests or [s.path for s in recipe.data.train_manifests]
+            max_bad = recipe.data.max_bad_fraction if max_bad is None else max_bad
         else:
             frontend = from_dict(
                 FrontendConfig,
@@ -42,7 +72,8 @@ def main(argv: list[str] | None = None) -> int:
             )
         if not manifests:
             p.error("no manifests: name them, or give --recipe with data.train")
-        shift, _ = compute_global_cmvn(manifests, frontend, args.out, max_utts=args.max_utts)
+        limit = {} if max_bad is None else {"max_bad_fraction": max_bad}
+        shift, _ = compute_global_cmvn(manifests, frontend, args.out, max_utts=args.max_utts, **limit)
     except (ConfigError, CMVNError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

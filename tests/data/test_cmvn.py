@@ -100,3 +100,36 @@ def test_cmvn_nothing_usable(tmp_path):
         compute_global_cmvn(path, FrontendConfig(), tmp_path / "x.mvn", max_bad_fraction=1.0)
     with pytest.raises(ValueError, match="fbank"):
         compute_global_cmvn(path, FrontendConfig(kind="whisper"), tmp_path / "x.mvn")
+
+
+def test_cmvn_for_a_recipe_that_names_the_file_it_writes(tmp_path, capsys):
+    """An encoder trained from scratch names in its recipe the am.mvn that `llmasr data cmvn --recipe` is to write:
+    the recipe loads without it (the statistics never read it), and takes its data.max_bad_fraction."""
+    import yaml
+
+    from llmasr.commands.data_cmvn import main
+    from llmasr.recipe import load_recipe
+
+    path, _ = make_corpus(tmp_path, n=6, bad=("missing",))  # 1 bad of 7
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump({
+        "model": {"encoder": {"type": "paraformer", "frontend": {"lfr_m": 7, "lfr_n": 6, "cmvn_file": "am.mvn"},
+                              "conf": {"output_size": 16, "attention_heads": 2, "linear_units": 32, "num_blocks": 1}},
+                  "llm": {"path": str(tmp_path)}},
+        "data": {"train": ["train.jsonl"], "max_bad_fraction": 0.2},
+    }))  # fmt: skip
+    assert main(["--recipe", str(recipe), "--out", str(tmp_path / "am.mvn")]) == 0
+    assert read_kaldi_cmvn(tmp_path / "am.mvn")[0].shape == (560,)
+    assert load_recipe(recipe).model.encoder.frontend["cmvn_file"] == str(tmp_path / "am.mvn")  # now it loads
+    assert main(["--recipe", str(recipe), "--out", str(tmp_path / "b.mvn"), "--max-bad-fraction", "0.1"]) == 2
+    assert "1 of 7 utterances unusable" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("flag", "value"), [("--max-utts", "0"), ("--max-utts", "-3"), ("--max-bad-fraction", "2")])
+def test_cmvn_refuses_limits_out_of_range(tmp_path, capsys, flag, value):
+    from llmasr.commands.data_cmvn import main
+
+    path, _ = make_corpus(tmp_path, n=2)
+    with pytest.raises(SystemExit) as exit_:
+        main([str(path), "--out", str(tmp_path / "x.mvn"), flag, value])
+    assert exit_.value.code == 2 and flag in capsys.readouterr().err and not (tmp_path / "x.mvn").exists()
