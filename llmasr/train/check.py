@@ -134,7 +134,10 @@ def _vad_lines(decode, sample_rate: int) -> list[str]:
 
 def _checkpoint_lines(tc, counts: dict, plan) -> list[str]:
     """The disk the run's checkpoints take against the run folder's free space; RunDirError where one cannot fit."""
-    space = CheckpointSpace.estimate(tc, trainable=counts["trainable"], epochs=len(plan.per_epoch), total=plan.total)
+    space = CheckpointSpace.estimate(
+        tc, trainable=counts["trainable"], epochs=len(plan.per_epoch), total=plan.total,
+        validates=plan.loaders[2] is not None,
+    )  # fmt: skip
     problem, warning = space.problem(), space.warning()
     if problem:
         raise RunDirError(problem)

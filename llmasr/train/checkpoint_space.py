@@ -34,12 +34,16 @@ class CheckpointSpace:
     free: float  # bytes free on the run folder's file system (inf where no folder above it exists to ask)
 
     @classmethod
-    def estimate(cls, train_cfg, *, trainable: int, epochs: int, total: int) -> CheckpointSpace:
+    def estimate(cls, train_cfg, *, trainable: int, epochs: int, total: int, validates: bool) -> CheckpointSpace:
         """For a run of `train_cfg` (train.*) training `trainable` parameters in `total` updates over `epochs`
-        epochs: a save at every epoch end and every save_every_updates (an upper bound on the count)."""
+        epochs: a save at every epoch end, every save_every_updates, and after every valid_every_updates validation
+        when best_k ranks checkpoints and there is validation data (`validates`); an upper bound on the count."""
         per = trainable * (WEIGHT_BYTES[train_cfg.precision] + OPTIMIZER_BYTES)
-        every = train_cfg.save_every_updates
-        saves = max(1, epochs + (total // every if every else 0))
+        every, valid_every = train_cfg.save_every_updates, train_cfg.valid_every_updates
+        saves = epochs + (total // every if every else 0)
+        if validates and train_cfg.best_k and valid_every:
+            saves += total // valid_every
+        saves = max(1, saves)
         kept = saves if train_cfg.keep_last == 0 else min(saves, train_cfg.keep_last + train_cfg.best_k + 1)
         run_dir = Path(train_cfg.output_dir)
         free = free_bytes(run_dir)  # the run folder's, or that of the nearest folder above it that exists

@@ -27,19 +27,28 @@ def base(tmp_path_factory):
 
 
 def _train_cfg(**kw):
-    cfg = {"precision": "fp32", "save_every_updates": 0, "keep_last": 3, "best_k": 1, "output_dir": "/tmp"}
+    cfg = {"precision": "fp32", "save_every_updates": 0, "valid_every_updates": 0, "keep_last": 3, "best_k": 1,
+           "output_dir": "/tmp"}
     return SimpleNamespace(**{**cfg, **kw})
 
 
 def test_how_many_checkpoints_rotation_keeps_at_once():
-    one = CheckpointSpace.estimate(_train_cfg(), trainable=1000, epochs=10, total=500)
+    one = CheckpointSpace.estimate(_train_cfg(), trainable=1000, epochs=10, total=500, validates=True)
     assert one.per_checkpoint == 1000 * (4 + 12) and one.most_kept == 5  # keep_last 3 + best 1 + the one written
-    assert CheckpointSpace.estimate(_train_cfg(precision="bf16"), trainable=1000, epochs=1, total=5).per_checkpoint == (
-        1000 * 14
-    )
-    assert CheckpointSpace.estimate(_train_cfg(), trainable=1, epochs=2, total=50).most_kept == 2  # only 2 saves
+    bf16 = CheckpointSpace.estimate(_train_cfg(precision="bf16"), trainable=1000, epochs=1, total=5, validates=True)
+    assert bf16.per_checkpoint == 1000 * 14
+    assert CheckpointSpace.estimate(_train_cfg(), trainable=1, epochs=2, total=50, validates=True).most_kept == 2
     keep_all = _train_cfg(keep_last=0, save_every_updates=10)
-    assert CheckpointSpace.estimate(keep_all, trainable=1, epochs=2, total=50).most_kept == 2 + 5
+    assert CheckpointSpace.estimate(keep_all, trainable=1, epochs=2, total=50, validates=True).most_kept == 2 + 5
+
+
+def test_every_validation_that_ranks_checkpoints_saves_one():
+    """best_k > 0 saves after every valid_every_updates validation: 1 epoch, 10 validations, kept all."""
+    ranked = _train_cfg(keep_last=0, valid_every_updates=5)
+    assert CheckpointSpace.estimate(ranked, trainable=1, epochs=1, total=50, validates=True).most_kept == 1 + 10
+    assert CheckpointSpace.estimate(ranked, trainable=1, epochs=1, total=50, validates=False).most_kept == 1
+    unranked = _train_cfg(keep_last=0, valid_every_updates=5, best_k=0)  # validation alone saves nothing
+    assert CheckpointSpace.estimate(unranked, trainable=1, epochs=1, total=50, validates=True).most_kept == 1
 
 
 @pytest.mark.parametrize("preset", ["zero0", "zero2"])
@@ -50,7 +59,9 @@ def test_the_estimate_is_what_a_save_writes(base, tmp_path, preset):
     tag_dir = next(p for p in (run.run_dir / "checkpoints").iterdir() if p.name.startswith("update_"))
     written = sum(f.stat().st_size for f in tag_dir.iterdir() if f.name.endswith(".pt"))
     trainable = sum(t.numel() for t in run.trained.values())
-    estimate = CheckpointSpace.estimate(run.recipe.train, trainable=trainable, epochs=1, total=1).per_checkpoint
+    estimate = CheckpointSpace.estimate(
+        run.recipe.train, trainable=trainable, epochs=1, total=1, validates=False
+    ).per_checkpoint
     # ZeRO keeps 12 bytes of optimizer state a parameter, plain Adam 8; pickling adds a little per tensor
     assert 0.7 * estimate <= written <= 1.25 * estimate, (written, estimate)
 
