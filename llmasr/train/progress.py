@@ -170,7 +170,10 @@ class Progress:
         from torch.utils.tensorboard import SummaryWriter
         from tqdm import tqdm
 
-        self.writer = SummaryWriter(log_dir=str(Path(run_dir) / "tensorboard"))
+        # A resumed run logs again the updates a stopped one had logged after its last checkpoint: TensorBoard drops
+        # the old events from the first update on, instead of drawing two curves over them.
+        purge = {"purge_step": start_update + 1} if start_update > 0 else {}
+        self.writer = SummaryWriter(log_dir=str(Path(run_dir) / "tensorboard"), **purge)
         if _is_terminal(self.stream):
             self.bar = tqdm(total=total_updates, initial=start_update, unit="upd", dynamic_ncols=True, file=self.stream)
 

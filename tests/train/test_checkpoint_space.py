@@ -27,8 +27,14 @@ def base(tmp_path_factory):
 
 
 def _train_cfg(**kw):
-    cfg = {"precision": "fp32", "save_every_updates": 0, "valid_every_updates": 0, "keep_last": 3, "best_k": 1,
-           "output_dir": "/tmp"}
+    cfg = {
+        "precision": "fp32",
+        "save_every_updates": 0,
+        "valid_every_updates": 0,
+        "keep_last": 3,
+        "best_k": 1,
+        "output_dir": "/tmp",
+    }
     return SimpleNamespace(**{**cfg, **kw})
 
 

@@ -77,6 +77,27 @@ def test_zero3_counts_as_zero0(tiny_llm_dir, corpus, tmp_path):
     assert all(h["count"].flops > 0 for h in plain["history"])
 
 
+def test_a_resumed_run_replaces_the_updates_logged_after_its_checkpoint(tmp_path):
+    """A run stopped at update 10 whose last checkpoint was update 5: the resumed run logs 6-10 again, and
+    TensorBoard holds those, not two curves over the same updates."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    quiet = io.StringIO()
+    first = Progress(tmp_path, 0, 10, 0, log_every=100, stream=quiet)
+    for u in range(1, 11):
+        first.update(u, 0, {"loss": 10.0 - u}, {"llm": 1e-5}, {})
+    first.close()
+    time.sleep(1.1)  # the resumed run's events file is another
+    resumed = Progress(tmp_path, 0, 10, 5, log_every=100, stream=quiet)
+    for u in range(6, 11):
+        resumed.update(u, 0, {"loss": 100.0 + u}, {"llm": 1e-5}, {})
+    resumed.close()
+    events = EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    steps = [(e.step, e.value) for e in events.Scalars("train/loss")]
+    assert steps == [(u, 10.0 - u) for u in range(1, 6)] + [(u, 100.0 + u) for u in range(6, 11)]
+
+
 def test_progress_bar_only_on_a_terminal(tmp_path):
     class Terminal(io.StringIO):
         def isatty(self):
