@@ -220,7 +220,7 @@ def check(
     lines.append("learning rate at key updates")
     width = max(len(n) for n in names)
     for label, u in key_updates(recipe.optim, names, total):
-        lines.append(f"  update {u} ({label}):")
+        lines.append(f"  update {u + 1} ({label}):")  # numbered from 1, as train.log does
         lines += [f"    {n:<{width}}  {curves[n][u]:.4e}" for n in names]
     lines += start + _checkpoint_lines(tc, counts, plan) + _memory_lines(ds, tc, counts, world_size)
     out = Path(out) if out is not None else plot_dir(Path(tc.output_dir))

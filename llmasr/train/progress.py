@@ -250,12 +250,13 @@ class Progress:
 
 
 def write_lr_csv(path: str | Path, curves: dict) -> None:
-    """CSV with columns update, <group>...: the lr each update uses (from llmasr.train.schedulers.lr_curve)."""
+    """CSV with columns update, <group>...: the lr each update uses (from llmasr.train.schedulers.lr_curve), updates
+    numbered from 1 as train.log and TensorBoard number them."""
     names = list(curves)
     total = len(next(iter(curves.values()))) if curves else 0
     lines = [",".join(["update", *names])]
     for u in range(total):
-        lines.append(",".join([str(u), *(repr(float(curves[n][u])) for n in names)]))
+        lines.append(",".join([str(u + 1), *(repr(float(curves[n][u])) for n in names)]))
     Path(path).write_text("\n".join(lines) + "\n")
 
 
@@ -269,7 +270,7 @@ def plot_lr(curves: dict, path: str | Path) -> None:
     shown = {n: v for n, v in curves.items() if not (n.endswith("_no_decay") and n[: -len("_no_decay")] in curves)}
     fig, ax = plt.subplots(figsize=(8, 4.5))
     for name, values in shown.items():
-        ax.plot(range(len(values)), values, label=name)
+        ax.plot(range(1, len(values) + 1), values, label=name)
     ax.set_xlabel("optimizer update")
     ax.set_ylabel("learning rate")
     ax.set_title("per-group learning rate")

@@ -50,17 +50,18 @@ def test_report_matches_the_trainer_numbers(recipe_file, tmp_path, capsys):
     total = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     assert f"total {total:,}; trainable {trainable:,}" in out
-    assert "update 0 (start)" in out and "update 2 (warmup end" in out and f"update {updates - 1} (last)" in out
+    # numbered from 1, as train.log: the first update at the warmup's peak is update 3
+    assert "update 1 (start)" in out and "update 3 (warmup end" in out and f"update {updates} (last)" in out
     assert "ZeRO stage 2" in out and "on the device:" in out
 
     names = ["encoder", "encoder_no_decay", "adaptor", "adaptor_no_decay", "ctc", "ctc_no_decay", "llm"]
     csv = np.genfromtxt(tmp_path / "lr_schedule.csv", delimiter=",", names=True)
     assert list(csv.dtype.names) == ["update", *names]
     want = lr_curve(recipe.optim, names, updates)
-    assert len(csv) == updates and list(csv["update"]) == list(range(updates))
+    assert len(csv) == updates and list(csv["update"]) == list(range(1, updates + 1))
     for name in names:
         np.testing.assert_allclose(csv[name], want[name], rtol=1e-12)
-    line = re.search(r"update 2 \(warmup end[^\n]*\n(?:.*\n)*?\s+llm\s+(\S+)", out)
+    line = re.search(r"update 3 \(warmup end[^\n]*\n(?:.*\n)*?\s+llm\s+(\S+)", out)
     assert float(line.group(1)) == pytest.approx(want["llm"][2], rel=1e-4)
     png = (tmp_path / "lr_schedule.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 1000

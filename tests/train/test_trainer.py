@@ -63,11 +63,11 @@ def test_run_dir_layout_logs_and_checkpoints(tiny_llm_dir, corpus, tmp_path):
     assert any(" valid update=" in line for line in (run / "train.log").read_text().splitlines())
     assert list((run / "tensorboard").glob("events.out.tfevents.*"))
 
-    # lr_schedule.csv is the schedule the run used: row u holds the lr update u+1 ran with
+    # lr_schedule.csv is the schedule the run used: its row `update=u` holds the lr train.log's update u ran with
     csv = np.genfromtxt(run / "lr_schedule.csv", delimiter=",", names=True)
-    assert len(csv) == len(history)
-    for h in history:
-        assert h["lr"]["llm"] == pytest.approx(csv["llm"][h["update"] - 1], rel=1e-9)
+    assert len(csv) == len(history) and list(csv["update"]) == [h["update"] for h in history]
+    for h, row in zip(history, csv):
+        assert h["lr"]["llm"] == pytest.approx(row["llm"], rel=1e-9)
     assert (run / "lr_schedule.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # the plot beside it
 
     # checkpoints: latest is the last update; meta as documented; frozen base weights not stored
