@@ -72,6 +72,10 @@ class Transcriber:
         gate (decode.vad) found none}."""
         if not audio:
             return []
+        if isinstance(hotwords, (str, bytes)):  # list("Zhang Wei") would bias towards its letters
+            raise TranscribeError(f"hotwords: a list of phrases, got the text {hotwords!r}; pass [{hotwords!r}]")
+        if sample_rate is not None and (isinstance(sample_rate, bool) or int(sample_rate) != sample_rate):
+            raise TranscribeError(f"sample_rate: a whole number of Hz, got {sample_rate!r}")
         with tempfile.TemporaryDirectory(prefix="llmasr-transcribe-") as tmp:
             names, manifest = _manifest(list(audio), sample_rate, hotwords, Path(tmp))
             loader = decode_loader(self.model, manifest, self.cfg, self.opts, self.device)
@@ -111,7 +115,10 @@ def _manifest(audio: list, sample_rate, hotwords, tmp: Path) -> tuple[list[str],
 def _waveform(clip, sample_rate, name: str) -> np.ndarray:
     if sample_rate is None or int(sample_rate) <= 0:
         raise TranscribeError(f"{name}: a waveform needs its sample_rate (Hz)")
-    wave = np.asarray(clip.detach().cpu() if hasattr(clip, "detach") else clip)
+    if hasattr(clip, "detach"):  # a torch tensor; numpy has no bfloat16
+        clip = clip.detach().cpu()
+        clip = clip.float() if clip.is_floating_point() else clip
+    wave = np.asarray(clip)
     if wave.ndim != 1 or wave.size == 0:
         hint = " (several channels: average them, or pick one)" if wave.ndim == 2 and min(wave.shape) <= 8 else ""
         raise TranscribeError(

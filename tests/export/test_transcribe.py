@@ -77,6 +77,17 @@ def test_audio_that_cannot_be_transcribed_is_named(asr, clips, tmp_path):
         asr(sf.read(paths[0], dtype="int16")[0].astype(np.float32), sample_rate=16000)
     with pytest.raises(TranscribeError, match="waveform 0: a waveform needs its sample_rate"):
         asr(torch.zeros(1600))
+    with pytest.raises(TranscribeError, match=r"hotwords: a list of phrases, got the text 'Zhang Wei'"):
+        asr(paths[0], hotwords="Zhang Wei")  # list() of it had biased towards its letters
+    with pytest.raises(TranscribeError, match="sample_rate: a whole number of Hz, got 44100.5"):
+        asr(torch.zeros(1600), sample_rate=44100.5)
+
+
+def test_a_bfloat16_waveform_is_read_as_its_float_values(asr, clips):
+    """numpy has no bfloat16: the tensor had failed with a bare TypeError."""
+    wave, rate = sf.read(clips[1][2], dtype="float32")
+    half = torch.from_numpy(wave).bfloat16()
+    assert asr(half, sample_rate=rate) == asr(half.float(), sample_rate=rate)
 
 
 def test_settings_given_override_the_saved_ones_and_are_checked_at_load(exported_dir):
