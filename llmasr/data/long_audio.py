@@ -310,9 +310,13 @@ def join_texts(texts: list[str], overlapped: list[bool], overlap: float) -> str:
     return _join(texts, overlapped, overlap)[0]
 
 
-def shift_times(words: list | None, seconds: float) -> list | None:
-    """Timed units (unit, start s, end s) `seconds` later; None stays None."""
-    return None if words is None else [(u, round(a + seconds, 3), round(b + seconds, 3)) for u, a, b in words]
+def shift_times(words: list | None, seconds: float, within: float | None = None) -> list | None:
+    """Timed units (unit, start s, end s) `seconds` later, and none past `within` seconds (the audio's length: the
+    last feature frame can reach past it); None stays None."""
+    if words is None:
+        return None
+    cap = float("inf") if within is None else float(within)
+    return [(u, round(min(a + seconds, cap), 3), round(min(b + seconds, cap), 3)) for u, a, b in words]
 
 
 def join_words(

@@ -269,7 +269,7 @@ def transcribe_loader(model, loader: SpeechDataLoader, cfg: DecodeConfig, device
             rows[idx].update(hotwords=list(batch.hotwords[i]), hotwords_dropped=int(batch.hotwords_dropped[i]))
             if got.timestamps is not None:  # ends where the sound ends; in the item's time (its trimmed lead back)
                 words = sound_ends(got.timestamps[i], batch.speech_runs[i])
-                rows[idx]["timestamps"] = shift_times(words, float(batch.leads[i]))
+                rows[idx]["timestamps"] = shift_times(words, float(batch.leads[i]), within=dur)
     return rows, mode
 
 

@@ -42,7 +42,7 @@ def _check_words(row: dict, duration: float) -> None:
         return
     assert [w[0] for w in words] == UNIT.findall(row["hyp"])
     starts = [w[1] for w in words]
-    assert starts == sorted(starts) and all(0 <= a < b <= duration + 0.2 for _, a, b in words), words
+    assert starts == sorted(starts) and all(0 <= a < b <= duration for _, a, b in words), words
 
 
 def test_rows_carry_their_words_times_and_only_when_asked(model, corpus, tmp_path):
