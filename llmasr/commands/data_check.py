@@ -119,16 +119,14 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     recipe = load_recipe(args.recipe) if args.recipe else None  # typed, manifest paths resolved against it
     data_cfg, frontend = configs(args, recipe)
-    manifests = list(args.manifests) or [
-        s.path for s in (data_cfg.valid_manifests if args.valid else data_cfg.train_manifests)
-    ]
-    if not manifests:
-        p.error("no manifests: name them, or give --recipe with data.train")
+    specs = list(args.manifests) or list(data_cfg.valid_manifests if args.valid else data_cfg.train_manifests)
+    if not specs:
+        p.error(f"no manifests: name them, or give --recipe with data.{'valid' if args.valid else 'train'}")
     report = check_data(
-        manifests, data_cfg, frontend, world_size=args.world_size, probe=not args.no_probe, threads=args.threads,
-        need_target=not args.decode, ctc_labels=None if args.decode else ctc_rule(recipe),
+        specs, data_cfg, frontend, world_size=args.world_size, probe=not args.no_probe, threads=args.threads,
+        need_target=not args.decode, ctc_labels=None if args.decode else ctc_rule(recipe), train=not args.valid,
     )  # fmt: skip
     if args.vad:
-        report.speech = hear(args, manifests, frontend.sample_rate)
+        report.speech = hear(args, report.manifests, frontend.sample_rate)
     print(format_report(report, max_examples=args.show))
     return 0 if report.ok else 1

@@ -32,8 +32,9 @@ def _open_error(path: str | Path, err: Exception) -> AudioError:
     return AudioError(path, f"unreadable or corrupt audio ({type(err).__name__}: {err})")
 
 
-def probe_duration(path: str | Path) -> float:
-    """Duration in seconds from the file header (no decode). Raises AudioError."""
+def probe_duration(path: str | Path, channel: int | None = None) -> float:
+    """Duration in seconds from the file header (no decode); `channel`: one the file must have, as load_audio
+    requires. Raises AudioError."""
     try:
         info = sf.info(str(path))
     except Exception as err:  # soundfile raises LibsndfileError / RuntimeError / OSError
@@ -42,6 +43,8 @@ def probe_duration(path: str | Path) -> float:
         raise AudioError(path, f"header has sample rate {info.samplerate}")
     if info.frames <= 0:
         raise AudioError(path, "empty audio (0 samples)")
+    if channel is not None and not 0 <= channel < info.channels:
+        raise AudioError(path, f"channel {channel} requested but the file has {info.channels} channel(s)")
     return float(info.frames) / float(info.samplerate)
 
 

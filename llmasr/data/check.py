@@ -1,10 +1,12 @@
 """Behind `llmasr data check MANIFEST...`: validate manifests before training, and preview the batches they make.
 
-Every line is parsed and its audio header probed (no decode): missing/unreadable files, empty audio, segments
-past the end of the file, clips too short for one feature frame, empty or non-text transcripts, malformed lines and,
-given a CTC vocabulary, transcripts it cannot spell are listed with manifest:line and reason. Then the report shows
-the duration histogram, total hours, what the batching filters skip, and what the recipe's batching produces
-(batches per rank, mean batch size, padding efficiency).
+Every line is parsed and its audio header probed (no decode): missing/unreadable files, a channel the file lacks,
+empty audio, segments starting past the end of the file, clips too short for one feature frame, empty or non-text
+transcripts, malformed lines and, given a CTC vocabulary, transcripts it cannot spell are listed with manifest:line
+and reason; manifest durations or segment ends the audio does not bear out are listed apart (training uses such
+lines). Then the report shows the duration histogram, total hours, what the batching filters skip, and what the
+recipe's batching produces over the durations training budgets (batches per rank, mean batch size, padding
+efficiency), for the weighted mix of training manifests or validation's subset.
 """
 
 from __future__ import annotations
@@ -22,8 +24,8 @@ from llmasr.data.bad_data import as_record_dict, reason_category
 from llmasr.data.config import DataConfig, ManifestSpec
 from llmasr.data.features import FeatureExtractor
 from llmasr.data.frontend import FrontendConfig
-from llmasr.data.loader import make_sampler
-from llmasr.data.manifest import BadRecord, Manifest
+from llmasr.data.loader import evenly_spaced, make_sampler
+from llmasr.data.manifest import BadRecord, Manifest, MixedManifest
 from llmasr.data.screen import spelling_check
 from llmasr.data.speech_check import SpeechFindings
 
@@ -48,6 +50,7 @@ class DataReport:
     errors: list[str] = field(default_factory=list)  # manifests that could not be opened at all
     repeated_keys: list[dict] = field(default_factory=list)  # a key seen before: manifest, line, key, first
     for_decoding: bool = False  # checked as manifests to decode (lines without a transcript are fine)
+    unprobed: int = 0  # lines of unknown duration left unprobed (--no-probe): training reads their headers
     speech: SpeechFindings | None = None  # with a VAD (llmasr.data.speech_check)
 
     @property
@@ -89,29 +92,27 @@ def _parse_line(m, i: int, spell=None):
 
 
 def _probe_line(utt, probe: bool) -> tuple[float, dict | None, dict | None]:
-    """(duration or NaN, bad record or None, duration-mismatch note or None) from the audio header."""
+    """(duration or NaN, bad record or None, duration-mismatch note or None) from the audio header. Without `probe`
+    a line of unknown duration is NaN and not bad: training reads its duration from the header."""
     where = {"manifest": str(getattr(utt, "manifest", "?")), "line": int(getattr(utt, "line", 0)), "key": utt.key}
     start = float(utt.start) if getattr(utt, "start", None) is not None else 0.0
     end = float(utt.end) if getattr(utt, "end", None) is not None else None
     if not probe:
         if utt.duration is not None:
             return float(utt.duration), None, None
-        if end is not None:
-            return end - start, None, None
-        return math.nan, {**where, "reason": "unknown duration (not probed)"}, None
+        return (end - start if end is not None else math.nan), None, None
     try:
-        file_dur = probe_duration(utt.source)
+        file_dur = probe_duration(utt.source, channel=getattr(utt, "channel", None))
     except AudioError as err:
         return math.nan, {**where, "reason": f"audio: {err.reason} ({err.path})"}, None
     if start >= file_dur:
         reason = f"segment start {start:.2f}s is at or past the end of the audio ({file_dur:.2f}s)"
         return math.nan, {**where, "reason": reason}, None
-    if end is not None and end > file_dur + DURATION_TOLERANCE_S:
-        reason = f"segment end {end:.2f}s is past the end of the audio ({file_dur:.2f}s)"
-        return math.nan, {**where, "reason": reason}, None
     real = (min(end, file_dur) if end is not None else file_dur) - start
     note = None
-    if utt.duration is not None and abs(float(utt.duration) - real) > DURATION_TOLERANCE_S:
+    if end is not None and end > file_dur + DURATION_TOLERANCE_S:  # training reads to the file's end
+        note = {**where, "reason": f"segment end {end:.2f}s is past the end of the audio ({file_dur:.2f}s)"}
+    elif utt.duration is not None and abs(float(utt.duration) - real) > DURATION_TOLERANCE_S:
         note = {**where, "reason": f"manifest duration {float(utt.duration):.2f}s, audio {real:.2f}s"}
     return real, None, note
 
@@ -150,10 +151,15 @@ def check_data(
     threads: int = 8,
     need_target: bool = True,
     ctc_labels=None,
+    train: bool = True,
 ) -> DataReport:
-    """`ctc_labels`: a CTC head's rule (transcript -> ids, or why there are none; llmasr.data.dataset.ctc_label_ids)
-    whose refusals are bad lines, as training's start-up screen finds them."""
+    """`manifest_paths`: paths or ManifestSpecs (training mixes those by their weights). `ctc_labels`: a CTC head's
+    rule (transcript -> ids, or why there are none; llmasr.data.dataset.ctc_label_ids) whose refusals are bad lines,
+    as training's start-up screen finds them. `train`: False previews validation's batches (its subset, no
+    augmentation, no drop_last)."""
     paths = [p.path if isinstance(p, ManifestSpec) else str(p) for p in manifest_paths]
+    weights = [p.weight if isinstance(p, ManifestSpec) else 1.0 for p in manifest_paths]
+    opened: list[tuple[Manifest, float]] = []
     report = DataReport(
         manifests=paths, world_size=world_size, max_bad_fraction=data_cfg.max_bad_fraction, for_decoding=not need_target
     )
@@ -161,13 +167,15 @@ def check_data(
     first_seen: dict[str, str] = {}  # key -> "manifest:line" of its first line, across all manifests
     fx = FeatureExtractor(dataclasses.replace(frontend, cmvn_file=None))  # counts frames only
     spell = spelling_check(ctc_labels) if ctc_labels is not None else None
-    for path in paths:
+    for path, weight in zip(paths, weights):
         try:
             m = Manifest.open(path, need_target=need_target)  # False: manifests for decoding
         except (OSError, ValueError) as err:
             report.errors.append(f"{path}: cannot open manifest: {err}")
             continue
         n = len(m)
+        opened.append((m, weight))
+        known = np.asarray(m.durations(), dtype=np.float64)  # training's: the manifest's, where it gives one
         report.lines_per_manifest[path] = n
         report.num_lines += n
         parsed = [_parse_line(m, i, spell) for i in range(n)]  # the manifest reader is not shared across threads
@@ -181,6 +189,9 @@ def check_data(
                 dur, bad, note = next(probed)
                 if bad is None and (bad := _too_short(utt, dur, fx)) is not None:
                     dur = math.nan
+                elif bad is None:
+                    report.unprobed += int(math.isnan(dur))
+                    dur = known[i] if not math.isnan(known[i]) else dur  # what training budgets
             durations.append(dur)
             spots.append((path, m.lineno(i)))
             tlens.append(tl)
@@ -195,13 +206,20 @@ def check_data(
         f"max_frames={b.max_frames}" if b.max_frames is not None else f"max_seconds={b.budget_seconds:g}"
     ) + (f", max_target_tokens={b.max_target_tokens}" if b.max_target_tokens is not None else "")
     if report.durations.size:
-        _preview_batching(report, data_cfg, frontend, np.asarray(tlens, dtype=np.int64), spots, world_size)
+        plan = {"train": train, "rank": 0, "world_size": world_size}
+        if not train:  # validation's subset
+            plan["indices"] = evenly_spaced(report.durations.size, data_cfg.valid_max_utts)
+        elif any(w != 1.0 for _, w in opened):  # the epoch's visits of the weighted mix (its first epoch)
+            mix = MixedManifest([m for m, _ in opened], [w for _, w in opened])
+            plan["epoch_indices"] = lambda e: mix.epoch_indices(e, data_cfg.seed)
+        _preview_batching(report, data_cfg, frontend, np.asarray(tlens, dtype=np.int64), spots, plan)
     return report
 
 
-def _preview_batching(report: DataReport, data_cfg, frontend, tlens, spots: list, world_size: int) -> None:
-    """The recipe's batching over the report's durations: stats, and the lines max_duration skips."""
-    sampler = make_sampler(data_cfg, report.durations, tlens, frontend, train=True, rank=0, world_size=world_size)
+def _preview_batching(report: DataReport, data_cfg, frontend, tlens, spots: list, plan: dict) -> None:
+    """The recipe's batching over the report's durations (`plan`: make_sampler's train, rank, world size and the
+    indices it draws): stats, and the lines max_duration skips."""
+    sampler = make_sampler(data_cfg, report.durations, tlens, frontend, **plan)
     report.batching = sampler.stats(0)
     report.batching["filtered"].pop("unknown_duration", None)  # those are the bad lines, reported above
     report.max_duration = float(sampler.max_duration)
@@ -267,6 +285,11 @@ def format_report(report: DataReport, *, max_examples: int = 50) -> str:
             f"total: {report.total_hours:.2f} h; duration min {d.min():.2f}s, median {np.median(d):.2f}s, "
             f"mean {d.mean():.2f}s, max {d.max():.2f}s"
         )
+    if report.unprobed:
+        lines.append(
+            f"not probed: {report.unprobed} lines without a duration (left out of the histogram and the batches; "
+            "training reads their durations from the audio headers)"
+        )
     lines += ["", "## duration histogram", *histogram(report.durations)]
     if report.bad:
         lines += ["", "## bad lines by reason"]
@@ -275,7 +298,8 @@ def format_report(report: DataReport, *, max_examples: int = 50) -> str:
         for b in report.bad[:max_examples]:
             lines.append(f"  {b['manifest']}:{b['line']} key={b.get('key')}: {b['reason']}")
     if report.duration_mismatches:
-        lines += ["", f"## manifest durations that disagree with the audio header ({len(report.duration_mismatches)})"]
+        n = len(report.duration_mismatches)
+        lines += ["", f"## manifest durations or segment ends the audio header disagrees with ({n}; trained as read)"]
         for b in report.duration_mismatches[:max_examples]:
             lines.append(f"  {b['manifest']}:{b['line']} key={b.get('key')}: {b['reason']}")
     lines += _repeated_key_lines(report, max_examples)

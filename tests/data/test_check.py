@@ -3,13 +3,15 @@ import json
 import numpy as np
 import pytest
 import yaml
-from speech_fakes import good_corpus, write_manifest, write_wav
+from speech_fakes import FakePromptBuilder, good_corpus, write_manifest, write_wav
 
 from llmasr.commands.data_check import main
 from llmasr.config_io import from_dict
 from llmasr.data.check import check_data, format_report, histogram
 from llmasr.data.config import DataConfig
 from llmasr.data.frontend import FrontendConfig
+from llmasr.data.loader import build_dataloader
+from llmasr.recipe import load_recipe
 
 
 @pytest.fixture
@@ -82,10 +84,11 @@ def test_format_report(manifest):
     assert "|" in histogram(np.array([1.0, 2.0, 2.5]))[0]
     # What max_duration skips is named, with its lines: training skips them whole, never cut
     report = check_data([manifest], data_cfg(), FrontendConfig())
-    assert [t["duration"] for t in report.too_long] == pytest.approx([3.0, 3.0], abs=0.01)
+    # at the durations training budgets: the manifest's where it gives one (liar says 9 s of 3 s of audio)
+    assert [t["duration"] for t in report.too_long] == pytest.approx([9.0, 3.0], abs=0.01)
     assert "longer than data.batching.max_duration = 2.5 s: 2 lines, skipped by training (not truncated" in text
     for t in report.too_long:
-        assert f"  {manifest}:{t['line']} (3.00 s)" in text
+        assert f"  {manifest}:{t['line']} ({t['duration']:.2f} s)" in text
     assert "truncated to max_duration" not in text
     cut = format_report(check_data([manifest], data_cfg(truncate_to_max=True), FrontendConfig()))
     assert "truncated to max_duration (2.5 s; data.batching.truncate_to_max, the transcript is kept whole): 2" in cut
@@ -154,3 +157,56 @@ def test_transcripts_a_ctc_vocabulary_cannot_spell_are_bad_lines(tmp_path, capsy
     out = capsys.readouterr().out
     assert f"{m}:7 key=naive: target not encodable by the CTC vocabulary" in out and "bad: 1 " in out
     assert main([str(m), "--max-seconds", "10"]) == 0 and "bad: 0 " in capsys.readouterr().out  # no recipe, no head
+
+
+def _recipe(tmp_path, data: dict) -> str:
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump({"data": data, "model": {"encoder": {"frontend": {"lfr_m": 7, "lfr_n": 6}}}}))
+    return str(recipe)
+
+
+def test_the_preview_is_of_the_batches_training_and_validation_make(tmp_path, capsys):
+    """Weights mix the training manifests as training does (weight 3: three passes), and --valid previews
+    validation's batches: its valid_max_utts subset, no augmentation lengths. Both had been training's plan of
+    each line once."""
+    a, b = good_corpus(tmp_path / "a", 10), good_corpus(tmp_path / "b", 10, seed=1)
+    recipe = _recipe(tmp_path, {
+        "train": [{"path": str(a)}, {"path": str(b), "weight": 3.0}], "valid": [str(a)], "valid_max_utts": 4,
+        "batching": {"max_seconds": 4.0}, "num_workers": 0,
+        "augment": {"silence": {"enable": True, "prob": 1.0, "lead": [0.5, 0.5]}},
+    })  # fmt: skip
+    r = load_recipe(recipe)
+    report = check_data(r.data.train_manifests, r.data, FrontendConfig(lfr_m=7, lfr_n=6), train=True)
+    assert report.num_lines == 20 and report.batching["num_items"] == 40  # 10 + 3 x 10 visits
+    fe = FrontendConfig(lfr_m=7, lfr_n=6)
+    _, trained = build_dataloader(r.data, r.data.train, fe, prompt_builder=FakePromptBuilder(), train=True)
+    assert report.batching["num_batches_global"] == trained.stats(0)["num_batches_global"]
+    valid = check_data(r.data.valid_manifests, r.data, fe, train=False)
+    _, validated = build_dataloader(r.data, r.data.valid, fe, prompt_builder=FakePromptBuilder(), train=False)
+    assert (
+        valid.batching["num_items"] == 4 and valid.batching["mean_batch_size"] == validated.stats(0)["mean_batch_size"]
+    )
+    assert main(["--recipe", recipe, "--valid"]) == 0
+    assert f"batches per rank: {len(validated)} " in capsys.readouterr().out
+
+
+def test_lines_training_takes_are_not_called_bad(tmp_path, capsys):
+    """--no-probe leaves lines without a duration out, not bad (training reads their headers); a segment ending
+    past its file is a note (training reads to the end); a channel the file lacks is bad (every load fails)."""
+    path = good_corpus(tmp_path, 6, with_duration=False)
+    write_wav(tmp_path / "three.wav", 3.0)
+    lines = path.read_text().splitlines()
+    over = '{"key": "over", "source": "three.wav", "target": "hi", "start": 2.0, "end": 3.5}'
+    stereo = '{"key": "ch1", "source": "three.wav", "target": "hi", "channel": 1}'
+    m = write_manifest(tmp_path / "m.jsonl", [*lines, over, stereo])
+    report = check_data([m], data_cfg(max_duration=10.0), FrontendConfig())
+    assert [(b["key"], b["reason"]) for b in report.bad] == [
+        ("ch1", f"audio: channel 1 requested but the file has 1 channel(s) ({tmp_path / 'three.wav'})")
+    ]
+    assert [(n["key"], n["reason"]) for n in report.duration_mismatches] == [
+        ("over", "segment end 3.50s is past the end of the audio (3.00s)")
+    ]
+    assert report.durations[6] == pytest.approx(1.5)  # end - start, as the manifest gives it to training
+    unprobed = check_data([write_manifest(tmp_path / "n.jsonl", lines)], data_cfg(), FrontendConfig(), probe=False)
+    assert unprobed.num_bad == 0 and unprobed.unprobed == 6 and unprobed.ok
+    assert "not probed: 6 lines without a duration" in format_report(unprobed)
