@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from llmasr.data.kaldi import kaldi_to_jsonl
+from llmasr.data.kaldi import KaldiError, kaldi_to_jsonl
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -23,10 +23,14 @@ def main(argv: list[str] | None = None) -> int:
     if not (d / "wav.scp").is_file():
         p.error(f"{d / 'wav.scp'}: missing")
     segments, text = d / "segments", d / "text"
-    counts = kaldi_to_jsonl(
-        d / "wav.scp", text if text.is_file() else None, args.out, segments=segments if segments.is_file() else None,
-        base_dir=args.base_dir,
-    )  # fmt: skip
+    try:
+        counts = kaldi_to_jsonl(
+            d / "wav.scp", text if text.is_file() else None, args.out,
+            segments=segments if segments.is_file() else None, base_dir=args.base_dir,
+        )  # fmt: skip
+    except KaldiError as err:
+        print(f"llmasr data kaldi: error: {err}", file=sys.stderr)
+        return 2
     print(json.dumps(counts, indent=2, default=str))
     if not text.is_file():
         print(f"{text}: missing: {args.out} has no transcripts (llmasr decode transcribes it; training refuses it)")

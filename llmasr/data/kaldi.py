@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 from pathlib import Path
 
@@ -15,8 +16,15 @@ log = logging.getLogger(__name__)
 
 def _read_kaldi_table(path: Path, what: str, dups: list[BadRecord]) -> dict[str, tuple[int, str]]:
     table: dict[str, tuple[int, str]] = {}
-    with open(path, encoding="utf-8-sig") as f:  # -sig: a BOM is not part of the first key
-        for lineno, raw in enumerate(f, start=1):
+    with open(path, "rb") as f:
+        for lineno, data in enumerate(f, start=1):
+            try:
+                raw = data.decode("utf-8-sig" if lineno == 1 else "utf-8")  # -sig: a BOM is not part of a key
+            except UnicodeDecodeError as err:
+                raise KaldiError(
+                    f"{path}:{lineno}: not UTF-8 ({err.reason} at byte {err.start}); convert the file first, e.g. "
+                    f"iconv -f GBK -t UTF-8 {path.name}"
+                ) from None
             line = raw.strip()
             if not line:
                 continue
@@ -35,6 +43,10 @@ def _read_kaldi_table(path: Path, what: str, dups: list[BadRecord]) -> dict[str,
                 continue
             table[key] = (lineno, value)
     return table
+
+
+class KaldiError(ValueError):
+    """A Kaldi data directory file that cannot be read (named with its line)."""
 
 
 REASONS = (
@@ -110,17 +122,19 @@ def kaldi_to_jsonl(
     segs = _read_kaldi_table(Path(segments), "segments", dups) if segments is not None else {}
     skipped.duplicates(dups)
 
-    sources = _audio_sources(wavs, wav_scp, base, skipped)
+    # With segments, a recording without a usable path is counted by its segments (or as no_segments), not twice.
+    sources, why = _audio_sources(wavs, wav_scp, base, skipped if segments is None else _Skipped())
     if segments is None:
         records = _recording_records(wavs, texts, sources, wav_scp, text, skipped)
     else:
-        records = _segment_records(segs, wavs, texts, sources, (wav_scp, Path(segments)), text, skipped)
+        records = _segment_records(segs, wavs, texts, (sources, why), (wav_scp, Path(segments)), text, skipped)
     written = _write_jsonl(records, texts, text, out_jsonl, skipped)
     return skipped.counts(written)
 
 
-def _audio_sources(wavs: dict, wav_scp: Path, base: Path, skipped: _Skipped) -> dict[str, str]:
-    """wav.scp key -> absolute audio path, for the entries that are plain paths (the others are skipped)."""
+def _audio_sources(wavs: dict, wav_scp: Path, base: Path, skipped: _Skipped) -> tuple[dict[str, str], dict]:
+    """(wav.scp key -> absolute audio path, for the entries that are plain paths; key -> why, for the others, which
+    are skipped)."""
     sources: dict[str, str] = {}
     for key, (lineno, value) in wavs.items():
         if not value:
@@ -140,7 +154,8 @@ def _audio_sources(wavs: dict, wav_scp: Path, base: Path, skipped: _Skipped) -> 
         else:
             p = Path(os.path.expanduser(value))
             sources[key] = str(p if p.is_absolute() else (base / p).resolve())
-    return sources
+    why = {bad.key: bad.reason.split(": ", 2)[-1] for bad in skipped.problems if bad.key in wavs}
+    return sources, why
 
 
 def _recording_records(
@@ -162,12 +177,12 @@ def _recording_records(
 
 
 def _segment_records(
-    segs: dict, wavs: dict, texts: dict | None, sources: dict, files: tuple[Path, Path], text: Path | None,
-    skipped: _Skipped,
+    segs: dict, wavs: dict, texts: dict | None, paths: tuple[dict, dict], files: tuple[Path, Path],
+    text: Path | None, skipped: _Skipped,
 ) -> list[dict]:  # fmt: skip
     """One record per segment whose line parses, whose recording has a readable path, and which has a transcript;
-    `files`: the wav.scp and segments files."""
-    wav_scp, segments = files
+    `paths`: _audio_sources' (paths, why not); `files`: the wav.scp and segments files."""
+    (sources, why), (wav_scp, segments) = paths, files
     records: list[dict] = []
     for seg, (lineno, value) in segs.items():
         parsed = _parse_segment(value)
@@ -180,7 +195,7 @@ def _segment_records(
         if rec_id not in wavs:
             skipped.skip("missing_audio", segments, lineno, seg, f"{seg}: recording {rec_id!r} is not in wav.scp")
         elif rec_id not in sources:
-            skipped.skip("unsupported", segments, lineno, seg, f"{seg}: recording {rec_id!r} has no readable path")
+            skipped.skip("unsupported", segments, lineno, seg, f"{seg}: recording {rec_id!r}: {why.get(rec_id)}")
         elif texts is not None and seg not in texts:
             skipped.skip("missing_text", segments, lineno, seg, f"{seg}: in segments but not in {text.name}")
         else:
@@ -209,7 +224,7 @@ def _parse_segment(value: str) -> tuple[str, float, float] | None:
         rec_id, start, end = parts[0], float(parts[1]), float(parts[2])
     except ValueError:
         return None
-    if start < 0 or (end != -1 and end <= start):
+    if not math.isfinite(start) or start < 0 or (end != -1 and not (math.isfinite(end) and end > start)):
         return None
     return rec_id, start, end
 

@@ -475,6 +475,34 @@ def test_kaldi_files_saved_with_a_bom_keep_their_first_key(tmp_path):
     assert [(u.key, u.target) for u in m] == [("a", "one two"), ("b", "three")]
 
 
+def test_kaldi_segments_are_counted_once_and_non_finite_times_are_bad(tmp_path):
+    """Every segment is written or skipped once: the three segments of a piped recording are 3 unsupported keys
+    (the recording itself had been counted too: 4 for 3), each saying why; nan and inf times are bad lines (they had
+    been written as JSON no reader takes)."""
+    write_wav(tmp_path / "a.wav", 3.0)
+    (tmp_path / "wav.scp").write_text(f"a {tmp_path / 'a.wav'}\nb sox b.flac -t wav - |\n")
+    (tmp_path / "segments").write_text("a1 a 0 1\na2 a nan 2\na3 a 1 inf\nb1 b 0 1\nb2 b 1 2\nb3 b 2 3\n")
+    (tmp_path / "text").write_text("a1 x\na2 x\na3 x\nb1 x\nb2 x\nb3 x\n")
+    counts = kaldi_to_jsonl(
+        tmp_path / "wav.scp", tmp_path / "text", tmp_path / "o.jsonl", segments=tmp_path / "segments"
+    )
+    assert counts["written"] == 1 and counts["bad_segments_keys"] == ["a2", "a3"]
+    assert counts["unsupported_keys"] == ["b1", "b2", "b3"] and counts["no_segments"] == 0
+    assert sum(counts[r] for r in ("written", "bad_segments", "unsupported")) == 6
+    assert any("b1: recording 'b': pipe command" in str(p) for p in counts["problems"])
+
+
+def test_kaldi_files_that_are_not_utf8_are_named_with_their_line(tmp_path, capsys):
+    from llmasr.commands.data_kaldi import main
+
+    write_wav(tmp_path / "a.wav", 1.0)
+    (tmp_path / "wav.scp").write_text(f"a {tmp_path / 'a.wav'}\n")
+    (tmp_path / "text").write_bytes("a 你好\n".encode("gbk"))
+    assert main([str(tmp_path), str(tmp_path / "o.jsonl")]) == 2
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'text'}:1: not UTF-8" in err and "iconv -f GBK -t UTF-8 text" in err
+
+
 @pytest.mark.parametrize("with_segments", [False, True])
 def test_kaldi_to_jsonl_without_a_text_file_writes_audio_to_transcribe(tmp_path, with_segments):
     write_wav(tmp_path / "rec1.wav", 3.0)
@@ -485,7 +513,10 @@ def test_kaldi_to_jsonl_without_a_text_file_writes_audio_to_transcribe(tmp_path,
         segments.write_text("s1 rec1 0.0 1.5\ns2 rec1 1.5 -1\ns3 rec1 2 1\n")
     counts = kaldi_to_jsonl(tmp_path / "wav.scp", None, tmp_path / "d.jsonl", segments=segments)
     keys = ["s1", "s2"] if with_segments else ["rec1"]
-    assert counts["written"] == len(keys) and counts["missing_text"] == 0 and counts["unsupported_keys"] == ["rec2"]
+    assert counts["written"] == len(keys) and counts["missing_text"] == 0
+    # with segments a recording counts by its segments: rec2 has none (its pipe command is moot)
+    assert counts["unsupported_keys"] == ([] if with_segments else ["rec2"])
+    assert counts["no_segments_keys"] == (["rec2"] if with_segments else [])
     assert counts["bad_segments_keys"] == (["s3"] if with_segments else [])
     assert all("target" not in json.loads(line) for line in (tmp_path / "d.jsonl").read_text().splitlines())
     m = Manifest.open(tmp_path / "d.jsonl", need_target=False)
