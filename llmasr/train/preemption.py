@@ -11,7 +11,8 @@ The thread also lets the second signal end a rank whose main thread waits in a c
 
 A signal may reach one rank only, or ranks at different updates: `agreed_stop` all-reduces the request at every
 update boundary, so every rank stops after the same update. Before training starts (`arm`) there is nothing to
-save, and the first signal raises `Interrupted` in the main thread at once.
+save, and the first signal raises `Interrupted` in the main thread at once; so does one after training, unless it
+is the forwarded copy of a stop the loop has just saved for.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ class Preemption:
         self._armed = False
         self._trained = False  # armed at some point: a later signal comes after training
         self._raised = False
+        self._honoured = False  # a signal came while armed: the loop stops with a checkpoint
         self._installed = False
         self._pid = os.getpid()
 
@@ -85,7 +87,13 @@ class Preemption:
             return
         if self.signum is None:
             self.signum = signum  # the watcher may not have read the fd yet; the next boundary must see it
-        if not self._armed and not self._raised:
+        if self._armed:
+            self._honoured = True  # the loop stops at its next boundary, with a checkpoint
+            return
+        first = self._first_at
+        if self._honoured and first is not None and time.monotonic() - first <= FORWARDED_WITHIN_S:
+            return  # the launcher's copy of the stop the loop has already saved for
+        if not self._raised:
             self._raised = True
             raise Interrupted(signum, "after training ended" if self._trained else "before training started")
 

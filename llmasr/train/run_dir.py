@@ -166,12 +166,18 @@ def _refuse_unless_stale(path: Path, held: dict, me: dict) -> None:
 
 
 def earlier_checkpoints(run_dir: str | Path) -> list[str]:
-    """Checkpoint tags, `latest` and best.json that an earlier run left in RUN_DIR/checkpoints."""
+    """Checkpoint tags, `latest` and best.json that an earlier run left in RUN_DIR/checkpoints. A tag folder without
+    its meta is a first save cut short (a job killed while saving), no run to continue: `train.resume: auto` then
+    starts afresh, and the save of that update clears it."""
     ckpt_dir = ck.checkpoints_dir(run_dir)
     if not ckpt_dir.is_dir():
         return []
     names = (p.name for p in ckpt_dir.iterdir())
-    return sorted(n for n in names if ck.update_of(n) is not None or n in (ck.LATEST, ck.BEST))
+    return sorted(
+        n
+        for n in names
+        if (ck.update_of(n) is not None and (ckpt_dir / n / ck.META).is_file()) or n in (ck.LATEST, ck.BEST)
+    )
 
 
 def clear_earlier_run(run_dir: str | Path) -> list[str]:

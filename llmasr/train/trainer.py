@@ -282,19 +282,21 @@ class Run:
                         break
                     if self.train_loader.consumed >= len(self.sampler):
                         break  # the epoch's last window: validated and saved below
-                    last_metrics = self._validate_and_save(epoch, update) or last_metrics
+                    # A stop saves first: a validation pass could outlast the scheduler's grace period.
                     if signum := preemption.agreed_stop(self.engine.device):
                         return self._stopped(signum, epoch, self.train_loader.state_dict(), history)
-                # Epoch end (or max_updates): validate unless just done, and save. A stop inside the epoch keeps
-                # the loader position, so raising max_updates and resuming carries on mid-epoch.
-                if self.valid_update != self.engine.global_steps:
+                    last_metrics = self._validate_and_save(epoch, update) or last_metrics
+                # Epoch end (or max_updates): validate unless just done or stopping, and save. A stop inside the
+                # epoch keeps the loader position, so raising max_updates and resuming carries on mid-epoch.
+                signum = preemption.agreed_stop(self.engine.device)
+                if self.valid_update != self.engine.global_steps and not signum:
                     last_metrics = self.validate() or last_metrics
                 metrics = last_metrics if self.valid_update == self.engine.global_steps else None
                 if stop:
                     self.save(epoch, self.train_loader.state_dict(), metrics)
                     break
                 self.save(epoch + 1, None, metrics)
-                if (signum := preemption.agreed_stop(self.engine.device)) and epoch + 1 < tc.epochs:
+                if signum and epoch + 1 < tc.epochs:
                     return self._stopped(signum, epoch + 1, None, history)
         except Exception as err:
             errors.rank_specific(err, self.rank)  # this rank's data or memory, maybe: every rank reports its own

@@ -167,3 +167,36 @@ def test_after_training_a_signal_interrupts_at_once_and_says_so():
             os.kill(os.getpid(), signal.SIGTERM)
             time.sleep(5)
     assert err.value.signum == signal.SIGTERM and err.value.when == "after training ended"
+
+
+def test_the_launchers_copy_after_a_saved_stop_is_ignored():
+    """Ctrl-C reaches the rank during an update: the loop saves and ends (disarmed); the launcher's forwarded
+    SIGTERM arrives within FORWARDED_WITHIN_S. It is the same request, already honoured: it had raised Interrupted
+    in the clean-up, and the command said "after training ended (nothing to save)" and exited 143, not 130."""
+    try:
+        with pre.Preemption() as p:
+            p.arm()
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.2)  # the handler and the watcher have it
+            p.arm(False)
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.2)
+    except pre.Interrupted as err:
+        pytest.fail(f"the forwarded copy raised {err!r}")
+    assert p.signum == signal.SIGINT
+
+
+def test_a_stop_saves_before_it_would_validate(tiny_llm_dir, corpus, tmp_path, monkeypatch):
+    """SIGTERM during update 2 of a run that validates every 2 updates: it saves at once, without the validation
+    pass (a real one could outlast the scheduler's grace period and the rank be killed unsaved)."""
+    from llmasr.train import trainer
+
+    validated = []
+    original = trainer.validate
+    monkeypatch.setattr(trainer, "validate", lambda *a, **k: validated.append(1) or original(*a, **k))
+    data = tiny_recipe_dict(tiny_llm_dir, train=[corpus], valid=[corpus], output_dir=tmp_path / "run", epochs=2,
+                            grad_accum=1, valid_every_updates=2)  # fmt: skip
+    signal_at(monkeypatch, 2, signal.SIGTERM)
+    cut = train(load_recipe(data=data), "zero0")
+    assert cut["interrupted"] and [h["update"] for h in cut["history"]] == [1, 2]
+    assert validated == [] and ck.latest(tmp_path / "run" / "checkpoints") == ck.tag_for(2)

@@ -118,6 +118,7 @@ def test_fresh_run_refuses_earlier_checkpoints_and_overwrite_clears_them(tmp_pat
     ckpts = ck.checkpoints_dir(tmp_path)
     for u in (2, 4):
         (ckpts / ck.tag_for(u)).mkdir(parents=True)
+        (ckpts / ck.tag_for(u) / ck.META).write_text("{}")
     ck.write_atomic(ckpts / ck.LATEST, ck.tag_for(4))
     (tmp_path / ck.TRAIN_LOG).write_text("old run\n")
     (tmp_path / "export").mkdir()
@@ -129,6 +130,16 @@ def test_fresh_run_refuses_earlier_checkpoints_and_overwrite_clears_them(tmp_pat
     assert not ckpts.exists() and not (tmp_path / ck.TRAIN_LOG).exists()
     assert (tmp_path / "export").is_dir()  # not the trainer's to delete
     assert rd.check_fresh_run(tmp_path, overwrite=False) == []
+
+
+def test_a_first_save_cut_short_is_no_earlier_run(tmp_path):
+    """A job killed during its first save leaves a tag folder without its meta and no `latest`: `train.resume:
+    auto` starts afresh (the folder had been an "earlier run" to continue with --resume, which found nothing)."""
+    shard = ck.checkpoints_dir(tmp_path) / ck.tag_for(2) / "mp_rank_00_model_states.pt"
+    shard.parent.mkdir(parents=True)
+    shard.write_bytes(b"half")
+    assert ck.resume_or_start("auto", tmp_path) is None
+    assert rd.earlier_checkpoints(tmp_path) == [] and rd.check_fresh_run(tmp_path, overwrite=False) == []
 
 
 # -- real runs ------------------------------------------------------------------------------------------------------
