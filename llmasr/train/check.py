@@ -13,6 +13,7 @@ load would refuse it.
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 from llmasr.data.augment import cost_text
@@ -22,6 +23,7 @@ from llmasr.models.fused_kernels import check_fused_kernels
 from llmasr.run_dir import RECIPE_FILE, read_meta, resolve_resume, resume_or_start
 from llmasr.train.checkpoint_space import CheckpointSpace, size_text
 from llmasr.train.ds_config import estimate_zero_memory, resolve_ds_config, zero_stage
+from llmasr.train.ds_files import read_client_state
 from llmasr.train.engine import offloads_optimizer
 from llmasr.train.param_groups import build_param_groups, describe_param_groups
 from llmasr.train.plan import plan_run
@@ -30,6 +32,7 @@ from llmasr.train.resolve import check_run_settings
 from llmasr.train.resume import check_checkpoint
 from llmasr.train.run_dir import RunDirError, check_run_start
 from llmasr.train.schedulers import branch_of_group, lr_curve
+from llmasr.train.universal import resized_total
 
 
 def param_counts(model) -> dict:
@@ -68,17 +71,20 @@ def plot_dir(run_dir: Path) -> Path:
     return run_dir / "check" if (run_dir / RECIPE_FILE).exists() else run_dir
 
 
-def run_start(recipe, model, plan, *, stage: int, world_size: int, resume: str | None, overwrite: bool) -> list[str]:
+def run_start(
+    recipe, model, plan, *, stage: int, world_size: int, resume: str | None, overwrite: bool
+) -> tuple[list[str], int]:
     """What `llmasr train` (with --resume `resume`, --overwrite) would do with train.output_dir, checked as it
     checks before loading anything: the folder may be started in, the checkpoint resumed fits this recipe, data,
-    model and ZeRO stage. ConfigError / FileNotFoundError otherwise; nothing is deleted."""
+    model and ZeRO stage. ConfigError / FileNotFoundError otherwise; nothing is deleted. Returns the report's lines
+    and the updates the run's schedules are sized by (a resume counts those it holds, as training does)."""
     run_dir = Path(recipe.train.output_dir)
     asked = resume if resume is not None else recipe.train.resume
     resume = resume_or_start(asked, run_dir)
     notes = check_run_start(run_dir, resume, overwrite, recipe, clear=False)
     if resume is None:
         auto = " (train.resume auto: no checkpoint yet)" if asked == "auto" else ""
-        return ["run directory", f"  {run_dir}: a fresh run{auto}", *(f"  {n}" for n in notes)]
+        return ["run directory", f"  {run_dir}: a fresh run{auto}", *(f"  {n}" for n in notes)], plan.total
     load_dir, tag = resolve_resume(resume, run_dir)
     where = load_dir / tag
     meta = read_meta(where)
@@ -89,7 +95,24 @@ def run_start(recipe, model, plan, *, stage: int, world_size: int, resume: str |
     ranks = f"{meta.world_size} rank{'s' if meta.world_size != 1 else ''}"
     resized = "" if meta.world_size == world_size else f"; saved on {ranks}, resized to {world_size}"
     head = f"  resumes {where} (update {meta.update}, epoch {meta.epoch}{resized}) into {run_dir}"
-    return ["run directory", head, *(f"  {n}" for n in notes)]
+    return ["run directory", head, *(f"  {n}" for n in notes)], resumed_total(recipe, plan, where, meta, world_size)
+
+
+def resumed_total(recipe, plan, where: Path, meta, world_size: int) -> int:
+    """The updates a resume from checkpoint `where` holds, counted as the trainer counts them once it has loaded:
+    the batches left in its epoch (dealt to this world size) and the epochs after it, at this grad_accum."""
+    client = read_client_state(where, meta)
+    epoch, loader_state = int(client.get("epoch", meta.epoch)), client.get("loader")
+    per_epoch = plan.per_epoch
+    left = per_epoch[epoch] if epoch < len(per_epoch) else 0
+    if loader_state is not None and meta.world_size != world_size:
+        sampler = copy.copy(plan.loaders[1])  # the plan's own sampler stays at the epoch's start
+        sampler._epoch_listeners = []  # and its dataset's epoch with it
+        sampler.load_state_dict(loader_state["sampler"])
+        left = len(sampler)
+    elif loader_state is not None:
+        left -= int(loader_state["sampler"]["batches_yielded"])
+    return resized_total(meta.update, epoch, left, per_epoch, plan.grad_accum, recipe.train.max_updates)
 
 
 def _weights_lines(m) -> list[str]:
@@ -132,10 +155,10 @@ def _vad_lines(decode, sample_rate: int) -> list[str]:
     ]
 
 
-def _checkpoint_lines(tc, counts: dict, plan) -> list[str]:
+def _checkpoint_lines(tc, counts: dict, plan, total: int) -> list[str]:
     """The disk the run's checkpoints take against the run folder's free space; RunDirError where one cannot fit."""
     space = CheckpointSpace.estimate(
-        tc, trainable=counts["trainable"], epochs=len(plan.per_epoch), total=plan.total,
+        tc, trainable=counts["trainable"], epochs=len(plan.per_epoch), total=total,
         validates=plan.loaders[2] is not None,
     )  # fmt: skip
     problem, warning = space.problem(), space.warning()
@@ -192,14 +215,15 @@ def check(
     check_fused_kernels(recipe.model.llm, zero_stage=zero_stage(ds))  # the device is training's to check
     plan = plan_run(recipe, ds, rank=0, world_size=world_size)  # the same arithmetic `llmasr train` logs
     _, sampler, valid_loader = plan.loaders
-    k, per_epoch, total = plan.grad_accum, plan.per_epoch, plan.total
+    k, per_epoch = plan.grad_accum, plan.per_epoch
     model = build_model(recipe.model, weights="shapes")  # exact counts; the pretrained files' shapes checked
     groups = build_param_groups(model, recipe.optim)
     names = [g["name"] for g in groups]
-    curves = lr_curve(recipe.optim, names, total)
     counts = param_counts(model)
     stage = zero_stage(ds)
-    start = run_start(recipe, model, plan, stage=stage, world_size=world_size, resume=resume, overwrite=overwrite)
+    start, total = run_start(recipe, model, plan, stage=stage, world_size=world_size, resume=resume,
+                             overwrite=overwrite)  # fmt: skip
+    curves = lr_curve(recipe.optim, names, total)
     lines = [
         "batch arithmetic",
         f"  micro batch per rank (nominal, batches are dynamic): {ds['train_micro_batch_size_per_gpu']}",
@@ -208,7 +232,7 @@ def check(
         f"  train_batch_size: {ds['train_batch_size']}",
         *_data_lines(sampler, per_epoch, valid_loader),
         "updates",
-        f"  {plan.update_line()}",
+        f"  {plan.update_line(resumed=total)}",
         "parameters",
         f"  total {counts['total']:,}; trainable {counts['trainable']:,}; largest layer {counts['largest_layer']:,}",
     ]
@@ -222,7 +246,7 @@ def check(
     for label, u in key_updates(recipe.optim, names, total):
         lines.append(f"  update {u + 1} ({label}):")  # numbered from 1, as train.log does
         lines += [f"    {n:<{width}}  {curves[n][u]:.4e}" for n in names]
-    lines += start + _checkpoint_lines(tc, counts, plan) + _memory_lines(ds, tc, counts, world_size)
+    lines += start + _checkpoint_lines(tc, counts, plan, total) + _memory_lines(ds, tc, counts, world_size)
     out = Path(out) if out is not None else plot_dir(Path(tc.output_dir))
     out.mkdir(parents=True, exist_ok=True)
     write_lr_csv(out / "lr_schedule.csv", curves)

@@ -56,10 +56,16 @@ class RunPlan:
             f"train_batch_size {ds['train_batch_size']}; {per} batches per rank per epoch; {self.total} updates"
         )
 
-    def update_line(self) -> str:
+    def update_line(self, resumed: int | None = None) -> str:
+        """`resumed`: the updates a resume holds (another grad_accum or world size counts the rest anew)."""
         ups = self.updates_per_epoch
         per = ups[0] if len(set(ups)) == 1 else ups
         sized = " (train.max_updates)" if self.max_updates is not None else ""
+        if resumed is not None and resumed != self.total:
+            return (
+                f"per epoch: {per} x {self.epochs} epochs = {self.natural}; resumed, the run holds {resumed}: "
+                f"schedules sized by {resumed}{sized}"
+            )
         return f"per epoch: {per} x {self.epochs} epochs = {self.natural}; schedules sized by {self.total}{sized}"
 
 

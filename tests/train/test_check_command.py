@@ -188,6 +188,30 @@ def test_the_run_folder_is_checked_as_train_would_treat_it(trained, tmp_path, ca
     assert code == 2 and "--resume update_00000099: neither a checkpoint folder nor a tag" in err
 
 
+@pytest.mark.parametrize("world", [1, 2])
+def test_a_resume_is_counted_as_training_counts_it(trained, tmp_path, capsys, world):
+    """Resumed with another grad_accum (or at another world size) the run holds other updates than a fresh one:
+    check sizes its update count and lr curve by them, as training's schedules are (it had printed the fresh
+    run's). The 1-rank case is checked against the resumed run itself."""
+    import shutil
+
+    from llmasr.recipe import load_recipe
+    from llmasr.train.trainer import train
+
+    run_dir, recipe = trained
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    overrides = [f"train.output_dir={copy}", "train.max_updates=null", "train.grad_accum=3"]  # fresh: 1 update
+    base = ["--config", str(recipe), "--deepspeed", "zero2", "--out", str(tmp_path / "o"), "--world-size", str(world)]
+    code, out, err = run_check(capsys, *base, "--resume", *overrides)
+    assert code == 0, err
+    held = int(re.search(r"resumed, the run holds (\d+): schedules sized by \1", out).group(1))
+    assert len(np.genfromtxt(tmp_path / "o" / "lr_schedule.csv", delimiter=",", names=True)) == held
+    if world == 1:
+        history = train(load_recipe(recipe, overrides), "zero2", resume="latest")["history"]
+        assert history[-1]["update"] == held
+
+
 @pytest.fixture(scope="module")
 def pretrained_recipe(tiny_llm_dir, tmp_path_factory):
     """A recipe whose encoder is a FunASR directory (model.pt) and whose adaptor starts from a file."""
