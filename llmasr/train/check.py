@@ -30,7 +30,7 @@ from llmasr.train.plan import plan_run
 from llmasr.train.progress import plot_lr, write_lr_csv
 from llmasr.train.resolve import check_run_settings
 from llmasr.train.resume import check_checkpoint
-from llmasr.train.run_dir import RunDirError, check_run_start
+from llmasr.train.run_dir import RunDirError, check_lock, check_run_start
 from llmasr.train.schedulers import branch_of_group, lr_curve
 from llmasr.train.universal import resized_total
 
@@ -81,7 +81,8 @@ def run_start(
     run_dir = Path(recipe.train.output_dir)
     asked = resume if resume is not None else recipe.train.resume
     resume = resume_or_start(asked, run_dir)
-    notes = check_run_start(run_dir, resume, overwrite, recipe, clear=False)
+    stale = check_lock(run_dir)  # a run holding the folder refuses training before anything else
+    notes = [*([stale] if stale else []), *check_run_start(run_dir, resume, overwrite, recipe, clear=False)]
     if resume is None:
         auto = " (train.resume auto: no checkpoint yet)" if asked == "auto" else ""
         return ["run directory", f"  {run_dir}: a fresh run{auto}", *(f"  {n}" for n in notes)], plan.total

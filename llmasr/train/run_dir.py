@@ -104,6 +104,17 @@ class RunLock:
             self.path.unlink(missing_ok=True)
 
 
+def check_lock(run_dir: str | Path) -> str | None:
+    """What `llmasr train` would meet at RUN_DIR/.lock, without taking it (`llmasr check`): RunDirError for a
+    live lock or one of another host, as acquire refuses them; a note for a stale one it would take over."""
+    path = Path(run_dir) / ck.LOCK_FILE
+    held = _read_lock(path)
+    if held is None:
+        return None
+    _refuse_unless_stale(path, held, {"host": socket.gethostname()})
+    return f"{path}: stale lock of {_owner_text(held)}, which is not running; training takes it over"
+
+
 def _create(path: Path, tmp: Path) -> bool:
     """Create `path` with the content of `tmp` unless it exists (then False)."""
     try:

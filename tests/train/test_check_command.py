@@ -212,6 +212,39 @@ def test_a_resume_is_counted_as_training_counts_it(trained, tmp_path, capsys, wo
         assert history[-1]["update"] == held
 
 
+def test_a_lock_on_the_run_folder_is_checked_as_train_meets_it(recipe_file, tmp_path, capsys):
+    """A live run's lock or another host's refuses check as it refuses train (check had said "a fresh run"); a
+    stale one is named as what training takes over."""
+    import os
+    import socket
+
+    from llmasr.train.run_dir import process_start
+
+    run = tmp_path / "locked"
+    run.mkdir()
+    lock = run / ".lock"
+    base = [
+        "--config",
+        str(recipe_file),
+        "--deepspeed",
+        "zero2",
+        "--out",
+        str(tmp_path / "o"),
+        f"train.output_dir={run}",
+    ]
+    host = socket.gethostname()
+    lock.write_text(json.dumps({"pid": os.getpid(), "host": host, "start": process_start(os.getpid()), "since": "x"}))
+    code, _, err = run_check(capsys, *base)
+    assert code == 2 and f"{run} is in use by another run (pid {os.getpid()}" in err
+    lock.write_text(json.dumps({"pid": 1, "host": "elsewhere", "since": "x"}))
+    code, _, err = run_check(capsys, *base)
+    assert code == 2 and "in use by a run on another host" in err
+    lock.write_text(json.dumps({"pid": 2**22 + 12345, "host": host, "start": None, "since": "x"}))
+    code, out, err = run_check(capsys, *base)
+    assert code == 0, err
+    assert f"{lock}: stale lock of pid {2**22 + 12345}" in out and lock.exists()  # check takes nothing over
+
+
 @pytest.fixture(scope="module")
 def pretrained_recipe(tiny_llm_dir, tmp_path_factory):
     """A recipe whose encoder is a FunASR directory (model.pt) and whose adaptor starts from a file."""
