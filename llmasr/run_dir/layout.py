@@ -146,13 +146,13 @@ def resolve_checkpoint(spec: str | Path, tag: str | None = None) -> CheckpointRe
     return CheckpointRef(run_dir_of(root), root, tag)
 
 
-def resume_or_start(resume: str | None, run_dir: str | Path) -> str | None:
+def resume_or_start(resume: str | None, run_dir: str | Path, *, overwrite: bool = False) -> str | None:
     """What a run does with `resume`: "auto" continues RUN_DIR's newest checkpoint when there is one and starts
-    fresh when there is none (the same command restarts a preempted job), "latest" when it does; anything else
-    is returned as given."""
+    fresh when there is none (the same command restarts a preempted job), or when `overwrite` asks to start over;
+    anything else is returned as given."""
     if resume != "auto":
         return resume
-    return "latest" if latest(checkpoints_dir(run_dir)) is not None else None
+    return "latest" if latest(checkpoints_dir(run_dir)) is not None and not overwrite else None
 
 
 def resolve_resume(resume: str, run_dir: str | Path) -> tuple[Path, str]:

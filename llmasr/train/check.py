@@ -80,11 +80,12 @@ def run_start(
     and the updates the run's schedules are sized by (a resume counts those it holds, as training does)."""
     run_dir = Path(recipe.train.output_dir)
     asked = resume if resume is not None else recipe.train.resume
-    resume = resume_or_start(asked, run_dir)
+    resume = resume_or_start(asked, run_dir, overwrite=overwrite)
     stale = check_lock(run_dir)  # a run holding the folder refuses training before anything else
     notes = [*([stale] if stale else []), *check_run_start(run_dir, resume, overwrite, recipe, clear=False)]
     if resume is None:
-        auto = " (train.resume auto: no checkpoint yet)" if asked == "auto" else ""
+        why = "--overwrite starts over" if overwrite else "no checkpoint yet"
+        auto = f" (train.resume auto: {why})" if asked == "auto" else ""
         return ["run directory", f"  {run_dir}: a fresh run{auto}", *(f"  {n}" for n in notes)], plan.total
     load_dir, tag = resolve_resume(resume, run_dir)
     where = load_dir / tag

@@ -69,11 +69,10 @@ class Run:
         self.run_dir = Path(tc.output_dir)
         self.ckpt_dir = ck.checkpoints_dir(self.run_dir)
         asked = resume if resume is not None else tc.resume
-        self.resume = ck.resume_or_start(asked, self.run_dir)
+        self.resume = ck.resume_or_start(asked, self.run_dir, overwrite=overwrite)
         if asked == "auto":
-            log.info(
-                "resume auto: %s", f"continuing {self.ckpt_dir}" if self.resume else "no checkpoint yet, a fresh run"
-            )
+            fresh = "--overwrite: a fresh run" if overwrite else "no checkpoint yet, a fresh run"
+            log.info("resume auto: %s", f"continuing {self.ckpt_dir}" if self.resume else fresh)
         self.log_handler = None
         # Once the configuration is known to be sound (--overwrite deletes the earlier run); a resume's recipe is
         # compared with the run's here, before any data or model is loaded.

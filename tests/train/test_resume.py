@@ -232,6 +232,9 @@ def test_resume_auto_starts_fresh_then_continues(tiny_llm_dir, corpus, tmp_path)
     again = recipe(tiny_llm_dir, corpus, run, epochs=2, overrides=["train.resume=auto"])
     assert [h["update"] for h in train(again, "zero0")["history"]] == [4, 5, 6]
     assert "resume auto: continuing" in (run / ck.TRAIN_LOG).read_text()
+    # --overwrite starts over (it had been refused as contradicting a --resume never given)
+    assert [h["update"] for h in train(again, "zero0", overwrite=True)["history"]] == [1, 2, 3, 4, 5, 6]
+    assert "resume auto: --overwrite: a fresh run" in (run / ck.TRAIN_LOG).read_text()
     assert ck.resume_or_start("latest", tmp_path / "empty") == "latest"  # "latest" still insists on a checkpoint
     with pytest.raises(FileNotFoundError, match="nothing to resume"):
         ck.resolve_resume("latest", tmp_path / "empty")
