@@ -160,10 +160,12 @@ def _check_dims(state: dict, section: dict, llm_config: dict, src: Path) -> None
 
 def write_llm(llm_state: dict, llm_src: Path, dest: Path) -> None:
     """The Qwen3 model of `llm_src`'s config.json with Nano's `llm.*` weights, and its tokenizer, as an HF directory."""
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
     config = AutoConfig.from_pretrained(str(llm_src), local_files_only=True)
     model = AutoModelForCausalLM.from_config(config)
+    if (llm_src / "generation_config.json").is_file():  # from_config makes a default one: keep the LLM's own
+        model.generation_config = GenerationConfig.from_pretrained(str(llm_src), local_files_only=True)
     dtype = next(iter(llm_state.values())).dtype
     try:
         missing, unexpected = model.load_state_dict(llm_state, strict=False)

@@ -162,6 +162,24 @@ def test_out_llm_loads_with_transformers_alone_and_holds_the_llm_weights(convert
     assert llm.generation_config.eos_token_id == llm.config.eos_token_id  # <|im_end|>
 
 
+def test_out_llm_keeps_the_llms_own_generation_config(tmp_path):
+    """A plain transformers generate() on OUT/llm samples as the source LLM's generation_config.json says (Qwen3
+    ships sampling defaults); the LLM rebuilt from its config.json had a default one. It stops at the prompt's end
+    token, as every export does."""
+    from transformers import GenerationConfig
+
+    from llmasr.testing.tiny_nano import LLM_DIR
+
+    src = write_nano_dir(tmp_path / "src")
+    own = json.loads((src / LLM_DIR / "generation_config.json").read_text())
+    eos = own["eos_token_id"]
+    own.update(do_sample=True, temperature=0.6, top_k=20, eos_token_id=[eos, eos - 1] if isinstance(eos, int) else eos)
+    (src / LLM_DIR / "generation_config.json").write_text(json.dumps(own))
+    convert_funasr(src, tmp_path / "out")
+    got = GenerationConfig.from_pretrained(str(tmp_path / "out" / "llm"))
+    assert (got.do_sample, got.temperature, got.top_k, got.eos_token_id) == (True, 0.6, 20, eos)
+
+
 def test_prompt_is_nanos_own(converted):
     """FunASR writes `...user\\n语音转写：<audio><|im_end|>\\n<|im_start|>assistant\\n`: no newline before the audio."""
     _, out = converted
