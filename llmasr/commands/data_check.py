@@ -33,8 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--recipe", help="recipe YAML: its data: section gives batching, filters and max_bad_fraction")
     p.add_argument("--valid", action="store_true", help="with --recipe and no manifests: check data.valid")
     p.add_argument("--world-size", type=int, default=1)
-    p.add_argument("--max-seconds", type=float)
-    p.add_argument("--max-frames", type=int)
+    budget = p.add_mutually_exclusive_group()  # the batch budget is one or the other
+    budget.add_argument("--max-seconds", type=float)
+    budget.add_argument("--max-frames", type=int)
     p.add_argument("--max-target-tokens", type=int)
     p.add_argument("--num-buckets", type=int)
     p.add_argument("--min-duration", type=float)

@@ -176,7 +176,7 @@ def check_data(
         n = len(m)
         opened.append((m, weight))
         known = np.asarray(m.durations(), dtype=np.float64)  # training's: the manifest's, where it gives one
-        report.lines_per_manifest[path] = n
+        report.lines_per_manifest[path] = report.lines_per_manifest.get(path, 0) + n  # listed twice: counted twice
         report.num_lines += n
         parsed = [_parse_line(m, i, spell) for i in range(n)]  # the manifest reader is not shared across threads
         good = [utt for utt, _, _ in parsed if utt is not None]

@@ -210,3 +210,13 @@ def test_lines_training_takes_are_not_called_bad(tmp_path, capsys):
     unprobed = check_data([write_manifest(tmp_path / "n.jsonl", lines)], data_cfg(), FrontendConfig(), probe=False)
     assert unprobed.num_bad == 0 and unprobed.unprobed == 6 and unprobed.ok
     assert "not probed: 6 lines without a duration" in format_report(unprobed)
+
+
+def test_the_command_takes_one_batch_budget_and_counts_a_manifest_listed_twice(tmp_path, capsys):
+    path = good_corpus(tmp_path, 3)
+    with pytest.raises(SystemExit) as exit_:
+        main([str(path), "--max-seconds", "6", "--max-frames", "300"])
+    assert exit_.value.code == 2 and "not allowed with argument" in capsys.readouterr().err
+    assert main([str(path), str(path), "--max-seconds", "6"]) == 0
+    out = capsys.readouterr().out
+    assert f"manifest {path}: 6 lines" in out and "lines: 6," in out
