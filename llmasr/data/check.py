@@ -121,7 +121,7 @@ def _too_short(utt, seconds: float, fx: FeatureExtractor) -> dict | None:
     """A bad record when `seconds` of audio give no feature frame (as SpeechDataset would find on loading)."""
     if math.isnan(seconds):
         return None
-    n = int(round(seconds * fx.frontend.sample_rate))
+    n = math.ceil(seconds * fx.frontend.sample_rate - 1e-6)  # as loading resamples: ceil(frames x new / old)
     t = fx.num_frames(n)
     if t >= fx.frontend.min_frames:
         return None

@@ -220,3 +220,18 @@ def test_the_command_takes_one_batch_budget_and_counts_a_manifest_listed_twice(t
     assert main([str(path), str(path), "--max-seconds", "6"]) == 0
     out = capsys.readouterr().out
     assert f"manifest {path}: 6 lines" in out and "lines: 6," in out
+
+
+def test_a_resampled_clip_counts_the_samples_loading_gives_it(tmp_path):
+    """706 samples at 44.1 kHz load as ceil(706 x 16000 / 44100) = 257 samples at 16 kHz, one fbank frame: usable,
+    as training finds it (the check had rounded to 256 and called it too short)."""
+    import soundfile as sf
+
+    from llmasr.data.audio import load_audio
+
+    sf.write(tmp_path / "edge.wav", np.full(706, 0.1, np.float32), 44100, subtype="FLOAT")
+    assert load_audio(tmp_path / "edge.wav", sample_rate=16000).size == 257
+    m = write_manifest(tmp_path / "m.jsonl", [{"key": "edge", "source": "edge.wav", "target": "hi"}])
+    assert check_data([m], data_cfg(), FrontendConfig()).num_bad == 0
+    sf.write(tmp_path / "edge.wav", np.full(705, 0.1, np.float32), 44100, subtype="FLOAT")  # 256: too short
+    assert check_data([m], data_cfg(), FrontendConfig()).num_bad == 1
