@@ -136,25 +136,21 @@ def _audio_sources(wavs: dict, wav_scp: Path, base: Path, skipped: _Skipped) -> 
     """(wav.scp key -> absolute audio path, for the entries that are plain paths; key -> why, for the others, which
     are skipped)."""
     sources: dict[str, str] = {}
+    why: dict[str, str] = {}
     for key, (lineno, value) in wavs.items():
         if not value:
-            skipped.skip("unsupported", wav_scp, lineno, key, f"{key}: no audio path")
+            why[key] = "no audio path"
         elif value == "-":
-            skipped.skip("unsupported", wav_scp, lineno, key, f"{key}: '-' (standard input) is not an audio file")
+            why[key] = "'-' (standard input) is not an audio file"
         elif value.endswith("|"):
-            skipped.skip(
-                "unsupported",
-                wav_scp,
-                lineno,
-                key,
-                f"{key}: pipe command {value[:60]!r} is not supported; convert the audio to files first",
-            )
+            why[key] = f"pipe command {value[:60]!r} is not supported; convert the audio to files first"
         elif ".ark:" in value or value.endswith(".ark"):
-            skipped.skip("unsupported", wav_scp, lineno, key, f"{key}: Kaldi ark offsets are not supported")
+            why[key] = "Kaldi ark offsets are not supported"
         else:
             p = Path(os.path.expanduser(value))
             sources[key] = str(p if p.is_absolute() else (base / p).resolve())
-    why = {bad.key: bad.reason.split(": ", 2)[-1] for bad in skipped.problems if bad.key in wavs}
+            continue
+        skipped.skip("unsupported", wav_scp, lineno, key, f"{key}: {why[key]}")
     return sources, why
 
 
