@@ -65,15 +65,6 @@ class ItemCosts:
         scale, pad = self.epoch_costs(epoch, items if keys is None else keys)
         return np.minimum(self._units(self.unscaled[items] * scale + pad), worst)
 
-    def for_epoch(self, epoch: int, items: np.ndarray) -> np.ndarray:
-        """Every item's cost in `epoch`: the worst case, except `items`' own (first visits) when epoch_costs draws
-        them."""
-        if self.epoch_costs is None or not items.size:
-            return self.sizes
-        sizes = self.sizes.copy()
-        sizes[items] = self.drawn(epoch, items)
-        return sizes
-
     def fitting(self, epoch: int, items: np.ndarray, keys: np.ndarray, keep: np.ndarray, num_buckets: int, buckets):
         """Per visit of an epoch (`items`: its dataset indices, `keys`: its visit keys): (its cost in `epoch`, its
         bucket, the positions of `keep` that fit the budget then, how many of them did not): the costs computed once

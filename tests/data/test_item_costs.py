@@ -12,7 +12,7 @@ def test_costs_in_seconds_or_frames_with_the_worst_case_and_each_epochs_draw():
     worst = ItemCosts(durations, max_seconds=10.0, max_frames=None, frames_per_second=None, max_duration=30.0,
                       truncate_to_max=True, cost_scale=1.25, cost_pad=0.5)  # fmt: skip
     np.testing.assert_allclose(worst.sizes, [1.75, 3.0, 0.5, 38.0])  # unknown costs 0, truncated to 30 s first
-    assert worst.budget == 10.0 and worst.for_epoch(3, np.arange(4)) is worst.sizes
+    assert worst.budget == 10.0 and (worst.drawn(3, np.arange(4)) == worst.sizes).all()
     np.testing.assert_array_equal(worst.least, worst.sizes)  # no draws: the worst case is the only case
 
     def slower_each_epoch(epoch: int, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -21,8 +21,8 @@ def test_costs_in_seconds_or_frames_with_the_worst_case_and_each_epochs_draw():
     drawn = ItemCosts(durations, max_seconds=None, max_frames=100, frames_per_second=10.0, max_duration=30.0,
                       truncate_to_max=False, cost_scale=1.25, cost_pad=0.5, epoch_costs=slower_each_epoch)  # fmt: skip
     np.testing.assert_array_equal(drawn.sizes, [18, 30, 5, 505])  # frames, rounded up
-    np.testing.assert_array_equal(drawn.for_epoch(1, np.array([0, 1])), [11, 22, 5, 505])  # only the items asked
-    np.testing.assert_array_equal(drawn.for_epoch(9, np.array([1])), [18, 30, 5, 505])  # never above the worst case
+    np.testing.assert_array_equal(drawn.drawn(1, np.array([0, 1])), [11, 22])  # each item asked, at its draw
+    np.testing.assert_array_equal(drawn.drawn(9, np.array([1])), [30])  # never above the worst case
 
 
 class Draws:

@@ -456,7 +456,7 @@ def test_batches_are_cut_on_the_length_augmentation_gives_each_clip(tmp_path):
     seen = {}
     for epoch in (0, 1):
         loader.set_epoch(epoch)
-        costs = sampler.costs.for_epoch(epoch, sampler.base_indices)
+        costs = sampler.costs.drawn(epoch, sampler.base_indices)  # by dataset index: base_indices is 0..n-1
         assert (costs <= sampler.sizes).all() and (costs < sampler.sizes).any()
         for batch in loader:
             seconds = [n / frames_per_s for n in batch.feat_lens.tolist()]
