@@ -4,7 +4,7 @@ feature frames (max_frames); a batch of B items whose costliest costs c holds B 
 An item costs its duration (cut to max_duration when training truncates; at least `min_item_seconds`, a Whisper
 window), stretched by what waveform augmentation adds to it. Three costs are kept: the worst case (`sizes`: the
 slowest speed factor and the longest pauses, AugmentConfig.cost); when an `epoch_costs` draws each clip's own speed
-factor and pauses (llmasr.data.clip_lengths.EpochCosts), the cost of every item in a given epoch, which the sampler
+factor and pauses (llmasr.data.clip_lengths.EpochCosts), the cost of each visit in an epoch (`drawn`), which the sampler
 cuts that epoch's batches by; and the least an item can cost (`least`: its shortest draw, epoch_costs.least, else the
 worst case), which decides once which items can never fit a batch. An item between the two fits in the epochs whose
 draws let it.

@@ -34,6 +34,7 @@ count to `state_dict(consumed=...)`.
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 from collections.abc import Callable, Iterator
@@ -367,6 +368,14 @@ class DynamicBucketSampler(Sampler):
             done = 0
         self._resume = (epoch, done)
         self._yielded = done
+
+    def length_after(self, state: dict) -> int:
+        """len() of the pass a `state_dict` (maybe of another world size) continues, this sampler left as it is
+        (`llmasr check` counts a resume's updates)."""
+        other = copy.copy(self)
+        other._epoch_listeners = []  # nor does its dataset's epoch move
+        other.load_state_dict(state)
+        return len(other)
 
     def _plan_at(self, epoch: int, history: tuple, world_size: int):
         """The plan a sampler of `world_size` ranks had for `epoch` after `history`."""

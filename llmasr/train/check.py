@@ -13,7 +13,6 @@ load would refuse it.
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 
 from llmasr.data.augment import cost_text
@@ -32,7 +31,7 @@ from llmasr.train.resolve import check_run_settings
 from llmasr.train.resume import check_checkpoint
 from llmasr.train.run_dir import RunDirError, check_lock, check_run_start
 from llmasr.train.schedulers import branch_of_group, lr_curve
-from llmasr.train.universal import resized_total
+from llmasr.train.universal import batches_left, resized_total
 
 
 def param_counts(model) -> dict:
@@ -105,16 +104,11 @@ def resumed_total(recipe, plan, where: Path, meta, world_size: int) -> int:
     the batches left in its epoch (dealt to this world size) and the epochs after it, at this grad_accum."""
     client = read_client_state(where, meta)
     epoch, loader_state = int(client.get("epoch", meta.epoch)), client.get("loader")
-    per_epoch = plan.per_epoch
-    left = per_epoch[epoch] if epoch < len(per_epoch) else 0
+    resharded = None
     if loader_state is not None and meta.world_size != world_size:
-        sampler = copy.copy(plan.loaders[1])  # the plan's own sampler stays at the epoch's start
-        sampler._epoch_listeners = []  # and its dataset's epoch with it
-        sampler.load_state_dict(loader_state["sampler"])
-        left = len(sampler)
-    elif loader_state is not None:
-        left -= int(loader_state["sampler"]["batches_yielded"])
-    return resized_total(meta.update, epoch, left, per_epoch, plan.grad_accum, recipe.train.max_updates)
+        resharded = plan.loaders[1].length_after(loader_state["sampler"])
+    left = batches_left(plan.per_epoch, epoch, loader_state, resharded)
+    return resized_total(meta.update, epoch, left, plan.per_epoch, plan.grad_accum, recipe.train.max_updates)
 
 
 def _weights_lines(m) -> list[str]:

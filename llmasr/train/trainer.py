@@ -215,8 +215,7 @@ class Run:
         if saved_world != self.world:
             left = self._resize(saved_world, epoch, loader_state, client.get("ds_config") or {})
         else:  # the epoch's batches not yet trained (another grad_accum counts them into other updates)
-            left = (self.per_epoch[epoch] if epoch < len(self.per_epoch) else 0) - int(
-                loader_state["sampler"]["batches_yielded"] if loader_state else 0)  # fmt: skip
+            left = universal.batches_left(self.per_epoch, epoch, loader_state)
         done, max_updates = self.engine.global_steps, self.recipe.train.max_updates
         self.total = universal.resized_total(done, epoch, left, self.per_epoch, self.k, max_updates)
         self.schedules = [dataclasses.replace(s, total=self.total) for s in self.schedules]
@@ -231,10 +230,9 @@ class Run:
     def _resize(self, saved_world: int, epoch: int, loader_state: dict | None, saved_ds: dict) -> int:
         """After a resume at another world size: the epoch's remainder, dealt to this one; returns its batches per
         rank."""
-        left = self.per_epoch[epoch] if epoch < len(self.per_epoch) else 0
         if loader_state is not None:
             self.train_loader.load_state_dict(loader_state)
-            left = len(self.sampler)
+        left = universal.batches_left(self.per_epoch, epoch, loader_state, resharded=len(self.sampler))
         log.info(universal.describe_resize(saved_world, self.world, epoch, loader_state, left))
         universal.check_global_batch(saved_ds, self.ds, self.world)
         return left

@@ -212,6 +212,16 @@ def check_global_batch(saved_ds: dict, ds: dict, world: int) -> None:
     )  # fmt: skip
 
 
+def batches_left(per_epoch: list[int], epoch: int, loader_state: dict | None, resharded: int | None = None) -> int:
+    """Batches per rank a resume has left in `epoch`: all of it without a loader position (saved at an epoch's end);
+    else what the saved position leaves, or, at another world size, `resharded` (the length of the sampler that
+    loaded the position)."""
+    whole = per_epoch[epoch] if epoch < len(per_epoch) else 0
+    if loader_state is None:
+        return whole
+    return resharded if resharded is not None else whole - int(loader_state["sampler"]["batches_yielded"])
+
+
 def resized_total(done: int, epoch: int, first_epoch_batches: int, per_epoch: list[int], k: int, max_updates):
     """Updates of a run resumed after `done` updates, in `epoch` with `first_epoch_batches` batches left per rank,
     at the world size `per_epoch` (batches per rank of each full epoch) was counted for."""
