@@ -96,15 +96,7 @@ def clear_tag(ckpt_dir: Path, tag: str) -> bool:
     folder = ckpt_dir / tag
     if not folder.exists():
         return False
-    if latest(ckpt_dir) == tag:
-        older = [t for t in list_tags(ckpt_dir) if t != tag and (ckpt_dir / t / META).is_file()]
-        if older:
-            write_atomic(ckpt_dir / LATEST, older[-1] + "\n")
-        else:
-            (ckpt_dir / LATEST).unlink()
-    best = read_best(ckpt_dir)
-    if any(b["tag"] == tag for b in best):
-        write_atomic(ckpt_dir / BEST, json.dumps([b for b in best if b["tag"] != tag], indent=2))
+    _point_off(ckpt_dir, {tag})
     shutil.rmtree(folder)
     shutil.rmtree(ckpt_dir / (tag + UNIVERSAL_SUFFIX), ignore_errors=True)
     return True
@@ -143,23 +135,33 @@ def set_aside_later(ckpt_dir: Path, update: int) -> tuple[list[str], Path | None
         k += 1
         aside = ckpt_dir / f"abandoned_at_update_{update:08d}_{k}"
     aside.mkdir()
-    best = read_best(ckpt_dir)
+    named, dropped = _point_off(ckpt_dir, set(later))
     for tag in later:
         os.replace(ckpt_dir / tag, aside / tag)
         if (ckpt_dir / (tag + UNIVERSAL_SUFFIX)).exists():
             os.replace(ckpt_dir / (tag + UNIVERSAL_SUFFIX), aside / (tag + UNIVERSAL_SUFFIX))
-    moved = set(later)
-    if any(b["tag"] in moved for b in best):
-        write_atomic(aside / BEST, json.dumps([b for b in best if b["tag"] in moved], indent=2))
-        write_atomic(ckpt_dir / BEST, json.dumps([b for b in best if b["tag"] not in moved], indent=2))
-    if latest(ckpt_dir) in moved:
+    if dropped:
+        write_atomic(aside / BEST, json.dumps(dropped, indent=2))
+    if named:
         write_atomic(aside / LATEST, later[-1] + "\n")
-        left = [t for t in list_tags(ckpt_dir) if (ckpt_dir / t / META).is_file()]
-        if left:
-            write_atomic(ckpt_dir / LATEST, left[-1] + "\n")
+    return later, aside
+
+
+def _point_off(ckpt_dir: Path, tags: set[str]) -> tuple[bool, list[dict]]:
+    """`latest` and best.json stop naming `tags` (about to go): `latest` falls back to the newest complete
+    checkpoint among the others (or goes). Returns (whether `latest` named one of them, the best entries dropped)."""
+    named = latest(ckpt_dir) in tags
+    if named:
+        older = [t for t in list_tags(ckpt_dir) if t not in tags and (ckpt_dir / t / META).is_file()]
+        if older:
+            write_atomic(ckpt_dir / LATEST, older[-1] + "\n")
         else:
             (ckpt_dir / LATEST).unlink()
-    return later, aside
+    best = read_best(ckpt_dir)
+    dropped = [b for b in best if b["tag"] in tags]
+    if dropped:
+        write_atomic(ckpt_dir / BEST, json.dumps([b for b in best if b["tag"] not in tags], indent=2))
+    return named, dropped
 
 
 def select_tags(ref: CheckpointRef, n: int, by: str = "last") -> list[str]:
