@@ -15,7 +15,9 @@ does not support stays out of reach.
 
 Phrases are matched as token ids of the LLM tokenizer, as they would be written at the start of the text and after
 a space (byte-level BPE tokenizers spell the two differently). A phrase that ends in a letter or digit is complete
-only where its word ends: a token that carries the word on ("Ann" then "a": Anna) gives its bonus back.
+only where its word ends: a token that carries the word on ("Ann" then "a": Anna) gives its bonus back. The
+phrases form an Aho-Corasick automaton: when a match breaks off, a phrase that begins or ends inside it is still
+found; matches never overlap, so no token is paid twice.
 """
 
 from __future__ import annotations
@@ -27,16 +29,20 @@ import torch
 from llmasr.scoring import is_no_space_char
 
 
-@dataclass
+@dataclass(eq=False)
 class _Node:
     depth: int = 0
-    done: int = 0  # tokens of the longest complete phrase on the path to here (0: none)
+    done: int = 0  # tokens of the longest complete phrase that begins this node's path (0: none)
     word_end: bool = False  # the phrase complete here ends in a letter or digit: a joining token carries it on
     children: dict[int, _Node] = field(default_factory=dict)
+    # The longest proper suffix of this path that begins a phrase (the root's: none).
+    fail: _Node | None = field(default=None, repr=False)
 
 
-def phrase_trie(phrases, tokenizer) -> _Node:
-    """The token-id trie of `phrases` (each in its start-of-text and after-a-space spellings)."""
+def phrase_trie(phrases, tokenizer, joins: torch.Tensor | None = None) -> _Node:
+    """The token-id trie of `phrases` (each in its start-of-text and after-a-space spellings), with Aho-Corasick
+    failure links, so that a phrase that begins inside a broken-off match is still found."""
+    joins = joining_tokens(tokenizer) if joins is None else joins
     root = _Node()
     for phrase in phrases:
         text = str(phrase).strip()
@@ -45,16 +51,26 @@ def phrase_trie(phrases, tokenizer) -> _Node:
         for spelling in {tuple(tokenizer.encode(t, add_special_tokens=False)) for t in (text, " " + text)}:
             node = root
             for token in spelling:
-                node = node.children.setdefault(token, _Node(node.depth + 1, node.done))
+                node = node.children.setdefault(token, _Node(node.depth + 1))
             node.done, node.word_end = node.depth, _word_char(text[-1])
-    _inherit_done(root)
+    _link(root, joins)
     return root
 
 
-def _inherit_done(node: _Node) -> None:
-    for child in node.children.values():
-        child.done = max(child.done, node.done)
-        _inherit_done(child)
+def _link(root: _Node, joins: torch.Tensor) -> None:
+    """Breadth first: each node inherits the complete phrase its path begins with (not across a token that carries
+    that phrase's last word on) and gets its failure link."""
+    todo = [root]
+    while todo:
+        node = todo.pop(0)
+        for token, child in node.children.items():
+            if not (node.done == node.depth and node.word_end and _joins(token, joins)):
+                child.done = max(child.done, node.done)
+            f = node.fail
+            while f is not None and token not in f.children:
+                f = f.fail
+            child.fail = f.children[token] if f is not None else root
+            todo.append(child)
 
 
 @dataclass(frozen=True)
@@ -66,6 +82,10 @@ class _Match:
 def _word_char(ch: str) -> bool:
     """A character a word goes on with (a letter or digit of a script written with spaces)."""
     return ch.isalnum() and not is_no_space_char(ch)
+
+
+def _joins(token: int, joins: torch.Tensor) -> bool:
+    return token < len(joins) and bool(joins[token])
 
 
 def joining_tokens(tokenizer) -> torch.Tensor:
@@ -85,19 +105,28 @@ def joining_tokens(tokenizer) -> torch.Tensor:
     return cached
 
 
-def _step(match: _Match, token: int, root: _Node, joins: torch.Tensor) -> _Match:
-    child = match.node.children.get(token)
-    if child is not None:
-        return _Match(match.banked, child)
-    # The match breaks: the complete phrase it passed (if any) stays banked, unless it ends right here and the token
-    # carries its word on; the token may begin a new match.
-    return _Match(match.banked + _kept(match.node, token, joins), root.children.get(token, root))
+def _step(match: _Match, token: int, joining: bool) -> _Match:
+    """The match after `token` (`joining`: the token carries the word before it on).
 
-
-def _kept(node: _Node, token: int, joins: torch.Tensor) -> int:
-    """What a match standing at `node` banks when `token` breaks it."""
-    carried_on = node.word_end and node.done == node.depth and token < len(joins) and bool(joins[token])
-    return 0 if carried_on else node.done
+    A token that continues the match extends it. Otherwise the match breaks: walking its failure links (ever shorter
+    suffixes of it), each complete phrase found is banked, unless a banked one already covers its tokens or it ends
+    right here and the token carries its word on, and the first suffix the token continues, clear of banked tokens,
+    is the new match (the root: none). Matches never overlap, so the boost never pays a token twice.
+    """
+    node = match.node
+    banked, free = match.banked, 0  # free: where in node's path the tokens not yet banked begin
+    f = node
+    while True:
+        start = node.depth - f.depth
+        child = f.children.get(token)
+        if child is not None and start >= free:
+            return _Match(banked, child)
+        carried_on = joining and f.word_end and f.done == f.depth
+        if f.done and start >= free and not carried_on:
+            banked, free = banked + f.done, start + f.done
+        if f.fail is None:  # the root: no match
+            return _Match(banked, f)
+        f = f.fail
 
 
 class HotwordBoost:
@@ -107,8 +136,9 @@ class HotwordBoost:
 
     def __init__(self, phrases: list[list[str]], tokenizer, boost: float, end_id: int, num_beams: int):
         self.boost, self.end_id, self.num_beams = float(boost), int(end_id), int(num_beams)
-        self.tries = [phrase_trie(p, tokenizer) if p else None for p in phrases]
-        self.joins = joining_tokens(tokenizer) if any(t is not None for t in self.tries) else torch.zeros(0, dtype=bool)
+        listed = any(phrases)
+        self.joins = joining_tokens(tokenizer) if listed else torch.zeros(0, dtype=torch.bool)
+        self.tries = [phrase_trie(p, tokenizer, self.joins) if p else None for p in phrases]
         self.matches: dict[tuple[int, tuple[int, ...]], _Match] = {}
 
     def tokens(self, utt: int) -> torch.Tensor:
@@ -122,7 +152,11 @@ class HotwordBoost:
         return torch.tensor(sorted(found), dtype=torch.long)
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        vocab = scores.shape[1]
         add = torch.zeros_like(scores)
+        joining = torch.zeros(vocab, dtype=torch.bool)
+        joining[: min(len(self.joins), vocab)] = self.joins[:vocab]
+        joining = joining.to(add.device)
         seen = {}
         for r, ids in enumerate(input_ids.tolist()):
             utt = r // self.num_beams
@@ -131,18 +165,19 @@ class HotwordBoost:
                 continue
             match = self._match(utt, tuple(ids), root)
             seen[(utt, tuple(ids))] = match
-            node = match.node
-            # Every token breaks the match (giving back its unfinished part) unless it continues it; a token that
-            # begins a phrase earns one token's worth; the end token only gives back.
-            add[r] = self.boost * (node.done - node.depth)
-            if node.word_end and node.done == node.depth:  # a token that carries the phrase's word on: all back
-                joining = torch.zeros(scores.shape[1], dtype=torch.bool)
-                joining[: min(len(self.joins), scores.shape[1])] = self.joins[: scores.shape[1]]
-                add[r, joining.to(add.device)] = -self.boost * node.depth
-            starts = [t for t in root.children if t < scores.shape[1]]
-            add[r, starts] += self.boost
-            add[r, [t for t in node.children if t < scores.shape[1]]] = self.boost
-            add[r, self.end_id] = self.boost * (node.done - node.depth)
+            now = match.banked + match.node.depth
+            # A token no suffix of the match goes on with ends it (the end token too, which carries nothing on);
+            # the tokens some suffix of it does go on with are stepped one by one.
+            add[r] = self.boost * (_step(match, -1, False).banked - now)
+            add[r, joining] = self.boost * (_step(match, -1, True).banked - now)
+            f = match.node
+            while f is not None:
+                for token in f.children:
+                    if token < vocab:
+                        after = _step(match, token, _joins(token, self.joins))
+                        add[r, token] = self.boost * (after.banked + after.node.depth - now)
+                f = f.fail
+            add[r, self.end_id] = self.boost * (_step(match, -1, False).banked - now)
         self.matches = seen
         if not seen:
             return scores
@@ -154,4 +189,5 @@ class HotwordBoost:
             return known
         if not prefix:
             return _Match(0, root)
-        return _step(self._match(utt, prefix[:-1], root), prefix[-1], root, self.joins)
+        token = prefix[-1]
+        return _step(self._match(utt, prefix[:-1], root), token, _joins(token, self.joins))

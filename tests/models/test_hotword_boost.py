@@ -3,6 +3,8 @@ what it does to decoding on models of known output (a scripted LLM, an oracle CT
 
 from __future__ import annotations
 
+import random
+
 import pytest
 import torch
 
@@ -88,6 +90,46 @@ def test_a_completed_shorter_phrase_stays_earned_when_a_longer_one_breaks_off(mo
     assert gains[end] == 0.0  # "four" is complete: ending here keeps its boost
     gains = _gains(boost, longer[: len(spelled) + 1], len(tok))
     assert gains[end] == -1.0  # one token into " one": only that token is given back
+
+
+def test_a_phrase_that_begins_or_ends_inside_a_broken_off_match_is_found(model):
+    """A match breaking off does not hide a listed phrase that began inside it ("one two" of "one two three", then
+    " four": "two four") or ended inside it ("two"); a phrase carried on by a joining token earns nothing even when a
+    longer phrase goes on from there ("four" in "fourteen nine"); matches never overlap."""
+    tok, end = model.prompt.tokenizer, model.prompt.end_id
+    vocab = len(tok)
+
+    def total(phrases, text):
+        return _total(HotwordBoost([phrases], tok, 1.0, end, 1), _ids(tok, text), vocab, end)
+
+    assert total(["one two three", "two four"], "one two four") == len(_ids(tok, " two four"))
+    assert total(["two", "one two three"], "one two nine") == len(_ids(tok, " two"))
+    assert total(["four", "fourteen one"], "fourteen nine") == 0.0
+    assert total(["one two", "two three"], "one two three") == len(_ids(tok, "one two"))
+
+
+def test_every_tokens_gain_is_the_step_of_the_match(model):
+    """What the processor adds to each token's score (computed for the whole vocabulary at once) is that token's
+    change of the match's worth, stepped alone, over random hypotheses of overlapping phrases; a hypothesis never
+    ends with more than its own tokens' worth."""
+    tok, end = model.prompt.tokenizer, model.prompt.end_id
+    vocab = len(tok)
+    phrases = ["one two", "two three", "three", "one two three four", "four teen", "fourteen"]
+    boost = HotwordBoost([phrases], tok, 1.0, end, 1)
+    alphabet = sorted({t for p in phrases for text in (p, " " + p) for t in _ids(tok, text)} | set(_ids(tok, " nine")))
+    rng = random.Random(0)
+
+    def worth(seq):
+        match = boost._match(0, tuple(seq), boost.tries[0])
+        return match.banked + match.node.depth
+
+    for _ in range(40):
+        seq = [rng.choice(alphabet) for _ in range(rng.randint(0, 8))]
+        gains = _gains(boost, seq, vocab)
+        stepped = torch.tensor([worth(seq + [t]) - worth(seq) for t in range(vocab)], dtype=gains.dtype)
+        stepped[end] = gains[end]
+        assert torch.equal(gains, stepped), seq
+        assert 0.0 <= _total(boost, seq, vocab, end) <= len(seq)
 
 
 def test_ended_rows_and_rows_without_a_list_are_left_alone(model):
