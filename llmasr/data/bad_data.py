@@ -156,11 +156,19 @@ class BadDataTracker:
             if not quiet:
                 self._log(rec)
 
-    def new_epoch(self) -> None:
-        """Reset the counts for a new epoch (the static bad items are counted again, silently)."""
+    def new_epoch(self, visits=None) -> None:
+        """Reset the counts for a new epoch (the static bad items are counted again, silently). `visits`: how many
+        times this epoch visits each static item, in order (a weighted mix visits a line 0, 1 or more times; good
+        items count per visit too); None: once each."""
+        counts = [1] * len(self.static) if visits is None else [int(v) for v in visits]
+        if len(counts) != len(self.static):
+            raise ValueError(f"{len(counts)} visit counts for {len(self.static)} static bad items")
         self.good = 0
-        self.bad = len(self.static)
-        self.by_reason = Counter(reason_category(str(r.get("reason", ""))) for r in self.static)
+        self.bad = sum(counts)
+        self.by_reason = Counter()
+        for rec, count in zip(self.static, counts):
+            if count:
+                self.by_reason[reason_category(str(rec.get("reason", "")))] += count
 
     def add_good(self, n: int = 1) -> None:
         self.good += int(n)

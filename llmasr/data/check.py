@@ -52,6 +52,11 @@ class DataReport:
     for_decoding: bool = False  # checked as manifests to decode (lines without a transcript are fine)
     unprobed: int = 0  # lines of unknown duration left unprobed (--no-probe): training reads their headers
     speech: SpeechFindings | None = None  # with a VAD (llmasr.data.speech_check)
+    bad_index: list[int] = field(default_factory=list)  # each bad line's index in the lines checked, in order
+    # (bad items, items) as training counts them when that is not per line: visits of a weighted mix's first epoch,
+    # or validation's subset; None: per line.
+    counted: tuple[int, int] | None = None
+    counted_items: str = ""  # what those items are
 
     @property
     def num_bad(self) -> int:
@@ -59,7 +64,9 @@ class DataReport:
 
     @property
     def bad_fraction(self) -> float:
-        return self.num_bad / self.num_lines if self.num_lines else 0.0
+        """The fraction data.max_bad_fraction is held to: of the items training counts."""
+        bad, total = self.counted if self.counted is not None else (self.num_bad, self.num_lines)
+        return bad / total if total else 0.0
 
     @property
     def total_hours(self) -> float:
@@ -197,6 +204,7 @@ def check_data(
             tlens.append(tl)
             if bad is not None:
                 report.bad.append(bad)
+                report.bad_index.append(len(durations) - 1)
             if note is not None:
                 report.duration_mismatches.append(note)
     report.durations = np.asarray(durations, dtype=np.float64)
@@ -207,11 +215,18 @@ def check_data(
     ) + (f", max_target_tokens={b.max_target_tokens}" if b.max_target_tokens is not None else "")
     if report.durations.size:
         plan = {"train": train, "rank": 0, "world_size": world_size}
+        items = None
         if not train:  # validation's subset
-            plan["indices"] = evenly_spaced(report.durations.size, data_cfg.valid_max_utts)
+            plan["indices"] = items = evenly_spaced(report.durations.size, data_cfg.valid_max_utts)
+            report.counted_items = "lines of validation's subset"
         elif any(w != 1.0 for _, w in opened):  # the epoch's visits of the weighted mix (its first epoch)
             mix = MixedManifest([m for m, _ in opened], [w for _, w in opened])
             plan["epoch_indices"] = lambda e: mix.epoch_indices(e, data_cfg.seed)
+            items = mix.epoch_indices(0, data_cfg.seed)
+            report.counted_items = "visits of the weighted mix's first epoch"
+        if items is not None:
+            visits = np.bincount(np.asarray(items, dtype=np.int64), minlength=report.durations.size)
+            report.counted = (int(visits[report.bad_index].sum()), int(visits.sum()))
         _preview_batching(report, data_cfg, frontend, np.asarray(tlens, dtype=np.int64), spots, plan)
     return report
 
@@ -276,10 +291,18 @@ def format_report(report: DataReport, *, max_examples: int = 50) -> str:
     for path, n in report.lines_per_manifest.items():
         lines.append(f"manifest {path}: {n} lines")
     d = report.durations[~np.isnan(report.durations)]
-    lines.append(
-        f"lines: {report.num_lines}, usable: {report.num_lines - report.num_bad}, bad: {report.num_bad} "
-        f"({100 * report.bad_fraction:.2f}%; data.max_bad_fraction {100 * report.max_bad_fraction:.2f}%)"
-    )
+    limit = f"data.max_bad_fraction {100 * report.max_bad_fraction:.2f}%"
+    if report.counted is None:
+        lines.append(
+            f"lines: {report.num_lines}, usable: {report.num_lines - report.num_bad}, bad: {report.num_bad} "
+            f"({100 * report.bad_fraction:.2f}%; {limit})"
+        )
+    else:
+        lines.append(f"lines: {report.num_lines}, usable: {report.num_lines - report.num_bad}, bad: {report.num_bad}")
+        lines.append(
+            f"{report.counted_items}: {report.counted[1]}, bad: {report.counted[0]} ({100 * report.bad_fraction:.2f}%; "
+            f"{limit})"
+        )
     if d.size:
         lines.append(
             f"total: {report.total_hours:.2f} h; duration min {d.min():.2f}s, median {np.median(d):.2f}s, "

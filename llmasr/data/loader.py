@@ -35,7 +35,7 @@ from llmasr.data.device_features import resolve_features_on
 from llmasr.data.frontend import FrontendConfig
 from llmasr.data.hotwords import HotwordSampler
 from llmasr.data.sampler import DynamicBucketSampler
-from llmasr.data.screen import describe_skipped, start_tracker
+from llmasr.data.screen import describe_skipped, start_tracker, static_visits
 from llmasr.data.window_plan import PlanShare, WindowRules, split_long
 from llmasr.data.worker_signals import workers_born_blocked
 from llmasr.data.worker_start import WorkerStarts, fork_deadlock_warning, start_workers, worker_init
@@ -64,7 +64,8 @@ class SpeechDataLoader(DataLoader):
         resuming = resume is not None and resume[0] == sampler.epoch
         start = resume[1] if resuming else 0
         if not resuming:  # a resume keeps the epoch's bad-data counts (at another world size it starts at 0)
-            self.bad_data.new_epoch()
+            items = sampler._epoch_items(sampler.epoch) if sampler.epoch_indices is not None else None
+            self.bad_data.new_epoch(static_visits(self.bad_data.static, items))
         self.consumed = start
         checked = False
         duplicates = sampler.duplicate_steps()
@@ -309,15 +310,16 @@ def build_dataloader(
         hotword_sampler=_hotword_sampler(data_cfg, manifest, train=train, rank=rank),
         trim_leading_silence=trim_leading_silence and not train,
     )  # fmt: skip
-    tracker, static = start_tracker(manifest, data_cfg, name=name, indices=indices, rank=rank, world_size=world_size,
-                                    ctc_labels=dataset.ctc_labels if ctc_tokenizer is not None else None)  # fmt: skip
-    durations = np.asarray(manifest.durations(), dtype=np.float64)
-    b = data_cfg.batching
-    tl = target_lengths(manifest) if (b.max_target_len is not None or b.max_target_tokens is not None) else None
     epoch_indices = None
     if train and hasattr(manifest, "epoch_indices"):
         seed = data_cfg.seed
         epoch_indices = lambda e: manifest.epoch_indices(e, seed)  # noqa: E731
+    tracker, static = start_tracker(manifest, data_cfg, name=name, indices=indices, rank=rank, world_size=world_size,
+                                    ctc_labels=dataset.ctc_labels if ctc_tokenizer is not None else None,
+                                    epoch_items=epoch_indices(epoch) if epoch_indices else None)  # fmt: skip
+    durations = np.asarray(manifest.durations(), dtype=np.float64)
+    b = data_cfg.batching
+    tl = target_lengths(manifest) if (b.max_target_len is not None or b.max_target_tokens is not None) else None
     skip = np.asarray([b.index for b in static], dtype=np.int64)
     sampler = make_sampler(
         data_cfg, durations, tl, frontend, train=train, rank=rank, world_size=world_size, indices=indices,

@@ -85,20 +85,34 @@ def spelling_check(ctc_labels: Callable[[str], object]) -> Callable[[str], str |
     return why
 
 
-def refuse_at_start(bad: list[BadItem], total: int, max_bad_fraction: float, name: str) -> None:
-    """TooMuchBadData when the lines known bad before loading already pass max_bad_fraction of `total` lines."""
-    if not total or len(bad) / total <= max_bad_fraction:
+def refuse_at_start(bad: list[BadItem], total: int, max_bad_fraction: float, name: str, visits=None) -> None:
+    """TooMuchBadData when the lines known bad before loading already pass max_bad_fraction of `total` items.
+    `visits`: how many of the `total` items are visits to each bad line (a weighted mix); None: one each."""
+    counted = len(bad) if visits is None else int(np.sum(visits))
+    if not total or counted / total <= max_bad_fraction:
         return
     probe = BadDataTracker(max_bad_fraction, name=name)
     probe.add_static(bad, quiet=True)
-    probe.good = total - len(bad)
+    probe.new_epoch(visits)
+    probe.good = total - counted
     raise TooMuchBadData(probe.message().replace(" are unusable,", " are unusable before training starts,", 1))
 
 
-def start_tracker(manifest, data_cfg, *, name: str, indices, rank: int, world_size: int, ctc_labels=None):
+def static_visits(static: list, epoch_items: np.ndarray | None) -> np.ndarray | None:
+    """How many times an epoch of visits `epoch_items` (a weighted mix's dataset indices, repeats allowed) visits
+    each of the bad lines `static` (BadItems or their dicts); None (no mix): once each."""
+    if epoch_items is None or not static:
+        return None
+    lines = np.asarray([int(b["index"] if isinstance(b, dict) else b.index) for b in static], dtype=np.int64)
+    return np.bincount(np.asarray(epoch_items, dtype=np.int64), minlength=int(lines.max()) + 1)[lines]
+
+
+def start_tracker(manifest, data_cfg, *, name: str, indices, rank: int, world_size: int, ctc_labels=None,
+                  epoch_items=None):  # fmt: skip
     """Screen `manifest` and refuse at start when its known-bad lines pass data.max_bad_fraction; returns (this
     rank's BadDataTracker, every line known bad). `indices`: a validation subset, which counts only its own;
-    `ctc_labels`: the dataset's CTC rule, when the model has a CTC head."""
+    `ctc_labels`: the dataset's CTC rule, when the model has a CTC head; `epoch_items`: a weighted mix's visits of
+    the first epoch, which the start-up check counts per visit, as training does."""
     static, took = screen(manifest, ctc_labels)
     counted, total = static, len(manifest)
     if indices is not None:
@@ -110,7 +124,9 @@ def start_tracker(manifest, data_cfg, *, name: str, indices, rank: int, world_si
             "against data.max_bad_fraction every epoch. First: %s",
             name, len(counted), total, took, "; ".join(f"{b.where()} {b.reason}" for b in counted[:EXAMPLES]),
         )  # fmt: skip
-    refuse_at_start(counted, total, data_cfg.max_bad_fraction, name)
+    visits = static_visits(counted, epoch_items)
+    refuse_at_start(counted, total if epoch_items is None else len(epoch_items), data_cfg.max_bad_fraction, name,
+                    visits)  # fmt: skip
     tracker = BadDataTracker(data_cfg.max_bad_fraction, name=name)
     # Each rank sees about 1/world_size of the items, so it counts that share of the lines known bad.
     tracker.add_static([b for b in counted if b.index % world_size == rank], quiet=True)

@@ -7,6 +7,7 @@ from speech_fakes import FakePromptBuilder, good_corpus, write_manifest, write_w
 
 from llmasr.commands.data_check import main
 from llmasr.config_io import from_dict
+from llmasr.data.bad_data import TooMuchBadData
 from llmasr.data.check import check_data, format_report, histogram
 from llmasr.data.config import DataConfig
 from llmasr.data.frontend import FrontendConfig
@@ -188,6 +189,32 @@ def test_the_preview_is_of_the_batches_training_and_validation_make(tmp_path, ca
     )
     assert main(["--recipe", recipe, "--valid"]) == 0
     assert f"batches per rank: {len(validated)} " in capsys.readouterr().out
+
+
+def test_the_bad_fraction_is_of_the_items_training_counts(tmp_path, capsys):
+    """Bad lines in a manifest of weight 3 count three times, as training counts them (per visit), and --valid
+    counts validation's subset only: the verdict is training's own, where per line it had been another."""
+    a = good_corpus(tmp_path / "a", 40)
+    b = good_corpus(tmp_path / "b", 10, seed=1)
+    bad = ['{"key": "blank", "source": "wav_train/u0.wav", "target": "  ", "duration": 1.0}', '{"key": "cut", "sou']
+    b = write_manifest(tmp_path / "b" / "bad.jsonl", b.read_text().splitlines() + bad + bad[:1])
+    recipe = _recipe(tmp_path, {
+        "train": [{"path": str(a)}, {"path": str(b), "weight": 3.0}], "valid": [str(b)], "valid_max_utts": 4,
+        "batching": {"max_seconds": 4.0}, "num_workers": 0, "max_bad_fraction": 0.1,
+    })  # fmt: skip
+    r = load_recipe(recipe)
+    fe = FrontendConfig(lfr_m=7, lfr_n=6)
+    report = check_data(r.data.train_manifests, r.data, fe, train=True)
+    assert report.num_bad == 3 and report.num_lines == 53 and report.counted == (9, 79) and not report.ok
+    with pytest.raises(TooMuchBadData, match=r"9 of 79 items"):
+        build_dataloader(r.data, r.data.train, fe, prompt_builder=FakePromptBuilder(), train=True)
+    assert main(["--recipe", recipe]) == 1
+    out = capsys.readouterr().out
+    assert "visits of the weighted mix's first epoch: 79, bad: 9 (11.39%" in out and "TOO MUCH BAD DATA" in out
+    valid = check_data(r.data.valid_manifests, r.data, fe, train=False)  # lines 0, 4, 8, 12 of 13: one bad
+    assert valid.counted == (1, 4) and not valid.ok
+    with pytest.raises(TooMuchBadData, match=r"valid: too much bad data: 1 of 4 items"):
+        build_dataloader(r.data, r.data.valid, fe, prompt_builder=FakePromptBuilder(), train=False)
 
 
 def test_lines_training_takes_are_not_called_bad(tmp_path, capsys):

@@ -282,6 +282,32 @@ def test_manifest_only_faults_below_the_limit_are_skipped_and_counted_every_epoc
     assert sum(shares) == 3 and min(shares) >= 1  # each rank counts its share of the lines known bad
 
 
+def test_lines_known_bad_count_once_per_visit_of_a_weighted_mix(tmp_path):
+    """Good items count per visit, so lines known bad do too: a manifest of weight 3 holding them counts each three
+    times (at start-up and in every epoch); one of weight 0.5 counts those of its lines an epoch draws."""
+    a = good_corpus(tmp_path, 40, name="a")
+    b = good_corpus(tmp_path, 10, name="b", seed=1)
+    b = write_manifest(tmp_path / "b_bad.jsonl", b.read_text().splitlines() + [
+        {**rec, "source": "wav_b/u0.wav"} if isinstance(rec, dict) else rec for rec in MANIFEST_ONLY])  # fmt: skip
+
+    def mix(weight, fraction):
+        return cfg(train=[{"path": str(a)}, {"path": str(b), "weight": weight}], max_bad_fraction=fraction)
+
+    with pytest.raises(TooMuchBadData, match=r"9 of 79 items \(11\.39%\) are unusable before training starts"):
+        build(mix(3.0, 0.1), mix(3.0, 0.1).train)  # 3 of 53 lines (5.7%), but 9 of 79 visits
+    loader, _ = build(mix(3.0, 0.2), mix(3.0, 0.2).train)
+    for epoch in (0, 1):
+        loader.set_epoch(epoch)
+        assert len([k for batch in loader for k in batch.keys]) == 70
+        assert (loader.bad_data.bad, loader.bad_data.good) == (9, 70)
+        assert sum(loader.bad_data.by_reason.values()) == 9
+    loader, sampler = build(mix(0.5, 0.2), mix(0.5, 0.2).train)  # half of b each epoch: its bad lines as drawn
+    for epoch in range(4):
+        loader.set_epoch(epoch)
+        keys = [k for batch in loader for k in batch.keys]
+        assert loader.bad_data.seen == sampler._epoch_items(epoch).size and loader.bad_data.good == len(keys)
+
+
 def test_transcripts_the_ctc_vocabulary_cannot_spell_are_found_at_start(tmp_path, caplog):
     """The fake CTC vocabulary spells a-z and space: a transcript with another character is a bad line before any
     audio loads (the dataset's own rule), not a surprise hours into the run; its letters alone are fine."""

@@ -67,8 +67,12 @@ def test_a_stop_signal_before_the_worker_init_waits_for_it():
         def duplicate_steps(self):
             return frozenset()
 
+        epoch_indices = None  # no weighted mix
+
     class Counted:
-        def new_epoch(self): ...
+        static = []
+
+        def new_epoch(self, visits=None): ...
 
         def update(self, batch): ...
 
