@@ -103,6 +103,12 @@ class Batch:
         return self.wave.shape[1] > 0
 
     @property
+    def feat_slots(self) -> int:
+        """Padded feature frames the encoder runs over: rows x the longest row (`feats` is empty until the device
+        computes the features, padded to that longest row)."""
+        return int(self.feat_lens.shape[0] * int(self.feat_lens.max())) if self.feat_lens.numel() else 0
+
+    @property
     def audio_seconds(self) -> float:
         return float(self.durations.sum())
 

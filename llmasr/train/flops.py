@@ -192,7 +192,7 @@ class FlopCounter:
             yield
         finally:
             self.armed = False
-        self.total.add(self._finish(batch.feat_lens, batch.feats.shape[0] * batch.feats.shape[1]))
+        self.total.add(self._finish(batch.feat_lens, batch.feat_slots))
 
     def _finish(self, feat_lens: torch.Tensor, feat_slots: int) -> StepCount:
         frames = float(feat_lens.sum())
