@@ -37,7 +37,7 @@ from llmasr.convert.nano_config import (
     stated_adaptor_dims,
 )
 from llmasr.export.export import DTYPE_NAMES, write_model_dir
-from llmasr.export.staged_dir import publish, staging_dir
+from llmasr.export.staged_dir import output_dir, publish, staging_dir
 from llmasr.models.builder import build_model
 from llmasr.models.config import ModelConfig
 from llmasr.models.funasr_dir import weights_file
@@ -205,9 +205,8 @@ def _stage(state: dict, llm_src: Path, stage: Path, with_ctc: bool) -> dict[str,
 def convert_funasr(src: str | Path, out: str | Path, *, dtype: str = "fp32", overwrite: bool = False) -> Path:
     """Convert the Fun-ASR-Nano directory `src` into `out` (see the module docstring); returns `out`.
     `dtype`: the LLM's weights in OUT (bf16, fp16, fp32); the speech branches stay float32."""
-    src, out = Path(src).resolve(), Path(out)
-    if out.exists() and not (out.is_dir() and not any(out.iterdir())) and not overwrite:
-        raise ConvertError(f"{out}: exists and is not empty; choose another OUT or pass --overwrite")
+    src, named = Path(src).resolve(), out
+    out = output_dir(out, overwrite=overwrite, flag="OUT", error=ConvertError)
     if dtype not in DTYPE_NAMES:
         raise ConvertError(f"--dtype must be one of bf16, fp16, fp32; got {dtype!r}")
     if not src.is_dir():
@@ -215,10 +214,9 @@ def convert_funasr(src: str | Path, out: str | Path, *, dtype: str = "fp32", ove
     config = read_nano_config(src)
     section = nano_model_section(src, config)
     llm_src = llm_dir(src, config)
-    where = out.resolve()
     for kept in (src, llm_src.resolve()):  # --overwrite replaces OUT whole: never the model being converted
-        if kept.is_relative_to(where):
-            raise ConvertError(f"OUT {out}: {'is' if kept == where else 'holds'} {kept}, which the conversion reads "
+        if kept.is_relative_to(out):
+            raise ConvertError(f"OUT {named}: {'is' if kept == out else 'holds'} {kept}, which the conversion reads "
                                "and writing OUT would replace; choose another folder")  # fmt: skip
     llm_config = json.loads((llm_src / "config.json").read_text(encoding="utf-8"))
     state = read_nano_state(src)
@@ -242,11 +240,12 @@ def convert_funasr(src: str | Path, out: str | Path, *, dtype: str = "fp32", ove
         write_model_dir(
             model, info, Recipe(model=cfg), tmp, DTYPE_NAMES[dtype], training_max_duration=NANO_SEGMENT_SECONDS
         )
+        shutil.rmtree(stage, ignore_errors=True)
+        publish(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     finally:
         shutil.rmtree(stage, ignore_errors=True)
-    publish(tmp, out)
     log.info("converted %s to %s", src, out)
-    return out
+    return Path(named).expanduser()

@@ -37,7 +37,7 @@ import torch
 from torch import nn
 
 from llmasr.config_io import to_dict
-from llmasr.export.staged_dir import publish, staging_dir
+from llmasr.export.staged_dir import output_dir, publish, staging_dir
 from llmasr.export.trained_model import load_checkpoint_model, load_trained  # noqa: F401  (public API here too)
 from llmasr.models.builder import encoder_spec, output_dim
 from llmasr.models.fingerprint import dir_fingerprint
@@ -170,11 +170,7 @@ def export_model(
     """Export a checkpoint (see the module docstring). Returns the output directory. `trust_remote_code` allows
     a run whose recipe sets model.llm.trust_remote_code to load its LLM's Python files."""
 
-    out = Path(output)
-    non_empty = out.exists() and not (out.is_dir() and not any(out.iterdir()))
-    if non_empty:
-        if not overwrite:
-            raise ExportError(f"{out}: exists and is not empty; choose another --output or pass --overwrite")
+    out = output_dir(output, overwrite=overwrite, flag="--output", error=ExportError)
     if dtype is not None and dtype not in DTYPE_NAMES:
         raise ExportError(f"--dtype must be one of bf16, fp16, fp32; got {dtype!r}")
     _refuse_the_run_itself(out, checkpoint, tag)
@@ -194,12 +190,12 @@ def export_model(
             model, info, recipe, tmp, dtype_name, adapter_only=adapter_only, max_shard_size=max_shard_size,
             training_max_duration=_training_max(recipe),
         )  # fmt: skip
+        publish(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)  # never leave a half-written export behind
         raise
-    publish(tmp, out)
     log.info("exported %s (tags %s) to %s", info["run_dir"], ", ".join(info["tags"]), out)
-    return out
+    return Path(output).expanduser()
 
 
 def _refuse_the_run_itself(out: Path, checkpoint, tag: str | None) -> None:

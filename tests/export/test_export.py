@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import shutil
 from pathlib import Path
@@ -10,6 +11,7 @@ import pytest
 import torch
 
 from llmasr.commands.export import main
+from llmasr.export import staged_dir
 from llmasr.export.export import export_model, load_checkpoint_model
 from llmasr.export.exported import load_exported
 from llmasr.run_dir import CheckpointError, list_tags
@@ -290,6 +292,47 @@ def test_output_must_be_new(runs, tmp_path):
     assert main(["--checkpoint", str(runs[0]), "--output", str(tmp_path / "busy")]) == 1
     assert main(["--checkpoint", str(runs[0]), "--output", str(tmp_path / "busy"), "--overwrite"]) == 0
     assert (tmp_path / "busy" / "llmasr_model.yaml").is_file() and not (tmp_path / "busy" / "f").exists()
+
+
+def test_an_output_under_home_is_checked_where_it_is_written(runs, tmp_path, monkeypatch, capsys):
+    """--output=~/m (a shell leaves `~` after `=`): the checks had looked at ./~/m while the export replaced
+    $HOME/m, and with --overwrite a run under $HOME could replace itself."""
+    home = tmp_path / "home"
+    (home / "m").mkdir(parents=True)
+    (home / "m" / "precious.txt").write_text("x")
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(tmp_path)
+    assert main(["--checkpoint", str(runs[0]), "--output=~/m"]) == 1
+    assert "--output ~/m: exists and is not empty" in capsys.readouterr().err
+    assert (home / "m" / "precious.txt").is_file() and not (tmp_path / "~").exists()
+    shutil.copytree(runs[0], home / "run")
+    assert main(["--checkpoint", str(home / "run"), "--output=~/run", "--overwrite"]) == 1
+    assert "is the training run" in capsys.readouterr().err and (home / "run" / "recipe.yaml").is_file()
+
+
+def test_an_output_that_is_a_mount_point_is_staged_inside_it(runs, tmp_path, monkeypatch):
+    """A mount point's sibling lies on another filesystem, where renaming the staged files into it fails after its
+    old files are gone: the export is staged inside it instead, and an export that fails leaves nothing behind."""
+    mount = tmp_path / "mnt"
+    mount.mkdir()
+    (mount / "old.txt").write_text("x")
+    monkeypatch.setattr(staged_dir, "_mount_point", lambda where: where == mount.resolve())
+    rename = Path.rename
+
+    def across_devices(self, target):  # what the kernel says to a rename from outside the mount into it
+        if Path(target).resolve().is_relative_to(mount) and not self.resolve().is_relative_to(mount):
+            raise OSError(errno.EXDEV, "Invalid cross-device link", str(self))
+        return rename(self, target)
+
+    monkeypatch.setattr(Path, "rename", across_devices)
+    assert main(["--checkpoint", str(runs[0]), "--output", str(mount), "--overwrite"]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mnt"] and not (mount / "old.txt").exists()
+    assert not (mount / ".partial").exists()
+    load_exported(mount)
+    monkeypatch.setattr(staged_dir, "_mount_point", lambda where: False)  # staged beside it: the rename fails
+    with pytest.raises(OSError, match="cross-device"):
+        main(["--checkpoint", str(runs[0]), "--output", str(mount), "--overwrite"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mnt"]  # no .mnt.partial left
 
 
 def test_output_as_the_current_folder_is_written_in_place(runs, tmp_path, monkeypatch):
