@@ -44,14 +44,16 @@ class _Loader(yaml.SafeLoader):
                 continue
             key = self.construct_object(key_node, deep=True)
             try:
-                first = seen.setdefault(key, key_node.start_mark.line)
+                first = seen.setdefault(key, key_node)
             except TypeError:  # an unhashable key: the base constructor says so
                 continue
-            if first != key_node.start_mark.line:
+            if first is not key_node:
+                a, b = first.start_mark, key_node.start_mark
+                where = f"line {a.line + 1} and line {b.line + 1}" if a.line != b.line else (
+                    f"line {a.line + 1}, columns {a.column + 1} and {b.column + 1}")  # fmt: skip
                 raise yaml.constructor.ConstructorError(
-                    None, None, f"key {key!r} given twice in one mapping (line {first + 1} and line "
-                    f"{key_node.start_mark.line + 1}): the second would silently replace the first",
-                    key_node.start_mark,
+                    None, None, f"key {key!r} given twice in one mapping ({where}): the second would silently "
+                    "replace the first", key_node.start_mark,
                 )  # fmt: skip
         return super().construct_mapping(node, deep)
 
@@ -117,6 +119,7 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
             value = yaml.load(raw, Loader=_Loader) if raw != "" else ""
         except yaml.YAMLError as err:
             raise ConfigError(f"override {item!r}: value is not valid YAML: {err}") from err
+        value = _without_comment(item, raw, value)
         node = out
         parts = key.split(".")
         for i, part in enumerate(parts[:-1]):
@@ -128,6 +131,37 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
             node = nxt
         node[parts[-1]] = value
     return out
+
+
+_HASH = "\ue000"  # a private-use character standing in for '#' while YAML reads the value
+
+
+def _without_comment(item: str, raw: str, value: Any) -> Any:
+    """An override's value as written: YAML reads ' #' as a comment and drops the rest (`output_dir=exp/run #2`
+    would be exp/run, another run's folder). A value that reads as one string with its '#' is that string; one
+    that does not is refused."""
+    if "#" not in raw:
+        return value
+    try:
+        literal = _restore_hash(yaml.load(raw.replace("#", _HASH), Loader=_Loader))
+    except yaml.YAMLError:
+        literal = None
+    if literal == value:
+        return value
+    if isinstance(literal, str):
+        return literal
+    raise ConfigError(f"override {item!r}: YAML reads ' #' as the start of a comment, which would drop what follows; "
+                      "quote the value, or leave the comment out")  # fmt: skip
+
+
+def _restore_hash(value: Any) -> Any:
+    if isinstance(value, str):
+        return value.replace(_HASH, "#")
+    if isinstance(value, list):
+        return [_restore_hash(v) for v in value]
+    if isinstance(value, dict):
+        return {_restore_hash(k): _restore_hash(v) for k, v in value.items()}
+    return value
 
 
 def _type_name(tp: Any) -> str:

@@ -121,12 +121,29 @@ def test_bad_override_and_bad_type_name_their_key(tmp_path):
         load_recipe(data={"trian": {}})
 
 
+def test_a_hash_in_an_override_is_part_of_its_value():
+    """YAML reads ' #' as a comment: `train.output_dir=exp/run #2` had trained into exp/run, another run's folder.
+    A value that reads as one string keeps its '#'; one that does not is refused."""
+    r = load_recipe(data={}, overrides=["train.output_dir=exp/run #2", "model.prompt.task=Transcribe #verbatim"])
+    assert r.train.output_dir.endswith("exp/run #2") and r.model.prompt.task == "Transcribe #verbatim"
+    assert load_recipe(data={}, overrides=["model.prompt.task=#"]).model.prompt.task == "#"
+    with pytest.raises(ConfigError, match=r"train.epochs: expected an integer, got '3 # three'"):
+        load_recipe(data={}, overrides=["train.epochs=3 # three"])
+    with pytest.raises(ConfigError, match=r"override 'data.train=\[a.jsonl\] # two': YAML reads ' #' as the start"):
+        load_recipe(data={}, overrides=["data.train=[a.jsonl] # two"])
+
+
 def test_a_key_given_twice_is_refused_with_both_lines(tmp_path):
     """Plain YAML keeps the last of two equal keys: the first optim section, and its learning rate, would be gone."""
     path = tmp_path / "twice.yaml"
     path.write_text("train:\n  epochs: 3\noptim:\n  branches:\n    llm: {lr: 1.0e-4}\noptim:\n  weight_decay: 0.1\n")
     with pytest.raises(ConfigError, match=r"twice.yaml: not valid YAML: .*key 'optim' given twice in one mapping "
                                           r"\(line 3 and line 6\)"):  # fmt: skip
+        load_recipe(path)
+    path.write_text("data:\n  batching: {max_seconds: 300, num_buckets: 30, max_seconds: 100}\n")  # one line
+    with pytest.raises(
+        ConfigError, match=r"key 'max_seconds' given twice in one mapping \(line 2, columns 14 and 49\)"
+    ):
         load_recipe(path)
     path.write_text("base: &b {epochs: 3}\ntrain:\n  <<: *b\n  epochs: 4\n")  # a merge key may be overridden
     assert yaml.safe_load(path.read_text())["train"]["epochs"] == 4
