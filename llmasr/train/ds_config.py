@@ -152,10 +152,17 @@ def _check_layout(ds: dict, bf16_key: str, source: str) -> None:
         if value not in (None, 0, 1):
             raise ConfigError(f"{source}: {key} is {value}; llmasr trains data-parallel only (every rank a whole "
                               "model and its own batches): remove it")  # fmt: skip
+    if _get(ds, "torch_autocast.enabled") not in (None, False):
+        raise ConfigError(
+            f"{source}: torch_autocast is enabled; it would run the forward in its own dtype whatever "
+            "train.precision says: remove the block and set train.precision (fp32, bf16 or fp16)"
+        )
     stage = _get(ds, "zero_optimization.stage") or 0
+    if not isinstance(stage, int) or isinstance(stage, bool) or not 0 <= stage <= 3:
+        raise ConfigError(f"{source}: zero_optimization.stage is {json.dumps(stage)}; write 0, 1, 2 or 3 (a number)")
     for block, lowest in (("offload_param", 3), ("offload_optimizer", 1)):
         device = _get(ds, f"zero_optimization.{block}.device")
-        if device not in (None, "none") and isinstance(stage, int) and stage < lowest:
+        if device not in (None, "none") and stage < lowest:
             raise ConfigError(
                 f"{source}: zero_optimization.{block}.device is {device!r} but zero_optimization.stage is {stage}; "
                 f"{block} needs stage {lowest} or more (the presets zero2_offload and zero3_offload offload)"

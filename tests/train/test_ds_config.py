@@ -139,12 +139,18 @@ def test_fp16_and_bf16_both_enabled():
          r"offload_param.device is 'cpu' but zero_optimization.stage is 2; offload_param needs stage 3"),
         ({"zero_optimization": {"stage": 0, "offload_optimizer": {"device": "cpu"}}},
          r"offload_optimizer.device is 'cpu' but zero_optimization.stage is 0; offload_optimizer needs stage 1"),
+        ({"zero_optimization": {"stage": "1", "offload_param": {"device": "cpu"}}},
+         r'zero_optimization.stage is "1"; write 0, 1, 2 or 3 \(a number\)'),
+        ({"zero_optimization": {"stage": 4}}, r"zero_optimization.stage is 4; write 0, 1, 2 or 3"),
+        ({"torch_autocast": {"enabled": True, "dtype": "torch.bfloat16"}},
+         r"torch_autocast is enabled; it would run the forward in its own dtype whatever train.precision says"),
     ],
 )  # fmt: skip
 def test_settings_deepspeed_or_training_would_fail_on_later_are_refused(raw, message):
     """A precision block that is not an object (a TypeError naming nothing), model parallelism (DeepSpeed counts fewer
     data ranks than the batch sizes: it refuses after the model loaded), offload at a stage without it (the memory
-    estimate failed at the end of llmasr check)."""
+    estimate failed at the end of llmasr check), a stage written as a string (which had slipped past the offload
+    check), torch_autocast (bf16 forwards under train.precision fp32, unchecked)."""
     with pytest.raises(ConfigError, match=message):
         resolve_ds_config(raw, train_cfg(), world_size=8, source="ds.json")
     assert resolve_ds_config({"zero_optimization": {"stage": 2, "offload_param": {"device": "none"}}}, train_cfg(),
