@@ -32,6 +32,7 @@ def test_every_path_field_resolves_against_the_recipe(tmp_path):
     files = {
         "enc/model_dir": None, "llm": None, "adaptor.pt": "", "ctc.pt": "", "tokens.json": "[]",
         "noise.jsonl": "", "chat.jinja": "{{ messages }}", "am.mvn": "", "train.jsonl": "", "valid.jsonl": "",
+        "vad/config.yaml": "",
     }  # fmt: skip
     for name, text in files.items():
         target = tmp_path / "assets" / name
@@ -53,6 +54,7 @@ def test_every_path_field_resolves_against_the_recipe(tmp_path):
             "valid": [{"path": a + "valid.jsonl"}],
             "augment": {"noise": {"prob": 0.5, "manifest": a + "noise.jsonl"}},
         },
+        "decode": {"vad": a + "vad"},
     }))  # fmt: skip
     r = load_recipe(recipe)
     assets = tmp_path / "assets"
@@ -66,6 +68,7 @@ def test_every_path_field_resolves_against_the_recipe(tmp_path):
     assert [s.path for s in r.data.train] == [str(assets / "train.jsonl")] * 2
     assert r.data.valid[0].path == str(assets / "valid.jsonl")
     assert r.data.augment.noise.manifest == str(assets / "noise.jsonl")
+    assert r.decode.vad == str(assets / "vad")
 
 
 def test_paths_that_are_not_recipe_relative_are_kept(tmp_path):

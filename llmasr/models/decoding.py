@@ -12,7 +12,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from llmasr.config_io import ConfigError
+from llmasr.config_io import ConfigError, path_field
 
 METRICS = ("auto", "wer", "cer")
 # ctc_weight when unset and the model has a CTC head (tuned on the demo's dev set; see the README's decode section).
@@ -51,7 +51,7 @@ class DecodeConfig:
     # A FunASR FSMN VAD directory (fsmn-vad: llmasr.models.fsmn_vad): long audio is cut at the speech segments it
     # finds, what lies between them is not decoded, and a segment longer than the window limit is cut further as
     # above. None: cuts come from frame energies alone.
-    vad: str | None = None
+    vad: str | None = path_field(None)
     # The silence (ms) that ends a VAD segment (FunASR's max_end_silence_time); None: FunASR's offline schedule
     # (2 s at the start of a recording, shorter after long unbroken speech).
     vad_max_end_silence_ms: int | None = None
