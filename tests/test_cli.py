@@ -4,6 +4,7 @@ import json
 import os
 
 import numpy as np
+import pytest
 import soundfile as sf
 
 from llmasr.cli import main, strip_local_rank
@@ -18,6 +19,16 @@ def test_help_and_unknown_verb(capsys):
     assert main(["data", "--help"]) == 0  # the usage promises VERB --help
     assert "llmasr data {check|cmvn|kaldi}" in capsys.readouterr().out
     assert main(["data", "frob"]) == 2 and "llmasr data {check|" in capsys.readouterr().err
+
+
+def test_check_says_what_its_run_options_do(capsys):
+    """check takes train's command line but deletes nothing: its --overwrite help had said "(deletes them)"."""
+    for verb, deletes in (("check", False), ("train", True)):
+        with pytest.raises(SystemExit):
+            main([verb, "--help"])
+        text = " ".join(capsys.readouterr().out.split())
+        assert ("(deletes them)" in text) == deletes and ("deletes nothing" in text) != deletes
+        assert "or auto (the newest checkpoint when there is one" in text
 
 
 def test_deepspeed_local_rank_argument_is_removed(monkeypatch):

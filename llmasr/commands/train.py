@@ -18,17 +18,22 @@ from llmasr.train.trainer import train
 log = logging.getLogger("llmasr.train")
 
 
-def run_args(p: argparse.ArgumentParser) -> None:
-    """The arguments that describe a run: train's, and check's (which checks what train would do with them)."""
+def run_args(p: argparse.ArgumentParser, *, checking: bool = False) -> None:
+    """The arguments that describe a run: train's, and check's (`checking`: which checks what train would do with
+    them, and says so in its help)."""
     p.add_argument("--config", required=True, help="recipe YAML")
     p.add_argument("--deepspeed", required=True, help="DeepSpeed JSON file, or a preset: zero0 ... zero3_offload")
+    would = "check what train would do with " if checking else ""
     p.add_argument(
         "--resume", nargs="?", const="latest", default=None,
-        help="resume from RUN_DIR/checkpoints/latest (no value), a tag (update_00000120) or a checkpoint folder",
+        help=would + "resume from RUN_DIR/checkpoints/latest (no value), a tag (update_00000120), a checkpoint folder, "
+        "or auto (the newest checkpoint when there is one, else a fresh start; as train.resume: auto)",
     )  # fmt: skip
     p.add_argument(
         "--overwrite", action="store_true",
-        help="start afresh in a train.output_dir that holds an earlier run's checkpoints (deletes them)",
+        help="check a fresh start in a train.output_dir that holds an earlier run's checkpoints (deletes nothing; "
+        "train --overwrite deletes them)" if checking else
+        "start afresh in a train.output_dir that holds an earlier run's checkpoints (deletes them)",
     )  # fmt: skip
     p.add_argument("overrides", nargs="*", help="recipe overrides, e.g. train.epochs=3 optim.branches.llm.lr=2e-5")
 
