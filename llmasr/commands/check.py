@@ -16,7 +16,9 @@ from llmasr.train.check import check
 @command("llmasr check")
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="llmasr check", description="resolve a recipe + DeepSpeed JSON without training")
-    run_args(p, checking=True)  # train's, so that the same command line is checked (--resume, --overwrite: what they would do)
+    run_args(
+        p, checking=True
+    )  # train's, so that the same command line is checked (--resume, --overwrite: what they would do)
     p.add_argument("--world-size", type=int, default=int(os.environ.get("WORLD_SIZE", "1")), help="ranks (GPUs)")
     p.add_argument(
         "--out",
