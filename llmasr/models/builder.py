@@ -27,7 +27,13 @@ from llmasr.models.funasr_dir import funasr_encoder_spec, load_funasr_encoder
 from llmasr.models.llm import apply_lora, embedding_shape, load_llm
 from llmasr.models.prompt import PromptBuilder
 from llmasr.models.speech_llm import SpeechLLM
-from llmasr.models.state_dict import load_into, read_safetensors, select_prefix, torch_load, unwrap_state_dict
+from llmasr.models.state_dict import (
+    load_into,
+    read_safetensors,
+    torch_load,
+    under_prefix,
+    unwrap_state_dict,
+)
 from llmasr.models.whisper import check_whisper_conf, load_whisper_encoder, whisper_dir_frontend, whisper_frontend
 
 log = logging.getLogger(__name__)
@@ -138,7 +144,7 @@ def read_weights(init_from: str, init_prefix: str, what: str, *, shapes_only: bo
     else:
         state = unwrap_state_dict(torch_load(path, shapes_only=shapes_only), str(path))
     if init_prefix:
-        state = select_prefix(state, init_prefix)
+        state = under_prefix(state, init_prefix)
         if not state:
             raise ConfigError(f"{what}.init_prefix: no key of {path} starts with {init_prefix!r}")
     return state

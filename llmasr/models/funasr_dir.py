@@ -28,7 +28,14 @@ from llmasr.data.frontend import FrontendConfig
 from llmasr.models.encoders import EncoderEntry, funasr_class_name, funasr_entry
 from llmasr.models.funasr_checks import check_vocabulary, log_left_out
 from llmasr.models.sanm_chunk import CHUNK_KEYS
-from llmasr.models.state_dict import CheckpointMismatchError, load_into, select_prefix, torch_load, unwrap_state_dict
+from llmasr.models.state_dict import (
+    CheckpointMismatchError,
+    load_into,
+    select_prefix,
+    torch_load,
+    under_prefix,
+    unwrap_state_dict,
+)
 
 log = logging.getLogger(__name__)
 
@@ -282,8 +289,8 @@ def load_funasr_encoder(
             f"'{prefix}'"
         )
     state = unwrap_state_dict(torch_load(ckpt_path, shapes_only=shapes_only), source=str(ckpt_path))
-    if not select_prefix(state, prefix) and select_prefix(state, "module." + prefix):
-        state = select_prefix(state, "module.")  # saved from a DDP-wrapped model
+    if not select_prefix(state, prefix) and under_prefix(state, prefix):
+        state = select_prefix(state, "module.")  # saved from a DDP-wrapped model: its other heads are there too
     encoder_state = select_prefix(state, prefix)
     if not encoder_state:
         heads = sorted({k.split(".", 1)[0] + "." for k in state})

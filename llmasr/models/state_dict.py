@@ -138,6 +138,14 @@ def select_prefix(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torc
     return {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
 
 
+def under_prefix(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    """`select_prefix`, also for a state dict saved from a DDP-wrapped model (every key under "module.")."""
+    found = select_prefix(state, prefix)
+    if not found and prefix and not prefix.startswith("module."):
+        found = select_prefix(state, "module." + prefix)
+    return found
+
+
 def load_into(
     module: nn.Module,
     state: dict[str, torch.Tensor],

@@ -4,6 +4,7 @@ real layouts (llmasr.testing.tiny_funasr), built through the real model builder.
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -59,6 +60,16 @@ def test_sensevoice_head_comes_with_its_sentencepiece_model_and_unk_blank(dirs):
     state = torch.load(d / "model.pt", weights_only=True)
     assert torch.equal(model.ctc_head.proj.weight, state["ctc.ctc_lo.weight"])
     assert model.ctc_tokenizer.blank_id == 0 and model.ctc_tokenizer.vocab_size == state["ctc.ctc_lo.bias"].numel()
+
+
+def test_a_head_saved_from_a_ddp_wrapped_model_loads_as_its_encoder_does(dirs, tmp_path):
+    """model.pt with every key under "module." (torch DDP): the encoder loader took it, the CTC head was refused as
+    "trained without a CTC loss"."""
+    d = shutil.copytree(dirs["sensevoice"], tmp_path / "ddp")
+    state = torch.load(d / "model.pt", weights_only=True)
+    torch.save({"state_dict": {f"module.{k}": v for k, v in state.items()}}, d / "model.pt")
+    model = build_model(from_dict(ModelConfig, model_section("sensevoice", d, dirs["llm"]), "model"))
+    assert torch.equal(model.ctc_head.proj.weight, state["ctc.ctc_lo.weight"])
 
 
 def test_conformer_head_comes_with_its_tokens_json_and_blank(dirs):
