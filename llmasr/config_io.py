@@ -191,6 +191,11 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
     return _plain(value)
 
 
+def coerce(value: Any, tp: Any, path: str) -> Any:
+    """`value` as type `tp` (YAML reads 1e-4 as a string; an int where a float is wanted); ConfigError names `path`."""
+    return _coerce(value, tp, path)
+
+
 def coerce_arguments(fn, values: dict, path: str) -> dict:
     """`values` for the keyword arguments of `fn`, each converted to its annotated type (unannotated or unknown
     names pass as they are: the callee refuses those); ConfigError names `path`.KEY."""

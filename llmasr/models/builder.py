@@ -34,7 +34,7 @@ from llmasr.models.state_dict import (
     under_prefix,
     unwrap_state_dict,
 )
-from llmasr.models.whisper import check_whisper_conf, load_whisper_encoder, whisper_dir_frontend, whisper_frontend
+from llmasr.models.whisper import load_whisper_encoder, whisper_config, whisper_dir_frontend, whisper_frontend
 
 log = logging.getLogger(__name__)
 
@@ -53,15 +53,8 @@ def encoder_spec(cfg: EncoderConfig) -> EncoderSpec:
     it expects: the explicit `frontend` settings (e.g. dither) refine what the directory says."""
     entry = encoder_entry(cfg.type)
     if cfg.type == "whisper":
-        from transformers import WhisperConfig
-
-        if cfg.path is None:
-            check_whisper_conf(cfg.conf)
-            config = WhisperConfig(**cfg.conf)
-            base = whisper_frontend(config)
-        else:
-            config = WhisperConfig.from_pretrained(str(cfg.path), local_files_only=True)
-            base = whisper_dir_frontend(cfg.path)
+        config = whisper_config(cfg.path, cfg.conf)
+        base = whisper_frontend(config) if cfg.path is None else whisper_dir_frontend(cfg.path)
         return EncoderSpec(entry, config.to_dict(), _refine(base, cfg.frontend))
     if cfg.path is not None:
         found, conf, base = funasr_encoder_spec(cfg.path, cfg.conf or None)
@@ -110,7 +103,7 @@ def build_encoder(
     `shapes_only`) and the frontend it expects, frozen, with LoRA and checkpointing as configured."""
     spec = encoder_spec(cfg)
     if pretrained and cfg.path is not None and cfg.type == "whisper":
-        encoder, _ = load_whisper_encoder(cfg.path, reinit_keys=cfg.reinit_keys, shapes_only=shapes_only)
+        encoder, _ = load_whisper_encoder(cfg.path, conf=cfg.conf, reinit_keys=cfg.reinit_keys, shapes_only=shapes_only)
     elif pretrained and cfg.path is not None:
         encoder, _ = load_funasr_encoder(
             cfg.path, conf_overrides=cfg.conf or None, reinit_keys=cfg.reinit_keys, shapes_only=shapes_only

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from llmasr.config_io import ConfigError
+from llmasr.config_io import ConfigError, coerce
 from llmasr.data.frontend import FrontendConfig
 from llmasr.models.state_dict import CheckpointMismatchError, load_into, read_safetensors
 
@@ -123,22 +123,48 @@ def whisper_frontend(config: Any, preprocessor: dict | None = None) -> FrontendC
     )
 
 
-def check_whisper_conf(conf: dict[str, Any]) -> None:
-    """Refuse keys that are not WhisperConfig options (WhisperConfig itself would keep them silently)."""
+# WhisperConfig keys that fix the encoder's tensor shapes: a pretrained directory's config.json decides them.
+SHAPE_KEYS = ("d_model", "encoder_layers", "encoder_attention_heads", "encoder_ffn_dim", "num_mel_bins",
+              "max_source_positions")  # fmt: skip
+
+
+def check_whisper_conf(conf: dict[str, Any]) -> dict[str, Any]:
+    """`conf` (model.encoder.conf) with each value of the type WhisperConfig's default has (YAML reads 1e-4 as a
+    string); keys that are not WhisperConfig options are refused (WhisperConfig itself would keep them silently)."""
     from transformers import WhisperConfig
 
-    known = set(WhisperConfig().to_dict())
-    for key in conf:
-        if key not in known:
-            raise ConfigError(f"encoder.conf.{key}: not a WhisperConfig option")
+    defaults = WhisperConfig().to_dict()
+    out = {}
+    for key, value in conf.items():
+        if key not in defaults:
+            raise ConfigError(f"model.encoder.conf.{key}: not a WhisperConfig option")
+        kind = type(defaults[key])
+        out[key] = coerce(value, kind, f"model.encoder.conf.{key}") if kind in (int, float, bool) else value
+    return out
+
+
+def whisper_config(path: str | Path | None, conf: dict[str, Any]):
+    """The WhisperConfig of a directory's config.json (or of `conf` alone when `path` is None) with `conf` over
+    it; a key that would change the pretrained tensors' shapes is refused, naming both values."""
+    from transformers import WhisperConfig
+
+    conf = check_whisper_conf(conf)
+    if path is None:
+        return WhisperConfig(**conf)
+    config = WhisperConfig.from_pretrained(str(path), local_files_only=True)
+    for key, value in conf.items():
+        if key in SHAPE_KEYS and value != getattr(config, key):
+            raise ConfigError(
+                f"model.encoder.conf.{key}: {value} differs from {Path(path) / 'config.json'}'s "
+                f"{getattr(config, key)}; the pretrained weights fix it"
+            )
+        setattr(config, key, value)
+    return config
 
 
 def build_whisper_encoder(conf: dict[str, Any]) -> tuple[WhisperAudioEncoder, FrontendConfig]:
     """A randomly initialised Whisper encoder from WhisperConfig keys (d_model, encoder_layers, num_mel_bins, ...)."""
-    from transformers import WhisperConfig
-
-    check_whisper_conf(conf)
-    config = WhisperConfig(**conf)
+    config = whisper_config(None, conf)
     return WhisperAudioEncoder(config), whisper_frontend(config)
 
 
@@ -194,21 +220,24 @@ def whisper_dir_frontend(path: str | Path) -> FrontendConfig:
 
 
 def load_whisper_encoder(
-    path: str | Path, *, reinit_keys: list[str] | tuple[str, ...] = (), shapes_only: bool = False
+    path: str | Path,
+    *,
+    conf: dict[str, Any] | None = None,
+    reinit_keys: list[str] | tuple[str, ...] = (),
+    shapes_only: bool = False,
 ) -> tuple[WhisperAudioEncoder, FrontendConfig]:
-    """Encoder + frontend settings from a local HF Whisper directory. `reinit_keys` are WhisperEncoder names
+    """Encoder + frontend settings from a local HF Whisper directory; `conf`: WhisperConfig values over its
+    config.json (dropout, layerdrop: what leaves the shapes alone). `reinit_keys` are WhisperEncoder names
     (globs allowed, e.g. "layers.31.*") that may be missing or differently shaped and stay freshly initialised.
     `shapes_only`: the files' tensor names and shapes are checked against the encoder, no data is read (build it on
     the meta device)."""
-    from transformers import WhisperConfig
-
     path = Path(path)
     if not path.is_dir():
         raise FileNotFoundError(f"Whisper directory not found: {path}")
     for name in ("config.json", "preprocessor_config.json"):
         if not (path / name).is_file():
             raise FileNotFoundError(f"{path / name}: missing from the Whisper directory")
-    config = WhisperConfig.from_pretrained(str(path), local_files_only=True)
+    config = whisper_config(path, conf or {})
     if getattr(config, "model_type", None) != "whisper":
         raise ConfigError(f"{path / 'config.json'}: model_type {config.model_type!r}, expected 'whisper'")
     preprocessor = json.loads((path / "preprocessor_config.json").read_text())

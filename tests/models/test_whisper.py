@@ -196,3 +196,26 @@ def test_build_from_conf():
     assert enc.output_size() == 16 and frontend.chunk_seconds == 1.0
     with pytest.raises(ConfigError, match="encoder.conf.d_modle"):
         build_whisper_encoder({"d_modle": 16})
+
+
+def test_conf_over_a_directory_sets_what_leaves_the_shapes_alone(whisper_dir):
+    """model.encoder.conf over a Whisper directory: dropout and layerdrop apply (they had been dropped without a
+    word, and unknown keys passed), typed as WhisperConfig's (YAML reads 1e-1 as a string); a key that would
+    change the pretrained shapes is refused with both values."""
+    from llmasr.models.builder import build_encoder, encoder_spec
+    from llmasr.models.config import EncoderConfig
+
+    cfg = EncoderConfig(type="whisper", path=str(whisper_dir), conf={"dropout": "1e-1", "encoder_layerdrop": 0.2})
+    encoder, _ = build_encoder(cfg)
+    assert encoder.config.dropout == 0.1 and encoder.encoder.config.encoder_layerdrop == 0.2
+    assert encoder_spec(cfg).conf["dropout"] == 0.1
+    plain, _ = load_whisper_encoder(whisper_dir)
+    assert all(torch.equal(v, plain.state_dict()[k]) for k, v in encoder.state_dict().items())
+    d_model = json.loads((whisper_dir / "config.json").read_text())["d_model"]
+    with pytest.raises(ConfigError, match=rf"model.encoder.conf.d_model: {d_model * 2} differs from .*config.json's "
+                                          rf"{d_model}; the pretrained weights fix it"):  # fmt: skip
+        build_encoder(EncoderConfig(type="whisper", path=str(whisper_dir), conf={"d_model": d_model * 2}))
+    with pytest.raises(ConfigError, match="model.encoder.conf.dropuot: not a WhisperConfig option"):
+        encoder_spec(EncoderConfig(type="whisper", path=str(whisper_dir), conf={"dropuot": 0.1}))
+    with pytest.raises(ConfigError, match="model.encoder.conf.dropout"):
+        build_whisper_encoder({"dropout": "lots"})
