@@ -22,14 +22,15 @@ from pathlib import Path
 
 from llmasr.models.config import ModelConfig
 
-SCHEME = 2
+SCHEME = 3  # 3: a FunASR directory's weights file whatever its name; sentencepiece, tiktoken, seg_dict
 # Hashed whole when present (tokenizer and code files change what the weights mean).
 _CONFIG_FILES = (
     "config.json", "config.yaml", "configuration.json", "am.mvn", "tokens.json",
     "tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "merges.txt",
     "special_tokens_map.json", "added_tokens.json", "chat_template.jinja",
-    "model.safetensors.index.json", "pytorch_model.bin.index.json",
+    "model.safetensors.index.json", "pytorch_model.bin.index.json", "preprocessor_config.json", "seg_dict",
 )  # fmt: skip
+_TRACKED_SUFFIXES = (".py", ".jinja", ".model", ".tiktoken")  # code, templates, sentencepiece and tiktoken vocabularies
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 _HASH_LIMIT = 64 * 2**20  # weight files up to this size are hashed whole
 _BLOCK = 4096
@@ -110,7 +111,21 @@ def weight_identity(path: str | Path) -> str:
 
 
 def _tracked(f: Path) -> bool:
-    return f.name in _CONFIG_FILES or f.suffix in (".py", ".jinja")
+    return f.name in _CONFIG_FILES or f.suffix in _TRACKED_SUFFIXES
+
+
+def _funasr_weights(path: Path) -> Path | None:
+    """The weights file a FunASR directory is read from (configuration.json's init_param may name model.pb or
+    model.pt.avg10, which no weight suffix matches), when it lies in the directory."""
+    if not (path / "config.yaml").is_file():
+        return None
+    from llmasr.models.funasr_dir import weights_file
+
+    try:
+        found = weights_file(path)
+    except (OSError, ValueError):
+        return None
+    return found if found.is_file() and found.parent.resolve() == path.resolve() else None
 
 
 def dir_fingerprint(path: str | Path | None) -> dict | None:
@@ -120,10 +135,11 @@ def dir_fingerprint(path: str | Path | None) -> dict | None:
     if not path.is_dir():
         return {"missing": str(path)}
     out: dict = {"scheme": SCHEME, "files": {}}
+    read = _funasr_weights(path)
     for f in sorted(path.iterdir()):
         if not f.is_file():
             continue
-        if f.suffix in _WEIGHT_SUFFIXES:
+        if f.suffix in _WEIGHT_SUFFIXES or f == read:
             out["files"][f.name] = weight_identity(f)
         elif _tracked(f):
             out["files"][f.name] = _sha16(f.read_bytes())
@@ -164,7 +180,8 @@ def _legacy_same(old: str, new: str) -> bool:
 def _file_differences(branch: str, a: dict, b: dict) -> list[str]:
     files_a, files_b = a.get("files", {}), b.get("files", {})
     legacy = "scheme" not in a and "scheme" in b
-    names = sorted(files_a) if legacy else sorted(set(files_a) | set(files_b))  # older: what it recorded
+    older = a.get("scheme", 0) < b.get("scheme", 0)  # saved by an older llmasr: compared on what it recorded
+    names = sorted(files_a) if older else sorted(set(files_a) | set(files_b))
     diffs = []
     for name in names:
         old, new = files_a.get(name), files_b.get(name)

@@ -1,3 +1,5 @@
+import json
+
 import pytest
 import torch
 from safetensors.torch import save_file
@@ -110,3 +112,26 @@ def test_encoder_init_from_and_llm_adapter_and_tokenizer_are_covered(tmp_path):
     (tok / "tokenizer.json").write_text('{"model": {}}')
     diffs = fingerprint_differences(before, base_fingerprint(cfg))
     assert [d.split("/")[0] for d in diffs] == ["encoder_init", "llm_adapter", "llm_tokenizer"]
+
+
+def test_a_funasr_directory_is_fingerprinted_by_the_files_it_is_read_from(tmp_path):
+    """configuration.json's init_param may name model.pb or model.pt.avg10 (no weight suffix): that file is what
+    the encoder loads, and a sentencepiece model or seg_dict decides the CTC vocabulary; all had gone unhashed.
+    A fingerprint saved before they were hashed compares on what it recorded."""
+    enc = tmp_path / "enc"
+    enc.mkdir()
+    (enc / "config.yaml").write_text("encoder: SANMEncoder\n")
+    (enc / "configuration.json").write_text(json.dumps({"file_path_metas": {"init_param": "model.pt.avg10"}}))
+    (enc / "model.pt.avg10").write_bytes(b"a" * 10)
+    (enc / "vocab.bpe.model").write_bytes(b"spm")
+    (enc / "seg_dict").write_text("hello h e l l o\n")
+    cfg = model_config(tmp_path)
+    cfg.encoder.path = str(enc)
+    before = base_fingerprint(cfg)
+    assert {"model.pt.avg10", "vocab.bpe.model", "seg_dict"} <= set(before["encoder"]["files"])
+    (enc / "model.pt.avg10").write_bytes(b"b" * 10)
+    (enc / "vocab.bpe.model").write_bytes(b"SPM")
+    diffs = fingerprint_differences(before, base_fingerprint(cfg))
+    assert [d.split(":")[0] for d in diffs] == ["encoder/model.pt.avg10", "encoder/vocab.bpe.model"]
+    older = {"scheme": 2, "files": {"config.yaml": before["encoder"]["files"]["config.yaml"]}}
+    assert fingerprint_differences({**before, "encoder": older}, base_fingerprint(cfg)) == []
