@@ -74,6 +74,12 @@ def read_funasr_config(model_dir: str | Path) -> dict:
             data[key] = {}
         if not isinstance(data[key], dict):
             raise ConfigError(f"{path}: `{key}` must be a mapping, got {type(data[key]).__name__}")
+    if data.get("normalize") not in (None, "None", "null"):
+        raise ConfigError(
+            f"{path}: normalize is {data['normalize']!r}; FunASR normalizes the features with it before the encoder, "
+            "which llmasr does not do (its features are fbank + LFR + the frontend's CMVN file), so this encoder "
+            "would hear features it was not trained on"
+        )
     return data
 
 
@@ -199,15 +205,14 @@ def _resolve_cmvn(model_dir: Path, frontend_conf: dict) -> Path | None:
         log.warning("%s: no am.mvn and frontend_conf.cmvn_file is null; features are not normalised", model_dir)
         return None
     if stated != "<absent>":
-        candidate = Path(stated)
-        if not candidate.is_absolute():
-            candidate = model_dir / candidate
+        candidate = named_in_dir(model_dir, stated)  # an absolute path from the training machine: here, by name
         if candidate.is_file():
             return candidate
         raise ConfigError(
-            f"{am_mvn}: missing, and frontend_conf.cmvn_file ({stated}) does not exist either. The directory needs "
-            "am.mvn: the Kaldi nnet CMVN (<AddShift>/<Rescale> rows, one value per LFR feature) the encoder was "
-            "trained with"
+            f"{model_dir / 'config.yaml'}: frontend_conf.cmvn_file names {stated}, which is neither there nor in "
+            f"{model_dir} ({'am.mvn is, but configuration.json maps no CMVN' if am_mvn.is_file() else 'nor is am.mvn'})"
+            ". The directory needs the Kaldi nnet CMVN (<AddShift>/<Rescale> rows, one value per LFR feature) the "
+            "encoder was trained with"
         )
     raise ConfigError(
         f"{am_mvn}: missing. A FunASR model directory needs am.mvn: the Kaldi nnet CMVN (<AddShift>/<Rescale> rows, "

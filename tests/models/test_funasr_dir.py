@@ -160,6 +160,31 @@ def test_cmvn_file_from_config_when_am_mvn_absent(tmp_path, tiny_dir):
     assert fe.cmvn_file is None
 
 
+def test_cmvn_file_named_by_the_training_machine_is_found_here_by_name(tmp_path, tiny_dir):
+    """config.yaml as FunASR training writes it: cmvn_file an absolute path on that machine, configuration.json
+    mapping no CMVN. The file of that name in the directory is it (its error had said am.mvn was missing)."""
+    d = _copy(tiny_dir, tmp_path / "d")
+    _edit_config(d, lambda c: c["frontend_conf"].update(cmvn_file="/root/.cache/modelscope/para/am.mvn"))
+    (d / "configuration.json").write_text(json.dumps({"file_path_metas": {"init_param": "model.pt"}}))
+    _, fe = load_funasr_encoder(d)
+    assert fe.cmvn_file == str((d / "am.mvn").resolve())
+    _edit_config(d, lambda c: c["frontend_conf"].update(cmvn_file="/root/.cache/modelscope/para/cmvn.ark"))
+    named = r"frontend_conf.cmvn_file names /root/.cache/modelscope/para/cmvn.ark, which is neither there nor in "
+    with pytest.raises(ConfigError, match=named + r".*am.mvn is, but configuration.json maps"):
+        load_funasr_encoder(d)
+
+
+def test_features_normalized_by_the_model_are_refused(tmp_path, tiny_dir):
+    """config.yaml's `normalize` (UtteranceMVN, GlobalMVN): FunASR applies it before the encoder; llmasr had
+    ignored it without a word."""
+    d = _copy(tiny_dir, tmp_path / "d")
+    _edit_config(d, lambda c: c.update(normalize=None))
+    load_funasr_encoder(d)
+    _edit_config(d, lambda c: c.update(normalize="UtteranceMVN", normalize_conf={}))
+    with pytest.raises(ConfigError, match=r"config.yaml: normalize is 'UtteranceMVN'; FunASR normalizes the features"):
+        load_funasr_encoder(d)
+
+
 def test_missing_model_pt(tmp_path, tiny_dir):
     d = _copy(tiny_dir, tmp_path / "d")
     (d / "model.pt").unlink()
