@@ -55,7 +55,8 @@ def encoder_spec(cfg: EncoderConfig) -> EncoderSpec:
     if cfg.type == "whisper":
         config = whisper_config(cfg.path, cfg.conf)
         base = whisper_frontend(config) if cfg.path is None else whisper_dir_frontend(cfg.path)
-        return EncoderSpec(entry, config.to_dict(), _refine(base, cfg.frontend))
+        frontend = _matching(_refine(base, cfg.frontend), int(config.num_mel_bins), cfg, "config.json's num_mel_bins")
+        return EncoderSpec(entry, config.to_dict(), frontend)
     if cfg.path is not None:
         found, conf, base = funasr_encoder_spec(cfg.path, cfg.conf or None)
         if found.type != cfg.type:
@@ -63,7 +64,10 @@ def encoder_spec(cfg: EncoderConfig) -> EncoderSpec:
                 f"model.encoder.type is {cfg.type!r} but {cfg.path}/config.yaml holds a {found.class_name} "
                 f"({found.type!r})"
             )
-        return EncoderSpec(entry, conf, _fewest_frames(_refine(base, cfg.frontend), cfg.type, conf))
+        frontend = _refine(base, cfg.frontend)
+        if "input_size" in conf:
+            frontend = _matching(frontend, int(conf["input_size"]), cfg, "config.yaml's encoder input_size")
+        return EncoderSpec(entry, conf, _fewest_frames(frontend, cfg.type, conf))
     frontend = _refine(FrontendConfig(), cfg.frontend)
     conf = dict(cfg.conf)
     conf.setdefault("input_size", frontend.feature_dim)
@@ -73,6 +77,17 @@ def encoder_spec(cfg: EncoderConfig) -> EncoderSpec:
             f"{frontend.feature_dim} dims (n_mels x lfr_m of model.encoder.frontend)"
         )
     return EncoderSpec(entry, conf, _fewest_frames(frontend, cfg.type, conf))
+
+
+def _matching(frontend: FrontendConfig, dims: int, cfg: EncoderConfig, what: str) -> FrontendConfig:
+    """`frontend`, refused when model.encoder.frontend made its features another size than the pretrained encoder
+    takes (it failed at the first batch, inside the encoder or the CMVN)."""
+    if frontend.feature_dim != dims:
+        raise ConfigError(
+            f"model.encoder.frontend gives {frontend.feature_dim}-dim features (n_mels x lfr_m), but the encoder of "
+            f"{cfg.path} takes {dims} ({what})"
+        )
+    return frontend
 
 
 def _fewest_frames(frontend: FrontendConfig, kind: str, conf: dict) -> FrontendConfig:

@@ -8,11 +8,12 @@ import torch
 from safetensors.torch import save_file
 
 from llmasr.config_io import ConfigError, from_dict
-from llmasr.models.builder import build_encoder, build_model
+from llmasr.models.builder import build_encoder, build_model, encoder_spec
 from llmasr.models.config import EncoderConfig
 from llmasr.models.encoders import ENCODERS, encoder_entry, entry_for_class, funasr_entry
 from llmasr.testing.tiny_funasr import tiny_sanm_conf, write_funasr_dir
 from llmasr.testing.tiny_recipe import tiny_model_section
+from llmasr.testing.tiny_whisper import write_tiny_whisper_dir
 
 
 def signature(model):
@@ -85,6 +86,19 @@ def test_recipe_type_must_match_the_directory(tmp_path):
     cfg = from_dict(EncoderConfig, {"type": "conformer", "path": str(enc_dir)}, "model.encoder")
     with pytest.raises(ConfigError, match=r"model.encoder.type is 'conformer' but .*config.yaml holds a SANMEncoder"):
         build_encoder(cfg)
+
+
+def test_a_frontend_setting_that_resizes_the_features_is_refused_at_build(tmp_path):
+    """model.encoder.frontend over a pretrained directory may refine (dither), not resize: features of another size
+    than the encoder takes had built and checked fine, then failed at the first batch inside the encoder."""
+    d = write_funasr_dir(tmp_path / "p", encoder_conf=tiny_sanm_conf())
+    assert encoder_spec(EncoderConfig(type="paraformer", path=str(d), frontend={"dither": 0.5})).frontend.dither == 0.5
+    with pytest.raises(ConfigError, match=r"model.encoder.frontend gives 80-dim features \(n_mels x lfr_m\), but the "
+                                          r"encoder of .* takes 560 \(config.yaml's encoder input_size\)"):  # fmt: skip
+        build_encoder(EncoderConfig(type="paraformer", path=str(d), frontend={"lfr_m": 1, "lfr_n": 1}))
+    w = write_tiny_whisper_dir(tmp_path / "w")
+    with pytest.raises(ConfigError, match=r"gives 128-dim features .* takes 80 \(config.json's num_mel_bins\)"):
+        encoder_spec(EncoderConfig(type="whisper", path=str(w), frontend={"n_mels": 128}))
 
 
 def test_encoder_from_conf_takes_init_from_weights(tmp_path):
