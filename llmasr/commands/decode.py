@@ -56,7 +56,9 @@ def model_args(p: argparse.ArgumentParser) -> None:
     src.add_argument("--checkpoint", help="RUN_DIR[/checkpoints/TAG]: decode a training checkpoint directly")
     p.add_argument("--tag", help="checkpoint tag (with --checkpoint RUN_DIR)")
     p.add_argument(
-        "--dtype", choices=("bf16", "fp16", "fp32"), help="LLM dtype (default: as exported, or as the run trained it)"
+        "--dtype",
+        choices=("bf16", "fp16", "fp32"),
+        help="LLM dtype (default: as exported; a checkpoint: its recipe's model.llm.dtype, as a default export)",
     )
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     p.add_argument(

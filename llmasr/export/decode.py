@@ -94,6 +94,7 @@ from llmasr.models.ctc_align import sound_ends
 from llmasr.models.ctc_vocab import LLMCTCTokenizer
 from llmasr.models.decoding import DecodeConfig
 from llmasr.models.fsmn_vad import load_vad
+from llmasr.models.llm import DTYPES
 
 log = logging.getLogger(__name__)
 SOLO = DecodeWorld()  # one process decodes everything
@@ -295,11 +296,10 @@ def load_decode_model(
             log.info("%s: no training.longest_seconds: long audio is not split unless max_window_seconds is set", where)
         return model, cfg, DecodeOptions(training_max_seconds=None if longest is None else float(longest))
     model, info = load_checkpoint_model(checkpoint, tag=tag, trust_remote_code=trust_remote_code)
-    if dtype is not None:  # the LLM in the dtype asked for, as an export's is (the speech branches stay float32)
-        from llmasr.models.llm import DTYPES
-
-        model.llm.to(DTYPES[llm_dtype_name(dtype, "float32")])
     recipe = info["recipe"]
+    # The LLM in the dtype asked for, else the run's model.llm.dtype, as an export's is by default (the speech
+    # branches stay float32): a checkpoint decodes as its default export does.
+    model.llm.to(DTYPES[llm_dtype_name(dtype, recipe.model.llm.dtype)])
     opts = DecodeOptions(max_bad_fraction=float(recipe.data.max_bad_fraction))
     return model, recipe.decode, dataclasses.replace(opts, training_max_seconds=longest_trained(recipe.data))
 

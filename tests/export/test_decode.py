@@ -7,6 +7,7 @@ import json
 
 import pytest
 import torch
+import yaml
 
 from llmasr.commands.decode import DECODE_FLAGS, main
 from llmasr.config_io import ConfigError
@@ -191,7 +192,6 @@ def test_export_and_decode_a_checkpoint_the_trainer_wrote(base_dirs, tmp_path):
     train(recipe, "zero2")
     latest = (run / "checkpoints" / "latest").read_text().strip()
     out = export_model(run, tmp_path / "model", dtype="fp32")
-    import yaml
 
     assert yaml.safe_load((out / "llmasr_model.yaml").read_text())["source"]["tags"] == [latest]
     rc = main(["--model", str(out), "--data", str(data), "--output", str(tmp_path / "hyp"), "--num-workers", "0"])
@@ -334,8 +334,6 @@ def test_decode_config_given_then_saved_then_defaults():
 def test_cli_flags_override_the_exported_decode_settings(exported_dir, corpus, tmp_path, capsys):
     import shutil
 
-    import yaml
-
     model_dir = shutil.copytree(exported_dir, tmp_path / "model")
     desc = yaml.safe_load((model_dir / "llmasr_model.yaml").read_text())
     desc["decode"].update(max_new_tokens=2, batch_seconds=0.01, num_beams=2)
@@ -366,3 +364,17 @@ def test_checkpoint_decoding_takes_the_runs_bad_data_tolerance(runs):
     assert saved == recipe.decode and opts.max_bad_fraction == recipe.data.max_bad_fraction
     model, _, _ = load_decode_model(checkpoint=runs[2], dtype="bf16")  # --dtype holds for a checkpoint too
     assert {p.dtype for p in model.llm.parameters()} == {torch.bfloat16}
+
+
+def test_a_checkpoint_decodes_in_its_recipes_llm_dtype_as_its_default_export(runs, copy_run, tmp_path):
+    """No --dtype: a checkpoint's LLM is in the run's model.llm.dtype, as `llmasr export` writes it by default (it
+    had always been float32, so a checkpoint and its export decoded differently)."""
+    run = copy_run(runs[2], tmp_path / "bf16_run")
+    recipe = yaml.safe_load((run / "recipe.yaml").read_text())
+    recipe["model"]["llm"]["dtype"] = "bfloat16"
+    (run / "recipe.yaml").write_text(yaml.safe_dump(recipe))
+    model, _, _ = load_decode_model(checkpoint=run)
+    assert {p.dtype for p in model.llm.parameters()} == {torch.bfloat16}
+    assert {p.dtype for p in model.encoder.parameters()} == {torch.float32}
+    model, _, _ = load_decode_model(checkpoint=run, dtype="fp32")
+    assert {p.dtype for p in model.llm.parameters()} == {torch.float32}
