@@ -171,6 +171,7 @@ def export_model(
     a run whose recipe sets model.llm.trust_remote_code to load its LLM's Python files."""
 
     out = output_dir(output, overwrite=overwrite, flag="--output", error=ExportError)
+    max_shard_size = shard_bytes(max_shard_size)
     if dtype is not None and dtype not in DTYPE_NAMES:
         raise ExportError(f"--dtype must be one of bf16, fp16, fp32; got {dtype!r}")
     _refuse_the_run_itself(out, checkpoint, tag)
@@ -196,6 +197,22 @@ def export_model(
         raise
     log.info("exported %s (tags %s) to %s", info["run_dir"], ", ".join(info["tags"]), out)
     return Path(output).expanduser()
+
+
+_SIZE_UNITS = {"KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12}  # decimal, as save_pretrained counts
+
+
+def shard_bytes(size: str | int) -> int:
+    """--max-shard-size as bytes: a whole number of bytes, or a number with KB, MB, GB or TB (5GB, 1.5GB)."""
+    text = str(size).strip()
+    number, unit = (text[:-2].strip(), text[-2:].upper()) if text[-2:].upper() in _SIZE_UNITS else (text, "")
+    try:
+        value = float(number) * _SIZE_UNITS.get(unit, 1)
+    except ValueError:
+        value = float("nan")
+    if not (value >= 1 and value < float("inf")) or (not unit and not number.isdigit()):
+        raise ExportError(f"--max-shard-size {size!r}: give bytes (200000000) or a size with KB, MB, GB or TB (5GB)")
+    return int(value)
 
 
 def _refuse_the_run_itself(out: Path, checkpoint, tag: str | None) -> None:

@@ -12,7 +12,7 @@ import torch
 
 from llmasr.commands.export import main
 from llmasr.export import staged_dir
-from llmasr.export.export import export_model, load_checkpoint_model
+from llmasr.export.export import ExportError, export_model, load_checkpoint_model, shard_bytes
 from llmasr.export.exported import load_exported
 from llmasr.run_dir import CheckpointError, list_tags
 from llmasr.run_dir.files import hash_share
@@ -292,6 +292,23 @@ def test_output_must_be_new(runs, tmp_path):
     assert main(["--checkpoint", str(runs[0]), "--output", str(tmp_path / "busy")]) == 1
     assert main(["--checkpoint", str(runs[0]), "--output", str(tmp_path / "busy"), "--overwrite"]) == 0
     assert (tmp_path / "busy" / "llmasr_model.yaml").is_file() and not (tmp_path / "busy" / "f").exists()
+
+
+def test_shard_size_in_bytes_or_with_a_unit_and_refused_before_loading(runs, tmp_path, capsys):
+    """--max-shard-size 200000 (bytes) had reached save_pretrained as the string "200000" and failed there, after
+    the model was loaded and merged, naming no flag."""
+    assert [shard_bytes(v) for v in ("200000", 200000, "5GB", "1.5gb", " 500 MB")] == [
+        200000, 200000, 5 * 10**9, 15 * 10**8, 5 * 10**8,
+    ]  # fmt: skip
+    for bad in ("5GiB", "lots", "0", "-3MB", "1e400"):
+        with pytest.raises(ExportError, match=f"--max-shard-size '{bad}': give bytes"):
+            shard_bytes(bad)
+    out = tmp_path / "sharded"
+    assert main(["--checkpoint", str(runs[0]), "--output", str(out), "--max-shard-size", "5GiB"]) == 1
+    assert "--max-shard-size '5GiB'" in capsys.readouterr().err and not out.exists()
+    assert main(["--checkpoint", str(runs[0]), "--output", str(out), "--max-shard-size", "20000"]) == 0
+    assert len(list((out / "llm").glob("model-*.safetensors"))) > 1
+    load_exported(out)
 
 
 def test_an_output_under_home_is_checked_where_it_is_written(runs, tmp_path, monkeypatch, capsys):
