@@ -63,8 +63,17 @@ def read_description(model_dir: str | Path) -> dict:
             "newer llmasr? upgrade this one)"
         )
     missing = [key for key in ("encoder", "adaptor", "frontend", "llm") if not isinstance(desc.get(key), dict)]
+    if desc.get("ctc") is not None and not isinstance(desc["ctc"], dict):
+        missing.append("ctc")
     if missing:
         raise ExportedModelError(f"{path}: no {', '.join(missing)} section (a damaged or hand-edited file?)")
+    needed = {"encoder": ("type", "conf"), "adaptor": ("conf",), "ctc": ("weight", "vocab")}
+    if desc["llm"].get("kind", "merged") in ("adapter", "base"):
+        needed["llm"] = ("base",)
+    gone = [f"{part}.{key}" for part, keys in needed.items() if desc.get(part) for key in keys if key not in desc[part]]
+    gone += [f"{part}.conf" for part in ("encoder", "adaptor") if not isinstance(desc[part].get("conf", {}), dict)]
+    if gone:
+        raise ExportedModelError(f"{path}: {', '.join(gone)} missing or not a mapping (a damaged or hand-edited file?)")
     return desc
 
 

@@ -139,6 +139,14 @@ def test_a_damaged_or_newer_description_is_refused_naming_the_file(exported, tmp
         (yaml.safe_dump({**desc, "format": "llmasr-exported-2"}), r"format 'llmasr-exported-2', but this llmasr reads"),
         ("format: llmasr-exported-1\nencoder: [unclosed\n", "not readable YAML"),
         (yaml.safe_dump({k: v for k, v in desc.items() if k != "encoder"}), "no encoder section"),
+        # keys inside a section had failed as a bare KeyError: 'type'
+        (
+            yaml.safe_dump({**desc, "encoder": {k: v for k, v in desc["encoder"].items() if k != "type"}}),
+            "encoder.type missing or not a mapping",
+        ),
+        (yaml.safe_dump({**desc, "adaptor": {**desc["adaptor"], "conf": 3}}), "adaptor.conf missing or not a mapping"),
+        (yaml.safe_dump({**desc, "ctc": {"file": "ctc_head.safetensors"}}), "ctc.weight, ctc.vocab missing"),
+        (yaml.safe_dump({**desc, "llm": {**desc["llm"], "kind": "adapter"}}), "llm.base missing"),
     ):
         path.write_text(text)
         with pytest.raises(ExportedModelError, match=f"{path}: {why}"):
