@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import gc
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -43,6 +43,9 @@ class TrainedRun:
     recipe: Recipe
     history: list[dict]  # what train() returns per update
     trained: dict[str, torch.Tensor]  # the trainer's model after its last update: trainable parameters and buffers
+    # The fp32 master weights a ZeRO-0 bf16/fp16 optimizer keeps apart from the model's low-precision copies, by
+    # parameter name (empty when it keeps none: fp32, or ZeRO-1+, whose partitions `trained` does not need).
+    masters: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def reference_model(self):
         """The model the trainer ended with: built from the run's recipe (the same base weights), its trained
@@ -64,6 +67,15 @@ def _trained_tensors(run: Run) -> dict[str, torch.Tensor]:
         out = {n: p.detach().clone().float() for n, p in model.named_parameters() if p.requires_grad}
         out.update({n: b.detach().clone() for n, b in model.named_buffers()})
     return out
+
+
+def _masters(run: Run) -> dict[str, torch.Tensor]:
+    optimizer = run.engine.optimizer
+    low, high = getattr(optimizer, "fp16_groups", None), getattr(optimizer, "fp32_groups", None)
+    if not (isinstance(low, list) and isinstance(high, list) and all(isinstance(g, list) for g in low + high)):
+        return {}
+    names = {id(p): n for n, p in run.engine.module.named_parameters()}
+    return {names[id(p)]: m.detach().clone() for lg, hg in zip(low, high) for p, m in zip(lg, hg)}
 
 
 def train_run(
@@ -88,7 +100,7 @@ def train_run(
         run = Run(recipe, preset)
         try:
             result = run.fit(None, preemption)
-            trained = _trained_tensors(run)
+            trained, masters = _trained_tensors(run), _masters(run)
         finally:
             run.close()
     if len(result["history"]) != updates:
@@ -97,7 +109,7 @@ def train_run(
         run.engine.engine.destroy()
     del run
     gc.collect()  # ZeRO-3's HfDeepSpeedConfig must be gone before the next model is built
-    return TrainedRun(Path(run_dir), recipe, result["history"], trained)
+    return TrainedRun(Path(run_dir), recipe, result["history"], trained, masters)
 
 
 def write_wav(path: Path, seconds: float, seed: int, sr: int = 16000) -> Path:

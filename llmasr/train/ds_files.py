@@ -4,7 +4,8 @@
 engine.save_checkpoint(..., exclude_frozen_parameters=True) writes into RUN_DIR/checkpoints/<tag>/:
 
 - ZeRO-0: `mp_rank_00_model_states.pt` whose "module" is the state dict of the trained parameters (and buffers),
-  in the dtype the engine trained in.
+  in the dtype the engine trained in; under bf16/fp16 its "optimizer" also holds the fp32 master weights, per param
+  group and unnamed (`stage0_masters` names them and reads those).
 - ZeRO-1/2: the same model file (a low-precision copy under bf16/fp16) plus one `*_optim_states.pt` per rank
   holding a flat fp32 partition of the master weights.
 - ZeRO-3: one `zero_pp_rank_R_mp_rank_00_model_states.pt` per rank (parameters are empty placeholders) plus one
@@ -87,7 +88,42 @@ def read_trained_state(tag_dir: str | Path, meta: CheckpointMeta) -> dict[str, t
         if not isinstance(module, dict):
             raise CheckpointError(f"{model_files[0]}: 'module' is not a state dict")
         state = {k: v.float() if v.is_floating_point() else v for k, v in module.items()}
+        state = strip_module_prefix(state)
+        state.update(stage0_masters(first, strip_module_prefix(module), meta.trainable, model_files[0]))
     return strip_module_prefix(state)
+
+
+def stage0_masters(states: dict, module: dict, trainable: list[str], source: Path) -> dict[str, torch.Tensor]:
+    """The fp32 master weights a ZeRO-0 bf16/fp16 checkpoint keeps beside its low-precision `module`: DeepSpeed's
+    optimizer saves them per param group, in the group's order, unnamed. Named by llmasr's grouping (branch,
+    decay or not, model order) and taken only when every one lines up with its tensor (its shape, and rounding to
+    exactly the tensor the module saved); else {} (the module's copy is read, as before)."""
+    opt = states.get("optimizer")
+    groups = opt.get("fp32_groups") if isinstance(opt, dict) else None
+    saved = (opt.get("optimizer_state_dict") or {}).get("param_groups") if isinstance(opt, dict) else None
+    if not groups or not isinstance(saved, list) or len(saved) != len(groups):
+        return {}
+    masters = _named_masters(saved, groups, module, [n for n in trainable if n in module])
+    if masters is None:
+        log.warning("%s: its fp32 master weights do not line up with the model's tensors; reading the model's copy "
+                    "(in the precision it trained in)", source)  # fmt: skip
+    return masters or {}
+
+
+def _named_masters(saved: list, groups: list, module: dict, names: list[str]) -> dict[str, torch.Tensor] | None:
+    from llmasr.train.param_groups import group_name  # the grouping the trainer built the optimizer with
+
+    masters = {}
+    for group, tensors in zip(saved, groups):
+        members = [n for n in names if group_name(n, module[n].dim()) == group.get("name")]
+        if len(members) != len(tensors):
+            return None
+        for name, master in zip(members, tensors):
+            low = module[name]
+            if master.shape != low.shape or not torch.equal(master.to(low.dtype), low):
+                return None
+            masters[name] = master.float()
+    return masters if len(masters) == len(names) else None
 
 
 def consolidate_zero(tag_dir: Path) -> dict[str, torch.Tensor]:

@@ -32,15 +32,29 @@ def _is_norm(module: nn.Module) -> bool:
     return isinstance(module, _NORM_TYPES) or type(module).__name__.endswith(("Norm", "Norm2d", "Norm1d"))
 
 
+def _no_decay_by_name(p_name: str, ndim: int) -> bool:
+    """What a parameter's own name and rank say (a norm module's weights are 1-D as well)."""
+    return ndim < 2 or p_name in _NO_DECAY_NAMES or p_name.endswith("bias")
+
+
 def _no_decay_names(model: nn.Module) -> set[str]:
     names = set()
     for mod_name, module in model.named_modules():
         prefix = f"{mod_name}." if mod_name else ""
         for p_name, p in module.named_parameters(recurse=False):
             ndim = len(getattr(p, "ds_shape", p.shape))  # ZeRO-3 leaves a partitioned weight 1-D and empty
-            if ndim < 2 or _is_norm(module) or p_name in _NO_DECAY_NAMES or p_name.endswith("bias"):
+            if _no_decay_by_name(p_name, ndim) or _is_norm(module):
                 names.add(prefix + p_name)
     return names
+
+
+def group_name(name: str, ndim: int) -> str | None:
+    """The param group a trainable parameter `name` of rank `ndim` lands in, read from the name alone (for files
+    without the model: a ZeRO-0 checkpoint's optimizer lists its fp32 masters per group, unnamed)."""
+    branch = _branch_of_param(name)
+    if branch is None:
+        return None
+    return branch + (NO_DECAY_SUFFIX if _no_decay_by_name(name.rsplit(".", 1)[-1], ndim) else "")
 
 
 def _branch_of_param(name: str) -> str | None:

@@ -20,6 +20,7 @@ from llmasr.run_dir import (
     select_tags,
 )
 from llmasr.safe_load import weights_only_torch_load
+from llmasr.testing.run_dirs import model_section, train_run
 from llmasr.train.ds_files import read_trained_state, strip_module_prefix
 
 
@@ -128,3 +129,21 @@ def test_not_a_run_dir(tmp_path):
         resolve_checkpoint(tmp_path)
     with pytest.raises(CheckpointError, match="not found"):
         resolve_checkpoint(tmp_path / "nope")
+
+
+def test_a_zero0_bf16_checkpoint_reads_its_fp32_master_weights(tmp_path, base_dirs, train_corpus):
+    """ZeRO-0 under bf16 saves the model in bf16 and the optimizer's fp32 masters beside it, per group and unnamed:
+    export and decode read the masters (they had read the bf16 copy, so an fp32 export held bf16 values and
+    differed from a ZeRO-2 export of the same training)."""
+    run = train_run(tmp_path / "bf16_z0", model_section(*base_dirs), train_corpus, preset="zero0", updates=2,
+                    precision="bf16")  # fmt: skip
+    ref = resolve_checkpoint(run.run_dir)
+    meta = read_meta(ref.path)
+    assert run.masters and set(run.masters) == set(meta.trainable)
+    assert any(not torch.equal(m, m.bfloat16().float()) for m in run.masters.values())  # finer than bf16
+    state = read_trained_state(ref.path, meta)
+    for name in meta.trainable:
+        assert torch.equal(state[name], run.masters[name]), name
+    model, _ = load_checkpoint_model(run.run_dir)
+    params = dict(model.named_parameters())
+    assert all(torch.equal(params[name].data, run.masters[name]) for name in meta.trainable)
