@@ -20,17 +20,17 @@ from llmasr.data.torch_fbank import TorchFbank
 FEATURES_ON = ("worker", "device", "auto")
 
 
-def resolve_features_on(setting: str, frontend: FrontendConfig, device=None) -> str:
-    """'worker' or 'device' for `data.features_on`; auto is device on an accelerator (`device`, or CUDA when
-    not given) for an fbank frontend, else worker."""
+def resolve_features_on(setting: str, frontend: FrontendConfig, device=None, *, key: str = "data.features_on") -> str:
+    """'worker' or 'device' for `data.features_on` (`key`: the setting's name in errors); auto is device on an
+    accelerator (`device`, or CUDA when not given) for an fbank frontend, else worker."""
     if setting not in FEATURES_ON:
-        raise ConfigError(f"data.features_on: expected one of {list(FEATURES_ON)}, got {setting!r}")
+        raise ConfigError(f"{key}: expected one of {list(FEATURES_ON)}, got {setting!r}")
     if setting == "auto":
         on_gpu = torch.cuda.is_available() if device is None else torch.device(device).type != "cpu"
         return "device" if on_gpu and frontend.kind == "fbank" else "worker"
     if setting == "device" and frontend.kind != "fbank":
         raise ConfigError(
-            f"data.features_on: device computes Kaldi fbank features; this encoder's frontend is {frontend.kind!r} "
+            f"{key}: device computes Kaldi fbank features; this encoder's frontend is {frontend.kind!r} "
             "(use worker or auto)"
         )
     return setting

@@ -81,6 +81,7 @@ from pathlib import Path
 
 from llmasr.config_io import ConfigError, from_dict
 from llmasr.data.config import DataConfig
+from llmasr.data.device_features import resolve_features_on
 from llmasr.data.loader import SpeechDataLoader, build_decode_loader
 from llmasr.data.long_audio import shift_times
 from llmasr.data.screen import longest_trained
@@ -175,6 +176,7 @@ def search_boost(model, cfg: DecodeConfig, opts: DecodeOptions) -> float:
     window_limit(model, cfg, opts)
     if cfg.vad is not None:
         speech_segmenter(cfg, model.frontend.sample_rate)
+    resolve_features_on(opts.features_on, model.frontend, "cpu", key="features_on (decode --features-on)")
     return boost
 
 

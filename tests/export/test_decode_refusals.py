@@ -116,3 +116,20 @@ def test_the_flags_set_the_decode_settings_they_name():
     args = build_parser().parse_args(["--model", "m", "--data", "d", "--output", "o"])
     kept = decode_config(saved, **{field: getattr(args, dest) for field, dest in DECODE_FLAGS.items()})
     assert (kept.timestamps, kept.trim_leading_silence) == (True, False)
+
+
+def test_features_on_the_device_for_a_whisper_model_is_refused_naming_the_decode_setting(tiny_llm_dir, tmp_path):
+    """--features-on device with a Whisper frontend: refused before anything is written, as decode's own setting
+    (it had failed per manifest, after the output folder was made, naming the recipe key data.features_on)."""
+    from llmasr.export.decode import search_boost
+    from llmasr.models.builder import build_model
+    from llmasr.testing.tiny_recipe import tiny_model_section
+    from llmasr.testing.tiny_whisper import write_tiny_whisper_dir
+
+    section = tiny_model_section(tiny_llm_dir, encoder_dir=write_tiny_whisper_dir(tmp_path / "w"))
+    section["encoder"].update(type="whisper", conf={})
+    model = build_model(section)
+    assert search_boost(model, DecodeConfig(), DecodeOptions(features_on="auto")) >= 0.0
+    with pytest.raises(ConfigError, match=r"features_on \(decode --features-on\): device computes Kaldi fbank "
+                                          r"features; this encoder's frontend is 'whisper'"):  # fmt: skip
+        search_boost(model, DecodeConfig(), DecodeOptions(features_on="device"))
