@@ -330,6 +330,14 @@ def path_field(
     return dataclasses.field(default=default, default_factory=default_factory, metadata=metadata)
 
 
+def not_found(key: str, what: str, path: str | Path) -> str:
+    """The error for a recipe path with nothing there: the key, and for a relative path where it was looked for."""
+    where = ""
+    if not Path(path).is_absolute():
+        where = f" (a relative path is looked for beside the recipe, then in the working directory {Path.cwd()})"
+    return f"{key}: {what} not found: {path}{where}"
+
+
 def _dataclass_args(tp: Any) -> list[type]:
     if dataclasses.is_dataclass(tp):
         return [tp]

@@ -168,3 +168,19 @@ def test_a_number_in_a_string_field_keeps_its_text_and_nan_is_no_number():
     for key in ("optim.branches.llm.lr", "optim.weight_decay", "train.grad_clip"):
         with pytest.raises(ConfigError, match=f"{key}: must be .*finite"):
             load_recipe(data={}, overrides=[f"{key}=.inf"])
+
+
+def test_a_path_with_nothing_there_names_its_key_and_where_it_was_looked_for(tmp_path, monkeypatch):
+    """A recipe without model.llm.path had been checked as the LLM directory ".", and a missing directory was named
+    without its key or the places a relative path is looked for."""
+    from llmasr.models.funasr_dir import read_funasr_config
+    from llmasr.models.llm import check_llm_dir
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError, match=r"model.llm.path: not set; the LLM directory .* is required"):
+        check_llm_dir("")
+    where = rf"\(a relative path is looked for beside the recipe, then in the working directory {tmp_path}\)"
+    with pytest.raises(ConfigError, match=r"model.llm.path: LLM directory not found: \.\./models/qwen " + where):
+        check_llm_dir("../models/qwen")
+    with pytest.raises(ConfigError, match=r"model.encoder.path: FunASR model directory not found: enc " + where):
+        read_funasr_config("enc")

@@ -270,7 +270,8 @@ class ModelConfig:
         try:
             derived = funasr_ctc_settings(self.encoder.path)
         except ConfigError as err:
-            raise ConfigError(f"{path}.from_encoder (reading model.encoder.path): {err}") from err
+            said = str(err).removeprefix("model.encoder.path: ")
+            raise ConfigError(f"{path}.from_encoder (reading model.encoder.path): {said}") from err
         unset = {"vocab": "llm", "blank": None, "seg_dict": None, "init_from": None, "init_prefix": ""}
         for key, value in derived.items():
             own = getattr(self.ctc, key)

@@ -23,7 +23,7 @@ from typing import Any
 import yaml
 from torch import nn
 
-from llmasr.config_io import ConfigError
+from llmasr.config_io import ConfigError, not_found
 from llmasr.data.frontend import FrontendConfig
 from llmasr.models.encoders import EncoderEntry, funasr_class_name, funasr_entry
 from llmasr.models.funasr_checks import check_vocabulary, log_left_out
@@ -54,7 +54,7 @@ def read_funasr_config(model_dir: str | Path) -> dict:
     """Parse `model_dir/config.yaml` into a dict, checking the parts the encoder loader relies on."""
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
-        raise ConfigError(f"FunASR model directory not found: {model_dir}")
+        raise ConfigError(not_found("model.encoder.path", "FunASR model directory", model_dir))
     path = model_dir / "config.yaml"
     if not path.is_file():
         raise ConfigError(

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from llmasr.config_io import ConfigError
+from llmasr.config_io import ConfigError, not_found
 from llmasr.models.config import LoraConfig
 from llmasr.models.llm_files import check_adapter_weights, check_llm_weights, weight_files
 
@@ -38,11 +38,14 @@ class LLMLoadError(ConfigError):
     """The LLM directory cannot be used."""
 
 
-def check_llm_dir(path: str | Path, *, tokenizer: str | Path | None = None) -> Path:
-    """`path` after checking it holds config.json and tokenizer files (those may be in `tokenizer` instead)."""
+def check_llm_dir(path: str | Path, *, tokenizer: str | Path | None = None, key: str = "model.llm.path") -> Path:
+    """`path` after checking it holds config.json and tokenizer files (those may be in `tokenizer` instead); errors
+    name the recipe `key` that gave it."""
+    if not str(path).strip():
+        raise LLMLoadError(f"{key}: not set; the LLM directory (a Hugging Face model directory) is required")
     path = Path(path)
     if not path.is_dir():
-        raise LLMLoadError(f"LLM directory not found: {path}")
+        raise LLMLoadError(not_found(key, "LLM directory", path))
     if not (path / "config.json").is_file():
         raise LLMLoadError(f"{path}: no config.json; expected a Hugging Face model directory (save_pretrained)")
     tok_dir = Path(tokenizer) if tokenizer is not None else path

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from llmasr.config_io import ConfigError, coerce
+from llmasr.config_io import ConfigError, coerce, not_found
 from llmasr.data.frontend import FrontendConfig
 from llmasr.models.state_dict import CheckpointMismatchError, load_into, read_safetensors
 
@@ -233,7 +233,7 @@ def load_whisper_encoder(
     the meta device)."""
     path = Path(path)
     if not path.is_dir():
-        raise FileNotFoundError(f"Whisper directory not found: {path}")
+        raise FileNotFoundError(not_found("model.encoder.path", "Whisper directory", path))
     for name in ("config.json", "preprocessor_config.json"):
         if not (path / name).is_file():
             raise FileNotFoundError(f"{path / name}: missing from the Whisper directory")
