@@ -69,11 +69,12 @@ class RunPlan:
         return f"per epoch: {per} x {self.epochs} epochs = {self.natural}; schedules sized by {self.total}{sized}"
 
 
-def plan_run(recipe, ds: dict, *, rank: int, world_size: int) -> RunPlan:
-    """Build the data side of `recipe` for `rank` and count what the run will do."""
+def plan_run(recipe, ds: dict, *, rank: int, world_size: int, device=None) -> RunPlan:
+    """Build the data side of `recipe` for `rank` and count what the run will do, once. `device`: the one the
+    model trains on, which data.features_on auto follows (None: CUDA when available)."""
     tc = recipe.train
     side = text_side(recipe.model)
-    loaders = build_loaders(recipe, side, rank=rank, world_size=world_size)
+    loaders = build_loaders(recipe, side, rank=rank, world_size=world_size, device=device)
     plan = RunPlan(ds, world_size, tc.epochs, tc.max_updates, side, batches_per_epoch(loaders[1], tc.epochs), loaders)
     if tc.max_updates is not None and tc.max_updates > plan.natural:
         log.warning("train.max_updates=%d but %d epochs hold only %d updates", tc.max_updates, tc.epochs, plan.natural)

@@ -61,14 +61,16 @@ def check_model_frontend(model, expected: FrontendConfig) -> None:
         raise ConfigError(f"the encoder's frontend differs from the one the data was prepared for: {diff}")
 
 
-def build_loaders(recipe, side: TextSide, *, rank: int, world_size: int):
-    """(train loader, train sampler, valid loader or None)."""
+def build_loaders(recipe, side: TextSide, *, rank: int, world_size: int, device=None):
+    """(train loader, train sampler, valid loader or None); `device`: the model's (data.features_on auto)."""
     from llmasr.data.loader import build_dataloader
 
     data = recipe.data
     if not data.train:
         raise ConfigError("data.train: no training manifest given")
-    common = dict(prompt_builder=side.prompt, ctc_tokenizer=side.ctc_tokenizer, rank=rank, world_size=world_size)
+    common = dict(
+        prompt_builder=side.prompt, ctc_tokenizer=side.ctc_tokenizer, rank=rank, world_size=world_size, device=device
+    )
     train_loader, sampler = build_dataloader(data, data.train, side.frontend, train=True, **common)
     if len(sampler) == 0:
         raise ConfigError(

@@ -91,7 +91,7 @@ class Run:
         for note in self.lock.notes if self.lock is not None else []:
             log.warning(note)
         seed_everything(tc.seed)
-        self.plan = plan_run(recipe, self.ds, rank=self.rank, world_size=self.world)  # the arithmetic, once
+        self.plan = plan_run(recipe, self.ds, rank=self.rank, world_size=self.world, device=self.dist.device)
         self.k, self.side, self.per_epoch, self.total = (
             self.plan.grad_accum,
             self.plan.side,

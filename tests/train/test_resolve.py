@@ -87,3 +87,18 @@ def test_validation_hears_its_utterances_from_where_decoding_starts_them(tiny_ll
     train_loader, _, valid_loader = build_loaders(recipe, text_side(recipe.model), rank=0, world_size=1)
     assert valid_loader.dataset.trim_leading_silence is trim  # decode.trim_leading_silence
     assert train_loader.dataset.trim_leading_silence is False  # training hears its clips whole
+
+
+def test_features_on_auto_follows_the_device_the_model_trains_on(tiny_llm_dir, two_corpora, tmp_path, monkeypatch):
+    """auto computes features on the training device when it is an accelerator: a CPU run on a host with CUDA (the
+    launcher's DS_ACCELERATOR=cpu) keeps them in the workers; it had followed torch.cuda.is_available() alone."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    d = tiny_recipe_dict(tiny_llm_dir, train=[two_corpora[0]], valid=[two_corpora[1]], output_dir=tmp_path / "r")
+    recipe = load_recipe(data=d)
+    assert recipe.data.features_on == "auto"
+    ds = resolve_ds_config("zero0", recipe.train, world_size=1)
+    for device, where in ((torch.device("cpu"), "worker"), (torch.device("cuda", 0), "device")):
+        train_loader, _, valid_loader = plan_run(recipe, ds, rank=0, world_size=1, device=device).loaders
+        assert train_loader.dataset.features_on == valid_loader.dataset.features_on == where, device
