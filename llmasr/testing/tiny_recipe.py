@@ -71,6 +71,28 @@ def random_batch(model, targets: list[str], *, frames: list[int] | None = None, 
     return Collator(model.prompt.pad_id, with_ctc=ctc is not None)(items)
 
 
+def wave_batch(model, targets: list[str], seconds: list[float], *, seed: int = 0) -> Batch:
+    """A batch of random waveforms for `targets`, collated as data.features_on: device ships one (`feats` empty,
+    the model computes the features)."""
+    from llmasr.data.device_features import DeviceFeatures
+
+    rng = np.random.default_rng(seed)
+    fx = DeviceFeatures(model.frontend)
+    items = []
+    for i, (target, length) in enumerate(zip(targets, seconds, strict=True)):
+        wave = (rng.standard_normal(int(length * model.frontend.sample_rate)) * 0.1).astype(np.float32)
+        enc = model.prompt.encode(target)
+        ctc = model.ctc_tokenizer
+        items.append({
+            "key": f"utt{i}", "index": i, "target": target, "text_ids": np.asarray(enc.ids, dtype=np.int64),
+            "audio_pos": enc.audio_pos, "target_start": enc.target_start, "duration": length, "wave": wave,
+            "ctc_ids": None if ctc is None else np.asarray(ctc.encode(target), dtype=np.int64),
+            "num_frames": fx.num_frames(wave.size), "feat_dim": model.frontend.feature_dim,
+            "spec_masks": np.zeros((0, 3), np.int64),
+        })  # fmt: skip
+    return Collator(model.prompt.pad_id, with_ctc=model.ctc_tokenizer is not None)(items)
+
+
 def speech_logits(model, batch: Batch) -> torch.Tensor:
     """LLM logits over the merged audio+text sequence of `batch` (what training sees), without gradients."""
     with torch.no_grad():

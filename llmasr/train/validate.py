@@ -17,6 +17,8 @@ the one `llmasr decode` would measure.
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
 from llmasr.scoring import score_corpus
@@ -40,7 +42,7 @@ def validate(engine, loader, decode_cfg, *, with_wer: bool = True) -> dict:
             if batch.empty or batch.duplicate:
                 # A stand-in for an all-bad batch, or a padding repeat of a batch another step scores: run it
                 # (ZeRO-3 ranks must stay in step) but count nothing, so every utterance is scored once.
-                dev = engine.to_device(batch)
+                dev = _features_once(model, engine.to_device(batch))
                 model(dev)
                 if with_wer:
                     model.transcribe(dev, decode_cfg.greedy(max_new_tokens=1), synced_gpus=engine.stage == 3)
@@ -53,10 +55,19 @@ def validate(engine, loader, decode_cfg, *, with_wer: bool = True) -> dict:
     return _metrics(sums, model, with_wer)
 
 
+def _features_once(model, dev):
+    """`dev` with its features computed, when the device computes them (data.features_on): the teacher-forced
+    forward and the greedy pass then share them instead of computing them twice."""
+    if not dev.has_waves:
+        return dev
+    feats, _ = model.batch_features(dev)
+    return dataclasses.replace(dev, feats=feats, wave=dev.wave[:, :0])
+
+
 def _batch_sums(engine, batch, decode_cfg, with_wer: bool) -> dict[str, float]:
     """One batch's share of SUMS: the teacher-forced forward, and with `with_wer` the greedy pass scored."""
     model = engine.module
-    dev = engine.to_device(batch)
+    dev = _features_once(model, engine.to_device(batch))
     out = model(dev)
     sums = {
         "llm_loss": float(out.llm_loss_sum),

@@ -2,14 +2,11 @@
 
 import dataclasses
 
-import numpy as np
 import pytest
 import torch
 
-from llmasr.data.collate import Collator
-from llmasr.data.device_features import DeviceFeatures
 from llmasr.models.builder import build_model
-from llmasr.testing.tiny_recipe import random_batch, tiny_model_section
+from llmasr.testing.tiny_recipe import random_batch, tiny_model_section, wave_batch
 from llmasr.train.flops import FlopCounter
 
 
@@ -108,18 +105,7 @@ def test_features_computed_on_the_device_count_as_the_workers_do(tiny_llm_dir):
     same features computed by the workers (the audio share had been the frame total over zero slots)."""
     torch.manual_seed(0)
     model = build_model(tiny_model_section(tiny_llm_dir, freeze_encoder=True))
-    rng = np.random.default_rng(0)
-    items = []
-    for i, (target, seconds) in enumerate([("hello world", 0.9), ("the quick brown fox jumps", 0.5)]):
-        wave = rng.standard_normal(int(seconds * 16000)).astype(np.float32) * 0.1
-        enc = model.prompt.encode(target)
-        items.append({
-            "key": f"u{i}", "index": i, "target": target, "text_ids": np.asarray(enc.ids), "audio_pos": enc.audio_pos,
-            "target_start": enc.target_start, "ctc_ids": None, "duration": seconds, "wave": wave,
-            "num_frames": DeviceFeatures(model.frontend).num_frames(wave.size),
-            "feat_dim": model.frontend.feature_dim, "spec_masks": np.zeros((0, 3), np.int64),
-        })  # fmt: skip
-    on_device = Collator(model.prompt.pad_id)(items)
+    on_device = wave_batch(model, ["hello world", "the quick brown fox jumps"], [0.9, 0.5])
     feats, lens = model.batch_features(on_device)
     by_workers = dataclasses.replace(on_device, feats=feats, wave=on_device.wave[:, :0])
     assert on_device.has_waves and not by_workers.has_waves and on_device.feat_slots == feats.shape[0] * feats.shape[1]

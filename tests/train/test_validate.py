@@ -256,3 +256,21 @@ def test_padding_duplicates_are_run_but_not_scored(tiny_llm_dir):
     assert once["n_utts"] == len(TARGETS)
     counted_twice = validate(engine, [*batches, batches[1]], DECODE)
     assert counted_twice["n_utts"] == len(TARGETS) + 3  # the unflagged repeat is scored again
+
+
+def test_features_computed_on_the_device_are_computed_once_per_batch(tiny_llm_dir, monkeypatch):
+    """data.features_on: device: the teacher-forced forward and the greedy pass of a validation batch share one
+    fbank (each had computed its own), and score as the same features computed by the workers do."""
+    from llmasr.data.device_features import DeviceFeatures
+    from llmasr.testing.tiny_recipe import wave_batch
+
+    torch.manual_seed(0)
+    model = llmasr.build_model(tiny_model_section(tiny_llm_dir, ctc_weight=0.3))
+    batches = [wave_batch(model, ["zero one", "two three four"], [0.6, 0.9], seed=s) for s in (0, 1)]
+    computed = []
+    call = DeviceFeatures.__call__
+    monkeypatch.setattr(DeviceFeatures, "__call__", lambda self, *a: computed.append(1) or call(self, *a))
+    on_device = validate(plain_engine(model), batches, DECODE)
+    assert len(computed) == len(batches)
+    by_workers = [dataclasses.replace(b, feats=model.batch_features(b)[0], wave=b.wave[:, :0]) for b in batches]
+    assert validate(plain_engine(model), by_workers, DECODE) == on_device
