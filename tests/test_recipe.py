@@ -184,3 +184,17 @@ def test_a_path_with_nothing_there_names_its_key_and_where_it_was_looked_for(tmp
         check_llm_dir("../models/qwen")
     with pytest.raises(ConfigError, match=r"model.encoder.path: FunASR model directory not found: enc " + where):
         read_funasr_config("enc")
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("data.batching.max_seconds=.inf", "data.batching.max_seconds: must be positive and finite"),
+        ("train.peak_tflops=.inf", "train.peak_tflops: must be > 0 TFLOP/s and finite"),
+        ("train.progress_every_s=.inf", "train.progress_every_s: must be >= 0 seconds and finite"),
+    ],
+)
+def test_infinite_budgets_and_rates_are_refused(override, message):
+    """YAML's .inf had passed: one batch of the whole corpus, an MFU of 0, no progress line ever."""
+    with pytest.raises(ConfigError, match=message):
+        load_recipe(data={}, overrides=[override])

@@ -75,8 +75,10 @@ class BatchingConfig:
     def validate(self, path: str) -> None:
         if self.max_seconds is not None and self.max_frames is not None:
             raise ConfigError(f"{path}: set max_seconds or max_frames, not both")
-        if self.max_seconds is not None and not self.max_seconds > 0:
-            raise ConfigError(f"{path}.max_seconds: must be positive, got {self.max_seconds}")
+        if self.max_seconds is not None and not 0 < self.max_seconds < math.inf:
+            raise ConfigError(
+                f"{path}.max_seconds: must be positive and finite (a batch's budget), got {self.max_seconds}"
+            )
         if self.max_frames is not None and self.max_frames <= 0:
             raise ConfigError(f"{path}.max_frames: must be positive, got {self.max_frames}")
         if self.max_target_tokens is not None and self.max_target_tokens <= 0:

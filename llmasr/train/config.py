@@ -242,10 +242,10 @@ class TrainConfig:
         for name in ("save_every_updates", "keep_last", "valid_every_updates", "best_k"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{path}.{name}: must be >= 0, got {getattr(self, name)}")
-        if self.progress_every_s < 0:
-            raise ConfigError(f"{path}.progress_every_s: must be >= 0 seconds, got {self.progress_every_s}")
-        if self.peak_tflops is not None and not self.peak_tflops > 0:
-            raise ConfigError(f"{path}.peak_tflops: must be > 0 TFLOP/s when set, got {self.peak_tflops}")
+        if not 0 <= self.progress_every_s < math.inf:
+            raise ConfigError(f"{path}.progress_every_s: must be >= 0 seconds and finite, got {self.progress_every_s}")
+        if self.peak_tflops is not None and not 0 < self.peak_tflops < math.inf:
+            raise ConfigError(f"{path}.peak_tflops: must be > 0 TFLOP/s and finite when set, got {self.peak_tflops}")
         if not 0 <= self.grad_clip < math.inf:
             raise ConfigError(f"{path}.grad_clip: must be >= 0 and finite (0 disables clipping), got {self.grad_clip}")
         if self.best_mode is None:
