@@ -338,6 +338,26 @@ def not_found(key: str, what: str, path: str | Path) -> str:
     return f"{key}: {what} not found: {path}{where}"
 
 
+def input_paths(obj: Any, prefix: str = ""):
+    """(dotted key, path) of every input path a config holds (fields declared with `path_field`, not outputs, not
+    keywords), through nested sections and lists of sections."""
+    for f in dataclasses.fields(obj):
+        value, kind, key = getattr(obj, f.name), f.metadata.get("path"), f"{prefix}{f.name}"
+        values = value if isinstance(value, list) else [value]
+        if kind == "keys" and isinstance(value, dict):
+            yield from ((f"{key}.{k}", value[k]) for k in f.metadata["path_keys"] if value.get(k))
+        elif kind == "input":
+            for v in values:
+                if dataclasses.is_dataclass(v):
+                    yield from input_paths(v, f"{key}.")
+                elif isinstance(v, str) and v and v not in f.metadata.get("path_keywords", ()):
+                    yield key, v
+        elif kind is None:
+            for v in values:
+                if dataclasses.is_dataclass(v):
+                    yield from input_paths(v, f"{key}.")
+
+
 def _dataclass_args(tp: Any) -> list[type]:
     if dataclasses.is_dataclass(tp):
         return [tp]

@@ -36,7 +36,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from llmasr.config_io import to_dict
+from llmasr.config_io import input_paths, to_dict
 from llmasr.export.staged_dir import output_dir, publish, staging_dir
 from llmasr.export.trained_model import load_checkpoint_model, load_trained  # noqa: F401  (public API here too)
 from llmasr.models.builder import encoder_spec, output_dim
@@ -180,6 +180,7 @@ def export_model(
         checkpoint, tag=tag, average=average, average_by=average_by, trust_remote_code=trust_remote_code
     )
     recipe = info.pop("recipe")
+    _refuse_what_the_run_reads(out, recipe)
     if adapter_only:
         check_adapter_only(model, recipe)
     dtype_name = DTYPE_NAMES[dtype] if dtype else recipe.model.llm.dtype
@@ -213,6 +214,18 @@ def shard_bytes(size: str | int) -> int:
     if not (value >= 1 and value < float("inf")) or (not unit and not number.isdigit()):
         raise ExportError(f"--max-shard-size {size!r}: give bytes (200000000) or a size with KB, MB, GB or TB (5GB)")
     return int(value)
+
+
+def _refuse_what_the_run_reads(out: Path, recipe) -> None:
+    """An --output that is or holds a base model, a file or the data the run's recipe names would be deleted by
+    --overwrite (an adapter-only export even points at its base LLM): refused before anything is written."""
+    for key, path in input_paths(recipe):
+        where = Path(path).expanduser().resolve()
+        if where.is_relative_to(out):
+            raise ExportError(
+                f"--output {out}: {'is' if where == out else 'holds'} {where} ({key} of the run's recipe), which "
+                "writing the export would replace; choose another folder"
+            )
 
 
 def _refuse_the_run_itself(out: Path, checkpoint, tag: str | None) -> None:

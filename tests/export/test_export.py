@@ -371,6 +371,16 @@ def test_output_as_the_current_folder_is_written_in_place(runs, tmp_path, monkey
     load_exported(here)
 
 
+def test_output_over_what_the_run_reads_is_refused(runs, base_dirs, capsys):
+    """--overwrite onto the base LLM (which an --adapter-only export points at) or what holds the encoder would have
+    deleted them; refused, naming the recipe key."""
+    llm, enc = base_dirs
+    for out, key in ((llm, "model.llm.path"), (enc.parent, "model.encoder.path")):
+        assert main(["--checkpoint", str(runs[0]), "--output", str(out), "--overwrite", "--adapter-only"]) == 1
+        assert f"({key} of the run's recipe), which writing the export would replace" in capsys.readouterr().err
+    assert (llm / "config.json").is_file() and (enc / "config.yaml").is_file()
+
+
 def test_output_over_the_run_itself_is_refused(runs, capsys):
     """--overwrite replaces the output folder whole: the run being exported (or what holds it, or its checkpoints)
     is never that folder."""
