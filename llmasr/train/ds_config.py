@@ -147,7 +147,7 @@ def _check_layout(ds: dict, bf16_key: str, source: str) -> None:
         if key in ds and not isinstance(ds[key], dict):
             raise ConfigError(f'{source}: "{key}" is {json.dumps(ds[key])}; write it as an object, e.g. '
                               f'"{key}": {{"enabled": "auto"}}')  # fmt: skip
-    for key in ("sequence_parallel_size", "data_parallel_size", "tensor_parallel.autotp_size"):
+    for key in ("sequence_parallel_size", "data_parallel_size", "tensor_parallel.autotp_size", "pipeline.stages"):
         value = _get(ds, key)
         if value not in (None, 0, 1):
             raise ConfigError(f"{source}: {key} is {value}; llmasr trains data-parallel only (every rank a whole "

@@ -135,6 +135,7 @@ def test_fp16_and_bf16_both_enabled():
         ({"bf16": None}, r'"bf16" is null; write it as an object'),
         ({"sequence_parallel_size": 2}, "sequence_parallel_size is 2; llmasr trains data-parallel only"),
         ({"tensor_parallel": {"autotp_size": 2}}, "tensor_parallel.autotp_size is 2"),
+        ({"pipeline": {"stages": 2}}, "pipeline.stages is 2; llmasr trains data-parallel only"),
         ({"zero_optimization": {"stage": 2, "offload_param": {"device": "cpu"}}},
          r"offload_param.device is 'cpu' but zero_optimization.stage is 2; offload_param needs stage 3"),
         ({"zero_optimization": {"stage": 0, "offload_optimizer": {"device": "cpu"}}},
