@@ -16,15 +16,19 @@ from llmasr.train.check import check
 @command("llmasr check")
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="llmasr check", description="resolve a recipe + DeepSpeed JSON without training")
-    run_args(
-        p, checking=True
-    )  # train's, so that the same command line is checked (--resume, --overwrite: what they would do)
-    p.add_argument("--world-size", type=int, default=int(os.environ.get("WORLD_SIZE", "1")), help="ranks (GPUs)")
+    # train's, so that the same command line is checked (--resume, --overwrite: what they would do)
+    run_args(p, checking=True)
+    p.add_argument("--world-size", type=int, default=None, help="ranks (GPUs); default: $WORLD_SIZE, else 1")
     p.add_argument(
         "--out",
         help="folder for lr_schedule.csv/png (default: train.output_dir, or its check/ once it holds a run)",
     )
     args = parse_run_args(p, list(sys.argv[1:] if argv is None else argv))
+    if args.world_size is None:
+        env = os.environ.get("WORLD_SIZE", "1")
+        if not env.strip().isdigit():
+            p.error(f"WORLD_SIZE={env!r} in the environment is not a number of ranks; pass --world-size N")
+        args.world_size = int(env)
     if args.world_size < 1:
         p.error(f"--world-size must be >= 1, got {args.world_size}")
     recipe = load_recipe(args.config, args.overrides)

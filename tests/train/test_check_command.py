@@ -307,3 +307,20 @@ def test_a_decode_vad_is_loaded_by_the_check(recipe_file, tmp_path, capsys):
     assert code == 2 and "model.pt" in err and "Git LFS" in err
     code, out, err = run_check(capsys, *args, f"decode.vad={tmp_path}")
     assert code == 2 and "decode.vad: " in err and "is not a FunASR VAD directory" in err
+
+
+def test_world_size_from_the_environment_is_read_only_when_not_given(recipe_file, monkeypatch, capsys):
+    """WORLD_SIZE set to something that is not a number had broken even `llmasr check --help` (read while building
+    the parser); it is named when used, and --world-size goes first."""
+    monkeypatch.setenv("WORLD_SIZE", "abc")
+    with pytest.raises(SystemExit) as exit_:
+        main(["--help"])
+    assert exit_.value.code == 0 and "default: $WORLD_SIZE, else 1" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["--config", str(recipe_file), "--deepspeed", "zero2"])
+    assert (
+        "WORLD_SIZE='abc' in the environment is not a number of ranks; pass --world-size N" in capsys.readouterr().err
+    )
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    code, out, _ = run_check(capsys, "--config", str(recipe_file), "--deepspeed", "zero2")
+    assert code == 0 and "world size: 2" in out
