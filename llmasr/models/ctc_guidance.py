@@ -158,14 +158,20 @@ def rescore_nbest(
     nbest: list[list[tuple[str, float]]], log_probs: torch.Tensor, lens: torch.Tensor, tokenizer, weight: float
 ) -> list[int]:
     """Index of the best hypothesis per utterance among its n-best [(text, LLM log-probability)], by
-    (1 - w) * LLM + w * log P_ctc(text re-tokenised into the CTC vocabulary)."""
+    (1 - w) * LLM + w * log P_ctc(text re-tokenised into the CTC vocabulary). A character the vocabulary maps to its
+    blank (SenseVoice's <unk>) is left out of the labels, which may not hold the blank; a text it cannot spell at
+    all (no <unk>) scores the floor instead of stopping the decode."""
     best = []
     for b, hyps in enumerate(nbest):
         frames = log_probs[b, : int(lens[b])].float().cpu()
         joint = []
         for text, llm_score in hyps:
-            ids = tokenizer.encode(text) if text.strip() else []
-            ctc = _ctc_log_prob(frames, ids, tokenizer.blank_id)
+            try:
+                ids = [i for i in tokenizer.encode(text) if i != tokenizer.blank_id] if text.strip() else []
+            except ValueError:  # a character outside a token list without <unk>
+                ctc = FLOOR
+            else:
+                ctc = _ctc_log_prob(frames, ids, tokenizer.blank_id)
             joint.append((1 - weight) * llm_score + weight * max(ctc, FLOOR))
         best.append(max(range(len(hyps)), key=lambda i: joint[i]))
     return best

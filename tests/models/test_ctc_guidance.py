@@ -4,6 +4,7 @@ force, an LLM scripted to insert a word against an oracle CTC head, batched == o
 from __future__ import annotations
 
 import itertools
+import json
 import math
 
 import pytest
@@ -15,10 +16,11 @@ from llmasr.models import ctc_guidance
 from llmasr.models.adaptors import ADAPTOR_TYPES
 from llmasr.models.ctc_guidance import rescore_nbest
 from llmasr.models.ctc_prefix import CTCPrefixScorer, PrefixState
-from llmasr.models.ctc_vocab import ctc_collapse
+from llmasr.models.ctc_vocab import SentencePieceCTCTokenizer, TokenListCTCTokenizer, ctc_collapse
 from llmasr.models.decode_guards import MAX_TOKENS, REPETITION, repeated_tail
 from llmasr.models.decoding import DecodeConfig
 from llmasr.testing.scripted_llm import ScriptedLLM, chain_script
+from llmasr.testing.tiny_funasr import SENSEVOICE_BPE, tiny_sensevoice_conf, write_funasr_dir
 from llmasr.testing.tiny_recipe import OracleCTCHead, random_batch, tiny_model_section
 
 TARGETS = ["zero one two", "three four", "five six seven eight", "nine"]
@@ -187,6 +189,27 @@ def test_nbest_rescoring_picks_the_hypothesis_the_ctc_head_spells(model):
     nbest = [[("three four nine", -0.1), ("three four", -2.0), ("three", -1.0)]]
     assert rescore_nbest(nbest, frames, torch.tensor([20]), tok, 0.0) == [0]
     assert rescore_nbest(nbest, frames, torch.tensor([20]), tok, 0.5) == [1]
+
+
+def test_nbest_rescoring_of_text_the_ctc_vocabulary_cannot_spell(tmp_path):
+    """A hypothesis holding a character the CTC vocabulary lacks: with blank = <unk> (SenseVoice) its id had become
+    a label equal to the blank, scored above probability 1 and picked; with no <unk> at all it stopped the decode."""
+    d = write_funasr_dir(tmp_path / "sv", model="SenseVoiceSmall", encoder_conf=tiny_sensevoice_conf())
+    sp = SentencePieceCTCTokenizer(str(d / SENSEVOICE_BPE), "<unk>")
+    ref = sp.encode("one two")
+    path = [sp.blank_id, *[x for k in ref for x in (k, sp.blank_id)], *[sp.blank_id] * 4]
+    frames = torch.full((1, len(path), sp.vocab_size), -12.0)
+    frames[0, torch.arange(len(path)), torch.tensor(path)] = 0.0
+    frames = frames.log_softmax(-1)
+    assert sp.blank_id in sp.encode("onely twoy")  # "ly"/"y" outside the stand-in's pieces: <unk>, the blank
+    nbest = [[("one two", -1.0), ("onely twoy", -2.0)]]
+    assert rescore_nbest(nbest, frames, torch.tensor([len(path)]), sp, 0.5) == [0]
+    tokens = tmp_path / "tokens.json"
+    tokens.write_text(json.dumps(["<blank>", *"abcdefghijklmnopqrstuvwxyz", "<space>"]))  # no <unk>
+    letters = TokenListCTCTokenizer(str(tokens))
+    frames = OracleCTCHead(letters, {30: "hello world"})(torch.zeros(1, 30, 1), torch.tensor([30]))
+    nbest = [[("hello, world", -0.5), ("hello world", -3.0)]]
+    assert rescore_nbest(nbest, frames, torch.tensor([30]), letters, 0.3) == [1]
 
 
 def test_repeated_tail():
