@@ -14,15 +14,46 @@ phrases were rendered and how many were dropped.
 
 from __future__ import annotations
 
+import contextlib
+import datetime
 from dataclasses import dataclass
 from pathlib import Path
 
 AUDIO_PLACEHOLDER = "<|llmasr_audio|>"
+# The date a chat template that stamps "today" (Llama 3.x, SmolLM3: strftime_now, date_string) renders: a fixed one,
+# so that the prompt a model trains on is the prompt it decodes with, on any day (Llama's own fallback date).
+TEMPLATE_DATE = datetime.datetime(2024, 7, 26)
 HOTWORDS_PLACEHOLDER = "{hotwords}"
 
 
 class PromptError(ValueError):
     """The tokenizer or the prompt settings cannot produce a usable prompt."""
+
+
+class _TemplateDay(datetime.datetime):
+    @classmethod
+    def now(cls, tz=None):
+        return cls.fromtimestamp(TEMPLATE_DATE.timestamp(), tz)
+
+
+@contextlib.contextmanager
+def _fixed_today():
+    """transformers renders a template's strftime_now() from its module's `datetime.now()` (a template may call it
+    whatever date_string says; a callable passed in is replaced by a placeholder): TEMPLATE_DATE while rendering."""
+    try:
+        from transformers.utils import chat_template_utils as ctu
+    except ImportError:
+        yield
+        return
+    real = getattr(ctu, "datetime", None)
+    if not (isinstance(real, type) and issubclass(real, datetime.datetime)):  # another layout: leave it alone
+        yield
+        return
+    ctu.datetime = _TemplateDay
+    try:
+        yield
+    finally:
+        ctu.datetime = real
 
 
 @dataclass(frozen=True)
@@ -89,9 +120,11 @@ class PromptBuilder:
 
     def _render(self, task: str, target: str | None, system: str | None = None) -> str:
         try:
-            return self.tokenizer.apply_chat_template(
-                self._messages(task, target, system), tokenize=False, add_generation_prompt=target is None
-            )
+            with _fixed_today():
+                return self.tokenizer.apply_chat_template(
+                    self._messages(task, target, system), tokenize=False, add_generation_prompt=target is None,
+                    date_string=TEMPLATE_DATE.strftime("%d %b %Y"),
+                )  # fmt: skip
         except Exception as err:  # jinja errors, templates that reject a role
             raise PromptError(f"{self.source}: the chat template failed to render: {err}") from err
 

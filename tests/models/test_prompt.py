@@ -147,3 +147,31 @@ def test_hotword_token_cap_drops_longest_first(hw_tokenizer):
 def test_hotwords_template_needs_its_placeholder(hw_tokenizer):
     with pytest.raises(PromptError, match="hotwords"):
         PromptBuilder(hw_tokenizer, hotwords_template="Hotwords: ")
+
+
+@pytest.mark.parametrize(
+    "stamp",
+    [
+        "{%- set date_string = strftime_now('%d %b %Y') -%}",  # SmolLM3-style: today, unconditionally
+        "{%- if not date_string is defined %}{%- set date_string = strftime_now('%d %b %Y') %}{%- endif %}",  # Llama
+    ],
+)
+def test_a_template_that_stamps_today_renders_one_fixed_date(stamp, monkeypatch):
+    """A prompt is the same on the day a model trains and the day it decodes: a template's "today" (Llama 3.x,
+    SmolLM3) had put each process's own date into the system header."""
+    import datetime
+
+    import transformers.utils.chat_template_utils as ctu
+
+    from llmasr.models.prompt import TEMPLATE_DATE
+    from llmasr.testing.tiny_llm import CHATML_TEMPLATE, train_bpe_tokenizer
+
+    template = stamp + "{{- '<|im_start|>system\\nToday Date: ' + date_string + '<|im_end|>\\n' -}}" + CHATML_TEMPLATE
+    tok = train_bpe_tokenizer(["hello world the quick brown fox 2024 2025 Jan Feb Jul"] * 3)
+    prompts = []
+    for day in (datetime.datetime(2025, 1, 31, 23, 59), datetime.datetime(2025, 2, 1, 0, 1)):
+        clock = type("Clock", (datetime.datetime,), {"now": classmethod(lambda cls, tz=None, d=day: d)})
+        monkeypatch.setattr(ctu, "datetime", clock)
+        prompts.append(PromptBuilder(tok, chat_template=template).encode("hello world").ids)
+    assert prompts[0] == prompts[1]
+    assert TEMPLATE_DATE.strftime("%d %b %Y") in tok.decode(prompts[0])
