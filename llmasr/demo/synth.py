@@ -99,7 +99,8 @@ class CorpusConfig:
             raise SynthError(f"n_dev: must be >= 0, got {self.n_dev}")
         if not self.train_voices or not self.test_voices:
             raise SynthError("train_voices and test_voices must both name at least one espeak-ng voice")
-        shared = sorted(set(self.train_voices) & set(self.test_voices))
+        # espeak-ng reads a voice's language in any case (en-US is en-us) and its variant as written
+        shared = sorted({voice_key(v) for v in self.train_voices} & {voice_key(v) for v in self.test_voices})
         if shared:
             raise SynthError(f"the test voices must be held out from training, but {shared} are in both lists")
         if not 0.0 <= self.digit_fraction <= 1.0:
@@ -138,26 +139,39 @@ def try_install_espeak(log: Callable[[str], None] = print) -> bool:
     return shutil.which("espeak-ng") is not None
 
 
-def _listed(args: list[str], file_prefix: str) -> set[str]:
-    """Names espeak-ng lists (language, voice name, voice file), lowercased."""
+def voice_key(name: str) -> str:
+    """A voice as espeak-ng tells voices apart: the language in any case, the variant as written."""
+    accent, plus, variant = name.partition("+")
+    return accent.lower() + plus + variant
+
+
+def _listed(args: list[str], file_prefix: str, *, files: bool = False) -> set[str]:
+    """Names espeak-ng lists (language, voice name, voice file), lowercased; with `files` only the voice files, as
+    named (espeak-ng opens a variant's file by the name given); SynthError with espeak-ng's own message when it
+    fails or lists nothing."""
     done = subprocess.run([espeak_binary(), *args], capture_output=True, text=True)
     names = set()
     for line in done.stdout.splitlines()[1:]:
         cols = line.split()
-        if len(cols) >= 5:
+        if len(cols) >= 5 and files:
+            names.add(cols[4].removeprefix(file_prefix))
+        elif len(cols) >= 5:
             names |= {cols[1].lower(), cols[3].lower(), cols[4].lower().removeprefix(file_prefix)}
             names |= {c[1:].lower() for c in cols[5:] if c.startswith("(")}  # other languages: "(en 2)"
+    if done.returncode != 0 or not names:
+        said = (done.stderr or done.stdout).strip()[-500:] or f"exit status {done.returncode}"
+        raise SynthError(f"`espeak-ng {' '.join(args)}` lists no voices ({said}); is espeak-ng installed whole?")
     return names
 
 
 def check_voices(names: Sequence[str]) -> None:
     """SynthError naming every voice espeak-ng does not list (it would silently fall back to its default voice)."""
     languages = _listed(["--voices"], "")
-    variants = _listed(["--voices=variant"], "!v/")
+    variants = _listed(["--voices=variant"], "!v/", files=True)
     bad = []
     for name in dict.fromkeys(names):
         accent, _, variant = name.partition("+")
-        if accent.lower() not in languages or (variant and variant.lower() not in variants):
+        if accent.lower() not in languages or (variant and variant not in variants):
             bad.append(name)
     if bad:
         raise SynthError(

@@ -34,6 +34,8 @@ def test_default_voices_hold_out_the_test_voices():
 def test_overlapping_voices_are_rejected_by_name():
     with pytest.raises(SynthError, match=r"en-us\+m3"):
         small_config(test_voices=["en-us+m3", "en-us+m6"]).validate()
+    with pytest.raises(SynthError, match=r"en-us\+m3"):  # espeak-ng reads the language in any case: one voice
+        small_config(test_voices=["en-US+m3"]).validate()
 
 
 def test_plan_is_deterministic_and_uses_each_splits_voices():
@@ -120,6 +122,19 @@ def test_one_utterance_is_written_at_16k(tmp_path):
 def test_unknown_voice_is_reported():
     with pytest.raises(SynthError, match="no-such-voice"):
         synth.check_voices(["en-us", "no-such-voice"])
+    synth.check_voices(["EN-us+m3"])  # a language in any case is the voice
+    with pytest.raises(SynthError, match=r"\['en-us\+M3'\]"):  # espeak-ng falls back to en-us for +M3
+        synth.check_voices(["en-us+m3", "en-us+M3"])
+
+
+def test_an_espeak_that_lists_no_voices_says_why(tmp_path, monkeypatch):
+    """A broken install (its data missing) had been reported as voices espeak-ng does not know."""
+    fake = tmp_path / "espeak-ng"
+    fake.write_text("#!/bin/sh\necho 'Error processing file /usr/share/espeak-ng-data/phontab' >&2\nexit 1\n")
+    fake.chmod(0o755)
+    monkeypatch.setattr(synth, "espeak_binary", lambda: str(fake))
+    with pytest.raises(SynthError, match=r"lists no voices \(Error processing file .*phontab\); is espeak-ng"):
+        synth.check_voices(["en-us+m3"])
 
 
 @needs_espeak
