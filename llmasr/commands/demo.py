@@ -16,6 +16,7 @@ from llmasr.demo.run import (
     DS_CONFIG,
     RECIPE,
     State,
+    check_overrides,
     say,
     stage_corpus,
     stage_decode,
@@ -67,6 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     state = State(workdir)
     t0 = time.time()
     try:
+        check_overrides(args, workdir)
         corpus = stage_corpus(args, workdir, state)
         llm_dir = stage_llm(args, workdir, state, corpus)
         run_dir = stage_train(args, workdir, state, corpus, llm_dir)

@@ -100,8 +100,9 @@ def gpu_count() -> int:
 
 
 def launcher() -> list[str]:
-    exe = shutil.which("deepspeed")
-    return [exe] if exe else [sys.executable, "-m", "deepspeed.launcher.runner"]
+    """DeepSpeed's launcher in this Python (a `deepspeed` first on PATH may belong to another environment, whose
+    ranks would run another torch and llmasr, or none)."""
+    return [sys.executable, "-m", "deepspeed.launcher.runner"]
 
 
 def chance_wer(results_jsonl: str | Path) -> float:
@@ -148,7 +149,10 @@ def stage_corpus(args, workdir: Path, state: State) -> dict:
     fp = fingerprint("corpus", cfg.__dict__)
     if corpus_done(out, cfg) and state.done("corpus", fp) and (out / "am.mvn").is_file():
         say(f"1/5 corpus: reusing {out}")
-        return json.loads((out / "corpus.json").read_text())
+        summary = json.loads((out / "corpus.json").read_text())
+        # the manifests beside corpus.json, wherever the workdir has been moved or copied since
+        summary["manifests"] = {split: str(out / Path(path).name) for split, path in summary["manifests"].items()}
+        return summary
     say("1/5 corpus: synthesizing speech with espeak-ng")
     start = time.time()
     if shutil.which("espeak-ng") is None and not try_install_espeak(say):
@@ -199,16 +203,29 @@ def stage_llm(args, workdir: Path, state: State, corpus: dict) -> Path:
 
 def train_overrides(args, workdir: Path, corpus: dict, llm_dir: Path) -> list[str]:
     m = corpus["manifests"]
+
+    def quoted(path) -> str:  # a YAML string whatever the path holds (",", ": ", "[", " #")
+        return json.dumps(str(Path(path).resolve()))
+
     out = [
-        f"model.llm.path={llm_dir.resolve()}",
-        f"model.encoder.frontend.cmvn_file={(workdir / 'corpus' / 'am.mvn').resolve()}",
-        f"data.train=[{Path(m['train']).resolve()}]",
-        f"data.valid=[{Path(m['dev']).resolve()}]",
-        f"train.output_dir={(workdir / 'run').resolve()}",
+        f"model.llm.path={quoted(llm_dir)}",
+        f"model.encoder.frontend.cmvn_file={quoted(workdir / 'corpus' / 'am.mvn')}",
+        f"data.train=[{quoted(m['train'])}]",
+        f"data.valid=[{quoted(m['dev'])}]",
+        f"train.output_dir={quoted(workdir / 'run')}",
     ]
     if args.quick:
         out += ["train.epochs=20", "data.batching.max_seconds=20", "train.log_every=10", "data.valid_max_utts=20"]
     return out + list(args.overrides)
+
+
+def check_overrides(args, workdir: Path) -> None:
+    """The training recipe with every override, loaded before the first stage: a misspelt key (train.epoch=4) is
+    refused at once, not by the training ranks after the corpus and the LLM are made (ConfigError)."""
+    from llmasr.recipe import load_recipe
+
+    corpus = {"manifests": {split: workdir / "corpus" / f"{split}.jsonl" for split in ("train", "dev")}}
+    load_recipe(RECIPE, train_overrides(args, workdir, corpus, workdir / "llm"))
 
 
 def stage_train(args, workdir: Path, state: State, corpus: dict, llm_dir: Path) -> Path:
@@ -238,7 +255,9 @@ def stage_train(args, workdir: Path, state: State, corpus: dict, llm_dir: Path) 
     start = time.time()
     done = subprocess.run(cmd, env=env, cwd=str(REPO))
     if done.returncode != 0:
-        raise RuntimeError(f"training failed (exit {done.returncode}); see {run_dir / 'train.log'}")
+        log_file = run_dir / "train.log"
+        where = f"see {log_file}" if log_file.is_file() else "its ranks' messages are above"
+        raise RuntimeError(f"training failed (exit {done.returncode}); {where}")
     state.mark("train", fp, time.time() - start, ranks=ranks, gpus=gpus)
     return run_dir
 

@@ -1,0 +1,67 @@
+"""The demo's own plumbing, without synthesizing a corpus or training: the training command line it builds, its
+overrides checked before any stage, and a corpus reused from a workdir that has been moved."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from argparse import Namespace
+from dataclasses import asdict
+
+import pytest
+
+from llmasr.commands.demo import main
+from llmasr.demo import run
+from llmasr.recipe import load_recipe
+from llmasr.testing.run_dirs import write_corpus
+
+
+def _args(**kw) -> Namespace:
+    base = {"quick": True, "overrides": [], "voices": None, "test_voices": None, "workers": 1, "ranks": 2}
+    return Namespace(**{**base, **kw})
+
+
+def test_the_training_overrides_hold_any_workdir_path(tmp_path):
+    """Paths were pasted into the overrides unquoted: a workdir holding ", " or ": " or " #" became a list, a
+    mapping or a cut path (after the corpus and the LLM had been made)."""
+    workdir = tmp_path / "demo, v2: [x] #1"
+    corpus = {"manifests": {s: workdir / "corpus" / f"{s}.jsonl" for s in ("train", "dev")}}
+    recipe = load_recipe(run.RECIPE, run.train_overrides(_args(), workdir, corpus, workdir / "llm"))
+    assert recipe.model.llm.path == str(workdir / "llm")
+    assert [m.path if hasattr(m, "path") else m for m in recipe.data.train] == [str(workdir / "corpus/train.jsonl")]
+    assert recipe.train.output_dir == str(workdir / "run")
+
+
+def test_a_misspelt_override_is_refused_before_the_first_stage(tmp_path, capsys):
+    assert main(["--workdir", str(tmp_path / "w"), "--quick", "train.epoch=4"]) == 1
+    assert "unknown key(s) ['epoch']" in capsys.readouterr().err
+    assert not (tmp_path / "w" / "corpus").exists()  # nothing synthesized first
+
+
+def test_training_runs_under_this_python():
+    """A `deepspeed` first on PATH may belong to another environment."""
+    assert run.launcher()[:3] == [sys.executable, "-m", "deepspeed.launcher.runner"]
+
+
+def test_a_moved_workdir_reuses_its_own_corpus(tmp_path, monkeypatch):
+    """corpus.json records absolute manifest paths: a copied workdir had trained on the original's corpus."""
+
+    def fake_synthesis(out, cfg, workers, log):
+        manifest = write_corpus(out, ["zero one", "two three"], name="train")
+        shutil.copy(manifest, out / "dev.jsonl")
+        summary = {"config": json.loads(json.dumps(asdict(cfg))), "counts": {}, "hours": {},
+                   "manifests": {s: str(out / f"{s}.jsonl") for s in ("train", "dev")}}  # fmt: skip
+        (out / "corpus.json").write_text(json.dumps(summary))
+        return summary
+
+    monkeypatch.setattr(run, "synthesize_corpus", fake_synthesis)
+    monkeypatch.setattr(run, "try_install_espeak", lambda say: True)  # espeak-ng itself is never run here
+    monkeypatch.setattr(run.shutil, "which", lambda name: f"/usr/bin/{name}")
+    first = tmp_path / "first"
+    run.stage_corpus(_args(), first, run.State(first))
+    moved = tmp_path / "moved"
+    shutil.copytree(first, moved)
+    monkeypatch.setattr(run, "synthesize_corpus", lambda *a, **k: pytest.fail("the corpus is made again"))
+    reused = run.stage_corpus(_args(), moved, run.State(moved))
+    assert reused["manifests"] == {s: str(moved / "corpus" / f"{s}.jsonl") for s in ("train", "dev")}
