@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -125,12 +126,15 @@ def _print_scores(scores: dict, long_audio: dict, hot: dict | None) -> None:
 
 def _print_places(summary: dict, total: float, run_dir: Path, model_dir: Path, test_dir: str) -> None:
     """The demo's closing lines on time and where its outputs are."""
-    print("  stage seconds            " + ", ".join(f"{k} {v:.0f}" for k, v in summary["stage_seconds"].items()))
-    print(f"  wall time                {total:.0f} s (stages reused from earlier runs count 0)")
+    print("  stage seconds            " + ", ".join(f"{k} {v:.0f}" for k, v in summary["stage_seconds"].items())
+          + " (when each stage was made)")  # fmt: skip
+    print(f"  wall time                {total:.0f} s (this run; stages it reused from an earlier one count 0)")
     print(f"  run directory            {run_dir}")
-    print(f"  TensorBoard logs         {run_dir / 'tensorboard'}   (tensorboard --logdir {run_dir / 'tensorboard'})")
+    board = run_dir / "tensorboard"
+    print(f"  TensorBoard logs         {board}   (tensorboard --logdir {shlex.quote(str(board))})")
     print(f"  learning-rate schedule   {run_dir / 'lr_schedule.png'} ({run_dir / 'lr_schedule.csv'})")
-    print(f"  exported model           {model_dir}   (llmasr transcribe --model {model_dir} [--timestamps] YOUR.wav)")
+    use = f"llmasr transcribe --model {shlex.quote(str(model_dir))} [--timestamps] YOUR.wav"
+    print(f"  exported model           {model_dir}   ({use})")
     print(f"  decoding results         {test_dir}/results.jsonl, wer.txt")
 
 

@@ -26,6 +26,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import shlex
 import shutil
 import socket
 import subprocess
@@ -249,7 +250,7 @@ def stage_train(args, workdir: Path, state: State, corpus: dict, llm_dir: Path) 
     cmd += ["--config", str(RECIPE), "--deepspeed", str(DS_CONFIG), *(["--resume"] if resume else []), *overrides]
     where = f"{ranks} GPU rank(s)" if gpus else f"{ranks} CPU rank(s) (gloo)"
     say(f"3/5 train: DeepSpeed ZeRO-2 on {where}{', resuming from the latest checkpoint' if resume else ''}")
-    say("  $ " + " ".join(cmd))
+    say("  $ " + shlex.join(cmd))
     env = dict(os.environ)  # CPU ranks split the cores between them (llmasr.train.engine.share_cpu_cores)
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
     start = time.time()
