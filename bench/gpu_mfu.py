@@ -10,12 +10,13 @@ Qwen2 LLM of 28 layers x 1536 with tied 151,936-row embeddings, frozen, with LoR
 rank: `deepspeed.initialize` with the zero2 preset resolved by llmasr, llmasr's per-branch AdamW param groups.
 Each timed step is forward + engine.backward + engine.step, timed with torch.cuda.synchronize on both sides.
 
-MFU = model FLOPs per step / step time / the device's dense peak (bf16: H100 SXM and H200 989 TFLOP/s, H100 PCIe
-756, A100 312; --peak-tflops for others). Model FLOPs count the matrix products the step needs, 2 per
-multiply-add, on each utterance's real lengths (padding is not useful work): forward once; backward twice for the
-trained parts (input and weight gradients) and once for frozen weights that gradients pass through (the LLM body
-and the output head, whose input gradients reach the audio embeddings); attention score and value products with the
-causal half only in the LLM. The output head runs on the labelled positions only, as llmasr computes it.
+MFU = model FLOPs per step / step time / the device's dense peak (llmasr.train.efficiency's table, as train.log; bf16:
+H100 SXM and H200 989 TFLOP/s, H100 PCIe 756, H100 and H200 NVL 835, A100 312; --peak-tflops for others). Model FLOPs
+count the matrix products the step needs, 2 per multiply-add, on each utterance's real lengths (padding is not useful
+work): forward once; backward twice for the trained parts (input and weight gradients) and once for frozen weights that
+gradients pass through (the LLM body and the output head, whose input gradients reach the audio embeddings); attention
+score and value products with the causal half only in the LLM. The output head runs on the labelled positions only, as
+llmasr computes it.
 """
 
 from __future__ import annotations
@@ -33,26 +34,16 @@ sys.path.insert(0, str(HERE))  # sibling helpers when imported from elsewhere
 
 from _common import emit, reproduce_command  # noqa: E402
 
-PEAK_TFLOPS = {  # dense, no sparsity, 16-bit tensor cores
-    "H100 SXM": 989.0,
-    "H100 80GB HBM3": 989.0,
-    "H100 PCIe": 756.0,
-    "H100 NVL": 835.0,
-    "H200": 989.0,
-    "A100": 312.0,
-    "L40S": 362.0,
-}
-
 
 def device_peak_tflops(name: str, precision: str) -> float | None:
-    if precision != "bf16":
-        return None
-    for key, value in PEAK_TFLOPS.items():
-        if key in name:
-            return value
-    if "H100" in name:  # "NVIDIA H100" without a form factor: the SXM part is the common one in clusters
-        return 989.0
-    return None
+    """The device's dense bf16 peak from llmasr's own table (the one train.log's MFU uses); None for other
+    precisions or an unknown device."""
+    import torch
+
+    from llmasr.train.efficiency import table_peak
+
+    peak = table_peak(name, torch.bfloat16) if precision == "bf16" else None
+    return None if peak is None else peak / 1e12
 
 
 def step_flops(size, batch) -> dict:

@@ -22,6 +22,7 @@ log = logging.getLogger("llmasr.train")
 # fragment found in the name wins, so the more specific names come first.
 PEAK_TFLOPS: tuple[tuple[str, float | None, float, float], ...] = (
     ("B200", 2250.0, 2250.0, 80.0),
+    ("H200 NVL", 835.0, 835.0, 60.0),
     ("H200", 989.4, 989.4, 66.9),
     ("H100 PCIe", 756.0, 756.0, 51.2),
     ("H100 NVL", 835.0, 835.0, 60.0),

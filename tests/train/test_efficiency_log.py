@@ -118,6 +118,7 @@ def test_progress_bar_only_on_a_terminal(tmp_path):
 def test_peaks():
     assert table_peak("NVIDIA H100 80GB HBM3", torch.bfloat16) == pytest.approx(989.4e12)
     assert table_peak("NVIDIA H100 PCIe", torch.float16) == pytest.approx(756e12)
+    assert table_peak("NVIDIA H200 NVL", torch.bfloat16) == pytest.approx(835e12)  # "H200" had matched first
     assert table_peak("NVIDIA A100-SXM4-80GB", torch.float32) == pytest.approx(19.5e12)
     assert table_peak("Tesla V100-SXM2-32GB", torch.bfloat16) is None  # no bf16 on that chip
     assert table_peak("Some Future GPU", torch.bfloat16) is None
