@@ -32,6 +32,7 @@ import ctypes
 import gc
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -291,10 +292,18 @@ def run(args, argv: list[str]) -> dict:
     res.update(
         benchmark="train_step_real_depth", command=reproduce_command("bench/train_step.py", argv),
         model=replace(TINY if args.quick else SIZE, freeze_encoder=not args.train_encoder).describe(),
-        dtype="fp32", device=device_name(torch.device("cpu")),
+        dtype="fp32", device=_threads_said(device_name(torch.device("cpu")), args.threads),
         batch=args.batch, seconds=args.seconds, wall_s=time.perf_counter() - t0,
     )  # fmt: skip
     return summarise(res)
+
+
+def _threads_said(device: str, threads: int | None) -> str:
+    """The device line with the torch threads the timed workers ran (--threads sets theirs, not this process's)."""
+    if not threads:
+        return device
+    return re.sub(r"torch threads \d+", f"torch threads {threads}", device) if "torch threads" in device else (
+        f"{device}, torch threads {threads}")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -5,53 +5,46 @@
 
 The batch is 8 utterances of 300 audio + 40 text positions, of which the 40 text positions carry labels (a real
 speech-LLM batch labels only the transcript). The output head is frozen, as under LoRA; the gradient flows to the
-hidden states. Each variant runs in a fresh process and reports its peak resident memory above the baseline
-taken after the head and the inputs exist (CPU), or torch.cuda.max_memory_allocated above the same baseline (GPU).
+hidden states. Each variant runs in a fresh process and reports its peak memory above what is resident once the head
+and the inputs exist (CPU: the resident-set high-water mark reset there; GPU: torch.cuda.max_memory_allocated).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
+from pathlib import Path
 
 
 def run_variant(variant: str, args) -> dict:
     import torch
     from torch import nn
 
+    sys.path.insert(0, str(Path(__file__).resolve().parent))  # sibling helpers when run from elsewhere
+    from _speech_model import PeakMemory
+
     from llmasr.models.losses import IGNORE_INDEX, full_logits_cross_entropy, labels_only_cross_entropy
 
     device = torch.device("cuda" if torch.cuda.is_available() and not args.cpu else "cpu")
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype]
     torch.manual_seed(0)
-    head = nn.Linear(args.hidden, args.vocab, bias=False).to(device=device, dtype=dtype).requires_grad_(False)
+    head = nn.Linear(args.hidden, args.vocab, bias=False, device=device, dtype=dtype).requires_grad_(False)
     seq = args.audio + args.text
     hidden = torch.randn(args.batch, seq, args.hidden, device=device, dtype=dtype, requires_grad=True)
     labels = torch.full((args.batch, seq), IGNORE_INDEX, device=device)
     labels[:, args.audio :] = torch.randint(0, args.vocab, (args.batch, args.text), device=device)
 
-    def peak() -> int:
-        if device.type == "cuda":
-            return torch.cuda.max_memory_allocated()
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-    else:
-        base = peak()
-    if variant == "full":
-        loss = full_logits_cross_entropy(head(hidden), labels)
-    else:
-        loss = labels_only_cross_entropy(hidden, labels, head).loss_sum
-    loss.backward()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return {"variant": variant, "device": str(device), "peak_bytes": peak() - base, "loss": float(loss)}
+    # Above what is resident when the region starts (the high-water mark reset to it: a peak of the set-up, or
+    # memory freed before, is not the loss's)
+    with PeakMemory(device) as mem:
+        if variant == "full":
+            loss = full_logits_cross_entropy(head(hidden), labels)
+        else:
+            loss = labels_only_cross_entropy(hidden, labels, head).loss_sum
+        loss.backward()
+    return {"variant": variant, "device": str(device), "peak_bytes": mem.peak, "loss": float(loss)}
 
 
 def main(argv=None) -> int:

@@ -294,7 +294,10 @@ def main(argv=None) -> int:
     )
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--seconds", type=float, default=10.0)
-    p.add_argument("--repeats", type=int, default=3, help="timed steps per formulation at the headline point")
+    p.add_argument(
+        "--repeats", type=int, default=None,
+        help="timed steps per formulation at the headline point (default 3; --real-depth: 1)",
+    )  # fmt: skip
     p.add_argument("--sweep-seconds", type=float, nargs="*", default=[5, 10, 20, 30])
     p.add_argument("--sweep-seconds-batch", type=int, default=4)
     p.add_argument("--sweep-batch", type=int, nargs="*", default=[1, 2, 4, 8])
@@ -336,10 +339,11 @@ def main(argv=None) -> int:
         args.variants = args.variants or list(_real_depth.VARIANTS)
         if args.quick:
             args.batch, args.seconds = 2, 2.0
-        args.repeats = args.repeats if "--repeats" in argv else 1
+        args.repeats = 1 if args.repeats is None else args.repeats
         res = _real_depth.run(args, argv)
         emit(res, _real_depth.markdown(res), args.json_out)
         return 0
+    args.repeats = 3 if args.repeats is None else args.repeats
     if args.quick:
         args.size, args.batch, args.seconds, args.repeats = "tiny", 2, 2.0, 1
         args.sweep_seconds, args.sweep_seconds_batch = [1.0, 2.0], 2

@@ -58,3 +58,10 @@ def test_quick_real_depth_runs_every_variant(tmp_path, capsys):
         assert r["memory_ratio"] == pytest.approx(r["peak_bytes"] / ref["peak_bytes"])
     out = capsys.readouterr().out
     assert "| llmasr+ctc+ckpt/2 |" in out and "Reproduce: `python bench/train_step.py --real-depth --quick`" in out
+
+
+def test_the_device_line_says_the_threads_the_timed_workers_ran():
+    """--threads sets the workers' threads, not this process's: the line had said this process's count."""
+    line = "AMD EPYC, 2 cores, torch threads 2"
+    assert rd._threads_said(line, 1) == "AMD EPYC, 2 cores, torch threads 1"
+    assert rd._threads_said(line, None) == line
