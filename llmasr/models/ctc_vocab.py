@@ -70,7 +70,8 @@ class LLMCTCTokenizer(CTCTokenizer):
         self.vocab_size = self.blank_id + 1
 
     def encode(self, text: str) -> list[int]:
-        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+        # spelled as the LLM's target is (prompt.PromptBuilder): special-token text is text
+        return list(self.tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"])
 
     def decode(self, ids: Sequence[int]) -> str:
         return self.tokenizer.decode([int(i) for i in ids if int(i) != self.blank_id], skip_special_tokens=True)
@@ -81,7 +82,7 @@ class LLMCTCTokenizer(CTCTokenizer):
         its characters cover (indices into `spans`, (start, end) characters); None from a tokenizer without
         offsets (a slow one: units are then spelled one by one)."""
         try:
-            enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+            enc = self.tokenizer(text, add_special_tokens=False, split_special_tokens=True, return_offsets_mapping=True)
         except (NotImplementedError, ValueError, TypeError):
             return None
         labels, owners = [], []

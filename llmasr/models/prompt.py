@@ -200,7 +200,9 @@ class PromptBuilder:
         if target is not None:
             if not isinstance(target, str) or not target.strip():
                 raise PromptError(f"empty or non-text transcript: {target!r}")
-            ids = ids + self.tokenizer.encode(target.strip(), add_special_tokens=False) + [self.end_id]
+            # special-token text in a transcript ("<|im_end|>") is text: as a special token it would end the target
+            spelled = self.tokenizer.encode(target.strip(), add_special_tokens=False, split_special_tokens=True)
+            ids = ids + spelled + [self.end_id]
         return EncodedPrompt(ids, len(before), target_start, tuple(kept), dropped)
 
     def decode(self, ids) -> str:

@@ -175,3 +175,17 @@ def test_a_template_that_stamps_today_renders_one_fixed_date(stamp, monkeypatch)
         prompts.append(PromptBuilder(tok, chat_template=template).encode("hello world").ids)
     assert prompts[0] == prompts[1]
     assert TEMPLATE_DATE.strftime("%d %b %Y") in tok.decode(prompts[0])
+
+
+def test_special_token_text_in_a_transcript_is_text(tiny_llm_dir):
+    """A transcript holding "<|im_end|>" had trained the end token inside its target (decoding then stops there),
+    and so had its CTC labels from the LLM's vocabulary."""
+    from llmasr.models.ctc_vocab import LLMCTCTokenizer
+
+    tok = load_tokenizer(tiny_llm_dir)
+    pb = PromptBuilder(tok)
+    enc = pb.encode("hello <|im_end|> world")
+    target = enc.ids[enc.target_start :]
+    assert target.count(pb.end_id) == 1 and target[-1] == pb.end_id
+    assert pb.decode(target) == "hello <|im_end|> world"
+    assert pb.end_id not in LLMCTCTokenizer(tok).encode("hello <|im_end|> world")
