@@ -184,7 +184,14 @@ def read_token_list(path: str) -> list[str]:
         lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
         pairs = [ln.split() for ln in lines]
         if pairs and all(len(p) == 2 and p[1].lstrip("-").isdigit() for p in pairs):
-            tokens = [p[0] for p in sorted(pairs, key=lambda p: int(p[1]))]
+            ordered = sorted(pairs, key=lambda p: int(p[1]))
+            for want, (token, given) in enumerate(ordered):  # an id is a head row: a gap would shift every later one
+                if int(given) != want:
+                    raise ValueError(
+                        f"CTC vocabulary {path}: ids must run 0, 1, 2, ... without a gap or a repeat; after "
+                        f"{want} tokens the next is {token!r} with id {given} (expected {want})"
+                    )
+            tokens = [p[0] for p in ordered]
         else:
             tokens = lines
     if not tokens:

@@ -138,6 +138,13 @@ def test_units_txt_with_ids(tmp_path):
     assert tok.blank_id == 0 and tok.vocab_size == 4
     assert tok.encode("one two") == [1, 2]
     assert tok.decode([1, 2]) == "one two"
+    # ids are head rows: a gap or a list starting at 1 had been renumbered by position, shifting every later token
+    for text, at in (("<blk> 0\none 1\ntwo 3\n", "'two' with id 3 \\(expected 2\\)"),
+                     ("one 1\ntwo 2\n", "'one' with id 1 \\(expected 0\\)"),
+                     ("<blk> 0\none 1\ntwo 1\n", "'two' with id 1 \\(expected 2\\)")):  # fmt: skip
+        path.write_text(text)
+        with pytest.raises((ConfigError, ValueError), match=f"ids must run 0, 1, 2, ... .*{at}"):
+            build_ctc_tokenizer(CTCConfig(vocab=str(path)))
 
 
 def test_missing_vocab_file_is_named(tmp_path):
