@@ -274,9 +274,19 @@ def run_suite(args) -> dict:
     suite = Suite(args)
     wanted = set(args.only or [])
     files = suite.prepare()
+    train: dict = {}
+    decode = features = None
+
+    def done_so_far() -> None:  # a suite killed from outside (the machine's own limit) still leaves its results
+        partial = {"train": train, "decode": decode, "features": features, "wall_s": time.monotonic() - t0}
+        save_partial(Path(args.out), partial)
+
     runs = train_runs(args.smoke, liger_skip_reason() if not args.smoke else "model.llm.fused_kernels=liger needs CUDA")
     runs = [r for r in runs if not wanted or r["name"] in wanted]
-    train = {r["name"]: suite.train(r, files["recipe"]) for r in runs if not r["name"].startswith("liger")}
+    for r in runs:
+        if not r["name"].startswith("liger"):
+            train[r["name"]] = suite.train(r, files["recipe"])
+            done_so_far()
     first = next((r for r in train.values() if r["status"] == "ok"), None)
     if wanted and "decode" not in wanted:
         decode = {"status": "skipped", "reason": "not in --only"}
@@ -284,9 +294,14 @@ def run_suite(args) -> dict:
         decode = {"status": "skipped", "reason": "no training run finished: no checkpoint to decode"}
     else:
         decode = suite.decode(first["run_dir"], files["decode_manifest"])
+    done_so_far()
     features = suite.features() if not wanted or "features" in wanted else {"status": "skipped", "reason": "--only"}
+    done_so_far()
     # The optional variant last: the measurements the project needs most come first in the time budget.
-    train.update({r["name"]: suite.train(r, files["recipe"]) for r in runs if r["name"].startswith("liger")})
+    for r in runs:
+        if r["name"].startswith("liger"):
+            train[r["name"]] = suite.train(r, files["recipe"])
+            done_so_far()
     cuda = torch.cuda.is_available() and not args.smoke
     return {
         "benchmark": "gpu_suite",
@@ -303,9 +318,21 @@ def run_suite(args) -> dict:
     }
 
 
+PARTIAL = "partial.json"
+
+
+def save_partial(out: Path, partial: dict) -> None:
+    """The steps done so far, in OUT/partial.json (replaced whole after each step; the final outputs remove it)."""
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / (PARTIAL + ".tmp")
+    tmp.write_text(json.dumps(partial, indent=1, default=str) + "\n")
+    tmp.replace(out / PARTIAL)
+
+
 def write_outputs(out: Path, res: dict, lines: list[str]) -> None:
     """summary.md, summary.json and logs.txt: three files (the GPU machine returns at most eight)."""
     out.mkdir(parents=True, exist_ok=True)
+    (out / PARTIAL).unlink(missing_ok=True)
     logs = res.pop("logs")
     (out / "summary.md").write_text("\n".join(lines) + "\n")
     (out / "summary.json").write_text(json.dumps(res, indent=1, default=str) + "\n")

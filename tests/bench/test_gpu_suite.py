@@ -85,3 +85,29 @@ def test_liger_variant_is_skipped_with_a_reason_without_cuda(monkeypatch):
 def test_reproduce_command_leaves_out_where_files_go():
     argv = ["--out", "/x", "--updates", "10", "--work=/w"]
     assert gpu_suite.reproduce_command(argv) == "bash bench/gpu_suite.sh --updates 10"
+
+
+def test_a_suite_killed_midway_leaves_the_steps_it_finished(tmp_path, monkeypatch):
+    """The suite's results had been written only at its end: a run killed by the machine's own time limit left
+    nothing. Each finished step is in OUT/partial.json; the final outputs replace it."""
+
+    class Killed(Exception):
+        pass
+
+    class StepsThenKill(gpu_suite.Suite):
+        def prepare(self):
+            return {"recipe": "r.yaml", "decode_manifest": "m.jsonl"}
+
+        def train(self, run, recipe):
+            if self.results:
+                raise Killed  # the second run never finishes
+            self.results[run["name"]] = {"status": "ok", "updates": 3}
+            return self.results[run["name"]]
+
+    monkeypatch.setattr(gpu_suite, "Suite", StepsThenKill)
+    args = gpu_suite.argparse.Namespace(out=str(tmp_path / "out"), work=str(tmp_path), budget_s=60.0, only=None,
+                                        smoke=True)  # fmt: skip
+    with pytest.raises(Killed):
+        gpu_suite.run_suite(args)
+    partial = json.loads((tmp_path / "out" / gpu_suite.PARTIAL).read_text())
+    assert partial["train"] == {"zero2_fp32": {"status": "ok", "updates": 3}} and partial["decode"] is None
