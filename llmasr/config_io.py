@@ -168,8 +168,9 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
 
-def _coerce(value: Any, tp: Any, path: str) -> Any:
-    """`value` checked against type `tp` (converted where YAML reads it loosely); ConfigError names `path`."""
+def coerce(value: Any, tp: Any, path: str) -> Any:
+    """`value` checked against type `tp` (converted where YAML reads it loosely: 1e-4 as a string, an int where a
+    float is wanted); ConfigError names `path`."""
     origin = typing.get_origin(tp)
     if tp is Any:
         return _plain(value)
@@ -191,11 +192,6 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
     return _plain(value)
 
 
-def coerce(value: Any, tp: Any, path: str) -> Any:
-    """`value` as type `tp` (YAML reads 1e-4 as a string; an int where a float is wanted); ConfigError names `path`."""
-    return _coerce(value, tp, path)
-
-
 def coerce_arguments(fn, values: dict, path: str) -> dict:
     """`values` for the keyword arguments of `fn`, each converted to its annotated type (unannotated or unknown
     names pass as they are: the callee refuses those); ConfigError names `path`.KEY."""
@@ -203,7 +199,7 @@ def coerce_arguments(fn, values: dict, path: str) -> dict:
         hints = typing.get_type_hints(fn)
     except Exception:  # an annotation that does not resolve here: leave the values to the callee
         return dict(values)
-    return {k: _coerce(v, hints[k], f"{path}.{k}") if k in hints else _plain(v) for k, v in values.items()}
+    return {k: coerce(v, hints[k], f"{path}.{k}") if k in hints else _plain(v) for k, v in values.items()}
 
 
 def _coerce_union(value: Any, tp: Any, path: str) -> Any:
@@ -216,7 +212,7 @@ def _coerce_union(value: Any, tp: Any, path: str) -> Any:
         if arg is type(None):
             continue
         try:
-            return _coerce(value, arg, path)
+            return coerce(value, arg, path)
         except ConfigError as err:
             errors.append(err)
     if len(errors) == 1:  # an optional section or value: its own error names the key at fault
@@ -234,12 +230,12 @@ def _coerce_container(value: Any, tp: Any, path: str) -> Any:
         if not isinstance(value, dict):
             raise ConfigError(f"{path}: expected a mapping, got {type(value).__name__} {value!r}")
         _, val_tp = typing.get_args(tp) or (Any, Any)
-        return {k: _coerce(v, val_tp, f"{path}.{k}") for k, v in value.items()}
+        return {k: coerce(v, val_tp, f"{path}.{k}") for k, v in value.items()}
     if not isinstance(value, (list, tuple)):
         raise ConfigError(f"{path}: expected a list, got {type(value).__name__} {value!r}")
     args = typing.get_args(tp)
     item_tp = args[0] if args else Any
-    items = [_coerce(v, item_tp, f"{path}[{i}]") for i, v in enumerate(value)]
+    items = [coerce(v, item_tp, f"{path}[{i}]") for i, v in enumerate(value)]
     return items if origin is list else tuple(items)
 
 
@@ -287,7 +283,7 @@ def from_dict(cls: type[T], data: dict, path: str = "") -> T:
         raise ConfigError(f"{where}: unknown key(s) {unknown}; known keys are {sorted(fields)}")
     kwargs = {}
     for name, value in data.items():
-        kwargs[name] = _coerce(value, hints[name], f"{path}.{name}" if path else name)
+        kwargs[name] = coerce(value, hints[name], f"{path}.{name}" if path else name)
     try:
         obj = cls(**kwargs)
     except TypeError as err:
