@@ -240,7 +240,6 @@ def convert_funasr(src: str | Path, out: str | Path, *, dtype: str = "fp32", ove
         write_model_dir(
             model, info, Recipe(model=cfg), tmp, DTYPE_NAMES[dtype], training_max_duration=NANO_SEGMENT_SECONDS
         )
-        shutil.rmtree(stage, ignore_errors=True)
         publish(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

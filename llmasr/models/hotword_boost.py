@@ -168,7 +168,8 @@ class HotwordBoost:
             now = match.banked + match.node.depth
             # A token no suffix of the match goes on with ends it (the end token too, which carries nothing on);
             # the tokens some suffix of it does go on with are stepped one by one.
-            add[r] = self.boost * (_step(match, -1, False).banked - now)
+            ended = self.boost * (_step(match, -1, False).banked - now)
+            add[r] = ended
             add[r, joining] = self.boost * (_step(match, -1, True).banked - now)
             f = match.node
             while f is not None:
@@ -177,7 +178,7 @@ class HotwordBoost:
                         after = _step(match, token, _joins(token, self.joins))
                         add[r, token] = self.boost * (after.banked + after.node.depth - now)
                 f = f.fail
-            add[r, self.end_id] = self.boost * (_step(match, -1, False).banked - now)
+            add[r, self.end_id] = ended
         self.matches = seen
         if not seen:
             return scores

@@ -82,15 +82,14 @@ def read_trained_state(tag_dir: str | Path, meta: CheckpointMeta) -> dict[str, t
     if not isinstance(first, dict) or "module" not in first:
         raise CheckpointError(f"{model_files[0]}: no 'module' entry; not a DeepSpeed model-states file")
     if meta.zero_stage >= 1:
-        state = consolidate_zero(tag_dir)
-    else:
-        module = first["module"]
-        if not isinstance(module, dict):
-            raise CheckpointError(f"{model_files[0]}: 'module' is not a state dict")
-        state = {k: v.float() if v.is_floating_point() else v for k, v in module.items()}
-        state = strip_module_prefix(state)
-        state.update(stage0_masters(first, strip_module_prefix(module), meta.trainable, model_files[0]))
-    return strip_module_prefix(state)
+        return strip_module_prefix(consolidate_zero(tag_dir))
+    module = first["module"]
+    if not isinstance(module, dict):
+        raise CheckpointError(f"{model_files[0]}: 'module' is not a state dict")
+    module = strip_module_prefix(module)
+    state = {k: v.float() if v.is_floating_point() else v for k, v in module.items()}
+    state.update(stage0_masters(first, module, meta.trainable, model_files[0]))
+    return state
 
 
 def stage0_masters(states: dict, module: dict, trainable: list[str], source: Path) -> dict[str, torch.Tensor]:
