@@ -26,7 +26,7 @@ from llmasr.data.features import FeatureExtractor
 from llmasr.data.frontend import FrontendConfig
 from llmasr.data.loader import evenly_spaced, make_sampler
 from llmasr.data.manifest import BadRecord, Manifest, MixedManifest
-from llmasr.data.screen import spelling_check
+from llmasr.data.screen import spelling_check, static_visits
 from llmasr.data.speech_check import SpeechFindings
 
 DURATION_TOLERANCE_S = 0.1  # manifest duration vs header duration before a line is reported as mismatched
@@ -224,9 +224,8 @@ def check_data(
             plan["epoch_indices"] = lambda e: mix.epoch_indices(e, data_cfg.seed)
             items = mix.epoch_indices(0, data_cfg.seed)
             report.counted_items = "visits of the weighted mix's first epoch"
-        if items is not None:
-            visits = np.bincount(np.asarray(items, dtype=np.int64), minlength=report.durations.size)
-            report.counted = (int(visits[report.bad_index].sum()), int(visits.sum()))
+        if items is not None:  # as training's start-up check counts them (llmasr.data.screen)
+            report.counted = (int(static_visits(report.bad_index, items).sum()), len(items))
         _preview_batching(report, data_cfg, frontend, np.asarray(tlens, dtype=np.int64), spots, plan)
     return report
 

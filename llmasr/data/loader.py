@@ -64,8 +64,8 @@ class SpeechDataLoader(DataLoader):
         resuming = resume is not None and resume[0] == sampler.epoch
         start = resume[1] if resuming else 0
         if not resuming:  # a resume keeps the epoch's bad-data counts (at another world size it starts at 0)
-            items = sampler._epoch_items(sampler.epoch) if sampler.epoch_indices is not None else None
-            self.bad_data.new_epoch(static_visits(self.bad_data.static, items))
+            items = sampler.epoch_indices(sampler.epoch) if sampler.epoch_indices is not None else None
+            self.bad_data.new_epoch(static_visits([r["index"] for r in self.bad_data.static], items))
         self.consumed = start
         checked = False
         duplicates = sampler.duplicate_steps()

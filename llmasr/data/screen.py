@@ -98,13 +98,14 @@ def refuse_at_start(bad: list[BadItem], total: int, max_bad_fraction: float, nam
     raise TooMuchBadData(probe.message().replace(" are unusable,", " are unusable before training starts,", 1))
 
 
-def static_visits(static: list, epoch_items: np.ndarray | None) -> np.ndarray | None:
-    """How many times an epoch of visits `epoch_items` (a weighted mix's dataset indices, repeats allowed) visits
-    each of the bad lines `static` (BadItems or their dicts); None (no mix): once each."""
-    if epoch_items is None or not static:
+def static_visits(lines, epoch_items: np.ndarray | None) -> np.ndarray | None:
+    """How many times the items `epoch_items` (a weighted mix's visits of an epoch, repeats allowed, or a subset)
+    visit each of the dataset indices `lines` (bad lines); None when every line counts once (no `epoch_items`)."""
+    if epoch_items is None:
         return None
-    lines = np.asarray([int(b["index"] if isinstance(b, dict) else b.index) for b in static], dtype=np.int64)
-    return np.bincount(np.asarray(epoch_items, dtype=np.int64), minlength=int(lines.max()) + 1)[lines]
+    lines = np.asarray(lines, dtype=np.int64)
+    items = np.asarray(epoch_items, dtype=np.int64)
+    return np.bincount(items, minlength=int(lines.max(initial=-1)) + 1)[lines]
 
 
 def start_tracker(manifest, data_cfg, *, name: str, indices, rank: int, world_size: int, ctc_labels=None,
@@ -124,7 +125,7 @@ def start_tracker(manifest, data_cfg, *, name: str, indices, rank: int, world_si
             "against data.max_bad_fraction every epoch. First: %s",
             name, len(counted), total, took, "; ".join(f"{b.where()} {b.reason}" for b in counted[:EXAMPLES]),
         )  # fmt: skip
-    visits = static_visits(counted, epoch_items)
+    visits = static_visits([b.index for b in counted], epoch_items)
     refuse_at_start(counted, total if epoch_items is None else len(epoch_items), data_cfg.max_bad_fraction, name,
                     visits)  # fmt: skip
     tracker = BadDataTracker(data_cfg.max_bad_fraction, name=name)
