@@ -38,7 +38,7 @@ from torch import nn
 
 from llmasr.config_io import input_paths, to_dict
 from llmasr.export.staged_dir import output_dir, publish, staging_dir
-from llmasr.export.trained_model import load_checkpoint_model, load_trained  # noqa: F401  (public API here too)
+from llmasr.export.trained_model import load_checkpoint_model, load_trained, run_recipe  # noqa: F401  (public API)
 from llmasr.models.builder import encoder_spec, output_dim
 from llmasr.models.fingerprint import dir_fingerprint
 from llmasr.models.fsmn_vad import FsmnVad
@@ -174,13 +174,13 @@ def export_model(
     max_shard_size = shard_bytes(max_shard_size)
     if dtype is not None and dtype not in DTYPE_NAMES:
         raise ExportError(f"--dtype must be one of bf16, fp16, fp32; got {dtype!r}")
-    _refuse_the_run_itself(out, checkpoint, tag)
+    run = _refuse_the_run_itself(out, checkpoint, tag)
+    _refuse_what_the_run_reads(out, run_recipe(run, trust_remote_code=trust_remote_code))  # before any weight is read
 
     model, info = load_checkpoint_model(
         checkpoint, tag=tag, average=average, average_by=average_by, trust_remote_code=trust_remote_code
     )
     recipe = info.pop("recipe")
-    _refuse_what_the_run_reads(out, recipe)
     if adapter_only:
         check_adapter_only(model, recipe)
     dtype_name = DTYPE_NAMES[dtype] if dtype else recipe.model.llm.dtype
@@ -228,9 +228,10 @@ def _refuse_what_the_run_reads(out: Path, recipe) -> None:
             )
 
 
-def _refuse_the_run_itself(out: Path, checkpoint, tag: str | None) -> None:
+def _refuse_the_run_itself(out: Path, checkpoint, tag: str | None) -> Path:
     """An --output that is the run directory, holds it or lies in its checkpoints would be deleted with them
-    (--overwrite replaces the whole folder): refused before anything is read. RUN_DIR/export is fine."""
+    (--overwrite replaces the whole folder): refused before anything is read. RUN_DIR/export is fine. Returns the
+    run directory."""
     run = resolve_checkpoint(checkpoint, tag).run_dir.resolve()
     where, ckpts = out.resolve(), (run / CHECKPOINTS).resolve()
     if where == run or run.is_relative_to(where) or where.is_relative_to(ckpts):
@@ -239,6 +240,7 @@ def _refuse_the_run_itself(out: Path, checkpoint, tag: str | None) -> None:
             f"training run {run} being exported, which writing the export would replace; choose another folder "
             f"(e.g. {run / 'export'})"
         )
+    return run
 
 
 def _training_max(recipe) -> float | None:

@@ -212,6 +212,22 @@ def _check_remote_code(recipe, recipe_path: Path, trust_remote_code: bool) -> No
         )
 
 
+def run_recipe(run_dir: Path, *, trust_remote_code: bool = False):
+    """The run's resolved recipe (RUN_DIR/recipe.yaml), read without building anything."""
+    from llmasr.config_io import ConfigError
+    from llmasr.recipe import load_recipe
+
+    recipe_path = run_dir / RECIPE_FILE
+    if not recipe_path.is_file():
+        raise CheckpointError(f"{recipe_path}: missing; the run's resolved recipe is needed to rebuild the model")
+    try:
+        recipe = load_recipe(recipe_path)
+    except ConfigError as err:
+        raise CheckpointError(f"{recipe_path}: {err}") from err
+    _check_remote_code(recipe, recipe_path, trust_remote_code)
+    return recipe
+
+
 def load_checkpoint_model(
     checkpoint: str | Path,
     *,
@@ -222,9 +238,7 @@ def load_checkpoint_model(
 ):
     """(SpeechLLM with the trained tensors loaded, LoRA not merged, float32, eval mode; info dict).
     `trust_remote_code`: allow a run whose recipe loads the LLM's own Python files to do so."""
-    from llmasr.config_io import ConfigError
     from llmasr.models.builder import build_model
-    from llmasr.recipe import load_recipe
 
     if average < 1:
         raise CheckpointError(f"--average {average}: the number of checkpoints to average must be >= 1")
@@ -233,14 +247,7 @@ def load_checkpoint_model(
         tags = select_tags(ref, average, average_by or "last")
     else:
         tags = [ref.tag]
-    recipe_path = ref.run_dir / RECIPE_FILE
-    if not recipe_path.is_file():
-        raise CheckpointError(f"{recipe_path}: missing; the run's resolved recipe is needed to rebuild the model")
-    try:
-        recipe = load_recipe(recipe_path)
-    except ConfigError as err:
-        raise CheckpointError(f"{recipe_path}: {err}") from err
-    _check_remote_code(recipe, recipe_path, trust_remote_code)
+    recipe = run_recipe(ref.run_dir, trust_remote_code=trust_remote_code)
     metas = [read_meta(ref.root / t) for t in tags]
     for t, meta in zip(tags, metas):
         _check_fingerprint(meta, recipe, str(ref.root / t))

@@ -371,9 +371,14 @@ def test_output_as_the_current_folder_is_written_in_place(runs, tmp_path, monkey
     load_exported(here)
 
 
-def test_output_over_what_the_run_reads_is_refused(runs, base_dirs, capsys):
+def test_output_over_what_the_run_reads_is_refused(runs, base_dirs, capsys, monkeypatch):
     """--overwrite onto the base LLM (which an --adapter-only export points at) or what holds the encoder would have
-    deleted them; refused, naming the recipe key."""
+    deleted them; refused, naming the recipe key, before any weight is read (a real-size load takes minutes)."""
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("the checkpoint was loaded before the refusal")
+
+    monkeypatch.setattr("llmasr.export.export.load_checkpoint_model", no_load)
     llm, enc = base_dirs
     for out, key in ((llm, "model.llm.path"), (enc.parent, "model.encoder.path")):
         assert main(["--checkpoint", str(runs[0]), "--output", str(out), "--overwrite", "--adapter-only"]) == 1
