@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -146,6 +147,18 @@ def ctc_loss(
     if reduction == "mean":
         return per_utt.mean()
     return per_utt
+
+
+def ctc_unalignable(lens: Tensor, targets: Tensor, target_lens: Tensor) -> Tensor:
+    """[B] bool: utterances whose labels need more frames than the encoder gave (one per label, plus a blank between
+    each pair of equal neighbours). CTC has no path for them: zero_infinity makes their loss 0, so they teach the
+    head nothing, which the trainer counts instead of letting it pass unseen."""
+    n = targets.size(1)
+    if n == 0:
+        return lens.new_zeros(lens.shape, dtype=torch.bool)
+    pos = torch.arange(1, n, device=targets.device)
+    repeats = ((targets[:, 1:] == targets[:, :-1]) & (pos < target_lens[:, None].to(targets.device))).sum(dim=1)
+    return lens.to(targets.device) < target_lens.to(targets.device) + repeats
 
 
 def ctc_greedy(log_probs: Tensor, lens: Tensor, blank_id: int) -> list[list[int]]:

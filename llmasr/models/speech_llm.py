@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -18,7 +18,7 @@ from torch import nn
 from llmasr.data.batch import Batch
 from llmasr.data.device_features import DeviceFeatures
 from llmasr.data.frontend import FrontendConfig
-from llmasr.models.ctc import ctc_greedy, ctc_loss
+from llmasr.models.ctc import ctc_greedy, ctc_loss, ctc_unalignable
 from llmasr.models.ctc_align import align_words
 from llmasr.models.ctc_compress import ctc_compress
 from llmasr.models.ctc_guidance import CTCPrefixGuide, rescore_nbest
@@ -43,6 +43,7 @@ class SpeechLLMOutput:
     n_correct: torch.Tensor
     ctc_loss_sum: torch.Tensor  # 0 when the CTC head is off
     n_utts: int
+    ctc_unaligned: list[int] = field(default_factory=list)  # batch rows too long for CTC (ctc.ctc_unalignable)
 
 
 class SpeechLLM(nn.Module):
@@ -195,7 +196,12 @@ class SpeechLLM(nn.Module):
             )
             n_utt = max(n_utts, 1) if utt_normalizer is None else utt_normalizer
             loss = loss + self.ctc_weight * ctc_sum / n_utt
-        return SpeechLLMOutput(loss, token.loss_sum.detach(), token.n_tokens, token.n_correct, ctc_sum.detach(), n_utts)
+            unaligned = ctc_unalignable(enc_lens, batch.ctc_ids, batch.ctc_lens).nonzero().flatten().tolist()
+        else:
+            unaligned = []
+        return SpeechLLMOutput(
+            loss, token.loss_sum.detach(), token.n_tokens, token.n_correct, ctc_sum.detach(), n_utts, unaligned
+        )
 
     def ctc_texts(self, log_probs: torch.Tensor, lens: torch.Tensor) -> list[str]:
         """The CTC head's greedy best-path transcripts from its log-probs [B, T, V] and lengths [B]."""

@@ -101,6 +101,7 @@ class Interval:
     aside_s: float = 0.0  # validation and checkpoint saving: not training time
     hotword_lists: int = 0  # utterances trained with a biasing list
     hotwords_dropped: int = 0  # phrases the prompt's token cap dropped from them
+    ctc_unaligned: int = 0  # utterances whose CTC labels outnumber their encoder frames (their CTC loss is 0)
 
     def add(self, stats: dict, wait_s: float) -> None:
         if "count" in stats:
@@ -109,15 +110,19 @@ class Interval:
         self.audio_seconds += stats.get("audio_seconds", 0.0)
         self.hotword_lists += stats.get("hotword_lists", 0)
         self.hotwords_dropped += stats.get("hotwords_dropped", 0)
+        self.ctc_unaligned += stats.get("ctc_unaligned", 0)
         self.wait_s += wait_s
 
     def figures(self, peak_total: float | None) -> dict:
         """utt/s, audio_s/s, tok/s (LLM positions, audio + text), mfu ("n/a" without a peak), padding shares of
         audio frames and LLM positions, and the share of the interval spent waiting for data; with biasing lists in
-        the interval, how many utterances had one (hw_lists) and the phrases the token cap dropped (hw_dropped)."""
+        the interval, how many utterances had one (hw_lists) and the phrases the token cap dropped (hw_dropped); with
+        utterances the CTC head had no path for, how many (ctc_unaligned)."""
         dt = max(time.monotonic() - self.start - self.aside_s, 1e-9)
         c = self.count
         hot = {"hw_lists": self.hotword_lists, "hw_dropped": self.hotwords_dropped} if self.hotword_lists else {}
+        if self.ctc_unaligned:
+            hot["ctc_unaligned"] = self.ctc_unaligned
         return {
             "utt/s": self.utts / dt,
             "audio_s/s": self.audio_seconds / dt,

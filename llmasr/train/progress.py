@@ -163,6 +163,7 @@ class Progress:
         self.every_s = progress_every_s
         self.stream = stream if stream is not None else sys.stderr
         self.next_line = self.t0 + progress_every_s
+        self.unaligned_noted = False
         self.bar = None
         self.writer = None
         if not self.enabled:
@@ -183,6 +184,7 @@ class Progress:
         if not self.enabled:
             return
         self.interval.add(stats, wait_s)
+        self._note_unaligned(update, stats)
         done = update - self.start_update
         eta = (self.total - update) * (time.monotonic() - self.t0) / done if done > 0 else math.nan
         self._show(update, stats, lrs, eta)
@@ -212,6 +214,23 @@ class Progress:
             row["eta_s"] = round(eta, 1) if eta == eta else -1.0
             row.update(mem)
             log.info("train %s", format_pairs(row))
+
+    def _note_unaligned(self, update: int, stats: dict) -> None:
+        """Once a run: the first utterances whose CTC labels outnumber their encoder frames (each logged line counts
+        them after that as ctc_unaligned)."""
+        n = stats.get("ctc_unaligned", 0)
+        if not n or self.unaligned_noted:
+            return
+        self.unaligned_noted = True
+        keys = stats.get("ctc_unaligned_keys") or []
+        shown = f" (on this rank: {', '.join(keys[:5])}{', ...' if len(keys) > 5 else ''})" if keys else ""
+        log.warning(
+            "update %d: %d utterance(s) have more CTC labels than encoder frames%s: CTC has no path for them, so their "
+            "CTC loss is 0 and the head learns nothing from them (the LLM still does). A transcript too long for its "
+            "audio is the usual cause (`llmasr data check --vad DIR` lists speaking rates far from the median); each "
+            "train line counts them as ctc_unaligned",
+            update, n, shown,
+        )  # fmt: skip
 
     def _show(self, update: int, stats: dict, lrs: dict, eta: float) -> None:
         """The bar on a terminal; elsewhere a plain line when `progress_every_s` has passed (and at the last update)."""

@@ -23,6 +23,7 @@ def run_window(engine, window: list[Batch], world_size: int, counter: FlopCounte
     tok_norm = max(n_tok, 1.0) / world_size
     utt_norm = max(n_utt, 1.0) / world_size
     llm_sum = ctc_sum = correct = audio = 0.0
+    unaligned: list[str] = []  # this rank's utterances CTC had no path for (their CTC loss is 0)
     for i, batch in enumerate(window):
         empty = batch.empty
         out = engine.micro_step(
@@ -44,11 +45,12 @@ def run_window(engine, window: list[Batch], world_size: int, counter: FlopCounte
         ctc_sum += float(out.ctc_loss_sum)
         correct += float(out.n_correct)
         audio += batch.audio_seconds
+        unaligned += [batch.keys[i] for i in out.ctc_unaligned]
     count = counter.take().as_list() if counter is not None else []
     lists = sum(bool(h) for b in real for h in b.hotwords)
     dropped = sum(sum(b.hotwords_dropped) for b in real)
-    llm_sum, ctc_sum, correct, audio, lists, dropped, *count = all_reduce_sum(
-        [llm_sum, ctc_sum, correct, audio, lists, dropped, *count], engine.device
+    llm_sum, ctc_sum, correct, audio, lists, dropped, n_unaligned, *count = all_reduce_sum(
+        [llm_sum, ctc_sum, correct, audio, lists, dropped, len(unaligned), *count], engine.device
     )
     stats = {"llm_loss": llm_sum / max(n_tok, 1.0), "acc": correct / max(n_tok, 1.0)}
     model = engine.module
@@ -56,6 +58,7 @@ def run_window(engine, window: list[Batch], world_size: int, counter: FlopCounte
     if getattr(model, "ctc_head", None) is not None:
         stats["ctc_loss"] = ctc_sum / max(n_utt, 1.0)
         loss += model.ctc_weight * stats["ctc_loss"]
+        stats.update(ctc_unaligned=int(n_unaligned), ctc_unaligned_keys=unaligned)  # all ranks; this rank's keys
     stats.update(loss=loss, n_tokens=int(n_tok), n_utts=int(n_utt), audio_seconds=audio)
     stats.update(hotword_lists=int(lists), hotwords_dropped=int(dropped))  # the token cap's drops, logged
     if counter is not None:

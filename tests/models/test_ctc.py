@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from llmasr.config_io import ConfigError, from_dict
 from llmasr.models.config import CTCConfig
-from llmasr.models.ctc import CTCHead, build_ctc_tokenizer, ctc_greedy, ctc_loss, validate_ctc_targets
+from llmasr.models.ctc import CTCHead, build_ctc_tokenizer, ctc_greedy, ctc_loss, ctc_unalignable, validate_ctc_targets
 from llmasr.models.ctc_vocab import ctc_collapse
 
 SENTENCES = ["one two three", "four five six", "seven eight nine zero", "two four six eight", "one three five seven"]
@@ -236,3 +236,20 @@ def test_detached_head_sends_no_gradient_to_the_encoder(detach):
     ctc_loss(head(enc, lens), lens, torch.tensor([[1, 2], [3, 0]]), torch.tensor([2, 1]), blank_id=0).backward()
     assert head.proj.weight.grad is not None and head.proj.weight.grad.abs().sum() > 0
     assert (enc.grad is None) == detach
+
+
+def test_unalignable_is_exactly_where_ctc_has_no_path():
+    """ctc_unalignable marks the utterances whose plain CTC loss is infinite: labels plus the blanks between equal
+    neighbours outnumber the frames; padding past a target's length is never read."""
+    g = torch.Generator().manual_seed(0)
+    b, t_max, s_max, v = 64, 9, 7, 4  # a small vocabulary: many equal neighbours
+    lp = torch.randn(b, t_max, v, generator=g).log_softmax(-1)
+    lens = torch.randint(1, t_max + 1, (b,), generator=g)
+    target_lens = torch.randint(0, s_max + 1, (b,), generator=g)
+    targets = torch.randint(1, v, (b, s_max), generator=g)
+    targets[torch.arange(s_max)[None, :] >= target_lens[:, None]] = targets[0, 0]  # padding equal to its neighbours
+    plain = F.ctc_loss(lp.transpose(0, 1), targets, lens, target_lens, blank=0, reduction="none", zero_infinity=False)
+    marked = ctc_unalignable(lens, targets, target_lens)
+    assert marked.tolist() == torch.isinf(plain).tolist()
+    assert 0 < int(marked.sum()) < b
+    assert not ctc_unalignable(lens, targets[:, :0], torch.zeros(b, dtype=torch.long)).any()

@@ -141,3 +141,26 @@ def test_validation_and_saving_are_not_training_time():
     figures = interval.figures(None)
     assert figures["utt/s"] == pytest.approx(10.0, rel=0.01) and figures["audio_s/s"] == pytest.approx(20.0, rel=0.01)
     assert figures["data_wait"] == pytest.approx(0.5, rel=0.01) and figures["mfu"] == "n/a"
+
+
+def test_utterances_ctc_has_no_path_for_are_counted_and_named(tiny_llm_dir, tmp_path, caplog):
+    """A transcript with more CTC labels than its audio has encoder frames gets CTC loss 0 (zero_infinity): the run
+    says so once, naming the utterance, and each train line counts such utterances."""
+    import json
+    import logging
+
+    manifest = write_tiny_corpus(tmp_path / "corpus", n=8)
+    rows = [json.loads(line) for line in manifest.read_text().splitlines()]
+    rows[3]["target"] = " ".join(["seven eight nine"] * 60)  # hundreds of labels over a second of audio
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    data = tiny_recipe_dict(
+        tiny_llm_dir, train=[manifest], output_dir=tmp_path / "run", ctc_weight=0.3, epochs=1, grad_accum=1,
+        max_seconds=100.0,
+    )  # fmt: skip
+    with caplog.at_level(logging.WARNING, logger="llmasr.train.progress"):
+        train(load_recipe(data=data), "zero0")
+    warned = [r.getMessage() for r in caplog.records if "more CTC labels than encoder frames" in r.getMessage()]
+    assert len(warned) == 1 and rows[3]["key"] in warned[0]
+    lines = [parse_log_line(line) for line in (tmp_path / "run" / "train.log").read_text().splitlines()]
+    counted = [row.get("ctc_unaligned", 0) for row in lines if "update" in row and "loss" in row]
+    assert sum(counted) == 1  # one epoch: the utterance is seen once, the others align
