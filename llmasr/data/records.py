@@ -164,7 +164,8 @@ class _Parser:
         if not isinstance(source, str) or not source.strip():
             raise self.bad(f"field 'source' must be an audio path (string), got {type(source).__name__} {source!r:.60}")
         target = self.optional_target(rec.get("target"), "target")
-        start = self.opt_num(rec, "start") or 0.0
+        given_start = self.opt_num(rec, "start")
+        start = given_start or 0.0
         end = self.opt_num(rec, "end")
         if end is not None and end <= start:
             raise self.bad(f"'end' ({end}) must be after 'start' ({start})")
@@ -176,8 +177,10 @@ class _Parser:
             duration = source_len / FUNASR_FRAMES_PER_SECOND - start
             if duration <= 0:
                 raise self.bad(f"'start' ({start}) is at or past the audio's end (source_len {source_len:g} frames)")
-        elif end is None and start > 0 and duration is not None:
-            end = start + duration  # a segment: `duration` seconds from `start`, not the rest of the file
+        elif end is None and given_start is not None and duration is not None:
+            # a segment: `duration` seconds from `start` (0 included: a recording's first segment), not the rest of
+            # the file; without `start`, `duration` is the whole file's
+            end = start + duration
         target_len = self.opt_num(rec, "target_len", integer=True)
         channel = self.opt_num(rec, "channel", integer=True)
         return Utterance(

@@ -132,6 +132,8 @@ def test_segment_fields(tmp_path):
                 {"key": "s4", "source": "long.wav", "target": "y", "start": 1.0, "source_len": 300},
                 {"key": "s5", "source": "long.wav", "target": "y", "start": 3.5, "source_len": 300},
                 {"key": "s6", "source": "long.wav", "target": "y", "duration": 10**400},
+                {"key": "s7", "source": "long.wav", "target": "y", "start": 0, "duration": 1.0},
+                {"key": "s8", "source": "long.wav", "target": "y", "duration": 3.0},
             ],
         )
     )
@@ -141,6 +143,10 @@ def test_segment_fields(tmp_path):
         m[2]
     with pytest.raises(BadRecord, match=r"n.jsonl:4: "):  # a number past float range: a bad line, not a crash
         m[3]
+    # a recording's first segment (start 0) is `duration` long too; without `start`, `duration` is the whole file's
+    assert (m[4].start, m[4].end, m[4].duration) == (0.0, 1.0, 1.0)
+    assert len(load_audio(m[4].source, sample_rate=16000, start=m[4].start, end=m[4].end)) == 16000
+    assert (m[5].start, m[5].end, m[5].duration) == (0.0, None, 3.0)
 
 
 # ---------------------------------------------------------------------------------------------------- lhotse
