@@ -106,6 +106,10 @@ class BadDataTracker:
     The check runs after every update once `min_items` items have been seen, and unconditionally at epoch end
     (`end_epoch`). Counts are per epoch (`new_epoch` resets them); `state_dict` carries them across a resume.
     Each rank keeps its own tracker over its own share of the data.
+
+    The lines known bad before loading (`static`) are never batched, so an epoch counts them in step with its
+    progress (`advance`): all at once at its start, beside the few good items seen by then, they would read as a
+    bad fraction many times their share and stop a run whose data is well within the limit.
     """
 
     def __init__(
@@ -133,6 +137,9 @@ class BadDataTracker:
         self.by_reason: Counter[str] = Counter()
         self.examples: list[dict] = []
         self.static: list[dict] = []  # bad lines found before loading (manifest parse / header probe)
+        self._static_due: list[list] = []  # this epoch's [category, visits] of static lines, not yet counted
+        self.static_epoch = 0  # the epoch's visits to static lines
+        self.static_counted = 0  # how many of them `advance` has counted so far
         self._logged = 0
         self._suppressed = 0
         self._last_log = 0.0
@@ -164,11 +171,29 @@ class BadDataTracker:
         if len(counts) != len(self.static):
             raise ValueError(f"{len(counts)} visit counts for {len(self.static)} static bad items")
         self.good = 0
-        self.bad = sum(counts)
+        self.bad = 0
         self.by_reason = Counter()
-        for rec, count in zip(self.static, counts):
+        self._static_due = [[reason_category(str(r.get("reason", ""))), c] for r, c in zip(self.static, counts) if c]
+        self.static_epoch = sum(counts)
+        self.static_counted = 0
+
+    def advance(self, progress: float) -> None:
+        """Count the epoch's static bad visits up to `progress` (0..1, the share of its batches received)."""
+        target = self.static_epoch if progress >= 1 else int(self.static_epoch * max(progress, 0.0))
+        self._take(target - self.static_counted, count=True)
+
+    def _take(self, n: int, *, count: bool) -> None:
+        while n > 0 and self._static_due:
+            due = self._static_due[0]
+            k = min(n, due[1])
             if count:
-                self.by_reason[reason_category(str(rec.get("reason", "")))] += count
+                self.bad += k
+                self.by_reason[due[0]] += k
+            self.static_counted += k
+            due[1] -= k
+            n -= k
+            if not due[1]:
+                self._static_due.pop(0)
 
     def add_good(self, n: int = 1) -> None:
         self.good += int(n)
@@ -230,6 +255,7 @@ class BadDataTracker:
             raise TooMuchBadData(self.message(final=final))
 
     def end_epoch(self) -> None:
+        self.advance(1.0)
         self.check(final=True)
 
     def message(self, *, final: bool = False) -> str:
@@ -258,12 +284,14 @@ class BadDataTracker:
             "bad": self.bad,
             "by_reason": dict(self.by_reason),
             "examples": list(self.examples),
-            "static": list(self.static),
+            "static_counted": self.static_counted,
         }
 
     def load_state_dict(self, state: dict) -> None:
+        """The counts of an epoch resumed mid-way, over the epoch `new_epoch` has just set up. The static lines stay
+        this tracker's own (this rank's share, screened at start-up), whatever rank saved the state."""
         self.good = int(state["good"])
         self.bad = int(state["bad"])
         self.by_reason = Counter({str(k): int(v) for k, v in state.get("by_reason", {}).items()})
         self.examples = list(state.get("examples", []))[: self.keep_examples]
-        self.static = list(state.get("static", self.static))
+        self._take(int(state.get("static_counted", 0)), count=False)  # already in bad and by_reason

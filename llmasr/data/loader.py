@@ -49,6 +49,7 @@ class SpeechDataLoader(DataLoader):
     """A DataLoader over a DynamicBucketSampler that accounts bad data and resumes exactly (see module doc)."""
 
     bad_data: BadDataTracker
+    _bad_state: dict | None = None  # this rank's saved counts, taken up when the resumed epoch starts
     consumed: int
     fork_hazard: bool = False  # this Python can deadlock a worker forked beside a collective's thread (worker_start)
 
@@ -63,9 +64,14 @@ class SpeechDataLoader(DataLoader):
         resume = sampler._resume
         resuming = resume is not None and resume[0] == sampler.epoch
         start = resume[1] if resuming else 0
-        if not resuming:  # a resume keeps the epoch's bad-data counts (at another world size it starts at 0)
-            items = sampler.epoch_indices(sampler.epoch) if sampler.epoch_indices is not None else None
-            self.bad_data.new_epoch(static_visits([r["index"] for r in self.bad_data.static], items))
+        items = sampler.epoch_indices(sampler.epoch) if sampler.epoch_indices is not None else None
+        visits = static_visits([r["index"] for r in self.bad_data.static], items)
+        saved, self._bad_state = self._bad_state, None
+        if resuming and saved is None:  # another world size deals the rest afresh: its bad-data counts start at 0
+            visits = [0] * len(self.bad_data.static)
+        self.bad_data.new_epoch(visits)
+        if resuming and saved is not None:  # this rank's counts of the epoch so far
+            self.bad_data.load_state_dict(saved)
         self.consumed = start
         checked = False
         duplicates = sampler.duplicate_steps()
@@ -74,6 +80,7 @@ class SpeechDataLoader(DataLoader):
         for batch in batches:
             self.consumed += 1
             batch.duplicate = self.consumed - 1 in duplicates
+            self.bad_data.advance(self.consumed / max(len(sampler), 1))
             self.bad_data.update(batch)
             if self.consumed >= len(sampler):
                 # Before the epoch's last batch reaches the loop: a loop that stops after it (the training loop
@@ -98,10 +105,13 @@ class SpeechDataLoader(DataLoader):
         }
 
     def load_state_dict(self, state: dict) -> None:
-        self.batch_sampler.load_state_dict(state["sampler"])
-        self.consumed = self.batch_sampler._yielded  # 0 when resharded: the remainder is the epoch dealt afresh
-        if "bad_data" in state:
-            self.bad_data.load_state_dict(state["bad_data"])
+        """`state["bad_data"]`: every rank's tracker state in rank order (the trainer gathers them: each rank counts
+        its own share); this rank's is taken up when the epoch resumes, none at another world size."""
+        sampler = self.batch_sampler
+        sampler.load_state_dict(state["sampler"])
+        self.consumed = sampler._yielded  # 0 when resharded: the remainder is the epoch dealt afresh
+        ranks = state.get("bad_data")
+        self._bad_state = ranks[sampler.rank] if isinstance(ranks, list) and len(ranks) == sampler.world_size else None
 
 
 def open_manifests(specs: Sequence[ManifestSpec | str], *, mix: bool, fill: bool = True, need_target: bool = True):

@@ -94,6 +94,7 @@ def refuse_at_start(bad: list[BadItem], total: int, max_bad_fraction: float, nam
     probe = BadDataTracker(max_bad_fraction, name=name)
     probe.add_static(bad, quiet=True)
     probe.new_epoch(visits)
+    probe.advance(1.0)
     probe.good = total - counted
     raise TooMuchBadData(probe.message().replace(" are unusable,", " are unusable before training starts,", 1))
 

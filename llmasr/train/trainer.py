@@ -148,6 +148,8 @@ class Run:
         start = time.monotonic()
         update = self.engine.global_steps
         tag = ck.tag_for(update)
+        if loader_state is not None:  # DeepSpeed keeps one client state (rank 0's): each rank's bad-data counts go in
+            loader_state = {**loader_state, "bad_data": all_gather_object(loader_state["bad_data"])}
         client = {"llmasr": {"epoch": epoch, "loader": loader_state, "rng": all_gather_object(rng_state())}}
         client["llmasr"]["update"] = update
         if self.rank == 0 and ck.clear_tag(self.ckpt_dir, tag):

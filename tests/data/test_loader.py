@@ -491,3 +491,56 @@ def test_batches_are_cut_on_the_length_augmentation_gives_each_clip(tmp_path):
                 seen.setdefault(i, set()).add(round(s, 2))
             assert len(seconds) * max(seconds) <= 6.0 + 0.07
     assert sum(len(v) > 1 for v in seen.values()) > 10  # each epoch draws its own lengths
+
+
+def test_lines_known_bad_count_in_step_with_the_epoch(tmp_path):
+    """20 blank transcripts in 4,020 lines (0.5%, under a 1% limit). Counted all at the epoch's start beside the few
+    good items seen by then, they had read as 1.9% once the in-epoch check began (1,000 items) and stopped a run
+    whose data is within the limit; counted in step with the epoch's batches, they reach their total at its end."""
+    write_wav(tmp_path / "a.wav", 0.3)
+    good = [{"key": f"u{i}", "source": "a.wav", "target": "hello", "duration": 0.3} for i in range(4000)]
+    blank = [{"key": f"b{i}", "source": "a.wav", "target": "  ", "duration": 0.3} for i in range(20)]
+    m = write_manifest(tmp_path / "m.jsonl", good[:1000] + blank + good[1000:])
+    loader, sampler = build(cfg(max_bad_fraction=0.01, batching={"max_seconds": 12.0, "num_buckets": 1}), [str(m)])
+    tracker, seen = loader.bad_data, 0
+    for i, batch in enumerate(loader, start=1):
+        seen += batch.size
+        assert tracker.bad == int(20 * i / len(sampler)) or i == len(sampler)  # the share of the epoch so far
+    assert seen == 4000 and (tracker.bad, tracker.good) == (20, 4000)
+    assert tracker.by_reason == {"empty target": 20}
+
+
+def test_each_rank_resumes_its_own_bad_data_counts(tmp_path):
+    """Each rank counts its share of the lines known bad (index % world size) and its own bad items; a resume takes
+    up that rank's entry of the gathered state. Rank 1 had taken rank 0's (DeepSpeed keeps one client state), and
+    with it rank 0's share of the known-bad lines for the rest of the run."""
+    path = good_corpus(tmp_path, 30)
+    lines = path.read_text().splitlines()
+    lines += [json.dumps({"key": f"b{i}", "source": "wav_train/u0.wav", "target": " "}) for i in range(5)]
+    lines += [json.dumps({"key": "gone", "source": "gone.wav", "target": "hello", "duration": 0.5})]
+    m = write_manifest(tmp_path / "m.jsonl", lines)
+    data_cfg = cfg(max_bad_fraction=0.9, batching={"max_seconds": 3.0})
+    ranks = [build(data_cfg, [str(m)], rank=r, world_size=2, epoch=0)[0] for r in (0, 1)]
+    full = []
+    for loader in ranks:
+        list(loader)
+        full.append((loader.bad_data.bad, loader.bad_data.good, dict(loader.bad_data.by_reason)))
+    assert full[0] != full[1]  # the shares differ: 30 + 6 lines over 2 ranks, the missing file on one of them
+    states = []
+    for loader in ranks:
+        it = iter(loader)
+        next(it), next(it)
+        states.append(loader.state_dict())
+        del it
+    gathered = {**states[0], "bad_data": [s["bad_data"] for s in states]}  # what the trainer saves
+    for rank in (0, 1):
+        again, _ = build(data_cfg, [str(m)], rank=rank, world_size=2, epoch=0)
+        again.load_state_dict(gathered)
+        list(again)
+        assert (again.bad_data.bad, again.bad_data.good, dict(again.bad_data.by_reason)) == full[rank]
+        assert {r["index"] % 2 for r in again.bad_data.static} == {rank}
+    # saved at another world size, no rank's counts apply: the remainder counts afresh (its known-bad lines not again)
+    one, _ = build(data_cfg, [str(m)], epoch=0)
+    one.load_state_dict(gathered)
+    batches = list(one)
+    assert one.bad_data.bad == sum(b.n_bad for b in batches) and one.bad_data.good == sum(b.size for b in batches)

@@ -78,6 +78,10 @@ def test_two_ranks_continued_by_one_train_the_same_updates(tiny_recipe_file, tmp
     whole = log_rows(two)
     assert [(r["update"], r["epoch"]) for r in whole] == [(1, 0), (2, 0), (3, 0), (4, 1), (5, 1), (6, 1)]
     source = two / "checkpoints" / ck.tag_for(1)
+    if preset != "zero3":  # DeepSpeed writes rank 0's client state only: it holds every rank's bad-data counts
+        client = torch.load(source / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False)["llmasr"]
+        shares = client["loader"]["bad_data"]
+        assert isinstance(shares, list) and len(shares) == 2 and all("good" in share for share in shares)
 
     run = Run(one_rank_recipe(tiny_recipe_file, tmp_path / "one", "train.grad_accum=4"), preset, resume=str(source))
     assert run.world == 1
