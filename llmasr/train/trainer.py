@@ -245,7 +245,11 @@ class Run:
             return None
 
         start = time.monotonic()
-        metrics = validate(self.engine, self.valid_loader, self.recipe.decode)
+        course = rng_state()  # the valid loader's iterator draws its seed from torch's RNG, which dropout uses
+        try:
+            metrics = validate(self.engine, self.valid_loader, self.recipe.decode)
+        finally:
+            set_rng_state(course)  # so validating (or a stop before a due one) leaves training's course alone
         self.progress.aside(time.monotonic() - start)
         self.valid_update = self.engine.global_steps
         self.engine.train(True)

@@ -197,6 +197,26 @@ def test_trainer_logs_ctc_wer(tiny_llm_dir, tmp_path):
     assert "valid/ctc_wer" in events.Tags()["scalars"]
 
 
+def test_validating_leaves_the_training_course_as_it_was(tiny_llm_dir, tmp_path):
+    """A validation pass draws nothing from the RNGs training uses (the valid loader's iterator had drawn its seed
+    from torch's, which dropout uses): validating every 2 updates trains the same losses as not validating mid-epoch,
+    so changing train.valid_every_updates on resume, or a stop before a due validation, leaves the course alone."""
+    from llmasr.recipe import load_recipe
+    from llmasr.testing.tiny_corpus import tiny_recipe_dict, write_tiny_corpus
+    from llmasr.train.trainer import train
+
+    train_m = write_tiny_corpus(tmp_path / "train", n=12)
+    dev_m = write_tiny_corpus(tmp_path / "dev", n=3, seed=1)
+    losses = []
+    for every in (0, 2):
+        data = tiny_recipe_dict(
+            tiny_llm_dir, train=[train_m], valid=[dev_m], output_dir=tmp_path / f"run{every}", grad_accum=1,
+            dropout=0.1, valid_every_updates=every, best_k=0, epochs=2,
+        )  # fmt: skip
+        losses.append([h["loss"] for h in train(load_recipe(data=data), "zero0")["history"]])
+    assert len(losses[0]) >= 6 and losses[0] == losses[1]
+
+
 TWO_RANK_SCRIPT = """
 import json, sys
 sys.path.insert(0, {tests_dir!r})
