@@ -295,10 +295,15 @@ class Run:
                 if self.valid_update != self.engine.global_steps and not signum:
                     last_metrics = self.validate() or last_metrics
                 metrics = last_metrics if self.valid_update == self.engine.global_steps else None
-                if stop:
+                ended = self.train_loader.consumed >= len(self.sampler)
+                if self.last_saved == self.engine.global_steps:
+                    pass  # resumed from this very update (an epoch's end saved mid-epoch): saving it again deletes it
+                elif stop and not ended:
                     self.save(epoch, self.train_loader.state_dict(), metrics)
+                else:  # the epoch's end, max_updates reached there or not: a resume starts the next epoch
+                    self.save(epoch + 1, None, metrics)
+                if stop:
                     break
-                self.save(epoch + 1, None, metrics)
                 if signum and epoch + 1 < tc.epochs:
                     return self._stopped(signum, epoch + 1, None, history)
         except Exception as err:

@@ -252,3 +252,23 @@ def test_a_checkpoint_that_counted_every_epoch_as_the_first_resumes(caplog):
     meta.batches_per_epoch = [906, 905, 906]
     with pytest.raises(ConfigError, match="a manifest changed"):
         rs.check_batches(meta, [906, 906, 906], Path("ck"))
+
+
+def test_max_updates_at_an_epoch_end_saves_the_next_epoch_start(tiny_llm_dir, corpus, tmp_path):
+    """max_updates reached by an epoch's last window: the checkpoint is that of the epoch's end (the next epoch, no
+    loader position), as an uninterrupted run saves it. It had kept the emptied epoch's position: a resume re-entered
+    it, validated again and saved the same update afresh, deleting the checkpoint it resumed from first."""
+    run = tmp_path / "run"
+    dev = write_tiny_corpus(tmp_path / "dev", n=3, seed=1)
+    first = recipe(tiny_llm_dir, corpus, run, epochs=2, max_updates=3, valid=[dev])
+    assert [h["update"] for h in train(first, "zero0")["history"]] == [1, 2, 3]
+    meta = ck.read_meta(run / "checkpoints" / ck.tag_for(3))
+    assert meta.epoch == 1
+    again = recipe(tiny_llm_dir, corpus, run, epochs=2, overrides=["train.resume=latest"], valid=[dev])
+    assert [(h["update"], h["epoch"]) for h in train(again, "zero0")["history"]] == [(4, 1), (5, 1), (6, 1)]
+    log = (run / ck.TRAIN_LOG).read_text()
+    assert "was there from before" not in log
+    assert [line.split(" valid update=")[1].split()[0] for line in log.splitlines() if " valid update=" in line] == [
+        "3",
+        "6",
+    ]
