@@ -90,7 +90,14 @@ class SpeechLLM(nn.Module):
         super().train(mode)
         if mode:
             for name in self.frozen_branches():
-                getattr(self, name).eval()
+                branch = getattr(self, name)
+                branch.eval()
+                # Gradients still pass through a frozen LLM to the adaptor, so its activations are kept unless
+                # recomputed; its checkpointed modules recompute only in training mode. Those modules alone are put
+                # back (their children, dropout among them, stay in eval).
+                for module in branch.modules():
+                    if getattr(module, "gradient_checkpointing", False) is True:
+                        module.training = True
         return self
 
     # -- forward ------------------------------------------------------------------------------------------------

@@ -64,3 +64,24 @@ def test_checkpoint_every_is_validated():
     with pytest.raises(ConfigError, match="gradient_checkpointing is off"):
         LLMConfig(path="x", checkpoint_every=2).validate("model.llm")
     LLMConfig(path="x", gradient_checkpointing=True, checkpoint_every=2).validate("model.llm")
+
+
+@pytest.mark.parametrize("lora", [True, False])
+def test_a_frozen_llm_without_lora_still_recomputes(tiny_llm_dir, lora):
+    """Adaptor-only training (llm.freeze, no LoRA) keeps the LLM in eval mode, yet gradients pass through it to the
+    adaptor: with gradient_checkpointing its layers must still recompute in the backward (they had kept every
+    activation), with dropout still off."""
+    section = tiny_model_section(tiny_llm_dir, lora=lora)
+    section["llm"]["gradient_checkpointing"] = True
+    model = build_model(section).train()
+    assert ("llm" in model.frozen_branches()) is not lora
+    layers = model.llm.get_base_model().model.layers if lora else model.llm.model.layers
+    calls = []
+    mlp, forward = layers[0].mlp, layers[0].mlp.forward
+    mlp.forward = lambda *args, **kwargs: (calls.append(1), forward(*args, **kwargs))[1]
+    out = model(random_batch(model, ["zero one", "two three"]))
+    assert len(calls) == 1
+    out.loss.backward()
+    assert len(calls) == 2  # recomputed in the backward
+    if not lora:  # the frozen LLM's own modules stay in eval mode
+        assert not any(m.training for m in layers[0].modules() if m is not layers[0])
