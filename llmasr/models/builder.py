@@ -133,7 +133,7 @@ def build_encoder(
     if cfg.freeze:
         encoder.requires_grad_(False)
     if cfg.lora is not None:
-        encoder = apply_lora(encoder, cfg.lora, what="model.encoder", hf_model=False)
+        encoder = apply_lora(encoder, cfg.lora, what="model.encoder", hf_model=False, freeze=cfg.freeze)
     if cfg.gradient_checkpointing:
         if not hasattr(encoder, "gradient_checkpointing"):
             raise ConfigError(f"model.encoder.gradient_checkpointing: {type(encoder).__name__} does not support it")

@@ -83,8 +83,9 @@ def peft_wrapping():
         yield
 
 
-def apply_lora(model: nn.Module, lora: LoraConfig, *, what: str, hf_model: bool):
-    """Wrap `model` with LoRA adapters; every named target must exist (peft alone accepts a partial match)."""
+def apply_lora(model: nn.Module, lora: LoraConfig, *, what: str, hf_model: bool, freeze: bool = True):
+    """Wrap `model` with LoRA adapters; every named target must exist (peft alone accepts a partial match). peft
+    leaves the adapters and the biases `lora.bias` names trainable; `freeze` False trains the base as well."""
     import peft
 
     available = linear_module_names(model)
@@ -107,10 +108,11 @@ def apply_lora(model: nn.Module, lora: LoraConfig, *, what: str, hf_model: bool)
     )
     if hf_model:
         with peft_wrapping():
-            return peft.get_peft_model(model, config)
-    model = peft.inject_adapter_in_model(config, model)
-    for name, param in model.named_parameters():
-        param.requires_grad = "lora_" in name
+            model = peft.get_peft_model(model, config)
+    else:
+        model = peft.inject_adapter_in_model(config, model)
+    if not freeze:  # full fine-tuning plus adapters: peft froze the base, undo that
+        model.requires_grad_(True)
     return model
 
 
@@ -156,9 +158,7 @@ def load_llm(
         if shapes_only:
             check_adapter_weights(Path(adapter), model)
     if lora is not None:
-        model = apply_lora(model, lora, what="model.llm", hf_model=True)
-        if not freeze:  # full fine-tuning plus adapters: peft froze the base, undo that
-            model.requires_grad_(True)
+        model = apply_lora(model, lora, what="model.llm", hf_model=True, freeze=freeze)
     return model, tok
 
 

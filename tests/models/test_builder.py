@@ -39,6 +39,34 @@ def test_meta_model_is_the_model_training_builds(tiny_llm_dir, tmp_path, variant
     assert meta.frontend == real.frontend
 
 
+@pytest.mark.parametrize("branch", ["encoder", "llm"])
+@pytest.mark.parametrize("freeze,bias", [(True, "none"), (True, "all"), (True, "lora_only"), (False, "none")])
+def test_lora_trains_what_freeze_and_bias_say_on_either_branch(tiny_llm_dir, branch, freeze, bias):
+    """LoRA on the encoder follows its `freeze` and `lora.bias` as on the LLM: `freeze: false` trains the base too
+    (the encoder's had stayed frozen), and `bias` trains all biases or those of the wrapped layers (ignored)."""
+    section = tiny_model_section(tiny_llm_dir, lora=branch == "llm")
+    targets = ["linear_out"] if branch == "encoder" else ["q_proj", "v_proj"]
+    section[branch].update(freeze=freeze, lora={"r": 2, "alpha": 4, "target_modules": targets, "bias": bias})
+    for weights in ("pretrained", "meta"):
+        module = getattr(build_model(section, weights=weights), branch)
+        trained = {n for n, p in module.named_parameters() if p.requires_grad}
+        lora = {n for n in trained if "lora_" in n}
+        base = {n for n, _ in module.named_parameters() if "lora_" not in n}
+        biases = {n for n in base if n.endswith(".bias")}
+        wrapped = {n for n in biases if n.endswith(".base_layer.bias")}
+        assert (
+            lora
+            and trained - lora
+            == {
+                (True, "none"): set(),
+                (True, "all"): biases,
+                (True, "lora_only"): wrapped,
+                (False, "none"): base,
+            }[freeze, bias]
+        ), (weights, sorted(trained - lora)[:4])
+        assert biases and (bias != "lora_only" or wrapped)
+
+
 def test_meta_and_random_read_no_weight_file(tiny_llm_dir, tmp_path):
     llm = tmp_path / "llm"
     shutil.copytree(tiny_llm_dir, llm)
