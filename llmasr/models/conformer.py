@@ -13,6 +13,8 @@ So in eval mode a valid frame's output does not depend on how much padding the b
 
 from __future__ import annotations
 
+import contextlib
+import functools
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -311,10 +313,28 @@ class ConformerEncoder(nn.Module):
         mask = (torch.arange(x.size(1), device=x.device)[None, :] < lengths[:, None]).unsqueeze(1)
         for layer in self.encoders:
             if self.gradient_checkpointing and self.training:
-                x = checkpoint(layer, x, pos_emb, mask, lengths, use_reentrant=False)
+                recompute = functools.partial(_batch_norm_stats_kept, layer)
+                x = checkpoint(
+                    layer, x, pos_emb, mask, lengths, use_reentrant=False,
+                    context_fn=lambda recompute=recompute: (contextlib.nullcontext(), recompute()),
+                )  # fmt: skip
             else:
                 x = layer(x, pos_emb, mask, lengths)
         if self.normalize_before:
             x = self.after_norm(x)
         x = x.masked_fill(~mask.transpose(1, 2), 0.0)
         return x, lengths
+
+
+@contextlib.contextmanager
+def _batch_norm_stats_kept(layer: nn.Module):
+    """Around the backward's recompute of a checkpointed layer: its BatchNorm runs again in training mode, and its
+    running statistics are put back after, so a step moves them once, as without checkpointing."""
+    norms = [m for m in layer.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training]
+    saved = [{k: b.clone() for k, b in m.named_buffers(recurse=False)} for m in norms]
+    try:
+        yield
+    finally:
+        for m, buffers in zip(norms, saved):
+            for k, b in m.named_buffers(recurse=False):
+                b.copy_(buffers[k])

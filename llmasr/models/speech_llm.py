@@ -92,12 +92,19 @@ class SpeechLLM(nn.Module):
             for name in self.frozen_branches():
                 branch = getattr(self, name)
                 branch.eval()
+                if name == "encoder":  # nothing before it trains: no gradient passes through it
+                    continue
                 # Gradients still pass through a frozen LLM to the adaptor, so its activations are kept unless
                 # recomputed; its checkpointed modules recompute only in training mode. Those modules alone are put
                 # back (their children, dropout among them, stay in eval).
                 for module in branch.modules():
                     if getattr(module, "gradient_checkpointing", False) is True:
                         module.training = True
+            for module in self.modules():  # a frozen base under LoRA: its BatchNorm statistics are frozen too
+                params = list(module.parameters(recurse=False))
+                if isinstance(module, nn.modules.batchnorm._BatchNorm) and params:
+                    if not any(p.requires_grad for p in params):
+                        module.eval()
         return self
 
     # -- forward ------------------------------------------------------------------------------------------------

@@ -52,10 +52,12 @@ def bases(tmp_path_factory):
 
 
 def pretrained_section(bases, kind: str) -> dict:
-    """Pretrained encoder directory, frozen, with LoRA; LoRA on the LLM; CTC head."""
+    """Pretrained encoder directory with LoRA (Whisper's base frozen; the Conformer's trained too, so that its
+    BatchNorm statistics move); LoRA on the LLM; CTC head."""
     section = model_section(bases["llm"], bases[kind])
     section["encoder"]["type"] = kind
     section["encoder"]["lora"]["target_modules"] = ENCODER_LORA[kind]
+    section["encoder"]["freeze"] = kind == "whisper"
     if kind == "whisper":
         section["encoder"]["conf"] = {}  # the FunASR dropout names mean nothing to Whisper (dropouts default to 0)
     return section
@@ -121,8 +123,8 @@ def test_reloaded_export_equals_the_trained_model(trained, kind):
 
 
 def test_conformer_batchnorm_statistics_are_exported(trained, bases):
-    """The Conformer encoder is in train mode under LoRA, so its BatchNorm statistics move; they are buffers, not
-    trained parameters, and must come across all the same."""
+    """The Conformer's base trains beside its LoRA, so its BatchNorm statistics move; they are buffers, not trained
+    parameters, and must come across all the same (a frozen base keeps them: tests/models/test_speech_llm.py)."""
     run, out = trained["conformer"]
     ref, _ = load_checkpoint_model(run)
     model = load_exported(out)

@@ -76,6 +76,27 @@ def test_frozen_branch_stays_in_eval_mode_and_gets_no_gradient(tiny_llm_dir):
     assert all(p.grad is None for p in m.encoder.parameters())
 
 
+def test_a_frozen_conformer_under_lora_keeps_its_batch_norm_statistics(tiny_llm_dir):
+    """encoder.freeze with encoder LoRA: the branch trains (its adaptors), but its frozen base's BatchNorm running
+    statistics had moved on every forward (and were exported so); a trained BatchNorm still updates them."""
+    from llmasr.testing.tiny_whisper import tiny_conformer_conf
+
+    for freeze in (True, False):
+        section = tiny_model_section(tiny_llm_dir)
+        section["encoder"] = {
+            "type": "conformer", "freeze": freeze, "conf": tiny_conformer_conf(80),
+            "frontend": {"n_mels": 80, "lfr_m": 1, "lfr_n": 1},
+            "lora": {"r": 2, "alpha": 4, "target_modules": ["linear_q", "linear_v"]},
+        }  # fmt: skip
+        model = llmasr.build_model(section).train()
+        assert model.encoder.training and "encoder" not in model.frozen_branches()
+        norms = [m for m in model.encoder.modules() if isinstance(m, torch.nn.BatchNorm1d)]
+        before = [n.running_mean.clone() for n in norms]
+        model(random_batch(model, ["zero one", "two three"], frames=[40, 64])).loss.backward()
+        moved = [not torch.equal(b, n.running_mean) for b, n in zip(before, norms)]
+        assert norms and moved == [not freeze] * len(norms)
+
+
 def test_lora_wraps_every_named_target(model):
     import peft
 
