@@ -87,12 +87,12 @@ class DecodeConfig:
             raise ConfigError(f"{path}.batch_seconds: must be > 0 seconds of audio a batch, got {self.batch_seconds}")
         if self.max_new_tokens is not None and self.max_new_tokens < 1:
             raise ConfigError(f"{path}.max_new_tokens: must be >= 1 (or unset: by duration), got {self.max_new_tokens}")
-        if not self.repetition_penalty > 0:
+        if not 0.0 < self.repetition_penalty < math.inf:
             raise ConfigError(f"{path}.repetition_penalty: must be > 0 (1: off), got {self.repetition_penalty}")
         if self.no_repeat_ngram_size < 0:
             raise ConfigError(f"{path}.no_repeat_ngram_size: must be >= 0 (0: off), got {self.no_repeat_ngram_size}")
-        if self.tokens_per_second <= 0:
-            raise ConfigError(f"{path}.tokens_per_second: must be > 0, got {self.tokens_per_second}")
+        if not 0.0 < self.tokens_per_second < math.inf:
+            raise ConfigError(f"{path}.tokens_per_second: must be a number > 0, got {self.tokens_per_second}")
         if not 0.0 <= self.window_overlap < math.inf:
             raise ConfigError(f"{path}.window_overlap: must be a number of seconds >= 0, got {self.window_overlap}")
         if not 0.0 <= self.window_split_pause < math.inf:
@@ -103,7 +103,7 @@ class DecodeConfig:
             self.window_seconds(None, path)
         if self.vad is not None and not (Path(self.vad) / "config.yaml").is_file():
             raise ConfigError(f"{path}.vad: {self.vad} is not a FunASR VAD directory (no config.yaml there)")
-        if self.vad_max_end_silence_ms is not None and not self.vad_max_end_silence_ms > 0:
+        if self.vad_max_end_silence_ms is not None and not 0 < self.vad_max_end_silence_ms < math.inf:
             raise ConfigError(
                 f"{path}.vad_max_end_silence_ms: must be > 0 ms (unset: FunASR's schedule), got "
                 f"{self.vad_max_end_silence_ms}"

@@ -68,6 +68,9 @@ def test_the_commands_refuse_a_missing_device_before_loading(exported_dir, manif
         ("--max-new-tokens", "0", "decode.max_new_tokens: must be >= 1 (or unset: by duration), got 0"),
         ("--repetition-penalty", "0", "decode.repetition_penalty: must be > 0 (1: off), got 0.0"),
         ("--no-repeat-ngram", "-1", "decode.no_repeat_ngram_size: must be >= 0 (0: off), got -1"),
+        ("--tokens-per-second", "nan", "decode.tokens_per_second: must be a number > 0, got nan"),
+        ("--tokens-per-second", "inf", "decode.tokens_per_second: must be a number > 0, got inf"),
+        ("--repetition-penalty", "inf", "decode.repetition_penalty: must be > 0 (1: off), got inf"),
         ("--num-workers", "-1", "num_workers: must be >= 0 (0: load in the decoding process), got -1"),
         ("--max-bad-fraction", "1.5", "max_bad_fraction: must be in [0, 1], got 1.5"),
     ],
@@ -82,6 +85,8 @@ def test_decoding_numbers_out_of_range_are_refused(exported_dir, manifest, tmp_p
 def test_the_python_settings_are_checked_the_same_way():
     with pytest.raises(ConfigError, match="decode.batch_seconds: must be > 0"):
         DecodeConfig(batch_seconds=0).validate("decode")
+    with pytest.raises(ConfigError, match="decode.vad_max_end_silence_ms: must be > 0 ms"):
+        DecodeConfig(vad_max_end_silence_ms=float("inf")).validate("decode")
     with pytest.raises(ConfigError, match="num_workers: must be >= 0"):
         DecodeOptions(num_workers=-2)
     with pytest.raises(ConfigError, match="features_on: expected worker, device or auto, got 'gpu'"):
