@@ -227,7 +227,7 @@ def report(prog: str, err: BaseException) -> None:
     prefix = f"{prog}: error" + (f" on rank {rank}" if own is not None and rank != 0 else "")
     if _traceback_file is not None:
         try:
-            with open(_traceback_file, "a") as f:
+            with open(_traceback_file, "a", encoding="utf-8") as f:
                 f.write(f"{prefix}: traceback (rank {rank}):\n{tb}")
         except OSError:
             pass  # the log may be what failed (disk full); the message below still goes out

@@ -239,5 +239,5 @@ def _decode_all(model, manifests: list[str], output: Path, cfg, opts, device, wo
             print(f"llmasr decode: error: {summary['too_much_bad_data']}", file=sys.stderr)
             failed.append(data)
     if len(manifests) > 1 and world.leader:
-        (output / "wer.txt").write_text("\n".join(summaries) + "\n")
+        (output / "wer.txt").write_text("\n".join(summaries) + "\n", encoding="utf-8")
     return 1 if failed else 0

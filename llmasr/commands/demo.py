@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         "corpus": state.data["corpus"].get("counts"),
         "hotwords": hot,
     }
-    (workdir / "summary.json").write_text(json.dumps(summary, indent=2))
+    (workdir / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
     say("done")
     _print_scores(scores, long_audio, hot)
     _print_places(summary, total, run_dir, model_dir, scores["test"]["dir"])

@@ -137,7 +137,7 @@ def read_kaldi_cmvn(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     Features are normalised as (x + add_shift) * rescale.
     """
     path = Path(path)
-    text = path.read_text()
+    text = path.read_text(encoding="utf-8")
     rows = {}
     for tag in ("AddShift", "Rescale"):
         m = re.search(rf"<{tag}>\s+(\d+)\s+(\d+)\s+<LearnRateCoef>\s+\S+\s+\[([^\]]*)\]", text)
@@ -164,5 +164,6 @@ def write_kaldi_cmvn(path: str | Path, add_shift: np.ndarray, rescale: np.ndarra
         f"<Splice> {dim} {dim}\n[ 0 ]\n"
         f"<AddShift> {dim} {dim}\n<LearnRateCoef> 0 [ {vec(add_shift)} ]\n"
         f"<Rescale> {dim} {dim}\n<LearnRateCoef> 0 [ {vec(rescale)} ]\n"
-        "</Nnet>\n"
+        "</Nnet>\n",
+        encoding="utf-8",
     )

@@ -53,7 +53,7 @@ def stage_hotwords(workdir: Path, state: State, model_dir: Path, corpus: dict) -
 
 def hotword_scores(hyp_dir: Path) -> dict:
     """WER, B-WER, U-WER, phrase recall and leak rate of one decoding run (its wer.json)."""
-    summary = json.loads((hyp_dir / "wer.json").read_text())
+    summary = json.loads((hyp_dir / "wer.json").read_text(encoding="utf-8"))
     hot = summary.get("hotwords")
     if hot is None:
         raise RuntimeError(f"{hyp_dir / 'wer.json'}: no hotword scores (were the lists lost from the manifest?)")

@@ -30,7 +30,7 @@ def join_clips(
     out_dir/{wav/long_K.wav, long.jsonl} (each line lists its `parts`); returns the manifest. ValueError when
     `manifest` holds less than one such utterance."""
     manifest, out_dir = Path(manifest), Path(out_dir)
-    clips = [json.loads(line) for line in manifest.read_text().splitlines() if line.strip()]
+    clips = [json.loads(line) for line in manifest.read_text(encoding="utf-8").splitlines() if line.strip()]
     rng = np.random.default_rng(seed)
     (out_dir / "wav").mkdir(parents=True, exist_ok=True)
     lines, k, i = [], 0, 0
@@ -57,16 +57,16 @@ def join_clips(
     if not lines:
         raise ValueError(f"{manifest}: its clips last less than {seconds:g} s in all; none to join")
     path = out_dir / "long.jsonl"
-    path.write_text("\n".join(lines) + "\n")
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
 
 
 def parts_wer(joined: str | Path, results: str | Path) -> tuple[float, int, int]:
     """(WER, errors, reference words) of the clips the joined utterances are made of, from a decode's
     results.jsonl of those clips; KeyError naming a clip that results.jsonl lacks."""
-    rows = {r["key"]: r for r in map(json.loads, Path(results).read_text().splitlines()) if r}
+    rows = {r["key"]: r for r in map(json.loads, Path(results).read_text(encoding="utf-8").splitlines()) if r}
     errors = words = 0
-    for line in Path(joined).read_text().splitlines():
+    for line in Path(joined).read_text(encoding="utf-8").splitlines():
         for key in json.loads(line)["parts"]:
             if key not in rows:
                 raise KeyError(f"{results}: no row for clip {key} of {joined}")

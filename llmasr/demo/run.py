@@ -76,7 +76,7 @@ class State:
 
     def __init__(self, workdir: Path):
         self.path = workdir / "demo_state.json"
-        self.data = json.loads(self.path.read_text()) if self.path.is_file() else {}
+        self.data = json.loads(self.path.read_text(encoding="utf-8")) if self.path.is_file() else {}
 
     def done(self, stage: str, fp: str) -> bool:
         return (self.data.get(stage) or {}).get("fingerprint") == fp
@@ -84,7 +84,7 @@ class State:
     def mark(self, stage: str, fp: str, seconds: float, **info) -> None:
         self.data[stage] = {"fingerprint": fp, "seconds": round(seconds, 1), **info}
         tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.data, indent=2))
+        tmp.write_text(json.dumps(self.data, indent=2), encoding="utf-8")
         tmp.replace(self.path)
 
 
@@ -111,7 +111,7 @@ def chance_wer(results_jsonl: str | Path) -> float:
     model with the same output habits would score if it ignored the audio."""
     import jiwer
 
-    rows = [json.loads(line) for line in open(results_jsonl) if line.strip()]
+    rows = [json.loads(line) for line in open(results_jsonl, encoding="utf-8") if line.strip()]
     if len(rows) < 2:
         raise ValueError(f"{results_jsonl}: need at least two decoded utterances for a chance baseline")
     refs = [r["ref"] for r in rows]
@@ -120,7 +120,7 @@ def chance_wer(results_jsonl: str | Path) -> float:
 
 
 def read_wer(hyp_dir: Path) -> dict:
-    summary = json.loads((hyp_dir / "wer.json").read_text())
+    summary = json.loads((hyp_dir / "wer.json").read_text(encoding="utf-8"))
     return {
         "wer": float(summary["rate"]),
         "ci95": summary.get("rate_ci95"),
@@ -150,7 +150,7 @@ def stage_corpus(args, workdir: Path, state: State) -> dict:
     fp = fingerprint("corpus", cfg.__dict__)
     if corpus_done(out, cfg) and state.done("corpus", fp) and (out / "am.mvn").is_file():
         say(f"1/5 corpus: reusing {out}")
-        summary = json.loads((out / "corpus.json").read_text())
+        summary = json.loads((out / "corpus.json").read_text(encoding="utf-8"))
         # the manifests beside corpus.json, wherever the workdir has been moved or copied since
         summary["manifests"] = {split: str(out / Path(path).name) for split, path in summary["manifests"].items()}
         return summary
@@ -236,7 +236,14 @@ def stage_train(args, workdir: Path, state: State, corpus: dict, llm_dir: Path) 
     gpus = gpu_count()
     if gpus:
         ranks = min(ranks, gpus)
-    fp = fingerprint("train", overrides, ranks, RECIPE.read_text(), DS_CONFIG.read_text(), state.data["llm"])
+    fp = fingerprint(
+        "train",
+        overrides,
+        ranks,
+        RECIPE.read_text(encoding="utf-8"),
+        DS_CONFIG.read_text(encoding="utf-8"),
+        state.data["llm"],
+    )
     has_checkpoint = latest(checkpoints_dir(run_dir)) is not None
     if state.done("train", fp) and has_checkpoint:
         say(f"3/5 train: reusing {run_dir}")
@@ -307,7 +314,7 @@ def stage_decode(workdir: Path, state: State, model_dir: Path, corpus: dict) -> 
 def beats(results_a: Path, results_b: Path) -> float:
     """The probability that hypotheses A have fewer errors than hypotheses B of the same utterances (paired
     bootstrap over utterances, llmasr.scoring_bootstrap)."""
-    a, b = ([json.loads(line) for line in open(p) if line.strip()] for p in (results_a, results_b))
+    a, b = ([json.loads(line) for line in open(p, encoding="utf-8") if line.strip()] for p in (results_a, results_b))
     if [r["key"] for r in a] != [r["key"] for r in b]:
         raise RuntimeError(f"{results_a} and {results_b} do not hold the same utterances in the same order")
     return improvement_probability([r["errors"] for r in a], [r["errors"] for r in b])
@@ -320,7 +327,7 @@ def stage_long_audio(args, workdir: Path, state: State, model_dir: Path, corpus:
     fp = fingerprint("long_audio", count, state.data["export"]["fingerprint"])
     result = out / "result.json"
     if state.done("long_audio", fp) and result.is_file():
-        return json.loads(result.read_text())
+        return json.loads(result.read_text(encoding="utf-8"))
     say("5/5 decode: minute-long utterances joined from test clips, decoded in windows")
     start = time.time()
     model, cfg, opts, device = _decode_model(model_dir)
@@ -331,7 +338,7 @@ def stage_long_audio(args, workdir: Path, state: State, model_dir: Path, corpus:
     except (ValueError, KeyError) as err:
         raise RuntimeError(f"the long-audio check failed: {err}") from err
     print(scores["text"])
-    result.write_text(json.dumps(scores, indent=2))
+    result.write_text(json.dumps(scores, indent=2), encoding="utf-8")
     state.mark("long_audio", fp, time.time() - start)
     return scores
 

@@ -290,7 +290,7 @@ def corpus_done(out_dir: str | Path, cfg: CorpusConfig) -> bool:
     if not marker.is_file():
         return False
     try:
-        return json.loads(marker.read_text()).get("config") == json.loads(json.dumps(asdict(cfg)))
+        return json.loads(marker.read_text(encoding="utf-8")).get("config") == json.loads(json.dumps(asdict(cfg)))
     except (OSError, json.JSONDecodeError):
         return False
 
@@ -306,7 +306,7 @@ def synthesize_corpus(
     cfg = cfg or CorpusConfig()
     out_dir = Path(out_dir)
     if corpus_done(out_dir, cfg):
-        summary = json.loads((out_dir / "corpus.json").read_text())
+        summary = json.loads((out_dir / "corpus.json").read_text(encoding="utf-8"))
         log(f"corpus: reusing {out_dir} ({summary['counts']})")
         return summary
     espeak_binary()
@@ -336,7 +336,7 @@ def synthesize_corpus(
     counts, hours = {}, {}
     for split, items in plan.items():
         records = [_record(item, split, durations[item["key"]]) for item in items]
-        with open(out_dir / f"{split}.jsonl", "w") as f:
+        with open(out_dir / f"{split}.jsonl", "w", encoding="utf-8") as f:
             for rec in records:
                 f.write(json.dumps(rec) + "\n")
         counts[split] = len(records)
@@ -348,13 +348,13 @@ def synthesize_corpus(
         "manifests": {split: str(out_dir / f"{split}.jsonl") for split in plan},
         "seconds": round(time.time() - start, 1),
     }
-    (out_dir / "corpus.json").write_text(json.dumps(summary, indent=2))  # last: the done-marker
+    (out_dir / "corpus.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")  # last: the done-marker
     log(f"corpus: {counts} ({hours} hours of audio) in {summary['seconds']} s")
     return summary
 
 
 def transcripts(manifest: str | Path) -> list[str]:
-    with open(manifest) as f:
+    with open(manifest, encoding="utf-8") as f:
         return [json.loads(line)["target"] for line in f if line.strip()]
 
 

@@ -373,4 +373,4 @@ def write_model_dir(
         "training": {"longest_seconds": training_max_duration},
         "source": _plain(info),
     }
-    (tmp / MODEL_FILE).write_text(yaml.safe_dump(description, sort_keys=False, allow_unicode=True))
+    (tmp / MODEL_FILE).write_text(yaml.safe_dump(description, sort_keys=False, allow_unicode=True), encoding="utf-8")

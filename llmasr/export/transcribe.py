@@ -108,7 +108,7 @@ def _manifest(audio: list, sample_rate, hotwords, tmp: Path) -> tuple[list[str],
             line["hotwords"] = list(hotwords)
         lines.append(json.dumps(line, ensure_ascii=False))
     path = tmp / "audio.jsonl"
-    path.write_text("\n".join(lines) + "\n")
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return names, path
 
 

@@ -128,7 +128,7 @@ class FsmnVad:
             config["frontend_conf"]["cmvn_file"] = None
         else:
             shutil.copyfile(cmvn, out_dir / "am.mvn")
-        (out_dir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+        (out_dir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
         shutil.copyfile(weights_file(src), out_dir / "model.pt")
 
     def silence_probs(self, wave: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -62,7 +62,7 @@ def read_funasr_config(model_dir: str | Path) -> dict:
             "`encoder_conf`, `frontend` (WavFrontend) and `frontend_conf`"
         )
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML: {err}") from err
     if not isinstance(data, dict):

@@ -60,7 +60,7 @@ def liger_transformers():
 def llm_model_type(llm_path: str | Path) -> str:
     config = Path(llm_path) / "config.json"
     try:
-        return str(json.loads(config.read_text())["model_type"])
+        return str(json.loads(config.read_text(encoding="utf-8"))["model_type"])
     except (OSError, ValueError, KeyError) as err:
         raise FusedKernelError(f"model.llm.fused_kernels: cannot read model_type from {config}: {err}") from err
 
@@ -122,7 +122,7 @@ def _head_wrapped_by(llm_cfg) -> str | None:
     if llm_cfg.adapter:
         config = Path(llm_cfg.adapter) / "adapter_config.json"
         try:
-            saved = json.loads(config.read_text())
+            saved = json.loads(config.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             return None  # loading the adapter names what is wrong with it
         if not isinstance(saved, dict):

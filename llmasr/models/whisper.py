@@ -178,7 +178,7 @@ def _read_encoder_tensors(path: Path, shapes_only: bool = False) -> dict[str, to
     if single.is_file():
         files = [single]
     elif index.is_file():
-        weight_map = json.loads(index.read_text()).get("weight_map", {})
+        weight_map = json.loads(index.read_text(encoding="utf-8")).get("weight_map", {})
         names = sorted({f for k, f in weight_map.items() if k.startswith(("model.encoder.", "encoder."))})
         names = names or sorted(set(weight_map.values()))
         files = [path / name for name in names]
@@ -216,7 +216,7 @@ def whisper_dir_frontend(path: str | Path) -> FrontendConfig:
         if not (path / name).is_file():
             raise FileNotFoundError(f"{path / name}: missing from the Whisper directory")
     config = WhisperConfig.from_pretrained(str(path), local_files_only=True)
-    return whisper_frontend(config, json.loads((path / "preprocessor_config.json").read_text()))
+    return whisper_frontend(config, json.loads((path / "preprocessor_config.json").read_text(encoding="utf-8")))
 
 
 def load_whisper_encoder(
@@ -240,7 +240,7 @@ def load_whisper_encoder(
     config = whisper_config(path, conf or {})
     if getattr(config, "model_type", None) != "whisper":
         raise ConfigError(f"{path / 'config.json'}: model_type {config.model_type!r}, expected 'whisper'")
-    preprocessor = json.loads((path / "preprocessor_config.json").read_text())
+    preprocessor = json.loads((path / "preprocessor_config.json").read_text(encoding="utf-8"))
     frontend = whisper_frontend(config, preprocessor)
     state = _read_encoder_tensors(path, shapes_only)
     model = WhisperAudioEncoder(config)

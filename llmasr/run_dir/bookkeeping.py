@@ -43,7 +43,7 @@ def read_best(ckpt_dir: str | Path) -> list[dict]:
     if not path.is_file():
         return []
     try:
-        best = json.loads(path.read_text())
+        best = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:
         raise CheckpointError(f"{path}: not valid JSON ({err})") from err
     if not isinstance(best, list) or not all(isinstance(b, dict) and "tag" in b and "value" in b for b in best):

@@ -51,7 +51,7 @@ def run_dir_of(ckpt_dir: Path) -> Path:
 
 def write_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
+    tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
 
 
@@ -60,7 +60,7 @@ def latest(ckpt_dir: str | Path) -> str | None:
     f = Path(ckpt_dir) / LATEST
     if not f.is_file():
         return None
-    return f.read_text().strip() or None
+    return f.read_text(encoding="utf-8").strip() or None
 
 
 def require_latest(ckpt_dir: str | Path) -> str:
@@ -92,7 +92,7 @@ def tag_update(tag_dir: Path) -> int:
     meta = tag_dir / META
     if meta.is_file():
         try:
-            return int(json.loads(meta.read_text()).get("update", -1))
+            return int(json.loads(meta.read_text(encoding="utf-8")).get("update", -1))
         except (ValueError, TypeError, AttributeError):
             pass
     nums = re.findall(r"\d+", tag_dir.name)

@@ -109,7 +109,7 @@ def read_meta(tag_dir: str | Path) -> CheckpointMeta:
             "or its save did not finish (use the `latest` one)"
         )
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:
         raise CheckpointError(f"{path}: not valid JSON ({err}); the checkpoint save may have been interrupted") from err
     return CheckpointMeta.from_json(data, path)

@@ -49,7 +49,7 @@ class Started:
         self.run_dir = Path(run_dir)
         self.output = Path(output)
         cmd = train_command(recipe_file, preset, run_dir, *overrides, port=self.port)
-        with open(self.output, "w") as out:
+        with open(self.output, "w", encoding="utf-8") as out:
             self.proc = subprocess.Popen(cmd, env=launcher_env(), stdout=out, stderr=subprocess.STDOUT,
                                          start_new_session=True)  # fmt: skip
 
@@ -58,7 +58,7 @@ class Started:
         log = self.run_dir / "train.log"
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if log.is_file() and f" train update={update} " in log.read_text():
+            if log.is_file() and f" train update={update} " in log.read_text(encoding="utf-8"):
                 return
             if self.proc.poll() is not None:
                 raise AssertionError(f"the run ended (status {self.proc.returncode}):\n{self.text()[-4000:]}")
@@ -100,4 +100,4 @@ class Started:
         raise AssertionError(f"processes of the launch still running after {timeout} s")
 
     def text(self) -> str:
-        return self.output.read_text() if self.output.is_file() else ""
+        return self.output.read_text(encoding="utf-8") if self.output.is_file() else ""

@@ -134,5 +134,5 @@ def write_corpus(directory: Path, texts: list[str], *, name: str = "test", extra
         lines.append(json.dumps({"key": f"{name}{i:03d}", "source": f"wav/{name}{i}.wav", "target": text}))
     lines += list(extra_lines)
     path = directory / f"{name}.jsonl"
-    path.write_text("\n".join(lines) + "\n")
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path

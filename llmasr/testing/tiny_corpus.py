@@ -92,7 +92,7 @@ def write_tiny_corpus(
             record["duration"] = round(sf.info(str(path)).duration, 4)
         lines.append(json.dumps(record))
     manifest = out_dir / name
-    manifest.write_text("\n".join(lines) + "\n")
+    manifest.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return manifest
 
 

@@ -146,7 +146,7 @@ def write_funasr_dir(
     out = int(encoder.output_size())
 
     config = _config(model, encoder_type, encoder_conf, frontend_type, frontend_conf, out)
-    (model_dir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    (model_dir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
     state = {f"encoder.{k}": v.detach().clone() for k, v in encoder.state_dict().items()}
     # Tensors a real model.pt of this family carries beside the encoder; the encoder loader leaves them out.
     vocab = _write_bpe(model_dir / SENSEVOICE_BPE) if model == "SenseVoiceSmall" else _VOCAB
@@ -164,12 +164,12 @@ def write_funasr_dir(
         metas = {"init_param": "model.pt", "config": "config.yaml", "tokenizer_conf": {"bpemodel": SENSEVOICE_BPE},
                  "frontend_conf": {"cmvn_file": "am.mvn"}}  # fmt: skip
         configuration = {"framework": "pytorch", "task": "auto-speech-recognition", "file_path_metas": metas}
-        (model_dir / "configuration.json").write_text(json.dumps(configuration, indent=2))
+        (model_dir / "configuration.json").write_text(json.dumps(configuration, indent=2), encoding="utf-8")
         return model_dir
     tokens = ["<blank>", "<s>", "</s>", *[chr(ord("a") + i) for i in range(_VOCAB - 4)], "<unk>"]
-    (model_dir / "tokens.json").write_text(json.dumps(tokens, ensure_ascii=False, indent=4))
+    (model_dir / "tokens.json").write_text(json.dumps(tokens, ensure_ascii=False, indent=4), encoding="utf-8")
     if model == "SeacoParaformer":
-        (model_dir / "seg_dict").write_text("".join(f"{t} {t}\n" for t in tokens[3:-1]))
+        (model_dir / "seg_dict").write_text("".join(f"{t} {t}\n" for t in tokens[3:-1]), encoding="utf-8")
     return model_dir
 
 

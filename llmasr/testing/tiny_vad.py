@@ -94,7 +94,7 @@ def write_fsmn_vad_dir(
         "encoder": "FSMN", "encoder_conf": fsmn,
         "frontend": "WavFrontendOnline", "frontend_conf": dict(FRONTEND),
     }  # fmt: skip
-    (model_dir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    (model_dir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
     dim = fsmn["input_dim"]
     shift = np.full(dim, -(level + margin / 2), dtype=np.float32)
     write_kaldi_cmvn(model_dir / "am.mvn", shift, np.full(dim, 1.0 / margin, dtype=np.float32))

@@ -276,7 +276,7 @@ def write_lr_csv(path: str | Path, curves: dict) -> None:
     lines = [",".join(["update", *names])]
     for u in range(total):
         lines.append(",".join([str(u + 1), *(repr(float(curves[n][u])) for n in names)]))
-    Path(path).write_text("\n".join(lines) + "\n")
+    Path(path).write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
 def plot_lr(curves: dict, path: str | Path) -> None:

@@ -129,7 +129,7 @@ def saved_recipe_dict(path: Path, recipe_type: type) -> dict:
     """The recipe a run was saved under, parsed as a `recipe_type` (defaults filled in, as the new one is). The
     type comes from the caller's recipe: the training library stays below the recipe loader."""
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
         return _plain(from_dict(recipe_type, data))
     except (ConfigError, yaml.YAMLError, AttributeError, TypeError) as err:
         raise ConfigError(f"{path}: the saved recipe of the run being resumed does not load: {err}") from None

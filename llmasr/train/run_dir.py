@@ -45,7 +45,7 @@ def process_start(pid: int) -> str | None:
     """The start time of process `pid` in clock ticks since boot (/proc/PID/stat field 22), or None where /proc
     does not tell. Together with the pid it names one process: a pid reused after a crash has another start time."""
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
+        stat = Path(f"/proc/{pid}/stat").read_text(encoding="utf-8", errors="replace")  # comm: any bytes
     except OSError:
         return None
     fields = stat[stat.rfind(")") + 2 :].split()  # the command name may hold spaces and parentheses
@@ -84,7 +84,7 @@ class RunLock:
         pid = os.getpid()
         owner = {"pid": pid, "host": socket.gethostname(), "start": process_start(pid), "since": time.ctime()}
         tmp = run_dir / f"{ck.LOCK_FILE}.tmp{pid}"
-        tmp.write_text(json.dumps(owner))
+        tmp.write_text(json.dumps(owner), encoding="utf-8")
         notes: list[str] = []
         try:
             while not _create(path, tmp):
@@ -127,8 +127,8 @@ def _create(path: Path, tmp: Path) -> bool:
             fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         except FileExistsError:
             return False
-        with os.fdopen(fd, "w") as f:
-            f.write(tmp.read_text())
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(tmp.read_text(encoding="utf-8"))
         return True
 
 
@@ -150,7 +150,7 @@ def _remove_if_still(path: Path, held: dict, grave: Path) -> bool:
 
 def _read_lock(path: Path) -> dict | None:
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         return None
     try:
@@ -290,7 +290,7 @@ def _lr_rows(csv_path: Path, schedules: list, start: int, total: int) -> dict[st
     names = [s.name for s in schedules]
     before: dict[str, list[float]] = {}
     if csv_path.is_file():
-        lines = csv_path.read_text().splitlines()
+        lines = csv_path.read_text(encoding="utf-8").splitlines()
         header = lines[0].split(",") if lines else []
         if header[1:] == names and len(lines) - 1 >= start:
             rows = [line.split(",") for line in lines[1 : start + 1]]
@@ -307,7 +307,7 @@ def write_run_files(run_dir: Path, recipe, ds_config: dict, schedules: list, sta
     (a fresh run: 0). Rank 0 only; a resumed run calls it once it has loaded, so a failed resume leaves them as
     they were."""
     dump_yaml(recipe, run_dir / ck.RECIPE_FILE)
-    (run_dir / ck.DS_CONFIG_FILE).write_text(json.dumps(ds_config, indent=2))
+    (run_dir / ck.DS_CONFIG_FILE).write_text(json.dumps(ds_config, indent=2), encoding="utf-8")
     curves = _lr_rows(run_dir / ck.LR_CSV, schedules, start, total)
     write_lr_csv(run_dir / ck.LR_CSV, curves)
     plot_lr(curves, run_dir / ck.LR_PNG)

@@ -58,7 +58,7 @@ def cached_copy(src: Path, dst: Path) -> bool:
     if not marker.is_file():
         return False
     try:
-        recorded = json.loads(marker.read_text())
+        recorded = json.loads(marker.read_text(encoding="utf-8"))
     except ValueError:
         return False
     return recorded.get("files") == source_files(src)
@@ -97,7 +97,7 @@ def convert(src: Path, dst: Path) -> None:
         raise RuntimeError(f"converting {src} to a universal checkpoint failed: {err!r}\n{detail}") from err
     finally:
         _drop_latest_pointer(tmp)
-    (tmp / MARKER).write_text(json.dumps({"source": str(src.resolve()), "files": files}, indent=2))
+    (tmp / MARKER).write_text(json.dumps({"source": str(src.resolve()), "files": files}, indent=2), encoding="utf-8")
     shutil.rmtree(dst, ignore_errors=True)
     os.replace(tmp, dst)
 
@@ -120,7 +120,7 @@ def _check_room(src: Path, dst: Path, files: dict[str, list[int]]) -> None:
 def _drop_latest_pointer(out_dir: Path) -> None:
     # ds_to_universal writes `latest_universal` (naming its output folder) beside that folder; we load by tag.
     pointer = out_dir.parent / "latest_universal"
-    if pointer.is_file() and pointer.read_text().strip() == out_dir.name:
+    if pointer.is_file() and pointer.read_text(encoding="utf-8").strip() == out_dir.name:
         pointer.unlink()
 
 

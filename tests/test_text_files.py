@@ -1,0 +1,55 @@
+"""Every text file llmasr reads or writes is UTF-8 whatever the locale: transcripts, hotwords, prompts and paths are
+often not ASCII, and a server's locale is often not UTF-8 (GBK, Latin-1, or C with UTF-8 mode off). A file written in
+the locale's encoding is misread as UTF-8 later, or fails to write at all (the Transcriber's temporary manifest did)."""
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[1] / "llmasr"
+
+
+def text_calls_without_an_encoding(root: Path) -> list[str]:
+    """`read_text`, `write_text`, `open` and `os.fdopen` calls in text mode that name no encoding."""
+    found = []
+    for path in sorted(root.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if not isinstance(node, ast.Call):
+                continue
+            func = node.func
+            name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", None)
+            keywords = {k.arg for k in node.keywords}
+            if "encoding" in keywords:
+                continue
+            if name in ("read_text", "write_text"):
+                bad = len(node.args) <= (0 if name == "read_text" else 1)
+            elif name == "fdopen" or (name == "open" and isinstance(func, ast.Name)):
+                mode = (
+                    node.args[1]
+                    if len(node.args) > 1
+                    else next((k.value for k in node.keywords if k.arg == "mode"), None)
+                )
+                text = "r" if mode is None else mode.value if isinstance(mode, ast.Constant) else "?"
+                bad = "b" not in text and len(node.args) <= 3
+            else:
+                continue
+            if bad:
+                found.append(f"{path.relative_to(root.parent)}:{node.lineno} {name}")
+    return found
+
+
+def test_every_text_file_is_opened_as_utf8():
+    assert text_calls_without_an_encoding(PACKAGE) == []
+
+
+def test_the_check_finds_what_it_looks_for(tmp_path):
+    pkg = tmp_path / "pkg"
+    pkg.mkdir()
+    (pkg / "m.py").write_text(
+        "import os\nfrom pathlib import Path\n"
+        "Path('a').read_text()\nPath('a').write_text('x')\nopen('a', 'w')\nos.fdopen(3, 'w')\n"
+        "Path('a').read_text(encoding='utf-8')\nopen('a', 'rb')\nPath('a').read_bytes()\n",
+        encoding="utf-8",
+    )
+    assert text_calls_without_an_encoding(pkg) == [
+        "pkg/m.py:3 read_text", "pkg/m.py:4 write_text", "pkg/m.py:5 open", "pkg/m.py:6 fdopen",
+    ]  # fmt: skip
