@@ -156,8 +156,10 @@ def edit_counts(ops: list[EditOp]) -> tuple[int, int, int]:
 
 
 def score_utterance(reference: str, hypothesis: str, metric: str = "auto") -> UttScore:
-    unit = choose_unit(reference, metric)
     ref_norm, hyp_norm = normalize(reference), normalize(hypothesis)
+    # An empty reference (a silent clip) has no script to go by: the hypothesis's decides, so a hallucinated Chinese
+    # sentence counts a character each, not one "word".
+    unit = choose_unit(ref_norm if ref_norm.strip() else hyp_norm, metric)
     ref, hyp = tokens(ref_norm, unit), tokens(hyp_norm, unit)
     ops = align(ref, hyp)
     s, d, i = edit_counts(ops)
@@ -181,7 +183,8 @@ class CorpusScore:
         self.substitutions += score.substitutions
         self.deletions += score.deletions
         self.insertions += score.insertions
-        self.by_unit[score.unit] += 1
+        if score.ref_len:  # an empty reference has no script: it does not make a corpus mixed (MER)
+            self.by_unit[score.unit] += 1
         self.sentence_errors += int(score.errors > 0)
 
     @property

@@ -86,6 +86,19 @@ def test_empty_reference_counts_insertions():
     assert s.insertions == 1 and s.ref_len == 0 and s.rate == 1.0
 
 
+def test_an_empty_reference_scores_a_chinese_hypothesis_in_characters():
+    """A silent clip of a Chinese test set: its hallucinated sentence counts a character each (it had counted one
+    "word"), and the clip does not make the corpus a mixed one (MER)."""
+    from llmasr.scoring_bias import score_biased
+
+    s = score_utterance("", "我们去北京。")
+    assert (s.unit, s.insertions) == ("cer", 5)
+    assert score_biased(s, ["北京"]).phrases.leaked == 1  # a listed phrase said over silence is a leak
+    corpus, _ = score_corpus([("你好世界", "你好世界"), ("", "我们去北京")])
+    assert corpus.name == "CER" and corpus.errors == 5 and corpus.ref_len == 4
+    assert score_utterance("", "uh huh").unit == "wer" and score_utterance("  ", "").insertions == 0
+
+
 def test_alignment_ops_hand_checked():
     ops = align("the cat sat on the mat".split(), "the cat sit on mat".split())
     assert [op.kind for op in ops] == ["equal", "equal", "sub", "equal", "del", "equal"]
