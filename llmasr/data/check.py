@@ -86,7 +86,7 @@ def _parse_line(m, i: int, spell=None):
     except BadRecord as rec:
         return None, 0, as_record_dict(rec)
     where = {"manifest": str(getattr(utt, "manifest", "?")), "line": int(getattr(utt, "line", i + 1)), "key": utt.key}
-    if utt.target is None and not m.need_target:  # audio to transcribe
+    if not m.need_target and (utt.target is None or utt.target == ""):  # audio to transcribe; an empty reference
         return utt, 0, None
     if not isinstance(utt.target, str):
         return None, 0, {**where, "reason": f"non-text target: {type(utt.target).__name__}"}

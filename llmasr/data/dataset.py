@@ -160,16 +160,17 @@ class SpeechDataset(Dataset):
         if target is not None or self.train:  # None: a line to transcribe (a manifest opened for decoding)
             if not isinstance(target, str):
                 return bad(f"non-text target: {type(target).__name__} {target!r:.80}")
-            if not target.strip():
+            if not target.strip() and self.train:
                 return bad("empty target")
-            target = target.strip()
+            target = target.strip()  # decoding: "" is an empty reference (scored: all insertions), nothing to encode
+        spoken = target or None
         task = utt.prompt if isinstance(getattr(utt, "prompt", None), str) and utt.prompt.strip() else None
         try:
-            hotwords = self._hotwords(utt, visit, target) if self.prompt_hotwords else []
-            enc = self.prompt_builder.encode(target, task=task, hotwords=hotwords, system=getattr(utt, "system", None))
+            hotwords = self._hotwords(utt, visit, spoken) if self.prompt_hotwords else []
+            enc = self.prompt_builder.encode(spoken, task=task, hotwords=hotwords, system=getattr(utt, "system", None))
         except ValueError as err:  # PromptError: text the LLM tokenizer cannot take
             return bad(f"target or hotwords rejected by the prompt builder: {err}")
-        ctc_ids = self.ctc_labels(target) if self.ctc_tokenizer is not None and target is not None else None
+        ctc_ids = self.ctc_labels(spoken) if self.ctc_tokenizer is not None and spoken is not None else None
         if isinstance(ctc_ids, str):
             return bad(ctc_ids)
 

@@ -147,8 +147,13 @@ class _Parser:
         return value
 
     def optional_target(self, value, name: str) -> str | None:
-        """The transcript; None where there is none and the manifest is read for decoding."""
-        return None if value is None and not self.need_target else self.target(value, name)
+        """The transcript; None where there is none and the manifest is read for decoding, where an empty one is
+        an empty reference (a clip without speech: whatever is decoded counts as insertions), not a bad line."""
+        if self.need_target:
+            return self.target(value, name)
+        if value is None or (isinstance(value, str) and not value.strip()):
+            return None if value is None else ""
+        return self.target(value, name)
 
     # FunASR jsonl ------------------------------------------------------------------------------------------
     def funasr(self, rec: dict) -> Utterance:

@@ -51,7 +51,7 @@ def screen(manifest, ctc_labels: Callable[[str], object] | None = None) -> tuple
         except BadRecord as rec:
             bad.append(BadItem.from_record(rec, i))
             continue
-        if spell is not None and isinstance(utt.target, str) and (why := spell(utt.target)) is not None:
+        if spell is not None and isinstance(utt.target, str) and utt.target.strip() and (why := spell(utt.target)):
             bad.append(BadItem(manifest=str(utt.manifest), line=int(utt.line), key=utt.key, reason=why, index=i))
     found = {b.index for b in bad}
     # Each manifest of a mix apart, by its offset: one listed twice has the same (path, line) at two indices.

@@ -262,3 +262,17 @@ def test_a_resampled_clip_counts_the_samples_loading_gives_it(tmp_path):
     assert check_data([m], data_cfg(), FrontendConfig()).num_bad == 0
     sf.write(tmp_path / "edge.wav", np.full(705, 0.1, np.float32), 44100, subtype="FLOAT")  # 256: too short
     assert check_data([m], data_cfg(), FrontendConfig()).num_bad == 1
+
+
+def test_an_empty_reference_is_not_a_bad_line_of_a_manifest_for_decoding(tmp_path):
+    """`llmasr data check --decode`: a line whose transcript is empty is a clip to decode and score (an empty
+    reference), as decoding takes it; for training it stays a bad line."""
+    from llmasr.data.manifest import Manifest
+
+    write_wav(tmp_path / "a.wav", 1.0)
+    m = write_manifest(tmp_path / "m.jsonl", [{"key": "quiet", "source": "a.wav", "target": " "}])
+    assert Manifest.open(m, need_target=False)[0].target == ""
+    spell = lambda text: None if text.strip() else "no CTC labels"  # noqa: E731  (a CTC head's rule)
+    report = check_data([m], data_cfg(), FrontendConfig(), need_target=False, ctc_labels=spell)
+    assert report.num_bad == 0
+    assert check_data([m], data_cfg(), FrontendConfig(), ctc_labels=spell).num_bad == 1

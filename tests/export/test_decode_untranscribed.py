@@ -68,3 +68,19 @@ def test_a_manifest_without_transcripts_is_transcribed(exported_dir, tmp_path, c
     assert _read(out / "ref.txt") == []
     summary = json.loads((out / "wer.json").read_text())
     assert summary["rate"] is None and (summary["utterances"], summary["transcribed"], summary["unscored"]) == (0, 6, 6)
+
+
+def test_an_empty_reference_is_scored_its_insertions_counted(model, tmp_path):
+    """A clip whose reference is empty (noise, silence, or a transcript normalised away) is decoded and scored:
+    every decoded unit an insertion. It had been a bad line, left out of the WER with its hallucinations."""
+    corpus = write_corpus(tmp_path / "data", TEXTS[:3])
+    lines = [json.loads(line) for line in corpus.read_text().splitlines()]
+    lines[1]["target"] = " "
+    corpus.write_text("".join(json.dumps(r) + "\n" for r in lines))
+    summary = decode_manifest(model, corpus, tmp_path / "out", CFG, DecodeOptions(num_workers=0))
+    rows = [json.loads(line) for line in open(tmp_path / "out" / "results.jsonl")]
+    assert [r["ref"] for r in rows] == [TEXTS[0], "", TEXTS[2]]
+    assert rows[1]["ref_units"] == 0 and rows[1]["ins"] == len(rows[1]["hyp"].split()) == rows[1]["errors"]
+    assert (summary["utterances"], summary["unscored"], summary["skipped"]) == (3, 0, 0)
+    want = score_corpus([(r["ref"], r["hyp"]) for r in rows], "auto")[0]
+    assert summary["errors"] == want.errors and summary["rate"] == want.rate
