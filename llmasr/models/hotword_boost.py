@@ -15,9 +15,9 @@ does not support stays out of reach.
 
 Phrases are matched as token ids of the LLM tokenizer, as they would be written at the start of the text and after
 a space (byte-level BPE tokenizers spell the two differently). A phrase that ends in a letter or digit is complete
-only where its word ends: a token that carries the word on ("Ann" then "a": Anna) gives its bonus back. The
-phrases form an Aho-Corasick automaton: when a match breaks off, a phrase that begins or ends inside it is still
-found; matches never overlap, so no token is paid twice.
+only where its word ends: a token that carries the word on ("Ann" then "a": Anna) gives its bonus back. Phrases
+are found leftmost first, then longest first: when a match breaks off, a phrase that begins or ends inside it is
+still found; matches never overlap, so no token is paid twice.
 """
 
 from __future__ import annotations
@@ -31,19 +31,21 @@ from llmasr.scoring import is_no_space_char
 
 @dataclass(eq=False)
 class _Node:
-    depth: int = 0
-    done: int = 0  # tokens of the longest complete phrase that begins this node's path (0: none)
-    word_end: bool = False  # the phrase complete here ends in a letter or digit: a joining token carries it on
+    path: tuple[int, ...] = ()  # the tokens from the root to here
+    complete: bool = False  # a phrase ends here
+    word_end: bool = False  # that phrase ends in a letter or digit: a joining token carries it on
     children: dict[int, _Node] = field(default_factory=dict)
-    # The longest proper suffix of this path that begins a phrase (the root's: none).
-    fail: _Node | None = field(default=None, repr=False)
+    joins: torch.Tensor | None = field(default=None, repr=False)  # the root's: the tokenizer's joining tokens
+
+    @property
+    def depth(self) -> int:
+        return len(self.path)
 
 
 def phrase_trie(phrases, tokenizer, joins: torch.Tensor | None = None) -> _Node:
-    """The token-id trie of `phrases` (each in its start-of-text and after-a-space spellings), with Aho-Corasick
-    failure links, so that a phrase that begins inside a broken-off match is still found."""
-    joins = joining_tokens(tokenizer) if joins is None else joins
-    root = _Node()
+    """The token-id trie of `phrases` (each in its start-of-text and after-a-space spellings); the root keeps the
+    tokenizer's joining tokens (`joining_tokens`) for the matches stepped over it."""
+    root = _Node(joins=joining_tokens(tokenizer) if joins is None else joins)
     for phrase in phrases:
         text = str(phrase).strip()
         if not text:
@@ -51,32 +53,16 @@ def phrase_trie(phrases, tokenizer, joins: torch.Tensor | None = None) -> _Node:
         for spelling in {tuple(tokenizer.encode(t, add_special_tokens=False)) for t in (text, " " + text)}:
             node = root
             for token in spelling:
-                node = node.children.setdefault(token, _Node(node.depth + 1))
-            node.done, node.word_end = node.depth, _word_char(text[-1])
-    _link(root, joins)
+                node = node.children.setdefault(token, _Node(node.path + (token,)))
+            node.complete, node.word_end = True, node.word_end or _word_char(text[-1])
     return root
-
-
-def _link(root: _Node, joins: torch.Tensor) -> None:
-    """Breadth first: each node inherits the complete phrase its path begins with (not across a token that carries
-    that phrase's last word on) and gets its failure link."""
-    todo = [root]
-    while todo:
-        node = todo.pop(0)
-        for token, child in node.children.items():
-            if not (node.done == node.depth and node.word_end and _joins(token, joins)):
-                child.done = max(child.done, node.done)
-            f = node.fail
-            while f is not None and token not in f.children:
-                f = f.fail
-            child.fail = f.children[token] if f is not None else root
-            todo.append(child)
 
 
 @dataclass(frozen=True)
 class _Match:
     banked: int  # tokens of completed phrase matches so far
     node: _Node  # where the current match stands (the root: none); Phi = boost * (banked + node.depth)
+    root: _Node
 
 
 def _word_char(ch: str) -> bool:
@@ -85,17 +71,22 @@ def _word_char(ch: str) -> bool:
 
 
 def _joins(token: int, joins: torch.Tensor) -> bool:
-    return token < len(joins) and bool(joins[token])
+    return 0 <= token < len(joins) and bool(joins[token])
 
 
 def joining_tokens(tokenizer) -> torch.Tensor:
     """Per token id, whether its text starts with a letter or digit of a script written with spaces (it carries
-    the word before it on); cached on the tokenizer. A tokenizer that cannot decode ids: none."""
+    the word before it on); cached on the tokenizer. A token's text is read after another token: SentencePiece
+    tokenizers drop a word's leading space when its token is decoded alone ("▁is" reads "is"). A tokenizer that
+    cannot decode ids: none."""
     cached = getattr(tokenizer, "_llmasr_joining", None)
     if cached is None:
         try:
-            texts = tokenizer.batch_decode([[t] for t in range(len(tokenizer))])
-        except (AttributeError, TypeError, NotImplementedError):
+            anchor = tokenizer.encode("a", add_special_tokens=False)[-1:]
+            head = tokenizer.decode(anchor)
+            texts = tokenizer.batch_decode([anchor + [t] for t in range(len(tokenizer))])
+            texts = [t[len(head) :] if t.startswith(head) else "" for t in texts]
+        except (AttributeError, TypeError, NotImplementedError, IndexError):
             texts = []
         cached = torch.tensor([bool(t) and _word_char(t[0]) for t in texts], dtype=torch.bool)
         try:
@@ -105,28 +96,38 @@ def joining_tokens(tokenizer) -> torch.Tensor:
     return cached
 
 
+def _complete_prefix(root: _Node, path: tuple[int, ...], joining: bool) -> int:
+    """Tokens of the longest phrase that `path` begins with and that is complete there: not carried on by the token
+    after it (the path's next one, or one that is `joining` after the whole path); 0: none."""
+    best, node = 0, root
+    for i, token in enumerate(path):
+        node = node.children[token]
+        carried_on = _joins(path[i + 1], root.joins) if i + 1 < len(path) else joining
+        if node.complete and not (node.word_end and carried_on):
+            best = i + 1
+    return best
+
+
 def _step(match: _Match, token: int, joining: bool) -> _Match:
     """The match after `token` (`joining`: the token carries the word before it on).
 
-    A token that continues the match extends it. Otherwise the match breaks: walking its failure links (ever shorter
-    suffixes of it), each complete phrase found is banked, unless a banked one already covers its tokens or it ends
-    right here and the token carries its word on, and the first suffix the token continues, clear of banked tokens,
-    is the new match (the root: none). Matches never overlap, so the boost never pays a token twice.
+    A token that continues the match extends it. Otherwise the match begun at its path's first token ends: the
+    longest phrase it began that is complete there is banked, and the tokens after that (after the first one, when
+    none is complete), this token last, are matched again from the root. So phrases are found leftmost first and
+    longest first, a phrase that begins or ends inside a broken-off match among them, and matches never overlap:
+    the boost never pays a token twice.
     """
     node = match.node
-    banked, free = match.banked, 0  # free: where in node's path the tokens not yet banked begin
-    f = node
-    while True:
-        start = node.depth - f.depth
-        child = f.children.get(token)
-        if child is not None and start >= free:
-            return _Match(banked, child)
-        carried_on = joining and f.word_end and f.done == f.depth
-        if f.done and start >= free and not carried_on:
-            banked, free = banked + f.done, start + f.done
-        if f.fail is None:  # the root: no match
-            return _Match(banked, f)
-        f = f.fail
+    child = node.children.get(token)
+    if child is not None:
+        return _Match(match.banked, child, match.root)
+    if node is match.root:
+        return match
+    done = _complete_prefix(match.root, node.path, joining)
+    out = _Match(match.banked + done, match.root, match.root)
+    for t in node.path[max(done, 1) :]:
+        out = _step(out, t, _joins(t, match.root.joins))
+    return _step(out, token, joining)
 
 
 class HotwordBoost:
@@ -139,17 +140,13 @@ class HotwordBoost:
         listed = any(phrases)
         self.joins = joining_tokens(tokenizer) if listed else torch.zeros(0, dtype=torch.bool)
         self.tries = [phrase_trie(p, tokenizer, self.joins) if p else None for p in phrases]
+        self.spelled = [sorted(_spelled(root)) if root is not None else [] for root in self.tries]
         self.matches: dict[tuple[int, tuple[int, ...]], _Match] = {}
 
     def tokens(self, utt: int) -> torch.Tensor:
         """Every token id that spells a phrase of utterance `utt` (for a search that scores only some candidates:
         a boost on a token it never scores would be lost)."""
-        found, todo = set(), [self.tries[utt]] if self.tries[utt] is not None else []
-        while todo:
-            node = todo.pop()
-            found.update(node.children)
-            todo.extend(node.children.values())
-        return torch.tensor(sorted(found), dtype=torch.long)
+        return torch.tensor(self.spelled[utt], dtype=torch.long)
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         vocab = scores.shape[1]
@@ -171,13 +168,10 @@ class HotwordBoost:
             ended = self.boost * (_step(match, -1, False).banked - now)
             add[r] = ended
             add[r, joining] = self.boost * (_step(match, -1, True).banked - now)
-            f = match.node
-            while f is not None:
-                for token in f.children:
-                    if token < vocab:
-                        after = _step(match, token, _joins(token, self.joins))
-                        add[r, token] = self.boost * (after.banked + after.node.depth - now)
-                f = f.fail
+            for token in self.spelled[utt]:  # only a token some phrase spells can begin or extend a match
+                if token < vocab:
+                    after = _step(match, token, _joins(token, self.joins))
+                    add[r, token] = self.boost * (after.banked + after.node.depth - now)
             add[r, self.end_id] = ended
         self.matches = seen
         if not seen:
@@ -189,6 +183,15 @@ class HotwordBoost:
         if known is not None:
             return known
         if not prefix:
-            return _Match(0, root)
+            return _Match(0, root, root)
         token = prefix[-1]
         return _step(self._match(utt, prefix[:-1], root), token, _joins(token, self.joins))
+
+
+def _spelled(root: _Node) -> set[int]:
+    found, todo = set(), [root]
+    while todo:
+        node = todo.pop()
+        found.update(node.children)
+        todo.extend(node.children.values())
+    return found

@@ -85,7 +85,7 @@ def test_a_completed_shorter_phrase_stays_earned_when_a_longer_one_breaks_off(mo
     longer = _ids(tok, "four one")
     assert longer[: len(spelled)] == spelled
     root = phrase_trie(["four", "four one"], tok)
-    assert root.children[spelled[0]].done == 0
+    assert not root.children[spelled[0]].complete
     gains = _gains(boost, spelled, len(tok))
     assert gains[end] == 0.0  # "four" is complete: ending here keeps its boost
     gains = _gains(boost, longer[: len(spelled) + 1], len(tok))
@@ -106,6 +106,69 @@ def test_a_phrase_that_begins_or_ends_inside_a_broken_off_match_is_found(model):
     assert total(["two", "one two three"], "one two nine") == len(_ids(tok, " two"))
     assert total(["four", "fourteen one"], "fourteen nine") == 0.0
     assert total(["one two", "two three"], "one two three") == len(_ids(tok, "one two"))
+    # a phrase ending before the token where a longer match breaks off (it had been missed)
+    assert total(["two", "one two three four"], "one two three nine") == len(_ids(tok, " two"))
+    assert total(["one", "zero one two three"], "zero one two nine") == len(_ids(tok, " one"))
+
+
+def _leftmost_longest(spellings: dict[tuple, bool], seq: list[int], joins) -> int:
+    """The reference: tokens of the phrases found in `seq` leftmost first, then longest first, never overlapping;
+    a phrase ending in a word character (spellings[s] True) counts only when the next token does not join it."""
+    total, i = 0, 0
+    while i < len(seq):
+        found = 0
+        for n in range(len(seq) - i, 0, -1):
+            joined = i + n < len(seq) and bool(joins[seq[i + n]])
+            if tuple(seq[i : i + n]) in spellings and not (spellings[tuple(seq[i : i + n])] and joined):
+                found = n
+                break
+        total += found
+        i += found or 1
+    return total
+
+
+def test_what_a_hypothesis_earns_is_its_leftmost_longest_phrases(model):
+    """Over random hypotheses of overlapping phrases, the boost a finished hypothesis keeps is the tokens of the
+    phrases a plain leftmost-longest scan finds in it."""
+    tok, end = model.prompt.tokenizer, model.prompt.end_id
+    phrases = ["one two", "two three", "three", "one two three four", "two", "four teen", "fourteen", "zero one"]
+    boost = HotwordBoost([phrases], tok, 1.0, end, 1)
+    spellings = {}
+    for p in phrases:
+        for text in (p, " " + p):
+            spellings[tuple(_ids(tok, text))] = p[-1].isalnum()
+    alphabet = sorted({t for s in spellings for t in s} | set(_ids(tok, " nine")))
+    rng = random.Random(1)
+    for _ in range(300):
+        seq = [rng.choice(alphabet) for _ in range(rng.randint(1, 9))]
+        got = _total(boost, seq, len(tok), end)
+        assert got == _leftmost_longest(spellings, seq, boost.joins), tok.convert_ids_to_tokens(seq)
+
+
+def test_sentencepiece_words_are_not_read_as_joining(tmp_path):
+    """A SentencePiece (Metaspace) tokenizer, as Llama's and Mistral's: a word's first token decoded alone loses its
+    space ("▁is" reads "is"), which had made every word-initial token 'joining', so a phrase ending in a letter
+    was complete only at the end of the text."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from llmasr.models.hotword_boost import joining_tokens
+
+    spm = Tokenizer(models.BPE(unk_token="<unk>"))
+    spm.pre_tokenizer, spm.decoder = pre_tokenizers.Metaspace(), decoders.Metaspace()
+    corpus = ["anna is here and anna is there", "annabel is not here"] * 5
+    spm.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=80, special_tokens=["<unk>", "</s>"]))
+    tok = PreTrainedTokenizerFast(tokenizer_object=spm, unk_token="<unk>", eos_token="</s>")
+    end = tok.convert_tokens_to_ids("</s>")
+    joins = joining_tokens(tok)
+    word_starts = [t for t in range(len(tok)) if tok.convert_ids_to_tokens(t).startswith("▁")]
+    assert word_starts and not any(joins[t] for t in word_starts)
+    inside = [t for t in range(len(tok)) if tok.convert_ids_to_tokens(t)[0].isalpha()]
+    assert inside and all(joins[t] for t in inside)
+    boost = HotwordBoost([["anna"]], tok, 1.0, end, 1)
+    anna = len(_ids(tok, "anna"))
+    assert _total(boost, _ids(tok, "anna is here"), len(tok), end) == anna
+    assert _total(HotwordBoost([["anna"]], tok, 1.0, end, 1), _ids(tok, "annabel is"), len(tok), end) == 0.0
 
 
 def test_every_tokens_gain_is_the_step_of_the_match(model):
