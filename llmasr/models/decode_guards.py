@@ -10,28 +10,30 @@ from __future__ import annotations
 
 import torch
 
-# The longest n-gram (in tokens) the repetition stop looks for.
-MAX_NGRAM = 8
+# The longest n-gram (in tokens) the repetition stop looks for: a looping sentence, the usual LLM-ASR hallucination,
+# is a few dozen tokens.
+MAX_NGRAM = 32
+# n-grams this short count as one word: a token is a digit in Qwen-style vocabularies, and a word with its comma is
+# two ("yeah," "yeah," ...).
+WORD_NGRAM = 2
 MAX_TOKENS, REPETITION = "max_tokens", "repetition"
 
 
 def repeated_tail(ids: list[int], copies: int) -> bool:
-    """Whether `ids` ends with `copies` back-to-back copies of one n-gram of 2..MAX_NGRAM tokens, or twice as many
-    copies of one token: a token is a digit in Qwen-style vocabularies, and speech says "1000000" and "no no no no
-    no no"; a looping hypothesis runs far past either."""
-    for n in range(1, MAX_NGRAM + 1):
-        span = n * (2 * copies if n == 1 else copies)
-        if len(ids) < span:
-            break
-        if ids[-span:] == ids[-n:] * (span // n):
+    """Whether `ids` ends with `copies` back-to-back copies of one n-gram of WORD_NGRAM + 1..MAX_NGRAM tokens, or
+    twice as many copies of a shorter one: speech says "1000000", "no no no no no no" and "yeah, yeah, yeah, yeah,
+    yeah"; a looping hypothesis runs far past either."""
+    for n in range(1, min(MAX_NGRAM, len(ids) // copies) + 1):
+        span = n * (2 * copies if n <= WORD_NGRAM else copies)
+        if len(ids) >= span and ids[-span:] == ids[-n:] * (span // n):
             return True
     return False
 
 
 class Guards:
     """Forces the end token on row r (utterance r // num_beams) once it holds caps[utterance] tokens, or once its
-    tail repeats an n-gram `repeat_limit` + 1 times, a single token 2 x (repeat_limit + 1) times (repeat_limit 0: no
-    repetition stop)."""
+    tail repeats an n-gram `repeat_limit` + 1 times, one of WORD_NGRAM tokens or fewer 2 x (repeat_limit + 1) times
+    (repeat_limit 0: no repetition stop)."""
 
     def __init__(self, caps: list[int], repeat_limit: int, end_id: int, num_beams: int):
         self.caps, self.repeat_limit, self.end_id, self.num_beams = caps, int(repeat_limit), int(end_id), num_beams

@@ -37,8 +37,8 @@ class DecodeConfig:
     # CTC-guided decoding (models.ctc_guidance): weight w of the CTC head's score against the LLM's, 0 = off;
     # None = AUTO_CTC_WEIGHT for a model with a CTC head (with a non-"llm" CTC vocabulary: when num_beams > 1).
     ctc_weight: float | None = None
-    # An n-gram (2 to models.decode_guards.MAX_NGRAM tokens) repeated back to back more than this many times ends
-    # the hypothesis (counted as a truncation), one token repeated 2 x (this + 1) times; 0 = no repetition stop.
+    # An n-gram (3 to models.decode_guards.MAX_NGRAM tokens) repeated back to back more than this many times ends
+    # the hypothesis (counted as a truncation), one of 1 or 2 tokens repeated 2 x (this + 1) times; 0 = no stop.
     repeat_limit: int = 4
     # Long audio (llmasr.data.long_audio): an utterance longer than this many seconds is decoded in windows cut at
     # low-energy points, their texts joined. None: the longest audio the model was trained on (its longest training

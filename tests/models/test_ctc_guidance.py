@@ -213,8 +213,13 @@ def test_nbest_rescoring_of_text_the_ctc_vocabulary_cannot_spell(tmp_path):
 
 
 def test_repeated_tail():
-    assert repeated_tail([5, 1, 2, 1, 2, 1, 2], 3) and not repeated_tail([5, 1, 2, 1, 2, 1, 2], 4)
+    assert repeated_tail([5, 1, 2, 3, 1, 2, 3, 1, 2, 3], 3) and not repeated_tail([5, 1, 2, 3, 1, 2, 3, 1, 2, 3], 4)
     assert repeated_tail([7] * 6, 3) and not repeated_tail([7] * 5, 3) and not repeated_tail([7, 8, 7], 2)
+    # a word and its comma are two tokens, counted like one word: six "yeah," are speech, ten a loop
+    assert not repeated_tail([5] + [1, 2] * 6, 5) and repeated_tail([5] + [1, 2] * 10, 5)
+    sentence = list(range(100, 112))  # a looping sentence of 12 tokens: five copies end it, four do not
+    assert repeated_tail([5] + sentence * 5, 5) and not repeated_tail([5] + sentence * 4, 5)
+    assert repeated_tail(list(range(100, 132)) * 2, 2) and not repeated_tail(list(range(100, 133)) * 2, 2)
     one, zero = 19, 18  # "1000000" in a vocabulary of single digits: six zeros are a number, not a loop
     assert not repeated_tail([one] + [zero] * 6, 5) and not repeated_tail([one] + [zero] * 9, 5)
     assert repeated_tail([one] + [zero] * 10, 5)
@@ -230,8 +235,8 @@ def test_a_looping_llm_is_stopped_and_each_stop_is_named(model):
         capped = model.transcribe(batch, DecodeConfig(ctc_weight=0.0, repeat_limit=0, max_new_tokens=5))
         ids = model.generate_ids(batch.select([0]), ctc_weight=0.0, repeat_limit=2)
     assert stopped.truncated == [REPETITION, REPETITION]
-    assert stopped.llm == [tok.decode([a, b] * 3).strip()] * 2  # the third copy ends the hypothesis
-    assert ids[0][:7] == [a, b, a, b, a, b, model.prompt.end_id]
+    assert stopped.llm == [tok.decode([a, b] * 6).strip()] * 2  # two tokens count as a word: the sixth copy ends it
+    assert ids[0][:13] == [a, b] * 6 + [model.prompt.end_id]
     assert capped.truncated == [MAX_TOKENS, MAX_TOKENS] and capped.llm[0] == tok.decode([a, b, a, b, a]).strip()
 
 
