@@ -65,6 +65,12 @@ def _branch_of_param(name: str) -> str | None:
     return None
 
 
+def numel(p: nn.Parameter) -> int:
+    """A parameter's whole size: ZeRO-3 partitions it as it is made (numel() is then this rank's 0; ds_numel the
+    whole)."""
+    return int(getattr(p, "ds_numel", p.numel()))
+
+
 def _freeze_report(model: nn.Module) -> str:
     lines = []
     for branch, attr in BRANCH_ATTRS.items():
@@ -73,8 +79,8 @@ def _freeze_report(model: nn.Module) -> str:
             lines.append(f"{branch}: absent")
             continue
         params = list(module.parameters())
-        trainable = sum(p.numel() for p in params if p.requires_grad)
-        total = sum(p.numel() for p in params)
+        trainable = sum(numel(p) for p in params if p.requires_grad)
+        total = sum(numel(p) for p in params)
         state = "frozen" if trainable == 0 else "trainable"
         lines.append(f"{branch}: {state} ({trainable:,} of {total:,} parameters trainable)")
     return "; ".join(lines)
@@ -127,9 +133,9 @@ def describe_param_groups(groups: list[dict]) -> str:
     """A table of the groups: name, tensors, parameters, peak lr, weight decay."""
     rows = [("group", "tensors", "params", "lr", "weight_decay")]
     for g in groups:
-        n = sum(p.numel() for p in g["params"])
+        n = sum(numel(p) for p in g["params"])
         rows.append((g["name"], str(len(g["params"])), f"{n:,}", f"{g['lr']:.3g}", f"{g['weight_decay']:g}"))
-    total = sum(p.numel() for g in groups for p in g["params"])
+    total = sum(numel(p) for g in groups for p in g["params"])
     rows.append(("total", str(sum(len(g["params"]) for g in groups)), f"{total:,}", "", ""))
     widths = [max(len(r[i]) for r in rows) for i in range(5)]
     lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in rows]

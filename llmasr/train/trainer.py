@@ -31,7 +31,7 @@ from llmasr.train.checkpoint_space import CheckpointSpace
 from llmasr.train.efficiency import WaitClock, device_peak
 from llmasr.train.engine import TrainEngine, all_gather_object, barrier, broadcast_object, build_model_for_training
 from llmasr.train.flops import FlopCounter
-from llmasr.train.param_groups import build_param_groups, describe_param_groups
+from llmasr.train.param_groups import build_param_groups, describe_param_groups, numel
 from llmasr.train.plan import plan_run
 from llmasr.train.preemption import Preemption, signal_name
 from llmasr.train.progress import Progress, StartupLog, setup_logging
@@ -135,8 +135,7 @@ class Run:
         check_model_frontend(model, self.side.frontend)
         apply_fused_kernels(model, self.recipe.model.llm)
         self.trainable = [n for n, p in model.named_parameters() if p.requires_grad]
-        # ZeRO-3 partitions parameters as they are made: ds_numel is the whole size, numel() this rank's zero
-        self.trainable_params = sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters() if p.requires_grad)
+        self.trainable_params = sum(numel(p) for p in model.parameters() if p.requires_grad)
         groups = build_param_groups(model, optim)
         log.info("param groups:\n%s", describe_param_groups(groups))
         self.schedules = build_group_schedules(groups, optim, self.total)

@@ -113,9 +113,12 @@ def test_zero3_partitioned_weights_still_decay(make_model):
     """ZeRO-3 builds the LLM partitioned: each weight's data is an empty 1-D tensor and its shape is in ds_shape (as
     deepspeed.zero.Init leaves it). A matrix is still a matrix: it decays (every LLM weight had gone to no-decay)."""
     model = make_model()
+    whole = describe_param_groups(build_param_groups(model, _cfg()))
     for p in model.llm.parameters():
-        p.ds_shape = p.shape
+        p.ds_shape, p.ds_numel = p.shape, p.numel()
         p.data = torch.empty(0)
-    names = _names_by_group(model, build_param_groups(model, _cfg()))
+    groups = build_param_groups(model, _cfg())
+    names = _names_by_group(model, groups)
     assert names["llm_no_decay"] == ["llm.norm.weight", "llm.proj.bias"]
     assert "llm.embed.weight" in names["llm"] and "llm.proj.weight" in names["llm"]
+    assert describe_param_groups(groups) == whole  # the table counts whole weights (it had counted the LLM as 0)
