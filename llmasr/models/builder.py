@@ -117,17 +117,16 @@ def build_encoder(
     """The encoder (its pretrained weights read when `pretrained`; only their names and shapes, checked, with
     `shapes_only`) and the frontend it expects, frozen, with LoRA and checkpointing as configured."""
     spec = encoder_spec(cfg)
+    reinit = {"reinit_keys": cfg.reinit_keys, "frozen_by": "model.encoder.freeze" if cfg.freeze else None}
     if pretrained and cfg.path is not None and cfg.type == "whisper":
-        encoder, _ = load_whisper_encoder(cfg.path, conf=cfg.conf, reinit_keys=cfg.reinit_keys, shapes_only=shapes_only)
+        encoder, _ = load_whisper_encoder(cfg.path, conf=cfg.conf, shapes_only=shapes_only, **reinit)
     elif pretrained and cfg.path is not None:
-        encoder, _ = load_funasr_encoder(
-            cfg.path, conf_overrides=cfg.conf or None, reinit_keys=cfg.reinit_keys, shapes_only=shapes_only
-        )
+        encoder, _ = load_funasr_encoder(cfg.path, conf_overrides=cfg.conf or None, shapes_only=shapes_only, **reinit)
     else:
         encoder = spec.entry.construct(spec.conf)
         if pretrained and cfg.init_from:
             state = read_weights(cfg.init_from, cfg.init_prefix, "model.encoder", shapes_only=shapes_only)
-            load_into(encoder, state, source=f"encoder weights {cfg.init_from}", reinit_keys=cfg.reinit_keys)
+            load_into(encoder, state, source=f"encoder weights {cfg.init_from}", **reinit)
         elif pretrained:
             log.info("%s encoder built from conf with fresh weights", cfg.type)
     if cfg.freeze:

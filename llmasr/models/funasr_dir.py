@@ -274,6 +274,7 @@ def load_funasr_encoder(
     reinit_keys: list[str] | tuple[str, ...] = (),
     prefix: str = "encoder.",
     shapes_only: bool = False,
+    frozen_by: str | None = None,
 ) -> tuple[nn.Module, FrontendConfig]:
     """Build the encoder named in `model_dir/config.yaml`, load its weights from model.pt, read its frontend.
 
@@ -281,6 +282,7 @@ def load_funasr_encoder(
     globs allowed) may be missing from model.pt or differently shaped and keep their fresh initialisation.
     Returns (encoder, frontend); the frontend's cmvn_file is the absolute path of am.mvn. `shapes_only`: model.pt's
     tensor names and shapes are checked as a load checks them, no data is read (build it on the meta device).
+    `frozen_by`: the recipe key that freezes the encoder (state_dict.load_into).
     """
     model_dir = Path(model_dir).resolve()
     entry, conf, frontend = funasr_encoder_spec(model_dir, conf_overrides)
@@ -311,6 +313,6 @@ def load_funasr_encoder(
             )
         encoder_state["query_embed.weight"] = state["embed.weight"]
         taken += ("embed.",)
-    load_into(encoder, encoder_state, source=f"{ckpt_path} ({prefix}*)", reinit_keys=reinit_keys)
+    load_into(encoder, encoder_state, source=f"{ckpt_path} ({prefix}*)", reinit_keys=reinit_keys, frozen_by=frozen_by)
     log_left_out(state, taken, ckpt_path, str(read_funasr_config(model_dir).get("model", "model")))
     return encoder, frontend

@@ -152,10 +152,12 @@ def load_into(
     *,
     source: str,
     reinit_keys: list[str] | tuple[str, ...] = (),
+    frozen_by: str | None = None,
 ) -> LoadReport:
     """Copy `state` into `module` strictly; keys matching a `reinit_keys` glob may be missing or mismatched.
 
-    Raises CheckpointMismatchError naming every offending key (and both shapes) otherwise.
+    Raises CheckpointMismatchError naming every offending key (and both shapes) otherwise. `frozen_by`: the recipe
+    key that freezes the module; a key re-initialised under it would train never and stay random, so it is refused.
     """
     own = module.state_dict()
     report = LoadReport()
@@ -186,6 +188,14 @@ def load_into(
         raise CheckpointMismatchError(
             f"{source} does not match the {type(module).__name__} built from the config:\n{report.describe()}\n"
             "Fix the config to match the checkpoint, or list keys that should start fresh under `reinit_keys`."
+        )
+    if report.reinitialised and frozen_by is not None:
+        from llmasr.config_io import ConfigError
+
+        raise ConfigError(
+            f"{source}: {', '.join(sorted(report.reinitialised)[:8])} would be re-initialised (reinit_keys) but "
+            f"never trained: {frozen_by} is true. Set it to false to train them, or fix the config to match the "
+            "checkpoint"
         )
     module.load_state_dict(to_load, strict=False)
     report.loaded = sorted(to_load)

@@ -225,6 +225,7 @@ def load_whisper_encoder(
     conf: dict[str, Any] | None = None,
     reinit_keys: list[str] | tuple[str, ...] = (),
     shapes_only: bool = False,
+    frozen_by: str | None = None,
 ) -> tuple[WhisperAudioEncoder, FrontendConfig]:
     """Encoder + frontend settings from a local HF Whisper directory; `conf`: WhisperConfig values over its
     config.json (dropout, layerdrop: what leaves the shapes alone). `reinit_keys` are WhisperEncoder names
@@ -244,5 +245,5 @@ def load_whisper_encoder(
     frontend = whisper_frontend(config, preprocessor)
     state = _read_encoder_tensors(path, shapes_only)
     model = WhisperAudioEncoder(config)
-    load_into(model.encoder, state, source=str(path), reinit_keys=reinit_keys)
+    load_into(model.encoder, state, source=str(path), reinit_keys=reinit_keys, frozen_by=frozen_by)
     return model, frontend

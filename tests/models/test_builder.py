@@ -67,6 +67,24 @@ def test_lora_trains_what_freeze_and_bias_say_on_either_branch(tiny_llm_dir, bra
         assert biases and (bias != "lora_only" or wrapped)
 
 
+def test_reinit_keys_of_a_frozen_encoder_are_refused(tiny_llm_dir, tmp_path):
+    """Weights re-initialised under reinit_keys in a frozen encoder would stay random for the whole run: refused,
+    naming them and the freeze key, in the real build and the shapes-only one `llmasr check` makes; trained, they
+    load."""
+    enc_dir = write_funasr_dir(tmp_path / "enc", encoder_conf=tiny_sanm_conf())
+    state = torch.load(enc_dir / "model.pt", weights_only=True)
+    state.pop("encoder.after_norm.weight")
+    torch.save(state, enc_dir / "model.pt")
+    section = tiny_model_section(tiny_llm_dir, encoder_dir=enc_dir, freeze_encoder=True)
+    section["encoder"]["reinit_keys"] = ["after_norm.*"]
+    for weights in ("pretrained", "shapes"):
+        with pytest.raises(ConfigError, match=r"after_norm.weight would be re-initialised .* model.encoder.freeze"):
+            build_model(section, weights=weights)
+    section["encoder"]["freeze"] = False
+    model = build_model(section)
+    assert model.encoder.after_norm.weight.requires_grad
+
+
 def test_meta_and_random_read_no_weight_file(tiny_llm_dir, tmp_path):
     llm = tmp_path / "llm"
     shutil.copytree(tiny_llm_dir, llm)
