@@ -20,12 +20,15 @@ Example::
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass, field
 
 from llmasr.config_io import ConfigError, path_field
 from llmasr.data.augment import AugmentConfig
 from llmasr.data.hotwords import HotwordsConfig
+
+log = logging.getLogger("llmasr.data")
 
 DEFAULT_MAX_SECONDS = 120.0
 
@@ -103,7 +106,10 @@ class DataConfig:
     valid: list[ManifestSpec | str] = path_field(default_factory=list)
     batching: BatchingConfig = field(default_factory=BatchingConfig)
     num_workers: int = 4
-    prefetch_factor: int = 2
+    # Batches each worker keeps ready. Unset: enough for a whole accumulation window (ceil(grad_accum / num_workers)
+    # + 1, at least 2): the trainer takes a window's batches before its first step, and with fewer in flight the
+    # workers sit idle while the window computes, then the loop waits for them.
+    prefetch_factor: int | None = None
     pin_memory: bool = True
     # Training stops with TooMuchBadData once more than this fraction of the items seen is unusable.
     max_bad_fraction: float = 0.01
@@ -128,13 +134,29 @@ class DataConfig:
     def valid_manifests(self) -> list[ManifestSpec]:
         return list(self.valid)  # type: ignore[arg-type]
 
+    def prefetch(self, window: int) -> int | None:
+        """The DataLoader's prefetch_factor: prefetch_factor, or unset, enough batches in flight for an accumulation
+        window of `window` batches; None without workers."""
+        workers = int(self.num_workers)
+        if workers == 0:
+            return None
+        if self.prefetch_factor is None:
+            return max(2, math.ceil(window / workers) + 1)
+        if workers * self.prefetch_factor < window:
+            log.warning(
+                "data.prefetch_factor %d x data.num_workers %d keeps %d batches in flight, fewer than the %d of an "
+                "accumulation window: the workers wait while each window computes (unset prefetch_factor to size it)",
+                self.prefetch_factor, workers, workers * self.prefetch_factor, window,
+            )  # fmt: skip
+        return int(self.prefetch_factor)
+
     def validate(self, path: str) -> None:
         for name in ("train", "valid"):
             for i, spec in enumerate(getattr(self, name)):
                 spec.validate(f"{path}.{name}[{i}]")
         if self.num_workers < 0:
             raise ConfigError(f"{path}.num_workers: must be >= 0, got {self.num_workers}")
-        if self.prefetch_factor < 1:
+        if self.prefetch_factor is not None and self.prefetch_factor < 1:
             raise ConfigError(f"{path}.prefetch_factor: must be >= 1, got {self.prefetch_factor}")
         if not 0.0 <= self.max_bad_fraction <= 1.0:
             raise ConfigError(f"{path}.max_bad_fraction: must be in [0, 1], got {self.max_bad_fraction}")

@@ -1,11 +1,7 @@
 """DataLoader assembly: manifests -> durations -> DynamicBucketSampler -> SpeechDataset -> Collator.
 
-`build_dataloader` returns (loader, sampler). The loader is a `SpeechDataLoader`, a torch DataLoader that also:
-- feeds every batch to its `bad_data` tracker in the main process (workers cannot share counters), raising
-  TooMuchBadData when data.max_bad_fraction is passed (after enough items, and at the end of every epoch);
-- counts the batches the training loop has received, so `loader.state_dict()` resumes exactly even though
-  workers prefetch ahead of the loop;
-- `loader.set_epoch(e)` sets the sampler's epoch and the dataset's (augmentation randomness follows it).
+`build_dataloader` returns (loader, sampler). The loader is a `SpeechDataLoader` (llmasr.data.speech_loader): it
+accounts bad data, resumes exactly, and keeps an accumulation window's batches ready (DataConfig.prefetch).
 Workers are not persistent: each epoch's workers start from the dataset as it is when the epoch starts.
 
 At build time every line is screened (llmasr.data.screen): lines unusable by the manifest alone (malformed, missing
@@ -17,14 +13,12 @@ starts. What the batching filters skip (max_duration, min_duration, ...) is logg
 
 from __future__ import annotations
 
-import functools
 import logging
 import math
 from collections.abc import Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
 
 from llmasr.data.bad_data import BadDataTracker, BadItem, TooMuchBadData
 from llmasr.data.clip_lengths import augmented_costs
@@ -35,83 +29,14 @@ from llmasr.data.device_features import resolve_features_on
 from llmasr.data.frontend import FrontendConfig
 from llmasr.data.hotwords import HotwordSampler
 from llmasr.data.sampler import DynamicBucketSampler
-from llmasr.data.screen import describe_skipped, start_tracker, static_visits
+from llmasr.data.screen import describe_skipped, start_tracker
+from llmasr.data.speech_loader import SpeechDataLoader
 from llmasr.data.window_plan import PlanShare, WindowRules, split_long
-from llmasr.data.worker_signals import workers_born_blocked
-from llmasr.data.worker_start import WorkerStarts, fork_deadlock_warning, start_workers, worker_init
+from llmasr.data.worker_start import fork_deadlock_warning, worker_init
 
 log = logging.getLogger("llmasr.data")
 
 FALLBACK_TRIES = 256
-
-
-class SpeechDataLoader(DataLoader):
-    """A DataLoader over a DynamicBucketSampler that accounts bad data and resumes exactly (see module doc)."""
-
-    bad_data: BadDataTracker
-    _bad_state: dict | None = None  # this rank's saved counts, taken up when the resumed epoch starts
-    consumed: int
-    fork_hazard: bool = False  # this Python can deadlock a worker forked beside a collective's thread (worker_start)
-
-    def set_epoch(self, epoch: int) -> None:
-        changed = int(epoch) != self.batch_sampler.epoch
-        self.batch_sampler.set_epoch(epoch)
-        if changed:  # a state saved before the new epoch's first batch resumes at its start, not at the last count
-            self.consumed = self.batch_sampler._yielded
-
-    def __iter__(self):
-        sampler: DynamicBucketSampler = self.batch_sampler
-        resume = sampler._resume
-        resuming = resume is not None and resume[0] == sampler.epoch
-        start = resume[1] if resuming else 0
-        items = sampler.epoch_indices(sampler.epoch) if sampler.epoch_indices is not None else None
-        visits = static_visits([r["index"] for r in self.bad_data.static], items)
-        saved, self._bad_state = self._bad_state, None
-        if resuming and saved is None:  # another world size deals the rest afresh: its bad-data counts start at 0
-            visits = [0] * len(self.bad_data.static)
-        self.bad_data.new_epoch(visits)
-        if resuming and saved is not None:  # this rank's counts of the epoch so far
-            self.bad_data.load_state_dict(saved)
-        self.consumed = start
-        checked = False
-        duplicates = sampler.duplicate_steps()
-        restore = functools.partial(setattr, sampler, "_resume", resume)  # the sampler clears it on iterating
-        batches = start_workers(self._start, self.num_workers, self.fork_hazard, restore)
-        for batch in batches:
-            self.consumed += 1
-            batch.duplicate = self.consumed - 1 in duplicates
-            self.bad_data.advance(self.consumed / max(len(sampler), 1))
-            self.bad_data.update(batch)
-            if self.consumed >= len(sampler):
-                # Before the epoch's last batch reaches the loop: a loop that stops after it (the training loop
-                # does, at the end of its last window) never resumes this generator past the yield.
-                self.bad_data.end_epoch()
-                checked = True
-            yield batch
-        if not checked:
-            self.bad_data.end_epoch()
-
-    def _start(self, watch: WorkerStarts | None):
-        """torch's iterator: the workers start here, each marking `watch` first (llmasr.data.worker_start)."""
-        if self.num_workers > 0:
-            self.worker_init_fn = functools.partial(worker_init, watch=watch)
-        with workers_born_blocked():
-            return super().__iter__()
-
-    def state_dict(self) -> dict:
-        return {
-            "sampler": self.batch_sampler.state_dict(consumed=getattr(self, "consumed", None)),
-            "bad_data": self.bad_data.state_dict(),
-        }
-
-    def load_state_dict(self, state: dict) -> None:
-        """`state["bad_data"]`: every rank's tracker state in rank order (the trainer gathers them: each rank counts
-        its own share); this rank's is taken up when the epoch resumes, none at another world size."""
-        sampler = self.batch_sampler
-        sampler.load_state_dict(state["sampler"])
-        self.consumed = sampler._yielded  # 0 when resharded: the remainder is the epoch dealt afresh
-        ranks = state.get("bad_data")
-        self._bad_state = ranks[sampler.rank] if isinstance(ranks, list) and len(ranks) == sampler.world_size else None
 
 
 def open_manifests(specs: Sequence[ManifestSpec | str], *, mix: bool, fill: bool = True, need_target: bool = True):
@@ -276,7 +201,9 @@ def _hotword_sampler(data_cfg: DataConfig, manifest, *, train: bool, rank: int):
     return sampler
 
 
-def _speech_loader(dataset, sampler, collator, data_cfg: DataConfig, tracker: BadDataTracker) -> SpeechDataLoader:
+def _speech_loader(
+    dataset, sampler, collator, data_cfg: DataConfig, tracker: BadDataTracker, window: int = 1
+) -> SpeechDataLoader:
     workers = int(data_cfg.num_workers)
     loader = SpeechDataLoader(
         dataset,
@@ -284,7 +211,7 @@ def _speech_loader(dataset, sampler, collator, data_cfg: DataConfig, tracker: Ba
         num_workers=workers,
         collate_fn=collator,
         pin_memory=bool(data_cfg.pin_memory and torch.cuda.is_available()),
-        prefetch_factor=data_cfg.prefetch_factor if workers > 0 else None,
+        prefetch_factor=data_cfg.prefetch(window),
         persistent_workers=False,
         worker_init_fn=worker_init if workers > 0 else None,
     )
@@ -307,10 +234,12 @@ def build_dataloader(
     epoch: int = 0,
     device=None,
     trim_leading_silence: bool = False,
+    window: int = 1,
 ) -> tuple[SpeechDataLoader, DynamicBucketSampler]:
     """`manifests`: a list of ManifestSpec / paths (e.g. data_cfg.train), or an opened Manifest/MixedManifest.
     `device`: the model's, which data.features_on auto follows (None: CUDA when available). `trim_leading_silence`:
-    validation hears each utterance from its speech, as decoding does (decode.trim_leading_silence)."""
+    validation hears each utterance from its speech, as decoding does (decode.trim_leading_silence). `window`: the
+    batches of an accumulation window (train.grad_accum), which the workers keep ready (DataConfig.prefetch)."""
     name = "train" if train else "valid"
     manifest = manifests if hasattr(manifests, "durations") else open_manifests(manifests, mix=train, fill=False)[0]
     n = len(manifest)
@@ -346,7 +275,7 @@ def build_dataloader(
     candidates = [i for batch in sampler.batches() for i in batch]
     fallback = find_fallback(dataset, candidates)
     collator = Collator(prompt_builder.pad_id, with_ctc=ctc_tokenizer is not None, fallback=fallback)
-    loader = _speech_loader(dataset, sampler, collator, data_cfg, tracker)
+    loader = _speech_loader(dataset, sampler, collator, data_cfg, tracker, window)
     st = sampler.stats()
     log.info(
         "%s data: %d items, %d batches per rank (world size %d), mean batch %.1f, padding efficiency %.3f, skipped %s",

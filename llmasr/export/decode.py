@@ -82,9 +82,10 @@ from pathlib import Path
 from llmasr.config_io import ConfigError, from_dict
 from llmasr.data.config import DataConfig
 from llmasr.data.device_features import resolve_features_on
-from llmasr.data.loader import SpeechDataLoader, build_decode_loader
+from llmasr.data.loader import build_decode_loader
 from llmasr.data.long_audio import shift_times
 from llmasr.data.screen import longest_trained
+from llmasr.data.speech_loader import SpeechDataLoader
 from llmasr.data.window_plan import WindowRules
 from llmasr.data.windowed import utterance_rows, utterance_tracker
 from llmasr.export.decode_results import ctc_summary, hotword_counts, llm_summary

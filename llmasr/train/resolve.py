@@ -71,7 +71,9 @@ def build_loaders(recipe, side: TextSide, *, rank: int, world_size: int, device=
     common = dict(
         prompt_builder=side.prompt, ctc_tokenizer=side.ctc_tokenizer, rank=rank, world_size=world_size, device=device
     )
-    train_loader, sampler = build_dataloader(data, data.train, side.frontend, train=True, **common)
+    train_loader, sampler = build_dataloader(
+        data, data.train, side.frontend, train=True, window=recipe.train.grad_accum, **common
+    )
     if len(sampler) == 0:
         raise ConfigError(
             f"data.train: no batch for rank {rank} of {world_size} (every item filtered? {sampler.filtered or ''})"

@@ -544,3 +544,16 @@ def test_each_rank_resumes_its_own_bad_data_counts(tmp_path):
     one.load_state_dict(gathered)
     batches = list(one)
     assert one.bad_data.bad == sum(b.n_bad for b in batches) and one.bad_data.good == sum(b.size for b in batches)
+
+
+def test_workers_keep_an_accumulation_window_ready(tmp_path, caplog):
+    """The trainer takes a window's batches before its first step: with fewer in flight (2 workers x 2 for a window
+    of 16) the workers sat idle while each window computed. Unset, prefetch_factor covers the window; set, it is
+    kept, with a warning when it is short."""
+    path = good_corpus(tmp_path, 8)
+    assert build(cfg(num_workers=2), [str(path)], window=16)[0].prefetch_factor == 9
+    assert build(cfg(num_workers=4), [str(path)])[0].prefetch_factor == 2
+    assert build(cfg(num_workers=0), [str(path)], window=16)[0].prefetch_factor is None
+    with caplog.at_level("WARNING", logger="llmasr.data"):
+        assert build(cfg(num_workers=2, prefetch_factor=2), [str(path)], window=16)[0].prefetch_factor == 2
+    assert "keeps 4 batches in flight, fewer than the 16 of an accumulation window" in caplog.text

@@ -55,7 +55,7 @@ def test_a_stop_signal_before_the_worker_init_waits_for_it():
     before its init function has run is taken by that function's rules (ignored) instead of killing the worker."""
     import psutil
 
-    from llmasr.data.loader import SpeechDataLoader
+    from llmasr.data.speech_loader import SpeechDataLoader
 
     class Batches:  # the batch_sampler interface SpeechDataLoader's __iter__ reads
         epoch, _resume = 0, None

@@ -208,3 +208,17 @@ def test_overrides_may_come_before_and_after_resume_in_command_line_order():
     assert (args.resume, args.overrides) == ("/some/ckpt", ["train.epochs=2", "train.epochs=3"])
     args = parse_args([*base, "a.b=1", "--resume", "a.b=2", "c=3"])  # --resume without a value
     assert (args.resume, args.overrides) == ("latest", ["a.b=1", "a.b=2", "c=3"])
+
+
+def test_the_train_loader_keeps_a_window_of_batches_ready(tiny_llm_dir, tmp_path):
+    """train.grad_accum sizes the training loader's prefetch (data.prefetch_factor unset); validation's stays 2."""
+    from llmasr.recipe import load_recipe
+    from llmasr.testing.tiny_corpus import tiny_recipe_dict, write_tiny_corpus
+    from llmasr.train.resolve import build_loaders, text_side
+
+    corpus = write_tiny_corpus(tmp_path / "corpus", n=4)
+    data = tiny_recipe_dict(tiny_llm_dir, train=[corpus], valid=[corpus], output_dir=tmp_path / "run", grad_accum=8)
+    data["data"]["num_workers"] = 2
+    recipe = load_recipe(data=data)
+    train_loader, _, valid_loader = build_loaders(recipe, text_side(recipe.model), rank=0, world_size=1)
+    assert (train_loader.prefetch_factor, valid_loader.prefetch_factor) == (5, 2)
