@@ -16,26 +16,28 @@ or yet another world size) rebuilds the same plan.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 
 import numpy as np
-
-log = logging.getLogger("llmasr.data")
 
 
 def group_positions(
     positions: Sequence[int], world_size: int, rng: np.random.Generator, *, drop_last: bool, shuffle: bool
 ) -> tuple[list[list[int]], int]:
     """Groups of `world_size` consecutive positions (batches of similar cost run at the same step), and the number
-    of padding duplicates. The last group is padded with its own batches, or dropped with drop_last."""
+    of padding duplicates. The last group is padded with its own batches; with drop_last the batches left over are
+    dropped instead, drawn at random when shuffling (the last in cost order are the longest utterances: the same
+    ones would never be trained)."""
     positions = list(positions)
+    left_over = len(positions) % world_size
+    if drop_last and left_over and shuffle:
+        out = set(rng.choice(len(positions), size=left_over, replace=False).tolist())
+        positions = [p for i, p in enumerate(positions) if i not in out]
     groups = [positions[i : i + world_size] for i in range(0, len(positions), world_size)]
     padding = 0
     if groups and len(groups[-1]) < world_size:
         if drop_last:
-            dropped = groups.pop()
-            log.info("dropped %d batch(es) left over after dividing by world size %d", len(dropped), world_size)
+            groups.pop()
         else:
             last = groups[-1]
             padding = world_size - len(last)

@@ -260,10 +260,12 @@ class DynamicBucketSampler(Sampler):
         n_items = int(lens.sum())
         real = float(o.cost[dealt].sum())
         padded = float((lens * o.longest[dealt]).sum())
+        dropped = len(o.batches) - len(set(dealt.tolist())) if self.drop_last else 0
         stats = {
             "epoch": epoch,
             "num_items": int(o.items.size),
             "kept_items": int(o.kept.size),
+            "dropped_batches": dropped,  # drop_last's left-over batches (their items are not trained this epoch)
             "filtered": o.filtered,
             "truncated": int(self.truncated_mask[o.kept].sum()),  # of the clips batched: one this epoch skips is not
             "num_batches_global": len(o.batches),
@@ -273,9 +275,12 @@ class DynamicBucketSampler(Sampler):
             "padding_efficiency": real / padded if padded > 0 else 1.0,
         }
         filtered = o.filtered
-        if filtered and (self._plan_cache is None or self._plan_cache[0][0] != epoch):
-            if self.rank == 0:
+        if self.rank == 0 and (self._plan_cache is None or self._plan_cache[0][0] != epoch):
+            if filtered:
                 log.info("epoch %d: skipped %d of %d items: %s", epoch, sum(filtered.values()), o.items.size, filtered)
+            if dropped:
+                log.info("epoch %d: data.batching.drop_last left out %d batch(es) over the world size %d, drawn at "
+                         "random", epoch, dropped, self.world_size)  # fmt: skip
         self._plan_cache = (key, groups, stats)
         return groups, stats
 

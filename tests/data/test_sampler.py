@@ -313,3 +313,21 @@ def test_skipping_duplicate_steps_covers_every_item_exactly_once(world_size, shu
         counted += [i for step, b in enumerate(s) if step not in dups for i in b]
     assert skipped == samplers[0].num_padding_batches
     assert sorted(counted) == list(range(d.size))
+
+
+def test_drop_last_leaves_out_other_batches_each_epoch():
+    """drop_last drops the batches left over after dividing by the world size. They had been the last in cost order
+    every epoch, so the longest utterances were never trained; drawn at random, every utterance trains in some epoch
+    of a few, and each epoch says how many batches it left out."""
+    d = librispeech_like(600)
+    samplers = rank_samplers(d, 8, drop_last=True, max_seconds=60.0)
+    trained, longest = set(), set(np.argsort(d)[-5:].tolist())
+    for epoch in range(8):
+        per_rank = [s.batches(epoch=epoch) for s in samplers]
+        assert len({len(b) for b in per_rank}) == 1  # the ranks stay in step
+        seen = {i for batches in per_rank for batch in batches for i in batch}
+        stats = samplers[0].stats(epoch)
+        assert stats["dropped_batches"] == stats["num_batches_global"] % 8 > 0
+        assert len(seen) < len(d)
+        trained |= seen
+    assert longest <= trained and len(trained) == len(d)
