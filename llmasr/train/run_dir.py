@@ -232,7 +232,25 @@ def check_fresh_run(run_dir: Path, overwrite: bool, *, source: Path | None = Non
         removed = clear_earlier_run(run_dir)
         if removed:
             return [f"--overwrite: removed {', '.join(removed)} of an earlier run from {run_dir}"]
-    return []
+    return _set_aside_logs(run_dir, clear) if not earlier else []
+
+
+def _set_aside_logs(run_dir: Path, move: bool) -> list[str]:
+    """The train.log and TensorBoard events of an earlier run that saved no checkpoint (it died first, or its start
+    was refused): moved to NAME.before-STAMP, so that this run's log and curves are its own (the curves of both had
+    been drawn over the same updates). `move` False: only say so."""
+    left = [n for n in (ck.TRAIN_LOG, ck.TENSORBOARD) if (run_dir / n).exists()]
+    if not left:
+        return []
+    if not move:
+        return [f"would move aside {', '.join(left)} of an earlier run without checkpoints in {run_dir}"]
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    moved = []
+    for name in left:
+        target = run_dir / f"{name}.before-{stamp}"
+        (run_dir / name).rename(target)
+        moved.append(target.name)
+    return [f"moved aside the {' and '.join(left)} of an earlier run without checkpoints: {', '.join(moved)}"]
 
 
 def check_run_start(run_dir: Path, resume: str | None, overwrite: bool, recipe=None, *, clear: bool = True) -> list:

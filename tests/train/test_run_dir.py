@@ -238,3 +238,30 @@ def test_two_ranks_learn_rank0s_refusal_and_exit_with_one_message(tiny_llm_dir, 
         assert out.count("llmasr train: error:") == 1 and why in out, out[-3000:]
         assert "Traceback" not in out, out[-3000:]
     assert json.loads((locked / ck.LOCK_FILE).read_text()) == me()
+
+
+def test_a_fresh_run_after_one_that_saved_nothing_keeps_its_own_log(tiny_llm_dir, tmp_path):
+    """A run that died before its first checkpoint leaves train.log and TensorBoard events; the next fresh run in the
+    folder (allowed: nothing to resume) had appended to the log and drawn both runs' curves over the same updates.
+    The old ones are moved aside, named in the new log."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from llmasr.recipe import load_recipe
+    from llmasr.testing.tiny_corpus import tiny_recipe_dict, write_tiny_corpus
+    from llmasr.train.trainer import train
+
+    corpus = write_tiny_corpus(tmp_path / "corpus", n=12)
+    run = tmp_path / "run"
+    data = tiny_recipe_dict(tiny_llm_dir, train=[corpus], output_dir=run, grad_accum=1)
+    train(load_recipe(data=data), "zero0", stop_after_updates=2)  # ends without saving, as a crash would
+    assert not any(p.name.startswith("update_") for p in (run / "checkpoints").iterdir())
+    history = train(load_recipe(data=data), "zero0")["history"]
+    log = (run / "train.log").read_text()
+    updates = [line.split(" train update=")[1].split()[0] for line in log.splitlines() if " train update=" in line]
+    assert updates == [str(h["update"]) for h in history] and updates[0] == "1"
+    aside = sorted(p.name for p in run.iterdir() if ".before-" in p.name)
+    assert [name.split(".before-")[0] for name in aside] == ["tensorboard", "train.log"]
+    assert "moved aside the train.log and tensorboard of an earlier run without checkpoints" in log
+    events = EventAccumulator(str(run / "tensorboard"))
+    events.Reload()
+    assert [e.step for e in events.Scalars("train/loss")] == [h["update"] for h in history]
