@@ -15,6 +15,7 @@ import logging
 import math
 from dataclasses import dataclass, field
 
+from llmasr.train.rank_agreement import check_ranks_agree, data_digest
 from llmasr.train.resolve import TextSide, batches_per_epoch, build_loaders, text_side
 
 log = logging.getLogger("llmasr.train")
@@ -69,13 +70,17 @@ class RunPlan:
         return f"per epoch: {per} x {self.epochs} epochs = {self.natural}; schedules sized by {self.total}{sized}"
 
 
-def plan_run(recipe, ds: dict, *, rank: int, world_size: int, device=None) -> RunPlan:
+def plan_run(recipe, ds: dict, *, rank: int, world_size: int, device=None, all_gather=None) -> RunPlan:
     """Build the data side of `recipe` for `rank` and count what the run will do, once. `device`: the one the
-    model trains on, which data.features_on auto follows (None: CUDA when available)."""
+    model trains on, which data.features_on auto follows (None: CUDA when available). `all_gather` (a run's ranks,
+    all_gather_object): the ranks' findings on the data are compared (llmasr.train.rank_agreement)."""
     tc = recipe.train
     side = text_side(recipe.model)
     loaders = build_loaders(recipe, side, rank=rank, world_size=world_size, device=device)
-    plan = RunPlan(ds, world_size, tc.epochs, tc.max_updates, side, batches_per_epoch(loaders[1], tc.epochs), loaders)
+    per_epoch = batches_per_epoch(loaders[1], tc.epochs)
+    if all_gather is not None and world_size > 1:
+        check_ranks_agree(data_digest(loaders[1], per_epoch), loaders[0].dataset.manifest, all_gather)
+    plan = RunPlan(ds, world_size, tc.epochs, tc.max_updates, side, per_epoch, loaders)
     if tc.max_updates is not None and tc.max_updates > plan.natural:
         log.warning("train.max_updates=%d but %d epochs hold only %d updates", tc.max_updates, tc.epochs, plan.natural)
     return plan

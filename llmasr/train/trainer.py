@@ -91,14 +91,10 @@ class Run:
         for note in self.lock.notes if self.lock is not None else []:
             log.warning(note)
         seed_everything(tc.seed)
-        self.plan = plan_run(recipe, self.ds, rank=self.rank, world_size=self.world, device=self.dist.device)
-        self.k, self.side, self.per_epoch, self.total = (
-            self.plan.grad_accum,
-            self.plan.side,
-            self.plan.per_epoch,
-            self.plan.total,
-        )
-        self.train_loader, self.sampler, self.valid_loader = self.plan.loaders
+        plan = self.plan = plan_run(recipe, self.ds, rank=self.rank, world_size=self.world, device=self.dist.device,
+                                    all_gather=all_gather_object)  # fmt: skip
+        self.k, self.side, self.per_epoch, self.total = plan.grad_accum, plan.side, plan.per_epoch, plan.total
+        self.train_loader, self.sampler, self.valid_loader = plan.loaders
         self._log_batches()
         self._build_engine()
         self._check_space()

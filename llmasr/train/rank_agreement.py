@@ -1,0 +1,54 @@
+"""Every rank reads the manifests and probes the audio headers itself, and plans its batches from what it found. If
+the ranks find different things (a file missing from one node's copy of the data, a network filesystem failing a
+probe once), their plans differ: ranks that run different numbers of steps wait for each other in a collective
+until the job dies, and ranks with different lines or durations train some utterances twice and others never. So
+each rank's findings are compared once before training, and a difference stops every rank, naming it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+
+from llmasr.config_io import ConfigError
+from llmasr.data.screen import where
+
+SHOWN = 5
+
+
+def data_digest(sampler, per_epoch: list[int]) -> dict:
+    """What a rank's batch plan rests on: its steps per epoch, the lines it screened bad, the durations it read."""
+    durations = np.ascontiguousarray(np.asarray(sampler.durations, dtype=np.float64))
+    return {
+        "steps": [int(n) for n in per_epoch],
+        "bad": sorted(int(i) for i in sampler.skipped_indices("bad_line")),
+        "durations": hashlib.sha256(durations.tobytes()).hexdigest(),
+    }
+
+
+def check_ranks_agree(digest: dict, manifest, all_gather) -> None:
+    """Every rank's `digest` (data_digest) gathered; ConfigError on every rank when any differs from rank 0's."""
+    everyone = all_gather(digest)
+    first, problems = everyone[0], []
+    for rank, other in enumerate(everyone[1:], start=1):
+        if other == first:
+            continue
+        only = sorted(set(other["bad"]) - set(first["bad"]))
+        missing = sorted(set(first["bad"]) - set(other["bad"]))
+        for ids, whose in ((only, f"rank {rank} only"), (missing, "rank 0 only")):
+            if ids:
+                lines = ", ".join(f"{path}:{line}" for path, line in (where(manifest, i) for i in ids[:SHOWN]))
+                problems.append(
+                    f"{len(ids)} line(s) screened bad on {whose}: {lines}{', ...' if len(ids) > SHOWN else ''}"
+                )
+        if other["durations"] != first["durations"] and not (only or missing):
+            problems.append(f"rank {rank} read other audio durations than rank 0")
+        if other["steps"] != first["steps"]:
+            problems.append(f"rank {rank} plans {other['steps']} steps per epoch, rank 0 {first['steps']}")
+    if problems:
+        raise ConfigError(
+            "the ranks do not see the same training data:\n  " + "\n  ".join(problems) + "\nEach rank reads the "
+            "manifests and audio itself: every node needs the same files, readable (`llmasr data check` on each "
+            "node finds what differs). Training would hang or train some utterances twice and others never."
+        )

@@ -1,0 +1,40 @@
+"""The ranks' findings on the training data are compared before training: a rank that found a file missing (its
+node's copy of the data lacks it) would plan other batches than the rest, and the run would hang or train some
+utterances twice and others never."""
+
+import json
+import shutil
+
+import pytest
+
+from llmasr.config_io import ConfigError
+from llmasr.recipe import load_recipe
+from llmasr.testing.tiny_corpus import tiny_recipe_dict, write_tiny_corpus
+from llmasr.train.plan import plan_run
+from llmasr.train.rank_agreement import check_ranks_agree, data_digest
+
+
+def recipe_for(tiny_llm_dir, manifest, run):
+    data = tiny_recipe_dict(tiny_llm_dir, train=[manifest], output_dir=run)
+    data["data"]["max_bad_fraction"] = 0.5
+    return load_recipe(data=data)
+
+
+def test_a_rank_missing_a_file_stops_every_rank_naming_the_line(tiny_llm_dir, tmp_path):
+    corpus = write_tiny_corpus(tmp_path / "corpus", n=16, with_duration=False)  # durations probed from headers
+    recipe = recipe_for(tiny_llm_dir, corpus, tmp_path / "run")
+    digests = []
+    plan_run(recipe, {}, rank=0, world_size=2, all_gather=lambda d: digests.append(d) or [d, d])  # agree: no error
+    node = tmp_path / "node1"  # rank 1's node: the same manifest, one wav missing from its copy
+    shutil.copytree(corpus.parent, node)
+    lines = node.joinpath(corpus.name).read_text().splitlines()
+    gone = json.loads(lines[6])["source"]
+    (node / gone).unlink()
+    other = data_digest(plan_run(recipe_for(tiny_llm_dir, node / corpus.name, tmp_path / "run1"), {}, rank=1,
+                                 world_size=2).loaders[1], [])  # fmt: skip
+    plan = plan_run(recipe, {}, rank=0, world_size=2)
+    with pytest.raises(ConfigError, match=r"the ranks do not see the same training data") as err:
+        check_ranks_agree(digests[0], plan.loaders[0].dataset.manifest, lambda d: [d, {**other, "steps": d["steps"]}])
+    assert f"1 line(s) screened bad on rank 1 only: {corpus}:7" in str(err.value)
+    with pytest.raises(ConfigError, match=r"rank 1 plans \[9\] steps per epoch, rank 0 \[3\]"):
+        check_ranks_agree({**digests[0], "steps": [3]}, None, lambda d: [d, {**d, "steps": [9]}])
