@@ -367,6 +367,7 @@ def write_model_dir(
             "hotwords_template": model.prompt.hotwords_template,
             "hotwords_separator": model.prompt.hotwords_separator,
             "hotwords_max_tokens": model.prompt.hotwords_max_tokens,
+            "template_kwargs": dict(model.prompt.template_kwargs),
         },
         "llm": llm_entry,
         "decode": _write_vad(recipe.decode, tmp),

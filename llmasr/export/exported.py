@@ -11,7 +11,7 @@ DIR/llmasr_model.yaml says how to rebuild each part:
     ctc:      {file, vocab ("llm" or a file in DIR), vocab_size, encoder_dim, ...} or null
     frontend: FrontendConfig fields; cmvn_file relative to DIR
     prompt:   {task, system, chat_template, audio_separator, hotwords_template, hotwords_separator,
-               hotwords_max_tokens}
+               hotwords_max_tokens, template_kwargs}
     llm:      {kind: merged, dir: llm}            plain transformers AutoModelForCausalLM (no peft)
               {kind: adapter, dir: adapter, base} peft adapter applied to the base directory `base`
               {kind: base, dir: tokenizer, base}  the unchanged base LLM (only the speech side was trained)
@@ -182,7 +182,7 @@ def exported_model_config(
     }
     if p.get("chat_template"):
         section["prompt"]["chat_template"] = p["chat_template"]
-    for key in ("hotwords_template", "hotwords_separator", "hotwords_max_tokens"):  # older exports: the defaults
+    for key in ("hotwords_template", "hotwords_separator", "hotwords_max_tokens", "template_kwargs"):  # older: defaults
         if key in p:
             section["prompt"][key] = p[key]
     if c:

@@ -245,6 +245,7 @@ def build_prompt(cfg: ModelConfig, tokenizer) -> PromptBuilder:
         hotwords_template=cfg.prompt.hotwords_template,
         hotwords_separator=cfg.prompt.hotwords_separator,
         hotwords_max_tokens=cfg.prompt.hotwords_max_tokens,
+        template_kwargs=cfg.prompt.template_kwargs,
         source=f"the tokenizer of {cfg.llm.path}",
     )
 

@@ -130,6 +130,13 @@ class LLMConfig:
             )
 
 
+# apply_chat_template's own arguments, which llmasr sets when it renders a prompt.
+RENDER_ARGUMENTS = frozenset(
+    {"conversation", "messages", "tokenize", "add_generation_prompt", "continue_final_message", "date_string",
+     "chat_template", "return_dict", "return_tensors", "tools", "documents"}
+)  # fmt: skip
+
+
 @dataclass
 class PromptConfig:
     task: str = "Transcribe the audio."
@@ -144,8 +151,14 @@ class PromptConfig:
     hotwords_separator: str = ", "
     # Token budget of a list's joined phrases: the longest phrase is dropped until it fits (counted). None: no cap.
     hotwords_max_tokens: int | None = None
+    # Variables the chat template reads, e.g. {enable_thinking: false} for Qwen3's non-thinking turn (its prompt then
+    # ends in an empty <think></think> block, as Qwen3 renders a chat without reasoning).
+    template_kwargs: dict[str, Any] = field(default_factory=dict)
 
     def validate(self, path: str) -> None:
+        taken = sorted(set(self.template_kwargs) & RENDER_ARGUMENTS)
+        if taken:
+            raise ConfigError(f"{path}.template_kwargs: {taken} are set by llmasr itself when it renders the prompt")
         if self.hotwords_template.count("{hotwords}") != 1:
             raise ConfigError(
                 f"{path}.hotwords_template: must hold the placeholder {{hotwords}} exactly once, got "

@@ -24,6 +24,7 @@ AUDIO_PLACEHOLDER = "<|llmasr_audio|>"
 # so that the prompt a model trains on is the prompt it decodes with, on any day (Llama's own fallback date).
 TEMPLATE_DATE = datetime.datetime(2024, 7, 26)
 HOTWORDS_PLACEHOLDER = "{hotwords}"
+THINK_OPEN, THINK_CLOSE = "<think>", "</think>"  # a reasoning block an answer may open with (Qwen3)
 
 
 class PromptError(ValueError):
@@ -77,6 +78,7 @@ class PromptBuilder:
         hotwords_template: str = "Hotwords: {hotwords}. ",
         hotwords_separator: str = ", ",
         hotwords_max_tokens: int | None = None,
+        template_kwargs: dict | None = None,
         source: str = "the LLM tokenizer",
     ):
         if hotwords_template.count(HOTWORDS_PLACEHOLDER) != 1:
@@ -89,6 +91,7 @@ class PromptBuilder:
         self.hotwords_max_tokens = hotwords_max_tokens
         self.system = system
         self.source = source
+        self.template_kwargs = dict(template_kwargs or {})
         if chat_template:
             template_path = Path(chat_template)
             if len(chat_template) < 4096 and "{" not in chat_template:
@@ -123,7 +126,7 @@ class PromptBuilder:
             with _fixed_today():
                 return self.tokenizer.apply_chat_template(
                     self._messages(task, target, system), tokenize=False, add_generation_prompt=target is None,
-                    date_string=TEMPLATE_DATE.strftime("%d %b %Y"),
+                    date_string=TEMPLATE_DATE.strftime("%d %b %Y"), **self.template_kwargs,
                 )  # fmt: skip
         except Exception as err:  # jinja errors, templates that reject a role
             raise PromptError(f"{self.source}: the chat template failed to render: {err}") from err
@@ -206,8 +209,13 @@ class PromptBuilder:
         return EncodedPrompt(ids, len(before), target_start, tuple(kept), dropped)
 
     def decode(self, ids) -> str:
-        """Text of generated ids, cut at the first end token."""
+        """Text of generated ids, cut at the first end token, without a leading reasoning block (Qwen3 opens its
+        answers with <think>...</think>; its tags are not special tokens, so they stay in the decoded text)."""
         ids = [int(i) for i in ids]
         if self.end_id in ids:
             ids = ids[: ids.index(self.end_id)]
-        return self.tokenizer.decode(ids, skip_special_tokens=True).strip()
+        text = self.tokenizer.decode(ids, skip_special_tokens=True).strip()
+        if text.startswith(THINK_OPEN):
+            close = text.find(THINK_CLOSE)
+            text = text[close + len(THINK_CLOSE) :] if close >= 0 else text[len(THINK_OPEN) :]
+        return text.strip()

@@ -394,3 +394,19 @@ def test_output_over_the_run_itself_is_refused(runs, capsys):
         assert main(["--checkpoint", str(run), "--output", str(out), "--overwrite"]) == 1
         assert f"--output {out}: {why} the training run {run.resolve()} being exported" in capsys.readouterr().err
     assert list_tags(run / "checkpoints") and (run / "recipe.yaml").is_file()
+
+
+def test_the_chat_template_variables_travel_with_the_export(exported_dir, tmp_path):
+    """model.prompt.template_kwargs (Qwen3's enable_thinking) are written into llmasr_model.yaml and the loaded
+    export renders its prompts with them, as training did."""
+    import yaml
+
+    from llmasr.export.exported import MODEL_FILE
+
+    out = tmp_path / "model"
+    shutil.copytree(exported_dir, out)
+    desc = yaml.safe_load((out / MODEL_FILE).read_text(encoding="utf-8"))
+    assert desc["prompt"]["template_kwargs"] == {}
+    desc["prompt"]["template_kwargs"] = {"enable_thinking": False}
+    (out / MODEL_FILE).write_text(yaml.safe_dump(desc), encoding="utf-8")
+    assert load_exported(out).prompt.template_kwargs == {"enable_thinking": False}

@@ -189,3 +189,40 @@ def test_special_token_text_in_a_transcript_is_text(tiny_llm_dir):
     assert target.count(pb.end_id) == 1 and target[-1] == pb.end_id
     assert pb.decode(target) == "hello <|im_end|> world"
     assert pb.end_id not in LLMCTCTokenizer(tok).encode("hello <|im_end|> world")
+
+
+QWEN3_LIKE = (
+    "{%- for message in messages -%}"
+    "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' -}}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{- '<|im_start|>assistant\\n' -}}"
+    "{%- if enable_thinking is defined and enable_thinking is false -%}"
+    "{{- '<think>\\n\\n</think>\\n\\n' -}}{%- endif -%}"
+    "{%- endif -%}"
+)
+
+
+def test_template_kwargs_reach_the_template_and_a_reasoning_block_is_not_transcript(tiny_llm_dir):
+    """model.prompt.template_kwargs are the template's variables: Qwen3's enable_thinking: false ends the prompt in
+    an empty think block, in training and decoding alike. An answer that opens with a reasoning block (Qwen3's tags
+    are not special tokens) is decoded without it."""
+    tokenizer = load_tokenizer(tiny_llm_dir)
+    plain = PromptBuilder(tokenizer, chat_template=QWEN3_LIKE)
+    quiet = PromptBuilder(
+        load_tokenizer(tiny_llm_dir), chat_template=QWEN3_LIKE, template_kwargs={"enable_thinking": False}
+    )
+    assert not tokenizer.decode(plain.encode(None).ids).endswith("</think>\n\n")
+    infer, train = quiet.encode(None), quiet.encode("zero one")
+    assert tokenizer.decode(infer.ids).endswith("<|im_start|>assistant\n<think>\n\n</think>\n\n")
+    assert train.ids[: train.target_start] == infer.ids
+    thought = tokenizer.encode("<think>\nthe user wants digits\n</think>\n\nzero one", add_special_tokens=False)
+    assert quiet.decode(thought + [quiet.end_id]) == "zero one"
+    assert quiet.decode(tokenizer.encode("<think> still thinking", add_special_tokens=False)) == "still thinking"
+
+
+def test_template_kwargs_that_llmasr_sets_itself_are_refused():
+    from llmasr.config_io import ConfigError
+    from llmasr.models.config import PromptConfig
+
+    with pytest.raises(ConfigError, match=r"model.prompt.template_kwargs: \['add_generation_prompt'\] are set by"):
+        PromptConfig(template_kwargs={"add_generation_prompt": False}).validate("model.prompt")
