@@ -76,7 +76,8 @@ def plan_run(recipe, ds: dict, *, rank: int, world_size: int, device=None, all_g
     all_gather_object): the ranks' findings on the data are compared (llmasr.train.rank_agreement)."""
     tc = recipe.train
     side = text_side(recipe.model)
-    loaders = build_loaders(recipe, side, rank=rank, world_size=world_size, device=device)
+    window = int(ds.get("gradient_accumulation_steps") or tc.grad_accum or 1)
+    loaders = build_loaders(recipe, side, rank=rank, world_size=world_size, device=device, window=window)
     per_epoch = batches_per_epoch(loaders[1], tc.epochs)
     if all_gather is not None and world_size > 1:
         check_ranks_agree(data_digest(loaders[1], per_epoch), loaders[0].dataset.manifest, all_gather)

@@ -61,8 +61,9 @@ def check_model_frontend(model, expected: FrontendConfig) -> None:
         raise ConfigError(f"the encoder's frontend differs from the one the data was prepared for: {diff}")
 
 
-def build_loaders(recipe, side: TextSide, *, rank: int, world_size: int, device=None):
-    """(train loader, train sampler, valid loader or None); `device`: the model's (data.features_on auto)."""
+def build_loaders(recipe, side: TextSide, *, rank: int, world_size: int, device=None, window: int | None = None):
+    """(train loader, train sampler, valid loader or None); `device`: the model's (data.features_on auto).
+    `window`: the micro batches of an update (the resolved DeepSpeed config's; default train.grad_accum or 1)."""
     from llmasr.data.loader import build_dataloader
 
     data = recipe.data
@@ -72,7 +73,7 @@ def build_loaders(recipe, side: TextSide, *, rank: int, world_size: int, device=
         prompt_builder=side.prompt, ctc_tokenizer=side.ctc_tokenizer, rank=rank, world_size=world_size, device=device
     )
     train_loader, sampler = build_dataloader(
-        data, data.train, side.frontend, train=True, window=recipe.train.grad_accum, **common
+        data, data.train, side.frontend, train=True, window=window or recipe.train.grad_accum or 1, **common
     )
     if len(sampler) == 0:
         raise ConfigError(

@@ -222,3 +222,9 @@ def test_the_train_loader_keeps_a_window_of_batches_ready(tiny_llm_dir, tmp_path
     recipe = load_recipe(data=data)
     train_loader, _, valid_loader = build_loaders(recipe, text_side(recipe.model), rank=0, world_size=1)
     assert (train_loader.prefetch_factor, valid_loader.prefetch_factor) == (5, 2)
+    # train.grad_accum unset, the DeepSpeed JSON's gradient_accumulation_steps counts (it had crashed: None / 2)
+    from llmasr.train.plan import plan_run
+
+    data["train"]["grad_accum"] = None
+    plan = plan_run(load_recipe(data=data), {"gradient_accumulation_steps": 6}, rank=0, world_size=1)
+    assert plan.loaders[0].prefetch_factor == 4
