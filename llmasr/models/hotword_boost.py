@@ -35,7 +35,8 @@ class _Node:
     complete: bool = False  # a phrase ends here
     word_end: bool = False  # that phrase ends in a letter or digit: a joining token carries it on
     children: dict[int, _Node] = field(default_factory=dict)
-    joins: torch.Tensor | None = field(default=None, repr=False)  # the root's: the tokenizer's joining tokens
+    joining: frozenset[int] = frozenset()  # the root's: the tokenizer's joining token ids
+    memo: dict = field(default_factory=dict, repr=False)  # the root's: _transition's answers
 
     @property
     def depth(self) -> int:
@@ -45,7 +46,8 @@ class _Node:
 def phrase_trie(phrases, tokenizer, joins: torch.Tensor | None = None) -> _Node:
     """The token-id trie of `phrases` (each in its start-of-text and after-a-space spellings); the root keeps the
     tokenizer's joining tokens (`joining_tokens`) for the matches stepped over it."""
-    root = _Node(joins=joining_tokens(tokenizer) if joins is None else joins)
+    joins = joining_tokens(tokenizer) if joins is None else joins
+    root = _Node(joining=joins if isinstance(joins, frozenset) else frozenset(joins.nonzero().flatten().tolist()))
     for phrase in phrases:
         text = str(phrase).strip()
         if not text:
@@ -70,8 +72,8 @@ def _word_char(ch: str) -> bool:
     return ch.isalnum() and not is_no_space_char(ch)
 
 
-def _joins(token: int, joins: torch.Tensor) -> bool:
-    return 0 <= token < len(joins) and bool(joins[token])
+def _joins(token: int, joining: frozenset[int]) -> bool:
+    return token in joining
 
 
 def joining_tokens(tokenizer) -> torch.Tensor:
@@ -102,7 +104,7 @@ def _complete_prefix(root: _Node, path: tuple[int, ...], joining: bool) -> int:
     best, node = 0, root
     for i, token in enumerate(path):
         node = node.children[token]
-        carried_on = _joins(path[i + 1], root.joins) if i + 1 < len(path) else joining
+        carried_on = _joins(path[i + 1], root.joining) if i + 1 < len(path) else joining
         if node.complete and not (node.word_end and carried_on):
             best = i + 1
     return best
@@ -117,17 +119,58 @@ def _step(match: _Match, token: int, joining: bool) -> _Match:
     longest first, a phrase that begins or ends inside a broken-off match among them, and matches never overlap:
     the boost never pays a token twice.
     """
-    node = match.node
-    child = node.children.get(token)
-    if child is not None:
-        return _Match(match.banked, child, match.root)
-    if node is match.root:
-        return match
-    done = _complete_prefix(match.root, node.path, joining)
-    out = _Match(match.banked + done, match.root, match.root)
-    for t in node.path[max(done, 1) :]:
-        out = _step(out, t, _joins(t, match.root.joins))
-    return _step(out, token, joining)
+    gained, node = _transition(match.root, match.node, token, joining)
+    return _Match(match.banked + gained, node, match.root)
+
+
+def _transition(root: _Node, node: _Node, token: int, joining: bool) -> tuple[int, _Node]:
+    """(tokens banked, the next node) of `token` after `node`: what _step adds, whatever was banked before; kept
+    on the root, as the search asks the same of every row at every step."""
+    key = (node, token, joining)
+    known = root.memo.get(key)
+    if known is None:
+        child = node.children.get(token)
+        if child is not None:
+            known = (0, child)
+        elif node is root:
+            known = (0, root)
+        else:
+            banked, rest = _broken(root, node, joining)
+            gained, after = _transition(root, rest, token, joining)
+            known = (banked + gained, after)
+        root.memo[key] = known
+    return known
+
+
+def _broken(root: _Node, node: _Node, joining: bool) -> tuple[int, _Node]:
+    """(tokens banked, where the match stands) when the match at `node` ends before a token that continues none of
+    it: its longest complete phrase banked and the tokens after that matched again from the root."""
+    key = ("broken", node, joining)
+    known = root.memo.get(key)
+    if known is None:
+        done = _complete_prefix(root, node.path, joining)
+        banked, state = done, root
+        for t in node.path[max(done, 1) :]:
+            gained, state = _transition(root, state, t, _joins(t, root.joining))
+            banked += gained
+        known = root.memo[key] = (banked, state)
+    return known
+
+
+def _chain(root: _Node, node: _Node, joining: bool) -> list[tuple[int, _Node]]:
+    """(tokens banked so far, node) of each place a token that is `joining` (or not) may go on from, in order: the
+    match itself, then where it stands after each break, down to the root. A token goes on from the first of them
+    that has it as a child (what _transition finds, without a call per token); no phrase goes on with any other."""
+    key = ("chain", node, joining)
+    known = root.memo.get(key)
+    if known is None:
+        known, banked, state = [(0, node)], 0, node
+        while state is not root:
+            gained, state = _broken(root, state, joining)
+            banked += gained
+            known.append((banked, state))
+        root.memo[key] = known
+    return known
 
 
 class HotwordBoost:
@@ -139,7 +182,8 @@ class HotwordBoost:
         self.boost, self.end_id, self.num_beams = float(boost), int(end_id), int(num_beams)
         listed = any(phrases)
         self.joins = joining_tokens(tokenizer) if listed else torch.zeros(0, dtype=torch.bool)
-        self.tries = [phrase_trie(p, tokenizer, self.joins) if p else None for p in phrases]
+        self.joining = frozenset(self.joins.nonzero().flatten().tolist())
+        self.tries = [phrase_trie(p, tokenizer, self.joining) if p else None for p in phrases]
         self.spelled = [sorted(_spelled(root)) if root is not None else [] for root in self.tries]
         self.matches: dict[tuple[int, tuple[int, ...]], _Match] = {}
 
@@ -168,10 +212,14 @@ class HotwordBoost:
             ended = self.boost * (_step(match, -1, False).banked - now)
             add[r] = ended
             add[r, joining] = self.boost * (_step(match, -1, True).banked - now)
-            for token in self.spelled[utt]:  # only a token some phrase spells can begin or extend a match
-                if token < vocab:
-                    after = _step(match, token, _joins(token, self.joins))
-                    add[r, token] = self.boost * (after.banked + after.node.depth - now)
+            gains: dict[int, float] = {}  # the tokens some phrase goes on with, from the first place in the chain
+            for joins in (False, True):
+                for banked, state in reversed(_chain(root, match.node, joins)):
+                    for token, child in state.children.items():
+                        if token < vocab and (token in self.joining) == joins:
+                            gains[token] = self.boost * (match.banked + banked + child.depth - now)
+            if gains:
+                add[r, torch.tensor(list(gains))] = torch.tensor(list(gains.values()), dtype=add.dtype).to(add.device)
             add[r, self.end_id] = ended
         self.matches = seen
         if not seen:
@@ -185,7 +233,7 @@ class HotwordBoost:
         if not prefix:
             return _Match(0, root, root)
         token = prefix[-1]
-        return _step(self._match(utt, prefix[:-1], root), token, _joins(token, self.joins))
+        return _step(self._match(utt, prefix[:-1], root), token, _joins(token, self.joining))
 
 
 def _spelled(root: _Node) -> set[int]:
