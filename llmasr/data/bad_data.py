@@ -294,4 +294,5 @@ class BadDataTracker:
         self.bad = int(state["bad"])
         self.by_reason = Counter({str(k): int(v) for k, v in state.get("by_reason", {}).items()})
         self.examples = list(state.get("examples", []))[: self.keep_examples]
-        self._take(int(state.get("static_counted", 0)), count=False)  # already in bad and by_reason
+        # already in bad and by_reason (a state saved before the in-step counting counted them all at the start)
+        self._take(int(state.get("static_counted", self.static_epoch)), count=False)

@@ -43,11 +43,14 @@ class SpeechDataLoader(DataLoader):
         items = sampler.epoch_indices(sampler.epoch) if sampler.epoch_indices is not None else None
         visits = static_visits([r["index"] for r in self.bad_data.static], items)
         saved, self._bad_state = self._bad_state, None
-        if resuming and saved is None:  # another world size deals the rest afresh: its bad-data counts start at 0
+        if resuming and sampler.resharded:  # another world size deals the rest afresh: its counts start at 0
             visits = [0] * len(self.bad_data.static)
         self.bad_data.new_epoch(visits)
-        if resuming and saved is not None:  # this rank's counts of the epoch so far
-            self.bad_data.load_state_dict(saved)
+        if resuming and not sampler.resharded:
+            if saved is not None:  # this rank's counts of the epoch so far
+                self.bad_data.load_state_dict(saved)
+            else:  # a state without this rank's counts: the known-bad lines of the epoch so far, at least
+                self.bad_data.advance(start / max(len(sampler), 1))
         self.consumed = start
         checked = False
         duplicates = sampler.duplicate_steps()
@@ -87,4 +90,8 @@ class SpeechDataLoader(DataLoader):
         sampler.load_state_dict(state["sampler"])
         self.consumed = sampler._yielded  # 0 when resharded: the remainder is the epoch dealt afresh
         ranks = state.get("bad_data")
-        self._bad_state = ranks[sampler.rank] if isinstance(ranks, list) and len(ranks) == sampler.world_size else None
+        if isinstance(ranks, dict):  # saved before the ranks' counts were gathered: rank 0's alone
+            self._bad_state = ranks if sampler.rank == 0 else None
+        else:
+            same = isinstance(ranks, list) and len(ranks) == sampler.world_size
+            self._bad_state = ranks[sampler.rank] if same else None

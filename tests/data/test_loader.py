@@ -557,3 +557,38 @@ def test_workers_keep_an_accumulation_window_ready(tmp_path, caplog):
     with caplog.at_level("WARNING", logger="llmasr.data"):
         assert build(cfg(num_workers=2, prefetch_factor=2), [str(path)], window=16)[0].prefetch_factor == 2
     assert "keeps 4 batches in flight, fewer than the 16 of an accumulation window" in caplog.text
+
+
+def test_a_loader_state_saved_before_the_counts_were_per_rank_still_resumes_them(tmp_path):
+    """A checkpoint written before each rank's counts were gathered holds rank 0's tracker state, a dict, which had
+    counted the epoch's known-bad lines all at its start: resumed at the same world size, the epoch ends with the
+    counts of an uninterrupted one (it had lost them and never counted the lines still ahead)."""
+    path = good_corpus(tmp_path, 30)
+    lines = path.read_text().splitlines()
+    lines += [json.dumps({"key": f"b{i}", "source": "wav_train/u0.wav", "target": " "}) for i in range(5)]
+    m = write_manifest(tmp_path / "m.jsonl", lines)
+    data_cfg = cfg(max_bad_fraction=0.9, batching={"max_seconds": 3.0})
+    full, _ = build(data_cfg, [str(m)], epoch=0)
+    list(full)
+    assert (full.bad_data.bad, full.bad_data.good) == (5, 30)
+    loader, _ = build(data_cfg, [str(m)], epoch=0)
+    it = iter(loader)
+    good = next(it).size + next(it).size
+    old = {
+        "sampler": loader.state_dict()["sampler"],
+        "bad_data": {"good": good, "bad": 5, "by_reason": {"empty target": 5}, "examples": [], "static": []},
+    }
+    for rank, world in ((0, 1), (1, 2)):
+        again, _ = build(data_cfg, [str(m)], epoch=0, rank=rank, world_size=world)
+        if world == 1:
+            again.load_state_dict(old)
+            list(again)
+            assert (again.bad_data.bad, again.bad_data.good) == (5, 30)
+        else:  # rank 1 of 2 has no counts of its own in it: the known-bad lines of its share still count
+            two, _ = build(data_cfg, [str(m)], epoch=0, rank=1, world_size=2)
+            it = iter(two)
+            next(it)
+            state = {**two.state_dict(), "bad_data": old["bad_data"]}
+            again.load_state_dict(state)
+            list(again)
+            assert again.bad_data.bad == len(again.bad_data.static) > 0
