@@ -175,6 +175,9 @@ class CorpusScore:
     deletions: int = 0
     insertions: int = 0
     by_unit: dict = field(default_factory=lambda: {"wer": 0, "cer": 0})  # utterances scored in each unit
+    # utterances with an empty reference, by the unit their hypothesis was scored in: they name the metric only
+    # when no reference has a script to go by
+    empty_by_unit: dict = field(default_factory=lambda: {"wer": 0, "cer": 0})
     sentence_errors: int = 0
 
     def add(self, score: UttScore) -> None:
@@ -185,6 +188,8 @@ class CorpusScore:
         self.insertions += score.insertions
         if score.ref_len:  # an empty reference has no script: it does not make a corpus mixed (MER)
             self.by_unit[score.unit] += 1
+        else:
+            self.empty_by_unit[score.unit] += 1
         self.sentence_errors += int(score.errors > 0)
 
     @property
@@ -197,10 +202,13 @@ class CorpusScore:
 
     @property
     def name(self) -> str:
-        """WER, CER, or MER when utterances were scored in both units."""
-        if self.by_unit["wer"] and self.by_unit["cer"]:
+        """WER, CER, or MER when utterances were scored in both units (the requested unit, when one was)."""
+        if self.metric in ("wer", "cer"):
+            return self.metric.upper()
+        units = self.by_unit if any(self.by_unit.values()) else self.empty_by_unit
+        if units["wer"] and units["cer"]:
             return "MER"
-        return "CER" if self.by_unit["cer"] else "WER"
+        return "CER" if units["cer"] else "WER"
 
     @property
     def unit_name(self) -> str:

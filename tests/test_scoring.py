@@ -97,6 +97,9 @@ def test_an_empty_reference_scores_a_chinese_hypothesis_in_characters():
     corpus, _ = score_corpus([("你好世界", "你好世界"), ("", "我们去北京")])
     assert corpus.name == "CER" and corpus.errors == 5 and corpus.ref_len == 4
     assert score_utterance("", "uh huh").unit == "wer" and score_utterance("  ", "").insertions == 0
+    # with no reference to go by, the hypotheses' unit names the metric; a requested unit always does
+    assert score_corpus([("", "今天天气很好")])[0].name == "CER"
+    assert score_corpus([("", "a b")], metric="cer")[0].summary().startswith("CER 200.00% [ 2 / 0 characters")
 
 
 def test_alignment_ops_hand_checked():
