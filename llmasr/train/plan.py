@@ -77,10 +77,17 @@ def plan_run(recipe, ds: dict, *, rank: int, world_size: int, device=None, all_g
     tc = recipe.train
     side = text_side(recipe.model)
     window = int(ds.get("gradient_accumulation_steps") or tc.grad_accum or 1)
-    loaders = build_loaders(recipe, side, rank=rank, world_size=world_size, device=device, window=window)
-    per_epoch = batches_per_epoch(loaders[1], tc.epochs)
-    if all_gather is not None and world_size > 1:
-        check_ranks_agree(data_digest(loaders[1], per_epoch), loaders[0].dataset.manifest, all_gather)
+    together = all_gather is not None and world_size > 1
+    try:
+        loaders = build_loaders(recipe, side, rank=rank, world_size=world_size, device=device, window=window)
+        per_epoch, failure = batches_per_epoch(loaders[1], tc.epochs), None
+    except Exception as err:  # one rank's refusal (its data too bad, a file it cannot read) stops all of them
+        if not together:
+            raise
+        loaders, per_epoch, failure = None, None, err
+    if together:
+        digest = {"failed": str(failure)} if failure else data_digest(loaders[1], per_epoch)
+        check_ranks_agree(digest, loaders and loaders[0].dataset.manifest, all_gather, failure)
     plan = RunPlan(ds, world_size, tc.epochs, tc.max_updates, side, per_epoch, loaders)
     if tc.max_updates is not None and tc.max_updates > plan.natural:
         log.warning("train.max_updates=%d but %d epochs hold only %d updates", tc.max_updates, tc.epochs, plan.natural)

@@ -27,9 +27,17 @@ def data_digest(sampler, per_epoch: list[int]) -> dict:
     }
 
 
-def check_ranks_agree(digest: dict, manifest, all_gather) -> None:
-    """Every rank's `digest` (data_digest) gathered; ConfigError on every rank when any differs from rank 0's."""
+def check_ranks_agree(digest: dict, manifest, all_gather, failure: Exception | None = None) -> None:
+    """Every rank's `digest` (data_digest, or {"failed": why} from a rank that could not build its data: its
+    `failure`) gathered; every rank raises when one failed (that rank its own error) or when any differs from rank
+    0's (ConfigError). Before, a rank that stopped alone left the others waiting in their next collective."""
     everyone = all_gather(digest)
+    if failure is not None:
+        raise failure
+    failed = [(rank, other["failed"]) for rank, other in enumerate(everyone) if "failed" in other]
+    if failed:
+        rank, why = failed[0]
+        raise ConfigError(f"rank {rank} could not build its training data (the others stop with it):\n{why}")
     first, problems = everyone[0], []
     for rank, other in enumerate(everyone[1:], start=1):
         if other == first:

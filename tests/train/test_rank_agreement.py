@@ -38,3 +38,22 @@ def test_a_rank_missing_a_file_stops_every_rank_naming_the_line(tiny_llm_dir, tm
     assert f"1 line(s) screened bad on rank 1 only: {corpus}:7" in str(err.value)
     with pytest.raises(ConfigError, match=r"rank 1 plans \[9\] steps per epoch, rank 0 \[3\]"):
         check_ranks_agree({**digests[0], "steps": [3]}, None, lambda d: [d, {**d, "steps": [9]}])
+
+
+def test_a_rank_that_cannot_build_its_data_stops_the_others_too(tiny_llm_dir, tmp_path):
+    """A rank whose start-up refuses its data (too much of it bad on its node) had raised alone, leaving the others
+    waiting in their next collective: every rank now learns of it through the same gather, and stops."""
+    corpus = write_tiny_corpus(tmp_path / "corpus", n=8, with_duration=False)
+    node = tmp_path / "node1"
+    shutil.copytree(corpus.parent, node)
+    for wav in (node / "wav").glob("*.wav"):
+        wav.unlink()  # rank 1's node lacks the audio
+    good = recipe_for(tiny_llm_dir, corpus, tmp_path / "run")
+    bad = recipe_for(tiny_llm_dir, node / corpus.name, tmp_path / "run1")
+    digests = {}
+    with pytest.raises(Exception, match="unusable before training starts") as err:
+        plan_run(bad, {}, rank=1, world_size=2, all_gather=lambda d: digests.setdefault(1, d) and [{}, d])
+    assert "failed" in digests[1]
+    with pytest.raises(ConfigError, match=r"rank 1 could not build its training data .*\n.*unusable"):
+        plan_run(good, {}, rank=0, world_size=2, all_gather=lambda d: [d, digests[1]])
+    assert err.type.__name__ == "TooMuchBadData"
