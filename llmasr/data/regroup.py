@@ -22,15 +22,21 @@ import numpy as np
 
 
 def group_positions(
-    positions: Sequence[int], world_size: int, rng: np.random.Generator, *, drop_last: bool, shuffle: bool
+    positions: Sequence[int],
+    world_size: int,
+    rng: np.random.Generator,
+    *,
+    drop_last: bool,
+    shuffle: bool,
+    random_drop: bool = True,
 ) -> tuple[list[list[int]], int]:
     """Groups of `world_size` consecutive positions (batches of similar cost run at the same step), and the number
     of padding duplicates. The last group is padded with its own batches; with drop_last the batches left over are
     dropped instead, drawn at random when shuffling (the last in cost order are the longest utterances: the same
-    ones would never be trained)."""
+    ones would never be trained; `random_drop` False: those last ones, as a plan saved before did)."""
     positions = list(positions)
     left_over = len(positions) % world_size
-    if drop_last and left_over and shuffle:
+    if drop_last and left_over and shuffle and random_drop:
         out = set(rng.choice(len(positions), size=left_over, replace=False).tolist())
         positions = [p for i, p in enumerate(positions) if i not in out]
     groups = [positions[i : i + world_size] for i in range(0, len(positions), world_size)]
@@ -104,14 +110,18 @@ def replay_history(
     seed: int,
     epoch: int,
     grouping: dict,
-) -> tuple[list[list[int]], int]:
-    """The epoch's groups (of positions) at `world_size` after the segments in `history`, and their padding count.
-    `rng` is the epoch's generator (it deals the epoch's first segment); each later segment gets its own."""
+) -> tuple[list[list[int]], int, int]:
+    """The epoch's groups (of positions) at `world_size` after the segments in `history`, their padding count, and
+    how many batches drop_last left out over all the segments. `rng` is the epoch's generator (it deals the epoch's
+    first segment); each later segment gets its own."""
     sizes = [ws for ws, _ in history] + [world_size]
     groups, padding = group_positions(range(n_batches), sizes[0], rng, **grouping)
+    dropped = n_batches - len({p for g in groups for p in g})
     for i, (_, done) in enumerate(history, start=1):
         if not 0 <= done <= len(groups):
             raise ValueError(f"resume history {list(history)}: step {done} is outside a plan of {len(groups)} steps")
         if groups:
+            left = remaining_positions(groups, done)
             groups, padding = continue_at(groups, done, sizes[i], np.random.default_rng([seed, epoch, i]), grouping)
-    return groups, padding
+            dropped += len(set(left) - {p for g in groups for p in g})
+    return groups, padding, dropped

@@ -147,6 +147,7 @@ class DynamicBucketSampler(Sampler):
         # (epoch, ((world_size, batches done), ...)): the epoch ran partly at other world sizes before a resume
         self._segment: tuple[int, tuple[tuple[int, int], ...]] | None = None
         self.resharded = False  # the last load_state_dict came from another world size
+        self._legacy_drop: int | None = None  # an epoch resumed from a plan that dropped the last batches
         self._epoch_listeners: list[Callable[[int], None]] = []
 
     def _sort_items(self, min_item_seconds, cost_scale, cost_pad, epoch_costs, skip: np.ndarray | None) -> None:
@@ -248,19 +249,20 @@ class DynamicBucketSampler(Sampler):
         """Groups of world_size batches for `epoch` (same on every rank), and the epoch's stats. After a resume
         at another world size the epoch's plan is its untrained remainder (see llmasr.data.regroup)."""
         history = self._history(epoch)
-        key = (epoch, history)
+        grouping = self._grouping(epoch)
+        key = (epoch, history, grouping["random_drop"])
         if self._plan_cache is not None and self._plan_cache[0] == key:
             return self._plan_cache[1], self._plan_cache[2]
         o = self._ordered_batches(epoch)
-        grouping = dict(drop_last=self.drop_last, shuffle=self.shuffle)
-        positions, padding = replay_history(len(o.batches), history, self.world_size, o.rng, self.seed, epoch, grouping)
+        positions, padding, dropped = replay_history(
+            len(o.batches), history, self.world_size, o.rng, self.seed, epoch, grouping
+        )
         groups = [[o.batches[p] for p in g] for g in positions]
         dealt = np.asarray([p for g in positions for p in g], dtype=np.int64)
         lens = np.fromiter(map(len, o.batches), dtype=np.int64, count=len(o.batches))[dealt]
         n_items = int(lens.sum())
         real = float(o.cost[dealt].sum())
         padded = float((lens * o.longest[dealt]).sum())
-        dropped = len(o.batches) - len(set(dealt.tolist())) if self.drop_last else 0
         stats = {
             "epoch": epoch,
             "num_items": int(o.items.size),
@@ -346,6 +348,7 @@ class DynamicBucketSampler(Sampler):
             "num_items": int(self.durations.size),
             "num_batches": len(self),
             "history": [list(h) for h in self._history(self.epoch)],
+            "plan": 2 if self._legacy_drop != self.epoch else 1,  # 2: drop_last draws its left-over batches
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -361,6 +364,7 @@ class DynamicBucketSampler(Sampler):
         epoch, done = int(state["epoch"]), int(state["batches_yielded"])
         history = tuple((int(w), int(d)) for w, d in state.get("history") or ())
         saved_ws = int(state.get("world_size", self.world_size))
+        self._legacy_drop = epoch if int(state.get("plan", 1)) < 2 else None
         self.set_epoch(epoch)
         self._segment = (epoch, history)
         planned = len(self._plan_at(epoch, history, saved_ws)[0])
@@ -387,8 +391,12 @@ class DynamicBucketSampler(Sampler):
         if world_size == self.world_size:
             return self._plan(epoch)
         o = self._ordered_batches(epoch)
-        grouping = dict(drop_last=self.drop_last, shuffle=self.shuffle)
-        return replay_history(len(o.batches), history, world_size, o.rng, self.seed, epoch, grouping)
+        return replay_history(len(o.batches), history, world_size, o.rng, self.seed, epoch, self._grouping(epoch))
+
+    def _grouping(self, epoch: int) -> dict:
+        """How `epoch`'s batches are grouped (regroup.group_positions): drop_last's left-over batches drawn at
+        random, except in an epoch resumed from a state saved before that (it keeps the plan it was trained on)."""
+        return dict(drop_last=self.drop_last, shuffle=self.shuffle, random_drop=self._legacy_drop != epoch)
 
     @staticmethod
     def _check_plan_length(state: dict, planned: int) -> None:
