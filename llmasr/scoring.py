@@ -29,7 +29,7 @@ from rapidfuzz.distance import Levenshtein
 METRICS = ("auto", "wer", "cer")
 
 # Scripts written without spaces between words. Hangul is written with spaces and is scored in words.
-_NO_SPACE_RANGES = (
+NO_SPACE_RANGES = (
     (0x0E00, 0x0E7F),  # Thai
     (0x0E80, 0x0EFF),  # Lao
     (0x0F00, 0x0FFF),  # Tibetan
@@ -48,7 +48,7 @@ _NO_SPACE_RANGES = (
 
 def is_no_space_char(ch: str) -> bool:
     cp = ord(ch)
-    return any(lo <= cp <= hi for lo, hi in _NO_SPACE_RANGES)
+    return any(lo <= cp <= hi for lo, hi in NO_SPACE_RANGES)
 
 
 def uses_characters(text: str) -> bool:

@@ -34,6 +34,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from llmasr.scoring import NO_SPACE_RANGES, uses_characters
+
 FRAME_S, HOP_S = 0.025, 0.010
 MIN_PAUSE_S = 0.2  # shorter silences are stop closures and breaths inside words as often as gaps between them
 TRAIL_S = 0.3  # silence a window keeps after its last speech when it ends in a pause
@@ -46,7 +48,8 @@ SILENCE_FRACTION = 0.3  # silence level: quiet frames' level + this fraction of 
 BAND_S = 4.0  # a cut lands at most this far from its window's share (and never past the limit)
 QUIET_DB = 1.0  # without a pause, frames within this of the band's quietest are equally good cuts
 SMOOTH_FRAMES = 3  # energies averaged over 30 ms before the quietest point is sought
-TOKENS_PER_SECOND = 5.0  # words (or CJK characters) an overlap may hold: how far a join looks for shared words
+TOKENS_PER_SECOND = 5.0  # words an overlap may hold: how far a join looks for shared words
+CHARS_PER_SECOND = 12.0  # the same in characters, for scripts written without spaces (fast Japanese, Chinese)
 EDGE_TOKENS = 2  # tokens a shared run may leave at a window's edge (a cut word); farther runs are chance matches
 
 
@@ -134,9 +137,11 @@ def plan_windows(
             break
         end, after, pause = early or _cut(db, quiet, start, n, limit, ov, sample_rate)
         windows.append(Window(start, end, overlapped))
-        if pause and not (_band(db, after, n, sample_rate)[1] >= quiet).any():
-            return windows  # the pause runs to the end: its silence trails this window, as between windows
-        start, overlapped = after, not pause
+        if pause and (
+            n - after < MIN_SEGMENT_S * sample_rate or not (_band(db, after, n, sample_rate)[1] >= quiet).any()
+        ):
+            return windows  # the pause runs to the end (or to a click too short for a window of its own)
+        start, overlapped = after, not pause and ov > 0  # windows that only touch share no words to say once
     windows.append(Window(start, n, overlapped))
     return windows
 
@@ -150,20 +155,24 @@ def segment_windows(
     inside it included; a segment longer than `max_seconds` cut by plan_windows; the audio between windows is in
     none."""
     spans = [(max(0, int(a)), min(len(wave), int(b))) for a, b in segments]
+    # segments that touch are one stretch of speech a VAD cut at its longest segment: planned as one, the cut falls
+    # at a quiet point, with overlap, instead of inside a word
+    spans = merge_segments([s for s in spans if s[1] > s[0]], 0.0, touching=MIN_PAUSE_S * sample_rate)
     windows: list[Window] = []
-    for a, b in merge_segments([s for s in spans if s[1] > s[0]], min(merge_seconds, max_seconds) * sample_rate):
+    for a, b in merge_segments(spans, min(merge_seconds, max_seconds) * sample_rate):
         windows += [Window(a + w.start, a + w.end, w.overlapped) for w in plan_windows(
             wave[a:b], sample_rate, max_seconds, overlap, split_pause)]  # fmt: skip
     return windows
 
 
-def merge_segments(spans: list[tuple[int, int]], limit: float) -> list[tuple[int, int]]:
-    """Consecutive (start, end) spans joined while the joined span is at most `limit` long (0: none joined).
-    FunASR's merge_vad also tiles the audio before the first segment and between the joined runs; here what lies
-    between runs stays out of every window (a window of silence is where LLM-ASR writes words)."""
+def merge_segments(spans: list[tuple[int, int]], limit: float, touching: float = -1.0) -> list[tuple[int, int]]:
+    """Consecutive (start, end) spans joined while the joined span is at most `limit` long (0: none joined), or
+    whatever its length when the gap between them is under `touching` samples. FunASR's merge_vad also tiles the
+    audio before the first segment and between the joined runs; here what lies between runs stays out of every
+    window (a window of silence is where LLM-ASR writes words)."""
     out: list[tuple[int, int]] = []
     for a, b in spans:
-        if out and b - out[-1][0] <= limit:
+        if out and (b - out[-1][0] <= limit or a - out[-1][1] < touching):
             out[-1] = (out[-1][0], b)
         else:
             out.append((a, b))
@@ -254,8 +263,10 @@ def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
 # -- joining the windows' texts ----------------------------------------------------------------------------------
 # Scripts written without spaces: each character is a token (and texts join without a space). UNIT matches the
 # tokens of a transcript: what windows are joined on and what word timestamps time (models.ctc_align).
-_NO_SPACE = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
+_NO_SPACE = "".join(f"{chr(lo)}-{chr(hi)}" for lo, hi in NO_SPACE_RANGES)  # the scripts scoring counts in characters
 UNIT = re.compile(f"[{_NO_SPACE}]|[^\\s{_NO_SPACE}]+")
+# Punctuation of those scripts (CJK symbols and punctuation, full-width forms): no space before or after it either.
+_NO_SPACE_PUNCT = "\u3000-\u303f\uff00-\uffef"
 
 
 def _norm(token: str) -> str:
@@ -266,7 +277,8 @@ def _glue(left: str, right: str) -> str:
     left, right = left.rstrip(), right.lstrip()
     if not left or not right:
         return left or right
-    no_space = re.match(f"[{_NO_SPACE}]", left[-1]) and re.match(f"[{_NO_SPACE}]", right[0])
+    edge = f"[{_NO_SPACE}{_NO_SPACE_PUNCT}]"
+    no_space = re.match(edge, left[-1]) and re.match(edge, right[0])
     return left + ("" if no_space else " ") + right
 
 
@@ -281,9 +293,10 @@ def join_pair(left: str, right: str, max_tokens: int) -> str:
 
 
 def seam(left: str, right: str, max_tokens: int) -> tuple[int, int] | None:
-    """Where join_pair cuts: (characters of `left` kept, characters of `right` dropped), None to keep both whole."""
-    a = list(UNIT.finditer(left))[-max_tokens:] if max_tokens > 0 else []
-    b = list(UNIT.finditer(right))[:max_tokens] if max_tokens > 0 else []
+    """Where join_pair cuts: (characters of `left` kept, characters of `right` dropped), None to keep both whole.
+    Punctuation tokens are looked past: they count neither in the runs nor towards the edges or `max_tokens`."""
+    a = [m for m in UNIT.finditer(left) if _norm(m.group())][-max_tokens:] if max_tokens > 0 else []
+    b = [m for m in UNIT.finditer(right) if _norm(m.group())][:max_tokens] if max_tokens > 0 else []
     na, nb = [_norm(m.group()) for m in a], [_norm(m.group()) for m in b]
     best = None  # (length, -tokens outside the run at the seam, end in a, end in b)
     run = [[0] * (len(b) + 1) for _ in range(len(a) + 1)]
@@ -333,11 +346,11 @@ def join_words(
 def _join(texts: list[str], overlapped: list[bool], overlap: float, words: list[list] | None = None):
     """(join_texts' text, and with `words` (one timed unit per UNIT of each text) the units that text keeps): one
     loop for both, so the times are cut exactly where the texts are."""
-    max_tokens = math.ceil(TOKENS_PER_SECOND * overlap) + 1
     out, timed = texts[0], None if words is None else list(words[0])
     for k in range(1, len(texts)):
         text = texts[k]
-        cut = seam(out, text, max_tokens) if overlapped[k] else None
+        rate = CHARS_PER_SECOND if uses_characters(text) else TOKENS_PER_SECOND
+        cut = seam(out, text, math.ceil(rate * overlap) + 1) if overlapped[k] else None
         if cut is None:
             out = _glue(out, text)
             timed = None if timed is None else timed + list(words[k])

@@ -120,6 +120,11 @@ def test_energies_are_25ms_frames_every_10ms():
         ("今天天气", "天气很好", "今天天气很好"),  # characters of scripts without spaces, joined without one
         ("go left go right", "go right go", "go left go right go"),  # the longest shared run, not the first
         ("", "only right", "only right"),
+        # punctuation inside the overlap is looked past (a lone "，" or "-" had broken the run: all said twice)
+        ("今天天气很好，我们去公园", "很好，我们去公园玩吧", "今天天气很好，我们去公园玩吧"),
+        ("and then we went - to the park", "we went - to the park today", "and then we went - to the park today"),
+        ("我们开会了。", "下次再说。", "我们开会了。下次再说。"),  # no space after CJK punctuation either
+        ("他说：", "好的", "他说：好的"),
     ],
 )
 def test_join_pair(left, right, joined):
@@ -131,6 +136,34 @@ def test_join_pair_looks_only_near_the_seam():
     assert join_pair("alpha b c d e f g", "alpha h", 6) == "alpha b c d e f g alpha h"
     # of two equal runs, the one nearest the seam is the overlap
     assert join_pair("x y a b", "a b z", 6) == "x y a b z"
+
+
+def test_a_fast_overlap_in_a_script_without_spaces_is_said_once():
+    """A second of Japanese holds about ten characters: the join looks that far (it had looked 6 characters and
+    written the overlap twice)."""
+    texts = ["今日はとてもいい天気ですね", "とてもいい天気ですね散歩に行きましょう"]
+    assert join_texts(texts, [False, True], 1.0) == "今日はとてもいい天気ですね散歩に行きましょう"
+    # Thai is written without spaces between words too: its characters are the units (the overlap had been kept)
+    thai = ["วันนี้อากาศดีมาก เราจะไปเที่ยวสวน", "ไปเที่ยวสวนสาธารณะกัน"]
+    assert join_texts(thai, [False, True], 1.0) == "วันนี้อากาศดีมาก เราจะไปเที่ยวสวนสาธารณะกัน"
+
+
+def test_windows_that_only_touch_share_no_words():
+    """With window_overlap 0 the windows meet at a cut: a word said on both sides of it is two words, not an
+    overlap to say once ("no no more")."""
+    wave = syllable_bursts(30.0, seed=3)
+    windows = plan_windows(wave, SR, 15.0, 0.0)
+    assert len(windows) > 1 and not any(w.overlapped for w in windows)
+
+
+def test_touching_vad_segments_are_cut_as_one_stretch_of_speech():
+    """A VAD ends a segment at its longest and starts the next on the following frame, mid-speech: the two are
+    planned as one, so the cut between them falls at a quiet point with an overlap (it had been a hard seam)."""
+    wave = syllable_bursts(75.0, seed=1)
+    windows = segment_windows(wave, SR, [(0, 60 * SR), (60 * SR, 75 * SR)], 20.0, 1.0)
+    check_cover(windows, wave, 20.0, 1.0)
+    assert all(w.overlapped for w in windows[1:])
+    assert merge_segments([(0, 5), (5, 9), (12, 14)], 0, touching=1) == [(0, 9), (12, 14)]
 
 
 def test_join_texts_dedups_only_overlapped_seams():
@@ -151,6 +184,19 @@ def test_split_pause_leaves_no_sliver_after_the_last_pause():
     windows = plan_windows(wave, SR, 4.0, 1.0, split_pause=0.2)
     check_cover(windows, wave, 4.0, 1.0)
     assert len(windows) == 2 and windows[-1].end - windows[-1].start > 2 * SR
+
+
+def test_a_click_after_the_last_long_pause_is_no_window():
+    """Speech, a long pause, then a 20-150 ms click at the very end, more audio than one window holds: the click is
+    not a window of its own (one of 40 ms had been decoded, where LLM-ASR writes words)."""
+    rng = np.random.default_rng(0)
+    for click in (0.02, 0.15):
+        for split_pause in (0.0, 0.2):
+            wave = (rng.standard_normal(25 * SR) * 1e-3).astype(np.float32)
+            wave[: int(19.5 * SR)] += (rng.standard_normal(int(19.5 * SR)) * 0.2).astype(np.float32)
+            wave[-int(click * SR) :] += (rng.standard_normal(int(click * SR)) * 0.3).astype(np.float32)
+            windows = plan_windows(wave, SR, 20.0, 1.0, split_pause)
+            assert all(w.end - w.start > 0.5 * SR for w in windows), (click, split_pause, windows)
 
 
 def test_merged_segments_share_a_window_up_to_the_limit():
