@@ -48,6 +48,8 @@ def test_files_and_waveforms_give_the_texts_decode_gives(asr, clips, tmp_path):
     assert asr([torch.from_numpy(wave), str(paths[0])], sample_rate=rate) == [want[2], want[0]]
     pcm, _ = sf.read(paths[2], dtype="int16")  # integer PCM is scaled to full scale 1.0, not read as floats
     assert asr(pcm, sample_rate=rate) == want[2] and asr(torch.from_numpy(pcm), sample_rate=rate) == want[2]
+    full = sf.read(paths[2], dtype="int32")[0]  # 32-bit PCM at its own full scale
+    assert asr(full, sample_rate=rate) == want[2]
     (row,) = asr.transcripts([paths[3]])
     assert set(row) == {"audio", "hyp", "ctc_hyp", "truncated", "windows", "duration"}
     assert (row["audio"], row["hyp"], row["windows"]) == (str(paths[3]), want[3], 1)
@@ -75,6 +77,10 @@ def test_audio_that_cannot_be_transcribed_is_named(asr, clips, tmp_path):
         asr(np.zeros((1600, 2), dtype=np.float32), sample_rate=16000)
     with pytest.raises(TranscribeError, match=r"waveform 0: float samples reach \d{4,5}, expected full scale 1.0"):
         asr(sf.read(paths[0], dtype="int16")[0].astype(np.float32), sample_rate=16000)
+    pcm = sf.read(paths[0], dtype="int16")[0]  # 16-bit values in a wider array had decoded as near-silence
+    for wide in (pcm.astype(np.int64), pcm.astype(np.int32), torch.tensor(pcm.tolist())):
+        with pytest.raises(TranscribeError, match=r"waveform 0: int(32|64) samples that never pass 16-bit full"):
+            asr(wide, sample_rate=16000)
     with pytest.raises(TranscribeError, match="waveform 0: a waveform needs its sample_rate"):
         asr(torch.zeros(1600))
     with pytest.raises(TranscribeError, match=r"hotwords: a list of phrases, got the text 'Zhang Wei'"):
