@@ -3,7 +3,8 @@
 A bucket's items (positions in the epoch's visits, in random order) are taken in windows of `shuffle_buffer`;
 each window is sorted by cost and cut greedily: an item joins the current batch while B * the costliest item stays
 within the budget (and B * the longest target within max_target_tokens). What is left at a window's end joins the
-next window, what is left at a bucket's end the next (longer) bucket.
+next window, what is left at a bucket's end the next (longer) bucket. `check_settings` refuses settings no cut can
+work with.
 """
 
 from __future__ import annotations
@@ -72,3 +73,19 @@ class OrderedBatches:
     items: np.ndarray
     kept: np.ndarray
     rng: np.random.Generator
+
+
+def check_settings(rank, world_size, max_seconds, max_frames, frames_per_second, num_buckets, seed) -> None:
+    """The sampler's settings, refused with what is wrong: ranks, a budget in seconds or frames, buckets, seed."""
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} / world_size {world_size} is not a valid pair")
+    if max_seconds is not None and max_frames is not None:
+        raise ValueError("set max_seconds or max_frames, not both")
+    if max_seconds is None and max_frames is None:
+        raise ValueError("a batch budget is needed: max_seconds or max_frames")
+    if max_frames is not None and not (frames_per_second and frames_per_second > 0):
+        raise ValueError("max_frames needs frames_per_second to convert durations to frames")
+    if num_buckets < 1:
+        raise ValueError(f"num_buckets must be >= 1, got {num_buckets}")
+    if seed < 0:
+        raise ValueError(f"seed must be >= 0, got {seed}")

@@ -42,7 +42,7 @@ from collections.abc import Callable, Iterator
 import numpy as np
 from torch.utils.data import Sampler
 
-from llmasr.data.batch_cut import OrderedBatches, as_keys, cut_batches
+from llmasr.data.batch_cut import OrderedBatches, as_keys, check_settings, cut_batches
 from llmasr.data.item_costs import EpochCostFn, ItemCosts, per_batch, quantile_buckets
 from llmasr.data.regroup import repeated_steps, replay_history
 from llmasr.data.visit_keys import visit_keys
@@ -50,21 +50,6 @@ from llmasr.data.visit_keys import visit_keys
 log = logging.getLogger("llmasr.data")
 
 FILTER_REASONS = ("unknown_duration", "too_short", "too_long", "target_too_long", "over_batch_budget", "bad_line")
-
-
-def _check_settings(rank, world_size, max_seconds, max_frames, frames_per_second, num_buckets, seed) -> None:
-    if world_size < 1 or not 0 <= rank < world_size:
-        raise ValueError(f"rank {rank} / world_size {world_size} is not a valid pair")
-    if max_seconds is not None and max_frames is not None:
-        raise ValueError("set max_seconds or max_frames, not both")
-    if max_seconds is None and max_frames is None:
-        raise ValueError("a batch budget is needed: max_seconds or max_frames")
-    if max_frames is not None and not (frames_per_second and frames_per_second > 0):
-        raise ValueError("max_frames needs frames_per_second to convert durations to frames")
-    if num_buckets < 1:
-        raise ValueError(f"num_buckets must be >= 1, got {num_buckets}")
-    if seed < 0:
-        raise ValueError(f"seed must be >= 0, got {seed}")
 
 
 class DynamicBucketSampler(Sampler):
@@ -116,7 +101,7 @@ class DynamicBucketSampler(Sampler):
         skip: np.ndarray | None = None,
         epoch_costs: EpochCostFn | None = None,
     ):
-        _check_settings(rank, world_size, max_seconds, max_frames, frames_per_second, num_buckets, seed)
+        check_settings(rank, world_size, max_seconds, max_frames, frames_per_second, num_buckets, seed)
         self.durations = np.asarray(durations, dtype=np.float64)
         n = self.durations.size
         if target_lens is not None and np.shape(target_lens) != (n,):
