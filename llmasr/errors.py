@@ -209,12 +209,28 @@ def _rank0_reports(store) -> bool:
         return "timeout" not in str(err).lower()
 
 
+# What a collective raises on a rank whose peer is gone (gloo, NCCL): that rank's error is the other one's.
+PEER_GONE = ("connection closed by peer", "remote worker crashing", "connection reset by peer",
+             "remote process exited", "communicator was aborted")  # fmt: skip
+
+
+def _peer_gone(err: BaseException) -> bool:
+    return any(marker in str(e).lower() for e in _chain(err) for marker in PEER_GONE)
+
+
 def report(prog: str, err: BaseException) -> None:
-    """The one message for `err` (rank 0, or the rank that alone has it); traceback to the log."""
+    """The one message for `err` (rank 0, or the rank that alone has it); traceback to the log. A rank whose
+    collective failed because another rank left says only that, not as the run's error: the other rank's message
+    (if it could give one) is the cause."""
     rank = _rank()
     own = getattr(err, "llmasr_rank", None)
     tb = "".join(traceback.format_exception(err))
     store = _store()
+    if store is not None and _peer_gone(err):
+        _to_log(f"{prog}: rank {rank} stopped", rank, tb)
+        print(f"{prog}: rank {rank} stopped: another rank left the run first (its message, if it gave one, says "
+              "why)", file=sys.stderr, flush=True)  # fmt: skip
+        return
     if rank == 0 and store is not None:
         try:
             store.set(REPORTED_KEY, "1")
@@ -225,12 +241,7 @@ def report(prog: str, err: BaseException) -> None:
             return  # rank 0 has the same error and reports it
         own = rank
     prefix = f"{prog}: error" + (f" on rank {rank}" if own is not None and rank != 0 else "")
-    if _traceback_file is not None:
-        try:
-            with open(_traceback_file, "a", encoding="utf-8") as f:
-                f.write(f"{prefix}: traceback (rank {rank}):\n{tb}")
-        except OSError:
-            pass  # the log may be what failed (disk full); the message below still goes out
+    _to_log(prefix, rank, tb)
     lines = [f"{prefix}: {describe(err)}"]
     if debug_enabled():
         lines.insert(0, tb.rstrip())
@@ -238,6 +249,15 @@ def report(prog: str, err: BaseException) -> None:
         where = f"in {_traceback_file}" if _traceback_file is not None else f"with {DEBUG_ENV}=1"
         lines.append(f"  (the traceback: {where})")
     print("\n".join(lines), file=sys.stderr, flush=True)
+
+
+def _to_log(prefix: str, rank: int, tb: str) -> None:
+    if _traceback_file is not None:
+        try:
+            with open(_traceback_file, "a", encoding="utf-8") as f:
+                f.write(f"{prefix}: traceback (rank {rank}):\n{tb}")
+        except OSError:
+            pass  # the log may be what failed (disk full); the message still goes out
 
 
 def run(prog: str, main: Callable[[list[str] | None], int | None], argv: list[str] | None) -> int:

@@ -85,6 +85,24 @@ def test_only_rank_0_reports_what_every_rank_has(monkeypatch, capsys, rank):
     assert "LLMASR_DEBUG=1" in err and "Traceback" not in err
 
 
+def test_a_rank_whose_peer_left_does_not_report_that_as_the_error(monkeypatch, capsys):
+    """Rank 0 waiting in a collective when rank 1 fails (a file its node lacks) gets gloo's 'Connection closed by
+    peer': that is rank 1's error, which rank 1 reports; rank 0 says only that another rank left (it had printed the
+    gloo error as the run's, beside rank 1's)."""
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setattr(errors, "_store", lambda: object())  # in a process group
+    gone = RuntimeError("[gloo/transport/tcp/pair.cc:553] Connection closed by peer [127.0.0.1]:10888")
+    assert errors.run("llmasr train", fail_with(gone), []) == 1
+    err = capsys.readouterr().err
+    assert "llmasr train: error" not in err
+    assert (
+        err == "llmasr train: rank 0 stopped: another rank left the run first (its message, if it gave one, says why)\n"
+    )
+    monkeypatch.setattr(errors, "_store", lambda: None)  # outside a process group it is the error itself
+    errors.run("llmasr train", fail_with(gone), [])
+    assert capsys.readouterr().err.startswith("llmasr train: error: RuntimeError: [gloo")
+
+
 def test_tracebacks_go_to_the_registered_log_and_with_debug_to_stderr(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("RANK", "0")
     monkeypatch.setenv(errors.DEBUG_ENV, "")
