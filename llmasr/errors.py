@@ -24,6 +24,7 @@ import os
 import shutil
 import signal
 import sys
+import time
 import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -212,6 +213,9 @@ def _rank0_reports(store) -> bool:
 # What a collective raises on a rank whose peer is gone (gloo, NCCL): that rank's error is the other one's.
 PEER_GONE = ("connection closed by peer", "remote worker crashing", "connection reset by peer",
              "remote process exited", "communicator was aborted")  # fmt: skip
+# Such a rank waits this long before it exits: the launcher reports the first rank to exit, whose status should be
+# the failing rank's (it closes its connections while it is still exiting).
+PEER_EXIT_WAIT_S = 5.0
 
 
 def _peer_gone(err: BaseException) -> bool:
@@ -230,6 +234,7 @@ def report(prog: str, err: BaseException) -> None:
         _to_log(f"{prog}: rank {rank} stopped", rank, tb)
         print(f"{prog}: rank {rank} stopped: another rank left the run first (its message, if it gave one, says "
               "why)", file=sys.stderr, flush=True)  # fmt: skip
+        time.sleep(PEER_EXIT_WAIT_S)
         return
     if rank == 0 and store is not None:
         try:

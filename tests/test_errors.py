@@ -91,6 +91,7 @@ def test_a_rank_whose_peer_left_does_not_report_that_as_the_error(monkeypatch, c
     gloo error as the run's, beside rank 1's)."""
     monkeypatch.setenv("RANK", "0")
     monkeypatch.setattr(errors, "_store", lambda: object())  # in a process group
+    monkeypatch.setattr(errors, "PEER_EXIT_WAIT_S", 0.0)
     gone = RuntimeError("[gloo/transport/tcp/pair.cc:553] Connection closed by peer [127.0.0.1]:10888")
     assert errors.run("llmasr train", fail_with(gone), []) == 1
     err = capsys.readouterr().err
