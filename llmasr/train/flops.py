@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from llmasr.models.llm import causal_lm_parts
+from llmasr.train.param_groups import numel
 
 GEMMS = (nn.Linear, nn.Conv1d, nn.Conv2d)
 AUDIO_BRANCHES = ("encoder", "adaptor", "ctc_head")
@@ -72,10 +73,6 @@ def causal_pairs(lengths: torch.Tensor) -> float:
     """Query-key pairs of causal attention over rows of these real lengths."""
     lengths = lengths.double()
     return float((lengths * (lengths + 1) / 2).sum())
-
-
-def _elements(weight: torch.Tensor) -> int:
-    return int(getattr(weight, "ds_numel", weight.numel()))  # ZeRO-3 partitions hold only a shard
 
 
 def _gemm_rows(module: nn.Module, output: torch.Tensor) -> int:
@@ -151,7 +148,7 @@ class FlopCounter:
             x = args[0] if args else None
             grad_in = torch.is_tensor(x) and x.requires_grad
             self.padded[branch] += gemm_flops(
-                _elements(mod.weight), _gemm_rows(mod, output), input_grad=grad_in, weight_grad=mod.weight.requires_grad
+                numel(mod.weight), _gemm_rows(mod, output), input_grad=grad_in, weight_grad=mod.weight.requires_grad
             )
 
         self.handles.append(module.register_forward_hook(hook))
@@ -160,7 +157,7 @@ class FlopCounter:
         if self.armed:
             x, w = args[0], mod.weight
             self.padded["head"] += gemm_flops(
-                _elements(w), x.shape[0], input_grad=x.requires_grad, weight_grad=w.requires_grad
+                numel(w), x.shape[0], input_grad=x.requires_grad, weight_grad=w.requires_grad
             )
 
     def _on_attention(self, branch: str):
