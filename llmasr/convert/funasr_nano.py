@@ -37,7 +37,7 @@ from llmasr.convert.nano_config import (
     stated_adaptor_dims,
 )
 from llmasr.export.export import DTYPE_NAMES, write_model_dir
-from llmasr.export.staged_dir import output_dir, publish, staging_dir
+from llmasr.export.staged_dir import output_dir, publish, staging_dir, writing
 from llmasr.models.builder import build_model
 from llmasr.models.config import ModelConfig
 from llmasr.models.funasr_dir import weights_file
@@ -206,45 +206,48 @@ def convert_funasr(src: str | Path, out: str | Path, *, dtype: str = "fp32", ove
     """Convert the Fun-ASR-Nano directory `src` into `out` (see the module docstring); returns `out`.
     `dtype`: the LLM's weights in OUT (bf16, fp16, fp32); the speech branches stay float32."""
     src, named = Path(src).resolve(), out
-    out = output_dir(out, overwrite=overwrite, flag="OUT", error=ConvertError)
-    if dtype not in DTYPE_NAMES:
-        raise ConvertError(f"--dtype must be one of bf16, fp16, fp32; got {dtype!r}")
-    if not src.is_dir():
-        raise ConfigError(f"{src}: not a directory")
-    config = read_nano_config(src)
-    section = nano_model_section(src, config)
-    llm_src = llm_dir(src, config)
-    for kept in (src, llm_src.resolve()):  # --overwrite replaces OUT whole: never the model being converted
-        if kept.is_relative_to(out):
-            raise ConvertError(f"OUT {named}: {'is' if kept == out else 'holds'} {kept}, which the conversion reads "
-                               "and writing OUT would replace; choose another folder")  # fmt: skip
-    llm_config = json.loads((llm_src / "config.json").read_text(encoding="utf-8"))
-    state = read_nano_state(src)
-    _check_dims(state, section, llm_config, src)
-    ctc, ctc_reason = ctc_branch(src, config, state, encoder_dim(section))
-    left_out = log_left_out(state, weights_file(src), ctc_reason)
+    with writing(out, flag="OUT", error=ConvertError):  # held from the emptiness check to the last rename
+        out = output_dir(out, overwrite=overwrite, flag="OUT", error=ConvertError)
+        if dtype not in DTYPE_NAMES:
+            raise ConvertError(f"--dtype must be one of bf16, fp16, fp32; got {dtype!r}")
+        if not src.is_dir():
+            raise ConfigError(f"{src}: not a directory")
+        config = read_nano_config(src)
+        section = nano_model_section(src, config)
+        llm_src = llm_dir(src, config)
+        for kept in (src, llm_src.resolve()):  # --overwrite replaces OUT whole: never the model being converted
+            if kept.is_relative_to(out):
+                raise ConvertError(
+                    f"OUT {named}: {'is' if kept == out else 'holds'} {kept}, which the conversion reads and writing "
+                    "OUT would replace; choose another folder"
+                )
+        llm_config = json.loads((llm_src / "config.json").read_text(encoding="utf-8"))
+        state = read_nano_state(src)
+        _check_dims(state, section, llm_config, src)
+        ctc, ctc_reason = ctc_branch(src, config, state, encoder_dim(section))
+        left_out = log_left_out(state, weights_file(src), ctc_reason)
 
-    tmp, stage = staging_dir(out), staging_dir(out, "stage")
-    try:
-        files = _stage(state, llm_src, stage, with_ctc=ctc is not None)
-        del state
-        section["encoder"]["init_from"] = str(files["encoder"])
-        section["adaptor"]["init_from"] = str(files["adaptor"])
-        if ctc is not None:
-            section["ctc"] = {**ctc, "init_from": str(files["ctc"])}
-        section["llm"] = {"path": str(files["llm"]), "dtype": DTYPE_NAMES[dtype], "freeze": True}
-        cfg = from_dict(ModelConfig, section, "model")
-        model = build_model(cfg)
-        tmp.mkdir(parents=True)
-        info = {"converted_from": str(src), "model": "FunASRNano", "llm_config": str(llm_src), "left_out": left_out}
-        write_model_dir(
-            model, info, Recipe(model=cfg), tmp, DTYPE_NAMES[dtype], training_max_duration=NANO_SEGMENT_SECONDS
-        )
-        publish(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
-    log.info("converted %s to %s", src, out)
-    return Path(named).expanduser()
+        tmp, stage = staging_dir(out), staging_dir(out, "stage")
+        try:
+            files = _stage(state, llm_src, stage, with_ctc=ctc is not None)
+            del state
+            section["encoder"]["init_from"] = str(files["encoder"])
+            section["adaptor"]["init_from"] = str(files["adaptor"])
+            if ctc is not None:
+                section["ctc"] = {**ctc, "init_from": str(files["ctc"])}
+            section["llm"] = {"path": str(files["llm"]), "dtype": DTYPE_NAMES[dtype], "freeze": True}
+            cfg = from_dict(ModelConfig, section, "model")
+            model = build_model(cfg)
+            tmp.mkdir(parents=True)
+            info = {"converted_from": str(src), "model": "FunASRNano", "llm_config": str(llm_src), "left_out": left_out}
+            write_model_dir(
+                model, info, Recipe(model=cfg), tmp, DTYPE_NAMES[dtype], training_max_duration=NANO_SEGMENT_SECONDS
+            )
+            publish(tmp, out)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        finally:
+            shutil.rmtree(stage, ignore_errors=True)
+        log.info("converted %s to %s", src, out)
+        return Path(named).expanduser()

@@ -37,7 +37,7 @@ import torch
 from torch import nn
 
 from llmasr.config_io import input_paths, to_dict
-from llmasr.export.staged_dir import output_dir, publish, staging_dir
+from llmasr.export.staged_dir import output_dir, publish, staging_dir, writing
 from llmasr.export.trained_model import load_checkpoint_model, load_trained, run_recipe  # noqa: F401  (public API)
 from llmasr.models.builder import encoder_spec, output_dim
 from llmasr.models.fingerprint import dir_fingerprint
@@ -170,34 +170,36 @@ def export_model(
     """Export a checkpoint (see the module docstring). Returns the output directory. `trust_remote_code` allows
     a run whose recipe sets model.llm.trust_remote_code to load its LLM's Python files."""
 
-    out = output_dir(output, overwrite=overwrite, flag="--output", error=ExportError)
-    max_shard_size = shard_bytes(max_shard_size)
-    if dtype is not None and dtype not in DTYPE_NAMES:
-        raise ExportError(f"--dtype must be one of bf16, fp16, fp32; got {dtype!r}")
-    run = _refuse_the_run_itself(out, checkpoint, tag)
-    _refuse_what_the_run_reads(out, run_recipe(run, trust_remote_code=trust_remote_code))  # before any weight is read
+    with writing(output, flag="--output", error=ExportError):  # held from the emptiness check to the last rename
+        out = output_dir(output, overwrite=overwrite, flag="--output", error=ExportError)
+        max_shard_size = shard_bytes(max_shard_size)
+        if dtype is not None and dtype not in DTYPE_NAMES:
+            raise ExportError(f"--dtype must be one of bf16, fp16, fp32; got {dtype!r}")
+        run = _refuse_the_run_itself(out, checkpoint, tag)
+        recipe_read = run_recipe(run, trust_remote_code=trust_remote_code)
+        _refuse_what_the_run_reads(out, recipe_read)  # before any weight is read
 
-    model, info = load_checkpoint_model(
-        checkpoint, tag=tag, average=average, average_by=average_by, trust_remote_code=trust_remote_code
-    )
-    recipe = info.pop("recipe")
-    if adapter_only:
-        check_adapter_only(model, recipe)
-    dtype_name = DTYPE_NAMES[dtype] if dtype else recipe.model.llm.dtype
+        model, info = load_checkpoint_model(
+            checkpoint, tag=tag, average=average, average_by=average_by, trust_remote_code=trust_remote_code
+        )
+        recipe = info.pop("recipe")
+        if adapter_only:
+            check_adapter_only(model, recipe)
+        dtype_name = DTYPE_NAMES[dtype] if dtype else recipe.model.llm.dtype
 
-    tmp = staging_dir(out)
-    tmp.mkdir(parents=True)
-    try:
-        write_model_dir(
-            model, info, recipe, tmp, dtype_name, adapter_only=adapter_only, max_shard_size=max_shard_size,
-            training_max_duration=_training_max(recipe),
-        )  # fmt: skip
-        publish(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)  # never leave a half-written export behind
-        raise
-    log.info("exported %s (tags %s) to %s", info["run_dir"], ", ".join(info["tags"]), out)
-    return Path(output).expanduser()
+        tmp = staging_dir(out)
+        tmp.mkdir(parents=True)
+        try:
+            write_model_dir(
+                model, info, recipe, tmp, dtype_name, adapter_only=adapter_only, max_shard_size=max_shard_size,
+                training_max_duration=_training_max(recipe),
+            )  # fmt: skip
+            publish(tmp, out)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)  # never leave a half-written export behind
+            raise
+        log.info("exported %s (tags %s) to %s", info["run_dir"], ", ".join(info["tags"]), out)
+        return Path(output).expanduser()
 
 
 _SIZE_UNITS = {"KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12}  # decimal, as save_pretrained counts

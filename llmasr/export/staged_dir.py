@@ -8,10 +8,15 @@ Everything is written under a hidden `.NAME.partial` beside OUT and put in place
 folder that exists keeps its own inode (it may be the shell's current folder or a mount point): what it held is
 removed (empty, or --overwrite said so) and the new files are moved in. A mount point's sibling is on another
 filesystem, where a rename fails after the old files are gone, so there the staging folder is `OUT/.partial`.
+
+`writing(OUT)` holds a lock file beside OUT (`.NAME.lock`) for the whole write: a second export or conversion to the
+same OUT while the first runs would clear and fill the same staging folder, so it is refused at once instead.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import shutil
 from pathlib import Path
@@ -22,7 +27,8 @@ def output_dir(out, *, overwrite: bool, flag: str, error=ValueError) -> Path:
     (a staging folder an interrupted write left does not count) unless `overwrite`."""
     where = Path(out).expanduser().resolve()
     if where.exists():
-        left = [p for p in where.iterdir() if p.name not in (".partial", ".stage")] if where.is_dir() else [where]
+        hidden = (".partial", ".stage", ".lock")
+        left = [p for p in where.iterdir() if p.name not in hidden] if where.is_dir() else [where]
         if left and not overwrite:
             raise error(f"{flag} {out}: exists and is not empty; choose another {flag} or pass --overwrite")
     return where
@@ -32,13 +38,49 @@ def _mount_point(where: Path) -> bool:
     return where.is_dir() and os.stat(where).st_dev != os.stat(where.parent).st_dev
 
 
+def _hidden(out: Path, what: str) -> Path:
+    """OUT's hidden companion `what`: a sibling, or inside OUT when it is a mount point."""
+    where = Path(out).expanduser().resolve()
+    return where / f".{what}" if _mount_point(where) else where.parent / f".{where.name}.{what}"
+
+
 def staging_dir(out: Path, what: str = "partial") -> Path:
     """The hidden folder a write of `out` goes into (`what`: its suffix), cleared of any leftover: a sibling, or
-    inside `out` when it is a mount point."""
-    where = Path(out).expanduser().resolve()
-    tmp = where / f".{what}" if _mount_point(where) else where.parent / f".{where.name}.{what}"
+    inside `out` when it is a mount point. Call it inside `writing(out)`."""
+    tmp = _hidden(out, what)
     shutil.rmtree(tmp, ignore_errors=True)
     return tmp
+
+
+@contextlib.contextmanager
+def writing(out: Path, *, flag: str, error=ValueError):
+    """Hold OUT's lock while the block writes it; refused with `error` naming `flag` when another process holds it.
+    The lock file goes when the block ends; one that a killed writer left is taken over (the lock died with it)."""
+    path = _hidden(out, "lock")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise error(
+                f"{flag} {out}: another export or conversion is writing it now (it holds {path}); wait for it to "
+                f"finish or choose another {flag}"
+            ) from None
+        try:
+            same = os.fstat(fd).st_ino == os.stat(path).st_ino  # not a file its last holder removed meanwhile
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        os.close(fd)
 
 
 def publish(tmp: Path, out: Path) -> None:
@@ -46,7 +88,7 @@ def publish(tmp: Path, out: Path) -> None:
     where = Path(out).expanduser().resolve()
     if where.is_dir():
         for old in where.iterdir():
-            if old == tmp:
+            if old == tmp or old.name == ".lock":  # the staged files, and the lock held while they go in
                 continue
             shutil.rmtree(old) if old.is_dir() and not old.is_symlink() else old.unlink()
         for new in tmp.iterdir():

@@ -302,6 +302,21 @@ def test_output_must_be_new(runs, tmp_path):
     assert (tmp_path / "busy" / "llmasr_model.yaml").is_file() and not (tmp_path / "busy" / "f").exists()
 
 
+def test_a_second_export_to_the_same_output_is_refused_while_the_first_writes(runs, tmp_path, capsys):
+    """Two exports to one --output had cleared and filled the same staging folder, each deleting the other's files.
+    The second is refused at once, naming the output; a lock file a killed export left does not block the next."""
+    out = tmp_path / "shared_out"
+    with staged_dir.writing(out, flag="--output"):  # the first export, still writing
+        assert main(["--checkpoint", str(runs[0]), "--output", str(out)]) == 1
+        assert f"--output {out}: another export or conversion is writing it now" in capsys.readouterr().err
+        assert not out.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # the lock went with its holder
+    (tmp_path / ".shared_out.lock").write_text("")  # left by a killed export: no process holds it
+    assert main(["--checkpoint", str(runs[0]), "--output", str(out)]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["shared_out"]
+    load_exported(out)
+
+
 def test_shard_size_in_bytes_or_with_a_unit_and_refused_before_loading(runs, tmp_path, capsys):
     """--max-shard-size 200000 (bytes) had reached save_pretrained as the string "200000" and failed there, after
     the model was loaded and merged, naming no flag."""
