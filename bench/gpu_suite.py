@@ -139,8 +139,8 @@ class Suite:
         summary = out / "wer.json"
         if summary.is_file():
             got = json.loads(summary.read_text())
-            keys = ("rtf", "utts_per_second", "audio_seconds", "decode_seconds", "mode", "max_new_tokens",
-                    "truncated", "batch_seconds")  # fmt: skip
+            keys = ("rtf", "rtf_after_first_batch", "first_batch_seconds", "utts_per_second", "audio_seconds",
+                    "decode_seconds", "mode", "max_new_tokens", "truncated", "batch_seconds")  # fmt: skip
             res.update({k: got.get(k) for k in keys})
         return res
 
@@ -227,7 +227,10 @@ def markdown(res: dict) -> list[str]:
             f"{fmt(r.get('pad_llm'), '.2f')} | {fmt(r.get('data_wait'), '.2f')} | {loss} |"
         )
     d = res["decode"]
-    lines += ["", f"Decoding ({d['status']}): RTF {fmt(d.get('rtf'), '.4f')}, {fmt(d.get('utts_per_second'))} utt/s, "
+    steady = fmt(d.get("rtf_after_first_batch"), ".4f")
+    lines += ["", f"Decoding ({d['status']}): RTF {fmt(d.get('rtf'), '.4f')} ({steady} after the first batch, "
+              f"which took {fmt(d.get('first_batch_seconds'))} s), "
+              f"{fmt(d.get('utts_per_second'))} utt/s, "
               f"{fmt(d.get('audio_seconds'), '.0f')} s of audio, {d.get('mode')}, length cap "
               f"{d.get('max_new_tokens')} tokens (random weights: every utterance runs to the cap)."]  # fmt: skip
     f = res["features"]

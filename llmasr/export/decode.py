@@ -222,8 +222,8 @@ def decode_manifest(
     out_dir.mkdir(parents=True, exist_ok=True)
     loader = decode_loader(model, manifest_path, cfg, opts, device, world)
     model.eval()
-    t0 = time.perf_counter()
-    items, mode = transcribe_loader(model, loader, cfg, device)
+    t0, clock = time.perf_counter(), {}
+    items, mode = transcribe_loader(model, loader, cfg, device, clock)
     items, bad_data, shares = world.merge(items, loader.bad_data)
     if not world.leader:
         return None
@@ -234,7 +234,7 @@ def decode_manifest(
             r["hotwords_scored"] = model.prompt.capped_hotwords(loader.dataset.listed_hotwords(r["index"]))[0]
     audio_seconds = sum(r["duration"] for r in rows)
     timing = {"audio_seconds": audio_seconds, "decode_seconds": time.perf_counter() - t0, "device": device}
-    timing.update(mode=mode, rank_items=shares)
+    timing.update(mode=mode, rank_items=shares, **clock)
     tracker = utterance_tracker(bad_data, manifest, len(rows))
     with open(out_dir / "bad.jsonl", "w", encoding="utf-8") as fb:
         for rec in tracker.examples:
@@ -254,11 +254,16 @@ def decode_manifest(
     return summary
 
 
-def transcribe_loader(model, loader: SpeechDataLoader, cfg: DecodeConfig, device) -> tuple[dict[int, dict], str]:
+def transcribe_loader(
+    model, loader: SpeechDataLoader, cfg: DecodeConfig, device, clock: dict | None = None
+) -> tuple[dict[int, dict], str]:
     """Rows {key, ref, hyp, ctc_hyp, truncated, duration, index, hotwords, hotwords_dropped} of every decoded item
-    (an utterance or a window of one) by item index, and the search mode; ctc_hyp is None without a CTC head."""
+    (an utterance or a window of one) by item index, and the search mode; ctc_hyp is None without a CTC head.
+    `clock`: gets "first_batch" (seconds from the call until the first batch was decoded: the loader's start and
+    the device's warm-up are in it) and "first_batch_share" (its share of the audio of the items decoded)."""
     rows: dict[int, dict] = {}
     mode = cfg.mode(0.0)
+    t0 = time.perf_counter()
     for batch in loader:
         if not batch.size or batch.duplicate:  # every item bad (the loader counted them), or a rank's padding
             continue
@@ -274,6 +279,13 @@ def transcribe_loader(model, loader: SpeechDataLoader, cfg: DecodeConfig, device
             if got.timestamps is not None:  # ends where the sound ends; in the item's time (its trimmed lead back)
                 words = sound_ends(got.timestamps[i], batch.speech_runs[i])
                 rows[idx]["timestamps"] = shift_times(words, float(batch.leads[i]), within=dur)
+        if clock is not None:
+            clock.setdefault("first_batch", time.perf_counter() - t0)
+            clock.setdefault("first_batch_share", float(sum(batch.durations)))
+            clock["items_audio"] = clock.get("items_audio", 0.0) + float(sum(batch.durations))
+    if clock:
+        total = clock.pop("items_audio")
+        clock["first_batch_share"] = clock["first_batch_share"] / total if total > 0 else 1.0
     return rows, mode
 
 

@@ -81,6 +81,24 @@ def _ranks(timing: dict) -> str:
     return f"; {len(shares)} ranks, items decoded {' + '.join(map(str, shares))}" if len(shares) > 1 else ""
 
 
+def _steady(timing: dict) -> dict:
+    """The first batch's seconds (the loader's start and the device's warm-up are in them: on a GPU they can outweigh
+    a small test set) and the real-time factor of the batches after it (None with one batch)."""
+    first = timing.get("first_batch")
+    if first is None:
+        return {}
+    audio = timing["audio_seconds"] * (1.0 - timing["first_batch_share"])
+    took = timing["decode_seconds"] - first
+    return {"first_batch_seconds": round(first, 3), "rtf_after_first_batch": took / audio if audio > 1e-9 else None}
+
+
+def _steady_text(summary: dict) -> str:
+    after = summary.get("rtf_after_first_batch")
+    if after is None:
+        return ""
+    return f" ({after:.4f} after the first batch, which took {summary['first_batch_seconds']:.1f} s)"
+
+
 def llm_summary(out_dir: Path, rows: list[dict], found: dict, cfg: DecodeConfig, timing: dict) -> dict:
     """hyp/ref/results and wer.txt/wer.json of the LLM's hypotheses; returns the summary."""
     corpus, hot, interval = _write_results(out_dir, rows, "hyp", cfg.metric, with_ref=True)
@@ -93,6 +111,7 @@ def llm_summary(out_dir: Path, rows: list[dict], found: dict, cfg: DecodeConfig,
         audio_seconds=round(audio, 3),
         decode_seconds=round(took, 3),
         rtf=took / audio if audio > 0 else math.nan,
+        **_steady(timing),
         utts_per_second=len(rows) / took if took > 0 else math.nan,
         truncated=sum(truncated.values()),
         truncated_by_guard=truncated,
@@ -106,8 +125,9 @@ def llm_summary(out_dir: Path, rows: list[dict], found: dict, cfg: DecodeConfig,
         f"{Path(found['manifest']).name}: {_rate_line(corpus, summary)}",
         _counts(found, len(rows)),
         f"truncated: {summary['truncated']} (length cap {truncated[MAX_TOKENS]}, repetition {truncated[REPETITION]})",
-        f"mode {timing['mode']}: audio {audio:.1f} s, decoding {took:.1f} s, real-time factor {summary['rtf']:.4f}, "
-        f"{summary['utts_per_second']:.2f} utterances/s (device {timing['device']}{_ranks(timing)})",
+        f"mode {timing['mode']}: audio {audio:.1f} s, decoding {took:.1f} s, real-time factor {summary['rtf']:.4f}"
+        f"{_steady_text(summary)}, {summary['utts_per_second']:.2f} utterances/s (device {timing['device']}"
+        f"{_ranks(timing)})",
     ]
     if "windows" in found:  # decode_manifest's window counts (absent when a caller scores rows alone)
         text.append(_windows_line(found, len(rows)))

@@ -42,6 +42,7 @@ def test_smoke_suite_trains_decodes_and_summarises(tmp_path):
     assert "needs CUDA" in train["fp16_zero2"]["reason"] and "needs CUDA" in train["liger_zero2"]["reason"]
     d = res["decode"]
     assert d["status"] == "ok" and d["rtf"] > 0 and d["max_new_tokens"] == 48 and d["audio_seconds"] > 0
+    assert d["first_batch_seconds"] > 0 and "rtf_after_first_batch" in d
     paths = [p["path"] for p in res["features"]["paths"]]
     assert paths[0] == "worker (kaldi-native-fbank)" and "torch batched" in paths
     md = (out / "summary.md").read_text()

@@ -98,6 +98,7 @@ def test_end_to_end_outputs_and_wer(model, tmp_path):
     assert summary["errors"] == corpus.errors and summary["rate"] == pytest.approx(corpus.rate, abs=1e-12)
     assert summary["utterances"] == len(TEXTS) and summary["skipped"] == 3 and summary["metric"] == "WER"
     assert summary["num_beams"] == 2 and summary["audio_seconds"] > 0 and summary["rtf"] > 0
+    assert summary["first_batch_seconds"] > 0 and summary["rtf_after_first_batch"] > 0  # several batches
     assert json.loads((out / "wer.json").read_text())["rate"] == pytest.approx(corpus.rate, abs=1e-12)
     assert all(r["duration"] > 0 for r in rows)
     bad = [json.loads(line) for line in open(out / "bad.jsonl")]
@@ -234,7 +235,7 @@ def test_ctc_branch_batched_equals_one_by_one_and_the_llm_output_is_unchanged(mo
         assert _read(tmp_path / "b" / name) == _read(tmp_path / "plain" / name), name
     plain = json.loads((tmp_path / "plain" / "wer.json").read_text())
     with_ctc = json.loads((tmp_path / "b" / "wer.json").read_text())
-    timing = ("decode_seconds", "rtf", "utts_per_second")
+    timing = ("decode_seconds", "rtf", "utts_per_second", "first_batch_seconds", "rtf_after_first_batch")
     assert {k: v for k, v in with_ctc.items() if k not in timing} == {k: v for k, v in plain.items() if k not in timing}
     for name in ("hyp.txt", "results.jsonl", "wer.txt", "wer.json"):
         assert (tmp_path / "b" / "ctc" / name).is_file(), name

@@ -66,3 +66,19 @@ def test_keys_holding_whitespace_keep_hyp_and_ref_lines_of_key_and_text(tmp_path
     assert summary["spaced_keys"] == ["utt 1", "utt\n3"] and "keys holding whitespace: 2" in summary["text"]
     keys = [json.loads(line)["key"] for line in (tmp_path / "results.jsonl").read_text().splitlines()]
     assert keys == ["utt 1", "utt\n3", "plain"]
+
+
+def test_the_real_time_factor_is_also_given_without_the_first_batch(tmp_path):
+    """A GPU's first batch holds the device's warm-up and the loader's start, which can outweigh a small test set:
+    the real-time factor of the batches after it is reported beside the whole run's."""
+    rows = [row("a", "one", "one"), row("b", "two", "two"), row("c", "three", "three")]
+    timing = dict(TIMING, first_batch=0.6, first_batch_share=0.25)  # a quarter of the audio, 0.6 of the 1.0 s
+    summary = llm_summary(tmp_path / "warm", rows, dict(FOUND), DecodeConfig(), timing)
+    assert summary["rtf"] == 1.0 / 6.0 and summary["first_batch_seconds"] == 0.6
+    assert abs(summary["rtf_after_first_batch"] - 0.4 / 4.5) < 1e-12
+    text = (tmp_path / "warm" / "wer.txt").read_text()
+    assert "real-time factor 0.1667 (0.0889 after the first batch, which took 0.6 s)" in text
+    one_batch = dict(TIMING, first_batch=1.0, first_batch_share=1.0)
+    one = llm_summary(tmp_path / "one", rows, dict(FOUND), DecodeConfig(), one_batch)
+    assert one["rtf_after_first_batch"] is None
+    assert "after the first batch" not in (tmp_path / "one" / "wer.txt").read_text()
