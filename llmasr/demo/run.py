@@ -106,17 +106,16 @@ def launcher() -> list[str]:
     return [sys.executable, "-m", "deepspeed.launcher.runner"]
 
 
-def chance_wer(results_jsonl: str | Path) -> float:
-    """WER of each hypothesis scored against another utterance's reference (the next one, cyclically): what a
-    model with the same output habits would score if it ignored the audio."""
-    import jiwer
+def chance_wer(results_jsonl: str | Path, metric: str = "auto") -> float:
+    """Error rate of each hypothesis scored against another utterance's reference (the next one, cyclically): what
+    a model with the same output habits would score if it ignored the audio. Scored as decode scores (the same
+    normalisation and unit), so that it compares with the model's own rate."""
+    from llmasr.scoring import score_corpus
 
     rows = [json.loads(line) for line in open(results_jsonl, encoding="utf-8") if line.strip()]
     if len(rows) < 2:
         raise ValueError(f"{results_jsonl}: need at least two decoded utterances for a chance baseline")
-    refs = [r["ref"] for r in rows]
-    hyps = [rows[(i + 1) % len(rows)]["hyp"] or "<empty>" for i in range(len(rows))]
-    return float(jiwer.wer(refs, hyps))
+    return score_corpus(((r["ref"], rows[(i + 1) % len(rows)]["hyp"]) for i, r in enumerate(rows)), metric)[0].rate
 
 
 def read_wer(hyp_dir: Path) -> dict:
@@ -299,13 +298,13 @@ def stage_decode(workdir: Path, state: State, model_dir: Path, corpus: dict) -> 
             if summary["too_much_bad_data"]:
                 raise RuntimeError(f"decoding the {split} split failed: {summary['too_much_bad_data']}")
             state.mark(stage, fp, time.time() - start)
-        ctc = read_wer(out / "ctc")
+        ctc, llm = read_wer(out / "ctc"), read_wer(out)
         results[split] = {
-            **read_wer(out),
+            **llm,
             "ctc": ctc["wer"],
             "ctc_ci95": ctc["summary"].get("rate_ci95"),
             "beats_ctc": beats(out / "results.jsonl", out / "ctc" / "results.jsonl"),
-            "chance": chance_wer(out / "results.jsonl"),
+            "chance": chance_wer(out / "results.jsonl", llm["summary"].get("requested", "auto")),  # as decode scored
             "dir": str(out),
         }
     return results

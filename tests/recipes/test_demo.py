@@ -30,6 +30,10 @@ def test_chance_wer_pairs_each_hypothesis_with_another_reference(tmp_path):
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     # refs [one two, three four, five six] against hyps [three four, <empty>, one two]: every word wrong.
     assert chance_wer(path) == pytest.approx(1.0)
+    # scored as decode scores: case and punctuation do not count (raw text had made every word an error)
+    rows = [{"ref": "One, two.", "hyp": "three four"}, {"ref": "Three four!", "hyp": "one two"}]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert chance_wer(path) == 0.0
     path.write_text(json.dumps(rows[0]) + "\n")
     with pytest.raises(ValueError, match="two decoded"):
         chance_wer(path)
