@@ -13,8 +13,8 @@ else
   export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 fi
 export TOKENIZERS_PARALLELISM=false
-python3 -c "import deepspeed, soundfile, kaldi_native_fbank, jiwer" 2>/dev/null || {
-  echo "gpu_suite: deepspeed, soundfile, kaldi-native-fbank or jiwer does not import; on the GPU machine build" \
+python3 -c "import deepspeed, soundfile, kaldi_native_fbank" 2>/dev/null || {
+  echo "gpu_suite: deepspeed, soundfile or kaldi-native-fbank does not import; on the GPU machine build" \
        ".gpudeps first (bash ../shared/gpu/make-carry.sh here; it travels with the tree)" >&2
   exit 2
 }
