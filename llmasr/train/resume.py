@@ -176,7 +176,10 @@ def check_checkpoint(
         saved, now = set(meta.trainable), set(trainable)
         raise ConfigError(
             f"{where}: the trainable parameters differ (only in the checkpoint: {sorted(saved - now)[:5]}, "
-            f"only now: {sorted(now - saved)[:5]}): LoRA/freeze settings changed since it was saved"
+            f"only now: {sorted(now - saved)[:5]}): LoRA/freeze settings changed since it was saved, or, where they "
+            "are the run's, the llmasr that wrote it chose trainable parameters otherwise (an older llmasr kept the "
+            "whole base encoder frozen under encoder LoRA whatever encoder.freeze said, and trained no encoder bias "
+            "under lora.bias); resume with that llmasr, or start a new run"
         )
 
 
