@@ -1,8 +1,7 @@
 """YAML + dotted command-line overrides -> typed dataclasses, checked once.
 
 Every unknown key and every wrongly typed value is an error naming its dotted path, so a typo in a recipe fails
-at start-up instead of being ignored for a whole run.
-"""
+at start-up instead of being ignored for a whole run."""
 
 from __future__ import annotations
 
@@ -14,6 +13,8 @@ from pathlib import Path
 from typing import Any, TypeVar, Union
 
 import yaml
+
+from llmasr.atomic_file import write_atomic
 
 T = TypeVar("T")
 
@@ -305,7 +306,7 @@ def to_dict(obj: Any) -> Any:
 
 
 def dump_yaml(obj: Any, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(to_dict(obj), sort_keys=False), encoding="utf-8")
+    write_atomic(path, yaml.safe_dump(to_dict(obj), sort_keys=False))  # a cut-short YAML would parse
 
 
 def path_field(

@@ -14,6 +14,7 @@ layout.py: names, tags, `latest`, resolving a checkpoint; meta.py: CheckpointMet
 rotation, finishing a save, choosing checkpoints to average; files.py: the sizes and checksums of a tag's files.
 """
 
+from llmasr.atomic_file import write_atomic
 from llmasr.run_dir.bookkeeping import (
     CheckpointPolicy,
     clear_tag,
@@ -47,7 +48,6 @@ from llmasr.run_dir.layout import (
     resume_or_start,
     tag_for,
     update_of,
-    write_atomic,
 )
 from llmasr.run_dir.meta import CheckpointMeta, read_meta, write_meta
 from llmasr.safe_load import CheckpointError

@@ -13,6 +13,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from llmasr.atomic_file import write_atomic
 from llmasr.run_dir.layout import (
     BEST,
     LATEST,
@@ -23,7 +24,6 @@ from llmasr.run_dir.layout import (
     list_tags,
     tag_update,
     update_of,
-    write_atomic,
 )
 from llmasr.run_dir.meta import CheckpointMeta, write_meta
 from llmasr.safe_load import CheckpointError

@@ -8,7 +8,6 @@ caller that needs one (export, decode) and raises CheckpointError naming what is
 from __future__ import annotations
 
 import json
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,12 +46,6 @@ def checkpoints_dir(run_dir: str | Path) -> Path:
 def run_dir_of(ckpt_dir: Path) -> Path:
     """The run directory a checkpoints folder belongs to (its recipe.yaml sits there)."""
     return ckpt_dir.parent if ckpt_dir.name == CHECKPOINTS else ckpt_dir
-
-
-def write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def latest(ckpt_dir: str | Path) -> str | None:

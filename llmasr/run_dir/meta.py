@@ -20,7 +20,8 @@ import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-from llmasr.run_dir.layout import META, write_atomic
+from llmasr.atomic_file import write_atomic
+from llmasr.run_dir.layout import META
 from llmasr.safe_load import CheckpointError
 
 

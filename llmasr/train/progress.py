@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from llmasr.atomic_file import write_atomic
 from llmasr.train.efficiency import Interval
 
 log = logging.getLogger("llmasr.train")
@@ -276,7 +277,7 @@ def write_lr_csv(path: str | Path, curves: dict) -> None:
     lines = [",".join(["update", *names])]
     for u in range(total):
         lines.append(",".join([str(u + 1), *(repr(float(curves[n][u])) for n in names)]))
-    Path(path).write_text("\n".join(lines) + "\n", encoding="utf-8")
+    write_atomic(path, "\n".join(lines) + "\n")  # resume reads the rows before its start back
 
 
 def plot_lr(curves: dict, path: str | Path) -> None:

@@ -325,7 +325,7 @@ def write_run_files(run_dir: Path, recipe, ds_config: dict, schedules: list, sta
     (a fresh run: 0). Rank 0 only; a resumed run calls it once it has loaded, so a failed resume leaves them as
     they were."""
     dump_yaml(recipe, run_dir / ck.RECIPE_FILE)
-    (run_dir / ck.DS_CONFIG_FILE).write_text(json.dumps(ds_config, indent=2), encoding="utf-8")
+    ck.write_atomic(run_dir / ck.DS_CONFIG_FILE, json.dumps(ds_config, indent=2))
     curves = _lr_rows(run_dir / ck.LR_CSV, schedules, start, total)
     write_lr_csv(run_dir / ck.LR_CSV, curves)
     plot_lr(curves, run_dir / ck.LR_PNG)

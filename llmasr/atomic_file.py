@@ -1,0 +1,28 @@
+"""Writing a small text file so that a reader never sees half of it: the run's recipe.yaml, ds_config.json and
+lr_schedule.csv (rewritten at every start and resume, and read back by resume, export and decode), and the
+checkpoint bookkeeping (llmasr_meta.json, latest, best.json). A full disk or a kill during the write leaves the
+old file, or none, never a cut-short one that parses (a cut YAML mapping reads as one whose later keys take their
+defaults)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+
+
+def write_atomic(path: str | Path, text: str) -> None:
+    """`text` into `path` through a hidden sibling that is flushed to disk, then renamed over `path`; the sibling
+    is removed when the write fails."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
