@@ -23,6 +23,7 @@ betas, eps and weight decay live in the recipe's `optim` section.
 from __future__ import annotations
 
 import copy
+import functools
 import json
 from pathlib import Path
 from typing import Any
@@ -58,12 +59,23 @@ def load_ds_config(path: str | Path) -> dict:
     """Read a DeepSpeed JSON file (or a preset name); bad JSON is reported with file, line and column."""
     path = preset_path(path)
     try:
-        data = json.loads(path.read_text(encoding="utf-8-sig"))
+        data = json.loads(path.read_text(encoding="utf-8-sig"), object_pairs_hook=functools.partial(_unique, path))
     except json.JSONDecodeError as err:
         raise ConfigError(f"{path}:{err.lineno}:{err.colno}: not valid JSON: {err.msg}") from err
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a JSON object, got {type(data).__name__}")
     return data
+
+
+def _unique(path: Path, pairs: list[tuple[str, Any]]) -> dict:
+    """A JSON object whose keys are all different: JSON keeps the last of a repeated key without a word (a second
+    "zero_optimization" would silently replace the first)."""
+    seen: set[str] = set()
+    for key, _ in pairs:
+        if key in seen:
+            raise ConfigError(f"{path}: key {key!r} appears twice in one object; keep one")
+        seen.add(key)
+    return dict(pairs)
 
 
 def _find_autos(node: Any, path: str = "") -> list[str]:
@@ -106,6 +118,8 @@ def resolve_ds_config(
         raise ValueError(f"world_size must be >= 1, got {world_size}")
     bf16_key = _check_blocks(ds, source)
     _check_layout(ds, bf16_key, source)
+    _check_owned(ds, source)
+    _check_accumulation_dtype(ds, bf16_key, train_cfg.precision, source)
     _fill_from_recipe(ds, train_cfg, bf16_key, source)
     _fill_batch_sizes(ds, world_size, source)
     left = _find_autos(ds)
@@ -167,6 +181,65 @@ def _check_layout(ds: dict, bf16_key: str, source: str) -> None:
                 f"{source}: zero_optimization.{block}.device is {device!r} but zero_optimization.stage is {stage}; "
                 f"{block} needs stage {lowest} or more (the presets zero2_offload and zero3_offload offload)"
             )
+
+
+# Keys DeepSpeed accepts whose effect llmasr does otherwise or not at all: (dotted key, refused unless its value is
+# one of these, why). `None` as the only value: refused whenever present.
+_OWNED: tuple[tuple[str, tuple, str], ...] = (
+    ("gradient_allreduce_op", ("mean",), "llmasr's gradients are means over the ranks (sum would make them world "
+                                          "size times larger under train.grad_clip): remove it"),
+    ("checkpoint.load_universal", (False,), "llmasr converts a checkpoint to DeepSpeed's universal format itself "
+                                            "when the world size changes on resume: remove it"),
+    ("checkpoint.checkpoint_serialization", (True,), "llmasr reads checkpoints memory-mapped, which needs the zip "
+                                                     "format: remove it"),
+    ("zero_optimization.cpu_offload", (None,), 'an old spelling: write "offload_optimizer": {"device": "cpu"}'),
+    ("zero_optimization.cpu_offload_param", (None,), 'an old spelling: write "offload_param": {"device": "cpu"}'),
+    ("zero_optimization.cpu_offload_use_pin_memory", (None,), 'an old spelling: write "pin_memory" inside '
+                                                              "offload_optimizer / offload_param"),
+    ("activation_checkpointing", (None,), "DeepSpeed applies it only to models that call its own checkpointing; "
+                                          "set model.llm.gradient_checkpointing (and checkpoint_every) or "
+                                          "model.encoder.gradient_checkpointing in the recipe"),
+    ("data_efficiency", (None,), "it acts only through DeepSpeed's own data loader, which llmasr does not use "
+                                 "(data.batching in the recipe decides the batches)"),
+    ("dataloader_drop_last", (None,), "it acts only through DeepSpeed's own data loader, which llmasr does not use: "
+                                      "set data.batching.drop_last in the recipe"),
+)  # fmt: skip
+
+
+def _check_owned(ds: dict, source: str) -> None:
+    """Refuse the keys of _OWNED, and a zero_optimization that is not an object (DeepSpeed reads `true` as stage 1,
+    llmasr would count stage 0)."""
+    if "zero_optimization" in ds and not isinstance(ds["zero_optimization"], dict):
+        raise ConfigError(
+            f'{source}: "zero_optimization" is {json.dumps(ds["zero_optimization"])}; write it as an object, e.g. '
+            '"zero_optimization": {"stage": 2}'
+        )
+    for key, allowed, why in _OWNED:
+        *parents, last = key.split(".")
+        node = _get(ds, ".".join(parents)) if parents else ds
+        if isinstance(node, dict) and last in node and (allowed == (None,) or node[last] not in allowed):
+            raise ConfigError(f"{source}: {key} is {json.dumps(node[last])}; {why}")
+
+
+_DTYPES = {"fp32": ("fp32", "float32", "float", "torch.float32"), "bf16": ("bf16", "bfloat16", "torch.bfloat16"),
+           "fp16": ("fp16", "float16", "half", "torch.float16")}  # fmt: skip
+
+
+def _check_accumulation_dtype(ds: dict, bf16_key: str, precision: str, source: str) -> None:
+    """data_types.grad_accum_dtype other than the training dtype at ZeRO 0 (DeepSpeed refuses it once the model is
+    built) or bf16 with fp32 at ZeRO 1 (DeepSpeed's BF16_Optimizer, whose checkpoints zero_to_fp32 cannot read:
+    nothing could be exported)."""
+    dtype = _get(ds, "data_types.grad_accum_dtype")
+    if dtype is None or dtype in _DTYPES[precision]:
+        return
+    stage = _get(ds, "zero_optimization.stage") or 0
+    offload = _get(ds, "zero_optimization.offload_optimizer.device") not in (None, "none")
+    if stage == 0 or (stage == 1 and precision == "bf16" and dtype in _DTYPES["fp32"] and not offload):
+        why = "DeepSpeed does not run that mix" if stage == 0 else "its checkpoints (BF16_Optimizer) cannot be exported"
+        raise ConfigError(
+            f"{source}: data_types.grad_accum_dtype is {json.dumps(dtype)} with train.precision {precision} at ZeRO "
+            f"stage {stage}: {why}; use ZeRO stage 2 or 3 for gradients accumulated in another dtype, or remove the key"
+        )
 
 
 def _fill_from_recipe(ds: dict, train_cfg: TrainConfig, bf16_key: str, source: str) -> None:

@@ -158,6 +158,54 @@ def test_settings_deepspeed_or_training_would_fail_on_later_are_refused(raw, mes
                              world_size=8)  # fmt: skip
 
 
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        ({"zero_optimization": True}, r'"zero_optimization" is true; write it as an object'),
+        ({"zero_optimization": {"stage": 2, "cpu_offload": True}},
+         r'zero_optimization.cpu_offload is true; an old spelling: write "offload_optimizer"'),
+        ({"zero_optimization": {"stage": 3, "cpu_offload_param": True}},
+         r'zero_optimization.cpu_offload_param is true; an old spelling: write "offload_param"'),
+        ({"gradient_allreduce_op": "sum"}, r'gradient_allreduce_op is "sum"; llmasr\'s gradients are means'),
+        ({"checkpoint": {"load_universal": True}}, "checkpoint.load_universal is true; llmasr converts"),
+        ({"checkpoint": {"checkpoint_serialization": False}}, "checkpoint.checkpoint_serialization is false"),
+        ({"activation_checkpointing": {"partition_activations": True}},
+         "activation_checkpointing is .*set model.llm.gradient_checkpointing"),
+        ({"data_efficiency": {"enabled": True}}, "data_efficiency is .*DeepSpeed's own data loader"),
+        ({"dataloader_drop_last": True}, "dataloader_drop_last is true; .*data.batching.drop_last"),
+        ({"data_types": {"grad_accum_dtype": "fp32"}}, r'grad_accum_dtype is "fp32" with train.precision bf16 at '
+                                                       "ZeRO stage 0: DeepSpeed does not run that mix"),
+        ({"zero_optimization": {"stage": 1}, "data_types": {"grad_accum_dtype": "fp32"}},
+         r"at ZeRO stage 1: its checkpoints \(BF16_Optimizer\) cannot be exported"),
+    ],
+)  # fmt: skip
+def test_settings_deepspeed_takes_but_llmasr_does_otherwise_are_refused(raw, message):
+    """DeepSpeed accepts these, then: `true` trains ZeRO-1 where llmasr counted stage 0 (and crashed reading it);
+    the old offload spellings offload where llmasr built an optimizer for the device; sum makes gradients world
+    size times larger; load_universal failed inside DeepSpeed on resume; the legacy format broke `llmasr check
+    --resume`; the sections of DeepSpeed's own checkpointing and data loader did nothing; fp32 accumulation of bf16
+    failed after the model was built (ZeRO-0) or wrote checkpoints no export could read (ZeRO-1)."""
+    with pytest.raises(ConfigError, match=message):
+        resolve_ds_config(raw, train_cfg(), world_size=2, source="ds.json")
+    kept = [
+        {"gradient_allreduce_op": "mean", "checkpoint": {"load_universal": False, "checkpoint_serialization": True}},
+        {"zero_optimization": {"stage": 2}, "data_types": {"grad_accum_dtype": "fp32"}},
+        {"zero_optimization": {"stage": 1}, "data_types": {"grad_accum_dtype": "bf16"}},
+    ]
+    for ok in kept:
+        assert resolve_ds_config(ok, train_cfg(), world_size=2)
+
+
+def test_a_key_written_twice_is_refused(tmp_path):
+    """JSON keeps the last of a repeated key: the ZeRO-3 block above the second one was dropped without a word."""
+    path = tmp_path / "ds.json"
+    path.write_text(
+        '{"zero_optimization": {"stage": 3}, "bf16": {"enabled": "auto"}, "zero_optimization": {"stage": 2}}'
+    )
+    with pytest.raises(ConfigError, match=f"{path}: key 'zero_optimization' appears twice in one object"):
+        load_ds_config(path)
+
+
 def test_unknown_auto_key_named():
     raw = {"zero_optimization": {"stage": 3, "reduce_bucket_size": "auto"}}
     with pytest.raises(ConfigError, match=r"\"auto\" left at \['zero_optimization.reduce_bucket_size'\]"):
