@@ -39,6 +39,7 @@ from llmasr.run_dir.layout import (
     TRAIN_LOG,
     UNIVERSAL_SUFFIX,
     CheckpointRef,
+    abandoned_dir,
     checkpoints_dir,
     latest,
     list_tags,
@@ -46,6 +47,7 @@ from llmasr.run_dir.layout import (
     resolve_checkpoint,
     resolve_resume,
     resume_or_start,
+    run_dir_of,
     tag_for,
     update_of,
 )
@@ -55,7 +57,8 @@ from llmasr.safe_load import CheckpointError
 __all__ = [
     "BEST", "CHECKPOINTS", "DS_CONFIG_FILE", "LATEST", "LOCK_FILE", "LR_CSV", "LR_PNG", "META", "RECIPE_FILE",
     "TENSORBOARD", "TRAIN_LOG", "UNIVERSAL_SUFFIX", "CheckpointError", "CheckpointMeta", "CheckpointPolicy",
-    "CheckpointRef", "checkpoints_dir", "clear_tag", "finish_save", "latest", "list_tags", "read_best", "read_meta",
-    "require_latest", "resolve_checkpoint", "resolve_resume", "resume_or_start", "rotate", "select_tags",
-    "set_aside_later", "tag_for", "update_best", "update_of", "write_atomic", "write_meta",
+    "CheckpointRef", "abandoned_dir", "checkpoints_dir", "clear_tag", "finish_save", "latest", "list_tags",
+    "read_best", "read_meta", "require_latest", "resolve_checkpoint", "resolve_resume", "resume_or_start", "rotate",
+    "run_dir_of", "select_tags", "set_aside_later", "tag_for", "update_best", "update_of", "write_atomic",
+    "write_meta",
 ]  # fmt: skip

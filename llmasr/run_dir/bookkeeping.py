@@ -67,18 +67,22 @@ def update_best(best: list[dict], tag: str, meta: CheckpointMeta, policy: Checkp
 
 
 def rotate(ckpt_dir: Path, policy: CheckpointPolicy, protect: set[str] = frozenset()) -> list[str]:
-    """Delete all but the newest `keep_last` checkpoints, sparing best.json's tags, `latest` and `protect`.
-    Returns the deleted tags. Call on rank 0 only (every rank deleting the same folder races)."""
+    """Delete all but the newest `keep_last` complete checkpoints, sparing best.json's tags, `latest` and `protect`,
+    and the saves cut short before `latest`. Returns the deleted tags. Call on rank 0 only (every rank deleting the
+    same folder races)."""
     if policy.keep_last <= 0:
         return []
     tags = sorted((t for t in os.listdir(ckpt_dir) if update_of(t) is not None), key=update_of)
-    keep = set(tags[-policy.keep_last :]) | {b["tag"] for b in read_best(ckpt_dir)} | set(protect)
+    complete = [t for t in tags if (ckpt_dir / t / META).is_file()]  # one without its meta is a save cut short
+    keep = set(complete[-policy.keep_last :]) | {b["tag"] for b in read_best(ckpt_dir)} | set(protect)
     newest = latest(ckpt_dir)
     if newest:
         keep.add(newest)
+    # a save cut short after `latest` is cleared when its update is saved again; one before it never is
+    pending = {t for t in tags if t not in complete and (not newest or update_of(t) > (update_of(newest) or 0))}
     deleted = []
     for tag in tags:
-        if tag not in keep:
+        if tag not in keep and tag not in pending:
             shutil.rmtree(ckpt_dir / tag, ignore_errors=True)
             deleted.append(tag)
     for name in os.listdir(ckpt_dir):  # a universal copy goes with its checkpoint
@@ -169,7 +173,7 @@ def select_tags(ref: CheckpointRef, n: int, by: str = "last") -> list[str]:
     if n < 1:
         raise CheckpointError(f"--average must be >= 1, got {n}")
     if by == "last":
-        tags = list_tags(ref.root)
+        tags = [t for t in list_tags(ref.root) if (ref.root / t / META).is_file()]  # not a save cut short
         if ref.tag not in tags:
             tags.append(ref.tag)
         chosen = [t for t in tags if tag_update(ref.root / t) <= tag_update(ref.path)][-n:]

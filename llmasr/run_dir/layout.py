@@ -27,6 +27,7 @@ BEST = "best.json"
 META = "llmasr_meta.json"
 TAG_RE = re.compile(r"^update_(\d{8,})$")
 UNIVERSAL_SUFFIX = "_universal"
+ABANDONED_PREFIX = "abandoned_at_update_"
 MODEL_STATES = "*_model_states.pt"  # DeepSpeed's per-rank files (llmasr.train.ds_files reads them)
 
 
@@ -43,8 +44,17 @@ def checkpoints_dir(run_dir: str | Path) -> Path:
     return Path(run_dir) / CHECKPOINTS
 
 
+def abandoned_dir(path: Path) -> bool:
+    """RUN_DIR/checkpoints/abandoned_at_update_N[_k]: where a resume from update N set the later checkpoints aside
+    (run_dir.bookkeeping.set_aside_later); a checkpoints folder of its own, with its `latest` and best.json."""
+    return path.name.startswith(ABANDONED_PREFIX) and path.parent.name == CHECKPOINTS
+
+
 def run_dir_of(ckpt_dir: Path) -> Path:
-    """The run directory a checkpoints folder belongs to (its recipe.yaml sits there)."""
+    """The run directory a checkpoints folder (or an abandoned_at_update_N folder in it) belongs to: its
+    recipe.yaml sits there."""
+    if abandoned_dir(ckpt_dir):
+        return ckpt_dir.parent.parent
     return ckpt_dir.parent if ckpt_dir.name == CHECKPOINTS else ckpt_dir
 
 
@@ -122,7 +132,7 @@ def resolve_checkpoint(spec: str | Path, tag: str | None = None) -> CheckpointRe
         return CheckpointRef(run_dir_of(path.parent), path.parent, path.name)
     if (path / CHECKPOINTS).is_dir():
         root = path / CHECKPOINTS
-    elif path.name == CHECKPOINTS and path.is_dir():
+    elif (path.name == CHECKPOINTS or abandoned_dir(path)) and path.is_dir():
         root = path
     else:
         raise CheckpointError(
@@ -133,8 +143,10 @@ def resolve_checkpoint(spec: str | Path, tag: str | None = None) -> CheckpointRe
         tag = require_latest(root)
     if not (root / tag).is_dir():
         tags = list_tags(root)
+        aside = sorted(str(p.parent) for p in root.glob(f"{ABANDONED_PREFIX}*/{tag}") if is_tag_dir(p))
         raise CheckpointError(
             f"checkpoint tag {tag!r} not found under {root}; available: {', '.join(tags) if tags else 'none'}"
+            + (f"; a resume set it aside in {', '.join(aside)} (pass that folder)" if aside else "")
         )
     return CheckpointRef(run_dir_of(root), root, tag)
 

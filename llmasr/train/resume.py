@@ -144,7 +144,8 @@ def check_resume_recipe(recipe, load_dir: Path) -> list[str]:
     """Compare `recipe` with the recipe of the run `load_dir` (its checkpoints folder) belongs to. Refuses keys
     that cannot change on resume (each with both values and why); returns notes for the run's log (the changes
     that may happen, or that there was nothing to compare with)."""
-    saved_path = Path(load_dir).parent / ck.RECIPE_FILE
+    load_dir = Path(load_dir)
+    saved_path = (ck.run_dir_of(load_dir) if ck.abandoned_dir(load_dir) else load_dir.parent) / ck.RECIPE_FILE
     if not saved_path.is_file():
         return [f"resume: no {saved_path} beside {load_dir}; the recipe cannot be compared with the run's"]
     changes = recipe_changes(saved_recipe_dict(saved_path, type(recipe)), _plain(recipe))

@@ -134,6 +134,37 @@ def test_a_resume_from_an_earlier_checkpoint_sets_the_later_ones_aside(tmp_path)
     assert ck.set_aside_later(tmp_path, 3)[1].name == "abandoned_at_update_00000003_2"
 
 
+def test_checkpoints_set_aside_are_read_as_the_runs(tmp_path):
+    """The abandoned folder is a checkpoints folder of the run: export and decode name it (or a tag in it) and get
+    the run's recipe; it had been taken for a run directory of its own (no recipe.yaml there: refused)."""
+    run = tmp_path / "run"
+    ckpts = run / ck.CHECKPOINTS
+    make_tags(ckpts, [1, 2, 3, 4])
+    (ckpts / ck.LATEST).write_text(ck.tag_for(4) + "\n")
+    _, aside = ck.set_aside_later(ckpts, 2)
+    assert ck.resolve_checkpoint(aside) == ck.CheckpointRef(run, aside, ck.tag_for(4))
+    assert ck.resolve_checkpoint(aside / ck.tag_for(3)) == ck.CheckpointRef(run, aside, ck.tag_for(3))
+    assert ck.select_tags(ck.resolve_checkpoint(aside), 2) == [ck.tag_for(3), ck.tag_for(4)]
+    with pytest.raises(ck.CheckpointError, match=f"a resume set it aside in {aside} \\(pass that folder\\)"):
+        ck.resolve_checkpoint(run, ck.tag_for(4))
+
+
+def test_a_save_cut_short_before_latest_is_neither_kept_nor_averaged(tmp_path):
+    """A preemption's save killed before its meta (update 3), the run resumed from update 2 and saved 4: that folder
+    is never saved again. It had counted towards keep_last (a complete checkpoint deleted in its place) and been
+    picked for --average (which then failed on its missing meta)."""
+    make_tags(tmp_path, [1, 2, 4])
+    (tmp_path / ck.tag_for(3)).mkdir()
+    (tmp_path / ck.tag_for(3) / "mp_rank_00_model_states.pt").write_bytes(b"cut short")
+    (tmp_path / ck.tag_for(5)).mkdir()  # after `latest`: cleared when update 5 is saved again
+    (tmp_path / ck.tag_for(5) / "mp_rank_00_model_states.pt").write_bytes(b"cut short")
+    (tmp_path / ck.LATEST).write_text(ck.tag_for(4) + "\n")
+    ref = ck.CheckpointRef(tmp_path.parent, tmp_path, ck.tag_for(4))
+    assert ck.select_tags(ref, 2) == [ck.tag_for(2), ck.tag_for(4)]
+    assert ck.rotate(tmp_path, ck.CheckpointPolicy(keep_last=2)) == [ck.tag_for(1), ck.tag_for(3)]
+    assert ck.list_tags(tmp_path) == [ck.tag_for(2), ck.tag_for(4), ck.tag_for(5)]
+
+
 def test_best_k_turned_off_removes_the_best_list(tmp_path):
     """train.best_k may change on resume: at 0 the old best.json would keep its tags from rotation for ever."""
     policy = ck.CheckpointPolicy(keep_last=1, best_k=1)

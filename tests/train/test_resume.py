@@ -180,6 +180,10 @@ def test_resuming_an_earlier_checkpoint_sets_the_later_ones_aside(tiny_llm_dir, 
         "resume: 2 later checkpoint(s) of this run (update_00000002, update_00000003)"
         in (run / ck.TRAIN_LOG).read_text()
     )
+    # resuming one of them is checked against the run's recipe (it had found none to compare with, and allowed all)
+    reseeded = recipe(tiny_llm_dir, corpus, run, grad_accum=1, max_updates=3, overrides=["train.seed=999"])
+    with pytest.raises(ConfigError, match=f"(?s)the recipe differs from {run / ck.RECIPE_FILE}.*train.seed: 0 -> 999"):
+        rs.check_resume_recipe(reseeded, aside)
 
 
 def test_training_data_that_changed_on_disk_is_refused(tiny_llm_dir, tmp_path):
