@@ -1,7 +1,8 @@
 """Global CMVN statistics over a training set, written as a Kaldi nnet am.mvn (FunASR's format).
 
-Statistics are taken over the features the encoder sees before CMVN: fbank (no dither) + LFR. As in FunASR's
-compute_audio_cmvn: AddShift = -mean, Rescale = 1 / std (population std over all frames), per dimension.
+Statistics are taken over the features the encoder sees before CMVN: fbank (dithered, with noise drawn from the
+audio as decoding draws it: llmasr.data.features) + LFR. As in FunASR's compute_audio_cmvn: AddShift = -mean,
+Rescale = 1 / std (population std over all frames), per dimension.
 """
 
 from __future__ import annotations
@@ -86,7 +87,7 @@ def _picks(total: int, max_utts: int | None) -> np.ndarray:
 
 
 def _features(manifest: Manifest, index: int, extractor: FeatureExtractor) -> np.ndarray | str:
-    """Float64 features [T, D] of record `index` of `manifest` (no dither), or why it has none."""
+    """Float64 features [T, D] of record `index` of `manifest` (dithered from the audio), or why it has none."""
     sample_rate = extractor.frontend.sample_rate
     try:
         utt = manifest[index]

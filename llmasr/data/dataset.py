@@ -24,7 +24,7 @@ from llmasr.data.audio import AudioError, load_audio
 from llmasr.data.augment import Augmenter
 from llmasr.data.bad_data import BadItem
 from llmasr.data.clip_lengths import draw_clip_lengths
-from llmasr.data.features import FeatureExtractor
+from llmasr.data.features import FeatureExtractor, content_rng
 from llmasr.data.frontend import FrontendConfig
 from llmasr.data.long_audio import speech_runs, speech_start
 from llmasr.data.records import BadRecord
@@ -259,7 +259,7 @@ class SpeechDataset(Dataset):
                 f"at least {self.frontend.min_frames})"
             )
         if self.features_on == "device":
-            scaled = fx.scaled_wave(wave, dither=self.frontend.dither if self.train else 0.0, rng=rng)
+            scaled = fx.scaled_wave(wave, dither=self.frontend.dither, rng=rng if self.train else content_rng(wave))
             d = self.frontend.feature_dim
             masks = aug.spec_masks(t, d, rng) if aug is not None else np.zeros((0, 3), dtype=np.int64)  # after dither
             return {"wave": scaled, "num_frames": t, "feat_dim": d, "spec_masks": masks}

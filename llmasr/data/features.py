@@ -14,19 +14,28 @@ rounded up to a power of two. A clip whose FFT leaves some mel bin without an FF
 and older ones fill the empty bins with log(epsilon). The limit follows from the options alone
 (`frontend.fbank_min_samples`: 257 samples for 80 bins at 16 kHz).
 
-Dither (fbank, training only): Gaussian noise of standard deviation `dither` (in the scaled, int16-like domain)
-is added to the waveform from the caller's numpy Generator before extraction, with the library's own dither at 0,
-so a seeded run is reproducible. Kaldi draws fresh noise per frame; adding it once per sample gives the same
-per-frame noise level (overlapping frames then share their noise, which does not matter for training).
+Dither (fbank): Gaussian noise of standard deviation `dither` (in the scaled, int16-like domain) is added to the
+waveform before extraction, with the library's own dither at 0. Kaldi draws fresh noise per frame; adding it once
+per sample gives the same per-frame noise level (overlapping frames then share their noise). Training draws it
+from the caller's numpy Generator (a seeded run is reproducible). Validation, decoding and CMVN statistics dither
+too, as FunASR's frontend does everywhere: without it a digitally silent frame reads log(epsilon), far below
+anything training showed the model, and it inflates the CMVN variance. Their noise is drawn from the audio itself
+(`content_rng`), so the same audio gives the same features whatever batch, rank or position it comes in.
 """
 
 from __future__ import annotations
 
+import zlib
 from functools import lru_cache
 
 import numpy as np
 
 from llmasr.data.frontend import FBANK_LOW_FREQ_HZ, FrontendConfig, fbank_min_samples, fbank_problem, read_kaldi_cmvn
+
+
+def content_rng(waveform: np.ndarray) -> np.random.Generator:
+    """The dither generator of audio heard outside training: seeded by the samples themselves."""
+    return np.random.default_rng([0x11A5, zlib.crc32(np.ascontiguousarray(waveform, dtype=np.float32).data)])
 
 
 @lru_cache(maxsize=8)
@@ -140,12 +149,13 @@ class FeatureExtractor:
 
     # ---------------------------------------------------------------------------------------------------- features
     def __call__(self, waveform: np.ndarray, *, train: bool, rng: np.random.Generator | None = None) -> np.ndarray:
+        """Features of `waveform`, dithered from `rng` in training, else from the audio itself (content_rng)."""
         waveform = np.asarray(waveform, dtype=np.float32)
         if waveform.ndim != 1:
             raise ValueError(f"expected a mono 1-D waveform, got shape {waveform.shape}")
         if self.frontend.kind == "whisper":
             return self.whisper_logmel(waveform)
-        feats = self.fbank(waveform, dither=self.frontend.dither if train else 0.0, rng=rng)
+        feats = self.fbank(waveform, dither=self.frontend.dither, rng=rng if train else content_rng(waveform))
         feats = apply_lfr(feats, self.frontend.lfr_m, self.frontend.lfr_n)
         if self._cmvn is not None:
             shift, scale = self._cmvn

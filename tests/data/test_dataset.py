@@ -113,7 +113,7 @@ def test_rng_per_seed_epoch_index(corpus):
     ds.set_epoch(1)
     assert not np.array_equal(ds[0]["feats"], a1)
     ev = dataset(corpus, train=False)
-    np.testing.assert_array_equal(ev[0]["feats"], dataset(corpus, train=False, seed=5)[0]["feats"])  # no dither
+    np.testing.assert_array_equal(ev[0]["feats"], dataset(corpus, train=False, seed=5)[0]["feats"])  # by the audio
 
 
 def test_truncation(corpus):

@@ -91,7 +91,7 @@ def test_lfr_and_cmvn_equal_the_worker_path(tmp_path, m, n):
     rng = np.random.default_rng(m * 10 + n)
     cmvn = tmp_path / "am.mvn"
     write_kaldi_cmvn(cmvn, rng.normal(-8, 2, dim).astype(np.float32), rng.uniform(0.1, 0.6, dim).astype(np.float32))
-    fe = FrontendConfig(lfr_m=m, lfr_n=n, cmvn_file=str(cmvn))
+    fe = FrontendConfig(lfr_m=m, lfr_n=n, cmvn_file=str(cmvn), dither=0.0)  # the undithered waves batch_of gives
     fx, dev = FeatureExtractor(fe), DeviceFeatures(fe)
     waves = [speechy(k, rng) for k in (257, 400, 560, 1500, 16000, 9999)]
     feats, lens = dev(*batch_of(waves, fe.waveform_scale))
@@ -111,11 +111,11 @@ def clips(tmp_path):
     return Manifest.open(write_manifest(tmp_path / "m.jsonl", recs))
 
 
-def _dataset(manifest, fe, features_on, *, replicate=False):
+def _dataset(manifest, fe, features_on, *, replicate=False, train=True):
     spec = SpecAugmentConfig(enable=True, num_time_masks=2, max_time_width=4, num_freq_masks=2, max_freq_width=20,
                              lfr_time_replicate=replicate)  # fmt: skip
     return SpeechDataset(
-        manifest, fe, train=True, augment=AugmentConfig(spec_augment=spec), prompt_builder=FakePromptBuilder(),
+        manifest, fe, train=train, augment=AugmentConfig(spec_augment=spec), prompt_builder=FakePromptBuilder(),
         ctc_tokenizer=FakeCTCTokenizer(), seed=3, features_on=features_on,
     )  # fmt: skip
 
@@ -145,6 +145,12 @@ def test_device_path_gives_the_worker_features_with_dither_and_specaugment(tmp_p
     assert not torch.equal(other.wave, got.wave)
     device.set_epoch(0)
     assert torch.equal(collate([device[i] for i in range(len(clips))]).wave, got.wave)
+    # decoding and validation dither too, from the audio itself: both paths add the same noise
+    worker, device = _dataset(clips, fe, "worker", train=False), _dataset(clips, fe, "device", train=False)
+    want = collate([worker[i] for i in range(len(clips))])
+    got = collate([device[i] for i in range(len(clips))])
+    feats, lens = DeviceFeatures(fe)(got.wave, got.wave_lens, got.spec_masks)
+    torch.testing.assert_close(feats, want.feats, atol=TOL, rtol=0)
 
 
 def test_batch_select_and_to_keep_waveforms_float32(clips):
@@ -171,7 +177,7 @@ def test_features_on_setting():
 def test_float32_under_autocast_and_reduced_matmul_precision():
     """Inside a bf16 autocast region with TF32/bf16 matmuls allowed (as a training step may run), the features
     are still computed in float32 to the same tolerance, and the caller's settings are left as they were."""
-    fe = FrontendConfig(lfr_m=7, lfr_n=6)
+    fe = FrontendConfig(lfr_m=7, lfr_n=6, dither=0.0)
     fx, dev = FeatureExtractor(fe), DeviceFeatures(fe)
     waves = [speechy(n, np.random.default_rng(n)) for n in (16000, 7000)]
     before = torch.get_float32_matmul_precision()
@@ -208,7 +214,7 @@ def test_cuda_equals_kaldi_native_fbank(tmp_path):
     rng = np.random.default_rng(3)
     cmvn = tmp_path / "am.mvn"
     write_kaldi_cmvn(cmvn, rng.normal(-8, 2, 560).astype(np.float32), rng.uniform(0.1, 0.6, 560).astype(np.float32))
-    fe = FrontendConfig(lfr_m=7, lfr_n=6, cmvn_file=str(cmvn))
+    fe = FrontendConfig(lfr_m=7, lfr_n=6, cmvn_file=str(cmvn), dither=0.0)
     fx, dev = FeatureExtractor(fe), DeviceFeatures(fe)
     waves = [speechy(n, rng) for n in (1, 257, 300, 400, 401, 16000, 160_013)]
     wave, lens = batch_of(waves, fe.waveform_scale)

@@ -52,7 +52,7 @@ def direct_knf_fbank(wave: np.ndarray, n_mels: int, snip_edges: bool) -> np.ndar
 def test_shortest_clip_is_decided_from_the_options(snip_edges, n_mels, shortest):
     """A clip too short for one frame with every mel bin filled gives no frame (the dataset reports it as bad),
     decided from the sample count and options alone; one sample more gives FunASR's frame."""
-    fe = FeatureExtractor(FrontendConfig(n_mels=n_mels, snip_edges=snip_edges))
+    fe = FeatureExtractor(FrontendConfig(n_mels=n_mels, snip_edges=snip_edges, dither=0.0))
     if not snip_edges:  # Kaldi's centred frames: the first needs half a shift of audio
         shortest = max(shortest, 80)
     assert fe.min_samples == shortest
@@ -110,20 +110,31 @@ def test_cmvn_applied_after_lfr_and_read_once(tmp_path, monkeypatch):
         FeatureExtractor(FrontendConfig(cmvn_file=str(path)))
 
 
-def test_dither_only_in_training_and_seeded():
+def test_dither_in_training_and_out_of_it_each_reproducible():
+    """Training draws its dither from the caller's generator; decoding, validation and CMVN statistics dither too
+    (as FunASR's frontend does), from the audio itself: without it digital silence read log(epsilon), far below the
+    floor every training frame of silence sits on."""
     fe = FeatureExtractor(FrontendConfig(lfr_m=7, lfr_n=6, dither=1.0))
     x = noise(16000)
     x[4000:8000] = 0.0  # digital silence: where dither shows most
     eval1, eval2 = fe(x, train=False), fe(x, train=False)
-    np.testing.assert_array_equal(eval1, eval2)
+    np.testing.assert_array_equal(eval1, eval2)  # the same audio, the same features
     a = fe(x, train=True, rng=np.random.default_rng(5))
     b = fe(x, train=True, rng=np.random.default_rng(5))
     c = fe(x, train=True, rng=np.random.default_rng(6))
     np.testing.assert_array_equal(a, b)
     assert not np.array_equal(a, c) and not np.array_equal(a, eval1)
     assert np.isfinite(a).all()
+    silent = slice(5, 8)  # LFR frames (6 fbank frames of 160 samples each) inside the silence
+    other = x.copy()
+    other[0] += 1e-3  # other audio: other noise
+    assert not np.array_equal(fe(other, train=False)[silent], eval1[silent])
     no_dither = FeatureExtractor(FrontendConfig(lfr_m=7, lfr_n=6, dither=0.0))
-    np.testing.assert_array_equal(no_dither(x, train=True, rng=np.random.default_rng(5)), eval1)
+    plain = no_dither(x, train=False)
+    np.testing.assert_array_equal(no_dither(x, train=True, rng=np.random.default_rng(5)), plain)
+    assert plain[silent].min() < -15.0  # log(epsilon)
+    assert abs(float(eval1[silent].mean()) - float(a[silent].mean())) < 0.5  # where training put silence
+    assert np.abs(eval1[silent] - a[silent]).max() < 6.0
 
 
 def test_whisper_filters_match_transformers():
