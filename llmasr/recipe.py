@@ -10,15 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from llmasr.config_io import (
-    ConfigError,
-    apply_overrides,
-    dump_yaml,
-    from_dict,
-    load_yaml,
-    resolve_paths,
-    to_dict,
-)
+from llmasr.config_io import ConfigError, apply_overrides, dump_yaml, from_dict, load_yaml, to_dict
+from llmasr.config_paths import resolve_paths
 from llmasr.data.config import DataConfig
 from llmasr.models.config import ModelConfig
 from llmasr.models.decoding import DecodeConfig
@@ -53,6 +46,9 @@ def load_recipe(path: str | Path | None = None, overrides: list[str] | None = No
         # paths are relative to the recipe file, so recipes can be moved with their assets
         resolve_paths(Recipe, data, Path(path).resolve().parent)
     data = apply_overrides(data, list(overrides or []))
+    # the rest (overrides among them) from the working directory, named absolutely: RUN_DIR/recipe.yaml is read
+    # again by export, decode and resume, started from anywhere
+    resolve_paths(Recipe, data, Path.cwd())
     return from_dict(Recipe, data)
 
 

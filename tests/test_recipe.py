@@ -198,3 +198,49 @@ def test_infinite_budgets_and_rates_are_refused(override, message):
     """YAML's .inf had passed: one batch of the whole corpus, an MFU of 0, no progress line ever."""
     with pytest.raises(ConfigError, match=message):
         load_recipe(data={}, overrides=[override])
+
+
+def test_an_override_of_an_anchored_section_changes_that_place_only(tmp_path):
+    """A YAML alias is the very mapping its anchor names: an override of the LLM's schedule had also changed the
+    encoder's, which the recipe shares with it through `*sched`."""
+    path = tmp_path / "r.yaml"
+    path.write_text(
+        "optim:\n  branches:\n"
+        "    llm: {lr: 1.0e-4, scheduler: &sched {type: warmup_cosine, warmup_steps: 500}}\n"
+        "    encoder: {lr: 1.0e-5, scheduler: *sched}\n"
+    )
+    r = load_recipe(path, ["optim.branches.llm.scheduler.warmup_steps=10"])
+    assert r.optim.branches["llm"].scheduler.warmup_steps == 10
+    assert r.optim.branches["encoder"].scheduler.warmup_steps == 500
+
+
+def test_an_inline_chat_template_is_text_not_a_path(tmp_path):
+    """model.prompt.chat_template takes a file or the template itself: a real template (hundreds of characters
+    without a slash) had failed loading with "File name too long" while being looked for beside the recipe."""
+    template = "{%- for message in messages %}" + "{{- message['content'] }}" * 20 + "{%- endfor %}"
+    assert len(template) > 255 and "/" not in template
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump({"model": {"prompt": {"chat_template": template}}}))
+    assert load_recipe(path).model.prompt.chat_template == template
+
+
+def test_paths_from_the_working_directory_are_kept_absolute(tmp_path, monkeypatch):
+    """`model.llm.path=models/llm` on the command line: RUN_DIR/recipe.yaml had kept it relative, so an export
+    started from another folder said the base model had changed. A run saved that way still resumes unchanged."""
+    from llmasr.config_io import dump_yaml
+    from llmasr.train import resume as rs
+
+    (tmp_path / "models" / "llm").mkdir(parents=True)
+    (tmp_path / "train.jsonl").write_text("")
+    monkeypatch.chdir(tmp_path)
+    overrides = ["model.llm.path=models/llm", "data.train=[train.jsonl]", "train.output_dir=exp/run"]
+    r = load_recipe(data={}, overrides=overrides)
+    assert r.model.llm.path == str(tmp_path / "models" / "llm")
+    assert r.data.train[0].path == str(tmp_path / "train.jsonl")
+    assert r.train.output_dir == "exp/run"  # an output stays as written
+    run = tmp_path / "exp" / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    old = load_recipe(data={}, overrides=overrides[2:])  # saved by an llmasr that kept them relative
+    old.model.llm.path, old.data.train = "models/llm", ["train.jsonl"]
+    dump_yaml(old, run / "recipe.yaml")
+    assert rs.check_resume_recipe(r, run / "checkpoints") == []

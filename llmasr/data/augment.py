@@ -27,7 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
-from llmasr.config_io import ConfigError, path_field
+from llmasr.config_io import ConfigError
+from llmasr.config_paths import path_field
 from llmasr.data.frontend import FrontendConfig
 from llmasr.data.long_audio import frame_energies
 

@@ -24,7 +24,8 @@ import logging
 import math
 from dataclasses import dataclass, field
 
-from llmasr.config_io import ConfigError, path_field
+from llmasr.config_io import ConfigError
+from llmasr.config_paths import path_field
 from llmasr.data.augment import AugmentConfig
 from llmasr.data.hotwords import HotwordsConfig
 

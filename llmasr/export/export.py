@@ -36,7 +36,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from llmasr.config_io import input_paths, to_dict
+from llmasr.config_io import to_dict
+from llmasr.config_paths import input_paths
 from llmasr.export.staged_dir import output_dir, publish, staging_dir, writing
 from llmasr.export.trained_model import load_checkpoint_model, load_trained, run_recipe  # noqa: F401  (public API)
 from llmasr.models.builder import encoder_spec, output_dim

@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
-from llmasr.config_io import ConfigError, path_field
+from llmasr.config_io import ConfigError
+from llmasr.config_paths import path_field
 
 
 @dataclass

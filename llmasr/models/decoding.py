@@ -12,7 +12,8 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from llmasr.config_io import ConfigError, path_field
+from llmasr.config_io import ConfigError
+from llmasr.config_paths import path_field
 
 METRICS = ("auto", "wer", "cer")
 # ctc_weight when unset and the model has a CTC head (tuned on the demo's dev set; see the README's decode section).

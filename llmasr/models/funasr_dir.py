@@ -23,7 +23,8 @@ from typing import Any
 import yaml
 from torch import nn
 
-from llmasr.config_io import ConfigError, not_found
+from llmasr.config_io import ConfigError
+from llmasr.config_paths import not_found
 from llmasr.data.frontend import FrontendConfig
 from llmasr.models.encoders import EncoderEntry, funasr_class_name, funasr_entry
 from llmasr.models.funasr_checks import check_vocabulary, log_left_out

@@ -14,7 +14,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from llmasr.config_io import ConfigError, not_found
+from llmasr.config_io import ConfigError
+from llmasr.config_paths import not_found
 from llmasr.models.config import LoraConfig
 from llmasr.models.llm_files import check_adapter_weights, check_llm_weights, weight_files
 

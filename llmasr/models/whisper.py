@@ -21,7 +21,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from llmasr.config_io import ConfigError, coerce, not_found
+from llmasr.config_io import ConfigError, coerce
+from llmasr.config_paths import not_found
 from llmasr.data.frontend import FrontendConfig
 from llmasr.models.state_dict import CheckpointMismatchError, load_into, read_safetensors
 

@@ -22,7 +22,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Literal
 
-from llmasr.config_io import ConfigError, path_field
+from llmasr.config_io import ConfigError
+from llmasr.config_paths import path_field
 
 BRANCHES: tuple[str, ...] = ("encoder", "adaptor", "ctc", "llm")
 

@@ -25,6 +25,7 @@ import yaml
 
 from llmasr import run_dir as ck
 from llmasr.config_io import ConfigError, from_dict, to_dict
+from llmasr.config_paths import resolve_paths
 from llmasr.models.fingerprint import base_fingerprint, fingerprint_differences
 from llmasr.run_dir import CheckpointMeta
 from llmasr.train.schedulers import NO_DECAY_SUFFIX
@@ -130,6 +131,9 @@ def saved_recipe_dict(path: Path, recipe_type: type) -> dict:
     type comes from the caller's recipe: the training library stays below the recipe loader."""
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        for base in (path.parent, Path.cwd()):  # as load_recipe reads paths: a run saved with relative ones compares
+            if isinstance(data, dict):
+                resolve_paths(recipe_type, data, base)
         return _plain(from_dict(recipe_type, data))
     except (ConfigError, yaml.YAMLError, AttributeError, TypeError) as err:
         raise ConfigError(f"{path}: the saved recipe of the run being resumed does not load: {err}") from None

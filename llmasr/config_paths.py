@@ -1,0 +1,108 @@
+"""Paths in a recipe: which dataclass fields hold them (`path_field`), where a relative one is looked for, and the
+input paths a config names (what an export must not overwrite).
+
+A relative input path is looked for beside the recipe, then in the working directory; `resolve_paths` makes one
+that exists there absolute, so that RUN_DIR/recipe.yaml names the same file from any folder (export, decode and
+resume read it later, from wherever they are started).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from pathlib import Path
+from typing import Any
+
+
+def path_field(
+    default: Any = dataclasses.MISSING,
+    *,
+    default_factory: Any = dataclasses.MISSING,
+    output: bool = False,
+    keys: tuple[str, ...] = (),
+    keywords: tuple[str, ...] = (),
+) -> Any:
+    """A dataclass field holding a file path that a recipe may write relative to itself.
+
+    `output=True`: a folder that may not exist yet, made recipe-relative only when written as ./x or ../x.
+    `keys`: the field is a mapping and these of its keys hold paths (e.g. a frontend's cmvn_file).
+    `keywords`: values that are words, not paths (ctc.vocab: llm), even beside a folder of that name."""
+    kind = "keys" if keys else "output" if output else "input"
+    metadata = {"path": kind, "path_keys": tuple(keys), "path_keywords": tuple(keywords)}
+    return dataclasses.field(default=default, default_factory=default_factory, metadata=metadata)
+
+
+def not_found(key: str, what: str, path: str | Path) -> str:
+    """The error for a recipe path with nothing there: the key, and for a relative path where it was looked for."""
+    where = ""
+    if not Path(path).is_absolute():
+        where = f" (a relative path is looked for beside the recipe, then in the working directory {Path.cwd()})"
+    return f"{key}: {what} not found: {path}{where}"
+
+
+def input_paths(obj: Any, prefix: str = ""):
+    """(dotted key, path) of every input path a config holds (fields declared with `path_field`, not outputs, not
+    keywords), through nested sections and lists of sections."""
+    for f in dataclasses.fields(obj):
+        value, kind, key = getattr(obj, f.name), f.metadata.get("path"), f"{prefix}{f.name}"
+        values = value if isinstance(value, list) else [value]
+        if kind == "keys" and isinstance(value, dict):
+            yield from ((f"{key}.{k}", value[k]) for k in f.metadata["path_keys"] if value.get(k))
+        elif kind == "input":
+            for v in values:
+                if dataclasses.is_dataclass(v):
+                    yield from input_paths(v, f"{key}.")
+                elif isinstance(v, str) and v and v not in f.metadata.get("path_keywords", ()):
+                    yield key, v
+        elif kind is None:
+            for v in values:
+                if dataclasses.is_dataclass(v):
+                    yield from input_paths(v, f"{key}.")
+
+
+def _dataclass_args(tp: Any) -> list[type]:
+    if dataclasses.is_dataclass(tp):
+        return [tp]
+    return [a for arg in typing.get_args(tp) for a in _dataclass_args(arg)]
+
+
+def _resolve_one(value: Any, kind: str, base: Path) -> Any:
+    if not isinstance(value, str) or not value or "\n" in value or Path(value).is_absolute():
+        return value  # (a field that takes a path or text, as a chat template, may hold the text itself)
+    if kind == "output":
+        return str((base / value).resolve()) if value.startswith(("./", "../")) else value
+    try:
+        return str((base / value).resolve()) if (base / value).exists() else value
+    except (OSError, ValueError):  # a name too long for the filesystem, a NUL: text, not a path
+        return value
+
+
+def resolve_paths(cls: type, data: dict, base: Path) -> None:
+    """Make the path fields (those declared with `path_field`) of a raw recipe dict for dataclass `cls` absolute
+    against `base`, in place, through nested sections and lists of sections. Input paths are changed only where
+    the recipe-relative file exists, so absolute and working-directory paths keep working."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if f.name not in data:
+            continue
+        value, kind = data[f.name], f.metadata.get("path")
+        if isinstance(value, str) and value in f.metadata.get("path_keywords", ()):
+            continue
+        if kind == "keys":
+            if isinstance(value, dict):
+                for key in f.metadata["path_keys"]:
+                    if key in value:
+                        value[key] = _resolve_one(value[key], "input", base)
+        elif kind is not None and isinstance(value, list):
+            subs = _dataclass_args(hints[f.name])
+            for i, item in enumerate(value):
+                if isinstance(item, dict) and subs:
+                    resolve_paths(subs[0], item, base)
+                else:
+                    value[i] = _resolve_one(item, kind, base)
+        elif kind is not None:
+            data[f.name] = _resolve_one(value, kind, base)
+        elif isinstance(value, dict):
+            subs = _dataclass_args(hints[f.name])
+            if subs:
+                resolve_paths(subs[0], value, base)
