@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import types
 import typing
 from pathlib import Path
@@ -68,6 +69,13 @@ def _number(kind: type, construct):
     return build
 
 
+def _none(loader, node):
+    raise yaml.constructor.ConstructorError(None, None, "None is the text 'None' in YAML: write null (or ~) for "
+                                            "nothing, or quote it for the text", node.start_mark)  # fmt: skip
+
+
+_Loader.add_implicit_resolver("tag:llmasr,none", re.compile(r"^None$"), ["N"])  # unquoted only
+_Loader.add_constructor("tag:llmasr,none", _none)
 _Loader.add_constructor("tag:yaml.org,2002:int", _number(_Int, yaml.SafeLoader.construct_yaml_int))
 _Loader.add_constructor("tag:yaml.org,2002:float", _number(_Float, yaml.SafeLoader.construct_yaml_float))
 
@@ -255,6 +263,10 @@ def _coerce_scalar(value: Any, tp: type, path: str) -> Any:
         if isinstance(value, bool):
             return value
         raise ConfigError(f"{path}: expected true/false, got {shown}")
+    raw = getattr(value, "raw", "")
+    if tp in (int, float) and (":" in raw or re.fullmatch(r"[-+]?0[0-9_]+", raw)):  # YAML 1.1's bases 60 and 8
+        raise ConfigError(f"{path}: {raw} reads as {_plain(value)} in YAML (a colon counts in base 60, a leading 0 in "
+                          "base 8); write the number in decimal")  # fmt: skip
     if tp is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return int(value)
@@ -277,6 +289,9 @@ def _coerce_scalar(value: Any, tp: type, path: str) -> Any:
         return value
     if is_number:
         return getattr(value, "raw", str(value))
+    if isinstance(value, bool):  # YAML 1.1 reads yes/no/on/off unquoted as true/false
+        raise ConfigError(f"{path}: expected a string, got {shown} (yes, no, on, off, true and false read as true or "
+                          "false: quote the text)")  # fmt: skip
     raise ConfigError(f"{path}: expected a string, got {shown}")
 
 

@@ -244,3 +244,24 @@ def test_paths_from_the_working_directory_are_kept_absolute(tmp_path, monkeypatc
     old.model.llm.path, old.data.train = "models/llm", ["train.jsonl"]
     dump_yaml(old, run / "recipe.yaml")
     assert rs.check_resume_recipe(r, run / "checkpoints") == []
+
+
+def test_yaml_1_1_spellings_that_change_a_value_are_refused(tmp_path):
+    """None read as the text 'None' (a system prompt of that word); 010 as 8 and 12:30 as 750 (bases 8 and 60);
+    yes/no/on/off as booleans, refused for a text field without saying why. Quoted, each is the text it says."""
+    cases = {
+        "model.prompt.system=None": "None is the text 'None' in YAML: write null",
+        "train.seed=010": "train.seed: 010 reads as 8 in YAML .* write the number in decimal",
+        "train.seed=12:30": "train.seed: 12:30 reads as 750 in YAML",
+        "optim.branches.llm.lr=1:30": "optim.branches.llm.lr: 1:30 reads as 90 in YAML",
+        "model.prompt.system=yes": r"model.prompt.system: expected a string, got True \(yes, no, on, off",
+    }
+    for override, message in cases.items():
+        with pytest.raises(ConfigError, match=message):
+            load_recipe(data={}, overrides=[override])
+    quoted = ["model.prompt.system='None'", "train.output_dir=0755", "train.seed=0", "model.prompt.task='yes'"]
+    r = load_recipe(data={}, overrides=quoted)
+    assert (r.model.prompt.system, r.train.output_dir, r.train.seed, r.model.prompt.task) == ("None", "0755", 0, "yes")
+    (tmp_path / "r.yaml").write_text("model:\n  prompt:\n    system: None\n")
+    with pytest.raises(ConfigError, match=r"r.yaml: not valid YAML: None is the text 'None'"):
+        load_recipe(tmp_path / "r.yaml")
