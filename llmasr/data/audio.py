@@ -8,6 +8,7 @@ torchaudio), or in polyphase form for rate pairs whose FFT lengths would have la
 from __future__ import annotations
 
 import math
+import re
 from functools import lru_cache
 from pathlib import Path
 
@@ -22,6 +23,25 @@ class AudioError(Exception):
         self.path = str(path)
         self.reason = reason
         super().__init__(f"{self.path}: {reason}")
+
+
+MP3_FRAME = 1152  # samples an MPEG-1 layer III frame decodes to
+MP3_PREROLL = 8 * MP3_FRAME  # more than the bit reservoir can reach back
+_WAV_DATA = re.compile(r"^\s*data\s*:\s*(\d+)\s*\(should be (\d+)\)", re.MULTILINE)
+_UNKNOWN_SIZE = (0xFFFFFFFF, 0x7FFFFFFF)  # what a writer that streams (not knowing the length) puts in the header
+
+
+def _cut_short(header_log: str) -> str | None:
+    """Why a file is cut short, from libsndfile's reading of its header (`extra_info`): a WAV whose data chunk
+    declares more bytes than the file holds, as an interrupted copy or download leaves it (libsndfile then reads
+    what is there without a word); else None."""
+    m = _WAV_DATA.search(header_log or "")
+    if not m:
+        return None
+    declared, present = int(m.group(1)), int(m.group(2))
+    if declared in _UNKNOWN_SIZE or declared - present <= max(1024, present // 100):
+        return None
+    return f"truncated: its header declares {declared} bytes of audio, the file holds {present} (a copy cut short?)"
 
 
 def _open_error(path: str | Path, err: Exception) -> AudioError:
@@ -41,6 +61,9 @@ def probe_duration(path: str | Path, channel: int | None = None) -> float:
         raise _open_error(path, err) from err
     if info.samplerate <= 0:
         raise AudioError(path, f"header has sample rate {info.samplerate}")
+    short = _cut_short(info.extra_info)
+    if short:
+        raise AudioError(path, short)
     if info.frames <= 0:
         raise AudioError(path, "empty audio (0 samples)")
     if channel is not None and not 0 <= channel < info.channels:
@@ -79,14 +102,26 @@ def load_audio(
             raise AudioError(path, f"empty range [{start:.3f}s, {end}s)")
         if channel is not None and not 0 <= channel < f.channels:
             raise AudioError(path, f"channel {channel} requested but the file has {f.channels} channel(s)")
+        short = _cut_short(f.extra_info)
+        if short:
+            raise AudioError(path, short)
+        # an MP3 frame decodes from the bit reservoir of the frames before it: decoding from a seek point gives
+        # silence or garbage for its first tens of milliseconds, so the read starts that much earlier
+        lead = min(first, MP3_PREROLL) if f.format == "MP3" else 0
         try:
             if first:
-                f.seek(first)
-            data = f.read(last - first, dtype="float32", always_2d=True)
+                f.seek(first - lead)
+            data = f.read(last - first + lead, dtype="float32", always_2d=True)[lead:]
         except Exception as err:
             raise AudioError(path, f"corrupt audio: decoding failed ({type(err).__name__}: {err})") from err
     if data.shape[0] == 0:
         raise AudioError(path, "empty audio (0 samples decoded)")
+    # (an MP3's length from its header can be off by a frame or two, or by a tag at its end)
+    if data.shape[0] < last - first - max(2 * MP3_FRAME, (last - first) // 100):
+        raise AudioError(
+            path, f"truncated: {data.shape[0]} of the {last - first} samples its header declares decode (a copy or "
+            "download cut short?)"
+        )  # fmt: skip
     wav = data[:, channel] if channel is not None else data.mean(axis=1)
     wav = np.ascontiguousarray(wav, dtype=np.float32)
     if not np.all(np.isfinite(wav)):

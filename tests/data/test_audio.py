@@ -261,3 +261,48 @@ def test_range_past_end(tmp_path):
     sf.write(path, sine(440, 16000, 0.5), 16000)
     with pytest.raises(AudioError, match="past the end"):
         load_audio(path, sample_rate=16000, start=1.0)
+
+
+MP3 = "MP3" in sf.available_formats()
+
+
+def test_a_file_cut_short_is_refused_not_read_as_a_shorter_clip(tmp_path):
+    """Half of a file (an interrupted copy) had loaded as a clip half as long, its whole transcript trained against
+    it: a WAV whose header declares more audio than the file holds, an MP3 that decodes to fewer samples than its
+    header says. A stream's WAV header, written before its length was known, declares nothing and still reads."""
+    x = sine(440, 16000, 2.0)
+    path = tmp_path / "whole.wav"
+    sf.write(path, x, 16000, subtype="PCM_16")
+    data = path.read_bytes()
+    cut = tmp_path / "cut.wav"
+    cut.write_bytes(data[: len(data) // 2])
+    for read in (lambda p: load_audio(p, sample_rate=16000), probe_duration):
+        with pytest.raises(AudioError, match=r"cut.wav: truncated: its header declares 64000 bytes of audio, the file "
+                                             r"holds 3\d{4}"):  # fmt: skip
+            read(cut)
+    streamed = bytearray(data)
+    at = streamed.index(b"data") + 4
+    streamed[at : at + 4] = (0xFFFFFFFF).to_bytes(4, "little")
+    (tmp_path / "streamed.wav").write_bytes(bytes(streamed))
+    np.testing.assert_allclose(load_audio(tmp_path / "streamed.wav", sample_rate=16000), x, atol=1e-4)
+    if MP3:
+        sf.write(tmp_path / "whole.mp3", x, 16000, format="MP3", subtype="MPEG_LAYER_III")
+        data = (tmp_path / "whole.mp3").read_bytes()
+        (tmp_path / "cut.mp3").write_bytes(data[: len(data) // 2])
+        with pytest.raises(AudioError, match=r"cut.mp3: truncated: \d+ of the 32000 samples its header declares"):
+            load_audio(tmp_path / "cut.mp3", sample_rate=16000)
+
+
+@pytest.mark.skipif(not MP3, reason="this libsndfile has no MP3")
+def test_an_mp3_segment_is_the_whole_files_decode_of_it(tmp_path):
+    """An MP3 frame decodes from the bit reservoir of the frames before it: a segment read from a seek point had
+    begun with up to a quarter second of silence or garbage (Kaldi segments, noise offsets, long-audio windows)."""
+    sr = 16000
+    x = sine(440, sr, 4.0) + sine(1300, sr, 4.0, amp=0.2)
+    path = tmp_path / "tone.mp3"
+    sf.write(path, x, sr, format="MP3", subtype="MPEG_LAYER_III", bitrate_mode="VARIABLE", compression_level=0.9)
+    whole = load_audio(path, sample_rate=sr)
+    for start in (0.0, 0.05, 0.5, 1.234, 2.9):
+        part = load_audio(path, sample_rate=sr, start=start, end=start + 0.8)
+        first = int(round(start * sr))
+        np.testing.assert_allclose(part, whole[first : first + len(part)], atol=1e-6, err_msg=f"start {start}")
