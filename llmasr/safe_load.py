@@ -52,12 +52,17 @@ def allowed_globals() -> list:
 def unsafe_globals(path: str | Path) -> list[str]:
     """Globals `path` pickles beyond torch's weights-only set and DeepSpeed's classes, read without unpickling.
 
-    [] where this torch cannot list them (before 2.5): the weights-only load itself still refuses them."""
+    [] where they cannot be listed (a torch before 2.5; a file in torch's legacy, non-zip format, which the lister
+    does not read): the weights-only load itself still refuses them."""
     lister = getattr(torch.serialization, "get_unsafe_globals_in_checkpoint", None)
     if lister is None:
         return []
+    try:
+        found = lister(str(path))
+    except (ValueError, RuntimeError, OSError):  # not a zip archive: torch's legacy format, or no checkpoint at all
+        return []
     allowed = {f"{module}.{name}" for module, name in DEEPSPEED_GLOBALS}
-    return [g for g in lister(str(path)) if g not in allowed]
+    return [g for g in found if g not in allowed]
 
 
 def refusal(path: str | Path, names: list[str]) -> str:
