@@ -113,8 +113,14 @@ def merge_llm(llm: nn.Module) -> nn.Module:
 
 
 def check_adapter_only(model: nn.Module, recipe) -> None:
-    """--adapter-only writes the LoRA tensors and nothing else of the LLM: refuse when more of it was trained."""
-    trained = [f"llm.{n}" for n, p in model.llm.named_parameters() if p.requires_grad and "lora_" not in n]
+    """--adapter-only writes what peft's adapter file holds (the LoRA tensors, and the biases lora.bias trains):
+    refuse when more of the LLM was trained."""
+    from peft import PeftModel, get_peft_model_state_dict
+
+    saved = set(get_peft_model_state_dict(model.llm)) if isinstance(model.llm, PeftModel) else set()
+    trained = [
+        f"llm.{n}" for n, p in model.llm.named_parameters() if p.requires_grad and "lora_" not in n and n not in saved
+    ]
     if not trained:
         return
     why = " (model.llm.freeze: false in the run's recipe)" if not recipe.model.llm.freeze else ""

@@ -100,6 +100,24 @@ def test_adapter_only_is_refused_when_the_base_llm_was_trained_too(base_dirs, tr
     assert main(["--checkpoint", str(run), "--output", str(tmp_path / "merged")]) == 0
 
 
+def test_adapter_only_carries_the_biases_lora_bias_trains(base_dirs, train_corpus, tmp_path):
+    """lora.bias: all trains the LLM's biases beside LoRA, and peft's adapter file holds them: --adapter-only had
+    been refused as if base weights were trained."""
+    from safetensors import safe_open
+
+    llm, enc = base_dirs
+    section = model_section(llm, enc, encoder_lora=False, ctc=False)
+    section["llm"]["lora"]["bias"] = "all"
+    run = train_run(tmp_path / "run", section, train_corpus).run_dir
+    assert main(["--checkpoint", str(run), "--output", str(tmp_path / "adapter"), "--adapter-only"]) == 0
+    assert main(["--checkpoint", str(run), "--output", str(tmp_path / "merged")]) == 0
+    with safe_open(str(tmp_path / "adapter" / "adapter" / "adapter_model.safetensors"), "pt") as f:
+        assert any(k.endswith(".bias") for k in f.keys())
+    a, b = load_exported(tmp_path / "adapter"), load_exported(tmp_path / "merged")
+    batch = random_batch(b, TARGETS, seed=3)
+    torch.testing.assert_close(speech_logits(a, batch), speech_logits(b, batch), rtol=0, atol=1e-5)
+
+
 def test_every_zero_stage_exports_the_trainers_model(trained_runs, exported):
     for stage in (0, 2, 3):
         ref = trained_runs[stage].reference_model()  # the trainer's own tensors, no checkpoint file involved
