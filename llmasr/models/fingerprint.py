@@ -157,7 +157,8 @@ def file_fingerprint(path: str | Path) -> dict:
 def base_fingerprint(model_cfg: ModelConfig) -> dict:
     """{"llm": ..., "encoder": ...} describing the pretrained directories named by the model section, plus an entry
     for every other file or directory the base is read from again (a frozen branch's `init_from`, a saved LLM
-    adapter, a separate tokenizer). Entries that are not set are absent, so older fingerprints read as before."""
+    adapter, a separate tokenizer, and the files export copies: the chat template, the CTC vocabulary and seg_dict,
+    the CMVN). Entries that are not set are absent, so older fingerprints read as before."""
     m = model_cfg
     out = {"llm": dir_fingerprint(m.llm.path), "encoder": dir_fingerprint(m.encoder.path)}
     files = (("encoder_init", m.encoder.init_from), ("adaptor", m.adaptor.init_from), ("ctc", m.ctc.init_from))
@@ -167,7 +168,21 @@ def base_fingerprint(model_cfg: ModelConfig) -> dict:
     for branch, path in (("llm_adapter", m.llm.adapter), ("llm_tokenizer", m.llm.tokenizer)):
         if path:
             out[branch] = dir_fingerprint(path)
+    template = m.prompt.chat_template
+    recipe_files = (
+        ("prompt_template", template if template and "{" not in template else None),  # a file, not the text itself
+        ("ctc_vocab", None if m.ctc.vocab == "llm" else m.ctc.vocab),
+        ("ctc_seg_dict", m.ctc.seg_dict),
+        ("cmvn", (m.encoder.frontend or {}).get("cmvn_file")),
+    )
+    for branch, path in recipe_files:
+        if path:
+            out[branch] = file_fingerprint(path)
     return out
+
+
+# Entries an older llmasr did not record: a checkpoint without them is compared on the rest.
+_LATER_ENTRIES = frozenset({"prompt_template", "ctc_vocab", "ctc_seg_dict", "cmvn"})
 
 
 def _legacy_same(old: str, new: str) -> bool:
@@ -196,7 +211,10 @@ def fingerprint_differences(saved: dict, current: dict) -> list[str]:
     diffs = []
     for branch in sorted(set(saved) | set(current)):
         a, b = saved.get(branch), current.get(branch)
-        if a == b:
+        if a == b or (a is None and branch in _LATER_ENTRIES):
+            continue
+        if b is None and branch in _LATER_ENTRIES:
+            diffs.append(f"{branch}: a file when trained, none now")
             continue
         if a is None or b is None:
             diffs.append(

@@ -135,3 +135,26 @@ def test_a_funasr_directory_is_fingerprinted_by_the_files_it_is_read_from(tmp_pa
     assert [d.split(":")[0] for d in diffs] == ["encoder/model.pt.avg10", "encoder/vocab.bpe.model"]
     older = {"scheme": 2, "files": {"config.yaml": before["encoder"]["files"]["config.yaml"]}}
     assert fingerprint_differences({**before, "encoder": older}, base_fingerprint(cfg)) == []
+
+
+def test_the_files_export_copies_are_fingerprinted(tmp_path):
+    """The chat template, the CTC vocabulary and seg_dict and the CMVN file are read again by export and decode:
+    one edited after training had been exported without a word (a CTC head spelling other tokens). A checkpoint of
+    an older llmasr, without these entries, is compared on the rest."""
+    cfg = model_config(tmp_path)
+    files = {"chat.jinja": "{{ messages }}", "tokens.json": '["a", "b"]', "seg_dict": "ab a b\n", "am.mvn": "x"}
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    cfg.prompt.chat_template, cfg.ctc.vocab = str(tmp_path / "chat.jinja"), str(tmp_path / "tokens.json")
+    cfg.ctc.seg_dict, cfg.encoder.frontend = str(tmp_path / "seg_dict"), {"cmvn_file": str(tmp_path / "am.mvn")}
+    before = base_fingerprint(cfg)
+    assert {"prompt_template", "ctc_vocab", "ctc_seg_dict", "cmvn"} <= set(before)
+    (tmp_path / "tokens.json").write_text('["b", "a"]')  # the same size, the tokens in another order
+    (tmp_path / "chat.jinja").write_text("{{ message }}")
+    diffs = fingerprint_differences(before, base_fingerprint(cfg))
+    assert [d.split("/")[0] for d in diffs] == ["ctc_vocab", "prompt_template"]
+    older = {k: v for k, v in before.items() if k in ("llm", "encoder")}
+    assert fingerprint_differences(older, base_fingerprint(cfg)) == []
+    cfg.prompt.chat_template = "{{ messages }}"  # the text itself: nothing to fingerprint
+    assert "prompt_template" not in base_fingerprint(cfg)
+    assert "prompt_template: a file when trained, none now" in fingerprint_differences(before, base_fingerprint(cfg))
