@@ -27,14 +27,20 @@ class Recipe:
     decode: DecodeConfig = field(default_factory=DecodeConfig)
 
     def validate(self, path: str) -> None:
-        """Checks across sections: validation decodes greedily with decode.ctc_weight, which a CTC head of
-        another vocabulary than the LLM's cannot guide (its guidance rescores a beam's n-best)."""
+        """Checks across sections: the decode section must suit the model the recipe trains (CTC guidance and word
+        timestamps need its CTC head; guidance by a head of its own vocabulary rescores a beam's n-best), or every
+        decode of the export would be refused."""
         ctc, weight = self.model.ctc, self.decode.ctc_weight
         if weight is not None and weight > 0:
             try:
-                self.decode.greedy().guidance(ctc.weight > 0, ctc.vocab == "llm")
+                self.decode.guidance(ctc.weight > 0, ctc.vocab == "llm")
             except ConfigError as err:
                 raise ConfigError(f"{err} (model.ctc.weight {ctc.weight}, model.ctc.vocab {ctc.vocab!r})") from err
+        if self.decode.timestamps and ctc.weight <= 0:
+            raise ConfigError(
+                "decode.timestamps: word times come from the CTC head, and this recipe trains none (model.ctc.weight "
+                f"{ctc.weight}); set model.ctc.weight > 0 or decode.timestamps false"
+            )
 
 
 def load_recipe(path: str | Path | None = None, overrides: list[str] | None = None, *, data: dict | None = None):

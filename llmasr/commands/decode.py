@@ -92,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     p.add_argument("--ctc", action="store_true", help="also write the CTC branch's greedy transcripts to OUTPUT/ctc/")
     p.add_argument(
-        "--timestamps", action="store_true", default=None,
+        "--timestamps", action=argparse.BooleanOptionalAction, default=None,
         help="word times in results.jsonl (`timestamps`: [word, start s, end s] each), the transcript force-aligned "
         "to the CTC head's frames",
     )  # fmt: skip

@@ -52,7 +52,8 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as err:
         print(f"llmasr transcribe: error: --device: {err}", file=sys.stderr)
         return 2
-    given = {"num_beams": args.beam, "ctc_weight": args.ctc_weight, "timestamps": args.timestamps or None,
+    # word times only when they are printed: the model's saved decode.timestamps does not change the output
+    given = {"num_beams": args.beam, "ctc_weight": args.ctc_weight, "timestamps": bool(args.timestamps),
              "vad": args.vad}  # fmt: skip
     try:
         asr = Transcriber.load(

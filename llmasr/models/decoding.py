@@ -172,11 +172,15 @@ class DecodeConfig:
             name += f" + {how} (ctc_weight {weight:g})"
         return name
 
-    def greedy(self, **changes) -> DecodeConfig:
+    def greedy(self, llm_vocab: bool = True, **changes) -> DecodeConfig:
         """This configuration as validation decodes: greedy search with neither repetition penalty nor n-gram
-        blocking (their defaults) nor timestamps; length cap and metric as set here; `changes` on top."""
+        blocking (their defaults) nor timestamps; length cap and metric as set here; `changes` on top. Without
+        `llm_vocab` (a CTC head over its own vocabulary) also unguided: its guidance rescores a beam's n-best, and a
+        greedy search has none."""
         plain = {"num_beams": 1, "repetition_penalty": DecodeConfig.repetition_penalty, "timestamps": False}
         plain["no_repeat_ngram_size"] = DecodeConfig.no_repeat_ngram_size
+        if not llm_vocab and self.ctc_weight:
+            plain["ctc_weight"] = 0.0
         return dataclasses.replace(self, **{**plain, **changes})
 
     def generation(self) -> dict:

@@ -269,13 +269,19 @@ class SpeechLLM(nn.Module):
         kwargs = {k: v for k, v in settings.items() if k not in names}
         return self._search(merged, batch.feat_lens, cfg, kwargs, ctc, batch.hotwords)[0]
 
+    @property
+    def ctc_on_llm_vocab(self) -> bool:
+        """Whether the CTC head spells in the LLM's tokens (it can guide the search token by token), or in its own
+        vocabulary (its guidance rescores a beam's n-best)."""
+        return isinstance(self.ctc_tokenizer, LLMCTCTokenizer)
+
     def _search(self, merged, feat_lens, cfg: DecodeConfig, generate_kwargs: dict, ctc, hotwords=None) -> tuple:
         """(token ids per row, each cut at its cap; truncation per row; mode name) of the search `cfg` asks for;
         `ctc`: (CTC log-probs, lengths) of a model with a CTC head, else None; `hotwords`: each row's biasing
         phrases (boosted in the search by cfg.hotword_boost)."""
         from transformers import LogitsProcessorList  # deferred like every transformers import (models.llm)
 
-        llm_vocab = isinstance(self.ctc_tokenizer, LLMCTCTokenizer)
+        llm_vocab = self.ctc_on_llm_vocab
         weight = cfg.guidance(ctc is not None, llm_vocab)
         if cfg.max_new_tokens is None:
             seconds = feat_lens.double() * self.frontend.frame_seconds

@@ -45,7 +45,9 @@ def validate(engine, loader, decode_cfg, *, with_wer: bool = True) -> dict:
                 dev = _features_once(model, engine.to_device(batch))
                 model(dev)
                 if with_wer:
-                    model.transcribe(dev, decode_cfg.greedy(max_new_tokens=1), synced_gpus=engine.stage == 3)
+                    model.transcribe(
+                        dev, decode_cfg.greedy(model.ctc_on_llm_vocab, max_new_tokens=1), synced_gpus=engine.stage == 3
+                    )
                 continue
             for key, value in _batch_sums(engine, batch, decode_cfg, with_wer).items():
                 sums[key] += value
@@ -78,7 +80,7 @@ def _batch_sums(engine, batch, decode_cfg, with_wer: bool) -> dict[str, float]:
     }
     if not with_wer:
         return sums
-    hyps = model.transcribe(dev, decode_cfg.greedy(), synced_gpus=engine.stage == 3)
+    hyps = model.transcribe(dev, decode_cfg.greedy(model.ctc_on_llm_vocab), synced_gpus=engine.stage == 3)
     corpus, _ = score_corpus(zip(batch.targets, hyps.llm), decode_cfg.metric)
     sums["errors"], sums["ref_len"] = corpus.errors, corpus.ref_len
     if model.ctc_head is not None:

@@ -313,3 +313,21 @@ def test_recipe_and_command_refuse_guidance_the_model_cannot_take(tmp_path, caps
     data = {"model": {"ctc": {"weight": 0.3, "vocab": str(tmp_path)}}, "decode": {"ctc_weight": 0.5}}
     with pytest.raises(ConfigError, match="set num_beams >= 2"):
         load_recipe(data=data)
+    # ... but beams rescored by such a head are a decode setting it can take: validation's greedy pass goes
+    # unguided (it had refused the recipe, saying num_beams was 1)
+    data["decode"]["num_beams"] = 4
+    recipe = load_recipe(data=data)
+    assert recipe.decode.greedy(llm_vocab=False).ctc_weight == 0.0 and recipe.decode.greedy().ctc_weight == 0.5
+
+
+def test_word_timestamps_without_a_ctc_head_are_refused_in_the_recipe_and_can_be_turned_off():
+    """decode.timestamps with model.ctc.weight 0 had passed check, training and export, and then every decode of the
+    export failed, with no flag to turn the saved setting off."""
+    from llmasr.commands.decode import build_parser
+    from llmasr.recipe import load_recipe
+
+    with pytest.raises(ConfigError, match=r"decode.timestamps: word times come from the CTC head, and this recipe"):
+        load_recipe(data={"model": {"ctc": {"weight": 0.0}}, "decode": {"timestamps": True}})
+    args = ["--model", "m", "--data", "d.jsonl", "--output", "o"]
+    assert build_parser().parse_args([*args, "--no-timestamps"]).timestamps is False
+    assert build_parser().parse_args(args).timestamps is None  # the model's own setting
