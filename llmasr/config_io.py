@@ -299,7 +299,7 @@ def from_dict(cls: type[T], data: dict, path: str = "") -> T:
     """Build dataclass `cls` from `data`; unknown keys and bad types raise ConfigError with the dotted path."""
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - set(fields))
+    unknown = sorted(map(str, set(data) - set(fields)))  # (YAML keys may be numbers)
     if unknown:
         where = path or "top level"
         raise ConfigError(f"{where}: unknown key(s) {unknown}; known keys are {sorted(fields)}")

@@ -69,11 +69,15 @@ PACKAGE_DIR = str(Path(__file__).resolve().parent)
 
 
 def _ours(err: BaseException) -> bool:
-    """An llmasr error class, or any error llmasr raised itself: its message was written to be read as it is."""
+    """An llmasr error class, or an error a `raise` statement of llmasr raised: its message was written to be read
+    as it is. (A builtin's error at an llmasr line, a TypeError of sorted() or a KeyError, is a bug: its type and
+    line are what tells it.)"""
     if type(err).__module__.split(".")[0] == "llmasr":
         return True
     frames = traceback.extract_tb(err.__traceback__)
-    return bool(frames) and str(Path(frames[-1].filename).resolve()).startswith(PACKAGE_DIR)
+    if not frames or not str(Path(frames[-1].filename).resolve()).startswith(PACKAGE_DIR):
+        return False
+    return (frames[-1].line or "").lstrip().startswith("raise")
 
 
 def _raised_at(err: BaseException) -> str:

@@ -43,6 +43,22 @@ def test_describe_names_the_file_the_context_and_where_a_foreign_error_was_raise
     assert errors.describe(config) == "train.epochs: must be >= 1, got 0" and errors.exit_status(config) == 2
 
 
+def test_a_builtin_error_at_an_llmasr_line_is_shown_as_the_bug_it_is():
+    """Only an llmasr `raise` writes a message to be read as it is: a builtin's error at an llmasr line (a bug) had
+    been printed as its bare text, "'<' not supported between instances of 'str' and 'int'", naming nothing."""
+    from llmasr.data.long_audio import plan_windows
+    from llmasr.train.progress import parse_log_line
+
+    bug = errors.describe(raised(lambda: parse_log_line(123)))
+    assert (
+        bug.startswith("AttributeError: 'int' object has no attribute 'split'\n  raised at ") and "progress.py" in bug
+    )
+    written = raised(lambda: plan_windows(__import__("numpy").zeros(100), 16000, 1.0, 0.5))
+    assert errors.describe(written) == str(written) and "longer than twice the overlap" in str(written)
+    mixed = raised(lambda: from_dict(Inner, {1: 2, "lr": 1.0}, "train"))  # a YAML key that is a number
+    assert isinstance(mixed, ConfigError) and "train: unknown key(s) ['1', 'lr']" in str(mixed)
+
+
 def test_write_error_recognises_a_full_disk(tmp_path, monkeypatch):
     tag = tmp_path / "checkpoints" / "update_00000003"
     chained = RuntimeError("saving failed")
