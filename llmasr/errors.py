@@ -34,8 +34,13 @@ from llmasr.config_io import ConfigError
 
 DEBUG_ENV = "LLMASR_DEBUG"
 # by class name: no heavy import to recognise them. CheckpointMismatchError: a pretrained file that does not fit the
-# model the recipe describes (a wrong directory, or a conf override that disagrees with it).
-INPUT_ERRORS = frozenset({"ConfigError", "TooMuchBadData", "CheckpointError", "CheckpointMismatchError"})
+# model the recipe describes (a wrong directory, or a conf override that disagrees with it); the rest: what a
+# command was given (a model folder, an output folder, audio, a Kaldi data folder, a phrase list) refused.
+INPUT_ERRORS = frozenset({
+    "ConfigError", "TooMuchBadData", "CheckpointError", "CheckpointMismatchError", "ExportError", "ExportedModelError",
+    "DecodeError", "TranscribeError", "ConvertError", "PromptError", "AudioError", "KaldiError", "CMVNError",
+    "PhraseFileError",
+})  # fmt: skip
 _traceback_file: Path | None = None
 
 

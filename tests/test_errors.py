@@ -39,6 +39,10 @@ def test_describe_names_the_file_the_context_and_where_a_foreign_error_was_raise
     from llmasr.models.state_dict import CheckpointMismatchError
 
     assert errors.exit_status(CheckpointMismatchError("model.pt does not match the SANMEncoder")) == 2
+    from llmasr.data.audio import AudioError
+    from llmasr.export.export import ExportError
+
+    assert errors.exit_status(ExportError("--output x: exists")) == errors.exit_status(AudioError("a.wav", "cut")) == 2
     config = ConfigError("train.epochs: must be >= 1, got 0")
     assert errors.describe(config) == "train.epochs: must be >= 1, got 0" and errors.exit_status(config) == 2
 

@@ -10,6 +10,7 @@ import logging
 import sys
 from pathlib import Path
 
+from llmasr import errors
 from llmasr.config_io import ConfigError
 from llmasr.data.hotwords import PhraseFileError, read_phrase_file
 from llmasr.export.decode import (
@@ -193,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     except (CheckpointError, ExportedModelError, FileNotFoundError) as err:
         print(f"llmasr decode: error: {err}", file=sys.stderr)
-        return 1
+        return errors.exit_status(err)  # 2: what it was given is refused
     if args.ctc and model.ctc_head is None:
         where = f"model directory {args.model}" if args.model else f"checkpoint {args.checkpoint}"
         print(

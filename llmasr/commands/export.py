@@ -6,6 +6,7 @@ import argparse
 import logging
 import sys
 
+from llmasr import errors
 from llmasr.export.export import ExportError, export_model
 from llmasr.run_dir import CheckpointError
 
@@ -58,6 +59,6 @@ def main(argv: list[str] | None = None) -> int:
         )
     except (CheckpointError, ExportError) as err:
         print(f"llmasr export: error: {err}", file=sys.stderr)
-        return 1
+        return errors.exit_status(err)  # 2: what it was given is refused
     print(f"exported to {out}")
     return 0

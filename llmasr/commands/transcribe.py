@@ -9,6 +9,7 @@ import json
 import logging
 import sys
 
+from llmasr import errors
 from llmasr.commands.decode import model_args
 from llmasr.config_io import ConfigError
 from llmasr.data.hotwords import PhraseFileError, read_phrase_file
@@ -63,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         rows = asr.transcripts(args.audio, hotwords=hotwords)
     except (CheckpointError, ExportedModelError, FileNotFoundError, ConfigError, TranscribeError, DecodeError) as err:
         print(f"llmasr transcribe: error: {err}", file=sys.stderr)
-        return 1
+        return errors.exit_status(err)  # 2: what it was given is refused
     for path, row in zip(args.audio, rows):
         if args.timestamps:
             times = None if row["timestamps"] is None else [list(w) for w in row["timestamps"]]

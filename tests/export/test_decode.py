@@ -173,7 +173,7 @@ def test_several_manifests_get_their_own_directories(exported_dir, tmp_path):
 
 def test_missing_model_dir_is_a_clear_error(tmp_path, capsys):
     rc = main(["--model", str(tmp_path), "--data", "x.jsonl", "--output", str(tmp_path / "o")])
-    assert rc == 1 and "not a directory written by `llmasr export`" in capsys.readouterr().err
+    assert rc == 2 and "not a directory written by `llmasr export`" in capsys.readouterr().err
 
 
 @pytest.mark.slow
@@ -352,7 +352,7 @@ def test_cli_flags_override_the_exported_decode_settings(exported_dir, corpus, t
     assert "llmasr decode: error: decode.num_beams: must be >= 1, got 0" in capsys.readouterr().err
     desc["decode"]["metric"] = "bleu"
     (model_dir / "llmasr_model.yaml").write_text(yaml.safe_dump(desc))
-    assert main([*common, "--output", str(tmp_path / "bad")]) == 1
+    assert main([*common, "--output", str(tmp_path / "bad")]) == 2
     err = capsys.readouterr().err
     assert f"{model_dir / 'llmasr_model.yaml'}: decode.metric: one of auto, wer, cer; got 'bleu'" in err
 

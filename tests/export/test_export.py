@@ -93,7 +93,7 @@ def test_adapter_only_is_refused_when_the_base_llm_was_trained_too(base_dirs, tr
     section = model_section(llm, enc, encoder_lora=False, ctc=False)
     section["llm"]["freeze"] = False  # LoRA plus the base weights, as the demo trains
     run = train_run(tmp_path / "run", section, train_corpus).run_dir
-    assert main(["--checkpoint", str(run), "--output", str(tmp_path / "adapter"), "--adapter-only"]) == 1
+    assert main(["--checkpoint", str(run), "--output", str(tmp_path / "adapter"), "--adapter-only"]) == 2
     err = capsys.readouterr().err
     assert "--adapter-only: the base LLM's own weights were trained beside LoRA (model.llm.freeze: false" in err
     assert "llm.base_model.model.model.embed_tokens.weight" in err and not (tmp_path / "adapter").exists()
@@ -235,7 +235,7 @@ def test_missing_tag_and_no_latest(trained_run, tmp_path, copy_run):
     (run / "checkpoints" / "latest").unlink()
     with pytest.raises(CheckpointError, match=r"no 'latest' file.*update_00000004"):
         load_checkpoint_model(run)
-    assert main(["--checkpoint", str(run), "--output", str(tmp_path / "x")]) == 1
+    assert main(["--checkpoint", str(run), "--output", str(tmp_path / "x")]) == 2
 
 
 def test_truncated_checkpoint_file(runs, tmp_path, copy_run):
@@ -287,7 +287,7 @@ def test_same_shape_other_base_weights_are_refused(train_corpus, tmp_path, base_
     changed = rf"base model changed.*\n  llm/model.safetensors: trained on {size} bytes"
     with pytest.raises(CheckpointError, match=changed):
         load_checkpoint_model(run)
-    assert main(["--checkpoint", str(run), "--output", str(tmp_path / "x")]) == 1
+    assert main(["--checkpoint", str(run), "--output", str(tmp_path / "x")]) == 2
 
 
 def test_trained_tensor_mismatch_names_keys_and_shapes(runs, tmp_path, copy_run):
@@ -315,7 +315,7 @@ def test_trained_tensor_mismatch_names_keys_and_shapes(runs, tmp_path, copy_run)
 def test_output_must_be_new(runs, tmp_path):
     (tmp_path / "busy").mkdir()
     (tmp_path / "busy" / "f").write_text("x")
-    assert main(["--checkpoint", str(runs[0]), "--output", str(tmp_path / "busy")]) == 1
+    assert main(["--checkpoint", str(runs[0]), "--output", str(tmp_path / "busy")]) == 2
     assert main(["--checkpoint", str(runs[0]), "--output", str(tmp_path / "busy"), "--overwrite"]) == 0
     assert (tmp_path / "busy" / "llmasr_model.yaml").is_file() and not (tmp_path / "busy" / "f").exists()
 
@@ -325,7 +325,7 @@ def test_a_second_export_to_the_same_output_is_refused_while_the_first_writes(ru
     The second is refused at once, naming the output; a lock file a killed export left does not block the next."""
     out = tmp_path / "shared_out"
     with staged_dir.writing(out, flag="--output"):  # the first export, still writing
-        assert main(["--checkpoint", str(runs[0]), "--output", str(out)]) == 1
+        assert main(["--checkpoint", str(runs[0]), "--output", str(out)]) == 2
         assert f"--output {out}: another export or conversion is writing it now" in capsys.readouterr().err
         assert not out.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == []  # the lock went with its holder
@@ -345,7 +345,7 @@ def test_shard_size_in_bytes_or_with_a_unit_and_refused_before_loading(runs, tmp
         with pytest.raises(ExportError, match=f"--max-shard-size '{bad}': give bytes"):
             shard_bytes(bad)
     out = tmp_path / "sharded"
-    assert main(["--checkpoint", str(runs[0]), "--output", str(out), "--max-shard-size", "5GiB"]) == 1
+    assert main(["--checkpoint", str(runs[0]), "--output", str(out), "--max-shard-size", "5GiB"]) == 2
     assert "--max-shard-size '5GiB'" in capsys.readouterr().err and not out.exists()
     assert main(["--checkpoint", str(runs[0]), "--output", str(out), "--max-shard-size", "20000"]) == 0
     assert len(list((out / "llm").glob("model-*.safetensors"))) > 1
@@ -360,11 +360,11 @@ def test_an_output_under_home_is_checked_where_it_is_written(runs, tmp_path, mon
     (home / "m" / "precious.txt").write_text("x")
     monkeypatch.setenv("HOME", str(home))
     monkeypatch.chdir(tmp_path)
-    assert main(["--checkpoint", str(runs[0]), "--output=~/m"]) == 1
+    assert main(["--checkpoint", str(runs[0]), "--output=~/m"]) == 2
     assert "--output ~/m: exists and is not empty" in capsys.readouterr().err
     assert (home / "m" / "precious.txt").is_file() and not (tmp_path / "~").exists()
     shutil.copytree(runs[0], home / "run")
-    assert main(["--checkpoint", str(home / "run"), "--output=~/run", "--overwrite"]) == 1
+    assert main(["--checkpoint", str(home / "run"), "--output=~/run", "--overwrite"]) == 2
     assert "is the training run" in capsys.readouterr().err and (home / "run" / "recipe.yaml").is_file()
 
 
@@ -414,7 +414,7 @@ def test_output_over_what_the_run_reads_is_refused(runs, base_dirs, capsys, monk
     monkeypatch.setattr("llmasr.export.export.load_checkpoint_model", no_load)
     llm, enc = base_dirs
     for out, key in ((llm, "model.llm.path"), (enc.parent, "model.encoder.path")):
-        assert main(["--checkpoint", str(runs[0]), "--output", str(out), "--overwrite", "--adapter-only"]) == 1
+        assert main(["--checkpoint", str(runs[0]), "--output", str(out), "--overwrite", "--adapter-only"]) == 2
         assert f"({key} of the run's recipe), which writing the export would replace" in capsys.readouterr().err
     assert (llm / "config.json").is_file() and (enc / "config.yaml").is_file()
 
@@ -424,7 +424,7 @@ def test_output_over_the_run_itself_is_refused(runs, capsys):
     is never that folder."""
     run = runs[0]
     for out, why in ((run, "is"), (run.parent, "holds"), (run / "checkpoints" / "x", "lies in")):
-        assert main(["--checkpoint", str(run), "--output", str(out), "--overwrite"]) == 1
+        assert main(["--checkpoint", str(run), "--output", str(out), "--overwrite"]) == 2
         assert f"--output {out}: {why} the training run {run.resolve()} being exported" in capsys.readouterr().err
     assert list_tags(run / "checkpoints") and (run / "recipe.yaml").is_file()
 

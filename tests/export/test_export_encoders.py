@@ -187,7 +187,7 @@ def test_frozen_random_branches_are_refused(bases, train_corpus, tmp_path):
     assert "model.encoder: " in msg and "frozen parameter(s) with random initial values: encoder.embed." in msg
     assert "model.adaptor: " in msg and "adaptor." in msg
     assert "lora_" not in msg  # the trained LoRA tensors are in the checkpoint
-    assert export_main(["--checkpoint", str(run), "--output", str(tmp_path / "x")]) == 1
+    assert export_main(["--checkpoint", str(run), "--output", str(tmp_path / "x")]) == 2
     assert not (tmp_path / "x").exists()
 
 

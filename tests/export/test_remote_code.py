@@ -51,7 +51,7 @@ def test_a_run_recipe_with_remote_code_exports_only_with_the_flag(base_dirs, tra
     section["llm"]["trust_remote_code"] = True
     run = train_run(tmp_path / "run", section, train_corpus).run_dir
     out = tmp_path / "out"
-    assert export.main(["--checkpoint", str(run), "--output", str(out)]) == 1
+    assert export.main(["--checkpoint", str(run), "--output", str(out)]) == 2
     err = capsys.readouterr().err
     assert f"{run / 'recipe.yaml'}: model.llm.trust_remote_code is true" in err and "--trust-remote-code" in err
     assert not out.exists()
@@ -79,7 +79,7 @@ def test_an_export_cannot_switch_remote_code_on_by_itself(runs, tmp_path, capsys
     set_model_file(out, trust_remote_code=True)
     corpus = write_corpus(tmp_path / "data", ["one two"])
     argv = ["--model", str(out), "--data", str(corpus), "--output", str(tmp_path / "hyp"), "--num-workers", "0"]
-    assert decode.main(argv) == 1
+    assert decode.main(argv) == 2
     err = capsys.readouterr().err
     assert f"{out / 'llmasr_model.yaml'}: llm.trust_remote_code is true" in err and str(out / "llm") in err
     assert not marker.exists() and not (tmp_path / "hyp").exists()

@@ -121,7 +121,7 @@ def test_the_command_prints_a_line_per_file_in_the_order_given(exported_dir, cli
     want = Transcriber.load(exported_dir)(files)
     assert main(["transcribe", "--model", str(exported_dir), *files, "--device", "cpu"]) == 0
     assert capsys.readouterr().out.splitlines() == [f"{f}\t{t}" for f, t in zip(files, want)]
-    assert main(["transcribe", "--model", str(exported_dir), str(tmp_path / "gone.wav")]) == 1
+    assert main(["transcribe", "--model", str(exported_dir), str(tmp_path / "gone.wav")]) == 2
     assert f"llmasr transcribe: error: {tmp_path / 'gone.wav'}: no such audio file" in capsys.readouterr().err
 
 

@@ -184,11 +184,11 @@ def test_transcribe_takes_a_vad_too(exported_dir, long_manifest, vad_dir, tmp_pa
     asr = Transcriber.load(exported_dir, max_new_tokens=2, max_window_seconds=LIMIT, vad=str(vad_dir))
     (row,) = asr.transcripts([wav])
     assert row["windows"] == 2 and row["duration"] == pytest.approx(12.0, abs=1e-4)
-    assert cli(["transcribe", "--model", str(exported_dir), str(wav), "--vad", str(tmp_path)]) == 1
+    assert cli(["transcribe", "--model", str(exported_dir), str(wav), "--vad", str(tmp_path)]) == 2
     assert "is not a FunASR VAD directory" in capsys.readouterr().err
     broken = write_fsmn_vad_dir(tmp_path / "broken")
     (broken / "model.pt").unlink()
-    assert cli(["transcribe", "--model", str(exported_dir), str(wav), "--vad", str(broken)]) == 1
+    assert cli(["transcribe", "--model", str(exported_dir), str(wav), "--vad", str(broken)]) == 2
     assert "decode.vad: " in capsys.readouterr().err
 
 
