@@ -1,5 +1,5 @@
-"""`llmasr data check [MANIFEST...] [--recipe R [--valid]] [batching options] [--vad DIR]`: validate manifests, preview
-batches, and with a VAD list the transcripts their audio does not bear out.
+"""`llmasr data check [MANIFEST...] [--recipe R [--valid] [key=value ...]] [batching options] [--vad DIR]`: validate
+manifests, preview batches, and with a VAD list the transcripts their audio does not bear out.
 
 With a recipe whose CTC head spells a vocabulary file, transcripts it cannot spell are bad lines, as training's
 start-up screen finds them (an LLM's own vocabulary spells any text and needs the LLM's files: not checked here)."""
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import re
 
 from llmasr.config_io import ConfigError, from_dict, to_dict
 from llmasr.data.check import check_data, format_report
@@ -27,12 +28,28 @@ BATCHING_OPTIONS = (
 )  # fmt: skip
 
 
+OVERRIDE = re.compile(r"^[A-Za-z_][\w.]*=")  # a recipe override, not a manifest path (data/lang=en/x.jsonl)
+
+
+def _at_least_one(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="llmasr data check", description=__doc__.split(":", 1)[1].strip())
-    p.add_argument("manifests", nargs="*", help="manifest files (default: the recipe's data.train)")
+    p.add_argument(
+        "manifests", nargs="*",
+        help="manifest files (default: the recipe's data.train), and recipe overrides (key.path=value) as train takes",
+    )  # fmt: skip
     p.add_argument("--recipe", help="recipe YAML: its data: section gives batching, filters and max_bad_fraction")
     p.add_argument("--valid", action="store_true", help="with --recipe and no manifests: check data.valid")
-    p.add_argument("--world-size", type=int, default=1)
+    p.add_argument("--world-size", type=_at_least_one, default=1)
     budget = p.add_mutually_exclusive_group()  # the batch budget is one or the other
     budget.add_argument("--max-seconds", type=float)
     budget.add_argument("--max-frames", type=int)
@@ -117,10 +134,17 @@ def hear(args: argparse.Namespace, manifests: list[str], sample_rate: int):
 @command("llmasr data check")
 def main(argv: list[str] | None = None) -> int:
     p = build_parser()
-    args = p.parse_args(argv)
-    recipe = load_recipe(args.recipe) if args.recipe else None  # typed, manifest paths resolved against it
+    args = p.parse_intermixed_args(argv)  # overrides may come before and after the options
+    overrides = [a for a in args.manifests if OVERRIDE.match(a)]
+    if overrides and not args.recipe:
+        p.error(f"{overrides[0]}: a recipe override needs --recipe")
+    # typed, manifest paths resolved against it; its am.mvn may not be written yet (llmasr data cmvn writes it) and
+    # is not read here
+    recipe = load_recipe(args.recipe, [*overrides, "model.encoder.frontend.cmvn_file=null"]) if args.recipe else None
     data_cfg, frontend = configs(args, recipe)
-    specs = list(args.manifests) or list(data_cfg.valid_manifests if args.valid else data_cfg.train_manifests)
+    specs = [a for a in args.manifests if a not in overrides] or list(
+        data_cfg.valid_manifests if args.valid else data_cfg.train_manifests
+    )
     if not specs:
         p.error(f"no manifests: name them, or give --recipe with data.{'valid' if args.valid else 'train'}")
     report = check_data(

@@ -119,6 +119,24 @@ def test_main_reads_recipe(manifest, tmp_path, capsys):
     assert "max_seconds=10" in capsys.readouterr().out
 
 
+def test_a_recipe_takes_overrides_and_needs_no_cmvn_file_yet(manifest, tmp_path, capsys):
+    """`key=value` arguments had been read as manifest paths, and a recipe naming the am.mvn `llmasr data cmvn` is
+    about to write was refused for the missing file, which counting frames never reads."""
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump({
+        "data": {"train": [str(manifest)], "max_bad_fraction": 0.5, "batching": {"max_seconds": 10}},
+        "model": {"encoder": {"frontend": {"lfr_m": 7, "lfr_n": 6, "cmvn_file": str(tmp_path / "am.mvn")}}},
+    }))  # fmt: skip
+    assert main(["--recipe", str(recipe), "data.batching.max_seconds=7"]) == 0
+    assert "max_seconds=7" in capsys.readouterr().out
+    for argv in (["data.batching.max_seconds=7", str(manifest)], [str(manifest), "--world-size", "0"]):
+        with pytest.raises(SystemExit) as exit_:
+            main(argv)
+        assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert "data.batching.max_seconds=7: a recipe override needs --recipe" in err and "must be at least 1" in err
+
+
 def test_unopenable_manifest_is_an_error(tmp_path, capsys):
     assert main([str(tmp_path / "missing.jsonl")]) == 1
     out = capsys.readouterr().out
