@@ -30,7 +30,7 @@ from llmasr.train.progress import plot_lr, write_lr_csv
 from llmasr.train.resolve import check_run_settings
 from llmasr.train.resume import check_checkpoint
 from llmasr.train.run_dir import RunDirError, check_lock, check_run_start
-from llmasr.train.schedulers import branch_of_group, lr_curve
+from llmasr.train.schedulers import branch_of_group, lr_curve, warmup_warnings
 from llmasr.train.universal import batches_left, resized_total
 
 
@@ -242,6 +242,7 @@ def check(
     for label, u in key_updates(recipe.optim, names, total):
         lines.append(f"  update {u + 1} ({label}):")  # numbered from 1, as train.log does
         lines += [f"    {n:<{width}}  {curves[n][u]:.4e}" for n in names]
+    lines += [f"  warning: {w}" for w in warmup_warnings(recipe.optim, map(branch_of_group, names), total)]
     lines += start + _checkpoint_lines(tc, counts, plan, total) + _memory_lines(ds, tc, counts, world_size)
     out = Path(out) if out is not None else plot_dir(Path(tc.output_dir))
     out.mkdir(parents=True, exist_ok=True)

@@ -123,6 +123,22 @@ def build_group_schedules(groups: Iterable[dict], optim_cfg: OptimConfig, total:
     return [GroupSchedule(g["name"], float(g["lr"]), total, optim_cfg.branch(g["branch"]).scheduler) for g in groups]
 
 
+def warmup_warnings(optim_cfg: OptimConfig, branches: Iterable[str], total: int) -> list[str]:
+    """One line per branch whose warmup is not shorter than the run (FunASR's usual 25000 updates on a short
+    fine-tune): its lr never reaches the peak it was given."""
+    out = []
+    for branch in sorted(set(branches)):
+        cfg = optim_cfg.branch(branch)
+        warmup = cfg.scheduler.warmup_updates(total) if cfg.scheduler.type != "tri_stage" else 0
+        if warmup >= total:
+            last = schedule_lr(cfg.scheduler, total - 1, cfg.lr, total)
+            out.append(
+                f"optim: the {branch} branch warms up over {warmup} updates, but the run has {total}: its lr ends at "
+                f"{last:.3g}, never its peak {cfg.lr:.3g} (shorten the warmup: warmup_steps or warmup_ratio)"
+            )
+    return out
+
+
 def lr_curve(optim_cfg: OptimConfig, group_names: Iterable[str], total: int) -> dict[str, np.ndarray]:
     """lr of each named group for updates 0..total-1 (the lr each update uses), from the recipe alone."""
     out = {}

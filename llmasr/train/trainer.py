@@ -44,7 +44,7 @@ from llmasr.train.resolve import (
 )
 from llmasr.train.resume import check_checkpoint, continue_schedules
 from llmasr.train.run_dir import RunDirError, claim_run_dir, write_run_files
-from llmasr.train.schedulers import build_group_schedules
+from llmasr.train.schedulers import build_group_schedules, warmup_warnings
 from llmasr.train.validate import validate
 from llmasr.train.window import run_window, windows
 
@@ -135,6 +135,8 @@ class Run:
         groups = build_param_groups(model, optim)
         log.info("param groups:\n%s", describe_param_groups(groups))
         self.schedules = build_group_schedules(groups, optim, self.total)
+        for line in warmup_warnings(optim, (g["branch"] for g in groups), self.total) if self.rank == 0 else ():
+            log.warning(line)
         self.engine = TrainEngine(model, groups, self.schedules, self.ds, self.dist.device)
         seed_everything(tc.seed + self.rank)  # dropout differs per rank
 

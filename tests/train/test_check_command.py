@@ -46,6 +46,11 @@ def test_report_matches_the_trainer_numbers(recipe_file, tmp_path, capsys):
     assert "gradient accumulation: 2" in out and "world size: 2" in out and "train_batch_size: 4" in out
     assert f"batches per rank per epoch: {per_epoch}\n" in out
     assert f"= {updates}; schedules sized by {updates}" in out
+    assert "warning: optim:" not in out
+    long_warmup = run_check(capsys, "--config", str(recipe_file), "--deepspeed", "zero2", "--out", str(tmp_path / "w"),
+                            "optim.scheduler.warmup_steps=25000")  # fmt: skip
+    assert long_warmup[0] == 0, long_warmup[2]
+    assert "warning: optim: the llm branch warms up over 25000 updates, but the run has" in long_warmup[1]
     model = llmasr.build_model(recipe.model)
     total = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)

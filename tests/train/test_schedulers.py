@@ -12,6 +12,7 @@ from llmasr.train.schedulers import (
     build_group_schedules,
     lr_curve,
     schedule_lr,
+    warmup_warnings,
 )
 
 
@@ -255,3 +256,14 @@ def test_lr_curve_matches_scheduler(make_model):
             assert curve[name][u] == lr
         sch.step()
     assert isinstance(curve["encoder"], np.ndarray) and curve["encoder"].shape == (25,)
+
+
+def test_a_warmup_as_long_as_the_run_is_named():
+    """FunASR's usual 25000-update warmup on a short fine-tune: the lr never came near its peak, without a word."""
+    optim = from_dict(OptimConfig, {
+        "scheduler": {"type": "warmup_cosine", "warmup_steps": 25000},
+        "branches": {"adaptor": {"lr": 1e-3, "scheduler": {"type": "tri_stage", "phase_ratio": [0.1, 0.4, 0.5]}}},
+    }, "optim")  # fmt: skip
+    (line,) = warmup_warnings(optim, ["llm", "adaptor", "llm"], 5)
+    assert line.startswith("optim: the llm branch warms up over 25000 updates, but the run has 5: its lr ends at ")
+    assert warmup_warnings(optim, ["llm"], 25001) == []
