@@ -192,6 +192,10 @@ _OWNED: tuple[tuple[str, tuple, str], ...] = (
                                             "when the world size changes on resume: remove it"),
     ("checkpoint.checkpoint_serialization", (True,), "llmasr reads checkpoints memory-mapped, which needs the zip "
                                                      "format: remove it"),
+    ("checkpoint.writer.decoupled", (False,), "a decoupled writer finishes the files after save returns, and "
+                                              "llmasr records and checks them as soon as it does: remove it"),
+    ("datastates_ckpt", (False,), "DataStates writes checkpoints in the background, and llmasr records and checks "
+                                  "them as soon as save returns: remove it"),
     ("zero_optimization.cpu_offload", (None,), 'an old spelling: write "offload_optimizer": {"device": "cpu"}'),
     ("zero_optimization.cpu_offload_param", (None,), 'an old spelling: write "offload_param": {"device": "cpu"}'),
     ("zero_optimization.cpu_offload_use_pin_memory", (None,), 'an old spelling: write "pin_memory" inside '

@@ -173,6 +173,8 @@ def test_settings_deepspeed_or_training_would_fail_on_later_are_refused(raw, mes
          "activation_checkpointing is .*set model.llm.gradient_checkpointing"),
         ({"data_efficiency": {"enabled": True}}, "data_efficiency is .*DeepSpeed's own data loader"),
         ({"dataloader_drop_last": True}, "dataloader_drop_last is true; .*data.batching.drop_last"),
+        ({"checkpoint": {"writer": {"decoupled": True}}}, "checkpoint.writer.decoupled is true; a decoupled writer"),
+        ({"datastates_ckpt": {}}, "datastates_ckpt is {}; DataStates writes checkpoints in the background"),
         ({"data_types": {"grad_accum_dtype": "fp32"}}, r'grad_accum_dtype is "fp32" with train.precision bf16 at '
                                                        "ZeRO stage 0: DeepSpeed does not run that mix"),
         ({"zero_optimization": {"stage": 1}, "data_types": {"grad_accum_dtype": "fp32"}},
