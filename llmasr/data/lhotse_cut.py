@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from llmasr.data.records import Utterance, _is_number
 
+SPAN_SLACK_S = 1e-3  # rounding in a cut's and its supervision's times
+
 
 class CutRecord:
     """One cut line read through a records parser (`p`: its line, its complaints, its path resolution)."""
@@ -79,14 +81,22 @@ class CutRecord:
 
     def supervised_span(self, sup: dict, start: float, duration: float) -> tuple[float, float]:
         """(start, duration) in the recording of what the supervision's text covers: its own span within the cut
-        (its `start` is relative to the cut), clipped to the cut; the whole cut for a supervision without one."""
+        (its `start` is relative to the cut); the whole cut for a supervision without one. A supervision that runs
+        past its cut (lhotse's truncate and windowing keep such) is a bad line: its whole text would be paired with
+        part of its audio."""
         a = sup.get("start", 0.0)
         b = sup.get("duration")
         if not _is_number(a) or (b is not None and not _is_number(b)):
             raise self.p.bad(f"lhotse supervision: 'start'/'duration' must be numbers, got {a!r:.30}, {b!r:.30}")
-        lo, hi = max(0.0, float(a)), duration if b is None else min(duration, float(a) + float(b))
-        if hi - lo <= 0:
+        lo, hi = float(a), duration if b is None else float(a) + float(b)
+        if min(duration, hi) - max(0.0, lo) <= 0:
             raise self.p.bad(f"lhotse supervision ({a:g} s + {b} s) lies outside its cut (0-{duration:g} s)")
+        if lo < -SPAN_SLACK_S or hi > duration + SPAN_SLACK_S:
+            raise self.p.bad(
+                f"lhotse supervision ({a:g} s + {b} s) runs past its cut (0-{duration:g} s): its text would be paired "
+                "with part of its audio (cut with keep_excessive_supervisions=False, or trim_to_supervisions)"
+            )
+        lo, hi = max(0.0, lo), min(duration, hi)
         return start + lo, hi - lo
 
     def cut_channel(self, rec: dict) -> int | list[int] | None:

@@ -280,6 +280,14 @@ def test_lhotse_supervision_span_and_channel_sets(tmp_path):
             "part", "rec.wav", start=0.5, duration=1.0, sups=[{"id": "s", "start": 0.25, "duration": 0.5, "text": "a"}]
         ),
         cut("outside", "rec.wav", duration=1.0, sups=[{"id": "s", "start": 2.0, "duration": 0.5, "text": "a"}]),
+        cut("past", "rec.wav", duration=1.0, sups=[{"id": "s", "start": 0.5, "duration": 1.5, "text": "a b c"}]),
+        cut(
+            "before",
+            "rec.wav",
+            start=1.0,
+            duration=1.0,
+            sups=[{"id": "s", "start": -0.5, "duration": 1.0, "text": "a"}],
+        ),
         cut("two", "quad.wav", channel=[0, 1], sources=quad, type="MultiCut"),
         cut("all", "quad.wav", channel=[3, 2, 1, 0], sources=quad, type="MultiCut"),
         cut("ints", "rec.wav", sources=[{"type": "file", "channels": 1, "source": "rec.wav"}]),
@@ -290,6 +298,11 @@ def test_lhotse_supervision_span_and_channel_sets(tmp_path):
     assert (m[0].start, m[0].end, m[0].duration) == (0.75, 1.25, 0.5)
     with pytest.raises(BadRecord, match="lies outside its cut"):
         m[1]
+    # lhotse's truncate keeps a supervision that runs past its cut: its whole text had trained on part of its audio
+    for i in (2, 3):
+        with pytest.raises(BadRecord, match=r"runs past its cut \(0-1 s\): its text would be paired with part"):
+            m[i]
+    m = Manifest.open(write_jsonl(tmp_path / "cuts2.jsonl", cuts[:2] + cuts[4:]))  # as before those two
     with pytest.raises(
         BadRecord, match=r"reads channels \[0, 1\] of a recording whose sources hold \[\[0, 1, 2, 3\]\]"
     ):
@@ -297,7 +310,7 @@ def test_lhotse_supervision_span_and_channel_sets(tmp_path):
     assert m[3].channel is None and m[3].source == str(tmp_path / "quad.wav")  # every channel of the file
     with pytest.raises(BadRecord, match="'channels' must be a list"):
         m[4]
-    with pytest.raises(BadRecord, match=r"cuts.jsonl:6: malformed record \(TypeError: "):
+    with pytest.raises(BadRecord, match=r"cuts2.jsonl:6: malformed record \(TypeError: "):
         m[5]
     assert len(m.scan()) == 4  # counted, not a crash
 
