@@ -184,10 +184,11 @@ def _segment_records(
         parsed = _parse_segment(value)
         if parsed is None:
             skipped.skip(
-                "bad_segments", segments, lineno, seg, f"{seg}: expected '<segment> <recording> <start> <end>'"
-            )
+                "bad_segments", segments, lineno, seg,
+                f"{seg}: expected '<segment> <recording> <start> <end> [channel]'",
+            )  # fmt: skip
             continue
-        rec_id, start, end = parsed
+        rec_id, start, end, channel = parsed
         if rec_id not in wavs:
             skipped.skip("missing_audio", segments, lineno, seg, f"{seg}: recording {rec_id!r} is not in wav.scp")
         elif rec_id not in sources:
@@ -196,6 +197,8 @@ def _segment_records(
             skipped.skip("missing_text", segments, lineno, seg, f"{seg}: in segments but not in {text.name}")
         else:
             r = {"key": seg, "source": sources[rec_id], "start": start}
+            if channel is not None:
+                r["channel"] = channel
             if end != -1:
                 r["end"] = end
                 r["duration"] = round(end - start, 6)
@@ -211,18 +214,22 @@ def _segment_records(
     return records
 
 
-def _parse_segment(value: str) -> tuple[str, float, float] | None:
-    """`<recording> <start> <end>` (after the segment key) -> its fields, or None when it does not parse."""
+def _parse_segment(value: str) -> tuple[str, float, float, int | None] | None:
+    """`<recording> <start> <end> [channel]` (after the segment key; Kaldi's extract-segments reads a 0-based channel
+    of a multi-channel recording) -> its fields, or None when it does not parse."""
     parts = value.split()
     try:
-        if len(parts) != 3:
+        if len(parts) not in (3, 4):
             return None
         rec_id, start, end = parts[0], float(parts[1]), float(parts[2])
+        channel = int(parts[3]) if len(parts) == 4 else None
     except ValueError:
         return None
     if not math.isfinite(start) or start < 0 or (end != -1 and not (math.isfinite(end) and end > start)):
         return None
-    return rec_id, start, end
+    if channel is not None and channel < 0:
+        return None
+    return rec_id, start, end, channel
 
 
 def _write_jsonl(records: list[dict], texts: dict | None, text: Path | None, out_jsonl: Path, skipped: _Skipped) -> int:
@@ -236,7 +243,7 @@ def _write_jsonl(records: list[dict], texts: dict | None, text: Path | None, out
             if target is not None and not target.strip():
                 skipped.skip("empty_text", text, lineno, r["key"], f"{r['key']}: empty transcript")
                 continue
-            said = {"target": target} if texts is not None else {}
+            said = {"target": " ".join(target.split())} if texts is not None else {}  # Kaldi: any blank run splits
             rec = {"key": r.pop("key"), "source": r.pop("source"), **said, **r}
             f.write(json.dumps(rec, ensure_ascii=False) + "\n")
             written += 1

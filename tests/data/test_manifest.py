@@ -482,6 +482,21 @@ def test_kaldi_to_jsonl_segments(tmp_path):
     assert m.fill_durations() == [] and m.durations()[1] == pytest.approx(2.5)
 
 
+def test_kaldi_segments_of_a_channel_and_text_with_runs_of_blanks(tmp_path):
+    """extract-segments reads `<seg> <rec> <start> <end> [channel]`: the channel column had made every line of a
+    stereo corpus a bad segment. Kaldi splits a transcript on any run of blanks: tabs had gone into the target."""
+    write_wav(tmp_path / "call.wav", 2.0, channels=2)
+    (tmp_path / "wav.scp").write_text(f"call {tmp_path / 'call.wav'}\n")
+    (tmp_path / "segments").write_text("a call 0.0 1.0 0\nb call 0.5 1.5 1\nc call 0 1 -1\n")
+    (tmp_path / "text").write_text("a HELLO\tWORLD\nb GOOD  \t MORNING\nc X\n")
+    counts = kaldi_to_jsonl(
+        tmp_path / "wav.scp", tmp_path / "text", tmp_path / "m.jsonl", segments=tmp_path / "segments"
+    )
+    assert counts["written"] == 2 and counts["bad_segments_keys"] == ["c"]
+    m = Manifest.open(tmp_path / "m.jsonl")
+    assert [(u.channel, u.target) for u in (m[0], m[1])] == [(0, "HELLO WORLD"), (1, "GOOD MORNING")]
+
+
 def test_kaldi_files_saved_with_a_bom_keep_their_first_key(tmp_path):
     write_wav(tmp_path / "a.wav", 1.0)
     write_wav(tmp_path / "b.wav", 1.0)
