@@ -17,6 +17,7 @@ import os
 import re
 import shutil
 import tempfile
+import zlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -37,6 +38,10 @@ __all__ = ["BadRecord", "EmptyManifest", "Utterance", "Manifest", "MixedManifest
 
 class EmptyManifest(ValueError):
     """A manifest without a single record."""
+
+
+class BadManifest(ValueError):
+    """A manifest file that cannot be read as one (a .gz cut short)."""
 
 
 _FLAT_FIELD = re.compile(rb'"(duration|source_len|start|end)"\s*:\s*(-?[0-9][0-9.eE+-]*)')
@@ -123,9 +128,11 @@ def _decompressed(path: Path) -> Path:
         with os.fdopen(fd, "wb") as dst, gzip.open(path, "rb") as src:
             shutil.copyfileobj(src, dst, 1 << 20)
         os.replace(tmp, out)  # atomic: concurrent ranks all end with the same complete file
-    except BaseException:
+    except BaseException as err:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(err, (EOFError, gzip.BadGzipFile, zlib.error)):  # a copy cut short, a plain file named .gz
+            raise BadManifest(f"manifest {path}: not a complete gzip file ({err})") from None
         raise
     return out
 

@@ -14,7 +14,7 @@ import soundfile as sf
 
 from llmasr.data.audio import load_audio
 from llmasr.data.kaldi import kaldi_to_jsonl
-from llmasr.data.manifest import BadRecord, EmptyManifest, Manifest, MixedManifest
+from llmasr.data.manifest import BadManifest, BadRecord, EmptyManifest, Manifest, MixedManifest
 
 
 @pytest.fixture(autouse=True)
@@ -102,6 +102,19 @@ def test_a_manifest_without_a_record_is_refused_when_opened(tmp_path, text):
         f.write(text)
     with pytest.raises(ValueError, match="m.jsonl.gz: no records"):
         Manifest.open(tmp_path / "m.jsonl.gz")
+
+
+def test_a_gzip_manifest_cut_short_or_not_gzip_is_named(tmp_path):
+    """An interrupted copy of a cuts.jsonl.gz had failed with gzip's EOFError, naming no file among data.train's."""
+    with gzip.open(tmp_path / "whole.jsonl.gz", "wt") as f:
+        f.write("".join(json.dumps({"key": f"k{i}", "source": "a.wav", "target": "x" * 50}) + "\n" for i in range(500)))
+    data = (tmp_path / "whole.jsonl.gz").read_bytes()
+    (tmp_path / "cut.jsonl.gz").write_bytes(data[: len(data) // 2])
+    (tmp_path / "plain.jsonl.gz").write_text('{"key": "a"}\n')
+    for name in ("cut.jsonl.gz", "plain.jsonl.gz"):
+        with pytest.raises(BadManifest, match=f"manifest {tmp_path / name}: not a complete gzip file"):
+            Manifest.open(tmp_path / name)
+    assert len(Manifest.open(tmp_path / "whole.jsonl.gz")) == 500
 
 
 def test_segment_fields(tmp_path):
