@@ -224,6 +224,8 @@ class _Parser:
         return turn
 
     def chatml(self, rec: dict) -> Utterance:
+        # FunASR's Nano data reads these as one-element lists too (it takes the first)
+        rec = {k: v[0] if k in NANO_LISTED and isinstance(v, list) and len(v) == 1 else v for k, v in rec.items()}
         if isinstance(rec.get("key"), str) and rec["key"]:
             self.key = rec["key"]
         turn = self.messages(rec)
@@ -258,9 +260,21 @@ class _Parser:
             manifest=self.manifest,
             line=self.line,
             channel=None,
-            hotwords=self.hotwords(rec),
+            hotwords=self.nano_hotwords(rec),
             system=turn.get("system"),
         )
+
+    def nano_hotwords(self, rec: dict) -> list[str] | None:
+        """A Nano line's biasing list as FunASR's Nano prompt reads it: `asr_hotwords` before `hotwords`, each a list
+        or one text of phrases joined by commas ("" or [] for none)."""
+        name = "asr_hotwords" if rec.get("asr_hotwords") not in (None, "", []) else "hotwords"
+        value = rec.get(name)
+        if isinstance(value, str):
+            value = [p.strip() for p in value.split(",") if p.strip()]
+        return self.hotwords({name: value or None}, name) if value != [] else []
+
+
+NANO_LISTED = ("key", "speech_length", "text_length")
 
 
 def _is_cut(rec: dict) -> bool:

@@ -53,6 +53,20 @@ def test_nano_lines_give_audio_task_transcript_and_duration(tmp_path):
     assert m.fill_durations() == [] and m.durations()[1] == pytest.approx(seconds)
 
 
+def test_the_nano_forms_funasr_reads_are_read_alike(tmp_path):
+    """FunASR's Nano data takes one-element lists for key, speech_length and text_length, and hotwords as a list or
+    one text joined by commas, asr_hotwords before hotwords: these lines had all been bad, or a key renamed."""
+    path = write_lines(tmp_path / "nano.jsonl", [
+        nano_line("wav/1.wav", key=["spk1_utt7"], speech_length=[145], text_length=[2]),
+        nano_line("wav/2.wav", hotwords="通义, 千问"),
+        nano_line("wav/3.wav", hotwords=""),
+        nano_line("wav/4.wav", hotwords=["甲"], asr_hotwords=["乙", "丙"]),
+    ])  # fmt: skip
+    m = Manifest.open(path)
+    assert (m[0].key, m[0].target_len) == ("spk1_utt7", 2) and m[0].duration == pytest.approx(1.47, abs=0.011)
+    assert [m[i].hotwords for i in (1, 2, 3)] == [["通义", "千问"], [], ["乙", "丙"]]
+
+
 def test_a_decoding_manifest_may_leave_out_the_assistant(tmp_path):
     path = write_lines(tmp_path / "test.jsonl", [nano_line("a.wav", target=None)])
     assert Manifest.open(path, need_target=False)[0].target is None
