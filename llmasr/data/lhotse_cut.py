@@ -49,7 +49,7 @@ class CutRecord:
         prompt = custom.get("prompt")
         return Utterance(
             key=cut_id,
-            source=self.p.resolve(path),
+            source=self.p.resolve(path, working_dir_first=True),
             target=target,
             duration=float(duration),
             target_len=None,

@@ -99,11 +99,17 @@ class _Parser:
     def bad(self, reason: str) -> BadRecord:
         return BadRecord(self.manifest, self.line, reason, self.key)
 
-    def resolve(self, source: str) -> str:
+    def resolve(self, source: str, *, working_dir_first: bool = False) -> str:
+        """The audio path: relative ones against the manifest's folder, or (`working_dir_first`: lhotse's cuts, which
+        lhotse opens as written) against the working directory where the file is there."""
         if "://" in source:
             raise self.bad(f"audio {source!r:.80} is a URL; llmasr reads local files: download it and name the file")
         p = Path(os.path.expanduser(source))
-        return str(p if p.is_absolute() else self.base / p)
+        if p.is_absolute():
+            return str(p)
+        if working_dir_first and p.exists():
+            return str(p.resolve())
+        return str(self.base / p)
 
     def opt_str(self, rec: dict, *names: str) -> str | None:
         for name in names:

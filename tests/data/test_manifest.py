@@ -240,6 +240,23 @@ def test_lhotse_cuts(tmp_path, gz):
         assert list((tmp_path / "cache" / "manifests").iterdir()) == cached
 
 
+def test_a_lhotse_cuts_relative_recording_is_found_where_lhotse_finds_it(tmp_path, monkeypatch):
+    """lhotse opens a recording's path as written, from the working directory (`lhotse prepare ... corpus/
+    data/manifests` writes corpus/a.flac): it had been looked for beside the manifest only, so every line was missing
+    audio. A path found beside the manifest alone still is."""
+    (tmp_path / "corpus").mkdir()
+    (tmp_path / "data" / "manifests").mkdir(parents=True)
+    write_wav(tmp_path / "corpus" / "a.wav", 1.0)
+    write_wav(tmp_path / "data" / "manifests" / "b.wav", 1.0)
+    path = write_jsonl(tmp_path / "data" / "manifests" / "cuts.jsonl", [cut("a", "corpus/a.wav"), cut("b", "b.wav")])
+    monkeypatch.chdir(tmp_path)
+    m = Manifest.open(path)
+    assert [m[0].source, m[1].source] == [
+        str(tmp_path / "corpus" / "a.wav"),
+        str(tmp_path / "data" / "manifests" / "b.wav"),
+    ]
+
+
 def test_lhotse_per_channel_files_and_bad_cuts(tmp_path):
     write_wav(tmp_path / "ch0.wav")
     write_wav(tmp_path / "ch1.wav")
