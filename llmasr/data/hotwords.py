@@ -16,6 +16,7 @@ text that is not UTF-8 is an error naming the file and line.
 from __future__ import annotations
 
 import codecs
+import re
 import unicodedata
 from collections import Counter
 from dataclasses import dataclass, field
@@ -26,10 +27,13 @@ import numpy as np
 from llmasr.config_io import ConfigError
 from llmasr.config_paths import path_field
 from llmasr.data.records import BadRecord
-from llmasr.scoring import normalize
+from llmasr.scoring import NO_SPACE_RANGES, is_no_space_char, normalize
 
 HOTWORD_STREAM = 0x686F74  # "hot": the Generator stream of hotword lists, apart from augmentation's
 SOURCES = ("sample", "manifest", "manifest_or_sample")
+UNITS = ("auto", "word", "char")
+_NO_SPACE = "".join(f"{chr(lo)}-{chr(hi)}" for lo, hi in NO_SPACE_RANGES)
+_AUTO = re.compile(f"[{_NO_SPACE}]|[^{_NO_SPACE}]+")  # a character of a script without spaces, or a run of others
 
 
 class PhraseFileError(ValueError):
@@ -73,7 +77,9 @@ class HotwordsConfig:
     # sample: always draw a list; manifest: the manifest's lists only (none where absent); manifest_or_sample: the
     # manifest's list where the line has one (an explicit [] included), a drawn list elsewhere.
     source: str = "manifest_or_sample"
-    unit: str = "word"  # word: split on spaces; char: characters (languages written without spaces)
+    # auto: each character of a script written without spaces (Chinese, Japanese) and every other run between spaces
+    # (words), as scoring counts them; word: split on spaces; char: every character
+    unit: str = "auto"
     ngram: list[int] = field(default_factory=lambda: [1, 2])  # a reference phrase is [min, max] units long
     true_phrases: list[int] = field(default_factory=lambda: [1, 2])  # reference phrases per list, [min, max]
     list_size: list[int] = field(default_factory=lambda: [2, 10])  # phrases per list in all, [min, max]
@@ -87,8 +93,8 @@ class HotwordsConfig:
     def validate(self, path: str) -> None:
         if self.source not in SOURCES:
             raise ConfigError(f"{path}.source: expected one of {', '.join(SOURCES)}, got {self.source!r}")
-        if self.unit not in ("word", "char"):
-            raise ConfigError(f"{path}.unit: expected word or char, got {self.unit!r}")
+        if self.unit not in UNITS:
+            raise ConfigError(f"{path}.unit: expected one of {', '.join(UNITS)}, got {self.unit!r}")
         _pair(path, "ngram", self.ngram, 1)
         _pair(path, "true_phrases", self.true_phrases, 0)
         _pair(path, "list_size", self.list_size, 1)
@@ -126,15 +132,32 @@ def _strip_punct(token: str) -> str:
 
 
 def units(text: str, unit: str) -> list[str]:
-    """The units of `text` as written: words with punctuation at their edges cut, or the non-space,
-    non-punctuation characters."""
+    """The units of `text` as written: words with punctuation at their edges cut, the non-space, non-punctuation
+    characters, or (auto) each character of a script written without spaces and every word between."""
     if unit == "char":
         return [c for c in text if not c.isspace() and not _is_punct(c)]
-    return [w for w in (_strip_punct(t) for t in text.split()) if w]
+    words = [w for w in (_strip_punct(t) for t in text.split()) if w]
+    if unit == "word":
+        return words
+    return [u for w in words for u in _AUTO.findall(w) if not all(_is_punct(c) for c in u)]
 
 
 def _join(parts, unit: str) -> str:
-    return ("" if unit == "char" else " ").join(parts)
+    """Units back into text: spaced words; characters (and, with auto, two neighbours of a script written without
+    spaces) side by side."""
+    parts = list(parts)
+    if unit != "auto":
+        return ("" if unit == "char" else " ").join(parts)
+    out = parts[:1]
+    for prev, part in zip(parts, parts[1:]):
+        out.append(part if is_no_space_char(prev[-1]) and is_no_space_char(part[0]) else " " + part)
+    return "".join(out)
+
+
+def _holds(seq: tuple, run: tuple) -> bool:
+    """Whether `run` stands in `seq` as consecutive items."""
+    n = len(run)
+    return n > 0 and any(seq[i : i + n] == run for i in range(len(seq) - n + 1))
 
 
 def ngrams(parts: list[str], lo: int, hi: int) -> list[tuple[int, int]]:
@@ -214,7 +237,7 @@ class HotwordSampler:
         true = self._true_phrases(parts, rng)
         lo, hi = self.cfg.list_size
         wanted = max(int(rng.integers(lo, hi + 1)) - len(true), 0)
-        ref = _join((p.lower() for p in parts), self.cfg.unit)
+        ref = tuple(p.lower() for p in parts)
         phrases = true + self._distractors(wanted, (ref, self._scored(target)), {self._keys(t) for t in true}, rng)
         return [phrases[i] for i in rng.permutation(len(phrases))]
 
@@ -238,24 +261,21 @@ class HotwordSampler:
                     weights[m] = 0.0
         return out
 
-    def _scored(self, text: str) -> str:
-        """`text` as scoring reads it (llmasr.scoring.normalize: "New-York" is the words new and york), padded."""
-        return f" {normalize(text)} " if self.cfg.unit != "char" else normalize(text).replace(" ", "")
+    def _scored(self, text: str) -> tuple[str, ...]:
+        """`text` as scoring reads it (llmasr.scoring.normalize: "New-York" is the words new and york), in units."""
+        text = normalize(text)
+        return tuple(text.replace(" ", "") if self.cfg.unit == "char" else units(text, self.cfg.unit))
 
-    def _distractors(self, n: int, ref: tuple[str, str], taken: set, rng: np.random.Generator) -> list[str]:
+    def _distractors(self, n: int, ref: tuple, taken: set, rng: np.random.Generator) -> list[str]:
         """`n` distinct pool phrases (fewer if the pool runs short) that do not occur in the reference, neither as
-        written (`ref`[0]: its units, lowercased) nor as scored (`ref`[1]: a distractor scoring finds spoken would
-        count as a hit)."""
+        written (`ref`[0]: its units, lowercased) nor as scored (`ref`[1]: its scored units; a distractor scoring
+        finds spoken would count as a hit)."""
         if n <= 0 or not self.pool:
             return []
-        sep = "" if self.cfg.unit == "char" else " "
-        padded, scored = f"{sep}{ref[0]}{sep}", ref[1]
         out: list[str] = []
         for j in rng.choice(len(self.pool), size=min(4 * n + 8, 4 * len(self.pool)), p=self._pool_p):
             keys = self._pool_keys[int(j)]
-            if not keys or keys in taken or f"{sep}{_join(keys, self.cfg.unit)}{sep}" in padded:
-                continue
-            if self._scored(self.pool[int(j)]).strip() and self._scored(self.pool[int(j)]) in scored:
+            if not keys or keys in taken or _holds(ref[0], keys) or _holds(ref[1], self._scored(self.pool[int(j)])):
                 continue
             taken.add(keys)
             out.append(self.pool[int(j)])

@@ -215,6 +215,23 @@ def test_char_unit_lists(tmp_path):
     assert all(2 <= len(p) <= 3 for p in got)
 
 
+def test_the_default_unit_cuts_chinese_into_characters_and_keeps_words_whole(tmp_path):
+    """unit auto (the default): a character of a script written without spaces is a unit, a word between spaces
+    another. With word (the old default) a Chinese transcript was one unit, so its 'true phrase' was the whole
+    reference and every distractor a whole other sentence; with char, English words were cut into letters."""
+    assert units("我用iPhone打电话给张三", "auto") == ["我", "用", "iPhone", "打", "电", "话", "给", "张", "三"]
+    assert units("Hello, world! (Qwen-2.5)", "auto") == units("Hello, world! (Qwen-2.5)", "word")
+    texts = ["今天天气很好我们去公园散步", "我用iPhone打电话给张三", "明天下雨我们在家看书"]
+    s = sampler(tmp_path, texts, ngram=[2, 3], true_phrases=[1, 1], list_size=[4, 4], empty_prob=0.0)
+    target = texts[0]
+    for i in range(40):
+        got = s.pick(None, target, i, 0)
+        true = [p for p in got if p in target]
+        assert len(true) == 1 and 2 <= len(true[0]) <= 3, got  # two or three characters, not the sentence
+        assert all(p not in target for p in got if p not in true)  # no distractor is part of the reference
+    assert any("iPhone" in p for p in s.pool)  # a Latin word stays whole among characters
+
+
 def test_stats_weight_of_unseen_units():
     stats = CorpusStats(Counter({"a": 4}), [])
     assert stats.weight(("a",), 1.0) == 0.25 and stats.weight(("a", "zz"), 1.0) == 1.0
