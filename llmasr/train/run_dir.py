@@ -259,12 +259,14 @@ def check_run_start(run_dir: Path, resume: str | None, overwrite: bool, recipe=N
     if resume is None:
         return check_fresh_run(run_dir, overwrite, clear=clear)
     load_dir, tag = ck.resolve_resume(resume, run_dir)
-    if overwrite and load_dir.resolve().parent == run_dir.resolve():
+    where = load_dir.resolve()  # the run's checkpoints folder, or one a resume set aside in it
+    own = (ck.run_dir_of(where) if ck.abandoned_dir(where) else where.parent) == run_dir.resolve()
+    if overwrite and own:
         raise RunDirError(
             f"--overwrite would delete {load_dir / tag}, which --resume continues from: give only one of them"
         )
     notes = check_resume_recipe(recipe, load_dir) if recipe is not None else []  # before anything is deleted
-    if load_dir.resolve().parent != run_dir.resolve():
+    if not own:
         notes += check_fresh_run(run_dir, overwrite, source=load_dir / tag, clear=clear)
     return notes
 

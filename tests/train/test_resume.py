@@ -184,6 +184,14 @@ def test_resuming_an_earlier_checkpoint_sets_the_later_ones_aside(tiny_llm_dir, 
     reseeded = recipe(tiny_llm_dir, corpus, run, grad_accum=1, max_updates=3, overrides=["train.seed=999"])
     with pytest.raises(ConfigError, match=f"(?s)the recipe differs from {run / ck.RECIPE_FILE}.*train.seed: 0 -> 999"):
         rs.check_resume_recipe(reseeded, aside)
+    # ... and it is this run's own: resumed in its folder, not refused as an earlier run's (whose --overwrite would
+    # have deleted the folder being resumed)
+    from llmasr.train.run_dir import RunDirError, check_run_start
+
+    assert check_run_start(run, str(aside / ck.tag_for(3)), False, None, clear=False) == []
+    with pytest.raises(RunDirError, match="which --resume continues from: give only one of them"):
+        check_run_start(run, str(aside / ck.tag_for(3)), True, None)
+    assert (aside / ck.tag_for(3)).is_dir()
 
 
 def test_training_data_that_changed_on_disk_is_refused(tiny_llm_dir, tmp_path):
