@@ -28,7 +28,8 @@ class AudioError(Exception):
 MP3_FRAME = 1152  # samples an MPEG-1 layer III frame decodes to
 MP3_PREROLL = 8 * MP3_FRAME  # more than the bit reservoir can reach back
 _WAV_DATA = re.compile(r"^\s*data\s*:\s*(\d+)\s*\(should be (\d+)\)", re.MULTILINE)
-_UNKNOWN_SIZE = (0xFFFFFFFF, 0x7FFFFFFF)  # what a writer that streams (not knowing the length) puts in the header
+# What a writer that streams (not knowing the length) puts in the header: 0xFFFFFFFF, 0x7FFFFFFF, SoX's 0x7FFFF000.
+UNKNOWN_SIZE_FROM = 0x7FFF0000
 
 
 def _cut_short(header_log: str) -> str | None:
@@ -39,9 +40,23 @@ def _cut_short(header_log: str) -> str | None:
     if not m:
         return None
     declared, present = int(m.group(1)), int(m.group(2))
-    if declared in _UNKNOWN_SIZE or declared - present <= max(1024, present // 100):
+    if declared >= UNKNOWN_SIZE_FROM or declared - present <= max(1024, present // 100):
         return None
     return f"truncated: its header declares {declared} bytes of audio, the file holds {present} (a copy cut short?)"
+
+
+def _mp3_length_known(path: str) -> bool:
+    """Whether an MP3 states its length (a Xing, Info or VBRI frame after any ID3v2 tag): without one the decoder
+    guesses it from the first frame's bitrate (a VBR file that opens on silence reads four times too long), so a
+    shortfall there is no sign of a file cut short."""
+    with open(path, "rb") as f:
+        head = f.read(10)
+        skip = 0
+        if head[:3] == b"ID3" and len(head) == 10:
+            skip = 10 + sum((b & 0x7F) << (7 * (3 - i)) for i, b in enumerate(head[6:10]))
+        f.seek(skip)
+        first = f.read(4096)
+    return any(tag in first for tag in (b"Xing", b"Info", b"VBRI"))
 
 
 def _open_error(path: str | Path, err: Exception) -> AudioError:
@@ -107,7 +122,8 @@ def load_audio(
             raise AudioError(path, short)
         # an MP3 frame decodes from the bit reservoir of the frames before it: decoding from a seek point gives
         # silence or garbage for its first tens of milliseconds, so the read starts that much earlier
-        lead = min(first, MP3_PREROLL) if f.format == "MP3" else 0
+        is_mp3 = f.format == "MP3"
+        lead = min(first, MP3_PREROLL) if is_mp3 else 0
         try:
             if first:
                 f.seek(first - lead)
@@ -117,7 +133,8 @@ def load_audio(
     if data.shape[0] == 0:
         raise AudioError(path, "empty audio (0 samples decoded)")
     # (an MP3's length from its header can be off by a frame or two, or by a tag at its end)
-    if data.shape[0] < last - first - max(2 * MP3_FRAME, (last - first) // 100):
+    short = data.shape[0] < last - first - max(2 * MP3_FRAME, (last - first) // 100)
+    if short and (not is_mp3 or _mp3_length_known(path)):
         raise AudioError(
             path, f"truncated: {data.shape[0]} of the {last - first} samples its header declares decode (a copy or "
             "download cut short?)"

@@ -282,15 +282,27 @@ def test_a_file_cut_short_is_refused_not_read_as_a_shorter_clip(tmp_path):
             read(cut)
     streamed = bytearray(data)
     at = streamed.index(b"data") + 4
-    streamed[at : at + 4] = (0xFFFFFFFF).to_bytes(4, "little")
-    (tmp_path / "streamed.wav").write_bytes(bytes(streamed))
-    np.testing.assert_allclose(load_audio(tmp_path / "streamed.wav", sample_rate=16000), x, atol=1e-4)
+    for unknown in (0xFFFFFFFF, 0x7FFFF000):  # a streaming writer's, SoX's into a pipe
+        streamed[at : at + 4] = unknown.to_bytes(4, "little")
+        (tmp_path / "streamed.wav").write_bytes(bytes(streamed))
+        np.testing.assert_allclose(load_audio(tmp_path / "streamed.wav", sample_rate=16000), x, atol=1e-4)
     if MP3:
         sf.write(tmp_path / "whole.mp3", x, 16000, format="MP3", subtype="MPEG_LAYER_III")
         data = (tmp_path / "whole.mp3").read_bytes()
         (tmp_path / "cut.mp3").write_bytes(data[: len(data) // 2])
         with pytest.raises(AudioError, match=r"cut.mp3: truncated: \d+ of the 32000 samples its header declares"):
             load_audio(tmp_path / "cut.mp3", sample_rate=16000)
+        # a VBR MP3 without a Xing frame (a pipe's): its length is a guess from its first, silent frame, four times
+        # too long, and no sign of a cut; it reads whole
+        quiet = np.concatenate([np.zeros(8000, np.float32), x[:24000]])
+        sf.write(tmp_path / "vbr.mp3", quiet, 16000, format="MP3", subtype="MPEG_LAYER_III", bitrate_mode="VARIABLE")
+        data = (tmp_path / "vbr.mp3").read_bytes()
+        assert b"Xing" in data[:4096] or b"Info" in data[:4096]
+        rates = (0, 8, 16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128, 144, 160)  # MPEG-2 layer III, kbps
+        xing_frame = 72 * rates[data[2] >> 4] * 1000 // 16000 + ((data[2] >> 1) & 1)
+        (tmp_path / "noxing.mp3").write_bytes(data[xing_frame:])
+        assert sf.info(str(tmp_path / "noxing.mp3")).frames > 1.5 * len(quiet)  # the guess
+        assert abs(len(load_audio(tmp_path / "noxing.mp3", sample_rate=16000)) - len(quiet)) < 4 * 1152
 
 
 @pytest.mark.skipif(not MP3, reason="this libsndfile has no MP3")
