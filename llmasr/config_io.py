@@ -326,5 +326,12 @@ def to_dict(obj: Any) -> Any:
     return obj
 
 
+class _Dumper(yaml.SafeDumper):
+    """Quotes what _Loader would not read back as the text it is (None)."""
+
+
+_Dumper.add_implicit_resolver("tag:llmasr,none", re.compile(r"^None$"), ["N"])
+
+
 def dump_yaml(obj: Any, path: str | Path) -> None:
-    write_atomic(path, yaml.safe_dump(to_dict(obj), sort_keys=False))  # a cut-short YAML would parse
+    write_atomic(path, yaml.dump(to_dict(obj), Dumper=_Dumper, sort_keys=False))  # a cut-short YAML would parse

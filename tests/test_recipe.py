@@ -262,6 +262,10 @@ def test_yaml_1_1_spellings_that_change_a_value_are_refused(tmp_path):
     quoted = ["model.prompt.system='None'", "train.output_dir=0755", "train.seed=0", "model.prompt.task='yes'"]
     r = load_recipe(data={}, overrides=quoted)
     assert (r.model.prompt.system, r.train.output_dir, r.train.seed, r.model.prompt.task) == ("None", "0755", 0, "yes")
+    from llmasr.config_io import dump_yaml, load_yaml
+
+    dump_yaml(r, tmp_path / "saved.yaml")  # as RUN_DIR/recipe.yaml: the text None written quoted, read back as text
+    assert load_yaml(tmp_path / "saved.yaml")["model"]["prompt"]["system"] == "None"
     (tmp_path / "r.yaml").write_text("model:\n  prompt:\n    system: None\n")
     with pytest.raises(ConfigError, match=r"r.yaml: not valid YAML: None is the text 'None'"):
         load_recipe(tmp_path / "r.yaml")
