@@ -7,6 +7,7 @@ Everything is typed and validated here, once, before any model or data is touche
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,6 +17,8 @@ from llmasr.data.config import DataConfig
 from llmasr.models.config import ModelConfig
 from llmasr.models.decoding import DecodeConfig
 from llmasr.train.config import OptimConfig, TrainConfig
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -42,13 +45,32 @@ class Recipe:
                 f"{ctc.weight}); set model.ctc.weight > 0 or decode.timestamps false"
             )
 
+    @staticmethod
+    def saved_data(data: dict, where) -> dict:
+        """A run's saved recipe (RUN_DIR/recipe.yaml) as read now: what an older llmasr let a run keep and a new
+        run is refused is turned off, with a warning, so that its run still resumes, exports and decodes
+        (decode.timestamps without a CTC head: nothing could time its words)."""
+        decode = data.get("decode") if isinstance(data.get("decode"), dict) else {}
+        ctc = ((data.get("model") or {}).get("ctc") or {}) if isinstance(data.get("model"), dict) else {}
+        weight = ctc.get("weight", 0.0) if isinstance(ctc, dict) else 0.0
+        if decode.get("timestamps") and isinstance(weight, (int, float)) and weight <= 0:
+            log.warning("%s: decode.timestamps is true but the model has no CTC head to time words: read as false",
+                        where)  # fmt: skip
+            data = {**data, "decode": {**decode, "timestamps": False}}
+        return data
 
-def load_recipe(path: str | Path | None = None, overrides: list[str] | None = None, *, data: dict | None = None):
-    """Recipe from a YAML file (or a dict), with `key.path=value` overrides applied before validation."""
+
+def load_recipe(
+    path: str | Path | None = None, overrides: list[str] | None = None, *, data: dict | None = None,
+    saved: bool = False,
+):  # fmt: skip
+    """Recipe from a YAML file (or a dict), with `key.path=value` overrides applied before validation. `saved`: the
+    file is a run's RUN_DIR/recipe.yaml (Recipe.saved_data)."""
     if data is None:
         if path is None:
             raise ConfigError("load_recipe needs a recipe path or a dict")
         data = load_yaml(path)
+        data = Recipe.saved_data(data, path) if saved else data
         # paths are relative to the recipe file, so recipes can be moved with their assets
         resolve_paths(Recipe, data, Path(path).resolve().parent)
     data = apply_overrides(data, list(overrides or []))

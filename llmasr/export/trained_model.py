@@ -221,7 +221,7 @@ def run_recipe(run_dir: Path, *, trust_remote_code: bool = False):
     if not recipe_path.is_file():
         raise CheckpointError(f"{recipe_path}: missing; the run's resolved recipe is needed to rebuild the model")
     try:
-        recipe = load_recipe(recipe_path)
+        recipe = load_recipe(recipe_path, saved=True)
     except ConfigError as err:
         raise CheckpointError(f"{recipe_path}: {err}") from err
     _check_remote_code(recipe, recipe_path, trust_remote_code)

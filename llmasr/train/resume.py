@@ -131,6 +131,8 @@ def saved_recipe_dict(path: Path, recipe_type: type) -> dict:
     type comes from the caller's recipe: the training library stays below the recipe loader."""
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        if isinstance(data, dict) and hasattr(recipe_type, "saved_data"):
+            data = recipe_type.saved_data(data, path)
         for base in (path.parent, Path.cwd()):  # as load_recipe reads paths: a run saved with relative ones compares
             if isinstance(data, dict):
                 resolve_paths(recipe_type, data, base)

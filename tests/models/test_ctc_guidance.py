@@ -331,3 +331,30 @@ def test_word_timestamps_without_a_ctc_head_are_refused_in_the_recipe_and_can_be
     args = ["--model", "m", "--data", "d.jsonl", "--output", "o"]
     assert build_parser().parse_args([*args, "--no-timestamps"]).timestamps is False
     assert build_parser().parse_args(args).timestamps is None  # the model's own setting
+
+
+def test_a_run_saved_with_timestamps_and_no_ctc_head_still_resumes_and_exports(tmp_path, caplog):
+    """An older llmasr let such a run train: its RUN_DIR/recipe.yaml is read with timestamps off (and a warning),
+    so resume compares, and export and decode --checkpoint load it."""
+    import logging
+
+    import yaml
+
+    from llmasr.recipe import Recipe, load_recipe
+    from llmasr.train import resume as rs
+
+    saved = tmp_path / "run" / "recipe.yaml"
+    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
+    saved.write_text(yaml.safe_dump({"model": {"ctc": {"weight": 0.0}}, "decode": {"timestamps": True}}))
+    with caplog.at_level(logging.WARNING, logger="llmasr"):
+        assert load_recipe(saved, saved=True).decode.timestamps is False
+    assert "decode.timestamps is true but the model has no CTC head to time words: read as false" in caplog.text
+    assert (
+        rs.check_resume_recipe(load_recipe(data={"model": {"ctc": {"weight": 0.0}}}), tmp_path / "run" / "checkpoints")
+        == []
+    )
+    with pytest.raises(ConfigError, match="decode.timestamps: word times come from the CTC head"):
+        load_recipe(saved)  # as a new run's recipe it is refused
+    assert Recipe.saved_data({"decode": {"timestamps": True}, "model": {"ctc": {"weight": 0.3}}}, "r.yaml")[
+        "decode"
+    ] == {"timestamps": True}
