@@ -183,8 +183,9 @@ def _check_layout(ds: dict, bf16_key: str, source: str) -> None:
             )
 
 
-# Keys DeepSpeed accepts whose effect llmasr does otherwise or not at all: (dotted key, refused unless its value is
-# one of these, why). `None` as the only value: refused whenever present.
+# Keys DeepSpeed accepts whose effect llmasr does otherwise or not at all: (dotted key, the values that change
+# nothing and pass, why the others are refused). The sections of DeepSpeed's own activation checkpointing and data
+# loader pass while every value in them is off (copied configs carry such blocks).
 _OWNED: tuple[tuple[str, tuple, str], ...] = (
     ("gradient_allreduce_op", ("mean",), "llmasr's gradients are means over the ranks (sum would make them world "
                                           "size times larger under train.grad_clip): remove it"),
@@ -196,33 +197,50 @@ _OWNED: tuple[tuple[str, tuple, str], ...] = (
                                               "llmasr records and checks them as soon as it does: remove it"),
     ("datastates_ckpt", (False,), "DataStates writes checkpoints in the background, and llmasr records and checks "
                                   "them as soon as save returns: remove it"),
-    ("zero_optimization.cpu_offload", (None,), 'an old spelling: write "offload_optimizer": {"device": "cpu"}'),
-    ("zero_optimization.cpu_offload_param", (None,), 'an old spelling: write "offload_param": {"device": "cpu"}'),
-    ("zero_optimization.cpu_offload_use_pin_memory", (None,), 'an old spelling: write "pin_memory" inside '
-                                                              "offload_optimizer / offload_param"),
-    ("activation_checkpointing", (None,), "DeepSpeed applies it only to models that call its own checkpointing; "
-                                          "set model.llm.gradient_checkpointing (and checkpoint_every) or "
-                                          "model.encoder.gradient_checkpointing in the recipe"),
-    ("data_efficiency", (None,), "it acts only through DeepSpeed's own data loader, which llmasr does not use "
-                                 "(data.batching in the recipe decides the batches)"),
-    ("dataloader_drop_last", (None,), "it acts only through DeepSpeed's own data loader, which llmasr does not use: "
-                                      "set data.batching.drop_last in the recipe"),
+    ("zero_optimization.cpu_offload", (False, None), 'an old spelling: write "offload_optimizer": {"device": "cpu"}'),
+    ("zero_optimization.cpu_offload_param", (False, None), 'an old spelling: write "offload_param": '
+                                                           '{"device": "cpu"}'),
+    ("zero_optimization.cpu_offload_use_pin_memory", (False, None), 'an old spelling: write "pin_memory" inside '
+                                                                    "offload_optimizer / offload_param"),
+    ("activation_checkpointing", ("off",), "DeepSpeed applies it only to models that call its own checkpointing; "
+                                           "set model.llm.gradient_checkpointing (and checkpoint_every) or "
+                                           "model.encoder.gradient_checkpointing in the recipe"),
+    ("data_efficiency", ("off",), "it acts only through DeepSpeed's own data loader, which llmasr does not use "
+                                  "(data.batching in the recipe decides the batches)"),
+    ("dataloader_drop_last", (False,), "it acts only through DeepSpeed's own data loader, which llmasr does not "
+                                       "use: set data.batching.drop_last in the recipe"),
 )  # fmt: skip
 
 
+def _off(value) -> bool:
+    """Every value in it false, zero, empty or null (a section that switches nothing on)."""
+    if isinstance(value, dict):
+        return all(_off(v) for v in value.values())
+    if isinstance(value, list):
+        return all(_off(v) for v in value)
+    return not value
+
+
 def _check_owned(ds: dict, source: str) -> None:
-    """Refuse the keys of _OWNED, and a zero_optimization that is not an object (DeepSpeed reads `true` as stage 1,
-    llmasr would count stage 0)."""
-    if "zero_optimization" in ds and not isinstance(ds["zero_optimization"], dict):
+    """Refuse the keys of _OWNED, and a zero_optimization that is true (DeepSpeed reads it as stage 1, llmasr would
+    count stage 0) or neither false (dropped: stage 0) nor an object."""
+    if ds.get("zero_optimization") is False:  # DeepSpeed's stage 0, as no section at all
+        del ds["zero_optimization"]
+    zero = ds.get("zero_optimization")
+    if zero is not None and not isinstance(zero, dict):
         raise ConfigError(
-            f'{source}: "zero_optimization" is {json.dumps(ds["zero_optimization"])}; write it as an object, e.g. '
+            f'{source}: "zero_optimization" is {json.dumps(zero)}; write it as an object, e.g. '
             '"zero_optimization": {"stage": 2}'
         )
     for key, allowed, why in _OWNED:
         *parents, last = key.split(".")
         node = _get(ds, ".".join(parents)) if parents else ds
-        if isinstance(node, dict) and last in node and (allowed == (None,) or node[last] not in allowed):
-            raise ConfigError(f"{source}: {key} is {json.dumps(node[last])}; {why}")
+        if not isinstance(node, dict) or last not in node:
+            continue
+        value = node[last]
+        if _off(value) if allowed == ("off",) else value in allowed and not isinstance(value, dict):
+            continue
+        raise ConfigError(f"{source}: {key} is {json.dumps(value)}; {why}")
 
 
 _DTYPES = {"fp32": ("fp32", "float32", "float", "torch.float32"), "bf16": ("bf16", "bfloat16", "torch.bfloat16"),
@@ -237,7 +255,7 @@ def _check_accumulation_dtype(ds: dict, bf16_key: str, precision: str, source: s
     if dtype is None or dtype in _DTYPES[precision]:
         return
     stage = _get(ds, "zero_optimization.stage") or 0
-    offload = _get(ds, "zero_optimization.offload_optimizer.device") not in (None, "none")
+    offload = _get(ds, "zero_optimization.offload_optimizer.device") == "cpu"  # as DeepSpeed's zero_cpu_offload()
     if stage == 0 or (stage == 1 and precision == "bf16" and dtype in _DTYPES["fp32"] and not offload):
         why = "DeepSpeed does not run that mix" if stage == 0 else "its checkpoints (BF16_Optimizer) cannot be exported"
         raise ConfigError(

@@ -193,9 +193,21 @@ def test_settings_deepspeed_takes_but_llmasr_does_otherwise_are_refused(raw, mes
         {"gradient_allreduce_op": "mean", "checkpoint": {"load_universal": False, "checkpoint_serialization": True}},
         {"zero_optimization": {"stage": 2}, "data_types": {"grad_accum_dtype": "fp32"}},
         {"zero_optimization": {"stage": 1}, "data_types": {"grad_accum_dtype": "bf16"}},
+        # what switches nothing on passes: copied configs carry such blocks
+        {"dataloader_drop_last": False, "data_efficiency": {"enabled": False, "seed": 0}},
+        {
+            "activation_checkpointing": {
+                "partition_activations": False,
+                "cpu_checkpointing": False,
+                "number_checkpoints": None,
+            }
+        },
+        {"zero_optimization": {"stage": 2, "cpu_offload": False}},
     ]
     for ok in kept:
         assert resolve_ds_config(ok, train_cfg(), world_size=2)
+    off = resolve_ds_config({"zero_optimization": False}, train_cfg(), world_size=2)  # DeepSpeed's stage 0
+    assert "zero_optimization" not in off and zero_stage(off) == 0
 
 
 def test_a_key_written_twice_is_refused(tmp_path):
