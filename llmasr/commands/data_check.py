@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import functools
 import re
+from pathlib import Path
 
 from llmasr.config_io import ConfigError, from_dict, to_dict
 from llmasr.data.check import check_data, format_report
@@ -28,7 +29,7 @@ BATCHING_OPTIONS = (
 )  # fmt: skip
 
 
-OVERRIDE = re.compile(r"^[A-Za-z_][\w.]*=")  # a recipe override, not a manifest path (data/lang=en/x.jsonl)
+OVERRIDE = re.compile(r"^[A-Za-z_][\w.]*=")  # a recipe override, unless a file of that name exists
 
 
 def _at_least_one(text: str) -> int:
@@ -135,7 +136,7 @@ def hear(args: argparse.Namespace, manifests: list[str], sample_rate: int):
 def main(argv: list[str] | None = None) -> int:
     p = build_parser()
     args = p.parse_intermixed_args(argv)  # overrides may come before and after the options
-    overrides = [a for a in args.manifests if OVERRIDE.match(a)]
+    overrides = [a for a in args.manifests if OVERRIDE.match(a) and not Path(a).exists()]  # lang=en/x.jsonl: a file
     if overrides and not args.recipe:
         p.error(f"{overrides[0]}: a recipe override needs --recipe")
     # typed, manifest paths resolved against it; its am.mvn may not be written yet (llmasr data cmvn writes it) and

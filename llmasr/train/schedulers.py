@@ -130,7 +130,7 @@ def warmup_warnings(optim_cfg: OptimConfig, branches: Iterable[str], total: int)
     for branch in sorted(set(branches)):
         cfg = optim_cfg.branch(branch)
         warmup = cfg.scheduler.warmup_updates(total) if cfg.scheduler.type != "tri_stage" else 0
-        if warmup >= total:
+        if warmup > total:  # (a warmup of exactly the run reaches its peak at the last update)
             last = schedule_lr(cfg.scheduler, total - 1, cfg.lr, total)
             out.append(
                 f"optim: the {branch} branch warms up over {warmup} updates, but the run has {total}: its lr ends at "

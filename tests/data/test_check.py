@@ -119,7 +119,7 @@ def test_main_reads_recipe(manifest, tmp_path, capsys):
     assert "max_seconds=10" in capsys.readouterr().out
 
 
-def test_a_recipe_takes_overrides_and_needs_no_cmvn_file_yet(manifest, tmp_path, capsys):
+def test_a_recipe_takes_overrides_and_needs_no_cmvn_file_yet(manifest, tmp_path, capsys, monkeypatch):
     """`key=value` arguments had been read as manifest paths, and a recipe naming the am.mvn `llmasr data cmvn` is
     about to write was refused for the missing file, which counting frames never reads."""
     recipe = tmp_path / "r.yaml"
@@ -135,6 +135,12 @@ def test_a_recipe_takes_overrides_and_needs_no_cmvn_file_yet(manifest, tmp_path,
         assert exit_.value.code == 2
     err = capsys.readouterr().err
     assert "data.batching.max_seconds=7: a recipe override needs --recipe" in err and "must be at least 1" in err
+    hive = tmp_path / "lang=en"  # a partitioned folder's manifest is a manifest, not an override
+    hive.mkdir()
+    (hive / "train.jsonl").write_bytes(manifest.read_bytes())
+    monkeypatch.chdir(tmp_path)
+    assert main(["lang=en/train.jsonl", "--max-seconds", "10"]) in (0, 1)
+    assert "lang=en/train.jsonl" in capsys.readouterr().out
 
 
 def test_unopenable_manifest_is_an_error(tmp_path, capsys):
