@@ -57,6 +57,7 @@ def writing(out: Path, *, flag: str, error=ValueError):
     """Hold OUT's lock while the block writes it; refused with `error` naming `flag` when another process holds it.
     The lock file goes when the block ends; one that a killed writer left is taken over (the lock died with it)."""
     path = _hidden(out, "lock")
+    made = [d for d in (path.parent, *path.parent.parents) if not d.exists()]  # removed again if nothing is written
     path.parent.mkdir(parents=True, exist_ok=True)
     while True:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -81,6 +82,9 @@ def writing(out: Path, *, flag: str, error=ValueError):
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
         os.close(fd)
+        for folder in made:  # innermost first; a refused write leaves no folders of a mistyped OUT behind
+            with contextlib.suppress(OSError):
+                folder.rmdir()
 
 
 def publish(tmp: Path, out: Path) -> None:

@@ -347,6 +347,9 @@ def test_shard_size_in_bytes_or_with_a_unit_and_refused_before_loading(runs, tmp
     out = tmp_path / "sharded"
     assert main(["--checkpoint", str(runs[0]), "--output", str(out), "--max-shard-size", "5GiB"]) == 2
     assert "--max-shard-size '5GiB'" in capsys.readouterr().err and not out.exists()
+    nested = tmp_path / "np" / "a" / "out"  # a refused export leaves no folders of its output behind
+    assert main(["--checkpoint", str(runs[0]), "--output", str(nested), "--max-shard-size", "5GiB"]) == 2
+    assert not (tmp_path / "np").exists()
     assert main(["--checkpoint", str(runs[0]), "--output", str(out), "--max-shard-size", "20000"]) == 0
     assert len(list((out / "llm").glob("model-*.safetensors"))) > 1
     load_exported(out)
