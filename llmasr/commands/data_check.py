@@ -11,6 +11,7 @@ import functools
 import re
 from pathlib import Path
 
+from llmasr.commands.data_cmvn import at_least_one
 from llmasr.config_io import ConfigError, from_dict, to_dict
 from llmasr.data.check import check_data, format_report
 from llmasr.data.config import DataConfig
@@ -32,16 +33,6 @@ BATCHING_OPTIONS = (
 OVERRIDE = re.compile(r"^[A-Za-z_][\w.]*=")  # a recipe override, unless a file of that name exists
 
 
-def _at_least_one(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="llmasr data check", description=__doc__.split(":", 1)[1].strip())
     p.add_argument(
@@ -50,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     p.add_argument("--recipe", help="recipe YAML: its data: section gives batching, filters and max_bad_fraction")
     p.add_argument("--valid", action="store_true", help="with --recipe and no manifests: check data.valid")
-    p.add_argument("--world-size", type=_at_least_one, default=1)
+    p.add_argument("--world-size", type=at_least_one, default=1)
     budget = p.add_mutually_exclusive_group()  # the batch budget is one or the other
     budget.add_argument("--max-seconds", type=float)
     budget.add_argument("--max-frames", type=int)

@@ -12,7 +12,7 @@ from llmasr.models.builder import encoder_frontend
 from llmasr.recipe import load_recipe
 
 
-def _at_least_one(text: str) -> int:
+def at_least_one(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
@@ -46,9 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=_fraction,
         help="unusable utterances allowed (default: the recipe's data.max_bad_fraction, else 0.05)",
     )
-    p.add_argument(
-        "--max-utts", type=_at_least_one, help="read at most this many utterances, spread over the manifests"
-    )
+    p.add_argument("--max-utts", type=at_least_one, help="read at most this many utterances, spread over the manifests")
     return p
 
 
