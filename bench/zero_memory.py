@@ -8,7 +8,7 @@ Each preset runs `deepspeed --num_gpus <ranks> bench/_zero_memory_worker.py` (on
 launcher starts CPU ranks that talk over gloo). The worker resolves the preset with llmasr's resolve_ds_config,
 initialises the engine with AdamW over every parameter, runs one step, and counts the storage bytes each rank holds
 (params, gradients and engine buffers, optimizer states, reduce buckets) after initialize, during backward, after
-backward and after the step. The estimates: llmasr.train.ds_config.estimate_zero_memory (its "device" figure) and
+backward and after the step. The estimates: llmasr.train.zero_memory.estimate_zero_memory (its "device" figure) and
 DeepSpeed's estimate_zero2_model_states_mem_needs / estimate_zero3_model_states_mem_needs (no offload,
 additional_buffer_factor 1; they exist for stages 2 and 3 and assume 16-bit weights with fp32 Adam).
 """
@@ -73,7 +73,7 @@ def estimates(res: dict) -> dict:
     from deepspeed.runtime.zero.stage3 import estimate_zero3_model_states_mem_needs
     from deepspeed.runtime.zero.stage_1_and_2 import estimate_zero2_model_states_mem_needs
 
-    from llmasr.train.ds_config import estimate_zero_memory
+    from llmasr.train.zero_memory import estimate_zero_memory
 
     n, w, stage = res["num_params"], res["world_size"], res["stage"]
     ours = estimate_zero_memory(

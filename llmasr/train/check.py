@@ -21,7 +21,7 @@ from llmasr.models.fsmn_vad import load_vad
 from llmasr.models.fused_kernels import check_fused_kernels
 from llmasr.run_dir import RECIPE_FILE, read_meta, resolve_resume, resume_or_start
 from llmasr.train.checkpoint_space import CheckpointSpace, size_text
-from llmasr.train.ds_config import estimate_zero_memory, resolve_ds_config, zero_stage
+from llmasr.train.ds_config import resolve_ds_config, zero_stage
 from llmasr.train.ds_files import read_client_state
 from llmasr.train.engine import offloads_optimizer
 from llmasr.train.param_groups import build_param_groups, describe_param_groups
@@ -32,6 +32,7 @@ from llmasr.train.resume import check_checkpoint
 from llmasr.train.run_dir import RunDirError, check_lock, check_run_start
 from llmasr.train.schedulers import branch_of_group, lr_curve, warmup_warnings
 from llmasr.train.universal import batches_left, resized_total
+from llmasr.train.zero_memory import estimate_zero_memory
 
 
 def param_counts(model) -> dict:
