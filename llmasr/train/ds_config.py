@@ -182,6 +182,11 @@ def _check_layout(ds: dict, bf16_key: str, source: str) -> None:
                 f"{source}: zero_optimization.{block}.device is {device!r} but zero_optimization.stage is {stage}; "
                 f"{block} needs stage {lowest} or more (the presets zero2_offload and zero3_offload offload)"
             )
+        if device == "nvme" and not _get(ds, f"zero_optimization.{block}.nvme_path"):
+            raise ConfigError(
+                f"{source}: zero_optimization.{block}.device is 'nvme' but {block}.nvme_path is not set: name the "
+                "folder on the NVMe drive to swap to (DeepSpeed fails on it only once the model is built)"
+            )
 
 
 # Keys DeepSpeed accepts whose effect llmasr does otherwise or not at all: (dotted key, the values that change

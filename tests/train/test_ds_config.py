@@ -142,6 +142,8 @@ def test_fp16_and_bf16_both_enabled():
         ({"zero_optimization": {"stage": "1", "offload_param": {"device": "cpu"}}},
          r'zero_optimization.stage is "1"; write 0, 1, 2 or 3 \(a number\)'),
         ({"zero_optimization": {"stage": 4}}, r"zero_optimization.stage is 4; write 0, 1, 2 or 3"),
+        ({"zero_optimization": {"stage": 3, "offload_param": {"device": "nvme"}}},
+         r"offload_param.device is 'nvme' but offload_param.nvme_path is not set"),
         ({"torch_autocast": {"enabled": True, "dtype": "torch.bfloat16"}},
          r"torch_autocast is enabled; it would run the forward in its own dtype whatever train.precision says"),
     ],
