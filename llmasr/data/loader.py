@@ -194,8 +194,8 @@ def _hotword_sampler(data_cfg: DataConfig, manifest, *, train: bool, rank: int):
     if rank == 0:
         h = data_cfg.hotwords
         log.info(
-            "hotwords: lists drawn (source %s, %s n-grams %s, true phrases %s, list size %s, empty share %g), %d units "
-            "counted, distractor pool %d phrases (%s)", h.source, h.unit, h.ngram, h.true_phrases, h.list_size,
+            "hotwords: lists drawn (source %s, unit %s, n-grams %s, true phrases %s, list size %s, empty share %g), "
+            "%d units counted, distractor pool %d phrases (%s)", h.source, h.unit, h.ngram, h.true_phrases, h.list_size,
             h.empty_prob, len(sampler.stats.counts), len(sampler.pool), h.distractors,
         )  # fmt: skip
     return sampler

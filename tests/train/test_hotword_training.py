@@ -62,7 +62,7 @@ def test_training_with_hotwords_end_to_end(tiny_llm_dir, corpus, tmp_path):
     assert len(result["history"]) == 3 and all(math.isfinite(h["loss"]) for h in result["history"])
     assert sum(h["hotword_lists"] for h in result["history"]) > 0
     log = (run / "train.log").read_text()
-    assert "hotwords: lists drawn (source manifest_or_sample, word n-grams [1, 2]" in log
+    assert "hotwords: lists drawn (source manifest_or_sample, unit auto, n-grams [1, 2]" in log
     rows = [parse_log_line(line) for line in log.splitlines() if " train update=" in line]
     assert sum(row.get("hw_lists", 0) for row in rows) == sum(h["hotword_lists"] for h in result["history"])
     # a 4-token cap on lists of 3-4 phrases drops some, and the log counts them
