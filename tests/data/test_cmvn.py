@@ -42,7 +42,7 @@ def test_cmvn_matches_direct_statistics(tmp_path):
     fe = FrontendConfig(lfr_m=7, lfr_n=6, cmvn_file=None)
     out = tmp_path / "exp" / "am.mvn"
     shift, scale = compute_global_cmvn([path], fe, out)
-    raw = FeatureExtractor(fe)
+    raw = FeatureExtractor(FrontendConfig(lfr_m=7, lfr_n=6, cmvn_file=None, dither=0.0))  # the statistics' features
     allf = np.concatenate([raw(w, train=False) for w in waves]).astype(np.float64)
     np.testing.assert_allclose(shift, -allf.mean(axis=0), rtol=1e-5, atol=1e-4)
     np.testing.assert_allclose(scale, 1 / allf.std(axis=0), rtol=1e-4)
@@ -50,10 +50,25 @@ def test_cmvn_matches_direct_statistics(tmp_path):
     np.testing.assert_allclose(s2, shift, rtol=1e-6)
     np.testing.assert_allclose(r2, scale, rtol=1e-6)
     # applying it normalises the training features
-    normed = FeatureExtractor(FrontendConfig(lfr_m=7, lfr_n=6, cmvn_file=str(out)))
+    normed = FeatureExtractor(FrontendConfig(lfr_m=7, lfr_n=6, cmvn_file=str(out), dither=0.0))
     alln = np.concatenate([normed(w, train=False) for w in waves])
     np.testing.assert_allclose(alln.mean(axis=0), 0, atol=1e-3)
     np.testing.assert_allclose(alln.std(axis=0), 1, atol=1e-3)
+
+
+def test_the_statistics_are_of_undithered_features(tmp_path):
+    """Digital silence reads log(epsilon) undithered: the statistics are of those features, as they always were;
+    statistics of dithered ones (a narrower std) trained the demo's model to a worse WER."""
+    x = (np.random.default_rng(1).standard_normal(SR) * 0.05).astype(np.float32)
+    x[4000:12000] = 0.0
+    sf.write(tmp_path / "s.wav", x, SR, subtype="FLOAT")
+    (tmp_path / "m.jsonl").write_text(json.dumps({"key": "s", "source": "s.wav", "target": "w"}) + "\n")
+    fe = FrontendConfig(lfr_m=7, lfr_n=6, cmvn_file=None, dither=1.0)
+    shift, scale = compute_global_cmvn([tmp_path / "m.jsonl"], fe, tmp_path / "am.mvn")
+    plain = FeatureExtractor(FrontendConfig(lfr_m=7, lfr_n=6, cmvn_file=None, dither=0.0))(x, train=False)
+    np.testing.assert_allclose(scale, 1 / plain.astype(np.float64).std(axis=0), rtol=1e-4)
+    dithered = FeatureExtractor(fe)(x, train=False).astype(np.float64)
+    assert np.abs(scale * dithered.std(axis=0) - 1).max() > 0.05
 
 
 def test_cmvn_max_utts_and_existing_cmvn_ignored(tmp_path):
