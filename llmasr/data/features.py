@@ -17,10 +17,10 @@ and older ones fill the empty bins with log(epsilon). The limit follows from the
 Dither (fbank): Gaussian noise of standard deviation `dither` (in the scaled, int16-like domain) is added to the
 waveform before extraction, with the library's own dither at 0. Kaldi draws fresh noise per frame; adding it once
 per sample gives the same per-frame noise level (overlapping frames then share their noise). Training draws it
-from the caller's numpy Generator (a seeded run is reproducible). Validation, decoding and CMVN statistics dither
-too, as FunASR's frontend does everywhere: without it a digitally silent frame reads log(epsilon), far below
-anything training showed the model, and it inflates the CMVN variance. Their noise is drawn from the audio itself
-(`content_rng`), so the same audio gives the same features whatever batch, rank or position it comes in.
+from the caller's numpy Generator (a seeded run is reproducible). Validation and decoding dither too, as FunASR's
+frontend does: without it a digitally silent frame reads log(epsilon), far below anything training showed the
+model. Their noise is drawn from the audio itself (`content_rng`), so the same audio gives the same features
+whatever batch, rank or position it comes in. (CMVN statistics are taken without dither: llmasr.data.cmvn.)
 """
 
 from __future__ import annotations
