@@ -179,7 +179,7 @@ def test_hotword_recipe_trains_through_its_data_path(name, stand_ins, tmp_path):
     result = train(recipe, "zero0")
     assert len(result["history"]) == 1 and torch.isfinite(torch.tensor(result["history"][0]["loss"]))
     log = (tmp_path / "run" / "train.log").read_text()
-    assert f"hotwords: lists drawn (source {recipe.data.hotwords.source}, {recipe.data.hotwords.unit}" in log
+    assert f"hotwords: lists drawn (source {recipe.data.hotwords.source}, unit {recipe.data.hotwords.unit}" in log
     row = next(parse_log_line(line) for line in log.splitlines() if " train update=" in line)
     assert row["hw_lists"] == result["history"][0]["n_utts"] > 0  # every utterance had a list (empty_prob 0)
     # its CTC head over the LLM's tokens trains, so decoding is CTC-guided and boosts the lists by default
