@@ -89,15 +89,15 @@ class CutRecord:
         if not _is_number(a) or (b is not None and not _is_number(b)):
             raise self.p.bad(f"lhotse supervision: 'start'/'duration' must be numbers, got {a!r:.30}, {b!r:.30}")
         lo, hi = float(a), duration if b is None else float(a) + float(b)
-        if min(duration, hi) - max(0.0, lo) <= 0:
+        inside = max(0.0, lo), min(duration, hi)
+        if inside[1] - inside[0] <= 0:
             raise self.p.bad(f"lhotse supervision ({a:g} s + {b} s) lies outside its cut (0-{duration:g} s)")
         if lo < -SPAN_SLACK_S or hi > duration + SPAN_SLACK_S:
             raise self.p.bad(
                 f"lhotse supervision ({a:g} s + {b} s) runs past its cut (0-{duration:g} s): its text would be paired "
                 "with part of its audio (cut with keep_excessive_supervisions=False, or trim_to_supervisions)"
             )
-        lo, hi = max(0.0, lo), min(duration, hi)
-        return start + lo, hi - lo
+        return start + inside[0], inside[1] - inside[0]
 
     def cut_channel(self, rec: dict) -> int | list[int] | None:
         """The recording channel the cut reads (None: all of a single-file recording)."""

@@ -280,9 +280,10 @@ def transcribe_loader(
                 words = sound_ends(got.timestamps[i], batch.speech_runs[i])
                 rows[idx]["timestamps"] = shift_times(words, float(batch.leads[i]), within=dur)
         if clock is not None:
+            audio = float(sum(batch.durations))
             clock.setdefault("first_batch", time.perf_counter() - t0)
-            clock.setdefault("first_batch_share", float(sum(batch.durations)))
-            clock["items_audio"] = clock.get("items_audio", 0.0) + float(sum(batch.durations))
+            clock.setdefault("first_batch_share", audio)
+            clock["items_audio"] = clock.get("items_audio", 0.0) + audio
     if clock:
         total = clock.pop("items_audio")
         clock["first_batch_share"] = clock["first_batch_share"] / total if total > 0 else 1.0
