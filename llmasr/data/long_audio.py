@@ -40,6 +40,9 @@ FRAME_S, HOP_S = 0.025, 0.010
 MIN_PAUSE_S = 0.2  # shorter silences are stop closures and breaths inside words as often as gaps between them
 TRAIL_S = 0.3  # silence a window keeps after its last speech when it ends in a pause
 MIN_SEGMENT_S = 0.5  # with split_pause, a window ends at the first long pause after this much audio
+# Speech after the last pause that spans this long is a word (a short "yes" does), and gets a window of its own
+# when the last window cannot hold it; a shorter burst is a click, and no window (LLM-ASR writes words into noise).
+MIN_WORD_S = 0.2
 # The next window starts where the first frame of its speech starts: a model trained on clips that begin with
 # their speech breaks the first word on any silence before it (measured on the demo model).
 LEAD_S = FRAME_S / 2
@@ -137,9 +140,7 @@ def plan_windows(
             break
         end, after, pause = early or _cut(db, quiet, start, n, limit, ov, sample_rate)
         windows.append(Window(start, end, overlapped))
-        if pause and (
-            n - after < MIN_SEGMENT_S * sample_rate or not (_band(db, after, n, sample_rate)[1] >= quiet).any()
-        ):
+        if pause and _speech_after(db, quiet, after, n, sample_rate) < MIN_WORD_S:
             return windows  # the pause runs to the end (or to a click too short for a window of its own)
         start, overlapped = after, not pause and ov > 0  # windows that only touch share no words to say once
     windows.append(Window(start, n, overlapped))
@@ -207,6 +208,12 @@ def _cut(db, quiet, start: int, n: int, limit: int, ov: int, sr: int) -> tuple[i
     smooth = np.convolve(band, np.ones(SMOOTH_FRAMES) / SMOOTH_FRAMES, mode="same")
     end = _nearest(lo + np.flatnonzero(smooth <= smooth.min() + QUIET_DB), target, sr)
     return end, end - ov, False
+
+
+def _speech_after(db, quiet: float, after: int, n: int, sr: int) -> float:
+    """Seconds from the start of the first to the end of the last frame at or above `quiet` in samples [after, n)."""
+    loud = np.flatnonzero(_band(db, after, n, sr)[1] >= quiet)
+    return 0.0 if loud.size == 0 else float((loud[-1] - loud[0]) * HOP_S + FRAME_S)
 
 
 def _first_pause(

@@ -199,6 +199,22 @@ def test_a_click_after_the_last_long_pause_is_no_window():
             assert all(w.end - w.start > 0.5 * SR for w in windows), (click, split_pause, windows)
 
 
+def test_a_short_word_after_the_last_pause_gets_a_window():
+    """Speech, a pause, then a short last word ("yes", 0.25-0.4 s) that the last window cannot hold: the word is
+    decoded in a window of its own (it had been dropped as if it were a click)."""
+    rng = np.random.default_rng(1)
+    for word, trail in ((0.25, 0.0), (0.35, 0.0), (0.3, 0.1)):
+        for split_pause in (0.0, 0.2):
+            parts = [rng.normal(0, 0.3, 8 * SR), rng.normal(0, 1e-3, SR), rng.normal(0, 0.3, int(word * SR))]
+            wave = np.concatenate([*parts, rng.normal(0, 1e-3, int(trail * SR))]).astype(np.float32)
+            windows = plan_windows(wave, SR, 9.0, 1.0, split_pause)
+            covered = np.zeros(len(wave), dtype=bool)
+            for w in windows:
+                covered[w.start : w.end] = True
+            assert covered[9 * SR : int((9 + word) * SR)].all(), (word, trail, split_pause, windows)
+            assert all(w.end - w.start <= 9 * SR for w in windows)
+
+
 def test_merged_segments_share_a_window_up_to_the_limit():
     spans = [(0, 2), (3, 5), (5, 6), (9, 10), (10, 17), (18, 19)]
     assert merge_segments(spans, 0) == spans
