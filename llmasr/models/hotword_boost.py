@@ -14,8 +14,10 @@ CTC guidance the boost is added to the joint score of the candidates the audio s
 does not support stays out of reach.
 
 Phrases are matched as token ids of the LLM tokenizer, as they would be written at the start of the text and after
-a space (byte-level BPE tokenizers spell the two differently). A phrase that ends in a letter or digit is complete
-only where its word ends: a token that carries the word on ("Ann" then "a": Anna) gives its bonus back. Phrases
+a space (byte-level BPE tokenizers spell the two differently). The start-of-text spelling begins a match only where
+no word is under way: at the start of the text, or after a token that does not end in a letter or digit (" jo" then
+"ann" is Joann, not Ann). A phrase that ends in a letter or digit is complete only where its word ends: a token
+that carries the word on ("Ann" then "a": Anna) gives its bonus back. Phrases
 are found leftmost first, then longest first: when a match breaks off, a phrase that begins or ends inside it is
 still found; matches never overlap, so no token is paid twice.
 """
@@ -36,6 +38,7 @@ class _Node:
     word_end: bool = False  # that phrase ends in a letter or digit: a joining token carries it on
     children: dict[int, _Node] = field(default_factory=dict)
     joining: frozenset[int] = frozenset()  # the root's: the tokenizer's joining token ids
+    ending: frozenset[int] = frozenset()  # the root's: the ids of tokens that end inside a word (word_ending_tokens)
     memo: dict = field(default_factory=dict, repr=False)  # the root's: _transition's answers
 
     @property
@@ -43,11 +46,11 @@ class _Node:
         return len(self.path)
 
 
-def phrase_trie(phrases, tokenizer, joins: torch.Tensor | None = None) -> _Node:
+def phrase_trie(phrases, tokenizer) -> _Node:
     """The token-id trie of `phrases` (each in its start-of-text and after-a-space spellings); the root keeps the
-    tokenizer's joining tokens (`joining_tokens`) for the matches stepped over it."""
-    joins = joining_tokens(tokenizer) if joins is None else joins
-    root = _Node(joining=joins if isinstance(joins, frozenset) else frozenset(joins.nonzero().flatten().tolist()))
+    tokenizer's joining and word-ending tokens (`joining_tokens`, `word_ending_tokens`) for the matches stepped
+    over it."""
+    root = _Node(joining=_ids(joining_tokens(tokenizer)), ending=_ids(word_ending_tokens(tokenizer)))
     for phrase in phrases:
         text = str(phrase).strip()
         if not text:
@@ -76,12 +79,26 @@ def _joins(token: int, joining: frozenset[int]) -> bool:
     return token in joining
 
 
+def _ids(mask: torch.Tensor) -> frozenset[int]:
+    return frozenset(mask.nonzero().flatten().tolist())
+
+
 def joining_tokens(tokenizer) -> torch.Tensor:
     """Per token id, whether its text starts with a letter or digit of a script written with spaces (it carries
-    the word before it on); cached on the tokenizer. A token's text is read after another token: SentencePiece
-    tokenizers drop a word's leading space when its token is decoded alone ("▁is" reads "is"). A tokenizer that
-    cannot decode ids: none."""
-    cached = getattr(tokenizer, "_llmasr_joining", None)
+    the word before it on). A tokenizer that cannot decode ids: none."""
+    return _token_edges(tokenizer)[0]
+
+
+def word_ending_tokens(tokenizer) -> torch.Tensor:
+    """Per token id, whether its text ends with a letter or digit of a script written with spaces (a joining token
+    after it goes on with its word)."""
+    return _token_edges(tokenizer)[1]
+
+
+def _token_edges(tokenizer) -> tuple[torch.Tensor, torch.Tensor]:
+    """(joining_tokens, word_ending_tokens), cached on the tokenizer. A token's text is read after another token:
+    SentencePiece tokenizers drop a word's leading space when its token is decoded alone ("▁is" reads "is")."""
+    cached = getattr(tokenizer, "_llmasr_token_edges", None)
     if cached is None:
         try:
             anchor = tokenizer.encode("a", add_special_tokens=False)[-1:]
@@ -90,9 +107,9 @@ def joining_tokens(tokenizer) -> torch.Tensor:
             texts = [t[len(head) :] if t.startswith(head) else "" for t in texts]
         except (AttributeError, TypeError, NotImplementedError, IndexError):
             texts = []
-        cached = torch.tensor([bool(t) and _word_char(t[0]) for t in texts], dtype=torch.bool)
+        cached = tuple(torch.tensor([bool(t) and _word_char(t[k]) for t in texts], dtype=torch.bool) for k in (0, -1))
         try:
-            tokenizer._llmasr_joining = cached
+            tokenizer._llmasr_token_edges = cached
         except AttributeError:
             pass
     return cached
@@ -110,8 +127,9 @@ def _complete_prefix(root: _Node, path: tuple[int, ...], joining: bool) -> int:
     return best
 
 
-def _step(match: _Match, token: int, joining: bool) -> _Match:
-    """The match after `token` (`joining`: the token carries the word before it on).
+def _step(match: _Match, token: int, joining: bool, after_word: bool) -> _Match:
+    """The match after `token` (`joining`: the token carries the word before it on; `after_word`: the token before
+    it ends inside a word, so a phrase's start-of-text spelling cannot begin at a joining token).
 
     A token that continues the match extends it. Otherwise the match begun at its path's first token ends: the
     longest phrase it began that is complete there is banked, and the tokens after that (after the first one, when
@@ -119,24 +137,26 @@ def _step(match: _Match, token: int, joining: bool) -> _Match:
     longest first, a phrase that begins or ends inside a broken-off match among them, and matches never overlap:
     the boost never pays a token twice.
     """
-    gained, node = _transition(match.root, match.node, token, joining)
+    gained, node = _transition(match.root, match.node, token, joining, after_word)
     return _Match(match.banked + gained, node, match.root)
 
 
-def _transition(root: _Node, node: _Node, token: int, joining: bool) -> tuple[int, _Node]:
+def _transition(root: _Node, node: _Node, token: int, joining: bool, after_word: bool) -> tuple[int, _Node]:
     """(tokens banked, the next node) of `token` after `node`: what _step adds, whatever was banked before; kept
     on the root, as the search asks the same of every row at every step."""
-    key = (node, token, joining)
+    key = (node, token, joining, after_word)
     known = root.memo.get(key)
     if known is None:
         child = node.children.get(token)
+        if child is not None and node is root and joining and after_word:
+            child = None  # a word under way: "ann" after " jo" is no match of the phrase "ann"
         if child is not None:
             known = (0, child)
         elif node is root:
             known = (0, root)
         else:
             banked, rest = _broken(root, node, joining)
-            gained, after = _transition(root, rest, token, joining)
+            gained, after = _transition(root, rest, token, joining, node.path[-1] in root.ending)
             known = (banked + gained, after)
         root.memo[key] = known
     return known
@@ -149,9 +169,9 @@ def _broken(root: _Node, node: _Node, joining: bool) -> tuple[int, _Node]:
     known = root.memo.get(key)
     if known is None:
         done = _complete_prefix(root, node.path, joining)
-        banked, state = done, root
-        for t in node.path[max(done, 1) :]:
-            gained, state = _transition(root, state, t, _joins(t, root.joining))
+        banked, state, path = done, root, node.path
+        for i in range(max(done, 1), len(path)):
+            gained, state = _transition(root, state, path[i], _joins(path[i], root.joining), path[i - 1] in root.ending)
             banked += gained
         known = root.memo[key] = (banked, state)
     return known
@@ -182,8 +202,9 @@ class HotwordBoost:
         self.boost, self.end_id, self.num_beams = float(boost), int(end_id), int(num_beams)
         listed = any(phrases)
         self.joins = joining_tokens(tokenizer) if listed else torch.zeros(0, dtype=torch.bool)
-        self.joining = frozenset(self.joins.nonzero().flatten().tolist())
-        self.tries = [phrase_trie(p, tokenizer, self.joining) if p else None for p in phrases]
+        self.joining = _ids(self.joins)
+        self.ending = _ids(word_ending_tokens(tokenizer)) if listed else frozenset()
+        self.tries = [phrase_trie(p, tokenizer) if p else None for p in phrases]
         self.spelled = [sorted(_spelled(root)) if root is not None else [] for root in self.tries]
         self.matches: dict[tuple[int, tuple[int, ...]], _Match] = {}
 
@@ -207,14 +228,17 @@ class HotwordBoost:
             match = self._match(utt, tuple(ids), root)
             seen[(utt, tuple(ids))] = match
             now = match.banked + match.node.depth
+            after_word = bool(ids) and ids[-1] in self.ending
             # A token no suffix of the match goes on with ends it (the end token too, which carries nothing on);
             # the tokens some suffix of it does go on with are stepped one by one.
-            ended = self.boost * (_step(match, -1, False).banked - now)
+            ended = self.boost * (_step(match, -1, False, after_word).banked - now)
             add[r] = ended
-            add[r, joining] = self.boost * (_step(match, -1, True).banked - now)
+            add[r, joining] = self.boost * (_step(match, -1, True, after_word).banked - now)
             gains: dict[int, float] = {}  # the tokens some phrase goes on with, from the first place in the chain
             for joins in (False, True):
                 for banked, state in reversed(_chain(root, match.node, joins)):
+                    if state is root and joins and after_word:
+                        continue  # a joining token after a word's end goes on with that word, and begins no phrase
                     for token, child in state.children.items():
                         if token < vocab and (token in self.joining) == joins:
                             gains[token] = self.boost * (match.banked + banked + child.depth - now)
@@ -232,8 +256,8 @@ class HotwordBoost:
             return known
         if not prefix:
             return _Match(0, root, root)
-        token = prefix[-1]
-        return _step(self._match(utt, prefix[:-1], root), token, _joins(token, self.joining))
+        token, after_word = prefix[-1], len(prefix) > 1 and prefix[-2] in self.ending
+        return _step(self._match(utt, prefix[:-1], root), token, _joins(token, self.joining), after_word)
 
 
 def _spelled(root: _Node) -> set[int]:

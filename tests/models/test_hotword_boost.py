@@ -111,14 +111,18 @@ def test_a_phrase_that_begins_or_ends_inside_a_broken_off_match_is_found(model):
     assert total(["one", "zero one two three"], "zero one two nine") == len(_ids(tok, " one"))
 
 
-def _leftmost_longest(spellings: dict[tuple, bool], seq: list[int], joins) -> int:
+def _leftmost_longest(spellings: dict[tuple, bool], seq: list[int], joins, ending) -> int:
     """The reference: tokens of the phrases found in `seq` leftmost first, then longest first, never overlapping;
-    a phrase ending in a word character (spellings[s] True) counts only when the next token does not join it."""
+    a phrase ending in a word character (spellings[s] True) counts only when the next token does not join it, and
+    one whose first token joins only where the token before it (if any) does not end in a word character."""
     total, i = 0, 0
     while i < len(seq):
         found = 0
         for n in range(len(seq) - i, 0, -1):
             joined = i + n < len(seq) and bool(joins[seq[i + n]])
+            mid_word = i > 0 and bool(joins[seq[i]]) and seq[i - 1] in ending
+            if mid_word:
+                continue
             if tuple(seq[i : i + n]) in spellings and not (spellings[tuple(seq[i : i + n])] and joined):
                 found = n
                 break
@@ -142,7 +146,28 @@ def test_what_a_hypothesis_earns_is_its_leftmost_longest_phrases(model):
     for _ in range(300):
         seq = [rng.choice(alphabet) for _ in range(rng.randint(1, 9))]
         got = _total(boost, seq, len(tok), end)
-        assert got == _leftmost_longest(spellings, seq, boost.joins), tok.convert_ids_to_tokens(seq)
+        assert got == _leftmost_longest(spellings, seq, boost.joins, boost.ending), tok.convert_ids_to_tokens(seq)
+
+
+def test_a_phrase_inside_a_longer_word_earns_nothing():
+    """A phrase's start-of-text spelling ("ann") begins a match only where no word is under way: " jo" + "ann"
+    (Joann) and " " + "x" + "ann" had earned the boost of the hotword "ann"; at the start of the text, after a
+    space and after punctuation it still does."""
+    from llmasr.testing.tiny_llm import train_bpe_tokenizer
+
+    tok = train_bpe_tokenizer(["ann ann ann ann", "hello ann", "ann said jo", "jo went", "(ann)"] * 20, vocab_size=280)
+    end = tok.convert_tokens_to_ids("<|im_end|>")
+    vocab = len(tok)
+
+    def earned(text):
+        return _total(HotwordBoost([["ann"]], tok, 1.0, end, 1), _ids(tok, text), vocab, end)
+
+    assert _ids(tok, "hello joann went")[2:3] == _ids(tok, "ann")  # the case: a word's second token spells "ann"
+    assert earned("hello joann went") == 0.0 and earned("hello xann went") == 0.0
+    assert earned("ann said") == len(_ids(tok, "ann"))
+    assert earned("hello ann") == len(_ids(tok, " ann"))
+    assert earned("(ann) went") == len(_ids(tok, "ann"))
+    assert earned("hello joann ann") == len(_ids(tok, " ann"))
 
 
 def test_sentencepiece_words_are_not_read_as_joining(tmp_path):
