@@ -3,14 +3,17 @@
 Normalisation (applied to reference and hypothesis alike): Unicode NFKC, lowercase (casefold), punctuation and
 symbols removed (apostrophes inside words kept: "don't"), whitespace collapsed.
 
-Units:
+Units (the `metric` asked for):
 - "wer": words, i.e. the normalised text split on whitespace.
-- "cer": characters of the normalised text with the whitespace removed (the convention for Chinese, Japanese,
-  Thai...; spaces carry no information there and FunASR-style references often put one between every character).
-- "auto": decided per utterance from the reference: a reference holding characters of a script written without
-  spaces (CJK ideographs, kana, Hangul syllables are not, Thai, Lao, Khmer, Myanmar, Tibetan) is scored in
-  characters, any other in words. The corpus rate is total errors / total reference units; when both kinds occur
-  the summary calls it a mixed error rate (MER) and gives the counts of each.
+- "cer": characters of the normalised text with the whitespace removed (every character, Latin letters too).
+- "auto": each character of a script written without spaces (CJK ideographs, kana, Thai, Lao, Khmer, Myanmar,
+  Tibetan; Hangul is written with spaces) is a unit, and so is each run of other characters between spaces and
+  such characters (a word, a number): Chinese is scored in characters (spaces carry no information there, and
+  FunASR-style references often put one between every character), English in words, and code-switched text in
+  both, as the code-switching error rate counts it ("我喜欢python" against "我喜欢java" is one error in four).
+  An utterance whose reference holds characters of those scripts counts as scored in characters, any other in
+  words. The corpus rate is total errors / total reference units; when both kinds occur the summary calls it a
+  mixed error rate (MER) and gives the counts of each.
 
 The alignment (`align`: one Levenshtein alignment, unit by unit, computed by rapidfuzz as jiwer does) is the one
 owner of edit operations: the substitution/deletion/insertion counts are read off it, and so is the hotword scoring
@@ -56,6 +59,12 @@ def uses_characters(text: str) -> bool:
     return any(is_no_space_char(ch) for ch in text)
 
 
+_NO_SPACE = "".join(f"{chr(lo)}-{chr(hi)}" for lo, hi in NO_SPACE_RANGES)
+# The units of a text: a character of a script written without spaces, or a run of other non-space characters.
+# "auto" scoring counts these; long audio joins windows on them and word timestamps time them.
+UNIT = re.compile(f"[{_NO_SPACE}]|[^\\s{_NO_SPACE}]+")
+
+
 _APOSTROPHES = "'\u2019\u02bc"
 _WORD_BREAKS = "\u200b"  # the zero-width space: an invisible word boundary (Thai, Khmer); other format characters
 # (soft hyphen, zero-width joiner and non-joiner, direction marks, BOM) sit inside words and go
@@ -81,13 +90,15 @@ def normalize(text: str) -> str:
     return re.sub(r"\s+", " ", "".join(out)).strip()
 
 
-def tokens(text: str, unit: str) -> list[str]:
-    """Normalised text -> scoring units ("wer": words, "cer": non-space characters)."""
-    if unit == "wer":
+def tokens(text: str, metric: str) -> list[str]:
+    """Normalised text -> scoring units ("wer": words, "cer": non-space characters, "auto": UNIT's)."""
+    if metric == "wer":
         return text.split()
-    if unit == "cer":
+    if metric == "cer":
         return [ch for ch in text if not ch.isspace()]
-    raise ValueError(f"unit must be 'wer' or 'cer', got {unit!r}")
+    if metric == "auto":
+        return UNIT.findall(text)
+    raise ValueError(f"metric must be one of {', '.join(METRICS)}, got {metric!r}")
 
 
 def choose_unit(reference: str, metric: str) -> str:
@@ -108,7 +119,8 @@ class UttScore:
     insertions: int
     ref_norm: str
     hyp_norm: str
-    alignment: list = field(default_factory=list, repr=False)  # EditOps over tokens(ref_norm/hyp_norm, unit)
+    alignment: list = field(default_factory=list, repr=False)  # EditOps over tokens(ref_norm/hyp_norm, metric)
+    metric: str = "auto"  # as requested: how the texts were cut into units (tokens)
 
     @property
     def errors(self) -> int:
@@ -160,10 +172,10 @@ def score_utterance(reference: str, hypothesis: str, metric: str = "auto") -> Ut
     # An empty reference (a silent clip) has no script to go by: the hypothesis's decides, so a hallucinated Chinese
     # sentence counts a character each, not one "word".
     unit = choose_unit(ref_norm if ref_norm.strip() else hyp_norm, metric)
-    ref, hyp = tokens(ref_norm, unit), tokens(hyp_norm, unit)
+    ref, hyp = tokens(ref_norm, metric), tokens(hyp_norm, metric)
     ops = align(ref, hyp)
     s, d, i = edit_counts(ops)
-    return UttScore(unit, len(ref), len(hyp), s, d, i, ref_norm, hyp_norm, ops)
+    return UttScore(unit, len(ref), len(hyp), s, d, i, ref_norm, hyp_norm, ops, metric)
 
 
 @dataclass

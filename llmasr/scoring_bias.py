@@ -197,8 +197,8 @@ def count_phrases(score: UttScore, ref: Units, hyp: Units, phrases: dict) -> tup
 
 def score_biased(score: UttScore, phrases) -> BiasedUttScore:
     """B/U split and phrase counts of one scored utterance under its biasing list (strings; may be empty)."""
-    units, empty = phrase_units(phrases, score.unit)
-    ref, hyp = Units(tokens(score.ref_norm, score.unit)), Units(tokens(score.hyp_norm, score.unit))
+    units, empty = phrase_units(phrases, score.metric)
+    ref, hyp = Units(tokens(score.ref_norm, score.metric)), Units(tokens(score.hyp_norm, score.metric))
     biased, unbiased = split_errors(score, ref, hyp, units)
     counts, missed, leaked = count_phrases(score, ref, hyp, units)
     return BiasedUttScore(biased, unbiased, counts, len(units), empty, missed, leaked)

@@ -63,6 +63,22 @@ def test_cer_for_languages_without_spaces():
         choose_unit("x", "bleu")
 
 
+def test_code_switched_text_counts_words_whole_and_characters_one_each():
+    """auto: in an utterance scored in characters, an English word or a number is one unit (the code-switching
+    convention): a wrong English word is one error, not one a letter; `cer` asked for counts letters."""
+    s = score_utterance("我喜欢 python", "我喜欢 java")
+    assert (s.unit, s.ref_len, s.errors) == ("cer", 4, 1)
+    s = score_utterance("我喜欢python", "我喜欢 python")  # a space next to a character carries nothing
+    assert s.errors == 0 and s.ref_len == 4
+    assert score_utterance("2024年", "2025年").errors == 1
+    s = score_utterance("我喜欢 python", "我喜欢 java", metric="cer")
+    assert (s.ref_len, s.errors) == (9, 6)
+    # a Chinese hypothesis of an English reference: a character each, not one "word" per run
+    s = score_utterance("hello", "你好世界")
+    assert (s.unit, s.substitutions, s.insertions) == ("wer", 1, 3)
+    assert score_utterance("hello world", "hello  world", metric="wer").errors == 0
+
+
 def test_corpus_totals_are_sums_not_means():
     corpus, scores = score_corpus([("a b c d", "a b x d"), ("e f", ""), ("g", "g h i")])
     assert [s.errors for s in scores] == [1, 2, 2]

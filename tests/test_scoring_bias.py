@@ -86,6 +86,10 @@ def test_character_units_for_scripts_without_spaces():
     assert b.phrases.recalled == 1 and b.biased.errors == 0
     # a phrase matches words, not parts of them, in word units
     assert biased("joanna came", "joanna came", ["anna"]).biased.units == 0
+    # and in code-switched text, scored in characters: an English phrase is a word, not letters inside others
+    b = biased("我们 and 你们", "我们 band 你们", ["an", "and"])
+    assert (b.biased.units, b.phrases.ref_occurrences, b.phrases.recalled, b.phrases.leaked) == (1, 1, 0, 0)
+    assert split(b) == ((1, 0, 0, 1), (0, 0, 0, 4))
 
 
 def test_phrases_normalised_deduplicated_and_unscorable_counted():

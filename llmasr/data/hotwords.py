@@ -16,7 +16,6 @@ text that is not UTF-8 is an error naming the file and line.
 from __future__ import annotations
 
 import codecs
-import re
 import unicodedata
 from collections import Counter
 from dataclasses import dataclass, field
@@ -27,13 +26,11 @@ import numpy as np
 from llmasr.config_io import ConfigError
 from llmasr.config_paths import path_field
 from llmasr.data.records import BadRecord
-from llmasr.scoring import NO_SPACE_RANGES, is_no_space_char, normalize
+from llmasr.scoring import UNIT, is_no_space_char, normalize
 
 HOTWORD_STREAM = 0x686F74  # "hot": the Generator stream of hotword lists, apart from augmentation's
 SOURCES = ("sample", "manifest", "manifest_or_sample")
 UNITS = ("auto", "word", "char")
-_NO_SPACE = "".join(f"{chr(lo)}-{chr(hi)}" for lo, hi in NO_SPACE_RANGES)
-_AUTO = re.compile(f"[{_NO_SPACE}]|[^{_NO_SPACE}]+")  # a character of a script without spaces, or a run of others
 
 
 class PhraseFileError(ValueError):
@@ -139,7 +136,7 @@ def units(text: str, unit: str) -> list[str]:
     words = [w for w in (_strip_punct(t) for t in text.split()) if w]
     if unit == "word":
         return words
-    return [u for w in words for u in _AUTO.findall(w) if not all(_is_punct(c) for c in u)]
+    return [u for w in words for u in UNIT.findall(w) if not all(_is_punct(c) for c in u)]
 
 
 def _join(parts, unit: str) -> str:

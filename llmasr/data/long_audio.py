@@ -34,7 +34,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from llmasr.scoring import NO_SPACE_RANGES, uses_characters
+from llmasr.scoring import NO_SPACE_RANGES, UNIT, uses_characters
 
 FRAME_S, HOP_S = 0.025, 0.010
 MIN_PAUSE_S = 0.2  # shorter silences are stop closures and breaths inside words as often as gaps between them
@@ -268,10 +268,9 @@ def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
 
 
 # -- joining the windows' texts ----------------------------------------------------------------------------------
-# Scripts written without spaces: each character is a token (and texts join without a space). UNIT matches the
-# tokens of a transcript: what windows are joined on and what word timestamps time (models.ctc_align).
+# Scripts written without spaces: each character is a token (and texts join without a space). scoring.UNIT matches
+# the tokens of a transcript: what windows are joined on and what word timestamps time (models.ctc_align).
 _NO_SPACE = "".join(f"{chr(lo)}-{chr(hi)}" for lo, hi in NO_SPACE_RANGES)  # the scripts scoring counts in characters
-UNIT = re.compile(f"[{_NO_SPACE}]|[^\\s{_NO_SPACE}]+")
 # Punctuation of those scripts (CJK symbols and punctuation, full-width forms): no space before or after it either.
 _NO_SPACE_PUNCT = "\u3000-\u303f\uff00-\uffef"
 

@@ -14,9 +14,9 @@ import soundfile as sf
 from llmasr.commands.decode import main as decode_main
 from llmasr.commands.transcribe import main as transcribe_main
 from llmasr.config_io import ConfigError
-from llmasr.data.long_audio import UNIT
 from llmasr.export.decode import DecodeOptions, decode_manifest, search_boost
 from llmasr.models.decoding import DecodeConfig
+from llmasr.scoring import UNIT
 from llmasr.testing.run_dirs import write_corpus
 
 TEXTS = ["zero one two", "three four", "five six seven eight", "nine"]
