@@ -7,8 +7,9 @@ never built or read. Nothing is downloaded and no remote code runs.
 Whisper's encoder takes a fixed number of frames (2 * max_source_positions: 3000 = 30 s for the released models)
 and has no padding mask. `WhisperAudioEncoder.forward` therefore pads or truncates to that length and fills every
 frame past an utterance's length with what Whisper's feature extractor produces for zero (silent) audio: the
-log-mel floor, i.e. the utterance's maximum feature value minus 2 (log10 clamp of max-8, then (x+4)/4). Valid
-output frames are the conv-stack output frames of the valid input: (len - 1) // 2 + 1.
+log-mel floor, i.e. the utterance's maximum feature value minus 2, or -1.5 when that is lower (the extractor's
+log10 of the power clamped at 1e-10, then at the maximum minus 8, then (x+4)/4): a quiet clip's padding is -1.5.
+Valid output frames are the conv-stack output frames of the valid input: (len - 1) // 2 + 1.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from llmasr.models.state_dict import CheckpointMismatchError, load_into, read_sa
 log = logging.getLogger(__name__)
 
 _PREFIXES = ("model.encoder.", "encoder.", "")  # WhisperForConditionalGeneration, WhisperModel, bare encoder
+SILENCE_FLOOR = (-10.0 + 4.0) / 4.0  # zero audio's log-mel: log10 of the 1e-10 clamp, scaled as Whisper scales
 
 
 class WhisperAudioEncoder(nn.Module):
@@ -83,7 +85,7 @@ class WhisperAudioEncoder(nn.Module):
             x = nn.functional.pad(x, (0, 0, 0, n - x.size(1)))
         valid = torch.arange(n, device=x.device)[None, :] < lens[:, None]  # [B, n]
         peak = x.masked_fill(~valid[:, :, None], float("-inf")).amax(dim=(1, 2))
-        fill = torch.where(lens > 0, peak - 2.0, torch.zeros_like(peak))
+        fill = torch.where(lens > 0, (peak - 2.0).clamp(min=SILENCE_FLOOR), torch.zeros_like(peak))
         x = torch.where(valid[:, :, None], x, fill[:, None, None].to(x.dtype))
         return x.transpose(1, 2), lens
 
@@ -127,11 +129,16 @@ def whisper_frontend(config: Any, preprocessor: dict | None = None) -> FrontendC
 # WhisperConfig keys that fix the encoder's tensor shapes: a pretrained directory's config.json decides them.
 SHAPE_KEYS = ("d_model", "encoder_layers", "encoder_attention_heads", "encoder_ffn_dim", "num_mel_bins",
               "max_source_positions")  # fmt: skip
+# The other WhisperConfig keys WhisperEncoder reads. The rest (the decoder's, SpecAugment's mask_* that only
+# WhisperModel applies, a classification head's) would be kept and never used: refused.
+ENCODER_KEYS = (*SHAPE_KEYS, "dropout", "attention_dropout", "activation_dropout", "activation_function",
+                "encoder_layerdrop", "scale_embedding", "init_std")  # fmt: skip
 
 
 def check_whisper_conf(conf: dict[str, Any]) -> dict[str, Any]:
     """`conf` (model.encoder.conf) with each value of the type WhisperConfig's default has (YAML reads 1e-4 as a
-    string); keys that are not WhisperConfig options are refused (WhisperConfig itself would keep them silently)."""
+    string); keys that are not WhisperConfig options, or are options the encoder never reads, are refused
+    (WhisperConfig itself would keep them silently)."""
     from transformers import WhisperConfig
 
     defaults = WhisperConfig().to_dict()
@@ -139,6 +146,12 @@ def check_whisper_conf(conf: dict[str, Any]) -> dict[str, Any]:
     for key, value in conf.items():
         if key not in defaults:
             raise ConfigError(f"model.encoder.conf.{key}: not a WhisperConfig option")
+        if key not in ENCODER_KEYS:
+            hint = " (SpecAugment: data.augment.spec_augment)" if key.startswith(("mask_", "apply_spec")) else ""
+            raise ConfigError(
+                f"model.encoder.conf.{key}: a WhisperConfig option the encoder never reads{hint}; the encoder "
+                f"reads {', '.join(ENCODER_KEYS)}"
+            )
         kind = type(defaults[key])
         out[key] = coerce(value, kind, f"model.encoder.conf.{key}") if kind in (int, float, bool) else value
     return out

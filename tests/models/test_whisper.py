@@ -91,6 +91,31 @@ def test_batch_padding_does_not_change_outputs(whisper_dir):
     torch.testing.assert_close(ys[0, :30], alone[0], atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("amplitude", [0.1, 1e-3, 1e-4, 0.0])
+def test_a_quiet_clip_is_padded_as_whispers_feature_extractor_pads_it(whisper_dir, amplitude):
+    """The frames past a clip hold what transformers' WhisperFeatureExtractor gives for its zero padding: the
+    maximum minus 2, but never below the 1e-10 power clamp's -1.5 (a quiet clip had been padded lower, and
+    Whisper has no padding mask, so its valid frames changed too)."""
+    import numpy as np
+    from transformers import WhisperFeatureExtractor
+
+    from llmasr.data.features import FeatureExtractor
+    from llmasr.data.frontend import FrontendConfig
+
+    enc, _ = load_whisper_encoder(whisper_dir)
+    wave = (np.random.default_rng(0).standard_normal(16000) * amplitude).astype(np.float32)
+    ref = WhisperFeatureExtractor(feature_size=80, chunk_length=2)(wave, sampling_rate=16000, return_tensors="pt")
+    ref = ref["input_features"][0]  # [80, 200]
+    ours = torch.as_tensor(FeatureExtractor(FrontendConfig(kind="whisper"))(wave, train=False))
+    feats, lens = enc.prepare_features(ours[None], torch.tensor([len(ours)]))
+    assert lens.tolist() == [100]
+    torch.testing.assert_close(feats[0, :, 110:], ref[:, 110:], atol=1e-5, rtol=0)
+    with torch.no_grad():
+        ys, _ = enc.eval()(ours[None], torch.tensor([len(ours)]))
+        expected = hf_encoder(whisper_dir)(torch.cat([ours.T, ref[:, -1:].expand(80, 100)], dim=1)[None])
+    torch.testing.assert_close(ys[0], expected.last_hidden_state[0, :50], atol=1e-5, rtol=1e-5)
+
+
 def test_longer_input_is_truncated(whisper_dir):
     enc, _ = load_whisper_encoder(whisper_dir)
     with torch.no_grad():
@@ -219,3 +244,20 @@ def test_conf_over_a_directory_sets_what_leaves_the_shapes_alone(whisper_dir):
         encoder_spec(EncoderConfig(type="whisper", path=str(whisper_dir), conf={"dropuot": 0.1}))
     with pytest.raises(ConfigError, match="model.encoder.conf.dropout"):
         build_whisper_encoder({"dropout": "lots"})
+
+
+@pytest.mark.parametrize(
+    "key, value, hint",
+    [("apply_spec_augment", True, "data.augment.spec_augment"), ("mask_time_prob", 0.5, "data.augment.spec_augment"),
+     ("decoder_layers", 7, "never reads"), ("use_weighted_layer_sum", True, "never reads")],
+)  # fmt: skip
+def test_whisper_options_the_encoder_never_reads_are_refused(whisper_dir, key, value, hint):
+    """WhisperConfig keys that WhisperEncoder never reads (SpecAugment's, applied only by WhisperModel; the
+    decoder's; a classification head's) had been accepted and silently unused."""
+    from llmasr.models.builder import encoder_spec
+    from llmasr.models.config import EncoderConfig
+
+    with pytest.raises(ConfigError, match=rf"model.encoder.conf.{key}: .*{hint}"):
+        encoder_spec(EncoderConfig(type="whisper", path=str(whisper_dir), conf={key: value}))
+    with pytest.raises(ConfigError, match=rf"model.encoder.conf.{key}: "):
+        build_whisper_encoder({key: value})
