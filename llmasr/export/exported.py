@@ -35,6 +35,7 @@ from llmasr.config_io import ConfigError, from_dict
 from llmasr.models.builder import build_model
 from llmasr.models.config import ModelConfig
 from llmasr.models.encoders import entry_for_class
+from llmasr.models.whisper import encoder_conf as whisper_encoder_conf
 
 MODEL_FILE = "llmasr_model.yaml"
 
@@ -157,7 +158,7 @@ def exported_model_config(
     section = {
         "encoder": {
             "type": enc["type"],
-            "conf": dict(enc["conf"]),
+            "conf": whisper_encoder_conf(enc["conf"]) if enc["type"] == "whisper" else dict(enc["conf"]),
             "frontend": fe,
             "init_from": _file(model_dir, enc.get("file", "encoder.safetensors"), "encoder"),
         },

@@ -34,6 +34,7 @@ from llmasr.models.state_dict import (
     under_prefix,
     unwrap_state_dict,
 )
+from llmasr.models.whisper import encoder_conf as whisper_encoder_conf
 from llmasr.models.whisper import load_whisper_encoder, whisper_config, whisper_dir_frontend, whisper_frontend
 
 log = logging.getLogger(__name__)
@@ -56,7 +57,7 @@ def encoder_spec(cfg: EncoderConfig) -> EncoderSpec:
         config = whisper_config(cfg.path, cfg.conf)
         base = whisper_frontend(config) if cfg.path is None else whisper_dir_frontend(cfg.path)
         frontend = _matching(_refine(base, cfg.frontend), int(config.num_mel_bins), cfg, "config.json's num_mel_bins")
-        return EncoderSpec(entry, config.to_dict(), frontend)
+        return EncoderSpec(entry, whisper_encoder_conf(config.to_dict()), frontend)
     if cfg.path is not None:
         found, conf, base = funasr_encoder_spec(cfg.path, cfg.conf or None)
         if found.type != cfg.type:

@@ -135,6 +135,12 @@ ENCODER_KEYS = (*SHAPE_KEYS, "dropout", "attention_dropout", "activation_dropout
                 "encoder_layerdrop", "scale_embedding", "init_std")  # fmt: skip
 
 
+def encoder_conf(conf: dict[str, Any]) -> dict[str, Any]:
+    """The ENCODER_KEYS of a WhisperConfig's dict: what an encoder built from conf needs (an exported model's
+    description; one written by an older llmasr holds the whole WhisperConfig, decoder and all)."""
+    return {k: conf[k] for k in ENCODER_KEYS if k in conf}
+
+
 def check_whisper_conf(conf: dict[str, Any]) -> dict[str, Any]:
     """`conf` (model.encoder.conf) with each value of the type WhisperConfig's default has (YAML reads 1e-4 as a
     string); keys that are not WhisperConfig options, or are options the encoder never reads, are refused

@@ -122,6 +122,29 @@ def test_reloaded_export_equals_the_trained_model(trained, kind):
     compare(ref, model, seed=5)
 
 
+def test_a_whisper_export_holds_the_encoder_settings_only_and_older_ones_still_load(trained, tmp_path):
+    """The export's encoder conf holds the WhisperConfig keys the encoder reads; an export an older llmasr wrote
+    (the whole WhisperConfig: decoder keys, apply_spec_augment) loads to the same model, though a recipe may not
+    set such keys."""
+    import shutil
+
+    import yaml
+    from transformers import WhisperConfig
+
+    from llmasr.export.exported import MODEL_FILE
+    from llmasr.models.whisper import ENCODER_KEYS
+
+    run, out = trained["whisper"]
+    desc = read_description(out)
+    assert set(desc["encoder"]["conf"]) == set(ENCODER_KEYS)
+    old = tmp_path / "old_export"
+    shutil.copytree(out, old)
+    raw = yaml.safe_load((old / MODEL_FILE).read_text())
+    raw["encoder"]["conf"] = {**WhisperConfig(**desc["encoder"]["conf"]).to_dict(), "apply_spec_augment": True}
+    (old / MODEL_FILE).write_text(yaml.safe_dump(raw))
+    compare(load_exported(out), load_exported(old), seed=6)
+
+
 def test_conformer_batchnorm_statistics_are_exported(trained, bases):
     """The Conformer's base trains beside its LoRA, so its BatchNorm statistics move; they are buffers, not trained
     parameters, and must come across all the same (a frozen base keeps them: tests/models/test_speech_llm.py)."""
