@@ -6,7 +6,8 @@
 Parameter names match FunASR (linear_q/k/v/out, linear_pos, pos_bias_u/v). The math matches FunASR on an
 unpadded utterance. On a padded batch each utterance gets the result it would get alone: the latest flavour is
 length independent by construction; the legacy one is not (its position table and shift depend on the padded
-length), so its shift is done per utterance with its own valid length.
+length), so its shift is done per utterance with its own valid length, and past LEGACY_MAX_LEN padded frames each
+utterance reads the positions its own table would hold.
 """
 
 from __future__ import annotations
@@ -98,6 +99,18 @@ class RelPositionMultiHeadedAttention(nn.Module):
             x = x * torch.tril(torch.ones(t1, x.size(3), device=x.device, dtype=x.dtype), x.size(3) - t1)
         return x
 
+    @staticmethod
+    def _legacy_columns(raw: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """Scores [B, H, T, T] against the table of T positions T-1, T-2, ... when T passes LEGACY_MAX_LEN, moved to
+        each utterance's own table (positions top-1, top-2, ... with top = max(LEGACY_MAX_LEN, its length n)): its
+        column k is column k + T - top of this one. The columns past n, which the shift never reads, are clamped."""
+        b, h, t, _ = raw.shape
+        if t <= LEGACY_MAX_LEN:
+            return raw
+        top = lengths.to(raw.device).clamp(min=LEGACY_MAX_LEN).view(b, 1, 1)
+        cols = (torch.arange(t, device=raw.device)[None, None, :] + t - top).clamp(max=t - 1)  # [B, 1, T]
+        return torch.gather(raw, 3, cols[:, None].expand(b, h, t, t))
+
     def _shift_legacy(self, raw: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """FunASR's legacy rel_shift, done as if each utterance were alone with its valid length n.
 
@@ -133,7 +146,7 @@ class RelPositionMultiHeadedAttention(nn.Module):
         matrix_ac = torch.matmul(q_u, k.transpose(-2, -1))
         matrix_bd = torch.matmul(q_v, p.transpose(-2, -1))
         if self.legacy:
-            matrix_bd = self._shift_legacy(matrix_bd, lengths)
+            matrix_bd = self._shift_legacy(self._legacy_columns(matrix_bd, lengths), lengths)
         else:
             matrix_bd = self._shift_latest(matrix_bd, self.zero_triu)
         scores = (matrix_ac + matrix_bd) / math.sqrt(self.d_k)

@@ -80,6 +80,23 @@ def test_padding_does_not_change_valid_frames(variant, rel_pos_type):
                 torch.testing.assert_close(ys[b, : int(l1[0])], y1[0], atol=2e-5, rtol=1e-5)
 
 
+def test_legacy_positions_past_5000_padded_frames_are_each_utterances_own():
+    """The legacy position table holds positions max(5000, T)-1, ...: an utterance padded past 5000 frames (200 s
+    after conv2d subsampling) had read the padded batch's positions, not those it reads alone."""
+    torch.manual_seed(0)
+    enc = ConformerEncoder(8, output_size=8, attention_heads=2, linear_units=8, num_blocks=1, input_layer="linear",
+                           use_cnn_module=False, rel_pos_type="legacy").eval()  # fmt: skip
+    with torch.no_grad():
+        for p in enc.parameters():
+            p.copy_(torch.randn_like(p))
+        lens = [20, 5003]
+        xs = torch.randn(2, 5010, 8)
+        batch, _ = enc(xs, torch.tensor(lens))
+        for b, n in enumerate(lens):
+            alone, _ = enc(xs[b : b + 1, :n], torch.tensor([n]))
+            torch.testing.assert_close(batch[b, :n], alone[0], atol=1e-4, rtol=1e-4)
+
+
 def test_zero_length_utterance_in_batch():
     enc = randomised(small_conf()).eval()
     with torch.no_grad():
