@@ -214,12 +214,17 @@ def check_global_batch(saved_ds: dict, ds: dict, world: int) -> None:
 
 def batches_left(per_epoch: list[int], epoch: int, loader_state: dict | None, resharded: int | None = None) -> int:
     """Batches per rank a resume has left in `epoch`: all of it without a loader position (saved at an epoch's end);
-    else what the saved position leaves, or, at another world size, `resharded` (the length of the sampler that
-    loaded the position)."""
-    whole = per_epoch[epoch] if epoch < len(per_epoch) else 0
+    else what the saved position leaves in the pass it was saved in (after an earlier resize that pass is the
+    epoch's remainder, not the whole epoch), or, at another world size, `resharded` (the length of the sampler
+    that loaded the position). An epoch the run no longer has (train.epochs lowered) has none left."""
+    if epoch >= len(per_epoch):
+        return 0
     if loader_state is None:
-        return whole
-    return resharded if resharded is not None else whole - int(loader_state["sampler"]["batches_yielded"])
+        return per_epoch[epoch]
+    if resharded is not None:
+        return resharded
+    sampler = loader_state["sampler"]
+    return max(0, int(sampler.get("num_batches", per_epoch[epoch])) - int(sampler["batches_yielded"]))
 
 
 def resized_total(done: int, epoch: int, first_epoch_batches: int, per_epoch: list[int], k: int, max_updates):

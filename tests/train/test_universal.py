@@ -64,6 +64,38 @@ def test_resized_total_counts_the_updates_left_at_the_new_world_size():
     assert universal.resized_total(3, 2, 0, [9, 9, 9], 4, None) == 3  # nothing left
 
 
+def test_batches_left_after_a_resize_is_the_remainder_of_the_pass_it_was_saved_in():
+    """Trained on 2 ranks, resumed on 1 (the epoch's remainder, dealt afresh), saved again on 1 and resumed on 1:
+    the batches left are those of the remainder, not of a whole epoch (the schedule had run too long); an epoch
+    the run no longer has (train.epochs lowered) has none."""
+    import numpy as np
+
+    from llmasr.data.sampler import DynamicBucketSampler
+
+    durations = np.random.default_rng(0).uniform(1, 15, 300)
+
+    def sampler(rank, world):
+        return DynamicBucketSampler(durations, max_seconds=60.0, num_buckets=5, seed=3, rank=rank, world_size=world)
+
+    two = sampler(0, 2)
+    two.set_epoch(0)
+    it = iter(two)
+    for _ in range(5):
+        next(it)
+    one = sampler(0, 1)
+    one.load_state_dict(two.state_dict(consumed=5))
+    it = iter(one)
+    for _ in range(3):
+        next(it)
+    state = one.state_dict(consumed=3)
+    again = sampler(0, 1)
+    again.load_state_dict(state)
+    per_epoch = [len(sampler(0, 1))]
+    assert universal.batches_left(per_epoch, 0, {"sampler": state}) == len(list(again)) < per_epoch[0] - 3
+    assert universal.batches_left(per_epoch, 1, {"sampler": state}) == 0
+    assert universal.batches_left(per_epoch, 0, None) == per_epoch[0]
+
+
 def test_a_changed_global_batch_is_named_with_the_accumulation_that_keeps_it(caplog):
     ds = {"train_batch_size": 2, "train_micro_batch_size_per_gpu": 1}
     with caplog.at_level(logging.WARNING, logger="llmasr.train"):
