@@ -319,6 +319,12 @@ class DynamicBucketSampler(Sampler):
             self._yielded += 1
             yield list(g[self.rank])
 
+    @property
+    def remainder_pass(self) -> bool:
+        """Whether this epoch's pass is the remainder of a pass a resize cut short (its batches are those no rank had
+        trained, dealt afresh)."""
+        return bool(self._history(self.epoch))
+
     def _history(self, epoch: int) -> tuple[tuple[int, int], ...]:
         return self._segment[1] if self._segment is not None and self._segment[0] == epoch else ()
 

@@ -43,7 +43,8 @@ class SpeechDataLoader(DataLoader):
         items = sampler.epoch_indices(sampler.epoch) if sampler.epoch_indices is not None else None
         visits = static_visits([r["index"] for r in self.bad_data.static], items)
         saved, self._bad_state = self._bad_state, None
-        if resuming and sampler.resharded:  # another world size deals the rest afresh: its counts start at 0
+        # another world size deals the rest afresh: its counts start at 0, also when that remainder is resumed again
+        if resuming and (sampler.resharded or sampler.remainder_pass):
             visits = [0] * len(self.bad_data.static)
         self.bad_data.new_epoch(visits)
         if resuming and not sampler.resharded:

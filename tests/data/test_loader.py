@@ -282,6 +282,29 @@ def test_manifest_only_faults_below_the_limit_are_skipped_and_counted_every_epoc
     assert sum(shares) == 3 and min(shares) >= 1  # each rank counts its share of the lines known bad
 
 
+def test_a_resized_remainder_resumed_again_counts_the_known_bad_lines_as_it_would_uninterrupted(tmp_path):
+    """Trained on 2 ranks, the epoch's remainder dealt to 1 (its counts start at 0), then saved and resumed again at
+    1 rank: the known-bad lines stay uncounted in that remainder (they had been counted again, in full)."""
+    m = with_lines(tmp_path, 40, MANIFEST_ONLY)
+    two = [build(cfg(max_bad_fraction=0.5), [m], rank=r, world_size=2)[0] for r in (0, 1)]
+    its = [iter(loader) for loader in two]
+    for it in its:
+        for _ in range(2):
+            next(it)
+    state = {**two[0].state_dict(), "bad_data": [loader.bad_data.state_dict() for loader in two]}
+    whole = build(cfg(max_bad_fraction=0.5), [m])[0]
+    whole.load_state_dict(state)
+    list(whole)
+    cut = build(cfg(max_bad_fraction=0.5), [m])[0]
+    cut.load_state_dict(state)
+    it = iter(cut)
+    next(it)
+    again = build(cfg(max_bad_fraction=0.5), [m])[0]
+    again.load_state_dict({**cut.state_dict(), "bad_data": [cut.bad_data.state_dict()]})
+    list(again)
+    assert (again.bad_data.bad, again.bad_data.good) == (whole.bad_data.bad, whole.bad_data.good)
+
+
 def test_lines_known_bad_count_once_per_visit_of_a_weighted_mix(tmp_path):
     """Good items count per visit, so lines known bad do too: a manifest of weight 3 holding them counts each three
     times (at start-up and in every epoch); one of weight 0.5 counts those of its lines an epoch draws."""
