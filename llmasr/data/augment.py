@@ -229,7 +229,7 @@ class Augmenter:
         x = np.asarray(waveform, dtype=np.float32)
         if c.speed_perturb.enable and factor != 1.0:
             if self.frontend.kind == "whisper":  # the window cuts what passes it: slow a clip only as far as it holds
-                factor = max(factor, x.shape[0] / (self.frontend.chunk_seconds * sr))
+                factor = max(factor, min(1.0, x.shape[0] / (self.frontend.chunk_seconds * sr)))
             x = speed_perturb(x, sr, factor)
         speech = slice(0, x.shape[0])
         if c.silence.enable and lead + trail > 0:

@@ -103,10 +103,9 @@ def make_sampler(
     """`keep_every_item` (decoding): no item is skipped for its length; the budget grows to the longest item's cost
     (a batch of its own) when it is smaller."""
     b = data_cfg.batching
-    max_duration = b.max_duration
+    max_duration = b.max_duration if keep_every_item else longest_kept(b, frontend)
     min_item = None
     if frontend.kind == "whisper":  # features are padded/cut to one fixed window: every item costs that much
-        max_duration = max_duration if keep_every_item else min(max_duration, frontend.chunk_seconds)
         min_item = frontend.chunk_seconds
     max_seconds, max_frames = b.budget_seconds, b.max_frames
     if keep_every_item:
@@ -135,6 +134,15 @@ def make_sampler(
         epoch_indices=epoch_indices,
         skip=skip,
     )
+
+
+def longest_kept(batching, frontend: FrontendConfig) -> float:
+    """The longest audio (seconds) training keeps whole: data.batching.max_duration, and at most the window of a
+    Whisper frontend (which cuts what passes it); the sampler skips or, with truncate_to_max, the dataset cuts the
+    rest there."""
+    if frontend.kind == "whisper":
+        return min(batching.max_duration, frontend.chunk_seconds)
+    return batching.max_duration
 
 
 def _fit_longest(durations, min_item, max_seconds, max_frames, frame_seconds: float):
@@ -175,7 +183,7 @@ def _dataset(
         prompt_builder=prompt_builder,
         ctc_tokenizer=ctc,
         seed=data_cfg.seed,
-        max_duration_truncate=b.max_duration if b.truncate_to_max else None,
+        max_duration_truncate=longest_kept(b, frontend) if b.truncate_to_max else None,
         features_on=resolve_features_on(data_cfg.features_on, frontend, device),
         hotword_sampler=hotword_sampler,
         default_hotwords=default_hotwords,

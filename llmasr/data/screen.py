@@ -139,7 +139,12 @@ def describe_skipped(sampler, manifest, batching, name: str) -> str | None:
     """A warning of the lines batching filters drop every epoch (for each filter: count, the setting, the first lines),
     and of the ones it drops in some epochs (fits_sometimes), or None."""
     limits = {
-        "too_long": f"longer than data.batching.max_duration = {batching.max_duration:g} s",
+        "too_long": f"longer than data.batching.max_duration = {batching.max_duration:g} s"
+        + (
+            f" (the Whisper window, {sampler.max_duration:g} s, caps it)"
+            if sampler.max_duration < batching.max_duration
+            else ""
+        ),
         "too_short": f"shorter than data.batching.min_duration = {batching.min_duration:g} s",
         "target_too_long": f"with target_len above data.batching.max_target_len = {batching.max_target_len}",
         "over_batch_budget": "too large for a batch of one under the batch budget (max_seconds / max_frames / "

@@ -159,6 +159,11 @@ def test_speed_perturbation_slows_a_clip_only_as_far_as_a_whisper_window_holds_i
         Augmenter(cfg, FrontendConfig()).wave(sine(300, 2.0), SR, np.random.default_rng(0), (0.5, 0, 0)).size == 4 * SR
     )
     assert cfg.cost(whisper) == (1.0, 0.0) and cfg.cost(FrontendConfig()) == (2.0, 0.0)  # one window a clip
+    # a clip longer than the window (truncate_to_max keeps it) is not slowed at all, nor sped up past its factor
+    # (it had been played at 4/3 speed to squeeze it into the window)
+    assert slow.wave(sine(300, 4.0), SR, np.random.default_rng(0), (0.5, 0, 0)).size == 4 * SR
+    fast = Augmenter(from_dict(AugmentConfig, {"speed_perturb": {"enable": True, "factors": [1.25]}}, "a"), whisper)
+    assert fast.wave(sine(300, 4.0), SR, np.random.default_rng(0), (1.25, 0, 0)).size == int(4 * SR / 1.25)
 
 
 def test_speed_perturb_shifts_frequency_and_length():

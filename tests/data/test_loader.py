@@ -259,6 +259,30 @@ MANIFEST_ONLY = [  # unusable whatever the audio holds; durations given, so no h
 ]
 
 
+def test_truncate_to_max_cuts_whisper_audio_at_its_window(tmp_path, caplog):
+    """With a Whisper frontend the sampler keeps clips up to the window whole and costs longer ones at it; the
+    dataset cuts those at the window too (it had cut them at max_duration, past the window, 40 s against 30 s)."""
+    whisper = FrontendConfig(kind="whisper", n_mels=80, chunk_seconds=3.0)
+    write_wav(tmp_path / "long.wav", 4.0)
+    write_wav(tmp_path / "short.wav", 2.0)
+    m = write_manifest(tmp_path / "w.jsonl", [
+        {"key": "long", "source": "long.wav", "target": "hello there", "duration": 4.0},
+        {"key": "short", "source": "short.wav", "target": "hello", "duration": 2.0},
+    ])  # fmt: skip
+    data_cfg = cfg(batching={"truncate_to_max": True, "max_seconds": 12.0})
+    loader, sampler = build_dataloader(
+        data_cfg, [str(m)], whisper, prompt_builder=FakePromptBuilder(), train=True, ctc_tokenizer=FakeCTCTokenizer()
+    )
+    lens = {k: int(n) for b in loader for k, n in zip(b.keys, b.feat_lens)}
+    assert lens == {"long": 300, "short": 200} and int(sampler.truncated_mask.sum()) == 1
+    loader, _ = build_dataloader(
+        cfg(batching={"max_seconds": 12.0}), [str(m)], whisper, prompt_builder=FakePromptBuilder(), train=True,
+        ctc_tokenizer=FakeCTCTokenizer(),
+    )  # fmt: skip
+    assert [k for b in loader for k in b.keys] == ["short"]
+    assert "longer than data.batching.max_duration = 40 s (the Whisper window, 3 s, caps it)" in caplog.text
+
+
 def test_manifest_only_faults_refuse_the_run_at_start(tmp_path):
     m = with_lines(tmp_path, 40, MANIFEST_ONLY)
     with pytest.raises(TooMuchBadData) as err:
