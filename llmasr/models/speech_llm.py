@@ -316,17 +316,20 @@ class SpeechLLM(nn.Module):
         )
         rows = out.sequences.tolist()
         if nbest > 1:
-            rows = self._rescored(rows, out.sequences_scores, nbest, ctc, weight)
+            penalty = generate_kwargs.get("length_penalty")
+            rows = self._rescored(rows, out.sequences_scores, nbest, ctc, weight, penalty)
         # Each row is cut at its own cap, so a looping utterance yields the same text in a batch as alone.
         truncated = [guards.truncation(row, cap) for row, cap in zip(rows, caps)]
         return [row[:cap] for row, cap in zip(rows, caps)], truncated, cfg.mode(weight, llm_vocab)
 
-    def _rescored(self, rows: list[list[int]], scores: torch.Tensor, nbest: int, ctc, weight: float) -> list:
+    def _rescored(self, rows: list, scores: torch.Tensor, nbest: int, ctc, weight: float, penalty=None) -> list:
         """The best of each utterance's `nbest` rows by LLM log-probability joined with the CTC score of its text.
         Beam scores are divided by length ** length_penalty (tokens with the end token; the guards end every row
-        with it), which is undone here so that both scores are sums over the hypothesis."""
+        with it), which is undone here so that both scores are sums over the hypothesis. `penalty`: the one passed
+        to generate, else the LLM's generation_config's."""
         groups = [rows[b * nbest : (b + 1) * nbest] for b in range(len(rows) // nbest)]
-        penalty = getattr(self.llm.generation_config, "length_penalty", None)
+        if penalty is None:
+            penalty = getattr(self.llm.generation_config, "length_penalty", None)
         penalty = 1.0 if penalty is None else float(penalty)  # unset: generate's default, 1.0
         end = self.prompt.end_id
         sums = [s * (r.index(end) + 1 if end in r else len(r)) ** penalty for r, s in zip(rows, scores.tolist())]

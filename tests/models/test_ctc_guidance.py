@@ -298,8 +298,11 @@ def test_nbest_rescoring_weighs_the_llms_whole_log_probability(tiny_llm_dir, tmp
         m.llm.generation_config.length_penalty = penalty
         with torch.no_grad():
             m.transcribe(batch, cfg)
-    unset, one, none = ({text: score for text, score in hyps[0]} for hyps in seen)
-    assert unset == pytest.approx(one) and len(unset) == 3
+    m.llm.generation_config.length_penalty = None
+    with torch.no_grad():  # a penalty given to generate is the one its scores were divided by
+        m.transcribe(batch, cfg, length_penalty=0.0)
+    unset, one, none, given = ({text: score for text, score in hyps[0]} for hyps in seen)
+    assert unset == pytest.approx(one) and len(unset) == 3 and given == pytest.approx(none)
     both = one.keys() & none.keys()  # 0: the beams ranked by sums already; the hypotheses they share score alike
     assert both and all(one[t] == pytest.approx(none[t], rel=1e-5) for t in both)
 
