@@ -38,6 +38,7 @@ from torch import nn
 
 from llmasr.config_io import to_dict
 from llmasr.config_paths import input_paths
+from llmasr.export.exported import MODEL_FILE
 from llmasr.export.staged_dir import output_dir, publish, staging_dir, writing
 from llmasr.export.trained_model import load_checkpoint_model, load_trained, run_recipe  # noqa: F401  (public API)
 from llmasr.models.builder import encoder_spec, output_dim
@@ -48,7 +49,6 @@ from llmasr.run_dir import CHECKPOINTS, resolve_checkpoint
 
 log = logging.getLogger(__name__)
 
-MODEL_FILE = "llmasr_model.yaml"
 FORMAT = "llmasr-exported-1"
 DTYPE_NAMES = {
     "bf16": "bfloat16",
