@@ -141,7 +141,9 @@ def ctc_loss(
     )
     if label_smoothing > 0:
         frame_term = -log_probs.mean(dim=-1) * length_mask(lens.to(log_probs.device), log_probs.size(1))
-        per_utt = per_utt + label_smoothing * frame_term.sum(dim=1) / lens.to(frame_term).clamp(min=1)
+        smooth = label_smoothing * frame_term.sum(dim=1) / lens.to(frame_term).clamp(min=1)
+        # an utterance CTC has no path for teaches the head nothing, its smoothing pull included
+        per_utt = per_utt + smooth.masked_fill(ctc_unalignable(lens, targets, target_lens).to(smooth.device), 0.0)
     if reduction == "sum":
         return per_utt.sum()
     if reduction == "mean":

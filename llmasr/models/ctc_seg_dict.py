@@ -80,5 +80,7 @@ class SegDictCTCTokenizer(TokenListCTCTokenizer):
                 )
         return ids
 
+    spells_separator = False  # pieces carry their own joins ("@@"): decode spaces words as FunASR does
+
     def encode_unit(self, unit: str, spaced: bool) -> tuple[list[int], list[int]]:
         return self.encode(unit), []  # pieces carry their own joins ("@@"): no separator token

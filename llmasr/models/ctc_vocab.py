@@ -17,6 +17,7 @@ trained with another one as its blank (SenseVoiceSmall's CTC head uses `<unk>`, 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -151,19 +152,27 @@ class TokenListCTCTokenizer(CTCTokenizer):
                 ids.extend(self._char_id(ch, word) for ch in word)
         return ids
 
+    spells_separator = True  # encode puts the list's separator token between words (a seg_dict's pieces do not)
+
     def encode_unit(self, unit: str, spaced: bool) -> tuple[list[int], list[int]]:
         sep = [self.index[self.sep]] if spaced and self.sep is not None else []
         return self.encode(unit), sep
 
     def decode(self, ids: Sequence[int]) -> str:
+        """Text as FunASR's sentence_postprocess writes it: <unk>, <s>, </s> and <OOV> left out, "@@" pieces glued
+        to the next one, words spaced, and no space next to a CJK character (a separator token is a space)."""
         pieces = [self.tokens[int(i)] for i in ids if int(i) != self.blank_id and 0 <= int(i) < len(self.tokens)]
-        if self.sep is not None:
-            return "".join(" " if p == self.sep else p for p in pieces).strip()
+        pieces = [p for p in pieces if p not in DROPPED_PIECES]
+        if self.sep is not None and self.spells_separator:
+            return re.sub(r" +", " ", "".join(" " if p == self.sep else p.removesuffix("@@") for p in pieces)).strip()
         text = ""
         for prev, p in zip([None, *pieces], pieces):
-            glue = prev is None or prev.endswith("@@") or (_is_cjk(prev) and _is_cjk(p))
+            glue = prev is None or prev.endswith("@@") or _is_cjk(prev) or _is_cjk(p)
             text += ("" if glue else " ") + p.removesuffix("@@")
         return text
+
+
+DROPPED_PIECES = frozenset({"<unk>", "<s>", "</s>", "<OOV>"})  # sentence_postprocess leaves them out of the text
 
 
 def _is_cjk(piece: str) -> bool:
@@ -173,14 +182,16 @@ def _is_cjk(piece: str) -> bool:
 def read_token_list(path: str) -> list[str]:
     """A FunASR tokens.json (JSON list) or a text file with one token per line (optionally "token id")."""
     text = Path(path).read_text(encoding="utf-8-sig")  # -sig: a BOM is not part of the first token
-    if text.lstrip().startswith("["):
+    tokens = None
+    if text.lstrip().startswith("["):  # JSON, or a line list whose first token is e.g. [PAD]
         try:
             tokens = json.loads(text)
         except json.JSONDecodeError as err:
-            raise ValueError(f"CTC vocabulary {path}: not a valid JSON token list: {err}") from err
-        if not all(isinstance(t, str) for t in tokens):
+            if Path(path).suffix == ".json":
+                raise ValueError(f"CTC vocabulary {path}: not a valid JSON token list: {err}") from err
+        if tokens is not None and not (isinstance(tokens, list) and all(isinstance(t, str) for t in tokens)):
             raise ValueError(f"CTC vocabulary {path}: the JSON list must hold only strings")
-    else:
+    if tokens is None:
         lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
         pairs = [ln.split() for ln in lines]
         if pairs and all(len(p) == 2 and p[1].lstrip("-").isdigit() for p in pairs):

@@ -107,8 +107,9 @@ def test_tokens_json_funasr_style(tmp_path):
     assert tok.blank_id == 0 and tok.vocab_size == len(tokens)
     assert tok.encode("你好 hello") == [3, 4, 5]
     assert tok.encode("你们") == [3, 7]  # unknown character -> <unk>
-    assert tok.decode([3, 4, 5, 6]) == "你好 hello world"
-    assert tok.decode_ctc([0, 3, 3, 0, 4, 4, 5]) == "你好 hello"
+    # as FunASR's sentence_postprocess writes it: no space next to a Chinese character, <s>, </s>, <unk> left out
+    assert tok.decode([3, 4, 5, 6]) == "你好hello world" and tok.decode([5, 3, 7, 1, 6, 2]) == "hello你world"
+    assert tok.decode_ctc([0, 3, 3, 0, 4, 4, 5]) == "你好hello"
 
 
 def test_tokens_txt_chars_with_separator_and_missing_char(tmp_path):
@@ -129,6 +130,19 @@ def test_a_token_list_saved_with_a_bom(tmp_path):
         path.write_text("\ufeff" + text, encoding="utf-8")
         tok = build_ctc_tokenizer(CTCConfig(vocab=str(path)))
         assert tok.encode("ab a") == [0, 1, 2, 0], name  # "a" is the first token, not "\ufeffa"
+
+
+def test_a_line_list_whose_first_token_starts_with_a_bracket(tmp_path):
+    """A one-token-a-line list opening with [PAD] is a line list (it had been read as broken JSON); a .json file
+    that is not JSON is still an error."""
+    path = tmp_path / "vocab.txt"
+    path.write_text("[PAD]\na\nb\n")
+    tok = build_ctc_tokenizer(CTCConfig(vocab=str(path)))
+    assert tok.encode("ab") == [1, 2] and tok.vocab_size == 4
+    bad = tmp_path / "tokens.json"
+    bad.write_text("[PAD]\na\n")
+    with pytest.raises(ValueError, match="tokens.json: not a valid JSON token list"):
+        build_ctc_tokenizer(CTCConfig(vocab=str(bad)))
 
 
 def test_units_txt_with_ids(tmp_path):
@@ -195,6 +209,14 @@ def test_impossible_alignment_is_zeroed():
     lp = torch.randn(1, 2, 5).log_softmax(-1)
     loss = ctc_loss(lp, torch.tensor([2]), torch.tensor([[1, 2, 3, 4]]), torch.tensor([4]), blank_id=0)
     assert loss.item() == 0.0
+    # with label smoothing too: the smoothing pull had still trained the head on an utterance CTC has no path for
+    logits = torch.randn(2, 4, 5, requires_grad=True)
+    targets, target_lens = torch.tensor([[1, 2], [1, 2]]), torch.tensor([2, 2])
+    per_utt = ctc_loss(logits.log_softmax(-1), torch.tensor([4, 1]), targets, target_lens, blank_id=0,
+                       label_smoothing=0.1, reduction="none")  # fmt: skip
+    assert per_utt[0] > 0 and per_utt[1] == 0.0
+    per_utt.sum().backward()
+    assert logits.grad[1].abs().max() == 0.0 and logits.grad[0].abs().max() > 0
 
 
 def test_target_validation_names_utterance_id_and_vocab():

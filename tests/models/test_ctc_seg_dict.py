@@ -44,8 +44,19 @@ def test_text_is_cut_as_funasr_cuts_it(files):
     # a word the seg_dict lacks: character by character when it starts with a letter, digit or Chinese character
     assert tok.encode("one 12 ok?") == [ids["on@@"], ids["e"], ids["1"], unk, unk, unk, unk]
     assert tok.encode("HELLO,") == [unk] * 6 and tok.encode(",hello") == [unk]  # else the whole word is one <unk>
-    assert tok.decode(tok.encode("hello 你好 world one")) == "hello 你好 world one"  # "@@" joins the pieces back
+    # "@@" joins the pieces back; as FunASR's sentence_postprocess writes it, no space next to a Chinese character
+    assert tok.decode(tok.encode("hello 你好 world one")) == "hello你好world one"
     assert tok.blank_id == 0 and tok.vocab_size == len(TOKENS)
+
+
+def test_a_list_with_a_separator_entry_decodes_seg_dict_pieces_as_funasr_does(tmp_path):
+    """A token list that also holds a word separator (<space>): the seg_dict's pieces carry no separator, and the
+    text they decode to is FunASR's ("@@" had stayed in it, and the words ran together); <unk> is left out."""
+    (tmp_path / "tokens.json").write_text(json.dumps([*TOKENS, "<space>"], ensure_ascii=False))
+    (tmp_path / "seg_dict").write_text(SEG_DICT, encoding="utf-8")
+    tok = build_ctc_tokenizer(CTCConfig(vocab=str(tmp_path / "tokens.json"), seg_dict=str(tmp_path / "seg_dict")))
+    assert tok.decode(tok.encode("你好 hello world 你好")) == "你好hello world你好"
+    assert tok.decode(tok.encode("hello ok")) == "hello"
 
 
 def test_without_the_seg_dict_a_word_outside_the_list_is_spelled_in_letters_and_it_is_pointed_out(files, caplog):
