@@ -3,10 +3,12 @@
 FunASR models trained with a CTC loss (Conformer, SenseVoiceSmall, Paraformer with ctc_weight > 0) keep the head in
 model.pt as `ctc.ctc_lo`, over the vocabulary their tokenizer reads: configuration.json's
 `file_path_metas.tokenizer_conf` (`token_list`: tokens.json, `bpemodel`: a sentencepiece model) when the directory
-has that file, else config.yaml's `tokenizer_conf`, else tokens.json beside it. FunASR's CTC loss and decoders use
+has that file, else config.yaml's `tokenizer_conf` with, as FunASR's AutoModel reads such a directory, the files
+beside config.yaml in place of what it names (tokens.txt, tokens.json, seg_dict, bpe.model). FunASR's CTC loss
+and decoders use
 id 0 as the blank, whatever that entry is called (`<blank>` in a tokens.json, `<unk>` in SenseVoice's sentencepiece
 model), so the blank is named by the vocabulary's first entry. A token list read through a seg_dict (tokenizer_conf
-`seg_dict_file`, as Paraformer-large's is) comes with it.
+`seg_dict`, else `seg_dict_file`, as CharTokenizer takes them; Paraformer-large has one) comes with it.
 
 Only config.yaml and configuration.json are read here (the recipe is being validated); the head's tensors are read,
 and their sizes checked against the vocabulary and the encoder, when the model is built.
@@ -22,6 +24,10 @@ from llmasr.models.funasr_dir import file_path_metas, named_in_dir, read_funasr_
 
 # FunASR prefixes every tensor of the CTC head with the module's name.
 CTC_PREFIX = "ctc."
+# Without configuration.json, FunASR's AutoModel puts these files beside config.yaml into its tokenizer_conf, in
+# this order (tokens.json over tokens.txt).
+BESIDE_CONFIG = (("token_list", "tokens.txt"), ("token_list", "tokens.json"), ("seg_dict", "seg_dict"),
+                 ("bpemodel", "bpe.model"))  # fmt: skip
 
 
 def _named_file(model_dir: Path, name: object, where: str) -> Path:
@@ -46,6 +52,16 @@ def _tokenizer_file(model_dir: Path, config: dict, metas: dict, keys: tuple[str,
             if isinstance(name, str) and name:
                 return _named_file(model_dir, name, f"{model_dir / source}: {where}.{key}")
     return None
+
+
+def _with_files_beside(model_dir: Path, config: dict) -> dict:
+    """`config` whose tokenizer_conf holds, in place of what it names, the BESIDE_CONFIG files the directory has."""
+    conf = config.get("tokenizer_conf")
+    conf = dict(conf) if isinstance(conf, dict) else {}
+    for key, name in BESIDE_CONFIG:
+        if (model_dir / name).is_file():
+            conf[key] = name
+    return {**config, "tokenizer_conf": conf}
 
 
 def _vocabulary(model_dir: Path, config: dict, metas: dict) -> Path:
@@ -82,14 +98,16 @@ def funasr_ctc_settings(model_dir: str | Path) -> dict[str, str]:
     init_prefix."""
     model_dir = Path(model_dir).resolve()
     config = read_funasr_config(model_dir)
-    metas = file_path_metas(model_dir) or {}
+    metas = file_path_metas(model_dir)
+    if metas is None:
+        config, metas = _with_files_beside(model_dir, config), {}
     vocab = _vocabulary(model_dir, config, metas)
     init_from = weights_file(model_dir)
     if not init_from.is_file():
         raise ConfigError(f"{model_dir}: the model weights ({init_from.name}) are not a file there")
     seg_dict = None
     if vocab.suffix != ".model":  # a CharTokenizer's token list, read through its seg_dict when it names one
-        seg_dict = _tokenizer_file(model_dir, config, metas, ("seg_dict_file", "seg_dict"))
+        seg_dict = _tokenizer_file(model_dir, config, metas, ("seg_dict", "seg_dict_file"))
     return {
         "vocab": str(vocab),
         "blank": _first_entry(vocab),

@@ -88,11 +88,15 @@ def test_from_encoder_takes_the_seg_dict_the_directory_names(tmp_path, tiny_llm_
     assert cfg.ctc.seg_dict == str(d.resolve() / "seg_dict") and cfg.ctc.vocab == str(d.resolve() / "tokens.json")
     assert type(build_ctc_tokenizer(cfg.ctc)).__name__ == "SegDictCTCTokenizer"
     config = yaml.safe_load((d / "config.yaml").read_text())
-    (d / "configuration.json").unlink()  # config.yaml alone names no seg_dict: the plain token list
-    assert from_dict(ModelConfig, section, "model").ctc.seg_dict is None
-    config["tokenizer_conf"]["seg_dict_file"] = "/data/old_machine/seg_dict"  # found beside it by its name
-    (d / "config.yaml").write_text(yaml.safe_dump(config))
+    # without configuration.json, as FunASR's AutoModel reads the directory: the seg_dict beside config.yaml, though
+    # config.yaml names none (it had been left out, and English words spelled letter by letter)
+    (d / "configuration.json").unlink()
     assert from_dict(ModelConfig, section, "model").ctc.seg_dict == str(d.resolve() / "seg_dict")
+    (d / "seg_dict").rename(d / "seg_dict.kept")
+    assert from_dict(ModelConfig, section, "model").ctc.seg_dict is None  # none beside it, none named
+    config["tokenizer_conf"]["seg_dict_file"] = "/data/old_machine/seg_dict.kept"  # found beside it by its name
+    (d / "config.yaml").write_text(yaml.safe_dump(config))
+    assert from_dict(ModelConfig, section, "model").ctc.seg_dict == str(d.resolve() / "seg_dict.kept")
 
 
 @pytest.mark.parity
