@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from llmasr.config_io import ConfigError
+from llmasr.models.llm import logit_transform
 
 log = logging.getLogger(__name__)
 
@@ -57,12 +58,27 @@ def liger_transformers():
         raise FusedKernelError(why) from err
 
 
-def llm_model_type(llm_path: str | Path) -> str:
+def _llm_config(llm_path: str | Path) -> dict:
     config = Path(llm_path) / "config.json"
     try:
-        return str(json.loads(config.read_text(encoding="utf-8"))["model_type"])
-    except (OSError, ValueError, KeyError) as err:
+        data = json.loads(config.read_text(encoding="utf-8"))
+        if not isinstance(data, dict) or "model_type" not in data:
+            raise ValueError("no model_type")
+        return data
+    except (OSError, ValueError) as err:
         raise FusedKernelError(f"model.llm.fused_kernels: cannot read model_type from {config}: {err}") from err
+
+
+def patch_flags(patch) -> dict:
+    """PATCH_FLAGS as `patch` (an apply_liger_kernel_to_<type>) takes them: Gemma's take `geglu` for `swiglu`, and a
+    flag it lacks is left out (a patch without the loss flags leaves the loss alone)."""
+    params = inspect.signature(patch).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return dict(PATCH_FLAGS)
+    flags = {k: v for k, v in PATCH_FLAGS.items() if k in params}
+    if "swiglu" not in params and "geglu" in params:
+        flags["geglu"] = PATCH_FLAGS["swiglu"]
+    return flags
 
 
 def check_fused_kernels(llm_cfg, *, zero_stage: int, device: torch.device | None = None) -> None:
@@ -87,14 +103,22 @@ def check_fused_kernels(llm_cfg, *, zero_stage: int, device: torch.device | None
             f"{key}: {wrapped} wraps the output head ({HEAD_NAME}), but the fused loss reads a plain Linear head's "
             f"weight directly; leave {HEAD_NAME} out of it, or set model.llm.fused_kernels=none"
         )
+    config = _llm_config(llm_cfg.path)
+    if logit_transform(config) is not None:
+        raise FusedKernelError(
+            f"{key}: the LLM ({llm_cfg.path}) transforms its output head's logits (a soft cap or a scale), which the "
+            "fused loss does not; set model.llm.fused_kernels=none"
+        )
     api = liger_transformers()
-    model_type = llm_model_type(llm_cfg.path)
-    if getattr(api, f"{PATCH_PREFIX}{model_type}", None) is None:
+    model_type = str(config.get("model_type"))
+    patch = getattr(api, f"{PATCH_PREFIX}{model_type}", None)
+    if patch is None:
         known = sorted(n.removeprefix(PATCH_PREFIX) for n in dir(api) if n.startswith(PATCH_PREFIX))
         raise FusedKernelError(
             f"{key}: liger-kernel has no kernels for the LLM's model type {model_type!r} ({llm_cfg.path}); "
             f"it has: {', '.join(known)}"
         )
+    patch_flags(patch)  # a signature it cannot read fails here, not at training start
     loss_cls = getattr(api, "LigerFusedLinearCrossEntropyLoss", None)
     if loss_cls is None or "return_token_accuracy" not in inspect.signature(loss_cls).parameters:
         raise FusedKernelError(
@@ -163,7 +187,8 @@ def apply_fused_kernels(model: nn.Module, llm_cfg) -> None:
     llm = model.llm
     base = llm.get_base_model() if hasattr(llm, "get_base_model") else llm
     model_type = base.config.model_type
-    getattr(api, f"{PATCH_PREFIX}{model_type}")(model=base, **PATCH_FLAGS)
+    patch = getattr(api, f"{PATCH_PREFIX}{model_type}")
+    patch(model=base, **patch_flags(patch))
     head = base.get_output_embeddings()
     if not isinstance(head, nn.Linear):
         raise FusedKernelError(

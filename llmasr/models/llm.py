@@ -239,6 +239,36 @@ def load_adapter(model: nn.Module, adapter: Path, *, pretrained: bool) -> nn.Mod
     return model
 
 
+def logit_transform(config):
+    """What a causal LM's own forward does to its output head's logits, which llmasr's labels-only loss must do too
+    (generation and beam scores go through that forward): Gemma 2's soft cap cap * tanh(x / cap)
+    (final_logit_softcapping), Granite's division by logits_scaling, Cohere's multiplication by logit_scale; None
+    for the rest (Qwen, Llama). `config`: the LLM's transformers config, or its config.json as a dict."""
+    if isinstance(config, dict):
+        config = config.get("text_config") or config
+        get = config.get
+    else:
+        config = config.get_text_config() if hasattr(config, "get_text_config") else config
+        get = lambda key: getattr(config, key, None)  # noqa: E731
+    cap, divide, multiply = get("final_logit_softcapping"), get("logits_scaling"), get("logit_scale")
+    steps = []
+    if cap:
+        steps.append(lambda x, c=float(cap): c * torch.tanh(x / c))
+    if divide is not None and float(divide) != 1.0:
+        steps.append(lambda x, d=float(divide): x / d)
+    if multiply is not None and float(multiply) != 1.0:
+        steps.append(lambda x, m=float(multiply): x * m)
+    if not steps:
+        return None
+
+    def transform(x):
+        for step in steps:
+            x = step(x)
+        return x
+
+    return transform
+
+
 def causal_lm_parts(llm: nn.Module) -> tuple[nn.Module, nn.Module, nn.Module]:
     """(input embeddings, decoder stack returning hidden states, output head) of a HF or peft-wrapped LM."""
     base = llm.get_base_model() if hasattr(llm, "get_base_model") else llm

@@ -25,13 +25,14 @@ class TokenLoss:
 
 
 def labels_only_cross_entropy(
-    hidden: torch.Tensor, labels: torch.Tensor, lm_head: nn.Module, fused: nn.Module | None = None
+    hidden: torch.Tensor, labels: torch.Tensor, lm_head: nn.Module, fused: nn.Module | None = None, transform=None
 ) -> TokenLoss:
     """Next-token CE of `lm_head(hidden)` against `labels`, evaluating the head only at labelled positions.
 
     hidden: [B, N, H] final hidden states; labels: [B, N] with IGNORE_INDEX where no loss applies. Position t
     predicts labels[t + 1], as in Hugging Face causal LMs. `fused` (llmasr.models.fused_kernels.LigerLabelsHead)
-    computes head and loss of the selected positions in one kernel, without their logits.
+    computes head and loss of the selected positions in one kernel, without their logits. `transform`: what the
+    LM's own forward does to the head's logits (llmasr.models.llm.logit_transform), or None.
     """
     if hidden.shape[:2] != labels.shape:
         raise ValueError(f"hidden {list(hidden.shape)} and labels {list(labels.shape)} disagree on [batch, sequence]")
@@ -44,6 +45,8 @@ def labels_only_cross_entropy(
         return TokenLoss(loss_sum=loss_sum, n_tokens=mask.sum(), n_correct=n_correct)
     # The head is called as a module (not F.linear on its weight) so ZeRO-3 gathers its partitioned weight.
     logits = lm_head(selected).float()
+    if transform is not None:
+        logits = transform(logits)
     loss_sum = F.cross_entropy(logits, target_ids, reduction="sum")
     with torch.no_grad():
         n_correct = (logits.argmax(-1) == target_ids).sum()

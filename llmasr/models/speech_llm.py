@@ -28,7 +28,7 @@ from llmasr.models.decode_guards import Guards
 from llmasr.models.decoding import DecodeConfig, Transcripts
 from llmasr.models.hotword_boost import HotwordBoost
 from llmasr.models.insert_audio import merge_audio_into_text
-from llmasr.models.llm import causal_lm_parts
+from llmasr.models.llm import causal_lm_parts, logit_transform
 from llmasr.models.losses import labels_only_cross_entropy
 from llmasr.models.prompt import PromptBuilder
 
@@ -191,7 +191,11 @@ class SpeechLLM(nn.Module):
         """
         enc, enc_lens, log_probs, merged = self._embed(batch, for_generation=False)
         head = causal_lm_parts(self.llm)[2]
-        token = labels_only_cross_entropy(self._llm_hidden(merged), merged.labels, head, self.fused_head)
+        if not hasattr(self, "_logit_transform"):
+            base = self.llm.get_base_model() if hasattr(self.llm, "get_base_model") else self.llm
+            self._logit_transform = logit_transform(base.config)
+        hidden = self._llm_hidden(merged)
+        token = labels_only_cross_entropy(hidden, merged.labels, head, self.fused_head, self._logit_transform)
         n_tok = token.n_tokens.clamp(min=1) if token_normalizer is None else token_normalizer
         loss = token.loss_sum / n_tok
         n_utts = int(batch.text_ids.shape[0])

@@ -210,3 +210,29 @@ def test_check_command_refuses_lora_on_the_output_head(tiny_llm_dir, tmp_path, f
     args = ["--config", str(recipe), "--deepspeed", "zero2", "--out", str(tmp_path / "o")]
     assert check_main([*args, "model.llm.fused_kernels=liger", "model.llm.lora.target_modules=[q_proj,lm_head]"]) == 2
     assert "wraps the output head (lm_head)" in capsys.readouterr().err
+
+
+def test_patch_flags_follow_the_patch_signature():
+    """liger's Gemma patches take `geglu` where the others take `swiglu` (passing swiglu made them raise at training
+    start), and Pixtral's takes no loss flags at all."""
+    from llmasr.models.fused_kernels import patch_flags
+
+    def gemma(rope=True, cross_entropy=False, fused_linear_cross_entropy=True, rms_norm=True, geglu=True, model=None):
+        pass
+
+    def pixtral(rope=True, rms_norm=True, swiglu=True, model=None):
+        pass
+
+    assert patch_flags(gemma) == {"rope": True, "rms_norm": True, "geglu": True, "cross_entropy": False,
+                                  "fused_linear_cross_entropy": False}  # fmt: skip
+    assert patch_flags(pixtral) == {"rope": True, "rms_norm": True, "swiglu": True}
+    assert patch_flags(lambda **kw: None)["swiglu"] is True
+
+
+def test_refused_for_an_llm_that_transforms_its_logits(tmp_path, fake_liger):
+    """Gemma 2's soft cap (and Granite's, Cohere's scales) act on the head's logits, which the fused loss never
+    forms: refused at start-up, not trained on another loss."""
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "gemma2", "final_logit_softcapping": 30.0}))
+    fake_liger.api.apply_liger_kernel_to_gemma2 = lambda **kw: None
+    with pytest.raises(FusedKernelError, match="transforms its output head's logits"):
+        check_fused_kernels(liger_cfg(tmp_path), zero_stage=2, device=CUDA)

@@ -43,3 +43,42 @@ def test_token_accuracy_counts_argmax_hits():
     assert int(out.n_tokens) == 2 and int(out.n_correct) == 0
     labels = torch.tensor([[IGNORE_INDEX, 0, 1]])
     assert int(labels_only_cross_entropy(hidden, labels, head).n_correct) == 2
+
+
+def _tiny(kind: str):
+    """A tiny causal LM of a family whose forward transforms the output head's logits (random weights)."""
+    import transformers
+
+    common = dict(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+                  num_key_value_heads=1, max_position_embeddings=64)  # fmt: skip
+    if kind == "gemma2":
+        config = transformers.Gemma2Config(**common, head_dim=8, final_logit_softcapping=2.0)
+        return transformers.Gemma2ForCausalLM(config)
+    if kind == "granite":
+        return transformers.GraniteForCausalLM(transformers.GraniteConfig(**common, logits_scaling=4.0))
+    return transformers.CohereForCausalLM(transformers.CohereConfig(**common, logit_scale=0.25))
+
+
+def test_the_loss_applies_the_llms_own_logit_transform():
+    """Gemma 2's soft cap, Granite's and Cohere's logit scales: the labels-only loss equals the model's own forward
+    loss (it had run the raw head, training another distribution than generation scores)."""
+    from llmasr.models.llm import causal_lm_parts, logit_transform
+
+    torch.manual_seed(0)
+    for kind in ("gemma2", "granite", "cohere"):
+        model = _tiny(kind).eval()
+        with torch.no_grad():
+            model.get_output_embeddings().weight.mul_(30.0)  # logits large enough for the transform to matter
+        ids = torch.randint(0, 64, (2, 7))
+        labels = ids.clone()
+        labels[:, :3] = IGNORE_INDEX
+        with torch.no_grad():
+            ref = model(input_ids=ids, labels=labels).loss * (labels[:, 1:] != IGNORE_INDEX).sum()
+            _, decoder, head = causal_lm_parts(model)
+            hidden = decoder(input_ids=ids).last_hidden_state
+            ours = labels_only_cross_entropy(hidden, labels, head, transform=logit_transform(model.config))
+            raw = labels_only_cross_entropy(hidden, labels, head)
+        torch.testing.assert_close(ours.loss_sum, ref, rtol=1e-5, atol=1e-4, msg=kind)
+        assert abs(float(raw.loss_sum) - float(ref)) > 1.0, kind
+    assert logit_transform({"model_type": "qwen2"}) is None
+    assert logit_transform({"model_type": "gemma3", "text_config": {"final_logit_softcapping": 30.0}}) is not None
