@@ -70,9 +70,18 @@ def load_tokenizer(path: str | Path, *, trust_remote_code: bool = False):
 
 
 def linear_module_names(model: nn.Module) -> list[str]:
-    """Leaf names of nn.Linear modules (e.g. q_proj), the vocabulary `target_modules` is written in."""
-    names = {name.rsplit(".", 1)[-1] for name, mod in model.named_modules() if isinstance(mod, nn.Linear)}
-    return sorted(names)
+    """Leaf names of nn.Linear modules (e.g. q_proj), the vocabulary `target_modules` is mostly written in."""
+    return sorted({name.rsplit(".", 1)[-1] for name in _linear_paths(model)})
+
+
+def _linear_paths(model: nn.Module) -> list[str]:
+    return [name for name, mod in model.named_modules() if isinstance(mod, nn.Linear)]
+
+
+def _reaches(target: str, path: str) -> bool:
+    """Whether a target_modules entry names the module at `path`, as peft matches list entries: the whole name, or a
+    suffix of it after a dot (q_proj, self_attn.q_proj)."""
+    return path == target or path.endswith("." + target)
 
 
 @contextlib.contextmanager
@@ -89,16 +98,27 @@ def apply_lora(model: nn.Module, lora: LoraConfig, *, what: str, hf_model: bool,
     leaves the adapters and the biases `lora.bias` names trainable; `freeze` False trains the base as well."""
     import peft
 
-    available = linear_module_names(model)
+    paths = _linear_paths(model)
     targets = lora.target_modules
     if targets != "all-linear":
-        missing = [t for t in targets if t not in available]
+        missing = [t for t in targets if not any(_reaches(t, p) for p in paths)]
         if missing:
             raise ConfigError(
-                f"{what}.lora.target_modules: {missing} match no nn.Linear in the {what}; available: {available}"
+                f"{what}.lora.target_modules: {missing} match no nn.Linear in the {what}; available: "
+                f"{linear_module_names(model)}"
+            )
+        linear = set(paths)
+        others = [f"{t} -> {p} ({type(m).__name__})" for t in targets for p, m in model.named_modules()
+                  if p and p not in linear and _reaches(t, p)]  # fmt: skip
+        if others:
+            raise ConfigError(
+                f"{what}.lora.target_modules also name modules that are not nn.Linear: {others[:5]}; name the "
+                "Linear layers by a longer suffix (e.g. self_attn.linear_q)"
             )
     elif not hf_model:
-        targets = available  # peft's "all-linear" shortcut needs a transformers model
+        # peft's "all-linear" shortcut needs a transformers model. Whole names: a leaf name such as "0" (a Linear
+        # in a Sequential) would also reach every module whose name ends in ".0", a layer or a convolution.
+        targets = paths
     config = peft.LoraConfig(
         r=lora.r,
         lora_alpha=lora.alpha,

@@ -67,6 +67,27 @@ def test_lora_trains_what_freeze_and_bias_say_on_either_branch(tiny_llm_dir, bra
         assert biases and (bias != "lora_only" or wrapped)
 
 
+def test_encoder_lora_targets_are_the_linear_layers_they_name():
+    """On a Conformer (a Linear inside a Sequential: embed.out.0): all-linear wraps every Linear and nothing else
+    (its leaf name "0" had also reached encoders.0 and embed.conv.0, and the build failed); a dotted suffix names a
+    Linear as peft matches it; a name that also reaches another kind of module is refused."""
+    import peft
+
+    def build(targets):
+        section = {"type": "conformer", "conf": {}, "freeze": True, "lora": {"r": 2, "target_modules": targets}}
+        return build_encoder(from_dict(EncoderConfig, section, "model.encoder"), pretrained=False)[0]
+
+    enc = build("all-linear")
+    wrapped = {n for n, m in enc.named_modules() if isinstance(m, peft.tuners.lora.LoraLayer)}
+    linear = {n for n, m in enc.named_modules() if type(m) is torch.nn.Linear and ".lora_" not in n}
+    assert "embed.out.0" in wrapped and {n.removesuffix(".base_layer") for n in linear} == wrapped
+    enc = build(["self_attn.linear_q"])
+    wrapped = {n for n, m in enc.named_modules() if isinstance(m, peft.tuners.lora.LoraLayer)}
+    assert wrapped and all(n.endswith("self_attn.linear_q") for n in wrapped)
+    with pytest.raises(ConfigError, match=r"not nn.Linear: \['0 -> embed.conv.0 \(Conv2d\)'"):
+        build(["0"])
+
+
 def test_reinit_keys_of_a_frozen_encoder_are_refused(tiny_llm_dir, tmp_path):
     """Weights re-initialised under reinit_keys in a frozen encoder would stay random for the whole run: refused,
     naming them and the freeze key, in the real build and the shapes-only one `llmasr check` makes; trained, they
