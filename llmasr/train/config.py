@@ -102,7 +102,7 @@ class SchedulerConfig:
         if self.warmup_steps is not None:
             return self.warmup_steps
         if self.warmup_ratio is not None:
-            return int(self.warmup_ratio * total)
+            return int(math.floor(self.warmup_ratio * total + 1e-9))  # 0.29 * 100 is 28.999999999999996
         return 0
 
 
@@ -224,7 +224,7 @@ class TrainConfig:
     best_k: int = 1
     # Validation metric that ranks checkpoints: loss, wer (word error rate) or acc (token accuracy).
     best_metric: Literal["loss", "wer", "acc"] = "loss"
-    # Whether a lower or higher best_metric is better; None picks min for loss and wer, max for acc.
+    # Whether a lower or higher best_metric is better: min for loss and wer, max for acc (set, it must agree).
     best_mode: Literal["min", "max"] | None = None
     # Run directory: checkpoints, logs, the resolved recipe and DeepSpeed config.
     output_dir: str = path_field("exp/run", output=True)
@@ -249,5 +249,17 @@ class TrainConfig:
             raise ConfigError(f"{path}.peak_tflops: must be > 0 TFLOP/s and finite when set, got {self.peak_tflops}")
         if not 0 <= self.grad_clip < math.inf:
             raise ConfigError(f"{path}.grad_clip: must be >= 0 and finite (0 disables clipping), got {self.grad_clip}")
-        if self.best_mode is None:
-            self.best_mode = "max" if self.best_metric == "acc" else "min"
+        natural = "max" if self.best_metric == "acc" else "min"
+        if self.best_mode not in (
+            None,
+            natural,
+        ):  # kept as None: a saved recipe run on with another metric re-derives it
+            raise ConfigError(
+                f"{path}.best_mode: {self.best_mode} ranks {self.best_metric} the wrong way round (the best "
+                f"{self.best_metric} is the {'highest' if natural == 'max' else 'lowest'}); leave best_mode unset"
+            )
+
+    @property
+    def ranking_mode(self) -> str:
+        """Whether a lower ("min") or higher ("max") best_metric is better."""
+        return "max" if self.best_metric == "acc" else "min"

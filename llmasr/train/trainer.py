@@ -170,7 +170,7 @@ class Run:
                 files=files,
                 batches_per_epoch=self.per_epoch,  # a resume checks the data still gives them
             )
-            policy = ck.CheckpointPolicy(tc.keep_last, tc.best_k, tc.best_metric, tc.best_mode)
+            policy = ck.CheckpointPolicy(tc.keep_last, tc.best_k, tc.best_metric, tc.ranking_mode)
             deleted = ck.finish_save(self.ckpt_dir, tag, meta, policy)
             log.info(
                 "saved checkpoint %s%s", self.ckpt_dir / tag, f" (removed {', '.join(deleted)})" if deleted else ""

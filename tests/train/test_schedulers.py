@@ -108,6 +108,7 @@ def test_decay_without_warmup_and_ratio():
     assert schedule_lr(cfg, 49, 2.0, 50) == pytest.approx(2.0 * 0.5 * (1 + math.cos(math.pi * 49 / 50)))
     assert schedule_lr(cfg, 50, 2.0, 50) == pytest.approx(0.0)  # after the last update
     assert sched(type="warmup_linear", warmup_ratio=0.25).warmup_updates(10) == 2
+    assert sched(type="warmup_linear", warmup_ratio=0.29).warmup_updates(100) == 29  # not 28: 0.29 * 100 < 29
     with pytest.raises(ConfigError, match="not both"):
         sched(warmup_steps=3, warmup_ratio=0.1)
 

@@ -30,7 +30,7 @@ def test_recipe_sections_load_with_inheritance():
     assert llm.scheduler.type == "warmup_cosine" and llm.scheduler.warmup_updates(1000) == 50
     assert llm.betas == (0.9, 0.95) and enc.betas == (0.9, 0.999)
     assert enc.weight_decay == llm.weight_decay == 0.02
-    assert train.grad_accum == 4 and train.precision == "fp16" and train.best_mode == "min"
+    assert train.grad_accum == 4 and train.precision == "fp16" and train.ranking_mode == "min"
     # round trip through a plain dict
     assert from_dict(OptimConfig, to_dict(optim), "optim").branch("llm") == llm
 
@@ -47,7 +47,19 @@ def test_defaults():
     assert DEFAULT_LRS["llm"] < DEFAULT_LRS["encoder"] < DEFAULT_LRS["adaptor"]
     train = from_dict(TrainConfig, {}, "train")
     assert train.grad_accum is None and train.precision == "bf16"
-    assert from_dict(TrainConfig, {"best_metric": "acc"}, "train").best_mode == "max"
+    assert from_dict(TrainConfig, {"best_metric": "acc"}, "train").ranking_mode == "max"
+
+
+def test_the_ranking_follows_the_metric_of_a_recipe_saved_with_another():
+    """A run's saved recipe (its best_mode unset, as a recipe leaves it) run again with another best_metric ranks by
+    that metric's direction (it had kept the saved "min": the worst accuracy was kept as best); a best_mode that
+    ranks a metric the wrong way round is refused."""
+    saved = to_dict(from_dict(TrainConfig, {"best_metric": "loss"}, "train"))
+    assert saved["best_mode"] is None
+    assert from_dict(TrainConfig, {**saved, "best_metric": "acc"}, "train").ranking_mode == "max"
+    assert from_dict(TrainConfig, {"best_metric": "wer", "best_mode": "min"}, "train").ranking_mode == "min"
+    with pytest.raises(ConfigError, match="train.best_mode: min ranks acc the wrong way round"):
+        from_dict(TrainConfig, {"best_metric": "acc", "best_mode": "min"}, "train")
 
 
 @pytest.mark.parametrize(
