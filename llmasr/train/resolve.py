@@ -81,10 +81,15 @@ def build_loaders(recipe, side: TextSide, *, rank: int, world_size: int, device=
         )
     valid_loader = None
     if data.valid:
-        valid_loader, _ = build_dataloader(
+        valid_loader, valid_sampler = build_dataloader(
             data, data.valid, side.frontend, train=False, trim_leading_silence=recipe.decode.trim_leading_silence,
             **common,
         )  # fmt: skip
+        if len(valid_sampler) == 0:  # its metrics would be those of nothing: a loss of 0 ranked best
+            raise ConfigError(
+                f"data.valid: no batch for rank {rank} of {world_size} (every item filtered? "
+                f"{valid_sampler.filtered or ''})"
+            )
     return train_loader, sampler, valid_loader
 
 

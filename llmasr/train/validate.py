@@ -94,13 +94,14 @@ def _metrics(sums: dict[str, float], model, with_wer: bool) -> dict:
     """The metrics from the all-reduced sums (the same on every rank)."""
     has_ctc = model.ctc_head is not None
     n_tok, ref_len = sums["tokens"], sums["ref_len"]
-    llm_loss = sums["llm_loss"] / max(n_tok, 1.0)
+    # nothing scored (every utterance a stand-in): NaN, which ranks no checkpoint (a 0 had ranked best)
+    llm_loss = sums["llm_loss"] / n_tok if n_tok > 0 else float("nan")
     ctc_weight = float(getattr(model, "ctc_weight", 0.0) or 0.0)
-    ctc_loss = sums["ctc_loss"] / max(sums["utts"], 1.0)
+    ctc_loss = sums["ctc_loss"] / sums["utts"] if sums["utts"] > 0 else float("nan")
     metrics = {
         "loss": llm_loss + (ctc_weight * ctc_loss if has_ctc else 0.0),
         "llm_loss": llm_loss,
-        "acc": sums["correct"] / max(n_tok, 1.0),
+        "acc": sums["correct"] / n_tok if n_tok > 0 else float("nan"),
         "n_utts": int(sums["utts"]),
         "n_tokens": int(n_tok),
     }

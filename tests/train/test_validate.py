@@ -294,3 +294,29 @@ def test_features_computed_on_the_device_are_computed_once_per_batch(tiny_llm_di
     assert len(computed) == len(batches)
     by_workers = [dataclasses.replace(b, feats=model.batch_features(b)[0], wave=b.wave[:, :0]) for b in batches]
     assert validate(plain_engine(model), by_workers, DECODE) == on_device
+
+
+def test_a_validation_that_scored_nothing_ranks_no_checkpoint(tiny_llm_dir):
+    """Every batch a stand-in: loss, llm_loss, acc and ctc_loss are NaN, which no ranking takes (they had been 0.0,
+    and a loss of 0 ranked best)."""
+    import math
+
+    model = build_model(tiny_llm_dir)
+    metrics = validate(plain_engine(model), [stand_in(b) for b in make_batches(model)], DECODE)
+    assert metrics["n_utts"] == 0 and metrics["n_tokens"] == 0
+    assert all(math.isnan(metrics[k]) for k in ("loss", "llm_loss", "acc", "ctc_loss", "wer"))
+
+
+def test_a_valid_set_the_batching_filters_away_is_refused_at_start(tiny_llm_dir, tmp_path):
+    from llmasr.config_io import ConfigError
+    from llmasr.recipe import load_recipe
+    from llmasr.testing.tiny_corpus import tiny_recipe_dict, write_tiny_corpus
+    from llmasr.train.resolve import build_loaders, text_side
+
+    train = write_tiny_corpus(tmp_path / "c", n=6)
+    lines = [json.loads(line) for line in train.read_text().splitlines()]
+    valid = tmp_path / "c" / "valid.jsonl"
+    valid.write_text("".join(json.dumps({**r, "duration": 99.0}) + "\n" for r in lines))  # past max_duration
+    recipe = load_recipe(data=tiny_recipe_dict(tiny_llm_dir, train=[train], valid=[valid], output_dir=tmp_path / "r"))
+    with pytest.raises(ConfigError, match=r"data.valid: no batch for rank 0 of 1 \(every item filtered\? .*too_long"):
+        build_loaders(recipe, text_side(recipe.model), rank=0, world_size=1)
