@@ -165,6 +165,7 @@ class Progress:
         self.stream = stream if stream is not None else sys.stderr
         self.next_line = self.t0 + progress_every_s
         self.unaligned_noted = False
+        self.unlogged = None  # the last update's line, until it is logged
         self.bar = None
         self.writer = None
         if not self.enabled:
@@ -201,20 +202,27 @@ class Progress:
         mem = memory_gb()
         for key, value in mem.items():
             w.add_scalar(key, value, update)
+        self.unlogged = (update, epoch, stats, lrs, extra, eta, mem)
         if update % self.log_every == 0 or update == self.total:
-            figures = self.interval.figures(self.peak_total)
-            self.interval = Interval()
-            for key, value in figures.items():
-                if not isinstance(value, str):
-                    w.add_scalar(f"throughput/{TB_NAMES.get(key, key)}", value, update)
-            row = {"update": update, "epoch": epoch}
-            row.update({k: float(stats[k]) for k in ("loss", "llm_loss", "ctc_loss", "acc") if k in stats})
-            row.update({f"lr/{k}": v for k, v in lrs.items()})
-            row.update({k: float(v) for k, v in extra.items() if v is not None})
-            row.update(figures)
-            row["eta_s"] = round(eta, 1) if eta == eta else -1.0
-            row.update(mem)
-            log.info("train %s", format_pairs(row))
+            self._log_line(*self.unlogged)
+
+    def _log_line(self, update: int, epoch: int, stats: dict, lrs: dict, extra: dict, eta: float, mem: dict) -> None:
+        """train.log's line for `update`, with the throughput of the updates since the last line."""
+        self.unlogged = None
+        w = self.writer
+        figures = self.interval.figures(self.peak_total)
+        self.interval = Interval()
+        for key, value in figures.items():
+            if not isinstance(value, str):
+                w.add_scalar(f"throughput/{TB_NAMES.get(key, key)}", value, update)
+        row = {"update": update, "epoch": epoch}
+        row.update({k: float(stats[k]) for k in ("loss", "llm_loss", "ctc_loss", "acc") if k in stats})
+        row.update({f"lr/{k}": v for k, v in lrs.items()})
+        row.update({k: float(v) for k, v in extra.items() if v is not None})
+        row.update(figures)
+        row["eta_s"] = round(eta, 1) if eta == eta else -1.0
+        row.update(mem)
+        log.info("train %s", format_pairs(row))
 
     def _note_unaligned(self, update: int, stats: dict) -> None:
         """Once a run: the first utterances whose CTC labels outnumber their encoder frames (each logged line counts
@@ -261,6 +269,12 @@ class Progress:
                 self.writer.add_scalar(f"valid/{key}", value, update)
         log.info("valid %s", format_pairs({"update": update, **metrics}))
         self.writer.flush()
+
+    def finish(self) -> None:
+        """The run's last update logged, when it was not (a run that ends before its total: max_updates past what
+        the epochs hold, a stop)."""
+        if self.enabled and self.unlogged is not None:
+            self._log_line(*self.unlogged)
 
     def close(self) -> None:
         if self.bar is not None:

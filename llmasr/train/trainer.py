@@ -309,6 +309,7 @@ class Run:
         finally:
             preemption.arm(False)
             self.flops.remove()
+            self.progress.finish()
             self.progress.close()
             self.close()
         return {"history": history, "interrupted": False, "run_dir": str(self.run_dir), "metrics": last_metrics}

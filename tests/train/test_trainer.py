@@ -228,3 +228,13 @@ def test_the_train_loader_keeps_a_window_of_batches_ready(tiny_llm_dir, tmp_path
     data["train"]["grad_accum"] = None
     plan = plan_run(load_recipe(data=data), {"gradient_accumulation_steps": 6}, rank=0, world_size=1)
     assert plan.loaders[0].prefetch_factor == 4
+
+
+def test_the_last_update_is_logged_when_the_run_ends_before_its_total(tiny_llm_dir, corpus, tmp_path):
+    """max_updates past what the epochs hold (only a warning): the run's last update is still a train.log line (it
+    had been left out unless it fell on log_every)."""
+    run = tmp_path / "run"
+    r = recipe(tiny_llm_dir, corpus, run, valid=False, grad_accum=2, log_every=1000, max_updates=1000)
+    history = train(r, "zero0")["history"]
+    rows = [parse_log_line(line) for line in (run / "train.log").read_text().splitlines() if " train update=" in line]
+    assert len(history) > 1 and [row["update"] for row in rows] == [history[-1]["update"]]
