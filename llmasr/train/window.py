@@ -52,11 +52,13 @@ def run_window(engine, window: list[Batch], world_size: int, counter: FlopCounte
     llm_sum, ctc_sum, correct, audio, lists, dropped, n_unaligned, *count = all_reduce_sum(
         [llm_sum, ctc_sum, correct, audio, lists, dropped, len(unaligned), *count], engine.device
     )
-    stats = {"llm_loss": llm_sum / max(n_tok, 1.0), "acc": correct / max(n_tok, 1.0)}
+    # a window of stand-ins only (every batch bad on every rank) has no loss: NaN, not a 0 that draws a false dip
+    nan = float("nan")
+    stats = {"llm_loss": llm_sum / n_tok if n_tok > 0 else nan, "acc": correct / n_tok if n_tok > 0 else nan}
     model = engine.module
     loss = stats["llm_loss"]
     if getattr(model, "ctc_head", None) is not None:
-        stats["ctc_loss"] = ctc_sum / max(n_utt, 1.0)
+        stats["ctc_loss"] = ctc_sum / n_utt if n_utt > 0 else nan
         loss += model.ctc_weight * stats["ctc_loss"]
         stats.update(ctc_unaligned=int(n_unaligned), ctc_unaligned_keys=unaligned)  # all ranks; this rank's keys
     stats.update(loss=loss, n_tokens=int(n_tok), n_utts=int(n_utt), audio_seconds=audio)

@@ -129,6 +129,9 @@ def test_empty_batch_runs_but_contributes_nothing(tiny_llm_dir, full_batch):
     stats = run_window(te, [rows(full_batch, 0, 2), stand_in], world_size=1)
     assert max_diff(grads[0], reference_grads(build_model(tiny_llm_dir), rows(full_batch, 0, 2))) < 1e-5
     assert stats["n_utts"] == 2
+    # a window of stand-ins only has no loss to report: NaN (it had logged 0.0, a false dip in the curve)
+    stats = run_window(te, [stand_in, stand_in], world_size=1)
+    assert stats["n_utts"] == 0 and all(math.isnan(stats[k]) for k in ("loss", "llm_loss", "acc"))
 
 
 def test_overflow_skipped_update_does_not_advance_the_schedule(tiny_llm_dir, full_batch):
