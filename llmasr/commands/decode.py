@@ -21,6 +21,7 @@ from llmasr.export.decode import (
     out_dirs,
     search_boost,
 )
+from llmasr.export.decode_results import clear_outputs
 from llmasr.export.decode_world import DecodeWorld
 from llmasr.export.exported import ExportedModelError
 from llmasr.models.decoding import AUTO_CTC_WEIGHT, AUTO_HOTWORD_BOOST, DecodeConfig, decode_config
@@ -66,6 +67,13 @@ def model_args(p: argparse.ArgumentParser) -> None:
         "--trust-remote-code", action="store_true",
         help="allow a model that needs its LLM directory's own Python files (trust_remote_code) to run them",
     )  # fmt: skip
+
+
+def check_model_args(p: argparse.ArgumentParser, args) -> None:
+    """What argparse cannot say of model_args: --tag names a checkpoint of --checkpoint RUN_DIR (it had been ignored
+    beside --model)."""
+    if args.tag is not None and args.model is not None:
+        p.error("--tag picks a checkpoint of --checkpoint RUN_DIR; an exported --model has none")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -169,7 +177,9 @@ def _search_args(p: argparse.ArgumentParser) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    check_model_args(parser, args)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:  # before the model loads: a bad list file fails at once
         hotwords = read_phrase_file(args.hotwords) if args.hotwords else None
@@ -180,6 +190,11 @@ def main(argv: list[str] | None = None) -> int:
         world = DecodeWorld.from_env()
     except ValueError as err:
         print(f"llmasr decode: error: {err}", file=sys.stderr)
+        return 2
+    try:  # before the model loads, and not blamed on a manifest later
+        Path(args.output).mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        print(f"llmasr decode: error: --output {args.output}: cannot create the folder: {err}", file=sys.stderr)
         return 2
     try:
         device = world.device(args.device)
@@ -223,13 +238,16 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _decode_all(model, manifests: list[str], output: Path, cfg, opts, device, world: DecodeWorld) -> int:
-    failed, summaries = [], []
+    failed, summaries, status = [], [], 0
+    if len(manifests) > 1 and world.leader:
+        clear_outputs(output)  # a single manifest's files from an earlier decode would sit beside this one's
     for data, out_dir in zip(manifests, out_dirs(manifests, output)):
         try:
             summary = decode_manifest(model, data, out_dir, cfg, opts, device=device, world=world)
         except (FileNotFoundError, ValueError) as err:
             print(f"llmasr decode: error: {data}: {err}", file=sys.stderr)
             failed.append(data)
+            status = max(status, errors.exit_status(err))  # 2: a manifest missing, empty or unreadable
             continue
         if summary is None:  # another rank writes the outputs
             continue
@@ -241,4 +259,4 @@ def _decode_all(model, manifests: list[str], output: Path, cfg, opts, device, wo
             failed.append(data)
     if len(manifests) > 1 and world.leader:
         (output / "wer.txt").write_text("\n".join(summaries) + "\n", encoding="utf-8")
-    return 1 if failed else 0
+    return max(status, 1) if failed else 0

@@ -10,7 +10,7 @@ import logging
 import sys
 
 from llmasr import errors
-from llmasr.commands.decode import model_args
+from llmasr.commands.decode import check_model_args, model_args
 from llmasr.config_io import ConfigError
 from llmasr.data.hotwords import PhraseFileError, read_phrase_file
 from llmasr.export.decode import DecodeError
@@ -41,7 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_intermixed_args(argv)  # files after an option too
+    check_model_args(parser, args)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         hotwords = read_phrase_file(args.hotwords) if args.hotwords else None
@@ -70,5 +72,5 @@ def main(argv: list[str] | None = None) -> int:
             times = None if row["timestamps"] is None else [list(w) for w in row["timestamps"]]
             print(json.dumps({"audio": path, "text": row["hyp"], "timestamps": times}, ensure_ascii=False))
         else:
-            print(f"{path}\t{row['hyp']}")
+            print(f"{path}\t{' '.join(row['hyp'].split())}")  # one line a file, whatever the LLM wrote
     return 0

@@ -88,7 +88,7 @@ from llmasr.data.screen import longest_trained
 from llmasr.data.speech_loader import SpeechDataLoader
 from llmasr.data.window_plan import WindowRules
 from llmasr.data.windowed import utterance_rows, utterance_tracker
-from llmasr.export.decode_results import ctc_summary, hotword_counts, llm_summary
+from llmasr.export.decode_results import clear_outputs, ctc_summary, hotword_counts, llm_summary
 from llmasr.export.decode_world import DecodeWorld
 from llmasr.export.exported import MODEL_FILE, ExportedModelError, llm_dtype_name, load_exported, read_description
 from llmasr.export.trained_model import load_checkpoint_model
@@ -227,6 +227,7 @@ def decode_manifest(
     items, bad_data, shares = world.merge(items, loader.bad_data)
     if not world.leader:
         return None
+    clear_outputs(out_dir)
     manifest = loader.dataset.manifest
     rows = utterance_rows(items, manifest, cfg.window_overlap)
     if opts.hotwords_unprompted:  # the lists a prompted run would have used: capped as its prompt caps them

@@ -16,6 +16,17 @@ from llmasr.scoring import score_corpus
 from llmasr.scoring_bias import BiasedCorpus, hotword_list, score_lists
 from llmasr.scoring_bootstrap import LEVEL, RESAMPLES, rate_interval
 
+# What a decode writes into its output folder (and into its ctc/ folder with --ctc).
+OUTPUT_FILES = ("hyp.txt", "ref.txt", "results.jsonl", "wer.txt", "wer.json", "bad.jsonl")
+
+
+def clear_outputs(out_dir: Path) -> None:
+    """Remove what an earlier decode wrote into `out_dir`, so that none of it sits stale beside this decode's (a
+    ref.txt this manifest has no references for, a ctc/ folder this run does not write)."""
+    for folder in (out_dir, out_dir / "ctc"):
+        for name in OUTPUT_FILES:
+            (folder / name).unlink(missing_ok=True)
+
 
 def hotword_counts(rows: list[dict], opts, cap: int | None, boost: float = 0.0) -> dict:
     """How the utterances were biased: lists, phrases rendered, phrases the token cap dropped, the search's boost

@@ -69,7 +69,9 @@ class Transcriber:
         """Per clip, in order: {"audio" (the path, or "waveform i"), "hyp", "ctc_hyp" (the CTC branch's greedy
         text, None without a head), "truncated" (the guard that ended it, or None), "windows", "duration", with
         decode.timestamps "timestamps" ([word, start s, end s] each, or None), and "no_speech" (True) where the VAD's
-        gate (decode.vad) found none}."""
+        gate (decode.vad) found none}. One clip (a path or a waveform) is taken as a list of one."""
+        if not isinstance(audio, (list, tuple)):  # a path's letters or a waveform's samples are no list of clips
+            audio = [audio]
         if not audio:
             return []
         if isinstance(hotwords, (str, bytes)):  # list("Zhang Wei") would bias towards its letters
@@ -95,6 +97,8 @@ def _manifest(audio: list, sample_rate, hotwords, tmp: Path) -> tuple[list[str],
     names, lines = [], []
     for i, clip in enumerate(audio):
         if isinstance(clip, (str, Path)):
+            if Path(clip).is_dir():
+                raise TranscribeError(f"{clip}: a directory, not an audio file")
             if not Path(clip).is_file():
                 raise TranscribeError(f"{clip}: no such audio file")
             names.append(str(clip))

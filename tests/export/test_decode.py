@@ -171,6 +171,26 @@ def test_several_manifests_get_their_own_directories(exported_dir, tmp_path):
     assert len(_read(tmp_path / "o" / "wer.txt")) == 2 * 5  # five summary lines each
 
 
+def test_a_second_decode_into_the_same_folder_leaves_nothing_stale(exported_dir, tmp_path, capsys):
+    """One manifest decoded into OUT, then two: OUT's own hyp.txt, results.jsonl and wer.json from the first run are
+    gone (they had stayed beside the new combined wer.txt); a missing manifest is an input error (exit 2), and so
+    is --tag beside --model (it had been ignored)."""
+    a = write_corpus(tmp_path / "a", TEXTS[:2], name="dev")
+    b = write_corpus(tmp_path / "b", TEXTS[2:4], name="test")
+    out = tmp_path / "o"
+    common = ["--model", str(exported_dir), "--output", str(out), "--max-new-tokens", "2", "--num-workers", "0"]
+    assert main([*common, "--data", str(a)]) == 0
+    assert (out / "hyp.txt").is_file() and (out / "wer.json").is_file()
+    assert main([*common, "--data", str(a), "--data", str(b)]) == 0
+    assert not any((out / name).exists() for name in ("hyp.txt", "ref.txt", "results.jsonl", "wer.json", "bad.jsonl"))
+    assert (out / "wer.txt").is_file() and (out / "dev" / "hyp.txt").is_file()
+    assert main([*common, "--data", str(tmp_path / "nope.jsonl")]) == 2
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as err:
+        main([*common, "--data", str(a), "--tag", "update_00000002"])
+    assert err.value.code == 2 and "--tag picks a checkpoint of --checkpoint RUN_DIR" in capsys.readouterr().err
+
+
 def test_missing_model_dir_is_a_clear_error(tmp_path, capsys):
     rc = main(["--model", str(tmp_path), "--data", "x.jsonl", "--output", str(tmp_path / "o")])
     assert rc == 2 and "not a directory written by `llmasr export`" in capsys.readouterr().err

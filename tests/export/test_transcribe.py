@@ -123,6 +123,32 @@ def test_the_command_prints_a_line_per_file_in_the_order_given(exported_dir, cli
     assert capsys.readouterr().out.splitlines() == [f"{f}\t{t}" for f, t in zip(files, want)]
     assert main(["transcribe", "--model", str(exported_dir), str(tmp_path / "gone.wav")]) == 2
     assert f"llmasr transcribe: error: {tmp_path / 'gone.wav'}: no such audio file" in capsys.readouterr().err
+    assert main(["transcribe", "--model", str(exported_dir), str(tmp_path)]) == 2
+    assert f"llmasr transcribe: error: {tmp_path}: a directory, not an audio file" in capsys.readouterr().err
+    # files after an option are files too (they had been "unrecognized arguments")
+    assert main(["transcribe", files[0], "--model", str(exported_dir), files[1], "--device", "cpu"]) == 0
+    assert capsys.readouterr().out.splitlines() == [f"{f}\t{t}" for f, t in zip(files, want)]
+
+
+def test_a_transcript_with_line_breaks_prints_on_one_line(exported_dir, clips, monkeypatch, capsys):
+    """A line a file, whatever the LLM wrote (a newline in a hypothesis had split a file's line in two)."""
+    from llmasr.cli import main
+
+    _, paths = clips
+    real = Transcriber.transcripts
+    monkeypatch.setattr(Transcriber, "transcripts", lambda self, *a, **k: [
+        {**row, "hyp": "one\ntwo\r three"} for row in real(self, *a, **k)])  # fmt: skip
+    assert main(["transcribe", "--model", str(exported_dir), str(paths[0]), str(paths[1])]) == 0
+    assert capsys.readouterr().out.splitlines() == [f"{paths[0]}\tone two three", f"{paths[1]}\tone two three"]
+
+
+def test_transcripts_takes_one_clip_as_a_list_of_one(asr, clips):
+    """A path, a Path or a waveform given alone (its letters, a TypeError or its samples had been taken for clips)."""
+    _, paths = clips
+    want = asr.transcripts([str(paths[0])])
+    assert asr.transcripts(str(paths[0])) == want == asr.transcripts(paths[0])
+    wave, sr = sf.read(paths[0], dtype="float32")
+    assert asr.transcripts(wave, sample_rate=sr)[0]["hyp"] == want[0]["hyp"]
 
 
 def test_long_audio_is_decoded_in_windows_as_decode_does(exported_dir, clips, tmp_path):
