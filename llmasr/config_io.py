@@ -95,6 +95,8 @@ def _plain(value: Any) -> Any:
 
 def load_yaml(path: str | Path) -> dict:
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{path}: a directory, not a recipe file")
     if not path.is_file():
         raise ConfigError(f"recipe not found: {path}")
     try:

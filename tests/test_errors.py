@@ -170,3 +170,17 @@ def test_an_error_inside_an_optional_section_names_its_key():
     with pytest.raises(ConfigError) as err:  # several types: each one's complaint
         from_dict(Outer, {"either": [1]}, "a")
     assert str(err.value).startswith("a.either: [1] fits none of int | str | NoneType:\n  a.either: expected an")
+
+
+def test_a_directory_given_for_a_file_is_named_as_one(tmp_path):
+    """A recipe, a manifest or a hotword list given as a directory: said so (it had been "not found")."""
+    from llmasr.config_io import ConfigError, load_yaml
+    from llmasr.data.hotwords import PhraseFileError, read_phrase_file
+    from llmasr.data.manifest import Manifest
+
+    with pytest.raises(ConfigError, match=f"{tmp_path}: a directory, not a recipe file"):
+        load_yaml(tmp_path)
+    with pytest.raises(FileNotFoundError, match=f"{tmp_path}: a directory, not a manifest file"):
+        Manifest.open(tmp_path)
+    with pytest.raises(PhraseFileError, match=f"{tmp_path}: a directory, not a hotword file"):
+        read_phrase_file(tmp_path)

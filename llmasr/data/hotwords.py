@@ -40,6 +40,8 @@ class PhraseFileError(ValueError):
 def read_phrase_file(path: str | Path) -> list[str]:
     """The phrases of a UTF-8 file, one a line (surrounding spaces stripped; a trailing newline is fine)."""
     path = Path(path)
+    if path.is_dir():
+        raise PhraseFileError(f"{path}: a directory, not a hotword file")
     if not path.is_file():
         raise PhraseFileError(f"hotword file not found: {path}")
     data = path.read_bytes().removeprefix(codecs.BOM_UTF8)  # a BOM (Windows editors) is no part of the first phrase

@@ -157,6 +157,8 @@ class Manifest:
     @classmethod
     def open(cls, path: str | Path, *, need_target: bool = True) -> Manifest:
         path = Path(path)
+        if path.is_dir():
+            raise FileNotFoundError(f"{path}: a directory, not a manifest file")
         if not path.is_file():
             raise FileNotFoundError(f"manifest not found: {path}")
         data_path = _decompressed(path) if path.name.endswith(".gz") else path

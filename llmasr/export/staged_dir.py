@@ -26,6 +26,8 @@ def output_dir(out, *, overwrite: bool, flag: str, error=ValueError) -> Path:
     """The resolved folder `out` (`~` expanded), refused with `error` naming `flag` when it exists and is not empty
     (a staging folder an interrupted write left does not count) unless `overwrite`."""
     where = Path(out).expanduser().resolve()
+    if where.exists() and not where.is_dir():  # --overwrite replaces a folder, never a file
+        raise error(f"{flag} {out}: a file, not a folder; choose another {flag}")
     if where.exists():
         hidden = (".partial", ".stage", ".lock")
         left = [p for p in where.iterdir() if p.name not in hidden] if where.is_dir() else [where]

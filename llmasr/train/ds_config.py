@@ -63,6 +63,10 @@ def load_ds_config(path: str | Path) -> dict:
         data = json.loads(path.read_text(encoding="utf-8-sig"), object_pairs_hook=functools.partial(_unique, path))
     except json.JSONDecodeError as err:
         raise ConfigError(f"{path}:{err.lineno}:{err.colno}: not valid JSON: {err.msg}") from err
+    except UnicodeDecodeError as err:
+        raise ConfigError(
+            f"{path}: not a DeepSpeed JSON file (not UTF-8 text: {err.reason} at byte {err.start})"
+        ) from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a JSON object, got {type(data).__name__}")
     return data

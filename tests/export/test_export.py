@@ -318,6 +318,10 @@ def test_output_must_be_new(runs, tmp_path):
     assert main(["--checkpoint", str(runs[0]), "--output", str(tmp_path / "busy")]) == 2
     assert main(["--checkpoint", str(runs[0]), "--output", str(tmp_path / "busy"), "--overwrite"]) == 0
     assert (tmp_path / "busy" / "llmasr_model.yaml").is_file() and not (tmp_path / "busy" / "f").exists()
+    # --overwrite replaces a folder, never a file (a file had been replaced by the model folder)
+    (tmp_path / "precious.txt").write_text("important")
+    assert main(["--checkpoint", str(runs[0]), "--output", str(tmp_path / "precious.txt"), "--overwrite"]) == 2
+    assert (tmp_path / "precious.txt").read_text() == "important"
 
 
 def test_a_second_export_to_the_same_output_is_refused_while_the_first_writes(runs, tmp_path, capsys):

@@ -237,6 +237,9 @@ def test_bad_json_reports_line_and_column(tmp_path):
         load_ds_config(path)
     with pytest.raises(ConfigError, match="neither a file nor a preset"):
         load_ds_config(tmp_path / "missing.json")
+    path.write_bytes(b"RIFF\xaa\xff\x00WAVE")  # a wav given by mistake: named, not a UnicodeDecodeError
+    with pytest.raises(ConfigError, match=rf"^{path}: not a DeepSpeed JSON file \(not UTF-8 text"):
+        load_ds_config(path)
 
 
 # --- DeepSpeed integration (CPU, one process, gloo) --------------------------------------------------------------
