@@ -32,15 +32,18 @@ def _fraction(text: str) -> float:
     return value
 
 
+FRONTEND_FLAGS = {"n_mels": 80, "lfr_m": 1, "lfr_n": 1, "sample_rate": 16000}  # without --recipe
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="llmasr data cmvn", description="global CMVN statistics, written as am.mvn")
     p.add_argument("manifests", nargs="*", help="manifests (default: the recipe's data.train)")
     p.add_argument("--out", required=True, help="am.mvn to write")
     p.add_argument("--recipe", help="take the frontend (fbank, LFR) from the recipe's encoder")
-    p.add_argument("--n-mels", type=int, default=80)
-    p.add_argument("--lfr-m", type=int, default=1)
-    p.add_argument("--lfr-n", type=int, default=1)
-    p.add_argument("--sample-rate", type=int, default=16000)
+    p.add_argument("--n-mels", type=int, help=f"without --recipe (default {FRONTEND_FLAGS['n_mels']})")
+    p.add_argument("--lfr-m", type=int, help=f"without --recipe (default {FRONTEND_FLAGS['lfr_m']})")
+    p.add_argument("--lfr-n", type=int, help=f"without --recipe (default {FRONTEND_FLAGS['lfr_n']})")
+    p.add_argument("--sample-rate", type=int, help=f"without --recipe (default {FRONTEND_FLAGS['sample_rate']})")
     p.add_argument(
         "--max-bad-fraction",
         type=_fraction,
@@ -53,6 +56,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     p = build_parser()
     args = p.parse_args(argv)
+    given = {k: getattr(args, k) for k in FRONTEND_FLAGS if getattr(args, k) is not None}
+    if args.recipe and given:  # they had been ignored: the recipe's encoder decides the frontend
+        flags = ", ".join("--" + k.replace("_", "-") for k in given)
+        p.error(f"{flags}: the frontend comes from --recipe's encoder; give one or the other")
     try:
         manifests, max_bad = list(args.manifests), args.max_bad_fraction
         if args.recipe:
@@ -63,17 +70,13 @@ def main(argv: list[str] | None = None) -> int:
             manifests = manifests or [s.path for s in recipe.data.train_manifests]
             max_bad = recipe.data.max_bad_fraction if max_bad is None else max_bad
         else:
-            frontend = from_dict(
-                FrontendConfig,
-                {"n_mels": args.n_mels, "lfr_m": args.lfr_m, "lfr_n": args.lfr_n, "sample_rate": args.sample_rate},
-                "frontend",
-            )
+            frontend = from_dict(FrontendConfig, {**FRONTEND_FLAGS, **given}, "frontend")
         if not manifests:
             p.error("no manifests: name them, or give --recipe with data.train")
         limit = {} if max_bad is None else {"max_bad_fraction": max_bad}
         shift, _ = compute_global_cmvn(manifests, frontend, args.out, max_utts=args.max_utts, **limit)
     except (ConfigError, CMVNError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"llmasr data cmvn: error: {err}", file=sys.stderr)
         return 2
     print(f"wrote {args.out}: {shift.size} dims (n_mels {frontend.n_mels} x lfr_m {frontend.lfr_m})")
     return 0

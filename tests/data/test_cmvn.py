@@ -137,7 +137,11 @@ def test_cmvn_for_a_recipe_that_names_the_file_it_writes(tmp_path, capsys):
     assert read_kaldi_cmvn(tmp_path / "am.mvn")[0].shape == (560,)
     assert load_recipe(recipe).model.encoder.frontend["cmvn_file"] == str(tmp_path / "am.mvn")  # now it loads
     assert main(["--recipe", str(recipe), "--out", str(tmp_path / "b.mvn"), "--max-bad-fraction", "0.1"]) == 2
-    assert "1 of 7 utterances unusable" in capsys.readouterr().err
+    assert "llmasr data cmvn: error: " in (err := capsys.readouterr().err) and "1 of 7 utterances unusable" in err
+    # frontend flags beside --recipe had been ignored (the recipe's frontend was used without a word)
+    with pytest.raises(SystemExit) as exit_:
+        main(["--recipe", str(recipe), "--out", str(tmp_path / "c.mvn"), "--n-mels", "40", "--lfr-m", "1"])
+    assert exit_.value.code == 2 and "--n-mels, --lfr-m: the frontend comes from --recipe" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(("flag", "value"), [("--max-utts", "0"), ("--max-utts", "-3"), ("--max-bad-fraction", "2")])
