@@ -258,18 +258,17 @@ class BadDataTracker:
         self.advance(1.0)
         self.check(final=True)
 
-    def message(self, *, final: bool = False) -> str:
+    def message(self, *, final: bool = False, setting: str = "data.max_bad_fraction") -> str:
+        """What TooMuchBadData says; `setting`: the recipe key or flag that sets the limit (decode: its flag)."""
         lines = [
             f"{self.name}: too much bad data: {self.bad} of {self.seen} items ({100 * self.fraction:.2f}%) are "
-            f"unusable, above data.max_bad_fraction = {self.max_bad_fraction} ({100 * self.max_bad_fraction:.2f}%)"
+            f"unusable, above {setting} = {self.max_bad_fraction} ({100 * self.max_bad_fraction:.2f}%)"
             + (" at epoch end" if final else ""),
             "by reason: " + ", ".join(f"{r}: {c}" for r, c in self.by_reason.most_common()),
             f"first {len(self.examples)} bad items:",
         ]
         lines += [f"  {e.get('manifest')}:{e.get('line')} key={e.get('key')}: {e.get('reason')}" for e in self.examples]
-        lines.append(
-            "Fix or remove these lines (`llmasr data check MANIFEST` lists them all), or raise data.max_bad_fraction."
-        )
+        lines.append(f"Fix or remove these lines (`llmasr data check MANIFEST` lists them all), or raise {setting}.")
         return "\n".join(lines)
 
     def summary(self) -> str:

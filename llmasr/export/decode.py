@@ -249,7 +249,7 @@ def decode_manifest(
     )  # fmt: skip
     timing["hotwords"] = hotword_counts(rows, opts, model.prompt.hotwords_max_tokens, boost)
     summary = llm_summary(out_dir, rows, found, cfg, timing)
-    summary["too_much_bad_data"] = tracker.message(final=True) if tracker.exceeded else None
+    summary["too_much_bad_data"] = tracker.message(setting="--max-bad-fraction") if tracker.exceeded else None
     if opts.ctc:
         summary["ctc"] = ctc_summary(out_dir / "ctc", rows, found, cfg, timing)
     return summary
