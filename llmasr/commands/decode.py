@@ -238,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _decode_all(model, manifests: list[str], output: Path, cfg, opts, device, world: DecodeWorld) -> int:
-    failed, summaries, status = [], [], 0
+    failed, undecoded, summaries, status = [], [], [], 0
     if len(manifests) > 1 and world.leader:
         clear_outputs(output)  # a single manifest's files from an earlier decode would sit beside this one's
     for data, out_dir in zip(manifests, out_dirs(manifests, output)):
@@ -247,6 +247,7 @@ def _decode_all(model, manifests: list[str], output: Path, cfg, opts, device, wo
         except (FileNotFoundError, ValueError) as err:
             print(f"llmasr decode: error: {data}: {err}", file=sys.stderr)
             failed.append(data)
+            undecoded.append(data)
             status = max(status, errors.exit_status(err))  # 2: a manifest missing, empty or unreadable
             continue
         if summary is None:  # another rank writes the outputs
@@ -258,5 +259,6 @@ def _decode_all(model, manifests: list[str], output: Path, cfg, opts, device, wo
             print(f"llmasr decode: error: {summary['too_much_bad_data']}", file=sys.stderr)
             failed.append(data)
     if len(manifests) > 1 and world.leader:
+        summaries += [f"{data}: not decoded (see the error printed for it)" for data in undecoded]
         (output / "wer.txt").write_text("\n".join(summaries) + "\n", encoding="utf-8")
     return max(status, 1) if failed else 0

@@ -76,6 +76,9 @@ class Transcriber:
             return []
         if isinstance(hotwords, (str, bytes)):  # list("Zhang Wei") would bias towards its letters
             raise TranscribeError(f"hotwords: a list of phrases, got the text {hotwords!r}; pass [{hotwords!r}]")
+        for i, phrase in enumerate(hotwords or ()):  # named here, not as a fault of every clip
+            if not isinstance(phrase, str) or not phrase.strip():
+                raise TranscribeError(f"hotwords[{i}]: expected a non-empty phrase (text), got {phrase!r}")
         if sample_rate is not None and (isinstance(sample_rate, bool) or int(sample_rate) != sample_rate):
             raise TranscribeError(f"sample_rate: a whole number of Hz, got {sample_rate!r}")
         with tempfile.TemporaryDirectory(prefix="llmasr-transcribe-") as tmp:

@@ -187,6 +187,10 @@ def test_a_second_decode_into_the_same_folder_leaves_nothing_stale(exported_dir,
     assert not any((out / name).exists() for name in ("hyp.txt", "ref.txt", "results.jsonl", "wer.json", "bad.jsonl"))
     assert (out / "wer.txt").is_file() and (out / "dev" / "hyp.txt").is_file()
     assert main([*common, "--data", str(tmp_path / "nope.jsonl")]) == 2
+    assert main([*common, "--data", str(a), "--data", str(tmp_path / "gone.jsonl")]) == 2  # the other is decoded
+    assert (out / "wer.txt").read_text().splitlines()[
+        -1
+    ] == f"{tmp_path / 'gone.jsonl'}: not decoded (see the error printed for it)"
     capsys.readouterr()
     with pytest.raises(SystemExit) as err:
         main([*common, "--data", str(a), "--tag", "update_00000002"])

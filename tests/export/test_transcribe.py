@@ -142,6 +142,13 @@ def test_a_transcript_with_line_breaks_prints_on_one_line(exported_dir, clips, m
     assert capsys.readouterr().out.splitlines() == [f"{paths[0]}\tone two three", f"{paths[1]}\tone two three"]
 
 
+def test_an_empty_hotword_is_named_as_the_lists_fault(asr, clips):
+    _, paths = clips
+    for bad in ([""], ["ok", "  "], ["ok", 3]):
+        with pytest.raises(TranscribeError, match=r"^hotwords\[\d\]: expected a non-empty phrase"):
+            asr.transcripts([str(paths[0])], hotwords=bad)
+
+
 def test_transcripts_takes_one_clip_as_a_list_of_one(asr, clips):
     """A path, a Path or a waveform given alone (its letters, a TypeError or its samples had been taken for clips)."""
     _, paths = clips
