@@ -46,11 +46,12 @@ class _Node:
         return len(self.path)
 
 
-def phrase_trie(phrases, tokenizer) -> _Node:
+def phrase_trie(phrases, tokenizer, edges: tuple[frozenset[int], frozenset[int]] | None = None) -> _Node:
     """The token-id trie of `phrases` (each in its start-of-text and after-a-space spellings); the root keeps the
-    tokenizer's joining and word-ending tokens (`joining_tokens`, `word_ending_tokens`) for the matches stepped
-    over it."""
-    root = _Node(joining=_ids(joining_tokens(tokenizer)), ending=_ids(word_ending_tokens(tokenizer)))
+    tokenizer's joining and word-ending tokens (`joining_tokens`, `word_ending_tokens`; `edges`: those id sets,
+    computed once for many tries) for the matches stepped over it."""
+    joining, ending = edges or (_ids(joining_tokens(tokenizer)), _ids(word_ending_tokens(tokenizer)))
+    root = _Node(joining=joining, ending=ending)
     for phrase in phrases:
         text = str(phrase).strip()
         if not text:
@@ -204,7 +205,7 @@ class HotwordBoost:
         self.joins = joining_tokens(tokenizer) if listed else torch.zeros(0, dtype=torch.bool)
         self.joining = _ids(self.joins)
         self.ending = _ids(word_ending_tokens(tokenizer)) if listed else frozenset()
-        self.tries = [phrase_trie(p, tokenizer) if p else None for p in phrases]
+        self.tries = [phrase_trie(p, tokenizer, (self.joining, self.ending)) if p else None for p in phrases]
         self.spelled = [sorted(_spelled(root)) if root is not None else [] for root in self.tries]
         self.matches: dict[tuple[int, tuple[int, ...]], _Match] = {}
 
