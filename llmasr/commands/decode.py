@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -67,6 +68,21 @@ def model_args(p: argparse.ArgumentParser) -> None:
         "--trust-remote-code", action="store_true",
         help="allow a model that needs its LLM directory's own Python files (trust_remote_code) to run them",
     )  # fmt: skip
+
+
+def output_problem(output: Path) -> str | None:
+    """Why the output folder cannot be written, found without creating anything (a refused run leaves no folder):
+    it is a file, or its nearest existing ancestor is a file or not writable; None when it can be."""
+    if output.exists():
+        return None if output.is_dir() else "a file, not a folder"
+    parent = output.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        return f"cannot create the folder: {parent} is a file"
+    if not os.access(parent, os.W_OK | os.X_OK):
+        return f"cannot create the folder: {parent} is not writable"
+    return None
 
 
 def check_model_args(p: argparse.ArgumentParser, args) -> None:
@@ -191,10 +207,9 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as err:
         print(f"llmasr decode: error: {err}", file=sys.stderr)
         return 2
-    try:  # before the model loads, and not blamed on a manifest later
-        Path(args.output).mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        print(f"llmasr decode: error: --output {args.output}: cannot create the folder: {err}", file=sys.stderr)
+    unwritable = output_problem(Path(args.output))  # before the model loads, and not blamed on a manifest later
+    if unwritable:
+        print(f"llmasr decode: error: --output {args.output}: {unwritable}", file=sys.stderr)
         return 2
     try:
         device = world.device(args.device)

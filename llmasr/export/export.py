@@ -38,7 +38,7 @@ from torch import nn
 
 from llmasr.config_io import to_dict
 from llmasr.config_paths import input_paths
-from llmasr.export.exported import MODEL_FILE
+from llmasr.export.exported import DTYPE_NAMES, MODEL_FILE
 from llmasr.export.staged_dir import output_dir, publish, staging_dir, writing
 from llmasr.export.trained_model import load_checkpoint_model, load_trained, run_recipe  # noqa: F401  (public API)
 from llmasr.models.builder import encoder_spec, output_dim
@@ -50,14 +50,6 @@ from llmasr.run_dir import CHECKPOINTS, resolve_checkpoint
 log = logging.getLogger(__name__)
 
 FORMAT = "llmasr-exported-1"
-DTYPE_NAMES = {
-    "bf16": "bfloat16",
-    "bfloat16": "bfloat16",
-    "fp16": "float16",
-    "float16": "float16",
-    "fp32": "float32",
-    "float32": "float32",
-}
 
 
 class ExportError(RuntimeError):

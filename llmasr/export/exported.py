@@ -38,6 +38,14 @@ from llmasr.models.encoders import entry_for_class
 from llmasr.models.whisper import encoder_conf as whisper_encoder_conf
 
 MODEL_FILE = "llmasr_model.yaml"
+DTYPE_NAMES = {
+    "bf16": "bfloat16",
+    "bfloat16": "bfloat16",
+    "fp16": "float16",
+    "float16": "float16",
+    "fp32": "float32",
+    "float32": "float32",
+}
 
 
 READABLE_FORMATS = ("llmasr-exported-1",)  # what llmasr.export.export.FORMAT has been
@@ -86,7 +94,6 @@ def _file(model_dir: Path, name: str, what: str) -> str:
 
 
 def llm_dtype_name(name: str | torch.dtype | None, default: str) -> str:
-    from llmasr.export.export import DTYPE_NAMES
     from llmasr.models.llm import DTYPES
 
     if isinstance(name, torch.dtype):

@@ -187,6 +187,12 @@ def test_a_second_decode_into_the_same_folder_leaves_nothing_stale(exported_dir,
     assert not any((out / name).exists() for name in ("hyp.txt", "ref.txt", "results.jsonl", "wer.json", "bad.jsonl"))
     assert (out / "wer.txt").is_file() and (out / "dev" / "hyp.txt").is_file()
     assert main([*common, "--data", str(tmp_path / "nope.jsonl")]) == 2
+    (tmp_path / "afile").write_text("x")  # an output folder that cannot be made: named as such, not as the manifest's
+    bad_out = ["--model", str(exported_dir), "--data", str(a), "--output", str(tmp_path / "afile" / "o")]
+    assert (
+        main(bad_out) == 2
+        and f"--output {tmp_path / 'afile' / 'o'}: cannot create the folder" in capsys.readouterr().err
+    )
     assert main([*common, "--data", str(a), "--data", str(tmp_path / "gone.jsonl")]) == 2  # the other is decoded
     assert (out / "wer.txt").read_text().splitlines()[
         -1
