@@ -75,6 +75,8 @@ class SpeechLLM(nn.Module):
         self.ctc_label_smoothing = ctc_label_smoothing
         self.ctc_compress = ctc_compress
         self.fused_head: nn.Module | None = None  # training's fused head + loss (llmasr.models.fused_kernels)
+        base = llm.get_base_model() if hasattr(llm, "get_base_model") else llm
+        self.logit_transform = logit_transform(base.config)  # what the LM's own forward does to the head's logits
 
     # -- train/eval ---------------------------------------------------------------------------------------------
     def frozen_branches(self) -> list[str]:
@@ -191,11 +193,8 @@ class SpeechLLM(nn.Module):
         """
         enc, enc_lens, log_probs, merged = self._embed(batch, for_generation=False)
         head = causal_lm_parts(self.llm)[2]
-        if not hasattr(self, "_logit_transform"):
-            base = self.llm.get_base_model() if hasattr(self.llm, "get_base_model") else self.llm
-            self._logit_transform = logit_transform(base.config)
         hidden = self._llm_hidden(merged)
-        token = labels_only_cross_entropy(hidden, merged.labels, head, self.fused_head, self._logit_transform)
+        token = labels_only_cross_entropy(hidden, merged.labels, head, self.fused_head, self.logit_transform)
         n_tok = token.n_tokens.clamp(min=1) if token_normalizer is None else token_normalizer
         loss = token.loss_sum / n_tok
         n_utts = int(batch.text_ids.shape[0])
