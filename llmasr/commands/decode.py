@@ -85,6 +85,13 @@ def output_problem(output: Path) -> str | None:
     return None
 
 
+def file_problem(path: Path, what: str = "file") -> str | None:
+    """Why `path` is no `what` to read (a directory, or nothing there); None when it is a file."""
+    if path.is_dir():
+        return f"a directory, not {'an' if what[0] in 'aeiou' else 'a'} {what}"
+    return None if path.is_file() else f"no such {what}"
+
+
 def check_model_args(p: argparse.ArgumentParser, args) -> None:
     """What argparse cannot say of model_args: --tag names a checkpoint of --checkpoint RUN_DIR (it had been ignored
     beside --model)."""
@@ -210,6 +217,10 @@ def main(argv: list[str] | None = None) -> int:
     unwritable = output_problem(Path(args.output))  # before the model loads, and not blamed on a manifest later
     if unwritable:
         print(f"llmasr decode: error: --output {args.output}: {unwritable}", file=sys.stderr)
+        return 2
+    missing = [f"{data}: {why}" for data in args.data if (why := file_problem(Path(data), "manifest file"))]
+    if missing:  # a mistyped manifest is named now, not after the model loads and the others are decoded
+        print(f"llmasr decode: error: --data: {'; '.join(missing)}", file=sys.stderr)
         return 2
     try:
         device = world.device(args.device)

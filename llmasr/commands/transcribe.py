@@ -1,6 +1,7 @@
 """`llmasr transcribe --model DIR | --checkpoint RUN_DIR AUDIO... [--hotwords FILE] [--beam N] [--device D]
 [--timestamps]`: print each audio file's transcript, one "AUDIO<TAB>TEXT" line per file in the order given
-(llmasr.export.transcribe); with --timestamps one JSON line per file with its words' times."""
+(llmasr.export.transcribe); with --timestamps one JSON line per file with its words' times. A file that cannot be
+read is named on stderr where it falls, the others still print, and the exit status is 1."""
 
 from __future__ import annotations
 
@@ -8,9 +9,10 @@ import argparse
 import json
 import logging
 import sys
+from pathlib import Path
 
 from llmasr import errors
-from llmasr.commands.decode import check_model_args, model_args
+from llmasr.commands.decode import check_model_args, file_problem, model_args
 from llmasr.config_io import ConfigError
 from llmasr.data.hotwords import PhraseFileError, read_phrase_file
 from llmasr.export.decode import DecodeError
@@ -50,6 +52,10 @@ def main(argv: list[str] | None = None) -> int:
     except PhraseFileError as err:
         print(f"llmasr transcribe: error: --hotwords: {err}", file=sys.stderr)
         return 2
+    missing = [f"{path}: {why}" for path in args.audio if (why := file_problem(Path(path), "audio file"))]
+    if missing:  # named before the model loads
+        print(f"llmasr transcribe: error: {'; '.join(missing)}", file=sys.stderr)
+        return 2
     try:
         device = DecodeWorld().device(args.device)  # decode's choice: cuda when available
     except ValueError as err:
@@ -63,14 +69,19 @@ def main(argv: list[str] | None = None) -> int:
             args.model, checkpoint=args.checkpoint, tag=args.tag, device=device, dtype=args.dtype,
             trust_remote_code=args.trust_remote_code, **{k: v for k, v in given.items() if v is not None},
         )  # fmt: skip
-        rows = asr.transcripts(args.audio, hotwords=hotwords)
+        rows = asr.transcripts(args.audio, hotwords=hotwords, keep_going=True)
     except (CheckpointError, ExportedModelError, FileNotFoundError, ConfigError, TranscribeError, DecodeError) as err:
         print(f"llmasr transcribe: error: {err}", file=sys.stderr)
         return errors.exit_status(err)  # 2: what it was given is refused
     for path, row in zip(args.audio, rows):
-        if args.timestamps:
+        if "error" in row:  # named where it falls; the other files' lines still print
+            print(f"llmasr transcribe: error: {path}: {row['error']}", file=sys.stderr)
+        elif args.timestamps:
             times = None if row["timestamps"] is None else [list(w) for w in row["timestamps"]]
             print(json.dumps({"audio": path, "text": row["hyp"], "timestamps": times}, ensure_ascii=False))
         else:
             print(f"{path}\t{' '.join(row['hyp'].split())}")  # one line a file, whatever the LLM wrote
-    return 0
+    failed = sum("error" in row for row in rows)
+    if failed:
+        print(f"llmasr transcribe: error: {failed} of {len(rows)} files could not be transcribed", file=sys.stderr)
+    return 1 if failed else 0

@@ -219,14 +219,14 @@ def decode_manifest(
     except ConfigError as err:
         raise DecodeError(str(err)) from err
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    loader = decode_loader(model, manifest_path, cfg, opts, device, world)
+    loader = decode_loader(model, manifest_path, cfg, opts, device, world)  # a manifest refused leaves no folder
     model.eval()
     t0, clock = time.perf_counter(), {}
     items, mode = transcribe_loader(model, loader, cfg, device, clock)
     items, bad_data, shares = world.merge(items, loader.bad_data)
     if not world.leader:
         return None
+    out_dir.mkdir(parents=True, exist_ok=True)
     clear_outputs(out_dir)
     manifest = loader.dataset.manifest
     rows = utterance_rows(items, manifest, cfg.window_overlap)

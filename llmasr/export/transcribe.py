@@ -65,11 +65,15 @@ class Transcriber:
         texts = [row["hyp"] for row in self.transcripts([audio] if single else audio, sample_rate, hotwords)]
         return texts[0] if single else texts
 
-    def transcripts(self, audio: list, sample_rate: int | None = None, hotwords: list[str] | None = None) -> list:
+    def transcripts(
+        self, audio: list, sample_rate: int | None = None, hotwords: list[str] | None = None, *, keep_going=False
+    ) -> list:
         """Per clip, in order: {"audio" (the path, or "waveform i"), "hyp", "ctc_hyp" (the CTC branch's greedy
         text, None without a head), "truncated" (the guard that ended it, or None), "windows", "duration", with
         decode.timestamps "timestamps" ([word, start s, end s] each, or None), and "no_speech" (True) where the VAD's
-        gate (decode.vad) found none}. One clip (a path or a waveform) is taken as a list of one."""
+        gate (decode.vad) found none}. One clip (a path or a waveform) is taken as a list of one. A clip that cannot
+        be read raises TranscribeError naming it, or with `keep_going` gets the row {"audio", "error": why} while
+        the others are transcribed."""
         if not isinstance(audio, (list, tuple)):  # a path's letters or a waveform's samples are no list of clips
             audio = [audio]
         if not audio:
@@ -85,13 +89,15 @@ class Transcriber:
             names, manifest = _manifest(list(audio), sample_rate, hotwords, Path(tmp))
             loader = decode_loader(self.model, manifest, self.cfg, self.opts, self.device)
             items, _ = transcribe_loader(self.model, loader, self.cfg, self.device)
-            bad = loader.bad_data.examples
-            if bad:
-                why = "; ".join(f"{names[int(b['key'])]}: {b['reason']}" for b in bad)
+            bad = {int(b["key"]): b["reason"] for b in loader.bad_data.examples}  # the loader keeps every one
+            if bad and not keep_going:
+                why = "; ".join(f"{names[i]}: {reason}" for i, reason in bad.items())
                 raise TranscribeError(f"cannot transcribe {len(bad)} of {len(names)} clips: {why}")
             rows = utterance_rows(items, loader.dataset.manifest, self.cfg.window_overlap)
         keep = ("hyp", "ctc_hyp", "truncated", "windows", "duration", "timestamps", "no_speech")
-        return [{"audio": names[int(r["key"])], **{k: r[k] for k in keep if k in r}} for r in rows]
+        out = {int(r["key"]): {"audio": names[int(r["key"])], **{k: r[k] for k in keep if k in r}} for r in rows}
+        out.update({i: {"audio": names[i], "error": reason} for i, reason in bad.items()})
+        return [out[i] for i in range(len(names))]
 
 
 def _manifest(audio: list, sample_rate, hotwords, tmp: Path) -> tuple[list[str], Path]:

@@ -102,8 +102,30 @@ def test_an_empty_manifest_is_an_error_not_a_run_of_nothing(exported_dir, manife
     )
     err = capsys.readouterr().err
     assert rc == 1 and f"manifest {empty}: no records (the file is empty or holds only blank lines)" in err
-    assert not (out / "empty" / "wer.json").exists()
+    assert not (out / "empty").exists()  # no empty folder is left for it
     assert (out / "test" / "wer.json").is_file()  # the other manifest is still decoded
+    assert (out / "wer.txt").read_text().splitlines()[-1] == f"{empty}: not decoded (see the error printed for it)"
+
+
+def test_missing_inputs_are_named_before_the_model_loads(exported_dir, manifest, tmp_path, monkeypatch, capsys):
+    """A mistyped manifest or audio file: exit 2 naming each, before the model loads (it had been found after the
+    load, and after every manifest before it was decoded); nothing is written."""
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr("llmasr.commands.decode.load_decode_model", no_load)
+    monkeypatch.setattr("llmasr.export.transcribe.load_decode_model", no_load)
+    out, gone = tmp_path / "out", tmp_path / "gone.jsonl"
+    data = ["--data", str(manifest), "--data", str(gone), "--data", str(tmp_path)]
+    assert decode_main(["--model", str(exported_dir), *data, "--output", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert f"--data: {gone}: no such manifest file; {tmp_path}: a directory, not a manifest file" in err
+    assert not out.exists()
+    clip = manifest.parent / "wav" / "test0.wav"
+    assert transcribe_main(["--model", str(exported_dir), str(clip), str(tmp_path / "gone.wav"), str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert f"llmasr transcribe: error: {tmp_path / 'gone.wav'}: no such audio file; {tmp_path}: a directory" in err
 
 
 def test_the_flags_set_the_decode_settings_they_name():

@@ -89,6 +89,26 @@ def test_audio_that_cannot_be_transcribed_is_named(asr, clips, tmp_path):
         asr(torch.zeros(1600), sample_rate=44100.5)
 
 
+def test_a_corrupt_file_among_many_is_named_and_the_others_still_transcribed(exported_dir, clips, tmp_path, capsys):
+    """The command had printed nothing for any file when one could not be read; now the others print in order, the
+    bad one is named on stderr where it falls, and the exit status says so (1)."""
+    from llmasr.cli import main
+
+    _, paths = clips
+    corrupt = tmp_path / "corrupt.wav"
+    corrupt.write_bytes(b"RIFF\x00\x00\x00\x00WAVEjunk" * 8)
+    asr = Transcriber.load(exported_dir)
+    rows = asr.transcripts([paths[1], corrupt, paths[0]], keep_going=True)
+    assert [r["audio"] for r in rows] == [str(paths[1]), str(corrupt), str(paths[0])]
+    assert "unreadable or corrupt" in rows[1]["error"] and "hyp" not in rows[1]
+    assert [rows[0]["hyp"], rows[2]["hyp"]] == asr([paths[1], paths[0]]) and "error" not in rows[0]
+    assert main(["transcribe", "--model", str(exported_dir), str(paths[1]), str(corrupt), str(paths[0])]) == 1
+    out, err = capsys.readouterr()
+    assert out.splitlines() == [f"{paths[1]}\t{rows[0]['hyp']}", f"{paths[0]}\t{rows[2]['hyp']}"]
+    assert f"llmasr transcribe: error: {corrupt}: " in err and "unreadable or corrupt" in err
+    assert "1 of 3 files could not be transcribed" in err
+
+
 def test_a_bfloat16_waveform_is_read_as_its_float_values(asr, clips):
     """numpy has no bfloat16: the tensor had failed with a bare TypeError."""
     wave, rate = sf.read(clips[1][2], dtype="float32")
