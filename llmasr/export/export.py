@@ -44,7 +44,7 @@ from llmasr.export.trained_model import load_checkpoint_model, load_trained, run
 from llmasr.models.builder import encoder_spec, output_dim
 from llmasr.models.fingerprint import dir_fingerprint
 from llmasr.models.fsmn_vad import FsmnVad
-from llmasr.models.llm import DTYPES
+from llmasr.models.llm import DTYPES, base_lm
 from llmasr.run_dir import CHECKPOINTS, resolve_checkpoint
 
 log = logging.getLogger(__name__)
@@ -337,7 +337,7 @@ def write_model_dir(
     encoder = merge_lora_modules(model.encoder)
     _save_tensors(encoder, tmp / "encoder.safetensors")
     _save_tensors(model.adaptor, tmp / "adaptor.safetensors")
-    llm_base = model.llm.get_base_model() if hasattr(model.llm, "get_base_model") else model.llm
+    llm_base = base_lm(model.llm)
     llm_dim = int(llm_base.get_input_embeddings().weight.shape[-1])
     adaptor_conf = _plain(recipe.model.adaptor)
     adaptor_conf.update(init_from=None, init_prefix="", freeze=False)

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from llmasr.config_io import ConfigError
-from llmasr.models.llm import logit_transform
+from llmasr.models.llm import base_lm, logit_transform
 
 log = logging.getLogger(__name__)
 
@@ -184,8 +184,7 @@ def apply_fused_kernels(model: nn.Module, llm_cfg) -> None:
     if llm_cfg.fused_kernels == "none":
         return
     api = liger_transformers()
-    llm = model.llm
-    base = llm.get_base_model() if hasattr(llm, "get_base_model") else llm
+    base = base_lm(model.llm)
     model_type = base.config.model_type
     patch = getattr(api, f"{PATCH_PREFIX}{model_type}")
     patch(model=base, **patch_flags(patch))

@@ -289,8 +289,13 @@ def logit_transform(config):
     return transform
 
 
+def base_lm(llm: nn.Module) -> nn.Module:
+    """The Hugging Face model itself: under a peft wrapper (LoRA), the model it wraps; else `llm`."""
+    return llm.get_base_model() if hasattr(llm, "get_base_model") else llm
+
+
 def causal_lm_parts(llm: nn.Module) -> tuple[nn.Module, nn.Module, nn.Module]:
     """(input embeddings, decoder stack returning hidden states, output head) of a HF or peft-wrapped LM."""
-    base = llm.get_base_model() if hasattr(llm, "get_base_model") else llm
+    base = base_lm(llm)
     decoder = base.get_decoder() if hasattr(base, "get_decoder") else base.model
     return base.get_input_embeddings(), decoder, base.get_output_embeddings()

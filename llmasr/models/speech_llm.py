@@ -28,7 +28,7 @@ from llmasr.models.decode_guards import Guards
 from llmasr.models.decoding import DecodeConfig, Transcripts
 from llmasr.models.hotword_boost import HotwordBoost
 from llmasr.models.insert_audio import merge_audio_into_text
-from llmasr.models.llm import causal_lm_parts, logit_transform
+from llmasr.models.llm import base_lm, causal_lm_parts, logit_transform
 from llmasr.models.losses import labels_only_cross_entropy
 from llmasr.models.prompt import PromptBuilder
 
@@ -75,8 +75,8 @@ class SpeechLLM(nn.Module):
         self.ctc_label_smoothing = ctc_label_smoothing
         self.ctc_compress = ctc_compress
         self.fused_head: nn.Module | None = None  # training's fused head + loss (llmasr.models.fused_kernels)
-        base = llm.get_base_model() if hasattr(llm, "get_base_model") else llm
-        self.logit_transform = logit_transform(base.config)  # what the LM's own forward does to the head's logits
+        # what the LM's own forward does to the head's logits
+        self.logit_transform = logit_transform(base_lm(llm).config)
 
     # -- train/eval ---------------------------------------------------------------------------------------------
     def frozen_branches(self) -> list[str]:
