@@ -20,6 +20,7 @@ from llmasr.run_dir.bookkeeping import (
     clear_tag,
     finish_save,
     read_best,
+    record_metrics,
     rotate,
     select_tags,
     set_aside_later,
@@ -58,7 +59,7 @@ __all__ = [
     "BEST", "CHECKPOINTS", "DS_CONFIG_FILE", "LATEST", "LOCK_FILE", "LR_CSV", "LR_PNG", "META", "RECIPE_FILE",
     "TENSORBOARD", "TRAIN_LOG", "UNIVERSAL_SUFFIX", "CheckpointError", "CheckpointMeta", "CheckpointPolicy",
     "CheckpointRef", "abandoned_dir", "checkpoints_dir", "clear_tag", "finish_save", "latest", "list_tags",
-    "read_best", "read_meta", "require_latest", "resolve_checkpoint", "resolve_resume", "resume_or_start", "rotate",
-    "run_dir_of", "select_tags", "set_aside_later", "tag_for", "update_best", "update_of", "write_atomic",
-    "write_meta",
+    "read_best", "read_meta", "record_metrics", "require_latest", "resolve_checkpoint", "resolve_resume",
+    "resume_or_start", "rotate", "run_dir_of", "select_tags", "set_aside_later", "tag_for", "update_best", "update_of",
+    "write_atomic", "write_meta",
 ]  # fmt: skip

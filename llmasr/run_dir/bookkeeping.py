@@ -25,7 +25,7 @@ from llmasr.run_dir.layout import (
     tag_update,
     update_of,
 )
-from llmasr.run_dir.meta import CheckpointMeta, write_meta
+from llmasr.run_dir.meta import CheckpointMeta, read_meta, write_meta
 from llmasr.safe_load import CheckpointError
 
 
@@ -116,6 +116,18 @@ def finish_save(ckpt_dir: Path, tag: str, meta: CheckpointMeta, policy: Checkpoi
     else:
         (ckpt_dir / BEST).unlink(missing_ok=True)
     write_atomic(ckpt_dir / LATEST, tag + "\n")
+    return rotate(ckpt_dir, policy)
+
+
+def record_metrics(ckpt_dir: Path, tag: str, metrics: dict, policy: CheckpointPolicy) -> list[str]:
+    """Rank 0: the metrics of a validation run after `tag` was saved without it (a stop came first; the resume ran
+    it) go into its meta and the best list, as a save with them would have put them; then rotation."""
+    meta = read_meta(ckpt_dir / tag)
+    meta.metrics = dict(metrics)
+    write_meta(ckpt_dir / tag, meta)
+    best = update_best(read_best(ckpt_dir), tag, meta, policy)
+    if policy.best_k > 0:
+        write_atomic(ckpt_dir / BEST, json.dumps(best, indent=2))
     return rotate(ckpt_dir, policy)
 
 

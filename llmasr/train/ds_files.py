@@ -34,6 +34,7 @@ from llmasr.safe_load import CheckpointError, load_weights_only, weights_only_to
 log = logging.getLogger(__name__)
 
 OPTIM_STATES = "*_optim_states.pt"
+CLIENT_KEY = "llmasr"  # our entry of DeepSpeed's client state: epoch, loader position, every rank's RNG, ...
 STATE_FILES = (MODEL_STATES, OPTIM_STATES)
 
 
@@ -67,7 +68,7 @@ def read_client_state(tag_dir: str | Path, meta: CheckpointMeta) -> dict:
     mapped from its first model-states file (no tensor is read into memory); {} where it has none."""
     model_files, _ = check_shards(Path(tag_dir), meta)
     state = load_weights_only(model_files[0], mmap=True)
-    client = state.get("llmasr") if isinstance(state, dict) else None
+    client = state.get(CLIENT_KEY) if isinstance(state, dict) else None
     return client if isinstance(client, dict) else {}
 
 

@@ -22,27 +22,22 @@ import torch
 
 from llmasr import errors
 from llmasr import run_dir as ck
-from llmasr.models.fingerprint import base_fingerprint
 from llmasr.models.fused_kernels import apply_fused_kernels, check_fused_kernels
-from llmasr.run_dir.files import hash_share, merge_shares, verify_ranks
+from llmasr.run_dir.files import verify_ranks
 from llmasr.train import ds_config, universal
 from llmasr.train import engine as eng
 from llmasr.train.checkpoint_space import CheckpointSpace
+from llmasr.train.ds_files import CLIENT_KEY
 from llmasr.train.efficiency import WaitClock, device_peak
-from llmasr.train.engine import TrainEngine, all_gather_object, barrier, broadcast_object, build_model_for_training
+from llmasr.train.engine import TrainEngine, all_gather_object, broadcast_object, build_model_for_training
 from llmasr.train.flops import FlopCounter
 from llmasr.train.param_groups import build_param_groups, describe_param_groups, numel
 from llmasr.train.plan import plan_run
 from llmasr.train.preemption import Preemption, signal_name
 from llmasr.train.progress import Progress, StartupLog, setup_logging
-from llmasr.train.resolve import (
-    check_model_frontend,
-    check_run_settings,
-    rng_state,
-    seed_everything,
-    set_rng_state,
-)
+from llmasr.train.resolve import check_model_frontend, check_run_settings, rng_state, seed_everything, set_rng_state
 from llmasr.train.resume import check_checkpoint, continue_schedules
+from llmasr.train.run_checkpoints import RunCheckpoints
 from llmasr.train.run_dir import RunDirError, claim_run_dir, write_run_files
 from llmasr.train.schedulers import build_group_schedules, warmup_warnings
 from llmasr.train.validate import validate
@@ -138,45 +133,14 @@ class Run:
         for line in warmup_warnings(optim, (g["branch"] for g in groups), self.total) if self.rank == 0 else ():
             log.warning(line)
         self.engine = TrainEngine(model, groups, self.schedules, self.ds, self.dist.device)
+        self.checkpoints = RunCheckpoints(self.engine, self.recipe, self.ckpt_dir, trainable=self.trainable,
+                                          per_epoch=self.per_epoch, rank=self.rank, world=self.world)  # fmt: skip
         seed_everything(tc.seed + self.rank)  # dropout differs per rank
 
     # -- checkpoints ------------------------------------------------------------------------------------------------
-    def save(self, epoch: int, loader_state: dict | None, metrics: dict | None) -> None:
+    def save(self, epoch: int, loader_state: dict | None, metrics: dict | None, *, validation_owed=False) -> None:
         start = time.monotonic()
-        update = self.engine.global_steps
-        tag = ck.tag_for(update)
-        if loader_state is not None:  # DeepSpeed keeps one client state (rank 0's): each rank's bad-data counts go in
-            loader_state = {**loader_state, "bad_data": all_gather_object(loader_state["bad_data"])}
-        client = {"llmasr": {"epoch": epoch, "loader": loader_state, "rng": all_gather_object(rng_state())}}
-        client["llmasr"]["update"] = update
-        if self.rank == 0 and ck.clear_tag(self.ckpt_dir, tag):
-            log.warning("checkpoint %s was there from before (a save cut short, or a run resumed from an earlier "
-                        "checkpoint): removed, and saved afresh", self.ckpt_dir / tag)  # fmt: skip
-        barrier()
-        with errors.context(f"saving checkpoint {tag}"):
-            self.engine.save(str(self.ckpt_dir), tag, client)
-        barrier()
-        files = merge_shares(all_gather_object(hash_share(self.ckpt_dir / tag, self.rank, self.world)))
-        if self.rank == 0:
-            tc = self.recipe.train
-            meta = ck.CheckpointMeta(
-                update=update,
-                epoch=epoch,
-                world_size=self.world,
-                zero_stage=self.engine.stage,
-                metrics=metrics or {},
-                base_fingerprint=base_fingerprint(self.recipe.model),
-                trainable=self.trainable,
-                files=files,
-                batches_per_epoch=self.per_epoch,  # a resume checks the data still gives them
-            )
-            policy = ck.CheckpointPolicy(tc.keep_last, tc.best_k, tc.best_metric, tc.ranking_mode)
-            deleted = ck.finish_save(self.ckpt_dir, tag, meta, policy)
-            log.info(
-                "saved checkpoint %s%s", self.ckpt_dir / tag, f" (removed {', '.join(deleted)})" if deleted else ""
-            )
-        barrier()
-        self.last_saved = update
+        self.last_saved = self.checkpoints.save(epoch, loader_state, metrics, validation_owed=validation_owed)
         self.progress.aside(time.monotonic() - start)
 
     def load(self) -> tuple[int, dict | None]:
@@ -195,7 +159,8 @@ class Run:
                 client = universal.load(self.engine, *universal.prepare(load_dir, tag, self.ckpt_dir, self.rank))
             else:
                 client = self.engine.load(str(load_dir), tag)
-        state = client.get("llmasr") or {}
+        state = client.get(CLIENT_KEY) or {}
+        self.validation_owed = bool(state.get("validation_owed"))
         rngs = state.get("rng") or []
         self.pending_rng = rngs[self.rank] if len(rngs) == self.world else None
         if self.pending_rng is not None and state.get("loader") is None:
@@ -258,11 +223,15 @@ class Run:
         self.pending_rng = None
         start_epoch, loader_state = (0, None)
         self.last_saved = self.valid_update = -1
+        self.validation_owed = False
         if self.resume is not None:
             start_epoch, loader_state = self.load()
         self.progress = self._progress()
         history: list[dict] = []
         last_metrics = None
+        if self.validation_owed:  # a stop saved before a validation due at this update: run it now, as it would have
+            last_metrics = self.validate()
+            self.checkpoints.record_validation(self.engine.global_steps, last_metrics)
         self.engine.train(True)
         stop = False
         preemption = preemption or Preemption(self.rank)
@@ -284,7 +253,8 @@ class Run:
                         break  # the epoch's last window: validated and saved below
                     # A stop saves first: a validation pass could outlast the scheduler's grace period.
                     if signum := preemption.agreed_stop(self.engine.device):
-                        return self._stopped(signum, epoch, self.train_loader.state_dict(), history)
+                        owed = bool(tc.valid_every_updates) and update % tc.valid_every_updates == 0
+                        return self._stopped(signum, epoch, self.train_loader.state_dict(), history, owed)
                     last_metrics = self._validate_and_save(epoch, update) or last_metrics
                 # Epoch end (or max_updates): validate unless just done or stopping, and save. A stop inside the
                 # epoch keeps the loader position, so raising max_updates and resuming carries on mid-epoch.
@@ -292,13 +262,14 @@ class Run:
                 if self.valid_update != self.engine.global_steps and not signum:
                     last_metrics = self.validate() or last_metrics
                 metrics = last_metrics if self.valid_update == self.engine.global_steps else None
+                owed = self.valid_loader is not None and self.valid_update != self.engine.global_steps
                 ended = self.train_loader.consumed >= len(self.sampler)
                 if self.last_saved == self.engine.global_steps:
                     pass  # resumed from this very update (an epoch's end saved mid-epoch): saving it again deletes it
                 elif stop and not ended:
-                    self.save(epoch, self.train_loader.state_dict(), metrics)
+                    self.save(epoch, self.train_loader.state_dict(), metrics, validation_owed=owed)
                 else:  # the epoch's end, max_updates reached there or not: a resume starts the next epoch
-                    self.save(epoch + 1, None, metrics)
+                    self.save(epoch + 1, None, metrics, validation_owed=owed)
                 if stop:
                     break
                 if signum and epoch + 1 < tc.epochs:
@@ -349,10 +320,11 @@ class Run:
             self.save(epoch, self.train_loader.state_dict(), metrics)
         return metrics
 
-    def _stopped(self, signum: int, epoch: int, loader_state: dict | None, history: list[dict]) -> dict:
-        """Every rank, after the same update: save (unless this update was just saved) and report one line."""
+    def _stopped(self, signum: int, epoch: int, loader_state: dict | None, history: list[dict], owed=False) -> dict:
+        """Every rank, after the same update: save (unless this update was just saved) and report one line. `owed`:
+        a validation was due at this update (the checkpoint says so, and the resume runs it first)."""
         if self.last_saved != self.engine.global_steps:
-            self.save(epoch, loader_state, None)
+            self.save(epoch, loader_state, None, validation_owed=owed and self.valid_loader is not None)
         where = self.ckpt_dir / ck.tag_for(self.last_saved)
         if self.rank == 0:
             log.warning(

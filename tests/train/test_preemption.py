@@ -200,3 +200,34 @@ def test_a_stop_saves_before_it_would_validate(tiny_llm_dir, corpus, tmp_path, m
     cut = train(load_recipe(data=data), "zero0")
     assert cut["interrupted"] and [h["update"] for h in cut["history"]] == [1, 2]
     assert validated == [] and ck.latest(tmp_path / "run" / "checkpoints") == ck.tag_for(2)
+
+
+@pytest.mark.parametrize("at", [2, 3], ids=["due-mid-epoch", "epoch-end"])
+def test_a_validation_a_stop_put_off_is_run_by_the_resume(tiny_llm_dir, corpus, tmp_path, monkeypatch, at):
+    """A stop saves before a due validation (the grace period may not hold one); the checkpoint says it is owed, and
+    the resume runs it first: its metrics are the uninterrupted run's at that update, logged, and recorded in that
+    checkpoint's meta and the best list (they had been missing for good, and the checkpoint never ranked)."""
+
+    def recipe(run):
+        return load_recipe(data=tiny_recipe_dict(
+            tiny_llm_dir, train=[corpus], valid=[corpus], output_dir=run, epochs=2, grad_accum=2,
+            valid_every_updates=2, best_k=10, keep_last=0,
+        ))  # fmt: skip
+
+    whole = train(recipe(tmp_path / "a"), "zero0")
+    want = ck.read_meta(tmp_path / "a" / "checkpoints" / ck.tag_for(at)).metrics
+    assert want  # validated at `at` (every 2 updates; 3 is the first epoch's end)
+    with monkeypatch.context() as m:
+        signal_at(m, at, signal.SIGTERM)
+        assert train(recipe(tmp_path / "b"), "zero0")["interrupted"]
+    ckpts = tmp_path / "b" / "checkpoints"
+    assert ck.read_meta(ckpts / ck.tag_for(at)).metrics == {}
+    assert f"valid update={at} " not in (tmp_path / "b" / "train.log").read_text()
+
+    rest = train(recipe(tmp_path / "b"), "zero0", resume="latest")
+    got = ck.read_meta(ckpts / ck.tag_for(at)).metrics
+    assert got.keys() == want.keys()
+    np.testing.assert_allclose([got[k] for k in want], list(want.values()), rtol=1e-5, atol=1e-6)
+    assert ck.tag_for(at) in [b["tag"] for b in ck.read_best(ckpts)]
+    assert f"valid update={at} " in (tmp_path / "b" / "train.log").read_text()
+    assert rest["metrics"]["loss"] == pytest.approx(whole["metrics"]["loss"], abs=1e-5)

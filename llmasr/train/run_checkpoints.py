@@ -1,0 +1,75 @@
+"""Writing a training run's checkpoints: every rank's DeepSpeed files, then rank 0's meta, best list and rotation
+(llmasr.run_dir), and the metrics of a validation a stop put off, once the resume has run it."""
+
+from __future__ import annotations
+
+import logging
+
+from llmasr import errors
+from llmasr import run_dir as ck
+from llmasr.models.fingerprint import base_fingerprint
+from llmasr.run_dir.files import hash_share, merge_shares
+from llmasr.train.ds_files import CLIENT_KEY
+from llmasr.train.engine import all_gather_object, barrier
+from llmasr.train.resolve import rng_state
+
+log = logging.getLogger("llmasr.train")
+
+
+class RunCheckpoints:
+    """Saves checkpoints of one run (`engine`, its recipe, rank and world) into RUN_DIR/checkpoints."""
+
+    def __init__(self, engine, recipe, ckpt_dir, *, trainable: list[str], per_epoch: list[int], rank: int, world: int):
+        self.engine, self.recipe, self.ckpt_dir = engine, recipe, ckpt_dir
+        self.trainable, self.per_epoch, self.rank, self.world = trainable, per_epoch, rank, world
+        tc = recipe.train
+        self.policy = ck.CheckpointPolicy(tc.keep_last, tc.best_k, tc.best_metric, tc.ranking_mode)
+
+    def save(self, epoch: int, loader_state: dict | None, metrics: dict | None, *, validation_owed=False) -> int:
+        """Every rank: save the engine at its update with the loader position, every rank's RNG and `metrics`;
+        `validation_owed`: a validation due at this update was put off by a stop (the resume runs it). Returns the
+        update saved."""
+        update = self.engine.global_steps
+        tag = ck.tag_for(update)
+        if loader_state is not None:  # DeepSpeed keeps one client state (rank 0's): each rank's bad-data counts go in
+            loader_state = {**loader_state, "bad_data": all_gather_object(loader_state["bad_data"])}
+        client = {CLIENT_KEY: {"epoch": epoch, "loader": loader_state, "rng": all_gather_object(rng_state()),
+                               "update": update, "validation_owed": bool(validation_owed)}}  # fmt: skip
+        if self.rank == 0 and ck.clear_tag(self.ckpt_dir, tag):
+            log.warning("checkpoint %s was there from before (a save cut short, or a run resumed from an earlier "
+                        "checkpoint): removed, and saved afresh", self.ckpt_dir / tag)  # fmt: skip
+        barrier()
+        with errors.context(f"saving checkpoint {tag}"):
+            self.engine.save(str(self.ckpt_dir), tag, client)
+        barrier()
+        files = merge_shares(all_gather_object(hash_share(self.ckpt_dir / tag, self.rank, self.world)))
+        if self.rank == 0:
+            meta = ck.CheckpointMeta(
+                update=update,
+                epoch=epoch,
+                world_size=self.world,
+                zero_stage=self.engine.stage,
+                metrics=metrics or {},
+                base_fingerprint=base_fingerprint(self.recipe.model),
+                trainable=self.trainable,
+                files=files,
+                batches_per_epoch=self.per_epoch,  # a resume checks the data still gives them
+            )
+            deleted = ck.finish_save(self.ckpt_dir, tag, meta, self.policy)
+            log.info(
+                "saved checkpoint %s%s", self.ckpt_dir / tag, f" (removed {', '.join(deleted)})" if deleted else ""
+            )
+        barrier()
+        return update
+
+    def record_validation(self, update: int, metrics: dict | None) -> None:
+        """Every rank, after a resume ran the validation its checkpoint (of `update`) was saved without: rank 0 puts
+        the metrics into that checkpoint's meta and the best list, as a save after the validation would have."""
+        if self.rank == 0 and metrics:
+            tag = ck.tag_for(update)
+            deleted = ck.record_metrics(self.ckpt_dir, tag, metrics, self.policy)
+            log.info(
+                "checkpoint %s: validation metrics recorded%s", self.ckpt_dir / tag,
+                f" (removed {', '.join(deleted)})" if deleted else "",
+            )  # fmt: skip
+        barrier()
