@@ -60,3 +60,44 @@ def test_freeze_script_covers_the_direct_dependencies():
     frozen = freeze.closure()
     assert "torch" not in frozen and direct_requirements() - {"torch"} <= set(frozen)
     assert all(v == metadata.version(name) for name, v in frozen.items())
+
+
+def run_install(tmp_path, python_info: str, **env) -> tuple[int, list[str], str]:
+    """scripts/install.sh against a stub python3 (answering the interpreter check with `python_info`, logging each
+    pip call) and a stub espeak-ng: (exit status, the pip calls, stderr). Nothing is installed."""
+    import os
+    import stat
+    import subprocess
+
+    bin_dir, log = tmp_path / "bin", tmp_path / "pip.log"
+    bin_dir.mkdir(parents=True)
+    stubs = {
+        "python3": f'if [ "$1" = "-c" ]; then echo "{python_info}"; else echo "$*" >> "{log}"; fi\n',
+        "espeak-ng": "exit 0\n",
+    }
+    for name, body in stubs.items():
+        (bin_dir / name).write_text("#!/usr/bin/env bash\n" + body)
+        (bin_dir / name).chmod((bin_dir / name).stat().st_mode | stat.S_IEXEC)
+    env = {**os.environ, "PATH": f"{bin_dir}:/usr/bin:/bin", "LLMASR_NO_CONSTRAINTS": "0", **env}
+    done = subprocess.run(["bash", str(ROOT / "scripts" / "install.sh")], env=env, capture_output=True, text=True)
+    calls = log.read_text().splitlines() if log.exists() else []
+    return done.returncode, calls, done.stderr
+
+
+def test_install_script_refuses_an_externally_managed_python_before_installing(tmp_path):
+    rc, calls, err = run_install(tmp_path, "1 3 11")
+    assert rc == 2 and calls == []
+    assert "PEP 668" in err and "python3 -m venv .venv && . .venv/bin/activate && bash scripts/install.sh" in err
+
+
+def test_install_script_pins_on_3_11_and_installs_the_newest_on_older_pythons(tmp_path):
+    rc, calls, err = run_install(tmp_path / "a", "0 3 11")
+    assert rc == 0 and len(calls) == 2 and err == ""
+    assert calls[0].endswith("torch==2.13.0") and "--index-url" not in calls[0]
+    assert "--upgrade" not in calls[1] and calls[1].endswith("-e .[dev]")
+    rc, calls, err = run_install(tmp_path / "b", "0 3 10")  # the pins need 3.11
+    assert rc == 0 and "--upgrade --upgrade-strategy eager" in calls[1]
+    assert "on Python 3.10 the newest releases that support it are installed instead" in err
+    index = "https://download.pytorch.org/whl/cpu"
+    rc, calls, _ = run_install(tmp_path / "c", "0 3 12", LLMASR_TORCH_INDEX=index)
+    assert rc == 0 and calls[0].endswith(f"--index-url {index} torch==2.13.0") and index not in calls[1]
