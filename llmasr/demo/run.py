@@ -185,18 +185,23 @@ def stage_llm(args, workdir: Path, state: State, corpus: dict) -> Path:
     start = time.time()
     import torch
 
-    if not torch.cuda.is_available():
-        # Tiny matrices: one thread is as fast as two here, and far faster when other processes share the cores
-        # (measured 0.15 s vs 0.85 s per step with the machine loaded).
-        torch.set_num_threads(1)
-    # Training and dev transcripts plus fresh text of the same kind; never the test transcripts.
+    # Training and dev transcripts plus fresh text of the same grammar (not the test split's transcripts, though
+    # short fresh draws can coincide with some of them, as training transcripts do).
     texts = transcripts(corpus["manifests"]["train"]) + transcripts(corpus["manifests"]["dev"])
     rng = np.random.default_rng(1234)
     ccfg = CorpusConfig(**{k: v for k, v in corpus["config"].items() if k in ("digit_fraction",)})
     texts += [make_text(rng, ccfg) for _ in range(len(texts))]
     if out.exists():
         shutil.rmtree(out)
-    info = build_text_lm(out, texts, cfg, log=lambda m: say("  " + m), spelled=spelled)
+    threads = torch.get_num_threads()
+    if not torch.cuda.is_available():
+        # Tiny matrices: one thread is as fast as two here, and far faster when other processes share the cores.
+        # Only for this stage: decoding later in this process (or in a rerun that skips this stage) uses them all.
+        torch.set_num_threads(1)
+    try:
+        info = build_text_lm(out, texts, cfg, log=lambda m: say("  " + m), spelled=spelled)
+    finally:
+        torch.set_num_threads(threads)
     state.mark("llm", fp, time.time() - start, **info)
     return out
 

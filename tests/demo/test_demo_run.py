@@ -65,3 +65,30 @@ def test_a_moved_workdir_reuses_its_own_corpus(tmp_path, monkeypatch):
     monkeypatch.setattr(run, "synthesize_corpus", lambda *a, **k: pytest.fail("the corpus is made again"))
     reused = run.stage_corpus(_args(), moved, run.State(moved))
     assert reused["manifests"] == {s: str(moved / "corpus" / f"{s}.jsonl") for s in ("train", "dev")}
+
+
+def test_the_llm_stage_gives_back_the_threads_it_narrowed(tmp_path, monkeypatch):
+    """The LLM stage pretrains on one thread; it had left the process there, so a fresh demo decoded on one thread
+    while a rerun (which skips the stage) used them all."""
+    import torch
+
+    seen = []
+
+    def fake_lm(out, texts, cfg, log, spelled):
+        seen.append(torch.get_num_threads())
+        out.mkdir(parents=True)
+        return {}
+
+    monkeypatch.setattr(run, "build_text_lm", fake_lm)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    manifest = write_corpus(tmp_path / "corpus", ["zero one", "two three"])
+    corpus = {"config": {}, "manifests": {"train": manifest, "dev": manifest}}
+    state = run.State(tmp_path)
+    state.data["corpus"] = {"fingerprint": "x"}
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        run.stage_llm(_args(), tmp_path, state, corpus)
+        assert seen == [1] and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
