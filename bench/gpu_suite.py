@@ -282,7 +282,7 @@ def run_suite(args) -> dict:
 
     def done_so_far() -> None:  # a suite killed from outside (the machine's own limit) still leaves its results
         partial = {"train": train, "decode": decode, "features": features, "wall_s": time.monotonic() - t0}
-        save_partial(Path(args.out), partial)
+        save_partial(Path(args.out), partial, suite.logs)
 
     runs = train_runs(args.smoke, liger_skip_reason() if not args.smoke else "model.llm.fused_kernels=liger needs CUDA")
     runs = [r for r in runs if not wanted or r["name"] in wanted]
@@ -322,14 +322,17 @@ def run_suite(args) -> dict:
 
 
 PARTIAL = "partial.json"
+LOGS = "logs.txt"
 
 
-def save_partial(out: Path, partial: dict) -> None:
-    """The steps done so far, in OUT/partial.json (replaced whole after each step; the final outputs remove it)."""
+def save_partial(out: Path, partial: dict, logs: list[str]) -> None:
+    """The steps done so far, in OUT/partial.json, and their log tails in OUT/logs.txt (both replaced whole after
+    each step; the final outputs remove partial.json): a suite killed midway leaves what it needs diagnosing."""
     out.mkdir(parents=True, exist_ok=True)
-    tmp = out / (PARTIAL + ".tmp")
-    tmp.write_text(json.dumps(partial, indent=1, default=str) + "\n")
-    tmp.replace(out / PARTIAL)
+    for name, text in ((PARTIAL, json.dumps(partial, indent=1, default=str)), (LOGS, "\n".join(logs))):
+        tmp = out / (name + ".tmp")
+        tmp.write_text(text + "\n")
+        tmp.replace(out / name)
 
 
 def write_outputs(out: Path, res: dict, lines: list[str]) -> None:
@@ -339,7 +342,7 @@ def write_outputs(out: Path, res: dict, lines: list[str]) -> None:
     logs = res.pop("logs")
     (out / "summary.md").write_text("\n".join(lines) + "\n")
     (out / "summary.json").write_text(json.dumps(res, indent=1, default=str) + "\n")
-    (out / "logs.txt").write_text("\n".join(logs) + "\n")
+    (out / LOGS).write_text("\n".join(logs) + "\n")
     print("\n".join(lines))
     print(f"wrote {out}/summary.md, summary.json, logs.txt")
 

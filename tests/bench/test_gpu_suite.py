@@ -103,6 +103,7 @@ def test_a_suite_killed_midway_leaves_the_steps_it_finished(tmp_path, monkeypatc
             if self.results:
                 raise Killed  # the second run never finishes
             self.results[run["name"]] = {"status": "ok", "updates": 3}
+            self.logs += [f"==== {run['name']}: ok", "loss 1.0"]
             return self.results[run["name"]]
 
     monkeypatch.setattr(gpu_suite, "Suite", StepsThenKill)
@@ -112,3 +113,4 @@ def test_a_suite_killed_midway_leaves_the_steps_it_finished(tmp_path, monkeypatc
         gpu_suite.run_suite(args)
     partial = json.loads((tmp_path / "out" / gpu_suite.PARTIAL).read_text())
     assert partial["train"] == {"zero2_fp32": {"status": "ok", "updates": 3}} and partial["decode"] is None
+    assert (tmp_path / "out" / gpu_suite.LOGS).read_text() == "==== zero2_fp32: ok\nloss 1.0\n"  # to diagnose by
