@@ -4,7 +4,9 @@
     python bench/timestamps.py --quick          # a tiny random model (numbers mean nothing)
 
 Each clip is placed after a random lead of silence (0.3-1.5 s, a little noise) and decoded with timestamps; the
-speech in the clip starts and ends where its short-time energy first and last rises within 30 dB of its peak. The
+speech in the clip starts and ends where its short-time energy first and last rises within 30 dB of its peak, read
+off the clip's clean synthesis where the manifest says how a noisy clip was spoken (the demo's: voice, rate, pitch,
+snr_db), since a noise floor within 30 dB of the peak would put the end at the clip's last frame. The
 first word's start and the last word's end are compared with those two points, where the transcript's first (last)
 word is the clip's (an inserted or substituted word would time the recognition error, not the alignment). Long
 audio: clips joined with pauses into utterances of a minute or more (decoded in windows) give, for every clip
@@ -36,12 +38,32 @@ def speech_span(wave: np.ndarray, sr: int) -> tuple[float, float]:
     return loud[0] * HOP, loud[-1] * HOP + WIN
 
 
-def _read(manifest: Path, n: int) -> list[tuple[np.ndarray, str]]:
+def _read(manifest: Path, n: int) -> list[tuple[np.ndarray, str, tuple[float, float]]]:
+    """(waveform, transcript, speech span) of the first `n` clips."""
     from llmasr.data.audio import load_audio
 
     rows = [json.loads(line) for line in manifest.read_text().splitlines() if line.strip()][:n]
     base = manifest.parent
-    return [(load_audio(str(base / r["source"]), sample_rate=RATE), r["target"]) for r in rows]
+    clips = []
+    for r in rows:
+        wave = load_audio(str(base / r["source"]), sample_rate=RATE)
+        clips.append((wave, r["target"], speech_span(clean_synthesis(r) if r.get("snr_db") else wave, RATE)))
+    return clips
+
+
+def clean_synthesis(row: dict) -> np.ndarray:
+    """The demo clip of manifest `row` spoken again without its noise (espeak-ng speaks the same samples again; the
+    noise was added after resampling, so the two line up sample for sample)."""
+    import tempfile
+
+    from llmasr.data.audio import load_audio
+    from llmasr.demo.synth import synthesize_one
+
+    item = {"key": row["key"], "target": row["target"], "voice": row["voice"], "rate": row["rate"],
+            "pitch": row["pitch"], "snr_db": None, "noise_seed": 0}  # fmt: skip
+    with tempfile.TemporaryDirectory() as tmp:
+        synthesize_one(item, f"{tmp}/clean.wav")
+        return load_audio(f"{tmp}/clean.wav", sample_rate=RATE)
 
 
 def _stats(errors: list[float]) -> dict:
@@ -57,15 +79,14 @@ def clips_in_silence(asr, clips, rng) -> dict:
     from llmasr.scoring import score_corpus
 
     waves, spans = [], []
-    for wave, _text in clips:
+    for wave, _text, (on, off) in clips:
         lead = rng.uniform(0.3, 1.5)
         noise = lambda k: 1e-4 * rng.standard_normal(k).astype(np.float32)  # noqa: E731
-        on, off = speech_span(wave, RATE)
         waves.append(np.concatenate([noise(int(lead * RATE)), wave, noise(int(0.5 * RATE))]))
         spans.append((lead + on, lead + off))
     rows = asr.transcripts(waves, sample_rate=RATE)
     starts, ends, ordered, unaligned, other = [], [], 0, 0, {"first": 0, "last": 0}
-    for row, (on, off), (_, text) in zip(rows, spans, clips):
+    for row, (on, off), (_, text, _) in zip(rows, spans, clips):
         words, ref = row["timestamps"], text.split()
         if not words:
             unaligned += 1
@@ -81,7 +102,7 @@ def clips_in_silence(asr, clips, rng) -> dict:
         else:
             other["last"] += 1
         ordered += all(a[1] <= b[1] and a[1] < a[2] for a, b in zip(words, words[1:] + [(None, words[-1][1], 1e9)]))
-    score, _ = score_corpus([(text, row["hyp"]) for row, (_, text) in zip(rows, clips)], "wer")
+    score, _ = score_corpus([(text, row["hyp"]) for row, (_, text, _) in zip(rows, clips)], "wer")
     return {"clips": len(rows), "unaligned": unaligned, "ordered": ordered, "first_start": _stats(starts),
             "last_end": _stats(ends), "other_word": other, "wer": round(score.rate, 4),
             "insertions": score.insertions}  # fmt: skip
@@ -91,8 +112,7 @@ def joined(asr, clips, rng, per_utt: int = 20) -> dict:
     waves, plans = [], []
     for g in range(0, len(clips) - per_utt + 1, per_utt):
         parts, plan, t = [], [], 0.0
-        for wave, text in clips[g : g + per_utt]:
-            on, off = speech_span(wave, RATE)
+        for wave, text, (on, off) in clips[g : g + per_utt]:
             plan.append((t + on, t + off, text))
             gap = rng.uniform(0.5, 1.0)
             parts += [wave, 1e-4 * rng.standard_normal(int(gap * RATE)).astype(np.float32)]

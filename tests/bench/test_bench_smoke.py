@@ -7,6 +7,7 @@ import contextlib
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -324,6 +325,28 @@ def test_timestamps_quick_measures_single_clips_and_joined_ones(tmp_path, capsys
     assert long["utterances"] == 1 and long["clips"] == 6 and long["windows"] >= 1
     assert res["command"] == "python bench/timestamps.py --quick"
     assert "first word start - speech onset" in capsys.readouterr().out
+
+
+@pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng is not installed")
+def test_timestamps_reads_a_noisy_demo_clips_speech_span_off_its_clean_synthesis(tmp_path):
+    """At 10 dB SNR the noise floor is within 30 dB of the peak: the span had ended at the clip's last frame, a
+    fraction of a second after the speech, and the README's word-end errors measured that."""
+    import timestamps
+
+    from llmasr.demo.synth import synthesize_one
+
+    item = {"key": "c0", "target": "seven three nine", "voice": "en-us+m3", "rate": 170, "pitch": 50,
+            "noise_seed": 3}  # fmt: skip
+    synthesize_one({**item, "snr_db": 10.0}, str(tmp_path / "noisy.wav"))
+    synthesize_one({**item, "snr_db": None}, str(tmp_path / "clean.wav"))
+    row = {"key": "c0", "source": "noisy.wav", "target": item["target"], "voice": item["voice"], "rate": 170,
+           "pitch": 50, "snr_db": 10.0}  # fmt: skip
+    (tmp_path / "m.jsonl").write_text(json.dumps(row) + "\n")
+    ((wave, text, span),) = timestamps._read(tmp_path / "m.jsonl", 1)
+    clean = timestamps.clean_synthesis(row)
+    assert text == item["target"] and len(clean) == len(wave)
+    assert span == timestamps.speech_span(clean, timestamps.RATE)
+    assert span[1] < len(wave) / timestamps.RATE - 0.1  # the speech ends before the noise does
 
 
 def test_augmented_batching_measures_both_costings_on_the_audio_batches_get(tmp_path, capsys):
