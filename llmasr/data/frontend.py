@@ -73,6 +73,11 @@ class FrontendConfig:
                 raise ConfigError(f"{path}: a whisper frontend takes no cmvn_file and no LFR (lfr_m = lfr_n = 1)")
         if self.cmvn_file is not None and not Path(self.cmvn_file).is_file():
             raise ConfigError(f"{path}.cmvn_file: not found: {self.cmvn_file}")
+        if self.cmvn_file is not None:
+            try:  # a bad file is refused here, not at the first batch
+                read_kaldi_cmvn(self.cmvn_file)
+            except ConfigError as err:
+                raise ConfigError(f"{path}.cmvn_file: {err}") from None
 
 
 def _mel(hz: float) -> float:
@@ -143,9 +148,17 @@ def read_kaldi_cmvn(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
         m = re.search(rf"<{tag}>\s+(\d+)\s+(\d+)\s+<LearnRateCoef>\s+\S+\s+\[([^\]]*)\]", text)
         if m is None:
             raise ConfigError(f"{path}: no <{tag}> block with a [ ... ] vector; not a Kaldi nnet CMVN file")
-        values = np.array(m.group(3).split(), dtype=np.float32)
-        if values.size != int(m.group(1)):
-            raise ConfigError(f"{path}: <{tag}> declares {m.group(1)} values but holds {values.size}")
+        written = np.array(m.group(3).split(), dtype=np.float64)
+        if written.size != int(m.group(1)):
+            raise ConfigError(f"{path}: <{tag}> declares {m.group(1)} values but holds {written.size}")
+        with np.errstate(over="ignore"):  # past float32's range: inf, refused below
+            values = written.astype(np.float32)
+        # a non-finite shift or scale, or a zero scale, makes that dimension inf/NaN or 0 in every frame
+        bad = ~np.isfinite(values) | ((values == 0) if tag == "Rescale" else False)
+        if bad.any():
+            i = int(np.argmax(bad))
+            want = "finite and nonzero (in float32)" if tag == "Rescale" else "finite (in float32)"
+            raise ConfigError(f"{path}: <{tag}> value {i} is {written[i]:g}; every value must be {want}")
         rows[tag] = values
     if rows["AddShift"].shape != rows["Rescale"].shape:
         raise ConfigError(f"{path}: <AddShift> has {rows['AddShift'].size} values, <Rescale> {rows['Rescale'].size}")

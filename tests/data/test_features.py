@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
@@ -195,3 +197,30 @@ def test_frontend_config_refuses_values_that_would_kill_the_process_later():
         FeatureExtractor(FrontendConfig(n_mels=128))
     with pytest.raises(ConfigError, match="whisper frontend takes no cmvn_file and no LFR"):
         from_dict(FrontendConfig, {"kind": "whisper", "window": "hann", "lfr_m": 7}, "frontend")
+
+
+@pytest.mark.parametrize(
+    "tag,index,value,want",
+    [("AddShift", 79, "nan", "finite"), ("AddShift", 3, "-inf", "finite"), ("Rescale", 0, "inf", "finite and nonzero"),
+     ("Rescale", 79, "0", "finite and nonzero"), ("Rescale", 5, "1e40", "finite and nonzero")],
+)  # fmt: skip
+def test_cmvn_refuses_values_that_make_every_frame_inf_or_nan(tmp_path, tag, index, value, want):
+    """A non-finite shift or scale, or a zero scale (FunASR's tool writes 1/std), made that dimension of every
+    frame inf, NaN or 0; it is refused when the config is read, naming the file, the tag and the first bad index."""
+    from llmasr.config_io import ConfigError, from_dict
+    from llmasr.data.frontend import read_kaldi_cmvn
+
+    rows = {"AddShift": ["-8.0"] * 80, "Rescale": ["0.25"] * 80}
+    rows[tag][index] = value
+    rows[tag][min(index + 1, 79)] = value  # a second bad value after the first (none past the last)
+    path = tmp_path / "am.mvn"
+    path.write_text(
+        "<Nnet>\n"
+        + "".join(f"<{t}> 80 80\n<LearnRateCoef> 0 [ {' '.join(v)} ]\n" for t, v in rows.items())
+        + "</Nnet>\n"
+    )
+    message = rf"{re.escape(str(path))}: <{tag}> value {index} is \S+; every value must be {want} \(in float32\)$"
+    with pytest.raises(ConfigError, match=message):
+        read_kaldi_cmvn(path)
+    with pytest.raises(ConfigError, match=rf"^encoder.frontend.cmvn_file: {message}"):
+        from_dict(FrontendConfig, {"cmvn_file": str(path)}, "encoder.frontend")
