@@ -62,6 +62,12 @@ class FrontendConfig:
         for name in ("sample_rate", "n_mels", "frame_length_ms", "frame_shift_ms"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{path}.{name}: must be positive, got {getattr(self, name)}")
+        # dither is a standard deviation: torchaudio/Kaldi dither at |dither| whenever it is nonzero, llmasr only
+        # when positive, so a negative one means different features elsewhere; a zero scale wipes the speech.
+        if not (math.isfinite(self.dither) and self.dither >= 0):
+            raise ConfigError(f"{path}.dither: must be a finite number >= 0 (0: no dither), got {self.dither}")
+        if not (math.isfinite(self.waveform_scale) and self.waveform_scale > 0):
+            raise ConfigError(f"{path}.waveform_scale: must be a finite number > 0, got {self.waveform_scale}")
         problem = fbank_problem(self) if self.kind == "fbank" else None
         if problem is not None:
             raise ConfigError(f"{path}.{problem[0]}: {problem[1]}")

@@ -224,3 +224,20 @@ def test_cmvn_refuses_values_that_make_every_frame_inf_or_nan(tmp_path, tag, ind
         read_kaldi_cmvn(path)
     with pytest.raises(ConfigError, match=rf"^encoder.frontend.cmvn_file: {message}"):
         from_dict(FrontendConfig, {"cmvn_file": str(path)}, "encoder.frontend")
+
+
+@pytest.mark.parametrize(
+    "key,value,want",
+    [("dither", -1.0, "a finite number >= 0"), ("dither", float("nan"), "a finite number >= 0"),
+     ("dither", float("inf"), "a finite number >= 0"), ("waveform_scale", 0.0, "a finite number > 0"),
+     ("waveform_scale", -32768.0, "a finite number > 0"), ("waveform_scale", float("nan"), "a finite number > 0")],
+)  # fmt: skip
+def test_frontend_config_refuses_a_dither_or_scale_that_changes_the_features_silently(key, value, want):
+    """A negative dither was no dither here (Kaldi and torchaudio dither at |dither|), NaN dither no dither either,
+    and waveform_scale 0 wiped the speech: refused, naming the key."""
+    from llmasr.config_io import ConfigError, from_dict
+
+    with pytest.raises(ConfigError, match=rf"^encoder.frontend.{key}: must be {want}.*, got {value}$"):
+        FrontendConfig(**{key: value}).validate("encoder.frontend")  # from_dict refuses NaN itself, validate too
+    assert from_dict(FrontendConfig, {"dither": 0.0}, "encoder.frontend").dither == 0.0
+    assert from_dict(FrontendConfig, {"kind": "whisper", "window": "hann", "waveform_scale": 1.0}, "f").dither == 1.0
