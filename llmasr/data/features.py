@@ -38,6 +38,18 @@ def content_rng(waveform: np.ndarray) -> np.random.Generator:
     return np.random.default_rng([0x11A5, zlib.crc32(np.ascontiguousarray(waveform, dtype=np.float32).data)])
 
 
+def float_wave(waveform) -> np.ndarray:
+    """`waveform` as float32, refused unless it holds floats: integer PCM would be scaled by waveform_scale a
+    second time (int16 samples read 32768 times too loud)."""
+    waveform = np.asarray(waveform)
+    if not np.issubdtype(waveform.dtype, np.floating):
+        raise TypeError(
+            f"expected a float waveform in [-1, 1], got dtype {waveform.dtype}; pass float32 samples in [-1, 1] "
+            "(integer PCM divided by its full scale, e.g. int16 / 32768)"
+        )
+    return np.asarray(waveform, dtype=np.float32)
+
+
 @lru_cache(maxsize=8)
 def _cached_cmvn(path: str) -> tuple[np.ndarray, np.ndarray]:
     shift, scale = read_kaldi_cmvn(path)
@@ -150,7 +162,7 @@ class FeatureExtractor:
     # ---------------------------------------------------------------------------------------------------- features
     def __call__(self, waveform: np.ndarray, *, train: bool, rng: np.random.Generator | None = None) -> np.ndarray:
         """Features of `waveform`, dithered from `rng` in training, else from the audio itself (content_rng)."""
-        waveform = np.asarray(waveform, dtype=np.float32)
+        waveform = float_wave(waveform)
         if waveform.ndim != 1:
             raise ValueError(f"expected a mono 1-D waveform, got shape {waveform.shape}")
         if self.frontend.kind == "whisper":
@@ -166,7 +178,7 @@ class FeatureExtractor:
         self, waveform: np.ndarray, *, dither: float = 0.0, rng: np.random.Generator | None = None
     ) -> np.ndarray:
         """The waveform fbank reads: scaled by waveform_scale, plus `dither` times Gaussian noise from `rng`."""
-        x = np.asarray(waveform, dtype=np.float32) * np.float32(self.frontend.waveform_scale)
+        x = float_wave(waveform) * np.float32(self.frontend.waveform_scale)
         if dither > 0.0:
             gen = rng if rng is not None else np.random.default_rng()
             x = x + np.float32(dither) * gen.standard_normal(x.shape[0], dtype=np.float32)

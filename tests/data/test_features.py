@@ -178,6 +178,22 @@ def test_rejects_bad_input():
         fe(np.zeros((2, 100), np.float32), train=False)
 
 
+@pytest.mark.parametrize("kind", ["fbank", "whisper"])
+@pytest.mark.parametrize("dtype", [np.int16, np.int32, np.uint8, bool])
+def test_integer_pcm_is_refused_not_scaled_twice(kind, dtype):
+    """Integer samples were taken as they were and scaled by waveform_scale again (int16 PCM read 32768 times too
+    loud); the error names the dtype and what to pass. Float samples of any width are read as float32."""
+    fe = FeatureExtractor(FrontendConfig(kind=kind, window="hann") if kind == "whisper" else FrontendConfig())
+    pcm = (noise(16000) * 32767).astype(dtype)
+    message = rf"got dtype {np.dtype(dtype)}; pass float32 samples in \[-1, 1\]"
+    with pytest.raises(TypeError, match=message):
+        fe(pcm, train=False)
+    with pytest.raises(TypeError, match=message):
+        fe.scaled_wave(pcm)  # the waveform the device path reads
+    x = noise(16000)
+    np.testing.assert_array_equal(fe(x.astype(np.float64), train=False), fe(x, train=False))
+
+
 def test_frontend_config_refuses_values_that_would_kill_the_process_later():
     import pytest
 
