@@ -32,7 +32,7 @@ class FrontendConfig:
     frame_shift_ms: float = 10.0
     window: str = "hamming"
     # Gaussian noise of this standard deviation in the int16-scaled domain, training only (evaluation uses 0);
-    # Whisper features are never dithered.
+    # Whisper: in [-1, 1], from its preprocessor_config.json (0 unless that says otherwise).
     dither: float = 1.0
     snip_edges: bool = True
     waveform_scale: float = 32768.0  # Kaldi convention: samples in int16 range

@@ -163,11 +163,49 @@ def test_whisper_logmel_matches_transformers(n_mels, n):
     t = np.arange(n) / 16000
     x = (0.3 * np.sin(2 * np.pi * 440 * t) * (t < t[-1] / 2) + noise(n, 1, 0.02)).astype(np.float32)
     x[-400:] *= 5  # a loud tail: the frames past the end must see the same zero padding as transformers' 30 s pad
-    ours = FeatureExtractor(FrontendConfig(kind="whisper", n_mels=n_mels))(x, train=True)
+    ours = FeatureExtractor(FrontendConfig(kind="whisper", n_mels=n_mels, dither=0.0))(x, train=True)
     ref = WhisperFeatureExtractor(feature_size=n_mels)(x, sampling_rate=16000, return_tensors="np")
     ref = ref["input_features"][0].T
     assert ours.shape == (-(-n // 160), n_mels) and ref.shape == (3000, n_mels)
     assert np.max(np.abs(ours - ref[: len(ours)])) < 1e-4
+
+
+@pytest.mark.parametrize("n", [16000 + 77, 16000 * 30 - 20])
+def test_whisper_dither_as_transformers_adds_it(n, monkeypatch):
+    """preprocessor_config.json's `dither` (it had been read and never applied): dither * N(0, 1) on the
+    zero-padded waveform before the STFT, as transformers adds it; with its torch.randn fed the same normals, the
+    same features. Training draws them from the caller's generator, evaluation from the audio (content_rng)."""
+    import torch
+    from transformers import WhisperFeatureExtractor
+
+    t = np.arange(n) / 16000
+    x = (0.3 * np.sin(2 * np.pi * 440 * t) * (t < t[-1] / 2)).astype(np.float32)  # silence after: dither shows
+    x[-160:] = 0.5  # the loudest frames are the audio's, not the noise's (as in speech)
+    fe = FeatureExtractor(FrontendConfig(kind="whisper", dither=1e-3))
+    normals = np.random.default_rng([7, n]).standard_normal(16000 * 30, dtype=np.float32)  # a prefix: ours
+
+    def randn(shape, **kwargs):  # transformers' draw, over the 30 s of padded audio
+        return torch.from_numpy(normals[: int(np.prod(shape))].reshape(shape).copy())
+
+    monkeypatch.setattr(torch, "randn", randn)
+    ref = WhisperFeatureExtractor(feature_size=80, dither=1e-3)(x, sampling_rate=16000, return_tensors="np")
+    ref = ref["input_features"][0].T
+    monkeypatch.undo()
+    ours = fe(x, train=True, rng=np.random.default_rng([7, n]))
+    assert np.max(np.abs(ours - ref[: len(ours)])) < 1e-4
+    plain = FeatureExtractor(FrontendConfig(kind="whisper", dither=0.0))(x, train=True)
+    quiet = slice(len(ours) // 2 + 2, len(ours) - 3)
+    assert ours[quiet].mean() > plain[quiet].mean() + 0.1  # the noise lifts the silence off the 8-decade floor
+    evaluated = fe(x, train=False)
+    np.testing.assert_array_equal(evaluated, fe(x, train=False))  # the same audio, the same noise
+    assert not np.array_equal(evaluated, ours)
+    np.testing.assert_array_equal(fe(x, train=True, rng=np.random.default_rng([7, n])), ours)
+
+
+def test_whisper_without_dither_ignores_the_generator():
+    fe = FeatureExtractor(FrontendConfig(kind="whisper", dither=0.0))
+    x = noise(16000)
+    np.testing.assert_array_equal(fe(x, train=True, rng=np.random.default_rng(1)), fe(x, train=False))
 
 
 def test_rejects_bad_input():
