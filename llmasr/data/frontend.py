@@ -31,8 +31,9 @@ class FrontendConfig:
     frame_length_ms: float = 25.0
     frame_shift_ms: float = 10.0
     window: str = "hamming"
-    # Gaussian noise of this standard deviation in the int16-scaled domain, training only (evaluation uses 0);
-    # Whisper: in [-1, 1], from its preprocessor_config.json (0 unless that says otherwise).
+    # Gaussian noise of this standard deviation in the int16-scaled domain, in training and evaluation alike (as
+    # FunASR; evaluation's noise comes from the audio itself: features.content_rng). Whisper: in [-1, 1], from its
+    # preprocessor_config.json (0 unless that says otherwise).
     dither: float = 1.0
     snip_edges: bool = True
     waveform_scale: float = 32768.0  # Kaldi convention: samples in int16 range
