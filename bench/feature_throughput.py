@@ -46,8 +46,8 @@ def main() -> None:
     for name, fe in [
         ("fbank 80 + LFR 7/6", FrontendConfig(lfr_m=7, lfr_n=6)),
         ("fbank 80 (train, dither)", FrontendConfig()),
-        ("whisper log-mel 80", FrontendConfig(kind="whisper")),
-        ("whisper log-mel 128", FrontendConfig(kind="whisper", n_mels=128)),
+        ("whisper log-mel 80", FrontendConfig(kind="whisper", dither=0.0)),  # OpenAI's: no dither
+        ("whisper log-mel 128", FrontendConfig(kind="whisper", n_mels=128, dither=0.0)),
     ]:
         ext = FeatureExtractor(fe)
         train = "train" in name

@@ -14,13 +14,15 @@ rounded up to a power of two. A clip whose FFT leaves some mel bin without an FF
 and older ones fill the empty bins with log(epsilon). The limit follows from the options alone
 (`frontend.fbank_min_samples`: 257 samples for 80 bins at 16 kHz).
 
-Dither (fbank): Gaussian noise of standard deviation `dither` (in the scaled, int16-like domain) is added to the
-waveform before extraction, with the library's own dither at 0. Kaldi draws fresh noise per frame; adding it once
-per sample gives the same per-frame noise level (overlapping frames then share their noise). Training draws it
-from the caller's numpy Generator (a seeded run is reproducible). Validation and decoding dither too, as FunASR's
-frontend does: without it a digitally silent frame reads log(epsilon), far below anything training showed the
-model. Their noise is drawn from the audio itself (`content_rng`), so the same audio gives the same features
-whatever batch, rank or position it comes in. (CMVN statistics are taken without dither: llmasr.data.cmvn.)
+Dither: Gaussian noise of standard deviation `dither` is added to the waveform before extraction. Fbank: in the
+scaled, int16-like domain, with the library's own dither at 0; Kaldi draws fresh noise per frame, adding it once
+per sample gives the same per-frame noise level (overlapping frames then share their noise). Whisper: in [-1, 1],
+on the zero-padded waveform before the STFT, as transformers' WhisperFeatureExtractor adds its `dither`
+(preprocessor_config.json's, 0 when absent). Training draws it from the caller's numpy Generator (a seeded run is
+reproducible). Validation and decoding dither too, as FunASR's frontend does: without it a digitally silent frame
+reads log(epsilon), far below anything training showed the model. Their noise is drawn from the audio itself
+(`content_rng`), so the same audio gives the same features whatever batch, rank or position it comes in. (CMVN
+statistics are taken without dither: llmasr.data.cmvn.)
 """
 
 from __future__ import annotations
@@ -36,6 +38,18 @@ from llmasr.data.frontend import FBANK_LOW_FREQ_HZ, FrontendConfig, fbank_min_sa
 def content_rng(waveform: np.ndarray) -> np.random.Generator:
     """The dither generator of audio heard outside training: seeded by the samples themselves."""
     return np.random.default_rng([0x11A5, zlib.crc32(np.ascontiguousarray(waveform, dtype=np.float32).data)])
+
+
+def float_wave(waveform) -> np.ndarray:
+    """`waveform` as float32, refused unless it holds floats: integer PCM would be scaled by waveform_scale a
+    second time (int16 samples read 32768 times too loud)."""
+    waveform = np.asarray(waveform)
+    if not np.issubdtype(waveform.dtype, np.floating):
+        raise TypeError(
+            f"expected a float waveform in [-1, 1], got dtype {waveform.dtype}; pass float32 samples in [-1, 1] "
+            "(integer PCM divided by its full scale, e.g. int16 / 32768)"
+        )
+    return np.asarray(waveform, dtype=np.float32)
 
 
 @lru_cache(maxsize=8)
@@ -150,12 +164,13 @@ class FeatureExtractor:
     # ---------------------------------------------------------------------------------------------------- features
     def __call__(self, waveform: np.ndarray, *, train: bool, rng: np.random.Generator | None = None) -> np.ndarray:
         """Features of `waveform`, dithered from `rng` in training, else from the audio itself (content_rng)."""
-        waveform = np.asarray(waveform, dtype=np.float32)
+        waveform = float_wave(waveform)
         if waveform.ndim != 1:
             raise ValueError(f"expected a mono 1-D waveform, got shape {waveform.shape}")
+        rng = rng if train else content_rng(waveform)
         if self.frontend.kind == "whisper":
-            return self.whisper_logmel(waveform)
-        feats = self.fbank(waveform, dither=self.frontend.dither, rng=rng if train else content_rng(waveform))
+            return self.whisper_logmel(waveform, dither=self.frontend.dither, rng=rng)
+        feats = self.fbank(waveform, dither=self.frontend.dither, rng=rng)
         feats = apply_lfr(feats, self.frontend.lfr_m, self.frontend.lfr_n)
         if self._cmvn is not None:
             shift, scale = self._cmvn
@@ -166,7 +181,7 @@ class FeatureExtractor:
         self, waveform: np.ndarray, *, dither: float = 0.0, rng: np.random.Generator | None = None
     ) -> np.ndarray:
         """The waveform fbank reads: scaled by waveform_scale, plus `dither` times Gaussian noise from `rng`."""
-        x = np.asarray(waveform, dtype=np.float32) * np.float32(self.frontend.waveform_scale)
+        x = float_wave(waveform) * np.float32(self.frontend.waveform_scale)
         if dither > 0.0:
             gen = rng if rng is not None else np.random.default_rng()
             x = x + np.float32(dither) * gen.standard_normal(x.shape[0], dtype=np.float32)
@@ -212,8 +227,11 @@ class FeatureExtractor:
             out[i] = fb.get_frame(i)
         return out
 
-    def whisper_logmel(self, waveform: np.ndarray) -> np.ndarray:
-        """Whisper log-mel [ceil(N/hop), n_mels] for the unpadded waveform.
+    def whisper_logmel(
+        self, waveform: np.ndarray, *, dither: float = 0.0, rng: np.random.Generator | None = None
+    ) -> np.ndarray:
+        """Whisper log-mel [ceil(N/hop), n_mels] for the unpadded waveform, plus `dither` times Gaussian noise from
+        `rng` on the zero-padded waveform (transformers adds it to the padded audio before the STFT).
 
         Equal to the first ceil(N/hop) frames of transformers' WhisperFeatureExtractor output (which pads the audio
         with zeros to 30 s first): the audio is zero-padded on the right here too, so the frames at the end see
@@ -234,6 +252,9 @@ class FeatureExtractor:
         size = window if window - pad < n <= window else n + pad
         x = np.zeros(size, dtype=np.float32)
         x[:n] = waveform
+        if dither > 0.0:
+            gen = rng if rng is not None else np.random.default_rng()
+            x += np.float32(dither) * gen.standard_normal(size, dtype=np.float32)
         with torch.no_grad():
             spec = torch.stft(
                 torch.from_numpy(x),

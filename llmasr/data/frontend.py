@@ -31,8 +31,9 @@ class FrontendConfig:
     frame_length_ms: float = 25.0
     frame_shift_ms: float = 10.0
     window: str = "hamming"
-    # Gaussian noise of this standard deviation in the int16-scaled domain, training only (evaluation uses 0);
-    # Whisper features are never dithered.
+    # Gaussian noise of this standard deviation in the int16-scaled domain, in training and evaluation alike (as
+    # FunASR; evaluation's noise comes from the audio itself: features.content_rng). Whisper: in [-1, 1], from its
+    # preprocessor_config.json (0 unless that says otherwise).
     dither: float = 1.0
     snip_edges: bool = True
     waveform_scale: float = 32768.0  # Kaldi convention: samples in int16 range
@@ -62,6 +63,12 @@ class FrontendConfig:
         for name in ("sample_rate", "n_mels", "frame_length_ms", "frame_shift_ms"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{path}.{name}: must be positive, got {getattr(self, name)}")
+        # dither is a standard deviation: torchaudio/Kaldi dither at |dither| whenever it is nonzero, llmasr only
+        # when positive, so a negative one means different features elsewhere; a zero scale wipes the speech.
+        if not (math.isfinite(self.dither) and self.dither >= 0):
+            raise ConfigError(f"{path}.dither: must be a finite number >= 0 (0: no dither), got {self.dither}")
+        if not (math.isfinite(self.waveform_scale) and self.waveform_scale > 0):
+            raise ConfigError(f"{path}.waveform_scale: must be a finite number > 0, got {self.waveform_scale}")
         problem = fbank_problem(self) if self.kind == "fbank" else None
         if problem is not None:
             raise ConfigError(f"{path}.{problem[0]}: {problem[1]}")
@@ -73,6 +80,11 @@ class FrontendConfig:
                 raise ConfigError(f"{path}: a whisper frontend takes no cmvn_file and no LFR (lfr_m = lfr_n = 1)")
         if self.cmvn_file is not None and not Path(self.cmvn_file).is_file():
             raise ConfigError(f"{path}.cmvn_file: not found: {self.cmvn_file}")
+        if self.cmvn_file is not None:
+            try:  # a bad file is refused here, not at the first batch
+                read_kaldi_cmvn(self.cmvn_file)
+            except ConfigError as err:
+                raise ConfigError(f"{path}.cmvn_file: {err}") from None
 
 
 def _mel(hz: float) -> float:
@@ -143,9 +155,17 @@ def read_kaldi_cmvn(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
         m = re.search(rf"<{tag}>\s+(\d+)\s+(\d+)\s+<LearnRateCoef>\s+\S+\s+\[([^\]]*)\]", text)
         if m is None:
             raise ConfigError(f"{path}: no <{tag}> block with a [ ... ] vector; not a Kaldi nnet CMVN file")
-        values = np.array(m.group(3).split(), dtype=np.float32)
-        if values.size != int(m.group(1)):
-            raise ConfigError(f"{path}: <{tag}> declares {m.group(1)} values but holds {values.size}")
+        written = np.array(m.group(3).split(), dtype=np.float64)
+        if written.size != int(m.group(1)):
+            raise ConfigError(f"{path}: <{tag}> declares {m.group(1)} values but holds {written.size}")
+        with np.errstate(over="ignore"):  # past float32's range: inf, refused below
+            values = written.astype(np.float32)
+        # a non-finite shift or scale, or a zero scale, makes that dimension inf/NaN or 0 in every frame
+        bad = ~np.isfinite(values) | ((values == 0) if tag == "Rescale" else False)
+        if bad.any():
+            i = int(np.argmax(bad))
+            want = "finite and nonzero (in float32)" if tag == "Rescale" else "finite (in float32)"
+            raise ConfigError(f"{path}: <{tag}> value {i} is {written[i]:g}; every value must be {want}")
         rows[tag] = values
     if rows["AddShift"].shape != rows["Rescale"].shape:
         raise ConfigError(f"{path}: <AddShift> has {rows['AddShift'].size} values, <Rescale> {rows['Rescale'].size}")

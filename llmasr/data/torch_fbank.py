@@ -125,7 +125,7 @@ class TorchFbank:
             padded = 1 << max(window - 1, 0).bit_length()
             win = torch.from_numpy(window_function(self.fe.window, window)).to(device)
             mel = torch.from_numpy(kaldi_mel_banks(int(self.fe.n_mels), padded, float(self.fe.sample_rate)))
-            self._consts[key] = (win, mel.to(device), padded)
+            self._consts[key] = (win, mel.double().to(device), padded)  # Kaldi's float32 weights, float64 sums
         return self._consts[key]
 
     # ---------------------------------------------------------------------------------------------------- compute
@@ -177,6 +177,8 @@ class TorchFbank:
         # mel bands five orders of magnitude below them by more than 1e-3 in log energy, by an amount that depends
         # on the FFT's code path (CPU type); in float64 the result is that of the exact maths on Kaldi's float32 frame.
         spec = torch.fft.rfft((x * window).double(), n=padded)
-        power = (spec.real.square() + spec.imag.square()).float()  # each bin to float32's relative precision
-        energies = power[..., : padded // 2] @ mel  # sums of positive terms: float32 loses nothing that shows
+        power = spec.real.square() + spec.imag.square()
+        # The mel projection in float64 too: a float32 matmul follows process-wide settings (TF32, bf16 on CPU
+        # oneDNN) that would lose the 1e-3 parity; float64 ignores them, so the result does not depend on them.
+        energies = (power[..., : padded // 2] @ mel).float()
         return torch.clamp(energies, min=FLT_EPSILON).log()

@@ -7,12 +7,13 @@
                   [--max-window-seconds S] [--window-overlap S]
 
 Batches come from the validation loader of training (llmasr.data.loader.build_decode_loader: SpeechDataset in
-evaluation mode, no dither, no augmentation; the same prompt builder, so the prompt a model is decoded with is the
-one it was trained with, the utterance's own `prompt` field included), cut by a duration-sorted, non-shuffled
-sampler under an audio-seconds budget (an utterance longer than the budget gets a batch of its own; none is
-skipped). The decoding settings are the one DecodeConfig (llmasr.models.decoding) that validation uses too: the
-model's saved settings with the flags given on top. SpeechLLM.transcribe stops each prompt at its target start, so
-the reference never leaks into the input.
+evaluation mode, no augmentation, dithered as FunASR's frontend dithers when decoding, with noise drawn from the
+audio itself (llmasr.data.features.content_rng: the same audio, the same features); the same prompt builder, so
+the prompt a model is decoded with is the one it was trained with, the utterance's own `prompt` field included),
+cut by a duration-sorted, non-shuffled sampler under an audio-seconds budget (an utterance longer than the budget
+gets a batch of its own; none is skipped). The decoding settings are the one DecodeConfig (llmasr.models.decoding)
+that validation uses too: the model's saved settings with the flags given on top. SpeechLLM.transcribe stops each
+prompt at its target start, so the reference never leaks into the input.
 
 Outputs (HYP_DIR, or HYP_DIR/<manifest name>/ when several manifests are given):
 

@@ -137,7 +137,7 @@ class FsmnVad:
         n = int(wave.shape[0])
         if n < fe.window_samples:  # FunASR's online frontend gives such a recording no frame
             return np.zeros(0, dtype=np.float64), np.zeros(0, dtype=np.float32)
-        feats = fe(np.asarray(wave, dtype=np.float32), train=False)
+        feats = fe(wave, train=False)  # not cast here: integer PCM is refused (features.float_wave), not misread
         probs = self.frame_probs(torch.from_numpy(feats).float())
         ids = self.opts.sil_pdf_ids
         sil = probs[:, ids[0]].astype(np.float64)

@@ -193,6 +193,25 @@ def test_float32_under_autocast_and_reduced_matmul_precision():
         np.testing.assert_allclose(feats[i, : int(lens[i])].numpy(), fx(w, train=False), atol=TOL, rtol=0)
 
 
+@pytest.mark.parametrize("backend", ["cuda.matmul", "all"])
+def test_tf32_set_with_the_new_precision_api(backend):
+    """A process that allowed TF32 through torch's new API (transformers' enable_tf32 on a recent torch) gets the
+    same features, and no error for mixing it with the legacy get/set_float32_matmul_precision."""
+    fe = FrontendConfig(lfr_m=7, lfr_n=6, dither=0.0)
+    fx, dev = FeatureExtractor(fe), DeviceFeatures(fe)
+    waves = [speechy(n, np.random.default_rng(n)) for n in (16000, 7000, 300)]
+    owner = torch.backends.cuda.matmul if backend == "cuda.matmul" else torch.backends
+    before = owner.fp32_precision
+    try:
+        owner.fp32_precision = "tf32"
+        feats, lens = dev(*batch_of(waves, fe.waveform_scale))
+        assert owner.fp32_precision == "tf32"
+    finally:
+        owner.fp32_precision = before
+    for i, w in enumerate(waves):
+        np.testing.assert_allclose(feats[i, : int(lens[i])].numpy(), fx(w, train=False), atol=TOL, rtol=0)
+
+
 @pytest.mark.parametrize("sr,n_mels", [(16000, 80), (8000, 40)])
 @pytest.mark.parametrize("snip", [True, False])
 def test_every_length_up_to_two_windows_in_one_batch(sr, n_mels, snip):

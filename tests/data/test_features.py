@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
@@ -161,11 +163,49 @@ def test_whisper_logmel_matches_transformers(n_mels, n):
     t = np.arange(n) / 16000
     x = (0.3 * np.sin(2 * np.pi * 440 * t) * (t < t[-1] / 2) + noise(n, 1, 0.02)).astype(np.float32)
     x[-400:] *= 5  # a loud tail: the frames past the end must see the same zero padding as transformers' 30 s pad
-    ours = FeatureExtractor(FrontendConfig(kind="whisper", n_mels=n_mels))(x, train=True)
+    ours = FeatureExtractor(FrontendConfig(kind="whisper", n_mels=n_mels, dither=0.0))(x, train=True)
     ref = WhisperFeatureExtractor(feature_size=n_mels)(x, sampling_rate=16000, return_tensors="np")
     ref = ref["input_features"][0].T
     assert ours.shape == (-(-n // 160), n_mels) and ref.shape == (3000, n_mels)
     assert np.max(np.abs(ours - ref[: len(ours)])) < 1e-4
+
+
+@pytest.mark.parametrize("n", [16000 + 77, 16000 * 30 - 20])
+def test_whisper_dither_as_transformers_adds_it(n, monkeypatch):
+    """preprocessor_config.json's `dither` (it had been read and never applied): dither * N(0, 1) on the
+    zero-padded waveform before the STFT, as transformers adds it; with its torch.randn fed the same normals, the
+    same features. Training draws them from the caller's generator, evaluation from the audio (content_rng)."""
+    import torch
+    from transformers import WhisperFeatureExtractor
+
+    t = np.arange(n) / 16000
+    x = (0.3 * np.sin(2 * np.pi * 440 * t) * (t < t[-1] / 2)).astype(np.float32)  # silence after: dither shows
+    x[-160:] = 0.5  # the loudest frames are the audio's, not the noise's (as in speech)
+    fe = FeatureExtractor(FrontendConfig(kind="whisper", dither=1e-3))
+    normals = np.random.default_rng([7, n]).standard_normal(16000 * 30, dtype=np.float32)  # a prefix: ours
+
+    def randn(shape, **kwargs):  # transformers' draw, over the 30 s of padded audio
+        return torch.from_numpy(normals[: int(np.prod(shape))].reshape(shape).copy())
+
+    monkeypatch.setattr(torch, "randn", randn)
+    ref = WhisperFeatureExtractor(feature_size=80, dither=1e-3)(x, sampling_rate=16000, return_tensors="np")
+    ref = ref["input_features"][0].T
+    monkeypatch.undo()
+    ours = fe(x, train=True, rng=np.random.default_rng([7, n]))
+    assert np.max(np.abs(ours - ref[: len(ours)])) < 1e-4
+    plain = FeatureExtractor(FrontendConfig(kind="whisper", dither=0.0))(x, train=True)
+    quiet = slice(len(ours) // 2 + 2, len(ours) - 3)
+    assert ours[quiet].mean() > plain[quiet].mean() + 0.1  # the noise lifts the silence off the 8-decade floor
+    evaluated = fe(x, train=False)
+    np.testing.assert_array_equal(evaluated, fe(x, train=False))  # the same audio, the same noise
+    assert not np.array_equal(evaluated, ours)
+    np.testing.assert_array_equal(fe(x, train=True, rng=np.random.default_rng([7, n])), ours)
+
+
+def test_whisper_without_dither_ignores_the_generator():
+    fe = FeatureExtractor(FrontendConfig(kind="whisper", dither=0.0))
+    x = noise(16000)
+    np.testing.assert_array_equal(fe(x, train=True, rng=np.random.default_rng(1)), fe(x, train=False))
 
 
 def test_rejects_bad_input():
@@ -174,6 +214,22 @@ def test_rejects_bad_input():
     fe = FeatureExtractor(FrontendConfig())
     with pytest.raises(ValueError, match="mono 1-D"):
         fe(np.zeros((2, 100), np.float32), train=False)
+
+
+@pytest.mark.parametrize("kind", ["fbank", "whisper"])
+@pytest.mark.parametrize("dtype", [np.int16, np.int32, np.uint8, bool])
+def test_integer_pcm_is_refused_not_scaled_twice(kind, dtype):
+    """Integer samples were taken as they were and scaled by waveform_scale again (int16 PCM read 32768 times too
+    loud); the error names the dtype and what to pass. Float samples of any width are read as float32."""
+    fe = FeatureExtractor(FrontendConfig(kind=kind, window="hann") if kind == "whisper" else FrontendConfig())
+    pcm = (noise(16000) * 32767).astype(dtype)
+    message = rf"got dtype {np.dtype(dtype)}; pass float32 samples in \[-1, 1\]"
+    with pytest.raises(TypeError, match=message):
+        fe(pcm, train=False)
+    with pytest.raises(TypeError, match=message):
+        fe.scaled_wave(pcm)  # the waveform the device path reads
+    x = noise(16000)
+    np.testing.assert_array_equal(fe(x.astype(np.float64), train=False), fe(x, train=False))
 
 
 def test_frontend_config_refuses_values_that_would_kill_the_process_later():
@@ -195,3 +251,47 @@ def test_frontend_config_refuses_values_that_would_kill_the_process_later():
         FeatureExtractor(FrontendConfig(n_mels=128))
     with pytest.raises(ConfigError, match="whisper frontend takes no cmvn_file and no LFR"):
         from_dict(FrontendConfig, {"kind": "whisper", "window": "hann", "lfr_m": 7}, "frontend")
+
+
+@pytest.mark.parametrize(
+    "tag,index,value,want",
+    [("AddShift", 79, "nan", "finite"), ("AddShift", 3, "-inf", "finite"), ("Rescale", 0, "inf", "finite and nonzero"),
+     ("Rescale", 79, "0", "finite and nonzero"), ("Rescale", 5, "1e40", "finite and nonzero")],
+)  # fmt: skip
+def test_cmvn_refuses_values_that_make_every_frame_inf_or_nan(tmp_path, tag, index, value, want):
+    """A non-finite shift or scale, or a zero scale (FunASR's tool writes 1/std), made that dimension of every
+    frame inf, NaN or 0; it is refused when the config is read, naming the file, the tag and the first bad index."""
+    from llmasr.config_io import ConfigError, from_dict
+    from llmasr.data.frontend import read_kaldi_cmvn
+
+    rows = {"AddShift": ["-8.0"] * 80, "Rescale": ["0.25"] * 80}
+    rows[tag][index] = value
+    rows[tag][min(index + 1, 79)] = value  # a second bad value after the first (none past the last)
+    path = tmp_path / "am.mvn"
+    path.write_text(
+        "<Nnet>\n"
+        + "".join(f"<{t}> 80 80\n<LearnRateCoef> 0 [ {' '.join(v)} ]\n" for t, v in rows.items())
+        + "</Nnet>\n"
+    )
+    message = rf"{re.escape(str(path))}: <{tag}> value {index} is \S+; every value must be {want} \(in float32\)$"
+    with pytest.raises(ConfigError, match=message):
+        read_kaldi_cmvn(path)
+    with pytest.raises(ConfigError, match=rf"^encoder.frontend.cmvn_file: {message}"):
+        from_dict(FrontendConfig, {"cmvn_file": str(path)}, "encoder.frontend")
+
+
+@pytest.mark.parametrize(
+    "key,value,want",
+    [("dither", -1.0, "a finite number >= 0"), ("dither", float("nan"), "a finite number >= 0"),
+     ("dither", float("inf"), "a finite number >= 0"), ("waveform_scale", 0.0, "a finite number > 0"),
+     ("waveform_scale", -32768.0, "a finite number > 0"), ("waveform_scale", float("nan"), "a finite number > 0")],
+)  # fmt: skip
+def test_frontend_config_refuses_a_dither_or_scale_that_changes_the_features_silently(key, value, want):
+    """A negative dither was no dither here (Kaldi and torchaudio dither at |dither|), NaN dither no dither either,
+    and waveform_scale 0 wiped the speech: refused, naming the key."""
+    from llmasr.config_io import ConfigError, from_dict
+
+    with pytest.raises(ConfigError, match=rf"^encoder.frontend.{key}: must be {want}.*, got {value}$"):
+        FrontendConfig(**{key: value}).validate("encoder.frontend")  # from_dict refuses NaN itself, validate too
+    assert from_dict(FrontendConfig, {"dither": 0.0}, "encoder.frontend").dither == 0.0
+    assert from_dict(FrontendConfig, {"kind": "whisper", "window": "hann", "waveform_scale": 1.0}, "f").dither == 1.0

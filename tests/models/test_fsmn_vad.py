@@ -66,6 +66,15 @@ def test_silence_and_short_audio_give_no_segment(tmp_path):
     assert vad.segments_ms(np.zeros(399, dtype=np.float32)) == []  # shorter than one frame: no frame
 
 
+def test_integer_pcm_is_refused(tmp_path):
+    """int16 samples were cast as they were and scaled by the frontend again: every frame read as loud speech."""
+    wave = syllable_bursts(3.0, gaps=[(1.0, 2.0)], seed=1)
+    vad = _vad(tmp_path)
+    with pytest.raises(TypeError, match="got dtype int16; pass float32 samples"):
+        vad.segments_ms((wave * 32767).astype(np.int16))
+    assert vad.segments_ms(wave.astype(np.float64)) == vad.segments_ms(wave)
+
+
 def test_fixed_end_silence_splits_at_shorter_pauses(tmp_path):
     wave = syllable_bursts(9.0, gaps=[(3.0, 3.8)], seed=2)
     vad = _vad(tmp_path)
