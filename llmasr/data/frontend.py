@@ -21,6 +21,7 @@ WINDOWS = ("hamming", "hanning", "hann", "povey", "rectangular", "blackman", "si
 FBANK_LOW_FREQ_HZ = 20.0  # Kaldi's default lower edge of the first mel bin (FunASR keeps it); the upper is Nyquist
 # kaldi-native-fbank aborts the whole process on a 1-sample window; nothing shorter than this is ever passed to it.
 FBANK_FLOOR_SAMPLES = 4
+WHISPER_MAX_DITHER = 0.01  # a standard deviation in [-1, 1] units: -40 dB of full scale
 
 
 @dataclass
@@ -31,10 +32,10 @@ class FrontendConfig:
     frame_length_ms: float = 25.0
     frame_shift_ms: float = 10.0
     window: str = "hamming"
-    # Gaussian noise of this standard deviation in the int16-scaled domain, in training and evaluation alike (as
-    # FunASR; evaluation's noise comes from the audio itself: features.content_rng). Whisper: in [-1, 1], from its
-    # preprocessor_config.json (0 unless that says otherwise).
-    dither: float = 1.0
+    # Gaussian noise of this standard deviation, in training and evaluation alike (as FunASR; evaluation's noise comes
+    # from the audio itself: features.content_rng). fbank: in the int16-scaled domain, 1.0 unless set. Whisper: in
+    # [-1, 1], from its preprocessor_config.json, 0 unless set (fbank's 1.0 there would be full-scale noise).
+    dither: float | None = None
     snip_edges: bool = True
     waveform_scale: float = 32768.0  # Kaldi convention: samples in int16 range
     lfr_m: int = 1  # low frame rate: stack m frames ...
@@ -45,6 +46,10 @@ class FrontendConfig:
     # Fewest feature frames the encoder takes (a Conformer's convolutional subsampling needs several): set from the
     # encoder; a shorter clip is a bad item, not a batch the encoder cannot subsample.
     min_frames: int = 1
+
+    def __post_init__(self) -> None:
+        if self.dither is None:
+            self.dither = 0.0 if self.kind == "whisper" else 1.0
 
     @property
     def feature_dim(self) -> int:
@@ -67,6 +72,11 @@ class FrontendConfig:
         # when positive, so a negative one means different features elsewhere; a zero scale wipes the speech.
         if not (math.isfinite(self.dither) and self.dither >= 0):
             raise ConfigError(f"{path}.dither: must be a finite number >= 0 (0: no dither), got {self.dither}")
+        if self.kind == "whisper" and self.dither > WHISPER_MAX_DITHER:
+            raise ConfigError(
+                f"{path}.dither: {self.dither:g} is noise louder than -40 dB of full scale; a whisper frontend's "
+                f"dither is in [-1, 1] units (at most {WHISPER_MAX_DITHER:g}), not fbank's int16 units"
+            )
         if not (math.isfinite(self.waveform_scale) and self.waveform_scale > 0):
             raise ConfigError(f"{path}.waveform_scale: must be a finite number > 0, got {self.waveform_scale}")
         problem = fbank_problem(self) if self.kind == "fbank" else None

@@ -294,4 +294,8 @@ def test_frontend_config_refuses_a_dither_or_scale_that_changes_the_features_sil
     with pytest.raises(ConfigError, match=rf"^encoder.frontend.{key}: must be {want}.*, got {value}$"):
         FrontendConfig(**{key: value}).validate("encoder.frontend")  # from_dict refuses NaN itself, validate too
     assert from_dict(FrontendConfig, {"dither": 0.0}, "encoder.frontend").dither == 0.0
-    assert from_dict(FrontendConfig, {"kind": "whisper", "window": "hann", "waveform_scale": 1.0}, "f").dither == 1.0
+    whisper = {"kind": "whisper", "window": "hann", "waveform_scale": 1.0}
+    assert from_dict(FrontendConfig, whisper, "f").dither == 0.0 and FrontendConfig().dither == 1.0  # unless set
+    assert from_dict(FrontendConfig, {**whisper, "dither": 1e-4}, "f").dither == 1e-4
+    with pytest.raises(ConfigError, match=r"^f.dither: 1 is noise louder than -40 dB of full scale; a whisper"):
+        from_dict(FrontendConfig, {**whisper, "dither": 1.0}, "f")  # fbank's value, copied: full-scale noise
