@@ -78,6 +78,17 @@ def read_nano_state(src: Path) -> dict[str, torch.Tensor]:
     return state
 
 
+def read_llm_config(llm_src: Path) -> dict:
+    path = llm_src / "config.json"
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ConfigError(f"{path}: not a readable JSON file: {err}") from err
+    if not isinstance(config, dict):
+        raise ConfigError(f"{path}: the top level must be a JSON object, got {type(config).__name__}")
+    return config
+
+
 def ctc_branch(src: Path, config: dict, state: dict, enc_dim: int) -> tuple[dict | None, str]:
     """(the model section's `ctc` entry without init_from, "") when model.pt's CTC branch converts, else (None, why
     it is left out: "" when there is none)."""
@@ -221,7 +232,7 @@ def convert_funasr(src: str | Path, out: str | Path, *, dtype: str = "fp32", ove
                     f"OUT {named}: {'is' if kept == out else 'holds'} {kept}, which the conversion reads and writing "
                     "OUT would replace; choose another folder"
                 )
-        llm_config = json.loads((llm_src / "config.json").read_text(encoding="utf-8"))
+        llm_config = read_llm_config(llm_src)
         state = read_nano_state(src)
         _check_dims(state, section, llm_config, src)
         ctc, ctc_reason = ctc_branch(src, config, state, encoder_dim(section))
