@@ -169,9 +169,44 @@ def _check_dims(state: dict, section: dict, llm_config: dict, src: Path) -> None
             raise ConfigError(f"{cfg_path}: audio_adaptor_conf.{key} is {actual} but {what} is {expected}")
 
 
-def write_llm(llm_state: dict, llm_src: Path, dest: Path) -> None:
+# Files that hold a tokenizer's vocabulary (any one set): without them transformers builds a 1-token tokenizer.
+TOKENIZER_FILES = (("tokenizer.json",), ("vocab.json", "merges.txt"), ("tokenizer.model",))
+CHAT_MARKERS = ("<|im_start|>", "<|im_end|>")  # Nano's prompt (FunASRNano.data_load_speech) is ChatML
+
+
+def read_llm_tokenizer(llm_src: Path, llm_config: dict):
+    """The LLM directory's tokenizer, checked to be the one Nano's prompt was written in."""
+    from transformers import AutoTokenizer
+
+    if not any(all((llm_src / name).is_file() for name in names) for names in TOKENIZER_FILES):
+        wanted = " or ".join(" + ".join(names) for names in TOKENIZER_FILES)
+        raise ConfigError(
+            f"{llm_src}: no tokenizer vocabulary ({wanted} missing); the LLM directory holds the tokenizer Nano's "
+            "prompt and transcripts are written in"
+        )
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(llm_src), local_files_only=True)
+    except Exception as err:  # a corrupt tokenizer.json, a tokenizer class this transformers lacks
+        raise ConfigError(f"{llm_src}: the tokenizer does not load: {type(err).__name__}: {err}") from err
+    for marker in CHAT_MARKERS:
+        ids = tokenizer.encode(marker, add_special_tokens=False)
+        if len(ids) != 1 or ids[0] == tokenizer.unk_token_id:
+            raise ConfigError(
+                f"{llm_src}: the tokenizer reads {marker} as {ids}, not as one known token; Nano's ChatML prompt "
+                "needs it as one"
+            )
+    vocab = llm_config.get("vocab_size")
+    if isinstance(vocab, int) and not vocab // 2 <= len(tokenizer) <= vocab:
+        raise ConfigError(
+            f"{llm_src}: the tokenizer has {len(tokenizer)} tokens but config.json has vocab_size {vocab}; the "
+            "tokenizer files are not this LLM's"
+        )
+    return tokenizer
+
+
+def write_llm(llm_state: dict, llm_src: Path, tokenizer, dest: Path) -> None:
     """The Qwen3 model of `llm_src`'s config.json with Nano's `llm.*` weights, and its tokenizer, as an HF directory."""
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+    from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig
 
     config = AutoConfig.from_pretrained(str(llm_src), local_files_only=True)
     model = AutoModelForCausalLM.from_config(config)
@@ -191,10 +226,10 @@ def write_llm(llm_state: dict, llm_src: Path, dest: Path) -> None:
         )
     model.tie_weights()
     model.to(dtype).save_pretrained(str(dest))
-    AutoTokenizer.from_pretrained(str(llm_src), local_files_only=True).save_pretrained(str(dest))
+    tokenizer.save_pretrained(str(dest))
 
 
-def _stage(state: dict, llm_src: Path, stage: Path, with_ctc: bool) -> dict[str, Path]:
+def _stage(state: dict, llm_src: Path, tokenizer, stage: Path, with_ctc: bool) -> dict[str, Path]:
     from safetensors.torch import save_file
 
     stage.mkdir(parents=True)
@@ -204,7 +239,7 @@ def _stage(state: dict, llm_src: Path, stage: Path, with_ctc: bool) -> dict[str,
         part = {k: v.float().contiguous() for k, v in select_prefix(state, prefix).items()}
         save_file(part, str(files[name]))
     files["llm"] = stage / "llm"
-    write_llm(select_prefix(state, "llm."), llm_src, files["llm"])
+    write_llm(select_prefix(state, "llm."), llm_src, tokenizer, files["llm"])
     if with_ctc:  # the CTC head's parameter names: decoder.* (FunASR's ctc_decoder.*) and proj.* (ctc.ctc_lo.*)
         files["ctc"] = stage / "ctc_head.safetensors"
         part = {"decoder." + k: v for k, v in select_prefix(state, "ctc_decoder.").items()}
@@ -233,6 +268,7 @@ def convert_funasr(src: str | Path, out: str | Path, *, dtype: str = "fp32", ove
                     "OUT would replace; choose another folder"
                 )
         llm_config = read_llm_config(llm_src)
+        tokenizer = read_llm_tokenizer(llm_src, llm_config)
         state = read_nano_state(src)
         _check_dims(state, section, llm_config, src)
         ctc, ctc_reason = ctc_branch(src, config, state, encoder_dim(section))
@@ -240,7 +276,7 @@ def convert_funasr(src: str | Path, out: str | Path, *, dtype: str = "fp32", ove
 
         tmp, stage = staging_dir(out), staging_dir(out, "stage")
         try:
-            files = _stage(state, llm_src, stage, with_ctc=ctc is not None)
+            files = _stage(state, llm_src, tokenizer, stage, with_ctc=ctc is not None)
             del state
             section["encoder"]["init_from"] = str(files["encoder"])
             section["adaptor"]["init_from"] = str(files["adaptor"])

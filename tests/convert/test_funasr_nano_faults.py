@@ -3,11 +3,16 @@ is converted as FunASR runs it, or refused naming the file, the key and both sid
 
 from __future__ import annotations
 
+import json
+import re
 from pathlib import Path
 
+import pytest
 import yaml
 
 from llmasr.cli import main as cli_main
+from llmasr.config_io import ConfigError
+from llmasr.convert.funasr_nano import convert_funasr
 from llmasr.testing.tiny_nano import LLM_DIR, write_nano_dir
 
 
@@ -24,3 +29,37 @@ def test_corrupt_llm_config_json_is_named(tmp_path, capsys):
     err = capsys.readouterr().err
     assert f"{src / LLM_DIR / 'config.json'}: not a readable JSON file" in err and "JSONDecodeError" not in err
     assert not (tmp_path / "out").exists()
+
+
+def test_llm_directory_without_tokenizer_files_is_refused_before_writing(tmp_path):
+    """transformers builds a 1-token tokenizer from config.json alone: OUT converted "OK" with an empty prompt."""
+    src = write_nano_dir(tmp_path / "src")
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        (src / LLM_DIR / name).unlink()
+    with pytest.raises(
+        ConfigError, match=rf"{re.escape(str(src / LLM_DIR))}: no tokenizer vocabulary \(tokenizer\.json"
+    ):
+        convert_funasr(src, tmp_path / "out")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]  # nothing staged
+
+
+def test_llm_tokenizer_without_chat_markers_is_refused(tmp_path):
+    """A tokenizer that spells <|im_start|> in pieces cannot write Nano's ChatML prompt."""
+    src = write_nano_dir(tmp_path / "src")
+    tok_file, cfg_file = src / LLM_DIR / "tokenizer.json", src / LLM_DIR / "tokenizer_config.json"
+    tok, cfg = json.loads(tok_file.read_text()), json.loads(cfg_file.read_text())
+    tok["added_tokens"] = [t for t in tok["added_tokens"] if t["content"] != "<|im_start|>"]
+    for key in ("extra_special_tokens", "additional_special_tokens"):  # transformers 5 / 4 spelling
+        cfg.pop(key, None)
+    tok_file.write_text(json.dumps(tok))
+    cfg_file.write_text(json.dumps(cfg))
+    with pytest.raises(ConfigError, match=r"reads <\|im_start\|> as \[.*\], not as one known token"):
+        convert_funasr(src, tmp_path / "out")
+
+
+def test_llm_tokenizer_far_smaller_than_the_llms_vocabulary_is_refused(tmp_path):
+    src = write_nano_dir(tmp_path / "src")
+    config = json.loads((src / LLM_DIR / "config.json").read_text())
+    (src / LLM_DIR / "config.json").write_text(json.dumps({**config, "vocab_size": 151936}))
+    with pytest.raises(ConfigError, match=r"tokenizer has 300 tokens but config.json has vocab_size 151936"):
+        convert_funasr(src, tmp_path / "out")
