@@ -22,7 +22,7 @@ import yaml
 
 from llmasr.config_io import ConfigError, to_dict
 from llmasr.models.encoders import funasr_class_name
-from llmasr.models.funasr_dir import file_path_metas, frontend_from_funasr_conf
+from llmasr.models.funasr_dir import file_path_metas, frontend_from_funasr_conf, resolve_cmvn
 
 NANO_MODEL = "FunASRNano"
 NANO_SYSTEM = "You are a helpful assistant."
@@ -166,11 +166,8 @@ def _frontend(config: dict, src: Path):
     if frontend != "WavFrontend":
         raise ConfigError(f"{path}: frontend {config.get('frontend')!r}; Fun-ASR-Nano's WavFrontend is supported")
     conf = _section(config, "frontend_conf", path)
-    cmvn = conf.get("cmvn_file")
-    if cmvn is not None and not (src / str(cmvn)).is_file() and not Path(str(cmvn)).is_file():
-        raise ConfigError(f"{path}: frontend_conf.cmvn_file names {cmvn}, which does not exist")
-    cmvn_path = None if cmvn is None else (src / str(cmvn) if (src / str(cmvn)).is_file() else Path(str(cmvn)))
-    return frontend_from_funasr_conf(conf, cmvn_path)
+    # FunASR's AutoModel picks the CMVN file as for any FunASR directory: configuration.json's mapping, else am.mvn
+    return frontend_from_funasr_conf(conf, resolve_cmvn(src, conf))
 
 
 _CTC_DECODER_KEYS = {

@@ -7,12 +7,14 @@ import json
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
 from llmasr.cli import main as cli_main
 from llmasr.config_io import ConfigError
 from llmasr.convert.funasr_nano import convert_funasr
+from llmasr.data.frontend import write_kaldi_cmvn
 from llmasr.testing.tiny_nano import LLM_DIR, write_nano_dir
 
 
@@ -63,3 +65,24 @@ def test_llm_tokenizer_far_smaller_than_the_llms_vocabulary_is_refused(tmp_path)
     (src / LLM_DIR / "config.json").write_text(json.dumps({**config, "vocab_size": 151936}))
     with pytest.raises(ConfigError, match=r"tokenizer has 300 tokens but config.json has vocab_size 151936"):
         convert_funasr(src, tmp_path / "out")
+
+
+@pytest.mark.parametrize("how", ["configuration.json maps it", "no configuration.json"])
+def test_cmvn_is_the_file_funasr_applies(tmp_path, how):
+    """config.yaml says cmvn_file: null, but FunASR's AutoModel applies am.mvn when configuration.json maps
+    file_path_metas.frontend_conf.cmvn_file to it, or, without configuration.json, when it lies beside config.yaml:
+    the converter picks it as llmasr's own FunASR-directory loader does (funasr_dir.resolve_cmvn)."""
+    src = write_nano_dir(tmp_path / "src")
+    dim = 80 * 7  # the fixture frontend's n_mels * lfr_m
+    write_kaldi_cmvn(src / "am.mvn", np.full(dim, -1.0), np.full(dim, 0.5))
+    if how == "no configuration.json":
+        (src / "configuration.json").unlink()
+    else:
+        metas = json.loads((src / "configuration.json").read_text())
+        metas["file_path_metas"]["frontend_conf"] = {"cmvn_file": "am.mvn"}
+        (src / "configuration.json").write_text(json.dumps(metas))
+    assert yaml.safe_load((src / "config.yaml").read_text())["frontend_conf"]["cmvn_file"] is None
+    convert_funasr(src, tmp_path / "out")
+    desc = yaml.safe_load((tmp_path / "out" / "llmasr_model.yaml").read_text())
+    assert desc["frontend"]["cmvn_file"] == "am.mvn"
+    assert (tmp_path / "out" / "am.mvn").read_bytes() == (src / "am.mvn").read_bytes()
