@@ -7,8 +7,9 @@ to other keys), configuration.json (whose `file_path_metas` name files relative 
 
 What llmasr builds from it: a `sensevoice` encoder, a `transformer` adaptor (FunASR's `Transformer`, same parameter
 names) with `audio_token_cap: funasr_nano` when `use_low_frame_rate` is on, Nano's own prompt (system "You are
-a helpful assistant.", user "语音转写：<audio>" with no separator, an utterance's hotwords in Nano's own context
-block before it, ChatML written out as FunASR writes it), and the CTC head's decoder layers and sizes
+a helpful assistant." unless dataset_conf.sys_prompt is false, user "语音转写：<audio>" with no separator, an
+utterance's hotwords in Nano's own context block before it, ChatML written out as FunASR writes it, with an empty
+<think> block after the assistant tag when dataset_conf.do_think is false), and the CTC head's decoder layers and sizes
 (`ctc_section`; the caller decides whether the branch converts).
 """
 
@@ -33,12 +34,21 @@ NANO_HOTWORDS_TEMPLATE = (
     "热词列表：[{hotwords}]\n"
 )
 # FunASR writes the ChatML prompt with an f-string (FunASRNano.data_load_speech); this template renders the same.
+# With `enable_thinking: false` (dataset_conf.do_think: false) it appends the empty reasoning block FunASR then writes
+# after the assistant tag, as Qwen3's own template does.
 NANO_CHAT_TEMPLATE = (
     "{%- for message in messages -%}"
     "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' -}}"
     "{%- endfor -%}"
-    "{%- if add_generation_prompt -%}{{- '<|im_start|>assistant\\n' -}}{%- endif -%}"
+    "{%- if add_generation_prompt -%}{{- '<|im_start|>assistant\\n' -}}"
+    "{%- if enable_thinking is defined and enable_thinking is false -%}{{- '<think>\\n\\n</think>\\n\\n' -}}"
+    "{%- endif -%}{%- endif -%}"
 )
+# Top-level config.yaml keys with which FunASRNano writes a prompt llmasr's cannot (it reads them from its kwargs).
+_PROMPT_REFUSED = {
+    "infer_with_assistant_input": "leaves the user turn open, without <|im_end|> and the assistant tag",
+    "prev_text": "appends this text after the assistant tag",
+}
 # audio_encoder_conf / audio_adaptor_conf keys that steer FunASR's training or loading, not the architecture.
 _TRAINING_KEYS = ("freeze", "freeze_layer_num", "activation_checkpoint")
 _ADAPTOR_KEYS = {
@@ -229,6 +239,27 @@ def ctc_section(config: dict, path: Path, encoder_dim: int) -> dict:
     }
 
 
+def _prompt_section(config: dict, path: Path) -> dict:
+    """Nano's prompt as FunASRNano.data_load_speech writes it: `dataset_conf.sys_prompt` false drops the system turn,
+    `dataset_conf.do_think` false appends an empty <think> block after the assistant tag (truthiness as FunASR's)."""
+    for key, what in _PROMPT_REFUSED.items():
+        if config.get(key):
+            raise ConfigError(
+                f"{path}: {key} is {config[key]!r}; with it FunASR {what}, a prompt llmasr's cannot write. Remove "
+                "the key to convert with Nano's plain prompt"
+            )
+    dataset = _section(config, "dataset_conf", path)
+    return {
+        "task": NANO_TASK,
+        "system": NANO_SYSTEM if dataset.get("sys_prompt", True) else None,
+        "chat_template": NANO_CHAT_TEMPLATE,
+        "audio_separator": "",
+        "hotwords_template": NANO_HOTWORDS_TEMPLATE,
+        "hotwords_separator": ", ",
+        "template_kwargs": {} if dataset.get("do_think", True) else {"enable_thinking": False},
+    }
+
+
 def nano_model_section(src: Path, config: dict) -> dict:
     """The llmasr model section (a dict for ModelConfig) of a Nano config; weights and LLM path filled by the caller."""
     path = src / "config.yaml"
@@ -238,14 +269,7 @@ def nano_model_section(src: Path, config: dict) -> dict:
     return {
         "encoder": encoder,
         "adaptor": _adaptor_section(config, path),
-        "prompt": {
-            "task": NANO_TASK,
-            "system": NANO_SYSTEM,
-            "chat_template": NANO_CHAT_TEMPLATE,
-            "audio_separator": "",
-            "hotwords_template": NANO_HOTWORDS_TEMPLATE,
-            "hotwords_separator": ", ",
-        },
+        "prompt": _prompt_section(config, path),
         "ctc": {"weight": 0.0},
     }
 

@@ -15,6 +15,7 @@ from llmasr.cli import main as cli_main
 from llmasr.config_io import ConfigError
 from llmasr.convert.funasr_nano import convert_funasr
 from llmasr.data.frontend import write_kaldi_cmvn
+from llmasr.export.exported import load_exported
 from llmasr.testing.tiny_nano import LLM_DIR, write_nano_dir
 
 
@@ -86,3 +87,51 @@ def test_cmvn_is_the_file_funasr_applies(tmp_path, how):
     desc = yaml.safe_load((tmp_path / "out" / "llmasr_model.yaml").read_text())
     assert desc["frontend"]["cmvn_file"] == "am.mvn"
     assert (tmp_path / "out" / "am.mvn").read_bytes() == (src / "am.mvn").read_bytes()
+
+
+def funasr_nano_prompt(system: str, task: str, sys_prompt=True, do_think=True) -> tuple[str, str]:
+    """The text before and after the audio of FunASRNano.data_load_speech's first turn (not
+    infer_with_assistant_input), as FunASR writes it:
+
+        source_input = f"<|im_start|>system\\n{system_prompt}<|im_end|>\\n<|im_start|>user\\n{user_prompt}<|im_end|>\\n
+                         <|im_start|>assistant\\n"
+        if not sys_prompt: source_input = f"<|im_start|>user\\n{user_prompt}<|im_end|>\\n<|im_start|>assistant\\n"
+        if not do_think: source_input += "<think>\\n\\n</think>\\n\\n"
+
+    with user_prompt = f"{task}<|startofspeech|>!...<|endofspeech|>" (generate_chatml), split at the speech."""
+    user = f"{task}<|startofspeech|>!!<|endofspeech|>"
+    source = f"<|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n"
+    if not sys_prompt:
+        source = f"<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n"
+    if not do_think:
+        source += "<think>\n\n</think>\n\n"
+    before, after = source.split("<|startofspeech|>!!<|endofspeech|>")
+    return before, after
+
+
+@pytest.mark.parametrize("sys_prompt, do_think", [(False, True), (True, False), (False, False), (True, True)])
+def test_dataset_conf_prompt_switches_give_funasrs_prompt(tmp_path, sys_prompt, do_think):
+    """dataset_conf.sys_prompt / do_think change the prompt FunASRNano writes: the converted prompt's ids are the ids
+    of FunASR's text, piece by piece as FunASR tokenizes it (with and without a hotword list)."""
+    from llmasr.convert.nano_config import NANO_HOTWORDS_TEMPLATE, NANO_SYSTEM, NANO_TASK
+
+    src = write_nano_dir(tmp_path / "src")
+    edit_config(src, lambda c: c["dataset_conf"].update(sys_prompt=sys_prompt, do_think=do_think))
+    convert_funasr(src, tmp_path / "out")
+    prompt = load_exported(tmp_path / "out").prompt
+    for hotwords in ([], ["你好", "world"]):
+        task = (NANO_HOTWORDS_TEMPLATE.format(hotwords=", ".join(hotwords)) if hotwords else "") + NANO_TASK
+        before, after = funasr_nano_prompt(NANO_SYSTEM, task, sys_prompt, do_think)
+        enc = prompt.encode(None, hotwords=hotwords)
+        assert enc.ids[: enc.audio_pos] == prompt.tokenizer.encode(before), (hotwords, before)
+        assert enc.ids[enc.audio_pos :] == prompt.tokenizer.encode(after), (hotwords, after)
+    target = prompt.encode("你好")  # training appends the transcript and <|im_end|> after the same prompt
+    assert target.ids[: target.target_start] == prompt.encode(None).ids
+
+
+@pytest.mark.parametrize("key", ["infer_with_assistant_input", "prev_text"])
+def test_prompt_keys_llmasr_cannot_write_are_refused(tmp_path, key):
+    src = write_nano_dir(tmp_path / "src")
+    edit_config(src, lambda c: c.update({key: True if key == "infer_with_assistant_input" else "前文"}))
+    with pytest.raises(ConfigError, match=rf"{re.escape(str(src / 'config.yaml'))}: {key} is .*; with it FunASR"):
+        convert_funasr(src, tmp_path / "out")
