@@ -24,6 +24,7 @@ import yaml
 from llmasr.config_io import ConfigError, to_dict
 from llmasr.models.encoders import funasr_class_name
 from llmasr.models.funasr_dir import file_path_metas, frontend_from_funasr_conf, resolve_cmvn
+from llmasr.models.sensevoice import CONF_KEYS
 
 NANO_MODEL = "FunASRNano"
 NANO_SYSTEM = "You are a helpful assistant."
@@ -51,6 +52,11 @@ _PROMPT_REFUSED = {
 }
 # audio_encoder_conf / audio_adaptor_conf keys that steer FunASR's training or loading, not the architecture.
 _TRAINING_KEYS = ("freeze", "freeze_layer_num", "activation_checkpoint")
+# audio_encoder_conf keys FunASRNano reads, not the encoder: `hub` (a set one is refused) and feat_permute. FunASR's
+# first Nano release (Dec 2025) transposed the features to [B, D, T] under feat_permute in data_load_speech and back
+# in encode(), so the encoder saw [B, T, D] either way, as llmasr's does; FunASR no longer reads it (its
+# SenseVoiceEncoderSmall swallows it in **kwargs).
+_NANO_ENCODER_KEYS = ("hub", "feat_permute")
 _ADAPTOR_KEYS = {
     "downsample_rate", "ffn_dim", "n_layer", "attention_heads", "dropout_rate", "attention_dropout_rate",
     "use_low_frame_rate", "encoder_dim", "llm_dim", *_TRAINING_KEYS,
@@ -141,7 +147,15 @@ def _encoder_section(config: dict, path: Path, frontend_dim: int) -> dict:
         raise ConfigError(
             f"{path}: input_size is {stated}, but frontend_conf gives n_mels * lfr_m = {frontend_dim} features"
         )
-    conf = {k: v for k, v in conf.items() if k not in _TRAINING_KEYS}
+    conf = {k: v for k, v in conf.items() if k not in (*_TRAINING_KEYS, *_NANO_ENCODER_KEYS)}
+    # `queries` is llmasr's own key (SenseVoiceSmall's query frames): FunASR's Nano runs the encoder without them
+    known = (CONF_KEYS - {"queries"}) | {*_TRAINING_KEYS, *_NANO_ENCODER_KEYS}
+    unknown = sorted(set(conf) - known)
+    if unknown:
+        raise ConfigError(
+            f"{path}: audio_encoder_conf.{unknown[0]} ({conf[unknown[0]]!r}) is not a SenseVoiceEncoderSmall or "
+            f"FunASRNano setting the converter knows (unknown: {unknown}); known: {sorted(known)}"
+        )
     return {"type": "sensevoice", "conf": conf, "freeze": True}
 
 

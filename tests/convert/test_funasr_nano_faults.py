@@ -135,3 +135,20 @@ def test_prompt_keys_llmasr_cannot_write_are_refused(tmp_path, key):
     edit_config(src, lambda c: c.update({key: True if key == "infer_with_assistant_input" else "前文"}))
     with pytest.raises(ConfigError, match=rf"{re.escape(str(src / 'config.yaml'))}: {key} is .*; with it FunASR"):
         convert_funasr(src, tmp_path / "out")
+
+
+def test_released_encoder_keys_convert_and_unknown_ones_are_named(tmp_path):
+    """The release's audio_encoder_conf lists feat_permute: true (the fixture's config.yaml has it): FunASR's
+    encoder sees [B, T, D] features with it as without it, as llmasr's does. A key neither knows is refused naming
+    config.yaml and audio_encoder_conf, before anything is written."""
+    src = write_nano_dir(tmp_path / "src")
+    assert yaml.safe_load((src / "config.yaml").read_text())["audio_encoder_conf"]["feat_permute"] is True
+    edit_config(src, lambda c: c["audio_encoder_conf"].update(foo_bar=3))
+    message = (
+        rf"{re.escape(str(src / 'config.yaml'))}: audio_encoder_conf.foo_bar \(3\) is not a SenseVoiceEncoderSmall"
+    )
+    with pytest.raises(ConfigError, match=message):
+        convert_funasr(src, tmp_path / "out")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]
+    edit_config(src, lambda c: c["audio_encoder_conf"].pop("foo_bar"))
+    convert_funasr(src, tmp_path / "out")
