@@ -36,6 +36,7 @@ from llmasr.convert.nano_config import (
     read_nano_config,
     stated_adaptor_dims,
 )
+from llmasr.convert.nano_shapes import check_speech_weights, ctc_head_gaps, describe
 from llmasr.export.export import DTYPE_NAMES, write_model_dir
 from llmasr.export.staged_dir import output_dir, publish, staging_dir, writing
 from llmasr.models.builder import build_model
@@ -102,11 +103,17 @@ def ctc_branch(src: Path, config: dict, state: dict, enc_dim: int) -> tuple[dict
         return None, f"its vocabulary is missing (looked for {', '.join(str(p) for p in places)})"
     section = ctc_section(config, path, enc_dim)
     rows = state.get("ctc.ctc_lo.weight")
-    if rows is None or tuple(rows.shape) != (section["vocab_size"], enc_dim):
-        found = "absent" if rows is None else list(rows.shape)
+    if rows is not None and tuple(rows.shape) != (section["vocab_size"], enc_dim):
         raise ConfigError(
-            f"{src / 'model.pt'}: ctc.ctc_lo.weight is {found}, but {path} gives ctc_vocab_size "
+            f"{weights_file(src)}: ctc.ctc_lo.weight is {list(rows.shape)}, but {path} gives ctc_vocab_size "
             f"{section['vocab_size']} over the encoder's {enc_dim}-dim frames"
+        )
+    found = ctc_head_gaps(state, section, enc_dim)
+    if any(found):
+        sized_by = "ctc_decoder_conf / ctc_vocab_size"
+        raise ConfigError(
+            f"{weights_file(src)}: the CTC branch does not fit the head {path} {sized_by} describes:\n"
+            f"{describe(found, sized_by)}"
         )
     return {**section, "vocab": str(vocab)}, ""
 
@@ -271,6 +278,9 @@ def convert_funasr(src: str | Path, out: str | Path, *, dtype: str = "fp32", ove
         tokenizer = read_llm_tokenizer(llm_src, llm_config)
         state = read_nano_state(src)
         _check_dims(state, section, llm_config, src)
+        check_speech_weights(
+            state, section, weights_file(src), src / "config.yaml", int(llm_config.get("hidden_size", -1))
+        )
         ctc, ctc_reason = ctc_branch(src, config, state, encoder_dim(section))
         left_out = log_left_out(state, weights_file(src), ctc_reason)
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import yaml
 
 from llmasr.cli import main as cli_main
@@ -152,3 +153,47 @@ def test_released_encoder_keys_convert_and_unknown_ones_are_named(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]
     edit_config(src, lambda c: c["audio_encoder_conf"].pop("foo_bar"))
     convert_funasr(src, tmp_path / "out")
+
+
+def edit_state(src: Path, edit) -> None:
+    state = torch.load(src / "model.pt", weights_only=True)
+    edit(state["state_dict"])
+    torch.save(state, src / "model.pt")
+
+
+@pytest.mark.parametrize(
+    "section, change, line",
+    [
+        ("audio_encoder_conf", {"linear_units": 128},
+         "audio_encoder.encoders.0.feed_forward.w_1.bias: [64] in model.pt, [128] as audio_encoder_conf sizes it"),
+        ("audio_encoder_conf", {"num_blocks": 1},
+         "audio_encoder.encoders.0.norm1.weight: in model.pt, but not in the module audio_encoder_conf describes"),
+        ("audio_adaptor_conf", {"ffn_dim": 40},
+         "audio_adaptor.linear1.weight: [48, 32] in model.pt, [40, 32] as audio_adaptor_conf sizes it"),
+        ("ctc_decoder_conf", {"ffn_dim": 40},
+         "ctc_decoder.linear1.weight: [48, 32] in model.pt, [40, 32] as ctc_decoder_conf / ctc_vocab_size sizes it"),
+    ],
+    ids=["encoder width", "encoder depth", "adaptor", "CTC decoder"],
+)  # fmt: skip
+def test_model_pt_that_config_yaml_does_not_describe_is_named_by_its_own_keys(tmp_path, section, change, line):
+    """Named by model.pt, its key as stored there, both shapes and the config.yaml section; not by a staged file
+    deleted before the error is read. Nothing is written."""
+    src = write_nano_dir(tmp_path / "src")
+    edit_config(src, lambda c: c[section].update(change))
+    with pytest.raises(ConfigError) as err:
+        convert_funasr(src, tmp_path / "out")
+    text = str(err.value)
+    assert text.startswith(f"{src / 'model.pt'}: ") and f"{src / 'config.yaml'} {section.split('_conf')[0]}" in text
+    assert line in text and ".stage" not in text
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]
+
+
+def test_encoder_conf_the_encoder_refuses_is_named_by_config_yaml(tmp_path):
+    src = write_nano_dir(tmp_path / "src")
+    edit_config(src, lambda c: c["audio_encoder_conf"].update(num_blocks=0))
+    message = (
+        rf"{re.escape(str(src / 'config.yaml'))}: audio_encoder_conf: SenseVoiceEncoderSmall: needs num_blocks >= 1"
+    )
+    with pytest.raises(ConfigError, match=message):
+        convert_funasr(src, tmp_path / "out")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]
