@@ -5,14 +5,17 @@ transformers.AutoModelForCausalLM alone, `llmasr decode --model OUT` decodes it 
 recipe fine-tunes from OUT's files. The steps:
 
 - config.yaml (llmasr.convert.nano_config) gives the encoder, adaptor, frontend and prompt; every size it states is
-  checked against model.pt and the LLM's config.json, each mismatch an error naming both numbers and both files.
+  checked against model.pt (llmasr.convert.nano_shapes) and the LLM's config.json, each mismatch an error naming
+  both numbers and both files, before anything is written.
 - model.pt ({"state_dict": ...}, bf16): `audio_encoder.*` -> the sensevoice encoder, `audio_adaptor.*` -> the
   transformer adaptor, `llm.*` -> the Qwen3 model built from the LLM directory's config.json (that directory holds
   config and tokenizer only; tied embeddings may store no lm_head). FunASR's own LoRA tensors are refused.
 - `ctc_decoder.*` + `ctc.ctc_lo.*`, Nano's CTC branch (a transformer stack at the encoder's width, then a linear
   layer over SenseVoice's tiktoken vocabulary) -> the CTC head (`model.ctc.decoder`, vocabulary
   `multilingual.tiktoken` found where FunASR finds it, copied into OUT), so `--timestamps` and the CTC output work
-  on OUT. Without that vocabulary file the branch is left out and the log says where it looked.
+  on OUT. Without that vocabulary file the branch is left out and the log says where it looked; so it is when its
+  tensors do not fill the head config.yaml describes (FunASR, too, runs without an incomplete branch), the log naming
+  the keys.
 - Left out, in one log record: any other module of model.pt.
 
 Everything is written under a hidden sibling of OUT and put in place at the end (llmasr.export.staged_dir).
@@ -108,13 +111,17 @@ def ctc_branch(src: Path, config: dict, state: dict, enc_dim: int) -> tuple[dict
             f"{weights_file(src)}: ctc.ctc_lo.weight is {list(rows.shape)}, but {path} gives ctc_vocab_size "
             f"{section['vocab_size']} over the encoder's {enc_dim}-dim frames"
         )
-    found = ctc_head_gaps(state, section, enc_dim)
-    if any(found):
+    missing, unexpected, mismatched = found = ctc_head_gaps(state, section, enc_dim)
+    if mismatched:
         sized_by = "ctc_decoder_conf / ctc_vocab_size"
         raise ConfigError(
             f"{weights_file(src)}: the CTC branch does not fit the head {path} {sized_by} describes:\n"
             f"{describe(found, sized_by)}"
         )
+    if missing or unexpected:  # FunASR disables a branch its checkpoint leaves incomplete, and transcribes on
+        named = [f"{len(keys)} {what} ({', '.join(keys[:3])}{', ...' if len(keys) > 3 else ''})"
+                 for keys, what in ((missing, "missing"), (unexpected, "unexpected")) if keys]  # fmt: skip
+        return None, f"its tensors do not fill the head {path} ctc_decoder_conf describes: {'; '.join(named)}"
     return {**section, "vocab": str(vocab)}, ""
 
 

@@ -4,6 +4,7 @@ is converted as FunASR runs it, or refused naming the file, the key and both sid
 from __future__ import annotations
 
 import json
+import logging
 import re
 from pathlib import Path
 
@@ -197,3 +198,32 @@ def test_encoder_conf_the_encoder_refuses_is_named_by_config_yaml(tmp_path):
     with pytest.raises(ConfigError, match=message):
         convert_funasr(src, tmp_path / "out")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]
+
+
+@pytest.mark.parametrize(
+    "drop, named",
+    [
+        (("ctc.ctc_lo.weight", "ctc.ctc_lo.bias"), "2 missing (ctc.ctc_lo.bias, ctc.ctc_lo.weight)"),
+        (("ctc_decoder.blocks.0.norm1.weight",), "1 missing (ctc_decoder.blocks.0.norm1.weight)"),
+    ],
+)
+def test_incomplete_ctc_branch_converts_without_the_head(tmp_path, caplog, drop, named):
+    """FunASR (checkpoint_utils.disable_incomplete_ctc) runs without a CTC branch its model.pt leaves incomplete and
+    transcribes on: so does the converted model, and the log names what is missing."""
+    src = write_nano_dir(tmp_path / "src")
+    edit_state(src, lambda s: [s.pop(k) for k in drop])
+    with caplog.at_level(logging.WARNING, logger="llmasr.convert.funasr_nano"):
+        convert_funasr(src, tmp_path / "out")
+    assert f"{src / 'config.yaml'} ctc_decoder_conf describes: {named}" in caplog.text
+    assert "the converted model has no CTC head" in caplog.text
+    assert yaml.safe_load((tmp_path / "out" / "llmasr_model.yaml").read_text())["ctc"] is None
+    load_exported(tmp_path / "out")
+
+
+def test_ctc_decoder_with_layers_config_yaml_does_not_name_converts_without_the_head(tmp_path, caplog):
+    src = write_nano_dir(tmp_path / "src")
+    edit_config(src, lambda c: c["ctc_decoder_conf"].update(n_layer=2))  # model.pt holds 1
+    with caplog.at_level(logging.WARNING, logger="llmasr.convert.funasr_nano"):
+        convert_funasr(src, tmp_path / "out")
+    assert "missing (ctc_decoder.blocks.1." in caplog.text
+    assert yaml.safe_load((tmp_path / "out" / "llmasr_model.yaml").read_text())["ctc"] is None
