@@ -5,14 +5,17 @@ transformers.AutoModelForCausalLM alone, `llmasr decode --model OUT` decodes it 
 recipe fine-tunes from OUT's files. The steps:
 
 - config.yaml (llmasr.convert.nano_config) gives the encoder, adaptor, frontend and prompt; every size it states is
-  checked against model.pt and the LLM's config.json, each mismatch an error naming both numbers and both files.
+  checked against model.pt (llmasr.convert.nano_shapes) and the LLM's config.json, each mismatch an error naming
+  both numbers and both files, before anything is written.
 - model.pt ({"state_dict": ...}, bf16): `audio_encoder.*` -> the sensevoice encoder, `audio_adaptor.*` -> the
   transformer adaptor, `llm.*` -> the Qwen3 model built from the LLM directory's config.json (that directory holds
   config and tokenizer only; tied embeddings may store no lm_head). FunASR's own LoRA tensors are refused.
 - `ctc_decoder.*` + `ctc.ctc_lo.*`, Nano's CTC branch (a transformer stack at the encoder's width, then a linear
   layer over SenseVoice's tiktoken vocabulary) -> the CTC head (`model.ctc.decoder`, vocabulary
   `multilingual.tiktoken` found where FunASR finds it, copied into OUT), so `--timestamps` and the CTC output work
-  on OUT. Without that vocabulary file the branch is left out and the log says where it looked.
+  on OUT. Without that vocabulary file the branch is left out and the log says where it looked; so it is when its
+  tensors do not fill the head config.yaml describes (FunASR, too, runs without an incomplete branch), the log naming
+  the keys.
 - Left out, in one log record: any other module of model.pt.
 
 Everything is written under a hidden sibling of OUT and put in place at the end (llmasr.export.staged_dir).
@@ -36,6 +39,7 @@ from llmasr.convert.nano_config import (
     read_nano_config,
     stated_adaptor_dims,
 )
+from llmasr.convert.nano_shapes import check_speech_weights, ctc_head_gaps, describe
 from llmasr.export.export import DTYPE_NAMES, write_model_dir
 from llmasr.export.staged_dir import output_dir, publish, staging_dir, writing
 from llmasr.models.builder import build_model
@@ -78,6 +82,17 @@ def read_nano_state(src: Path) -> dict[str, torch.Tensor]:
     return state
 
 
+def read_llm_config(llm_src: Path) -> dict:
+    path = llm_src / "config.json"
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ConfigError(f"{path}: not a readable JSON file: {err}") from err
+    if not isinstance(config, dict):
+        raise ConfigError(f"{path}: the top level must be a JSON object, got {type(config).__name__}")
+    return config
+
+
 def ctc_branch(src: Path, config: dict, state: dict, enc_dim: int) -> tuple[dict | None, str]:
     """(the model section's `ctc` entry without init_from, "") when model.pt's CTC branch converts, else (None, why
     it is left out: "" when there is none)."""
@@ -91,12 +106,22 @@ def ctc_branch(src: Path, config: dict, state: dict, enc_dim: int) -> tuple[dict
         return None, f"its vocabulary is missing (looked for {', '.join(str(p) for p in places)})"
     section = ctc_section(config, path, enc_dim)
     rows = state.get("ctc.ctc_lo.weight")
-    if rows is None or tuple(rows.shape) != (section["vocab_size"], enc_dim):
-        found = "absent" if rows is None else list(rows.shape)
+    if rows is not None and tuple(rows.shape) != (section["vocab_size"], enc_dim):
         raise ConfigError(
-            f"{src / 'model.pt'}: ctc.ctc_lo.weight is {found}, but {path} gives ctc_vocab_size "
+            f"{weights_file(src)}: ctc.ctc_lo.weight is {list(rows.shape)}, but {path} gives ctc_vocab_size "
             f"{section['vocab_size']} over the encoder's {enc_dim}-dim frames"
         )
+    missing, unexpected, mismatched = found = ctc_head_gaps(state, section, enc_dim)
+    if mismatched:
+        sized_by = "ctc_decoder_conf / ctc_vocab_size"
+        raise ConfigError(
+            f"{weights_file(src)}: the CTC branch does not fit the head {path} {sized_by} describes:\n"
+            f"{describe(found, sized_by)}"
+        )
+    if missing or unexpected:  # FunASR disables a branch its checkpoint leaves incomplete, and transcribes on
+        named = [f"{len(keys)} {what} ({', '.join(keys[:3])}{', ...' if len(keys) > 3 else ''})"
+                 for keys, what in ((missing, "missing"), (unexpected, "unexpected")) if keys]  # fmt: skip
+        return None, f"its tensors do not fill the head {path} ctc_decoder_conf describes: {'; '.join(named)}"
     return {**section, "vocab": str(vocab)}, ""
 
 
@@ -158,9 +183,44 @@ def _check_dims(state: dict, section: dict, llm_config: dict, src: Path) -> None
             raise ConfigError(f"{cfg_path}: audio_adaptor_conf.{key} is {actual} but {what} is {expected}")
 
 
-def write_llm(llm_state: dict, llm_src: Path, dest: Path) -> None:
+# Files that hold a tokenizer's vocabulary (any one set): without them transformers builds a 1-token tokenizer.
+TOKENIZER_FILES = (("tokenizer.json",), ("vocab.json", "merges.txt"), ("tokenizer.model",))
+CHAT_MARKERS = ("<|im_start|>", "<|im_end|>")  # Nano's prompt (FunASRNano.data_load_speech) is ChatML
+
+
+def read_llm_tokenizer(llm_src: Path, llm_config: dict):
+    """The LLM directory's tokenizer, checked to be the one Nano's prompt was written in."""
+    from transformers import AutoTokenizer
+
+    if not any(all((llm_src / name).is_file() for name in names) for names in TOKENIZER_FILES):
+        wanted = " or ".join(" + ".join(names) for names in TOKENIZER_FILES)
+        raise ConfigError(
+            f"{llm_src}: no tokenizer vocabulary ({wanted} missing); the LLM directory holds the tokenizer Nano's "
+            "prompt and transcripts are written in"
+        )
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(llm_src), local_files_only=True)
+    except Exception as err:  # a corrupt tokenizer.json, a tokenizer class this transformers lacks
+        raise ConfigError(f"{llm_src}: the tokenizer does not load: {type(err).__name__}: {err}") from err
+    for marker in CHAT_MARKERS:
+        ids = tokenizer.encode(marker, add_special_tokens=False)
+        if len(ids) != 1 or ids[0] == tokenizer.unk_token_id:
+            raise ConfigError(
+                f"{llm_src}: the tokenizer reads {marker} as {ids}, not as one known token; Nano's ChatML prompt "
+                "needs it as one"
+            )
+    vocab = llm_config.get("vocab_size")
+    if isinstance(vocab, int) and not vocab // 2 <= len(tokenizer) <= vocab:
+        raise ConfigError(
+            f"{llm_src}: the tokenizer has {len(tokenizer)} tokens but config.json has vocab_size {vocab}; the "
+            "tokenizer files are not this LLM's"
+        )
+    return tokenizer
+
+
+def write_llm(llm_state: dict, llm_src: Path, tokenizer, dest: Path) -> None:
     """The Qwen3 model of `llm_src`'s config.json with Nano's `llm.*` weights, and its tokenizer, as an HF directory."""
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+    from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig
 
     config = AutoConfig.from_pretrained(str(llm_src), local_files_only=True)
     model = AutoModelForCausalLM.from_config(config)
@@ -180,10 +240,10 @@ def write_llm(llm_state: dict, llm_src: Path, dest: Path) -> None:
         )
     model.tie_weights()
     model.to(dtype).save_pretrained(str(dest))
-    AutoTokenizer.from_pretrained(str(llm_src), local_files_only=True).save_pretrained(str(dest))
+    tokenizer.save_pretrained(str(dest))
 
 
-def _stage(state: dict, llm_src: Path, stage: Path, with_ctc: bool) -> dict[str, Path]:
+def _stage(state: dict, llm_src: Path, tokenizer, stage: Path, with_ctc: bool) -> dict[str, Path]:
     from safetensors.torch import save_file
 
     stage.mkdir(parents=True)
@@ -193,7 +253,7 @@ def _stage(state: dict, llm_src: Path, stage: Path, with_ctc: bool) -> dict[str,
         part = {k: v.float().contiguous() for k, v in select_prefix(state, prefix).items()}
         save_file(part, str(files[name]))
     files["llm"] = stage / "llm"
-    write_llm(select_prefix(state, "llm."), llm_src, files["llm"])
+    write_llm(select_prefix(state, "llm."), llm_src, tokenizer, files["llm"])
     if with_ctc:  # the CTC head's parameter names: decoder.* (FunASR's ctc_decoder.*) and proj.* (ctc.ctc_lo.*)
         files["ctc"] = stage / "ctc_head.safetensors"
         part = {"decoder." + k: v for k, v in select_prefix(state, "ctc_decoder.").items()}
@@ -221,15 +281,19 @@ def convert_funasr(src: str | Path, out: str | Path, *, dtype: str = "fp32", ove
                     f"OUT {named}: {'is' if kept == out else 'holds'} {kept}, which the conversion reads and writing "
                     "OUT would replace; choose another folder"
                 )
-        llm_config = json.loads((llm_src / "config.json").read_text(encoding="utf-8"))
+        llm_config = read_llm_config(llm_src)
+        tokenizer = read_llm_tokenizer(llm_src, llm_config)
         state = read_nano_state(src)
         _check_dims(state, section, llm_config, src)
+        check_speech_weights(
+            state, section, weights_file(src), src / "config.yaml", int(llm_config.get("hidden_size", -1))
+        )
         ctc, ctc_reason = ctc_branch(src, config, state, encoder_dim(section))
         left_out = log_left_out(state, weights_file(src), ctc_reason)
 
         tmp, stage = staging_dir(out), staging_dir(out, "stage")
         try:
-            files = _stage(state, llm_src, stage, with_ctc=ctc is not None)
+            files = _stage(state, llm_src, tokenizer, stage, with_ctc=ctc is not None)
             del state
             section["encoder"]["init_from"] = str(files["encoder"])
             section["adaptor"]["init_from"] = str(files["adaptor"])

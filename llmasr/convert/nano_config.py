@@ -7,8 +7,9 @@ to other keys), configuration.json (whose `file_path_metas` name files relative 
 
 What llmasr builds from it: a `sensevoice` encoder, a `transformer` adaptor (FunASR's `Transformer`, same parameter
 names) with `audio_token_cap: funasr_nano` when `use_low_frame_rate` is on, Nano's own prompt (system "You are
-a helpful assistant.", user "语音转写：<audio>" with no separator, an utterance's hotwords in Nano's own context
-block before it, ChatML written out as FunASR writes it), and the CTC head's decoder layers and sizes
+a helpful assistant." unless dataset_conf.sys_prompt is false, user "语音转写：<audio>" with no separator, an
+utterance's hotwords in Nano's own context block before it, ChatML written out as FunASR writes it, with an empty
+<think> block after the assistant tag when dataset_conf.do_think is false), and the CTC head's decoder layers and sizes
 (`ctc_section`; the caller decides whether the branch converts).
 """
 
@@ -22,7 +23,8 @@ import yaml
 
 from llmasr.config_io import ConfigError, to_dict
 from llmasr.models.encoders import funasr_class_name
-from llmasr.models.funasr_dir import file_path_metas, frontend_from_funasr_conf
+from llmasr.models.funasr_dir import file_path_metas, frontend_from_funasr_conf, resolve_cmvn
+from llmasr.models.sensevoice import CONF_KEYS
 
 NANO_MODEL = "FunASRNano"
 NANO_SYSTEM = "You are a helpful assistant."
@@ -33,14 +35,28 @@ NANO_HOTWORDS_TEMPLATE = (
     "热词列表：[{hotwords}]\n"
 )
 # FunASR writes the ChatML prompt with an f-string (FunASRNano.data_load_speech); this template renders the same.
+# With `enable_thinking: false` (dataset_conf.do_think: false) it appends the empty reasoning block FunASR then writes
+# after the assistant tag, as Qwen3's own template does.
 NANO_CHAT_TEMPLATE = (
     "{%- for message in messages -%}"
     "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' -}}"
     "{%- endfor -%}"
-    "{%- if add_generation_prompt -%}{{- '<|im_start|>assistant\\n' -}}{%- endif -%}"
+    "{%- if add_generation_prompt -%}{{- '<|im_start|>assistant\\n' -}}"
+    "{%- if enable_thinking is defined and enable_thinking is false -%}{{- '<think>\\n\\n</think>\\n\\n' -}}"
+    "{%- endif -%}{%- endif -%}"
 )
+# Top-level config.yaml keys with which FunASRNano writes a prompt llmasr's cannot (it reads them from its kwargs).
+_PROMPT_REFUSED = {
+    "infer_with_assistant_input": "leaves the user turn open, without <|im_end|> and the assistant tag",
+    "prev_text": "appends this text after the assistant tag",
+}
 # audio_encoder_conf / audio_adaptor_conf keys that steer FunASR's training or loading, not the architecture.
 _TRAINING_KEYS = ("freeze", "freeze_layer_num", "activation_checkpoint")
+# audio_encoder_conf keys FunASRNano reads, not the encoder: `hub` (a set one is refused) and feat_permute. FunASR's
+# first Nano release (Dec 2025) transposed the features to [B, D, T] under feat_permute in data_load_speech and back
+# in encode(), so the encoder saw [B, T, D] either way, as llmasr's does; FunASR no longer reads it (its
+# SenseVoiceEncoderSmall swallows it in **kwargs).
+_NANO_ENCODER_KEYS = ("hub", "feat_permute")
 _ADAPTOR_KEYS = {
     "downsample_rate", "ffn_dim", "n_layer", "attention_heads", "dropout_rate", "attention_dropout_rate",
     "use_low_frame_rate", "encoder_dim", "llm_dim", *_TRAINING_KEYS,
@@ -131,7 +147,15 @@ def _encoder_section(config: dict, path: Path, frontend_dim: int) -> dict:
         raise ConfigError(
             f"{path}: input_size is {stated}, but frontend_conf gives n_mels * lfr_m = {frontend_dim} features"
         )
-    conf = {k: v for k, v in conf.items() if k not in _TRAINING_KEYS}
+    conf = {k: v for k, v in conf.items() if k not in (*_TRAINING_KEYS, *_NANO_ENCODER_KEYS)}
+    # `queries` is llmasr's own key (SenseVoiceSmall's query frames): FunASR's Nano runs the encoder without them
+    known = (CONF_KEYS - {"queries"}) | {*_TRAINING_KEYS, *_NANO_ENCODER_KEYS}
+    unknown = sorted(set(conf) - known)
+    if unknown:
+        raise ConfigError(
+            f"{path}: audio_encoder_conf.{unknown[0]} ({conf[unknown[0]]!r}) is not a SenseVoiceEncoderSmall or "
+            f"FunASRNano setting the converter knows (unknown: {unknown}); known: {sorted(known)}"
+        )
     return {"type": "sensevoice", "conf": conf, "freeze": True}
 
 
@@ -166,11 +190,8 @@ def _frontend(config: dict, src: Path):
     if frontend != "WavFrontend":
         raise ConfigError(f"{path}: frontend {config.get('frontend')!r}; Fun-ASR-Nano's WavFrontend is supported")
     conf = _section(config, "frontend_conf", path)
-    cmvn = conf.get("cmvn_file")
-    if cmvn is not None and not (src / str(cmvn)).is_file() and not Path(str(cmvn)).is_file():
-        raise ConfigError(f"{path}: frontend_conf.cmvn_file names {cmvn}, which does not exist")
-    cmvn_path = None if cmvn is None else (src / str(cmvn) if (src / str(cmvn)).is_file() else Path(str(cmvn)))
-    return frontend_from_funasr_conf(conf, cmvn_path)
+    # FunASR's AutoModel picks the CMVN file as for any FunASR directory: configuration.json's mapping, else am.mvn
+    return frontend_from_funasr_conf(conf, resolve_cmvn(src, conf))
 
 
 _CTC_DECODER_KEYS = {
@@ -232,6 +253,27 @@ def ctc_section(config: dict, path: Path, encoder_dim: int) -> dict:
     }
 
 
+def _prompt_section(config: dict, path: Path) -> dict:
+    """Nano's prompt as FunASRNano.data_load_speech writes it: `dataset_conf.sys_prompt` false drops the system turn,
+    `dataset_conf.do_think` false appends an empty <think> block after the assistant tag (truthiness as FunASR's)."""
+    for key, what in _PROMPT_REFUSED.items():
+        if config.get(key):
+            raise ConfigError(
+                f"{path}: {key} is {config[key]!r}; with it FunASR {what}, a prompt llmasr's cannot write. Remove "
+                "the key to convert with Nano's plain prompt"
+            )
+    dataset = _section(config, "dataset_conf", path)
+    return {
+        "task": NANO_TASK,
+        "system": NANO_SYSTEM if dataset.get("sys_prompt", True) else None,
+        "chat_template": NANO_CHAT_TEMPLATE,
+        "audio_separator": "",
+        "hotwords_template": NANO_HOTWORDS_TEMPLATE,
+        "hotwords_separator": ", ",
+        "template_kwargs": {} if dataset.get("do_think", True) else {"enable_thinking": False},
+    }
+
+
 def nano_model_section(src: Path, config: dict) -> dict:
     """The llmasr model section (a dict for ModelConfig) of a Nano config; weights and LLM path filled by the caller."""
     path = src / "config.yaml"
@@ -241,14 +283,7 @@ def nano_model_section(src: Path, config: dict) -> dict:
     return {
         "encoder": encoder,
         "adaptor": _adaptor_section(config, path),
-        "prompt": {
-            "task": NANO_TASK,
-            "system": NANO_SYSTEM,
-            "chat_template": NANO_CHAT_TEMPLATE,
-            "audio_separator": "",
-            "hotwords_template": NANO_HOTWORDS_TEMPLATE,
-            "hotwords_separator": ", ",
-        },
+        "prompt": _prompt_section(config, path),
         "ctc": {"weight": 0.0},
     }
 

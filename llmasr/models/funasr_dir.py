@@ -181,7 +181,7 @@ def _mapped_cmvn(model_dir: Path) -> tuple[bool, Path | None]:
     return True, mapped
 
 
-def _resolve_cmvn(model_dir: Path, frontend_conf: dict) -> Path | None:
+def resolve_cmvn(model_dir: Path, frontend_conf: dict) -> Path | None:
     """The CMVN file FunASR would use: configuration.json's mapping when the directory has that file (else
     config.yaml's cmvn_file), otherwise am.mvn beside config.yaml."""
     has_metas, mapped = _mapped_cmvn(model_dir)
@@ -234,7 +234,7 @@ def _frontend(model_dir: Path, config: dict) -> FrontendConfig:
             f"{model_dir / 'config.yaml'}: frontend {config.get('frontend')!r} is not supported; supported: "
             f"{', '.join(SUPPORTED_FRONTENDS)}"
         )
-    cmvn = _resolve_cmvn(model_dir, config["frontend_conf"])
+    cmvn = resolve_cmvn(model_dir, config["frontend_conf"])
     return frontend_from_funasr_conf(config["frontend_conf"], cmvn, frontend_type)
 
 

@@ -209,3 +209,5 @@ _CONSTRUCTOR_KEYS = (
     "sanm_shfit",
     "queries",
 )
+
+CONF_KEYS = frozenset((*_CONSTRUCTOR_KEYS, *_IGNORED))  # what the constructor takes, or ignores as FunASR's does

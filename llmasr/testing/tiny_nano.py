@@ -65,7 +65,7 @@ def nano_config(encoder_conf: dict, frontend_conf: dict, *, llm_dim: int, ffn_di
         "model_conf": {"lsm_weight": 0.1, "length_normalized_loss": True},
         "input_size": input_size,
         "audio_encoder": "SenseVoiceEncoderSmall",
-        "audio_encoder_conf": {**encoder_conf, "freeze": True},
+        "audio_encoder_conf": {**encoder_conf, "freeze": True, "feat_permute": True},  # as the release lists it
         "llm": "Qwen3-0.6b",
         "llm_conf": {"hub": "hf", "freeze": True, "llm_dtype": "bf16", "init_param_path": LLM_DIR, "use_lora": False},
         "audio_adaptor": "Transformer",

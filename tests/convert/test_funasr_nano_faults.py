@@ -1,0 +1,229 @@
+"""`llmasr convert funasr` on Fun-ASR-Nano directories that are incomplete or say more than the plain release: each
+is converted as FunASR runs it, or refused naming the file, the key and both sides."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from llmasr.cli import main as cli_main
+from llmasr.config_io import ConfigError
+from llmasr.convert.funasr_nano import convert_funasr
+from llmasr.data.frontend import write_kaldi_cmvn
+from llmasr.export.exported import load_exported
+from llmasr.testing.tiny_nano import LLM_DIR, write_nano_dir
+
+
+def edit_config(src: Path, edit) -> None:
+    config = yaml.safe_load((src / "config.yaml").read_text(encoding="utf-8"))
+    edit(config)
+    (src / "config.yaml").write_text(yaml.safe_dump(config, allow_unicode=True, sort_keys=False), encoding="utf-8")
+
+
+def test_corrupt_llm_config_json_is_named(tmp_path, capsys):
+    src = write_nano_dir(tmp_path / "src")
+    (src / LLM_DIR / "config.json").write_text("{not json")
+    assert cli_main(["convert", "funasr", str(src), str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert f"{src / LLM_DIR / 'config.json'}: not a readable JSON file" in err and "JSONDecodeError" not in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_llm_directory_without_tokenizer_files_is_refused_before_writing(tmp_path):
+    """transformers builds a 1-token tokenizer from config.json alone: OUT converted "OK" with an empty prompt."""
+    src = write_nano_dir(tmp_path / "src")
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        (src / LLM_DIR / name).unlink()
+    with pytest.raises(
+        ConfigError, match=rf"{re.escape(str(src / LLM_DIR))}: no tokenizer vocabulary \(tokenizer\.json"
+    ):
+        convert_funasr(src, tmp_path / "out")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]  # nothing staged
+
+
+def test_llm_tokenizer_without_chat_markers_is_refused(tmp_path):
+    """A tokenizer that spells <|im_start|> in pieces cannot write Nano's ChatML prompt."""
+    src = write_nano_dir(tmp_path / "src")
+    tok_file, cfg_file = src / LLM_DIR / "tokenizer.json", src / LLM_DIR / "tokenizer_config.json"
+    tok, cfg = json.loads(tok_file.read_text()), json.loads(cfg_file.read_text())
+    tok["added_tokens"] = [t for t in tok["added_tokens"] if t["content"] != "<|im_start|>"]
+    for key in ("extra_special_tokens", "additional_special_tokens"):  # transformers 5 / 4 spelling
+        cfg.pop(key, None)
+    tok_file.write_text(json.dumps(tok))
+    cfg_file.write_text(json.dumps(cfg))
+    with pytest.raises(ConfigError, match=r"reads <\|im_start\|> as \[.*\], not as one known token"):
+        convert_funasr(src, tmp_path / "out")
+
+
+def test_llm_tokenizer_far_smaller_than_the_llms_vocabulary_is_refused(tmp_path):
+    src = write_nano_dir(tmp_path / "src")
+    config = json.loads((src / LLM_DIR / "config.json").read_text())
+    (src / LLM_DIR / "config.json").write_text(json.dumps({**config, "vocab_size": 151936}))
+    with pytest.raises(ConfigError, match=r"tokenizer has 300 tokens but config.json has vocab_size 151936"):
+        convert_funasr(src, tmp_path / "out")
+
+
+@pytest.mark.parametrize("how", ["configuration.json maps it", "no configuration.json"])
+def test_cmvn_is_the_file_funasr_applies(tmp_path, how):
+    """config.yaml says cmvn_file: null, but FunASR's AutoModel applies am.mvn when configuration.json maps
+    file_path_metas.frontend_conf.cmvn_file to it, or, without configuration.json, when it lies beside config.yaml:
+    the converter picks it as llmasr's own FunASR-directory loader does (funasr_dir.resolve_cmvn)."""
+    src = write_nano_dir(tmp_path / "src")
+    dim = 80 * 7  # the fixture frontend's n_mels * lfr_m
+    write_kaldi_cmvn(src / "am.mvn", np.full(dim, -1.0), np.full(dim, 0.5))
+    if how == "no configuration.json":
+        (src / "configuration.json").unlink()
+    else:
+        metas = json.loads((src / "configuration.json").read_text())
+        metas["file_path_metas"]["frontend_conf"] = {"cmvn_file": "am.mvn"}
+        (src / "configuration.json").write_text(json.dumps(metas))
+    assert yaml.safe_load((src / "config.yaml").read_text())["frontend_conf"]["cmvn_file"] is None
+    convert_funasr(src, tmp_path / "out")
+    desc = yaml.safe_load((tmp_path / "out" / "llmasr_model.yaml").read_text())
+    assert desc["frontend"]["cmvn_file"] == "am.mvn"
+    assert (tmp_path / "out" / "am.mvn").read_bytes() == (src / "am.mvn").read_bytes()
+
+
+def funasr_nano_prompt(system: str, task: str, sys_prompt=True, do_think=True) -> tuple[str, str]:
+    """The text before and after the audio of FunASRNano.data_load_speech's first turn (not
+    infer_with_assistant_input), as FunASR writes it:
+
+        source_input = f"<|im_start|>system\\n{system_prompt}<|im_end|>\\n<|im_start|>user\\n{user_prompt}<|im_end|>\\n
+                         <|im_start|>assistant\\n"
+        if not sys_prompt: source_input = f"<|im_start|>user\\n{user_prompt}<|im_end|>\\n<|im_start|>assistant\\n"
+        if not do_think: source_input += "<think>\\n\\n</think>\\n\\n"
+
+    with user_prompt = f"{task}<|startofspeech|>!...<|endofspeech|>" (generate_chatml), split at the speech."""
+    user = f"{task}<|startofspeech|>!!<|endofspeech|>"
+    source = f"<|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n"
+    if not sys_prompt:
+        source = f"<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n"
+    if not do_think:
+        source += "<think>\n\n</think>\n\n"
+    before, after = source.split("<|startofspeech|>!!<|endofspeech|>")
+    return before, after
+
+
+@pytest.mark.parametrize("sys_prompt, do_think", [(False, True), (True, False), (False, False), (True, True)])
+def test_dataset_conf_prompt_switches_give_funasrs_prompt(tmp_path, sys_prompt, do_think):
+    """dataset_conf.sys_prompt / do_think change the prompt FunASRNano writes: the converted prompt's ids are the ids
+    of FunASR's text, piece by piece as FunASR tokenizes it (with and without a hotword list)."""
+    from llmasr.convert.nano_config import NANO_HOTWORDS_TEMPLATE, NANO_SYSTEM, NANO_TASK
+
+    src = write_nano_dir(tmp_path / "src")
+    edit_config(src, lambda c: c["dataset_conf"].update(sys_prompt=sys_prompt, do_think=do_think))
+    convert_funasr(src, tmp_path / "out")
+    prompt = load_exported(tmp_path / "out").prompt
+    for hotwords in ([], ["你好", "world"]):
+        task = (NANO_HOTWORDS_TEMPLATE.format(hotwords=", ".join(hotwords)) if hotwords else "") + NANO_TASK
+        before, after = funasr_nano_prompt(NANO_SYSTEM, task, sys_prompt, do_think)
+        enc = prompt.encode(None, hotwords=hotwords)
+        assert enc.ids[: enc.audio_pos] == prompt.tokenizer.encode(before), (hotwords, before)
+        assert enc.ids[enc.audio_pos :] == prompt.tokenizer.encode(after), (hotwords, after)
+    target = prompt.encode("你好")  # training appends the transcript and <|im_end|> after the same prompt
+    assert target.ids[: target.target_start] == prompt.encode(None).ids
+
+
+@pytest.mark.parametrize("key", ["infer_with_assistant_input", "prev_text"])
+def test_prompt_keys_llmasr_cannot_write_are_refused(tmp_path, key):
+    src = write_nano_dir(tmp_path / "src")
+    edit_config(src, lambda c: c.update({key: True if key == "infer_with_assistant_input" else "前文"}))
+    with pytest.raises(ConfigError, match=rf"{re.escape(str(src / 'config.yaml'))}: {key} is .*; with it FunASR"):
+        convert_funasr(src, tmp_path / "out")
+
+
+def test_released_encoder_keys_convert_and_unknown_ones_are_named(tmp_path):
+    """The release's audio_encoder_conf lists feat_permute: true (the fixture's config.yaml has it): FunASR's
+    encoder sees [B, T, D] features with it as without it, as llmasr's does. A key neither knows is refused naming
+    config.yaml and audio_encoder_conf, before anything is written."""
+    src = write_nano_dir(tmp_path / "src")
+    assert yaml.safe_load((src / "config.yaml").read_text())["audio_encoder_conf"]["feat_permute"] is True
+    edit_config(src, lambda c: c["audio_encoder_conf"].update(foo_bar=3))
+    message = (
+        rf"{re.escape(str(src / 'config.yaml'))}: audio_encoder_conf.foo_bar \(3\) is not a SenseVoiceEncoderSmall"
+    )
+    with pytest.raises(ConfigError, match=message):
+        convert_funasr(src, tmp_path / "out")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]
+    edit_config(src, lambda c: c["audio_encoder_conf"].pop("foo_bar"))
+    convert_funasr(src, tmp_path / "out")
+
+
+def edit_state(src: Path, edit) -> None:
+    state = torch.load(src / "model.pt", weights_only=True)
+    edit(state["state_dict"])
+    torch.save(state, src / "model.pt")
+
+
+@pytest.mark.parametrize(
+    "section, change, line",
+    [
+        ("audio_encoder_conf", {"linear_units": 128},
+         "audio_encoder.encoders.0.feed_forward.w_1.bias: [64] in model.pt, [128] as audio_encoder_conf sizes it"),
+        ("audio_encoder_conf", {"num_blocks": 1},
+         "audio_encoder.encoders.0.norm1.weight: in model.pt, but not in the module audio_encoder_conf describes"),
+        ("audio_adaptor_conf", {"ffn_dim": 40},
+         "audio_adaptor.linear1.weight: [48, 32] in model.pt, [40, 32] as audio_adaptor_conf sizes it"),
+        ("ctc_decoder_conf", {"ffn_dim": 40},
+         "ctc_decoder.linear1.weight: [48, 32] in model.pt, [40, 32] as ctc_decoder_conf / ctc_vocab_size sizes it"),
+    ],
+    ids=["encoder width", "encoder depth", "adaptor", "CTC decoder"],
+)  # fmt: skip
+def test_model_pt_that_config_yaml_does_not_describe_is_named_by_its_own_keys(tmp_path, section, change, line):
+    """Named by model.pt, its key as stored there, both shapes and the config.yaml section; not by a staged file
+    deleted before the error is read. Nothing is written."""
+    src = write_nano_dir(tmp_path / "src")
+    edit_config(src, lambda c: c[section].update(change))
+    with pytest.raises(ConfigError) as err:
+        convert_funasr(src, tmp_path / "out")
+    text = str(err.value)
+    assert text.startswith(f"{src / 'model.pt'}: ") and f"{src / 'config.yaml'} {section.split('_conf')[0]}" in text
+    assert line in text and ".stage" not in text
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]
+
+
+def test_encoder_conf_the_encoder_refuses_is_named_by_config_yaml(tmp_path):
+    src = write_nano_dir(tmp_path / "src")
+    edit_config(src, lambda c: c["audio_encoder_conf"].update(num_blocks=0))
+    message = (
+        rf"{re.escape(str(src / 'config.yaml'))}: audio_encoder_conf: SenseVoiceEncoderSmall: needs num_blocks >= 1"
+    )
+    with pytest.raises(ConfigError, match=message):
+        convert_funasr(src, tmp_path / "out")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]
+
+
+@pytest.mark.parametrize(
+    "drop, named",
+    [
+        (("ctc.ctc_lo.weight", "ctc.ctc_lo.bias"), "2 missing (ctc.ctc_lo.bias, ctc.ctc_lo.weight)"),
+        (("ctc_decoder.blocks.0.norm1.weight",), "1 missing (ctc_decoder.blocks.0.norm1.weight)"),
+    ],
+)
+def test_incomplete_ctc_branch_converts_without_the_head(tmp_path, caplog, drop, named):
+    """FunASR (checkpoint_utils.disable_incomplete_ctc) runs without a CTC branch its model.pt leaves incomplete and
+    transcribes on: so does the converted model, and the log names what is missing."""
+    src = write_nano_dir(tmp_path / "src")
+    edit_state(src, lambda s: [s.pop(k) for k in drop])
+    with caplog.at_level(logging.WARNING, logger="llmasr.convert.funasr_nano"):
+        convert_funasr(src, tmp_path / "out")
+    assert f"{src / 'config.yaml'} ctc_decoder_conf describes: {named}" in caplog.text
+    assert "the converted model has no CTC head" in caplog.text
+    assert yaml.safe_load((tmp_path / "out" / "llmasr_model.yaml").read_text())["ctc"] is None
+    load_exported(tmp_path / "out")
+
+
+def test_ctc_decoder_with_layers_config_yaml_does_not_name_converts_without_the_head(tmp_path, caplog):
+    src = write_nano_dir(tmp_path / "src")
+    edit_config(src, lambda c: c["ctc_decoder_conf"].update(n_layer=2))  # model.pt holds 1
+    with caplog.at_level(logging.WARNING, logger="llmasr.convert.funasr_nano"):
+        convert_funasr(src, tmp_path / "out")
+    assert "missing (ctc_decoder.blocks.1." in caplog.text
+    assert yaml.safe_load((tmp_path / "out" / "llmasr_model.yaml").read_text())["ctc"] is None
