@@ -17,7 +17,7 @@ from torch import nn
 from llmasr.config_io import ConfigError
 from llmasr.config_paths import not_found
 from llmasr.models.config import LoraConfig
-from llmasr.models.llm_files import check_adapter_weights, check_llm_weights, weight_files
+from llmasr.models.llm_files import check_adapter_weights, check_llm_weights, refuse_missing_on_load, weight_files
 
 log = logging.getLogger(__name__)
 
@@ -191,15 +191,18 @@ def _causal_lm(path: Path, dtype: torch.dtype, trust_remote_code: bool, *, pretr
     config = AutoConfig.from_pretrained(str(path), local_files_only=True, trust_remote_code=trust_remote_code)
     if pretrained:
         weight_files(path)  # there, and not Git LFS pointers: transformers' own errors do not say so
+    info = {}
     try:
         if pretrained:
-            model = AutoModelForCausalLM.from_pretrained(
-                str(path), config=config, dtype=dtype, local_files_only=True, trust_remote_code=trust_remote_code
-            )
+            model, info = AutoModelForCausalLM.from_pretrained(
+                str(path), config=config, dtype=dtype, local_files_only=True, trust_remote_code=trust_remote_code,
+                output_loading_info=True,
+            )  # fmt: skip
         else:
             model = AutoModelForCausalLM.from_config(config, dtype=dtype, trust_remote_code=trust_remote_code)
     except ValueError as err:
         raise LLMLoadError(f"{path}: not loadable as a causal LM ({config.model_type}): {err}") from err
+    refuse_missing_on_load(path, info.get("missing_keys"))
     if shapes_only:
         check_llm_weights(path, model, remote_code=trust_remote_code)
     return model

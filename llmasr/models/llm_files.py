@@ -106,6 +106,17 @@ def check_llm_weights(path: Path, model: nn.Module, *, remote_code: bool = False
         )
 
 
+def refuse_missing_on_load(path: Path, missing_keys) -> None:
+    """After transformers' load of `path` (`output_loading_info`): weights it found no tensor for and started from
+    random values (it only logs them) are refused, as check_llm_weights refuses them from the headers."""
+    missing = sorted(missing_keys or ())
+    if missing:
+        raise LLMWeightsError(
+            f"{path}: the weight files lack {len(missing)} weights of the model its config.json describes "
+            f"(transformers started them from random values, different at every load):\n{_listed(missing, [])}"
+        )
+
+
 def _listed(missing: list[str], mismatched: list[str]) -> str:
     """The first _SHOWN keys of each kind, one a line, and how many more there are."""
     lines = [f"  missing: {k}" for k in missing[:_SHOWN]] + [f"  shape: {m}" for m in mismatched[:_SHOWN]]
