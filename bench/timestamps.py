@@ -6,7 +6,10 @@
 Each clip is placed after a random lead of silence (0.3-1.5 s, a little noise) and decoded with timestamps; the
 speech in the clip starts and ends where its short-time energy first and last rises within 30 dB of its peak, read
 off the clip's clean synthesis where the manifest says how a noisy clip was spoken (the demo's: voice, rate, pitch,
-snr_db), since a noise floor within 30 dB of the peak would put the end at the clip's last frame. The
+snr_db), since a noise floor within 30 dB of the peak would put the end at the clip's last frame. The silence
+around a noisy clip is its own background noise (the noisy clip less its clean synthesis, repeated), as in a
+recording whose noise goes on between utterances; `--quiet-padding` pads every clip with near-silence instead, where
+a noisy clip's noise stops with it (its noise then reads as sound, and the last word's end follows it). The
 first word's start and the last word's end are compared with those two points, where the transcript's first (last)
 word is the clip's (an inserted or substituted word would time the recognition error, not the alignment). Long
 audio: clips joined with pauses into utterances of a minute or more (decoded in windows) give, for every clip
@@ -38,8 +41,8 @@ def speech_span(wave: np.ndarray, sr: int) -> tuple[float, float]:
     return loud[0] * HOP, loud[-1] * HOP + WIN
 
 
-def _read(manifest: Path, n: int) -> list[tuple[np.ndarray, str, tuple[float, float]]]:
-    """(waveform, transcript, speech span) of the first `n` clips."""
+def _read(manifest: Path, n: int) -> list[tuple[np.ndarray, str, tuple[float, float], np.ndarray | None]]:
+    """(waveform, transcript, speech span, background noise or None) of the first `n` clips."""
     from llmasr.data.audio import load_audio
 
     rows = [json.loads(line) for line in manifest.read_text().splitlines() if line.strip()][:n]
@@ -47,8 +50,23 @@ def _read(manifest: Path, n: int) -> list[tuple[np.ndarray, str, tuple[float, fl
     clips = []
     for r in rows:
         wave = load_audio(str(base / r["source"]), sample_rate=RATE)
-        clips.append((wave, r["target"], speech_span(clean_synthesis(r) if r.get("snr_db") else wave, RATE)))
+        if not r.get("snr_db"):
+            clips.append((wave, r["target"], speech_span(wave, RATE), None))
+            continue
+        clean = clean_synthesis(r)
+        # the two files differ in level (each is scaled to a random peak): the clean part is the least-squares fit
+        noise = wave - float(np.dot(wave, clean) / max(np.dot(clean, clean), 1e-12)) * clean
+        clips.append((wave, r["target"], speech_span(clean, RATE), noise.astype(np.float32)))
     return clips
+
+
+def padding(noise: np.ndarray | None, seconds: float, rng: np.random.Generator) -> np.ndarray:
+    """`seconds` of a clip's background: its own noise repeated from a random point, else a little noise."""
+    k = int(seconds * RATE)
+    if noise is None or not noise.size:
+        return 1e-4 * rng.standard_normal(k).astype(np.float32)
+    start = int(rng.integers(0, noise.size))
+    return np.resize(np.roll(noise, -start), k)
 
 
 def clean_synthesis(row: dict) -> np.ndarray:
@@ -79,14 +97,13 @@ def clips_in_silence(asr, clips, rng) -> dict:
     from llmasr.scoring import score_corpus
 
     waves, spans = [], []
-    for wave, _text, (on, off) in clips:
+    for wave, _text, (on, off), noise in clips:
         lead = rng.uniform(0.3, 1.5)
-        noise = lambda k: 1e-4 * rng.standard_normal(k).astype(np.float32)  # noqa: E731
-        waves.append(np.concatenate([noise(int(lead * RATE)), wave, noise(int(0.5 * RATE))]))
+        waves.append(np.concatenate([padding(noise, lead, rng), wave, padding(noise, 0.5, rng)]))
         spans.append((lead + on, lead + off))
     rows = asr.transcripts(waves, sample_rate=RATE)
     starts, ends, ordered, unaligned, other = [], [], 0, 0, {"first": 0, "last": 0}
-    for row, (on, off), (_, text, _) in zip(rows, spans, clips):
+    for row, (on, off), (_, text, *_) in zip(rows, spans, clips):
         words, ref = row["timestamps"], text.split()
         if not words:
             unaligned += 1
@@ -102,7 +119,7 @@ def clips_in_silence(asr, clips, rng) -> dict:
         else:
             other["last"] += 1
         ordered += all(a[1] <= b[1] and a[1] < a[2] for a, b in zip(words, words[1:] + [(None, words[-1][1], 1e9)]))
-    score, _ = score_corpus([(text, row["hyp"]) for row, (_, text, _) in zip(rows, clips)], "wer")
+    score, _ = score_corpus([(text, row["hyp"]) for row, (_, text, *_) in zip(rows, clips)], "wer")
     return {"clips": len(rows), "unaligned": unaligned, "ordered": ordered, "first_start": _stats(starts),
             "last_end": _stats(ends), "other_word": other, "wer": round(score.rate, 4),
             "insertions": score.insertions}  # fmt: skip
@@ -112,10 +129,10 @@ def joined(asr, clips, rng, per_utt: int = 20) -> dict:
     waves, plans = [], []
     for g in range(0, len(clips) - per_utt + 1, per_utt):
         parts, plan, t = [], [], 0.0
-        for wave, text, (on, off) in clips[g : g + per_utt]:
+        for wave, text, (on, off), noise in clips[g : g + per_utt]:
             plan.append((t + on, t + off, text))
             gap = rng.uniform(0.5, 1.0)
-            parts += [wave, 1e-4 * rng.standard_normal(int(gap * RATE)).astype(np.float32)]
+            parts += [wave, padding(noise, gap, rng)]
             t += len(wave) / RATE + gap
         waves.append(np.concatenate(parts))
         plans.append(plan)
@@ -151,6 +168,10 @@ def main(argv: list[str]) -> int:
         "--keep-leading-silence", action="store_true",
         help="decode the silence before each clip too (decode.trim_leading_silence false): what it costs",
     )  # fmt: skip
+    p.add_argument(
+        "--quiet-padding", action="store_true",
+        help="pad noisy clips with near-silence, not with their own noise (the noise then stops with the clip)",
+    )  # fmt: skip
     p.add_argument("--json-out")
     args = p.parse_args(argv)
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -174,6 +195,8 @@ def main(argv: list[str]) -> int:
             p.error("--model and --data (or --quick)")
         asr = Transcriber.load(args.model, timestamps=True, trim_leading_silence=trim)
         clips = _read(Path(args.data), args.n)
+    if args.quiet_padding:
+        clips = [(wave, text, span, None) for wave, text, span, _ in clips]
     single = clips_in_silence(asr, clips, rng)
     long = joined(asr, clips, rng, per_utt=min(20, len(clips)))
     res = {"single": single, "long": long, "command": reproduce_command("bench/timestamps.py", argv)}

@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -342,11 +343,16 @@ def test_timestamps_reads_a_noisy_demo_clips_speech_span_off_its_clean_synthesis
     row = {"key": "c0", "source": "noisy.wav", "target": item["target"], "voice": item["voice"], "rate": 170,
            "pitch": 50, "snr_db": 10.0}  # fmt: skip
     (tmp_path / "m.jsonl").write_text(json.dumps(row) + "\n")
-    ((wave, text, span),) = timestamps._read(tmp_path / "m.jsonl", 1)
+    ((wave, text, span, noise),) = timestamps._read(tmp_path / "m.jsonl", 1)
     clean = timestamps.clean_synthesis(row)
     assert text == item["target"] and len(clean) == len(wave)
     assert span == timestamps.speech_span(clean, timestamps.RATE)
     assert span[1] < len(wave) / timestamps.RATE - 0.1  # the speech ends before the noise does
+    # the clip's background, to pad it with: the noisy clip less its clean speech, at the level it had in the clip
+    tail = wave[int(span[1] * timestamps.RATE) + 160 :]
+    assert noise.std() == pytest.approx(tail.std(), rel=0.25) and noise.std() > 20 * 1e-4
+    pad = timestamps.padding(noise, 0.7, np.random.default_rng(0))
+    assert pad.shape == (int(0.7 * timestamps.RATE),) and pad.std() == pytest.approx(noise.std(), rel=0.25)
 
 
 def test_augmented_batching_measures_both_costings_on_the_audio_batches_get(tmp_path, capsys):
