@@ -1,12 +1,12 @@
 """Behind `llmasr data check MANIFEST...`: validate manifests before training, and preview the batches they make.
 
 Every line is parsed and its audio header probed (no decode): missing/unreadable files, a channel the file lacks,
-empty audio, segments starting past the end of the file, clips too short for one feature frame, empty or non-text
-transcripts, malformed lines and, given a CTC vocabulary, transcripts it cannot spell are listed with manifest:line
-and reason; manifest durations or segment ends the audio does not bear out are listed apart (training uses such
-lines). Then the report shows the duration histogram, total hours, what the batching filters skip, and what the
-recipe's batching produces over the durations training budgets (batches per rank, mean batch size, padding
-efficiency), for the weighted mix of training manifests or validation's subset.
+empty audio, segments starting past the end of the file or ending MAX_OVERSHOOT_S or more past it, clips too short
+for one feature frame, empty or non-text transcripts, malformed lines and, given a CTC vocabulary, transcripts it
+cannot spell are listed with manifest:line and reason; manifest durations or segment ends (by less) the audio does
+not bear out are listed apart. Then the report shows the duration histogram, total hours, what the batching filters
+skip, and what the recipe's batching produces over the durations training budgets (batches per rank, mean batch
+size, padding efficiency), for the weighted mix of training manifests or validation's subset.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from llmasr.data.audio import AudioError, probe_duration
+from llmasr.data.audio import AudioError, probe_span
 from llmasr.data.bad_data import as_record_dict, reason_category
 from llmasr.data.config import DataConfig, ManifestSpec
 from llmasr.data.features import FeatureExtractor
@@ -108,17 +108,13 @@ def _probe_line(utt, probe: bool) -> tuple[float, dict | None, dict | None]:
         if utt.duration is not None:
             return float(utt.duration), None, None
         return (end - start if end is not None else math.nan), None, None
-    try:
-        file_dur = probe_duration(utt.source, channel=getattr(utt, "channel", None))
+    try:  # as loading reads it: a start past the audio's end, or an end too far past it, is bad
+        file_dur, real = probe_span(utt.source, start, end, channel=getattr(utt, "channel", None))
     except AudioError as err:
         return math.nan, {**where, "reason": f"audio: {err.reason} ({err.path})"}, None
-    if start >= file_dur:
-        reason = f"segment start {start:.2f}s is at or past the end of the audio ({file_dur:.2f}s)"
-        return math.nan, {**where, "reason": reason}, None
-    real = (min(end, file_dur) if end is not None else file_dur) - start
     note = None
-    if end is not None and end > file_dur + DURATION_TOLERANCE_S:  # training reads to the file's end
-        note = {**where, "reason": f"segment end {end:.2f}s is past the end of the audio ({file_dur:.2f}s)"}
+    if end is not None and end > file_dur + DURATION_TOLERANCE_S:  # training trims it to the file's end
+        note = {**where, "reason": f"segment end {end:.2f}s is past the end of the audio ({file_dur:.2f}s), trimmed"}
     elif utt.duration is not None and abs(float(utt.duration) - real) > DURATION_TOLERANCE_S:
         note = {**where, "reason": f"manifest duration {float(utt.duration):.2f}s, audio {real:.2f}s"}
     return real, None, note

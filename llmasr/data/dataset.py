@@ -208,11 +208,11 @@ class SpeechDataset(Dataset):
         sr = int(self.frontend.sample_rate)
         start = float(utt.start) if getattr(utt, "start", None) is not None else 0.0
         end = float(utt.end) if getattr(utt, "end", None) is not None else None
-        if self.max_duration_truncate is not None:
-            cut = start + float(self.max_duration_truncate)
-            end = cut if end is None else min(end, cut)
-        try:
-            wave = load_audio(utt.source, sample_rate=sr, start=start, end=end, channel=getattr(utt, "channel", None))
+        try:  # the cap is a length, not a segment end: it may pass the audio's end
+            wave = load_audio(
+                utt.source, sample_rate=sr, start=start, end=end, channel=getattr(utt, "channel", None),
+                limit=self.max_duration_truncate,
+            )  # fmt: skip
         except AudioError as err:
             return f"audio: {err.reason} ({err.path})"
         return wave if wave.size else f"audio: empty audio ({utt.source})"

@@ -13,6 +13,7 @@ from __future__ import annotations
 from llmasr.data.records import Utterance, _is_number
 
 SPAN_SLACK_S = 1e-3  # rounding in a cut's and its supervision's times
+RECORDING_SLACK_S = 0.025  # a cut past its recording's declared duration: lhotse's audio duration mismatch tolerance
 
 
 class CutRecord:
@@ -38,6 +39,7 @@ class CutRecord:
         duration = self.p.opt_num(rec, "duration")
         if duration is None or duration <= 0:
             raise self.p.bad(f"lhotse cut: field 'duration' must be a positive number, got {rec.get('duration')!r}")
+        self.within_recording(recording, start, duration)
         start, duration = self.supervised_span(sup, start, duration)
         for tr in recording.get("transforms") or []:
             name = tr.get("name") if isinstance(tr, dict) else tr
@@ -78,6 +80,19 @@ class CutRecord:
         if ("text" not in sup or sup["text"] is None) and self.p.need_target:
             raise self.p.bad("lhotse cut: missing field 'supervisions[0].text'")
         return sup
+
+    def within_recording(self, recording: dict, start: float, duration: float) -> None:
+        """A cut running past its recording's declared duration is a bad line, as lhotse refuses to load it: its
+        text would be paired with part of its audio."""
+        total = recording.get("duration")
+        if not _is_number(total):
+            n, sr = recording.get("num_samples"), recording.get("sampling_rate")
+            total = n / sr if _is_number(n) and _is_number(sr) and sr > 0 else None
+        if total is not None and start + duration > total + RECORDING_SLACK_S:
+            raise self.p.bad(
+                f"lhotse cut ({start:g} s + {duration:g} s) ends {start + duration - total:.3f} s past the end of its "
+                f"recording ({total:g} s, as the recording declares it)"
+            )
 
     def supervised_span(self, sup: dict, start: float, duration: float) -> tuple[float, float]:
         """(start, duration) in the recording of what the supervision's text covers: its own span within the cut

@@ -243,21 +243,26 @@ def test_the_bad_fraction_is_of_the_items_training_counts(tmp_path, capsys):
 
 def test_lines_training_takes_are_not_called_bad(tmp_path, capsys):
     """--no-probe leaves lines without a duration out, not bad (training reads their headers); a segment ending
-    past its file is a note (training reads to the end); a channel the file lacks is bad (every load fails)."""
+    a little past its file is a note (training trims it), 0.5 s or more past it bad (loading refuses it), as is a
+    channel the file lacks (every load fails)."""
     path = good_corpus(tmp_path, 6, with_duration=False)
     write_wav(tmp_path / "three.wav", 3.0)
     lines = path.read_text().splitlines()
-    over = '{"key": "over", "source": "three.wav", "target": "hi", "start": 2.0, "end": 3.5}'
+    near = '{"key": "near", "source": "three.wav", "target": "hi", "start": 2.0, "end": 3.3}'
     stereo = '{"key": "ch1", "source": "three.wav", "target": "hi", "channel": 1}'
-    m = write_manifest(tmp_path / "m.jsonl", [*lines, over, stereo])
+    over = '{"key": "over", "source": "three.wav", "target": "hi", "start": 2.0, "end": 3.5}'
+    m = write_manifest(tmp_path / "m.jsonl", [*lines, near, stereo, over])
     report = check_data([m], data_cfg(max_duration=10.0), FrontendConfig())
+    wav = tmp_path / "three.wav"
     assert [(b["key"], b["reason"]) for b in report.bad] == [
-        ("ch1", f"audio: channel 1 requested but the file has 1 channel(s) ({tmp_path / 'three.wav'})")
-    ]
+        ("ch1", f"audio: channel 1 requested but the file has 1 channel(s) ({wav})"),
+        ("over", "audio: segment end 3.500s is past the end of the audio (3.000s) by 0.500s (at least 0.5s: its "
+         f"transcript runs past the audio; a smaller overshoot is trimmed) ({wav})"),
+    ]  # fmt: skip
     assert [(n["key"], n["reason"]) for n in report.duration_mismatches] == [
-        ("over", "segment end 3.50s is past the end of the audio (3.00s)")
+        ("near", "segment end 3.30s is past the end of the audio (3.00s), trimmed")
     ]
-    assert report.durations[6] == pytest.approx(1.5)  # end - start, as the manifest gives it to training
+    assert report.durations[6] == pytest.approx(1.3)  # end - start, as the manifest gives it to training
     unprobed = check_data([write_manifest(tmp_path / "n.jsonl", lines)], data_cfg(), FrontendConfig(), probe=False)
     assert unprobed.num_bad == 0 and unprobed.unprobed == 6 and unprobed.ok
     assert "not probed: 6 lines without a duration" in format_report(unprobed)

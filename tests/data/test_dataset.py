@@ -120,6 +120,7 @@ def test_truncation(corpus):
     item = dataset(corpus, max_duration_truncate=0.4)[0]
     assert item["duration"] == pytest.approx(0.4)
     assert item["target"] == "hello world"
+    assert dataset(corpus, max_duration_truncate=5.0)[0]["duration"] == pytest.approx(1.0)  # a cap, not a segment end
 
 
 def collated(n_good: int, bad_items: list):

@@ -345,6 +345,21 @@ def test_lhotse_supervision_span_and_channel_sets(tmp_path):
     assert len(m.scan()) == 4  # counted, not a crash
 
 
+def test_a_lhotse_cut_past_its_recordings_declared_duration_is_refused(tmp_path):
+    """A cut ending past its recording's declared duration (3 s) by more than lhotse's 0.025 s had been read to the
+    file's end, its whole text kept; lhotse refuses to load it."""
+    write_wav(tmp_path / "rec.wav", 3.0)
+    cuts = [cut("near", "rec.wav", start=2.0, duration=1.02), cut("over", "rec.wav", start=2.5, duration=1.0)]
+    m = Manifest.open(write_jsonl(tmp_path / "cuts.jsonl", cuts))
+    assert m[0].end == pytest.approx(3.02)
+    with pytest.raises(BadRecord, match=r"cuts.jsonl:2: lhotse cut \(2.5 s \+ 1 s\) ends 0.500 s past the end of its "
+                       r"recording \(3 s"):  # fmt: skip
+        m[1]
+    del cuts[1]["recording"]["duration"]  # num_samples / sampling_rate says the same
+    with pytest.raises(BadRecord, match="past the end of its recording"):
+        Manifest.open(write_jsonl(tmp_path / "cuts2.jsonl", cuts))[1]
+
+
 # ---------------------------------------------------------------------------------------------- bad records
 
 
