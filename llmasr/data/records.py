@@ -41,6 +41,28 @@ SPEECH_TAGS = re.compile(r"<\|startofspeech\|>(.*?)<\|endofspeech\|>", re.S)  # 
 ROLES = ("system", "user", "assistant")
 
 
+DURATION_SLACK_S, DURATION_SLACK_FRACTION = 0.1, 0.01  # a stated duration off by more than either is wrong
+
+
+def durations_disagree(stated: float, actual: float) -> bool:
+    """Whether a line's `stated` duration is off `actual` seconds by more than max(0.1 s, 1 % of it): past rounding,
+    a duration batching would budget wrongly (a line saying 0.5 s whose audio holds 3 s passes max_duration)."""
+    return abs(stated - actual) > max(DURATION_SLACK_S, DURATION_SLACK_FRACTION * stated)
+
+
+def wrong_duration(stated: float, actual: float, cap: float | None = None) -> str | None:
+    """Why a line stating `stated` seconds, whose audio holds `actual`, is a bad line, or None. `cap`: training's
+    truncation (data.batching.truncate_to_max), which budgets and reads at most that much of either."""
+    if cap is not None:
+        stated, actual = min(stated, cap), min(actual, cap)
+    if not durations_disagree(stated, actual):
+        return None
+    return (
+        f"manifest duration {stated:.3f} s, but its audio holds {actual:.3f} s (batching budgets the manifest's: fix "
+        "the line's duration, or its audio)"
+    )
+
+
 def nano_speech_seconds(speech_length: float) -> float:
     """Fun-ASR-Nano's `speech_length` (fbank frames of 25 ms every 10 ms) -> seconds."""
     return (speech_length - 1) / FUNASR_FRAMES_PER_SECOND + 0.025
@@ -182,6 +204,9 @@ class _Parser:
             raise self.bad(f"'end' ({end}) must be after 'start' ({start})")
         duration = self.opt_num(rec, "duration")
         source_len = self.opt_num(rec, "source_len")
+        if duration is not None and end is not None and durations_disagree(duration, end - start):
+            raise self.bad(f"'duration' ({duration:g} s) contradicts 'end' - 'start' ({end:g} - {start:g} = "
+                           f"{end - start:g} s); batching would budget the one, loading read the other")  # fmt: skip
         if duration is None and end is not None:
             duration = end - start
         if duration is None and source_len is not None and source_len > 0:  # the file's frames: what start leaves

@@ -42,20 +42,23 @@ def data_cfg(**batching):
 def test_report_counts_and_locations(manifest):
     report = check_data([manifest], data_cfg(), FrontendConfig(), world_size=2)
     assert report.num_lines == 38
-    assert report.num_bad == 6
+    assert report.num_bad == 7
     assert report.bad_by_reason == {
         "audio file not found": 1,
         "unreadable or corrupt audio": 1,
         "empty target": 1,
         "malformed line": 1,
         "segment outside the audio": 1,
+        "manifest duration wrong": 1,
         "audio too short": 1,
     }
     lines = {b["line"] for b in report.bad}
-    assert lines == {31, 32, 33, 34, 35, 38}
+    assert lines == {31, 32, 33, 34, 35, 36, 38}
     assert "160 samples = 0.010 s; the frontend needs at least 257" in report.bad[-1]["reason"]
-    assert [m["key"] for m in report.duration_mismatches] == ["liar"]
-    assert report.batching["filtered"] == {"too_long": 2}  # liar and toolong are 3 s > max_duration 2.5
+    # liar says 9 s of 3 s of audio: loading refuses it, as training's batches would budget it wrongly
+    assert report.bad[5]["reason"].startswith("manifest duration 9.000 s, but its audio holds 3.000 s")
+    assert report.duration_mismatches == []
+    assert report.batching["filtered"] == {"too_long": 1}  # toolong is 3 s > max_duration 2.5
     assert (
         report.batching["num_batches_per_rank"] * 2
         == report.batching["num_batches_global"] + report.batching["num_padding_batches"]
@@ -76,7 +79,7 @@ def test_format_report(manifest):
         "batches per rank",
         "mean batch size",
         "padding efficiency",
-        "too_long: 2",
+        "too_long: 1",
         "TOO MUCH BAD DATA",
         "total:",
         "liar",
@@ -85,12 +88,12 @@ def test_format_report(manifest):
     assert "|" in histogram(np.array([1.0, 2.0, 2.5]))[0]
     # What max_duration skips is named, with its lines: training skips them whole, never cut
     report = check_data([manifest], data_cfg(), FrontendConfig())
-    # at the durations training budgets: the manifest's where it gives one (liar says 9 s of 3 s of audio)
-    assert [t["duration"] for t in report.too_long] == pytest.approx([9.0, 3.0], abs=0.01)
-    assert "longer than data.batching.max_duration = 2.5 s: 2 lines, skipped by training (not truncated" in text
+    assert [t["duration"] for t in report.too_long] == pytest.approx([3.0], abs=0.01)
+    assert "longer than data.batching.max_duration = 2.5 s: 1 lines, skipped by training (not truncated" in text
     for t in report.too_long:
         assert f"  {manifest}:{t['line']} ({t['duration']:.2f} s)" in text
     assert "truncated to max_duration" not in text
+    # cut to 2.5 s, liar's 9 s and its 3 s of audio are both 2.5 s: training takes it
     cut = format_report(check_data([manifest], data_cfg(truncate_to_max=True), FrontendConfig()))
     assert "truncated to max_duration (2.5 s; data.batching.truncate_to_max, the transcript is kept whole): 2" in cut
     assert "longer than data.batching.max_duration" not in cut

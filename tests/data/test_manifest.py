@@ -162,6 +162,24 @@ def test_segment_fields(tmp_path):
     assert (m[5].start, m[5].end, m[5].duration) == (0.0, None, 3.0)
 
 
+def test_a_duration_that_contradicts_end_minus_start_is_a_bad_line(tmp_path):
+    """`duration` 10 s beside `start` 0.2 and `end` 0.8 had been budgeted as 10 s and loaded as 0.6 s; one that
+    agrees up to rounding (0.1 s, or 1 %) is taken."""
+    write_wav(tmp_path / "long.wav", 3.0)
+    recs = [
+        {"key": "ok", "source": "long.wav", "target": "x", "start": 0.2, "end": 0.8, "duration": 0.65},
+        {"key": "liar", "source": "long.wav", "target": "x", "start": 0.2, "end": 0.8, "duration": 10.0},
+        {"key": "whole", "source": "long.wav", "target": "x", "end": 2.0, "duration": 2.5},
+    ]
+    m = Manifest.open(write_jsonl(tmp_path / "m.jsonl", recs))
+    assert (m[0].start, m[0].end, m[0].duration) == (0.2, 0.8, 0.65)
+    with pytest.raises(BadRecord, match=r"m.jsonl:2: 'duration' \(10 s\) contradicts 'end' - 'start' \(0.8 - 0.2 = "):
+        m[1]
+    with pytest.raises(BadRecord, match=r"m.jsonl:3: 'duration' \(2.5 s\) contradicts 'end' - 'start' \(2 - 0 = 2 s"):
+        m[2]
+    assert [b.key for b in m.scan()] == ["liar", "whole"]
+
+
 # ---------------------------------------------------------------------------------------------------- lhotse
 
 
