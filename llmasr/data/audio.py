@@ -8,7 +8,9 @@ torchaudio), or in polyphase form for rate pairs whose FFT lengths would have la
 from __future__ import annotations
 
 import math
+import os
 import re
+import stat
 from functools import lru_cache
 from pathlib import Path
 
@@ -62,12 +64,20 @@ def _mp3_length_known(path: str) -> bool:
     return any(tag in first for tag in (b"Xing", b"Info", b"VBRI"))
 
 
-def _open_error(path: str | Path, err: Exception) -> AudioError:
-    if not Path(path).exists():
+def missing_audio(path: str | Path) -> AudioError | None:
+    """Why `path` is no file to open (missing, or a directory), or None: one stat, no read (cheap enough for every
+    line of a manifest at start-up)."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
         return AudioError(path, "file not found")
-    if Path(path).is_dir():
-        return AudioError(path, "is a directory, not an audio file")
-    return AudioError(path, f"unreadable or corrupt audio ({type(err).__name__}: {err})")
+    except OSError as err:
+        return AudioError(path, f"cannot be read ({err.strerror})")
+    return AudioError(path, "is a directory, not an audio file") if stat.S_ISDIR(mode) else None
+
+
+def _open_error(path: str | Path, err: Exception) -> AudioError:
+    return missing_audio(path) or AudioError(path, f"unreadable or corrupt audio ({type(err).__name__}: {err})")
 
 
 def _overshoot(path: str | Path, start: float, end: float | None, total: float) -> AudioError | None:

@@ -18,7 +18,7 @@ import re
 import shutil
 import tempfile
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -229,12 +229,12 @@ class Manifest:
         """float32 [N] seconds; NaN where the manifest does not say and fill_durations() has not probed."""
         return self._durations
 
-    def fill_durations(self, probe: Callable[[str], float] | None = None) -> list[BadRecord]:
-        """Probe the audio header of every record whose duration is unknown; returns the records that failed
-        (malformed, or audio missing/unreadable/empty). Their duration stays NaN."""
-        from llmasr.data.audio import AudioError, probe_duration
+    def fill_durations(self) -> list[BadRecord]:
+        """Probe the audio header of every record whose duration is unknown, as loading reads it (its channel, its
+        span: llmasr.data.audio.probe_span); returns the records that failed (malformed, or audio missing,
+        unreadable, empty, without the channel, or not holding the span). Their duration stays NaN."""
+        from llmasr.data.audio import AudioError, probe_span
 
-        probe = probe or probe_duration
         bad: list[BadRecord] = []
         for i in np.flatnonzero(np.isnan(self._durations)):
             try:
@@ -243,19 +243,11 @@ class Manifest:
                 bad.append(err)
                 continue
             try:
-                total = float(probe(utt.source))
+                _, seconds = probe_span(utt.source, utt.start, utt.end, utt.channel)
             except AudioError as err:
                 bad.append(BadRecord(self.path, utt.line, f"audio {err.path}: {err.reason}", utt.key))
                 continue
-            end = total if utt.end is None else min(utt.end, total)
-            if end <= utt.start:
-                bad.append(
-                    BadRecord(
-                        self.path, utt.line, f"start {utt.start}s is past the audio's end ({total:.3f}s)", utt.key
-                    )
-                )
-                continue
-            self._durations[i] = end - utt.start
+            self._durations[i] = seconds
         return bad
 
     def scan(self) -> list[BadRecord]:
@@ -338,10 +330,10 @@ class MixedManifest:
     def durations(self) -> np.ndarray:
         return np.concatenate([m.durations() for m in self.manifests]).astype(np.float32, copy=False)
 
-    def fill_durations(self, probe: Callable[[str], float] | None = None) -> list[BadRecord]:
+    def fill_durations(self) -> list[BadRecord]:
         bad: list[BadRecord] = []
         for m in self.manifests:
-            bad.extend(m.fill_durations(probe))
+            bad.extend(m.fill_durations())
         return bad
 
     def epoch_indices(self, epoch: int, seed: int) -> np.ndarray:

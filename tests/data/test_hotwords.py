@@ -64,6 +64,7 @@ def test_manifest_hotwords_field(tmp_path):
 )
 def test_bad_hotwords_are_bad_lines(tmp_path, value, reason):
     path = write_jsonl(tmp_path / "m.jsonl", [rec("good"), rec("bad", hotwords=value)])
+    (tmp_path / "good.wav").write_bytes(b"")  # the screen checks that a line's audio file exists
     m = Manifest.open(path)
     with pytest.raises(BadRecord) as err:
         m[1]
