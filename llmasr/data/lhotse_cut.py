@@ -3,9 +3,10 @@
 A MonoCut, or a MultiCut reading one channel or all the channels of one file (averaged), with exactly one
 supervision: its `text` is the target, its `language` the lang, its custom.hotwords the biasing list, and its span
 within the cut (`start`, `duration`, clipped to the cut) the audio trained on; the audio is the cut's recording `file`
-source from cut.start, on the cut's channel. Decoding also takes a cut without supervisions, or whose supervision has
-no text, as audio to transcribe. Recording transforms other than Resample, URL/command/memory sources, features-only
-cuts, MixedCuts and a subset of a file's channels are bad records (llmasr.data.records.BadRecord, with file and line).
+source from cut.start, on the supervision's channel when it gives one of the cut's, else on the cut's. Decoding also
+takes a cut without supervisions, or whose supervision has no text, as audio to transcribe. Recording transforms other
+than Resample, URL/command/memory sources, features-only cuts, MixedCuts, a subset of a file's channels and a
+supervision on a channel its cut lacks are bad records (llmasr.data.records.BadRecord, with file and line).
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ class CutRecord:
             name = tr.get("name") if isinstance(tr, dict) else tr
             if name != "Resample":  # resampling happens anyway, to the model's rate
                 raise self.p.bad(f"lhotse recording transform {name!r} is not supported")
-        path, file_channel = self.cut_source(recording, self.cut_channel(rec))
+        path, file_channel = self.cut_source(recording, self.supervision_channel(sup, self.cut_channel(rec)))
         lang = sup.get("language")
         custom = sup.get("custom") if isinstance(sup.get("custom"), dict) else {}
         prompt = custom.get("prompt")
@@ -126,6 +127,23 @@ class CutRecord:
         if channel is not None and not (isinstance(channel, int) and not isinstance(channel, bool)):
             raise self.p.bad(f"lhotse cut: field 'channel' must be an integer or list, got {channel!r:.60}")
         return channel
+
+    def supervision_channel(self, sup: dict, channel: int | list[int] | None) -> int | list[int] | None:
+        """The channel(s) the supervision's text is on, read instead of the cut's `channel` (a MultiCut over [0, 1]
+        whose supervision is on channel 1 holds what channel 1 says, not the average of both): its own channel when
+        it is one of the cut's, the cut's when it has none or names them all; any other a bad line."""
+        own = sup.get("channel")
+        own = own[0] if isinstance(own, list) and len(own) == 1 else own
+        if own is None:
+            return channel
+        cut = channel if isinstance(channel, list) else None if channel is None else [channel]
+        if isinstance(own, int) and not isinstance(own, bool) and (cut is None or own in cut):
+            return own
+        if isinstance(own, list) and cut is not None and sorted(own) == cut:
+            return channel
+        raise self.p.bad(
+            f"lhotse supervision: channel {own!r:.40} is not one of its cut's channels ({channel}) nor all of them"
+        )
 
     def cut_source(self, recording: dict, channel: int | list[int] | None) -> tuple[str, int | None]:
         """(audio file path, channel within that file or None) of the recording source that holds `channel` (a

@@ -363,6 +363,29 @@ def test_lhotse_supervision_span_and_channel_sets(tmp_path):
     assert len(m.scan()) == 4  # counted, not a crash
 
 
+def test_a_multicut_reads_its_supervisions_channel(tmp_path):
+    """A MultiCut over channels [0, 1] whose supervision is on channel 1 holds what channel 1 says: it had been read
+    as the average of both. A supervision on all the cut's channels reads their average; on a channel the cut does
+    not have, the line is bad."""
+    write_wav(tmp_path / "stereo.wav", 3.0, channels=2)
+    stereo = [{"type": "file", "channels": [0, 1], "source": "stereo.wav"}]
+
+    def multi(cut_id, sup_channel, channel=(0, 1), kind="MultiCut"):
+        sup = {"id": "s", "start": 0.0, "duration": 1.0, "text": "words", "channel": sup_channel}
+        return cut(cut_id, "stereo.wav", channel=list(channel) if kind == "MultiCut" else channel, sources=stereo,
+                   sups=[sup], type=kind)  # fmt: skip
+
+    cuts = [multi("one", 1), multi("listed", [1]), multi("both", [1, 0]), multi("none", None), multi("two", 2),
+            multi("some", [0, 2]), multi("mono", 1, channel=0, kind="MonoCut"), multi("typed", "1")]  # fmt: skip
+    m = Manifest.open(write_jsonl(tmp_path / "cuts.jsonl", cuts))
+    assert [m[i].channel for i in range(4)] == [1, 1, None, None]
+    ref, _ = sf.read(tmp_path / "stereo.wav", dtype="float32")
+    np.testing.assert_array_equal(load_audio(m[0].source, sample_rate=16000, start=0, end=1, channel=1), ref[:16000, 1])
+    for i, named in ((4, "2"), (5, r"\[0, 2\]"), (6, "1"), (7, "'1'")):
+        with pytest.raises(BadRecord, match=rf"cuts.jsonl:{i + 1}: lhotse supervision: channel {named} is not one of"):
+            m[i]
+
+
 def test_a_lhotse_cut_past_its_recordings_declared_duration_is_refused(tmp_path):
     """A cut ending past its recording's declared duration (3 s) by more than lhotse's 0.025 s had been read to the
     file's end, its whole text kept; lhotse refuses to load it."""
