@@ -9,6 +9,7 @@ unknown); records are parsed on access. It pickles without its file handle, so D
 from __future__ import annotations
 
 import array
+import functools
 import gzip
 import hashlib
 import json
@@ -23,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from llmasr.config_io import unique_keys
 from llmasr.data.record_line import parse_line
 from llmasr.data.records import (
     FUNASR_FRAMES_PER_SECOND,
@@ -107,6 +109,10 @@ def _record_duration(rec) -> float:
     if _is_number(sl) and sl > 0 and _is_number(s) and float(sl) / FUNASR_FRAMES_PER_SECOND > s:
         return float(sl) / FUNASR_FRAMES_PER_SECOND - float(s)
     return math.nan
+
+
+def _repeated_field(path: str, line: int, key: str) -> BadRecord:
+    return BadRecord(path, line, f"field {key!r} given twice (JSON would keep the last without a word)")
 
 
 # ------------------------------------------------------------------------------------------------------ manifest
@@ -212,8 +218,9 @@ class Manifest:
             raise IndexError(f"{self.path}: index {i} out of range for {n} records")
         line = self.lineno(i)
         raw = self._read(i)
-        try:
-            rec = json.loads(raw)
+        refuse = functools.partial(_repeated_field, self.path, line)
+        try:  # a field given twice: JSON would keep the last without a word
+            rec = json.loads(raw, object_pairs_hook=functools.partial(unique_keys, refuse))
         except UnicodeDecodeError as err:
             raise BadRecord(self.path, line, f"not UTF-8 text: {err}") from None
         except ValueError as err:

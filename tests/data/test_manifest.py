@@ -180,6 +180,26 @@ def test_a_duration_that_contradicts_end_minus_start_is_a_bad_line(tmp_path):
     assert [b.key for b in m.scan()] == ["liar", "whole"]
 
 
+def test_a_field_given_twice_is_a_bad_line(tmp_path):
+    """JSON keeps the last of a repeated field without a word: a line giving `target` twice had trained on the
+    second; in a cut's nested objects too."""
+    write_wav(tmp_path / "a.wav", 1.0)
+    sup = '{"id": "s", "start": 0, "duration": 1, "text": "one", "text": "two"}'
+    rec = '{"id": "c", "type": "MonoCut", "start": 0, "duration": 1, "supervisions": [SUP], "recording": {}}'
+    path = write_jsonl(
+        tmp_path / "m.jsonl",
+        ['{"key": "u1", "source": "a.wav", "target": "first transcript", "target": "second"}',
+         '{"key": "u2", "source": "a.wav", "target": "fine"}', rec.replace("SUP", sup)],
+    )  # fmt: skip
+    m = Manifest.open(path)
+    with pytest.raises(BadRecord, match=r"m.jsonl:1: field 'target' given twice"):
+        m[0]
+    assert m[1].target == "fine"
+    with pytest.raises(BadRecord, match=r"m.jsonl:3: field 'text' given twice"):
+        m[2]
+    assert [b.line for b in m.scan()] == [1, 3]
+
+
 # ---------------------------------------------------------------------------------------------------- lhotse
 
 
