@@ -11,7 +11,9 @@ FunASR jsonl, one JSON object a line:
             hotwords (list of non-empty strings: the utterance's biasing phrases; [] says "none").
   `source_len` follows FunASR's scp2jsonl convention: the number of 10 ms frames of the 16 kHz waveform
   (int(num_samples_16k * 1000 / 16000 / 10)), so a record without `duration` gets duration = source_len / 100 s.
-  `duration` wins when both are present. Neither is required: fill_durations() probes file headers.
+  `duration` wins when both are present. Neither is required: fill_durations() probes file headers. A `duration`
+  beside `end` must agree with end - start (durations_disagree); what batching budgets, the audio loaded must bear
+  out (llmasr.data.dataset).
 
 Fun-ASR-Nano ChatML jsonl (what FunASR's Nano fine-tuning reads, and its scp2jsonl writes), one turn a line:
     {"messages": [{"role": "system", "content": "You are a helpful assistant."},
