@@ -10,6 +10,7 @@ import math
 import re
 import types
 import typing
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar, Union
 
@@ -58,6 +59,17 @@ class _Loader(yaml.SafeLoader):
                     "replace the first", key_node.start_mark,
                 )  # fmt: skip
         return super().construct_mapping(node, deep)
+
+
+def unique_keys(refuse: Callable[[str], Exception], pairs: list[tuple[str, Any]]) -> dict:
+    """json.loads' object_pairs_hook (bound with functools.partial) for an object whose keys are all different: JSON
+    keeps the last of a repeated key without a word. `refuse(key)`: the error for a repeated one, naming the file."""
+    seen: set[str] = set()
+    for key, _ in pairs:
+        if key in seen:
+            raise refuse(key)
+        seen.add(key)
+    return dict(pairs)
 
 
 def _number(kind: type, construct):

@@ -8,7 +8,9 @@ torchaudio), or in polyphase form for rate pairs whose FFT lengths would have la
 from __future__ import annotations
 
 import math
+import os
 import re
+import stat
 from functools import lru_cache
 from pathlib import Path
 
@@ -30,6 +32,9 @@ MP3_PREROLL = 8 * MP3_FRAME  # more than the bit reservoir can reach back
 _WAV_DATA = re.compile(r"^\s*data\s*:\s*(\d+)\s*\(should be (\d+)\)", re.MULTILINE)
 # What a writer that streams (not knowing the length) puts in the header: 0xFFFFFFFF, 0x7FFFFFFF, SoX's 0x7FFFF000.
 UNKNOWN_SIZE_FROM = 0x7FFF0000
+# A segment end this far past its audio's end is refused (its transcript is of audio the file lacks), a smaller one
+# trimmed to the end (rounding in the segment times): Kaldi's extract-segments --max-overshoot.
+MAX_OVERSHOOT_S = 0.5
 
 
 def _cut_short(header_log: str) -> str | None:
@@ -59,12 +64,33 @@ def _mp3_length_known(path: str) -> bool:
     return any(tag in first for tag in (b"Xing", b"Info", b"VBRI"))
 
 
-def _open_error(path: str | Path, err: Exception) -> AudioError:
-    if not Path(path).exists():
+def missing_audio(path: str | Path) -> AudioError | None:
+    """Why `path` is no file to open (missing, or a directory), or None: one stat, no read (cheap enough for every
+    line of a manifest at start-up)."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
         return AudioError(path, "file not found")
-    if Path(path).is_dir():
-        return AudioError(path, "is a directory, not an audio file")
-    return AudioError(path, f"unreadable or corrupt audio ({type(err).__name__}: {err})")
+    except OSError as err:
+        return AudioError(path, f"cannot be read ({err.strerror})")
+    return AudioError(path, "is a directory, not an audio file") if stat.S_ISDIR(mode) else None
+
+
+def _open_error(path: str | Path, err: Exception) -> AudioError:
+    return missing_audio(path) or AudioError(path, f"unreadable or corrupt audio ({type(err).__name__}: {err})")
+
+
+def _overshoot(path: str | Path, start: float, end: float | None, total: float) -> AudioError | None:
+    """Why [start, end) cannot be read from audio `total` seconds long (a start at or past its end, an end
+    MAX_OVERSHOOT_S or more past it), or None."""
+    if start >= total:
+        return AudioError(path, f"start {start:.3f}s is at or past the end of the audio ({total:.3f}s)")
+    if end is not None and end - total >= MAX_OVERSHOOT_S:
+        return AudioError(
+            path, f"segment end {end:.3f}s is past the end of the audio ({total:.3f}s) by {end - total:.3f}s (at "
+            f"least {MAX_OVERSHOOT_S:g}s: its transcript runs past the audio; a smaller overshoot is trimmed)"
+        )  # fmt: skip
+    return None
 
 
 def probe_duration(path: str | Path, channel: int | None = None) -> float:
@@ -86,6 +112,18 @@ def probe_duration(path: str | Path, channel: int | None = None) -> float:
     return float(info.frames) / float(info.samplerate)
 
 
+def probe_span(
+    path: str | Path, start: float = 0.0, end: float | None = None, channel: int | None = None
+) -> tuple[float, float]:
+    """(the audio's duration, the seconds load_audio reads of [start, end)) from the file header (no decode).
+    Raises AudioError as probe_duration does and as load_audio does for the span."""
+    total = probe_duration(path, channel)
+    err = _overshoot(path, start, end, total)
+    if err is not None:
+        raise err
+    return total, (total if end is None else min(end, total)) - start
+
+
 def load_audio(
     path: str | Path,
     *,
@@ -93,11 +131,15 @@ def load_audio(
     start: float = 0.0,
     end: float | None = None,
     channel: int | None = None,
+    limit: float | None = None,
 ) -> np.ndarray:
     """Read [start, end) seconds of `path` as float32 mono in [-1, 1] at `sample_rate`.
 
     Only the requested frames are read from the file. `channel` picks one channel (0-based); None averages all
-    channels. Raises AudioError for a missing, unreadable, corrupt or empty file, a bad channel, or an empty range.
+    channels. An `end` past the audio's end by less than MAX_OVERSHOOT_S is trimmed to it. `limit`: read at most
+    this many seconds from `start` (a length cap, which unlike `end` may pass the audio's end). Raises AudioError
+    for a missing, unreadable, corrupt or empty file, a bad channel, an empty range, or a start past the audio's
+    end or an end MAX_OVERSHOOT_S or more past it.
     """
     path = str(path)
     try:
@@ -111,8 +153,11 @@ def load_audio(
             raise AudioError(path, "empty audio (0 samples)")
         first = max(0, int(round(start * sr)))
         last = total if end is None else min(total, int(round(end * sr)))
-        if first >= total:
-            raise AudioError(path, f"start {start:.3f}s is at or past the end of the audio ({total / sr:.3f}s)")
+        if limit is not None:
+            last = min(last, first + int(round(limit * sr)))
+        err = _overshoot(path, start, end, total / sr)
+        if err is not None:
+            raise err
         if last <= first:
             raise AudioError(path, f"empty range [{start:.3f}s, {end}s)")
         if channel is not None and not 0 <= channel < f.channels:

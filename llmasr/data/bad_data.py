@@ -87,6 +87,8 @@ REASON_CATEGORIES = (
     ("prompt builder", "target rejected by the LLM tokenizer"),
     ("lhotse", "unsupported lhotse record"),
     ("unknown duration", "unknown duration"),
+    ("manifest duration", "manifest duration wrong"),
+    ("Whisper window", "audio longer than the Whisper window"),
 )
 
 

@@ -1,12 +1,13 @@
 """Behind `llmasr data check MANIFEST...`: validate manifests before training, and preview the batches they make.
 
 Every line is parsed and its audio header probed (no decode): missing/unreadable files, a channel the file lacks,
-empty audio, segments starting past the end of the file, clips too short for one feature frame, empty or non-text
-transcripts, malformed lines and, given a CTC vocabulary, transcripts it cannot spell are listed with manifest:line
-and reason; manifest durations or segment ends the audio does not bear out are listed apart (training uses such
-lines). Then the report shows the duration histogram, total hours, what the batching filters skip, and what the
-recipe's batching produces over the durations training budgets (batches per rank, mean batch size, padding
-efficiency), for the weighted mix of training manifests or validation's subset.
+empty audio, segments starting past the end of the file or ending MAX_OVERSHOOT_S or more past it, clips too short
+for one feature frame, empty or non-text transcripts, malformed lines and, given a CTC vocabulary, transcripts it
+cannot spell, and durations the audio does not bear out (as loading refuses them) are listed with manifest:line and
+reason; segment ends past the audio by less are listed apart. Then the report shows the duration histogram, total
+hours, what the batching filters skip, and what the recipe's batching produces over the durations training budgets
+(batches per rank, mean batch size, padding efficiency), for the weighted mix of training manifests or validation's
+subset.
 """
 
 from __future__ import annotations
@@ -19,17 +20,18 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from llmasr.data.audio import AudioError, probe_duration
+from llmasr.data.audio import AudioError, probe_span
 from llmasr.data.bad_data import as_record_dict, reason_category
 from llmasr.data.config import DataConfig, ManifestSpec
 from llmasr.data.features import FeatureExtractor
 from llmasr.data.frontend import FrontendConfig
-from llmasr.data.loader import evenly_spaced, make_sampler
+from llmasr.data.loader import evenly_spaced, longest_kept, make_sampler
 from llmasr.data.manifest import BadRecord, Manifest, MixedManifest
+from llmasr.data.records import wrong_duration
 from llmasr.data.screen import spelling_check, static_visits
 from llmasr.data.speech_check import SpeechFindings
 
-DURATION_TOLERANCE_S = 0.1  # manifest duration vs header duration before a line is reported as mismatched
+DURATION_TOLERANCE_S = 0.1  # a segment end past the header's duration before a line is noted
 
 
 @dataclass
@@ -38,7 +40,7 @@ class DataReport:
     num_lines: int = 0
     bad: list[dict] = field(default_factory=list)  # every bad line: manifest, line, key, reason
     bad_by_reason: dict[str, int] = field(default_factory=dict)
-    duration_mismatches: list[dict] = field(default_factory=list)  # manifest duration disagrees with the header
+    duration_mismatches: list[dict] = field(default_factory=list)  # segment ends a little past the audio (trimmed)
     durations: np.ndarray = field(default_factory=lambda: np.zeros(0))  # seconds per line, NaN for bad lines
     lines_per_manifest: dict[str, int] = field(default_factory=dict)
     world_size: int = 1
@@ -98,9 +100,10 @@ def _parse_line(m, i: int, spell=None):
     return utt, tlen, None
 
 
-def _probe_line(utt, probe: bool) -> tuple[float, dict | None, dict | None]:
-    """(duration or NaN, bad record or None, duration-mismatch note or None) from the audio header. Without `probe`
-    a line of unknown duration is NaN and not bad: training reads its duration from the header."""
+def _probe_line(utt, probe: bool, cap: float | None = None) -> tuple[float, dict | None, dict | None]:
+    """(duration or NaN, bad record or None, segment-end note or None) from the audio header. Without `probe` a line
+    of unknown duration is NaN and not bad: training reads its duration from the header. `cap`: training's
+    truncation (data.batching.truncate_to_max), None without."""
     where = {"manifest": str(getattr(utt, "manifest", "?")), "line": int(getattr(utt, "line", 0)), "key": utt.key}
     start = float(utt.start) if getattr(utt, "start", None) is not None else 0.0
     end = float(utt.end) if getattr(utt, "end", None) is not None else None
@@ -108,19 +111,15 @@ def _probe_line(utt, probe: bool) -> tuple[float, dict | None, dict | None]:
         if utt.duration is not None:
             return float(utt.duration), None, None
         return (end - start if end is not None else math.nan), None, None
-    try:
-        file_dur = probe_duration(utt.source, channel=getattr(utt, "channel", None))
+    try:  # as loading reads it: a start past the audio's end, or an end too far past it, is bad
+        file_dur, real = probe_span(utt.source, start, end, channel=getattr(utt, "channel", None))
     except AudioError as err:
         return math.nan, {**where, "reason": f"audio: {err.reason} ({err.path})"}, None
-    if start >= file_dur:
-        reason = f"segment start {start:.2f}s is at or past the end of the audio ({file_dur:.2f}s)"
-        return math.nan, {**where, "reason": reason}, None
-    real = (min(end, file_dur) if end is not None else file_dur) - start
     note = None
-    if end is not None and end > file_dur + DURATION_TOLERANCE_S:  # training reads to the file's end
-        note = {**where, "reason": f"segment end {end:.2f}s is past the end of the audio ({file_dur:.2f}s)"}
-    elif utt.duration is not None and abs(float(utt.duration) - real) > DURATION_TOLERANCE_S:
-        note = {**where, "reason": f"manifest duration {float(utt.duration):.2f}s, audio {real:.2f}s"}
+    if end is not None and end > file_dur + DURATION_TOLERANCE_S:  # training trims it to the file's end
+        note = {**where, "reason": f"segment end {end:.2f}s is past the end of the audio ({file_dur:.2f}s), trimmed"}
+    elif end is None and utt.duration is not None and (wrong := wrong_duration(float(utt.duration), real, cap)):
+        return math.nan, {**where, "reason": wrong}, None  # loading refuses it (SpeechDataset)
     return real, None, note
 
 
@@ -174,6 +173,7 @@ def check_data(
     first_seen: dict[str, str] = {}  # key -> "manifest:line" of its first line, across all manifests
     fx = FeatureExtractor(dataclasses.replace(frontend, cmvn_file=None))  # counts frames only
     spell = spelling_check(ctc_labels) if ctc_labels is not None else None
+    cap = longest_kept(data_cfg.batching, frontend) if data_cfg.batching.truncate_to_max and need_target else None
     for path, weight in zip(paths, weights):
         try:
             m = Manifest.open(path, need_target=need_target)  # False: manifests for decoding
@@ -188,7 +188,7 @@ def check_data(
         parsed = [_parse_line(m, i, spell) for i in range(n)]  # the manifest reader is not shared across threads
         good = [utt for utt, _, _ in parsed if utt is not None]
         with ThreadPoolExecutor(max(1, threads)) as pool:  # header probes are I/O bound
-            probed = iter(list(pool.map(lambda u: _probe_line(u, probe), good, chunksize=32)))
+            probed = iter(list(pool.map(lambda u: _probe_line(u, probe, cap), good, chunksize=32)))
         for i, (utt, tl, bad) in enumerate(parsed):
             dur, note = math.nan, None
             if utt is not None:
@@ -321,7 +321,7 @@ def format_report(report: DataReport, *, max_examples: int = 50) -> str:
             lines.append(f"  {b['manifest']}:{b['line']} key={b.get('key')}: {b['reason']}")
     if report.duration_mismatches:
         n = len(report.duration_mismatches)
-        lines += ["", f"## manifest durations or segment ends the audio header disagrees with ({n}; trained as read)"]
+        lines += ["", f"## segment ends past the end of the audio by less than 0.5 s ({n}; trimmed to it)"]
         for b in report.duration_mismatches[:max_examples]:
             lines.append(f"  {b['manifest']}:{b['line']} key={b.get('key')}: {b['reason']}")
     lines += _repeated_key_lines(report, max_examples)

@@ -27,7 +27,7 @@ from llmasr.data.clip_lengths import draw_clip_lengths
 from llmasr.data.features import FeatureExtractor, content_rng
 from llmasr.data.frontend import FrontendConfig
 from llmasr.data.long_audio import speech_runs, speech_start
-from llmasr.data.records import BadRecord
+from llmasr.data.records import BadRecord, wrong_duration
 from llmasr.data.visit_keys import dataset_index
 
 
@@ -179,6 +179,9 @@ class SpeechDataset(Dataset):
             return bad(wave)
         sr = int(self.frontend.sample_rate)
         duration, lead = wave.size / sr, 0
+        wrong = self._stated_duration(utt, duration)
+        if wrong:
+            return bad(wrong)
         if self.trim_leading_silence:
             lead = speech_start(wave, sr)
             wave = wave[lead:]
@@ -208,14 +211,24 @@ class SpeechDataset(Dataset):
         sr = int(self.frontend.sample_rate)
         start = float(utt.start) if getattr(utt, "start", None) is not None else 0.0
         end = float(utt.end) if getattr(utt, "end", None) is not None else None
-        if self.max_duration_truncate is not None:
-            cut = start + float(self.max_duration_truncate)
-            end = cut if end is None else min(end, cut)
-        try:
-            wave = load_audio(utt.source, sample_rate=sr, start=start, end=end, channel=getattr(utt, "channel", None))
+        try:  # the cap is a length, not a segment end: it may pass the audio's end
+            wave = load_audio(
+                utt.source, sample_rate=sr, start=start, end=end, channel=getattr(utt, "channel", None),
+                limit=self.max_duration_truncate,
+            )  # fmt: skip
         except AudioError as err:
             return f"audio: {err.reason} ({err.path})"
         return wave if wave.size else f"audio: empty audio ({utt.source})"
+
+    def _stated_duration(self, utt, seconds: float) -> str | None:
+        """Why the line's stated duration (what batching budgets) is not the `seconds` of audio loaded for it, or
+        None. A segment (an `end`) reads at most end - start and loading refuses an end far past its audio, a line
+        without a duration had it probed from the same audio (llmasr's windows for long audio are segments), and
+        augmentation changes lengths only after this."""
+        stated = getattr(utt, "duration", None)
+        if stated is None or getattr(utt, "end", None) is not None:
+            return None
+        return wrong_duration(float(stated), seconds, self.max_duration_truncate)
 
     def listed_hotwords(self, index: int) -> list[str]:
         """Line `index`'s biasing list before the token cap, whether or not prompts render it ([] for a bad line)."""
@@ -244,9 +257,17 @@ class SpeechDataset(Dataset):
         sr = int(self.frontend.sample_rate)
         rng = self.rng(visit)
         aug = self.augmenter if self.train else None
+        fx = self.feature_extractor
+        window = int(round(self.frontend.chunk_seconds * sr)) if self.frontend.kind == "whisper" else None
+        if window is not None and wave.size > window + fx.shift_samples:  # past rounding in truncation, resampling
+            return (
+                f"audio of {wave.size / sr:.3f} s is longer than the Whisper window ({self.frontend.chunk_seconds:g} "
+                "s): the encoder would not hear its end, which the transcript holds"
+            )
         if aug is not None:
             wave = aug.wave(wave, sr, rng, draw_clip_lengths(aug.cfg, self.seed, self.epoch, visit).item())
-        fx = self.feature_extractor
+        if window is not None:  # augmentation holds a clip in the window up to rounding
+            wave = wave[:window]
         t = fx.num_frames(wave.size)
         if t == 0:  # decided from the sample count: no feature library is asked
             return (

@@ -38,16 +38,15 @@ class PhraseFileError(ValueError):
 
 
 def read_phrase_file(path: str | Path) -> list[str]:
-    """The phrases of a UTF-8 file, one a line (surrounding spaces stripped; a trailing newline is fine)."""
+    """The phrases of a UTF-8 file, one a line (surrounding spaces stripped; a trailing newline is fine; a line ends
+    at \n, \r\n or \r, as Python's universal newlines read it)."""
     path = Path(path)
     if path.is_dir():
         raise PhraseFileError(f"{path}: a directory, not a hotword file")
     if not path.is_file():
         raise PhraseFileError(f"hotword file not found: {path}")
     data = path.read_bytes().removeprefix(codecs.BOM_UTF8)  # a BOM (Windows editors) is no part of the first phrase
-    lines = data.split(b"\n")
-    if lines and lines[-1] == b"":
-        lines.pop()
+    lines = data.splitlines()  # CR-only line ends (classic Mac editors) had made the whole file one phrase
     phrases = []
     for lineno, raw in enumerate(lines, start=1):
         try:

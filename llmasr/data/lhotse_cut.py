@@ -3,9 +3,10 @@
 A MonoCut, or a MultiCut reading one channel or all the channels of one file (averaged), with exactly one
 supervision: its `text` is the target, its `language` the lang, its custom.hotwords the biasing list, and its span
 within the cut (`start`, `duration`, clipped to the cut) the audio trained on; the audio is the cut's recording `file`
-source from cut.start, on the cut's channel. Decoding also takes a cut without supervisions, or whose supervision has
-no text, as audio to transcribe. Recording transforms other than Resample, URL/command/memory sources, features-only
-cuts, MixedCuts and a subset of a file's channels are bad records (llmasr.data.records.BadRecord, with file and line).
+source from cut.start, on the supervision's channel when it gives one of the cut's, else on the cut's. Decoding also
+takes a cut without supervisions, or whose supervision has no text, as audio to transcribe. Recording transforms other
+than Resample, URL/command/memory sources, features-only cuts, MixedCuts, a subset of a file's channels and a
+supervision on a channel its cut lacks are bad records (llmasr.data.records.BadRecord, with file and line).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 from llmasr.data.records import Utterance, _is_number
 
 SPAN_SLACK_S = 1e-3  # rounding in a cut's and its supervision's times
+RECORDING_SLACK_S = 0.025  # a cut past its recording's declared duration: lhotse's audio duration mismatch tolerance
 
 
 class CutRecord:
@@ -38,12 +40,13 @@ class CutRecord:
         duration = self.p.opt_num(rec, "duration")
         if duration is None or duration <= 0:
             raise self.p.bad(f"lhotse cut: field 'duration' must be a positive number, got {rec.get('duration')!r}")
+        self.within_recording(recording, start, duration)
         start, duration = self.supervised_span(sup, start, duration)
         for tr in recording.get("transforms") or []:
             name = tr.get("name") if isinstance(tr, dict) else tr
             if name != "Resample":  # resampling happens anyway, to the model's rate
                 raise self.p.bad(f"lhotse recording transform {name!r} is not supported")
-        path, file_channel = self.cut_source(recording, self.cut_channel(rec))
+        path, file_channel = self.cut_source(recording, self.supervision_channel(sup, self.cut_channel(rec)))
         lang = sup.get("language")
         custom = sup.get("custom") if isinstance(sup.get("custom"), dict) else {}
         prompt = custom.get("prompt")
@@ -79,6 +82,19 @@ class CutRecord:
             raise self.p.bad("lhotse cut: missing field 'supervisions[0].text'")
         return sup
 
+    def within_recording(self, recording: dict, start: float, duration: float) -> None:
+        """A cut running past its recording's declared duration is a bad line, as lhotse refuses to load it: its
+        text would be paired with part of its audio."""
+        total = recording.get("duration")
+        if not _is_number(total):
+            n, sr = recording.get("num_samples"), recording.get("sampling_rate")
+            total = n / sr if _is_number(n) and _is_number(sr) and sr > 0 else None
+        if total is not None and start + duration > total + RECORDING_SLACK_S:
+            raise self.p.bad(
+                f"lhotse cut ({start:g} s + {duration:g} s) ends {start + duration - total:.3f} s past the end of its "
+                f"recording ({total:g} s, as the recording declares it)"
+            )
+
     def supervised_span(self, sup: dict, start: float, duration: float) -> tuple[float, float]:
         """(start, duration) in the recording of what the supervision's text covers: its own span within the cut
         (its `start` is relative to the cut); the whole cut for a supervision without one. A supervision that runs
@@ -111,6 +127,23 @@ class CutRecord:
         if channel is not None and not (isinstance(channel, int) and not isinstance(channel, bool)):
             raise self.p.bad(f"lhotse cut: field 'channel' must be an integer or list, got {channel!r:.60}")
         return channel
+
+    def supervision_channel(self, sup: dict, channel: int | list[int] | None) -> int | list[int] | None:
+        """The channel(s) the supervision's text is on, read instead of the cut's `channel` (a MultiCut over [0, 1]
+        whose supervision is on channel 1 holds what channel 1 says, not the average of both): its own channel when
+        it is one of the cut's, the cut's when it has none or names them all; any other a bad line."""
+        own = sup.get("channel")
+        own = own[0] if isinstance(own, list) and len(own) == 1 else own
+        if own is None:
+            return channel
+        cut = channel if isinstance(channel, list) else None if channel is None else [channel]
+        if isinstance(own, int) and not isinstance(own, bool) and (cut is None or own in cut):
+            return own
+        if isinstance(own, list) and cut is not None and sorted(own) == cut:
+            return channel
+        raise self.p.bad(
+            f"lhotse supervision: channel {own!r:.40} is not one of its cut's channels ({channel}) nor all of them"
+        )
 
     def cut_source(self, recording: dict, channel: int | list[int] | None) -> tuple[str, int | None]:
         """(audio file path, channel within that file or None) of the recording source that holds `channel` (a

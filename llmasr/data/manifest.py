@@ -9,6 +9,7 @@ unknown); records are parsed on access. It pickles without its file handle, so D
 from __future__ import annotations
 
 import array
+import functools
 import gzip
 import hashlib
 import json
@@ -18,11 +19,12 @@ import re
 import shutil
 import tempfile
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
+from llmasr.config_io import unique_keys
 from llmasr.data.record_line import parse_line
 from llmasr.data.records import (
     FUNASR_FRAMES_PER_SECOND,
@@ -107,6 +109,10 @@ def _record_duration(rec) -> float:
     if _is_number(sl) and sl > 0 and _is_number(s) and float(sl) / FUNASR_FRAMES_PER_SECOND > s:
         return float(sl) / FUNASR_FRAMES_PER_SECOND - float(s)
     return math.nan
+
+
+def _repeated_field(path: str, line: int, key: str) -> BadRecord:
+    return BadRecord(path, line, f"field {key!r} given twice (JSON would keep the last without a word)")
 
 
 # ------------------------------------------------------------------------------------------------------ manifest
@@ -212,8 +218,9 @@ class Manifest:
             raise IndexError(f"{self.path}: index {i} out of range for {n} records")
         line = self.lineno(i)
         raw = self._read(i)
-        try:
-            rec = json.loads(raw)
+        refuse = functools.partial(_repeated_field, self.path, line)
+        try:  # a field given twice: JSON would keep the last without a word
+            rec = json.loads(raw, object_pairs_hook=functools.partial(unique_keys, refuse))
         except UnicodeDecodeError as err:
             raise BadRecord(self.path, line, f"not UTF-8 text: {err}") from None
         except ValueError as err:
@@ -229,12 +236,12 @@ class Manifest:
         """float32 [N] seconds; NaN where the manifest does not say and fill_durations() has not probed."""
         return self._durations
 
-    def fill_durations(self, probe: Callable[[str], float] | None = None) -> list[BadRecord]:
-        """Probe the audio header of every record whose duration is unknown; returns the records that failed
-        (malformed, or audio missing/unreadable/empty). Their duration stays NaN."""
-        from llmasr.data.audio import AudioError, probe_duration
+    def fill_durations(self) -> list[BadRecord]:
+        """Probe the audio header of every record whose duration is unknown, as loading reads it (its channel, its
+        span: llmasr.data.audio.probe_span); returns the records that failed (malformed, or audio missing,
+        unreadable, empty, without the channel, or not holding the span). Their duration stays NaN."""
+        from llmasr.data.audio import AudioError, probe_span
 
-        probe = probe or probe_duration
         bad: list[BadRecord] = []
         for i in np.flatnonzero(np.isnan(self._durations)):
             try:
@@ -243,19 +250,11 @@ class Manifest:
                 bad.append(err)
                 continue
             try:
-                total = float(probe(utt.source))
+                _, seconds = probe_span(utt.source, utt.start, utt.end, utt.channel)
             except AudioError as err:
                 bad.append(BadRecord(self.path, utt.line, f"audio {err.path}: {err.reason}", utt.key))
                 continue
-            end = total if utt.end is None else min(utt.end, total)
-            if end <= utt.start:
-                bad.append(
-                    BadRecord(
-                        self.path, utt.line, f"start {utt.start}s is past the audio's end ({total:.3f}s)", utt.key
-                    )
-                )
-                continue
-            self._durations[i] = end - utt.start
+            self._durations[i] = seconds
         return bad
 
     def scan(self) -> list[BadRecord]:
@@ -338,10 +337,10 @@ class MixedManifest:
     def durations(self) -> np.ndarray:
         return np.concatenate([m.durations() for m in self.manifests]).astype(np.float32, copy=False)
 
-    def fill_durations(self, probe: Callable[[str], float] | None = None) -> list[BadRecord]:
+    def fill_durations(self) -> list[BadRecord]:
         bad: list[BadRecord] = []
         for m in self.manifests:
-            bad.extend(m.fill_durations(probe))
+            bad.extend(m.fill_durations())
         return bad
 
     def epoch_indices(self, epoch: int, seed: int) -> np.ndarray:

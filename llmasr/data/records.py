@@ -11,7 +11,9 @@ FunASR jsonl, one JSON object a line:
             hotwords (list of non-empty strings: the utterance's biasing phrases; [] says "none").
   `source_len` follows FunASR's scp2jsonl convention: the number of 10 ms frames of the 16 kHz waveform
   (int(num_samples_16k * 1000 / 16000 / 10)), so a record without `duration` gets duration = source_len / 100 s.
-  `duration` wins when both are present. Neither is required: fill_durations() probes file headers.
+  `duration` wins when both are present. Neither is required: fill_durations() probes file headers. A `duration`
+  beside `end` must agree with end - start (durations_disagree); what batching budgets, the audio loaded must bear
+  out (llmasr.data.dataset).
 
 Fun-ASR-Nano ChatML jsonl (what FunASR's Nano fine-tuning reads, and its scp2jsonl writes), one turn a line:
     {"messages": [{"role": "system", "content": "You are a helpful assistant."},
@@ -39,6 +41,28 @@ from pathlib import Path
 FUNASR_FRAMES_PER_SECOND = 100.0  # source_len unit: 10 ms frames
 SPEECH_TAGS = re.compile(r"<\|startofspeech\|>(.*?)<\|endofspeech\|>", re.S)  # Fun-ASR-Nano's audio in a message
 ROLES = ("system", "user", "assistant")
+
+
+DURATION_SLACK_S, DURATION_SLACK_FRACTION = 0.1, 0.01  # a stated duration off by more than either is wrong
+
+
+def durations_disagree(stated: float, actual: float) -> bool:
+    """Whether a line's `stated` duration is off `actual` seconds by more than max(0.1 s, 1 % of it): past rounding,
+    a duration batching would budget wrongly (a line saying 0.5 s whose audio holds 3 s passes max_duration)."""
+    return abs(stated - actual) > max(DURATION_SLACK_S, DURATION_SLACK_FRACTION * stated)
+
+
+def wrong_duration(stated: float, actual: float, cap: float | None = None) -> str | None:
+    """Why a line stating `stated` seconds, whose audio holds `actual`, is a bad line, or None. `cap`: training's
+    truncation (data.batching.truncate_to_max), which budgets and reads at most that much of either."""
+    if cap is not None:
+        stated, actual = min(stated, cap), min(actual, cap)
+    if not durations_disagree(stated, actual):
+        return None
+    return (
+        f"manifest duration {stated:.3f} s, but its audio holds {actual:.3f} s (batching budgets the manifest's: fix "
+        "the line's duration, or its audio)"
+    )
 
 
 def nano_speech_seconds(speech_length: float) -> float:
@@ -182,6 +206,9 @@ class _Parser:
             raise self.bad(f"'end' ({end}) must be after 'start' ({start})")
         duration = self.opt_num(rec, "duration")
         source_len = self.opt_num(rec, "source_len")
+        if duration is not None and end is not None and durations_disagree(duration, end - start):
+            raise self.bad(f"'duration' ({duration:g} s) contradicts 'end' - 'start' ({end:g} - {start:g} = "
+                           f"{end - start:g} s); batching would budget the one, loading read the other")  # fmt: skip
         if duration is None and end is not None:
             duration = end - start
         if duration is None and source_len is not None and source_len > 0:  # the file's frames: what start leaves

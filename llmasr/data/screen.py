@@ -1,13 +1,14 @@
 """What a run can know about its data before loading any audio, checked at start-up.
 
-`screen(manifest)` parses every line and probes the audio header of every line whose duration is unknown: malformed
-lines, missing or ill-typed fields, empty or non-text transcripts, unsupported lhotse records, and unreadable
-headers are found here, once, each with its dataset index; with a CTC head, so are transcripts its vocabulary
-cannot spell (`spelling_check`: the dataset's own rule, asked of each distinct character once, then of every line
-holding a character it refused alone). The sampler never batches these lines, every epoch counts them against
-data.max_bad_fraction, and `refuse_at_start` stops the run before training when they alone pass it. Faults that
-only loading shows (corrupt audio behind a readable header, clips too short for a feature frame) are counted as
-batches load (see llmasr.data.bad_data.BadDataTracker).
+`screen(manifest)` parses every line, checks that its audio file exists (a stat: cheap on a million lines), and
+probes the audio header of every line whose duration is unknown (with its channel and span, as loading reads them):
+malformed lines, missing or ill-typed fields, empty or non-text transcripts, unsupported lhotse records, missing
+audio files and unreadable headers are found here, once, each with its dataset index; with a CTC head, so are
+transcripts its vocabulary cannot spell (`spelling_check`: the dataset's own rule, asked of each distinct character
+once, then of every line holding a character it refused alone). The sampler never batches these lines, every epoch
+counts them against data.max_bad_fraction, and `refuse_at_start` stops the run before training when they alone pass
+it. Faults that only loading shows (corrupt audio behind a readable header, clips too short for a feature frame, a
+stated duration the audio does not bear out) are counted as batches load (see llmasr.data.bad_data.BadDataTracker).
 
 `describe_skipped` words what the batching filters drop (max_duration, min_duration, max_target_len, a batch
 budget too small for one item), with examples, for the start of train.log.
@@ -21,6 +22,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from llmasr.data.audio import missing_audio
 from llmasr.data.augment import cost_text
 from llmasr.data.bad_data import BadDataTracker, BadItem, TooMuchBadData
 from llmasr.data.manifest import BadRecord, Manifest
@@ -51,7 +53,11 @@ def screen(manifest, ctc_labels: Callable[[str], object] | None = None) -> tuple
         except BadRecord as rec:
             bad.append(BadItem.from_record(rec, i))
             continue
-        if spell is not None and isinstance(utt.target, str) and utt.target.strip() and (why := spell(utt.target)):
+        gone = missing_audio(utt.source)  # a stat a line, known durations too: a missing file named now, not hours in
+        why = f"audio {gone.path}: {gone.reason}" if gone is not None else None
+        if why is None and spell is not None and isinstance(utt.target, str) and utt.target.strip():
+            why = spell(utt.target)
+        if why:
             bad.append(BadItem(manifest=str(utt.manifest), line=int(utt.line), key=utt.key, reason=why, index=i))
     found = {b.index for b in bad}
     # Each manifest of a mix apart, by its offset: one listed twice has the same (path, line) at two indices.

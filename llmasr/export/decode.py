@@ -134,8 +134,8 @@ class DecodeError(RuntimeError):
 
 def window_limit(model, cfg: DecodeConfig, opts: DecodeOptions) -> float:
     """The longest audio `model` decodes in one piece under `cfg` (0.0: any length), DecodeError when the settings
-    cannot make windows. A Whisper encoder reads one fixed chunk and would drop what lies past it, so its windows
-    never exceed the chunk (unless max_window_seconds is 0)."""
+    cannot make windows. A Whisper encoder reads one fixed chunk and refuses more, so its windows never exceed the
+    chunk (unless max_window_seconds is 0: a longer utterance is then a bad item)."""
     try:
         limit = cfg.window_seconds(opts.training_max_seconds)
     except ConfigError as err:

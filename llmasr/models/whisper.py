@@ -73,14 +73,22 @@ class WhisperAudioEncoder(nn.Module):
         return torch.div(xs_lens + 1, 2, rounding_mode="floor")  # conv2: kernel 3, stride 2, padding 1
 
     def prepare_features(self, xs: torch.Tensor, xs_lens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """[B, T, n_mels] -> ([B, n_mels, n_frames] padded/truncated with the silence floor, clamped lengths)."""
+        """[B, T, n_mels] -> ([B, n_mels, n_frames] padded with the silence floor, lengths). ValueError for an input
+        longer than the window: cutting it would drop audio its transcript holds (the data loader makes such clips
+        bad items, and decoding cuts long audio into windows)."""
         if xs.dim() != 3 or xs.size(-1) != self.n_mels:
             raise ValueError(
                 f"whisper encoder expects [batch, time, {self.n_mels}] log-mel features, got {list(xs.shape)}"
             )
         n = self.n_frames
-        lens = xs_lens.to(xs.device).clamp(min=0, max=n)
-        x = xs[:, :n]
+        longest = int(xs_lens.max()) if xs_lens.numel() else 0
+        if longest > n:
+            raise ValueError(
+                f"whisper encoder: an input of {longest} frames is longer than its window of {n} frames; cut the "
+                "audio into windows no longer than the encoder's chunk"
+            )
+        lens = xs_lens.to(xs.device).clamp(min=0)
+        x = xs[:, :n]  # past every length: batch padding only
         if x.size(1) < n:
             x = nn.functional.pad(x, (0, 0, 0, n - x.size(1)))
         valid = torch.arange(n, device=x.device)[None, :] < lens[:, None]  # [B, n]

@@ -29,7 +29,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from llmasr.config_io import ConfigError
+from llmasr.config_io import ConfigError, unique_keys
 from llmasr.train.config import TrainConfig
 from llmasr.train.ds_keys import check_ds_keys
 
@@ -60,7 +60,10 @@ def load_ds_config(path: str | Path) -> dict:
     """Read a DeepSpeed JSON file (or a preset name); bad JSON is reported with file, line and column."""
     path = preset_path(path)
     try:
-        data = json.loads(path.read_text(encoding="utf-8-sig"), object_pairs_hook=functools.partial(_unique, path))
+        refuse = functools.partial(_repeated, path)
+        data = json.loads(
+            path.read_text(encoding="utf-8-sig"), object_pairs_hook=functools.partial(unique_keys, refuse)
+        )
     except json.JSONDecodeError as err:
         raise ConfigError(f"{path}:{err.lineno}:{err.colno}: not valid JSON: {err.msg}") from err
     except UnicodeDecodeError as err:
@@ -72,15 +75,9 @@ def load_ds_config(path: str | Path) -> dict:
     return data
 
 
-def _unique(path: Path, pairs: list[tuple[str, Any]]) -> dict:
-    """A JSON object whose keys are all different: JSON keeps the last of a repeated key without a word (a second
-    "zero_optimization" would silently replace the first)."""
-    seen: set[str] = set()
-    for key, _ in pairs:
-        if key in seen:
-            raise ConfigError(f"{path}: key {key!r} appears twice in one object; keep one")
-        seen.add(key)
-    return dict(pairs)
+def _repeated(path: Path, key: str) -> ConfigError:
+    """A key repeated in one object (a second "zero_optimization" would silently replace the first)."""
+    return ConfigError(f"{path}: key {key!r} appears twice in one object; keep one")
 
 
 def _find_autos(node: Any, path: str = "") -> list[str]:

@@ -263,6 +263,25 @@ def test_range_past_end(tmp_path):
         load_audio(path, sample_rate=16000, start=1.0)
 
 
+def test_a_segment_end_past_the_audio_is_trimmed_a_little_and_refused_by_more(tmp_path):
+    """An end within Kaldi's --max-overshoot (0.5 s) of the audio's end is rounding, trimmed; one further out had
+    been cut short silently while its whole transcript was kept: refused, naming file, segment end and audio end."""
+    path = tmp_path / "three.wav"
+    x = sine(440, 16000, 3.0)
+    sf.write(path, x, 16000, subtype="FLOAT")
+    np.testing.assert_array_equal(load_audio(path, sample_rate=16000, start=2.0, end=3.3), x[32000:])
+    for end in (3.5, 9.0):
+        with pytest.raises(AudioError, match=rf"three.wav: segment end {end:.3f}s is past the end of the audio "
+                           r"\(3.000s\)"):  # fmt: skip
+            load_audio(path, sample_rate=16000, start=2.0, end=end)
+        with pytest.raises(AudioError, match="past the end of the audio"):
+            audio.probe_span(path, 2.0, end)
+    assert audio.probe_span(path, 2.0, 3.3) == (3.0, pytest.approx(1.0))
+    # a length cap is no segment end: it may pass the audio's end
+    np.testing.assert_array_equal(load_audio(path, sample_rate=16000, start=2.0, limit=30.0), x[32000:])
+    np.testing.assert_array_equal(load_audio(path, sample_rate=16000, start=2.0, end=3.3, limit=0.5), x[32000:40000])
+
+
 MP3 = "MP3" in sf.available_formats()
 
 

@@ -42,20 +42,23 @@ def data_cfg(**batching):
 def test_report_counts_and_locations(manifest):
     report = check_data([manifest], data_cfg(), FrontendConfig(), world_size=2)
     assert report.num_lines == 38
-    assert report.num_bad == 6
+    assert report.num_bad == 7
     assert report.bad_by_reason == {
         "audio file not found": 1,
         "unreadable or corrupt audio": 1,
         "empty target": 1,
         "malformed line": 1,
         "segment outside the audio": 1,
+        "manifest duration wrong": 1,
         "audio too short": 1,
     }
     lines = {b["line"] for b in report.bad}
-    assert lines == {31, 32, 33, 34, 35, 38}
+    assert lines == {31, 32, 33, 34, 35, 36, 38}
     assert "160 samples = 0.010 s; the frontend needs at least 257" in report.bad[-1]["reason"]
-    assert [m["key"] for m in report.duration_mismatches] == ["liar"]
-    assert report.batching["filtered"] == {"too_long": 2}  # liar and toolong are 3 s > max_duration 2.5
+    # liar says 9 s of 3 s of audio: loading refuses it, as training's batches would budget it wrongly
+    assert report.bad[5]["reason"].startswith("manifest duration 9.000 s, but its audio holds 3.000 s")
+    assert report.duration_mismatches == []
+    assert report.batching["filtered"] == {"too_long": 1}  # toolong is 3 s > max_duration 2.5
     assert (
         report.batching["num_batches_per_rank"] * 2
         == report.batching["num_batches_global"] + report.batching["num_padding_batches"]
@@ -76,7 +79,7 @@ def test_format_report(manifest):
         "batches per rank",
         "mean batch size",
         "padding efficiency",
-        "too_long: 2",
+        "too_long: 1",
         "TOO MUCH BAD DATA",
         "total:",
         "liar",
@@ -85,12 +88,12 @@ def test_format_report(manifest):
     assert "|" in histogram(np.array([1.0, 2.0, 2.5]))[0]
     # What max_duration skips is named, with its lines: training skips them whole, never cut
     report = check_data([manifest], data_cfg(), FrontendConfig())
-    # at the durations training budgets: the manifest's where it gives one (liar says 9 s of 3 s of audio)
-    assert [t["duration"] for t in report.too_long] == pytest.approx([9.0, 3.0], abs=0.01)
-    assert "longer than data.batching.max_duration = 2.5 s: 2 lines, skipped by training (not truncated" in text
+    assert [t["duration"] for t in report.too_long] == pytest.approx([3.0], abs=0.01)
+    assert "longer than data.batching.max_duration = 2.5 s: 1 lines, skipped by training (not truncated" in text
     for t in report.too_long:
         assert f"  {manifest}:{t['line']} ({t['duration']:.2f} s)" in text
     assert "truncated to max_duration" not in text
+    # cut to 2.5 s, liar's 9 s and its 3 s of audio are both 2.5 s: training takes it
     cut = format_report(check_data([manifest], data_cfg(truncate_to_max=True), FrontendConfig()))
     assert "truncated to max_duration (2.5 s; data.batching.truncate_to_max, the transcript is kept whole): 2" in cut
     assert "longer than data.batching.max_duration" not in cut
@@ -243,21 +246,26 @@ def test_the_bad_fraction_is_of_the_items_training_counts(tmp_path, capsys):
 
 def test_lines_training_takes_are_not_called_bad(tmp_path, capsys):
     """--no-probe leaves lines without a duration out, not bad (training reads their headers); a segment ending
-    past its file is a note (training reads to the end); a channel the file lacks is bad (every load fails)."""
+    a little past its file is a note (training trims it), 0.5 s or more past it bad (loading refuses it), as is a
+    channel the file lacks (every load fails)."""
     path = good_corpus(tmp_path, 6, with_duration=False)
     write_wav(tmp_path / "three.wav", 3.0)
     lines = path.read_text().splitlines()
-    over = '{"key": "over", "source": "three.wav", "target": "hi", "start": 2.0, "end": 3.5}'
+    near = '{"key": "near", "source": "three.wav", "target": "hi", "start": 2.0, "end": 3.3}'
     stereo = '{"key": "ch1", "source": "three.wav", "target": "hi", "channel": 1}'
-    m = write_manifest(tmp_path / "m.jsonl", [*lines, over, stereo])
+    over = '{"key": "over", "source": "three.wav", "target": "hi", "start": 2.0, "end": 3.5}'
+    m = write_manifest(tmp_path / "m.jsonl", [*lines, near, stereo, over])
     report = check_data([m], data_cfg(max_duration=10.0), FrontendConfig())
+    wav = tmp_path / "three.wav"
     assert [(b["key"], b["reason"]) for b in report.bad] == [
-        ("ch1", f"audio: channel 1 requested but the file has 1 channel(s) ({tmp_path / 'three.wav'})")
-    ]
+        ("ch1", f"audio: channel 1 requested but the file has 1 channel(s) ({wav})"),
+        ("over", "audio: segment end 3.500s is past the end of the audio (3.000s) by 0.500s (at least 0.5s: its "
+         f"transcript runs past the audio; a smaller overshoot is trimmed) ({wav})"),
+    ]  # fmt: skip
     assert [(n["key"], n["reason"]) for n in report.duration_mismatches] == [
-        ("over", "segment end 3.50s is past the end of the audio (3.00s)")
+        ("near", "segment end 3.30s is past the end of the audio (3.00s), trimmed")
     ]
-    assert report.durations[6] == pytest.approx(1.5)  # end - start, as the manifest gives it to training
+    assert report.durations[6] == pytest.approx(1.3)  # end - start, as the manifest gives it to training
     unprobed = check_data([write_manifest(tmp_path / "n.jsonl", lines)], data_cfg(), FrontendConfig(), probe=False)
     assert unprobed.num_bad == 0 and unprobed.unprobed == 6 and unprobed.ok
     assert "not probed: 6 lines without a duration" in format_report(unprobed)

@@ -120,6 +120,59 @@ def test_truncation(corpus):
     item = dataset(corpus, max_duration_truncate=0.4)[0]
     assert item["duration"] == pytest.approx(0.4)
     assert item["target"] == "hello world"
+    assert dataset(corpus, max_duration_truncate=5.0)[0]["duration"] == pytest.approx(1.0)  # a cap, not a segment end
+
+
+def test_a_line_whose_duration_its_audio_does_not_bear_out_is_a_bad_item(tmp_path):
+    """A line saying 0.5 s whose file holds 3 s had been budgeted as 0.5 s (past max_duration and the batch budget)
+    and trained on 3 s. Rounding, durations llmasr probed itself, segments, windows for long audio, truncation and
+    augmentation (after loading) are no mismatch."""
+    from llmasr.config_io import from_dict
+    from llmasr.data.augment import AugmentConfig
+    from llmasr.data.long_audio import Window
+    from llmasr.data.windowed import WindowedManifest
+
+    write_wav(tmp_path / "three.wav", 3.0)
+    recs = [
+        {"key": "lies", "source": "three.wav", "target": "short", "duration": 0.5},  # 0
+        {"key": "over", "source": "three.wav", "target": "long", "duration": 9.0},  # 1
+        {"key": "round", "source": "three.wav", "target": "x", "duration": 3.05},  # 2 within 0.1 s
+        {"key": "probed", "source": "three.wav", "target": "x"},  # 3 llmasr probes it from the same audio
+        {"key": "seg", "source": "three.wav", "target": "x", "start": 2.0, "end": 3.3},  # 4 a segment, trimmed
+        {"key": "frames", "source": "three.wav", "target": "x", "start": 1.0, "source_len": 300},  # 5 2 s from start
+    ]
+    m = Manifest.open(write_manifest(tmp_path / "m.jsonl", recs))
+    ds = dataset(m)
+    for i, stated in ((0, "0.500"), (1, "9.000")):
+        item = ds[i]
+        assert isinstance(item, BadItem) and item.where() == f"{m.path}:{i + 1}" and item.key == recs[i]["key"]
+        assert item.reason.startswith(f"manifest duration {stated} s, but its audio holds 3.000 s")
+        assert reason_category(item.reason) == "manifest duration wrong"
+    assert [ds[i]["duration"] for i in range(2, 6)] == pytest.approx([3.0, 3.0, 1.0, 2.0])
+    assert ds.__class__(m, FRONTEND, train=False, prompt_builder=FakePromptBuilder(), max_duration_truncate=0.4)[0][
+        "duration"
+    ] == pytest.approx(0.4)  # cut to 0.4 s, the line's 0.5 s and its 3 s are both 0.4 s
+    slow = from_dict(AugmentConfig, {"speed_perturb": {"enable": True, "factors": [0.9]}}, "augment")
+    assert not isinstance(dataset(m, train=True, augment=slow)[2], BadItem)  # 3.3 s after the slow-down
+    windowed = WindowedManifest(m, {2: [Window(0, 20000), Window(16000, 48000, True)]}, 16000)
+    assert [dataset(windowed)[j]["duration"] for j in (2, 3)] == pytest.approx([1.25, 2.0])
+
+
+def test_audio_longer_than_a_whisper_window_is_a_bad_item(tmp_path):
+    """The Whisper encoder hears one window: a clip past it (a line under-stating its duration, or decoding without
+    windows) is a bad item naming both lengths, not cut to the window; truncation to the window keeps it."""
+    write_wav(tmp_path / "three.wav", 3.0)
+    write_wav(tmp_path / "two.wav", 2.0)
+    recs = [{"key": "long", "source": "three.wav", "target": "x"}, {"key": "fits", "source": "two.wav", "target": "y"}]
+    m = Manifest.open(write_manifest(tmp_path / "m.jsonl", recs))
+    whisper = FrontendConfig(kind="whisper", n_mels=80, chunk_seconds=2.0)
+    ds = SpeechDataset(m, whisper, train=False, prompt_builder=FakePromptBuilder())
+    item = ds[0]
+    assert isinstance(item, BadItem) and item.where() == f"{m.path}:1"
+    assert item.reason.startswith("audio of 3.000 s is longer than the Whisper window (2 s)")
+    assert ds[1]["feats"].shape == (200, 80)
+    cut = SpeechDataset(m, whisper, train=True, prompt_builder=FakePromptBuilder(), max_duration_truncate=2.0)
+    assert cut[0]["feats"].shape == (200, 80)
 
 
 def collated(n_good: int, bad_items: list):

@@ -64,6 +64,7 @@ def test_manifest_hotwords_field(tmp_path):
 )
 def test_bad_hotwords_are_bad_lines(tmp_path, value, reason):
     path = write_jsonl(tmp_path / "m.jsonl", [rec("good"), rec("bad", hotwords=value)])
+    (tmp_path / "good.wav").write_bytes(b"")  # the screen checks that a line's audio file exists
     m = Manifest.open(path)
     with pytest.raises(BadRecord) as err:
         m[1]
@@ -106,6 +107,22 @@ def test_phrase_file(tmp_path):
     windows = tmp_path / "notepad.txt"  # a BOM and CRLF line ends: the first phrase must not carry the BOM
     windows.write_bytes("\ufeffVelmont\r\n通义千问\r\n".encode("utf-8"))
     assert read_phrase_file(windows) == ["Velmont", "通义千问"]
+
+
+def test_a_phrase_file_with_cr_line_ends_is_read_a_phrase_a_line(tmp_path):
+    """A file whose lines end in \r alone had been read as one phrase holding every line; line numbers in errors
+    count each \r, \n or \r\n once."""
+    cr = tmp_path / "cr.txt"
+    cr.write_bytes("alpha\rbeta gamma\r通义千问".encode())
+    assert read_phrase_file(cr) == ["alpha", "beta gamma", "通义千问"]
+    mixed = tmp_path / "mixed.txt"
+    mixed.write_bytes(b"a\r\nb\rc\n\r\n")
+    with pytest.raises(PhraseFileError, match=r"mixed.txt:4: empty line"):
+        read_phrase_file(mixed)
+    latin = tmp_path / "latin.txt"
+    latin.write_bytes(b"a\rb\r\nc\xe9\r")
+    with pytest.raises(PhraseFileError, match=r"latin.txt:3: not UTF-8"):
+        read_phrase_file(latin)
 
 
 # ------------------------------------------------------------------------------------------------------- config

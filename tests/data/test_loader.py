@@ -33,7 +33,7 @@ def build(data_cfg, manifests, **kw):
 
 @pytest.fixture
 def mixed(tmp_path):
-    """40 good utterances (no durations: filled from headers), plus 3 bad lines loaded lazily."""
+    """40 good utterances (no durations: filled from headers), plus 3 bad lines (2 screened at start)."""
     path = good_corpus(tmp_path, 40, with_duration=False)
     lines = path.read_text().splitlines()
     write_wav(tmp_path / "short.wav", 0.5)
@@ -41,7 +41,7 @@ def mixed(tmp_path):
     extra = [
         {"key": "digits", "source": "short.wav", "target": "room 101", "duration": 0.5},  # outside CTC vocab: screened
         {"key": "corrupt", "source": "corrupt.wav", "target": "hello", "duration": 0.8},  # fails only on decode
-        {"key": "gone", "source": "gone.wav", "target": "hello", "duration": 0.7},  # missing file, duration given
+        {"key": "gone", "source": "gone.wav", "target": "hello", "duration": 0.7},  # missing file: screened too
     ]
     return write_manifest(tmp_path / "mixed.jsonl", lines + extra)
 
@@ -53,7 +53,7 @@ def test_workers_batches_and_bad_accounting(mixed):
     assert len(batches) == len(sampler) == len(loader)
     keys = [k for b in batches if not b.empty for k in b.keys]
     assert len(keys) == len(set(keys)) == 40
-    assert sum(b.n_bad for b in batches) == 2  # corrupt and gone show as they load; digits was screened at start
+    assert sum(b.n_bad for b in batches) == 1  # corrupt shows as it loads; digits and gone were screened at start
     assert loader.bad_data.bad == 3 and loader.bad_data.good == 40
     assert set(loader.bad_data.by_reason) == {
         "target outside the CTC vocabulary",
@@ -67,7 +67,7 @@ def test_workers_batches_and_bad_accounting(mixed):
 
 
 def test_too_much_bad_data_stops_the_epoch(mixed):
-    loader, _ = build(cfg(max_bad_fraction=0.03), [str(mixed)])  # the one line screened at start is 2.3%
+    loader, _ = build(cfg(max_bad_fraction=0.05), [str(mixed)])  # the two lines screened at start are 4.7%
     with pytest.raises(TooMuchBadData, match="3 of 43"):
         list(loader)
 
@@ -87,7 +87,8 @@ def test_header_probe_failures_are_reported_up_front(tmp_path):
 def test_all_bad_batch_keeps_ranks_in_step(tmp_path):
     write_wav(tmp_path / "ok.wav", 1.0)
     recs = [{"key": "ok", "source": "ok.wav", "target": "hello", "duration": 1.0}]
-    recs += [{"key": f"bad{i}", "source": f"gone{i}.wav", "target": "hello", "duration": 1.0} for i in range(5)]
+    (tmp_path / "corrupt.wav").write_bytes(b"RIFF\x00\x00\x00\x00WAVEjunk" * 8)  # bad only when loaded
+    recs += [{"key": f"bad{i}", "source": "corrupt.wav", "target": "hello", "duration": 1.0} for i in range(5)]
     m = write_manifest(tmp_path / "m.jsonl", recs)
     loader, sampler = build(cfg(max_bad_fraction=1.0, batching={"max_seconds": 1.0}), [str(m)])
     batches = list(loader)
@@ -376,8 +377,9 @@ def test_epoch_end_check_runs_when_the_loop_stops_at_the_last_batch(tmp_path):
     """The training loop stops iterating after an epoch's last batch (when its windows divide the epoch), so the
     epoch-end check must not wait for the iterator to be resumed past it."""
     write_wav(tmp_path / "vad.wav", 0.01)
+    (tmp_path / "corrupt.wav").write_bytes(b"RIFF\x00\x00\x00\x00WAVEjunk" * 8)
     extra = [
-        {"key": "gone", "source": "gone.wav", "target": "hello", "duration": 1.0},  # bad only when loaded
+        {"key": "corrupt", "source": "corrupt.wav", "target": "hello", "duration": 1.0},  # bad only when loaded
         {"key": "vad", "source": "vad.wav", "target": "hello", "duration": 0.01},  # too short for a frame
     ]
     loader, sampler = build(cfg(max_bad_fraction=0.01), [with_lines(tmp_path, 20, extra)])  # 2 of 22, < 1,000 seen
@@ -385,7 +387,7 @@ def test_epoch_end_check_runs_when_the_loop_stops_at_the_last_batch(tmp_path):
         for _ in loader:
             if loader.consumed >= len(sampler):
                 break
-    assert "audio too short: 1" in str(err.value) and "audio file not found: 1" in str(err.value)
+    assert "audio too short: 1" in str(err.value) and "unreadable or corrupt audio: 1" in str(err.value)
 
 
 def test_duration_filters_are_reported_with_their_lines(tmp_path, caplog):

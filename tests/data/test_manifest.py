@@ -162,6 +162,44 @@ def test_segment_fields(tmp_path):
     assert (m[5].start, m[5].end, m[5].duration) == (0.0, None, 3.0)
 
 
+def test_a_duration_that_contradicts_end_minus_start_is_a_bad_line(tmp_path):
+    """`duration` 10 s beside `start` 0.2 and `end` 0.8 had been budgeted as 10 s and loaded as 0.6 s; one that
+    agrees up to rounding (0.1 s, or 1 %) is taken."""
+    write_wav(tmp_path / "long.wav", 3.0)
+    recs = [
+        {"key": "ok", "source": "long.wav", "target": "x", "start": 0.2, "end": 0.8, "duration": 0.65},
+        {"key": "liar", "source": "long.wav", "target": "x", "start": 0.2, "end": 0.8, "duration": 10.0},
+        {"key": "whole", "source": "long.wav", "target": "x", "end": 2.0, "duration": 2.5},
+    ]
+    m = Manifest.open(write_jsonl(tmp_path / "m.jsonl", recs))
+    assert (m[0].start, m[0].end, m[0].duration) == (0.2, 0.8, 0.65)
+    with pytest.raises(BadRecord, match=r"m.jsonl:2: 'duration' \(10 s\) contradicts 'end' - 'start' \(0.8 - 0.2 = "):
+        m[1]
+    with pytest.raises(BadRecord, match=r"m.jsonl:3: 'duration' \(2.5 s\) contradicts 'end' - 'start' \(2 - 0 = 2 s"):
+        m[2]
+    assert [b.key for b in m.scan()] == ["liar", "whole"]
+
+
+def test_a_field_given_twice_is_a_bad_line(tmp_path):
+    """JSON keeps the last of a repeated field without a word: a line giving `target` twice had trained on the
+    second; in a cut's nested objects too."""
+    write_wav(tmp_path / "a.wav", 1.0)
+    sup = '{"id": "s", "start": 0, "duration": 1, "text": "one", "text": "two"}'
+    rec = '{"id": "c", "type": "MonoCut", "start": 0, "duration": 1, "supervisions": [SUP], "recording": {}}'
+    path = write_jsonl(
+        tmp_path / "m.jsonl",
+        ['{"key": "u1", "source": "a.wav", "target": "first transcript", "target": "second"}',
+         '{"key": "u2", "source": "a.wav", "target": "fine"}', rec.replace("SUP", sup)],
+    )  # fmt: skip
+    m = Manifest.open(path)
+    with pytest.raises(BadRecord, match=r"m.jsonl:1: field 'target' given twice"):
+        m[0]
+    assert m[1].target == "fine"
+    with pytest.raises(BadRecord, match=r"m.jsonl:3: field 'text' given twice"):
+        m[2]
+    assert [b.line for b in m.scan()] == [1, 3]
+
+
 # ---------------------------------------------------------------------------------------------------- lhotse
 
 
@@ -343,6 +381,44 @@ def test_lhotse_supervision_span_and_channel_sets(tmp_path):
     with pytest.raises(BadRecord, match=r"cuts2.jsonl:6: malformed record \(TypeError: "):
         m[5]
     assert len(m.scan()) == 4  # counted, not a crash
+
+
+def test_a_multicut_reads_its_supervisions_channel(tmp_path):
+    """A MultiCut over channels [0, 1] whose supervision is on channel 1 holds what channel 1 says: it had been read
+    as the average of both. A supervision on all the cut's channels reads their average; on a channel the cut does
+    not have, the line is bad."""
+    write_wav(tmp_path / "stereo.wav", 3.0, channels=2)
+    stereo = [{"type": "file", "channels": [0, 1], "source": "stereo.wav"}]
+
+    def multi(cut_id, sup_channel, channel=(0, 1), kind="MultiCut"):
+        sup = {"id": "s", "start": 0.0, "duration": 1.0, "text": "words", "channel": sup_channel}
+        return cut(cut_id, "stereo.wav", channel=list(channel) if kind == "MultiCut" else channel, sources=stereo,
+                   sups=[sup], type=kind)  # fmt: skip
+
+    cuts = [multi("one", 1), multi("listed", [1]), multi("both", [1, 0]), multi("none", None), multi("two", 2),
+            multi("some", [0, 2]), multi("mono", 1, channel=0, kind="MonoCut"), multi("typed", "1")]  # fmt: skip
+    m = Manifest.open(write_jsonl(tmp_path / "cuts.jsonl", cuts))
+    assert [m[i].channel for i in range(4)] == [1, 1, None, None]
+    ref, _ = sf.read(tmp_path / "stereo.wav", dtype="float32")
+    np.testing.assert_array_equal(load_audio(m[0].source, sample_rate=16000, start=0, end=1, channel=1), ref[:16000, 1])
+    for i, named in ((4, "2"), (5, r"\[0, 2\]"), (6, "1"), (7, "'1'")):
+        with pytest.raises(BadRecord, match=rf"cuts.jsonl:{i + 1}: lhotse supervision: channel {named} is not one of"):
+            m[i]
+
+
+def test_a_lhotse_cut_past_its_recordings_declared_duration_is_refused(tmp_path):
+    """A cut ending past its recording's declared duration (3 s) by more than lhotse's 0.025 s had been read to the
+    file's end, its whole text kept; lhotse refuses to load it."""
+    write_wav(tmp_path / "rec.wav", 3.0)
+    cuts = [cut("near", "rec.wav", start=2.0, duration=1.02), cut("over", "rec.wav", start=2.5, duration=1.0)]
+    m = Manifest.open(write_jsonl(tmp_path / "cuts.jsonl", cuts))
+    assert m[0].end == pytest.approx(3.02)
+    with pytest.raises(BadRecord, match=r"cuts.jsonl:2: lhotse cut \(2.5 s \+ 1 s\) ends 0.500 s past the end of its "
+                       r"recording \(3 s"):  # fmt: skip
+        m[1]
+    del cuts[1]["recording"]["duration"]  # num_samples / sampling_rate says the same
+    with pytest.raises(BadRecord, match="past the end of its recording"):
+        Manifest.open(write_jsonl(tmp_path / "cuts2.jsonl", cuts))[1]
 
 
 # ---------------------------------------------------------------------------------------------- bad records

@@ -7,6 +7,7 @@ import json
 import math
 
 import pytest
+from speech_fakes import write_wav
 
 from llmasr.config_io import from_dict
 from llmasr.data.config import DataConfig
@@ -55,6 +56,7 @@ def test_unknown_durations_fall_back_to_max_duration(tmp_path, caplog):
 def test_a_manifest_listed_twice_is_screened_at_both_indices(tmp_path):
     """A missing audio file (found by probing its header) and a malformed line, in a manifest a mix lists twice: each
     copy's index is bad; the (path, line) of the two copies had kept only the second."""
+    write_wav(tmp_path / "ok.wav", 1.0)
     path = tmp_path / "train.jsonl"
     path.write_text(
         json.dumps({"key": "ok", "source": "ok.wav", "target": "words", "duration": 1.0}) + "\n"
@@ -66,3 +68,28 @@ def test_a_manifest_listed_twice_is_screened_at_both_indices(tmp_path):
     twice, _ = screen(MixedManifest([Manifest.open(str(path)), Manifest.open(str(path))], weights=[1.0, 0.5]))
     assert [(b.index, b.line) for b in twice] == [(1, 2), (2, 3), (4, 2), (5, 3)]
     assert "gone.wav" in twice[2].reason
+
+
+def test_every_lines_audio_file_is_checked_and_headers_probed_on_its_channel(tmp_path):
+    """A line giving its duration had passed the screen with its audio file missing (or a directory), found only
+    when loaded hours in; a line without one had its header probed without its channel, a channel the file lacks
+    found only when loaded."""
+    write_wav(tmp_path / "a.wav", 1.0)
+    (tmp_path / "folder.wav").mkdir()
+    recs = [
+        {"key": "ok", "source": "a.wav", "target": "x", "duration": 1.0},
+        {"key": "missing", "source": "nope.wav", "target": "x", "duration": 1.0},
+        {"key": "dir", "source": "folder.wav", "target": "x", "duration": 1.0},
+        {"key": "badchan", "source": "a.wav", "target": "x", "channel": 3},
+        {"key": "chan0", "source": "a.wav", "target": "x", "channel": 0},
+    ]
+    path = tmp_path / "m.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    m = Manifest.open(str(path))
+    bad, _ = screen(m)
+    assert [(b.index, b.key, b.reason) for b in bad] == [
+        (1, "missing", f"audio {tmp_path / 'nope.wav'}: file not found"),
+        (2, "dir", f"audio {tmp_path / 'folder.wav'}: is a directory, not an audio file"),
+        (3, "badchan", f"audio {tmp_path / 'a.wav'}: channel 3 requested but the file has 1 channel(s)"),
+    ]
+    assert [b.line for b in bad] == [2, 3, 4] and m.durations()[4] == pytest.approx(1.0)

@@ -116,10 +116,14 @@ def test_a_quiet_clip_is_padded_as_whispers_feature_extractor_pads_it(whisper_di
     torch.testing.assert_close(ys[0], expected.last_hidden_state[0, :50], atol=1e-5, rtol=1e-5)
 
 
-def test_longer_input_is_truncated(whisper_dir):
+def test_longer_input_is_refused_naming_both_frame_counts(whisper_dir):
+    """Frames past the window had been cut off without a word, the whole transcript kept; batch padding past it
+    (every length within the window) is still dropped."""
     enc, _ = load_whisper_encoder(whisper_dir)
+    with torch.no_grad(), pytest.raises(ValueError, match="an input of 260 frames is longer than its window of 200"):
+        enc.eval()(torch.randn(2, 260, 80), torch.tensor([260, 199]))
     with torch.no_grad():
-        ys, ys_lens = enc.eval()(torch.randn(2, 260, 80), torch.tensor([260, 199]))
+        ys, ys_lens = enc.eval()(torch.randn(2, 260, 80), torch.tensor([200, 199]))
     assert ys.shape == (2, 100, 32) and ys_lens.tolist() == [100, 100]
 
 

@@ -23,17 +23,18 @@ def corpus_with(tmp_path, extra: list[dict]) -> str:
 
 
 def test_items_found_bad_while_loading_stop_the_run_at_epoch_end(tiny_llm_dir, tmp_path):
-    """A missing file (its duration given, so no header probe finds it) and a 10 ms clip, 2 of 22 items, fewer than
+    """A corrupt file (its duration given, so no header probe finds it) and a 10 ms clip, 2 of 22 items, fewer than
     the 1,000 the in-epoch check waits for. With grad_accum 1 the epoch's batches divide into whole windows, so
     the training loop stops iterating right after the last batch: the epoch-end check must still run."""
     corpus = tmp_path / "corpus"
     corpus.mkdir()
     write_wav(corpus / "vad.wav", 0.01, seed=0)
     write_wav(corpus / "long.wav", 7.0, seed=1)
+    (corpus / "corrupt.wav").write_bytes(b"RIFF\x00\x00\x00\x00WAVEjunk" * 8)  # a missing one is found at start
     manifest = corpus_with(
         tmp_path,
         [
-            {"key": "gone", "source": "wav/gone.wav", "target": "one", "duration": 0.5},
+            {"key": "corrupt", "source": "corrupt.wav", "target": "one", "duration": 0.5},
             {"key": "vad", "source": "vad.wav", "target": "two"},
             {"key": "long", "source": "long.wav", "target": "three", "duration": 7.0},  # over max_duration
         ],
@@ -44,7 +45,7 @@ def test_items_found_bad_while_loading_stop_the_run_at_epoch_end(tiny_llm_dir, t
     with pytest.raises(TooMuchBadData, match=r"2 of 22 items \(9.09%\) are unusable.* at epoch end") as err:
         train(load_recipe(data=data), "zero0")
     assert f"{manifest}:22 key=vad: audio too short for one feature frame (160 samples" in str(err.value)
-    assert f"{manifest}:21 key=gone: audio: file not found" in str(err.value)
+    assert f"{manifest}:21 key=corrupt: audio: unreadable or corrupt audio (" in str(err.value)
     log = (run / "train.log").read_text()
     first_update = log.index(" train update=")  # updates ran: the check came at the epoch's end
     skipped = log.index("train: 1 of 23 lines are skipped every epoch: 1 longer than data.batching.max_duration")
