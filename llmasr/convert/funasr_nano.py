@@ -41,6 +41,7 @@ from llmasr.convert.nano_config import (
 )
 from llmasr.convert.nano_shapes import check_speech_weights, ctc_head_gaps, describe
 from llmasr.export.export import DTYPE_NAMES, write_model_dir
+from llmasr.export.exported import MODEL_FILE
 from llmasr.export.staged_dir import output_dir, publish, staging_dir, writing
 from llmasr.models.builder import build_model
 from llmasr.models.config import ModelConfig
@@ -307,7 +308,7 @@ def convert_funasr(src: str | Path, out: str | Path, *, dtype: str = "fp32", ove
             write_model_dir(
                 model, info, Recipe(model=cfg), tmp, DTYPE_NAMES[dtype], training_max_duration=NANO_SEGMENT_SECONDS
             )
-            publish(tmp, out)
+            publish(tmp, out, MODEL_FILE)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise

@@ -193,7 +193,7 @@ def export_model(
                 model, info, recipe, tmp, dtype_name, adapter_only=adapter_only, max_shard_size=max_shard_size,
                 training_max_duration=_training_max(recipe),
             )  # fmt: skip
-            publish(tmp, out)
+            publish(tmp, out, MODEL_FILE)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)  # never leave a half-written export behind
             raise

@@ -5,9 +5,10 @@ the folder checked (empty, not the run being exported) is the folder written. `.
 staging sibling had been a folder inside it that the final replacement deleted, with the model just written.
 
 Everything is written under a hidden `.NAME.partial` beside OUT and put in place at the end by renames. An OUT
-folder that exists keeps its own inode (it may be the shell's current folder or a mount point): what it held is
-removed (empty, or --overwrite said so) and the new files are moved in. A mount point's sibling is on another
-filesystem, where a rename fails after the old files are gone, so there the staging folder is `OUT/.partial`.
+folder that exists keeps its own inode (it may be the shell's current folder or a mount point): what it held
+(nothing, or --overwrite said so) moves aside into `.NAME.old`, completion marker first, the new files move in,
+marker last, and the old ones are deleted; a move that fails puts OUT back as it was. A mount point's sibling is on
+another filesystem, where the renames fail, so there the staging folder is `OUT/.partial` (and `OUT/.old`).
 
 `writing(OUT)` holds a lock file beside OUT (`.NAME.lock`) for the whole write: a second export or conversion to the
 same OUT while the first runs would clear and fill the same staging folder, so it is refused at once instead.
@@ -29,7 +30,7 @@ def output_dir(out, *, overwrite: bool, flag: str, error=ValueError) -> Path:
     if where.exists() and not where.is_dir():  # --overwrite replaces a folder, never a file
         raise error(f"{flag} {out}: a file, not a folder; choose another {flag}")
     if where.exists():
-        hidden = (".partial", ".stage", ".lock")
+        hidden = (".partial", ".stage", ".lock", ".old")
         left = [p for p in where.iterdir() if p.name not in hidden] if where.is_dir() else [where]
         if left and not overwrite:
             raise error(f"{flag} {out}: exists and is not empty; choose another {flag} or pass --overwrite")
@@ -89,18 +90,40 @@ def writing(out: Path, *, flag: str, error=ValueError):
                 folder.rmdir()
 
 
-def publish(tmp: Path, out: Path) -> None:
-    """Put the finished folder `tmp` at `out` (see the module docstring)."""
+def publish(tmp: Path, out: Path, marker: str) -> None:
+    """Put the finished folder `tmp` at `out` (see the module docstring). `marker`: the file whose presence says the
+    folder is complete (its reader looks for it first): an existing OUT's goes first and the new one comes last, so
+    an interrupted move never looks complete; what OUT held waits in a hidden folder until the new files are all in,
+    and a move that fails puts it back."""
     where = Path(out).expanduser().resolve()
-    if where.is_dir():
-        for old in where.iterdir():
-            if old == tmp or old.name == ".lock":  # the staged files, and the lock held while they go in
-                continue
-            shutil.rmtree(old) if old.is_dir() and not old.is_symlink() else old.unlink()
-        for new in tmp.iterdir():
-            new.rename(where / new.name)
-        tmp.rmdir()
+    if not where.is_dir():
+        if where.exists():
+            where.unlink()
+        tmp.rename(where)  # one rename: complete or not there
         return
-    if where.exists():
-        where.unlink()
-    tmp.rename(where)
+    aside = _hidden(out, "old")
+    shutil.rmtree(aside, ignore_errors=True)
+    aside.mkdir()
+    olds = sorted((p for p in where.iterdir() if p not in (tmp, aside) and p.name != ".lock"),
+                  key=lambda p: p.name != marker)  # fmt: skip
+    news = sorted(tmp.iterdir(), key=lambda p: p.name == marker)
+    moved_old, moved_new = [], []
+    try:
+        for old in olds:
+            old.rename(aside / old.name)
+            moved_old.append(old.name)
+        for new in news:
+            new.rename(where / new.name)
+            moved_new.append(new.name)
+    except BaseException:  # OUT as it was: the new files back into staging (the caller removes it), the old ones back
+        for name in reversed(moved_new):
+            with contextlib.suppress(OSError):
+                (where / name).rename(tmp / name)
+        for name in reversed(moved_old):
+            with contextlib.suppress(OSError):
+                (aside / name).rename(where / name)
+        with contextlib.suppress(OSError):
+            aside.rmdir()
+        raise
+    tmp.rmdir()
+    shutil.rmtree(aside)

@@ -384,8 +384,8 @@ def test_an_output_that_is_a_mount_point_is_staged_inside_it(runs, tmp_path, mon
     monkeypatch.setattr(staged_dir, "_mount_point", lambda where: where == mount.resolve())
     rename = Path.rename
 
-    def across_devices(self, target):  # what the kernel says to a rename from outside the mount into it
-        if Path(target).resolve().is_relative_to(mount) and not self.resolve().is_relative_to(mount):
+    def across_devices(self, target):  # what the kernel says to a rename into the mount from outside, or out of it
+        if Path(target).resolve().is_relative_to(mount) != self.resolve().is_relative_to(mount):
             raise OSError(errno.EXDEV, "Invalid cross-device link", str(self))
         return rename(self, target)
 
@@ -398,6 +398,7 @@ def test_an_output_that_is_a_mount_point_is_staged_inside_it(runs, tmp_path, mon
     with pytest.raises(OSError, match="cross-device"):
         main(["--checkpoint", str(runs[0]), "--output", str(mount), "--overwrite"])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mnt"]  # no .mnt.partial left
+    load_exported(mount)  # the export before it, still whole
 
 
 def test_output_as_the_current_folder_is_written_in_place(runs, tmp_path, monkeypatch):
@@ -450,3 +451,35 @@ def test_the_chat_template_variables_travel_with_the_export(exported_dir, tmp_pa
     desc["prompt"]["template_kwargs"] = {"enable_thinking": False}
     (out / MODEL_FILE).write_text(yaml.safe_dump(desc), encoding="utf-8")
     assert load_exported(out).prompt.template_kwargs == {"enable_thinking": False}
+
+
+def test_an_overwrite_cut_short_leaves_the_old_export_whole(runs, tmp_path, monkeypatch):
+    """Publishing into an existing OUT had deleted the old export, then moved the new files in one by one, the
+    completion marker (llmasr_model.yaml) among the first: cut short, OUT held a marker and a part of a model, the old
+    export gone. Now the old files wait aside until the new ones are in, the marker moves last, and a move that fails
+    puts the old export back."""
+    out = tmp_path / "m"
+    assert main(["--checkpoint", str(runs[0]), "--output", str(out)]) == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    rename, moved = Path.rename, []
+
+    def cut_short(self, target):
+        if self.parent.name == ".m.partial":  # a new file going into OUT
+            moved.append(self.name)
+            if len(moved) == 2:
+                raise KeyboardInterrupt
+        return rename(self, target)
+
+    monkeypatch.setattr(Path, "rename", cut_short)
+    with pytest.raises(KeyboardInterrupt):
+        main(["--checkpoint", str(runs[2]), "--output", str(out), "--overwrite"])
+    monkeypatch.setattr(Path, "rename", rename)
+    assert "llmasr_model.yaml" not in moved  # the marker had not gone in: it goes last
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]  # no staging or aside folder left
+    load_exported(out)
+    moved.clear()
+    monkeypatch.setattr(Path, "rename", lambda self, target: (moved.append(self.name), rename(self, target))[1])
+    assert main(["--checkpoint", str(runs[2]), "--output", str(out), "--overwrite"]) == 0
+    new = [name for name in moved if (out / name).exists()]
+    assert new[-1] == "llmasr_model.yaml" and sorted(p.name for p in tmp_path.iterdir()) == ["m"]
