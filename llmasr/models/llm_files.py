@@ -17,7 +17,7 @@ from torch import nn
 from llmasr.config_io import ConfigError
 from llmasr.models.state_dict import read_safetensors, refuse_lfs_pointer, torch_load
 
-# (index, single file) pairs in the order transformers looks for them
+# (index, single file) pairs; transformers reads safetensors before bin, and of each the single file before the index
 WEIGHT_LAYOUTS = (
     ("model.safetensors.index.json", "model.safetensors"),
     ("pytorch_model.bin.index.json", "pytorch_model.bin"),
@@ -34,6 +34,9 @@ def weight_files(path: Path) -> list[Path]:
     and not a Git LFS pointer."""
     for index_name, single_name in WEIGHT_LAYOUTS:
         index, single = path / index_name, path / single_name
+        if single.is_file():  # the file transformers reads when both are there
+            files = [single]
+            break
         if index.is_file():
             try:
                 weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
@@ -43,9 +46,6 @@ def weight_files(path: Path) -> list[Path]:
             absent = [f.name for f in files if not f.is_file()]
             if absent:
                 raise LLMWeightsError(f"{index} lists shards that are not in {path}: {', '.join(absent)}")
-            break
-        if single.is_file():
-            files = [single]
             break
     else:
         names = ", ".join(name for pair in WEIGHT_LAYOUTS for name in pair)

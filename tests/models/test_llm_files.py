@@ -69,6 +69,24 @@ def test_git_lfs_pointers_are_named_as_such(llm_dirs, tmp_path):
         torch_load(tmp_path / "model.pt")
 
 
+def test_the_files_checked_are_the_ones_transformers_reads(llm_dirs, tmp_path):
+    """Shards with their index beside a model.safetensors: transformers reads the single file. The check had read the
+    shards, passed, and left a Git LFS pointer in model.safetensors to a bare SafetensorError at the load."""
+    d = copy_of(llm_dirs["untied"], tmp_path)
+    state = load_file(str(d / "model.safetensors"))
+    keys = sorted(state)
+    halves = {"a.safetensors": keys[: len(keys) // 2], "b.safetensors": keys[len(keys) // 2 :]}
+    for name, part in halves.items():
+        save_file({k: state[k] for k in part}, str(d / name), metadata={"format": "pt"})
+    weight_map = {k: name for name, part in halves.items() for k in part}
+    (d / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    check(d)
+    (d / "model.safetensors").write_text(LFS_POINTER)
+    for load in (check, lambda p: load_llm(p)):
+        with pytest.raises(CheckpointMismatchError, match=r"model.safetensors: a Git LFS pointer"):
+            load(d)
+
+
 def test_weights_that_do_not_fit_config_json_are_listed_with_both_shapes(llm_dirs, tmp_path):
     d = copy_of(llm_dirs["untied"], tmp_path)
     config = json.loads((d / "config.json").read_text())
