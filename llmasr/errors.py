@@ -21,6 +21,7 @@ from __future__ import annotations
 import errno
 import functools
 import os
+import re
 import shutil
 import signal
 import sys
@@ -150,6 +151,9 @@ def write_error(path: Path, err: BaseException) -> OSError | None:
     """An OSError naming `path` when `err` (a failed write of a file or folder there) comes from a full disk or
     quota: torch reports a short write as "unexpected pos 8576 vs 8468", without the errno. None otherwise."""
     code = next((e.errno for e in _chain(err) if isinstance(e, OSError) and e.errno in FULL_ERRNOS), None)
+    if code is None:  # Rust libraries (safetensors) carry the errno only in their text: "... (os error 28)"
+        found = (re.search(r"\(os error (\d+)\)", str(e)) for e in _chain(err))
+        code = next((int(m[1]) for m in found if m and int(m[1]) in FULL_ERRNOS), None)
     if code is None and any(m in str(e) for e in _chain(err) for m in SHORT_WRITE_MARKERS):
         free = free_bytes(path)
         code = errno.ENOSPC if free is not None and free < NEARLY_FULL_BYTES else None

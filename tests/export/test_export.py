@@ -483,3 +483,21 @@ def test_an_overwrite_cut_short_leaves_the_old_export_whole(runs, tmp_path, monk
     assert main(["--checkpoint", str(runs[2]), "--output", str(out), "--overwrite"]) == 0
     new = [name for name in moved if (out / name).exists()]
     assert new[-1] == "llmasr_model.yaml" and sorted(p.name for p in tmp_path.iterdir()) == ["m"]
+
+
+def test_a_full_disk_during_export_names_the_folder_and_its_free_space(runs, tmp_path, monkeypatch, capsys):
+    """safetensors reports a full disk as "I/O error: No space left on device (os error 28)", not an OSError: the
+    export had printed that line alone, naming no folder and no free space."""
+    from safetensors import SafetensorError
+
+    def full(*args, **kwargs):
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    from llmasr.cli import main as cli
+
+    monkeypatch.setattr("safetensors.torch.save_file", full)
+    out = tmp_path / "m"
+    assert cli(["export", "--checkpoint", str(runs[0]), "--output", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert f"{tmp_path / '.m.partial'}: No space left on device while writing it (" in err
+    assert "MiB free there" in err and not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == []
