@@ -315,6 +315,10 @@ class TrainEngine:
             )
         if path is None:
             raise FileNotFoundError(f"DeepSpeed found no checkpoint {tag!r} in {load_dir}")
+        # DeepSpeed's ZeRO-1/2 and fp16/bf16 optimizers take back the clipping value they were saved with (also on
+        # the universal path); train.grad_clip may change on resume (llmasr.train.resume), so this run's wins
+        if hasattr(self.optimizer, "clip_grad"):
+            self.optimizer.clip_grad = self.engine.gradient_clipping()
         return client_state or {}
 
 

@@ -1,0 +1,54 @@
+"""What a TrainEngine makes of the resolved DeepSpeed config, on a real one-rank engine on the CPU (the tiny
+stand-in model of conftest.py)."""
+
+import pytest
+import torch
+
+from llmasr.config_io import from_dict
+from llmasr.train.config import OptimConfig, TrainConfig
+from llmasr.train.ds_config import resolve_ds_config
+
+OPTIM = {"scheduler": {"type": "constant"}, "branches": {"encoder": {"lr": 1e-3}, "llm": {"lr": 1e-4}}}
+
+
+def make_engine(model, ds, **train):
+    from llmasr.train.engine import TrainEngine, init_distributed
+    from llmasr.train.param_groups import build_param_groups
+    from llmasr.train.schedulers import build_group_schedules
+
+    dist = init_distributed()
+    optim = from_dict(OptimConfig, OPTIM, "optim")
+    ds = resolve_ds_config(ds, TrainConfig(**{"grad_accum": 1, "precision": "fp32", **train}), world_size=1)
+    groups = build_param_groups(model, optim)
+    return TrainEngine(model, groups, build_group_schedules(groups, optim, 10), ds, dist.device)
+
+
+def one_update(te) -> None:
+    loss = te.engine(torch.randn(3, 5, 4), torch.randint(0, 12, (3, 5)))
+    te.engine.backward(loss, scale_wrt_gas=False)
+    te.engine.step()
+
+
+@pytest.mark.parametrize("preset", ["zero1", "zero2"])
+def test_a_resumed_run_clips_at_its_own_grad_clip(preset, make_model, tmp_path):
+    """DeepSpeed's ZeRO-1/2 optimizer restores the clipping value the checkpoint was saved with; train.grad_clip
+    may change on resume (llmasr.train.resume) and must win."""
+    saved = make_engine(make_model(), preset, grad_clip=1.0)
+    one_update(saved)
+    saved.save(str(tmp_path), "t", {})
+    resumed = make_engine(make_model(), preset, grad_clip=5.0)
+    resumed.load(str(tmp_path), "t")
+    assert resumed.optimizer.clip_grad == 5.0
+    assert resumed.global_steps == 1  # the checkpoint did load
+
+
+def test_a_universal_resume_clips_at_its_own_grad_clip(make_model, tmp_path):
+    from llmasr.train import universal
+
+    saved = make_engine(make_model(), "zero2", grad_clip=1.0)
+    one_update(saved)
+    saved.save(str(tmp_path), "t", {})
+    universal.convert(tmp_path / "t", tmp_path / "t_universal")
+    resumed = make_engine(make_model(), "zero2", grad_clip=5.0)
+    universal.load(resumed, tmp_path, "t_universal")
+    assert resumed.optimizer.clip_grad == 5.0
