@@ -161,7 +161,7 @@ def _check_blocks(ds: dict, source: str) -> str:
 def _check_layout(ds: dict, bf16_key: str, source: str) -> None:
     """Refuse what would pass here and fail or mislead later: a precision block that is not an object, model
     parallelism (llmasr trains data-parallel: DeepSpeed would count fewer data ranks than the batch sizes assume),
-    and offload at a ZeRO stage that does not take it."""
+    offload at a ZeRO stage that does not take it, and partial optimizer offload."""
     for key in (bf16_key, "fp16"):
         if key in ds and not isinstance(ds[key], dict):
             raise ConfigError(f'{source}: "{key}" is {json.dumps(ds[key])}; write it as an object, e.g. '
@@ -191,6 +191,15 @@ def _check_layout(ds: dict, bf16_key: str, source: str) -> None:
                 f"{source}: zero_optimization.{block}.device is 'nvme' but {block}.nvme_path is not set: name the "
                 "folder on the NVMe drive to swap to (DeepSpeed fails on it only once the model is built)"
             )
+    ratio = _get(ds, "zero_optimization.offload_optimizer.ratio")
+    if ratio not in (None, 1):
+        # ZeRO-3 steps the part kept on the GPU with a torch AdamW of its own whose first param group is a copy
+        raise ConfigError(
+            f"{source}: zero_optimization.offload_optimizer.ratio is {json.dumps(ratio)}; llmasr offloads all of the "
+            "optimizer or none of it: for the part a ratio keeps on the GPU DeepSpeed builds a second optimizer, "
+            "which llmasr's per-branch lr schedules never reach (its lr would stay at its first value): remove the "
+            "key (or write 1)"
+        )
 
 
 # Keys DeepSpeed accepts whose effect llmasr does otherwise or not at all: (dotted key, the values that change

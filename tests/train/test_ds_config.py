@@ -146,17 +146,22 @@ def test_fp16_and_bf16_both_enabled():
          r"offload_param.device is 'nvme' but offload_param.nvme_path is not set"),
         ({"torch_autocast": {"enabled": True, "dtype": "torch.bfloat16"}},
          r"torch_autocast is enabled; it would run the forward in its own dtype whatever train.precision says"),
+        ({"zero_optimization": {"stage": 3, "offload_optimizer": {"device": "cpu", "ratio": 0.5}}},
+         r"zero_optimization.offload_optimizer.ratio is 0.5; .* llmasr's per-branch lr schedules never reach"),
     ],
 )  # fmt: skip
 def test_settings_deepspeed_or_training_would_fail_on_later_are_refused(raw, message):
     """A precision block that is not an object (a TypeError naming nothing), model parallelism (DeepSpeed counts fewer
     data ranks than the batch sizes: it refuses after the model loaded), offload at a stage without it (the memory
     estimate failed at the end of llmasr check), a stage written as a string (which had slipped past the offload
-    check), torch_autocast (bf16 forwards under train.precision fp32, unchecked)."""
+    check), torch_autocast (bf16 forwards under train.precision fp32, unchecked), partial optimizer offload (a
+    DeepSpeed optimizer of its own, whose lrs stayed at their first values, stepped the part on the GPU)."""
     with pytest.raises(ConfigError, match=message):
         resolve_ds_config(raw, train_cfg(), world_size=8, source="ds.json")
     assert resolve_ds_config({"zero_optimization": {"stage": 2, "offload_param": {"device": "none"}}}, train_cfg(),
                              world_size=8)  # fmt: skip
+    whole = {"stage": 3, "offload_optimizer": {"device": "cpu", "ratio": 1.0}}
+    assert resolve_ds_config({"zero_optimization": whole}, train_cfg(), world_size=8)
 
 
 @pytest.mark.parametrize(
