@@ -126,6 +126,7 @@ def resolve_ds_config(
     _check_owned(ds, source)
     _check_accumulation_dtype(ds, bf16_key, train_cfg.precision, source)
     _fill_from_recipe(ds, train_cfg, bf16_key, source)
+    _check_grad_norm(ds, source)
     _fill_batch_sizes(ds, world_size, source)
     left = _find_autos(ds)
     if left:
@@ -228,6 +229,9 @@ _OWNED: tuple[tuple[str, tuple, str], ...] = (
                                   "(data.batching in the recipe decides the batches)"),
     ("dataloader_drop_last", (False,), "it acts only through DeepSpeed's own data loader, which llmasr does not "
                                        "use: set data.batching.drop_last in the recipe"),
+    ("managed_gradient_accumulation", (True,), "llmasr marks the accumulation boundary before every micro batch "
+                                               "(set_gradient_accumulation_boundary), which DeepSpeed refuses at the "
+                                               "first one without it: remove it (train.grad_accum decides)"),
 )  # fmt: skip
 
 
@@ -267,9 +271,15 @@ _DTYPES = {"fp32": ("fp32", "float32", "float", "torch.float32"), "bf16": ("bf16
 
 
 def _check_accumulation_dtype(ds: dict, bf16_key: str, precision: str, source: str) -> None:
-    """data_types.grad_accum_dtype other than the training dtype at ZeRO 0 (DeepSpeed refuses it once the model is
-    built) or bf16 with fp32 at ZeRO 1 (DeepSpeed's BF16_Optimizer, whose checkpoints zero_to_fp32 cannot read:
-    nothing could be exported)."""
+    """data_types.param_dtype other than train.precision's, data_types.grad_accum_dtype other than the training
+    dtype at ZeRO 0 (DeepSpeed refuses both once the model is built) or bf16 with fp32 at ZeRO 1 (DeepSpeed's
+    BF16_Optimizer, whose checkpoints zero_to_fp32 cannot read: nothing could be exported)."""
+    param = _get(ds, "data_types.param_dtype")
+    if param is not None and param not in _DTYPES[precision]:
+        raise ConfigError(
+            f"{source}: data_types.param_dtype is {json.dumps(param)} but train.precision is {precision}; DeepSpeed "
+            "refuses the contradiction once the model is built: remove the key (train.precision decides)"
+        )
     dtype = _get(ds, "data_types.grad_accum_dtype")
     if dtype is None or dtype in _DTYPES[precision]:
         return
@@ -308,6 +318,21 @@ def _fill_from_recipe(ds: dict, train_cfg: TrainConfig, bf16_key: str, source: s
             f'{source}: concrete value(s) disagree with the recipe (set them to "auto", or make them agree):\n'
             + "\n".join(disagreements)
         )
+
+
+def _check_grad_norm(ds: dict, source: str) -> None:
+    """zero_optimization.compute_grad_norm false where DeepSpeed's ZeRO optimizer needs the norm: to clip by it, or
+    with the optimizer offloaded (it refuses both once the model is built)."""
+    if _get(ds, "zero_optimization.compute_grad_norm") not in (False, "false"):
+        return
+    clip, device = ds.get("gradient_clipping"), _get(ds, "zero_optimization.offload_optimizer.device")
+    if clip:
+        why = f"gradient_clipping {clip} (train.grad_clip): clipping needs the norm; remove the key or clip at 0"
+    elif device not in (None, "none"):
+        why = f"offload_optimizer.device {device!r}: DeepSpeed offloads only with the norm computed; remove the key"
+    else:
+        return
+    raise ConfigError(f"{source}: zero_optimization.compute_grad_norm is false with {why}")
 
 
 def _fill_batch_sizes(ds: dict, world_size: int, source: str) -> None:

@@ -216,6 +216,36 @@ def test_settings_deepspeed_takes_but_llmasr_does_otherwise_are_refused(raw, mes
     assert "zero_optimization" not in off and zero_stage(off) == 0
 
 
+@pytest.mark.parametrize(
+    ("raw", "train", "message"),
+    [
+        ({"managed_gradient_accumulation": False}, {},
+         "managed_gradient_accumulation is false; llmasr marks the accumulation boundary"),
+        ({"zero_optimization": {"stage": 2, "compute_grad_norm": False}}, {"grad_clip": 0.5},
+         r"zero_optimization.compute_grad_norm is false with gradient_clipping 0.5 \(train.grad_clip\)"),
+        ({"zero_optimization": {"stage": 1, "compute_grad_norm": False, "offload_optimizer": {"device": "cpu"}}},
+         {"grad_clip": 0.0}, "zero_optimization.compute_grad_norm is false with offload_optimizer.device 'cpu'"),
+        ({"data_types": {"param_dtype": "fp16"}}, {"precision": "bf16"},
+         'data_types.param_dtype is "fp16" but train.precision is bf16'),
+        ({"data_types": {"param_dtype": "bf16"}}, {"precision": "fp32"},
+         'data_types.param_dtype is "bf16" but train.precision is fp32'),
+    ],
+)  # fmt: skip
+def test_settings_deepspeed_refuses_once_the_model_is_built_are_refused_first(raw, train, message):
+    """deepspeed.initialize refused these (compute_grad_norm, param_dtype), or the first micro batch did
+    (managed_gradient_accumulation: TrainEngine sets every boundary itself), after the model had loaded."""
+    with pytest.raises(ConfigError, match=f"^ds.json: {message}"):
+        resolve_ds_config(raw, train_cfg(**train), world_size=2, source="ds.json")
+    kept = [
+        ({"managed_gradient_accumulation": True}, {}),
+        ({"zero_optimization": {"stage": 2, "compute_grad_norm": False}}, {"grad_clip": 0.0}),
+        ({"data_types": {"param_dtype": "bfloat16"}}, {"precision": "bf16"}),
+        ({"data_types": {"param_dtype": "fp32"}}, {"precision": "fp32"}),
+    ]
+    for ok, train in kept:
+        assert resolve_ds_config(ok, train_cfg(**train), world_size=2)
+
+
 def test_a_key_written_twice_is_refused(tmp_path):
     """JSON keeps the last of a repeated key: the ZeRO-3 block above the second one was dropped without a word."""
     path = tmp_path / "ds.json"
