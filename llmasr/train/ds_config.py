@@ -125,6 +125,7 @@ def resolve_ds_config(
     _check_layout(ds, bf16_key, source)
     _check_owned(ds, source)
     _check_accumulation_dtype(ds, bf16_key, train_cfg.precision, source)
+    _check_master_weights(ds, bf16_key, train_cfg.precision, source)
     _fill_from_recipe(ds, train_cfg, bf16_key, source)
     _check_grad_norm(ds, source)
     _fill_batch_sizes(ds, world_size, source)
@@ -291,6 +292,27 @@ def _check_accumulation_dtype(ds: dict, bf16_key: str, precision: str, source: s
             f"{source}: data_types.grad_accum_dtype is {json.dumps(dtype)} with train.precision {precision} at ZeRO "
             f"stage {stage}: {why}; use ZeRO stage 2 or 3 for gradients accumulated in another dtype, or remove the key"
         )
+
+
+def _check_master_weights(ds: dict, bf16_key: str, precision: str, source: str) -> None:
+    """bf16 master weights and optimizer states only as DeepSpeed runs them and llmasr counts them (zero_memory,
+    checkpoint_space): under bf16, the states beside the weights, the weights in an offloaded optimizer."""
+    master, states = f"{bf16_key}.bf16_master_weights_and_grads", f"{bf16_key}.bf16_optimizer_states"
+    on = [key for key in (master, states) if _get(ds, key)]
+    if not on:
+        return
+    if precision != "bf16":
+        why = f"train.precision is {precision}: they are bf16 copies for bf16 training; remove the key"
+    elif master not in on:
+        why = f"{master} is not: DeepSpeed keeps bf16 optimizer states only beside bf16 master weights; set both"
+    elif _get(ds, "zero_optimization.offload_optimizer.device") in (None, "none"):
+        why = (
+            "the optimizer is not offloaded (zero_optimization.offload_optimizer): DeepSpeed keeps bf16 master "
+            "weights in an offloaded DeepSpeedCPUAdam; use zero2_offload or zero3_offload, or remove the key"
+        )
+    else:
+        return
+    raise ConfigError(f"{source}: {on[0]} is {json.dumps(_get(ds, on[0]))} but {why}")
 
 
 def _fill_from_recipe(ds: dict, train_cfg: TrainConfig, bf16_key: str, source: str) -> None:

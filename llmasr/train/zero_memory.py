@@ -13,6 +13,8 @@ def estimate_zero_memory(
     offload_params: bool = False,
     precision: str = "bf16",
     largest_layer_params: int = 0,
+    master_bytes: int = 4,
+    moment_bytes: int = 4,
 ) -> dict:
     """Bytes per rank of the model states (no activations, no buffers) under ZeRO `stage`, where N = all parameters,
     T = trainable ones, W = world size, and a "partition" is 1/W of a tensor set (stage >= its ZeRO level):
@@ -24,6 +26,8 @@ def estimate_zero_memory(
                                                 offloaded, grads are reduced straight into fp32 CPU buffers (4T/W);
                                                 at stage 3 DeepSpeed's estimator counts 4T/W in all.
       optimizer_states  12T                     fp32 master weights + Adam moments, partitioned from stage 1
+      `master_bytes` / `moment_bytes` (optimizer_state_bytes) replace the 4 bytes of the master weight (and of the
+      offloaded gradient, kept in its dtype) and of each Adam moment where the DeepSpeed config keeps them in bf16.
       At stage 3 without offload DeepSpeed holds both the 16-bit and the fp32 gradient partitions: 6T/W, measured
       by bench/zero_memory.py (DeepSpeed's own stage-3 estimator counts 4T/W and falls short by 2T/W).
     fp32: params 4N, grads 4T; optimizer_states 8T at stage 0 (the weights are the master copy), 12T/W from stage
@@ -38,7 +42,7 @@ def estimate_zero_memory(
     """
     _check_zero_args(stage, offload_optimizer, offload_params, precision)
     params, grads, optim = _state_bytes(
-        num_params_total, num_trainable, stage, world_size, offload_optimizer, precision
+        num_params_total, num_trainable, stage, world_size, offload_optimizer, precision, master_bytes, moment_bytes
     )
     gathered = 4 * largest_layer_params if stage == 3 else 0
     device = gathered + (0 if offload_params else params) + (0 if offload_optimizer else grads + optim)
@@ -65,7 +69,7 @@ def _check_zero_args(stage: int, offload_optimizer: bool, offload_params: bool, 
 
 
 def _state_bytes(
-    N: int, T: int, stage: int, W: int, offload_optimizer: bool, precision: str
+    N: int, T: int, stage: int, W: int, offload_optimizer: bool, precision: str, master: int = 4, moment: int = 4
 ) -> tuple[float, float, float]:
     """(params, grads, optimizer_states) bytes per rank; see estimate_zero_memory for the accounting."""
 
@@ -76,9 +80,17 @@ def _state_bytes(
         return part(4 * N, 3), part(4 * T, 2), (8 * T if stage == 0 else 12 * T / W)
     params = part(2 * N, 3)
     if offload_optimizer:
-        grads = 4 * T / W
+        grads = master * T / W
     elif stage == 3:
         grads = 6 * T / W
     else:
         grads = part(2 * T, 2) + part(4 * T, 1)
-    return params, grads, part(12 * T, 1)
+    return params, grads, part((master + 2 * moment) * T, 1)
+
+
+def optimizer_state_bytes(ds: dict) -> tuple[int, int]:
+    """(master weight, each Adam moment) bytes per trained parameter under DeepSpeed config `ds`: fp32, or bf16 where
+    bf16.bf16_master_weights_and_grads / bf16_optimizer_states keep them so (llmasr.train.ds_config allows those
+    only with the optimizer offloaded, and under train.precision bf16)."""
+    bf16 = ds.get("bf16") or ds.get("bfloat16") or {}
+    return (2 if bf16.get("bf16_master_weights_and_grads") else 4), (2 if bf16.get("bf16_optimizer_states") else 4)

@@ -216,6 +216,9 @@ def test_settings_deepspeed_takes_but_llmasr_does_otherwise_are_refused(raw, mes
     assert "zero_optimization" not in off and zero_stage(off) == 0
 
 
+OFFLOAD = {"stage": 2, "offload_optimizer": {"device": "cpu"}}
+
+
 @pytest.mark.parametrize(
     ("raw", "train", "message"),
     [
@@ -229,11 +232,18 @@ def test_settings_deepspeed_takes_but_llmasr_does_otherwise_are_refused(raw, mes
          'data_types.param_dtype is "fp16" but train.precision is bf16'),
         ({"data_types": {"param_dtype": "bf16"}}, {"precision": "fp32"},
          'data_types.param_dtype is "bf16" but train.precision is fp32'),
+        ({"zero_optimization": {"stage": 2}, "bf16": {"bf16_master_weights_and_grads": True}}, {"precision": "bf16"},
+         "bf16.bf16_master_weights_and_grads is true but the optimizer is not offloaded"),
+        ({"zero_optimization": OFFLOAD, "bf16": {"bf16_optimizer_states": True}}, {"precision": "bf16"},
+         "bf16.bf16_optimizer_states is true but bf16.bf16_master_weights_and_grads is not"),
+        ({"zero_optimization": OFFLOAD, "bf16": {"bf16_master_weights_and_grads": True}}, {"precision": "fp32"},
+         "bf16.bf16_master_weights_and_grads is true but train.precision is fp32"),
     ],
 )  # fmt: skip
 def test_settings_deepspeed_refuses_once_the_model_is_built_are_refused_first(raw, train, message):
-    """deepspeed.initialize refused these (compute_grad_norm, param_dtype), or the first micro batch did
-    (managed_gradient_accumulation: TrainEngine sets every boundary itself), after the model had loaded."""
+    """deepspeed.initialize refused these (compute_grad_norm, param_dtype, bf16 master weights and optimizer
+    states), or the first micro batch did (managed_gradient_accumulation: TrainEngine sets every boundary itself),
+    after the model had loaded."""
     with pytest.raises(ConfigError, match=f"^ds.json: {message}"):
         resolve_ds_config(raw, train_cfg(**train), world_size=2, source="ds.json")
     kept = [
@@ -241,7 +251,10 @@ def test_settings_deepspeed_refuses_once_the_model_is_built_are_refused_first(ra
         ({"zero_optimization": {"stage": 2, "compute_grad_norm": False}}, {"grad_clip": 0.0}),
         ({"data_types": {"param_dtype": "bfloat16"}}, {"precision": "bf16"}),
         ({"data_types": {"param_dtype": "fp32"}}, {"precision": "fp32"}),
-    ]
+        ({"zero_optimization": OFFLOAD, "bf16": {"bf16_master_weights_and_grads": True}}, {"precision": "bf16"}),
+        ({"zero_optimization": OFFLOAD, "bf16": {"bf16_master_weights_and_grads": True,
+                                                 "bf16_optimizer_states": True}}, {"precision": "bf16"}),
+    ]  # fmt: skip
     for ok, train in kept:
         assert resolve_ds_config(ok, train_cfg(**train), world_size=2)
 

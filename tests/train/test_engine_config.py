@@ -6,7 +6,7 @@ import torch
 
 from llmasr.config_io import from_dict
 from llmasr.train.config import OptimConfig, TrainConfig
-from llmasr.train.ds_config import resolve_ds_config
+from llmasr.train.ds_config import load_ds_config, resolve_ds_config
 
 OPTIM = {"scheduler": {"type": "constant"}, "branches": {"encoder": {"lr": 1e-3}, "llm": {"lr": 1e-4}}}
 
@@ -24,7 +24,7 @@ def make_engine(model, ds, **train):
 
 
 def one_update(te) -> None:
-    loss = te.engine(torch.randn(3, 5, 4), torch.randint(0, 12, (3, 5)))
+    loss = te.engine(torch.randn(3, 5, 4, dtype=te.dtype), torch.randint(0, 12, (3, 5)))
     te.engine.backward(loss, scale_wrt_gas=False)
     te.engine.step()
 
@@ -52,3 +52,42 @@ def test_a_universal_resume_clips_at_its_own_grad_clip(make_model, tmp_path):
     resumed = make_engine(make_model(), "zero2", grad_clip=5.0)
     universal.load(resumed, tmp_path, "t_universal")
     assert resumed.optimizer.clip_grad == 5.0
+
+
+@pytest.mark.parametrize("preset", ["zero2_offload", "zero3_offload"])
+def test_bf16_optimizer_states_train_in_the_offloaded_optimizer(preset, make_model):
+    """DeepSpeed refused the CPU Adam llmasr built, whose moments were fp32, for bf16.bf16_optimizer_states."""
+    ds = load_ds_config(preset)
+    ds["bf16"].update(bf16_master_weights_and_grads=True, bf16_optimizer_states=True)
+    te = make_engine(make_model(), ds, precision="bf16")
+    one_update(te)
+    moments = [s[k] for s in te.optimizer.optimizer.state.values() for k in ("exp_avg", "exp_avg_sq")]
+    assert moments and {m.dtype for m in moments} == {torch.bfloat16}
+    assert te.global_steps == 1 and te.skipped_steps == 0
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [
+        {},
+        {"bf16_master_weights_and_grads": True},
+        {"bf16_master_weights_and_grads": True, "bf16_optimizer_states": True},
+    ],
+    ids=["fp32-states", "bf16-master", "bf16-master-and-moments"],
+)
+def test_the_cpu_estimate_is_what_the_offloaded_optimizer_holds(flags, make_model):
+    """`llmasr check`'s offloaded figure (ZeRO-2, one rank): master weights, their gradients and Adam's moments."""
+    from llmasr.train.zero_memory import estimate_zero_memory, optimizer_state_bytes
+
+    ds = load_ds_config("zero2_offload")
+    ds["bf16"].update(flags)
+    te = make_engine(make_model(), ds, precision="bf16")
+    one_update(te)
+    masters = te.optimizer.single_partition_of_fp32_groups
+    held = [*masters, *(p.grad for p in masters)]
+    held += [v for state in te.optimizer.optimizer.state.values() for k, v in state.items() if k != "step"]
+    trained = sum(p.numel() for p in te.module.parameters() if p.requires_grad)
+    master_bytes, moment_bytes = optimizer_state_bytes(te.ds_config)
+    estimate = estimate_zero_memory(trained, trained, 2, 1, offload_optimizer=True, precision="bf16",
+                                    master_bytes=master_bytes, moment_bytes=moment_bytes)  # fmt: skip
+    assert estimate["cpu"] == sum(t.numel() * t.element_size() for t in held)
