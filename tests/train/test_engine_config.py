@@ -91,3 +91,23 @@ def test_the_cpu_estimate_is_what_the_offloaded_optimizer_holds(flags, make_mode
     estimate = estimate_zero_memory(trained, trained, 2, 1, offload_optimizer=True, precision="bf16",
                                     master_bytes=master_bytes, moment_bytes=moment_bytes)  # fmt: skip
     assert estimate["cpu"] == sum(t.numel() * t.element_size() for t in held)
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp32"])
+@pytest.mark.parametrize("stage", [1, 2])
+def test_the_device_estimate_counts_the_gradients_zero_keeps_between_micro_batches(stage, precision, make_model):
+    """With the optimizer offloaded, ZeRO-1 keeps every 16-bit gradient in the module until the boundary; ZeRO-2
+    reduces them into the CPU partitions as the backward goes."""
+    from llmasr.train.zero_memory import estimate_zero_memory
+
+    ds = load_ds_config("zero2_offload")
+    ds["zero_optimization"]["stage"] = stage
+    te = make_engine(make_model(), ds, precision=precision, grad_accum=2)
+    te.engine.set_gradient_accumulation_boundary(False)
+    loss = te.engine(torch.randn(3, 5, 4, dtype=te.dtype), torch.randint(0, 12, (3, 5)))
+    te.engine.backward(loss, scale_wrt_gas=False)
+    held = sum(p.grad.numel() * p.grad.element_size() for p in te.module.parameters() if p.grad is not None)
+    trained = sum(p.numel() for p in te.module.parameters() if p.requires_grad)
+    estimate = estimate_zero_memory(trained, trained, stage, 1, offload_optimizer=True, precision=precision)
+    assert estimate["device"] - estimate["params"] == held
+    te.engine.step()

@@ -81,3 +81,22 @@ def test_memory_frozen_params_and_fp32():
         estimate_zero_memory(n, t, stage=2, world_size=1, offload_params=True)
     with pytest.raises(ValueError, match="stage >= 1"):
         estimate_zero_memory(n, t, stage=0, world_size=1, offload_optimizer=True)
+
+
+def test_zero1_offload_keeps_the_full_16_bit_gradients_on_the_device():
+    """ZeRO-1 does not partition gradients in the backward: with the optimizer offloaded the 16-bit ones (2T) stay
+    on the device until the accumulation boundary, beside the fp32 partitions (4T/W) on the CPU."""
+    n, t = 1_000_000, 100_000
+    z1 = estimate_zero_memory(n, t, stage=1, world_size=4, offload_optimizer=True, precision="bf16")
+    assert z1 == {
+        "params": 2 * n,
+        "grads": 2 * t + 4 * t // 4,
+        "optimizer_states": 12 * t // 4,
+        "gathered_layer": 0,
+        "device": 2 * n + 2 * t,
+        "cpu": 4 * t // 4 + 12 * t // 4,
+    }
+    f32 = estimate_zero_memory(n, t, stage=1, world_size=4, offload_optimizer=True, precision="fp32")
+    assert f32["device"] == 4 * n + 4 * t and f32["cpu"] == 4 * t // 4 + 12 * t // 4
+    z2 = estimate_zero_memory(n, t, stage=2, world_size=4, offload_optimizer=True, precision="bf16")
+    assert z2["device"] == 2 * n  # reduced into the CPU partitions during the backward
