@@ -230,6 +230,8 @@ _OWNED: tuple[tuple[str, tuple, str], ...] = (
                                   "(data.batching in the recipe decides the batches)"),
     ("dataloader_drop_last", (False,), "it acts only through DeepSpeed's own data loader, which llmasr does not "
                                        "use: set data.batching.drop_last in the recipe"),
+    ("steps_per_print", (None,), "DeepSpeed's progress lines are silenced (they would drown llmasr's progress "
+                                 "report): train.log_every sets how often the loss, lrs and throughput are logged"),
     ("managed_gradient_accumulation", (True,), "llmasr marks the accumulation boundary before every micro batch "
                                                "(set_gradient_accumulation_boundary), which DeepSpeed refuses at the "
                                                "first one without it: remove it (train.grad_accum decides)"),

@@ -181,6 +181,7 @@ def test_settings_deepspeed_or_training_would_fail_on_later_are_refused(raw, mes
         ({"dataloader_drop_last": True}, "dataloader_drop_last is true; .*data.batching.drop_last"),
         ({"checkpoint": {"writer": {"decoupled": True}}}, "checkpoint.writer.decoupled is true; a decoupled writer"),
         ({"datastates_ckpt": {}}, "datastates_ckpt is {}; DataStates writes checkpoints in the background"),
+        ({"steps_per_print": 100}, "steps_per_print is 100; DeepSpeed's progress lines are silenced .*train.log_every"),
         ({"data_types": {"grad_accum_dtype": "fp32"}}, r'grad_accum_dtype is "fp32" with train.precision bf16 at '
                                                        "ZeRO stage 0: DeepSpeed does not run that mix"),
         ({"zero_optimization": {"stage": 1}, "data_types": {"grad_accum_dtype": "fp32"}},
@@ -191,7 +192,8 @@ def test_settings_deepspeed_takes_but_llmasr_does_otherwise_are_refused(raw, mes
     """DeepSpeed accepts these, then: `true` trains ZeRO-1 where llmasr counted stage 0 (and crashed reading it);
     the old offload spellings offload where llmasr built an optimizer for the device; sum makes gradients world
     size times larger; load_universal failed inside DeepSpeed on resume; the legacy format broke `llmasr check
-    --resume`; the sections of DeepSpeed's own checkpointing and data loader did nothing; fp32 accumulation of bf16
+    --resume`; the sections of DeepSpeed's own checkpointing and data loader, and steps_per_print (its log lines
+    are silenced), did nothing; fp32 accumulation of bf16
     failed after the model was built (ZeRO-0) or wrote checkpoints no export could read (ZeRO-1)."""
     with pytest.raises(ConfigError, match=message):
         resolve_ds_config(raw, train_cfg(), world_size=2, source="ds.json")
@@ -209,6 +211,7 @@ def test_settings_deepspeed_takes_but_llmasr_does_otherwise_are_refused(raw, mes
             }
         },
         {"zero_optimization": {"stage": 2, "cpu_offload": False}},
+        {"steps_per_print": None},
     ]
     for ok in kept:
         assert resolve_ds_config(ok, train_cfg(), world_size=2)
