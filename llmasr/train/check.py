@@ -32,7 +32,7 @@ from llmasr.train.resume import check_checkpoint
 from llmasr.train.run_dir import RunDirError, check_lock, check_run_start
 from llmasr.train.schedulers import branch_of_group, lr_curve, warmup_warnings
 from llmasr.train.universal import batches_left, resized_total
-from llmasr.train.zero_memory import estimate_zero_memory
+from llmasr.train.zero_memory import estimate_zero_memory, optimizer_state_bytes
 
 
 def param_counts(model) -> dict:
@@ -152,11 +152,11 @@ def _vad_lines(decode, sample_rate: int) -> list[str]:
     ]
 
 
-def _checkpoint_lines(tc, counts: dict, plan, total: int) -> list[str]:
+def _checkpoint_lines(tc, ds: dict, counts: dict, plan, total: int) -> list[str]:
     """The disk the run's checkpoints take against the run folder's free space; RunDirError where one cannot fit."""
     space = CheckpointSpace.estimate(
         tc, trainable=counts["trainable"], epochs=len(plan.per_epoch), total=total,
-        validates=plan.loaders[2] is not None,
+        validates=plan.loaders[2] is not None, ds=ds,
     )  # fmt: skip
     problem, warning = space.problem(), space.warning()
     if problem:
@@ -167,10 +167,12 @@ def _checkpoint_lines(tc, counts: dict, plan, total: int) -> list[str]:
 def _memory_lines(ds: dict, tc, counts: dict, world_size: int) -> list[str]:
     stage = zero_stage(ds)
     offload_param = ((ds.get("zero_optimization") or {}).get("offload_param") or {}).get("device") not in (None, "none")
+    master_bytes, moment_bytes = optimizer_state_bytes(ds)
     mem = estimate_zero_memory(
         counts["total"], counts["trainable"], stage, world_size,
         offload_optimizer=offloads_optimizer(ds), offload_params=offload_param,
         precision=tc.precision, largest_layer_params=counts["largest_layer"],
+        master_bytes=master_bytes, moment_bytes=moment_bytes,
     )  # fmt: skip
     size = {k: size_text(v) for k, v in mem.items()}
     return [
@@ -244,7 +246,7 @@ def check(
         lines.append(f"  update {u + 1} ({label}):")  # numbered from 1, as train.log does
         lines += [f"    {n:<{width}}  {curves[n][u]:.4e}" for n in names]
     lines += [f"  warning: {w}" for w in warmup_warnings(recipe.optim, map(branch_of_group, names), total)]
-    lines += start + _checkpoint_lines(tc, counts, plan, total) + _memory_lines(ds, tc, counts, world_size)
+    lines += start + _checkpoint_lines(tc, ds, counts, plan, total) + _memory_lines(ds, tc, counts, world_size)
     out = Path(out) if out is not None else plot_dir(Path(tc.output_dir))
     out.mkdir(parents=True, exist_ok=True)
     write_lr_csv(out / "lr_schedule.csv", curves)

@@ -1,7 +1,8 @@
 """Disk space for a run's checkpoints, checked before the first update.
 
 A checkpoint holds the trained tensors only (frozen base weights are read again from the recipe's paths): each
-trained parameter in the training dtype, plus the optimizer's fp32 master copy and Adam's two moments. A run whose
+trained parameter in the training dtype, plus the optimizer's master copy and Adam's two moments (fp32, or bf16
+where the DeepSpeed config keeps them so). A run whose
 folder cannot hold one would fail at its first save, an epoch or `train.save_every_updates` into the run; one that
 cannot hold as many as rotation keeps would fail later. `llmasr train` refuses the first and warns of the second;
 `llmasr check` prints both numbers.
@@ -14,10 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from llmasr.errors import free_bytes
+from llmasr.train.zero_memory import optimizer_state_bytes
 
-# Per trained parameter, besides its own copy: ZeRO's fp32 master partition and Adam's exp_avg and exp_avg_sq
-# (plain torch Adam under ZeRO-0 in fp32 keeps 8: the estimate errs on the side of more).
-OPTIMIZER_BYTES = 12
+# A trained parameter's own copy. Besides it a checkpoint holds ZeRO's fp32 master partition and Adam's exp_avg and
+# exp_avg_sq, 12 bytes (plain torch Adam under ZeRO-0 in fp32 keeps 8: the estimate errs on the side of more), or 2
+# for each of them the DeepSpeed config keeps in bf16 (zero_memory.optimizer_state_bytes).
 WEIGHT_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
 
 
@@ -34,11 +36,15 @@ class CheckpointSpace:
     free: float  # bytes free on the run folder's file system (inf where no folder above it exists to ask)
 
     @classmethod
-    def estimate(cls, train_cfg, *, trainable: int, epochs: int, total: int, validates: bool) -> CheckpointSpace:
-        """For a run of `train_cfg` (train.*) training `trainable` parameters in `total` updates over `epochs`
-        epochs: a save at every epoch end, every save_every_updates, and after every valid_every_updates validation
-        when best_k ranks checkpoints and there is validation data (`validates`); an upper bound on the count."""
-        per = trainable * (WEIGHT_BYTES[train_cfg.precision] + OPTIMIZER_BYTES)
+    def estimate(
+        cls, train_cfg, *, trainable: int, epochs: int, total: int, validates: bool, ds: dict | None = None
+    ) -> CheckpointSpace:
+        """For a run of `train_cfg` (train.*) under DeepSpeed config `ds` training `trainable` parameters in `total`
+        updates over `epochs` epochs: a save at every epoch end, every save_every_updates, and after every
+        valid_every_updates validation when best_k ranks checkpoints and there is validation data (`validates`); an
+        upper bound on the count."""
+        master, moment = optimizer_state_bytes(ds or {})
+        per = trainable * (WEIGHT_BYTES[train_cfg.precision] + master + 2 * moment)
         every, valid_every = train_cfg.save_every_updates, train_cfg.valid_every_updates
         saves = epochs + (total // every if every else 0)
         if validates and train_cfg.best_k and valid_every:

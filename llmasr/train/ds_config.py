@@ -122,7 +122,9 @@ def resolve_ds_config(
     _check_layout(ds, bf16_key, source)
     _check_owned(ds, source)
     _check_accumulation_dtype(ds, bf16_key, train_cfg.precision, source)
+    _check_master_weights(ds, bf16_key, train_cfg.precision, source)
     _fill_from_recipe(ds, train_cfg, bf16_key, source)
+    _check_grad_norm(ds, source)
     _fill_batch_sizes(ds, world_size, source)
     left = _find_autos(ds)
     if left:
@@ -158,7 +160,7 @@ def _check_blocks(ds: dict, source: str) -> str:
 def _check_layout(ds: dict, bf16_key: str, source: str) -> None:
     """Refuse what would pass here and fail or mislead later: a precision block that is not an object, model
     parallelism (llmasr trains data-parallel: DeepSpeed would count fewer data ranks than the batch sizes assume),
-    and offload at a ZeRO stage that does not take it."""
+    offload at a ZeRO stage that does not take it, and partial optimizer offload."""
     for key in (bf16_key, "fp16"):
         if key in ds and not isinstance(ds[key], dict):
             raise ConfigError(f'{source}: "{key}" is {json.dumps(ds[key])}; write it as an object, e.g. '
@@ -188,6 +190,15 @@ def _check_layout(ds: dict, bf16_key: str, source: str) -> None:
                 f"{source}: zero_optimization.{block}.device is 'nvme' but {block}.nvme_path is not set: name the "
                 "folder on the NVMe drive to swap to (DeepSpeed fails on it only once the model is built)"
             )
+    ratio = _get(ds, "zero_optimization.offload_optimizer.ratio")
+    if ratio not in (None, 1):
+        # ZeRO-3 steps the part kept on the GPU with a torch AdamW of its own whose first param group is a copy
+        raise ConfigError(
+            f"{source}: zero_optimization.offload_optimizer.ratio is {json.dumps(ratio)}; llmasr offloads all of the "
+            "optimizer or none of it: for the part a ratio keeps on the GPU DeepSpeed builds a second optimizer, "
+            "which llmasr's per-branch lr schedules never reach (its lr would stay at its first value): remove the "
+            "key (or write 1)"
+        )
 
 
 # Keys DeepSpeed accepts whose effect llmasr does otherwise or not at all: (dotted key, the values that change
@@ -216,6 +227,11 @@ _OWNED: tuple[tuple[str, tuple, str], ...] = (
                                   "(data.batching in the recipe decides the batches)"),
     ("dataloader_drop_last", (False,), "it acts only through DeepSpeed's own data loader, which llmasr does not "
                                        "use: set data.batching.drop_last in the recipe"),
+    ("steps_per_print", (None,), "DeepSpeed's progress lines are silenced (they would drown llmasr's progress "
+                                 "report): train.log_every sets how often the loss, lrs and throughput are logged"),
+    ("managed_gradient_accumulation", (True,), "llmasr marks the accumulation boundary before every micro batch "
+                                               "(set_gradient_accumulation_boundary), which DeepSpeed refuses at the "
+                                               "first one without it: remove it (train.grad_accum decides)"),
 )  # fmt: skip
 
 
@@ -255,9 +271,15 @@ _DTYPES = {"fp32": ("fp32", "float32", "float", "torch.float32"), "bf16": ("bf16
 
 
 def _check_accumulation_dtype(ds: dict, bf16_key: str, precision: str, source: str) -> None:
-    """data_types.grad_accum_dtype other than the training dtype at ZeRO 0 (DeepSpeed refuses it once the model is
-    built) or bf16 with fp32 at ZeRO 1 (DeepSpeed's BF16_Optimizer, whose checkpoints zero_to_fp32 cannot read:
-    nothing could be exported)."""
+    """data_types.param_dtype other than train.precision's, data_types.grad_accum_dtype other than the training
+    dtype at ZeRO 0 (DeepSpeed refuses both once the model is built) or bf16 with fp32 at ZeRO 1 (DeepSpeed's
+    BF16_Optimizer, whose checkpoints zero_to_fp32 cannot read: nothing could be exported)."""
+    param = _get(ds, "data_types.param_dtype")
+    if param is not None and param not in _DTYPES[precision]:
+        raise ConfigError(
+            f"{source}: data_types.param_dtype is {json.dumps(param)} but train.precision is {precision}; DeepSpeed "
+            "refuses the contradiction once the model is built: remove the key (train.precision decides)"
+        )
     dtype = _get(ds, "data_types.grad_accum_dtype")
     if dtype is None or dtype in _DTYPES[precision]:
         return
@@ -269,6 +291,27 @@ def _check_accumulation_dtype(ds: dict, bf16_key: str, precision: str, source: s
             f"{source}: data_types.grad_accum_dtype is {json.dumps(dtype)} with train.precision {precision} at ZeRO "
             f"stage {stage}: {why}; use ZeRO stage 2 or 3 for gradients accumulated in another dtype, or remove the key"
         )
+
+
+def _check_master_weights(ds: dict, bf16_key: str, precision: str, source: str) -> None:
+    """bf16 master weights and optimizer states only as DeepSpeed runs them and llmasr counts them (zero_memory,
+    checkpoint_space): under bf16, the states beside the weights, the weights in an offloaded optimizer."""
+    master, states = f"{bf16_key}.bf16_master_weights_and_grads", f"{bf16_key}.bf16_optimizer_states"
+    on = [key for key in (master, states) if _get(ds, key)]
+    if not on:
+        return
+    if precision != "bf16":
+        why = f"train.precision is {precision}: they are bf16 copies for bf16 training; remove the key"
+    elif master not in on:
+        why = f"{master} is not: DeepSpeed keeps bf16 optimizer states only beside bf16 master weights; set both"
+    elif _get(ds, "zero_optimization.offload_optimizer.device") in (None, "none"):
+        why = (
+            "the optimizer is not offloaded (zero_optimization.offload_optimizer): DeepSpeed keeps bf16 master "
+            "weights in an offloaded DeepSpeedCPUAdam; use zero2_offload or zero3_offload, or remove the key"
+        )
+    else:
+        return
+    raise ConfigError(f"{source}: {on[0]} is {json.dumps(_get(ds, on[0]))} but {why}")
 
 
 def _fill_from_recipe(ds: dict, train_cfg: TrainConfig, bf16_key: str, source: str) -> None:
@@ -296,6 +339,21 @@ def _fill_from_recipe(ds: dict, train_cfg: TrainConfig, bf16_key: str, source: s
             f'{source}: concrete value(s) disagree with the recipe (set them to "auto", or make them agree):\n'
             + "\n".join(disagreements)
         )
+
+
+def _check_grad_norm(ds: dict, source: str) -> None:
+    """zero_optimization.compute_grad_norm false where DeepSpeed's ZeRO optimizer needs the norm: to clip by it, or
+    with the optimizer offloaded (it refuses both once the model is built)."""
+    if _get(ds, "zero_optimization.compute_grad_norm") not in (False, "false"):
+        return
+    clip, device = ds.get("gradient_clipping"), _get(ds, "zero_optimization.offload_optimizer.device")
+    if clip:
+        why = f"gradient_clipping {clip} (train.grad_clip): clipping needs the norm; remove the key or clip at 0"
+    elif device not in (None, "none"):
+        why = f"offload_optimizer.device {device!r}: DeepSpeed offloads only with the norm computed; remove the key"
+    else:
+        return
+    raise ConfigError(f"{source}: zero_optimization.compute_grad_norm is false with {why}")
 
 
 def _fill_batch_sizes(ds: dict, world_size: int, source: str) -> None:

@@ -134,7 +134,7 @@ def _explain(err: Exception, ds: dict) -> str:
     lines = []
     for item in err.errors():
         loc = tuple(str(p) for p in item["loc"])
-        path = _dotted(ds, loc)
+        path = _dotted(ds, loc) if loc else _whole_section(ds, model, item["msg"], err.title)
         line = f"{path}: {item['msg']}"
         if item["type"] == "extra_forbidden":
             line = f"{path}: unknown key" + (_suggest(loc[-1], _fields_at(model, loc[:-1])) if model else "")
@@ -156,6 +156,24 @@ def _dotted(ds: dict, loc: tuple[str, ...]) -> str:
     if len(tops) == 1:
         return ".".join((tops[0], *loc))
     return ".".join(loc) if loc and loc[0] in ds else "<section>." + ".".join(loc)
+
+
+def _whole_section(ds: dict, model, msg: str, title: str) -> str:
+    """The top-level section a check of DeepSpeed's over a whole section refused (an error without a location): the
+    one that `model` refuses with the same message; the model's name where no single section is."""
+    from pydantic import ValidationError
+
+    def refuses(section: dict) -> bool:
+        try:
+            model(**section)
+        except ValidationError as err:
+            return any(not item["loc"] and item["msg"] == msg for item in err.errors())
+        except Exception:  # another section that this model cannot even read
+            return False
+        return False
+
+    names = [k for k, v in ds.items() if isinstance(v, dict) and model is not None and refuses(v)]
+    return names[0] if len(names) == 1 else f"<{title} section>"
 
 
 def _model_class(name: str):

@@ -29,6 +29,7 @@ from llmasr.config_io import ConfigError
 from llmasr.data.batch import Batch
 from llmasr.errors import write_error
 from llmasr.train.ds_config import zero_stage
+from llmasr.train.zero_memory import optimizer_state_bytes
 
 log = logging.getLogger("llmasr.train")
 
@@ -193,7 +194,9 @@ def make_optimizer(groups: list[dict], ds_config: dict):
     if offloads_optimizer(ds_config):
         from deepspeed.ops.adam import DeepSpeedCPUAdam
 
-        return DeepSpeedCPUAdam(groups, adamw_mode=True)
+        # bf16.bf16_optimizer_states: DeepSpeed refuses a CPU Adam that would keep the moments in fp32
+        _, moment_bytes = optimizer_state_bytes(ds_config)
+        return DeepSpeedCPUAdam(groups, adamw_mode=True, fp32_optimizer_states=moment_bytes == 4)
     return torch.optim.AdamW(groups)
 
 
@@ -315,6 +318,10 @@ class TrainEngine:
             )
         if path is None:
             raise FileNotFoundError(f"DeepSpeed found no checkpoint {tag!r} in {load_dir}")
+        # DeepSpeed's ZeRO-1/2 and fp16/bf16 optimizers take back the clipping value they were saved with (also on
+        # the universal path); train.grad_clip may change on resume (llmasr.train.resume), so this run's wins
+        if hasattr(self.optimizer, "clip_grad"):
+            self.optimizer.clip_grad = self.engine.gradient_clipping()
         return client_state or {}
 
 

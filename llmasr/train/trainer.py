@@ -100,7 +100,7 @@ class Run:
         """Rank 0 decides whether the run folder holds a checkpoint of this run, for every rank (checkpoint_space)."""
         space = CheckpointSpace.estimate(
             self.recipe.train, trainable=self.trainable_params, epochs=len(self.per_epoch), total=self.total,
-            validates=self.valid_loader is not None,
+            validates=self.valid_loader is not None, ds=self.ds,
         )  # fmt: skip
         problem = broadcast_object(space.problem() if self.rank == 0 else None)
         if problem is not None:

@@ -112,6 +112,22 @@ def test_memory_estimate_follows_the_zero_stage(recipe_file, tmp_path, capsys):
     assert float(sizes["zero0"][0]) > float(sizes["zero2"][0]) > float(sizes["zero3"][0])
 
 
+def test_bf16_optimizer_states_are_counted_at_two_bytes(recipe_file, tmp_path, capsys):
+    from llmasr.train.checkpoint_space import size_text
+    from llmasr.train.ds_config import load_ds_config
+
+    ds = load_ds_config("zero2_offload")
+    ds["bf16"].update(bf16_master_weights_and_grads=True, bf16_optimizer_states=True)
+    (tmp_path / "ds.json").write_text(json.dumps(ds))
+    code, out, err = run_check(capsys, "--config", str(recipe_file), "--deepspeed", str(tmp_path / "ds.json"),
+                               "--out", str(tmp_path), "train.precision=bf16")  # fmt: skip
+    assert code == 0, err
+    trainable = int(re.search(r"trainable ([\d,]+);", out).group(1).replace(",", ""))
+    # one rank: bf16 master weights, their gradients and two bf16 moments offloaded; those and the bf16 weights saved
+    assert f"offloaded to CPU: {size_text(8 * trainable)}" in out
+    assert f"about {size_text(8 * trainable)} a checkpoint" in out
+
+
 def test_errors_exit_non_zero_with_the_reason(recipe_file, tmp_path, capsys):
     base = ["--config", str(recipe_file), "--out", str(tmp_path)]
     bad_json = tmp_path / "bad.json"

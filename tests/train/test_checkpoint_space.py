@@ -43,6 +43,10 @@ def test_how_many_checkpoints_rotation_keeps_at_once():
     assert one.per_checkpoint == 1000 * (4 + 12) and one.most_kept == 5  # keep_last 3 + best 1 + the one written
     bf16 = CheckpointSpace.estimate(_train_cfg(precision="bf16"), trainable=1000, epochs=1, total=5, validates=True)
     assert bf16.per_checkpoint == 1000 * 14
+    bf16_states = {"bf16": {"enabled": True, "bf16_master_weights_and_grads": True, "bf16_optimizer_states": True}}
+    half = CheckpointSpace.estimate(_train_cfg(precision="bf16"), trainable=1000, epochs=1, total=5, validates=True,
+                                    ds=bf16_states)  # fmt: skip
+    assert half.per_checkpoint == 1000 * (2 + 2 + 2 * 2)  # bf16 weights, master weights and Adam moments
     assert CheckpointSpace.estimate(_train_cfg(), trainable=1, epochs=2, total=50, validates=True).most_kept == 2
     keep_all = _train_cfg(keep_last=0, save_every_updates=10)
     assert CheckpointSpace.estimate(keep_all, trainable=1, epochs=2, total=50, validates=True).most_kept == 2 + 5

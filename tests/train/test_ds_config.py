@@ -146,17 +146,22 @@ def test_fp16_and_bf16_both_enabled():
          r"offload_param.device is 'nvme' but offload_param.nvme_path is not set"),
         ({"torch_autocast": {"enabled": True, "dtype": "torch.bfloat16"}},
          r"torch_autocast is enabled; it would run the forward in its own dtype whatever train.precision says"),
+        ({"zero_optimization": {"stage": 3, "offload_optimizer": {"device": "cpu", "ratio": 0.5}}},
+         r"zero_optimization.offload_optimizer.ratio is 0.5; .* llmasr's per-branch lr schedules never reach"),
     ],
 )  # fmt: skip
 def test_settings_deepspeed_or_training_would_fail_on_later_are_refused(raw, message):
     """A precision block that is not an object (a TypeError naming nothing), model parallelism (DeepSpeed counts fewer
     data ranks than the batch sizes: it refuses after the model loaded), offload at a stage without it (the memory
     estimate failed at the end of llmasr check), a stage written as a string (which had slipped past the offload
-    check), torch_autocast (bf16 forwards under train.precision fp32, unchecked)."""
+    check), torch_autocast (bf16 forwards under train.precision fp32, unchecked), partial optimizer offload (a
+    DeepSpeed optimizer of its own, whose lrs stayed at their first values, stepped the part on the GPU)."""
     with pytest.raises(ConfigError, match=message):
         resolve_ds_config(raw, train_cfg(), world_size=8, source="ds.json")
     assert resolve_ds_config({"zero_optimization": {"stage": 2, "offload_param": {"device": "none"}}}, train_cfg(),
                              world_size=8)  # fmt: skip
+    whole = {"stage": 3, "offload_optimizer": {"device": "cpu", "ratio": 1.0}}
+    assert resolve_ds_config({"zero_optimization": whole}, train_cfg(), world_size=8)
 
 
 @pytest.mark.parametrize(
@@ -176,6 +181,7 @@ def test_settings_deepspeed_or_training_would_fail_on_later_are_refused(raw, mes
         ({"dataloader_drop_last": True}, "dataloader_drop_last is true; .*data.batching.drop_last"),
         ({"checkpoint": {"writer": {"decoupled": True}}}, "checkpoint.writer.decoupled is true; a decoupled writer"),
         ({"datastates_ckpt": {}}, "datastates_ckpt is {}; DataStates writes checkpoints in the background"),
+        ({"steps_per_print": 100}, "steps_per_print is 100; DeepSpeed's progress lines are silenced .*train.log_every"),
         ({"data_types": {"grad_accum_dtype": "fp32"}}, r'grad_accum_dtype is "fp32" with train.precision bf16 at '
                                                        "ZeRO stage 0: DeepSpeed does not run that mix"),
         ({"zero_optimization": {"stage": 1}, "data_types": {"grad_accum_dtype": "fp32"}},
@@ -186,7 +192,8 @@ def test_settings_deepspeed_takes_but_llmasr_does_otherwise_are_refused(raw, mes
     """DeepSpeed accepts these, then: `true` trains ZeRO-1 where llmasr counted stage 0 (and crashed reading it);
     the old offload spellings offload where llmasr built an optimizer for the device; sum makes gradients world
     size times larger; load_universal failed inside DeepSpeed on resume; the legacy format broke `llmasr check
-    --resume`; the sections of DeepSpeed's own checkpointing and data loader did nothing; fp32 accumulation of bf16
+    --resume`; the sections of DeepSpeed's own checkpointing and data loader, and steps_per_print (its log lines
+    are silenced), did nothing; fp32 accumulation of bf16
     failed after the model was built (ZeRO-0) or wrote checkpoints no export could read (ZeRO-1)."""
     with pytest.raises(ConfigError, match=message):
         resolve_ds_config(raw, train_cfg(), world_size=2, source="ds.json")
@@ -204,11 +211,55 @@ def test_settings_deepspeed_takes_but_llmasr_does_otherwise_are_refused(raw, mes
             }
         },
         {"zero_optimization": {"stage": 2, "cpu_offload": False}},
+        {"steps_per_print": None},
     ]
     for ok in kept:
         assert resolve_ds_config(ok, train_cfg(), world_size=2)
     off = resolve_ds_config({"zero_optimization": False}, train_cfg(), world_size=2)  # DeepSpeed's stage 0
     assert "zero_optimization" not in off and zero_stage(off) == 0
+
+
+OFFLOAD = {"stage": 2, "offload_optimizer": {"device": "cpu"}}
+
+
+@pytest.mark.parametrize(
+    ("raw", "train", "message"),
+    [
+        ({"managed_gradient_accumulation": False}, {},
+         "managed_gradient_accumulation is false; llmasr marks the accumulation boundary"),
+        ({"zero_optimization": {"stage": 2, "compute_grad_norm": False}}, {"grad_clip": 0.5},
+         r"zero_optimization.compute_grad_norm is false with gradient_clipping 0.5 \(train.grad_clip\)"),
+        ({"zero_optimization": {"stage": 1, "compute_grad_norm": False, "offload_optimizer": {"device": "cpu"}}},
+         {"grad_clip": 0.0}, "zero_optimization.compute_grad_norm is false with offload_optimizer.device 'cpu'"),
+        ({"data_types": {"param_dtype": "fp16"}}, {"precision": "bf16"},
+         'data_types.param_dtype is "fp16" but train.precision is bf16'),
+        ({"data_types": {"param_dtype": "bf16"}}, {"precision": "fp32"},
+         'data_types.param_dtype is "bf16" but train.precision is fp32'),
+        ({"zero_optimization": {"stage": 2}, "bf16": {"bf16_master_weights_and_grads": True}}, {"precision": "bf16"},
+         "bf16.bf16_master_weights_and_grads is true but the optimizer is not offloaded"),
+        ({"zero_optimization": OFFLOAD, "bf16": {"bf16_optimizer_states": True}}, {"precision": "bf16"},
+         "bf16.bf16_optimizer_states is true but bf16.bf16_master_weights_and_grads is not"),
+        ({"zero_optimization": OFFLOAD, "bf16": {"bf16_master_weights_and_grads": True}}, {"precision": "fp32"},
+         "bf16.bf16_master_weights_and_grads is true but train.precision is fp32"),
+    ],
+)  # fmt: skip
+def test_settings_deepspeed_refuses_once_the_model_is_built_are_refused_first(raw, train, message):
+    """deepspeed.initialize refused these (compute_grad_norm, param_dtype, bf16 master weights and optimizer
+    states), or the first micro batch did (managed_gradient_accumulation: TrainEngine sets every boundary itself),
+    after the model had loaded."""
+    with pytest.raises(ConfigError, match=f"^ds.json: {message}"):
+        resolve_ds_config(raw, train_cfg(**train), world_size=2, source="ds.json")
+    kept = [
+        ({"managed_gradient_accumulation": True}, {}),
+        ({"zero_optimization": {"stage": 2, "compute_grad_norm": False}}, {"grad_clip": 0.0}),
+        ({"data_types": {"param_dtype": "bfloat16"}}, {"precision": "bf16"}),
+        ({"data_types": {"param_dtype": "fp32"}}, {"precision": "fp32"}),
+        ({"zero_optimization": OFFLOAD, "bf16": {"bf16_master_weights_and_grads": True}}, {"precision": "bf16"}),
+        ({"zero_optimization": OFFLOAD, "bf16": {"bf16_master_weights_and_grads": True,
+                                                 "bf16_optimizer_states": True}}, {"precision": "bf16"}),
+    ]  # fmt: skip
+    for ok, train in kept:
+        assert resolve_ds_config(ok, train_cfg(**train), world_size=2)
 
 
 def test_a_key_written_twice_is_refused(tmp_path):

@@ -54,3 +54,28 @@ def test_resolve_refuses_them_before_any_model_is_built():
 def test_known_nested_keys_pass():
     # DeepSpeed asks for every flops_profiler key, enabled or not; wandb is a pydantic section
     check_ds_keys({**BASE, "flops_profiler": {"enabled": False, "profile_step": 3}, "wandb": {"enabled": False}}, "x")
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ({"zero_optimization": {"stage": 2, "offload_optimizer": {"device": "cpu", "ratio": 0.5}}},
+         "zero_optimization: Assertion failed, Partial offloading only supported for ZeRO Stage 3."),
+        ({"zero_optimization": {"stage": 3, "compute_grad_norm": False}},
+         "zero_optimization: Value error, compute_grad_norm=false is supported only with ZeRO Stage 1 or 2"),
+        ({"fp16": {"enabled": True, "min_loss_scale": 0}, "bf16": {"enabled": False}},
+         "fp16: Value error, fp16.min_loss_scale must be > 0 when dynamic loss scaling is enabled"),
+    ],
+    ids=["partial-offload-stage-2", "no-grad-norm-stage-3", "fp16-min-loss-scale"],
+)  # fmt: skip
+def test_a_section_deepspeed_refuses_as_a_whole_is_named_with_deepspeed_s_reason(extra, message):
+    """A check of DeepSpeed's over a whole section has no key to point at (an empty location): it failed with an
+    IndexError instead of saying anything."""
+    with pytest.raises(ConfigError) as err:
+        check_ds_keys({**BASE, **extra}, "my_ds.json")
+    assert str(err.value).startswith("my_ds.json: DeepSpeed refuses it:") and message in str(err.value)
+
+
+def test_resolve_names_a_section_deepspeed_refuses_as_a_whole():
+    with pytest.raises(ConfigError, match="fp16: Value error, fp16.min_loss_scale must be > 0"):
+        resolve_ds_config({"fp16": {"min_loss_scale": 0}}, TrainConfig(grad_accum=1, precision="fp16"), world_size=2)

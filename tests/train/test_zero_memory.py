@@ -2,7 +2,7 @@
 
 import pytest
 
-from llmasr.train.zero_memory import estimate_zero_memory
+from llmasr.train.zero_memory import estimate_zero_memory, optimizer_state_bytes
 
 
 @pytest.mark.parametrize("world", [1, 2, 4, 8])
@@ -63,7 +63,40 @@ def test_memory_frozen_params_and_fp32():
         "device": 4 * n + 4 * t,
         "cpu": 0,
     }
+    # bf16 master weights (and offloaded gradients) and bf16 Adam moments: 2 bytes each where 4 were
+    half = estimate_zero_memory(n, t, stage=2, world_size=4, offload_optimizer=True, master_bytes=2, moment_bytes=2)
+    assert half == {
+        "params": 2 * n,
+        "grads": 2 * t // 4,
+        "optimizer_states": (2 + 2 * 2) * t // 4,
+        "gathered_layer": 0,
+        "device": 2 * n,
+        "cpu": 2 * t,
+    }
+    assert optimizer_state_bytes({"bf16": {"bf16_master_weights_and_grads": True}}) == (2, 4)
+    both = {"bf16_master_weights_and_grads": True, "bf16_optimizer_states": True}
+    assert optimizer_state_bytes({"bfloat16": both}) == (2, 2)
+    assert optimizer_state_bytes({"bf16": {"enabled": True}}) == (4, 4)
     with pytest.raises(ValueError, match="stage 3"):
         estimate_zero_memory(n, t, stage=2, world_size=1, offload_params=True)
     with pytest.raises(ValueError, match="stage >= 1"):
         estimate_zero_memory(n, t, stage=0, world_size=1, offload_optimizer=True)
+
+
+def test_zero1_offload_keeps_the_full_16_bit_gradients_on_the_device():
+    """ZeRO-1 does not partition gradients in the backward: with the optimizer offloaded the 16-bit ones (2T) stay
+    on the device until the accumulation boundary, beside the fp32 partitions (4T/W) on the CPU."""
+    n, t = 1_000_000, 100_000
+    z1 = estimate_zero_memory(n, t, stage=1, world_size=4, offload_optimizer=True, precision="bf16")
+    assert z1 == {
+        "params": 2 * n,
+        "grads": 2 * t + 4 * t // 4,
+        "optimizer_states": 12 * t // 4,
+        "gathered_layer": 0,
+        "device": 2 * n + 2 * t,
+        "cpu": 4 * t // 4 + 12 * t // 4,
+    }
+    f32 = estimate_zero_memory(n, t, stage=1, world_size=4, offload_optimizer=True, precision="fp32")
+    assert f32["device"] == 4 * n + 4 * t and f32["cpu"] == 4 * t // 4 + 12 * t // 4
+    z2 = estimate_zero_memory(n, t, stage=2, world_size=4, offload_optimizer=True, precision="bf16")
+    assert z2["device"] == 2 * n  # reduced into the CPU partitions during the backward

@@ -1,0 +1,113 @@
+"""What a TrainEngine makes of the resolved DeepSpeed config, on a real one-rank engine on the CPU (the tiny
+stand-in model of conftest.py)."""
+
+import pytest
+import torch
+
+from llmasr.config_io import from_dict
+from llmasr.train.config import OptimConfig, TrainConfig
+from llmasr.train.ds_config import load_ds_config, resolve_ds_config
+
+OPTIM = {"scheduler": {"type": "constant"}, "branches": {"encoder": {"lr": 1e-3}, "llm": {"lr": 1e-4}}}
+
+
+def make_engine(model, ds, **train):
+    from llmasr.train.engine import TrainEngine, init_distributed
+    from llmasr.train.param_groups import build_param_groups
+    from llmasr.train.schedulers import build_group_schedules
+
+    dist = init_distributed()
+    optim = from_dict(OptimConfig, OPTIM, "optim")
+    ds = resolve_ds_config(ds, TrainConfig(**{"grad_accum": 1, "precision": "fp32", **train}), world_size=1)
+    groups = build_param_groups(model, optim)
+    return TrainEngine(model, groups, build_group_schedules(groups, optim, 10), ds, dist.device)
+
+
+def one_update(te) -> None:
+    loss = te.engine(torch.randn(3, 5, 4, dtype=te.dtype), torch.randint(0, 12, (3, 5)))
+    te.engine.backward(loss, scale_wrt_gas=False)
+    te.engine.step()
+
+
+@pytest.mark.parametrize("preset", ["zero1", "zero2"])
+def test_a_resumed_run_clips_at_its_own_grad_clip(preset, make_model, tmp_path):
+    """DeepSpeed's ZeRO-1/2 optimizer restores the clipping value the checkpoint was saved with; train.grad_clip
+    may change on resume (llmasr.train.resume) and must win."""
+    saved = make_engine(make_model(), preset, grad_clip=1.0)
+    one_update(saved)
+    saved.save(str(tmp_path), "t", {})
+    resumed = make_engine(make_model(), preset, grad_clip=5.0)
+    resumed.load(str(tmp_path), "t")
+    assert resumed.optimizer.clip_grad == 5.0
+    assert resumed.global_steps == 1  # the checkpoint did load
+
+
+def test_a_universal_resume_clips_at_its_own_grad_clip(make_model, tmp_path):
+    from llmasr.train import universal
+
+    saved = make_engine(make_model(), "zero2", grad_clip=1.0)
+    one_update(saved)
+    saved.save(str(tmp_path), "t", {})
+    universal.convert(tmp_path / "t", tmp_path / "t_universal")
+    resumed = make_engine(make_model(), "zero2", grad_clip=5.0)
+    universal.load(resumed, tmp_path, "t_universal")
+    assert resumed.optimizer.clip_grad == 5.0
+
+
+@pytest.mark.parametrize("preset", ["zero2_offload", "zero3_offload"])
+def test_bf16_optimizer_states_train_in_the_offloaded_optimizer(preset, make_model):
+    """DeepSpeed refused the CPU Adam llmasr built, whose moments were fp32, for bf16.bf16_optimizer_states."""
+    ds = load_ds_config(preset)
+    ds["bf16"].update(bf16_master_weights_and_grads=True, bf16_optimizer_states=True)
+    te = make_engine(make_model(), ds, precision="bf16")
+    one_update(te)
+    moments = [s[k] for s in te.optimizer.optimizer.state.values() for k in ("exp_avg", "exp_avg_sq")]
+    assert moments and {m.dtype for m in moments} == {torch.bfloat16}
+    assert te.global_steps == 1 and te.skipped_steps == 0
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [
+        {},
+        {"bf16_master_weights_and_grads": True},
+        {"bf16_master_weights_and_grads": True, "bf16_optimizer_states": True},
+    ],
+    ids=["fp32-states", "bf16-master", "bf16-master-and-moments"],
+)
+def test_the_cpu_estimate_is_what_the_offloaded_optimizer_holds(flags, make_model):
+    """`llmasr check`'s offloaded figure (ZeRO-2, one rank): master weights, their gradients and Adam's moments."""
+    from llmasr.train.zero_memory import estimate_zero_memory, optimizer_state_bytes
+
+    ds = load_ds_config("zero2_offload")
+    ds["bf16"].update(flags)
+    te = make_engine(make_model(), ds, precision="bf16")
+    one_update(te)
+    masters = te.optimizer.single_partition_of_fp32_groups
+    held = [*masters, *(p.grad for p in masters)]
+    held += [v for state in te.optimizer.optimizer.state.values() for k, v in state.items() if k != "step"]
+    trained = sum(p.numel() for p in te.module.parameters() if p.requires_grad)
+    master_bytes, moment_bytes = optimizer_state_bytes(te.ds_config)
+    estimate = estimate_zero_memory(trained, trained, 2, 1, offload_optimizer=True, precision="bf16",
+                                    master_bytes=master_bytes, moment_bytes=moment_bytes)  # fmt: skip
+    assert estimate["cpu"] == sum(t.numel() * t.element_size() for t in held)
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp32"])
+@pytest.mark.parametrize("stage", [1, 2])
+def test_the_device_estimate_counts_the_gradients_zero_keeps_between_micro_batches(stage, precision, make_model):
+    """With the optimizer offloaded, ZeRO-1 keeps every 16-bit gradient in the module until the boundary; ZeRO-2
+    reduces them into the CPU partitions as the backward goes."""
+    from llmasr.train.zero_memory import estimate_zero_memory
+
+    ds = load_ds_config("zero2_offload")
+    ds["zero_optimization"]["stage"] = stage
+    te = make_engine(make_model(), ds, precision=precision, grad_accum=2)
+    te.engine.set_gradient_accumulation_boundary(False)
+    loss = te.engine(torch.randn(3, 5, 4, dtype=te.dtype), torch.randint(0, 12, (3, 5)))
+    te.engine.backward(loss, scale_wrt_gas=False)
+    held = sum(p.grad.numel() * p.grad.element_size() for p in te.module.parameters() if p.grad is not None)
+    trained = sum(p.numel() for p in te.module.parameters() if p.requires_grad)
+    estimate = estimate_zero_memory(trained, trained, stage, 1, offload_optimizer=True, precision=precision)
+    assert estimate["device"] - estimate["params"] == held
+    te.engine.step()
