@@ -6,6 +6,7 @@ at start-up instead of being ignored for a whole run."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import re
 import types
@@ -124,6 +125,18 @@ def load_yaml(path: str | Path) -> dict:
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping, got {type(data).__name__}")
     return _tree(data)
+
+
+def read_json(path: Path, kind: type, what: str) -> Any:
+    """The JSON file `path`, which must hold a `kind` (dict, list): a ConfigError naming the file and `what` it is
+    meant to be otherwise (unreadable, not UTF-8, not JSON, another type at the top)."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ConfigError(f"{path}: not a readable JSON {what}: {err}") from err
+    if not isinstance(data, kind):
+        raise ConfigError(f"{path}: must hold a JSON {kind.__name__} ({what}), got {type(data).__name__}")
+    return data
 
 
 def _tree(node: Any) -> Any:

@@ -23,14 +23,13 @@ Everything is written under a hidden sibling of OUT and put in place at the end 
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 from pathlib import Path
 
 import torch
 
-from llmasr.config_io import ConfigError, from_dict
+from llmasr.config_io import ConfigError, from_dict, read_json
 from llmasr.convert.nano_config import (
     ctc_section,
     ctc_vocab_file,
@@ -84,14 +83,7 @@ def read_nano_state(src: Path) -> dict[str, torch.Tensor]:
 
 
 def read_llm_config(llm_src: Path) -> dict:
-    path = llm_src / "config.json"
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ConfigError(f"{path}: not a readable JSON file: {err}") from err
-    if not isinstance(config, dict):
-        raise ConfigError(f"{path}: the top level must be a JSON object, got {type(config).__name__}")
-    return config
+    return read_json(llm_src / "config.json", dict, "LLM configuration")
 
 
 def ctc_branch(src: Path, config: dict, state: dict, enc_dim: int) -> tuple[dict | None, str]:

@@ -13,13 +13,12 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
 import torch
 
-from llmasr.config_io import ConfigError
+from llmasr.config_io import ConfigError, read_json
 
 log = logging.getLogger(__name__)
 
@@ -34,13 +33,7 @@ VOCAB_ROWS = (
 
 
 def read_token_list(path: Path) -> list:
-    try:
-        tokens = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ConfigError(f"{path}: not a readable JSON token list: {err}") from err
-    if not isinstance(tokens, list):
-        raise ConfigError(f"{path}: must hold a JSON list of tokens, got {type(tokens).__name__}")
-    return tokens
+    return read_json(path, list, "token list")
 
 
 def check_vocabulary(model_dir: Path, state: dict[str, torch.Tensor], ckpt_path: Path) -> int | None:

@@ -32,7 +32,10 @@ def test_corrupt_llm_config_json_is_named(tmp_path, capsys):
     (src / LLM_DIR / "config.json").write_text("{not json")
     assert cli_main(["convert", "funasr", str(src), str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
-    assert f"{src / LLM_DIR / 'config.json'}: not a readable JSON file" in err and "JSONDecodeError" not in err
+    assert (
+        f"{src / LLM_DIR / 'config.json'}: not a readable JSON LLM configuration" in err
+        and "JSONDecodeError" not in err
+    )
     assert not (tmp_path / "out").exists()
 
 

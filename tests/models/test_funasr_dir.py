@@ -466,5 +466,5 @@ def test_tokens_json_against_ctc_head(tmp_path, tiny_dir):
 def test_unreadable_tokens_json(tmp_path, tiny_dir):
     d = _copy(tiny_dir, tmp_path / "d")
     (d / "tokens.json").write_text('{"a": 1}')
-    with pytest.raises(ConfigError, match=r"tokens.json: must hold a JSON list of tokens, got dict"):
+    with pytest.raises(ConfigError, match=r"tokens.json: must hold a JSON list \(token list\), got dict"):
         load_funasr_encoder(d)
