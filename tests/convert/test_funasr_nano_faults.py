@@ -21,6 +21,13 @@ from llmasr.export.exported import load_exported
 from llmasr.testing.tiny_nano import LLM_DIR, write_nano_dir
 
 
+def refused_before_writing(src: Path, tmp_path: Path, message: str) -> None:
+    """Converting `src` into tmp_path/out is refused with `message` (a regex), and nothing is written."""
+    with pytest.raises(ConfigError, match=message):
+        convert_funasr(src, tmp_path / "out")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]
+
+
 def edit_config(src: Path, edit) -> None:
     config = yaml.safe_load((src / "config.yaml").read_text(encoding="utf-8"))
     edit(config)
@@ -152,9 +159,7 @@ def test_released_encoder_keys_convert_and_unknown_ones_are_named(tmp_path):
     message = (
         rf"{re.escape(str(src / 'config.yaml'))}: audio_encoder_conf.foo_bar \(3\) is not a SenseVoiceEncoderSmall"
     )
-    with pytest.raises(ConfigError, match=message):
-        convert_funasr(src, tmp_path / "out")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]
+    refused_before_writing(src, tmp_path, message)
     edit_config(src, lambda c: c["audio_encoder_conf"].pop("foo_bar"))
     convert_funasr(src, tmp_path / "out")
 
@@ -198,9 +203,7 @@ def test_encoder_conf_the_encoder_refuses_is_named_by_config_yaml(tmp_path):
     message = (
         rf"{re.escape(str(src / 'config.yaml'))}: audio_encoder_conf: SenseVoiceEncoderSmall: needs num_blocks >= 1"
     )
-    with pytest.raises(ConfigError, match=message):
-        convert_funasr(src, tmp_path / "out")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]
+    refused_before_writing(src, tmp_path, message)
 
 
 @pytest.mark.parametrize(
