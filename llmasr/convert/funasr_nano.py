@@ -41,7 +41,7 @@ from llmasr.convert.nano_config import (
 from llmasr.convert.nano_shapes import check_speech_weights, ctc_head_gaps, describe
 from llmasr.export.export import DTYPE_NAMES, write_model_dir
 from llmasr.export.exported import MODEL_FILE
-from llmasr.export.staged_dir import output_dir, publish, staging_dir, writing
+from llmasr.export.staged_dir import discarded_on_error, output_dir, publish, staging_dir, writing
 from llmasr.models.builder import build_model
 from llmasr.models.config import ModelConfig
 from llmasr.models.funasr_dir import weights_file
@@ -285,7 +285,7 @@ def convert_funasr(src: str | Path, out: str | Path, *, dtype: str = "fp32", ove
         left_out = log_left_out(state, weights_file(src), ctc_reason)
 
         tmp, stage = staging_dir(out), staging_dir(out, "stage")
-        try:
+        with discarded_on_error(tmp, stage):
             files = _stage(state, llm_src, tokenizer, stage, with_ctc=ctc is not None)
             del state
             section["encoder"]["init_from"] = str(files["encoder"])
@@ -301,10 +301,6 @@ def convert_funasr(src: str | Path, out: str | Path, *, dtype: str = "fp32", ove
                 model, info, Recipe(model=cfg), tmp, DTYPE_NAMES[dtype], training_max_duration=NANO_SEGMENT_SECONDS
             )
             publish(tmp, out, MODEL_FILE)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        finally:
-            shutil.rmtree(stage, ignore_errors=True)
+        shutil.rmtree(stage, ignore_errors=True)
         log.info("converted %s to %s", src, out)
         return Path(named).expanduser()

@@ -38,9 +38,8 @@ from torch import nn
 
 from llmasr.config_io import to_dict
 from llmasr.config_paths import input_paths
-from llmasr.errors import write_error
 from llmasr.export.exported import DTYPE_NAMES, MODEL_FILE
-from llmasr.export.staged_dir import output_dir, publish, staging_dir, writing
+from llmasr.export.staged_dir import discarded_on_error, output_dir, publish, staging_dir, writing
 from llmasr.export.trained_model import load_checkpoint_model, load_trained, run_recipe  # noqa: F401  (public API)
 from llmasr.models.builder import encoder_spec, output_dim
 from llmasr.models.fingerprint import dir_fingerprint
@@ -189,19 +188,12 @@ def export_model(
 
         tmp = staging_dir(out)
         tmp.mkdir(parents=True)
-        try:
+        with discarded_on_error(tmp):
             write_model_dir(
                 model, info, recipe, tmp, dtype_name, adapter_only=adapter_only, max_shard_size=max_shard_size,
                 training_max_duration=_training_max(recipe),
             )  # fmt: skip
             publish(tmp, out, MODEL_FILE)
-        except BaseException as err:
-            # a full disk named with the folder and its free space before the cleanup (safetensors' error has neither)
-            full = write_error(tmp, err) if isinstance(err, Exception) else None
-            shutil.rmtree(tmp, ignore_errors=True)  # never leave a half-written export behind
-            if full is not None:
-                raise full from err
-            raise
         log.info("exported %s (tags %s) to %s", info["run_dir"], ", ".join(info["tags"]), out)
         return Path(output).expanduser()
 

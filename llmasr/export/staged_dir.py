@@ -22,6 +22,8 @@ import os
 import shutil
 from pathlib import Path
 
+from llmasr.errors import write_error
+
 
 def output_dir(out, *, overwrite: bool, flag: str, error=ValueError) -> Path:
     """The resolved folder `out` (`~` expanded), refused with `error` naming `flag` when it exists and is not empty
@@ -88,6 +90,22 @@ def writing(out: Path, *, flag: str, error=ValueError):
         for folder in made:  # innermost first; a refused write leaves no folders of a mistyped OUT behind
             with contextlib.suppress(OSError):
                 folder.rmdir()
+
+
+@contextlib.contextmanager
+def discarded_on_error(*folders: Path):
+    """The block writes `folders` (the first: the staging folder OUT is published from). On an error they are removed,
+    so a half-written model never stays, and a full disk is raised as an OSError naming the first folder and its free
+    space, read before the removal frees it (safetensors reports the errno only in its text)."""
+    try:
+        yield
+    except BaseException as err:
+        full = write_error(folders[0], err) if isinstance(err, Exception) else None
+        for folder in folders:
+            shutil.rmtree(folder, ignore_errors=True)
+        if full is not None:
+            raise full from err
+        raise
 
 
 def publish(tmp: Path, out: Path, marker: str) -> None:

@@ -233,3 +233,20 @@ def test_ctc_decoder_with_layers_config_yaml_does_not_name_converts_without_the_
         convert_funasr(src, tmp_path / "out")
     assert "missing (ctc_decoder.blocks.1." in caplog.text
     assert yaml.safe_load((tmp_path / "out" / "llmasr_model.yaml").read_text())["ctc"] is None
+
+
+def test_a_full_disk_during_conversion_names_the_folder_and_leaves_nothing(tmp_path, monkeypatch):
+    """As an export does (llmasr.export.staged_dir.discarded_on_error): safetensors' "(os error 28)" becomes an
+    OSError naming the staging folder and its free space, and no staged file is left."""
+    from safetensors import SafetensorError
+
+    src = write_nano_dir(tmp_path / "src")
+
+    def full(*args, **kwargs):
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    monkeypatch.setattr("safetensors.torch.save_file", full)
+    with pytest.raises(OSError, match=r"No space left on device while writing it \(.* MiB free there\)") as err:
+        convert_funasr(src, tmp_path / "out")
+    assert err.value.filename == str(tmp_path / ".out.partial")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]
