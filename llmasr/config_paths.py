@@ -40,6 +40,13 @@ def not_found(key: str, what: str, path: str | Path) -> str:
     return f"{key}: {what} not found: {path}{where}"
 
 
+def file_problem(path: Path, what: str = "file") -> str | None:
+    """Why `path` is no `what` to read (a directory, or nothing there); None when it is a file."""
+    if path.is_dir():
+        return f"a directory, not {'an' if what[0] in 'aeiou' else 'a'} {what}"
+    return None if path.is_file() else f"no such {what}"
+
+
 def input_paths(obj: Any, prefix: str = ""):
     """(dotted key, path) of every input path a config holds (fields declared with `path_field`, not outputs, not
     keywords), through nested sections and lists of sections."""

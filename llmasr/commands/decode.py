@@ -13,6 +13,7 @@ from pathlib import Path
 
 from llmasr import errors
 from llmasr.config_io import ConfigError
+from llmasr.config_paths import file_problem
 from llmasr.data.hotwords import PhraseFileError, read_phrase_file
 from llmasr.export.decode import (
     DecodeError,
@@ -83,13 +84,6 @@ def output_problem(output: Path) -> str | None:
     if not os.access(parent, os.W_OK | os.X_OK):
         return f"cannot create the folder: {parent} is not writable"
     return None
-
-
-def file_problem(path: Path, what: str = "file") -> str | None:
-    """Why `path` is no `what` to read (a directory, or nothing there); None when it is a file."""
-    if path.is_dir():
-        return f"a directory, not {'an' if what[0] in 'aeiou' else 'a'} {what}"
-    return None if path.is_file() else f"no such {what}"
 
 
 def check_model_args(p: argparse.ArgumentParser, args) -> None:

@@ -12,8 +12,9 @@ import sys
 from pathlib import Path
 
 from llmasr import errors
-from llmasr.commands.decode import check_model_args, file_problem, model_args
+from llmasr.commands.decode import check_model_args, model_args
 from llmasr.config_io import ConfigError
+from llmasr.config_paths import file_problem
 from llmasr.data.hotwords import PhraseFileError, read_phrase_file
 from llmasr.export.decode import DecodeError
 from llmasr.export.decode_world import DecodeWorld

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
+from llmasr.config_paths import file_problem
 from llmasr.data.windowed import utterance_rows
 from llmasr.export.decode import DecodeOptions, decode_loader, load_decode_model, search_boost, transcribe_loader
 from llmasr.export.decode_world import usable_device
@@ -106,10 +107,8 @@ def _manifest(audio: list, sample_rate, hotwords, tmp: Path) -> tuple[list[str],
     names, lines = [], []
     for i, clip in enumerate(audio):
         if isinstance(clip, (str, Path)):
-            if Path(clip).is_dir():
-                raise TranscribeError(f"{clip}: a directory, not an audio file")
-            if not Path(clip).is_file():
-                raise TranscribeError(f"{clip}: no such audio file")
+            if why := file_problem(Path(clip), "audio file"):
+                raise TranscribeError(f"{clip}: {why}")
             names.append(str(clip))
             source = str(Path(clip).resolve())
         else:
