@@ -106,15 +106,20 @@ def clear_tag(ckpt_dir: Path, tag: str) -> bool:
     return True
 
 
-def finish_save(ckpt_dir: Path, tag: str, meta: CheckpointMeta, policy: CheckpointPolicy) -> list[str]:
-    """Rank 0, after every rank has saved `tag`: meta file, best list, latest pointer, rotation. With best_k 0 (a
-    resume may turn the list off) best.json goes: its tags would be spared by rotation and averaged for ever."""
+def _enter(ckpt_dir: Path, tag: str, meta: CheckpointMeta, policy: CheckpointPolicy) -> None:
+    """`tag`'s meta file, and the best list with it entered by its metrics. With best_k 0 (a resume may turn the list
+    off) best.json goes: its tags would be spared by rotation and averaged for ever."""
     write_meta(ckpt_dir / tag, meta)
     best = update_best(read_best(ckpt_dir), tag, meta, policy)
     if policy.best_k > 0:
         write_atomic(ckpt_dir / BEST, json.dumps(best, indent=2))
     else:
         (ckpt_dir / BEST).unlink(missing_ok=True)
+
+
+def finish_save(ckpt_dir: Path, tag: str, meta: CheckpointMeta, policy: CheckpointPolicy) -> list[str]:
+    """Rank 0, after every rank has saved `tag`: meta file, best list, latest pointer, rotation."""
+    _enter(ckpt_dir, tag, meta, policy)
     write_atomic(ckpt_dir / LATEST, tag + "\n")
     return rotate(ckpt_dir, policy)
 
@@ -124,10 +129,7 @@ def record_metrics(ckpt_dir: Path, tag: str, metrics: dict, policy: CheckpointPo
     it) go into its meta and the best list, as a save with them would have put them; then rotation."""
     meta = read_meta(ckpt_dir / tag)
     meta.metrics = dict(metrics)
-    write_meta(ckpt_dir / tag, meta)
-    best = update_best(read_best(ckpt_dir), tag, meta, policy)
-    if policy.best_k > 0:
-        write_atomic(ckpt_dir / BEST, json.dumps(best, indent=2))
+    _enter(ckpt_dir, tag, meta, policy)
     return rotate(ckpt_dir, policy)
 
 
