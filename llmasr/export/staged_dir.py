@@ -114,9 +114,7 @@ def publish(tmp: Path, out: Path, marker: str) -> None:
     an interrupted move never looks complete; what OUT held waits in a hidden folder until the new files are all in,
     and a move that fails puts it back."""
     where = Path(out).expanduser().resolve()
-    if not where.is_dir():
-        if where.exists():
-            where.unlink()
+    if not where.exists():  # (output_dir refused a file there)
         tmp.rename(where)  # one rename: complete or not there
         return
     aside = _hidden(out, "old")
