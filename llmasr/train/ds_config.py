@@ -294,24 +294,28 @@ def _check_accumulation_dtype(ds: dict, bf16_key: str, precision: str, source: s
 
 
 def _check_master_weights(ds: dict, bf16_key: str, precision: str, source: str) -> None:
-    """bf16 master weights and optimizer states only as DeepSpeed runs them and llmasr counts them (zero_memory,
-    checkpoint_space): under bf16, the states beside the weights, the weights in an offloaded optimizer."""
+    """Half-precision master weights and optimizer states only as DeepSpeed runs them and llmasr counts them
+    (zero_memory, checkpoint_space): under their own precision, bf16 states beside bf16 weights, the weights in an
+    offloaded optimizer (DeepSpeed refuses anything else once the model is built)."""
     master, states = f"{bf16_key}.bf16_master_weights_and_grads", f"{bf16_key}.bf16_optimizer_states"
-    on = [key for key in (master, states) if _get(ds, key)]
-    if not on:
-        return
-    if precision != "bf16":
-        why = f"train.precision is {precision}: they are bf16 copies for bf16 training; remove the key"
-    elif master not in on:
-        why = f"{master} is not: DeepSpeed keeps bf16 optimizer states only beside bf16 master weights; set both"
-    elif _get(ds, "zero_optimization.offload_optimizer.device") in (None, "none"):
-        why = (
-            "the optimizer is not offloaded (zero_optimization.offload_optimizer): DeepSpeed keeps bf16 master "
-            "weights in an offloaded DeepSpeedCPUAdam; use zero2_offload or zero3_offload, or remove the key"
-        )
-    else:
-        return
-    raise ConfigError(f"{source}: {on[0]} is {json.dumps(_get(ds, on[0]))} but {why}")
+    fp16_master = "fp16.fp16_master_weights_and_grads"
+    offloaded = _get(ds, "zero_optimization.offload_optimizer.device") not in (None, "none")
+    for key in (master, states, fp16_master):
+        if not _get(ds, key):
+            continue
+        half = "fp16" if key == fp16_master else "bf16"
+        if precision != half:
+            why = f"train.precision is {precision}: they are {half} copies for {half} training; remove the key"
+        elif key == states and not _get(ds, master):
+            why = f"{master} is not: DeepSpeed keeps bf16 optimizer states only beside bf16 master weights; set both"
+        elif not offloaded:
+            why = (
+                f"the optimizer is not offloaded (zero_optimization.offload_optimizer): DeepSpeed keeps {half} master "
+                "weights in an offloaded DeepSpeedCPUAdam; use zero2_offload or zero3_offload, or remove the key"
+            )
+        else:
+            continue
+        raise ConfigError(f"{source}: {key} is {json.dumps(_get(ds, key))} but {why}")
 
 
 def _fill_from_recipe(ds: dict, train_cfg: TrainConfig, bf16_key: str, source: str) -> None:

@@ -95,8 +95,11 @@ def _state_bytes(
 
 
 def optimizer_state_bytes(ds: dict) -> tuple[int, int]:
-    """(master weight, each Adam moment) bytes per trained parameter under DeepSpeed config `ds`: fp32, or bf16 where
-    bf16.bf16_master_weights_and_grads / bf16_optimizer_states keep them so (llmasr.train.ds_config allows those
-    only with the optimizer offloaded, and under train.precision bf16)."""
+    """(master weight, each Adam moment) bytes per trained parameter under DeepSpeed config `ds`: fp32, or 16-bit
+    where bf16.bf16_master_weights_and_grads / bf16_optimizer_states or fp16.fp16_master_weights_and_grads keep them
+    so (llmasr.train.ds_config allows those only with the optimizer offloaded, under their own train.precision)."""
     bf16 = ds.get("bf16") or ds.get("bfloat16") or {}
-    return (2 if bf16.get("bf16_master_weights_and_grads") else 4), (2 if bf16.get("bf16_optimizer_states") else 4)
+    half_master = bf16.get("bf16_master_weights_and_grads") or (ds.get("fp16") or {}).get(
+        "fp16_master_weights_and_grads"
+    )
+    return (2 if half_master else 4), (2 if bf16.get("bf16_optimizer_states") else 4)

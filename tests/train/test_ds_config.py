@@ -241,10 +241,17 @@ OFFLOAD = {"stage": 2, "offload_optimizer": {"device": "cpu"}}
          "bf16.bf16_optimizer_states is true but bf16.bf16_master_weights_and_grads is not"),
         ({"zero_optimization": OFFLOAD, "bf16": {"bf16_master_weights_and_grads": True}}, {"precision": "fp32"},
          "bf16.bf16_master_weights_and_grads is true but train.precision is fp32"),
+        ({"zero_optimization": {"stage": 2}, "fp16": {"fp16_master_weights_and_grads": True}}, {"precision": "fp16"},
+         "fp16.fp16_master_weights_and_grads is true but the optimizer is not offloaded"),
+        ({"zero_optimization": OFFLOAD, "fp16": {"fp16_master_weights_and_grads": True}}, {"precision": "bf16"},
+         "fp16.fp16_master_weights_and_grads is true but train.precision is bf16: they are fp16 copies"),
+        ({"zero_optimization": OFFLOAD, "bf16": {"bf16_master_weights_and_grads": True},
+          "fp16": {"fp16_master_weights_and_grads": True}}, {"precision": "bf16"},
+         "fp16.fp16_master_weights_and_grads is true but train.precision is bf16"),
     ],
 )  # fmt: skip
 def test_settings_deepspeed_refuses_once_the_model_is_built_are_refused_first(raw, train, message):
-    """deepspeed.initialize refused these (compute_grad_norm, param_dtype, bf16 master weights and optimizer
+    """deepspeed.initialize refused these (compute_grad_norm, param_dtype, bf16 or fp16 master weights and optimizer
     states), or the first micro batch did (managed_gradient_accumulation: TrainEngine sets every boundary itself),
     after the model had loaded."""
     with pytest.raises(ConfigError, match=f"^ds.json: {message}"):
@@ -257,6 +264,7 @@ def test_settings_deepspeed_refuses_once_the_model_is_built_are_refused_first(ra
         ({"zero_optimization": OFFLOAD, "bf16": {"bf16_master_weights_and_grads": True}}, {"precision": "bf16"}),
         ({"zero_optimization": OFFLOAD, "bf16": {"bf16_master_weights_and_grads": True,
                                                  "bf16_optimizer_states": True}}, {"precision": "bf16"}),
+        ({"zero_optimization": OFFLOAD, "fp16": {"fp16_master_weights_and_grads": True}}, {"precision": "fp16"}),
     ]  # fmt: skip
     for ok, train in kept:
         assert resolve_ds_config(ok, train_cfg(**train), world_size=2)

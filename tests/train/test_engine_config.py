@@ -67,28 +67,30 @@ def test_bf16_optimizer_states_train_in_the_offloaded_optimizer(preset, make_mod
 
 
 @pytest.mark.parametrize(
-    "flags",
+    ("precision", "flags"),
     [
-        {},
-        {"bf16_master_weights_and_grads": True},
-        {"bf16_master_weights_and_grads": True, "bf16_optimizer_states": True},
+        ("bf16", {}),
+        ("bf16", {"bf16_master_weights_and_grads": True}),
+        ("bf16", {"bf16_master_weights_and_grads": True, "bf16_optimizer_states": True}),
+        ("fp16", {"fp16_master_weights_and_grads": True}),
     ],
-    ids=["fp32-states", "bf16-master", "bf16-master-and-moments"],
+    ids=["fp32-states", "bf16-master", "bf16-master-and-moments", "fp16-master"],
 )
-def test_the_cpu_estimate_is_what_the_offloaded_optimizer_holds(flags, make_model):
+def test_the_cpu_estimate_is_what_the_offloaded_optimizer_holds(precision, flags, make_model):
     """`llmasr check`'s offloaded figure (ZeRO-2, one rank): master weights, their gradients and Adam's moments."""
     from llmasr.train.zero_memory import estimate_zero_memory, optimizer_state_bytes
 
     ds = load_ds_config("zero2_offload")
-    ds["bf16"].update(flags)
-    te = make_engine(make_model(), ds, precision="bf16")
+    ds[precision].update(flags, **({"initial_scale_power": 4} if precision == "fp16" else {}))
+    te = make_engine(make_model(), ds, precision=precision)
     one_update(te)
+    assert te.skipped_steps == 0  # an overflow skip would leave Adam's moments unmade
     masters = te.optimizer.single_partition_of_fp32_groups
     held = [*masters, *(p.grad for p in masters)]
     held += [v for state in te.optimizer.optimizer.state.values() for k, v in state.items() if k != "step"]
     trained = sum(p.numel() for p in te.module.parameters() if p.requires_grad)
     master_bytes, moment_bytes = optimizer_state_bytes(te.ds_config)
-    estimate = estimate_zero_memory(trained, trained, 2, 1, offload_optimizer=True, precision="bf16",
+    estimate = estimate_zero_memory(trained, trained, 2, 1, offload_optimizer=True, precision=precision,
                                     master_bytes=master_bytes, moment_bytes=moment_bytes)  # fmt: skip
     assert estimate["cpu"] == sum(t.numel() * t.element_size() for t in held)
 
