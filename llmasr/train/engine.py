@@ -310,12 +310,22 @@ class TrainEngine:
     def load(self, load_dir: str, tag: str) -> dict:
         from llmasr.safe_load import weights_only_engine
 
+        # ZeRO-1/2 refuse a checkpoint saved with clipping into compute_grad_norm false, though the saved clipping
+        # value is replaced by this run's (0 there) just below
+        norm_off = getattr(self.optimizer, "compute_grad_norm", True) is False
         # strict=False: the frozen tensors were deliberately left out; the trainer checks the trainable names itself.
         # Weights-only: a checkpoint is data, and a pickled callable in it would run here (llmasr.safe_load).
-        with weights_only_engine(self.engine):
-            path, client_state = self.engine.load_checkpoint(
-                load_dir, tag=tag, load_module_strict=False, load_optimizer_states=True, load_lr_scheduler_states=True
-            )
+        if norm_off:
+            self.optimizer.compute_grad_norm = True
+        try:
+            with weights_only_engine(self.engine):
+                path, client_state = self.engine.load_checkpoint(
+                    load_dir, tag=tag, load_module_strict=False, load_optimizer_states=True,
+                    load_lr_scheduler_states=True,
+                )  # fmt: skip
+        finally:
+            if norm_off:
+                self.optimizer.compute_grad_norm = False
         if path is None:
             raise FileNotFoundError(f"DeepSpeed found no checkpoint {tag!r} in {load_dir}")
         # DeepSpeed's ZeRO-1/2 and fp16/bf16 optimizers take back the clipping value they were saved with (also on

@@ -54,6 +54,28 @@ def test_a_universal_resume_clips_at_its_own_grad_clip(make_model, tmp_path):
     assert resumed.optimizer.clip_grad == 5.0
 
 
+@pytest.mark.parametrize("universal_load", [False, True], ids=["load", "universal-load"])
+def test_a_resume_may_stop_clipping_and_computing_the_norm(universal_load, make_model, tmp_path):
+    """ZeRO-1/2 refused a checkpoint saved with clipping into zero_optimization.compute_grad_norm false, though
+    train.grad_clip 0 replaces the saved value on resume."""
+    from llmasr.train import universal
+
+    saved = make_engine(make_model(), "zero2", grad_clip=1.0)
+    one_update(saved)
+    saved.save(str(tmp_path), "t", {})
+    ds = load_ds_config("zero2")
+    ds["zero_optimization"]["compute_grad_norm"] = False
+    resumed = make_engine(make_model(), ds, grad_clip=0.0)
+    if universal_load:
+        universal.convert(tmp_path / "t", tmp_path / "t_universal")
+        universal.load(resumed, tmp_path, "t_universal")
+    else:
+        resumed.load(str(tmp_path), "t")
+    assert resumed.optimizer.clip_grad == 0.0 and resumed.optimizer.compute_grad_norm is False
+    one_update(resumed)
+    assert resumed.global_steps == 2
+
+
 @pytest.mark.parametrize("preset", ["zero2_offload", "zero3_offload"])
 def test_bf16_optimizer_states_train_in_the_offloaded_optimizer(preset, make_model):
     """DeepSpeed refused the CPU Adam llmasr built, whose moments were fp32, for bf16.bf16_optimizer_states."""
