@@ -295,11 +295,13 @@ def _check_accumulation_dtype(ds: dict, bf16_key: str, precision: str, source: s
 
 def _check_master_weights(ds: dict, bf16_key: str, precision: str, source: str) -> None:
     """Half-precision master weights and optimizer states only as DeepSpeed runs them and llmasr counts them
-    (zero_memory, checkpoint_space): under their own precision, bf16 states beside bf16 weights, the weights in an
-    offloaded optimizer (DeepSpeed refuses anything else once the model is built)."""
+    (zero_memory, checkpoint_space): under their own precision at ZeRO 1-3, bf16 states beside bf16 weights, the
+    weights in an offloaded optimizer unless their states are bf16 too (DeepSpeed refuses anything else once the
+    model is built)."""
     master, states = f"{bf16_key}.bf16_master_weights_and_grads", f"{bf16_key}.bf16_optimizer_states"
     fp16_master = "fp16.fp16_master_weights_and_grads"
     offloaded = _get(ds, "zero_optimization.offload_optimizer.device") not in (None, "none")
+    stage = _get(ds, "zero_optimization.stage") or 0
     for key in (master, states, fp16_master):
         if not _get(ds, key):
             continue
@@ -308,10 +310,18 @@ def _check_master_weights(ds: dict, bf16_key: str, precision: str, source: str) 
             why = f"train.precision is {precision}: they are {half} copies for {half} training; remove the key"
         elif key == states and not _get(ds, master):
             why = f"{master} is not: DeepSpeed keeps bf16 optimizer states only beside bf16 master weights; set both"
-        elif not offloaded:
+        elif stage == 0:
+            why = "zero_optimization.stage is 0: only DeepSpeed's ZeRO optimizers (stage 1-3) keep them"
+        elif not offloaded and half == "fp16":
             why = (
-                f"the optimizer is not offloaded (zero_optimization.offload_optimizer): DeepSpeed keeps {half} master "
-                "weights in an offloaded DeepSpeedCPUAdam; use zero2_offload or zero3_offload, or remove the key"
+                "the optimizer is not offloaded (zero_optimization.offload_optimizer): DeepSpeed keeps fp16 master "
+                "weights only in an offloaded DeepSpeedCPUAdam; use zero2_offload or zero3_offload, or remove the key"
+            )
+        elif not offloaded and not _get(ds, states):
+            why = (
+                "the optimizer is not offloaded (zero_optimization.offload_optimizer): DeepSpeed keeps bf16 master "
+                f"weights in an offloaded DeepSpeedCPUAdam, or on the device beside bf16 Adam moments ({states} "
+                "true as well); use zero2_offload or zero3_offload, set both keys, or remove this one"
             )
         else:
             continue

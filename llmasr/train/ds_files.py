@@ -127,7 +127,7 @@ def _named_masters(saved: list, groups: list, module: dict, names: list[str]) ->
 
 
 def consolidate_zero(tag_dir: Path) -> dict[str, torch.Tensor]:
-    """The fp32 master weights of a ZeRO-1/2/3 tag, whole, through DeepSpeed's zero_to_fp32 (reads files only)."""
+    """The master weights of a ZeRO-1/2/3 tag in fp32, whole, through DeepSpeed's zero_to_fp32 (reads files only)."""
     from deepspeed.utils import zero_to_fp32  # heavy: only when a ZeRO checkpoint is read
 
     buf = io.StringIO()
@@ -143,7 +143,8 @@ def consolidate_zero(tag_dir: Path) -> dict[str, torch.Tensor]:
             f"{tag_dir}: cannot consolidate the ZeRO shards ({_short(err)}); a shard is missing, truncated or corrupt"
         ) from err
     log.debug("zero_to_fp32: %s", buf.getvalue())
-    return {k: v.detach().clone().contiguous() for k, v in state.items()}
+    # masters kept in bf16 (bf16.bf16_master_weights_and_grads) come out in bf16; every reader expects fp32
+    return {k: (v.float() if v.is_floating_point() else v).detach().clone().contiguous() for k, v in state.items()}
 
 
 def strip_module_prefix(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -29,7 +29,8 @@ def estimate_zero_memory(
                                                 (2T) also stay on the device until the accumulation boundary.
       optimizer_states  12T                     fp32 master weights + Adam moments, partitioned from stage 1
       `master_bytes` / `moment_bytes` (optimizer_state_bytes) replace the 4 bytes of the master weight (and of the
-      offloaded gradient, kept in its dtype) and of each Adam moment where the DeepSpeed config keeps them in bf16.
+      gradient the optimizer steps on, kept in its dtype) and of each Adam moment where the DeepSpeed config keeps
+      them in 16 bits.
       At stage 3 without offload DeepSpeed holds both the 16-bit and the fp32 gradient partitions: 6T/W, measured
       by bench/zero_memory.py (DeepSpeed's own stage-3 estimator counts 4T/W and falls short by 2T/W).
     fp32: params 4N, grads 4T; optimizer_states 8T at stage 0 (the weights are the master copy), 12T/W from stage
@@ -88,9 +89,9 @@ def _state_bytes(
     if offload_optimizer:
         grads = kept + master * T / W
     elif stage == 3:
-        grads = 6 * T / W
+        grads = (2 + master) * T / W
     else:
-        grads = part(2 * T, 2) + part(4 * T, 1)
+        grads = part(2 * T, 2) + part(master * T, 1)
     return params, grads, part((master + 2 * moment) * T, 1), kept
 
 

@@ -147,3 +147,22 @@ def test_a_zero0_bf16_checkpoint_reads_its_fp32_master_weights(tmp_path, base_di
     model, _ = load_checkpoint_model(run.run_dir)
     params = dict(model.named_parameters())
     assert all(torch.equal(params[name].data, run.masters[name]) for name in meta.trainable)
+
+
+def test_bf16_master_weights_read_as_the_trained_values_in_fp32(tmp_path, base_dirs, train_corpus):
+    """bf16.bf16_master_weights_and_grads with bf16_optimizer_states trains on the device at ZeRO 1-3 (the masters
+    themselves in bf16): zero_to_fp32 hands them out in bf16, and every reader takes fp32."""
+    from llmasr.train.ds_config import load_ds_config
+
+    ds = load_ds_config("zero2")
+    ds["bf16"].update(bf16_master_weights_and_grads=True, bf16_optimizer_states=True)
+    run = train_run(tmp_path / "pure_bf16", model_section(*base_dirs), train_corpus, preset=ds, updates=2,
+                    precision="bf16")  # fmt: skip
+    ref = resolve_checkpoint(run.run_dir)
+    meta = read_meta(ref.path)
+    state = read_trained_state(ref.path, meta)
+    for name in meta.trainable:
+        assert state[name].dtype == torch.float32 and torch.equal(state[name], run.trained[name]), name
+    model, _ = load_checkpoint_model(run.run_dir)
+    params = dict(model.named_parameters())
+    assert all(torch.equal(params[name].data.float(), run.trained[name]) for name in meta.trainable)

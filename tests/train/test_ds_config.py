@@ -236,7 +236,9 @@ OFFLOAD = {"stage": 2, "offload_optimizer": {"device": "cpu"}}
         ({"data_types": {"param_dtype": "bf16"}}, {"precision": "fp32"},
          'data_types.param_dtype is "bf16" but train.precision is fp32'),
         ({"zero_optimization": {"stage": 2}, "bf16": {"bf16_master_weights_and_grads": True}}, {"precision": "bf16"},
-         "bf16.bf16_master_weights_and_grads is true but the optimizer is not offloaded"),
+         "bf16.bf16_master_weights_and_grads is true but the optimizer is not offloaded .* beside bf16 Adam moments"),
+        ({"bf16": {"bf16_master_weights_and_grads": True, "bf16_optimizer_states": True}}, {"precision": "bf16"},
+         "bf16.bf16_master_weights_and_grads is true but zero_optimization.stage is 0"),
         ({"zero_optimization": OFFLOAD, "bf16": {"bf16_optimizer_states": True}}, {"precision": "bf16"},
          "bf16.bf16_optimizer_states is true but bf16.bf16_master_weights_and_grads is not"),
         ({"zero_optimization": OFFLOAD, "bf16": {"bf16_master_weights_and_grads": True}}, {"precision": "fp32"},
@@ -265,6 +267,8 @@ def test_settings_deepspeed_refuses_once_the_model_is_built_are_refused_first(ra
         ({"zero_optimization": OFFLOAD, "bf16": {"bf16_master_weights_and_grads": True,
                                                  "bf16_optimizer_states": True}}, {"precision": "bf16"}),
         ({"zero_optimization": OFFLOAD, "fp16": {"fp16_master_weights_and_grads": True}}, {"precision": "fp16"}),
+        ({"zero_optimization": {"stage": 1}, "bf16": {"bf16_master_weights_and_grads": True,
+                                                      "bf16_optimizer_states": True}}, {"precision": "bf16"}),
     ]  # fmt: skip
     for ok, train in kept:
         assert resolve_ds_config(ok, train_cfg(**train), world_size=2)

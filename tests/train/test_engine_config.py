@@ -135,3 +135,39 @@ def test_the_device_estimate_counts_the_gradients_zero_keeps_between_micro_batch
     estimate = estimate_zero_memory(trained, trained, stage, 1, offload_optimizer=True, precision=precision)
     assert estimate["device"] - estimate["params"] == held
     te.engine.step()
+
+
+@pytest.mark.parametrize("stage", [1, 2, 3])
+@pytest.mark.parametrize("pure_bf16", [False, True], ids=["fp32-master", "bf16-master-and-moments"])
+def test_the_device_estimate_is_what_the_optimizer_holds(pure_bf16, stage, make_model):
+    """Without offload: the master partition, the gradients the optimizer steps on and Adam's moments, in fp32, or
+    in bf16 where bf16.bf16_master_weights_and_grads and bf16_optimizer_states keep them so (DeepSpeed runs that
+    pair on the device; it had been refused, and counted at 4 bytes)."""
+    from llmasr.train.zero_memory import estimate_zero_memory, optimizer_state_bytes
+
+    ds = load_ds_config(f"zero{stage}")
+    ds["bf16"].update(bf16_master_weights_and_grads=pure_bf16, bf16_optimizer_states=pure_bf16)
+    te = make_engine(make_model(), ds, precision="bf16")
+    inner = te.optimizer.optimizer
+    stepped_on = {}  # ZeRO-1/2 step their groups one by one; ZeRO-3 swaps its sub-groups in and out
+    step = inner.step
+
+    def recording_step(*args, **kwargs):
+        stepped_on.update({id(p): p for g in inner.param_groups for p in g["params"]})
+        held = sum(p.grad.numel() * p.grad.element_size() for g in inner.param_groups for p in g["params"])
+        stepped_on.setdefault("grads", []).append(held)
+        return step(*args, **kwargs)
+
+    inner.step = recording_step
+    one_update(te)
+    grads = sum(stepped_on.pop("grads"))
+    assert te.global_steps == 1 and te.skipped_steps == 0 and stepped_on
+    masters = list(stepped_on.values())
+    states = [v for p in masters for k, v in inner.state[p].items() if k != "step"]
+    assert {t.dtype for t in masters + states} == {torch.bfloat16 if pure_bf16 else torch.float32}
+    trained = sum(p.numel() for p in te.module.parameters() if p.requires_grad)
+    master_bytes, moment_bytes = optimizer_state_bytes(te.ds_config)
+    estimate = estimate_zero_memory(trained, trained, stage, 1, precision="bf16", master_bytes=master_bytes,
+                                    moment_bytes=moment_bytes)  # fmt: skip
+    assert estimate["optimizer_states"] == sum(t.numel() * t.element_size() for t in masters + states)
+    assert estimate["grads"] - 2 * trained == grads  # beside the 16-bit gradients
