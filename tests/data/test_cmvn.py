@@ -152,3 +152,21 @@ def test_cmvn_refuses_limits_out_of_range(tmp_path, capsys, flag, value):
     with pytest.raises(SystemExit) as exit_:
         main([str(path), "--out", str(tmp_path / "x.mvn"), flag, value])
     assert exit_.value.code == 2 and flag in capsys.readouterr().err and not (tmp_path / "x.mvn").exists()
+
+
+def test_cmvn_refuses_an_unwritable_out_before_reading_any_audio(tmp_path, capsys, monkeypatch):
+    """A folder, or a path under a file, is refused at once, not after a pass over the whole corpus."""
+    import llmasr.data.cmvn as cmvn
+    from llmasr.commands.data_cmvn import main
+
+    path, _ = make_corpus(tmp_path, n=2)
+    read = []
+    monkeypatch.setattr(cmvn, "_features", lambda *a: read.append(a) or "not reached")
+    (tmp_path / "afile").write_text("x")
+    for out, why in [
+        (tmp_path, "a folder, not a file"),
+        (tmp_path / "afile" / "am.mvn", "afile: a file, not a folder"),
+    ]:
+        assert main([str(path), "--out", str(out)]) == 2
+        assert f"llmasr data cmvn: error: --out {out}: " in (err := capsys.readouterr().err) and why in err
+    assert read == []
