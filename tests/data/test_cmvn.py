@@ -170,3 +170,17 @@ def test_cmvn_refuses_an_unwritable_out_before_reading_any_audio(tmp_path, capsy
         assert main([str(path), "--out", str(out)]) == 2
         assert f"llmasr data cmvn: error: --out {out}: " in (err := capsys.readouterr().err) and why in err
     assert read == []
+
+
+@pytest.mark.parametrize("samples", [400, SR])  # one frame; a second of digital silence (every frame the same)
+def test_cmvn_refuses_dimensions_that_do_not_vary(tmp_path, samples):
+    """A variance floored to 1e-10 had been written as a scale of 1e5: every later frame blown up, without a word."""
+    x = np.zeros(samples, np.float32) if samples == SR else np.random.default_rng(0).standard_normal(samples) * 0.1
+    sf.write(tmp_path / "c.wav", x.astype(np.float32), SR, subtype="FLOAT")
+    (tmp_path / "m.jsonl").write_text(json.dumps({"key": "c", "source": "c.wav", "target": "w"}) + "\n")
+    frames = 1 if samples == 400 else 98
+    with pytest.raises(
+        CMVNError, match=rf"80 of 80 dimensions \(first \[0, 1, 2, 3, 4\]\) do not vary over the {frames} "
+    ):
+        compute_global_cmvn([tmp_path / "m.jsonl"], FrontendConfig(), tmp_path / "am.mvn")
+    assert not (tmp_path / "am.mvn").exists()
