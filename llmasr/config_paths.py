@@ -9,6 +9,7 @@ resume read it later, from wherever they are started).
 from __future__ import annotations
 
 import dataclasses
+import os
 import typing
 from pathlib import Path
 from typing import Any
@@ -45,6 +46,21 @@ def file_problem(path: Path, what: str = "file") -> str | None:
     if path.is_dir():
         return f"a directory, not {'an' if what[0] in 'aeiou' else 'a'} {what}"
     return None if path.is_file() else f"no such {what}"
+
+
+def output_problem(output: Path) -> str | None:
+    """Why the output folder cannot be written, found without creating anything (a refused run leaves no folder):
+    it is a file, or its nearest existing ancestor is a file or not writable; None when it can be."""
+    if output.exists():
+        return None if output.is_dir() else "a file, not a folder"
+    parent = output.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        return f"cannot create the folder: {parent} is a file"
+    if not os.access(parent, os.W_OK | os.X_OK):
+        return f"cannot create the folder: {parent} is not writable"
+    return None
 
 
 def input_paths(obj: Any, prefix: str = ""):

@@ -1,7 +1,8 @@
 """Scoring transcripts: a text normaliser, a minimum edit alignment, per-utterance and corpus-level WER/CER.
 
 Normalisation (applied to reference and hypothesis alike): Unicode NFKC, lowercase (casefold), punctuation and
-symbols removed (apostrophes inside words kept: "don't"), whitespace collapsed.
+symbols removed (apostrophes inside words kept: "don't"; beside Chinese or Japanese characters, "他说‘好’吧", they are
+quotation marks and go), whitespace collapsed.
 
 Units (the `metric` asked for):
 - "wer": words, i.e. the normalised text split on whitespace.
@@ -78,8 +79,8 @@ def normalize(text: str) -> str:
     n = len(text)
     for i, ch in enumerate(text):
         cat = unicodedata.category(ch)
-        if ch in _APOSTROPHES:
-            inside = 0 < i < n - 1 and text[i - 1].isalnum() and text[i + 1].isalnum()
+        if ch in _APOSTROPHES:  # beside a character of a script written without spaces it is a quotation mark
+            inside = 0 < i < n - 1 and all(c.isalnum() and not is_no_space_char(c) for c in text[i - 1 : i + 2 : 2])
             out.append("'" if inside else " ")
         elif cat[0] in ("P", "S") or cat == "Cc" or ch in _WORD_BREAKS:
             out.append(" ")

@@ -188,8 +188,11 @@ def count_phrases(score: UttScore, ref: Units, hyp: Units, phrases: dict) -> tup
             leaked += [text] * bool(in_hyp)
             continue
         for s in in_ref:
+            # every unit matched to consecutive hypothesis units: an occurrence there, even one overlapping the
+            # leftmost ones counted above ("bora bora" at 1 of "bora bora bora"); recalled ones never overlap, so
+            # recalled <= hyp_occurrences
             start = hyp_of_ref.get(s)
-            ok = start in in_hyp and all(hyp_of_ref.get(s + k) == start + k for k in range(len(units)))
+            ok = start is not None and all(hyp_of_ref.get(s + k) == start + k for k in range(len(units)))
             counts.recalled += ok
             missed += [] if ok else [text]
     return counts, missed, leaked

@@ -20,6 +20,13 @@ def test_normalize():
     assert normalize("  Hello,   WORLD!  ") == "hello world"
     assert normalize("Don't stop — it's \u201cfine\u201d.") == "don't stop it's fine"
     assert normalize("'quoted'") == "quoted"
+    # beside characters of a script written without spaces a right single quote closes a quotation: it is no unit
+    assert (
+        normalize("他说\u2018好\u2019吧") == "他说 好 吧"
+        and normalize("それは\u2019いい\u2019です") == "それは いい です"
+    )
+    assert score_utterance("他说\u2018好\u2019吧", "他说好吧").errors == 0
+    assert normalize("我用python\u2019s库") == "我用python's库"
     assert normalize("ＡＢＣ１２３") == "abc123"  # NFKC folds full-width forms
     assert normalize("Straße") == "strasse"  # casefold
     assert normalize("你好，世界。") == "你好 世界"

@@ -65,6 +65,17 @@ def test_repeated_phrase_is_counted_per_occurrence():
     assert (b.phrases.ref_occurrences, b.phrases.hyp_occurrences, b.phrases.recalled) == (1, 1, 0)
 
 
+def test_a_phrase_matched_where_it_overlaps_an_earlier_occurrence_is_recalled():
+    # "bora bora" is matched word for word to hypothesis words 1-2, which overlap the leftmost occurrence (0-1)
+    score = score_utterance("i went to bora bora", "bora bora bora")
+    assert [tuple(op) for op in score.alignment[-2:]] == [("equal", 3, 1), ("equal", 4, 2)]
+    b = score_biased(score, ["Bora Bora"])
+    p = b.phrases
+    assert (p.ref_occurrences, p.hyp_occurrences, p.recalled) == (1, 1, 1) and b.missed == []
+    b = biased("叫莉莉", "莉莉莉", ["莉莉"])  # characters: a doubled name after a substitution
+    assert (b.phrases.recalled, b.missed) == (1, [])
+
+
 def test_distractor_leaks_by_insertion_and_by_substitution():
     b = biased("call bob now", "call bob now zanzibar", ["Zanzibar", "Kubernetes"])
     p = b.phrases
@@ -120,7 +131,7 @@ def test_hand_built_alignments_decide_the_split():
 def test_b_plus_u_is_every_error_on_random_pairs():
     rng = random.Random(4)
     vocab = ["new", "york", "anna", "bob", "call", "now", "the"]
-    lists = [["new york"], ["anna", "bob"], ["the", "new york", "zanzibar"], []]
+    lists = [["new york"], ["anna", "bob"], ["the", "new york", "zanzibar"], ["bob bob", "now"], []]
     pairs, phrase_lists = [], []
     for _ in range(300):
         pairs.append(tuple(" ".join(rng.choice(vocab) for _ in range(rng.randint(0, 8))) for _ in range(2)))

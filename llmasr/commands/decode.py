@@ -7,13 +7,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
-import os
 import sys
 from pathlib import Path
 
 from llmasr import errors
 from llmasr.config_io import ConfigError
-from llmasr.config_paths import file_problem
+from llmasr.config_paths import file_problem, output_problem
 from llmasr.data.hotwords import PhraseFileError, read_phrase_file
 from llmasr.export.decode import (
     DecodeError,
@@ -69,21 +68,6 @@ def model_args(p: argparse.ArgumentParser) -> None:
         "--trust-remote-code", action="store_true",
         help="allow a model that needs its LLM directory's own Python files (trust_remote_code) to run them",
     )  # fmt: skip
-
-
-def output_problem(output: Path) -> str | None:
-    """Why the output folder cannot be written, found without creating anything (a refused run leaves no folder):
-    it is a file, or its nearest existing ancestor is a file or not writable; None when it can be."""
-    if output.exists():
-        return None if output.is_dir() else "a file, not a folder"
-    parent = output.parent
-    while not parent.exists() and parent != parent.parent:
-        parent = parent.parent
-    if not parent.is_dir():
-        return f"cannot create the folder: {parent} is a file"
-    if not os.access(parent, os.W_OK | os.X_OK):
-        return f"cannot create the folder: {parent} is not writable"
-    return None
 
 
 def check_model_args(p: argparse.ArgumentParser, args) -> None:

@@ -22,7 +22,7 @@ from llmasr.data.manifest import BadRecord, Manifest
 
 log = logging.getLogger(__name__)
 
-VAR_FLOOR = 1e-10
+VAR_FLOOR = 1e-10  # a variance at most this: the dimension does not vary (a scale of 1e5 or more, or inf)
 
 
 class CMVNError(RuntimeError):
@@ -69,7 +69,8 @@ def compute_global_cmvn(
 
     _check_usable(bad, len(picks), frames, max_bad_fraction)
     mean = s1 / frames
-    var = np.maximum(s2 / frames - mean * mean, VAR_FLOOR)
+    var = s2 / frames - mean * mean
+    _check_varies(var, frames)
     shift = (-mean).astype(np.float32)
     scale = (1.0 / np.sqrt(var)).astype(np.float32)
     out_path = Path(out_path)
@@ -103,6 +104,17 @@ def _features(manifest: Manifest, index: int, extractor: FeatureExtractor) -> np
             f"needs at least {extractor.min_samples})"
         )
     return extractor(wav, train=False).astype(np.float64)
+
+
+def _check_varies(var: np.ndarray, frames: int) -> None:
+    """Raise CMVNError when some dimension does not vary (one frame, or identical ones): its scale would blow
+    every other frame up (Kaldi's cmvn-to-nnet and FunASR's tool write inf there)."""
+    flat = np.flatnonzero(var <= VAR_FLOOR)
+    if flat.size:
+        raise CMVNError(
+            f"global CMVN: {flat.size} of {var.size} dimensions (first {flat[:5].tolist()}) do not vary over the "
+            f"{frames} frame(s) read: no scale normalises them; give more (or other) audio"
+        )
 
 
 def _check_usable(bad: list[str], attempted: int, frames: int, max_bad_fraction: float) -> None:

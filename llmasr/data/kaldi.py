@@ -7,11 +7,14 @@ import json
 import logging
 import math
 import os
+import re
 from pathlib import Path
 
 from llmasr.data.records import BadRecord
 
 log = logging.getLogger(__name__)
+
+OFFSET = re.compile(r":[0-9]+$")  # Kaldi's ClassifyRxfilename: FILE:OFFSET is an offset into FILE, whatever its name
 
 
 def _read_kaldi_table(path: Path, what: str, dups: list[BadRecord]) -> dict[str, tuple[int, str]]:
@@ -107,7 +110,7 @@ def kaldi_to_jsonl(
       missing_text   audio (wav.scp / segments) but no transcript in `text`
       missing_audio  a transcript (or segment) whose audio key is not in wav.scp (or segments)
       empty_text     a transcript line with no words
-      unsupported    wav.scp entries that are pipe commands (`... |`) or ark offsets, not plain paths
+      unsupported    wav.scp entries that are pipe commands (`... |`) or offsets (`FILE:123`), not plain paths
       bad_segments   segments lines that do not parse
       duplicate_keys a key repeated within one file (the first is kept)
     plus `problems`: the first 20 BadRecords (file:line: reason). Every reason is also logged once as a warning.
@@ -144,8 +147,10 @@ def _audio_sources(wavs: dict, wav_scp: Path, base: Path, skipped: _Skipped) -> 
             why[key] = "'-' (standard input) is not an audio file"
         elif value.endswith("|"):
             why[key] = f"pipe command {value[:60]!r} is not supported; convert the audio to files first"
-        elif ".ark:" in value or value.endswith(".ark"):
-            why[key] = "Kaldi ark offsets are not supported"
+        elif "|" in value:  # Kaldi refuses it too: a pipe command missing its closing '|'
+            why[key] = f"{value[:60]!r} holds a '|' but does not end with one (a pipe command ends with '|')"
+        elif OFFSET.search(value) or ".ark:" in value or value.endswith(".ark"):
+            why[key] = f"{value[:60]!r}: Kaldi ark offsets are not supported (FILE:OFFSET is read as one)"
         else:
             p = Path(os.path.expanduser(value))
             sources[key] = str(p if p.is_absolute() else (base / p).resolve())

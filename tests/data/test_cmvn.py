@@ -152,3 +152,35 @@ def test_cmvn_refuses_limits_out_of_range(tmp_path, capsys, flag, value):
     with pytest.raises(SystemExit) as exit_:
         main([str(path), "--out", str(tmp_path / "x.mvn"), flag, value])
     assert exit_.value.code == 2 and flag in capsys.readouterr().err and not (tmp_path / "x.mvn").exists()
+
+
+def test_cmvn_refuses_an_unwritable_out_before_reading_any_audio(tmp_path, capsys, monkeypatch):
+    """A folder, or a path under a file, is refused at once, not after a pass over the whole corpus."""
+    import llmasr.data.cmvn as cmvn
+    from llmasr.commands.data_cmvn import main
+
+    path, _ = make_corpus(tmp_path, n=2)
+    read = []
+    monkeypatch.setattr(cmvn, "_features", lambda *a: read.append(a) or "not reached")
+    (tmp_path / "afile").write_text("x")
+    for out, why in [
+        (tmp_path, "a folder, not a file"),
+        (tmp_path / "afile" / "am.mvn", "afile: a file, not a folder"),
+    ]:
+        assert main([str(path), "--out", str(out)]) == 2
+        assert f"llmasr data cmvn: error: --out {out}: " in (err := capsys.readouterr().err) and why in err
+    assert read == []
+
+
+@pytest.mark.parametrize("samples", [400, SR])  # one frame; a second of digital silence (every frame the same)
+def test_cmvn_refuses_dimensions_that_do_not_vary(tmp_path, samples):
+    """A variance floored to 1e-10 had been written as a scale of 1e5: every later frame blown up, without a word."""
+    x = np.zeros(samples, np.float32) if samples == SR else np.random.default_rng(0).standard_normal(samples) * 0.1
+    sf.write(tmp_path / "c.wav", x.astype(np.float32), SR, subtype="FLOAT")
+    (tmp_path / "m.jsonl").write_text(json.dumps({"key": "c", "source": "c.wav", "target": "w"}) + "\n")
+    frames = 1 if samples == 400 else 98
+    with pytest.raises(
+        CMVNError, match=rf"80 of 80 dimensions \(first \[0, 1, 2, 3, 4\]\) do not vary over the {frames} "
+    ):
+        compute_global_cmvn([tmp_path / "m.jsonl"], FrontendConfig(), tmp_path / "am.mvn")
+    assert not (tmp_path / "am.mvn").exists()

@@ -765,3 +765,18 @@ def test_a_line_without_a_transcript_is_bad_for_training_and_audio_to_transcribe
     assert [decoding[i].target for i in (0, 1, 3, 4)] == [None] * 4
     assert decoding[4].lang == "English" and decoding[0].source == str(tmp_path / "a.wav")
     assert decoding[2].target == ""  # an empty reference: decoded and scored (all insertions), not a bad line
+
+
+def test_kaldi_wav_scp_entries_kaldi_would_not_read_as_a_file(tmp_path):
+    """Kaldi's ClassifyRxfilename reads FILE:OFFSET as an offset into FILE whatever FILE is called, and refuses a '|'
+    anywhere but at the end: both had been written to the manifest as paths that name no file."""
+    write_wav(tmp_path / "u1.wav")
+    (tmp_path / "wav.scp").write_text(
+        f"u1 {tmp_path / 'u1.wav'}\nu2 {tmp_path / 'audio.flac'}:5120\nu3 cat {tmp_path / 'u1.wav'} | sox - -t wav -\n"
+    )
+    (tmp_path / "text").write_text("u1 one\nu2 two\nu3 three\n")
+    counts = kaldi_to_jsonl(tmp_path / "wav.scp", tmp_path / "text", tmp_path / "m.jsonl")
+    assert counts["written"] == 1 and counts["unsupported_keys"] == ["u2", "u3"]
+    reasons = [str(p) for p in counts["problems"]]
+    assert reasons[0].startswith(f"{tmp_path / 'wav.scp'}:2: unsupported: u2: ") and "offsets" in reasons[0]
+    assert reasons[1].startswith(f"{tmp_path / 'wav.scp'}:3: unsupported: u3: ") and "ends with '|'" in reasons[1]
