@@ -302,7 +302,9 @@ class SpeechLLM(nn.Module):
             scorer = CTCPrefixScorer(ctc[0], ctc[1], self.ctc_tokenizer.blank_id)
             listed = [boosts[0].tokens(u) for u in range(len(hotwords))] if boosts else None
             processors.append(CTCPrefixGuide(scorer, weight, end, cfg.num_beams, listed))
-        processors += boosts  # after the guide: the boost is added to the joint score of the candidates it kept
+        # the boost after the guide (added to the joint score of the candidates it kept) and after the guards (an end
+        # they force inside a phrase gives its bonus back)
+        processors += [guards, *boosts]
         nbest = cfg.num_beams if weight > 0 and not llm_vocab else 1
         boosted_beams = nullcontext()
         if boosts and cfg.num_beams > 1:  # "never": nor does it stop once num_beams have ended (early_stopping true)
@@ -316,7 +318,7 @@ class SpeechLLM(nn.Module):
                 do_sample=False,
                 eos_token_id=self.prompt.end_id,
                 pad_token_id=self.prompt.pad_id,
-                logits_processor=LogitsProcessorList([*processors, guards]),
+                logits_processor=LogitsProcessorList(processors),
                 num_return_sequences=nbest,
                 output_scores=nbest > 1,
                 return_dict_in_generate=True,

@@ -337,3 +337,15 @@ def test_a_boosted_beam_search_decodes_a_batch_as_alone(model):
         together = model.transcribe(batch, cfg).llm
         alone = [model.transcribe(batch.select([i]), cfg).llm[0] for i in range(2)]
     assert together == alone == ["dog heldiocog", "dog"]
+
+
+def test_an_end_the_cap_forces_inside_a_phrase_gives_its_bonus_back(model):
+    """The token cap ends the beam that has begun " heldiocog" two tokens in: that hypothesis keeps no bonus, and the
+    search does not prefer it, cut off, to the hypotheses that ended by themselves."""
+    tok, end = model.prompt.tokenizer, model.prompt.end_id
+    batch = random_batch(model, ["dog heldiocog"], frames=[30], seed=1)
+    batch.hotwords = [["heldiocog"]]
+    cfg = DecodeConfig(num_beams=2, ctc_weight=0.0, hotword_boost=3.0, max_new_tokens=3)
+    with torch.no_grad(), ScriptedLLM(model, _late_phrase_script(tok, end, 4.0)):
+        out = model.transcribe(batch, cfg)
+    assert out.llm in (["dog"], ["ease"]) and out.truncated == [None]
