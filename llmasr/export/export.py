@@ -9,7 +9,8 @@ CPU only); optionally average N checkpoints; rebuild the model from the recipe a
 strictly, refusing a frozen branch whose weights were random (llmasr.export.trained_model); merge LoRA; write
 
     DIR/llm/                   the LLM with LoRA merged (HF format, safetensors, sharded when large), its tokenizer
-                               with the chat template, generation_config.eos_token_id = the prompt's end token
+                               with the chat template (defaulting the prompt's template_kwargs), generation_config.
+                               eos_token_id = the prompt's end token
     DIR/encoder.safetensors    the encoder, encoder LoRA merged into plain weights
     DIR/adaptor.safetensors
     DIR/ctc_head.safetensors   (+ the CTC vocabulary file) when the model has a CTC head
@@ -285,22 +286,32 @@ def _write_ctc(model, recipe, tmp: Path, encoder_dim: int) -> dict | None:
     }
 
 
+def _save_tokenizer(prompt, where: Path) -> None:
+    """The prompt's tokenizer, its chat template rendering llmasr's prompt without the variables llmasr passes
+    (PromptBuilder.standalone_template): plain transformers then writes the prompt the model was trained on."""
+    tokenizer, own = prompt.tokenizer, prompt.tokenizer.chat_template
+    tokenizer.chat_template = prompt.standalone_template()
+    try:
+        tokenizer.save_pretrained(str(where))
+    finally:
+        tokenizer.chat_template = own
+
+
 def _write_llm(model, recipe, tmp: Path, dtype_name: str, *, adapter_only: bool, max_shard_size) -> dict:
     """DIR/llm (merged), DIR/adapter or DIR/tokenizer; the description's `llm` entry."""
-    tokenizer = model.prompt.tokenizer
     if adapter_only:
         from peft import PeftModel
 
         if isinstance(model.llm, PeftModel):
             model.llm.save_pretrained(str(tmp / "adapter"))
-            tokenizer.save_pretrained(str(tmp / "adapter"))
+            _save_tokenizer(model.prompt, tmp / "adapter")
             llm_entry = {"kind": "adapter", "dir": "adapter"}
         else:
             if any(p.requires_grad for p in model.llm.parameters()):
                 raise ExportError(
                     "--adapter-only: the LLM was fine-tuned without LoRA, so there is no adapter; export the full model"
                 )
-            tokenizer.save_pretrained(str(tmp / "tokenizer"))
+            _save_tokenizer(model.prompt, tmp / "tokenizer")
             llm_entry = {"kind": "base", "dir": "tokenizer"}
 
         base_path = str(Path(recipe.model.llm.path).resolve())
@@ -313,7 +324,7 @@ def _write_llm(model, recipe, tmp: Path, dtype_name: str, *, adapter_only: bool,
         gen.eos_token_id = int(model.prompt.end_id)
         gen.pad_token_id = int(model.prompt.pad_id)
         merged.save_pretrained(str(tmp / "llm"), max_shard_size=max_shard_size)
-        tokenizer.save_pretrained(str(tmp / "llm"))
+        _save_tokenizer(model.prompt, tmp / "llm")
         llm_entry = {"kind": "merged", "dir": "llm"}
     llm_entry.update(dtype=dtype_name, trust_remote_code=bool(recipe.model.llm.trust_remote_code))
     return llm_entry

@@ -24,6 +24,7 @@ still found; matches never overlap, so no token is paid twice.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 
 import torch
@@ -259,6 +260,28 @@ class HotwordBoost:
             return _Match(0, root, root)
         token, after_word = prefix[-1], len(prefix) > 1 and prefix[-2] in self.ending
         return _step(self._match(utt, prefix[:-1], root), token, _joins(token, self.joining), after_word)
+
+
+def _keep_searching(is_early_stop_heuristic_unsatisfied, **_):
+    return is_early_stop_heuristic_unsatisfied
+
+
+@contextlib.contextmanager
+def beam_search_to_the_caps(model):
+    """transformers' beam search stops an utterance once its best running beam, assumed only to lose score from there
+    on, cannot beat its finished ones (`_check_early_stop_heuristic`); a boost's gains break that assumption, and a
+    beam that has just begun a phrase is cut before it can finish it. While active, every beam of `model` (a
+    transformers model) runs until it ends (the guards end each at its utterance's cap): the search then depends on
+    no other utterance's length, so a batch still decodes as its utterances would alone. A transformers without
+    that method is left alone."""
+    if not callable(getattr(type(model), "_check_early_stop_heuristic", None)):
+        yield
+        return
+    model._check_early_stop_heuristic = _keep_searching
+    try:
+        yield
+    finally:
+        del model._check_early_stop_heuristic
 
 
 def _spelled(root: _Node) -> set[int]:

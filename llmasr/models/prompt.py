@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,6 +57,23 @@ def _fixed_today():
         yield
     finally:
         ctu.datetime = real
+
+
+def _jinja_literal(value) -> str:
+    """`value` (what a YAML recipe holds) written as a Jinja expression."""
+    if value is None or isinstance(value, bool):
+        return {None: "none", True: "true", False: "false"}[value]
+    if isinstance(value, (int, float)):
+        if value != value or value in (math.inf, -math.inf):
+            raise PromptError(f"model.prompt.template_kwargs: {value!r} cannot be written into a chat template")
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_jinja_literal(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{json.dumps(str(k))}: {_jinja_literal(v)}" for k, v in value.items()) + "}"
+    raise PromptError(f"model.prompt.template_kwargs: a {type(value).__name__} cannot be written into a chat template")
 
 
 @dataclass(frozen=True)
@@ -108,6 +127,7 @@ class PromptBuilder:
             raise PromptError(f"{source} already defines the token {AUDIO_PLACEHOLDER!r}, which llmasr reserves")
         self._cache: dict[tuple[str, str | None], tuple[list[int], list[int]]] = {}
         self._prompt_ids(task)  # render once now so template errors surface at start-up
+        self.standalone_template()  # and variables an export's template could not carry
         self.end_id = self._find_end_id()
         pad = tokenizer.pad_token_id
         self.pad_id = int(pad if pad is not None else self.end_id)
@@ -126,10 +146,33 @@ class PromptBuilder:
             with _fixed_today():
                 return self.tokenizer.apply_chat_template(
                     self._messages(task, target, system), tokenize=False, add_generation_prompt=target is None,
-                    date_string=TEMPLATE_DATE.strftime("%d %b %Y"), **self.template_kwargs,
+                    **self.render_variables(),
                 )  # fmt: skip
         except Exception as err:  # jinja errors, templates that reject a role
             raise PromptError(f"{self.source}: the chat template failed to render: {err}") from err
+
+    def render_variables(self) -> dict:
+        """The variables besides the chat llmasr renders every prompt with: template_kwargs and the fixed date."""
+        return {"date_string": TEMPLATE_DATE.strftime("%d %b %Y"), **self.template_kwargs}
+
+    def standalone_template(self) -> str | dict:
+        """The chat template with render_variables set at its top where a caller passes none of them, so a plain
+        `apply_chat_template` renders llmasr's prompt (Qwen3's enable_thinking: false included) and a caller can
+        still pass its own values (a dict of named templates: each of them)."""
+        odd = [name for name in self.template_kwargs if not str(name).isidentifier()]
+        if odd:
+            raise PromptError(f"model.prompt.template_kwargs: {odd} are not names a chat template can read")
+        prelude = (
+            "".join(
+                f"{{%- if {name} is not defined %}}{{%- set {name} = {_jinja_literal(value)} %}}{{%- endif %}}"
+                for name, value in self.render_variables().items()
+            )
+            + "{{ '' }}"
+        )  # what follows a block tag loses its first newline (trim_blocks): the template's own stays
+        template = self.tokenizer.chat_template
+        if isinstance(template, dict):
+            return {name: prelude + text for name, text in template.items()}
+        return prelude + template
 
     def _find_end_id(self) -> int:
         """The token the template closes an assistant turn with (Qwen: <|im_end|>), else the tokenizer's EOS."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 import torch
@@ -26,7 +27,7 @@ from llmasr.models.ctc_prefix import CTCPrefixScorer
 from llmasr.models.ctc_vocab import LLMCTCTokenizer
 from llmasr.models.decode_guards import Guards
 from llmasr.models.decoding import DecodeConfig, Transcripts
-from llmasr.models.hotword_boost import HotwordBoost
+from llmasr.models.hotword_boost import HotwordBoost, beam_search_to_the_caps
 from llmasr.models.insert_audio import merge_audio_into_text
 from llmasr.models.llm import base_lm, causal_lm_parts, logit_transform
 from llmasr.models.losses import labels_only_cross_entropy
@@ -301,22 +302,29 @@ class SpeechLLM(nn.Module):
             scorer = CTCPrefixScorer(ctc[0], ctc[1], self.ctc_tokenizer.blank_id)
             listed = [boosts[0].tokens(u) for u in range(len(hotwords))] if boosts else None
             processors.append(CTCPrefixGuide(scorer, weight, end, cfg.num_beams, listed))
-        processors += boosts  # after the guide: the boost is added to the joint score of the candidates it kept
+        # the boost after the guide (added to the joint score of the candidates it kept) and after the guards (an end
+        # they force inside a phrase gives its bonus back)
+        processors += [guards, *boosts]
         nbest = cfg.num_beams if weight > 0 and not llm_vocab else 1
-        out = self.llm.generate(
-            inputs_embeds=merged.inputs_embeds,
-            attention_mask=merged.attention_mask,
-            max_new_tokens=max(caps) + 1,  # the guard ends each row at its own cap
-            do_sample=False,
-            eos_token_id=self.prompt.end_id,
-            pad_token_id=self.prompt.pad_id,
-            logits_processor=LogitsProcessorList([*processors, guards]),
-            num_return_sequences=nbest,
-            output_scores=nbest > 1,
-            return_dict_in_generate=True,
-            **cfg.generation(),
-            **generate_kwargs,
-        )
+        boosted_beams = nullcontext()
+        if boosts and cfg.num_beams > 1:  # "never": nor does it stop once num_beams have ended (early_stopping true)
+            boosted_beams = beam_search_to_the_caps(base_lm(self.llm))
+            generate_kwargs = {"early_stopping": "never", **generate_kwargs}
+        with boosted_beams:
+            out = self.llm.generate(
+                inputs_embeds=merged.inputs_embeds,
+                attention_mask=merged.attention_mask,
+                max_new_tokens=max(caps) + 1,  # the guard ends each row at its own cap
+                do_sample=False,
+                eos_token_id=self.prompt.end_id,
+                pad_token_id=self.prompt.pad_id,
+                logits_processor=LogitsProcessorList(processors),
+                num_return_sequences=nbest,
+                output_scores=nbest > 1,
+                return_dict_in_generate=True,
+                **cfg.generation(),
+                **generate_kwargs,
+            )
         rows = out.sequences.tolist()
         if nbest > 1:
             penalty = generate_kwargs.get("length_penalty")

@@ -501,3 +501,29 @@ def test_a_full_disk_during_export_names_the_folder_and_its_free_space(runs, tmp
     err = capsys.readouterr().err
     assert f"{tmp_path / '.m.partial'}: No space left on device while writing it (" in err
     assert "MiB free there" in err and not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_the_exported_tokenizer_writes_the_trained_prompt_in_plain_transformers(tmp_path):
+    """DIR/llm's chat template renders the prompt the model was trained and is decoded with, though plain
+    transformers is not passed model.prompt.template_kwargs: a Fun-ASR-Nano trained without thinking
+    (enable_thinking: false) had been prompted in DIR/llm without its empty <think></think> block."""
+    import yaml
+    from transformers import AutoTokenizer
+
+    from llmasr.convert.funasr_nano import convert_funasr
+    from llmasr.models.prompt import AUDIO_PLACEHOLDER
+    from llmasr.testing.tiny_nano import write_nano_dir
+
+    src = write_nano_dir(tmp_path / "src")
+    config = yaml.safe_load((src / "config.yaml").read_text(encoding="utf-8"))
+    config["dataset_conf"]["do_think"] = False
+    (src / "config.yaml").write_text(yaml.safe_dump(config, allow_unicode=True), encoding="utf-8")
+    convert_funasr(src, tmp_path / "out")
+    prompt = load_exported(tmp_path / "out").prompt
+    assert prompt.template_kwargs == {"enable_thinking": False}
+    plain = AutoTokenizer.from_pretrained(str(tmp_path / "out" / "llm"))
+    text = plain.apply_chat_template(prompt._messages(prompt.task, None), tokenize=False, add_generation_prompt=True)
+    assert text.endswith("<|im_start|>assistant\n<think>\n\n</think>\n\n")
+    before, after = text.split(AUDIO_PLACEHOLDER)
+    ids = plain.encode(before, add_special_tokens=False) + plain.encode(after, add_special_tokens=False)
+    assert ids == prompt.encode(None).ids

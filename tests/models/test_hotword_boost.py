@@ -3,6 +3,7 @@ what it does to decoding on models of known output (a scripted LLM, an oracle CT
 
 from __future__ import annotations
 
+import dataclasses
 import random
 
 import pytest
@@ -12,6 +13,7 @@ import llmasr
 from llmasr.config_io import ConfigError
 from llmasr.models.decoding import AUTO_HOTWORD_BOOST, DecodeConfig
 from llmasr.models.hotword_boost import HotwordBoost, phrase_trie
+from llmasr.models.llm import base_lm
 from llmasr.testing.scripted_llm import ScriptedLLM
 from llmasr.testing.tiny_recipe import OracleCTCHead, random_batch, tiny_model_section
 
@@ -293,3 +295,57 @@ def test_default_boost_follows_ctc_guidance_and_bad_values_are_refused():
     assert DecodeConfig(hotword_boost=1.5).boost(0.0, True) == 1.5
     with pytest.raises(ConfigError, match=r"decode.hotword_boost: must be >= 0"):
         DecodeConfig(hotword_boost=-1.0).validate("decode")
+
+
+def _late_phrase_script(tok, end: int, behind: float) -> dict:
+    """An LLM that ends after "dog" or "ease" (equally likely), or, `behind` logits lower, goes on after "dog" with
+    " heldiocog" and then ends."""
+    (dog,), (ease,), phrase = _ids(tok, "dog"), _ids(tok, "ease"), _ids(tok, " heldiocog")
+    assert len({dog, ease, end, *phrase}) == len(phrase) + 3  # the script keys on the previous token
+    script = {None: {dog: 30.0, ease: 30.0}, dog: {end: 30.0, phrase[0]: 30.0 - behind}, ease: {end: 30.0}}
+    for a, b in zip(phrase, [*phrase[1:], end]):
+        script[a] = {b: 30.0}
+    return script
+
+
+def test_a_beam_that_begins_a_phrase_is_searched_to_its_end(model):
+    """Two short hypotheses end at the second step, ahead per token of the beam that has just begun the listed phrase;
+    transformers' beam search, which assumes a running beam only loses score, stopped there."""
+    tok, end = model.prompt.tokenizer, model.prompt.end_id
+    batch = random_batch(model, ["dog heldiocog"], frames=[30], seed=1)
+    batch.hotwords = [["heldiocog"]]
+    cfg = DecodeConfig(num_beams=2, ctc_weight=0.0, hotword_boost=3.0)
+    gen = base_lm(model.llm).generation_config
+    with torch.no_grad(), ScriptedLLM(model, _late_phrase_script(tok, end, 4.0)):
+        assert model.transcribe(batch, cfg).llm == ["dog heldiocog"]
+        assert model.transcribe(batch, dataclasses.replace(cfg, hotword_boost=0.0)).llm in (["dog"], ["ease"])
+        gen.early_stopping = True  # an LLM's generation_config may stop a search once num_beams hypotheses end
+        try:
+            assert model.transcribe(batch, cfg).llm == ["dog heldiocog"]
+        finally:
+            gen.early_stopping = False
+
+
+def test_a_boosted_beam_search_decodes_a_batch_as_alone(model):
+    """A beam far behind that the boost lifts past the finished ones: found whatever else the batch holds (a bound
+    on its future score taken from the batch's longest cap would stop it alone and not in the batch)."""
+    tok, end = model.prompt.tokenizer, model.prompt.end_id
+    batch = random_batch(model, ["dog heldiocog", "dog"], frames=[30, 300], seed=1)
+    batch.hotwords = [["heldiocog"], []]
+    cfg = DecodeConfig(num_beams=2, ctc_weight=0.0, hotword_boost=3.0)
+    with torch.no_grad(), ScriptedLLM(model, _late_phrase_script(tok, end, 12.0)):
+        together = model.transcribe(batch, cfg).llm
+        alone = [model.transcribe(batch.select([i]), cfg).llm[0] for i in range(2)]
+    assert together == alone == ["dog heldiocog", "dog"]
+
+
+def test_an_end_the_cap_forces_inside_a_phrase_gives_its_bonus_back(model):
+    """The token cap ends the beam that has begun " heldiocog" two tokens in: that hypothesis keeps no bonus, and the
+    search does not prefer it, cut off, to the hypotheses that ended by themselves."""
+    tok, end = model.prompt.tokenizer, model.prompt.end_id
+    batch = random_batch(model, ["dog heldiocog"], frames=[30], seed=1)
+    batch.hotwords = [["heldiocog"]]
+    cfg = DecodeConfig(num_beams=2, ctc_weight=0.0, hotword_boost=3.0, max_new_tokens=3)
+    with torch.no_grad(), ScriptedLLM(model, _late_phrase_script(tok, end, 4.0)):
+        out = model.transcribe(batch, cfg)
+    assert out.llm in (["dog"], ["ease"]) and out.truncated == [None]

@@ -226,3 +226,28 @@ def test_template_kwargs_that_llmasr_sets_itself_are_refused():
 
     with pytest.raises(ConfigError, match=r"model.prompt.template_kwargs: \['add_generation_prompt'\] are set by"):
         PromptConfig(template_kwargs={"add_generation_prompt": False}).validate("model.prompt")
+
+
+def test_the_standalone_template_renders_llmasrs_prompt_without_its_variables(tiny_llm_dir, tmp_path):
+    """What an export's tokenizer carries: saved and loaded by plain transformers, its template renders the prompt
+    llmasr trains and decodes with (Qwen3's enable_thinking: false, Llama's fixed date, a leading newline of the
+    template's own) without being passed llmasr's variables, and a caller's own values still win."""
+    from transformers import AutoTokenizer
+
+    dated = "\n{% if date_string is defined %}Today Date: {{ date_string }}\n{% endif %}" + QWEN3_LIKE
+    quiet = PromptBuilder(
+        load_tokenizer(tiny_llm_dir), chat_template=dated, system="Be brief.",
+        template_kwargs={"enable_thinking": False, "tags": {"lang": ["en", None]}},
+    )  # fmt: skip
+    tokenizer = quiet.tokenizer
+    tokenizer.chat_template = quiet.standalone_template()
+    tokenizer.save_pretrained(str(tmp_path))
+    plain = AutoTokenizer.from_pretrained(str(tmp_path))
+    messages = quiet._messages(quiet.task, None)
+    text = plain.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    assert text == quiet._render(quiet.task, None)
+    assert text.startswith("\nToday Date: 26 Jul 2024\n") and text.endswith("assistant\n<think>\n\n</think>\n\n")
+    thinking = plain.apply_chat_template(messages, tokenize=False, add_generation_prompt=True, enable_thinking=True)
+    assert thinking == text.removesuffix("<think>\n\n</think>\n\n")
+    with pytest.raises(PromptError, match=r"template_kwargs: \['two words'\] are not names a chat template can read"):
+        PromptBuilder(load_tokenizer(tiny_llm_dir), template_kwargs={"two words": 1})  # at start-up, not at export
