@@ -101,7 +101,7 @@ def test_an_empty_manifest_is_an_error_not_a_run_of_nothing(exported_dir, manife
         ["--model", str(exported_dir), "--data", str(empty), "--data", str(manifest), "--output", str(out)]
     )
     err = capsys.readouterr().err
-    assert rc == 1 and f"manifest {empty}: no records (the file is empty or holds only blank lines)" in err
+    assert rc == 2 and f"manifest {empty}: no records (the file is empty or holds only blank lines)" in err
     assert not (out / "empty").exists()  # no empty folder is left for it
     assert (out / "test" / "wer.json").is_file()  # the other manifest is still decoded
     assert (out / "wer.txt").read_text().splitlines()[-1] == f"{empty}: not decoded (see the error printed for it)"
