@@ -266,6 +266,8 @@ def _decode_all(model, manifests: list[str], output: Path, cfg, opts, device, wo
             summary = decode_manifest(model, data, out_dir, cfg, opts, device=device, world=world)
         except (FileNotFoundError, ValueError) as err:
             print(f"llmasr decode: error: {data}: {err}", file=sys.stderr)
+            if world.leader:  # an earlier decode's files there would read as this manifest's results
+                clear_outputs(out_dir)
             failed.append(data)
             undecoded.append(data)
             status = max(status, errors.exit_status(err))  # 2: a manifest missing, empty or unreadable

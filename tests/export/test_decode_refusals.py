@@ -107,6 +107,19 @@ def test_an_empty_manifest_is_an_error_not_a_run_of_nothing(exported_dir, manife
     assert (out / "wer.txt").read_text().splitlines()[-1] == f"{empty}: not decoded (see the error printed for it)"
 
 
+def test_a_manifest_not_decoded_leaves_no_earlier_results_in_its_folder(exported_dir, manifest, tmp_path):
+    other = write_corpus(tmp_path / "other", ["four five"], name="other")
+    out = tmp_path / "out"
+    args = ["--model", str(exported_dir), "--data", str(manifest), "--data", str(other), "--num-workers", "0",
+            "--max-new-tokens", "2", "--output", str(out)]  # fmt: skip
+    assert decode_main(args) == 0 and (out / "other" / "hyp.txt").is_file()
+    other.write_text("\n")  # refused when it is read, this time
+    assert decode_main(args) == 2
+    assert (out / "wer.txt").read_text().splitlines()[-1] == f"{other}: not decoded (see the error printed for it)"
+    assert sorted(p.name for p in (out / "other").iterdir()) == []  # not the first decode's hyp.txt, wer.txt ...
+    assert (out / "test" / "wer.json").is_file()
+
+
 def test_missing_inputs_are_named_before_the_model_loads(exported_dir, manifest, tmp_path, monkeypatch, capsys):
     """A mistyped manifest or audio file: exit 2 naming each, before the model loads (it had been found after the
     load, and after every manifest before it was decoded); nothing is written."""
