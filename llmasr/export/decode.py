@@ -80,6 +80,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from llmasr import errors
 from llmasr.config_io import ConfigError, from_dict
 from llmasr.data.config import DataConfig
 from llmasr.data.device_features import resolve_features_on
@@ -257,19 +258,26 @@ def decode_manifest(
 
 
 def transcribe_loader(
-    model, loader: SpeechDataLoader, cfg: DecodeConfig, device, clock: dict | None = None
+    model, loader: SpeechDataLoader, cfg: DecodeConfig, device, clock: dict | None = None, name=None
 ) -> tuple[dict[int, dict], str]:
     """Rows {key, ref, hyp, ctc_hyp, truncated, duration, index, hotwords, hotwords_dropped} of every decoded item
     (an utterance or a window of one) by item index, and the search mode; ctc_hyp is None without a CTC head.
     `clock`: gets "first_batch" (seconds from the call until the first batch was decoded: the loader's start and
-    the device's warm-up are in it) and "first_batch_share" (its share of the audio of the items decoded)."""
+    the device's warm-up are in it) and "first_batch_share" (its share of the audio of the items decoded).
+    A batch the model fails on is named in the error by its items, `name(item index, key)` each (default: the
+    manifest line and key)."""
     rows: dict[int, dict] = {}
     mode = cfg.mode(0.0)
+    manifest = loader.dataset.manifest
+    name = name or (lambda idx, key: f"{getattr(manifest, 'path', '?')}:{manifest.lineno(idx)} (key {key})")
     t0 = time.perf_counter()
     for batch in loader:
         if not batch.size or batch.duplicate:  # every item bad (the loader counted them), or a rank's padding
             continue
-        got = model.transcribe(batch.to(device), cfg)
+        items = list(dict.fromkeys(name(int(i), k) for i, k in zip(batch.indices, batch.keys)))  # windows: once
+        more = f" and {len(items) - 3} more" if len(items) > 3 else ""
+        with errors.context(f"decoding the batch of {', '.join(items[:3])}{more}"):  # an OOM, a fault of one item
+            got = model.transcribe(batch.to(device), cfg)
         mode = got.mode
         ctc = got.ctc if got.ctc is not None else [None] * len(got.llm)
         for i, (idx, key, ref) in enumerate(zip(batch.indices, batch.keys, batch.targets)):

@@ -89,7 +89,7 @@ class Transcriber:
         with tempfile.TemporaryDirectory(prefix="llmasr-transcribe-") as tmp:
             names, manifest = _manifest(list(audio), sample_rate, hotwords, Path(tmp))
             loader = decode_loader(self.model, manifest, self.cfg, self.opts, self.device)
-            items, _ = transcribe_loader(self.model, loader, self.cfg, self.device)
+            items, _ = transcribe_loader(self.model, loader, self.cfg, self.device, name=lambda _, key: names[int(key)])
             bad = {int(b["key"]): b["reason"] for b in loader.bad_data.examples}  # the loader keeps every one
             if bad and not keep_going:
                 why = "; ".join(f"{names[i]}: {reason}" for i, reason in bad.items())

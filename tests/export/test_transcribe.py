@@ -57,6 +57,18 @@ def test_files_and_waveforms_give_the_texts_decode_gives(asr, clips, tmp_path):
     assert asr([]) == []
 
 
+def test_a_clip_the_model_fails_on_is_named_by_its_path(asr, clips, monkeypatch):
+    _, paths = clips
+
+    def out_of_memory(batch, cfg):
+        raise RuntimeError("CUDA out of memory")
+
+    monkeypatch.setattr(asr.model, "transcribe", out_of_memory)
+    with pytest.raises(RuntimeError, match="CUDA out of memory") as raised:
+        asr([str(paths[1])])
+    assert raised.value.__notes__ == [f"while decoding the batch of {paths[1]}"]
+
+
 def test_a_hotword_list_is_used_as_decode_uses_a_list_file(asr, clips, tmp_path):
     manifest, paths = clips
     phrases = ["seven eight", "nine"]
