@@ -28,7 +28,10 @@ Outputs (HYP_DIR, or HYP_DIR/<manifest name>/ when several manifests are given):
                    ref_occurrences, hyp_occurrences, missed, leaked} (llmasr.scoring_bias)
     wer.txt        summary: WER/CER, substitutions/deletions/insertions, #utterances, truncations by guard, the
                    search mode (greedy, beam N, + CTC guidance), its real-time factor (decoding wall-clock seconds
-                   / audio seconds) and throughput (utterances/s), skipped lines, "N utterances decoded in M
+                   / audio seconds: from opening the manifest to the last batch decoded, the slowest rank's on N
+                   ranks, the pass that reads long or VAD-gated audio to place its windows included, its share
+                   given as window_plan_seconds; loading the model and scoring and writing the outputs not) and
+                   throughput (utterances/s), skipped lines, "N utterances decoded in M
                    windows" with the window limit; when any utterance has a
                    biasing list (`hotwords`), how many had one and how many phrases the prompt's token cap
                    dropped, B-WER / U-WER and hotword recall, precision and leaks
@@ -221,9 +224,10 @@ def decode_manifest(
     except ConfigError as err:
         raise DecodeError(str(err)) from err
     out_dir = Path(out_dir)
+    t0, clock = time.perf_counter(), {}  # the clock counts the pass that reads long or gated audio for its windows
     loader = decode_loader(model, manifest_path, cfg, opts, device, world)  # a manifest refused leaves no folder
+    planned = time.perf_counter() - t0
     model.eval()
-    t0, clock = time.perf_counter(), {}
     items, mode = transcribe_loader(model, loader, cfg, device, clock)
     items, bad_data, shares = world.merge(items, loader.bad_data)
     if not world.leader:
@@ -237,6 +241,7 @@ def decode_manifest(
             r["hotwords_scored"] = model.prompt.capped_hotwords(loader.dataset.listed_hotwords(r["index"]))[0]
     audio_seconds = sum(r["duration"] for r in rows)
     timing = {"audio_seconds": audio_seconds, "decode_seconds": time.perf_counter() - t0, "device": device}
+    timing["window_plan_seconds"] = planned
     timing.update(mode=mode, rank_items=shares, **clock)
     tracker = utterance_tracker(bad_data, manifest, len(rows))
     with open(out_dir / "bad.jsonl", "w", encoding="utf-8") as fb:

@@ -279,7 +279,14 @@ def test_ctc_branch_batched_equals_one_by_one_and_the_llm_output_is_unchanged(mo
         assert _read(tmp_path / "b" / name) == _read(tmp_path / "plain" / name), name
     plain = json.loads((tmp_path / "plain" / "wer.json").read_text())
     with_ctc = json.loads((tmp_path / "b" / "wer.json").read_text())
-    timing = ("decode_seconds", "rtf", "utts_per_second", "first_batch_seconds", "rtf_after_first_batch")
+    timing = (
+        "decode_seconds",
+        "rtf",
+        "utts_per_second",
+        "first_batch_seconds",
+        "rtf_after_first_batch",
+        "window_plan_seconds",
+    )
     assert {k: v for k, v in with_ctc.items() if k not in timing} == {k: v for k, v in plain.items() if k not in timing}
     for name in ("hyp.txt", "results.jsonl", "wer.txt", "wer.json"):
         assert (tmp_path / "b" / "ctc" / name).is_file(), name
