@@ -171,8 +171,9 @@ def llm_summary(out_dir: Path, rows: list[dict], found: dict, cfg: DecodeConfig,
 
 
 def _repeated_keys(rows: list[dict]) -> list[str]:
-    """The keys that stand on more than one row, in first-seen order."""
-    return [k for k, n in Counter(r["key"] for r in rows).items() if n > 1]
+    """The keys that stand on more than one line of hyp.txt, as written there ("a b" and "a_b" both as a_b), in
+    first-seen order."""
+    return [k for k, n in Counter(_kaldi_key(r["key"]) for r in rows).items() if n > 1]
 
 
 def ctc_summary(out_dir: Path, rows: list[dict], found: dict, cfg: DecodeConfig, timing: dict) -> dict:
