@@ -15,6 +15,7 @@ from llmasr import errors
 from llmasr.config_io import ConfigError
 from llmasr.config_paths import file_problem
 from llmasr.data.hotwords import PhraseFileError, read_phrase_file
+from llmasr.data.manifest import BadManifest, EmptyManifest
 from llmasr.export.decode import (
     DecodeError,
     DecodeOptions,
@@ -264,7 +265,8 @@ def _decode_all(model, manifests: list[str], output: Path, cfg, opts, device, wo
     for data, out_dir in zip(manifests, out_dirs(manifests, output)):
         try:
             summary = decode_manifest(model, data, out_dir, cfg, opts, device=device, world=world)
-        except (FileNotFoundError, ValueError) as err:
+        except (FileNotFoundError, EmptyManifest, BadManifest) as err:  # every rank meets these alike; a fault met
+            # decoding may be one rank's, which going on to the next manifest would pair with another's rows
             print(f"llmasr decode: error: {data}: {err}", file=sys.stderr)
             if world.leader:  # an earlier decode's files there would read as this manifest's results
                 clear_outputs(out_dir)

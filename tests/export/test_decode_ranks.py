@@ -13,6 +13,7 @@ from llmasr.commands.decode import main
 from llmasr.export.decode import DecodeOptions, decode_loader
 from llmasr.export.decode_world import DecodeWorld
 from llmasr.models.decoding import DecodeConfig
+from llmasr.models.speech_llm import SpeechLLM
 from llmasr.testing.launcher import assert_no_shm_left, launcher_env
 from llmasr.testing.run_dirs import write_corpus, write_wav
 from llmasr.train.engine import _free_port
@@ -67,6 +68,26 @@ def test_two_ranks_write_what_one_process_writes(exported_dir, manifest, tmp_pat
     assert sum(got["rank_items"]) == items  # the batch a rank repeats to keep the count even is skipped
     assert f"2 ranks, items decoded {got['rank_items'][0]} + {got['rank_items'][1]}" in (two / "wer.txt").read_text()
     assert len((two / "hyp.txt").read_text().splitlines()) == len(TEXTS) + 1
+
+
+def test_a_fault_met_decoding_ends_the_run_not_only_its_manifest(exported_dir, manifest, tmp_path, monkeypatch):
+    """Only a manifest every rank refuses alike (missing, empty, unreadable) is skipped for the next: a rank going on
+    after a fault of its own batch would gather the next manifest's rows into the others' merge of this one."""
+    real = SpeechLLM.transcribe
+
+    def fails_on_test001(self, batch, cfg=None, **kwargs):
+        if "test001" in batch.keys:
+            raise ValueError("a fault of this batch alone")
+        return real(self, batch, cfg, **kwargs)
+
+    monkeypatch.setattr(SpeechLLM, "transcribe", fails_on_test001)
+    other = write_corpus(tmp_path / "other", ["four five"], name="other")
+    args = ["--model", str(exported_dir), "--data", str(manifest), "--data", str(other), "--num-workers", "0",
+            "--max-new-tokens", "2", "--output", str(tmp_path / "out")]  # fmt: skip
+    with pytest.raises(ValueError, match="a fault of this batch alone") as raised:
+        main(args)
+    assert f"{manifest}:2 (key test001)" in raised.value.__notes__[0]  # the batch is named by its items
+    assert not (tmp_path / "out" / "other").exists()
 
 
 def test_the_world_comes_from_the_launcher_and_each_rank_takes_its_own_gpu(monkeypatch):
