@@ -118,7 +118,7 @@ def _manifest(audio: list, sample_rate, hotwords, tmp: Path) -> tuple[list[str],
         line = {"key": str(i), "source": source}
         if hotwords is not None:
             line["hotwords"] = list(hotwords)
-        lines.append(json.dumps(line, ensure_ascii=False))
+        lines.append(json.dumps(line))  # escaped: a file name in a legacy encoding (lone surrogates) survives
     path = tmp / "audio.jsonl"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return names, path

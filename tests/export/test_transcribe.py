@@ -121,6 +121,20 @@ def test_a_corrupt_file_among_many_is_named_and_the_others_still_transcribed(exp
     assert "1 of 3 files could not be transcribed" in err
 
 
+def test_a_file_name_that_is_not_utf8_fails_alone(asr, clips, tmp_path):
+    """A name in a legacy encoding (Latin-1 bytes, as Python gives them: lone surrogates) had failed the whole call
+    with a UnicodeEncodeError naming no file; now it is that file's error, and the others are transcribed."""
+    import os
+    import shutil
+
+    _, paths = clips
+    latin1 = tmp_path / os.fsdecode(b"caf\xe9.wav")
+    shutil.copy(paths[0], latin1)
+    rows = asr.transcripts([latin1, paths[1]], keep_going=True)
+    assert rows[0]["audio"] == str(latin1) and "error" in rows[0] and "hyp" not in rows[0]
+    assert rows[1]["hyp"] == asr(paths[1])
+
+
 def test_a_bfloat16_waveform_is_read_as_its_float_values(asr, clips):
     """numpy has no bfloat16: the tensor had failed with a bare TypeError."""
     wave, rate = sf.read(clips[1][2], dtype="float32")
