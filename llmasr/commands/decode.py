@@ -267,8 +267,8 @@ def _decode_all(model, manifests: list[str], output: Path, cfg, opts, device, wo
             summary = decode_manifest(model, data, out_dir, cfg, opts, device=device, world=world)
         except (FileNotFoundError, EmptyManifest, BadManifest) as err:  # every rank meets these alike; a fault met
             # decoding may be one rank's, which going on to the next manifest would pair with another's rows
-            print(f"llmasr decode: error: {data}: {err}", file=sys.stderr)
-            if world.leader:  # an earlier decode's files there would read as this manifest's results
+            if world.leader:  # rank 0 says it, once; an earlier decode's files there would read as its results
+                print(f"llmasr decode: error: {data}: {err}", file=sys.stderr)
                 clear_outputs(out_dir)
             failed.append(data)
             undecoded.append(data)

@@ -4,6 +4,7 @@ real `deepspeed` launcher on 2 CPU ranks writing the outputs one process writes.
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 
 import pytest
@@ -88,6 +89,25 @@ def test_a_fault_met_decoding_ends_the_run_not_only_its_manifest(exported_dir, m
         main(args)
     assert f"{manifest}:2 (key test001)" in raised.value.__notes__[0]  # the batch is named by its items
     assert not (tmp_path / "out" / "other").exists()
+
+
+def test_a_manifest_every_rank_refuses_is_named_by_rank_0_alone(exported_dir, tmp_path, monkeypatch, capsys):
+    """Every rank meets an empty manifest; the launcher interleaves their stderr, and the message came twice."""
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n")
+    monkeypatch.setattr(DecodeWorld, "start", lambda self, device: None)  # refused before any collective
+    root, level = logging.getLogger(), logging.getLogger().level
+    try:
+        for rank in (1, 0):
+            monkeypatch.setenv("RANK", str(rank))
+            monkeypatch.setenv("WORLD_SIZE", "2")
+            monkeypatch.setenv("LOCAL_RANK", str(rank))
+            args = ["--model", str(exported_dir), "--data", str(empty), "--output", str(tmp_path / "out")]
+            assert main([*args, "--device", "cpu"]) == 2
+            said = capsys.readouterr().err.count(f"manifest {empty}: no records")
+            assert said == (1 if rank == 0 else 0), rank
+    finally:
+        root.setLevel(level)  # a rank > 0 quiets the root logger
 
 
 def test_the_world_comes_from_the_launcher_and_each_rank_takes_its_own_gpu(monkeypatch):
