@@ -14,6 +14,7 @@ from llmasr import errors
 from llmasr.config_io import ConfigError
 from llmasr.config_paths import file_problem, output_problem
 from llmasr.data.hotwords import PhraseFileError, read_phrase_file
+from llmasr.data.manifest import BadManifest, EmptyManifest
 from llmasr.export.decode import (
     DecodeError,
     DecodeOptions,
@@ -248,8 +249,11 @@ def _decode_all(model, manifests: list[str], output: Path, cfg, opts, device, wo
     for data, out_dir in zip(manifests, out_dirs(manifests, output)):
         try:
             summary = decode_manifest(model, data, out_dir, cfg, opts, device=device, world=world)
-        except (FileNotFoundError, ValueError) as err:
-            print(f"llmasr decode: error: {data}: {err}", file=sys.stderr)
+        except (FileNotFoundError, EmptyManifest, BadManifest) as err:  # every rank meets these alike; a fault met
+            # decoding may be one rank's, which going on to the next manifest would pair with another's rows
+            if world.leader:  # rank 0 says it, once; an earlier decode's files there would read as its results
+                print(f"llmasr decode: error: {data}: {err}", file=sys.stderr)
+                clear_outputs(out_dir)
             failed.append(data)
             undecoded.append(data)
             status = max(status, errors.exit_status(err))  # 2: a manifest missing, empty or unreadable

@@ -28,7 +28,10 @@ Outputs (HYP_DIR, or HYP_DIR/<manifest name>/ when several manifests are given):
                    ref_occurrences, hyp_occurrences, missed, leaked} (llmasr.scoring_bias)
     wer.txt        summary: WER/CER, substitutions/deletions/insertions, #utterances, truncations by guard, the
                    search mode (greedy, beam N, + CTC guidance), its real-time factor (decoding wall-clock seconds
-                   / audio seconds) and throughput (utterances/s), skipped lines, "N utterances decoded in M
+                   / audio seconds: from opening the manifest to the last batch decoded, the slowest rank's on N
+                   ranks, the pass that reads long or VAD-gated audio to place its windows included, its share
+                   given as window_plan_seconds; loading the model and scoring and writing the outputs not) and
+                   throughput (utterances/s), skipped lines, "N utterances decoded in M
                    windows" with the window limit; when any utterance has a
                    biasing list (`hotwords`), how many had one and how many phrases the prompt's token cap
                    dropped, B-WER / U-WER and hotword recall, precision and leaks
@@ -80,6 +83,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from llmasr import errors
 from llmasr.config_io import ConfigError, from_dict
 from llmasr.data.config import DataConfig
 from llmasr.data.device_features import resolve_features_on
@@ -220,9 +224,10 @@ def decode_manifest(
     except ConfigError as err:
         raise DecodeError(str(err)) from err
     out_dir = Path(out_dir)
+    t0, clock = time.perf_counter(), {}  # the clock counts the pass that reads long or gated audio for its windows
     loader = decode_loader(model, manifest_path, cfg, opts, device, world)  # a manifest refused leaves no folder
+    planned = time.perf_counter() - t0
     model.eval()
-    t0, clock = time.perf_counter(), {}
     items, mode = transcribe_loader(model, loader, cfg, device, clock)
     items, bad_data, shares = world.merge(items, loader.bad_data)
     if not world.leader:
@@ -236,6 +241,7 @@ def decode_manifest(
             r["hotwords_scored"] = model.prompt.capped_hotwords(loader.dataset.listed_hotwords(r["index"]))[0]
     audio_seconds = sum(r["duration"] for r in rows)
     timing = {"audio_seconds": audio_seconds, "decode_seconds": time.perf_counter() - t0, "device": device}
+    timing["window_plan_seconds"] = planned
     timing.update(mode=mode, rank_items=shares, **clock)
     tracker = utterance_tracker(bad_data, manifest, len(rows))
     with open(out_dir / "bad.jsonl", "w", encoding="utf-8") as fb:
@@ -257,19 +263,26 @@ def decode_manifest(
 
 
 def transcribe_loader(
-    model, loader: SpeechDataLoader, cfg: DecodeConfig, device, clock: dict | None = None
+    model, loader: SpeechDataLoader, cfg: DecodeConfig, device, clock: dict | None = None, name=None
 ) -> tuple[dict[int, dict], str]:
     """Rows {key, ref, hyp, ctc_hyp, truncated, duration, index, hotwords, hotwords_dropped} of every decoded item
     (an utterance or a window of one) by item index, and the search mode; ctc_hyp is None without a CTC head.
     `clock`: gets "first_batch" (seconds from the call until the first batch was decoded: the loader's start and
-    the device's warm-up are in it) and "first_batch_share" (its share of the audio of the items decoded)."""
+    the device's warm-up are in it) and "first_batch_share" (its share of the audio of the items decoded).
+    A batch the model fails on is named in the error by its items, `name(item index, key)` each (default: the
+    manifest line and key)."""
     rows: dict[int, dict] = {}
     mode = cfg.mode(0.0)
+    manifest = loader.dataset.manifest
+    name = name or (lambda idx, key: f"{getattr(manifest, 'path', '?')}:{manifest.lineno(idx)} (key {key})")
     t0 = time.perf_counter()
     for batch in loader:
         if not batch.size or batch.duplicate:  # every item bad (the loader counted them), or a rank's padding
             continue
-        got = model.transcribe(batch.to(device), cfg)
+        items = list(dict.fromkeys(name(int(i), k) for i, k in zip(batch.indices, batch.keys)))  # windows: once
+        more = f" and {len(items) - 3} more" if len(items) > 3 else ""
+        with errors.context(f"decoding the batch of {', '.join(items[:3])}{more}"):  # an OOM, a fault of one item
+            got = model.transcribe(batch.to(device), cfg)
         mode = got.mode
         ctc = got.ctc if got.ctc is not None else [None] * len(got.llm)
         for i, (idx, key, ref) in enumerate(zip(batch.indices, batch.keys, batch.targets)):

@@ -94,13 +94,19 @@ def _ranks(timing: dict) -> str:
 
 def _steady(timing: dict) -> dict:
     """The first batch's seconds (the loader's start and the device's warm-up are in them: on a GPU they can outweigh
-    a small test set) and the real-time factor of the batches after it (None with one batch)."""
+    a small test set) and the real-time factor of the batches after it (None with one batch; the window planning
+    before the first batch not counted)."""
     first = timing.get("first_batch")
     if first is None:
         return {}
     audio = timing["audio_seconds"] * (1.0 - timing["first_batch_share"])
-    took = timing["decode_seconds"] - first
+    took = timing["decode_seconds"] - first - timing.get("window_plan_seconds", 0.0)
     return {"first_batch_seconds": round(first, 3), "rtf_after_first_batch": took / audio if audio > 1e-9 else None}
+
+
+def _plan_text(summary: dict) -> str:
+    plan = summary["window_plan_seconds"]
+    return f" ({plan:.1f} s of it reading the manifest and placing the windows)" if plan >= 0.05 else ""
 
 
 def _steady_text(summary: dict) -> str:
@@ -121,6 +127,7 @@ def llm_summary(out_dir: Path, rows: list[dict], found: dict, cfg: DecodeConfig,
         mode=timing["mode"],
         audio_seconds=round(audio, 3),
         decode_seconds=round(took, 3),
+        window_plan_seconds=round(timing.get("window_plan_seconds", 0.0), 3),
         rtf=took / audio if audio > 0 else math.nan,
         **_steady(timing),
         utts_per_second=len(rows) / took if took > 0 else math.nan,
@@ -136,7 +143,8 @@ def llm_summary(out_dir: Path, rows: list[dict], found: dict, cfg: DecodeConfig,
         f"{Path(found['manifest']).name}: {_rate_line(corpus, summary)}",
         _counts(found, len(rows)),
         f"truncated: {summary['truncated']} (length cap {truncated[MAX_TOKENS]}, repetition {truncated[REPETITION]})",
-        f"mode {timing['mode']}: audio {audio:.1f} s, decoding {took:.1f} s, real-time factor {summary['rtf']:.4f}"
+        f"mode {timing['mode']}: audio {audio:.1f} s, decoding {took:.1f} s{_plan_text(summary)}, real-time factor "
+        f"{summary['rtf']:.4f}"
         f"{_steady_text(summary)}, {summary['utts_per_second']:.2f} utterances/s (device {timing['device']}"
         f"{_ranks(timing)})",
     ]
@@ -163,8 +171,9 @@ def llm_summary(out_dir: Path, rows: list[dict], found: dict, cfg: DecodeConfig,
 
 
 def _repeated_keys(rows: list[dict]) -> list[str]:
-    """The keys that stand on more than one row, in first-seen order."""
-    return [k for k, n in Counter(r["key"] for r in rows).items() if n > 1]
+    """The keys that stand on more than one line of hyp.txt, as written there ("a b" and "a_b" both as a_b), in
+    first-seen order."""
+    return [k for k, n in Counter(_kaldi_key(r["key"]) for r in rows).items() if n > 1]
 
 
 def ctc_summary(out_dir: Path, rows: list[dict], found: dict, cfg: DecodeConfig, timing: dict) -> dict:

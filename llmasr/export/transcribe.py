@@ -89,7 +89,7 @@ class Transcriber:
         with tempfile.TemporaryDirectory(prefix="llmasr-transcribe-") as tmp:
             names, manifest = _manifest(list(audio), sample_rate, hotwords, Path(tmp))
             loader = decode_loader(self.model, manifest, self.cfg, self.opts, self.device)
-            items, _ = transcribe_loader(self.model, loader, self.cfg, self.device)
+            items, _ = transcribe_loader(self.model, loader, self.cfg, self.device, name=lambda _, key: names[int(key)])
             bad = {int(b["key"]): b["reason"] for b in loader.bad_data.examples}  # the loader keeps every one
             if bad and not keep_going:
                 why = "; ".join(f"{names[i]}: {reason}" for i, reason in bad.items())
@@ -118,7 +118,7 @@ def _manifest(audio: list, sample_rate, hotwords, tmp: Path) -> tuple[list[str],
         line = {"key": str(i), "source": source}
         if hotwords is not None:
             line["hotwords"] = list(hotwords)
-        lines.append(json.dumps(line, ensure_ascii=False))
+        lines.append(json.dumps(line))  # escaped: a file name in a legacy encoding (lone surrogates) survives
     path = tmp / "audio.jsonl"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return names, path

@@ -118,6 +118,21 @@ def test_end_to_end_outputs_and_wer(model, tmp_path):
     assert summary["utts_per_second"] > 0
 
 
+def test_a_batch_the_model_fails_on_is_named_by_its_items(model, corpus, tmp_path, monkeypatch):
+    real = model.transcribe
+
+    def out_of_memory_on_test003(batch, cfg):
+        if "test003" in batch.keys:
+            raise RuntimeError("CUDA out of memory")
+        return real(batch, cfg)
+
+    monkeypatch.setattr(model, "transcribe", out_of_memory_on_test003)
+    cfg = DecodeConfig(batch_seconds=0.01, max_new_tokens=2)  # a batch each
+    with pytest.raises(RuntimeError, match="CUDA out of memory") as raised:
+        decode_manifest(model, corpus, tmp_path, cfg, DecodeOptions(num_workers=0))
+    assert raised.value.__notes__ == [f"while decoding the batch of {corpus}:4 (key test003)"]
+
+
 def test_cli_with_exported_model_and_checkpoint_agree(runs, exported_dir, corpus, tmp_path, capsys):
     common = ["--data", str(corpus), "--max-new-tokens", "5", "--num-workers", "0", "--batch-seconds", "3"]
     assert main(["--model", str(exported_dir), "--output", str(tmp_path / "m"), *common]) == 0
@@ -264,7 +279,14 @@ def test_ctc_branch_batched_equals_one_by_one_and_the_llm_output_is_unchanged(mo
         assert _read(tmp_path / "b" / name) == _read(tmp_path / "plain" / name), name
     plain = json.loads((tmp_path / "plain" / "wer.json").read_text())
     with_ctc = json.loads((tmp_path / "b" / "wer.json").read_text())
-    timing = ("decode_seconds", "rtf", "utts_per_second", "first_batch_seconds", "rtf_after_first_batch")
+    timing = (
+        "decode_seconds",
+        "rtf",
+        "utts_per_second",
+        "first_batch_seconds",
+        "rtf_after_first_batch",
+        "window_plan_seconds",
+    )
     assert {k: v for k, v in with_ctc.items() if k not in timing} == {k: v for k, v in plain.items() if k not in timing}
     for name in ("hyp.txt", "results.jsonl", "wer.txt", "wer.json"):
         assert (tmp_path / "b" / "ctc" / name).is_file(), name

@@ -4,6 +4,7 @@ real `deepspeed` launcher on 2 CPU ranks writing the outputs one process writes.
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 
 import pytest
@@ -13,6 +14,7 @@ from llmasr.commands.decode import main
 from llmasr.export.decode import DecodeOptions, decode_loader
 from llmasr.export.decode_world import DecodeWorld
 from llmasr.models.decoding import DecodeConfig
+from llmasr.models.speech_llm import SpeechLLM
 from llmasr.testing.launcher import assert_no_shm_left, launcher_env
 from llmasr.testing.run_dirs import write_corpus, write_wav
 from llmasr.train.engine import _free_port
@@ -57,7 +59,7 @@ def test_two_ranks_write_what_one_process_writes(exported_dir, manifest, tmp_pat
     for name in ("hyp.txt", "ref.txt", "results.jsonl", "bad.jsonl", "ctc/hyp.txt", "ctc/results.jsonl"):
         assert (two / name).read_text() == (one / name).read_text(), name
     timing = {"decode_seconds", "rtf", "utts_per_second", "text", "rank_items", "first_batch_seconds"}
-    timing.add("rtf_after_first_batch")
+    timing |= {"rtf_after_first_batch", "window_plan_seconds"}
     got, want = (json.loads((d / "wer.json").read_text()) for d in (two, one))
     assert {k: v for k, v in got.items() if k not in timing} == {k: v for k, v in want.items() if k not in timing}
     assert got["utterances"] == len(TEXTS) + 1 and got["skipped"] == len(BAD)
@@ -67,6 +69,45 @@ def test_two_ranks_write_what_one_process_writes(exported_dir, manifest, tmp_pat
     assert sum(got["rank_items"]) == items  # the batch a rank repeats to keep the count even is skipped
     assert f"2 ranks, items decoded {got['rank_items'][0]} + {got['rank_items'][1]}" in (two / "wer.txt").read_text()
     assert len((two / "hyp.txt").read_text().splitlines()) == len(TEXTS) + 1
+
+
+def test_a_fault_met_decoding_ends_the_run_not_only_its_manifest(exported_dir, manifest, tmp_path, monkeypatch):
+    """Only a manifest every rank refuses alike (missing, empty, unreadable) is skipped for the next: a rank going on
+    after a fault of its own batch would gather the next manifest's rows into the others' merge of this one."""
+    real = SpeechLLM.transcribe
+
+    def fails_on_test001(self, batch, cfg=None, **kwargs):
+        if "test001" in batch.keys:
+            raise ValueError("a fault of this batch alone")
+        return real(self, batch, cfg, **kwargs)
+
+    monkeypatch.setattr(SpeechLLM, "transcribe", fails_on_test001)
+    other = write_corpus(tmp_path / "other", ["four five"], name="other")
+    args = ["--model", str(exported_dir), "--data", str(manifest), "--data", str(other), "--num-workers", "0",
+            "--max-new-tokens", "2", "--output", str(tmp_path / "out")]  # fmt: skip
+    with pytest.raises(ValueError, match="a fault of this batch alone") as raised:
+        main(args)
+    assert f"{manifest}:2 (key test001)" in raised.value.__notes__[0]  # the batch is named by its items
+    assert not (tmp_path / "out" / "other").exists()
+
+
+def test_a_manifest_every_rank_refuses_is_named_by_rank_0_alone(exported_dir, tmp_path, monkeypatch, capsys):
+    """Every rank meets an empty manifest; the launcher interleaves their stderr, and the message came twice."""
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n")
+    monkeypatch.setattr(DecodeWorld, "start", lambda self, device: None)  # refused before any collective
+    root, level = logging.getLogger(), logging.getLogger().level
+    try:
+        for rank in (1, 0):
+            monkeypatch.setenv("RANK", str(rank))
+            monkeypatch.setenv("WORLD_SIZE", "2")
+            monkeypatch.setenv("LOCAL_RANK", str(rank))
+            args = ["--model", str(exported_dir), "--data", str(empty), "--output", str(tmp_path / "out")]
+            assert main([*args, "--device", "cpu"]) == 2
+            said = capsys.readouterr().err.count(f"manifest {empty}: no records")
+            assert said == (1 if rank == 0 else 0), rank
+    finally:
+        root.setLevel(level)  # a rank > 0 quiets the root logger
 
 
 def test_the_world_comes_from_the_launcher_and_each_rank_takes_its_own_gpu(monkeypatch):

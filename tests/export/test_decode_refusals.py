@@ -101,10 +101,23 @@ def test_an_empty_manifest_is_an_error_not_a_run_of_nothing(exported_dir, manife
         ["--model", str(exported_dir), "--data", str(empty), "--data", str(manifest), "--output", str(out)]
     )
     err = capsys.readouterr().err
-    assert rc == 1 and f"manifest {empty}: no records (the file is empty or holds only blank lines)" in err
+    assert rc == 2 and f"manifest {empty}: no records (the file is empty or holds only blank lines)" in err
     assert not (out / "empty").exists()  # no empty folder is left for it
     assert (out / "test" / "wer.json").is_file()  # the other manifest is still decoded
     assert (out / "wer.txt").read_text().splitlines()[-1] == f"{empty}: not decoded (see the error printed for it)"
+
+
+def test_a_manifest_not_decoded_leaves_no_earlier_results_in_its_folder(exported_dir, manifest, tmp_path):
+    other = write_corpus(tmp_path / "other", ["four five"], name="other")
+    out = tmp_path / "out"
+    args = ["--model", str(exported_dir), "--data", str(manifest), "--data", str(other), "--num-workers", "0",
+            "--max-new-tokens", "2", "--output", str(out)]  # fmt: skip
+    assert decode_main(args) == 0 and (out / "other" / "hyp.txt").is_file()
+    other.write_text("\n")  # refused when it is read, this time
+    assert decode_main(args) == 2
+    assert (out / "wer.txt").read_text().splitlines()[-1] == f"{other}: not decoded (see the error printed for it)"
+    assert sorted(p.name for p in (out / "other").iterdir()) == []  # not the first decode's hyp.txt, wer.txt ...
+    assert (out / "test" / "wer.json").is_file()
 
 
 def test_missing_inputs_are_named_before_the_model_loads(exported_dir, manifest, tmp_path, monkeypatch, capsys):

@@ -30,6 +30,14 @@ def test_repeated_keys_are_scored_line_by_line_and_named(tmp_path):
     assert "keys on more than one line" not in (tmp_path / "unique" / "wer.txt").read_text()
 
 
+def test_keys_that_meet_once_written_are_named_as_repeated(tmp_path):
+    # distinct in the manifest, one key in hyp.txt and ref.txt once the whitespace is written as '_'
+    rows = [row("utt 1", "one", "one"), row("utt_1", "two", "two"), row("other", "three", "three")]
+    summary = llm_summary(tmp_path, rows, dict(FOUND), DecodeConfig(), dict(TIMING))
+    assert [line.split()[0] for line in (tmp_path / "ref.txt").read_text().splitlines()] == ["utt_1", "utt_1", "other"]
+    assert summary["repeated_keys"] == ["utt_1"] and "keys on more than one line: 1 (e.g. 'utt_1')" in summary["text"]
+
+
 def test_a_manifest_of_bad_lines_only_has_no_rate():
     """Every line bad: nothing was decoded, so there is no WER to report (it said 0.00%)."""
     import tempfile

@@ -4,12 +4,14 @@
 from __future__ import annotations
 
 import json
+import time
 
 import numpy as np
 import pytest
 import soundfile as sf
 import yaml
 
+import llmasr.data.loader as loader_module
 from llmasr.commands.decode import main
 from llmasr.config_io import ConfigError
 from llmasr.data.collate import Collator
@@ -125,6 +127,25 @@ def _windows_alone(model, manifest, waves, cfg) -> dict[str, str]:
         text = model.transcribe(collate([item]), cfg).llm[0]
         texts.setdefault(item["key"], []).append((text, json.loads(line)["overlapped"]))
     return {k: join_texts([t for t, _ in v], [o for _, o in v], OVERLAP) for k, v in texts.items()}
+
+
+def test_the_real_time_factor_counts_placing_the_windows(model, long_manifest, tmp_path, monkeypatch):
+    """Reading long (or VAD-gated) audio to place its windows is part of decoding it: in the time the factor counts,
+    and given apart."""
+    manifest, _ = long_manifest
+    plan = loader_module.split_long
+
+    def slow_plan(*args, **kwargs):  # a recording long enough that its pass before batching takes a while
+        time.sleep(1.5)
+        return plan(*args, **kwargs)
+
+    monkeypatch.setattr(loader_module, "split_long", slow_plan)
+    cfg = DecodeConfig(batch_seconds=0.01, max_new_tokens=2, max_window_seconds=LIMIT, window_overlap=OVERLAP)
+    summary = decode_manifest(model, manifest, tmp_path, cfg, DecodeOptions(num_workers=0))
+    assert summary["window_plan_seconds"] >= 1.5 and summary["decode_seconds"] >= summary["window_plan_seconds"]
+    assert summary["rtf"] == pytest.approx(summary["decode_seconds"] / summary["audio_seconds"], abs=1e-3)
+    shown = f"{summary['window_plan_seconds']:.1f} s of it reading the manifest and placing the windows"
+    assert shown in (tmp_path / "wer.txt").read_text()
 
 
 def test_a_long_line_whose_audio_is_missing_is_one_bad_line(model, long_manifest, tmp_path):

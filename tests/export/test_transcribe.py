@@ -57,6 +57,18 @@ def test_files_and_waveforms_give_the_texts_decode_gives(asr, clips, tmp_path):
     assert asr([]) == []
 
 
+def test_a_clip_the_model_fails_on_is_named_by_its_path(asr, clips, monkeypatch):
+    _, paths = clips
+
+    def out_of_memory(batch, cfg):
+        raise RuntimeError("CUDA out of memory")
+
+    monkeypatch.setattr(asr.model, "transcribe", out_of_memory)
+    with pytest.raises(RuntimeError, match="CUDA out of memory") as raised:
+        asr([str(paths[1])])
+    assert raised.value.__notes__ == [f"while decoding the batch of {paths[1]}"]
+
+
 def test_a_hotword_list_is_used_as_decode_uses_a_list_file(asr, clips, tmp_path):
     manifest, paths = clips
     phrases = ["seven eight", "nine"]
@@ -107,6 +119,20 @@ def test_a_corrupt_file_among_many_is_named_and_the_others_still_transcribed(exp
     assert out.splitlines() == [f"{paths[1]}\t{rows[0]['hyp']}", f"{paths[0]}\t{rows[2]['hyp']}"]
     assert f"llmasr transcribe: error: {corrupt}: " in err and "unreadable or corrupt" in err
     assert "1 of 3 files could not be transcribed" in err
+
+
+def test_a_file_name_that_is_not_utf8_fails_alone(asr, clips, tmp_path):
+    """A name in a legacy encoding (Latin-1 bytes, as Python gives them: lone surrogates) had failed the whole call
+    with a UnicodeEncodeError naming no file; now it is that file's error, and the others are transcribed."""
+    import os
+    import shutil
+
+    _, paths = clips
+    latin1 = tmp_path / os.fsdecode(b"caf\xe9.wav")
+    shutil.copy(paths[0], latin1)
+    rows = asr.transcripts([latin1, paths[1]], keep_going=True)
+    assert rows[0]["audio"] == str(latin1) and "error" in rows[0] and "hyp" not in rows[0]
+    assert rows[1]["hyp"] == asr(paths[1])
 
 
 def test_a_bfloat16_waveform_is_read_as_its_float_values(asr, clips):
