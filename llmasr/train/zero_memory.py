@@ -31,7 +31,7 @@ def estimate_zero_memory(
       `master_bytes` / `moment_bytes` (optimizer_state_bytes) replace the 4 bytes of the master weight (and of the
       gradient the optimizer steps on, kept in its dtype) and of each Adam moment where the DeepSpeed config keeps
       them in 16 bits.
-      At stage 3 without offload DeepSpeed holds both the 16-bit and the fp32 gradient partitions: 6T/W, measured
+      At stage 3 without offload DeepSpeed holds both the 16-bit and the master gradient partitions: 6T/W, measured
       by bench/zero_memory.py (DeepSpeed's own stage-3 estimator counts 4T/W and falls short by 2T/W).
     fp32: params 4N, grads 4T; optimizer_states 8T at stage 0 (the weights are the master copy), 12T/W from stage
     1, where ZeRO keeps a separate fp32 master partition even for fp32 weights (measured); offloaded as above.
@@ -98,7 +98,7 @@ def _state_bytes(
 def optimizer_state_bytes(ds: dict) -> tuple[int, int]:
     """(master weight, each Adam moment) bytes per trained parameter under DeepSpeed config `ds`: fp32, or 16-bit
     where bf16.bf16_master_weights_and_grads / bf16_optimizer_states or fp16.fp16_master_weights_and_grads keep them
-    so (llmasr.train.ds_config allows those only with the optimizer offloaded, under their own train.precision)."""
+    so (llmasr.train.ds_config allows them where DeepSpeed runs them, under their own train.precision)."""
     bf16 = ds.get("bf16") or ds.get("bfloat16") or {}
     half_master = bf16.get("bf16_master_weights_and_grads") or (ds.get("fp16") or {}).get(
         "fp16_master_weights_and_grads"
