@@ -176,11 +176,12 @@ def cost_text(cost: tuple[float, float]) -> str | None:
     )
 
 
-def read_noise_list(path: str | Path) -> list[str]:
-    """Audio paths from a noise jsonl ({"key", "source"} a line; relative paths against the file's folder)."""
+def read_noise_list(path: str | Path, *, must_exist: bool = False) -> list[str]:
+    """Audio paths from a noise jsonl ({"key", "source"} a line; relative paths against the file's folder).
+    `must_exist` (the check before training starts): a listed file that is not there is refused, not skipped."""
     path = Path(path)
     base = path.resolve().parent
-    out = []
+    out, missing = [], []
     with open(path, encoding="utf-8-sig") as f:
         for lineno, raw in enumerate(f, start=1):
             if not raw.strip():
@@ -194,8 +195,12 @@ def read_noise_list(path: str | Path) -> list[str]:
                 raise ConfigError(f"{path}:{lineno}: a noise record needs 'source' (an audio path)")
             p = Path(src).expanduser()
             out.append(str(p if p.is_absolute() else base / p))
+            if must_exist and not Path(out[-1]).is_file():
+                missing.append(f"{path}:{lineno}: {out[-1]}")
     if not out:
         raise ConfigError(f"{path}: no noise files listed")
+    if missing:
+        raise ConfigError(f"{len(missing)} of {len(out)} noise files not found:\n  " + "\n  ".join(missing[:10]))
     return out
 
 
