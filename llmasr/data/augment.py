@@ -6,10 +6,11 @@ random draw comes from the numpy Generator the caller passes, in a fixed order, 
 augmentation. The caller applies it to training data only (see `Augmenter.enabled`).
 
 SpecAugment on LFR features (lfr_m > 1): a row holds lfr_m stacked sub-frames of n_mels bins each. A frequency
-mask covers the same mel bins in every sub-frame, as FunASR's SpecAugLFR does. Time masks zero whole LFR rows
-(60 ms each for Paraformer's 7/6), at independent random positions. FunASR's SpecAugLFR instead repeats each time
-mask lfr_m times at a stride of T // lfr_m rows (so one configured mask masks lfr_m evenly spaced spans);
-`spec_augment.lfr_time_replicate: true` reproduces that. Masked values are set to 0 (the CMVN mean).
+mask covers the same mel bins in every sub-frame, and a time mask zeroes one span of whole LFR rows (60 ms each for
+Paraformer's 7/6), as FunASR's SpecAugLFR does (its MaskAlongAxisLFR stacks only frequency masks: for time it sets
+lfr_rate to 1). `spec_augment.lfr_time_replicate: true` instead repeats each time mask lfr_m times at a stride of
+T // lfr_m rows, the layout FunASR's mask_along_axis_lfr would give time masks, which SpecAugLFR never asks of it.
+Masked values are set to 0 (the CMVN mean).
 
 Pauses (`silence`): clips cut tightly around their speech teach a model that audio starts with a word, and an
 LLM-ASR model so trained writes words into the pause before speech it meets in real recordings. The pause put
@@ -55,7 +56,7 @@ class SpecAugmentConfig:
     max_time_width: float = 12  # >= 1: frames (after LFR); < 1: fraction of the utterance's frames
     num_freq_masks: int = 1
     max_freq_width: int = 30  # mel bins (per LFR sub-frame)
-    lfr_time_replicate: bool = False  # FunASR SpecAugLFR's time masks (see the module docstring)
+    lfr_time_replicate: bool = False  # each time mask repeated lfr_m times (not SpecAugLFR's: module docstring)
 
     def validate(self, path: str) -> None:
         if self.num_time_masks < 0 or self.num_freq_masks < 0:
@@ -175,11 +176,12 @@ def cost_text(cost: tuple[float, float]) -> str | None:
     )
 
 
-def read_noise_list(path: str | Path) -> list[str]:
-    """Audio paths from a noise jsonl ({"key", "source"} a line; relative paths against the file's folder)."""
+def read_noise_list(path: str | Path, *, must_exist: bool = False) -> list[str]:
+    """Audio paths from a noise jsonl ({"key", "source"} a line; relative paths against the file's folder).
+    `must_exist` (the check before training starts): a listed file that is not there is refused, not skipped."""
     path = Path(path)
     base = path.resolve().parent
-    out = []
+    out, missing = [], []
     with open(path, encoding="utf-8-sig") as f:
         for lineno, raw in enumerate(f, start=1):
             if not raw.strip():
@@ -193,8 +195,12 @@ def read_noise_list(path: str | Path) -> list[str]:
                 raise ConfigError(f"{path}:{lineno}: a noise record needs 'source' (an audio path)")
             p = Path(src).expanduser()
             out.append(str(p if p.is_absolute() else base / p))
+            if must_exist and not Path(out[-1]).is_file():
+                missing.append(f"{path}:{lineno}: {out[-1]}")
     if not out:
         raise ConfigError(f"{path}: no noise files listed")
+    if missing:
+        raise ConfigError(f"{len(missing)} of {len(out)} noise files not found:\n  " + "\n  ".join(missing[:10]))
     return out
 
 

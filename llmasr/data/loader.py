@@ -20,6 +20,8 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from llmasr.config_io import ConfigError
+from llmasr.data.augment import read_noise_list
 from llmasr.data.bad_data import BadDataTracker, BadItem, TooMuchBadData
 from llmasr.data.clip_lengths import augmented_costs
 from llmasr.data.collate import Collator
@@ -251,6 +253,11 @@ def build_dataloader(
     name = "train" if train else "valid"
     manifest = manifests if hasattr(manifests, "durations") else open_manifests(manifests, mix=train, fill=False)[0]
     n = len(manifest)
+    if train and data_cfg.augment.noise.enable:  # the workers read it at their first noisy clip, after the model loads
+        try:
+            read_noise_list(data_cfg.augment.noise.manifest, must_exist=True)
+        except ConfigError as err:
+            raise ConfigError(f"data.augment.noise.manifest: {err}") from None
     indices = None if train else evenly_spaced(n, data_cfg.valid_max_utts)
     dataset = _dataset(
         manifest, frontend, data_cfg, train=train, prompt_builder=prompt_builder, ctc=ctc_tokenizer, device=device,

@@ -258,7 +258,7 @@ def test_spec_augment_time_masks():
     cfg.spec_augment.max_time_width = 0.1
     for seed in range(30):
         assert (Augmenter(cfg, fe).spec(feats, np.random.default_rng(seed)) == 0).all(axis=1).sum() <= 14
-    # FunASR SpecAugLFR's time masks: each mask repeated lfr_m times, T // lfr_m rows apart
+    # lfr_time_replicate: each mask repeated lfr_m times, T // lfr_m rows apart
     cfg.spec_augment = from_dict(
         type(cfg.spec_augment),
         {"enable": True, "num_time_masks": 1, "max_time_width": 5, "num_freq_masks": 0, "lfr_time_replicate": True},

@@ -5,7 +5,7 @@ import pytest
 import torch
 from speech_fakes import FakeCTCTokenizer, FakePromptBuilder, good_corpus, write_manifest, write_wav
 
-from llmasr.config_io import from_dict
+from llmasr.config_io import ConfigError, from_dict
 from llmasr.data.bad_data import TooMuchBadData
 from llmasr.data.clip_lengths import draw_clip_lengths
 from llmasr.data.config import DataConfig
@@ -641,3 +641,24 @@ def test_a_loader_state_saved_before_the_counts_were_per_rank_still_resumes_them
             again.load_state_dict(state)
             list(again)
             assert again.bad_data.bad == len(again.bad_data.static) > 0
+
+
+@pytest.mark.parametrize("case", ["malformed", "empty", "missing"])
+def test_a_noise_list_that_cannot_serve_is_refused_when_the_training_loader_is_built(tmp_path, case):
+    """The workers read the noise list at their first noisy clip, in the training loop after the model loaded: a
+    malformed or empty list had failed there, and a list of files not there had let every epoch run without noise."""
+    path = good_corpus(tmp_path, 20)
+    write_wav(tmp_path / "n1.wav", 3.0, seed=3)
+    lines = {
+        "malformed": ['{"key": "a", "source": "n1.wav"}', '{"key": "b", "source": '],
+        "empty": [],
+        "missing": [{"key": "a", "source": "n1.wav"}, {"key": "b", "source": "gone.wav"}],
+    }[case]
+    noise = write_manifest(tmp_path / "noise.jsonl", lines)
+    data_cfg = cfg(augment={"noise": {"enable": True, "manifest": str(noise), "prob": 0.01}})
+    want = {"malformed": f"{noise}:2: malformed JSON", "empty": "no noise files listed",
+            "missing": f"1 of 2 noise files not found:\n  {noise}:2: {tmp_path / 'gone.wav'}"}[case]  # fmt: skip
+    with pytest.raises(ConfigError) as err:
+        build(data_cfg, [str(path)])
+    assert str(err.value).startswith("data.augment.noise.manifest: ") and want in str(err.value)
+    build(data_cfg, [str(path)], train=False)  # validation mixes no noise
