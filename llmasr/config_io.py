@@ -214,7 +214,8 @@ def coerce(value: Any, tp: Any, path: str) -> Any:
     """`value` checked against type `tp` (converted where YAML reads it loosely: 1e-4 as a string, an int where a
     float is wanted); ConfigError names `path`."""
     origin = typing.get_origin(tp)
-    if tp is Any:
+    if tp is Any:  # (encoder.conf, frontend: typed when the model is built, after _plain dropped the text)
+        _written_in_decimal(value, path)
         return _plain(value)
     if origin in (Union, types.UnionType):
         return _coerce_union(value, tp, path)
@@ -281,6 +282,20 @@ def _coerce_container(value: Any, tp: Any, path: str) -> Any:
     return items if origin is list else tuple(items)
 
 
+def _written_in_decimal(value: Any, path: str) -> None:
+    """Refuse a number YAML 1.1 read in base 60 or 8 (`12:30` is 750, `011` is 9), anywhere in `value`."""
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _written_in_decimal(v, f"{path}.{k}")
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            _written_in_decimal(v, f"{path}[{i}]")
+    raw = getattr(value, "raw", "")
+    if ":" in raw or re.fullmatch(r"[-+]?0[0-9_]+", raw):
+        raise ConfigError(f"{path}: {raw} reads as {_plain(value)} in YAML (a colon counts in base 60, a leading 0 in "
+                          "base 8); write the number in decimal")  # fmt: skip
+
+
 def _coerce_scalar(value: Any, tp: type, path: str) -> Any:
     """bool, int, float or str: no bool passes as a number, a whole float passes as an int, a number as a str (as it
     was written), NaN as nothing."""
@@ -290,10 +305,8 @@ def _coerce_scalar(value: Any, tp: type, path: str) -> Any:
         if isinstance(value, bool):
             return value
         raise ConfigError(f"{path}: expected true/false, got {shown}")
-    raw = getattr(value, "raw", "")
-    if tp in (int, float) and (":" in raw or re.fullmatch(r"[-+]?0[0-9_]+", raw)):  # YAML 1.1's bases 60 and 8
-        raise ConfigError(f"{path}: {raw} reads as {_plain(value)} in YAML (a colon counts in base 60, a leading 0 in "
-                          "base 8); write the number in decimal")  # fmt: skip
+    if tp in (int, float):
+        _written_in_decimal(value, path)
     if tp is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return int(value)

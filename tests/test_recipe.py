@@ -255,6 +255,9 @@ def test_yaml_1_1_spellings_that_change_a_value_are_refused(tmp_path):
         "train.seed=12:30": "train.seed: 12:30 reads as 750 in YAML",
         "optim.branches.llm.lr=1:30": "optim.branches.llm.lr: 1:30 reads as 90 in YAML",
         "model.prompt.system=yes": r"model.prompt.system: expected a string, got True \(yes, no, on, off",
+        # sections typed only when the model is built: the text they were written as is gone by then
+        "model.encoder.conf.kernel_size=011": "model.encoder.conf.kernel_size: 011 reads as 9 in YAML",
+        "model.prompt.template_kwargs={at: 12:30}": "model.prompt.template_kwargs.at: 12:30 reads as 750",
     }
     for override, message in cases.items():
         with pytest.raises(ConfigError, match=message):
@@ -266,6 +269,9 @@ def test_yaml_1_1_spellings_that_change_a_value_are_refused(tmp_path):
 
     dump_yaml(r, tmp_path / "saved.yaml")  # as RUN_DIR/recipe.yaml: the text None written quoted, read back as text
     assert load_yaml(tmp_path / "saved.yaml")["model"]["prompt"]["system"] == "None"
+    (tmp_path / "f.yaml").write_text("model:\n  encoder:\n    frontend: {lfr_m: 07, n_mels: 80}\n")
+    with pytest.raises(ConfigError, match="model.encoder.frontend.lfr_m: 07 reads as 7 in YAML"):
+        load_recipe(tmp_path / "f.yaml")
     (tmp_path / "r.yaml").write_text("model:\n  prompt:\n    system: None\n")
     with pytest.raises(ConfigError, match=r"r.yaml: not valid YAML: None is the text 'None'"):
         load_recipe(tmp_path / "r.yaml")
