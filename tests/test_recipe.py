@@ -275,3 +275,19 @@ def test_yaml_1_1_spellings_that_change_a_value_are_refused(tmp_path):
     (tmp_path / "r.yaml").write_text("model:\n  prompt:\n    system: None\n")
     with pytest.raises(ConfigError, match=r"r.yaml: not valid YAML: None is the text 'None'"):
         load_recipe(tmp_path / "r.yaml")
+
+
+def test_every_recipe_the_docs_name_exists():
+    """The README's and docstrings' examples name shipped recipes and DeepSpeed files; one had named a recipe that
+    does not exist (recipes/paraformer_qwen2.5-1.5b.yaml)."""
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    texts = [root / "README.md", *sorted((root / "llmasr").rglob("*.py")), *sorted((root / "recipes").glob("*.yaml"))]
+    named = {
+        (path.name, name)
+        for path in texts
+        for name in re.findall(r"\b(?:recipes/[\w.\-]+\.yaml|ds_configs/[\w.\-]+\.json)", path.read_text("utf-8"))
+    }
+    assert named and not sorted((where, name) for where, name in named if not (root / name).is_file())
