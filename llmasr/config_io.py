@@ -206,6 +206,12 @@ def _restore_hash(value: Any) -> Any:
     return value
 
 
+def _shown(value: Any) -> str:
+    """`value` and its type as an error names them: a number as YAML read it is an int or float, not _Int/_Float."""
+    value = _plain(value)
+    return f"{type(value).__name__} {value!r}"
+
+
 def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
@@ -226,7 +232,7 @@ def coerce(value: Any, tp: Any, path: str) -> Any:
         return _plain(value)
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
-            raise ConfigError(f"{path}: expected a mapping for {tp.__name__}, got {type(value).__name__} {value!r}")
+            raise ConfigError(f"{path}: expected a mapping for {tp.__name__}, got {_shown(value)}")
         return from_dict(tp, value, path)
     if origin in (list, tuple, dict):
         return _coerce_container(value, tp, path)
@@ -271,11 +277,11 @@ def _coerce_container(value: Any, tp: Any, path: str) -> Any:
     origin = typing.get_origin(tp)
     if origin is dict:
         if not isinstance(value, dict):
-            raise ConfigError(f"{path}: expected a mapping, got {type(value).__name__} {value!r}")
+            raise ConfigError(f"{path}: expected a mapping, got {_shown(value)}")
         _, val_tp = typing.get_args(tp) or (Any, Any)
         return {k: coerce(v, val_tp, f"{path}.{k}") for k, v in value.items()}
     if not isinstance(value, (list, tuple)):
-        raise ConfigError(f"{path}: expected a list, got {type(value).__name__} {value!r}")
+        raise ConfigError(f"{path}: expected a list, got {_shown(value)}")
     args = typing.get_args(tp)
     item_tp = args[0] if args else Any
     items = [coerce(v, item_tp, f"{path}[{i}]") for i, v in enumerate(value)]

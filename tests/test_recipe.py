@@ -122,6 +122,11 @@ def test_bad_override_and_bad_type_name_their_key(tmp_path):
         load_recipe(data={}, overrides=["train.epochs"])
     with pytest.raises(ConfigError, match=r"top level: unknown key\(s\) \['trian'\]"):
         load_recipe(data={"trian": {}})
+    # a number as YAML read it is named int or float, not the loader's own _Int / _Float
+    with pytest.raises(ConfigError, match=r"^train: expected a mapping for TrainConfig, got int 3$"):
+        load_recipe(data={}, overrides=["train=3"])
+    with pytest.raises(ConfigError, match=r"^data.train: expected a list, got float 1.5$"):
+        load_recipe(data={}, overrides=["data.train=1.5"])
 
 
 def test_a_hash_in_an_override_is_part_of_its_value():
