@@ -23,3 +23,16 @@ def test_sizes_rates_and_scales_out_of_range_are_refused_by_key(override, messag
     adaptor whose output ignores the audio, and a LoRA alpha of 0 adapters that never change."""
     with pytest.raises(ConfigError, match=message):
         load_recipe(data={"model": {"llm": {"path": "llm", "lora": {}}}}, overrides=[override])
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("model.encoder.conf.dropout_rate=1.5", r"model.encoder.conf.dropout_rate: must be in \[0, 1\), got 1.5"),
+        ("model.encoder.conf.attention_dropout_rate='-0.1'", r"model.encoder.conf.attention_dropout_rate: must be in"),
+    ],
+)
+def test_an_encoder_dropout_out_of_range_is_refused_by_key(override, message):
+    """The encoder's constructor settings are typed when it is built, where torch refused the rate naming no key."""
+    with pytest.raises(ConfigError, match=message):
+        load_recipe(data={"model": {"llm": {"path": "llm"}}}, overrides=[override])
