@@ -123,9 +123,11 @@ def test_bad_override_and_bad_type_name_their_key(tmp_path):
     with pytest.raises(ConfigError, match=r"top level: unknown key\(s\) \['trian'\]"):
         load_recipe(data={"trian": {}})
     # a number as YAML read it is named int or float, not the loader's own _Int / _Float
-    with pytest.raises(ConfigError, match=r"^train: expected a mapping for TrainConfig, got int 3$"):
+    with pytest.raises(
+        ConfigError, match=r"^train: expected a mapping for TrainConfig, got int 3 \(set by the override 'train=3'\)$"
+    ):
         load_recipe(data={}, overrides=["train=3"])
-    with pytest.raises(ConfigError, match=r"^data.train: expected a list, got float 1.5$"):
+    with pytest.raises(ConfigError, match=r"^data.train: expected a list, got float 1.5 "):
         load_recipe(data={}, overrides=["data.train=1.5"])
 
 
@@ -296,3 +298,31 @@ def test_every_recipe_the_docs_name_exists():
         for name in re.findall(r"\b(?:recipes/[\w.\-]+\.yaml|ds_configs/[\w.\-]+\.json)", path.read_text("utf-8"))
     }
     assert named and not sorted((where, name) for where, name in named if not (root / name).is_file())
+
+
+def test_an_error_says_where_its_value_was_set(tmp_path):
+    """A bad value is named by its key, and by the recipe line or the override that set it (the same key could come
+    from either, and a recipe may be long)."""
+    path = tmp_path / "r.yaml"
+    path.write_text(
+        "train:\n  seed: 0\n  epochs: many\ndata:\n  train:\n  - a.jsonl\n  - {path: b.jsonl, weight: -1}\n"
+    )
+    with pytest.raises(ConfigError, match=rf"^train.epochs: expected an integer, got 'many' \({path}, line 3\)$"):
+        load_recipe(path)
+    with pytest.raises(
+        ConfigError, match=r"^train.epochs: expected an integer, got 'few' \(set by the override 'train.e"
+    ):
+        load_recipe(path, ["train.epochs=few"])
+    with pytest.raises(
+        ConfigError, match=rf"^data.train\[1\]: .* fits none of ManifestSpec \| str \({path}, line 7\):\n"
+    ):
+        load_recipe(path, ["train.epochs=2"])
+    with pytest.raises(
+        ConfigError, match=r"^optim.branches: unknown branch.*\(set by the override 'optim.branches.enc.lr=1'\)$"
+    ):
+        load_recipe(path, ["train.epochs=2", "data.train=[a.jsonl]", "optim.branches.enc.lr=1"])
+    path.write_text("train:\n  seed: 0\n  bogus: 1\n")  # the section's error is the file's, not the override's
+    with pytest.raises(ConfigError, match=rf"^train: unknown key\(s\) \['bogus'\]; .* \({path}, line 1\)$"):
+        load_recipe(path, ["train.epochs=2"])
+    with pytest.raises(ConfigError, match=r"^train.best_mode: min ranks acc the wrong way round.*best_mode unset$"):
+        load_recipe(data={"train": {"best_metric": "acc", "best_mode": "min"}})  # no file: no line to name
