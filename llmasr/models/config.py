@@ -70,8 +70,12 @@ class EncoderConfig:
             raise ConfigError(
                 f"{path}: set `path` (a pretrained directory) or `init_from` (weights for `conf`), not both"
             )
-        for key, value in self.conf.items():  # FunASR's *dropout_rate, Whisper's *dropout (typed at build)
-            if "dropout" in str(key) and isinstance(value, (int, float, str)) and not isinstance(value, bool):
+        for key, value in self.conf.items():  # FunASR's *dropout_rate, Whisper's *dropout, *layerdrop (typed later)
+            if (
+                ("dropout" in str(key) or "layerdrop" in str(key))
+                and isinstance(value, (int, float, str))
+                and not isinstance(value, bool)
+            ):
                 try:
                     rate = float(value)
                 except ValueError:

@@ -30,6 +30,7 @@ def test_sizes_rates_and_scales_out_of_range_are_refused_by_key(override, messag
     [
         ("model.encoder.conf.dropout_rate=1.5", r"model.encoder.conf.dropout_rate: must be in \[0, 1\), got 1.5"),
         ("model.encoder.conf.attention_dropout_rate='-0.1'", r"model.encoder.conf.attention_dropout_rate: must be in"),
+        ("model.encoder.conf.encoder_layerdrop=1.5", r"model.encoder.conf.encoder_layerdrop: must be in \[0, 1\)"),
     ],
 )
 def test_an_encoder_dropout_out_of_range_is_refused_by_key(override, message):
