@@ -206,6 +206,12 @@ def _restore_hash(value: Any) -> Any:
     return value
 
 
+def _shown(value: Any) -> str:
+    """`value` and its type as an error names them: a number as YAML read it is an int or float, not _Int/_Float."""
+    value = _plain(value)
+    return f"{type(value).__name__} {value!r}"
+
+
 def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
@@ -214,7 +220,8 @@ def coerce(value: Any, tp: Any, path: str) -> Any:
     """`value` checked against type `tp` (converted where YAML reads it loosely: 1e-4 as a string, an int where a
     float is wanted); ConfigError names `path`."""
     origin = typing.get_origin(tp)
-    if tp is Any:
+    if tp is Any:  # (encoder.conf, frontend: typed when the model is built, after _plain dropped the text)
+        _written_in_decimal(value, path)
         return _plain(value)
     if origin in (Union, types.UnionType):
         return _coerce_union(value, tp, path)
@@ -225,7 +232,7 @@ def coerce(value: Any, tp: Any, path: str) -> Any:
         return _plain(value)
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
-            raise ConfigError(f"{path}: expected a mapping for {tp.__name__}, got {type(value).__name__} {value!r}")
+            raise ConfigError(f"{path}: expected a mapping for {tp.__name__}, got {_shown(value)}")
         return from_dict(tp, value, path)
     if origin in (list, tuple, dict):
         return _coerce_container(value, tp, path)
@@ -270,15 +277,29 @@ def _coerce_container(value: Any, tp: Any, path: str) -> Any:
     origin = typing.get_origin(tp)
     if origin is dict:
         if not isinstance(value, dict):
-            raise ConfigError(f"{path}: expected a mapping, got {type(value).__name__} {value!r}")
+            raise ConfigError(f"{path}: expected a mapping, got {_shown(value)}")
         _, val_tp = typing.get_args(tp) or (Any, Any)
         return {k: coerce(v, val_tp, f"{path}.{k}") for k, v in value.items()}
     if not isinstance(value, (list, tuple)):
-        raise ConfigError(f"{path}: expected a list, got {type(value).__name__} {value!r}")
+        raise ConfigError(f"{path}: expected a list, got {_shown(value)}")
     args = typing.get_args(tp)
     item_tp = args[0] if args else Any
     items = [coerce(v, item_tp, f"{path}[{i}]") for i, v in enumerate(value)]
     return items if origin is list else tuple(items)
+
+
+def _written_in_decimal(value: Any, path: str) -> None:
+    """Refuse a number YAML 1.1 read in base 60 or 8 (`12:30` is 750, `011` is 9), anywhere in `value`."""
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _written_in_decimal(v, f"{path}.{k}")
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            _written_in_decimal(v, f"{path}[{i}]")
+    raw = getattr(value, "raw", "")
+    if ":" in raw or re.fullmatch(r"[-+]?0[0-9_]+", raw):
+        raise ConfigError(f"{path}: {raw} reads as {_plain(value)} in YAML (a colon counts in base 60, a leading 0 in "
+                          "base 8); write the number in decimal")  # fmt: skip
 
 
 def _coerce_scalar(value: Any, tp: type, path: str) -> Any:
@@ -290,10 +311,8 @@ def _coerce_scalar(value: Any, tp: type, path: str) -> Any:
         if isinstance(value, bool):
             return value
         raise ConfigError(f"{path}: expected true/false, got {shown}")
-    raw = getattr(value, "raw", "")
-    if tp in (int, float) and (":" in raw or re.fullmatch(r"[-+]?0[0-9_]+", raw)):  # YAML 1.1's bases 60 and 8
-        raise ConfigError(f"{path}: {raw} reads as {_plain(value)} in YAML (a colon counts in base 60, a leading 0 in "
-                          "base 8); write the number in decimal")  # fmt: skip
+    if tp in (int, float):
+        _written_in_decimal(value, path)
     if tp is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return int(value)

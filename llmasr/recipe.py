@@ -1,6 +1,7 @@
 """A recipe: one YAML file with `model`, `data`, `optim`, `train` and `decode` sections, plus dotted overrides.
 
-    recipe = load_recipe("recipes/paraformer_qwen2.5-1.5b.yaml", ["optim.branches.llm.lr=2e-5", "train.epochs=3"])
+    recipe = load_recipe("recipes/paraformer-large_qwen2.5-1.5b_lora_zero2.yaml",
+                         ["optim.branches.llm.lr=2e-5", "train.epochs=3"])
 
 Everything is typed and validated here, once, before any model or data is touched.
 """
@@ -8,8 +9,11 @@ Everything is typed and validated here, once, before any model or data is touche
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import yaml
 
 from llmasr.config_io import ConfigError, apply_overrides, dump_yaml, from_dict, load_yaml, to_dict
 from llmasr.config_paths import resolve_paths
@@ -77,7 +81,49 @@ def load_recipe(
     # the rest (overrides among them) from the working directory, named absolutely: RUN_DIR/recipe.yaml is read
     # again by export, decode and resume, started from anywhere
     resolve_paths(Recipe, data, Path.cwd())
-    return from_dict(Recipe, data)
+    try:
+        return from_dict(Recipe, data)
+    except ConfigError as err:
+        first, *rest = str(err).split("\n", 1)
+        colon = ":" if first.endswith(":") else ""  # (a list of reasons follows)
+        first = first.removesuffix(":") + where_set(first, path, overrides or []) + colon
+        raise ConfigError("\n".join([first, *rest])) from err
+
+
+def where_set(message: str, path, overrides: list[str]) -> str:
+    """Where the value an error names by its dotted key came from: " (set by the override 'KEY=VALUE')", or
+    " (RECIPE, line N)"; "" when the message names no key, or the key is nowhere (a default)."""
+    key = message.split(":", 1)[0]
+    if not re.fullmatch(r"[A-Za-z_]\w*(?:\.\w+|\[\d+\])*", key):
+        return ""
+    for item in reversed(overrides):
+        given = item.split("=", 1)[0].strip().lstrip("-")
+        if key == given or key.startswith((given + ".", given + "[")):
+            return f" (set by the override {item!r})"
+        # a section's error about a key in it ("unknown key(s) ['x']; known keys are ..."): the override's if it
+        # set that key
+        inner = given.removeprefix(key + ".").split(".")[0] if given.startswith(key + ".") else None
+        if inner and repr(inner) in message.split(";")[0]:
+            return f" (set by the override {item!r})"
+    if path is None:
+        return ""
+    try:
+        node = yaml.compose(Path(path).read_text(encoding="utf-8-sig"))
+    except (OSError, yaml.YAMLError):
+        return ""
+    mark = None  # where the key (or the list item) is written
+    for part in re.findall(r"\w+|\[\d+\]", key):
+        if isinstance(node, yaml.MappingNode) and not part.startswith("["):
+            pair = next(((k, v) for k, v in node.value if isinstance(k, yaml.ScalarNode) and k.value == part), None)
+            mark, node = (pair[0].start_mark, pair[1]) if pair else (None, None)
+        elif isinstance(node, yaml.SequenceNode) and part.startswith("[") and int(part[1:-1]) < len(node.value):
+            node = node.value[int(part[1:-1])]
+            mark = node.start_mark
+        else:
+            node = None
+        if node is None:
+            return ""  # not written in the file: a default
+    return f" ({path}, line {mark.line + 1})"
 
 
 def save_recipe(recipe: Recipe, path: str | Path) -> None:

@@ -107,6 +107,11 @@ class TransformerBlock(nn.Module):
 class TransformerAdaptor(StackingAdaptor):
     def __init__(self, cfg: AdaptorConfig, input_dim: int, llm_dim: int):
         super().__init__(cfg, input_dim, llm_dim)
+        if cfg.n_layer and llm_dim % cfg.n_head:
+            raise ConfigError(
+                f"model.adaptor.n_head: the transformer blocks work at the LLM width {llm_dim}, which n_head="
+                f"{cfg.n_head} does not divide"
+            )
         self.blocks = nn.ModuleList(
             TransformerBlock(llm_dim, cfg.n_head, llm_dim // 4, cfg.dropout) for _ in range(cfg.n_layer)
         )

@@ -9,6 +9,13 @@ from llmasr.config_io import ConfigError
 from llmasr.config_paths import path_field
 
 
+def check_dropout(path: str, value: float) -> None:
+    """A dropout probability in [0, 1), refused by its key (torch's own error names no key, and only once the model
+    is built)."""
+    if not 0.0 <= value < 1.0:
+        raise ConfigError(f"{path}: must be in [0, 1), got {value}")
+
+
 @dataclass
 class LoraConfig:
     r: int = 8
@@ -21,8 +28,12 @@ class LoraConfig:
     def validate(self, path: str) -> None:
         if self.r <= 0:
             raise ConfigError(f"{path}.r: LoRA rank must be positive, got {self.r}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ConfigError(f"{path}.dropout: must be in [0, 1), got {self.dropout}")
+        if self.alpha <= 0:
+            raise ConfigError(
+                f"{path}.alpha: must be positive (the adapters' output is scaled by alpha / r: at 0 they train "
+                f"nothing), got {self.alpha}"
+            )
+        check_dropout(f"{path}.dropout", self.dropout)
         if isinstance(self.target_modules, str) and self.target_modules != "all-linear":
             raise ConfigError(
                 f"{path}.target_modules: a list of module names or 'all-linear', got {self.target_modules!r}"
@@ -59,6 +70,17 @@ class EncoderConfig:
             raise ConfigError(
                 f"{path}: set `path` (a pretrained directory) or `init_from` (weights for `conf`), not both"
             )
+        for key, value in self.conf.items():  # FunASR's *dropout_rate, Whisper's *dropout, *layerdrop (typed later)
+            if (
+                ("dropout" in str(key) or "layerdrop" in str(key))
+                and isinstance(value, (int, float, str))
+                and not isinstance(value, bool)
+            ):
+                try:
+                    rate = float(value)
+                except ValueError:
+                    continue  # not a number: the encoder's typing names it
+                check_dropout(f"{path}.conf.{key}", rate)
 
 
 @dataclass
@@ -85,8 +107,10 @@ class AdaptorConfig:
     init_prefix: str = ""
 
     def validate(self, path: str) -> None:
-        if self.downsample < 1:
-            raise ConfigError(f"{path}.downsample: must be >= 1, got {self.downsample}")
+        for key, low in (("downsample", 1), ("ffn_dim", 1), ("n_head", 1), ("n_layer", 0)):
+            if getattr(self, key) < low:
+                raise ConfigError(f"{path}.{key}: must be >= {low}, got {getattr(self, key)}")
+        check_dropout(f"{path}.dropout", self.dropout)
         if self.audio_token_cap != "none" and self.ctc_compress != "none":
             raise ConfigError(
                 f"{path}.audio_token_cap: {self.audio_token_cap!r} counts the encoder's frames, which "
@@ -187,6 +211,7 @@ class CTCDecoderConfig:
         for key in ("n_layer", "ffn_dim", "n_head"):
             if getattr(self, key) < (0 if key == "n_layer" else 1):
                 raise ConfigError(f"{path}.{key}: must be >= {0 if key == 'n_layer' else 1}, got {getattr(self, key)}")
+        check_dropout(f"{path}.dropout", self.dropout)
 
 
 @dataclass

@@ -76,6 +76,11 @@ class CTCHead(nn.Module):
         self.detach_encoder = detach_encoder
         self.decoder = None
         if decoder is not None:
+            if decoder.n_layer and encoder_dim % decoder.n_head:
+                raise ConfigError(
+                    f"model.ctc.decoder.n_head: its blocks work at the encoder width {encoder_dim}, which n_head="
+                    f"{decoder.n_head} does not divide"
+                )
             blocks = AdaptorConfig(type="transformer", downsample=1, ffn_dim=decoder.ffn_dim, n_layer=decoder.n_layer,
                                    n_head=decoder.n_head, dropout=decoder.dropout)  # fmt: skip
             self.decoder = TransformerAdaptor(blocks, encoder_dim, encoder_dim)

@@ -48,15 +48,17 @@ def param_counts(model) -> dict:
     return {"total": total, "trainable": trainable, "largest_layer": largest, "branches": per_branch}
 
 
-def key_updates(optim_cfg, group_names: list[str], total: int) -> list[tuple[str, int]]:
-    """(label, update) pairs: start, each distinct warmup end, middle, last update."""
+def key_updates(optim_cfg, group_names: list[str], total: int, stop: int | None = None) -> list[tuple[str, int]]:
+    """(label, update) pairs of a run whose schedules are sized by `total` updates and which stops after `stop`
+    (default `total`): start, each distinct warmup end, middle, last update."""
+    stop = total if stop is None else stop
     points = [("start", 0)]
     for name in group_names:
         sched = optim_cfg.branch(branch_of_group(name)).scheduler
         end = int(total * sched.phase_ratio[0]) if sched.type == "tri_stage" else sched.warmup_updates(total)
-        if 0 < end < total and all(u != end for _, u in points):
+        if 0 < end < stop and all(u != end for _, u in points):
             points.append((f"warmup end ({branch_of_group(name)})", end))
-    points += [("middle", total // 2), ("last", total - 1)]
+    points += [("middle", stop // 2), ("last", stop - 1)]
     seen, out = set(), []
     for label, u in sorted(points, key=lambda p: p[1]):
         if u not in seen:
@@ -73,11 +75,12 @@ def plot_dir(run_dir: Path) -> Path:
 
 def run_start(
     recipe, model, plan, *, stage: int, world_size: int, resume: str | None, overwrite: bool
-) -> tuple[list[str], int]:
+) -> tuple[list[str], int, int]:
     """What `llmasr train` (with --resume `resume`, --overwrite) would do with train.output_dir, checked as it
     checks before loading anything: the folder may be started in, the checkpoint resumed fits this recipe, data,
-    model and ZeRO stage. ConfigError / FileNotFoundError otherwise; nothing is deleted. Returns the report's lines
-    and the updates the run's schedules are sized by (a resume counts those it holds, as training does)."""
+    model and ZeRO stage. ConfigError / FileNotFoundError otherwise; nothing is deleted. Returns the report's lines,
+    the updates the run's schedules are sized by (a resume counts those it holds, as training does) and the update
+    it stops after (fewer where train.max_updates is more than the epochs hold)."""
     run_dir = Path(recipe.train.output_dir)
     asked = resume if resume is not None else recipe.train.resume
     resume = resume_or_start(asked, run_dir, overwrite=overwrite)
@@ -86,7 +89,8 @@ def run_start(
     if resume is None:
         why = "--overwrite starts over" if overwrite else "no checkpoint yet"
         auto = f" (train.resume auto: {why})" if asked == "auto" else ""
-        return ["run directory", f"  {run_dir}: a fresh run{auto}", *(f"  {n}" for n in notes)], plan.total
+        lines = ["run directory", f"  {run_dir}: a fresh run{auto}", *(f"  {n}" for n in notes)]
+        return lines, plan.total, min(plan.total, plan.natural)
     load_dir, tag = resolve_resume(resume, run_dir)
     where = load_dir / tag
     meta = read_meta(where)
@@ -97,19 +101,21 @@ def run_start(
     ranks = f"{meta.world_size} rank{'s' if meta.world_size != 1 else ''}"
     resized = "" if meta.world_size == world_size else f"; saved on {ranks}, resized to {world_size}"
     head = f"  resumes {where} (update {meta.update}, epoch {meta.epoch}{resized}) into {run_dir}"
-    return ["run directory", head, *(f"  {n}" for n in notes)], resumed_total(recipe, plan, where, meta, world_size)
+    return ["run directory", head, *(f"  {n}" for n in notes)], *resumed_total(recipe, plan, where, meta, world_size)
 
 
-def resumed_total(recipe, plan, where: Path, meta, world_size: int) -> int:
+def resumed_total(recipe, plan, where: Path, meta, world_size: int) -> tuple[int, int]:
     """The updates a resume from checkpoint `where` holds, counted as the trainer counts them once it has loaded:
-    the batches left in its epoch (dealt to this world size) and the epochs after it, at this grad_accum."""
+    the batches left in its epoch (dealt to this world size) and the epochs after it, at this grad_accum; and the
+    update the run stops after (the epochs' end where train.max_updates is more)."""
     client = read_client_state(where, meta)
     epoch, loader_state = int(client.get("epoch", meta.epoch)), client.get("loader")
     resharded = None
     if loader_state is not None and meta.world_size != world_size:
         resharded = plan.loaders[1].length_after(loader_state["sampler"])
     left = batches_left(plan.per_epoch, epoch, loader_state, resharded)
-    return resized_total(meta.update, epoch, left, plan.per_epoch, plan.grad_accum, recipe.train.max_updates)
+    total = resized_total(meta.update, epoch, left, plan.per_epoch, plan.grad_accum, recipe.train.max_updates)
+    return total, min(total, resized_total(meta.update, epoch, left, plan.per_epoch, plan.grad_accum, None))
 
 
 def _weights_lines(m) -> list[str]:
@@ -220,8 +226,8 @@ def check(
     names = [g["name"] for g in groups]
     counts = param_counts(model)
     stage = zero_stage(ds)
-    start, total = run_start(recipe, model, plan, stage=stage, world_size=world_size, resume=resume,
-                             overwrite=overwrite)  # fmt: skip
+    start, total, stop = run_start(recipe, model, plan, stage=stage, world_size=world_size, resume=resume,
+                                   overwrite=overwrite)  # fmt: skip
     curves = lr_curve(recipe.optim, names, total)
     lines = [
         "batch arithmetic",
@@ -242,10 +248,15 @@ def check(
     lines += ["param groups", *("  " + row for row in describe_param_groups(groups).splitlines())]
     lines.append("learning rate at key updates")
     width = max(len(n) for n in names)
-    for label, u in key_updates(recipe.optim, names, total):
+    for label, u in key_updates(recipe.optim, names, total, stop):
         lines.append(f"  update {u + 1} ({label}):")  # numbered from 1, as train.log does
         lines += [f"    {n:<{width}}  {curves[n][u]:.4e}" for n in names]
     lines += [f"  warning: {w}" for w in warmup_warnings(recipe.optim, map(branch_of_group, names), total)]
+    if stop < total:
+        lines.append(
+            f"  warning: train.max_updates {total} sizes the schedules, but the epochs end after update {stop}: the "
+            f"run stops there, {stop / total:.0%} of the way through them (raise train.epochs or lower max_updates)"
+        )
     lines += start + _checkpoint_lines(tc, ds, counts, plan, total) + _memory_lines(ds, tc, counts, world_size)
     out = Path(out) if out is not None else plot_dir(Path(tc.output_dir))
     out.mkdir(parents=True, exist_ok=True)

@@ -136,3 +136,9 @@ def test_qformer_rate():
     model = make("qformer", 4)
     y, n = model(torch.randn(1, 80, IN_DIM), torch.tensor([80]))
     assert n.tolist() == [20] and y.shape[1] == 20
+
+
+def test_heads_that_do_not_divide_the_llm_width_name_their_key():
+    """The transformer adaptor's blocks work at the LLM width; the error had named no recipe key."""
+    with pytest.raises(ConfigError, match=r"model.adaptor.n_head: .* LLM width 24, which n_head=5"):
+        build_adaptor(AdaptorConfig(type="transformer", n_head=5), IN_DIM, LLM_DIM)

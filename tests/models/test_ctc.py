@@ -275,3 +275,11 @@ def test_unalignable_is_exactly_where_ctc_has_no_path():
     assert marked.tolist() == torch.isinf(plain).tolist()
     assert 0 < int(marked.sum()) < b
     assert not ctc_unalignable(lens, targets[:, :0], torch.zeros(b, dtype=torch.long)).any()
+
+
+def test_decoder_heads_that_do_not_divide_the_encoder_width_name_their_key():
+    """model.ctc.decoder's blocks work at the encoder width; the error had named the adaptor instead."""
+    from llmasr.models.config import CTCDecoderConfig
+
+    with pytest.raises(ConfigError, match=r"model.ctc.decoder.n_head: .* encoder width 32, which n_head=3"):
+        CTCHead(32, 6, decoder=CTCDecoderConfig(n_layer=1, ffn_dim=16, n_head=3))

@@ -100,6 +100,17 @@ def test_the_batch_budget_says_what_augmentation_reserves(recipe_file, tmp_path,
     assert "costs the budget" not in plain and int(re.search(r"per epoch: (\d+)", plain).group(1)) < min(per_epoch)
 
 
+def test_a_max_updates_beyond_the_epochs_shows_where_the_run_stops(recipe_file, tmp_path, capsys):
+    """The schedules are sized by train.max_updates, but the trainer stops when the epochs end: the report had
+    labelled the schedule's last update the run's last, an update the run never reaches."""
+    code, out, err = run_check(capsys, "--config", str(recipe_file), "--deepspeed", "zero2", "--out", str(tmp_path),
+                               "train.max_updates=400")  # fmt: skip
+    assert code == 0, err
+    held = int(re.search(r"x 3 epochs = (\d+); schedules sized by 400", out).group(1))
+    assert held < 400 and f"update {held} (last)" in out and "update 400" not in out
+    assert f"warning: train.max_updates 400 sizes the schedules, but the epochs end after update {held}" in out
+
+
 def test_memory_estimate_follows_the_zero_stage(recipe_file, tmp_path, capsys):
     def device_line(preset):
         code, out, err = run_check(capsys, "--config", str(recipe_file), "--deepspeed", preset, "--world-size", "4",
