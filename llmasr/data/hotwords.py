@@ -96,6 +96,12 @@ class HotwordsConfig:
         _pair(path, "ngram", self.ngram, 1)
         _pair(path, "true_phrases", self.true_phrases, 0)
         _pair(path, "list_size", self.list_size, 1)
+        if self.true_phrases[1] > self.list_size[1]:  # the list would hold more than list_size says it may
+            raise ConfigError(
+                f"{path}.true_phrases: up to {self.true_phrases[1]} reference phrases a list, but {path}.list_size "
+                f"allows at most {self.list_size[1]} phrases in all, reference phrases included: raise list_size's "
+                "maximum or lower true_phrases'"
+            )
         if not 0.0 <= self.empty_prob <= 1.0:
             raise ConfigError(f"{path}.empty_prob: must be in [0, 1], got {self.empty_prob}")
         if not 0.0 <= self.rarity <= 10.0:

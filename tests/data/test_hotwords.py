@@ -136,6 +136,10 @@ def test_a_phrase_file_with_cr_line_ends_is_read_a_phrase_a_line(tmp_path):
         ({"ngram": [0, 2]}, "hotwords.ngram"),
         ({"ngram": [3, 2]}, "hotwords.ngram"),
         ({"list_size": [0, 3]}, "hotwords.list_size"),
+        (
+            {"true_phrases": [1, 4], "list_size": [2, 3]},
+            "hotwords.true_phrases: up to 4 reference phrases a list, but data.hotwords.list_size allows at most 3",
+        ),
         ({"empty_prob": 1.5}, "hotwords.empty_prob"),
         ({"enable": True, "distractors": "/no/such/file.txt"}, "hotwords.distractors: hotword file not found"),
     ],
