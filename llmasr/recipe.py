@@ -1,6 +1,6 @@
 """A recipe: one YAML file with `model`, `data`, `optim`, `train` and `decode` sections, plus dotted overrides.
 
-    recipe = load_recipe("recipes/paraformer_qwen2.5-1.5b.yaml", ["optim.branches.llm.lr=2e-5", "train.epochs=3"])
+    recipe = load_recipe("recipes/demo.yaml", ["optim.branches.llm.lr=2e-5", "train.epochs=3"])
 
 Everything is typed and validated here, once, before any model or data is touched.
 """
