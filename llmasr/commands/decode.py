@@ -140,7 +140,7 @@ def _search_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--max-window-seconds", type=float, default=None,
         help="decode longer utterances in windows cut at low-energy points (0: never split; default: the model's "
-        "saved value, else its training data.batching.max_duration)",
+        "saved value, else the longest audio it was trained on)",
     )  # fmt: skip
     p.add_argument(
         "--window-overlap", type=float, default=None,

@@ -26,6 +26,8 @@ def clear_outputs(out_dir: Path) -> None:
     for folder in (out_dir, out_dir / "ctc"):
         for name in OUTPUT_FILES:
             (folder / name).unlink(missing_ok=True)
+    if (out_dir / "ctc").is_dir() and not any((out_dir / "ctc").iterdir()):
+        (out_dir / "ctc").rmdir()  # an empty ctc/ would say this decode ran --ctc
 
 
 def hotword_counts(rows: list[dict], opts, cap: int | None, boost: float = 0.0) -> dict:

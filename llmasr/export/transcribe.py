@@ -87,29 +87,35 @@ class Transcriber:
         if sample_rate is not None and (isinstance(sample_rate, bool) or int(sample_rate) != sample_rate):
             raise TranscribeError(f"sample_rate: a whole number of Hz, got {sample_rate!r}")
         with tempfile.TemporaryDirectory(prefix="llmasr-transcribe-") as tmp:
-            names, manifest = _manifest(list(audio), sample_rate, hotwords, Path(tmp))
-            loader = decode_loader(self.model, manifest, self.cfg, self.opts, self.device)
-            items, _ = transcribe_loader(self.model, loader, self.cfg, self.device, name=lambda _, key: names[int(key)])
-            bad = {int(b["key"]): b["reason"] for b in loader.bad_data.examples}  # the loader keeps every one
-            if bad and not keep_going:
-                why = "; ".join(f"{names[i]}: {reason}" for i, reason in bad.items())
-                raise TranscribeError(f"cannot transcribe {len(bad)} of {len(names)} clips: {why}")
-            rows = utterance_rows(items, loader.dataset.manifest, self.cfg.window_overlap)
+            names, manifest, bad = _manifest(list(audio), sample_rate, hotwords, Path(tmp))
+            if bad and not keep_going:  # a missing file, named before anything is decoded
+                raise TranscribeError("; ".join(f"{names[i]}: {why}" for i, why in bad.items()))
+            rows = []
+            if len(bad) < len(names):
+                loader = decode_loader(self.model, manifest, self.cfg, self.opts, self.device)
+                items, _ = transcribe_loader(self.model, loader, self.cfg, self.device, name=lambda _, k: names[int(k)])
+                failed = {int(b["key"]): b["reason"] for b in loader.bad_data.examples}  # the loader keeps every one
+                if failed and not keep_going:
+                    why = "; ".join(f"{names[i]}: {reason}" for i, reason in failed.items())
+                    raise TranscribeError(f"cannot transcribe {len(failed)} of {len(names)} clips: {why}")
+                bad.update(failed)
+                rows = utterance_rows(items, loader.dataset.manifest, self.cfg.window_overlap)
         keep = ("hyp", "ctc_hyp", "truncated", "windows", "duration", "timestamps", "no_speech")
         out = {int(r["key"]): {"audio": names[int(r["key"])], **{k: r[k] for k in keep if k in r}} for r in rows}
         out.update({i: {"audio": names[i], "error": reason} for i, reason in bad.items()})
         return [out[i] for i in range(len(names))]
 
 
-def _manifest(audio: list, sample_rate, hotwords, tmp: Path) -> tuple[list[str], Path]:
-    """The clips' names and a manifest of them in `tmp` (waveforms written there as float wav files), keyed by
-    position."""
-    names, lines = [], []
+def _manifest(audio: list, sample_rate, hotwords, tmp: Path) -> tuple[list[str], Path, dict[int, str]]:
+    """The clips' names, a manifest of them in `tmp` (waveforms written there as float wav files) keyed by
+    position, and the files left out of it ({position: why}: missing, a directory)."""
+    names, lines, missing = [], [], {}
     for i, clip in enumerate(audio):
         if isinstance(clip, (str, Path)):
-            if why := file_problem(Path(clip), "audio file"):
-                raise TranscribeError(f"{clip}: {why}")
             names.append(str(clip))
+            if why := file_problem(Path(clip), "audio file"):
+                missing[i] = why
+                continue
             source = str(Path(clip).resolve())
         else:
             names.append(f"waveform {i}")
@@ -121,7 +127,7 @@ def _manifest(audio: list, sample_rate, hotwords, tmp: Path) -> tuple[list[str],
         lines.append(json.dumps(line))  # escaped: a file name in a legacy encoding (lone surrogates) survives
     path = tmp / "audio.jsonl"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return names, path
+    return names, path, missing
 
 
 def _waveform(clip, sample_rate, name: str) -> np.ndarray:

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from llmasr.config_io import ConfigError, from_dict, load_yaml, to_dict
+from llmasr.config_paths import resolve_paths
 from llmasr.data.frontend import FrontendConfig
 from llmasr.models.adaptors import build_adaptor
 from llmasr.models.config import CTCConfig, EncoderConfig, ModelConfig
@@ -265,7 +266,10 @@ def build_model(cfg: ModelConfig | dict | str | Path, *, weights: str = "pretrai
     "pretrained" load would refuse, or fill with random values, is found (`llmasr check`). Freezing, LoRA and the
     text side (tokenizer, prompt, CTC vocabulary) are the same in all four."""
     if isinstance(cfg, (str, Path)):
-        cfg = load_yaml(cfg)
+        path, cfg = cfg, load_yaml(cfg)
+        cfg = cfg.get("model", cfg)
+        if isinstance(cfg, dict):  # relative paths beside the recipe first, as `llmasr train` reads them
+            resolve_paths(ModelConfig, cfg, Path(path).resolve().parent)
     if isinstance(cfg, dict):
         cfg = from_dict(ModelConfig, cfg.get("model", cfg), "model")
     if weights not in WEIGHTS:

@@ -196,8 +196,10 @@ def test_a_second_decode_into_the_same_folder_leaves_nothing_stale(exported_dir,
     b = write_corpus(tmp_path / "b", TEXTS[2:4], name="test")
     out = tmp_path / "o"
     common = ["--model", str(exported_dir), "--output", str(out), "--max-new-tokens", "2", "--num-workers", "0"]
+    assert main([*common, "--data", str(a), "--ctc"]) == 0 and (out / "ctc" / "hyp.txt").is_file()
     assert main([*common, "--data", str(a)]) == 0
     assert (out / "hyp.txt").is_file() and (out / "wer.json").is_file()
+    assert not (out / "ctc").exists()  # its files had gone, the empty folder had stayed, as if --ctc had run
     assert main([*common, "--data", str(a), "--data", str(b)]) == 0
     assert not any((out / name).exists() for name in ("hyp.txt", "ref.txt", "results.jsonl", "wer.json", "bad.jsonl"))
     assert (out / "wer.txt").is_file() and (out / "dev" / "hyp.txt").is_file()

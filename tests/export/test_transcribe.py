@@ -121,6 +121,21 @@ def test_a_corrupt_file_among_many_is_named_and_the_others_still_transcribed(exp
     assert "1 of 3 files could not be transcribed" in err
 
 
+def test_a_missing_file_among_many_gets_its_row_with_keep_going(asr, clips, tmp_path):
+    """keep_going gives a file that cannot be read its error row (README); a missing one had raised for the whole
+    call, so one deleted file of a long list lost every transcript."""
+    _, paths = clips
+    gone = tmp_path / "gone.wav"
+    rows = asr.transcripts([paths[1], gone, tmp_path, paths[0]], keep_going=True)
+    assert [r["audio"] for r in rows] == [str(paths[1]), str(gone), str(tmp_path), str(paths[0])]
+    assert rows[1] == {"audio": str(gone), "error": "no such audio file"}
+    assert rows[2] == {"audio": str(tmp_path), "error": "a directory, not an audio file"}
+    assert [rows[0]["hyp"], rows[3]["hyp"]] == asr([paths[1], paths[0]])
+    assert asr.transcripts([gone], keep_going=True) == [{"audio": str(gone), "error": "no such audio file"}]
+    with pytest.raises(TranscribeError, match=f"^{gone}: no such audio file$"):
+        asr.transcripts([paths[1], gone])
+
+
 def test_a_file_name_that_is_not_utf8_fails_alone(asr, clips, tmp_path):
     """A name in a legacy encoding (Latin-1 bytes, as Python gives them: lone surrogates) had failed the whole call
     with a UnicodeEncodeError naming no file; now it is that file's error, and the others are transcribed."""

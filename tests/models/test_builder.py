@@ -254,3 +254,21 @@ def test_streaming_chunk_settings_survive_a_rebuild_from_conf(tmp_path):
         )
     )
     assert rebuilt.chunk == loaded.chunk and rebuilt.chunk.stride == (8, 10)
+
+
+def test_a_recipe_path_reads_its_relative_paths_beside_the_recipe(tiny_llm_dir, tmp_path, monkeypatch):
+    """`llmasr.build_model("recipes/X.yaml")` (the README's Python API) had read the shipped recipes'
+    `../models/...` paths from the working directory, not beside the recipe as `llmasr train` reads them."""
+    import yaml
+
+    shutil.copytree(tiny_llm_dir, tmp_path / "models" / "llm")
+    section = tiny_model_section("../models/llm", lora=False)
+    (tmp_path / "recipes").mkdir()
+    recipe = tmp_path / "recipes" / "r.yaml"
+    recipe.write_text(yaml.safe_dump({"model": section, "train": {"epochs": 1}}))
+    monkeypatch.chdir(tmp_path / "recipes")  # the path also reads from the working directory
+    assert build_model("r.yaml").llm.config.hidden_size == 64
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    model = build_model(recipe)
+    assert model.llm.config.hidden_size == 64 and model.llm.name_or_path == str(tmp_path / "models" / "llm")
