@@ -146,4 +146,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.vad:
         report.speech = hear(args, report.manifests, frontend.sample_rate)
     print(format_report(report, max_examples=args.show))
+    if report.errors:  # a manifest that cannot be opened is bad input (2), as every command reports it
+        return 2
     return 0 if report.ok else 1
