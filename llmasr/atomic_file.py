@@ -1,8 +1,8 @@
-"""Writing a small text file so that a reader never sees half of it: the run's recipe.yaml, ds_config.json and
-lr_schedule.csv (rewritten at every start and resume, and read back by resume, export and decode), and the
-checkpoint bookkeeping (llmasr_meta.json, latest, best.json). A full disk or a kill during the write leaves the
-old file, or none, never a cut-short one that parses (a cut YAML mapping reads as one whose later keys take their
-defaults)."""
+"""Writing a text file so that a reader never sees half of it: the run's recipe.yaml, ds_config.json and
+lr_schedule.csv (rewritten at every start and resume, and read back by resume, export and decode), the checkpoint
+bookkeeping (llmasr_meta.json, latest, best.json) and a decode's outputs (hyp.txt, results.jsonl, wer.json). A full
+disk or a kill during the write leaves the old file, or none, never a cut-short one that parses (a cut YAML mapping
+reads as one whose later keys take their defaults; a cut hyp.txt, as a decode of fewer utterances)."""
 
 from __future__ import annotations
 

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from llmasr import errors
+from llmasr.atomic_file import write_atomic
 from llmasr.config_io import ConfigError
 from llmasr.config_paths import file_problem, output_problem
 from llmasr.data.hotwords import PhraseFileError, read_phrase_file
@@ -23,7 +24,7 @@ from llmasr.export.decode import (
     out_dirs,
     search_boost,
 )
-from llmasr.export.decode_results import clear_outputs
+from llmasr.export.decode_results import clear_earlier_folders, clear_outputs, write_manifest_index
 from llmasr.export.decode_world import DecodeWorld
 from llmasr.export.exported import ExportedModelError
 from llmasr.models.decoding import AUTO_CTC_WEIGHT, AUTO_HOTWORD_BOOST, DecodeConfig, decode_config
@@ -244,9 +245,12 @@ def main(argv: list[str] | None = None) -> int:
 
 def _decode_all(model, manifests: list[str], output: Path, cfg, opts, device, world: DecodeWorld) -> int:
     failed, undecoded, summaries, status = [], [], [], 0
-    if len(manifests) > 1 and world.leader:
-        clear_outputs(output)  # a single manifest's files from an earlier decode would sit beside this one's
-    for data, out_dir in zip(manifests, out_dirs(manifests, output)):
+    folders = out_dirs(manifests, output)
+    if world.leader:  # files of an earlier decode that this one does not rewrite would read as its results
+        clear_earlier_folders(output, folders)
+        if len(manifests) > 1:
+            clear_outputs(output)  # a single manifest's
+    for data, out_dir in zip(manifests, folders):
         try:
             summary = decode_manifest(model, data, out_dir, cfg, opts, device=device, world=world)
         except (FileNotFoundError, EmptyManifest, BadManifest) as err:  # every rank meets these alike; a fault met
@@ -268,5 +272,6 @@ def _decode_all(model, manifests: list[str], output: Path, cfg, opts, device, wo
             failed.append(data)
     if len(manifests) > 1 and world.leader:
         summaries += [f"{data}: not decoded (see the error printed for it)" for data in undecoded]
-        (output / "wer.txt").write_text("\n".join(summaries) + "\n", encoding="utf-8")
+        write_atomic(output / "wer.txt", "\n".join(summaries) + "\n")
+        write_manifest_index(output, manifests, folders)
     return max(status, 1) if failed else 0

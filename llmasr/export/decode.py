@@ -40,6 +40,11 @@ Outputs (HYP_DIR, or HYP_DIR/<manifest name>/ when several manifests are given):
                    `transcribed` and `unscored` count the lines without a transcript; `rate` is null if all are)
     bad.jsonl      manifest lines that could not be decoded (missing/corrupt audio, bad fields...)
 
+With several manifests, HYP_DIR/wer.txt gathers their summaries and HYP_DIR/manifests.json says which manifest
+each subfolder holds. Every file is written whole or not at all, and a decode into the same HYP_DIR first removes
+what an earlier one wrote there that it will not rewrite: its files, its ctc/, and the subfolders of an earlier
+decode of several manifests that this one does not decode again.
+
 With --ctc (a model with a CTC head on its encoder), HYP_DIR/ctc/ also gets hyp.txt, results.jsonl, wer.txt and
 wer.json for the CTC branch's greedy best path, scored the same way: a low CTC WER beside a high LLM WER says the
 encoder hears the words and the LLM side loses them. SpeechLLM.transcribe gives both from one encoder pass.
@@ -84,6 +89,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from llmasr import errors
+from llmasr.atomic_file import write_atomic
 from llmasr.config_io import ConfigError, from_dict
 from llmasr.data.config import DataConfig
 from llmasr.data.device_features import resolve_features_on
@@ -244,9 +250,9 @@ def decode_manifest(
     timing["window_plan_seconds"] = planned
     timing.update(mode=mode, rank_items=shares, **clock)
     tracker = utterance_tracker(bad_data, manifest, len(rows))
-    with open(out_dir / "bad.jsonl", "w", encoding="utf-8") as fb:
-        for rec in tracker.examples:
-            fb.write(json.dumps(rec, ensure_ascii=False, default=str) + "\n")
+    write_atomic(
+        out_dir / "bad.jsonl", "".join(json.dumps(r, ensure_ascii=False, default=str) + "\n" for r in tracker.examples)
+    )
     found = dict(
         manifest=str(manifest_path), lines=len(getattr(manifest, "base", manifest)), skipped=tracker.bad,
         skipped_by_reason=dict(tracker.by_reason),

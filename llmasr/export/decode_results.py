@@ -5,11 +5,13 @@ wer.json (corpus rate, bad-data counts, guards, speed, long-audio windows, biasi
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from collections import Counter
 from pathlib import Path
 
+from llmasr.atomic_file import write_atomic
 from llmasr.models.decode_guards import MAX_TOKENS, REPETITION
 from llmasr.models.decoding import DecodeConfig
 from llmasr.scoring import score_corpus
@@ -18,6 +20,8 @@ from llmasr.scoring_bootstrap import LEVEL, RESAMPLES, rate_interval
 
 # What a decode writes into its output folder (and into its ctc/ folder with --ctc).
 OUTPUT_FILES = ("hyp.txt", "ref.txt", "results.jsonl", "wer.txt", "wer.json", "bad.jsonl")
+# A decode of several manifests: the subfolder each has, so that a later decode into the same place knows them.
+MANIFEST_INDEX = "manifests.json"
 
 
 def clear_outputs(out_dir: Path) -> None:
@@ -28,6 +32,32 @@ def clear_outputs(out_dir: Path) -> None:
             (folder / name).unlink(missing_ok=True)
     if (out_dir / "ctc").is_dir() and not any((out_dir / "ctc").iterdir()):
         (out_dir / "ctc").rmdir()  # an empty ctc/ would say this decode ran --ctc
+
+
+def clear_earlier_folders(output: Path, keep: list[Path]) -> None:
+    """Before a decode into `output`: the per-manifest subfolders an earlier decode of several manifests wrote there
+    (it named them in MANIFEST_INDEX) that this decode does not write again lose that decode's files, so that no
+    folder of stale results sits beside this decode's. Files of the user's own in such a folder stay, and so does
+    the folder then."""
+    index = output / MANIFEST_INDEX
+    try:
+        names = list(json.loads(index.read_text(encoding="utf-8")))
+    except (OSError, ValueError, TypeError):  # none, or not one this code wrote: nothing is known to be stale
+        return
+    for name in names:
+        folder = output / str(name)
+        if folder in keep or Path(str(name)).name != name or not folder.is_dir():  # only subfolders it named
+            continue
+        clear_outputs(folder)
+        with contextlib.suppress(OSError):
+            folder.rmdir()
+    index.unlink(missing_ok=True)
+
+
+def write_manifest_index(output: Path, manifests: list[str], folders: list[Path]) -> None:
+    """MANIFEST_INDEX: which manifest each subfolder of a decode of several holds, {folder name: manifest path}."""
+    text = json.dumps({f.name: m for f, m in zip(folders, manifests)}, indent=2, ensure_ascii=False)
+    write_atomic(output / MANIFEST_INDEX, text + "\n")
 
 
 def hotword_counts(rows: list[dict], opts, cap: int | None, boost: float = 0.0) -> dict:
@@ -209,30 +239,29 @@ def _write_results(out_dir: Path, rows: list[dict], hyp_key: str, metric: str, *
     if any(lists):
         hot, biased = score_lists(scores, lists, corpus.name, corpus.unit_name)
     scoring = iter(zip(scores, biased, lists))  # the scored rows' scores, in row order
-    with (
-        open(out_dir / "hyp.txt", "w", encoding="utf-8") as fh,
-        open(out_dir / "results.jsonl", "w", encoding="utf-8") as fj,
-    ):
-        for r in rows:
-            s, b, phrases = next(scoring) if r["ref"] is not None else (None, None, None)
-            fh.write(f"{_kaldi_key(r['key'])} {_one_line(r[hyp_key])}\n")
-            rec = {"key": r["key"], "ref": r["ref"], "hyp": r[hyp_key], **_counts_of(s)}
-            rec.update(duration=round(r["duration"], 4), wer=None if s is None else s.rate, windows=r.get("windows", 1))
-            if "truncated" in r and hyp_key == "hyp":
-                rec["truncated"] = r["truncated"]
-            if r.get("no_speech"):  # the VAD's gate: not transcribed
-                rec["no_speech"] = True
-            if "timestamps" in r and hyp_key == "hyp":  # decode.timestamps: [unit, start s, end s] each, or null
-                rec["timestamps"] = None if r["timestamps"] is None else [list(w) for w in r["timestamps"]]
-            rec.update(hotwords=list(r.get("hotwords") or []), hotwords_dropped=int(r.get("hotwords_dropped") or 0))
-            if "hotwords_scored" in r:
-                rec["hotwords_scored"] = list(r["hotwords_scored"])
-            if phrases:
-                rec["hotword_scores"] = b.to_row()
-            fj.write(json.dumps(rec, ensure_ascii=False) + "\n")
+    hyp_lines, result_lines = [], []
+    for r in rows:
+        s, b, phrases = next(scoring) if r["ref"] is not None else (None, None, None)
+        hyp_lines.append(f"{_kaldi_key(r['key'])} {_one_line(r[hyp_key])}\n")
+        rec = {"key": r["key"], "ref": r["ref"], "hyp": r[hyp_key], **_counts_of(s)}
+        rec.update(duration=round(r["duration"], 4), wer=None if s is None else s.rate, windows=r.get("windows", 1))
+        if "truncated" in r and hyp_key == "hyp":
+            rec["truncated"] = r["truncated"]
+        if r.get("no_speech"):  # the VAD's gate: not transcribed
+            rec["no_speech"] = True
+        if "timestamps" in r and hyp_key == "hyp":  # decode.timestamps: [unit, start s, end s] each, or null
+            rec["timestamps"] = None if r["timestamps"] is None else [list(w) for w in r["timestamps"]]
+        rec.update(hotwords=list(r.get("hotwords") or []), hotwords_dropped=int(r.get("hotwords_dropped") or 0))
+        if "hotwords_scored" in r:
+            rec["hotwords_scored"] = list(r["hotwords_scored"])
+        if phrases:
+            rec["hotword_scores"] = b.to_row()
+        result_lines.append(json.dumps(rec, ensure_ascii=False) + "\n")
+    # each file whole or absent: a decode killed while writing leaves no cut-short hyp.txt to be scored as complete
+    write_atomic(out_dir / "hyp.txt", "".join(hyp_lines))
+    write_atomic(out_dir / "results.jsonl", "".join(result_lines))
     if with_ref:
-        with open(out_dir / "ref.txt", "w", encoding="utf-8") as fr:
-            fr.writelines(f"{_kaldi_key(r['key'])} {_one_line(r['ref'])}\n" for r in scored)
+        write_atomic(out_dir / "ref.txt", "".join(f"{_kaldi_key(r['key'])} {_one_line(r['ref'])}\n" for r in scored))
     return corpus, hot, rate_interval([s.errors for s in scores], [s.ref_len for s in scores])
 
 
@@ -279,9 +308,8 @@ def _add_hotwords(summary: dict, text: list[str], hot: BiasedCorpus | None) -> N
 
 def _write_summary(out_dir: Path, summary: dict, text: list[str]) -> None:
     """wer.txt and wer.json; the text joins the summary under "text"."""
-    (out_dir / "wer.txt").write_text("\n".join(text) + "\n", encoding="utf-8")
-    (out_dir / "wer.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False, default=str) + "\n",
-                                      encoding="utf-8")  # fmt: skip
+    write_atomic(out_dir / "wer.txt", "\n".join(text) + "\n")
+    write_atomic(out_dir / "wer.json", json.dumps(summary, indent=2, ensure_ascii=False, default=str) + "\n")
     summary["text"] = "\n".join(text)
 
 

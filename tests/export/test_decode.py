@@ -15,6 +15,7 @@ from llmasr.data.bad_data import BadItem
 from llmasr.data.collate import Collator
 from llmasr.data.dataset import SpeechDataset
 from llmasr.data.loader import open_manifests
+from llmasr.export import decode_results
 from llmasr.export.decode import DecodeError, DecodeOptions, decode_loader, decode_manifest, load_decode_model
 from llmasr.export.export import export_model
 from llmasr.export.exported import load_exported
@@ -214,6 +215,45 @@ def test_a_second_decode_into_the_same_folder_leaves_nothing_stale(exported_dir,
     with pytest.raises(SystemExit) as err:
         main([*common, "--data", str(a), "--tag", "update_00000002"])
     assert err.value.code == 2 and "--tag picks a checkpoint of --checkpoint RUN_DIR" in capsys.readouterr().err
+
+
+def test_subfolders_of_an_earlier_decode_of_several_manifests_are_removed(exported_dir, tmp_path):
+    """Three manifests decoded into OUT, then two, then one: the subfolder of a manifest no longer decoded loses the
+    earlier decode's files (it had stayed, read as this decode's results), files of the user's own stay with their
+    folder, and manifests.json says which manifest each subfolder holds."""
+    a, b, c = (write_corpus(tmp_path / n, TEXTS[i : i + 1], name=n) for i, n in enumerate(("dev", "test", "other")))
+    out = tmp_path / "o"
+    common = ["--model", str(exported_dir), "--output", str(out), "--max-new-tokens", "2", "--num-workers", "0"]
+    assert main([*common, "--data", str(a), "--data", str(b), "--data", str(c)]) == 0
+    assert json.loads((out / "manifests.json").read_text()) == {"dev": str(a), "test": str(b), "other": str(c)}
+    (out / "test" / "notes.txt").write_text("mine")
+    assert main([*common, "--data", str(a), "--data", str(c)]) == 0
+    assert not (out / "test" / "hyp.txt").exists() and (out / "test" / "notes.txt").read_text() == "mine"
+    assert (out / "other" / "hyp.txt").is_file()
+    assert json.loads((out / "manifests.json").read_text()) == {"dev": str(a), "other": str(c)}
+    assert main([*common, "--data", str(a)]) == 0
+    assert not (out / "dev").exists() and not (out / "other").exists() and not (out / "manifests.json").exists()
+    assert (out / "hyp.txt").is_file() and (out / "test" / "notes.txt").is_file()
+
+
+def test_a_decode_that_fails_while_writing_leaves_no_cut_short_file(exported_dir, tmp_path, monkeypatch):
+    """A write that dies part-way (a full disk, a kill) leaves the earlier file or none, never a cut-short hyp.txt
+    that a scorer would read as the whole decode."""
+    a = write_corpus(tmp_path / "a", TEXTS[:4], name="dev")
+    out = tmp_path / "o"
+    common = ["--model", str(exported_dir), "--output", str(out), "--max-new-tokens", "2", "--num-workers", "0"]
+    real_one_line, calls = decode_results._one_line, []
+
+    def dies_on_the_third_line(text):
+        calls.append(text)
+        if len(calls) == 3:
+            raise OSError(28, "No space left on device")
+        return real_one_line(text)
+
+    monkeypatch.setattr(decode_results, "_one_line", dies_on_the_third_line)
+    with pytest.raises(OSError, match="No space left"):
+        main([*common, "--data", str(a)])
+    assert not (out / "hyp.txt").exists() and [p.name for p in out.iterdir() if "hyp" in p.name] == []
 
 
 def test_missing_model_dir_is_a_clear_error(tmp_path, capsys):
