@@ -10,7 +10,7 @@ strictly, refusing a frozen branch whose weights were random (llmasr.export.trai
 
     DIR/llm/                   the LLM with LoRA merged (HF format, safetensors, sharded when large), its tokenizer
                                with the chat template (defaulting the prompt's template_kwargs), generation_config.
-                               eos_token_id = the prompt's end token
+                               eos_token_id = the prompt's end token, then the LLM's other end tokens
     DIR/encoder.safetensors    the encoder, encoder LoRA merged into plain weights
     DIR/adaptor.safetensors
     DIR/ctc_head.safetensors   (+ the CTC vocabulary file) when the model has a CTC head
@@ -43,6 +43,7 @@ from llmasr.export.exported import DTYPE_NAMES, MODEL_FILE
 from llmasr.export.staged_dir import discarded_on_error, output_dir, publish, staging_dir, writing
 from llmasr.export.trained_model import load_checkpoint_model, load_trained, run_recipe  # noqa: F401  (public API)
 from llmasr.models.builder import encoder_spec, output_dim
+from llmasr.models.decode_guards import other_end_ids
 from llmasr.models.fingerprint import dir_fingerprint
 from llmasr.models.fsmn_vad import FsmnVad
 from llmasr.models.llm import DTYPES, base_lm
@@ -321,7 +322,9 @@ def _write_llm(model, recipe, tmp: Path, dtype_name: str, *, adapter_only: bool,
         merged.to(DTYPES[dtype_name])
         merged.config.use_cache = True
         gen = merged.generation_config
-        gen.eos_token_id = int(model.prompt.end_id)
+        end = int(model.prompt.end_id)  # first: the answer's end; the LLM's other ends stop generate as well
+        others = other_end_ids(gen, model.prompt.tokenizer, end)
+        gen.eos_token_id = [end, *others] if others else end
         gen.pad_token_id = int(model.prompt.pad_id)
         merged.save_pretrained(str(tmp / "llm"), max_shard_size=max_shard_size)
         _save_tokenizer(model.prompt, tmp / "llm")

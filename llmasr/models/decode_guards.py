@@ -63,3 +63,30 @@ class Guards:
         """Which guard ended the hypothesis `ids` (generated tokens, cut at their end token or not), or None."""
         body = ids[: ids.index(self.end_id)] if self.end_id in ids else ids
         return self.reason(body, cap)
+
+
+def other_end_ids(generation_config, tokenizer, end_id: int) -> list[int]:
+    """The LLM's end tokens other than the prompt's `end_id`: its generation_config's eos_token_id (an id or a list)
+    and the tokenizer's eos; Qwen's <|endoftext|> beside the chat template's <|im_end|>."""
+    given = getattr(generation_config, "eos_token_id", None)
+    ids = [*(given if isinstance(given, (list, tuple)) else [given]), getattr(tokenizer, "eos_token_id", None)]
+    return sorted({int(i) for i in ids if i is not None and int(i) != int(end_id)})
+
+
+class EndTokens:
+    """Folds the LLM's other end tokens into the prompt's end token: the end's probability becomes their sum and
+    the others are ruled out. An answer that closes with <|endoftext|> then ends, as the LLM's own generate stops
+    at every id of its generation_config, instead of running on to its cap; the guards, the CTC guide, the boost
+    and the hypothesis all see the one end token. First among the search's processors, on the LLM's own scores."""
+
+    def __init__(self, end_id: int, others: list[int]):
+        self.end_id, self.others = int(end_id), list(others)
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        others = [i for i in self.others if i < scores.shape[1]]
+        if not others:
+            return scores
+        out = scores.clone()
+        out[:, self.end_id] = torch.logsumexp(scores[:, [self.end_id, *others]].float(), dim=1).to(scores.dtype)
+        out[:, others] = float("-inf")
+        return out

@@ -25,7 +25,7 @@ from llmasr.models.ctc_compress import ctc_compress
 from llmasr.models.ctc_guidance import CTCPrefixGuide, rescore_nbest
 from llmasr.models.ctc_prefix import CTCPrefixScorer
 from llmasr.models.ctc_vocab import LLMCTCTokenizer
-from llmasr.models.decode_guards import Guards
+from llmasr.models.decode_guards import EndTokens, Guards, other_end_ids
 from llmasr.models.decoding import DecodeConfig, Transcripts
 from llmasr.models.hotword_boost import HotwordBoost, beam_search_to_the_caps
 from llmasr.models.insert_audio import merge_audio_into_text
@@ -297,7 +297,7 @@ class SpeechLLM(nn.Module):
         boosts = []
         if boost > 0 and hotwords is not None and any(hotwords):
             boosts.append(HotwordBoost(hotwords, self.prompt.tokenizer, boost, end, cfg.num_beams))
-        processors = []
+        processors = [EndTokens(end, other_end_ids(self.llm.generation_config, self.prompt.tokenizer, end))]
         if weight > 0 and llm_vocab:
             scorer = CTCPrefixScorer(ctc[0], ctc[1], self.ctc_tokenizer.blank_id)
             listed = [boosts[0].tokens(u) for u in range(len(hotwords))] if boosts else None

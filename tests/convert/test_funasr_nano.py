@@ -164,8 +164,9 @@ def test_out_llm_loads_with_transformers_alone_and_holds_the_llm_weights(convert
 
 def test_out_llm_keeps_the_llms_own_generation_config(tmp_path):
     """A plain transformers generate() on OUT/llm samples as the source LLM's generation_config.json says (Qwen3
-    ships sampling defaults); the LLM rebuilt from its config.json had a default one. It stops at the prompt's end
-    token, as every export does."""
+    ships sampling defaults); the LLM rebuilt from its config.json had a default one. Its end tokens are the prompt's
+    first, then the LLM's others (the export had kept the first alone, so generate ran past an answer the LLM ended
+    with its other end token)."""
     from transformers import GenerationConfig
 
     from llmasr.testing.tiny_nano import LLM_DIR
@@ -177,7 +178,7 @@ def test_out_llm_keeps_the_llms_own_generation_config(tmp_path):
     (src / LLM_DIR / "generation_config.json").write_text(json.dumps(own))
     convert_funasr(src, tmp_path / "out")
     got = GenerationConfig.from_pretrained(str(tmp_path / "out" / "llm"))
-    assert (got.do_sample, got.temperature, got.top_k, got.eos_token_id) == (True, 0.6, 20, eos)
+    assert (got.do_sample, got.temperature, got.top_k, got.eos_token_id) == (True, 0.6, 20, [eos, eos - 1])
 
 
 def test_prompt_is_nanos_own(converted):

@@ -1,0 +1,64 @@
+"""The end of a hypothesis: an LLM whose generation_config lists several end tokens (Qwen's <|im_end|> and
+<|endoftext|>) ends its answer at any of them, greedy, beam and CTC-guided alike."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+
+import llmasr
+from llmasr.models.decode_guards import EndTokens, other_end_ids
+from llmasr.models.decoding import DecodeConfig
+from llmasr.testing.scripted_llm import ScriptedLLM
+from llmasr.testing.tiny_recipe import OracleCTCHead, random_batch, tiny_model_section
+
+
+@pytest.fixture(scope="module")
+def two_end_llm_dir(tiny_llm_dir, tmp_path_factory):
+    """The tiny Qwen2 directory with the generation_config an Instruct Qwen ships: both end tokens."""
+    out = tmp_path_factory.mktemp("two_ends") / "llm"
+    shutil.copytree(tiny_llm_dir, out)
+    ids = {t["content"]: t["id"] for t in json.loads((out / "tokenizer.json").read_text())["added_tokens"]}
+    gen = json.loads((out / "generation_config.json").read_text())
+    gen["eos_token_id"] = [ids["<|im_end|>"], ids["<|endoftext|>"]]
+    (out / "generation_config.json").write_text(json.dumps(gen))
+    return out
+
+
+def _script(tok, end_of_text: int) -> dict:
+    """Says "three four", then <|endoftext|>, then (were it not an end) " nine" on and on."""
+    said, nine = tok.encode("three four", add_special_tokens=False), tok.encode(" nine", add_special_tokens=False)
+    steps = [None, *said, end_of_text, *nine]
+    script = {prev: {nxt: 30.0} for prev, nxt in zip(steps, steps[1:])}
+    script[nine[-1]] = {nine[0]: 30.0}
+    return script
+
+
+@pytest.mark.parametrize("beams, ctc_weight", [(1, 0.0), (2, 0.0), (1, 0.3)])
+def test_an_answer_ended_by_the_llms_other_end_token_stops_there(two_end_llm_dir, beams, ctc_weight):
+    torch.manual_seed(0)
+    model = llmasr.build_model(tiny_model_section(two_end_llm_dir, ctc_weight=0.3)).eval()
+    tok, end = model.prompt.tokenizer, model.prompt.end_id
+    end_of_text = tok.convert_tokens_to_ids("<|endoftext|>")
+    assert other_end_ids(model.llm.generation_config, tok, end) == [end_of_text]
+    batch = random_batch(model, ["three four"], frames=[60], seed=1)
+    enc_len = int(model.encoder(batch.feats, batch.feat_lens)[1][0])
+    model._modules["ctc_head"] = OracleCTCHead(model.ctc_tokenizer, {enc_len: "three four"})  # the audio says it
+    with torch.no_grad(), ScriptedLLM(model, _script(tok, end_of_text)):
+        got = model.transcribe(batch, DecodeConfig(num_beams=beams, ctc_weight=ctc_weight, max_new_tokens=12))
+        ids = model.generate_ids(batch, num_beams=beams, ctc_weight=ctc_weight, max_new_tokens=12)
+    assert got.llm == ["three four"]
+    assert got.truncated == [None]  # ended by the LLM, not run on to the cap
+    assert end_of_text not in ids[0] and ids[0][-1] == end
+
+
+def test_the_end_holds_the_probability_of_every_end_token():
+    fold = EndTokens(2, [5, 9])  # 9 is past this vocabulary: left alone
+    scores = torch.log_softmax(torch.tensor([[0.0, 1.0, 2.0, 0.5, 0.0, 1.5]]), dim=1)
+    out = fold(torch.zeros(1, 0, dtype=torch.long), scores)
+    assert out[0, 2].exp().item() == pytest.approx((scores[0, 2].exp() + scores[0, 5].exp()).item())
+    assert out[0, 5] == float("-inf") and torch.equal(out[0, [0, 1, 3, 4]], scores[0, [0, 1, 3, 4]])
+    assert out.exp().sum().item() == pytest.approx(1.0)
