@@ -26,6 +26,16 @@ def check_run_settings(recipe) -> None:
         raise ConfigError("train.valid_every_updates is set but data.valid names no manifest")
     if tc.best_metric == "wer" and tc.best_k and not recipe.data.valid:
         raise ConfigError("train.best_metric is wer but data.valid names no manifest to compute it on")
+    llm = recipe.model.llm
+    if llm.dtype != "float32" and not llm.freeze and tc.precision == "fp32":
+        # fp32 precision keeps each weight in its own dtype, and the optimizer steps those weights directly
+        bf16 = llm.dtype == "bfloat16"
+        raise ConfigError(
+            f"model.llm.dtype: {llm.dtype} with model.llm.freeze false and train.precision fp32 trains the LLM's "
+            f"{llm.dtype} weights with no fp32 master copy, so an update below {'1/256' if bf16 else '1/2048'} of a "
+            f"weight rounds away; set train.precision {'bf16' if bf16 else 'fp16'} (DeepSpeed keeps fp32 master "
+            "weights), model.llm.dtype float32, or freeze the LLM"
+        )
 
 
 @dataclass

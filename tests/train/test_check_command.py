@@ -356,3 +356,14 @@ def test_world_size_from_the_environment_is_read_only_when_not_given(recipe_file
     monkeypatch.setenv("WORLD_SIZE", "2")
     code, out, _ = run_check(capsys, "--config", str(recipe_file), "--deepspeed", "zero2")
     assert code == 0 and "world size: 2" in out
+
+
+def test_an_unfrozen_half_precision_llm_without_master_weights_is_refused(recipe_file, tmp_path, capsys):
+    """A bf16 LLM trained under train.precision fp32 has no fp32 master copy: small updates round away (it had been
+    accepted); a frozen bf16 LLM with fp32 LoRA, or bf16 precision with its master weights, are fine."""
+    base = ["--config", str(recipe_file), "--deepspeed", "zero0", "--out", str(tmp_path), "model.llm.dtype=bfloat16"]
+    code, _, err = run_check(capsys, *base, "model.llm.freeze=false", "train.precision=fp32")
+    assert code == 2 and "model.llm.dtype: bfloat16 with model.llm.freeze false and train.precision fp32" in err
+    assert "set train.precision bf16" in err
+    assert run_check(capsys, *base, "train.precision=fp32")[0] == 0
+    assert run_check(capsys, *base, "model.llm.freeze=false", "train.precision=bf16")[0] == 0
