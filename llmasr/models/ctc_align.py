@@ -2,12 +2,12 @@
 
 The LLM writes text without times; the CTC head, trained on the same encoder output, says at which frames each label
 is heard. The transcript's units (words, and each character of scripts written without spaces: the tokens that
-long-audio joining works on, llmasr.data.long_audio) are encoded in the CTC vocabulary one by one (in the LLM's own
-vocabulary the text is tokenized whole, as the head was trained, and a token that merges several characters gives
-each of them its frames), and the best CTC path that spells exactly that label sequence (Viterbi over the usual
-blank-interleaved states) gives each unit the frames of its labels: start at its first label's first frame, end
-after its last label's last frame. A unit the vocabulary cannot spell, or a transcript longer than the frames can
-hold, gets no times (None).
+long-audio joining works on, llmasr.data.long_audio) are spelled in the CTC vocabulary as the head was trained: in
+the LLM's own vocabulary, a sentencepiece model or a .tiktoken file the text is tokenized whole, and a token that
+merges several characters gives each of them its frames; a token list spells them one by one. The best CTC path
+that spells exactly that label sequence (Viterbi over the usual blank-interleaved states) gives each unit the frames
+of its labels: start at its first label's first frame, end after its last label's last frame. A unit the vocabulary
+cannot spell, or a transcript longer than the frames can hold, gets no times (None).
 
 CTC spikes come early in a word: the head's last frame of a word lies before its sound ends. `sound_ends` moves each
 end to where the stretch of speech it falls in ends (frame energies, llmasr.data.long_audio.speech_runs), never past
@@ -33,7 +33,7 @@ def unit_labels(tokenizer: CTCTokenizer, text: str) -> tuple[list[str], list[int
     """(units of `text`, their CTC labels in order, the units each label belongs to: none for a word separator, two
     or more for an LLM token that merges characters), or None when the vocabulary cannot spell a unit."""
     matches = list(UNIT.finditer(text))
-    whole = getattr(tokenizer, "spell_units", None)  # an LLM vocabulary: tokens as the head learned them
+    whole = getattr(tokenizer, "spell_units", None)  # a vocabulary that merges characters: the head's tokens
     spelled = whole(text, [m.span() for m in matches]) if whole is not None else None
     if spelled is not None:
         return [m.group() for m in matches], *spelled

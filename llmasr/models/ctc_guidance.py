@@ -143,7 +143,7 @@ def frame_support(scorer: CTCPrefixScorer, min_prob: float) -> list[tuple[torch.
     found = []
     blank_at_most = math.log1p(-min_prob) + 1e-6 if min_prob < 1 else float("-inf")
     for b, n in enumerate(scorer.lens):
-        frames = scorer.log_probs[b, : max(n, 1)]
+        frames = scorer.log_probs[b, :n]
         # where the blank holds more than 1 - min_prob no other token reaches min_prob: only the rest is scanned
         # (a small tolerance keeps a frame that rounding would put on the line)
         open_ = (frames[:, scorer.blank_id] <= blank_at_most).nonzero()[:, 0]

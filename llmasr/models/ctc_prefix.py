@@ -146,8 +146,8 @@ class CTCPrefixScorer:
         r_b = _windows_at(states, width, "r_b")[:, None, :]
         last = torch.tensor([-1 if s.last is None else s.last for s in states])[:, None, None]
         phi = torch.where(labels[:, :, None] == last, r_b, torch.logaddexp(r_n, r_b))  # [N, K, W]
-        empty = torch.tensor([s.last is None for s in states])[:, None] & (lo == 0)[:, None]
-        start = torch.where(empty, xc[:, :, 0], neg)  # r_n^{hc}(0): only the empty prefix starts at frame 0
+        empty = torch.tensor([s.last is None for s in states])[:, None] & (lo == 0)[:, None] & valid[:, :1]
+        start = torch.where(empty, xc[:, :, 0], neg)  # r_n^{hc}(0): only the empty prefix starts at frame 0 (if any)
         new_n = _linear_recursion(start, phi[:, :, :-1], xc)
         new_b = _linear_recursion(torch.full_like(start, NEG_INF), new_n[:, :, :-1], xb)
         terms = torch.where(valid[:, None, 1:], phi[:, :, :-1] + xc[:, :, 1:], neg)
@@ -163,6 +163,8 @@ class CTCPrefixScorer:
     def final(self, utt: int, state: PrefixState) -> float:
         """log P(the utterance spells exactly this prefix): -inf unless its window holds the last frame."""
         t = self.lens[utt] - 1
+        if t < 0:  # no frames: they spell the empty prefix only
+            return 0.0 if state.last is None else NEG_INF
         if not state.lo <= t < state.hi:
             return NEG_INF
         return float(torch.logaddexp(state.r_n[t - state.lo], state.r_b[t - state.lo]))

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import regex
 
-from llmasr.models.ctc_vocab import CTCTokenizer
+from llmasr.models.ctc_vocab import CTCTokenizer, byte_to_char_spans, label_owners
 
 # SenseVoice's (and Whisper's) pre-tokenizer: what tiktoken's Encoding gets as pat_str for multilingual.tiktoken.
 CACHE_PIECES = 20_000  # pieces whose ids are kept between calls (a worker holds a few MB of them)
@@ -118,15 +118,29 @@ class TiktokenCTCTokenizer(CTCTokenizer):
         self._cache: dict[str, list[int]] = {}
 
     def encode(self, text: str) -> list[int]:
-        ids: list[int] = []
-        for piece in PIECES.findall(text):
-            cached = self._cache.get(piece)
-            if cached is None:
-                if len(self._cache) >= CACHE_PIECES:  # a corpus's distinct words, in every data worker
-                    self._cache.clear()
-                cached = self._cache[piece] = merge(piece.encode("utf-8"), self.ranks)
-            ids.extend(cached)
-        return ids
+        return [i for piece in PIECES.findall(text) for i in self._piece_ids(piece)]
+
+    def _piece_ids(self, piece: str) -> list[int]:
+        cached = self._cache.get(piece)
+        if cached is None:
+            if len(self._cache) >= CACHE_PIECES:  # a corpus's distinct words, in every data worker
+                self._cache.clear()
+            cached = self._cache[piece] = merge(piece.encode("utf-8"), self.ranks)
+        return cached
+
+    def spell_units(self, text: str, spans: list[tuple[int, int]]) -> tuple[list[int], list[range]]:
+        """`text`'s labels as the head learned them, the whole text encoded at once (a token may merge characters
+        of a script written without spaces), with the units each covers (LLMCTCTokenizer.spell_units)."""
+        ids, byte_spans, at, done = [], [], 0, 0  # `at`: the byte where character `done` starts
+        for m in PIECES.finditer(text):
+            at, done = at + len(text[done : m.start()].encode("utf-8")), m.start()
+            for i in self._piece_ids(m.group()):
+                ids.append(i)
+                byte_spans.append((at, at + len(self.tokens[i])))
+                at += len(self.tokens[i])
+            done = m.end()
+        chars = byte_to_char_spans(text, byte_spans)
+        return label_owners([(i, a, b) for i, (a, b) in zip(ids, chars)], spans)
 
     def decode(self, ids: Sequence[int]) -> str:
         """Special tokens (ids past the file's tokens) and the blank are dropped; bytes that do not end a UTF-8

@@ -16,6 +16,7 @@ trained with another one as its blank (SenseVoiceSmall's CTC head uses `<unk>`, 
 
 from __future__ import annotations
 
+import bisect
 import json
 import re
 from collections.abc import Sequence
@@ -86,12 +87,30 @@ class LLMCTCTokenizer(CTCTokenizer):
             enc = self.tokenizer(text, add_special_tokens=False, split_special_tokens=True, return_offsets_mapping=True)
         except (NotImplementedError, ValueError, TypeError):
             return None
-        labels, owners = [], []
-        for token, (a, b) in zip(enc["input_ids"], enc["offset_mapping"]):
-            covered = [k for k, (s, e) in enumerate(spans) if s < max(b, a + 1) and e > a]
-            labels.append(int(token))
-            owners.append(range(covered[0], covered[-1] + 1) if covered else range(0))
-        return labels, owners
+        return label_owners([(t, a, b) for t, (a, b) in zip(enc["input_ids"], enc["offset_mapping"])], spans)
+
+
+def label_owners(tokens: list[tuple[int, int, int]], spans: list[tuple[int, int]]) -> tuple[list[int], list[range]]:
+    """Labels given as (id, start, end) characters of a text -> (ids, the units each covers: indices into `spans`,
+    (start, end) characters; a label of no width covers the character it stands at)."""
+    labels, owners = [], []
+    for token, a, b in tokens:
+        covered = [k for k, (s, e) in enumerate(spans) if s < max(b, a + 1) and e > a]
+        labels.append(int(token))
+        owners.append(range(covered[0], covered[-1] + 1) if covered else range(0))
+    return labels, owners
+
+
+def byte_to_char_spans(text: str, spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """(start, end) UTF-8 byte offsets into `text` -> the characters they touch (a part of a character counts)."""
+    starts = [0]
+    for ch in text:
+        starts.append(starts[-1] + len(ch.encode("utf-8")))
+    out = []
+    for a, b in spans:
+        first = bisect.bisect_right(starts, a) - 1
+        out.append((first, max(first, bisect.bisect_left(starts, b))))
+    return out
 
 
 class SentencePieceCTCTokenizer(CTCTokenizer):
@@ -113,6 +132,19 @@ class SentencePieceCTCTokenizer(CTCTokenizer):
 
     def decode(self, ids: Sequence[int]) -> str:
         return self.sp.decode([int(i) for i in ids if int(i) != self.blank_id])
+
+    def spell_units(self, text: str, spans: list[tuple[int, int]]) -> tuple[list[int], list[range]] | None:
+        """`text`'s labels as the head learned them, the whole text encoded at once (a piece may merge characters of
+        a script written without spaces, and a character alone gets the "▁" a text's start gets), with the units
+        each covers (LLMCTCTokenizer.spell_units); None when this sentencepiece gives no offsets."""
+        for kind in ("immutable_proto", "proto"):  # the name of the offsets' form before and after sentencepiece 0.2.1
+            try:
+                pieces = self.sp.encode(text, out_type=kind).pieces
+            except (ValueError, RuntimeError, TypeError, AttributeError):
+                continue
+            chars = byte_to_char_spans(text, [(p.begin, p.end) for p in pieces])
+            return label_owners([(p.id, a, b) for p, (a, b) in zip(pieces, chars)], spans)
+        return None
 
 
 class TokenListCTCTokenizer(CTCTokenizer):

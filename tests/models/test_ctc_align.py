@@ -15,6 +15,7 @@ from llmasr.data.long_audio import join_texts, join_words
 from llmasr.models.config import CTCConfig
 from llmasr.models.ctc import build_ctc_tokenizer
 from llmasr.models.ctc_align import WORD_TAIL_S, align_words, sound_ends, unit_labels, viterbi_path
+from llmasr.models.ctc_tiktoken import write_ranks
 from llmasr.models.ctc_vocab import ctc_collapse
 from tests.models.test_ctc import hf_tokenizer
 
@@ -99,6 +100,37 @@ def test_an_llm_token_that_merges_characters_times_each_of_them():
     lp = _spikes(20, tok.vocab_size, tok.blank_id, {1: hello, 2: hello, 8: world})
     assert align_words(tok, "你好世界", lp, 0.06) == [("你", 0.06, 0.18), ("好", 0.06, 0.18), ("世", 0.48, 0.54),
                                                      ("界", 0.48, 0.54)]  # fmt: skip
+
+
+@pytest.mark.parametrize("kind", ["sentencepiece", "tiktoken"])
+def test_a_piece_that_merges_characters_in_a_sentencepiece_or_tiktoken_vocabulary_times_each_of_them(tmp_path, kind):
+    """SenseVoice's sentencepiece and Fun-ASR-Nano's tiktoken vocabularies merge characters of a script without
+    spaces too, and sentencepiece puts a "▁" before a text's first character: the text is spelled whole, as the head
+    learned it (spelled one by one, "你好" became two labels the head never emits and the times moved to other
+    words' frames)."""
+    if kind == "sentencepiece":
+        import sentencepiece as spm
+
+        spm.SentencePieceTrainer.train(sentence_iterator=iter(["你好世界 你好 世界 中文"] * 50), model_type="bpe",
+                                       model_prefix=str(tmp_path / "sp"), vocab_size=14, hard_vocab_limit=False,
+                                       character_coverage=1.0, minloglevel=2)  # fmt: skip
+        path = str(tmp_path / "sp.model")
+    else:
+        merges = [
+            m.encode() if isinstance(m, str) else m
+            for m in (b"\xe4\xbd", "你", b"\xe5\xa5", "好", "你好", b"\xe4\xb8", "世", b"\xe7\x95", "界", "世界")
+        ]
+        path = str(write_ranks(tmp_path / "v.tiktoken", [bytes([b]) for b in range(256)] + merges))
+    tok = build_ctc_tokenizer(CTCConfig(vocab=path))
+    hello, world = tok.encode("你好世界")[-2:]
+    assert tok.decode([hello]).strip() == "你好" and tok.decode([world]) == "世界"
+    units, labels, owner = unit_labels(tok, "你好世界")
+    assert labels == tok.encode("你好世界") and [list(o) for o in owner][-2:] == [[0, 1], [2, 3]]
+    lp = _spikes(
+        20, tok.vocab_size, tok.blank_id, {t: label for t, label in enumerate(labels[:-2])} | {6: hello, 12: world}
+    )
+    assert align_words(tok, "你好世界", lp, 0.06) == [("你", 0.36, 0.42), ("好", 0.36, 0.42), ("世", 0.72, 0.78),
+                                                     ("界", 0.72, 0.78)]  # fmt: skip
 
 
 def test_window_times_join_where_the_texts_join():

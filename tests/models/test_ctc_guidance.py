@@ -137,6 +137,9 @@ def test_frame_support_skips_only_frames_where_no_token_can_reach_the_threshold(
         full[:, blank] = False
         frame, token = ctc_guidance.frame_support(scorer, 0.01)[b]
         assert set(zip(frame.tolist(), token.tolist())) == {(int(t), int(c)) for t, c in full.nonzero()}
+    log_probs[1, 0] = torch.tensor([0.0 if c == 5 else -9.0 for c in range(vocab)]).log_softmax(-1)
+    no_frames = CTCPrefixScorer(log_probs, torch.tensor([frames, 0]), blank)
+    assert ctc_guidance.frame_support(no_frames, 0.01)[1][0].numel() == 0  # padding holds no token
 
 
 def test_a_padded_candidate_row_keeps_token_zero(model):

@@ -97,3 +97,13 @@ def test_a_prefix_the_audio_cannot_hold_has_an_empty_window_and_no_score():
         state = ext.state(0, 0)
     assert state.psi == -math.inf and state.lo == state.hi
     assert scorer.extend([0], [state], torch.tensor([[3]])).psi[0, 0] == -math.inf
+
+
+def test_an_utterance_without_frames_spells_the_empty_prefix_only():
+    """Zero frames (beside a row that has them): every label is impossible and the end certain, as CTC's definition
+    gives, not the other way round."""
+    log_probs = peaked_head([(5, 1, 2)], 4).expand(2, -1, -1).clone()
+    scorer = CTCPrefixScorer(log_probs, torch.tensor([4, 0]), BLANK)
+    ext = scorer.extend([0, 1], [scorer.initial(0), scorer.initial(1)], torch.tensor([[5, 6], [5, 6]]))
+    assert ext.psi[1].tolist() == [-math.inf, -math.inf] and ext.psi[0, 0] > -1.0
+    assert scorer.final(1, scorer.initial(1)) == 0.0 and scorer.final(1, ext.state(1, 0)) == -math.inf
