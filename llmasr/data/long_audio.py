@@ -343,7 +343,8 @@ def join_words(
 ) -> list | None:
     """The timed units (unit, start s, end s; llmasr.models.ctc_align) of join_texts' text: each window's `words`
     (one per token of its text, in window time) moved by its `starts` seconds into the utterance, cut where
-    join_texts cuts the texts. None when a window has none."""
+    join_texts cuts the texts (two edge units the seam glues into one unit of the text are one timed unit). None when
+    a window has none."""
     if any(w is None or len(w) != len(UNIT.findall(t)) for t, w in zip(texts, words)):
         return None
     return _join(texts, overlapped, overlap, [shift_times(w, s) for w, s in zip(words, starts)])[1]
@@ -357,12 +358,15 @@ def _join(texts: list[str], overlapped: list[bool], overlap: float, words: list[
         text = texts[k]
         rate = CHARS_PER_SECOND if uses_characters(text) else TOKENS_PER_SECOND
         cut = seam(out, text, math.ceil(rate * overlap) + 1) if overlapped[k] else None
-        if cut is None:
-            out = _glue(out, text)
-            timed = None if timed is None else timed + list(words[k])
-            continue
+        left, right = (out, text) if cut is None else (out[: cut[0]], text[cut[1] :])
+        glued = _glue(left, right)
         if timed is not None:
-            kept, dropped = len(UNIT.findall(out[: cut[0]])), len(UNIT.findall(text[: cut[1]]))
-            timed = timed[:kept] + list(words[k][dropped:])
-        out = _glue(out[: cut[0]], text[cut[1] :])
+            kept, dropped = len(UNIT.findall(left)), 0 if cut is None else len(UNIT.findall(text[: cut[1]]))
+            timed, after = timed[:kept], list(words[k][dropped:])
+            if timed and after and len(UNIT.findall(glued)) < len(timed) + len(after):
+                # glued without a space ("。" + "「"), the edge units are one unit of the text: one timed unit too
+                (u, start, _), (v, _, end) = timed[-1], after.pop(0)
+                timed[-1] = (u + v, start, end)
+            timed += after
+        out = glued
     return out, timed

@@ -12,11 +12,13 @@ from llmasr.data.long_audio import (
     frame_energies,
     join_pair,
     join_texts,
+    join_words,
     merge_segments,
     plan_windows,
     segment_windows,
     silence_level,
 )
+from llmasr.scoring import UNIT
 from llmasr.testing.tiny_corpus import syllable_bursts
 
 SR = 16000
@@ -174,6 +176,19 @@ def test_join_texts_dedups_only_overlapped_seams():
     assert join_texts(["solo"], [False], 1.0) == "solo"
     with pytest.raises(ValueError, match="2 texts and 1 overlap flags"):
         join_texts(["a", "b"], [False], 1.0)
+
+
+def test_joined_times_stay_one_per_unit_where_punctuation_meets_at_a_seam():
+    """Two punctuation marks of a script without spaces meet at a seam without a space ("。" + "《"), and the text has
+    one unit there where the windows timed two: the times had kept both, one more than the text's units, and the
+    next overlapped seam then cut the times one unit short of the text ("好" lost)."""
+    texts = ["他说。", "《红楼梦》很好", "很好看"]
+    timed = [[(u, 0.1 * k, 0.1 * k + 0.05) for k, u in enumerate(UNIT.findall(t))] for t in texts]
+    text = join_texts(texts, [False, False, True], 1.0)
+    words = join_words(texts, timed, [0.0, 5.0, 9.0], [False, False, True], 1.0)
+    assert text == "他说。《红楼梦》很好看"
+    assert [w[0] for w in words] == UNIT.findall(text)
+    assert words[2] == ("。《", 0.2, 5.05) and words[-2:] == [("好", 5.6, 5.65), ("看", 9.2, 9.25)]
 
 
 def test_split_pause_leaves_no_sliver_after_the_last_pause():
