@@ -234,12 +234,14 @@ def _first_pause(
 
 def _pause_cut(db, a: int, b: int, quiet: float, last_end: float, sr: int, earliest: float = 0.0) -> tuple[int, int]:
     """(window end, next window start) for the pause of frames [a, b): the pause runs on while frames stay quiet
-    (also past the band it was found in); the window keeps TRAIL_S of it (between `earliest` and `last_end`), the
-    next starts LEAD_S before the speech that ends it."""
+    (also past the band it was found in); the window keeps TRAIL_S of it, or all of it up to where the next starts
+    (between `earliest` and `last_end`), the next starts LEAD_S before the speech that ends it (a shorter pause had
+    ended the window TRAIL_S on, inside the next word, and the next window started there: the word cut in two)."""
     while b < len(db) and db[b] < quiet:
         b += 1
-    end = int(min(last_end, max(earliest, _at(a, sr) + TRAIL_S * sr)))
-    return end, int(max(end, _at(b, sr) - LEAD_S * sr))
+    resume = _at(b, sr) - LEAD_S * sr
+    end = int(min(last_end, max(earliest, min(_at(a, sr) + TRAIL_S * sr, resume))))
+    return end, int(max(end, resume))
 
 
 def _at(frame: float, sr: int) -> float:

@@ -191,6 +191,24 @@ def test_joined_times_stay_one_per_unit_where_punctuation_meets_at_a_seam():
     assert words[2] == ("。《", 0.2, 5.05) and words[-2:] == [("好", 5.6, 5.65), ("看", 9.2, 9.25)]
 
 
+@pytest.mark.parametrize("split_pause", [0.0, 0.2])
+@pytest.mark.parametrize("pause", [0.22, 0.26])
+def test_a_window_after_a_short_pause_starts_before_its_speech(pause, split_pause):
+    """Pauses shorter than TRAIL_S + LEAD_S: the window before one ends where the next starts, LEAD_S before the
+    speech after it (it had ended TRAIL_S into the pause, inside the next word, and the next window started there:
+    up to 0.1 s of the word's start was heard only at the end of the window before)."""
+    gaps = [(t, t + pause) for t in np.arange(3.0, 39.0, 3.0 + pause)]
+    wave = syllable_bursts(40.0, gaps, seed=3)
+    windows = plan_windows(wave, SR, 10.0, 1.0, split_pause)
+    check_cover(windows, wave, 10.0, 1.0)
+    seams = [w for w in windows[1:] if not w.overlapped]
+    assert seams
+    for w in seams:
+        _, b = min(gaps, key=lambda g: abs(g[1] * SR - w.start))
+        onset = int(b * SR) + int(np.flatnonzero(np.abs(wave[int(b * SR) :]) > 0.05)[0])
+        assert w.start <= onset, (w, onset)
+
+
 def test_split_pause_leaves_no_sliver_after_the_last_pause():
     """A pause followed by a mere click at the end is not a sentence boundary: the last window keeps it (a
     15 ms window has no feature frame to decode)."""
