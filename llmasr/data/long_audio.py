@@ -6,11 +6,12 @@ segments (`segment_windows`: a window a segment, a long segment cut as below).
 left (no sliver of a window at the end), and never leaving more audio than the windows still planned can hold:
 
 - a clear pause between half a share and the limit (at least MIN_PAUSE_S of frames below the window's silence
-  level) -> the cut goes into the longest one, LEAD_S before the speech that ends it, and the next window starts
-  there (a pause that runs to the end of the audio ends the last window: no window of silence alone): no word
-  straddles a pause, so no word is cut in half and none is heard twice. The next window opens on
-  speech, as most training utterances do, and the silence trails the previous one (a model trained on clips that
-  start with speech inserts words into a leading silence it never saw: measured on the demo model);
+  level, after speech in the window: a pause the window opens with ends nothing) -> the cut goes into the longest
+  one, LEAD_S before the speech that ends it, and the next window starts there (a pause that runs to the end of
+  the audio ends the last window: no window of silence alone): no word straddles a pause, so no word is cut in
+  half and none is heard twice. The next window opens on speech, as most training utterances do, and the silence
+  trails the previous one (a model trained on clips that start with speech inserts words into a leading silence it
+  never saw: measured on the demo model);
 - no pause -> the cut goes at the quietest point of a band around the share (most likely a gap between words, at
   worst a weak syllable) and the next window starts `overlap` seconds earlier: a word the cut splits is whole in
   one of the two windows, and `join_texts` removes the words both windows heard (the longest run of words the end
@@ -191,15 +192,16 @@ def _cut(db, quiet, start: int, n: int, limit: int, ov: int, sr: int) -> tuple[i
     if quiet is not None:  # any pause from half a share on will do: a cut at a pause needs no overlap
         lo_s = start + (target - start) / 2  # (a pause may cost a window more than planned, never a cut word)
         lo, band = _band(db, lo_s, start + limit, sr)
+        first = _band(db, start, start + limit, sr)[0]
         runs = [(b - a, a, b) for a, b in _runs(band < quiet) if b - a >= MIN_PAUSE_S / HOP_S]
+        runs = [r for r in runs if _pause_start(db, lo + r[1], quiet) > first]  # after speech in the window
         if runs:
             longest = max(r[0] for r in runs)
             a, b = min(
                 ((lo + a, lo + b) for size, a, b in runs if size == longest),
                 key=lambda r: abs(_at(sum(r) / 2, sr) - target),
             )
-            while a > 0 and db[a - 1] < quiet:  # the whole pause, also where it runs past the band
-                a -= 1
+            a = _pause_start(db, a, quiet)  # the whole pause, also where it runs past the band
             end, after = _pause_cut(db, a, b, quiet, start + limit, sr, earliest=lo_s)
             return end, min(after, n - 1), True
     lo, band = _band(db, max(target - half, fits), min(target + half, start + limit), sr)
@@ -222,14 +224,23 @@ def _first_pause(
     """The cut at the first pause of at least `split_pause` s after MIN_SEGMENT_S of the window, if any."""
     if quiet is None:
         return None
+    first = _band(db, start, start + limit, sr)[0]
     lo, band = _band(db, start + MIN_SEGMENT_S * sr, start + limit, sr)
     for a, b in _runs(band < quiet):
-        if b - a < max(split_pause, MIN_PAUSE_S) / HOP_S:
+        if b - a < max(split_pause, MIN_PAUSE_S) / HOP_S or _pause_start(db, lo + a, quiet) <= first:
             continue
         end, after = _pause_cut(db, lo + a, lo + b, quiet, start + limit, sr)
         if n - after >= MIN_SEGMENT_S * sr:  # a click or breath after the last pause is no sentence of its own
             return end, after, True
     return None
+
+
+def _pause_start(db, a: int, quiet: float) -> int:
+    """The first frame of the pause that frame `a` is in. A pause that reaches back to its window's first frame ends
+    no speech: cut there, the window holds silence alone (a leading pause kept, decode.trim_leading_silence off)."""
+    while a > 0 and db[a - 1] < quiet:
+        a -= 1
+    return a
 
 
 def _pause_cut(db, a: int, b: int, quiet: float, last_end: float, sr: int, earliest: float = 0.0) -> tuple[int, int]:

@@ -209,6 +209,18 @@ def test_a_window_after_a_short_pause_starts_before_its_speech(pause, split_paus
         assert w.start <= onset, (w, onset)
 
 
+@pytest.mark.parametrize("split_pause", [0.0, 0.2])
+@pytest.mark.parametrize("lead", [1.0, 12.0])
+def test_a_leading_pause_is_no_window_of_its_own(lead, split_pause):
+    """Audio planned from its first sample (decode.trim_leading_silence off) that opens with a pause: the pause is no
+    cut point, as it ends no speech of the window (a window of the pause alone had been decoded, where LLM-ASR
+    writes words: [0, 0.8 s) after a 1 s pause with split_pause, [0, 7 s) after a 12 s one without)."""
+    wave = syllable_bursts(lead + 28.0, [(0.0, lead), (lead + 11.0, lead + 11.6)], seed=2)
+    windows = plan_windows(wave, SR, 20.0, 1.0, split_pause)
+    check_cover(windows, wave, 20.0, 1.0)
+    assert all(np.abs(wave[w.start : w.end]).max() > 0.1 for w in windows), windows
+
+
 def test_split_pause_leaves_no_sliver_after_the_last_pause():
     """A pause followed by a mere click at the end is not a sentence boundary: the last window keeps it (a
     15 ms window has no feature frame to decode)."""
