@@ -6,11 +6,12 @@ segments (`segment_windows`: a window a segment, a long segment cut as below).
 left (no sliver of a window at the end), and never leaving more audio than the windows still planned can hold:
 
 - a clear pause between half a share and the limit (at least MIN_PAUSE_S of frames below the window's silence
-  level) -> the cut goes into the longest one, LEAD_S before the speech that ends it, and the next window starts
-  there (a pause that runs to the end of the audio ends the last window: no window of silence alone): no word
-  straddles a pause, so no word is cut in half and none is heard twice. The next window opens on
-  speech, as most training utterances do, and the silence trails the previous one (a model trained on clips that
-  start with speech inserts words into a leading silence it never saw: measured on the demo model);
+  level, after speech in the window: a pause the window opens with ends nothing) -> the cut goes into the longest
+  one, LEAD_S before the speech that ends it, and the next window starts there (a pause that runs to the end of
+  the audio ends the last window: no window of silence alone): no word straddles a pause, so no word is cut in
+  half and none is heard twice. The next window opens on speech, as most training utterances do, and the silence
+  trails the previous one (a model trained on clips that start with speech inserts words into a leading silence it
+  never saw: measured on the demo model);
 - no pause -> the cut goes at the quietest point of a band around the share (most likely a gap between words, at
   worst a weak syllable) and the next window starts `overlap` seconds earlier: a word the cut splits is whole in
   one of the two windows, and `join_texts` removes the words both windows heard (the longest run of words the end
@@ -191,15 +192,16 @@ def _cut(db, quiet, start: int, n: int, limit: int, ov: int, sr: int) -> tuple[i
     if quiet is not None:  # any pause from half a share on will do: a cut at a pause needs no overlap
         lo_s = start + (target - start) / 2  # (a pause may cost a window more than planned, never a cut word)
         lo, band = _band(db, lo_s, start + limit, sr)
+        first = _band(db, start, start + limit, sr)[0]
         runs = [(b - a, a, b) for a, b in _runs(band < quiet) if b - a >= MIN_PAUSE_S / HOP_S]
+        runs = [r for r in runs if _pause_start(db, lo + r[1], quiet) > first]  # after speech in the window
         if runs:
             longest = max(r[0] for r in runs)
             a, b = min(
                 ((lo + a, lo + b) for size, a, b in runs if size == longest),
                 key=lambda r: abs(_at(sum(r) / 2, sr) - target),
             )
-            while a > 0 and db[a - 1] < quiet:  # the whole pause, also where it runs past the band
-                a -= 1
+            a = _pause_start(db, a, quiet)  # the whole pause, also where it runs past the band
             end, after = _pause_cut(db, a, b, quiet, start + limit, sr, earliest=lo_s)
             return end, min(after, n - 1), True
     lo, band = _band(db, max(target - half, fits), min(target + half, start + limit), sr)
@@ -222,9 +224,10 @@ def _first_pause(
     """The cut at the first pause of at least `split_pause` s after MIN_SEGMENT_S of the window, if any."""
     if quiet is None:
         return None
+    first = _band(db, start, start + limit, sr)[0]
     lo, band = _band(db, start + MIN_SEGMENT_S * sr, start + limit, sr)
     for a, b in _runs(band < quiet):
-        if b - a < max(split_pause, MIN_PAUSE_S) / HOP_S:
+        if b - a < max(split_pause, MIN_PAUSE_S) / HOP_S or _pause_start(db, lo + a, quiet) <= first:
             continue
         end, after = _pause_cut(db, lo + a, lo + b, quiet, start + limit, sr)
         if n - after >= MIN_SEGMENT_S * sr:  # a click or breath after the last pause is no sentence of its own
@@ -232,14 +235,24 @@ def _first_pause(
     return None
 
 
+def _pause_start(db, a: int, quiet: float) -> int:
+    """The first frame of the pause that frame `a` is in. A pause that reaches back to its window's first frame ends
+    no speech: cut there, the window holds silence alone (a leading pause kept, decode.trim_leading_silence off)."""
+    while a > 0 and db[a - 1] < quiet:
+        a -= 1
+    return a
+
+
 def _pause_cut(db, a: int, b: int, quiet: float, last_end: float, sr: int, earliest: float = 0.0) -> tuple[int, int]:
     """(window end, next window start) for the pause of frames [a, b): the pause runs on while frames stay quiet
-    (also past the band it was found in); the window keeps TRAIL_S of it (between `earliest` and `last_end`), the
-    next starts LEAD_S before the speech that ends it."""
+    (also past the band it was found in); the window keeps TRAIL_S of it, or all of it up to where the next starts
+    (between `earliest` and `last_end`), the next starts LEAD_S before the speech that ends it (a shorter pause had
+    ended the window TRAIL_S on, inside the next word, and the next window started there: the word cut in two)."""
     while b < len(db) and db[b] < quiet:
         b += 1
-    end = int(min(last_end, max(earliest, _at(a, sr) + TRAIL_S * sr)))
-    return end, int(max(end, _at(b, sr) - LEAD_S * sr))
+    resume = _at(b, sr) - LEAD_S * sr
+    end = int(min(last_end, max(earliest, min(_at(a, sr) + TRAIL_S * sr, resume))))
+    return end, int(max(end, resume))
 
 
 def _at(frame: float, sr: int) -> float:
@@ -343,7 +356,8 @@ def join_words(
 ) -> list | None:
     """The timed units (unit, start s, end s; llmasr.models.ctc_align) of join_texts' text: each window's `words`
     (one per token of its text, in window time) moved by its `starts` seconds into the utterance, cut where
-    join_texts cuts the texts. None when a window has none."""
+    join_texts cuts the texts (two edge units the seam glues into one unit of the text are one timed unit). None when
+    a window has none."""
     if any(w is None or len(w) != len(UNIT.findall(t)) for t, w in zip(texts, words)):
         return None
     return _join(texts, overlapped, overlap, [shift_times(w, s) for w, s in zip(words, starts)])[1]
@@ -357,12 +371,15 @@ def _join(texts: list[str], overlapped: list[bool], overlap: float, words: list[
         text = texts[k]
         rate = CHARS_PER_SECOND if uses_characters(text) else TOKENS_PER_SECOND
         cut = seam(out, text, math.ceil(rate * overlap) + 1) if overlapped[k] else None
-        if cut is None:
-            out = _glue(out, text)
-            timed = None if timed is None else timed + list(words[k])
-            continue
+        left, right = (out, text) if cut is None else (out[: cut[0]], text[cut[1] :])
+        glued = _glue(left, right)
         if timed is not None:
-            kept, dropped = len(UNIT.findall(out[: cut[0]])), len(UNIT.findall(text[: cut[1]]))
-            timed = timed[:kept] + list(words[k][dropped:])
-        out = _glue(out[: cut[0]], text[cut[1] :])
+            kept, dropped = len(UNIT.findall(left)), 0 if cut is None else len(UNIT.findall(text[: cut[1]]))
+            timed, after = timed[:kept], list(words[k][dropped:])
+            if timed and after and len(UNIT.findall(glued)) < len(timed) + len(after):
+                # glued without a space ("。" + "「"), the edge units are one unit of the text: one timed unit too
+                (u, start, _), (v, _, end) = timed[-1], after.pop(0)
+                timed[-1] = (u + v, start, end)
+            timed += after
+        out = glued
     return out, timed

@@ -41,8 +41,8 @@ class WindowRules:
     """How decoding cuts audio: windows of at most `max_seconds` that overlap by `overlap` where no pause lets them
     meet, ended at pauses of `split_pause` seconds (decode.window_split_pause; 0: only at the limit). `from_speech`
     (decode.trim_leading_silence): the windows cover the audio from where its speech starts
-    (long_audio.speech_start), so a leading pause is neither a window of its own (a model decoding silence writes
-    words) nor a reason to split audio whose speech fits one window. `speech_segments` (decode.vad): waveform -> its
+    (long_audio.speech_start), so a leading pause is neither decoded (a model decoding silence writes words) nor a
+    reason to split audio whose speech fits one window. `speech_segments` (decode.vad): waveform -> its
     speech segments ((start, end) samples), and the windows are those segments (long_audio.segment_windows). `gate`
     (decode.vad_gate): every utterance meets the VAD, and one in which it finds no speech is silent (its first
     SILENT_ITEM_S seconds stand for it, their text replaced by nothing); without the gate such a long recording is cut

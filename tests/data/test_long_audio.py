@@ -12,11 +12,13 @@ from llmasr.data.long_audio import (
     frame_energies,
     join_pair,
     join_texts,
+    join_words,
     merge_segments,
     plan_windows,
     segment_windows,
     silence_level,
 )
+from llmasr.scoring import UNIT
 from llmasr.testing.tiny_corpus import syllable_bursts
 
 SR = 16000
@@ -174,6 +176,49 @@ def test_join_texts_dedups_only_overlapped_seams():
     assert join_texts(["solo"], [False], 1.0) == "solo"
     with pytest.raises(ValueError, match="2 texts and 1 overlap flags"):
         join_texts(["a", "b"], [False], 1.0)
+
+
+def test_joined_times_stay_one_per_unit_where_punctuation_meets_at_a_seam():
+    """Two punctuation marks of a script without spaces meet at a seam without a space ("。" + "《"), and the text has
+    one unit there where the windows timed two: the times had kept both, one more than the text's units, and the
+    next overlapped seam then cut the times one unit short of the text ("好" lost)."""
+    texts = ["他说。", "《红楼梦》很好", "很好看"]
+    timed = [[(u, 0.1 * k, 0.1 * k + 0.05) for k, u in enumerate(UNIT.findall(t))] for t in texts]
+    text = join_texts(texts, [False, False, True], 1.0)
+    words = join_words(texts, timed, [0.0, 5.0, 9.0], [False, False, True], 1.0)
+    assert text == "他说。《红楼梦》很好看"
+    assert [w[0] for w in words] == UNIT.findall(text)
+    assert words[2] == ("。《", 0.2, 5.05) and words[-2:] == [("好", 5.6, 5.65), ("看", 9.2, 9.25)]
+
+
+@pytest.mark.parametrize("split_pause", [0.0, 0.2])
+@pytest.mark.parametrize("pause", [0.22, 0.26])
+def test_a_window_after_a_short_pause_starts_before_its_speech(pause, split_pause):
+    """Pauses shorter than TRAIL_S + LEAD_S: the window before one ends where the next starts, LEAD_S before the
+    speech after it (it had ended TRAIL_S into the pause, inside the next word, and the next window started there:
+    up to 0.1 s of the word's start was heard only at the end of the window before)."""
+    gaps = [(t, t + pause) for t in np.arange(3.0, 39.0, 3.0 + pause)]
+    wave = syllable_bursts(40.0, gaps, seed=3)
+    windows = plan_windows(wave, SR, 10.0, 1.0, split_pause)
+    check_cover(windows, wave, 10.0, 1.0)
+    seams = [w for w in windows[1:] if not w.overlapped]
+    assert seams
+    for w in seams:
+        _, b = min(gaps, key=lambda g: abs(g[1] * SR - w.start))
+        onset = int(b * SR) + int(np.flatnonzero(np.abs(wave[int(b * SR) :]) > 0.05)[0])
+        assert w.start <= onset, (w, onset)
+
+
+@pytest.mark.parametrize("split_pause", [0.0, 0.2])
+@pytest.mark.parametrize("lead", [1.0, 12.0])
+def test_a_leading_pause_is_no_window_of_its_own(lead, split_pause):
+    """Audio planned from its first sample (decode.trim_leading_silence off) that opens with a pause: the pause is no
+    cut point, as it ends no speech of the window (a window of the pause alone had been decoded, where LLM-ASR
+    writes words: [0, 0.8 s) after a 1 s pause with split_pause, [0, 7 s) after a 12 s one without)."""
+    wave = syllable_bursts(lead + 28.0, [(0.0, lead), (lead + 11.0, lead + 11.6)], seed=2)
+    windows = plan_windows(wave, SR, 20.0, 1.0, split_pause)
+    check_cover(windows, wave, 20.0, 1.0)
+    assert all(np.abs(wave[w.start : w.end]).max() > 0.1 for w in windows), windows
 
 
 def test_split_pause_leaves_no_sliver_after_the_last_pause():
