@@ -116,6 +116,16 @@ def test_conf_overrides(tiny_dir):
         load_funasr_encoder(tiny_dir, conf_overrides={"no_such_key": 1})
 
 
+@pytest.mark.parametrize("key,value", [("attention_heads", 8), ("sanm_shfit", 3), ("input_layer", "pe_online")])
+def test_conf_overrides_that_change_what_the_weights_compute_are_refused(tiny_dir, key, value):
+    """Heads, FSMN shift or input layer over pretrained weights change no tensor's shape, so the strict load passed
+    and the encoder computed something the weights were not trained for; a value equal to config.yaml's is fine."""
+    stated = tiny_sanm_conf()[key]
+    assert load_funasr_encoder(tiny_dir, conf_overrides={key: stated})[0] is not None
+    with pytest.raises(ConfigError, match=rf"model.encoder.conf.{key}: {value!r}, but .*config.yaml states {stated!r}"):
+        load_funasr_encoder(tiny_dir, conf_overrides={key: value})
+
+
 def test_frontend_from_funasr_conf_mapping(tmp_path):
     cmvn = tmp_path / "x.mvn"
     from llmasr.data.frontend import write_kaldi_cmvn
