@@ -50,6 +50,7 @@ class EncoderConfig:
     path: str | None = path_field(None)
     # Constructor arguments (FunASR `encoder_conf` names). Over `path`: dropout rates, stochastic_depth_rate and
     # `queries` override config.yaml's; any other key must equal it (the pretrained weights fix the architecture).
+    # Whisper: WhisperConfig keys over config.json's; sizes and activation_function must equal it.
     conf: dict[str, Any] = field(default_factory=dict)
     # Frontend used when `path` carries none (fbank settings; see llmasr.data.features.FrontendConfig).
     frontend: dict[str, Any] = path_field(default_factory=dict, keys=("cmvn_file",))
