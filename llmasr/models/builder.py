@@ -24,7 +24,7 @@ from llmasr.models.adaptors import build_adaptor
 from llmasr.models.config import CTCConfig, EncoderConfig, ModelConfig
 from llmasr.models.ctc import build_ctc_head, build_ctc_tokenizer
 from llmasr.models.encoders import EncoderEntry, encoder_entry
-from llmasr.models.funasr_dir import funasr_encoder_spec, load_funasr_encoder
+from llmasr.models.funasr_dir import construct_encoder, funasr_encoder_spec, load_funasr_encoder
 from llmasr.models.llm import apply_lora, embedding_shape, load_llm
 from llmasr.models.prompt import PromptBuilder
 from llmasr.models.speech_llm import SpeechLLM
@@ -125,7 +125,10 @@ def build_encoder(
     elif pretrained and cfg.path is not None:
         encoder, _ = load_funasr_encoder(cfg.path, conf_overrides=cfg.conf or None, shapes_only=shapes_only, **reinit)
     else:
-        encoder = spec.entry.construct(spec.conf)
+        if cfg.path is not None:  # a FunASR directory's architecture, built without its weights
+            encoder = construct_encoder(spec.entry, spec.conf, cfg.path, cfg.conf)
+        else:
+            encoder = spec.entry.construct(spec.conf)
         if pretrained and cfg.init_from:
             state = read_weights(cfg.init_from, cfg.init_prefix, "model.encoder", shapes_only=shapes_only)
             load_into(encoder, state, source=f"encoder weights {cfg.init_from}", **reinit)

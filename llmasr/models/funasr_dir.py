@@ -286,6 +286,19 @@ def funasr_encoder_spec(
     return entry, {"input_size": feature_dim, **encoder_conf}, frontend
 
 
+def construct_encoder(entry: EncoderEntry, conf: dict, model_dir: str | Path, overrides: dict | None) -> nn.Module:
+    """`entry.construct(conf)` for the encoder of a directory; a refusal names its config.yaml (the settings came
+    from there, not from the recipe, unless model.encoder.conf set them)."""
+    where = f"{Path(model_dir) / 'config.yaml'} encoder_conf"
+    try:
+        return entry.construct(conf, where)
+    except ConfigError as err:
+        if str(err).startswith(where):
+            raise
+        over = f" (model.encoder.conf sets {', '.join(sorted(overrides))} over it)" if overrides else ""
+        raise ConfigError(f"{where}{over}: {err}") from err
+
+
 def load_funasr_encoder(
     model_dir: str | Path,
     *,
@@ -305,7 +318,7 @@ def load_funasr_encoder(
     """
     model_dir = Path(model_dir).resolve()
     entry, conf, frontend = funasr_encoder_spec(model_dir, conf_overrides)
-    encoder = entry.construct(conf)
+    encoder = construct_encoder(entry, conf, model_dir, conf_overrides)
 
     ckpt_path = weights_file(model_dir)
     if not ckpt_path.is_file():

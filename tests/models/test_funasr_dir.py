@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+import shutil
 
 import numpy as np
 import pytest
@@ -478,3 +480,24 @@ def test_unreadable_tokens_json(tmp_path, tiny_dir):
     (d / "tokens.json").write_text('{"a": 1}')
     with pytest.raises(ConfigError, match=r"tokens.json: must hold a JSON list \(token list\), got dict"):
         load_funasr_encoder(d)
+
+
+@pytest.mark.parametrize(
+    "edit, said",
+    [({"foo": 1}, r"SANMEncoder: unknown encoder_conf key 'foo'"),
+     ({"num_blocks": "many"}, r"\.num_blocks: expected an integer, got 'many'")],
+)  # fmt: skip
+def test_encoder_conf_the_encoder_refuses_is_named_by_config_yaml(tiny_dir, tmp_path, edit, said):
+    """The settings come from the directory's config.yaml: the refusal had named no file (or the recipe's
+    model.encoder.conf, which does not hold the key), whether the weights are read or not."""
+    from llmasr.models.builder import build_encoder
+    from llmasr.models.config import EncoderConfig
+
+    d = tmp_path / "d"
+    shutil.copytree(tiny_dir, d)
+    _edit_config(d, lambda c: c["encoder_conf"].update(edit))
+    where = re.escape(f"{d / 'config.yaml'} encoder_conf")
+    with pytest.raises(ConfigError, match=rf"^{where}(: )?{said}"):
+        load_funasr_encoder(d)
+    with pytest.raises(ConfigError, match=rf"^{where}(: )?{said}"):
+        build_encoder(EncoderConfig(type="paraformer", path=str(d)), pretrained=False)
