@@ -159,6 +159,18 @@ def _encoder_section(config: dict, path: Path, frontend_dim: int) -> dict:
     return {"type": "sensevoice", "conf": conf, "freeze": True}
 
 
+def _dropout(conf: dict, section: str, path: Path) -> float:
+    """The one dropout rate of llmasr's transformer blocks. FunASR's `Transformer` drops attention weights at
+    attention_dropout_rate and the rest at dropout_rate (both 0.0 unless stated); llmasr uses one rate for both."""
+    rate, attention = float(conf.get("dropout_rate", 0.0)), float(conf.get("attention_dropout_rate", 0.0))
+    if attention != rate:
+        raise ConfigError(
+            f"{path}: {section}.attention_dropout_rate is {attention:g} but {section}.dropout_rate is {rate:g}; "
+            "llmasr's transformer blocks use one dropout rate for both. Set them equal to convert"
+        )
+    return rate
+
+
 def _adaptor_section(config: dict, path: Path) -> dict:
     name = funasr_class_name(config.get("audio_adaptor", ""))
     conf = _section(config, "audio_adaptor_conf", path)
@@ -179,7 +191,7 @@ def _adaptor_section(config: dict, path: Path) -> dict:
         "ffn_dim": int(conf.get("ffn_dim", 2048)),
         "n_layer": int(conf.get("n_layer", 2)),
         "n_head": int(conf.get("attention_heads", 8)),
-        "dropout": float(conf.get("dropout_rate", 0.0)),
+        "dropout": _dropout(conf, "audio_adaptor_conf", path),
         "audio_token_cap": "funasr_nano" if conf.get("use_low_frame_rate", False) else "none",
     }
 
@@ -248,7 +260,7 @@ def ctc_section(config: dict, path: Path, encoder_dim: int) -> dict:
             "n_layer": int(conf.get("n_layer", 2)),  # FunASR Transformer adaptor's defaults
             "ffn_dim": int(conf.get("ffn_dim", 2048)),
             "n_head": int(conf.get("attention_heads", 8)),
-            "dropout": float(conf.get("dropout_rate", 0.0)),
+            "dropout": _dropout(conf, "ctc_decoder_conf", path),
         },
     }
 

@@ -24,7 +24,7 @@ from llmasr.models.adaptors import build_adaptor
 from llmasr.models.config import CTCConfig, EncoderConfig, ModelConfig
 from llmasr.models.ctc import build_ctc_head, build_ctc_tokenizer
 from llmasr.models.encoders import EncoderEntry, encoder_entry
-from llmasr.models.funasr_dir import funasr_encoder_spec, load_funasr_encoder
+from llmasr.models.funasr_dir import construct_encoder, funasr_encoder_spec, load_funasr_encoder
 from llmasr.models.llm import apply_lora, embedding_shape, load_llm
 from llmasr.models.prompt import PromptBuilder
 from llmasr.models.speech_llm import SpeechLLM
@@ -52,12 +52,15 @@ class EncoderSpec:
 
 def encoder_spec(cfg: EncoderConfig) -> EncoderSpec:
     """The encoder a recipe section describes (its pretrained directory's config files, or `conf`), and the frontend
-    it expects: the explicit `frontend` settings (e.g. dither) refine what the directory says."""
+    it expects: the explicit `frontend` settings refine what a pretrained directory says (dither, the CMVN file) and
+    may not change the features it was trained on."""
     entry = encoder_entry(cfg.type)
     if cfg.type == "whisper":
         config = whisper_config(cfg.path, cfg.conf)
         base = whisper_frontend(config) if cfg.path is None else whisper_dir_frontend(cfg.path)
         frontend = _matching(_refine(base, cfg.frontend), int(config.num_mel_bins), cfg, "config.json's num_mel_bins")
+        if cfg.path is not None:
+            _kept(base, frontend, cfg, "its config.json / preprocessor_config.json")
         return EncoderSpec(entry, whisper_encoder_conf(config.to_dict()), frontend)
     if cfg.path is not None:
         found, conf, base = funasr_encoder_spec(cfg.path, cfg.conf or None)
@@ -69,6 +72,7 @@ def encoder_spec(cfg: EncoderConfig) -> EncoderSpec:
         frontend = _refine(base, cfg.frontend)
         if "input_size" in conf:
             frontend = _matching(frontend, int(conf["input_size"]), cfg, "config.yaml's encoder input_size")
+        _kept(base, frontend, cfg, "its config.yaml frontend_conf")
         return EncoderSpec(entry, conf, _fewest_frames(frontend, cfg.type, conf))
     frontend = _refine(FrontendConfig(), cfg.frontend)
     conf = dict(cfg.conf)
@@ -90,6 +94,24 @@ def _matching(frontend: FrontendConfig, dims: int, cfg: EncoderConfig, what: str
             f"{cfg.path} takes {dims} ({what})"
         )
     return frontend
+
+
+# What model.encoder.frontend may change over a pretrained encoder's own frontend: its noise, a data filter, and
+# the CMVN file (`llmasr data check` / `data cmvn` read features without it; its size is checked with the features).
+FRONTEND_REFINEMENTS = ("dither", "min_frames", "cmvn_file")
+
+
+def _kept(base: FrontendConfig, frontend: FrontendConfig, cfg: EncoderConfig, stated: str) -> None:
+    """Refuse a model.encoder.frontend setting that gives a pretrained encoder other features than it was trained
+    on (sample rate, window, frame length and shift, LFR step, scale), naming both values."""
+    for key in sorted(set(cfg.frontend) - set(FRONTEND_REFINEMENTS)):
+        ours, theirs = getattr(frontend, key, None), getattr(base, key, None)
+        if ours != theirs:
+            raise ConfigError(
+                f"model.encoder.frontend.{key}: {ours!r}, but the encoder of {cfg.path} was trained with {theirs!r} "
+                f"({stated}); over a pretrained encoder model.encoder.frontend may set "
+                f"{', '.join(FRONTEND_REFINEMENTS)} only"
+            )
 
 
 def _fewest_frames(frontend: FrontendConfig, kind: str, conf: dict) -> FrontendConfig:
@@ -125,7 +147,10 @@ def build_encoder(
     elif pretrained and cfg.path is not None:
         encoder, _ = load_funasr_encoder(cfg.path, conf_overrides=cfg.conf or None, shapes_only=shapes_only, **reinit)
     else:
-        encoder = spec.entry.construct(spec.conf)
+        if cfg.path is not None:  # a FunASR directory's architecture, built without its weights
+            encoder = construct_encoder(spec.entry, spec.conf, cfg.path, cfg.conf)
+        else:
+            encoder = spec.entry.construct(spec.conf)
         if pretrained and cfg.init_from:
             state = read_weights(cfg.init_from, cfg.init_prefix, "model.encoder", shapes_only=shapes_only)
             load_into(encoder, state, source=f"encoder weights {cfg.init_from}", **reinit)

@@ -36,14 +36,15 @@ class EncoderEntry:
     def cls(self) -> type[nn.Module]:
         return getattr(import_module(self.module), self.class_name)
 
-    def construct(self, conf: dict[str, Any]) -> nn.Module:
-        """A freshly initialised encoder from its constructor settings (input_size included for FunASR ones)."""
+    def construct(self, conf: dict[str, Any], where: str = "model.encoder.conf") -> nn.Module:
+        """A freshly initialised encoder from its constructor settings (input_size included for FunASR ones);
+        `where` names the settings in a typing error."""
         if self.type == "whisper":
             from transformers import WhisperConfig
 
             return self.cls()(WhisperConfig.from_dict(dict(conf)))
         cls = self.cls()  # "1e-1" or 2.0 from a recipe: typed as the constructor declares, or an error naming the key
-        return cls(**coerce_arguments(cls.__init__, conf, "model.encoder.conf"))
+        return cls(**coerce_arguments(cls.__init__, conf, where))
 
 
 ENCODERS: dict[str, EncoderEntry] = {

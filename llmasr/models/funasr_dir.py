@@ -238,6 +238,23 @@ def _frontend(model_dir: Path, config: dict) -> FrontendConfig:
     return frontend_from_funasr_conf(config["frontend_conf"], cmvn, frontend_type)
 
 
+def _check_overrides(stated: dict, overrides: dict, cfg_path: Path) -> None:
+    """Over pretrained weights, model.encoder.conf may set regularisation (dropout rates, stochastic depth) and
+    llmasr's own `queries`; any other key must keep config.yaml's value: heads, FSMN shift, layer types change what
+    the weights compute without changing a tensor's shape, so the load would not notice."""
+    for key, value in overrides.items():
+        if "dropout" in key or key in ("stochastic_depth_rate", "queries"):
+            continue
+        if key in stated and (value == stated[key] or str(value) == str(stated[key])):
+            continue
+        said = f"{stated[key]!r}" if key in stated else "nothing (the weights were trained with FunASR's default)"
+        raise ConfigError(
+            f"model.encoder.conf.{key}: {value!r}, but {cfg_path} states {said}; over a pretrained directory "
+            "model.encoder.conf may set dropout rates, stochastic_depth_rate and queries only (the weights fix the "
+            "rest)"
+        )
+
+
 def funasr_encoder_spec(
     model_dir: str | Path, conf_overrides: dict | None = None
 ) -> tuple[EncoderEntry, dict[str, Any], FrontendConfig]:
@@ -248,6 +265,7 @@ def funasr_encoder_spec(
     entry = funasr_entry(config["encoder"], str(cfg_path))
     frontend = _frontend(model_dir, config)
     encoder_conf = dict(config["encoder_conf"])
+    _check_overrides(encoder_conf, conf_overrides or {}, cfg_path)
     encoder_conf.update(conf_overrides or {})
     chunk_keys = sorted(set(CHUNK_KEYS) & set(encoder_conf))
     if chunk_keys and funasr_class_name(config["encoder"]) != "SANMEncoderChunkOpt":
@@ -266,6 +284,19 @@ def funasr_encoder_spec(
                 f"{frontend.n_mels} * {frontend.lfr_m} = {feature_dim} features"
             )
     return entry, {"input_size": feature_dim, **encoder_conf}, frontend
+
+
+def construct_encoder(entry: EncoderEntry, conf: dict, model_dir: str | Path, overrides: dict | None) -> nn.Module:
+    """`entry.construct(conf)` for the encoder of a directory; a refusal names its config.yaml (the settings came
+    from there, not from the recipe, unless model.encoder.conf set them)."""
+    where = f"{Path(model_dir) / 'config.yaml'} encoder_conf"
+    try:
+        return entry.construct(conf, where)
+    except ConfigError as err:
+        if str(err).startswith(where):
+            raise
+        over = f" (model.encoder.conf sets {', '.join(sorted(overrides))} over it)" if overrides else ""
+        raise ConfigError(f"{where}{over}: {err}") from err
 
 
 def load_funasr_encoder(
@@ -287,7 +318,7 @@ def load_funasr_encoder(
     """
     model_dir = Path(model_dir).resolve()
     entry, conf, frontend = funasr_encoder_spec(model_dir, conf_overrides)
-    encoder = entry.construct(conf)
+    encoder = construct_encoder(entry, conf, model_dir, conf_overrides)
 
     ckpt_path = weights_file(model_dir)
     if not ckpt_path.is_file():

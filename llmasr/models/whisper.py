@@ -137,6 +137,8 @@ def whisper_frontend(config: Any, preprocessor: dict | None = None) -> FrontendC
 # WhisperConfig keys that fix the encoder's tensor shapes: a pretrained directory's config.json decides them.
 SHAPE_KEYS = ("d_model", "encoder_layers", "encoder_attention_heads", "encoder_ffn_dim", "num_mel_bins",
               "max_source_positions")  # fmt: skip
+# Keys that fix what the pretrained tensors compute: over a directory, conf may not change them.
+WEIGHT_KEYS = (*SHAPE_KEYS, "activation_function")
 # The other WhisperConfig keys WhisperEncoder reads. The rest (the decoder's, SpecAugment's mask_* that only
 # WhisperModel applies, a classification head's) would be kept and never used: refused.
 ENCODER_KEYS = (*SHAPE_KEYS, "dropout", "attention_dropout", "activation_dropout", "activation_function",
@@ -173,7 +175,7 @@ def check_whisper_conf(conf: dict[str, Any]) -> dict[str, Any]:
 
 def whisper_config(path: str | Path | None, conf: dict[str, Any]):
     """The WhisperConfig of a directory's config.json (or of `conf` alone when `path` is None) with `conf` over
-    it; a key that would change the pretrained tensors' shapes is refused, naming both values."""
+    it; a key that would change the pretrained tensors' shapes or activation is refused, naming both values."""
     from transformers import WhisperConfig
 
     conf = check_whisper_conf(conf)
@@ -181,7 +183,7 @@ def whisper_config(path: str | Path | None, conf: dict[str, Any]):
         return WhisperConfig(**conf)
     config = WhisperConfig.from_pretrained(str(path), local_files_only=True)
     for key, value in conf.items():
-        if key in SHAPE_KEYS and value != getattr(config, key):
+        if key in WEIGHT_KEYS and value != getattr(config, key):
             raise ConfigError(
                 f"model.encoder.conf.{key}: {value} differs from {Path(path) / 'config.json'}'s "
                 f"{getattr(config, key)}; the pretrained weights fix it"

@@ -164,6 +164,23 @@ def test_released_encoder_keys_convert_and_unknown_ones_are_named(tmp_path):
     convert_funasr(src, tmp_path / "out")
 
 
+@pytest.mark.parametrize("section", ["audio_adaptor_conf", "ctc_decoder_conf"])
+def test_an_attention_dropout_other_than_the_dropout_is_refused(tmp_path, section):
+    """FunASR's Transformer blocks drop attention weights at attention_dropout_rate (0.0 unless stated) and the rest
+    at dropout_rate; llmasr's use one rate, so a dropout_rate alone gave attention dropout FunASR never applied, and
+    an attention_dropout_rate alone was dropped. Equal rates convert."""
+    src = write_nano_dir(tmp_path / "src")
+    edit_config(src, lambda c: c[section].update(dropout_rate=0.1))
+    refused_before_writing(
+        src, tmp_path, rf"config.yaml: {section}.attention_dropout_rate is 0 but {section}.dropout_rate is 0.1; "
+    )
+    edit_config(src, lambda c: c[section].update(attention_dropout_rate=0.1))
+    convert_funasr(src, tmp_path / "out")
+    desc = yaml.safe_load((tmp_path / "out" / "llmasr_model.yaml").read_text())
+    part = desc["adaptor"]["conf"] if section == "audio_adaptor_conf" else desc["ctc"]["decoder"]
+    assert part["dropout"] == 0.1
+
+
 def edit_state(src: Path, edit) -> None:
     state = torch.load(src / "model.pt", weights_only=True)
     edit(state["state_dict"])

@@ -155,6 +155,27 @@ def test_recipe_type_must_match_the_directory(tmp_path):
         build_encoder(cfg)
 
 
+@pytest.mark.parametrize(
+    "setting, said",
+    [({"sample_rate": 8000}, "sample_rate: 8000, but the encoder of .* was trained with 16000"),
+     ({"lfr_n": 3}, "lfr_n: 3, but the encoder of .* was trained with 6"),
+     ({"window": "povey"}, "window: 'povey', but the encoder of .* was trained with 'hamming'"),
+     ({"waveform_scale": 1.0}, "waveform_scale: 1.0, but the encoder of .* was trained with 32768.0")],
+)  # fmt: skip
+def test_a_frontend_setting_that_changes_a_pretrained_encoders_features_is_refused(tmp_path, setting, said):
+    """Sample rate, LFR step, window or scale over a pretrained directory kept the feature size, so they built and
+    trained silently on features the encoder never saw; dither and the CMVN file (data check reads features
+    without it) may still be set, as may the directory's own values."""
+    d = write_funasr_dir(tmp_path / "p", encoder_conf=tiny_sanm_conf())
+    with pytest.raises(ConfigError, match=rf"model.encoder.frontend.{said} \(its config.yaml frontend_conf\)"):
+        encoder_spec(EncoderConfig(type="paraformer", path=str(d), frontend=setting))
+    same = {"sample_rate": 16000, "lfr_n": 6, "dither": 0.0, "cmvn_file": None}
+    assert encoder_spec(EncoderConfig(type="paraformer", path=str(d), frontend=same)).frontend.cmvn_file is None
+    w = write_tiny_whisper_dir(tmp_path / "w")
+    with pytest.raises(ConfigError, match=r"model.encoder.frontend.frame_shift_ms: 20.0, but .* trained with 10.0"):
+        encoder_spec(EncoderConfig(type="whisper", path=str(w), frontend={"frame_shift_ms": 20}))
+
+
 def test_a_frontend_setting_that_resizes_the_features_is_refused_at_build(tmp_path):
     """model.encoder.frontend over a pretrained directory may refine (dither), not resize: features of another size
     than the encoder takes had built and checked fine, then failed at the first batch inside the encoder."""

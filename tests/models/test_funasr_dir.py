@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+import shutil
 
 import numpy as np
 import pytest
@@ -114,6 +116,16 @@ def test_conf_overrides(tiny_dir):
     assert enc.encoders[0].dropout.p == 0.0
     with pytest.raises(ConfigError, match="no_such_key"):
         load_funasr_encoder(tiny_dir, conf_overrides={"no_such_key": 1})
+
+
+@pytest.mark.parametrize("key,value", [("attention_heads", 8), ("sanm_shfit", 3), ("input_layer", "pe_online")])
+def test_conf_overrides_that_change_what_the_weights_compute_are_refused(tiny_dir, key, value):
+    """Heads, FSMN shift or input layer over pretrained weights change no tensor's shape, so the strict load passed
+    and the encoder computed something the weights were not trained for; a value equal to config.yaml's is fine."""
+    stated = tiny_sanm_conf()[key]
+    assert load_funasr_encoder(tiny_dir, conf_overrides={key: stated})[0] is not None
+    with pytest.raises(ConfigError, match=rf"model.encoder.conf.{key}: {value!r}, but .*config.yaml states {stated!r}"):
+        load_funasr_encoder(tiny_dir, conf_overrides={key: value})
 
 
 def test_frontend_from_funasr_conf_mapping(tmp_path):
@@ -468,3 +480,24 @@ def test_unreadable_tokens_json(tmp_path, tiny_dir):
     (d / "tokens.json").write_text('{"a": 1}')
     with pytest.raises(ConfigError, match=r"tokens.json: must hold a JSON list \(token list\), got dict"):
         load_funasr_encoder(d)
+
+
+@pytest.mark.parametrize(
+    "edit, said",
+    [({"foo": 1}, r"SANMEncoder: unknown encoder_conf key 'foo'"),
+     ({"num_blocks": "many"}, r"\.num_blocks: expected an integer, got 'many'")],
+)  # fmt: skip
+def test_encoder_conf_the_encoder_refuses_is_named_by_config_yaml(tiny_dir, tmp_path, edit, said):
+    """The settings come from the directory's config.yaml: the refusal had named no file (or the recipe's
+    model.encoder.conf, which does not hold the key), whether the weights are read or not."""
+    from llmasr.models.builder import build_encoder
+    from llmasr.models.config import EncoderConfig
+
+    d = tmp_path / "d"
+    shutil.copytree(tiny_dir, d)
+    _edit_config(d, lambda c: c["encoder_conf"].update(edit))
+    where = re.escape(f"{d / 'config.yaml'} encoder_conf")
+    with pytest.raises(ConfigError, match=rf"^{where}(: )?{said}"):
+        load_funasr_encoder(d)
+    with pytest.raises(ConfigError, match=rf"^{where}(: )?{said}"):
+        build_encoder(EncoderConfig(type="paraformer", path=str(d)), pretrained=False)

@@ -250,6 +250,18 @@ def test_conf_over_a_directory_sets_what_leaves_the_shapes_alone(whisper_dir):
         build_whisper_encoder({"dropout": "lots"})
 
 
+def test_an_activation_other_than_the_pretrained_ones_is_refused(whisper_dir):
+    """activation_function changes no tensor's shape, so the load passed and the pretrained weights ran through
+    another nonlinearity; the directory's own value is fine."""
+    from llmasr.models.builder import encoder_spec
+    from llmasr.models.config import EncoderConfig
+
+    stated = json.loads((whisper_dir / "config.json").read_text())["activation_function"]
+    assert load_whisper_encoder(whisper_dir, conf={"activation_function": stated})[0] is not None
+    with pytest.raises(ConfigError, match=rf"model.encoder.conf.activation_function: relu differs from .*{stated}"):
+        encoder_spec(EncoderConfig(type="whisper", path=str(whisper_dir), conf={"activation_function": "relu"}))
+
+
 @pytest.mark.parametrize(
     "key, value, hint",
     [("apply_spec_augment", True, "data.augment.spec_augment"), ("mask_time_prob", 0.5, "data.augment.spec_augment"),

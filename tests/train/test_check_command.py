@@ -3,6 +3,7 @@
 import json
 import math
 import re
+import shutil
 
 import numpy as np
 import pytest
@@ -316,9 +317,16 @@ def test_pretrained_files_that_do_not_fit_the_model_are_refused_before_training(
     meta = build_model(load_recipe(pretrained_recipe).model, weights="shapes")
     assert {p.device.type for p in meta.parameters()} == {"meta"}  # nothing allocated, no data read
 
-    code, _, err = run_check(capsys, *base, "model.encoder.conf.num_blocks=3")  # model.pt holds 2 blocks
+    deeper = tmp_path / "deeper"  # config.yaml says 3 blocks, model.pt holds 2
+    shutil.copytree(root / "paraformer", deeper)
+    config = yaml.safe_load((deeper / "config.yaml").read_text())
+    config["encoder_conf"]["num_blocks"] = 3
+    (deeper / "config.yaml").write_text(yaml.safe_dump(config))
+    code, _, err = run_check(capsys, *base, f"model.encoder.path={deeper}")
     assert code == 2 and "model.pt (encoder.*) does not match the SANMEncoder built from the config" in err
     assert "missing from checkpoint: encoders.1." in err, err
+    code, _, err = run_check(capsys, *base, "model.encoder.conf.num_blocks=3")  # over the directory's 2
+    assert code == 2 and "model.encoder.conf.num_blocks: 3, but " in err and "config.yaml states 2" in err, err
     wide = pretrained_recipe.parent / "adaptor_wide.safetensors"
     code, _, err = run_check(capsys, *base, f"model.adaptor.init_from={wide}")
     assert code == 2 and "adaptor_wide.safetensors" in err, err
