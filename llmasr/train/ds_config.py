@@ -250,7 +250,7 @@ def _check_owned(ds: dict, source: str) -> None:
     if ds.get("zero_optimization") is False:  # DeepSpeed's stage 0, as no section at all
         del ds["zero_optimization"]
     zero = ds.get("zero_optimization")
-    if zero is not None and not isinstance(zero, dict):
+    if "zero_optimization" in ds and not isinstance(zero, dict):  # null too: DeepSpeed's TypeError names no key
         raise ConfigError(
             f'{source}: "zero_optimization" is {json.dumps(zero)}; write it as an object, e.g. '
             '"zero_optimization": {"stage": 2}'

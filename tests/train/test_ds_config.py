@@ -168,6 +168,7 @@ def test_settings_deepspeed_or_training_would_fail_on_later_are_refused(raw, mes
     ("raw", "message"),
     [
         ({"zero_optimization": True}, r'"zero_optimization" is true; write it as an object'),
+        ({"zero_optimization": None}, r'"zero_optimization" is null; write it as an object'),
         ({"tensorboard": {"enabled": True, "output_path": "logs/"}},
          "tensorboard.enabled is true; DeepSpeed's monitor logs the first param group's lr as the run's"),
         ({"csv_monitor": {"enabled": True}}, "csv_monitor.enabled is true; DeepSpeed's monitor"),
@@ -192,7 +193,8 @@ def test_settings_deepspeed_or_training_would_fail_on_later_are_refused(raw, mes
     ],
 )  # fmt: skip
 def test_settings_deepspeed_takes_but_llmasr_does_otherwise_are_refused(raw, message):
-    """DeepSpeed accepts these, then: `true` trains ZeRO-1 where llmasr counted stage 0 (and crashed reading it);
+    """DeepSpeed accepts these, then: `true` trains ZeRO-1 where llmasr counted stage 0 (and crashed reading it),
+    `null` failed with a TypeError naming no key;
     the old offload spellings offload where llmasr built an optimizer for the device; sum makes gradients world
     size times larger; load_universal failed inside DeepSpeed on resume; the legacy format broke `llmasr check
     --resume`; the sections of DeepSpeed's own checkpointing and data loader, and steps_per_print (its log lines
