@@ -93,6 +93,11 @@ class SchedulerConfig:
                 )
         elif self.phase_ratio is not None:
             raise ConfigError(f"{path}.phase_ratio: only used by type tri_stage, not {self.type}")
+        # another type's field would pass and change nothing (set to a value other than its default)
+        for name, types in (("init_lr_scale", ("tri_stage",)), ("final_lr_scale", ("tri_stage",)),
+                            ("min_lr_ratio", ("warmup_cosine", "warmup_linear"))):  # fmt: skip
+            if self.type not in types and getattr(self, name) != SchedulerConfig.__dataclass_fields__[name].default:
+                raise ConfigError(f"{path}.{name}: only used by type {' or '.join(types)}, not {self.type}")
         if self.type == "warmup":
             if not self.warmup_steps and not self.warmup_ratio:
                 raise ConfigError(f"{path}: type warmup (FunASR WarmupLR) needs warmup_steps or warmup_ratio > 0")

@@ -13,12 +13,11 @@ stage, offload, buckets) and "auto" for what the recipe decides:
 
 `resolve_ds_config` replaces every "auto", and refuses a concrete value that contradicts the recipe (one error that
 lists every such key with both values) rather than letting one silently win, and a key DeepSpeed does not know
-(ds_keys.py). A key missing from the JSON is filled
-from the recipe like an "auto". The JSON must hold no "scheduler" and no "optimizer" block: llmasr builds one AdamW
-param group per branch and one schedule per group (llmasr.train.param_groups / schedulers); DeepSpeed's built-in
-WarmupLR / WarmupDecayLR write one scalar lr into every group, collapsing the per-branch lrs, and a DeepSpeed
-"optimizer" block would build its optimizer from DeepSpeed's own group handling instead of ours. The optimizer's type,
-betas, eps and weight decay live in the recipe's `optim` section.
+(ds_keys.py). A key missing from the JSON is filled from the recipe like an "auto". The JSON must hold no "scheduler"
+and no "optimizer" block: llmasr builds one AdamW param group per branch and one schedule per group
+(llmasr.train.param_groups / schedulers); DeepSpeed's built-in WarmupLR / WarmupDecayLR write one scalar lr into every
+group, collapsing the per-branch lrs, and a DeepSpeed "optimizer" block would build its optimizer from DeepSpeed's own
+group handling instead of ours. The optimizer's type, betas, eps and weight decay live in the recipe's `optim` section.
 """
 
 from __future__ import annotations
@@ -60,10 +59,8 @@ def load_ds_config(path: str | Path) -> dict:
     """Read a DeepSpeed JSON file (or a preset name); bad JSON is reported with file, line and column."""
     path = preset_path(path)
     try:
-        refuse = functools.partial(_repeated, path)
-        data = json.loads(
-            path.read_text(encoding="utf-8-sig"), object_pairs_hook=functools.partial(unique_keys, refuse)
-        )
+        hook = functools.partial(unique_keys, functools.partial(_repeated, path))
+        data = json.loads(path.read_text(encoding="utf-8-sig"), object_pairs_hook=hook)
     except json.JSONDecodeError as err:
         raise ConfigError(f"{path}:{err.lineno}:{err.colno}: not valid JSON: {err.msg}") from err
     except UnicodeDecodeError as err:
@@ -232,6 +229,9 @@ _OWNED: tuple[tuple[str, tuple, str], ...] = (
     ("managed_gradient_accumulation", (True,), "llmasr marks the accumulation boundary before every micro batch "
                                                "(set_gradient_accumulation_boundary), which DeepSpeed refuses at the "
                                                "first one without it: remove it (train.grad_accum decides)"),
+    *((f"{name}.enabled", (False,), "DeepSpeed's monitor logs the first param group's lr as the run's, against "
+       "nominal sample counts (llmasr logs every group's lr in RUN_DIR/tensorboard and train.log): remove it")
+      for name in ("tensorboard", "wandb", "csv_monitor", "comet")),
 )  # fmt: skip
 
 
@@ -245,12 +245,12 @@ def _off(value) -> bool:
 
 
 def _check_owned(ds: dict, source: str) -> None:
-    """Refuse the keys of _OWNED, and a zero_optimization that is true (DeepSpeed reads it as stage 1, llmasr would
-    count stage 0) or neither false (dropped: stage 0) nor an object."""
+    """Refuse the keys of _OWNED, and a zero_optimization that is true (DeepSpeed: stage 1; llmasr would count 0)
+    or neither false (dropped: stage 0) nor an object."""
     if ds.get("zero_optimization") is False:  # DeepSpeed's stage 0, as no section at all
         del ds["zero_optimization"]
     zero = ds.get("zero_optimization")
-    if zero is not None and not isinstance(zero, dict):
+    if "zero_optimization" in ds and not isinstance(zero, dict):  # null too: DeepSpeed's TypeError names no key
         raise ConfigError(
             f'{source}: "zero_optimization" is {json.dumps(zero)}; write it as an object, e.g. '
             '"zero_optimization": {"stage": 2}'

@@ -9,7 +9,8 @@ Counted per matrix product (a multiply-add is 2 FLOPs), for the real (unpadded) 
 - backward, weight gradient: the same again only for weights that are trained (frozen base weights have none);
 - attention scores (QK^T and the weighted sum of V): 2 * 2 * width * Tq * Tk per row forward, and twice that
   backward when a gradient flows through the attention. LLM attention is causal and counts T(T+1)/2 pairs per row;
-  encoder and adaptor attention counts all T^2 pairs.
+  encoder and adaptor attention counts all T^2 pairs. Relative-position attention (the conformer's) adds its
+  position scores, a third product of 2 * width * Tq * P over the P positions of its table (2T - 1, legacy T).
 
 Padding is not useful work: each branch's count at padded shapes is scaled by its real share (audio frames for the
 encoder, adaptor and CTC head; real tokens for the LLM decoder). For the LLM this is exact (its attention is counted
@@ -104,6 +105,15 @@ def _attention_inputs(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tor
     return q, kv if torch.is_tensor(kv) else q
 
 
+def _position_pairs(module: nn.Module, args: tuple, q: torch.Tensor) -> float:
+    """Query-position pairs of a relative-position attention block (linear_pos, called (x, pos_emb, ...)): each
+    query scored against every position of pos_emb [1, P, D]; 0 for other attention."""
+    pos = args[1] if len(args) > 1 else None
+    if not isinstance(getattr(module, "linear_pos", None), nn.Linear) or not torch.is_tensor(pos) or pos.dim() != 3:
+        return 0.0
+    return float(q.shape[0] * q.shape[1] * pos.shape[1])
+
+
 class FlopCounter:
     """Counts a SpeechLLM's forward shapes while armed (`with counter.measure(batch):` around the forward);
     `take()` returns the StepCount since the last take."""
@@ -170,7 +180,11 @@ class FlopCounter:
             pairs = float(q.shape[0] * q.shape[1] * kv.shape[1])
             out = output[0] if isinstance(output, tuple) else output
             back = torch.is_tensor(out) and out.requires_grad
-            self.padded[branch] += attention_flops(_attention_width(mod), pairs, backward=back)
+            width = _attention_width(mod)
+            positions = _position_pairs(mod, args, q)  # one product (q.p^T), where scores are two (QK^T, AV)
+            self.padded[branch] += (
+                attention_flops(width, pairs, backward=back) + attention_flops(width, positions, backward=back) / 2
+            )
 
         return hook
 

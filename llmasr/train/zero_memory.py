@@ -39,9 +39,9 @@ def estimate_zero_memory(
     Offloaded states count under "cpu", the rest under "device". At stage 3 the largest layer is gathered in full
     on every rank (DeepSpeed counts 4 bytes per parameter of it): pass `largest_layer_params` to include it. With
     every parameter trainable and one node this reproduces DeepSpeed's estimate_zero2/3_model_states_mem_needs
-    device figure (additional_buffer_factor aside), and, when offloading, their CPU figure divided by the ranks of the
-    node (zero_init=True at stage 3; at stage 2 for up to 4 ranks, above which DeepSpeed counts every rank's fp32
-    copy of the model loaded in CPU memory instead).
+    device figure (additional_buffer_factor aside; at stage 3 without offload 2T/W above it, see above), and, when
+    offloading, their CPU figure divided by the ranks of the node (zero_init=True at stage 3; at stage 2 for up to 4
+    ranks, above which DeepSpeed counts every rank's fp32 copy of the model loaded in CPU memory instead).
     """
     _check_zero_args(stage, offload_optimizer, offload_params, precision)
     params, grads, optim, kept = _state_bytes(

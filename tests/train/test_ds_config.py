@@ -168,6 +168,10 @@ def test_settings_deepspeed_or_training_would_fail_on_later_are_refused(raw, mes
     ("raw", "message"),
     [
         ({"zero_optimization": True}, r'"zero_optimization" is true; write it as an object'),
+        ({"zero_optimization": None}, r'"zero_optimization" is null; write it as an object'),
+        ({"tensorboard": {"enabled": True, "output_path": "logs/"}},
+         "tensorboard.enabled is true; DeepSpeed's monitor logs the first param group's lr as the run's"),
+        ({"csv_monitor": {"enabled": True}}, "csv_monitor.enabled is true; DeepSpeed's monitor"),
         ({"zero_optimization": {"stage": 2, "cpu_offload": True}},
          r'zero_optimization.cpu_offload is true; an old spelling: write "offload_optimizer"'),
         ({"zero_optimization": {"stage": 3, "cpu_offload_param": True}},
@@ -189,11 +193,13 @@ def test_settings_deepspeed_or_training_would_fail_on_later_are_refused(raw, mes
     ],
 )  # fmt: skip
 def test_settings_deepspeed_takes_but_llmasr_does_otherwise_are_refused(raw, message):
-    """DeepSpeed accepts these, then: `true` trains ZeRO-1 where llmasr counted stage 0 (and crashed reading it);
+    """DeepSpeed accepts these, then: `true` trains ZeRO-1 where llmasr counted stage 0 (and crashed reading it),
+    `null` failed with a TypeError naming no key;
     the old offload spellings offload where llmasr built an optimizer for the device; sum makes gradients world
     size times larger; load_universal failed inside DeepSpeed on resume; the legacy format broke `llmasr check
     --resume`; the sections of DeepSpeed's own checkpointing and data loader, and steps_per_print (its log lines
-    are silenced), did nothing; fp32 accumulation of bf16
+    are silenced), did nothing; an enabled monitor (tensorboard, csv_monitor, ...) logged the first param group's
+    lr as the run's, the per-branch lrs collapsed into the encoder's; fp32 accumulation of bf16
     failed after the model was built (ZeRO-0) or wrote checkpoints no export could read (ZeRO-1)."""
     with pytest.raises(ConfigError, match=message):
         resolve_ds_config(raw, train_cfg(), world_size=2, source="ds.json")
@@ -212,6 +218,7 @@ def test_settings_deepspeed_takes_but_llmasr_does_otherwise_are_refused(raw, mes
         },
         {"zero_optimization": {"stage": 2, "cpu_offload": False}},
         {"steps_per_print": None},
+        {"tensorboard": {"enabled": False, "output_path": "logs/", "job_name": "run"}, "wandb": {"enabled": False}},
     ]
     for ok in kept:
         assert resolve_ds_config(ok, train_cfg(), world_size=2)

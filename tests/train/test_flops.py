@@ -129,3 +129,28 @@ def test_whisper_encoder_counts_its_convolutions_and_attention(tiny_llm_dir, tmp
     convs = 2 * (80 * d * 3) * 200 + 2 * (d * d * 3) * positions
     block = 2 * (4 * d * d + 2 * d * 2 * d) * positions + 2 * 2 * d * positions * positions
     assert counter.padded["encoder"] == convs + 2 * block
+
+
+@pytest.mark.parametrize("rel_pos", ["latest", "legacy"])
+def test_conformer_position_scores_are_counted(tiny_llm_dir, rel_pos):
+    """A frozen conformer over one utterance, forward only: the count equals torch's own FlopCounterMode over the same
+    forward, the relative-position scores q.p^T included (against 2T - 1 positions, the legacy table's T); the
+    count had left that third attention product out."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from llmasr.testing.tiny_whisper import tiny_conformer_conf
+
+    conf = tiny_conformer_conf(80)
+    if rel_pos == "legacy":
+        conf.update(rel_pos_type="legacy", pos_enc_layer_type="legacy_rel_pos",
+                    selfattention_layer_type="legacy_rel_selfattn")  # fmt: skip
+    section = tiny_model_section(tiny_llm_dir)
+    section["encoder"] = {"type": "conformer", "freeze": True, "conf": conf, "frontend": {"n_mels": 80, "lfr_m": 1,
+                                                                                          "lfr_n": 1}}  # fmt: skip
+    torch.manual_seed(0)
+    model = build_model(section).eval()
+    batch = random_batch(model, ["zero one"], frames=[200])
+    counter = FlopCounter(model)
+    with torch.no_grad(), FlopCounterMode(display=False) as reference, counter.measure(batch):
+        model.encoder(batch.feats, batch.feat_lens)
+    assert counter.take().flops == reference.get_total_flops()

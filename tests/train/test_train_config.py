@@ -75,6 +75,27 @@ def test_the_ranking_follows_the_metric_of_a_recipe_saved_with_another():
             "only used by type tri_stage",
         ),
         (OptimConfig, {"scheduler": {"type": "noam"}}, "optim.scheduler.type"),
+        # another type's fields changed nothing: FunASR's final_lr_scale kept after switching to warmup_cosine
+        (
+            OptimConfig,
+            {"scheduler": {"type": "warmup_cosine", "final_lr_scale": 0.05}},
+            r"optim.scheduler.final_lr_scale: only used by type tri_stage, not warmup_cosine",
+        ),
+        (
+            OptimConfig,
+            {"branches": {"llm": {"scheduler": {"type": "warmup", "warmup_steps": 4, "init_lr_scale": 0.1}}}},
+            r"optim.branches.llm.scheduler.init_lr_scale: only used by type tri_stage, not warmup",
+        ),
+        (
+            OptimConfig,
+            {"scheduler": {"type": "constant", "min_lr_ratio": 0.1}},
+            r"optim.scheduler.min_lr_ratio: only used by type warmup_cosine or warmup_linear, not constant",
+        ),
+        (
+            OptimConfig,
+            {"scheduler": {"type": "tri_stage", "phase_ratio": [0.1, 0.4, 0.5], "min_lr_ratio": 0.1}},
+            r"min_lr_ratio: only used by type warmup_cosine or warmup_linear, not tri_stage",
+        ),
         (TrainConfig, {"grad_accum": 0}, r"train.grad_accum: must be >= 1"),
         (TrainConfig, {"epochs": 0}, r"train.epochs: must be >= 1"),
         (TrainConfig, {"precision": "fp8"}, r"train.precision"),
