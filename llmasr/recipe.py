@@ -20,7 +20,7 @@ from llmasr.config_paths import resolve_paths
 from llmasr.data.config import DataConfig
 from llmasr.models.config import ModelConfig
 from llmasr.models.decoding import DecodeConfig
-from llmasr.train.config import OptimConfig, TrainConfig
+from llmasr.train.config import OptimConfig, SchedulerConfig, TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +61,28 @@ class Recipe:
             log.warning("%s: decode.timestamps is true but the model has no CTC head to time words: read as false",
                         where)  # fmt: skip
             data = {**data, "decode": {**decode, "timestamps": False}}
-        return data
+        return Recipe._without_inert_schedule_fields(data, where)
+
+    @staticmethod
+    def _without_inert_schedule_fields(data: dict, where) -> dict:
+        """A saved schedule's fields that its type does not read (refused in a new recipe: they change nothing) are
+        dropped with a warning, so that the run still resumes on the same schedule."""
+        optim = data.get("optim")
+        if not isinstance(optim, dict):
+            return data
+        optim = dict(optim)
+        places = [("optim.scheduler", optim, "scheduler")]
+        if isinstance(optim.get("branches"), dict):
+            optim["branches"] = {k: dict(v) if isinstance(v, dict) else v for k, v in optim["branches"].items()}
+            places += [(f"optim.branches.{k}.scheduler", v, "scheduler") for k, v in optim["branches"].items()
+                       if isinstance(v, dict)]  # fmt: skip
+        for name, holder, key in places:
+            section = holder.get(key)
+            if isinstance(section, dict) and (inert := SchedulerConfig.inert_fields(section)):
+                log.warning("%s: %s.%s: not read by type %s; dropped", where, name, ", ".join(inert),
+                            section.get("type", SchedulerConfig.type))  # fmt: skip
+                holder[key] = {k: v for k, v in section.items() if k not in inert}
+        return {**data, "optim": optim}
 
 
 def load_recipe(

@@ -326,3 +326,27 @@ def test_an_error_says_where_its_value_was_set(tmp_path):
         load_recipe(path, ["train.epochs=2"])
     with pytest.raises(ConfigError, match=r"^train.best_mode: min ranks acc the wrong way round.*best_mode unset$"):
         load_recipe(data={"train": {"best_metric": "acc", "best_mode": "min"}})  # no file: no line to name
+
+
+def test_a_saved_run_with_a_schedule_field_its_type_does_not_read_still_loads(tmp_path, caplog):
+    """A new recipe refuses final_lr_scale on warmup_cosine (it changes nothing); a run saved before that refusal
+    loads with the field dropped and a warning, on the same schedule, so that it still resumes and exports."""
+    (tmp_path / "llm").mkdir()
+    (tmp_path / "train.jsonl").write_text("")
+    data = {
+        "model": {"llm": {"path": str(tmp_path / "llm")}},
+        "data": {"train": [str(tmp_path / "train.jsonl")]},
+        "optim": {"scheduler": {"type": "warmup_cosine", "warmup_steps": 5, "final_lr_scale": 0.05},
+                  "branches": {"llm": {"lr": 1e-4, "scheduler": {"type": "constant", "min_lr_ratio": 0.1}}}},
+    }  # fmt: skip
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(
+        ConfigError, match="min_lr_ratio: only used by type warmup_cosine or warmup_linear, not constant"
+    ):
+        load_recipe(path)
+    with caplog.at_level("WARNING"):
+        r = load_recipe(path, saved=True)
+    assert r.optim.scheduler.warmup_steps == 5 and r.optim.branches["llm"].scheduler.type == "constant"
+    assert "optim.scheduler.final_lr_scale: not read by type warmup_cosine; dropped" in caplog.text
+    assert "optim.branches.llm.scheduler.min_lr_ratio: not read by type constant; dropped" in caplog.text

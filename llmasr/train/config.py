@@ -36,6 +36,11 @@ DEFAULT_LRS: dict[str, float] = {"encoder": 5e-5, "adaptor": 1e-4, "ctc": 1e-4, 
 SchedulerType = Literal["tri_stage", "warmup", "warmup_cosine", "warmup_linear", "constant"]
 
 
+# A schedule field that only some types read; set on another type it would change nothing.
+TYPE_FIELDS = {"init_lr_scale": ("tri_stage",), "final_lr_scale": ("tri_stage",),
+               "min_lr_ratio": ("warmup_cosine", "warmup_linear")}  # fmt: skip
+
+
 @dataclass
 class SchedulerConfig:
     """One learning-rate schedule, a pure function of the number of optimizer updates done (see
@@ -62,6 +67,12 @@ class SchedulerConfig:
     final_lr_scale: float = 0.01
     # warmup_cosine / warmup_linear only: the lr the decay ends at, min_lr_ratio * peak, reached after the last update.
     min_lr_ratio: float = 0.0
+
+    @staticmethod
+    def inert_fields(section: dict) -> list[str]:
+        """The fields of a scheduler section (as written) that its type does not read."""
+        kind = section.get("type", SchedulerConfig.type)
+        return [name for name, types in TYPE_FIELDS.items() if name in section and kind not in types]
 
     def validate(self, path: str) -> None:
         if self.warmup_steps is not None and self.warmup_ratio is not None:
@@ -94,8 +105,7 @@ class SchedulerConfig:
         elif self.phase_ratio is not None:
             raise ConfigError(f"{path}.phase_ratio: only used by type tri_stage, not {self.type}")
         # another type's field would pass and change nothing (set to a value other than its default)
-        for name, types in (("init_lr_scale", ("tri_stage",)), ("final_lr_scale", ("tri_stage",)),
-                            ("min_lr_ratio", ("warmup_cosine", "warmup_linear"))):  # fmt: skip
+        for name, types in TYPE_FIELDS.items():
             if self.type not in types and getattr(self, name) != SchedulerConfig.__dataclass_fields__[name].default:
                 raise ConfigError(f"{path}.{name}: only used by type {' or '.join(types)}, not {self.type}")
         if self.type == "warmup":
