@@ -84,6 +84,7 @@ REASON_CATEGORIES = (
     ("is not text", "non-text target"),
     ("must be", "wrong field type or value"),
     ("CTC", "target outside the CTC vocabulary"),
+    ("LLM's context", "transcript past the LLM's context"),
     ("prompt builder", "target rejected by the LLM tokenizer"),
     ("lhotse", "unsupported lhotse record"),
     ("unknown duration", "unknown duration"),

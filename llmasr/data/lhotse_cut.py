@@ -1,7 +1,8 @@
 """lhotse CutSet records (read with json/gzip; lhotse is not imported), one cut a manifest line.
 
 A MonoCut, or a MultiCut reading one channel or all the channels of one file (averaged), with exactly one
-supervision: its `text` is the target, its `language` the lang, its custom.hotwords the biasing list, and its span
+supervision: its `text` is the target, its `language` the lang, its custom.hotwords the biasing list and custom.prompt
+the task (the cut's custom fields where the supervision has none), and its span
 within the cut (`start`, `duration`, clipped to the cut) the audio trained on; the audio is the cut's recording `file`
 source from cut.start, on the supervision's channel when it gives one of the cut's, else on the cut's. Decoding also
 takes a cut without supervisions, or whose supervision has no text, as audio to transcribe. Recording transforms other
@@ -48,23 +49,36 @@ class CutRecord:
                 raise self.p.bad(f"lhotse recording transform {name!r} is not supported")
         path, file_channel = self.cut_source(recording, self.supervision_channel(sup, self.cut_channel(rec)))
         lang = sup.get("language")
-        custom = sup.get("custom") if isinstance(sup.get("custom"), dict) else {}
-        prompt = custom.get("prompt")
+        hotwords, hw_field = self.custom_field(rec, sup, "hotwords")
+        prompt, prompt_field = self.custom_field(rec, sup, "prompt")
+        if prompt is not None and not isinstance(prompt, str):
+            raise self.p.bad(f"field '{prompt_field}' must be a string, got {type(prompt).__name__} {prompt!r:.60}")
         return Utterance(
             key=cut_id,
             source=self.p.resolve(path, working_dir_first=True),
             target=target,
             duration=float(duration),
             target_len=None,
-            prompt=prompt if isinstance(prompt, str) else None,
+            prompt=prompt,
             lang=lang if isinstance(lang, str) else None,
             manifest=self.p.manifest,
             line=self.p.line,
             channel=file_channel,
             start=float(start),
             end=float(start + duration),
-            hotwords=self.p.hotwords(custom, "supervisions[0].custom.hotwords"),
+            hotwords=self.p.hotwords({"hotwords": hotwords}, hw_field),
         )
+
+    def custom_field(self, rec: dict, sup: dict, name: str) -> tuple[object, str]:
+        """(value, where it is) of custom field `name`: the supervision's own, else its cut's (lhotse keeps custom
+        fields on both; `cut.with_custom` writes the cut's)."""
+        for where, owner in (("supervisions[0].custom", sup), ("custom", rec)):
+            custom = owner.get("custom")
+            if custom is not None and not isinstance(custom, dict):
+                raise self.p.bad(f"field '{where}' must be an object, got {type(custom).__name__} {custom!r:.60}")
+            if custom and custom.get(name) is not None:
+                return custom[name], f"{where}.{name}"
+        return None, f"supervisions[0].custom.{name}"
 
     def cut_supervision(self, rec: dict) -> dict:
         """The cut's one supervision, which has a text."""

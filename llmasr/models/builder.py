@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from llmasr.config_io import ConfigError, from_dict, load_yaml, to_dict
+from llmasr.config_io import ConfigError, from_dict, load_yaml, read_json, to_dict
 from llmasr.config_paths import resolve_paths
 from llmasr.data.frontend import FrontendConfig
 from llmasr.models.adaptors import build_adaptor
@@ -274,7 +274,24 @@ def build_prompt(cfg: ModelConfig, tokenizer) -> PromptBuilder:
         hotwords_max_tokens=cfg.prompt.hotwords_max_tokens,
         template_kwargs=cfg.prompt.template_kwargs,
         source=f"the tokenizer of {cfg.llm.path}",
+        max_tokens=llm_context(cfg.llm.path),
     )
+
+
+CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length")
+
+
+def llm_context(path) -> int | None:
+    """The LLM's context in tokens, as its config.json states it (None where it states none)."""
+    config = Path(path) / "config.json"
+    if not config.is_file():
+        return None
+    stated = read_json(config, dict, "LLM configuration")
+    for key in CONTEXT_KEYS:
+        value = stated.get(key)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    return None
 
 
 WEIGHTS = ("pretrained", "random", "meta", "shapes")

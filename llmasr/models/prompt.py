@@ -99,6 +99,7 @@ class PromptBuilder:
         hotwords_max_tokens: int | None = None,
         template_kwargs: dict | None = None,
         source: str = "the LLM tokenizer",
+        max_tokens: int | None = None,
     ):
         if hotwords_template.count(HOTWORDS_PLACEHOLDER) != 1:
             raise PromptError(f"hotwords_template must hold {HOTWORDS_PLACEHOLDER} once, got {hotwords_template!r}")
@@ -111,6 +112,7 @@ class PromptBuilder:
         self.system = system
         self.source = source
         self.template_kwargs = dict(template_kwargs or {})
+        self.max_tokens = max_tokens  # the LLM's context: a prompt and transcript past it are refused
         if chat_template:
             template_path = Path(chat_template)
             if len(chat_template) < 4096 and "{" not in chat_template:
@@ -249,6 +251,11 @@ class PromptBuilder:
             # special-token text in a transcript ("<|im_end|>") is text: as a special token it would end the target
             spelled = self.tokenizer.encode(target.strip(), add_special_tokens=False, split_special_tokens=True)
             ids = ids + spelled + [self.end_id]
+            if self.max_tokens is not None and len(ids) > self.max_tokens:
+                raise PromptError(
+                    f"prompt and transcript hold {len(ids)} LLM tokens, past the LLM's context of {self.max_tokens} "
+                    "before any audio token (a transcript of something longer than its audio?)"
+                )
         return EncodedPrompt(ids, len(before), target_start, tuple(kept), dropped)
 
     def decode(self, ids) -> str:

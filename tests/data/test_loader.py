@@ -662,3 +662,28 @@ def test_a_noise_list_that_cannot_serve_is_refused_when_the_training_loader_is_b
         build(data_cfg, [str(path)])
     assert str(err.value).startswith("data.augment.noise.manifest: ") and want in str(err.value)
     build(data_cfg, [str(path)], train=False)  # validation mixes no noise
+
+
+def test_a_transcript_past_the_llms_context_is_counted_not_batched(tmp_path, tiny_llm_dir):
+    """A transcript longer than the LLM's context (a document pasted onto a clip) had been batched with the others,
+    every row padded to its tokens: a batch of 21 x 27,025 text ids for a 2,048-token LLM, past its positions and,
+    on a real LLM, out of memory mid-epoch. The training side's prompt builder (the LLM's config.json states its
+    context) makes it a bad item, counted like any other, naming the count."""
+    from llmasr.models.config import ModelConfig
+    from llmasr.testing.tiny_recipe import tiny_model_section
+    from llmasr.train.resolve import text_side
+
+    path = good_corpus(tmp_path, 20)
+    lines = path.read_text().splitlines()
+    huge = {"key": "huge", "source": "wav_train/u0.wav", "target": " ".join(["hello world"] * 3000)}
+    side = text_side(from_dict(ModelConfig, tiny_model_section(tiny_llm_dir), "model"))
+    data_cfg = cfg(batching={"max_seconds": 60.0}, max_bad_fraction=0.1)
+    manifest = write_manifest(tmp_path / "m.jsonl", [*lines, json.dumps(huge)])
+    loader, _ = build_dataloader(data_cfg, [str(manifest)], FRONTEND, prompt_builder=side.prompt, train=True)
+    batches = list(loader)
+    assert max(b.text_ids.shape[1] for b in batches) < 100
+    bad = [b for batch in batches for b in batch.bad]
+    assert [b["key"] for b in bad] == ["huge"]
+    assert "past the LLM's context of 2048" in bad[0]["reason"]
+    assert loader.bad_data.by_reason == {"transcript past the LLM's context": 1}
+    assert side.prompt.max_tokens == 2048  # the tiny LLM's max_position_embeddings

@@ -421,6 +421,25 @@ def test_a_lhotse_cut_past_its_recordings_declared_duration_is_refused(tmp_path)
         Manifest.open(write_jsonl(tmp_path / "cuts2.jsonl", cuts))[1]
 
 
+def test_a_lhotse_cuts_own_custom_fields_are_read(tmp_path):
+    """lhotse keeps custom fields on the cut too (`cut.with_custom("hotwords", ...)` writes the cut's `custom`): its
+    biasing list and task prompt had been dropped without a word. The supervision's own win; a value of the wrong
+    kind is a bad line naming where it is."""
+    write_wav(tmp_path / "rec.wav", 3.0)
+    on_cut = cut("c", "rec.wav", custom={"hotwords": ["hello"], "prompt": "Transcribe:"})
+    both = cut("b", "rec.wav", custom={"hotwords": ["cut"], "prompt": "cut's"})
+    both["supervisions"][0]["custom"] = {"hotwords": ["sup"], "prompt": "sup's"}
+    bad_prompt = cut("p", "rec.wav", custom={"prompt": 5})
+    bad_list = cut("l", "rec.wav", custom={"hotwords": "hello"})
+    m = Manifest.open(write_jsonl(tmp_path / "cuts.jsonl", [on_cut, both, bad_prompt, bad_list]))
+    assert (m[0].hotwords, m[0].prompt) == (["hello"], "Transcribe:")
+    assert (m[1].hotwords, m[1].prompt) == (["sup"], "sup's")
+    with pytest.raises(BadRecord, match=r"cuts.jsonl:3: field 'custom.prompt' must be a string, got int 5"):
+        m[2]
+    with pytest.raises(BadRecord, match=r"cuts.jsonl:4: field 'custom.hotwords' must be a list of strings"):
+        m[3]
+
+
 # ---------------------------------------------------------------------------------------------- bad records
 
 
