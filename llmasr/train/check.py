@@ -37,6 +37,7 @@ from llmasr.train.zero_memory import estimate_zero_memory, optimizer_state_bytes
 
 def param_counts(model) -> dict:
     total = sum(p.numel() for p in model.parameters())
+    weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())  # in the dtypes built
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     largest = max((sum(p.numel() for p in m.parameters(recurse=False)) for m in model.modules()), default=0)
     per_branch = {}
@@ -45,7 +46,8 @@ def param_counts(model) -> dict:
         if module is not None:
             ps = list(module.parameters())
             per_branch[name] = (sum(p.numel() for p in ps), sum(p.numel() for p in ps if p.requires_grad))
-    return {"total": total, "trainable": trainable, "largest_layer": largest, "branches": per_branch}
+    return {"total": total, "trainable": trainable, "largest_layer": largest, "branches": per_branch,
+            "bytes": weight_bytes}  # fmt: skip
 
 
 def key_updates(optim_cfg, group_names: list[str], total: int, stop: int | None = None) -> list[tuple[str, int]]:
@@ -178,7 +180,7 @@ def _memory_lines(ds: dict, tc, counts: dict, world_size: int) -> list[str]:
         counts["total"], counts["trainable"], stage, world_size,
         offload_optimizer=offloads_optimizer(ds), offload_params=offload_param,
         precision=tc.precision, largest_layer_params=counts["largest_layer"],
-        master_bytes=master_bytes, moment_bytes=moment_bytes,
+        master_bytes=master_bytes, moment_bytes=moment_bytes, param_bytes=counts["bytes"],
     )  # fmt: skip
     size = {k: size_text(v) for k, v in mem.items()}
     return [

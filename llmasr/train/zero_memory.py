@@ -15,6 +15,7 @@ def estimate_zero_memory(
     largest_layer_params: int = 0,
     master_bytes: int = 4,
     moment_bytes: int = 4,
+    param_bytes: int | None = None,
 ) -> dict:
     """Bytes per rank of the model states (no activations, no buffers) under ZeRO `stage`, where N = all parameters,
     T = trainable ones, W = world size, and a "partition" is 1/W of a tensor set (stage >= its ZeRO level):
@@ -33,8 +34,10 @@ def estimate_zero_memory(
       them in 16 bits.
       At stage 3 without offload DeepSpeed holds both the 16-bit and the master gradient partitions: 6T/W, measured
       by bench/zero_memory.py (DeepSpeed's own stage-3 estimator counts 4T/W and falls short by 2T/W).
-    fp32: params 4N, grads 4T; optimizer_states 8T at stage 0 (the weights are the master copy), 12T/W from stage
-    1, where ZeRO keeps a separate fp32 master partition even for fp32 weights (measured); offloaded as above.
+    fp32: params 4N (`param_bytes` when given: the weights in the dtypes they were built in, which fp32 precision
+    keeps, e.g. a frozen bf16 LLM at 2 bytes a weight), grads 4T; optimizer_states 8T at stage 0 (the weights are
+    the master copy), 12T/W from stage 1, where ZeRO keeps a separate fp32 master partition even for fp32 weights
+    (measured); offloaded as above.
 
     Offloaded states count under "cpu", the rest under "device". At stage 3 the largest layer is gathered in full
     on every rank (DeepSpeed counts 4 bytes per parameter of it): pass `largest_layer_params` to include it. With
@@ -45,7 +48,15 @@ def estimate_zero_memory(
     """
     _check_zero_args(stage, offload_optimizer, offload_params, precision)
     params, grads, optim, kept = _state_bytes(
-        num_params_total, num_trainable, stage, world_size, offload_optimizer, precision, master_bytes, moment_bytes
+        num_params_total,
+        num_trainable,
+        stage,
+        world_size,
+        offload_optimizer,
+        precision,
+        master_bytes,
+        moment_bytes,
+        param_bytes,
     )
     gathered = 4 * largest_layer_params if stage == 3 else 0
     device = gathered + (0 if offload_params else params) + (kept if offload_optimizer else grads + optim)
@@ -72,7 +83,15 @@ def _check_zero_args(stage: int, offload_optimizer: bool, offload_params: bool, 
 
 
 def _state_bytes(
-    N: int, T: int, stage: int, W: int, offload_optimizer: bool, precision: str, master: int = 4, moment: int = 4
+    N: int,
+    T: int,
+    stage: int,
+    W: int,
+    offload_optimizer: bool,
+    precision: str,
+    master: int = 4,
+    moment: int = 4,
+    param_bytes: int | None = None,
 ) -> tuple[float, float, float, float]:
     """(params, grads, optimizer_states, the grads that stay on the device with the optimizer offloaded) bytes per
     rank; see estimate_zero_memory for the accounting."""
@@ -84,7 +103,8 @@ def _state_bytes(
     kept = (4 if precision == "fp32" else 2) * T if offload_optimizer and stage == 1 else 0
     if precision == "fp32":
         grads = kept + 4 * T / W if offload_optimizer else part(4 * T, 2)
-        return part(4 * N, 3), grads, (8 * T if stage == 0 else 12 * T / W), kept
+        weights = 4 * N if param_bytes is None else param_bytes
+        return part(weights, 3), grads, (8 * T if stage == 0 else 12 * T / W), kept
     params = part(2 * N, 3)
     if offload_optimizer:
         grads = kept + master * T / W

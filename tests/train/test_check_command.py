@@ -7,6 +7,7 @@ import shutil
 
 import numpy as np
 import pytest
+import torch
 import yaml
 
 import llmasr
@@ -375,3 +376,20 @@ def test_an_unfrozen_half_precision_llm_without_master_weights_is_refused(recipe
     assert "set train.precision bf16" in err
     assert run_check(capsys, *base, "train.precision=fp32")[0] == 0
     assert run_check(capsys, *base, "model.llm.freeze=false", "train.precision=bf16")[0] == 0
+
+
+def test_memory_counts_a_frozen_bf16_llm_at_two_bytes_a_weight_under_fp32(recipe_file, tmp_path, capsys):
+    """train.precision fp32 keeps each weight in the dtype it was built in: a frozen bf16 LLM's weights take 2 bytes
+    each (they had been counted at 4, the LLM's memory doubled)."""
+    from llmasr.recipe import load_recipe
+    from llmasr.train.checkpoint_space import size_text
+
+    overrides = ["model.llm.dtype=bfloat16", "train.precision=fp32"]
+    code, out, err = run_check(capsys, "--config", str(recipe_file), "--deepspeed", "zero0", "--out", str(tmp_path),
+                               *overrides)  # fmt: skip
+    assert code == 0, err
+    model = llmasr.build_model(load_recipe(recipe_file, overrides).model)
+    assert {p.dtype for p in model.llm.parameters() if not p.requires_grad} == {torch.bfloat16}
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    assert weights < 4 * sum(p.numel() for p in model.parameters())
+    assert f"  params {size_text(weights)}, grads" in out
