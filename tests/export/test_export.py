@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import errno
 import json
+import os
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -322,6 +324,41 @@ def test_output_must_be_new(runs, tmp_path):
     (tmp_path / "precious.txt").write_text("important")
     assert main(["--checkpoint", str(runs[0]), "--output", str(tmp_path / "precious.txt"), "--overwrite"]) == 2
     assert (tmp_path / "precious.txt").read_text() == "important"
+
+
+@pytest.fixture
+def unwritable(tmp_path):
+    """A folder this process cannot write in: mode 555, and immutable (chattr +i) where that alone does not stop
+    it (root)."""
+    folder = tmp_path / "unwritable"
+    folder.mkdir()
+    folder.chmod(0o555)
+    immutable = os.access(folder, os.W_OK)
+    if immutable and (subprocess.run(["chattr", "+i", str(folder)], capture_output=True).returncode != 0
+                      or os.access(folder, os.W_OK)):  # fmt: skip
+        pytest.skip("no way to make a folder unwritable for this user here")
+    yield folder
+    if immutable:
+        subprocess.run(["chattr", "-i", str(folder)], check=True)
+    folder.chmod(0o755)
+
+
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_an_output_folder_without_write_permission_is_refused_before_the_model_is_built(
+    runs, unwritable, monkeypatch, capsys, overwrite
+):
+    """An existing --output the user may not write in had failed at the last rename, after the whole model was
+    rebuilt, merged and written (minutes at real size); it is refused before any weight is read."""
+    import llmasr.export.export as export_module
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("the checkpoint was loaded before the refusal")
+
+    monkeypatch.setattr(export_module, "load_checkpoint_model", no_load)
+    args = ["--checkpoint", str(runs[0]), "--output", str(unwritable)] + (["--overwrite"] if overwrite else [])
+    assert main(args) == 2
+    assert f"--output {unwritable}: no permission to write in this folder" in capsys.readouterr().err
+    assert sorted(p.name for p in unwritable.parent.iterdir()) == ["unwritable"]
 
 
 def test_a_second_export_to_the_same_output_is_refused_while_the_first_writes(runs, tmp_path, capsys):
