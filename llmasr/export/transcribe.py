@@ -51,6 +51,11 @@ class Transcriber:
     ) -> Transcriber:
         """From an exported model directory (or a training checkpoint), on `device`; `decode`: DecodeConfig
         fields to override the model's saved settings (num_beams=4, ctc_weight=0.5, ...)."""
+        if (model_dir is None) == (checkpoint is None):  # one source: neither had failed on None, both used one
+            raise TranscribeError(
+                "Transcriber.load: give one model, an exported model directory (the first argument) or a training "
+                f"checkpoint (checkpoint=RUN_DIR); got {'both' if model_dir is not None else 'neither'}"
+            )
         try:
             device = usable_device(device)
         except ValueError as err:
