@@ -144,6 +144,8 @@ def _waveform(clip, sample_rate, name: str) -> np.ndarray:
     wave = np.asarray(clip)
     if wave.ndim != 1 or wave.size == 0:
         hint = " (several channels: average them, or pick one)" if wave.ndim == 2 and min(wave.shape) <= 8 else ""
+        if wave.ndim == 0:  # a list is a list of clips: a plain list of samples gives one number per clip
+            hint = " (one number: samples in a list? pass them as one array, np.asarray(samples))"
         raise TranscribeError(
             f"{name}: expected a non-empty mono waveform (1-D), got shape {tuple(wave.shape)}{hint}"
         )  # fmt: skip
