@@ -220,6 +220,18 @@ def test_averaging_equals_mean_of_tensors(trained_run, tmp_path):
     assert desc["source"]["average"] == {"n": 2, "by": "best"}
 
 
+def test_average_by_best_with_a_checkpoint_named_is_refused(trained_run, tmp_path, capsys):
+    """--average-by best with a tag named had exported best.json's best checkpoint instead, saying nothing."""
+    named = trained_run / "checkpoints" / "update_00000001"
+    for where, tag in ((named, None), (trained_run, "update_00000001")):
+        args = ["--checkpoint", str(where), "--average-by", "best", "--output", str(tmp_path / "out")]
+        assert main(args + (["--tag", tag] if tag else [])) == 2
+        err = capsys.readouterr().err
+        assert "--average-by best takes the best checkpoints of" in err and "not the one named (update_00000001)" in err
+        assert not (tmp_path / "out").exists()
+    assert main(["--checkpoint", str(trained_run), "--average-by", "best", "--output", str(tmp_path / "out")]) == 0
+
+
 def test_checkpoint_path_forms(trained_run):
     from llmasr.run_dir import resolve_checkpoint
 
