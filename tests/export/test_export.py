@@ -147,6 +147,13 @@ def test_exported_dir_is_self_contained(exported, tmp_path):
     assert model.prompt.end_id == model.prompt.tokenizer.convert_tokens_to_ids("<|im_end|>")
 
 
+def test_the_same_checkpoint_exports_to_the_same_bytes(runs, exported, tmp_path):
+    again = export_model(runs[2], tmp_path / "again", dtype="fp32")
+    files = sorted(p.relative_to(again) for p in again.rglob("*") if p.is_file())
+    assert files == sorted(p.relative_to(exported[2]) for p in exported[2].rglob("*") if p.is_file())
+    assert [f for f in files if (again / f).read_bytes() != (exported[2] / f).read_bytes()] == []
+
+
 def test_a_damaged_or_newer_description_is_refused_naming_the_file(exported, tmp_path):
     import yaml
 
