@@ -29,7 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--average-by",
         choices=("last", "best"),
         default=None,
-        help="last: the N newest up to the chosen one (default); best: the N best of checkpoints/best.json",
+        help="last: the N newest up to the chosen one (default); best: the N best of checkpoints/best.json "
+        "(--checkpoint RUN_DIR)",
     )
     p.add_argument("--adapter-only", action="store_true", help="write a peft adapter instead of merged weights")
     p.add_argument("--max-shard-size", default="5GB", help="LLM safetensors shard size (save_pretrained)")

@@ -335,8 +335,11 @@ def load_decode_model(
     model, info = load_checkpoint_model(checkpoint, tag=tag, trust_remote_code=trust_remote_code)
     recipe = info["recipe"]
     # The LLM in the dtype asked for, else the run's model.llm.dtype, as an export's is by default (the speech
-    # branches stay float32): a checkpoint decodes as its default export does.
-    model.llm.to(DTYPES[llm_dtype_name(dtype, recipe.model.llm.dtype)])
+    # branches stay float32): a checkpoint decodes as its default export does. Parameters only: the float32 buffers
+    # (rotary inv_freq) stay as a load in that dtype and training (DeepSpeed) keep them.
+    llm_dtype = DTYPES[llm_dtype_name(dtype, recipe.model.llm.dtype)]
+    for p in model.llm.parameters():
+        p.data = p.data.to(llm_dtype)
     opts = DecodeOptions(max_bad_fraction=float(recipe.data.max_bad_fraction))
     return model, recipe.decode, dataclasses.replace(opts, training_max_seconds=longest_trained(recipe.data))
 

@@ -146,7 +146,9 @@ def _state_for_file(module: nn.Module, dtype: torch.dtype | None = None) -> dict
 def _save_tensors(module: nn.Module, path: Path) -> None:
     from safetensors.torch import save_file
 
-    save_file(_state_for_file(module), str(path), metadata={"format": "pt", "producer": "llmasr export"})
+    # one metadata key, as save_pretrained writes: safetensors orders several at random, and the same checkpoint
+    # exported twice gave files of different bytes (checksums, caches)
+    save_file(_state_for_file(module), str(path), metadata={"format": "pt"})
 
 
 def _plain(value):

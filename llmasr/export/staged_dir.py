@@ -1,7 +1,7 @@
 """Writing a model folder (`llmasr export`, `llmasr convert`) so that an interrupted write never looks complete.
 
 `output_dir` is the one reading of the OUT a user names: `~` expanded and the path resolved before any check, so
-the folder checked (empty, not the run being exported) is the folder written. `.` has no name of its own: its
+the folder checked (empty, writable, not the run being exported) is the folder written. `.` has no name of its own: its
 staging sibling had been a folder inside it that the final replacement deleted, with the model just written.
 
 Everything is written under a hidden `.NAME.partial` beside OUT and put in place at the end by renames. An OUT
@@ -36,6 +36,8 @@ def output_dir(out, *, overwrite: bool, flag: str, error=ValueError) -> Path:
         left = [p for p in where.iterdir() if p.name not in hidden] if where.is_dir() else [where]
         if left and not overwrite:
             raise error(f"{flag} {out}: exists and is not empty; choose another {flag} or pass --overwrite")
+        if not os.access(where, os.W_OK | os.X_OK):  # the files move in at the very end: refused before the work
+            raise error(f"{flag} {out}: no permission to write in this folder; choose another {flag}")
     return where
 
 

@@ -243,6 +243,11 @@ def load_checkpoint_model(
     if average < 1:
         raise CheckpointError(f"--average {average}: the number of checkpoints to average must be >= 1")
     ref = resolve_checkpoint(checkpoint, tag)
+    if average_by == "best" and (tag is not None or Path(checkpoint).resolve() == ref.path.resolve()):
+        raise CheckpointError(  # best.json's ranking picks the checkpoints: the one named would be left out silently
+            f"--average-by best takes the best checkpoints of {ref.root / 'best.json'}, not the one named "
+            f"({ref.tag}); give the run directory {ref.run_dir}, or leave out --average-by best to export {ref.tag}"
+        )
     if average > 1 or average_by == "best":
         tags = select_tags(ref, average, average_by or "last")
     else:

@@ -51,6 +51,11 @@ class Transcriber:
     ) -> Transcriber:
         """From an exported model directory (or a training checkpoint), on `device`; `decode`: DecodeConfig
         fields to override the model's saved settings (num_beams=4, ctc_weight=0.5, ...)."""
+        if (model_dir is None) == (checkpoint is None):  # one source: neither had failed on None, both used one
+            raise TranscribeError(
+                "Transcriber.load: give one model, an exported model directory (the first argument) or a training "
+                f"checkpoint (checkpoint=RUN_DIR); got {'both' if model_dir is not None else 'neither'}"
+            )
         try:
             device = usable_device(device)
         except ValueError as err:
@@ -139,6 +144,8 @@ def _waveform(clip, sample_rate, name: str) -> np.ndarray:
     wave = np.asarray(clip)
     if wave.ndim != 1 or wave.size == 0:
         hint = " (several channels: average them, or pick one)" if wave.ndim == 2 and min(wave.shape) <= 8 else ""
+        if wave.ndim == 0:  # a list is a list of clips: a plain list of samples gives one number per clip
+            hint = " (one number: samples in a list? pass them as one array, np.asarray(samples))"
         raise TranscribeError(
             f"{name}: expected a non-empty mono waveform (1-D), got shape {tuple(wave.shape)}{hint}"
         )  # fmt: skip

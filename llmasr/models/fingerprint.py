@@ -22,13 +22,15 @@ from pathlib import Path
 
 from llmasr.models.config import ModelConfig
 
-SCHEME = 3  # 3: a FunASR directory's weights file whatever its name; sentencepiece, tiktoken, seg_dict
+SCHEME = 4  # 3: a FunASR directory's weights file whatever its name; sentencepiece, tiktoken, seg_dict. 4: a peft
+# adapter's adapter_config.json (its rank, alpha and scaling give the saved tensors their meaning)
 # Hashed whole when present (tokenizer and code files change what the weights mean).
 _CONFIG_FILES = (
     "config.json", "config.yaml", "configuration.json", "am.mvn", "tokens.json",
     "tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "merges.txt",
     "special_tokens_map.json", "added_tokens.json", "chat_template.jinja",
     "model.safetensors.index.json", "pytorch_model.bin.index.json", "preprocessor_config.json", "seg_dict",
+    "adapter_config.json",
 )  # fmt: skip
 _TRACKED_SUFFIXES = (".py", ".jinja", ".model", ".tiktoken")  # code, templates, sentencepiece and tiktoken vocabularies
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")

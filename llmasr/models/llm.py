@@ -17,7 +17,13 @@ from torch import nn
 from llmasr.config_io import ConfigError
 from llmasr.config_paths import not_found
 from llmasr.models.config import LoraConfig
-from llmasr.models.llm_files import check_adapter_weights, check_llm_weights, refuse_missing_on_load, weight_files
+from llmasr.models.llm_files import (
+    LLMWeightsError,
+    check_adapter_weights,
+    check_llm_weights,
+    refuse_missing_on_load,
+    weight_files,
+)
 
 log = logging.getLogger(__name__)
 
@@ -176,7 +182,7 @@ def load_llm(
         set_activation_checkpointing(model, checkpoint_every)
     if adapter is not None:
         model = load_adapter(model, Path(adapter), pretrained=pretrained)
-        if shapes_only:
+        if shapes_only or pretrained:  # peft leaves a tensor its file lacks at the fresh value and only warns
             check_adapter_weights(Path(adapter), model)
     if lora is not None:
         model = apply_lora(model, lora, what="model.llm", hf_model=True, freeze=freeze)
@@ -255,7 +261,12 @@ def load_adapter(model: nn.Module, adapter: Path, *, pretrained: bool) -> nn.Mod
         raise LLMLoadError(f"{adapter}: no adapter_config.json; model.llm.adapter must be a saved peft adapter")
     with peft_wrapping():
         if pretrained:
-            model = peft.PeftModel.from_pretrained(model, str(adapter), is_trainable=False)
+            try:
+                model = peft.PeftModel.from_pretrained(model, str(adapter), is_trainable=False)
+            except KeyError as err:  # peft indexes a modules_to_save tensor the file lacks
+                raise LLMWeightsError(
+                    f"{adapter}: the adapter's weights lack {err.args[0]}, which its adapter_config.json needs"
+                ) from err
         else:
             model = peft.get_peft_model(model, peft.PeftConfig.from_pretrained(str(adapter)))
     model.requires_grad_(False)

@@ -129,7 +129,8 @@ ADAPTER_FILES = ("adapter_model.safetensors", "adapter_model.bin")  # peft's, in
 
 def check_adapter_weights(adapter: Path, model: nn.Module) -> None:
     """A saved peft adapter (model.llm.adapter) against the adapter `model` carries, built from its
-    adapter_config.json on the meta device: every LoRA tensor stored with its shape. peft leaves a tensor its file
+    adapter_config.json on the meta device: every LoRA tensor, and every module it trains whole (modules_to_save),
+    stored with its shape. peft leaves a tensor its file
     lacks at the fresh value and only warns; an LLM of another size than the adapter's is named here with both
     shapes. peft saves a tensor without its adapter's name (`lora_A.default.weight` as `lora_A.weight`)."""
     found = next((adapter / name for name in ADAPTER_FILES if (adapter / name).is_file()), None)
@@ -139,9 +140,12 @@ def check_adapter_weights(adapter: Path, model: nn.Module) -> None:
     stored = stored_shapes([found])
     missing, mismatched = [], []
     for key, tensor in model.state_dict().items():
-        if ".lora_" not in key:
+        if ".modules_to_save.default." in key:  # a whole module the adapter trained: saved under its own name
+            saved = key.replace(".modules_to_save.default", "")
+        elif ".lora_" in key:
+            saved = re.sub(r"\.default(?=\.|$)", "", key)
+        else:
             continue
-        saved = re.sub(r"\.default(?=\.|$)", "", key)
         have = stored.get(saved, stored.get(saved.removesuffix(".weight")))  # DoRA's magnitude: no `.weight`
         if have is None:
             missing.append(saved)
@@ -149,6 +153,6 @@ def check_adapter_weights(adapter: Path, model: nn.Module) -> None:
             mismatched.append(f"{saved}: stored {list(have.shape)}, the LLM gives {list(tensor.shape)}")
     if missing or mismatched:
         raise LLMWeightsError(
-            f"{found}: the adapter does not fit the LLM ({len(missing)} LoRA tensors missing, {len(mismatched)} of "
+            f"{found}: the adapter does not fit the LLM ({len(missing)} of its tensors missing, {len(mismatched)} of "
             f"another shape; peft would leave the missing ones at fresh values):\n{_listed(missing, mismatched)}"
         )

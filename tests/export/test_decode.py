@@ -20,6 +20,7 @@ from llmasr.export.decode import DecodeError, DecodeOptions, decode_loader, deco
 from llmasr.export.export import export_model
 from llmasr.export.exported import load_exported
 from llmasr.models.decoding import AUTO_CTC_WEIGHT, DecodeConfig, decode_config
+from llmasr.models.llm import base_lm
 from llmasr.scoring import score_corpus
 from llmasr.testing.run_dirs import write_corpus, write_wav
 from llmasr.testing.tiny_recipe import OracleCTCHead
@@ -470,5 +471,11 @@ def test_a_checkpoint_decodes_in_its_recipes_llm_dtype_as_its_default_export(run
     model, _, _ = load_decode_model(checkpoint=run)
     assert {p.dtype for p in model.llm.parameters()} == {torch.bfloat16}
     assert {p.dtype for p in model.encoder.parameters()} == {torch.float32}
+    # The buffers as the export loads them (and training kept them): the rotary frequencies had been rounded to
+    # bfloat16 with the weights, moving every position's angle.
+    exported, _, _ = load_decode_model(export_model(run, tmp_path / "export"))
+    buffers = {n: b.dtype for n, b in base_lm(model.llm).named_buffers()}
+    assert buffers == {n: b.dtype for n, b in exported.llm.named_buffers()}
+    assert buffers["model.rotary_emb.inv_freq"] == torch.float32
     model, _, _ = load_decode_model(checkpoint=run, dtype="fp32")
     assert {p.dtype for p in model.llm.parameters()} == {torch.float32}

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import errno
 import json
+import os
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -145,6 +147,13 @@ def test_exported_dir_is_self_contained(exported, tmp_path):
     assert model.prompt.end_id == model.prompt.tokenizer.convert_tokens_to_ids("<|im_end|>")
 
 
+def test_the_same_checkpoint_exports_to_the_same_bytes(runs, exported, tmp_path):
+    again = export_model(runs[2], tmp_path / "again", dtype="fp32")
+    files = sorted(p.relative_to(again) for p in again.rglob("*") if p.is_file())
+    assert files == sorted(p.relative_to(exported[2]) for p in exported[2].rglob("*") if p.is_file())
+    assert [f for f in files if (again / f).read_bytes() != (exported[2] / f).read_bytes()] == []
+
+
 def test_a_damaged_or_newer_description_is_refused_naming_the_file(exported, tmp_path):
     import yaml
 
@@ -216,6 +225,18 @@ def test_averaging_equals_mean_of_tensors(trained_run, tmp_path):
     desc = yaml.safe_load((out / "llmasr_model.yaml").read_text())
     assert desc["source"]["tags"] == best
     assert desc["source"]["average"] == {"n": 2, "by": "best"}
+
+
+def test_average_by_best_with_a_checkpoint_named_is_refused(trained_run, tmp_path, capsys):
+    """--average-by best with a tag named had exported best.json's best checkpoint instead, saying nothing."""
+    named = trained_run / "checkpoints" / "update_00000001"
+    for where, tag in ((named, None), (trained_run, "update_00000001")):
+        args = ["--checkpoint", str(where), "--average-by", "best", "--output", str(tmp_path / "out")]
+        assert main(args + (["--tag", tag] if tag else [])) == 2
+        err = capsys.readouterr().err
+        assert "--average-by best takes the best checkpoints of" in err and "not the one named (update_00000001)" in err
+        assert not (tmp_path / "out").exists()
+    assert main(["--checkpoint", str(trained_run), "--average-by", "best", "--output", str(tmp_path / "out")]) == 0
 
 
 def test_checkpoint_path_forms(trained_run):
@@ -322,6 +343,41 @@ def test_output_must_be_new(runs, tmp_path):
     (tmp_path / "precious.txt").write_text("important")
     assert main(["--checkpoint", str(runs[0]), "--output", str(tmp_path / "precious.txt"), "--overwrite"]) == 2
     assert (tmp_path / "precious.txt").read_text() == "important"
+
+
+@pytest.fixture
+def unwritable(tmp_path):
+    """A folder this process cannot write in: mode 555, and immutable (chattr +i) where that alone does not stop
+    it (root)."""
+    folder = tmp_path / "unwritable"
+    folder.mkdir()
+    folder.chmod(0o555)
+    immutable = os.access(folder, os.W_OK)
+    if immutable and (subprocess.run(["chattr", "+i", str(folder)], capture_output=True).returncode != 0
+                      or os.access(folder, os.W_OK)):  # fmt: skip
+        pytest.skip("no way to make a folder unwritable for this user here")
+    yield folder
+    if immutable:
+        subprocess.run(["chattr", "-i", str(folder)], check=True)
+    folder.chmod(0o755)
+
+
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_an_output_folder_without_write_permission_is_refused_before_the_model_is_built(
+    runs, unwritable, monkeypatch, capsys, overwrite
+):
+    """An existing --output the user may not write in had failed at the last rename, after the whole model was
+    rebuilt, merged and written (minutes at real size); it is refused before any weight is read."""
+    import llmasr.export.export as export_module
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("the checkpoint was loaded before the refusal")
+
+    monkeypatch.setattr(export_module, "load_checkpoint_model", no_load)
+    args = ["--checkpoint", str(runs[0]), "--output", str(unwritable)] + (["--overwrite"] if overwrite else [])
+    assert main(args) == 2
+    assert f"--output {unwritable}: no permission to write in this folder" in capsys.readouterr().err
+    assert sorted(p.name for p in unwritable.parent.iterdir()) == ["unwritable"]
 
 
 def test_a_second_export_to_the_same_output_is_refused_while_the_first_writes(runs, tmp_path, capsys):

@@ -174,6 +174,20 @@ def test_settings_given_override_the_saved_ones_and_are_checked_at_load(exported
         model.ctc_head = head
 
 
+def test_samples_in_a_list_are_named_as_such(asr):
+    """A list holds clips, so a plain list of samples made each number a clip: the error said shape () alone."""
+    samples = (0.1 * np.sin(np.arange(8000) / 10)).tolist()
+    with pytest.raises(TranscribeError, match=r"waveform 0: .*got shape \(\) \(one number: samples in a list\? pass"):
+        asr(samples, sample_rate=16000)
+
+
+def test_load_takes_one_model_an_export_or_a_checkpoint(exported_dir, runs):
+    """Neither had failed on None naming nothing (a TypeError about os.PathLike); both had used the export alone."""
+    for args, kwargs, which in (((), {}, "neither"), ((exported_dir,), {"checkpoint": runs[2]}, "both")):
+        with pytest.raises(TranscribeError, match=f"Transcriber.load: give one model.*; got {which}"):
+            Transcriber.load(*args, **kwargs)
+
+
 def test_the_command_prints_a_line_per_file_in_the_order_given(exported_dir, clips, tmp_path, capsys):
     from llmasr.cli import main
 

@@ -114,6 +114,24 @@ def test_encoder_init_from_and_llm_adapter_and_tokenizer_are_covered(tmp_path):
     assert [d.split("/")[0] for d in diffs] == ["encoder_init", "llm_adapter", "llm_tokenizer"]
 
 
+def test_an_adapters_config_is_covered_and_older_fingerprints_still_compare(tmp_path):
+    """The adapter's scaling (lora_alpha, use_rslora) lives in adapter_config.json: changing it changed what export
+    merged and decode computed, and the fingerprint had not seen it."""
+    cfg = model_config(tmp_path)
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    save_file({"lora_A": torch.ones(2)}, adapter / "adapter_model.safetensors")
+    (adapter / "adapter_config.json").write_text(json.dumps({"r": 4, "lora_alpha": 8}))
+    cfg.llm.adapter = str(adapter)
+    before = base_fingerprint(cfg)
+    (adapter / "adapter_config.json").write_text(json.dumps({"r": 4, "lora_alpha": 64}))
+    diffs = fingerprint_differences(before, base_fingerprint(cfg))
+    assert [d.split(":")[0] for d in diffs] == ["llm_adapter/adapter_config.json"]
+    recorded = {k: v for k, v in before["llm_adapter"]["files"].items() if k != "adapter_config.json"}
+    older = {**before, "llm_adapter": {"scheme": 3, "files": recorded}}
+    assert fingerprint_differences(older, base_fingerprint(cfg)) == []  # recorded before the file was covered
+
+
 def test_a_funasr_directory_is_fingerprinted_by_the_files_it_is_read_from(tmp_path):
     """configuration.json's init_param may name model.pb or model.pt.avg10 (no weight suffix): that file is what
     the encoder loads, and a sentencepiece model or seg_dict decides the CTC vocabulary; all had gone unhashed.

@@ -142,6 +142,8 @@ def adapter_dir(llm_dirs, tmp_path_factory):
 
 
 def test_a_saved_adapter_is_checked_against_the_llm(llm_dirs, adapter_dir, tmp_path):
+    import peft
+
     with torch.device("meta"):
         model = load_llm(llm_dirs["untied"], pretrained=False, shapes_only=True, adapter=adapter_dir)[0]
     assert any(".lora_A." in n for n, _ in model.named_parameters())
@@ -150,9 +152,23 @@ def test_a_saved_adapter_is_checked_against_the_llm(llm_dirs, adapter_dir, tmp_p
     state = load_file(d / "adapter_model.safetensors")
     dropped = sorted(k for k in state if k.endswith("lora_B.weight"))[0]
     save_file({k: v for k, v in state.items() if k != dropped}, d / "adapter_model.safetensors")
-    with torch.device("meta"), pytest.raises(LLMWeightsError, match=r"1 LoRA tensors missing") as err:
+    with torch.device("meta"), pytest.raises(LLMWeightsError, match=r"1 of its tensors missing") as err:
         load_llm(llm_dirs["untied"], pretrained=False, shapes_only=True, adapter=d)
     assert f"missing: {dropped}" in str(err.value)
+    with pytest.raises(LLMWeightsError, match=r"1 of its tensors missing"):  # the real load too: it had only warned
+        load_llm(llm_dirs["untied"], adapter=d)
+    # a module the adapter trains whole (modules_to_save): `llmasr check` had passed it, the load failed on a KeyError
+    mts = tmp_path / "mts"
+    model, _ = load_llm(llm_dirs["untied"])
+    config = peft.LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj"], modules_to_save=["lm_head"])
+    peft.get_peft_model(model, config).save_pretrained(str(mts))
+    head = {k: v for k, v in load_file(mts / "adapter_model.safetensors").items() if "lm_head" not in k}
+    save_file(head, mts / "adapter_model.safetensors")
+    with torch.device("meta"), pytest.raises(LLMWeightsError, match=r"1 of its tensors missing") as err:
+        load_llm(llm_dirs["untied"], pretrained=False, shapes_only=True, adapter=mts)
+    assert "missing: base_model.model.lm_head.weight" in str(err.value)
+    with pytest.raises(LLMWeightsError, match=rf"{mts}: the adapter's weights lack base_model.model.lm_head.weight"):
+        load_llm(llm_dirs["untied"], adapter=mts)
     # an adapter trained on an LLM of another width
     wide = next(k for k in state if k.endswith("lora_A.weight"))
     save_file({**state, wide: torch.zeros(4, 3)}, d / "adapter_model.safetensors")
