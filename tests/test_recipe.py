@@ -4,7 +4,7 @@ import pytest
 import yaml
 
 from llmasr.config_io import ConfigError
-from llmasr.recipe import load_recipe
+from llmasr.recipe import load_recipe, save_recipe
 
 
 def test_paths_resolve_against_the_recipe_and_overrides_apply(tmp_path):
@@ -336,7 +336,8 @@ def test_a_saved_run_with_a_schedule_field_its_type_does_not_read_still_loads(tm
     data = {
         "model": {"llm": {"path": str(tmp_path / "llm")}},
         "data": {"train": [str(tmp_path / "train.jsonl")]},
-        "optim": {"scheduler": {"type": "warmup_cosine", "warmup_steps": 5, "final_lr_scale": 0.05},
+        "optim": {"scheduler": {"type": "warmup_cosine", "warmup_steps": 5, "final_lr_scale": 0.05,
+                                "init_lr_scale": 0.01},  # its default, as every saved recipe writes it: no warning
                   "branches": {"llm": {"lr": 1e-4, "scheduler": {"type": "constant", "min_lr_ratio": 0.1}}}},
     }  # fmt: skip
     path = tmp_path / "recipe.yaml"
@@ -350,3 +351,9 @@ def test_a_saved_run_with_a_schedule_field_its_type_does_not_read_still_loads(tm
     assert r.optim.scheduler.warmup_steps == 5 and r.optim.branches["llm"].scheduler.type == "constant"
     assert "optim.scheduler.final_lr_scale: not read by type warmup_cosine; dropped" in caplog.text
     assert "optim.branches.llm.scheduler.min_lr_ratio: not read by type constant; dropped" in caplog.text
+    assert "init_lr_scale" not in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):  # a run's own saved recipe, defaults written out, reads back without a word
+        save_recipe(r, tmp_path / "saved.yaml")
+        load_recipe(tmp_path / "saved.yaml", saved=True)
+    assert "dropped" not in caplog.text

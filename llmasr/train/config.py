@@ -70,9 +70,14 @@ class SchedulerConfig:
 
     @staticmethod
     def inert_fields(section: dict) -> list[str]:
-        """The fields of a scheduler section (as written) that its type does not read."""
+        """The fields of a scheduler section (as written) that its type does not read, set to other than their
+        defaults (a saved recipe writes every field, its defaults too)."""
         kind = section.get("type", SchedulerConfig.type)
-        return [name for name, types in TYPE_FIELDS.items() if name in section and kind not in types]
+        fields = SchedulerConfig.__dataclass_fields__
+        return [
+            name for name, types in TYPE_FIELDS.items()
+            if kind not in types and section.get(name, fields[name].default) != fields[name].default
+        ]  # fmt: skip
 
     def validate(self, path: str) -> None:
         if self.warmup_steps is not None and self.warmup_ratio is not None:
