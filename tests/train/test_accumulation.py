@@ -155,7 +155,7 @@ def test_overflow_skipped_update_does_not_advance_the_schedule(tiny_llm_dir, ful
     assert te.lrs() != before
 
 
-@pytest.mark.parametrize("preset", ["zero2"])
+@pytest.mark.parametrize("preset", ["zero0", "zero2"])
 def test_a_non_finite_loss_skips_the_update_and_names_its_keys(tiny_llm_dir, full_batch, preset):
     """A NaN feature (one corrupt micro batch) makes every gradient NaN: the update is skipped at every ZeRO stage
     (a plain torch optimizer at ZeRO-0 had written NaN into every weight, and the run went on to its end), counted
