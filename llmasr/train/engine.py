@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import atexit
 import logging
+import math
 import os
 import socket
 import sys
@@ -248,9 +249,23 @@ class TrainEngine:
             out = self.engine(batch, token_normalizer=token_normalizer, utt_normalizer=utt_normalizer)
         loss = out.loss * 0.0 if zero_loss else out.loss
         self.engine.backward(loss, scale_wrt_gas=False)
+        skip = False
         if boundary and self._plain_grads:
             self._grad_norm = self._norm_of_grads()
-        self.engine.step()
+            skip = not math.isfinite(self._grad_norm)
+        if skip:
+            # A plain torch optimizer would write the NaN into every weight of every rank (the reduced gradients are
+            # the same everywhere); DeepSpeed's ZeRO and half-precision optimizers skip such an update, so this does
+            # too: its step does nothing this once, and the overflow flag has DeepSpeed count the update in
+            # skipped_steps, hold the lr schedules and clear the gradients, as it does there.
+            self.optimizer.step = lambda *args, **kwargs: None  # shadows the class's step on this instance
+            self.optimizer.overflow = True
+        try:
+            self.engine.step()
+        finally:
+            if skip:
+                del self.optimizer.step
+                self.optimizer.overflow = False
         return out
 
     def _norm_of_grads(self) -> float:

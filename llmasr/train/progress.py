@@ -187,6 +187,7 @@ class Progress:
             return
         self.interval.add(stats, wait_s)
         self._note_unaligned(update, stats)
+        self._note_nonfinite(update, stats, extra)
         done = update - self.start_update
         eta = (self.total - update) * (time.monotonic() - self.t0) / done if done > 0 else math.nan
         self._show(update, stats, lrs, eta)
@@ -239,6 +240,21 @@ class Progress:
             "audio is the usual cause (`llmasr data check --vad DIR` lists speaking rates far from the median); each "
             "train line counts them as ctc_unaligned",
             update, n, shown,
+        )  # fmt: skip
+
+    @staticmethod
+    def _note_nonfinite(update: int, stats: dict, extra: dict) -> None:
+        """Every update whose loss was NaN or infinite on some rank: the keys of those micro batches, per rank."""
+        ranks = stats.get("nonfinite_keys")
+        if not ranks:
+            return
+        shown = "; ".join(f"rank {r}: {', '.join(k for keys in batches for k in keys)}"
+                          for r, batches in enumerate(ranks) if batches)  # fmt: skip
+        log.warning(
+            "update %d: non-finite loss (NaN or inf) in the micro batch(es) of %s. An update whose gradients are not "
+            "finite is skipped (skipped_steps=%d); a batch that does this every epoch points at its data (`llmasr "
+            "data check`) or, every update after one, at a diverged model (lower lr, grad_clip)",
+            update, shown, int(extra.get("skipped_steps") or 0),
         )  # fmt: skip
 
     def _show(self, update: int, stats: dict, lrs: dict, eta: float) -> None:

@@ -8,10 +8,11 @@ ranks the gradient equals that of one batch holding the whole window, whatever t
 
 from __future__ import annotations
 
+import math
 from itertools import islice
 
 from llmasr.data.batch import Batch
-from llmasr.train.engine import all_reduce_sum
+from llmasr.train.engine import all_gather_object, all_reduce_sum
 from llmasr.train.flops import FlopCounter, StepCount
 
 
@@ -24,6 +25,7 @@ def run_window(engine, window: list[Batch], world_size: int, counter: FlopCounte
     utt_norm = max(n_utt, 1.0) / world_size
     llm_sum = ctc_sum = correct = audio = 0.0
     unaligned: list[str] = []  # this rank's utterances CTC had no path for (their CTC loss is 0)
+    nonfinite: list[list[str]] = []  # the keys of this rank's micro batches whose loss is NaN or infinite
     for i, batch in enumerate(window):
         empty = batch.empty
         out = engine.micro_step(
@@ -41,16 +43,19 @@ def run_window(engine, window: list[Batch], world_size: int, counter: FlopCounte
                 f"the model labelled {int(out.n_tokens)} tokens but the batch holds {batch.labelled_tokens}: "
                 "loss normalisation would be wrong"
             )
-        llm_sum += float(out.llm_loss_sum)
-        ctc_sum += float(out.ctc_loss_sum)
+        llm, ctc = float(out.llm_loss_sum), float(out.ctc_loss_sum)
+        if not (math.isfinite(llm) and math.isfinite(ctc)):
+            nonfinite.append(list(batch.keys))
+        llm_sum += llm
+        ctc_sum += ctc
         correct += float(out.n_correct)
         audio += batch.audio_seconds
         unaligned += [batch.keys[i] for i in out.ctc_unaligned]
     count = counter.take().as_list() if counter is not None else []
     lists = sum(bool(h) for b in real for h in b.hotwords)
     dropped = sum(sum(b.hotwords_dropped) for b in real)
-    llm_sum, ctc_sum, correct, audio, lists, dropped, n_unaligned, *count = all_reduce_sum(
-        [llm_sum, ctc_sum, correct, audio, lists, dropped, len(unaligned), *count], engine.device
+    llm_sum, ctc_sum, correct, audio, lists, dropped, n_unaligned, n_nonfinite, *count = all_reduce_sum(
+        [llm_sum, ctc_sum, correct, audio, lists, dropped, len(unaligned), len(nonfinite), *count], engine.device
     )
     # a window of stand-ins only (every batch bad on every rank) has no loss: NaN, not a 0 that draws a false dip
     nan = float("nan")
@@ -63,6 +68,8 @@ def run_window(engine, window: list[Batch], world_size: int, counter: FlopCounte
         stats.update(ctc_unaligned=int(n_unaligned), ctc_unaligned_keys=unaligned)  # all ranks; this rank's keys
     stats.update(loss=loss, n_tokens=int(n_tok), n_utts=int(n_utt), audio_seconds=audio)
     stats.update(hotword_lists=int(lists), hotwords_dropped=int(dropped))  # the token cap's drops, logged
+    if n_nonfinite:  # every rank knows it from the sum, so every rank joins the gather; the keys name the data
+        stats["nonfinite_keys"] = all_gather_object(nonfinite)  # per rank: its micro batches' keys
     if counter is not None:
         stats["count"] = StepCount.from_list(count)
     return stats

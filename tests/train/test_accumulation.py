@@ -155,6 +155,32 @@ def test_overflow_skipped_update_does_not_advance_the_schedule(tiny_llm_dir, ful
     assert te.lrs() != before
 
 
+@pytest.mark.parametrize("preset", ["zero0", "zero2"])
+def test_a_non_finite_loss_skips_the_update_and_names_its_keys(tiny_llm_dir, full_batch, preset):
+    """A NaN feature (one corrupt micro batch) makes every gradient NaN: the update is skipped at every ZeRO stage
+    (a plain torch optimizer at ZeRO-0 had written NaN into every weight, and the run went on to its end), counted
+    in skipped_steps with the lr schedules held, and the window's stats name the batch's keys."""
+    from llmasr.train.trainer import run_window
+
+    optim = from_dict(OptimConfig, {"scheduler": {"type": "warmup_linear", "warmup_steps": 3}})
+    te = make_engine(build_model(tiny_llm_dir), preset, grad_accum=2, optim=optim)
+    before = {n: p.detach().clone() for n, p in te.module.named_parameters()}
+    lrs = te.lrs()
+    bad = rows(full_batch, 2, 4)
+    feats = bad.feats.clone()
+    feats[0, 0, 0] = float("nan")
+    bad = dataclasses.replace(bad, feats=feats)
+    stats = run_window(te, [rows(full_batch, 0, 2), bad], world_size=1)
+    assert stats["nonfinite_keys"] == [[bad.keys]] and math.isnan(stats["loss"])
+    assert te.global_steps == 1 and te.skipped_steps == 1 and te.scheduler.last_update == 0 and te.lrs() == lrs
+    assert all(torch.equal(before[n], p.detach()) for n, p in te.module.named_parameters())
+    stats = run_window(te, [rows(full_batch, 0, 2), rows(full_batch, 4, 6)], world_size=1)
+    assert "nonfinite_keys" not in stats and math.isfinite(stats["loss"]) and te.scheduler.last_update == 1
+    assert te.skipped_steps == 1 and math.isfinite(te.grad_norm())
+    assert all(bool(torch.isfinite(p).all()) for p in te.module.parameters())
+    assert any(not torch.equal(before[n], p.detach()) for n, p in te.module.named_parameters())
+
+
 @pytest.mark.slow
 def test_offloaded_optimizer_is_deepspeed_cpu_adam(tiny_llm_dir, full_batch):
     """ZeRO offload needs DeepSpeed's CPU Adam (JIT-built on first use, minutes on a fresh machine)."""

@@ -238,3 +238,33 @@ def test_the_last_update_is_logged_when_the_run_ends_before_its_total(tiny_llm_d
     history = train(r, "zero0")["history"]
     rows = [parse_log_line(line) for line in (run / "train.log").read_text().splitlines() if " train update=" in line]
     assert len(history) > 1 and [row["update"] for row in rows] == [history[-1]["update"]]
+
+
+def test_a_batch_with_a_non_finite_loss_is_named_and_leaves_the_model_finite(
+    tiny_llm_dir, corpus, tmp_path, monkeypatch, caplog
+):
+    """A NaN in one batch's features (a corrupt input): train.log names the batch's keys and counts the skipped
+    update, and the weights stay finite (at ZeRO-0 in fp32 the run had gone on to its end with a NaN model, every
+    later loss and the validation NaN, and exit status 0)."""
+    from llmasr.train.engine import TrainEngine
+
+    real, seen = TrainEngine.to_device, []
+
+    def to_device(self, batch):
+        out = real(self, batch)
+        if self.module.training and not seen:
+            seen.append(list(batch.keys))
+            out.feats[0, 0, 0] = float("nan")
+        return out
+
+    monkeypatch.setattr(TrainEngine, "to_device", to_device)
+    run = tmp_path / "run"
+    with caplog.at_level(logging.WARNING, logger="llmasr.train.progress"):
+        result = train(recipe(tiny_llm_dir, corpus, run, grad_accum=2, ctc_weight=0.3), "zero0")
+    warned = [r.getMessage() for r in caplog.records if "non-finite loss" in r.getMessage()]
+    assert len(warned) == 1 and f"rank 0: {', '.join(seen[0])}." in warned[0] and "skipped_steps=1" in warned[0]
+    history = result["history"]
+    assert math.isnan(history[0]["loss"]) and all(math.isfinite(h["loss"]) for h in history[1:])
+    assert math.isfinite(result["metrics"]["loss"])
+    rows = [parse_log_line(line) for line in (run / "train.log").read_text().splitlines() if " train update=" in line]
+    assert [row["skipped_steps"] for row in rows] == [1.0] * len(history)
