@@ -270,10 +270,11 @@ class Run:
                     self.save(epoch, self.train_loader.state_dict(), metrics, validation_owed=owed)
                 else:  # the epoch's end, max_updates reached there or not: a resume starts the next epoch
                     self.save(epoch + 1, None, metrics, validation_owed=owed)
+                # a stop before the run's last validation leaves it unfinished too: the resume runs that validation
+                if signum and (owed or (not stop and epoch + 1 < tc.epochs)):
+                    return self._stopped(signum, epoch + 1, None, history)
                 if stop:
                     break
-                if signum and epoch + 1 < tc.epochs:
-                    return self._stopped(signum, epoch + 1, None, history)
         except Exception as err:
             errors.rank_specific(err, self.rank)  # this rank's data or memory, maybe: every rank reports its own
             raise

@@ -231,3 +231,32 @@ def test_a_validation_a_stop_put_off_is_run_by_the_resume(tiny_llm_dir, corpus, 
     assert ck.tag_for(at) in [b["tag"] for b in ck.read_best(ckpts)]
     assert f"valid update={at} " in (tmp_path / "b" / "train.log").read_text()
     assert rest["metrics"]["loss"] == pytest.approx(whole["metrics"]["loss"], abs=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("at", "overrides"), [(6, []), (4, ["train.max_updates=4"])], ids=["last-epoch", "max-updates"]
+)
+def test_a_stop_during_the_last_update_leaves_the_run_to_finish_its_validation(
+    tiny_llm_dir, corpus, tmp_path, monkeypatch, at, overrides
+):
+    """SIGTERM during the run's last update: the checkpoint is saved without the final validation, so the run is not
+    over. It had ended as finished (exit status 0, no stop line) and the last checkpoint never ranked; now it stops
+    as any stop does, and the resume runs that validation and ranks the checkpoint."""
+    run = tmp_path / "run"
+
+    def recipe():
+        data = tiny_recipe_dict(tiny_llm_dir, train=[corpus], valid=[corpus], output_dir=run, epochs=2, grad_accum=2,
+                                best_k=10, keep_last=0)  # fmt: skip
+        return load_recipe(data=data, overrides=overrides)
+
+    with monkeypatch.context() as m:
+        signal_at(m, at, signal.SIGTERM)
+        cut = train(recipe(), "zero0")
+    assert cut["interrupted"] and cut["signal"] == signal.SIGTERM
+    assert f"stopped by SIGTERM after update {at}" in (run / "train.log").read_text()
+    ckpts = run / "checkpoints"
+    assert ck.read_meta(ckpts / ck.tag_for(at)).metrics == {}
+    rest = train(recipe(), "zero0", resume="latest")
+    assert rest["history"] == [] and rest["metrics"]
+    assert ck.read_meta(ckpts / ck.tag_for(at)).metrics == rest["metrics"]
+    assert ck.tag_for(at) in [b["tag"] for b in ck.read_best(ckpts)]
