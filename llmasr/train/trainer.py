@@ -160,7 +160,10 @@ class Run:
             else:
                 client = self.engine.load(str(load_dir), tag)
         state = client.get(CLIENT_KEY) or {}
+        # a validation the stop put off goes into the checkpoint's meta where it is this folder's own (one of another
+        # run's folder, or set aside, is not this run's to rank, and this folder may hold another course's tag)
         self.validation_owed = bool(state.get("validation_owed"))
+        self.owed_here = self.validation_owed and where.resolve() == (self.ckpt_dir / tag).resolve()
         rngs = state.get("rng") or []
         self.pending_rng = rngs[self.rank] if len(rngs) == self.world else None
         if self.pending_rng is not None and state.get("loader") is None:
@@ -223,7 +226,7 @@ class Run:
         self.pending_rng = None
         start_epoch, loader_state = (0, None)
         self.last_saved = self.valid_update = -1
-        self.validation_owed = False
+        self.validation_owed = self.owed_here = False
         if self.resume is not None:
             start_epoch, loader_state = self.load()
         self.progress = self._progress()
@@ -231,7 +234,8 @@ class Run:
         last_metrics = None
         if self.validation_owed:  # a stop saved before a validation due at this update: run it now, as it would have
             last_metrics = self.validate()
-            self.checkpoints.record_validation(self.engine.global_steps, last_metrics)
+            if self.owed_here:
+                self.checkpoints.record_validation(self.engine.global_steps, last_metrics)
         self.engine.train(True)
         stop = False
         preemption = preemption or Preemption(self.rank)

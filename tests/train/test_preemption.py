@@ -260,3 +260,26 @@ def test_a_stop_during_the_last_update_leaves_the_run_to_finish_its_validation(
     assert rest["history"] == [] and rest["metrics"]
     assert ck.read_meta(ckpts / ck.tag_for(at)).metrics == rest["metrics"]
     assert ck.tag_for(at) in [b["tag"] for b in ck.read_best(ckpts)]
+
+
+def test_a_validation_put_off_in_another_run_folder_is_run_and_left_out_of_it(
+    tiny_llm_dir, corpus, tmp_path, monkeypatch
+):
+    """A stopped run's checkpoint continued in another folder: the resume runs the validation the stop put off, and
+    records it nowhere (that folder is another run's, and this one holds no checkpoint of the update). It had
+    looked for the checkpoint in this run's folder after validating and failed there."""
+
+    def recipe(run):
+        return load_recipe(data=tiny_recipe_dict(tiny_llm_dir, train=[corpus], valid=[corpus], output_dir=run,
+                                                 epochs=2, grad_accum=2, valid_every_updates=2))  # fmt: skip
+
+    with monkeypatch.context() as m:
+        signal_at(m, 2, signal.SIGTERM)
+        assert train(recipe(tmp_path / "b"), "zero0")["interrupted"]
+    source = tmp_path / "b" / "checkpoints" / ck.tag_for(2)
+    meta = (source / ck.META).read_bytes()
+    rest = train(recipe(tmp_path / "c"), "zero0", resume=str(source))
+    assert [h["update"] for h in rest["history"]] == [3, 4, 5, 6]
+    assert "valid update=2 " in (tmp_path / "c" / "train.log").read_text()
+    assert (source / ck.META).read_bytes() == meta
+    assert not (tmp_path / "c" / "checkpoints" / ck.tag_for(2)).exists()
