@@ -173,7 +173,7 @@ class Run:
         log.info("resumed from %s at update %d, epoch %d", where, self.engine.global_steps, state.get("epoch", 0))
         self.last_saved = self.engine.global_steps
         if self.rank == 0:
-            moved, aside = ck.set_aside_later(self.ckpt_dir, self.engine.global_steps)
+            moved, aside = ck.set_aside_later(self.ckpt_dir, self.engine.global_steps, load_dir)
             if moved:
                 log.warning("resume: %d later checkpoint(s) of this run (%s) belong to the course this resume leaves; "
                             "moved to %s, out of rotation and averaging (export can still read them; delete the "

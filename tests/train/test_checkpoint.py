@@ -134,6 +134,23 @@ def test_a_resume_from_an_earlier_checkpoint_sets_the_later_ones_aside(tmp_path)
     assert ck.set_aside_later(tmp_path, 3)[1].name == "abandoned_at_update_00000003_2"
 
 
+def test_a_resume_from_a_set_aside_checkpoint_sets_aside_the_course_it_left(tmp_path):
+    """Resumed from update 2, the run saved 3' and 4'; then resumed from the first course's update 4, set aside:
+    3' and 4' are the other course (4' too, though it is not later than 4) and make way. 4' had stayed, so the
+    continued course saved 5 after it and rotation and last-N averaging mixed the two."""
+    ckpts = tmp_path / ck.CHECKPOINTS
+    make_tags(ckpts, [1, 2, 3, 4])
+    _, first = ck.set_aside_later(ckpts, 2)
+    make_tags(ckpts, [3, 4])
+    (ckpts / ck.LATEST).write_text(ck.tag_for(4) + "\n")
+    moved, aside = ck.set_aside_later(ckpts, 4, first)
+    assert moved == [ck.tag_for(3), ck.tag_for(4)] and aside.name == "abandoned_at_update_00000002_2"
+    assert ck.list_tags(ckpts) == [ck.tag_for(1), ck.tag_for(2)] and ck.latest(ckpts) == ck.tag_for(2)
+    assert ck.list_tags(first) == [ck.tag_for(3), ck.tag_for(4)]  # the course resumed stays where it was loaded
+    make_tags(ckpts, [3])
+    assert ck.set_aside_later(ckpts, 2, ckpts) == ([ck.tag_for(3)], ckpts / "abandoned_at_update_00000002_3")
+
+
 def test_checkpoints_set_aside_are_read_as_the_runs(tmp_path):
     """The abandoned folder is a checkpoints folder of the run: export and decode name it (or a tag in it) and get
     the run's recipe; it had been taken for a run directory of its own (no recipe.yaml there: refused)."""
