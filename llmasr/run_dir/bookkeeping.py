@@ -85,7 +85,7 @@ def rotate(ckpt_dir: Path, policy: CheckpointPolicy, protect: set[str] = frozens
     deleted = []
     for tag in tags:
         if tag not in keep and tag not in pending:
-            shutil.rmtree(ckpt_dir / tag, ignore_errors=True)
+            _remove(ckpt_dir / tag)
             deleted.append(tag)
     for name in os.listdir(ckpt_dir):  # a universal copy goes with its checkpoint
         source = name.removesuffix(UNIVERSAL_SUFFIX)
@@ -103,9 +103,16 @@ def clear_tag(ckpt_dir: Path, tag: str) -> bool:
     if not folder.exists():
         return False
     _point_off(ckpt_dir, {tag})
-    shutil.rmtree(folder)
+    _remove(folder, ignore_errors=False)  # the save goes into this folder: it must be gone
     shutil.rmtree(ckpt_dir / (tag + UNIVERSAL_SUFFIX), ignore_errors=True)
     return True
+
+
+def _remove(folder: Path, ignore_errors: bool = True) -> None:
+    """Delete a checkpoint folder, its meta first: a deletion cut short (a job killed while rotating) leaves a save
+    cut short, which nothing takes for a checkpoint, not one that is listed, averaged and resumed with files gone."""
+    (folder / META).unlink(missing_ok=True)
+    shutil.rmtree(folder, ignore_errors=ignore_errors)
 
 
 def _enter(ckpt_dir: Path, tag: str, meta: CheckpointMeta, policy: CheckpointPolicy) -> None:

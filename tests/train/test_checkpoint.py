@@ -182,6 +182,29 @@ def test_a_save_cut_short_before_latest_is_neither_kept_nor_averaged(tmp_path):
     assert ck.list_tags(tmp_path) == [ck.tag_for(2), ck.tag_for(4), ck.tag_for(5)]
 
 
+def test_a_rotation_cut_short_leaves_no_checkpoint_with_files_gone(tmp_path, monkeypatch):
+    """A job killed while rotation deletes update 1 (here: before any of its files went): the folder left is no
+    checkpoint, so neither averaging nor a later resume takes it, and the next rotation deletes it. Its meta had
+    been left beside the files not yet deleted, and last-N averaging picked it."""
+    import shutil
+
+    make_tags(tmp_path, [1, 2, 3])
+    (tmp_path / ck.LATEST).write_text(ck.tag_for(3) + "\n")
+
+    def killed(path, ignore_errors=False):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(shutil, "rmtree", killed)
+        with pytest.raises(KeyboardInterrupt):
+            ck.rotate(tmp_path, ck.CheckpointPolicy(keep_last=2, best_k=0))
+    ref = ck.CheckpointRef(tmp_path.parent, tmp_path, ck.tag_for(3))
+    assert ck.select_tags(ref, 2) == [ck.tag_for(2), ck.tag_for(3)]
+    with pytest.raises(ck.CheckpointError, match="only 2 are available"):
+        ck.select_tags(ref, 3)
+    assert ck.rotate(tmp_path, ck.CheckpointPolicy(keep_last=2, best_k=0)) == [ck.tag_for(1)]
+
+
 def test_best_k_turned_off_removes_the_best_list(tmp_path):
     """train.best_k may change on resume: at 0 the old best.json would keep its tags from rotation for ever."""
     policy = ck.CheckpointPolicy(keep_last=1, best_k=1)
