@@ -160,6 +160,9 @@ class Run:
             else:
                 client = self.engine.load(str(load_dir), tag)
         state = client.get(CLIENT_KEY) or {}
+        if state.get("loader") is not None:  # a position this data cannot continue: refused before anything moves
+            with errors.context(f"resuming {where}"):
+                self.sampler.length_after(state["loader"]["sampler"])
         # a validation the stop put off goes into the checkpoint's meta where it is this folder's own (one of another
         # run's folder, or set aside, is not this run's to rank, and this folder may hold another course's tag)
         self.validation_owed = bool(state.get("validation_owed"))
