@@ -9,6 +9,7 @@ work with.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from itertools import chain
 
@@ -73,6 +74,31 @@ class OrderedBatches:
     items: np.ndarray
     kept: np.ndarray
     rng: np.random.Generator
+
+    def sha1(self) -> str:
+        """The batches and their order, hashed: what a saved sampler position counts into (the same at any world
+        size)."""
+        sizes = np.fromiter(map(len, self.batches), dtype=np.int64, count=len(self.batches))
+        keys = np.fromiter(chain.from_iterable(self.batches), dtype=np.int64, count=int(sizes.sum()))
+        return hashlib.sha1(sizes.tobytes() + keys.tobytes()).hexdigest()
+
+
+def check_position(state: dict, planned: int, sha1: str) -> None:
+    """A saved sampler `state` must count into this epoch's plan: `planned` batches per rank (at the saved world
+    size) made of the batches `sha1` hashes. Other batches of the same count come from manifests whose lines were
+    reordered or with other durations: a resume would skip some utterances of the epoch and train others twice."""
+    if "num_batches" in state and int(state["num_batches"]) != planned:
+        raise ValueError(
+            f"cannot resume: the saved epoch had {state['num_batches']} batches per rank, this plan has "
+            f"{planned} (batching settings changed?)"
+        )
+    if state.get("batches_sha1", sha1) != sha1:
+        raise ValueError(
+            f"cannot resume epoch {state['epoch']} at batch {state['batches_yielded']}: the training data "
+            "(data.train) now makes other batches of that epoch than the run had (a manifest's lines were reordered "
+            "or their durations changed since the checkpoint); resuming would skip some utterances and train others "
+            "twice. Restore the manifests, or start a new run"
+        )
 
 
 def check_settings(rank, world_size, max_seconds, max_frames, frames_per_second, num_buckets, seed) -> None:

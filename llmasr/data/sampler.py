@@ -42,7 +42,7 @@ from collections.abc import Callable, Iterator
 import numpy as np
 from torch.utils.data import Sampler
 
-from llmasr.data.batch_cut import OrderedBatches, as_keys, check_settings, cut_batches
+from llmasr.data.batch_cut import OrderedBatches, as_keys, check_position, check_settings, cut_batches
 from llmasr.data.item_costs import EpochCostFn, ItemCosts, per_batch, quantile_buckets
 from llmasr.data.regroup import repeated_steps, replay_history
 from llmasr.data.visit_keys import visit_keys
@@ -126,7 +126,7 @@ class DynamicBucketSampler(Sampler):
         self._sort_items(min_item_seconds, cost_scale, cost_pad, epoch_costs, skip)
 
         self.epoch = 0
-        self._plan_cache: tuple[tuple, list[list[list[int]]], dict] | None = None
+        self._plan_cache: tuple[tuple, list[list[list[int]]], dict, str] | None = None
         self._yielded = 0
         self._resume: tuple[int, int] | None = None
         # (epoch, ((world_size, batches done), ...)): the epoch ran partly at other world sizes before a resume
@@ -268,8 +268,13 @@ class DynamicBucketSampler(Sampler):
             if dropped:
                 log.info("epoch %d: data.batching.drop_last left out %d batch(es) over the world size %d, drawn at "
                          "random", epoch, dropped, self.world_size)  # fmt: skip
-        self._plan_cache = (key, groups, stats)
+        self._plan_cache = (key, groups, stats, o.sha1())
         return groups, stats
+
+    def _sha1(self, epoch: int) -> str:
+        """OrderedBatches.sha1 of `epoch` (kept with its plan)."""
+        self._plan(epoch)
+        return self._plan_cache[3]
 
     # ------------------------------------------------------------------------------------------------ interface
     @property
@@ -340,6 +345,7 @@ class DynamicBucketSampler(Sampler):
             "num_batches": len(self),
             "history": [list(h) for h in self._history(self.epoch)],
             "plan": 2 if self._legacy_drop != self.epoch else 1,  # 2: drop_last draws its left-over batches
+            "batches_sha1": self._sha1(self.epoch),
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -359,7 +365,7 @@ class DynamicBucketSampler(Sampler):
         self.set_epoch(epoch)
         self._segment = (epoch, history)
         planned = len(self._plan_at(epoch, history, saved_ws)[0])
-        self._check_plan_length(state, planned)
+        check_position(state, planned, self._sha1(epoch))
         if not 0 <= done <= planned:
             raise ValueError(f"cannot resume at batch {done} of an epoch of {planned} batches")
         self.resharded = saved_ws != self.world_size
@@ -388,11 +394,3 @@ class DynamicBucketSampler(Sampler):
         """How `epoch`'s batches are grouped (regroup.group_positions): drop_last's left-over batches drawn at
         random, except in an epoch resumed from a state saved before that (it keeps the plan it was trained on)."""
         return dict(drop_last=self.drop_last, shuffle=self.shuffle, random_drop=self._legacy_drop != epoch)
-
-    @staticmethod
-    def _check_plan_length(state: dict, planned: int) -> None:
-        if "num_batches" in state and int(state["num_batches"]) != planned:
-            raise ValueError(
-                f"cannot resume: the saved epoch had {state['num_batches']} batches per rank, this plan has "
-                f"{planned} (batching settings changed?)"
-            )

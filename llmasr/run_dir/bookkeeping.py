@@ -20,6 +20,8 @@ from llmasr.run_dir.layout import (
     META,
     UNIVERSAL_SUFFIX,
     CheckpointRef,
+    abandoned_at,
+    abandoned_dir,
     latest,
     list_tags,
     tag_update,
@@ -83,7 +85,7 @@ def rotate(ckpt_dir: Path, policy: CheckpointPolicy, protect: set[str] = frozens
     deleted = []
     for tag in tags:
         if tag not in keep and tag not in pending:
-            shutil.rmtree(ckpt_dir / tag, ignore_errors=True)
+            _remove(ckpt_dir / tag)
             deleted.append(tag)
     for name in os.listdir(ckpt_dir):  # a universal copy goes with its checkpoint
         source = name.removesuffix(UNIVERSAL_SUFFIX)
@@ -101,9 +103,16 @@ def clear_tag(ckpt_dir: Path, tag: str) -> bool:
     if not folder.exists():
         return False
     _point_off(ckpt_dir, {tag})
-    shutil.rmtree(folder)
+    _remove(folder, ignore_errors=False)  # the save goes into this folder: it must be gone
     shutil.rmtree(ckpt_dir / (tag + UNIVERSAL_SUFFIX), ignore_errors=True)
     return True
+
+
+def _remove(folder: Path, ignore_errors: bool = True) -> None:
+    """Delete a checkpoint folder, its meta first: a deletion cut short (a job killed while rotating) leaves a save
+    cut short, which nothing takes for a checkpoint, not one that is listed, averaged and resumed with files gone."""
+    (folder / META).unlink(missing_ok=True)
+    shutil.rmtree(folder, ignore_errors=ignore_errors)
 
 
 def _enter(ckpt_dir: Path, tag: str, meta: CheckpointMeta, policy: CheckpointPolicy) -> None:
@@ -133,13 +142,17 @@ def record_metrics(ckpt_dir: Path, tag: str, metrics: dict, policy: CheckpointPo
     return rotate(ckpt_dir, policy)
 
 
-def set_aside_later(ckpt_dir: Path, update: int) -> tuple[list[str], Path | None]:
+def set_aside_later(ckpt_dir: Path, update: int, source: Path | None = None) -> tuple[list[str], Path | None]:
     """Rank 0, once a resume at `update` has loaded: the run's checkpoints of later updates belong to the course
     the resume leaves (a resume from an earlier checkpoint, say after a loss spike). Left in place, rotation kept
     them (the highest updates) and deleted the new ones, and export's last-N and best-N averaged them. They move,
     with their universal copies and best.json entries, into `abandoned_at_update_N[_k]/` beside them, where export
-    can still read them and nothing rotates them; `latest` names the newest checkpoint left. Returns (moved tags,
-    that folder or None)."""
+    can still read them and nothing rotates them; `latest` names the newest checkpoint left. A resume from such a
+    folder (`source`, the folder the checkpoint was loaded from) takes up the course that left the run at its N:
+    every checkpoint here after N is of the other course, that of `update` included. Returns (moved tags, that
+    folder or None)."""
+    if source is not None and abandoned_dir(source) and source.parent.resolve() == Path(ckpt_dir).resolve():
+        update = abandoned_at(source)
     # A folder without its meta is a save cut short (a preemption), not a course: the save of its update clears it.
     later = sorted(
         (t for t in os.listdir(ckpt_dir) if (update_of(t) or 0) > update and (ckpt_dir / t / META).is_file()),

@@ -50,6 +50,11 @@ def abandoned_dir(path: Path) -> bool:
     return path.name.startswith(ABANDONED_PREFIX) and path.parent.name == CHECKPOINTS
 
 
+def abandoned_at(path: Path) -> int:
+    """The update N of an abandoned_at_update_N[_k] folder: where the course it holds left the run."""
+    return int(path.name.removeprefix(ABANDONED_PREFIX).split("_")[0])
+
+
 def run_dir_of(ckpt_dir: Path) -> Path:
     """The run directory a checkpoints folder (or an abandoned_at_update_N folder in it) belongs to: its
     recipe.yaml sits there."""

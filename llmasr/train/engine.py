@@ -347,6 +347,12 @@ class TrainEngine:
         # the universal path); train.grad_clip may change on resume (llmasr.train.resume), so this run's wins
         if hasattr(self.optimizer, "clip_grad"):
             self.optimizer.clip_grad = self.engine.gradient_clipping()
+        # torch's load_state_dict hands back the saved groups: saved by torch's AdamW, they lack DeepSpeedCPUAdam's
+        # own settings (bias_correction), which a run that now offloads the optimizer needs at its first step
+        inner = getattr(self.optimizer, "optimizer", self.optimizer)
+        for group in self.optimizer.param_groups:
+            for key, value in inner.defaults.items():
+                group.setdefault(key, value)
         return client_state or {}
 
 

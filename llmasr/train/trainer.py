@@ -160,7 +160,13 @@ class Run:
             else:
                 client = self.engine.load(str(load_dir), tag)
         state = client.get(CLIENT_KEY) or {}
+        if state.get("loader") is not None:  # a position this data cannot continue: refused before anything moves
+            with errors.context(f"resuming {where}"):
+                self.sampler.length_after(state["loader"]["sampler"])
+        # a validation the stop put off goes into the checkpoint's meta where it is this folder's own (one of another
+        # run's folder, or set aside, is not this run's to rank, and this folder may hold another course's tag)
         self.validation_owed = bool(state.get("validation_owed"))
+        self.owed_here = self.validation_owed and where.resolve() == (self.ckpt_dir / tag).resolve()
         rngs = state.get("rng") or []
         self.pending_rng = rngs[self.rank] if len(rngs) == self.world else None
         if self.pending_rng is not None and state.get("loader") is None:
@@ -170,7 +176,7 @@ class Run:
         log.info("resumed from %s at update %d, epoch %d", where, self.engine.global_steps, state.get("epoch", 0))
         self.last_saved = self.engine.global_steps
         if self.rank == 0:
-            moved, aside = ck.set_aside_later(self.ckpt_dir, self.engine.global_steps)
+            moved, aside = ck.set_aside_later(self.ckpt_dir, self.engine.global_steps, load_dir)
             if moved:
                 log.warning("resume: %d later checkpoint(s) of this run (%s) belong to the course this resume leaves; "
                             "moved to %s, out of rotation and averaging (export can still read them; delete the "
@@ -223,7 +229,7 @@ class Run:
         self.pending_rng = None
         start_epoch, loader_state = (0, None)
         self.last_saved = self.valid_update = -1
-        self.validation_owed = False
+        self.validation_owed = self.owed_here = False
         if self.resume is not None:
             start_epoch, loader_state = self.load()
         self.progress = self._progress()
@@ -231,7 +237,8 @@ class Run:
         last_metrics = None
         if self.validation_owed:  # a stop saved before a validation due at this update: run it now, as it would have
             last_metrics = self.validate()
-            self.checkpoints.record_validation(self.engine.global_steps, last_metrics)
+            if self.owed_here:
+                self.checkpoints.record_validation(self.engine.global_steps, last_metrics)
         self.engine.train(True)
         stop = False
         preemption = preemption or Preemption(self.rank)
@@ -270,10 +277,11 @@ class Run:
                     self.save(epoch, self.train_loader.state_dict(), metrics, validation_owed=owed)
                 else:  # the epoch's end, max_updates reached there or not: a resume starts the next epoch
                     self.save(epoch + 1, None, metrics, validation_owed=owed)
+                # a stop before the run's last validation leaves it unfinished too: the resume runs that validation
+                if signum and (owed or (not stop and epoch + 1 < tc.epochs)):
+                    return self._stopped(signum, epoch + 1, None, history)
                 if stop:
                     break
-                if signum and epoch + 1 < tc.epochs:
-                    return self._stopped(signum, epoch + 1, None, history)
         except Exception as err:
             errors.rank_specific(err, self.rank)  # this rank's data or memory, maybe: every rank reports its own
             raise

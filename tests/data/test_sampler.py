@@ -248,6 +248,15 @@ def test_resume_refuses_other_seed_data_or_batching():
         make(d, world_size=1, seed=5, max_seconds=60.0).load_state_dict(state)
     with pytest.raises(ValueError, match="batching settings"):
         make(d, world_size=2, seed=5, max_seconds=60.0).load_state_dict(state)
+    # the same lines in another order: as many batches, other ones (the resume would skip and repeat utterances)
+    swapped = d.copy()
+    swapped[[0, 1]] = d[[1, 0]]
+    for world_size in (2, 1):
+        other = make(swapped, world_size=world_size, seed=5)
+        assert len(make(d, world_size=world_size, seed=5)) == len(other)
+        with pytest.raises(ValueError, match=r"cannot resume epoch 0 at batch \d+: the training data \(data.train\)"):
+            other.load_state_dict({**state, "batches_yielded": 3})
+    make(d, world_size=1, seed=5).load_state_dict({**state, "batches_yielded": 3})  # the same data resumes
 
 
 def test_epoch_indices_and_subset():
@@ -341,6 +350,7 @@ def test_an_epoch_resumed_from_a_plan_that_dropped_the_last_batches_keeps_it():
     samplers = rank_samplers(d, 3, drop_last=True, max_seconds=60.0)
     legacy = {**samplers[0].state_dict(), "epoch": 1, "batches_yielded": 0}
     legacy.pop("plan")
+    legacy.pop("batches_sha1")  # nor its batches' hash
     for s in samplers:
         s.load_state_dict({**legacy, "rank": s.rank})
     old_plan = [s.batches(epoch=1) for s in samplers]  # the plan the old run trains epoch 1 on

@@ -134,6 +134,23 @@ def test_a_resume_from_an_earlier_checkpoint_sets_the_later_ones_aside(tmp_path)
     assert ck.set_aside_later(tmp_path, 3)[1].name == "abandoned_at_update_00000003_2"
 
 
+def test_a_resume_from_a_set_aside_checkpoint_sets_aside_the_course_it_left(tmp_path):
+    """Resumed from update 2, the run saved 3' and 4'; then resumed from the first course's update 4, set aside:
+    3' and 4' are the other course (4' too, though it is not later than 4) and make way. 4' had stayed, so the
+    continued course saved 5 after it and rotation and last-N averaging mixed the two."""
+    ckpts = tmp_path / ck.CHECKPOINTS
+    make_tags(ckpts, [1, 2, 3, 4])
+    _, first = ck.set_aside_later(ckpts, 2)
+    make_tags(ckpts, [3, 4])
+    (ckpts / ck.LATEST).write_text(ck.tag_for(4) + "\n")
+    moved, aside = ck.set_aside_later(ckpts, 4, first)
+    assert moved == [ck.tag_for(3), ck.tag_for(4)] and aside.name == "abandoned_at_update_00000002_2"
+    assert ck.list_tags(ckpts) == [ck.tag_for(1), ck.tag_for(2)] and ck.latest(ckpts) == ck.tag_for(2)
+    assert ck.list_tags(first) == [ck.tag_for(3), ck.tag_for(4)]  # the course resumed stays where it was loaded
+    make_tags(ckpts, [3])
+    assert ck.set_aside_later(ckpts, 2, ckpts) == ([ck.tag_for(3)], ckpts / "abandoned_at_update_00000002_3")
+
+
 def test_checkpoints_set_aside_are_read_as_the_runs(tmp_path):
     """The abandoned folder is a checkpoints folder of the run: export and decode name it (or a tag in it) and get
     the run's recipe; it had been taken for a run directory of its own (no recipe.yaml there: refused)."""
@@ -163,6 +180,29 @@ def test_a_save_cut_short_before_latest_is_neither_kept_nor_averaged(tmp_path):
     assert ck.select_tags(ref, 2) == [ck.tag_for(2), ck.tag_for(4)]
     assert ck.rotate(tmp_path, ck.CheckpointPolicy(keep_last=2)) == [ck.tag_for(1), ck.tag_for(3)]
     assert ck.list_tags(tmp_path) == [ck.tag_for(2), ck.tag_for(4), ck.tag_for(5)]
+
+
+def test_a_rotation_cut_short_leaves_no_checkpoint_with_files_gone(tmp_path, monkeypatch):
+    """A job killed while rotation deletes update 1 (here: before any of its files went): the folder left is no
+    checkpoint, so neither averaging nor a later resume takes it, and the next rotation deletes it. Its meta had
+    been left beside the files not yet deleted, and last-N averaging picked it."""
+    import shutil
+
+    make_tags(tmp_path, [1, 2, 3])
+    (tmp_path / ck.LATEST).write_text(ck.tag_for(3) + "\n")
+
+    def killed(path, ignore_errors=False):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(shutil, "rmtree", killed)
+        with pytest.raises(KeyboardInterrupt):
+            ck.rotate(tmp_path, ck.CheckpointPolicy(keep_last=2, best_k=0))
+    ref = ck.CheckpointRef(tmp_path.parent, tmp_path, ck.tag_for(3))
+    assert ck.select_tags(ref, 2) == [ck.tag_for(2), ck.tag_for(3)]
+    with pytest.raises(ck.CheckpointError, match="only 2 are available"):
+        ck.select_tags(ref, 3)
+    assert ck.rotate(tmp_path, ck.CheckpointPolicy(keep_last=2, best_k=0)) == [ck.tag_for(1)]
 
 
 def test_best_k_turned_off_removes_the_best_list(tmp_path):

@@ -42,6 +42,19 @@ def test_a_resumed_run_clips_at_its_own_grad_clip(preset, make_model, tmp_path):
     assert resumed.global_steps == 1  # the checkpoint did load
 
 
+@pytest.mark.parametrize(("before", "after"), [("zero2", "zero2_offload"), ("zero3", "zero3_offload")])
+def test_a_resume_may_offload_the_optimizer(before, after, make_model, tmp_path):
+    """A run saved with torch's AdamW resumed with zero_optimization.offload_optimizer (DeepSpeedCPUAdam, say to
+    fit a smaller device): its first update had failed on a KeyError, bias_correction (the saved param groups)."""
+    saved = make_engine(make_model(), before)
+    one_update(saved)
+    saved.save(str(tmp_path), "t", {})
+    resumed = make_engine(make_model(), after)
+    resumed.load(str(tmp_path), "t")
+    one_update(resumed)
+    assert resumed.global_steps == 2 and type(resumed.optimizer.optimizer).__name__ == "DeepSpeedCPUAdam"
+
+
 def test_a_universal_resume_clips_at_its_own_grad_clip(make_model, tmp_path):
     from llmasr.train import universal
 

@@ -231,3 +231,55 @@ def test_a_validation_a_stop_put_off_is_run_by_the_resume(tiny_llm_dir, corpus, 
     assert ck.tag_for(at) in [b["tag"] for b in ck.read_best(ckpts)]
     assert f"valid update={at} " in (tmp_path / "b" / "train.log").read_text()
     assert rest["metrics"]["loss"] == pytest.approx(whole["metrics"]["loss"], abs=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("at", "overrides"), [(6, []), (4, ["train.max_updates=4"])], ids=["last-epoch", "max-updates"]
+)
+def test_a_stop_during_the_last_update_leaves_the_run_to_finish_its_validation(
+    tiny_llm_dir, corpus, tmp_path, monkeypatch, at, overrides
+):
+    """SIGTERM during the run's last update: the checkpoint is saved without the final validation, so the run is not
+    over. It had ended as finished (exit status 0, no stop line) and the last checkpoint never ranked; now it stops
+    as any stop does, and the resume runs that validation and ranks the checkpoint."""
+    run = tmp_path / "run"
+
+    def recipe():
+        data = tiny_recipe_dict(tiny_llm_dir, train=[corpus], valid=[corpus], output_dir=run, epochs=2, grad_accum=2,
+                                best_k=10, keep_last=0)  # fmt: skip
+        return load_recipe(data=data, overrides=overrides)
+
+    with monkeypatch.context() as m:
+        signal_at(m, at, signal.SIGTERM)
+        cut = train(recipe(), "zero0")
+    assert cut["interrupted"] and cut["signal"] == signal.SIGTERM
+    assert f"stopped by SIGTERM after update {at}" in (run / "train.log").read_text()
+    ckpts = run / "checkpoints"
+    assert ck.read_meta(ckpts / ck.tag_for(at)).metrics == {}
+    rest = train(recipe(), "zero0", resume="latest")
+    assert rest["history"] == [] and rest["metrics"]
+    assert ck.read_meta(ckpts / ck.tag_for(at)).metrics == rest["metrics"]
+    assert ck.tag_for(at) in [b["tag"] for b in ck.read_best(ckpts)]
+
+
+def test_a_validation_put_off_in_another_run_folder_is_run_and_left_out_of_it(
+    tiny_llm_dir, corpus, tmp_path, monkeypatch
+):
+    """A stopped run's checkpoint continued in another folder: the resume runs the validation the stop put off, and
+    records it nowhere (that folder is another run's, and this one holds no checkpoint of the update). It had
+    looked for the checkpoint in this run's folder after validating and failed there."""
+
+    def recipe(run):
+        return load_recipe(data=tiny_recipe_dict(tiny_llm_dir, train=[corpus], valid=[corpus], output_dir=run,
+                                                 epochs=2, grad_accum=2, valid_every_updates=2))  # fmt: skip
+
+    with monkeypatch.context() as m:
+        signal_at(m, 2, signal.SIGTERM)
+        assert train(recipe(tmp_path / "b"), "zero0")["interrupted"]
+    source = tmp_path / "b" / "checkpoints" / ck.tag_for(2)
+    meta = (source / ck.META).read_bytes()
+    rest = train(recipe(tmp_path / "c"), "zero0", resume=str(source))
+    assert [h["update"] for h in rest["history"]] == [3, 4, 5, 6]
+    assert "valid update=2 " in (tmp_path / "c" / "train.log").read_text()
+    assert (source / ck.META).read_bytes() == meta
+    assert not (tmp_path / "c" / "checkpoints" / ck.tag_for(2)).exists()

@@ -284,3 +284,36 @@ def test_max_updates_at_an_epoch_end_saves_the_next_epoch_start(tiny_llm_dir, co
         "3",
         "6",
     ]
+
+
+def test_training_data_reordered_on_disk_is_refused_before_the_run_folder_changes(tiny_llm_dir, tmp_path):
+    """A manifest's lines reordered since the checkpoint, into as many batches: the saved position would count into
+    other batches (utterances skipped and repeated). The resume is refused before it sets the later checkpoints
+    aside or rewrites the run's files."""
+    import random
+
+    from llmasr.train.resolve import build_loaders, text_side
+
+    manifest = write_tiny_corpus(tmp_path / "corpus", n=40)
+    run = tmp_path / "run"
+    settings = ["data.batching.shuffle_buffer=4", "data.batching.num_buckets=1"]
+
+    def make(max_updates):
+        return recipe(tiny_llm_dir, manifest, run, grad_accum=1, max_updates=max_updates, save_every_updates=1,
+                      keep_last=0, overrides=settings)  # fmt: skip
+
+    def batches() -> int:
+        r = make(3)
+        return len(build_loaders(r, text_side(r.model), rank=0, world_size=1)[1])
+
+    train(make(3), "zero0")
+    before, count, lines = run_files(run), batches(), manifest.read_text().splitlines()
+    for seed in range(100):  # the same lines in an order that makes as many batches
+        random.Random(seed).shuffle(lines)
+        manifest.write_text("\n".join(lines) + "\n")
+        if batches() == count:
+            break
+    with pytest.raises(ValueError, match=r"cannot resume epoch 0 at batch 1: the training data \(data.train\)"):
+        train(make(4), "zero0", resume=ck.tag_for(1))
+    assert run_files(run) == before
+    assert ck.list_tags(ck.checkpoints_dir(run)) == [ck.tag_for(u) for u in (1, 2, 3)]
