@@ -148,7 +148,8 @@ def _tree(node: Any) -> Any:
 
 
 def apply_overrides(data: dict, overrides: list[str]) -> dict:
-    """Apply `a.b.c=value` strings (value parsed as YAML) to a nested dict, returning a new dict."""
+    """Apply `a.b.c=value` strings (value parsed as YAML) to a nested dict, returning a new dict. A list item is
+    named as errors name it, `data.train[0].weight`, or as OmegaConf does, `data.train.0.weight`."""
     out = _tree(data)
     for item in overrides:
         if "=" not in item:
@@ -162,17 +163,33 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
         except yaml.YAMLError as err:
             raise ConfigError(f"override {item!r}: value is not valid YAML: {err}") from err
         value = _without_comment(item, raw, value)
+        parts = [int(p[1:-1]) if p[0] == "[" else p for p in re.findall(r"\[\d+\]|[^.\[\]]+", key)]
+        if _dotted(parts) != key:
+            raise ConfigError(f"override {item!r}: {key!r} is no key (a.b.c, or a.b[0].c for a list item)")
         node = out
-        parts = key.split(".")
-        for i, part in enumerate(parts[:-1]):
-            nxt = node.get(part)
-            if nxt is None:
-                nxt = node[part] = {}
-            elif not isinstance(nxt, dict):
-                raise ConfigError(f"override {item!r}: {'.'.join(parts[: i + 1])} is a value, not a section")
-            node = nxt
-        node[parts[-1]] = value
+        for i, part in enumerate(parts):
+            here = _dotted(parts[:i])
+            if isinstance(node, list):
+                if not str(part).isdigit():
+                    raise ConfigError(f"override {item!r}: {here} is a list: name an item, {here}[0].{part}")
+                if (part := int(part)) >= len(node):
+                    raise ConfigError(f"override {item!r}: {here}[{part}] is past the end of a list of {len(node)}")
+                parts[i] = part
+            elif isinstance(part, int):
+                raise ConfigError(f"override {item!r}: {here} is no list here: set the whole list ({here}=[...])")
+            if i == len(parts) - 1:
+                node[part] = value
+            else:
+                if isinstance(node, dict) and node.get(part) is None:
+                    node[part] = {}  # a section the recipe leaves out or sets to null
+                node = node[part]
+                if not isinstance(node, (dict, list)):
+                    raise ConfigError(f"override {item!r}: {_dotted(parts[: i + 1])} is a value, not a section")
     return out
+
+
+def _dotted(parts: list[str | int]) -> str:
+    return "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in parts).lstrip(".")
 
 
 _HASH = "\ue000"  # a private-use character standing in for '#' while YAML reads the value

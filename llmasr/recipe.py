@@ -119,6 +119,7 @@ def where_set(message: str, path, overrides: list[str]) -> str:
         return ""
     for item in reversed(overrides):
         given = item.split("=", 1)[0].strip().lstrip("-")
+        given = re.sub(r"\.(\d+)(?=[.\[]|$)", r"[\1]", given)  # a list item as errors name it: a.0.b is a[0].b
         if key == given or key.startswith((given + ".", given + "[")):
             return f" (set by the override {item!r})"
         # a section's error about a key in it ("unknown key(s) ['x']; known keys are ..."): the override's if it

@@ -1,5 +1,7 @@
 """Recipe loading: overrides, typed errors, and paths relative to the recipe file."""
 
+import re
+
 import pytest
 import yaml
 
@@ -357,3 +359,27 @@ def test_a_saved_run_with_a_schedule_field_its_type_does_not_read_still_loads(tm
         save_recipe(r, tmp_path / "saved.yaml")
         load_recipe(tmp_path / "saved.yaml", saved=True)
     assert "dropped" not in caplog.text
+
+
+def test_an_override_names_a_list_item_as_errors_name_it(tmp_path):
+    """`data.train[1].weight=5`, the key an error names, had been refused as an unknown key 'train[1]' of data (and
+    `data.train.1.weight`, OmegaConf's spelling, as "data.train is a value"): a list item could not be set."""
+    path = tmp_path / "r.yaml"
+    path.write_text(
+        "data:\n  train:\n    - {path: a.jsonl}\n    - {path: b.jsonl, weight: 2}\noptim:\n  betas: [0.9, 0.999]\n"
+    )
+    for key in ("data.train[1].weight", "data.train.1.weight"):
+        r = load_recipe(path, [f"{key}=5", "optim.betas[1]=0.98"])
+        assert [(m.path, m.weight) for m in r.data.train] == [("a.jsonl", 1.0), ("b.jsonl", 5.0)]
+        assert r.optim.betas == [0.9, 0.98]
+        with pytest.raises(ConfigError, match=rf"^data.train\[1\]: .* \(set by the override '{re.escape(key)}=-1'\):"):
+            load_recipe(path, [f"{key}=-1"])
+    for override, message in [
+        ("data.train[2].weight=1", r"data.train\[2\] is past the end of a list of 2"),
+        ("data.train.weight=1", r"data.train is a list: name an item, data.train\[0\].weight"),
+        ("data.valid[0]=a.jsonl", r"data.valid is no list here: set the whole list \(data.valid=\[...\]\)"),
+        ("optim.betas[0].x=1", r"optim.betas\[0\] is a value, not a section"),
+        ("train..epochs=3", r"'train..epochs' is no key"),
+    ]:
+        with pytest.raises(ConfigError, match=rf"^override '{re.escape(override)}': {message}"):
+            load_recipe(path, [override])
