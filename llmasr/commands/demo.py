@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         hot = stage_hotwords(workdir, state, model_dir, corpus)
     except (SynthError, ConfigError, RuntimeError) as err:
         print(f"llmasr demo: error: {err}", file=sys.stderr)
-        return 1
+        return 2 if isinstance(err, ConfigError) else 1  # a bad override: bad input, as train says it
     total = time.time() - t0
     summary = {
         "workdir": str(workdir),

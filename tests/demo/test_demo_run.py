@@ -34,7 +34,7 @@ def test_the_training_overrides_hold_any_workdir_path(tmp_path):
 
 
 def test_a_misspelt_override_is_refused_before_the_first_stage(tmp_path, capsys):
-    assert main(["--workdir", str(tmp_path / "w"), "--quick", "train.epoch=4"]) == 1
+    assert main(["--workdir", str(tmp_path / "w"), "--quick", "train.epoch=4"]) == 2  # bad input, as in llmasr train
     assert "unknown key(s) ['epoch']" in capsys.readouterr().err
     assert not (tmp_path / "w" / "corpus").exists()  # nothing synthesized first
 
