@@ -82,5 +82,5 @@ def test_data_kaldi_then_cmvn_then_check(tmp_path, capsys):
     assert "lines: 5, usable: 4, bad: 1 " in out and "key=orphan: audio: file not found" in out
     assert out.rstrip().endswith("result: TOO MUCH BAD DATA: llmasr decode would fail (after writing its outputs)")
     (d / "wav.scp").write_text("u0 sox u0.flac -t wav - |\n")  # nothing convertible: a failure, not an empty success
-    assert main(["data", "kaldi", str(d), str(tmp_path / "none.jsonl")]) == 1
+    assert main(["data", "kaldi", str(d), str(tmp_path / "none.jsonl")]) == 2  # bad input, as a KaldiError
     assert "no utterance of" in capsys.readouterr().err

@@ -37,5 +37,5 @@ def main(argv: list[str] | None = None) -> int:
     if counts["written"] == 0:
         print(f"llmasr data kaldi: error: no utterance of {d} could be written ({args.out} is empty): see the skipped "
               "keys above", file=sys.stderr)  # fmt: skip
-        return 1
+        return 2  # every key was bad input, as KaldiError's
     return 0
