@@ -128,6 +128,8 @@ class PromptBuilder:
         if AUDIO_PLACEHOLDER in tokenizer.get_vocab():
             raise PromptError(f"{source} already defines the token {AUDIO_PLACEHOLDER!r}, which llmasr reserves")
         self._cache: dict[tuple[str, str | None], tuple[list[int], list[int]]] = {}
+        # the last capped list: one `--hotwords FILE` list is every line's, and capping it re-encodes it per drop
+        self._capped: tuple[tuple[str, ...], tuple[list[str], int]] | None = None
         self._prompt_ids(task)  # render once now so template errors surface at start-up
         self.standalone_template()  # and variables an export's template could not carry
         self.end_id = self._find_end_id()
@@ -217,6 +219,9 @@ class PromptBuilder:
         cap = self.hotwords_max_tokens
         if cap is None or not kept:
             return kept, 0
+        given = tuple(kept)
+        if self._capped is not None and self._capped[0] == given:
+            return list(self._capped[1][0]), self._capped[1][1]
         enc = self.tokenizer.encode
         lengths = [len(enc(h, add_special_tokens=False)) for h in kept]
         dropped = 0
@@ -224,6 +229,7 @@ class PromptBuilder:
             j = lengths.index(max(lengths))
             del kept[j], lengths[j]
             dropped += 1
+        self._capped = given, (list(kept), dropped)
         return kept, dropped
 
     def hotwords_text(self, hotwords) -> str:

@@ -144,6 +144,23 @@ def test_hotword_token_cap_drops_longest_first(hw_tokenizer):
     assert PromptBuilder(hw_tokenizer, hotwords_max_tokens=1).encode(None, hotwords=["three four five"]).hotwords == ()
 
 
+def test_a_list_every_utterance_shares_is_capped_once(hw_tokenizer, monkeypatch):
+    """`--hotwords FILE` gives every line the same list: capping it re-encodes the list once per phrase dropped
+    (seconds for a list of a thousand), which was paid again for every utterance."""
+    words = "zero one two three four five six seven eight nine".split()
+    phrases = [f"{words[i % 10]} {words[i // 10 % 10]}" for i in range(60)]
+    pb = PromptBuilder(hw_tokenizer, hotwords_max_tokens=12)
+    first = pb.encode(None, hotwords=phrases)
+    assert first.hotwords_dropped > 40
+    calls = []
+    real = hw_tokenizer.encode
+    monkeypatch.setattr(hw_tokenizer, "encode", lambda *a, **k: calls.append(1) or real(*a, **k))
+    again = pb.encode(None, hotwords=phrases)
+    assert again == first and len(calls) <= 2  # the rendered prompt's two sides only
+    other = pb.encode(None, hotwords=phrases[:3])  # another list is capped afresh
+    assert other.hotwords_dropped == len(phrases[:3]) - len(other.hotwords) and other.hotwords != first.hotwords
+
+
 def test_hotwords_template_needs_its_placeholder(hw_tokenizer):
     with pytest.raises(PromptError, match="hotwords"):
         PromptBuilder(hw_tokenizer, hotwords_template="Hotwords: ")
