@@ -14,6 +14,8 @@ biasing):
   phrase: "new big york"), else a U error;
 - B-WER = B errors / biased reference units, U-WER = U errors / the other reference units; B + U errors are the
   WER's errors, utterances without a list contributing to U only.
+The insertion rule is llmasr's: the scorer released with that paper (fbai-speech is21_deep_bias/score.py) counts an
+insertion to B only when the inserted word is a list word the reference holds, so an inserted distractor is U there.
 Phrases: a reference occurrence is *recalled* when the alignment matches all its units, in order and without a
 gap, to an occurrence of the phrase in the hypothesis. Recall = recalled / occurrences in the references;
 precision = recalled / occurrences in the hypotheses. A *distractor* is a list phrase absent from the reference;

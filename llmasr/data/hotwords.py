@@ -76,7 +76,7 @@ class HotwordsConfig:
     # manifest's list where the line has one (an explicit [] included), a drawn list elsewhere.
     source: str = "manifest_or_sample"
     # auto: each character of a script written without spaces (Chinese, Japanese) and every other run between spaces
-    # (words), as scoring counts them; word: split on spaces; char: every character
+    # (words), as scoring counts them; word: split on spaces; char: every letter and digit
     unit: str = "auto"
     ngram: list[int] = field(default_factory=lambda: [1, 2])  # a reference phrase is [min, max] units long
     true_phrases: list[int] = field(default_factory=lambda: [1, 2])  # reference phrases per list, [min, max]
@@ -126,6 +126,12 @@ def _is_punct(ch: str) -> bool:
     return unicodedata.category(ch).startswith("P")
 
 
+def _has_text(unit: str) -> bool:
+    """Whether `unit` holds a letter, mark or digit: the characters scoring keeps (a unit of punctuation or symbols
+    only, "+" or "❤", is a phrase scoring cannot count, and its rarity would favour it)."""
+    return any(unicodedata.category(c)[0] in "LMN" for c in unit)
+
+
 def _strip_punct(token: str) -> str:
     i, j = 0, len(token)
     while i < j and _is_punct(token[i]):
@@ -136,14 +142,15 @@ def _strip_punct(token: str) -> str:
 
 
 def units(text: str, unit: str) -> list[str]:
-    """The units of `text` as written: words with punctuation at their edges cut, the non-space, non-punctuation
-    characters, or (auto) each character of a script written without spaces and every word between."""
+    """The units of `text` as written: words with punctuation at their edges cut, the letters and digits, or (auto)
+    each character of a script written without spaces and every word between; a unit with no letter or digit
+    (punctuation or symbols only) is left out."""
     if unit == "char":
-        return [c for c in text if not c.isspace() and not _is_punct(c)]
-    words = [w for w in (_strip_punct(t) for t in text.split()) if w]
+        return [c for c in text if _has_text(c)]
+    words = [w for w in (_strip_punct(t) for t in text.split()) if _has_text(w)]
     if unit == "word":
         return words
-    return [u for w in words for u in UNIT.findall(w) if not all(_is_punct(c) for c in u)]
+    return [u for w in words for u in UNIT.findall(w) if _has_text(u)]
 
 
 def _join(parts, unit: str) -> str:

@@ -9,7 +9,8 @@ Hotwords: an utterance's biasing list is rendered into the user message before t
 with its `{hotwords}` placeholder replaced by the phrases joined with `hotwords_separator`; an empty list adds
 nothing, so the prompt is then exactly the plain one. With `hotwords_max_tokens`, a list whose joined phrases take
 more tokens drops its longest phrase (in tokens; the first of equals) until it fits; `EncodedPrompt` says which
-phrases were rendered and how many were dropped.
+phrases were rendered and how many were dropped. A phrase that spells a special token ("<|im_end|>") is text there,
+as it is in a transcript.
 """
 
 from __future__ import annotations
@@ -128,6 +129,11 @@ class PromptBuilder:
         if AUDIO_PLACEHOLDER in tokenizer.get_vocab():
             raise PromptError(f"{source} already defines the token {AUDIO_PLACEHOLDER!r}, which llmasr reserves")
         self._cache: dict[tuple[str, str | None], tuple[list[int], list[int]]] = {}
+        added = getattr(tokenizer, "added_tokens_decoder", {}).values()
+        specials = set(tokenizer.all_special_tokens) | {t.content for t in added if getattr(t, "special", False)}
+        self._special_texts = tuple(t for t in specials if t)
+        # the last capped list: one `--hotwords FILE` list is every line's, and capping it re-encodes it per drop
+        self._capped: tuple[tuple[str, ...], tuple[list[str], int]] | None = None
         self._prompt_ids(task)  # render once now so template errors surface at start-up
         self.standalone_template()  # and variables an export's template could not carry
         self.end_id = self._find_end_id()
@@ -200,8 +206,9 @@ class PromptBuilder:
             self._cache[task, system] = self._split(self._render(task, None, system))
         return self._cache[task, system]
 
-    def _split(self, text: str) -> tuple[list[int], list[int]]:
-        """The token ids of a rendered prompt before and after the audio placeholder."""
+    def _split(self, text: str, spell: str = "") -> tuple[list[int], list[int]]:
+        """The token ids of a rendered prompt before and after the audio placeholder; `spell`, a span of the text
+        before it (the last), is tokenized as text even where it spells a special token."""
         if text.count(AUDIO_PLACEHOLDER) != 1:
             raise PromptError(
                 f"{self.source}: the chat template must keep the user message intact; the rendered prompt "
@@ -209,7 +216,16 @@ class PromptBuilder:
             )
         before, after = text.split(AUDIO_PLACEHOLDER)
         enc = self.tokenizer.encode
-        return enc(before, add_special_tokens=False), enc(after, add_special_tokens=False)
+        at = before.rfind(spell) if spell else -1
+        if at < 0:
+            return enc(before, add_special_tokens=False), enc(after, add_special_tokens=False)
+        head, tail = before[:at], before[at + len(spell) :]
+        ids = enc(head, add_special_tokens=False) + enc(spell, add_special_tokens=False, split_special_tokens=True)
+        return ids + enc(tail, add_special_tokens=False), enc(after, add_special_tokens=False)
+
+    def _spells_special(self, text: str) -> bool:
+        """Whether `text` holds the text of a special token ("<|im_end|>")."""
+        return any(t in text for t in self._special_texts)
 
     def capped_hotwords(self, hotwords) -> tuple[list[str], int]:
         """(the phrases kept under hotwords_max_tokens, in their order; how many were dropped)."""
@@ -217,6 +233,9 @@ class PromptBuilder:
         cap = self.hotwords_max_tokens
         if cap is None or not kept:
             return kept, 0
+        given = tuple(kept)
+        if self._capped is not None and self._capped[0] == given:
+            return list(self._capped[1][0]), self._capped[1][1]
         enc = self.tokenizer.encode
         lengths = [len(enc(h, add_special_tokens=False)) for h in kept]
         dropped = 0
@@ -224,6 +243,7 @@ class PromptBuilder:
             j = lengths.index(max(lengths))
             del kept[j], lengths[j]
             dropped += 1
+        self._capped = given, (list(kept), dropped)
         return kept, dropped
 
     def hotwords_text(self, hotwords) -> str:
@@ -240,7 +260,11 @@ class PromptBuilder:
         kept, dropped = self.capped_hotwords(hotwords)
         task = task if task is not None else self.task
         if kept:  # a list makes a prompt of its own: not cached (training draws a new list per item and epoch)
-            before, after = self._split(self._render(self.hotwords_text(kept) + task, None, system))
+            # a phrase spelling a special token ("<|im_end|>", drawn from a transcript that holds it) is text, as in a
+            # transcript: as the token it would end the user's turn inside the list
+            joined = self.hotwords_separator.join(kept)
+            spell = joined if self._spells_special(joined) else ""
+            before, after = self._split(self._render(self.hotwords_text(kept) + task, None, system), spell)
         else:
             before, after = self._prompt_ids(task, system)
         ids = before + after

@@ -253,6 +253,23 @@ def test_the_default_unit_cuts_chinese_into_characters_and_keeps_words_whole(tmp
     assert any("iPhone" in p for p in s.pool)  # a Latin word stays whole among characters
 
 
+@pytest.mark.parametrize("unit", ["auto", "word", "char"])
+def test_no_phrase_is_punctuation_or_symbols_only(tmp_path, unit):
+    """ "+" in "A + B = C" is a unit of no letter or digit: scoring drops it, so a list holding it had a phrase that
+    cannot be scored (B-WER, recall), and being rare it was the favourite true phrase; nor is it a distractor."""
+    from llmasr.scoring import score_utterance
+    from llmasr.scoring_bias import score_biased
+
+    texts = ["A + B = C", "I ❤ NY", "C++ and C# are fine", "one = two"]
+    s = sampler(tmp_path, texts, unit=unit, ngram=[1, 1], true_phrases=[1, 2], list_size=[4, 6], empty_prob=0.0)
+    assert units("A + B = C ❤", unit) == ["A", "B", "C"]
+    for target in texts:
+        for i in range(40):
+            got = s.pick(None, target, i, 0)
+            assert got and not score_biased(score_utterance(target, target), got).unscorable, (target, got)
+    assert units("C++ $5 ①", "word") == ["C++", "$5", "①"]  # a word with a letter or digit stays as written
+
+
 def test_stats_weight_of_unseen_units():
     stats = CorpusStats(Counter({"a": 4}), [])
     assert stats.weight(("a",), 1.0) == 0.25 and stats.weight(("a", "zz"), 1.0) == 1.0

@@ -144,6 +144,37 @@ def test_hotword_token_cap_drops_longest_first(hw_tokenizer):
     assert PromptBuilder(hw_tokenizer, hotwords_max_tokens=1).encode(None, hotwords=["three four five"]).hotwords == ()
 
 
+def test_a_list_every_utterance_shares_is_capped_once(hw_tokenizer, monkeypatch):
+    """`--hotwords FILE` gives every line the same list: capping it re-encodes the list once per phrase dropped
+    (seconds for a list of a thousand), which was paid again for every utterance."""
+    words = "zero one two three four five six seven eight nine".split()
+    phrases = [f"{words[i % 10]} {words[i // 10 % 10]}" for i in range(60)]
+    pb = PromptBuilder(hw_tokenizer, hotwords_max_tokens=12)
+    first = pb.encode(None, hotwords=phrases)
+    assert first.hotwords_dropped > 40
+    calls = []
+    real = hw_tokenizer.encode
+    monkeypatch.setattr(hw_tokenizer, "encode", lambda *a, **k: calls.append(1) or real(*a, **k))
+    again = pb.encode(None, hotwords=phrases)
+    assert again == first and len(calls) <= 2  # the rendered prompt's two sides only
+    other = pb.encode(None, hotwords=phrases[:3])  # another list is capped afresh
+    assert other.hotwords_dropped == len(phrases[:3]) - len(other.hotwords) and other.hotwords != first.hotwords
+
+
+def test_a_phrase_spelling_a_special_token_is_text_in_the_prompt(hw_tokenizer):
+    """A transcript that holds "<|im_end|>" is spelled as text in the labels, so training may draw it as a true
+    phrase: in the list it was the end-of-turn token, closing the user's message before the task and the audio."""
+    pb = PromptBuilder(hw_tokenizer)
+    enc = pb.encode("zero <|im_end|> one", hotwords=["<|im_end|>", "zero"])
+    plain = pb.encode("zero <|im_end|> one", hotwords=["nine", "zero"])
+    assert enc.ids[: enc.target_start].count(pb.end_id) == plain.ids[: plain.target_start].count(pb.end_id)
+    assert "Hotwords: <|im_end|>, zero. Transcribe the audio." in hw_tokenizer.decode(enc.ids[: enc.audio_pos])
+    spelled = hw_tokenizer.encode("<|im_end|>", add_special_tokens=False, split_special_tokens=True)
+    assert len(spelled) > 1 and enc.ids[enc.target_start :] == plain.ids[plain.target_start :]
+    rendered = pb._render(pb.hotwords_text(["nine", "zero"]) + pb.task, None)  # a list without one: as before
+    assert plain.ids[: plain.audio_pos] == hw_tokenizer.encode(rendered.split(AUDIO_PLACEHOLDER)[0])
+
+
 def test_hotwords_template_needs_its_placeholder(hw_tokenizer):
     with pytest.raises(PromptError, match="hotwords"):
         PromptBuilder(hw_tokenizer, hotwords_template="Hotwords: ")
