@@ -57,7 +57,11 @@ def phrase_trie(phrases, tokenizer, edges: tuple[frozenset[int], frozenset[int]]
         text = str(phrase).strip()
         if not text:
             continue
-        for spelling in {tuple(tokenizer.encode(t, add_special_tokens=False)) for t in (text, " " + text)}:
+        # special-token text in a phrase is text, as in the prompt's list: "<|im_end|>" boosting the end would cut
+        spellings = {
+            tuple(tokenizer.encode(t, add_special_tokens=False, split_special_tokens=True)) for t in (text, " " + text)
+        }
+        for spelling in spellings:
             node = root
             for token in spelling:
                 node = node.children.setdefault(token, _Node(node.path + (token,)))

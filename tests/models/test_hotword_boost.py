@@ -349,3 +349,12 @@ def test_an_end_the_cap_forces_inside_a_phrase_gives_its_bonus_back(model):
     with torch.no_grad(), ScriptedLLM(model, _late_phrase_script(tok, end, 4.0)):
         out = model.transcribe(batch, cfg)
     assert out.llm in (["dog"], ["ease"]) and out.truncated == [None]
+
+
+def test_a_phrase_spelling_a_special_token_boosts_its_text_not_the_token(model):
+    """A listed phrase that spells "<|im_end|>" is text, as the prompt's list renders it: its trie holds the text's
+    tokens, and the boost never favours the end token (it had been that token, so a hypothesis ended early)."""
+    tok, end = model.prompt.tokenizer, model.prompt.end_id
+    boost = HotwordBoost([["<|im_end|>"]], tok, 2.0, end, 1)
+    assert boost.tokens(0).tolist() and end not in boost.tokens(0).tolist()
+    assert _gains(boost, [], len(tok))[end] == 0.0
