@@ -43,7 +43,7 @@ SPEECH_TAGS = re.compile(r"<\|startofspeech\|>(.*?)<\|endofspeech\|>", re.S)  # 
 ROLES = ("system", "user", "assistant")
 
 
-DURATION_SLACK_S, DURATION_SLACK_FRACTION = 0.1, 0.01  # a stated duration off by more than either is wrong
+DURATION_SLACK_S, DURATION_SLACK_FRACTION = 0.1, 0.01  # a stated duration off by more than both is wrong
 
 
 def durations_disagree(stated: float, actual: float) -> bool:
