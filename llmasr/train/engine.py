@@ -236,18 +236,32 @@ class TrainEngine:
 
     # -- one micro batch ------------------------------------------------------------------------------------------
     def micro_step(
-        self, batch: Batch, *, token_normalizer, utt_normalizer, boundary: bool, zero_loss: bool = False, counter=None
+        self,
+        batch: Batch,
+        *,
+        token_normalizer,
+        utt_normalizer,
+        boundary: bool,
+        zero_loss: bool = False,
+        counter=None,
+        skip_update: bool = False,
     ):
         """Forward, backward and engine.step() for one micro batch; the optimizer updates when `boundary`.
 
         `zero_loss` (an all-bad batch's stand-in) still runs the full forward and backward, so every rank calls
-        every collective, but contributes nothing to the gradient. A `counter` (llmasr.train.flops.FlopCounter)
-        counts the forward's FLOPs; the backward's activation-checkpoint recomputation stays outside it."""
+        every collective, but contributes nothing to the gradient. `skip_update` (with `boundary`, on every rank
+        alike: a window of stand-ins only) skips the update as a non-finite gradient is skipped: counted in
+        skipped_steps, the lr schedules held, the weights and the optimizer's moments untouched (a zero gradient
+        stepped would still move them by Adam's momentum and weight decay); under fp16 the loss scale then halves,
+        as on any overflow. A `counter` (llmasr.train.flops.FlopCounter) counts the forward's FLOPs; the backward's
+        activation-checkpoint recomputation stays outside it."""
         self.engine.set_gradient_accumulation_boundary(bool(boundary))
         batch = self.to_device(batch)
         with counter.measure(batch) if counter is not None else nullcontext():
             out = self.engine(batch, token_normalizer=token_normalizer, utt_normalizer=utt_normalizer)
         loss = out.loss * 0.0 if zero_loss else out.loss
+        if skip_update and boundary:  # DeepSpeed's optimizers skip a non-finite gradient, resetting what they hold
+            loss = loss * float("nan")
         self.engine.backward(loss, scale_wrt_gas=False)
         skip = False
         if boundary and self._plain_grads:

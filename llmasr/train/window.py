@@ -35,6 +35,7 @@ def run_window(engine, window: list[Batch], world_size: int, counter: FlopCounte
             boundary=i == len(window) - 1,
             zero_loss=empty,
             counter=None if empty else counter,  # a stand-in batch is no work done on data
+            skip_update=n_utt == 0,  # stand-ins only, on every rank (the sum is all ranks'): nothing to learn
         )
         if empty:
             continue

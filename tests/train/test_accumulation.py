@@ -134,6 +134,39 @@ def test_empty_batch_runs_but_contributes_nothing(tiny_llm_dir, full_batch):
     assert stats["n_utts"] == 0 and all(math.isnan(stats[k]) for k in ("loss", "llm_loss", "acc"))
 
 
+@pytest.mark.parametrize("preset", ["zero0", "zero1", "zero2", "zero3", "zero2_offload", "zero3_offload"])
+def test_a_window_of_stand_ins_only_leaves_the_weights_and_the_schedule(tiny_llm_dir, full_batch, preset):
+    """After a real update, a window with no utterance on any rank is skipped as an overflow is: the weights and
+    Adam's moments stay (a zero gradient stepped had moved every weight by the moments of the update before), the
+    update is counted in skipped_steps and the lr schedule holds; the next real update runs as it would have."""
+    from llmasr.train.trainer import run_window
+
+    branches = {b: {"lr": 1e-3} for b in ("encoder", "adaptor", "ctc", "llm")}
+    scheduler = {"type": "warmup_linear", "warmup_steps": 4}
+    optim = from_dict(OptimConfig, {"weight_decay": 0.01, "scheduler": scheduler, "branches": branches})
+    te = make_engine(build_model(tiny_llm_dir), preset, grad_accum=2, optim=optim)
+    stand_in = dataclasses.replace(rows(full_batch, 2, 4), empty=True)
+    run_window(te, [rows(full_batch, 0, 2), rows(full_batch, 2, 4)], world_size=1)
+    before = _weights(te)
+    lrs = te.lrs()
+    stats = run_window(te, [stand_in, stand_in], world_size=1)
+    assert stats["n_utts"] == 0 and te.global_steps == 2 and te.skipped_steps == 1
+    assert max_diff(_weights(te), before) == 0.0
+    assert te.lrs() == lrs and te.scheduler.last_update == 1
+    run_window(te, [rows(full_batch, 0, 2), rows(full_batch, 2, 4)], world_size=1)  # the next update is a real one
+    after = _weights(te)
+    assert te.skipped_steps == 1 and te.scheduler.last_update == 2
+    assert all(torch.isfinite(w).all() for w in after.values()) and max_diff(after, before) > 0
+
+
+def _weights(te) -> dict:
+    """Every trainable weight in full (ZeRO-3 holds a partition of it on each rank: its fp32 master is gathered)."""
+    from deepspeed.utils import safe_get_full_fp32_param
+
+    named = [(n, p) for n, p in te.module.named_parameters() if p.requires_grad]
+    return {n: (safe_get_full_fp32_param(p) if hasattr(p, "ds_id") else p).detach().clone().float() for n, p in named}
+
+
 def test_overflow_skipped_update_does_not_advance_the_schedule(tiny_llm_dir, full_batch):
     """DeepSpeed skips the lr scheduler on an fp16-overflow step (fp16 does not run on this CPU, so the optimizer's
     overflow flag is set by hand, the way DeepSpeed's fp16 optimizers report it)."""
