@@ -29,7 +29,7 @@ from llmasr.data.frontend import FrontendConfig
 from llmasr.data.loader import evenly_spaced, longest_kept, make_sampler
 from llmasr.data.manifest import BadRecord, Manifest, MixedManifest
 from llmasr.data.records import wrong_duration
-from llmasr.data.screen import spelling_check, static_visits
+from llmasr.data.screen import spelling_check, static_visits, target_length
 from llmasr.data.speech_check import SpeechFindings
 
 DURATION_TOLERANCE_S = 0.1  # a segment end past the header's duration before a line is noted
@@ -98,8 +98,7 @@ def _parse_line(m, i: int, spell=None):
         return None, 0, {**where, "reason": "empty target"}
     if spell is not None and (why := spell(utt.target)) is not None:
         return None, 0, {**where, "reason": why}
-    tlen = int(utt.target_len) if getattr(utt, "target_len", None) is not None else len(utt.target)
-    return utt, tlen, None
+    return utt, target_length(utt), None
 
 
 def _probe_line(utt, probe: bool, cap: float | None = None) -> tuple[float, dict | None, dict | None]:
