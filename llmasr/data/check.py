@@ -12,6 +12,7 @@ subset.
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import math
 from collections import Counter
@@ -28,10 +29,11 @@ from llmasr.data.frontend import FrontendConfig
 from llmasr.data.loader import evenly_spaced, longest_kept, make_sampler
 from llmasr.data.manifest import BadRecord, Manifest, MixedManifest
 from llmasr.data.records import wrong_duration
-from llmasr.data.screen import spelling_check, static_visits
+from llmasr.data.screen import spelling_check, static_visits, target_length
 from llmasr.data.speech_check import SpeechFindings
 
 DURATION_TOLERANCE_S = 0.1  # a segment end past the header's duration before a line is noted
+CHUNK_LINES = 8192  # lines parsed and probed together
 
 
 @dataclass
@@ -96,8 +98,7 @@ def _parse_line(m, i: int, spell=None):
         return None, 0, {**where, "reason": "empty target"}
     if spell is not None and (why := spell(utt.target)) is not None:
         return None, 0, {**where, "reason": why}
-    tlen = int(utt.target_len) if getattr(utt, "target_len", None) is not None else len(utt.target)
-    return utt, tlen, None
+    return utt, target_length(utt), None
 
 
 def _probe_line(utt, probe: bool, cap: float | None = None) -> tuple[float, dict | None, dict | None]:
@@ -139,12 +140,15 @@ def _too_short(utt, seconds: float, fx: FeatureExtractor) -> dict | None:
     return {**where, "reason": reason + f"{fx.min_samples})"}
 
 
-def _note_key(report: DataReport, first_seen: dict[str, str], utt, path: str, line: int) -> None:
-    """A key already seen is noted: training does not mind, but decoding's hyp.txt and ref.txt are keyed."""
-    here = f"{path}:{line}"
+def _note_key(report: DataReport, first_seen: dict[str, int], utt, here: int, spot) -> None:
+    """A key already seen is noted: training does not mind, but decoding's hyp.txt and ref.txt are keyed. `here`:
+    the line's position among the lines checked; `spot(position)`: its (manifest, line)."""
     first = first_seen.setdefault(str(utt.key), here)
-    if first != here:
-        report.repeated_keys.append({"manifest": path, "line": line, "key": utt.key, "first": first})
+    if first != here and spot(first) != spot(here):  # a manifest listed twice is not its own repeat
+        path, line = spot(here)
+        report.repeated_keys.append(
+            {"manifest": path, "line": line, "key": utt.key, "first": "{}:{}".format(*spot(first))}
+        )
 
 
 def check_data(
@@ -169,45 +173,58 @@ def check_data(
     report = DataReport(
         manifests=paths, world_size=world_size, max_bad_fraction=data_cfg.max_bad_fraction, for_decoding=not need_target
     )
-    durations, tlens, spots = [], [], []  # spots: (manifest, line) of every duration
-    first_seen: dict[str, str] = {}  # key -> "manifest:line" of its first line, across all manifests
+    durations, tlens, starts = [], [], [0]  # per manifest opened; starts: its first line's position
+    spots: list[tuple[str, Manifest]] = []
+
+    def spot(position: int) -> tuple[str, int]:
+        """(manifest, line) of the line at `position` among those checked."""
+        k = bisect.bisect_right(starts, position) - 1
+        return spots[k][0], spots[k][1].lineno(position - starts[k])
+
+    first_seen: dict[str, int] = {}  # key -> position of its first line, across all manifests
     fx = FeatureExtractor(dataclasses.replace(frontend, cmvn_file=None))  # counts frames only
     spell = spelling_check(ctc_labels) if ctc_labels is not None else None
     cap = longest_kept(data_cfg.batching, frontend) if data_cfg.batching.truncate_to_max and need_target else None
-    for path, weight in zip(paths, weights):
-        try:
-            m = Manifest.open(path, need_target=need_target)  # False: manifests for decoding
-        except (OSError, ValueError) as err:
-            report.errors.append(f"{path}: cannot open manifest: {err}")
-            continue
-        n = len(m)
-        opened.append((m, weight))
-        known = np.asarray(m.durations(), dtype=np.float64)  # training's: the manifest's, where it gives one
-        report.lines_per_manifest[path] = report.lines_per_manifest.get(path, 0) + n  # listed twice: counted twice
-        report.num_lines += n
-        parsed = [_parse_line(m, i, spell) for i in range(n)]  # the manifest reader is not shared across threads
-        good = [utt for utt, _, _ in parsed if utt is not None]
-        with ThreadPoolExecutor(max(1, threads)) as pool:  # header probes are I/O bound
-            probed = iter(list(pool.map(lambda u: _probe_line(u, probe, cap), good, chunksize=32)))
-        for i, (utt, tl, bad) in enumerate(parsed):
-            dur, note = math.nan, None
-            if utt is not None:
-                _note_key(report, first_seen, utt, path, m.lineno(i))
-                dur, bad, note = next(probed)
-                if bad is None and (bad := _too_short(utt, dur, fx)) is not None:
-                    dur = math.nan
-                elif bad is None:
-                    report.unprobed += int(math.isnan(dur))
-                    dur = known[i] if not math.isnan(known[i]) else dur  # what training budgets
-            durations.append(dur)
-            spots.append((path, m.lineno(i)))
-            tlens.append(tl)
-            if bad is not None:
-                report.bad.append(bad)
-                report.bad_index.append(len(durations) - 1)
-            if note is not None:
-                report.duration_mismatches.append(note)
-    report.durations = np.asarray(durations, dtype=np.float64)
+    with ThreadPoolExecutor(max(1, threads)) as pool:  # header probes are I/O bound
+        for path, weight in zip(paths, weights):
+            try:
+                m = Manifest.open(path, need_target=need_target)  # False: manifests for decoding
+            except (OSError, ValueError) as err:
+                report.errors.append(f"{path}: cannot open manifest: {err}")
+                continue
+            n = len(m)
+            opened.append((m, weight))
+            spots.append((path, m))
+            known = np.asarray(m.durations(), dtype=np.float64)  # training's: the manifest's, where it gives one
+            report.lines_per_manifest[path] = report.lines_per_manifest.get(path, 0) + n  # listed twice: counted twice
+            report.num_lines += n
+            dur_of, tl_of = np.full(n, math.nan), np.zeros(n, dtype=np.int64)
+            for lo in range(0, n, CHUNK_LINES):  # a chunk's lines at a time: memory does not grow with the manifest
+                parsed = [
+                    _parse_line(m, i, spell) for i in range(lo, min(n, lo + CHUNK_LINES))
+                ]  # here: not across threads
+                good = [utt for utt, _, _ in parsed if utt is not None]
+                probed = pool.map(lambda u: _probe_line(u, probe, cap), good, chunksize=32)
+                for i, (utt, tl, bad) in enumerate(parsed, start=lo):
+                    dur, note = math.nan, None
+                    if utt is not None:
+                        _note_key(report, first_seen, utt, starts[-1] + i, spot)
+                        dur, bad, note = next(probed)
+                        if bad is None and (bad := _too_short(utt, dur, fx)) is not None:
+                            dur = math.nan
+                        elif bad is None:
+                            report.unprobed += int(math.isnan(dur))
+                            dur = known[i] if not math.isnan(known[i]) else dur  # what training budgets
+                    dur_of[i], tl_of[i] = dur, tl
+                    if bad is not None:
+                        report.bad.append(bad)
+                        report.bad_index.append(starts[-1] + i)
+                    if note is not None:
+                        report.duration_mismatches.append(note)
+            durations.append(dur_of)
+            tlens.append(tl_of)
+            starts.append(starts[-1] + n)
+    report.durations = np.concatenate(durations) if durations else np.zeros(0)
     report.bad_by_reason = dict(Counter(reason_category(str(b["reason"])) for b in report.bad).most_common())
     b = data_cfg.batching
     report.budget = (
@@ -226,19 +243,19 @@ def check_data(
             report.counted_items = "visits of the weighted mix's first epoch"
         if items is not None:  # as training's start-up check counts them (llmasr.data.screen)
             report.counted = (int(static_visits(report.bad_index, items).sum()), len(items))
-        _preview_batching(report, data_cfg, frontend, np.asarray(tlens, dtype=np.int64), spots, plan)
+        _preview_batching(report, data_cfg, frontend, np.concatenate(tlens), spot, plan)
     return report
 
 
-def _preview_batching(report: DataReport, data_cfg, frontend, tlens, spots: list, plan: dict) -> None:
+def _preview_batching(report: DataReport, data_cfg, frontend, tlens, spot, plan: dict) -> None:
     """The recipe's batching over the report's durations (`plan`: make_sampler's train, rank, world size and the
-    indices it draws): stats, and the lines max_duration skips."""
+    indices it draws): stats, and the lines max_duration skips (`spot(position)`: a line's manifest and line)."""
     sampler = make_sampler(data_cfg, report.durations, tlens, frontend, **plan)
     report.batching = sampler.stats(0)
     report.batching["filtered"].pop("unknown_duration", None)  # those are the bad lines, reported above
     report.max_duration = float(sampler.max_duration)
     report.too_long = [
-        {"manifest": spots[i][0], "line": spots[i][1], "duration": float(report.durations[i])}
+        {"manifest": spot(i)[0], "line": spot(i)[1], "duration": float(report.durations[i])}
         for i in sampler.skipped_indices("too_long").tolist()
     ]
 

@@ -64,24 +64,6 @@ def open_manifests(specs: Sequence[ManifestSpec | str], *, mix: bool, fill: bool
     return MixedManifest(opened, weights), bad
 
 
-def target_lengths(manifest) -> np.ndarray:
-    """Per-item target_len from the manifest, else the transcript's character count (an upper bound on LLM tokens
-    for most tokenizers); 0 for lines that do not parse (the dataset reports those)."""
-    from llmasr.data.manifest import BadRecord
-
-    fast = getattr(manifest, "target_lens", None)
-    if callable(fast):
-        return np.asarray(fast(), dtype=np.int64)
-    out = np.zeros(len(manifest), dtype=np.int64)
-    for i in range(len(manifest)):
-        try:
-            utt = manifest[i]
-            out[i] = int(utt.target_len) if utt.target_len is not None else len(str(utt.target))
-        except BadRecord:
-            pass
-    return out
-
-
 def evenly_spaced(n: int, k: int | None) -> np.ndarray | None:
     if k is None or k >= n:
         return None
@@ -268,12 +250,14 @@ def build_dataloader(
     if train and hasattr(manifest, "epoch_indices"):
         seed = data_cfg.seed
         epoch_indices = lambda e: manifest.epoch_indices(e, seed)  # noqa: E731
+    b = data_cfg.batching
+    # read in the screen's pass over the lines
+    tl = np.zeros(n, dtype=np.int64) if (b.max_target_len is not None or b.max_target_tokens is not None) else None
     tracker, static = start_tracker(manifest, data_cfg, name=name, indices=indices, rank=rank, world_size=world_size,
                                     ctc_labels=dataset.ctc_labels if ctc_tokenizer is not None else None,
-                                    epoch_items=epoch_indices(epoch) if epoch_indices else None)  # fmt: skip
+                                    epoch_items=epoch_indices(epoch) if epoch_indices else None,
+                                    target_lens=tl)  # fmt: skip
     durations = np.asarray(manifest.durations(), dtype=np.float64)
-    b = data_cfg.batching
-    tl = target_lengths(manifest) if (b.max_target_len is not None or b.max_target_tokens is not None) else None
     skip = np.asarray([b.index for b in static], dtype=np.int64)
     sampler = make_sampler(
         data_cfg, durations, tl, frontend, train=train, rank=rank, world_size=world_size, indices=indices,

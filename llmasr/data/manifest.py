@@ -9,6 +9,7 @@ unknown); records are parsed on access. It pickles without its file handle, so D
 from __future__ import annotations
 
 import array
+import fcntl
 import functools
 import gzip
 import hashlib
@@ -129,6 +130,20 @@ def _decompressed(path: Path) -> Path:
     if out.is_file():
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
+    # The ranks of a run open it at once: one decompresses, the others wait for its copy (each had written its own)
+    lock_path = out.with_name(f".{out.name}.lock")
+    with open(lock_path, "ab") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        except OSError:  # a file system without locks: each writes its own copy, the last one stays
+            pass
+        try:
+            return out if out.is_file() else _decompress(path, out)
+        finally:  # one that comes later finds the copy before it looks for the lock
+            lock_path.unlink(missing_ok=True)
+
+
+def _decompress(path: Path, out: Path) -> Path:
     fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=".tmp-")
     try:
         with os.fdopen(fd, "wb") as dst, gzip.open(path, "rb") as src:

@@ -40,10 +40,19 @@ def where(manifest, index: int) -> tuple[str, int]:
     return manifest.path, manifest.lineno(index)
 
 
-def screen(manifest, ctc_labels: Callable[[str], object] | None = None) -> tuple[list[BadItem], float]:
+def target_length(utt) -> int:
+    """An utterance's target length for batching: its target_len, else its transcript's characters (an upper bound
+    on LLM tokens for most tokenizers)."""
+    return int(utt.target_len) if utt.target_len is not None else len(str(utt.target))
+
+
+def screen(
+    manifest, ctc_labels: Callable[[str], object] | None = None, target_lens: np.ndarray | None = None
+) -> tuple[list[BadItem], float]:
     """Every line found unusable without loading audio (see the module docstring), sorted by index, and the seconds
     the screen took. `ctc_labels`: the dataset's CTC rule (a transcript -> ids, or why there are none). Fills
-    unknown durations from the audio headers as a side effect, like fill_durations."""
+    unknown durations from the audio headers as a side effect, like fill_durations, and `target_lens` (int64, one a
+    line), when given, with each line's target_length (0 where it does not parse), in the same pass."""
     t0 = time.perf_counter()
     bad: list[BadItem] = []
     spell = spelling_check(ctc_labels) if ctc_labels is not None else None
@@ -53,6 +62,8 @@ def screen(manifest, ctc_labels: Callable[[str], object] | None = None) -> tuple
         except BadRecord as rec:
             bad.append(BadItem.from_record(rec, i))
             continue
+        if target_lens is not None:
+            target_lens[i] = target_length(utt)
         gone = missing_audio(utt.source)  # a stat a line, known durations too: a missing file named now, not hours in
         why = f"audio {gone.path}: {gone.reason}" if gone is not None else None
         if why is None and spell is not None and isinstance(utt.target, str) and utt.target.strip():
@@ -116,12 +127,12 @@ def static_visits(lines, epoch_items: np.ndarray | None) -> np.ndarray | None:
 
 
 def start_tracker(manifest, data_cfg, *, name: str, indices, rank: int, world_size: int, ctc_labels=None,
-                  epoch_items=None):  # fmt: skip
+                  epoch_items=None, target_lens=None):  # fmt: skip
     """Screen `manifest` and refuse at start when its known-bad lines pass data.max_bad_fraction; returns (this
     rank's BadDataTracker, every line known bad). `indices`: a validation subset, which counts only its own;
     `ctc_labels`: the dataset's CTC rule, when the model has a CTC head; `epoch_items`: a weighted mix's visits of
-    the first epoch, which the start-up check counts per visit, as training does."""
-    static, took = screen(manifest, ctc_labels)
+    the first epoch, which the start-up check counts per visit, as training does; `target_lens`: screen's."""
+    static, took = screen(manifest, ctc_labels, target_lens)
     counted, total = static, len(manifest)
     if indices is not None:
         chosen = set(np.asarray(indices).tolist())

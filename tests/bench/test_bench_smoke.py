@@ -124,6 +124,24 @@ def test_data_pipeline_output_parsed_into_json():
         run_all.data_pipeline_json("nothing here", [])
 
 
+def test_manifest_scale_reports_every_stage_and_the_workers_memory():
+    import manifest_scale
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        manifest_scale.main(["--lines", "300", "--format", "cuts", "--workers", "1", "--batches", "40"])
+    text = out.getvalue()
+    for stage in (
+        "Manifest.open",
+        "screen",
+        "build_dataloader",
+        "epoch plan, world size 8",
+        "epoch plan, world size 64",
+    ):
+        assert f"| {stage}" in text
+    assert "| 40 | " in text and "worker 0 USS / PSS" in text
+
+
 def test_reproduce_command_drops_the_json_path():
     import train_step
 

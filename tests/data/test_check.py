@@ -170,6 +170,37 @@ def test_repeated_keys_are_named_with_their_first_line(tmp_path):
     assert "keys that repeat" not in format_report(check_data([a], data_cfg(), FrontendConfig()))
 
 
+def test_lines_are_held_a_chunk_at_a_time(tmp_path, monkeypatch):
+    """A manifest of millions of lines is checked in chunks: the parsed lines of one chunk are alive at a time (all
+    of them were: gigabytes at a million lines), and the report is the same."""
+    import weakref
+
+    import llmasr.data.check as check
+
+    path = good_corpus(tmp_path, 30)
+    whole = check_data([path, path], data_cfg(), FrontendConfig())
+    alive, most = [], [0]
+    parse, probe = check._parse_line, check._probe_line
+
+    def parse_line(m, i, spell=None):
+        out = parse(m, i, spell)
+        alive.append(weakref.ref(out[0]))
+        return out
+
+    def probe_line(utt, *args):
+        most[0] = max(most[0], sum(r() is not None for r in alive))
+        return probe(utt, *args)
+
+    monkeypatch.setattr(check, "CHUNK_LINES", 4, raising=False)
+    monkeypatch.setattr(check, "_parse_line", parse_line)
+    monkeypatch.setattr(check, "_probe_line", probe_line)
+    chunked = check_data([path, path], data_cfg(), FrontendConfig(), threads=1)
+    assert len(alive) == 60 and most[0] <= 4 + 1  # a chunk, and the line in hand of the one before
+    assert chunked.num_lines == 60 and chunked.repeated_keys == [] == whole.repeated_keys  # listed twice: no repeat
+    np.testing.assert_array_equal(chunked.durations, whole.durations)
+    assert chunked.batching == whole.batching and chunked.ok
+
+
 def test_transcripts_a_ctc_vocabulary_cannot_spell_are_bad_lines(tmp_path, capsys):
     """With a recipe whose CTC head spells a token list, a transcript holding a character outside it is a bad line,
     as training's start-up screen finds it."""

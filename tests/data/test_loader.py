@@ -687,3 +687,23 @@ def test_a_transcript_past_the_llms_context_is_counted_not_batched(tmp_path, tin
     assert "past the LLM's context of 2048" in bad[0]["reason"]
     assert loader.bad_data.by_reason == {"transcript past the LLM's context": 1}
     assert side.prompt.max_tokens == 2048  # the tiny LLM's max_position_embeddings
+
+
+def test_target_lengths_come_from_the_screens_pass_over_the_lines(tmp_path, monkeypatch):
+    """With max_target_len set, each line's target length is read in the start-up screen's pass: every line was
+    parsed a second time for it (a minute at start-up of every rank on a few million lines)."""
+    import llmasr.data.manifest as manifest_module
+
+    path = good_corpus(tmp_path, 20)
+    lines = path.read_text().splitlines()
+    long = json.loads(lines[0]) | {"key": "wordy", "target": "hello " * 20}  # 120 characters
+    write_manifest(
+        path, [*lines, json.dumps(long), json.dumps(json.loads(lines[1]) | {"key": "told", "target_len": 99})]
+    )
+    parsed = []
+    parse = manifest_module.parse_line
+    monkeypatch.setattr(manifest_module, "parse_line", lambda rec, **kw: parsed.append(kw["line"]) or parse(rec, **kw))
+    _, sampler = build(cfg(batching={"max_target_len": 50}), [str(path)])
+    assert sampler.skipped_indices("target_too_long").tolist() == [20, 21]  # characters, else target_len
+    assert sampler.target_lens[21] == 99 and sampler.target_lens[0] == len(json.loads(lines[0])["target"])
+    assert len(parsed) <= 22 + 1  # the screen's pass, and the line the collator falls back to

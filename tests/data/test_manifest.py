@@ -7,6 +7,7 @@ import gzip
 import json
 import multiprocessing as mp
 import pickle
+import time
 
 import numpy as np
 import pytest
@@ -799,3 +800,39 @@ def test_kaldi_wav_scp_entries_kaldi_would_not_read_as_a_file(tmp_path):
     reasons = [str(p) for p in counts["problems"]]
     assert reasons[0].startswith(f"{tmp_path / 'wav.scp'}:2: unsupported: u2: ") and "offsets" in reasons[0]
     assert reasons[1].startswith(f"{tmp_path / 'wav.scp'}:3: unsupported: u3: ") and "ends with '|'" in reasons[1]
+
+
+def test_ranks_opening_a_gzip_manifest_at_once_decompress_it_once(tmp_path, monkeypatch):
+    """The ranks of a node open a cuts.jsonl.gz together: one writes the decompressed copy, the others wait for it
+    and read it (each wrote a copy of its own: a node's ranks times the manifest, on the disk of the cache)."""
+    import threading
+
+    import llmasr.data.manifest as manifest_module
+
+    with gzip.open(tmp_path / "m.jsonl.gz", "wt") as f:
+        f.writelines(json.dumps({"key": f"u{i}", "source": "a.wav", "target": "x", "duration": 1.0}) + "\n"
+                     for i in range(200))  # fmt: skip
+    ranks, opened = 4, []
+    together = threading.Barrier(ranks)
+    real_open = manifest_module.gzip.open
+
+    def slow_open(*args, **kw):  # every rank gets to the cache before the first copy is in place
+        opened.append(args[0])
+        time.sleep(0.3)
+        return real_open(*args, **kw)
+
+    monkeypatch.setattr(manifest_module.gzip, "open", slow_open)
+    lengths = []
+
+    def rank():
+        together.wait()
+        lengths.append(len(Manifest.open(tmp_path / "m.jsonl.gz")))
+
+    threads = [threading.Thread(target=rank) for _ in range(ranks)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert lengths == [200] * ranks and len(opened) == 1
+    left = sorted(p.name for p in (tmp_path / "cache" / "manifests").iterdir())
+    assert len([n for n in left if not n.startswith(".")]) == 1 and not [n for n in left if n.startswith(".tmp-")]
