@@ -394,6 +394,32 @@ def test_vad_speed_quick_times_every_part(tmp_path, capsys):
     assert "x real time" in capsys.readouterr().out
 
 
+def test_vad_speed_times_funasr_on_the_one_thread_llmasr_runs_on(tmp_path, monkeypatch):
+    """FunASR's AutoModel sets torch's threads to its `ncpu` (default 4) as it builds the model
+    (funasr/auto/auto_model.py); a stand-in doing the same records the threads its generate ran on."""
+    import importlib.machinery
+    import types
+
+    import vad_speed
+
+    seen = []
+
+    class AutoModel:
+        def __init__(self, **kwargs):
+            torch.set_num_threads(kwargs.get("ncpu", 4))
+
+        def generate(self, input):
+            seen.append(torch.get_num_threads())
+            return [{"value": []}]
+
+    funasr = types.ModuleType("funasr")
+    funasr.AutoModel, funasr.__spec__ = AutoModel, importlib.machinery.ModuleSpec("funasr", None)
+    monkeypatch.setitem(sys.modules, "funasr", funasr)
+    out = tmp_path / "vad.json"
+    assert vad_speed.main(["--quick", "--json-out", str(out)]) == 0
+    assert seen == [1, 1] and json.loads(out.read_text())["funasr"]["threads"] == 1
+
+
 def test_vad_gate_plan_quick_makes_one_plan_every_way(tmp_path, capsys):
     import vad_gate_plan
 
