@@ -2,8 +2,8 @@
 # The GPU suite (bench/gpu_suite.py): real-shape training under ZeRO-2 and ZeRO-3 in bf16, fp16 once, decoding RTF,
 # device features, and the liger fused-kernel variant when it imports; results under $OUT (summary.md,
 # summary.json, logs.txt). On the lent GPU machine, from the project root, after `bash ../shared/gpu/make-carry.sh`
-# here (its .gpudeps/ travels with the tree):
-#   bash bench/gpu_suite.sh
+# here (its .gpudeps/ travels with the tree; the copy there may lack .git, so name the commit sent):
+#   LLMASR_BENCH_COMMIT=<git rev-parse --short HEAD here> bash bench/gpu_suite.sh
 # CPU smoke run (tiny shapes, 3 updates a run): LLMASR_GPU_SUITE_SMOKE=1 bash bench/gpu_suite.sh --out DIR
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -292,6 +292,42 @@ def test_ctc_tiktoken_times_both_merges_on_the_same_ids(tmp_path, capsys):
     assert "Reproduce: `python bench/ctc_tiktoken.py --lengths 20 90 --texts 2`" in capsys.readouterr().out
 
 
+def test_a_run_names_the_commit_it_measured(tmp_path, capsys):
+    import ctc_tiktoken
+
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=BENCH, capture_output=True, text=True)
+    assert ctc_tiktoken.main(["--lengths", "20", "--texts", "1", "--json-out", str(tmp_path / "t.json")]) == 0
+    commit = json.loads((tmp_path / "t.json").read_text())["commit"]
+    assert commit.removesuffix("+dirty") == head.stdout.strip()
+    assert capsys.readouterr().out.rstrip().endswith(f"Commit: {commit}")
+
+
+def test_a_tree_without_git_names_the_commit_its_caller_gives(tmp_path):
+    """The lent GPU machine gets a copy of the tree that may lack .git: LLMASR_BENCH_COMMIT names the commit."""
+    shutil.copy(BENCH / "_common.py", tmp_path / "_common.py")
+    code = "import _common; print(_common.git_commit())"
+    env = {**os.environ, "GIT_CEILING_DIRECTORIES": str(tmp_path.parent)}
+    run = [sys.executable, "-c", code]
+    assert subprocess.run(run, cwd=tmp_path, env=env, capture_output=True, text=True).stdout.strip() == "unknown"
+    env["LLMASR_BENCH_COMMIT"] = "abc1234"
+    assert subprocess.run(run, cwd=tmp_path, env=env, capture_output=True, text=True).stdout.strip() == "abc1234"
+
+
+def test_run_all_renders_each_benchmark_with_the_commit_it_was_measured_at(tmp_path, monkeypatch):
+    """--only and --render-only keep earlier results: each section names its own commit, not the render's."""
+    import run_all
+
+    stdout = "| batching | batches | mean batch | padding efficiency |\n|---|---|---|---|\n| b | 3 | 2.0 | 0.9 |\n"
+    res = run_all.data_pipeline_json(stdout + "\nReproduce: `python bench/data_pipeline.py`\nCommit: 0a1b2c3\n", [])
+    assert res["commit"] == "0a1b2c3"
+    (tmp_path / "data_pipeline.json").write_text(json.dumps(res))
+    (tmp_path / "data_pipeline.md").write_text(stdout)
+    (tmp_path / "zero_memory.json").write_text(json.dumps({"benchmark": "zero_memory"}))  # no commit recorded
+    monkeypatch.setattr(run_all, "report_from_json", lambda name, res: None if name == "data_pipeline" else "zeros")
+    md = run_all.render(tmp_path, "m", {}).read_text()
+    assert "Measured at commit 0a1b2c3." in md and "Measured at commit not recorded." in md
+
+
 def test_hotword_boost_chooses_the_lowest_wer_within_the_leak_and_u_wer_limits(tmp_path, capsys):
     import hotword_boost
 

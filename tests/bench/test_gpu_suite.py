@@ -48,6 +48,8 @@ def test_smoke_suite_trains_decodes_and_summarises(tmp_path):
     md = (out / "summary.md").read_text()
     assert "| zero2_fp32 | ok |" in md and "| fp16_zero2 | skipped: fp16" in md and "Decoding (ok): RTF" in md
     assert "Reproduce: `bash bench/gpu_suite.sh`" in md  # the output paths are not part of it
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=BENCH, capture_output=True, text=True)
+    assert res["commit"].removesuffix("+dirty") == head.stdout.strip() and f"at commit {res['commit']}" in md
     logs = (out / "logs.txt").read_text()
     assert "==== zero3_fp32: ok" in logs and "==== decode: ok" in logs
 
