@@ -234,9 +234,21 @@ def test_device_features_quick_measures_every_path(tmp_path):
     ]
     for r in res["results"]:
         assert r["audio_s_per_s"] == pytest.approx(res["audio_seconds"] / r["seconds"])
-        assert r["x_step"] == pytest.approx(r["audio_s_per_s"] / device_features.STEP_AUDIO_PER_S)
+        assert r["x_step"] == pytest.approx(r["audio_s_per_s"] / res["step_audio_per_s"])
     assert res["clips"] == 4 and res["padded_seconds"] >= res["audio_seconds"] > 0
     assert "Reproduce: `python bench/device_features.py --quick --cpu-only`" in out.getvalue()
+
+
+def test_device_features_step_need_is_gpu_mfus_step_at_40_percent_of_an_h100():
+    """456 s of audio in a 32 x 15 s step of 42.1 TFLOP, 107 ms at 40% of 989.4 TFLOP/s (the README's arithmetic)."""
+    import device_features
+    import gpu_mfu
+
+    size = sm.SIZES["paraformer-large+qwen2.5-1.5b"]
+    sb = sm.make_batch(size, 32, 15.0)
+    step_s = gpu_mfu.step_flops(size, sb.batch)["total"] / (0.4 * 989.4e12)
+    assert sb.audio_seconds == pytest.approx(456.0) and step_s == pytest.approx(0.1065, abs=5e-4)
+    assert device_features.step_audio_per_s() == pytest.approx(456.0 / step_s)
 
 
 def test_run_all_quick_device_features(tmp_path):
