@@ -301,6 +301,7 @@ def test_ctc_tiktoken_times_both_merges_on_the_same_ids(tmp_path, capsys):
     assert ctc_tiktoken.main(["--lengths", "20", "90", "--texts", "2", "--json-out", str(tmp_path / "t.json")]) == 0
     res = json.loads((tmp_path / "t.json").read_text())
     assert [r["chars"] for r in res["rows"]] == [20, 90] and all(r["heap_ms"] > 0 < r["scan_ms"] for r in res["rows"])
+    assert res["command"] == "python bench/ctc_tiktoken.py --lengths 20 90 --texts 2"
     assert "Reproduce: `python bench/ctc_tiktoken.py --lengths 20 90 --texts 2`" in capsys.readouterr().out
 
 
@@ -410,7 +411,9 @@ def test_augmented_batching_measures_both_costings_on_the_audio_batches_get(tmp_
     assert (
         augmented_batching.main(["--lines", "600", "--max-seconds", "40", "--epochs", "2", "--json-out", str(out)]) == 0
     )
-    rows = json.loads(out.read_text())["rows"]
+    res = json.loads(out.read_text())
+    assert res["command"] == "python bench/augmented_batching.py --lines 600 --max-seconds 40 --epochs 2"
+    rows = res["rows"]
     assert [(r["augment"], r["costed"]) for r in rows] == [
         (a, c) for a in ("speed", "speed+pauses") for c in ("worst case", "each clip's draw")
     ]
