@@ -13,9 +13,19 @@ else
   export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 fi
 export TOKENIZERS_PARALLELISM=false
-python3 -c "import deepspeed, soundfile, kaldi_native_fbank" 2>/dev/null || {
-  echo "gpu_suite: deepspeed, soundfile or kaldi-native-fbank does not import; on the GPU machine build" \
-       ".gpudeps first (bash ../shared/gpu/make-carry.sh here; it travels with the tree)" >&2
-  exit 2
-}
+# Each module that fails is named with its error: a dependency of one (pydantic, cffi) may be what is missing.
+python3 - <<'EOF' || exit 2
+import importlib
+import sys
+
+failed = []
+for name in ("deepspeed", "soundfile", "kaldi_native_fbank"):
+    try:
+        importlib.import_module(name)
+    except Exception as err:
+        failed.append(f"  {name}: {type(err).__name__}: {err}")
+if failed:
+    sys.exit("gpu_suite: these do not import (on the GPU machine: build .gpudeps here with "
+             "bash ../shared/gpu/make-carry.sh, adding what it lacks; it travels with the tree):\n" + "\n".join(failed))
+EOF
 exec python3 bench/gpu_suite.py "$@"

@@ -116,3 +116,16 @@ def test_a_suite_killed_midway_leaves_the_steps_it_finished(tmp_path, monkeypatc
     partial = json.loads((tmp_path / "out" / gpu_suite.PARTIAL).read_text())
     assert partial["train"] == {"zero2_fp32": {"status": "ok", "updates": 3}} and partial["decode"] is None
     assert (tmp_path / "out" / gpu_suite.LOGS).read_text() == "==== zero2_fp32: ok\nloss 1.0\n"  # to diagnose by
+
+
+def test_a_dependency_that_does_not_import_is_named_with_its_error(tmp_path):
+    """deepspeed needs pydantic, which .gpudeps does not carry: the start-up check names the error, not just
+    deepspeed."""
+    pytest.importorskip("deepspeed")
+    (tmp_path / "pydantic").mkdir()
+    (tmp_path / "pydantic" / "__init__.py").write_text('raise ImportError("stand-in: no pydantic here")\n')
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    proc = subprocess.run(["bash", str(BENCH / "gpu_suite.sh"), "--out", str(tmp_path / "out")], capture_output=True,
+                          text=True, timeout=120, env=env)  # fmt: skip
+    assert proc.returncode == 2 and "deepspeed: ImportError: stand-in: no pydantic here" in proc.stderr
+    assert not (tmp_path / "out").exists()
