@@ -13,9 +13,11 @@ COMMIT_ENV = "LLMASR_BENCH_COMMIT"
 
 
 def git_commit() -> str:
-    """The commit a run measures: HEAD's short hash, with "+dirty" when tracked files differ from it (the numbers
-    then come from code no commit holds). Where the tree is a copy without .git (the lent GPU machine), the
-    LLMASR_BENCH_COMMIT the caller sets; else "unknown"."""
+    """The commit a run measures: LLMASR_BENCH_COMMIT when the caller sets it (a copy of the tree without .git, as on
+    the lent GPU machine); else HEAD's short hash, with "+dirty" when tracked files differ from it (the numbers then
+    come from code no commit holds); else "unknown"."""
+    if os.environ.get(COMMIT_ENV):
+        return os.environ[COMMIT_ENV]
     try:
         head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE, capture_output=True, text=True)
         if head.returncode == 0 and head.stdout.strip():
@@ -23,7 +25,7 @@ def git_commit() -> str:
             return head.stdout.strip() + ("+dirty" if dirty.returncode == 1 else "")
     except OSError:
         pass
-    return os.environ.get(COMMIT_ENV) or "unknown"
+    return "unknown"
 
 
 def reproduce_command(script: str, argv: list[str]) -> str:

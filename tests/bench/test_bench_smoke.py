@@ -305,9 +305,10 @@ def test_ctc_tiktoken_times_both_merges_on_the_same_ids(tmp_path, capsys):
     assert "Reproduce: `python bench/ctc_tiktoken.py --lengths 20 90 --texts 2`" in capsys.readouterr().out
 
 
-def test_a_run_names_the_commit_it_measured(tmp_path, capsys):
+def test_a_run_names_the_commit_it_measured(tmp_path, capsys, monkeypatch):
     import ctc_tiktoken
 
+    monkeypatch.delenv("LLMASR_BENCH_COMMIT", raising=False)
     head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=BENCH, capture_output=True, text=True)
     assert ctc_tiktoken.main(["--lengths", "20", "--texts", "1", "--json-out", str(tmp_path / "t.json")]) == 0
     commit = json.loads((tmp_path / "t.json").read_text())["commit"]
@@ -319,7 +320,8 @@ def test_a_tree_without_git_names_the_commit_its_caller_gives(tmp_path):
     """The lent GPU machine gets a copy of the tree that may lack .git: LLMASR_BENCH_COMMIT names the commit."""
     shutil.copy(BENCH / "_common.py", tmp_path / "_common.py")
     code = "import _common; print(_common.git_commit())"
-    env = {**os.environ, "GIT_CEILING_DIRECTORIES": str(tmp_path.parent)}
+    env = {k: v for k, v in os.environ.items() if k != "LLMASR_BENCH_COMMIT"}
+    env["GIT_CEILING_DIRECTORIES"] = str(tmp_path.parent)
     run = [sys.executable, "-c", code]
     assert subprocess.run(run, cwd=tmp_path, env=env, capture_output=True, text=True).stdout.strip() == "unknown"
     env["LLMASR_BENCH_COMMIT"] = "abc1234"

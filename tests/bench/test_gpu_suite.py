@@ -20,7 +20,8 @@ import gpu_suite  # noqa: E402
 @pytest.mark.slow
 def test_smoke_suite_trains_decodes_and_summarises(tmp_path):
     pytest.importorskip("deepspeed")
-    env = {k: v for k, v in os.environ.items() if k not in ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE")}
+    skip = ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LLMASR_BENCH_COMMIT")
+    env = {k: v for k, v in os.environ.items() if k not in skip}
     env["LLMASR_GPU_SUITE_SMOKE"] = "1"
     out = tmp_path / "out"
     cmd = ["bash", str(BENCH / "gpu_suite.sh"), "--out", str(out), "--work", str(tmp_path / "work")]
