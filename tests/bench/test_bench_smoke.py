@@ -305,44 +305,6 @@ def test_ctc_tiktoken_times_both_merges_on_the_same_ids(tmp_path, capsys):
     assert "Reproduce: `python bench/ctc_tiktoken.py --lengths 20 90 --texts 2`" in capsys.readouterr().out
 
 
-def test_a_run_names_the_commit_it_measured(tmp_path, capsys, monkeypatch):
-    import ctc_tiktoken
-
-    monkeypatch.delenv("LLMASR_BENCH_COMMIT", raising=False)
-    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=BENCH, capture_output=True, text=True)
-    assert ctc_tiktoken.main(["--lengths", "20", "--texts", "1", "--json-out", str(tmp_path / "t.json")]) == 0
-    commit = json.loads((tmp_path / "t.json").read_text())["commit"]
-    assert commit.removesuffix("+dirty") == head.stdout.strip()
-    assert capsys.readouterr().out.rstrip().endswith(f"Commit: {commit}")
-
-
-def test_a_tree_without_git_names_the_commit_its_caller_gives(tmp_path):
-    """The lent GPU machine gets a copy of the tree that may lack .git: LLMASR_BENCH_COMMIT names the commit."""
-    shutil.copy(BENCH / "_common.py", tmp_path / "_common.py")
-    code = "import _common; print(_common.git_commit())"
-    env = {k: v for k, v in os.environ.items() if k != "LLMASR_BENCH_COMMIT"}
-    env["GIT_CEILING_DIRECTORIES"] = str(tmp_path.parent)
-    run = [sys.executable, "-c", code]
-    assert subprocess.run(run, cwd=tmp_path, env=env, capture_output=True, text=True).stdout.strip() == "unknown"
-    env["LLMASR_BENCH_COMMIT"] = "abc1234"
-    assert subprocess.run(run, cwd=tmp_path, env=env, capture_output=True, text=True).stdout.strip() == "abc1234"
-
-
-def test_run_all_renders_each_benchmark_with_the_commit_it_was_measured_at(tmp_path, monkeypatch):
-    """--only and --render-only keep earlier results: each section names its own commit, not the render's."""
-    import run_all
-
-    stdout = "| batching | batches | mean batch | padding efficiency |\n|---|---|---|---|\n| b | 3 | 2.0 | 0.9 |\n"
-    res = run_all.data_pipeline_json(stdout + "\nReproduce: `python bench/data_pipeline.py`\nCommit: 0a1b2c3\n", [])
-    assert res["commit"] == "0a1b2c3"
-    (tmp_path / "data_pipeline.json").write_text(json.dumps(res))
-    (tmp_path / "data_pipeline.md").write_text(stdout)
-    (tmp_path / "zero_memory.json").write_text(json.dumps({"benchmark": "zero_memory"}))  # no commit recorded
-    monkeypatch.setattr(run_all, "report_from_json", lambda name, res: None if name == "data_pipeline" else "zeros")
-    md = run_all.render(tmp_path, "m", {}).read_text()
-    assert "Measured at commit 0a1b2c3." in md and "Measured at commit not recorded." in md
-
-
 def test_hotword_boost_chooses_the_lowest_wer_within_the_leak_and_u_wer_limits(tmp_path, capsys):
     import hotword_boost
 
@@ -496,30 +458,3 @@ def test_loss_memory_measures_above_what_is_resident_when_the_loss_starts(dtype)
         for v in ("full", "labels")
     )  # fmt: skip
     assert full["peak_bytes"] > 2 * 120 * 50000 * 2 and 0 < labels["peak_bytes"] < full["peak_bytes"]
-
-
-def test_feature_throughput_runs_and_divides_by_the_records_it_read(capsys):
-    """30 records read with a 20-read cap: every one is read (the step rounds down to 1), each taking ~2 ms."""
-    import time
-
-    import feature_throughput
-
-    class SlowManifest:
-        def __len__(self):
-            return 30
-
-        def __getitem__(self, i):
-            time.sleep(0.002)
-
-    assert 0.0019 < feature_throughput.read_seconds(SlowManifest(), max_reads=20) < 0.0027
-    feature_throughput.main(["--seconds", "0.5", "--records", "50"])
-    out = capsys.readouterr().out
-    assert "resample 44100 -> 16000" in out and "whisper log-mel 128" in out and "record read" in out
-
-
-def test_long_audio_plan_and_resample_print_their_tables():
-    for script, args in (("long_audio_plan.py", ["--minutes", "0.5", "--repeat", "1"]),
-                         ("resample.py", ["--rates", "22050", "--seconds", "0.5", "--repeat", "1"])):  # fmt: skip
-        out = subprocess.run([sys.executable, str(BENCH / script), *args], capture_output=True, text=True, check=True)
-        rows = [line for line in out.stdout.splitlines() if line.startswith("| 0.5 ") or line.startswith("| 22050")]
-        assert len(rows) == 1, out.stdout
