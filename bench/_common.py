@@ -3,8 +3,29 @@
 from __future__ import annotations
 
 import json
+import os
 import shlex
+import subprocess
 from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+COMMIT_ENV = "LLMASR_BENCH_COMMIT"
+
+
+def git_commit() -> str:
+    """The commit a run measures: LLMASR_BENCH_COMMIT when the caller sets it (a copy of the tree without .git, as on
+    the lent GPU machine); else HEAD's short hash, with "+dirty" when tracked files differ from it (the numbers then
+    come from code no commit holds); else "unknown"."""
+    if os.environ.get(COMMIT_ENV):
+        return os.environ[COMMIT_ENV]
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE, capture_output=True, text=True)
+        if head.returncode == 0 and head.stdout.strip():
+            dirty = subprocess.run(["git", "diff", "--quiet", "HEAD", "--"], cwd=HERE.parent, capture_output=True)
+            return head.stdout.strip() + ("+dirty" if dirty.returncode == 1 else "")
+    except OSError:
+        pass
+    return "unknown"
 
 
 def reproduce_command(script: str, argv: list[str]) -> str:
@@ -21,7 +42,9 @@ def reproduce_command(script: str, argv: list[str]) -> str:
 
 
 def emit(res: dict, lines: list[str], json_out: str | None) -> None:
-    """Print a benchmark's markdown lines; write its results as JSON when --json-out was given."""
-    print("\n".join(lines))
+    """Print a benchmark's markdown lines and the commit it measured; write its results (with the commit) as JSON
+    when --json-out was given."""
+    res.setdefault("commit", git_commit())
+    print("\n".join([*lines, f"Commit: {res['commit']}"]))
     if json_out:
         Path(json_out).write_text(json.dumps(res, indent=1))

@@ -94,8 +94,10 @@ def main(argv: list[str] | None = None) -> int:
         f"{r['padding']:.3f} | {r['budget_use']:.3f} | {r['over_budget']} | {r['plan_ms']:.0f} |"
         for r in rows
     ]
-    lines += ["", f"Reproduce: `{reproduce_command('bench/augmented_batching.py', argv)}`"]
-    emit({"benchmark": "augmented_batching", "utterances": int(durations.size), "rows": rows}, lines, args.json_out)
+    command = reproduce_command("bench/augmented_batching.py", argv)
+    lines += ["", f"Reproduce: `{command}`"]
+    res = {"benchmark": "augmented_batching", "command": command, "utterances": int(durations.size), "rows": rows}
+    emit(res, lines, args.json_out)
     return 0
 
 

@@ -89,8 +89,10 @@ def main(argv: list[str] | None = None) -> int:
     lines = [f"tiktoken CTC vocabulary ({len(tok.ranks)} tokens, synthetic CJK), ms to encode one text", "",
              "| characters | tokens | heap merge (ms) | pairwise scan (ms) |", "|---:|---:|---:|---:|"]  # fmt: skip
     lines += [f"| {r['chars']} | {r['tokens']:.0f} | {r['heap_ms']:.2f} | {r['scan_ms']:.2f} |" for r in rows]
-    lines += ["", f"Reproduce: `{reproduce_command('bench/ctc_tiktoken.py', argv)}`"]
-    emit({"benchmark": "ctc_tiktoken", "vocabulary": len(tok.ranks), "rows": rows}, lines, args.json_out)
+    command = reproduce_command("bench/ctc_tiktoken.py", argv)
+    lines += ["", f"Reproduce: `{command}`"]
+    emit({"benchmark": "ctc_tiktoken", "command": command, "vocabulary": len(tok.ranks), "rows": rows}, lines,
+         args.json_out)  # fmt: skip
     return 0
 
 

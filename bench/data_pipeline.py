@@ -26,6 +26,9 @@ from types import SimpleNamespace
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import git_commit  # noqa: E402
+
 
 def librispeech_like(n: int, seed: int) -> np.ndarray:
     rng = np.random.default_rng(seed)
@@ -159,7 +162,7 @@ def main(argv=None) -> int:
     cmd = "python bench/data_pipeline.py " + " ".join(
         shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])
     )
-    lines += ["", f"Reproduce: `{cmd.strip()}`"]
+    lines += ["", f"Reproduce: `{cmd.strip()}`", f"Commit: {git_commit()}"]
     print("\n".join(lines))
     return 0
 

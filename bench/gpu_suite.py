@@ -36,6 +36,8 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
+from _common import COMMIT_ENV, git_commit  # noqa: E402
+
 FIGURES = ("tok/s", "audio_s/s", "utt/s", "mfu", "tflops", "pad_audio", "pad_llm", "data_wait")
 LOG_TAIL = 60  # lines of each run's output kept in logs.txt
 
@@ -237,7 +239,7 @@ def markdown(res: dict) -> list[str]:
     lines += ["", f"Features ({f['status']}), audio s/s and multiple of a step's need:", ""]
     lines += [f"- {r['path']} on {r['device']} x{r['threads']}: {fmt(r['audio_s_per_s'], ',.0f')} "
               f"({fmt(r['x_step'], '.2f')}x)" for r in f.get("paths", [])]  # fmt: skip
-    lines += ["", f"Reproduce: `{res['command']}`"]
+    lines += ["", f"Reproduce: `{res['command']}` at commit {res['commit']}"]
     return lines
 
 
@@ -264,6 +266,12 @@ def main(argv=None) -> int:
         args.work = args.work or tmp
         res = run_suite(args)
     res["command"] = reproduce_command(argv)
+    res["commit"] = git_commit()
+    if res["commit"] == "unknown":  # a copy of the tree without .git: the caller knows the commit it sent
+        print(
+            f"gpu_suite: no git checkout here; run with {COMMIT_ENV}=<commit> to name it in the results",
+            file=sys.stderr,
+        )
     write_outputs(Path(args.out), res, markdown(res))
     failed = [n for n, r in [*res["train"].items(), ("decode", res["decode"]), ("features", res["features"])]
               if r["status"] not in ("ok", "skipped")]  # fmt: skip

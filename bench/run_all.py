@@ -29,6 +29,10 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from _common import git_commit  # noqa: E402
+
 BENCHES = ("train_step", "data_pipeline", "zero_memory", "gpu_mfu", "device_features")
 QUICK_ARGS = {
     "train_step": ["--quick"],
@@ -69,14 +73,6 @@ def machine_slug() -> str:
     return re.sub(r"-+", "-", slug)[:60]
 
 
-def git_commit() -> str:
-    try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE, capture_output=True, text=True)
-        return out.stdout.strip() or "unknown"
-    except OSError:
-        return "unknown"
-
-
 def parse_tables(text: str) -> list[list[dict]]:
     """Markdown tables in `text` as lists of row dicts keyed by the header cells."""
     tables, lines = [], text.splitlines()
@@ -99,6 +95,8 @@ def data_pipeline_json(text: str, argv: list[str]) -> dict:
     """bench/data_pipeline.py prints Markdown only; its two tables become JSON here."""
     out = {"benchmark": "data_pipeline", "command": "python bench/data_pipeline.py " + " ".join(argv)}
     out["command"] = out["command"].strip()
+    found = re.search(r"^Commit: (\S+)$", text, re.M)
+    out["commit"] = found.group(1) if found else "not recorded"
     for table in parse_tables(text):
         if table and "padding efficiency" in table[0]:
             out["padding"] = [
@@ -190,8 +188,8 @@ def render(out_dir: Path, machine: str, skipped: dict[str, str]) -> Path:
     lines = [
         f"# llmasr benchmarks on {machine}",
         "",
-        f"Rendered {dt.datetime.now().strftime('%Y-%m-%d %H:%M')} from commit {git_commit()} by "
-        "`python bench/run_all.py`.",
+        f"Rendered {dt.datetime.now().strftime('%Y-%m-%d %H:%M')} at commit {git_commit()} by "
+        "`python bench/run_all.py`; each section names the commit it was measured at.",
     ]
     for name in BENCHES:
         lines += ["", f"## {TITLES[name]}", ""]
@@ -201,7 +199,9 @@ def render(out_dir: Path, machine: str, skipped: dict[str, str]) -> Path:
             continue
         res = json.loads(json_path.read_text())
         results[name] = res
-        lines.append(report_from_json(name, res) or (md_path.read_text().strip() if md_path.is_file() else ""))
+        report = report_from_json(name, res) or (md_path.read_text().strip() if md_path.is_file() else "")
+        report = re.sub(r"\n*^Commit: \S+$", "", report, flags=re.M)  # data_pipeline's stdout names it too
+        lines += [report, "", f"Measured at commit {res.get('commit') or 'not recorded'}."]
         plotter = PLOTTERS.get(name)
         if plotter is not None:
             png = plotter(res, out_dir / f"{name}.png")

@@ -59,14 +59,19 @@ def time_ours(model_dir: Path, wave) -> tuple[dict, list]:
     return {"features": t1 - t0, "network": t2 - t1, "endpoints": t4 - t3, "total": t5 - t4}, segments
 
 
-def time_funasr(model_dir: Path, wav: Path) -> tuple[float, list]:
+def time_funasr(model_dir: Path, wav: Path) -> tuple[float, list, int]:
+    """(seconds of the warm call, its segments, the torch threads it ran on)."""
+    import torch
     from funasr import AutoModel
 
-    model = AutoModel(model=str(model_dir), disable_update=True, device="cpu", disable_pbar=True, disable_log=True)
+    # AutoModel sets torch's threads to its `ncpu` (default 4) when it builds the model: 1, as llmasr's side runs
+    model = AutoModel(
+        model=str(model_dir), disable_update=True, device="cpu", disable_pbar=True, disable_log=True, ncpu=1
+    )
     model.generate(input=str(wav))  # warm, as llmasr's total is timed after its parts ran once
     t0 = time.perf_counter()
     segments = model.generate(input=str(wav))[0]["value"]
-    return time.perf_counter() - t0, [list(map(int, s)) for s in segments]
+    return time.perf_counter() - t0, [list(map(int, s)) for s in segments], torch.get_num_threads()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -99,8 +104,8 @@ def _run(args, argv) -> int:
         res.update(audio_seconds=seconds, segments=len(segments), llmasr=ours)
         if importlib.util.find_spec("funasr") is not None:
             sf.write(str(Path(tmp) / "a.wav"), wave, 16000, subtype="FLOAT")
-            took, theirs = time_funasr(model_dir, Path(tmp) / "a.wav")
-            res["funasr"] = {"total": took, "same_segments": theirs == segments}
+            took, theirs, threads = time_funasr(model_dir, Path(tmp) / "a.wav")
+            res["funasr"] = {"total": took, "same_segments": theirs == segments, "threads": threads}
     lines = [
         f"{seconds:g} s of audio, {len(segments)} segments, 1 thread",
         "| | seconds | x real time |",
@@ -110,7 +115,8 @@ def _run(args, argv) -> int:
         lines.append(f"| llmasr {part} | {s:.3f} | {seconds / s:.0f} |")
     if "funasr" in res:
         f = res["funasr"]
-        lines.append(f"| FunASR AutoModel.generate | {f['total']:.3f} | {seconds / f['total']:.0f} |")
+        name = f"FunASR AutoModel.generate, torch threads {f['threads']}"
+        lines.append(f"| {name} | {f['total']:.3f} | {seconds / f['total']:.0f} |")
         lines.append(f"same segments: {f['same_segments']}")
     lines.append(f"Reproduce: `{res['command']}`")
     emit(res, lines, args.json_out)

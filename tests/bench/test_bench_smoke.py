@@ -252,9 +252,21 @@ def test_device_features_quick_measures_every_path(tmp_path):
     ]
     for r in res["results"]:
         assert r["audio_s_per_s"] == pytest.approx(res["audio_seconds"] / r["seconds"])
-        assert r["x_step"] == pytest.approx(r["audio_s_per_s"] / device_features.STEP_AUDIO_PER_S)
+        assert r["x_step"] == pytest.approx(r["audio_s_per_s"] / res["step_audio_per_s"])
     assert res["clips"] == 4 and res["padded_seconds"] >= res["audio_seconds"] > 0
     assert "Reproduce: `python bench/device_features.py --quick --cpu-only`" in out.getvalue()
+
+
+def test_device_features_step_need_is_gpu_mfus_step_at_40_percent_of_an_h100():
+    """456 s of audio in a 32 x 15 s step of 42.1 TFLOP, 107 ms at 40% of 989.4 TFLOP/s (the README's arithmetic)."""
+    import device_features
+    import gpu_mfu
+
+    size = sm.SIZES["paraformer-large+qwen2.5-1.5b"]
+    sb = sm.make_batch(size, 32, 15.0)
+    step_s = gpu_mfu.step_flops(size, sb.batch)["total"] / (0.4 * 989.4e12)
+    assert sb.audio_seconds == pytest.approx(456.0) and step_s == pytest.approx(0.1065, abs=5e-4)
+    assert device_features.step_audio_per_s() == pytest.approx(456.0 / step_s)
 
 
 def test_run_all_quick_device_features(tmp_path):
@@ -307,6 +319,7 @@ def test_ctc_tiktoken_times_both_merges_on_the_same_ids(tmp_path, capsys):
     assert ctc_tiktoken.main(["--lengths", "20", "90", "--texts", "2", "--json-out", str(tmp_path / "t.json")]) == 0
     res = json.loads((tmp_path / "t.json").read_text())
     assert [r["chars"] for r in res["rows"]] == [20, 90] and all(r["heap_ms"] > 0 < r["scan_ms"] for r in res["rows"])
+    assert res["command"] == "python bench/ctc_tiktoken.py --lengths 20 90 --texts 2"
     assert "Reproduce: `python bench/ctc_tiktoken.py --lengths 20 90 --texts 2`" in capsys.readouterr().out
 
 
@@ -380,7 +393,9 @@ def test_augmented_batching_measures_both_costings_on_the_audio_batches_get(tmp_
     assert (
         augmented_batching.main(["--lines", "600", "--max-seconds", "40", "--epochs", "2", "--json-out", str(out)]) == 0
     )
-    rows = json.loads(out.read_text())["rows"]
+    res = json.loads(out.read_text())
+    assert res["command"] == "python bench/augmented_batching.py --lines 600 --max-seconds 40 --epochs 2"
+    rows = res["rows"]
     assert [(r["augment"], r["costed"]) for r in rows] == [
         (a, c) for a in ("speed", "speed+pauses") for c in ("worst case", "each clip's draw")
     ]
@@ -410,6 +425,32 @@ def test_vad_speed_quick_times_every_part(tmp_path, capsys):
     assert res["audio_seconds"] == 20.0 and res["segments"] >= 1
     assert set(res["llmasr"]) == {"features", "network", "endpoints", "total"}
     assert "x real time" in capsys.readouterr().out
+
+
+def test_vad_speed_times_funasr_on_the_one_thread_llmasr_runs_on(tmp_path, monkeypatch):
+    """FunASR's AutoModel sets torch's threads to its `ncpu` (default 4) as it builds the model
+    (funasr/auto/auto_model.py); a stand-in doing the same records the threads its generate ran on."""
+    import importlib.machinery
+    import types
+
+    import vad_speed
+
+    seen = []
+
+    class AutoModel:
+        def __init__(self, **kwargs):
+            torch.set_num_threads(kwargs.get("ncpu", 4))
+
+        def generate(self, input):
+            seen.append(torch.get_num_threads())
+            return [{"value": []}]
+
+    funasr = types.ModuleType("funasr")
+    funasr.AutoModel, funasr.__spec__ = AutoModel, importlib.machinery.ModuleSpec("funasr", None)
+    monkeypatch.setitem(sys.modules, "funasr", funasr)
+    out = tmp_path / "vad.json"
+    assert vad_speed.main(["--quick", "--json-out", str(out)]) == 0
+    assert seen == [1, 1] and json.loads(out.read_text())["funasr"]["threads"] == 1
 
 
 def test_vad_gate_plan_quick_makes_one_plan_every_way(tmp_path, capsys):

@@ -20,7 +20,8 @@ import gpu_suite  # noqa: E402
 @pytest.mark.slow
 def test_smoke_suite_trains_decodes_and_summarises(tmp_path):
     pytest.importorskip("deepspeed")
-    env = {k: v for k, v in os.environ.items() if k not in ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE")}
+    skip = ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LLMASR_BENCH_COMMIT")
+    env = {k: v for k, v in os.environ.items() if k not in skip}
     env["LLMASR_GPU_SUITE_SMOKE"] = "1"
     out = tmp_path / "out"
     cmd = ["bash", str(BENCH / "gpu_suite.sh"), "--out", str(out), "--work", str(tmp_path / "work")]
@@ -48,6 +49,8 @@ def test_smoke_suite_trains_decodes_and_summarises(tmp_path):
     md = (out / "summary.md").read_text()
     assert "| zero2_fp32 | ok |" in md and "| fp16_zero2 | skipped: fp16" in md and "Decoding (ok): RTF" in md
     assert "Reproduce: `bash bench/gpu_suite.sh`" in md  # the output paths are not part of it
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=BENCH, capture_output=True, text=True)
+    assert res["commit"].removesuffix("+dirty") == head.stdout.strip() and f"at commit {res['commit']}" in md
     logs = (out / "logs.txt").read_text()
     assert "==== zero3_fp32: ok" in logs and "==== decode: ok" in logs
 
@@ -114,3 +117,16 @@ def test_a_suite_killed_midway_leaves_the_steps_it_finished(tmp_path, monkeypatc
     partial = json.loads((tmp_path / "out" / gpu_suite.PARTIAL).read_text())
     assert partial["train"] == {"zero2_fp32": {"status": "ok", "updates": 3}} and partial["decode"] is None
     assert (tmp_path / "out" / gpu_suite.LOGS).read_text() == "==== zero2_fp32: ok\nloss 1.0\n"  # to diagnose by
+
+
+def test_a_dependency_that_does_not_import_is_named_with_its_error(tmp_path):
+    """deepspeed needs pydantic, which .gpudeps does not carry: the start-up check names the error, not just
+    deepspeed."""
+    pytest.importorskip("deepspeed")
+    (tmp_path / "pydantic").mkdir()
+    (tmp_path / "pydantic" / "__init__.py").write_text('raise ImportError("stand-in: no pydantic here")\n')
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    proc = subprocess.run(["bash", str(BENCH / "gpu_suite.sh"), "--out", str(tmp_path / "out")], capture_output=True,
+                          text=True, timeout=120, env=env)  # fmt: skip
+    assert proc.returncode == 2 and "deepspeed: ImportError: stand-in: no pydantic here" in proc.stderr
+    assert not (tmp_path / "out").exists()

@@ -1,0 +1,38 @@
+"""bench/feature_throughput.py, long_audio_plan.py and resample.py in small runs. No assertion is about speed,
+but one about dividing by the reads made."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parents[2] / "bench"
+sys.path.insert(0, str(BENCH))
+
+
+def test_feature_throughput_runs_and_divides_by_the_records_it_read(capsys):
+    """30 records read with a 20-read cap: every one is read (the step rounds down to 1), each taking ~2 ms."""
+    import time
+
+    import feature_throughput
+
+    class SlowManifest:
+        def __len__(self):
+            return 30
+
+        def __getitem__(self, i):
+            time.sleep(0.002)
+
+    assert 0.0019 < feature_throughput.read_seconds(SlowManifest(), max_reads=20) < 0.0027
+    feature_throughput.main(["--seconds", "0.5", "--records", "50"])
+    out = capsys.readouterr().out
+    assert "resample 44100 -> 16000" in out and "whisper log-mel 128" in out and "record read" in out
+
+
+def test_long_audio_plan_and_resample_print_their_tables():
+    for script, args in (("long_audio_plan.py", ["--minutes", "0.5", "--repeat", "1"]),
+                         ("resample.py", ["--rates", "22050", "--seconds", "0.5", "--repeat", "1"])):  # fmt: skip
+        out = subprocess.run([sys.executable, str(BENCH / script), *args], capture_output=True, text=True, check=True)
+        rows = [line for line in out.stdout.splitlines() if line.startswith("| 0.5 ") or line.startswith("| 22050")]
+        assert len(rows) == 1, out.stdout
