@@ -11,6 +11,8 @@ from __future__ import annotations
 import math
 from itertools import islice
 
+import torch
+
 from llmasr.data.batch import Batch
 from llmasr.train.engine import all_gather_object, all_reduce_sum
 from llmasr.train.flops import FlopCounter, StepCount
@@ -35,7 +37,7 @@ def run_window(engine, window: list[Batch], world_size: int, counter: FlopCounte
             boundary=i == len(window) - 1,
             zero_loss=empty,
             counter=None if empty else counter,  # a stand-in batch is no work done on data
-            skip_update=n_utt == 0,  # stand-ins only, on every rank (the sum is all ranks'): nothing to learn
+            skip_update=n_utt == 0 and skips_nonfinite(engine),  # stand-ins only, on every rank: nothing to learn
         )
         if empty:
             continue
@@ -74,6 +76,17 @@ def run_window(engine, window: list[Batch], world_size: int, counter: FlopCounte
     if counter is not None:
         stats["count"] = StepCount.from_list(count)
     return stats
+
+
+def skips_nonfinite(engine) -> bool:
+    """Whether DeepSpeed's optimizer skips an update whose gradient is not finite, as a window of stand-ins only is
+    skipped. ZeRO-1/2 checks only with check_grad_overflow (fp16; bf16 by default) or, outside bf16, with the norm
+    computed: under zero_optimization.compute_grad_norm false at fp32 the stand-ins' NaN would reach every weight,
+    so such a window steps its zero gradient instead."""
+    opt = engine.optimizer
+    if not hasattr(opt, "check_grad_overflow"):  # ZeRO-0 (TrainEngine.micro_step checks fp32), ZeRO-3, bf16/fp16
+        return True
+    return bool(opt.check_grad_overflow or (opt.compute_grad_norm and engine.dtype != torch.bfloat16))
 
 
 def windows(batches, k: int):

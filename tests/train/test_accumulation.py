@@ -159,6 +159,27 @@ def test_a_window_of_stand_ins_only_leaves_the_weights_and_the_schedule(tiny_llm
     assert all(torch.isfinite(w).all() for w in after.values()) and max_diff(after, before) > 0
 
 
+def test_a_window_of_stand_ins_only_stays_finite_where_zero_does_not_check_the_gradient(tiny_llm_dir, full_batch):
+    """ZeRO-2 in fp32 with zero_optimization.compute_grad_norm false never checks the gradient: the stand-ins'
+    skip by a NaN gradient had written NaN into every weight there; such a window steps its zero gradient."""
+    from llmasr.train.ds_config import load_ds_config, resolve_ds_config
+    from llmasr.train.engine import TrainEngine, init_distributed
+    from llmasr.train.param_groups import build_param_groups
+    from llmasr.train.schedulers import build_group_schedules
+    from llmasr.train.trainer import run_window
+
+    ds = load_ds_config("zero2")
+    ds["zero_optimization"]["compute_grad_norm"] = False
+    ds = resolve_ds_config(ds, TrainConfig(grad_accum=1, precision="fp32", grad_clip=0.0), world_size=1)
+    model = build_model(tiny_llm_dir)
+    optim = from_dict(OptimConfig, {"scheduler": {"type": "constant"}})
+    groups = build_param_groups(model, optim)
+    te = TrainEngine(model, groups, build_group_schedules(groups, optim, 100), ds, init_distributed().device)
+    run_window(te, [rows(full_batch, 0, 2)], world_size=1)
+    run_window(te, [dataclasses.replace(rows(full_batch, 2, 4), empty=True)], world_size=1)
+    assert all(torch.isfinite(w).all() for w in _weights(te).values())
+
+
 def _weights(te) -> dict:
     """Every trainable weight in full (ZeRO-3 holds a partition of it on each rank: its fp32 master is gathered)."""
     from deepspeed.utils import safe_get_full_fp32_param
