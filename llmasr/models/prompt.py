@@ -236,10 +236,13 @@ class PromptBuilder:
         given = tuple(kept)
         if self._capped is not None and self._capped[0] == given:
             return list(self._capped[1][0]), self._capped[1][1]
-        enc = self.tokenizer.encode
-        lengths = [len(enc(h, add_special_tokens=False)) for h in kept]
+
+        def count(text: str) -> int:  # special-token text counts as the text encode renders it ("<|im_end|>")
+            return len(self.tokenizer.encode(text, add_special_tokens=False, split_special_tokens=True))
+
+        lengths = [count(h) for h in kept]
         dropped = 0
-        while kept and len(enc(self.hotwords_separator.join(kept), add_special_tokens=False)) > cap:
+        while kept and count(self.hotwords_separator.join(kept)) > cap:
             j = lengths.index(max(lengths))
             del kept[j], lengths[j]
             dropped += 1

@@ -175,6 +175,16 @@ def test_a_phrase_spelling_a_special_token_is_text_in_the_prompt(hw_tokenizer):
     assert plain.ids[: plain.audio_pos] == hw_tokenizer.encode(rendered.split(AUDIO_PLACEHOLDER)[0])
 
 
+def test_a_phrase_spelling_a_special_token_counts_its_spelling_under_the_cap(hw_tokenizer):
+    """The list renders "<|im_end|>" as text, many tokens: the cap had counted it as the one special token, so a
+    list past hotwords_max_tokens was kept whole."""
+    spelled = len(hw_tokenizer.encode("<|im_end|>", add_special_tokens=False, split_special_tokens=True))
+    enc = PromptBuilder(hw_tokenizer, hotwords_max_tokens=spelled - 1).encode("zero", hotwords=["<|im_end|>", "one"])
+    assert enc.hotwords == ("one",) and enc.hotwords_dropped == 1
+    kept = PromptBuilder(hw_tokenizer, hotwords_max_tokens=spelled).encode("zero", hotwords=["<|im_end|>"])
+    assert kept.hotwords == ("<|im_end|>",) and kept.hotwords_dropped == 0
+
+
 def test_hotwords_template_needs_its_placeholder(hw_tokenizer):
     with pytest.raises(PromptError, match="hotwords"):
         PromptBuilder(hw_tokenizer, hotwords_template="Hotwords: ")
