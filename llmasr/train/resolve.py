@@ -27,11 +27,15 @@ def check_run_settings(recipe) -> None:
     if tc.best_metric == "wer" and tc.best_k and not recipe.data.valid:
         raise ConfigError("train.best_metric is wer but data.valid names no manifest to compute it on")
     llm = recipe.model.llm
-    if llm.dtype != "float32" and not llm.freeze and tc.precision == "fp32":
+    # the base weights trained: all of them, or the biases LoRA trains (lora.bias all / lora_only)
+    trained = "model.llm.freeze false" if not llm.freeze else None
+    if trained is None and llm.lora is not None and llm.lora.bias != "none":
+        trained = f"model.llm.lora.bias {llm.lora.bias}"
+    if llm.dtype != "float32" and trained and tc.precision == "fp32":
         # fp32 precision keeps each weight in its own dtype, and the optimizer steps those weights directly
         bf16 = llm.dtype == "bfloat16"
         raise ConfigError(
-            f"model.llm.dtype: {llm.dtype} with model.llm.freeze false and train.precision fp32 trains the LLM's "
+            f"model.llm.dtype: {llm.dtype} with {trained} and train.precision fp32 trains the LLM's "
             f"{llm.dtype} weights with no fp32 master copy, so an update below {'1/256' if bf16 else '1/2048'} of a "
             f"weight rounds away; set train.precision {'bf16' if bf16 else 'fp16'} (DeepSpeed keeps fp32 master "
             "weights), model.llm.dtype float32, or freeze the LLM"

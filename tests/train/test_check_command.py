@@ -393,3 +393,13 @@ def test_memory_counts_a_frozen_bf16_llm_at_two_bytes_a_weight_under_fp32(recipe
     weights = sum(p.numel() * p.element_size() for p in model.parameters())
     assert weights < 4 * sum(p.numel() for p in model.parameters())
     assert f"  params {size_text(weights)}, grads" in out
+
+
+def test_half_precision_llm_biases_lora_trains_without_master_weights_are_refused(recipe_file, tmp_path, capsys):
+    """lora.bias all / lora_only trains the frozen LLM's own biases, bf16 ones under model.llm.dtype bfloat16: under
+    train.precision fp32 they had been stepped with no fp32 master copy, as an unfrozen LLM's weights are."""
+    base = ["--config", str(recipe_file), "--deepspeed", "zero0", "--out", str(tmp_path), "model.llm.dtype=bfloat16"]
+    for bias in ("all", "lora_only"):
+        code, _, err = run_check(capsys, *base, f"model.llm.lora.bias={bias}", "train.precision=fp32")
+        assert code == 2 and f"model.llm.dtype: bfloat16 with model.llm.lora.bias {bias} and train.precision" in err
+    assert run_check(capsys, *base, "model.llm.lora.bias=all", "train.precision=bf16")[0] == 0
