@@ -252,8 +252,9 @@ class Progress:
                           for r, batches in enumerate(ranks) if batches)  # fmt: skip
         log.warning(
             "update %d: non-finite loss (NaN or inf) in the micro batch(es) of %s. An update whose gradients are not "
-            "finite is skipped (skipped_steps=%d); a batch that does this every epoch points at its data (`llmasr "
-            "data check`) or, every update after one, at a diverged model (lower lr, grad_clip)",
+            "finite is skipped where the optimizer checks them (skipped_steps=%d; not with "
+            "zero_optimization.compute_grad_norm false outside fp16); a batch that does this every epoch points at its "
+            "data (`llmasr data check`) or, every update after one, at a diverged model (lower lr, grad_clip)",
             update, shown, int(extra.get("skipped_steps") or 0),
         )  # fmt: skip
 
