@@ -6,6 +6,7 @@ at start-up instead of being ignored for a whole run."""
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 import math
 import re
@@ -363,12 +364,11 @@ def from_dict(cls: type[T], data: dict, path: str = "") -> T:
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(map(str, set(data) - set(fields)))  # (YAML keys may be numbers)
-    if unknown:
-        where = path or "top level"
-        raise ConfigError(f"{where}: unknown key(s) {unknown}; known keys are {sorted(fields)}")
-    kwargs = {}
-    for name, value in data.items():
-        kwargs[name] = coerce(value, hints[name], f"{path}.{name}" if path else name)
+    if unknown:  # a typo's nearest known key first: the full list of a large section hides it
+        near = [m for k in unknown for m in difflib.get_close_matches(k, sorted(fields), n=1)]
+        hint = f"; did you mean {', '.join(map(repr, near))}?" if near else ""
+        raise ConfigError(f"{path or 'top level'}: unknown key(s) {unknown}{hint}; known keys are {sorted(fields)}")
+    kwargs = {name: coerce(value, hints[name], f"{path}.{name}" if path else name) for name, value in data.items()}
     try:
         obj = cls(**kwargs)
     except TypeError as err:

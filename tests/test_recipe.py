@@ -383,3 +383,19 @@ def test_an_override_names_a_list_item_as_errors_name_it(tmp_path):
     ]:
         with pytest.raises(ConfigError, match=rf"^override '{re.escape(override)}': {message}"):
             load_recipe(path, [override])
+
+
+def test_an_unknown_key_suggests_the_nearest_known_one(tmp_path):
+    """A typo's nearest known key is named first (it had only been somewhere in the list of every known key), and
+    where the typo was written still follows the key; a key near nothing gets no suggestion."""
+    path = tmp_path / "r.yaml"
+    path.write_text("train:\n  epochz: 3\n  grad_acum: 2\n")
+    with pytest.raises(ConfigError) as err:
+        load_recipe(path)
+    assert str(err.value).startswith(
+        "train: unknown key(s) ['epochz', 'grad_acum']; did you mean 'epochs', 'grad_accum'?"
+    )
+    assert str(err.value).endswith(f"({path}, line 1)")
+    with pytest.raises(ConfigError) as err:
+        load_recipe(data={}, overrides=["decode.zzzz=1"])
+    assert "did you mean" not in str(err.value) and "(set by the override 'decode.zzzz=1')" in str(err.value)
