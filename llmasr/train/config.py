@@ -110,9 +110,8 @@ class SchedulerConfig:
         elif self.phase_ratio is not None:
             raise ConfigError(f"{path}.phase_ratio: only used by type tri_stage, not {self.type}")
         # another type's field would pass and change nothing (set to a value other than its default)
-        for name, types in TYPE_FIELDS.items():
-            if self.type not in types and getattr(self, name) != SchedulerConfig.__dataclass_fields__[name].default:
-                raise ConfigError(f"{path}.{name}: only used by type {' or '.join(types)}, not {self.type}")
+        for name in SchedulerConfig.inert_fields({"type": self.type, **{n: getattr(self, n) for n in TYPE_FIELDS}}):
+            raise ConfigError(f"{path}.{name}: only used by type {' or '.join(TYPE_FIELDS[name])}, not {self.type}")
         if self.type == "warmup":
             if not self.warmup_steps and not self.warmup_ratio:
                 raise ConfigError(f"{path}: type warmup (FunASR WarmupLR) needs warmup_steps or warmup_ratio > 0")
