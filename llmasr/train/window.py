@@ -28,6 +28,7 @@ def run_window(engine, window: list[Batch], world_size: int, counter: FlopCounte
     llm_sum = ctc_sum = correct = audio = 0.0
     unaligned: list[str] = []  # this rank's utterances CTC had no path for (their CTC loss is 0)
     nonfinite: list[list[str]] = []  # the keys of this rank's micro batches whose loss is NaN or infinite
+    skip_update = n_utt == 0 and skips_nonfinite(engine)  # stand-ins only, on every rank: nothing to learn
     for i, batch in enumerate(window):
         empty = batch.empty
         out = engine.micro_step(
@@ -37,7 +38,7 @@ def run_window(engine, window: list[Batch], world_size: int, counter: FlopCounte
             boundary=i == len(window) - 1,
             zero_loss=empty,
             counter=None if empty else counter,  # a stand-in batch is no work done on data
-            skip_update=n_utt == 0 and skips_nonfinite(engine),  # stand-ins only, on every rank: nothing to learn
+            skip_update=skip_update,
         )
         if empty:
             continue
