@@ -18,9 +18,10 @@ import yaml
 from llmasr.config_io import ConfigError, apply_overrides, dump_yaml, from_dict, load_yaml, to_dict
 from llmasr.config_paths import resolve_paths
 from llmasr.data.config import DataConfig
-from llmasr.models.config import ModelConfig
+from llmasr.models.config import AdaptorConfig, CTCConfig, EncoderConfig, ModelConfig
 from llmasr.models.decoding import DecodeConfig
 from llmasr.train.config import OptimConfig, SchedulerConfig, TrainConfig
+from llmasr.unread_fields import drop_unread
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +62,19 @@ class Recipe:
             log.warning("%s: decode.timestamps is true but the model has no CTC head to time words: read as false",
                         where)  # fmt: skip
             data = {**data, "decode": {**decode, "timestamps": False}}
-        return Recipe._without_inert_schedule_fields(data, where)
+        return Recipe._without_unread_model_fields(Recipe._without_inert_schedule_fields(data, where), where)
+
+    @staticmethod
+    def _without_unread_model_fields(data: dict, where) -> dict:
+        """The model section's fields that nothing reads (llmasr.unread_fields), dropped with a warning."""
+        model = data.get("model")
+        if not isinstance(model, dict):
+            return data
+        model = dict(model)
+        for name, cls in (("encoder", EncoderConfig), ("adaptor", AdaptorConfig), ("ctc", CTCConfig)):
+            if name in model:
+                model[name] = drop_unread(cls, model[name], f"model.{name}", where)
+        return {**data, "model": model}
 
     @staticmethod
     def _without_inert_schedule_fields(data: dict, where) -> dict:

@@ -33,9 +33,10 @@ import yaml
 
 from llmasr.config_io import ConfigError, from_dict
 from llmasr.models.builder import build_model
-from llmasr.models.config import ModelConfig
+from llmasr.models.config import AdaptorConfig, ModelConfig
 from llmasr.models.encoders import entry_for_class
 from llmasr.models.whisper import encoder_conf as whisper_encoder_conf
+from llmasr.unread_fields import drop_unread
 
 MODEL_FILE = "llmasr_model.yaml"
 DTYPE_NAMES = {
@@ -170,7 +171,7 @@ def exported_model_config(
             "init_from": _file(model_dir, enc.get("file", "encoder.safetensors"), "encoder"),
         },
         "adaptor": {
-            **dict(a["conf"]),
+            **drop_unread(AdaptorConfig, dict(a["conf"]), "adaptor.conf", model_dir / MODEL_FILE),
             "init_from": _file(model_dir, a.get("file", "adaptor.safetensors"), "adaptor"),
             "init_prefix": "",
             "freeze": True,

@@ -7,6 +7,9 @@ from typing import Any, Literal
 
 from llmasr.config_io import ConfigError
 from llmasr.config_paths import path_field
+from llmasr.unread_fields import changed, refuse_unread
+
+NO_INIT_FROM = "selects (and strips) a key prefix of init_from's weights, and init_from is not set"
 
 
 def check_dropout(path: str, value: float) -> None:
@@ -65,7 +68,21 @@ class EncoderConfig:
     init_from: str | None = path_field(None)
     init_prefix: str = ""
 
+    @staticmethod
+    def unread_fields(section: dict) -> dict[str, str]:
+        """What an encoder section sets that nothing reads (llmasr.unread_fields)."""
+        unread = {}
+        if section.get("path") is None and not section.get("init_from") and section.get("reinit_keys"):
+            unread["reinit_keys"] = (
+                "names weights to leave at their fresh initialisation, but this encoder loads none (neither path "
+                "nor init_from is set)"
+            )
+        if not section.get("init_from") and changed(EncoderConfig, section, ["init_prefix"]):
+            unread["init_prefix"] = NO_INIT_FROM
+        return unread
+
     def validate(self, path: str) -> None:
+        refuse_unread(self, path)
         if self.type == "whisper" and self.path is None and not self.conf:
             raise ConfigError(f"{path}: a whisper encoder needs `path` (an HF Whisper directory) or `conf`")
         if self.init_from and self.path is not None:
@@ -83,6 +100,11 @@ class EncoderConfig:
                 except ValueError:
                     continue  # not a number: the encoder's typing names it
                 check_dropout(f"{path}.conf.{key}", rate)
+
+
+# An adaptor field that only some types read; set on another type it would change nothing.
+ADAPTOR_TYPE_FIELDS = {"n_layer": ("transformer", "qformer"), "n_head": ("transformer", "qformer"),
+                       "num_queries": ("qformer",)}  # fmt: skip
 
 
 @dataclass
@@ -108,10 +130,24 @@ class AdaptorConfig:
     init_from: str | None = path_field(None)
     init_prefix: str = ""
 
+    @staticmethod
+    def unread_fields(section: dict) -> dict[str, str]:
+        """What an adaptor section sets that nothing reads (llmasr.unread_fields)."""
+        kind = section.get("type", AdaptorConfig.type)
+        unread = {
+            name: f"only used by type {' or '.join(types)}, not {kind}"
+            for name, types in ADAPTOR_TYPE_FIELDS.items()
+            if kind not in types and changed(AdaptorConfig, section, [name])
+        }
+        if not section.get("init_from") and changed(AdaptorConfig, section, ["init_prefix"]):
+            unread["init_prefix"] = NO_INIT_FROM
+        return unread
+
     def validate(self, path: str) -> None:
         for key, low in (("downsample", 1), ("ffn_dim", 1), ("n_head", 1), ("n_layer", 0)):
             if getattr(self, key) < low:
                 raise ConfigError(f"{path}.{key}: must be >= {low}, got {getattr(self, key)}")
+        refuse_unread(self, path)
         check_dropout(f"{path}.dropout", self.dropout)
         if self.audio_token_cap != "none" and self.ctc_compress != "none":
             raise ConfigError(
@@ -254,7 +290,15 @@ class CTCConfig:
             return "sentencepiece"
         return "tiktoken" if str(self.vocab).endswith(".tiktoken") else "token_list"
 
+    @staticmethod
+    def unread_fields(section: dict) -> dict[str, str]:
+        """What a CTC section sets that nothing reads (llmasr.unread_fields); from_encoder fills init_from in."""
+        if section.get("from_encoder") or section.get("init_from") or not changed(CTCConfig, section, ["init_prefix"]):
+            return {}
+        return {"init_prefix": NO_INIT_FROM}
+
     def validate(self, path: str) -> None:
+        refuse_unread(self, path)
         if not 0.0 <= self.weight <= 1.0:
             raise ConfigError(f"{path}.weight: must be in [0, 1], got {self.weight}")
         if not 0.0 <= self.label_smoothing < 1.0:

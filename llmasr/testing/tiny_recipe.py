@@ -36,7 +36,8 @@ def tiny_model_section(
         }
     return {
         "encoder": encoder,
-        "adaptor": {"type": adaptor, "downsample": 2, "ffn_dim": 64, "n_layer": 1, "n_head": 4},
+        "adaptor": {"type": adaptor, "downsample": 2, "ffn_dim": 64}
+        | ({"n_layer": 1, "n_head": 4} if adaptor in ("transformer", "qformer") else {}),
         "llm": {
             "path": str(llm_dir),
             "lora": {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]} if lora else None,

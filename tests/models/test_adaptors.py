@@ -14,7 +14,8 @@ TYPES = ["linear", "conv", "transformer", "qformer"]
 
 
 def make(kind: str, k: int = 3, **kw):
-    cfg = AdaptorConfig(type=kind, downsample=k, ffn_dim=32, n_layer=2, n_head=4, num_queries=2, **kw)
+    own = {"transformer": {"n_layer": 2, "n_head": 4}, "qformer": {"n_layer": 2, "n_head": 4, "num_queries": 2}}
+    cfg = AdaptorConfig(type=kind, downsample=k, ffn_dim=32, **own.get(kind, {}), **kw)
     torch.manual_seed(0)
     return build_adaptor(cfg, IN_DIM, LLM_DIM).eval()
 

@@ -1,6 +1,7 @@
 """The typed model section: values no model could be built or trained with are refused by their key at load."""
 
 import pytest
+import yaml
 
 from llmasr.config_io import ConfigError
 from llmasr.recipe import load_recipe
@@ -37,3 +38,53 @@ def test_an_encoder_dropout_out_of_range_is_refused_by_key(override, message):
     """The encoder's constructor settings are typed when it is built, where torch refused the rate naming no key."""
     with pytest.raises(ConfigError, match=message):
         load_recipe(data={"model": {"llm": {"path": "llm"}}}, overrides=[override])
+
+
+@pytest.mark.parametrize(
+    ("section", "override", "message"),
+    [
+        ({}, "model.adaptor.num_queries=8", "model.adaptor.num_queries: only used by type qformer, not linear"),
+        ({}, "model.adaptor.n_layer=4", "model.adaptor.n_layer: only used by type transformer or qformer, not linear"),
+        ({"adaptor": {"type": "conv"}}, "model.adaptor.n_head=4", "model.adaptor.n_head: only used by .* not conv"),
+        ({"adaptor": {"type": "transformer"}}, "model.adaptor.num_queries=2", "num_queries: only used by type qformer"),
+        ({}, "model.adaptor.init_prefix=audio_adaptor.", "model.adaptor.init_prefix: .* init_from is not set"),
+        ({}, "model.encoder.init_prefix=encoder.", "model.encoder.init_prefix: .* init_from is not set"),
+        ({}, "model.ctc.init_prefix=ctc.", "model.ctc.init_prefix: .* init_from is not set"),
+        ({}, "model.encoder.reinit_keys=[encoders.0.*]", "model.encoder.reinit_keys: .* loads none"),
+    ],
+)
+def test_a_field_nothing_reads_is_refused_by_key(section, override, message):
+    """A linear adaptor's n_layer, a Q-Former's num_queries on another type, a key prefix with no weights file and
+    reinit_keys on an encoder that loads no weights had been accepted and changed nothing."""
+    with pytest.raises(ConfigError, match=message):
+        load_recipe(data={"model": {"llm": {"path": "llm"}, **section}}, overrides=[override])
+
+
+def test_fields_their_settings_read_are_accepted():
+    recipe = load_recipe(
+        data={"model": {"llm": {"path": "llm"}}},
+        overrides=["model.adaptor.type=qformer", "model.adaptor.num_queries=2", "model.adaptor.n_layer=3",
+                   "model.encoder.init_from=enc.safetensors", "model.encoder.init_prefix=encoder.",
+                   "model.encoder.reinit_keys=[encoders.0.*]", "model.ctc.init_from=ctc.pt",
+                   "model.ctc.init_prefix=ctc."],
+    )  # fmt: skip
+    assert (recipe.model.adaptor.num_queries, recipe.model.encoder.init_prefix) == (2, "encoder.")
+
+
+def test_a_saved_run_with_a_model_field_nothing_reads_still_loads(tmp_path, caplog):
+    """A run saved before the refusal loads with the field dropped and a warning naming it, so that it still
+    resumes, exports and decodes; the defaults a saved recipe writes out load without a word."""
+    (tmp_path / "llm").mkdir()
+    data = {"model": {"llm": {"path": str(tmp_path / "llm")},
+                      "adaptor": {"type": "linear", "n_layer": 4, "n_head": 8, "num_queries": 4, "init_prefix": "a."},
+                      "encoder": {"reinit_keys": ["encoders.0.*"]}}}  # fmt: skip
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(ConfigError, match="n_layer: only used by type transformer or qformer, not linear"):
+        load_recipe(path)
+    with caplog.at_level("WARNING"):
+        recipe = load_recipe(path, saved=True)
+    assert recipe.model.adaptor.n_layer == 2 and recipe.model.encoder.reinit_keys == []
+    for name in ("model.adaptor.n_layer", "model.adaptor.init_prefix", "model.encoder.reinit_keys"):
+        assert f"{name}: " in caplog.text and "dropped" in caplog.text
+    assert "n_head" not in caplog.text and "num_queries" not in caplog.text

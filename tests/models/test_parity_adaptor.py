@@ -24,12 +24,13 @@ sys.path.remove(str(FIXTURES))
 
 
 def ours_from_funasr_kwargs(kind: str, kwargs: dict):
+    # FunASR's Linear takes n_layer and attention_heads and reads neither; llmasr refuses them on a linear adaptor
+    blocks = {"n_layer": kwargs.get("n_layer", 2), "n_head": kwargs.get("attention_heads", 8)}
     cfg = AdaptorConfig(
         type=kind,
         downsample=kwargs["downsample_rate"],
         ffn_dim=kwargs["ffn_dim"],
-        n_layer=kwargs.get("n_layer", 2),
-        n_head=kwargs.get("attention_heads", 8),
+        **(blocks if kind == "transformer" else {}),
     )
     return build_adaptor(cfg, kwargs["encoder_dim"], kwargs["llm_dim"]).eval()
 

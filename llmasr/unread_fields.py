@@ -1,0 +1,50 @@
+"""Fields a config section sets that its other settings leave unread: another type's field (a Q-Former's
+`num_queries` on a linear adaptor, a tri_stage schedule's `init_lr_scale` on a cosine one), or a key prefix with
+no weights file to apply it to. A new recipe is refused them: they would change nothing, and say nothing. A run's
+saved recipe, or an export, written before the refusal has them dropped with a warning, so that it still loads.
+
+A section class lists its rules in a staticmethod `unread_fields(section: dict) -> dict[str, str]` (field name to
+the reason it is not read), over the section as written (a dict), so the same rule serves both."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import MISSING, fields
+
+from llmasr.config_io import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+def default_of(cls, name: str):
+    """The default of dataclass `cls`'s field `name` (its default_factory's value)."""
+    spec = cls.__dataclass_fields__[name]
+    return spec.default_factory() if spec.default is MISSING else spec.default
+
+
+def changed(cls, section: dict, names) -> list[str]:
+    """Those of `names` that `section` sets to other than the default: a saved recipe or an export writes every
+    field, defaults too, so only a value a user chose counts."""
+    return [name for name in names if name in section and section[name] != default_of(cls, name)]
+
+
+def as_section(obj) -> dict:
+    """A config object's own fields as a section dict (nested sections stay objects)."""
+    return {spec.name: getattr(obj, spec.name) for spec in fields(obj)}
+
+
+def refuse_unread(obj, path: str) -> None:
+    """ConfigError naming the first field `obj` sets that nothing reads (for a section's validate)."""
+    for name, why in type(obj).unread_fields(as_section(obj)).items():
+        raise ConfigError(f"{path}.{name}: {why}")
+
+
+def drop_unread(cls, section, label: str, where) -> dict:
+    """`section` (as written in `where`, at `label`) without the fields `cls` would refuse as unread, each named in a
+    warning. Anything that is not a dict is given back as it is, for the typed load to name."""
+    if not isinstance(section, dict):
+        return section
+    unread = cls.unread_fields(section)
+    for name, why in unread.items():
+        log.warning("%s: %s.%s: %s; dropped", where, label, name, why)
+    return {key: value for key, value in section.items() if key not in unread}

@@ -1,0 +1,22 @@
+"""llmasr.export.exported: an export written by an earlier llmasr still loads."""
+
+import shutil
+
+import yaml
+
+from llmasr.export.exported import MODEL_FILE, exported_model_config
+
+
+def test_an_export_with_an_adaptor_field_nothing_reads_still_loads(exported_dir, tmp_path, caplog):
+    """An export records every adaptor field; one written before unread fields were refused may hold a linear
+    adaptor's n_layer. It loads with the field dropped and named, as it was built without it."""
+    old = shutil.copytree(exported_dir, tmp_path / "old")
+    desc = yaml.safe_load((old / MODEL_FILE).read_text())
+    assert desc["adaptor"]["conf"]["type"] == "linear"
+    desc["adaptor"]["conf"].update(n_layer=6, num_queries=4)  # num_queries: its default, as every export writes
+    (old / MODEL_FILE).write_text(yaml.safe_dump(desc))
+    with caplog.at_level("WARNING"):
+        cfg = exported_model_config(old)
+    assert cfg.adaptor.type == "linear" and cfg.adaptor.n_layer == 2
+    assert f"{old / MODEL_FILE}: adaptor.conf.n_layer: only used by type transformer or qformer" in caplog.text
+    assert "num_queries" not in caplog.text
