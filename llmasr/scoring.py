@@ -39,6 +39,11 @@ NO_SPACE_RANGES = (
     (0x0F00, 0x0FFF),  # Tibetan
     (0x1000, 0x109F),  # Myanmar
     (0x1780, 0x17FF),  # Khmer
+    # letters and numbers of the CJK symbols block: iteration marks, ideographic zero ("二〇〇八年"), Hangzhou numerals
+    (0x3005, 0x3007),
+    (0x3021, 0x3029),
+    (0x3031, 0x3035),
+    (0x3038, 0x303C),
     (0x3040, 0x309F),  # Hiragana
     (0x30A0, 0x30FF),  # Katakana
     (0x31F0, 0x31FF),  # Katakana phonetic extensions
@@ -46,7 +51,7 @@ NO_SPACE_RANGES = (
     (0x4E00, 0x9FFF),  # CJK unified ideographs
     (0xF900, 0xFAFF),  # CJK compatibility ideographs
     (0xFF66, 0xFF9F),  # half-width katakana
-    (0x20000, 0x2FA1F),  # CJK extensions B-F, compatibility supplement
+    (0x20000, 0x323AF),  # CJK extensions B-H, compatibility supplement
 )
 
 

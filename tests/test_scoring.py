@@ -70,6 +70,15 @@ def test_cer_for_languages_without_spaces():
         choose_unit("x", "bleu")
 
 
+def test_ideographic_zero_and_iteration_marks_count_one_character_each():
+    """〇 and 々 sit in the CJK symbols block, not among the ideographs: each is still one character of the text (they
+    had joined into one unit, "〇〇")."""
+    s = score_utterance("二〇〇八年", "二零零八年")
+    assert (s.unit, s.ref_len, s.substitutions, s.deletions, s.insertions) == ("cer", 5, 2, 0, 0)
+    assert score_utterance("時々々", "時時時").ref_len == 3
+    assert uses_characters("〇") and uses_characters("\U00031350")  # CJK extension H
+
+
 def test_code_switched_text_counts_words_whole_and_characters_one_each():
     """auto: in an utterance scored in characters, an English word or a number is one unit (the code-switching
     convention): a wrong English word is one error, not one a letter; `cer` asked for counts letters."""
