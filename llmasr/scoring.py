@@ -79,7 +79,8 @@ _WORD_BREAKS = "\u200b"  # the zero-width space: an invisible word boundary (Tha
 def normalize(text: str) -> str:
     """NFKC, casefold, punctuation/symbols -> space (in-word apostrophes kept), format characters dropped (a zero-width
     space -> space), whitespace collapsed."""
-    text = unicodedata.normalize("NFKC", text).casefold()
+    # casefold turns the capital dotted I (Turkish "İ") into "i" and a combining dot: without the dot the two cases meet
+    text = unicodedata.normalize("NFKC", text).casefold().replace("i\u0307", "i")
     out = []
     n = len(text)
     for i, ch in enumerate(text):

@@ -29,6 +29,7 @@ def test_normalize():
     assert normalize("我用python\u2019s库") == "我用python's库"
     assert normalize("ＡＢＣ１２３") == "abc123"  # NFKC folds full-width forms
     assert normalize("Straße") == "strasse"  # casefold
+    assert normalize("İSTANBUL") == normalize("istanbul") == "istanbul"  # no combining dot left by casefold
     assert normalize("你好，世界。") == "你好 世界"
     assert normalize("a\tb\nc") == "a b c"
     # format characters inside a word leave it whole (a soft hyphen, Persian's zero-width non-joiner, a BOM); a
