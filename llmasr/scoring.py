@@ -76,9 +76,15 @@ _WORD_BREAKS = "\u200b"  # the zero-width space: an invisible word boundary (Tha
 # (soft hyphen, zero-width joiner and non-joiner, direction marks, BOM) sit inside words and go
 
 
+def _is_variation_selector(ch: str) -> bool:
+    """A variation selector picks how the character before it is drawn (emoji "❤️", a kanji's variant): it is a
+    combining mark, so it had stood as a unit of its own once a symbol before it went, or beside a kanji."""
+    return "\ufe00" <= ch <= "\ufe0f" or "\U000e0100" <= ch <= "\U000e01ef"
+
+
 def normalize(text: str) -> str:
-    """NFKC, casefold, punctuation/symbols -> space (in-word apostrophes kept), format characters dropped (a zero-width
-    space -> space), whitespace collapsed."""
+    """NFKC, casefold, punctuation/symbols -> space (in-word apostrophes kept), format characters, variation selectors
+    and enclosing marks dropped (a zero-width space -> space), whitespace collapsed."""
     # casefold turns the capital dotted I (Turkish "İ") into "i" and a combining dot: without the dot the two cases meet
     text = unicodedata.normalize("NFKC", text).casefold().replace("i\u0307", "i")
     out = []
@@ -90,7 +96,7 @@ def normalize(text: str) -> str:
             out.append("'" if inside else " ")
         elif cat[0] in ("P", "S") or cat == "Cc" or ch in _WORD_BREAKS:
             out.append(" ")
-        elif cat == "Cf":
+        elif cat in ("Cf", "Me") or _is_variation_selector(ch):  # invisible, or drawn around a symbol (keycap)
             continue
         else:
             out.append(ch)

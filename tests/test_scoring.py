@@ -38,6 +38,10 @@ def test_normalize():
     assert normalize("\u0645\u06cc\u200c\u062e\u0648\u0627\u0647\u0645") == "\u0645\u06cc\u062e\u0648\u0627\u0647\u0645"
     assert normalize("one\u200btwo") == "one two"
     assert score_utterance("co\u00adoperate", "cooperate").errors == 0
+    # variation selectors and enclosing marks only change how a character is drawn: no unit of their own
+    assert normalize("I \u2764\ufe0f you") == "i you" and normalize("1\ufe0f\u20e3 one") == "1 one"
+    assert score_utterance("我爱你\u2764\ufe0f", "我爱你").errors == 0
+    assert score_utterance("葛\U000e0100城", "葛城").ref_len == 2  # an ideographic variation sequence
 
 
 def test_wer_hand_computed():
