@@ -39,6 +39,11 @@ NO_SPACE_RANGES = (
     (0x0F00, 0x0FFF),  # Tibetan
     (0x1000, 0x109F),  # Myanmar
     (0x1780, 0x17FF),  # Khmer
+    # letters and numbers of the CJK symbols block: iteration marks, ideographic zero ("二〇〇八年"), Hangzhou numerals
+    (0x3005, 0x3007),
+    (0x3021, 0x3029),
+    (0x3031, 0x3035),
+    (0x3038, 0x303C),
     (0x3040, 0x309F),  # Hiragana
     (0x30A0, 0x30FF),  # Katakana
     (0x31F0, 0x31FF),  # Katakana phonetic extensions
@@ -46,7 +51,7 @@ NO_SPACE_RANGES = (
     (0x4E00, 0x9FFF),  # CJK unified ideographs
     (0xF900, 0xFAFF),  # CJK compatibility ideographs
     (0xFF66, 0xFF9F),  # half-width katakana
-    (0x20000, 0x2FA1F),  # CJK extensions B-F, compatibility supplement
+    (0x20000, 0x323AF),  # CJK extensions B-H, compatibility supplement
 )
 
 
@@ -71,10 +76,17 @@ _WORD_BREAKS = "\u200b"  # the zero-width space: an invisible word boundary (Tha
 # (soft hyphen, zero-width joiner and non-joiner, direction marks, BOM) sit inside words and go
 
 
+def _is_variation_selector(ch: str) -> bool:
+    """A variation selector picks how the character before it is drawn (emoji "❤️", a kanji's variant): it is a
+    combining mark, so it had stood as a unit of its own once a symbol before it went, or beside a kanji."""
+    return "\ufe00" <= ch <= "\ufe0f" or "\U000e0100" <= ch <= "\U000e01ef"
+
+
 def normalize(text: str) -> str:
-    """NFKC, casefold, punctuation/symbols -> space (in-word apostrophes kept), format characters dropped (a zero-width
-    space -> space), whitespace collapsed."""
-    text = unicodedata.normalize("NFKC", text).casefold()
+    """NFKC, casefold, punctuation/symbols -> space (in-word apostrophes kept), format characters, variation selectors
+    and enclosing marks dropped (a zero-width space -> space), whitespace collapsed."""
+    # casefold turns the capital dotted I (Turkish "İ") into "i" and a combining dot: without the dot the two cases meet
+    text = unicodedata.normalize("NFKC", text).casefold().replace("i\u0307", "i")
     out = []
     n = len(text)
     for i, ch in enumerate(text):
@@ -84,7 +96,7 @@ def normalize(text: str) -> str:
             out.append("'" if inside else " ")
         elif cat[0] in ("P", "S") or cat == "Cc" or ch in _WORD_BREAKS:
             out.append(" ")
-        elif cat == "Cf":
+        elif cat in ("Cf", "Me") or _is_variation_selector(ch):  # invisible, or drawn around a symbol (keycap)
             continue
         else:
             out.append(ch)

@@ -23,8 +23,8 @@ def _draws(n: int, resamples: int, seed: int) -> np.ndarray:
 def rate_interval(
     errors: list[int], units: list[int], *, level: float = LEVEL, resamples: int = RESAMPLES, seed: int = 0
 ) -> tuple[float, float] | None:
-    """(low, high) of the corpus error rate over utterance resamples; None with fewer than two utterances or no
-    reference units (nothing to resample)."""
+    """(low, high) of the corpus error rate over utterance resamples (those holding reference units); None with
+    fewer than two utterances or no reference units (nothing to resample)."""
     err, ref = np.asarray(errors, dtype=np.float64), np.asarray(units, dtype=np.float64)
     if len(err) != len(ref):
         raise ValueError(f"rate_interval: {len(err)} error counts against {len(ref)} unit counts")
@@ -32,7 +32,10 @@ def rate_interval(
         return None
     idx = _draws(len(err), resamples, seed)
     totals = ref[idx].sum(axis=1)
-    rates = np.divide(err[idx].sum(axis=1), totals, out=np.zeros(resamples), where=totals > 0)
+    # a draw of empty references only (silent clips) has no rate: counted as 0 it dragged the low end to 0
+    rates = err[idx].sum(axis=1)[totals > 0] / totals[totals > 0]
+    if not rates.size:
+        return None
     tail = (1.0 - level) / 2
     low, high = np.quantile(rates, [tail, 1.0 - tail])
     return float(low), float(high)

@@ -29,6 +29,7 @@ def test_normalize():
     assert normalize("我用python\u2019s库") == "我用python's库"
     assert normalize("ＡＢＣ１２３") == "abc123"  # NFKC folds full-width forms
     assert normalize("Straße") == "strasse"  # casefold
+    assert normalize("İSTANBUL") == normalize("istanbul") == "istanbul"  # no combining dot left by casefold
     assert normalize("你好，世界。") == "你好 世界"
     assert normalize("a\tb\nc") == "a b c"
     # format characters inside a word leave it whole (a soft hyphen, Persian's zero-width non-joiner, a BOM); a
@@ -37,6 +38,10 @@ def test_normalize():
     assert normalize("\u0645\u06cc\u200c\u062e\u0648\u0627\u0647\u0645") == "\u0645\u06cc\u062e\u0648\u0627\u0647\u0645"
     assert normalize("one\u200btwo") == "one two"
     assert score_utterance("co\u00adoperate", "cooperate").errors == 0
+    # variation selectors and enclosing marks only change how a character is drawn: no unit of their own
+    assert normalize("I \u2764\ufe0f you") == "i you" and normalize("1\ufe0f\u20e3 one") == "1 one"
+    assert score_utterance("我爱你\u2764\ufe0f", "我爱你").errors == 0
+    assert score_utterance("葛\U000e0100城", "葛城").ref_len == 2  # an ideographic variation sequence
 
 
 def test_wer_hand_computed():
@@ -68,6 +73,15 @@ def test_cer_for_languages_without_spaces():
     assert choose_unit("你好", "wer") == "wer"
     with pytest.raises(ValueError):
         choose_unit("x", "bleu")
+
+
+def test_ideographic_zero_and_iteration_marks_count_one_character_each():
+    """〇 and 々 sit in the CJK symbols block, not among the ideographs: each is still one character of the text (they
+    had joined into one unit, "〇〇")."""
+    s = score_utterance("二〇〇八年", "二零零八年")
+    assert (s.unit, s.ref_len, s.substitutions, s.deletions, s.insertions) == ("cer", 5, 2, 0, 0)
+    assert score_utterance("時々々", "時時時").ref_len == 3
+    assert uses_characters("〇") and uses_characters("\U00031350")  # CJK extension H
 
 
 def test_code_switched_text_counts_words_whole_and_characters_one_each():

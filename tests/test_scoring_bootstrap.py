@@ -26,6 +26,15 @@ def test_equal_utterances_give_a_point_and_too_little_data_gives_none():
         rate_interval([1, 2, 3], [4, 5])
 
 
+def test_draws_of_empty_references_only_have_no_rate():
+    """Silent clips (empty references) beside a few spoken ones: a draw of silent clips alone measures no rate; taken
+    as 0 it had put the interval's low end at 0 though every draw with speech scores 50%."""
+    errors, units = [5] * 3 + [1] * 20, [10] * 3 + [0] * 20
+    low, high = rate_interval(errors, units)
+    assert low >= 0.5 and high > low
+    assert rate_interval([1, 0], [0, 1], resamples=1, seed=11) is None  # its one draw holds no reference unit
+
+
 def test_probability_of_improvement():
     assert improvement_probability([0, 1, 0], [1, 2, 1]) == 1.0
     assert improvement_probability([1, 2, 1], [0, 1, 0]) == 0.0

@@ -182,8 +182,12 @@ def read_noise_list(path: str | Path, *, must_exist: bool = False) -> list[str]:
     path = Path(path)
     base = path.resolve().parent
     out, missing = [], []
-    with open(path, encoding="utf-8-sig") as f:
-        for lineno, raw in enumerate(f, start=1):
+    with open(path, "rb") as f:
+        for lineno, data in enumerate(f, start=1):
+            try:
+                raw = data.decode("utf-8-sig" if lineno == 1 else "utf-8")
+            except UnicodeDecodeError as err:
+                raise ConfigError(f"{path}:{lineno}: not UTF-8 text ({err.reason} at byte {err.start})") from None
             if not raw.strip():
                 continue
             try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 
 import numpy as np
 import pytest
@@ -219,6 +220,19 @@ def test_bad_noise_file_is_skipped_not_fatal(tmp_path, caplog):
     y = Augmenter(cfg, FrontendConfig()).wave(x, SR, np.random.default_rng(0), drawn(cfg, 0))
     np.testing.assert_array_equal(y, x)
     assert "noise augmentation skipped" in caplog.text and "file not found" in caplog.text
+
+
+def test_a_noise_list_not_in_utf8_is_refused_naming_its_line(tmp_path):
+    """A list saved in another encoding had stopped training with a bare UnicodeDecodeError naming no file."""
+    from llmasr.data.augment import read_noise_list
+
+    sf.write(tmp_path / "a.wav", sine(300), SR)
+    path = tmp_path / "noise.jsonl"
+    path.write_bytes(b'\xef\xbb\xbf{"key": "a", "source": "a.wav"}\n{"key": "\xc4\xe3", "source": "a.wav"}\n')
+    with pytest.raises(ConfigError, match=re.escape(f"{path}:2: not UTF-8 text")):
+        read_noise_list(path, must_exist=True)
+    path.write_bytes(b'\xef\xbb\xbf{"key": "a", "source": "a.wav"}\n')  # a BOM is no part of the first record
+    assert read_noise_list(path, must_exist=True) == [str(tmp_path / "a.wav")]
 
 
 def test_spec_augment_lfr_freq_masks_repeat_in_every_subframe():
