@@ -216,7 +216,6 @@ class Augmenter:
         self.frontend = frontend
         self.lfr_m = frontend.lfr_m if frontend.kind == "fbank" else 1
         self._noise: list[str] | None = None
-        self._noise_failures = 0
 
     @property
     def enabled(self) -> bool:
@@ -277,6 +276,8 @@ class Augmenter:
 
         if self._noise is None:
             self._noise = read_noise_list(self.cfg.noise.manifest)
+        if not self._noise:
+            return x
         path = self._noise[int(rng.integers(len(self._noise)))]
         snr = rng.uniform(self.cfg.noise.snr_db[0], self.cfg.noise.snr_db[1])
         offset_u = rng.random()
@@ -287,9 +288,11 @@ class Augmenter:
             start = offset_u * max(0.0, total - need)
             noise = load_audio(path, sample_rate=sr, start=start, end=start + need if total > need else None)
         except AudioError as err:
-            self._noise_failures += 1
-            if self._noise_failures <= 5:
-                log.warning("noise augmentation skipped: %s", err)
+            # left out, so that the clips after this one still get noise at the configured prob, and each bad file
+            # is named once (start-up checked that every file exists, not that it decodes)
+            self._noise = [p for p in self._noise if p != path]
+            log.warning("noise augmentation skipped, the file left out of the noise list (%d files left%s): %s",
+                        len(set(self._noise)), "" if self._noise else ": noise augmentation is off", err)  # fmt: skip
             return x
         return mix_at_snr(x, noise, snr, speech)
 

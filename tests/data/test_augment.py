@@ -220,6 +220,28 @@ def test_bad_noise_file_is_skipped_not_fatal(tmp_path, caplog):
     y = Augmenter(cfg, FrontendConfig()).wave(x, SR, np.random.default_rng(0), drawn(cfg, 0))
     np.testing.assert_array_equal(y, x)
     assert "noise augmentation skipped" in caplog.text and "file not found" in caplog.text
+    assert "noise augmentation is off" in caplog.text
+
+
+def test_a_noise_file_that_fails_to_read_is_left_out_and_named_once(tmp_path, caplog):
+    """A noise file that exists but does not decode had been drawn again and again, each clip that drew it going
+    without noise, and after five failures with no word; it is named once and left out, and the clips after it get
+    noise from the files that read."""
+    rng = np.random.default_rng(0)
+    sf.write(tmp_path / "good.wav", (rng.standard_normal(SR * 2) * 0.1).astype(np.float32), SR)
+    (tmp_path / "bad.wav").write_bytes(b"RIFF not a wave")
+    lines = [{"key": "good", "source": "good.wav"}, {"key": "bad", "source": "bad.wav"}]
+    (tmp_path / "noise.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    cfg = from_dict(AugmentConfig, {"noise": {"enable": True, "manifest": str(tmp_path / "noise.jsonl"), "prob": 1.0}},
+                    "augment")  # fmt: skip
+    augmenter, x = Augmenter(cfg, FrontendConfig()), sine(300)
+    mixed = []
+    with caplog.at_level("WARNING"):
+        for seed in range(12):
+            mixed.append(not np.array_equal(augmenter.wave(x, SR, np.random.default_rng(seed), drawn(cfg, 0)), x))
+    assert caplog.text.count("noise augmentation skipped") == 1 and "(1 files left)" in caplog.text
+    assert str(tmp_path / "bad.wav") in caplog.text
+    assert mixed.count(False) == 1 and all(mixed[mixed.index(False) + 1 :])
 
 
 def test_a_noise_list_not_in_utf8_is_refused_naming_its_line(tmp_path):
