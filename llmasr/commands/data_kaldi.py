@@ -13,8 +13,8 @@ from llmasr.data.kaldi import KaldiError, kaldi_to_jsonl
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="llmasr data kaldi", description="Kaldi data directory -> FunASR-style jsonl")
     p.add_argument(
-        "data_dir", help="Kaldi data directory with wav.scp, and text and segments where present (no text: a manifest "
-        "of audio to transcribe, for llmasr decode)",
+        "data_dir", help="Kaldi data directory with wav.scp, and text, segments and utt2dur where present (no text: a "
+        "manifest of audio to transcribe, for llmasr decode; utt2dur: durations written, no header probed in training)",
     )  # fmt: skip
     p.add_argument("out", help="jsonl manifest to write")
     p.add_argument("--base-dir", help="directory relative wav.scp paths resolve against (default: cwd)")
@@ -22,11 +22,12 @@ def main(argv: list[str] | None = None) -> int:
     d = Path(args.data_dir)
     if not (d / "wav.scp").is_file():
         p.error(f"{d / 'wav.scp'}: missing")
-    segments, text = d / "segments", d / "text"
+    segments, text, utt2dur = d / "segments", d / "text", d / "utt2dur"
     try:
         counts = kaldi_to_jsonl(
             d / "wav.scp", text if text.is_file() else None, args.out,
             segments=segments if segments.is_file() else None, base_dir=args.base_dir,
+            utt2dur=utt2dur if utt2dur.is_file() else None,
         )  # fmt: skip
     except KaldiError as err:
         print(f"llmasr data kaldi: error: {err}", file=sys.stderr)

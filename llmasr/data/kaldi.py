@@ -97,13 +97,16 @@ def kaldi_to_jsonl(
     *,
     segments: str | Path | None = None,
     base_dir: str | Path | None = None,
+    utt2dur: str | Path | None = None,
 ) -> dict:
     """Convert a Kaldi data dir (wav.scp + text [+ segments]) to FunASR-style jsonl.
 
     Relative audio paths in wav.scp are resolved against `base_dir` (default: the current directory, Kaldi's
     convention of running from the recipe folder) and written absolute. With `segments`, each segment becomes a
     record with start/end/duration (seconds into its recording; an end of -1 means "to the end of the file").
-    `text` None: every recording (or segment) is written without a target, for decoding.
+    `text` None: every recording (or segment) is written without a target, for decoding. `utt2dur` (Kaldi's
+    `<key> <seconds>` lines, utils/data/get_utt2dur.sh) gives the records whose duration the rest leaves unknown
+    theirs, so that training does not open every file's header at start-up; a segment's own end - start stays.
 
     Nothing is dropped silently. The returned dict has `written` and, for each reason a key is skipped, a count
     and the first five keys (`<reason>` and `<reason>_keys`):
@@ -113,7 +116,9 @@ def kaldi_to_jsonl(
       unsupported    wav.scp entries that are pipe commands (`... |`) or offsets (`FILE:123`), not plain paths
       bad_segments   segments lines that do not parse
       duplicate_keys a key repeated within one file (the first is kept)
-    plus `problems`: the first 20 BadRecords (file:line: reason). Every reason is also logged once as a warning.
+    plus `problems`: the first 20 BadRecords (file:line: reason), and with `utt2dur`, `durations_from_utt2dur` and
+    `durations_unknown` (records written without a duration: utt2dur lacks their key). Every reason is also logged
+    once as a warning.
     """
     wav_scp, out_jsonl = Path(wav_scp), Path(out_jsonl)
     text = Path(text) if text is not None else None
@@ -123,6 +128,7 @@ def kaldi_to_jsonl(
     wavs = _read_kaldi_table(wav_scp, "wav.scp", dups)
     texts = _read_kaldi_table(text, "text", dups) if text is not None else None
     segs = _read_kaldi_table(Path(segments), "segments", dups) if segments is not None else {}
+    durs = _read_kaldi_table(Path(utt2dur), "utt2dur", dups) if utt2dur is not None else None
     skipped.duplicates(dups)
 
     # With segments, a recording without a usable path is counted by its segments (or as no_segments), not twice.
@@ -131,8 +137,37 @@ def kaldi_to_jsonl(
         records = _recording_records(wavs, texts, sources, wav_scp, text, skipped)
     else:
         records = _segment_records(segs, wavs, texts, (sources, why), (wav_scp, Path(segments)), text, skipped)
+    found = _fill_durations(records, durs, Path(utt2dur)) if durs is not None else None
     written = _write_jsonl(records, texts, text, out_jsonl, skipped)
-    return skipped.counts(written)
+    counts = skipped.counts(written)
+    if found is not None:
+        unknown = sum(1 for r in records if "duration" not in r)
+        counts.update(durations_from_utt2dur=found, durations_unknown=unknown)
+        if unknown:
+            log.warning("kaldi_to_jsonl: %d record(s) not in %s: written without a duration (training probes their "
+                        "audio headers)", unknown, utt2dur)  # fmt: skip
+    return counts
+
+
+def _fill_durations(records: list[dict], table: dict, utt2dur: Path) -> int:
+    """Give the records without a duration theirs from utt2dur (the utterance's seconds, a segment's too); returns
+    how many it gave. A value that is not a positive number is refused with its line: a table this wrong is not one
+    to take durations from."""
+    found = 0
+    for r in records:
+        if "duration" in r or r["key"] not in table:
+            continue
+        lineno, value = table[r["key"]]
+        try:
+            seconds = float(value)
+        except ValueError:
+            seconds = math.nan
+        if not (math.isfinite(seconds) and seconds > 0):
+            raise KaldiError(f"{utt2dur}:{lineno}: {r['key']}: expected '<key> <seconds>' with seconds > 0, got "
+                             f"{value!r}")  # fmt: skip
+        r["duration"] = seconds
+        found += 1
+    return found
 
 
 def _audio_sources(wavs: dict, wav_scp: Path, base: Path, skipped: _Skipped) -> tuple[dict[str, str], dict]:
