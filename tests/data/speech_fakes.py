@@ -1,4 +1,5 @@
-"""Small fakes shared by the data-pipeline tests: prompt builder, CTC tokenizer, wav files and manifests."""
+"""Small fakes shared by the data-pipeline tests: prompt builder, CTC tokenizer, wav files and manifests (FunASR jsonl
+and lhotse cuts)."""
 
 from __future__ import annotations
 
@@ -89,3 +90,52 @@ def good_corpus(tmp: Path, n: int, *, seed: int = 0, with_duration: bool = True,
             r["duration"] = round(dur, 4)
         recs.append(r)
     return write_manifest(tmp / f"{name}.jsonl", recs)
+
+
+def write_tone_wav(path, seconds=1.0, sr=16000, channels=1, freq=440.0):
+    """A float wav of `channels` sine tones (channel c at freq * (c + 1)), for the manifest tests."""
+    t = np.arange(int(sr * seconds)) / sr
+    x = np.stack([0.3 * np.sin(2 * np.pi * freq * (c + 1) * t) for c in range(channels)], axis=1)
+    sf.write(path, x.astype(np.float32), sr, subtype="FLOAT")
+    return path
+
+
+def write_jsonl(path, records):
+    with open(path, "w") as f:
+        for r in records:
+            f.write((r if isinstance(r, str) else json.dumps(r, ensure_ascii=False)) + "\n")
+    return path
+
+
+def cut(cut_id, path, *, start=0.0, duration=1.0, channel=0, text="hello", sources=None, sups=None, **extra):
+    rec = {
+        "id": cut_id,
+        "start": start,
+        "duration": duration,
+        "channel": channel,
+        "supervisions": sups
+        if sups is not None
+        else [
+            {
+                "id": f"{cut_id}-sup",
+                "recording_id": "rec",
+                "start": 0.0,
+                "duration": duration,
+                "channel": channel,
+                "text": text,
+                "language": "English",
+                "speaker": "spk1",
+            }
+        ],
+        "recording": {
+            "id": "rec",
+            "sources": sources if sources is not None else [{"type": "file", "channels": [0], "source": path}],
+            "sampling_rate": 16000,
+            "num_samples": 48000,
+            "duration": 3.0,
+            "channel_ids": [0],
+        },
+        "type": "MonoCut",
+    }
+    rec.update(extra)
+    return rec
