@@ -1,5 +1,5 @@
 """Small fakes shared by the data-pipeline tests: prompt builder, CTC tokenizer, wav files and manifests (FunASR jsonl
-and lhotse cuts)."""
+and lhotse cuts), and the loader tests' settings and builder."""
 
 from __future__ import annotations
 
@@ -9,6 +9,11 @@ from types import SimpleNamespace
 
 import numpy as np
 import soundfile as sf
+
+from llmasr.config_io import from_dict
+from llmasr.data.config import DataConfig
+from llmasr.data.frontend import FrontendConfig
+from llmasr.data.loader import build_dataloader
 
 
 class FakePromptBuilder:
@@ -139,3 +144,28 @@ def cut(cut_id, path, *, start=0.0, duration=1.0, channel=0, text="hello", sourc
     }
     rec.update(extra)
     return rec
+
+
+# ------------------------------------------------------------------------- the loader tests' settings and builder
+FRONTEND = FrontendConfig(lfr_m=7, lfr_n=6)
+
+
+def cfg(**kw):
+    base = {"batching": {"max_seconds": 6.0, "num_buckets": 4}, "num_workers": 0, "max_bad_fraction": 0.2}
+    for k, v in kw.items():
+        if k == "batching":
+            base["batching"].update(v)
+        else:
+            base[k] = v
+    return from_dict(DataConfig, base, "data")
+
+
+def build(data_cfg, manifests, **kw):
+    kw.setdefault("train", True)
+    kw.setdefault("ctc_tokenizer", FakeCTCTokenizer())
+    return build_dataloader(data_cfg, manifests, FRONTEND, prompt_builder=FakePromptBuilder(), **kw)
+
+
+def with_lines(tmp_path, n_good: int, extra: list) -> str:
+    path = good_corpus(tmp_path, n_good)
+    return str(write_manifest(tmp_path / "m.jsonl", path.read_text().splitlines() + extra))
