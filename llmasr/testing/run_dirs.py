@@ -25,6 +25,8 @@ from llmasr.train.preemption import Preemption
 from llmasr.train.trainer import Run
 
 TARGETS = ["zero one two", "three four", "five six seven eight", "nine"]
+# the decode tests' corpus: TARGETS and two more
+TEXTS = ["zero one two", "three four", "five six seven eight", "nine", "hello world", "the quick brown fox"]
 
 
 def model_section(llm_dir, encoder_dir, *, encoder_lora: bool = True, ctc: bool = True) -> dict:
@@ -136,3 +138,8 @@ def write_corpus(directory: Path, texts: list[str], *, name: str = "test", extra
     path = directory / f"{name}.jsonl"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
+
+
+def read_lines(path):
+    """The lines of a text file (hyp.txt, ref.txt, ...) without their newlines."""
+    return [line.rstrip("\n") for line in open(path)]

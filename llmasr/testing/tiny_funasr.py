@@ -15,6 +15,8 @@ tensors under their real names beside them), am.mvn in Kaldi nnet text format an
                            to its sentencepiece model (config.yaml says null for both); that model
                            (SENSEVOICE_BPE, `<unk>` at 0, the CTC head's blank), trained on the tiny corpus'
                            words, sizes ctc.ctc_lo
+
+copy_model_dir, edit_config_yaml and rewrite_model_pt change a written directory, for tests of what loads it.
 """
 
 from __future__ import annotations
@@ -254,3 +256,29 @@ def _other_modules(model: str, out: int, feature_dim: int, g: torch.Generator, v
         state["decoder.bias_decoder.src_attn.linear_q.weight"] = rand(out, out)
         state["decoder.bias_output.weight"] = rand(out, 2 * out, 1)
     return state
+
+
+# ---------------------------------------------------------------------------------- editing a written directory
+
+
+def copy_model_dir(src, dst):
+    """The files of directory `src` copied into a new directory `dst`."""
+    dst.mkdir()
+    for f in src.iterdir():
+        (dst / f.name).write_bytes(f.read_bytes())
+    return dst
+
+
+def edit_config_yaml(model_dir, fn):
+    """config.yaml of `model_dir` rewritten with `fn` applied to its contents (a dict, changed in place)."""
+    path = model_dir / "config.yaml"
+    data = yaml.safe_load(path.read_text())
+    fn(data)
+    path.write_text(yaml.safe_dump(data))
+
+
+def rewrite_model_pt(d, fn):
+    """model.pt of directory `d` rewritten with `fn` applied to its state dict (changed in place)."""
+    state = torch.load(d / "model.pt", weights_only=True)
+    fn(state)
+    torch.save(state, d / "model.pt")

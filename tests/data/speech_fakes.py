@@ -1,4 +1,5 @@
-"""Small fakes shared by the data-pipeline tests: prompt builder, CTC tokenizer, wav files and manifests."""
+"""Small fakes shared by the data-pipeline tests: prompt builder, CTC tokenizer, wav files and manifests (FunASR jsonl
+and lhotse cuts), and the loader tests' settings and builder."""
 
 from __future__ import annotations
 
@@ -8,6 +9,11 @@ from types import SimpleNamespace
 
 import numpy as np
 import soundfile as sf
+
+from llmasr.config_io import from_dict
+from llmasr.data.config import DataConfig
+from llmasr.data.frontend import FrontendConfig
+from llmasr.data.loader import build_dataloader
 
 
 class FakePromptBuilder:
@@ -89,3 +95,77 @@ def good_corpus(tmp: Path, n: int, *, seed: int = 0, with_duration: bool = True,
             r["duration"] = round(dur, 4)
         recs.append(r)
     return write_manifest(tmp / f"{name}.jsonl", recs)
+
+
+def write_tone_wav(path, seconds=1.0, sr=16000, channels=1, freq=440.0):
+    """A float wav of `channels` sine tones (channel c at freq * (c + 1)), for the manifest tests."""
+    t = np.arange(int(sr * seconds)) / sr
+    x = np.stack([0.3 * np.sin(2 * np.pi * freq * (c + 1) * t) for c in range(channels)], axis=1)
+    sf.write(path, x.astype(np.float32), sr, subtype="FLOAT")
+    return path
+
+
+def write_jsonl(path, records):
+    with open(path, "w") as f:
+        for r in records:
+            f.write((r if isinstance(r, str) else json.dumps(r, ensure_ascii=False)) + "\n")
+    return path
+
+
+def cut(cut_id, path, *, start=0.0, duration=1.0, channel=0, text="hello", sources=None, sups=None, **extra):
+    rec = {
+        "id": cut_id,
+        "start": start,
+        "duration": duration,
+        "channel": channel,
+        "supervisions": sups
+        if sups is not None
+        else [
+            {
+                "id": f"{cut_id}-sup",
+                "recording_id": "rec",
+                "start": 0.0,
+                "duration": duration,
+                "channel": channel,
+                "text": text,
+                "language": "English",
+                "speaker": "spk1",
+            }
+        ],
+        "recording": {
+            "id": "rec",
+            "sources": sources if sources is not None else [{"type": "file", "channels": [0], "source": path}],
+            "sampling_rate": 16000,
+            "num_samples": 48000,
+            "duration": 3.0,
+            "channel_ids": [0],
+        },
+        "type": "MonoCut",
+    }
+    rec.update(extra)
+    return rec
+
+
+# ------------------------------------------------------------------------- the loader tests' settings and builder
+FRONTEND = FrontendConfig(lfr_m=7, lfr_n=6)
+
+
+def cfg(**kw):
+    base = {"batching": {"max_seconds": 6.0, "num_buckets": 4}, "num_workers": 0, "max_bad_fraction": 0.2}
+    for k, v in kw.items():
+        if k == "batching":
+            base["batching"].update(v)
+        else:
+            base[k] = v
+    return from_dict(DataConfig, base, "data")
+
+
+def build(data_cfg, manifests, **kw):
+    kw.setdefault("train", True)
+    kw.setdefault("ctc_tokenizer", FakeCTCTokenizer())
+    return build_dataloader(data_cfg, manifests, FRONTEND, prompt_builder=FakePromptBuilder(), **kw)
+
+
+def with_lines(tmp_path, n_good: int, extra: list) -> str:
+    path = good_corpus(tmp_path, n_good)
+    return str(write_manifest(tmp_path / "m.jsonl", path.read_text().splitlines() + extra))

@@ -10,8 +10,7 @@ import os
 import time
 
 import pytest
-from speech_fakes import good_corpus
-from test_loader import build, cfg
+from speech_fakes import build, cfg, good_corpus
 
 import llmasr.data.worker_start as start
 from llmasr.data.worker_map import worker_map

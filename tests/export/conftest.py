@@ -1,4 +1,4 @@
-"""Fixtures of the export/decode tests: base model directories, a tiny wav corpus, and run directories that the
+"""Fixtures of the export/decode tests: base model directories, tiny wav corpora, and run directories that the
 real trainer wrote at each ZeRO stage."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from llmasr.testing.run_dirs import model_section, train_run
+from llmasr.testing.run_dirs import TEXTS, model_section, train_run, write_corpus
 
 
 @pytest.fixture(scope="session")
@@ -29,6 +29,12 @@ def train_corpus(tmp_path_factory):
     from llmasr.testing.tiny_corpus import write_tiny_corpus
 
     return write_tiny_corpus(tmp_path_factory.mktemp("train_corpus"), n=16)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    """TEXTS as a FunASR manifest of short wavs (test000..test005), once per test module."""
+    return write_corpus(tmp_path_factory.mktemp("corpus"), TEXTS)
 
 
 @pytest.fixture(scope="session")

@@ -1,6 +1,6 @@
 """The tiktoken-format CTC vocabulary (Fun-ASR-Nano's CTC branch) and the CTC head's decoder layers.
 
-Parity of the ids with FunASR's own tokenizer is pinned in tests/convert/test_funasr_nano.py; here the rules are
+Parity of the ids with FunASR's own tokenizer is pinned in tests/convert/test_funasr_nano_parity.py; here the rules are
 checked on vocabularies small enough to work out by hand."""
 
 from __future__ import annotations

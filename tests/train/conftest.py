@@ -1,8 +1,12 @@
-"""A tiny stand-in for SpeechLLM with the same branch attributes: encoder, adaptor, ctc_head, llm."""
+"""Fixtures of the train tests: a tiny stand-in for SpeechLLM with the same branch attributes (encoder, adaptor,
+ctc_head, llm), and the recipe file the `llmasr check` tests check."""
 
 import pytest
 import torch
+import yaml
 from torch import nn
+
+from llmasr.testing.tiny_corpus import tiny_recipe_dict, write_tiny_corpus
 
 
 class TinyRMSNorm(nn.Module):
@@ -63,3 +67,17 @@ def make_model():
         return FakeSpeechLLM(**kwargs)
 
     return make
+
+
+@pytest.fixture(scope="module")
+def recipe_file(tiny_llm_dir, tmp_path_factory):
+    """The `llmasr check` tests' recipe: 3 epochs of a 20-utterance corpus, grad_accum 2, CTC weight 0.3, warmup_cosine
+    (test modules may define a recipe_file of their own)."""
+    root = tmp_path_factory.mktemp("check")
+    train_m, dev_m = write_tiny_corpus(root / "train", n=20), write_tiny_corpus(root / "dev", n=4, seed=1)
+    data = tiny_recipe_dict(tiny_llm_dir, train=[train_m], valid=[dev_m], output_dir=root / "run", epochs=3,
+                            grad_accum=2, ctc_weight=0.3)  # fmt: skip
+    data["optim"]["scheduler"] = {"type": "warmup_cosine", "warmup_steps": 2}
+    path = root / "recipe.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path

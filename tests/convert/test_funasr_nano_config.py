@@ -1,0 +1,117 @@
+"""`llmasr convert funasr`: what the source's config.yaml, configuration.json and model.pt say is converted or refused
+with what and why, and OUT is checked against the source and written in place."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from llmasr.config_io import ConfigError
+from llmasr.convert.funasr_nano import ConvertError, convert_funasr
+from llmasr.export.exported import load_exported
+from llmasr.testing.tiny_nano import write_nano_dir
+
+
+def _edit_config(src: Path, **changes) -> None:
+    config = yaml.safe_load((src / "config.yaml").read_text(encoding="utf-8"))
+    for dotted, value in changes.items():
+        node = config
+        *parents, last = dotted.split("__")
+        for p in parents:
+            node = node[p]
+        node[last] = value
+    (src / "config.yaml").write_text(yaml.safe_dump(config, allow_unicode=True), encoding="utf-8")
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"model": "SenseVoiceSmall"}, "converts FunASR's LLM-ASR model FunASRNano"),
+        ({"audio_adaptor": "QFormer"}, "audio_adaptor is 'QFormer'"),
+        ({"audio_adaptor_conf__llm_dim": 99}, "audio_adaptor_conf.llm_dim is 99 but the LLM's config.json"),
+        ({"audio_encoder_conf__output_size": 48}, "takes 32-dim encoder frames (downsample_rate 1) but"),
+        ({"tokenizer_conf__init_param_path": "${llm_conf.nowhere}"}, "names no key of the config"),
+        ({"ctc_decoder": "Linear"}, "ctc_decoder is 'Linear'; the converter maps `Transformer` only"),
+        ({"ctc_decoder_conf__downsample_rate": 2}, "ctc_decoder_conf.downsample_rate is 2"),
+        ({"ctc_decoder_conf__llm_dim": 24}, "ctc_decoder_conf.llm_dim is 24 but the CTC layer (ctc.ctc_lo) takes"),
+        ({"ctc_conf__blank_id": 0}, "ctc_conf.blank_id is 0; llmasr's tiktoken CTC vocabulary has the blank last"),
+        ({"ctc_vocab_size": 60515}, "gives ctc_vocab_size 60515 over the encoder's 32-dim frames"),
+    ],
+)
+def test_what_cannot_be_converted_is_refused_with_what_and_why(tmp_path, change, message):
+    src = write_nano_dir(tmp_path / "src")
+    if "tokenizer_conf__init_param_path" in change:  # a reference inside a section the converter reads
+        change = {"llm_conf__init_param_path": change["tokenizer_conf__init_param_path"]}
+        (src / "configuration.json").unlink()
+    _edit_config(src, **change)
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)").replace("$", r"\$")):
+        convert_funasr(src, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_llm_hidden_size_that_disagrees_with_the_adaptor_is_named(tmp_path):
+    src = write_nano_dir(tmp_path / "src")
+    cfg = json.loads((src / "Qwen3-0.6B" / "config.json").read_text())
+    (src / "Qwen3-0.6B" / "config.json").write_text(json.dumps({**cfg, "hidden_size": 96}))
+    with pytest.raises(ConfigError, match=r"outputs 64-dim embeddings but the LLM's config.json has hidden_size 96"):
+        convert_funasr(src, tmp_path / "out")
+
+
+def test_funasr_lora_tensors_are_refused(tmp_path):
+    src = write_nano_dir(tmp_path / "src")
+    state = torch.load(src / "model.pt", weights_only=True)
+    state["state_dict"]["llm.model.layers.0.self_attn.q_proj.lora_A"] = torch.zeros(4, 64)
+    torch.save(state, src / "model.pt")
+    with pytest.raises(ConvertError, match="LoRA tensor"):
+        convert_funasr(src, tmp_path / "out")
+
+
+def test_out_over_the_model_being_converted_is_refused(tmp_path):
+    """--overwrite replaces OUT whole: OUT as the source directory (or a folder holding it) would delete it."""
+    src = write_nano_dir(tmp_path / "src")
+    before = sorted(p.name for p in src.iterdir())
+    for out, why in ((src, "is"), (tmp_path, "holds")):
+        with pytest.raises(ConvertError, match=f"OUT {out}: {why} {src.resolve()}, which the conversion reads"):
+            convert_funasr(src, out, overwrite=True)
+    assert sorted(p.name for p in src.iterdir()) == before
+
+
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_out_as_the_current_folder_is_written_in_place(tmp_path, monkeypatch, overwrite):
+    """`llmasr convert funasr SRC .`: "." has no name, so the staging folder was made inside OUT, and replacing OUT
+    at the end deleted the converted model (and with --overwrite, what the folder held). The folder stays, the
+    model is in it, nothing is left beside it."""
+    src = write_nano_dir(tmp_path / "src")
+    here = tmp_path / "here"
+    here.mkdir()
+    if overwrite:
+        (here / "old.txt").write_text("replaced")
+    monkeypatch.chdir(here)
+    assert convert_funasr(src, ".", overwrite=overwrite) == Path(".")
+    assert (here / "llmasr_model.yaml").is_file() and (here / "llm" / "config.json").is_file()
+    assert not (here / "old.txt").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["here", "src"]  # no staging folder left
+    load_exported(here)
+
+
+def test_references_resolve_and_configuration_json_maps_the_llm(tmp_path):
+    """The released config writes `${...}` references; configuration.json names the LLM directory."""
+    src = write_nano_dir(tmp_path / "src")
+    (src / "Qwen3-0.6B").rename(src / "qwen")
+    metas = json.loads((src / "configuration.json").read_text())
+    metas["file_path_metas"]["llm_conf"]["init_param_path"] = "qwen"
+    (src / "configuration.json").write_text(json.dumps(metas))
+    convert_funasr(src, tmp_path / "out")
+    assert (tmp_path / "out" / "llm" / "model.safetensors").is_file()
+
+
+def test_audio_token_cap_refuses_ctc_compress():
+    from llmasr.config_io import from_dict
+    from llmasr.models.config import AdaptorConfig
+
+    with pytest.raises(ConfigError, match="audio_token_cap: 'funasr_nano' counts the encoder's frames"):
+        from_dict(AdaptorConfig, {"audio_token_cap": "funasr_nano", "ctc_compress": "avg"}, "model.adaptor")

@@ -1,0 +1,304 @@
+"""The training loader's bad data: lines screened at start, items that fail as they load, the limit that stops a
+run, and the counts each rank keeps, resumes and shares over weighted visits."""
+
+import json
+
+import pytest
+import torch
+from speech_fakes import FRONTEND, build, cfg, good_corpus, with_lines, write_manifest, write_wav
+
+from llmasr.config_io import from_dict
+from llmasr.data.bad_data import TooMuchBadData
+from llmasr.data.loader import build_dataloader
+
+
+@pytest.fixture
+def mixed(tmp_path):
+    """40 good utterances (no durations: filled from headers), plus 3 bad lines (2 screened at start)."""
+    path = good_corpus(tmp_path, 40, with_duration=False)
+    lines = path.read_text().splitlines()
+    write_wav(tmp_path / "short.wav", 0.5)
+    (tmp_path / "corrupt.wav").write_bytes(b"RIFF\x00\x00\x00\x00WAVEjunk" * 8)
+    extra = [
+        {"key": "digits", "source": "short.wav", "target": "room 101", "duration": 0.5},  # outside CTC vocab: screened
+        {"key": "corrupt", "source": "corrupt.wav", "target": "hello", "duration": 0.8},  # fails only on decode
+        {"key": "gone", "source": "gone.wav", "target": "hello", "duration": 0.7},  # missing file: screened too
+    ]
+    return write_manifest(tmp_path / "mixed.jsonl", lines + extra)
+
+
+def test_workers_batches_and_bad_accounting(mixed):
+    loader, sampler = build(cfg(num_workers=2), [str(mixed)])
+    assert loader.num_workers == 2
+    batches = list(loader)
+    assert len(batches) == len(sampler) == len(loader)
+    keys = [k for b in batches if not b.empty for k in b.keys]
+    assert len(keys) == len(set(keys)) == 40
+    assert sum(b.n_bad for b in batches) == 1  # corrupt shows as it loads; digits and gone were screened at start
+    assert loader.bad_data.bad == 3 and loader.bad_data.good == 40
+    assert set(loader.bad_data.by_reason) == {
+        "target outside the CTC vocabulary",
+        "unreadable or corrupt audio",
+        "audio file not found",
+    }
+    for b in batches:
+        assert b.feats.dtype == torch.float32 and b.feats.shape[2] == 560
+        assert b.ctc_ids.shape[0] == b.feats.shape[0]
+        assert float(b.durations.max()) * len(b.keys) <= 6.0 + 1e-6 or b.empty
+
+
+def test_too_much_bad_data_stops_the_epoch(mixed):
+    loader, _ = build(cfg(max_bad_fraction=0.05), [str(mixed)])  # the two lines screened at start are 4.7%
+    with pytest.raises(TooMuchBadData, match="3 of 43"):
+        list(loader)
+
+
+def test_header_probe_failures_are_reported_up_front(tmp_path):
+    path = good_corpus(tmp_path, 10, with_duration=False)
+    lines = path.read_text().splitlines() + ['{"key": "gone", "source": "gone.wav", "target": "hello"}']
+    m = write_manifest(tmp_path / "m.jsonl", lines)
+    with pytest.raises(TooMuchBadData, match="gone.wav"):
+        build(cfg(max_bad_fraction=0.05), [str(m)])
+    loader, sampler = build(cfg(max_bad_fraction=0.5), [str(m)])
+    assert sampler.filtered == {"bad_line": 1}
+    list(loader)
+    assert loader.bad_data.bad == 1 and loader.bad_data.good == 10
+
+
+def test_all_bad_batch_keeps_ranks_in_step(tmp_path):
+    write_wav(tmp_path / "ok.wav", 1.0)
+    recs = [{"key": "ok", "source": "ok.wav", "target": "hello", "duration": 1.0}]
+    (tmp_path / "corrupt.wav").write_bytes(b"RIFF\x00\x00\x00\x00WAVEjunk" * 8)  # bad only when loaded
+    recs += [{"key": f"bad{i}", "source": "corrupt.wav", "target": "hello", "duration": 1.0} for i in range(5)]
+    m = write_manifest(tmp_path / "m.jsonl", recs)
+    loader, sampler = build(cfg(max_bad_fraction=1.0, batching={"max_seconds": 1.0}), [str(m)])
+    batches = list(loader)
+    assert len(batches) == 6
+    assert sum(b.empty for b in batches) == 5
+    assert all(b.keys == ["ok"] for b in batches)
+
+
+MANIFEST_ONLY = [  # unusable whatever the audio holds; durations given, so no header probe finds them
+    {"key": "blank", "source": "wav_train/u0.wav", "target": "   ", "duration": 1.0},
+    {"key": "typed", "source": "wav_train/u1.wav", "target": 7, "duration": 1.0},
+    '{"key": "cut", "source": ',
+]
+
+
+def test_manifest_only_faults_refuse_the_run_at_start(tmp_path):
+    m = with_lines(tmp_path, 40, MANIFEST_ONLY)
+    with pytest.raises(TooMuchBadData) as err:
+        build(cfg(max_bad_fraction=0.05), [m])  # 3 of 43 = 7% > 5%: decided before any batch
+    msg = str(err.value)
+    assert "3 of 43 items (6.98%) are unusable before training starts, above data.max_bad_fraction = 0.05" in msg
+    for line, reason in ((41, "field 'target' is empty"), (42, "field 'target' is not text"), (43, "malformed JSON")):
+        assert f"{m}:{line} " in msg and reason in msg
+
+
+def test_manifest_only_faults_below_the_limit_are_skipped_and_counted_every_epoch(tmp_path, caplog):
+    m = with_lines(tmp_path, 40, MANIFEST_ONLY)
+    loader, sampler = build(cfg(max_bad_fraction=0.1), [m])
+    assert "3 of 43 manifest lines are unusable before loading" in caplog.text and f"{m}:41" in caplog.text
+    assert sampler.filtered == {"bad_line": 3}  # never batched: counted once, not again when loaded
+    for epoch in (0, 1):
+        loader.set_epoch(epoch)
+        keys = [k for b in loader for k in b.keys]
+        assert len(keys) == 40 and loader.bad_data.bad == 3 and loader.bad_data.good == 40
+    shares = [build(cfg(max_bad_fraction=0.1), [m], rank=r, world_size=2)[0].bad_data.bad for r in (0, 1)]
+    assert sum(shares) == 3 and min(shares) >= 1  # each rank counts its share of the lines known bad
+
+
+def test_a_resized_remainder_resumed_again_counts_the_known_bad_lines_as_it_would_uninterrupted(tmp_path):
+    """Trained on 2 ranks, the epoch's remainder dealt to 1 (its counts start at 0), then saved and resumed again at
+    1 rank: the known-bad lines stay uncounted in that remainder (they had been counted again, in full)."""
+    m = with_lines(tmp_path, 40, MANIFEST_ONLY)
+    two = [build(cfg(max_bad_fraction=0.5), [m], rank=r, world_size=2)[0] for r in (0, 1)]
+    its = [iter(loader) for loader in two]
+    for it in its:
+        for _ in range(2):
+            next(it)
+    state = {**two[0].state_dict(), "bad_data": [loader.bad_data.state_dict() for loader in two]}
+    whole = build(cfg(max_bad_fraction=0.5), [m])[0]
+    whole.load_state_dict(state)
+    list(whole)
+    cut = build(cfg(max_bad_fraction=0.5), [m])[0]
+    cut.load_state_dict(state)
+    it = iter(cut)
+    next(it)
+    again = build(cfg(max_bad_fraction=0.5), [m])[0]
+    again.load_state_dict({**cut.state_dict(), "bad_data": [cut.bad_data.state_dict()]})
+    list(again)
+    assert (again.bad_data.bad, again.bad_data.good) == (whole.bad_data.bad, whole.bad_data.good)
+
+
+def test_lines_known_bad_count_once_per_visit_of_a_weighted_mix(tmp_path):
+    """Good items count per visit, so lines known bad do too: a manifest of weight 3 holding them counts each three
+    times (at start-up and in every epoch); one of weight 0.5 counts those of its lines an epoch draws."""
+    a = good_corpus(tmp_path, 40, name="a")
+    b = good_corpus(tmp_path, 10, name="b", seed=1)
+    b = write_manifest(tmp_path / "b_bad.jsonl", b.read_text().splitlines() + [
+        {**rec, "source": "wav_b/u0.wav"} if isinstance(rec, dict) else rec for rec in MANIFEST_ONLY])  # fmt: skip
+
+    def mix(weight, fraction):
+        return cfg(train=[{"path": str(a)}, {"path": str(b), "weight": weight}], max_bad_fraction=fraction)
+
+    with pytest.raises(TooMuchBadData, match=r"9 of 79 items \(11\.39%\) are unusable before training starts"):
+        build(mix(3.0, 0.1), mix(3.0, 0.1).train)  # 3 of 53 lines (5.7%), but 9 of 79 visits
+    loader, _ = build(mix(3.0, 0.2), mix(3.0, 0.2).train)
+    for epoch in (0, 1):
+        loader.set_epoch(epoch)
+        assert len([k for batch in loader for k in batch.keys]) == 70
+        assert (loader.bad_data.bad, loader.bad_data.good) == (9, 70)
+        assert sum(loader.bad_data.by_reason.values()) == 9
+    loader, sampler = build(mix(0.5, 0.2), mix(0.5, 0.2).train)  # half of b each epoch: its bad lines as drawn
+    for epoch in range(4):
+        loader.set_epoch(epoch)
+        keys = [k for batch in loader for k in batch.keys]
+        assert loader.bad_data.seen == sampler._epoch_items(epoch).size and loader.bad_data.good == len(keys)
+
+
+def test_transcripts_the_ctc_vocabulary_cannot_spell_are_found_at_start(tmp_path, caplog):
+    """The fake CTC vocabulary spells a-z and space: a transcript with another character is a bad line before any
+    audio loads (the dataset's own rule), not a surprise hours into the run; its letters alone are fine."""
+    accented = [{"key": f"cafe{i}", "source": f"wav_train/u{i}.wav", "target": "café au lait", "duration": 1.0}
+                for i in range(3)]  # fmt: skip
+    m = with_lines(tmp_path, 40, [*accented, {"key": "fine", "source": "wav_train/u5.wav", "target": "cafe"}])
+    loader, sampler = build(cfg(max_bad_fraction=0.1), [m])
+    assert "3 of 44 manifest lines are unusable before loading" in caplog.text
+    assert "target has CTC ids outside the vocabulary" in caplog.text and f"{m}:41" in caplog.text
+    assert sampler.filtered == {"bad_line": 3} and sampler.skipped_indices("bad_line").tolist() == [40, 41, 42]
+    assert len([k for b in loader for k in b.keys]) == 41 and loader.bad_data.bad == 3
+    with pytest.raises(TooMuchBadData, match="3 of 44 items .* are unusable before training starts"):
+        build(cfg(max_bad_fraction=0.05), [m])
+    _, plain = build(cfg(max_bad_fraction=0.05), [m], ctc_tokenizer=None)  # no CTC head: nothing to spell
+    assert plain.filtered == {}
+
+
+def test_epoch_end_check_runs_when_the_loop_stops_at_the_last_batch(tmp_path):
+    """The training loop stops iterating after an epoch's last batch (when its windows divide the epoch), so the
+    epoch-end check must not wait for the iterator to be resumed past it."""
+    write_wav(tmp_path / "vad.wav", 0.01)
+    (tmp_path / "corrupt.wav").write_bytes(b"RIFF\x00\x00\x00\x00WAVEjunk" * 8)
+    extra = [
+        {"key": "corrupt", "source": "corrupt.wav", "target": "hello", "duration": 1.0},  # bad only when loaded
+        {"key": "vad", "source": "vad.wav", "target": "hello", "duration": 0.01},  # too short for a frame
+    ]
+    loader, sampler = build(cfg(max_bad_fraction=0.01), [with_lines(tmp_path, 20, extra)])  # 2 of 22, < 1,000 seen
+    with pytest.raises(TooMuchBadData, match="2 of 22 items .* at epoch end") as err:
+        for _ in loader:
+            if loader.consumed >= len(sampler):
+                break
+    assert "audio too short: 1" in str(err.value) and "unreadable or corrupt audio: 1" in str(err.value)
+
+
+def test_lines_known_bad_count_in_step_with_the_epoch(tmp_path):
+    """20 blank transcripts in 4,020 lines (0.5%, under a 1% limit). Counted all at the epoch's start beside the few
+    good items seen by then, they had read as 1.9% once the in-epoch check began (1,000 items) and stopped a run
+    whose data is within the limit; counted in step with the epoch's batches, they reach their total at its end."""
+    write_wav(tmp_path / "a.wav", 0.3)
+    good = [{"key": f"u{i}", "source": "a.wav", "target": "hello", "duration": 0.3} for i in range(4000)]
+    blank = [{"key": f"b{i}", "source": "a.wav", "target": "  ", "duration": 0.3} for i in range(20)]
+    m = write_manifest(tmp_path / "m.jsonl", good[:1000] + blank + good[1000:])
+    loader, sampler = build(cfg(max_bad_fraction=0.01, batching={"max_seconds": 12.0, "num_buckets": 1}), [str(m)])
+    tracker, seen = loader.bad_data, 0
+    for i, batch in enumerate(loader, start=1):
+        seen += batch.size
+        assert tracker.bad == int(20 * i / len(sampler)) or i == len(sampler)  # the share of the epoch so far
+    assert seen == 4000 and (tracker.bad, tracker.good) == (20, 4000)
+    assert tracker.by_reason == {"empty target": 20}
+
+
+def test_each_rank_resumes_its_own_bad_data_counts(tmp_path):
+    """Each rank counts its share of the lines known bad (index % world size) and its own bad items; a resume takes
+    up that rank's entry of the gathered state. Rank 1 had taken rank 0's (DeepSpeed keeps one client state), and
+    with it rank 0's share of the known-bad lines for the rest of the run."""
+    path = good_corpus(tmp_path, 30)
+    lines = path.read_text().splitlines()
+    lines += [json.dumps({"key": f"b{i}", "source": "wav_train/u0.wav", "target": " "}) for i in range(5)]
+    lines += [json.dumps({"key": "gone", "source": "gone.wav", "target": "hello", "duration": 0.5})]
+    m = write_manifest(tmp_path / "m.jsonl", lines)
+    data_cfg = cfg(max_bad_fraction=0.9, batching={"max_seconds": 3.0})
+    ranks = [build(data_cfg, [str(m)], rank=r, world_size=2, epoch=0)[0] for r in (0, 1)]
+    full = []
+    for loader in ranks:
+        list(loader)
+        full.append((loader.bad_data.bad, loader.bad_data.good, dict(loader.bad_data.by_reason)))
+    assert full[0] != full[1]  # the shares differ: 30 + 6 lines over 2 ranks, the missing file on one of them
+    states = []
+    for loader in ranks:
+        it = iter(loader)
+        next(it), next(it)
+        states.append(loader.state_dict())
+        del it
+    gathered = {**states[0], "bad_data": [s["bad_data"] for s in states]}  # what the trainer saves
+    for rank in (0, 1):
+        again, _ = build(data_cfg, [str(m)], rank=rank, world_size=2, epoch=0)
+        again.load_state_dict(gathered)
+        list(again)
+        assert (again.bad_data.bad, again.bad_data.good, dict(again.bad_data.by_reason)) == full[rank]
+        assert {r["index"] % 2 for r in again.bad_data.static} == {rank}
+    # saved at another world size, no rank's counts apply: the remainder counts afresh (its known-bad lines not again)
+    one, _ = build(data_cfg, [str(m)], epoch=0)
+    one.load_state_dict(gathered)
+    batches = list(one)
+    assert one.bad_data.bad == sum(b.n_bad for b in batches) and one.bad_data.good == sum(b.size for b in batches)
+
+
+def test_a_loader_state_saved_before_the_counts_were_per_rank_still_resumes_them(tmp_path):
+    """A checkpoint written before each rank's counts were gathered holds rank 0's tracker state, a dict, which had
+    counted the epoch's known-bad lines all at its start: resumed at the same world size, the epoch ends with the
+    counts of an uninterrupted one (it had lost them and never counted the lines still ahead)."""
+    path = good_corpus(tmp_path, 30)
+    lines = path.read_text().splitlines()
+    lines += [json.dumps({"key": f"b{i}", "source": "wav_train/u0.wav", "target": " "}) for i in range(5)]
+    m = write_manifest(tmp_path / "m.jsonl", lines)
+    data_cfg = cfg(max_bad_fraction=0.9, batching={"max_seconds": 3.0})
+    full, _ = build(data_cfg, [str(m)], epoch=0)
+    list(full)
+    assert (full.bad_data.bad, full.bad_data.good) == (5, 30)
+    loader, _ = build(data_cfg, [str(m)], epoch=0)
+    it = iter(loader)
+    good = next(it).size + next(it).size
+    old = {
+        "sampler": loader.state_dict()["sampler"],
+        "bad_data": {"good": good, "bad": 5, "by_reason": {"empty target": 5}, "examples": [], "static": []},
+    }
+    for rank, world in ((0, 1), (1, 2)):
+        again, _ = build(data_cfg, [str(m)], epoch=0, rank=rank, world_size=world)
+        if world == 1:
+            again.load_state_dict(old)
+            list(again)
+            assert (again.bad_data.bad, again.bad_data.good) == (5, 30)
+        else:  # rank 1 of 2 has no counts of its own in it: the known-bad lines of its share still count
+            two, _ = build(data_cfg, [str(m)], epoch=0, rank=1, world_size=2)
+            it = iter(two)
+            next(it)
+            state = {**two.state_dict(), "bad_data": old["bad_data"]}
+            again.load_state_dict(state)
+            list(again)
+            assert again.bad_data.bad == len(again.bad_data.static) > 0
+
+
+def test_a_transcript_past_the_llms_context_is_counted_not_batched(tmp_path, tiny_llm_dir):
+    """A transcript longer than the LLM's context (a document pasted onto a clip) had been batched with the others,
+    every row padded to its tokens: a batch of 21 x 27,025 text ids for a 2,048-token LLM, past its positions and,
+    on a real LLM, out of memory mid-epoch. The training side's prompt builder (the LLM's config.json states its
+    context) makes it a bad item, counted like any other, naming the count."""
+    from llmasr.models.config import ModelConfig
+    from llmasr.testing.tiny_recipe import tiny_model_section
+    from llmasr.train.resolve import text_side
+
+    path = good_corpus(tmp_path, 20)
+    lines = path.read_text().splitlines()
+    huge = {"key": "huge", "source": "wav_train/u0.wav", "target": " ".join(["hello world"] * 3000)}
+    side = text_side(from_dict(ModelConfig, tiny_model_section(tiny_llm_dir), "model"))
+    data_cfg = cfg(batching={"max_seconds": 60.0}, max_bad_fraction=0.1)
+    manifest = write_manifest(tmp_path / "m.jsonl", [*lines, json.dumps(huge)])
+    loader, _ = build_dataloader(data_cfg, [str(manifest)], FRONTEND, prompt_builder=side.prompt, train=True)
+    batches = list(loader)
+    assert max(b.text_ids.shape[1] for b in batches) < 100
+    bad = [b for batch in batches for b in batch.bad]
+    assert [b["key"] for b in bad] == ["huge"]
+    assert "past the LLM's context of 2048" in bad[0]["reason"]
+    assert loader.bad_data.by_reason == {"transcript past the LLM's context": 1}
+    assert side.prompt.max_tokens == 2048  # the tiny LLM's max_position_embeddings

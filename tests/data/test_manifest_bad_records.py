@@ -1,0 +1,105 @@
+"""Bad manifest records: every kind named with its file and line, pickled across processes, and a line without
+a transcript (bad for training, audio to transcribe for decoding)."""
+
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pytest
+import soundfile as sf
+from speech_fakes import cut, write_jsonl
+from speech_fakes import write_tone_wav as write_wav
+
+from llmasr.data.manifest import BadRecord, Manifest
+
+pytestmark = pytest.mark.usefixtures("manifest_cache_dir")
+
+
+def test_every_bad_record_kind(tmp_path):
+    write_wav(tmp_path / "good.wav")
+    (tmp_path / "corrupt.wav").write_bytes(b"RIFF\x10\x00\x00\x00WAVEfmt garbage" + bytes(64))
+    sf.write(tmp_path / "empty.wav", np.zeros(0, dtype=np.float32), 16000)
+    lines = [
+        {"key": "good", "source": "good.wav", "target": "fine"},  # 1
+        '{"key": "broken", "source": "good.wav", "target": ',  # 2 malformed JSON
+        {"key": "wrongtype", "source": 42, "target": "x"},  # 3 wrong field type
+        {"key": "nosource", "target": "x"},  # 4 missing field
+        {"key": "empty", "source": "good.wav", "target": "   "},  # 5 empty target
+        {"key": "nontext", "source": "good.wav", "target": ["a", "b"]},  # 6 non-text target
+        {"key": "missing", "source": "nope.wav", "target": "x"},  # 7 missing audio
+        {"key": "corrupt", "source": "corrupt.wav", "target": "x"},  # 8 corrupt audio
+        {"key": "emptyaudio", "source": "empty.wav", "target": "x"},  # 9 empty audio
+        {"key": "baddur", "source": "good.wav", "target": "x", "duration": "long"},  # 10 wrong field type
+        {"key": 7, "source": "good.wav", "target": "x"},  # 11 non-string key
+        "[1, 2, 3]",  # 12 not an object
+    ]
+    path = write_jsonl(tmp_path / "bad.jsonl", lines)
+    m = Manifest.open(path)
+    assert len(m) == 12
+    parse_errors = {
+        2: "malformed JSON",
+        3: "field 'source' must be an audio path (string), got int 42",
+        4: "missing field 'source'",
+        5: "field 'target' is empty",
+        6: "field 'target' is not text: got list",
+        10: "field 'duration' must be a number, got str",
+        11: "field 'key' must be a non-empty string, got int",
+        12: "expected a JSON object, got list",
+    }
+    for line, reason in parse_errors.items():
+        with pytest.raises(BadRecord) as e:
+            m[line - 1]
+        err = e.value
+        assert (err.manifest, err.line) == (str(path), line)
+        assert reason in err.reason, (line, err.reason)
+        assert str(err) == f"{path}:{line}: {err.reason}"
+    with pytest.raises(BadRecord) as e:
+        m[4]
+    assert e.value.key == "empty"
+
+    bad = m.fill_durations()
+    by_line = {b.line: b for b in bad}
+    assert set(by_line) == set(parse_errors) | {7, 8, 9}
+    assert "file not found" in by_line[7].reason and by_line[7].key == "missing"
+    assert "unreadable or corrupt" in by_line[8].reason
+    assert "empty audio (0 samples)" in by_line[9].reason
+    assert str(by_line[7]).startswith(f"{path}:7: audio {tmp_path / 'nope.wav'}: file not found")
+    d = m.durations()
+    assert d[0] == pytest.approx(1.0) and np.isnan(d[6:9]).all()
+
+
+def test_bad_record_pickles():
+    err = BadRecord("m.jsonl", 3, "field 'target' is empty", key="u1")
+    back = pickle.loads(pickle.dumps(err))
+    assert (back.manifest, back.line, back.key, back.reason, str(back)) == (
+        "m.jsonl",
+        3,
+        "u1",
+        "field 'target' is empty",
+        "m.jsonl:3: field 'target' is empty",
+    )
+
+
+def test_a_line_without_a_transcript_is_bad_for_training_and_audio_to_transcribe_for_decoding(tmp_path):
+    lines = [
+        {"key": "nofield", "source": "a.wav"},
+        {"key": "null", "source": "a.wav", "target": None},
+        {"key": "empty", "source": "a.wav", "target": " "},
+        cut("nosup", "a.wav", sups=[]),
+        cut("notext", "a.wav", sups=[{"id": "s", "start": 0.0, "duration": 1.0, "language": "English"}]),
+    ]
+    path = write_jsonl(tmp_path / "m.jsonl", lines)
+    training = Manifest.open(path)
+    reasons = []
+    for i in range(len(lines)):
+        with pytest.raises(BadRecord) as e:
+            training[i]
+        reasons.append((e.value.key, e.value.reason))
+    assert reasons[0] == ("nofield", "missing field 'target' (a FunASR jsonl record needs key, source, target)")
+    assert reasons[1] == ("null", "field 'target' is not text: got NoneType None")
+    assert "has 0 supervisions" in reasons[3][1] and "missing field 'supervisions[0].text'" in reasons[4][1]
+    decoding = Manifest.open(path, need_target=False)
+    assert [decoding[i].target for i in (0, 1, 3, 4)] == [None] * 4
+    assert decoding[4].lang == "English" and decoding[0].source == str(tmp_path / "a.wav")
+    assert decoding[2].target == ""  # an empty reference: decoded and scored (all insertions), not a bad line

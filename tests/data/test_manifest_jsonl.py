@@ -1,0 +1,177 @@
+"""FunASR jsonl manifests: fields, relative paths, line numbers, segments, and lines refused as bad."""
+
+from __future__ import annotations
+
+import gzip
+import json
+
+import numpy as np
+import pytest
+from speech_fakes import write_jsonl
+from speech_fakes import write_tone_wav as write_wav
+
+from llmasr.data.audio import load_audio
+from llmasr.data.manifest import BadManifest, BadRecord, EmptyManifest, Manifest
+
+pytestmark = pytest.mark.usefixtures("manifest_cache_dir")
+
+
+def test_funasr_jsonl_fields_and_relative_paths(tmp_path):
+    (tmp_path / "wav").mkdir()
+    write_wav(tmp_path / "wav" / "a.wav", 1.25)
+    write_wav(tmp_path / "wav" / "b.wav", 2.0)
+    m_path = write_jsonl(
+        tmp_path / "train.jsonl",
+        [
+            {"key": "a", "source": "wav/a.wav", "target": "hello world", "source_len": 125, "target_len": 2},
+            {
+                "key": "b",
+                "source": str(tmp_path / "wav" / "b.wav"),
+                "target": "你好",
+                "duration": 2.0,
+                "source_len": 999,
+                "prompt": "Transcribe:",
+                "lang": "zh",
+            },
+            {"key": "c", "source": "wav/a.wav", "target": "again", "task": "<ASR>", "text_language": "en"},
+        ],
+    )
+    m = Manifest.open(m_path)
+    assert len(m) == 3 and m.path == str(m_path)
+    a, b, c = m[0], m[1], m[2]
+    assert a.key == "a" and a.source == str(tmp_path / "wav" / "a.wav") and a.target == "hello world"
+    assert a.duration == pytest.approx(1.25)  # source_len counts 10 ms frames
+    assert a.target_len == 2 and a.prompt is None and a.lang is None
+    assert (a.manifest, a.line, a.channel, a.start, a.end) == (str(m_path), 1, None, 0.0, None)
+    assert b.duration == 2.0 and b.prompt == "Transcribe:" and b.lang == "zh" and b.target == "你好"
+    assert c.prompt == "<ASR>" and c.lang == "en" and c.duration is None
+    d = m.durations()
+    assert d.dtype == np.float32 and d[0] == pytest.approx(1.25) and d[1] == 2.0 and np.isnan(d[2])
+    assert m.fill_durations() == []
+    assert m.durations()[2] == pytest.approx(1.25)
+    assert m[-1].key == "c"
+    with pytest.raises(IndexError):
+        m[3]
+
+
+def test_blank_lines_keep_file_line_numbers(tmp_path):
+    write_wav(tmp_path / "a.wav")
+    m_path = tmp_path / "m.jsonl"
+    rec = json.dumps({"key": "k1", "source": "a.wav", "target": "x"})
+    m_path.write_text("\n" + rec + "\n\n   \n" + rec.replace("k1", "k2") + "\n{bad json\n" + rec.replace("k1", "k3"))
+    m = Manifest.open(m_path)
+    assert len(m) == 4
+    assert [m[i].line for i in (0, 1, 3)] == [2, 5, 7]
+    assert m[3].key == "k3"  # last line without a newline
+    with pytest.raises(BadRecord) as e:
+        m[2]
+    assert str(e.value).startswith(f"{m_path}:6: malformed JSON")
+
+
+@pytest.mark.parametrize("text", ["", "\n   \n\t\n"])
+def test_a_manifest_without_a_record_is_refused_when_opened(tmp_path, text):
+    m_path = tmp_path / "m.jsonl"
+    m_path.write_text(text)
+    for need_target in (True, False):  # training and decoding alike
+        with pytest.raises(EmptyManifest, match=f"manifest {m_path}: no records"):
+            Manifest.open(m_path, need_target=need_target)
+    with gzip.open(tmp_path / "m.jsonl.gz", "wt") as f:
+        f.write(text)
+    with pytest.raises(ValueError, match="m.jsonl.gz: no records"):
+        Manifest.open(tmp_path / "m.jsonl.gz")
+
+
+def test_a_gzip_manifest_cut_short_or_not_gzip_is_named(tmp_path):
+    """An interrupted copy of a cuts.jsonl.gz had failed with gzip's EOFError, naming no file among data.train's."""
+    with gzip.open(tmp_path / "whole.jsonl.gz", "wt") as f:
+        f.write("".join(json.dumps({"key": f"k{i}", "source": "a.wav", "target": "x" * 50}) + "\n" for i in range(500)))
+    data = (tmp_path / "whole.jsonl.gz").read_bytes()
+    (tmp_path / "cut.jsonl.gz").write_bytes(data[: len(data) // 2])
+    (tmp_path / "plain.jsonl.gz").write_text('{"key": "a"}\n')
+    for name in ("cut.jsonl.gz", "plain.jsonl.gz"):
+        with pytest.raises(BadManifest, match=f"manifest {tmp_path / name}: not a complete gzip file"):
+            Manifest.open(tmp_path / name)
+    assert len(Manifest.open(tmp_path / "whole.jsonl.gz")) == 500
+
+
+def test_segment_fields(tmp_path):
+    write_wav(tmp_path / "long.wav", 3.0)
+    m = Manifest.open(
+        write_jsonl(
+            tmp_path / "m.jsonl",
+            [
+                {"key": "s1", "source": "long.wav", "target": "x", "start": 0.5, "end": 1.75, "channel": 0},
+                {"key": "s2", "source": "long.wav", "target": "y", "start": 2.0},
+            ],
+        )
+    )
+    s1, s2 = m[0], m[1]
+    assert (s1.start, s1.end, s1.channel, s1.duration) == (0.5, 1.75, 0, 1.25)
+    assert np.isnan(m.durations()[1])
+    assert m.fill_durations() == []
+    assert m.durations()[1] == pytest.approx(1.0)
+    assert len(load_audio(s1.source, sample_rate=16000, start=s1.start, end=s1.end)) == 20000
+    assert s2.end is None
+    # `duration` from `start` is a segment of that length (it read to the file's end: 2 s budgeted, 2.5 s loaded);
+    # `source_len` counts the file's 10 ms frames, so what `start` leaves of them
+    m = Manifest.open(
+        write_jsonl(
+            tmp_path / "n.jsonl",
+            [
+                {"key": "s3", "source": "long.wav", "target": "x", "start": 0.5, "duration": 2.0},
+                {"key": "s4", "source": "long.wav", "target": "y", "start": 1.0, "source_len": 300},
+                {"key": "s5", "source": "long.wav", "target": "y", "start": 3.5, "source_len": 300},
+                {"key": "s6", "source": "long.wav", "target": "y", "duration": 10**400},
+                {"key": "s7", "source": "long.wav", "target": "y", "start": 0, "duration": 1.0},
+                {"key": "s8", "source": "long.wav", "target": "y", "duration": 3.0},
+            ],
+        )
+    )
+    assert (m[0].start, m[0].end, m[0].duration) == (0.5, 2.5, 2.0)
+    assert (m[1].start, m[1].end, m[1].duration) == (1.0, None, 2.0)
+    with pytest.raises(BadRecord, match=r"n.jsonl:3: .*'start' \(3.5\) is at or past the audio's end"):
+        m[2]
+    with pytest.raises(BadRecord, match=r"n.jsonl:4: "):  # a number past float range: a bad line, not a crash
+        m[3]
+    # a recording's first segment (start 0) is `duration` long too; without `start`, `duration` is the whole file's
+    assert (m[4].start, m[4].end, m[4].duration) == (0.0, 1.0, 1.0)
+    assert len(load_audio(m[4].source, sample_rate=16000, start=m[4].start, end=m[4].end)) == 16000
+    assert (m[5].start, m[5].end, m[5].duration) == (0.0, None, 3.0)
+
+
+def test_a_duration_that_contradicts_end_minus_start_is_a_bad_line(tmp_path):
+    """`duration` 10 s beside `start` 0.2 and `end` 0.8 had been budgeted as 10 s and loaded as 0.6 s; one that
+    agrees up to rounding (0.1 s, or 1 %) is taken."""
+    write_wav(tmp_path / "long.wav", 3.0)
+    recs = [
+        {"key": "ok", "source": "long.wav", "target": "x", "start": 0.2, "end": 0.8, "duration": 0.65},
+        {"key": "liar", "source": "long.wav", "target": "x", "start": 0.2, "end": 0.8, "duration": 10.0},
+        {"key": "whole", "source": "long.wav", "target": "x", "end": 2.0, "duration": 2.5},
+    ]
+    m = Manifest.open(write_jsonl(tmp_path / "m.jsonl", recs))
+    assert (m[0].start, m[0].end, m[0].duration) == (0.2, 0.8, 0.65)
+    with pytest.raises(BadRecord, match=r"m.jsonl:2: 'duration' \(10 s\) contradicts 'end' - 'start' \(0.8 - 0.2 = "):
+        m[1]
+    with pytest.raises(BadRecord, match=r"m.jsonl:3: 'duration' \(2.5 s\) contradicts 'end' - 'start' \(2 - 0 = 2 s"):
+        m[2]
+    assert [b.key for b in m.scan()] == ["liar", "whole"]
+
+
+def test_a_field_given_twice_is_a_bad_line(tmp_path):
+    """JSON keeps the last of a repeated field without a word: a line giving `target` twice had trained on the
+    second; in a cut's nested objects too."""
+    write_wav(tmp_path / "a.wav", 1.0)
+    sup = '{"id": "s", "start": 0, "duration": 1, "text": "one", "text": "two"}'
+    rec = '{"id": "c", "type": "MonoCut", "start": 0, "duration": 1, "supervisions": [SUP], "recording": {}}'
+    path = write_jsonl(
+        tmp_path / "m.jsonl",
+        ['{"key": "u1", "source": "a.wav", "target": "first transcript", "target": "second"}',
+         '{"key": "u2", "source": "a.wav", "target": "fine"}', rec.replace("SUP", sup)],
+    )  # fmt: skip
+    m = Manifest.open(path)
+    with pytest.raises(BadRecord, match=r"m.jsonl:1: field 'target' given twice"):
+        m[0]
+    assert m[1].target == "fine"
+    with pytest.raises(BadRecord, match=r"m.jsonl:3: field 'text' given twice"):
+        m[2]
+    assert [b.line for b in m.scan()] == [1, 3]

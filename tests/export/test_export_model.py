@@ -1,0 +1,233 @@
+"""Export: merged LoRA equals base + adapter, plain transformers and peft load it, ZeRO stages agree, the folder is
+self-contained and byte-for-byte repeatable, and its description and tokenizer carry what training used."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from llmasr.commands.export import main
+from llmasr.export.export import export_model, load_checkpoint_model
+from llmasr.export.exported import load_exported
+from llmasr.testing.run_dirs import TARGETS, model_section, train_run
+from llmasr.testing.tiny_recipe import random_batch, speech_logits
+
+
+@pytest.fixture(scope="module")
+def exported(runs, tmp_path_factory):
+    out = tmp_path_factory.mktemp("exports")
+    return {
+        0: export_model(runs[0], out / "z0", dtype="fp32"),
+        2: export_model(runs[2], out / "z2", dtype="fp32"),
+        3: export_model(runs[3], out / "z3", dtype="fp32"),
+        "adapter": export_model(runs[2], out / "adapter", adapter_only=True),
+    }
+
+
+def test_merged_export_equals_base_plus_adapter(runs, exported):
+    ref, _ = load_checkpoint_model(runs[2])
+    assert any("lora_" in n for n, _ in ref.encoder.named_parameters())  # encoder LoRA is exercised
+    model = load_exported(exported[2])
+    assert not any("lora_" in n for n, _ in model.named_parameters())
+    batch = random_batch(ref, TARGETS, seed=7)
+    a, b = speech_logits(ref, batch), speech_logits(model, batch)
+    torch.testing.assert_close(b, a, rtol=0, atol=1e-5)
+    # The CTC head came across too.
+    enc, lens = ref.encoder(batch.feats, batch.feat_lens)
+    torch.testing.assert_close(
+        model.ctc_head(*model.encoder(batch.feats, batch.feat_lens)), ref.ctc_head(enc, lens), rtol=0, atol=1e-5
+    )
+
+
+def test_exported_llm_loads_with_plain_transformers_and_generates(runs, exported):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    llm_dir = exported[2] / "llm"
+    assert (llm_dir / "model.safetensors").is_file() or (llm_dir / "model.safetensors.index.json").is_file()
+    llm = AutoModelForCausalLM.from_pretrained(str(llm_dir)).eval()
+    tok = AutoTokenizer.from_pretrained(str(llm_dir))
+    ref, _ = load_checkpoint_model(runs[2])
+    ids = tok.apply_chat_template(
+        [{"role": "user", "content": "hello world"}], add_generation_prompt=True, tokenize=True
+    )
+    ids = ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids
+    x = torch.tensor([list(ids)])
+    with torch.no_grad():
+        torch.testing.assert_close(llm(x).logits, ref.llm(input_ids=x).logits, rtol=0, atol=1e-5)
+        out = llm.generate(x, max_new_tokens=5, do_sample=False)
+    assert out.shape[1] > x.shape[1]
+    assert llm.generation_config.eos_token_id == tok.convert_tokens_to_ids("<|im_end|>")
+    assert "im_start" in (tok.chat_template or "")
+
+
+def test_adapter_only_export_loads_with_peft_and_equals_merged(exported, base_dirs):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    llm_base, _ = base_dirs
+    adapter = exported["adapter"] / "adapter"
+    assert (adapter / "adapter_config.json").is_file() and (adapter / "adapter_model.safetensors").is_file()
+    base = AutoModelForCausalLM.from_pretrained(str(llm_base))
+    peft_model = PeftModel.from_pretrained(base, str(adapter)).eval()
+    merged = AutoModelForCausalLM.from_pretrained(str(exported[2] / "llm")).eval()
+    x = torch.tensor([[1, 5, 9, 20, 33, 2]])
+    with torch.no_grad():
+        torch.testing.assert_close(peft_model(x).logits, merged(x).logits, rtol=0, atol=1e-5)
+    # The whole speech model loads from the adapter export too and agrees with the merged export.
+    a, b = load_exported(exported["adapter"]), load_exported(exported[2])
+    batch = random_batch(b, TARGETS, seed=3)
+    torch.testing.assert_close(speech_logits(a, batch), speech_logits(b, batch), rtol=0, atol=1e-5)
+    for name in ("encoder.safetensors", "adaptor.safetensors", "ctc_head.safetensors", "am.mvn"):
+        assert (exported["adapter"] / name).is_file()
+
+
+def test_adapter_only_is_refused_when_the_base_llm_was_trained_too(base_dirs, train_corpus, tmp_path, capsys):
+    llm, enc = base_dirs
+    section = model_section(llm, enc, encoder_lora=False, ctc=False)
+    section["llm"]["freeze"] = False  # LoRA plus the base weights, as the demo trains
+    run = train_run(tmp_path / "run", section, train_corpus).run_dir
+    assert main(["--checkpoint", str(run), "--output", str(tmp_path / "adapter"), "--adapter-only"]) == 2
+    err = capsys.readouterr().err
+    assert "--adapter-only: the base LLM's own weights were trained beside LoRA (model.llm.freeze: false" in err
+    assert "llm.base_model.model.model.embed_tokens.weight" in err and not (tmp_path / "adapter").exists()
+    assert main(["--checkpoint", str(run), "--output", str(tmp_path / "merged")]) == 0
+
+
+def test_adapter_only_carries_the_biases_lora_bias_trains(base_dirs, train_corpus, tmp_path):
+    """lora.bias: all trains the LLM's biases beside LoRA, and peft's adapter file holds them: --adapter-only had
+    been refused as if base weights were trained."""
+    from safetensors import safe_open
+
+    llm, enc = base_dirs
+    section = model_section(llm, enc, encoder_lora=False, ctc=False)
+    section["llm"]["lora"]["bias"] = "all"
+    run = train_run(tmp_path / "run", section, train_corpus).run_dir
+    assert main(["--checkpoint", str(run), "--output", str(tmp_path / "adapter"), "--adapter-only"]) == 0
+    assert main(["--checkpoint", str(run), "--output", str(tmp_path / "merged")]) == 0
+    with safe_open(str(tmp_path / "adapter" / "adapter" / "adapter_model.safetensors"), "pt") as f:
+        assert any(k.endswith(".bias") for k in f.keys())
+    a, b = load_exported(tmp_path / "adapter"), load_exported(tmp_path / "merged")
+    batch = random_batch(b, TARGETS, seed=3)
+    torch.testing.assert_close(speech_logits(a, batch), speech_logits(b, batch), rtol=0, atol=1e-5)
+
+
+def test_every_zero_stage_exports_the_trainers_model(trained_runs, exported):
+    for stage in (0, 2, 3):
+        ref = trained_runs[stage].reference_model()  # the trainer's own tensors, no checkpoint file involved
+        model = load_exported(exported[stage])
+        batch = random_batch(ref, TARGETS, seed=11)
+        torch.testing.assert_close(speech_logits(model, batch), speech_logits(ref, batch), rtol=0, atol=1e-5)
+        with torch.no_grad():
+            enc, lens = ref.encoder(batch.feats, batch.feat_lens)
+            got = model.ctc_head(*model.encoder(batch.feats, batch.feat_lens))
+            torch.testing.assert_close(got, ref.ctc_head(enc, lens), rtol=0, atol=1e-5)
+
+
+def test_exported_dir_is_self_contained(exported, tmp_path):
+    import yaml
+
+    moved = tmp_path / "moved"
+    shutil.copytree(exported[2], moved)
+    desc = yaml.safe_load((moved / "llmasr_model.yaml").read_text())
+    assert desc["frontend"]["cmvn_file"] == "am.mvn"
+    assert desc["encoder"]["class"] == "SANMEncoder" and desc["encoder"]["conf"]["input_size"] == 560
+    assert desc["source"]["tags"] == ["update_00000001"]
+    assert desc["ctc"]["vocab"] == "llm"
+    model = load_exported(moved)
+    assert model.frontend.cmvn_file == str(moved / "am.mvn")
+    assert model.prompt.end_id == model.prompt.tokenizer.convert_tokens_to_ids("<|im_end|>")
+
+
+def test_the_same_checkpoint_exports_to_the_same_bytes(runs, exported, tmp_path):
+    again = export_model(runs[2], tmp_path / "again", dtype="fp32")
+    files = sorted(p.relative_to(again) for p in again.rglob("*") if p.is_file())
+    assert files == sorted(p.relative_to(exported[2]) for p in exported[2].rglob("*") if p.is_file())
+    assert [f for f in files if (again / f).read_bytes() != (exported[2] / f).read_bytes()] == []
+
+
+def test_a_damaged_or_newer_description_is_refused_naming_the_file(exported, tmp_path):
+    import yaml
+
+    from llmasr.export.exported import ExportedModelError
+
+    moved = shutil.copytree(exported[0], tmp_path / "moved")
+    path = moved / "llmasr_model.yaml"
+    desc = yaml.safe_load(path.read_text())
+    for text, why in (
+        (yaml.safe_dump({**desc, "format": "llmasr-exported-2"}), r"format 'llmasr-exported-2', but this llmasr reads"),
+        ("format: llmasr-exported-1\nencoder: [unclosed\n", "not readable YAML"),
+        (yaml.safe_dump({k: v for k, v in desc.items() if k != "encoder"}), "no encoder section"),
+        # keys inside a section had failed as a bare KeyError: 'type'
+        (
+            yaml.safe_dump({**desc, "encoder": {k: v for k, v in desc["encoder"].items() if k != "type"}}),
+            "encoder.type missing or not a mapping",
+        ),
+        (yaml.safe_dump({**desc, "adaptor": {**desc["adaptor"], "conf": 3}}), "adaptor.conf missing or not a mapping"),
+        (yaml.safe_dump({**desc, "ctc": {"file": "ctc_head.safetensors"}}), "ctc.weight, ctc.vocab missing"),
+        (yaml.safe_dump({**desc, "llm": {**desc["llm"], "kind": "adapter"}}), "llm.base missing"),
+    ):
+        path.write_text(text)
+        with pytest.raises(ExportedModelError, match=f"{path}: {why}"):
+            load_exported(moved)
+
+
+def test_bf16_export_casts_the_llm(runs, tmp_path):
+    out = export_model(runs[0], tmp_path / "bf16", dtype="bf16")
+    cfg = json.loads((out / "llm" / "config.json").read_text())
+    assert cfg.get("dtype", cfg.get("torch_dtype")) == "bfloat16"
+    model = load_exported(out)
+    assert next(model.llm.parameters()).dtype == torch.bfloat16
+    batch = random_batch(model, TARGETS[:2], seed=1)
+    assert len(model.generate(batch, max_new_tokens=3)) == 2
+
+
+def test_sharded_export(runs, tmp_path):
+    out = export_model(runs[0], tmp_path / "sharded", max_shard_size="100KB")
+    assert (out / "llm" / "model.safetensors.index.json").is_file()
+    assert len(list((out / "llm").glob("model-*.safetensors"))) > 1
+    load_exported(out)
+
+
+def test_the_chat_template_variables_travel_with_the_export(exported_dir, tmp_path):
+    """model.prompt.template_kwargs (Qwen3's enable_thinking) are written into llmasr_model.yaml and the loaded
+    export renders its prompts with them, as training did."""
+    import yaml
+
+    from llmasr.export.exported import MODEL_FILE
+
+    out = tmp_path / "model"
+    shutil.copytree(exported_dir, out)
+    desc = yaml.safe_load((out / MODEL_FILE).read_text(encoding="utf-8"))
+    assert desc["prompt"]["template_kwargs"] == {}
+    desc["prompt"]["template_kwargs"] = {"enable_thinking": False}
+    (out / MODEL_FILE).write_text(yaml.safe_dump(desc), encoding="utf-8")
+    assert load_exported(out).prompt.template_kwargs == {"enable_thinking": False}
+
+
+def test_the_exported_tokenizer_writes_the_trained_prompt_in_plain_transformers(tmp_path):
+    """DIR/llm's chat template renders the prompt the model was trained and is decoded with, though plain
+    transformers is not passed model.prompt.template_kwargs: a Fun-ASR-Nano trained without thinking
+    (enable_thinking: false) had been prompted in DIR/llm without its empty <think></think> block."""
+    import yaml
+    from transformers import AutoTokenizer
+
+    from llmasr.convert.funasr_nano import convert_funasr
+    from llmasr.models.prompt import AUDIO_PLACEHOLDER
+    from llmasr.testing.tiny_nano import write_nano_dir
+
+    src = write_nano_dir(tmp_path / "src")
+    config = yaml.safe_load((src / "config.yaml").read_text(encoding="utf-8"))
+    config["dataset_conf"]["do_think"] = False
+    (src / "config.yaml").write_text(yaml.safe_dump(config, allow_unicode=True), encoding="utf-8")
+    convert_funasr(src, tmp_path / "out")
+    prompt = load_exported(tmp_path / "out").prompt
+    assert prompt.template_kwargs == {"enable_thinking": False}
+    plain = AutoTokenizer.from_pretrained(str(tmp_path / "out" / "llm"))
+    text = plain.apply_chat_template(prompt._messages(prompt.task, None), tokenize=False, add_generation_prompt=True)
+    assert text.endswith("<|im_start|>assistant\n<think>\n\n</think>\n\n")
+    before, after = text.split(AUDIO_PLACEHOLDER)
+    ids = plain.encode(before, add_special_tokens=False) + plain.encode(after, add_special_tokens=False)
+    assert ids == prompt.encode(None).ids

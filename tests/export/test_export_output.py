@@ -1,0 +1,228 @@
+"""Export's --output folder: new or --overwrite, refused before the model is built when it cannot or must not be
+written (permissions, another export, the run's own files), staged and published whole, and a full disk named."""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from llmasr.commands.export import main
+from llmasr.export import staged_dir
+from llmasr.export.export import ExportError, shard_bytes
+from llmasr.export.exported import load_exported
+from llmasr.run_dir import list_tags
+
+
+def test_output_must_be_new(runs, tmp_path):
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "f").write_text("x")
+    assert main(["--checkpoint", str(runs[0]), "--output", str(tmp_path / "busy")]) == 2
+    assert main(["--checkpoint", str(runs[0]), "--output", str(tmp_path / "busy"), "--overwrite"]) == 0
+    assert (tmp_path / "busy" / "llmasr_model.yaml").is_file() and not (tmp_path / "busy" / "f").exists()
+    # --overwrite replaces a folder, never a file (a file had been replaced by the model folder)
+    (tmp_path / "precious.txt").write_text("important")
+    assert main(["--checkpoint", str(runs[0]), "--output", str(tmp_path / "precious.txt"), "--overwrite"]) == 2
+    assert (tmp_path / "precious.txt").read_text() == "important"
+
+
+@pytest.fixture
+def unwritable(tmp_path):
+    """A folder this process cannot write in: mode 555, and immutable (chattr +i) where that alone does not stop
+    it (root)."""
+    folder = tmp_path / "unwritable"
+    folder.mkdir()
+    folder.chmod(0o555)
+    immutable = os.access(folder, os.W_OK)
+    if immutable and (subprocess.run(["chattr", "+i", str(folder)], capture_output=True).returncode != 0
+                      or os.access(folder, os.W_OK)):  # fmt: skip
+        pytest.skip("no way to make a folder unwritable for this user here")
+    yield folder
+    if immutable:
+        subprocess.run(["chattr", "-i", str(folder)], check=True)
+    folder.chmod(0o755)
+
+
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_an_output_folder_without_write_permission_is_refused_before_the_model_is_built(
+    runs, unwritable, monkeypatch, capsys, overwrite
+):
+    """An existing --output the user may not write in had failed at the last rename, after the whole model was
+    rebuilt, merged and written (minutes at real size); it is refused before any weight is read."""
+    import llmasr.export.export as export_module
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("the checkpoint was loaded before the refusal")
+
+    monkeypatch.setattr(export_module, "load_checkpoint_model", no_load)
+    args = ["--checkpoint", str(runs[0]), "--output", str(unwritable)] + (["--overwrite"] if overwrite else [])
+    assert main(args) == 2
+    assert f"--output {unwritable}: no permission to write in this folder" in capsys.readouterr().err
+    assert sorted(p.name for p in unwritable.parent.iterdir()) == ["unwritable"]
+
+
+def test_a_second_export_to_the_same_output_is_refused_while_the_first_writes(runs, tmp_path, capsys):
+    """Two exports to one --output had cleared and filled the same staging folder, each deleting the other's files.
+    The second is refused at once, naming the output; a lock file a killed export left does not block the next."""
+    out = tmp_path / "shared_out"
+    with staged_dir.writing(out, flag="--output"):  # the first export, still writing
+        assert main(["--checkpoint", str(runs[0]), "--output", str(out)]) == 2
+        assert f"--output {out}: another export or conversion is writing it now" in capsys.readouterr().err
+        assert not out.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # the lock went with its holder
+    (tmp_path / ".shared_out.lock").write_text("")  # left by a killed export: no process holds it
+    assert main(["--checkpoint", str(runs[0]), "--output", str(out)]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["shared_out"]
+    load_exported(out)
+
+
+def test_shard_size_in_bytes_or_with_a_unit_and_refused_before_loading(runs, tmp_path, capsys):
+    """--max-shard-size 200000 (bytes) had reached save_pretrained as the string "200000" and failed there, after
+    the model was loaded and merged, naming no flag."""
+    assert [shard_bytes(v) for v in ("200000", 200000, "5GB", "1.5gb", " 500 MB")] == [
+        200000, 200000, 5 * 10**9, 15 * 10**8, 5 * 10**8,
+    ]  # fmt: skip
+    for bad in ("5GiB", "lots", "0", "-3MB", "1e400"):
+        with pytest.raises(ExportError, match=f"--max-shard-size '{bad}': give bytes"):
+            shard_bytes(bad)
+    out = tmp_path / "sharded"
+    assert main(["--checkpoint", str(runs[0]), "--output", str(out), "--max-shard-size", "5GiB"]) == 2
+    assert "--max-shard-size '5GiB'" in capsys.readouterr().err and not out.exists()
+    nested = tmp_path / "np" / "a" / "out"  # a refused export leaves no folders of its output behind
+    assert main(["--checkpoint", str(runs[0]), "--output", str(nested), "--max-shard-size", "5GiB"]) == 2
+    assert not (tmp_path / "np").exists()
+    assert main(["--checkpoint", str(runs[0]), "--output", str(out), "--max-shard-size", "20000"]) == 0
+    assert len(list((out / "llm").glob("model-*.safetensors"))) > 1
+    load_exported(out)
+
+
+def test_an_output_under_home_is_checked_where_it_is_written(runs, tmp_path, monkeypatch, capsys):
+    """--output=~/m (a shell leaves `~` after `=`): the checks had looked at ./~/m while the export replaced
+    $HOME/m, and with --overwrite a run under $HOME could replace itself."""
+    home = tmp_path / "home"
+    (home / "m").mkdir(parents=True)
+    (home / "m" / "precious.txt").write_text("x")
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(tmp_path)
+    assert main(["--checkpoint", str(runs[0]), "--output=~/m"]) == 2
+    assert "--output ~/m: exists and is not empty" in capsys.readouterr().err
+    assert (home / "m" / "precious.txt").is_file() and not (tmp_path / "~").exists()
+    shutil.copytree(runs[0], home / "run")
+    assert main(["--checkpoint", str(home / "run"), "--output=~/run", "--overwrite"]) == 2
+    assert "is the training run" in capsys.readouterr().err and (home / "run" / "recipe.yaml").is_file()
+
+
+def test_an_output_that_is_a_mount_point_is_staged_inside_it(runs, tmp_path, monkeypatch):
+    """A mount point's sibling lies on another filesystem, where renaming the staged files into it fails after its
+    old files are gone: the export is staged inside it instead, and an export that fails leaves nothing behind."""
+    mount = tmp_path / "mnt"
+    mount.mkdir()
+    (mount / "old.txt").write_text("x")
+    monkeypatch.setattr(staged_dir, "_mount_point", lambda where: where == mount.resolve())
+    rename = Path.rename
+
+    def across_devices(self, target):  # what the kernel says to a rename into the mount from outside, or out of it
+        if Path(target).resolve().is_relative_to(mount) != self.resolve().is_relative_to(mount):
+            raise OSError(errno.EXDEV, "Invalid cross-device link", str(self))
+        return rename(self, target)
+
+    monkeypatch.setattr(Path, "rename", across_devices)
+    assert main(["--checkpoint", str(runs[0]), "--output", str(mount), "--overwrite"]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mnt"] and not (mount / "old.txt").exists()
+    assert not (mount / ".partial").exists()
+    load_exported(mount)
+    monkeypatch.setattr(staged_dir, "_mount_point", lambda where: False)  # staged beside it: the rename fails
+    with pytest.raises(OSError, match="cross-device"):
+        main(["--checkpoint", str(runs[0]), "--output", str(mount), "--overwrite"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mnt"]  # no .mnt.partial left
+    load_exported(mount)  # the export before it, still whole
+
+
+def test_output_as_the_current_folder_is_written_in_place(runs, tmp_path, monkeypatch):
+    """--output . : the export lands in the current folder, which stays (it had been deleted with the export)."""
+    here = tmp_path / "here"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    assert main(["--checkpoint", str(runs[0]), "--output", "."]) == 0
+    assert (here / "llmasr_model.yaml").is_file() and Path.cwd() == here
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["here"]
+    load_exported(here)
+
+
+def test_output_over_what_the_run_reads_is_refused(runs, base_dirs, capsys, monkeypatch):
+    """--overwrite onto the base LLM (which an --adapter-only export points at) or what holds the encoder would have
+    deleted them; refused, naming the recipe key, before any weight is read (a real-size load takes minutes)."""
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("the checkpoint was loaded before the refusal")
+
+    monkeypatch.setattr("llmasr.export.export.load_checkpoint_model", no_load)
+    llm, enc = base_dirs
+    for out, key in ((llm, "model.llm.path"), (enc.parent, "model.encoder.path")):
+        assert main(["--checkpoint", str(runs[0]), "--output", str(out), "--overwrite", "--adapter-only"]) == 2
+        assert f"({key} of the run's recipe), which writing the export would replace" in capsys.readouterr().err
+    assert (llm / "config.json").is_file() and (enc / "config.yaml").is_file()
+
+
+def test_output_over_the_run_itself_is_refused(runs, capsys):
+    """--overwrite replaces the output folder whole: the run being exported (or what holds it, or its checkpoints)
+    is never that folder."""
+    run = runs[0]
+    for out, why in ((run, "is"), (run.parent, "holds"), (run / "checkpoints" / "x", "lies in")):
+        assert main(["--checkpoint", str(run), "--output", str(out), "--overwrite"]) == 2
+        assert f"--output {out}: {why} the training run {run.resolve()} being exported" in capsys.readouterr().err
+    assert list_tags(run / "checkpoints") and (run / "recipe.yaml").is_file()
+
+
+def test_an_overwrite_cut_short_leaves_the_old_export_whole(runs, tmp_path, monkeypatch):
+    """Publishing into an existing OUT had deleted the old export, then moved the new files in one by one, the
+    completion marker (llmasr_model.yaml) among the first: cut short, OUT held a marker and a part of a model, the old
+    export gone. Now the old files wait aside until the new ones are in, the marker moves last, and a move that fails
+    puts the old export back."""
+    out = tmp_path / "m"
+    assert main(["--checkpoint", str(runs[0]), "--output", str(out)]) == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    rename, moved = Path.rename, []
+
+    def cut_short(self, target):
+        if self.parent.name == ".m.partial":  # a new file going into OUT
+            moved.append(self.name)
+            if len(moved) == 2:
+                raise KeyboardInterrupt
+        return rename(self, target)
+
+    monkeypatch.setattr(Path, "rename", cut_short)
+    with pytest.raises(KeyboardInterrupt):
+        main(["--checkpoint", str(runs[2]), "--output", str(out), "--overwrite"])
+    monkeypatch.setattr(Path, "rename", rename)
+    assert "llmasr_model.yaml" not in moved  # the marker had not gone in: it goes last
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]  # no staging or aside folder left
+    load_exported(out)
+    moved.clear()
+    monkeypatch.setattr(Path, "rename", lambda self, target: (moved.append(self.name), rename(self, target))[1])
+    assert main(["--checkpoint", str(runs[2]), "--output", str(out), "--overwrite"]) == 0
+    new = [name for name in moved if (out / name).exists()]
+    assert new[-1] == "llmasr_model.yaml" and sorted(p.name for p in tmp_path.iterdir()) == ["m"]
+
+
+def test_a_full_disk_during_export_names_the_folder_and_its_free_space(runs, tmp_path, monkeypatch, capsys):
+    """safetensors reports a full disk as "I/O error: No space left on device (os error 28)", not an OSError: the
+    export had printed that line alone, naming no folder and no free space."""
+    from safetensors import SafetensorError
+
+    def full(*args, **kwargs):
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    from llmasr.cli import main as cli
+
+    monkeypatch.setattr("safetensors.torch.save_file", full)
+    out = tmp_path / "m"
+    assert cli(["export", "--checkpoint", str(runs[0]), "--output", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert f"{tmp_path / '.m.partial'}: No space left on device while writing it (" in err
+    assert "MiB free there" in err and not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == []

@@ -1,0 +1,187 @@
+"""FunASR model directories that do not load as they are: CMVN files, missing files, checkpoint keys and shapes,
+and config.yaml settings the encoder or frontend refuses, each named."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+
+import pytest
+import torch
+
+from llmasr.config_io import ConfigError
+from llmasr.models.funasr_dir import load_funasr_encoder
+from llmasr.models.state_dict import CheckpointMismatchError
+from llmasr.testing.tiny_funasr import copy_model_dir as _copy
+from llmasr.testing.tiny_funasr import edit_config_yaml as _edit_config
+from llmasr.testing.tiny_funasr import rewrite_model_pt as _rewrite_state
+
+
+def test_missing_am_mvn(tmp_path, tiny_dir):
+    d = _copy(tiny_dir, tmp_path / "d")
+    (d / "am.mvn").unlink()
+    with pytest.raises(ConfigError, match=r"am\.mvn.*missing.*AddShift"):
+        load_funasr_encoder(d)
+
+
+def test_cmvn_file_from_config_when_am_mvn_absent(tmp_path, tiny_dir):
+    d = _copy(tiny_dir, tmp_path / "d")
+    (d / "am.mvn").rename(d / "cmvn.txt")
+    _edit_config(d, lambda c: c["frontend_conf"].update(cmvn_file="cmvn.txt"))
+    _, fe = load_funasr_encoder(d)
+    assert fe.cmvn_file == str((d / "cmvn.txt").resolve())
+    _edit_config(d, lambda c: c["frontend_conf"].update(cmvn_file=None))  # explicit null: trained without CMVN
+    _, fe = load_funasr_encoder(d)
+    assert fe.cmvn_file is None
+
+
+def test_cmvn_file_named_by_the_training_machine_is_found_here_by_name(tmp_path, tiny_dir):
+    """config.yaml as FunASR training writes it: cmvn_file an absolute path on that machine, configuration.json
+    mapping no CMVN. The file of that name in the directory is it (its error had said am.mvn was missing)."""
+    d = _copy(tiny_dir, tmp_path / "d")
+    _edit_config(d, lambda c: c["frontend_conf"].update(cmvn_file="/root/.cache/modelscope/para/am.mvn"))
+    (d / "configuration.json").write_text(json.dumps({"file_path_metas": {"init_param": "model.pt"}}))
+    _, fe = load_funasr_encoder(d)
+    assert fe.cmvn_file == str((d / "am.mvn").resolve())
+    _edit_config(d, lambda c: c["frontend_conf"].update(cmvn_file="/root/.cache/modelscope/para/cmvn.ark"))
+    named = r"frontend_conf.cmvn_file names /root/.cache/modelscope/para/cmvn.ark, which is neither there nor in "
+    with pytest.raises(ConfigError, match=named + r".*am.mvn is, but configuration.json maps"):
+        load_funasr_encoder(d)
+
+
+def test_features_normalized_by_the_model_are_refused(tmp_path, tiny_dir):
+    """config.yaml's `normalize` (UtteranceMVN, GlobalMVN): FunASR applies it before the encoder; llmasr had
+    ignored it without a word."""
+    d = _copy(tiny_dir, tmp_path / "d")
+    _edit_config(d, lambda c: c.update(normalize=None))
+    load_funasr_encoder(d)
+    _edit_config(d, lambda c: c.update(normalize="UtteranceMVN", normalize_conf={}))
+    with pytest.raises(ConfigError, match=r"config.yaml: normalize is 'UtteranceMVN'; FunASR normalizes the features"):
+        load_funasr_encoder(d)
+
+
+def test_missing_model_pt(tmp_path, tiny_dir):
+    d = _copy(tiny_dir, tmp_path / "d")
+    (d / "model.pt").unlink()
+    with pytest.raises(ConfigError, match=r"model\.pt: missing.*state dict"):
+        load_funasr_encoder(d)
+
+
+def test_missing_config_and_directory(tmp_path, tiny_dir):
+    with pytest.raises(ConfigError, match="not found"):
+        load_funasr_encoder(tmp_path / "nowhere")
+    d = _copy(tiny_dir, tmp_path / "d")
+    (d / "config.yaml").unlink()
+    with pytest.raises(ConfigError, match=r"config\.yaml: missing.*encoder_conf"):
+        load_funasr_encoder(d)
+
+
+def test_missing_key_named(tmp_path, tiny_dir):
+    d = _copy(tiny_dir, tmp_path / "d")
+    _rewrite_state(d, lambda s: s.pop("encoder.encoders.0.feed_forward.w_1.bias"))
+    with pytest.raises(CheckpointMismatchError, match=r"missing from checkpoint: encoders\.0\.feed_forward\.w_1\.bias"):
+        load_funasr_encoder(d)
+
+
+def test_unexpected_key_named(tmp_path, tiny_dir):
+    d = _copy(tiny_dir, tmp_path / "d")
+    _rewrite_state(d, lambda s: s.update({"encoder.encoders.1.norm1.weight": torch.ones(32)}))
+    with pytest.raises(CheckpointMismatchError, match=r"unexpected in checkpoint: encoders\.1\.norm1\.weight"):
+        load_funasr_encoder(d)
+
+
+def test_no_encoder_tensors(tmp_path, tiny_dir):
+    d = _copy(tiny_dir, tmp_path / "d")
+    _rewrite_state(d, lambda s: [s.pop(k) for k in list(s) if k.startswith("encoder.")])
+    with pytest.raises(CheckpointMismatchError, match=r"no tensors under 'encoder\.'.*decoder\."):
+        load_funasr_encoder(d)
+
+
+def test_shape_mismatch_names_key_and_shapes(tmp_path, tiny_dir):
+    d = _copy(tiny_dir, tmp_path / "d")
+    _edit_config(d, lambda c: c["encoder_conf"].update(linear_units=48))
+    with pytest.raises(
+        CheckpointMismatchError,
+        match=r"encoders0\.0\.feed_forward\.w_1\.weight: checkpoint \[64, 32\] vs model \[48, 32\]",
+    ):
+        load_funasr_encoder(d)
+
+
+def test_reinit_keys_allow_listed_mismatch(tmp_path, tiny_dir):
+    d = _copy(tiny_dir, tmp_path / "d")
+    _rewrite_state(d, lambda s: s.update({"encoder.after_norm.weight": torch.ones(7)}))
+    with pytest.raises(CheckpointMismatchError, match="after_norm.weight"):
+        load_funasr_encoder(d)
+    enc, _ = load_funasr_encoder(d, reinit_keys=["after_norm.*"])
+    assert enc.after_norm.weight.shape == (32,)
+    state = torch.load(tiny_dir / "model.pt", weights_only=True)
+    assert torch.equal(enc.encoders[0].norm1.weight, state["encoder.encoders.0.norm1.weight"])
+
+
+@pytest.mark.parametrize("where", ["top", "encoder_conf"])
+def test_input_size_disagreeing_with_frontend(tmp_path, tiny_dir, where):
+    d = _copy(tiny_dir, tmp_path / "d")
+    _edit_config(d, lambda c: (c if where == "top" else c["encoder_conf"]).update(input_size=400))
+    with pytest.raises(ConfigError, match=r"input_size is 400.*80 \* 7 = 560"):
+        load_funasr_encoder(d)
+
+
+def test_input_size_agreeing_is_fine(tmp_path, tiny_dir):
+    d = _copy(tiny_dir, tmp_path / "d")
+    _edit_config(d, lambda c: c.update(input_size=560))
+    load_funasr_encoder(d)
+
+
+def test_unknown_encoder_class(tmp_path, tiny_dir):
+    d = _copy(tiny_dir, tmp_path / "d")
+    _edit_config(d, lambda c: c.update(encoder="BranchformerEncoder"))
+    supported = "SANMEncoder, SANMEncoderChunkOpt, ConformerEncoder, SenseVoiceEncoderSmall"
+    with pytest.raises(ConfigError, match=rf"BranchformerEncoder.*{supported}"):
+        load_funasr_encoder(d)
+
+
+def test_unknown_frontend(tmp_path, tiny_dir):
+    d = _copy(tiny_dir, tmp_path / "d")
+    _edit_config(d, lambda c: c.update(frontend="WhisperFrontend"))
+    with pytest.raises(ConfigError, match=r"WhisperFrontend.*WavFrontend, WavFrontendOnline"):
+        load_funasr_encoder(d)
+
+
+def test_unknown_encoder_conf_key(tmp_path, tiny_dir):
+    d = _copy(tiny_dir, tmp_path / "d")
+    _edit_config(d, lambda c: c["encoder_conf"].update(num_block=2))
+    with pytest.raises(ConfigError, match="'num_block'"):
+        load_funasr_encoder(d)
+
+
+def test_harmless_real_config_keys(tmp_path, tiny_dir):
+    d = _copy(tiny_dir, tmp_path / "d")
+    _edit_config(
+        d,
+        lambda c: c["encoder_conf"].update(
+            tf2torch_tensor_name_prefix_torch="encoder", tf2torch_tensor_name_prefix_tf="seq2seq/encoder"
+        ),
+    )
+    load_funasr_encoder(d)
+
+
+@pytest.mark.parametrize(
+    "edit, said",
+    [({"foo": 1}, r"SANMEncoder: unknown encoder_conf key 'foo'"),
+     ({"num_blocks": "many"}, r"\.num_blocks: expected an integer, got 'many'")],
+)  # fmt: skip
+def test_encoder_conf_the_encoder_refuses_is_named_by_config_yaml(tiny_dir, tmp_path, edit, said):
+    """The settings come from the directory's config.yaml: the refusal had named no file (or the recipe's
+    model.encoder.conf, which does not hold the key), whether the weights are read or not."""
+    from llmasr.models.builder import build_encoder
+    from llmasr.models.config import EncoderConfig
+
+    d = tmp_path / "d"
+    shutil.copytree(tiny_dir, d)
+    _edit_config(d, lambda c: c["encoder_conf"].update(edit))
+    where = re.escape(f"{d / 'config.yaml'} encoder_conf")
+    with pytest.raises(ConfigError, match=rf"^{where}(: )?{said}"):
+        load_funasr_encoder(d)
+    with pytest.raises(ConfigError, match=rf"^{where}(: )?{said}"):
+        build_encoder(EncoderConfig(type="paraformer", path=str(d)), pretrained=False)

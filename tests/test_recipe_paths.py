@@ -1,0 +1,166 @@
+"""Recipe paths: relative to the recipe file (or kept, for keywords, inline templates and paths from the working
+directory), a path with nothing there named with its key, and the recipes the docs name."""
+
+import pytest
+import yaml
+
+from llmasr.config_io import ConfigError
+from llmasr.recipe import load_recipe
+
+
+def test_paths_resolve_against_the_recipe_and_overrides_apply(tmp_path):
+    (tmp_path / "models" / "llm").mkdir(parents=True)
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "train.jsonl").write_text("")
+    (tmp_path / "models" / "am.mvn").write_text("")
+    recipes = tmp_path / "recipes"
+    recipes.mkdir()
+    path = recipes / "r.yaml"
+    path.write_text(yaml.safe_dump({
+        "model": {"llm": {"path": "../models/llm"}, "encoder": {"frontend": {"cmvn_file": "../models/am.mvn"}}},
+        "data": {"train": ["../data/train.jsonl"]},
+        "train": {"output_dir": "../exp/run", "grad_accum": 2},
+    }))  # fmt: skip
+    r = load_recipe(path, ["train.epochs=3", "optim.branches.llm.lr=2e-5"])
+    assert r.model.llm.path == str(tmp_path / "models" / "llm")
+    assert r.model.encoder.frontend["cmvn_file"] == str(tmp_path / "models" / "am.mvn")
+    assert r.data.train[0].path == str(tmp_path / "data" / "train.jsonl")
+    assert r.train.output_dir == str(tmp_path / "exp" / "run")
+    assert r.train.epochs == 3 and r.optim.branches["llm"].lr == 2e-5
+
+
+def test_every_path_field_resolves_against_the_recipe(tmp_path):
+    files = {
+        "enc/model_dir": None, "llm": None, "adaptor.pt": "", "ctc.pt": "", "tokens.json": "[]",
+        "noise.jsonl": "", "chat.jinja": "{{ messages }}", "am.mvn": "", "train.jsonl": "", "valid.jsonl": "",
+        "vad/config.yaml": "",
+    }  # fmt: skip
+    for name, text in files.items():
+        target = tmp_path / "assets" / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.mkdir() if text is None else target.write_text(text)
+    recipe = tmp_path / "recipes" / "r.yaml"
+    recipe.parent.mkdir()
+    a = "../assets/"
+    recipe.write_text(yaml.safe_dump({
+        "model": {
+            "encoder": {"path": a + "enc/model_dir", "frontend": {"cmvn_file": a + "am.mvn"}},
+            "llm": {"path": a + "llm"},
+            "adaptor": {"init_from": a + "adaptor.pt"},
+            "prompt": {"chat_template": a + "chat.jinja"},
+            "ctc": {"weight": 0.3, "vocab": a + "tokens.json", "init_from": a + "ctc.pt"},
+        },
+        "data": {
+            "train": [a + "train.jsonl", {"path": a + "train.jsonl", "weight": 2.0}],
+            "valid": [{"path": a + "valid.jsonl"}],
+            "augment": {"noise": {"prob": 0.5, "manifest": a + "noise.jsonl"}},
+        },
+        "decode": {"vad": a + "vad"},
+    }))  # fmt: skip
+    r = load_recipe(recipe)
+    assets = tmp_path / "assets"
+    m = r.model
+    assert m.encoder.path == str(assets / "enc/model_dir")
+    assert m.encoder.frontend["cmvn_file"] == str(assets / "am.mvn")
+    assert m.llm.path == str(assets / "llm")
+    assert m.adaptor.init_from == str(assets / "adaptor.pt")
+    assert m.prompt.chat_template == str(assets / "chat.jinja")
+    assert (m.ctc.vocab, m.ctc.init_from) == (str(assets / "tokens.json"), str(assets / "ctc.pt"))
+    assert [s.path for s in r.data.train] == [str(assets / "train.jsonl")] * 2
+    assert r.data.valid[0].path == str(assets / "valid.jsonl")
+    assert r.data.augment.noise.manifest == str(assets / "noise.jsonl")
+    assert r.decode.vad == str(assets / "vad")
+
+
+def test_paths_that_are_not_recipe_relative_are_kept(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    absolute = tmp_path / "abs.pt"
+    absolute.write_text("")
+    recipe.write_text(yaml.safe_dump({
+        "model": {"llm": {"path": "llm"}, "adaptor": {"init_from": str(absolute)}, "ctc": {"vocab": "llm"}},
+        "train": {"output_dir": "exp/run"},
+    }))  # fmt: skip
+    r = load_recipe(recipe)
+    # "llm" does not exist beside the recipe: left to the working directory; the CTC vocab keyword stays a keyword
+    assert (r.model.llm.path, r.model.ctc.vocab) == ("llm", "llm")
+    assert r.model.adaptor.init_from == str(absolute)
+    assert r.train.output_dir == "exp/run"  # an output folder is recipe-relative only when written ./x or ../x
+
+
+def test_keywords_stay_keywords_beside_a_folder_of_their_name(tmp_path):
+    """`ctc.vocab: llm` and `hotwords.distractors: corpus` are words: a recipe beside folders named llm/ and corpus/
+    (a common layout) must not turn them into those folders' paths."""
+    (tmp_path / "llm").mkdir()
+    (tmp_path / "corpus").mkdir()
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump({
+        "model": {"llm": {"path": "llm"}, "ctc": {"weight": 0.3, "vocab": "llm"}},
+        "data": {"hotwords": {"enable": True, "distractors": "corpus"}},
+    }))  # fmt: skip
+    r = load_recipe(recipe)
+    assert r.model.llm.path == str(tmp_path / "llm")  # the LLM folder's path resolves as before
+    assert (r.model.ctc.vocab, r.data.hotwords.distractors) == ("llm", "corpus")
+
+
+def test_a_path_with_nothing_there_names_its_key_and_where_it_was_looked_for(tmp_path, monkeypatch):
+    """A recipe without model.llm.path had been checked as the LLM directory ".", and a missing directory was named
+    without its key or the places a relative path is looked for."""
+    from llmasr.models.funasr_dir import read_funasr_config
+    from llmasr.models.llm import check_llm_dir
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError, match=r"model.llm.path: not set; the LLM directory .* is required"):
+        check_llm_dir("")
+    where = rf"\(a relative path is looked for beside the recipe, then in the working directory {tmp_path}\)"
+    with pytest.raises(ConfigError, match=r"model.llm.path: LLM directory not found: \.\./models/qwen " + where):
+        check_llm_dir("../models/qwen")
+    with pytest.raises(ConfigError, match=r"model.encoder.path: FunASR model directory not found: enc " + where):
+        read_funasr_config("enc")
+
+
+def test_an_inline_chat_template_is_text_not_a_path(tmp_path):
+    """model.prompt.chat_template takes a file or the template itself: a real template (hundreds of characters
+    without a slash) had failed loading with "File name too long" while being looked for beside the recipe."""
+    template = "{%- for message in messages %}" + "{{- message['content'] }}" * 20 + "{%- endfor %}"
+    assert len(template) > 255 and "/" not in template
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump({"model": {"prompt": {"chat_template": template}}}))
+    assert load_recipe(path).model.prompt.chat_template == template
+
+
+def test_paths_from_the_working_directory_are_kept_absolute(tmp_path, monkeypatch):
+    """`model.llm.path=models/llm` on the command line: RUN_DIR/recipe.yaml had kept it relative, so an export
+    started from another folder said the base model had changed. A run saved that way still resumes unchanged."""
+    from llmasr.config_io import dump_yaml
+    from llmasr.train import resume as rs
+
+    (tmp_path / "models" / "llm").mkdir(parents=True)
+    (tmp_path / "train.jsonl").write_text("")
+    monkeypatch.chdir(tmp_path)
+    overrides = ["model.llm.path=models/llm", "data.train=[train.jsonl]", "train.output_dir=exp/run"]
+    r = load_recipe(data={}, overrides=overrides)
+    assert r.model.llm.path == str(tmp_path / "models" / "llm")
+    assert r.data.train[0].path == str(tmp_path / "train.jsonl")
+    assert r.train.output_dir == "exp/run"  # an output stays as written
+    run = tmp_path / "exp" / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    old = load_recipe(data={}, overrides=overrides[2:])  # saved by an llmasr that kept them relative
+    old.model.llm.path, old.data.train = "models/llm", ["train.jsonl"]
+    dump_yaml(old, run / "recipe.yaml")
+    assert rs.check_resume_recipe(r, run / "checkpoints") == []
+
+
+def test_every_recipe_the_docs_name_exists():
+    """The README's and docstrings' examples name shipped recipes and DeepSpeed files; one had named a recipe that
+    does not exist (recipes/paraformer_qwen2.5-1.5b.yaml)."""
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    texts = [root / "README.md", *sorted((root / "llmasr").rglob("*.py")), *sorted((root / "recipes").glob("*.yaml"))]
+    named = {
+        (path.name, name)
+        for path in texts
+        for name in re.findall(r"\b(?:recipes/[\w.\-]+\.yaml|ds_configs/[\w.\-]+\.json)", path.read_text("utf-8"))
+    }
+    assert named and not sorted((where, name) for where, name in named if not (root / name).is_file())

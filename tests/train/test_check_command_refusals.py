@@ -1,0 +1,120 @@
+"""`llmasr check`: config problems exit non-zero with the reason, as training would refuse them: bad overrides and
+DeepSpeed files, pretrained files that do not fit the model, a decode VAD that does not load, half-precision
+weights trained without master copies."""
+
+import json
+import shutil
+
+import pytest
+import yaml
+
+from llmasr.testing.tiny_corpus import tiny_recipe_dict, write_tiny_corpus
+from llmasr.testing.tiny_recipe import run_check
+
+
+def test_errors_exit_non_zero_with_the_reason(recipe_file, tmp_path, capsys):
+    base = ["--config", str(recipe_file), "--out", str(tmp_path)]
+    bad_json = tmp_path / "bad.json"
+    bad_json.write_text(json.dumps({"gradient_accumulation_steps": 8, "zero_optimization": {"stage": 2}}))
+    code, _, err = run_check(capsys, *base, "--deepspeed", str(bad_json))
+    assert code == 2 and "gradient_accumulation_steps" in err and "train.grad_accum" in err
+    code, _, err = run_check(capsys, *base, "--deepspeed", "zero2", "data.train=[/nonexistent/train.jsonl]")
+    assert code == 2 and "/nonexistent/train.jsonl" in err
+    code, _, err = run_check(capsys, *base, "--deepspeed", "zero2", "data.valid=[]", "train.valid_every_updates=5")
+    assert code == 2 and "data.valid" in err
+    code, _, err = run_check(capsys, *base, "--deepspeed", "zero9")
+    assert code == 2 and "zero9" in err
+    code, _, err = run_check(capsys, *base, "--deepspeed", "zero2", "optim.branches.decoder.lr=1e-4")
+    assert code == 2 and "decoder" in err
+
+
+@pytest.fixture(scope="module")
+def pretrained_recipe(tiny_llm_dir, tmp_path_factory):
+    """A recipe whose encoder is a FunASR directory (model.pt) and whose adaptor starts from a file."""
+    import torch
+    from safetensors.torch import save_file
+
+    from llmasr.models.builder import build_model
+    from llmasr.testing.tiny_funasr import tiny_sanm_conf, write_funasr_dir
+
+    root = tmp_path_factory.mktemp("check_pretrained")
+    enc = write_funasr_dir(root / "paraformer", encoder_conf=tiny_sanm_conf())
+    train_m = write_tiny_corpus(root / "train", n=8)
+    data = tiny_recipe_dict(tiny_llm_dir, train=[train_m], output_dir=root / "run", encoder_dir=enc, dropout=None)
+    model = build_model(data["model"], weights="random")
+    save_file({k: v.contiguous() for k, v in model.adaptor.state_dict().items()}, str(root / "adaptor.safetensors"))
+    wide = {k: torch.zeros(*v.shape[:-1], v.shape[-1] + 8) for k, v in model.adaptor.state_dict().items()}
+    save_file(wide, str(root / "adaptor_wide.safetensors"))
+    data["model"]["adaptor"]["init_from"] = str(root / "adaptor.safetensors")
+    path = root / "recipe.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_pretrained_files_that_do_not_fit_the_model_are_refused_before_training(pretrained_recipe, tmp_path, capsys):
+    """`llmasr check` runs the encoder, adaptor and CTC head loaders on the files' names and shapes, as training's
+    load does, so what the first minutes of a GPU job would refuse is refused here."""
+    from llmasr.models.builder import build_model
+    from llmasr.recipe import load_recipe
+
+    base = ["--config", str(pretrained_recipe), "--out", str(tmp_path), "--deepspeed", "zero2"]
+    code, out, err = run_check(capsys, *base, "model.ctc.weight=0.3")
+    assert code == 0, err
+    root = pretrained_recipe.parent
+    assert f"  encoder: {root / 'paraformer' / 'model.pt'} (encoder.*)\n" in out
+    assert f"  adaptor: {root / 'adaptor.safetensors'}\n" in out
+    assert "  ctc_head: fresh over the LLM's vocabulary\n" in out
+    meta = build_model(load_recipe(pretrained_recipe).model, weights="shapes")
+    assert {p.device.type for p in meta.parameters()} == {"meta"}  # nothing allocated, no data read
+
+    deeper = tmp_path / "deeper"  # config.yaml says 3 blocks, model.pt holds 2
+    shutil.copytree(root / "paraformer", deeper)
+    config = yaml.safe_load((deeper / "config.yaml").read_text())
+    config["encoder_conf"]["num_blocks"] = 3
+    (deeper / "config.yaml").write_text(yaml.safe_dump(config))
+    code, _, err = run_check(capsys, *base, f"model.encoder.path={deeper}")
+    assert code == 2 and "model.pt (encoder.*) does not match the SANMEncoder built from the config" in err
+    assert "missing from checkpoint: encoders.1." in err, err
+    code, _, err = run_check(capsys, *base, "model.encoder.conf.num_blocks=3")  # over the directory's 2
+    assert code == 2 and "model.encoder.conf.num_blocks: 3, but " in err and "config.yaml states 2" in err, err
+    wide = pretrained_recipe.parent / "adaptor_wide.safetensors"
+    code, _, err = run_check(capsys, *base, f"model.adaptor.init_from={wide}")
+    assert code == 2 and "adaptor_wide.safetensors" in err, err
+    code, _, err = run_check(capsys, *base, "model.ctc.weight=0.3", "model.ctc.from_encoder=true")
+    assert code == 2 and "model.ctc.from_encoder:" in err and "holds no CTC head" in err, err
+
+
+def test_a_decode_vad_is_loaded_by_the_check(recipe_file, tmp_path, capsys):
+    from llmasr.testing.tiny_vad import write_fsmn_vad_dir
+
+    vad = write_fsmn_vad_dir(tmp_path / "vad")
+    args = ["--config", str(recipe_file), "--deepspeed", "zero2", "--out", str(tmp_path)]
+    code, out, err = run_check(capsys, *args, f"decode.vad={vad}", "decode.vad_max_end_silence_ms=800")
+    assert code == 0, err
+    assert f"long audio cut at the speech segments of the FSMN VAD {vad} (ending silence: 800 ms)" in out
+    (vad / "model.pt").write_bytes(b"version https://git-lfs.github.com/spec/v1\n")  # a weight file never pulled
+    code, out, err = run_check(capsys, *args, f"decode.vad={vad}")
+    assert code == 2 and "model.pt" in err and "Git LFS" in err
+    code, out, err = run_check(capsys, *args, f"decode.vad={tmp_path}")
+    assert code == 2 and "decode.vad: " in err and "is not a FunASR VAD directory" in err
+
+
+def test_an_unfrozen_half_precision_llm_without_master_weights_is_refused(recipe_file, tmp_path, capsys):
+    """A bf16 LLM trained under train.precision fp32 has no fp32 master copy: small updates round away (it had been
+    accepted); a frozen bf16 LLM with fp32 LoRA, or bf16 precision with its master weights, are fine."""
+    base = ["--config", str(recipe_file), "--deepspeed", "zero0", "--out", str(tmp_path), "model.llm.dtype=bfloat16"]
+    code, _, err = run_check(capsys, *base, "model.llm.freeze=false", "train.precision=fp32")
+    assert code == 2 and "model.llm.dtype: bfloat16 with model.llm.freeze false and train.precision fp32" in err
+    assert "set train.precision bf16" in err
+    assert run_check(capsys, *base, "train.precision=fp32")[0] == 0
+    assert run_check(capsys, *base, "model.llm.freeze=false", "train.precision=bf16")[0] == 0
+
+
+def test_half_precision_llm_biases_lora_trains_without_master_weights_are_refused(recipe_file, tmp_path, capsys):
+    """lora.bias all / lora_only trains the frozen LLM's own biases, bf16 ones under model.llm.dtype bfloat16: under
+    train.precision fp32 they had been stepped with no fp32 master copy, as an unfrozen LLM's weights are."""
+    base = ["--config", str(recipe_file), "--deepspeed", "zero0", "--out", str(tmp_path), "model.llm.dtype=bfloat16"]
+    for bias in ("all", "lora_only"):
+        code, _, err = run_check(capsys, *base, f"model.llm.lora.bias={bias}", "train.precision=fp32")
+        assert code == 2 and f"model.llm.dtype: bfloat16 with model.llm.lora.bias {bias} and train.precision" in err
+    assert run_check(capsys, *base, "model.llm.lora.bias=all", "train.precision=bf16")[0] == 0

@@ -1,0 +1,171 @@
+"""`llmasr check`: the numbers it prints are the trainer's (batches, updates, lr curves, batch budget, world size,
+memory by ZeRO stage and dtype), and the curves it writes beside a run leave the run's own."""
+
+import json
+import math
+import re
+
+import numpy as np
+import pytest
+import torch
+
+import llmasr
+from llmasr.commands.check import main
+from llmasr.testing.tiny_recipe import run_check
+
+
+def test_report_matches_the_trainer_numbers(recipe_file, tmp_path, capsys):
+    from llmasr.recipe import load_recipe
+    from llmasr.train.resolve import build_loaders, text_side
+    from llmasr.train.schedulers import lr_curve
+
+    code, out, err = run_check(capsys, "--config", str(recipe_file), "--deepspeed", "zero2", "--world-size", "2",
+                               "--out", str(tmp_path))  # fmt: skip
+    assert code == 0, err
+    recipe = load_recipe(recipe_file)
+    _, sampler, _ = build_loaders(recipe, text_side(recipe.model), rank=0, world_size=2)
+    per_epoch = len(sampler)
+    updates = math.ceil(per_epoch / 2) * 3
+    assert "gradient accumulation: 2" in out and "world size: 2" in out and "train_batch_size: 4" in out
+    assert f"batches per rank per epoch: {per_epoch}\n" in out
+    assert f"= {updates}; schedules sized by {updates}" in out
+    assert "warning: optim:" not in out
+    long_warmup = run_check(capsys, "--config", str(recipe_file), "--deepspeed", "zero2", "--out", str(tmp_path / "w"),
+                            "optim.scheduler.warmup_steps=25000")  # fmt: skip
+    assert long_warmup[0] == 0, long_warmup[2]
+    assert "warning: optim: the llm branch warms up over 25000 updates, but the run has" in long_warmup[1]
+    model = llmasr.build_model(recipe.model)
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    assert f"total {total:,}; trainable {trainable:,}" in out
+    # numbered from 1, as train.log: the first update at the warmup's peak is update 3
+    assert "update 1 (start)" in out and "update 3 (warmup end" in out and f"update {updates} (last)" in out
+    assert "ZeRO stage 2" in out and "on the device:" in out
+
+    names = ["encoder", "encoder_no_decay", "adaptor", "adaptor_no_decay", "ctc", "ctc_no_decay", "llm"]
+    csv = np.genfromtxt(tmp_path / "lr_schedule.csv", delimiter=",", names=True)
+    assert list(csv.dtype.names) == ["update", *names]
+    want = lr_curve(recipe.optim, names, updates)
+    assert len(csv) == updates and list(csv["update"]) == list(range(1, updates + 1))
+    for name in names:
+        np.testing.assert_allclose(csv[name], want[name], rtol=1e-12)
+    line = re.search(r"update 3 \(warmup end[^\n]*\n(?:.*\n)*?\s+llm\s+(\S+)", out)
+    assert float(line.group(1)) == pytest.approx(want["llm"][2], rel=1e-4)
+    png = (tmp_path / "lr_schedule.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 1000
+
+
+def test_the_batch_budget_says_what_augmentation_reserves(recipe_file, tmp_path, capsys):
+    from llmasr.recipe import load_recipe
+    from llmasr.train.resolve import batches_per_epoch, build_loaders, text_side
+
+    pauses = ["data.augment.silence.enable=true", "data.augment.silence.lead=[0.0,0.3]",
+              "data.augment.silence.trail=[0.0,0.1]", "data.augment.speed_perturb.enable=true"]  # fmt: skip
+    base = ["--config", str(recipe_file), "--deepspeed", "zero2", "--world-size", "1", "--out", str(tmp_path)]
+    code, out, err = run_check(capsys, *base, *pauses)
+    assert code == 0, err
+    assert (
+        "an utterance costs the budget its length after this epoch's speed factor and pauses; at most its duration "
+        "x 1.11 + 0.4 s (data.augment" in out
+    )
+    recipe = load_recipe(recipe_file, pauses)
+    _, sampler, _ = build_loaders(recipe, text_side(recipe.model), rank=0, world_size=1)
+    per_epoch = batches_per_epoch(sampler, recipe.train.epochs)
+    shown = per_epoch[0] if len(set(per_epoch)) == 1 else per_epoch
+    assert f"batches per rank per epoch: {shown}\n" in out  # the trainer's batches, each clip at its drawn length
+    assert "fit the budget only at some" not in out  # the recipe's clips fit at every draw
+    tight = [*pauses, "data.augment.silence.lead=[0.0,6.0]", "data.augment.silence.prob=1.0"]
+    code, out, err = run_check(capsys, *base, *tight)
+    assert code == 0, err
+    sometimes = re.search(r"\n  (\d+) utterance\(s\) fit the budget only at some of these lengths: an epoch skips", out)
+    assert sometimes and int(sometimes.group(1)) > 0, out
+    code, plain, _ = run_check(capsys, *base)
+    assert "costs the budget" not in plain and int(re.search(r"per epoch: (\d+)", plain).group(1)) < min(per_epoch)
+
+
+def test_a_max_updates_beyond_the_epochs_shows_where_the_run_stops(recipe_file, tmp_path, capsys):
+    """The schedules are sized by train.max_updates, but the trainer stops when the epochs end: the report had
+    labelled the schedule's last update the run's last, an update the run never reaches."""
+    code, out, err = run_check(capsys, "--config", str(recipe_file), "--deepspeed", "zero2", "--out", str(tmp_path),
+                               "train.max_updates=400")  # fmt: skip
+    assert code == 0, err
+    held = int(re.search(r"x 3 epochs = (\d+); schedules sized by 400", out).group(1))
+    assert held < 400 and f"update {held} (last)" in out and "update 400" not in out
+    assert f"warning: train.max_updates 400 sizes the schedules, but the epochs end after update {held}" in out
+
+
+def test_memory_estimate_follows_the_zero_stage(recipe_file, tmp_path, capsys):
+    def device_line(preset):
+        code, out, err = run_check(capsys, "--config", str(recipe_file), "--deepspeed", preset, "--world-size", "4",
+                                   "--out", str(tmp_path))  # fmt: skip
+        assert code == 0, err
+        return re.search(r"on the device: ([\d.]+) (\w+)", out).groups()
+
+    sizes = {p: device_line(p) for p in ("zero0", "zero2", "zero3")}
+    assert all(unit == "MiB" for _, unit in sizes.values())
+    assert float(sizes["zero0"][0]) > float(sizes["zero2"][0]) > float(sizes["zero3"][0])
+
+
+def test_bf16_optimizer_states_are_counted_at_two_bytes(recipe_file, tmp_path, capsys):
+    from llmasr.train.checkpoint_space import size_text
+    from llmasr.train.ds_config import load_ds_config
+
+    ds = load_ds_config("zero2_offload")
+    ds["bf16"].update(bf16_master_weights_and_grads=True, bf16_optimizer_states=True)
+    (tmp_path / "ds.json").write_text(json.dumps(ds))
+    code, out, err = run_check(capsys, "--config", str(recipe_file), "--deepspeed", str(tmp_path / "ds.json"),
+                               "--out", str(tmp_path), "train.precision=bf16")  # fmt: skip
+    assert code == 0, err
+    trainable = int(re.search(r"trainable ([\d,]+);", out).group(1).replace(",", ""))
+    # one rank: bf16 master weights, their gradients and two bf16 moments offloaded; those and the bf16 weights saved
+    assert f"offloaded to CPU: {size_text(8 * trainable)}" in out
+    assert f"about {size_text(8 * trainable)} a checkpoint" in out
+
+
+def test_a_run_folder_keeps_its_own_lr_schedule(recipe_file, capsys):
+    """Without --out the curves go to the run directory, but once it holds a run (its recipe.yaml) they go to its
+    check/ folder: the run's lr_schedule.* record what it trained with and a check beside it must not overwrite them."""
+    run = recipe_file.parent / "run"
+    code, out, err = run_check(capsys, "--config", str(recipe_file), "--deepspeed", "zero2")
+    assert code == 0, err
+    assert (run / "lr_schedule.csv").is_file() and f"wrote {run / 'lr_schedule.csv'}" in out
+    (run / "recipe.yaml").write_text("# a run started here\n")
+    (run / "lr_schedule.csv").write_text("the run's own\n")
+    code, out, err = run_check(capsys, "--config", str(recipe_file), "--deepspeed", "zero2", "train.epochs=9")
+    assert code == 0, err
+    assert (run / "lr_schedule.csv").read_text() == "the run's own\n"
+    assert (run / "check" / "lr_schedule.csv").is_file() and f"wrote {run / 'check' / 'lr_schedule.csv'}" in out
+
+
+def test_world_size_from_the_environment_is_read_only_when_not_given(recipe_file, monkeypatch, capsys):
+    """WORLD_SIZE set to something that is not a number had broken even `llmasr check --help` (read while building
+    the parser); it is named when used, and --world-size goes first."""
+    monkeypatch.setenv("WORLD_SIZE", "abc")
+    with pytest.raises(SystemExit) as exit_:
+        main(["--help"])
+    assert exit_.value.code == 0 and "default: $WORLD_SIZE, else 1" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["--config", str(recipe_file), "--deepspeed", "zero2"])
+    assert (
+        "WORLD_SIZE='abc' in the environment is not a number of ranks; pass --world-size N" in capsys.readouterr().err
+    )
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    code, out, _ = run_check(capsys, "--config", str(recipe_file), "--deepspeed", "zero2")
+    assert code == 0 and "world size: 2" in out
+
+
+def test_memory_counts_a_frozen_bf16_llm_at_two_bytes_a_weight_under_fp32(recipe_file, tmp_path, capsys):
+    """train.precision fp32 keeps each weight in the dtype it was built in: a frozen bf16 LLM's weights take 2 bytes
+    each (they had been counted at 4, the LLM's memory doubled)."""
+    from llmasr.recipe import load_recipe
+    from llmasr.train.checkpoint_space import size_text
+
+    overrides = ["model.llm.dtype=bfloat16", "train.precision=fp32"]
+    code, out, err = run_check(capsys, "--config", str(recipe_file), "--deepspeed", "zero0", "--out", str(tmp_path),
+                               *overrides)  # fmt: skip
+    assert code == 0, err
+    model = llmasr.build_model(load_recipe(recipe_file, overrides).model)
+    assert {p.dtype for p in model.llm.parameters() if not p.requires_grad} == {torch.bfloat16}
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    assert weights < 4 * sum(p.numel() for p in model.parameters())
+    assert f"  params {size_text(weights)}, grads" in out

@@ -1,0 +1,118 @@
+"""`llmasr check` on a run folder as `llmasr train` would meet it: earlier checkpoints, --overwrite, --resume (checked
+and counted as training does), and a lock held by a live, remote or stale run."""
+
+import json
+import re
+
+import numpy as np
+import pytest
+
+from llmasr.testing.tiny_corpus import write_tiny_corpus
+from llmasr.testing.tiny_recipe import run_check
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A ZeRO-2 run of one update, saved, and its recipe as a file (what `llmasr train` was given)."""
+    from llmasr.config_io import dump_yaml, to_dict
+    from llmasr.testing.run_dirs import model_section, train_run
+    from llmasr.testing.tiny_funasr import tiny_sanm_conf, write_funasr_dir
+    from llmasr.testing.tiny_llm import write_tiny_llm_dir
+
+    root = tmp_path_factory.mktemp("check_resume")
+    llm, enc = write_tiny_llm_dir(root / "llm"), write_funasr_dir(root / "enc", encoder_conf=tiny_sanm_conf())
+    corpus = write_tiny_corpus(root / "corpus", n=8)
+    run = train_run(root / "run", model_section(llm, enc), corpus, preset="zero2", save_every_updates=1)
+    recipe = root / "recipe.yaml"
+    dump_yaml(to_dict(run.recipe), recipe)
+    return run.run_dir, recipe
+
+
+def test_the_run_folder_is_checked_as_train_would_treat_it(trained, tmp_path, capsys):
+    """A fresh start in a folder with checkpoints is refused as `llmasr train` refuses it; --overwrite says what it
+    would delete (and deletes nothing); --resume names the checkpoint, checked as training checks it before loading."""
+    run_dir, recipe = trained
+    tag = (run_dir / "checkpoints" / "latest").read_text().strip()
+    base = ["--config", str(recipe), "--deepspeed", "zero2", "--out", str(tmp_path)]
+    code, _, err = run_check(capsys, *base)
+    assert code == 2 and f"{run_dir} holds an earlier run's checkpoints" in err and "--resume" in err
+    code, out, err = run_check(capsys, *base, "--overwrite")
+    assert code == 0, err
+    assert "--overwrite: would delete the earlier run's 1 checkpoint(s), train.log and TensorBoard events" in out
+    assert (run_dir / "checkpoints" / tag).is_dir()
+    code, out, err = run_check(capsys, *base, "--resume")
+    assert code == 0, err
+    assert f"resumes {run_dir / 'checkpoints' / tag} (update 1, epoch 0) into {run_dir}" in out
+    assert re.search(r"checkpoints\n  about [\d.]+ MiB a checkpoint, up to 2 on disk at once", out)
+    code, out, err = run_check(capsys, *base, "--resume", "--world-size", "2")
+    assert code == 0 and "saved on 1 rank, resized to 2" in out, err
+    # what training would refuse before loading a byte
+    code, _, err = run_check(capsys, *base, "--resume", "train.seed=7")
+    assert code == 2 and "cannot change on resume" in err and "train.seed:" in err and "-> 7" in err
+    code, _, err = run_check(capsys, *[a if a != "zero2" else "zero3" for a in base], "--resume")
+    assert code == 2 and "saved at ZeRO stage 2, this run uses 3" in err
+    import llmasr.train.checkpoint_space as space
+
+    with pytest.MonkeyPatch.context() as mp:  # a disk that cannot take one checkpoint of the run
+        mp.setattr(space, "free_bytes", lambda path: 1000)
+        code, _, err = run_check(capsys, *base, "--resume")
+    assert code == 2 and "free, and a checkpoint of this run takes about" in err
+    code, _, err = run_check(capsys, *base, "--resume", "update_00000099")
+    assert code == 2 and "--resume update_00000099: neither a checkpoint folder nor a tag" in err
+
+
+@pytest.mark.parametrize("world", [1, 2])
+def test_a_resume_is_counted_as_training_counts_it(trained, tmp_path, capsys, world):
+    """Resumed with another grad_accum (or at another world size) the run holds other updates than a fresh one:
+    check sizes its update count and lr curve by them, as training's schedules are (it had printed the fresh
+    run's). The 1-rank case is checked against the resumed run itself."""
+    import shutil
+
+    from llmasr.recipe import load_recipe
+    from llmasr.train.trainer import train
+
+    run_dir, recipe = trained
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    overrides = [f"train.output_dir={copy}", "train.max_updates=null", "train.grad_accum=3"]  # fresh: 1 update
+    base = ["--config", str(recipe), "--deepspeed", "zero2", "--out", str(tmp_path / "o"), "--world-size", str(world)]
+    code, out, err = run_check(capsys, *base, "--resume", *overrides)
+    assert code == 0, err
+    held = int(re.search(r"resumed, the run holds (\d+): schedules sized by \1", out).group(1))
+    assert len(np.genfromtxt(tmp_path / "o" / "lr_schedule.csv", delimiter=",", names=True)) == held
+    if world == 1:
+        history = train(load_recipe(recipe, overrides), "zero2", resume="latest")["history"]
+        assert history[-1]["update"] == held
+
+
+def test_a_lock_on_the_run_folder_is_checked_as_train_meets_it(recipe_file, tmp_path, capsys):
+    """A live run's lock or another host's refuses check as it refuses train (check had said "a fresh run"); a
+    stale one is named as what training takes over."""
+    import os
+    import socket
+
+    from llmasr.train.run_dir import process_start
+
+    run = tmp_path / "locked"
+    run.mkdir()
+    lock = run / ".lock"
+    base = [
+        "--config",
+        str(recipe_file),
+        "--deepspeed",
+        "zero2",
+        "--out",
+        str(tmp_path / "o"),
+        f"train.output_dir={run}",
+    ]
+    host = socket.gethostname()
+    lock.write_text(json.dumps({"pid": os.getpid(), "host": host, "start": process_start(os.getpid()), "since": "x"}))
+    code, _, err = run_check(capsys, *base)
+    assert code == 2 and f"{run} is in use by another run (pid {os.getpid()}" in err
+    lock.write_text(json.dumps({"pid": 1, "host": "elsewhere", "since": "x"}))
+    code, _, err = run_check(capsys, *base)
+    assert code == 2 and "in use by a run on another host" in err
+    lock.write_text(json.dumps({"pid": 2**22 + 12345, "host": host, "start": None, "since": "x"}))
+    code, out, err = run_check(capsys, *base)
+    assert code == 0, err
+    assert f"{lock}: stale lock of pid {2**22 + 12345}" in out and lock.exists()  # check takes nothing over
