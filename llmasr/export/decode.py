@@ -103,9 +103,10 @@ from llmasr.export.decode_results import clear_outputs, ctc_summary, hotword_cou
 from llmasr.export.decode_world import DecodeWorld
 from llmasr.export.exported import MODEL_FILE, ExportedModelError, llm_dtype_name, load_exported, read_description
 from llmasr.export.trained_model import load_checkpoint_model
+from llmasr.models.context import ContextError, decoding_fit
 from llmasr.models.ctc_align import sound_ends
 from llmasr.models.ctc_vocab import LLMCTCTokenizer
-from llmasr.models.decoding import DecodeConfig
+from llmasr.models.decoding import MIN_WINDOW_SECONDS, DecodeConfig
 from llmasr.models.fsmn_vad import load_vad
 from llmasr.models.llm import DTYPES
 
@@ -142,10 +143,13 @@ class DecodeError(RuntimeError):
     """Decoding cannot run as asked."""
 
 
-def window_limit(model, cfg: DecodeConfig, opts: DecodeOptions) -> float:
+def window_limit(model, cfg: DecodeConfig, opts: DecodeOptions, *, quiet: bool = False) -> float:
     """The longest audio `model` decodes in one piece under `cfg` (0.0: any length), DecodeError when the settings
     cannot make windows. A Whisper encoder reads one fixed chunk and refuses more, so its windows never exceed the
-    chunk (unless max_window_seconds is 0: a longer utterance is then a bad item)."""
+    chunk (unless max_window_seconds is 0: a longer utterance is then a bad item). A window's audio tokens, the
+    prompt and the tokens decoding may write must fit the LLM's context (llmasr.models.context): a limit that is
+    not set is lowered to the longest window that fits, with a warning unless `quiet`; a set one that does not fit
+    is refused; 0 (never split) is kept, with that warning."""
     try:
         limit = cfg.window_seconds(opts.training_max_seconds)
     except ConfigError as err:
@@ -153,7 +157,34 @@ def window_limit(model, cfg: DecodeConfig, opts: DecodeOptions) -> float:
     frontend = model.frontend
     if frontend.kind == "whisper" and cfg.max_window_seconds != 0:
         limit = min(limit or math.inf, float(frontend.chunk_seconds))
-    return limit
+    if getattr(model, "llm", None) is None:  # a stand-in without an LLM: no context to fit
+        return limit
+    hotwords = opts.hotwords if not opts.hotwords_unprompted else None
+    prompt_tokens = len(model.prompt.encode(None, hotwords=hotwords).ids)
+
+    def new_tokens(seconds: float) -> int:  # SpeechLLM._search's cap
+        return cfg.max_new_tokens or int(math.ceil(seconds * cfg.tokens_per_second)) + 8
+
+    try:
+        fit, why = decoding_fit(model, limit, prompt_tokens, new_tokens)
+    except ContextError as err:
+        raise DecodeError(str(err)) from err
+    if fit == limit:
+        return limit
+    if cfg.max_window_seconds:
+        raise DecodeError(f"decode.max_window_seconds: {why}; set it to at most {fit:g}")
+    if cfg.max_window_seconds == 0:  # never split, as asked: said, since a longer utterance passes the context
+        if not quiet:
+            log.warning("%s; decode.max_window_seconds 0 decodes longer utterances whole all the same", why)
+        return limit
+    if fit < MIN_WINDOW_SECONDS or fit <= 2 * cfg.window_overlap:
+        raise DecodeError(
+            f"{why}, less than a window can be ({MIN_WINDOW_SECONDS:g} s, and more than twice decode.window_overlap "
+            f"{cfg.window_overlap:g} s); lower decode.max_new_tokens or decode.window_overlap"
+        )
+    if not quiet:
+        log.warning("%s: long audio is decoded in windows of at most %g s", why, fit)
+    return fit
 
 
 def speech_segmenter(cfg: DecodeConfig, sample_rate: int):
@@ -185,7 +216,7 @@ def search_boost(model, cfg: DecodeConfig, opts: DecodeOptions) -> float:
             "decode.timestamps: word times come from the CTC head's frames, and this model has none (trained with "
             "model.ctc.weight 0)"
         )
-    window_limit(model, cfg, opts)
+    window_limit(model, cfg, opts, quiet=True)
     if cfg.vad is not None:
         speech_segmenter(cfg, model.frontend.sample_rate)
     resolve_features_on(opts.features_on, model.frontend, "cpu", key="features_on (decode --features-on)")
@@ -253,11 +284,12 @@ def decode_manifest(
     write_atomic(
         out_dir / "bad.jsonl", "".join(json.dumps(r, ensure_ascii=False, default=str) + "\n" for r in tracker.examples)
     )
+    limit = window_limit(model, cfg, opts, quiet=True)
     found = dict(
         manifest=str(manifest_path), lines=len(getattr(manifest, "base", manifest)), skipped=tracker.bad,
         skipped_by_reason=dict(tracker.by_reason),
         windows=sum(r["windows"] for r in rows), split=sum(r["windows"] > 1 for r in rows),
-        max_window_seconds=window_limit(model, cfg, opts) or None, window_overlap=cfg.window_overlap, vad=cfg.vad,
+        max_window_seconds=limit or None, window_overlap=cfg.window_overlap, vad=cfg.vad,
         no_speech=sum(bool(r.get("no_speech")) for r in rows), vad_merge_seconds=cfg.vad_merge_seconds,
     )  # fmt: skip
     timing["hotwords"] = hotword_counts(rows, opts, model.prompt.hotwords_max_tokens, boost)

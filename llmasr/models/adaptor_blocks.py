@@ -56,6 +56,13 @@ class Adaptor(nn.Module):
     def output_lengths(self, lens: Tensor) -> Tensor:
         raise NotImplementedError
 
+    def token_lengths(self, lens: Tensor) -> Tensor:
+        """The audio tokens the LLM reads for `lens` input frames: output_lengths under audio_token_cap."""
+        out_lens = self.output_lengths(lens)
+        if self.audio_token_cap == "funasr_nano":
+            out_lens = torch.minimum(out_lens, funasr_nano_token_len(lens))
+        return out_lens
+
     def _forward(self, x: Tensor, lens: Tensor, out_lens: Tensor) -> Tensor:
         raise NotImplementedError
 
@@ -63,10 +70,9 @@ class Adaptor(nn.Module):
         lens = lens.to(device=x.device, dtype=torch.long)
         check_lengths(x, lens, self.input_dim)
         x = x * length_mask(lens, x.size(1)).unsqueeze(-1).to(x.dtype)
-        out_lens = self.output_lengths(lens)
-        y = self._forward(x, lens, out_lens)
+        y = self._forward(x, lens, self.output_lengths(lens))
+        out_lens = self.token_lengths(lens)
         if self.audio_token_cap == "funasr_nano":
-            out_lens = torch.minimum(out_lens, funasr_nano_token_len(lens))
             y = y[:, : int(out_lens.max())]
         y = y * length_mask(out_lens, y.size(1)).unsqueeze(-1).to(y.dtype)
         return y, out_lens

@@ -17,11 +17,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from llmasr.config_io import ConfigError, from_dict, load_yaml, read_json, to_dict
+from llmasr.config_io import ConfigError, from_dict, load_yaml, to_dict
 from llmasr.config_paths import resolve_paths
 from llmasr.data.frontend import FrontendConfig
 from llmasr.models.adaptors import build_adaptor
 from llmasr.models.config import CTCConfig, EncoderConfig, ModelConfig
+from llmasr.models.context import llm_context
 from llmasr.models.ctc import build_ctc_head, build_ctc_tokenizer
 from llmasr.models.encoders import EncoderEntry, encoder_entry
 from llmasr.models.funasr_dir import construct_encoder, funasr_encoder_spec, load_funasr_encoder
@@ -276,22 +277,6 @@ def build_prompt(cfg: ModelConfig, tokenizer) -> PromptBuilder:
         source=f"the tokenizer of {cfg.llm.path}",
         max_tokens=llm_context(cfg.llm.path),
     )
-
-
-CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length")
-
-
-def llm_context(path) -> int | None:
-    """The LLM's context in tokens, as its config.json states it (None where it states none)."""
-    config = Path(path) / "config.json"
-    if not config.is_file():
-        return None
-    stated = read_json(config, dict, "LLM configuration")
-    for key in CONTEXT_KEYS:
-        value = stated.get(key)
-        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-            return value
-    return None
 
 
 WEIGHTS = ("pretrained", "random", "meta", "shapes")

@@ -239,6 +239,10 @@ class SANMEncoder(nn.Module):
     def output_size(self) -> int:
         return self._output_size
 
+    @staticmethod
+    def output_lengths(xs_lens: torch.Tensor) -> torch.Tensor:
+        return xs_lens  # no subsampling: the frontend's LFR sets the frame rate
+
     def forward(self, xs: torch.Tensor, xs_lens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """xs [B, T, input_size], xs_lens [B] -> ([B, T, output_size], xs_lens)."""
         if xs.dim() != 3 or xs.size(-1) != self.input_size:

@@ -71,6 +71,7 @@ def write_tiny_llm_dir(
     tie_word_embeddings: bool = False,
     seed: int = 0,
     model=None,
+    max_position_embeddings: int = 2048,
 ) -> Path:
     """Write a randomly initialised tiny causal LM (Qwen2 or Llama architecture) plus tokenizer to `path`.
 
@@ -91,7 +92,7 @@ def write_tiny_llm_dir(
             num_hidden_layers=num_layers,
             num_attention_heads=num_heads,
             num_key_value_heads=num_kv_heads,
-            max_position_embeddings=2048,
+            max_position_embeddings=max_position_embeddings,
             tie_word_embeddings=tie_word_embeddings,
             bos_token_id=tokenizer.convert_tokens_to_ids("<|endoftext|>"),
             eos_token_id=tokenizer.eos_token_id,

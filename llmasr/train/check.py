@@ -21,6 +21,7 @@ from llmasr.models.fsmn_vad import load_vad
 from llmasr.models.fused_kernels import check_fused_kernels
 from llmasr.run_dir import RECIPE_FILE, read_meta, resolve_resume, resume_or_start
 from llmasr.train.checkpoint_space import CheckpointSpace, size_text
+from llmasr.train.context_fit import check_context_fit
 from llmasr.train.ds_config import resolve_ds_config, zero_stage
 from llmasr.train.ds_files import read_client_state
 from llmasr.train.engine import offloads_optimizer
@@ -224,6 +225,7 @@ def check(
     _, sampler, valid_loader = plan.loaders
     k, per_epoch = plan.grad_accum, plan.per_epoch
     model = build_model(recipe.model, weights="shapes")  # exact counts; the pretrained files' shapes checked
+    check_context_fit(model, recipe, plan.loaders)
     groups = build_param_groups(model, recipe.optim)
     names = [g["name"] for g in groups]
     counts = param_counts(model)

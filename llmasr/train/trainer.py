@@ -27,6 +27,7 @@ from llmasr.run_dir.files import verify_ranks
 from llmasr.train import ds_config, universal
 from llmasr.train import engine as eng
 from llmasr.train.checkpoint_space import CheckpointSpace
+from llmasr.train.context_fit import check_context_fit
 from llmasr.train.ds_files import CLIENT_KEY
 from llmasr.train.efficiency import WaitClock, device_peak
 from llmasr.train.engine import TrainEngine, all_gather_object, broadcast_object, build_model_for_training
@@ -124,6 +125,7 @@ class Run:
         seed_everything(tc.seed)  # identical initial weights on every rank
         model, self._hf_ds = build_model_for_training(self.recipe.model, self.ds)
         check_model_frontend(model, self.side.frontend)
+        check_context_fit(model, self.recipe, self.plan.loaders)
         apply_fused_kernels(model, self.recipe.model.llm)
         self.trainable = [n for n, p in model.named_parameters() if p.requires_grad]
         self.trainable_params = sum(numel(p) for p in model.parameters() if p.requires_grad)

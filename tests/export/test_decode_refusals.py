@@ -173,3 +173,63 @@ def test_features_on_the_device_for_a_whisper_model_is_refused_naming_the_decode
     with pytest.raises(ConfigError, match=r"features_on \(decode --features-on\): device computes Kaldi fbank "
                                           r"features; this encoder's frontend is 'whisper'"):  # fmt: skip
         search_boost(model, DecodeConfig(), DecodeOptions(features_on="device"))
+
+
+@pytest.fixture(scope="module")
+def short_context(tmp_path_factory):
+    """A tiny model whose LLM holds 80 positions, and a manifest with a 12 s utterance (no duration stated)."""
+    import json
+
+    import numpy as np
+    import soundfile as sf
+
+    from llmasr.models.builder import build_model
+    from llmasr.testing.tiny_llm import write_tiny_llm_dir
+    from llmasr.testing.tiny_recipe import tiny_model_section
+
+    root = tmp_path_factory.mktemp("short_context")
+    model = build_model(
+        tiny_model_section(write_tiny_llm_dir(root / "llm", max_position_embeddings=80)), weights="random"
+    )
+    wave = np.random.default_rng(0).standard_normal(12 * 16000).astype(np.float32) * 0.1
+    sf.write(str(root / "long.wav"), wave, 16000)
+    manifest = root / "long.jsonl"
+    manifest.write_text(json.dumps({"key": "long", "source": str(root / "long.wav"), "target": "one two"}) + "\n")
+    return model, manifest
+
+
+def test_decode_windows_fit_the_llm_context(short_context, tmp_path, monkeypatch, caplog):
+    from llmasr.export.decode import DecodeError, decode_manifest, window_limit
+    from llmasr.models.context import audio_tokens
+    from llmasr.models.speech_llm import SpeechLLM
+
+    model, manifest = short_context
+    cfg, opts = DecodeConfig(max_new_tokens=4), DecodeOptions(num_workers=0, training_max_seconds=None)
+    prompt = len(model.prompt.encode(None).ids)
+    fit = window_limit(model, cfg, opts)  # no training maximum known: lowered to the longest window that fits
+    assert (
+        2.0 <= fit < 12 and audio_tokens(model, fit) + prompt + 4 <= 80 < audio_tokens(model, fit + 0.02) + prompt + 4
+    )
+    assert f"long audio is decoded in windows of at most {fit:g} s" in caplog.text
+    assert "pass the LLM's context of 80 tokens (config.json's max_position_embeddings)" in caplog.text
+    seen, search = [], SpeechLLM._search
+
+    def spy(self, merged, *args, **kwargs):
+        seen.extend(merged.attention_mask.sum(1).tolist())
+        return search(self, merged, *args, **kwargs)
+
+    monkeypatch.setattr(SpeechLLM, "_search", spy)
+    summary = decode_manifest(model, manifest, tmp_path / "hyp", cfg, opts)
+    assert summary["windows"] > 1 and summary["max_window_seconds"] == fit
+    assert seen and max(seen) + 4 <= 80
+    # a set window that does not fit is refused with its numbers
+    with pytest.raises(DecodeError) as err:
+        window_limit(model, DecodeConfig(max_new_tokens=4, max_window_seconds=10), opts)
+    assert str(err.value) == (
+        f"decode.max_window_seconds: a decode window of 10 s gives {audio_tokens(model, 10.0)} audio tokens, which "
+        f"beside the prompt ({prompt} tokens) and the tokens decoding may write (decode.max_new_tokens, else "
+        "tokens_per_second x seconds + 8) pass the LLM's context of 80 tokens (config.json's max_position_embeddings);"
+        f" {fit:g} s fit; set it to at most {fit:g}"
+    )
+    with pytest.raises(DecodeError, match=r"one second of audio .* lower decode.max_new_tokens"):
+        window_limit(model, DecodeConfig(max_new_tokens=60, max_window_seconds=10), opts)

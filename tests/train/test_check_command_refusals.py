@@ -1,10 +1,11 @@
 """`llmasr check`: config problems exit non-zero with the reason, as training would refuse them: bad overrides and
 DeepSpeed files, pretrained files that do not fit the model, a decode VAD that does not load, half-precision
-weights trained without master copies."""
+weights trained without master copies, utterances past the LLM's context."""
 
 import json
 import shutil
 
+import numpy as np
 import pytest
 import yaml
 
@@ -118,3 +119,35 @@ def test_half_precision_llm_biases_lora_trains_without_master_weights_are_refuse
         code, _, err = run_check(capsys, *base, f"model.llm.lora.bias={bias}", "train.precision=fp32")
         assert code == 2 and f"model.llm.dtype: bfloat16 with model.llm.lora.bias {bias} and train.precision" in err
     assert run_check(capsys, *base, "model.llm.lora.bias=all", "train.precision=bf16")[0] == 0
+
+
+def test_utterances_past_the_llm_context_are_refused_at_start(tmp_path, capsys):
+    """Audio tokens count against the LLM's context with the prompt and transcript: a line whose sum passes
+    config.json's max_position_embeddings is named, with its numbers, before training (RoPE reads past it silently)."""
+    import soundfile as sf
+
+    from llmasr.models.builder import build_model
+    from llmasr.models.context import audio_tokens
+    from llmasr.testing.tiny_llm import write_tiny_llm_dir
+
+    llm = write_tiny_llm_dir(tmp_path / "llm", max_position_embeddings=64)
+    manifest = write_tiny_corpus(tmp_path / "train", n=4)
+    sf.write(str(tmp_path / "train" / "long.wav"), np.zeros(6 * 16000, dtype=np.float32), 16000)
+    with manifest.open("a") as f:
+        f.write(json.dumps({"key": "long", "source": "long.wav", "target": "one two", "duration": 6.0}) + "\n")
+    data = tiny_recipe_dict(llm, train=[manifest], output_dir=tmp_path / "run", max_seconds=20.0)
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(data))
+    code, _, err = run_check(capsys, "--config", str(path), "--deepspeed", "zero2", "--out", str(tmp_path / "c"))
+    model = build_model(data["model"], weights="meta")
+    audio, text = audio_tokens(model, 6.0), len(model.prompt.encode("one two").ids)
+    assert code != 0
+    assert (
+        f"data.train: 1 utterance(s) do not fit the LLM's context of 64 tokens (config.json's max_position_embeddings);"
+        f" the worst, {manifest}:5, is heard as 6 s of audio, {audio} audio tokens, beside {text} prompt and "
+        f"transcript tokens ({audio + text} in all). Lower data.batching.max_duration" in err
+    )
+    # kept under max_duration (3 s) it fits
+    code, _, err = run_check(capsys, "--config", str(path), "--deepspeed", "zero2", "--out", str(tmp_path / "c"),
+                             "data.batching.max_duration=3")  # fmt: skip
+    assert code == 0, err

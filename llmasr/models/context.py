@@ -1,0 +1,129 @@
+"""The LLM's context and what an utterance takes of it: its prompt, its transcript (or the tokens decoding may
+write) and its audio tokens.
+
+`audio_tokens` is the one place that says how many audio embeddings an utterance of a given length puts into the
+LLM: the frontend's frame count (FeatureExtractor.num_frames: frame shift, LFR), the encoder's `output_lengths`
+(its subsampling) and the adaptor's `token_lengths` (its downsampling and token cap), so it cannot drift from what
+the forward pass does. CTC compression (model.adaptor.ctc_compress) only merges frames, so the count without it is
+the most an utterance can take. A causal LM reads positions past its config.json's context without an error
+(RoPE) or with one deep inside a CUDA kernel (learned positions): `training_fit` and `decoding_fit` refuse that at
+start-up instead.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from llmasr.config_io import ConfigError, read_json
+
+CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length")
+
+
+class ContextError(ConfigError):
+    """Audio, prompt and transcript (or the tokens decoding may write) do not fit the LLM's context."""
+
+
+def stated_context(stated: dict) -> tuple[int, str] | None:
+    """(the context in tokens, the config.json key that states it) of an LLM configuration, None where none does."""
+    for key in CONTEXT_KEYS:
+        value = stated.get(key)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value, key
+    return None
+
+
+def llm_context(path) -> int | None:
+    """The LLM's context in tokens, as its config.json states it (None where it states none)."""
+    config = Path(path) / "config.json"
+    if not config.is_file():
+        return None
+    found = stated_context(read_json(config, dict, "LLM configuration"))
+    return None if found is None else found[0]
+
+
+def model_context(model) -> tuple[int, str] | None:
+    """(context, config.json key) of a built SpeechLLM's LLM (its Hugging Face config, peft wrapper or not)."""
+    from llmasr.models.llm import base_lm
+
+    return stated_context(base_lm(model.llm).config.to_dict())
+
+
+def audio_tokens(model, seconds):
+    """The audio tokens an utterance of `seconds` (a number, or an array of them) puts into `model`'s LLM (at most,
+    under CTC compression); an int for a number, an int64 array for an array."""
+    from llmasr.data.features import FeatureExtractor
+
+    fx = FeatureExtractor(model.frontend)
+    secs = np.asarray(seconds, dtype=np.float64)
+    samples = np.round(np.nan_to_num(secs.ravel()) * model.frontend.sample_rate).astype(np.int64)
+    frames = torch.tensor([fx.num_frames(int(n)) for n in samples], dtype=torch.long)
+    counts = model.adaptor.token_lengths(model.encoder.output_lengths(frames).clamp(min=1))
+    out = counts.numpy().astype(np.int64).reshape(secs.shape)
+    return int(out) if out.ndim == 0 else out
+
+
+def training_fit(model, seconds, text_tokens, where, *, what: str = "training") -> None:
+    """ContextError naming the worst utterance when, for any utterance, the audio tokens of `seconds` (the longest
+    audio it is heard as) plus `text_tokens` (its prompt and transcript) pass the LLM's context; `where(i)` names
+    utterance i (manifest:line)."""
+    found = model_context(model)
+    if found is None or not len(seconds):
+        return
+    context, key = found
+    audio = audio_tokens(model, np.asarray(seconds, dtype=np.float64))
+    total = audio + np.asarray(text_tokens, dtype=np.int64)
+    worst = int(np.argmax(total))
+    if total[worst] <= context:
+        return
+    over = int(np.sum(total > context))
+    raise ContextError(
+        f"{what}: {over} utterance(s) do not fit the LLM's context of {context} tokens (config.json's {key}); the "
+        f"worst, {where(worst)}, is heard as {float(seconds[worst]):g} s of audio, {int(audio[worst])} audio tokens, "
+        f"beside {int(text_tokens[worst])} prompt and transcript tokens ({int(total[worst])} in all). Lower "
+        "data.batching.max_duration (or the slowest data.augment.speed_perturb factor and the pauses), or leave out "
+        "the utterances whose audio and text do not fit"
+    )
+
+
+def decoding_fit(model, window: float, prompt_tokens: int, new_tokens) -> tuple[float, str]:
+    """(the longest audio, in seconds, at most `window` (0: no limit), that a decode window can hold so that its audio
+    tokens, `prompt_tokens` and `new_tokens(seconds)` (the cap on what decoding writes) fit the LLM's context; why
+    `window` does not fit, "" where it does): `window` itself where it fits or the LLM states no context.
+    ContextError when not even a second of audio fits."""
+    found = model_context(model)
+    if found is None:
+        return window, ""
+    context, key = found
+
+    def fits(s: float) -> bool:
+        return audio_tokens(model, s) + prompt_tokens + new_tokens(s) <= context
+
+    if window > 0 and fits(window):
+        return window, ""
+    stated = f"the LLM's context of {context} tokens (config.json's {key})"
+    if not fits(1.0):
+        raise ContextError(
+            f"decoding: one second of audio ({audio_tokens(model, 1.0)} audio tokens) beside the prompt "
+            f"({prompt_tokens} tokens) and the tokens decoding may write ({new_tokens(1.0)}) already passes {stated}; "
+            "lower decode.max_new_tokens"
+        )
+    lo, hi = 1.0, window if window > 0 else 2.0
+    while window <= 0 and fits(hi):
+        lo, hi = hi, hi * 2
+    while hi - lo > 0.01:
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if fits(mid) else (lo, mid)
+    fit = math.floor(lo * 100) / 100
+    said = (
+        f"a decode window of {window:g} s gives {audio_tokens(model, window)} audio tokens"
+        if window > 0
+        else "an utterance decoded whole may give any number of audio tokens"
+    )
+    return fit, (
+        f"{said}, which beside the prompt ({prompt_tokens} tokens) and the tokens decoding may write "
+        f"(decode.max_new_tokens, else tokens_per_second x seconds + 8) pass {stated}; {fit:g} s fit"
+    )

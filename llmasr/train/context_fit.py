@@ -1,0 +1,71 @@
+"""Start-up check that every utterance a run trains or validates on fits the LLM's context with its audio tokens
+(llmasr.models.context): `llmasr train` and `llmasr check` refuse a recipe whose longest utterances would reach
+positions the LLM was never trained on, instead of degrading (or failing) hours into the run."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from llmasr.data.loader import longest_kept
+from llmasr.data.manifest import BadRecord
+from llmasr.data.screen import where
+from llmasr.models.context import audio_tokens, model_context, training_fit
+
+
+def heard_seconds(durations, data_cfg, frontend, *, train: bool) -> np.ndarray:
+    """The longest audio each line is heard as (NaN for lines batching leaves out): its duration, cut at
+    data.batching.max_duration under truncate_to_max, lengthened by the slowest speed factor and the pauses
+    augmentation may add (training only)."""
+    b = data_cfg.batching
+    limit = longest_kept(b, frontend)
+    d = np.asarray(durations, dtype=np.float64)
+    d = np.minimum(d, limit) if b.truncate_to_max else np.where(d <= limit, d, np.nan)
+    scale, pad = data_cfg.augment.cost(frontend) if train else (1.0, 0.0)
+    return d * scale + pad
+
+
+def text_tokens(manifest, prompt, lines: np.ndarray, room: np.ndarray) -> np.ndarray:
+    """Prompt and transcript tokens of each of `lines`, encoded only where the transcript's UTF-8 bytes (a token
+    count no tokenizer passes by more than one) could pass `room`; elsewhere that bound, which fits."""
+    out = np.zeros(len(lines), dtype=np.int64)
+    for j, i in enumerate(lines.tolist()):
+        try:
+            utt = manifest[i]
+        except BadRecord:
+            continue
+        if not isinstance(utt.target, str) or not utt.target.strip():
+            continue
+        task = utt.prompt if isinstance(getattr(utt, "prompt", None), str) and utt.prompt.strip() else None
+        system = getattr(utt, "system", None)
+        bound = len(prompt.encode(None, task=task, system=system).ids) + len(utt.target.strip().encode()) + 2
+        if bound <= room[j]:
+            out[j] = bound
+            continue
+        try:
+            out[j] = len(prompt.encode(utt.target, task=task, system=system).ids)
+        except ValueError:  # past the context on its own: the dataset counts it as bad data
+            continue
+    return out
+
+
+def check_context_fit(model, recipe, loaders) -> None:
+    """ContextError when an utterance of the training or validation manifests (as batching keeps them) does not fit
+    the LLM's context with its audio tokens; `loaders`: the run plan's (train loader, sampler, valid loader)."""
+    found = model_context(model)
+    if found is None:
+        return
+    for name, loader in (("data.train", loaders[0]), ("data.valid", loaders[2])):
+        if loader is None:
+            continue
+        manifest = loader.dataset.manifest
+        seconds = heard_seconds(manifest.durations(), recipe.data, model.frontend, train=name == "data.train")
+        lines = np.flatnonzero(~np.isnan(seconds))
+        if not lines.size:
+            continue
+        room = found[0] - audio_tokens(model, seconds[lines])
+        tokens = text_tokens(manifest, model.prompt, lines, room)
+
+        def named(j: int, lines=lines, manifest=manifest) -> str:
+            return "{}:{}".format(*where(manifest, int(lines[j])))
+
+        training_fit(model, seconds[lines], tokens, named, what=name)
