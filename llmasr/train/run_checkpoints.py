@@ -42,7 +42,7 @@ class RunCheckpoints:
         with errors.context(f"saving checkpoint {tag}"):
             self.engine.save(str(self.ckpt_dir), tag, client)
         barrier()
-        files = merge_shares(all_gather_object(hash_share(self.ckpt_dir / tag, self.rank, self.world)))
+        files = merge_shares(all_gather_object(hash_share(self.ckpt_dir / tag, self.rank, self.world, sync=True)))
         if self.rank == 0:
             meta = ck.CheckpointMeta(
                 update=update,
