@@ -192,16 +192,20 @@ def _first(manifest, indices) -> str:
     return ", ".join("{}:{}".format(*where(manifest, int(i))) for i in indices[:EXAMPLES])
 
 
-def longest_trained(data_cfg) -> float | None:
+def longest_trained(data_cfg, durations=None) -> float | None:
     """The longest audio (seconds) a run with this data section trains on, None when unlimited: its longest
     training utterance that data.batching.max_duration keeps (or truncates to it), stretched by the slowest speed
-    perturbation. Read from the manifests' durations without probing audio; when a manifest cannot be opened or a
-    duration is unknown, max_duration itself. Decoding splits longer utterances into windows no longer than this."""
+    perturbation. Read from the manifests' durations without probing audio (`durations`: the training manifests'
+    as opened already, as training has them); when a manifest cannot be opened or a duration is unknown,
+    max_duration itself. Decoding splits longer utterances into windows no longer than this; training records it in
+    every checkpoint's meta (`training.longest_seconds`)."""
     b = data_cfg.batching
     limit = float(b.max_duration)
     try:
-        opened = [Manifest.open(spec.path).durations() for spec in data_cfg.train_manifests]
-        durations = np.concatenate([np.asarray(d, dtype=np.float64) for d in opened]) if opened else np.zeros(0)
+        if durations is None:
+            opened = [Manifest.open(spec.path).durations() for spec in data_cfg.train_manifests]
+            durations = np.concatenate([np.asarray(d, dtype=np.float64) for d in opened]) if opened else np.zeros(0)
+        durations = np.asarray(durations, dtype=np.float64)
     except (OSError, ValueError) as err:
         log.warning("the longest training utterance is unknown (%s); taking data.batching.max_duration", err)
         durations = np.full(1, np.nan)

@@ -95,7 +95,6 @@ from llmasr.data.config import DataConfig
 from llmasr.data.device_features import resolve_features_on
 from llmasr.data.loader import build_decode_loader
 from llmasr.data.long_audio import shift_times
-from llmasr.data.screen import longest_trained
 from llmasr.data.speech_loader import SpeechDataLoader
 from llmasr.data.window_plan import WindowRules
 from llmasr.data.windowed import utterance_rows, utterance_tracker
@@ -126,8 +125,8 @@ class DecodeOptions:
     hotwords_file: str | None = None  # where that list came from (reported in wer.txt)
     # --hotwords-unprompted: the lists are scored but no prompt renders them (the unbiased baseline of the same lists)
     hotwords_unprompted: bool = False
-    # The longest audio the model was trained on (its export's training.longest_seconds, a checkpoint's
-    # llmasr.data.screen.longest_trained): decode.max_window_seconds unset means this. None: unknown.
+    # The longest audio the model was trained on (its export's or checkpoint meta's training.longest_seconds):
+    # decode.max_window_seconds unset means this. None: unknown.
     training_max_seconds: float | None = None
 
     def __post_init__(self):
@@ -373,7 +372,7 @@ def load_decode_model(
     for p in model.llm.parameters():
         p.data = p.data.to(llm_dtype)
     opts = DecodeOptions(max_bad_fraction=float(recipe.data.max_bad_fraction))
-    return model, recipe.decode, dataclasses.replace(opts, training_max_seconds=longest_trained(recipe.data))
+    return model, recipe.decode, dataclasses.replace(opts, training_max_seconds=info["longest_seconds"])
 
 
 def out_dirs(data: list[str], output: Path) -> list[Path]:

@@ -185,7 +185,7 @@ def export_model(
         model, info = load_checkpoint_model(
             checkpoint, tag=tag, average=average, average_by=average_by, trust_remote_code=trust_remote_code
         )
-        recipe = info.pop("recipe")
+        recipe, longest = info.pop("recipe"), info.pop("longest_seconds")
         if adapter_only:
             check_adapter_only(model, recipe)
         dtype_name = DTYPE_NAMES[dtype] if dtype else recipe.model.llm.dtype
@@ -195,7 +195,7 @@ def export_model(
         with discarded_on_error(tmp):
             write_model_dir(
                 model, info, recipe, tmp, dtype_name, adapter_only=adapter_only, max_shard_size=max_shard_size,
-                training_max_duration=_training_max(recipe),
+                training_max_duration=longest,
             )  # fmt: skip
             publish(tmp, out, MODEL_FILE)
         log.info("exported %s (tags %s) to %s", info["run_dir"], ", ".join(info["tags"]), out)
@@ -243,13 +243,6 @@ def _refuse_the_run_itself(out: Path, checkpoint, tag: str | None) -> Path:
             f"(e.g. {run / 'export'})"
         )
     return run
-
-
-def _training_max(recipe) -> float | None:
-    """The longest audio the run trained on (llmasr.data.screen.longest_trained); None: unlimited."""
-    from llmasr.data.screen import longest_trained
-
-    return longest_trained(recipe.data)
 
 
 def _write_vad(decode, tmp: Path) -> dict:

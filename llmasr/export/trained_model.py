@@ -10,13 +10,24 @@ of its parameters were trained: frozen random weights are in no file, so such a 
 from __future__ import annotations
 
 import copy
+import logging
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from llmasr.run_dir import RECIPE_FILE, CheckpointError, CheckpointMeta, read_meta, resolve_checkpoint, select_tags
+from llmasr.run_dir import (
+    META,
+    RECIPE_FILE,
+    CheckpointError,
+    CheckpointMeta,
+    read_meta,
+    resolve_checkpoint,
+    select_tags,
+)
 from llmasr.train.ds_files import read_trained_state
+
+log = logging.getLogger(__name__)
 
 
 def _check_fingerprint(meta: CheckpointMeta, recipe, where: str) -> None:
@@ -228,6 +239,20 @@ def run_recipe(run_dir: Path, *, trust_remote_code: bool = False):
     return recipe
 
 
+def longest_seconds(dirs: list[Path], metas: list[CheckpointMeta], recipe) -> float | None:
+    """The longest audio the checkpoints (`dirs`, their `metas`) were trained on, as the metas record it (None:
+    unlimited); for a checkpoint saved before llmasr recorded it, from the run's training manifests again."""
+    older = [d for d, m in zip(dirs, metas) if m.training is None]
+    if older:
+        from llmasr.data.screen import longest_trained
+
+        log.info("%s: no training.longest_seconds in its %s (saved by an older llmasr): reading the training "
+                 "manifests (data.train) again for the longest audio trained on", older[0], META)  # fmt: skip
+        return longest_trained(recipe.data)
+    recorded = [m.training["longest_seconds"] for m in metas]
+    return None if None in recorded else max(recorded)
+
+
 def load_checkpoint_model(
     checkpoint: str | Path,
     *,
@@ -236,8 +261,9 @@ def load_checkpoint_model(
     average_by: str | None = None,
     trust_remote_code: bool = False,
 ):
-    """(SpeechLLM with the trained tensors loaded, LoRA not merged, float32, eval mode; info dict).
-    `trust_remote_code`: allow a run whose recipe loads the LLM's own Python files to do so."""
+    """(SpeechLLM with the trained tensors loaded, LoRA not merged, float32, eval mode; info dict: the source of an
+    export, with its "recipe" and "longest_seconds", the longest audio trained on). `trust_remote_code`: allow a
+    run whose recipe loads the LLM's own Python files to do so."""
     from llmasr.models.builder import build_model
 
     if average < 1:
@@ -281,5 +307,6 @@ def load_checkpoint_model(
         "zero_stage": [m.zero_stage for m in metas],
         "average": {"n": len(tags), "by": (average_by or "last") if len(tags) > 1 or average_by else None},
         "recipe": recipe,
+        "longest_seconds": longest_seconds([ref.root / t for t in tags], metas, recipe),
     }
     return model, info

@@ -1,7 +1,7 @@
 """The files of one checkpoint tag: a size and sha256 per file, recorded at save and verified before use.
 
 After every rank has saved a tag, the ranks hash its files between them (rank r takes every world-th file of the
-sorted list) and rank 0 writes the result into llmasr_meta.json:
+sorted list), flushing each to disk in the same reading, and rank 0 writes the result into llmasr_meta.json:
 
     "files": {"mp_rank_00_model_states.pt": {"bytes": 123456, "sha256": "…"}, ...}
 
@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import zipfile
 from pathlib import Path
 
+from llmasr.atomic_file import sync_dir
 from llmasr.run_dir.layout import META
 from llmasr.run_dir.meta import CheckpointMeta
 from llmasr.safe_load import CheckpointError, refusal, unsafe_globals
@@ -39,21 +41,29 @@ def tag_files(tag_dir: str | Path) -> list[str]:
     return sorted(out)
 
 
-def sha256_file(path: str | Path) -> str:
+def sha256_file(path: str | Path, *, sync: bool = False) -> str:
+    """`sync`: the file is also flushed to disk, in the same opening (a save's files, before its meta is written)."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         while chunk := f.read(_CHUNK):
             digest.update(chunk)
+        if sync:
+            os.fsync(f.fileno())
     return digest.hexdigest()
 
 
-def hash_share(tag_dir: str | Path, rank: int = 0, world: int = 1) -> dict[str, dict]:
-    """{relative path: {"bytes", "sha256"}} for this rank's share of the tag's files (all of them for 1 rank)."""
+def hash_share(tag_dir: str | Path, rank: int = 0, world: int = 1, *, sync: bool = False) -> dict[str, dict]:
+    """{relative path: {"bytes", "sha256"}} for this rank's share of the tag's files (all of them for 1 rank).
+    `sync` (a save): each file is flushed to disk as it is hashed, and rank 0 syncs the tag's folders, so the meta
+    and `latest` written after it never name a file a power loss cut short (DeepSpeed's torch.save does not sync)."""
     tag_dir = Path(tag_dir)
     out = {}
     for rel in tag_files(tag_dir)[rank::world]:
         path = tag_dir / rel
-        out[rel] = {"bytes": path.stat().st_size, "sha256": sha256_file(path)}
+        out[rel] = {"bytes": path.stat().st_size, "sha256": sha256_file(path, sync=sync)}
+    if sync and rank == 0:
+        for folder in sorted({p for p in tag_dir.rglob("*") if p.is_dir()}, reverse=True) + [tag_dir, tag_dir.parent]:
+            sync_dir(folder)
     return out
 
 

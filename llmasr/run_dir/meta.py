@@ -7,10 +7,12 @@
     trainable              SpeechLLM parameter names the checkpoint holds, in model order
     files                  {relative path: {"bytes", "sha256"}} of the folder's files (llmasr.run_dir.files)
     batches_per_epoch      batches per rank of each epoch, which the saved sampler position counts
+    training               {"longest_seconds": the longest audio trained on (llmasr.data.screen.longest_trained),
+                           null: unlimited}, as an export records it: decoding splits longer audio into windows
 
-`files` and `batches_per_epoch` are absent from checkpoints written before llmasr recorded them (None here). The
-JSON is written with sorted keys and an indent of 2; a field that is None is left out, so such a file reads back
-and writes out unchanged.
+`files`, `batches_per_epoch` and `training` are absent from checkpoints written before llmasr recorded them (None
+here). The JSON is written with sorted keys and an indent of 2; a field that is None is left out, so such a file
+reads back and writes out unchanged.
 """
 
 from __future__ import annotations
@@ -44,8 +46,12 @@ _CHECKS = {
     "trainable": (lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v), "a list of names"),
     "files": (lambda v: isinstance(v, dict) and all(isinstance(x, dict) for x in v.values()), "an object of files"),
     "batches_per_epoch": (lambda v: isinstance(v, list) and all(_int(x) for x in v), "a list of integers"),
+    "training": (
+        lambda v: isinstance(v, dict) and set(v) == {"longest_seconds"} and _number(v["longest_seconds"]),
+        'an object {"longest_seconds": a number or null}',
+    ),
 }
-OPTIONAL = ("files", "batches_per_epoch")
+OPTIONAL = ("files", "batches_per_epoch", "training")
 
 
 @dataclass
@@ -59,6 +65,7 @@ class CheckpointMeta:
     metrics: dict[str, float] = field(default_factory=dict)
     files: dict[str, dict] | None = None
     batches_per_epoch: list[int] | None = None
+    training: dict | None = None
 
     @classmethod
     def from_json(cls, data: object, where: str | Path = META) -> CheckpointMeta:

@@ -17,11 +17,14 @@ log = logging.getLogger("llmasr.train")
 
 
 class RunCheckpoints:
-    """Saves checkpoints of one run (`engine`, its recipe, rank and world) into RUN_DIR/checkpoints."""
+    """Saves checkpoints of one run (`engine`, its recipe, rank and world) into RUN_DIR/checkpoints; `longest`:
+    the longest audio it trains on (llmasr.data.screen.longest_trained; None: unlimited), for decoding."""
 
-    def __init__(self, engine, recipe, ckpt_dir, *, trainable: list[str], per_epoch: list[int], rank: int, world: int):
+    def __init__(self, engine, recipe, ckpt_dir, *, trainable: list[str], per_epoch: list[int], rank: int, world: int,
+                 longest: float | None):  # fmt: skip
         self.engine, self.recipe, self.ckpt_dir = engine, recipe, ckpt_dir
         self.trainable, self.per_epoch, self.rank, self.world = trainable, per_epoch, rank, world
+        self.longest = longest
         tc = recipe.train
         self.policy = ck.CheckpointPolicy(tc.keep_last, tc.best_k, tc.best_metric, tc.ranking_mode)
 
@@ -42,7 +45,7 @@ class RunCheckpoints:
         with errors.context(f"saving checkpoint {tag}"):
             self.engine.save(str(self.ckpt_dir), tag, client)
         barrier()
-        files = merge_shares(all_gather_object(hash_share(self.ckpt_dir / tag, self.rank, self.world)))
+        files = merge_shares(all_gather_object(hash_share(self.ckpt_dir / tag, self.rank, self.world, sync=True)))
         if self.rank == 0:
             meta = ck.CheckpointMeta(
                 update=update,
@@ -54,6 +57,7 @@ class RunCheckpoints:
                 trainable=self.trainable,
                 files=files,
                 batches_per_epoch=self.per_epoch,  # a resume checks the data still gives them
+                training={"longest_seconds": self.longest},  # decode and export need not read the manifests again
             )
             deleted = ck.finish_save(self.ckpt_dir, tag, meta, self.policy)
             log.info(

@@ -22,6 +22,7 @@ import torch
 
 from llmasr import errors
 from llmasr import run_dir as ck
+from llmasr.data.screen import longest_trained
 from llmasr.models.fused_kernels import apply_fused_kernels, check_fused_kernels
 from llmasr.run_dir.files import verify_ranks
 from llmasr.train import ds_config, universal
@@ -135,8 +136,10 @@ class Run:
         for line in warmup_warnings(optim, (g["branch"] for g in groups), self.total) if self.rank == 0 else ():
             log.warning(line)
         self.engine = TrainEngine(model, groups, self.schedules, self.ds, self.dist.device)
+        longest = longest_trained(self.recipe.data, self.train_loader.dataset.manifest.durations())
         self.checkpoints = RunCheckpoints(self.engine, self.recipe, self.ckpt_dir, trainable=self.trainable,
-                                          per_epoch=self.per_epoch, rank=self.rank, world=self.world)  # fmt: skip
+                                          per_epoch=self.per_epoch, rank=self.rank, world=self.world,
+                                          longest=longest)  # fmt: skip
         seed_everything(tc.seed + self.rank)  # dropout differs per rank
 
     # -- checkpoints ------------------------------------------------------------------------------------------------

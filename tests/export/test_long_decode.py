@@ -218,3 +218,38 @@ def test_a_whisper_encoder_never_gets_a_window_past_its_chunk():
     assert window_limit(whisper, DecodeConfig(), DecodeOptions()) == 30.0  # the training maximum unknown
     assert window_limit(whisper, DecodeConfig(max_window_seconds=12), opts) == 12.0
     assert window_limit(whisper, DecodeConfig(max_window_seconds=0), opts) == 0.0  # asked: never split
+
+
+def test_a_checkpoint_records_the_training_maximum_so_decode_needs_no_manifest(
+    base_dirs, train_corpus, copy_run, tmp_path, caplog
+):
+    """Training records the longest audio trained on in each checkpoint's meta: decode --checkpoint and export read
+    it there, without re-reading (million-line) training manifests, which may be gone since; a checkpoint saved
+    before llmasr recorded it still reads the manifests, and says so."""
+    import shutil
+
+    from llmasr import run_dir as ck
+    from llmasr.export.export import export_model
+    from llmasr.testing.run_dirs import model_section, train_run
+
+    corpus = tmp_path / "corpus" / train_corpus.name
+    shutil.copytree(train_corpus.parent, corpus.parent)
+    run = train_run(tmp_path / "run", model_section(*base_dirs), corpus, preset="zero0").run_dir
+    longest = max(json.loads(line)["duration"] for line in corpus.read_text().splitlines())
+    shutil.rmtree(corpus.parent)  # the training manifest (and audio) moved away after training
+    _, _, opts = load_decode_model(checkpoint=run)
+    assert opts.training_max_seconds == longest  # not data.batching.max_duration
+    tag = run / "checkpoints" / ck.tag_for(1)
+    assert ck.read_meta(tag).training == {"longest_seconds": longest}
+    desc = yaml.safe_load((export_model(run, tmp_path / "export") / "llmasr_model.yaml").read_text())
+    assert desc["training"]["longest_seconds"] == longest and "longest_seconds" not in desc["source"]
+
+    old = copy_run(run, tmp_path / "old_run")  # as an older llmasr saved it: no training entry
+    meta = json.loads((old / "checkpoints" / tag.name / ck.META).read_text())
+    del meta["training"]
+    (old / "checkpoints" / tag.name / ck.META).write_text(json.dumps(meta))
+    shutil.copytree(train_corpus.parent, corpus.parent)
+    with caplog.at_level("INFO", logger="llmasr"):
+        _, _, opts = load_decode_model(checkpoint=old)
+    assert opts.training_max_seconds == longest
+    assert "no training.longest_seconds in its llmasr_meta.json (saved by an older llmasr)" in caplog.text

@@ -270,15 +270,18 @@ def test_latest_is_none_without_a_checkpoint_and_require_latest_says_why(tmp_pat
 
 def test_meta_round_trips_byte_for_byte_old_and_new(tmp_path):
     files = {"mp_rank_00_model_states.pt": {"bytes": 10, "sha256": "ab"}}
-    new = meta(7, {"loss": 1.5, "wer": 0.25}, files=files, batches_per_epoch=[4, 4])
-    ck.write_meta(tmp_path, new)
-    text = (tmp_path / ck.META).read_text()
-    assert ck.read_meta(tmp_path) == new and ck.read_meta(tmp_path).text() == text
-    assert json.loads(text)["batches_per_epoch"] == [4, 4]
-    old = {k: v for k, v in json.loads(text).items() if k not in ("files", "batches_per_epoch")}  # before checksums
+    for longest in (12.5, None):  # None: unlimited, recorded as such (not left out)
+        new = meta(7, {"loss": 1.5}, files=files, batches_per_epoch=[4, 4], training={"longest_seconds": longest})
+        ck.write_meta(tmp_path, new)
+        text = (tmp_path / ck.META).read_text()
+        assert ck.read_meta(tmp_path) == new and ck.read_meta(tmp_path).text() == text
+        assert json.loads(text)["batches_per_epoch"] == [4, 4]
+        assert json.loads(text)["training"] == {"longest_seconds": longest}
+    older = ("files", "batches_per_epoch", "training")  # before checksums
+    old = {k: v for k, v in json.loads(text).items() if k not in older}
     (tmp_path / ck.META).write_text(json.dumps(old, indent=2, sort_keys=True))
     back = ck.read_meta(tmp_path)
-    assert back.files is None and back.batches_per_epoch is None
+    assert back.files is None and back.batches_per_epoch is None and back.training is None
     assert back.text() == (tmp_path / ck.META).read_text()
 
 
@@ -290,6 +293,7 @@ def test_meta_round_trips_byte_for_byte_old_and_new(tmp_path):
         (lambda d: d.update(world_size="2"), r"'world_size' must be an integer >= 1, got \"2\""),
         (lambda d: d.update(metrics={"loss": "low"}), r"'metrics' must be an object of numbers"),
         (lambda d: d.update(batches_per_epoch=[1.5]), r"'batches_per_epoch' must be a list of integers"),
+        (lambda d: d.update(training={"longest_seconds": "9"}), r"'training' must be an object \{\"longest_seconds"),
         (lambda d: d.update(extra=1), r"unknown entries \['extra'\]"),
     ],
 )

@@ -1,0 +1,69 @@
+"""A checkpoint saved by the real training loop (one rank, no launcher) on the tiny model and a tiny wav corpus."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from llmasr import run_dir as ck
+from llmasr.recipe import load_recipe
+from llmasr.testing.tiny_corpus import tiny_recipe_dict, write_tiny_corpus
+from llmasr.train.trainer import train
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    return write_tiny_corpus(tmp_path_factory.mktemp("corpus") / "train", n=8)
+
+
+def _recipe(tiny_llm_dir, corpus, run_dir):
+    return load_recipe(
+        data=tiny_recipe_dict(tiny_llm_dir, train=[corpus], output_dir=run_dir, grad_accum=1, max_updates=1)
+    )
+
+
+def test_every_file_and_folder_of_a_checkpoint_is_on_disk_before_latest_names_it(
+    tiny_llm_dir, corpus, tmp_path, monkeypatch
+):
+    """After a power loss `latest` must not name a checkpoint whose files (DeepSpeed's torch.save does not sync
+    them), meta or folder entries were still in memory: each is fsynced before `latest` is renamed into place."""
+    events: list[tuple[str, str]] = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd):
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        return real_fsync(fd)
+
+    def replace(src, dst, **kw):
+        events.append(("replace", f"{Path(src).resolve()} {Path(dst).resolve()}"))
+        return real_replace(src, dst, **kw)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    run = (tmp_path / "run").resolve()
+    train(_recipe(tiny_llm_dir, corpus, run), "zero2")
+    monkeypatch.undo()
+
+    ckpts = run / "checkpoints"
+    synced: set[str] = set()
+    marker = None
+    for i, (kind, what) in enumerate(events):
+        if kind == "fsync":
+            synced.add(what)
+            continue
+        src, dst = what.split(" ")
+        if src in synced:  # a temporary synced, then renamed: the file under its name is on disk
+            synced.add(dst)
+        if dst == str(ckpts / ck.LATEST):
+            marker = i
+            break
+    assert marker is not None and ck.latest(ckpts) == ck.tag_for(1)
+    tag = ckpts / ck.tag_for(1)
+    written = sorted(str(p) for p in tag.rglob("*"))
+    assert {str(tag / ck.META), str(tag / "mp_rank_00_model_states.pt")} <= set(written)
+    assert any("optim_states" in p for p in written)
+    assert [p for p in [*written, str(tag), str(ckpts)] if p not in synced] == []
+    # and the rename of `latest` itself is synced with its folder
+    assert ("fsync", str(ckpts)) in events[marker + 1 :]
