@@ -245,6 +245,10 @@ class TrainConfig:
     best_metric: Literal["loss", "wer", "acc"] = "loss"
     # Whether a lower or higher best_metric is better: min for loss and wer, max for acc (set, it must agree).
     best_mode: Literal["min", "max"] | None = None
+    # Stop when this many validations in a row have not improved best_metric on the best so far by more than
+    # min_delta (0: never stop early; llmasr.train.early_stop). Needs data.valid.
+    patience: int = 0
+    min_delta: float = 0.0
     # Run directory: checkpoints, logs, the resolved recipe and DeepSpeed config.
     output_dir: str = path_field("exp/run", output=True)
     # Resume from a checkpoint directory or tag, "latest" (output_dir's newest; an error when there is none), or
@@ -259,13 +263,15 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ConfigError(f"{path}.{name}: must be >= 1 when set, got {value}")
-        for name in ("save_every_updates", "keep_last", "valid_every_updates", "best_k"):
+        for name in ("save_every_updates", "keep_last", "valid_every_updates", "best_k", "patience"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{path}.{name}: must be >= 0, got {getattr(self, name)}")
         if not 0 <= self.progress_every_s < math.inf:
             raise ConfigError(f"{path}.progress_every_s: must be >= 0 seconds and finite, got {self.progress_every_s}")
         if self.peak_tflops is not None and not 0 < self.peak_tflops < math.inf:
             raise ConfigError(f"{path}.peak_tflops: must be > 0 TFLOP/s and finite when set, got {self.peak_tflops}")
+        if not 0 <= self.min_delta < math.inf:
+            raise ConfigError(f"{path}.min_delta: must be >= 0 and finite, got {self.min_delta}")
         if not 0 <= self.grad_clip < math.inf:
             raise ConfigError(f"{path}.grad_clip: must be >= 0 and finite (0 disables clipping), got {self.grad_clip}")
         natural = "max" if self.best_metric == "acc" else "min"

@@ -24,6 +24,8 @@ def check_run_settings(recipe) -> None:
         raise ConfigError("data.train: no training manifest given")
     if tc.valid_every_updates and not recipe.data.valid:
         raise ConfigError("train.valid_every_updates is set but data.valid names no manifest")
+    if tc.patience and not recipe.data.valid:
+        raise ConfigError(f"train.patience: {tc.patience} counts validations, but data.valid names no manifest")
     if tc.best_metric == "wer" and tc.best_k and not recipe.data.valid:
         raise ConfigError("train.best_metric is wer but data.valid names no manifest to compute it on")
     llm = recipe.model.llm

@@ -40,6 +40,8 @@ MAY_CHANGE: tuple[str, ...] = (
     "train.keep_last",
     "train.valid_every_updates",
     "train.best_k",
+    "train.patience",  # raised to train on after an early stop
+    "train.min_delta",
     "train.grad_clip",
     "train.deterministic",
     "train.output_dir",

@@ -28,16 +28,20 @@ class RunCheckpoints:
         tc = recipe.train
         self.policy = ck.CheckpointPolicy(tc.keep_last, tc.best_k, tc.best_metric, tc.ranking_mode)
 
-    def save(self, epoch: int, loader_state: dict | None, metrics: dict | None, *, validation_owed=False) -> int:
+    def save(
+        self, epoch: int, loader_state: dict | None, metrics: dict | None, *, validation_owed=False,
+        early_stop: dict | None = None,
+    ) -> int:  # fmt: skip
         """Every rank: save the engine at its update with the loader position, every rank's RNG and `metrics`;
-        `validation_owed`: a validation due at this update was put off by a stop (the resume runs it). Returns the
-        update saved."""
+        `validation_owed`: a validation due at this update was put off by a stop (the resume runs it); `early_stop`:
+        the early-stopping count (llmasr.train.early_stop). Returns the update saved."""
         update = self.engine.global_steps
         tag = ck.tag_for(update)
         if loader_state is not None:  # DeepSpeed keeps one client state (rank 0's): each rank's bad-data counts go in
             loader_state = {**loader_state, "bad_data": all_gather_object(loader_state["bad_data"])}
         client = {CLIENT_KEY: {"epoch": epoch, "loader": loader_state, "rng": all_gather_object(rng_state()),
-                               "update": update, "validation_owed": bool(validation_owed)}}  # fmt: skip
+                               "update": update, "validation_owed": bool(validation_owed),
+                               "early_stop": early_stop}}  # fmt: skip
         if self.rank == 0 and ck.clear_tag(self.ckpt_dir, tag):
             log.warning("checkpoint %s was there from before (a save cut short, or a run resumed from an earlier "
                         "checkpoint): removed, and saved afresh", self.ckpt_dir / tag)  # fmt: skip

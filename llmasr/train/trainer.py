@@ -30,6 +30,7 @@ from llmasr.train import engine as eng
 from llmasr.train.checkpoint_space import CheckpointSpace
 from llmasr.train.context_fit import check_context_fit
 from llmasr.train.ds_files import CLIENT_KEY
+from llmasr.train.early_stop import EarlyStop
 from llmasr.train.efficiency import WaitClock, device_peak
 from llmasr.train.engine import TrainEngine, all_gather_object, broadcast_object, build_model_for_training
 from llmasr.train.flops import FlopCounter
@@ -145,7 +146,8 @@ class Run:
     # -- checkpoints ------------------------------------------------------------------------------------------------
     def save(self, epoch: int, loader_state: dict | None, metrics: dict | None, *, validation_owed=False) -> None:
         start = time.monotonic()
-        self.last_saved = self.checkpoints.save(epoch, loader_state, metrics, validation_owed=validation_owed)
+        self.last_saved = self.checkpoints.save(epoch, loader_state, metrics, validation_owed=validation_owed,
+                                                early_stop=self.early.state_dict())  # fmt: skip
         self.progress.aside(time.monotonic() - start)
 
     def load(self) -> tuple[int, dict | None]:
@@ -171,6 +173,7 @@ class Run:
         # a validation the stop put off goes into the checkpoint's meta where it is this folder's own (one of another
         # run's folder, or set aside, is not this run's to rank, and this folder may hold another course's tag)
         self.validation_owed = bool(state.get("validation_owed"))
+        self.early.load_state_dict(state.get("early_stop"))
         self.owed_here = self.validation_owed and where.resolve() == (self.ckpt_dir / tag).resolve()
         rngs = state.get("rng") or []
         self.pending_rng = rngs[self.rank] if len(rngs) == self.world else None
@@ -227,6 +230,7 @@ class Run:
         self.valid_update = self.engine.global_steps
         self.engine.train(True)
         self.progress.validation(self.engine.global_steps, metrics)
+        self.early.observe(self.engine.global_steps, metrics)  # every rank: the metrics are all-reduced
         return metrics
 
     def fit(self, stop_after_updates: int | None = None, preemption: Preemption | None = None) -> dict:
@@ -235,6 +239,7 @@ class Run:
         start_epoch, loader_state = (0, None)
         self.last_saved = self.valid_update = -1
         self.validation_owed = self.owed_here = False
+        self.early = EarlyStop.of(tc)
         if self.resume is not None:
             start_epoch, loader_state = self.load()
         self.progress = self._progress()
@@ -244,6 +249,9 @@ class Run:
             last_metrics = self.validate()
             if self.owed_here:
                 self.checkpoints.record_validation(self.engine.global_steps, last_metrics)
+        if self.early.exhausted:  # resumed a run that stopped early, with the same patience
+            log.info("nothing to train: %s; raise train.patience (or set 0) to train on", self.early.why())
+            start_epoch = tc.epochs
         self.engine.train(True)
         stop = False
         preemption = preemption or Preemption(self.rank)
@@ -268,11 +276,16 @@ class Run:
                         owed = bool(tc.valid_every_updates) and update % tc.valid_every_updates == 0
                         return self._stopped(signum, epoch, self.train_loader.state_dict(), history, owed)
                     last_metrics = self._validate_and_save(epoch, update) or last_metrics
+                    if self.early.exhausted:
+                        break  # saved below, mid-epoch: raising train.patience and resuming carries on from here
                 # Epoch end (or max_updates): validate unless just done or stopping, and save. A stop inside the
                 # epoch keeps the loader position, so raising max_updates and resuming carries on mid-epoch.
                 signum = preemption.agreed_stop(self.engine.device)
                 if self.valid_update != self.engine.global_steps and not signum:
                     last_metrics = self.validate() or last_metrics
+                if self.early.exhausted:
+                    stop = True
+                    log.info("stopping early after update %d: %s", self.engine.global_steps, self.early.why())
                 metrics = last_metrics if self.valid_update == self.engine.global_steps else None
                 owed = self.valid_loader is not None and self.valid_update != self.engine.global_steps
                 ended = self.train_loader.consumed >= len(self.sampler)
@@ -296,7 +309,8 @@ class Run:
             self.progress.finish()
             self.progress.close()
             self.close()
-        return {"history": history, "interrupted": False, "run_dir": str(self.run_dir), "metrics": last_metrics}
+        return {"history": history, "interrupted": False, "run_dir": str(self.run_dir), "metrics": last_metrics,
+                "stopped_early": self.early.exhausted}  # fmt: skip
 
     def _progress(self) -> Progress:
         """The run's reporting, with the FLOP counter and loader clock behind its efficiency figures."""
