@@ -27,13 +27,32 @@ class ContextError(ConfigError):
     """Audio, prompt and transcript (or the tokens decoding may write) do not fit the LLM's context."""
 
 
+# RoPE scalings that stretch the positions the model was trained on by their factor (Qwen's YaRN recipe keeps
+# max_position_embeddings at the trained length); llama3 and longrope configs state the stretched length already.
+STRETCHING = ("linear", "dynamic", "yarn")
+
+
 def stated_context(stated: dict) -> tuple[int, str] | None:
-    """(the context in tokens, the config.json key that states it) of an LLM configuration, None where none does."""
+    """(the context in tokens, the config.json key(s) that state it) of an LLM configuration, None where none does.
+    A rope_scaling (transformers 5's rope_parameters) of a stretching type with a factor > 1 multiplies it."""
     for key in CONTEXT_KEYS:
         value = stated.get(key)
         if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-            return value, key
+            return _stretched(stated, value, key)
     return None
+
+
+def _stretched(stated: dict, value: int, key: str) -> tuple[int, str]:
+    for name in ("rope_scaling", "rope_parameters"):
+        rope = stated.get(name)
+        if not isinstance(rope, dict) or rope.get("rope_type", rope.get("type")) not in STRETCHING:
+            continue
+        factor, base = rope.get("factor"), rope.get("original_max_position_embeddings")
+        if isinstance(factor, (int, float)) and not isinstance(factor, bool) and math.isfinite(factor) and factor > 1:
+            trained = base if isinstance(base, int) and not isinstance(base, bool) and base > 0 else value
+            said = f"{name}.original_max_position_embeddings" if trained is base else key
+            return max(value, int(trained * factor)), f"{said} x {name}.factor {factor:g}"
+    return value, key
 
 
 def llm_context(path) -> int | None:

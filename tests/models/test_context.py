@@ -11,7 +11,14 @@ import torch
 
 from llmasr.data.features import FeatureExtractor
 from llmasr.models.builder import build_model
-from llmasr.models.context import ContextError, audio_tokens, decoding_fit, llm_context, training_fit
+from llmasr.models.context import (
+    ContextError,
+    audio_tokens,
+    decoding_fit,
+    llm_context,
+    model_context,
+    training_fit,
+)
 from llmasr.testing.tiny_llm import write_tiny_llm_dir
 from llmasr.testing.tiny_recipe import tiny_model_section
 from llmasr.testing.tiny_whisper import tiny_conformer_conf
@@ -55,6 +62,30 @@ def test_context_and_its_key_come_from_config_json(tmp_path):
     assert llm_context(path) == 96
     stated = json.loads((path / "config.json").read_text())
     assert stated["max_position_embeddings"] == 96
+
+
+@pytest.mark.parametrize(
+    "rope, context, said",
+    [
+        ({"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 96}, 384,
+         "rope_scaling.original_max_position_embeddings x rope_scaling.factor 4"),
+        ({"type": "linear", "factor": 2.0}, 192, "max_position_embeddings x rope_scaling.factor 2"),
+        ({"rope_type": "llama3", "factor": 8.0, "original_max_position_embeddings": 12, "low_freq_factor": 1.0,
+          "high_freq_factor": 4.0}, 96, "max_position_embeddings"),
+        ({"rope_type": "yarn", "factor": 1.0}, 96, "max_position_embeddings"),
+    ],
+)  # fmt: skip
+def test_a_rope_scaling_that_stretches_positions_stretches_the_context(tmp_path, rope, context, said):
+    """Qwen's YaRN recipe keeps max_position_embeddings at the trained length and sets rope_scaling's factor: the
+    context is their product (the check had refused what the stretched model reads). llama3's and longrope's
+    max_position_embeddings is already the stretched length."""
+    path = write_tiny_llm_dir(tmp_path / "llm", max_position_embeddings=96)
+    stated = json.loads((path / "config.json").read_text())
+    (path / "config.json").write_text(json.dumps({**stated, "rope_scaling": rope}))
+    assert llm_context(path) == context
+    model = build_model(tiny_model_section(path), weights="meta")  # the config transformers loads (rope_parameters)
+    got, key = model_context(model)
+    assert got == context and key == said.replace("rope_scaling", "rope_parameters")
 
 
 def test_what_does_not_fit_is_named_with_its_numbers(tmp_path):
