@@ -151,3 +151,26 @@ def test_utterances_past_the_llm_context_are_refused_at_start(tmp_path, capsys):
     code, _, err = run_check(capsys, "--config", str(path), "--deepspeed", "zero2", "--out", str(tmp_path / "c"),
                              "data.batching.max_duration=3")  # fmt: skip
     assert code == 0, err
+
+
+def test_a_valid_line_outside_the_valid_max_utts_subset_does_not_refuse_the_run(tmp_path, capsys):
+    """Validation hears data.valid_max_utts lines of its manifest: one it never hears had refused the run."""
+    import soundfile as sf
+
+    from llmasr.testing.tiny_llm import write_tiny_llm_dir
+
+    llm = write_tiny_llm_dir(tmp_path / "llm", max_position_embeddings=64)
+    train = write_tiny_corpus(tmp_path / "train", n=4)
+    valid = write_tiny_corpus(tmp_path / "valid", n=4, seed=1)
+    sf.write(str(tmp_path / "valid" / "long.wav"), np.zeros(6 * 16000, dtype=np.float32), 16000)
+    with valid.open("a") as f:  # line 5: the last, which an evenly spaced subset of 2 takes and one of 1 does not
+        f.write(json.dumps({"key": "long", "source": "long.wav", "target": "one two", "duration": 6.0}) + "\n")
+    data = tiny_recipe_dict(llm, train=[train], valid=[valid], output_dir=tmp_path / "run", max_seconds=20.0)
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(data))
+    base = ["--config", str(path), "--deepspeed", "zero2", "--out", str(tmp_path / "c")]
+    code, _, err = run_check(capsys, *base, "data.valid_max_utts=1")
+    assert code == 0, err
+    code, _, err = run_check(capsys, *base, "data.valid_max_utts=2")
+    assert code != 0 and "data.valid: 1 utterance(s) do not fit the LLM's context of 64 tokens" in err
+    assert f"the worst, {valid}:5," in err
