@@ -72,6 +72,7 @@ class Run:
             fresh = "--overwrite: a fresh run" if overwrite else "no checkpoint yet, a fresh run"
             log.info("resume auto: %s", f"continuing {self.ckpt_dir}" if self.resume else fresh)
         self.log_handler = None
+        self.early = EarlyStop.of(tc)
         # Once the configuration is known to be sound (--overwrite deletes the earlier run); a resume's recipe is
         # compared with the run's here, before any data or model is loaded.
         self.lock = claim_run_dir(self.run_dir, rank=self.rank, resume=self.resume, overwrite=overwrite, recipe=recipe)
@@ -239,7 +240,6 @@ class Run:
         start_epoch, loader_state = (0, None)
         self.last_saved = self.valid_update = -1
         self.validation_owed = self.owed_here = False
-        self.early = EarlyStop.of(tc)
         if self.resume is not None:
             start_epoch, loader_state = self.load()
         self.progress = self._progress()
