@@ -32,6 +32,7 @@ import torch
 import yaml
 
 from llmasr.config_io import ConfigError, from_dict
+from llmasr.data.frontend import FrontendConfig
 from llmasr.models.builder import build_model
 from llmasr.models.config import AdaptorConfig, ModelConfig
 from llmasr.models.encoders import entry_for_class
@@ -158,7 +159,7 @@ def exported_model_config(
     desc = read_description(model_dir)
     enc = desc["encoder"]
     entry_for_class(enc.get("class", ""), f"{model_dir / MODEL_FILE}: encoder.class")
-    fe = dict(desc["frontend"])
+    fe = drop_unread(FrontendConfig, dict(desc["frontend"]), "frontend", model_dir / MODEL_FILE)
     if fe.get("cmvn_file"):
         cmvn = Path(fe["cmvn_file"])
         fe["cmvn_file"] = str(cmvn if cmvn.is_absolute() else model_dir / cmvn)

@@ -7,6 +7,7 @@ from typing import Any, Literal
 
 from llmasr.config_io import ConfigError
 from llmasr.config_paths import path_field
+from llmasr.data.frontend import FrontendConfig
 from llmasr.unread_fields import changed, refuse_unread
 
 NO_INIT_FROM = "selects (and strips) a key prefix of init_from's weights, and init_from is not set"
@@ -79,6 +80,12 @@ class EncoderConfig:
             )
         if not section.get("init_from") and changed(EncoderConfig, section, ["init_prefix"]):
             unread["init_prefix"] = NO_INIT_FROM
+        frontend = section.get("frontend")
+        if isinstance(frontend, dict):  # refines the type's own frontend: Whisper's, or an fbank
+            kind = frontend.get("kind", "whisper" if section.get("type") == "whisper" else "fbank")
+            unread |= {
+                f"frontend.{k}": why for k, why in FrontendConfig.unread_fields({**frontend, "kind": kind}).items()
+            }
         return unread
 
     def validate(self, path: str) -> None:

@@ -88,3 +88,38 @@ def test_a_saved_run_with_a_model_field_nothing_reads_still_loads(tmp_path, capl
     for name in ("model.adaptor.n_layer", "model.adaptor.init_prefix", "model.encoder.reinit_keys"):
         assert f"{name}: " in caplog.text and "dropped" in caplog.text
     assert "n_head" not in caplog.text and "num_queries" not in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("model.encoder.frontend.n_fft=512", "model.encoder.frontend.n_fft: a whisper frontend's setting; an fbank"),
+        ("model.encoder.frontend.chunk_seconds=20", "model.encoder.frontend.chunk_seconds: a whisper frontend's"),
+    ],
+)
+def test_a_whisper_frontend_setting_on_an_fbank_encoder_is_refused_by_key(override, message):
+    """An fbank frontend's n_fft or chunk_seconds (Whisper's settings) had been accepted and left its features as
+    they were (tests/data/test_frontend.py)."""
+    with pytest.raises(ConfigError, match=message):
+        load_recipe(data={"model": {"llm": {"path": "llm"}}}, overrides=[override])
+    recipe = load_recipe(  # a Whisper encoder's frontend reads them
+        data={"model": {"llm": {"path": "llm"}, "encoder": {"type": "whisper", "conf": {"d_model": 16}}}},
+        overrides=[override],
+    )
+    assert recipe.model.encoder.frontend
+
+
+def test_a_saved_run_with_an_fbank_frontend_n_fft_still_loads(tmp_path, caplog):
+    """The walker over a saved recipe reaches into the encoder's frontend settings: the field is dropped and named,
+    the rest kept."""
+    (tmp_path / "llm").mkdir()
+    data = {"model": {"llm": {"path": str(tmp_path / "llm")}, "encoder": {"frontend": {"n_fft": 512, "dither": 0.0}}}}
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(ConfigError, match="model.encoder.frontend.n_fft: "):
+        load_recipe(path)
+    with caplog.at_level("WARNING"):
+        recipe = load_recipe(path, saved=True)
+    assert recipe.model.encoder.frontend == {"dither": 0.0}
+    assert f"{path}: model.encoder.frontend.n_fft: a whisper frontend's setting" in caplog.text
+    assert "dropped" in caplog.text
