@@ -18,7 +18,7 @@ import yaml
 from llmasr.config_io import ConfigError, apply_overrides, dump_yaml, from_dict, load_yaml, to_dict
 from llmasr.config_paths import resolve_paths
 from llmasr.data.config import DataConfig
-from llmasr.models.config import AdaptorConfig, CTCConfig, EncoderConfig, ModelConfig
+from llmasr.models.config import AdaptorConfig, CTCConfig, CTCDecoderConfig, EncoderConfig, ModelConfig
 from llmasr.models.decoding import DecodeConfig
 from llmasr.train.config import OptimConfig, SchedulerConfig, TrainConfig
 from llmasr.unread_fields import drop_unread_at
@@ -31,6 +31,7 @@ UNREAD_PLACES = (
     (("model", "encoder"), EncoderConfig),
     (("model", "adaptor"), AdaptorConfig),
     (("model", "ctc"), CTCConfig),
+    (("model", "ctc", "decoder"), CTCDecoderConfig),
 )
 
 

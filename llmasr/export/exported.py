@@ -34,7 +34,7 @@ import yaml
 from llmasr.config_io import ConfigError, from_dict
 from llmasr.data.frontend import FrontendConfig
 from llmasr.models.builder import build_model
-from llmasr.models.config import AdaptorConfig, ModelConfig
+from llmasr.models.config import AdaptorConfig, CTCDecoderConfig, ModelConfig
 from llmasr.models.encoders import entry_for_class
 from llmasr.models.whisper import encoder_conf as whisper_encoder_conf
 from llmasr.unread_fields import drop_unread
@@ -209,7 +209,8 @@ def _ctc_section(model_dir: Path, c: dict) -> dict:
         "weight": float(c["weight"]),
         "vocab": c["vocab"] if c["vocab"] == "llm" else str(model_dir / c["vocab"]),
         "init_from": _file(model_dir, c.get("file", "ctc_head.safetensors"), "CTC head"),
-        "decoder": c.get("decoder"),  # exports written before the key existed: the projection alone
+        # exports written before the key existed: the projection alone
+        "decoder": drop_unread(CTCDecoderConfig, c.get("decoder"), "ctc.decoder", model_dir / MODEL_FILE),
         "detach_encoder": bool(c.get("detach_encoder", False)),
         "blank": c.get("blank"),  # exports written before the key existed: the vocabulary's own rule
         "seg_dict": None,
