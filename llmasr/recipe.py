@@ -17,7 +17,7 @@ import yaml
 
 from llmasr.config_io import ConfigError, apply_overrides, dump_yaml, from_dict, load_yaml, to_dict
 from llmasr.config_paths import resolve_paths
-from llmasr.data.config import DataConfig
+from llmasr.data.config import DataConfig, ValidManifestSpec
 from llmasr.models.config import AdaptorConfig, CTCConfig, CTCDecoderConfig, EncoderConfig, ModelConfig
 from llmasr.models.decoding import DecodeConfig
 from llmasr.train.config import OptimConfig, SchedulerConfig, TrainConfig
@@ -32,6 +32,7 @@ UNREAD_PLACES = (
     (("model", "adaptor"), AdaptorConfig),
     (("model", "ctc"), CTCConfig),
     (("model", "ctc", "decoder"), CTCDecoderConfig),
+    (("data", "valid", "*"), ValidManifestSpec),
 )
 
 
