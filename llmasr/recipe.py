@@ -17,13 +17,23 @@ import yaml
 
 from llmasr.config_io import ConfigError, apply_overrides, dump_yaml, from_dict, load_yaml, to_dict
 from llmasr.config_paths import resolve_paths
-from llmasr.data.config import DataConfig
-from llmasr.models.config import AdaptorConfig, CTCConfig, EncoderConfig, ModelConfig
+from llmasr.data.config import DataConfig, ValidManifestSpec
+from llmasr.models.config import AdaptorConfig, CTCConfig, CTCDecoderConfig, EncoderConfig, ModelConfig
 from llmasr.models.decoding import DecodeConfig
 from llmasr.train.config import OptimConfig, SchedulerConfig, TrainConfig
-from llmasr.unread_fields import drop_unread
+from llmasr.unread_fields import drop_unread_at
 
 log = logging.getLogger(__name__)
+
+# The sections whose class lists fields that nothing reads (llmasr.unread_fields), where a recipe holds them ("*":
+# each item of a list).
+UNREAD_PLACES = (
+    (("model", "encoder"), EncoderConfig),
+    (("model", "adaptor"), AdaptorConfig),
+    (("model", "ctc"), CTCConfig),
+    (("model", "ctc", "decoder"), CTCDecoderConfig),
+    (("data", "valid", "*"), ValidManifestSpec),
+)
 
 
 @dataclass
@@ -62,19 +72,10 @@ class Recipe:
             log.warning("%s: decode.timestamps is true but the model has no CTC head to time words: read as false",
                         where)  # fmt: skip
             data = {**data, "decode": {**decode, "timestamps": False}}
-        return Recipe._without_unread_model_fields(Recipe._without_inert_schedule_fields(data, where), where)
-
-    @staticmethod
-    def _without_unread_model_fields(data: dict, where) -> dict:
-        """The model section's fields that nothing reads (llmasr.unread_fields), dropped with a warning."""
-        model = data.get("model")
-        if not isinstance(model, dict):
-            return data
-        model = dict(model)
-        for name, cls in (("encoder", EncoderConfig), ("adaptor", AdaptorConfig), ("ctc", CTCConfig)):
-            if name in model:
-                model[name] = drop_unread(cls, model[name], f"model.{name}", where)
-        return {**data, "model": model}
+        data = Recipe._without_inert_schedule_fields(data, where)
+        for keys, cls in UNREAD_PLACES:  # fields nothing reads (llmasr.unread_fields), dropped with a warning
+            data = drop_unread_at(data, keys, cls, where)
+        return data
 
     @staticmethod
     def _without_inert_schedule_fields(data: dict, where) -> dict:

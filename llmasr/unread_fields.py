@@ -4,7 +4,8 @@ no weights file to apply it to. A new recipe is refused them: they would change 
 saved recipe, or an export, written before the refusal has them dropped with a warning, so that it still loads.
 
 A section class lists its rules in a staticmethod `unread_fields(section: dict) -> dict[str, str]` (field name to
-the reason it is not read), over the section as written (a dict), so the same rule serves both."""
+the reason it is not read), over the section as written (a dict), so the same rule serves both. A name may reach into
+a dict the section holds ("frontend.n_fft": the encoder's frontend settings, read with the encoder's type)."""
 
 from __future__ import annotations
 
@@ -44,7 +45,30 @@ def drop_unread(cls, section, label: str, where) -> dict:
     warning. Anything that is not a dict is given back as it is, for the typed load to name."""
     if not isinstance(section, dict):
         return section
-    unread = cls.unread_fields(section)
-    for name, why in unread.items():
+    for name, why in cls.unread_fields(section).items():
         log.warning("%s: %s.%s: %s; dropped", where, label, name, why)
-    return {key: value for key, value in section.items() if key not in unread}
+        section = _without(section, name.split("."))
+    return section
+
+
+def _without(section: dict, keys: list[str]) -> dict:
+    """A copy of `section` without the key that `keys` reaches through nested dicts."""
+    head, *rest = keys
+    if not rest:
+        return {key: value for key, value in section.items() if key != head}
+    return {**section, head: _without(section[head], rest)}
+
+
+def drop_unread_at(data, keys: tuple[str, ...], cls, where, label: str = ""):
+    """`data` (a whole saved file, as written) with drop_unread applied to the section that `keys` reach ("*": each
+    item of a list); anything on the way that is missing or not a dict or list is left as it is."""
+    if not keys:
+        return drop_unread(cls, data, label, where)
+    head, *rest = keys
+    if head == "*":
+        if not isinstance(data, list):
+            return data
+        return [drop_unread_at(item, tuple(rest), cls, where, f"{label}[{i}]") for i, item in enumerate(data)]
+    if not isinstance(data, dict) or head not in data:
+        return data
+    return {**data, head: drop_unread_at(data[head], tuple(rest), cls, where, f"{label}.{head}" if label else head)}

@@ -28,6 +28,7 @@ from llmasr.config_io import ConfigError
 from llmasr.config_paths import path_field
 from llmasr.data.augment import AugmentConfig
 from llmasr.data.hotwords import HotwordsConfig
+from llmasr.unread_fields import changed, refuse_unread
 
 log = logging.getLogger("llmasr.data")
 
@@ -44,6 +45,24 @@ class ManifestSpec:
             raise ConfigError(f"{path}.path: empty manifest path")
         if not (self.weight > 0 and math.isfinite(self.weight)):
             raise ConfigError(f"{path}.weight: must be a positive number, got {self.weight}")
+
+
+@dataclass
+class ValidManifestSpec(ManifestSpec):
+    """A validation manifest: every one is read whole, so a sampling weight would change nothing."""
+
+    @staticmethod
+    def unread_fields(section: dict) -> dict[str, str]:
+        """What a valid manifest sets that nothing reads (llmasr.unread_fields)."""
+        return {
+            name: "weights the draw among mixed training manifests; validation reads each valid manifest whole: "
+            "leave it unset"
+            for name in changed(ValidManifestSpec, section, ["weight"])
+        }
+
+    def validate(self, path: str) -> None:
+        refuse_unread(self, path)
+        super().validate(path)
 
 
 @dataclass
@@ -104,7 +123,7 @@ class BatchingConfig:
 @dataclass
 class DataConfig:
     train: list[ManifestSpec | str] = path_field(default_factory=list)
-    valid: list[ManifestSpec | str] = path_field(default_factory=list)
+    valid: list[ValidManifestSpec | str] = path_field(default_factory=list)
     batching: BatchingConfig = field(default_factory=BatchingConfig)
     num_workers: int = 4
     # Batches each worker keeps ready. Unset: enough for a whole accumulation window (ceil(grad_accum / num_workers)
@@ -125,7 +144,7 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         self.train = [ManifestSpec(m) if isinstance(m, str) else m for m in self.train]
-        self.valid = [ManifestSpec(m) if isinstance(m, str) else m for m in self.valid]
+        self.valid = [ValidManifestSpec(m) if isinstance(m, str) else m for m in self.valid]
 
     @property
     def train_manifests(self) -> list[ManifestSpec]:

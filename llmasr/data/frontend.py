@@ -16,6 +16,7 @@ from typing import Literal
 import numpy as np
 
 from llmasr.config_io import ConfigError
+from llmasr.unread_fields import changed, refuse_unread
 
 WINDOWS = ("hamming", "hanning", "hann", "povey", "rectangular", "blackman", "sine")
 FBANK_LOW_FREQ_HZ = 20.0  # Kaldi's default lower edge of the first mel bin (FunASR keeps it); the upper is Nyquist
@@ -41,8 +42,8 @@ class FrontendConfig:
     lfr_m: int = 1  # low frame rate: stack m frames ...
     lfr_n: int = 1  # ... every n frames (Paraformer: 7, 6)
     cmvn_file: str | None = None  # Kaldi nnet am.mvn (<AddShift>/<Rescale>) applied after LFR
-    n_fft: int = 400  # whisper log-mel only
-    chunk_seconds: float = 30.0  # whisper pads/truncates to this
+    n_fft: int = 400  # whisper log-mel only (fbank's FFT is its window rounded up to a power of two)
+    chunk_seconds: float = 30.0  # whisper pads/truncates to this; fbank takes audio of any length
     # Fewest feature frames the encoder takes (a Conformer's convolutional subsampling needs several): set from the
     # encoder; a shorter clip is a bad item, not a batch the encoder cannot subsample.
     min_frames: int = 1
@@ -60,7 +61,19 @@ class FrontendConfig:
         """Seconds of audio per output feature frame (after LFR)."""
         return self.frame_shift_ms / 1000.0 * self.lfr_n
 
+    @staticmethod
+    def unread_fields(section: dict) -> dict[str, str]:
+        """What a frontend sets that its kind does not read (llmasr.unread_fields)."""
+        if section.get("kind", FrontendConfig.kind) != "fbank":
+            return {}
+        return {
+            name: "a whisper frontend's setting; an fbank frontend does not read it (its FFT is the frame_length_ms "
+            "window rounded up to a power of two, and it takes audio of any length): leave it unset"
+            for name in changed(FrontendConfig, section, ["n_fft", "chunk_seconds"])
+        }
+
     def validate(self, path: str) -> None:
+        refuse_unread(self, path)
         if self.min_frames < 1:
             raise ConfigError(f"{path}.min_frames: must be >= 1, got {self.min_frames}")
         if self.lfr_m < 1 or self.lfr_n < 1:

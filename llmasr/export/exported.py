@@ -32,8 +32,9 @@ import torch
 import yaml
 
 from llmasr.config_io import ConfigError, from_dict
+from llmasr.data.frontend import FrontendConfig
 from llmasr.models.builder import build_model
-from llmasr.models.config import AdaptorConfig, ModelConfig
+from llmasr.models.config import AdaptorConfig, CTCDecoderConfig, ModelConfig
 from llmasr.models.encoders import entry_for_class
 from llmasr.models.whisper import encoder_conf as whisper_encoder_conf
 from llmasr.unread_fields import drop_unread
@@ -158,7 +159,7 @@ def exported_model_config(
     desc = read_description(model_dir)
     enc = desc["encoder"]
     entry_for_class(enc.get("class", ""), f"{model_dir / MODEL_FILE}: encoder.class")
-    fe = dict(desc["frontend"])
+    fe = drop_unread(FrontendConfig, dict(desc["frontend"]), "frontend", model_dir / MODEL_FILE)
     if fe.get("cmvn_file"):
         cmvn = Path(fe["cmvn_file"])
         fe["cmvn_file"] = str(cmvn if cmvn.is_absolute() else model_dir / cmvn)
@@ -208,7 +209,8 @@ def _ctc_section(model_dir: Path, c: dict) -> dict:
         "weight": float(c["weight"]),
         "vocab": c["vocab"] if c["vocab"] == "llm" else str(model_dir / c["vocab"]),
         "init_from": _file(model_dir, c.get("file", "ctc_head.safetensors"), "CTC head"),
-        "decoder": c.get("decoder"),  # exports written before the key existed: the projection alone
+        # exports written before the key existed: the projection alone
+        "decoder": drop_unread(CTCDecoderConfig, c.get("decoder"), "ctc.decoder", model_dir / MODEL_FILE),
         "detach_encoder": bool(c.get("detach_encoder", False)),
         "blank": c.get("blank"),  # exports written before the key existed: the vocabulary's own rule
         "seg_dict": None,

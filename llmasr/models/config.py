@@ -7,9 +7,18 @@ from typing import Any, Literal
 
 from llmasr.config_io import ConfigError
 from llmasr.config_paths import path_field
+from llmasr.data.frontend import FrontendConfig
 from llmasr.unread_fields import changed, refuse_unread
 
 NO_INIT_FROM = "selects (and strips) a key prefix of init_from's weights, and init_from is not set"
+NO_BLOCKS = "is read only by the transformer blocks, and n_layer is 0 (there are none): leave it unset"
+
+
+def blockless(cls, section: dict) -> dict[str, str]:
+    """n_head and dropout of a section whose `n_layer` transformer blocks are none (llmasr.unread_fields)."""
+    if section.get("n_layer", cls.n_layer) != 0:
+        return {}
+    return {name: NO_BLOCKS for name in changed(cls, section, ["n_head", "dropout"])}
 
 
 def check_dropout(path: str, value: float) -> None:
@@ -79,6 +88,12 @@ class EncoderConfig:
             )
         if not section.get("init_from") and changed(EncoderConfig, section, ["init_prefix"]):
             unread["init_prefix"] = NO_INIT_FROM
+        frontend = section.get("frontend")
+        if isinstance(frontend, dict):  # refines the type's own frontend: Whisper's, or an fbank
+            kind = frontend.get("kind", "whisper" if section.get("type") == "whisper" else "fbank")
+            unread |= {
+                f"frontend.{k}": why for k, why in FrontendConfig.unread_fields({**frontend, "kind": kind}).items()
+            }
         return unread
 
     def validate(self, path: str) -> None:
@@ -141,7 +156,7 @@ class AdaptorConfig:
         }
         if not section.get("init_from") and changed(AdaptorConfig, section, ["init_prefix"]):
             unread["init_prefix"] = NO_INIT_FROM
-        return unread
+        return unread | (blockless(AdaptorConfig, section) if kind == "transformer" else {})
 
     def validate(self, path: str) -> None:
         for key, low in (("downsample", 1), ("ffn_dim", 1), ("n_head", 1), ("n_layer", 0)):
@@ -245,7 +260,12 @@ class CTCDecoderConfig:
     n_head: int = 8
     dropout: float = 0.0
 
+    @staticmethod
+    def unread_fields(section: dict) -> dict[str, str]:
+        return blockless(CTCDecoderConfig, section)
+
     def validate(self, path: str) -> None:
+        refuse_unread(self, path)
         for key in ("n_layer", "ffn_dim", "n_head"):
             if getattr(self, key) < (0 if key == "n_layer" else 1):
                 raise ConfigError(f"{path}.{key}: must be >= {0 if key == 'n_layer' else 1}, got {getattr(self, key)}")

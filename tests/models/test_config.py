@@ -88,3 +88,95 @@ def test_a_saved_run_with_a_model_field_nothing_reads_still_loads(tmp_path, capl
     for name in ("model.adaptor.n_layer", "model.adaptor.init_prefix", "model.encoder.reinit_keys"):
         assert f"{name}: " in caplog.text and "dropped" in caplog.text
     assert "n_head" not in caplog.text and "num_queries" not in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("model.encoder.frontend.n_fft=512", "model.encoder.frontend.n_fft: a whisper frontend's setting; an fbank"),
+        ("model.encoder.frontend.chunk_seconds=20", "model.encoder.frontend.chunk_seconds: a whisper frontend's"),
+    ],
+)
+def test_a_whisper_frontend_setting_on_an_fbank_encoder_is_refused_by_key(override, message):
+    """An fbank frontend's n_fft or chunk_seconds (Whisper's settings) had been accepted and left its features as
+    they were (tests/data/test_frontend.py)."""
+    with pytest.raises(ConfigError, match=message):
+        load_recipe(data={"model": {"llm": {"path": "llm"}}}, overrides=[override])
+    recipe = load_recipe(  # a Whisper encoder's frontend reads them
+        data={"model": {"llm": {"path": "llm"}, "encoder": {"type": "whisper", "conf": {"d_model": 16}}}},
+        overrides=[override],
+    )
+    assert recipe.model.encoder.frontend
+
+
+def test_a_saved_run_with_an_fbank_frontend_n_fft_still_loads(tmp_path, caplog):
+    """The walker over a saved recipe reaches into the encoder's frontend settings: the field is dropped and named,
+    the rest kept."""
+    (tmp_path / "llm").mkdir()
+    data = {"model": {"llm": {"path": str(tmp_path / "llm")}, "encoder": {"frontend": {"n_fft": 512, "dither": 0.0}}}}
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(ConfigError, match="model.encoder.frontend.n_fft: "):
+        load_recipe(path)
+    with caplog.at_level("WARNING"):
+        recipe = load_recipe(path, saved=True)
+    assert recipe.model.encoder.frontend == {"dither": 0.0}
+    assert f"{path}: model.encoder.frontend.n_fft: a whisper frontend's setting" in caplog.text
+    assert "dropped" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("section", "override", "message"),
+    [
+        ({"ctc": {"weight": 0.3, "decoder": {"n_layer": 0}}}, "model.ctc.decoder.n_head=4",
+         "model.ctc.decoder.n_head: is read only by the transformer blocks, and n_layer is 0"),
+        ({"ctc": {"weight": 0.3, "decoder": {"n_layer": 0}}}, "model.ctc.decoder.dropout=0.1",
+         "model.ctc.decoder.dropout: is read only by the transformer blocks"),
+        ({"adaptor": {"type": "transformer", "n_layer": 0}}, "model.adaptor.dropout=0.1",
+         "model.adaptor.dropout: is read only by the transformer blocks, and n_layer is 0"),
+        ({"adaptor": {"type": "transformer", "n_layer": 0}}, "model.adaptor.n_head=4", "model.adaptor.n_head: is read"),
+    ],
+)  # fmt: skip
+def test_heads_and_dropout_of_no_transformer_blocks_are_refused_by_key(section, override, message):
+    """A CTC decoder or a transformer adaptor with n_layer 0 is Linear - ReLU - Linear alone: its n_head and its
+    dropout (applied in the blocks only) had been accepted and changed neither the outputs nor the weights."""
+    import torch
+
+    from llmasr.models.adaptors import TransformerAdaptor
+    from llmasr.models.config import AdaptorConfig, CTCDecoderConfig
+    from llmasr.models.ctc import CTCHead
+
+    x, lens, outs = torch.randn(2, 9, 24), torch.tensor([9, 6]), []
+    for n_head, dropout in ((8, 0.0), (3, 0.5)):  # built as a recipe had built them
+        torch.manual_seed(0)
+        ctc = CTCHead(24, 11, decoder=CTCDecoderConfig(n_layer=0, n_head=n_head, dropout=dropout)).train()
+        torch.manual_seed(0)
+        cfg = AdaptorConfig(type="transformer", n_layer=0, n_head=n_head, dropout=dropout, ffn_dim=16)
+        outs.append((ctc(x, lens), TransformerAdaptor(cfg, 24, 32).train()(x, lens)[0]))
+    assert torch.equal(outs[0][0], outs[1][0]) and torch.equal(outs[0][1], outs[1][1])
+    with pytest.raises(ConfigError, match=message):
+        load_recipe(data={"model": {"llm": {"path": "llm"}, **section}}, overrides=[override])
+
+
+def test_heads_and_dropout_of_transformer_blocks_are_accepted():
+    recipe = load_recipe(
+        data={"model": {"llm": {"path": "llm"}, "ctc": {"weight": 0.3}}},
+        overrides=["model.adaptor.type=transformer", "model.adaptor.dropout=0.1", "model.adaptor.n_head=4",
+                   "model.ctc.decoder={n_layer: 1, n_head: 4, dropout: 0.1}"],
+    )  # fmt: skip
+    assert (recipe.model.adaptor.n_head, recipe.model.ctc.decoder.n_head) == (4, 4)
+
+
+def test_a_saved_run_with_heads_of_no_ctc_decoder_blocks_still_loads(tmp_path, caplog):
+    """The walker over a saved recipe reaches the CTC decoder: the field is dropped and named, the rest kept."""
+    (tmp_path / "llm").mkdir()
+    data = {"model": {"llm": {"path": str(tmp_path / "llm")},
+                      "ctc": {"weight": 0.3, "decoder": {"n_layer": 0, "n_head": 4, "ffn_dim": 32}}}}  # fmt: skip
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(ConfigError, match="model.ctc.decoder.n_head: "):
+        load_recipe(path)
+    with caplog.at_level("WARNING"):
+        recipe = load_recipe(path, saved=True)
+    assert (recipe.model.ctc.decoder.n_head, recipe.model.ctc.decoder.ffn_dim) == (8, 32)
+    assert f"{path}: model.ctc.decoder.n_head: is read only by the transformer blocks" in caplog.text

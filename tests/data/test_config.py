@@ -1,0 +1,37 @@
+"""The typed data section: settings nothing would read are refused by their key at load; a saved run that holds one
+still loads."""
+
+import pytest
+import yaml
+
+from llmasr.config_io import ConfigError
+from llmasr.data.loader import open_manifests
+from llmasr.recipe import load_recipe
+
+
+def test_a_valid_manifest_weight_is_refused_by_key(tmp_path):
+    """Validation reads every valid manifest whole (data.loader.open_manifests mixes by weight for training only):
+    a weight there had been accepted and changed nothing."""
+    with pytest.raises(ConfigError, match=r"data.valid\[1\].weight: weights the draw among mixed training manifests"):
+        load_recipe(data={"model": {"llm": {"path": "llm"}}, "data": {"valid": ["a.jsonl", "b.jsonl"]}},
+                    overrides=["data.valid.1={path: b.jsonl, weight: 3.0}"])  # fmt: skip
+    recipe = load_recipe(
+        data={"model": {"llm": {"path": "llm"}}, "data": {"train": [{"path": "a.jsonl", "weight": 3.0}, "b.jsonl"],
+                                                          "valid": [{"path": "a.jsonl", "weight": 1.0}]}})  # fmt: skip
+    assert recipe.data.train[0].weight == 3.0 and recipe.data.valid[0].weight == 1.0
+
+
+def test_a_saved_run_with_a_valid_manifest_weight_still_loads(tmp_path, caplog):
+    lines = "".join(f'{{"key": "u{i}", "source": "x.wav", "duration": 1.0, "target": "a"}}\n' for i in range(3))
+    (tmp_path / "a.jsonl").write_text(lines)
+    (tmp_path / "b.jsonl").write_text(lines.replace('"u', '"v'))
+    (tmp_path / "llm").mkdir()
+    data = {"model": {"llm": {"path": "llm"}}, "data": {"valid": ["a.jsonl", {"path": "b.jsonl", "weight": 3.0}]}}
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(data))
+    with caplog.at_level("WARNING"):
+        recipe = load_recipe(path, saved=True)
+    assert f"{path}: data.valid[1].weight: weights the draw" in caplog.text and "dropped" in caplog.text
+    assert [spec.weight for spec in recipe.data.valid] == [1.0, 1.0]
+    manifest = open_manifests(recipe.data.valid, mix=False, fill=False)[0]
+    assert [manifest[i].key for i in range(len(manifest))] == ["u0", "u1", "u2", "v0", "v1", "v2"]
