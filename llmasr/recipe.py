@@ -33,6 +33,8 @@ UNREAD_PLACES = (
     (("model", "ctc"), CTCConfig),
     (("model", "ctc", "decoder"), CTCDecoderConfig),
     (("data", "valid", "*"), ValidManifestSpec),
+    (("optim", "scheduler"), SchedulerConfig),
+    (("optim", "branches", "*", "scheduler"), SchedulerConfig),
 )
 
 
@@ -72,31 +74,9 @@ class Recipe:
             log.warning("%s: decode.timestamps is true but the model has no CTC head to time words: read as false",
                         where)  # fmt: skip
             data = {**data, "decode": {**decode, "timestamps": False}}
-        data = Recipe._without_inert_schedule_fields(data, where)
         for keys, cls in UNREAD_PLACES:  # fields nothing reads (llmasr.unread_fields), dropped with a warning
             data = drop_unread_at(data, keys, cls, where)
         return data
-
-    @staticmethod
-    def _without_inert_schedule_fields(data: dict, where) -> dict:
-        """A saved schedule's fields that its type does not read (refused in a new recipe: they change nothing) are
-        dropped with a warning, so that the run still resumes on the same schedule."""
-        optim = data.get("optim")
-        if not isinstance(optim, dict):
-            return data
-        optim = dict(optim)
-        places = [("optim.scheduler", optim, "scheduler")]
-        if isinstance(optim.get("branches"), dict):
-            optim["branches"] = {k: dict(v) if isinstance(v, dict) else v for k, v in optim["branches"].items()}
-            places += [(f"optim.branches.{k}.scheduler", v, "scheduler") for k, v in optim["branches"].items()
-                       if isinstance(v, dict)]  # fmt: skip
-        for name, holder, key in places:
-            section = holder.get(key)
-            if isinstance(section, dict) and (inert := SchedulerConfig.inert_fields(section)):
-                log.warning("%s: %s.%s: not read by type %s; dropped", where, name, ", ".join(inert),
-                            section.get("type", SchedulerConfig.type))  # fmt: skip
-                holder[key] = {k: v for k, v in section.items() if k not in inert}
-        return {**data, "optim": optim}
 
 
 def load_recipe(

@@ -61,11 +61,14 @@ def _without(section: dict, keys: list[str]) -> dict:
 
 def drop_unread_at(data, keys: tuple[str, ...], cls, where, label: str = ""):
     """`data` (a whole saved file, as written) with drop_unread applied to the section that `keys` reach ("*": each
-    item of a list); anything on the way that is missing or not a dict or list is left as it is."""
+    item of a list, or each value of a mapping); anything on the way that is missing or not a dict or list is left
+    as it is."""
     if not keys:
         return drop_unread(cls, data, label, where)
     head, *rest = keys
     if head == "*":
+        if isinstance(data, dict):
+            return {k: drop_unread_at(v, tuple(rest), cls, where, f"{label}.{k}") for k, v in data.items()}
         if not isinstance(data, list):
             return data
         return [drop_unread_at(item, tuple(rest), cls, where, f"{label}[{i}]") for i, item in enumerate(data)]

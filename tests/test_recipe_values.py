@@ -194,8 +194,11 @@ def test_a_saved_run_with_a_schedule_field_its_type_does_not_read_still_loads(tm
     with caplog.at_level("WARNING"):
         r = load_recipe(path, saved=True)
     assert r.optim.scheduler.warmup_steps == 5 and r.optim.branches["llm"].scheduler.type == "constant"
-    assert "optim.scheduler.final_lr_scale: not read by type warmup_cosine; dropped" in caplog.text
-    assert "optim.branches.llm.scheduler.min_lr_ratio: not read by type constant; dropped" in caplog.text
+    assert "optim.scheduler.final_lr_scale: only used by type tri_stage, not warmup_cosine; dropped" in caplog.text
+    assert (
+        "optim.branches.llm.scheduler.min_lr_ratio: only used by type warmup_cosine or warmup_linear, not constant; "
+        "dropped" in caplog.text
+    )
     assert "init_lr_scale" not in caplog.text
     caplog.clear()
     with caplog.at_level("WARNING"):  # a run's own saved recipe, defaults written out, reads back without a word

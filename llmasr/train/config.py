@@ -24,6 +24,7 @@ from typing import Literal
 
 from llmasr.config_io import ConfigError
 from llmasr.config_paths import path_field
+from llmasr.unread_fields import changed, refuse_unread
 
 BRANCHES: tuple[str, ...] = ("encoder", "adaptor", "ctc", "llm")
 
@@ -37,7 +38,7 @@ SchedulerType = Literal["tri_stage", "warmup", "warmup_cosine", "warmup_linear",
 
 
 # A schedule field that only some types read; set on another type it would change nothing.
-TYPE_FIELDS = {"init_lr_scale": ("tri_stage",), "final_lr_scale": ("tri_stage",),
+TYPE_FIELDS = {"phase_ratio": ("tri_stage",), "init_lr_scale": ("tri_stage",), "final_lr_scale": ("tri_stage",),
                "min_lr_ratio": ("warmup_cosine", "warmup_linear")}  # fmt: skip
 
 
@@ -69,15 +70,14 @@ class SchedulerConfig:
     min_lr_ratio: float = 0.0
 
     @staticmethod
-    def inert_fields(section: dict) -> list[str]:
-        """The fields of a scheduler section (as written) that its type does not read, set to other than their
-        defaults (a saved recipe writes every field, its defaults too)."""
+    def unread_fields(section: dict) -> dict[str, str]:
+        """What a scheduler section sets that its type does not read (llmasr.unread_fields)."""
         kind = section.get("type", SchedulerConfig.type)
-        fields = SchedulerConfig.__dataclass_fields__
-        return [
-            name for name, types in TYPE_FIELDS.items()
-            if kind not in types and section.get(name, fields[name].default) != fields[name].default
-        ]  # fmt: skip
+        return {
+            name: f"only used by type {' or '.join(types)}, not {kind}"
+            for name, types in TYPE_FIELDS.items()
+            if kind not in types and changed(SchedulerConfig, section, [name])
+        }
 
     def validate(self, path: str) -> None:
         if self.warmup_steps is not None and self.warmup_ratio is not None:
@@ -107,11 +107,7 @@ class SchedulerConfig:
                 raise ConfigError(
                     f"{path}.final_lr_scale: must be in (0, 1] (the decay is exponential), got {self.final_lr_scale}"
                 )
-        elif self.phase_ratio is not None:
-            raise ConfigError(f"{path}.phase_ratio: only used by type tri_stage, not {self.type}")
-        # another type's field would pass and change nothing (set to a value other than its default)
-        for name in SchedulerConfig.inert_fields({"type": self.type, **{n: getattr(self, n) for n in TYPE_FIELDS}}):
-            raise ConfigError(f"{path}.{name}: only used by type {' or '.join(TYPE_FIELDS[name])}, not {self.type}")
+        refuse_unread(self, path)  # another type's field would pass and change nothing
         if self.type == "warmup":
             if not self.warmup_steps and not self.warmup_ratio:
                 raise ConfigError(f"{path}: type warmup (FunASR WarmupLR) needs warmup_steps or warmup_ratio > 0")
