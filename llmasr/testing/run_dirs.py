@@ -142,4 +142,4 @@ def write_corpus(directory: Path, texts: list[str], *, name: str = "test", extra
 
 def read_lines(path):
     """The lines of a text file (hyp.txt, ref.txt, ...) without their newlines."""
-    return [line.rstrip("\n") for line in open(path)]
+    return [line.rstrip("\n") for line in open(path, encoding="utf-8")]

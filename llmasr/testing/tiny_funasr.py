@@ -272,9 +272,9 @@ def copy_model_dir(src, dst):
 def edit_config_yaml(model_dir, fn):
     """config.yaml of `model_dir` rewritten with `fn` applied to its contents (a dict, changed in place)."""
     path = model_dir / "config.yaml"
-    data = yaml.safe_load(path.read_text())
+    data = yaml.safe_load(path.read_text(encoding="utf-8"))
     fn(data)
-    path.write_text(yaml.safe_dump(data))
+    path.write_text(yaml.safe_dump(data), encoding="utf-8")
 
 
 def rewrite_model_pt(d, fn):

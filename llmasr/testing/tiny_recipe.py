@@ -1,5 +1,4 @@
-"""Model sections and batches for tiny stand-in models (tests, demo smoke runs, recipe checks), and `llmasr check`
-run in-process for the tests of its report."""
+"""Model sections and batches for tiny stand-in models (tests, demo smoke runs, recipe checks)."""
 
 from __future__ import annotations
 
@@ -126,12 +125,3 @@ class OracleCTCHead(torch.nn.Module):
                 t, prev = t + 1, i
             assert t <= n, f"{self.by_len[n]!r} needs {t} frames, the utterance has {n}"
         return logits.log_softmax(-1)
-
-
-def run_check(capsys, *argv):
-    """`llmasr check ARGV` run in this process: (exit code, stdout, stderr), read from pytest's `capsys`."""
-    from llmasr.commands.check import main
-
-    code = main(list(argv))
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err

@@ -8,9 +8,9 @@ import shutil
 import numpy as np
 import pytest
 import yaml
+from check_runner import run_check
 
 from llmasr.testing.tiny_corpus import tiny_recipe_dict, write_tiny_corpus
-from llmasr.testing.tiny_recipe import run_check
 
 
 def test_errors_exit_non_zero_with_the_reason(recipe_file, tmp_path, capsys):

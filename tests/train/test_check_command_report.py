@@ -8,10 +8,10 @@ import re
 import numpy as np
 import pytest
 import torch
+from check_runner import run_check
 
 import llmasr
 from llmasr.commands.check import main
-from llmasr.testing.tiny_recipe import run_check
 
 
 def test_report_matches_the_trainer_numbers(recipe_file, tmp_path, capsys):

@@ -6,9 +6,9 @@ import re
 
 import numpy as np
 import pytest
+from check_runner import run_check
 
 from llmasr.testing.tiny_corpus import write_tiny_corpus
-from llmasr.testing.tiny_recipe import run_check
 
 
 @pytest.fixture(scope="module")
