@@ -13,6 +13,7 @@ load would refuse it.
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 from llmasr.data.augment import cost_text
@@ -173,6 +174,33 @@ def _checkpoint_lines(tc, ds: dict, counts: dict, plan, total: int) -> list[str]
     return ["checkpoints", f"  {space.line()}", *([f"  warning: {warning}"] if warning else [])]
 
 
+def validation_updates(tc, plan, stop: int) -> list[int]:
+    """The updates after which a run of `plan` that stops after `stop` validates: every train.valid_every_updates
+    and at each epoch's end (and where max_updates stops it)."""
+    every = tc.valid_every_updates
+    ends = set(itertools.accumulate(plan.updates_per_epoch))
+    due = set(range(every, stop + 1, every)) if every else set()
+    return sorted(u for u in due | ends | {stop} if u <= stop)
+
+
+def _early_stop_lines(tc, plan, stop: int) -> list[str]:
+    """What train.patience does over the validations the run holds, and a warning where it never can."""
+    if not tc.patience or plan.loaders[2] is None:
+        return []
+    left = validation_updates(tc, plan, stop)
+    lines = [
+        f"  early stopping: after {tc.patience} validation(s) in a row without a better valid {tc.best_metric} (by "
+        f"more than {tc.min_delta:g}); the run validates {len(left)} time(s)"
+    ]
+    if len(left) <= tc.patience:  # the first validation sets the best: patience more are needed after it
+        lines.append(
+            f"  warning: train.patience {tc.patience} needs {tc.patience + 1} validations and the run holds "
+            f"{len(left)}: it never stops early (lower train.patience, or validate more often with "
+            "train.valid_every_updates)"
+        )
+    return lines
+
+
 def _memory_lines(ds: dict, tc, counts: dict, world_size: int) -> list[str]:
     stage = zero_stage(ds)
     offload_param = ((ds.get("zero_optimization") or {}).get("offload_param") or {}).get("device") not in (None, "none")
@@ -256,6 +284,7 @@ def check(
         lines.append(f"  update {u + 1} ({label}):")  # numbered from 1, as train.log does
         lines += [f"    {n:<{width}}  {curves[n][u]:.4e}" for n in names]
     lines += [f"  warning: {w}" for w in warmup_warnings(recipe.optim, map(branch_of_group, names), total)]
+    lines += _early_stop_lines(tc, plan, stop)
     if stop < total:
         lines.append(
             f"  warning: train.max_updates {total} sizes the schedules, but the epochs end after update {stop}: the "

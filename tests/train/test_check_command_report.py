@@ -94,6 +94,24 @@ def test_a_max_updates_beyond_the_epochs_shows_where_the_run_stops(recipe_file, 
     assert f"warning: train.max_updates 400 sizes the schedules, but the epochs end after update {held}" in out
 
 
+def test_early_stopping_is_reported_and_a_patience_the_run_cannot_reach_is_warned(recipe_file, tmp_path, capsys):
+    """3 epochs validated at their ends: patience 2 can stop the run (3 validations), patience 3 never can."""
+    base = ["--config", str(recipe_file), "--deepspeed", "zero2", "--out", str(tmp_path)]
+    code, out, err = run_check(capsys, *base, "train.patience=2", "train.min_delta=0.01")
+    assert code == 0, err
+    assert (
+        "early stopping: after 2 validation(s) in a row without a better valid loss (by more than 0.01); the run "
+        "validates 3 time(s)"
+        in out
+        and "never stops early" not in out
+    )
+    code, out, err = run_check(capsys, *base, "train.patience=3")
+    assert "warning: train.patience 3 needs 4 validations and the run holds 3: it never stops early" in out
+    per_epoch = int(re.search(r"per epoch: (\d+) x 3 epochs", out).group(1))
+    code, out, err = run_check(capsys, *base, "train.patience=3", "train.valid_every_updates=1")
+    assert "never stops early" not in out and f"validates {3 * per_epoch} time(s)" in out
+
+
 def test_memory_estimate_follows_the_zero_stage(recipe_file, tmp_path, capsys):
     def device_line(preset):
         code, out, err = run_check(capsys, "--config", str(recipe_file), "--deepspeed", preset, "--world-size", "4",
