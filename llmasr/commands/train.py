@@ -73,5 +73,6 @@ def main(argv: list[str] | None = None) -> int:
     metrics = result.get("metrics") or {}
     last = result["history"][-1] if result["history"] else {}
     summary = {k: v for k, v in metrics.items() if isinstance(v, float) and not math.isnan(v)}
-    log.info("done: %d updates, last loss %s, validation %s", last.get("update", 0), last.get("loss"), summary)
+    log.info("done%s: %d updates, last loss %s, validation %s", " (stopped early: train.patience)" if
+             result.get("stopped_early") else "", last.get("update", 0), last.get("loss"), summary)  # fmt: skip
     return 0

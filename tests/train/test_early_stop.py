@@ -72,3 +72,17 @@ def test_patience_needs_validation_data(tiny_llm_dir, corpus, tmp_path):
         train(load_recipe(data=data), "zero0")
     with pytest.raises(ConfigError, match=r"train.min_delta: must be >= 0 and finite, got -0.1"):
         load_recipe(data={**data, "train": {**data["train"], "min_delta": -0.1}})
+
+
+def test_llmasr_train_says_the_run_stopped_early(tiny_llm_dir, corpus, tmp_path, caplog):
+    import yaml
+
+    from llmasr.commands.train import main
+
+    data = tiny_recipe_dict(tiny_llm_dir, train=[corpus[0]], valid=[corpus[1]], output_dir=tmp_path / "run",
+                            epochs=3, grad_accum=1, max_seconds=2.0, valid_every_updates=1)  # fmt: skip
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(data))
+    with caplog.at_level("INFO", logger="llmasr"):
+        assert main(["--config", str(path), "--deepspeed", "zero0", "train.patience=1", "train.min_delta=1e9"]) == 0
+    assert "done (stopped early: train.patience): 2 updates" in caplog.text
