@@ -4,12 +4,17 @@ positions the LLM was never trained on, instead of degrading (or failing) hours 
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 
 from llmasr.data.loader import longest_kept
 from llmasr.data.manifest import BadRecord
 from llmasr.data.screen import where
-from llmasr.models.context import audio_tokens, model_context, training_fit
+from llmasr.models.context import ContextError, audio_tokens, model_context, training_fit
+from llmasr.models.prompt import HOTWORDS_PLACEHOLDER
+
+log = logging.getLogger("llmasr.train")
 
 
 def heard_seconds(durations, data_cfg, frontend, *, train: bool) -> np.ndarray:
@@ -48,12 +53,31 @@ def text_tokens(manifest, prompt, lines: np.ndarray, room: np.ndarray) -> np.nda
     return out
 
 
+def hotword_bound(prompt, hotwords_cfg) -> int | None:
+    """The most tokens a training utterance's biasing list adds to its prompt: hotwords_max_tokens of phrases, the
+    template around them and a token at each seam; 0 without lists, None where no cap bounds them."""
+    if not hotwords_cfg.enable:
+        return 0
+    if prompt.hotwords_max_tokens is None:
+        return None
+    template = prompt.hotwords_template.replace(HOTWORDS_PLACEHOLDER, "")
+    return prompt.hotwords_max_tokens + len(prompt.tokenizer.encode(template, add_special_tokens=False)) + 2
+
+
 def check_context_fit(model, recipe, loaders) -> None:
     """ContextError when an utterance of the training or validation manifests (as batching keeps them) does not fit
-    the LLM's context with its audio tokens; `loaders`: the run plan's (train loader, sampler, valid loader)."""
+    the LLM's context with its audio tokens; `loaders`: the run plan's (train loader, sampler, valid loader).
+    Training's biasing lists count at their cap (model.prompt.hotwords_max_tokens)."""
     found = model_context(model)
     if found is None:
         return
+    lists = hotword_bound(model.prompt, recipe.data.hotwords)
+    if lists is None:
+        log.warning(
+            "data.hotwords: training's biasing lists are not counted against the LLM's context (no "
+            "model.prompt.hotwords_max_tokens bounds them): a line near the context may pass it with its list"
+        )
+    lists = lists or 0
     for name, loader in (("data.train", loaders[0]), ("data.valid", loaders[2])):
         if loader is None:
             continue
@@ -64,10 +88,19 @@ def check_context_fit(model, recipe, loaders) -> None:
             lines = np.intersect1d(lines, loader.batch_sampler.base_indices)
         if not lines.size:
             continue
-        room = found[0] - audio_tokens(model, seconds[lines])
-        tokens = text_tokens(manifest, model.prompt, lines, room)
+        extra = lists if name == "data.train" else 0  # validation's lists are its manifest's own: not counted
+        room = found[0] - audio_tokens(model, seconds[lines]) - extra
+        tokens = text_tokens(manifest, model.prompt, lines, room) + extra
 
         def named(j: int, lines=lines, manifest=manifest) -> str:
             return "{}:{}".format(*where(manifest, int(lines[j])))
 
-        training_fit(model, seconds[lines], tokens, named, what=name)
+        try:
+            training_fit(model, seconds[lines], tokens, named, what=name)
+        except ContextError as err:
+            if not extra:
+                raise
+            raise ContextError(
+                f"{err} (its prompt tokens include {extra} for a biasing list of "
+                f"model.prompt.hotwords_max_tokens {model.prompt.hotwords_max_tokens})"
+            ) from None

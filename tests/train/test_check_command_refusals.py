@@ -174,3 +174,24 @@ def test_a_valid_line_outside_the_valid_max_utts_subset_does_not_refuse_the_run(
     code, _, err = run_check(capsys, *base, "data.valid_max_utts=2")
     assert code != 0 and "data.valid: 1 utterance(s) do not fit the LLM's context of 64 tokens" in err
     assert f"the worst, {valid}:5," in err
+
+
+def test_training_hotword_lists_count_at_their_cap(tmp_path, capsys, caplog):
+    """A drawn biasing list goes into the prompt of a training line: capped by hotwords_max_tokens, it counts at
+    the cap; without a cap the check says it cannot count them."""
+    from llmasr.testing.tiny_llm import write_tiny_llm_dir
+
+    llm = write_tiny_llm_dir(tmp_path / "llm", max_position_embeddings=96)
+    train = write_tiny_corpus(tmp_path / "train", n=4)
+    data = tiny_recipe_dict(llm, train=[train], output_dir=tmp_path / "run", max_seconds=20.0)
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(data))
+    base = ["--config", str(path), "--deepspeed", "zero2", "--out", str(tmp_path / "c"), "data.hotwords.enable=true"]
+    code, _, err = run_check(capsys, *base)
+    assert code == 0, err
+    assert "training's biasing lists are not counted against the LLM's context" in caplog.text
+    code, _, err = run_check(capsys, *base, "model.prompt.hotwords_max_tokens=8")
+    assert code == 0, err
+    code, _, err = run_check(capsys, *base, "model.prompt.hotwords_max_tokens=60")
+    assert code != 0 and "data.train: " in err and "do not fit the LLM's context of 96 tokens" in err
+    assert "for a biasing list of model.prompt.hotwords_max_tokens 60)" in err
