@@ -72,8 +72,8 @@ def check_context_fit(model, recipe, loaders) -> None:
     if found is None:
         return
     lists = hotword_bound(model.prompt, recipe.data.hotwords)
-    if lists is None:
-        log.warning(
+    if lists is None:  # a note, not a fault: the dataset still refuses a prompt past the context
+        log.info(
             "data.hotwords: training's biasing lists are not counted against the LLM's context (no "
             "model.prompt.hotwords_max_tokens bounds them): a line near the context may pass it with its list"
         )

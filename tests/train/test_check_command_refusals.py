@@ -187,7 +187,8 @@ def test_training_hotword_lists_count_at_their_cap(tmp_path, capsys, caplog):
     path = tmp_path / "recipe.yaml"
     path.write_text(yaml.safe_dump(data))
     base = ["--config", str(path), "--deepspeed", "zero2", "--out", str(tmp_path / "c"), "data.hotwords.enable=true"]
-    code, _, err = run_check(capsys, *base)
+    with caplog.at_level("INFO", logger="llmasr"):
+        code, _, err = run_check(capsys, *base)
     assert code == 0, err
     assert "training's biasing lists are not counted against the LLM's context" in caplog.text
     code, _, err = run_check(capsys, *base, "model.prompt.hotwords_max_tokens=8")
