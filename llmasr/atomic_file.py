@@ -10,17 +10,27 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+from collections.abc import Iterator
 from pathlib import Path
+from typing import IO
 
 
 def write_atomic(path: str | Path, text: str) -> None:
     """`text` into `path` through a hidden sibling that is flushed to disk, then renamed over `path` (the folder
     synced); the sibling is removed when the write fails."""
+    with atomic_writer(path) as f:
+        f.write(text)
+
+
+@contextlib.contextmanager
+def atomic_writer(path: str | Path, *, binary: bool = False) -> Iterator[IO]:
+    """A file to write `path` through, as write_atomic writes it (for a file written a piece at a time): UTF-8 text,
+    or bytes with `binary`."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
+        with open(tmp, "wb") if binary else open(tmp, "w", encoding="utf-8") as f:
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

@@ -18,6 +18,7 @@ from llmasr.data.config import DataConfig
 from llmasr.data.dataset import ctc_label_ids
 from llmasr.data.frontend import FrontendConfig
 from llmasr.data.speech_check import hear_speech
+from llmasr.data.write_durations import write_durations
 from llmasr.errors import command
 from llmasr.models.builder import encoder_frontend
 from llmasr.models.ctc import build_ctc_tokenizer
@@ -54,6 +55,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--frame-shift-ms", type=float, help="feature frame shift (for --max-frames); default 10")
     p.add_argument("--lfr-n", type=int, help="low-frame-rate stride (for --max-frames); default 1")
     p.add_argument("--no-probe", action="store_true", help="parse lines only; do not open the audio files")
+    p.add_argument(
+        "--write-durations", metavar="OUT",
+        help="write the one manifest checked to OUT (beside it) with a duration on each line that states none, as "
+        "probed: training's start-up then opens no audio header for them",
+    )  # fmt: skip
     p.add_argument(
         "--decode", action="store_true",
         help="manifests to decode: a line without a transcript is audio to transcribe, not a bad line",
@@ -139,6 +145,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     if not specs:
         p.error(f"no manifests: name them, or give --recipe with data.{'valid' if args.valid else 'train'}")
+    if args.write_durations and (len(specs) != 1 or args.no_probe):
+        p.error("--write-durations: check one manifest, with its audio probed (not --no-probe)")
     report = check_data(
         specs, data_cfg, frontend, world_size=args.world_size, probe=not args.no_probe, threads=args.threads,
         need_target=not args.decode, ctc_labels=None if args.decode else ctc_rule(recipe), train=not args.valid,
@@ -146,6 +154,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.vad:
         report.speech = hear(args, report.manifests, frontend.sample_rate)
     print(format_report(report, max_examples=args.show))
+    if args.write_durations and not report.errors:
+        path = getattr(specs[0], "path", specs[0])
+        counts = write_durations(path, report.durations, args.write_durations)
+        print(f"wrote {args.write_durations}: {counts['added']} line(s) given the duration probed, {counts['stated']} "
+              f"already stating one, {counts['left']} left without (bad lines, above)")  # fmt: skip
     if report.errors:  # a manifest that cannot be opened is bad input (2), as every command reports it
         return 2
     return 0 if report.ok else 1

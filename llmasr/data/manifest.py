@@ -224,6 +224,10 @@ class Manifest:
         start, end = int(self._offsets[i]), int(self._offsets[i + 1])
         return os.pread(self._fd, end - start, start)
 
+    def raw_line(self, i: int) -> bytes:
+        """Line `i` as the file holds it, without its line end."""
+        return self._read(int(i)).rstrip(b"\r\n")
+
     def __getitem__(self, i: int) -> Utterance:
         n = len(self)
         i = int(i)

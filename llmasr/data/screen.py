@@ -126,13 +126,21 @@ def static_visits(lines, epoch_items: np.ndarray | None) -> np.ndarray | None:
     return np.bincount(items, minlength=int(lines.max(initial=-1)) + 1)[lines]
 
 
+PROBES_WORTH_A_NOTE = 10_000  # header probes at start-up that cost seconds a rank
+
+
 def start_tracker(manifest, data_cfg, *, name: str, indices, rank: int, world_size: int, ctc_labels=None,
                   epoch_items=None, target_lens=None):  # fmt: skip
     """Screen `manifest` and refuse at start when its known-bad lines pass data.max_bad_fraction; returns (this
     rank's BadDataTracker, every line known bad). `indices`: a validation subset, which counts only its own;
     `ctc_labels`: the dataset's CTC rule, when the model has a CTC head; `epoch_items`: a weighted mix's visits of
     the first epoch, which the start-up check counts per visit, as training does; `target_lens`: screen's."""
+    unknown = int(np.isnan(np.asarray(manifest.durations(), dtype=np.float64)).sum())
     static, took = screen(manifest, ctc_labels, target_lens)
+    if unknown >= PROBES_WORTH_A_NOTE and rank == 0:
+        log.info("%s: %d lines state no duration: their audio headers were probed (screen %.1f s, on every rank at "
+                 "every start); `llmasr data check MANIFEST --write-durations OUT` writes them into the manifest once",
+                 name, unknown, took)  # fmt: skip
     counted, total = static, len(manifest)
     if indices is not None:
         chosen = set(np.asarray(indices).tolist())
