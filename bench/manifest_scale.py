@@ -6,7 +6,8 @@
 The manifest's lines point at a handful of short wav files (`--wavs`), durations given in the lines (FunASR's
 source_len, or a lhotse cut's duration), so what is measured is the manifest, not the audio. Stages, in one process:
 indexing (Manifest.open), the start-up screen (every line parsed, every audio file stat'ed), build_dataloader as
-training runs it, one epoch's plan at world sizes 8 and 64 (rank 0 of fake ranks), then the DataLoader workers' own
+training runs it, one epoch's plan at world sizes 8 and 64 (rank 0 of fake ranks) and the memory that plan holds
+(every rank's batches: each rank holds them all) and needs while it is made, then the DataLoader workers' own
 memory over `--batches` batches: USS (pages only that worker holds: what it copied from the rank on write) and PSS,
 from /proc/<pid>/smaps_rollup. A manifest held as Python objects in the rank shows as USS growing with the batches
 (refcounts touched in forked workers); one held in numpy arrays stays flat. Peak RSS is the process's so far.
@@ -21,6 +22,7 @@ import resource
 import sys
 import tempfile
 import time
+import tracemalloc
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +35,16 @@ WORDS = "the quick brown fox jumps over a lazy dog and then some more words here
 
 def peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def plan_memory(sampler) -> tuple[float, float]:
+    """MiB an epoch's plan holds once made and at most while it is made (tracemalloc: Python objects and numpy
+    arrays; the sampler made beforehand, so its per-item arrays do not count)."""
+    tracemalloc.start()
+    len(sampler)
+    held, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    return held / 2**20, peak / 2**20
 
 
 def write_corpus(root: Path, lines: int, wavs: int, fmt: str, seed: int) -> Path:
@@ -110,11 +122,17 @@ def run(args) -> list[str]:
                 cfg, [str(path)], FrontendConfig(), prompt_builder=BenchPromptBuilder(), train=True
             ),
         )
+
+        def make(ws: int):
+            return type(sampler)(sampler.durations, max_seconds=args.max_seconds, world_size=ws, seed=args.seed)
+
         for ws in (8, 64):
-            planned = type(sampler)(sampler.durations, max_seconds=args.max_seconds, world_size=ws, seed=args.seed)
+            planned = make(ws)
             t0 = time.perf_counter()
             n = len(planned)
             rows.append((f"epoch plan, world size {ws} ({n} batches a rank)", time.perf_counter() - t0, peak_mb()))
+        del planned
+        held = [(ws, *plan_memory(make(ws))) for ws in (8, 64)]  # after the timings: tracemalloc slows and costs
         out = [
             f"{args.lines} {args.format} lines over {args.wavs} wav files, {os.cpu_count()} CPU cores",
             "",
@@ -122,6 +140,8 @@ def run(args) -> list[str]:
             "|---|---:|---:|",
         ]
         out += [f"| {n} | {t:.2f} | {p:.0f} |" for n, t, p in rows]
+        out += ["", "| epoch plan, world size | held (MiB) | peak while planning (MiB) |", "|---:|---:|---:|"]
+        out += [f"| {ws} | {h:.1f} | {p:.1f} |" for ws, h, p in held]
         if args.batches and args.workers:
             out += ["", f"| batches | {' | '.join(f'worker {w} USS / PSS (MiB)' for w in range(args.workers))} |"]
             out.append("|---:|" + "---:|" * args.workers)

@@ -3,71 +3,110 @@
 A bucket's items (positions in the epoch's visits, in random order) are taken in windows of `shuffle_buffer`;
 each window is sorted by cost and cut greedily: an item joins the current batch while B * the costliest item stays
 within the budget (and B * the longest target within max_target_tokens). What is left at a window's end joins the
-next window, what is left at a bucket's end the next (longer) bucket. `check_settings` refuses settings no cut can
-work with.
+next window, what is left at a bucket's end the next (longer) bucket. The batches are kept as int64 arrays (all the
+keys, batch after batch, and where each batch starts), also in the plan every rank holds (`EpochPlan`): Python lists
+are made only of the batches asked for. `check_settings` refuses settings no cut can work with.
 """
 
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
-from itertools import chain
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 
 import numpy as np
 
 
-def cut_batches(
-    items: np.ndarray,
-    carry: list[int],
-    out: list[list[int]],
+def cut_epoch(
+    keep: np.ndarray,
+    buckets: np.ndarray,
     sizes: np.ndarray,
     target_lens: np.ndarray | None,
     budget: float,
     max_target_tokens: int | None,
     shuffle_buffer: int,
-) -> list[int]:
-    """Append to `out` the batches of one bucket's `items` (already in the order to use), `carry` in front; `sizes`
+) -> tuple[np.ndarray, np.ndarray]:
+    """An epoch's batches: `keep` (positions in the epoch's visits, in the order to use) sorted by their `buckets`,
+    cut bucket after bucket (ascending cost), each bucket's leftover joining the next. Returns (every batch's
+    positions, batch after batch; each batch's length), int64 arrays."""
+    cuts = BatchCuts()
+    carry = np.zeros(0, dtype=np.int64)
+    for part in np.split(keep, np.flatnonzero(np.diff(buckets)) + 1) if keep.size else []:
+        carry = cut_batches(part, carry, cuts, sizes, target_lens, budget, max_target_tokens, shuffle_buffer)
+    if carry.size:
+        cuts.flat.append(carry)
+        cuts.lens.append(carry.size)
+    return cuts.arrays()
+
+
+def cut_batches(
+    items: np.ndarray,
+    carry: np.ndarray,
+    out: BatchCuts,
+    sizes: np.ndarray,
+    target_lens: np.ndarray | None,
+    budget: float,
+    max_target_tokens: int | None,
+    shuffle_buffer: int,
+) -> np.ndarray:
+    """Add to `out` the batches of one bucket's `items` (already in the order to use), `carry` in front; `sizes`
     and `target_lens` are per position. Returns the bucket's leftover, the last batch, not yet full."""
     cap_t = max_target_tokens if target_lens is not None else None
     window = shuffle_buffer if shuffle_buffer > 0 else max(items.size, 1)
     for start in range(0, max(items.size, 1), window):
-        pool = np.concatenate([np.asarray(carry, dtype=np.int64), items[start : start + window]])
+        pool = np.concatenate([carry, items[start : start + window]])
         if shuffle_buffer > 0:
             pool = pool[np.argsort(sizes[pool], kind="stable")]
-        cur: list[int] = []
-        cur_max, cur_tmax = 0.0, 0
-        for i in pool.tolist():
-            s = sizes[i]
+        # a window's batches are consecutive runs of its pool: only their lengths are found item by item
+        targets = target_lens[pool].tolist() if cap_t is not None else None
+        n, cur_max, cur_tmax = 0, 0.0, 0
+        for j, s in enumerate(sizes[pool].tolist()):
             new_max = s if s > cur_max else cur_max
-            t = int(target_lens[i]) if cap_t is not None else 0
+            t = targets[j] if targets is not None else 0
             new_tmax = t if t > cur_tmax else cur_tmax
-            over = (len(cur) + 1) * new_max > budget or (cap_t is not None and (len(cur) + 1) * new_tmax > cap_t)
-            if cur and over:
-                out.append(cur)
-                cur, new_max, new_tmax = [], s, t
-            cur.append(i)
+            over = (n + 1) * new_max > budget or (cap_t is not None and (n + 1) * new_tmax > cap_t)
+            if n and over:
+                out.lens.append(n)
+                n, new_max, new_tmax = 0, s, t
+            n += 1
             cur_max, cur_tmax = new_max, new_tmax
-        carry = cur
+        out.flat.append(pool[: pool.size - n])
+        carry = pool[pool.size - n :]
     return carry
 
 
-def as_keys(batches: list[list[int]], keys: np.ndarray) -> list[list[int]]:
-    """`batches` of positions in an epoch's visits as the visits' `keys`."""
-    if np.array_equal(keys, np.arange(keys.size)):  # every item visited once, in order: positions are the keys
-        return batches
-    lens = np.fromiter(map(len, batches), dtype=np.int64, count=len(batches))
-    flat = keys[np.fromiter(chain.from_iterable(batches), dtype=np.int64, count=int(lens.sum()))].tolist()
-    ends = np.cumsum(lens).tolist()
-    return [flat[a:b] for a, b in zip([0, *ends[:-1]], ends)]
+@dataclass
+class BatchCuts:
+    """Batches as they are cut: their items (positions in the epoch's visits) batch after batch, in pieces, and
+    their lengths."""
+
+    flat: list[np.ndarray] = field(default_factory=list)
+    lens: list[int] = field(default_factory=list)
+
+    def arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        """(every batch's items, batch after batch; each batch's length), int64."""
+        flat = np.concatenate(self.flat) if self.flat else np.zeros(0, dtype=np.int64)
+        return flat.astype(np.int64, copy=False), np.asarray(self.lens, dtype=np.int64)
+
+
+def reorder(flat: np.ndarray, lens: np.ndarray, order: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The batches of (`flat`, `lens`) in `order`, as (flat, offsets): batch i is flat[offsets[i]:offsets[i + 1]]."""
+    new_lens = lens[order]
+    offsets = np.concatenate([[0], np.cumsum(new_lens)]).astype(np.int64)
+    starts = np.cumsum(lens) - lens
+    gather = np.repeat(starts[order] - offsets[:-1], new_lens) + np.arange(offsets[-1], dtype=np.int64)
+    return flat[gather], offsets
 
 
 @dataclass
 class OrderedBatches:
-    """An epoch's batches in cost order (as visit keys, llmasr.data.visit_keys), per batch its summed and its
-    largest cost, the epoch's filter counts, its items (dataset indices) and those batched, and its generator,
-    positioned where the ranks' grouping goes on drawing from it."""
+    """An epoch's batches in cost order: batch i is keys[offsets[i]:offsets[i + 1]] (visit keys,
+    llmasr.data.visit_keys; both int64 arrays, not lists of Python ints: every rank holds every rank's batches); per
+    batch its summed and its largest cost, the epoch's filter counts, its items (dataset indices) and those batched,
+    and its generator, positioned where the ranks' grouping goes on drawing from it."""
 
-    batches: list[list[int]]
+    keys: np.ndarray
+    offsets: np.ndarray
     cost: np.ndarray
     longest: np.ndarray
     filtered: dict[str, int]
@@ -75,12 +114,35 @@ class OrderedBatches:
     kept: np.ndarray
     rng: np.random.Generator
 
+    def __len__(self) -> int:
+        return self.offsets.size - 1
+
+    def lists(self) -> list[list[int]]:
+        return [self.keys[a:b].tolist() for a, b in zip(self.offsets[:-1].tolist(), self.offsets[1:].tolist())]
+
     def sha1(self) -> str:
         """The batches and their order, hashed: what a saved sampler position counts into (the same at any world
         size)."""
-        sizes = np.fromiter(map(len, self.batches), dtype=np.int64, count=len(self.batches))
-        keys = np.fromiter(chain.from_iterable(self.batches), dtype=np.int64, count=int(sizes.sum()))
-        return hashlib.sha1(sizes.tobytes() + keys.tobytes()).hexdigest()
+        return hashlib.sha1(np.diff(self.offsets).tobytes() + self.keys.tobytes()).hexdigest()
+
+
+@dataclass(frozen=True, eq=False)
+class EpochPlan:
+    """An epoch's batches as the ranks take them: at step s rank r trains batch groups[s, r] (a position in cost
+    order; a padding duplicate repeats one), and batch p is keys[offsets[p]:offsets[p + 1]]. Int64 arrays: every
+    rank holds the plan of every rank, and lists are made only of the batches asked for."""
+
+    keys: np.ndarray
+    offsets: np.ndarray
+    groups: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.groups)
+
+    def rank_batches(self, rank: int, start: int = 0) -> Iterator[list[int]]:
+        """The batches `rank` trains from step `start` on, each a list of visit keys."""
+        for p in self.groups[start:, rank].tolist():
+            yield self.keys[self.offsets[p] : self.offsets[p + 1]].tolist()
 
 
 def check_position(state: dict, planned: int, sha1: str) -> None:

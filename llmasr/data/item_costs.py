@@ -13,7 +13,6 @@ draws let it.
 from __future__ import annotations
 
 from collections.abc import Callable
-from itertools import chain
 
 import numpy as np
 
@@ -85,9 +84,8 @@ def quantile_buckets(sizes: np.ndarray, kept: np.ndarray, num_buckets: int) -> n
     return np.searchsorted(boundaries, sizes, side="right").astype(np.int64)
 
 
-def per_batch(batches: list[list[int]], values: np.ndarray, ufunc: np.ufunc) -> np.ndarray:
-    """`ufunc` reduced over each batch's items' `values` (batches are never empty), one number a batch."""
-    lens = np.fromiter(map(len, batches), dtype=np.int64, count=len(batches))
-    flat = np.fromiter(chain.from_iterable(batches), dtype=np.int64, count=int(lens.sum()))
+def per_batch(flat: np.ndarray, lens: np.ndarray, values: np.ndarray, ufunc: np.ufunc) -> np.ndarray:
+    """`ufunc` reduced over each batch's items' `values`, one number a batch: the batches' items (positions into
+    `values`) are `flat`, batch after batch, `lens` long each (never 0)."""
     starts = np.cumsum(lens) - lens
-    return ufunc.reduceat(values[flat], starts) if len(batches) else np.zeros(0, dtype=values.dtype)
+    return ufunc.reduceat(values[flat], starts) if lens.size else np.zeros(0, dtype=values.dtype)

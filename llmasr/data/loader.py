@@ -13,9 +13,10 @@ starts. What the batching filters skip (max_duration, min_duration, ...) is logg
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 import torch
@@ -140,10 +141,10 @@ def _fit_longest(durations, min_item, max_seconds, max_frames, frame_seconds: fl
     return None, max(int(max_frames), math.ceil(longest / frame_seconds - 1e-9))
 
 
-def find_fallback(dataset: SpeechDataset, candidates: Sequence[int]):
+def find_fallback(dataset: SpeechDataset, candidates: Iterable[int]):
     """First good item among `candidates`; raises TooMuchBadData if none of the first FALLBACK_TRIES is good."""
     reasons = []
-    for i in list(candidates)[:FALLBACK_TRIES]:
+    for i in itertools.islice(candidates, FALLBACK_TRIES):
         item = dataset[int(i)]
         if not isinstance(item, BadItem):
             return item
@@ -271,7 +272,7 @@ def build_dataloader(
         log.warning("%s", hazard)
     sampler.add_epoch_listener(dataset.set_epoch)
     sampler.set_epoch(epoch)
-    candidates = [i for batch in sampler.batches() for i in batch]
+    candidates = itertools.chain.from_iterable(sampler.iter_batches())  # not every batch as lists: the first few
     fallback = find_fallback(dataset, candidates)
     collator = Collator(prompt_builder.pad_id, with_ctc=ctc_tokenizer is not None, fallback=fallback)
     loader = _speech_loader(dataset, sampler, collator, data_cfg, tracker, window)

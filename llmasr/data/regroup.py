@@ -22,63 +22,47 @@ import numpy as np
 
 
 def group_positions(
-    positions: Sequence[int],
+    positions: Sequence[int] | np.ndarray,
     world_size: int,
     rng: np.random.Generator,
     *,
     drop_last: bool,
     shuffle: bool,
     random_drop: bool = True,
-) -> tuple[list[list[int]], int]:
-    """Groups of `world_size` consecutive positions (batches of similar cost run at the same step), and the number
-    of padding duplicates. The last group is padded with its own batches; with drop_last the batches left over are
-    dropped instead, drawn at random when shuffling (the last in cost order are the longest utterances: the same
-    ones would never be trained; `random_drop` False: those last ones, as a plan saved before did)."""
-    positions = list(positions)
-    left_over = len(positions) % world_size
+) -> tuple[np.ndarray, int]:
+    """Groups of `world_size` consecutive positions (batches of similar cost run at the same step), as the rows of
+    an int64 array, and the number of padding duplicates. The last group is padded with its own batches; with
+    drop_last the batches left over are dropped instead, drawn at random when shuffling (the last in cost order are
+    the longest utterances: the same ones would never be trained; `random_drop` False: those last ones, as a plan
+    saved before did)."""
+    positions = np.asarray(positions, dtype=np.int64)
+    left_over = positions.size % world_size
     if drop_last and left_over and shuffle and random_drop:
-        out = set(rng.choice(len(positions), size=left_over, replace=False).tolist())
-        positions = [p for i, p in enumerate(positions) if i not in out]
-    groups = [positions[i : i + world_size] for i in range(0, len(positions), world_size)]
+        out = rng.choice(positions.size, size=left_over, replace=False)
+        positions = np.delete(positions, out)
+    full = positions.size // world_size * world_size
+    groups, last = positions[:full].reshape(-1, world_size), positions[full:]
     padding = 0
-    if groups and len(groups[-1]) < world_size:
-        if drop_last:
-            groups.pop()
-        else:
-            last = groups[-1]
-            padding = world_size - len(last)
-            last.extend(last[j % len(last)] for j in range(padding))
-    if shuffle and groups:
-        perm = rng.permutation(len(groups))
-        groups = [groups[i] for i in perm]
+    if last.size and not drop_last:
+        padding = world_size - last.size
+        groups = np.concatenate([groups, np.resize(last, world_size)[None]])  # cycles through its own batches
+    if shuffle and len(groups):
+        groups = groups[rng.permutation(len(groups))]
     return groups, padding
 
 
-def repeated_steps(groups: list[list], rank: int) -> frozenset[int]:
-    """The steps at which `rank` yields a padding duplicate: a batch (the same object) that an earlier step or a
-    lower rank of the same step also yields. Counting every step except these counts each batch once."""
-    seen: set[int] = set()
-    steps = set()
-    for step, group in enumerate(groups):
-        for g_rank, batch in enumerate(group):
-            if id(batch) in seen:
-                if g_rank == rank:
-                    steps.add(step)
-            else:
-                seen.add(id(batch))
-    return frozenset(steps)
+def repeated_steps(groups: np.ndarray, rank: int) -> frozenset[int]:
+    """The steps at which `rank` yields a padding duplicate: a batch (position) that an earlier step or a lower
+    rank of the same step also yields. Counting every step except these counts each batch once."""
+    first = np.zeros(groups.size, dtype=bool)
+    first[np.unique(groups, return_index=True)[1]] = True  # row-major: by step, then rank
+    return frozenset(np.flatnonzero(~first.reshape(groups.shape)[:, rank]).tolist())
 
 
-def remaining_positions(groups: list[list[int]], done: int) -> list[int]:
+def remaining_positions(groups: np.ndarray, done: int) -> np.ndarray:
     """Positions in groups[done:] that no group before `done` holds (padding duplicates count as trained), in
     cost order."""
-    trained = {p for g in groups[:done] for p in g}
-    return sorted({p for g in groups[done:] for p in g} - trained)
-
-
-def split_groups(groups: list[list[int]], world_size: int) -> list[list[int]]:
-    """Each group cut into consecutive groups of `world_size` (which divides their size), order kept."""
-    return [g[i : i + world_size] for g in groups for i in range(0, len(g), world_size)]
+    return np.setdiff1d(groups[done:], groups[:done])
 
 
 def keeps_order(old_world_size: int, world_size: int) -> bool:
@@ -87,17 +71,16 @@ def keeps_order(old_world_size: int, world_size: int) -> bool:
 
 
 def continue_at(
-    groups: list[list[int]], done: int, world_size: int, rng: np.random.Generator, grouping: dict
-) -> tuple[list[list[int]], int]:
+    groups: np.ndarray, done: int, world_size: int, rng: np.random.Generator, grouping: dict
+) -> tuple[np.ndarray, int]:
     """The groups (and padding count) that finish an epoch at `world_size` after `done` steps of `groups`.
 
     When the new world size divides the old, the remaining groups are split in order: a step of the old plan becomes
     several steps of the new one, so with the accumulation scaled by the same factor every update trains exactly
     the batches it would have trained at the old world size. Otherwise the untrained batches are dealt afresh."""
-    if keeps_order(len(groups[0]), world_size):
-        rest = split_groups(groups[done:], world_size)
-        trained = {p for g in groups[:done] for p in g}
-        padding = sum(len(g) for g in rest) - len({p for g in rest for p in g} - trained)
+    if keeps_order(groups.shape[1], world_size):
+        rest = groups[done:].reshape(-1, world_size)  # each old group cut into consecutive new ones
+        padding = rest.size - np.setdiff1d(rest, groups[:done]).size
         return rest, padding
     return group_positions(remaining_positions(groups, done), world_size, rng, **grouping)
 
@@ -110,18 +93,18 @@ def replay_history(
     seed: int,
     epoch: int,
     grouping: dict,
-) -> tuple[list[list[int]], int, int]:
-    """The epoch's groups (of positions) at `world_size` after the segments in `history`, their padding count, and
-    how many batches drop_last left out over all the segments. `rng` is the epoch's generator (it deals the epoch's
-    first segment); each later segment gets its own."""
+) -> tuple[np.ndarray, int, int]:
+    """The epoch's groups (of positions; steps x ranks) at `world_size` after the segments in `history`, their
+    padding count, and how many batches drop_last left out over all the segments. `rng` is the epoch's generator (it
+    deals the epoch's first segment); each later segment gets its own."""
     sizes = [ws for ws, _ in history] + [world_size]
-    groups, padding = group_positions(range(n_batches), sizes[0], rng, **grouping)
-    dropped = n_batches - len({p for g in groups for p in g})
+    groups, padding = group_positions(np.arange(n_batches, dtype=np.int64), sizes[0], rng, **grouping)
+    dropped = n_batches - np.unique(groups).size
     for i, (_, done) in enumerate(history, start=1):
         if not 0 <= done <= len(groups):
             raise ValueError(f"resume history {list(history)}: step {done} is outside a plan of {len(groups)} steps")
-        if groups:
+        if len(groups):
             left = remaining_positions(groups, done)
             groups, padding = continue_at(groups, done, sizes[i], np.random.default_rng([seed, epoch, i]), grouping)
-            dropped += len(set(left) - {p for g in groups for p in g})
-    return groups, padding, dropped
+            dropped += np.setdiff1d(left, groups).size
+    return groups.reshape(-1, world_size), padding, int(dropped)  # no groups left: none of any world size

@@ -42,7 +42,7 @@ from collections.abc import Callable, Iterator
 import numpy as np
 from torch.utils.data import Sampler
 
-from llmasr.data.batch_cut import OrderedBatches, as_keys, check_position, check_settings, cut_batches
+from llmasr.data.batch_cut import EpochPlan, OrderedBatches, check_position, check_settings, cut_epoch, reorder
 from llmasr.data.item_costs import EpochCostFn, ItemCosts, per_batch, quantile_buckets
 from llmasr.data.regroup import repeated_steps, replay_history
 from llmasr.data.visit_keys import visit_keys
@@ -126,7 +126,7 @@ class DynamicBucketSampler(Sampler):
         self._sort_items(min_item_seconds, cost_scale, cost_pad, epoch_costs, skip)
 
         self.epoch = 0
-        self._plan_cache: tuple[tuple, list[list[list[int]]], dict, str] | None = None
+        self._plan_cache: tuple[tuple, EpochPlan, dict, str] | None = None
         self._yielded = 0
         self._resume: tuple[int, int] | None = None
         # (epoch, ((world_size, batches done), ...)): the epoch ran partly at other world sizes before a resume
@@ -209,20 +209,17 @@ class DynamicBucketSampler(Sampler):
         order = np.argsort(buckets, kind="stable")
         keep, buckets = keep[order], buckets[order]
         tl, budget = (self.target_lens[items] if self.target_lens is not None else None), self.budget
-        batches: list[list[int]] = []
-        edges = np.flatnonzero(np.diff(buckets)) + 1
-        carry: list[int] = []
-        for part in np.split(keep, edges) if keep.size else []:  # buckets in ascending duration
-            carry = cut_batches(part, carry, batches, sizes, tl, budget, self.max_target_tokens, self.shuffle_buffer)
-        if carry:
-            batches.append(carry)
+        flat, lens = cut_epoch(keep, buckets, sizes, tl, budget, self.max_target_tokens, self.shuffle_buffer)
         # Order by (bucket, longest item) so that consecutive batches, which run at the same step on different
         # ranks, cost about the same.
-        longest = per_batch(batches, sizes, np.maximum)
-        order = np.lexsort((longest, per_batch(batches, bucket_of, np.maximum)))
+        longest = per_batch(flat, lens, sizes, np.maximum)
+        order = np.lexsort((longest, per_batch(flat, lens, bucket_of, np.maximum)))
+        cost = per_batch(flat, lens, sizes, np.add)
+        flat, offsets = reorder(flat, lens, order)
         return OrderedBatches(
-            batches=as_keys([batches[i] for i in order], keys),
-            cost=per_batch(batches, sizes, np.add)[order],
+            keys=keys[flat],
+            offsets=offsets,
+            cost=cost[order],
             longest=longest[order],
             filtered=filtered,
             items=items,
@@ -230,9 +227,9 @@ class DynamicBucketSampler(Sampler):
             rng=rng,
         )
 
-    def _plan(self, epoch: int) -> tuple[list[list[list[int]]], dict]:
-        """Groups of world_size batches for `epoch` (same on every rank), and the epoch's stats. After a resume
-        at another world size the epoch's plan is its untrained remainder (see llmasr.data.regroup)."""
+    def _plan(self, epoch: int) -> tuple[EpochPlan, dict]:
+        """The ranks' batches for `epoch` (same on every rank), and the epoch's stats. After a resume at another
+        world size the epoch's plan is its untrained remainder (see llmasr.data.regroup)."""
         history = self._history(epoch)
         grouping = self._grouping(epoch)
         key = (epoch, history, grouping["random_drop"])
@@ -240,11 +237,11 @@ class DynamicBucketSampler(Sampler):
             return self._plan_cache[1], self._plan_cache[2]
         o = self._ordered_batches(epoch)
         positions, padding, dropped = replay_history(
-            len(o.batches), history, self.world_size, o.rng, self.seed, epoch, grouping
+            len(o), history, self.world_size, o.rng, self.seed, epoch, grouping
         )
-        groups = [[o.batches[p] for p in g] for g in positions]
-        dealt = np.asarray([p for g in positions for p in g], dtype=np.int64)
-        lens = np.fromiter(map(len, o.batches), dtype=np.int64, count=len(o.batches))[dealt]
+        plan = EpochPlan(o.keys, o.offsets, positions)
+        dealt = positions.ravel()
+        lens = np.diff(o.offsets)[dealt]
         n_items = int(lens.sum())
         real = float(o.cost[dealt].sum())
         padded = float((lens * o.longest[dealt]).sum())
@@ -255,10 +252,10 @@ class DynamicBucketSampler(Sampler):
             "dropped_batches": dropped,  # drop_last's left-over batches (their items are not trained this epoch)
             "filtered": o.filtered,
             "truncated": int(self.truncated_mask[o.kept].sum()),  # of the clips batched: one this epoch skips is not
-            "num_batches_global": len(o.batches),
-            "num_batches_per_rank": len(groups),
+            "num_batches_global": len(o),
+            "num_batches_per_rank": len(plan),
             "num_padding_batches": padding,
-            "mean_batch_size": n_items / max(1, len(groups) * self.world_size),
+            "mean_batch_size": n_items / max(1, len(plan) * self.world_size),
             "padding_efficiency": real / padded if padded > 0 else 1.0,
         }
         filtered = o.filtered
@@ -268,8 +265,8 @@ class DynamicBucketSampler(Sampler):
             if dropped:
                 log.info("epoch %d: data.batching.drop_last left out %d batch(es) over the world size %d, drawn at "
                          "random", epoch, dropped, self.world_size)  # fmt: skip
-        self._plan_cache = (key, groups, stats, o.sha1())
-        return groups, stats
+        self._plan_cache = (key, plan, stats, o.sha1())
+        return plan, stats
 
     def _sha1(self, epoch: int) -> str:
         """OrderedBatches.sha1 of `epoch` (kept with its plan)."""
@@ -294,8 +291,8 @@ class DynamicBucketSampler(Sampler):
 
     def duplicate_steps(self, epoch: int | None = None, rank: int | None = None) -> frozenset[int]:
         """Steps of a full epoch at which `rank` only repeats a batch to keep the ranks in step (see regroup)."""
-        groups, _ = self._plan(self.epoch if epoch is None else epoch)
-        return repeated_steps(groups, self.rank if rank is None else rank)
+        plan, _ = self._plan(self.epoch if epoch is None else epoch)
+        return repeated_steps(plan.groups, self.rank if rank is None else rank)
 
     def stats(self, epoch: int | None = None) -> dict:
         """Counts for an epoch (all ranks together): batches, mean batch size, padding efficiency, filters."""
@@ -303,9 +300,12 @@ class DynamicBucketSampler(Sampler):
 
     def batches(self, epoch: int | None = None, rank: int | None = None) -> list[list[int]]:
         """All batches `rank` yields in `epoch` (a full epoch, ignoring any resume position)."""
-        groups, _ = self._plan(self.epoch if epoch is None else epoch)
-        r = self.rank if rank is None else rank
-        return [g[r] for g in groups]
+        return list(self.iter_batches(epoch, rank))
+
+    def iter_batches(self, epoch: int | None = None, rank: int | None = None) -> Iterator[list[int]]:
+        """batches(), made one batch at a time."""
+        plan, _ = self._plan(self.epoch if epoch is None else epoch)
+        return plan.rank_batches(self.rank if rank is None else rank)
 
     def __len__(self) -> int:
         return len(self._plan(self.epoch)[0])
@@ -317,12 +317,12 @@ class DynamicBucketSampler(Sampler):
             skip = self._resume[1]
         else:
             self._segment = None  # a fresh pass deals the whole epoch at this world size
-        groups, _ = self._plan(epoch)
+        plan, _ = self._plan(epoch)
         self._resume = None
         self._yielded = skip
-        for g in groups[skip:]:
+        for batch in plan.rank_batches(self.rank, skip):
             self._yielded += 1
-            yield list(g[self.rank])
+            yield batch
 
     @property
     def remainder_pass(self) -> bool:
@@ -388,7 +388,7 @@ class DynamicBucketSampler(Sampler):
         if world_size == self.world_size:
             return self._plan(epoch)
         o = self._ordered_batches(epoch)
-        return replay_history(len(o.batches), history, world_size, o.rng, self.seed, epoch, self._grouping(epoch))
+        return replay_history(len(o), history, world_size, o.rng, self.seed, epoch, self._grouping(epoch))
 
     def _grouping(self, epoch: int) -> dict:
         """How `epoch`'s batches are grouped (regroup.group_positions): drop_last's left-over batches drawn at

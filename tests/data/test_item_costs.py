@@ -66,7 +66,7 @@ def test_quantile_buckets_and_per_batch_reductions():
     buckets = quantile_buckets(sizes, np.arange(10), 2)
     assert buckets.tolist() == [0] * 5 + [1] * 5
     assert quantile_buckets(sizes, np.arange(0), 4).tolist() == [0] * 10  # nothing kept: one bucket
-    batches = [[3, 1], [0], [9, 8, 7]]
-    assert per_batch(batches, sizes, np.maximum).tolist() == [3.0, 0.0, 9.0]
-    assert per_batch(batches, sizes, np.add).tolist() == [4.0, 0.0, 24.0]
-    assert per_batch([], sizes, np.add).size == 0
+    flat, lens = np.array([3, 1, 0, 9, 8, 7]), np.array([2, 1, 3])  # batches [3, 1], [0], [9, 8, 7]
+    assert per_batch(flat, lens, sizes, np.maximum).tolist() == [3.0, 0.0, 9.0]
+    assert per_batch(flat, lens, sizes, np.add).tolist() == [4.0, 0.0, 24.0]
+    assert per_batch(flat[:0], lens[:0], sizes, np.add).size == 0
