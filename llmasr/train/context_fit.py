@@ -20,13 +20,16 @@ log = logging.getLogger("llmasr.train")
 def heard_seconds(durations, data_cfg, frontend, *, train: bool) -> np.ndarray:
     """The longest audio each line is heard as (NaN for lines batching leaves out): its duration, cut at
     data.batching.max_duration under truncate_to_max, lengthened by the slowest speed factor and the pauses
-    augmentation may add (training only)."""
+    augmentation may add (training only); under a Whisper frontend, as far as its window holds (the augmenter
+    slows and pads a clip that far; AugmentConfig.cost counts it unstretched, as the window costs a batch)."""
     b = data_cfg.batching
     limit = longest_kept(b, frontend)
     d = np.asarray(durations, dtype=np.float64)
     d = np.minimum(d, limit) if b.truncate_to_max else np.where(d <= limit, d, np.nan)
-    scale, pad = data_cfg.augment.cost(frontend) if train else (1.0, 0.0)
-    return d * scale + pad
+    if not train:
+        return d
+    heard = d * data_cfg.augment.stretch + data_cfg.augment.silence.max_seconds
+    return np.minimum(heard, frontend.chunk_seconds) if frontend.kind == "whisper" else heard
 
 
 def text_tokens(manifest, prompt, lines: np.ndarray, room: np.ndarray) -> np.ndarray:
