@@ -59,3 +59,33 @@ def test_a_whisper_clip_is_not_counted_past_its_window(tmp_path):
     """Slowed, a 1.9 s clip would pass the 2 s window: the augmenter slows it only to the window, so it counts so."""
     recipe, loaders, _, _ = whisper_run(tmp_path, 1.9, context_at=2.0)
     check_context_fit(build_model(recipe.model, weights="meta"), recipe, loaders)
+
+
+@pytest.mark.parametrize("split", ["train", "valid"])
+def test_a_line_s_own_biasing_list_counts_with_its_prompt(tmp_path, split):
+    """Validation, and training without drawn lists (data.hotwords), render a line's own `hotwords` into its
+    prompt: the check had counted the prompt without them, and passed a line the list took past the context."""
+    from llmasr.testing.tiny_corpus import tiny_recipe_dict, write_tiny_corpus
+
+    manifest = write_tiny_corpus(tmp_path / "corpus", n=2)
+    lines = [json.loads(line) for line in manifest.read_text().splitlines()]
+    lines[0]["hotwords"] = ["alpha beta gamma delta", "epsilon zeta eta theta"]
+    manifest.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    probe = build_model(tiny_recipe_dict(write_tiny_llm_dir(tmp_path / "llm0"), train=[manifest],
+                                         output_dir=tmp_path / "run")["model"], weights="meta")  # fmt: skip
+    text = len(probe.prompt.encode(lines[0]["target"], hotwords=lines[0]["hotwords"]).ids)
+    audio = audio_tokens(probe, lines[0]["duration"])
+    llm = write_tiny_llm_dir(tmp_path / "llm", max_position_embeddings=text + audio - 1)
+    other = write_tiny_corpus(tmp_path / "other", n=2, seed=1)
+    train, valid = (manifest, other) if split == "train" else (other, manifest)
+    data = tiny_recipe_dict(llm, train=[train], valid=[valid], output_dir=tmp_path / "run", max_seconds=20.0)
+    recipe = load_recipe(data=data)
+    loaders = build_loaders(recipe, text_side(recipe.model), rank=0, world_size=1)
+    item = loaders[0 if split == "train" else 2].dataset[0]
+    assert item["hotwords"] == lines[0]["hotwords"] and len(item["text_ids"]) == text  # what the LLM reads
+    with pytest.raises(ContextError) as err:
+        check_context_fit(build_model(recipe.model, weights="meta"), recipe, loaders)
+    assert str(err.value).startswith(f"data.{split}: 1 utterance(s) do not fit the LLM's context of {text + audio - 1}")
+    assert f"{manifest}:1, is heard as" in str(err.value) and f"{audio} audio tokens, beside {text} prompt" in str(
+        err.value
+    )
