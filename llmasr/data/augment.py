@@ -216,6 +216,7 @@ class Augmenter:
         self.frontend = frontend
         self.lfr_m = frontend.lfr_m if frontend.kind == "fbank" else 1
         self._noise: list[str] | None = None
+        self._bad_noise: set[str] = set()  # noise files that failed to read
 
     @property
     def enabled(self) -> bool:
@@ -276,25 +277,30 @@ class Augmenter:
 
         if self._noise is None:
             self._noise = read_noise_list(self.cfg.noise.manifest)
-        if not self._noise:
-            return x
-        path = self._noise[int(rng.integers(len(self._noise)))]
-        snr = rng.uniform(self.cfg.noise.snr_db[0], self.cfg.noise.snr_db[1])
-        offset_u = rng.random()
-        n = x.shape[0]
-        try:
-            total = probe_duration(path)
-            need = n / sr
-            start = offset_u * max(0.0, total - need)
-            noise = load_audio(path, sample_rate=sr, start=start, end=start + need if total > need else None)
-        except AudioError as err:
-            # left out, so that the clips after this one still get noise at the configured prob, and each bad file
-            # is named once (start-up checked that every file exists, not that it decodes)
-            self._noise = [p for p in self._noise if p != path]
-            log.warning("noise augmentation skipped, the file left out of the noise list (%d files left%s): %s",
-                        len(set(self._noise)), "" if self._noise else ": noise augmentation is off", err)  # fmt: skip
-            return x
-        return mix_at_snr(x, noise, snr, speech)
+        files = len(set(self._noise))
+        # A file that fails to read is drawn past (start-up checked that every file exists, not that it decodes),
+        # and named once. Every draw takes the same numbers from `rng` whether this worker knew the file was bad
+        # or learns it now, so a clip's noise depends on its own draw only (any worker count repeats it).
+        while len(self._bad_noise) < files:
+            path = self._noise[int(rng.integers(len(self._noise)))]
+            snr = rng.uniform(self.cfg.noise.snr_db[0], self.cfg.noise.snr_db[1])
+            offset_u = rng.random()
+            if path in self._bad_noise:
+                continue
+            n = x.shape[0]
+            try:
+                total = probe_duration(path)
+                need = n / sr
+                start = offset_u * max(0.0, total - need)
+                noise = load_audio(path, sample_rate=sr, start=start, end=start + need if total > need else None)
+            except AudioError as err:
+                self._bad_noise.add(path)
+                left = files - len(self._bad_noise)
+                log.warning("noise augmentation: a file left out of the noise list (%d files left%s): %s", left,
+                            "" if left else ": noise augmentation is off", err)  # fmt: skip
+                continue
+            return mix_at_snr(x, noise, snr, speech)
+        return x
 
     # ----------------------------------------------------------------------------------------------- SpecAugment
     def spec(self, feats: np.ndarray, rng: np.random.Generator) -> np.ndarray:

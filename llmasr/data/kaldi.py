@@ -152,7 +152,8 @@ def kaldi_to_jsonl(
 def _fill_durations(records: list[dict], table: dict, utt2dur: Path) -> int:
     """Give the records without a duration theirs from utt2dur (the utterance's seconds, a segment's too); returns
     how many it gave. A value that is not a positive number is refused with its line: a table this wrong is not one
-    to take durations from."""
+    to take durations from. A segment running to its recording's end keeps none from a negative value: Kaldi's
+    get_utt2dur.sh writes end - start from segments, -1 - start for it."""
     found = 0
     for r in records:
         if "duration" in r or r["key"] not in table:
@@ -162,6 +163,8 @@ def _fill_durations(records: list[dict], table: dict, utt2dur: Path) -> int:
             seconds = float(value)
         except ValueError:
             seconds = math.nan
+        if "end" not in r and "start" in r and seconds < 0:
+            continue  # a segment to its recording's end (end -1): get_utt2dur.sh wrote -1 - start, no duration
         if not (math.isfinite(seconds) and seconds > 0):
             raise KaldiError(f"{utt2dur}:{lineno}: {r['key']}: expected '<key> <seconds>' with seconds > 0, got "
                              f"{value!r}")  # fmt: skip

@@ -20,18 +20,22 @@ log = logging.getLogger("llmasr.train")
 def heard_seconds(durations, data_cfg, frontend, *, train: bool) -> np.ndarray:
     """The longest audio each line is heard as (NaN for lines batching leaves out): its duration, cut at
     data.batching.max_duration under truncate_to_max, lengthened by the slowest speed factor and the pauses
-    augmentation may add (training only)."""
+    augmentation may add (training only); under a Whisper frontend, as far as its window holds (the augmenter
+    slows and pads a clip that far; AugmentConfig.cost counts it unstretched, as the window costs a batch)."""
     b = data_cfg.batching
     limit = longest_kept(b, frontend)
     d = np.asarray(durations, dtype=np.float64)
     d = np.minimum(d, limit) if b.truncate_to_max else np.where(d <= limit, d, np.nan)
-    scale, pad = data_cfg.augment.cost(frontend) if train else (1.0, 0.0)
-    return d * scale + pad
+    if not train:
+        return d
+    heard = d * data_cfg.augment.stretch + data_cfg.augment.silence.max_seconds
+    return np.minimum(heard, frontend.chunk_seconds) if frontend.kind == "whisper" else heard
 
 
-def text_tokens(manifest, prompt, lines: np.ndarray, room: np.ndarray) -> np.ndarray:
+def text_tokens(manifest, prompt, lines: np.ndarray, room: np.ndarray, *, own_lists: bool = False) -> np.ndarray:
     """Prompt and transcript tokens of each of `lines`, encoded only where the transcript's UTF-8 bytes (a token
-    count no tokenizer passes by more than one) could pass `room`; elsewhere that bound, which fits."""
+    count no tokenizer passes by more than one) could pass `room`; elsewhere that bound, which fits. `own_lists`: the
+    prompt renders each line's own biasing list (its manifest `hotwords`), as the dataset does without drawn lists."""
     out = np.zeros(len(lines), dtype=np.int64)
     for j, i in enumerate(lines.tolist()):
         try:
@@ -42,21 +46,25 @@ def text_tokens(manifest, prompt, lines: np.ndarray, room: np.ndarray) -> np.nda
             continue
         task = utt.prompt if isinstance(getattr(utt, "prompt", None), str) and utt.prompt.strip() else None
         system = getattr(utt, "system", None)
+        lists = [str(h) for h in getattr(utt, "hotwords", None) or ()] if own_lists else []
         bound = len(prompt.encode(None, task=task, system=system).ids) + len(utt.target.strip().encode()) + 2
+        if lists:  # at most its text's bytes and a token at each seam (the cap only drops phrases)
+            bound += len(prompt.hotwords_text(lists).encode()) + 2
         if bound <= room[j]:
             out[j] = bound
             continue
         try:
-            out[j] = len(prompt.encode(utt.target, task=task, system=system).ids)
+            out[j] = len(prompt.encode(utt.target, task=task, hotwords=lists or None, system=system).ids)
         except ValueError:  # past the context on its own: the dataset counts it as bad data
             continue
     return out
 
 
 def hotword_bound(prompt, hotwords_cfg) -> int | None:
-    """The most tokens a training utterance's biasing list adds to its prompt: hotwords_max_tokens of phrases, the
-    template around them and a token at each seam; 0 without lists, None where no cap bounds them."""
-    if not hotwords_cfg.enable:
+    """The most tokens a training utterance's drawn biasing list adds to its prompt: hotwords_max_tokens of phrases,
+    the template around them and a token at each seam; 0 without drawn lists (a line's own list is counted with its
+    line), None where no cap bounds them."""
+    if not hotwords_cfg.samples:
         return 0
     if prompt.hotwords_max_tokens is None:
         return None
@@ -67,7 +75,8 @@ def hotword_bound(prompt, hotwords_cfg) -> int | None:
 def check_context_fit(model, recipe, loaders) -> None:
     """ContextError when an utterance of the training or validation manifests (as batching keeps them) does not fit
     the LLM's context with its audio tokens; `loaders`: the run plan's (train loader, sampler, valid loader).
-    Training's biasing lists count at their cap (model.prompt.hotwords_max_tokens)."""
+    Training's drawn biasing lists count at their cap (model.prompt.hotwords_max_tokens); a line's own list, which
+    validation (and training without drawn lists) renders, counts as its prompt renders it."""
     found = model_context(model)
     if found is None:
         return
@@ -88,9 +97,10 @@ def check_context_fit(model, recipe, loaders) -> None:
             lines = np.intersect1d(lines, loader.batch_sampler.base_indices)
         if not lines.size:
             continue
-        extra = lists if name == "data.train" else 0  # validation's lists are its manifest's own: not counted
+        extra = lists if name == "data.train" else 0  # validation renders each line's own list: counted with it
         room = found[0] - audio_tokens(model, seconds[lines]) - extra
-        tokens = text_tokens(manifest, model.prompt, lines, room) + extra
+        own = name == "data.valid" or not recipe.data.hotwords.samples
+        tokens = text_tokens(manifest, model.prompt, lines, room, own_lists=own) + extra
 
         def named(j: int, lines=lines, manifest=manifest) -> str:
             return "{}:{}".format(*where(manifest, int(lines[j])))

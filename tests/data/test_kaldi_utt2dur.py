@@ -63,3 +63,23 @@ def test_a_key_repeated_in_utt2dur_is_reported(tmp_path):
     counts = kaldi_to_jsonl(d / "wav.scp", d / "text", tmp_path / "o.jsonl", utt2dur=d / "utt2dur")
     assert counts["duplicate_keys"] == 1 and "utt2dur key 'u0' repeated" in str(counts["problems"])
     assert [json.loads(line)["duration"] for line in (tmp_path / "o.jsonl").read_text().splitlines()] == [1.0, 1.1]
+
+
+def test_utt2dur_that_get_utt2dur_wrote_from_segments_ending_at_minus_one_converts(tmp_path, capsys):
+    """Kaldi's utils/data/get_utt2dur.sh writes end - start from segments: -1 - start for a segment that runs to its
+    recording's end. That segment is written without a duration (training probes it), the directory converts (the
+    whole conversion had been refused)."""
+    d = kaldi_dir(tmp_path, n=2)
+    (d / "segments").write_text("s0 u0 0.0 0.5\ns1 u1 0.2 -1\n")
+    (d / "text").write_text("s0 a\ns1 b\n")
+    (d / "utt2dur").write_text("s0 0.5\ns1 -1.2\n")  # awk '{len=$4-$3; print $1, len;}' segments
+    out = tmp_path / "o.jsonl"
+    assert main([str(d), str(out)]) == 0
+    assert '"durations_unknown": 1' in capsys.readouterr().out
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [(r["key"], r.get("duration")) for r in lines] == [("s0", 0.5), ("s1", None)]
+    m = Manifest.open(out)
+    assert m.fill_durations() == [] and m.durations()[1] == pytest.approx(0.9)
+    (d / "utt2dur").write_text("s0 0.5\ns1 abc\n")  # not a number: still refused with its line
+    with pytest.raises(KaldiError, match=r"utt2dur:2: s1: expected"):
+        kaldi_to_jsonl(d / "wav.scp", d / "text", out, segments=d / "segments", utt2dur=d / "utt2dur")

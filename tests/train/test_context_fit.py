@@ -1,0 +1,91 @@
+"""llmasr.train.context_fit: the audio tokens counted against the LLM's context are those of the clip training hears,
+augmented as far as it can be."""
+
+import json
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from llmasr.models.builder import build_model
+from llmasr.models.context import ContextError, audio_tokens
+from llmasr.recipe import load_recipe
+from llmasr.testing.tiny_llm import write_tiny_llm_dir
+from llmasr.testing.tiny_recipe import tiny_model_section
+from llmasr.testing.tiny_whisper import write_tiny_whisper_dir
+from llmasr.train.context_fit import check_context_fit
+from llmasr.train.resolve import build_loaders, text_side
+
+
+def whisper_run(root, seconds: float, context_at: float):
+    """(recipe, loaders, audio tokens of the slowed clip, text tokens): a tiny Whisper (2 s window) whose LLM's context
+    holds the prompt, transcript and `context_at` seconds of audio; one clip of `seconds`, slowed by 0.75."""
+    sf.write(root / "a.wav", (0.1 * np.random.default_rng(0).standard_normal(int(seconds * 16000))).astype(np.float32),
+             16000)  # fmt: skip
+    line = {"key": "a", "source": str(root / "a.wav"), "target": "one two", "duration": seconds}
+    (root / "m.jsonl").write_text(json.dumps(line) + "\n")
+    section = tiny_model_section(write_tiny_llm_dir(root / "llm0"), lora=False)
+    section["encoder"] = {"type": "whisper", "path": str(write_tiny_whisper_dir(root / "whisper"))}
+    probe = build_model(section, weights="meta")
+    text = len(probe.prompt.encode("one two").ids)
+    context = text + audio_tokens(probe, context_at)
+    section["llm"]["path"] = str(write_tiny_llm_dir(root / "llm", max_position_embeddings=context))
+    data = {"model": section, "data": {"train": [str(root / "m.jsonl")], "num_workers": 0, "pin_memory": False,
+            "batching": {"max_seconds": 3.0, "max_duration": 2.0},
+            "augment": {"speed_perturb": {"enable": True, "factors": [0.75]}}},
+            "train": {"output_dir": str(root / "run"), "precision": "fp32"}}  # fmt: skip
+    recipe = load_recipe(data=data)
+    return recipe, build_loaders(recipe, text_side(recipe.model), rank=0, world_size=1), context, text
+
+
+def test_a_whisper_clip_counts_as_slowed_as_the_augmenter_slows_it(tmp_path):
+    """A Whisper frontend's batch cost leaves speed perturbation out (every clip costs the window); the augmenter
+    still slows a clip as far as the window holds it, and the encoder gives tokens for all of it: a 1.4 s clip slowed
+    by 0.75 passed the check at 1.4 s and put more tokens into the LLM than its context."""
+    recipe, loaders, context, text = whisper_run(tmp_path, 1.4, context_at=1.4)
+    model = build_model(recipe.model, weights="random")
+    batch = next(iter(loaders[0]))
+    with torch.no_grad():
+        _, _, _, lens = model.eval().encode_audio(batch.feats, batch.feat_lens)
+    heard = int(lens[0])
+    assert heard + text > context
+    with pytest.raises(ContextError) as err:
+        check_context_fit(model, recipe, loaders)
+    assert f"is heard as {1.4 / 0.75:g} s of audio, {heard} audio tokens, beside {text} prompt" in str(err.value)
+
+
+def test_a_whisper_clip_is_not_counted_past_its_window(tmp_path):
+    """Slowed, a 1.9 s clip would pass the 2 s window: the augmenter slows it only to the window, so it counts so."""
+    recipe, loaders, _, _ = whisper_run(tmp_path, 1.9, context_at=2.0)
+    check_context_fit(build_model(recipe.model, weights="meta"), recipe, loaders)
+
+
+@pytest.mark.parametrize("split", ["train", "valid"])
+def test_a_line_s_own_biasing_list_counts_with_its_prompt(tmp_path, split):
+    """Validation, and training without drawn lists (data.hotwords), render a line's own `hotwords` into its
+    prompt: the check had counted the prompt without them, and passed a line the list took past the context."""
+    from llmasr.testing.tiny_corpus import tiny_recipe_dict, write_tiny_corpus
+
+    manifest = write_tiny_corpus(tmp_path / "corpus", n=2)
+    lines = [json.loads(line) for line in manifest.read_text().splitlines()]
+    lines[0]["hotwords"] = ["alpha beta gamma delta", "epsilon zeta eta theta"]
+    manifest.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    probe = build_model(tiny_recipe_dict(write_tiny_llm_dir(tmp_path / "llm0"), train=[manifest],
+                                         output_dir=tmp_path / "run")["model"], weights="meta")  # fmt: skip
+    text = len(probe.prompt.encode(lines[0]["target"], hotwords=lines[0]["hotwords"]).ids)
+    audio = audio_tokens(probe, lines[0]["duration"])
+    llm = write_tiny_llm_dir(tmp_path / "llm", max_position_embeddings=text + audio - 1)
+    other = write_tiny_corpus(tmp_path / "other", n=2, seed=1)
+    train, valid = (manifest, other) if split == "train" else (other, manifest)
+    data = tiny_recipe_dict(llm, train=[train], valid=[valid], output_dir=tmp_path / "run", max_seconds=20.0)
+    recipe = load_recipe(data=data)
+    loaders = build_loaders(recipe, text_side(recipe.model), rank=0, world_size=1)
+    item = loaders[0 if split == "train" else 2].dataset[0]
+    assert item["hotwords"] == lines[0]["hotwords"] and len(item["text_ids"]) == text  # what the LLM reads
+    with pytest.raises(ContextError) as err:
+        check_context_fit(build_model(recipe.model, weights="meta"), recipe, loaders)
+    assert str(err.value).startswith(f"data.{split}: 1 utterance(s) do not fit the LLM's context of {text + audio - 1}")
+    assert f"{manifest}:1, is heard as" in str(err.value) and f"{audio} audio tokens, beside {text} prompt" in str(
+        err.value
+    )
