@@ -102,7 +102,7 @@ from llmasr.export.decode_results import clear_outputs, ctc_summary, hotword_cou
 from llmasr.export.decode_world import DecodeWorld
 from llmasr.export.exported import MODEL_FILE, ExportedModelError, llm_dtype_name, load_exported, read_description
 from llmasr.export.trained_model import load_checkpoint_model
-from llmasr.models.context import ContextError, decoding_fit
+from llmasr.models.context import ContextError, capped_list_tokens, decoding_fit
 from llmasr.models.ctc_align import sound_ends
 from llmasr.models.ctc_vocab import LLMCTCTokenizer
 from llmasr.models.decoding import MIN_WINDOW_SECONDS, DecodeConfig
@@ -160,6 +160,9 @@ def window_limit(model, cfg: DecodeConfig, opts: DecodeOptions, *, quiet: bool =
         return limit
     hotwords = opts.hotwords if not opts.hotwords_unprompted else None
     prompt_tokens = len(model.prompt.encode(None, hotwords=hotwords).ids)
+    if not opts.hotwords_unprompted and (cap := capped_list_tokens(model.prompt)) is not None:
+        # a line's own list (it wins over --hotwords), unknown here: counted at the cap
+        prompt_tokens = max(prompt_tokens, len(model.prompt.encode(None).ids) + cap)
 
     def new_tokens(seconds: float) -> int:  # SpeechLLM._search's cap
         return cfg.max_new_tokens or int(math.ceil(seconds * cfg.tokens_per_second)) + 8

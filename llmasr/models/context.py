@@ -71,6 +71,17 @@ def model_context(model) -> tuple[int, str] | None:
     return stated_context(base_lm(model.llm).config.to_dict())
 
 
+def capped_list_tokens(prompt) -> int | None:
+    """The most tokens a biasing list adds to `prompt` (a PromptBuilder): hotwords_max_tokens of phrases, the
+    template around them and a token at each seam; None where no cap bounds a list."""
+    from llmasr.models.prompt import HOTWORDS_PLACEHOLDER
+
+    if prompt.hotwords_max_tokens is None:
+        return None
+    template = prompt.hotwords_template.replace(HOTWORDS_PLACEHOLDER, "")
+    return prompt.hotwords_max_tokens + len(prompt.tokenizer.encode(template, add_special_tokens=False)) + 2
+
+
 def audio_tokens(model, seconds):
     """The audio tokens an utterance of `seconds` (a number, or an array of them) puts into `model`'s LLM (at most,
     under CTC compression); an int for a number, an int64 array for an array."""

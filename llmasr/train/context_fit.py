@@ -11,8 +11,7 @@ import numpy as np
 from llmasr.data.loader import longest_kept
 from llmasr.data.manifest import BadRecord
 from llmasr.data.screen import where
-from llmasr.models.context import ContextError, audio_tokens, model_context, training_fit
-from llmasr.models.prompt import HOTWORDS_PLACEHOLDER
+from llmasr.models.context import ContextError, audio_tokens, capped_list_tokens, model_context, training_fit
 
 log = logging.getLogger("llmasr.train")
 
@@ -64,12 +63,7 @@ def hotword_bound(prompt, hotwords_cfg) -> int | None:
     """The most tokens a training utterance's drawn biasing list adds to its prompt: hotwords_max_tokens of phrases,
     the template around them and a token at each seam; 0 without drawn lists (a line's own list is counted with its
     line), None where no cap bounds them."""
-    if not hotwords_cfg.samples:
-        return 0
-    if prompt.hotwords_max_tokens is None:
-        return None
-    template = prompt.hotwords_template.replace(HOTWORDS_PLACEHOLDER, "")
-    return prompt.hotwords_max_tokens + len(prompt.tokenizer.encode(template, add_special_tokens=False)) + 2
+    return capped_list_tokens(prompt) if hotwords_cfg.samples else 0
 
 
 def check_context_fit(model, recipe, loaders) -> None:

@@ -233,3 +233,28 @@ def test_decode_windows_fit_the_llm_context(short_context, tmp_path, monkeypatch
     )
     with pytest.raises(DecodeError, match=r"one second of audio .* lower decode.max_new_tokens"):
         window_limit(model, DecodeConfig(max_new_tokens=60, max_window_seconds=10), opts)
+
+
+def test_decode_windows_count_a_lines_own_list_at_its_cap(short_context, tmp_path, monkeypatch):
+    """A line's own biasing list goes into its prompt (over --hotwords): with model.prompt.hotwords_max_tokens it
+    counts at that cap, so every window with its list still fits the context."""
+    import json
+
+    from llmasr.export.decode import decode_manifest
+    from llmasr.models.speech_llm import SpeechLLM
+
+    model, manifest = short_context
+    line = json.loads(manifest.read_text())
+    listed = tmp_path / "listed.jsonl"
+    listed.write_text(json.dumps({**line, "hotwords": ["one two three four", "five six seven eight"]}) + "\n")
+    monkeypatch.setattr(model.prompt, "hotwords_max_tokens", 12)
+    seen, search = [], SpeechLLM._search
+
+    def spy(self, merged, *args, **kwargs):
+        seen.extend(merged.attention_mask.sum(1).tolist())
+        return search(self, merged, *args, **kwargs)
+
+    monkeypatch.setattr(SpeechLLM, "_search", spy)
+    cfg, opts = DecodeConfig(max_new_tokens=4), DecodeOptions(num_workers=0, training_max_seconds=None)
+    summary = decode_manifest(model, listed, tmp_path / "hyp", cfg, opts)
+    assert summary["windows"] > 1 and seen and max(seen) + 4 <= 80
