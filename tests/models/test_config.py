@@ -71,19 +71,24 @@ def test_fields_their_settings_read_are_accepted():
     assert (recipe.model.adaptor.num_queries, recipe.model.encoder.init_prefix) == (2, "encoder.")
 
 
+def refused_then_saved(tmp_path, model: dict, refused: str, caplog):
+    """A recipe of `model` (a model section with an LLM folder) written to a file: a new run's load refuses it with
+    `refused`, a saved run's loads it with warnings; (the saved load's recipe, the file)."""
+    (tmp_path / "llm").mkdir()
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump({"model": {"llm": {"path": str(tmp_path / "llm")}, **model}}))
+    with pytest.raises(ConfigError, match=refused):
+        load_recipe(path)
+    with caplog.at_level("WARNING"):
+        return load_recipe(path, saved=True), path
+
+
 def test_a_saved_run_with_a_model_field_nothing_reads_still_loads(tmp_path, caplog):
     """A run saved before the refusal loads with the field dropped and a warning naming it, so that it still
     resumes, exports and decodes; the defaults a saved recipe writes out load without a word."""
-    (tmp_path / "llm").mkdir()
-    data = {"model": {"llm": {"path": str(tmp_path / "llm")},
-                      "adaptor": {"type": "linear", "n_layer": 4, "n_head": 8, "num_queries": 4, "init_prefix": "a."},
-                      "encoder": {"reinit_keys": ["encoders.0.*"]}}}  # fmt: skip
-    path = tmp_path / "recipe.yaml"
-    path.write_text(yaml.safe_dump(data))
-    with pytest.raises(ConfigError, match="n_layer: only used by type transformer or qformer, not linear"):
-        load_recipe(path)
-    with caplog.at_level("WARNING"):
-        recipe = load_recipe(path, saved=True)
+    model = {"adaptor": {"type": "linear", "n_layer": 4, "n_head": 8, "num_queries": 4, "init_prefix": "a."},
+             "encoder": {"reinit_keys": ["encoders.0.*"]}}  # fmt: skip
+    recipe, _ = refused_then_saved(tmp_path, model, "n_layer: only used by type transformer or qformer", caplog)
     assert recipe.model.adaptor.n_layer == 2 and recipe.model.encoder.reinit_keys == []
     for name in ("model.adaptor.n_layer", "model.adaptor.init_prefix", "model.encoder.reinit_keys"):
         assert f"{name}: " in caplog.text and "dropped" in caplog.text
@@ -112,14 +117,8 @@ def test_a_whisper_frontend_setting_on_an_fbank_encoder_is_refused_by_key(overri
 def test_a_saved_run_with_an_fbank_frontend_n_fft_still_loads(tmp_path, caplog):
     """The walker over a saved recipe reaches into the encoder's frontend settings: the field is dropped and named,
     the rest kept."""
-    (tmp_path / "llm").mkdir()
-    data = {"model": {"llm": {"path": str(tmp_path / "llm")}, "encoder": {"frontend": {"n_fft": 512, "dither": 0.0}}}}
-    path = tmp_path / "recipe.yaml"
-    path.write_text(yaml.safe_dump(data))
-    with pytest.raises(ConfigError, match="model.encoder.frontend.n_fft: "):
-        load_recipe(path)
-    with caplog.at_level("WARNING"):
-        recipe = load_recipe(path, saved=True)
+    model = {"encoder": {"frontend": {"n_fft": 512, "dither": 0.0}}}
+    recipe, path = refused_then_saved(tmp_path, model, "model.encoder.frontend.n_fft: ", caplog)
     assert recipe.model.encoder.frontend == {"dither": 0.0}
     assert f"{path}: model.encoder.frontend.n_fft: a whisper frontend's setting" in caplog.text
     assert "dropped" in caplog.text
@@ -169,14 +168,7 @@ def test_heads_and_dropout_of_transformer_blocks_are_accepted():
 
 def test_a_saved_run_with_heads_of_no_ctc_decoder_blocks_still_loads(tmp_path, caplog):
     """The walker over a saved recipe reaches the CTC decoder: the field is dropped and named, the rest kept."""
-    (tmp_path / "llm").mkdir()
-    data = {"model": {"llm": {"path": str(tmp_path / "llm")},
-                      "ctc": {"weight": 0.3, "decoder": {"n_layer": 0, "n_head": 4, "ffn_dim": 32}}}}  # fmt: skip
-    path = tmp_path / "recipe.yaml"
-    path.write_text(yaml.safe_dump(data))
-    with pytest.raises(ConfigError, match="model.ctc.decoder.n_head: "):
-        load_recipe(path)
-    with caplog.at_level("WARNING"):
-        recipe = load_recipe(path, saved=True)
+    model = {"ctc": {"weight": 0.3, "decoder": {"n_layer": 0, "n_head": 4, "ffn_dim": 32}}}
+    recipe, path = refused_then_saved(tmp_path, model, "model.ctc.decoder.n_head: ", caplog)
     assert (recipe.model.ctc.decoder.n_head, recipe.model.ctc.decoder.ffn_dim) == (8, 32)
     assert f"{path}: model.ctc.decoder.n_head: is read only by the transformer blocks" in caplog.text
