@@ -255,6 +255,10 @@ class Manifest:
         """float32 [N] seconds; NaN where the manifest does not say and fill_durations() has not probed."""
         return self._durations
 
+    def line_bytes(self) -> np.ndarray:
+        """int64 [N]: each line's length in bytes, from the index (what a line holds is at most that)."""
+        return np.diff(self._offsets)
+
     def fill_durations(self) -> list[BadRecord]:
         """Probe the audio header of every record whose duration is unknown, as loading reads it (its channel, its
         span: llmasr.data.audio.probe_span); returns the records that failed (malformed, or audio missing,
@@ -355,6 +359,9 @@ class MixedManifest:
 
     def durations(self) -> np.ndarray:
         return np.concatenate([m.durations() for m in self.manifests]).astype(np.float32, copy=False)
+
+    def line_bytes(self) -> np.ndarray:
+        return np.concatenate([m.line_bytes() for m in self.manifests])
 
     def fill_durations(self) -> list[BadRecord]:
         bad: list[BadRecord] = []

@@ -34,29 +34,39 @@ def heard_seconds(durations, data_cfg, frontend, *, train: bool) -> np.ndarray:
 def text_tokens(manifest, prompt, lines: np.ndarray, room: np.ndarray, *, own_lists: bool = False) -> np.ndarray:
     """Prompt and transcript tokens of each of `lines`, encoded only where the transcript's UTF-8 bytes (a token
     count no tokenizer passes by more than one) could pass `room`; elsewhere that bound, which fits. `own_lists`: the
-    prompt renders each line's own biasing list (its manifest `hotwords`), as the dataset does without drawn lists."""
-    out = np.zeros(len(lines), dtype=np.int64)
-    for j, i in enumerate(lines.tolist()):
-        try:
-            utt = manifest[i]
-        except BadRecord:
-            continue
-        if not isinstance(utt.target, str) or not utt.target.strip():
-            continue
-        task = utt.prompt if isinstance(getattr(utt, "prompt", None), str) and utt.prompt.strip() else None
-        system = getattr(utt, "system", None)
-        lists = [str(h) for h in getattr(utt, "hotwords", None) or ()] if own_lists else []
-        bound = len(prompt.encode(None, task=task, system=system).ids) + len(utt.target.strip().encode()) + 2
-        if lists:  # at most its text's bytes and a token at each seam (the cap only drops phrases)
-            bound += len(prompt.hotwords_text(lists).encode()) + 2
-        if bound <= room[j]:
-            out[j] = bound
-            continue
-        try:
-            out[j] = len(prompt.encode(utt.target, task=task, hotwords=lists or None, system=system).ids)
-        except ValueError:  # past the context on its own: the dataset counts it as bad data
-            continue
+    prompt renders each line's own biasing list (its manifest `hotwords`), as the dataset does without drawn lists.
+
+    A line's own transcript, task, system message and list are all within its bytes in the file (JSON escapes only
+    lengthen them), so the default prompt's tokens plus the line's length bounds its count without reading it: only
+    lines whose bound passes `room` are read and encoded (at millions of lines, those near the context)."""
+    seams = 6 + (len(prompt.hotwords_template.encode()) + 2 if own_lists else 0)
+    out = len(prompt.encode(None).ids) + np.asarray(manifest.line_bytes(), dtype=np.int64)[lines] + seams
+    for j in np.flatnonzero(out > room).tolist():
+        out[j] = _line_tokens(manifest, prompt, int(lines[j]), int(room[j]), own_lists)
     return out
+
+
+def _line_tokens(manifest, prompt, i: int, room: int, own_lists: bool) -> int:
+    """Line i's prompt and transcript tokens (0 for a line the dataset counts as bad), encoded where the bound from
+    its transcript's bytes passes `room`."""
+    try:
+        utt = manifest[i]
+    except BadRecord:
+        return 0
+    if not isinstance(utt.target, str) or not utt.target.strip():
+        return 0
+    task = utt.prompt if isinstance(getattr(utt, "prompt", None), str) and utt.prompt.strip() else None
+    system = getattr(utt, "system", None)
+    lists = [str(h) for h in getattr(utt, "hotwords", None) or ()] if own_lists else []
+    bound = len(prompt.encode(None, task=task, system=system).ids) + len(utt.target.strip().encode()) + 2
+    if lists:  # at most its text's bytes and a token at each seam (the cap only drops phrases)
+        bound += len(prompt.hotwords_text(lists).encode()) + 2
+    if bound <= room:
+        return bound
+    try:
+        return len(prompt.encode(utt.target, task=task, hotwords=lists or None, system=system).ids)
+    except ValueError:  # past the context on its own: the dataset counts it as bad data
+        return 0
 
 
 def hotword_bound(prompt, hotwords_cfg) -> int | None:

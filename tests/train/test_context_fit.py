@@ -89,3 +89,42 @@ def test_a_line_s_own_biasing_list_counts_with_its_prompt(tmp_path, split):
     assert f"{manifest}:1, is heard as" in str(err.value) and f"{audio} audio tokens, beside {text} prompt" in str(
         err.value
     )
+
+
+def test_only_lines_whose_length_could_pass_the_context_are_read(tmp_path, monkeypatch):
+    """A line's bytes bound its prompt and transcript tokens: with a roomy context no line is parsed (the check had
+    read and encoded every line on every rank, minutes at ten million lines); near the context the long line is read,
+    and refused as before."""
+    from llmasr.data.manifest import Manifest
+    from llmasr.testing.tiny_corpus import tiny_recipe_dict, write_tiny_corpus
+
+    manifest = write_tiny_corpus(tmp_path / "corpus", n=6)
+    lines = [json.loads(line) for line in manifest.read_text().splitlines()]
+    lines[3]["target"] = " ".join(["seven"] * 40)
+    manifest.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    probe = build_model(tiny_recipe_dict(write_tiny_llm_dir(tmp_path / "llm0"), train=[manifest],
+                                         output_dir=tmp_path / "run")["model"], weights="meta")  # fmt: skip
+    long_tokens = len(probe.prompt.encode(lines[3]["target"]).ids) + audio_tokens(probe, lines[3]["duration"])
+    read, getitem = [], Manifest.__getitem__
+
+    def spy(self, i):
+        read.append(int(i))
+        return getitem(self, i)
+
+    for context, refused in ((4096, False), (long_tokens - 1, True)):
+        llm = write_tiny_llm_dir(tmp_path / f"llm{context}", max_position_embeddings=context)
+        recipe = load_recipe(
+            data=tiny_recipe_dict(llm, train=[manifest], output_dir=tmp_path / "run", max_seconds=20.0)
+        )
+        loaders = build_loaders(recipe, text_side(recipe.model), rank=0, world_size=1)
+        model = build_model(recipe.model, weights="meta")
+        read.clear()
+        monkeypatch.setattr(Manifest, "__getitem__", spy)
+        if refused:
+            with pytest.raises(ContextError, match=f"{manifest}:4, is heard as"):
+                check_context_fit(model, recipe, loaders)
+            assert 3 in read and len(read) < len(lines)
+        else:
+            check_context_fit(model, recipe, loaders)
+            assert read == []
+        monkeypatch.undo()
