@@ -96,15 +96,15 @@ def audio_tokens(model, seconds):
     return int(out) if out.ndim == 0 else out
 
 
-def training_fit(model, seconds, text_tokens, where, *, what: str = "training") -> None:
+def training_fit(model, seconds, text_tokens, where, *, what: str = "training", audio=None) -> None:
     """ContextError naming the worst utterance when, for any utterance, the audio tokens of `seconds` (the longest
     audio it is heard as) plus `text_tokens` (its prompt and transcript) pass the LLM's context; `where(i)` names
-    utterance i (manifest:line)."""
+    utterance i (manifest:line). `audio`: audio_tokens of `seconds`, where the caller has them already."""
     found = model_context(model)
     if found is None or not len(seconds):
         return
     context, key = found
-    audio = audio_tokens(model, np.asarray(seconds, dtype=np.float64))
+    audio = audio_tokens(model, np.asarray(seconds, dtype=np.float64)) if audio is None else np.asarray(audio)
     total = audio + np.asarray(text_tokens, dtype=np.int64)
     worst = int(np.argmax(total))
     if total[worst] <= context:

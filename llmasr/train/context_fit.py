@@ -102,7 +102,8 @@ def check_context_fit(model, recipe, loaders) -> None:
         if not lines.size:
             continue
         extra = lists if name == "data.train" else 0  # validation renders each line's own list: counted with it
-        room = found[0] - audio_tokens(model, seconds[lines]) - extra
+        audio = audio_tokens(model, seconds[lines])
+        room = found[0] - audio - extra
         own = name == "data.valid" or not recipe.data.hotwords.samples
         tokens = text_tokens(manifest, model.prompt, lines, room, own_lists=own) + extra
 
@@ -110,7 +111,7 @@ def check_context_fit(model, recipe, loaders) -> None:
             return "{}:{}".format(*where(manifest, int(lines[j])))
 
         try:
-            training_fit(model, seconds[lines], tokens, named, what=name)
+            training_fit(model, seconds[lines], tokens, named, what=name, audio=audio)
         except ContextError as err:
             if not extra:
                 raise
