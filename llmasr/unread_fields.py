@@ -29,6 +29,17 @@ def changed(cls, section: dict, names) -> list[str]:
     return [name for name in names if name in section and section[name] != default_of(cls, name)]
 
 
+def other_types_fields(cls, section: dict, type_fields: dict[str, tuple[str, ...]]) -> dict[str, str]:
+    """The fields of `type_fields` (name -> the types that read it) that `section` sets and its `type` (cls's
+    default where unset) does not read."""
+    kind = section.get("type", default_of(cls, "type"))
+    return {
+        name: f"only used by type {' or '.join(types)}, not {kind}"
+        for name, types in type_fields.items()
+        if kind not in types and changed(cls, section, [name])
+    }
+
+
 def as_section(obj) -> dict:
     """A config object's own fields as a section dict (nested sections stay objects)."""
     return {spec.name: getattr(obj, spec.name) for spec in fields(obj)}

@@ -8,7 +8,7 @@ from typing import Any, Literal
 from llmasr.config_io import ConfigError
 from llmasr.config_paths import path_field
 from llmasr.data.frontend import FrontendConfig
-from llmasr.unread_fields import changed, refuse_unread
+from llmasr.unread_fields import changed, other_types_fields, refuse_unread
 
 NO_INIT_FROM = "selects (and strips) a key prefix of init_from's weights, and init_from is not set"
 NO_BLOCKS = "is read only by the transformer blocks, and n_layer is 0 (there are none): leave it unset"
@@ -148,15 +148,11 @@ class AdaptorConfig:
     @staticmethod
     def unread_fields(section: dict) -> dict[str, str]:
         """What an adaptor section sets that nothing reads (llmasr.unread_fields)."""
-        kind = section.get("type", AdaptorConfig.type)
-        unread = {
-            name: f"only used by type {' or '.join(types)}, not {kind}"
-            for name, types in ADAPTOR_TYPE_FIELDS.items()
-            if kind not in types and changed(AdaptorConfig, section, [name])
-        }
+        unread = other_types_fields(AdaptorConfig, section, ADAPTOR_TYPE_FIELDS)
         if not section.get("init_from") and changed(AdaptorConfig, section, ["init_prefix"]):
             unread["init_prefix"] = NO_INIT_FROM
-        return unread | (blockless(AdaptorConfig, section) if kind == "transformer" else {})
+        transformer = section.get("type", AdaptorConfig.type) == "transformer"
+        return unread | (blockless(AdaptorConfig, section) if transformer else {})
 
     def validate(self, path: str) -> None:
         for key, low in (("downsample", 1), ("ffn_dim", 1), ("n_head", 1), ("n_layer", 0)):

@@ -24,7 +24,7 @@ from typing import Literal
 
 from llmasr.config_io import ConfigError
 from llmasr.config_paths import path_field
-from llmasr.unread_fields import changed, refuse_unread
+from llmasr.unread_fields import other_types_fields, refuse_unread
 
 BRANCHES: tuple[str, ...] = ("encoder", "adaptor", "ctc", "llm")
 
@@ -72,12 +72,7 @@ class SchedulerConfig:
     @staticmethod
     def unread_fields(section: dict) -> dict[str, str]:
         """What a scheduler section sets that its type does not read (llmasr.unread_fields)."""
-        kind = section.get("type", SchedulerConfig.type)
-        return {
-            name: f"only used by type {' or '.join(types)}, not {kind}"
-            for name, types in TYPE_FIELDS.items()
-            if kind not in types and changed(SchedulerConfig, section, [name])
-        }
+        return other_types_fields(SchedulerConfig, section, TYPE_FIELDS)
 
     def validate(self, path: str) -> None:
         if self.warmup_steps is not None and self.warmup_ratio is not None:
