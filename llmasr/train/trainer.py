@@ -249,9 +249,12 @@ class Run:
             last_metrics = self.validate()
             if self.owed_here:
                 self.checkpoints.record_validation(self.engine.global_steps, last_metrics)
-        if self.early.exhausted:  # resumed a run that stopped early, with the same patience
+        # True once patience ends the run before its epochs or max_updates would: both running out at the same
+        # update is the planned end, not an early stop
+        self.cut_short = False
+        if self.early.exhausted and start_epoch < tc.epochs:  # resumed a run that stopped early, same patience
             log.info("nothing to train: %s; raise train.patience (or set 0) to train on", self.early.why())
-            start_epoch = tc.epochs
+            start_epoch, self.cut_short = tc.epochs, True
         self.engine.train(True)
         stop = False
         preemption = preemption or Preemption(self.rank)
@@ -277,6 +280,7 @@ class Run:
                         return self._stopped(signum, epoch, self.train_loader.state_dict(), history, owed)
                     last_metrics = self._validate_and_save(epoch, update) or last_metrics
                     if self.early.exhausted:
+                        self.cut_short = True
                         break  # saved below, mid-epoch: raising train.patience and resuming carries on from here
                 # Epoch end (or max_updates): validate unless just done or stopping, and save. A stop inside the
                 # epoch keeps the loader position, so raising max_updates and resuming carries on mid-epoch.
@@ -284,8 +288,10 @@ class Run:
                 if self.valid_update != self.engine.global_steps and not signum:
                     last_metrics = self.validate() or last_metrics
                 if self.early.exhausted:
+                    self.cut_short = self.cut_short or (not stop and epoch + 1 < tc.epochs)
                     stop = True
-                    log.info("stopping early after update %d: %s", self.engine.global_steps, self.early.why())
+                    if self.cut_short:
+                        log.info("stopping early after update %d: %s", self.engine.global_steps, self.early.why())
                 metrics = last_metrics if self.valid_update == self.engine.global_steps else None
                 owed = self.valid_loader is not None and self.valid_update != self.engine.global_steps
                 ended = self.train_loader.consumed >= len(self.sampler)
@@ -310,7 +316,7 @@ class Run:
             self.progress.close()
             self.close()
         return {"history": history, "interrupted": False, "run_dir": str(self.run_dir), "metrics": last_metrics,
-                "stopped_early": self.early.exhausted}  # fmt: skip
+                "stopped_early": self.cut_short}  # fmt: skip
 
     def _progress(self) -> Progress:
         """The run's reporting, with the FLOP counter and loader clock behind its efficiency figures."""

@@ -66,6 +66,18 @@ def test_a_run_stops_after_patience_validations_without_improvement_and_resumes_
     assert ck.latest(run / "checkpoints") == ck.tag_for(5)
 
 
+def test_patience_running_out_at_the_planned_last_update_is_not_an_early_stop(tiny_llm_dir, corpus, tmp_path):
+    """train.max_updates 2 and patience 1 both end the run at update 2: it ran as planned, so it did not stop
+    early, and a resume of it says the run is at its end."""
+    run = tmp_path / "run"
+    result = train(recipe(tiny_llm_dir, corpus, run, patience=1, min_delta=1e9, max_updates=2), "zero0")
+    assert [h["update"] for h in result["history"]] == [1, 2] and not result["stopped_early"]
+    assert "stopping early" not in (run / "train.log").read_text()
+    again = train(recipe(tiny_llm_dir, corpus, run, patience=1, min_delta=1e9, max_updates=2), "zero0", resume="latest")
+    assert again["history"] == [] and not again["stopped_early"]
+    assert "nothing to train: the run is at update 2 of 2" in (run / "train.log").read_text()
+
+
 def test_patience_needs_validation_data(tiny_llm_dir, corpus, tmp_path):
     data = tiny_recipe_dict(tiny_llm_dir, train=[corpus[0]], output_dir=tmp_path / "run", patience=3)
     with pytest.raises(ConfigError, match="train.patience: 3 counts validations, but data.valid names no manifest"):
