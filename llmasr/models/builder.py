@@ -36,6 +36,7 @@ from llmasr.models.state_dict import (
     under_prefix,
     unwrap_state_dict,
 )
+from llmasr.models.whisper import check_window as check_whisper_window
 from llmasr.models.whisper import encoder_conf as whisper_encoder_conf
 from llmasr.models.whisper import load_whisper_encoder, whisper_config, whisper_dir_frontend, whisper_frontend
 
@@ -62,7 +63,7 @@ def encoder_spec(cfg: EncoderConfig) -> EncoderSpec:
         frontend = _matching(_refine(base, cfg.frontend), int(config.num_mel_bins), cfg, "config.json's num_mel_bins")
         if cfg.path is not None:
             _kept(base, frontend, cfg, "its config.json / preprocessor_config.json")
-        return EncoderSpec(entry, whisper_encoder_conf(config.to_dict()), frontend)
+        return EncoderSpec(entry, whisper_encoder_conf(config.to_dict()), check_whisper_window(frontend, config))
     if cfg.path is not None:
         found, conf, base = funasr_encoder_spec(cfg.path, cfg.conf or None)
         if found.type != cfg.type:

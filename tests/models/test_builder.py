@@ -189,6 +189,19 @@ def test_a_frontend_setting_that_resizes_the_features_is_refused_at_build(tmp_pa
         encoder_spec(EncoderConfig(type="whisper", path=str(w), frontend={"n_mels": 128}))
 
 
+def test_a_whisper_window_longer_than_the_encoder_takes_is_refused_at_build():
+    """A Whisper encoder built from conf takes 2 * max_source_positions frames: a model.encoder.frontend chunk_seconds
+    or frame_shift_ms that fits more frames in a window let the data through clips the encoder then refused."""
+    conf = {"d_model": 32, "encoder_layers": 1, "encoder_attention_heads": 2, "encoder_ffn_dim": 64,
+            "max_source_positions": 100}  # fmt: skip
+    spec = encoder_spec(EncoderConfig(type="whisper", conf=conf, frontend={"chunk_seconds": 1.5}))
+    assert spec.frontend.chunk_seconds == 1.5  # a shorter window: the encoder pads it
+    for setting, said in (({"chunk_seconds": 5}, "chunk_seconds 5 at frame_shift_ms 10 holds 500 frames"),
+                          ({"frame_shift_ms": 5}, "chunk_seconds 2 at frame_shift_ms 5 holds 400 frames")):  # fmt: skip
+        with pytest.raises(ConfigError, match=rf"{said}, but the Whisper encoder takes 200 \(2 x max_source_pos"):
+            build_encoder(EncoderConfig(type="whisper", conf=conf, frontend=setting))
+
+
 def test_encoder_from_conf_takes_init_from_weights(tmp_path):
     enc_dir = write_funasr_dir(tmp_path / "enc", encoder_conf=tiny_sanm_conf(), seed=3)
     pretrained, frontend = build_encoder(from_dict(EncoderConfig, {"path": str(enc_dir)}, "model.encoder"))
