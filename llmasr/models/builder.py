@@ -117,13 +117,15 @@ def _kept(base: FrontendConfig, frontend: FrontendConfig, cfg: EncoderConfig, st
 
 
 def _fewest_frames(frontend: FrontendConfig, kind: str, conf: dict) -> FrontendConfig:
-    """`frontend` with the fewest frames the encoder takes: a Conformer's subsampling needs 7 (conv2d) to 15
-    (conv2d8); a clip shorter than that in a batch of longer ones gave the adaptor an empty utterance."""
+    """`frontend` with at least the fewest frames the encoder takes: a Conformer's subsampling needs 7 (conv2d) to
+    15 (conv2d8); a clip shorter than that in a batch of longer ones gave the adaptor an empty utterance. A larger
+    model.encoder.frontend.min_frames (a data filter) stays."""
     if kind != "conformer":
         return frontend
     from llmasr.models.subsampling import min_input_frames
 
-    return dataclasses.replace(frontend, min_frames=min_input_frames(str(conf.get("input_layer", "conv2d"))))
+    need = min_input_frames(str(conf.get("input_layer", "conv2d")))
+    return dataclasses.replace(frontend, min_frames=max(frontend.min_frames, need))
 
 
 def _refine(base: FrontendConfig, settings: dict) -> FrontendConfig:
