@@ -36,6 +36,7 @@ from llmasr.models.state_dict import (
     under_prefix,
     unwrap_state_dict,
 )
+from llmasr.models.whisper import check_window as check_whisper_window
 from llmasr.models.whisper import encoder_conf as whisper_encoder_conf
 from llmasr.models.whisper import load_whisper_encoder, whisper_config, whisper_dir_frontend, whisper_frontend
 
@@ -62,7 +63,7 @@ def encoder_spec(cfg: EncoderConfig) -> EncoderSpec:
         frontend = _matching(_refine(base, cfg.frontend), int(config.num_mel_bins), cfg, "config.json's num_mel_bins")
         if cfg.path is not None:
             _kept(base, frontend, cfg, "its config.json / preprocessor_config.json")
-        return EncoderSpec(entry, whisper_encoder_conf(config.to_dict()), frontend)
+        return EncoderSpec(entry, whisper_encoder_conf(config.to_dict()), check_whisper_window(frontend, config))
     if cfg.path is not None:
         found, conf, base = funasr_encoder_spec(cfg.path, cfg.conf or None)
         if found.type != cfg.type:
@@ -116,13 +117,15 @@ def _kept(base: FrontendConfig, frontend: FrontendConfig, cfg: EncoderConfig, st
 
 
 def _fewest_frames(frontend: FrontendConfig, kind: str, conf: dict) -> FrontendConfig:
-    """`frontend` with the fewest frames the encoder takes: a Conformer's subsampling needs 7 (conv2d) to 15
-    (conv2d8); a clip shorter than that in a batch of longer ones gave the adaptor an empty utterance."""
+    """`frontend` with at least the fewest frames the encoder takes: a Conformer's subsampling needs 7 (conv2d) to
+    15 (conv2d8); a clip shorter than that in a batch of longer ones gave the adaptor an empty utterance. A larger
+    model.encoder.frontend.min_frames (a data filter) stays."""
     if kind != "conformer":
         return frontend
     from llmasr.models.subsampling import min_input_frames
 
-    return dataclasses.replace(frontend, min_frames=min_input_frames(str(conf.get("input_layer", "conv2d"))))
+    need = min_input_frames(str(conf.get("input_layer", "conv2d")))
+    return dataclasses.replace(frontend, min_frames=max(frontend.min_frames, need))
 
 
 def _refine(base: FrontendConfig, settings: dict) -> FrontendConfig:

@@ -134,6 +134,23 @@ def whisper_frontend(config: Any, preprocessor: dict | None = None) -> FrontendC
     )
 
 
+def check_window(frontend: FrontendConfig, config: Any) -> FrontendConfig:
+    """`frontend`, refused when its window (chunk_seconds at its frame shift) holds more frames than the encoder
+    takes (2 * max_source_positions): the data would pass clips the encoder refuses at the first batch holding one."""
+    from llmasr.data.features import FeatureExtractor
+
+    frames = 2 * int(config.max_source_positions)
+    held = FeatureExtractor(frontend).num_frames(int(round(frontend.chunk_seconds * frontend.sample_rate)))
+    if held > frames:
+        raise ConfigError(
+            f"model.encoder.frontend: a window of chunk_seconds {frontend.chunk_seconds:g} at frame_shift_ms "
+            f"{frontend.frame_shift_ms:g} holds {held} frames, but the Whisper encoder takes {frames} "
+            f"(2 x max_source_positions {config.max_source_positions}); chunk_seconds may be at most "
+            f"{frames * frontend.frame_seconds:g}"
+        )
+    return frontend
+
+
 # WhisperConfig keys that fix the encoder's tensor shapes: a pretrained directory's config.json decides them.
 SHAPE_KEYS = ("d_model", "encoder_layers", "encoder_attention_heads", "encoder_ffn_dim", "num_mel_bins",
               "max_source_positions")  # fmt: skip

@@ -13,7 +13,7 @@ from llmasr.models.config import EncoderConfig
 from llmasr.models.encoders import ENCODERS, encoder_entry, entry_for_class, funasr_entry
 from llmasr.testing.tiny_funasr import tiny_sanm_conf, write_funasr_dir
 from llmasr.testing.tiny_recipe import tiny_model_section
-from llmasr.testing.tiny_whisper import write_tiny_whisper_dir
+from llmasr.testing.tiny_whisper import tiny_conformer_conf, write_tiny_whisper_dir
 
 
 def signature(model):
@@ -187,6 +187,28 @@ def test_a_frontend_setting_that_resizes_the_features_is_refused_at_build(tmp_pa
     w = write_tiny_whisper_dir(tmp_path / "w")
     with pytest.raises(ConfigError, match=r"gives 128-dim features .* takes 80 \(config.json's num_mel_bins\)"):
         encoder_spec(EncoderConfig(type="whisper", path=str(w), frontend={"n_mels": 128}))
+
+
+def test_a_whisper_window_longer_than_the_encoder_takes_is_refused_at_build():
+    """A Whisper encoder built from conf takes 2 * max_source_positions frames: a model.encoder.frontend chunk_seconds
+    or frame_shift_ms that fits more frames in a window let the data through clips the encoder then refused."""
+    conf = {"d_model": 32, "encoder_layers": 1, "encoder_attention_heads": 2, "encoder_ffn_dim": 64,
+            "max_source_positions": 100}  # fmt: skip
+    spec = encoder_spec(EncoderConfig(type="whisper", conf=conf, frontend={"chunk_seconds": 1.5}))
+    assert spec.frontend.chunk_seconds == 1.5  # a shorter window: the encoder pads it
+    for setting, said in (({"chunk_seconds": 5}, "chunk_seconds 5 at frame_shift_ms 10 holds 500 frames"),
+                          ({"frame_shift_ms": 5}, "chunk_seconds 2 at frame_shift_ms 5 holds 400 frames")):  # fmt: skip
+        with pytest.raises(ConfigError, match=rf"{said}, but the Whisper encoder takes 200 \(2 x max_source_pos"):
+            build_encoder(EncoderConfig(type="whisper", conf=conf, frontend=setting))
+
+
+@pytest.mark.parametrize("stated, kept", [(None, 7), (2, 7), (50, 50)])
+def test_a_conformers_fewest_frames_keep_a_larger_min_frames_filter(stated, kept):
+    """A Conformer's subsampling raises min_frames to the 7 frames conv2d needs; a larger model.encoder.frontend
+    min_frames (a data filter it may set) had been replaced by those 7, letting the short clips through."""
+    frontend = {"lfr_m": 1, "lfr_n": 1} | ({} if stated is None else {"min_frames": stated})
+    spec = encoder_spec(EncoderConfig(type="conformer", conf=tiny_conformer_conf(80), frontend=frontend))
+    assert spec.frontend.min_frames == kept
 
 
 def test_encoder_from_conf_takes_init_from_weights(tmp_path):
