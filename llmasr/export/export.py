@@ -369,7 +369,8 @@ def write_model_dir(
         "prompt": {
             "task": model.prompt.task,
             "system": model.prompt.system,
-            "chat_template": getattr(model.prompt.tokenizer, "chat_template", None),
+            # named templates (a dict): the one the prompt renders with, as the recipe key holds one template
+            "chat_template": model.prompt.tokenizer.get_chat_template(),
             "audio_separator": model.prompt.audio_separator,
             "hotwords_template": model.prompt.hotwords_template,
             "hotwords_separator": model.prompt.hotwords_separator,

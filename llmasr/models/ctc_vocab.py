@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from llmasr.config_io import ConfigError
+from llmasr.models.prompt import spelled
 
 BLANK_NAMES = ("<blank>", "<blk>")
 SEPARATOR_NAMES = ("<space>", "▁", "|")
@@ -76,7 +77,7 @@ class LLMCTCTokenizer(CTCTokenizer):
         return list(self.tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"])
 
     def decode(self, ids: Sequence[int]) -> str:
-        return self.tokenizer.decode([int(i) for i in ids if int(i) != self.blank_id], skip_special_tokens=True)
+        return spelled(self.tokenizer, [int(i) for i in ids if int(i) != self.blank_id])
 
     def spell_units(self, text: str, spans: list[tuple[int, int]]) -> tuple[list[int], list[range]] | None:
         """`text`'s labels as the head learned them, the whole text tokenized at once (byte-level BPE merges the

@@ -189,6 +189,15 @@ def load_llm(
     return model, tok
 
 
+def dtype_argument(dtype: torch.dtype) -> dict:
+    """The dtype keyword of transformers' model loaders: `dtype`, or `torch_dtype` for a transformers from before the
+    rename, which hands `dtype` on to the model's constructor, where it is refused as an unexpected argument."""
+    import transformers
+    from packaging.version import Version
+
+    return {"dtype" if Version(transformers.__version__).release >= (4, 56) else "torch_dtype": dtype}
+
+
 def _causal_lm(path: Path, dtype: torch.dtype, trust_remote_code: bool, *, pretrained: bool, shapes_only: bool):
     """The causal LM of `path`: its weights read (`pretrained`), or fresh ones from config.json with the weight
     files' names and shapes checked against it (`shapes_only`), or fresh ones alone."""
@@ -201,11 +210,13 @@ def _causal_lm(path: Path, dtype: torch.dtype, trust_remote_code: bool, *, pretr
     try:
         if pretrained:
             model, info = AutoModelForCausalLM.from_pretrained(
-                str(path), config=config, dtype=dtype, local_files_only=True, trust_remote_code=trust_remote_code,
-                output_loading_info=True,
+                str(path), config=config, local_files_only=True, trust_remote_code=trust_remote_code,
+                output_loading_info=True, **dtype_argument(dtype),
             )  # fmt: skip
         else:
-            model = AutoModelForCausalLM.from_config(config, dtype=dtype, trust_remote_code=trust_remote_code)
+            model = AutoModelForCausalLM.from_config(
+                config, trust_remote_code=trust_remote_code, **dtype_argument(dtype)
+            )
     except ValueError as err:
         raise LLMLoadError(f"{path}: not loadable as a causal LM ({config.model_type}): {err}") from err
     refuse_missing_on_load(path, info.get("missing_keys"))

@@ -86,6 +86,13 @@ class EncodedPrompt:
     hotwords_dropped: int = 0  # phrases the token cap left out
 
 
+def spelled(tokenizer, ids) -> str:
+    """The text LLM token ids spell, special tokens left out, without transformers' clean-up of spaces that a
+    tokenizer_config.json may switch on (Llama 3's does): it joins " 's" and " ," to the word before, so "the word
+    'social'" had decoded as "the word'social'", not the transcript the tokens were trained on."""
+    return tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+
+
 class PromptBuilder:
     def __init__(
         self,
@@ -291,7 +298,7 @@ class PromptBuilder:
         ids = [int(i) for i in ids]
         if self.end_id in ids:
             ids = ids[: ids.index(self.end_id)]
-        text = self.tokenizer.decode(ids, skip_special_tokens=True).strip()
+        text = spelled(self.tokenizer, ids).strip()
         if text.startswith(THINK_OPEN):
             close = text.find(THINK_CLOSE)
             text = text[close + len(THINK_CLOSE) :] if close >= 0 else text[len(THINK_OPEN) :]

@@ -231,3 +231,18 @@ def test_the_exported_tokenizer_writes_the_trained_prompt_in_plain_transformers(
     before, after = text.split(AUDIO_PLACEHOLDER)
     ids = plain.encode(before, add_special_tokens=False) + plain.encode(after, add_special_tokens=False)
     assert ids == prompt.encode(None).ids
+
+
+def test_an_llm_with_named_chat_templates_exports_and_loads(base_dirs, train_corpus, tmp_path):
+    """A tokenizer with named chat templates ("default" and "tool_use", as Hermes-2-Pro-Llama-3's) prompts with its
+    default one; the export records that one, and the export loads (`llmasr decode --model DIR`): the whole dict had
+    been recorded, which the description's chat_template, one template, refused after the training was done."""
+    from llmasr.testing.tiny_llm import CHATML_TEMPLATE, DEFAULT_CORPUS, train_bpe_tokenizer, write_tiny_llm_dir
+
+    tokenizer = train_bpe_tokenizer(DEFAULT_CORPUS, chat_template=None)
+    tokenizer.chat_template = {"default": CHATML_TEMPLATE, "tool_use": "tools: " + CHATML_TEMPLATE}
+    llm = write_tiny_llm_dir(tmp_path / "llm", tokenizer=tokenizer)
+    run = train_run(tmp_path / "run", model_section(llm, base_dirs[1], ctc=False), train_corpus)
+    model = load_exported(export_model(run.run_dir, tmp_path / "model", dtype="fp32"))
+    assert model.prompt.tokenizer.chat_template == CHATML_TEMPLATE
+    assert model.prompt.encode("three four").ids == run.reference_model().prompt.encode("three four").ids

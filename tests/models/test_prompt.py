@@ -292,3 +292,28 @@ def test_the_standalone_template_renders_llmasrs_prompt_without_its_variables(ti
     assert thinking == text.removesuffix("<think>\n\n</think>\n\n")
     with pytest.raises(PromptError, match=r"template_kwargs: \['two words'\] are not names a chat template can read"):
         PromptBuilder(load_tokenizer(tiny_llm_dir), template_kwargs={"two words": 1})  # at start-up, not at export
+
+
+def test_decoded_text_keeps_the_spaces_its_tokens_spell(tmp_path):
+    """A tokenizer_config.json that switches on transformers' clean-up of spaces (Llama 3's sets
+    clean_up_tokenization_spaces, which transformers applied to its BPE decode for many releases; the second key
+    forces that here) had joined " 's", " ," and " '" to the word before: a hypothesis and the CTC branch's text lost
+    spaces the transcript has ("the word'social'": one word where the reference holds two)."""
+    import json
+
+    from llmasr.models.ctc_vocab import LLMCTCTokenizer
+    from llmasr.testing.tiny_llm import write_tiny_llm_dir
+
+    path = write_tiny_llm_dir(tmp_path / "llm", texts=["the word social it is a test they do not know"])
+    config = json.loads((path / "tokenizer_config.json").read_text(encoding="utf-8"))
+    config["clean_up_tokenization_spaces"] = True
+    config["clean_up_tokenization_spaces_for_bpe_even_though_it_will_corrupt_output"] = True
+    (path / "tokenizer_config.json").write_text(json.dumps(config), encoding="utf-8")
+    tok = load_tokenizer(path)
+    transcript = "the word 'social' , it 's a test , they do n't know ."
+    assert tok.decode(tok.encode(transcript, add_special_tokens=False)) != transcript  # the clean-up is on
+    pb = PromptBuilder(tok)
+    enc = pb.encode(transcript)
+    assert pb.decode(enc.ids[enc.target_start :]) == transcript
+    ctc = LLMCTCTokenizer(tok)
+    assert ctc.decode(ctc.encode(transcript)) == transcript
