@@ -184,10 +184,11 @@ class DecodeConfig:
         return dataclasses.replace(self, **{**plain, **changes})
 
     def generation(self) -> dict:
-        """The keyword arguments of the LLM's generate that this configuration sets."""
+        """The keyword arguments of the LLM's generate that this configuration sets. The repetition penalty is 1 (off,
+        over an LLM generation_config's): SpeechLLM applies this configuration's as a logits processor of its own."""
         return {
             "num_beams": int(self.num_beams),
-            "repetition_penalty": float(self.repetition_penalty),
+            "repetition_penalty": 1.0,
             "no_repeat_ngram_size": int(self.no_repeat_ngram_size),
         }
 

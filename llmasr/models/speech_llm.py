@@ -283,7 +283,8 @@ class SpeechLLM(nn.Module):
         """(token ids per row, each cut at its cap; truncation per row; mode name) of the search `cfg` asks for;
         `ctc`: (CTC log-probs, lengths) of a model with a CTC head, else None; `hotwords`: each row's biasing
         phrases (boosted in the search by cfg.hotword_boost)."""
-        from transformers import LogitsProcessorList  # deferred like every transformers import (models.llm)
+        # deferred like every transformers import (models.llm)
+        from transformers import LogitsProcessorList, RepetitionPenaltyLogitsProcessor
 
         llm_vocab = self.ctc_on_llm_vocab
         weight = cfg.guidance(ctc is not None, llm_vocab)
@@ -298,6 +299,8 @@ class SpeechLLM(nn.Module):
         if boost > 0 and hotwords is not None and any(hotwords):
             boosts.append(HotwordBoost(hotwords, self.prompt.tokenizer, boost, end, cfg.num_beams))
         processors = [EndTokens(end, other_end_ids(self.llm.generation_config, self.prompt.tokenizer, end))]
+        if cfg.repetition_penalty != 1.0:  # generate's own skips as many first tokens of a row as it has left padding
+            processors.insert(0, RepetitionPenaltyLogitsProcessor(float(cfg.repetition_penalty)))
         if weight > 0 and llm_vocab:
             scorer = CTCPrefixScorer(ctc[0], ctc[1], self.ctc_tokenizer.blank_id)
             listed = [boosts[0].tokens(u) for u in range(len(hotwords))] if boosts else None

@@ -327,3 +327,19 @@ def test_transcribe_without_a_ctc_head_has_no_ctc_hypotheses(tiny_llm_dir):
     plain = llmasr.build_model(tiny_model_section(tiny_llm_dir)).eval()
     batch = random_batch(plain, TARGETS[:2])
     assert plain.ctc_head is None and plain.transcribe(batch).ctc is None
+
+
+def test_batched_decoding_with_a_repetition_penalty_equals_one_by_one(model):
+    """transformers' own penalty skips as many first tokens of a row as the row has left padding (its input_ids hold
+    the generated tokens alone): in a batch, the shorter utterances' first tokens went unpenalised."""
+    from llmasr.models.decoding import DecodeConfig
+
+    model.eval()
+    batch = random_batch(model, TARGETS, frames=[12, 60, 30, 9], seed=5)
+    for beams in (1, 2):
+        cfg = DecodeConfig(num_beams=beams, repetition_penalty=1.5, max_new_tokens=10, ctc_weight=0.0)
+        together = model.transcribe(batch, cfg).llm
+        alone = [model.transcribe(batch.select([i]), cfg).llm[0] for i in range(len(TARGETS))]
+        assert together == alone, beams
+        plain = DecodeConfig(num_beams=beams, max_new_tokens=10, ctc_weight=0.0)
+        assert together != model.transcribe(batch, plain).llm  # the penalty acts
