@@ -207,6 +207,22 @@ def test_a_saved_run_with_a_schedule_field_its_type_does_not_read_still_loads(tm
     assert "dropped" not in caplog.text
 
 
+def test_an_unknown_section_says_where_it_was_set(tmp_path):
+    """A misspelt section (`trian:`) is named by the recipe's line or the override, as a misspelt key inside a
+    section is (the error had named neither the file nor the override)."""
+    path = tmp_path / "r.yaml"
+    path.write_text("train:\n  epochs: 2\n\ntrian:\n  seed: 0\n")
+    with pytest.raises(ConfigError) as err:
+        load_recipe(path)
+    assert str(err.value).startswith("top level: unknown key(s) ['trian']; did you mean 'train'?")
+    assert str(err.value).endswith(f"({path}, line 4)")
+    path.write_text("train:\n  epochs: 2\n")
+    with pytest.raises(
+        ConfigError, match=r"^top level: unknown key\(s\) \['trian'\];.* \(set by the override 'trian.seed=0'\)$"
+    ):
+        load_recipe(path, ["train.epochs=3", "trian.seed=0"])
+
+
 def test_an_override_names_a_list_item_as_errors_name_it(tmp_path):
     """`data.train[1].weight=5`, the key an error names, had been refused as an unknown key 'train[1]' of data (and
     `data.train.1.weight`, OmegaConf's spelling, as "data.train is a value"): a list item could not be set."""
