@@ -150,6 +150,21 @@ def test_paths_from_the_working_directory_are_kept_absolute(tmp_path, monkeypatc
     assert rs.check_resume_recipe(r, run / "checkpoints") == []
 
 
+def test_a_path_under_the_home_folder_is_read_there(tmp_path, monkeypatch):
+    """`~/...` in a recipe or an override is the home folder, as the manifests' audio paths and export's --output
+    read it: train.output_dir=~/exp/run had made a folder named ~ in the working directory, and an input path under
+    ~ was looked for beside the recipe."""
+    home = tmp_path / "home"
+    (home / "models" / "llm").mkdir(parents=True)
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump({"model": {"llm": {"path": "~/models/llm"}}}))
+    r = load_recipe(path, ["train.output_dir=~/exp/run"])
+    assert r.model.llm.path == str(home / "models" / "llm")
+    assert r.train.output_dir == str(home / "exp" / "run")
+
+
 def test_every_recipe_the_docs_name_exists():
     """The README's and docstrings' examples name shipped recipes and DeepSpeed files; one had named a recipe that
     does not exist (recipes/paraformer_qwen2.5-1.5b.yaml)."""
