@@ -207,6 +207,16 @@ def test_a_saved_run_with_a_schedule_field_its_type_does_not_read_still_loads(tm
     assert "dropped" not in caplog.text
 
 
+def test_an_override_value_starting_with_an_anchor_is_refused(tmp_path):
+    """YAML takes `&NAME` off a value as an anchor: `model.prompt.task=&x y` had set the task to "y"."""
+    path = tmp_path / "r.yaml"
+    path.write_text("model:\n  prompt: {task: hi}\n")
+    with pytest.raises(ConfigError, match=r"^override 'model.prompt.task=&x y': YAML reads &NAME as an anchor"):
+        load_recipe(path, ["model.prompt.task=&x y"])
+    assert load_recipe(path, ["model.prompt.task='&x y'"]).model.prompt.task == "&x y"
+    assert load_recipe(path, ["model.prompt.task=a &x y"]).model.prompt.task == "a &x y"
+
+
 def test_an_unknown_section_says_where_it_was_set(tmp_path):
     """A misspelt section (`trian:`) is named by the recipe's line or the override, as a misspelt key inside a
     section is (the error had named neither the file nor the override)."""
