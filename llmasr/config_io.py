@@ -92,6 +92,8 @@ _Loader.add_implicit_resolver("tag:llmasr,none", re.compile(r"^None$"), ["N"])  
 _Loader.add_constructor("tag:llmasr,none", _none)
 _Loader.add_constructor("tag:yaml.org,2002:int", _number(_Int, yaml.SafeLoader.construct_yaml_int))
 _Loader.add_constructor("tag:yaml.org,2002:float", _number(_Float, yaml.SafeLoader.construct_yaml_float))
+# a date is its text (output_dir=2026-01-02 names a folder; no recipe value is a date)
+_Loader.add_constructor("tag:yaml.org,2002:timestamp", yaml.SafeLoader.construct_yaml_str)
 
 
 def _plain(value: Any) -> Any:

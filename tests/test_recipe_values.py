@@ -217,6 +217,17 @@ def test_an_override_value_starting_with_an_anchor_is_refused(tmp_path):
     assert load_recipe(path, ["model.prompt.task=a &x y"]).model.prompt.task == "a &x y"
 
 
+def test_a_date_is_read_as_its_text(tmp_path):
+    """YAML 1.1 reads 2026-01-02 as a date: train.output_dir=2026-01-02 had been refused as "expected a string, got
+    datetime.date(2026, 1, 2)"."""
+    path = tmp_path / "r.yaml"
+    path.write_text("model:\n  prompt: {task: 2026-01-02 12:00:00}\n")
+    r = load_recipe(path, ["train.output_dir=2026-01-02"])
+    assert r.train.output_dir == "2026-01-02" and r.model.prompt.task == "2026-01-02 12:00:00"
+    with pytest.raises(ConfigError, match=r"^train.epochs: expected an integer, got '2026-01-02'"):
+        load_recipe(path, ["train.epochs=2026-01-02"])
+
+
 def test_an_unknown_section_says_where_it_was_set(tmp_path):
     """A misspelt section (`trian:`) is named by the recipe's line or the override, as a misspelt key inside a
     section is (the error had named neither the file nor the override)."""
