@@ -100,6 +100,10 @@ def test_flags_out_of_range_are_refused_by_name_before_the_model_loads(exported_
         capsys.readouterr().err
     )
     assert not (tmp_path / "out").exists()
+    monkeypatch.setattr("llmasr.export.transcribe.load_decode_model", no_load)
+    clip = manifest.parent / "wav" / "test0.wav"
+    assert transcribe_main(["--model", str(exported_dir), "--beam", "0", str(clip)]) == 2
+    assert "llmasr transcribe: error: decode.num_beams: must be >= 1, got 0 (--beam)" in capsys.readouterr().err
 
 
 def test_the_python_settings_are_checked_the_same_way():
