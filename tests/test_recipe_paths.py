@@ -72,6 +72,23 @@ def test_every_path_field_resolves_against_the_recipe(tmp_path):
     assert r.decode.vad == str(assets / "vad")
 
 
+def test_a_checkpoint_train_resume_names_is_looked_for_beside_the_recipe(tmp_path, monkeypatch):
+    """train.resume: a checkpoint folder written relative to the recipe, as every other path there (it had been
+    looked for in the working directory only); a tag and the keywords stay as they are."""
+    (tmp_path / "exp" / "run" / "checkpoints" / "update_00000001").mkdir(parents=True)
+    (tmp_path / "recipes" / "latest").mkdir(parents=True)  # a folder named as the keyword
+    recipe = tmp_path / "recipes" / "r.yaml"
+    monkeypatch.chdir(tmp_path / "exp")
+    for written, read in [
+        ("../exp/run/checkpoints/update_00000001", str(tmp_path / "exp/run/checkpoints/update_00000001")),
+        ("update_00000001", "update_00000001"),
+        ("latest", "latest"),
+        ("auto", "auto"),
+    ]:
+        recipe.write_text(yaml.safe_dump({"train": {"resume": written}}))
+        assert load_recipe(recipe).train.resume == read
+
+
 def test_paths_that_are_not_recipe_relative_are_kept(tmp_path):
     recipe = tmp_path / "r.yaml"
     absolute = tmp_path / "abs.pt"
