@@ -92,6 +92,8 @@ _Loader.add_implicit_resolver("tag:llmasr,none", re.compile(r"^None$"), ["N"])  
 _Loader.add_constructor("tag:llmasr,none", _none)
 _Loader.add_constructor("tag:yaml.org,2002:int", _number(_Int, yaml.SafeLoader.construct_yaml_int))
 _Loader.add_constructor("tag:yaml.org,2002:float", _number(_Float, yaml.SafeLoader.construct_yaml_float))
+# a date is its text (output_dir=2026-01-02 names a folder; no recipe value is a date)
+_Loader.add_constructor("tag:yaml.org,2002:timestamp", yaml.SafeLoader.construct_yaml_str)
 
 
 def _plain(value: Any) -> Any:
@@ -163,6 +165,8 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
             value = yaml.load(raw, Loader=_Loader) if raw != "" else ""
         except yaml.YAMLError as err:
             raise ConfigError(f"override {item!r}: value is not valid YAML: {err}") from err
+        if any(isinstance(token, yaml.AnchorToken) for token in yaml.scan(raw)):  # `&x y` reads as y
+            raise ConfigError(f"override {item!r}: YAML reads &NAME as an anchor and drops it; quote the value")
         value = _without_comment(item, raw, value)
         parts = [int(p[1:-1]) if p[0] == "[" else p for p in re.findall(r"\[\d+\]|[^.\[\]]+", key)]
         if _dotted(parts) != key:
@@ -230,10 +234,6 @@ def _shown(value: Any) -> str:
     return f"{type(value).__name__} {value!r}"
 
 
-def _type_name(tp: Any) -> str:
-    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
-
-
 def coerce(value: Any, tp: Any, path: str) -> Any:
     """`value` checked against type `tp` (converted where YAML reads it loosely: 1e-4 as a string, an int where a
     float is wanted); ConfigError names `path`."""
@@ -284,10 +284,8 @@ def _coerce_union(value: Any, tp: Any, path: str) -> Any:
             errors.append(err)
     if len(errors) == 1:  # an optional section or value: its own error names the key at fault
         raise errors[0]
-    raise ConfigError(
-        f"{path}: {value!r} fits none of {' | '.join(_type_name(a) for a in args)}:\n  "
-        + "\n  ".join(str(e) for e in errors)
-    )
+    names = " | ".join(getattr(a, "__name__", None) or str(a).replace("typing.", "") for a in args)
+    raise ConfigError(f"{path}: {value!r} fits none of {names}:\n  " + "\n  ".join(str(e) for e in errors))
 
 
 def _coerce_container(value: Any, tp: Any, path: str) -> Any:

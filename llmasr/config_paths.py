@@ -90,6 +90,8 @@ def _dataclass_args(tp: Any) -> list[type]:
 
 
 def _resolve_one(value: Any, kind: str, base: Path) -> Any:
+    if isinstance(value, str) and value.startswith("~"):
+        value = os.path.expanduser(value)  # the home folder, as manifests and export read it (not a folder named ~)
     if not isinstance(value, str) or not value or "\n" in value or Path(value).is_absolute():
         return value  # (a field that takes a path or text, as a chat template, may hold the text itself)
     if kind == "output":

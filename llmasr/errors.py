@@ -18,6 +18,7 @@ rank, when rank 0 runs on without reporting one (asked through the process group
 
 from __future__ import annotations
 
+import difflib
 import errno
 import functools
 import os
@@ -72,6 +73,12 @@ def context(what: str) -> Iterator[None]:
 
 # -- describing an error ------------------------------------------------------------------------------------------
 PACKAGE_DIR = str(Path(__file__).resolve().parent)
+
+
+def nearest_hint(key: str, known) -> str:
+    """The hint "; did you mean 'K'?" for the known key K nearest a misspelt `key` ("" when none is near)."""
+    near = difflib.get_close_matches(str(key), sorted(map(str, known)), n=1)
+    return f"; did you mean {near[0]!r}?" if near else ""
 
 
 def _ours(err: BaseException) -> bool:

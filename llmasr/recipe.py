@@ -109,8 +109,10 @@ def where_set(message: str, path, overrides: list[str]) -> str:
     """Where the value an error names by its dotted key came from: " (set by the override 'KEY=VALUE')", or
     " (RECIPE, line N)"; "" when the message names no key, or the key is nowhere (a default)."""
     key = message.split(":", 1)[0]
-    if not re.fullmatch(r"[A-Za-z_]\w*(?:\.\w+|\[\d+\])*", key):
+    top = key == "top level"  # (from_dict's name for the recipe's own keys: an unknown section)
+    if not top and not re.fullmatch(r"[A-Za-z_]\w*(?:\.\w+|\[\d+\])*", key):
         return ""
+    section = "" if top else key + "."
     for item in reversed(overrides):
         given = item.split("=", 1)[0].strip().lstrip("-")
         given = re.sub(r"\.(\d+)(?=[.\[]|$)", r"[\1]", given)  # a list item as errors name it: a.0.b is a[0].b
@@ -118,7 +120,7 @@ def where_set(message: str, path, overrides: list[str]) -> str:
             return f" (set by the override {item!r})"
         # a section's error about a key in it ("unknown key(s) ['x']; known keys are ..."): the override's if it
         # set that key
-        inner = given.removeprefix(key + ".").split(".")[0] if given.startswith(key + ".") else None
+        inner = given.removeprefix(section).split(".")[0] if given.startswith(section) else None
         if inner and repr(inner) in message.split(";")[0]:
             return f" (set by the override {item!r})"
     if path is None:
@@ -128,7 +130,9 @@ def where_set(message: str, path, overrides: list[str]) -> str:
     except (OSError, yaml.YAMLError):
         return ""
     mark = None  # where the key (or the list item) is written
-    for part in re.findall(r"\w+|\[\d+\]", key):
+    # an unknown section is named by its own line (the first of them; a section's unknown key, by the section's)
+    parts = re.findall(r"'(\w+)'", message.split(";")[0])[:1] if top else re.findall(r"\w+|\[\d+\]", key)
+    for part in parts:
         if isinstance(node, yaml.MappingNode) and not part.startswith("["):
             pair = next(((k, v) for k, v in node.value if isinstance(k, yaml.ScalarNode) and k.value == part), None)
             mark, node = (pair[0].start_mark, pair[1]) if pair else (None, None)
@@ -139,7 +143,7 @@ def where_set(message: str, path, overrides: list[str]) -> str:
             node = None
         if node is None:
             return ""  # not written in the file: a default
-    return f" ({path}, line {mark.line + 1})"
+    return f" ({path}, line {mark.line + 1})" if mark else f" ({path})"
 
 
 def save_recipe(recipe: Recipe, path: str | Path) -> None:

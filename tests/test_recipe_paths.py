@@ -72,6 +72,23 @@ def test_every_path_field_resolves_against_the_recipe(tmp_path):
     assert r.decode.vad == str(assets / "vad")
 
 
+def test_a_checkpoint_train_resume_names_is_looked_for_beside_the_recipe(tmp_path, monkeypatch):
+    """train.resume: a checkpoint folder written relative to the recipe, as every other path there (it had been
+    looked for in the working directory only); a tag and the keywords stay as they are."""
+    (tmp_path / "exp" / "run" / "checkpoints" / "update_00000001").mkdir(parents=True)
+    (tmp_path / "recipes" / "latest").mkdir(parents=True)  # a folder named as the keyword
+    recipe = tmp_path / "recipes" / "r.yaml"
+    monkeypatch.chdir(tmp_path / "exp")
+    for written, read in [
+        ("../exp/run/checkpoints/update_00000001", str(tmp_path / "exp/run/checkpoints/update_00000001")),
+        ("update_00000001", "update_00000001"),
+        ("latest", "latest"),
+        ("auto", "auto"),
+    ]:
+        recipe.write_text(yaml.safe_dump({"train": {"resume": written}}))
+        assert load_recipe(recipe).train.resume == read
+
+
 def test_paths_that_are_not_recipe_relative_are_kept(tmp_path):
     recipe = tmp_path / "r.yaml"
     absolute = tmp_path / "abs.pt"
@@ -148,6 +165,21 @@ def test_paths_from_the_working_directory_are_kept_absolute(tmp_path, monkeypatc
     old.model.llm.path, old.data.train = "models/llm", ["train.jsonl"]
     dump_yaml(old, run / "recipe.yaml")
     assert rs.check_resume_recipe(r, run / "checkpoints") == []
+
+
+def test_a_path_under_the_home_folder_is_read_there(tmp_path, monkeypatch):
+    """`~/...` in a recipe or an override is the home folder, as the manifests' audio paths and export's --output
+    read it: train.output_dir=~/exp/run had made a folder named ~ in the working directory, and an input path under
+    ~ was looked for beside the recipe."""
+    home = tmp_path / "home"
+    (home / "models" / "llm").mkdir(parents=True)
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump({"model": {"llm": {"path": "~/models/llm"}}}))
+    r = load_recipe(path, ["train.output_dir=~/exp/run"])
+    assert r.model.llm.path == str(home / "models" / "llm")
+    assert r.train.output_dir == str(home / "exp" / "run")
 
 
 def test_every_recipe_the_docs_name_exists():

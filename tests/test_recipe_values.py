@@ -207,6 +207,43 @@ def test_a_saved_run_with_a_schedule_field_its_type_does_not_read_still_loads(tm
     assert "dropped" not in caplog.text
 
 
+def test_an_override_value_starting_with_an_anchor_is_refused(tmp_path):
+    """YAML takes `&NAME` off a value as an anchor: `model.prompt.task=&x y` had set the task to "y"."""
+    path = tmp_path / "r.yaml"
+    path.write_text("model:\n  prompt: {task: hi}\n")
+    with pytest.raises(ConfigError, match=r"^override 'model.prompt.task=&x y': YAML reads &NAME as an anchor"):
+        load_recipe(path, ["model.prompt.task=&x y"])
+    assert load_recipe(path, ["model.prompt.task='&x y'"]).model.prompt.task == "&x y"
+    assert load_recipe(path, ["model.prompt.task=a &x y"]).model.prompt.task == "a &x y"
+
+
+def test_a_date_is_read_as_its_text(tmp_path):
+    """YAML 1.1 reads 2026-01-02 as a date: train.output_dir=2026-01-02 had been refused as "expected a string, got
+    datetime.date(2026, 1, 2)"."""
+    path = tmp_path / "r.yaml"
+    path.write_text("model:\n  prompt: {task: 2026-01-02 12:00:00}\n")
+    r = load_recipe(path, ["train.output_dir=2026-01-02"])
+    assert r.train.output_dir == "2026-01-02" and r.model.prompt.task == "2026-01-02 12:00:00"
+    with pytest.raises(ConfigError, match=r"^train.epochs: expected an integer, got '2026-01-02'"):
+        load_recipe(path, ["train.epochs=2026-01-02"])
+
+
+def test_an_unknown_section_says_where_it_was_set(tmp_path):
+    """A misspelt section (`trian:`) is named by the recipe's line or the override, as a misspelt key inside a
+    section is (the error had named neither the file nor the override)."""
+    path = tmp_path / "r.yaml"
+    path.write_text("train:\n  epochs: 2\n\ntrian:\n  seed: 0\n")
+    with pytest.raises(ConfigError) as err:
+        load_recipe(path)
+    assert str(err.value).startswith("top level: unknown key(s) ['trian']; did you mean 'train'?")
+    assert str(err.value).endswith(f"({path}, line 4)")
+    path.write_text("train:\n  epochs: 2\n")
+    with pytest.raises(
+        ConfigError, match=r"^top level: unknown key\(s\) \['trian'\];.* \(set by the override 'trian.seed=0'\)$"
+    ):
+        load_recipe(path, ["train.epochs=3", "trian.seed=0"])
+
+
 def test_an_override_names_a_list_item_as_errors_name_it(tmp_path):
     """`data.train[1].weight=5`, the key an error names, had been refused as an unknown key 'train[1]' of data (and
     `data.train.1.weight`, OmegaConf's spelling, as "data.train is a value"): a list item could not be set."""

@@ -6,8 +6,10 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
 
 from llmasr.commands.train import parse_run_args, run_args
+from llmasr.config_paths import output_problem
 from llmasr.errors import command
 from llmasr.recipe import load_recipe
 from llmasr.train.check import check
@@ -31,6 +33,8 @@ def main(argv: list[str] | None = None) -> int:
         args.world_size = int(env)
     if args.world_size < 1:
         p.error(f"--world-size must be >= 1, got {args.world_size}")
+    if args.out is not None and (problem := output_problem(Path(args.out))):  # before the minutes of planning
+        p.error(f"--out {args.out}: {problem}")
     recipe = load_recipe(args.config, args.overrides)
     report = check(
         recipe, args.deepspeed, world_size=args.world_size, out=args.out, resume=args.resume, overwrite=args.overwrite

@@ -54,6 +54,19 @@ DECODE_FLAGS = {
 }
 
 
+def refused_flag(settings: dict, options: dict | None = None) -> str | None:
+    """Why a decoding flag is out of its own range (the setting's error and the flag), found before the model loads
+    (window_overlap 0 there: the model's own may be below the default); None when every one is in range.
+    `settings`: DecodeConfig fields (DECODE_FLAGS), `options`: DecodeOptions fields."""
+    try:
+        decode_config(DecodeConfig(window_overlap=0.0), **settings)
+        DecodeOptions(**{k: v for k, v in (options or {}).items() if v is not None})
+    except ConfigError as err:
+        key = str(err).split(":", 1)[0]  # decode.FIELD, or an option's own name (num_workers)
+        return f"{err} (--{DECODE_FLAGS.get(key.removeprefix('decode.'), key).replace('_', '-')})"
+    return None
+
+
 def model_args(p: argparse.ArgumentParser) -> None:
     """The model to decode with (an exported directory or a checkpoint) and where it runs: decode's and transcribe's."""
     src = p.add_mutually_exclusive_group(required=True)
@@ -202,6 +215,13 @@ def main(argv: list[str] | None = None) -> int:
     if missing:  # a mistyped manifest is named now, not after the model loads and the others are decoded
         print(f"llmasr decode: error: --data: {'; '.join(missing)}", file=sys.stderr)
         return 2
+    flags = {field: getattr(args, dest) for field, dest in DECODE_FLAGS.items()}
+    given = {"num_workers": args.num_workers, "max_bad_fraction": args.max_bad_fraction, "ctc": args.ctc,
+             "features_on": args.features_on, "hotwords": hotwords, "hotwords_file": args.hotwords,
+             "hotwords_unprompted": args.hotwords_unprompted or None}  # fmt: skip
+    if refused := refused_flag(flags, given):
+        print(f"llmasr decode: error: {refused}", file=sys.stderr)
+        return 2
     try:
         device = world.device(args.device)
     except ValueError as err:
@@ -225,14 +245,11 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
     try:
-        cfg = decode_config(saved, **{field: getattr(args, dest) for field, dest in DECODE_FLAGS.items()})
+        cfg = decode_config(saved, **flags)
         search_boost(model, cfg, opts)  # refused here, before the model moves to its device
     except (ConfigError, DecodeError) as err:
         print(f"llmasr decode: error: {err}", file=sys.stderr)
         return 2
-    given = {"num_workers": args.num_workers, "max_bad_fraction": args.max_bad_fraction, "ctc": args.ctc,
-             "features_on": args.features_on, "hotwords": hotwords, "hotwords_file": args.hotwords,
-             "hotwords_unprompted": args.hotwords_unprompted or None}  # fmt: skip
     try:
         opts = dataclasses.replace(opts, **{k: v for k, v in given.items() if v is not None})
     except ConfigError as err:

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from llmasr import errors
-from llmasr.commands.decode import check_model_args, model_args
+from llmasr.commands.decode import check_model_args, model_args, refused_flag
 from llmasr.config_io import ConfigError
 from llmasr.config_paths import file_problem
 from llmasr.data.hotwords import PhraseFileError, read_phrase_file
@@ -65,6 +65,9 @@ def main(argv: list[str] | None = None) -> int:
     # word times only when they are printed: the model's saved decode.timestamps does not change the output
     given = {"num_beams": args.beam, "ctc_weight": args.ctc_weight, "timestamps": bool(args.timestamps),
              "vad": args.vad}  # fmt: skip
+    if refused := refused_flag(given):  # before the model loads
+        print(f"llmasr transcribe: error: {refused}", file=sys.stderr)
+        return 2
     try:
         asr = Transcriber.load(
             args.model, checkpoint=args.checkpoint, tag=args.tag, device=device, dtype=args.dtype,

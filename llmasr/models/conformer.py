@@ -23,6 +23,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from llmasr.config_io import ConfigError, coerce_arguments
+from llmasr.errors import nearest_hint
 from llmasr.models.rel_attention import RelPositionalEncoding, RelPositionMultiHeadedAttention
 from llmasr.models.subsampling import CONV_STACKS, Conv2dSubsampling, LinearInput, subsampled_lengths
 
@@ -195,10 +196,12 @@ class ConformerConf:
     @classmethod
     def from_conf(cls, input_size: int, conf: dict[str, Any]) -> ConformerConf:
         """The checked settings; an unknown key or an unsupported value is a ConfigError naming it."""
-        unknown = sorted(set(conf) - {f.name for f in fields(cls)})
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(conf) - known)
         if unknown:
             raise ConfigError(
-                f"encoder.conf.{unknown[0]}: not a ConformerEncoder option (unknown keys: {', '.join(unknown)})"
+                f"model.encoder.conf.{unknown[0]}: not a ConformerEncoder option{nearest_hint(unknown[0], known)} "
+                f"(unknown keys: {', '.join(unknown)})"
             )
         out = cls(input_size, **coerce_arguments(cls, conf, "model.encoder.conf"))
         out.check()

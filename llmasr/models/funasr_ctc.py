@@ -96,8 +96,8 @@ def _first_entry(vocab: Path) -> str:
 def funasr_ctc_settings(model_dir: str | Path) -> dict[str, str]:
     """`model.ctc` settings for the CTC head of FunASR directory `model_dir`: vocab, blank, seg_dict, init_from,
     init_prefix."""
+    config = read_funasr_config(model_dir)  # (before resolving: a missing one is named as the recipe wrote it)
     model_dir = Path(model_dir).resolve()
-    config = read_funasr_config(model_dir)
     metas = file_path_metas(model_dir)
     if metas is None:
         config, metas = _with_files_beside(model_dir, config), {}

@@ -28,6 +28,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from llmasr.config_io import ConfigError
+from llmasr.errors import nearest_hint
 from llmasr.models.sanm_chunk import CHUNK_KEYS, ChunkSettings
 
 # encoder_conf keys FunASR configs carry that have no effect on this encoder (or only at their default value).
@@ -272,9 +273,10 @@ def _check_extra(extra: dict) -> None:
     """Keys beyond the constructor's: only those FunASR configs carry without effect here, at their usual value."""
     for key, value in extra.items():
         if key not in _HARMLESS_KEYS:
+            known = sorted([*_CONSTRUCTOR_KEYS, *CHUNK_KEYS, *_HARMLESS_KEYS])
             raise ConfigError(
-                f"SANMEncoder: unknown encoder_conf key {key!r} (value {value!r}); supported keys: "
-                + ", ".join(sorted([*_CONSTRUCTOR_KEYS, *CHUNK_KEYS, *_HARMLESS_KEYS]))
+                f"SANMEncoder: unknown encoder_conf key {key!r} (value {value!r}){nearest_hint(key, known)}; "
+                f"supported keys: {', '.join(known)}"
             )
         accepted = _HARMLESS_KEYS[key]
         if accepted is not None and value not in accepted:

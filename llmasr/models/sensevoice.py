@@ -33,6 +33,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from llmasr.config_io import ConfigError
+from llmasr.errors import nearest_hint
 from llmasr.models.sanm import (
     EncoderLayerSANM,
     MultiHeadedAttentionSANM,
@@ -182,9 +183,10 @@ class SenseVoiceEncoderSmall(nn.Module):
 def _check_ignored(ignored: dict) -> None:
     for key, value in ignored.items():
         if key not in _IGNORED:
+            known = sorted([*_CONSTRUCTOR_KEYS, *_IGNORED])
             raise ConfigError(
-                f"SenseVoiceEncoderSmall: unknown encoder_conf key {key!r} (value {value!r}); supported keys: "
-                + ", ".join(sorted([*_CONSTRUCTOR_KEYS, *_IGNORED]))
+                f"SenseVoiceEncoderSmall: unknown encoder_conf key {key!r} (value {value!r})"
+                f"{nearest_hint(key, known)}; supported keys: {', '.join(known)}"
             )
         usual = _IGNORED[key]
         if isinstance(value, str):

@@ -25,6 +25,7 @@ from torch import nn
 from llmasr.config_io import ConfigError, coerce
 from llmasr.config_paths import not_found
 from llmasr.data.frontend import FrontendConfig
+from llmasr.errors import nearest_hint
 from llmasr.models.state_dict import CheckpointMismatchError, load_into, read_safetensors
 
 log = logging.getLogger(__name__)
@@ -178,7 +179,7 @@ def check_whisper_conf(conf: dict[str, Any]) -> dict[str, Any]:
     out = {}
     for key, value in conf.items():
         if key not in defaults:
-            raise ConfigError(f"model.encoder.conf.{key}: not a WhisperConfig option")
+            raise ConfigError(f"model.encoder.conf.{key}: not a WhisperConfig option{nearest_hint(key, defaults)}")
         if key not in ENCODER_KEYS:
             hint = " (SpecAugment: data.augment.spec_augment)" if key.startswith(("mask_", "apply_spec")) else ""
             raise ConfigError(

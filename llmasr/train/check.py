@@ -16,6 +16,7 @@ from __future__ import annotations
 import itertools
 from pathlib import Path
 
+from llmasr import errors
 from llmasr.data.augment import cost_text
 from llmasr.models.builder import build_model
 from llmasr.models.fsmn_vad import load_vad
@@ -115,8 +116,10 @@ def resumed_total(recipe, plan, where: Path, meta, world_size: int) -> tuple[int
     client = read_client_state(where, meta)
     epoch, loader_state = int(client.get("epoch", meta.epoch)), client.get("loader")
     resharded = None
-    if loader_state is not None and meta.world_size != world_size:
-        resharded = plan.loaders[1].length_after(loader_state["sampler"])
+    if loader_state is not None:  # a position this data cannot continue is refused, as training's load refuses it
+        with errors.context(f"resuming {where}"):
+            length = plan.loaders[1].length_after(loader_state["sampler"])
+        resharded = length if meta.world_size != world_size else None
     left = batches_left(plan.per_epoch, epoch, loader_state, resharded)
     total = resized_total(meta.update, epoch, left, plan.per_epoch, plan.grad_accum, recipe.train.max_updates)
     return total, min(total, resized_total(meta.update, epoch, left, plan.per_epoch, plan.grad_accum, None))

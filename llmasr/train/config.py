@@ -242,9 +242,10 @@ class TrainConfig:
     min_delta: float = 0.0
     # Run directory: checkpoints, logs, the resolved recipe and DeepSpeed config.
     output_dir: str = path_field("exp/run", output=True)
-    # Resume from a checkpoint directory or tag, "latest" (output_dir's newest; an error when there is none), or
-    # "auto" (output_dir's newest when there is one, else a fresh start: one command restarts a preempted job).
-    resume: str | None = None
+    # Resume from a checkpoint directory (relative: beside the recipe, as every path) or tag, "latest" (output_dir's
+    # newest; an error when there is none), or "auto" (output_dir's newest when there is one, else a fresh start: one
+    # command restarts a preempted job).
+    resume: str | None = path_field(None, keywords=("latest", "auto"))
 
     def validate(self, path: str) -> None:
         for name in ("epochs", "log_every"):

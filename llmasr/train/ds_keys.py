@@ -18,6 +18,7 @@ import difflib
 import functools
 
 from llmasr.config_io import ConfigError
+from llmasr.errors import nearest_hint
 
 # Read by deepspeed.initialize itself, before DeepSpeedConfig exists (deepspeed/__init__.py).
 INITIALIZE_KEYS = frozenset({"sequence_parallel_size", "data_parallel_size"})
@@ -92,15 +93,10 @@ def nearest(key: str, known) -> str | None:
     return match[0] if match else None
 
 
-def _suggest(key: str, known) -> str:
-    near = nearest(key, known)
-    return f"; did you mean {near!r}?" if near else ""
-
-
 def check_ds_keys(ds: dict, source: str) -> None:
     """Refuse what DeepSpeed would ignore or refuse late in the resolved config `ds` (see the module doc)."""
     known = known_top_level_keys()
-    unknown = [f"  {k!r}: not a DeepSpeed key{_suggest(k, known)}" for k in ds if k not in known]
+    unknown = [f"  {k!r}: not a DeepSpeed key{nearest_hint(k, known)}" for k in ds if k not in known]
     if unknown:
         raise ConfigError(f"{source}: unknown key(s), which DeepSpeed would silently ignore:\n" + "\n".join(unknown))
     # train_batch_size left out: DeepSpeed derives it from a world size that `llmasr check` only pretends to have
@@ -137,7 +133,7 @@ def _explain(err: Exception, ds: dict) -> str:
         path = _dotted(ds, loc) if loc else _whole_section(ds, model, item["msg"], err.title)
         line = f"{path}: {item['msg']}"
         if item["type"] == "extra_forbidden":
-            line = f"{path}: unknown key" + (_suggest(loc[-1], _fields_at(model, loc[:-1])) if model else "")
+            line = f"{path}: unknown key" + (nearest_hint(loc[-1], _fields_at(model, loc[:-1])) if model else "")
         lines.append(line)
     return "\n  " + "\n  ".join(lines)
 

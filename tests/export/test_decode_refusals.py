@@ -82,6 +82,30 @@ def test_decoding_numbers_out_of_range_are_refused(exported_dir, manifest, tmp_p
     assert not out.exists()
 
 
+def test_flags_out_of_range_are_refused_by_name_before_the_model_loads(exported_dir, manifest, tmp_path, monkeypatch,
+                                                                      capsys):  # fmt: skip
+    """`--beam 0` had been refused once the model had loaded (minutes for a large one), as decode.num_beams only."""
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr("llmasr.commands.decode.load_decode_model", no_load)
+    base = ["--model", str(exported_dir), "--data", str(manifest), "--output", str(tmp_path / "out")]
+    assert decode_main([*base, "--beam", "0"]) == 2
+    assert "llmasr decode: error: decode.num_beams: must be >= 1, got 0 (--beam)" in capsys.readouterr().err
+    assert decode_main([*base, "--no-repeat-ngram", "-1"]) == 2
+    assert "decode.no_repeat_ngram_size: must be >= 0 (0: off), got -1 (--no-repeat-ngram)" in capsys.readouterr().err
+    assert decode_main([*base, "--num-workers", "-1"]) == 2
+    assert "num_workers: must be >= 0 (0: load in the decoding process), got -1 (--num-workers)" in (
+        capsys.readouterr().err
+    )
+    assert not (tmp_path / "out").exists()
+    monkeypatch.setattr("llmasr.export.transcribe.load_decode_model", no_load)
+    clip = manifest.parent / "wav" / "test0.wav"
+    assert transcribe_main(["--model", str(exported_dir), "--beam", "0", str(clip)]) == 2
+    assert "llmasr transcribe: error: decode.num_beams: must be >= 1, got 0 (--beam)" in capsys.readouterr().err
+
+
 def test_the_python_settings_are_checked_the_same_way():
     with pytest.raises(ConfigError, match="decode.batch_seconds: must be > 0"):
         DecodeConfig(batch_seconds=0).validate("decode")

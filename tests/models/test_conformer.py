@@ -189,8 +189,14 @@ def test_funasr_recipe_conf_is_accepted_and_defaults_to_legacy():
 
 
 def test_unknown_conf_key_is_named():
+    """By the recipe's key, with the nearest option (a typo's had been named as encoder.conf.KEY, with no hint)."""
     with pytest.raises(ConfigError, match="encoder.conf.cnn_kernel"):
         ConformerEncoder(**small_conf(), cnn_kernel=15)
+    with pytest.raises(
+        ConfigError,
+        match=r"^model\.encoder\.conf\.droput_rate: not a ConformerEncoder option; did you mean 'dropout_rate'\?",
+    ):
+        ConformerEncoder(**small_conf(), droput_rate=0.1)
 
 
 @pytest.mark.parametrize(

@@ -151,3 +151,21 @@ def test_a_directory_naming_no_vocabulary_is_refused(tmp_path):
     (d / "configuration.json").write_text(json.dumps({"file_path_metas": metas}))
     with pytest.raises(ConfigError, match=r"configuration.json: file_path_metas.tokenizer_conf.bpemodel names gone"):
         funasr_ctc_settings(d)
+
+
+def test_a_missing_encoder_directory_is_named_as_the_recipe_wrote_it(dirs, tmp_path, monkeypatch):
+    """A relative model.encoder.path that is nowhere is named as written, with where it was looked for, as without
+    from_encoder (from_encoder had named it resolved against the working directory alone, a folder the recipe's
+    path does not mean)."""
+    from llmasr.recipe import load_recipe
+
+    (tmp_path / "recipes").mkdir()
+    recipe = tmp_path / "recipes" / "r.yaml"
+    section = model_section("sensevoice", "../models/sv", dirs["llm"])
+    recipe.write_text(yaml.safe_dump({"model": section}))
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError) as err:
+        load_recipe(recipe)
+    assert "FunASR model directory not found: ../models/sv (a relative path is looked for beside the recipe" in str(
+        err.value
+    )

@@ -152,6 +152,10 @@ def test_harmless_funasr_keys_accepted():
     "overrides, needle",
     [
         ({"attention_head": 4}, "attention_head"),
+        (
+            {"droput_rate": 0.1},
+            r"unknown encoder_conf key 'droput_rate' \(value 0.1\); did you mean 'dropout_rate'\?",
+        ),
         ({"input_layer": "conv2d"}, "input_layer"),
         ({"selfattention_layer_type": "selfattn"}, "selfattention_layer_type"),
         ({"positionwise_layer_type": "conv1d"}, "positionwise_layer_type"),

@@ -39,7 +39,9 @@ def test_ignored_settings_warn_unknown_ones_fail(caplog):
     with caplog.at_level(logging.WARNING, logger="llmasr.models.sensevoice"):
         SenseVoiceEncoderSmall(**CONF, normalize_before=False)
     assert "normalize_before=False is ignored" in caplog.records[0].getMessage()
-    with pytest.raises(ConfigError, match="unknown encoder_conf key 'tp_block'"):
+    with pytest.raises(
+        ConfigError, match=r"unknown encoder_conf key 'tp_block' \(value 3\); did you mean 'tp_blocks'\?"
+    ):
         SenseVoiceEncoderSmall(**CONF, tp_block=3)
 
 

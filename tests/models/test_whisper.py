@@ -244,7 +244,9 @@ def test_conf_over_a_directory_sets_what_leaves_the_shapes_alone(whisper_dir):
     with pytest.raises(ConfigError, match=rf"model.encoder.conf.d_model: {d_model * 2} differs from .*config.json's "
                                           rf"{d_model}; the pretrained weights fix it"):  # fmt: skip
         build_encoder(EncoderConfig(type="whisper", path=str(whisper_dir), conf={"d_model": d_model * 2}))
-    with pytest.raises(ConfigError, match="model.encoder.conf.dropuot: not a WhisperConfig option"):
+    with pytest.raises(
+        ConfigError, match="model.encoder.conf.dropuot: not a WhisperConfig option; did you mean 'dropout'"
+    ):
         encoder_spec(EncoderConfig(type="whisper", path=str(whisper_dir), conf={"dropuot": 0.1}))
     with pytest.raises(ConfigError, match="model.encoder.conf.dropout"):
         build_whisper_encoder({"dropout": "lots"})

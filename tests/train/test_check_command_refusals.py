@@ -27,6 +27,10 @@ def test_errors_exit_non_zero_with_the_reason(recipe_file, tmp_path, capsys):
     assert code == 2 and "zero9" in err
     code, _, err = run_check(capsys, *base, "--deepspeed", "zero2", "optim.branches.decoder.lr=1e-4")
     assert code == 2 and "decoder" in err
+    (tmp_path / "a_file").write_text("")  # refused by name before the plan (it had failed on mkdir at the end)
+    with pytest.raises(SystemExit) as exit_:  # argparse's usage error
+        run_check(capsys, *base, "--deepspeed", "zero2", "--out", str(tmp_path / "a_file"))
+    assert exit_.value.code == 2 and f"--out {tmp_path / 'a_file'}: a file, not a folder" in capsys.readouterr().err
 
 
 @pytest.fixture(scope="module")

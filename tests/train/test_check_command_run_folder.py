@@ -116,3 +116,37 @@ def test_a_lock_on_the_run_folder_is_checked_as_train_meets_it(recipe_file, tmp_
     code, out, err = run_check(capsys, *base)
     assert code == 0, err
     assert f"{lock}: stale lock of pid {2**22 + 12345}" in out and lock.exists()  # check takes nothing over
+
+
+def test_a_resume_whose_data_makes_other_batches_is_refused_as_train_refuses_it(tiny_llm_dir, tmp_path, capsys):
+    """The training manifest's lines reordered since the checkpoint, into as many batches: the saved position would
+    count into other batches, and training's load refuses the resume; check had passed it (it read the position
+    only at another world size)."""
+    import random
+
+    from llmasr.config_io import dump_yaml, to_dict
+    from llmasr.recipe import load_recipe
+    from llmasr.testing.run_dirs import train_run
+    from llmasr.testing.tiny_recipe import tiny_model_section
+    from llmasr.train.resolve import build_loaders, text_side
+
+    manifest = write_tiny_corpus(tmp_path / "corpus", n=8)
+    run = train_run(tmp_path / "run", tiny_model_section(tiny_llm_dir), manifest, save_every_updates=1)
+    recipe = tmp_path / "recipe.yaml"
+    dump_yaml(to_dict(run.recipe), recipe)
+
+    def batches() -> int:
+        r = load_recipe(recipe)
+        return len(build_loaders(r, text_side(r.model), rank=0, world_size=1)[1])
+
+    base = ["--config", str(recipe), "--deepspeed", "zero0", "--out", str(tmp_path / "o"), "--resume"]
+    code, _, err = run_check(capsys, *base)
+    assert code == 0, err
+    count, lines = batches(), manifest.read_text().splitlines()
+    for seed in range(100):  # the same lines in an order that makes as many batches
+        random.Random(seed).shuffle(lines)
+        manifest.write_text("\n".join(lines) + "\n")
+        if batches() == count:
+            break
+    code, _, err = run_check(capsys, *base)
+    assert code == 1 and "cannot resume epoch 0 at batch 1: the training data (data.train)" in err, err
