@@ -214,7 +214,8 @@ class TrainConfig:
     grad_clip: float = 1.0
     # Seed of python, numpy and torch (offset by the rank where randomness must differ per rank).
     seed: int = 42
-    # Deterministic torch algorithms (slower; some ops then fail loudly instead of running nondeterministically).
+    # Deterministic torch algorithms (slower; some ops then fail loudly instead of running nondeterministically; on
+    # CUDA, CUBLAS_WORKSPACE_CONFIG is set to :4096:8 unless exported).
     deterministic: bool = False
     # Log training loss and learning rates every this many updates.
     log_every: int = 50

@@ -124,6 +124,19 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+CUBLAS_WORKSPACE = ":4096:8"  # one of the two settings torch's deterministic mode accepts on CUDA
+
+
+def deterministic_algorithms() -> None:
+    """torch's deterministic algorithms (train.deterministic), with the cuBLAS workspace setting they need on CUDA
+    (CUBLAS_WORKSPACE_CONFIG, read when cuBLAS first runs, so before the model is built): without it the first
+    cuBLAS matmul on a GPU raises instead of training. A value the user exported is kept."""
+    import os
+
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_WORKSPACE)
+    torch.use_deterministic_algorithms(True)
+
+
 def rng_state() -> dict:
     """RNG states in plain types (numpy arrays as lists) so that they survive torch.load(weights_only=True)."""
     kind, keys, pos, has_gauss, cached = np.random.get_state()

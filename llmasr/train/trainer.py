@@ -38,7 +38,14 @@ from llmasr.train.param_groups import build_param_groups, describe_param_groups,
 from llmasr.train.plan import plan_run
 from llmasr.train.preemption import Preemption, signal_name
 from llmasr.train.progress import Progress, StartupLog, setup_logging
-from llmasr.train.resolve import check_model_frontend, check_run_settings, rng_state, seed_everything, set_rng_state
+from llmasr.train.resolve import (
+    check_model_frontend,
+    check_run_settings,
+    deterministic_algorithms,
+    rng_state,
+    seed_everything,
+    set_rng_state,
+)
 from llmasr.train.resume import check_checkpoint, continue_schedules
 from llmasr.train.run_checkpoints import RunCheckpoints
 from llmasr.train.run_dir import RunDirError, claim_run_dir, write_run_files
@@ -63,7 +70,7 @@ class Run:
         check_run_settings(recipe)
         check_fused_kernels(recipe.model.llm, zero_stage=ds_config.zero_stage(self.ds), device=self.dist.device)
         if tc.deterministic:
-            torch.use_deterministic_algorithms(True)
+            deterministic_algorithms()
         self.run_dir = Path(tc.output_dir)
         self.ckpt_dir = ck.checkpoints_dir(self.run_dir)
         asked = resume if resume is not None else tc.resume

@@ -268,3 +268,23 @@ def test_a_batch_with_a_non_finite_loss_is_named_and_leaves_the_model_finite(
     assert math.isfinite(result["metrics"]["loss"])
     rows = [parse_log_line(line) for line in (run / "train.log").read_text().splitlines() if " train update=" in line]
     assert [row["skipped_steps"] for row in rows] == [1.0] * len(history)
+
+
+@pytest.mark.parametrize("exported", [None, ":16:8"])
+def test_a_deterministic_run_sets_the_cublas_workspace_it_needs_on_cuda(tiny_llm_dir, corpus, tmp_path, monkeypatch,
+                                                                       exported):  # fmt: skip
+    """train.deterministic turns on torch's deterministic algorithms, which on CUDA raise at the first cuBLAS matmul
+    unless CUBLAS_WORKSPACE_CONFIG is set: the run sets it (a value the user exported stays)."""
+    import os
+
+    if exported is None:
+        monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    else:
+        monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", exported)
+    before = torch.are_deterministic_algorithms_enabled()
+    try:
+        train(recipe(tiny_llm_dir, corpus, tmp_path / "run", valid=False, max_updates=1, deterministic=True), "zero0")
+        assert torch.are_deterministic_algorithms_enabled()
+    finally:
+        torch.use_deterministic_algorithms(before)
+    assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == (exported or ":4096:8")
