@@ -25,7 +25,7 @@ from llmasr import run_dir as ck
 from llmasr.data.screen import longest_trained
 from llmasr.models.fused_kernels import apply_fused_kernels, check_fused_kernels
 from llmasr.run_dir.files import verify_ranks
-from llmasr.train import ds_config, universal
+from llmasr.train import ds_config, resolve, universal
 from llmasr.train import engine as eng
 from llmasr.train.checkpoint_space import CheckpointSpace
 from llmasr.train.context_fit import check_context_fit
@@ -38,14 +38,6 @@ from llmasr.train.param_groups import build_param_groups, describe_param_groups,
 from llmasr.train.plan import plan_run
 from llmasr.train.preemption import Preemption, signal_name
 from llmasr.train.progress import Progress, StartupLog, setup_logging
-from llmasr.train.resolve import (
-    check_model_frontend,
-    check_run_settings,
-    deterministic_algorithms,
-    rng_state,
-    seed_everything,
-    set_rng_state,
-)
 from llmasr.train.resume import check_checkpoint, continue_schedules
 from llmasr.train.run_checkpoints import RunCheckpoints
 from llmasr.train.run_dir import RunDirError, claim_run_dir, write_run_files
@@ -67,10 +59,10 @@ class Run:
         self.startup_log = StartupLog.attach(self.rank)  # train.log starts with what is logged before it exists
         self.ds = ds_config.resolve_ds_config(ds_config_path, tc, world_size=self.world)  # by module: tests patch it
         eng.check_precision(tc.precision)
-        check_run_settings(recipe)
+        resolve.check_run_settings(recipe)
         check_fused_kernels(recipe.model.llm, zero_stage=ds_config.zero_stage(self.ds), device=self.dist.device)
         if tc.deterministic:
-            deterministic_algorithms()
+            resolve.deterministic_algorithms()
         self.run_dir = Path(tc.output_dir)
         self.ckpt_dir = ck.checkpoints_dir(self.run_dir)
         asked = resume if resume is not None else tc.resume
@@ -96,7 +88,7 @@ class Run:
         errors.traceback_to(self.run_dir / "train.log")  # a failure's traceback, beside the log of the run
         for note in self.lock.notes if self.lock is not None else []:
             log.warning(note)
-        seed_everything(tc.seed)
+        resolve.seed_everything(tc.seed)
         plan = self.plan = plan_run(recipe, self.ds, rank=self.rank, world_size=self.world, device=self.dist.device,
                                     all_gather=all_gather_object)  # fmt: skip
         self.k, self.side, self.per_epoch, self.total = plan.grad_accum, plan.side, plan.per_epoch, plan.total
@@ -132,9 +124,9 @@ class Run:
 
     def _build_engine(self) -> None:
         tc, optim = self.recipe.train, self.recipe.optim
-        seed_everything(tc.seed)  # identical initial weights on every rank
+        resolve.seed_everything(tc.seed)  # identical initial weights on every rank
         model, self._hf_ds = build_model_for_training(self.recipe.model, self.ds)
-        check_model_frontend(model, self.side.frontend)
+        resolve.check_model_frontend(model, self.side.frontend)
         check_context_fit(model, self.recipe, self.plan.loaders)
         apply_fused_kernels(model, self.recipe.model.llm)
         self.trainable = [n for n, p in model.named_parameters() if p.requires_grad]
@@ -149,7 +141,7 @@ class Run:
         self.checkpoints = RunCheckpoints(self.engine, self.recipe, self.ckpt_dir, trainable=self.trainable,
                                           per_epoch=self.per_epoch, rank=self.rank, world=self.world,
                                           longest=longest)  # fmt: skip
-        seed_everything(tc.seed + self.rank)  # dropout differs per rank
+        resolve.seed_everything(tc.seed + self.rank)  # dropout differs per rank
 
     # -- checkpoints ------------------------------------------------------------------------------------------------
     def save(self, epoch: int, loader_state: dict | None, metrics: dict | None, *, validation_owed=False) -> None:
@@ -187,7 +179,7 @@ class Run:
         self.pending_rng = rngs[self.rank] if len(rngs) == self.world else None
         if self.pending_rng is not None and state.get("loader") is None:
             # Saved at an epoch end, before the next epoch's loader drew its seed: restore now.
-            set_rng_state(self.pending_rng)
+            resolve.set_rng_state(self.pending_rng)
             self.pending_rng = None
         log.info("resumed from %s at update %d, epoch %d", where, self.engine.global_steps, state.get("epoch", 0))
         self.last_saved = self.engine.global_steps
@@ -229,11 +221,11 @@ class Run:
             return None
 
         start = time.monotonic()
-        course = rng_state()  # the valid loader's iterator draws its seed from torch's RNG, which dropout uses
+        course = resolve.rng_state()  # the valid loader's iterator draws its seed from torch's RNG, which dropout uses
         try:
             metrics = validate(self.engine, self.valid_loader, self.recipe.decode)
         finally:
-            set_rng_state(course)  # so validating (or a stop before a due one) leaves training's course alone
+            resolve.set_rng_state(course)  # so validating (or a stop before a due one) leaves training's course alone
         self.progress.aside(time.monotonic() - start)
         self.valid_update = self.engine.global_steps
         self.engine.train(True)
@@ -256,9 +248,7 @@ class Run:
             last_metrics = self.validate()
             if self.owed_here:
                 self.checkpoints.record_validation(self.engine.global_steps, last_metrics)
-        # True once patience ends the run before its epochs or max_updates would: both running out at the same
-        # update is the planned end, not an early stop
-        self.cut_short = False
+        self.cut_short = False  # patience ended the run before its epochs or max_updates (not at the same update)
         if self.early.exhausted and start_epoch < tc.epochs:  # resumed a run that stopped early, same patience
             log.info("nothing to train: %s; raise train.patience (or set 0) to train on", self.early.why())
             start_epoch, self.cut_short = tc.epochs, True
@@ -295,8 +285,7 @@ class Run:
                 if self.valid_update != self.engine.global_steps and not signum:
                     last_metrics = self.validate() or last_metrics
                 if self.early.exhausted:
-                    self.cut_short = self.cut_short or (not stop and epoch + 1 < tc.epochs)
-                    stop = True
+                    self.cut_short, stop = self.cut_short or (not stop and epoch + 1 < tc.epochs), True
                     if self.cut_short:
                         log.info("stopping early after update %d: %s", self.engine.global_steps, self.early.why())
                 metrics = last_metrics if self.valid_update == self.engine.global_steps else None
@@ -340,7 +329,7 @@ class Run:
         """One optimizer update over `window` (its micro-batches), logged and appended to `history`; its number."""
         if self.pending_rng is not None:
             # After the loader started (its iterator draws a base seed from torch's RNG).
-            set_rng_state(self.pending_rng)
+            resolve.set_rng_state(self.pending_rng)
             self.pending_rng = None
         lrs = self.engine.lrs()  # the lrs this update uses (the scheduler moves them on at its end)
         stats = run_window(self.engine, window, self.world, self.flops)
