@@ -11,13 +11,12 @@ stage, offload, buckets) and "auto" for what the recipe decides:
     gradient_clipping                train.grad_clip
     bf16.enabled / fp16.enabled      train.precision
 
-`resolve_ds_config` replaces every "auto", and refuses a concrete value that contradicts the recipe (one error that
-lists every such key with both values) rather than letting one silently win, and a key DeepSpeed does not know
-(ds_keys.py). A key missing from the JSON is filled from the recipe like an "auto". The JSON must hold no "scheduler"
-and no "optimizer" block: llmasr builds one AdamW param group per branch and one schedule per group
-(llmasr.train.param_groups / schedulers); DeepSpeed's built-in WarmupLR / WarmupDecayLR write one scalar lr into every
-group, collapsing the per-branch lrs, and a DeepSpeed "optimizer" block would build its optimizer from DeepSpeed's own
-group handling instead of ours. The optimizer's type, betas, eps and weight decay live in the recipe's `optim` section.
+`resolve_ds_config` replaces every "auto", and refuses a concrete value that contradicts the recipe or is of the wrong
+JSON type (one error lists every such key) rather than letting one silently win, and a key DeepSpeed does not know
+(ds_keys.py). A key missing from the JSON is filled from the recipe like an "auto". The JSON holds no "scheduler" and
+no "optimizer" block: llmasr builds one AdamW param group per branch and one schedule per group (param_groups.py,
+schedulers.py); DeepSpeed's WarmupLR / WarmupDecayLR write one lr into every group, collapsing the per-branch lrs,
+and its "optimizer" block would group parameters its own way. The optimizer's settings live in the recipe's `optim`.
 """
 
 from __future__ import annotations
@@ -331,7 +330,7 @@ def _check_master_weights(ds: dict, bf16_key: str, precision: str, source: str) 
 def _fill_from_recipe(ds: dict, train_cfg: TrainConfig, bf16_key: str, source: str) -> None:
     """Fill each missing or "auto" key the recipe decides; one error lists every concrete value that disagrees."""
     # (JSON key, recipe value or None where the recipe leaves it to the JSON, recipe field, recipe value shown)
-    precision = train_cfg.precision
+    precision, disagreements = train_cfg.precision, []
     wanted = [
         ("train_micro_batch_size_per_gpu", train_cfg.micro_batch_per_gpu, "train.micro_batch_per_gpu", None),
         ("gradient_accumulation_steps", train_cfg.grad_accum, "train.grad_accum", None),
@@ -339,12 +338,14 @@ def _fill_from_recipe(ds: dict, train_cfg: TrainConfig, bf16_key: str, source: s
         (f"{bf16_key}.enabled", precision == "bf16", "train.precision", precision),
         ("fp16.enabled", precision == "fp16", "train.precision", precision),
     ]
-    disagreements = []
     for key, want, field, shown in wanted:
         have = _get(ds, key)
         if have is None or have == AUTO:
             if want is not None:
                 _set(ds, key, want)
+        elif isinstance(have, bool) != key.endswith(".enabled") or isinstance(have, str):  # "true", or 1 as true
+            kind = "true or false (a JSON boolean)" if key.endswith(".enabled") else "a number"
+            disagreements.append(f'  {key}: {json.dumps(have)} in the JSON is not {kind}; write one, or "auto"')
         elif want is not None and have != want:
             shown = want if shown is None else shown
             disagreements.append(f"  {key}: {have!r} in the JSON, but {field} = {shown!r} in the recipe")

@@ -103,6 +103,20 @@ def test_every_disagreeing_key_listed_in_one_message():
     assert "fp16.enabled: True in the JSON, but train.precision = 'bf16'" in msg
 
 
+def test_a_value_of_the_wrong_json_type_is_named_as_such():
+    """ "true" and "1.0" in quotes are text, true is no clip threshold: each was reported as disagreeing with the
+    recipe (bf16.enabled: 'true' in the JSON, but train.precision = 'bf16') or taken (true as a clip of 1)."""
+    raw = {"gradient_clipping": "1.0", "bf16": {"enabled": "true"}, "gradient_accumulation_steps": "4"}
+    with pytest.raises(ConfigError) as err:
+        resolve_ds_config(raw, train_cfg(precision="bf16"), world_size=1, source="x.json")
+    msg = str(err.value)
+    assert 'gradient_clipping: "1.0" in the JSON is not a number; write one, or "auto"' in msg
+    assert 'bf16.enabled: "true" in the JSON is not true or false (a JSON boolean)' in msg
+    assert 'gradient_accumulation_steps: "4" in the JSON is not a number' in msg
+    with pytest.raises(ConfigError, match="gradient_clipping: true in the JSON is not a number"):
+        resolve_ds_config({"gradient_clipping": True}, train_cfg(), world_size=1, source="x.json")
+
+
 def test_batch_arithmetic_error_shows_the_product():
     with pytest.raises(ConfigError, match=r"train_batch_size is 64, .* = 2 \* 4 \* 2 = 16"):
         resolve_ds_config({"train_batch_size": 64}, train_cfg(micro_batch_per_gpu=2), world_size=2)
