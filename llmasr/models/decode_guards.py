@@ -8,6 +8,8 @@ hypothesis is read back from its tokens with the same rules (`truncation`), so e
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import torch
 
 # The longest n-gram (in tokens) the repetition stop looks for: a looping sentence, the usual LLM-ASR hallucination,
@@ -90,3 +92,17 @@ class EndTokens:
         out[:, self.end_id] = torch.logsumexp(scores[:, [self.end_id, *others]].float(), dim=1).to(scores.dtype)
         out[:, others] = float("-inf")
         return out
+
+
+@contextmanager
+def caps_alone(llm):
+    """The LLM's generation_config max_length (Llama 3 Instruct's sets 4096) set aside while generate runs: the caps
+    above bound every row, and beside max_new_tokens transformers logs a warning at every generate call, a line a
+    batch."""
+    config = llm.generation_config
+    kept = config.max_length
+    config.max_length = None
+    try:
+        yield
+    finally:
+        config.max_length = kept

@@ -25,7 +25,7 @@ from llmasr.models.ctc_compress import ctc_compress
 from llmasr.models.ctc_guidance import CTCPrefixGuide, rescore_nbest
 from llmasr.models.ctc_prefix import CTCPrefixScorer
 from llmasr.models.ctc_vocab import LLMCTCTokenizer
-from llmasr.models.decode_guards import EndTokens, Guards, other_end_ids
+from llmasr.models.decode_guards import EndTokens, Guards, caps_alone, other_end_ids
 from llmasr.models.decoding import DecodeConfig, Transcripts
 from llmasr.models.hotword_boost import HotwordBoost, beam_search_to_the_caps
 from llmasr.models.insert_audio import merge_audio_into_text
@@ -313,7 +313,7 @@ class SpeechLLM(nn.Module):
         if boosts and cfg.num_beams > 1:  # "never": nor does it stop once num_beams have ended (early_stopping true)
             boosted_beams = beam_search_to_the_caps(base_lm(self.llm))
             generate_kwargs = {"early_stopping": "never", **generate_kwargs}
-        with boosted_beams:
+        with boosted_beams, caps_alone(self.llm):
             out = self.llm.generate(
                 inputs_embeds=merged.inputs_embeds,
                 attention_mask=merged.attention_mask,

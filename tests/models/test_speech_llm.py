@@ -343,3 +343,26 @@ def test_batched_decoding_with_a_repetition_penalty_equals_one_by_one(model):
         assert together == alone, beams
         plain = DecodeConfig(num_beams=beams, max_new_tokens=10, ctc_weight=0.0)
         assert together != model.transcribe(batch, plain).llm  # the penalty acts
+
+
+def test_an_llm_generation_config_max_length_does_not_warn_at_every_batch(model):
+    """Llama 3 Instruct's generation_config sets max_length 4096: beside the caps (max_new_tokens) transformers
+    warned at every generate call, a line a batch of a decode. The setting is the LLM's again afterwards."""
+    import logging
+
+    from llmasr.models.decoding import DecodeConfig
+
+    model.eval()
+    model.llm.generation_config.max_length = 4096
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logger = logging.getLogger("transformers")
+    logger.addHandler(handler)
+    try:
+        batch = random_batch(model, TARGETS[:2], frames=[12, 30], seed=5)
+        model.transcribe(batch, DecodeConfig(max_new_tokens=5, ctc_weight=0.0))
+    finally:
+        logger.removeHandler(handler)
+    assert not [r for r in records if "max_length" in r.getMessage()]
+    assert model.llm.generation_config.max_length == 4096
