@@ -23,6 +23,14 @@ REAL = sorted(p.name for p in RECIPES.glob("*.yaml") if p.name != "demo.yaml")
 HOTWORDS = [n for n in REAL if ((load_yaml(RECIPES / n).get("data") or {}).get("hotwords") or {}).get("enable")]
 
 
+@pytest.mark.parametrize("name", [n for n in REAL if "qwen3" in n])
+def test_qwen3_recipes_render_its_non_thinking_turn(name):
+    """A Qwen3 chat LLM answers without reasoning after an empty <think></think> block, which its template writes
+    only with enable_thinking false (README, the prompt): without it the empty block was part of every target."""
+    prompt = load_yaml(RECIPES / name)["model"]["prompt"]
+    assert prompt.get("template_kwargs") == {"enable_thinking": False}
+
+
 @pytest.fixture(scope="module")
 def stand_ins(tmp_path_factory):
     from llmasr.testing.tiny_corpus import write_tiny_corpus
