@@ -83,6 +83,15 @@ class State:
 
     def mark(self, stage: str, fp: str, seconds: float, **info) -> None:
         self.data[stage] = {"fingerprint": fp, "seconds": round(seconds, 1), **info}
+        self._save()
+
+    def forget(self, stage: str) -> None:
+        """Drop `stage`'s entry before its outputs are remade: an interrupted remake must not leave the old
+        fingerprint vouching for what it left behind."""
+        self.data.pop(stage, None)
+        self._save()
+
+    def _save(self) -> None:
         tmp = self.path.with_suffix(".tmp")
         tmp.write_text(json.dumps(self.data, indent=2), encoding="utf-8")
         tmp.replace(self.path)
@@ -254,6 +263,7 @@ def stage_train(args, workdir: Path, state: State, corpus: dict, llm_dir: Path) 
         return run_dir
     previous = (state.data.get("train_started") or {}).get("fingerprint")
     resume = previous == fp and has_checkpoint
+    state.forget("train")  # the run directory is about to hold another run, or more of this one
     if run_dir.exists() and not resume:
         shutil.rmtree(run_dir)
     state.mark("train_started", fp, 0.0)
