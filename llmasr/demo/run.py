@@ -36,6 +36,7 @@ from pathlib import Path
 
 import torch
 
+from llmasr.config_io import ConfigError
 from llmasr.data.cmvn import compute_global_cmvn
 from llmasr.data.frontend import FrontendConfig
 from llmasr.demo.hotword_split import SYLLABLES
@@ -235,11 +236,17 @@ def train_overrides(args, workdir: Path, corpus: dict, llm_dir: Path) -> list[st
 
 def check_overrides(args, workdir: Path) -> None:
     """The training recipe with every override, loaded before the first stage: a misspelt key (train.epoch=4) is
-    refused at once, not by the training ranks after the corpus and the LLM are made (ConfigError)."""
+    refused at once, not by the training ranks after the corpus and the LLM are made (ConfigError). So is a
+    train.output_dir other than WORKDIR/run, where the export and a rerun look for the run."""
     from llmasr.recipe import load_recipe
 
     corpus = {"manifests": {split: workdir / "corpus" / f"{split}.jsonl" for split in ("train", "dev")}}
-    load_recipe(RECIPE, train_overrides(args, workdir, corpus, workdir / "llm"))
+    recipe = load_recipe(RECIPE, train_overrides(args, workdir, corpus, workdir / "llm"))
+    if Path(recipe.train.output_dir).resolve() != (workdir / "run").resolve():
+        raise ConfigError(
+            f"train.output_dir={recipe.train.output_dir}: the demo trains in WORKDIR/run ({workdir / 'run'}); "
+            "choose the place with --workdir instead"
+        )
 
 
 def stage_train(args, workdir: Path, state: State, corpus: dict, llm_dir: Path) -> Path:

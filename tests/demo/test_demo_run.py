@@ -40,6 +40,14 @@ def test_a_misspelt_override_is_refused_before_the_first_stage(tmp_path, capsys)
     assert not (tmp_path / "w" / "corpus").exists()  # nothing synthesized first
 
 
+def test_an_override_moving_the_run_out_of_the_workdir_is_refused_before_the_first_stage(tmp_path, capsys):
+    """train.output_dir=X trained into X, then export read WORKDIR/run and failed after the whole training."""
+    assert main(["--workdir", str(tmp_path / "w"), "--quick", f"train.output_dir={tmp_path / 'elsewhere'}"]) == 2
+    err = capsys.readouterr().err
+    assert "train.output_dir" in err and "--workdir" in err, err
+    assert not (tmp_path / "w" / "corpus").exists()
+
+
 def test_training_runs_under_this_python():
     """A `deepspeed` first on PATH may belong to another environment."""
     assert run.launcher()[:3] == [sys.executable, "-m", "deepspeed.launcher.runner"]
