@@ -36,6 +36,7 @@ from pathlib import Path
 
 import torch
 
+from llmasr.config_io import ConfigError
 from llmasr.data.cmvn import compute_global_cmvn
 from llmasr.data.frontend import FrontendConfig
 from llmasr.demo.hotword_split import SYLLABLES
@@ -83,6 +84,15 @@ class State:
 
     def mark(self, stage: str, fp: str, seconds: float, **info) -> None:
         self.data[stage] = {"fingerprint": fp, "seconds": round(seconds, 1), **info}
+        self._save()
+
+    def forget(self, stage: str) -> None:
+        """Drop `stage`'s entry before its outputs are remade: an interrupted remake must not leave the old
+        fingerprint vouching for what it left behind."""
+        self.data.pop(stage, None)
+        self._save()
+
+    def _save(self) -> None:
         tmp = self.path.with_suffix(".tmp")
         tmp.write_text(json.dumps(self.data, indent=2), encoding="utf-8")
         tmp.replace(self.path)
@@ -226,11 +236,17 @@ def train_overrides(args, workdir: Path, corpus: dict, llm_dir: Path) -> list[st
 
 def check_overrides(args, workdir: Path) -> None:
     """The training recipe with every override, loaded before the first stage: a misspelt key (train.epoch=4) is
-    refused at once, not by the training ranks after the corpus and the LLM are made (ConfigError)."""
+    refused at once, not by the training ranks after the corpus and the LLM are made (ConfigError). So is a
+    train.output_dir other than WORKDIR/run, where the export and a rerun look for the run."""
     from llmasr.recipe import load_recipe
 
     corpus = {"manifests": {split: workdir / "corpus" / f"{split}.jsonl" for split in ("train", "dev")}}
-    load_recipe(RECIPE, train_overrides(args, workdir, corpus, workdir / "llm"))
+    recipe = load_recipe(RECIPE, train_overrides(args, workdir, corpus, workdir / "llm"))
+    if Path(recipe.train.output_dir).resolve() != (workdir / "run").resolve():
+        raise ConfigError(
+            f"train.output_dir={recipe.train.output_dir}: the demo trains in WORKDIR/run ({workdir / 'run'}); "
+            "choose the place with --workdir instead"
+        )
 
 
 def stage_train(args, workdir: Path, state: State, corpus: dict, llm_dir: Path) -> Path:
@@ -254,6 +270,7 @@ def stage_train(args, workdir: Path, state: State, corpus: dict, llm_dir: Path) 
         return run_dir
     previous = (state.data.get("train_started") or {}).get("fingerprint")
     resume = previous == fp and has_checkpoint
+    state.forget("train")  # the run directory is about to hold another run, or more of this one
     if run_dir.exists() and not resume:
         shutil.rmtree(run_dir)
     state.mark("train_started", fp, 0.0)

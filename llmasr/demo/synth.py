@@ -34,6 +34,7 @@ import soundfile as sf
 
 from llmasr.data.audio import resample
 from llmasr.demo.hotword_split import NAMES, hotword_texts, plant_names
+from llmasr.errors import write_error
 
 SAMPLE_RATE = 16000
 DIGITS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
@@ -258,8 +259,20 @@ def synthesize_one(item: dict, wav_path: str) -> float:
     wav = wav * (float(rng.uniform(0.3, 0.9)) / peak)  # random level, never clipping
     buf = io.BytesIO()
     sf.write(buf, wav.astype(np.float32), SAMPLE_RATE, subtype="PCM_16", format="WAV")
-    Path(wav_path).write_bytes(buf.getvalue())
+    _write(Path(wav_path), buf.getvalue())
     return wav.shape[0] / SAMPLE_RATE
+
+
+def _write(path: Path, data: bytes) -> None:
+    """`data` into `path`; a write that fails on a full disk names `path` and its free space (the OSError of a
+    failed write names no file)."""
+    try:
+        path.write_bytes(data)
+    except OSError as err:
+        full = write_error(path, err)
+        if full is None:
+            raise
+        raise full from err
 
 
 def _worker(job: tuple[dict, str]) -> tuple[str, float]:
@@ -336,9 +349,7 @@ def synthesize_corpus(
     counts, hours = {}, {}
     for split, items in plan.items():
         records = [_record(item, split, durations[item["key"]]) for item in items]
-        with open(out_dir / f"{split}.jsonl", "w", encoding="utf-8") as f:
-            for rec in records:
-                f.write(json.dumps(rec) + "\n")
+        _write(out_dir / f"{split}.jsonl", "".join(json.dumps(rec) + "\n" for rec in records).encode())
         counts[split] = len(records)
         hours[split] = round(sum(r["duration"] for r in records) / 3600.0, 4)
     summary = {
@@ -348,7 +359,7 @@ def synthesize_corpus(
         "manifests": {split: str(out_dir / f"{split}.jsonl") for split in plan},
         "seconds": round(time.time() - start, 1),
     }
-    (out_dir / "corpus.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")  # last: the done-marker
+    _write(out_dir / "corpus.json", json.dumps(summary, indent=2).encode())  # last: the done-marker
     log(f"corpus: {counts} ({hours} hours of audio) in {summary['seconds']} s")
     return summary
 

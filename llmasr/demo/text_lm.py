@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from llmasr.errors import write_error
 from llmasr.testing.tiny_llm import CHATML_SPECIALS, CHATML_TEMPLATE, write_tiny_llm_dir
 
 # The chat scaffolding as the template renders it, so prompts take few tokens.
@@ -249,7 +250,13 @@ def build_text_lm(
     log(f"text LM: Qwen2 {cfg.num_layers} layers x {cfg.hidden_size}, {n_params / 1e6:.2f}M parameters, "
         f"vocabulary {len(tokenizer)}; pretraining {cfg.steps} steps on {len(texts)} lines")  # fmt: skip
     losses = pretrain_lm(model, tokenizer, texts, cfg, log)
-    write_tiny_llm_dir(out_dir, model=model, tokenizer=tokenizer)
+    try:
+        write_tiny_llm_dir(out_dir, model=model, tokenizer=tokenizer)
+    except Exception as err:  # safetensors' and transformers' full-disk errors name no file
+        full = write_error(Path(out_dir), err)
+        if full is None:
+            raise
+        raise full from err
     return {
         "path": str(out_dir),
         "params": n_params,

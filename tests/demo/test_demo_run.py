@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
 import sys
 from argparse import Namespace
 from dataclasses import asdict
@@ -37,6 +38,14 @@ def test_a_misspelt_override_is_refused_before_the_first_stage(tmp_path, capsys)
     assert main(["--workdir", str(tmp_path / "w"), "--quick", "train.epoch=4"]) == 2  # bad input, as in llmasr train
     assert "unknown key(s) ['epoch']" in capsys.readouterr().err
     assert not (tmp_path / "w" / "corpus").exists()  # nothing synthesized first
+
+
+def test_an_override_moving_the_run_out_of_the_workdir_is_refused_before_the_first_stage(tmp_path, capsys):
+    """train.output_dir=X trained into X, then export read WORKDIR/run and failed after the whole training."""
+    assert main(["--workdir", str(tmp_path / "w"), "--quick", f"train.output_dir={tmp_path / 'elsewhere'}"]) == 2
+    err = capsys.readouterr().err
+    assert "train.output_dir" in err and "--workdir" in err, err
+    assert not (tmp_path / "w" / "corpus").exists()
 
 
 def test_training_runs_under_this_python():
@@ -92,3 +101,31 @@ def test_the_llm_stage_gives_back_the_threads_it_narrowed(tmp_path, monkeypatch)
         assert seen == [1] and torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
+
+
+def test_a_run_interrupted_under_other_overrides_is_not_reused_as_the_finished_one(tmp_path, monkeypatch):
+    """A finished run A, then a rerun with other overrides (B) killed after its first checkpoint, then A again:
+    A's 'train' entry had survived B's start, so the demo reported 'reusing' and exported B's half-trained run."""
+    trained = []
+
+    def fake_launch(cmd, env, cwd):  # one checkpoint named after the run's overrides, then the end or a kill
+        ckpt = tmp_path / "run" / "checkpoints"
+        (ckpt / "update_00000001").mkdir(parents=True, exist_ok=True)
+        (ckpt / "latest").write_text("update_00000001")
+        (tmp_path / "run" / "made_by").write_text(" ".join(cmd[cmd.index("--deepspeed") + 2 :]))
+        trained.append(cmd)
+        if "train.epochs=3" in cmd:
+            raise KeyboardInterrupt
+        return subprocess.CompletedProcess(cmd, 0)
+
+    monkeypatch.setattr(run.subprocess, "run", fake_launch)
+    monkeypatch.setattr(run, "gpu_count", lambda: 0)
+    corpus = {"manifests": {s: tmp_path / "corpus" / f"{s}.jsonl" for s in ("train", "dev")}}
+    state = run.State(tmp_path)
+    state.data["llm"] = {"fingerprint": "x"}
+    run.stage_train(_args(), tmp_path, state, corpus, tmp_path / "llm")
+    with pytest.raises(KeyboardInterrupt):
+        run.stage_train(_args(overrides=["train.epochs=3"]), tmp_path, run.State(tmp_path), corpus, tmp_path / "llm")
+    run.stage_train(_args(), tmp_path, run.State(tmp_path), corpus, tmp_path / "llm")
+    assert len(trained) == 3  # A trained again, from scratch
+    assert "train.epochs=3" not in (tmp_path / "run" / "made_by").read_text()

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import os
+import pickle
 import shutil
 
 import numpy as np
@@ -116,6 +119,28 @@ def test_one_utterance_is_written_at_16k(tmp_path):
     assert duration > 0.2 and info.frames == pytest.approx(duration * 16000, abs=1)
     wav, _ = sf.read(str(path))
     assert np.abs(wav).max() < 1.0 and np.abs(wav).max() > 0.2
+
+
+@needs_espeak
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="no /dev/full (a device every write to fails, disk full)")
+def test_a_full_disk_names_the_wav_it_could_not_write():
+    """The demo said only "OSError: [Errno 28] No space left on device", raised in multiprocessing's pool."""
+    item = synth.plan_corpus(small_config())["train"][0]
+    with pytest.raises(OSError) as err:
+        synth.synthesize_one(item, "/dev/full")
+    assert err.value.filename == "/dev/full" and err.value.errno == errno.ENOSPC
+    assert pickle.loads(pickle.dumps(err.value)).filename == "/dev/full"  # as a worker process hands it back
+
+
+@needs_espeak
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="no /dev/full")
+def test_a_full_disk_names_the_manifest_it_could_not_write(tmp_path):
+    out = tmp_path / "corpus"
+    out.mkdir()
+    (out / "dev.jsonl").symlink_to("/dev/full")  # the wavs fit, the manifests do not
+    with pytest.raises(OSError) as err:
+        synth.synthesize_corpus(out, small_config(), workers=1, log=lambda m: None)
+    assert err.value.filename == str(out / "dev.jsonl") and err.value.errno == errno.ENOSPC
 
 
 @needs_espeak

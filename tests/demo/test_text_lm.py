@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import errno
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -112,3 +115,14 @@ def test_spelled_words_encode_in_their_pieces_and_the_others_stay_whole():
     assert pieces == ["kel", "trix", " seven", " water"]
     assert len(tok.encode("velmont", add_special_tokens=False)) == 2
     assert tok.decode(tok.encode("water velmont keltrix", add_special_tokens=False)) == "water velmont keltrix"
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="no /dev/full (a device every write to fails, disk full)")
+def test_a_full_disk_names_the_llm_directory(tmp_path, texts):
+    """The demo said only "SafetensorError: Error while serializing: I/O error: No space left on device"."""
+    out = tmp_path / "llm"
+    out.mkdir()
+    (out / "config.json").symlink_to("/dev/full")
+    with pytest.raises(OSError) as err:
+        text_lm.build_text_lm(out, texts[:50], tiny_cfg(steps=1), log=lambda m: None)
+    assert err.value.filename == str(out) and err.value.errno == errno.ENOSPC
