@@ -39,6 +39,7 @@ def stage_hotwords(workdir: Path, state: State, model_dir: Path, corpus: dict) -
             continue
         say(f"5/5 decode: hotword split (held-out voices, made-up names; {HOW[name]})")
         start = time.time()
+        state.forget(f"decode_{name}")
         if model is None:
             model, cfg, opts, device = _decode_model(model_dir)
         opts = dataclasses.replace(opts, ctc=False, hotwords_unprompted=unprompted)

@@ -89,8 +89,8 @@ class State:
     def forget(self, stage: str) -> None:
         """Drop `stage`'s entry before its outputs are remade: an interrupted remake must not leave the old
         fingerprint vouching for what it left behind."""
-        self.data.pop(stage, None)
-        self._save()
+        if self.data.pop(stage, None) is not None:
+            self._save()
 
     def _save(self) -> None:
         tmp = self.path.with_suffix(".tmp")
@@ -165,6 +165,7 @@ def stage_corpus(args, workdir: Path, state: State) -> dict:
         return summary
     say("1/5 corpus: synthesizing speech with espeak-ng")
     start = time.time()
+    state.forget("corpus")
     if shutil.which("espeak-ng") is None and not try_install_espeak(say):
         raise SynthError(
             "espeak-ng is needed to synthesize the demo corpus and is not installed; install it with "
@@ -193,6 +194,7 @@ def stage_llm(args, workdir: Path, state: State, corpus: dict) -> Path:
         return out
     say("2/5 LLM: word-level tokenizer and a Qwen2 pretrained on text")
     start = time.time()
+    state.forget("llm")
     import torch
 
     # Training and dev transcripts plus fresh text of the same grammar (not the test split's transcripts, though
@@ -299,6 +301,7 @@ def stage_export(workdir: Path, state: State, run_dir: Path) -> Path:
         return out
     say("4/5 export: merging LoRA into the LLM and writing a self-contained model")
     start = time.time()
+    state.forget("export")
     export_model(run_dir, out, overwrite=True)
     state.mark("export", fp, time.time() - start)
     return out
@@ -313,6 +316,7 @@ def stage_decode(workdir: Path, state: State, model_dir: Path, corpus: dict) -> 
         if not (state.done(stage, fp) and (out / "wer.json").is_file() and (out / "ctc" / "wer.json").is_file()):
             say(f"5/5 decode: {split} split ({'held-out voices' if split == 'test' else 'training voices'})")
             start = time.time()
+            state.forget(stage)
             if model is None:
                 model, cfg, opts, device = _decode_model(model_dir)
             summary = decode_manifest(model, corpus["manifests"][split], out, cfg, opts, device=device)
@@ -351,6 +355,7 @@ def stage_long_audio(args, workdir: Path, state: State, model_dir: Path, corpus:
         return json.loads(result.read_text(encoding="utf-8"))
     say("5/5 decode: minute-long utterances joined from test clips, decoded in windows")
     start = time.time()
+    state.forget("long_audio")
     model, cfg, opts, device = _decode_model(model_dir)
     try:
         joined = join_clips(corpus["manifests"]["test"], out, seconds=60.0, count=count)

@@ -129,3 +129,27 @@ def test_a_run_interrupted_under_other_overrides_is_not_reused_as_the_finished_o
     run.stage_train(_args(), tmp_path, run.State(tmp_path), corpus, tmp_path / "llm")
     assert len(trained) == 3  # A trained again, from scratch
     assert "train.epochs=3" not in (tmp_path / "run" / "made_by").read_text()
+
+
+def test_an_export_interrupted_under_another_run_is_not_reused_as_the_earlier_one(tmp_path, monkeypatch):
+    """Run A exported; a rerun for run B killed once B's export stood in model/ but before it was recorded; A again:
+    A's 'export' entry had survived B's start and vouched for the model/ holding B's export."""
+    exported = []
+
+    def fake_export(run_dir, out, overwrite):  # the export in place, then a kill before the demo records it
+        out.mkdir(exist_ok=True)
+        (out / "made_by").write_text(run_dir.name)
+        exported.append(run_dir.name)
+        if run_dir.name == "b":
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(run, "export_model", fake_export)
+    state = run.State(tmp_path)
+    for name in ("a", "b", "a"):
+        state = run.State(tmp_path)
+        state.data["train"] = {"fingerprint": name}
+        try:
+            run.stage_export(tmp_path, state, tmp_path / name)
+        except KeyboardInterrupt:
+            pass
+    assert exported == ["a", "b", "a"] and (tmp_path / "model" / "made_by").read_text() == "a"
