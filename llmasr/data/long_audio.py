@@ -14,8 +14,8 @@ left (no sliver of a window at the end), and never leaving more audio than the w
   never saw: measured on the demo model);
 - no pause -> the cut goes at the quietest point of a band around the share (most likely a gap between words, at
   worst a weak syllable) and the next window starts `overlap` seconds earlier: a word the cut splits is whole in
-  one of the two windows, and `join_texts` removes the words both windows heard (the longest run of words the end
-  of one text shares with the start of the next).
+  one of the two windows, and `join_texts` removes the words both windows heard (the run of words the end of one
+  text shares with the start of the next that its neighbours confirm most: `seam`).
 
 With `split_pause` (decode.window_split_pause) a window also ends at the first pause at least that long after
 MIN_SEGMENT_S of it, before the limit: one sentence a window, as a VAD segments (a model trained on single sentences
@@ -55,6 +55,7 @@ SMOOTH_FRAMES = 3  # energies averaged over 30 ms before the quietest point is s
 TOKENS_PER_SECOND = 5.0  # words an overlap may hold: how far a join looks for shared words
 CHARS_PER_SECOND = 12.0  # the same in characters, for scripts written without spaces (fast Japanese, Chinese)
 EDGE_TOKENS = 2  # tokens a shared run may leave at a window's edge (a cut word); farther runs are chance matches
+MAX_DISAGREE = 2  # neighbours of a true one-token run that errors at both windows' edges may garble (seam)
 
 
 @dataclass(frozen=True)
@@ -302,22 +303,22 @@ def _glue(left: str, right: str) -> str:
 
 
 def join_pair(left: str, right: str, max_tokens: int) -> str:
-    """`left` then `right`, the run of tokens both heard in their overlap said once: the longest run of (normalised)
-    tokens common to the last `max_tokens` of `left` and the first `max_tokens` of `right` that ends at most
-    EDGE_TOKENS before the end of `left` and starts at most EDGE_TOKENS into `right` (both windows heard the overlap
-    at their edges; a word cut at an edge may come out as a stray token), ties going to the run nearest the seam.
-    `left` is kept up to the run's end and `right` from just after it; with no such run both are kept whole."""
+    """`left` then `right`, the tokens both heard in their overlap said once: cut where seam says, or both whole."""
     cut = seam(left, right, max_tokens)
     return _glue(left, right) if cut is None else _glue(left[: cut[0]], right[cut[1] :])
 
 
 def seam(left: str, right: str, max_tokens: int) -> tuple[int, int] | None:
-    """Where join_pair cuts: (characters of `left` kept, characters of `right` dropped), None to keep both whole.
-    Punctuation tokens are looked past: they count neither in the runs nor towards the edges or `max_tokens`."""
+    """Where join_pair cuts: (characters of `left` kept, characters of `right` dropped), None to keep both whole: after
+    the run of (normalised) tokens common to the last `max_tokens` of `left` and the first of `right`, at most
+    EDGE_TOKENS from both edges (a cut word may be a stray token), with the most tokens plus agreeing neighbours, then
+    the longest, then the nearest the seam; no one-token run that more than MAX_DISAGREE neighbours contradict and none
+    confirms (a chance match: "the" of "to the sto" + "store and the car"). With none, a cut word's part at an edge
+    gives way to the whole word near the other edge ("sto" to "store"). Punctuation tokens are looked past."""
     a = [m for m in UNIT.finditer(left) if _norm(m.group())][-max_tokens:] if max_tokens > 0 else []
     b = [m for m in UNIT.finditer(right) if _norm(m.group())][:max_tokens] if max_tokens > 0 else []
     na, nb = [_norm(m.group()) for m in a], [_norm(m.group()) for m in b]
-    best = None  # (length, -tokens outside the run at the seam, end in a, end in b)
+    best: tuple = ()  # (length + agreeing neighbours, length, -tokens outside the run at the seam, end in a, end in b)
     run = [[0] * (len(b) + 1) for _ in range(len(a) + 1)]
     for i in range(1, len(a) + 1):
         for j in range(1, len(b) + 1):
@@ -325,13 +326,27 @@ def seam(left: str, right: str, max_tokens: int) -> tuple[int, int] | None:
                 continue
             run[i][j] = length = run[i - 1][j - 1] + 1
             after, before = len(a) - i, j - length
-            if after <= EDGE_TOKENS and before <= EDGE_TOKENS:
-                key = (length, -(after + before), i, j)
-                best = key if best is None or key > best else best
-    if best is None:
-        return None
-    _, _, i, j = best
-    return a[i - 1].end(), b[j - 1].end()
+            agree, disagree = _neighbours(na, nb, i, j, length)
+            if max(after, before) <= EDGE_TOKENS and (length > 1 or agree or disagree <= MAX_DISAGREE):
+                best = max(best, (length + agree, length, -(after + before), i, j))
+    if best or not (a and b):
+        return (a[best[3] - 1].end(), b[best[4] - 1].end()) if best else None
+    cuts = [(a[-1].start(), m.start()) for m, w in zip(b[: EDGE_TOKENS + 1], nb) if _part(na[-1], w, True)]
+    cuts += [(m.end(), b[0].end()) for m, w in zip(a[::-1][: EDGE_TOKENS + 1], na[::-1]) if _part(nb[0], w, False)]
+    return cuts[0] if cuts else None
+
+
+def _part(part: str, word: str, head: bool) -> bool:
+    """`part` (two letters or more) is the start (`head`) or the end of `word` and shorter: a cut word's part."""
+    return len(word) > len(part) > 1 and (word.startswith(part) if head else word.endswith(part))
+
+
+def _neighbours(na: list[str], nb: list[str], i: int, j: int, length: int) -> tuple[int, int]:
+    """(agreeing, disagreeing) token pairs after and before the run ending at token i of `na` and j of `nb`, in both."""
+    same = [x == y or (i + k == len(na) - 1 and _part(x, y, True)) for k, (x, y) in enumerate(zip(na[i:], nb[j:]))]
+    i, j = i - length, j - length  # the tokens before the run, nearest first
+    same += [x == y or (k == j - 1 and _part(y, x, False)) for k, (x, y) in enumerate(zip(na[:i][::-1], nb[:j][::-1]))]
+    return sum(same), len(same) - sum(same)
 
 
 def join_texts(texts: list[str], overlapped: list[bool], overlap: float) -> str:

@@ -1,5 +1,5 @@
-"""bench/feature_throughput.py, long_audio_plan.py and resample.py in small runs. No assertion is about speed,
-but one about dividing by the reads made."""
+"""bench/feature_throughput.py, long_audio_plan.py, resample.py and window_joins.py in small runs. No assertion is
+about speed, but one about dividing by the reads made."""
 
 from __future__ import annotations
 
@@ -36,3 +36,15 @@ def test_long_audio_plan_and_resample_print_their_tables():
         out = subprocess.run([sys.executable, str(BENCH / script), *args], capture_output=True, text=True, check=True)
         rows = [line for line in out.stdout.splitlines() if line.startswith("| 0.5 ") or line.startswith("| 22050")]
         assert len(rows) == 1, out.stdout
+
+
+def test_window_joins_scores_every_case_for_every_rule(capsys):
+    """Two overlaps x four texts x two cuts x three kinds of edge error: a row each, with a WER per rule and the
+    oracle's."""
+    import window_joins
+
+    window_joins.main(["--trials", "3", "--overlap", "0.5", "1.0", "--rules", "module", "previous", "--oracle"])
+    rows = [
+        line for line in capsys.readouterr().out.splitlines() if line.startswith("| 0.5 ") or line.startswith("| 1 ")
+    ]
+    assert len(rows) == 48 and all(line.count("(") == 3 for line in rows), rows

@@ -140,6 +140,26 @@ def test_join_pair_looks_only_near_the_seam():
     assert join_pair("x y a b", "a b z", 6) == "x y a b z"
 
 
+@pytest.mark.parametrize(
+    "left, right, joined",
+    [
+        # a lone "the" both texts hold, its neighbours all different, is a chance match: words had been lost ("i went
+        # to the car", "put it on the hall"); the cut word's start gives way to the whole word instead
+        ("i went to the sto", "store and the car", "i went to the store and the car"),
+        ("put it on the ta", "table in the hall", "put it on the table in the hall"),
+        ("she sat on the so", "sofa by the fire", "she sat on the sofa by the fire"),
+        ("we drove home slowly", "owly and then", "we drove home slowly and then"),  # a cut word's end gives way too
+        # a lone shared word beside one misheard neighbour is still the overlap
+        ("open the big red door", "red dour and the", "open the big red dour and the"),
+    ],
+)
+def test_a_lone_shared_word_its_neighbours_contradict_is_no_overlap(left, right, joined):
+    assert join_texts([left, right], [False, True], 1.0) == joined
+    timed = [[(u, 0.1 * k, 0.1 * k + 0.05) for k, u in enumerate(UNIT.findall(t))] for t in (left, right)]
+    words = join_words([left, right], timed, [0.0, 2.0], [False, True], 1.0)
+    assert [w[0] for w in words] == UNIT.findall(joined)  # the times cut where the text is
+
+
 def test_a_fast_overlap_in_a_script_without_spaces_is_said_once():
     """A second of Japanese holds about ten characters: the join looks that far (it had looked 6 characters and
     written the overlap twice)."""
