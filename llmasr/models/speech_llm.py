@@ -36,8 +36,12 @@ from llmasr.models.prompt import PromptBuilder
 BRANCHES = ("encoder", "adaptor", "ctc_head", "llm")
 
 
-@dataclass
-class SpeechLLMOutput:
+@dataclass(eq=False)
+class SpeechLLMOutput(dict):
+    """Also a dict of its fields, kept in step both ways (as transformers' ModelOutput): DeepSpeed finds a forward's
+    tensors only in tensors, tuples, lists and dicts, starts its backward (timers, ZeRO's backward state) from hooks on
+    them, and ZeRO-3 swaps them in place for ones its backward hooks see."""
+
     loss: torch.Tensor  # what backward() is called on
     llm_loss_sum: torch.Tensor
     n_tokens: torch.Tensor
@@ -45,6 +49,13 @@ class SpeechLLMOutput:
     ctc_loss_sum: torch.Tensor  # 0 when the CTC head is off
     n_utts: int
     ctc_unaligned: list[int] = field(default_factory=list)  # batch rows too long for CTC (ctc.ctc_unalignable)
+
+    def __setattr__(self, name, value):
+        super().__setattr__(name, value)
+        dict.__setitem__(self, name, value)
+
+    def __setitem__(self, key, value):
+        setattr(self, key, value)
 
 
 class SpeechLLM(nn.Module):

@@ -259,7 +259,8 @@ class TrainEngine:
         batch = self.to_device(batch)
         with counter.measure(batch) if counter is not None else nullcontext():
             out = self.engine(batch, token_normalizer=token_normalizer, utt_normalizer=utt_normalizer)
-        loss = out.loss * 0.0 if zero_loss else out.loss
+        # a tensor of its own: DeepSpeed's hook on out.loss divides by gradient_accumulation_steps when it runs first
+        loss = out.loss * (0.0 if zero_loss else 1.0)
         if skip_update and boundary:  # DeepSpeed's optimizers skip a non-finite gradient, resetting what they hold
             loss = loss * float("nan")
         self.engine.backward(loss, scale_wrt_gas=False)

@@ -100,6 +100,24 @@ def test_window_gradient_equals_one_batch_holding_it_all(tiny_llm_dir, full_batc
     assert stats["n_utts"] == 6 and stats["n_tokens"] == int(ref_out.n_tokens)
 
 
+@pytest.mark.parametrize("preset", ["zero0", "zero2", "zero3"])
+def test_deepspeed_starts_each_backward_from_the_model_output(tiny_llm_dir, full_batch, preset):
+    """DeepSpeed starts a backward (its timers, ZeRO's backward state) from hooks on the tensors of the forward's
+    output: it found none in SpeechLLMOutput, and wall_clock_breakdown or the flops profiler failed every run at its
+    first backward ("timer is not started"). The gradient stays the window's: at ZeRO-0 that hook divides it by the
+    accumulation steps when it sees the very tensor backward is given."""
+    from llmasr.train.ds_config import load_ds_config
+    from llmasr.train.trainer import run_window
+
+    ds = load_ds_config(preset)
+    ds.update(wall_clock_breakdown=True, flops_profiler={"enabled": True, "profile_step": 100})
+    want = reference_grads(build_model(tiny_llm_dir), full_batch)
+    te = make_engine(build_model(tiny_llm_dir), ds, grad_accum=3)
+    grads = capture_boundary_grads(te)
+    run_window(te, [rows(full_batch, 0, 1), rows(full_batch, 1, 4), rows(full_batch, 4, 6)], world_size=1)
+    assert te.global_steps == 1 and max_diff(grads[0], want) < 1e-5
+
+
 def test_partial_window_at_epoch_end_completes_an_update_and_leaks_nothing(tiny_llm_dir, full_batch):
     """5 micro batches per epoch with accumulation 4: 2 updates per epoch; the 5th batch's update sees only its own
     gradient, normalised by its own counts."""
