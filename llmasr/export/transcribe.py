@@ -91,9 +91,12 @@ class Transcriber:
                 raise TranscribeError(f"hotwords[{i}]: expected a non-empty phrase (text), got {phrase!r}")
         if sample_rate is not None and (isinstance(sample_rate, bool) or int(sample_rate) != sample_rate):
             raise TranscribeError(f"sample_rate: a whole number of Hz, got {sample_rate!r}")
+        if (sample_rate is None or int(sample_rate) <= 0) and not all(isinstance(c, (str, Path)) for c in audio):
+            name = next(f"waveform {i}" for i, c in enumerate(audio) if not isinstance(c, (str, Path)))
+            raise TranscribeError(f"{name}: a waveform needs its sample_rate (Hz)")  # the call's fault, not a clip's
         with tempfile.TemporaryDirectory(prefix="llmasr-transcribe-") as tmp:
             names, manifest, bad = _manifest(list(audio), sample_rate, hotwords, Path(tmp))
-            if bad and not keep_going:  # a missing file, named before anything is decoded
+            if bad and not keep_going:  # a missing file or a bad waveform, named before anything is decoded
                 raise TranscribeError("; ".join(f"{names[i]}: {why}" for i, why in bad.items()))
             rows = []
             if len(bad) < len(names):
@@ -113,7 +116,8 @@ class Transcriber:
 
 def _manifest(audio: list, sample_rate, hotwords, tmp: Path) -> tuple[list[str], Path, dict[int, str]]:
     """The clips' names, a manifest of them in `tmp` (waveforms written there as float wav files) keyed by
-    position, and the files left out of it ({position: why}: missing, a directory)."""
+    position, and the clips left out of it ({position: why}: a file missing or a directory, a waveform that is
+    not one)."""
     names, lines, missing = [], [], {}
     for i, clip in enumerate(audio):
         if isinstance(clip, (str, Path)):
@@ -125,7 +129,12 @@ def _manifest(audio: list, sample_rate, hotwords, tmp: Path) -> tuple[list[str],
         else:
             names.append(f"waveform {i}")
             source = str(tmp / f"{i}.wav")
-            sf.write(source, _waveform(clip, sample_rate, names[-1]), int(sample_rate), subtype="FLOAT")
+            try:
+                wave = _waveform(clip, names[-1])
+            except TranscribeError as err:  # this clip's fault: with keep_going the others are still transcribed
+                missing[i] = str(err).removeprefix(f"{names[-1]}: ")
+                continue
+            sf.write(source, wave, int(sample_rate), subtype="FLOAT")
         line = {"key": str(i), "source": source}
         if hotwords is not None:
             line["hotwords"] = list(hotwords)
@@ -135,9 +144,7 @@ def _manifest(audio: list, sample_rate, hotwords, tmp: Path) -> tuple[list[str],
     return names, path, missing
 
 
-def _waveform(clip, sample_rate, name: str) -> np.ndarray:
-    if sample_rate is None or int(sample_rate) <= 0:
-        raise TranscribeError(f"{name}: a waveform needs its sample_rate (Hz)")
+def _waveform(clip, name: str) -> np.ndarray:
     if hasattr(clip, "detach"):  # a torch tensor; numpy has no bfloat16
         clip = clip.detach().cpu()
         clip = clip.float() if clip.is_floating_point() else clip

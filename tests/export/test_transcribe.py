@@ -242,3 +242,20 @@ def test_long_audio_is_decoded_in_windows_as_decode_does(exported_dir, clips, tm
     (row,) = asr.transcripts([tmp_path / "long.wav"])
     assert row["windows"] >= 2
     assert row["hyp"] == decoded(asr, tmp_path / "long.jsonl", tmp_path / "d")[0]
+
+
+def test_a_bad_waveform_among_many_gets_its_row_with_keep_going(asr, clips):
+    """keep_going gives a clip that cannot be transcribed its error row; a waveform with NaN samples or of the wrong
+    shape had raised for the whole call (a waveform too short for a frame already got its row)."""
+    _, paths = clips
+    wave, rate = sf.read(paths[0], dtype="float32")
+    nan = np.full(1600, np.nan, dtype=np.float32)
+    rows = asr.transcripts([paths[1], nan, np.zeros((2, 1600), np.float32), wave], rate, keep_going=True)
+    assert [r["audio"] for r in rows] == [str(paths[1]), "waveform 1", "waveform 2", "waveform 3"]
+    assert rows[1] == {"audio": "waveform 1", "error": "the waveform holds NaN or infinite samples"}
+    assert rows[2]["error"].startswith("expected a non-empty mono waveform (1-D), got shape (2, 1600)")
+    assert [rows[0]["hyp"], rows[3]["hyp"]] == asr([paths[1], wave], sample_rate=rate)
+    with pytest.raises(TranscribeError, match="^waveform 1: the waveform holds NaN or infinite samples$"):
+        asr.transcripts([paths[1], nan], rate)
+    with pytest.raises(TranscribeError, match="^waveform 1: a waveform needs its sample_rate"):  # the call's fault
+        asr.transcripts([paths[1], wave], keep_going=True)
