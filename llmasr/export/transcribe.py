@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import tempfile
 from pathlib import Path
 
@@ -30,6 +31,7 @@ from llmasr.export.decode import DecodeOptions, decode_loader, load_decode_model
 from llmasr.export.decode_world import usable_device
 from llmasr.models.decoding import DecodeConfig, decode_config
 
+PATHS = (str, os.PathLike)  # a clip that is an audio file
 MAX_FLOAT_PEAK = 4.0  # a float waveform louder than this is not in [-1, 1] full scale (a little clipping headroom)
 
 
@@ -91,8 +93,8 @@ class Transcriber:
                 raise TranscribeError(f"hotwords[{i}]: expected a non-empty phrase (text), got {phrase!r}")
         if sample_rate is not None and (isinstance(sample_rate, bool) or int(sample_rate) != sample_rate):
             raise TranscribeError(f"sample_rate: a whole number of Hz, got {sample_rate!r}")
-        if (sample_rate is None or int(sample_rate) <= 0) and not all(isinstance(c, (str, Path)) for c in audio):
-            name = next(f"waveform {i}" for i, c in enumerate(audio) if not isinstance(c, (str, Path)))
+        if (sample_rate is None or int(sample_rate) <= 0) and not all(isinstance(c, PATHS) for c in audio):
+            name = next(f"waveform {i}" for i, c in enumerate(audio) if not isinstance(c, PATHS))
             raise TranscribeError(f"{name}: a waveform needs its sample_rate (Hz)")  # the call's fault, not a clip's
         with tempfile.TemporaryDirectory(prefix="llmasr-transcribe-") as tmp:
             names, manifest, bad = _manifest(list(audio), sample_rate, hotwords, Path(tmp))
@@ -120,8 +122,9 @@ def _manifest(audio: list, sample_rate, hotwords, tmp: Path) -> tuple[list[str],
     not one)."""
     names, lines, missing = [], [], {}
     for i, clip in enumerate(audio):
-        if isinstance(clip, (str, Path)):
-            names.append(str(clip))
+        if isinstance(clip, PATHS):
+            clip = os.fsdecode(clip)  # any os.PathLike (py.path, UPath) is a path, not a waveform
+            names.append(clip)
             if why := file_problem(Path(clip), "audio file"):
                 missing[i] = why
                 continue
@@ -151,6 +154,8 @@ def _waveform(clip, name: str) -> np.ndarray:
     wave = np.asarray(clip)
     if wave.ndim != 1 or wave.size == 0:
         hint = " (several channels: average them, or pick one)" if wave.ndim == 2 and min(wave.shape) <= 8 else ""
+        if wave.ndim == 0 and wave.dtype.kind not in "biuf":  # None, bytes: neither a path nor samples
+            raise TranscribeError(f"{name}: expected an audio file path (str, Path) or a waveform, got {clip!r:.60}")
         if wave.ndim == 0:  # a list is a list of clips: a plain list of samples gives one number per clip
             hint = " (one number: samples in a list? pass them as one array, np.asarray(samples))"
         raise TranscribeError(

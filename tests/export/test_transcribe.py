@@ -259,3 +259,14 @@ def test_a_bad_waveform_among_many_gets_its_row_with_keep_going(asr, clips):
         asr.transcripts([paths[1], nan], rate)
     with pytest.raises(TranscribeError, match="^waveform 1: a waveform needs its sample_rate"):  # the call's fault
         asr.transcripts([paths[1], wave], keep_going=True)
+
+
+def test_any_path_like_is_a_file_and_a_clip_of_neither_kind_is_named_as_such(asr, clips):
+    """A py.path (pytest's tmpdir) had been taken for a waveform, and it, None or bytes for 'one number'."""
+    import py
+
+    _, paths = clips
+    assert asr([py.path.local(paths[0]), paths[1]]) == asr([str(paths[0]), paths[1]])
+    for odd in (None, bytes(paths[0])):
+        with pytest.raises(TranscribeError, match=r"^waveform 1: expected an audio file path \(str, Path\) or a wave"):
+            asr([paths[0], odd], sample_rate=16000)
