@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import tempfile
 from pathlib import Path
@@ -31,6 +32,7 @@ from llmasr.export.decode import DecodeOptions, decode_loader, load_decode_model
 from llmasr.export.decode_world import usable_device
 from llmasr.models.decoding import DecodeConfig, decode_config
 
+log = logging.getLogger(__name__)
 PATHS = (str, os.PathLike)  # a clip that is an audio file
 MAX_FLOAT_PEAK = 4.0  # a float waveform louder than this is not in [-1, 1] full scale (a little clipping headroom)
 
@@ -91,6 +93,13 @@ class Transcriber:
         for i, phrase in enumerate(hotwords or ()):  # named here, not as a fault of every clip
             if not isinstance(phrase, str) or not phrase.strip():
                 raise TranscribeError(f"hotwords[{i}]: expected a non-empty phrase (text), got {phrase!r}")
+        kept, dropped = self.model.prompt.capped_hotwords(hotwords)
+        if dropped:  # as decode's wer.txt counts them: the prompt renders only what fits the model's cap
+            log.warning(
+                "hotwords: the model's prompt takes %d tokens of phrases (model.prompt.hotwords_max_tokens): %d of "
+                "the %d given are dropped, the longest first; kept %s", self.model.prompt.hotwords_max_tokens,
+                dropped, len(hotwords), kept,
+            )  # fmt: skip
         if sample_rate is not None and (isinstance(sample_rate, bool) or int(sample_rate) != sample_rate):
             raise TranscribeError(f"sample_rate: a whole number of Hz, got {sample_rate!r}")
         if (sample_rate is None or int(sample_rate) <= 0) and not all(isinstance(c, PATHS) for c in audio):

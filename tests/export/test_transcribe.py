@@ -270,3 +270,15 @@ def test_any_path_like_is_a_file_and_a_clip_of_neither_kind_is_named_as_such(asr
     for odd in (None, bytes(paths[0])):
         with pytest.raises(TranscribeError, match=r"^waveform 1: expected an audio file path \(str, Path\) or a wave"):
             asr([paths[0], odd], sample_rate=16000)
+
+
+def test_hotwords_the_prompts_cap_drops_are_named(asr, clips, caplog, monkeypatch):
+    """A list longer than the model's hotwords_max_tokens lost its longest phrases without a word (decode counts
+    them in wer.txt, training in train.log)."""
+    _, paths = clips
+    monkeypatch.setattr(asr.model.prompt, "hotwords_max_tokens", 4)
+    with caplog.at_level("WARNING", logger="llmasr.export.transcribe"):
+        asr(paths[0], hotwords=["nine"])
+        assert not caplog.records
+        asr(paths[0], hotwords=["alpha beta gamma delta", "nine", "Zhang Wei Zhang Wei"])
+    assert "2 of the 3 given are dropped, the longest first; kept ['nine']" in caplog.text
