@@ -161,6 +161,8 @@ def _waveform(clip, name: str) -> np.ndarray:
         clip = clip.detach().cpu()
         clip = clip.float() if clip.is_floating_point() else clip
     wave = np.asarray(clip)
+    if wave.ndim == 2 and min(wave.shape) == 1:  # one channel, first or last: torchaudio.load's mono is [1, N]
+        wave = wave.reshape(-1)
     if wave.ndim != 1 or wave.size == 0:
         hint = " (several channels: average them, or pick one)" if wave.ndim == 2 and min(wave.shape) <= 8 else ""
         if wave.ndim == 0 and wave.dtype.kind not in "biuf":  # None, bytes: neither a path nor samples

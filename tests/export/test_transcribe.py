@@ -282,3 +282,10 @@ def test_hotwords_the_prompts_cap_drops_are_named(asr, clips, caplog, monkeypatc
         assert not caplog.records
         asr(paths[0], hotwords=["alpha beta gamma delta", "nine", "Zhang Wei Zhang Wei"])
     assert "2 of the 3 given are dropped, the longest first; kept ['nine']" in caplog.text
+
+
+def test_a_single_channel_waveform_first_or_last_is_mono(asr, clips):
+    """torchaudio.load gives a mono file as [1, N]: it had been refused as 'several channels'."""
+    wave, rate = sf.read(clips[1][0], dtype="float32")
+    want = asr(wave, sample_rate=rate)
+    assert asr(torch.from_numpy(wave)[None], sample_rate=rate) == want == asr(wave[:, None], sample_rate=rate)
