@@ -289,3 +289,15 @@ def test_a_single_channel_waveform_first_or_last_is_mono(asr, clips):
     wave, rate = sf.read(clips[1][0], dtype="float32")
     want = asr(wave, sample_rate=rate)
     assert asr(torch.from_numpy(wave)[None], sample_rate=rate) == want == asr(wave[:, None], sample_rate=rate)
+
+
+def test_a_pipe_is_named_as_a_pipe_not_as_missing(exported_dir, tmp_path, capsys):
+    """`llmasr transcribe --model DIR /dev/stdin` (or <(...)) fed by a pipe had said 'no such audio file'."""
+    import os
+
+    from llmasr.cli import main
+
+    fifo = tmp_path / "fifo.wav"
+    os.mkfifo(fifo)
+    assert main(["transcribe", "--model", str(exported_dir), str(fifo)]) == 2
+    assert f"error: {fifo}: a pipe or device, not an audio file (save it to a file first)" in capsys.readouterr().err
