@@ -174,14 +174,14 @@ def _waveform(clip, name: str) -> np.ndarray:
         )  # fmt: skip
     if wave.dtype.kind in "iu":  # PCM samples (soundfile's dtype="int16", a wav read raw): full scale is 1.0
         info = np.iinfo(wave.dtype)
-        if info.bits > 16 and int(np.abs(wave.astype(np.int64)).max()) <= 32768:
-            # 16-bit samples in a wider array (np.array of a list, torch.tensor: int64) would be scaled by that
-            # type's range into near-silence
-            raise TranscribeError(
-                f"{name}: {wave.dtype} samples that never pass 16-bit full scale (peak "
-                f"{int(np.abs(wave.astype(np.int64)).max())}): 16-bit PCM in a wider array? pass it as int16 "
-                "(.astype(np.int16)), or as floats divided by 32768"
-            )
+        peak = int(np.abs(wave.astype(np.int64)).max())
+        for bits in (16, 32):  # narrower PCM in a wider array (np.array of a list, torch.tensor: int64) would be
+            if info.bits > bits and peak <= 1 << (bits - 1):  # scaled by that type's range into near-silence
+                raise TranscribeError(
+                    f"{name}: {wave.dtype} samples that never pass {bits}-bit full scale (peak {peak}): {bits}-bit "
+                    f"PCM in a wider array? pass it as int{bits} (.astype(np.int{bits})), or as floats divided by "
+                    f"{1 << (bits - 1)}"
+                )
         offset = (int(info.max) + 1) // 2 if wave.dtype.kind == "u" else 0
         return ((wave.astype(np.float64) - offset) / (int(info.max) + 1 - offset)).astype(np.float32)
     if wave.dtype.kind not in "f":

@@ -301,3 +301,12 @@ def test_a_pipe_is_named_as_a_pipe_not_as_missing(exported_dir, tmp_path, capsys
     os.mkfifo(fifo)
     assert main(["transcribe", "--model", str(exported_dir), str(fifo)]) == 2
     assert f"error: {fifo}: a pipe or device, not an audio file (save it to a file first)" in capsys.readouterr().err
+
+
+def test_32_bit_pcm_in_an_int64_array_is_refused_not_decoded_as_silence(asr, clips):
+    """32-bit samples in int64 (np.array or torch.tensor of a list of them) had been scaled by int64's range, about
+    1e-9 of full scale, and decoded as silence without a word."""
+    pcm, rate = sf.read(clips[1][2], dtype="int32")
+    for wide in (pcm.astype(np.int64), torch.tensor(pcm.tolist())):
+        with pytest.raises(TranscribeError, match=r"waveform 0: int64 samples that never pass 32-bit full scale"):
+            asr(wide, sample_rate=rate)
