@@ -42,9 +42,12 @@ def not_found(key: str, what: str, path: str | Path) -> str:
 
 
 def file_problem(path: Path, what: str = "file") -> str | None:
-    """Why `path` is no `what` to read (a directory, or nothing there); None when it is a file."""
+    """Why `path` is no `what` to read (a directory, a pipe or device, or nothing there); None when it is a file."""
+    article = "an" if what[0] in "aeiou" else "a"
     if path.is_dir():
-        return f"a directory, not {'an' if what[0] in 'aeiou' else 'a'} {what}"
+        return f"a directory, not {article} {what}"
+    if path.exists() and not path.is_file():  # read more than once (a header probe, then the data): not a stream
+        return f"a pipe or device, not {article} {what} (save it to a file first)"
     return None if path.is_file() else f"no such {what}"
 
 

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
+import os
 import tempfile
 from pathlib import Path
 
@@ -30,6 +32,8 @@ from llmasr.export.decode import DecodeOptions, decode_loader, load_decode_model
 from llmasr.export.decode_world import usable_device
 from llmasr.models.decoding import DecodeConfig, decode_config
 
+log = logging.getLogger(__name__)
+PATHS = (str, os.PathLike)  # a clip that is an audio file
 MAX_FLOAT_PEAK = 4.0  # a float waveform louder than this is not in [-1, 1] full scale (a little clipping headroom)
 
 
@@ -89,11 +93,21 @@ class Transcriber:
         for i, phrase in enumerate(hotwords or ()):  # named here, not as a fault of every clip
             if not isinstance(phrase, str) or not phrase.strip():
                 raise TranscribeError(f"hotwords[{i}]: expected a non-empty phrase (text), got {phrase!r}")
+        kept, dropped = self.model.prompt.capped_hotwords(hotwords)
+        if dropped:  # as decode's wer.txt counts them: the prompt renders only what fits the model's cap
+            log.warning(
+                "hotwords: the model's prompt takes %d tokens of phrases (model.prompt.hotwords_max_tokens): %d of "
+                "the %d given are dropped, the longest first; kept %s", self.model.prompt.hotwords_max_tokens,
+                dropped, len(hotwords), kept,
+            )  # fmt: skip
         if sample_rate is not None and (isinstance(sample_rate, bool) or int(sample_rate) != sample_rate):
             raise TranscribeError(f"sample_rate: a whole number of Hz, got {sample_rate!r}")
+        if (sample_rate is None or int(sample_rate) <= 0) and not all(isinstance(c, PATHS) for c in audio):
+            name = next(f"waveform {i}" for i, c in enumerate(audio) if not isinstance(c, PATHS))
+            raise TranscribeError(f"{name}: a waveform needs its sample_rate (Hz)")  # the call's fault, not a clip's
         with tempfile.TemporaryDirectory(prefix="llmasr-transcribe-") as tmp:
             names, manifest, bad = _manifest(list(audio), sample_rate, hotwords, Path(tmp))
-            if bad and not keep_going:  # a missing file, named before anything is decoded
+            if bad and not keep_going:  # a missing file or a bad waveform, named before anything is decoded
                 raise TranscribeError("; ".join(f"{names[i]}: {why}" for i, why in bad.items()))
             rows = []
             if len(bad) < len(names):
@@ -113,11 +127,13 @@ class Transcriber:
 
 def _manifest(audio: list, sample_rate, hotwords, tmp: Path) -> tuple[list[str], Path, dict[int, str]]:
     """The clips' names, a manifest of them in `tmp` (waveforms written there as float wav files) keyed by
-    position, and the files left out of it ({position: why}: missing, a directory)."""
+    position, and the clips left out of it ({position: why}: a file missing or a directory, a waveform that is
+    not one)."""
     names, lines, missing = [], [], {}
     for i, clip in enumerate(audio):
-        if isinstance(clip, (str, Path)):
-            names.append(str(clip))
+        if isinstance(clip, PATHS):
+            clip = os.fsdecode(clip)  # any os.PathLike (py.path, UPath) is a path, not a waveform
+            names.append(clip)
             if why := file_problem(Path(clip), "audio file"):
                 missing[i] = why
                 continue
@@ -125,7 +141,12 @@ def _manifest(audio: list, sample_rate, hotwords, tmp: Path) -> tuple[list[str],
         else:
             names.append(f"waveform {i}")
             source = str(tmp / f"{i}.wav")
-            sf.write(source, _waveform(clip, sample_rate, names[-1]), int(sample_rate), subtype="FLOAT")
+            try:
+                wave = _waveform(clip, names[-1])
+            except TranscribeError as err:  # this clip's fault: with keep_going the others are still transcribed
+                missing[i] = str(err).removeprefix(f"{names[-1]}: ")
+                continue
+            sf.write(source, wave, int(sample_rate), subtype="FLOAT")
         line = {"key": str(i), "source": source}
         if hotwords is not None:
             line["hotwords"] = list(hotwords)
@@ -135,15 +156,17 @@ def _manifest(audio: list, sample_rate, hotwords, tmp: Path) -> tuple[list[str],
     return names, path, missing
 
 
-def _waveform(clip, sample_rate, name: str) -> np.ndarray:
-    if sample_rate is None or int(sample_rate) <= 0:
-        raise TranscribeError(f"{name}: a waveform needs its sample_rate (Hz)")
+def _waveform(clip, name: str) -> np.ndarray:
     if hasattr(clip, "detach"):  # a torch tensor; numpy has no bfloat16
         clip = clip.detach().cpu()
         clip = clip.float() if clip.is_floating_point() else clip
     wave = np.asarray(clip)
+    if wave.ndim == 2 and min(wave.shape) == 1:  # one channel, first or last: torchaudio.load's mono is [1, N]
+        wave = wave.reshape(-1)
     if wave.ndim != 1 or wave.size == 0:
         hint = " (several channels: average them, or pick one)" if wave.ndim == 2 and min(wave.shape) <= 8 else ""
+        if wave.ndim == 0 and wave.dtype.kind not in "biuf":  # None, bytes: neither a path nor samples
+            raise TranscribeError(f"{name}: expected an audio file path (str, Path) or a waveform, got {clip!r:.60}")
         if wave.ndim == 0:  # a list is a list of clips: a plain list of samples gives one number per clip
             hint = " (one number: samples in a list? pass them as one array, np.asarray(samples))"
         raise TranscribeError(
@@ -151,14 +174,14 @@ def _waveform(clip, sample_rate, name: str) -> np.ndarray:
         )  # fmt: skip
     if wave.dtype.kind in "iu":  # PCM samples (soundfile's dtype="int16", a wav read raw): full scale is 1.0
         info = np.iinfo(wave.dtype)
-        if info.bits > 16 and int(np.abs(wave.astype(np.int64)).max()) <= 32768:
-            # 16-bit samples in a wider array (np.array of a list, torch.tensor: int64) would be scaled by that
-            # type's range into near-silence
-            raise TranscribeError(
-                f"{name}: {wave.dtype} samples that never pass 16-bit full scale (peak "
-                f"{int(np.abs(wave.astype(np.int64)).max())}): 16-bit PCM in a wider array? pass it as int16 "
-                "(.astype(np.int16)), or as floats divided by 32768"
-            )
+        peak = int(np.abs(wave.astype(np.int64)).max())
+        for bits in (16, 32):  # narrower PCM in a wider array (np.array of a list, torch.tensor: int64) would be
+            if info.bits > bits and peak <= 1 << (bits - 1):  # scaled by that type's range into near-silence
+                raise TranscribeError(
+                    f"{name}: {wave.dtype} samples that never pass {bits}-bit full scale (peak {peak}): {bits}-bit "
+                    f"PCM in a wider array? pass it as int{bits} (.astype(np.int{bits})), or as floats divided by "
+                    f"{1 << (bits - 1)}"
+                )
         offset = (int(info.max) + 1) // 2 if wave.dtype.kind == "u" else 0
         return ((wave.astype(np.float64) - offset) / (int(info.max) + 1 - offset)).astype(np.float32)
     if wave.dtype.kind not in "f":

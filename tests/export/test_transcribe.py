@@ -242,3 +242,71 @@ def test_long_audio_is_decoded_in_windows_as_decode_does(exported_dir, clips, tm
     (row,) = asr.transcripts([tmp_path / "long.wav"])
     assert row["windows"] >= 2
     assert row["hyp"] == decoded(asr, tmp_path / "long.jsonl", tmp_path / "d")[0]
+
+
+def test_a_bad_waveform_among_many_gets_its_row_with_keep_going(asr, clips):
+    """keep_going gives a clip that cannot be transcribed its error row; a waveform with NaN samples or of the wrong
+    shape had raised for the whole call (a waveform too short for a frame already got its row)."""
+    _, paths = clips
+    wave, rate = sf.read(paths[0], dtype="float32")
+    nan = np.full(1600, np.nan, dtype=np.float32)
+    rows = asr.transcripts([paths[1], nan, np.zeros((2, 1600), np.float32), wave], rate, keep_going=True)
+    assert [r["audio"] for r in rows] == [str(paths[1]), "waveform 1", "waveform 2", "waveform 3"]
+    assert rows[1] == {"audio": "waveform 1", "error": "the waveform holds NaN or infinite samples"}
+    assert rows[2]["error"].startswith("expected a non-empty mono waveform (1-D), got shape (2, 1600)")
+    assert [rows[0]["hyp"], rows[3]["hyp"]] == asr([paths[1], wave], sample_rate=rate)
+    with pytest.raises(TranscribeError, match="^waveform 1: the waveform holds NaN or infinite samples$"):
+        asr.transcripts([paths[1], nan], rate)
+    with pytest.raises(TranscribeError, match="^waveform 1: a waveform needs its sample_rate"):  # the call's fault
+        asr.transcripts([paths[1], wave], keep_going=True)
+
+
+def test_any_path_like_is_a_file_and_a_clip_of_neither_kind_is_named_as_such(asr, clips):
+    """A py.path (pytest's tmpdir) had been taken for a waveform, and it, None or bytes for 'one number'."""
+    import py
+
+    _, paths = clips
+    assert asr([py.path.local(paths[0]), paths[1]]) == asr([str(paths[0]), paths[1]])
+    for odd in (None, bytes(paths[0])):
+        with pytest.raises(TranscribeError, match=r"^waveform 1: expected an audio file path \(str, Path\) or a wave"):
+            asr([paths[0], odd], sample_rate=16000)
+
+
+def test_hotwords_the_prompts_cap_drops_are_named(asr, clips, caplog, monkeypatch):
+    """A list longer than the model's hotwords_max_tokens lost its longest phrases without a word (decode counts
+    them in wer.txt, training in train.log)."""
+    _, paths = clips
+    monkeypatch.setattr(asr.model.prompt, "hotwords_max_tokens", 4)
+    with caplog.at_level("WARNING", logger="llmasr.export.transcribe"):
+        asr(paths[0], hotwords=["nine"])
+        assert not caplog.records
+        asr(paths[0], hotwords=["alpha beta gamma delta", "nine", "Zhang Wei Zhang Wei"])
+    assert "2 of the 3 given are dropped, the longest first; kept ['nine']" in caplog.text
+
+
+def test_a_single_channel_waveform_first_or_last_is_mono(asr, clips):
+    """torchaudio.load gives a mono file as [1, N]: it had been refused as 'several channels'."""
+    wave, rate = sf.read(clips[1][0], dtype="float32")
+    want = asr(wave, sample_rate=rate)
+    assert asr(torch.from_numpy(wave)[None], sample_rate=rate) == want == asr(wave[:, None], sample_rate=rate)
+
+
+def test_a_pipe_is_named_as_a_pipe_not_as_missing(exported_dir, tmp_path, capsys):
+    """`llmasr transcribe --model DIR /dev/stdin` (or <(...)) fed by a pipe had said 'no such audio file'."""
+    import os
+
+    from llmasr.cli import main
+
+    fifo = tmp_path / "fifo.wav"
+    os.mkfifo(fifo)
+    assert main(["transcribe", "--model", str(exported_dir), str(fifo)]) == 2
+    assert f"error: {fifo}: a pipe or device, not an audio file (save it to a file first)" in capsys.readouterr().err
+
+
+def test_32_bit_pcm_in_an_int64_array_is_refused_not_decoded_as_silence(asr, clips):
+    """32-bit samples in int64 (np.array or torch.tensor of a list of them) had been scaled by int64's range, about
+    1e-9 of full scale, and decoded as silence without a word."""
+    pcm, rate = sf.read(clips[1][2], dtype="int32")
+    for wide in (pcm.astype(np.int64), torch.tensor(pcm.tolist())):
+        with pytest.raises(TranscribeError, match=r"waveform 0: int64 samples that never pass 32-bit full scale"):
+            asr(wide, sample_rate=rate)
