@@ -99,10 +99,20 @@ def load_recipe(
     try:
         return from_dict(Recipe, data)
     except ConfigError as err:
-        first, *rest = str(err).split("\n", 1)
-        colon = ":" if first.endswith(":") else ""  # (a list of reasons follows)
-        first = first.removesuffix(":") + where_set(first, path, overrides or []) + colon
-        raise ConfigError("\n".join([first, *rest])) from err
+        raise located(ConfigError(str(err)), path, overrides) from err
+
+
+def located(err: ConfigError, path, overrides: list[str] | None) -> ConfigError:
+    """`err` (its own type kept) with where its key was set (where_set) on its first line: for refusals made once
+    the recipe is loaded, by the model's builder or the run's checks (model.encoder.frontend's keys)."""
+    first, *rest = str(err).split("\n", 1)
+    if first.endswith(")") and (" (set by the override " in first or ", line " in first):
+        return err  # located already
+    colon = ":" if first.endswith(":") else ""  # (a list of reasons follows)
+    at = where_set(first, path, overrides or [])
+    if at:
+        err.args = ("\n".join([first.removesuffix(":") + at + colon, *rest]), *err.args[1:])
+    return err
 
 
 def where_set(message: str, path, overrides: list[str]) -> str:

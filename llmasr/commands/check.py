@@ -9,9 +9,10 @@ import sys
 from pathlib import Path
 
 from llmasr.commands.train import parse_run_args, run_args
+from llmasr.config_io import ConfigError
 from llmasr.config_paths import output_problem
 from llmasr.errors import command
-from llmasr.recipe import load_recipe
+from llmasr.recipe import load_recipe, located
 from llmasr.train.check import check
 
 
@@ -36,8 +37,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.out is not None and (problem := output_problem(Path(args.out))):  # before the minutes of planning
         p.error(f"--out {args.out}: {problem}")
     recipe = load_recipe(args.config, args.overrides)
-    report = check(
-        recipe, args.deepspeed, world_size=args.world_size, out=args.out, resume=args.resume, overwrite=args.overwrite
-    )
+    try:
+        report = check(
+            recipe, args.deepspeed, world_size=args.world_size, out=args.out, resume=args.resume,
+            overwrite=args.overwrite,
+        )  # fmt: skip
+    except ConfigError as err:  # refused by the builder or the run's checks: named with where the recipe set it
+        raise located(err, args.config, args.overrides) from None
     print(report)
     return 0

@@ -10,7 +10,8 @@ from collections import Counter
 from pathlib import Path
 
 from llmasr import errors
-from llmasr.recipe import load_recipe
+from llmasr.config_io import ConfigError
+from llmasr.recipe import load_recipe, located
 from llmasr.train.preemption import exit_status
 from llmasr.train.run_dir import RunDirError
 from llmasr.train.trainer import train
@@ -68,6 +69,8 @@ def main(argv: list[str] | None = None) -> int:
         errors.report("llmasr train", err)
         err.reported()  # no rank exits (and makes the launcher kill the rest) before rank 0 has said why
         return 2
+    except ConfigError as err:  # refused by the builder or the run's checks: named with where the recipe set it
+        raise located(err, args.config, args.overrides) from None
     if result.get("signal"):
         return exit_status(result["signal"])  # stopped with a checkpoint: the job did not finish
     metrics = result.get("metrics") or {}

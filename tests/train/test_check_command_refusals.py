@@ -200,3 +200,22 @@ def test_training_hotword_lists_count_at_their_cap(tmp_path, capsys, caplog):
     code, _, err = run_check(capsys, *base, "model.prompt.hotwords_max_tokens=60")
     assert code != 0 and "data.train: " in err and "do not fit the LLM's context of 96 tokens" in err
     assert "for a biasing list of model.prompt.hotwords_max_tokens 60)" in err
+
+
+def test_a_key_the_model_builder_refuses_is_named_where_the_recipe_sets_it(recipe_file, tmp_path, capsys):
+    """model.encoder.frontend's keys are checked when the model is built, after the recipe has loaded: the error
+    named the key but neither the recipe's line nor the override that set it."""
+    from llmasr.commands.train import main as train_main
+
+    data = yaml.safe_load(recipe_file.read_text())
+    data["model"]["encoder"].setdefault("frontend", {})["n_mel"] = 80
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    line = next(i for i, text in enumerate(path.read_text().splitlines(), 1) if text.strip() == "frontend:")
+    code, _, err = run_check(capsys, "--config", str(path), "--deepspeed", "zero0", "--out", str(tmp_path / "o"))
+    assert code == 2 and "unknown key(s) ['n_mel']" in err and f"({path}, line {line})" in err
+    assert train_main(["--config", str(path), "--deepspeed", "zero0"]) == 2
+    assert f"({path}, line {line})" in capsys.readouterr().err
+    code, _, err = run_check(capsys, "--config", str(recipe_file), "--deepspeed", "zero0", "--out", str(tmp_path / "o"),
+                             "model.encoder.frontend.n_mel=40")  # fmt: skip
+    assert code == 2 and "(set by the override 'model.encoder.frontend.n_mel=40')" in err
