@@ -149,3 +149,24 @@ def test_kaldi_wav_scp_entries_kaldi_would_not_read_as_a_file(tmp_path):
     reasons = [str(p) for p in counts["problems"]]
     assert reasons[0].startswith(f"{tmp_path / 'wav.scp'}:2: unsupported: u2: ") and "offsets" in reasons[0]
     assert reasons[1].startswith(f"{tmp_path / 'wav.scp'}:3: unsupported: u3: ") and "ends with '|'" in reasons[1]
+
+
+def test_kaldi_command_refuses_an_out_it_would_destroy_or_cannot_write(tmp_path, capsys):
+    """OUT naming one of the data directory's own files would overwrite it with the jsonl; a folder, or a path under
+    a file, fails only at the write: all are refused first, as bad input (2)."""
+    from llmasr.commands.data_kaldi import main
+
+    write_wav(tmp_path / "a.wav", 1.0)
+    (tmp_path / "wav.scp").write_text(f"a {tmp_path / 'a.wav'}\n")
+    (tmp_path / "text").write_text("a hello\n")
+    (tmp_path / "afile").write_text("x")
+    for out, why in [
+        (tmp_path / "text", "one of the inputs"),
+        (tmp_path / "wav.scp", "one of the inputs"),
+        (tmp_path, "a folder, not a file"),
+        (tmp_path / "afile" / "o.jsonl", "afile: a file, not a folder"),
+    ]:
+        assert main([str(tmp_path), str(out)]) == 2
+        assert f"llmasr data kaldi: error: {out}: " in (err := capsys.readouterr().err) and why in err
+    assert (tmp_path / "text").read_text() == "a hello\n" and (tmp_path / "wav.scp").read_text().startswith("a ")
+
