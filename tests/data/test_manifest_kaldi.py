@@ -170,3 +170,30 @@ def test_kaldi_command_refuses_an_out_it_would_destroy_or_cannot_write(tmp_path,
         assert f"llmasr data kaldi: error: {out}: " in (err := capsys.readouterr().err) and why in err
     assert (tmp_path / "text").read_text() == "a hello\n" and (tmp_path / "wav.scp").read_text().startswith("a ")
 
+
+def test_kaldi_to_jsonl_cut_short_leaves_the_old_manifest(tmp_path, monkeypatch):
+    """A write that fails half-way leaves the manifest there before, not the first lines of a new one (which would
+    read as a smaller corpus)."""
+    import llmasr.data.kaldi as kaldi
+
+    for k in ("a", "b"):
+        write_wav(tmp_path / f"{k}.wav", 1.0)
+    (tmp_path / "wav.scp").write_text(f"a {tmp_path / 'a.wav'}\nb {tmp_path / 'b.wav'}\n")
+    (tmp_path / "text").write_text("a one\nb two\n")
+    out = tmp_path / "o.jsonl"
+    out.write_text("old\n")
+
+    class CutJson:
+        calls = 0
+
+        @classmethod
+        def dumps(cls, *a, **kw):
+            cls.calls += 1
+            if cls.calls == 2:
+                raise KeyboardInterrupt
+            return json.dumps(*a, **kw)
+
+    monkeypatch.setattr(kaldi, "json", CutJson)
+    with pytest.raises(KeyboardInterrupt):
+        kaldi_to_jsonl(tmp_path / "wav.scp", tmp_path / "text", out)
+    assert out.read_text() == "old\n" and sorted(p.name for p in tmp_path.glob("*o.jsonl*")) == ["o.jsonl"]
