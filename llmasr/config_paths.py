@@ -66,6 +66,17 @@ def output_problem(output: Path) -> str | None:
     return None
 
 
+def output_file_problem(out: Path, inputs=()) -> str | None:
+    """Why `out` is no file to write, found before any work (a refused command writes nothing): a folder, a folder
+    that cannot be made, or one of the command's `inputs`, which writing it would destroy; None when it can be."""
+    if out.is_dir():
+        return "a folder, not a file"
+    if folder := output_problem(out.parent):
+        return f"{out.parent}: {folder}"
+    same = next((p for p in map(Path, inputs) if p.exists() and p.resolve() == out.resolve()), None)
+    return None if same is None else f"one of the inputs ({same}): writing it would destroy it; name a new file"
+
+
 def input_paths(obj: Any, prefix: str = ""):
     """(dotted key, path) of every input path a config holds (fields declared with `path_field`, not outputs, not
     keywords), through nested sections and lists of sections."""

@@ -18,7 +18,7 @@ from llmasr.data.config import DataConfig
 from llmasr.data.dataset import ctc_label_ids
 from llmasr.data.frontend import FrontendConfig
 from llmasr.data.speech_check import hear_speech
-from llmasr.data.write_durations import write_durations
+from llmasr.data.write_durations import check_out, write_durations
 from llmasr.errors import command
 from llmasr.models.builder import encoder_frontend
 from llmasr.models.ctc import build_ctc_tokenizer
@@ -147,6 +147,8 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"no manifests: name them, or give --recipe with data.{'valid' if args.valid else 'train'}")
     if args.write_durations and (len(specs) != 1 or args.no_probe):
         p.error("--write-durations: check one manifest, with its audio probed (not --no-probe)")
+    if args.write_durations:  # refused before the audio is probed, not after
+        check_out(Path(getattr(specs[0], "path", specs[0])), Path(args.write_durations))
     report = check_data(
         specs, data_cfg, frontend, world_size=args.world_size, probe=not args.no_probe, threads=args.threads,
         need_target=not args.decode, ctc_labels=None if args.decode else ctc_rule(recipe), train=not args.valid,

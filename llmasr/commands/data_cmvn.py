@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from llmasr.config_io import ConfigError, from_dict
-from llmasr.config_paths import output_problem
+from llmasr.config_paths import output_file_problem
 from llmasr.data.cmvn import CMVNError, compute_global_cmvn
 from llmasr.data.frontend import FrontendConfig
 from llmasr.models.builder import encoder_frontend
@@ -62,11 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.recipe and given:  # they had been ignored: the recipe's encoder decides the frontend
         flags = ", ".join("--" + k.replace("_", "-") for k in given)
         p.error(f"{flags}: the frontend comes from --recipe's encoder; give one or the other")
-    out = Path(args.out)  # refused now, not after a pass over the whole corpus
-    unwritable = "a folder, not a file" if out.is_dir() else None
-    if unwritable is None and (folder := output_problem(out.parent)):
-        unwritable = f"{out.parent}: {folder}"
-    if unwritable:
+    # refused now, not after a pass over the whole corpus
+    if unwritable := output_file_problem(Path(args.out), args.manifests):
         print(f"llmasr data cmvn: error: --out {args.out}: {unwritable}", file=sys.stderr)
         return 2
     try:

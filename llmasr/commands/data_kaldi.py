@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+from llmasr.config_paths import output_file_problem
 from llmasr.data.kaldi import KaldiError, kaldi_to_jsonl
 
 
@@ -23,6 +24,9 @@ def main(argv: list[str] | None = None) -> int:
     if not (d / "wav.scp").is_file():
         p.error(f"{d / 'wav.scp'}: missing")
     segments, text, utt2dur = d / "segments", d / "text", d / "utt2dur"
+    if unwritable := output_file_problem(Path(args.out), [d / "wav.scp", segments, text, utt2dur]):
+        print(f"llmasr data kaldi: error: {args.out}: {unwritable}", file=sys.stderr)
+        return 2
     try:
         counts = kaldi_to_jsonl(
             d / "wav.scp", text if text.is_file() else None, args.out,

@@ -10,6 +10,7 @@ import os
 import re
 from pathlib import Path
 
+from llmasr.atomic_file import atomic_writer
 from llmasr.data.records import BadRecord
 
 log = logging.getLogger(__name__)
@@ -280,7 +281,7 @@ def _write_jsonl(records: list[dict], texts: dict | None, text: Path | None, out
     written."""
     out_jsonl.parent.mkdir(parents=True, exist_ok=True)
     written = 0
-    with open(out_jsonl, "w", encoding="utf-8") as f:
+    with atomic_writer(out_jsonl) as f:  # a cut-short manifest would read as a smaller corpus
         for r in records:
             lineno, target = texts[r["key"]] if texts is not None else (0, None)
             if target is not None and not target.strip():

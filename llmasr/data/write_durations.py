@@ -29,16 +29,23 @@ def with_duration(raw: bytes, seconds: float) -> bytes:
     return inner + sep + b'"duration": ' + json.dumps(round(float(seconds), 6)).encode() + b"}"
 
 
-def write_durations(manifest_path: str | Path, durations, out: str | Path) -> dict:
-    """Write `manifest_path` to `out` with `durations` (one a line, as llmasr.data.check probed them; NaN: none)
-    given to the lines that state none. Returns the counts: added, stated (lines that had one), left (lines that
-    got none: bad, or not probed)."""
-    src, out = Path(manifest_path), Path(out)
+def check_out(src: Path, out: Path) -> None:
+    """ConfigError unless `out` is a new file beside the manifest `src` (asked before the check, not after it)."""
     if out.resolve().parent != src.resolve().parent:
         raise ConfigError(f"--write-durations {out}: write it beside {src} (in {src.resolve().parent}): the lines' "
                           "relative audio paths resolve against the manifest's folder")  # fmt: skip
     if out.resolve() == src.resolve():
         raise ConfigError(f"--write-durations {out}: the manifest itself; name a new file")
+    if out.is_dir():
+        raise ConfigError(f"--write-durations {out}: a folder, not a file")
+
+
+def write_durations(manifest_path: str | Path, durations, out: str | Path) -> dict:
+    """Write `manifest_path` to `out` with `durations` (one a line, as llmasr.data.check probed them; NaN: none)
+    given to the lines that state none. Returns the counts: added, stated (lines that had one), left (lines that
+    got none: bad, or not probed)."""
+    src, out = Path(manifest_path), Path(out)
+    check_out(src, out)
     m = Manifest.open(src, need_target=False)
     stated = np.isfinite(np.asarray(m.durations(), dtype=np.float64))
     durations = np.asarray(durations, dtype=np.float64)

@@ -184,3 +184,14 @@ def test_cmvn_refuses_dimensions_that_do_not_vary(tmp_path, samples):
     ):
         compute_global_cmvn([tmp_path / "m.jsonl"], FrontendConfig(), tmp_path / "am.mvn")
     assert not (tmp_path / "am.mvn").exists()
+
+
+def test_cmvn_refuses_an_out_that_is_one_of_its_manifests(tmp_path, capsys):
+    """--out naming a manifest it reads would overwrite the manifest with am.mvn."""
+    from llmasr.commands.data_cmvn import main
+
+    path, _ = make_corpus(tmp_path, n=2)
+    before = path.read_text()
+    assert main([str(path), "--out", str(path)]) == 2
+    assert f"--out {path}: one of the inputs" in capsys.readouterr().err
+    assert path.read_text() == before

@@ -149,3 +149,51 @@ def test_kaldi_wav_scp_entries_kaldi_would_not_read_as_a_file(tmp_path):
     reasons = [str(p) for p in counts["problems"]]
     assert reasons[0].startswith(f"{tmp_path / 'wav.scp'}:2: unsupported: u2: ") and "offsets" in reasons[0]
     assert reasons[1].startswith(f"{tmp_path / 'wav.scp'}:3: unsupported: u3: ") and "ends with '|'" in reasons[1]
+
+
+def test_kaldi_command_refuses_an_out_it_would_destroy_or_cannot_write(tmp_path, capsys):
+    """OUT naming one of the data directory's own files would overwrite it with the jsonl; a folder, or a path under
+    a file, fails only at the write: all are refused first, as bad input (2)."""
+    from llmasr.commands.data_kaldi import main
+
+    write_wav(tmp_path / "a.wav", 1.0)
+    (tmp_path / "wav.scp").write_text(f"a {tmp_path / 'a.wav'}\n")
+    (tmp_path / "text").write_text("a hello\n")
+    (tmp_path / "afile").write_text("x")
+    for out, why in [
+        (tmp_path / "text", "one of the inputs"),
+        (tmp_path / "wav.scp", "one of the inputs"),
+        (tmp_path, "a folder, not a file"),
+        (tmp_path / "afile" / "o.jsonl", "afile: a file, not a folder"),
+    ]:
+        assert main([str(tmp_path), str(out)]) == 2
+        assert f"llmasr data kaldi: error: {out}: " in (err := capsys.readouterr().err) and why in err
+    assert (tmp_path / "text").read_text() == "a hello\n" and (tmp_path / "wav.scp").read_text().startswith("a ")
+
+
+def test_kaldi_to_jsonl_cut_short_leaves_the_old_manifest(tmp_path, monkeypatch):
+    """A write that fails half-way leaves the manifest there before, not the first lines of a new one (which would
+    read as a smaller corpus)."""
+    import llmasr.data.kaldi as kaldi
+
+    for k in ("a", "b"):
+        write_wav(tmp_path / f"{k}.wav", 1.0)
+    (tmp_path / "wav.scp").write_text(f"a {tmp_path / 'a.wav'}\nb {tmp_path / 'b.wav'}\n")
+    (tmp_path / "text").write_text("a one\nb two\n")
+    out = tmp_path / "o.jsonl"
+    out.write_text("old\n")
+
+    class CutJson:
+        calls = 0
+
+        @classmethod
+        def dumps(cls, *a, **kw):
+            cls.calls += 1
+            if cls.calls == 2:
+                raise KeyboardInterrupt
+            return json.dumps(*a, **kw)
+
+    monkeypatch.setattr(kaldi, "json", CutJson)
+    with pytest.raises(KeyboardInterrupt):
+        kaldi_to_jsonl(tmp_path / "wav.scp", tmp_path / "text", out)
+    assert out.read_text() == "old\n" and sorted(p.name for p in tmp_path.glob("*o.jsonl*")) == ["o.jsonl"]

@@ -80,3 +80,17 @@ def test_start_up_names_the_command_when_it_probes_many_headers(tmp_path, monkey
         screen.start_tracker(Manifest.open(out), DataConfig(max_bad_fraction=0.5), name="train", indices=None,
                              rank=0, world_size=1)  # fmt: skip
     assert "state no duration" not in caplog.text
+
+
+def test_write_durations_out_is_refused_before_the_audio_is_probed(tmp_path, capsys, monkeypatch):
+    """A folder, or a path elsewhere, is refused at once (2), not after probing every line's audio."""
+    import llmasr.commands.data_check as data_check
+
+    path = corpus(tmp_path)
+    (tmp_path / "elsewhere").mkdir()
+    checked = []
+    monkeypatch.setattr(data_check, "check_data", lambda *a, **kw: checked.append(a))
+    for out, why in [(tmp_path / "elsewhere", "a folder, not a file"), (tmp_path / "x" / "o.jsonl", "write it beside")]:
+        assert main([str(path), "--write-durations", str(out)]) == 2
+        assert f"--write-durations {out}: " in (err := capsys.readouterr().err) and why in err
+    assert checked == []
