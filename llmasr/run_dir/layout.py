@@ -165,23 +165,24 @@ def resume_or_start(resume: str | None, run_dir: str | Path, *, overwrite: bool 
     return "latest" if latest(checkpoints_dir(run_dir)) is not None and not overwrite else None
 
 
-def resolve_resume(resume: str, run_dir: str | Path) -> tuple[Path, str]:
-    """`--resume` value -> (DeepSpeed load_dir, tag). "" / "latest" / "auto": RUN_DIR/checkpoints/latest; a tag
-    name: RUN_DIR/checkpoints/TAG; a path: that checkpoint folder (or a checkpoints folder with a `latest`)."""
+def resolve_resume(resume: str, run_dir: str | Path, key: str = "--resume") -> tuple[Path, str]:
+    """`--resume` value (or train.resume's: `key` names it in errors) -> (DeepSpeed load_dir, tag). "" / "latest" /
+    "auto": RUN_DIR/checkpoints/latest; a tag name: RUN_DIR/checkpoints/TAG; a path: that checkpoint folder (or a
+    checkpoints folder with a `latest`)."""
     ckpt_dir = checkpoints_dir(run_dir)
     if resume in ("", "latest", "auto"):
         tag = latest(ckpt_dir)
         if tag is None:
-            raise FileNotFoundError(f"--resume: no {ckpt_dir / LATEST}; nothing to resume in {run_dir}")
+            raise FileNotFoundError(f"{key}: no {ckpt_dir / LATEST}; nothing to resume in {run_dir}")
         return ckpt_dir, tag
     path = Path(resume)
     if not path.exists() and (ckpt_dir / resume).is_dir():
         path = ckpt_dir / resume
     if not path.is_dir():
-        raise FileNotFoundError(f"--resume {resume}: neither a checkpoint folder nor a tag in {ckpt_dir}")
+        raise FileNotFoundError(f"{key} {resume}: neither a checkpoint folder nor a tag in {ckpt_dir}")
     if (path / META).is_file():
         return path.parent, path.name
     tag = latest(path)
     if tag is not None:
         return path, tag
-    raise FileNotFoundError(f"--resume {resume}: {path} holds neither {META} nor a `{LATEST}` file")
+    raise FileNotFoundError(f"{key} {resume}: {path} holds neither {META} nor a `{LATEST}` file")

@@ -88,15 +88,16 @@ def run_start(
     it stops after (fewer where train.max_updates is more than the epochs hold)."""
     run_dir = Path(recipe.train.output_dir)
     asked = resume if resume is not None else recipe.train.resume
+    key = "--resume" if resume is not None else "train.resume"  # named in its errors
     resume = resume_or_start(asked, run_dir, overwrite=overwrite)
     stale = check_lock(run_dir)  # a run holding the folder refuses training before anything else
-    notes = [*([stale] if stale else []), *check_run_start(run_dir, resume, overwrite, recipe, clear=False)]
+    notes = [*([stale] if stale else []), *check_run_start(run_dir, resume, overwrite, recipe, clear=False, key=key)]
     if resume is None:
         why = "--overwrite starts over" if overwrite else "no checkpoint yet"
         auto = f" (train.resume auto: {why})" if asked == "auto" else ""
         lines = ["run directory", f"  {run_dir}: a fresh run{auto}", *(f"  {n}" for n in notes)]
         return lines, plan.total, min(plan.total, plan.natural)
-    load_dir, tag = resolve_resume(resume, run_dir)
+    load_dir, tag = resolve_resume(resume, run_dir, key)
     where = load_dir / tag
     meta = read_meta(where)
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]

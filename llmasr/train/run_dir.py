@@ -253,12 +253,14 @@ def _set_aside_logs(run_dir: Path, move: bool) -> list[str]:
     return [f"moved aside the {' and '.join(left)} of an earlier run without checkpoints: {', '.join(moved)}"]
 
 
-def check_run_start(run_dir: Path, resume: str | None, overwrite: bool, recipe=None, *, clear: bool = True) -> list:
+def check_run_start(
+    run_dir: Path, resume: str | None, overwrite: bool, recipe=None, *, clear: bool = True, key: str = "--resume"
+) -> list:
     """Rank 0, holding the lock: may a run (fresh, or resumed from `resume` with `recipe`) start in `run_dir`?
     Clears it when `overwrite` allows (and `clear`: `llmasr check` does not). Returns notes for the run's log."""
     if resume is None:
         return check_fresh_run(run_dir, overwrite, clear=clear)
-    load_dir, tag = ck.resolve_resume(resume, run_dir)
+    load_dir, tag = ck.resolve_resume(resume, run_dir, key)
     where = load_dir.resolve()  # the run's checkpoints folder, or one a resume set aside in it
     own = (ck.run_dir_of(where) if ck.abandoned_dir(where) else where.parent) == run_dir.resolve()
     if overwrite and own:
@@ -272,7 +274,7 @@ def check_run_start(run_dir: Path, resume: str | None, overwrite: bool, recipe=N
 
 
 def claim_run_dir(
-    run_dir: str | Path, *, rank: int, resume: str | None, overwrite: bool, recipe=None
+    run_dir: str | Path, *, rank: int, resume: str | None, overwrite: bool, recipe=None, key: str = "--resume"
 ) -> RunLock | None:
     """Every rank calls this after the process group exists. Rank 0 takes the lock and checks (or, with
     `overwrite`, clears) the folder, and for a resume compares `recipe` with the run's (llmasr.train.resume); its
@@ -283,7 +285,7 @@ def claim_run_dir(
     if rank == 0:
         try:
             lock = RunLock.acquire(run_dir)
-            lock.notes += check_run_start(run_dir, resume, overwrite, recipe)
+            lock.notes += check_run_start(run_dir, resume, overwrite, recipe, key=key)
             ck.checkpoints_dir(run_dir).mkdir(parents=True, exist_ok=True)
         except Exception as err:  # every rank must learn of it, or the others wait in the broadcast
             if lock is not None:

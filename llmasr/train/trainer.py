@@ -65,7 +65,7 @@ class Run:
             resolve.deterministic_algorithms()
         self.run_dir = Path(tc.output_dir)
         self.ckpt_dir = ck.checkpoints_dir(self.run_dir)
-        asked = resume if resume is not None else tc.resume
+        asked, self.resume_key = (resume, "--resume") if resume is not None else (tc.resume, "train.resume")
         self.resume = ck.resume_or_start(asked, self.run_dir, overwrite=overwrite)
         if asked == "auto":
             fresh = "--overwrite: a fresh run" if overwrite else "no checkpoint yet, a fresh run"
@@ -74,7 +74,8 @@ class Run:
         self.early = EarlyStop.of(tc)
         # Once the configuration is known to be sound (--overwrite deletes the earlier run); a resume's recipe is
         # compared with the run's here, before any data or model is loaded.
-        self.lock = claim_run_dir(self.run_dir, rank=self.rank, resume=self.resume, overwrite=overwrite, recipe=recipe)
+        self.lock = claim_run_dir(self.run_dir, rank=self.rank, resume=self.resume, overwrite=overwrite,
+                                  recipe=recipe, key=self.resume_key)  # fmt: skip
         try:
             self._prepare()
         except BaseException:
@@ -152,7 +153,7 @@ class Run:
 
     def load(self) -> tuple[int, dict | None]:
         """Resume: returns (epoch to run, loader state for a mid-epoch position or None)."""
-        load_dir, tag = ck.resolve_resume(self.resume, self.run_dir)
+        load_dir, tag = ck.resolve_resume(self.resume, self.run_dir, self.resume_key)
         meta = ck.read_meta(load_dir / tag)
         where = load_dir / tag
         saved_world = meta.world_size

@@ -59,6 +59,8 @@ def test_the_run_folder_is_checked_as_train_would_treat_it(trained, tmp_path, ca
     assert code == 2 and "free, and a checkpoint of this run takes about" in err
     code, _, err = run_check(capsys, *base, "--resume", "update_00000099")
     assert code == 2 and "--resume update_00000099: neither a checkpoint folder nor a tag" in err
+    code, _, err = run_check(capsys, *base, "train.resume=update_00000099")  # named as the recipe key it came from
+    assert code == 2 and "train.resume update_00000099: neither a checkpoint folder nor a tag" in err
 
 
 @pytest.mark.parametrize("world", [1, 2])

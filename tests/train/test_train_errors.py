@@ -102,3 +102,12 @@ def test_a_misspelt_deepspeed_key_is_refused_with_the_nearest(recipe_file, tmp_p
     err = capsys.readouterr().err
     assert f"llmasr train: error: {ds}: unknown key(s)" in err and "did you mean 'zero_optimization'?" in err
     assert not (tmp_path / "run" / "checkpoints").exists()  # refused before anything ran
+
+
+def test_a_resume_that_finds_nothing_is_named_by_where_it_was_asked(recipe_file, capsys):
+    """train.resume in the recipe or its override is named as such, not as the --resume flag nobody gave."""
+    args = ["train", "--config", str(recipe_file), "--deepspeed", "zero0"]
+    assert main([*args, "train.resume=update_00000099"]) == 2
+    assert "train.resume update_00000099: neither a checkpoint folder nor a tag" in capsys.readouterr().err
+    assert main([*args, "--resume", "update_00000099"]) == 2
+    assert "--resume update_00000099: neither a checkpoint folder nor a tag" in capsys.readouterr().err
