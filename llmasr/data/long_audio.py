@@ -309,12 +309,11 @@ def join_pair(left: str, right: str, max_tokens: int) -> str:
 
 
 def seam(left: str, right: str, max_tokens: int) -> tuple[int, int] | None:
-    """Where join_pair cuts: (characters of `left` kept, characters of `right` dropped), None to keep both whole: after
-    the run of (normalised) tokens common to the last `max_tokens` of `left` and the first of `right`, at most
-    EDGE_TOKENS from both edges (a cut word may be a stray token), with the most tokens plus agreeing neighbours, then
-    the longest, then the nearest the seam; no one-token run that more than MAX_DISAGREE neighbours contradict and none
-    confirms (a chance match: "the" of "to the sto" + "store and the car"). With none, a cut word's part at an edge
-    gives way to the whole word near the other edge ("sto" to "store"). Punctuation tokens are looked past."""
+    """Where join_pair cuts: (characters of `left` kept, characters of `right` dropped), None to keep both whole:
+    after the run of normalised tokens (punctuation looked past) common to the last `max_tokens` of `left` and the
+    first of `right`, at most EDGE_TOKENS from both edges, with the most tokens plus agreeing neighbours, then the
+    longest, then the nearest the seam; no lone token that more than MAX_DISAGREE neighbours contradict and none
+    confirms ("the" of "to the sto" + "store and the car"); with none, a cut word's part gives way to the whole word."""
     a = [m for m in UNIT.finditer(left) if _norm(m.group())][-max_tokens:] if max_tokens > 0 else []
     b = [m for m in UNIT.finditer(right) if _norm(m.group())][:max_tokens] if max_tokens > 0 else []
     na, nb = [_norm(m.group()) for m in a], [_norm(m.group()) for m in b]
@@ -326,9 +325,10 @@ def seam(left: str, right: str, max_tokens: int) -> tuple[int, int] | None:
                 continue
             run[i][j] = length = run[i - 1][j - 1] + 1
             after, before = len(a) - i, j - length
-            agree, disagree = _neighbours(na, nb, i, j, length)
-            if max(after, before) <= EDGE_TOKENS and (length > 1 or agree or disagree <= MAX_DISAGREE):
-                best = max(best, (length + agree, length, -(after + before), i, j))
+            if max(after, before) <= EDGE_TOKENS:
+                agree, disagree = _neighbours(na, nb, i, j, length)
+                if length > 1 or agree or disagree <= MAX_DISAGREE:
+                    best = max(best, (length + agree, length, -(after + before), i, j))
     if best or not (a and b):
         return (a[best[3] - 1].end(), b[best[4] - 1].end()) if best else None
     cuts = [(a[-1].start(), m.start()) for m, w in zip(b[: EDGE_TOKENS + 1], nb) if _part(na[-1], w, True)]
