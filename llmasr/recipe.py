@@ -104,10 +104,12 @@ def load_recipe(
 
 def located(err: ConfigError, path, overrides: list[str] | None) -> ConfigError:
     """`err` (its own type kept) with where its key was set (where_set) on its first line: for refusals made once
-    the recipe is loaded, by the model's builder or the run's checks (model.encoder.frontend's keys)."""
+    the recipe is loaded, by the model's builder or the run's checks (model.encoder.frontend's keys). An error
+    located once (by another recipe's load: a resumed run's saved one) is left as it is."""
+    if getattr(err, "located", False):
+        return err
+    err.located = True
     first, *rest = str(err).split("\n", 1)
-    if first.endswith(")") and (" (set by the override " in first or ", line " in first):
-        return err  # located already
     colon = ":" if first.endswith(":") else ""  # (a list of reasons follows)
     at = where_set(first, path, overrides or [])
     if at:
