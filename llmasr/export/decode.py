@@ -102,6 +102,7 @@ from llmasr.export.decode_results import clear_outputs, ctc_summary, hotword_cou
 from llmasr.export.decode_world import DecodeWorld
 from llmasr.export.exported import MODEL_FILE, ExportedModelError, llm_dtype_name, load_exported, read_description
 from llmasr.export.trained_model import load_checkpoint_model
+from llmasr.models.attention_kernels import choose_attention_kernels
 from llmasr.models.context import ContextError, capped_list_tokens, decoding_fit
 from llmasr.models.ctc_align import sound_ends
 from llmasr.models.ctc_vocab import LLMCTCTokenizer
@@ -313,6 +314,7 @@ def transcribe_loader(
     manifest line and key)."""
     rows: dict[int, dict] = {}
     mode = cfg.mode(0.0)
+    choose_attention_kernels(cudnn=False)  # every decoding step is a new shape (the cache grows): cuDNN's never pays
     manifest = loader.dataset.manifest
     name = name or (lambda idx, key: f"{getattr(manifest, 'path', '?')}:{manifest.lineno(idx)} (key {key})")
     t0 = time.perf_counter()

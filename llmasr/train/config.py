@@ -217,6 +217,9 @@ class TrainConfig:
     # Deterministic torch algorithms (slower; some ops then fail loudly instead of running nondeterministically; on
     # CUDA, CUBLAS_WORKSPACE_CONFIG is set to :4096:8 unless exported).
     deterministic: bool = False
+    # Let scaled_dot_product_attention use cuDNN's fused attention on CUDA. Off: cuDNN builds a graph on the host for
+    # every new input shape, and speech batches change shape from batch to batch (llmasr.models.attention_kernels).
+    cudnn_attention: bool = False
     # Log training loss and learning rates every this many updates.
     log_every: int = 50
     # When stderr is not a terminal (a cluster job's log), one plain progress line every this many seconds replaces

@@ -13,6 +13,7 @@ import torch
 
 from llmasr.config_io import ConfigError, to_dict
 from llmasr.data.frontend import FrontendConfig
+from llmasr.models.attention_kernels import choose_attention_kernels
 from llmasr.models.builder import encoder_frontend
 from llmasr.models.config import ModelConfig
 
@@ -135,6 +136,14 @@ def deterministic_algorithms() -> None:
 
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_WORKSPACE)
     torch.use_deterministic_algorithms(True)
+
+
+def process_settings(tc) -> None:
+    """The process-wide torch settings the train section asks for, set before the model is built: deterministic
+    algorithms (train.deterministic) and the attention kernels (train.cudnn_attention)."""
+    if tc.deterministic:
+        deterministic_algorithms()
+    choose_attention_kernels(cudnn=tc.cudnn_attention)
 
 
 def rng_state() -> dict:

@@ -44,6 +44,7 @@ MAY_CHANGE: tuple[str, ...] = (
     "train.min_delta",
     "train.grad_clip",
     "train.deterministic",
+    "train.cudnn_attention",
     "train.output_dir",
     "train.resume",
     "data.valid",

@@ -61,8 +61,7 @@ class Run:
         eng.check_precision(tc.precision)
         resolve.check_run_settings(recipe)
         check_fused_kernels(recipe.model.llm, zero_stage=ds_config.zero_stage(self.ds), device=self.dist.device)
-        if tc.deterministic:
-            resolve.deterministic_algorithms()
+        resolve.process_settings(tc)  # deterministic algorithms, attention kernels
         self.run_dir = Path(tc.output_dir)
         self.ckpt_dir = ck.checkpoints_dir(self.run_dir)
         asked, self.resume_key = (resume, "--resume") if resume is not None else (tc.resume, "train.resume")

@@ -57,6 +57,18 @@ def test_files_and_waveforms_give_the_texts_decode_gives(asr, clips, tmp_path):
     assert asr([]) == []
 
 
+def test_decoding_rules_out_cudnn_attention(asr, clips):
+    """Every decoding step is a new shape for attention (the key-value cache grows), and cuDNN's fused attention
+    builds a graph on the host for each: decoding leaves it out."""
+    before = torch.backends.cuda.cudnn_sdp_enabled()
+    torch.backends.cuda.enable_cudnn_sdp(True)
+    try:
+        assert asr(clips[1][0]) is not None
+        assert torch.backends.cuda.cudnn_sdp_enabled() is False
+    finally:
+        torch.backends.cuda.enable_cudnn_sdp(before)
+
+
 def test_a_clip_the_model_fails_on_is_named_by_its_path(asr, clips, monkeypatch):
     _, paths = clips
 

@@ -288,3 +288,17 @@ def test_a_deterministic_run_sets_the_cublas_workspace_it_needs_on_cuda(tiny_llm
     finally:
         torch.use_deterministic_algorithms(before)
     assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == (exported or ":4096:8")
+
+
+@pytest.mark.parametrize("cudnn", [False, True])
+def test_a_run_chooses_its_attention_kernels_before_it_trains(tiny_llm_dir, corpus, tmp_path, cudnn):
+    """cuDNN's fused attention builds a graph per input shape on the host, and speech batches change shape batch by
+    batch: a run rules it out unless train.cudnn_attention asks for it (torch allows it by default)."""
+    before = torch.backends.cuda.cudnn_sdp_enabled()
+    torch.backends.cuda.enable_cudnn_sdp(not cudnn)  # the other way: the run itself must set it
+    try:
+        r = recipe(tiny_llm_dir, corpus, tmp_path / "run", valid=False, max_updates=1, cudnn_attention=cudnn)
+        train(r, "zero0")
+        assert torch.backends.cuda.cudnn_sdp_enabled() is cudnn
+    finally:
+        torch.backends.cuda.enable_cudnn_sdp(before)
