@@ -7,13 +7,18 @@ Writes the Paraformer-large + Qwen2.5-1.5B shapes with random weights to disk in
 audio manifests (bench/_gpu_suite_prepare.py), then runs, each as its own `python -m llmasr ...` process with a
 timeout, in this order (a run the time budget no longer allows is reported as skipped, with the reason):
 
-  zero2_bf16   llmasr train, the shipped recipe (LoRA, bf16, grad_accum 2, 240 s of audio per micro batch), zero2
-  zero3_bf16   the same under zero3 (the LLM loaded partitioned through zero.Init)
-  fp16_zero2   fp16 with dynamic loss scaling, once (half the updates)
-  decode       llmasr decode of zero2_bf16's last checkpoint: real-time factor (random weights never emit EOS, so
-               every utterance runs to the length cap: an upper bound on decoding time)
-  features     bench/device_features.py: fbank on loader workers vs on the device
-  liger_zero2  zero2_bf16 with model.llm.fused_kernels=liger, when liger_kernel imports (else skipped, saying so)
+  zero2_bf16        llmasr train, the shipped recipe (LoRA, bf16, grad_accum 2, 240 s of audio per micro batch), zero2
+  zero2_bf16_cudnn  the same with train.cudnn_attention=true (torch's cuDNN fused attention allowed): the kernel
+                    choice measured both ways
+  zero2_bf16_4x     the same with 4x the audio per micro batch (data.batching.max_seconds 960): how much of the
+                    step is a fixed cost per launch
+  zero3_bf16        the same under zero3 (the LLM loaded partitioned through zero.Init), half the updates
+  fp16_zero2        fp16 with dynamic loss scaling, once (half the updates)
+  decode            llmasr decode of zero2_bf16's last checkpoint: real-time factor (random weights never emit EOS,
+                    so every utterance runs to the length cap: an upper bound on decoding time)
+  features          bench/device_features.py: fbank on loader workers vs on the device
+  profile           bench/gpu_profile.py: one update under torch.profiler and one under cProfile (profile.md)
+  liger_zero2       zero2_bf16 with model.llm.fused_kernels=liger, when liger_kernel imports (else skipped, saying so)
 
 From each train.log it takes the efficiency lines (tok/s, audio s/s, MFU, TFLOP/s, padding, data wait) after the
 first one (start-up and warm-up), their medians, the peak device memory and the first and last loss, and writes
@@ -43,20 +48,24 @@ LOG_TAIL = 60  # lines of each run's output kept in logs.txt
 
 
 def train_runs(smoke: bool, liger: str | None) -> list[dict]:
-    """The training runs: name, DeepSpeed preset, overrides, and the reason to skip (None: run it)."""
+    """The training runs: name, DeepSpeed preset, overrides, share of --updates, and the reason to skip (None: run
+    it)."""
     half = "fp32" if smoke else "bf16"  # DeepSpeed's bf16/fp16 engines want an accelerator
-    cuda_reason = "fp16 mixed precision with loss scaling needs CUDA (smoke run on CPU)" if smoke else None
+    cuda_reason = "needs CUDA (smoke run on CPU)" if smoke else None
+    big = 4 * (4.0 if smoke else 240.0)  # the recipe's data.batching.max_seconds (the smoke recipe's), 4x
+    run = {"preset": "zero2", "share": 1.0, "skip": None}
     return [
-        {"name": f"zero2_{half}", "preset": "zero2", "overrides": [f"train.precision={half}"], "skip": None},
-        {"name": f"zero3_{half}", "preset": "zero3", "overrides": [f"train.precision={half}"], "skip": None},
-        {"name": "fp16_zero2", "preset": "zero2", "overrides": ["train.precision=fp16"], "skip": cuda_reason},
-        {
-            "name": "liger_zero2",
-            "preset": "zero2",
-            "skip": liger,
-            "overrides": [f"train.precision={half}", "model.llm.fused_kernels=liger"],
-        },  # fmt: skip
-    ]
+        {**run, "name": f"zero2_{half}", "overrides": [f"train.precision={half}"]},
+        {**run, "name": f"zero2_{half}_cudnn", "overrides": [f"train.precision={half}", "train.cudnn_attention=true"],
+         "skip": cuda_reason and f"cuDNN attention {cuda_reason}"},
+        {**run, "name": f"zero2_{half}_4x",
+         "overrides": [f"train.precision={half}", f"data.batching.max_seconds={big:g}"]},
+        {**run, "name": f"zero3_{half}", "preset": "zero3", "share": 0.5, "overrides": [f"train.precision={half}"]},
+        {**run, "name": "fp16_zero2", "share": 0.5, "overrides": ["train.precision=fp16"],
+         "skip": cuda_reason and f"fp16 mixed precision with loss scaling {cuda_reason}"},
+        {**run, "name": "liger_zero2", "overrides": [f"train.precision={half}", "model.llm.fused_kernels=liger"],
+         "skip": liger},
+    ]  # fmt: skip
 
 
 def liger_skip_reason() -> str | None:
@@ -121,7 +130,7 @@ class Suite:
             return {"status": "skipped", "reason": run["skip"]}
         a = self.args
         run_dir = self.work / "runs" / run["name"]
-        updates = max(a.updates // 2, 3) if run["name"].startswith("fp16") else a.updates
+        updates = max(round(a.updates * run["share"]), 3)
         cmd = [sys.executable, "-m", "llmasr", "train", "--config", recipe, "--deepspeed", run["preset"],
                "--overwrite", f"train.output_dir={run_dir}", f"train.max_updates={updates}",
                f"train.log_every={a.log_every}", "train.progress_every_s=0", *run["overrides"]]  # fmt: skip
@@ -144,6 +153,15 @@ class Suite:
             keys = ("rtf", "rtf_after_first_batch", "first_batch_seconds", "utts_per_second", "audio_seconds",
                     "decode_seconds", "mode", "max_new_tokens", "truncated", "batch_seconds")  # fmt: skip
             res.update({k: got.get(k) for k in keys})
+        return res
+
+    def profile(self) -> dict:
+        """bench/gpu_profile.py on the suite's model and audio: OUT/profile.md."""
+        cmd = [sys.executable, str(HERE / "gpu_profile.py"), "--out", str(self.out), "--work", str(self.work)]
+        if self.args.smoke:
+            cmd.append("--smoke")
+        res = self.run("profile", cmd, self.args.step_timeout_s + 30)
+        res["file"] = "profile.md" if (self.out / "profile.md").is_file() else None
         return res
 
     def features(self) -> dict:
@@ -208,7 +226,8 @@ def markdown(res: dict) -> list[str]:
         "",
         f"Model: {p.get('encoder_conf')} + {p.get('llm_conf')}, random weights, recipe "
         "recipes/paraformer-large_qwen2.5-1.5b_lora_zero2.yaml (LoRA r16 on every projection, gradient checkpointing).",
-        f"{res['updates']} updates a run (fp16: half); medians of the train.log lines after the first; peak memory: "
+        f"{res['updates']} updates a run (zero3 and fp16: half); medians of the train.log lines after the first; "
+        "peak memory: "
         "the device's (torch.cuda.max_memory_allocated), the process's resident peak on CPU. Suite wall time "
         f"{res['wall_s']:.0f} s (prepare {p.get('wall_s', 0):.0f} s).",
         "",
@@ -239,6 +258,12 @@ def markdown(res: dict) -> list[str]:
     lines += ["", f"Features ({f['status']}), audio s/s and multiple of a step's need:", ""]
     lines += [f"- {r['path']} on {r['device']} x{r['threads']}: {fmt(r['audio_s_per_s'], ',.0f')} "
               f"({fmt(r['x_step'], '.2f')}x)" for r in f.get("paths", [])]  # fmt: skip
+    pr = res["profile"]
+    lines += [
+        "",
+        f"Profile ({pr['status']}): where an update's time goes, device and host, in "
+        f"{pr.get('file') or 'no file'} beside this summary.",
+    ]
     lines += ["", f"Reproduce: `{res['command']}` at commit {res['commit']}"]
     return lines
 
@@ -250,16 +275,16 @@ def main(argv=None) -> int:
     p.add_argument("--work", default=None, help="where models, audio and runs go (default: a temporary folder)")
     p.add_argument("--smoke", action="store_true", default=os.environ.get("LLMASR_GPU_SUITE_SMOKE") == "1",
                    help="tiny shapes on CPU, 3 updates a run (also LLMASR_GPU_SUITE_SMOKE=1)")  # fmt: skip
-    p.add_argument("--updates", type=int, default=None, help="updates per training run (default 30; smoke 3)")
-    p.add_argument("--log-every", type=int, default=None, help="train.log_every (default 5; smoke 1)")
-    p.add_argument("--budget-s", type=float, default=450.0, help="the whole suite's wall-clock budget")
-    p.add_argument("--train-timeout-s", type=float, default=120.0)
+    p.add_argument("--updates", type=int, default=None, help="updates per training run (default 16; smoke 3)")
+    p.add_argument("--log-every", type=int, default=None, help="train.log_every (default 4; smoke 1)")
+    p.add_argument("--budget-s", type=float, default=480.0, help="the whole suite's wall-clock budget")
+    p.add_argument("--train-timeout-s", type=float, default=150.0)
     p.add_argument("--step-timeout-s", type=float, default=90.0, help="decode and features timeouts")
     p.add_argument("--max-new-tokens", type=int, default=48)
-    p.add_argument("--only", nargs="+", help="train run names, decode, features (default: all)")
+    p.add_argument("--only", nargs="+", help="train run names, decode, features, profile (default: all)")
     args = p.parse_args(argv)
-    args.updates = args.updates or (3 if args.smoke else 30)
-    args.log_every = args.log_every or (1 if args.smoke else 5)
+    args.updates = args.updates or (3 if args.smoke else 16)
+    args.log_every = args.log_every or (1 if args.smoke else 4)
     import tempfile
 
     with tempfile.TemporaryDirectory(prefix="gpu_suite_") as tmp:
@@ -273,7 +298,8 @@ def main(argv=None) -> int:
             file=sys.stderr,
         )
     write_outputs(Path(args.out), res, markdown(res))
-    failed = [n for n, r in [*res["train"].items(), ("decode", res["decode"]), ("features", res["features"])]
+    steps = [("decode", res["decode"]), ("features", res["features"]), ("profile", res["profile"])]
+    failed = [n for n, r in [*res["train"].items(), *steps]
               if r["status"] not in ("ok", "skipped")]  # fmt: skip
     return 1 if failed else 0
 
@@ -286,10 +312,16 @@ def run_suite(args) -> dict:
     wanted = set(args.only or [])
     files = suite.prepare()
     train: dict = {}
-    decode = features = None
+    decode = features = profile = None
 
     def done_so_far() -> None:  # a suite killed from outside (the machine's own limit) still leaves its results
-        partial = {"train": train, "decode": decode, "features": features, "wall_s": time.monotonic() - t0}
+        partial = {
+            "train": train,
+            "decode": decode,
+            "features": features,
+            "profile": profile,
+            "wall_s": time.monotonic() - t0,
+        }
         save_partial(Path(args.out), partial, suite.logs)
 
     runs = train_runs(args.smoke, liger_skip_reason() if not args.smoke else "model.llm.fused_kernels=liger needs CUDA")
@@ -308,6 +340,8 @@ def run_suite(args) -> dict:
     done_so_far()
     features = suite.features() if not wanted or "features" in wanted else {"status": "skipped", "reason": "--only"}
     done_so_far()
+    profile = suite.profile() if not wanted or "profile" in wanted else {"status": "skipped", "reason": "--only"}
+    done_so_far()
     # The optional variant last: the measurements the project needs most come first in the time budget.
     for r in runs:
         if r["name"].startswith("liger"):
@@ -324,6 +358,7 @@ def run_suite(args) -> dict:
         "train": train,
         "decode": decode,
         "features": features,
+        "profile": profile,
         "wall_s": time.monotonic() - t0,
         "logs": suite.logs,
     }
@@ -344,7 +379,8 @@ def save_partial(out: Path, partial: dict, logs: list[str]) -> None:
 
 
 def write_outputs(out: Path, res: dict, lines: list[str]) -> None:
-    """summary.md, summary.json and logs.txt: three files (the GPU machine returns at most eight)."""
+    """summary.md, summary.json and logs.txt beside the profile's profile.md (the GPU machine returns at most
+    eight files)."""
     out.mkdir(parents=True, exist_ok=True)
     (out / PARTIAL).unlink(missing_ok=True)
     logs = res.pop("logs")

@@ -7,9 +7,13 @@
 # CPU smoke run (tiny shapes, 3 updates a run): LLMASR_GPU_SUITE_SMOKE=1 bash bench/gpu_suite.sh --out DIR
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if [ -d .gpudeps ]; then
+# .gpudeps/ holds wheels built for the GPU machine's Python: used only where its compiled modules are this Python's
+# (a checkout that has built it for the GPU machine still runs the CPU smoke run with its own packages).
+abi=$(python3 -c 'import sys; print(f"cpython-{sys.version_info[0]}{sys.version_info[1]}")')
+if [ -d .gpudeps ] && find .gpudeps -name "*.${abi}-*.so" -print -quit | grep -q .; then
   export PYTHONPATH="$PWD/.gpudeps:$PWD${PYTHONPATH:+:$PYTHONPATH}"
 else
+  [ -d .gpudeps ] && echo "gpu_suite: .gpudeps/ was built for another Python than $abi; not used" >&2
   export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 fi
 export TOKENIZERS_PARALLELISM=false

@@ -27,12 +27,12 @@ def test_smoke_suite_trains_decodes_and_summarises(tmp_path):
     cmd = ["bash", str(BENCH / "gpu_suite.sh"), "--out", str(out), "--work", str(tmp_path / "work")]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert sorted(p.name for p in out.iterdir()) == ["logs.txt", "summary.json", "summary.md"]
+    assert sorted(p.name for p in out.iterdir()) == ["logs.txt", "profile.md", "summary.json", "summary.md"]
     res = json.loads((out / "summary.json").read_text())
     assert res["smoke"] is True and res["updates"] == 3
     train = res["train"]
-    assert list(train) == ["zero2_fp32", "zero3_fp32", "fp16_zero2", "liger_zero2"]
-    for name in ("zero2_fp32", "zero3_fp32"):
+    assert list(train) == ["zero2_fp32", "zero2_fp32_cudnn", "zero2_fp32_4x", "zero3_fp32", "fp16_zero2", "liger_zero2"]
+    for name in ("zero2_fp32", "zero2_fp32_4x", "zero3_fp32"):
         r = train[name]
         assert r["status"] == "ok", r
         assert r["updates"] == 3 and r["lines"] == 3 and r["steady_lines"] == 2
@@ -40,7 +40,9 @@ def test_smoke_suite_trains_decodes_and_summarises(tmp_path):
             assert r[key] > 0, (name, key)
         assert r["mfu"] is None  # "n/a" on a CPU: no peak figure
         assert 0 <= r["pad_llm"] < 1 and 0 <= r["data_wait"] <= 1
-    assert "needs CUDA" in train["fp16_zero2"]["reason"] and "needs CUDA" in train["liger_zero2"]["reason"]
+    for name in ("zero2_fp32_cudnn", "fp16_zero2", "liger_zero2"):
+        assert "needs CUDA" in train[name]["reason"], name
+    assert train["zero2_fp32_4x"]["audio_s/s"] > 0  # its larger batches: data.batching.max_seconds took
     d = res["decode"]
     assert d["status"] == "ok" and d["rtf"] > 0 and d["max_new_tokens"] == 48 and d["audio_seconds"] > 0
     assert d["first_batch_seconds"] > 0 and "rtf_after_first_batch" in d
@@ -52,7 +54,11 @@ def test_smoke_suite_trains_decodes_and_summarises(tmp_path):
     head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=BENCH, capture_output=True, text=True)
     assert res["commit"].removesuffix("+dirty") == head.stdout.strip() and f"at commit {res['commit']}" in md
     logs = (out / "logs.txt").read_text()
-    assert "==== zero3_fp32: ok" in logs and "==== decode: ok" in logs
+    assert "==== zero3_fp32: ok" in logs and "==== decode: ok" in logs and "==== profile: ok" in logs
+    assert res["profile"] == {**res["profile"], "status": "ok", "file": "profile.md"}
+    assert "Profile (ok)" in md
+    prof = (out / "profile.md").read_text()
+    assert "| 5 | torch.profiler |" in prof and "### cProfile by tottime" in prof
 
 
 def test_train_figures_skip_the_first_line_and_take_the_peak(tmp_path):
