@@ -191,7 +191,7 @@ def exported_model_config(
         "ctc": {"weight": 0.0},
     }
     if p.get("chat_template"):
-        section["prompt"]["chat_template"] = p["chat_template"]
+        section["prompt"]["chat_template"] = _one_template(p["chat_template"], model_dir)
     for key in ("hotwords_template", "hotwords_separator", "hotwords_max_tokens", "template_kwargs"):  # older: defaults
         if key in p:
             section["prompt"][key] = p[key]
@@ -222,6 +222,21 @@ def _ctc_section(model_dir: Path, c: dict) -> dict:
     if str(c["vocab"]).endswith(".tiktoken"):
         section["vocab_size"] = int(c["vocab_size"])
     return section
+
+
+def _one_template(template, model_dir: Path):
+    """The chat template the model was trained with. Exports written before the description kept one recorded a
+    tokenizer's whole dict of named templates; its prompt had rendered with the "default" one (transformers' choice
+    when none is named)."""
+    if not isinstance(template, dict):
+        return template
+    if isinstance(template.get("default"), str):
+        return template["default"]
+    raise ExportedModelError(
+        f"{model_dir / MODEL_FILE}: prompt.chat_template holds named templates ({', '.join(map(str, template))}) and "
+        "no 'default', the one a prompt renders with: set prompt.chat_template to the template the model was "
+        "trained with"
+    )
 
 
 def load_exported(

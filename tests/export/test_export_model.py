@@ -8,10 +8,11 @@ import shutil
 
 import pytest
 import torch
+import yaml
 
 from llmasr.commands.export import main
 from llmasr.export.export import export_model, load_checkpoint_model
-from llmasr.export.exported import load_exported
+from llmasr.export.exported import MODEL_FILE, ExportedModelError, load_exported
 from llmasr.testing.run_dirs import TARGETS, model_section, train_run
 from llmasr.testing.tiny_recipe import random_batch, speech_logits
 
@@ -246,3 +247,16 @@ def test_an_llm_with_named_chat_templates_exports_and_loads(base_dirs, train_cor
     model = load_exported(export_model(run.run_dir, tmp_path / "model", dtype="fp32"))
     assert model.prompt.tokenizer.chat_template == CHATML_TEMPLATE
     assert model.prompt.encode("three four").ids == run.reference_model().prompt.encode("three four").ids
+
+    # An export written before the fix recorded the whole dict: it loads, with the default template it trained with.
+    desc_path = tmp_path / "model" / MODEL_FILE
+    desc = yaml.safe_load(desc_path.read_text())
+    desc["prompt"]["chat_template"] = {"default": CHATML_TEMPLATE, "tool_use": "tools: " + CHATML_TEMPLATE}
+    desc_path.write_text(yaml.safe_dump(desc))
+    old = load_exported(tmp_path / "model")
+    assert old.prompt.encode("three four").ids == run.reference_model().prompt.encode("three four").ids
+    desc["prompt"]["chat_template"] = {"tool_use": "tools: " + CHATML_TEMPLATE, "rag": CHATML_TEMPLATE}
+    desc_path.write_text(yaml.safe_dump(desc))
+    with pytest.raises(ExportedModelError, match=r"llmasr_model.yaml: prompt.chat_template holds named templates "
+                                                 r"\(rag, tool_use\) and no 'default'"):  # fmt: skip
+        load_exported(tmp_path / "model")
