@@ -122,6 +122,18 @@ def test_peaks():
     assert table_peak("NVIDIA A100-SXM4-80GB", torch.float32) == pytest.approx(19.5e12)
     assert table_peak("Tesla V100-SXM2-32GB", torch.bfloat16) is None  # no bf16 on that chip
     assert table_peak("Some Future GPU", torch.bfloat16) is None
+    assert table_peak("NVIDIA L40S", torch.bfloat16) == pytest.approx(362.1e12)
+    assert table_peak("NVIDIA L4", torch.bfloat16) == pytest.approx(121e12)
+    assert table_peak("NVIDIA GeForce RTX 4090", torch.float16) == pytest.approx(165.2e12)
+
+
+def test_peaks_match_whole_model_names():
+    """A fragment inside another model's name is not that model: a workstation RTX A1000 had A100's 312 TFLOP/s (its MFU
+    understated many times over), a GB200 the B200's peak."""
+    assert table_peak("NVIDIA RTX A1000", torch.bfloat16) is None
+    assert table_peak("NVIDIA GB200", torch.bfloat16) == pytest.approx(2500e12)
+    assert table_peak("NVIDIA GH200 480GB", torch.bfloat16) == pytest.approx(989.4e12)
+    assert table_peak("NVIDIA A100 80GB PCIe", torch.bfloat16) == pytest.approx(312e12)
     peak, line = device_peak(torch.device("cpu"), torch.float32, None)
     assert peak is None and "n/a" in line and "train.peak_tflops" in line
     peak, line = device_peak(torch.device("cpu"), torch.float32, 2.5)
