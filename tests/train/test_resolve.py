@@ -102,3 +102,18 @@ def test_features_on_auto_follows_the_device_the_model_trains_on(tiny_llm_dir, t
     for device, where in ((torch.device("cpu"), "worker"), (torch.device("cuda", 0), "device")):
         train_loader, _, valid_loader = plan_run(recipe, ds, rank=0, world_size=1, device=device).loaders
         assert train_loader.dataset.features_on == valid_loader.dataset.features_on == where, device
+
+
+def test_pin_memory_follows_the_device_the_model_trains_on(tiny_llm_dir, two_corpora, tmp_path, monkeypatch):
+    """data.pin_memory pins batches bound for a GPU only: a CPU run on a host with CUDA (DS_ACCELERATOR=cpu) had
+    pinned them, each rank's loader creating a CUDA context on the first GPU for copies that never go there."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    d = tiny_recipe_dict(tiny_llm_dir, train=[two_corpora[0]], valid=[two_corpora[1]], output_dir=tmp_path / "r")
+    d["data"]["pin_memory"] = True
+    recipe = load_recipe(data=d)
+    ds = resolve_ds_config("zero0", recipe.train, world_size=1)
+    for device, pins in ((torch.device("cpu"), False), (torch.device("cuda", 0), True)):
+        train_loader, _, valid_loader = plan_run(recipe, ds, rank=0, world_size=1, device=device).loaders
+        assert train_loader.pin_memory is valid_loader.pin_memory is pins, device
