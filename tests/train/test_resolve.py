@@ -13,7 +13,7 @@ from llmasr.recipe import load_recipe
 from llmasr.testing.tiny_corpus import tiny_recipe_dict, write_tiny_corpus
 from llmasr.train.ds_config import resolve_ds_config
 from llmasr.train.plan import plan_run
-from llmasr.train.resolve import batches_per_epoch, build_loaders, text_side
+from llmasr.train.resolve import batches_per_epoch, build_loaders, rng_state, set_rng_state, text_side
 from llmasr.train.trainer import train
 
 
@@ -117,3 +117,22 @@ def test_pin_memory_follows_the_device_the_model_trains_on(tiny_llm_dir, two_cor
     for device, pins in ((torch.device("cpu"), False), (torch.device("cuda", 0), True)):
         train_loader, _, valid_loader = plan_run(recipe, ds, rank=0, world_size=1, device=device).loaders
         assert train_loader.pin_memory is valid_loader.pin_memory is pins, device
+
+
+def test_rng_state_touches_cuda_only_on_a_cuda_rank(monkeypatch):
+    """A CPU rank on a host with CUDA (DS_ACCELERATOR=cpu) had saved and restored the CUDA generator at every
+    validation and checkpoint, each call creating a CUDA context on the first GPU; a CUDA rank keeps its own
+    device's generator."""
+    import torch
+
+    calls = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_rng_state", lambda device="cuda": calls.append(("get", device)) or "gen")
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda state, device="cuda": calls.append(("set", device)))
+    cpu = rng_state(torch.device("cpu"))
+    set_rng_state({**cpu, "cuda": "gen"}, torch.device("cpu"))  # a CUDA rank's state, resumed on a CPU rank
+    assert "cuda" not in cpu and calls == []
+    gpu = torch.device("cuda", 1)
+    state = rng_state(gpu)
+    set_rng_state(state, gpu)
+    assert state["cuda"] == "gen" and calls == [("get", gpu), ("set", gpu)]
