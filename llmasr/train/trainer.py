@@ -321,9 +321,9 @@ class Run:
         self.wait = WaitClock()
         peak, line = device_peak(self.engine.device, self.engine.dtype, tc.peak_tflops)
         log.info(line)
-        peak_total = peak * self.world if peak else None
         return Progress(self.run_dir, self.rank, self.total, self.engine.global_steps, tc.log_every,
-                        progress_every_s=tc.progress_every_s, peak_total=peak_total)  # fmt: skip
+                        progress_every_s=tc.progress_every_s, peak_total=peak * self.world if peak else None,
+                        device=self.engine.device)  # fmt: skip
 
     def _update(self, window, epoch: int, history: list[dict]) -> int:
         """One optimizer update over `window` (its micro-batches), logged and appended to `history`; its number."""

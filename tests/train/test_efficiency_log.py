@@ -9,8 +9,9 @@ import torch
 from llmasr.config_io import ConfigError
 from llmasr.recipe import load_recipe
 from llmasr.testing.tiny_corpus import tiny_recipe_dict, write_tiny_corpus
+from llmasr.train import progress as progress_module
 from llmasr.train.efficiency import Interval, device_peak, table_peak
-from llmasr.train.progress import Progress, parse_log_line
+from llmasr.train.progress import Progress, memory_gb, parse_log_line
 from llmasr.train.trainer import train
 
 FIGURES = {"utt/s", "audio_s/s", "tok/s", "mfu", "tflops", "pad_audio", "pad_llm", "data_wait"}
@@ -176,3 +177,21 @@ def test_utterances_ctc_has_no_path_for_are_counted_and_named(tiny_llm_dir, tmp_
     lines = [parse_log_line(line) for line in (tmp_path / "run" / "train.log").read_text().splitlines()]
     counted = [row.get("ctc_unaligned", 0) for row in lines if "update" in row and "loss" in row]
     assert sum(counted) == 1  # one epoch: the utterance is seen once, the others align
+
+
+def test_device_memory_is_logged_for_a_cuda_rank_only(tmp_path, monkeypatch):
+    """A CPU run on a host with CUDA (DS_ACCELERATOR=cpu) had logged mem/device_peak_gb=0 for a device it never
+    used; a CUDA rank logs its own device's peak."""
+    peaks = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda device=None: peaks.append(device) or 3 * 2**30)
+    assert set(memory_gb(torch.device("cpu"))) == {"mem/host_peak_gb"}
+    gpu = torch.device("cuda", 1)
+    assert memory_gb(gpu)["mem/device_peak_gb"] == 3.0 and peaks == [gpu]
+    seen = []
+    monkeypatch.setattr(progress_module, "memory_gb", lambda device=None: seen.append(device) or {})
+    for device in (torch.device("cpu"), gpu):
+        progress = Progress(tmp_path / str(device), 0, 1, log_every=1, stream=io.StringIO(), device=device)
+        progress.update(1, 0, {"loss": 1.0}, {"llm": 1e-4}, {})
+        progress.close()
+    assert seen == [torch.device("cpu"), gpu]
