@@ -130,7 +130,7 @@ class DataConfig:
     # + 1, at least 2): the trainer takes a window's batches before its first step, and with fewer in flight the
     # workers sit idle while the window computes, then the loop waits for them.
     prefetch_factor: int | None = None
-    pin_memory: bool = True
+    pin_memory: bool = True  # pinned host memory for batches bound for a CUDA device (a CPU run never pins)
     # Training stops with TooMuchBadData once more than this fraction of the items seen is unusable.
     max_bad_fraction: float = 0.01
     seed: int = 0

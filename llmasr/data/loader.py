@@ -194,8 +194,16 @@ def _hotword_sampler(data_cfg: DataConfig, manifest, *, train: bool, rank: int):
     return sampler
 
 
+def pins_memory(pin_memory: bool, device=None) -> bool:
+    """Whether the loader pins its batches: data.pin_memory where they go to a CUDA `device` (None: CUDA when
+    available). Pinning speeds only a copy to a GPU, and creates a CUDA context, so a CPU run on a host with CUDA
+    (the launcher's DS_ACCELERATOR=cpu, decode --device cpu) does not pin."""
+    on_cuda = torch.cuda.is_available() if device is None else torch.device(device).type == "cuda"
+    return bool(pin_memory and on_cuda)
+
+
 def _speech_loader(
-    dataset, sampler, collator, data_cfg: DataConfig, tracker: BadDataTracker, window: int = 1
+    dataset, sampler, collator, data_cfg: DataConfig, tracker: BadDataTracker, window: int = 1, device=None
 ) -> SpeechDataLoader:
     workers = int(data_cfg.num_workers)
     loader = SpeechDataLoader(
@@ -203,7 +211,7 @@ def _speech_loader(
         batch_sampler=sampler,
         num_workers=workers,
         collate_fn=collator,
-        pin_memory=bool(data_cfg.pin_memory and torch.cuda.is_available()),
+        pin_memory=pins_memory(data_cfg.pin_memory, device),
         prefetch_factor=data_cfg.prefetch(window),
         persistent_workers=False,
         worker_init_fn=worker_init if workers > 0 else None,
@@ -275,7 +283,7 @@ def build_dataloader(
     candidates = itertools.chain.from_iterable(sampler.iter_batches())  # not every batch as lists: the first few
     fallback = find_fallback(dataset, candidates)
     collator = Collator(prompt_builder.pad_id, with_ctc=ctc_tokenizer is not None, fallback=fallback)
-    loader = _speech_loader(dataset, sampler, collator, data_cfg, tracker, window)
+    loader = _speech_loader(dataset, sampler, collator, data_cfg, tracker, window, device)
     st = sampler.stats()
     log.info(
         "%s data: %d items, %d batches per rank (world size %d), mean batch %.1f, padding efficiency %.3f, skipped %s",
@@ -336,4 +344,4 @@ def build_decode_loader(
         speech_runs=speech_runs,
     )  # fmt: skip
     collator = Collator(prompt_builder.pad_id, no_rows=True)
-    return _speech_loader(dataset, sampler, collator, data_cfg, tracker)
+    return _speech_loader(dataset, sampler, collator, data_cfg, tracker, device=device)

@@ -9,6 +9,7 @@ told to). A CPU, or a GPU missing from the table, has no MFU ("n/a") unless `tra
 from __future__ import annotations
 
 import logging
+import re
 import time
 from dataclasses import dataclass, field
 
@@ -18,10 +19,13 @@ from llmasr.train.flops import StepCount
 
 log = logging.getLogger("llmasr.train")
 
-# Dense TFLOP/s per device: (name fragment as torch.cuda.get_device_name reports it, bf16, fp16, fp32). The first
-# fragment found in the name wins, so the more specific names come first.
+# Dense TFLOP/s per device: (name fragment as torch.cuda.get_device_name reports it, bf16, fp16, fp32). A fragment
+# matches whole words of the name only ("A100" is not in "RTX A1000", nor "H200" in "GH200"); the first fragment
+# found wins, so the more specific names come first.
 PEAK_TFLOPS: tuple[tuple[str, float | None, float, float], ...] = (
+    ("GB200", 2500.0, 2500.0, 90.0),
     ("B200", 2250.0, 2250.0, 80.0),
+    ("GH200", 989.4, 989.4, 66.9),
     ("H200 NVL", 835.0, 835.0, 60.0),
     ("H200", 989.4, 989.4, 66.9),
     ("H100 PCIe", 756.0, 756.0, 51.2),
@@ -46,7 +50,7 @@ DTYPE_COLUMN = {torch.bfloat16: 1, torch.float16: 2, torch.float32: 3}
 def table_peak(device_name: str, dtype: torch.dtype) -> float | None:
     """Peak FLOP/s of a device by its name for `dtype`, or None when the table does not know it."""
     for row in PEAK_TFLOPS:
-        if row[0] in device_name:
+        if re.search(rf"(?<![A-Za-z0-9]){re.escape(row[0])}(?![A-Za-z0-9])", device_name):
             tflops = row[DTYPE_COLUMN[dtype]]
             return None if tflops is None else tflops * 1e12
     return None

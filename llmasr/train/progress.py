@@ -34,11 +34,13 @@ def _is_terminal(stream) -> bool:
         return False
 
 
-def memory_gb() -> dict[str, float]:
-    """Peak accelerator memory when there is one, and this process's peak resident memory."""
+def memory_gb(device: torch.device | None = None) -> dict[str, float]:
+    """This process's peak resident memory and, when it runs on a CUDA `device`, the peak that torch's allocator
+    handed out there (this process's tensors: not the allocator's cache, the CUDA context or NCCL's buffers). A
+    CPU run on a host with CUDA has no device figure (it read 0)."""
     out = {"mem/host_peak_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
-    if torch.cuda.is_available():
-        out["mem/device_peak_gb"] = torch.cuda.max_memory_allocated() / 2**30
+    if device is not None and torch.device(device).type == "cuda":
+        out["mem/device_peak_gb"] = torch.cuda.max_memory_allocated(device) / 2**30
     return out
 
 
@@ -153,8 +155,10 @@ class Progress:
     """
 
     def __init__(self, run_dir: Path, rank: int, total_updates: int, start_update: int = 0, log_every: int = 1, *,
-                 progress_every_s: float = 30.0, peak_total: float | None = None, stream=None):  # fmt: skip
+                 progress_every_s: float = 30.0, peak_total: float | None = None, stream=None,
+                 device: torch.device | None = None):  # fmt: skip
         self.enabled = rank == 0
+        self.device = device  # the rank's: its CUDA memory peak is logged
         self.total = total_updates
         self.log_every = max(1, log_every)
         self.start_update = start_update
@@ -200,7 +204,7 @@ class Progress:
         for key, value in extra.items():
             if value is not None:
                 w.add_scalar(f"train/{key}", value, update)
-        mem = memory_gb()
+        mem = memory_gb(self.device)
         for key, value in mem.items():
             w.add_scalar(key, value, update)
         self.unlogged = (update, epoch, stats, lrs, extra, eta, mem)

@@ -146,24 +146,27 @@ def process_settings(tc) -> None:
     choose_attention_kernels(cudnn=tc.cudnn_attention)
 
 
-def rng_state() -> dict:
-    """RNG states in plain types (numpy arrays as lists) so that they survive torch.load(weights_only=True)."""
+def rng_state(device: torch.device) -> dict:
+    """RNG states in plain types (numpy arrays as lists) so that they survive torch.load(weights_only=True); the
+    CUDA generator's of `device` when the rank runs on one (a torch.cuda call on a CPU rank would create a CUDA
+    context there)."""
     kind, keys, pos, has_gauss, cached = np.random.get_state()
     state = {
         "python": random.getstate(),
         "numpy": [kind, keys.tolist(), int(pos), int(has_gauss), float(cached)],
         "torch": torch.get_rng_state(),
     }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state()
+    if torch.device(device).type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
     return state
 
 
-def set_rng_state(state: dict) -> None:
+def set_rng_state(state: dict, device: torch.device) -> None:
+    """Restore what rng_state saved; the CUDA generator's only on a rank that runs on CUDA, as it saved it."""
     py = state["python"]
     random.setstate((py[0], tuple(py[1]), py[2]))
     kind, keys, pos, has_gauss, cached = state["numpy"]
     np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
     torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state(state["cuda"])
+    if "cuda" in state and torch.device(device).type == "cuda":
+        torch.cuda.set_rng_state(state["cuda"], device)

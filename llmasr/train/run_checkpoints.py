@@ -39,7 +39,8 @@ class RunCheckpoints:
         tag = ck.tag_for(update)
         if loader_state is not None:  # DeepSpeed keeps one client state (rank 0's): each rank's bad-data counts go in
             loader_state = {**loader_state, "bad_data": all_gather_object(loader_state["bad_data"])}
-        client = {CLIENT_KEY: {"epoch": epoch, "loader": loader_state, "rng": all_gather_object(rng_state()),
+        rngs = all_gather_object(rng_state(self.engine.device))
+        client = {CLIENT_KEY: {"epoch": epoch, "loader": loader_state, "rng": rngs,
                                "update": update, "validation_owed": bool(validation_owed),
                                "early_stop": early_stop}}  # fmt: skip
         if self.rank == 0 and ck.clear_tag(self.ckpt_dir, tag):

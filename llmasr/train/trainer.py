@@ -179,7 +179,7 @@ class Run:
         self.pending_rng = rngs[self.rank] if len(rngs) == self.world else None
         if self.pending_rng is not None and state.get("loader") is None:
             # Saved at an epoch end, before the next epoch's loader drew its seed: restore now.
-            resolve.set_rng_state(self.pending_rng)
+            resolve.set_rng_state(self.pending_rng, self.engine.device)
             self.pending_rng = None
         log.info("resumed from %s at update %d, epoch %d", where, self.engine.global_steps, state.get("epoch", 0))
         self.last_saved = self.engine.global_steps
@@ -221,11 +221,11 @@ class Run:
             return None
 
         start = time.monotonic()
-        course = resolve.rng_state()  # the valid loader's iterator draws its seed from torch's RNG, which dropout uses
+        course = resolve.rng_state(self.engine.device)  # the valid loader's iterator seeds itself from torch's RNG
         try:
             metrics = validate(self.engine, self.valid_loader, self.recipe.decode)
-        finally:
-            resolve.set_rng_state(course)  # so validating (or a stop before a due one) leaves training's course alone
+        finally:  # so validating (or a stop before a due one) leaves training's course, dropout's too, alone
+            resolve.set_rng_state(course, self.engine.device)
         self.progress.aside(time.monotonic() - start)
         self.valid_update = self.engine.global_steps
         self.engine.train(True)
@@ -321,15 +321,15 @@ class Run:
         self.wait = WaitClock()
         peak, line = device_peak(self.engine.device, self.engine.dtype, tc.peak_tflops)
         log.info(line)
-        peak_total = peak * self.world if peak else None
         return Progress(self.run_dir, self.rank, self.total, self.engine.global_steps, tc.log_every,
-                        progress_every_s=tc.progress_every_s, peak_total=peak_total)  # fmt: skip
+                        progress_every_s=tc.progress_every_s, peak_total=peak * self.world if peak else None,
+                        device=self.engine.device)  # fmt: skip
 
     def _update(self, window, epoch: int, history: list[dict]) -> int:
         """One optimizer update over `window` (its micro-batches), logged and appended to `history`; its number."""
         if self.pending_rng is not None:
             # After the loader started (its iterator draws a base seed from torch's RNG).
-            resolve.set_rng_state(self.pending_rng)
+            resolve.set_rng_state(self.pending_rng, self.engine.device)
             self.pending_rng = None
         lrs = self.engine.lrs()  # the lrs this update uses (the scheduler moves them on at its end)
         stats = run_window(self.engine, window, self.world, self.flops)

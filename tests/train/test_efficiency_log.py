@@ -9,8 +9,9 @@ import torch
 from llmasr.config_io import ConfigError
 from llmasr.recipe import load_recipe
 from llmasr.testing.tiny_corpus import tiny_recipe_dict, write_tiny_corpus
+from llmasr.train import progress as progress_module
 from llmasr.train.efficiency import Interval, device_peak, table_peak
-from llmasr.train.progress import Progress, parse_log_line
+from llmasr.train.progress import Progress, memory_gb, parse_log_line
 from llmasr.train.trainer import train
 
 FIGURES = {"utt/s", "audio_s/s", "tok/s", "mfu", "tflops", "pad_audio", "pad_llm", "data_wait"}
@@ -122,6 +123,18 @@ def test_peaks():
     assert table_peak("NVIDIA A100-SXM4-80GB", torch.float32) == pytest.approx(19.5e12)
     assert table_peak("Tesla V100-SXM2-32GB", torch.bfloat16) is None  # no bf16 on that chip
     assert table_peak("Some Future GPU", torch.bfloat16) is None
+    assert table_peak("NVIDIA L40S", torch.bfloat16) == pytest.approx(362.1e12)
+    assert table_peak("NVIDIA L4", torch.bfloat16) == pytest.approx(121e12)
+    assert table_peak("NVIDIA GeForce RTX 4090", torch.float16) == pytest.approx(165.2e12)
+
+
+def test_peaks_match_whole_model_names():
+    """A fragment inside another model's name is not that model: a workstation RTX A1000 had A100's 312 TFLOP/s (its MFU
+    understated many times over), a GB200 the B200's peak."""
+    assert table_peak("NVIDIA RTX A1000", torch.bfloat16) is None
+    assert table_peak("NVIDIA GB200", torch.bfloat16) == pytest.approx(2500e12)
+    assert table_peak("NVIDIA GH200 480GB", torch.bfloat16) == pytest.approx(989.4e12)
+    assert table_peak("NVIDIA A100 80GB PCIe", torch.bfloat16) == pytest.approx(312e12)
     peak, line = device_peak(torch.device("cpu"), torch.float32, None)
     assert peak is None and "n/a" in line and "train.peak_tflops" in line
     peak, line = device_peak(torch.device("cpu"), torch.float32, 2.5)
@@ -164,3 +177,21 @@ def test_utterances_ctc_has_no_path_for_are_counted_and_named(tiny_llm_dir, tmp_
     lines = [parse_log_line(line) for line in (tmp_path / "run" / "train.log").read_text().splitlines()]
     counted = [row.get("ctc_unaligned", 0) for row in lines if "update" in row and "loss" in row]
     assert sum(counted) == 1  # one epoch: the utterance is seen once, the others align
+
+
+def test_device_memory_is_logged_for_a_cuda_rank_only(tmp_path, monkeypatch):
+    """A CPU run on a host with CUDA (DS_ACCELERATOR=cpu) had logged mem/device_peak_gb=0 for a device it never
+    used; a CUDA rank logs its own device's peak."""
+    peaks = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda device=None: peaks.append(device) or 3 * 2**30)
+    assert set(memory_gb(torch.device("cpu"))) == {"mem/host_peak_gb"}
+    gpu = torch.device("cuda", 1)
+    assert memory_gb(gpu)["mem/device_peak_gb"] == 3.0 and peaks == [gpu]
+    seen = []
+    monkeypatch.setattr(progress_module, "memory_gb", lambda device=None: seen.append(device) or {})
+    for device in (torch.device("cpu"), gpu):
+        progress = Progress(tmp_path / str(device), 0, 1, log_every=1, stream=io.StringIO(), device=device)
+        progress.update(1, 0, {"loss": 1.0}, {"llm": 1e-4}, {})
+        progress.close()
+    assert seen == [torch.device("cpu"), gpu]

@@ -13,7 +13,7 @@ from llmasr.recipe import load_recipe
 from llmasr.testing.tiny_corpus import tiny_recipe_dict, write_tiny_corpus
 from llmasr.train.ds_config import resolve_ds_config
 from llmasr.train.plan import plan_run
-from llmasr.train.resolve import batches_per_epoch, build_loaders, text_side
+from llmasr.train.resolve import batches_per_epoch, build_loaders, rng_state, set_rng_state, text_side
 from llmasr.train.trainer import train
 
 
@@ -102,3 +102,37 @@ def test_features_on_auto_follows_the_device_the_model_trains_on(tiny_llm_dir, t
     for device, where in ((torch.device("cpu"), "worker"), (torch.device("cuda", 0), "device")):
         train_loader, _, valid_loader = plan_run(recipe, ds, rank=0, world_size=1, device=device).loaders
         assert train_loader.dataset.features_on == valid_loader.dataset.features_on == where, device
+
+
+def test_pin_memory_follows_the_device_the_model_trains_on(tiny_llm_dir, two_corpora, tmp_path, monkeypatch):
+    """data.pin_memory pins batches bound for a GPU only: a CPU run on a host with CUDA (DS_ACCELERATOR=cpu) had
+    pinned them, each rank's loader creating a CUDA context on the first GPU for copies that never go there."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    d = tiny_recipe_dict(tiny_llm_dir, train=[two_corpora[0]], valid=[two_corpora[1]], output_dir=tmp_path / "r")
+    d["data"]["pin_memory"] = True
+    recipe = load_recipe(data=d)
+    ds = resolve_ds_config("zero0", recipe.train, world_size=1)
+    for device, pins in ((torch.device("cpu"), False), (torch.device("cuda", 0), True)):
+        train_loader, _, valid_loader = plan_run(recipe, ds, rank=0, world_size=1, device=device).loaders
+        assert train_loader.pin_memory is valid_loader.pin_memory is pins, device
+
+
+def test_rng_state_touches_cuda_only_on_a_cuda_rank(monkeypatch):
+    """A CPU rank on a host with CUDA (DS_ACCELERATOR=cpu) had saved and restored the CUDA generator at every
+    validation and checkpoint, each call creating a CUDA context on the first GPU; a CUDA rank keeps its own
+    device's generator."""
+    import torch
+
+    calls = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_rng_state", lambda device="cuda": calls.append(("get", device)) or "gen")
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda state, device="cuda": calls.append(("set", device)))
+    cpu = rng_state(torch.device("cpu"))
+    set_rng_state({**cpu, "cuda": "gen"}, torch.device("cpu"))  # a CUDA rank's state, resumed on a CPU rank
+    assert "cuda" not in cpu and calls == []
+    gpu = torch.device("cuda", 1)
+    state = rng_state(gpu)
+    set_rng_state(state, gpu)
+    assert state["cuda"] == "gen" and calls == [("get", gpu), ("set", gpu)]
