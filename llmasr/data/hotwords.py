@@ -182,6 +182,7 @@ class CorpusStats:
 
     counts: Counter
     pool: list[str]
+    longest: int = 0  # a reference phrase (an n-gram of the texts) is never longer, in UTF-8 bytes
 
     @classmethod
     def from_manifest(cls, manifest, cfg: HotwordsConfig, seed: int) -> CorpusStats:
@@ -190,7 +191,7 @@ class CorpusStats:
         rng = np.random.default_rng([int(seed), HOTWORD_STREAM])
         counts: Counter = Counter()
         pool: list[str] = []
-        seen = 0  # n-grams offered to the reservoir so far
+        seen = longest = 0  # n-grams offered to the reservoir so far; a bound on the longest one's bytes
         for i in range(len(manifest)):
             try:
                 target = manifest[i].target
@@ -198,6 +199,8 @@ class CorpusStats:
                 continue
             parts = units(target, cfg.unit)
             counts.update(p.lower() for p in parts)
+            n = min(len(parts), cfg.ngram[1])  # at most its n longest units, a space apart
+            longest = max(longest, sum(sorted(len(p.encode()) for p in parts)[len(parts) - n :]) + max(n - 1, 0))
             spans = ngrams(parts, *cfg.ngram)
             fill = min(len(spans), cfg.pool_size - len(pool))
             pool.extend(_join(parts[a:b], cfg.unit) for a, b in spans[:fill])
@@ -207,7 +210,7 @@ class CorpusStats:
                     a, b = spans[fill + j]
                     pool[int(slots[j])] = _join(parts[a:b], cfg.unit)
             seen += len(spans)
-        return cls(counts, pool)
+        return cls(counts, pool, longest)
 
     def weight(self, keys, rarity: float) -> float:
         """count(the rarest unit) ** -rarity (a unit the corpus lacks counts once)."""
@@ -224,6 +227,11 @@ class HotwordSampler:
         self._pool_keys = [self._keys(p) for p in self.pool]
         w = np.array([stats.weight(k, cfg.rarity) if cfg.distractors == "corpus" else 1.0 for k in self._pool_keys])
         self._pool_p = w / w.sum() if w.size and w.sum() > 0 else None
+
+    @property
+    def longest_phrase_bytes(self) -> int:
+        """At least the UTF-8 bytes of any phrase a list can hold: a reference n-gram or a distractor."""
+        return max([self.stats.longest] + [len(p.encode()) for p in self.pool])
 
     @classmethod
     def build(cls, cfg: HotwordsConfig, manifest, seed: int) -> HotwordSampler | None:

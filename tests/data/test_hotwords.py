@@ -190,6 +190,19 @@ def test_true_phrases_favour_rare_words(tmp_path):
     assert abs(uniform["zanzibar"] - uniform["the"]) < 60
 
 
+@pytest.mark.parametrize("distractors", ["corpus", "file"])
+def test_no_drawn_phrase_is_longer_than_longest_phrase_bytes(tmp_path, distractors):
+    """The context check counts a list drawn without a token cap by its longest phrase: a reference n-gram (the
+    corpus's longest, "zanzibar the": 12 bytes) or a distractor from the file (Paraformer-Large: 16)."""
+    pool = tmp_path / "pool.txt"
+    pool.write_text("Qwen\nParaformer-Large\n")
+    where = {"distractors": str(pool)} if distractors == "file" else {}
+    s = sampler(tmp_path, ngram=[1, 2], true_phrases=[1, 2], list_size=[4, 4], empty_prob=0.0, **where)
+    assert s.longest_phrase_bytes == (16 if distractors == "file" else len("zanzibar the"))
+    drawn = {p for i in range(200) for t in CORPUS for p in s.pick(None, t, i, 0)}
+    assert max(len(p.encode()) for p in drawn) == s.longest_phrase_bytes
+
+
 def test_lists_mix_true_phrases_and_distractors_shuffled(tmp_path):
     pool = tmp_path / "pool.txt"
     pool.write_text("Qwen\nSeACo\nthe cat\nParaformer\nLoRA\nDeepSpeed\n")
