@@ -109,6 +109,15 @@ def test_phrase_file(tmp_path):
     assert read_phrase_file(windows) == ["Velmont", "通义千问"]
 
 
+def test_a_phrase_repeated_in_a_file_is_read_once_with_a_warning(tmp_path, caplog):
+    """A repeated line had been rendered into every prompt again (`llmasr decode --hotwords`: "nine, world, nine,
+    nine"), which no drawn training list holds, and counted as phrases again."""
+    path = tmp_path / "dup.txt"
+    path.write_bytes("\ufeffnine\r\nworld\nnine\n  nine  \n".encode())
+    assert read_phrase_file(path) == ["nine", "world"]
+    assert f"{path}: 2 repeated phrase(s) left out, line (first line): 3 (1), 4 (1)" in caplog.text
+
+
 def test_a_phrase_file_with_cr_line_ends_is_read_a_phrase_a_line(tmp_path):
     """A file whose lines end in \r alone had been read as one phrase holding every line; line numbers in errors
     count each \r, \n or \r\n once."""
