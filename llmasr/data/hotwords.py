@@ -10,12 +10,13 @@ repeated visit: llmasr.data.visit_keys): the same visit in the same epoch gets t
 after a resume too, and the draws never shift the augmentation's (a separate stream).
 
 Phrase files (a distractor pool, or `llmasr decode --hotwords`): UTF-8 text, one phrase a line; an empty line or
-text that is not UTF-8 is an error naming the file and line.
+text that is not UTF-8 is an error naming the file and line; a phrase repeated is read once, with a warning.
 """
 
 from __future__ import annotations
 
 import codecs
+import logging
 import unicodedata
 from collections import Counter
 from dataclasses import dataclass, field
@@ -28,6 +29,7 @@ from llmasr.config_paths import path_field
 from llmasr.data.records import BadRecord
 from llmasr.scoring import UNIT, is_no_space_char, normalize
 
+log = logging.getLogger(__name__)
 HOTWORD_STREAM = 0x686F74  # "hot": the Generator stream of hotword lists, apart from augmentation's
 SOURCES = ("sample", "manifest", "manifest_or_sample")
 UNITS = ("auto", "word", "char")
@@ -38,8 +40,8 @@ class PhraseFileError(ValueError):
 
 
 def read_phrase_file(path: str | Path) -> list[str]:
-    """The phrases of a UTF-8 file, one a line (surrounding spaces stripped; a trailing newline is fine; a line ends
-    at \n, \r\n or \r, as Python's universal newlines read it)."""
+    """The distinct phrases of a UTF-8 file, one a line, in order (surrounding spaces stripped; a trailing newline is
+    fine; a line ends at \n, \r\n or \r, as Python's universal newlines read it)."""
     path = Path(path)
     if path.is_dir():
         raise PhraseFileError(f"{path}: a directory, not a hotword file")
@@ -47,7 +49,8 @@ def read_phrase_file(path: str | Path) -> list[str]:
         raise PhraseFileError(f"hotword file not found: {path}")
     data = path.read_bytes().removeprefix(codecs.BOM_UTF8)  # a BOM (Windows editors) is no part of the first phrase
     lines = data.splitlines()  # CR-only line ends (classic Mac editors) had made the whole file one phrase
-    phrases = []
+    phrases: dict[str, int] = {}  # phrase -> its first line
+    repeats = []
     for lineno, raw in enumerate(lines, start=1):
         try:
             text = raw.decode("utf-8").strip()
@@ -55,10 +58,16 @@ def read_phrase_file(path: str | Path) -> list[str]:
             raise PhraseFileError(f"{path}:{lineno}: not UTF-8 text ({err.reason} at byte {err.start})") from None
         if not text:
             raise PhraseFileError(f"{path}:{lineno}: empty line (one phrase a line; remove the empty line)")
-        phrases.append(text)
+        if text in phrases:
+            repeats.append(f"{lineno} ({phrases[text]})")
+        phrases.setdefault(text, lineno)
     if not phrases:
         raise PhraseFileError(f"{path}: no phrases (one phrase a line)")
-    return phrases
+    if repeats:  # a prompt would render it twice (a drawn training list never does), its tokens spent again
+        more = f" and {len(repeats) - 5} more" if len(repeats) > 5 else ""
+        log.warning("%s: %d repeated phrase(s) left out, line (first line): %s%s", path, len(repeats),
+                    ", ".join(repeats[:5]), more)  # fmt: skip
+    return list(phrases)
 
 
 def _pair(path: str, name: str, values: list[int], low: int) -> None:
@@ -182,6 +191,7 @@ class CorpusStats:
 
     counts: Counter
     pool: list[str]
+    longest: int = 0  # a reference phrase (an n-gram of the texts) is never longer, in UTF-8 bytes
 
     @classmethod
     def from_manifest(cls, manifest, cfg: HotwordsConfig, seed: int) -> CorpusStats:
@@ -190,7 +200,7 @@ class CorpusStats:
         rng = np.random.default_rng([int(seed), HOTWORD_STREAM])
         counts: Counter = Counter()
         pool: list[str] = []
-        seen = 0  # n-grams offered to the reservoir so far
+        seen = longest = 0  # n-grams offered to the reservoir so far; a bound on the longest one's bytes
         for i in range(len(manifest)):
             try:
                 target = manifest[i].target
@@ -198,6 +208,8 @@ class CorpusStats:
                 continue
             parts = units(target, cfg.unit)
             counts.update(p.lower() for p in parts)
+            n = min(len(parts), cfg.ngram[1])  # at most its n longest units, a space apart
+            longest = max(longest, sum(sorted(len(p.encode()) for p in parts)[len(parts) - n :]) + max(n - 1, 0))
             spans = ngrams(parts, *cfg.ngram)
             fill = min(len(spans), cfg.pool_size - len(pool))
             pool.extend(_join(parts[a:b], cfg.unit) for a, b in spans[:fill])
@@ -207,7 +219,7 @@ class CorpusStats:
                     a, b = spans[fill + j]
                     pool[int(slots[j])] = _join(parts[a:b], cfg.unit)
             seen += len(spans)
-        return cls(counts, pool)
+        return cls(counts, pool, longest)
 
     def weight(self, keys, rarity: float) -> float:
         """count(the rarest unit) ** -rarity (a unit the corpus lacks counts once)."""
@@ -224,6 +236,11 @@ class HotwordSampler:
         self._pool_keys = [self._keys(p) for p in self.pool]
         w = np.array([stats.weight(k, cfg.rarity) if cfg.distractors == "corpus" else 1.0 for k in self._pool_keys])
         self._pool_p = w / w.sum() if w.size and w.sum() > 0 else None
+
+    @property
+    def longest_phrase_bytes(self) -> int:
+        """At least the UTF-8 bytes of any phrase a list can hold: a reference n-gram or a distractor."""
+        return max([self.stats.longest] + [len(p.encode()) for p in self.pool])
 
     @classmethod
     def build(cls, cfg: HotwordsConfig, manifest, seed: int) -> HotwordSampler | None:

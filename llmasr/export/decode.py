@@ -95,6 +95,7 @@ from llmasr.data.config import DataConfig
 from llmasr.data.device_features import resolve_features_on
 from llmasr.data.loader import build_decode_loader
 from llmasr.data.long_audio import shift_times
+from llmasr.data.manifest import Manifest
 from llmasr.data.speech_loader import SpeechDataLoader
 from llmasr.data.window_plan import WindowRules
 from llmasr.data.windowed import utterance_rows, utterance_tracker
@@ -103,7 +104,7 @@ from llmasr.export.decode_world import DecodeWorld
 from llmasr.export.exported import MODEL_FILE, ExportedModelError, llm_dtype_name, load_exported, read_description
 from llmasr.export.trained_model import load_checkpoint_model
 from llmasr.models.attention_kernels import choose_attention_kernels
-from llmasr.models.context import ContextError, capped_list_tokens, decoding_fit
+from llmasr.models.context import ContextError, decoding_fit, decoding_prompt
 from llmasr.models.ctc_align import sound_ends
 from llmasr.models.ctc_vocab import LLMCTCTokenizer
 from llmasr.models.decoding import MIN_WINDOW_SECONDS, DecodeConfig
@@ -143,13 +144,13 @@ class DecodeError(RuntimeError):
     """Decoding cannot run as asked."""
 
 
-def window_limit(model, cfg: DecodeConfig, opts: DecodeOptions, *, quiet: bool = False) -> float:
+def window_limit(model, cfg: DecodeConfig, opts: DecodeOptions, *, quiet: bool = False, manifest=None) -> float:
     """The longest audio `model` decodes in one piece under `cfg` (0.0: any length), DecodeError when the settings
     cannot make windows. A Whisper encoder reads one fixed chunk and refuses more, so its windows never exceed the
     chunk (unless max_window_seconds is 0: a longer utterance is then a bad item). A window's audio tokens, the
-    prompt and the tokens decoding may write must fit the LLM's context (llmasr.models.context): a limit that is
-    not set is lowered to the longest window that fits, with a warning unless `quiet`; a set one that does not fit
-    is refused; 0 (never split) is kept, with that warning."""
+    prompt (the longest of `manifest`'s lines', where given) and the tokens decoding may write must fit the LLM's
+    context (llmasr.models.context): a limit that is not set is lowered to the longest window that fits, with a
+    warning unless `quiet`; a set one that does not fit is refused; 0 (never split) is kept, with that warning."""
     try:
         limit = cfg.window_seconds(opts.training_max_seconds)
     except ConfigError as err:
@@ -159,17 +160,15 @@ def window_limit(model, cfg: DecodeConfig, opts: DecodeOptions, *, quiet: bool =
         limit = min(limit or math.inf, float(frontend.chunk_seconds))
     if getattr(model, "llm", None) is None:  # a stand-in without an LLM: no context to fit
         return limit
-    hotwords = opts.hotwords if not opts.hotwords_unprompted else None
-    prompt_tokens = len(model.prompt.encode(None, hotwords=hotwords).ids)
-    if not opts.hotwords_unprompted and (cap := capped_list_tokens(model.prompt)) is not None:
-        # a line's own list (it wins over --hotwords), unknown here: counted at the cap
-        prompt_tokens = max(prompt_tokens, len(model.prompt.encode(None).ids) + cap)
+    given = f"the biasing list of --hotwords {opts.hotwords_file}" if opts.hotwords_file else "the biasing list given"
+    lists = not opts.hotwords_unprompted
+    prompt_tokens, said = decoding_prompt(model.prompt, opts.hotwords, manifest, lists=lists, given=given)
 
     def new_tokens(seconds: float) -> int:  # SpeechLLM._search's cap
         return cfg.max_new_tokens or int(math.ceil(seconds * cfg.tokens_per_second)) + 8
 
     try:
-        fit, why = decoding_fit(model, limit, prompt_tokens, new_tokens)
+        fit, why = decoding_fit(model, limit, prompt_tokens, new_tokens, said)
     except ContextError as err:
         raise DecodeError(str(err)) from err
     if fit == limit:
@@ -184,6 +183,7 @@ def window_limit(model, cfg: DecodeConfig, opts: DecodeOptions, *, quiet: bool =
         raise DecodeError(
             f"{why}, less than a window can be ({MIN_WINDOW_SECONDS:g} s, and more than twice decode.window_overlap "
             f"{cfg.window_overlap:g} s); lower decode.max_new_tokens or decode.window_overlap"
+            + (f", or shorten {said}" if said else "")
         )
     if not quiet:
         log.warning("%s: long audio is decoded in windows of at most %g s", why, fit)
@@ -232,7 +232,7 @@ def decode_loader(
     """The evaluation loader over one manifest, with `model`'s frontend and prompt builder; utterances longer
     than window_limit are cut into windows (llmasr.data.windowed), at cfg.vad's speech segments when it names a VAD,
     which then also gates every utterance (cfg.vad_gate); `world`: this rank's share of the batches."""
-    limit = window_limit(model, cfg, opts)
+    limit = window_limit(model, cfg, opts, manifest=Manifest.open(manifest_path, need_target=False))
     gate = cfg.vad is not None and cfg.vad_gate
     rules = WindowRules(
         limit or math.inf, cfg.window_overlap, cfg.window_split_pause, from_speech=cfg.trim_leading_silence,
@@ -287,7 +287,7 @@ def decode_manifest(
     write_atomic(
         out_dir / "bad.jsonl", "".join(json.dumps(r, ensure_ascii=False, default=str) + "\n" for r in tracker.examples)
     )
-    limit = window_limit(model, cfg, opts, quiet=True)
+    limit = window_limit(model, cfg, opts, quiet=True, manifest=getattr(manifest, "base", manifest))
     found = dict(
         manifest=str(manifest_path), lines=len(getattr(manifest, "base", manifest)), skipped=tracker.bad,
         skipped_by_reason=dict(tracker.by_reason),

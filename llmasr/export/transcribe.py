@@ -93,6 +93,7 @@ class Transcriber:
         for i, phrase in enumerate(hotwords or ()):  # named here, not as a fault of every clip
             if not isinstance(phrase, str) or not phrase.strip():
                 raise TranscribeError(f"hotwords[{i}]: expected a non-empty phrase (text), got {phrase!r}")
+        hotwords = None if hotwords is None else [p.strip() for p in hotwords]  # as a manifest's or a file's are
         kept, dropped = self.model.prompt.capped_hotwords(hotwords)
         if dropped:  # as decode's wer.txt counts them: the prompt renders only what fits the model's cap
             log.warning(
@@ -106,12 +107,13 @@ class Transcriber:
             name = next(f"waveform {i}" for i, c in enumerate(audio) if not isinstance(c, PATHS))
             raise TranscribeError(f"{name}: a waveform needs its sample_rate (Hz)")  # the call's fault, not a clip's
         with tempfile.TemporaryDirectory(prefix="llmasr-transcribe-") as tmp:
-            names, manifest, bad = _manifest(list(audio), sample_rate, hotwords, Path(tmp))
+            names, manifest, bad = _manifest(list(audio), sample_rate, Path(tmp))
+            opts = dataclasses.replace(self.opts, hotwords=None if hotwords is None else list(hotwords))
             if bad and not keep_going:  # a missing file or a bad waveform, named before anything is decoded
                 raise TranscribeError("; ".join(f"{names[i]}: {why}" for i, why in bad.items()))
             rows = []
             if len(bad) < len(names):
-                loader = decode_loader(self.model, manifest, self.cfg, self.opts, self.device)
+                loader = decode_loader(self.model, manifest, self.cfg, opts, self.device)  # the list: every clip's
                 items, _ = transcribe_loader(self.model, loader, self.cfg, self.device, name=lambda _, k: names[int(k)])
                 failed = {int(b["key"]): b["reason"] for b in loader.bad_data.examples}  # the loader keeps every one
                 if failed and not keep_going:
@@ -125,7 +127,7 @@ class Transcriber:
         return [out[i] for i in range(len(names))]
 
 
-def _manifest(audio: list, sample_rate, hotwords, tmp: Path) -> tuple[list[str], Path, dict[int, str]]:
+def _manifest(audio: list, sample_rate, tmp: Path) -> tuple[list[str], Path, dict[int, str]]:
     """The clips' names, a manifest of them in `tmp` (waveforms written there as float wav files) keyed by
     position, and the clips left out of it ({position: why}: a file missing or a directory, a waveform that is
     not one)."""
@@ -148,8 +150,6 @@ def _manifest(audio: list, sample_rate, hotwords, tmp: Path) -> tuple[list[str],
                 continue
             sf.write(source, wave, int(sample_rate), subtype="FLOAT")
         line = {"key": str(i), "source": source}
-        if hotwords is not None:
-            line["hotwords"] = list(hotwords)
         lines.append(json.dumps(line))  # escaped: a file name in a legacy encoding (lone surrogates) survives
     path = tmp / "audio.jsonl"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")

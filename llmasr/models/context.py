@@ -82,6 +82,54 @@ def capped_list_tokens(prompt) -> int | None:
     return prompt.hotwords_max_tokens + len(prompt.tokenizer.encode(template, add_special_tokens=False)) + 2
 
 
+def decoding_prompt(prompt, hotwords=None, manifest=None, *, lists: bool = True, given: str = "") -> tuple[int, str]:
+    """(the most tokens a decode prompt takes, what gives it: "" for the plain prompt) of `prompt` (a PromptBuilder):
+    the plain prompt or, with `hotwords` (`given`: where they come from), that list's; with `manifest` each line's
+    own list, task and system message as it renders (named by its line), else a line's own list at the cap
+    (capped_list_tokens). `lists` False: no prompt renders a list. A line's prompt is within its bytes of the plain
+    one, `hotwords`' included (and the template's): only lines whose bytes could pass the most found are read."""
+    plain = len(prompt.encode(None).ids)
+    most, said = plain, ""
+    if lists and hotwords:
+        n = len(prompt.encode(None, hotwords=hotwords).ids)
+        most, said = (n, given or "the biasing list") if n > plain else (most, said)
+    if lists and manifest is None and (cap := capped_list_tokens(prompt)) is not None and plain + cap > most:
+        most, said = (
+            plain + cap,
+            f"a line's own biasing list at model.prompt.hotwords_max_tokens {prompt.hotwords_max_tokens}",
+        )
+    if manifest is None:
+        return most, said
+    from llmasr.data.records import BadRecord
+
+    sizes = np.asarray(manifest.line_bytes(), dtype=np.int64)
+    base, seams = most, 6 + len(prompt.hotwords_template.encode())  # a line's fields replace or join `hotwords`'
+    seen: dict = {}
+    for i in np.argsort(-sizes, kind="stable").tolist():
+        if base + int(sizes[i]) + seams <= most:
+            break
+        try:
+            utt = manifest[i]
+        except BadRecord:
+            continue
+        own = getattr(utt, "hotwords", None) if lists else None
+        task = utt.prompt if isinstance(getattr(utt, "prompt", None), str) and utt.prompt.strip() else None
+        system = getattr(utt, "system", None)
+        if own is None and task is None and system is None:
+            continue
+        how = (task, system, None if own is None else tuple(str(h) for h in own))
+        if how not in seen:
+            listed = hotwords if own is None and lists else own
+            try:
+                seen[how] = len(prompt.encode(None, task=task, hotwords=listed, system=system).ids)
+            except ValueError:  # the dataset counts it as a bad line
+                seen[how] = 0
+        if seen[how] > most:
+            fields = " and ".join(f for f, v in zip(("prompt", "system", "hotwords"), how) if v is not None)
+            most, said = seen[how], f"{manifest.path}:{manifest.lineno(i)} (key {utt.key})'s {fields}"
+    return most, said
+
+
 def audio_tokens(model, seconds):
     """The audio tokens an utterance of `seconds` (a number, or an array of them) puts into `model`'s LLM (at most,
     under CTC compression); an int for a number, an int64 array for an array."""
@@ -119,15 +167,16 @@ def training_fit(model, seconds, text_tokens, where, *, what: str = "training", 
     )
 
 
-def decoding_fit(model, window: float, prompt_tokens: int, new_tokens) -> tuple[float, str]:
+def decoding_fit(model, window: float, prompt_tokens: int, new_tokens, prompt_said: str = "") -> tuple[float, str]:
     """(the longest audio, in seconds, at most `window` (0: no limit), that a decode window can hold so that its audio
-    tokens, `prompt_tokens` and `new_tokens(seconds)` (the cap on what decoding writes) fit the LLM's context; why
-    `window` does not fit, "" where it does): `window` itself where it fits or the LLM states no context.
-    ContextError when not even a second of audio fits."""
+    tokens, `prompt_tokens` (`prompt_said`: whose prompt, decoding_prompt's) and `new_tokens(seconds)` (the cap on
+    what decoding writes) fit the LLM's context; why `window` does not fit, "" where it does): `window` itself where
+    it fits or the LLM states no context. ContextError when not even a second of audio fits."""
     found = model_context(model)
     if found is None:
         return window, ""
     context, key = found
+    prompt = f"the prompt ({prompt_tokens} tokens{', ' + prompt_said if prompt_said else ''})"
 
     def fits(s: float) -> bool:
         return audio_tokens(model, s) + prompt_tokens + new_tokens(s) <= context
@@ -137,9 +186,9 @@ def decoding_fit(model, window: float, prompt_tokens: int, new_tokens) -> tuple[
     stated = f"the LLM's context of {context} tokens (config.json's {key})"
     if not fits(1.0):
         raise ContextError(
-            f"decoding: one second of audio ({audio_tokens(model, 1.0)} audio tokens) beside the prompt "
-            f"({prompt_tokens} tokens) and the tokens decoding may write ({new_tokens(1.0)}) already passes {stated}; "
-            "lower decode.max_new_tokens"
+            f"decoding: one second of audio ({audio_tokens(model, 1.0)} audio tokens) beside {prompt} and the tokens "
+            f"decoding may write ({new_tokens(1.0)}) already passes {stated}; lower decode.max_new_tokens"
+            + (f", or shorten {prompt_said}" if prompt_said else "")
         )
     lo, hi = 1.0, window if window > 0 else 2.0
     while window <= 0 and fits(hi):
@@ -154,6 +203,6 @@ def decoding_fit(model, window: float, prompt_tokens: int, new_tokens) -> tuple[
         else "an utterance decoded whole may give any number of audio tokens"
     )
     return fit, (
-        f"{said}, which beside the prompt ({prompt_tokens} tokens) and the tokens decoding may write "
+        f"{said}, which beside {prompt} and the tokens decoding may write "
         f"(decode.max_new_tokens, else tokens_per_second x seconds + 8) pass {stated}; {fit:g} s fit"
     )

@@ -69,28 +69,35 @@ def _line_tokens(manifest, prompt, i: int, room: int, own_lists: bool) -> int:
         return 0
 
 
-def hotword_bound(prompt, hotwords_cfg) -> int | None:
-    """The most tokens a training utterance's drawn biasing list adds to its prompt: hotwords_max_tokens of phrases,
-    the template around them and a token at each seam; 0 without drawn lists (a line's own list is counted with its
-    line), None where no cap bounds them."""
-    return capped_list_tokens(prompt) if hotwords_cfg.samples else 0
+def hotword_bound(prompt, hotwords_cfg, sampler) -> tuple[int, str]:
+    """(the most tokens a training utterance's drawn biasing list adds to its prompt, what bounds it): with
+    hotwords_max_tokens, that many tokens of phrases; without, list_size's maximum of the longest phrase `sampler`
+    (the dataset's HotwordSampler) can draw, in UTF-8 bytes (a bound on its tokens); either in the template, with a
+    token at each seam. (0, "") without drawn lists (a line's own list is counted with its line)."""
+    if not hotwords_cfg.samples or sampler is None:
+        return 0, ""
+    capped = capped_list_tokens(prompt)
+    if capped is not None:
+        return capped, f"a biasing list of model.prompt.hotwords_max_tokens {prompt.hotwords_max_tokens}"
+    size, longest = hotwords_cfg.list_size[1], sampler.longest_phrase_bytes
+    return len(prompt.hotwords_text(["x" * longest] * size).encode()) + 2, (
+        f"a drawn biasing list of up to {size} phrases (data.hotwords.list_size) of up to {longest} bytes, each byte "
+        "counted as a token: no model.prompt.hotwords_max_tokens caps it (set one, or lower list_size)"
+    )
 
 
 def check_context_fit(model, recipe, loaders) -> None:
     """ContextError when an utterance of the training or validation manifests (as batching keeps them) does not fit
     the LLM's context with its audio tokens; `loaders`: the run plan's (train loader, sampler, valid loader).
-    Training's drawn biasing lists count at their cap (model.prompt.hotwords_max_tokens); a line's own list, which
-    validation (and training without drawn lists) renders, counts as its prompt renders it."""
+    Training's drawn biasing lists count at their cap (model.prompt.hotwords_max_tokens), else at the bound of
+    list_size's longest lists (hotword_bound); a line's own list, which validation (and training that does not draw
+    over it) renders, counts as its prompt renders it."""
     found = model_context(model)
     if found is None:
         return
-    lists = hotword_bound(model.prompt, recipe.data.hotwords)
-    if lists is None:  # a note, not a fault: the dataset still refuses a prompt past the context
-        log.info(
-            "data.hotwords: training's biasing lists are not counted against the LLM's context (no "
-            "model.prompt.hotwords_max_tokens bounds them): a line near the context may pass it with its list"
-        )
-    lists = lists or 0
+    lists, bound = hotword_bound(model.prompt, recipe.data.hotwords, loaders[0].dataset.hotword_sampler)
+    if lists and model.prompt.hotwords_max_tokens is None:  # counted at a bound: said, as the cap would be
+        log.info("data.hotwords: training's drawn lists count as %d tokens against the LLM's context: %s", lists, bound)
     for name, loader in (("data.train", loaders[0]), ("data.valid", loaders[2])):
         if loader is None:
             continue
@@ -106,6 +113,10 @@ def check_context_fit(model, recipe, loaders) -> None:
         room = found[0] - audio - extra
         own = name == "data.valid" or not recipe.data.hotwords.samples
         tokens = text_tokens(manifest, model.prompt, lines, room, own_lists=own) + extra
+        drawn = np.full(tokens.shape, bool(extra))  # lines counted with a drawn list
+        if not own and recipe.data.hotwords.source == "manifest_or_sample":  # a line's own list, where it has one
+            given = text_tokens(manifest, model.prompt, lines, room + extra, own_lists=True)
+            drawn, tokens = tokens >= given, np.maximum(tokens, given)
 
         def named(j: int, lines=lines, manifest=manifest) -> str:
             return "{}:{}".format(*where(manifest, int(lines[j])))
@@ -113,9 +124,6 @@ def check_context_fit(model, recipe, loaders) -> None:
         try:
             training_fit(model, seconds[lines], tokens, named, what=name, audio=audio)
         except ContextError as err:
-            if not extra:
+            if not drawn[int(np.argmax(audio + tokens))]:  # the worst line, as training_fit finds it
                 raise
-            raise ContextError(
-                f"{err} (its prompt tokens include {extra} for a biasing list of "
-                f"model.prompt.hotwords_max_tokens {model.prompt.hotwords_max_tokens})"
-            ) from None
+            raise ContextError(f"{err} (its prompt tokens include {extra} for {bound})") from None

@@ -109,6 +109,15 @@ def test_phrase_file(tmp_path):
     assert read_phrase_file(windows) == ["Velmont", "通义千问"]
 
 
+def test_a_phrase_repeated_in_a_file_is_read_once_with_a_warning(tmp_path, caplog):
+    """A repeated line had been rendered into every prompt again (`llmasr decode --hotwords`: "nine, world, nine,
+    nine"), which no drawn training list holds, and counted as phrases again."""
+    path = tmp_path / "dup.txt"
+    path.write_bytes("\ufeffnine\r\nworld\nnine\n  nine  \n".encode())
+    assert read_phrase_file(path) == ["nine", "world"]
+    assert f"{path}: 2 repeated phrase(s) left out, line (first line): 3 (1), 4 (1)" in caplog.text
+
+
 def test_a_phrase_file_with_cr_line_ends_is_read_a_phrase_a_line(tmp_path):
     """A file whose lines end in \r alone had been read as one phrase holding every line; line numbers in errors
     count each \r, \n or \r\n once."""
@@ -188,6 +197,19 @@ def test_true_phrases_favour_rare_words(tmp_path):
     flat = sampler(tmp_path, ngram=[1, 1], true_phrases=[1, 1], list_size=[1, 1], empty_prob=0.0, rarity=0.0)
     uniform = Counter(w for i in range(400) for w in flat.pick(None, "zanzibar the cat", i, 0))
     assert abs(uniform["zanzibar"] - uniform["the"]) < 60
+
+
+@pytest.mark.parametrize("distractors", ["corpus", "file"])
+def test_no_drawn_phrase_is_longer_than_longest_phrase_bytes(tmp_path, distractors):
+    """The context check counts a list drawn without a token cap by its longest phrase: a reference n-gram (the
+    corpus's longest, "zanzibar the": 12 bytes) or a distractor from the file (Paraformer-Large: 16)."""
+    pool = tmp_path / "pool.txt"
+    pool.write_text("Qwen\nParaformer-Large\n")
+    where = {"distractors": str(pool)} if distractors == "file" else {}
+    s = sampler(tmp_path, ngram=[1, 2], true_phrases=[1, 2], list_size=[4, 4], empty_prob=0.0, **where)
+    assert s.longest_phrase_bytes == (16 if distractors == "file" else len("zanzibar the"))
+    drawn = {p for i in range(200) for t in CORPUS for p in s.pick(None, t, i, 0)}
+    assert max(len(p.encode()) for p in drawn) == s.longest_phrase_bytes
 
 
 def test_lists_mix_true_phrases_and_distractors_shuffled(tmp_path):

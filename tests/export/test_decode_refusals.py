@@ -282,3 +282,78 @@ def test_decode_windows_count_a_lines_own_list_at_its_cap(short_context, tmp_pat
     cfg, opts = DecodeConfig(max_new_tokens=4), DecodeOptions(num_workers=0, training_max_seconds=None)
     summary = decode_manifest(model, listed, tmp_path / "hyp", cfg, opts)
     assert summary["windows"] > 1 and seen and max(seen) + 4 <= 80
+
+
+def _listed(short_context, tmp_path, hotwords):
+    import json
+
+    _, manifest = short_context
+    listed = tmp_path / "listed.jsonl"
+    listed.write_text(json.dumps({**json.loads(manifest.read_text()), "hotwords": hotwords}) + "\n")
+    return listed
+
+
+def _prompt_lengths(monkeypatch) -> list[int]:
+    from llmasr.models.speech_llm import SpeechLLM
+
+    seen, search = [], SpeechLLM._search
+
+    def spy(self, merged, *args, **kwargs):
+        seen.extend(merged.attention_mask.sum(1).tolist())
+        return search(self, merged, *args, **kwargs)
+
+    monkeypatch.setattr(SpeechLLM, "_search", spy)
+    return seen
+
+
+def test_decode_windows_count_a_lines_own_list_without_a_cap(short_context, tmp_path, monkeypatch, caplog):
+    """Without model.prompt.hotwords_max_tokens a line's own biasing list had not been counted: its windows were cut
+    for the plain prompt and the list took them to 92 positions of the 80, without an error. The longest line's
+    prompt counts as it renders, and the warning names the line."""
+    from llmasr.export.decode import decode_manifest
+
+    model, _ = short_context
+    listed = _listed(short_context, tmp_path, ["one two three four"])
+    seen = _prompt_lengths(monkeypatch)
+    cfg, opts = DecodeConfig(max_new_tokens=4), DecodeOptions(num_workers=0, training_max_seconds=None)
+    summary = decode_manifest(model, listed, tmp_path / "hyp", cfg, opts)
+    assert summary["windows"] > 1 and seen and max(seen) + 4 <= 80
+    prompt = len(model.prompt.encode(None, hotwords=["one two three four"]).ids)
+    assert f"beside the prompt ({prompt} tokens, {listed}:1 (key long)'s hotwords)" in caplog.text
+
+
+def test_a_list_that_leaves_no_window_is_refused_naming_it(short_context, tmp_path, monkeypatch):
+    """A line's own list (or a --hotwords list, or a Transcriber's) that leaves less than a window of audio in the
+    context is refused before anything is written, named with its tokens; the --hotwords one had been refused as
+    if decode.max_new_tokens alone were at fault."""
+    from llmasr.export.decode import DecodeError, decode_manifest, window_limit
+
+    model, manifest = short_context
+    phrases = ["one two three four", "five six seven eight"]
+    prompt = len(model.prompt.encode(None, hotwords=phrases).ids)
+    cfg, opts = DecodeConfig(max_new_tokens=4), DecodeOptions(num_workers=0, training_max_seconds=None)
+    listed = _listed(short_context, tmp_path, phrases)
+    with pytest.raises(DecodeError) as err:
+        decode_manifest(model, listed, tmp_path / "hyp", cfg, opts)
+    assert f"beside the prompt ({prompt} tokens, {listed}:1 (key long)'s hotwords)" in str(err.value)
+    assert str(err.value).endswith(f", or shorten {listed}:1 (key long)'s hotwords") and not (tmp_path / "hyp").exists()
+    with pytest.raises(DecodeError) as err:
+        Transcriber(model, cfg, opts).transcripts([str(manifest.parent / "long.wav")], hotwords=phrases)
+    assert f"beside the prompt ({prompt} tokens, the biasing list given)" in str(err.value)
+    big = [f"phrase number {i}" for i in range(40)]
+    file_opts = DecodeOptions(num_workers=0, hotwords=big, hotwords_file="big.txt")
+    with pytest.raises(DecodeError) as err:
+        window_limit(model, cfg, file_opts)
+    prompt = len(model.prompt.encode(None, hotwords=big).ids)
+    assert f"beside the prompt ({prompt} tokens, the biasing list of --hotwords big.txt)" in str(err.value)
+    assert str(err.value).endswith("lower decode.max_new_tokens, or shorten the biasing list of --hotwords big.txt")
+
+
+def test_a_transcriber_list_without_a_cap_counts(short_context, monkeypatch):
+    """Transcriber(hotwords=...) renders its list into every clip's prompt: without a cap it had not been counted,
+    and a 12 s clip's windows reached past the LLM's context."""
+    model, manifest = short_context
+    seen = _prompt_lengths(monkeypatch)
+    asr = Transcriber(model, DecodeConfig(max_new_tokens=4), DecodeOptions(training_max_seconds=None))
+    rows = asr.transcripts([str(manifest.parent / "long.wav")], hotwords=["one two three four"])
+    assert rows[0]["windows"] > 1 and seen and max(seen) + 4 <= 80

@@ -182,7 +182,8 @@ def test_a_valid_line_outside_the_valid_max_utts_subset_does_not_refuse_the_run(
 
 def test_training_hotword_lists_count_at_their_cap(tmp_path, capsys, caplog):
     """A drawn biasing list goes into the prompt of a training line: capped by hotwords_max_tokens, it counts at
-    the cap; without a cap the check says it cannot count them."""
+    the cap; without a cap, at list_size's maximum of its longest phrase (they had not been counted, and this
+    recipe's lists took a line to 97 tokens of the 96)."""
     from llmasr.testing.tiny_llm import write_tiny_llm_dir
 
     llm = write_tiny_llm_dir(tmp_path / "llm", max_position_embeddings=96)
@@ -193,8 +194,9 @@ def test_training_hotword_lists_count_at_their_cap(tmp_path, capsys, caplog):
     base = ["--config", str(path), "--deepspeed", "zero2", "--out", str(tmp_path / "c"), "data.hotwords.enable=true"]
     with caplog.at_level("INFO", logger="llmasr"):
         code, _, err = run_check(capsys, *base)
-    assert code == 0, err
-    assert "training's biasing lists are not counted against the LLM's context" in caplog.text
+    assert code != 0 and "data.train: " in err and "do not fit the LLM's context of 96 tokens" in err
+    assert "for a drawn biasing list of up to 10 phrases (data.hotwords.list_size)" in err
+    assert "training's drawn lists count as" in caplog.text
     code, _, err = run_check(capsys, *base, "model.prompt.hotwords_max_tokens=8")
     assert code == 0, err
     code, _, err = run_check(capsys, *base, "model.prompt.hotwords_max_tokens=60")

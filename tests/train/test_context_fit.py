@@ -128,3 +128,68 @@ def test_only_lines_whose_length_could_pass_the_context_are_read(tmp_path, monke
             check_context_fit(model, recipe, loaders)
             assert read == []
         monkeypatch.undo()
+
+
+def _listed_run(tmp_path, hotwords: dict, own: list[str] | None, slack: int):
+    """(recipe, loaders, the longest item's prompt + transcript + audio tokens as the dataset gives them): a 4-line
+    corpus trained with `hotwords` (data.hotwords) and no model.prompt.hotwords_max_tokens, line 1 with its own list
+    `own`, an LLM whose context is that longest item's tokens + `slack`."""
+    from llmasr.testing.tiny_corpus import tiny_recipe_dict, write_tiny_corpus
+
+    manifest = write_tiny_corpus(tmp_path / "corpus", n=4)
+    lines = [json.loads(line) for line in manifest.read_text().splitlines()]
+    if own is not None:
+        lines[0]["hotwords"] = own
+    manifest.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    (tmp_path / "pool.txt").write_text("".join(f"alpha {i}\n" for i in range(20)))
+    section = {"enable": True, "distractors": str(tmp_path / "pool.txt"), "empty_prob": 0.0, **hotwords}
+
+    def run(llm):
+        data = tiny_recipe_dict(llm, train=[manifest], output_dir=tmp_path / "run", max_seconds=20.0)
+        data["data"]["hotwords"] = section
+        recipe = load_recipe(data=data)
+        return recipe, build_loaders(recipe, text_side(recipe.model), rank=0, world_size=1)
+
+    recipe, loaders = run(write_tiny_llm_dir(tmp_path / "llm0"))
+    probe = build_model(recipe.model, weights="meta")
+    items = [loaders[0].dataset[i] for i in range(len(lines))]
+    most = max(len(it["text_ids"]) + audio_tokens(probe, line["duration"]) for it, line in zip(items, lines))
+    return (*run(write_tiny_llm_dir(tmp_path / "llm", max_position_embeddings=most + slack)), most)
+
+
+def test_drawn_lists_without_a_cap_count_at_their_longest(tmp_path, caplog):
+    """Without model.prompt.hotwords_max_tokens, training's drawn lists had not been counted (a note said so): an
+    item whose list took it past the context passed the check and ran past the LLM's positions without an error.
+    They count at list_size's maximum of the longest phrase that can be drawn, each byte a token, and the check says
+    so."""
+    import logging
+
+    hotwords = {"source": "sample", "list_size": [3, 3], "true_phrases": [1, 1]}
+    recipe, loaders, most = _listed_run(tmp_path, hotwords, None, slack=-1)
+    with caplog.at_level(logging.INFO, logger="llmasr.train"), pytest.raises(ContextError) as err:
+        check_context_fit(build_model(recipe.model, weights="meta"), recipe, loaders)
+    longest = loaders[0].dataset.hotword_sampler.longest_phrase_bytes  # "alpha 10" or a reference n-gram
+    bound = len(f"Hotwords: {', '.join(['x' * longest] * 3)}. ") + 2
+    assert f"do not fit the LLM's context of {most - 1} tokens" in str(err.value)
+    assert str(err.value).endswith(
+        f"(its prompt tokens include {bound} for a drawn biasing list of up to 3 phrases (data.hotwords.list_size) of "
+        f"up to {longest} bytes, each byte counted as a token: no model.prompt.hotwords_max_tokens caps it (set one, "
+        "or lower list_size))"
+    )
+    assert f"training's drawn lists count as {bound} tokens against the LLM's context" in caplog.text
+    recipe, loaders, _ = _listed_run(tmp_path / "roomy", hotwords, None, slack=bound)
+    check_context_fit(build_model(recipe.model, weights="meta"), recipe, loaders)  # the bound fits: no refusal
+
+
+def test_a_line_s_own_list_counts_where_training_draws_the_others(tmp_path):
+    """Under source manifest_or_sample a line's own list is what training renders for it: the check had counted
+    only the drawn ones (or none, without a cap), and passed a line its own long list took past the context."""
+    own = ["one two three four five", "six seven eight nine ten", "alpha beta gamma delta epsilon"]
+    hotwords = {"source": "manifest_or_sample", "list_size": [1, 1], "true_phrases": [1, 1]}
+    recipe, loaders, most = _listed_run(tmp_path, hotwords, own, slack=-1)
+    model = build_model(recipe.model, weights="meta")
+    assert loaders[0].dataset[0]["hotwords"] == own
+    with pytest.raises(ContextError) as err:
+        check_context_fit(model, recipe, loaders)
+    assert f"the worst, {tmp_path / 'corpus' / 'data.jsonl'}:1, is heard as" in str(err.value)
+    assert f"({most} in all)" in str(err.value) and "drawn biasing list" not in str(err.value)
