@@ -180,6 +180,7 @@ def main(argv=None) -> int:
     p.add_argument("--work", default=None, help="where the model and audio go (kept; reused when already there)")
     p.add_argument("--warm", type=int, default=2, help="updates before the counted one")
     p.add_argument("--precision", default="bf16")
+    p.add_argument("--deepspeed", default="zero2", help="preset name or DeepSpeed JSON")
     p.add_argument("--top", type=int, default=20)
     p.add_argument("--json-out", default=None)
     p.add_argument("overrides", nargs="*", help="recipe overrides, key=value")
@@ -198,7 +199,7 @@ def main(argv=None) -> int:
     prep_s = time.perf_counter() - t0
     probe = Probe(trainer_mod.run_window, args.warm + 1)
     trainer_mod.run_window = probe
-    cmd = ["--config", recipe, "--deepspeed", "zero2", "--overwrite", f"train.output_dir={work}/run",
+    cmd = ["--config", recipe, "--deepspeed", args.deepspeed, "--overwrite", f"train.output_dir={work}/run",
            f"train.max_updates={args.warm + 1}", "train.log_every=1", "train.progress_every_s=0",
            f"train.precision={args.precision}", *args.overrides]  # fmt: skip
     t0 = time.perf_counter()
@@ -210,8 +211,8 @@ def main(argv=None) -> int:
     by_name, by_row, top_row, all_ops, top_ops = attribute(probe.prof.events())
     total, top = sum(by_name.values()), sum(top_row.values())
     lines = [
-        f"# aten ops per training update (SAN-M 50 blocks + Qwen2 28 layers, LoRA r16 x 7, checkpointing, ZeRO-2, "
-        f"{args.precision}, accumulation 2)",
+        f"# aten ops per training update (SAN-M 50 blocks + Qwen2 28 layers, LoRA r16 x 7, checkpointing, "
+        f"{args.deepspeed}, {args.precision}, accumulation 2)",
         "",
         f"prepare {prep_s:.0f} s, train command {run_s:.0f} s; overrides: {' '.join(args.overrides) or '(none)'}",
         "",
@@ -234,6 +235,7 @@ def main(argv=None) -> int:
         "by_op": dict(by_name.most_common()),
         "by_branch_op": {r: dict(c.most_common()) for r, c in all_ops.items() if c},
         "precision": args.precision,
+        "deepspeed": args.deepspeed,
         "overrides": args.overrides,
     }
     emit(res, lines, args.json_out)
