@@ -23,3 +23,16 @@ def choose_attention_kernels(*, cudnn: bool = False) -> None:
 
 def cudnn_attention_allowed() -> bool:
     return torch.backends.cuda.cudnn_sdp_enabled()
+
+
+def key_padding_bias(valid: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The attn_mask [B, 1, 1, T] for every scaled_dot_product_attention call of one forward over keys `valid`
+    [B, T] (bool, True = attend), made once: sdpa turns a bool mask into this additive one (0 / -inf in the query's
+    dtype) at each call, and the memory-efficient kernel copies a mask whose rows are not a multiple of 8 elements
+    apart into aligned rows at each call, so the bias is made with aligned rows. Under cuDNN attention (CUDA) the
+    bool mask itself: sdpa converts it for cuDNN its own way."""
+    if valid.is_cuda and cudnn_attention_allowed():
+        return valid[:, None, None, :]
+    b, t = valid.shape
+    bias = torch.full((b, 1, 1, -(-t // 8) * 8), float("-inf"), dtype=dtype, device=valid.device)[..., :t]
+    return bias.masked_fill_(valid[:, None, None, :], 0.0)

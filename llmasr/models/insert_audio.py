@@ -63,23 +63,27 @@ def merge_audio_into_text(
     audio_valid = k < audio_lens.unsqueeze(1)
     audio_dest = audio_pos.unsqueeze(1) + k + offset.unsqueeze(1)
 
-    rows_t = torch.arange(batch, device=device).unsqueeze(1).expand(batch, text_len)
-    rows_a = torch.arange(batch, device=device).unsqueeze(1).expand(batch, audio_len)
+    # Each mask's (row, column) indices are found once: indexing with a bool mask finds them again at every use, and
+    # on a GPU each search waits for the device (the count of True entries decides the result's size).
+    text_at = text_valid.nonzero(as_tuple=True)
+    audio_at = audio_valid.nonzero(as_tuple=True)
+    text_to = (text_at[0], text_dest[text_at])
+    audio_to = (audio_at[0], audio_dest[audio_at])
 
     embeds = text_embeds.new_zeros(batch, width, hidden)
-    embeds = embeds.index_put((rows_t[text_valid], text_dest[text_valid]), text_embeds[text_valid])
-    embeds = embeds.index_put((rows_a[audio_valid], audio_dest[audio_valid]), audio_embeds[audio_valid].to(embeds))
+    embeds = embeds.index_put(text_to, text_embeds[text_at])
+    embeds = embeds.index_put(audio_to, audio_embeds[audio_at].to(embeds))
 
     attention_mask = torch.zeros(batch, width, dtype=torch.long, device=device)
-    attention_mask[rows_t[text_valid], text_dest[text_valid]] = 1
-    attention_mask[rows_a[audio_valid], audio_dest[audio_valid]] = 1
+    attention_mask[text_to] = 1
+    attention_mask[audio_to] = 1
     audio_mask = torch.zeros(batch, width, dtype=torch.bool, device=device)
-    audio_mask[rows_a[audio_valid], audio_dest[audio_valid]] = True
+    audio_mask[audio_to] = True
     position_ids = (attention_mask.cumsum(1) - 1).clamp(min=0)
 
     labels = None
     if with_labels:
-        labelled = text_valid & (j >= target_start.unsqueeze(1))
+        labelled = (text_valid & (j >= target_start.unsqueeze(1))).nonzero(as_tuple=True)
         labels = torch.full((batch, width), IGNORE_INDEX, dtype=torch.long, device=device)
-        labels[rows_t[labelled], text_dest[labelled]] = text_ids[labelled]
+        labels[labelled[0], text_dest[labelled]] = text_ids[labelled]
     return MergedInputs(embeds, attention_mask, position_ids, labels, audio_mask)

@@ -38,8 +38,9 @@ def labels_only_cross_entropy(
         raise ValueError(f"hidden {list(hidden.shape)} and labels {list(labels.shape)} disagree on [batch, sequence]")
     targets = labels[:, 1:]
     mask = targets != IGNORE_INDEX
-    selected = hidden[:, :-1][mask]  # [M, H]
-    target_ids = targets[mask]
+    at = mask.nonzero(as_tuple=True)  # once: each bool-mask index would search again (a device sync on a GPU)
+    selected = hidden[:, :-1][at]  # [M, H]
+    target_ids = targets[at]
     if fused is not None:
         loss_sum, n_correct = fused(selected, target_ids)
         return TokenLoss(loss_sum=loss_sum, n_tokens=mask.sum(), n_correct=n_correct)

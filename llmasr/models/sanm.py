@@ -29,6 +29,7 @@ from torch.utils.checkpoint import checkpoint
 
 from llmasr.config_io import ConfigError
 from llmasr.errors import nearest_hint
+from llmasr.models.attention_kernels import key_padding_bias
 from llmasr.models.sanm_chunk import CHUNK_KEYS, ChunkSettings
 
 # encoder_conf keys FunASR configs carry that have no effect on this encoder (or only at their default value).
@@ -106,22 +107,27 @@ class MultiHeadedAttentionSANM(nn.Module):
         self.linear_q_k_v = nn.Linear(in_feat, n_feat * 3)
         self.dropout_rate = dropout_rate
         self.dropout = nn.Dropout(dropout_rate)
-        self.fsmn_block = nn.Conv1d(n_feat, n_feat, kernel_size, stride=1, padding=0, groups=n_feat, bias=False)
         left = (kernel_size - 1) // 2 + max(sanm_shfit, 0)
         right = kernel_size - 1 - left
         if right < 0:
             raise ConfigError(f"sanm_shfit {sanm_shfit} is too large for kernel_size {kernel_size}")
-        self.padding = (left, right)
+        # zero padding on both sides the same (sanm_shfit 0): the convolution pads, without a padded copy of v
+        same = left == right
+        self.fsmn_block = nn.Conv1d(
+            n_feat, n_feat, kernel_size, stride=1, padding=left if same else 0, groups=n_feat, bias=False
+        )
+        self.padding = None if same else (left, right)
 
     def forward_fsmn(self, v: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         """v [B, T, D], valid [B, T, 1] float -> memory [B, T, D]."""
         v = v * valid
-        memory = self.fsmn_block(F.pad(v.transpose(1, 2), self.padding)).transpose(1, 2)
+        vt = v.transpose(1, 2)
+        memory = self.fsmn_block(vt if self.padding is None else F.pad(vt, self.padding)).transpose(1, 2)
         memory = self.dropout(memory + v)
         return memory * valid
 
     def forward(self, x: torch.Tensor, key_mask: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-        """x [B, T, in], key_mask [B, 1, 1, T] bool (True = attend), valid [B, T, 1] float."""
+        """x [B, T, in], key_mask [B, 1, 1, T] (attention_kernels.key_padding_bias), valid [B, T, 1] float."""
         b, t, _ = x.shape
         q, k, v = self.linear_q_k_v(x).split(self.h * self.d_k, dim=-1)
         memory = self.forward_fsmn(v, valid)
@@ -253,7 +259,7 @@ class SANMEncoder(nn.Module):
         if xs_lens.numel() != xs.size(0) or bool((xs_lens < 1).any()) or bool((xs_lens > t).any()):
             raise ValueError(f"SANMEncoder: lengths must be in [1, {t}] (one per item), got {xs_lens.tolist()}")
         mask = torch.arange(t, device=xs.device)[None, :] < xs_lens[:, None]  # [B, T] True = valid
-        key_mask = mask[:, None, None, :]
+        key_mask = key_padding_bias(mask, xs.dtype)  # once for all blocks
         valid = mask[:, :, None].to(xs.dtype)
 
         xs = xs * self.output_size() ** 0.5

@@ -34,6 +34,7 @@ from torch.utils.checkpoint import checkpoint
 
 from llmasr.config_io import ConfigError
 from llmasr.errors import nearest_hint
+from llmasr.models.attention_kernels import key_padding_bias
 from llmasr.models.sanm import (
     EncoderLayerSANM,
     MultiHeadedAttentionSANM,
@@ -171,7 +172,7 @@ class SenseVoiceEncoderSmall(nn.Module):
             n_query = query.size(0)
             t += n_query
         mask = torch.arange(t, device=xs.device)[None, :] < (xs_lens + n_query)[:, None]
-        key_mask = mask[:, None, None, :]
+        key_mask = key_padding_bias(mask, xs.dtype)  # once for all blocks
         valid = mask[:, :, None].to(xs.dtype)
         xs = self.embed(xs * self.output_size() ** 0.5)
         xs = self._run(self.encoders0, xs, key_mask, valid)

@@ -211,3 +211,33 @@ def test_check_cost_quick_builds_in_every_mode(tmp_path, capsys):
     assert sorted(res["modes"]) == ["meta", "pretrained", "shapes"]
     assert all(r["seconds"] > 0 and r["peak_rss_mb"] > 0 for r in res["modes"].values())
     assert "Reproduce: `python bench/check_cost.py --quick --repeats 1 --work" in capsys.readouterr().out
+
+
+def test_host_ops_charges_backward_ops_to_the_branch_whose_forward_made_them():
+    """bench/host_ops.py: an op inside a module's range is that branch's; a backward op is charged through the
+    profiler's sequence numbers to the branch of the forward op that made its autograd node, recomputation of a
+    checkpointed module included; gradient accumulation nodes have their own row, the rest is the trainer's."""
+    import torch
+    from host_ops import Ranges, attribute
+    from torch.profiler import ProfilerActivity, profile
+    from torch.utils.checkpoint import checkpoint
+
+    torch.manual_seed(0)
+    enc, llm = torch.nn.Linear(4, 4), torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.ReLU())
+    ranges = Ranges()
+    ranges.hook(enc, "encoder")
+    ranges.hook(llm, "llm")
+    x = torch.randn(3, 4)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        y = checkpoint(llm, enc(x), use_reentrant=False).sum()
+        y.backward()
+        x.add(1)
+    by_name, by_row, top_row, all_ops, top_ops = attribute(prof.events())
+    assert all_ops["encoder"]["aten::addmm"] == 1 and all_ops["encoder"]["aten::mm"] == 1  # forward; weight grad
+    assert all_ops["llm"]["aten::addmm"] == 2  # forward and recomputation
+    assert all_ops["llm"]["aten::threshold_backward"] == 1
+    assert top_row["grad accumulation + ZeRO hooks"] == 4  # one detach per AccumulateGrad of the 4 parameters
+    assert all_ops["trainer"]["aten::add"] == 1 and all_ops["trainer"]["aten::sum"] == 1
+    assert sum(by_row.values()) == sum(by_name.values())
+    for handle in ranges.handles:
+        handle.remove()

@@ -71,3 +71,17 @@ def test_dimension_mismatch_names_both_shapes():
         assert "[3, 5, 3]" in str(err) and "[3, 9, 4]" in str(err) and "hidden size" in str(err)
     else:
         raise AssertionError("expected a ValueError")
+
+
+def test_each_mask_is_searched_once():
+    """Indexing with a bool mask searches it (nonzero: on a GPU a wait for the device) at every use; the text, audio
+    and label masks are searched once each, 3 searches where there were 16."""
+    from llmasr.testing.op_count import aten_ops
+
+    text_embeds, text_ids, text_lens, audio_pos, target_start, audio, audio_lens = make_batch()
+
+    def merge(**kw):
+        return merge_audio_into_text(text_embeds, text_ids, text_lens, audio_pos, target_start, audio, audio_lens, **kw)
+
+    assert aten_ops(merge)["aten::nonzero"] == 3
+    assert aten_ops(merge, left_pad=True, with_labels=False)["aten::nonzero"] == 2

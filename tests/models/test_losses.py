@@ -82,3 +82,14 @@ def test_the_loss_applies_the_llms_own_logit_transform():
         assert abs(float(raw.loss_sum) - float(ref)) > 1.0, kind
     assert logit_transform({"model_type": "qwen2"}) is None
     assert logit_transform({"model_type": "gemma3", "text_config": {"final_logit_softcapping": 30.0}}) is not None
+
+
+def test_the_label_mask_is_searched_once():
+    """The labelled positions are found once (one nonzero) for both the hidden states and the targets."""
+    from llmasr.testing.op_count import aten_ops
+
+    torch.manual_seed(0)
+    hidden = torch.randn(2, 6, 8)
+    labels = torch.tensor([[IGNORE_INDEX] * 3 + [4, 5, 6], [IGNORE_INDEX] * 4 + [7, 8]])
+    head = nn.Linear(8, 10)
+    assert aten_ops(labels_only_cross_entropy, hidden, labels, head)["aten::nonzero"] == 1

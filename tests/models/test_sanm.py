@@ -168,3 +168,50 @@ def test_harmless_funasr_keys_accepted():
 def test_config_errors_name_the_key(overrides, needle):
     with pytest.raises(ConfigError, match=needle):
         make(**overrides)
+
+
+def test_a_block_issues_no_mask_conversion_and_no_padded_copy():
+    """The key mask is made once per forward in the additive form scaled_dot_product_attention would make of a bool
+    mask at every call (where / scalar_tensor in each of 50 blocks, forward and recomputation), and the FSMN's
+    symmetric zero padding is the convolution's own (no constant_pad_nd copy of v per block): the ops two more
+    blocks add hold neither."""
+    from llmasr.testing.op_count import aten_ops
+
+    xs, lens = torch.randn(2, 13, 560), torch.tensor([13, 6])
+
+    def ops(blocks: int):
+        enc = make(num_blocks=blocks).train()
+        return aten_ops(lambda: enc(xs, lens)[0].sum().backward())
+
+    per_two_blocks = ops(4) - ops(2)
+    assert per_two_blocks["aten::scaled_dot_product_attention"] == 2
+    # a bool mask's conversion is a `where` per call; the CPU's math kernel has one of its own in _safe_softmax
+    assert per_two_blocks["aten::where"] == per_two_blocks["aten::_safe_softmax"]
+    assert per_two_blocks["aten::constant_pad_nd"] == per_two_blocks["aten::pad"] == 0
+
+
+def test_the_once_made_key_bias_gives_the_bool_masks_attention_and_gradients():
+    """key_padding_bias is what sdpa makes of the bool mask (0 / -inf in the query's dtype), with rows 8 elements
+    apart (the memory-efficient kernel's alignment) and its own length; outputs and gradients are the bool mask's."""
+    import torch.nn.functional as F
+
+    from llmasr.models.attention_kernels import key_padding_bias
+
+    valid = torch.arange(13)[None, :] < torch.tensor([13, 6, 1])[:, None]
+    for dtype in (torch.float32, torch.bfloat16):
+        bias = key_padding_bias(valid, dtype)
+        assert bias.shape == (3, 1, 1, 13) and bias.dtype == dtype and bias.stride(0) % 8 == 0
+        q = torch.randn(3, 4, 13, 8, dtype=dtype, requires_grad=True)
+        got, want = (F.scaled_dot_product_attention(q, q, q, attn_mask=m) for m in (bias, valid[:, None, None, :]))
+        assert torch.equal(got, want)
+        g_got, g_want = (torch.autograd.grad(y.float().square().sum(), q)[0] for y in (got, want))
+        assert torch.equal(g_got, g_want)
+
+
+def test_shifted_fsmn_still_pads_left_more_than_right():
+    """sanm_shfit > 0 shifts the FSMN window into the future: the padding stays explicit and asymmetric."""
+    enc = make(sanm_shfit=2).eval()
+    attn = enc.encoders[0].self_attn
+    assert attn.padding == (7, 3) and attn.fsmn_block.padding == (0,)
+    plain = make().encoders[0].self_attn
+    assert plain.padding is None and plain.fsmn_block.padding == (5,)
