@@ -40,7 +40,9 @@ def _named_file(model_dir: Path, name: object, where: str) -> Path:
 
 def _tokenizer_file(model_dir: Path, config: dict, metas: dict, keys: tuple[str, ...]) -> Path | None:
     """The file the first of `keys` names in configuration.json's file_path_metas.tokenizer_conf, else in
-    config.yaml's tokenizer_conf; None when neither names one."""
+    config.yaml's tokenizer_conf; None when neither names one. As FunASR's AutoModel, configuration.json maps only
+    a file that is there (a fine-tuned output directory holds the pretrained model's configuration.json, naming
+    tokens.json, and a config.yaml naming the pretrained token list by its full path)."""
     for source, conf, where in (
         ("configuration.json", metas.get("tokenizer_conf"), "file_path_metas.tokenizer_conf"),
         ("config.yaml", config.get("tokenizer_conf"), "tokenizer_conf"),
@@ -49,6 +51,8 @@ def _tokenizer_file(model_dir: Path, config: dict, metas: dict, keys: tuple[str,
             continue
         for key in keys:
             name = conf.get(key)
+            if source == "configuration.json" and isinstance(name, str) and not (model_dir / name).is_file():
+                continue
             if isinstance(name, str) and name:
                 return _named_file(model_dir, name, f"{model_dir / source}: {where}.{key}")
     return None
@@ -71,10 +75,13 @@ def _vocabulary(model_dir: Path, config: dict, metas: dict) -> Path:
     tokens = model_dir / "tokens.json"
     if tokens.is_file():
         return tokens
+    mapped = metas.get("tokenizer_conf") if isinstance(metas.get("tokenizer_conf"), dict) else {}
+    absent = [f"{k} names {mapped[k]}" for k in ("bpemodel", "token_list") if isinstance(mapped.get(k), str)]
     raise ConfigError(
         f"model.ctc.from_encoder: {model_dir} names no vocabulary for its CTC head: neither configuration.json's "
-        "file_path_metas.tokenizer_conf nor config.yaml's tokenizer_conf has a bpemodel or token_list, and there is "
-        "no tokens.json; set model.ctc.vocab instead"
+        "file_path_metas.tokenizer_conf nor config.yaml's tokenizer_conf has a bpemodel or token_list that is a file "
+        f"there{' (configuration.json: ' + ', '.join(absent) + ', not in the directory)' if absent else ''}, and "
+        "there is no tokens.json; set model.ctc.vocab instead"
     )
 
 

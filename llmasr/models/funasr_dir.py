@@ -164,8 +164,10 @@ def weights_file(model_dir: Path) -> Path:
     return named_in_dir(model_dir, (file_path_metas(model_dir) or {}).get("init_param") or "model.pt")
 
 
-def _mapped_cmvn(model_dir: Path) -> tuple[bool, Path | None]:
-    """(has configuration.json, the CMVN file its file_path_metas.frontend_conf.cmvn_file names or None)."""
+def _mapped_cmvn(model_dir: Path, frontend_conf: dict) -> tuple[bool, Path | None]:
+    """(has configuration.json, the CMVN file its file_path_metas.frontend_conf.cmvn_file names or None). FunASR maps
+    only a file that is there: a fine-tuned output directory holds the pretrained model's configuration.json (naming
+    am.mvn) and a config.yaml whose cmvn_file is the pretrained am.mvn's full path, and that file is used then."""
     metas = file_path_metas(model_dir)
     if metas is None:
         return False, None
@@ -173,18 +175,22 @@ def _mapped_cmvn(model_dir: Path) -> tuple[bool, Path | None]:
     if name is None:
         return True, None
     mapped = model_dir / str(name)
-    if not mapped.is_file():
-        raise ConfigError(
-            f"{model_dir / 'configuration.json'}: file_path_metas.frontend_conf.cmvn_file names {name}, which is not "
-            f"in {model_dir}"
-        )
-    return True, mapped
+    if mapped.is_file():
+        return True, mapped
+    stated = frontend_conf.get("cmvn_file")
+    fallback = None if stated is None else named_in_dir(model_dir, stated)
+    if fallback is not None and fallback.is_file():
+        return True, fallback
+    raise ConfigError(
+        f"{model_dir / 'configuration.json'}: file_path_metas.frontend_conf.cmvn_file names {name}, which is not "
+        f"in {model_dir}, and {model_dir / 'config.yaml'} frontend_conf.cmvn_file ({stated}) names no file here either"
+    )
 
 
 def resolve_cmvn(model_dir: Path, frontend_conf: dict) -> Path | None:
     """The CMVN file FunASR would use: configuration.json's mapping when the directory has that file (else
     config.yaml's cmvn_file), otherwise am.mvn beside config.yaml."""
-    has_metas, mapped = _mapped_cmvn(model_dir)
+    has_metas, mapped = _mapped_cmvn(model_dir, frontend_conf)
     if mapped is not None:
         return mapped
     am_mvn = model_dir / "am.mvn"

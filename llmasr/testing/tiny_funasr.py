@@ -282,3 +282,24 @@ def rewrite_model_pt(d, fn):
     state = torch.load(d / "model.pt", weights_only=True)
     fn(state)
     torch.save(state, d / "model.pt")
+
+
+def finetuned_output_dir(pretrained, out):
+    """`out` laid out as FunASR's trainer leaves its output_dir after fine-tuning from directory `pretrained`:
+    model.pt (the trainer's checkpoint, weights under state_dict), the pretrained configuration.json copied
+    (funasr.utils.misc.prepare_model_dir) and config.yaml holding the run's settings, in which the CMVN file and the
+    token list are the pretrained directory's files by full path; no am.mvn or tokens.json of its own."""
+    pretrained = Path(pretrained).resolve()
+    out.mkdir()
+    state = torch.load(pretrained / "model.pt", weights_only=True)
+    torch.save({"epoch": 1, "state_dict": state, "optimizer": {"state": {}, "param_groups": []}}, out / "model.pt")
+    metas = {"init_param": "model.pt", "config": "config.yaml", "frontend_conf": {"cmvn_file": "am.mvn"},
+             "tokenizer_conf": {"token_list": "tokens.json", "seg_dict_file": "seg_dict"}}  # fmt: skip
+    configuration = {"framework": "pytorch", "task": "auto-speech-recognition", "file_path_metas": metas}
+    (out / "configuration.json").write_text(json.dumps(configuration, indent=2), encoding="utf-8")
+    config = yaml.safe_load((pretrained / "config.yaml").read_text(encoding="utf-8"))
+    config["frontend_conf"]["cmvn_file"] = str(pretrained / "am.mvn")
+    config["tokenizer_conf"]["token_list"] = str(pretrained / "tokens.json")
+    config["init_param"] = str(pretrained / "model.pt")
+    (out / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+    return out

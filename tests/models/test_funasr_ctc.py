@@ -14,7 +14,13 @@ from llmasr.config_io import ConfigError, from_dict, to_dict
 from llmasr.models.builder import build_model
 from llmasr.models.config import ModelConfig
 from llmasr.models.funasr_ctc import funasr_ctc_settings
-from llmasr.testing.tiny_funasr import SENSEVOICE_BPE, tiny_sanm_conf, tiny_sensevoice_conf, write_funasr_dir
+from llmasr.testing.tiny_funasr import (
+    SENSEVOICE_BPE,
+    finetuned_output_dir,
+    tiny_sanm_conf,
+    tiny_sensevoice_conf,
+    write_funasr_dir,
+)
 from llmasr.testing.tiny_llm import write_tiny_llm_dir
 from llmasr.testing.tiny_whisper import tiny_conformer_conf
 
@@ -149,7 +155,10 @@ def test_a_directory_naming_no_vocabulary_is_refused(tmp_path):
         funasr_ctc_settings(d)
     metas = {"tokenizer_conf": {"bpemodel": "gone.model"}}
     (d / "configuration.json").write_text(json.dumps({"file_path_metas": metas}))
-    with pytest.raises(ConfigError, match=r"configuration.json: file_path_metas.tokenizer_conf.bpemodel names gone"):
+    with pytest.raises(
+        ConfigError,
+        match=r"names no vocabulary.*\(configuration.json: bpemodel names gone.model, not in the directory\)",
+    ):
         funasr_ctc_settings(d)
 
 
@@ -169,3 +178,12 @@ def test_a_missing_encoder_directory_is_named_as_the_recipe_wrote_it(dirs, tmp_p
     assert "FunASR model directory not found: ../models/sv (a relative path is looked for beside the recipe" in str(
         err.value
     )
+
+
+def test_finetuned_output_directory_takes_config_yaml_token_list(tmp_path, dirs):
+    """FunASR's fine-tuning output: configuration.json (copied from the pretrained model) names tokens.json, which is
+    not there; FunASR's tokenizer then reads config.yaml's token_list (the pretrained one by full path), as here."""
+    out = finetuned_output_dir(dirs["conformer"], tmp_path / "finetuned")
+    got = funasr_ctc_settings(out)
+    assert got["vocab"] == str(dirs["conformer"].resolve() / "tokens.json")
+    assert (got["blank"], got["init_from"]) == ("<blank>", str(out.resolve() / "model.pt"))

@@ -12,8 +12,14 @@ from llmasr.config_io import ConfigError
 from llmasr.models.funasr_dir import load_funasr_encoder, read_funasr_config
 from llmasr.testing.tiny_funasr import copy_model_dir as _copy
 from llmasr.testing.tiny_funasr import edit_config_yaml as _edit_config
+from llmasr.testing.tiny_funasr import (
+    finetuned_output_dir,
+    tiny_sanm_conf,
+    tiny_sensevoice_conf,
+    tiny_streaming_conf,
+    write_funasr_dir,
+)
 from llmasr.testing.tiny_funasr import rewrite_model_pt as _rewrite_state
-from llmasr.testing.tiny_funasr import tiny_sanm_conf, tiny_sensevoice_conf, tiny_streaming_conf, write_funasr_dir
 
 
 @pytest.fixture(scope="module")
@@ -154,3 +160,16 @@ def test_unreadable_tokens_json(tmp_path, tiny_dir):
     (d / "tokens.json").write_text('{"a": 1}')
     with pytest.raises(ConfigError, match=r"tokens.json: must hold a JSON list \(token list\), got dict"):
         load_funasr_encoder(d)
+
+
+def test_finetuned_output_directory_takes_config_yaml_cmvn(tmp_path, tiny_dir):
+    """FunASR's fine-tuning output: configuration.json (copied from the pretrained model) names am.mvn, which is not
+    there; FunASR then applies config.yaml's cmvn_file (the pretrained am.mvn by full path), and so does llmasr."""
+    out = finetuned_output_dir(tiny_dir, tmp_path / "finetuned")
+    enc, fe = load_funasr_encoder(out)
+    assert fe.cmvn_file == str((tiny_dir / "am.mvn").resolve())
+    ref, _ = load_funasr_encoder(tiny_dir)
+    assert all(torch.equal(a, b) for a, b in zip(enc.state_dict().values(), ref.state_dict().values()))
+    _edit_config(out, lambda c: c["frontend_conf"].update(cmvn_file=str(tmp_path / "gone.mvn")))
+    with pytest.raises(ConfigError, match=r"cmvn_file names am.mvn, which is not in .*gone.mvn\) names no file"):
+        load_funasr_encoder(out)
