@@ -1,7 +1,7 @@
 """Every GPU measurement the project needs, in one run through the real commands (bench/gpu_suite.sh calls this).
 
     bash bench/gpu_suite.sh                      # on a lent GPU: results under $OUT (or bench/results/gpu-suite)
-    python bench/gpu_suite.py --smoke --out DIR  # tiny shapes on CPU, 2-3 updates a run: the suite's own test
+    python bench/gpu_suite.py --smoke --out DIR  # tiny shapes on CPU, 3 updates a run: the suite's own test
 
 Writes the Paraformer-large + Qwen2.5-1.5B shapes with random weights to disk in the real formats and synthetic
 audio manifests (bench/_gpu_suite_prepare.py), then runs, each as its own `python -m llmasr ...` process with a
@@ -14,8 +14,8 @@ timeout, in this order (a run the time budget no longer allows is reported as sk
                     step is a fixed cost per launch
   zero3_bf16        the same under zero3 (the LLM loaded partitioned through zero.Init), half the updates
   fp16_zero2        fp16 with dynamic loss scaling, once (half the updates)
-  decode            llmasr decode of zero2_bf16's last checkpoint: real-time factor (random weights never emit EOS,
-                    so every utterance runs to the length cap: an upper bound on decoding time)
+  decode            llmasr decode of the first finished run's last checkpoint: real-time factor (random weights never
+                    emit EOS, so every utterance runs to the length cap: an upper bound on decoding time)
   features          bench/device_features.py: fbank on loader workers vs on the device
   profile           bench/gpu_profile.py: one update under torch.profiler and one under cProfile (profile.md)
   liger_zero2       zero2_bf16 with model.llm.fused_kernels=liger, when liger_kernel imports (else skipped, saying so)
