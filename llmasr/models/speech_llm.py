@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -48,7 +48,7 @@ class SpeechLLMOutput(dict):
     n_correct: torch.Tensor
     ctc_loss_sum: torch.Tensor  # 0 when the CTC head is off
     n_utts: int
-    ctc_unaligned: list[int] = field(default_factory=list)  # batch rows too long for CTC (ctc.ctc_unalignable)
+    ctc_unaligned: torch.Tensor | None = None  # [B] bool: rows too long for CTC (ctc.ctc_unalignable); None: no head
 
     def __setattr__(self, name, value):
         super().__setattr__(name, value)
@@ -225,9 +225,9 @@ class SpeechLLM(nn.Module):
             )
             n_utt = max(n_utts, 1) if utt_normalizer is None else utt_normalizer
             loss = loss + self.ctc_weight * ctc_sum / n_utt
-            unaligned = ctc_unalignable(enc_lens, batch.ctc_ids, batch.ctc_lens).nonzero().flatten().tolist()
+            unaligned = ctc_unalignable(enc_lens, batch.ctc_ids, batch.ctc_lens)  # a mask: read back by the trainer
         else:
-            unaligned = []
+            unaligned = None
         return SpeechLLMOutput(
             loss, token.loss_sum.detach(), token.n_tokens, token.n_correct, ctc_sum.detach(), n_utts, unaligned
         )

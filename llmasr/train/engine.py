@@ -256,9 +256,9 @@ class TrainEngine:
         as on any overflow. A `counter` (llmasr.train.flops.FlopCounter) counts the forward's FLOPs; the backward's
         activation-checkpoint recomputation stays outside it."""
         self.engine.set_gradient_accumulation_boundary(bool(boundary))
-        batch = self.to_device(batch)
+        # the counter reads the host batch's lengths: the device copy's would make the host wait for the device
         with counter.measure(batch) if counter is not None else nullcontext():
-            out = self.engine(batch, token_normalizer=token_normalizer, utt_normalizer=utt_normalizer)
+            out = self.engine(self.to_device(batch), token_normalizer=token_normalizer, utt_normalizer=utt_normalizer)
         # a tensor of its own: DeepSpeed's hook on out.loss divides by gradient_accumulation_steps when it runs first
         loss = out.loss * (0.0 if zero_loss else 1.0)
         if skip_update and boundary:  # DeepSpeed's optimizers skip a non-finite gradient, resetting what they hold

@@ -70,10 +70,10 @@ def attention_flops(width: int, pairs: float, *, backward: bool) -> float:
     return forward * (3 if backward else 1)
 
 
-def causal_pairs(lengths: torch.Tensor) -> float:
-    """Query-key pairs of causal attention over rows of these real lengths."""
+def causal_pairs(lengths: torch.Tensor) -> torch.Tensor:
+    """Query-key pairs of causal attention over rows of these real lengths (a float64 tensor on their device)."""
     lengths = lengths.double()
-    return float((lengths * (lengths + 1) / 2).sum())
+    return (lengths * (lengths + 1) / 2).sum()
 
 
 def _gemm_rows(module: nn.Module, output: torch.Tensor) -> int:
@@ -206,22 +206,31 @@ class FlopCounter:
         self.total.add(self._finish(batch.feat_lens, batch.feat_slots))
 
     def _finish(self, feat_lens: torch.Tensor, feat_slots: int) -> StepCount:
-        frames = float(feat_lens.sum())
+        """The count of one forward; its LLM terms stay float64 tensors on the mask's device until `take` reads them
+        (a read per micro batch would make the host wait for the device each time)."""
+        frames = float(feat_lens.sum())  # the host batch's lengths (TrainEngine.micro_step)
         audio_share = frames / max(feat_slots, 1)
         flops = sum(self.padded[b] for b in AUDIO_BRANCHES) * audio_share + self.padded["head"]
         tokens = slots = 0.0
         mask = self._llm_mask
         if mask is not None:
             lengths = mask.sum(1)
-            tokens, slots = float(lengths.sum()), float(mask.numel())
+            tokens, slots = lengths.sum().double(), float(mask.numel())
             flops += self.padded["llm"] * tokens / max(slots, 1.0)
             pairs = causal_pairs(lengths)
             flops += self.llm_layers * attention_flops(self.llm_width, pairs, backward=self.llm_backward)
         return StepCount(flops, tokens, slots, frames, float(feat_slots))
 
-    def take(self) -> StepCount:
+    def take_pending(self) -> list:
+        """The StepCount since the last take as a list whose entries may still be device tensors (for a caller that
+        reads them back with others: llmasr.train.window.host_values)."""
         out, self.total = self.total, StepCount()
-        return out
+        return out.as_list()
+
+    def take(self) -> StepCount:
+        from llmasr.train.window import host_values  # the window's module imports this one
+
+        return StepCount.from_list(host_values(self.take_pending()))
 
     def remove(self) -> None:
         for handle in self.handles:

@@ -18,6 +18,22 @@ from llmasr.train.engine import all_gather_object, all_reduce_sum
 from llmasr.train.flops import FlopCounter, StepCount
 
 
+def host_values(values: list) -> list:
+    """`values` with each device tensor among them (0-dim: a float; n-dim: a flat list of floats) read back in one
+    transfer; other values pass through. Each float() or .tolist() of its own makes the host wait for the device
+    once more, and the host cannot queue the next kernels while it waits."""
+    tensors = [v.detach().reshape(-1).double() for v in values if torch.is_tensor(v)]
+    flat = torch.cat(tensors).tolist() if tensors else []
+    out, at = [], 0
+    for v in values:
+        if torch.is_tensor(v):
+            out.append(flat[at] if v.dim() == 0 else flat[at : at + v.numel()])
+            at += v.numel()
+        else:
+            out.append(v)
+    return out
+
+
 def run_window(engine, window: list[Batch], world_size: int, counter: FlopCounter | None = None) -> dict:
     """Forward/backward every micro batch of one window and apply the update; returns window-wide stats. With a
     `counter`, stats["count"] is the window's StepCount (FLOPs, tokens, frames) summed over all ranks."""
@@ -25,10 +41,8 @@ def run_window(engine, window: list[Batch], world_size: int, counter: FlopCounte
     n_tok, n_utt = all_reduce_sum([sum(b.labelled_tokens for b in real), sum(b.size for b in real)], engine.device)
     tok_norm = max(n_tok, 1.0) / world_size
     utt_norm = max(n_utt, 1.0) / world_size
-    llm_sum = ctc_sum = correct = audio = 0.0
-    unaligned: list[str] = []  # this rank's utterances CTC had no path for (their CTC loss is 0)
-    nonfinite: list[list[str]] = []  # the keys of this rank's micro batches whose loss is NaN or infinite
     skip_update = n_utt == 0 and skips_nonfinite(engine)  # stand-ins only, on every rank: nothing to learn
+    kept = []  # (batch, output) of this rank's real micro batches: read back together once the window has run
     for i, batch in enumerate(window):
         empty = batch.empty
         out = engine.micro_step(
@@ -40,22 +54,34 @@ def run_window(engine, window: list[Batch], world_size: int, counter: FlopCounte
             counter=None if empty else counter,  # a stand-in batch is no work done on data
             skip_update=skip_update,
         )
-        if empty:
-            continue
-        if int(out.n_tokens) != batch.labelled_tokens:
+        if not empty:
+            kept.append((batch, out))
+    # One read back from the device for the whole window: a read after each micro batch would keep the host from
+    # queueing the next micro batch's kernels while the device runs the current ones.
+    fields = [(o.n_tokens, o.llm_loss_sum, o.ctc_loss_sum, o.n_correct, o.ctc_unaligned) for _, o in kept]
+    count = counter.take_pending() if counter is not None else []
+    flat = [v for f in fields for v in f if v is not None]
+    read = host_values(flat + count)
+    read, count = read[: len(flat)], read[len(flat) :]
+    llm_sum = ctc_sum = correct = audio = 0.0
+    unaligned: list[str] = []  # this rank's utterances CTC had no path for (their CTC loss is 0)
+    nonfinite: list[list[str]] = []  # the keys of this rank's micro batches whose loss is NaN or infinite
+    it = iter(read)
+    for (batch, _), f in zip(kept, fields):
+        n_tokens, llm, ctc, n_correct = (next(it) for _ in range(4))
+        rows = next(it) if f[4] is not None else []
+        if int(n_tokens) != batch.labelled_tokens:
             raise RuntimeError(
-                f"the model labelled {int(out.n_tokens)} tokens but the batch holds {batch.labelled_tokens}: "
+                f"the model labelled {int(n_tokens)} tokens but the batch holds {batch.labelled_tokens}: "
                 "loss normalisation would be wrong"
             )
-        llm, ctc = float(out.llm_loss_sum), float(out.ctc_loss_sum)
         if not (math.isfinite(llm) and math.isfinite(ctc)):
             nonfinite.append(list(batch.keys))
         llm_sum += llm
         ctc_sum += ctc
-        correct += float(out.n_correct)
+        correct += n_correct
         audio += batch.audio_seconds
-        unaligned += [batch.keys[i] for i in out.ctc_unaligned]
-    count = counter.take().as_list() if counter is not None else []
+        unaligned += [key for key, bad in zip(batch.keys, rows) if bad]
     lists = sum(bool(h) for b in real for h in b.hotwords)
     dropped = sum(sum(b.hotwords_dropped) for b in real)
     llm_sum, ctc_sum, correct, audio, lists, dropped, n_unaligned, n_nonfinite, *count = all_reduce_sum(
