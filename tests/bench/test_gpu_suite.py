@@ -55,6 +55,7 @@ def test_smoke_suite_trains_decodes_and_summarises(tmp_path):
     assert res["commit"].removesuffix("+dirty") == head.stdout.strip() and f"at commit {res['commit']}" in md
     logs = (out / "logs.txt").read_text()
     assert "==== zero3_fp32: ok" in logs and "==== decode: ok" in logs and "==== profile: ok" in logs
+    assert logs.index("==== profile:") < logs.index("==== zero2_fp32_4x:")  # the shipped recipe's profile first
     assert res["profile"] == {**res["profile"], "status": "ok", "file": "profile.md"}
     assert "Profile (ok)" in md
     prof = (out / "profile.md").read_text()
@@ -115,6 +116,10 @@ def test_a_suite_killed_midway_leaves_the_steps_it_finished(tmp_path, monkeypatc
             self.logs += [f"==== {run['name']}: ok", "loss 1.0"]
             return self.results[run["name"]]
 
+        def profile(self):  # right after the shipped recipe's run, before the variants
+            self.logs += ["==== profile: ok"]
+            return {"status": "ok", "file": "profile.md"}
+
     monkeypatch.setattr(gpu_suite, "Suite", StepsThenKill)
     args = gpu_suite.argparse.Namespace(out=str(tmp_path / "out"), work=str(tmp_path), budget_s=60.0, only=None,
                                         smoke=True)  # fmt: skip
@@ -122,7 +127,9 @@ def test_a_suite_killed_midway_leaves_the_steps_it_finished(tmp_path, monkeypatc
         gpu_suite.run_suite(args)
     partial = json.loads((tmp_path / "out" / gpu_suite.PARTIAL).read_text())
     assert partial["train"] == {"zero2_fp32": {"status": "ok", "updates": 3}} and partial["decode"] is None
-    assert (tmp_path / "out" / gpu_suite.LOGS).read_text() == "==== zero2_fp32: ok\nloss 1.0\n"  # to diagnose by
+    assert partial["profile"] == {"status": "ok", "file": "profile.md"}
+    logs = (tmp_path / "out" / gpu_suite.LOGS).read_text()
+    assert logs == "==== zero2_fp32: ok\nloss 1.0\n==== profile: ok\n"  # to diagnose by
 
 
 def test_a_dependency_that_does_not_import_is_named_with_its_error(tmp_path):
