@@ -114,6 +114,22 @@ def _position_pairs(module: nn.Module, args: tuple, q: torch.Tensor) -> float:
     return float(q.shape[0] * q.shape[1] * pos.shape[1])
 
 
+def host_values(values: list) -> list:
+    """`values` with each device tensor among them (0-dim: a float; n-dim: a flat list of floats) read back in one
+    transfer; other values pass through. Each float() or .tolist() of its own makes the host wait for the device
+    once more, and the host cannot queue the next kernels while it waits."""
+    tensors = [v.detach().reshape(-1).double() for v in values if torch.is_tensor(v)]
+    flat = torch.cat(tensors).tolist() if tensors else []
+    out, at = [], 0
+    for v in values:
+        if torch.is_tensor(v):
+            out.append(flat[at] if v.dim() == 0 else flat[at : at + v.numel()])
+            at += v.numel()
+        else:
+            out.append(v)
+    return out
+
+
 class FlopCounter:
     """Counts a SpeechLLM's forward shapes while armed (`with counter.measure(batch):` around the forward);
     `take()` returns the StepCount since the last take."""
@@ -223,13 +239,11 @@ class FlopCounter:
 
     def take_pending(self) -> list:
         """The StepCount since the last take as a list whose entries may still be device tensors (for a caller that
-        reads them back with others: llmasr.train.window.host_values)."""
+        reads them back with others: host_values)."""
         out, self.total = self.total, StepCount()
         return out.as_list()
 
     def take(self) -> StepCount:
-        from llmasr.train.window import host_values  # the window's module imports this one
-
         return StepCount.from_list(host_values(self.take_pending()))
 
     def remove(self) -> None:

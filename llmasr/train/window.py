@@ -15,23 +15,7 @@ import torch
 
 from llmasr.data.batch import Batch
 from llmasr.train.engine import all_gather_object, all_reduce_sum
-from llmasr.train.flops import FlopCounter, StepCount
-
-
-def host_values(values: list) -> list:
-    """`values` with each device tensor among them (0-dim: a float; n-dim: a flat list of floats) read back in one
-    transfer; other values pass through. Each float() or .tolist() of its own makes the host wait for the device
-    once more, and the host cannot queue the next kernels while it waits."""
-    tensors = [v.detach().reshape(-1).double() for v in values if torch.is_tensor(v)]
-    flat = torch.cat(tensors).tolist() if tensors else []
-    out, at = [], 0
-    for v in values:
-        if torch.is_tensor(v):
-            out.append(flat[at] if v.dim() == 0 else flat[at : at + v.numel()])
-            at += v.numel()
-        else:
-            out.append(v)
-    return out
+from llmasr.train.flops import FlopCounter, StepCount, host_values
 
 
 def run_window(engine, window: list[Batch], world_size: int, counter: FlopCounter | None = None) -> dict:
