@@ -148,9 +148,10 @@ def window_limit(model, cfg: DecodeConfig, opts: DecodeOptions, *, quiet: bool =
     """The longest audio `model` decodes in one piece under `cfg` (0.0: any length), DecodeError when the settings
     cannot make windows. A Whisper encoder reads one fixed chunk and refuses more, so its windows never exceed the
     chunk (unless max_window_seconds is 0: a longer utterance is then a bad item). A window's audio tokens, the
-    prompt (the longest of `manifest`'s lines', where given) and the tokens decoding may write must fit the LLM's
-    context (llmasr.models.context): a limit that is not set is lowered to the longest window that fits, with a
-    warning unless `quiet`; a set one that does not fit is refused; 0 (never split) is kept, with that warning."""
+    prompt (the longest of `manifest`'s lines', where given: a Manifest or its path) and the tokens decoding may
+    write must fit the LLM's context (llmasr.models.context): a limit that is not set is lowered to the longest
+    window that fits, with a warning unless `quiet`; a set one that does not fit is refused; 0 (never split) is
+    kept, with that warning."""
     try:
         limit = cfg.window_seconds(opts.training_max_seconds)
     except ConfigError as err:
@@ -162,6 +163,7 @@ def window_limit(model, cfg: DecodeConfig, opts: DecodeOptions, *, quiet: bool =
         return limit
     given = f"the biasing list of --hotwords {opts.hotwords_file}" if opts.hotwords_file else "the biasing list given"
     lists = not opts.hotwords_unprompted
+    manifest = Manifest.open(manifest, need_target=False) if isinstance(manifest, (str, Path)) else manifest
     prompt_tokens, said = decoding_prompt(model.prompt, opts.hotwords, manifest, lists=lists, given=given)
 
     def new_tokens(seconds: float) -> int:  # SpeechLLM._search's cap
@@ -226,13 +228,13 @@ def search_boost(model, cfg: DecodeConfig, opts: DecodeOptions) -> float:
     return boost
 
 
-def decode_loader(
-    model, manifest_path, cfg: DecodeConfig, opts: DecodeOptions, device=None, world: DecodeWorld = SOLO
-) -> SpeechDataLoader:
+def decode_loader(model, manifest_path, cfg: DecodeConfig, opts: DecodeOptions, device=None,
+                  world: DecodeWorld = SOLO, limit: float | None = None) -> SpeechDataLoader:  # fmt: skip
     """The evaluation loader over one manifest, with `model`'s frontend and prompt builder; utterances longer
-    than window_limit are cut into windows (llmasr.data.windowed), at cfg.vad's speech segments when it names a VAD,
-    which then also gates every utterance (cfg.vad_gate); `world`: this rank's share of the batches."""
-    limit = window_limit(model, cfg, opts, manifest=Manifest.open(manifest_path, need_target=False))
+    than `limit` (default: window_limit's for the manifest) are cut into windows (llmasr.data.windowed), at
+    cfg.vad's speech segments when it names a VAD, which then also gates every utterance (cfg.vad_gate); `world`:
+    this rank's share of the batches."""
+    limit = window_limit(model, cfg, opts, manifest=manifest_path) if limit is None else limit
     gate = cfg.vad is not None and cfg.vad_gate
     rules = WindowRules(
         limit or math.inf, cfg.window_overlap, cfg.window_split_pause, from_speech=cfg.trim_leading_silence,
@@ -265,7 +267,8 @@ def decode_manifest(
         raise DecodeError(str(err)) from err
     out_dir = Path(out_dir)
     t0, clock = time.perf_counter(), {}  # the clock counts the pass that reads long or gated audio for its windows
-    loader = decode_loader(model, manifest_path, cfg, opts, device, world)  # a manifest refused leaves no folder
+    limit = window_limit(model, cfg, opts, manifest=manifest_path)  # a manifest refused leaves no folder
+    loader = decode_loader(model, manifest_path, cfg, opts, device, world, limit)
     planned = time.perf_counter() - t0
     model.eval()
     items, mode = transcribe_loader(model, loader, cfg, device, clock)
@@ -287,7 +290,6 @@ def decode_manifest(
     write_atomic(
         out_dir / "bad.jsonl", "".join(json.dumps(r, ensure_ascii=False, default=str) + "\n" for r in tracker.examples)
     )
-    limit = window_limit(model, cfg, opts, quiet=True, manifest=getattr(manifest, "base", manifest))
     found = dict(
         manifest=str(manifest_path), lines=len(getattr(manifest, "base", manifest)), skipped=tracker.bad,
         skipped_by_reason=dict(tracker.by_reason),
