@@ -26,7 +26,7 @@ def run_window(engine, window: list[Batch], world_size: int, counter: FlopCounte
     tok_norm = max(n_tok, 1.0) / world_size
     utt_norm = max(n_utt, 1.0) / world_size
     skip_update = n_utt == 0 and skips_nonfinite(engine)  # stand-ins only, on every rank: nothing to learn
-    kept = []  # (batch, output) of this rank's real micro batches: read back together once the window has run
+    kept = []  # (batch, its output's figures) of this rank's real micro batches: read back once the window has run
     for i, batch in enumerate(window):
         empty = batch.empty
         out = engine.micro_step(
@@ -39,21 +39,18 @@ def run_window(engine, window: list[Batch], world_size: int, counter: FlopCounte
             skip_update=skip_update,
         )
         if not empty:
-            kept.append((batch, out))
+            kept.append((batch, (out.n_tokens, out.llm_loss_sum, out.ctc_loss_sum, out.n_correct, out.ctc_unaligned)))
     # One read back from the device for the whole window: a read after each micro batch would keep the host from
     # queueing the next micro batch's kernels while the device runs the current ones.
-    fields = [(o.n_tokens, o.llm_loss_sum, o.ctc_loss_sum, o.n_correct, o.ctc_unaligned) for _, o in kept]
     count = counter.take_pending() if counter is not None else []
-    flat = [v for f in fields for v in f if v is not None]
-    read = host_values(flat + count)
-    read, count = read[: len(flat)], read[len(flat) :]
+    read = host_values([v for _, figures in kept for v in figures] + count)  # a value that is no tensor passes as is
+    n = sum(len(figures) for _, figures in kept)
+    read, count = read[:n], read[n:]
     llm_sum = ctc_sum = correct = audio = 0.0
     unaligned: list[str] = []  # this rank's utterances CTC had no path for (their CTC loss is 0)
     nonfinite: list[list[str]] = []  # the keys of this rank's micro batches whose loss is NaN or infinite
-    it = iter(read)
-    for (batch, _), f in zip(kept, fields):
-        n_tokens, llm, ctc, n_correct = (next(it) for _ in range(4))
-        rows = next(it) if f[4] is not None else []
+    for j, (batch, figures) in enumerate(kept):
+        n_tokens, llm, ctc, n_correct, rows = read[j * len(figures) : (j + 1) * len(figures)]
         if int(n_tokens) != batch.labelled_tokens:
             raise RuntimeError(
                 f"the model labelled {int(n_tokens)} tokens but the batch holds {batch.labelled_tokens}: "
@@ -65,7 +62,7 @@ def run_window(engine, window: list[Batch], world_size: int, counter: FlopCounte
         ctc_sum += ctc
         correct += n_correct
         audio += batch.audio_seconds
-        unaligned += [key for key, bad in zip(batch.keys, rows) if bad]
+        unaligned += [key for key, bad in zip(batch.keys, rows or []) if bad]  # rows None: no CTC head
     lists = sum(bool(h) for b in real for h in b.hotwords)
     dropped = sum(sum(b.hotwords_dropped) for b in real)
     llm_sum, ctc_sum, correct, audio, lists, dropped, n_unaligned, n_nonfinite, *count = all_reduce_sum(
