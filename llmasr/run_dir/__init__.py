@@ -47,6 +47,7 @@ from llmasr.run_dir.layout import (
     require_latest,
     resolve_checkpoint,
     resolve_resume,
+    resume_asked,
     resume_or_start,
     run_dir_of,
     tag_for,
@@ -60,6 +61,6 @@ __all__ = [
     "TENSORBOARD", "TRAIN_LOG", "UNIVERSAL_SUFFIX", "CheckpointError", "CheckpointMeta", "CheckpointPolicy",
     "CheckpointRef", "abandoned_dir", "checkpoints_dir", "clear_tag", "finish_save", "latest", "list_tags",
     "read_best", "read_meta", "record_metrics", "require_latest", "resolve_checkpoint", "resolve_resume",
-    "resume_or_start", "rotate", "run_dir_of", "select_tags", "set_aside_later", "tag_for", "update_best", "update_of",
-    "write_atomic", "write_meta",
+    "resume_asked", "resume_or_start", "rotate", "run_dir_of", "select_tags", "set_aside_later", "tag_for",
+    "update_best", "update_of", "write_atomic", "write_meta",
 ]  # fmt: skip

@@ -156,6 +156,12 @@ def resolve_checkpoint(spec: str | Path, tag: str | None = None) -> CheckpointRe
     return CheckpointRef(run_dir_of(root), root, tag)
 
 
+def resume_asked(cli: str | None, recipe_resume: str | None) -> tuple[str | None, str]:
+    """(the resume a run is asked for, where it was asked: --resume on the command line over the recipe's
+    train.resume); the name goes into resolve_resume's errors."""
+    return (cli, "--resume") if cli is not None else (recipe_resume, "train.resume")
+
+
 def resume_or_start(resume: str | None, run_dir: str | Path, *, overwrite: bool = False) -> str | None:
     """What a run does with `resume`: "auto" continues RUN_DIR's newest checkpoint when there is one and starts
     fresh when there is none (the same command restarts a preempted job), or when `overwrite` asks to start over;

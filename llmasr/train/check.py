@@ -21,7 +21,7 @@ from llmasr.data.augment import cost_text
 from llmasr.models.builder import build_model
 from llmasr.models.fsmn_vad import load_vad
 from llmasr.models.fused_kernels import check_fused_kernels
-from llmasr.run_dir import RECIPE_FILE, read_meta, resolve_resume, resume_or_start
+from llmasr.run_dir import RECIPE_FILE, read_meta, resolve_resume, resume_asked, resume_or_start
 from llmasr.train.checkpoint_space import CheckpointSpace, size_text
 from llmasr.train.context_fit import check_context_fit
 from llmasr.train.ds_config import resolve_ds_config, zero_stage
@@ -87,8 +87,7 @@ def run_start(
     the updates the run's schedules are sized by (a resume counts those it holds, as training does) and the update
     it stops after (fewer where train.max_updates is more than the epochs hold)."""
     run_dir = Path(recipe.train.output_dir)
-    asked = resume if resume is not None else recipe.train.resume
-    key = "--resume" if resume is not None else "train.resume"  # named in its errors
+    asked, key = resume_asked(resume, recipe.train.resume)
     resume = resume_or_start(asked, run_dir, overwrite=overwrite)
     stale = check_lock(run_dir)  # a run holding the folder refuses training before anything else
     notes = [*([stale] if stale else []), *check_run_start(run_dir, resume, overwrite, recipe, clear=False, key=key)]

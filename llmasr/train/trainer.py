@@ -64,7 +64,7 @@ class Run:
         resolve.process_settings(tc)  # deterministic algorithms, attention kernels
         self.run_dir = Path(tc.output_dir)
         self.ckpt_dir = ck.checkpoints_dir(self.run_dir)
-        asked, self.resume_key = (resume, "--resume") if resume is not None else (tc.resume, "train.resume")
+        asked, self.resume_key = ck.resume_asked(resume, tc.resume)
         self.resume = ck.resume_or_start(asked, self.run_dir, overwrite=overwrite)
         if asked == "auto":
             fresh = "--overwrite: a fresh run" if overwrite else "no checkpoint yet, a fresh run"
