@@ -16,6 +16,7 @@ import numpy as np
 
 from llmasr.atomic_file import atomic_writer
 from llmasr.config_io import ConfigError
+from llmasr.config_paths import output_file_problem
 from llmasr.data.manifest import Manifest
 
 
@@ -34,10 +35,8 @@ def check_out(src: Path, out: Path) -> None:
     if out.resolve().parent != src.resolve().parent:
         raise ConfigError(f"--write-durations {out}: write it beside {src} (in {src.resolve().parent}): the lines' "
                           "relative audio paths resolve against the manifest's folder")  # fmt: skip
-    if out.resolve() == src.resolve():
-        raise ConfigError(f"--write-durations {out}: the manifest itself; name a new file")
-    if out.is_dir():
-        raise ConfigError(f"--write-durations {out}: a folder, not a file")
+    if problem := output_file_problem(out, [src]):  # a folder, or the manifest itself
+        raise ConfigError(f"--write-durations {out}: {problem}")
 
 
 def write_durations(manifest_path: str | Path, durations, out: str | Path) -> dict:
