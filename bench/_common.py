@@ -48,3 +48,24 @@ def emit(res: dict, lines: list[str], json_out: str | None) -> None:
     print("\n".join([*lines, f"Commit: {res['commit']}"]))
     if json_out:
         Path(json_out).write_text(json.dumps(res, indent=1))
+
+
+def train_probed(make_probe, recipe: str, run_dir, *, deepspeed: str, updates: int, precision: str, overrides=()):
+    """`llmasr train` of `recipe` in this process for `updates` updates, each logged, with the trainer's run_window
+    wrapped by make_probe(run_window) (what times or profiles updates): (exit status, seconds, the probe)."""
+    import time
+
+    import llmasr.train.trainer as trainer_mod
+    from llmasr.commands.train import main
+
+    inner = trainer_mod.run_window
+    probe = trainer_mod.run_window = make_probe(inner)
+    cmd = ["--config", str(recipe), "--deepspeed", deepspeed, "--overwrite", f"train.output_dir={run_dir}",
+           f"train.max_updates={updates}", "train.log_every=1", "train.progress_every_s=0",
+           f"train.precision={precision}", *overrides]  # fmt: skip
+    t0 = time.perf_counter()
+    try:
+        rc = main(cmd)
+    finally:
+        trainer_mod.run_window = inner
+    return rc, time.perf_counter() - t0, probe

@@ -26,6 +26,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
+from _common import train_probed  # noqa: E402
+
 SYNC_OPS = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize", "aten::_local_scalar_dense",
             "aten::item", "aten::nonzero", "cudaMemcpyAsync")  # fmt: skip
 
@@ -158,25 +160,17 @@ def main(argv=None) -> int:
 
     from _gpu_suite_prepare import prepare
 
-    import llmasr.train.trainer as trainer_mod
-    from llmasr.commands.train import main as train_main
-
     work = Path(args.work or tempfile.mkdtemp(prefix="gpu_profile_"))
     recipe = work / "recipe.yaml"
     t0 = time.perf_counter()
     files = prepare(work, args.smoke) if not recipe.is_file() else {"recipe": str(recipe)}
     prep_s = time.perf_counter() - t0
     torch_n, py_n = (0, 0) if args.timing_only else (1, 1)
-    probe = Probe(trainer_mod.run_window, args.warm, torch_n, py_n)
-    trainer_mod.run_window = probe
-    total = args.warm + torch_n + py_n + (0 if args.timing_only else 1)
-    half = "fp32" if args.smoke else "bf16"
-    cmd = ["--config", files["recipe"], "--deepspeed", args.preset, "--overwrite", f"train.output_dir={work}/run",
-           f"train.max_updates={total}", "train.log_every=1", "train.progress_every_s=0",
-           f"train.precision={half}", *(["train.grad_accum=1"] if args.smoke else []), *args.overrides]  # fmt: skip
-    t0 = time.perf_counter()
-    rc = train_main(cmd)
-    run_s = time.perf_counter() - t0
+    rc, run_s, probe = train_probed(
+        lambda inner: Probe(inner, args.warm, torch_n, py_n), files["recipe"], work / "run", deepspeed=args.preset,
+        updates=args.warm + torch_n + py_n + (0 if args.timing_only else 1), precision="fp32" if args.smoke else "bf16",
+        overrides=[*(["train.grad_accum=1"] if args.smoke else []), *args.overrides],
+    )  # fmt: skip
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     what = "CPU smoke run" if args.smoke else "GPU suite shapes"

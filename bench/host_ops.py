@@ -33,7 +33,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
-from _common import emit  # noqa: E402
+from _common import emit, train_probed  # noqa: E402
 
 ENCODER = {"output_size": 32, "attention_heads": 4, "linear_units": 64, "num_blocks": 50}  # over PARAFORMER_LARGE
 LLM = {"hidden_size": 64, "num_layers": 28, "num_heads": 4, "num_kv_heads": 2, "intermediate_size": 128}
@@ -188,23 +188,16 @@ def main(argv=None) -> int:
 
     import torch
 
-    import llmasr.train.trainer as trainer_mod
-    from llmasr.commands.train import main as train_main
-
     torch.manual_seed(0)
     work = Path(args.work or tempfile.mkdtemp(prefix="host_ops_"))
     recipe = work / "recipe.yaml"
     t0 = time.perf_counter()
     recipe = prepare(work) if not recipe.is_file() else str(recipe)
     prep_s = time.perf_counter() - t0
-    probe = Probe(trainer_mod.run_window, args.warm + 1)
-    trainer_mod.run_window = probe
-    cmd = ["--config", recipe, "--deepspeed", args.deepspeed, "--overwrite", f"train.output_dir={work}/run",
-           f"train.max_updates={args.warm + 1}", "train.log_every=1", "train.progress_every_s=0",
-           f"train.precision={args.precision}", *args.overrides]  # fmt: skip
-    t0 = time.perf_counter()
-    rc = train_main(cmd)
-    run_s = time.perf_counter() - t0
+    rc, run_s, probe = train_probed(
+        lambda inner: Probe(inner, args.warm + 1), recipe, work / "run", deepspeed=args.deepspeed,
+        updates=args.warm + 1, precision=args.precision, overrides=args.overrides,
+    )  # fmt: skip
     if rc != 0 or probe.prof is None:
         print(f"llmasr train exited {rc}; no update was profiled", file=sys.stderr)
         return rc or 1
