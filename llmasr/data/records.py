@@ -115,6 +115,18 @@ def _is_number(v) -> bool:
         return False
 
 
+def _plain(source: str) -> bool:
+    """True when pathlib would write `source` back unchanged: no ~, no empty or "." parts, no trailing slash."""
+    return (
+        source[:1] not in ("~", "")
+        and "//" not in source
+        and "/./" not in source
+        and not source.startswith("./")
+        and not source.endswith(("/", "/."))
+        and source != "."
+    )
+
+
 class _Parser:
     def __init__(self, manifest: str, line: int, base: Path, need_target: bool = True):
         self.manifest, self.line, self.base, self.need_target = manifest, line, base, need_target
@@ -128,6 +140,8 @@ class _Parser:
         lhotse opens as written) against the working directory where the file is there."""
         if "://" in source:
             raise self.bad(f"audio {source!r:.80} is a URL; llmasr reads local files: download it and name the file")
+        if not working_dir_first and _plain(source):  # pathlib's parse costs more than the rest of a line's
+            return source if source[0] == "/" else f"{str(self.base).rstrip('/')}/{source}"
         p = Path(os.path.expanduser(source))
         if p.is_absolute():
             return str(p)

@@ -54,6 +54,31 @@ def test_funasr_jsonl_fields_and_relative_paths(tmp_path):
         m[3]
 
 
+SOURCES = ["a.wav", "wav/a.wav", "./a.wav", "a//b.wav", "a/./b.wav", "a/b/", "a/.", "../a.wav", "a/../b.wav", "~/a.wav",
+           "/abs/a.wav", "//net/a.wav", "///x.wav", "/a/./b.wav", "/a/b/", ".hidden/a.wav", " a.wav"]  # fmt: skip
+
+
+@pytest.mark.parametrize("folder", ["sub", None])  # None: a manifest at the filesystem's root (faked)
+def test_audio_paths_are_written_as_pathlib_writes_them(tmp_path, folder, monkeypatch):
+    """Relative sources join the manifest's folder, absolute ones stay, each as pathlib would write it (the parser
+    skips pathlib for plain paths, which must not change a path's string: it is the audio's identity)."""
+    import os
+    from pathlib import Path
+
+    root = tmp_path / folder if folder else tmp_path
+    root.mkdir(exist_ok=True)
+    m_path = write_jsonl(
+        root / "m.jsonl", [{"key": f"u{i}", "source": s, "target": "x"} for i, s in enumerate(SOURCES)]
+    )
+    m = Manifest.open(m_path)
+    if folder is None:
+        monkeypatch.setattr(m, "_base", Path("/"))
+    base = m._base
+    for i, source in enumerate(SOURCES):
+        p = Path(os.path.expanduser(source))
+        assert m[i].source == str(p if p.is_absolute() else base / p), source
+
+
 def test_blank_lines_keep_file_line_numbers(tmp_path):
     write_wav(tmp_path / "a.wav")
     m_path = tmp_path / "m.jsonl"
