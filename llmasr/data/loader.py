@@ -33,6 +33,7 @@ from llmasr.data.frontend import FrontendConfig
 from llmasr.data.hotwords import HotwordSampler
 from llmasr.data.sampler import DynamicBucketSampler
 from llmasr.data.screen import describe_skipped, start_tracker
+from llmasr.data.screen_share import ScreenShare
 from llmasr.data.speech_loader import SpeechDataLoader
 from llmasr.data.window_plan import PlanShare, WindowRules, split_long
 from llmasr.data.worker_start import fork_deadlock_warning, worker_init
@@ -236,18 +237,20 @@ def build_dataloader(
     device=None,
     trim_leading_silence: bool = False,
     window: int = 1,
+    share: ScreenShare | None = None,
 ) -> tuple[SpeechDataLoader, DynamicBucketSampler]:
     """`manifests`: a list of ManifestSpec / paths (e.g. data_cfg.train), or an opened Manifest/MixedManifest.
     `device`: the model's, which data.features_on auto follows (None: CUDA when available). `trim_leading_silence`:
     validation hears each utterance from its speech, as decoding does (decode.trim_leading_silence). `window`: the
-    batches of an accumulation window (train.grad_accum), which the workers keep ready (DataConfig.prefetch)."""
+    batches of an accumulation window (train.grad_accum), which the workers keep ready (DataConfig.prefetch).
+    `share`: the ranks of a node split the start-up screen (llmasr.data.screen_share)."""
     name = "train" if train else "valid"
     manifest = manifests if hasattr(manifests, "durations") else open_manifests(manifests, mix=train, fill=False)[0]
     n = len(manifest)
     if train and data_cfg.augment.noise.enable:  # the workers read it at their first noisy clip, after the model loads
         try:
             read_noise_list(data_cfg.augment.noise.manifest, must_exist=True)
-        except ConfigError as err:
+        except (ConfigError, OSError) as err:  # OSError: the list itself gone since the recipe was read (a node)
             raise ConfigError(f"data.augment.noise.manifest: {err}") from None
     indices = None if train else evenly_spaced(n, data_cfg.valid_max_utts)
     dataset = _dataset(
@@ -265,7 +268,7 @@ def build_dataloader(
     tracker, static = start_tracker(manifest, data_cfg, name=name, indices=indices, rank=rank, world_size=world_size,
                                     ctc_labels=dataset.ctc_labels if ctc_tokenizer is not None else None,
                                     epoch_items=epoch_indices(epoch) if epoch_indices else None,
-                                    target_lens=tl)  # fmt: skip
+                                    target_lens=tl, share=share)  # fmt: skip
     durations = np.asarray(manifest.durations(), dtype=np.float64)
     skip = np.asarray([b.index for b in static], dtype=np.int64)
     sampler = make_sampler(

@@ -259,14 +259,20 @@ class Manifest:
         """int64 [N]: each line's length in bytes, from the index (what a line holds is at most that)."""
         return np.diff(self._offsets)
 
-    def fill_durations(self) -> list[BadRecord]:
-        """Probe the audio header of every record whose duration is unknown, as loading reads it (its channel, its
-        span: llmasr.data.audio.probe_span); returns the records that failed (malformed, or audio missing,
-        unreadable, empty, without the channel, or not holding the span). Their duration stays NaN."""
+    def fill_durations(self, indices: np.ndarray | None = None) -> list[BadRecord]:
+        """Probe the audio header of every record whose duration is unknown (of `indices`, when given), as loading
+        reads it (its channel, its span: llmasr.data.audio.probe_span); returns the records that failed (malformed,
+        or audio missing, unreadable, empty, without the channel, or not holding the span). Their duration stays
+        NaN."""
         from llmasr.data.audio import AudioError, probe_span
 
         bad: list[BadRecord] = []
-        for i in np.flatnonzero(np.isnan(self._durations)):
+        unknown = np.isnan(self._durations)
+        if indices is not None:
+            asked = np.zeros_like(unknown)
+            asked[np.asarray(indices, dtype=np.int64)] = True
+            unknown &= asked
+        for i in np.flatnonzero(unknown):
             try:
                 utt = self[i]
             except BadRecord as err:
@@ -279,6 +285,10 @@ class Manifest:
                 continue
             self._durations[i] = seconds
         return bad
+
+    def set_durations(self, indices: np.ndarray, seconds: np.ndarray) -> None:
+        """Durations of records `indices` probed elsewhere (another rank's share of the screen)."""
+        self._durations[np.asarray(indices, dtype=np.int64)] = seconds
 
     def scan(self) -> list[BadRecord]:
         """Parse every record (no audio access); returns the bad ones."""
@@ -362,6 +372,13 @@ class MixedManifest:
 
     def line_bytes(self) -> np.ndarray:
         return np.concatenate([m.line_bytes() for m in self.manifests])
+
+    def set_durations(self, indices: np.ndarray, seconds: np.ndarray) -> None:
+        indices, seconds = np.asarray(indices, dtype=np.int64), np.asarray(seconds)
+        owner = np.searchsorted(self.offsets, indices, side="right") - 1
+        for k in np.unique(owner):
+            at = owner == k
+            self.manifests[int(k)].set_durations(indices[at] - self.offsets[k], seconds[at])
 
     def fill_durations(self) -> list[BadRecord]:
         bad: list[BadRecord] = []

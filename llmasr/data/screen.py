@@ -26,6 +26,7 @@ from llmasr.data.audio import missing_audio
 from llmasr.data.augment import cost_text
 from llmasr.data.bad_data import BadDataTracker, BadItem, TooMuchBadData
 from llmasr.data.manifest import BadRecord, Manifest
+from llmasr.data.screen_share import ScreenShare
 
 log = logging.getLogger("llmasr.data")
 
@@ -47,16 +48,47 @@ def target_length(utt) -> int:
 
 
 def screen(
-    manifest, ctc_labels: Callable[[str], object] | None = None, target_lens: np.ndarray | None = None
-) -> tuple[list[BadItem], float]:
+    manifest, ctc_labels: Callable[[str], object] | None = None, target_lens: np.ndarray | None = None,
+    share: ScreenShare | None = None,
+) -> tuple[list[BadItem], float]:  # fmt: skip
     """Every line found unusable without loading audio (see the module docstring), sorted by index, and the seconds
     the screen took. `ctc_labels`: the dataset's CTC rule (a transcript -> ids, or why there are none). Fills
     unknown durations from the audio headers as a side effect, like fill_durations, and `target_lens` (int64, one a
-    line), when given, with each line's target_length (0 where it does not parse), in the same pass."""
+    line), when given, with each line's target_length (0 where it does not parse), in the same pass. `share`: this
+    rank screens its part of the lines and the ranks of its node exchange theirs (llmasr.data.screen_share)."""
     t0 = time.perf_counter()
+    n = len(manifest)
+    shares = None
+    if share is not None:
+        mine = share.indices(n)
+        shares = share.exchange(lambda: _screen_part(manifest, mine, ctc_labels, target_lens))
+    if shares is None:
+        if share is not None and share.part == 0:
+            log.warning("%s: the ranks that say they share this node (LOCAL_RANK of %d) are not one of each: every "
+                        "rank screens every line", manifest.path, share.parts)  # fmt: skip
+        bad = _screen_part(manifest, np.arange(n, dtype=np.int64), ctc_labels, target_lens)["bad"]
+    else:
+        bad = []
+        for part, found in enumerate(shares):
+            lines = np.arange(part, n, len(shares), dtype=np.int64)
+            bad.extend(found["bad"])
+            manifest.set_durations(*found["probed"])
+            if target_lens is not None:
+                target_lens[lines] = found["target_lens"]
+    bad.sort(key=lambda b: b.index)
+    took = time.perf_counter() - t0
+    if shares is not None and share.part == 0:
+        log.info("%s: %d lines screened in %.1f s, shared by the %d ranks of this node", manifest.path, n, took,
+                 share.parts)  # fmt: skip
+    return bad, took
+
+
+def _screen_part(manifest, lines: np.ndarray, ctc_labels, target_lens) -> dict:
+    """screen() of dataset indices `lines` (ascending): {"bad": BadItems, "probed": (indices, seconds) of the
+    durations read from headers, "target_lens": of `lines`}."""
     bad: list[BadItem] = []
     spell = spelling_check(ctc_labels) if ctc_labels is not None else None
-    for i in range(len(manifest)):
+    for i in lines.tolist():
         try:
             utt = manifest[i]
         except BadRecord as rec:
@@ -71,17 +103,21 @@ def screen(
         if why:
             bad.append(BadItem(manifest=str(utt.manifest), line=int(utt.line), key=utt.key, reason=why, index=i))
     found = {b.index for b in bad}
+    unknown = np.isnan(np.asarray(manifest.durations(), dtype=np.float64))
+    probe = np.zeros_like(unknown)
+    probe[lines] = unknown[lines]
     # Each manifest of a mix apart, by its offset: one listed twice has the same (path, line) at two indices.
     parts = zip(manifest.manifests, manifest.offsets) if hasattr(manifest, "manifests") else [(manifest, 0)]
     for part, offset in parts:
-        unknown = np.flatnonzero(np.isnan(np.asarray(part.durations(), dtype=np.float64)))
-        index_of = {part.lineno(int(i)): int(offset) + int(i) for i in unknown}
-        for rec in part.fill_durations():  # parses the lines of unknown duration again: skip the ones found above
+        asked = np.flatnonzero(probe[int(offset) : int(offset) + len(part)])
+        index_of = {part.lineno(int(i)): int(offset) + int(i) for i in asked}
+        for rec in part.fill_durations(asked):  # parses the lines of unknown duration again: skip the ones found above
             i = index_of[rec.line]
             if i not in found:
                 bad.append(BadItem.from_record(rec, i))
-    bad.sort(key=lambda b: b.index)
-    return bad, time.perf_counter() - t0
+    probed = np.flatnonzero(probe)
+    seconds = np.asarray(manifest.durations(), dtype=np.float32)[probed]
+    return {"bad": bad, "probed": (probed, seconds), "target_lens": None if target_lens is None else target_lens[lines]}
 
 
 def spelling_check(ctc_labels: Callable[[str], object]) -> Callable[[str], str | None]:
@@ -130,17 +166,19 @@ PROBES_WORTH_A_NOTE = 10_000  # header probes at start-up that cost seconds a ra
 
 
 def start_tracker(manifest, data_cfg, *, name: str, indices, rank: int, world_size: int, ctc_labels=None,
-                  epoch_items=None, target_lens=None):  # fmt: skip
+                  epoch_items=None, target_lens=None, share: ScreenShare | None = None):  # fmt: skip
     """Screen `manifest` and refuse at start when its known-bad lines pass data.max_bad_fraction; returns (this
     rank's BadDataTracker, every line known bad). `indices`: a validation subset, which counts only its own;
     `ctc_labels`: the dataset's CTC rule, when the model has a CTC head; `epoch_items`: a weighted mix's visits of
-    the first epoch, which the start-up check counts per visit, as training does; `target_lens`: screen's."""
+    the first epoch, which the start-up check counts per visit, as training does; `target_lens`, `share`:
+    screen's."""
     unknown = int(np.isnan(np.asarray(manifest.durations(), dtype=np.float64)).sum())
-    static, took = screen(manifest, ctc_labels, target_lens)
+    static, took = screen(manifest, ctc_labels, target_lens, share)
     if unknown >= PROBES_WORTH_A_NOTE and rank == 0:
-        log.info("%s: %d lines state no duration: their audio headers were probed (screen %.1f s, on every rank at "
-                 "every start); `llmasr data check MANIFEST --write-durations OUT` writes them into the manifest once",
-                 name, unknown, took)  # fmt: skip
+        who = f"shared by the {share.parts} ranks of each node" if share else "on every rank"
+        log.info("%s: %d lines state no duration: their audio headers were probed (screen %.1f s, %s, at every "
+                 "start); `llmasr data check MANIFEST --write-durations OUT` writes them into the manifest once",
+                 name, unknown, took, who)  # fmt: skip
     counted, total = static, len(manifest)
     if indices is not None:
         chosen = set(np.asarray(indices).tolist())

@@ -15,6 +15,7 @@ import logging
 import math
 from dataclasses import dataclass, field
 
+from llmasr.data.screen_share import ScreenShare
 from llmasr.train.rank_agreement import check_ranks_agree, data_digest
 from llmasr.train.resolve import TextSide, batches_per_epoch, build_loaders, text_side
 
@@ -73,16 +74,19 @@ class RunPlan:
 def plan_run(recipe, ds: dict, *, rank: int, world_size: int, device=None, all_gather=None) -> RunPlan:
     """Build the data side of `recipe` for `rank` and count what the run will do, once. `device`: the one the
     model trains on, which data.features_on auto follows (None: CUDA when available). `all_gather` (a run's ranks,
-    all_gather_object): the ranks' findings on the data are compared (llmasr.train.rank_agreement)."""
+    all_gather_object): the ranks of a node share the manifests' screen (llmasr.data.screen_share), and the
+    ranks' findings on the data are compared (llmasr.train.rank_agreement)."""
     tc = recipe.train
     side = text_side(recipe.model)
     window = int(ds.get("gradient_accumulation_steps") or tc.grad_accum or 1)
     together = all_gather is not None and world_size > 1
+    share = ScreenShare.of_node(all_gather) if together else None
     try:
-        loaders = build_loaders(recipe, side, rank=rank, world_size=world_size, device=device, window=window)
+        loaders = build_loaders(recipe, side, rank=rank, world_size=world_size, device=device, window=window,
+                                share=share)  # fmt: skip
         per_epoch, failure = batches_per_epoch(loaders[1], tc.epochs), None
     except Exception as err:  # one rank's refusal (its data too bad, a file it cannot read) stops all of them
-        if not together:
+        if not together or getattr(err, "ranks_told", False):  # the screen's gather told every rank already
             raise
         loaders, per_epoch, failure = None, None, err
     if together:

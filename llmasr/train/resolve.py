@@ -78,17 +78,20 @@ def check_model_frontend(model, expected: FrontendConfig) -> None:
         raise ConfigError(f"the encoder's frontend differs from the one the data was prepared for: {diff}")
 
 
-def build_loaders(recipe, side: TextSide, *, rank: int, world_size: int, device=None, window: int | None = None):
+def build_loaders(recipe, side: TextSide, *, rank: int, world_size: int, device=None, window: int | None = None,
+                  share=None):  # fmt: skip
     """(train loader, train sampler, valid loader or None); `device`: the model's (data.features_on auto).
-    `window`: the micro batches of an update (the resolved DeepSpeed config's; default train.grad_accum or 1)."""
+    `window`: the micro batches of an update (the resolved DeepSpeed config's; default train.grad_accum or 1).
+    `share`: the ranks of a node split the manifests' start-up screen (llmasr.data.screen_share.ScreenShare)."""
     from llmasr.data.loader import build_dataloader
 
     data = recipe.data
     if not data.train:
         raise ConfigError("data.train: no training manifest given")
     common = dict(
-        prompt_builder=side.prompt, ctc_tokenizer=side.ctc_tokenizer, rank=rank, world_size=world_size, device=device
-    )
+        prompt_builder=side.prompt, ctc_tokenizer=side.ctc_tokenizer, rank=rank, world_size=world_size, device=device,
+        share=share,
+    )  # fmt: skip
     train_loader, sampler = build_dataloader(
         data, data.train, side.frontend, train=True, window=window or recipe.train.grad_accum or 1, **common
     )

@@ -43,6 +43,8 @@ def test_two_ranks_train_and_checkpoint(tiny_recipe_file, tmp_path, preset):
     proc = launch(tiny_recipe_file, preset, run, "train.epochs=2", "train.valid_every_updates=1")
     check_run(run, int(preset[-1]), 4)  # 24 utterances, 3 batches per rank per epoch, 2 updates per epoch
     lines = (run / "train.log").read_text().splitlines()
+    shared = [line for line in lines if "lines screened in" in line]  # the training and the dev manifest
+    assert len(shared) == 2 and all(line.endswith("shared by the 2 ranks of this node") for line in shared), shared
     valid = [parse_log_line(line) for line in lines if " valid update=" in line]
     assert [v["update"] for v in valid] == [1, 2, 3, 4]
     assert valid[-1]["loss"] < valid[0]["loss"]  # the same dev utterances, before and after

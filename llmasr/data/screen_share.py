@@ -1,0 +1,79 @@
+"""The start-up screen of a manifest shared by the ranks of a node.
+
+Screening parses every line and stats its audio (and probes the header where the duration is unknown); on a large
+manifest that is seconds to minutes a rank, and every rank of a node used to do all of it, on the same files. With a
+share, local rank r of L screens the lines i with i % L == r, and the ranks of a node exchange what they found, so
+each of them ends with the whole screen (bad lines, probed durations, target lengths) at 1/L of the work. Each node
+still screens every line itself: the ranks' findings are compared across nodes before training
+(llmasr.train.rank_agreement), which is what finds a file missing from one node's copy of the data.
+
+The exchange is one all_gather; a rank that failed before it (or in it) sends why instead of its share, and every
+rank stops: the others with PeerFailure, that rank with its own error, both marked `ranks_told` so that no rank
+waits in a later gather for one that has left.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from llmasr.config_io import ConfigError
+
+
+class PeerFailure(ConfigError):
+    """Another rank could not build its data; every rank heard it in the same gather."""
+
+    ranks_told = True
+
+
+@dataclass(frozen=True)
+class ScreenShare:
+    """This rank's part (`part` of `parts`, its node's local rank and size) and the run's all_gather_object."""
+
+    part: int
+    parts: int
+    gather: Callable[[object], list]
+    node: str = ""
+
+    @classmethod
+    def of_node(cls, gather, environ=os.environ) -> ScreenShare | None:
+        """From the launcher's LOCAL_RANK and LOCAL_WORLD_SIZE (torchrun) or LOCAL_SIZE (deepspeed); None when a
+        node runs one rank or the launcher does not say."""
+        try:
+            part = int(environ.get("LOCAL_RANK", ""))
+            parts = int(environ.get("LOCAL_WORLD_SIZE") or environ.get("LOCAL_SIZE") or "")
+        except ValueError:
+            return None
+        if parts <= 1 or not 0 <= part < parts:
+            return None
+        return cls(part, parts, gather, socket.gethostname())
+
+    def indices(self, n: int) -> np.ndarray:
+        """This rank's lines of `n`: every `parts`-th from `part` (lines of unknown duration spread evenly)."""
+        return np.arange(self.part, n, self.parts, dtype=np.int64)
+
+    def exchange(self, work: Callable[[], dict]) -> list[dict] | None:
+        """Run `work` (this rank's share -> a dict) and gather; returns the shares of this node's ranks by part, or
+        None when the ranks that say they share this node are not exactly one of each part (two hosts of one name,
+        a launcher that numbers otherwise): the caller then screens everything itself. Raises as the module says."""
+        failure = None
+        try:
+            mine = {"screen": work(), "node": self.node, "part": self.part, "parts": self.parts}
+        except Exception as err:
+            failure, mine = err, {"failed": str(err)}
+        everyone = self.gather(mine)
+        if failure is not None:
+            failure.ranks_told = True
+            raise failure
+        for rank, other in enumerate(everyone):
+            if not isinstance(other, dict) or "screen" not in other:
+                why = other.get("failed", other) if isinstance(other, dict) else other
+                raise PeerFailure(f"rank {rank} could not build its training data (the others stop with it):\n{why}")
+        node = [o for o in everyone if (o["node"], o["parts"]) == (self.node, self.parts)]
+        if sorted(o["part"] for o in node) != list(range(self.parts)):
+            return None
+        return [o["screen"] for o in sorted(node, key=lambda o: o["part"])]

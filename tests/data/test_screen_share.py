@@ -1,0 +1,186 @@
+"""The start-up screen shared by the ranks of a node (ranks are threads here, their gather a barrier): each screens
+its part of the lines, and every rank ends with what one rank screening everything finds; a rank that fails before
+or during the exchange stops the others in it, none left waiting."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections import Counter
+
+import numpy as np
+import pytest
+from speech_fakes import write_wav
+
+import llmasr.data.audio as audio
+import llmasr.data.screen as screen_mod
+from llmasr.config_io import ConfigError
+from llmasr.data.manifest import Manifest, MixedManifest
+from llmasr.data.screen import screen
+from llmasr.data.screen_share import PeerFailure, ScreenShare
+
+
+def ranks(size: int, work, node_parts=None) -> list:
+    """work(rank, gather) on `size` threads; each rank's return value or exception."""
+    barrier, posted, out = threading.Barrier(size, timeout=60), [None] * size, [None] * size
+
+    def run(r: int) -> None:
+        def gather(obj):
+            posted[r] = obj
+            barrier.wait()
+            everyone = list(posted)
+            barrier.wait()
+            return everyone
+
+        try:
+            out[r] = work(r, gather)
+        except Exception as err:  # a broken barrier (a rank left waiting) shows here too
+            out[r] = err
+
+    threads = [threading.Thread(target=run, args=(r,), name=f"rank{r}") for r in range(size)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    return out
+
+
+def corpus(tmp_path) -> str:
+    for i in range(4):
+        write_wav(tmp_path / f"a{i}.wav", 0.5 + 0.25 * i)
+    recs = []
+    for i in range(23):
+        rec = {"key": f"u{i}", "source": f"a{i % 4}.wav", "target": "w" * (i + 1)}
+        if i % 3:
+            rec["duration"] = 0.5 + 0.25 * (i % 4)  # the others are probed
+        if i % 5 == 0:
+            rec["target_len"] = 40 + i
+        recs.append(json.dumps(rec))
+    recs[7] = json.dumps({"key": "gone", "source": "gone.wav", "target": "x"})  # missing, duration unknown
+    recs[11] = json.dumps({"key": "gone2", "source": "gone.wav", "target": "x", "duration": 1.0})
+    recs[16] = "{not json"
+    path = tmp_path / "train.jsonl"
+    path.write_text("\n".join(recs) + "\n")
+    return str(path)
+
+
+def mix(path):
+    return MixedManifest([Manifest.open(path), Manifest.open(path)], weights=[1.0, 0.5])
+
+
+def found(bad):
+    return [(b.index, b.manifest, b.line, b.key, b.reason) for b in bad]
+
+
+def test_the_ranks_of_a_node_screen_a_part_each_and_all_end_with_the_whole_screen(tmp_path, monkeypatch):
+    path = corpus(tmp_path)
+    whole = mix(path)
+    tl = np.zeros(len(whole), dtype=np.int64)
+    expected, _ = screen(whole, None, tl)
+    assert len(expected) == 6 and np.isnan(whole.durations()).sum() == 4  # 3 bad lines of 23, twice; unparsed/gone
+    probes, stats = Counter(), Counter()
+    probe_span, missing = audio.probe_span, screen_mod.missing_audio
+
+    def counted_probe(*a, **k):
+        probes[threading.current_thread().name] += 1
+        return probe_span(*a, **k)
+
+    def counted_stat(*a, **k):
+        stats[threading.current_thread().name] += 1
+        return missing(*a, **k)
+
+    monkeypatch.setattr(audio, "probe_span", counted_probe)
+    monkeypatch.setattr(screen_mod, "missing_audio", counted_stat)
+
+    def rank(r, gather):
+        m, lens = mix(path), np.zeros(len(whole), dtype=np.int64)
+        bad, _ = screen(m, None, lens, ScreenShare(r, 3, gather, "node"))
+        return found(bad), m.durations(), lens
+
+    for bad, durations, lens in ranks(3, rank):
+        assert bad == found(expected)
+        np.testing.assert_array_equal(durations, whole.durations())
+        np.testing.assert_array_equal(lens, tl)
+    # each rank stats and probes its third of the lines only: those that parse, and of them the ones of unknown duration
+    unparsed = {b.index for b in expected if "JSON" in b.reason}
+    unknown = np.isnan(mix(path).durations())
+    for r in range(3):
+        mine = [i for i in range(r, len(whole), 3) if i not in unparsed]
+        assert stats[f"rank{r}"] == len(mine) and probes[f"rank{r}"] == int(unknown[mine].sum()), r
+    assert len(unparsed) == 2 and sum(probes.values()) == int(unknown.sum()) - 2
+
+
+def test_ranks_that_do_not_make_up_a_node_each_screen_everything(tmp_path):
+    """Two ranks that both say they are part 0 of 2 (two hosts of one name, a launcher numbering otherwise): no
+    share adds up, so each screens every line itself and the result is still the whole screen."""
+    path = corpus(tmp_path)
+    expected, _ = screen(mix(path))
+
+    def rank(r, gather):
+        bad, _ = screen(mix(path), None, None, ScreenShare(0, 2, gather, "node"))
+        return found(bad)
+
+    assert ranks(2, rank) == [found(expected)] * 2
+
+
+def test_a_rank_failing_in_its_part_stops_every_rank_in_the_same_gather(tmp_path):
+    def rank(r, gather):
+        def work():
+            if r == 1:
+                raise OSError("its disk is gone")
+            return {}
+
+        return ScreenShare(r, 2, gather, "node").exchange(work)
+
+    zero, one = ranks(2, rank)
+    assert isinstance(zero, PeerFailure) and zero.ranks_told
+    assert "rank 1 could not build its training data (the others stop with it):\nits disk is gone" in str(zero)
+    assert isinstance(one, OSError) and one.ranks_told
+
+
+def test_a_rank_that_failed_before_the_screen_stops_the_others_in_it(tiny_llm_dir, tmp_path, monkeypatch):
+    """plan_run on two ranks of a node, rank 1's recipe naming a noise list its node lacks: it fails before its
+    screen and sends why in the data's closing gather, which meets the others' screen; all stop, none waits."""
+    from llmasr.recipe import load_recipe
+    from llmasr.testing.tiny_corpus import tiny_recipe_dict, write_tiny_corpus
+    from llmasr.train import plan as plan_mod
+
+    data = write_tiny_corpus(tmp_path / "corpus", n=8, with_duration=False)
+    good = load_recipe(data=tiny_recipe_dict(tiny_llm_dir, train=[data], output_dir=tmp_path / "run"))
+    noisy = tiny_recipe_dict(tiny_llm_dir, train=[data], output_dir=tmp_path / "run")
+    noise = tmp_path / "noise.jsonl"
+    noisy["data"]["augment"] = {"noise": {"enable": True, "manifest": str(noise)}}
+    noise.write_text(
+        json.dumps({"key": "n", "source": str(data.parent / "wav" / sorted((data.parent / "wav").iterdir())[0].name)})
+        + "\n"
+    )
+    bad = load_recipe(data=noisy)
+    noise.unlink()  # gone from rank 1's node after the recipe was read
+    share_of = {}
+    monkeypatch.setattr(plan_mod.ScreenShare, "of_node", staticmethod(lambda gather: share_of[gather]))
+
+    def rank(r, gather):
+        share_of[gather] = ScreenShare(r, 2, gather, "node")
+        return plan_mod.plan_run(bad if r else good, {}, rank=r, world_size=2, all_gather=gather)
+
+    zero, one = ranks(2, rank)
+    assert isinstance(zero, PeerFailure), zero
+    assert "rank 1 could not build its training data" in str(zero) and "noise.jsonl" in str(zero)
+    assert isinstance(one, ConfigError) and not isinstance(one, PeerFailure)
+    assert str(one).startswith("data.augment.noise.manifest: ") and "noise.jsonl" in str(one)
+
+
+@pytest.mark.parametrize(
+    "env, expected",
+    [
+        ({"LOCAL_RANK": "1", "LOCAL_SIZE": "4"}, (1, 4)),  # deepspeed's launcher
+        ({"LOCAL_RANK": "2", "LOCAL_WORLD_SIZE": "3", "LOCAL_SIZE": "8"}, (2, 3)),  # torchrun's, first
+        ({"LOCAL_RANK": "0", "LOCAL_SIZE": "1"}, None),
+        ({"LOCAL_SIZE": "4"}, None),
+        ({"LOCAL_RANK": "4", "LOCAL_SIZE": "4"}, None),
+        ({"LOCAL_RANK": "x", "LOCAL_SIZE": "4"}, None),
+    ],
+)
+def test_a_share_is_the_launchers_local_rank_and_size(env, expected):
+    share = ScreenShare.of_node(print, environ=env)
+    assert (share and (share.part, share.parts)) == expected if expected else share is None
