@@ -83,10 +83,12 @@ def _is_variation_selector(ch: str) -> bool:
 
 
 def normalize(text: str) -> str:
-    """NFKC, casefold, punctuation/symbols -> space (in-word apostrophes kept), format characters, variation selectors
-    and enclosing marks dropped (a zero-width space -> space), whitespace collapsed."""
-    # casefold turns the capital dotted I (Turkish "İ") into "i" and a combining dot: without the dot the two cases meet
-    text = unicodedata.normalize("NFKC", text).casefold().replace("i\u0307", "i")
+    """NFKC, casefold, NFKC again, punctuation/symbols -> space (in-word apostrophes kept), format characters,
+    variation selectors and enclosing marks dropped (a zero-width space -> space), whitespace collapsed."""
+    # casefold turns the capital dotted I (Turkish "İ") into "i" and a combining dot: without the dot the two cases
+    # meet. casefold can leave a letter decomposed ("ΐ" -> "ι" + two marks) that its other case keeps composed ("Ϊ́"
+    # -> "ϊ" + a mark): NFKC again so that the two cases of a letter are one string
+    text = unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", text).casefold().replace("i\u0307", "i"))
     out = []
     n = len(text)
     for i, ch in enumerate(text):

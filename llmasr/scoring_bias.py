@@ -1,8 +1,9 @@
 """Scoring against biasing lists (hotwords): B-WER / U-WER, phrase recall and precision, distractor leaks.
 
 Each utterance has its own list of phrases (what was rendered into its prompt). A phrase is normalised like the
-transcripts (scoring.normalize) and cut into the utterance's units (scoring.choose_unit: words, or characters for
-scripts written without spaces); a multi-word phrase matches a contiguous span. Phrases equal after normalisation
+transcripts (scoring.normalize) and cut into units as they are (scoring.tokens under the metric asked for: with
+"auto" each character of a script written without spaces and each other word, so "New York" is two words inside a
+Chinese sentence scored in characters); a multi-word phrase matches a contiguous span. Phrases equal after normalisation
 count once; a phrase with no unit left (punctuation only) cannot be scored and is counted as such.
 
 On the alignment of scoring.align (the one the WER counts come from), following Le et al. 2021 (trie-based deep

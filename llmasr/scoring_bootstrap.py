@@ -24,11 +24,12 @@ def rate_interval(
     errors: list[int], units: list[int], *, level: float = LEVEL, resamples: int = RESAMPLES, seed: int = 0
 ) -> tuple[float, float] | None:
     """(low, high) of the corpus error rate over utterance resamples (those holding reference units); None with
-    fewer than two utterances or no reference units (nothing to resample)."""
+    fewer than two utterances holding reference units (nothing to resample: one spoken utterance beside silent
+    clips gave a zero-width interval)."""
     err, ref = np.asarray(errors, dtype=np.float64), np.asarray(units, dtype=np.float64)
     if len(err) != len(ref):
         raise ValueError(f"rate_interval: {len(err)} error counts against {len(ref)} unit counts")
-    if len(err) < 2 or ref.sum() <= 0:
+    if (ref > 0).sum() < 2:
         return None
     idx = _draws(len(err), resamples, seed)
     totals = ref[idx].sum(axis=1)

@@ -30,6 +30,9 @@ def test_normalize():
     assert normalize("ＡＢＣ１２３") == "abc123"  # NFKC folds full-width forms
     assert normalize("Straße") == "strasse"  # casefold
     assert normalize("İSTANBUL") == normalize("istanbul") == "istanbul"  # no combining dot left by casefold
+    # the two cases of a letter casefold leaves decomposed are one string: "ΐ" against "Ϊ́" (Greek "Μαΐου" in capitals)
+    assert normalize("\u0390") == normalize("\u03aa\u0301") == "\u0390"
+    assert score_utterance("Μαΐου", "ΜΑΪ́ΟΥ").errors == 0 and score_utterance("ΐ", "Ϊ́", metric="cer").ref_len == 1
     assert normalize("你好，世界。") == "你好 世界"
     assert normalize("a\tb\nc") == "a b c"
     # format characters inside a word leave it whole (a soft hyphen, Persian's zero-width non-joiner, a BOM); a

@@ -32,7 +32,15 @@ def test_draws_of_empty_references_only_have_no_rate():
     errors, units = [5] * 3 + [1] * 20, [10] * 3 + [0] * 20
     low, high = rate_interval(errors, units)
     assert low >= 0.5 and high > low
-    assert rate_interval([1, 0], [0, 1], resamples=1, seed=11) is None  # its one draw holds no reference unit
+    assert rate_interval([1, 0, 0], [0, 1, 1], resamples=1, seed=34) is None  # its one draw holds no reference unit
+
+
+def test_one_spoken_utterance_beside_silent_clips_has_no_interval():
+    """Silent clips decoded silent add nothing to resample: one spoken utterance among them had a zero-width interval
+    (20.00-20.00%), as sure as no number from one utterance is; alone it has none."""
+    assert rate_interval([1], [5]) is None
+    assert rate_interval([1, 0], [5, 0]) is None and rate_interval([1, 2, 0, 0], [5, 0, 0, 0]) is None
+    assert rate_interval([1, 0, 0], [5, 4, 0]) is not None
 
 
 def test_probability_of_improvement():
