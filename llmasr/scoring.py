@@ -56,8 +56,7 @@ NO_SPACE_RANGES = (
 
 
 def is_no_space_char(ch: str) -> bool:
-    cp = ord(ch)
-    return any(lo <= cp <= hi for lo, hi in NO_SPACE_RANGES)
+    return _NO_SPACE_CHAR.fullmatch(ch) is not None  # one regex test, not a scan of the ranges: called per character
 
 
 def uses_characters(text: str) -> bool:
@@ -69,6 +68,7 @@ _NO_SPACE = "".join(f"{chr(lo)}-{chr(hi)}" for lo, hi in NO_SPACE_RANGES)
 # The units of a text: a character of a script written without spaces, or a run of other non-space characters.
 # "auto" scoring counts these; long audio joins windows on them and word timestamps time them.
 UNIT = re.compile(f"[{_NO_SPACE}]|[^\\s{_NO_SPACE}]+")
+_NO_SPACE_CHAR = re.compile(f"[{_NO_SPACE}]")
 
 
 _APOSTROPHES = "'\u2019\u02bc"

@@ -47,6 +47,14 @@ def test_normalize():
     assert score_utterance("葛\U000e0100城", "葛城").ref_len == 2  # an ideographic variation sequence
 
 
+def test_every_code_point_is_a_no_space_character_exactly_when_a_range_holds_it():
+    from llmasr.scoring import NO_SPACE_RANGES, is_no_space_char
+
+    held = {cp for lo, hi in NO_SPACE_RANGES for cp in range(lo, hi + 1)}
+    wrong = [cp for cp in range(0x110000) if not 0xD800 <= cp <= 0xDFFF and is_no_space_char(chr(cp)) != (cp in held)]
+    assert wrong == []
+
+
 def test_wer_hand_computed():
     # ref "the cat sat on the mat" (6 words), hyp "the cat sit on mat": sat->sit (sub), "the" dropped (del).
     s = score_utterance("the cat sat on the mat", "the cat sit on mat")

@@ -16,6 +16,7 @@ text that is not UTF-8 is an error naming the file and line; a phrase repeated i
 from __future__ import annotations
 
 import codecs
+import functools
 import logging
 import unicodedata
 from collections import Counter
@@ -155,11 +156,23 @@ def units(text: str, unit: str) -> list[str]:
     each character of a script written without spaces and every word between; a unit with no letter or digit
     (punctuation or symbols only) is left out."""
     if unit == "char":
-        return [c for c in text if _has_text(c)]
-    words = [w for w in (_strip_punct(t) for t in text.split()) if _has_text(w)]
-    if unit == "word":
-        return words
-    return [u for w in words for u in UNIT.findall(w) if _has_text(u)]
+        return [c for c in text if _char_has_text(c)]
+    return [u for token in text.split() for u in _token_units(token, unit)]
+
+
+# A corpus repeats its words: each distinct token (and character) is looked at once, not at every line of the
+# start-up pass over the training texts (CorpusStats) and every drawn list.
+@functools.lru_cache(maxsize=1 << 20)
+def _token_units(token: str, unit: str) -> tuple[str, ...]:
+    word = _strip_punct(token)
+    if not _has_text(word):
+        return ()
+    return (word,) if unit == "word" else tuple(u for u in UNIT.findall(word) if _has_text(u))
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _char_has_text(ch: str) -> bool:
+    return _has_text(ch)
 
 
 def _join(parts, unit: str) -> str:
