@@ -18,13 +18,14 @@ log = logging.getLogger("llmasr.train")
 
 class RunCheckpoints:
     """Saves checkpoints of one run (`engine`, its recipe, rank and world) into RUN_DIR/checkpoints; `longest`:
-    the longest audio it trains on (llmasr.data.screen.longest_trained; None: unlimited), for decoding."""
+    the longest audio it trains on (llmasr.data.screen.longest_trained; None: unlimited), for decoding; `manifests`:
+    its training files as it read them (llmasr.data.manifest.contents), for a resume to compare."""
 
     def __init__(self, engine, recipe, ckpt_dir, *, trainable: list[str], per_epoch: list[int], rank: int, world: int,
-                 longest: float | None):  # fmt: skip
+                 longest: float | None, manifests: list[dict] | None = None):  # fmt: skip
         self.engine, self.recipe, self.ckpt_dir = engine, recipe, ckpt_dir
         self.trainable, self.per_epoch, self.rank, self.world = trainable, per_epoch, rank, world
-        self.longest = longest
+        self.longest, self.manifests = longest, manifests
         tc = recipe.train
         self.policy = ck.CheckpointPolicy(tc.keep_last, tc.best_k, tc.best_metric, tc.ranking_mode)
 
@@ -63,6 +64,7 @@ class RunCheckpoints:
                 files=files,
                 batches_per_epoch=self.per_epoch,  # a resume checks the data still gives them
                 training={"longest_seconds": self.longest},  # decode and export need not read the manifests again
+                manifests=self.manifests,
             )
             deleted = ck.finish_save(self.ckpt_dir, tag, meta, self.policy)
             log.info(
