@@ -196,8 +196,8 @@ def check_checkpoint(
             "under lora.bias); resume with that llmasr, or start a new run"
         )
     if changed:
-        log.warning("resume: the training data changed since %s was saved: %s; the run goes on over the files as they "
-                    "are now", where, "; ".join(changed))  # fmt: skip
+        log.warning("resume: the training data changed since %s was saved: %s; what trains from here reads them as "
+                    "they are now", where, "; ".join(changed))  # fmt: skip
     return changed
 
 
