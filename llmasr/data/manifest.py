@@ -317,13 +317,6 @@ class Manifest:
         return f"Manifest({self.path!r}, {len(self)} records)"
 
 
-def contents(manifest) -> list[dict]:
-    """What each file behind `manifest` (a Manifest or MixedManifest) held when it was read: its path, lines and the
-    sha1 of its text; a checkpoint records it, and a resume names the files that differ (llmasr.train.resume)."""
-    parts = getattr(manifest, "manifests", [manifest])
-    return [{"path": str(m.path), "lines": len(m), "sha1": getattr(m, "sha1", None)} for m in parts]
-
-
 # ------------------------------------------------------------------------------------------------------- mixing
 
 

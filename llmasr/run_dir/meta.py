@@ -10,7 +10,7 @@
     training               {"longest_seconds": the longest audio trained on (llmasr.data.screen.longest_trained),
                            null: unlimited}, as an export records it: decoding splits longer audio into windows
     manifests              [{"path", "lines", "sha1"}] of each data.train file as the run read it
-                           (llmasr.data.manifest.contents): a resume names the ones edited since
+                           (llmasr.train.resume.manifest_contents): a resume names the ones edited since
 
 `files`, `batches_per_epoch`, `training` and `manifests` are absent from checkpoints written before llmasr recorded
 them (None here). The JSON is written with sorted keys and an indent of 2; a field that is None is left out, so such a

@@ -18,7 +18,6 @@ from pathlib import Path
 
 from llmasr import errors
 from llmasr.data.augment import cost_text
-from llmasr.data.manifest import contents
 from llmasr.models.builder import build_model
 from llmasr.models.fsmn_vad import load_vad
 from llmasr.models.fused_kernels import check_fused_kernels
@@ -32,7 +31,7 @@ from llmasr.train.param_groups import build_param_groups, describe_param_groups
 from llmasr.train.plan import plan_run
 from llmasr.train.progress import plot_lr, write_lr_csv
 from llmasr.train.resolve import check_run_settings
-from llmasr.train.resume import check_checkpoint, resuming
+from llmasr.train.resume import check_checkpoint, manifest_contents, resuming
 from llmasr.train.run_dir import RunDirError, check_lock, check_run_start
 from llmasr.train.schedulers import branch_of_group, lr_curve, warmup_warnings
 from llmasr.train.universal import batches_left, resized_total
@@ -103,7 +102,7 @@ def run_start(
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
     changed = check_checkpoint(
         meta, where, recipe=recipe, stage=stage, world_size=world_size, per_epoch=plan.per_epoch, trainable=trainable,
-        manifests=contents(plan.loaders[0].dataset.manifest),
+        manifests=manifest_contents(plan.loaders[0].dataset.manifest),
     )  # fmt: skip
     notes += [f"data.train changed since the checkpoint: {c}" for c in changed]
     ranks = f"{meta.world_size} rank{'s' if meta.world_size != 1 else ''}"

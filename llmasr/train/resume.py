@@ -176,7 +176,7 @@ def check_checkpoint(
     """The checkpoint `where` (its `meta`) can be resumed by a run of `recipe` at ZeRO `stage` on `world_size`
     ranks, whose data gives `per_epoch` batches a rank and whose model trains the parameters named `trainable`:
     ConfigError naming what differs. `llmasr train` checks this before loading, `llmasr check` before launching.
-    `manifests`: the training files as this run reads them (llmasr.data.manifest.contents); those edited since the
+    `manifests`: the training files as this run reads them (manifest_contents); those edited since the
     checkpoint are named in a warning and returned (for the position's refusal to name them too)."""
     changed = changed_manifests(meta.manifests, manifests)
     if meta.zero_stage != stage:
@@ -199,6 +199,13 @@ def check_checkpoint(
         log.warning("resume: the training data changed since %s was saved: %s; what trains from here reads them as "
                     "they are now", where, "; ".join(changed))  # fmt: skip
     return changed
+
+
+def manifest_contents(manifest) -> list[dict]:
+    """What each file behind a training `manifest` (a Manifest or MixedManifest) held when it was read: its path,
+    lines and the sha1 of its text; a checkpoint records it (its meta's `manifests`), for changed_manifests."""
+    parts = getattr(manifest, "manifests", [manifest])
+    return [{"path": str(m.path), "lines": len(m), "sha1": getattr(m, "sha1", None)} for m in parts]
 
 
 def changed_manifests(saved: list[dict] | None, now: list[dict] | None) -> list[str]:

@@ -22,8 +22,6 @@ import torch
 
 from llmasr import errors
 from llmasr import run_dir as ck
-from llmasr.data.manifest import contents
-from llmasr.data.screen import longest_trained
 from llmasr.models.fused_kernels import apply_fused_kernels, check_fused_kernels
 from llmasr.run_dir.files import verify_ranks
 from llmasr.train import ds_config, resolve, universal
@@ -138,11 +136,9 @@ class Run:
         for line in warmup_warnings(optim, (g["branch"] for g in groups), self.total) if self.rank == 0 else ():
             log.warning(line)
         self.engine = TrainEngine(model, groups, self.schedules, self.ds, self.dist.device)
-        longest = longest_trained(self.recipe.data, self.train_loader.dataset.manifest.durations())
-        self.manifests = contents(self.train_loader.dataset.manifest)
         self.checkpoints = RunCheckpoints(self.engine, self.recipe, self.ckpt_dir, trainable=self.trainable,
                                           per_epoch=self.per_epoch, rank=self.rank, world=self.world,
-                                          longest=longest, manifests=self.manifests)  # fmt: skip
+                                          manifest=self.train_loader.dataset.manifest)  # fmt: skip
         resolve.seed_everything(tc.seed + self.rank)  # dropout differs per rank
 
     # -- checkpoints ------------------------------------------------------------------------------------------------
@@ -160,7 +156,7 @@ class Run:
         saved_world = meta.world_size
         changed = check_checkpoint(
             meta, where, recipe=self.recipe, stage=self.engine.stage, world_size=self.world, per_epoch=self.per_epoch,
-            trainable=self.trainable, manifests=self.manifests,
+            trainable=self.trainable, manifests=self.checkpoints.manifests,
         )  # fmt: skip
         verify_ranks(where, meta, self.rank, self.world, all_gather_object)  # before DeepSpeed reads a byte
         with errors.context(f"loading checkpoint {where}"):
