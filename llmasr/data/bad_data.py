@@ -107,7 +107,8 @@ class BadDataTracker:
     """Counts good and bad items, logs bad ones (rate-limited) and enforces max_bad_fraction.
 
     The check runs after every update once `min_items` items have been seen, and unconditionally at epoch end
-    (`end_epoch`). Counts are per epoch (`new_epoch` resets them); `state_dict` carries them across a resume.
+    (`end_epoch`). Counts and examples are per epoch (`new_epoch` resets them); `state_dict` carries them across a
+    resume.
     Each rank keeps its own tracker over its own share of the data.
 
     The lines known bad before loading (`static`) are never batched, so an epoch counts them in step with its
@@ -167,15 +168,17 @@ class BadDataTracker:
                 self._log(rec)
 
     def new_epoch(self, visits=None) -> None:
-        """Reset the counts for a new epoch (the static bad items are counted again, silently). `visits`: how many
-        times this epoch visits each static item, in order (a weighted mix visits a line 0, 1 or more times; good
-        items count per visit too); None: once each."""
+        """Reset the counts and examples for a new epoch (the static bad items are counted again, silently, and are
+        its first examples). `visits`: how many times this epoch visits each static item, in order (a weighted mix
+        visits a line 0, 1 or more times; good items count per visit too); None: once each."""
         counts = [1] * len(self.static) if visits is None else [int(v) for v in visits]
         if len(counts) != len(self.static):
             raise ValueError(f"{len(counts)} visit counts for {len(self.static)} static bad items")
         self.good = 0
         self.bad = 0
         self.by_reason = Counter()
+        # the epoch's own: a line found bad every epoch is one example, and a resume at an epoch's start has the same
+        self.examples = [r for r, c in zip(self.static, counts) if c][: self.keep_examples]
         self._static_due = [[reason_category(str(r.get("reason", ""))), c] for r, c in zip(self.static, counts) if c]
         self.static_epoch = sum(counts)
         self.static_counted = 0

@@ -149,10 +149,13 @@ def check_position(state: dict, planned: int, sha1: str) -> None:
     """A saved sampler `state` must count into this epoch's plan: `planned` batches per rank (at the saved world
     size) made of the batches `sha1` hashes. Other batches of the same count come from manifests whose lines were
     reordered or with other durations: a resume would skip some utterances of the epoch and train others twice."""
-    if "num_batches" in state and int(state["num_batches"]) != planned:
+    if "num_batches" in state and int(state["num_batches"]) != planned:  # the recipe's batching cannot change
         raise ValueError(
-            f"cannot resume: the saved epoch had {state['num_batches']} batches per rank, this plan has "
-            f"{planned} (batching settings changed?)"
+            f"cannot resume epoch {state['epoch']} at batch {state['batches_yielded']}: the training data "
+            f"(data.train) now makes {planned} batches per rank of that epoch at the saved world size "
+            f"{state.get('world_size', '?')}, the run had {state['num_batches']}: a manifest's lines were added, "
+            "removed or their durations changed since the checkpoint (or the batching settings did); resuming would "
+            "skip some utterances and train others twice. Restore the manifests, or start a new run"
         )
     if state.get("batches_sha1", sha1) != sha1:
         raise ValueError(

@@ -163,9 +163,10 @@ class Manifest:
 
     def __init__(
         self, path: str | Path, data_path: Path, offsets: np.ndarray, linenos: np.ndarray | None, durations: np.ndarray,
-        need_target: bool = True,
+        need_target: bool = True, sha1: str | None = None,
     ):  # fmt: skip
         self.path = str(path)
+        self.sha1 = sha1  # of the text read (decompressed): a resume names a manifest edited since its checkpoint
         self.need_target = need_target  # False (decoding): a line without a transcript is an utterance to transcribe
         self._data_path = str(data_path)
         self._base = Path(path).resolve().parent
@@ -188,8 +189,10 @@ class Manifest:
         durations = array.array("f")
         saw_blank = False
         pos = 0
+        digest = hashlib.sha1()
         with open(data_path, "rb") as f:
             for lineno, raw in enumerate(f, start=1):
+                digest.update(raw)
                 stripped = raw.strip()
                 if not stripped:
                     saw_blank = True
@@ -207,7 +210,8 @@ class Manifest:
             raise EmptyManifest(f"manifest {path}: no records (the file is empty or holds only blank lines)")
         off = np.frombuffer(offsets, dtype=np.int64).copy()
         lines = np.frombuffer(linenos, dtype=np.int64).copy() if saw_blank else None
-        return cls(path, data_path, off, lines, np.frombuffer(durations, dtype=np.float32).copy(), need_target)
+        durations = np.frombuffer(durations, dtype=np.float32).copy()
+        return cls(path, data_path, off, lines, durations, need_target, digest.hexdigest())
 
     # ------------------------------------------------------------------------------------------ sequence protocol
     def __len__(self) -> int:

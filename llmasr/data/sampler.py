@@ -351,13 +351,18 @@ class DynamicBucketSampler(Sampler):
     def load_state_dict(self, state: dict) -> None:
         """Resume at the saved position. Saved at another world size, the epoch continues with the batches no rank
         had trained yet, dealt to this world size (llmasr.data.regroup); `.resharded` then says so."""
-        for key in ("seed", "num_items"):
-            mine = {"seed": self.seed, "num_items": int(self.durations.size)}[key]
-            if key in state and int(state[key]) != mine:
-                raise ValueError(
-                    f"cannot resume the batch order exactly: the saved sampler had {key}={state[key]}, this one has "
-                    f"{mine}. Resume with the same data and seed, or start the epoch afresh."
-                )
+        if "seed" in state and int(state["seed"]) != self.seed:
+            raise ValueError(
+                f"cannot resume the batch order exactly: the saved sampler had seed={state['seed']}, this one has "
+                f"{self.seed} (data.seed). Resume with the run's seed, or start a new run"
+            )
+        if "num_items" in state and int(state["num_items"]) != self.durations.size:
+            raise ValueError(
+                f"cannot resume epoch {state['epoch']} at batch {state['batches_yielded']}: the training data "
+                f"(data.train) now holds {self.durations.size} lines, the run had num_items={state['num_items']} (a "
+                "manifest's lines were added or removed since the checkpoint); resuming would skip some utterances "
+                "and train others twice. Restore the manifests, or start a new run"
+            )
         epoch, done = int(state["epoch"]), int(state["batches_yielded"])
         history = tuple((int(w), int(d)) for w, d in state.get("history") or ())
         saved_ws = int(state.get("world_size", self.world_size))

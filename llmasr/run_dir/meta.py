@@ -9,10 +9,12 @@
     batches_per_epoch      batches per rank of each epoch, which the saved sampler position counts
     training               {"longest_seconds": the longest audio trained on (llmasr.data.screen.longest_trained),
                            null: unlimited}, as an export records it: decoding splits longer audio into windows
+    manifests              [{"path", "lines", "sha1"}] of each data.train file as the run read it
+                           (llmasr.train.resume.manifest_contents): a resume names the ones edited since
 
-`files`, `batches_per_epoch` and `training` are absent from checkpoints written before llmasr recorded them (None
-here). The JSON is written with sorted keys and an indent of 2; a field that is None is left out, so such a file
-reads back and writes out unchanged.
+`files`, `batches_per_epoch`, `training` and `manifests` are absent from checkpoints written before llmasr recorded
+them (None here). The JSON is written with sorted keys and an indent of 2; a field that is None is left out, so such a
+file reads back and writes out unchanged.
 """
 
 from __future__ import annotations
@@ -35,6 +37,13 @@ def _number(v) -> bool:
     return v is None or (isinstance(v, (int, float)) and not isinstance(v, bool))
 
 
+def _manifest(v) -> bool:
+    return (
+        isinstance(v, dict) and set(v) == {"path", "lines", "sha1"} and isinstance(v["path"], str)
+        and _int(v["lines"]) and (v["sha1"] is None or isinstance(v["sha1"], str))
+    )  # fmt: skip
+
+
 # field -> (check, what it must be); optional fields may also be absent
 _CHECKS = {
     "update": (lambda v: _int(v) and v >= 0, "an integer >= 0"),
@@ -50,8 +59,12 @@ _CHECKS = {
         lambda v: isinstance(v, dict) and set(v) == {"longest_seconds"} and _number(v["longest_seconds"]),
         'an object {"longest_seconds": a number or null}',
     ),
+    "manifests": (
+        lambda v: isinstance(v, list) and all(_manifest(m) for m in v),
+        'a list of {"path", "lines", "sha1"}',
+    ),
 }
-OPTIONAL = ("files", "batches_per_epoch", "training")
+OPTIONAL = ("files", "batches_per_epoch", "training", "manifests")
 
 
 @dataclass
@@ -66,6 +79,7 @@ class CheckpointMeta:
     files: dict[str, dict] | None = None
     batches_per_epoch: list[int] | None = None
     training: dict | None = None
+    manifests: list[dict] | None = None
 
     @classmethod
     def from_json(cls, data: object, where: str | Path = META) -> CheckpointMeta:

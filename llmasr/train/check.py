@@ -31,7 +31,7 @@ from llmasr.train.param_groups import build_param_groups, describe_param_groups
 from llmasr.train.plan import plan_run
 from llmasr.train.progress import plot_lr, write_lr_csv
 from llmasr.train.resolve import check_run_settings
-from llmasr.train.resume import check_checkpoint
+from llmasr.train.resume import check_checkpoint, manifest_contents, resuming
 from llmasr.train.run_dir import RunDirError, check_lock, check_run_start
 from llmasr.train.schedulers import branch_of_group, lr_curve, warmup_warnings
 from llmasr.train.universal import batches_left, resized_total
@@ -100,16 +100,20 @@ def run_start(
     where = load_dir / tag
     meta = read_meta(where)
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
-    check_checkpoint(
-        meta, where, recipe=recipe, stage=stage, world_size=world_size, per_epoch=plan.per_epoch, trainable=trainable
-    )
+    changed = check_checkpoint(
+        meta, where, recipe=recipe, stage=stage, world_size=world_size, per_epoch=plan.per_epoch, trainable=trainable,
+        manifests=manifest_contents(plan.loaders[0].dataset.manifest),
+    )  # fmt: skip
+    notes += [f"data.train changed since the checkpoint: {c}" for c in changed]
     ranks = f"{meta.world_size} rank{'s' if meta.world_size != 1 else ''}"
     resized = "" if meta.world_size == world_size else f"; saved on {ranks}, resized to {world_size}"
     head = f"  resumes {where} (update {meta.update}, epoch {meta.epoch}{resized}) into {run_dir}"
-    return ["run directory", head, *(f"  {n}" for n in notes)], *resumed_total(recipe, plan, where, meta, world_size)
+    return ["run directory", head, *(f"  {n}" for n in notes)], *resumed_total(
+        recipe, plan, where, meta, world_size, changed
+    )
 
 
-def resumed_total(recipe, plan, where: Path, meta, world_size: int) -> tuple[int, int]:
+def resumed_total(recipe, plan, where: Path, meta, world_size: int, changed: list[str] = ()) -> tuple[int, int]:
     """The updates a resume from checkpoint `where` holds, counted as the trainer counts them once it has loaded:
     the batches left in its epoch (dealt to this world size) and the epochs after it, at this grad_accum; and the
     update the run stops after (the epochs' end where train.max_updates is more)."""
@@ -117,7 +121,7 @@ def resumed_total(recipe, plan, where: Path, meta, world_size: int) -> tuple[int
     epoch, loader_state = int(client.get("epoch", meta.epoch)), client.get("loader")
     resharded = None
     if loader_state is not None:  # a position this data cannot continue is refused, as training's load refuses it
-        with errors.context(f"resuming {where}"):
+        with errors.context(resuming(where, changed)):
             length = plan.loaders[1].length_after(loader_state["sampler"])
         resharded = length if meta.world_size != world_size else None
     left = batches_left(plan.per_epoch, epoch, loader_state, resharded)

@@ -170,15 +170,19 @@ def check_resume_recipe(recipe, load_dir: Path) -> list[str]:
 
 
 def check_checkpoint(
-    meta: CheckpointMeta, where: Path, *, recipe, stage: int, world_size: int, per_epoch: list[int], trainable: list
-) -> None:
+    meta: CheckpointMeta, where: Path, *, recipe, stage: int, world_size: int, per_epoch: list[int], trainable: list,
+    manifests: list[dict] | None = None,
+) -> list[str]:  # fmt: skip
     """The checkpoint `where` (its `meta`) can be resumed by a run of `recipe` at ZeRO `stage` on `world_size`
     ranks, whose data gives `per_epoch` batches a rank and whose model trains the parameters named `trainable`:
-    ConfigError naming what differs. `llmasr train` checks this before loading, `llmasr check` before launching."""
+    ConfigError naming what differs. `llmasr train` checks this before loading, `llmasr check` before launching.
+    `manifests`: the training files as this run reads them (manifest_contents); those edited since the
+    checkpoint are named in a warning and returned (for the position's refusal to name them too)."""
+    changed = changed_manifests(meta.manifests, manifests)
     if meta.zero_stage != stage:
         raise ConfigError(f"{where}: saved at ZeRO stage {meta.zero_stage}, this run uses {stage}")
     if meta.world_size == world_size:  # at another world size the batches per rank differ by design
-        check_batches(meta, per_epoch, where)
+        check_batches(meta, per_epoch, where, changed)
     diffs = fingerprint_differences(meta.base_fingerprint, base_fingerprint(recipe.model))
     if diffs:
         raise ConfigError(f"{where}: the base model differs from the one trained on:\n  " + "\n  ".join(diffs))
@@ -191,10 +195,40 @@ def check_checkpoint(
             "whole base encoder frozen under encoder LoRA whatever encoder.freeze said, and trained no encoder bias "
             "under lora.bias); resume with that llmasr, or start a new run"
         )
+    if changed:
+        log.warning("resume: the training data changed since %s was saved: %s; what trains from here reads them as "
+                    "they are now", where, "; ".join(changed))  # fmt: skip
+    return changed
 
 
-def check_batches(meta: CheckpointMeta, per_epoch: list[int], where: Path) -> None:
-    """The training data must give the batches the checkpoint's run had (the sampler position counts them)."""
+def manifest_contents(manifest) -> list[dict]:
+    """What each file behind a training `manifest` (a Manifest or MixedManifest) held when it was read: its path,
+    lines and the sha1 of its text; a checkpoint records it (its meta's `manifests`), for changed_manifests."""
+    parts = getattr(manifest, "manifests", [manifest])
+    return [{"path": str(m.path), "lines": len(m), "sha1": getattr(m, "sha1", None)} for m in parts]
+
+
+def changed_manifests(saved: list[dict] | None, now: list[dict] | None) -> list[str]:
+    """Each data.train file whose text differs from what the checkpoint's run read, as "PATH (what changed)", in
+    data.train's order (files are paired by position: data.train itself cannot change on resume); none known when
+    either record is missing (a checkpoint from before llmasr recorded it)."""
+    out = []
+    for old, new in zip(saved or [], now or []):
+        if old["sha1"] is None or new["sha1"] is None or old["sha1"] == new["sha1"]:
+            continue
+        lines = f"{old['lines']} -> {new['lines']} lines" if old["lines"] != new["lines"] else "lines edited or moved"
+        out.append(f"{new['path']} ({lines})")
+    return out
+
+
+def resuming(where: Path, changed: list[str]) -> str:
+    """What a resume from `where` is doing, for errors.context; with the training files `changed` since."""
+    return f"resuming {where}" + (f" (data.train changed since: {'; '.join(changed)})" if changed else "")
+
+
+def check_batches(meta: CheckpointMeta, per_epoch: list[int], where: Path, changed: list[str] = ()) -> None:
+    """The training data must give the batches the checkpoint's run had (the sampler position counts them);
+    `changed`: the files edited since (changed_manifests), named in the refusal."""
     saved = meta.batches_per_epoch
     if not saved:
         return
@@ -206,7 +240,13 @@ def check_batches(meta: CheckpointMeta, per_epoch: list[int], where: Path) -> No
     if list(saved[:n]) != list(per_epoch[:n]):
         raise ConfigError(
             f"{where}: the training data (data.train) now gives {per_epoch[:n]} batches per rank per epoch, the run "
-            f"had {list(saved[:n])}: a manifest changed since the checkpoint, or an llmasr that plans batches "
+            f"had {list(saved[:n])}: "
+            + (
+                f"changed since the checkpoint: {'; '.join(changed)}"
+                if changed
+                else "a manifest changed since the checkpoint"
+            )
+            + ", or an llmasr that plans batches "
             "otherwise wrote it; resuming would skip or repeat utterances. Restore the manifests (or that llmasr), or "
             "start a new run"
         )

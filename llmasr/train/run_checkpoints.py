@@ -7,24 +7,28 @@ import logging
 
 from llmasr import errors
 from llmasr import run_dir as ck
+from llmasr.data.screen import longest_trained
 from llmasr.models.fingerprint import base_fingerprint
 from llmasr.run_dir.files import hash_share, merge_shares
 from llmasr.train.ds_files import CLIENT_KEY
 from llmasr.train.engine import all_gather_object, barrier
 from llmasr.train.resolve import rng_state
+from llmasr.train.resume import manifest_contents
 
 log = logging.getLogger("llmasr.train")
 
 
 class RunCheckpoints:
-    """Saves checkpoints of one run (`engine`, its recipe, rank and world) into RUN_DIR/checkpoints; `longest`:
-    the longest audio it trains on (llmasr.data.screen.longest_trained; None: unlimited), for decoding."""
+    """Saves checkpoints of one run (`engine`, its recipe, rank and world) into RUN_DIR/checkpoints. From its
+    training `manifest` each records the longest audio it trains on (llmasr.data.screen.longest_trained; None:
+    unlimited), for decoding, and its files as the run read them (llmasr.train.resume.manifest_contents)."""
 
     def __init__(self, engine, recipe, ckpt_dir, *, trainable: list[str], per_epoch: list[int], rank: int, world: int,
-                 longest: float | None):  # fmt: skip
+                 manifest):  # fmt: skip
         self.engine, self.recipe, self.ckpt_dir = engine, recipe, ckpt_dir
         self.trainable, self.per_epoch, self.rank, self.world = trainable, per_epoch, rank, world
-        self.longest = longest
+        self.longest = longest_trained(recipe.data, manifest.durations())
+        self.manifests = manifest_contents(manifest)
         tc = recipe.train
         self.policy = ck.CheckpointPolicy(tc.keep_last, tc.best_k, tc.best_metric, tc.ranking_mode)
 
@@ -63,6 +67,7 @@ class RunCheckpoints:
                 files=files,
                 batches_per_epoch=self.per_epoch,  # a resume checks the data still gives them
                 training={"longest_seconds": self.longest},  # decode and export need not read the manifests again
+                manifests=self.manifests,
             )
             deleted = ck.finish_save(self.ckpt_dir, tag, meta, self.policy)
             log.info(

@@ -22,7 +22,6 @@ import torch
 
 from llmasr import errors
 from llmasr import run_dir as ck
-from llmasr.data.screen import longest_trained
 from llmasr.models.fused_kernels import apply_fused_kernels, check_fused_kernels
 from llmasr.run_dir.files import verify_ranks
 from llmasr.train import ds_config, resolve, universal
@@ -38,7 +37,7 @@ from llmasr.train.param_groups import build_param_groups, describe_param_groups,
 from llmasr.train.plan import plan_run
 from llmasr.train.preemption import Preemption, signal_name
 from llmasr.train.progress import Progress, StartupLog, setup_logging
-from llmasr.train.resume import check_checkpoint, continue_schedules
+from llmasr.train.resume import check_checkpoint, continue_schedules, resuming
 from llmasr.train.run_checkpoints import RunCheckpoints
 from llmasr.train.run_dir import RunDirError, claim_run_dir, write_run_files
 from llmasr.train.schedulers import build_group_schedules, warmup_warnings
@@ -137,10 +136,9 @@ class Run:
         for line in warmup_warnings(optim, (g["branch"] for g in groups), self.total) if self.rank == 0 else ():
             log.warning(line)
         self.engine = TrainEngine(model, groups, self.schedules, self.ds, self.dist.device)
-        longest = longest_trained(self.recipe.data, self.train_loader.dataset.manifest.durations())
         self.checkpoints = RunCheckpoints(self.engine, self.recipe, self.ckpt_dir, trainable=self.trainable,
                                           per_epoch=self.per_epoch, rank=self.rank, world=self.world,
-                                          longest=longest)  # fmt: skip
+                                          manifest=self.train_loader.dataset.manifest)  # fmt: skip
         resolve.seed_everything(tc.seed + self.rank)  # dropout differs per rank
 
     # -- checkpoints ------------------------------------------------------------------------------------------------
@@ -156,9 +154,9 @@ class Run:
         meta = ck.read_meta(load_dir / tag)
         where = load_dir / tag
         saved_world = meta.world_size
-        check_checkpoint(
+        changed = check_checkpoint(
             meta, where, recipe=self.recipe, stage=self.engine.stage, world_size=self.world, per_epoch=self.per_epoch,
-            trainable=self.trainable,
+            trainable=self.trainable, manifests=self.checkpoints.manifests,
         )  # fmt: skip
         verify_ranks(where, meta, self.rank, self.world, all_gather_object)  # before DeepSpeed reads a byte
         with errors.context(f"loading checkpoint {where}"):
@@ -168,7 +166,7 @@ class Run:
                 client = self.engine.load(str(load_dir), tag)
         state = client.get(CLIENT_KEY) or {}
         if state.get("loader") is not None:  # a position this data cannot continue: refused before anything moves
-            with errors.context(f"resuming {where}"):
+            with errors.context(resuming(where, changed)):
                 self.sampler.length_after(state["loader"]["sampler"])
         # a validation the stop put off goes into the checkpoint's meta where it is this folder's own (one of another
         # run's folder, or set aside, is not this run's to rank, and this folder may hold another course's tag)

@@ -65,6 +65,25 @@ def test_header_probe_failures_are_reported_up_front(tmp_path):
     assert loader.bad_data.bad == 1 and loader.bad_data.good == 10
 
 
+def test_each_epoch_lists_its_own_bad_examples_and_a_resume_at_its_start_the_same(mixed):
+    """The examples TooMuchBadData lists are the epoch's, as its counts are: a line that fails every epoch is listed
+    once, and a loader resumed at the epoch's start (a checkpoint of the epoch's end holds no position) lists what
+    the uninterrupted one lists. They had piled up over the epochs, each failing line again every epoch."""
+
+    def keys(loader):
+        return [e["key"] for e in loader.bad_data.examples]
+
+    whole, _ = build(cfg(max_bad_fraction=0.5), [str(mixed)])
+    for epoch in (0, 1):
+        whole.set_epoch(epoch)
+        list(whole)
+        assert sorted(keys(whole)) == ["corrupt", "digits", "gone"] and whole.bad_data.bad == 3
+    resumed, _ = build(cfg(max_bad_fraction=0.5), [str(mixed)])
+    resumed.set_epoch(1)
+    list(resumed)
+    assert keys(resumed) == keys(whole)
+
+
 def test_all_bad_batch_keeps_ranks_in_step(tmp_path):
     write_wav(tmp_path / "ok.wav", 1.0)
     recs = [{"key": "ok", "source": "ok.wav", "target": "hello", "duration": 1.0}]

@@ -259,6 +259,31 @@ def test_resume_refuses_other_seed_data_or_batching():
     make(d, world_size=1, seed=5).load_state_dict({**state, "batches_yielded": 3})  # the same data resumes
 
 
+def test_data_changed_since_a_state_of_another_world_size_is_named_as_the_training_data():
+    """Resumed at another world size, the count check against the saved plan is the first to see a changed manifest
+    (the trainer's per-epoch count check runs only at the same world size): the refusal names data.train, as the one
+    at the same world size does (it had asked whether the batching settings changed, which a resume refuses
+    before). Lines added since the state are named likewise."""
+    d = librispeech_like(1000)
+    state = {**make(d, world_size=2, seed=5).state_dict(), "batches_yielded": 3}
+    longer = d.copy()
+    longer[:50] = 34.0
+    planned = len(make(longer, world_size=2, seed=5))
+    for world_size in (2, 1):
+        with pytest.raises(
+            ValueError,
+            match=rf"the training data \(data.train\) now makes {planned} batches per rank "
+            rf"of that epoch at the saved world size 2, the run had {state['num_batches']}: a manifest",
+        ):
+            make(longer, world_size=world_size, seed=5).load_state_dict(state)
+    with pytest.raises(
+        ValueError,
+        match=r"the training data \(data.train\) now holds 1001 lines, the run had "
+        "num_items=1000 .* Restore the manifests, or start a new run",
+    ):
+        make(np.append(d, 3.0), world_size=1, seed=5).load_state_dict(state)
+
+
 def test_epoch_indices_and_subset():
     d = librispeech_like(1000)
     s = make(d, epoch_indices=lambda e: np.arange(0, 1000, 2 + e))

@@ -317,3 +317,33 @@ def test_training_data_reordered_on_disk_is_refused_before_the_run_folder_change
         train(make(4), "zero0", resume=ck.tag_for(1))
     assert run_files(run) == before
     assert ck.list_tags(ck.checkpoints_dir(run)) == [ck.tag_for(u) for u in (1, 2, 3)]
+
+
+def test_a_training_manifest_edited_since_the_checkpoint_is_named(tiny_llm_dir, tmp_path, caplog):
+    """Each checkpoint records every data.train file's lines and sha1: a resume over a file edited since (a transcript
+    corrected) goes on with a warning naming it, and one the saved position cannot count into (a line removed) is
+    refused naming it too (both had named data.train at most, and the edit went unsaid)."""
+    from llmasr import errors
+    from llmasr.testing.tiny_corpus import tiny_recipe_dict
+
+    first, second = write_tiny_corpus(tmp_path / "a", n=12), write_tiny_corpus(tmp_path / "b", n=8, seed=5)
+    run = tmp_path / "run"
+
+    def make(max_updates):
+        data = tiny_recipe_dict(tiny_llm_dir, train=[first, second], output_dir=run, grad_accum=1,
+                                max_updates=max_updates, save_every_updates=1, keep_last=0)  # fmt: skip
+        return load_recipe(data=data)
+
+    train(make(2), "zero0")
+    assert ck.read_meta(ck.checkpoints_dir(run) / ck.tag_for(2)).manifests[1]["lines"] == 8
+    lines = second.read_text().splitlines()
+    second.write_text("\n".join([lines[0].replace('"target": "', '"target": "nine '), *lines[1:]]) + "\n")
+    with caplog.at_level(logging.WARNING, logger="llmasr.train"):
+        assert [h["update"] for h in train(make(3), "zero0", resume="latest")["history"]] == [3]
+    assert f"the training data changed since {ck.checkpoints_dir(run) / ck.tag_for(2)} was saved: {second} (lines " \
+           "edited or moved); what trains from here reads them as they are now" in caplog.text  # fmt: skip
+    assert str(first) not in caplog.text
+    second.write_text("\n".join(lines[1:]) + "\n")
+    with pytest.raises((ConfigError, ValueError)) as err:
+        train(make(4), "zero0", resume="latest")
+    assert f"{second} (8 -> 7 lines)" in errors.describe(err.value)
