@@ -27,7 +27,8 @@ from llmasr.data.config import DataConfig, ManifestSpec
 from llmasr.data.features import FeatureExtractor
 from llmasr.data.frontend import FrontendConfig
 from llmasr.data.loader import evenly_spaced, longest_kept, make_sampler
-from llmasr.data.manifest import BadRecord, Manifest, MixedManifest
+from llmasr.data.manifest import BadRecord, Manifest
+from llmasr.data.mixed_manifest import MixedManifest
 from llmasr.data.records import wrong_duration
 from llmasr.data.screen import spelling_check, static_visits, target_length
 from llmasr.data.speech_check import SpeechFindings

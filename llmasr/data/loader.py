@@ -49,7 +49,8 @@ def open_manifests(specs: Sequence[ManifestSpec | str], *, mix: bool, fill: bool
 
     One manifest is used as is; several become a MixedManifest (weights used when `mix`, i.e. for training).
     """
-    from llmasr.data.manifest import Manifest, MixedManifest
+    from llmasr.data.manifest import Manifest
+    from llmasr.data.mixed_manifest import MixedManifest
 
     specs = [ManifestSpec(s) if isinstance(s, str) else s for s in specs]
     if not specs:

@@ -1,4 +1,4 @@
-"""Speech manifests read lazily (FunASR jsonl, lhotse CutSet jsonl(.gz)), and weighted mixing of several.
+"""Speech manifests read lazily (FunASR jsonl, lhotse CutSet jsonl(.gz)); llmasr.data.mixed_manifest mixes several.
 
 Record formats: see llmasr.data.records. Kaldi data dirs convert with llmasr.data.kaldi.kaldi_to_jsonl.
 
@@ -20,7 +20,6 @@ import re
 import shutil
 import tempfile
 import zlib
-from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +35,7 @@ from llmasr.data.records import (
     nano_speech_seconds,
 )
 
-__all__ = ["BadRecord", "EmptyManifest", "Utterance", "Manifest", "MixedManifest"]
+__all__ = ["BadRecord", "EmptyManifest", "Utterance", "Manifest"]
 
 
 class EmptyManifest(ValueError):
@@ -325,88 +324,3 @@ class Manifest:
 
     def __repr__(self) -> str:
         return f"Manifest({self.path!r}, {len(self)} records)"
-
-
-# ------------------------------------------------------------------------------------------------------- mixing
-
-
-class MixedManifest:
-    """Several manifests behind one index space, sampled with weights.
-
-    Index space: manifest k's record j is index offsets[k] + j (len() = total records). `epoch_indices(epoch,
-    seed)` gives the indices to visit in an epoch (grouped by manifest, not shuffled: the sampler shuffles).
-    Weight w means w passes over that manifest per epoch in expectation: floor(w) full passes, plus a random
-    subset of round(frac(w) * len) distinct records drawn afresh each epoch. So [1.0, 3.0] visits the second
-    manifest three times per epoch, [1.0, 0.5] half of the second. Deterministic for (seed, epoch).
-    """
-
-    def __init__(self, manifests: Sequence[Manifest], weights: Sequence[float] | None = None):
-        if not manifests:
-            raise ValueError("MixedManifest needs at least one manifest")
-        weights = [1.0] * len(manifests) if weights is None else [float(w) for w in weights]
-        if len(weights) != len(manifests):
-            raise ValueError(f"{len(manifests)} manifests but {len(weights)} weights")
-        for w in weights:
-            if not (math.isfinite(w) and w >= 0):
-                raise ValueError(f"manifest weights must be finite and >= 0, got {weights}")
-        if sum(weights) <= 0:
-            raise ValueError("at least one manifest weight must be > 0")
-        self.manifests = list(manifests)
-        self.weights = weights
-        self.offsets = np.cumsum([0] + [len(m) for m in self.manifests]).astype(np.int64)
-        self.path = ",".join(m.path for m in self.manifests)
-
-    def __len__(self) -> int:
-        return int(self.offsets[-1])
-
-    def locate(self, i: int) -> tuple[int, int]:
-        """Virtual index -> (manifest number, index in it)."""
-        i = int(i)
-        if not 0 <= i < len(self):
-            raise IndexError(f"index {i} out of range for {len(self)} records")
-        k = int(np.searchsorted(self.offsets, i, side="right") - 1)
-        return k, i - int(self.offsets[k])
-
-    def __getitem__(self, i: int) -> Utterance:
-        k, j = self.locate(i)
-        return self.manifests[k][j]
-
-    def durations(self) -> np.ndarray:
-        return np.concatenate([m.durations() for m in self.manifests]).astype(np.float32, copy=False)
-
-    def line_bytes(self) -> np.ndarray:
-        return np.concatenate([m.line_bytes() for m in self.manifests])
-
-    def set_durations(self, indices: np.ndarray, seconds: np.ndarray) -> None:
-        indices, seconds = np.asarray(indices, dtype=np.int64), np.asarray(seconds)
-        owner = np.searchsorted(self.offsets, indices, side="right") - 1
-        for k in np.unique(owner):
-            at = owner == k
-            self.manifests[int(k)].set_durations(indices[at] - self.offsets[k], seconds[at])
-
-    def fill_durations(self) -> list[BadRecord]:
-        bad: list[BadRecord] = []
-        for m in self.manifests:
-            bad.extend(m.fill_durations())
-        return bad
-
-    def epoch_indices(self, epoch: int, seed: int) -> np.ndarray:
-        rng = np.random.default_rng([int(seed) & 0xFFFFFFFF, int(epoch) & 0xFFFFFFFF, 0x6D6978])
-        parts = []
-        for k, (m, w) in enumerate(zip(self.manifests, self.weights)):
-            n = len(m)
-            if n == 0 or w == 0:
-                continue
-            base = np.arange(n, dtype=np.int64) + self.offsets[k]
-            full = int(math.floor(w))
-            parts.extend([base] * full)
-            share = (w - full) * n  # w passes in expectation: the fraction of a line is a coin (round() lost 0.5)
-            extra = int(math.floor(share))
-            if share > extra and rng.random() < share - extra:
-                extra += 1
-            if extra:
-                parts.append(np.sort(rng.choice(base, size=extra, replace=False)))
-        return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
-
-    def __repr__(self) -> str:
-        return f"MixedManifest({len(self.manifests)} manifests, {len(self)} records, weights={self.weights})"

@@ -1,6 +1,6 @@
 """Visit keys: what tells apart the visits a training epoch pays to one manifest line.
 
-A mix weight of 2 or more (llmasr.data.manifest.MixedManifest) visits a line several times in an epoch. Every random
+A mix weight of 2 or more (llmasr.data.mixed_manifest) visits a line several times in an epoch. Every random
 draw of an item (speed factor and pauses, noise, gain, dither, SpecAugment, its hotword list) is keyed by
 (seed, epoch, key), so each visit needs a key of its own, or the copies are one example trained twice: the same
 augmentation, the same length, and so, sorted by length, mostly in the same batch. A visit's key is

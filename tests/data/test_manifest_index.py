@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 from speech_fakes import cut, write_jsonl
 
-from llmasr.data.manifest import Manifest, MixedManifest
+from llmasr.data.manifest import Manifest
+from llmasr.data.mixed_manifest import MixedManifest
 
 pytestmark = pytest.mark.usefixtures("manifest_cache_dir")
 

@@ -11,7 +11,8 @@ from speech_fakes import write_wav
 
 from llmasr.config_io import from_dict
 from llmasr.data.config import DataConfig
-from llmasr.data.manifest import Manifest, MixedManifest
+from llmasr.data.manifest import Manifest
+from llmasr.data.mixed_manifest import MixedManifest
 from llmasr.data.screen import longest_trained, screen
 
 

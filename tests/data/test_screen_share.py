@@ -15,7 +15,8 @@ from speech_fakes import write_wav
 import llmasr.data.audio as audio
 import llmasr.data.screen as screen_mod
 from llmasr.config_io import ConfigError
-from llmasr.data.manifest import Manifest, MixedManifest
+from llmasr.data.manifest import Manifest
+from llmasr.data.mixed_manifest import MixedManifest
 from llmasr.data.screen import screen
 from llmasr.data.screen_share import PeerFailure, ScreenShare
 
