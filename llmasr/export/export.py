@@ -106,6 +106,21 @@ def merge_llm(llm: nn.Module) -> nn.Module:
     return merged
 
 
+def cast_llm(llm: nn.Module, dtype: torch.dtype) -> None:
+    """`llm.to(dtype)`, except the tensors its class keeps in float32 when from_pretrained loads it in `dtype`
+    (`_keep_in_fp32_modules_strict` in fp16 and bf16: an MoE router's gate and score bias; `_keep_in_fp32_modules` in
+    fp16; matched as it matches them): the trained model had them in float32, rounded they route tokens elsewhere."""
+    import re
+
+    names = set(getattr(llm, "_keep_in_fp32_modules_strict", None) or []) if dtype != torch.float32 else set()
+    if dtype == torch.float16:
+        names |= set(getattr(llm, "_keep_in_fp32_modules", None) or [])
+    keep = re.compile("|".join(name.replace("*", ".*") for name in sorted(names))) if names else None
+    for name, tensor in [*llm.named_parameters(), *llm.named_buffers()]:
+        if tensor.is_floating_point() and not (keep and keep.search(name)):
+            tensor.data = tensor.data.to(dtype)
+
+
 def check_adapter_only(model: nn.Module, recipe) -> None:
     """--adapter-only writes what peft's adapter file holds (the LoRA tensors, and the biases lora.bias trains):
     refuse when more of the LLM was trained."""
@@ -314,7 +329,7 @@ def _write_llm(model, recipe, tmp: Path, dtype_name: str, *, adapter_only: bool,
         llm_entry.update(base=base_path, base_fingerprint=dir_fingerprint(base_path))
     else:
         merged = merge_llm(model.llm)
-        merged.to(DTYPES[dtype_name])
+        cast_llm(merged, DTYPES[dtype_name])
         merged.config.use_cache = True
         gen = merged.generation_config
         end = int(model.prompt.end_id)  # first: the answer's end; the LLM's other ends stop generate as well

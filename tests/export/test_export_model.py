@@ -260,3 +260,48 @@ def test_an_llm_with_named_chat_templates_exports_and_loads(base_dirs, train_cor
     with pytest.raises(ExportedModelError, match=r"llmasr_model.yaml: prompt.chat_template holds named templates "
                                                  r"\(rag, tool_use\) and no 'default'"):  # fmt: skip
         load_exported(tmp_path / "model")
+
+
+def test_tensors_transformers_keeps_in_float32_stay_float32_in_a_bf16_export(base_dirs, train_corpus, tmp_path):
+    """An MoE router's gate and e_score_correction_bias (dots.llm1; DeepSeek-V3-style routers) are kept in float32
+    by transformers in a bf16 model (`_keep_in_fp32_modules_strict`), and the trained model routed with them so: the
+    export had rounded them to bf16, which from_pretrained then read back into float32, other values than trained."""
+    import transformers
+    from safetensors import safe_open
+    from transformers import AutoModelForCausalLM
+
+    from llmasr.testing.tiny_llm import DEFAULT_CORPUS, train_bpe_tokenizer, write_tiny_llm_dir
+
+    if not hasattr(transformers, "Dots1Config"):
+        pytest.skip("this transformers has no dots.llm1")
+    tok = train_bpe_tokenizer(DEFAULT_CORPUS)
+    config = transformers.Dots1Config(
+        vocab_size=len(tok), hidden_size=64, intermediate_size=128, moe_intermediate_size=32, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, n_routed_experts=8, num_experts_per_tok=2, n_shared_experts=1,
+        first_k_dense_replace=0, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, bos_token_id=0,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    llm = AutoModelForCausalLM.from_config(config)
+    router = [n for n, _ in [*llm.named_parameters(), *llm.named_buffers()] if n.endswith(("gate.weight", "_bias"))]
+    assert len(router) == 4
+    with torch.no_grad():  # values bf16 cannot hold (transformers initialises them to zeros)
+        for name in router:
+            tensor = llm.get_parameter(name) if name.endswith("weight") else llm.get_buffer(name)
+            tensor.copy_(1 + 0.3 * torch.randn(tensor.shape))
+    llm_dir = write_tiny_llm_dir(tmp_path / "llm", tokenizer=tok, model=llm)
+    section = model_section(llm_dir, base_dirs[1], encoder_lora=False, ctc=False)
+    section["llm"]["dtype"] = "bfloat16"
+    run = train_run(tmp_path / "run", section, train_corpus)
+    base = run.reference_model().llm.get_base_model()
+    trained = {n: t.detach() for n, t in [*base.named_parameters(), *base.named_buffers()] if n in router}
+    assert {t.dtype for t in trained.values()} == {torch.float32}  # the trained model routed in float32
+    out = export_model(run.run_dir, tmp_path / "model")
+    with safe_open(str(out / "llm" / "model.safetensors"), "pt") as f:
+        saved = {k: f.get_tensor(k) for k in f.keys()}
+    for name in router:
+        assert saved[name].dtype == torch.float32 and torch.equal(saved[name], trained[name]), name
+    assert saved["model.embed_tokens.weight"].dtype == torch.bfloat16
+    assert json.loads((out / "llm" / "config.json").read_text())["dtype"] == "bfloat16"
+    plain = AutoModelForCausalLM.from_pretrained(str(out / "llm"))
+    loaded = dict([*plain.named_parameters(), *plain.named_buffers()])
+    assert all(torch.equal(loaded[name].detach(), trained[name]) for name in router)
