@@ -169,6 +169,11 @@ def test_a_damaged_or_newer_description_is_refused_naming_the_file(exported, tmp
         (yaml.safe_dump({**desc, "adaptor": {**desc["adaptor"], "conf": 3}}), "adaptor.conf missing or not a mapping"),
         (yaml.safe_dump({**desc, "ctc": {"file": "ctc_head.safetensors"}}), "ctc.weight, ctc.vocab missing"),
         (yaml.safe_dump({**desc, "llm": {**desc["llm"], "kind": "adapter"}}), "llm.base missing"),
+        # had been "dtype must be one of ...", naming neither the file nor the key
+        (
+            yaml.safe_dump({**desc, "llm": {**desc["llm"], "dtype": "half"}}),
+            "llm.dtype must be one of bf16, fp16, fp32",
+        ),
     ):
         path.write_text(text)
         with pytest.raises(ExportedModelError, match=f"{path}: {why}"):
