@@ -148,22 +148,13 @@ def encoder_description(cfg) -> dict:
     return {"type": spec.entry.type, "class": spec.entry.class_name, "conf": spec.conf}
 
 
-def _state_for_file(module: nn.Module, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
-    out = {}
-    for k, v in module.state_dict().items():
-        v = v.detach().to("cpu")
-        if dtype is not None and v.is_floating_point():
-            v = v.to(dtype)
-        out[k] = v.contiguous().clone()
-    return out
-
-
 def _save_tensors(module: nn.Module, path: Path) -> None:
     from safetensors.torch import save_file
 
+    state = {k: v.detach().to("cpu").contiguous().clone() for k, v in module.state_dict().items()}
     # one metadata key, as save_pretrained writes: safetensors orders several at random, and the same checkpoint
     # exported twice gave files of different bytes (checksums, caches)
-    save_file(_state_for_file(module), str(path), metadata={"format": "pt"})
+    save_file(state, str(path), metadata={"format": "pt"})
 
 
 def _plain(value):
@@ -336,7 +327,14 @@ def _write_llm(model, recipe, tmp: Path, dtype_name: str, *, adapter_only: bool,
         others = other_end_ids(gen, model.prompt.tokenizer, end)
         gen.eos_token_id = [end, *others] if others else end
         gen.pad_token_id = int(model.prompt.pad_id)
-        merged.save_pretrained(str(tmp / "llm"), max_shard_size=max_shard_size)
+        # save_pretrained refuses a changed generation config its validation warns about, as many published ones do
+        # (sampling flags beside do_sample: false, which generate ignores): written as the LLM's was, end tokens set
+        merged.generation_config = type(gen)()
+        try:
+            merged.save_pretrained(str(tmp / "llm"), max_shard_size=max_shard_size)
+        finally:
+            merged.generation_config = gen
+        gen.to_json_file(str(tmp / "llm" / "generation_config.json"), use_diff=True)
         _save_tokenizer(model.prompt, tmp / "llm")
         llm_entry = {"kind": "merged", "dir": "llm"}
     llm_entry.update(dtype=dtype_name, trust_remote_code=bool(recipe.model.llm.trust_remote_code))

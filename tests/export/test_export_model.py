@@ -310,3 +310,27 @@ def test_tensors_transformers_keeps_in_float32_stay_float32_in_a_bf16_export(bas
     plain = AutoModelForCausalLM.from_pretrained(str(out / "llm"))
     loaded = dict([*plain.named_parameters(), *plain.named_buffers()])
     assert all(torch.equal(loaded[name].detach(), trained[name]) for name in router)
+
+
+def test_an_llm_whose_generation_config_has_flags_greedy_search_ignores_exports(base_dirs, train_corpus, tmp_path):
+    """Many published generation_config.json set sampling flags beside do_sample: false (transformers loads them with
+    a warning and generate ignores them). A run trained on such an LLM had failed at the export's very end, after
+    reading and merging, with transformers' ValueError: save_pretrained refuses a changed generation config its
+    validation warns about, and the export changes its end tokens. The LLM's settings are kept, end tokens set."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    llm = shutil.copytree(base_dirs[0], tmp_path / "llm")
+    gen_file = llm / "generation_config.json"
+    tok = AutoTokenizer.from_pretrained(str(llm))
+    endoftext, im_end = tok.convert_tokens_to_ids(["<|endoftext|>", "<|im_end|>"])
+    gen = json.loads(gen_file.read_text())
+    gen.update(do_sample=False, temperature=0.7, top_p=0.8, eos_token_id=endoftext)  # the export sets <|im_end|>
+    gen_file.write_text(json.dumps(gen))
+    run = train_run(tmp_path / "run", model_section(llm, base_dirs[1], encoder_lora=False, ctc=False), train_corpus)
+    assert main(["--checkpoint", str(run.run_dir), "--output", str(tmp_path / "model")]) == 0
+    saved = json.loads((tmp_path / "model" / "llm" / "generation_config.json").read_text())
+    assert saved["eos_token_id"] == [im_end, endoftext] and saved["pad_token_id"] == tok.pad_token_id
+    assert (saved["do_sample"], saved["temperature"], saved["top_p"]) == (False, 0.7, 0.8)
+    plain = AutoModelForCausalLM.from_pretrained(str(tmp_path / "model" / "llm"))
+    assert plain.generation_config.eos_token_id == [im_end, endoftext]
+    assert plain.generate(torch.tensor([[1, 5, 9]]), max_new_tokens=2, do_sample=False).shape[1] > 3
