@@ -203,6 +203,7 @@ def export_model(
                 model, info, recipe, tmp, dtype_name, adapter_only=adapter_only, max_shard_size=max_shard_size,
                 training_max_duration=longest,
             )  # fmt: skip
+            output_dir(output, overwrite=overwrite, flag="--output", error=ExportError)  # filled meanwhile: kept
             publish(tmp, out, MODEL_FILE)
         log.info("exported %s (tags %s) to %s", info["run_dir"], ", ".join(info["tags"]), out)
         return Path(output).expanduser()

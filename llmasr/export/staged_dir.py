@@ -136,7 +136,8 @@ def publish(tmp: Path, out: Path, marker: str) -> None:
     """Put the finished folder `tmp` at `out` (see the module docstring). `marker`: the file whose presence says the
     folder is complete (its reader looks for it first): an existing OUT's goes first and the new one comes last, so
     an interrupted move never looks complete; what OUT held waits in a hidden folder until the new files are all in,
-    and a move that fails puts it back."""
+    and a move that fails puts it back. What OUT held is then deleted: the caller checks OUT with output_dir again
+    first (files may have reached an empty OUT while the model was written)."""
     where = Path(out).expanduser().resolve()
     if not where.exists():  # (output_dir refused a file there)
         tmp.rename(where)  # one rename: complete or not there

@@ -252,3 +252,25 @@ def test_sigterm_during_export_leaves_no_staging_folder(runs, tmp_path):
     assert done.returncode == 143, done.stderr[-2000:]
     assert f"llmasr export: stopped by SIGTERM while writing {out}" in done.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_files_that_reach_an_empty_output_during_the_export_are_kept(runs, tmp_path, monkeypatch, capsys):
+    """OUT was checked empty at the start only: a file that reached it while the model was written was deleted with
+    the folder's old contents when the export was put in place, though --overwrite was not given."""
+    import llmasr.export.export as export
+
+    out = tmp_path / "m"
+    out.mkdir()
+    write = export.write_model_dir
+
+    def meanwhile(*args, **kwargs):
+        write(*args, **kwargs)
+        (out / "notes.txt").write_text("mine")
+
+    monkeypatch.setattr(export, "write_model_dir", meanwhile)
+    assert main(["--checkpoint", str(runs[0]), "--output", str(out)]) == 2
+    assert f"--output {out}: exists and is not empty" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"] and (out / "notes.txt").read_text() == "mine"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]  # no staging folder left
+    assert main(["--checkpoint", str(runs[0]), "--output", str(out), "--overwrite"]) == 0
+    assert not (out / "notes.txt").exists()
