@@ -300,6 +300,7 @@ def convert_funasr(src: str | Path, out: str | Path, *, dtype: str = "fp32", ove
             write_model_dir(
                 model, info, Recipe(model=cfg), tmp, DTYPE_NAMES[dtype], training_max_duration=NANO_SEGMENT_SECONDS
             )
+            output_dir(out, overwrite=overwrite, flag="OUT", error=ConvertError)  # filled meanwhile: kept
             publish(tmp, out, MODEL_FILE)
         shutil.rmtree(stage, ignore_errors=True)
         log.info("converted %s to %s", src, out)

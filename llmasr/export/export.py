@@ -106,6 +106,21 @@ def merge_llm(llm: nn.Module) -> nn.Module:
     return merged
 
 
+def cast_llm(llm: nn.Module, dtype: torch.dtype) -> None:
+    """`llm.to(dtype)`, except the tensors its class keeps in float32 when from_pretrained loads it in `dtype`
+    (`_keep_in_fp32_modules_strict` in fp16 and bf16: an MoE router's gate and score bias; `_keep_in_fp32_modules` in
+    fp16; matched as it matches them): the trained model had them in float32, rounded they route tokens elsewhere."""
+    import re
+
+    names = set(getattr(llm, "_keep_in_fp32_modules_strict", None) or []) if dtype != torch.float32 else set()
+    if dtype == torch.float16:
+        names |= set(getattr(llm, "_keep_in_fp32_modules", None) or [])
+    keep = re.compile("|".join(name.replace("*", ".*") for name in sorted(names))) if names else None
+    for name, tensor in [*llm.named_parameters(), *llm.named_buffers()]:
+        if tensor.is_floating_point() and not (keep and keep.search(name)):
+            tensor.data = tensor.data.to(dtype)
+
+
 def check_adapter_only(model: nn.Module, recipe) -> None:
     """--adapter-only writes what peft's adapter file holds (the LoRA tensors, and the biases lora.bias trains):
     refuse when more of the LLM was trained."""
@@ -133,22 +148,13 @@ def encoder_description(cfg) -> dict:
     return {"type": spec.entry.type, "class": spec.entry.class_name, "conf": spec.conf}
 
 
-def _state_for_file(module: nn.Module, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
-    out = {}
-    for k, v in module.state_dict().items():
-        v = v.detach().to("cpu")
-        if dtype is not None and v.is_floating_point():
-            v = v.to(dtype)
-        out[k] = v.contiguous().clone()
-    return out
-
-
 def _save_tensors(module: nn.Module, path: Path) -> None:
     from safetensors.torch import save_file
 
+    state = {k: v.detach().to("cpu").contiguous().clone() for k, v in module.state_dict().items()}
     # one metadata key, as save_pretrained writes: safetensors orders several at random, and the same checkpoint
     # exported twice gave files of different bytes (checksums, caches)
-    save_file(_state_for_file(module), str(path), metadata={"format": "pt"})
+    save_file(state, str(path), metadata={"format": "pt"})
 
 
 def _plain(value):
@@ -197,6 +203,7 @@ def export_model(
                 model, info, recipe, tmp, dtype_name, adapter_only=adapter_only, max_shard_size=max_shard_size,
                 training_max_duration=longest,
             )  # fmt: skip
+            output_dir(output, overwrite=overwrite, flag="--output", error=ExportError)  # filled meanwhile: kept
             publish(tmp, out, MODEL_FILE)
         log.info("exported %s (tags %s) to %s", info["run_dir"], ", ".join(info["tags"]), out)
         return Path(output).expanduser()
@@ -314,14 +321,21 @@ def _write_llm(model, recipe, tmp: Path, dtype_name: str, *, adapter_only: bool,
         llm_entry.update(base=base_path, base_fingerprint=dir_fingerprint(base_path))
     else:
         merged = merge_llm(model.llm)
-        merged.to(DTYPES[dtype_name])
+        cast_llm(merged, DTYPES[dtype_name])
         merged.config.use_cache = True
         gen = merged.generation_config
         end = int(model.prompt.end_id)  # first: the answer's end; the LLM's other ends stop generate as well
         others = other_end_ids(gen, model.prompt.tokenizer, end)
         gen.eos_token_id = [end, *others] if others else end
         gen.pad_token_id = int(model.prompt.pad_id)
-        merged.save_pretrained(str(tmp / "llm"), max_shard_size=max_shard_size)
+        # save_pretrained refuses a changed generation config its validation warns about, as many published ones do
+        # (sampling flags beside do_sample: false, which generate ignores): written as the LLM's was, end tokens set
+        merged.generation_config = type(gen)()
+        try:
+            merged.save_pretrained(str(tmp / "llm"), max_shard_size=max_shard_size)
+        finally:
+            merged.generation_config = gen
+        gen.to_json_file(str(tmp / "llm" / "generation_config.json"), use_diff=True)
         _save_tokenizer(model.prompt, tmp / "llm")
         llm_entry = {"kind": "merged", "dir": "llm"}
     llm_entry.update(dtype=dtype_name, trust_remote_code=bool(recipe.model.llm.trust_remote_code))

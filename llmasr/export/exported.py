@@ -85,6 +85,8 @@ def read_description(model_dir: str | Path) -> dict:
     gone += [f"{part}.conf" for part in ("encoder", "adaptor") if not isinstance(desc[part].get("conf", {}), dict)]
     if gone:
         raise ExportedModelError(f"{path}: {', '.join(gone)} missing or not a mapping (a damaged or hand-edited file?)")
+    if desc["llm"].get("dtype", "float32") not in DTYPE_NAMES:
+        raise ExportedModelError(f"{path}: llm.dtype must be one of bf16, fp16, fp32; got {desc['llm']['dtype']!r}")
     return desc
 
 

@@ -11,7 +11,9 @@ marker last, and the old ones are deleted; a move that fails puts OUT back as it
 another filesystem, where the renames fail, so there the staging folder is `OUT/.partial` (and `OUT/.old`).
 
 `writing(OUT)` holds a lock file beside OUT (`.NAME.lock`) for the whole write: a second export or conversion to the
-same OUT while the first runs would clear and fill the same staging folder, so it is refused at once instead.
+same OUT while the first runs would clear and fill the same staging folder, so it is refused at once instead. Meanwhile
+SIGTERM (a scheduler's time limit, `kill`) stops the write as Ctrl-C does, by an exception: the staging folder is
+removed and OUT left as it was, where the signal's default had ended the process with a model-sized hidden folder left.
 """
 
 from __future__ import annotations
@@ -20,9 +22,11 @@ import contextlib
 import fcntl
 import os
 import shutil
+import signal
+import threading
 from pathlib import Path
 
-from llmasr.errors import write_error
+from llmasr.errors import Interrupted, write_error
 
 
 def output_dir(out, *, overwrite: bool, flag: str, error=ValueError) -> Path:
@@ -84,7 +88,8 @@ def writing(out: Path, *, flag: str, error=ValueError):
             break
         os.close(fd)
     try:
-        yield
+        with _sigterm_raises(f"while writing {out}"):
+            yield
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
@@ -92,6 +97,23 @@ def writing(out: Path, *, flag: str, error=ValueError):
         for folder in made:  # innermost first; a refused write leaves no folders of a mistyped OUT behind
             with contextlib.suppress(OSError):
                 folder.rmdir()
+
+
+@contextlib.contextmanager
+def _sigterm_raises(when: str):
+    """SIGTERM raises Interrupted inside the block (main thread only: Python allows handlers nowhere else)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum, frame):
+        raise Interrupted(signum, when)
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 @contextlib.contextmanager
@@ -114,7 +136,8 @@ def publish(tmp: Path, out: Path, marker: str) -> None:
     """Put the finished folder `tmp` at `out` (see the module docstring). `marker`: the file whose presence says the
     folder is complete (its reader looks for it first): an existing OUT's goes first and the new one comes last, so
     an interrupted move never looks complete; what OUT held waits in a hidden folder until the new files are all in,
-    and a move that fails puts it back."""
+    and a move that fails puts it back. What OUT held is then deleted: the caller checks OUT with output_dir again
+    first (files may have reached an empty OUT while the model was written)."""
     where = Path(out).expanduser().resolve()
     if not where.exists():  # (output_dir refused a file there)
         tmp.rename(where)  # one rename: complete or not there

@@ -267,3 +267,24 @@ def test_a_full_disk_during_conversion_names_the_folder_and_leaves_nothing(tmp_p
         convert_funasr(src, tmp_path / "out")
     assert err.value.filename == str(tmp_path / ".out.partial")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]
+
+
+def test_files_that_reach_an_empty_out_during_the_conversion_are_kept(tmp_path, monkeypatch):
+    """As an export: OUT is checked again before the model is put in place, so nothing that reached it meanwhile is
+    deleted without --overwrite."""
+    import llmasr.convert.funasr_nano as nano
+    from llmasr.convert.funasr_nano import ConvertError
+
+    src, out = write_nano_dir(tmp_path / "src"), tmp_path / "out"
+    out.mkdir()
+    write = nano.write_model_dir
+
+    def meanwhile(*args, **kwargs):
+        write(*args, **kwargs)
+        (out / "notes.txt").write_text("mine")
+
+    monkeypatch.setattr(nano, "write_model_dir", meanwhile)
+    with pytest.raises(ConvertError, match="exists and is not empty"):
+        convert_funasr(src, out)
+    assert [p.name for p in out.iterdir()] == ["notes.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "src"]  # no staging folder left

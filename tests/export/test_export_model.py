@@ -169,6 +169,11 @@ def test_a_damaged_or_newer_description_is_refused_naming_the_file(exported, tmp
         (yaml.safe_dump({**desc, "adaptor": {**desc["adaptor"], "conf": 3}}), "adaptor.conf missing or not a mapping"),
         (yaml.safe_dump({**desc, "ctc": {"file": "ctc_head.safetensors"}}), "ctc.weight, ctc.vocab missing"),
         (yaml.safe_dump({**desc, "llm": {**desc["llm"], "kind": "adapter"}}), "llm.base missing"),
+        # had been "dtype must be one of ...", naming neither the file nor the key
+        (
+            yaml.safe_dump({**desc, "llm": {**desc["llm"], "dtype": "half"}}),
+            "llm.dtype must be one of bf16, fp16, fp32",
+        ),
     ):
         path.write_text(text)
         with pytest.raises(ExportedModelError, match=f"{path}: {why}"):
@@ -260,3 +265,72 @@ def test_an_llm_with_named_chat_templates_exports_and_loads(base_dirs, train_cor
     with pytest.raises(ExportedModelError, match=r"llmasr_model.yaml: prompt.chat_template holds named templates "
                                                  r"\(rag, tool_use\) and no 'default'"):  # fmt: skip
         load_exported(tmp_path / "model")
+
+
+def test_tensors_transformers_keeps_in_float32_stay_float32_in_a_bf16_export(base_dirs, train_corpus, tmp_path):
+    """An MoE router's gate and e_score_correction_bias (dots.llm1; DeepSeek-V3-style routers) are kept in float32
+    by transformers in a bf16 model (`_keep_in_fp32_modules_strict`), and the trained model routed with them so: the
+    export had rounded them to bf16, which from_pretrained then read back into float32, other values than trained."""
+    import transformers
+    from safetensors import safe_open
+    from transformers import AutoModelForCausalLM
+
+    from llmasr.testing.tiny_llm import DEFAULT_CORPUS, train_bpe_tokenizer, write_tiny_llm_dir
+
+    if not hasattr(transformers, "Dots1Config"):
+        pytest.skip("this transformers has no dots.llm1")
+    tok = train_bpe_tokenizer(DEFAULT_CORPUS)
+    config = transformers.Dots1Config(
+        vocab_size=len(tok), hidden_size=64, intermediate_size=128, moe_intermediate_size=32, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, n_routed_experts=8, num_experts_per_tok=2, n_shared_experts=1,
+        first_k_dense_replace=0, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, bos_token_id=0,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    llm = AutoModelForCausalLM.from_config(config)
+    router = [n for n, _ in [*llm.named_parameters(), *llm.named_buffers()] if n.endswith(("gate.weight", "_bias"))]
+    assert len(router) == 4
+    with torch.no_grad():  # values bf16 cannot hold (transformers initialises them to zeros)
+        for name in router:
+            tensor = llm.get_parameter(name) if name.endswith("weight") else llm.get_buffer(name)
+            tensor.copy_(1 + 0.3 * torch.randn(tensor.shape))
+    llm_dir = write_tiny_llm_dir(tmp_path / "llm", tokenizer=tok, model=llm)
+    section = model_section(llm_dir, base_dirs[1], encoder_lora=False, ctc=False)
+    section["llm"]["dtype"] = "bfloat16"
+    run = train_run(tmp_path / "run", section, train_corpus)
+    base = run.reference_model().llm.get_base_model()
+    trained = {n: t.detach() for n, t in [*base.named_parameters(), *base.named_buffers()] if n in router}
+    assert {t.dtype for t in trained.values()} == {torch.float32}  # the trained model routed in float32
+    out = export_model(run.run_dir, tmp_path / "model")
+    with safe_open(str(out / "llm" / "model.safetensors"), "pt") as f:
+        saved = {k: f.get_tensor(k) for k in f.keys()}
+    for name in router:
+        assert saved[name].dtype == torch.float32 and torch.equal(saved[name], trained[name]), name
+    assert saved["model.embed_tokens.weight"].dtype == torch.bfloat16
+    assert json.loads((out / "llm" / "config.json").read_text())["dtype"] == "bfloat16"
+    plain = AutoModelForCausalLM.from_pretrained(str(out / "llm"))
+    loaded = dict([*plain.named_parameters(), *plain.named_buffers()])
+    assert all(torch.equal(loaded[name].detach(), trained[name]) for name in router)
+
+
+def test_an_llm_whose_generation_config_has_flags_greedy_search_ignores_exports(base_dirs, train_corpus, tmp_path):
+    """Many published generation_config.json set sampling flags beside do_sample: false (transformers loads them with
+    a warning and generate ignores them). A run trained on such an LLM had failed at the export's very end, after
+    reading and merging, with transformers' ValueError: save_pretrained refuses a changed generation config its
+    validation warns about, and the export changes its end tokens. The LLM's settings are kept, end tokens set."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    llm = shutil.copytree(base_dirs[0], tmp_path / "llm")
+    gen_file = llm / "generation_config.json"
+    tok = AutoTokenizer.from_pretrained(str(llm))
+    endoftext, im_end = tok.convert_tokens_to_ids(["<|endoftext|>", "<|im_end|>"])
+    gen = json.loads(gen_file.read_text())
+    gen.update(do_sample=False, temperature=0.7, top_p=0.8, eos_token_id=endoftext)  # the export sets <|im_end|>
+    gen_file.write_text(json.dumps(gen))
+    run = train_run(tmp_path / "run", model_section(llm, base_dirs[1], encoder_lora=False, ctc=False), train_corpus)
+    assert main(["--checkpoint", str(run.run_dir), "--output", str(tmp_path / "model")]) == 0
+    saved = json.loads((tmp_path / "model" / "llm" / "generation_config.json").read_text())
+    assert saved["eos_token_id"] == [im_end, endoftext] and saved["pad_token_id"] == tok.pad_token_id
+    assert (saved["do_sample"], saved["temperature"], saved["top_p"]) == (False, 0.7, 0.8)
+    plain = AutoModelForCausalLM.from_pretrained(str(tmp_path / "model" / "llm"))
+    assert plain.generation_config.eos_token_id == [im_end, endoftext]
+    assert plain.generate(torch.tensor([[1, 5, 9]]), max_new_tokens=2, do_sample=False).shape[1] > 3

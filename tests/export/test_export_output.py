@@ -226,3 +226,51 @@ def test_a_full_disk_during_export_names_the_folder_and_its_free_space(runs, tmp
     err = capsys.readouterr().err
     assert f"{tmp_path / '.m.partial'}: No space left on device while writing it (" in err
     assert "MiB free there" in err and not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_sigterm_during_export_leaves_no_staging_folder(runs, tmp_path):
+    """SIGTERM (a scheduler's time limit, `kill`) ended the process at once: the hidden staging folder, a whole model
+    in size, and the lock file stayed beside OUT. Now it stops the export as Ctrl-C does: nothing is left, exit 143."""
+    import sys
+
+    from llmasr.testing.launcher import launcher_env
+
+    script = (
+        "import os, signal, sys\n"
+        "import llmasr.export.export as ex\n"
+        "write = ex.write_model_dir\n"
+        "def write_then_stopped(*args, **kwargs):\n"
+        "    write(*args, **kwargs)\n"
+        "    os.kill(os.getpid(), signal.SIGTERM)\n"
+        "ex.write_model_dir = write_then_stopped\n"
+        "from llmasr.cli import main\n"
+        "sys.exit(main(['export', '--checkpoint', sys.argv[1], '--output', sys.argv[2]]))\n"
+    )
+    out = tmp_path / "m"
+    done = subprocess.run([sys.executable, "-c", script, str(runs[0]), str(out)], capture_output=True, text=True,
+                          env=launcher_env(), timeout=300)  # fmt: skip
+    assert done.returncode == 143, done.stderr[-2000:]
+    assert f"llmasr export: stopped by SIGTERM while writing {out}" in done.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_files_that_reach_an_empty_output_during_the_export_are_kept(runs, tmp_path, monkeypatch, capsys):
+    """OUT was checked empty at the start only: a file that reached it while the model was written was deleted with
+    the folder's old contents when the export was put in place, though --overwrite was not given."""
+    import llmasr.export.export as export
+
+    out = tmp_path / "m"
+    out.mkdir()
+    write = export.write_model_dir
+
+    def meanwhile(*args, **kwargs):
+        write(*args, **kwargs)
+        (out / "notes.txt").write_text("mine")
+
+    monkeypatch.setattr(export, "write_model_dir", meanwhile)
+    assert main(["--checkpoint", str(runs[0]), "--output", str(out)]) == 2
+    assert f"--output {out}: exists and is not empty" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"] and (out / "notes.txt").read_text() == "mine"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]  # no staging folder left
+    assert main(["--checkpoint", str(runs[0]), "--output", str(out), "--overwrite"]) == 0
+    assert not (out / "notes.txt").exists()
