@@ -22,6 +22,7 @@ from llmasr.models.llm_files import (
     check_adapter_weights,
     check_llm_weights,
     refuse_missing_on_load,
+    stored_shapes,
     weight_files,
 )
 
@@ -72,7 +73,10 @@ def warn_remote_code(path: str | Path, source: str) -> None:
 def load_tokenizer(path: str | Path, *, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(str(path), local_files_only=True, trust_remote_code=trust_remote_code)
+    try:
+        return AutoTokenizer.from_pretrained(str(path), local_files_only=True, trust_remote_code=trust_remote_code)
+    except ValueError as err:  # a cut-short or damaged tokenizer.json: its parser's error names no file
+        raise LLMLoadError(f"{path}: its tokenizer files cannot be read ({type(err).__name__}: {err})") from err
 
 
 def linear_module_names(model: nn.Module) -> list[str]:
@@ -204,8 +208,8 @@ def _causal_lm(path: Path, dtype: torch.dtype, trust_remote_code: bool, *, pretr
     from transformers import AutoConfig, AutoModelForCausalLM
 
     config = AutoConfig.from_pretrained(str(path), local_files_only=True, trust_remote_code=trust_remote_code)
-    if pretrained:
-        weight_files(path)  # there, and not Git LFS pointers: transformers' own errors do not say so
+    if pretrained:  # there, not Git LFS pointers, not cut short: transformers' own errors do not name the file
+        stored_shapes(weight_files(path))  # headers only
     info = {}
     try:
         if pretrained:

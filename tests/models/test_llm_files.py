@@ -69,6 +69,21 @@ def test_git_lfs_pointers_are_named_as_such(llm_dirs, tmp_path):
         torch_load(tmp_path / "model.pt")
 
 
+def test_weights_or_a_tokenizer_cut_short_are_named(llm_dirs, tmp_path):
+    """A copy cut short (a full disk, an interrupted rsync) of the weights or of tokenizer.json: the load had failed
+    with the parsers' own errors, which name no file."""
+    from llmasr.models.llm import LLMLoadError, load_tokenizer
+
+    d = copy_of(llm_dirs["untied"], tmp_path)
+    for name in ("model.safetensors", "tokenizer.json"):
+        data = (d / name).read_bytes()
+        (d / name).write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointMismatchError, match=r"model.safetensors: not a readable safetensors file"):
+        load_llm(d)
+    with pytest.raises(LLMLoadError, match=rf"{d}: its tokenizer files cannot be read \(JSONDecodeError"):
+        load_tokenizer(d)
+
+
 def test_the_files_checked_are_the_ones_transformers_reads(llm_dirs, tmp_path):
     """Shards with their index beside a model.safetensors: transformers reads the single file. The check had read the
     shards, passed, and left a Git LFS pointer in model.safetensors to a bare SafetensorError at the load."""
