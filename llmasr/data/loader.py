@@ -33,7 +33,7 @@ from llmasr.data.frontend import FrontendConfig
 from llmasr.data.hotwords import HotwordSampler
 from llmasr.data.sampler import DynamicBucketSampler
 from llmasr.data.screen import describe_skipped, start_tracker
-from llmasr.data.screen_share import ScreenShare
+from llmasr.data.screen_share import ScreenShare, shared_fill
 from llmasr.data.speech_loader import SpeechDataLoader
 from llmasr.data.window_plan import PlanShare, WindowRules, split_long
 from llmasr.data.worker_start import fork_deadlock_warning, worker_init
@@ -315,13 +315,17 @@ def build_decode_loader(
     rules cut are decoded in windows, each an item of its own, and the ones a VAD gate silences get an empty
     transcript (`loader.dataset.manifest` is then a llmasr.data.windowed.WindowedManifest; llmasr.data.window_plan).
     `rank` of `world_size`: the sampler's share of the same plan (llmasr.export.decode_world); with `gather` (obj ->
-    every rank's obj) the ranks also share reading the audio the window rules hear, `num_workers` processes each.
+    every rank's obj) the ranks also share the header probes of lines without a duration and reading the audio the
+    window rules hear, `num_workers` processes each.
     A line without a transcript is decoded too
     (its batch's `targets` hold None for it). `trim_leading_silence`: each item's leading pause is cut
     (llmasr.data.long_audio.speech_start; the batch's `leads` say by how much each starts later). `speech_runs`:
     each item's stretches of speech ride along (`Batch.speech_runs`, for word timestamps' ends).
     """
-    manifest, fill_bad = open_manifests([str(manifest_path)], mix=False, need_target=False)
+    probes = ScreenShare(rank, world_size, gather) if gather is not None and world_size > 1 else None
+    manifest, fill_bad = open_manifests([str(manifest_path)], mix=False, need_target=False, fill=probes is None)
+    if probes is not None:  # the ranks split the header probes of the lines that give no duration
+        fill_bad = shared_fill(manifest, probes)
     durations = np.asarray(manifest.durations(), dtype=np.float64)
     known = np.flatnonzero(~np.isnan(durations))  # the others are in fill_bad
     if windows is not None:

@@ -77,3 +77,24 @@ class ScreenShare:
         if sorted(o["part"] for o in node) != list(range(self.parts)):
             return None
         return [o["screen"] for o in sorted(node, key=lambda o: o["part"])]
+
+
+def shared_fill(manifest, share: ScreenShare) -> list:
+    """manifest.fill_durations() (a Manifest: the audio headers of its lines without a duration probed) with the
+    probes split between the ranks of `share`, every rank ending with every duration and every BadRecord (in line
+    order). Ranks that do not make up the share each probe everything."""
+    mine = share.indices(len(manifest))
+
+    def probe() -> dict:
+        bad = manifest.fill_durations(mine)
+        return {"bad": bad, "durations": np.asarray(manifest.durations(), dtype=np.float32)[mine]}
+
+    shares = share.exchange(probe)
+    if shares is None:
+        return manifest.fill_durations()
+    bad = []
+    for part, found in enumerate(shares):
+        if part != share.part:
+            manifest.set_durations(np.arange(part, len(manifest), share.parts, dtype=np.int64), found["durations"])
+        bad.extend(found["bad"])
+    return sorted(bad, key=lambda b: b.line)

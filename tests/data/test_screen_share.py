@@ -19,31 +19,7 @@ from llmasr.data.manifest import Manifest
 from llmasr.data.mixed_manifest import MixedManifest
 from llmasr.data.screen import screen
 from llmasr.data.screen_share import PeerFailure, ScreenShare
-
-
-def ranks(size: int, work, node_parts=None) -> list:
-    """work(rank, gather) on `size` threads; each rank's return value or exception."""
-    barrier, posted, out = threading.Barrier(size, timeout=60), [None] * size, [None] * size
-
-    def run(r: int) -> None:
-        def gather(obj):
-            posted[r] = obj
-            barrier.wait()
-            everyone = list(posted)
-            barrier.wait()
-            return everyone
-
-        try:
-            out[r] = work(r, gather)
-        except Exception as err:  # a broken barrier (a rank left waiting) shows here too
-            out[r] = err
-
-    threads = [threading.Thread(target=run, args=(r,), name=f"rank{r}") for r in range(size)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=120)
-    return out
+from llmasr.testing.thread_ranks import run_ranks as ranks
 
 
 def corpus(tmp_path) -> str:
@@ -185,3 +161,33 @@ def test_a_rank_that_failed_before_the_screen_stops_the_others_in_it(tiny_llm_di
 def test_a_share_is_the_launchers_local_rank_and_size(env, expected):
     share = ScreenShare.of_node(print, environ=env)
     assert (share and (share.part, share.parts)) == expected if expected else share is None
+
+
+def test_decodings_ranks_split_the_header_probes_and_all_end_with_every_duration(tmp_path, monkeypatch):
+    from llmasr.data.screen_share import shared_fill
+
+    path = corpus(tmp_path)
+    whole = Manifest.open(path)
+    unknown = np.flatnonzero(np.isnan(whole.durations()))
+    expected = [(b.line, b.reason) for b in whole.fill_durations()]
+    assert len(expected) == 2 and len(unknown) == 10  # the missing file's line and the malformed one stay unknown
+    probes = Counter()
+    probe_span = audio.probe_span
+
+    def counted_probe(*a, **k):
+        probes[threading.current_thread().name] += 1
+        return probe_span(*a, **k)
+
+    monkeypatch.setattr(audio, "probe_span", counted_probe)
+
+    def rank(r, gather):
+        m = Manifest.open(path)
+        bad = shared_fill(m, ScreenShare(r, 2, gather))
+        return [(b.line, b.reason) for b in bad], m.durations()
+
+    for bad, durations in ranks(2, rank):
+        assert bad == expected
+        np.testing.assert_array_equal(durations, whole.durations())
+    unparsed = {b.line - 1 for b in whole.fill_durations() if "JSON" in b.reason}
+    for r in range(2):
+        assert probes[f"rank{r}"] == len([i for i in unknown if i % 2 == r and i not in unparsed]), r

@@ -4,7 +4,6 @@ ranks share it, and the plan is the one a single process makes; each rank reads 
 from __future__ import annotations
 
 import json
-import threading
 
 import numpy as np
 import pytest
@@ -13,6 +12,7 @@ import soundfile as sf
 from llmasr.data.loader import open_manifests
 from llmasr.data.window_plan import PlanShare, WindowRules, split_long
 from llmasr.models.fsmn_vad import FsmnVad
+from llmasr.testing.thread_ranks import run_ranks
 from llmasr.testing.tiny_corpus import syllable_bursts
 from llmasr.testing.tiny_vad import write_fsmn_vad_dir
 
@@ -75,26 +75,13 @@ def test_loader_workers_make_the_plan_one_process_makes(corpus, vad):
 
 def _ranks(manifest, known, rules_of, size: int) -> list:
     """split_long on `size` ranks (threads) whose gather is a barrier: each rank's plan and the recordings it heard."""
-    barrier, posted, out = threading.Barrier(size), [None] * size, [None] * size
 
-    def rank(r: int) -> None:
-        def gather(obj):
-            posted[r] = obj
-            barrier.wait()
-            everyone = list(posted)
-            barrier.wait()
-            return everyone
-
+    def rank(r: int, gather):
         rules = rules_of()
         windowed = split_long(manifest, known, sample_rate=SR, rules=rules, share=PlanShare(r, size, 0, gather))
-        out[r] = (windowed, sorted(rules.speech_segments.lengths))
+        return windowed, sorted(rules.speech_segments.lengths)
 
-    threads = [threading.Thread(target=rank, args=(r,)) for r in range(size)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=120)
-    return out
+    return run_ranks(size, rank)
 
 
 @pytest.mark.parametrize("gate", [True, False])

@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import logging
 import subprocess
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import pytest
 import torch
@@ -17,6 +19,7 @@ from llmasr.models.decoding import DecodeConfig
 from llmasr.models.speech_llm import SpeechLLM
 from llmasr.testing.launcher import assert_no_shm_left, launcher_env
 from llmasr.testing.run_dirs import write_corpus, write_wav
+from llmasr.testing.thread_ranks import run_ranks
 from llmasr.train.engine import _free_port
 
 TEXTS = ["zero one two", "three four", "five six seven eight", "nine", "hello world", "the quick brown fox",
@@ -35,10 +38,22 @@ def manifest(tmp_path_factory):
     return path
 
 
+@dataclass(frozen=True)
+class ThreadWorld(DecodeWorld):
+    """A rank of a world of threads (llmasr.testing.thread_ranks): the ranks exchange header probes and plans."""
+
+    gather_with: Callable | None = None
+
+    def gather(self, obj) -> list:
+        return self.gather_with(obj)
+
+
 def test_ranks_share_the_batches_of_one_plan(model, manifest):
     cfg, opts = DecodeConfig(batch_seconds=1.6), DecodeOptions(num_workers=0)
     plan = [sorted(b) for b in decode_loader(model, manifest, cfg, opts).batch_sampler]
-    shares = [list(decode_loader(model, manifest, cfg, opts, world=DecodeWorld(r, 2)).batch_sampler) for r in (0, 1)]
+    shares = run_ranks(2, lambda r, gather: list(
+        decode_loader(model, manifest, cfg, opts, world=ThreadWorld(r, 2, gather_with=gather)).batch_sampler
+    ))  # fmt: skip
     assert len(plan) % 2 == 1  # an odd count: one rank repeats a batch to keep the count even
     assert len(shares[0]) == len(shares[1]) == (len(plan) + 1) // 2
     assert {tuple(sorted(b)) for b in shares[0] + shares[1]} == {tuple(b) for b in plan}

@@ -1,0 +1,32 @@
+"""Ranks as threads of one process, their all_gather_object a barrier: for tests of code that exchanges objects
+between ranks (a shared screen, decoding's window plans) without starting processes."""
+
+from __future__ import annotations
+
+import threading
+
+
+def run_ranks(size: int, work, timeout: float = 120.0) -> list:
+    """work(rank, gather) on `size` threads, `gather(obj)` giving every rank's obj in rank order; returns each rank's
+    result, or the exception it raised (a rank left waiting in a gather shows as a broken barrier)."""
+    barrier, posted, out = threading.Barrier(size, timeout=timeout / 2), [None] * size, [None] * size
+
+    def run(r: int) -> None:
+        def gather(obj):
+            posted[r] = obj
+            barrier.wait()
+            everyone = list(posted)
+            barrier.wait()
+            return everyone
+
+        try:
+            out[r] = work(r, gather)
+        except Exception as err:
+            out[r] = err
+
+    threads = [threading.Thread(target=run, args=(r,), name=f"rank{r}") for r in range(size)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=timeout)
+    return out
