@@ -64,8 +64,8 @@ def screen(
         shares = share.exchange(lambda: _screen_part(manifest, mine, ctc_labels, target_lens))
     if shares is None:
         if share is not None and share.part == 0:
-            log.warning("%s: the ranks that say they share this node (LOCAL_RANK of %d) are not one of each: every "
-                        "rank screens every line", manifest.path, share.parts)  # fmt: skip
+            log.warning("%s: the ranks of this node are not LOCAL_RANK 0..%d once each (hosts of one name?): every "
+                        "rank screens every line", manifest.path, share.parts - 1)  # fmt: skip
         bad = _screen_part(manifest, np.arange(n, dtype=np.int64), ctc_labels, target_lens)["bad"]
     else:
         bad = []
