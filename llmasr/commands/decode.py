@@ -148,8 +148,8 @@ def _search_args(p: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     p.add_argument(
         "--repeat-limit", type=int, default=None,
-        help=f"end a hypothesis whose n-gram repeats back to back more than this (0: off; default "
-        f"{DecodeConfig.repeat_limit})",
+        help=f"end a hypothesis whose n-gram repeats back to back more than this, an n-gram of 1 or 2 tokens more "
+        f"than twice this plus one (0: off; default {DecodeConfig.repeat_limit})",
     )  # fmt: skip
     p.add_argument(
         "--max-window-seconds", type=float, default=None,
