@@ -41,7 +41,8 @@ def _check_range(path: str, name: str, values: list[float], lo: float | None = N
         raise ConfigError(f"{path}.{name}: expected [low, high] with low <= high, got {values}")
     for v in values:
         if not math.isfinite(v) or (lo is not None and v < lo) or (hi is not None and v > hi):
-            raise ConfigError(f"{path}.{name}: values must lie in [{lo}, {hi}], got {values}")
+            bounds = "be finite" if lo is None and hi is None else f"lie in [{lo}, {hi}]"
+            raise ConfigError(f"{path}.{name}: values must {bounds}, got {values}")
 
 
 def _check_prob(path: str, prob: float):

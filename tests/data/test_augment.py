@@ -59,6 +59,7 @@ def test_config_from_dict_and_validation(tmp_path):
         ({"noise": {"snr_db": [20, 10]}}, "augment.noise.snr_db"),
         ({"noise": {"prob": 1.5}}, "augment.noise.prob"),
         ({"gain": {"db": [-100, 0]}}, "augment.gain.db"),
+        ({"noise": {"snr_db": [float("-inf"), 10]}}, "augment.noise.snr_db: values must be finite"),
         ({"speed_perturb": {"factors": []}}, "augment.speed_perturb.factors"),
         ({"speed_perturb": {"factors": [3.0]}}, "augment.speed_perturb.factors"),
         ({"silence": {"lead": [1.0, 0.5]}}, "augment.silence.lead"),
