@@ -264,20 +264,25 @@ class SpeechDataset(Dataset):
                 f"audio of {wave.size / sr:.3f} s is longer than the Whisper window ({self.frontend.chunk_seconds:g} "
                 "s): the encoder would not hear its end, which the transcript holds"
             )
+        sped = ""  # a clip speed perturbation shortened: the line's audio itself may be long enough
         if aug is not None:
-            wave = aug.wave(wave, sr, rng, draw_clip_lengths(aug.cfg, self.seed, self.epoch, visit).item())
+            lengths = draw_clip_lengths(aug.cfg, self.seed, self.epoch, visit).item()
+            heard = wave.size
+            wave = aug.wave(wave, sr, rng, lengths)
+            if wave.size < heard:
+                sped = f", sped up by data.augment.speed_perturb's factor {lengths[0]:g} from {heard / sr:.3f} s"
         if window is not None:  # augmentation holds a clip in the window up to rounding
             wave = wave[:window]
         t = fx.num_frames(wave.size)
         if t == 0:  # decided from the sample count: no feature library is asked
             return (
-                f"audio too short for one feature frame ({wave.size} samples = {wave.size / sr:.3f} s; the frontend "
-                f"needs at least {fx.min_samples})"
+                f"audio too short for one feature frame ({wave.size} samples = {wave.size / sr:.3f} s{sped}; the "
+                f"frontend needs at least {fx.min_samples})"
             )
         if t < self.frontend.min_frames:
             return (
-                f"audio too short for the encoder ({t} feature frames = {wave.size / sr:.3f} s; its subsampling needs "
-                f"at least {self.frontend.min_frames})"
+                f"audio too short for the encoder ({t} feature frames = {wave.size / sr:.3f} s{sped}; its subsampling "
+                f"needs at least {self.frontend.min_frames})"
             )
         if self.features_on == "device":
             scaled = fx.scaled_wave(wave, dither=self.frontend.dither, rng=rng if self.train else content_rng(wave))

@@ -98,6 +98,30 @@ def test_too_short_clip_names_its_sample_count(corpus, train):
     assert "160 samples = 0.010 s; the frontend needs at least 257" in item.reason
 
 
+def test_a_clip_speed_perturbation_makes_too_short_says_so(tmp_path):
+    """A line long enough for the encoder, sped up past its fewest frames in some epochs, is a bad item then: the
+    reason names the speed factor and the line's own length (it had read as the line's audio being too short)."""
+    from llmasr.config_io import from_dict
+    from llmasr.data.augment import AugmentConfig
+    from llmasr.data.clip_lengths import draw_clip_lengths
+
+    fe = FrontendConfig(lfr_m=1, lfr_n=1, min_frames=7)  # a Conformer conv2d's fewest frames: 0.085 s
+    recs = [{"key": f"k{i}", "source": str(write_wav(tmp_path / f"u{i}.wav", 0.086, seed=i)), "target": "hi"}
+            for i in range(8)]  # fmt: skip
+    manifest = Manifest.open(str(write_manifest(tmp_path / "m.jsonl", recs)))
+    aug = from_dict(AugmentConfig, {"speed_perturb": {"enable": True, "factors": [1.0, 1.1]}}, "augment")
+    ds = SpeechDataset(manifest, fe, train=True, augment=aug, prompt_builder=FakePromptBuilder())
+    factors = draw_clip_lengths(aug, 0, 0, np.arange(8)).factor
+    assert set(factors.tolist()) == {1.0, 1.1}
+    for i, f in enumerate(factors.tolist()):
+        item = ds[i]
+        assert isinstance(item, BadItem) == (f == 1.1)
+        if f == 1.1:
+            assert "6 feature frames = 0.078 s, sped up by data.augment.speed_perturb's factor 1.1 from 0.086 s;" in (
+                item.reason
+            )
+
+
 def test_without_ctc_tokenizer_digits_are_fine(corpus):
     ds = SpeechDataset(corpus, FRONTEND, train=False, prompt_builder=FakePromptBuilder())
     item = ds[8]
