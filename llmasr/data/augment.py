@@ -10,7 +10,7 @@ mask covers the same mel bins in every sub-frame, and a time mask zeroes one spa
 Paraformer's 7/6), as FunASR's SpecAugLFR does (its MaskAlongAxisLFR stacks only frequency masks: for time it sets
 lfr_rate to 1). `spec_augment.lfr_time_replicate: true` instead repeats each time mask lfr_m times at a stride of
 T // lfr_m rows, the layout FunASR's mask_along_axis_lfr would give time masks, which SpecAugLFR never asks of it.
-Masked values are set to 0 (the CMVN mean).
+Masked values are set to 0: the mean after CMVN, where a CMVN file normalises the features (without one, a log-mel 0).
 
 Pauses (`silence`): clips cut tightly around their speech teach a model that audio starts with a word, and an
 LLM-ASR model so trained writes words into the pause before speech it meets in real recordings. The pause put
