@@ -58,6 +58,9 @@ class SpecAugmentConfig:
     num_freq_masks: int = 1
     max_freq_width: int = 30  # mel bins (per LFR sub-frame)
     lfr_time_replicate: bool = False  # each time mask repeated lfr_m times (not SpecAugLFR's: module docstring)
+    # The time masks together cover at most this fraction of an utterance (each its share): one mask could cover
+    # a whole short clip, teaching words over nothing; lhotse caps them at 0.15, FunASR and WeNet not at all.
+    max_time_fraction: float = 0.5
 
     def validate(self, path: str) -> None:
         if self.num_time_masks < 0 or self.num_freq_masks < 0:
@@ -72,6 +75,8 @@ class SpecAugmentConfig:
             )
         if self.max_freq_width < 0:
             raise ConfigError(f"{path}.max_freq_width: must be >= 0, got {self.max_freq_width}")
+        if not 0 < self.max_time_fraction <= 1:
+            raise ConfigError(f"{path}.max_time_fraction: must be in (0, 1], got {self.max_time_fraction}")
 
 
 @dataclass
@@ -325,15 +330,16 @@ class Augmenter:
             if w:
                 out.extend((1, i * bins + f0, w) for i in range(m))
         max_w = int(sa.max_time_width * t) if sa.max_time_width < 1 else int(sa.max_time_width)
+        share = sa.max_time_fraction / max(sa.num_time_masks, 1)  # of the frames a mask spans
         for _ in range(sa.num_time_masks if t > 0 else 0):
             if sa.lfr_time_replicate and m > 1:
                 span = t // m
-                w = int(rng.integers(0, max(0, min(max_w, span)) + 1))
+                w = int(rng.integers(0, max(0, min(max_w, span, int(share * span))) + 1))
                 t0 = int(rng.integers(0, max(1, span - w)))
                 if w:
                     out.extend((0, t0 + i * span, w) for i in range(m))
             else:
-                w = int(rng.integers(0, min(max_w, t) + 1))
+                w = int(rng.integers(0, min(max_w, t, int(share * t)) + 1))
                 t0 = int(rng.integers(0, t - w + 1))
                 if w:
                     out.append((0, t0, w))

@@ -335,6 +335,28 @@ def test_spec_augment_time_masks():
             assert len(starts) == 7 and (np.diff(starts) == 10).all()
 
 
+def test_time_masks_never_cover_a_short_clip_whole():
+    """One mask of up to 12 rows (the default) had covered every row of a clip of 3 to 12 rows in 8-25% of its
+    draws: a transcript learnt over nothing. The masks together now cover at most max_time_fraction of the rows, and
+    where that bound does not bind (a long clip) the draws are the ones they were."""
+    fe = FrontendConfig(lfr_m=7, lfr_n=6)
+
+    def masked_rows(t: int, seed: int, **sa) -> np.ndarray:
+        cfg = from_dict(AugmentConfig, {"spec_augment": {"enable": True, "num_freq_masks": 0, **sa}}, "augment")
+        return (Augmenter(cfg, fe).spec(np.ones((t, 560), np.float32), np.random.default_rng(seed)) == 0).all(axis=1)
+
+    for t in (2, 3, 5, 8, 12):
+        covered = [int(masked_rows(t, seed).sum()) for seed in range(300)]
+        assert max(covered) == t // 2, t
+        assert any(masked_rows(t, seed, max_time_fraction=1.0).all() for seed in range(300)), t  # the old reach
+    two = [int(masked_rows(9, seed, num_time_masks=2, max_time_fraction=0.3).sum()) for seed in range(300)]
+    assert max(two) == 2  # each of the two masks at most its share: 0.3 x 9 / 2 rows
+    for seed in range(50):
+        np.testing.assert_array_equal(masked_rows(100, seed), masked_rows(100, seed, max_time_fraction=1.0))
+    with pytest.raises(ConfigError, match=r"max_time_fraction: must be in \(0, 1\], got 0"):
+        from_dict(AugmentConfig, {"spec_augment": {"max_time_fraction": 0}}, "augment").validate("augment")
+
+
 def test_spec_augment_disabled_is_identity():
     aug = Augmenter(AugmentConfig(), FrontendConfig())
     feats = np.ones((5, 80), np.float32)
