@@ -1,8 +1,9 @@
 """Guards that keep a hypothesis from running away: a per-utterance cap on new tokens (from its audio duration) and a
 repetition stop (an n-gram repeated back to back past a limit ends the hypothesis).
 
-Both work by forcing the end token inside the search (a transformers logits processor), so they hold per
-utterance in greedy and beam search alike and a batch decodes as its utterances would alone. Which guard ended a
+Both work by forcing the end token inside the search (a transformers logits processor), at the score the model
+gives it there, so they hold per utterance in greedy and beam search alike, a batch decodes as its utterances would
+alone, and a beam stopped in a loop ranks below one the model ended itself. Which guard ended a
 hypothesis is read back from its tokens with the same rules (`truncation`), so every stop is counted.
 """
 
@@ -19,6 +20,7 @@ MAX_NGRAM = 32
 # two ("yeah," "yeah," ...).
 WORD_NGRAM = 2
 MAX_TOKENS, REPETITION = "max_tokens", "repetition"
+END_FLOOR = -1e4  # the least score a forced end takes (the CTC guide may rule the end out: -inf)
 
 
 def repeated_tail(ids: list[int], copies: int) -> bool:
@@ -50,7 +52,9 @@ class Guards:
             return scores
         out = scores.clone()
         out[stop] = float("-inf")
-        out[stop, self.end_id] = 0.0
+        # The end pays what the model gives it there (floored, so that the row keeps one finite choice): a beam
+        # stopped in its loop had ended for free, ahead of a beam that ended as the model wanted, and won.
+        out[stop, self.end_id] = scores[stop, self.end_id].clamp(min=END_FLOOR)
         return out
 
     def reason(self, ids: list[int], cap: int) -> str | None:

@@ -62,3 +62,37 @@ def test_the_end_holds_the_probability_of_every_end_token():
     assert out[0, 2].exp().item() == pytest.approx((scores[0, 2].exp() + scores[0, 5].exp()).item())
     assert out[0, 5] == float("-inf") and torch.equal(out[0, [0, 1, 3, 4]], scores[0, [0, 1, 3, 4]])
     assert out.exp().sum().item() == pytest.approx(1.0)
+
+
+def test_a_beam_stopped_in_its_loop_does_not_outrank_one_the_model_ended(tiny_llm_dir):
+    """The first token splits the beams: " nine" a little likelier, then looping ("nine nine ...", each step
+    near-certain), against "three four" and the end. The repetition stop had forced the looping beam's end at no
+    cost, and beam search returned the loop; the forced end now pays the model's own score for ending there."""
+    torch.manual_seed(0)
+    model = llmasr.build_model(tiny_model_section(tiny_llm_dir)).eval()
+    tok, end = model.prompt.tokenizer, model.prompt.end_id
+    said, nine = tok.encode("three four", add_special_tokens=False), tok.encode(" nine", add_special_tokens=False)
+    steps = [None, *said, end]
+    script = {prev: {nxt: 30.0} for prev, nxt in zip(steps, steps[1:])}
+    script[None] = {said[0]: 30.0, nine[0]: 31.0}
+    for a, b in zip(nine, nine[1:] + nine[:1]):
+        script.setdefault(a, {})[b] = 30.0
+    batch = random_batch(model, ["three four"], frames=[200], seed=1)
+    with torch.no_grad(), ScriptedLLM(model, script):
+        greedy = model.transcribe(batch, DecodeConfig(num_beams=1, repeat_limit=2, max_new_tokens=40))
+        beam = model.transcribe(batch, DecodeConfig(num_beams=2, repeat_limit=2, max_new_tokens=40))
+    assert greedy.truncated == ["repetition"] and greedy.llm[0].startswith("nine nine")  # greedy cannot look back
+    assert beam.llm == ["three four"] and beam.truncated == [None]
+
+
+def test_a_forced_end_keeps_the_models_score_floored_where_it_is_ruled_out():
+    from llmasr.models.decode_guards import END_FLOOR, Guards
+
+    guards = Guards(caps=[2, 9], repeat_limit=0, end_id=3, num_beams=1)
+    scores = torch.log_softmax(torch.tensor([[0.0, 1.0, 2.0, -1.0], [0.0, 1.0, 2.0, -1.0]]), dim=1)
+    scores[0, 3] = float("-inf")  # (a CTC guide that rules the end out there)
+    out = guards(torch.tensor([[5, 6], [5, 6]]), scores.clone())
+    assert out[0, 3] == END_FLOOR and torch.isinf(out[0, :3]).all()  # row 0 at its cap: only the end is left
+    assert torch.equal(out[1], scores[1])  # row 1 below its cap: untouched
+    scores[0, 3] = -4.5
+    assert guards(torch.tensor([[5, 6], [5, 6]]), scores.clone())[0, 3] == -4.5
