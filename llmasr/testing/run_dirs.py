@@ -143,3 +143,16 @@ def write_corpus(directory: Path, texts: list[str], *, name: str = "test", extra
 def read_lines(path):
     """The lines of a text file (hyp.txt, ref.txt, ...) without their newlines."""
     return [line.rstrip("\n") for line in open(path, encoding="utf-8")]
+
+
+def file_arrives_after(monkeypatch, module, name: str, path: Path, text: str = "mine") -> None:
+    """`module.name` patched to write `path` once it has run: a file reaching an output folder while an export or a
+    conversion writes the model."""
+    original = getattr(module, name)
+
+    def then_the_file(*args, **kwargs):
+        result = original(*args, **kwargs)
+        Path(path).write_text(text)
+        return result
+
+    monkeypatch.setattr(module, name, then_the_file)

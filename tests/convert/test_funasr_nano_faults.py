@@ -274,16 +274,11 @@ def test_files_that_reach_an_empty_out_during_the_conversion_are_kept(tmp_path, 
     deleted without --overwrite."""
     import llmasr.convert.funasr_nano as nano
     from llmasr.convert.funasr_nano import ConvertError
+    from llmasr.testing.run_dirs import file_arrives_after
 
     src, out = write_nano_dir(tmp_path / "src"), tmp_path / "out"
     out.mkdir()
-    write = nano.write_model_dir
-
-    def meanwhile(*args, **kwargs):
-        write(*args, **kwargs)
-        (out / "notes.txt").write_text("mine")
-
-    monkeypatch.setattr(nano, "write_model_dir", meanwhile)
+    file_arrives_after(monkeypatch, nano, "write_model_dir", out / "notes.txt")
     with pytest.raises(ConvertError, match="exists and is not empty"):
         convert_funasr(src, out)
     assert [p.name for p in out.iterdir()] == ["notes.txt"]

@@ -258,16 +258,11 @@ def test_files_that_reach_an_empty_output_during_the_export_are_kept(runs, tmp_p
     """OUT was checked empty at the start only: a file that reached it while the model was written was deleted with
     the folder's old contents when the export was put in place, though --overwrite was not given."""
     import llmasr.export.export as export
+    from llmasr.testing.run_dirs import file_arrives_after
 
     out = tmp_path / "m"
     out.mkdir()
-    write = export.write_model_dir
-
-    def meanwhile(*args, **kwargs):
-        write(*args, **kwargs)
-        (out / "notes.txt").write_text("mine")
-
-    monkeypatch.setattr(export, "write_model_dir", meanwhile)
+    file_arrives_after(monkeypatch, export, "write_model_dir", out / "notes.txt")
     assert main(["--checkpoint", str(runs[0]), "--output", str(out)]) == 2
     assert f"--output {out}: exists and is not empty" in capsys.readouterr().err
     assert sorted(p.name for p in out.iterdir()) == ["notes.txt"] and (out / "notes.txt").read_text() == "mine"
