@@ -9,6 +9,8 @@ forbid unknown keys themselves, but only inside deepspeed.initialize, after the 
 here runs that validation at start-up, and its errors get the dotted key and the nearest field. In the sections read
 key by key (checkpoint, flops_profiler, ...) a key DeepSpeed did not ask for but that nearly matches one it did is
 refused as a misspelling; one that matches nothing may be read later (an option of a disabled feature) and is kept.
+Settings each valid alone that DeepSpeed's ZeRO optimizers refuse together (zero_optimizer_problem) are refused too,
+read as DeepSpeed parsed them.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import copy
 import difflib
 import functools
+import json
 
 from llmasr.config_io import ConfigError
 from llmasr.errors import nearest_hint
@@ -78,7 +81,24 @@ class _AskedKeys:
 def _read_with_deepspeed(ds: dict):
     from deepspeed.runtime.config import DeepSpeedConfig
 
-    DeepSpeedConfig(ds)
+    return DeepSpeedConfig(ds)
+
+
+def zero_optimizer_problem(config) -> str | None:
+    """What DeepSpeed's ZeRO optimizer would refuse in the parsed `config` (a DeepSpeedConfig) once the model is
+    built: the removed legacy stage 1, and a gradient scaling other than a mean after the reduce-scatter of ZeRO 2-3
+    (stage_1_and_2.py / stage3.py assert it; llmasr's gradients are always means, gradient_allreduce_op)."""
+    zero, stage = config.zero_config, config.zero_optimization_stage
+    if stage >= 1 and zero.legacy_stage1:
+        return "zero_optimization.legacy_stage1 is true; DeepSpeed no longer has that stage 1: remove the key"
+    if stage < 2 or not zero.reduce_scatter:
+        return None
+    why = f"at ZeRO stage {stage} with zero_optimization.reduce_scatter DeepSpeed scales gradients only once reduced"
+    if config.prescale_gradients:
+        return f"prescale_gradients is {json.dumps(config.prescale_gradients)}; {why}: remove the key"
+    if config.gradient_predivide_factor != 1.0:
+        return f"gradient_predivide_factor is {json.dumps(config.gradient_predivide_factor)}; {why}: remove the key"
+    return None
 
 
 @functools.cache
@@ -104,7 +124,7 @@ def check_ds_keys(ds: dict, source: str) -> None:
     sections.pop("train_batch_size", None)
     probe = AskedDict(sections)
     try:
-        _read_with_deepspeed(probe)
+        config = _read_with_deepspeed(probe)
     except Exception as err:
         raise ConfigError(f"{source}: DeepSpeed refuses it: {_explain(err, ds)}") from err
     misspelt = []
@@ -118,6 +138,8 @@ def check_ds_keys(ds: dict, source: str) -> None:
                 misspelt.append(f"  {name}.{key}: DeepSpeed never reads it; did you mean {name}.{near}?")
     if misspelt:
         raise ConfigError(f"{source}: unknown key(s):\n" + "\n".join(misspelt))
+    if problem := zero_optimizer_problem(config):
+        raise ConfigError(f"{source}: {problem}")
 
 
 def _explain(err: Exception, ds: dict) -> str:

@@ -79,3 +79,56 @@ def test_a_section_deepspeed_refuses_as_a_whole_is_named_with_deepspeed_s_reason
 def test_resolve_names_a_section_deepspeed_refuses_as_a_whole():
     with pytest.raises(ConfigError, match="fp16: Value error, fp16.min_loss_scale must be > 0"):
         resolve_ds_config({"fp16": {"min_loss_scale": 0}}, TrainConfig(grad_accum=1, precision="fp16"), world_size=2)
+
+
+REDUCE_SCATTER_REFUSED = [
+    ({"zero_optimization": {"stage": 2}, "prescale_gradients": True},
+     "prescale_gradients is true; at ZeRO stage 2 with zero_optimization.reduce_scatter"),
+    ({"zero_optimization": {"stage": 3}, "prescale_gradients": True},
+     "prescale_gradients is true; at ZeRO stage 3 with zero_optimization.reduce_scatter"),
+    ({"zero_optimization": {"stage": 2}, "gradient_predivide_factor": 2.0},
+     "gradient_predivide_factor is 2.0; at ZeRO stage 2"),
+    ({"zero_optimization": {"stage": 1, "legacy_stage1": True}}, "zero_optimization.legacy_stage1 is true"),
+]  # fmt: skip
+REDUCE_SCATTER_KEPT = [
+    {"zero_optimization": {"stage": 1}, "prescale_gradients": True},
+    {"zero_optimization": {"stage": 2, "reduce_scatter": False}, "prescale_gradients": True},
+    {"zero_optimization": {"stage": 2}, "gradient_predivide_factor": 1.0},
+]
+
+
+@pytest.mark.parametrize(("extra", "message"), REDUCE_SCATTER_REFUSED, ids=["prescale-2", "prescale-3", "predivide",
+                                                                              "legacy-stage1"])  # fmt: skip
+def test_settings_the_zero_optimizer_refuses_together_are_refused_at_start(extra, message):
+    """Each setting is valid alone, so DeepSpeed's config reading passed them; its ZeRO optimizer asserted on them
+    inside deepspeed.initialize, after the model had loaded (`llmasr check` passed them)."""
+    with pytest.raises(ConfigError, match=f"^my_ds.json: {message}"):
+        resolve_ds_config(extra, TrainConfig(grad_accum=1), world_size=2, source="my_ds.json")
+    for kept in REDUCE_SCATTER_KEPT:
+        resolve_ds_config(kept, TrainConfig(grad_accum=1), world_size=2)
+
+
+def test_deepspeed_refuses_them_at_initialize_and_keeps_the_rest(monkeypatch):
+    """The rule above is DeepSpeed's: its engine refuses each refused config and builds each kept one."""
+    import socket
+
+    import deepspeed
+    import torch
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    for key, value in dict(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
+                           MASTER_PORT=str(port)).items():  # fmt: skip
+        monkeypatch.setenv(key, value)
+
+    def initialize(extra):
+        model = torch.nn.Linear(4, 4)
+        config = {**BASE, "gradient_accumulation_steps": 1, "train_batch_size": 1, **extra}
+        deepspeed.initialize(model=model, optimizer=torch.optim.AdamW(model.parameters()), config=config)
+
+    for extra, _ in REDUCE_SCATTER_REFUSED:
+        with pytest.raises(Exception, match="not yet supported|deprecated version of ZeRO Stage 1"):
+            initialize(extra)
+    for extra in REDUCE_SCATTER_KEPT:
+        initialize(extra)
