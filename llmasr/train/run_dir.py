@@ -23,6 +23,7 @@ from pathlib import Path
 
 from llmasr import run_dir as ck
 from llmasr.config_io import ConfigError, dump_yaml
+from llmasr.config_paths import output_problem
 from llmasr.train.engine import barrier, broadcast_object
 from llmasr.train.progress import plot_lr, write_lr_csv
 from llmasr.train.resume import check_resume_recipe
@@ -79,6 +80,7 @@ class RunLock:
     @classmethod
     def acquire(cls, run_dir: str | Path) -> RunLock:
         run_dir = Path(run_dir)
+        check_output_dir(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         path = run_dir / ck.LOCK_FILE
         pid = os.getpid()
@@ -104,9 +106,17 @@ class RunLock:
             self.path.unlink(missing_ok=True)
 
 
+def check_output_dir(run_dir: Path) -> None:
+    """RunDirError where train.output_dir is no folder a run can make or write (a file, under a file or a folder
+    it may not write): the lock's first step, and `llmasr check`'s."""
+    if problem := output_problem(run_dir):
+        raise RunDirError(f"train.output_dir {run_dir}: {problem}")
+
+
 def check_lock(run_dir: str | Path) -> str | None:
     """What `llmasr train` would meet at RUN_DIR/.lock, without taking it (`llmasr check`): RunDirError for a
     live lock or one of another host, as acquire refuses them; a note for a stale one it would take over."""
+    check_output_dir(Path(run_dir))
     path = Path(run_dir) / ck.LOCK_FILE
     held = _read_lock(path)
     if held is None:

@@ -152,3 +152,19 @@ def test_a_resume_whose_data_makes_other_batches_is_refused_as_train_refuses_it(
             break
     code, _, err = run_check(capsys, *base)
     assert code == 1 and "cannot resume epoch 0 at batch 1: the training data (data.train)" in err, err
+
+
+def test_an_output_dir_that_cannot_be_a_folder_is_refused_by_check_as_by_train(recipe_file, tmp_path, capsys):
+    """A train.output_dir that is a file, or lies under one: check failed on reading the lock (exit 1, "Not a
+    directory") and train on making the folder ("File exists"), each with its own message."""
+    from llmasr.commands.train import main as train_main
+
+    a_file = tmp_path / "a_file"
+    a_file.write_text("")
+    for run in (a_file, a_file / "run"):
+        argv = ["--config", str(recipe_file), "--deepspeed", "zero2", f"train.output_dir={run}"]
+        code, _, err = run_check(capsys, *argv, "--out", str(tmp_path / "o"))
+        problem = "a file, not a folder" if run == a_file else f"cannot create the folder: {a_file} is a file"
+        assert code == 2 and f"llmasr check: error: train.output_dir {run}: {problem}" in err, err
+        assert train_main(argv) == 2
+        assert f"llmasr train: error: train.output_dir {run}: {problem}" in capsys.readouterr().err
