@@ -21,7 +21,7 @@ from llmasr.models.llm_files import (
     LLMWeightsError,
     check_adapter_weights,
     check_llm_weights,
-    refuse_missing_on_load,
+    refuse_misfit,
     stored_shapes,
     weight_files,
 )
@@ -210,12 +210,17 @@ def _causal_lm(path: Path, dtype: torch.dtype, trust_remote_code: bool, *, pretr
     config = AutoConfig.from_pretrained(str(path), local_files_only=True, trust_remote_code=trust_remote_code)
     if pretrained:  # there, not Git LFS pointers, not cut short: transformers' own errors do not name the file
         stored_shapes(weight_files(path))  # headers only
-    info = {}
+        # the files' names and shapes first, as `llmasr check` checks them: ZeRO-3's partitioned load raises its own
+        # size-mismatch error, which names no directory
+        with torch.device("meta"), _outside_zero3():
+            meta = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
+        check_llm_weights(path, meta, remote_code=trust_remote_code)
+    info = {}  # what the load found missing or of another shape (ignore_mismatched_sizes: listed there, not raised)
     try:
         if pretrained:
             model, info = AutoModelForCausalLM.from_pretrained(
                 str(path), config=config, local_files_only=True, trust_remote_code=trust_remote_code,
-                output_loading_info=True, **dtype_argument(dtype),
+                output_loading_info=True, ignore_mismatched_sizes=True, **dtype_argument(dtype),
             )  # fmt: skip
         else:
             model = AutoModelForCausalLM.from_config(
@@ -223,10 +228,20 @@ def _causal_lm(path: Path, dtype: torch.dtype, trust_remote_code: bool, *, pretr
             )
     except ValueError as err:
         raise LLMLoadError(f"{path}: not loadable as a causal LM ({config.model_type}): {err}") from err
-    refuse_missing_on_load(path, info.get("missing_keys"))
+    refuse_misfit(path, info.get("missing_keys"), info.get("mismatched_keys"))
     if shapes_only:
         check_llm_weights(path, model, remote_code=trust_remote_code)
     return model
+
+
+def _outside_zero3():
+    """A context in which transformers builds a model whole even while an HfDeepSpeedConfig of ZeRO-3 is live (its
+    zero.Init would partition a meta-device model built only for its shapes)."""
+    from contextlib import nullcontext
+
+    from transformers import modeling_utils
+
+    return getattr(modeling_utils, "set_zero3_state", nullcontext)()
 
 
 def set_activation_checkpointing(model: nn.Module, every: int) -> int:

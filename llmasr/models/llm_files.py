@@ -97,23 +97,22 @@ def check_llm_weights(path: Path, model: nn.Module, *, remote_code: bool = False
             if not any(p.search(key) for p in optional):
                 missing.append(key)
         elif tuple(found.shape) != tuple(tensor.shape):
-            mismatched.append(f"{key}: stored {list(found.shape)}, config.json gives {list(tensor.shape)}")
-    if missing or mismatched:
+            mismatched.append((key, found.shape, tensor.shape))
+    refuse_misfit(path, missing, mismatched)
+
+
+def refuse_misfit(path: Path, missing, mismatched) -> None:
+    """LLMWeightsError naming the weights of the model `path`'s config.json describes that its weight files lack
+    (`missing`: names) or hold in another shape (`mismatched`: (name, stored shape, config.json's shape)), as
+    check_llm_weights finds them from the headers and transformers' load reports them (`output_loading_info`, with
+    ignore_mismatched_sizes: it starts both from random values, and only logs it)."""
+    missing = sorted(missing or ())
+    shapes = [f"{k}: stored {list(a)}, config.json gives {list(b)}" for k, a, b in sorted(mismatched or ())]
+    if missing or shapes:
         raise LLMWeightsError(
             f"{path}: the weight files do not fit the model its config.json describes ({len(missing)} weights "
-            f"missing, {len(mismatched)} of another shape; transformers would start the missing ones from random "
-            f"values):\n{_listed(missing, mismatched)}"
-        )
-
-
-def refuse_missing_on_load(path: Path, missing_keys) -> None:
-    """After transformers' load of `path` (`output_loading_info`): weights it found no tensor for and started from
-    random values (it only logs them) are refused, as check_llm_weights refuses them from the headers."""
-    missing = sorted(missing_keys or ())
-    if missing:
-        raise LLMWeightsError(
-            f"{path}: the weight files lack {len(missing)} weights of the model its config.json describes "
-            f"(transformers started them from random values, different at every load):\n{_listed(missing, [])}"
+            f"missing, {len(shapes)} of another shape; transformers would start them from random values, different "
+            f"at every load):\n{_listed(missing, shapes)}"
         )
 
 
