@@ -86,11 +86,17 @@ def _read_with_deepspeed(ds: dict):
 
 def zero_optimizer_problem(config) -> str | None:
     """What DeepSpeed's ZeRO optimizer would refuse in the parsed `config` (a DeepSpeedConfig) once the model is
-    built: the removed legacy stage 1, and a gradient scaling other than a mean after the reduce-scatter of ZeRO 2-3
-    (stage_1_and_2.py / stage3.py assert it; llmasr's gradients are always means, gradient_allreduce_op)."""
+    built: the removed legacy stage 1, an odd allgather bucket at ZeRO 1-2 (its all-gathers are 4-byte aligned in
+    16-bit elements), and a gradient scaling other than a mean after the reduce-scatter of ZeRO 2-3 (stage_1_and_2.py
+    / stage3.py assert it; llmasr's gradients are always means, gradient_allreduce_op)."""
     zero, stage = config.zero_config, config.zero_optimization_stage
     if stage >= 1 and zero.legacy_stage1:
         return "zero_optimization.legacy_stage1 is true; DeepSpeed no longer has that stage 1: remove the key"
+    if stage in (1, 2) and zero.allgather_bucket_size % 2:
+        return (
+            f"zero_optimization.allgather_bucket_size is {zero.allgather_bucket_size}; ZeRO stage {stage} needs an "
+            "even number of elements"
+        )
     if stage < 2 or not zero.reduce_scatter:
         return None
     why = f"at ZeRO stage {stage} with zero_optimization.reduce_scatter DeepSpeed scales gradients only once reduced"

@@ -81,7 +81,7 @@ def test_resolve_names_a_section_deepspeed_refuses_as_a_whole():
         resolve_ds_config({"fp16": {"min_loss_scale": 0}}, TrainConfig(grad_accum=1, precision="fp16"), world_size=2)
 
 
-REDUCE_SCATTER_REFUSED = [
+ZERO_REFUSED = [
     ({"zero_optimization": {"stage": 2}, "prescale_gradients": True},
      "prescale_gradients is true; at ZeRO stage 2 with zero_optimization.reduce_scatter"),
     ({"zero_optimization": {"stage": 3}, "prescale_gradients": True},
@@ -89,22 +89,27 @@ REDUCE_SCATTER_REFUSED = [
     ({"zero_optimization": {"stage": 2}, "gradient_predivide_factor": 2.0},
      "gradient_predivide_factor is 2.0; at ZeRO stage 2"),
     ({"zero_optimization": {"stage": 1, "legacy_stage1": True}}, "zero_optimization.legacy_stage1 is true"),
+    ({"zero_optimization": {"stage": 2, "allgather_bucket_size": 200000001}},
+     "zero_optimization.allgather_bucket_size is 200000001; ZeRO stage 2 needs an even number"),
 ]  # fmt: skip
-REDUCE_SCATTER_KEPT = [
+ZERO_KEPT = [
     {"zero_optimization": {"stage": 1}, "prescale_gradients": True},
     {"zero_optimization": {"stage": 2, "reduce_scatter": False}, "prescale_gradients": True},
     {"zero_optimization": {"stage": 2}, "gradient_predivide_factor": 1.0},
+    {"zero_optimization": {"stage": 3, "allgather_bucket_size": 3}},
 ]
 
 
-@pytest.mark.parametrize(("extra", "message"), REDUCE_SCATTER_REFUSED, ids=["prescale-2", "prescale-3", "predivide",
-                                                                              "legacy-stage1"])  # fmt: skip
+@pytest.mark.parametrize(
+    ("extra", "message"), ZERO_REFUSED,
+    ids=["prescale-2", "prescale-3", "predivide", "legacy-stage1", "odd-allgather-bucket"],
+)  # fmt: skip
 def test_settings_the_zero_optimizer_refuses_together_are_refused_at_start(extra, message):
     """Each setting is valid alone, so DeepSpeed's config reading passed them; its ZeRO optimizer asserted on them
     inside deepspeed.initialize, after the model had loaded (`llmasr check` passed them)."""
     with pytest.raises(ConfigError, match=f"^my_ds.json: {message}"):
         resolve_ds_config(extra, TrainConfig(grad_accum=1), world_size=2, source="my_ds.json")
-    for kept in REDUCE_SCATTER_KEPT:
+    for kept in ZERO_KEPT:
         resolve_ds_config(kept, TrainConfig(grad_accum=1), world_size=2)
 
 
@@ -127,8 +132,10 @@ def test_deepspeed_refuses_them_at_initialize_and_keeps_the_rest(monkeypatch):
         config = {**BASE, "gradient_accumulation_steps": 1, "train_batch_size": 1, **extra}
         deepspeed.initialize(model=model, optimizer=torch.optim.AdamW(model.parameters()), config=config)
 
-    for extra, _ in REDUCE_SCATTER_REFUSED:
-        with pytest.raises(Exception, match="not yet supported|deprecated version of ZeRO Stage 1"):
+    for extra, _ in ZERO_REFUSED:
+        with pytest.raises(
+            Exception, match="not yet supported|deprecated version of ZeRO Stage 1|multiple of nccl_start"
+        ):
             initialize(extra)
-    for extra in REDUCE_SCATTER_KEPT:
+    for extra in ZERO_KEPT:
         initialize(extra)
