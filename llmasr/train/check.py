@@ -22,6 +22,7 @@ from llmasr.models.builder import build_model
 from llmasr.models.fsmn_vad import load_vad
 from llmasr.models.fused_kernels import check_fused_kernels
 from llmasr.run_dir import RECIPE_FILE, read_meta, resolve_resume, resume_asked, resume_or_start
+from llmasr.run_dir.files import verify_tag
 from llmasr.train.checkpoint_space import CheckpointSpace, size_text
 from llmasr.train.context_fit import check_context_fit
 from llmasr.train.ds_config import resolve_ds_config, zero_stage
@@ -105,6 +106,7 @@ def run_start(
         manifests=manifest_contents(plan.loaders[0].dataset.manifest),
     )  # fmt: skip
     notes += [f"data.train changed since the checkpoint: {c}" for c in changed]
+    verify_tag(where, meta)  # the files the save recorded, as training's ranks verify them before loading
     ranks = f"{meta.world_size} rank{'s' if meta.world_size != 1 else ''}"
     resized = "" if meta.world_size == world_size else f"; saved on {ranks}, resized to {world_size}"
     head = f"  resumes {where} (update {meta.update}, epoch {meta.epoch}{resized}) into {run_dir}"

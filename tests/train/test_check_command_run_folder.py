@@ -168,3 +168,24 @@ def test_an_output_dir_that_cannot_be_a_folder_is_refused_by_check_as_by_train(r
         assert code == 2 and f"llmasr check: error: train.output_dir {run}: {problem}" in err, err
         assert train_main(argv) == 2
         assert f"llmasr train: error: train.output_dir {run}: {problem}" in capsys.readouterr().err
+
+
+def test_a_damaged_checkpoint_is_refused_by_check_as_by_train(trained, tmp_path, capsys):
+    """A checkpoint file cut short (an interrupted copy): training's ranks verify the files the save recorded before
+    loading and refuse it; check had passed the resume."""
+    import shutil
+
+    from llmasr.commands.train import main as train_main
+
+    run_dir, recipe = trained
+    run = shutil.copytree(run_dir, tmp_path / "run")
+    tag_dir = run / "checkpoints" / (run / "checkpoints" / "latest").read_text().strip()
+    optim = next(tag_dir.glob("*optim_states.pt"))
+    with open(optim, "r+b") as f:
+        f.truncate(1000)
+    argv = ["--config", str(recipe), "--deepspeed", "zero2", "--resume", f"train.output_dir={run}"]
+    code, _, err = run_check(capsys, *argv, "--out", str(tmp_path / "o"))
+    want = f"checkpoint {tag_dir} cannot be used:\n  {optim}: 1000 bytes, but the save wrote"
+    assert code == 2 and f"llmasr check: error: {want}" in err, err
+    assert train_main(argv) == 2
+    assert f"llmasr train: error: {want}" in capsys.readouterr().err
