@@ -96,9 +96,14 @@ def build_loaders(recipe, side: TextSide, *, rank: int, world_size: int, device=
         data, data.train, side.frontend, train=True, window=window or recipe.train.grad_accum or 1, **common
     )
     if len(sampler) == 0:
-        raise ConfigError(
-            f"data.train: no batch for rank {rank} of {world_size} (every item filtered? {sampler.filtered or ''})"
+        dropped = sampler.stats(sampler.epoch)["dropped_batches"]
+        why = (
+            f"data.batching.drop_last left out all {dropped} batch(es), fewer than the ranks: set it false, or "
+            "train on fewer ranks"
+            if dropped
+            else f"every item filtered? {sampler.filtered or ''}"
         )
+        raise ConfigError(f"data.train: no batch for rank {rank} of {world_size} ({why})")
     valid_loader = None
     if data.valid:
         valid_loader, valid_sampler = build_dataloader(

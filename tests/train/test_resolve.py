@@ -136,3 +136,19 @@ def test_rng_state_touches_cuda_only_on_a_cuda_rank(monkeypatch):
     state = rng_state(gpu)
     set_rng_state(state, gpu)
     assert state["cuda"] == "gen" and calls == [("get", gpu), ("set", gpu)]
+
+
+def test_a_world_size_drop_last_leaves_without_batches_is_named(tiny_llm_dir, two_corpora, tmp_path):
+    """drop_last over more ranks than the epoch has batches leaves every rank none: the refusal said "every item
+    filtered?" with nothing filtered."""
+    from llmasr.config_io import ConfigError
+
+    recipe = mixed_recipe(tiny_llm_dir, two_corpora[:1], tmp_path / "run", [1.0])
+    recipe.data.batching.drop_last = True
+    n = len(sampler_for(recipe))
+    with pytest.raises(ConfigError) as err:
+        build_loaders(recipe, text_side(recipe.model), rank=0, world_size=n + 1)
+    assert str(err.value) == (
+        f"data.train: no batch for rank 0 of {n + 1} (data.batching.drop_last left out all {n} batch(es), fewer than "
+        "the ranks: set it false, or train on fewer ranks)"
+    )
