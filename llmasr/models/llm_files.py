@@ -65,13 +65,16 @@ def stored_shapes(files: list[Path]) -> dict:
     return out
 
 
-def _renamed_on_load(model_type: str) -> bool:
-    """Whether transformers renames or fuses this model type's checkpoint keys when it loads them."""
+def _renamed_on_load(model: nn.Module) -> bool:
+    """Whether transformers renames or fuses `model`'s checkpoint keys when it loads them: by its model type, or by
+    the class of it or of a model inside it (GPT-NeoX's `embed_out` is read as `lm_head`)."""
     try:
-        from transformers.conversion_mapping import get_checkpoint_conversion_mapping
+        from transformers import conversion_mapping
     except ImportError:
         return False
-    return bool(get_checkpoint_conversion_mapping(model_type))
+    if hasattr(conversion_mapping, "get_model_conversion_mapping"):
+        return bool(conversion_mapping.get_model_conversion_mapping(model, add_legacy=False))
+    return bool(conversion_mapping.get_checkpoint_conversion_mapping(getattr(model.config, "model_type", "")))
 
 
 def check_llm_weights(path: Path, model: nn.Module, *, remote_code: bool = False) -> None:
@@ -80,7 +83,7 @@ def check_llm_weights(path: Path, model: nn.Module, *, remote_code: bool = False
     the model class's own `_keys_to_ignore_on_load_missing` may be absent. With `remote_code` (the directory's own
     modeling code, which may map names its own way) only the files' presence and headers are checked."""
     stored = stored_shapes(weight_files(path))
-    if remote_code or _renamed_on_load(getattr(model.config, "model_type", "")):
+    if remote_code or _renamed_on_load(model):
         return  # the files are readable; their names are the model code's or transformers' to map
     prefix = getattr(model, "base_model_prefix", "")
     if prefix and not any(k.startswith(prefix + ".") for k in stored):

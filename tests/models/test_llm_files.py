@@ -206,3 +206,21 @@ def test_a_saved_adapter_is_checked_against_the_llm(llm_dirs, adapter_dir, tmp_p
     (d / "adapter_model.safetensors").write_text(LFS_POINTER)
     with torch.device("meta"), pytest.raises(CheckpointMismatchError, match="Git LFS pointer"):
         load_llm(llm_dirs["untied"], pretrained=False, shapes_only=True, adapter=d)
+
+
+def test_a_head_transformers_renames_on_load_is_found(tmp_path):
+    """GPT-NeoX saves its head as `embed_out` and transformers reads it as `lm_head` (a renaming registered for its
+    class, not its model type): check refused the directory as lacking lm_head, and so did training's load, which
+    checks the headers first."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from llmasr.models.llm import _causal_lm
+
+    config = AutoConfig.for_model(
+        "gpt_neox", hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, vocab_size=128
+    )
+    AutoModelForCausalLM.from_config(config).save_pretrained(tmp_path / "neox")
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    check_llm_weights(tmp_path / "neox", model)
+    _causal_lm(tmp_path / "neox", torch.float32, False, pretrained=True, shapes_only=False)
