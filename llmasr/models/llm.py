@@ -210,13 +210,13 @@ def _causal_lm(path: Path, dtype: torch.dtype, trust_remote_code: bool, *, pretr
     config = AutoConfig.from_pretrained(str(path), local_files_only=True, trust_remote_code=trust_remote_code)
     if pretrained:  # there, not Git LFS pointers, not cut short: transformers' own errors do not name the file
         stored_shapes(weight_files(path))  # headers only
-        # the files' names and shapes first, as `llmasr check` checks them: ZeRO-3's partitioned load raises its own
-        # size-mismatch error, which names no directory
-        with torch.device("meta"), _outside_zero3():
-            meta = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
-        check_llm_weights(path, meta, remote_code=trust_remote_code)
     info = {}  # what the load found missing or of another shape (ignore_mismatched_sizes: listed there, not raised)
     try:
+        if pretrained and not trust_remote_code:
+            # the files' names and shapes first, as `llmasr check` checks them: ZeRO-3's partitioned load raises its
+            # own size-mismatch error, which names no directory
+            with torch.device("meta"), _outside_zero3():
+                check_llm_weights(path, AutoModelForCausalLM.from_config(config))
         if pretrained:
             model, info = AutoModelForCausalLM.from_pretrained(
                 str(path), config=config, local_files_only=True, trust_remote_code=trust_remote_code,
@@ -226,6 +226,8 @@ def _causal_lm(path: Path, dtype: torch.dtype, trust_remote_code: bool, *, pretr
             model = AutoModelForCausalLM.from_config(
                 config, trust_remote_code=trust_remote_code, **dtype_argument(dtype)
             )
+    except ConfigError:
+        raise  # the weight files' own refusal (check_llm_weights)
     except ValueError as err:
         raise LLMLoadError(f"{path}: not loadable as a causal LM ({config.model_type}): {err}") from err
     refuse_misfit(path, info.get("missing_keys"), info.get("mismatched_keys"))
