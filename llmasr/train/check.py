@@ -35,7 +35,7 @@ from llmasr.train.resolve import check_run_settings
 from llmasr.train.resume import check_checkpoint, manifest_contents, resuming
 from llmasr.train.run_dir import RunDirError, check_lock, check_run_start
 from llmasr.train.schedulers import branch_of_group, lr_curve, warmup_warnings
-from llmasr.train.universal import batches_left, resized_total
+from llmasr.train.universal import batches_left, nothing_left, resized_total
 from llmasr.train.zero_memory import estimate_zero_memory, optimizer_state_bytes
 
 
@@ -110,9 +110,9 @@ def run_start(
     ranks = f"{meta.world_size} rank{'s' if meta.world_size != 1 else ''}"
     resized = "" if meta.world_size == world_size else f"; saved on {ranks}, resized to {world_size}"
     head = f"  resumes {where} (update {meta.update}, epoch {meta.epoch}{resized}) into {run_dir}"
-    return ["run directory", head, *(f"  {n}" for n in notes)], *resumed_total(
-        recipe, plan, where, meta, world_size, changed
-    )
+    total, stop = resumed_total(recipe, plan, where, meta, world_size, changed)
+    done = nothing_left(meta.update, total)
+    return ["run directory", head, *(f"  {n}" for n in notes), *([f"  warning: {done}"] if done else [])], total, stop
 
 
 def resumed_total(recipe, plan, where: Path, meta, world_size: int, changed: list[str] = ()) -> tuple[int, int]:

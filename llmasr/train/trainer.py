@@ -197,9 +197,8 @@ class Run:
         self.schedules = [dataclasses.replace(s, total=self.total) for s in self.schedules]
         continue_schedules(self.engine.scheduler, self.schedules)  # the recipe's schedules, at the current update
         self._write_run_files(self.engine.global_steps)  # the resume succeeded: RUN_DIR now describes this run
-        if self.engine.global_steps >= self.total:
-            log.info("nothing to train: the run is at update %d of %d (raise train.epochs or train.max_updates to "
-                     "train on)", self.engine.global_steps, self.total)  # fmt: skip
+        if note := universal.nothing_left(self.engine.global_steps, self.total):
+            log.info(note)
             return self.recipe.train.epochs, None
         return int(state.get("epoch", 0)), state.get("loader")
 

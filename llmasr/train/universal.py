@@ -227,6 +227,16 @@ def batches_left(per_epoch: list[int], epoch: int, loader_state: dict | None, re
     return max(0, int(sampler.get("num_batches", per_epoch[epoch])) - int(sampler["batches_yielded"]))
 
 
+def nothing_left(done: int, total: int) -> str | None:
+    """What a run resumed after `done` updates says when its `total` holds no more (train.log, `llmasr check`)."""
+    if done < total:
+        return None
+    return (
+        f"nothing to train: the run is at update {done} of {total} (raise train.epochs or train.max_updates to train "
+        "on)"
+    )
+
+
 def resized_total(done: int, epoch: int, first_epoch_batches: int, per_epoch: list[int], k: int, max_updates):
     """Updates of a run resumed after `done` updates, in `epoch` with `first_epoch_batches` batches left per rank,
     at the world size `per_epoch` (batches per rank of each full epoch) was counted for."""

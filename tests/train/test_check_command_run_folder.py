@@ -43,6 +43,8 @@ def test_the_run_folder_is_checked_as_train_would_treat_it(trained, tmp_path, ca
     code, out, err = run_check(capsys, *base, "--resume")
     assert code == 0, err
     assert f"resumes {run_dir / 'checkpoints' / tag} (update 1, epoch 0) into {run_dir}" in out
+    # the run's max_updates is the update saved: train logs that it has nothing to train, and check says so
+    assert "  warning: nothing to train: the run is at update 1 of 1 (raise train.epochs or train.max_updates" in out
     assert re.search(r"checkpoints\n  about [\d.]+ MiB a checkpoint, up to 2 on disk at once", out)
     code, out, err = run_check(capsys, *base, "--resume", "--world-size", "2")
     assert code == 0 and "saved on 1 rank, resized to 2" in out, err
@@ -81,6 +83,7 @@ def test_a_resume_is_counted_as_training_counts_it(trained, tmp_path, capsys, wo
     code, out, err = run_check(capsys, *base, "--resume", *overrides)
     assert code == 0, err
     held = int(re.search(r"resumed, the run holds (\d+): schedules sized by \1", out).group(1))
+    assert "nothing to train" not in out
     assert len(np.genfromtxt(tmp_path / "o" / "lr_schedule.csv", delimiter=",", names=True)) == held
     if world == 1:
         history = train(load_recipe(recipe, overrides), "zero2", resume="latest")["history"]
