@@ -27,6 +27,7 @@ from llmasr.train.checkpoint_space import CheckpointSpace, size_text
 from llmasr.train.context_fit import check_context_fit
 from llmasr.train.ds_config import resolve_ds_config, zero_stage
 from llmasr.train.ds_files import read_client_state
+from llmasr.train.early_stop import EarlyStop
 from llmasr.train.engine import offloads_optimizer
 from llmasr.train.param_groups import build_param_groups, describe_param_groups
 from llmasr.train.plan import plan_run
@@ -110,16 +111,22 @@ def run_start(
     ranks = f"{meta.world_size} rank{'s' if meta.world_size != 1 else ''}"
     resized = "" if meta.world_size == world_size else f"; saved on {ranks}, resized to {world_size}"
     head = f"  resumes {where} (update {meta.update}, epoch {meta.epoch}{resized}) into {run_dir}"
-    total, stop = resumed_total(recipe, plan, where, meta, world_size, changed)
+    client = read_client_state(where, meta)
+    total, stop = resumed_total(recipe, plan, where, meta, world_size, client, changed)
+    early = EarlyStop.of(recipe.train)
+    early.load_state_dict(client.get("early_stop"))
     done = nothing_left(meta.update, total)
+    if done is None and early.exhausted and int(client.get("epoch", meta.epoch)) < recipe.train.epochs:
+        done = early.nothing_left()  # as the trainer says once it has loaded the count
     return ["run directory", head, *(f"  {n}" for n in notes), *([f"  warning: {done}"] if done else [])], total, stop
 
 
-def resumed_total(recipe, plan, where: Path, meta, world_size: int, changed: list[str] = ()) -> tuple[int, int]:
-    """The updates a resume from checkpoint `where` holds, counted as the trainer counts them once it has loaded:
-    the batches left in its epoch (dealt to this world size) and the epochs after it, at this grad_accum; and the
-    update the run stops after (the epochs' end where train.max_updates is more)."""
-    client = read_client_state(where, meta)
+def resumed_total(
+    recipe, plan, where: Path, meta, world_size: int, client: dict, changed: list[str] = ()
+) -> tuple[int, int]:
+    """The updates a resume from checkpoint `where` (its `client` state) holds, counted as the trainer counts them
+    once it has loaded: the batches left in its epoch (dealt to this world size) and the epochs after it, at this
+    grad_accum; and the update the run stops after (the epochs' end where train.max_updates is more)."""
     epoch, loader_state = int(client.get("epoch", meta.epoch)), client.get("loader")
     resharded = None
     if loader_state is not None:  # a position this data cannot continue is refused, as training's load refuses it

@@ -49,6 +49,10 @@ class EarlyStop:
             f"validation(s) (train.patience {self.patience})"
         )
 
+    def nothing_left(self) -> str:
+        """What a run resumed with the count exhausted says (train.log, `llmasr check`)."""
+        return f"nothing to train: {self.why()}; raise train.patience (or set 0) to train on"
+
     def state_dict(self) -> dict:
         return {"metric": self.metric, "best": self.best, "best_update": self.best_update, "since": self.since}
 

@@ -247,7 +247,7 @@ class Run:
                 self.checkpoints.record_validation(self.engine.global_steps, last_metrics)
         self.cut_short = False  # patience ended the run before its epochs or max_updates (not at the same update)
         if self.early.exhausted and start_epoch < tc.epochs:  # resumed a run that stopped early, same patience
-            log.info("nothing to train: %s; raise train.patience (or set 0) to train on", self.early.why())
+            log.info(self.early.nothing_left())
             start_epoch, self.cut_short = tc.epochs, True
         self.engine.train(True)
         stop = False

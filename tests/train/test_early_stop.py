@@ -45,10 +45,15 @@ def recipe(tiny_llm_dir, corpus, run, **train_keys):
 
 
 def test_a_run_stops_after_patience_validations_without_improvement_and_resumes_counting(
-    tiny_llm_dir, corpus, tmp_path
+    tiny_llm_dir, corpus, tmp_path, capsys
 ):
     """min_delta 1e9: no validation after the first improves, so patience 2 stops the run after update 3, mid-epoch,
-    saved there. Resumed with the same patience it trains nothing; with patience 4 it trains two more updates."""
+    saved there. Resumed with the same patience it trains nothing (as `llmasr check --resume` says first); with
+    patience 4 it trains two more updates."""
+    from check_runner import run_check
+
+    from llmasr.config_io import dump_yaml, to_dict
+
     run = tmp_path / "run"
     result = train(recipe(tiny_llm_dir, corpus, run, patience=2, min_delta=1e9), "zero0")
     assert [h["update"] for h in result["history"]] == [1, 2, 3] and result["stopped_early"]
@@ -57,6 +62,10 @@ def test_a_run_stops_after_patience_validations_without_improvement_and_resumes_
     assert ck.latest(run / "checkpoints") == ck.tag_for(3)
     assert ck.read_meta(run / "checkpoints" / ck.tag_for(3)).epoch == 0  # mid-epoch: the loader position is kept
 
+    dump_yaml(to_dict(recipe(tiny_llm_dir, corpus, run, patience=2, min_delta=1e9)), tmp_path / "recipe.yaml")
+    code, out, err = run_check(capsys, "--config", str(tmp_path / "recipe.yaml"), "--deepspeed", "zero0", "--resume",
+                               "--out", str(tmp_path / "o"))  # fmt: skip
+    assert code == 0 and "  warning: nothing to train: valid loss has not improved on" in out, err
     again = train(recipe(tiny_llm_dir, corpus, run, patience=2, min_delta=1e9), "zero0", resume="latest")
     assert again["history"] == [] and again["stopped_early"]
     assert "nothing to train: valid loss has not improved" in (run / "train.log").read_text()
