@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import itertools
 from pathlib import Path
+from typing import NamedTuple
 
 from llmasr import errors
 from llmasr.data.augment import cost_text
@@ -80,19 +81,33 @@ def plot_dir(run_dir: Path) -> Path:
     return run_dir / "check" if (run_dir / RECIPE_FILE).exists() else run_dir
 
 
-def run_start(
-    recipe, model, plan, *, stage: int, world_size: int, resume: str | None, overwrite: bool
-) -> tuple[list[str], int, int]:
-    """What `llmasr train` (with --resume `resume`, --overwrite) would do with train.output_dir, checked as it
-    checks before loading anything: the folder may be started in, the checkpoint resumed fits this recipe, data,
-    model and ZeRO stage. ConfigError / FileNotFoundError otherwise; nothing is deleted. Returns the report's lines,
-    the updates the run's schedules are sized by (a resume counts those it holds, as training does) and the update
-    it stops after (fewer where train.max_updates is more than the epochs hold)."""
+class RunFolder(NamedTuple):
+    asked: str | None  # the resume asked for (--resume, else train.resume)
+    key: str  # where it was asked (--resume or train.resume)
+    resume: str | None  # what it comes to in this folder: None for a fresh start
+    notes: list[str]
+
+
+def run_folder(recipe, *, resume: str | None, overwrite: bool) -> RunFolder:
+    """What `llmasr train` (with --resume `resume`, --overwrite) checks of train.output_dir when it claims it, before
+    any data or model is loaded, in its order (so a command line both refuse is refused in the same words): a run
+    holding the folder, a fresh start in a folder holding checkpoints, a resume's recipe against the run's.
+    ConfigError / FileNotFoundError otherwise; nothing is deleted or taken."""
     run_dir = Path(recipe.train.output_dir)
     asked, key = resume_asked(resume, recipe.train.resume)
     resume = resume_or_start(asked, run_dir, overwrite=overwrite)
     stale = check_lock(run_dir)  # a run holding the folder refuses training before anything else
     notes = [*([stale] if stale else []), *check_run_start(run_dir, resume, overwrite, recipe, clear=False, key=key)]
+    return RunFolder(asked, key, resume, notes)
+
+
+def run_start(recipe, model, plan, folder: RunFolder, *, stage: int, world_size: int, overwrite: bool):
+    """What `llmasr train` would do with train.output_dir (`folder`, as run_folder found it) once it has the data
+    and the model: the checkpoint resumed fits this recipe, data, model and ZeRO stage, and its files are whole.
+    Returns the report's lines, the updates the run's schedules are sized by (a resume counts those it holds, as
+    training does) and the update it stops after (fewer where train.max_updates is more than the epochs hold)."""
+    run_dir = Path(recipe.train.output_dir)
+    asked, key, resume, notes = folder
     if resume is None:
         why = "--overwrite starts over" if overwrite else "no checkpoint yet"
         auto = f" (train.resume auto: {why})" if asked == "auto" else ""
@@ -265,6 +280,7 @@ def check(
     ds = resolve_ds_config(ds_path, tc, world_size=world_size)
     check_run_settings(recipe)
     check_fused_kernels(recipe.model.llm, zero_stage=zero_stage(ds))  # the device is training's to check
+    folder = run_folder(recipe, resume=resume, overwrite=overwrite)
     plan = plan_run(recipe, ds, rank=0, world_size=world_size)  # the same arithmetic `llmasr train` logs
     _, sampler, valid_loader = plan.loaders
     k, per_epoch = plan.grad_accum, plan.per_epoch
@@ -274,8 +290,7 @@ def check(
     names = [g["name"] for g in groups]
     counts = param_counts(model)
     stage = zero_stage(ds)
-    start, total, stop = run_start(recipe, model, plan, stage=stage, world_size=world_size, resume=resume,
-                                   overwrite=overwrite)  # fmt: skip
+    start, total, stop = run_start(recipe, model, plan, folder, stage=stage, world_size=world_size, overwrite=overwrite)
     curves = lr_curve(recipe.optim, names, total)
     lines = [
         "batch arithmetic",

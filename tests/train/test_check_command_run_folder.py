@@ -192,3 +192,18 @@ def test_a_damaged_checkpoint_is_refused_by_check_as_by_train(trained, tmp_path,
     assert code == 2 and f"llmasr check: error: {want}" in err, err
     assert train_main(argv) == 2
     assert f"llmasr train: error: {want}" in capsys.readouterr().err
+
+
+def test_check_refuses_in_train_s_order(trained, tmp_path, capsys):
+    """A fresh start in a folder holding checkpoints, with training data that is all bad: train refuses the folder
+    before it reads any data, and check now says the same (it had planned the data first and named that)."""
+    from llmasr.commands.train import main as train_main
+
+    run_dir, recipe = trained
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"key": "a", "source": "/nonexistent/a.wav", "target": "x"}\n')
+    argv = ["--config", str(recipe), "--deepspeed", "zero2", f"data.train=[{bad}]"]
+    code, _, err = run_check(capsys, *argv, "--out", str(tmp_path / "o"))
+    assert code == 2 and f"llmasr check: error: {run_dir} holds an earlier run's checkpoints" in err, err
+    assert train_main(argv) == 2
+    assert f"llmasr train: error: {run_dir} holds an earlier run's checkpoints" in capsys.readouterr().err
