@@ -290,6 +290,7 @@ def check(
     names = [g["name"] for g in groups]
     counts = param_counts(model)
     stage = zero_stage(ds)
+    space = _checkpoint_lines(tc, ds, counts, plan, plan.total)  # where train checks it: before loading a resume
     start, total, stop = run_start(recipe, model, plan, folder, stage=stage, world_size=world_size, overwrite=overwrite)
     curves = lr_curve(recipe.optim, names, total)
     lines = [
@@ -321,7 +322,7 @@ def check(
             f"  warning: train.max_updates {total} sizes the schedules, but the epochs end after update {stop}: the "
             f"run stops there, {stop / total:.0%} of the way through them (raise train.epochs or lower max_updates)"
         )
-    lines += start + _checkpoint_lines(tc, ds, counts, plan, total) + _memory_lines(ds, tc, counts, world_size)
+    lines += start + space + _memory_lines(ds, tc, counts, world_size)
     out = Path(out) if out is not None else plot_dir(Path(tc.output_dir))
     out.mkdir(parents=True, exist_ok=True)
     write_lr_csv(out / "lr_schedule.csv", curves)

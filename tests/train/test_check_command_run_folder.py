@@ -207,3 +207,29 @@ def test_check_refuses_in_train_s_order(trained, tmp_path, capsys):
     assert code == 2 and f"llmasr check: error: {run_dir} holds an earlier run's checkpoints" in err, err
     assert train_main(argv) == 2
     assert f"llmasr train: error: {run_dir} holds an earlier run's checkpoints" in capsys.readouterr().err
+
+
+def test_a_disk_too_small_is_named_before_a_resume_s_checkpoint_as_train_names_it(trained, tmp_path, capsys):
+    """Train checks the disk before it loads the checkpoint: with both wrong (no room, another ZeRO stage) check
+    named the stage where train names the disk."""
+    import shutil
+
+    import llmasr.train.checkpoint_space as space
+    from llmasr.commands.train import main as train_main
+
+    run_dir, recipe = trained
+    run = shutil.copytree(run_dir, tmp_path / "run")
+    argv = ["--config", str(recipe), "--deepspeed", "zero3", "--resume", f"train.output_dir={run}"]
+    want = f"{run}: 0.00 MiB free, and a checkpoint of this run takes about"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(space, "free_bytes", lambda path: 1000)
+        code, _, err = run_check(capsys, *argv, "--out", str(tmp_path / "o"))
+        assert code == 2 and f"llmasr check: error: {want}" in err, err
+        assert train_main(argv) == 2
+    assert f"llmasr train: error: {want}" in capsys.readouterr().err
+    import gc
+
+    from transformers.integrations import is_deepspeed_zero3_enabled
+
+    gc.collect()  # the refused run's ZeRO-3 config must not outlive it (a later LLM load would be partitioned)
+    assert not is_deepspeed_zero3_enabled()
