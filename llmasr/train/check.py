@@ -37,7 +37,7 @@ from llmasr.train.resolve import check_run_settings
 from llmasr.train.resume import check_checkpoint, manifest_contents, resuming
 from llmasr.train.run_dir import RunDirError, check_lock, check_run_start
 from llmasr.train.schedulers import branch_of_group, lr_curve, warmup_warnings
-from llmasr.train.universal import batches_left, nothing_left, resized_total
+from llmasr.train.universal import batches_left, global_batch_change, nothing_left, resized_total
 from llmasr.train.zero_memory import estimate_zero_memory, optimizer_state_bytes
 
 
@@ -126,14 +126,16 @@ def run_start(recipe, model, plan, folder: RunFolder, *, stage: int, world_size:
     ranks = f"{meta.world_size} rank{'s' if meta.world_size != 1 else ''}"
     resized = "" if meta.world_size == world_size else f"; saved on {ranks}, resized to {world_size}"
     head = f"  resumes {where} (update {meta.update}, epoch {meta.epoch}{resized}) into {run_dir}"
-    client = read_client_state(where, meta)
+    client, saved_ds = read_client_state(where, meta)
     total, stop = resumed_total(recipe, plan, where, meta, world_size, client, changed)
     early = EarlyStop.of(recipe.train)
     early.load_state_dict(client.get("early_stop"))
     done = nothing_left(meta.update, total)
+    batch = global_batch_change(saved_ds, plan.ds, world_size) if resized else None
     if done is None and early.exhausted and int(client.get("epoch", meta.epoch)) < recipe.train.epochs:
         done = early.nothing_left()  # as the trainer says once it has loaded the count
-    return ["run directory", head, *(f"  {n}" for n in notes), *([f"  warning: {done}"] if done else [])], total, stop
+    warnings = [f"  warning: {w}" for w in (batch, done) if w]
+    return ["run directory", head, *(f"  {n}" for n in notes), *warnings], total, stop
 
 
 def resumed_total(

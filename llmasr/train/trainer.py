@@ -209,7 +209,8 @@ class Run:
             self.train_loader.load_state_dict(loader_state)
         left = universal.batches_left(self.per_epoch, epoch, loader_state, resharded=len(self.sampler))
         log.info(universal.describe_resize(saved_world, self.world, epoch, loader_state, left))
-        universal.check_global_batch(saved_ds, self.ds, self.world)
+        if note := universal.global_batch_change(saved_ds, self.ds, self.world):
+            log.warning(note)
         return left
 
     # -- the loop -----------------------------------------------------------------------------------------------------

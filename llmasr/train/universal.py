@@ -198,18 +198,19 @@ def describe_resize(saved_world: int, world: int, epoch: int, loader_state: dict
     return f"{head} epoch {epoch} was {steps} steps in; its untrained batches follow, {left} per rank, {how}"
 
 
-def check_global_batch(saved_ds: dict, ds: dict, world: int) -> None:
-    """Warn when the global batch per update changes with the world size, and say which grad_accum keeps it."""
+def global_batch_change(saved_ds: dict, ds: dict, world: int) -> str | None:
+    """The warning of a resume whose global batch per update changes with the world size, with the grad_accum that
+    keeps it (train.log, `llmasr check`); None where it stays."""
     old, new = saved_ds.get("train_batch_size"), ds["train_batch_size"]
     if old is None or old == new:
-        return
+        return None
     micro = ds["train_micro_batch_size_per_gpu"]
     keep, rest = divmod(int(old), micro * world)
     hint = f"train.grad_accum={keep} keeps it" if keep and not rest else f"no grad_accum keeps it at {world} rank(s)"
-    log.warning(
-        "resume: the global batch changes from %s to %s micro batches per update (%s); the loss curve will differ "
-        "from an uninterrupted run", old, new, hint,
-    )  # fmt: skip
+    return (
+        f"resume: the global batch changes from {old} to {new} micro batches per update ({hint}); the loss curve "
+        "will differ from an uninterrupted run"
+    )
 
 
 def batches_left(per_epoch: list[int], epoch: int, loader_state: dict | None, resharded: int | None = None) -> int:

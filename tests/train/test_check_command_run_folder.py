@@ -84,6 +84,9 @@ def test_a_resume_is_counted_as_training_counts_it(trained, tmp_path, capsys, wo
     assert code == 0, err
     held = int(re.search(r"resumed, the run holds (\d+): schedules sized by \1", out).group(1))
     assert "nothing to train" not in out
+    # at another world size train warns of the global batch it changes, and check says so too
+    changed = "warning: resume: the global batch changes from 1 to 6 micro batches per update (no grad_accum keeps it"
+    assert (changed in out) == (world == 2), out
     assert len(np.genfromtxt(tmp_path / "o" / "lr_schedule.csv", delimiter=",", names=True)) == held
     if world == 1:
         history = train(load_recipe(recipe, overrides), "zero2", resume="latest")["history"]
