@@ -152,7 +152,7 @@ def file_arrives_after(monkeypatch, module, name: str, path: Path, text: str = "
 
     def then_the_file(*args, **kwargs):
         result = original(*args, **kwargs)
-        Path(path).write_text(text)
+        Path(path).write_text(text, encoding="utf-8")
         return result
 
     monkeypatch.setattr(module, name, then_the_file)

@@ -112,8 +112,9 @@ def clips(tmp_path):
 
 
 def _dataset(manifest, fe, features_on, *, replicate=False, train=True):
+    # max_time_fraction 1: time masks on these short clips (replicated, one row a span already covers 7 of ~26)
     spec = SpecAugmentConfig(enable=True, num_time_masks=2, max_time_width=4, num_freq_masks=2, max_freq_width=20,
-                             lfr_time_replicate=replicate)  # fmt: skip
+                             lfr_time_replicate=replicate, max_time_fraction=1.0)  # fmt: skip
     return SpeechDataset(
         manifest, fe, train=train, augment=AugmentConfig(spec_augment=spec), prompt_builder=FakePromptBuilder(),
         ctc_tokenizer=FakeCTCTokenizer(), seed=3, features_on=features_on,

@@ -70,11 +70,12 @@ def test_debug_prints_the_traceback(recipe_file, tmp_path, monkeypatch, capsys):
     args = ["train", "--config", str(recipe_file), "--deepspeed", "zero0", f"train.output_dir={tmp_path}/blocker/run"]
     assert main(args) == 2  # the run folder cannot be made: refused before anything starts
     err = capsys.readouterr().err
-    assert f"llmasr train: error: {tmp_path}/blocker/run: Not a directory" in err
+    want = f"llmasr train: error: train.output_dir {tmp_path}/blocker/run: cannot create the folder: {tmp_path}/blocker"
+    assert f"{want} is a file" in err
     assert "Traceback" not in err
     assert main(["--debug", *args]) == 2
     err = capsys.readouterr().err
-    assert "Traceback (most recent call last)" in err and "NotADirectoryError" in err
+    assert "Traceback (most recent call last)" in err and ", in check_output_dir" in err  # where it was found
 
 
 def test_a_checkpoint_that_does_not_fit_names_it(recipe_file, tmp_path, capsys):
