@@ -70,11 +70,10 @@ def screen(
     else:
         bad = []
         for part, found in enumerate(shares):
-            lines = np.arange(part, n, len(shares), dtype=np.int64)
             bad.extend(found["bad"])
             manifest.set_durations(*found["probed"])
             if target_lens is not None:
-                target_lens[lines] = found["target_lens"]
+                target_lens[share.indices(n, part)] = found["target_lens"]
     bad.sort(key=lambda b: b.index)
     took = time.perf_counter() - t0
     if shares is not None and share.part == 0:

@@ -52,9 +52,10 @@ class ScreenShare:
             return None
         return cls(part, parts, gather, socket.gethostname())
 
-    def indices(self, n: int) -> np.ndarray:
-        """This rank's lines of `n`: every `parts`-th from `part` (lines of unknown duration spread evenly)."""
-        return np.arange(self.part, n, self.parts, dtype=np.int64)
+    def indices(self, n: int, part: int | None = None) -> np.ndarray:
+        """The lines of `n` that `part` (default: this rank's) takes: every `parts`-th from it (lines of unknown
+        duration spread evenly)."""
+        return np.arange(self.part if part is None else part, n, self.parts, dtype=np.int64)
 
     def exchange(self, work: Callable[[], dict]) -> list[dict] | None:
         """Run `work` (this rank's share -> a dict) and gather; returns the shares of this node's ranks by part, or
@@ -95,6 +96,6 @@ def shared_fill(manifest, share: ScreenShare) -> list:
     bad = []
     for part, found in enumerate(shares):
         if part != share.part:
-            manifest.set_durations(np.arange(part, len(manifest), share.parts, dtype=np.int64), found["durations"])
+            manifest.set_durations(share.indices(len(manifest), part), found["durations"])
         bad.extend(found["bad"])
     return sorted(bad, key=lambda b: b.line)

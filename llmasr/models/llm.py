@@ -208,8 +208,11 @@ def _causal_lm(path: Path, dtype: torch.dtype, trust_remote_code: bool, *, pretr
     from transformers import AutoConfig, AutoModelForCausalLM
 
     config = AutoConfig.from_pretrained(str(path), local_files_only=True, trust_remote_code=trust_remote_code)
-    if pretrained:  # there, not Git LFS pointers, not cut short: transformers' own errors do not name the file
-        stored_shapes(weight_files(path))  # headers only
+    # The weight files there, not Git LFS pointers, not cut short (transformers' own errors do not name the file):
+    # check_llm_weights reads their headers below; a model with its own code may not build on the meta device, so
+    # for one the headers are read alone.
+    if pretrained and trust_remote_code:
+        stored_shapes(weight_files(path))
     info = {}  # what the load found missing or of another shape (ignore_mismatched_sizes: listed there, not raised)
     try:
         if pretrained and not trust_remote_code:
