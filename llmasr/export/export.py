@@ -116,9 +116,20 @@ def cast_llm(llm: nn.Module, dtype: torch.dtype) -> None:
     if dtype == torch.float16:
         names |= set(getattr(llm, "_keep_in_fp32_modules", None) or [])
     keep = re.compile("|".join(name.replace("*", ".*") for name in sorted(names))) if names else None
+    too_large = []
     for name, tensor in [*llm.named_parameters(), *llm.named_buffers()]:
         if tensor.is_floating_point() and not (keep and keep.search(name)):
-            tensor.data = tensor.data.to(dtype)
+            cast = tensor.data.to(dtype)
+            if torch.isinf(cast).sum() > torch.isinf(tensor.data).sum():  # finite weights past the dtype's range
+                too_large.append(f"{name} (largest |value| {tensor.data.abs().max().item():.6g})")
+            tensor.data = cast
+    if too_large:
+        name, limit = str(dtype).removeprefix("torch."), torch.finfo(dtype).max
+        raise ExportError(
+            f"the LLM in {name}: {len(too_large)} tensor(s) hold values beyond its largest finite value {limit:g}, "
+            f"which would be written as inf: {', '.join(too_large[:5])}"
+            f"{' ...' if len(too_large) > 5 else ''}; export with --dtype bf16 or fp32"
+        )
 
 
 def check_adapter_only(model: nn.Module, recipe) -> None:

@@ -334,3 +334,29 @@ def test_an_llm_whose_generation_config_has_flags_greedy_search_ignores_exports(
     plain = AutoModelForCausalLM.from_pretrained(str(tmp_path / "model" / "llm"))
     assert plain.generation_config.eos_token_id == [im_end, endoftext]
     assert plain.generate(torch.tensor([[1, 5, 9]]), max_new_tokens=2, do_sample=False).shape[1] > 3
+
+
+def test_an_fp16_export_of_weights_float16_cannot_hold_is_refused_naming_them(base_dirs, train_corpus, tmp_path):
+    """float16's largest finite value is 65504: a weight past it had been written as inf without a word, and the
+    exported model's outputs were NaN. The export names the tensors; bf16 holds them."""
+    from transformers import AutoModelForCausalLM
+
+    from llmasr.export.export import ExportError
+    from llmasr.testing.tiny_llm import DEFAULT_CORPUS, train_bpe_tokenizer, write_tiny_llm_dir
+
+    tok = train_bpe_tokenizer(DEFAULT_CORPUS)
+    llm_dir = write_tiny_llm_dir(tmp_path / "llm", tokenizer=tok)
+    llm = AutoModelForCausalLM.from_pretrained(str(llm_dir))
+    with torch.no_grad():  # a value float32 trains with
+        llm.model.layers[0].self_attn.k_proj.bias[3] = 69632.0  # bf16 holds it exactly
+    llm.save_pretrained(str(llm_dir))
+    run = train_run(tmp_path / "run", model_section(llm_dir, base_dirs[1], encoder_lora=False, ctc=False), train_corpus)
+    why = (
+        r"the LLM in float16: 1 tensor\(s\) hold values beyond its largest finite value 65504, which would be "
+        r"written as inf: model.layers.0.self_attn.k_proj.bias \(largest \|value\| 69632\); export with --dtype bf16"
+    )
+    with pytest.raises(ExportError, match=why):
+        export_model(run.run_dir, tmp_path / "fp16", dtype="fp16")
+    assert not (tmp_path / "fp16").exists()
+    out = export_model(run.run_dir, tmp_path / "bf16", dtype="bf16")
+    assert load_exported(out).llm.model.layers[0].self_attn.k_proj.bias[3] == 69632
