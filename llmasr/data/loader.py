@@ -322,7 +322,9 @@ def build_decode_loader(
     (llmasr.data.long_audio.speech_start; the batch's `leads` say by how much each starts later). `speech_runs`:
     each item's stretches of speech ride along (`Batch.speech_runs`, for word timestamps' ends).
     """
-    probes = ScreenShare(rank, world_size, gather) if gather is not None and world_size > 1 else None
+    probes = (
+        ScreenShare(rank, world_size, gather, data="data to decode") if gather is not None and world_size > 1 else None
+    )
     manifest, fill_bad = open_manifests([str(manifest_path)], mix=False, need_target=False, fill=probes is None)
     if probes is not None:  # the ranks split the header probes of the lines that give no duration
         fill_bad = shared_fill(manifest, probes)

@@ -32,12 +32,14 @@ class PeerFailure(ConfigError):
 
 @dataclass(frozen=True)
 class ScreenShare:
-    """This rank's part (`part` of `parts`, its node's local rank and size) and the run's all_gather_object."""
+    """This rank's part (`part` of `parts`, its node's local rank and size) and the run's all_gather_object; `data`
+    names what the ranks build in a peer's failure."""
 
     part: int
     parts: int
     gather: Callable[[object], list]
     node: str = ""
+    data: str = "training data"
 
     @classmethod
     def of_node(cls, gather, environ=os.environ) -> ScreenShare | None:
@@ -73,7 +75,7 @@ class ScreenShare:
         for rank, other in enumerate(everyone):
             if not isinstance(other, dict) or "screen" not in other:
                 why = other.get("failed", other) if isinstance(other, dict) else other
-                raise PeerFailure(f"rank {rank} could not build its training data (the others stop with it):\n{why}")
+                raise PeerFailure(f"rank {rank} could not build its {self.data} (the others stop with it):\n{why}")
         node = [o for o in everyone if (o["node"], o["parts"]) == (self.node, self.parts)]
         if sorted(o["part"] for o in node) != list(range(self.parts)):
             return None

@@ -191,3 +191,32 @@ def test_decodings_ranks_split_the_header_probes_and_all_end_with_every_duration
     unparsed = {b.line - 1 for b in whole.fill_durations() if "JSON" in b.reason}
     for r in range(2):
         assert probes[f"rank{r}"] == len([i for i in unknown if i % 2 == r and i not in unparsed]), r
+
+
+def test_a_decoding_rank_that_fails_its_probes_stops_the_others_naming_decoding(tmp_path, monkeypatch):
+    """The peer's failure had said "could not build its training data" in `llmasr decode` as well."""
+    from speech_fakes import FakePromptBuilder
+
+    from llmasr.data.frontend import FrontendConfig
+    from llmasr.data.loader import build_decode_loader
+
+    path = corpus(tmp_path)
+    fill = Manifest.fill_durations
+
+    def failing_fill(self, *a, **k):
+        if threading.current_thread().name == "rank1":
+            raise OSError("its disk is gone")
+        return fill(self, *a, **k)
+
+    monkeypatch.setattr(Manifest, "fill_durations", failing_fill)
+
+    def rank(r, gather):
+        return build_decode_loader(
+            path, FrontendConfig(), prompt_builder=FakePromptBuilder(), batch_seconds=10.0, num_workers=0,
+            max_bad_fraction=1.0, name="decode", rank=r, world_size=2, gather=gather,
+        )  # fmt: skip
+
+    zero, one = ranks(2, rank)
+    assert isinstance(zero, PeerFailure), zero
+    assert "rank 1 could not build its data to decode (the others stop with it):\nits disk is gone" in str(zero)
+    assert isinstance(one, OSError) and one.ranks_told
