@@ -45,16 +45,26 @@ class Rows(list):  # a collated batch (the loader sets .duplicate on it); module
     duplicate = False
 
 
-def slow_init(worker_id: int) -> None:
-    time.sleep(1.5)  # a worker still starting when the signal comes (a new epoch's, right after an update)
-    worker_init(worker_id)
+GO = {}  # the file slow_init waits for; set before the workers fork, so they inherit it
 
 
-def test_a_stop_signal_before_the_worker_init_waits_for_it():
+def slow_init(worker_id: int, **kwargs) -> None:
+    """A worker still starting when the signal comes (a new epoch's, right after an update): its init waits until
+    the test has signalled it, so that the signal surely comes first."""
+    deadline = time.monotonic() + 60
+    while not GO["file"].exists():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{GO['file']} never came")
+        time.sleep(0.01)
+    worker_init(worker_id, **kwargs)
+
+
+def test_a_stop_signal_before_the_worker_init_waits_for_it(tmp_path, monkeypatch):
     """SpeechDataLoader forks its workers with the stop signals blocked, so a SIGTERM or SIGINT that reaches a worker
     before its init function has run is taken by that function's rules (ignored) instead of killing the worker."""
     import psutil
 
+    from llmasr.data import speech_loader
     from llmasr.data.speech_loader import SpeechDataLoader
 
     class Batches:  # the batch_sampler interface SpeechDataLoader's __iter__ reads
@@ -82,21 +92,28 @@ def test_a_stop_signal_before_the_worker_init_waits_for_it():
 
         def end_epoch(self): ...
 
-    loader = SpeechDataLoader(Numbers(), batch_sampler=Batches(), num_workers=2, worker_init_fn=slow_init,
+    # SpeechDataLoader starts its workers with worker_init whatever worker_init_fn it is given: the test had slowed
+    # a function it never called, and its signals came after the init (what the test above checks).
+    monkeypatch.setattr(speech_loader, "worker_init", slow_init)
+    loader = SpeechDataLoader(Numbers(), batch_sampler=Batches(), num_workers=2,
                               collate_fn=lambda items: Rows(int(i) for i in items))  # fmt: skip
     loader.bad_data = Counted()
 
     before = {p.pid for p in psutil.Process().children()}  # earlier tests may have left children of their own
+    GO["file"] = tmp_path / "go"
 
     def signal_the_starting_workers():
-        deadline, workers = time.monotonic() + 10, []
-        while len(workers) < 2 and time.monotonic() < deadline:
-            workers = [p for p in psutil.Process().children() if p.pid not in before]
-            time.sleep(0.05)
-        sent.extend(w.pid for w in workers)
-        if len(workers) == 2:  # still inside slow_init: before leave_signals_to_main
-            subprocess.run(["kill", "-TERM", str(workers[0].pid)], check=True)
-            subprocess.run(["kill", "-INT", str(workers[1].pid)], check=True)
+        try:
+            deadline, workers = time.monotonic() + 30, []
+            while len(workers) < 2 and time.monotonic() < deadline:
+                workers = [p for p in psutil.Process().children() if p.pid not in before]
+                time.sleep(0.05)
+            sent.extend(w.pid for w in workers)
+            if len(workers) == 2:  # both wait in slow_init: before leave_signals_to_main
+                subprocess.run(["kill", "-TERM", str(workers[0].pid)], check=True)
+                subprocess.run(["kill", "-INT", str(workers[1].pid)], check=True)
+        finally:
+            GO["file"].touch()
 
     sent = []
     sender = threading.Thread(target=signal_the_starting_workers)
