@@ -9,6 +9,8 @@ would leave a scheduler built beforehand pointing at groups that no longer exist
 
 from __future__ import annotations
 
+from dataclasses import fields
+
 import torch
 from torch import nn
 
@@ -22,6 +24,9 @@ BRANCH_ATTRS: dict[str, str] = {"encoder": "encoder", "adaptor": "adaptor", "ctc
 _NORM_TYPES = (nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm, nn.modules.batchnorm._NormBase)
 if hasattr(nn, "RMSNorm"):
     _NORM_TYPES = (*_NORM_TYPES, nn.RMSNorm)
+# What makes a branch train, for the refusal of settings given to one that does not.
+_TRAIN_IT = {"encoder": "model.encoder.freeze: false, or model.encoder.lora", "adaptor": "model.adaptor.freeze: false",
+             "ctc": "model.ctc.weight > 0", "llm": "model.llm.freeze: false, or model.llm.lora"}  # fmt: skip
 # Parameter names (last component) that never decay whatever their shape: Transformer-XL style relative-position
 # biases of conformer attention.
 _NO_DECAY_NAMES = ("pos_bias_u", "pos_bias_v")
@@ -71,25 +76,40 @@ def numel(p: nn.Parameter) -> int:
     return int(getattr(p, "ds_numel", p.numel()))
 
 
+def _branch_state(model: nn.Module, branch: str) -> str:
+    """The branch absent from the model, or frozen / trainable with its counts."""
+    module = getattr(model, BRANCH_ATTRS[branch], None)
+    if module is None:
+        return "absent"
+    params = list(module.parameters())
+    trainable = sum(numel(p) for p in params if p.requires_grad)
+    total = sum(numel(p) for p in params)
+    state = "frozen" if trainable == 0 else "trainable"
+    return f"{state} ({trainable:,} of {total:,} parameters trainable)"
+
+
 def _freeze_report(model: nn.Module) -> str:
-    lines = []
-    for branch, attr in BRANCH_ATTRS.items():
-        module = getattr(model, attr, None)
-        if module is None:
-            lines.append(f"{branch}: absent")
-            continue
-        params = list(module.parameters())
-        trainable = sum(numel(p) for p in params if p.requires_grad)
-        total = sum(numel(p) for p in params)
-        state = "frozen" if trainable == 0 else "trainable"
-        lines.append(f"{branch}: {state} ({trainable:,} of {total:,} parameters trainable)")
-    return "; ".join(lines)
+    return "; ".join(f"{branch}: {_branch_state(model, branch)}" for branch in BRANCH_ATTRS)
+
+
+def _check_settings_used(model: nn.Module, optim_cfg: OptimConfig, trained: set[str]) -> None:
+    """A branch the recipe gives optimizer settings must train something: settings for a frozen or absent branch
+    change nothing, and a user who raised the encoder's lr believing it trains would learn so from no message."""
+    for branch, own in sorted(optim_cfg.branches.items()):
+        keys = [f.name for f in fields(own)] if own is not None and branch not in trained else []
+        keys = [k for k in keys if getattr(own, k) is not None]
+        if keys:
+            raise ConfigError(
+                f"optim.branches.{branch}: sets {', '.join(keys)}, but the {branch} branch has no trainable parameter "
+                f"({_branch_state(model, branch)}): remove optim.branches.{branch}, or train the branch "
+                f"({_TRAIN_IT[branch]})"
+            )
 
 
 def build_param_groups(model: nn.Module, optim_cfg: OptimConfig) -> list[dict]:
     """Param groups of `model`'s trainable parameters, in branch order (encoder, adaptor, ctc, llm), decayed group
-    before no-decay group. Raises ConfigError when nothing is trainable or a trainable parameter belongs to no
-    branch."""
+    before no-decay group. Raises ConfigError when nothing is trainable, a trainable parameter belongs to no
+    branch, or optim.branches gives settings to a branch that trains nothing."""
     no_decay = _no_decay_names(model)
     buckets: dict[tuple[str, bool], list[torch.nn.Parameter]] = {}
     stray = []
@@ -108,6 +128,7 @@ def build_param_groups(model: nn.Module, optim_cfg: OptimConfig) -> list[dict]:
         )
     if not buckets:
         raise ConfigError(f"no trainable parameters: {_freeze_report(model)}")
+    _check_settings_used(model, optim_cfg, {branch for branch, _ in buckets})
     groups = []
     for branch in BRANCHES:
         settings = optim_cfg.branch(branch)

@@ -315,10 +315,11 @@ def _refusal_text(err: Exception, run_dir: Path) -> str:
     return f"{run_dir}: {type(err).__name__}: {err}"
 
 
-def _lr_rows(csv_path: Path, schedules: list, start: int, total: int) -> dict[str, list[float]]:
+def _lr_rows(csv_path: Path, schedules: list, start: int, total: int, applied: int) -> dict[str, list[float]]:
     """The lr of every update of a resumed run, for lr_schedule.csv: rows before `start` as the existing file
     recorded them (what the run used), or from `schedules` where it does not hold them; rows from `start` from
-    `schedules` (rebuilt or restored)."""
+    `schedules` (rebuilt or restored), which stand at update `applied` there: an update skipped on a non-finite
+    gradient holds the schedules (llmasr.train.schedulers), so update `start` + 1 uses lr(applied), not lr(start)."""
     names = [s.name for s in schedules]
     before: dict[str, list[float]] = {}
     if csv_path.is_file():
@@ -330,16 +331,18 @@ def _lr_rows(csv_path: Path, schedules: list, start: int, total: int) -> dict[st
     out = {}
     for s in schedules:
         head = before.get(s.name) or [s.lr(u) for u in range(min(start, total))]
-        out[s.name] = head[: min(start, total)] + [s.lr(u) for u in range(start, total)]
+        out[s.name] = head[: min(start, total)] + [s.lr(applied + u - start) for u in range(start, total)]
     return out
 
 
-def write_run_files(run_dir: Path, recipe, ds_config: dict, schedules: list, start: int, total: int) -> None:
+def write_run_files(
+    run_dir: Path, recipe, ds_config: dict, schedules: list, start: int, total: int, applied: int | None = None
+) -> None:
     """RUN_DIR/recipe.yaml, ds_config.json and lr_schedule.csv/png: rows from update `start` on from `schedules`
-    (a fresh run: 0). Rank 0 only; a resumed run calls it once it has loaded, so a failed resume leaves them as
-    they were."""
+    (a fresh run: 0), which stand at update `applied` there (`start` less the skipped updates; default `start`).
+    Rank 0 only; a resumed run calls it once it has loaded, so a failed resume leaves them as they were."""
     dump_yaml(recipe, run_dir / ck.RECIPE_FILE)
     ck.write_atomic(run_dir / ck.DS_CONFIG_FILE, json.dumps(ds_config, indent=2))
-    curves = _lr_rows(run_dir / ck.LR_CSV, schedules, start, total)
+    curves = _lr_rows(run_dir / ck.LR_CSV, schedules, start, total, start if applied is None else applied)
     write_lr_csv(run_dir / ck.LR_CSV, curves)
     plot_lr(curves, run_dir / ck.LR_PNG)

@@ -112,7 +112,8 @@ class Run:
 
     def _write_run_files(self, start: int) -> None:
         if self.rank == 0:
-            write_run_files(self.run_dir, self.recipe, self.ds, self.engine.scheduler.schedules, start, self.total)
+            sched = self.engine.scheduler  # behind `start` by the updates skipped so far, which held it
+            write_run_files(self.run_dir, self.recipe, self.ds, sched.schedules, start, self.total, sched.last_update)
 
     def _log_batches(self) -> None:
         device = self.dist.device

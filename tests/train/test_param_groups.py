@@ -122,3 +122,19 @@ def test_zero3_partitioned_weights_still_decay(make_model):
     assert names["llm_no_decay"] == ["llm.norm.weight", "llm.proj.bias"]
     assert "llm.embed.weight" in names["llm"] and "llm.proj.weight" in names["llm"]
     assert describe_param_groups(groups) == whole  # the table counts whole weights (it had counted the LLM as 0)
+
+
+def test_settings_for_a_branch_that_trains_nothing_are_refused_with_the_key(make_model):
+    """A recipe raising a frozen encoder's lr, or giving a CTC head the model does not have its own schedule, had
+    its setting dropped without a word: the run trained as if it were not there."""
+    model = make_model(freeze_encoder=True)
+    with pytest.raises(ConfigError, match=r"^optim.branches.encoder: sets lr, weight_decay, but the encoder branch has "
+                                          r"no trainable parameter \(frozen \(0 of [\d,]+ parameters"):  # fmt: skip
+        build_param_groups(model, _cfg(encoder={"lr": 1e-3, "weight_decay": 0.0}, llm={"lr": 1e-4}))
+    model = make_model(ctc=False)
+    with pytest.raises(ConfigError, match=r"^optim.branches.ctc: sets scheduler, .*\(absent\).*model.ctc.weight > 0"):
+        build_param_groups(model, _cfg(ctc={"scheduler": {"type": "constant"}}))
+    # a branch section that sets nothing, and settings of branches that train, pass
+    assert [g["name"] for g in build_param_groups(model, _cfg(ctc={}, encoder={"lr": 1e-3}))][:2] == [
+        "encoder", "encoder_no_decay"
+    ]  # fmt: skip

@@ -347,3 +347,36 @@ def test_a_training_manifest_edited_since_the_checkpoint_is_named(tiny_llm_dir, 
     with pytest.raises((ConfigError, ValueError)) as err:
         train(make(4), "zero0", resume="latest")
     assert f"{second} (8 -> 7 lines)" in errors.describe(err.value)
+
+
+def test_lr_schedule_csv_after_a_resume_follows_the_schedules_held_by_a_skipped_update(
+    tiny_llm_dir, corpus, tmp_path, monkeypatch
+):
+    """A NaN batch skips update 1, which holds the schedules (each later update uses the lr of the one before it
+    on the plan). The resume knows the skip: its lr_schedule.csv rows from the resumed update on had still been
+    lr(update - 1), one warmup step ahead of the lr train.log shows every update using."""
+    from llmasr.train.engine import TrainEngine
+
+    real, seen = TrainEngine.to_device, []
+
+    def to_device(self, batch):
+        out = real(self, batch)
+        if self.module.training and not seen:
+            seen.append(True)
+            out.feats[0, 0, 0] = float("nan")
+        return out
+
+    monkeypatch.setattr(TrainEngine, "to_device", to_device)
+    run = tmp_path / "run"
+    ov = ["optim.scheduler.type=warmup_linear", "optim.scheduler.warmup_steps=2"]
+    train(recipe(tiny_llm_dir, corpus, run, epochs=2, save_every_updates=2, overrides=ov), "zero0",
+          stop_after_updates=3)  # fmt: skip
+    rest = train(recipe(tiny_llm_dir, corpus, run, epochs=2, save_every_updates=2, overrides=ov), "zero0",
+                 resume="latest")["history"]  # fmt: skip
+    assert [h["update"] for h in rest] == [3, 4, 5, 6]
+    csv = np.genfromtxt(run / ck.LR_CSV, delimiter=",", names=True)
+    assert len(csv) == 6
+    cfg = SchedulerConfig(type="warmup_linear", warmup_steps=2)
+    for h in rest:
+        assert h["lr"]["llm"] == pytest.approx(schedule_lr(cfg, h["update"] - 2, 1e-3, 6), rel=1e-12)
+        assert csv["llm"][h["update"] - 1] == pytest.approx(h["lr"]["llm"], rel=1e-12), h["update"]
