@@ -30,7 +30,7 @@ from llmasr.train.ds_config import resolve_ds_config, zero_stage
 from llmasr.train.ds_files import read_client_state
 from llmasr.train.early_stop import EarlyStop
 from llmasr.train.engine import offloads_optimizer
-from llmasr.train.param_groups import build_param_groups, describe_param_groups
+from llmasr.train.param_groups import build_param_groups, describe_param_groups, idle_branch_settings
 from llmasr.train.plan import plan_run
 from llmasr.train.progress import plot_lr, write_lr_csv
 from llmasr.train.resolve import check_run_settings
@@ -318,6 +318,7 @@ def check(
         lines.append(f"  update {u + 1} ({label}):")  # numbered from 1, as train.log does
         lines += [f"    {n:<{width}}  {curves[n][u]:.4e}" for n in names]
     lines += [f"  warning: {w}" for w in warmup_warnings(recipe.optim, map(branch_of_group, names), total)]
+    lines += [f"  warning: {w}" for w in idle_branch_settings(model, recipe.optim)]
     lines += _early_stop_lines(tc, plan, stop)
     if stop < total:
         lines.append(

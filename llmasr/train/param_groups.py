@@ -24,7 +24,7 @@ BRANCH_ATTRS: dict[str, str] = {"encoder": "encoder", "adaptor": "adaptor", "ctc
 _NORM_TYPES = (nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm, nn.modules.batchnorm._NormBase)
 if hasattr(nn, "RMSNorm"):
     _NORM_TYPES = (*_NORM_TYPES, nn.RMSNorm)
-# What makes a branch train, for the refusal of settings given to one that does not.
+# What makes a branch train, for the warning about settings given to one that does not.
 _TRAIN_IT = {"encoder": "model.encoder.freeze: false, or model.encoder.lora", "adaptor": "model.adaptor.freeze: false",
              "ctc": "model.ctc.weight > 0", "llm": "model.llm.freeze: false, or model.llm.lora"}  # fmt: skip
 # Parameter names (last component) that never decay whatever their shape: Transformer-XL style relative-position
@@ -92,24 +92,27 @@ def _freeze_report(model: nn.Module) -> str:
     return "; ".join(f"{branch}: {_branch_state(model, branch)}" for branch in BRANCH_ATTRS)
 
 
-def _check_settings_used(model: nn.Module, optim_cfg: OptimConfig, trained: set[str]) -> None:
-    """A branch the recipe gives optimizer settings must train something: settings for a frozen or absent branch
-    change nothing, and a user who raised the encoder's lr believing it trains would learn so from no message."""
+def idle_branch_settings(model: nn.Module, optim_cfg: OptimConfig) -> list[str]:
+    """One warning per optim.branches section that sets something for a branch that trains nothing (frozen, or a
+    CTC head the model lacks): the settings change nothing, and a user who raised the encoder's lr believing it
+    trains learns so here. A warning, not a refusal: freezing a branch with one override (model.encoder.freeze=true)
+    leaves the recipe's settings for it in place, as an experiment wants."""
+    trained = {branch for branch, attr in BRANCH_ATTRS.items() if _branch_state(model, branch).startswith("trainable")}
+    out = []
     for branch, own in sorted(optim_cfg.branches.items()):
-        keys = [f.name for f in fields(own)] if own is not None and branch not in trained else []
-        keys = [k for k in keys if getattr(own, k) is not None]
-        if keys:
-            raise ConfigError(
-                f"optim.branches.{branch}: sets {', '.join(keys)}, but the {branch} branch has no trainable parameter "
-                f"({_branch_state(model, branch)}): remove optim.branches.{branch}, or train the branch "
-                f"({_TRAIN_IT[branch]})"
+        keys = [f.name for f in fields(own) if getattr(own, f.name) is not None] if own is not None else []
+        if keys and branch not in trained:
+            out.append(
+                f"optim.branches.{branch}: sets {', '.join(keys)}, but the {branch} branch trains nothing "
+                f"({_branch_state(model, branch)}): the settings change nothing (to train it: {_TRAIN_IT[branch]})"
             )
+    return out
 
 
 def build_param_groups(model: nn.Module, optim_cfg: OptimConfig) -> list[dict]:
     """Param groups of `model`'s trainable parameters, in branch order (encoder, adaptor, ctc, llm), decayed group
-    before no-decay group. Raises ConfigError when nothing is trainable, a trainable parameter belongs to no
-    branch, or optim.branches gives settings to a branch that trains nothing."""
+    before no-decay group. Raises ConfigError when nothing is trainable or a trainable parameter belongs to no
+    branch."""
     no_decay = _no_decay_names(model)
     buckets: dict[tuple[str, bool], list[torch.nn.Parameter]] = {}
     stray = []
@@ -128,7 +131,6 @@ def build_param_groups(model: nn.Module, optim_cfg: OptimConfig) -> list[dict]:
         )
     if not buckets:
         raise ConfigError(f"no trainable parameters: {_freeze_report(model)}")
-    _check_settings_used(model, optim_cfg, {branch for branch, _ in buckets})
     groups = []
     for branch in BRANCHES:
         settings = optim_cfg.branch(branch)

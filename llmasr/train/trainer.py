@@ -33,7 +33,7 @@ from llmasr.train.early_stop import EarlyStop
 from llmasr.train.efficiency import WaitClock, device_peak
 from llmasr.train.engine import TrainEngine, all_gather_object, broadcast_object, build_model_for_training
 from llmasr.train.flops import FlopCounter
-from llmasr.train.param_groups import build_param_groups, describe_param_groups, numel
+from llmasr.train.param_groups import build_param_groups, describe_param_groups, idle_branch_settings, numel
 from llmasr.train.plan import plan_run
 from llmasr.train.preemption import Preemption, signal_name
 from llmasr.train.progress import Progress, StartupLog, setup_logging
@@ -134,7 +134,10 @@ class Run:
         groups = build_param_groups(model, optim)
         log.info("param groups:\n%s", describe_param_groups(groups))
         self.schedules = build_group_schedules(groups, optim, self.total)
-        for line in warmup_warnings(optim, (g["branch"] for g in groups), self.total) if self.rank == 0 else ():
+        idle = idle_branch_settings(model, optim)
+        for line in (
+            [*warmup_warnings(optim, (g["branch"] for g in groups), self.total), *idle] if not self.rank else ()
+        ):
             log.warning(line)
         self.engine = TrainEngine(model, groups, self.schedules, self.ds, self.dist.device)
         self.checkpoints = RunCheckpoints(self.engine, self.recipe, self.ckpt_dir, trainable=self.trainable,

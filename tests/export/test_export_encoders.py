@@ -203,6 +203,8 @@ def test_frozen_random_branches_are_refused(bases, train_corpus, tmp_path):
     section["encoder"].update(freeze=True, lora={"r": 2, "alpha": 4, "dropout": 0.0, "target_modules": ["linear_q"]})
     section["adaptor"]["freeze"] = True
     run = train_run(tmp_path / "run", section, train_corpus).run_dir
+    # the recipe's optim.branches.adaptor changes nothing, and train.log says so
+    assert "optim.branches.adaptor: sets lr, but the adaptor branch trains nothing" in (run / "train.log").read_text()
     with pytest.raises(CheckpointError) as err:
         load_checkpoint_model(run)
     msg = str(err.value)

@@ -187,3 +187,14 @@ def test_memory_counts_a_frozen_bf16_llm_at_two_bytes_a_weight_under_fp32(recipe
     weights = sum(p.numel() * p.element_size() for p in model.parameters())
     assert weights < 4 * sum(p.numel() for p in model.parameters())
     assert f"  params {size_text(weights)}, grads" in out
+
+
+def test_settings_for_a_frozen_branch_are_named_in_the_report(recipe_file, tmp_path, capsys):
+    """optim.branches.encoder.lr kept while one override freezes the encoder changes nothing: the report says so
+    (it had said nothing, and neither had train.log)."""
+    base = ["--config", str(recipe_file), "--deepspeed", "zero2", "--out", str(tmp_path)]
+    code, out, err = run_check(capsys, *base, "model.encoder.freeze=true")
+    assert code == 0, err
+    assert "  warning: optim.branches.encoder: sets lr, but the encoder branch trains nothing (frozen (0 of " in out
+    code, out, err = run_check(capsys, *base)
+    assert code == 0 and "optim.branches" not in out, err
