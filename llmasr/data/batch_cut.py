@@ -145,24 +145,39 @@ class EpochPlan:
             yield self.keys[self.offsets[p] : self.offsets[p + 1]].tolist()
 
 
-def check_position(state: dict, planned: int, sha1: str) -> None:
+def check_position(state: dict, planned: int, sha1: str, unusable: list | None = None) -> None:
     """A saved sampler `state` must count into this epoch's plan: `planned` batches per rank (at the saved world
     size) made of the batches `sha1` hashes. Other batches of the same count come from manifests whose lines were
-    reordered or with other durations: a resume would skip some utterances of the epoch and train others twice."""
+    reordered or with other durations: a resume would skip some utterances of the epoch and train others twice.
+    `unusable` ([count, sha1 of their indices]): the lines screened unusable before loading now; where the saved
+    state's differ, that is what changed the batches (the manifests' text may be as it was)."""
+    where = f"cannot resume epoch {state['epoch']} at batch {state['batches_yielded']}: the training data (data.train)"
+    then = state.get("unusable")
+    cause = None
+    if then is not None and unusable is not None and list(then) != list(unusable):
+        cause = (
+            f"{unusable[0]} of its lines are screened unusable before loading now, "
+            + ("other ones than the run's" if then[0] == unusable[0] else f"the run had {then[0]}")
+            + " (the warning at this start names the ones now): an audio file was removed, became unreadable or was "
+            "restored since the checkpoint, or such a line edited"
+        )
+    restore = "the audio files or manifest lines" if cause else "the manifests"
     if "num_batches" in state and int(state["num_batches"]) != planned:  # the recipe's batching cannot change
         raise ValueError(
-            f"cannot resume epoch {state['epoch']} at batch {state['batches_yielded']}: the training data "
-            f"(data.train) now makes {planned} batches per rank of that epoch at the saved world size "
-            f"{state.get('world_size', '?')}, the run had {state['num_batches']}: a manifest's lines were added, "
-            "removed or their durations changed since the checkpoint (or the batching settings did); resuming would "
-            "skip some utterances and train others twice. Restore the manifests, or start a new run"
+            f"{where} now makes {planned} batches per rank of that epoch at the saved world size "
+            f"{state.get('world_size', '?')}, the run had {state['num_batches']}: "
+            + (
+                cause
+                or "a manifest's lines were added, removed or their durations changed since the checkpoint (or the "
+                "batching settings did)"
+            )
+            + f"; resuming would skip some utterances and train others twice. Restore {restore}, or start a new run"
         )
     if state.get("batches_sha1", sha1) != sha1:
         raise ValueError(
-            f"cannot resume epoch {state['epoch']} at batch {state['batches_yielded']}: the training data "
-            "(data.train) now makes other batches of that epoch than the run had (a manifest's lines were reordered "
-            "or their durations changed since the checkpoint); resuming would skip some utterances and train others "
-            "twice. Restore the manifests, or start a new run"
+            f"{where} now makes other batches of that epoch than the run had ("
+            + (cause or "a manifest's lines were reordered or their durations changed since the checkpoint")
+            + f"); resuming would skip some utterances and train others twice. Restore {restore}, or start a new run"
         )
 
 

@@ -35,6 +35,7 @@ count to `state_dict(consumed=...)`.
 from __future__ import annotations
 
 import copy
+import hashlib
 import logging
 import math
 from collections.abc import Callable, Iterator
@@ -168,6 +169,9 @@ class DynamicBucketSampler(Sampler):
                 over |= tl > max_target_tokens
             mark(over, 4)
         self._reason = reason
+        unusable = np.flatnonzero(reason == FILTER_REASONS.index("bad_line"))
+        # what a saved position names when the data now plans other batches (a line's audio gone since, or back)
+        self._unusable = [int(unusable.size), hashlib.sha1(unusable.astype(np.int64).tobytes()).hexdigest()]
         # the items that fit the budget only at some draws: each epoch batches those its draws let fit
         pool = self.base_indices
         self.fits_sometimes = pool[(reason[pool] < 0) & (self.sizes[pool] > self.budget)] if n else pool
@@ -346,6 +350,7 @@ class DynamicBucketSampler(Sampler):
             "history": [list(h) for h in self._history(self.epoch)],
             "plan": 2 if self._legacy_drop != self.epoch else 1,  # 2: drop_last draws its left-over batches
             "batches_sha1": self._sha1(self.epoch),
+            "unusable": list(self._unusable),  # the lines screened unusable before loading: count, sha1 of indices
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -370,7 +375,7 @@ class DynamicBucketSampler(Sampler):
         self.set_epoch(epoch)
         self._segment = (epoch, history)
         planned = len(self._plan_at(epoch, history, saved_ws)[0])
-        check_position(state, planned, self._sha1(epoch))
+        check_position(state, planned, self._sha1(epoch), self._unusable)
         if not 0 <= done <= planned:
             raise ValueError(f"cannot resume at batch {done} of an epoch of {planned} batches")
         self.resharded = saved_ws != self.world_size

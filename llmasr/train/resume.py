@@ -84,6 +84,14 @@ _REFUSED_WHY: tuple[tuple[str, str], ...] = (
 )
 
 
+# Why the batches differ when no data.train file was edited since the checkpoint
+UNEDITED_DATA = (
+    "the manifests are as the run read them, but the lines screened unusable before loading differ (an audio file "
+    "was removed, became unreadable or was restored since: the warning at this start names the lines unusable now) "
+    "or so do the durations probed from the audio of lines that give none"
+)
+
+
 def _matches(key: str, pattern: str) -> bool:
     return fnmatchcase(key, pattern) or fnmatchcase(key, pattern + ".*")
 
@@ -179,10 +187,11 @@ def check_checkpoint(
     `manifests`: the training files as this run reads them (manifest_contents); those edited since the
     checkpoint are named in a warning and returned (for the position's refusal to name them too)."""
     changed = changed_manifests(meta.manifests, manifests)
+    same_text = not changed and texts_known(meta.manifests, manifests)
     if meta.zero_stage != stage:
         raise ConfigError(f"{where}: saved at ZeRO stage {meta.zero_stage}, this run uses {stage}")
     if meta.world_size == world_size:  # at another world size the batches per rank differ by design
-        check_batches(meta, per_epoch, where, changed)
+        check_batches(meta, per_epoch, where, changed, same_text=same_text)
     diffs = fingerprint_differences(meta.base_fingerprint, base_fingerprint(recipe.model))
     if diffs:
         raise ConfigError(f"{where}: the base model differs from the one trained on:\n  " + "\n  ".join(diffs))
@@ -221,14 +230,23 @@ def changed_manifests(saved: list[dict] | None, now: list[dict] | None) -> list[
     return out
 
 
+def texts_known(saved: list[dict] | None, now: list[dict] | None) -> bool:
+    """Whether both records (manifest_contents) hash every data.train file's text, so equal hashes mean no file was
+    edited since."""
+    return bool(saved and now) and len(saved) == len(now) and all(m["sha1"] is not None for m in [*saved, *now])
+
+
 def resuming(where: Path, changed: list[str]) -> str:
     """What a resume from `where` is doing, for errors.context; with the training files `changed` since."""
     return f"resuming {where}" + (f" (data.train changed since: {'; '.join(changed)})" if changed else "")
 
 
-def check_batches(meta: CheckpointMeta, per_epoch: list[int], where: Path, changed: list[str] = ()) -> None:
+def check_batches(
+    meta: CheckpointMeta, per_epoch: list[int], where: Path, changed: list[str] = (), *, same_text: bool = False
+) -> None:
     """The training data must give the batches the checkpoint's run had (the sampler position counts them);
-    `changed`: the files edited since (changed_manifests), named in the refusal."""
+    `changed`: the files edited since (changed_manifests), named in the refusal; `same_text`: every file's text is
+    known to be as the run read it, so what differs is what the lines point to."""
     saved = meta.batches_per_epoch
     if not saved:
         return
@@ -244,11 +262,12 @@ def check_batches(meta: CheckpointMeta, per_epoch: list[int], where: Path, chang
             + (
                 f"changed since the checkpoint: {'; '.join(changed)}"
                 if changed
+                else UNEDITED_DATA
+                if same_text
                 else "a manifest changed since the checkpoint"
             )
-            + ", or an llmasr that plans batches "
-            "otherwise wrote it; resuming would skip or repeat utterances. Restore the manifests (or that llmasr), or "
-            "start a new run"
+            + ", or an llmasr that plans batches otherwise wrote it; resuming would skip or repeat utterances. "
+            f"Restore {'the audio' if same_text else 'the manifests'} (or that llmasr), or start a new run"
         )
 
 

@@ -138,3 +138,20 @@ def test_workers_keep_an_accumulation_window_ready(tmp_path, caplog):
     with caplog.at_level("WARNING", logger="llmasr.data"):
         assert build(cfg(num_workers=2, prefetch_factor=2), [str(path)], window=16)[0].prefetch_factor == 2
     assert "keeps 4 batches in flight, fewer than the 16 of an accumulation window" in caplog.text
+
+
+def test_a_resume_after_an_audio_file_went_missing_names_that_cause(tmp_path):
+    """The manifest as it was, one line's audio removed since the state was saved: the screen skips that line, the
+    epoch makes other batches, and the refusal names the unusable lines (it had said a manifest's lines were added,
+    removed or their durations changed)."""
+    path = good_corpus(tmp_path, 30)
+    data_cfg = cfg(batching={"max_seconds": 3.0})
+    loader, _ = build(data_cfg, [str(path)], epoch=1)
+    it = iter(loader)
+    [next(it) for _ in range(3)]
+    state = loader.state_dict()
+    del it
+    (tmp_path / "wav_train" / "u7.wav").unlink()
+    again, _ = build(data_cfg, [str(path)], epoch=0)
+    with pytest.raises(ValueError, match="1 of its lines are screened unusable before loading now, the run had 0"):
+        again.load_state_dict(state)

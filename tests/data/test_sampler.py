@@ -392,3 +392,18 @@ def test_an_epoch_resumed_from_a_plan_that_dropped_the_last_batches_keeps_it():
     for s in two:
         s.load_state_dict({**state, "rank": s.rank})
         assert s.resharded and s.stats()["dropped_batches"] <= 1 + 2  # the first plan's and the remainder's
+
+
+def test_a_line_screened_unusable_since_the_state_is_named_as_the_cause():
+    """A manifest left as it was, but a line's audio removed (or restored) since the checkpoint: the screen skips
+    another set of lines, so the epoch makes other batches. The refusal says so; it had blamed edited manifests or
+    changed durations, which the user finds unchanged."""
+    d = librispeech_like(300)
+    state = {**make(d, world_size=2, seed=5, skip=np.array([4])).state_dict(), "batches_yielded": 3}
+    assert state["unusable"][0] == 1
+    for now, said in (([4, 9], "2 of its lines are screened unusable before loading now, the run had 1"),
+                      ([9], "1 of its lines are screened unusable before loading now, other ones than the run's"),
+                      ([], "0 of its lines .* the run had 1")):  # fmt: skip
+        with pytest.raises(ValueError, match=said + r" .*restored since the checkpoint.* Restore the audio files"):
+            make(d, world_size=2, seed=5, skip=np.array(now, dtype=np.int64)).load_state_dict(state)
+    make(d, world_size=2, seed=5, skip=np.array([4])).load_state_dict(state)  # the same lines skipped: resumes

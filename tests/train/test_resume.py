@@ -4,6 +4,7 @@ rewritten by a resume that fails, and the lr each update really runs with."""
 import logging
 import re
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -264,6 +265,27 @@ def test_a_checkpoint_that_counted_every_epoch_as_the_first_resumes(caplog):
     meta.batches_per_epoch = [906, 905, 906]
     with pytest.raises(ConfigError, match="a manifest changed"):
         rs.check_batches(meta, [906, 906, 906], Path("ck"))
+
+
+def test_other_batches_from_unedited_manifests_are_not_blamed_on_an_edit():
+    """A checkpoint whose data.train files hash as they do now, yet the data gives other batch counts (a line's audio
+    removed since, so the screen skips it): the refusal says the manifests are as the run read them and points at
+    the lines screened unusable. It had said a manifest changed, which the user checks and finds untrue."""
+    files = [{"path": "/data/train.jsonl", "lines": 30, "sha1": "ab12"}]
+    meta = ck.CheckpointMeta(3, 1, 1, 0, base_fingerprint={}, trainable=[], batches_per_epoch=[17, 17],
+                             manifests=files)  # fmt: skip
+    recipe = SimpleNamespace(model=None)
+    with pytest.raises(
+        ConfigError,
+        match=r"now gives \[16, 16\] .* the run had \[17, 17\]: the manifests are as the "
+        r"run read them, but the lines screened unusable before loading differ .* Restore the audio",
+    ):
+        rs.check_checkpoint(meta, Path("ck"), recipe=recipe, stage=0, world_size=1, per_epoch=[16, 16], trainable=[],
+                            manifests=[dict(files[0])])  # fmt: skip
+    edited = [{**files[0], "sha1": "cd34"}]
+    with pytest.raises(ConfigError, match=r"changed since the checkpoint: /data/train.jsonl \(lines edited or moved\)"):
+        rs.check_checkpoint(meta, Path("ck"), recipe=recipe, stage=0, world_size=1, per_epoch=[16, 16], trainable=[],
+                            manifests=edited)  # fmt: skip
 
 
 def test_max_updates_at_an_epoch_end_saves_the_next_epoch_start(tiny_llm_dir, corpus, tmp_path):
