@@ -5,7 +5,8 @@
     python bench/hotword_lists.py --quick               # smoke run (numbers mean nothing)
 
 1. CorpusStats.from_manifest over a synthetic FunASR manifest (word and char units): the pass every training run
-   with data.hotwords makes once per rank at start-up (seconds, and the counter's size).
+   with data.hotwords makes at start-up, here on one rank (seconds, and the counter's size; the ranks of a node share
+   it: bench/hotword_stats.py).
 2. HotwordSampler.pick per item (µs): what a loader worker adds to each item.
 3. PromptBuilder.encode with a 10-phrase list against without one (µs): a list makes a prompt of its own (the
    plain prompt is cached), so this is the per-item tokenization it costs. Uses `--tokenizer` (an HF directory),

@@ -16,10 +16,7 @@ text that is not UTF-8 is an error naming the file and line; a phrase repeated i
 from __future__ import annotations
 
 import codecs
-import functools
 import logging
-import unicodedata
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,8 +24,9 @@ import numpy as np
 
 from llmasr.config_io import ConfigError
 from llmasr.config_paths import path_field
-from llmasr.data.records import BadRecord
-from llmasr.scoring import UNIT, is_no_space_char, normalize
+from llmasr.data.corpus_stats import CorpusStats
+from llmasr.data.hotword_units import holds, join_units, ngrams, units
+from llmasr.scoring import normalize
 
 log = logging.getLogger(__name__)
 HOTWORD_STREAM = 0x686F74  # "hot": the Generator stream of hotword lists, apart from augmentation's
@@ -96,7 +94,7 @@ class HotwordsConfig:
     rarity: float = 1.0
     # Where distractors come from: "corpus" (n-grams of the training texts) or a phrase file (one a line, UTF-8).
     distractors: str = path_field("corpus", keywords=("corpus",))
-    pool_size: int = 100_000  # corpus distractors: n-grams kept from the training texts (a reservoir sample)
+    pool_size: int = 100_000  # corpus distractors: n-gram occurrences of the training texts, a uniform sample
 
     def validate(self, path: str) -> None:
         if self.source not in SOURCES:
@@ -129,116 +127,6 @@ class HotwordsConfig:
         return self.enable and self.source != "manifest"
 
 
-# ------------------------------------------------------------------------------------------------------ phrases
-
-
-def _is_punct(ch: str) -> bool:
-    return unicodedata.category(ch).startswith("P")
-
-
-def _has_text(unit: str) -> bool:
-    """Whether `unit` holds a letter, mark or digit: the characters scoring keeps (a unit of punctuation or symbols
-    only, "+" or "❤", is a phrase scoring cannot count, and its rarity would favour it)."""
-    return any(unicodedata.category(c)[0] in "LMN" for c in unit)
-
-
-def _strip_punct(token: str) -> str:
-    i, j = 0, len(token)
-    while i < j and _is_punct(token[i]):
-        i += 1
-    while j > i and _is_punct(token[j - 1]):
-        j -= 1
-    return token[i:j]
-
-
-def units(text: str, unit: str) -> list[str]:
-    """The units of `text` as written: words with punctuation at their edges cut, the letters and digits, or (auto)
-    each character of a script written without spaces and every word between; a unit with no letter or digit
-    (punctuation or symbols only) is left out."""
-    if unit == "char":
-        return [c for c in text if _char_has_text(c)]
-    return [u for token in text.split() for u in _token_units(token, unit)]
-
-
-# A corpus repeats its words: each distinct token (and character) is looked at once, not at every line of the
-# start-up pass over the training texts (CorpusStats) and every drawn list.
-@functools.lru_cache(maxsize=1 << 20)
-def _token_units(token: str, unit: str) -> tuple[str, ...]:
-    word = _strip_punct(token)
-    if not _has_text(word):
-        return ()
-    return (word,) if unit == "word" else tuple(u for u in UNIT.findall(word) if _has_text(u))
-
-
-@functools.lru_cache(maxsize=1 << 16)
-def _char_has_text(ch: str) -> bool:
-    return _has_text(ch)
-
-
-def _join(parts, unit: str) -> str:
-    """Units back into text: spaced words; characters (and, with auto, two neighbours of a script written without
-    spaces) side by side."""
-    parts = list(parts)
-    if unit != "auto":
-        return ("" if unit == "char" else " ").join(parts)
-    out = parts[:1]
-    for prev, part in zip(parts, parts[1:]):
-        out.append(part if is_no_space_char(prev[-1]) and is_no_space_char(part[0]) else " " + part)
-    return "".join(out)
-
-
-def _holds(seq: tuple, run: tuple) -> bool:
-    """Whether `run` stands in `seq` as consecutive items."""
-    n = len(run)
-    return n > 0 and any(seq[i : i + n] == run for i in range(len(seq) - n + 1))
-
-
-def ngrams(parts: list[str], lo: int, hi: int) -> list[tuple[int, int]]:
-    """(start, end) spans of every n-gram of `parts` with lo <= n <= hi."""
-    return [(i, i + n) for n in range(lo, hi + 1) for i in range(len(parts) - n + 1)]
-
-
-@dataclass
-class CorpusStats:
-    """Unit counts of the training texts (lower-cased) and a reservoir of their n-grams, built once at start-up."""
-
-    counts: Counter
-    pool: list[str]
-    longest: int = 0  # a reference phrase (an n-gram of the texts) is never longer, in UTF-8 bytes
-
-    @classmethod
-    def from_manifest(cls, manifest, cfg: HotwordsConfig, seed: int) -> CorpusStats:
-        """Count every parseable line's units (bad lines are the screen's to report) and keep a uniform sample of
-        `cfg.pool_size` n-grams for corpus distractors."""
-        rng = np.random.default_rng([int(seed), HOTWORD_STREAM])
-        counts: Counter = Counter()
-        pool: list[str] = []
-        seen = longest = 0  # n-grams offered to the reservoir so far; a bound on the longest one's bytes
-        for i in range(len(manifest)):
-            try:
-                target = manifest[i].target
-            except BadRecord:
-                continue
-            parts = units(target, cfg.unit)
-            counts.update(p.lower() for p in parts)
-            n = min(len(parts), cfg.ngram[1])  # at most its n longest units, a space apart
-            longest = max(longest, sum(sorted(len(p.encode()) for p in parts)[len(parts) - n :]) + max(n - 1, 0))
-            spans = ngrams(parts, *cfg.ngram)
-            fill = min(len(spans), cfg.pool_size - len(pool))
-            pool.extend(_join(parts[a:b], cfg.unit) for a, b in spans[:fill])
-            if fill < len(spans):  # the t-th n-gram replaces a random slot with probability pool_size / t
-                slots = rng.integers(0, np.arange(seen + fill + 1, seen + len(spans) + 1))
-                for j in np.flatnonzero(slots < cfg.pool_size):
-                    a, b = spans[fill + j]
-                    pool[int(slots[j])] = _join(parts[a:b], cfg.unit)
-            seen += len(spans)
-        return cls(counts, pool, longest)
-
-    def weight(self, keys, rarity: float) -> float:
-        """count(the rarest unit) ** -rarity (a unit the corpus lacks counts once)."""
-        return float(min(self.counts.get(k, 1) for k in keys) or 1) ** -rarity if keys else 0.0
-
-
 class HotwordSampler:
     """Draws the training list of one utterance (see the module docstring); picklable into loader workers."""
 
@@ -256,9 +144,10 @@ class HotwordSampler:
         return max([self.stats.longest] + [len(p.encode()) for p in self.pool])
 
     @classmethod
-    def build(cls, cfg: HotwordsConfig, manifest, seed: int) -> HotwordSampler | None:
-        """The sampler for a training manifest, or None when training draws no lists."""
-        return cls(cfg, CorpusStats.from_manifest(manifest, cfg, seed), seed) if cfg.samples else None
+    def build(cls, cfg: HotwordsConfig, manifest, seed: int, share=None) -> HotwordSampler | None:
+        """The sampler for a training manifest, or None when training draws no lists. `share`: the ranks of a node
+        split the pass over the texts (llmasr.data.corpus_stats)."""
+        return cls(cfg, CorpusStats.from_manifest(manifest, cfg, seed, share), seed) if cfg.samples else None
 
     def _keys(self, phrase: str) -> tuple[str, ...]:
         return tuple(u.lower() for u in units(phrase, self.cfg.unit))
@@ -293,7 +182,7 @@ class HotwordSampler:
         while len(out) < k and weights.sum() > 0:
             j = int(rng.choice(len(spans), p=weights / weights.sum()))
             a, b = spans[j]
-            phrase = _join(parts[a:b], self.cfg.unit)
+            phrase = join_units(parts[a:b], self.cfg.unit)
             if self._keys(phrase) not in chosen:
                 out.append(phrase)
                 chosen.add(self._keys(phrase))
@@ -316,7 +205,7 @@ class HotwordSampler:
         out: list[str] = []
         for j in rng.choice(len(self.pool), size=min(4 * n + 8, 4 * len(self.pool)), p=self._pool_p):
             keys = self._pool_keys[int(j)]
-            if not keys or keys in taken or _holds(ref[0], keys) or _holds(ref[1], self._scored(self.pool[int(j)])):
+            if not keys or keys in taken or holds(ref[0], keys) or holds(ref[1], self._scored(self.pool[int(j)])):
                 continue
             taken.add(keys)
             out.append(self.pool[int(j)])

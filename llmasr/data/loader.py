@@ -180,12 +180,12 @@ def _dataset(
     )
 
 
-def _hotword_sampler(data_cfg: DataConfig, manifest, *, train: bool, rank: int):
-    """Training's list sampler (the corpus counts read once, here), or None: validation uses the manifest's lists,
-    else none, so its WER measures the model on given lists only."""
+def _hotword_sampler(data_cfg: DataConfig, manifest, *, train: bool, rank: int, share: ScreenShare | None = None):
+    """Training's list sampler (the corpus counts read once, here, split between the ranks of `share`), or None:
+    validation uses the manifest's lists, else none, so its WER measures the model on given lists only."""
     if not train or not data_cfg.hotwords.samples:
         return None
-    sampler = HotwordSampler.build(data_cfg.hotwords, manifest, data_cfg.seed)
+    sampler = HotwordSampler.build(data_cfg.hotwords, manifest, data_cfg.seed, share)
     if rank == 0:
         h = data_cfg.hotwords
         log.info(
@@ -244,7 +244,8 @@ def build_dataloader(
     `device`: the model's, which data.features_on auto follows (None: CUDA when available). `trim_leading_silence`:
     validation hears each utterance from its speech, as decoding does (decode.trim_leading_silence). `window`: the
     batches of an accumulation window (train.grad_accum), which the workers keep ready (DataConfig.prefetch).
-    `share`: the ranks of a node split the start-up screen (llmasr.data.screen_share)."""
+    `share`: the ranks of a node split the start-up screen (llmasr.data.screen_share) and the hotword sampler's pass
+    over the training texts (llmasr.data.corpus_stats)."""
     name = "train" if train else "valid"
     manifest = manifests if hasattr(manifests, "durations") else open_manifests(manifests, mix=train, fill=False)[0]
     n = len(manifest)
@@ -256,7 +257,7 @@ def build_dataloader(
     indices = None if train else evenly_spaced(n, data_cfg.valid_max_utts)
     dataset = _dataset(
         manifest, frontend, data_cfg, train=train, prompt_builder=prompt_builder, ctc=ctc_tokenizer, device=device,
-        hotword_sampler=_hotword_sampler(data_cfg, manifest, train=train, rank=rank),
+        hotword_sampler=_hotword_sampler(data_cfg, manifest, train=train, rank=rank, share=share),
         trim_leading_silence=trim_leading_silence and not train,
     )  # fmt: skip
     epoch_indices = None

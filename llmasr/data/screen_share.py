@@ -6,6 +6,8 @@ share, local rank r of L screens the lines i with i % L == r, and the ranks of a
 each of them ends with the whole screen (bad lines, probed durations, target lengths) at 1/L of the work. Each node
 still screens every line itself: the ranks' findings are compared across nodes before training
 (llmasr.train.rank_agreement), which is what finds a file missing from one node's copy of the data.
+The hotword sampler's pass over the training texts (llmasr.data.corpus_stats) is split the same way, in an exchange
+of its own before the screen's.
 
 The exchange is one all_gather; a rank that failed before it (or in it) sends why instead of its share, and every
 rank stops: the others with PeerFailure, that rank with its own error, both marked `ranks_told` so that no rank

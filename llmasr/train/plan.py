@@ -74,8 +74,9 @@ class RunPlan:
 def plan_run(recipe, ds: dict, *, rank: int, world_size: int, device=None, all_gather=None) -> RunPlan:
     """Build the data side of `recipe` for `rank` and count what the run will do, once. `device`: the one the
     model trains on, which data.features_on auto follows (None: CUDA when available). `all_gather` (a run's ranks,
-    all_gather_object): the ranks of a node share the manifests' screen (llmasr.data.screen_share), and the
-    ranks' findings on the data are compared (llmasr.train.rank_agreement)."""
+    all_gather_object): the ranks of a node share the manifests' screen (llmasr.data.screen_share) and the hotword
+    sampler's pass over the training texts (llmasr.data.corpus_stats), and the ranks' findings on the data are
+    compared (llmasr.train.rank_agreement)."""
     tc = recipe.train
     side = text_side(recipe.model)
     window = int(ds.get("gradient_accumulation_steps") or tc.grad_accum or 1)

@@ -82,7 +82,8 @@ def build_loaders(recipe, side: TextSide, *, rank: int, world_size: int, device=
                   share=None):  # fmt: skip
     """(train loader, train sampler, valid loader or None); `device`: the model's (data.features_on auto).
     `window`: the micro batches of an update (the resolved DeepSpeed config's; default train.grad_accum or 1).
-    `share`: the ranks of a node split the manifests' start-up screen (llmasr.data.screen_share.ScreenShare)."""
+    `share`: the ranks of a node split the manifests' start-up screen and the hotword sampler's pass over the
+    training texts (llmasr.data.screen_share.ScreenShare)."""
     from llmasr.data.loader import build_dataloader
 
     data = recipe.data

@@ -174,7 +174,7 @@ def test_corpus_counts_and_pool(tmp_path):
     assert s.stats.counts["the"] == 8 and s.stats.counts["zanzibar"] == 1
     assert "zanzibar the" in s.pool and "cat sat" in s.pool
     small = sampler(tmp_path, ngram=[1, 1], pool_size=3)
-    assert len(small.stats.pool) == 3  # the reservoir keeps pool_size n-grams
+    assert len(small.stats.pool) == 3  # the pool keeps pool_size n-gram occurrences
     assert units("Hello, world! (Qwen-2.5)", "word") == ["Hello", "world", "Qwen-2.5"]
     assert units("通义，千问", "char") == ["通", "义", "千", "问"]
 

@@ -40,11 +40,15 @@ def check_run(run_dir, stage, last_update):
 @pytest.mark.parametrize("preset", ["zero0", "zero3"])
 def test_two_ranks_train_and_checkpoint(tiny_recipe_file, tmp_path, preset):
     run = tmp_path / preset
-    proc = launch(tiny_recipe_file, preset, run, "train.epochs=2", "train.valid_every_updates=1")
+    proc = launch(tiny_recipe_file, preset, run, "train.epochs=2", "train.valid_every_updates=1",
+                  "data.hotwords.enable=true")  # fmt: skip
     check_run(run, int(preset[-1]), 4)  # 24 utterances, 3 batches per rank per epoch, 2 updates per epoch
     lines = (run / "train.log").read_text().splitlines()
     shared = [line for line in lines if "lines screened in" in line]  # the training and the dev manifest
     assert len(shared) == 2 and all(line.endswith("shared by the 2 ranks of this node") for line in shared), shared
+    counted = [line for line in lines if "lines counted in" in line]  # the hotword sampler's pass over the texts
+    assert len(counted) == 1 and counted[0].endswith("shared by the 2 ranks of this node"), counted
+    assert "hotwords: lists drawn" in "\n".join(lines)
     valid = [parse_log_line(line) for line in lines if " valid update=" in line]
     assert [v["update"] for v in valid] == [1, 2, 3, 4]
     assert valid[-1]["loss"] < valid[0]["loss"]  # the same dev utterances, before and after
