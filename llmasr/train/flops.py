@@ -15,7 +15,9 @@ Counted per matrix product (a multiply-add is 2 FLOPs), for the real (unpadded) 
 Padding is not useful work: each branch's count at padded shapes is scaled by its real share (audio frames for the
 encoder, adaptor and CTC head; real tokens for the LLM decoder). For the LLM this is exact (its attention is counted
 from each row's own length); on the audio side it is exact for the matmuls of frame-wise layers and approximate for
-attention and for Whisper's encoder, which always runs over its whole window. The output head runs on labelled
+attention (a padded row's T * Tmax pairs, not T^2). Whisper's encoder is the exception: it takes a fixed window
+(30 s) whatever the clip, so every utterance costs it one whole window, counted unscaled (a share of the batch's
+padded length would make the same clips cost less the more unequal the batch). The output head runs on labelled
 positions only (llmasr.models.losses), so its rows are exact. Embedding lookups, norms, activations and the loss
 are not counted. Activation-checkpoint recomputation happens in the backward, outside the counted forward, so the
 count is model FLOPs, not hardware FLOPs.
@@ -30,6 +32,7 @@ import torch
 from torch import nn
 
 from llmasr.models.llm import causal_lm_parts
+from llmasr.models.whisper import WhisperAudioEncoder
 from llmasr.train.param_groups import numel
 
 GEMMS = (nn.Linear, nn.Conv1d, nn.Conv2d)
@@ -148,6 +151,9 @@ class FlopCounter:
         self.llm_width = heads * int(getattr(config, "head_dim", None) or config.hidden_size // heads)
         # A gradient flows back through the LLM when anything before or in it is trained (not the CTC side head).
         upstream = [getattr(model, b, None) for b in ("encoder", "adaptor", "llm")]
+        encoder = getattr(model, "encoder", None)
+        # an encoder over a fixed window runs the same whatever the batch's padding: its count is not scaled
+        self.whole_window = encoder is not None and any(isinstance(m, WhisperAudioEncoder) for m in encoder.modules())
         self.llm_backward = any(p.requires_grad for m in upstream if m is not None for p in m.parameters())
         for branch in AUDIO_BRANCHES:
             module = getattr(model, branch, None)
@@ -227,6 +233,8 @@ class FlopCounter:
         frames = float(feat_lens.sum())  # the host batch's lengths (TrainEngine.micro_step)
         audio_share = frames / max(feat_slots, 1)
         flops = sum(self.padded[b] for b in AUDIO_BRANCHES) * audio_share + self.padded["head"]
+        if self.whole_window:
+            flops += self.padded["encoder"] * (1.0 - audio_share)
         tokens = slots = 0.0
         mask = self._llm_mask
         if mask is not None:

@@ -154,3 +154,19 @@ def test_conformer_position_scores_are_counted(tiny_llm_dir, rel_pos):
     with torch.no_grad(), FlopCounterMode(display=False) as reference, counter.measure(batch):
         model.encoder(batch.feats, batch.feat_lens)
     assert counter.take().flops == reference.get_total_flops()
+
+
+def test_whisper_encoder_costs_a_whole_window_however_the_clips_are_batched(tiny_llm_dir, tmp_path):
+    """Whisper's encoder runs over its whole window for every clip, padded in a batch or alone: two clips of
+    unequal length cost in one batch what they cost apart (the encoder's count had been scaled by the batch's real
+    frame share, so the same clips cost a fifth less batched together)."""
+    from llmasr.testing.tiny_whisper import write_tiny_whisper_dir
+
+    section = tiny_model_section(tiny_llm_dir, encoder_dir=write_tiny_whisper_dir(tmp_path / "w"))
+    section["encoder"].update(type="whisper", conf={})
+    torch.manual_seed(0)
+    model = build_model(section)
+    batch = random_batch(model, ["hello world", "the quick brown fox"], frames=[180, 40])
+    together = counted(model, batch)
+    apart = [counted(model, batch.select([i])) for i in range(2)]
+    assert together.flops == pytest.approx(sum(c.flops for c in apart), rel=1e-6)
