@@ -14,13 +14,14 @@ Counted per matrix product (a multiply-add is 2 FLOPs), for the real (unpadded) 
 
 Padding is not useful work: each branch's count at padded shapes is scaled by its real share (audio frames for the
 encoder, adaptor and CTC head; real tokens for the LLM decoder). For the LLM this is exact (its attention is counted
-from each row's own length); on the audio side it is exact for the matmuls of frame-wise layers and approximate for
-attention (a padded row's T * Tmax pairs, not T^2). Whisper's encoder is the exception: it takes a fixed window
-(30 s) whatever the clip, so every utterance costs it one whole window, counted unscaled (a share of the batch's
-padded length would make the same clips cost less the more unequal the batch). The output head runs on labelled
-positions only (llmasr.models.losses), so its rows are exact. Embedding lookups, norms, activations and the loss
-are not counted. Activation-checkpoint recomputation happens in the backward, outside the counted forward, so the
-count is model FLOPs, not hardware FLOPs.
+from each row's own length). On the audio side the matmuls of frame-wise layers scale by the real frame share and
+self-attention over an utterance's frames by the share of squares, sum(T_i^2) / (B * Tmax^2): a row of T real frames
+does T^2 of the padded Tmax^2 pairs. Both are exact up to the rounding of lengths between frame rates. Whisper's
+encoder is the exception: it takes a fixed window (30 s) whatever the clip, so every utterance costs it one whole
+window, counted unscaled (a share of the batch's padded length would make the same clips cost less the more unequal
+the batch). The output head runs on labelled positions only (llmasr.models.losses), so its rows are exact. Embedding
+lookups, norms, activations and the loss are not counted. Activation-checkpoint recomputation happens in the
+backward, outside the counted forward, so the count is model FLOPs, not hardware FLOPs.
 """
 
 from __future__ import annotations
@@ -141,6 +142,8 @@ class FlopCounter:
         self.model = model
         self.armed = False
         self.padded = dict.fromkeys((*AUDIO_BRANCHES, "llm", "head"), 0.0)
+        self.quadratic = dict.fromkeys(AUDIO_BRANCHES, 0.0)  # self-attention over the frames: scales as T^2
+        self._utts = 0  # rows of the measured batch
         self.total = StepCount()
         self._llm_mask: torch.Tensor | None = None
         self.handles = []
@@ -204,9 +207,11 @@ class FlopCounter:
             back = torch.is_tensor(out) and out.requires_grad
             width = _attention_width(mod)
             positions = _position_pairs(mod, args, q)  # one product (q.p^T), where scores are two (QK^T, AV)
-            self.padded[branch] += (
-                attention_flops(width, pairs, backward=back) + attention_flops(width, positions, backward=back) / 2
-            )
+            flops = attention_flops(width, pairs, backward=back) + attention_flops(width, positions, backward=back) / 2
+            # An utterance's frames attending to each other: a row of T real frames does T^2 of the padded Tmax^2
+            # (a Q-Former's windows or queries are rows or positions of their own: their work scales as T).
+            over_frames = q.shape[0] == self._utts and kv.shape[1] == q.shape[1]
+            (self.quadratic if over_frames else self.padded)[branch] += flops
 
         return hook
 
@@ -217,9 +222,11 @@ class FlopCounter:
     @contextlib.contextmanager
     def measure(self, batch):
         """Count the forward of `batch` (a llmasr.data.batch.Batch) run inside."""
-        for key in self.padded:
-            self.padded[key] = 0.0
+        for counts in (self.padded, self.quadratic):
+            for key in counts:
+                counts[key] = 0.0
         self._llm_mask = None
+        self._utts = int(batch.feat_lens.numel())
         self.armed = True
         try:
             yield
@@ -230,11 +237,17 @@ class FlopCounter:
     def _finish(self, feat_lens: torch.Tensor, feat_slots: int) -> StepCount:
         """The count of one forward; its LLM terms stay float64 tensors on the mask's device until `take` reads them
         (a read per micro batch would make the host wait for the device each time)."""
-        frames = float(feat_lens.sum())  # the host batch's lengths (TrainEngine.micro_step)
+        lens = feat_lens.double()  # the host batch's lengths (TrainEngine.micro_step)
+        frames = float(lens.sum())
         audio_share = frames / max(feat_slots, 1)
-        flops = sum(self.padded[b] for b in AUDIO_BRANCHES) * audio_share + self.padded["head"]
-        if self.whole_window:
-            flops += self.padded["encoder"] * (1.0 - audio_share)
+        longest = feat_slots / max(lens.numel(), 1)  # the padded length
+        square_share = float((lens / max(longest, 1.0)).square().mean()) if lens.numel() else 0.0
+        flops = self.padded["head"]
+        for branch in AUDIO_BRANCHES:
+            if branch == "encoder" and self.whole_window:
+                flops += self.padded[branch] + self.quadratic[branch]
+            else:
+                flops += self.padded[branch] * audio_share + self.quadratic[branch] * square_share
         tokens = slots = 0.0
         mask = self._llm_mask
         if mask is not None:

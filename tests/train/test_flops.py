@@ -96,8 +96,29 @@ def test_padding_is_left_out(tiny_llm_dir):
     assert count.llm_tokens == sum(r.llm_tokens for r in rows)
     assert count.llm_slots == 2 * max(r.llm_tokens for r in rows)
     assert count.audio_frames == 64 and count.audio_slots == 80
-    # The LLM side is exact per row; the audio branches' padded count is scaled by the real frame share.
-    assert count.flops == pytest.approx(sum(r.flops for r in rows), rel=0.05)
+    # The LLM side is exact per row; the audio branches' padded count is scaled by the real frame share (matmuls)
+    # and by the share of squares (the encoder's attention), which is exact for frame-wise SAN-M and a linear adaptor.
+    assert count.flops == pytest.approx(sum(r.flops for r in rows), rel=1e-9)
+
+
+@pytest.mark.parametrize("kind", ["conformer", "transformer", "qformer"])
+def test_attention_over_padded_frames_costs_what_the_clips_cost_apart(tiny_llm_dir, kind):
+    """A long and a short clip in one batch: the short one's attention is over its own frames (T^2), not the long
+    one's (T * Tmax). The count had scaled the padded attention by the real frame share, 1-3 % over here; now it is
+    within the rounding of lengths between frame rates (the Q-Former's windows, the conformer's 2T - 1 positions)."""
+    from llmasr.testing.tiny_whisper import tiny_conformer_conf
+
+    section = tiny_model_section(tiny_llm_dir, adaptor="linear" if kind == "conformer" else kind)
+    if kind == "conformer":
+        section["encoder"] = {"type": "conformer", "freeze": False, "conf": tiny_conformer_conf(80),
+                              "frontend": {"n_mels": 80, "lfr_m": 1, "lfr_n": 1}}  # fmt: skip
+    torch.manual_seed(0)
+    model = build_model(section)
+    frames = [400, 100] if kind == "conformer" else [200, 50]
+    batch = random_batch(model, ["hello world", "the quick brown fox"], frames=frames)
+    together = counted(model, batch)
+    apart = [counted(model, batch.select([i])) for i in range(2)]
+    assert together.flops == pytest.approx(sum(c.flops for c in apart), rel=2e-3)
 
 
 def test_features_computed_on_the_device_count_as_the_workers_do(tiny_llm_dir):
@@ -128,7 +149,7 @@ def test_whisper_encoder_counts_its_convolutions_and_attention(tiny_llm_dir, tmp
     d, positions = 32, 100
     convs = 2 * (80 * d * 3) * 200 + 2 * (d * d * 3) * positions
     block = 2 * (4 * d * d + 2 * d * 2 * d) * positions + 2 * 2 * d * positions * positions
-    assert counter.padded["encoder"] == convs + 2 * block
+    assert counter.padded["encoder"] + counter.quadratic["encoder"] == convs + 2 * block
 
 
 @pytest.mark.parametrize("rel_pos", ["latest", "legacy"])
