@@ -37,6 +37,7 @@ from llmasr.models.whisper import WhisperAudioEncoder
 from llmasr.train.param_groups import numel
 
 GEMMS = (nn.Linear, nn.Conv1d, nn.Conv2d)
+HALF = (torch.bfloat16, torch.float16)  # the dtypes counted apart (StepCount.bf16_flops, fp16_flops)
 AUDIO_BRANCHES = ("encoder", "adaptor", "ctc_head")
 
 
@@ -49,6 +50,8 @@ class StepCount:
     llm_slots: float = 0.0  # LLM positions including padding
     audio_frames: float = 0.0  # real feature frames
     audio_slots: float = 0.0  # feature frames including padding
+    bf16_flops: float = 0.0  # of `flops`, those of matmuls run in bfloat16
+    fp16_flops: float = 0.0  # ... in float16 (the rest ran in float32: MFU weighs each by its own peak)
 
     def add(self, other: StepCount) -> None:
         for name in self.__dataclass_fields__:
@@ -143,6 +146,9 @@ class FlopCounter:
         self.armed = False
         self.padded = dict.fromkeys((*AUDIO_BRANCHES, "llm", "head"), 0.0)
         self.quadratic = dict.fromkeys(AUDIO_BRANCHES, 0.0)  # self-attention over the frames: scales as T^2
+        # the same counts by the dtype they ran in: a run may hold an fp32 encoder beside a bf16 LLM
+        self.by_dtype = {d: (dict.fromkeys(self.padded, 0.0), dict.fromkeys(self.quadratic, 0.0)) for d in HALF}
+        self._llm_dtype: torch.dtype | None = None
         self._utts = 0  # rows of the measured batch
         self.total = StepCount()
         self._llm_mask: torch.Tensor | None = None
@@ -182,18 +188,18 @@ class FlopCounter:
                 return
             x = args[0] if args else None
             grad_in = torch.is_tensor(x) and x.requires_grad
-            self.padded[branch] += gemm_flops(
+            flops = gemm_flops(
                 numel(mod.weight), _gemm_rows(mod, output), input_grad=grad_in, weight_grad=mod.weight.requires_grad
             )
+            self._add(branch, flops, output.dtype)
 
         self.handles.append(module.register_forward_hook(hook))
 
     def _on_fused_head(self, mod, args, output):
         if self.armed:
             x, w = args[0], mod.weight
-            self.padded["head"] += gemm_flops(
-                numel(w), x.shape[0], input_grad=x.requires_grad, weight_grad=w.requires_grad
-            )
+            flops = gemm_flops(numel(w), x.shape[0], input_grad=x.requires_grad, weight_grad=w.requires_grad)
+            self._add("head", flops, x.dtype)
 
     def _on_attention(self, branch: str):
         def hook(mod, args, kwargs, output):
@@ -211,21 +217,29 @@ class FlopCounter:
             # An utterance's frames attending to each other: a row of T real frames does T^2 of the padded Tmax^2
             # (a Q-Former's windows or queries are rows or positions of their own: their work scales as T).
             over_frames = q.shape[0] == self._utts and kv.shape[1] == q.shape[1]
-            (self.quadratic if over_frames else self.padded)[branch] += flops
+            self._add(branch, flops, out.dtype if torch.is_tensor(out) else q.dtype, quadratic=over_frames)
 
         return hook
+
+    def _add(self, branch: str, flops: float, dtype: torch.dtype, quadratic: bool = False) -> None:
+        """`flops` of `branch` at padded shapes, run in `dtype`."""
+        (self.quadratic if quadratic else self.padded)[branch] += flops
+        if dtype in self.by_dtype:
+            self.by_dtype[dtype][int(quadratic)][branch] += flops
 
     def _on_decoder(self, module, args, kwargs):
         if self.armed and torch.is_tensor(kwargs.get("attention_mask")):
             self._llm_mask = kwargs["attention_mask"]
+            embeds = kwargs.get("inputs_embeds")  # its attention runs in the dtype of its hidden states
+            self._llm_dtype = embeds.dtype if torch.is_tensor(embeds) else next(module.parameters()).dtype
 
     @contextlib.contextmanager
     def measure(self, batch):
         """Count the forward of `batch` (a llmasr.data.batch.Batch) run inside."""
-        for counts in (self.padded, self.quadratic):
+        for counts in (self.padded, self.quadratic, *(c for pair in self.by_dtype.values() for c in pair)):
             for key in counts:
                 counts[key] = 0.0
-        self._llm_mask = None
+        self._llm_mask = self._llm_dtype = None
         self._utts = int(batch.feat_lens.numel())
         self.armed = True
         try:
@@ -242,21 +256,29 @@ class FlopCounter:
         audio_share = frames / max(feat_slots, 1)
         longest = feat_slots / max(lens.numel(), 1)  # the padded length
         square_share = float((lens / max(longest, 1.0)).square().mean()) if lens.numel() else 0.0
-        flops = self.padded["head"]
-        for branch in AUDIO_BRANCHES:
-            if branch == "encoder" and self.whole_window:
-                flops += self.padded[branch] + self.quadratic[branch]
-            else:
-                flops += self.padded[branch] * audio_share + self.quadratic[branch] * square_share
         tokens = slots = 0.0
+        token_share = llm_attention = 0.0
         mask = self._llm_mask
         if mask is not None:
             lengths = mask.sum(1)
             tokens, slots = lengths.sum().double(), float(mask.numel())
-            flops += self.padded["llm"] * tokens / max(slots, 1.0)
-            pairs = causal_pairs(lengths)
-            flops += self.llm_layers * attention_flops(self.llm_width, pairs, backward=self.llm_backward)
-        return StepCount(flops, tokens, slots, frames, float(feat_slots))
+            token_share = tokens / max(slots, 1.0)
+            llm_attention = self.llm_layers * attention_flops(
+                self.llm_width, causal_pairs(lengths), backward=self.llm_backward
+            )
+
+        def real(padded: dict, quadratic: dict):
+            out = padded["head"] + padded["llm"] * token_share
+            for branch in AUDIO_BRANCHES:
+                if branch == "encoder" and self.whole_window:
+                    out += padded[branch] + quadratic[branch]
+                else:
+                    out += padded[branch] * audio_share + quadratic[branch] * square_share
+            return out
+
+        half = {d: real(*self.by_dtype[d]) + (llm_attention if self._llm_dtype == d else 0.0) for d in HALF}
+        flops = real(self.padded, self.quadratic) + llm_attention
+        return StepCount(flops, tokens, slots, frames, float(feat_slots), half[torch.bfloat16], half[torch.float16])
 
     def take_pending(self) -> list:
         """The StepCount since the last take as a list whose entries may still be device tensors (for a caller that

@@ -21,6 +21,10 @@ def counted(model, batch):
 
 
 def tiny_hand_count(frames: int, text_len: int, labelled: int, vocab: int) -> float:
+    return sum(tiny_hand_parts(frames, text_len, labelled, vocab).values())
+
+
+def tiny_hand_parts(frames: int, text_len: int, labelled: int, vocab: int) -> dict[str, float]:
     """The tiny model of tiny_model_section(freeze_encoder=True): a frozen 2-block SAN-M (560 -> 32, 4 heads, FFN
     64, FSMN kernel 11), a trained linear adaptor (stack 2, 64 -> 64 -> 64) and a 2-layer Qwen2 (hidden 64, 4 heads
     of 16, 2 KV heads, MLP 128) with LoRA r=4 on q_proj and v_proj. fwd = 2 * weights * rows; a backward GEMM is the
@@ -39,7 +43,9 @@ def tiny_hand_count(frames: int, text_len: int, labelled: int, vocab: int) -> fl
     llm = 2 * (2 * tokens * base * 2 + 2 * tokens * lora * 3)
     attention = 2 * (2 * 2 * 64 * tokens * (tokens + 1) / 2) * 3  # causal pairs, forward + 2x backward
     head = 2 * labelled * 64 * vocab * 2  # labelled positions only; frozen head: input gradient only
-    return encoder + adaptor + llm + attention + head
+    lora_llm = 2 * 2 * tokens * lora * 3
+    return {"encoder": encoder, "adaptor": adaptor, "llm_base": llm - lora_llm, "lora": lora_llm,
+            "attention": attention, "head": head}  # fmt: skip
 
 
 def test_flops_match_the_hand_count_of_the_tiny_model(tiny_llm_dir):
@@ -53,6 +59,23 @@ def test_flops_match_the_hand_count_of_the_tiny_model(tiny_llm_dir):
     assert count.flops == pytest.approx(expected, rel=1e-9)
     assert count.llm_tokens == count.llm_slots == text_len + 12
     assert count.audio_frames == count.audio_slots == 24
+
+
+def test_flops_are_counted_by_the_dtype_they_run_in(tiny_llm_dir):
+    """model.llm.dtype bfloat16 beside an fp32 encoder (train.precision fp32 keeps each weight's dtype): the LLM's
+    base matmuls, its attention and the head run in bf16, LoRA (peft keeps it in fp32) and the audio side in fp32.
+    MFU weighs each part by its own peak; the count had held one figure, taken at the fp32 peak."""
+    torch.manual_seed(0)
+    section = tiny_model_section(tiny_llm_dir, freeze_encoder=True)
+    section["llm"]["dtype"] = "bfloat16"
+    model = build_model(section)
+    batch = random_batch(model, ["hello world"], frames=[24])
+    count = counted(model, batch)
+    vocab = model.llm.get_base_model().config.vocab_size
+    parts = tiny_hand_parts(24, int(batch.text_lens[0]), batch.labelled_tokens, vocab)
+    assert count.flops == pytest.approx(sum(parts.values()), rel=1e-9)
+    assert count.bf16_flops == pytest.approx(parts["llm_base"] + parts["attention"] + parts["head"], rel=1e-9)
+    assert count.fp16_flops == 0
 
 
 def test_trained_encoder_adds_its_backward(tiny_llm_dir):
