@@ -112,6 +112,15 @@ def _attention_inputs(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tor
     return q, kv if torch.is_tensor(kv) else q
 
 
+AFTER_SCORES = ("linear_out", "out_proj", "fsmn_block")  # an attention block's output projection, SAN-M's memory
+
+
+def _trains_before_scores(module: nn.Module) -> bool:
+    """Whether an attention block trains a weight its scores depend on (q/k/v projections, position biases and
+    projection), as opposed to the output projection and SAN-M's FSMN memory, which sit after or beside them."""
+    return any(p.requires_grad for name, p in module.named_parameters() if name.split(".")[0] not in AFTER_SCORES)
+
+
 def _position_pairs(module: nn.Module, args: tuple, q: torch.Tensor) -> float:
     """Query-position pairs of a relative-position attention block (linear_pos, called (x, pos_emb, ...)): each
     query scored against every position of pos_emb [1, P, D]; 0 for other attention."""
@@ -180,7 +189,8 @@ class FlopCounter:
             if isinstance(sub, GEMMS):
                 self._hook_gemm(sub, branch)
             elif branch != "llm" and _attention_width(sub) is not None:
-                self.handles.append(sub.register_forward_hook(self._on_attention(branch), with_kwargs=True))
+                hook = self._on_attention(branch, _trains_before_scores(sub))
+                self.handles.append(sub.register_forward_hook(hook, with_kwargs=True))
 
     def _hook_gemm(self, module: nn.Module, branch: str) -> None:
         def hook(mod, args, output):
@@ -201,7 +211,7 @@ class FlopCounter:
             flops = gemm_flops(numel(w), x.shape[0], input_grad=x.requires_grad, weight_grad=w.requires_grad)
             self._add("head", flops, x.dtype)
 
-    def _on_attention(self, branch: str):
+    def _on_attention(self, branch: str, trains_before_scores: bool):
         def hook(mod, args, kwargs, output):
             if not self.armed:
                 return
@@ -210,7 +220,9 @@ class FlopCounter:
                 return
             pairs = float(q.shape[0] * q.shape[1] * kv.shape[1])
             out = output[0] if isinstance(output, tuple) else output
-            back = torch.is_tensor(out) and out.requires_grad
+            # a gradient through the scores: into the block's input, or to a trained q/k/v weight (not merely to a
+            # LoRA on the output projection, whose output then needs a gradient though no score does)
+            back = q.requires_grad or kv.requires_grad or trains_before_scores
             width = _attention_width(mod)
             positions = _position_pairs(mod, args, q)  # one product (q.p^T), where scores are two (QK^T, AV)
             flops = attention_flops(width, pairs, backward=back) + attention_flops(width, positions, backward=back) / 2

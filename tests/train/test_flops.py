@@ -214,3 +214,27 @@ def test_whisper_encoder_costs_a_whole_window_however_the_clips_are_batched(tiny
     together = counted(model, batch)
     apart = [counted(model, batch.select([i])) for i in range(2)]
     assert together.flops == pytest.approx(sum(c.flops for c in apart), rel=1e-6)
+
+
+def test_lora_on_the_attention_output_alone_adds_no_backward_through_the_scores(tiny_llm_dir, tmp_path):
+    """A frozen Whisper encoder with LoRA on out_proj only: the first block's scores see no gradient (its input and
+    q/k/v need none), later blocks' do (their input comes from a trained LoRA). The forward and backward count equals
+    torch's FlopCounterMode over the same step; the count had added a backward through the first block's scores,
+    because the attention's output needs a gradient for the LoRA."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from llmasr.testing.tiny_whisper import write_tiny_whisper_dir
+
+    section = tiny_model_section(tiny_llm_dir, encoder_dir=write_tiny_whisper_dir(tmp_path / "w"), freeze_encoder=True)
+    section["encoder"].update(type="whisper", conf={})
+    section["encoder"]["lora"] = {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["out_proj"]}
+    torch.manual_seed(0)
+    model = build_model(section).train()
+    batch = random_batch(model, ["zero one"], frames=[120])
+    counter = FlopCounter(model)
+    with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as reference:  # the scores as plain matmuls
+        with counter.measure(batch):
+            enc, _ = model.encoder(batch.feats, batch.feat_lens)
+        enc.square().sum().backward()
+    assert counter.take().flops == reference.get_total_flops()
