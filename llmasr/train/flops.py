@@ -8,9 +8,13 @@ Counted per matrix product (a multiply-add is 2 FLOPs), for the real (unpadded) 
   it exactly when the input requires grad, which is what the counter reads);
 - backward, weight gradient: the same again only for weights that are trained (frozen base weights have none);
 - attention scores (QK^T and the weighted sum of V): 2 * 2 * width * Tq * Tk per row forward, and twice that
-  backward when a gradient flows through the attention. LLM attention is causal and counts T(T+1)/2 pairs per row;
-  encoder and adaptor attention counts all T^2 pairs. Relative-position attention (the conformer's) adds its
-  position scores, a third product of 2 * width * Tq * P over the P positions of its table (2T - 1, legacy T).
+  backward when a gradient reaches the scores (the block's input needs one, or a q/k/v weight trains; a LoRA on the
+  output projection alone does not). LLM attention is causal and counts T(T+1)/2 pairs per row; encoder and adaptor
+  attention counts all T^2 pairs. Relative-position attention (the conformer's) adds its position scores, a third
+  product of 2 * width * Tq * P over the P positions of its table (2T - 1, legacy T).
+
+Each product is also counted by the dtype it ran in (StepCount.bf16_flops, fp16_flops; the rest is fp32), so that
+MFU can weigh it by that dtype's peak (llmasr.train.efficiency).
 
 Padding is not useful work: each branch's count at padded shapes is scaled by its real share (audio frames for the
 encoder, adaptor and CTC head; real tokens for the LLM decoder). For the LLM this is exact (its attention is counted
