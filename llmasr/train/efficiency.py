@@ -1,9 +1,11 @@
 """Where a run's time goes: the device's peak FLOP/s, the time spent waiting for the loader, and the per-interval
 efficiency figures of train.log (tokens/s, audio s/s, MFU, padding, data wait).
 
-MFU is model FLOPs (llmasr.train.flops) over elapsed time times the ranks' summed peak for the training dtype:
-dense tensor-core peaks, without sparsity. fp32 is the plain fp32 peak (torch runs fp32 matmuls without TF32 unless
-told to). A CPU, or a GPU missing from the table, has no MFU ("n/a") unless `train.peak_tflops` gives a peak.
+MFU is the time the counted model FLOPs (llmasr.train.flops) would take at the ranks' summed peak over the time they
+took: each matmul's FLOPs at the peak of the dtype it ran in (train.precision fp32 runs a model.llm.dtype bfloat16
+LLM in bf16 beside an fp32 encoder). Dense tensor-core peaks, without sparsity; fp32 is the plain fp32 peak (torch
+runs fp32 matmuls without TF32 unless told to). A CPU, or a GPU missing from the table, has no MFU ("n/a") unless
+`train.peak_tflops` gives a peak (for every dtype).
 """
 
 from __future__ import annotations
@@ -54,6 +56,34 @@ def table_peak(device_name: str, dtype: torch.dtype) -> float | None:
             tflops = row[DTYPE_COLUMN[dtype]]
             return None if tflops is None else tflops * 1e12
     return None
+
+
+def run_peaks(device: torch.device, dtypes, peak_tflops: float | None, world: int) -> tuple[dict, list[str]]:
+    """({dtype: the ranks' summed peak FLOP/s, None when unknown} for each of `dtypes`, the lines saying where each
+    comes from)."""
+    peaks, lines = {}, []
+    for dtype in dict.fromkeys(dtypes):
+        peak, line = device_peak(device, dtype, peak_tflops)
+        peaks[dtype] = peak * world if peak else None
+        lines.append(line)
+    return peaks, lines
+
+
+def mfu(count: StepCount, seconds: float, peaks: dict | float | None) -> float | str:
+    """The share of `seconds` that the FLOPs of `count` would take at `peaks` ({dtype: FLOP/s}, or one figure for
+    every dtype); "n/a" when no peak is known, or none for a dtype that ran."""
+    half = {torch.bfloat16: count.bf16_flops, torch.float16: count.fp16_flops}
+    rest = count.flops - sum(half.values())  # float32's; of an all-half count only the sum's rounding is left
+    parts = {**half, torch.float32: rest if rest > 1e-9 * count.flops else 0.0}
+    known = any(peaks.values()) if isinstance(peaks, dict) else bool(peaks)
+    ideal = 0.0
+    for dtype, flops in parts.items():
+        peak = peaks.get(dtype) if isinstance(peaks, dict) else peaks
+        if flops > 0:
+            if not peak:
+                return "n/a"
+            ideal += flops / peak
+    return ideal / seconds if known else "n/a"
 
 
 def device_peak(device: torch.device, dtype: torch.dtype, peak_tflops: float | None) -> tuple[float | None, str]:
@@ -117,7 +147,7 @@ class Interval:
         self.ctc_unaligned += stats.get("ctc_unaligned", 0)
         self.wait_s += wait_s
 
-    def figures(self, peak_total: float | None) -> dict:
+    def figures(self, peak_total: dict | float | None) -> dict:
         """utt/s, audio_s/s, tok/s (LLM positions, audio + text), mfu ("n/a" without a peak), padding shares of
         audio frames and LLM positions, and the share of the interval spent waiting for data; with biasing lists in
         the interval, how many utterances had one (hw_lists) and the phrases the token cap dropped (hw_dropped); with
@@ -131,7 +161,7 @@ class Interval:
             "utt/s": self.utts / dt,
             "audio_s/s": self.audio_seconds / dt,
             "tok/s": c.llm_tokens / dt,
-            "mfu": c.flops / (dt * peak_total) if peak_total else "n/a",
+            "mfu": mfu(c, dt, peak_total),
             "tflops": c.flops / dt / 1e12,
             "pad_audio": 1.0 - c.audio_frames / c.audio_slots if c.audio_slots else 0.0,
             "pad_llm": 1.0 - c.llm_tokens / c.llm_slots if c.llm_slots else 0.0,

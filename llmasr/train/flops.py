@@ -8,17 +8,24 @@ Counted per matrix product (a multiply-add is 2 FLOPs), for the real (unpadded) 
   it exactly when the input requires grad, which is what the counter reads);
 - backward, weight gradient: the same again only for weights that are trained (frozen base weights have none);
 - attention scores (QK^T and the weighted sum of V): 2 * 2 * width * Tq * Tk per row forward, and twice that
-  backward when a gradient flows through the attention. LLM attention is causal and counts T(T+1)/2 pairs per row;
-  encoder and adaptor attention counts all T^2 pairs. Relative-position attention (the conformer's) adds its
-  position scores, a third product of 2 * width * Tq * P over the P positions of its table (2T - 1, legacy T).
+  backward when a gradient reaches the scores (the block's input needs one, or a q/k/v weight trains; a LoRA on the
+  output projection alone does not). LLM attention is causal and counts T(T+1)/2 pairs per row; encoder and adaptor
+  attention counts all T^2 pairs. Relative-position attention (the conformer's) adds its position scores, a third
+  product of 2 * width * Tq * P over the P positions of its table (2T - 1, legacy T).
+
+Each product is also counted by the dtype it ran in (StepCount.bf16_flops, fp16_flops; the rest is fp32), so that
+MFU can weigh it by that dtype's peak (llmasr.train.efficiency).
 
 Padding is not useful work: each branch's count at padded shapes is scaled by its real share (audio frames for the
 encoder, adaptor and CTC head; real tokens for the LLM decoder). For the LLM this is exact (its attention is counted
-from each row's own length); on the audio side it is exact for the matmuls of frame-wise layers and approximate for
-attention and for Whisper's encoder, which always runs over its whole window. The output head runs on labelled
-positions only (llmasr.models.losses), so its rows are exact. Embedding lookups, norms, activations and the loss
-are not counted. Activation-checkpoint recomputation happens in the backward, outside the counted forward, so the
-count is model FLOPs, not hardware FLOPs.
+from each row's own length). On the audio side the matmuls of frame-wise layers scale by the real frame share and
+self-attention over an utterance's frames by the share of squares, sum(T_i^2) / (B * Tmax^2): a row of T real frames
+does T^2 of the padded Tmax^2 pairs. Both are exact up to the rounding of lengths between frame rates. Whisper's
+encoder is the exception: it takes a fixed window (30 s) whatever the clip, so every utterance costs it one whole
+window, counted unscaled (a share of the batch's padded length would make the same clips cost less the more unequal
+the batch). The output head runs on labelled positions only (llmasr.models.losses), so its rows are exact. Embedding
+lookups, norms, activations and the loss are not counted. Activation-checkpoint recomputation happens in the
+backward, outside the counted forward, so the count is model FLOPs, not hardware FLOPs.
 """
 
 from __future__ import annotations
@@ -30,9 +37,11 @@ import torch
 from torch import nn
 
 from llmasr.models.llm import causal_lm_parts
+from llmasr.models.whisper import WhisperAudioEncoder
 from llmasr.train.param_groups import numel
 
 GEMMS = (nn.Linear, nn.Conv1d, nn.Conv2d)
+HALF = (torch.bfloat16, torch.float16)  # the dtypes counted apart (StepCount.bf16_flops, fp16_flops)
 AUDIO_BRANCHES = ("encoder", "adaptor", "ctc_head")
 
 
@@ -45,6 +54,8 @@ class StepCount:
     llm_slots: float = 0.0  # LLM positions including padding
     audio_frames: float = 0.0  # real feature frames
     audio_slots: float = 0.0  # feature frames including padding
+    bf16_flops: float = 0.0  # of `flops`, those of matmuls run in bfloat16
+    fp16_flops: float = 0.0  # ... in float16 (the rest ran in float32: MFU weighs each by its own peak)
 
     def add(self, other: StepCount) -> None:
         for name in self.__dataclass_fields__:
@@ -105,6 +116,15 @@ def _attention_inputs(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tor
     return q, kv if torch.is_tensor(kv) else q
 
 
+AFTER_SCORES = ("linear_out", "out_proj", "fsmn_block")  # an attention block's output projection, SAN-M's memory
+
+
+def _trains_before_scores(module: nn.Module) -> bool:
+    """Whether an attention block trains a weight its scores depend on (q/k/v projections, position biases and
+    projection), as opposed to the output projection and SAN-M's FSMN memory, which sit after or beside them."""
+    return any(p.requires_grad for name, p in module.named_parameters() if name.split(".")[0] not in AFTER_SCORES)
+
+
 def _position_pairs(module: nn.Module, args: tuple, q: torch.Tensor) -> float:
     """Query-position pairs of a relative-position attention block (linear_pos, called (x, pos_emb, ...)): each
     query scored against every position of pos_emb [1, P, D]; 0 for other attention."""
@@ -138,6 +158,11 @@ class FlopCounter:
         self.model = model
         self.armed = False
         self.padded = dict.fromkeys((*AUDIO_BRANCHES, "llm", "head"), 0.0)
+        self.quadratic = dict.fromkeys(AUDIO_BRANCHES, 0.0)  # self-attention over the frames: scales as T^2
+        # the same counts by the dtype they ran in: a run may hold an fp32 encoder beside a bf16 LLM
+        self.by_dtype = {d: (dict.fromkeys(self.padded, 0.0), dict.fromkeys(self.quadratic, 0.0)) for d in HALF}
+        self._llm_dtype: torch.dtype | None = None
+        self._utts = 0  # rows of the measured batch
         self.total = StepCount()
         self._llm_mask: torch.Tensor | None = None
         self.handles = []
@@ -148,6 +173,9 @@ class FlopCounter:
         self.llm_width = heads * int(getattr(config, "head_dim", None) or config.hidden_size // heads)
         # A gradient flows back through the LLM when anything before or in it is trained (not the CTC side head).
         upstream = [getattr(model, b, None) for b in ("encoder", "adaptor", "llm")]
+        encoder = getattr(model, "encoder", None)
+        # an encoder over a fixed window runs the same whatever the batch's padding: its count is not scaled
+        self.whole_window = encoder is not None and any(isinstance(m, WhisperAudioEncoder) for m in encoder.modules())
         self.llm_backward = any(p.requires_grad for m in upstream if m is not None for p in m.parameters())
         for branch in AUDIO_BRANCHES:
             module = getattr(model, branch, None)
@@ -165,7 +193,8 @@ class FlopCounter:
             if isinstance(sub, GEMMS):
                 self._hook_gemm(sub, branch)
             elif branch != "llm" and _attention_width(sub) is not None:
-                self.handles.append(sub.register_forward_hook(self._on_attention(branch), with_kwargs=True))
+                hook = self._on_attention(branch, _trains_before_scores(sub))
+                self.handles.append(sub.register_forward_hook(hook, with_kwargs=True))
 
     def _hook_gemm(self, module: nn.Module, branch: str) -> None:
         def hook(mod, args, output):
@@ -173,20 +202,20 @@ class FlopCounter:
                 return
             x = args[0] if args else None
             grad_in = torch.is_tensor(x) and x.requires_grad
-            self.padded[branch] += gemm_flops(
+            flops = gemm_flops(
                 numel(mod.weight), _gemm_rows(mod, output), input_grad=grad_in, weight_grad=mod.weight.requires_grad
             )
+            self._add(branch, flops, output.dtype)
 
         self.handles.append(module.register_forward_hook(hook))
 
     def _on_fused_head(self, mod, args, output):
         if self.armed:
             x, w = args[0], mod.weight
-            self.padded["head"] += gemm_flops(
-                numel(w), x.shape[0], input_grad=x.requires_grad, weight_grad=w.requires_grad
-            )
+            flops = gemm_flops(numel(w), x.shape[0], input_grad=x.requires_grad, weight_grad=w.requires_grad)
+            self._add("head", flops, x.dtype)
 
-    def _on_attention(self, branch: str):
+    def _on_attention(self, branch: str, trains_before_scores: bool):
         def hook(mod, args, kwargs, output):
             if not self.armed:
                 return
@@ -195,25 +224,39 @@ class FlopCounter:
                 return
             pairs = float(q.shape[0] * q.shape[1] * kv.shape[1])
             out = output[0] if isinstance(output, tuple) else output
-            back = torch.is_tensor(out) and out.requires_grad
+            # a gradient through the scores: into the block's input, or to a trained q/k/v weight (not merely to a
+            # LoRA on the output projection, whose output then needs a gradient though no score does)
+            back = q.requires_grad or kv.requires_grad or trains_before_scores
             width = _attention_width(mod)
             positions = _position_pairs(mod, args, q)  # one product (q.p^T), where scores are two (QK^T, AV)
-            self.padded[branch] += (
-                attention_flops(width, pairs, backward=back) + attention_flops(width, positions, backward=back) / 2
-            )
+            flops = attention_flops(width, pairs, backward=back) + attention_flops(width, positions, backward=back) / 2
+            # An utterance's frames attending to each other: a row of T real frames does T^2 of the padded Tmax^2
+            # (a Q-Former's windows or queries are rows or positions of their own: their work scales as T).
+            over_frames = q.shape[0] == self._utts and kv.shape[1] == q.shape[1]
+            self._add(branch, flops, out.dtype if torch.is_tensor(out) else q.dtype, quadratic=over_frames)
 
         return hook
+
+    def _add(self, branch: str, flops: float, dtype: torch.dtype, quadratic: bool = False) -> None:
+        """`flops` of `branch` at padded shapes, run in `dtype`."""
+        (self.quadratic if quadratic else self.padded)[branch] += flops
+        if dtype in self.by_dtype:
+            self.by_dtype[dtype][int(quadratic)][branch] += flops
 
     def _on_decoder(self, module, args, kwargs):
         if self.armed and torch.is_tensor(kwargs.get("attention_mask")):
             self._llm_mask = kwargs["attention_mask"]
+            embeds = kwargs.get("inputs_embeds")  # its attention runs in the dtype of its hidden states
+            self._llm_dtype = embeds.dtype if torch.is_tensor(embeds) else next(module.parameters()).dtype
 
     @contextlib.contextmanager
     def measure(self, batch):
         """Count the forward of `batch` (a llmasr.data.batch.Batch) run inside."""
-        for key in self.padded:
-            self.padded[key] = 0.0
-        self._llm_mask = None
+        for counts in (self.padded, self.quadratic, *(c for pair in self.by_dtype.values() for c in pair)):
+            for key in counts:
+                counts[key] = 0.0
+        self._llm_mask = self._llm_dtype = None
+        self._utts = int(batch.feat_lens.numel())
         self.armed = True
         try:
             yield
@@ -224,18 +267,34 @@ class FlopCounter:
     def _finish(self, feat_lens: torch.Tensor, feat_slots: int) -> StepCount:
         """The count of one forward; its LLM terms stay float64 tensors on the mask's device until `take` reads them
         (a read per micro batch would make the host wait for the device each time)."""
-        frames = float(feat_lens.sum())  # the host batch's lengths (TrainEngine.micro_step)
+        lens = feat_lens.double()  # the host batch's lengths (TrainEngine.micro_step)
+        frames = float(lens.sum())
         audio_share = frames / max(feat_slots, 1)
-        flops = sum(self.padded[b] for b in AUDIO_BRANCHES) * audio_share + self.padded["head"]
+        longest = feat_slots / max(lens.numel(), 1)  # the padded length
+        square_share = float((lens / max(longest, 1.0)).square().mean()) if lens.numel() else 0.0
         tokens = slots = 0.0
+        token_share = llm_attention = 0.0
         mask = self._llm_mask
         if mask is not None:
             lengths = mask.sum(1)
             tokens, slots = lengths.sum().double(), float(mask.numel())
-            flops += self.padded["llm"] * tokens / max(slots, 1.0)
-            pairs = causal_pairs(lengths)
-            flops += self.llm_layers * attention_flops(self.llm_width, pairs, backward=self.llm_backward)
-        return StepCount(flops, tokens, slots, frames, float(feat_slots))
+            token_share = tokens / max(slots, 1.0)
+            llm_attention = self.llm_layers * attention_flops(
+                self.llm_width, causal_pairs(lengths), backward=self.llm_backward
+            )
+
+        def real(padded: dict, quadratic: dict):
+            out = padded["head"] + padded["llm"] * token_share
+            for branch in AUDIO_BRANCHES:
+                if branch == "encoder" and self.whole_window:
+                    out += padded[branch] + quadratic[branch]
+                else:
+                    out += padded[branch] * audio_share + quadratic[branch] * square_share
+            return out
+
+        half = {d: real(*self.by_dtype[d]) + (llm_attention if self._llm_dtype == d else 0.0) for d in HALF}
+        flops = real(self.padded, self.quadratic) + llm_attention
+        return StepCount(flops, tokens, slots, frames, float(feat_slots), half[torch.bfloat16], half[torch.float16])
 
     def take_pending(self) -> list:
         """The StepCount since the last take as a list whose entries may still be device tensors (for a caller that

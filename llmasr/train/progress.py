@@ -155,7 +155,7 @@ class Progress:
     """
 
     def __init__(self, run_dir: Path, rank: int, total_updates: int, start_update: int = 0, log_every: int = 1, *,
-                 progress_every_s: float = 30.0, peak_total: float | None = None, stream=None,
+                 progress_every_s: float = 30.0, peak_total: dict | float | None = None, stream=None,
                  device: torch.device | None = None):  # fmt: skip
         self.enabled = rank == 0
         self.device = device  # the rank's: its CUDA memory peak is logged
@@ -164,7 +164,7 @@ class Progress:
         self.start_update = start_update
         self.t0 = time.monotonic()
         self.interval = Interval()
-        self.peak_total = peak_total  # summed over the ranks
+        self.peak_total = peak_total  # summed over the ranks: {dtype: FLOP/s} or one for every dtype
         self.every_s = progress_every_s
         self.stream = stream if stream is not None else sys.stderr
         self.next_line = self.t0 + progress_every_s

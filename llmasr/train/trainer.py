@@ -30,7 +30,7 @@ from llmasr.train.checkpoint_space import CheckpointSpace
 from llmasr.train.context_fit import check_context_fit
 from llmasr.train.ds_files import CLIENT_KEY
 from llmasr.train.early_stop import EarlyStop
-from llmasr.train.efficiency import WaitClock, device_peak
+from llmasr.train.efficiency import WaitClock, run_peaks
 from llmasr.train.engine import TrainEngine, all_gather_object, broadcast_object, build_model_for_training
 from llmasr.train.flops import FlopCounter
 from llmasr.train.param_groups import build_param_groups, describe_param_groups, idle_branch_settings, numel
@@ -321,11 +321,13 @@ class Run:
         tc = self.recipe.train
         self.flops = FlopCounter(self.engine.module)
         self.wait = WaitClock()
-        peak, line = device_peak(self.engine.device, self.engine.dtype, tc.peak_tflops)
-        log.info(line)
+        # the dtypes the matmuls run in: the engine's, and a model.llm.dtype kept beside it under precision fp32
+        dtypes = [self.engine.dtype, *(p.dtype for p in self.engine.module.parameters() if p.is_floating_point())]
+        peaks, lines = run_peaks(self.engine.device, dtypes, tc.peak_tflops, self.world)
+        for line in lines:
+            log.info(line)
         return Progress(self.run_dir, self.rank, self.total, self.engine.global_steps, tc.log_every,
-                        progress_every_s=tc.progress_every_s, peak_total=peak * self.world if peak else None,
-                        device=self.engine.device)  # fmt: skip
+                        progress_every_s=tc.progress_every_s, peak_total=peaks, device=self.engine.device)  # fmt: skip
 
     def _update(self, window, epoch: int, history: list[dict]) -> int:
         """One optimizer update over `window` (its micro-batches), logged and appended to `history`; its number."""

@@ -10,7 +10,8 @@ from llmasr.config_io import ConfigError
 from llmasr.recipe import load_recipe
 from llmasr.testing.tiny_corpus import tiny_recipe_dict, write_tiny_corpus
 from llmasr.train import progress as progress_module
-from llmasr.train.efficiency import Interval, device_peak, table_peak
+from llmasr.train.efficiency import Interval, device_peak, mfu, table_peak
+from llmasr.train.flops import StepCount
 from llmasr.train.progress import Progress, memory_gb, parse_log_line
 from llmasr.train.trainer import train
 
@@ -195,3 +196,48 @@ def test_device_memory_is_logged_for_a_cuda_rank_only(tmp_path, monkeypatch):
         progress.update(1, 0, {"loss": 1.0}, {"llm": 1e-4}, {})
         progress.close()
     assert seen == [torch.device("cpu"), gpu]
+
+
+def test_mfu_weighs_each_dtype_by_its_own_peak(tiny_llm_dir, corpus, tmp_path, monkeypatch, caplog):
+    """train.precision fp32 with model.llm.dtype bfloat16: the LLM's matmuls run in bf16 beside the fp32 encoder, so
+    MFU is the time the bf16 FLOPs take at the bf16 peak plus the fp32 ones at the fp32 peak, over the time taken.
+    It had taken every FLOP at the engine's fp32 peak: a device's bf16 peak is ~15x its fp32 one, so MFU came out
+    many times too high (above 1 on a real run)."""
+    import logging
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from llmasr.train import efficiency
+
+    peaks = {torch.float32: 0.001, torch.bfloat16: 0.016, torch.float16: 0.016}  # TFLOP/s, as a table row gives
+
+    def device_peak(device, dtype, given):
+        return peaks[dtype] * 1e12, f"peak of {dtype} for the test"
+
+    monkeypatch.setattr(efficiency, "device_peak", device_peak)
+    data = tiny_recipe_dict(tiny_llm_dir, train=[corpus], output_dir=tmp_path / "run", epochs=1, max_updates=3)
+    data["model"]["encoder"]["freeze"] = True
+    data["model"]["llm"]["dtype"] = "bfloat16"  # frozen base with LoRA: allowed at precision fp32
+    with caplog.at_level(logging.INFO, logger="llmasr.train"):
+        result = train(load_recipe(data=data), "zero0")
+    counts = [h["count"] for h in result["history"]]
+    assert all(0 < c.bf16_flops < c.flops for c in counts) and all(c.fp16_flops == 0 for c in counts)
+    events = EventAccumulator(str(tmp_path / "run" / "tensorboard"))
+    events.Reload()
+    mfu, tflops = events.Scalars("throughput/mfu"), events.Scalars("throughput/tflops")
+    assert len(mfu) == len(tflops) == len(counts)
+    for m, t, c in zip(mfu, tflops, counts):
+        seconds = c.flops / (t.value * 1e12)
+        ideal = (c.flops - c.bf16_flops) / (peaks[torch.float32] * 1e12) + c.bf16_flops / (peaks[torch.bfloat16] * 1e12)
+        assert m.value == pytest.approx(ideal / seconds, rel=1e-3)
+    said = {r.getMessage() for r in caplog.records}  # train.log names the peak of each dtype that runs
+    assert {"peak of torch.float32 for the test", "peak of torch.bfloat16 for the test"} <= said
+
+
+def test_mfu_is_not_known_without_a_peak_for_a_dtype_that_ran():
+    count = StepCount(flops=10e12, bf16_flops=8e12)
+    assert mfu(count, 1.0, {torch.float32: 1e12, torch.bfloat16: 16e12}) == pytest.approx(2.5)
+    assert mfu(count, 1.0, {torch.float32: 1e12, torch.bfloat16: None}) == "n/a"  # a V100 has no bf16
+    assert mfu(count, 2.0, 5e12) == pytest.approx(1.0)  # train.peak_tflops: one peak for every dtype
+    assert mfu(StepCount(flops=8e12, bf16_flops=8e12), 1.0, {torch.float32: None, torch.bfloat16: 16e12}) == 0.5
+    assert mfu(count, 1.0, None) == mfu(StepCount(), 1.0, {torch.float32: None}) == "n/a"

@@ -21,6 +21,10 @@ def counted(model, batch):
 
 
 def tiny_hand_count(frames: int, text_len: int, labelled: int, vocab: int) -> float:
+    return sum(tiny_hand_parts(frames, text_len, labelled, vocab).values())
+
+
+def tiny_hand_parts(frames: int, text_len: int, labelled: int, vocab: int) -> dict[str, float]:
     """The tiny model of tiny_model_section(freeze_encoder=True): a frozen 2-block SAN-M (560 -> 32, 4 heads, FFN
     64, FSMN kernel 11), a trained linear adaptor (stack 2, 64 -> 64 -> 64) and a 2-layer Qwen2 (hidden 64, 4 heads
     of 16, 2 KV heads, MLP 128) with LoRA r=4 on q_proj and v_proj. fwd = 2 * weights * rows; a backward GEMM is the
@@ -39,7 +43,9 @@ def tiny_hand_count(frames: int, text_len: int, labelled: int, vocab: int) -> fl
     llm = 2 * (2 * tokens * base * 2 + 2 * tokens * lora * 3)
     attention = 2 * (2 * 2 * 64 * tokens * (tokens + 1) / 2) * 3  # causal pairs, forward + 2x backward
     head = 2 * labelled * 64 * vocab * 2  # labelled positions only; frozen head: input gradient only
-    return encoder + adaptor + llm + attention + head
+    lora_llm = 2 * 2 * tokens * lora * 3
+    return {"encoder": encoder, "adaptor": adaptor, "llm_base": llm - lora_llm, "lora": lora_llm,
+            "attention": attention, "head": head}  # fmt: skip
 
 
 def test_flops_match_the_hand_count_of_the_tiny_model(tiny_llm_dir):
@@ -53,6 +59,23 @@ def test_flops_match_the_hand_count_of_the_tiny_model(tiny_llm_dir):
     assert count.flops == pytest.approx(expected, rel=1e-9)
     assert count.llm_tokens == count.llm_slots == text_len + 12
     assert count.audio_frames == count.audio_slots == 24
+
+
+def test_flops_are_counted_by_the_dtype_they_run_in(tiny_llm_dir):
+    """model.llm.dtype bfloat16 beside an fp32 encoder (train.precision fp32 keeps each weight's dtype): the LLM's
+    base matmuls, its attention and the head run in bf16, LoRA (peft keeps it in fp32) and the audio side in fp32.
+    MFU weighs each part by its own peak; the count had held one figure, taken at the fp32 peak."""
+    torch.manual_seed(0)
+    section = tiny_model_section(tiny_llm_dir, freeze_encoder=True)
+    section["llm"]["dtype"] = "bfloat16"
+    model = build_model(section)
+    batch = random_batch(model, ["hello world"], frames=[24])
+    count = counted(model, batch)
+    vocab = model.llm.get_base_model().config.vocab_size
+    parts = tiny_hand_parts(24, int(batch.text_lens[0]), batch.labelled_tokens, vocab)
+    assert count.flops == pytest.approx(sum(parts.values()), rel=1e-9)
+    assert count.bf16_flops == pytest.approx(parts["llm_base"] + parts["attention"] + parts["head"], rel=1e-9)
+    assert count.fp16_flops == 0
 
 
 def test_trained_encoder_adds_its_backward(tiny_llm_dir):
@@ -96,8 +119,29 @@ def test_padding_is_left_out(tiny_llm_dir):
     assert count.llm_tokens == sum(r.llm_tokens for r in rows)
     assert count.llm_slots == 2 * max(r.llm_tokens for r in rows)
     assert count.audio_frames == 64 and count.audio_slots == 80
-    # The LLM side is exact per row; the audio branches' padded count is scaled by the real frame share.
-    assert count.flops == pytest.approx(sum(r.flops for r in rows), rel=0.05)
+    # The LLM side is exact per row; the audio branches' padded count is scaled by the real frame share (matmuls)
+    # and by the share of squares (the encoder's attention), which is exact for frame-wise SAN-M and a linear adaptor.
+    assert count.flops == pytest.approx(sum(r.flops for r in rows), rel=1e-9)
+
+
+@pytest.mark.parametrize("kind", ["conformer", "transformer", "qformer"])
+def test_attention_over_padded_frames_costs_what_the_clips_cost_apart(tiny_llm_dir, kind):
+    """A long and a short clip in one batch: the short one's attention is over its own frames (T^2), not the long
+    one's (T * Tmax). The count had scaled the padded attention by the real frame share, 1-3 % over here; now it is
+    within the rounding of lengths between frame rates (the Q-Former's windows, the conformer's 2T - 1 positions)."""
+    from llmasr.testing.tiny_whisper import tiny_conformer_conf
+
+    section = tiny_model_section(tiny_llm_dir, adaptor="linear" if kind == "conformer" else kind)
+    if kind == "conformer":
+        section["encoder"] = {"type": "conformer", "freeze": False, "conf": tiny_conformer_conf(80),
+                              "frontend": {"n_mels": 80, "lfr_m": 1, "lfr_n": 1}}  # fmt: skip
+    torch.manual_seed(0)
+    model = build_model(section)
+    frames = [400, 100] if kind == "conformer" else [200, 50]
+    batch = random_batch(model, ["hello world", "the quick brown fox"], frames=frames)
+    together = counted(model, batch)
+    apart = [counted(model, batch.select([i])) for i in range(2)]
+    assert together.flops == pytest.approx(sum(c.flops for c in apart), rel=2e-3)
 
 
 def test_features_computed_on_the_device_count_as_the_workers_do(tiny_llm_dir):
@@ -128,7 +172,7 @@ def test_whisper_encoder_counts_its_convolutions_and_attention(tiny_llm_dir, tmp
     d, positions = 32, 100
     convs = 2 * (80 * d * 3) * 200 + 2 * (d * d * 3) * positions
     block = 2 * (4 * d * d + 2 * d * 2 * d) * positions + 2 * 2 * d * positions * positions
-    assert counter.padded["encoder"] == convs + 2 * block
+    assert counter.padded["encoder"] + counter.quadratic["encoder"] == convs + 2 * block
 
 
 @pytest.mark.parametrize("rel_pos", ["latest", "legacy"])
@@ -153,4 +197,44 @@ def test_conformer_position_scores_are_counted(tiny_llm_dir, rel_pos):
     counter = FlopCounter(model)
     with torch.no_grad(), FlopCounterMode(display=False) as reference, counter.measure(batch):
         model.encoder(batch.feats, batch.feat_lens)
+    assert counter.take().flops == reference.get_total_flops()
+
+
+def test_whisper_encoder_costs_a_whole_window_however_the_clips_are_batched(tiny_llm_dir, tmp_path):
+    """Whisper's encoder runs over its whole window for every clip, padded in a batch or alone: two clips of
+    unequal length cost in one batch what they cost apart (the encoder's count had been scaled by the batch's real
+    frame share, so the same clips cost a fifth less batched together)."""
+    from llmasr.testing.tiny_whisper import write_tiny_whisper_dir
+
+    section = tiny_model_section(tiny_llm_dir, encoder_dir=write_tiny_whisper_dir(tmp_path / "w"))
+    section["encoder"].update(type="whisper", conf={})
+    torch.manual_seed(0)
+    model = build_model(section)
+    batch = random_batch(model, ["hello world", "the quick brown fox"], frames=[180, 40])
+    together = counted(model, batch)
+    apart = [counted(model, batch.select([i])) for i in range(2)]
+    assert together.flops == pytest.approx(sum(c.flops for c in apart), rel=1e-6)
+
+
+def test_lora_on_the_attention_output_alone_adds_no_backward_through_the_scores(tiny_llm_dir, tmp_path):
+    """A frozen Whisper encoder with LoRA on out_proj only: the first block's scores see no gradient (its input and
+    q/k/v need none), later blocks' do (their input comes from a trained LoRA). The forward and backward count equals
+    torch's FlopCounterMode over the same step; the count had added a backward through the first block's scores,
+    because the attention's output needs a gradient for the LoRA."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from llmasr.testing.tiny_whisper import write_tiny_whisper_dir
+
+    section = tiny_model_section(tiny_llm_dir, encoder_dir=write_tiny_whisper_dir(tmp_path / "w"), freeze_encoder=True)
+    section["encoder"].update(type="whisper", conf={})
+    section["encoder"]["lora"] = {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["out_proj"]}
+    torch.manual_seed(0)
+    model = build_model(section).train()
+    batch = random_batch(model, ["zero one"], frames=[120])
+    counter = FlopCounter(model)
+    with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as reference:  # the scores as plain matmuls
+        with counter.measure(batch):
+            enc, _ = model.encoder(batch.feats, batch.feat_lens)
+        enc.square().sum().backward()
     assert counter.take().flops == reference.get_total_flops()
