@@ -34,12 +34,12 @@ import logging
 import shutil
 from pathlib import Path
 
-import torch
 from torch import nn
 
 from llmasr.config_io import to_dict
 from llmasr.config_paths import input_paths
 from llmasr.export.exported import DTYPE_NAMES, MODEL_FILE
+from llmasr.export.merge import ExportError, cast_llm, check_adapter_only, merge_llm, merge_lora_modules  # noqa: F401
 from llmasr.export.staged_dir import discarded_on_error, output_dir, publish, staging_dir, writing
 from llmasr.export.trained_model import load_checkpoint_model, load_trained, run_recipe  # noqa: F401  (public API)
 from llmasr.models.builder import encoder_spec, output_dim
@@ -52,104 +52,6 @@ from llmasr.run_dir import CHECKPOINTS, resolve_checkpoint
 log = logging.getLogger(__name__)
 
 FORMAT = "llmasr-exported-1"
-
-
-class ExportError(RuntimeError):
-    """The checkpoint cannot be exported as asked."""
-
-
-# ------------------------------------------------------------------------------------------------ merging
-def merge_lora_modules(module: nn.Module) -> nn.Module:
-    """Merge every peft LoRA layer inside `module` into its base layer and put the base layer in its place."""
-    from peft.tuners.lora import LoraLayer
-
-    found = [(name, m) for name, m in module.named_modules() if isinstance(m, LoraLayer)]
-    for name, layer in found:
-        if name == "":
-            raise ExportError(f"{type(module).__name__} is itself a LoRA layer; cannot merge it in place")
-        layer.merge(safe_merge=True)
-        parent_name, _, child = name.rpartition(".")
-        parent = module.get_submodule(parent_name) if parent_name else module
-        setattr(parent, child, layer.get_base_layer())
-    left = [n for n, _ in module.named_parameters() if "lora_" in n]
-    if left:
-        raise ExportError(f"LoRA tensors left after merging: {left[:5]}")
-    return module
-
-
-def merge_llm(llm: nn.Module) -> nn.Module:
-    """A plain transformers model: LoRA merged (peft merge_and_unload) with tied embeddings kept consistent."""
-    from peft import PeftModel
-    from peft.tuners.lora import LoraLayer
-
-    if not isinstance(llm, PeftModel):
-        return llm
-    base = llm.get_base_model()
-    in_emb, out_emb = base.get_input_embeddings(), base.get_output_embeddings()
-    tied = (
-        out_emb is not None and getattr(base.config, "tie_word_embeddings", False) and out_emb.weight is in_emb.weight
-    )
-    if tied and (isinstance(out_emb, LoraLayer) or isinstance(in_emb, LoraLayer)):
-        # LoRA on one side of tied embeddings: after merging they differ, so untie (the trained model computed
-        # with the adapter on one side only).
-        target = out_emb.get_base_layer() if isinstance(out_emb, LoraLayer) else out_emb
-        target.weight = nn.Parameter(target.weight.detach().clone())
-        base.config.tie_word_embeddings = False
-        log.warning("LoRA was trained on one side of tied input/output embeddings: the export unties them")
-    merged = llm.merge_and_unload(progressbar=False, safe_merge=True)
-    left = [n for n, _ in merged.named_parameters() if "lora_" in n]
-    if left:
-        raise ExportError(f"LoRA tensors left after merge_and_unload: {left[:5]}")
-    if getattr(merged.config, "tie_word_embeddings", False) and merged.get_output_embeddings() is not None:
-        if merged.get_output_embeddings().weight is not merged.get_input_embeddings().weight:
-            raise ExportError("the LLM config ties input/output embeddings but the merged weights differ")
-    return merged
-
-
-def cast_llm(llm: nn.Module, dtype: torch.dtype) -> None:
-    """`llm.to(dtype)`, except the tensors its class keeps in float32 when from_pretrained loads it in `dtype`
-    (`_keep_in_fp32_modules_strict` in fp16 and bf16: an MoE router's gate and score bias; `_keep_in_fp32_modules` in
-    fp16; matched as it matches them): the trained model had them in float32, rounded they route tokens elsewhere."""
-    import re
-
-    names = set(getattr(llm, "_keep_in_fp32_modules_strict", None) or []) if dtype != torch.float32 else set()
-    if dtype == torch.float16:
-        names |= set(getattr(llm, "_keep_in_fp32_modules", None) or [])
-    keep = re.compile("|".join(name.replace("*", ".*") for name in sorted(names))) if names else None
-    too_large = []
-    for name, tensor in [*llm.named_parameters(), *llm.named_buffers()]:
-        if tensor.is_floating_point() and not (keep and keep.search(name)):
-            cast = tensor.data.to(dtype)
-            if torch.isinf(cast).sum() > torch.isinf(tensor.data).sum():  # finite weights past the dtype's range
-                too_large.append(f"{name} (largest |value| {tensor.data.abs().max().item():.6g})")
-            tensor.data = cast
-    if too_large:
-        name, limit = str(dtype).removeprefix("torch."), torch.finfo(dtype).max
-        raise ExportError(
-            f"the LLM in {name}: {len(too_large)} tensor(s) hold values beyond its largest finite value {limit:g}, "
-            f"which would be written as inf: {', '.join(too_large[:5])}"
-            f"{' ...' if len(too_large) > 5 else ''}; export with --dtype bf16 or fp32"
-        )
-
-
-def check_adapter_only(model: nn.Module, recipe) -> None:
-    """--adapter-only writes what peft's adapter file holds (the LoRA tensors, and the biases lora.bias trains):
-    refuse when more of the LLM was trained."""
-    from peft import PeftModel, get_peft_model_state_dict
-
-    saved = set(get_peft_model_state_dict(model.llm)) if isinstance(model.llm, PeftModel) else set()
-    trained = [
-        f"llm.{n}" for n, p in model.llm.named_parameters() if p.requires_grad and "lora_" not in n and n not in saved
-    ]
-    if not trained:
-        return
-    why = " (model.llm.freeze: false in the run's recipe)" if not recipe.model.llm.freeze else ""
-    more = f" and {len(trained) - 3} more" if len(trained) > 3 else ""
-    raise ExportError(
-        f"--adapter-only: the base LLM's own weights were trained beside LoRA{why}: {len(trained)} tensor(s), "
-        f"{', '.join(trained[:3])}{more}. A peft adapter holds only the LoRA tensors; applied to the untrained base "
-        "it would lose what these learned. Export the merged model instead (without --adapter-only)"
-    )
 
 
 # ------------------------------------------------------------------------------------------------ describing

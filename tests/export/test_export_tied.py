@@ -43,7 +43,7 @@ def tied_llm(tmp_path_factory):
 
 
 def untie_warnings(caplog) -> list[str]:
-    return [r.getMessage() for r in caplog.records if r.name == "llmasr.export.export" and "unties" in r.getMessage()]
+    return [r.getMessage() for r in caplog.records if r.name == "llmasr.export.merge" and "unties" in r.getMessage()]
 
 
 @pytest.mark.parametrize("case", list(CASES))
@@ -62,7 +62,7 @@ def test_tied_embeddings_export(tied_llm, train_corpus, case, tmp_path, caplog):
     with torch.no_grad():
         want = ref.llm(input_ids=IDS).logits
 
-    caplog.set_level(logging.WARNING, logger="llmasr.export.export")
+    caplog.set_level(logging.WARNING, logger="llmasr.export.merge")
     out = export_model(run.run_dir, tmp_path / "model", dtype="fp32")
     assert untie_warnings(caplog) == ([] if stays_tied else [UNTIE_MESSAGE])
     config = json.loads((out / "llm" / "config.json").read_text())
@@ -118,7 +118,7 @@ def test_merge_llm_with_lora_on_the_input_embedding(tied_llm, tmp_path, caplog, 
     head = llm.get_base_model().get_output_embeddings().weight.detach().clone()
     with torch.no_grad():
         want = llm(input_ids=IDS).logits
-    caplog.set_level(logging.WARNING, logger="llmasr.export.export")
+    caplog.set_level(logging.WARNING, logger="llmasr.export.merge")
     merged = merge_llm(llm)
     assert untie_warnings(caplog) == [UNTIE_MESSAGE]
     assert merged.config.tie_word_embeddings is False
