@@ -134,11 +134,10 @@ class Run:
         groups = build_param_groups(model, optim)
         log.info("param groups:\n%s", describe_param_groups(groups))
         self.schedules = build_group_schedules(groups, optim, self.total)
-        idle = idle_branch_settings(model, optim)
-        for line in (
-            [*warmup_warnings(optim, (g["branch"] for g in groups), self.total), *idle] if not self.rank else ()
-        ):
-            log.warning(line)
+        if self.rank == 0:  # recipe settings that do not do what they say
+            branches = (g["branch"] for g in groups)
+            for line in warmup_warnings(optim, branches, self.total) + idle_branch_settings(model, optim):
+                log.warning(line)
         self.engine = TrainEngine(model, groups, self.schedules, self.ds, self.dist.device)
         self.checkpoints = RunCheckpoints(self.engine, self.recipe, self.ckpt_dir, trainable=self.trainable,
                                           per_epoch=self.per_epoch, rank=self.rank, world=self.world,
@@ -378,11 +377,8 @@ class Run:
             self.lock = None
 
     def _extra(self) -> dict:
-        return {
-            "grad_norm": self.engine.grad_norm(),
-            "loss_scale": self.engine.loss_scale(),
-            "skipped_steps": float(self.engine.skipped_steps),
-        }
+        e = self.engine
+        return {"grad_norm": e.grad_norm(), "loss_scale": e.loss_scale(), "skipped_steps": float(e.skipped_steps)}
 
 
 def train(
