@@ -139,8 +139,7 @@ class DynamicBucketSampler(Sampler):
     def _sort_items(self, min_item_seconds, cost_scale, cost_pad, epoch_costs, skip: np.ndarray | None) -> None:
         """Per-item cost in budget units (`sizes`, `budget`), first filter reason (-1 = kept), truncation, and the
         cost buckets, all computed once."""
-        d = self.durations
-        n = d.size
+        d, n = self.durations, self.durations.size
         costs = ItemCosts(
             d, max_seconds=self.max_seconds, max_frames=self.max_frames, frames_per_second=self.frames_per_second,
             max_duration=self.max_duration, truncate_to_max=self.truncate_to_max, min_item_seconds=min_item_seconds,
@@ -169,9 +168,9 @@ class DynamicBucketSampler(Sampler):
                 over |= tl > max_target_tokens
             mark(over, 4)
         self._reason = reason
-        unusable = np.flatnonzero(reason == FILTER_REASONS.index("bad_line"))
         # what a saved position names when the data now plans other batches (a line's audio gone since, or back)
-        self._unusable = [int(unusable.size), hashlib.sha1(unusable.astype(np.int64).tobytes()).hexdigest()]
+        unusable = np.flatnonzero(reason == FILTER_REASONS.index("bad_line")).astype(np.int64)
+        self._unusable = [int(unusable.size), hashlib.sha1(unusable.tobytes()).hexdigest()]
         # the items that fit the budget only at some draws: each epoch batches those its draws let fit
         pool = self.base_indices
         self.fits_sometimes = pool[(reason[pool] < 0) & (self.sizes[pool] > self.budget)] if n else pool
@@ -220,16 +219,8 @@ class DynamicBucketSampler(Sampler):
         order = np.lexsort((longest, per_batch(flat, lens, bucket_of, np.maximum)))
         cost = per_batch(flat, lens, sizes, np.add)
         flat, offsets = reorder(flat, lens, order)
-        return OrderedBatches(
-            keys=keys[flat],
-            offsets=offsets,
-            cost=cost[order],
-            longest=longest[order],
-            filtered=filtered,
-            items=items,
-            kept=items[keep],
-            rng=rng,
-        )
+        return OrderedBatches(keys=keys[flat], offsets=offsets, cost=cost[order], longest=longest[order],
+                              filtered=filtered, items=items, kept=items[keep], rng=rng)  # fmt: skip
 
     def _plan(self, epoch: int) -> tuple[EpochPlan, dict]:
         """The ranks' batches for `epoch` (same on every rank), and the epoch's stats. After a resume at another
