@@ -111,6 +111,33 @@ def _record_duration(rec) -> float:
     return math.nan
 
 
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")  # a pair's half, or a lone one
+
+
+def _lone_surrogate(value, name: str = "") -> str | None:
+    """The field of a decoded record (`'target'`, `'messages'[1]['content']`) holding a lone surrogate, or None. JSON
+    joins an escaped pair into its character; a lone half stays, and the tokenizer refuses it at loading, or writing
+    hyp.txt and ref.txt fails after a whole decode."""
+    if isinstance(value, str):
+        return name or "value" if any("\ud800" <= c <= "\udfff" for c in value) else None
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for k, v in items:
+        if isinstance(k, str) and _lone_surrogate(k) is not None:
+            return f"{name}[{k!r}] (its name)" if name else f"{k!r} (its name)"
+        found = _lone_surrogate(v, f"{name}[{k!r}]" if name else repr(k))
+        if found is not None:
+            return found
+    return None
+
+
+def _cr_hint(raw: bytes) -> str:
+    """What a carriage return inside a line that does not parse most likely means: a file with CR-only line ends
+    (classic Mac editors), which reads as one line of several records."""
+    if b"\r" not in raw.rstrip(b"\r\n"):
+        return ""
+    return " (the line holds a carriage return: a file with CR-only line ends reads as one line; convert them to \\n)"
+
+
 def _repeated_field(path: str, line: int, key: str) -> BadRecord:
     return BadRecord(path, line, f"field {key!r} given twice (JSON would keep the last without a word)")
 
@@ -246,7 +273,12 @@ class Manifest:
         except UnicodeDecodeError as err:
             raise BadRecord(self.path, line, f"not UTF-8 text: {err}") from None
         except ValueError as err:
-            raise BadRecord(self.path, line, f"malformed JSON: {err}") from None
+            raise BadRecord(self.path, line, f"malformed JSON: {err}{_cr_hint(raw)}") from None
+        if _SURROGATE_ESCAPE.search(raw) and (field := _lone_surrogate(rec)) is not None:
+            key = rec.get("key") if isinstance(rec, dict) and field != "'key'" else None
+            raise BadRecord(self.path, line, f"field {field} holds a lone surrogate (a \\ud800-\\udfff escape "
+                            "without its pair): no text a tokenizer reads or a UTF-8 file holds",
+                            key if isinstance(key, str) else None)  # fmt: skip
         return parse_line(rec, manifest=self.path, line=line, base=self._base, need_target=self.need_target)
 
     def __iter__(self):

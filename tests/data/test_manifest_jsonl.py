@@ -200,3 +200,39 @@ def test_a_field_given_twice_is_a_bad_line(tmp_path):
     with pytest.raises(BadRecord, match=r"m.jsonl:3: field 'text' given twice"):
         m[2]
     assert [b.line for b in m.scan()] == [1, 3]
+
+
+def test_a_lone_surrogate_is_a_bad_line_naming_its_field(tmp_path):
+    """JSON's \\ud800 escape without its pair decodes to a str no UTF-8 file holds: `llmasr data check` had called
+    the line fine, the tokenizer then refused it at loading (a TypeError), and decoding failed writing ref.txt after
+    every batch. An escaped pair is one character, and fine."""
+    write_wav(tmp_path / "a.wav", 1.0)
+    path = write_jsonl(
+        tmp_path / "m.jsonl",
+        ['{"key": "u1", "source": "a.wav", "target": "a\\ud800b"}',
+         '{"key": "u2", "source": "a.wav", "target": "smile \\ud83d\\ude00"}',
+         '{"messages": [{"role": "user", "content": "<|startofspeech|>!a.wav<|endofspeech|>"}, '
+         '{"role": "assistant", "content": "x\\udc00"}]}'],
+    )  # fmt: skip
+    m = Manifest.open(path)
+    with pytest.raises(BadRecord, match=r"m.jsonl:1: field 'target' holds a lone surrogate") as e:
+        m[0]
+    assert e.value.key == "u1"
+    assert m[1].target == "smile \U0001f600"
+    with pytest.raises(BadRecord, match=r"m.jsonl:3: field 'messages'\[1\]\['content'\] holds a lone surrogate"):
+        m[2]
+    assert [b.line for b in Manifest.open(path, need_target=False).scan()] == [1, 3]
+
+
+def test_a_line_with_cr_only_line_ends_is_named_as_such(tmp_path):
+    """A file saved with CR-only line ends is one line of several records: its error says why."""
+    write_wav(tmp_path / "a.wav", 1.0)
+    recs = [json.dumps({"key": f"u{i}", "source": "a.wav", "target": "x"}) for i in range(3)]
+    path = tmp_path / "m.jsonl"
+    path.write_bytes("\r".join(recs).encode() + b"\r")
+    m = Manifest.open(path)
+    assert len(m) == 1
+    with pytest.raises(BadRecord, match=r"m.jsonl:1: malformed JSON: .*a file with CR-only line ends reads as one"):
+        m[0]
+    path.write_bytes("\r\n".join(recs).encode() + b"\r\n")  # CRLF: three records, no complaint
+    assert [u.key for u in Manifest.open(path)] == ["u0", "u1", "u2"]
