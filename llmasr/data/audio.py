@@ -73,6 +73,8 @@ def missing_audio(path: str | Path) -> AudioError | None:
         return AudioError(path, "file not found")
     except OSError as err:
         return AudioError(path, f"cannot be read ({err.strerror})")
+    except ValueError:  # a NUL character: no file system takes the name
+        return AudioError(repr(str(path)), "is no file name (it holds a NUL character)")
     return AudioError(path, "is a directory, not an audio file") if stat.S_ISDIR(mode) else None
 
 

@@ -138,6 +138,8 @@ class _Parser:
     def resolve(self, source: str, *, working_dir_first: bool = False) -> str:
         """The audio path: relative ones against the manifest's folder, or (`working_dir_first`: lhotse's cuts, which
         lhotse opens as written) against the working directory where the file is there."""
+        if "\x00" in source:  # no file system takes it: os.stat raised a bare ValueError
+            raise self.bad(f"audio path {source!r:.80} holds a NUL character")
         if "://" in source:
             raise self.bad(f"audio {source!r:.80} is a URL; llmasr reads local files: download it and name the file")
         if not working_dir_first and _plain(source):  # pathlib's parse costs more than the rest of a line's

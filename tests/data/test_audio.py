@@ -337,3 +337,13 @@ def test_an_mp3_segment_is_the_whole_files_decode_of_it(tmp_path):
         part = load_audio(path, sample_rate=sr, start=start, end=start + 0.8)
         first = int(round(start * sr))
         np.testing.assert_allclose(part, whole[first : first + len(part)], atol=1e-6, err_msg=f"start {start}")
+
+
+def test_a_path_with_a_nul_character_is_an_audio_error():
+    """os.stat raises a bare ValueError for it, which had reached the user as a traceback."""
+    err = audio.missing_audio("a\x00b.wav")
+    assert isinstance(err, AudioError) and "holds a NUL character" in err.reason and "a\\x00b.wav" in err.path
+    with pytest.raises(AudioError, match="NUL character"):
+        probe_duration("a\x00b.wav")
+    with pytest.raises(AudioError, match="NUL character"):
+        load_audio("a\x00b.wav", sample_rate=16000)

@@ -103,3 +103,18 @@ def test_a_line_without_a_transcript_is_bad_for_training_and_audio_to_transcribe
     assert [decoding[i].target for i in (0, 1, 3, 4)] == [None] * 4
     assert decoding[4].lang == "English" and decoding[0].source == str(tmp_path / "a.wav")
     assert decoding[2].target == ""  # an empty reference: decoded and scored (all insertions), not a bad line
+
+
+def test_an_audio_path_with_a_nul_character_is_a_bad_line(tmp_path):
+    """os.stat refuses a NUL in a path with a bare ValueError: `llmasr data check`, training's start-up screen and
+    the decode loader had all stopped on it with a traceback that named no line."""
+    write_wav(tmp_path / "good.wav")
+    path = write_jsonl(
+        tmp_path / "m.jsonl",
+        [{"key": "good", "source": "good.wav", "target": "x"}, {"key": "nul", "source": "a\x00b.wav", "target": "x"}],
+    )
+    m = Manifest.open(path)
+    with pytest.raises(BadRecord, match=r"m.jsonl:2: audio path 'a\\x00b.wav' holds a NUL character") as e:
+        m[1]
+    assert e.value.key == "nul"
+    assert [b.line for b in m.scan()] == [2]
