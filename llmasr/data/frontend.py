@@ -172,13 +172,20 @@ def read_kaldi_cmvn(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     Features are normalised as (x + add_shift) * rescale.
     """
     path = Path(path)
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:  # a binary Kaldi file, or another encoding
+        raise ConfigError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start}); not a Kaldi nnet CMVN file in "
+                          "text form") from None  # fmt: skip
     rows = {}
     for tag in ("AddShift", "Rescale"):
         m = re.search(rf"<{tag}>\s+(\d+)\s+(\d+)\s+<LearnRateCoef>\s+\S+\s+\[([^\]]*)\]", text)
         if m is None:
             raise ConfigError(f"{path}: no <{tag}> block with a [ ... ] vector; not a Kaldi nnet CMVN file")
-        written = np.array(m.group(3).split(), dtype=np.float64)
+        try:
+            written = np.array(m.group(3).split(), dtype=np.float64)
+        except ValueError as err:  # numpy's message names neither the file nor the block
+            raise ConfigError(f"{path}: <{tag}> holds a value that is not a number ({err})") from None
         if written.size != int(m.group(1)):
             raise ConfigError(f"{path}: <{tag}> declares {m.group(1)} values but holds {written.size}")
         with np.errstate(over="ignore"):  # past float32's range: inf, refused below
