@@ -84,3 +84,17 @@ def test_data_kaldi_then_cmvn_then_check(tmp_path, capsys):
     (d / "wav.scp").write_text("u0 sox u0.flac -t wav - |\n")  # nothing convertible: a failure, not an empty success
     assert main(["data", "kaldi", str(d), str(tmp_path / "none.jsonl")]) == 2  # bad input, as a KaldiError
     assert "no utterance of" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["text", "segments", "utt2dur"])
+def test_data_kaldi_refuses_a_table_that_is_no_file(tmp_path, capsys, name):
+    """A `text` (or segments, utt2dur) that is a folder had been read as absent: a manifest without transcripts (or
+    of whole recordings), written with exit status 0."""
+    d = make_kaldi_dir(tmp_path)
+    if name == "text":
+        (d / "text").unlink()
+    (d / name).mkdir()
+    out = tmp_path / "out.jsonl"
+    assert main(["data", "kaldi", str(d), str(out)]) == 2
+    assert f"llmasr data kaldi: error: {d / name}: a directory, not a Kaldi table" in capsys.readouterr().err
+    assert not out.exists()

@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from llmasr.config_paths import output_file_problem
+from llmasr.config_paths import file_problem, output_file_problem
 from llmasr.data.kaldi import KaldiError, kaldi_to_jsonl
 
 
@@ -24,6 +24,10 @@ def main(argv: list[str] | None = None) -> int:
     if not (d / "wav.scp").is_file():
         p.error(f"{d / 'wav.scp'}: missing")
     segments, text, utt2dur = d / "segments", d / "text", d / "utt2dur"
+    for path in (text, segments, utt2dur):  # one that is there but no file had been read as absent: whole
+        if path.exists() and (problem := file_problem(path, "Kaldi table")):  # recordings, no transcripts
+            print(f"llmasr data kaldi: error: {path}: {problem}", file=sys.stderr)
+            return 2
     if unwritable := output_file_problem(Path(args.out), [d / "wav.scp", segments, text, utt2dur]):
         print(f"llmasr data kaldi: error: {args.out}: {unwritable}", file=sys.stderr)
         return 2
