@@ -100,9 +100,10 @@ def sections() -> dict[str, str]:
 
 
 def bench_flags(text: str) -> set[str]:
-    """The flags the bench/ scripts named in `text` define (as argparse string literals in their source)."""
+    """The flags the bench/ and scripts/ scripts named in `text` define (as argparse string literals in their
+    source)."""
     out = set()
-    for script in set(re.findall(r"bench/\w+\.py", text)):
+    for script in set(re.findall(r"(?:bench|scripts)/\w+\.py", text)):
         out |= set(re.findall(r"[\"'](--[a-z][\w-]*)[\"']", (ROOT / script).read_text(encoding="utf-8")))
     return out
 
