@@ -283,3 +283,42 @@ def test_a_validation_put_off_in_another_run_folder_is_run_and_left_out_of_it(
     assert "valid update=2 " in (tmp_path / "c" / "train.log").read_text()
     assert (source / ck.META).read_bytes() == meta
     assert not (tmp_path / "c" / "checkpoints" / ck.tag_for(2)).exists()
+
+
+@pytest.mark.parametrize(("at", "every"), [(2, 2), (3, 0)], ids=["mid-epoch", "epoch-end"])
+def test_a_stop_during_a_validation_pass_abandons_it_and_saves(tiny_llm_dir, corpus, tmp_path, monkeypatch, at, every):
+    """SIGTERM while the validation after update `at` scores its first batch: the pass is abandoned, the update saved
+    with the validation owed, and the resume runs it. The pass had run to its end, then another update and a second
+    save (a real pass could outlast the scheduler's grace period: the ranks killed unsaved)."""
+    from llmasr.train import validate as validate_module
+
+    run = tmp_path / "run"
+
+    def recipe():
+        data = tiny_recipe_dict(tiny_llm_dir, train=[corpus], valid=[corpus], output_dir=run, epochs=2, grad_accum=2,
+                                valid_every_updates=every, best_k=10, keep_last=0)  # fmt: skip
+        data["data"]["valid_max_utts"] = 20  # several batches
+        return load_recipe(data=data)
+
+    scored = []
+    original = validate_module._batch_sums
+
+    def score_and_signal(*args, **kwargs):
+        scored.append(1)
+        if len(scored) == 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return original(*args, **kwargs)
+
+    with monkeypatch.context() as m:
+        m.setattr(validate_module, "_batch_sums", score_and_signal)
+        cut = train(recipe(), "zero0")
+    assert cut["interrupted"] and cut["signal"] == signal.SIGTERM
+    assert [h["update"] for h in cut["history"]] == list(range(1, at + 1)) and len(scored) == 1
+    ckpts = run / "checkpoints"
+    assert ck.latest(ckpts) == ck.tag_for(at) and ck.read_meta(ckpts / ck.tag_for(at)).metrics == {}
+    log = (run / "train.log").read_text()
+    assert f"valid update={at} " not in log and f"stopped by SIGTERM after update {at}" in log
+
+    train(recipe(), "zero0", resume="latest")
+    assert f"valid update={at} " in (run / "train.log").read_text()
+    assert ck.read_meta(ckpts / ck.tag_for(at)).metrics
