@@ -390,7 +390,7 @@ def train(
     `stop_after_updates` ends the run right after that update without saving (tests use it to simulate an
     interruption). Returns {"history": per-update stats, "metrics": last validation, ...}.
 
-    SIGTERM/SIGINT during training stop every rank after the same update with a checkpoint ("interrupted": True,
+    SIGTERM/SIGINT/SIGUSR1 during training stop every rank after the same update with a checkpoint ("interrupted": True,
     "signal": its number); during start-up they raise preemption.Interrupted (llmasr.train.preemption)."""
     with Preemption(int(os.environ.get("RANK", "0"))) as preemption:
         run = Run(recipe, ds_config_path, resume=resume, overwrite=overwrite)

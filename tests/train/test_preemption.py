@@ -149,6 +149,31 @@ def test_a_later_signal_exits_at_once_even_from_a_blocked_main_thread(tmp_path):
     assert "second SIGTERM: exiting now, without saving" in proc.stderr.read()
 
 
+USR1_SCRIPT = textwrap.dedent(
+    """
+    import os, signal, time
+    from llmasr.train import preemption as pre
+
+    with pre.Preemption() as p:
+        p.arm()
+        os.kill(os.getpid(), signal.SIGUSR1)  # SLURM's --signal=USR1@SECONDS notice
+        time.sleep(0.2)
+        assert p.requested and p.signum == signal.SIGUSR1
+    print(pre.exit_status(signal.SIGUSR1), flush=True)
+    """
+)
+
+
+def test_sigusr1_requests_a_stop_as_sigterm_does(tmp_path):
+    """A scheduler's SIGUSR1 notice (SLURM --signal=USR1@SECONDS) stops the run with a checkpoint; its default
+    action had killed the rank on the spot, saving nothing."""
+    script = tmp_path / "usr1.py"
+    script.write_text(USR1_SCRIPT)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    proc = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=120)
+    assert (proc.returncode, proc.stdout.strip()) == (0, str(128 + signal.SIGUSR1)), proc.stderr
+
+
 def test_agreed_stop_without_a_group_is_the_local_request():
     import torch
 
