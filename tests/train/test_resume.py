@@ -347,3 +347,15 @@ def test_a_training_manifest_edited_since_the_checkpoint_is_named(tiny_llm_dir, 
     with pytest.raises((ConfigError, ValueError)) as err:
         train(make(4), "zero0", resume="latest")
     assert f"{second} (8 -> 7 lines)" in errors.describe(err.value)
+
+
+@pytest.mark.parametrize(("saved", "presets"), [(2, "zero2 or zero2_offload"), (0, "zero0")])
+def test_another_zero_stage_is_refused_saying_how_to_resume(tmp_path, saved, presets):
+    """The refusal names the DeepSpeed configs that continue the checkpoint (it had said only which stages differ)."""
+    where = tmp_path / "run" / "checkpoints" / ck.tag_for(4)
+    meta = ck.CheckpointMeta(update=4, epoch=0, world_size=2, zero_stage=saved, base_fingerprint={}, trainable=[])
+    with pytest.raises(ConfigError) as err:
+        rs.check_checkpoint(meta, where, recipe=Recipe(), stage=3, world_size=2, per_epoch=[4], trainable=[])
+    message = str(err.value)
+    assert f"{where}: saved at ZeRO stage {saved}, this run uses 3" in message
+    assert f"--deepspeed {presets} or the run's own {tmp_path / 'run' / ck.DS_CONFIG_FILE}" in message
