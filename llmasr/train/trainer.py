@@ -271,7 +271,9 @@ class Run:
                         owed = bool(tc.valid_every_updates) and update % tc.valid_every_updates == 0
                         return self._stopped(signum, epoch, self.train_loader.state_dict(), history, owed)
                     last_metrics = self._validate_and_save(epoch, update) or last_metrics
-                    if self.stop_signal:  # during the validation pass: saved now, the validation owed
+                    if self.last_saved == update and not self.stop_signal:  # one that came during the save
+                        self.stop_signal = preemption.agreed_stop(self.engine.device)
+                    if self.stop_signal:  # during the validation pass (saved now, owed it) or the save
                         state = self.train_loader.state_dict()
                         return self._stopped(self.stop_signal, epoch, state, history, owed=True)
                     if self.early.exhausted:
@@ -296,6 +298,7 @@ class Run:
                     self.save(epoch, self.train_loader.state_dict(), metrics, validation_owed=owed)
                 else:  # the epoch's end, max_updates reached there or not: a resume starts the next epoch
                     self.save(epoch + 1, None, metrics, validation_owed=owed)
+                signum = signum or preemption.agreed_stop(self.engine.device)  # one that came during the save
                 # a stop before the run's last validation leaves it unfinished too: the resume runs that validation
                 if signum and (owed or (not stop and epoch + 1 < tc.epochs)):
                     return self._stopped(signum, epoch + 1, None, history)
@@ -375,11 +378,8 @@ class Run:
             self.lock = None
 
     def _extra(self) -> dict:
-        return {
-            "grad_norm": self.engine.grad_norm(),
-            "loss_scale": self.engine.loss_scale(),
-            "skipped_steps": float(self.engine.skipped_steps),
-        }
+        e = self.engine
+        return {"grad_norm": e.grad_norm(), "loss_scale": e.loss_scale(), "skipped_steps": float(e.skipped_steps)}
 
 
 def train(

@@ -347,3 +347,27 @@ def test_a_stop_during_a_validation_pass_abandons_it_and_saves(tiny_llm_dir, cor
     train(recipe(), "zero0", resume="latest")
     assert f"valid update={at} " in (run / "train.log").read_text()
     assert ck.read_meta(ckpts / ck.tag_for(at)).metrics
+
+
+@pytest.mark.parametrize(("at", "every", "saved_epoch"), [(1, 1, 0), (3, 0, 1)], ids=["mid-epoch", "epoch-end"])
+def test_a_stop_during_a_save_stops_after_it(tiny_llm_dir, corpus, tmp_path, monkeypatch, at, every, saved_epoch):
+    """SIGTERM while update `at` is being saved: that checkpoint is the stop's, and the run exits after it. It had
+    trained another update and saved again, a second save the scheduler's grace period may not hold."""
+    from llmasr.train.run_checkpoints import RunCheckpoints
+
+    original = RunCheckpoints.save
+
+    def signal_and_save(self, *args, **kwargs):
+        if self.engine.global_steps == at:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(RunCheckpoints, "save", signal_and_save)
+    data = tiny_recipe_dict(tiny_llm_dir, train=[corpus], output_dir=tmp_path / "run", epochs=2, grad_accum=2,
+                            save_every_updates=every, keep_last=0)  # fmt: skip
+    cut = train(load_recipe(data=data), "zero0")
+    assert cut["interrupted"] and cut["signal"] == signal.SIGTERM
+    assert [h["update"] for h in cut["history"]] == list(range(1, at + 1))
+    ckpts = tmp_path / "run" / "checkpoints"
+    assert ck.list_tags(ckpts) == [ck.tag_for(at)] and ck.latest(ckpts) == ck.tag_for(at)
+    assert ck.read_meta(ckpts / ck.tag_for(at)).epoch == saved_epoch
