@@ -25,7 +25,8 @@ def write_atomic(path: str | Path, text: str) -> None:
 @contextlib.contextmanager
 def atomic_writer(path: str | Path, *, binary: bool = False) -> Iterator[IO]:
     """A file to write `path` through, as write_atomic writes it (for a file written a piece at a time): UTF-8 text,
-    or bytes with `binary`."""
+    or bytes with `binary`. An OSError of the write names `path` (the kernel's full disk or quota, reported at a
+    write, flush or fsync, names no file)."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
@@ -34,9 +35,11 @@ def atomic_writer(path: str | Path, *, binary: bool = False) -> Iterator[IO]:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         with contextlib.suppress(OSError):
             tmp.unlink()
+        if isinstance(err, OSError) and err.filename is None and err.errno is not None:
+            raise OSError(err.errno, err.strerror, str(path)) from err
         raise
     sync_dir(path.parent)
 

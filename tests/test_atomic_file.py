@@ -39,3 +39,26 @@ def test_a_failed_rewrite_keeps_the_old_recipe_whole(tmp_path):
     assert "failed:" in out.stdout and "File too large" in out.stdout, out.stdout + out.stderr
     assert path.read_bytes() == before and yaml.safe_load(before)["decode"]["num_beams"] == 3
     assert sorted(p.name for p in tmp_path.iterdir()) == ["recipe.yaml"]  # no temporary left beside it
+
+
+def test_a_full_disk_names_the_file(tmp_path, monkeypatch):
+    """The kernel reports a full disk at a write, flush or fsync with no file name; the error names the file the
+    write was for (it had said only "[Errno 28] No space left on device"), and the old file stays."""
+    import errno
+    import os
+
+    import pytest
+
+    from llmasr.atomic_file import write_atomic
+
+    path = tmp_path / "latest"
+    path.write_text("update_00000001\n")
+
+    def fsync(fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    with pytest.raises(OSError) as err:
+        write_atomic(path, "update_00000002\n")
+    assert (err.value.errno, err.value.filename) == (errno.ENOSPC, str(path))
+    assert path.read_text() == "update_00000001\n" and sorted(p.name for p in tmp_path.iterdir()) == ["latest"]

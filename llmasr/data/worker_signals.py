@@ -5,11 +5,12 @@ to every process of a job, DataLoader workers included. A worker killed by it ma
 ... is killed by signal" in the main process, in the middle of the update the trainer finishes before it saves
 (llmasr.train.preemption), and the batches of that update may still be on their way from the workers.
 
-So a worker ignores SIGINT and every SIGTERM that its main process did not send. Its main process still ends it as
-torch does (the end-of-epoch shutdown, or a SIGTERM from the parent, which torch's own worker handler also takes as
-a clean exit), and torch's watchdog ends it once the main process is gone. Workers are forked with both signals
-blocked (`workers_born_blocked`), so one that arrives before the worker's init function has run (a new epoch's
-workers start right after an update) waits for it instead of killing the worker.
+So a worker ignores SIGINT, SIGUSR1 (a scheduler's early notice, sent to every process of the job like SIGTERM) and
+every SIGTERM that its main process did not send. Its main process still ends it as torch does (the end-of-epoch
+shutdown, or a SIGTERM from the parent, which torch's own worker handler also takes as a clean exit), and torch's
+watchdog ends it once the main process is gone. Workers are forked with these signals blocked
+(`workers_born_blocked`), so one that arrives before the worker's init function has run (a new epoch's workers start
+right after an update) waits for it instead of killing the worker.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import signal
 import threading
 from collections.abc import Iterator
 
-STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
+STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGUSR1}
 
 
 @contextlib.contextmanager
@@ -41,6 +42,7 @@ def leave_signals_to_main() -> None:
     """Call first thing in a DataLoader worker (its worker_init_fn), in the worker's main thread."""
     signal.set_wakeup_fd(-1)  # the main process's fd, inherited through fork: its signals are not ours
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
     parent = os.getppid()
     # Blocked in this thread and in every thread started from now on; one thread takes each SIGTERM with its
     # sender's pid, which no Python-level handler is told.

@@ -10,12 +10,15 @@ cannot hold as many as rotation keeps would fail later. `llmasr train` refuses t
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
 
 from llmasr.errors import free_bytes
 from llmasr.train.zero_memory import optimizer_state_bytes
+
+log = logging.getLogger("llmasr.train")
 
 # A trained parameter's own copy. Besides it a checkpoint holds ZeRO's fp32 master partition and Adam's exp_avg and
 # exp_avg_sq, 12 bytes (plain torch Adam under ZeRO-0 in fp32 keeps 8: the estimate errs on the side of more), or 2
@@ -83,3 +86,18 @@ class CheckpointSpace:
             f"checkpoints: {self.line()}: a later save may fail for lack of space; lower train.keep_last / "
             "train.best_k, or free space there"
         )
+
+
+def check_run_space(train_cfg, rank: int, **estimate) -> None:
+    """Every rank of a starting run, with CheckpointSpace.estimate's arguments: rank 0 decides whether the run folder
+    holds a checkpoint, for every rank (RunDirError; rank 0 reports it), and warns where rotation's worth does not
+    fit."""
+    from llmasr.train.engine import broadcast_object
+    from llmasr.train.run_dir import RunDirError
+
+    space = CheckpointSpace.estimate(train_cfg, **estimate)
+    problem = broadcast_object(space.problem() if rank == 0 else None)
+    if problem is not None:
+        raise RunDirError(problem, quiet=rank != 0)
+    if rank == 0 and (warning := space.warning()):
+        log.warning(warning)

@@ -1,9 +1,14 @@
-"""SIGTERM and SIGINT stop training after the current update, with a checkpoint; a later signal exits at once.
+"""SIGTERM, SIGINT and SIGUSR1 stop training after the current update, with a checkpoint; a later signal exits at
+once.
 
-Clusters send SIGTERM some seconds before they kill a job, and the launchers (deepspeed, torchrun) pass a signal
-they receive on to every rank as SIGTERM, so one Ctrl-C or one preemption often reaches a rank twice within
-milliseconds (from the terminal or the scheduler, and from the launcher). Signals that arrive within
-FORWARDED_WITHIN_S of the first are that same request; a signal after it exits at once, without saving.
+Clusters send SIGTERM some seconds before they kill a job, or SIGUSR1 where asked to (SLURM's
+`--signal=USR1@SECONDS`, `scancel --signal=USR1`; its default action kills a process on the spot), and the launchers
+(deepspeed, torchrun) pass a signal they receive on to every rank as SIGTERM, so one Ctrl-C or one preemption often
+reaches a rank twice within milliseconds (from the terminal or the scheduler, and from the launcher). Signals that
+arrive within FORWARDED_WITHIN_S of the first are that same request; a signal after it exits at once, without
+saving.
+The launchers neither catch nor pass on SIGUSR1 (the deepspeed launcher dies of it): it is for ranks the scheduler
+starts itself (`srun` one task per rank), or for a batch script that traps it and sends the launcher SIGTERM.
 
 Arrival times are taken by a thread reading the signal wakeup fd, not where Python runs the handlers: the main
 thread may be inside a long C call (a collective, a large matmul) and would run both handlers together much later.
@@ -32,7 +37,7 @@ from llmasr.errors import signal_status as exit_status  # noqa: F401
 
 log = logging.getLogger("llmasr.train")
 
-SIGNALS = (signal.SIGTERM, signal.SIGINT)
+SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
 FORWARDED_WITHIN_S = 5.0  # a launcher busy on loaded cores has taken over 2 s to forward its copy
 
 

@@ -32,6 +32,8 @@ from llmasr.train.schedulers import NO_DECAY_SUFFIX
 
 log = logging.getLogger("llmasr.train")
 
+STAGE_PRESETS = {0: "zero0", 1: "zero1", 2: "zero2 or zero2_offload", 3: "zero3 or zero3_offload"}  # ds_configs/
+
 MAY_CHANGE: tuple[str, ...] = (
     "train.log_every",
     "train.progress_every_s",
@@ -189,7 +191,12 @@ def check_checkpoint(
     changed = changed_manifests(meta.manifests, manifests)
     same_text = not changed and texts_known(meta.manifests, manifests)
     if meta.zero_stage != stage:
-        raise ConfigError(f"{where}: saved at ZeRO stage {meta.zero_stage}, this run uses {stage}")
+        raise ConfigError(
+            f"{where}: saved at ZeRO stage {meta.zero_stage}, this run uses {stage}; a checkpoint continues at the "
+            "stage that saved it (another world size is converted, another stage is not): resume with a stage "
+            f"{meta.zero_stage} DeepSpeed config, --deepspeed {STAGE_PRESETS.get(meta.zero_stage, '<file>')} or the "
+            f"run's own {ck.run_dir_of(where.parent) / ck.DS_CONFIG_FILE}"
+        )
     if meta.world_size == world_size:  # at another world size the batches per rank differ by design
         check_batches(meta, per_epoch, where, changed, same_text=same_text)
     diffs = fingerprint_differences(meta.base_fingerprint, base_fingerprint(recipe.model))

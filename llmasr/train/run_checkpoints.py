@@ -69,7 +69,8 @@ class RunCheckpoints:
                 training={"longest_seconds": self.longest},  # decode and export need not read the manifests again
                 manifests=self.manifests,
             )
-            deleted = ck.finish_save(self.ckpt_dir, tag, meta, self.policy)
+            with errors.context(f"saving checkpoint {tag}"):  # its meta, best.json, `latest`: a full disk, too
+                deleted = ck.finish_save(self.ckpt_dir, tag, meta, self.policy)
             log.info(
                 "saved checkpoint %s%s", self.ckpt_dir / tag, f" (removed {', '.join(deleted)})" if deleted else ""
             )

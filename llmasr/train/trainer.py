@@ -26,12 +26,12 @@ from llmasr.models.fused_kernels import apply_fused_kernels, check_fused_kernels
 from llmasr.run_dir.files import verify_ranks
 from llmasr.train import ds_config, resolve, universal
 from llmasr.train import engine as eng
-from llmasr.train.checkpoint_space import CheckpointSpace
+from llmasr.train.checkpoint_space import check_run_space
 from llmasr.train.context_fit import check_context_fit
 from llmasr.train.ds_files import CLIENT_KEY
 from llmasr.train.early_stop import EarlyStop
 from llmasr.train.efficiency import WaitClock, run_peaks
-from llmasr.train.engine import TrainEngine, all_gather_object, broadcast_object, build_model_for_training
+from llmasr.train.engine import TrainEngine, all_gather_object, build_model_for_training
 from llmasr.train.flops import FlopCounter
 from llmasr.train.param_groups import build_param_groups, describe_param_groups, idle_branch_settings, numel
 from llmasr.train.plan import plan_run
@@ -39,7 +39,7 @@ from llmasr.train.preemption import Preemption, signal_name
 from llmasr.train.progress import Progress, StartupLog, setup_logging
 from llmasr.train.resume import check_checkpoint, continue_schedules, resuming
 from llmasr.train.run_checkpoints import RunCheckpoints
-from llmasr.train.run_dir import RunDirError, claim_run_dir, write_run_files
+from llmasr.train.run_dir import claim_run_dir, write_run_files
 from llmasr.train.schedulers import build_group_schedules, warmup_warnings
 from llmasr.train.validate import validate
 from llmasr.train.window import run_window, windows
@@ -94,21 +94,10 @@ class Run:
         self.train_loader, self.sampler, self.valid_loader = plan.loaders
         self._log_batches()
         self._build_engine()
-        self._check_space()
+        check_run_space(self.recipe.train, self.rank, trainable=self.trainable_params, epochs=len(self.per_epoch),
+                        total=self.total, validates=self.valid_loader is not None, ds=self.ds)  # fmt: skip
         if self.resume is None:
             self._write_run_files(0)
-
-    def _check_space(self) -> None:
-        """Rank 0 decides whether the run folder holds a checkpoint of this run, for every rank (checkpoint_space)."""
-        space = CheckpointSpace.estimate(
-            self.recipe.train, trainable=self.trainable_params, epochs=len(self.per_epoch), total=self.total,
-            validates=self.valid_loader is not None, ds=self.ds,
-        )  # fmt: skip
-        problem = broadcast_object(space.problem() if self.rank == 0 else None)
-        if problem is not None:
-            raise RunDirError(problem, quiet=self.rank != 0)
-        if self.rank == 0 and (warning := space.warning()):
-            log.warning(warning)
 
     def _write_run_files(self, start: int) -> None:
         if self.rank == 0:
@@ -154,8 +143,7 @@ class Run:
     def load(self) -> tuple[int, dict | None]:
         """Resume: returns (epoch to run, loader state for a mid-epoch position or None)."""
         load_dir, tag = ck.resolve_resume(self.resume, self.run_dir, self.resume_key)
-        meta = ck.read_meta(load_dir / tag)
-        where = load_dir / tag
+        meta = ck.read_meta(where := load_dir / tag)
         saved_world = meta.world_size
         changed = check_checkpoint(
             meta, where, recipe=self.recipe, stage=self.engine.stage, world_size=self.world, per_epoch=self.per_epoch,
@@ -218,33 +206,39 @@ class Run:
 
     # -- the loop -----------------------------------------------------------------------------------------------------
     def validate(self) -> dict | None:
+        """The metrics, or None: no validation data, or a stop signal during training abandoned the pass (every
+        rank alike; `stop_signal` says which, and the stop's checkpoint owes the validation)."""
         if self.valid_loader is None:
             return None
-
         start = time.monotonic()
         course = resolve.rng_state(self.engine.device)  # the valid loader's iterator seeds itself from torch's RNG
         try:
-            metrics = validate(self.engine, self.valid_loader, self.recipe.decode)
+            metrics = validate(self.engine, self.valid_loader, self.recipe.decode, stop=self._stop_asked)
         finally:  # so validating (or a stop before a due one) leaves training's course, dropout's too, alone
             resolve.set_rng_state(course, self.engine.device)
         self.progress.aside(time.monotonic() - start)
-        self.valid_update = self.engine.global_steps
         self.engine.train(True)
+        if metrics is None:  # stopped
+            return None
+        self.valid_update = self.engine.global_steps
         self.progress.validation(self.engine.global_steps, metrics)
         self.early.observe(self.engine.global_steps, metrics)  # every rank: the metrics are all-reduced
         return metrics
 
+    def _stop_asked(self) -> int | None:  # while training: a validation pass could outlast the grace period
+        if self.preemption is not None:
+            self.stop_signal = self.preemption.agreed_stop(self.engine.device)
+        return self.stop_signal
+
     def fit(self, stop_after_updates: int | None = None, preemption: Preemption | None = None) -> dict:
         tc = self.recipe.train
-        self.pending_rng = None
-        start_epoch, loader_state = (0, None)
-        self.last_saved = self.valid_update = -1
+        self.pending_rng = self.preemption = self.stop_signal = None  # the resume's owed validation is start-up
+        start_epoch, loader_state, self.last_saved, self.valid_update = 0, None, -1, -1
         self.validation_owed = self.owed_here = False
         if self.resume is not None:
             start_epoch, loader_state = self.load()
         self.progress = self._progress()
-        history: list[dict] = []
-        last_metrics = None
+        history, last_metrics = [], None
         if self.validation_owed:  # a stop saved before a validation due at this update: run it now, as it would have
             last_metrics = self.validate()
             if self.owed_here:
@@ -255,7 +249,7 @@ class Run:
             start_epoch, self.cut_short = tc.epochs, True
         self.engine.train(True)
         stop = False
-        preemption = preemption or Preemption(self.rank)
+        self.preemption = preemption = preemption or Preemption(self.rank)
         preemption.arm()
         try:
             for epoch in range(start_epoch, tc.epochs):
@@ -277,6 +271,11 @@ class Run:
                         owed = bool(tc.valid_every_updates) and update % tc.valid_every_updates == 0
                         return self._stopped(signum, epoch, self.train_loader.state_dict(), history, owed)
                     last_metrics = self._validate_and_save(epoch, update) or last_metrics
+                    if self.last_saved == update and not self.stop_signal:  # one that came during the save
+                        self.stop_signal = preemption.agreed_stop(self.engine.device)
+                    if self.stop_signal:  # during the validation pass (saved now, owed it) or the save
+                        state = self.train_loader.state_dict()
+                        return self._stopped(self.stop_signal, epoch, state, history, owed=True)
                     if self.early.exhausted:
                         self.cut_short = True
                         break  # saved below, mid-epoch: raising train.patience and resuming carries on from here
@@ -285,6 +284,7 @@ class Run:
                 signum = preemption.agreed_stop(self.engine.device)
                 if self.valid_update != self.engine.global_steps and not signum:
                     last_metrics = self.validate() or last_metrics
+                    signum = self.stop_signal
                 if self.early.exhausted:
                     self.cut_short, stop = self.cut_short or (not stop and epoch + 1 < tc.epochs), True
                     if self.cut_short:
@@ -298,6 +298,7 @@ class Run:
                     self.save(epoch, self.train_loader.state_dict(), metrics, validation_owed=owed)
                 else:  # the epoch's end, max_updates reached there or not: a resume starts the next epoch
                     self.save(epoch + 1, None, metrics, validation_owed=owed)
+                signum = signum or preemption.agreed_stop(self.engine.device)  # one that came during the save
                 # a stop before the run's last validation leaves it unfinished too: the resume runs that validation
                 if signum and (owed or (not stop and epoch + 1 < tc.epochs)):
                     return self._stopped(signum, epoch + 1, None, history)
@@ -348,6 +349,8 @@ class Run:
         metrics = None
         if tc.valid_every_updates and update % tc.valid_every_updates == 0:
             metrics = self.validate()
+            if self.stop_signal:
+                return None  # the stop saves
         if (tc.save_every_updates and update % tc.save_every_updates == 0) or (metrics and tc.best_k):
             self.save(epoch, self.train_loader.state_dict(), metrics)
         return metrics
@@ -359,10 +362,8 @@ class Run:
             self.save(epoch, loader_state, None, validation_owed=owed and self.valid_loader is not None)
         where = self.ckpt_dir / ck.tag_for(self.last_saved)
         if self.rank == 0:
-            log.warning(
-                "stopped by %s after update %d: checkpoint %s saved; continue with --resume",
-                signal_name(signum), self.engine.global_steps, where,
-            )  # fmt: skip
+            log.warning("stopped by %s after update %d: checkpoint %s saved; continue with --resume",
+                        signal_name(signum), self.engine.global_steps, where)  # fmt: skip
         return {"history": history, "interrupted": True, "signal": signum, "checkpoint": str(where),
                 "run_dir": str(self.run_dir), "metrics": None}  # fmt: skip
 
@@ -389,7 +390,7 @@ def train(
     `stop_after_updates` ends the run right after that update without saving (tests use it to simulate an
     interruption). Returns {"history": per-update stats, "metrics": last validation, ...}.
 
-    SIGTERM/SIGINT during training stop every rank after the same update with a checkpoint ("interrupted": True,
+    SIGTERM/SIGINT/SIGUSR1 during training stop every rank after the same update with a checkpoint ("interrupted": True,
     "signal": its number); during start-up they raise preemption.Interrupted (llmasr.train.preemption)."""
     with Preemption(int(os.environ.get("RANK", "0"))) as preemption:
         run = Run(recipe, ds_config_path, resume=resume, overwrite=overwrite)

@@ -195,7 +195,10 @@ def describe_resize(saved_world: int, world: int, epoch: int, loader_state: dict
         if keeps_order(saved_world, world)
         else "dealt afresh (this world size does not divide the old one)"
     )
-    return f"{head} epoch {epoch} was {steps} steps in; its untrained batches follow, {left} per rank, {how}"
+    return (
+        f"{head} epoch {epoch} was {steps} steps in; its untrained batches follow, {left} per rank, {how}; "
+        "data.max_bad_fraction counts their bad data afresh (the ranks' counts so far were made on other shares)"
+    )
 
 
 def global_batch_change(saved_ds: dict, ds: dict, world: int) -> str | None:

@@ -18,6 +18,7 @@ the one `llmasr decode` would measure.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 
 import torch
 
@@ -29,16 +30,20 @@ SUMS = ("llm_loss", "ctc_loss", "tokens", "correct", "utts", "errors", "ref_len"
 
 
 @torch.no_grad()
-def validate(engine, loader, decode_cfg, *, with_wer: bool = True) -> dict:
+def validate(engine, loader, decode_cfg, *, with_wer: bool = True, stop: Callable[[], object] | None = None):
     """Metrics over `loader`: loss (token-level mean LLM cross-entropy, plus the weighted CTC loss per utterance
     when the CTC head is on), acc (token accuracy), wer (greedy), ctc_wer (the CTC head's greedy best path, when
-    the model has one), and the counts they come from."""
+    the model has one), and the counts they come from. `stop`, asked before every batch on every rank (each has
+    as many), answers alike on all of them: when it answers true the pass is abandoned and None returned (a stop
+    signal: a whole pass could outlast the scheduler's grace period)."""
     model = engine.module
     was_training = model.training
     model.eval()
     sums = dict.fromkeys(SUMS, 0.0)
     try:
         for batch in loader:
+            if stop is not None and stop():
+                return None
             if batch.empty or batch.duplicate:
                 # A stand-in for an all-bad batch, or a padding repeat of a batch another step scores: run it
                 # (ZeRO-3 ranks must stay in step) but count nothing, so every utterance is scored once.

@@ -1,6 +1,6 @@
-"""DataLoader workers started by llmasr ignore SIGINT and a SIGTERM from anyone but their main process (a Ctrl-C or
-a scheduler's SIGTERM reaches the whole job; the trainer still needs its batches to finish the update it saves
-after), and still exit cleanly when the main process itself terminates them."""
+"""DataLoader workers started by llmasr ignore SIGINT, SIGUSR1 and a SIGTERM from anyone but their main process (a
+Ctrl-C or a scheduler's SIGTERM reaches the whole job; the trainer still needs its batches to finish the update it
+saves after), and still exit cleanly when the main process itself terminates them."""
 
 import os
 import signal
@@ -31,6 +31,7 @@ def test_workers_leave_stop_signals_to_the_main_process():
     first, second = [w.pid for w in it._workers]
     subprocess.run(["kill", "-TERM", str(first)], check=True)  # from another process: the launcher, the scheduler
     subprocess.run(["kill", "-INT", str(second)], check=True)  # the terminal's Ctrl-C
+    subprocess.run(["kill", "-USR1", str(second)], check=True)  # a scheduler's notice (SLURM --signal=USR1@T)
     time.sleep(1.0)
     assert [w.is_alive() for w in it._workers] == [True, True]
     assert [next(it).tolist() for _ in range(4)] == [[4, 5], [6, 7], [8, 9], [10, 11]]  # no batch lost, no error

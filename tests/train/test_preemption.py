@@ -149,6 +149,31 @@ def test_a_later_signal_exits_at_once_even_from_a_blocked_main_thread(tmp_path):
     assert "second SIGTERM: exiting now, without saving" in proc.stderr.read()
 
 
+USR1_SCRIPT = textwrap.dedent(
+    """
+    import os, signal, time
+    from llmasr.train import preemption as pre
+
+    with pre.Preemption() as p:
+        p.arm()
+        os.kill(os.getpid(), signal.SIGUSR1)  # SLURM's --signal=USR1@SECONDS notice
+        time.sleep(0.2)
+        assert p.requested and p.signum == signal.SIGUSR1
+    print(pre.exit_status(signal.SIGUSR1), flush=True)
+    """
+)
+
+
+def test_sigusr1_requests_a_stop_as_sigterm_does(tmp_path):
+    """A scheduler's SIGUSR1 notice (SLURM --signal=USR1@SECONDS) stops the run with a checkpoint; its default
+    action had killed the rank on the spot, saving nothing."""
+    script = tmp_path / "usr1.py"
+    script.write_text(USR1_SCRIPT)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    proc = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=120)
+    assert (proc.returncode, proc.stdout.strip()) == (0, str(128 + signal.SIGUSR1)), proc.stderr
+
+
 def test_agreed_stop_without_a_group_is_the_local_request():
     import torch
 
@@ -283,3 +308,66 @@ def test_a_validation_put_off_in_another_run_folder_is_run_and_left_out_of_it(
     assert "valid update=2 " in (tmp_path / "c" / "train.log").read_text()
     assert (source / ck.META).read_bytes() == meta
     assert not (tmp_path / "c" / "checkpoints" / ck.tag_for(2)).exists()
+
+
+@pytest.mark.parametrize(("at", "every"), [(2, 2), (3, 0)], ids=["mid-epoch", "epoch-end"])
+def test_a_stop_during_a_validation_pass_abandons_it_and_saves(tiny_llm_dir, corpus, tmp_path, monkeypatch, at, every):
+    """SIGTERM while the validation after update `at` scores its first batch: the pass is abandoned, the update saved
+    with the validation owed, and the resume runs it. The pass had run to its end, then another update and a second
+    save (a real pass could outlast the scheduler's grace period: the ranks killed unsaved)."""
+    from llmasr.train import validate as validate_module
+
+    run = tmp_path / "run"
+
+    def recipe():
+        data = tiny_recipe_dict(tiny_llm_dir, train=[corpus], valid=[corpus], output_dir=run, epochs=2, grad_accum=2,
+                                valid_every_updates=every, best_k=10, keep_last=0)  # fmt: skip
+        data["data"]["valid_max_utts"] = 20  # several batches
+        return load_recipe(data=data)
+
+    scored = []
+    original = validate_module._batch_sums
+
+    def score_and_signal(*args, **kwargs):
+        scored.append(1)
+        if len(scored) == 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return original(*args, **kwargs)
+
+    with monkeypatch.context() as m:
+        m.setattr(validate_module, "_batch_sums", score_and_signal)
+        cut = train(recipe(), "zero0")
+    assert cut["interrupted"] and cut["signal"] == signal.SIGTERM
+    assert [h["update"] for h in cut["history"]] == list(range(1, at + 1)) and len(scored) == 1
+    ckpts = run / "checkpoints"
+    assert ck.latest(ckpts) == ck.tag_for(at) and ck.read_meta(ckpts / ck.tag_for(at)).metrics == {}
+    log = (run / "train.log").read_text()
+    assert f"valid update={at} " not in log and f"stopped by SIGTERM after update {at}" in log
+
+    train(recipe(), "zero0", resume="latest")
+    assert f"valid update={at} " in (run / "train.log").read_text()
+    assert ck.read_meta(ckpts / ck.tag_for(at)).metrics
+
+
+@pytest.mark.parametrize(("at", "every", "saved_epoch"), [(1, 1, 0), (3, 0, 1)], ids=["mid-epoch", "epoch-end"])
+def test_a_stop_during_a_save_stops_after_it(tiny_llm_dir, corpus, tmp_path, monkeypatch, at, every, saved_epoch):
+    """SIGTERM while update `at` is being saved: that checkpoint is the stop's, and the run exits after it. It had
+    trained another update and saved again, a second save the scheduler's grace period may not hold."""
+    from llmasr.train.run_checkpoints import RunCheckpoints
+
+    original = RunCheckpoints.save
+
+    def signal_and_save(self, *args, **kwargs):
+        if self.engine.global_steps == at:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(RunCheckpoints, "save", signal_and_save)
+    data = tiny_recipe_dict(tiny_llm_dir, train=[corpus], output_dir=tmp_path / "run", epochs=2, grad_accum=2,
+                            save_every_updates=every, keep_last=0)  # fmt: skip
+    cut = train(load_recipe(data=data), "zero0")
+    assert cut["interrupted"] and cut["signal"] == signal.SIGTERM
+    assert [h["update"] for h in cut["history"]] == list(range(1, at + 1))
+    ckpts = tmp_path / "run" / "checkpoints"
+    assert ck.list_tags(ckpts) == [ck.tag_for(at)] and ck.latest(ckpts) == ck.tag_for(at)
+    assert ck.read_meta(ckpts / ck.tag_for(at)).epoch == saved_epoch

@@ -402,3 +402,15 @@ def test_lr_schedule_csv_after_a_resume_follows_the_schedules_held_by_a_skipped_
     for h in rest:
         assert h["lr"]["llm"] == pytest.approx(schedule_lr(cfg, h["update"] - 2, 1e-3, 6), rel=1e-12)
         assert csv["llm"][h["update"] - 1] == pytest.approx(h["lr"]["llm"], rel=1e-12), h["update"]
+
+
+@pytest.mark.parametrize(("saved", "presets"), [(2, "zero2 or zero2_offload"), (0, "zero0")])
+def test_another_zero_stage_is_refused_saying_how_to_resume(tmp_path, saved, presets):
+    """The refusal names the DeepSpeed configs that continue the checkpoint (it had said only which stages differ)."""
+    where = tmp_path / "run" / "checkpoints" / ck.tag_for(4)
+    meta = ck.CheckpointMeta(update=4, epoch=0, world_size=2, zero_stage=saved, base_fingerprint={}, trainable=[])
+    with pytest.raises(ConfigError) as err:
+        rs.check_checkpoint(meta, where, recipe=Recipe(), stage=3, world_size=2, per_epoch=[4], trainable=[])
+    message = str(err.value)
+    assert f"{where}: saved at ZeRO stage {saved}, this run uses 3" in message
+    assert f"--deepspeed {presets} or the run's own {tmp_path / 'run' / ck.DS_CONFIG_FILE}" in message

@@ -67,3 +67,35 @@ def test_every_file_and_folder_of_a_checkpoint_is_on_disk_before_latest_names_it
     assert [p for p in [*written, str(tag), str(ckpts)] if p not in synced] == []
     # and the rename of `latest` itself is synced with its folder
     assert ("fsync", str(ckpts)) in events[marker + 1 :]
+
+
+def test_a_disk_that_fills_at_the_meta_names_it_and_keeps_the_last_checkpoint(
+    tiny_llm_dir, corpus, tmp_path, monkeypatch, capsys
+):
+    """DeepSpeed's files of update 2 fit, its meta does not: the error says which checkpoint and file and that the
+    disk is full (it had said only "OSError: [Errno 28] No space left on device"), and update 1 stays `latest`."""
+    import errno
+
+    import yaml
+
+    from llmasr import errors
+    from llmasr.cli import main
+
+    monkeypatch.setenv(errors.DEBUG_ENV, "")
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(tiny_recipe_dict(tiny_llm_dir, train=[corpus], output_dir=tmp_path / "run",
+                                                    grad_accum=1, save_every_updates=1, max_updates=2)))  # fmt: skip
+    real_fsync = os.fsync
+
+    def fsync(fd):
+        if f"{ck.tag_for(2)}/.{ck.META}" in os.readlink(f"/proc/self/fd/{fd}"):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))  # as the kernel reports it: no file name
+        return real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    assert main(["train", "--config", str(path), "--deepspeed", "zero0"]) == 1
+    err = capsys.readouterr().err
+    ckpts = tmp_path / "run" / "checkpoints"
+    assert f"while saving checkpoint {ck.tag_for(2)}:" in err
+    assert f"{ckpts / ck.tag_for(2) / ck.META}: No space left on device (the disk is full)" in err
+    assert ck.latest(ckpts) == ck.tag_for(1) and (ckpts / ck.tag_for(1) / ck.META).is_file()

@@ -109,6 +109,8 @@ def test_describe_resize_says_how_the_epoch_continues():
     assert "epoch 0 was 2 steps in" in universal.describe_resize(2, 1, 0, state, 6)
     assert "in the order the 2-rank run had planned" in universal.describe_resize(2, 1, 0, state, 6)
     assert "dealt afresh" in universal.describe_resize(2, 3, 0, state, 2)
+    # what else changes: the bad-data counts of the epoch so far stay with the old world size's shares
+    assert "data.max_bad_fraction counts their bad data afresh" in universal.describe_resize(2, 1, 0, state, 6)
     assert "epoch 1 starts afresh" in universal.describe_resize(2, 1, 1, None, 9)
 
 
