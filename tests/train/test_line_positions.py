@@ -2,6 +2,8 @@
 model exists, are those the model builds for the line: its audio tokens from the encoder and adaptor built on the
 meta device, its prompt and transcript bounded, and counted exactly where the bound passes the budget."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -81,3 +83,40 @@ def test_an_utterance_past_the_budget_alone_is_skipped_and_named(tmp_path, tiny_
     said = "too large for a batch of one under the batch budget (max_seconds / max_frames / max_target_tokens / "
     assert said + "max_llm_tokens)" in caplog.text
     assert np.all(small_sampler.llm_lens[over] > real[longest] - 1)
+
+
+@pytest.mark.parametrize("cap", [None, 6])
+def test_training_rows_hold_the_drawn_biasing_lists(tmp_path, tiny_llm_dir, cap):
+    """Training draws a biasing list per visit (data.hotwords): each line counts its prompt with the longest list
+    that can be drawn (at model.prompt.hotwords_max_tokens, else list_size's longest phrases), so the rows the model
+    builds with the lists drawn never pass the count, and a line with a list of its own counts the larger."""
+    recipe_data = recipe_of(tmp_path, tiny_llm_dir, "linear", budget=100_000)
+    m = recipe_data.data.train[0].path
+    lines = [json.loads(x) for x in open(m, encoding="utf-8").read().splitlines()]
+    lines[3]["hotwords"] = ["a rather long phrase of its own that no drawn list could hold"]
+    with open(m, "w", encoding="utf-8") as f:
+        f.write("".join(json.dumps(x) + "\n" for x in lines))
+    data = tiny_recipe_dict(tiny_llm_dir, train=[m], output_dir=tmp_path / "run", max_seconds=30.0)
+    data["data"]["batching"]["max_llm_tokens"] = 100_000
+    data["data"]["hotwords"] = {"enable": True, "list_size": [2, 4], "empty_prob": 0.0}
+    data["model"]["prompt"] = {"hotwords_max_tokens": cap}
+    recipe = load_recipe(data=data)
+    train, sampler, _ = build_loaders(recipe, text_side(recipe.model), rank=0, world_size=1)
+    model = build_model(recipe.model, weights="random").eval()
+    counted = sampler.llm_lens
+    for epoch in range(3):
+        sampler.set_epoch(epoch)
+        real = real_rows(model, train)
+        assert sorted(real) == list(range(len(lines)))
+        assert all(counted[i] >= n for i, n in real.items()), (epoch, real, counted)
+    plain = recipe_of(tmp_path / "plain", tiny_llm_dir, "linear", budget=100_000)
+    _, without, _ = build_loaders(plain, text_side(plain.model), rank=0, world_size=1)
+    prompt = model.prompt
+    own = line_text_bound(prompt, train.dataset.manifest[3], True) - line_text_bound(
+        prompt, train.dataset.manifest[3], False
+    )
+    for i in range(len(lines)):
+        extra = counted[i] - without.llm_lens[i]
+        assert extra > 0  # every line carries a list
+        if i == 3:
+            assert extra >= own  # its own list, which training keeps (source manifest_or_sample), counts
