@@ -252,9 +252,8 @@ def check_data(
             report.counted_items = "visits of the weighted mix's first epoch"
         if items is not None:  # as training's start-up check counts them (llmasr.data.screen)
             report.counted = (int(static_visits(report.bad_index, items).sum()), len(items))
-        if (
-            rows is not None
-        ):  # the lines as one manifest, in the order checked: a line past the budget is counted exactly
+        if rows is not None:
+            # the lines as one manifest, in the order checked, where a line past the budget is counted exactly
             whole = opened[0][0] if len(opened) == 1 else MixedManifest([m for m, _ in opened])
             plan["llm_lens"] = rows.rows(whole, report.durations, np.concatenate(texts))
         _preview_batching(report, data_cfg, frontend, np.concatenate(tlens), spot, plan)

@@ -230,8 +230,8 @@ class DynamicBucketSampler(Sampler):
         longest = per_batch(flat, lens, sizes, np.maximum)
         order = np.lexsort((longest, per_batch(flat, lens, bucket_of, np.maximum)))
         cost = per_batch(flat, lens, sizes, np.add)
-        flat, offsets = reorder(flat, lens, order)
         llm = None if self.llm_lens is None else per_batch(flat, lens, self.llm_lens[items], np.maximum)[order]
+        flat, offsets = reorder(flat, lens, order)
         return OrderedBatches(keys=keys[flat], offsets=offsets, cost=cost[order], longest=longest[order],
                               filtered=filtered, items=items, kept=items[keep], rng=rng, llm_longest=llm)  # fmt: skip
 
