@@ -129,6 +129,16 @@ def hear(args: argparse.Namespace, manifests: list[str], sample_rate: int):
     return hear_speech(manifests, segments, sample_rate, vad=args.vad, workers=max(args.workers, 0))
 
 
+def budget_rows(recipe: Recipe | None, data_cfg: DataConfig):
+    """The recipe's count of each line's LLM positions when data.batching.max_llm_tokens is set (its LLM's tokenizer
+    and the encoder and adaptor on the meta device are read for it), else None."""
+    if recipe is None or data_cfg.batching.max_llm_tokens is None:
+        return None
+    from llmasr.train.resolve import llm_rows, text_side
+
+    return llm_rows(recipe.model, data_cfg, text_side(recipe.model))
+
+
 @command("llmasr data check")
 def main(argv: list[str] | None = None) -> int:
     p = build_parser()
@@ -152,6 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     report = check_data(
         specs, data_cfg, frontend, world_size=args.world_size, probe=not args.no_probe, threads=args.threads,
         need_target=not args.decode, ctc_labels=None if args.decode else ctc_rule(recipe), train=not args.valid,
+        llm_rows=budget_rows(recipe, data_cfg),
     )  # fmt: skip
     if args.vad:
         report.speech = hear(args, report.manifests, frontend.sample_rate)

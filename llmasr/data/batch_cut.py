@@ -2,10 +2,11 @@
 
 A bucket's items (positions in the epoch's visits, in random order) are taken in windows of `shuffle_buffer`;
 each window is sorted by cost and cut greedily: an item joins the current batch while B * the costliest item stays
-within the budget (and B * the longest target within max_target_tokens). What is left at a window's end joins the
-next window, what is left at a bucket's end the next (longer) bucket. The batches are kept as int64 arrays (all the
-keys, batch after batch, and where each batch starts), also in the plan every rank holds (`EpochPlan`): Python lists
-are made only of the batches asked for. `check_settings` refuses settings no cut can work with.
+within the budget (and B * the longest target within max_target_tokens, B * the longest LLM row within
+max_llm_tokens). What is left at a window's end joins the next window, what is left at a bucket's end the next
+(longer) bucket. The batches are kept as int64 arrays (all the keys, batch after batch, and where each batch starts),
+also in the plan every rank holds (`EpochPlan`): Python lists are made only of the batches asked for.
+`check_settings` refuses settings no cut can work with.
 """
 
 from __future__ import annotations
@@ -21,18 +22,18 @@ def cut_epoch(
     keep: np.ndarray,
     buckets: np.ndarray,
     sizes: np.ndarray,
-    target_lens: np.ndarray | None,
+    limits: tuple[tuple[np.ndarray, int], ...],
     budget: float,
-    max_target_tokens: int | None,
     shuffle_buffer: int,
 ) -> tuple[np.ndarray, np.ndarray]:
     """An epoch's batches: `keep` (positions in the epoch's visits, in the order to use) sorted by their `buckets`,
-    cut bucket after bucket (ascending cost), each bucket's leftover joining the next. Returns (every batch's
-    positions, batch after batch; each batch's length), int64 arrays."""
+    cut bucket after bucket (ascending cost), each bucket's leftover joining the next. `limits`: (a length per
+    position, its cap) pairs besides the budget (max_target_tokens, max_llm_tokens): B * the longest stays within each
+    cap. Returns (every batch's positions, batch after batch; each batch's length), int64 arrays."""
     cuts = BatchCuts()
     carry = np.zeros(0, dtype=np.int64)
     for part in np.split(keep, np.flatnonzero(np.diff(buckets)) + 1) if keep.size else []:
-        carry = cut_batches(part, carry, cuts, sizes, target_lens, budget, max_target_tokens, shuffle_buffer)
+        carry = cut_batches(part, carry, cuts, sizes, limits, budget, shuffle_buffer)
     if carry.size:
         cuts.flat.append(carry)
         cuts.lens.append(carry.size)
@@ -44,32 +45,33 @@ def cut_batches(
     carry: np.ndarray,
     out: BatchCuts,
     sizes: np.ndarray,
-    target_lens: np.ndarray | None,
+    limits: tuple[tuple[np.ndarray, int], ...],
     budget: float,
-    max_target_tokens: int | None,
     shuffle_buffer: int,
 ) -> np.ndarray:
     """Add to `out` the batches of one bucket's `items` (already in the order to use), `carry` in front; `sizes`
-    and `target_lens` are per position. Returns the bucket's leftover, the last batch, not yet full."""
-    cap_t = max_target_tokens if target_lens is not None else None
+    and each of `limits`' lengths are per position. Returns the bucket's leftover, the last batch, not yet full."""
+    caps = [int(cap) for _, cap in limits]
     window = shuffle_buffer if shuffle_buffer > 0 else max(items.size, 1)
     for start in range(0, max(items.size, 1), window):
         pool = np.concatenate([carry, items[start : start + window]])
         if shuffle_buffer > 0:
             pool = pool[np.argsort(sizes[pool], kind="stable")]
         # a window's batches are consecutive runs of its pool: only their lengths are found item by item
-        targets = target_lens[pool].tolist() if cap_t is not None else None
-        n, cur_max, cur_tmax = 0, 0.0, 0
+        lengths = [lens[pool].tolist() for lens, _ in limits]
+        n, cur_max, cur_lmax = 0, 0.0, [0] * len(caps)
+        new_lmax = cur_lmax
         for j, s in enumerate(sizes[pool].tolist()):
             new_max = s if s > cur_max else cur_max
-            t = targets[j] if targets is not None else 0
-            new_tmax = t if t > cur_tmax else cur_tmax
-            over = (n + 1) * new_max > budget or (cap_t is not None and (n + 1) * new_tmax > cap_t)
+            over = (n + 1) * new_max > budget
+            if caps:  # B * the longest within each cap too
+                new_lmax = [m if m > lens[j] else lens[j] for m, lens in zip(cur_lmax, lengths)]
+                over = over or any((n + 1) * m > cap for m, cap in zip(new_lmax, caps))
             if n and over:
                 out.lens.append(n)
-                n, new_max, new_tmax = 0, s, t
+                n, new_max, new_lmax = 0, s, [lens[j] for lens in lengths]
             n += 1
-            cur_max, cur_tmax = new_max, new_tmax
+            cur_max, cur_lmax = new_max, new_lmax
         out.flat.append(pool[: pool.size - n])
         carry = pool[pool.size - n :]
     return carry
@@ -102,8 +104,8 @@ def reorder(flat: np.ndarray, lens: np.ndarray, order: np.ndarray) -> tuple[np.n
 class OrderedBatches:
     """An epoch's batches in cost order: batch i is keys[offsets[i]:offsets[i + 1]] (visit keys,
     llmasr.data.visit_keys; both int64 arrays, not lists of Python ints: every rank holds every rank's batches); per
-    batch its summed and its largest cost, the epoch's filter counts, its items (dataset indices) and those batched,
-    and its generator, positioned where the ranks' grouping goes on drawing from it."""
+    batch its summed and its largest cost (and its longest LLM row), the epoch's filter counts, its items (dataset
+    indices) and those batched, and its generator, positioned where the ranks' grouping goes on drawing from it."""
 
     keys: np.ndarray
     offsets: np.ndarray
@@ -113,6 +115,7 @@ class OrderedBatches:
     items: np.ndarray
     kept: np.ndarray
     rng: np.random.Generator
+    llm_longest: np.ndarray | None = None  # per batch its longest LLM row, where the sampler has llm_lens
 
     def __len__(self) -> int:
         return self.offsets.size - 1

@@ -163,18 +163,21 @@ def check_data(
     need_target: bool = True,
     ctc_labels=None,
     train: bool = True,
+    llm_rows=None,
 ) -> DataReport:
     """`manifest_paths`: paths or ManifestSpecs (training mixes those by their weights). `ctc_labels`: a CTC head's
     rule (transcript -> ids, or why there are none; llmasr.data.dataset.ctc_label_ids) whose refusals are bad lines,
     as training's start-up screen finds them. `train`: False previews validation's batches (its subset, no
-    augmentation, no drop_last)."""
+    augmentation, no drop_last). `llm_rows`: a recipe's count of each line's LLM positions (build_dataloader's), so
+    that the preview applies data.batching.max_llm_tokens; without it that budget is left out."""
     paths = [p.path if isinstance(p, ManifestSpec) else str(p) for p in manifest_paths]
     weights = [p.weight if isinstance(p, ManifestSpec) else 1.0 for p in manifest_paths]
     opened: list[tuple[Manifest, float]] = []
     report = DataReport(
         manifests=paths, world_size=world_size, max_bad_fraction=data_cfg.max_bad_fraction, for_decoding=not need_target
     )
-    durations, tlens, starts = [], [], [0]  # per manifest opened; starts: its first line's position
+    durations, tlens, texts, starts = [], [], [], [0]  # per manifest opened; starts: its first line's position
+    rows = _llm_rows(llm_rows, paths, weights, data_cfg, train=train, need_target=need_target)
     spots: list[tuple[str, Manifest]] = []
 
     def spot(position: int) -> tuple[str, int]:
@@ -199,7 +202,7 @@ def check_data(
             known = np.asarray(m.durations(), dtype=np.float64)  # training's: the manifest's, where it gives one
             report.lines_per_manifest[path] = report.lines_per_manifest.get(path, 0) + n  # listed twice: counted twice
             report.num_lines += n
-            dur_of, tl_of = np.full(n, math.nan), np.zeros(n, dtype=np.int64)
+            dur_of, tl_of, text_of = np.full(n, math.nan), np.zeros(n, dtype=np.int64), np.zeros(n, dtype=np.int64)
             for lo in range(0, n, CHUNK_LINES):  # a chunk's lines at a time: memory does not grow with the manifest
                 parsed = [
                     _parse_line(m, i, spell) for i in range(lo, min(n, lo + CHUNK_LINES))
@@ -217,6 +220,8 @@ def check_data(
                             report.unprobed += int(math.isnan(dur))
                             dur = known[i] if not math.isnan(known[i]) else dur  # what training budgets
                     dur_of[i], tl_of[i] = dur, tl
+                    if rows is not None and utt is not None and bad is None:
+                        text_of[i] = rows.text(utt)
                     if bad is not None:
                         report.bad.append(bad)
                         report.bad_index.append(starts[-1] + i)
@@ -224,6 +229,7 @@ def check_data(
                         report.duration_mismatches.append(note)
             durations.append(dur_of)
             tlens.append(tl_of)
+            texts.append(text_of)
             starts.append(starts[-1] + n)
     report.durations = np.concatenate(durations) if durations else np.zeros(0)
     report.bad_by_reason = dict(Counter(reason_category(str(b["reason"])) for b in report.bad).most_common())
@@ -231,6 +237,8 @@ def check_data(
     report.budget = (
         f"max_frames={b.max_frames}" if b.max_frames is not None else f"max_seconds={b.budget_seconds:g}"
     ) + (f", max_target_tokens={b.max_target_tokens}" if b.max_target_tokens is not None else "")
+    if rows is not None:
+        report.budget += f", max_llm_tokens={b.max_llm_tokens}"
     if report.durations.size:
         plan = {"train": train, "rank": 0, "world_size": world_size}
         items = None
@@ -244,8 +252,27 @@ def check_data(
             report.counted_items = "visits of the weighted mix's first epoch"
         if items is not None:  # as training's start-up check counts them (llmasr.data.screen)
             report.counted = (int(static_visits(report.bad_index, items).sum()), len(items))
+        if rows is not None:
+            # the lines as one manifest, in the order checked, where a line past the budget is counted exactly
+            whole = opened[0][0] if len(opened) == 1 else MixedManifest([m for m, _ in opened])
+            plan["llm_lens"] = rows.rows(whole, report.durations, np.concatenate(texts))
         _preview_batching(report, data_cfg, frontend, np.concatenate(tlens), spot, plan)
     return report
+
+
+def _llm_rows(llm_rows, paths, weights, data_cfg, *, train: bool, need_target: bool):
+    """`llm_rows` for these manifests (with training's drawn biasing lists, which a pass over their texts bounds),
+    or None: no count given, no max_llm_tokens, or manifests to decode."""
+    if llm_rows is None or data_cfg.batching.max_llm_tokens is None or not need_target:
+        return None
+    sampler = None
+    if train and data_cfg.hotwords.samples:
+        from llmasr.data.hotwords import HotwordSampler
+
+        opened = [Manifest.open(p) for p in paths]
+        mix = opened[0] if len(opened) == 1 else MixedManifest(opened, weights)
+        sampler = HotwordSampler.build(data_cfg.hotwords, mix, data_cfg.seed)
+    return llm_rows(train, sampler)
 
 
 def _preview_batching(report: DataReport, data_cfg, frontend, tlens, spot, plan: dict) -> None:
@@ -360,6 +387,12 @@ def format_report(report: DataReport, *, max_examples: int = 50) -> str:
         )
         lines.append(f"mean batch size: {s['mean_batch_size']:.1f} utterances")
         lines.append(f"padding efficiency (real / padded audio): {s['padding_efficiency']:.3f}")
+        if "llm_positions" in s:  # data.batching.max_llm_tokens applied
+            llm = s["llm_positions"]
+            lines.append(
+                f"LLM positions per batch (B x longest row): at most {llm['max']}, mean {llm['mean']:.1f}; longest "
+                f"row {llm['longest_row']} (audio tokens at the longest the clip is heard, prompt and transcript bound)"
+            )
     if report.speech is not None:
         lines += report.speech.lines_of_report(max_examples)
     if report.ok:

@@ -10,6 +10,7 @@ Example::
       batching:
         max_seconds: 120                    # padded seconds of audio per batch (B * longest utterance)
         max_target_tokens: 4096             # optional: padded target length per batch (B * longest target)
+        max_llm_tokens: 16384               # optional: padded LLM positions per batch (B * longest row)
         num_buckets: 30
         max_duration: 35
       num_workers: 4
@@ -73,6 +74,10 @@ class BatchingConfig:
     max_frames: int | None = None
     # Target lengths are the manifest's target_len, else the transcript's character count.
     max_target_tokens: int | None = None  # padded target length per batch: B * (longest target_len)
+    # Padded LLM positions per batch: B * (longest row), a row being the most LLM positions its line can take: its
+    # audio tokens at the longest it is heard, its prompt (with the longest biasing list it can carry) and its
+    # transcript, counted as the context check counts them (llmasr.train.line_positions). None: off.
+    max_llm_tokens: int | None = None
     num_buckets: int = 30  # duration-quantile buckets; batches are drawn from one bucket each
     # Items per bucket window that are shuffled together and then sorted by duration before batches are cut.
     # Larger: tighter padding; smaller: more random batch composition. 0: no sorting (bucket width decides padding).
@@ -106,6 +111,8 @@ class BatchingConfig:
             raise ConfigError(f"{path}.max_frames: must be positive, got {self.max_frames}")
         if self.max_target_tokens is not None and self.max_target_tokens <= 0:
             raise ConfigError(f"{path}.max_target_tokens: must be positive, got {self.max_target_tokens}")
+        if self.max_llm_tokens is not None and self.max_llm_tokens <= 0:
+            raise ConfigError(f"{path}.max_llm_tokens: must be positive, got {self.max_llm_tokens}")
         if self.num_buckets < 1:
             raise ConfigError(f"{path}.num_buckets: must be >= 1, got {self.num_buckets}")
         if self.shuffle_buffer < 0:

@@ -86,9 +86,11 @@ def make_sampler(
     epoch_indices=None,
     skip=None,
     keep_every_item: bool = False,
+    llm_lens=None,
 ) -> DynamicBucketSampler:
     """`keep_every_item` (decoding): no item is skipped for its length; the budget grows to the longest item's cost
-    (a batch of its own) when it is smaller."""
+    (a batch of its own) when it is smaller. `llm_lens`: the most LLM positions each item can take, which
+    data.batching.max_llm_tokens bounds (llmasr.train.line_positions); without them that budget is not applied."""
     b = data_cfg.batching
     max_duration = b.max_duration if keep_every_item else longest_kept(b, frontend)
     min_item = None
@@ -104,6 +106,8 @@ def make_sampler(
         max_frames=max_frames,
         frames_per_second=1.0 / frontend.frame_seconds,
         max_target_tokens=b.max_target_tokens,
+        llm_lens=llm_lens,
+        max_llm_tokens=b.max_llm_tokens if llm_lens is not None else None,
         num_buckets=b.num_buckets,
         shuffle=train and b.shuffle,
         shuffle_buffer=b.shuffle_buffer,
@@ -239,13 +243,16 @@ def build_dataloader(
     trim_leading_silence: bool = False,
     window: int = 1,
     share: ScreenShare | None = None,
+    llm_rows=None,
 ) -> tuple[SpeechDataLoader, DynamicBucketSampler]:
     """`manifests`: a list of ManifestSpec / paths (e.g. data_cfg.train), or an opened Manifest/MixedManifest.
     `device`: the model's, which data.features_on auto follows (None: CUDA when available). `trim_leading_silence`:
     validation hears each utterance from its speech, as decoding does (decode.trim_leading_silence). `window`: the
     batches of an accumulation window (train.grad_accum), which the workers keep ready (DataConfig.prefetch).
     `share`: the ranks of a node split the start-up screen (llmasr.data.screen_share) and the hotword sampler's pass
-    over the training texts (llmasr.data.corpus_stats)."""
+    over the training texts (llmasr.data.corpus_stats). `llm_rows(train, hotword_sampler)`: what counts each line's
+    LLM positions for data.batching.max_llm_tokens (llmasr.train.line_positions.LineRows: `.text(utterance)` in the
+    screen's pass, `.rows(manifest, durations, texts)` after it); None: that budget is not applied."""
     name = "train" if train else "valid"
     manifest = manifests if hasattr(manifests, "durations") else open_manifests(manifests, mix=train, fill=False)[0]
     n = len(manifest)
@@ -267,15 +274,18 @@ def build_dataloader(
     b = data_cfg.batching
     # read in the screen's pass over the lines
     tl = np.zeros(n, dtype=np.int64) if (b.max_target_len is not None or b.max_target_tokens is not None) else None
+    rows = llm_rows(train, dataset.hotword_sampler) if llm_rows is not None and b.max_llm_tokens is not None else None
+    texts = None if rows is None else (np.zeros(n, dtype=np.int64), rows.text)
     tracker, static = start_tracker(manifest, data_cfg, name=name, indices=indices, rank=rank, world_size=world_size,
                                     ctc_labels=dataset.ctc_labels if ctc_tokenizer is not None else None,
                                     epoch_items=epoch_indices(epoch) if epoch_indices else None,
-                                    target_lens=tl, share=share)  # fmt: skip
+                                    target_lens=tl, share=share, text_lens=texts)  # fmt: skip
     durations = np.asarray(manifest.durations(), dtype=np.float64)
     skip = np.asarray([b.index for b in static], dtype=np.int64)
+    llm_lens = None if rows is None else rows.rows(manifest, durations, texts[0])
     sampler = make_sampler(
         data_cfg, durations, tl, frontend, train=train, rank=rank, world_size=world_size, indices=indices,
-        epoch_indices=epoch_indices, skip=skip,
+        epoch_indices=epoch_indices, skip=skip, llm_lens=llm_lens,
     )  # fmt: skip
     skipped = describe_skipped(sampler, manifest, b, name)
     if skipped and rank == 0:

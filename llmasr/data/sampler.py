@@ -12,7 +12,8 @@ How an epoch's batches are made (identically on every rank, from (seed, epoch) o
 2. Buckets: duration quantiles of the kept items (computed once) split them into `num_buckets` buckets.
 3. In each bucket the items are shuffled, then taken in windows of `shuffle_buffer` items; each window is sorted
    by duration and cut greedily into batches that respect the budget (llmasr.data.batch_cut). The budget is in
-   padded units: B * longest <= max_seconds (or max_frames), and B * longest target <= max_target_tokens. Items
+   padded units: B * longest <= max_seconds (or max_frames), B * longest target <= max_target_tokens, and B *
+   longest LLM row <= max_llm_tokens (`llm_lens`: the most LLM positions each item can take). Items
    left over at the end of a window join the next window, and those left at the end of a bucket join the next
    (longer) bucket, so only the epoch's very last batch can be short. A line a weighted mix visits more than once
    an epoch is an item per visit, each with its own key and draws (llmasr.data.visit_keys).
@@ -59,6 +60,8 @@ class DynamicBucketSampler(Sampler):
 
     durations: seconds per dataset item (NaN = unknown; such items are skipped as unknown_duration).
     target_lens: per-item target length (any unit consistent with max_target_len/max_target_tokens).
+    llm_lens: per-item LLM positions (audio tokens, prompt and transcript: llmasr.train.line_positions), which
+        max_llm_tokens bounds per batch (B * the longest); an item past it alone is skipped as over_batch_budget.
     min_item_seconds: cost every item at least this long (fixed-length frontends such as Whisper's 30 s).
     cost_scale: multiply every item's cost (e.g. 1/0.9 when speed perturbation may stretch audio by 1/0.9);
         filters still use the durations as given.
@@ -83,6 +86,8 @@ class DynamicBucketSampler(Sampler):
         max_frames: int | None = None,
         frames_per_second: float | None = None,
         max_target_tokens: int | None = None,
+        llm_lens: np.ndarray | None = None,
+        max_llm_tokens: int | None = None,
         num_buckets: int = 30,
         shuffle: bool = True,
         shuffle_buffer: int = 2000,
@@ -108,6 +113,12 @@ class DynamicBucketSampler(Sampler):
         if target_lens is not None and np.shape(target_lens) != (n,):
             raise ValueError(f"target_lens has shape {np.shape(target_lens)}, durations ({n},)")
         self.target_lens = None if target_lens is None else np.asarray(target_lens, dtype=np.int64)
+        if max_llm_tokens is not None and np.shape(llm_lens) != (n,):
+            raise ValueError(
+                f"max_llm_tokens needs llm_lens, one per item: got shape {np.shape(llm_lens)}, durations ({n},)"
+            )
+        self.llm_lens = None if llm_lens is None else np.asarray(llm_lens, dtype=np.int64)
+        self.max_llm_tokens = max_llm_tokens
         self.max_seconds, self.max_frames = max_seconds, max_frames
         self.frames_per_second = frames_per_second
         self.max_target_tokens = max_target_tokens
@@ -166,6 +177,8 @@ class DynamicBucketSampler(Sampler):
             over = costs.least > self.budget  # at no draw of augmentation's lengths
             if tl is not None and max_target_tokens is not None:
                 over |= tl > max_target_tokens
+            if self.max_llm_tokens is not None:
+                over |= self.llm_lens > self.max_llm_tokens
             mark(over, 4)
         self._reason = reason
         # what a saved position names when the data now plans other batches (a line's audio gone since, or back)
@@ -211,16 +224,25 @@ class DynamicBucketSampler(Sampler):
         buckets = bucket_of[keep]
         order = np.argsort(buckets, kind="stable")
         keep, buckets = keep[order], buckets[order]
-        tl, budget = (self.target_lens[items] if self.target_lens is not None else None), self.budget
-        flat, lens = cut_epoch(keep, buckets, sizes, tl, budget, self.max_target_tokens, self.shuffle_buffer)
+        flat, lens = cut_epoch(keep, buckets, sizes, self._limits(items), self.budget, self.shuffle_buffer)
         # Order by (bucket, longest item) so that consecutive batches, which run at the same step on different
         # ranks, cost about the same.
         longest = per_batch(flat, lens, sizes, np.maximum)
         order = np.lexsort((longest, per_batch(flat, lens, bucket_of, np.maximum)))
         cost = per_batch(flat, lens, sizes, np.add)
+        llm = None if self.llm_lens is None else per_batch(flat, lens, self.llm_lens[items], np.maximum)[order]
         flat, offsets = reorder(flat, lens, order)
         return OrderedBatches(keys=keys[flat], offsets=offsets, cost=cost[order], longest=longest[order],
-                              filtered=filtered, items=items, kept=items[keep], rng=rng)  # fmt: skip
+                              filtered=filtered, items=items, kept=items[keep], rng=rng, llm_longest=llm)  # fmt: skip
+
+    def _limits(self, items: np.ndarray) -> tuple[tuple[np.ndarray, int], ...]:
+        """(each visit's length, its cap) for the caps besides the budget: max_target_tokens, max_llm_tokens."""
+        limits = []
+        if self.target_lens is not None and self.max_target_tokens is not None:
+            limits.append((self.target_lens[items], int(self.max_target_tokens)))
+        if self.max_llm_tokens is not None:
+            limits.append((self.llm_lens[items], int(self.max_llm_tokens)))
+        return tuple(limits)
 
     def _plan(self, epoch: int) -> tuple[EpochPlan, dict]:
         """The ranks' batches for `epoch` (same on every rank), and the epoch's stats. After a resume at another
@@ -253,6 +275,13 @@ class DynamicBucketSampler(Sampler):
             "mean_batch_size": n_items / max(1, len(plan) * self.world_size),
             "padding_efficiency": real / padded if padded > 0 else 1.0,
         }
+        if o.llm_longest is not None:  # padded LLM positions of the batches dealt: B * the longest row
+            llm = lens * o.llm_longest[dealt]
+            stats["llm_positions"] = {
+                "max": int(llm.max(initial=0)),
+                "mean": float(llm.mean()) if llm.size else 0.0,
+                "longest_row": int(self.llm_lens[o.kept].max(initial=0)),  # of the items batched this epoch
+            }
         filtered = o.filtered
         if self.rank == 0 and (self._plan_cache is None or self._plan_cache[0][0] != epoch):
             if filtered:

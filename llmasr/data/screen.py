@@ -49,24 +49,26 @@ def target_length(utt) -> int:
 
 def screen(
     manifest, ctc_labels: Callable[[str], object] | None = None, target_lens: np.ndarray | None = None,
-    share: ScreenShare | None = None,
+    share: ScreenShare | None = None, text_lens: tuple[np.ndarray, Callable] | None = None,
 ) -> tuple[list[BadItem], float]:  # fmt: skip
     """Every line found unusable without loading audio (see the module docstring), sorted by index, and the seconds
     the screen took. `ctc_labels`: the dataset's CTC rule (a transcript -> ids, or why there are none). Fills
     unknown durations from the audio headers as a side effect, like fill_durations, and `target_lens` (int64, one a
-    line), when given, with each line's target_length (0 where it does not parse), in the same pass. `share`: this
-    rank screens its part of the lines and the ranks of its node exchange theirs (llmasr.data.screen_share)."""
+    line), when given, with each line's target_length (0 where it does not parse), in the same pass; so `text_lens`
+    (an int64 array, a line's utterance -> its count), each line's LLM text positions (the max_llm_tokens budget).
+    `share`: this rank screens its part of the lines and the ranks of its node exchange theirs
+    (llmasr.data.screen_share)."""
     t0 = time.perf_counter()
     n = len(manifest)
     shares = None
     if share is not None:
         mine = share.indices(n)
-        shares = share.exchange(lambda: _screen_part(manifest, mine, ctc_labels, target_lens))
+        shares = share.exchange(lambda: _screen_part(manifest, mine, ctc_labels, target_lens, text_lens))
     if shares is None:
         if share is not None and share.part == 0:
             log.warning("%s: the ranks of this node are not LOCAL_RANK 0..%d once each (hosts of one name?): every "
                         "rank screens every line", manifest.path, share.parts - 1)  # fmt: skip
-        bad = _screen_part(manifest, np.arange(n, dtype=np.int64), ctc_labels, target_lens)["bad"]
+        bad = _screen_part(manifest, np.arange(n, dtype=np.int64), ctc_labels, target_lens, text_lens)["bad"]
     else:
         bad = []
         for part, found in enumerate(shares):
@@ -74,6 +76,8 @@ def screen(
             manifest.set_durations(*found["probed"])
             if target_lens is not None:
                 target_lens[share.indices(n, part)] = found["target_lens"]
+            if text_lens is not None:
+                text_lens[0][share.indices(n, part)] = found["text_lens"]
     bad.sort(key=lambda b: b.index)
     took = time.perf_counter() - t0
     if shares is not None and share.part == 0:
@@ -82,9 +86,9 @@ def screen(
     return bad, took
 
 
-def _screen_part(manifest, lines: np.ndarray, ctc_labels, target_lens) -> dict:
+def _screen_part(manifest, lines: np.ndarray, ctc_labels, target_lens, text_lens=None) -> dict:
     """screen() of dataset indices `lines` (ascending): {"bad": BadItems, "probed": (indices, seconds) of the
-    durations read from headers, "target_lens": of `lines`}."""
+    durations read from headers, "target_lens" and "text_lens": of `lines`}."""
     bad: list[BadItem] = []
     spell = spelling_check(ctc_labels) if ctc_labels is not None else None
     for i in lines.tolist():
@@ -95,6 +99,8 @@ def _screen_part(manifest, lines: np.ndarray, ctc_labels, target_lens) -> dict:
             continue
         if target_lens is not None:
             target_lens[i] = target_length(utt)
+        if text_lens is not None:
+            text_lens[0][i] = text_lens[1](utt)
         gone = missing_audio(utt.source)  # a stat a line, known durations too: a missing file named now, not hours in
         why = f"audio {gone.path}: {gone.reason}" if gone is not None else None
         if why is None and spell is not None and isinstance(utt.target, str) and utt.target.strip():
@@ -116,7 +122,8 @@ def _screen_part(manifest, lines: np.ndarray, ctc_labels, target_lens) -> dict:
                 bad.append(BadItem.from_record(rec, i))
     probed = np.flatnonzero(probe)
     seconds = np.asarray(manifest.durations(), dtype=np.float32)[probed]
-    return {"bad": bad, "probed": (probed, seconds), "target_lens": None if target_lens is None else target_lens[lines]}
+    return {"bad": bad, "probed": (probed, seconds), "target_lens": None if target_lens is None else target_lens[lines],
+            "text_lens": None if text_lens is None else text_lens[0][lines]}  # fmt: skip
 
 
 def spelling_check(ctc_labels: Callable[[str], object]) -> Callable[[str], str | None]:
@@ -165,14 +172,14 @@ PROBES_WORTH_A_NOTE = 10_000  # header probes at start-up that cost seconds a ra
 
 
 def start_tracker(manifest, data_cfg, *, name: str, indices, rank: int, world_size: int, ctc_labels=None,
-                  epoch_items=None, target_lens=None, share: ScreenShare | None = None):  # fmt: skip
+                  epoch_items=None, target_lens=None, share: ScreenShare | None = None, text_lens=None):  # fmt: skip
     """Screen `manifest` and refuse at start when its known-bad lines pass data.max_bad_fraction; returns (this
     rank's BadDataTracker, every line known bad). `indices`: a validation subset, which counts only its own;
     `ctc_labels`: the dataset's CTC rule, when the model has a CTC head; `epoch_items`: a weighted mix's visits of
-    the first epoch, which the start-up check counts per visit, as training does; `target_lens`, `share`:
-    screen's."""
+    the first epoch, which the start-up check counts per visit, as training does; `target_lens`, `share`,
+    `text_lens`: screen's."""
     unknown = int(np.isnan(np.asarray(manifest.durations(), dtype=np.float64)).sum())
-    static, took = screen(manifest, ctc_labels, target_lens, share)
+    static, took = screen(manifest, ctc_labels, target_lens, share, text_lens)
     if unknown >= PROBES_WORTH_A_NOTE and rank == 0:
         who = f"shared by the {share.parts} ranks of each node" if share else "on every rank"
         log.info("%s: %d lines state no duration: their audio headers were probed (screen %.1f s, %s, at every "
@@ -210,7 +217,7 @@ def describe_skipped(sampler, manifest, batching, name: str) -> str | None:
         "too_short": f"shorter than data.batching.min_duration = {batching.min_duration:g} s",
         "target_too_long": f"with target_len above data.batching.max_target_len = {batching.max_target_len}",
         "over_batch_budget": "too large for a batch of one under the batch budget (max_seconds / max_frames / "
-        "max_target_tokens)",
+        "max_target_tokens" + (" / max_llm_tokens" if sampler.max_llm_tokens is not None else "") + ")",
     }
     scale, pad = getattr(sampler.costs.epoch_costs, "least", None) or sampler.cost
     if (scale, pad) != (1.0, 0.0):

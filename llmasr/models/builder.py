@@ -260,6 +260,31 @@ def load_ctc_weights(
     load_into(head, state, source=f"CTC head weights {cfg.init_from}")
 
 
+@dataclass
+class AudioSide:
+    """A model section's frontend, encoder and adaptor built on the meta device from its config files (no weight
+    read, no memory): what llmasr.models.context.audio_tokens counts an utterance's audio tokens with (the classes'
+    own output_lengths / token_lengths) before the model exists; batching is planned before it is built."""
+
+    frontend: FrontendConfig
+    encoder: nn.Module
+    adaptor: nn.Module
+
+
+def audio_side(cfg: ModelConfig) -> AudioSide:
+    """The encoder and adaptor of `cfg` as build_model builds them, on the meta device; their lengths do not depend
+    on freezing, LoRA or checkpointing, which are left out."""
+    from transformers import AutoConfig
+
+    plain = dataclasses.replace(cfg.encoder, lora=None, gradient_checkpointing=False, freeze=False)
+    llm = AutoConfig.from_pretrained(str(cfg.llm.path), local_files_only=True,
+                                     trust_remote_code=cfg.llm.trust_remote_code)  # fmt: skip
+    with torch.device("meta"):
+        encoder, frontend = build_encoder(plain, pretrained=False)
+        adaptor = build_adaptor(cfg.adaptor, output_dim(encoder), int(llm.get_text_config().hidden_size))
+    return AudioSide(frontend, encoder, adaptor)
+
+
 def output_dim(encoder: nn.Module) -> int:
     size = encoder.output_size
     return int(size() if callable(size) else size)

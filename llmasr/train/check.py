@@ -267,9 +267,24 @@ def _data_lines(sampler, per_epoch: list[int], valid_loader) -> list[str]:
         f"  batches per rank per epoch: {per_epoch[0] if len(set(per_epoch)) == 1 else per_epoch}",
         f"  mean utterances per batch: {st['mean_batch_size']:.2f}; padding efficiency {st['padding_efficiency']:.3f}",
         *([cost] if worst else []),
+        *_llm_lines(sampler, st),
         f"  items kept {st['kept_items']} of {st['num_items']}; skipped: {st['filtered'] or 'none'}; "
         f"padding batches (world-size remainder): {st['num_padding_batches']}",
         f"  validation: {'none' if valid_loader is None else f'{len(valid_loader)} batches per rank'}",
+    ]
+
+
+def _llm_lines(sampler, st: dict) -> list[str]:
+    """data.batching.max_llm_tokens against the batches of epoch 0: the padded LLM positions they hold (B * the
+    longest row) and the longest row batched (audio tokens, prompt and transcript, as llmasr.train.line_positions
+    bounds them)."""
+    if sampler.max_llm_tokens is None:
+        return []
+    llm = st["llm_positions"]
+    return [
+        f"  LLM positions per batch (B x longest row): at most {llm['max']}, mean {llm['mean']:.1f}, of "
+        f"data.batching.max_llm_tokens {sampler.max_llm_tokens}; longest row {llm['longest_row']} (audio tokens "
+        "at the longest the clip is heard, prompt and transcript bound)"
     ]
 
 

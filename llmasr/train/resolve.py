@@ -91,7 +91,7 @@ def build_loaders(recipe, side: TextSide, *, rank: int, world_size: int, device=
         raise ConfigError("data.train: no training manifest given")
     common = dict(
         prompt_builder=side.prompt, ctc_tokenizer=side.ctc_tokenizer, rank=rank, world_size=world_size, device=device,
-        share=share,
+        share=share, llm_rows=llm_rows(recipe.model, data, side),
     )  # fmt: skip
     train_loader, sampler = build_dataloader(
         data, data.train, side.frontend, train=True, window=window or recipe.train.grad_accum or 1, **common
@@ -117,6 +117,18 @@ def build_loaders(recipe, side: TextSide, *, rank: int, world_size: int, device=
                 f"{valid_sampler.filtered or ''})"
             )
     return train_loader, sampler, valid_loader
+
+
+def llm_rows(model_cfg: ModelConfig, data_cfg, side: TextSide):
+    """What counts each line's LLM positions for data.batching.max_llm_tokens (build_dataloader's `llm_rows`): the
+    model's audio side built on the meta device (builder.audio_side) and the prompt; None when the budget is off."""
+    if data_cfg.batching.max_llm_tokens is None:
+        return None
+    from llmasr.models.builder import audio_side
+    from llmasr.train.line_positions import LineRows
+
+    audio = audio_side(model_cfg)
+    return lambda train, hotword_sampler: LineRows.of(audio, side.prompt, data_cfg, hotword_sampler, train=train)
 
 
 def batches_per_epoch(sampler, epochs: int) -> list[int]:

@@ -341,3 +341,27 @@ def test_an_empty_reference_is_not_a_bad_line_of_a_manifest_for_decoding(tmp_pat
     report = check_data([m], data_cfg(), FrontendConfig(), need_target=False, ctc_labels=spell)
     assert report.num_bad == 0
     assert check_data([m], data_cfg(), FrontendConfig(), ctc_labels=spell).num_bad == 1
+
+
+def test_a_recipe_s_llm_budget_is_applied_to_the_preview_as_training_applies_it(tiny_llm_dir, tmp_path, capsys):
+    """data.batching.max_llm_tokens: the preview cuts the batches training cuts (the same count of each line's LLM
+    positions) and says their padded LLM positions; without the budget no tokenizer is read."""
+    from llmasr.testing.tiny_corpus import tiny_recipe_dict, write_tiny_corpus
+    from llmasr.train.resolve import build_loaders, text_side
+
+    m = write_tiny_corpus(tmp_path / "corpus", n=16)
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump(tiny_recipe_dict(tiny_llm_dir, train=[m], output_dir=tmp_path / "run")))
+    assert main(["--recipe", str(recipe)]) == 0
+    plain = capsys.readouterr().out
+    assert "LLM positions" not in plain and "max_llm_tokens" not in plain
+    assert main(["--recipe", str(recipe), "data.batching.max_llm_tokens=120"]) == 0
+    out = capsys.readouterr().out
+    _, sampler, _ = build_loaders(load_recipe(recipe, ["data.batching.max_llm_tokens=120"]),
+                                  text_side(load_recipe(recipe).model), rank=0, world_size=1)  # fmt: skip
+    padded = [len(b) * int(sampler.llm_lens[b].max()) for b in sampler.batches(0)]
+    assert "## batching (max_seconds=3, max_llm_tokens=120, world size 1)" in out
+    assert f"batches per rank: {len(sampler)} " in out
+    assert f"LLM positions per batch (B x longest row): at most {max(padded)}, mean {np.mean(padded):.1f};" in out
+    assert max(padded) <= 120
+    assert len(sampler) > int(plain.split("batches per rank: ")[1].split()[0])

@@ -35,3 +35,9 @@ def test_a_saved_run_with_a_valid_manifest_weight_still_loads(tmp_path, caplog):
     assert [spec.weight for spec in recipe.data.valid] == [1.0, 1.0]
     manifest = open_manifests(recipe.data.valid, mix=False, fill=False)[0]
     assert [manifest[i].key for i in range(len(manifest))] == ["u0", "u1", "u2", "v0", "v1", "v2"]
+
+
+@pytest.mark.parametrize("value", [0, -5])
+def test_an_llm_budget_must_be_positive(value):
+    with pytest.raises(ConfigError, match=rf"data.batching.max_llm_tokens: must be positive, got {value}"):
+        load_recipe(data={"model": {"llm": {"path": "llm"}}, "data": {"batching": {"max_llm_tokens": value}}})

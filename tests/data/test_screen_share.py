@@ -41,6 +41,11 @@ def corpus(tmp_path) -> str:
     return str(path)
 
 
+def text_count(utt) -> int:
+    """A stand-in for a line's LLM text positions (line_positions.LineRows.text)."""
+    return 3 * len(utt.target) + 1
+
+
 def mix(path):
     return MixedManifest([Manifest.open(path), Manifest.open(path)], weights=[1.0, 0.5])
 
@@ -52,8 +57,9 @@ def found(bad):
 def test_the_ranks_of_a_node_screen_a_part_each_and_all_end_with_the_whole_screen(tmp_path, monkeypatch):
     path = corpus(tmp_path)
     whole = mix(path)
-    tl = np.zeros(len(whole), dtype=np.int64)
-    expected, _ = screen(whole, None, tl)
+    tl, texts = np.zeros(len(whole), dtype=np.int64), np.zeros(len(whole), dtype=np.int64)
+    expected, _ = screen(whole, None, tl, text_lens=(texts, text_count))
+    assert texts[0] == text_count(whole[0]) and texts[len(whole.manifests[0])] == text_count(whole[0])
     assert len(expected) == 6 and np.isnan(whole.durations()).sum() == 4  # 3 bad lines of 23, twice; unparsed/gone
     probes, stats = Counter(), Counter()
     probe_span, missing = audio.probe_span, screen_mod.missing_audio
@@ -70,14 +76,15 @@ def test_the_ranks_of_a_node_screen_a_part_each_and_all_end_with_the_whole_scree
     monkeypatch.setattr(screen_mod, "missing_audio", counted_stat)
 
     def rank(r, gather):
-        m, lens = mix(path), np.zeros(len(whole), dtype=np.int64)
-        bad, _ = screen(m, None, lens, ScreenShare(r, 3, gather, "node"))
-        return found(bad), m.durations(), lens
+        m, lens, mine = mix(path), np.zeros(len(whole), dtype=np.int64), np.zeros(len(whole), dtype=np.int64)
+        bad, _ = screen(m, None, lens, ScreenShare(r, 3, gather, "node"), (mine, text_count))
+        return found(bad), m.durations(), lens, mine
 
-    for bad, durations, lens in ranks(3, rank):
+    for bad, durations, lens, mine in ranks(3, rank):
         assert bad == found(expected)
         np.testing.assert_array_equal(durations, whole.durations())
         np.testing.assert_array_equal(lens, tl)
+        np.testing.assert_array_equal(mine, texts)  # each line's LLM text count (max_llm_tokens), from its screener
     # each rank stats and probes its third of the lines only: those that parse, and of them the ones of unknown duration
     unparsed = {b.index for b in expected if "JSON" in b.reason}
     unknown = np.isnan(mix(path).durations())

@@ -83,6 +83,38 @@ def test_the_batch_budget_says_what_augmentation_reserves(recipe_file, tmp_path,
     assert "costs the budget" not in plain and int(re.search(r"per epoch: (\d+)", plain).group(1)) < min(per_epoch)
 
 
+def test_the_llm_budget_is_reported_with_the_padded_llm_positions_of_the_batches(recipe_file, tmp_path, capsys):
+    """data.batching.max_llm_tokens: the report gives the padded LLM positions (B x longest row) of the trainer's
+    batches against the budget, and the budget makes batches of fewer utterances than max_seconds alone."""
+    from llmasr.recipe import load_recipe
+    from llmasr.train.resolve import build_loaders, text_side
+
+    base = ["--config", str(recipe_file), "--deepspeed", "zero2", "--world-size", "1", "--out", str(tmp_path)]
+    code, plain, err = run_check(capsys, *base)
+    assert code == 0, err
+    assert "LLM positions" not in plain  # off by default
+    budget = ["data.batching.max_llm_tokens=120"]
+    code, out, err = run_check(capsys, *base, *budget)
+    assert code == 0, err
+    recipe = load_recipe(recipe_file, budget)
+    _, sampler, _ = build_loaders(recipe, text_side(recipe.model), rank=0, world_size=1)
+    batches = sampler.batches(0)
+    padded = [len(b) * int(sampler.llm_lens[b].max()) for b in batches]
+    longest = max(int(sampler.llm_lens[b].max()) for b in batches)
+    assert max(padded) <= 120
+    assert (
+        f"  LLM positions per batch (B x longest row): at most {max(padded)}, mean {np.mean(padded):.1f}, of "
+        f"data.batching.max_llm_tokens 120; longest row {longest} (audio tokens at the longest the clip is heard, "
+        "prompt and transcript bound)\n" in out
+    ), out
+
+    def mean_batch(report: str) -> float:
+        return float(re.search(r"mean utterances per batch: ([\d.]+)", report).group(1))
+
+    assert mean_batch(out) == pytest.approx(np.mean([len(b) for b in batches]), abs=0.005)
+    assert mean_batch(out) < mean_batch(plain)
+
+
 def test_a_max_updates_beyond_the_epochs_shows_where_the_run_stops(recipe_file, tmp_path, capsys):
     """The schedules are sized by train.max_updates, but the trainer stops when the epochs end: the report had
     labelled the schedule's last update the run's last, an update the run never reaches."""
