@@ -13,7 +13,8 @@ from pathlib import Path
 
 from llmasr.commands.data_cmvn import at_least_one
 from llmasr.config_io import ConfigError, from_dict, to_dict
-from llmasr.data.check import check_data, format_report
+from llmasr.data.check import check_data
+from llmasr.data.check_report import format_report
 from llmasr.data.config import DataConfig
 from llmasr.data.dataset import ctc_label_ids
 from llmasr.data.frontend import FrontendConfig

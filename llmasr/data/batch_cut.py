@@ -120,6 +120,23 @@ class OrderedBatches:
     def __len__(self) -> int:
         return self.offsets.size - 1
 
+    def dealt_stats(self, positions: np.ndarray, slots: int) -> dict:
+        """The mean batch size over `slots` (batches per rank x ranks) and the share of the padded budget that is real
+        cost, of the batches `positions` deals; with LLM rows, the padded LLM positions (B x the longest row) of those
+        batches and the longest row batched."""
+        dealt = positions.ravel()
+        lens = np.diff(self.offsets)[dealt]
+        real, padded = float(self.cost[dealt].sum()), float((lens * self.longest[dealt]).sum())
+        out = {
+            "mean_batch_size": int(lens.sum()) / max(1, slots),
+            "padding_efficiency": real / padded if padded else 1.0,
+        }
+        if self.llm_longest is not None:
+            llm = lens * self.llm_longest[dealt]
+            out["llm_positions"] = {"max": int(llm.max(initial=0)), "mean": float(llm.mean()) if llm.size else 0.0,
+                                    "longest_row": int(self.llm_longest.max(initial=0))}  # fmt: skip
+        return out
+
     def lists(self) -> list[list[int]]:
         return [self.keys[a:b].tolist() for a, b in zip(self.offsets[:-1].tolist(), self.offsets[1:].tolist())]
 
@@ -146,6 +163,23 @@ class EpochPlan:
         """The batches `rank` trains from step `start` on, each a list of visit keys."""
         for p in self.groups[start:, rank].tolist():
             yield self.keys[self.offsets[p] : self.offsets[p + 1]].tolist()
+
+
+def check_origin(state: dict, seed: int, num_items: int) -> None:
+    """A saved sampler `state` must come from a sampler of this `seed` over `num_items` lines: another seed deals
+    other batches, and lines added or removed move every position."""
+    if "seed" in state and int(state["seed"]) != seed:
+        raise ValueError(
+            f"cannot resume the batch order exactly: the saved sampler had seed={state['seed']}, this one has {seed} "
+            "(data.seed). Resume with the run's seed, or start a new run"
+        )
+    if "num_items" in state and int(state["num_items"]) != num_items:
+        raise ValueError(
+            f"cannot resume epoch {state['epoch']} at batch {state['batches_yielded']}: the training data "
+            f"(data.train) now holds {num_items} lines, the run had num_items={state['num_items']} (a manifest's "
+            "lines were added or removed since the checkpoint); resuming would skip some utterances and train "
+            "others twice. Restore the manifests, or start a new run"
+        )
 
 
 def check_position(state: dict, planned: int, sha1: str, unusable: list | None = None) -> None:

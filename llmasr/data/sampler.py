@@ -44,6 +44,7 @@ from collections.abc import Callable, Iterator
 import numpy as np
 from torch.utils.data import Sampler
 
+from llmasr.data import batch_cut
 from llmasr.data.batch_cut import EpochPlan, OrderedBatches, check_position, check_settings, cut_epoch, reorder
 from llmasr.data.item_costs import EpochCostFn, ItemCosts, per_batch, quantile_buckets
 from llmasr.data.regroup import repeated_steps, replay_history
@@ -114,14 +115,10 @@ class DynamicBucketSampler(Sampler):
             raise ValueError(f"target_lens has shape {np.shape(target_lens)}, durations ({n},)")
         self.target_lens = None if target_lens is None else np.asarray(target_lens, dtype=np.int64)
         if max_llm_tokens is not None and np.shape(llm_lens) != (n,):
-            raise ValueError(
-                f"max_llm_tokens needs llm_lens, one per item: got shape {np.shape(llm_lens)}, durations ({n},)"
-            )
+            raise ValueError(f"max_llm_tokens needs llm_lens, one per item: got shape {np.shape(llm_lens)}, ({n},)")
         self.llm_lens = None if llm_lens is None else np.asarray(llm_lens, dtype=np.int64)
-        self.max_llm_tokens = max_llm_tokens
-        self.max_seconds, self.max_frames = max_seconds, max_frames
-        self.frames_per_second = frames_per_second
-        self.max_target_tokens = max_target_tokens
+        self.max_seconds, self.max_frames, self.frames_per_second = max_seconds, max_frames, frames_per_second
+        self.max_target_tokens, self.max_llm_tokens = max_target_tokens, max_llm_tokens
         self.num_buckets = int(num_buckets)
         self.shuffle = bool(shuffle)
         self.shuffle_buffer = int(shuffle_buffer)
@@ -257,11 +254,6 @@ class DynamicBucketSampler(Sampler):
             len(o), history, self.world_size, o.rng, self.seed, epoch, grouping
         )
         plan = EpochPlan(o.keys, o.offsets, positions)
-        dealt = positions.ravel()
-        lens = np.diff(o.offsets)[dealt]
-        n_items = int(lens.sum())
-        real = float(o.cost[dealt].sum())
-        padded = float((lens * o.longest[dealt]).sum())
         stats = {
             "epoch": epoch,
             "num_items": int(o.items.size),
@@ -272,16 +264,8 @@ class DynamicBucketSampler(Sampler):
             "num_batches_global": len(o),
             "num_batches_per_rank": len(plan),
             "num_padding_batches": padding,
-            "mean_batch_size": n_items / max(1, len(plan) * self.world_size),
-            "padding_efficiency": real / padded if padded > 0 else 1.0,
+            **o.dealt_stats(positions, len(plan) * self.world_size),
         }
-        if o.llm_longest is not None:  # padded LLM positions of the batches dealt: B * the longest row
-            llm = lens * o.llm_longest[dealt]
-            stats["llm_positions"] = {
-                "max": int(llm.max(initial=0)),
-                "mean": float(llm.mean()) if llm.size else 0.0,
-                "longest_row": int(self.llm_lens[o.kept].max(initial=0)),  # of the items batched this epoch
-            }
         filtered = o.filtered
         if self.rank == 0 and (self._plan_cache is None or self._plan_cache[0][0] != epoch):
             if filtered:
@@ -376,18 +360,7 @@ class DynamicBucketSampler(Sampler):
     def load_state_dict(self, state: dict) -> None:
         """Resume at the saved position. Saved at another world size, the epoch continues with the batches no rank
         had trained yet, dealt to this world size (llmasr.data.regroup); `.resharded` then says so."""
-        if "seed" in state and int(state["seed"]) != self.seed:
-            raise ValueError(
-                f"cannot resume the batch order exactly: the saved sampler had seed={state['seed']}, this one has "
-                f"{self.seed} (data.seed). Resume with the run's seed, or start a new run"
-            )
-        if "num_items" in state and int(state["num_items"]) != self.durations.size:
-            raise ValueError(
-                f"cannot resume epoch {state['epoch']} at batch {state['batches_yielded']}: the training data "
-                f"(data.train) now holds {self.durations.size} lines, the run had num_items={state['num_items']} (a "
-                "manifest's lines were added or removed since the checkpoint); resuming would skip some utterances "
-                "and train others twice. Restore the manifests, or start a new run"
-            )
+        batch_cut.check_origin(state, self.seed, self.durations.size)
         epoch, done = int(state["epoch"]), int(state["batches_yielded"])
         history = tuple((int(w), int(d)) for w, d in state.get("history") or ())
         saved_ws = int(state.get("world_size", self.world_size))

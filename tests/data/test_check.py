@@ -8,7 +8,8 @@ from speech_fakes import FakePromptBuilder, good_corpus, write_manifest, write_w
 from llmasr.commands.data_check import main
 from llmasr.config_io import from_dict
 from llmasr.data.bad_data import TooMuchBadData
-from llmasr.data.check import check_data, format_report, histogram
+from llmasr.data.check import check_data
+from llmasr.data.check_report import format_report, histogram
 from llmasr.data.config import DataConfig
 from llmasr.data.frontend import FrontendConfig
 from llmasr.data.loader import build_dataloader

@@ -1,0 +1,130 @@
+"""The text `llmasr data check` prints of a DataReport (llmasr.data.check): bad lines with manifest:line and reason,
+the duration histogram and hours, what the batching filters skip, keys that repeat, and the batching preview."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from llmasr.data.check import DataReport
+
+
+def histogram(durations: np.ndarray, *, bins: int = 20, width: int = 50) -> list[str]:
+    d = durations[~np.isnan(durations)]
+    if d.size == 0:
+        return ["(no durations)"]
+    hi = max(float(d.max()), 1e-3)
+    edges = np.linspace(0.0, math.ceil(hi), bins + 1)
+    counts, _ = np.histogram(d, edges)
+    top = max(1, int(counts.max()))
+    out = []
+    for lo, up, c in zip(edges[:-1], edges[1:], counts):
+        bar = "#" * int(round(width * c / top))
+        out.append(f"{lo:6.1f}-{up:6.1f}s |{bar:<{width}}| {c}")
+    return out
+
+
+def _too_long_lines(report: DataReport, max_examples: int) -> list[str]:
+    """What max_duration skips: count, the limit, and the first lines."""
+    if not report.too_long:
+        return []
+    out = [
+        f"longer than data.batching.max_duration = {report.max_duration:g} s: {len(report.too_long)} lines, skipped "
+        "by training (not truncated; `llmasr decode` splits such audio into windows)"
+    ]
+    out += [f"  {t['manifest']}:{t['line']} ({t['duration']:.2f} s)" for t in report.too_long[:max_examples]]
+    return out
+
+
+def _repeated_key_lines(report: DataReport, max_examples: int) -> list[str]:
+    if not report.repeated_keys:
+        return []
+    out = [
+        "",
+        f"## keys that repeat an earlier line's ({len(report.repeated_keys)}; training takes both, but decoding's "
+        "hyp.txt and ref.txt are keyed: give each line a `key` of its own)",
+    ]
+    return out + [
+        f"  {r['manifest']}:{r['line']} key={r['key']}: first at {r['first']}"
+        for r in report.repeated_keys[:max_examples]
+    ]
+
+
+def format_report(report: DataReport, *, max_examples: int = 50) -> str:
+    lines = ["# llmasr data check", ""]
+    lines += [f"error: {e}" for e in report.errors]
+    for path, n in report.lines_per_manifest.items():
+        lines.append(f"manifest {path}: {n} lines")
+    d = report.durations[~np.isnan(report.durations)]
+    limit = f"data.max_bad_fraction {100 * report.max_bad_fraction:.2f}%"
+    if report.counted is None:
+        lines.append(
+            f"lines: {report.num_lines}, usable: {report.num_lines - report.num_bad}, bad: {report.num_bad} "
+            f"({100 * report.bad_fraction:.2f}%; {limit})"
+        )
+    else:
+        lines.append(f"lines: {report.num_lines}, usable: {report.num_lines - report.num_bad}, bad: {report.num_bad}")
+        lines.append(
+            f"{report.counted_items}: {report.counted[1]}, bad: {report.counted[0]} ({100 * report.bad_fraction:.2f}%; "
+            f"{limit})"
+        )
+    if d.size:
+        lines.append(
+            f"total: {report.total_hours:.2f} h; duration min {d.min():.2f}s, median {np.median(d):.2f}s, "
+            f"mean {d.mean():.2f}s, max {d.max():.2f}s"
+        )
+    if report.unprobed:
+        lines.append(
+            f"not probed: {report.unprobed} lines without a duration (left out of the histogram and the batches; "
+            "training reads their durations from the audio headers)"
+        )
+    lines += ["", "## duration histogram", *histogram(report.durations)]
+    if report.bad:
+        lines += ["", "## bad lines by reason"]
+        lines += [f"  {reason}: {count}" for reason, count in report.bad_by_reason.items()]
+        lines += ["", f"## bad lines (first {min(max_examples, report.num_bad)} of {report.num_bad})"]
+        for b in report.bad[:max_examples]:
+            lines.append(f"  {b['manifest']}:{b['line']} key={b.get('key')}: {b['reason']}")
+    if report.duration_mismatches:
+        n = len(report.duration_mismatches)
+        lines += ["", f"## segment ends past the end of the audio by less than 0.5 s ({n}; trimmed to it)"]
+        for b in report.duration_mismatches[:max_examples]:
+            lines.append(f"  {b['manifest']}:{b['line']} key={b.get('key')}: {b['reason']}")
+    lines += _repeated_key_lines(report, max_examples)
+    if report.batching:
+        s = report.batching
+        lines += ["", f"## batching ({report.budget}, world size {report.world_size})"]
+        filtered = s["filtered"]
+        lines.append("skipped by filters: " + (", ".join(f"{k}: {v}" for k, v in filtered.items()) or "none"))
+        lines += _too_long_lines(report, max_examples)
+        if s.get("truncated"):
+            lines.append(
+                f"truncated to max_duration ({report.max_duration:g} s; data.batching.truncate_to_max, the transcript "
+                f"is kept whole): {s['truncated']}"
+            )
+        lines.append(
+            f"batches per rank: {s['num_batches_per_rank']} (all ranks: {s['num_batches_global']}, "
+            f"padding duplicates: {s['num_padding_batches']})"
+        )
+        lines.append(f"mean batch size: {s['mean_batch_size']:.1f} utterances")
+        lines.append(f"padding efficiency (real / padded audio): {s['padding_efficiency']:.3f}")
+        if "llm_positions" in s:  # data.batching.max_llm_tokens applied
+            llm = s["llm_positions"]
+            lines.append(
+                f"LLM positions per batch (B x longest row): at most {llm['max']}, mean {llm['mean']:.1f}; longest "
+                f"row {llm['longest_row']} (audio tokens at the longest the clip is heard, prompt and transcript bound)"
+            )
+    if report.speech is not None:
+        lines += report.speech.lines_of_report(max_examples)
+    if report.ok:
+        verdict = "OK"
+    elif report.errors:
+        verdict = "ERROR: manifests that cannot be opened"
+    else:
+        verdict = "TOO MUCH BAD DATA: " + (
+            "llmasr decode would fail (after writing its outputs)" if report.for_decoding
+            else "training would stop with TooMuchBadData"
+        )  # fmt: skip
+    lines += ["", "result: " + verdict]
+    return "\n".join(lines)
