@@ -19,20 +19,27 @@ import numpy as np
 
 from llmasr.data.loader import longest_kept
 from llmasr.data.manifest import BadRecord
+from llmasr.data.records import DURATION_SLACK_FRACTION, DURATION_SLACK_S
 from llmasr.models.context import audio_tokens, capped_list_tokens
 
 log = logging.getLogger("llmasr.train")
 
 
-def heard_seconds(durations, data_cfg, frontend, *, train: bool) -> np.ndarray:
+def heard_seconds(durations, data_cfg, frontend, *, train: bool, tolerance: bool = False) -> np.ndarray:
     """The longest audio each line is heard as (NaN for lines batching leaves out): its duration, cut at
     data.batching.max_duration under truncate_to_max, lengthened by the slowest speed factor and the pauses
     augmentation may add (training only); under a Whisper frontend, as far as its window holds (the augmenter
-    slows and pads a clip that far; AugmentConfig.cost counts it unstretched, as the window costs a batch)."""
+    slows and pads a clip that far; AugmentConfig.cost counts it unstretched, as the window costs a batch).
+    `tolerance`: a stated duration lengthened by as much more audio as the dataset takes for it
+    (records.durations_disagree), as the batch budget counts it."""
     b = data_cfg.batching
     limit = longest_kept(b, frontend)
     d = np.asarray(durations, dtype=np.float64)
     d = np.minimum(d, limit) if b.truncate_to_max else np.where(d <= limit, d, np.nan)
+    if tolerance:  # audio within the tolerance passes as right; the dataset cuts it at the limit
+        d = d + np.maximum(DURATION_SLACK_S, DURATION_SLACK_FRACTION * d)
+        d = np.minimum(d, limit) if b.truncate_to_max else d
+        d = np.minimum(d, frontend.chunk_seconds) if frontend.kind == "whisper" else d  # longer: a bad item
     if not train:
         return d
     heard = d * data_cfg.augment.stretch + data_cfg.augment.silence.max_seconds
@@ -134,9 +141,9 @@ class LineRows:
         either = drawn and data_cfg.hotwords.source == "manifest_or_sample"
         return cls(audio, prompt, data_cfg, train, extra, said, own=not drawn, either=either)
 
-    def seconds(self, durations) -> np.ndarray:
+    def seconds(self, durations, *, tolerance: bool = False) -> np.ndarray:
         """heard_seconds of `durations` for this loader."""
-        return heard_seconds(durations, self.data_cfg, self.audio.frontend, train=self.train)
+        return heard_seconds(durations, self.data_cfg, self.audio.frontend, train=self.train, tolerance=tolerance)
 
     def audio_tokens(self, seconds) -> np.ndarray:
         return np.asarray(audio_tokens(self.audio, seconds), dtype=np.int64)
@@ -161,7 +168,7 @@ class LineRows:
         """The most LLM positions each line can take (0 for lines batching leaves out by length): its audio tokens
         and `texts` (`text` of each line, from the screen's pass), counted exactly where that bound passes
         data.batching.max_llm_tokens, so that no line is skipped as over the budget on a bound alone."""
-        seconds = self.seconds(durations)
+        seconds = self.seconds(durations, tolerance=True)  # a batch holds the audio as loaded, not as stated
         known = ~np.isnan(seconds)
         rows = np.zeros(seconds.shape, dtype=np.int64)
         if not known.any():
