@@ -51,27 +51,35 @@ def cut_batches(
 ) -> np.ndarray:
     """Add to `out` the batches of one bucket's `items` (already in the order to use), `carry` in front; `sizes`
     and each of `limits`' lengths are per position. Returns the bucket's leftover, the last batch, not yet full."""
-    caps = [int(cap) for _, cap in limits]
+    if len(limits) > 2:
+        raise ValueError(f"cut_batches: at most two caps besides the budget, got {len(limits)}")
+    # each cap a pair of plain names, not a list per item: the loop runs once per item of the epoch
+    (lens_a, cap_a), (lens_b, cap_b) = (*limits, (None, 0), (None, 0))[:2]
     window = shuffle_buffer if shuffle_buffer > 0 else max(items.size, 1)
     for start in range(0, max(items.size, 1), window):
         pool = np.concatenate([carry, items[start : start + window]])
         if shuffle_buffer > 0:
             pool = pool[np.argsort(sizes[pool], kind="stable")]
         # a window's batches are consecutive runs of its pool: only their lengths are found item by item
-        lengths = [lens[pool].tolist() for lens, _ in limits]
-        n, cur_max, cur_lmax = 0, 0.0, [0] * len(caps)
-        new_lmax = cur_lmax
+        a = lens_a[pool].tolist() if lens_a is not None else None
+        b = lens_b[pool].tolist() if lens_b is not None else None
+        n, cur_max, cur_a, cur_b = 0, 0.0, 0, 0
         for j, s in enumerate(sizes[pool].tolist()):
             new_max = s if s > cur_max else cur_max
             over = (n + 1) * new_max > budget
-            if caps:  # B * the longest within each cap too
-                new_lmax = [m if m > lens[j] else lens[j] for m, lens in zip(cur_lmax, lengths)]
-                over = over or any((n + 1) * m > cap for m, cap in zip(new_lmax, caps))
+            if a is not None:  # B * the longest within each cap too
+                cur_a = a[j] if a[j] > cur_a else cur_a
+                over = over or (n + 1) * cur_a > cap_a
+            if b is not None:
+                cur_b = b[j] if b[j] > cur_b else cur_b
+                over = over or (n + 1) * cur_b > cap_b
             if n and over:
                 out.lens.append(n)
-                n, new_max, new_lmax = 0, s, [lens[j] for lens in lengths]
+                n, new_max = 0, s
+                cur_a = a[j] if a is not None else 0
+                cur_b = b[j] if b is not None else 0
             n += 1
-            cur_max, cur_lmax = new_max, new_lmax
+            cur_max = new_max
         out.flat.append(pool[: pool.size - n])
         carry = pool[pool.size - n :]
     return carry
