@@ -97,11 +97,11 @@ def idle_branch_settings(model: nn.Module, optim_cfg: OptimConfig) -> list[str]:
     CTC head the model lacks): the settings change nothing, and a user who raised the encoder's lr believing it
     trains learns so here. A warning, not a refusal: freezing a branch with one override (model.encoder.freeze=true)
     leaves the recipe's settings for it in place, as an experiment wants."""
-    trained = {branch for branch, attr in BRANCH_ATTRS.items() if _branch_state(model, branch).startswith("trainable")}
     out = []
     for branch, own in sorted(optim_cfg.branches.items()):
         keys = [f.name for f in fields(own) if getattr(own, f.name) is not None] if own is not None else []
-        if keys and branch not in trained:
+        module = getattr(model, BRANCH_ATTRS[branch], None)
+        if keys and not (module is not None and any(p.requires_grad for p in module.parameters())):
             out.append(
                 f"optim.branches.{branch}: sets {', '.join(keys)}, but the {branch} branch trains nothing "
                 f"({_branch_state(model, branch)}): the settings change nothing (to train it: {_TRAIN_IT[branch]})"
