@@ -27,7 +27,7 @@ from llmasr.data.clip_lengths import draw_clip_lengths
 from llmasr.data.features import FeatureExtractor, content_rng
 from llmasr.data.frontend import FrontendConfig
 from llmasr.data.long_audio import speech_runs, speech_start
-from llmasr.data.records import BadRecord, wrong_duration
+from llmasr.data.records import BadRecord, task_of, wrong_duration
 from llmasr.data.visit_keys import dataset_index
 
 
@@ -164,7 +164,7 @@ class SpeechDataset(Dataset):
                 return bad("empty target")
             target = target.strip()  # decoding: "" is an empty reference (scored: all insertions), nothing to encode
         spoken = target or None
-        task = utt.prompt if isinstance(getattr(utt, "prompt", None), str) and utt.prompt.strip() else None
+        task = task_of(utt)
         try:
             hotwords = self._hotwords(utt, visit, spoken) if self.prompt_hotwords else []
             enc = self.prompt_builder.encode(spoken, task=task, hotwords=hotwords, system=getattr(utt, "system", None))

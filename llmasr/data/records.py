@@ -105,6 +105,12 @@ class Utterance:
     system: str | None = None  # a ChatML line's own system message; None: the recipe's (model.prompt.system)
 
 
+def task_of(utt) -> str | None:
+    """A line's own task prompt, None where it gives none or a blank one (the recipe's task is then rendered)."""
+    task = getattr(utt, "prompt", None)
+    return task if isinstance(task, str) and task.strip() else None
+
+
 # ------------------------------------------------------------------------------------------------------ parsing
 
 

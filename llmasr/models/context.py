@@ -100,7 +100,7 @@ def decoding_prompt(prompt, hotwords=None, manifest=None, *, lists: bool = True,
         )
     if manifest is None:
         return most, said
-    from llmasr.data.records import BadRecord
+    from llmasr.data.records import BadRecord, task_of
 
     sizes = np.asarray(manifest.line_bytes(), dtype=np.int64)
     base, seams = most, 6 + len(prompt.hotwords_template.encode())  # a line's fields replace or join `hotwords`'
@@ -113,7 +113,7 @@ def decoding_prompt(prompt, hotwords=None, manifest=None, *, lists: bool = True,
         except BadRecord:
             continue
         own = getattr(utt, "hotwords", None) if lists else None
-        task = utt.prompt if isinstance(getattr(utt, "prompt", None), str) and utt.prompt.strip() else None
+        task = task_of(utt)
         system = getattr(utt, "system", None)
         if own is None and task is None and system is None:
             continue

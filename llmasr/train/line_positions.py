@@ -19,7 +19,7 @@ import numpy as np
 
 from llmasr.data.loader import longest_kept
 from llmasr.data.manifest import BadRecord
-from llmasr.data.records import DURATION_SLACK_FRACTION, DURATION_SLACK_S
+from llmasr.data.records import DURATION_SLACK_FRACTION, DURATION_SLACK_S, task_of
 from llmasr.models.context import audio_tokens, capped_list_tokens
 
 log = logging.getLogger("llmasr.train")
@@ -66,16 +66,20 @@ def line_text_bound(prompt, utt, own_lists: bool) -> int:
     and its prompt's tokens; 0 for a line the dataset counts as bad (no transcript, a prompt that does not render)."""
     if not isinstance(utt.target, str) or not utt.target.strip():
         return 0
-    task = utt.prompt if isinstance(getattr(utt, "prompt", None), str) and utt.prompt.strip() else None
-    lists = [str(h) for h in getattr(utt, "hotwords", None) or ()] if own_lists else []
+    lists = _own_list(utt, own_lists)
     try:
-        bound = len(prompt.encode(None, task=task, system=getattr(utt, "system", None)).ids)
+        bound = len(prompt.encode(None, task=task_of(utt), system=getattr(utt, "system", None)).ids)
     except ValueError:  # a prompt the template refuses: the dataset counts the line as bad
         return 0
     bound += len(utt.target.strip().encode()) + 2
     if lists:  # at most its text's bytes and a token at each seam (the cap only drops phrases)
         bound += len(prompt.hotwords_text(lists).encode()) + 2
     return bound
+
+
+def _own_list(utt, own_lists: bool) -> list[str]:
+    """The line's own biasing list as its prompt renders it (none where `own_lists` is off)."""
+    return [str(h) for h in getattr(utt, "hotwords", None) or ()] if own_lists else []
 
 
 def _line_tokens(manifest, prompt, i: int, room: int, own_lists: bool) -> int:
@@ -88,11 +92,12 @@ def _line_tokens(manifest, prompt, i: int, room: int, own_lists: bool) -> int:
     bound = line_text_bound(prompt, utt, own_lists)
     if bound <= room or not bound:
         return bound
-    task = utt.prompt if isinstance(getattr(utt, "prompt", None), str) and utt.prompt.strip() else None
-    lists = [str(h) for h in getattr(utt, "hotwords", None) or ()] if own_lists else []
+    lists = _own_list(utt, own_lists)
     try:
         return len(
-            prompt.encode(utt.target, task=task, hotwords=lists or None, system=getattr(utt, "system", None)).ids
+            prompt.encode(
+                utt.target, task=task_of(utt), hotwords=lists or None, system=getattr(utt, "system", None)
+            ).ids
         )
     except ValueError:  # past the context on its own: the dataset counts it as bad data
         return 0
