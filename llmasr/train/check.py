@@ -30,13 +30,13 @@ from llmasr.train.ds_config import resolve_ds_config, zero_stage
 from llmasr.train.ds_files import read_client_state
 from llmasr.train.early_stop import EarlyStop
 from llmasr.train.engine import offloads_optimizer
-from llmasr.train.param_groups import build_param_groups, describe_param_groups, idle_branch_settings
+from llmasr.train.param_groups import build_param_groups, describe_param_groups, optim_warnings
 from llmasr.train.plan import plan_run
 from llmasr.train.progress import plot_lr, write_lr_csv
 from llmasr.train.resolve import check_run_settings
 from llmasr.train.resume import check_checkpoint, manifest_contents, resuming
 from llmasr.train.run_dir import RunDirError, check_lock, check_run_start
-from llmasr.train.schedulers import branch_of_group, lr_curve, warmup_warnings
+from llmasr.train.schedulers import branch_of_group, lr_curve
 from llmasr.train.universal import batches_left, global_batch_change, nothing_left, resized_total
 from llmasr.train.zero_memory import estimate_zero_memory, optimizer_state_bytes
 
@@ -332,8 +332,7 @@ def check(
     for label, u in key_updates(recipe.optim, names, total, stop):
         lines.append(f"  update {u + 1} ({label}):")  # numbered from 1, as train.log does
         lines += [f"    {n:<{width}}  {curves[n][u]:.4e}" for n in names]
-    lines += [f"  warning: {w}" for w in warmup_warnings(recipe.optim, map(branch_of_group, names), total)]
-    lines += [f"  warning: {w}" for w in idle_branch_settings(model, recipe.optim)]
+    lines += [f"  warning: {w}" for w in optim_warnings(model, recipe.optim, groups, total)]
     lines += _early_stop_lines(tc, plan, stop)
     if stop < total:
         lines.append(

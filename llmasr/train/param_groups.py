@@ -16,7 +16,7 @@ from torch import nn
 
 from llmasr.config_io import ConfigError
 from llmasr.train.config import BRANCHES, OptimConfig
-from llmasr.train.schedulers import NO_DECAY_SUFFIX
+from llmasr.train.schedulers import NO_DECAY_SUFFIX, warmup_warnings
 
 # Model attribute holding each branch.
 BRANCH_ATTRS: dict[str, str] = {"encoder": "encoder", "adaptor": "adaptor", "ctc": "ctc_head", "llm": "llm"}
@@ -107,6 +107,13 @@ def idle_branch_settings(model: nn.Module, optim_cfg: OptimConfig) -> list[str]:
                 f"({_branch_state(model, branch)}): the settings change nothing (to train it: {_TRAIN_IT[branch]})"
             )
     return out
+
+
+def optim_warnings(model: nn.Module, optim_cfg: OptimConfig, groups: list[dict], total: int) -> list[str]:
+    """What the recipe's optimizer settings will not do, as `llmasr check` reports it and train.log warns it: a
+    warmup longer than the run's `total` updates (schedulers.warmup_warnings), settings for a branch that trains
+    nothing (idle_branch_settings)."""
+    return warmup_warnings(optim_cfg, (g["branch"] for g in groups), total) + idle_branch_settings(model, optim_cfg)
 
 
 def build_param_groups(model: nn.Module, optim_cfg: OptimConfig) -> list[dict]:

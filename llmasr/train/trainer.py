@@ -33,14 +33,14 @@ from llmasr.train.early_stop import EarlyStop
 from llmasr.train.efficiency import WaitClock, run_peaks
 from llmasr.train.engine import TrainEngine, all_gather_object, build_model_for_training
 from llmasr.train.flops import FlopCounter
-from llmasr.train.param_groups import build_param_groups, describe_param_groups, idle_branch_settings, numel
+from llmasr.train.param_groups import build_param_groups, describe_param_groups, numel, optim_warnings
 from llmasr.train.plan import plan_run
 from llmasr.train.preemption import Preemption, signal_name
 from llmasr.train.progress import Progress, StartupLog, setup_logging
 from llmasr.train.resume import check_checkpoint, continue_schedules, resuming
 from llmasr.train.run_checkpoints import RunCheckpoints
 from llmasr.train.run_dir import claim_run_dir, write_run_files
-from llmasr.train.schedulers import build_group_schedules, warmup_warnings
+from llmasr.train.schedulers import build_group_schedules
 from llmasr.train.validate import validate
 from llmasr.train.window import run_window, windows
 
@@ -123,10 +123,8 @@ class Run:
         groups = build_param_groups(model, optim)
         log.info("param groups:\n%s", describe_param_groups(groups))
         self.schedules = build_group_schedules(groups, optim, self.total)
-        if self.rank == 0:  # recipe settings that do not do what they say
-            branches = (g["branch"] for g in groups)
-            for line in warmup_warnings(optim, branches, self.total) + idle_branch_settings(model, optim):
-                log.warning(line)
+        for line in optim_warnings(model, optim, groups, self.total) if self.rank == 0 else ():
+            log.warning(line)
         self.engine = TrainEngine(model, groups, self.schedules, self.ds, self.dist.device)
         self.checkpoints = RunCheckpoints(self.engine, self.recipe, self.ckpt_dir, trainable=self.trainable,
                                           per_epoch=self.per_epoch, rank=self.rank, world=self.world,
