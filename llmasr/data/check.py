@@ -29,7 +29,7 @@ from llmasr.data.frontend import FrontendConfig
 from llmasr.data.loader import evenly_spaced, longest_kept, make_sampler
 from llmasr.data.manifest import BadRecord, Manifest
 from llmasr.data.mixed_manifest import MixedManifest
-from llmasr.data.records import wrong_duration
+from llmasr.data.records import unread_fields, wrong_duration
 from llmasr.data.screen import spelling_check, static_visits, target_length
 from llmasr.data.speech_check import SpeechFindings
 
@@ -62,6 +62,7 @@ class DataReport:
     # or validation's subset; None: per line.
     counted: tuple[int, int] | None = None
     counted_items: str = ""  # what those items are
+    unread_fields: dict[str, list] = field(default_factory=dict)  # field no parser reads -> [lines, first one]
 
     @property
     def num_bad(self) -> int:
@@ -83,13 +84,17 @@ class DataReport:
         return not self.errors and self.bad_fraction <= self.max_bad_fraction
 
 
-def _parse_line(m, i: int, spell=None):
+def _parse_line(m, i: int, spell=None, unread: dict | None = None):
     """(utterance, target_len, None) or (None, 0, bad record) for line i of manifest m (no audio access); `spell`:
-    the CTC vocabulary's spelling check (llmasr.data.screen.spelling_check)."""
+    the CTC vocabulary's spelling check (llmasr.data.screen.spelling_check); `unread`: gathers the fields the line's
+    parser leaves unread (field -> [lines, the first one's manifest:line])."""
     try:
-        utt = m[i]
+        rec, utt = m.parsed(i)
     except BadRecord as rec:
         return None, 0, as_record_dict(rec)
+    if unread is not None:
+        for name in unread_fields(rec):
+            unread.setdefault(name, [0, f"{m.path}:{m.lineno(i)}"])[0] += 1
     where = {"manifest": str(getattr(utt, "manifest", "?")), "line": int(getattr(utt, "line", i + 1)), "key": utt.key}
     if not m.need_target and (utt.target is None or utt.target == ""):  # audio to transcribe; an empty reference
         return utt, 0, None
@@ -205,7 +210,7 @@ def check_data(
             dur_of, tl_of, text_of = np.full(n, math.nan), np.zeros(n, dtype=np.int64), np.zeros(n, dtype=np.int64)
             for lo in range(0, n, CHUNK_LINES):  # a chunk's lines at a time: memory does not grow with the manifest
                 parsed = [
-                    _parse_line(m, i, spell) for i in range(lo, min(n, lo + CHUNK_LINES))
+                    _parse_line(m, i, spell, report.unread_fields) for i in range(lo, min(n, lo + CHUNK_LINES))
                 ]  # here: not across threads
                 good = [utt for utt, _, _ in parsed if utt is not None]
                 probed = pool.map(lambda u: _probe_line(u, probe, cap), good, chunksize=32)

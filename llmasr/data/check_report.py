@@ -1,5 +1,6 @@
 """The text `llmasr data check` prints of a DataReport (llmasr.data.check): bad lines with manifest:line and reason,
-the duration histogram and hours, what the batching filters skip, keys that repeat, and the batching preview."""
+the duration histogram and hours, what the batching filters skip, keys that repeat, fields no parser reads, and the
+batching preview."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import math
 import numpy as np
 
 from llmasr.data.check import DataReport
+from llmasr.data.records import unread_text
 
 
 def histogram(durations: np.ndarray, *, bins: int = 20, width: int = 50) -> list[str]:
@@ -51,6 +53,16 @@ def _repeated_key_lines(report: DataReport, max_examples: int) -> list[str]:
     ]
 
 
+def _unread_field_lines(report: DataReport) -> list[str]:
+    """Fields no parser reads, each with its lines, its first line, and the field it may have meant."""
+    if not report.unread_fields:
+        return []
+    out = ["", "## fields llmasr does not read (they change nothing: check the spelling of one you meant it to use)"]
+    for name, (lines, first) in sorted(report.unread_fields.items(), key=lambda kv: -kv[1][0]):
+        out.append(f"  {unread_text(name, lines, first)}")
+    return out
+
+
 def format_report(report: DataReport, *, max_examples: int = 50) -> str:
     lines = ["# llmasr data check", ""]
     lines += [f"error: {e}" for e in report.errors]
@@ -92,6 +104,7 @@ def format_report(report: DataReport, *, max_examples: int = 50) -> str:
         for b in report.duration_mismatches[:max_examples]:
             lines.append(f"  {b['manifest']}:{b['line']} key={b.get('key')}: {b['reason']}")
     lines += _repeated_key_lines(report, max_examples)
+    lines += _unread_field_lines(report)
     if report.batching:
         s = report.batching
         lines += ["", f"## batching ({report.budget}, world size {report.world_size})"]

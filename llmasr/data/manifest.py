@@ -259,6 +259,10 @@ class Manifest:
         return self._read(int(i)).rstrip(b"\r\n")
 
     def __getitem__(self, i: int) -> Utterance:
+        return self.parsed(i)[1]
+
+    def parsed(self, i: int) -> tuple[dict, Utterance]:
+        """Line `i` as decoded JSON, and its Utterance (or BadRecord)."""
         n = len(self)
         i = int(i)
         if i < 0:
@@ -279,7 +283,7 @@ class Manifest:
             raise BadRecord(self.path, line, f"field {field} holds a lone surrogate (a \\ud800-\\udfff escape "
                             "without its pair): no text a tokenizer reads or a UTF-8 file holds",
                             key if isinstance(key, str) else None)  # fmt: skip
-        return parse_line(rec, manifest=self.path, line=line, base=self._base, need_target=self.need_target)
+        return rec, parse_line(rec, manifest=self.path, line=line, base=self._base, need_target=self.need_target)
 
     def __iter__(self):
         for i in range(len(self)):

@@ -51,6 +51,10 @@ class MixedManifest:
         k, j = self.locate(i)
         return self.manifests[k][j]
 
+    def parsed(self, i: int) -> tuple[dict, Utterance]:
+        k, j = self.locate(i)
+        return self.manifests[k].parsed(j)
+
     def durations(self) -> np.ndarray:
         return np.concatenate([m.durations() for m in self.manifests]).astype(np.float32, copy=False)
 

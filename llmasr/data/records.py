@@ -331,6 +331,48 @@ class _Parser:
 
 NANO_LISTED = ("key", "speech_length", "text_length")
 
+# The top-level fields each format's parser reads (above): any other is left unread. A misspelt one ("hotword",
+# "Prompt") would change nothing, so `llmasr data check` names them (unread_fields).
+FUNASR_FIELDS = frozenset(
+    ("key", "source", "target", "duration", "source_len", "target_len", "prompt", "task", "lang", "language",
+     "text_language", "channel", "start", "end", "hotwords")
+)  # fmt: skip
+CHATML_FIELDS = frozenset(
+    ("messages", "key", "duration", "speech_length", "text_length", "lang", "language", "text_language", "hotwords",
+     "asr_hotwords")
+)  # fmt: skip
+
+
+def _edits(a: str, b: str) -> int:
+    """Levenshtein distance: a misspelt field name is a letter or two off the one it meant."""
+    row = list(range(len(b) + 1))
+    for i, ca in enumerate(a, start=1):
+        prev, row[0] = row[0], i
+        for j, cb in enumerate(b, start=1):
+            prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (ca != cb))
+    return row[-1]
+
+
+def near_field(name: str) -> str | None:
+    """The field llmasr reads that an unread field `name` may have meant: a letter or two (or its case) off."""
+    return next((k for k in sorted(FUNASR_FIELDS | CHATML_FIELDS) if _edits(name.lower(), k) <= 2), None)
+
+
+def unread_text(name: str, lines: int, first: str) -> str:
+    """A field no parser reads, on `lines` lines from `first` (manifest:line), and the field it may have meant."""
+    near = near_field(name)
+    text = f"{name}: {lines} line{'s' if lines != 1 else ''}, first at {first}"
+    return text + (f" (did you mean '{near}'?)" if near else "")
+
+
+def unread_fields(rec) -> list[str]:
+    """The top-level fields of a FunASR jsonl or ChatML record (a parsed line) that its parser does not read; a
+    lhotse cut's are lhotse's own, and not listed."""
+    if not isinstance(rec, dict) or _is_cut(rec):
+        return []
+    known = CHATML_FIELDS if "messages" in rec else FUNASR_FIELDS
+    return [name for name in rec if name not in known]
+
 
 def _is_cut(rec: dict) -> bool:
     return "supervisions" in rec or "recording" in rec or str(rec.get("type", "")).endswith("Cut")

@@ -26,6 +26,7 @@ from llmasr.data.audio import missing_audio
 from llmasr.data.augment import cost_text
 from llmasr.data.bad_data import BadDataTracker, BadItem, TooMuchBadData
 from llmasr.data.manifest import BadRecord, Manifest
+from llmasr.data.records import near_field, unread_fields, unread_text
 from llmasr.data.screen_share import ScreenShare
 
 log = logging.getLogger("llmasr.data")
@@ -49,7 +50,7 @@ def target_length(utt) -> int:
 
 def screen(
     manifest, ctc_labels: Callable[[str], object] | None = None, target_lens: np.ndarray | None = None,
-    share: ScreenShare | None = None, text_lens: tuple[np.ndarray, Callable] | None = None,
+    share: ScreenShare | None = None, text_lens: tuple[np.ndarray, Callable] | None = None, unread: dict | None = None,
 ) -> tuple[list[BadItem], float]:  # fmt: skip
     """Every line found unusable without loading audio (see the module docstring), sorted by index, and the seconds
     the screen took. `ctc_labels`: the dataset's CTC rule (a transcript -> ids, or why there are none). Fills
@@ -57,7 +58,8 @@ def screen(
     line), when given, with each line's target_length (0 where it does not parse), in the same pass; so `text_lens`
     (an int64 array, a line's utterance -> its count), each line's LLM text positions (the max_llm_tokens budget).
     `share`: this rank screens its part of the lines and the ranks of its node exchange theirs
-    (llmasr.data.screen_share)."""
+    (llmasr.data.screen_share). `unread`, when given, gathers the fields no parser reads (llmasr.data.records
+    .unread_fields): field -> [lines holding it, the first one's index]."""
     t0 = time.perf_counter()
     n = len(manifest)
     shares = None
@@ -68,8 +70,10 @@ def screen(
         if share is not None and share.part == 0:
             log.warning("%s: the ranks of this node are not LOCAL_RANK 0..%d once each (hosts of one name?): every "
                         "rank screens every line", manifest.path, share.parts - 1)  # fmt: skip
-        bad = _screen_part(manifest, np.arange(n, dtype=np.int64), ctc_labels, target_lens, text_lens)["bad"]
+        screened = [_screen_part(manifest, np.arange(n, dtype=np.int64), ctc_labels, target_lens, text_lens)]
+        bad = screened[0]["bad"]
     else:
+        screened = shares
         bad = []
         for part, found in enumerate(shares):
             bad.extend(found["bad"])
@@ -79,6 +83,10 @@ def screen(
             if text_lens is not None:
                 text_lens[0][share.indices(n, part)] = found["text_lens"]
     bad.sort(key=lambda b: b.index)
+    for part in screened if unread is not None else ():
+        for name, (lines, first) in part["unread"].items():
+            seen = unread.setdefault(name, [0, first])
+            seen[0], seen[1] = seen[0] + lines, min(seen[1], first)
     took = time.perf_counter() - t0
     if shares is not None and share.part == 0:
         log.info("%s: %d lines screened in %.1f s, shared by the %d ranks of this node", manifest.path, n, took,
@@ -88,15 +96,19 @@ def screen(
 
 def _screen_part(manifest, lines: np.ndarray, ctc_labels, target_lens, text_lens=None) -> dict:
     """screen() of dataset indices `lines` (ascending): {"bad": BadItems, "probed": (indices, seconds) of the
-    durations read from headers, "target_lens" and "text_lens": of `lines`}."""
+    durations read from headers, "unread": the fields no parser reads (field -> [lines, first index]),
+    "target_lens" and "text_lens": of `lines`}."""
     bad: list[BadItem] = []
+    unread: dict[str, list[int]] = {}
     spell = spelling_check(ctc_labels) if ctc_labels is not None else None
     for i in lines.tolist():
         try:
-            utt = manifest[i]
+            rec, utt = manifest.parsed(i)
         except BadRecord as rec:
             bad.append(BadItem.from_record(rec, i))
             continue
+        for name in unread_fields(rec):
+            unread.setdefault(name, [0, i])[0] += 1
         if target_lens is not None:
             target_lens[i] = target_length(utt)
         if text_lens is not None:
@@ -122,7 +134,8 @@ def _screen_part(manifest, lines: np.ndarray, ctc_labels, target_lens, text_lens
                 bad.append(BadItem.from_record(rec, i))
     probed = np.flatnonzero(probe)
     seconds = np.asarray(manifest.durations(), dtype=np.float32)[probed]
-    return {"bad": bad, "probed": (probed, seconds), "target_lens": None if target_lens is None else target_lens[lines],
+    return {"bad": bad, "unread": unread, "probed": (probed, seconds),
+            "target_lens": None if target_lens is None else target_lens[lines],
             "text_lens": None if text_lens is None else text_lens[0][lines]}  # fmt: skip
 
 
@@ -179,7 +192,10 @@ def start_tracker(manifest, data_cfg, *, name: str, indices, rank: int, world_si
     the first epoch, which the start-up check counts per visit, as training does; `target_lens`, `share`,
     `text_lens`: screen's."""
     unknown = int(np.isnan(np.asarray(manifest.durations(), dtype=np.float64)).sum())
-    static, took = screen(manifest, ctc_labels, target_lens, share, text_lens)
+    unread: dict[str, list[int]] = {}
+    static, took = screen(manifest, ctc_labels, target_lens, share, text_lens, unread)
+    if unread and rank == 0:
+        _say_unread(manifest, unread, name)
     if unknown >= PROBES_WORTH_A_NOTE and rank == 0:
         who = f"shared by the {share.parts} ranks of each node" if share else "on every rank"
         log.info("%s: %d lines state no duration: their audio headers were probed (screen %.1f s, %s, at every "
@@ -202,6 +218,19 @@ def start_tracker(manifest, data_cfg, *, name: str, indices, rank: int, world_si
     # Each rank sees about 1/world_size of the items, so it counts that share of the lines known bad.
     tracker.add_static([b for b in counted if b.index % world_size == rank], quiet=True)
     return tracker, static
+
+
+def _say_unread(manifest, unread: dict[str, list[int]], name: str) -> None:
+    """train.log's word on the fields no parser reads: a warning for those a letter or two off one llmasr reads (a
+    misspelt "hotword" trains every line without its list), a note for the rest (a corpus's own metadata)."""
+    for typo in (True, False):
+        fields = [
+            (f, n) for f, n in sorted(unread.items(), key=lambda kv: -kv[1][0]) if (near_field(f) is None) != typo
+        ]
+        said = [unread_text(field, lines, "{}:{}".format(*where(manifest, first))) for field, (lines, first) in fields]
+        if said:
+            log.log(logging.WARNING if typo else logging.INFO, "%s: fields llmasr does not read (they change "
+                    "nothing): %s", name, "; ".join(said))  # fmt: skip
 
 
 def describe_skipped(sampler, manifest, batching, name: str) -> str | None:

@@ -183,8 +183,8 @@ def test_lines_are_held_a_chunk_at_a_time(tmp_path, monkeypatch):
     alive, most = [], [0]
     parse, probe = check._parse_line, check._probe_line
 
-    def parse_line(m, i, spell=None):
-        out = parse(m, i, spell)
+    def parse_line(m, i, *args):
+        out = parse(m, i, *args)
         alive.append(weakref.ref(out[0]))
         return out
 
@@ -366,3 +366,29 @@ def test_a_recipe_s_llm_budget_is_applied_to_the_preview_as_training_applies_it(
     assert f"LLM positions per batch (B x longest row): at most {max(padded)}, mean {np.mean(padded):.1f};" in out
     assert max(padded) <= 120
     assert len(sampler) > int(plain.split("batches per rank: ")[1].split()[0])
+
+
+def test_fields_no_parser_reads_are_named_with_their_lines_and_the_field_they_may_mean(tmp_path):
+    """A misspelt field ("hotword", "Prompt") changed nothing without a word: the line trained without its biasing
+    list or its task. The report names every field the line's format leaves unread, how many lines hold it, where
+    it first stands and, a letter or two off a field llmasr reads, that field; a field of another tool (SenseVoice's
+    emo_target) is named without a guess."""
+    path = good_corpus(tmp_path, 3)
+    lines = path.read_text().splitlines()
+    extra = [{"hotword": ["alpha"], "emo_target": "<|HAPPY|>"}, {"Prompt": "Transcribe."}, {"emo_target": "<|SAD|>"}]
+    lines = [json.dumps({**json.loads(line), **more}) for line, more in zip(lines, extra)]
+    write_wav(tmp_path / "c.wav", 0.5)
+    chat = {"messages": [{"role": "user", "content": "<|startofspeech|>!c.wav<|endofspeech|>"},
+                         {"role": "assistant", "content": "hi"}], "speech_length": 49, "hotword": "x"}  # fmt: skip
+    path = write_manifest(tmp_path / "m.jsonl", [*lines, json.dumps(chat)])
+    report = check_data([path], data_cfg(), FrontendConfig())
+    assert report.ok and report.num_bad == 0
+    assert report.unread_fields == {"emo_target": [2, f"{path}:1"], "hotword": [2, f"{path}:1"],
+                                    "Prompt": [1, f"{path}:2"]}  # fmt: skip
+    text = format_report(report)
+    assert "## fields llmasr does not read" in text
+    assert f"  emo_target: 2 lines, first at {path}:1\n" in text + "\n"
+    assert f"  hotword: 2 lines, first at {path}:1 (did you mean 'hotwords'?)" in text
+    assert f"  Prompt: 1 line, first at {path}:2 (did you mean 'prompt'?)" in text
+    clean = check_data([good_corpus(tmp_path / "clean", 2)], data_cfg(), FrontendConfig())
+    assert clean.unread_fields == {} and "fields llmasr does not read" not in format_report(clean)

@@ -15,6 +15,7 @@ from speech_fakes import write_wav
 import llmasr.data.audio as audio
 import llmasr.data.screen as screen_mod
 from llmasr.config_io import ConfigError
+from llmasr.data.config import DataConfig
 from llmasr.data.manifest import Manifest
 from llmasr.data.mixed_manifest import MixedManifest
 from llmasr.data.screen import screen
@@ -227,3 +228,38 @@ def test_a_decoding_rank_that_fails_its_probes_stops_the_others_naming_decoding(
     assert isinstance(zero, PeerFailure), zero
     assert "rank 1 could not build its data to decode (the others stop with it):\nits disk is gone" in str(zero)
     assert isinstance(one, OSError) and one.ranks_told
+
+
+def test_fields_no_parser_reads_are_counted_over_every_rank_s_part_and_said_once(tmp_path, caplog):
+    """A misspelt "hotword" trained every line without its biasing list, without a word. The screen counts the
+    fields no parser reads over all the lines, each rank its part, and start_tracker says them once in train.log
+    with the count, the first line and the field each may have meant."""
+    caplog.set_level("INFO", logger="llmasr.data")
+    path = tmp_path / "train.jsonl"
+    corpus(tmp_path)
+    recs = [json.loads(line) for line in (tmp_path / "train.jsonl").read_text().splitlines() if line != "{not json"]
+    for i in (3, 8, 13, 19):
+        recs[i]["hotword"] = ["alpha"]
+    recs[5]["emo_target"] = "<|HAPPY|>"
+    path.write_text("\n".join(json.dumps(r) for r in recs) + "\n")
+    whole: dict = {}
+    screen(Manifest.open(str(path)), unread=whole)
+    assert whole == {"hotword": [4, 3], "emo_target": [1, 5]}
+
+    def rank(r, gather):
+        mine: dict = {}
+        screen(Manifest.open(str(path)), None, None, ScreenShare(r, 3, gather, "node"), unread=mine)
+        return mine
+
+    assert ranks(3, rank) == [whole] * 3
+    cfg = DataConfig(max_bad_fraction=0.5)
+    screen_mod.start_tracker(Manifest.open(str(path)), cfg, name="train", indices=None, rank=0, world_size=1)
+    said = [(r.levelname, r.getMessage()) for r in caplog.records if "fields llmasr does not read" in r.getMessage()]
+    assert said == [  # a near miss is a warning; a corpus's own metadata, a note
+        ("WARNING", f"train: fields llmasr does not read (they change nothing): hotword: 4 lines, first at {path}:4 "
+                    "(did you mean 'hotwords'?)"),
+        ("INFO", f"train: fields llmasr does not read (they change nothing): emo_target: 1 line, first at {path}:6"),
+    ]  # fmt: skip
+    caplog.clear()
+    screen_mod.start_tracker(Manifest.open(str(path)), cfg, name="train", indices=None, rank=1, world_size=2)
+    assert "fields llmasr does not read" not in caplog.text  # rank 0 says it
