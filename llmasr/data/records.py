@@ -38,6 +38,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 FUNASR_FRAMES_PER_SECOND = 100.0  # source_len unit: 10 ms frames
 SPEECH_TAGS = re.compile(r"<\|startofspeech\|>(.*?)<\|endofspeech\|>", re.S)  # Fun-ASR-Nano's audio in a message
 ROLES = ("system", "user", "assistant")
@@ -46,10 +48,16 @@ ROLES = ("system", "user", "assistant")
 DURATION_SLACK_S, DURATION_SLACK_FRACTION = 0.1, 0.01  # a stated duration off by more than both is wrong
 
 
+def duration_slack(stated):
+    """How far a line's audio may run from its `stated` duration and pass as right: max(0.1 s, 1 % of it); a float,
+    or an array of them (what the LLM-position counts add to a stated duration, llmasr.train.line_positions)."""
+    return np.maximum(DURATION_SLACK_S, DURATION_SLACK_FRACTION * np.asarray(stated, dtype=np.float64))
+
+
 def durations_disagree(stated: float, actual: float) -> bool:
-    """Whether a line's `stated` duration is off `actual` seconds by more than max(0.1 s, 1 % of it): past rounding,
+    """Whether a line's `stated` duration is off `actual` seconds by more than duration_slack: past rounding,
     a duration batching would budget wrongly (a line saying 0.5 s whose audio holds 3 s passes max_duration)."""
-    return abs(stated - actual) > max(DURATION_SLACK_S, DURATION_SLACK_FRACTION * stated)
+    return bool(abs(stated - actual) > duration_slack(stated))
 
 
 def wrong_duration(stated: float, actual: float, cap: float | None = None) -> str | None:

@@ -1,7 +1,8 @@
 """Start-up check that every utterance a run trains or validates on fits the LLM's context with its audio tokens
 (llmasr.models.context): `llmasr train` and `llmasr check` refuse a recipe whose longest utterances would reach
 positions the LLM was never trained on, instead of degrading (or failing) hours into the run. What a line takes of
-the context is counted by llmasr.train.line_positions, as the batch budget data.batching.max_llm_tokens counts it."""
+the context is counted by llmasr.train.line_positions, as the batch budget data.batching.max_llm_tokens counts it:
+its audio at the longest the dataset loads for its stated duration (records.duration_slack past it)."""
 
 from __future__ import annotations
 

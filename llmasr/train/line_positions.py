@@ -2,7 +2,8 @@
 (with the longest biasing list it can carry) and its transcript. The one place that counts them, for the context check
 (llmasr.train.context_fit) and for the batch budget data.batching.max_llm_tokens (the sampler's `llm_lens`).
 
-The audio tokens are llmasr.models.context.audio_tokens of the audio a line is heard as (`heard_seconds`), counted by
+The audio tokens are llmasr.models.context.audio_tokens of the audio a line is heard as (`heard_seconds`: at the
+longest the dataset loads for its stated duration, records.duration_slack past it), counted by
 the model's own frontend, encoder and adaptor: the built model's, or, before it exists (batching is planned first),
 builder.audio_side's, the same classes built on the meta device from the recipe. Prompt and transcript are bounded by
 the transcript's UTF-8 bytes (no tokenizer writes more tokens than bytes, and a token at each seam), and encoded
@@ -19,27 +20,26 @@ import numpy as np
 
 from llmasr.data.loader import longest_kept
 from llmasr.data.manifest import BadRecord
-from llmasr.data.records import DURATION_SLACK_FRACTION, DURATION_SLACK_S, task_of
+from llmasr.data.records import duration_slack, task_of
 from llmasr.models.context import audio_tokens, capped_list_tokens
 
 log = logging.getLogger("llmasr.train")
 
 
-def heard_seconds(durations, data_cfg, frontend, *, train: bool, tolerance: bool = False) -> np.ndarray:
-    """The longest audio each line is heard as (NaN for lines batching leaves out): its duration, cut at
-    data.batching.max_duration under truncate_to_max, lengthened by the slowest speed factor and the pauses
-    augmentation may add (training only); under a Whisper frontend, as far as its window holds (the augmenter
-    slows and pads a clip that far; AugmentConfig.cost counts it unstretched, as the window costs a batch).
-    `tolerance`: a stated duration lengthened by as much more audio as the dataset takes for it
-    (records.durations_disagree), as the batch budget counts it."""
+def heard_seconds(durations, data_cfg, frontend, *, train: bool) -> np.ndarray:
+    """The longest audio each line is heard as (NaN for lines batching leaves out): its stated duration, cut at
+    data.batching.max_duration under truncate_to_max, lengthened by as much more audio as the dataset takes for it
+    (records.duration_slack: the batch budget and the context check both count the audio as loaded, not as stated),
+    then by the slowest speed factor and the pauses augmentation may add (training only); under a Whisper frontend,
+    as far as its window holds (the augmenter slows and pads a clip that far; AugmentConfig.cost counts it
+    unstretched, as the window costs a batch)."""
     b = data_cfg.batching
     limit = longest_kept(b, frontend)
     d = np.asarray(durations, dtype=np.float64)
     d = np.minimum(d, limit) if b.truncate_to_max else np.where(d <= limit, d, np.nan)
-    if tolerance:  # audio within the tolerance passes as right; the dataset cuts it at the limit
-        d = d + np.maximum(DURATION_SLACK_S, DURATION_SLACK_FRACTION * d)
-        d = np.minimum(d, limit) if b.truncate_to_max else d
-        d = np.minimum(d, frontend.chunk_seconds) if frontend.kind == "whisper" else d  # longer: a bad item
+    d = d + duration_slack(d)  # audio within the slack passes as right; the dataset cuts it at the limit
+    d = np.minimum(d, limit) if b.truncate_to_max else d
+    d = np.minimum(d, frontend.chunk_seconds) if frontend.kind == "whisper" else d  # longer: a bad item
     if not train:
         return d
     heard = d * data_cfg.augment.stretch + data_cfg.augment.silence.max_seconds
@@ -146,9 +146,9 @@ class LineRows:
         either = drawn and data_cfg.hotwords.source == "manifest_or_sample"
         return cls(audio, prompt, data_cfg, train, extra, said, own=not drawn, either=either)
 
-    def seconds(self, durations, *, tolerance: bool = False) -> np.ndarray:
+    def seconds(self, durations) -> np.ndarray:
         """heard_seconds of `durations` for this loader."""
-        return heard_seconds(durations, self.data_cfg, self.audio.frontend, train=self.train, tolerance=tolerance)
+        return heard_seconds(durations, self.data_cfg, self.audio.frontend, train=self.train)
 
     def audio_tokens(self, seconds) -> np.ndarray:
         return np.asarray(audio_tokens(self.audio, seconds), dtype=np.int64)
@@ -173,7 +173,7 @@ class LineRows:
         """The most LLM positions each line can take (0 for lines batching leaves out by length): its audio tokens
         and `texts` (`text` of each line, from the screen's pass), counted exactly where that bound passes
         data.batching.max_llm_tokens, so that no line is skipped as over the budget on a bound alone."""
-        seconds = self.seconds(durations, tolerance=True)  # a batch holds the audio as loaded, not as stated
+        seconds = self.seconds(durations)
         known = ~np.isnan(seconds)
         rows = np.zeros(seconds.shape, dtype=np.int64)
         if not known.any():

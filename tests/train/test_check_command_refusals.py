@@ -144,11 +144,12 @@ def test_utterances_past_the_llm_context_are_refused_at_start(tmp_path, capsys):
     path.write_text(yaml.safe_dump(data))
     code, _, err = run_check(capsys, "--config", str(path), "--deepspeed", "zero2", "--out", str(tmp_path / "c"))
     model = build_model(data["model"], weights="meta")
-    audio, text = audio_tokens(model, 6.0), len(model.prompt.encode("one two").ids)
+    # counted at the longest audio the dataset loads for 6 s stated: 6 s + max(0.1 s, 1 %) (records.durations_disagree)
+    audio, text = audio_tokens(model, 6.1), len(model.prompt.encode("one two").ids)
     assert code != 0
     assert (
         f"data.train: 1 utterance(s) do not fit the LLM's context of 64 tokens (config.json's max_position_embeddings);"
-        f" the worst, {manifest}:5, is heard as 6 s of audio, {audio} audio tokens, beside {text} prompt and "
+        f" the worst, {manifest}:5, is heard as 6.1 s of audio, {audio} audio tokens, beside {text} prompt and "
         f"transcript tokens ({audio + text} in all). Lower data.batching.max_duration" in err
     )
     # kept under max_duration (3 s) it fits

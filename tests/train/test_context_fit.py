@@ -8,6 +8,7 @@ import pytest
 import soundfile as sf
 import torch
 
+from llmasr.data.records import DURATION_SLACK_FRACTION, DURATION_SLACK_S
 from llmasr.models.builder import build_model
 from llmasr.models.context import ContextError, audio_tokens
 from llmasr.recipe import load_recipe
@@ -16,6 +17,12 @@ from llmasr.testing.tiny_recipe import tiny_model_section
 from llmasr.testing.tiny_whisper import write_tiny_whisper_dir
 from llmasr.train.context_fit import check_context_fit
 from llmasr.train.resolve import build_loaders, text_side
+
+
+def loaded_at_most(stated: float) -> float:
+    """The longest audio the dataset loads for a line stating `stated` seconds: audio longer by up to max(0.1 s, 1 %)
+    passes as right (records.durations_disagree), so the check counts that much."""
+    return stated + max(DURATION_SLACK_S, DURATION_SLACK_FRACTION * stated)
 
 
 def whisper_run(root, seconds: float, context_at: float):
@@ -45,6 +52,7 @@ def test_a_whisper_clip_counts_as_slowed_as_the_augmenter_slows_it(tmp_path):
     by 0.75 passed the check at 1.4 s and put more tokens into the LLM than its context."""
     recipe, loaders, context, text = whisper_run(tmp_path, 1.4, context_at=1.4)
     model = build_model(recipe.model, weights="random")
+    counted = loaded_at_most(1.4) / 0.75  # 1.5 s of audio pass as 1.4 s, slowed to the 2 s window
     batch = next(iter(loaders[0]))
     with torch.no_grad():
         _, _, _, lens = model.eval().encode_audio(batch.feats, batch.feat_lens)
@@ -52,7 +60,11 @@ def test_a_whisper_clip_counts_as_slowed_as_the_augmenter_slows_it(tmp_path):
     assert heard + text > context
     with pytest.raises(ContextError) as err:
         check_context_fit(model, recipe, loaders)
-    assert f"is heard as {1.4 / 0.75:g} s of audio, {heard} audio tokens, beside {text} prompt" in str(err.value)
+    assert heard <= audio_tokens(model, counted)
+    assert (
+        f"is heard as {counted:g} s of audio, {audio_tokens(model, counted)} audio tokens, beside {text} prompt"
+        in str(err.value)
+    )
 
 
 def test_a_whisper_clip_is_not_counted_past_its_window(tmp_path):
@@ -74,7 +86,7 @@ def test_a_line_s_own_biasing_list_counts_with_its_prompt(tmp_path, split):
     probe = build_model(tiny_recipe_dict(write_tiny_llm_dir(tmp_path / "llm0"), train=[manifest],
                                          output_dir=tmp_path / "run")["model"], weights="meta")  # fmt: skip
     text = len(probe.prompt.encode(lines[0]["target"], hotwords=lines[0]["hotwords"]).ids)
-    audio = audio_tokens(probe, lines[0]["duration"])
+    audio = audio_tokens(probe, loaded_at_most(lines[0]["duration"]))  # a token short of what the check counts
     llm = write_tiny_llm_dir(tmp_path / "llm", max_position_embeddings=text + audio - 1)
     other = write_tiny_corpus(tmp_path / "other", n=2, seed=1)
     train, valid = (manifest, other) if split == "train" else (other, manifest)
@@ -131,7 +143,8 @@ def test_only_lines_whose_length_could_pass_the_context_are_read(tmp_path, monke
 
 
 def _listed_run(tmp_path, hotwords: dict, own: list[str] | None, slack: int):
-    """(recipe, loaders, the longest item's prompt + transcript + audio tokens as the dataset gives them): a 4-line
+    """(recipe, loaders, the most of an item's prompt + transcript tokens as the dataset gives them and its audio tokens
+    at the longest the dataset loads for its stated duration, as the check counts them): a 4-line
     corpus trained with `hotwords` (data.hotwords) and no model.prompt.hotwords_max_tokens, line 1 with its own list
     `own`, an LLM whose context is that longest item's tokens + `slack`."""
     from llmasr.testing.tiny_corpus import tiny_recipe_dict, write_tiny_corpus
@@ -153,7 +166,9 @@ def _listed_run(tmp_path, hotwords: dict, own: list[str] | None, slack: int):
     recipe, loaders = run(write_tiny_llm_dir(tmp_path / "llm0"))
     probe = build_model(recipe.model, weights="meta")
     items = [loaders[0].dataset[i] for i in range(len(lines))]
-    most = max(len(it["text_ids"]) + audio_tokens(probe, line["duration"]) for it, line in zip(items, lines))
+    most = max(
+        len(it["text_ids"]) + audio_tokens(probe, loaded_at_most(line["duration"])) for it, line in zip(items, lines)
+    )
     return (*run(write_tiny_llm_dir(tmp_path / "llm", max_position_embeddings=most + slack)), most)
 
 
@@ -193,3 +208,32 @@ def test_a_line_s_own_list_counts_where_training_draws_the_others(tmp_path):
         check_context_fit(model, recipe, loaders)
     assert f"the worst, {tmp_path / 'corpus' / 'data.jsonl'}:1, is heard as" in str(err.value)
     assert f"({most} in all)" in str(err.value) and "drawn biasing list" not in str(err.value)
+
+
+def test_audio_a_little_longer_than_its_stated_duration_counts_against_the_context(tmp_path):
+    """The dataset takes audio up to max(0.1 s, 1 %) longer than a line states as right, and the model reads all of
+    it: the check had counted the stated duration, and passed a line stating 95 ms less than its audio whose row in
+    the model's forward was past the LLM's context. It counts the longest audio that passes, as max_llm_tokens does."""
+    from llmasr.testing.tiny_corpus import tiny_recipe_dict, write_tiny_corpus
+
+    manifest = write_tiny_corpus(tmp_path / "corpus", n=1, max_words=3)
+    line = json.loads(manifest.read_text())
+    line["duration"] = round(line["duration"] - 0.095, 4)  # within the tolerance: no bad line
+    manifest.write_text(json.dumps(line) + "\n")
+    probe = build_model(tiny_recipe_dict(write_tiny_llm_dir(tmp_path / "llm0"), train=[manifest],
+                                         output_dir=tmp_path / "run")["model"], weights="meta")  # fmt: skip
+    text = len(probe.prompt.encode(line["target"]).ids)
+    context = text + audio_tokens(probe, line["duration"])  # the stated duration fits exactly
+    llm = write_tiny_llm_dir(tmp_path / "llm", max_position_embeddings=context)
+    recipe = load_recipe(data=tiny_recipe_dict(llm, train=[manifest], valid=[manifest], output_dir=tmp_path / "run",
+                                               max_seconds=20.0))  # fmt: skip
+    loaders = build_loaders(recipe, text_side(recipe.model), rank=0, world_size=1)
+    model = build_model(recipe.model, weights="random").eval()
+    batch = next(iter(loaders[2]))
+    with torch.no_grad():
+        _, _, _, merged = model._embed(batch, False)
+    assert int(merged.attention_mask.sum()) > context  # the row the model builds passes the context
+    audio = audio_tokens(model, loaded_at_most(line["duration"]))
+    with pytest.raises(ContextError) as err:
+        check_context_fit(model, recipe, loaders)
+    assert f"{audio} audio tokens, beside {text} prompt and transcript tokens ({audio + text} in all)" in str(err.value)
