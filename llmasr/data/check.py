@@ -182,8 +182,16 @@ def check_data(
         manifests=paths, world_size=world_size, max_bad_fraction=data_cfg.max_bad_fraction, for_decoding=not need_target
     )
     durations, tlens, texts, starts = [], [], [], [0]  # per manifest opened; starts: its first line's position
-    rows = _llm_rows(llm_rows, paths, weights, data_cfg, train=train, need_target=need_target)
     spots: list[tuple[str, Manifest]] = []
+    for path, weight in zip(paths, weights):  # opened once (each reads its whole file), for the rows and the lines
+        try:
+            m = Manifest.open(path, need_target=need_target)  # False: manifests for decoding
+        except (OSError, ValueError) as err:
+            report.errors.append(f"{path}: cannot open manifest: {err}")
+            continue
+        opened.append((m, weight))
+        spots.append((path, m))
+    rows = _llm_rows(llm_rows, opened, data_cfg, train=train, need_target=need_target)
 
     def spot(position: int) -> tuple[str, int]:
         """(manifest, line) of the line at `position` among those checked."""
@@ -195,15 +203,8 @@ def check_data(
     spell = spelling_check(ctc_labels) if ctc_labels is not None else None
     cap = longest_kept(data_cfg.batching, frontend) if data_cfg.batching.truncate_to_max and need_target else None
     with ThreadPoolExecutor(max(1, threads)) as pool:  # header probes are I/O bound
-        for path, weight in zip(paths, weights):
-            try:
-                m = Manifest.open(path, need_target=need_target)  # False: manifests for decoding
-            except (OSError, ValueError) as err:
-                report.errors.append(f"{path}: cannot open manifest: {err}")
-                continue
+        for path, m in spots:
             n = len(m)
-            opened.append((m, weight))
-            spots.append((path, m))
             known = np.asarray(m.durations(), dtype=np.float64)  # training's: the manifest's, where it gives one
             report.lines_per_manifest[path] = report.lines_per_manifest.get(path, 0) + n  # listed twice: counted twice
             report.num_lines += n
@@ -265,17 +266,16 @@ def check_data(
     return report
 
 
-def _llm_rows(llm_rows, paths, weights, data_cfg, *, train: bool, need_target: bool):
-    """`llm_rows` for these manifests (with training's drawn biasing lists, which a pass over their texts bounds),
-    or None: no count given, no max_llm_tokens, or manifests to decode."""
-    if llm_rows is None or data_cfg.batching.max_llm_tokens is None or not need_target:
+def _llm_rows(llm_rows, opened: list[tuple[Manifest, float]], data_cfg, *, train: bool, need_target: bool):
+    """`llm_rows` for the `opened` (manifest, weight) pairs (with training's drawn biasing lists, which a pass over
+    their texts bounds), or None: no count given, no max_llm_tokens, manifests to decode, or none opened."""
+    if llm_rows is None or data_cfg.batching.max_llm_tokens is None or not need_target or not opened:
         return None
     sampler = None
     if train and data_cfg.hotwords.samples:
         from llmasr.data.hotwords import HotwordSampler
 
-        opened = [Manifest.open(p) for p in paths]
-        mix = opened[0] if len(opened) == 1 else MixedManifest(opened, weights)
+        mix = opened[0][0] if len(opened) == 1 else MixedManifest([m for m, _ in opened], [w for _, w in opened])
         sampler = HotwordSampler.build(data_cfg.hotwords, mix, data_cfg.seed)
     return llm_rows(train, sampler)
 

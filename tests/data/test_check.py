@@ -392,3 +392,35 @@ def test_fields_no_parser_reads_are_named_with_their_lines_and_the_field_they_ma
     assert f"  Prompt: 1 line, first at {path}:2 (did you mean 'prompt'?)" in text
     clean = check_data([good_corpus(tmp_path / "clean", 2)], data_cfg(), FrontendConfig())
     assert clean.unread_fields == {} and "fields llmasr does not read" not in format_report(clean)
+
+
+def test_the_llm_budget_s_hotword_pass_shares_the_manifests_the_check_opens(
+    tiny_llm_dir, tmp_path, capsys, monkeypatch
+):
+    """With data.batching.max_llm_tokens and drawn biasing lists, the pass over the texts that bounds the lists had
+    opened each training manifest a second time (Manifest.open reads the whole file), and a manifest it could not
+    open ended the command before the report. Each is opened once, and one that cannot be is reported as any is."""
+    from llmasr.data.manifest import Manifest
+    from llmasr.testing.tiny_corpus import tiny_recipe_dict, write_tiny_corpus
+
+    a, b = write_tiny_corpus(tmp_path / "a", n=6), write_tiny_corpus(tmp_path / "b", n=6, seed=1)
+    (tmp_path / "pool.txt").write_text("".join(f"alpha {i}\n" for i in range(20)))
+    data = tiny_recipe_dict(tiny_llm_dir, train=[a, b], output_dir=tmp_path / "run")
+    data["data"]["batching"]["max_llm_tokens"] = 400
+    data["data"]["hotwords"] = {"enable": True, "distractors": str(tmp_path / "pool.txt"), "list_size": [1, 2]}
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump(data))
+    opens, real = [], Manifest.open.__func__
+
+    def counted(cls, path, **kw):
+        opens.append(str(path))
+        return real(cls, path, **kw)
+
+    monkeypatch.setattr(Manifest, "open", classmethod(counted))
+    assert main(["--recipe", str(recipe)]) == 0
+    assert "max_llm_tokens=400" in capsys.readouterr().out
+    assert sorted(opens) == sorted([str(a), str(b)])
+    missing = tmp_path / "missing.jsonl"
+    assert main(["--recipe", str(recipe), f"data.train=[{a},{missing}]"]) == 2
+    out = capsys.readouterr().out
+    assert f"{missing}: cannot open manifest" in out and "max_llm_tokens=400" in out and "result: ERROR" in out
