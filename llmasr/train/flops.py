@@ -7,11 +7,15 @@ Counted per matrix product (a multiply-add is 2 FLOPs), for the real (unpadded) 
 - backward, activation gradient: the same again wherever a gradient flows into the module's input (autograd computes
   it exactly when the input requires grad, which is what the counter reads);
 - backward, weight gradient: the same again only for weights that are trained (frozen base weights have none);
-- attention scores (QK^T and the weighted sum of V): 2 * 2 * width * Tq * Tk per row forward, and twice that
-  backward when a gradient reaches the scores (the block's input needs one, or a q/k/v weight trains; a LoRA on the
-  output projection alone does not). LLM attention is causal and counts T(T+1)/2 pairs per row; encoder and adaptor
-  attention counts all T^2 pairs. Relative-position attention (the conformer's) adds its position scores, a third
-  product of 2 * width * Tq * P over the P positions of its table (2T - 1, legacy T).
+- attention scores (QK^T and the weighted sum of V): 2 * 2 * width * Tq * Tk per row forward. Backward, in an LLM
+  layer, each product autograd runs (attention_products): dV where the values want a gradient, dA = dO V^T where the
+  queries or keys do, then dQ and dK for each that does: a layer whose input needs no gradient (nothing trains
+  before it) runs dQ or dV only for a trained q or v projection, and no dK without a trained k. Encoder and adaptor
+  attention count twice the forward backward when a gradient reaches the scores (the block's input needs one, or a
+  q/k/v weight trains; a LoRA on the output projection alone does not). LLM attention is causal and counts T(T+1)/2
+  pairs per row; encoder and adaptor attention counts all T^2 pairs. Relative-position attention (the conformer's)
+  adds its position scores, a third product of 2 * width * Tq * P over the P positions of its table (2T - 1,
+  legacy T).
 
 Each product is also counted by the dtype it ran in (StepCount.bf16_flops, fp16_flops; the rest is fp32), so that
 MFU can weigh it by that dtype's peak (llmasr.train.efficiency).
@@ -43,6 +47,8 @@ from llmasr.train.param_groups import numel
 GEMMS = (nn.Linear, nn.Conv1d, nn.Conv2d)
 HALF = (torch.bfloat16, torch.float16)  # the dtypes counted apart (StepCount.bf16_flops, fp16_flops)
 AUDIO_BRANCHES = ("encoder", "adaptor", "ctc_head")
+QKV = ("q_proj", "k_proj", "v_proj")  # an LLM attention block's projections (Llama, Qwen, Mistral, Gemma, ...)
+FUSED_QKV = ("qkv_proj", "query_key_value", "c_attn", "W_pack")  # one projection for all three (Phi-3, ...)
 
 
 @dataclass
@@ -77,8 +83,15 @@ def gemm_flops(weight_elements: float, rows: float, *, input_grad: bool, weight_
 
 def attention_flops(width: int, pairs: float, *, backward: bool) -> float:
     """Score and weighted-sum FLOPs of attention with `width` = heads * head size over `pairs` query-key pairs."""
-    forward = 2 * 2.0 * width * pairs
-    return forward * (3 if backward else 1)
+    return 2.0 * width * pairs * attention_products(backward, backward, backward)
+
+
+def attention_products(q: bool, k: bool, v: bool) -> int:
+    """Products of 2 * width * pairs FLOPs that attention runs forward and backward, where its queries, keys and
+    values (`q`, `k`, `v`) want a gradient: QK^T and AV forward; backward dV = A^T dO for the values, dA = dO V^T
+    when the queries or keys want one, then dQ = dS K and dK = dS^T Q for each that does (autograd computes the
+    gradient of a product's operand only where that operand requires one)."""
+    return 2 + int(v) + int(q or k) + int(q) + int(k)
 
 
 def causal_pairs(lengths: torch.Tensor) -> torch.Tensor:
@@ -134,6 +147,10 @@ def _position_pairs(module: nn.Module, args: tuple, q: torch.Tensor) -> float:
     return float(q.shape[0] * q.shape[1] * pos.shape[1])
 
 
+def _params(module: nn.Module | None):
+    return module.parameters() if isinstance(module, nn.Module) else ()
+
+
 def host_values(values: list) -> list:
     """`values` with each device tensor among them (0-dim: a float; n-dim: a flat list of floats) read back in one
     transfer; other values pass through. Each float() or .tolist() of its own makes the host wait for the device
@@ -177,6 +194,8 @@ class FlopCounter:
         # an encoder over a fixed window runs the same whatever the batch's padding: its count is not scaled
         self.whole_window = encoder is not None and any(isinstance(m, WhisperAudioEncoder) for m in encoder.modules())
         self.llm_backward = any(p.requires_grad for m in upstream if m is not None for p in m.parameters())
+        self._llm_products: list[int] = []  # attention_products of each LLM attention block run in the forward
+        self.llm_blocks = self._hook_llm_attention(decoder)
         for branch in AUDIO_BRANCHES:
             module = getattr(model, branch, None)
             if module is not None:
@@ -195,6 +214,51 @@ class FlopCounter:
             elif branch != "llm" and _attention_width(sub) is not None:
                 hook = self._on_attention(branch, _trains_before_scores(sub))
                 self.handles.append(sub.register_forward_hook(hook, with_kwargs=True))
+
+    def _hook_llm_attention(self, decoder: nn.Module) -> int:
+        """Hooks on each LLM attention block's q/k/v projections (or its fused one): which of its queries, keys and
+        values want a gradient, as autograd sees them in the forward (a q_norm/k_norm that trains adds its side).
+        The number of blocks found (0: an architecture not named here, counted by llm_backward alone)."""
+        blocks = 0
+        for att in decoder.modules():
+            sides = {n[0]: getattr(att, n, None) for n in QKV}
+            fused = next((getattr(att, n) for n in FUSED_QKV if isinstance(getattr(att, n, None), nn.Module)), None)
+            if all(isinstance(m, nn.Module) for m in sides.values()):
+                feeds = [(m, side) for side, m in sides.items()]
+            elif fused is not None:
+                feeds = [(fused, "qkv")]
+            else:
+                continue
+            blocks += 1
+            trained = {s for s in "qk" if any(p.requires_grad for p in _params(getattr(att, f"{s}_norm", None)))}
+            wanted: set[str] = set()  # the sides wanting a gradient in this call of the block
+            self.handles.append(att.register_forward_pre_hook(self._on_llm_attention_start(wanted, trained)))
+            for module, side in feeds:
+                self.handles.append(module.register_forward_hook(self._on_projection(wanted, side)))
+            self.handles.append(att.register_forward_hook(self._on_llm_attention(wanted)))
+        return blocks
+
+    @staticmethod
+    def _on_llm_attention_start(wanted: set[str], trained: set[str]):
+        def hook(mod, args):
+            wanted.clear()
+            wanted.update(trained)
+
+        return hook
+
+    def _on_projection(self, wanted: set[str], side: str):
+        def hook(mod, args, output):
+            if self.armed and torch.is_tensor(output) and output.requires_grad:
+                wanted.update(side)
+
+        return hook
+
+    def _on_llm_attention(self, wanted: set[str]):
+        def hook(mod, args, output):
+            if self.armed:
+                self._llm_products.append(attention_products("q" in wanted, "k" in wanted, "v" in wanted))
+
+        return hook
 
     def _hook_gemm(self, module: nn.Module, branch: str) -> None:
         def hook(mod, args, output):
@@ -256,6 +320,7 @@ class FlopCounter:
             for key in counts:
                 counts[key] = 0.0
         self._llm_mask = self._llm_dtype = None
+        self._llm_products.clear()
         self._utts = int(batch.feat_lens.numel())
         self.armed = True
         try:
@@ -279,9 +344,12 @@ class FlopCounter:
             lengths = mask.sum(1)
             tokens, slots = lengths.sum().double(), float(mask.numel())
             token_share = tokens / max(slots, 1.0)
-            llm_attention = self.llm_layers * attention_flops(
-                self.llm_width, causal_pairs(lengths), backward=self.llm_backward
+            products = (
+                sum(self._llm_products)
+                if self.llm_blocks
+                else self.llm_layers * attention_products(*(self.llm_backward,) * 3)
             )
+            llm_attention = 2.0 * self.llm_width * causal_pairs(lengths) * products
 
         def real(padded: dict, quadratic: dict):
             out = padded["head"] + padded["llm"] * token_share

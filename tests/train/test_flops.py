@@ -238,3 +238,40 @@ def test_lora_on_the_attention_output_alone_adds_no_backward_through_the_scores(
             enc, _ = model.encoder(batch.feats, batch.feat_lens)
         enc.square().sum().backward()
     assert counter.take().flops == reference.get_total_flops()
+
+
+@pytest.mark.parametrize(
+    "targets",
+    [["q_proj", "v_proj"], ["layers.1.self_attn.q_proj", "layers.1.self_attn.v_proj"], ["lm_head"]],
+    ids=["lora_q_v", "lora_on_layer_1_only", "lora_on_the_head_only"],
+)
+def test_llm_attention_counts_the_backward_products_autograd_runs(tiny_llm_dir, targets):
+    """A frozen encoder and adaptor: the first LLM layer's input needs no gradient, so its attention computes no key
+    gradient without a trained k projection (LoRA on q/v), none at all where nothing in it trains (LoRA on layer 1
+    only: layer 1 then computes no dK either), and no layer any with only the head trained. The count had taken a
+    full backward through every layer's scores whenever anything in the LLM trained (over by the first layer's dK,
+    by 5 products, and by 8). It equals torch's FlopCounterMode over the same step, the scores as plain matmuls: the
+    math kernel multiplies all T^2 query-key pairs of causal attention, of which the count takes T(T+1)/2."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.utils.flop_counter import FlopCounterMode
+
+    section = tiny_model_section(tiny_llm_dir, freeze_encoder=True)
+    section["adaptor"]["freeze"] = True
+    section["llm"]["lora"]["target_modules"] = targets
+    torch.manual_seed(0)
+    model = build_model(section).train()
+    batch = random_batch(model, ["hello world"], frames=[24])
+    counter = FlopCounter(model)
+    with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as reference:
+        with counter.measure(batch):
+            out = model(batch)
+        out.loss.backward()
+    count = counter.take()
+    ops = reference.get_flop_counts()
+    bmm = [sum(v for op, v in ops[m].items() if "bmm" in str(op)) for m in ("Global", "SpeechLLM.encoder")]
+    llm_scores = bmm[0] - bmm[1]  # the LLM's attention products (the encoder's are its only other batched matmuls)
+    t = count.llm_tokens
+    assert llm_scores > 0 and count.llm_tokens == count.llm_slots
+    assert count.flops == pytest.approx(
+        reference.get_total_flops() - llm_scores + llm_scores * (t + 1) / (2 * t), rel=1e-12
+    )
