@@ -312,6 +312,14 @@ def build_dataloader(
     return loader, sampler
 
 
+def decode_batching(batch_seconds: float, n: int, max_llm_tokens: int | None = None) -> BatchingConfig:
+    """Decoding's batching of `n` items: one duration-sorted window, no buckets, no shuffling, no length limit."""
+    return BatchingConfig(
+        max_seconds=float(batch_seconds), num_buckets=1, shuffle=False, shuffle_buffer=max(n, 1), max_duration=math.inf,
+        max_llm_tokens=max_llm_tokens,
+    )  # fmt: skip
+
+
 def build_decode_loader(
     manifest_path, frontend: FrontendConfig, *, prompt_builder, batch_seconds: float, num_workers: int,
     max_bad_fraction: float, name: str, features_on: str = "auto", device=None, hotwords: list[str] | None = None,
@@ -354,10 +362,7 @@ def build_decode_loader(
         durations, known = manifest.durations(), manifest.items_of(known)
     n = len(manifest)
     budget = None if llm_rows is None else llm_rows.budget
-    batching = BatchingConfig(
-        max_seconds=float(batch_seconds), num_buckets=1, shuffle=False, shuffle_buffer=max(n, 1), max_duration=math.inf,
-        max_llm_tokens=budget,
-    )  # fmt: skip
+    batching = decode_batching(batch_seconds, n, budget)
     data_cfg = DataConfig(
         batching=batching, num_workers=int(num_workers), max_bad_fraction=float(max_bad_fraction),
         features_on=features_on,

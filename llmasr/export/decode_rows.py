@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from types import SimpleNamespace
 
 import numpy as np
 
@@ -81,6 +82,25 @@ class DecodeRows:
                     seen[how] = 0
             out[k] = seen[how]
         return out
+
+
+def decode_preview(model, cfg, manifest) -> dict:
+    """What `llmasr decode` under `cfg` makes of an opened `manifest`'s utterances, each whole (no long-audio windows):
+    batches (one rank), llm_positions (max and mean B x beams x (input + new) of a batch, the longest row), and the
+    utterances past cfg.max_llm_tokens alone (`over`, as over_budget)."""
+    from llmasr.data.config import DataConfig
+    from llmasr.data.loader import decode_batching, make_sampler
+
+    durations = np.asarray(manifest.durations(), dtype=np.float64)
+    data_cfg = DataConfig(batching=decode_batching(cfg.batch_seconds, len(durations), cfg.max_llm_tokens))
+    rows = DecodeRows(model, cfg)(manifest, durations, data_cfg)
+    known = np.flatnonzero(~np.isnan(durations))
+    sampler = make_sampler(data_cfg, durations, None, model.frontend, train=False, rank=0, world_size=1,
+                           indices=known, keep_every_item=True, llm_lens=rows[0], llm_new=rows[1])  # fmt: skip
+    st = sampler.stats(0)
+    loader = SimpleNamespace(dataset=SimpleNamespace(manifest=manifest), batch_sampler=sampler, llm_rows=rows)
+    over = over_budget(loader, cfg) if cfg.max_llm_tokens is not None else []
+    return {"batches": len(sampler), "llm_positions": st.get("llm_positions"), "over": over, "lines": len(known)}
 
 
 def over_budget(loader, cfg) -> list[dict]:
