@@ -34,6 +34,7 @@ from llmasr.run_dir import CheckpointError
 DECODE_FLAGS = {
     "num_beams": "beam",
     "batch_seconds": "batch_seconds",
+    "max_llm_tokens": "max_llm_tokens",
     "max_new_tokens": "max_new_tokens",
     "tokens_per_second": "tokens_per_second",
     "repetition_penalty": "repetition_penalty",
@@ -99,6 +100,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", required=True, help="output directory for hyp/ref/results/wer files")
     p.add_argument("--beam", type=int, default=None, help="beam size (1: greedy)")
     p.add_argument("--batch-seconds", type=float, default=None, help="audio seconds per batch (padded)")
+    p.add_argument(
+        "--max-llm-tokens", type=int, default=None,
+        help="LLM positions per batch: B x beams x (longest prompt and audio tokens + most new tokens); an utterance "
+        "past it alone is decoded alone (default: the model's decode.max_llm_tokens, else none)",
+    )  # fmt: skip
     p.add_argument("--max-new-tokens", type=int, default=None, help="cap on generated tokens per utterance")
     p.add_argument(
         "--tokens-per-second", type=float, default=None,

@@ -3,9 +3,11 @@
 A bucket's items (positions in the epoch's visits, in random order) are taken in windows of `shuffle_buffer`;
 each window is sorted by cost and cut greedily: an item joins the current batch while B * the costliest item stays
 within the budget (and B * the longest target within max_target_tokens, B * the longest LLM row within
-max_llm_tokens). What is left at a window's end joins the next window, what is left at a bucket's end the next
-(longer) bucket. The batches are kept as int64 arrays (all the keys, batch after batch, and where each batch starts),
-also in the plan every rank holds (`EpochPlan`): Python lists are made only of the batches asked for.
+max_llm_tokens; a cap may also carry what each item grows by after the batch is padded, decoding's new tokens:
+B * (the longest length + the largest growth) stays within it). What is left at a window's end joins the next
+window, what is left at a bucket's end the next (longer) bucket. The batches are kept as int64 arrays (all the keys,
+batch after batch, and where each batch starts), also in the plan every rank holds (`EpochPlan`): Python lists are
+made only of the batches asked for.
 `check_settings` refuses settings no cut can work with.
 """
 
@@ -22,14 +24,15 @@ def cut_epoch(
     keep: np.ndarray,
     buckets: np.ndarray,
     sizes: np.ndarray,
-    limits: tuple[tuple[np.ndarray, int], ...],
+    limits: tuple[tuple, ...],
     budget: float,
     shuffle_buffer: int,
 ) -> tuple[np.ndarray, np.ndarray]:
     """An epoch's batches: `keep` (positions in the epoch's visits, in the order to use) sorted by their `buckets`,
     cut bucket after bucket (ascending cost), each bucket's leftover joining the next. `limits`: (a length per
-    position, its cap) pairs besides the budget (max_target_tokens, max_llm_tokens): B * the longest stays within each
-    cap. Returns (every batch's positions, batch after batch; each batch's length), int64 arrays."""
+    position, its cap[, a growth per position]) besides the budget (max_target_tokens, max_llm_tokens): B * the
+    longest (plus the largest growth) stays within each cap. Returns (every batch's positions, batch after batch;
+    each batch's length), int64 arrays."""
     cuts = BatchCuts()
     carry = np.zeros(0, dtype=np.int64)
     for part in np.split(keep, np.flatnonzero(np.diff(buckets)) + 1) if keep.size else []:
@@ -45,7 +48,7 @@ def cut_batches(
     carry: np.ndarray,
     out: BatchCuts,
     sizes: np.ndarray,
-    limits: tuple[tuple[np.ndarray, int], ...],
+    limits: tuple[tuple, ...],
     budget: float,
     shuffle_buffer: int,
 ) -> np.ndarray:
@@ -53,8 +56,9 @@ def cut_batches(
     and each of `limits`' lengths are per position. Returns the bucket's leftover, the last batch, not yet full."""
     if len(limits) > 2:
         raise ValueError(f"cut_batches: at most two caps besides the budget, got {len(limits)}")
-    # each cap a pair of plain names, not a list per item: the loop runs once per item of the epoch
-    (lens_a, cap_a), (lens_b, cap_b) = (*limits, (None, 0), (None, 0))[:2]
+    # each cap plain names, not a list per item: the loop runs once per item of the epoch
+    unset = (None, 0, None)
+    (lens_a, cap_a, grow_a), (lens_b, cap_b, grow_b) = (*(_limit(x) for x in limits), unset, unset)[:2]
     window = shuffle_buffer if shuffle_buffer > 0 else max(items.size, 1)
     for start in range(0, max(items.size, 1), window):
         pool = np.concatenate([carry, items[start : start + window]])
@@ -63,26 +67,39 @@ def cut_batches(
         # a window's batches are consecutive runs of its pool: only their lengths are found item by item
         a = lens_a[pool].tolist() if lens_a is not None else None
         b = lens_b[pool].tolist() if lens_b is not None else None
-        n, cur_max, cur_a, cur_b = 0, 0.0, 0, 0
+        ga = grow_a[pool].tolist() if grow_a is not None else None
+        gb = grow_b[pool].tolist() if grow_b is not None else None
+        n, cur_max, cur_a, cur_b, cur_ga, cur_gb = 0, 0.0, 0, 0, 0, 0
         for j, s in enumerate(sizes[pool].tolist()):
             new_max = s if s > cur_max else cur_max
             over = (n + 1) * new_max > budget
             if a is not None:  # B * the longest within each cap too
                 cur_a = a[j] if a[j] > cur_a else cur_a
-                over = over or (n + 1) * cur_a > cap_a
+                if ga is not None:
+                    cur_ga = ga[j] if ga[j] > cur_ga else cur_ga
+                over = over or (n + 1) * (cur_a + cur_ga) > cap_a
             if b is not None:
                 cur_b = b[j] if b[j] > cur_b else cur_b
-                over = over or (n + 1) * cur_b > cap_b
+                if gb is not None:
+                    cur_gb = gb[j] if gb[j] > cur_gb else cur_gb
+                over = over or (n + 1) * (cur_b + cur_gb) > cap_b
             if n and over:
                 out.lens.append(n)
                 n, new_max = 0, s
                 cur_a = a[j] if a is not None else 0
                 cur_b = b[j] if b is not None else 0
+                cur_ga = ga[j] if ga is not None else 0
+                cur_gb = gb[j] if gb is not None else 0
             n += 1
             cur_max = new_max
         out.flat.append(pool[: pool.size - n])
         carry = pool[pool.size - n :]
     return carry
+
+
+def _limit(limit: tuple) -> tuple:
+    """(lengths, cap, growth or None) of a cap given as (lengths, cap) or (lengths, cap, growth)."""
+    return (*limit, None) if len(limit) == 2 else tuple(limit)
 
 
 @dataclass

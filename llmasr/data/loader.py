@@ -87,10 +87,13 @@ def make_sampler(
     skip=None,
     keep_every_item: bool = False,
     llm_lens=None,
+    llm_new=None,
 ) -> DynamicBucketSampler:
     """`keep_every_item` (decoding): no item is skipped for its length; the budget grows to the longest item's cost
-    (a batch of its own) when it is smaller. `llm_lens`: the most LLM positions each item can take, which
-    data.batching.max_llm_tokens bounds (llmasr.train.line_positions); without them that budget is not applied."""
+    (a batch of its own) when it is smaller, and an item past max_llm_tokens alone is batched alone. `llm_lens`: the
+    most LLM positions each item can take, which data.batching.max_llm_tokens bounds (llmasr.train.line_positions;
+    decoding's: llmasr.export.decode_rows, with `llm_new`, what generation adds); without them that budget is not
+    applied."""
     b = data_cfg.batching
     max_duration = b.max_duration if keep_every_item else longest_kept(b, frontend)
     min_item = None
@@ -108,6 +111,8 @@ def make_sampler(
         max_target_tokens=b.max_target_tokens,
         llm_lens=llm_lens,
         max_llm_tokens=b.max_llm_tokens if llm_lens is not None else None,
+        llm_new=llm_new,
+        llm_alone=keep_every_item,
         num_buckets=b.num_buckets,
         shuffle=train and b.shuffle,
         shuffle_buffer=b.shuffle_buffer,
@@ -307,11 +312,19 @@ def build_dataloader(
     return loader, sampler
 
 
+def decode_batching(batch_seconds: float, n: int, max_llm_tokens: int | None = None) -> BatchingConfig:
+    """Decoding's batching of `n` items: one duration-sorted window, no buckets, no shuffling, no length limit."""
+    return BatchingConfig(
+        max_seconds=float(batch_seconds), num_buckets=1, shuffle=False, shuffle_buffer=max(n, 1), max_duration=math.inf,
+        max_llm_tokens=max_llm_tokens,
+    )  # fmt: skip
+
+
 def build_decode_loader(
     manifest_path, frontend: FrontendConfig, *, prompt_builder, batch_seconds: float, num_workers: int,
     max_bad_fraction: float, name: str, features_on: str = "auto", device=None, hotwords: list[str] | None = None,
     prompt_hotwords: bool = True, windows: WindowRules | None = None, rank: int = 0, world_size: int = 1,
-    gather=None, trim_leading_silence: bool = False, speech_runs: bool = False,
+    gather=None, trim_leading_silence: bool = False, speech_runs: bool = False, llm_rows=None,
 ) -> SpeechDataLoader:  # fmt: skip
     """The validation loader over one manifest, for decoding: every line is batched once, in an eval-mode
     SpeechDataset; batches are cut from one duration-sorted window over the whole manifest (no buckets, no
@@ -331,7 +344,9 @@ def build_decode_loader(
     A line without a transcript is decoded too
     (its batch's `targets` hold None for it). `trim_leading_silence`: each item's leading pause is cut
     (llmasr.data.long_audio.speech_start; the batch's `leads` say by how much each starts later). `speech_runs`:
-    each item's stretches of speech ride along (`Batch.speech_runs`, for word timestamps' ends).
+    each item's stretches of speech ride along (`Batch.speech_runs`, for word timestamps' ends). `llm_rows`: counts
+    each item's LLM positions for the budget `llm_rows.budget` (llmasr.export.decode_rows.DecodeRows; its counts are
+    kept as `loader.llm_rows`, (inputs, new) per item); an item past it alone is decoded in a batch of its own.
     """
     probes = (
         ScreenShare(rank, world_size, gather, data="data to decode") if gather is not None and world_size > 1 else None
@@ -346,18 +361,18 @@ def build_decode_loader(
         manifest = split_long(manifest, known, sample_rate=frontend.sample_rate, rules=windows, share=share)
         durations, known = manifest.durations(), manifest.items_of(known)
     n = len(manifest)
-    batching = BatchingConfig(
-        max_seconds=float(batch_seconds), num_buckets=1, shuffle=False, shuffle_buffer=max(n, 1), max_duration=math.inf
-    )
+    budget = None if llm_rows is None else llm_rows.budget
+    batching = decode_batching(batch_seconds, n, budget)
     data_cfg = DataConfig(
         batching=batching, num_workers=int(num_workers), max_bad_fraction=float(max_bad_fraction),
         features_on=features_on,
     )  # fmt: skip
     tracker = BadDataTracker(data_cfg.max_bad_fraction, name=name, keep_examples=n + 1, enforce=False)
     tracker.add_static(fill_bad, quiet=rank != 0)  # every rank finds them; one says so
+    rows = None if budget is None else llm_rows(manifest, durations, data_cfg)  # the same on every rank
     sampler = make_sampler(
         data_cfg, durations, None, frontend, train=False, rank=rank, world_size=world_size, indices=known,
-        keep_every_item=True,
+        keep_every_item=True, llm_lens=None if rows is None else rows[0], llm_new=None if rows is None else rows[1],
     )  # fmt: skip
     dataset = _dataset(
         manifest, frontend, data_cfg, train=False, prompt_builder=prompt_builder, device=device,
@@ -365,4 +380,6 @@ def build_decode_loader(
         speech_runs=speech_runs,
     )  # fmt: skip
     collator = Collator(prompt_builder.pad_id, no_rows=True)
-    return _speech_loader(dataset, sampler, collator, data_cfg, tracker, device=device)
+    loader = _speech_loader(dataset, sampler, collator, data_cfg, tracker, device=device)
+    loader.llm_rows = rows
+    return loader

@@ -63,6 +63,8 @@ class DynamicBucketSampler(Sampler):
     target_lens: per-item target length (any unit consistent with max_target_len/max_target_tokens).
     llm_lens: per-item LLM positions (audio tokens, prompt and transcript: llmasr.train.line_positions), which
         max_llm_tokens bounds per batch (B * the longest); an item past it alone is skipped as over_batch_budget.
+    llm_new, llm_alone (decoding, llmasr.export.decode_rows): per-item positions the LLM adds after the padded batch
+        (B * (the longest llm_lens + the largest llm_new) <= max_llm_tokens); an item past it alone batched alone.
     min_item_seconds: cost every item at least this long (fixed-length frontends such as Whisper's 30 s).
     cost_scale: multiply every item's cost (e.g. 1/0.9 when speed perturbation may stretch audio by 1/0.9);
         filters still use the durations as given.
@@ -89,6 +91,8 @@ class DynamicBucketSampler(Sampler):
         max_target_tokens: int | None = None,
         llm_lens: np.ndarray | None = None,
         max_llm_tokens: int | None = None,
+        llm_new: np.ndarray | None = None,
+        llm_alone: bool = False,
         num_buckets: int = 30,
         shuffle: bool = True,
         shuffle_buffer: int = 2000,
@@ -117,6 +121,8 @@ class DynamicBucketSampler(Sampler):
         if max_llm_tokens is not None and np.shape(llm_lens) != (n,):
             raise ValueError(f"max_llm_tokens needs llm_lens, one per item: got shape {np.shape(llm_lens)}, ({n},)")
         self.llm_lens = None if llm_lens is None else np.asarray(llm_lens, dtype=np.int64)
+        self.llm_new = None if llm_new is None else np.asarray(llm_new, dtype=np.int64).reshape(n)
+        self.llm_alone = bool(llm_alone)
         self.max_seconds, self.max_frames, self.frames_per_second = max_seconds, max_frames, frames_per_second
         self.max_target_tokens, self.max_llm_tokens = max_target_tokens, max_llm_tokens
         self.num_buckets = int(num_buckets)
@@ -174,8 +180,8 @@ class DynamicBucketSampler(Sampler):
             over = costs.least > self.budget  # at no draw of augmentation's lengths
             if tl is not None and max_target_tokens is not None:
                 over |= tl > max_target_tokens
-            if self.max_llm_tokens is not None:
-                over |= self.llm_lens > self.max_llm_tokens
+            if self.max_llm_tokens is not None and not self.llm_alone:
+                over |= self.llm_lens + (0 if self.llm_new is None else self.llm_new) > self.max_llm_tokens
             mark(over, 4)
         self._reason = reason
         # what a saved position names when the data now plans other batches (a line's audio gone since, or back)
@@ -228,6 +234,8 @@ class DynamicBucketSampler(Sampler):
         order = np.lexsort((longest, per_batch(flat, lens, bucket_of, np.maximum)))
         cost = per_batch(flat, lens, sizes, np.add)
         llm = None if self.llm_lens is None else per_batch(flat, lens, self.llm_lens[items], np.maximum)[order]
+        if llm is not None and self.llm_new is not None:  # the longest input padded, then the most written after it
+            llm = llm + per_batch(flat, lens, self.llm_new[items], np.maximum)[order]
         flat, offsets = reorder(flat, lens, order)
         return OrderedBatches(keys=keys[flat], offsets=offsets, cost=cost[order], longest=longest[order],
                               filtered=filtered, items=items, kept=items[keep], rng=rng, llm_longest=llm)  # fmt: skip
@@ -238,7 +246,8 @@ class DynamicBucketSampler(Sampler):
         if self.target_lens is not None and self.max_target_tokens is not None:
             limits.append((self.target_lens[items], int(self.max_target_tokens)))
         if self.max_llm_tokens is not None:
-            limits.append((self.llm_lens[items], int(self.max_llm_tokens)))
+            grow = () if self.llm_new is None else (self.llm_new[items],)
+            limits.append((self.llm_lens[items], int(self.max_llm_tokens), *grow))
         return tuple(limits)
 
     def _plan(self, epoch: int) -> tuple[EpochPlan, dict]:

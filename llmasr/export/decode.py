@@ -100,6 +100,7 @@ from llmasr.data.speech_loader import SpeechDataLoader
 from llmasr.data.window_plan import WindowRules
 from llmasr.data.windowed import utterance_rows, utterance_tracker
 from llmasr.export.decode_results import clear_outputs, ctc_summary, hotword_counts, llm_summary
+from llmasr.export.decode_rows import DecodeRows, over_budget, over_budget_text
 from llmasr.export.decode_world import DecodeWorld
 from llmasr.export.exported import MODEL_FILE, ExportedModelError, llm_dtype_name, load_exported, read_description
 from llmasr.export.trained_model import load_checkpoint_model
@@ -233,7 +234,9 @@ def decode_loader(model, manifest_path, cfg: DecodeConfig, opts: DecodeOptions, 
     """The evaluation loader over one manifest, with `model`'s frontend and prompt builder; utterances longer
     than `limit` (default: window_limit's for the manifest) are cut into windows (llmasr.data.windowed), at
     cfg.vad's speech segments when it names a VAD, which then also gates every utterance (cfg.vad_gate); `world`:
-    this rank's share of the batches."""
+    this rank's share of the batches. With cfg.max_llm_tokens the batches also keep within that many LLM positions
+    (llmasr.export.decode_rows); the items that pass it alone, decoded alone, are `loader.over_llm_budget` (and
+    logged by rank 0)."""
     limit = window_limit(model, cfg, opts, manifest=manifest_path) if limit is None else limit
     gate = cfg.vad is not None and cfg.vad_gate
     rules = WindowRules(
@@ -241,14 +244,21 @@ def decode_loader(model, manifest_path, cfg: DecodeConfig, opts: DecodeOptions, 
         speech_segments=speech_segmenter(cfg, model.frontend.sample_rate), gate=gate,
         merge_seconds=cfg.vad_merge_seconds,
     )  # fmt: skip
-    return build_decode_loader(
+    rows = None
+    if cfg.max_llm_tokens is not None:
+        rows = DecodeRows(model, cfg, opts.hotwords, prompted=not opts.hotwords_unprompted)
+    loader = build_decode_loader(
         manifest_path, model.frontend, prompt_builder=model.prompt, batch_seconds=cfg.batch_seconds,
         num_workers=opts.num_workers, max_bad_fraction=opts.max_bad_fraction,
         name=f"decode {Path(manifest_path).name}", features_on=opts.features_on, device=device,
         hotwords=opts.hotwords, prompt_hotwords=not opts.hotwords_unprompted,
         windows=rules if limit > 0 or gate else None, rank=world.rank, world_size=world.size, gather=world.gather,
-        trim_leading_silence=cfg.trim_leading_silence, speech_runs=cfg.timestamps,
+        trim_leading_silence=cfg.trim_leading_silence, speech_runs=cfg.timestamps, llm_rows=rows,
     )  # fmt: skip
+    loader.over_llm_budget = [] if loader.llm_rows is None else over_budget(loader, cfg)
+    if loader.over_llm_budget and world.leader:
+        log.warning("%s", over_budget_text(f"decode {Path(manifest_path).name}", loader.over_llm_budget, cfg))
+    return loader
 
 
 def decode_manifest(
@@ -296,6 +306,7 @@ def decode_manifest(
         windows=sum(r["windows"] for r in rows), split=sum(r["windows"] > 1 for r in rows),
         max_window_seconds=limit or None, window_overlap=cfg.window_overlap, vad=cfg.vad,
         no_speech=sum(bool(r.get("no_speech")) for r in rows), vad_merge_seconds=cfg.vad_merge_seconds,
+        max_llm_tokens=cfg.max_llm_tokens, over_llm_budget=loader.over_llm_budget,
     )  # fmt: skip
     timing["hotwords"] = hotword_counts(rows, opts, model.prompt.hotwords_max_tokens, boost)
     summary = llm_summary(out_dir, rows, found, cfg, timing)

@@ -104,6 +104,19 @@ def _counts(found: dict, n_utts: int) -> str:
     )
 
 
+def _budget_line(found: dict) -> str:
+    """decode.max_llm_tokens, and the items that passed it alone (decoded alone)."""
+    over = found.get("over_llm_budget") or []
+    line = f"LLM positions per batch within decode.max_llm_tokens {found['max_llm_tokens']}"
+    if not over:
+        return line
+    first = over[0]
+    return (
+        f"{line}; {len(over)} item(s) past it alone, each decoded in a batch of its own (e.g. line {first['line']}, "
+        f"key {first['key']}: {first['positions']} positions; wer.json: over_llm_budget)"
+    )
+
+
 def _windows_line(found: dict, n_utts: int) -> str:
     limit = found["max_window_seconds"]
     where = f"at the speech segments of the VAD {found['vad']}" if found.get("vad") else "at low-energy points"
@@ -182,6 +195,8 @@ def llm_summary(out_dir: Path, rows: list[dict], found: dict, cfg: DecodeConfig,
     ]
     if "windows" in found:  # decode_manifest's window counts (absent when a caller scores rows alone)
         text.append(_windows_line(found, len(rows)))
+    if found.get("max_llm_tokens") is not None:
+        text.append(_budget_line(found))
     summary["repeated_keys"] = _repeated_keys(rows)
     if summary["repeated_keys"]:
         text.append(

@@ -32,6 +32,10 @@ class DecodeConfig:
     repetition_penalty: float = 1.0
     no_repeat_ngram_size: int = 0
     batch_seconds: float = 120.0  # audio seconds per decoding batch
+    # LLM positions per decoding batch: B x num_beams x (the longest prompt with its audio tokens + the most tokens
+    # generation may add), the prefill and KV cache (llmasr.export.decode_rows); an utterance past it alone is decoded
+    # in a batch of its own. None: batch_seconds alone cuts the batches.
+    max_llm_tokens: int | None = None
     # Text normaliser before scoring: lowercase, strip punctuation; CER instead of WER for languages written
     # without spaces (auto: decided per utterance by the script of the reference).
     metric: str = "auto"  # auto | wer | cer
@@ -86,6 +90,8 @@ class DecodeConfig:
             raise ConfigError(f"{path}.repeat_limit: must be >= 0 (0: off), got {self.repeat_limit}")
         if not 0.0 < self.batch_seconds < math.inf:
             raise ConfigError(f"{path}.batch_seconds: must be > 0 seconds of audio a batch, got {self.batch_seconds}")
+        if self.max_llm_tokens is not None and self.max_llm_tokens < 1:
+            raise ConfigError(f"{path}.max_llm_tokens: must be >= 1 (or unset: no budget), got {self.max_llm_tokens}")
         if self.max_new_tokens is not None and self.max_new_tokens < 1:
             raise ConfigError(f"{path}.max_new_tokens: must be >= 1 (or unset: by duration), got {self.max_new_tokens}")
         if not 0.0 < self.repetition_penalty < math.inf:

@@ -288,6 +288,33 @@ def _llm_lines(sampler, st: dict) -> list[str]:
     ]
 
 
+def _decode_lines(recipe, model, valid_loader) -> list[str]:
+    """decode.max_llm_tokens against data.valid as `llmasr decode` batches it under the recipe's decode section
+    (llmasr.export.decode_rows): the LLM positions its batches hold, and the utterances past the budget alone."""
+    from llmasr.export.decode_rows import decode_preview
+
+    dc, budget = recipe.decode, recipe.decode.max_llm_tokens
+    if budget is None:
+        return []
+    if valid_loader is None:
+        return [f"  decode.max_llm_tokens {budget}: no data.valid to preview decoding's batches on"]
+    got = decode_preview(model, dc, valid_loader.dataset.manifest)
+    llm = got["llm_positions"] or {"max": 0, "mean": 0.0, "longest_row": 0}
+    lines = [
+        f"  decode.max_llm_tokens {budget}: data.valid as `llmasr decode` batches it (batch_seconds "
+        f"{dc.batch_seconds:g}, utterances whole): {got['batches']} batches; LLM positions per batch (B x beams x "
+        f"(prompt and audio tokens + new tokens)) at most {llm['max']}, mean {llm['mean']:.1f}; longest row "
+        f"{llm['longest_row']}"
+    ]
+    if got["over"]:
+        o = got["over"][0]
+        lines.append(
+            f"  {len(got['over'])} utterance(s) past decode.max_llm_tokens alone, each decoded in a batch of its own "
+            f"(e.g. line {o['line']}, key {o['key']}: {o['positions']})"
+        )
+    return lines
+
+
 def check(
     recipe, ds_path, *, world_size: int, out: Path | None = None, resume: str | None = None, overwrite: bool = False
 ) -> str:
@@ -325,7 +352,8 @@ def check(
     for branch, (n, t) in counts["branches"].items():
         lines.append(f"  {branch}: {n:,} ({t:,} trainable)")
     lines += _weights_lines(recipe.model)
-    lines += _vad_lines(recipe.decode, model.frontend.sample_rate)
+    decoding = _vad_lines(recipe.decode, model.frontend.sample_rate) + _decode_lines(recipe, model, valid_loader)
+    lines += (["decoding"] if decoding and decoding[0] != "decoding" else []) + decoding
     lines += ["param groups", *("  " + row for row in describe_param_groups(groups).splitlines())]
     lines.append("learning rate at key updates")
     width = max(len(n) for n in names)

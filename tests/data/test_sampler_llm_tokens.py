@@ -64,3 +64,33 @@ def test_an_item_past_the_budget_alone_is_skipped_and_counted():
 def test_the_budget_needs_a_length_per_item():
     with pytest.raises(ValueError, match=r"max_llm_tokens needs llm_lens, one per item: got shape \(3,\)"):
         DynamicBucketSampler(np.ones(4), llm_lens=np.ones(3), max_llm_tokens=100, max_seconds=10.0)
+
+
+def test_growth_after_padding_counts_at_the_largest_of_the_batch():
+    """Decoding (llm_new): the inputs are padded to the longest, then every row grows by the largest cap, which need
+    not be the longest input's: B x (longest input + largest growth) stays within the budget."""
+    rng = np.random.default_rng(3)
+    d = np.sort(rng.uniform(1.0, 10.0, 400))
+    inputs = PROMPT + np.ceil(d * 12.5).astype(np.int64)
+    inputs[::7] += 200  # a long biasing list on some shorter clips
+    new = np.ceil(d * 8).astype(np.int64) + 9
+    s = DynamicBucketSampler(d, llm_lens=inputs, llm_new=new, max_llm_tokens=3000, max_seconds=1e6, shuffle=False)
+    batches = list(s)
+    assert sorted(i for b in batches for i in b) == list(range(d.size))
+    held = [len(b) * (inputs[b].max() + new[b].max()) for b in batches]
+    assert max(held) <= 3000
+    assert any(len(b) * (inputs[b] + new[b]).max() < h for b, h in zip(batches, held))  # one sum per row undercounts
+    assert s.stats()["llm_positions"]["max"] == max(held)
+
+
+def test_an_item_past_the_budget_alone_is_batched_alone_when_asked():
+    """Decoding skips no item (llm_alone): one past the budget gets a batch of its own, the others stay within it."""
+    d = mixed(300, seed=4)
+    llm = rows(d)
+    big = [5, 120]
+    llm[big] = 5000
+    s = DynamicBucketSampler(d, llm_lens=llm, max_llm_tokens=4000, max_seconds=200.0, llm_alone=True)
+    batches = list(s)
+    assert s.filtered == {}
+    assert sorted(i for b in batches for i in b) == list(range(d.size))
+    assert sorted(b for b in batches if len(b) * llm[b].max() > 4000) == [[5], [120]]

@@ -61,6 +61,7 @@ def test_ranks_share_the_batches_of_one_plan(model, manifest):
 
 def test_two_ranks_write_what_one_process_writes(exported_dir, manifest, tmp_path):
     common = ["--model", str(exported_dir), "--data", str(manifest), "--num-workers", "0", "--batch-seconds", "1.6",
+              "--max-llm-tokens", "150",  # batches within it as well, the same plan on each rank
               "--max-new-tokens", "5", "--max-bad-fraction", "0.5", "--ctc", "--max-window-seconds", "2.5"]  # fmt: skip
     assert main([*common, "--output", str(tmp_path / "one")]) == 0
     port = _free_port()

@@ -115,6 +115,39 @@ def test_the_llm_budget_is_reported_with_the_padded_llm_positions_of_the_batches
     assert mean_batch(out) < mean_batch(plain)
 
 
+def test_the_decode_budget_is_reported_with_the_llm_positions_of_decodings_batches(recipe_file, tmp_path, capsys):
+    """decode.max_llm_tokens: the report gives the LLM positions `llmasr decode` batches of data.valid hold under
+    the recipe's decode section (B x beams x (prompt and audio tokens + new tokens)), and names an utterance past it
+    alone."""
+    from llmasr.export.decode import DecodeOptions, decode_loader
+    from llmasr.recipe import load_recipe
+
+    base = ["--config", str(recipe_file), "--deepspeed", "zero2", "--world-size", "1", "--out", str(tmp_path)]
+    code, plain, err = run_check(capsys, *base)
+    assert code == 0, err
+    assert "decode.max_llm_tokens" not in plain  # off by default
+    budget = ["decode.max_llm_tokens=150", "decode.max_new_tokens=20", "decode.max_window_seconds=0"]
+    code, out, err = run_check(capsys, *base, *budget)
+    assert code == 0, err
+    recipe = load_recipe(recipe_file, budget)
+    torch.manual_seed(0)
+    model = llmasr.build_model(recipe.model)
+    loader = decode_loader(model, recipe.data.valid[0].path, recipe.decode, DecodeOptions(num_workers=0))
+    inputs, new = loader.llm_rows
+    held = [len(b) * int(inputs[b].max() + new[b].max()) for b in loader.batch_sampler]
+    line = (
+        f"  decode.max_llm_tokens 150: data.valid as `llmasr decode` batches it (batch_seconds "
+        f"{recipe.decode.batch_seconds:g}, utterances whole): {len(held)} batches; LLM positions per batch (B x beams "
+        f"x (prompt and audio tokens + new tokens)) at most {max(held)}, mean {np.mean(held):.1f}; longest row "
+        f"{int((inputs + new).max())}\n"
+    )
+    assert line in out, out
+    assert len(held) > 1 and max(held) <= 150
+    code, out, err = run_check(capsys, *base, "decode.max_llm_tokens=30", *budget[1:])
+    assert code == 0, err
+    assert "utterance(s) past decode.max_llm_tokens alone, each decoded in a batch of its own (e.g. line 1, " in out
+
+
 def test_a_max_updates_beyond_the_epochs_shows_where_the_run_stops(recipe_file, tmp_path, capsys):
     """The schedules are sized by train.max_updates, but the trainer stops when the epochs end: the report had
     labelled the schedule's last update the run's last, an update the run never reaches."""
