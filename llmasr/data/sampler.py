@@ -121,21 +121,13 @@ class DynamicBucketSampler(Sampler):
         if max_llm_tokens is not None and np.shape(llm_lens) != (n,):
             raise ValueError(f"max_llm_tokens needs llm_lens, one per item: got shape {np.shape(llm_lens)}, ({n},)")
         self.llm_lens = None if llm_lens is None else np.asarray(llm_lens, dtype=np.int64)
-        self.llm_new = None if llm_new is None else np.asarray(llm_new, dtype=np.int64).reshape(n)
-        self.llm_alone = bool(llm_alone)
+        self.llm_new, self.llm_alone = None if llm_new is None else np.asarray(llm_new, np.int64).reshape(n), llm_alone
         self.max_seconds, self.max_frames, self.frames_per_second = max_seconds, max_frames, frames_per_second
         self.max_target_tokens, self.max_llm_tokens = max_target_tokens, max_llm_tokens
-        self.num_buckets = int(num_buckets)
-        self.shuffle = bool(shuffle)
-        self.shuffle_buffer = int(shuffle_buffer)
-        self.seed = int(seed)
-        self.rank = int(rank)
-        self.world_size = int(world_size)
-        self.drop_last = bool(drop_last)
-        self.min_duration = float(min_duration)
-        self.max_duration = float(max_duration)
-        self.max_target_len = max_target_len
-        self.truncate_to_max = bool(truncate_to_max)
+        self.num_buckets, self.shuffle, self.shuffle_buffer = int(num_buckets), bool(shuffle), int(shuffle_buffer)
+        self.seed, self.rank, self.world_size, self.drop_last = int(seed), int(rank), int(world_size), bool(drop_last)
+        self.min_duration, self.max_duration = float(min_duration), float(max_duration)
+        self.max_target_len, self.truncate_to_max = max_target_len, bool(truncate_to_max)
         self.epoch_indices = epoch_indices
         self.base_indices = np.arange(n, dtype=np.int64) if indices is None else np.asarray(indices, dtype=np.int64)
         self._sort_items(min_item_seconds, cost_scale, cost_pad, epoch_costs, skip)

@@ -4,7 +4,7 @@
                   --output HYP_DIR [--beam N] [--batch-seconds S] [--max-new-tokens N]
                   [--repetition-penalty P] [--no-repeat-ngram N] [--metric auto|wer|cer] [--ctc]
                   [--ctc-weight W] [--repeat-limit N] [--hotwords FILE] [--hotwords-unprompted] [--hotword-boost B]
-                  [--max-window-seconds S] [--window-overlap S]
+                  [--max-window-seconds S] [--window-overlap S] [--max-llm-tokens N]
 
 Batches come from the validation loader of training (llmasr.data.loader.build_decode_loader: SpeechDataset in
 evaluation mode, no augmentation, dithered as FunASR's frontend dithers when decoding, with noise drawn from the
@@ -31,10 +31,10 @@ Outputs (HYP_DIR, or HYP_DIR/<manifest name>/ when several manifests are given):
                    / audio seconds: from opening the manifest to the last batch decoded, the slowest rank's on N
                    ranks, the pass that reads long or VAD-gated audio to place its windows included, its share
                    given as window_plan_seconds; loading the model and scoring and writing the outputs not) and
-                   throughput (utterances/s), skipped lines, "N utterances decoded in M
-                   windows" with the window limit; when any utterance has a
-                   biasing list (`hotwords`), how many had one and how many phrases the prompt's token cap
-                   dropped, B-WER / U-WER and hotword recall, precision and leaks
+                   throughput (utterances/s), skipped lines, "N utterances decoded in M windows" with the window
+                   limit, those decoded alone past decode.max_llm_tokens; when any utterance has a biasing list
+                   (`hotwords`), how many had one and how many phrases the prompt's token cap dropped, B-WER /
+                   U-WER and hotword recall, precision and leaks
     wer.json       the same, machine-readable (the hotword scores under "hotwords", the list counts as
                    hotword_lists, hotword_phrases, hotwords_dropped, hotwords_file, hotwords_max_tokens;
                    `transcribed` and `unscored` count the lines without a transcript; `rate` is null if all are)
@@ -50,10 +50,8 @@ wer.json for the CTC branch's greedy best path, scored the same way: a low CTC W
 encoder hears the words and the LLM side loses them. SpeechLLM.transcribe gives both from one encoder pass.
 
 On N ranks (a launcher's RANK / WORLD_SIZE) each decodes every N-th batch of the same plan and rank 0 writes the
-outputs, the same as one process's (llmasr.export.decode_world).
-
-Bad lines are skipped and reported; the command fails (exit 1, after writing the outputs) only when they are
-more than --max-bad-fraction of the lines.
+outputs, the same as one process's (llmasr.export.decode_world). Bad lines are skipped and reported; the command
+fails (exit 1, after writing the outputs) only when they are more than --max-bad-fraction of the lines.
 
 With `max_new_tokens` unset, each utterance's cap is `tokens_per_second` x its own duration + 8, so a model that
 loops stops at a length tied to its audio, and batched output equals one-by-one output; `repeat_limit` ends a
@@ -100,7 +98,7 @@ from llmasr.data.speech_loader import SpeechDataLoader
 from llmasr.data.window_plan import WindowRules
 from llmasr.data.windowed import utterance_rows, utterance_tracker
 from llmasr.export.decode_results import clear_outputs, ctc_summary, hotword_counts, llm_summary
-from llmasr.export.decode_rows import DecodeRows, over_budget, over_budget_text
+from llmasr.export.decode_rows import DecodeRows, over_budget
 from llmasr.export.decode_world import DecodeWorld
 from llmasr.export.exported import MODEL_FILE, ExportedModelError, llm_dtype_name, load_exported, read_description
 from llmasr.export.trained_model import load_checkpoint_model
@@ -166,12 +164,8 @@ def window_limit(model, cfg: DecodeConfig, opts: DecodeOptions, *, quiet: bool =
     lists = not opts.hotwords_unprompted
     manifest = Manifest.open(manifest, need_target=False) if isinstance(manifest, (str, Path)) else manifest
     prompt_tokens, said = decoding_prompt(model.prompt, opts.hotwords, manifest, lists=lists, given=given)
-
-    def new_tokens(seconds: float) -> int:  # SpeechLLM._search's cap
-        return cfg.max_new_tokens or int(math.ceil(seconds * cfg.tokens_per_second)) + 8
-
     try:
-        fit, why = decoding_fit(model, limit, prompt_tokens, new_tokens, said)
+        fit, why = decoding_fit(model, limit, prompt_tokens, cfg.new_token_cap, said)
     except ContextError as err:
         raise DecodeError(str(err)) from err
     if fit == limit:
@@ -234,30 +228,24 @@ def decode_loader(model, manifest_path, cfg: DecodeConfig, opts: DecodeOptions, 
     """The evaluation loader over one manifest, with `model`'s frontend and prompt builder; utterances longer
     than `limit` (default: window_limit's for the manifest) are cut into windows (llmasr.data.windowed), at
     cfg.vad's speech segments when it names a VAD, which then also gates every utterance (cfg.vad_gate); `world`:
-    this rank's share of the batches. With cfg.max_llm_tokens the batches also keep within that many LLM positions
-    (llmasr.export.decode_rows); the items that pass it alone, decoded alone, are `loader.over_llm_budget` (and
-    logged by rank 0)."""
+    this rank's share of the batches. cfg.max_llm_tokens bounds their LLM positions (llmasr.export.decode_rows);
+    the items past it alone, each decoded alone, are `loader.over_llm_budget` (rank 0 logs them)."""
     limit = window_limit(model, cfg, opts, manifest=manifest_path) if limit is None else limit
-    gate = cfg.vad is not None and cfg.vad_gate
+    gate, segments = cfg.vad is not None and cfg.vad_gate, speech_segmenter(cfg, model.frontend.sample_rate)
     rules = WindowRules(
         limit or math.inf, cfg.window_overlap, cfg.window_split_pause, from_speech=cfg.trim_leading_silence,
-        speech_segments=speech_segmenter(cfg, model.frontend.sample_rate), gate=gate,
-        merge_seconds=cfg.vad_merge_seconds,
+        speech_segments=segments, gate=gate, merge_seconds=cfg.vad_merge_seconds,
     )  # fmt: skip
-    rows = None
-    if cfg.max_llm_tokens is not None:
-        rows = DecodeRows(model, cfg, opts.hotwords, prompted=not opts.hotwords_unprompted)
+    rows = DecodeRows(model, cfg, opts.hotwords, not opts.hotwords_unprompted) if cfg.max_llm_tokens else None
+    name = f"decode {Path(manifest_path).name}"
     loader = build_decode_loader(
-        manifest_path, model.frontend, prompt_builder=model.prompt, batch_seconds=cfg.batch_seconds,
-        num_workers=opts.num_workers, max_bad_fraction=opts.max_bad_fraction,
-        name=f"decode {Path(manifest_path).name}", features_on=opts.features_on, device=device,
-        hotwords=opts.hotwords, prompt_hotwords=not opts.hotwords_unprompted,
+        manifest_path, model.frontend, prompt_builder=model.prompt, batch_seconds=cfg.batch_seconds, name=name,
+        num_workers=opts.num_workers, max_bad_fraction=opts.max_bad_fraction, features_on=opts.features_on,
+        device=device, hotwords=opts.hotwords, prompt_hotwords=not opts.hotwords_unprompted,
         windows=rules if limit > 0 or gate else None, rank=world.rank, world_size=world.size, gather=world.gather,
         trim_leading_silence=cfg.trim_leading_silence, speech_runs=cfg.timestamps, llm_rows=rows,
     )  # fmt: skip
-    loader.over_llm_budget = [] if loader.llm_rows is None else over_budget(loader, cfg)
-    if loader.over_llm_budget and world.leader:
-        log.warning("%s", over_budget_text(f"decode {Path(manifest_path).name}", loader.over_llm_budget, cfg))
+    loader.over_llm_budget = over_budget(loader, cfg, name, say=world.leader)
     return loader
 
 

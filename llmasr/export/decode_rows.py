@@ -15,7 +15,7 @@ decode.max_new_tokens, else tokens_per_second x its seconds + 8 (one more for th
 
 from __future__ import annotations
 
-import math
+import logging
 from dataclasses import dataclass
 from types import SimpleNamespace
 
@@ -25,6 +25,8 @@ from llmasr.data.manifest import BadRecord
 from llmasr.data.records import task_of
 from llmasr.models.context import audio_tokens
 from llmasr.train.line_positions import heard_seconds
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -46,7 +48,7 @@ class DecodeRows:
         """(each item's input positions, the positions generation may add to it), both x num_beams, for `manifest`'s
         items of `durations` (0 where the duration is unknown: the loader reports those as bad)."""
         d = np.asarray(durations, dtype=np.float64)
-        seconds = heard_seconds(d, data_cfg, self.model.frontend, train=False, tolerance=True)
+        seconds = heard_seconds(d, data_cfg, self.model.frontend, train=False)
         known = np.flatnonzero(~np.isnan(seconds))
         inputs, new = np.zeros(d.shape, dtype=np.int64), np.zeros(d.shape, dtype=np.int64)
         if known.size:
@@ -58,8 +60,7 @@ class DecodeRows:
 
     def new_tokens(self, seconds: float) -> int:
         """The most tokens generate writes for `seconds` of audio (SpeechLLM._search's cap, and its end token)."""
-        cfg = self.cfg
-        return (cfg.max_new_tokens or int(math.ceil(seconds * cfg.tokens_per_second)) + 8) + 1
+        return self.cfg.new_token_cap(seconds) + 1
 
     def prompts(self, manifest, items: np.ndarray) -> np.ndarray:
         """The prompt tokens of each of `items`, rendered as the dataset renders them (0 for a line that cannot be
@@ -103,9 +104,12 @@ def decode_preview(model, cfg, manifest) -> dict:
     return {"batches": len(sampler), "llm_positions": st.get("llm_positions"), "over": over, "lines": len(known)}
 
 
-def over_budget(loader, cfg) -> list[dict]:
-    """The items of a decoding `loader` (its counts, `loader.llm_rows`) that alone pass cfg.max_llm_tokens and are
-    decoded each in a batch of its own: manifest line, key, and their counts (per beam: input, new_tokens)."""
+def over_budget(loader, cfg, name: str = "", say: bool = False) -> list[dict]:
+    """The items of a decoding `loader` (its counts, `loader.llm_rows`; none without them) that alone pass
+    cfg.max_llm_tokens and are decoded each in a batch of its own: manifest line, key, and their counts (per beam:
+    input, new_tokens). `say`: warn of them (over_budget_text, `name`: what is decoded)."""
+    if loader.llm_rows is None:
+        return []
     manifest, (inputs, new) = loader.dataset.manifest, loader.llm_rows
     batched = np.zeros(len(manifest), dtype=bool)
     batched[loader.batch_sampler.base_indices] = True  # a line whose header could not be read is a bad line
@@ -117,6 +121,8 @@ def over_budget(loader, cfg) -> list[dict]:
             key = None
         out.append({"line": int(manifest.lineno(i)), "key": key, "positions": int(inputs[i] + new[i]),
                     "input": int(inputs[i] // beams), "new_tokens": int(new[i] // beams)})  # fmt: skip
+    if out and say:
+        log.warning("%s", over_budget_text(name, out, cfg))
     return out
 
 

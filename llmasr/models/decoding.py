@@ -144,6 +144,13 @@ class DecodeConfig:
             )
         return float(limit)
 
+    def new_token_cap(self, seconds: float) -> int:
+        """The most tokens the search writes for `seconds` of audio (its end token not counted): max_new_tokens, else
+        tokens_per_second x seconds + 8, so that a model that loops stops at a length tied to its audio."""
+        if self.max_new_tokens is not None:
+            return int(self.max_new_tokens)
+        return int(math.ceil(float(seconds) * self.tokens_per_second)) + 8
+
     def guidance(self, has_ctc_head: bool, llm_vocab: bool) -> float:
         """The CTC weight this configuration decodes a model with: the set value, else AUTO_CTC_WEIGHT when the
         model has a CTC head that can guide this search (n-best rescoring needs num_beams > 1), else 0.

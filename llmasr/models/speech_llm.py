@@ -9,7 +9,6 @@ the data side.
 from __future__ import annotations
 
 import dataclasses
-import math
 from contextlib import nullcontext
 from dataclasses import dataclass
 
@@ -299,11 +298,7 @@ class SpeechLLM(nn.Module):
 
         llm_vocab = self.ctc_on_llm_vocab
         weight = cfg.guidance(ctc is not None, llm_vocab)
-        if cfg.max_new_tokens is None:
-            seconds = feat_lens.double() * self.frontend.frame_seconds
-            caps = [int(math.ceil(float(s) * cfg.tokens_per_second)) + 8 for s in seconds]
-        else:
-            caps = [int(cfg.max_new_tokens)] * int(feat_lens.shape[0])
+        caps = [cfg.new_token_cap(s) for s in (feat_lens.double() * self.frontend.frame_seconds).tolist()]
         guards = Guards(caps, cfg.repeat_limit, self.prompt.end_id, cfg.num_beams)
         boost, end = cfg.boost(weight, llm_vocab), self.prompt.end_id
         boosts = []
