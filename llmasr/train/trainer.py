@@ -171,6 +171,11 @@ class Run:
         log.info("resumed from %s at update %d, epoch %d", where, self.engine.global_steps, state.get("epoch", 0))
         self.last_saved = self.engine.global_steps
         if self.rank == 0:
+            if load_dir.resolve() == self.ckpt_dir.resolve() and ck.finish_unnamed(
+                load_dir, tag, self.checkpoints.policy
+            ):
+                log.warning("resume: %s is complete (its meta is written) but `latest` did not name it yet (the job "
+                            "ended between the two): continued from it, and `latest` now names it", where)  # fmt: skip
             moved, aside = ck.set_aside_later(self.ckpt_dir, self.engine.global_steps, load_dir)
             if moved:
                 log.warning("resume: %d later checkpoint(s) of this run (%s) belong to the course this resume leaves; "

@@ -414,3 +414,34 @@ def test_another_zero_stage_is_refused_saying_how_to_resume(tmp_path, saved, pre
     message = str(err.value)
     assert f"{where}: saved at ZeRO stage {saved}, this run uses 3" in message
     assert f"--deepspeed {presets} or the run's own {tmp_path / 'run' / ck.DS_CONFIG_FILE}" in message
+
+
+def test_a_checkpoint_saved_all_but_its_latest_pointer_is_resumed(tiny_llm_dir, corpus, tmp_path):
+    """A job killed between update 2's meta (and best.json entry) and `latest` (still update 1): the resume
+    continues update 2 and `latest` names it. The resume had continued update 1 and set the complete update 2 aside
+    as a course left behind, training update 2 again. A folder without its meta is still no checkpoint."""
+    run = tmp_path / "run"
+    make = recipe(tiny_llm_dir, corpus, run, save_every_updates=1, overrides=["train.resume=auto"])
+    train(make, "zero0", stop_after_updates=3)  # saves 1 and 2
+    ckpts = ck.checkpoints_dir(run)
+    ck.write_atomic(ckpts / ck.LATEST, ck.tag_for(1) + "\n")
+    assert [h["update"] for h in train(make, "zero0")["history"]] == [3]
+    assert not list(ckpts.glob("abandoned_at_update_*")) and ck.latest(ckpts) == ck.tag_for(3)
+    assert (
+        f"{ckpts / ck.tag_for(2)} is complete (its meta is written) but `latest` did not"
+        in (run / ck.TRAIN_LOG).read_text()
+    )
+    # the same kill at the first save: no `latest` at all (auto had started afresh, and been refused the folder)
+    first = tmp_path / "first"
+    make = recipe(tiny_llm_dir, corpus, first, save_every_updates=1, overrides=["train.resume=auto"])
+    train(make, "zero0", stop_after_updates=2)  # saves 1
+    (ck.checkpoints_dir(first) / ck.LATEST).unlink()
+    assert [h["update"] for h in train(make, "zero0")["history"]] == [2, 3]
+    # a save cut short before its meta is not resumed: the run goes on from `latest` and saves that update afresh
+    cut = tmp_path / "cut"
+    make = recipe(tiny_llm_dir, corpus, cut, save_every_updates=1)
+    train(make, "zero0", stop_after_updates=3)
+    (ck.checkpoints_dir(cut) / ck.tag_for(2) / ck.META).unlink()
+    ck.write_atomic(ck.checkpoints_dir(cut) / ck.LATEST, ck.tag_for(1) + "\n")
+    assert [h["update"] for h in train(make, "zero0", resume="latest")["history"]] == [2, 3]
+    assert ck.read_meta(ck.checkpoints_dir(cut) / ck.tag_for(2)).update == 2
