@@ -14,6 +14,7 @@ tags, `latest`, the checkpoint meta) is llmasr.run_dir's.
 
 from __future__ import annotations
 
+import bisect
 import json
 import os
 import shutil
@@ -323,18 +324,18 @@ class LrCourse:
     skipped on a non-finite gradient (each held the schedules); `held`, the schedules restored from it."""
 
     since: int
-    skipped: tuple[int, ...]
+    skipped: tuple[int, ...]  # ascending
     held: list
 
     @classmethod
     def of(cls, saved: dict | None, held: list) -> LrCourse | None:
         """From a checkpoint's record (RunCheckpoints.save's `lr_course`; None from before llmasr kept it)."""
-        return None if saved is None else cls(int(saved["since"]), tuple(saved["skipped"]), list(held))
+        return None if saved is None else cls(int(saved["since"]), tuple(sorted(saved["skipped"])), list(held))
 
     def lr(self, name: str, row: int, start: int, applied: int) -> float:
         """The lr the update of 0-based `row` (since <= row < start) used, the schedules standing at `applied` at
         update `start`: every update after it that was not skipped moved them on by one."""
-        done = applied - (start - row) + sum(k > row for k in self.skipped)
+        done = applied - (start - row) + len(self.skipped) - bisect.bisect_right(self.skipped, row)
         return next(s for s in self.held if s.name == name).lr(max(done, 0))
 
 
