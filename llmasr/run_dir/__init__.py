@@ -19,6 +19,7 @@ from llmasr.run_dir.bookkeeping import (
     CheckpointPolicy,
     clear_tag,
     finish_save,
+    finish_unnamed,
     read_best,
     record_metrics,
     rotate,
@@ -49,6 +50,7 @@ from llmasr.run_dir.layout import (
     resolve_resume,
     resume_asked,
     resume_or_start,
+    resume_point,
     run_dir_of,
     tag_for,
     update_of,
@@ -57,10 +59,10 @@ from llmasr.run_dir.meta import CheckpointMeta, read_meta, write_meta
 from llmasr.safe_load import CheckpointError
 
 __all__ = [
-    "BEST", "CHECKPOINTS", "DS_CONFIG_FILE", "LATEST", "LOCK_FILE", "LR_CSV", "LR_PNG", "META", "RECIPE_FILE",
-    "TENSORBOARD", "TRAIN_LOG", "UNIVERSAL_SUFFIX", "CheckpointError", "CheckpointMeta", "CheckpointPolicy",
-    "CheckpointRef", "abandoned_dir", "checkpoints_dir", "clear_tag", "finish_save", "latest", "list_tags",
+    "BEST", "CHECKPOINTS", "CheckpointError", "CheckpointMeta", "CheckpointPolicy", "CheckpointRef", "DS_CONFIG_FILE",
+    "LATEST", "LOCK_FILE", "LR_CSV", "LR_PNG", "META", "RECIPE_FILE", "TENSORBOARD", "TRAIN_LOG", "UNIVERSAL_SUFFIX",
+    "abandoned_dir", "checkpoints_dir", "clear_tag", "finish_save", "finish_unnamed", "latest", "list_tags",
     "read_best", "read_meta", "record_metrics", "require_latest", "resolve_checkpoint", "resolve_resume",
-    "resume_asked", "resume_or_start", "rotate", "run_dir_of", "select_tags", "set_aside_later", "tag_for",
-    "update_best", "update_of", "write_atomic", "write_meta",
+    "resume_asked", "resume_or_start", "resume_point", "rotate", "run_dir_of", "select_tags", "set_aside_later",
+    "tag_for", "update_best", "update_of", "write_atomic", "write_meta",
 ]  # fmt: skip

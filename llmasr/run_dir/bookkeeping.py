@@ -15,9 +15,11 @@ from pathlib import Path
 
 from llmasr.atomic_file import write_atomic
 from llmasr.run_dir.layout import (
+    ABANDONED_PREFIX,
     BEST,
     LATEST,
     META,
+    SETTING_ASIDE,
     UNIVERSAL_SUFFIX,
     CheckpointRef,
     abandoned_at,
@@ -116,9 +118,14 @@ def _remove(folder: Path, ignore_errors: bool = True) -> None:
 
 
 def _enter(ckpt_dir: Path, tag: str, meta: CheckpointMeta, policy: CheckpointPolicy) -> None:
-    """`tag`'s meta file, and the best list with it entered by its metrics. With best_k 0 (a resume may turn the list
-    off) best.json goes: its tags would be spared by rotation and averaged for ever."""
+    """`tag`'s meta file, and the best list with it entered by its metrics."""
     write_meta(ckpt_dir / tag, meta)
+    _rank(ckpt_dir, tag, meta, policy)
+
+
+def _rank(ckpt_dir: Path, tag: str, meta: CheckpointMeta, policy: CheckpointPolicy) -> None:
+    """The best list with `tag` entered by its metrics. With best_k 0 (a resume may turn the list off) best.json
+    goes: its tags would be spared by rotation and averaged for ever."""
     best = update_best(read_best(ckpt_dir), tag, meta, policy)
     if policy.best_k > 0:
         write_atomic(ckpt_dir / BEST, json.dumps(best, indent=2))
@@ -131,6 +138,19 @@ def finish_save(ckpt_dir: Path, tag: str, meta: CheckpointMeta, policy: Checkpoi
     _enter(ckpt_dir, tag, meta, policy)
     write_atomic(ckpt_dir / LATEST, tag + "\n")
     return rotate(ckpt_dir, policy)
+
+
+def finish_unnamed(ckpt_dir: Path, tag: str, policy: CheckpointPolicy) -> bool:
+    """Rank 0, resuming `tag` of `ckpt_dir`: when it is a complete checkpoint newer than `latest` (layout.resume_point:
+    its save was cut short after the meta), write its best.json entry and `latest`, as the save would have. Returns
+    whether it was such a checkpoint."""
+    named = latest(ckpt_dir)
+    newer = update_of(tag) is not None and (named is None or (update_of(named) or 0) < update_of(tag))
+    if not newer or not (ckpt_dir / tag / META).is_file():
+        return False
+    _rank(ckpt_dir, tag, read_meta(ckpt_dir / tag), policy)
+    write_atomic(ckpt_dir / LATEST, tag + "\n")
+    return True
 
 
 def record_metrics(ckpt_dir: Path, tag: str, metrics: dict, policy: CheckpointPolicy) -> list[str]:
@@ -158,14 +178,24 @@ def set_aside_later(ckpt_dir: Path, update: int, source: Path | None = None) -> 
         (t for t in os.listdir(ckpt_dir) if (update_of(t) or 0) > update and (ckpt_dir / t / META).is_file()),
         key=update_of,
     )
-    if not later:
-        return [], None
+    aside = _move_aside(ckpt_dir, later, update) if later else None
+    # Main now holds no complete tag after `update`: a marker left by a set-aside cut short is done with (one left
+    # in place would hide a later save of the same tag from resume_point).
+    for marker in Path(ckpt_dir).glob(f"{ABANDONED_PREFIX}*/{SETTING_ASIDE}"):
+        marker.unlink()
+    return later, aside
+
+
+def _move_aside(ckpt_dir: Path, later: list[str], update: int) -> Path:
     aside = ckpt_dir / f"abandoned_at_update_{update:08d}"
     k = 1
     while aside.exists():
         k += 1
         aside = ckpt_dir / f"abandoned_at_update_{update:08d}_{k}"
     aside.mkdir()
+    # Until they have moved, the marker tells resume_point that these complete tags newer than `latest` are the
+    # course being left, not a save that did not get to name itself (a kill now would have them resumed).
+    write_atomic(aside / SETTING_ASIDE, "".join(t + "\n" for t in later))
     named, dropped = _point_off(ckpt_dir, set(later))
     for tag in later:
         os.replace(ckpt_dir / tag, aside / tag)
@@ -175,7 +205,7 @@ def set_aside_later(ckpt_dir: Path, update: int, source: Path | None = None) -> 
         write_atomic(aside / BEST, json.dumps(dropped, indent=2))
     if named:
         write_atomic(aside / LATEST, later[-1] + "\n")
-    return later, aside
+    return aside
 
 
 def _point_off(ckpt_dir: Path, tags: set[str]) -> tuple[bool, list[dict]]:

@@ -28,6 +28,7 @@ META = "llmasr_meta.json"
 TAG_RE = re.compile(r"^update_(\d{8,})$")
 UNIVERSAL_SUFFIX = "_universal"
 ABANDONED_PREFIX = "abandoned_at_update_"
+SETTING_ASIDE = ".setting_aside"  # in an abandoned folder while its tags move in: their names, one a line
 MODEL_STATES = "*_model_states.pt"  # DeepSpeed's per-rank files (llmasr.train.ds_files reads them)
 
 
@@ -69,6 +70,30 @@ def latest(ckpt_dir: str | Path) -> str | None:
     if not f.is_file():
         return None
     return f.read_text(encoding="utf-8").strip() or None
+
+
+def resume_point(ckpt_dir: str | Path) -> str | None:
+    """The checkpoint a run continues: `latest`, or a complete checkpoint (its meta written: every rank saved and
+    its files are hashed) of a later update. A save writes its meta, then `latest`; a job killed between the two
+    (or a disk that filled writing `latest`) left the newest checkpoint complete but unnamed, and a resume from
+    `latest` set it aside as a course left behind. Tags a resume is moving aside (set_aside_later, cut short)
+    are no such checkpoint. None when there is neither."""
+    ckpt_dir = Path(ckpt_dir)
+    named = latest(ckpt_dir)
+    if named is not None and update_of(named) is None:
+        return named  # a pointer edited to another name: as given
+    leaving = {
+        line.strip()
+        for marker in ckpt_dir.glob(f"{ABANDONED_PREFIX}*/{SETTING_ASIDE}")
+        for line in marker.read_text(encoding="utf-8").splitlines()
+    }
+    floor = update_of(named) if named is not None else -1
+    later = [
+        (u, p.name)
+        for p in (ckpt_dir.iterdir() if ckpt_dir.is_dir() else ())
+        if (u := update_of(p.name)) is not None and u > floor and p.name not in leaving and (p / META).is_file()
+    ]
+    return max(later)[1] if later else named
 
 
 def require_latest(ckpt_dir: str | Path) -> str:
@@ -168,16 +193,17 @@ def resume_or_start(resume: str | None, run_dir: str | Path, *, overwrite: bool 
     anything else is returned as given."""
     if resume != "auto":
         return resume
-    return "latest" if latest(checkpoints_dir(run_dir)) is not None and not overwrite else None
+    return "latest" if resume_point(checkpoints_dir(run_dir)) is not None and not overwrite else None
 
 
 def resolve_resume(resume: str, run_dir: str | Path, key: str = "--resume") -> tuple[Path, str]:
     """`--resume` value (or train.resume's: `key` names it in errors) -> (DeepSpeed load_dir, tag). "" / "latest" /
-    "auto": RUN_DIR/checkpoints/latest; a tag name: RUN_DIR/checkpoints/TAG; a path: that checkpoint folder (or a
-    checkpoints folder with a `latest`)."""
+    "auto": RUN_DIR/checkpoints' newest checkpoint (resume_point: `latest`, or a complete one its save did not get
+    to name); a tag name: RUN_DIR/checkpoints/TAG; a path: that checkpoint folder (or a checkpoints folder with a
+    newest checkpoint)."""
     ckpt_dir = checkpoints_dir(run_dir)
     if resume in ("", "latest", "auto"):
-        tag = latest(ckpt_dir)
+        tag = resume_point(ckpt_dir)
         if tag is None:
             raise FileNotFoundError(f"{key}: no {ckpt_dir / LATEST}; nothing to resume in {run_dir}")
         return ckpt_dir, tag
@@ -188,7 +214,7 @@ def resolve_resume(resume: str, run_dir: str | Path, key: str = "--resume") -> t
         raise FileNotFoundError(f"{key} {resume}: neither a checkpoint folder nor a tag in {ckpt_dir}")
     if (path / META).is_file():
         return path.parent, path.name
-    tag = latest(path)
+    tag = resume_point(path)
     if tag is not None:
         return path, tag
     raise FileNotFoundError(f"{key} {resume}: {path} holds neither {META} nor a `{LATEST}` file")

@@ -9,8 +9,9 @@ forbid unknown keys themselves, but only inside deepspeed.initialize, after the 
 here runs that validation at start-up, and its errors get the dotted key and the nearest field. In the sections read
 key by key (checkpoint, flops_profiler, ...) a key DeepSpeed did not ask for but that nearly matches one it did is
 refused as a misspelling; one that matches nothing may be read later (an option of a disabled feature) and is kept.
-Settings each valid alone that DeepSpeed's ZeRO optimizers refuse together (zero_optimizer_problem) are refused too,
-read as DeepSpeed parsed them.
+Settings each valid alone that DeepSpeed's ZeRO optimizers refuse together (zero_optimizer_problem), and fp16 loss
+scales that fail or skip every update at the first step (loss_scale_problem), are refused too, read as DeepSpeed
+parsed them.
 """
 
 from __future__ import annotations
@@ -107,6 +108,49 @@ def zero_optimizer_problem(config) -> str | None:
     return None
 
 
+# torch turns a Python int operand into a 64-bit number: 2**64 - 1 is the largest it takes ("int too big to convert")
+INT_SCALE_LIMIT = 2**64
+MAX_SCALE_POWER = 63
+
+
+def loss_scale_problem(config) -> str | None:
+    """What in the parsed `config`'s fp16 loss scaling cannot work, where fp16 is on. DeepSpeed's loss scaler
+    multiplies the loss by its scale as it holds it: 2**initial_scale_power, a Python int (dynamic scaling), which
+    torch refuses from a power of 64 at the first backward; fp16.min_loss_scale, an int too, once the scale has fallen
+    to it; a static fp16.loss_scale as a float, which beyond float32's largest number makes every scaled loss inf."""
+    import torch
+
+    fp16 = config.float16_config
+    if not fp16.enabled:
+        return None
+    if fp16.loss_scale:  # static: the power and the floor are not read
+        top = torch.finfo(torch.float32).max
+        if fp16.loss_scale > top:
+            return (
+                f"fp16.loss_scale is {fp16.loss_scale:g}; DeepSpeed multiplies the float32 loss by it, and above "
+                f"float32's largest number ({top:.4g}) every scaled loss is inf and every update is skipped: give a "
+                f"static scale from 1 to {top:.4g}, or 0 for dynamic scaling"
+            )
+        return None
+    power = fp16.initial_scale_power
+    if not 0 <= power <= MAX_SCALE_POWER:
+        why = (
+            f"DeepSpeed multiplies the loss by the integer 2**{power}, which torch cannot take (int too big to "
+            "convert) at the first step"
+            if power > MAX_SCALE_POWER
+            else f"the scale would start at 2**{power}, below 1: it shrinks the gradients toward fp16's underflow, "
+            "the opposite of loss scaling, and sits under DeepSpeed's floor fp16.min_loss_scale (an integer >= 1)"
+        )
+        return f"fp16.initial_scale_power is {power}; {why}: give 0 to {MAX_SCALE_POWER} (DeepSpeed's default 16)"
+    if fp16.min_loss_scale >= INT_SCALE_LIMIT:
+        return (
+            f"fp16.min_loss_scale is {fp16.min_loss_scale}; once the dynamic scale falls to it DeepSpeed multiplies "
+            f"the loss by that integer, which torch cannot take (int too big to convert): give 1 to "
+            f"{INT_SCALE_LIMIT - 1} (2**64 - 1; DeepSpeed's default 1)"
+        )
+    return None
+
+
 @functools.cache
 def known_top_level_keys() -> frozenset[str]:
     probe = AskedDict(PROBE)
@@ -144,7 +188,7 @@ def check_ds_keys(ds: dict, source: str) -> None:
                 misspelt.append(f"  {name}.{key}: DeepSpeed never reads it; did you mean {name}.{near}?")
     if misspelt:
         raise ConfigError(f"{source}: unknown key(s):\n" + "\n".join(misspelt))
-    if problem := zero_optimizer_problem(config):
+    if problem := zero_optimizer_problem(config) or loss_scale_problem(config):
         raise ConfigError(f"{source}: {problem}")
 
 

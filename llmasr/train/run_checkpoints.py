@@ -1,5 +1,6 @@
 """Writing a training run's checkpoints: every rank's DeepSpeed files, then rank 0's meta, best list and rotation
-(llmasr.run_dir), and the metrics of a validation a stop put off, once the resume has run it."""
+(llmasr.run_dir); on resume, what the checkpoints folder needs (`latest`, later courses set aside), and the metrics
+of a validation a stop put off, once the resume has run it."""
 
 from __future__ import annotations
 
@@ -34,11 +35,12 @@ class RunCheckpoints:
 
     def save(
         self, epoch: int, loader_state: dict | None, metrics: dict | None, *, validation_owed=False,
-        early_stop: dict | None = None,
+        early_stop: dict | None = None, lr_course: dict | None = None,
     ) -> int:  # fmt: skip
         """Every rank: save the engine at its update with the loader position, every rank's RNG and `metrics`;
         `validation_owed`: a validation due at this update was put off by a stop (the resume runs it); `early_stop`:
-        the early-stopping count (llmasr.train.early_stop). Returns the update saved."""
+        the early-stopping count (llmasr.train.early_stop); `lr_course`: the updates skipped since lr_schedule.csv
+        was written (llmasr.train.run_dir.LrCourse). Returns the update saved."""
         update = self.engine.global_steps
         tag = ck.tag_for(update)
         if loader_state is not None:  # DeepSpeed keeps one client state (rank 0's): each rank's bad-data counts go in
@@ -46,7 +48,7 @@ class RunCheckpoints:
         rngs = all_gather_object(rng_state(self.engine.device))
         client = {CLIENT_KEY: {"epoch": epoch, "loader": loader_state, "rng": rngs,
                                "update": update, "validation_owed": bool(validation_owed),
-                               "early_stop": early_stop}}  # fmt: skip
+                               "early_stop": early_stop, "lr_course": lr_course}}  # fmt: skip
         if self.rank == 0 and ck.clear_tag(self.ckpt_dir, tag):
             log.warning("checkpoint %s was there from before (a save cut short, or a run resumed from an earlier "
                         "checkpoint): removed, and saved afresh", self.ckpt_dir / tag)  # fmt: skip
@@ -76,6 +78,20 @@ class RunCheckpoints:
             )
         barrier()
         return update
+
+    def resumed(self, load_dir, tag: str, update: int) -> None:
+        """Rank 0, once `tag` of `load_dir` has loaded at `update`: a save of this run that wrote all but `latest` is
+        finished, and later checkpoints, another course's, are set aside (llmasr.run_dir.bookkeeping)."""
+        if self.rank != 0:
+            return
+        if load_dir.resolve() == self.ckpt_dir.resolve() and ck.finish_unnamed(load_dir, tag, self.policy):
+            log.warning("resume: %s is complete (its meta is written) but `latest` did not name it yet (the job ended "
+                        "between the two): continued from it, and `latest` now names it", load_dir / tag)  # fmt: skip
+        moved, aside = ck.set_aside_later(self.ckpt_dir, update, load_dir)
+        if moved:
+            log.warning("resume: %d later checkpoint(s) of this run (%s) belong to the course this resume leaves; "
+                        "moved to %s, out of rotation and averaging (export can still read them; delete the "
+                        "folder when done)", len(moved), ", ".join(moved), aside)  # fmt: skip
 
     def record_validation(self, update: int, metrics: dict | None) -> None:
         """Every rank, after a resume ran the validation its checkpoint (of `update`) was saved without: rank 0 puts

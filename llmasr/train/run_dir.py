@@ -14,11 +14,13 @@ tags, `latest`, the checkpoint meta) is llmasr.run_dir's.
 
 from __future__ import annotations
 
+import bisect
 import json
 import os
 import shutil
 import socket
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from llmasr import run_dir as ck
@@ -315,34 +317,65 @@ def _refusal_text(err: Exception, run_dir: Path) -> str:
     return f"{run_dir}: {type(err).__name__}: {err}"
 
 
-def _lr_rows(csv_path: Path, schedules: list, start: int, total: int, applied: int) -> dict[str, list[float]]:
-    """The lr of every update of a resumed run, for lr_schedule.csv: rows before `start` as the existing file
-    recorded them (what the run used), or from `schedules` where it does not hold them; rows from `start` from
-    `schedules` (rebuilt or restored), which stand at update `applied` there: an update skipped on a non-finite
-    gradient holds the schedules (llmasr.train.schedulers), so update `start` + 1 uses lr(applied), not lr(start)."""
+@dataclass(frozen=True)
+class LrCourse:
+    """What a checkpoint knows of the lrs its updates used: `since`, the update its schedules took effect at (0, or
+    the update a resume continued at, which wrote lr_schedule.csv's rows up to it); `skipped`, the updates after it
+    skipped on a non-finite gradient (each held the schedules); `held`, the schedules restored from it."""
+
+    since: int
+    skipped: tuple[int, ...]  # ascending
+    held: list
+
+    @classmethod
+    def of(cls, saved: dict | None, held: list) -> LrCourse | None:
+        """From a checkpoint's record (RunCheckpoints.save's `lr_course`; None from before llmasr kept it)."""
+        return None if saved is None else cls(int(saved["since"]), tuple(sorted(saved["skipped"])), list(held))
+
+    def lr(self, name: str, row: int, start: int, applied: int) -> float:
+        """The lr the update of 0-based `row` (since <= row < start) used, the schedules standing at `applied` at
+        update `start`: every update after it that was not skipped moved them on by one."""
+        done = applied - (start - row) + len(self.skipped) - bisect.bisect_right(self.skipped, row)
+        return next(s for s in self.held if s.name == name).lr(max(done, 0))
+
+
+def _lr_rows(
+    csv_path: Path, schedules: list, start: int, total: int, applied: int, course: LrCourse | None = None
+) -> dict[str, list[float]]:
+    """The lr of every update of a resumed run, for lr_schedule.csv: rows up to the checkpoint's `course.since` as
+    the existing file recorded them (that resume wrote them as they were used), or from `schedules` where it does not
+    hold them; rows from there to `start` as the checkpoint's course used them (a skipped update had kept its row
+    of the plan, and so had the updates after it); rows from `start` from `schedules` (rebuilt or restored), which
+    stand at update `applied` there: an update skipped on a non-finite gradient holds the schedules
+    (llmasr.train.schedulers), so update `start` + 1 uses lr(applied), not lr(start). Without a `course` (a
+    checkpoint from before llmasr recorded it) every row before `start` is the file's."""
     names = [s.name for s in schedules]
+    first = start if course is None else min(course.since, start)
     before: dict[str, list[float]] = {}
     if csv_path.is_file():
         lines = csv_path.read_text(encoding="utf-8").splitlines()
         header = lines[0].split(",") if lines else []
-        if header[1:] == names and len(lines) - 1 >= start:
-            rows = [line.split(",") for line in lines[1 : start + 1]]
+        if header[1:] == names and len(lines) - 1 >= first:
+            rows = [line.split(",") for line in lines[1 : first + 1]]
             before = {n: [float(r[i + 1]) for r in rows] for i, n in enumerate(names)}
     out = {}
     for s in schedules:
-        head = before.get(s.name) or [s.lr(u) for u in range(min(start, total))]
-        out[s.name] = head[: min(start, total)] + [s.lr(applied + u - start) for u in range(start, total)]
+        head = (before.get(s.name) or [s.lr(u) for u in range(first)])[: min(first, total)]
+        course_rows = [course.lr(s.name, r, start, applied) for r in range(first, min(start, total))] if course else []
+        out[s.name] = head + course_rows + [s.lr(applied + u - start) for u in range(start, total)]
     return out
 
 
 def write_run_files(
-    run_dir: Path, recipe, ds_config: dict, schedules: list, start: int, total: int, applied: int | None = None
-) -> None:
+    run_dir: Path, recipe, ds_config: dict, schedules: list, start: int, total: int, applied: int | None = None,
+    course: LrCourse | None = None,
+) -> None:  # fmt: skip
     """RUN_DIR/recipe.yaml, ds_config.json and lr_schedule.csv/png: rows from update `start` on from `schedules`
-    (a fresh run: 0), which stand at update `applied` there (`start` less the skipped updates; default `start`).
-    Rank 0 only; a resumed run calls it once it has loaded, so a failed resume leaves them as they were."""
+    (a fresh run: 0), which stand at update `applied` there (`start` less the skipped updates; default `start`),
+    the rows before it as the checkpoint's `course` used them (_lr_rows). Rank 0 only; a resumed run calls it once
+    it has loaded, so a failed resume leaves them as they were."""
     dump_yaml(recipe, run_dir / ck.RECIPE_FILE)
     ck.write_atomic(run_dir / ck.DS_CONFIG_FILE, json.dumps(ds_config, indent=2))
-    curves = _lr_rows(run_dir / ck.LR_CSV, schedules, start, total, start if applied is None else applied)
+    curves = _lr_rows(run_dir / ck.LR_CSV, schedules, start, total, start if applied is None else applied, course)
     write_lr_csv(run_dir / ck.LR_CSV, curves)
     plot_lr(curves, run_dir / ck.LR_PNG)

@@ -39,7 +39,7 @@ from llmasr.train.preemption import Preemption, signal_name
 from llmasr.train.progress import Progress, StartupLog, setup_logging
 from llmasr.train.resume import check_checkpoint, continue_schedules, resuming
 from llmasr.train.run_checkpoints import RunCheckpoints
-from llmasr.train.run_dir import claim_run_dir, write_run_files
+from llmasr.train.run_dir import LrCourse, claim_run_dir, write_run_files
 from llmasr.train.schedulers import build_group_schedules
 from llmasr.train.validate import validate
 from llmasr.train.window import run_window, windows
@@ -99,10 +99,10 @@ class Run:
         if self.resume is None:
             self._write_run_files(0)
 
-    def _write_run_files(self, start: int) -> None:
+    def _write_run_files(self, start: int, course: LrCourse | None = None) -> None:
         if self.rank == 0:
-            sched = self.engine.scheduler  # behind `start` by the updates skipped so far, which held it
-            write_run_files(self.run_dir, self.recipe, self.ds, sched.schedules, start, self.total, sched.last_update)
+            s = self.engine.scheduler  # behind `start` by the updates skipped so far, which held it
+            write_run_files(self.run_dir, self.recipe, self.ds, s.schedules, start, self.total, s.last_update, course)
 
     def _log_batches(self) -> None:
         device = self.dist.device
@@ -134,8 +134,9 @@ class Run:
     # -- checkpoints ------------------------------------------------------------------------------------------------
     def save(self, epoch: int, loader_state: dict | None, metrics: dict | None, *, validation_owed=False) -> None:
         start = time.monotonic()
+        lr_course = {"since": self.lr_since, "skipped": list(self.skipped)}  # a resume rewrites lr_schedule.csv by it
         self.last_saved = self.checkpoints.save(epoch, loader_state, metrics, validation_owed=validation_owed,
-                                                early_stop=self.early.state_dict())  # fmt: skip
+                                                early_stop=self.early.state_dict(), lr_course=lr_course)  # fmt: skip
         self.progress.aside(time.monotonic() - start)
 
     def load(self) -> tuple[int, dict | None]:
@@ -170,12 +171,7 @@ class Run:
             self.pending_rng = None
         log.info("resumed from %s at update %d, epoch %d", where, self.engine.global_steps, state.get("epoch", 0))
         self.last_saved = self.engine.global_steps
-        if self.rank == 0:
-            moved, aside = ck.set_aside_later(self.ckpt_dir, self.engine.global_steps, load_dir)
-            if moved:
-                log.warning("resume: %d later checkpoint(s) of this run (%s) belong to the course this resume leaves; "
-                            "moved to %s, out of rotation and averaging (export can still read them; delete the "
-                            "folder when done)", len(moved), ", ".join(moved), aside)  # fmt: skip
+        self.checkpoints.resumed(load_dir, tag, self.engine.global_steps)  # `latest`, later courses set aside
         epoch, loader_state = int(state.get("epoch", 0)), state.get("loader")
         if saved_world != self.world:
             left = self._resize(saved_world, epoch, loader_state, client.get("ds_config") or {})
@@ -184,8 +180,10 @@ class Run:
         done, max_updates = self.engine.global_steps, self.recipe.train.max_updates
         self.total = universal.resized_total(done, epoch, left, self.per_epoch, self.k, max_updates)
         self.schedules = [dataclasses.replace(s, total=self.total) for s in self.schedules]
+        course = LrCourse.of(state.get("lr_course"), self.engine.scheduler.schedules)  # the restored schedules
         continue_schedules(self.engine.scheduler, self.schedules)  # the recipe's schedules, at the current update
-        self._write_run_files(self.engine.global_steps)  # the resume succeeded: RUN_DIR now describes this run
+        self._write_run_files(self.engine.global_steps, course)  # the resume succeeded: RUN_DIR now describes this run
+        self.lr_since, self.skipped = self.engine.global_steps, []  # lr_schedule.csv holds what happened up to here
         if note := universal.nothing_left(self.engine.global_steps, self.total):
             log.info(note)
             return self.recipe.train.epochs, None
@@ -233,6 +231,7 @@ class Run:
         self.pending_rng = self.preemption = self.stop_signal = None  # the resume's owed validation is start-up
         start_epoch, loader_state, self.last_saved, self.valid_update = 0, None, -1, -1
         self.validation_owed = self.owed_here = False
+        self.lr_since, self.skipped = 0, []  # the updates skipped since lr_schedule.csv was written (LrCourse)
         if self.resume is not None:
             start_epoch, loader_state = self.load()
         self.progress = self._progress()
@@ -334,8 +333,11 @@ class Run:
             resolve.set_rng_state(self.pending_rng, self.engine.device)
             self.pending_rng = None
         lrs = self.engine.lrs()  # the lrs this update uses (the scheduler moves them on at its end)
+        skipped = self.engine.skipped_steps
         stats = run_window(self.engine, window, self.world, self.flops)
         update = self.engine.global_steps
+        if self.engine.skipped_steps > skipped:  # it held the schedules: lr_schedule.csv's plan moves on one later
+            self.skipped.append(update)
         history.append({"update": update, "epoch": epoch, **stats, "lr": lrs})
         self.progress.update(update, epoch, stats, lrs, self._extra(), self.wait.take())
         return update

@@ -151,6 +151,58 @@ def test_a_resume_from_a_set_aside_checkpoint_sets_aside_the_course_it_left(tmp_
     assert ck.set_aside_later(ckpts, 2, ckpts) == ([ck.tag_for(3)], ckpts / "abandoned_at_update_00000002_3")
 
 
+def test_a_complete_checkpoint_newer_than_latest_is_the_resume_point(tmp_path):
+    """A job killed after update 4's meta, before `latest` (still update 2): update 4 is complete, and a resume of
+    the run continues it; one without its meta (update 5, a save cut short) is not. It had resumed `latest` and set
+    the complete update 4 aside as a course left behind; with no `latest` at all (the first save), `auto` started
+    afresh and was refused the folder."""
+    run = tmp_path / "run"
+    ckpts = ck.checkpoints_dir(run)
+    make_tags(ckpts, [1])
+    assert ck.latest(ckpts) is None and ck.resume_point(ckpts) == ck.tag_for(1)
+    assert ck.resume_or_start("auto", run) == "latest" and ck.resolve_resume("auto", run) == (ckpts, ck.tag_for(1))
+    make_tags(ckpts, [2, 4])
+    (ckpts / ck.tag_for(5)).mkdir()
+    (ckpts / ck.tag_for(5) / "mp_rank_00_model_states.pt").write_bytes(b"cut short")
+    (ckpts / ck.LATEST).write_text(ck.tag_for(2) + "\n")
+    assert ck.resolve_resume("latest", run) == (ckpts, ck.tag_for(4))
+    assert ck.resolve_resume(str(ckpts), tmp_path) == (ckpts, ck.tag_for(4))
+    assert ck.resolve_resume(ck.tag_for(2), run) == (ckpts, ck.tag_for(2))  # a tag asked for is that tag
+    policy = ck.CheckpointPolicy(best_k=2)
+    ck.write_meta(ckpts / ck.tag_for(4), meta(4, {"loss": 0.5}))
+    assert not ck.finish_unnamed(ckpts, ck.tag_for(1), policy)  # older than `latest`: nothing to finish
+    assert ck.finish_unnamed(ckpts, ck.tag_for(4), policy)
+    assert ck.latest(ckpts) == ck.tag_for(4) and [b["tag"] for b in ck.read_best(ckpts)] == [ck.tag_for(4)]
+    assert ck.set_aside_later(ckpts, 4) == ([], None)
+
+
+def test_a_set_aside_cut_short_leaves_the_course_resumed_as_the_resume_point(tmp_path, monkeypatch):
+    """Resumed from update 2 of a run saved to 4, the job killed while the set-aside moves 3 and 4: `latest`
+    already names 2, and 3 and 4 are complete and newer, but they are the course the resume left. The next resume
+    continues 2 and finishes the move; then a save of update 3 in the new course counts as complete again."""
+    import os
+
+    make_tags(tmp_path, [1, 2, 3, 4])
+    (tmp_path / ck.LATEST).write_text(ck.tag_for(4) + "\n")
+    real = os.replace
+
+    def killed(src, dst):  # at the first tag's move (the pointer files are written through os.replace too)
+        if ck.update_of(os.path.basename(src)) is not None:
+            raise KeyboardInterrupt
+        real(src, dst)
+
+    with monkeypatch.context() as m:
+        m.setattr(os, "replace", killed)
+        with pytest.raises(KeyboardInterrupt):
+            ck.set_aside_later(tmp_path, 2)
+    assert os.replace is real and ck.latest(tmp_path) == ck.tag_for(2)
+    assert ck.resume_point(tmp_path) == ck.tag_for(2)
+    moved, aside = ck.set_aside_later(tmp_path, 2)
+    assert moved == [ck.tag_for(3), ck.tag_for(4)] and aside.name == "abandoned_at_update_00000002_2"
+    make_tags(tmp_path, [3])  # the new course's update 3, its save cut short before `latest`
+    assert ck.resume_point(tmp_path) == ck.tag_for(3)
+
+
 def test_checkpoints_set_aside_are_read_as_the_runs(tmp_path):
     """The abandoned folder is a checkpoints folder of the run: export and decode name it (or a tag in it) and get
     the run's recipe; it had been taken for a run directory of its own (no recipe.yaml there: refused)."""

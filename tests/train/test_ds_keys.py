@@ -139,3 +139,62 @@ def test_deepspeed_refuses_them_at_initialize_and_keeps_the_rest(monkeypatch):
             initialize(extra)
     for extra in ZERO_KEPT:
         initialize(extra)
+
+
+FP16 = {"zero_optimization": {"stage": 2}}
+SCALES_REFUSED = [
+    ({"initial_scale_power": 64}, r"fp16.initial_scale_power is 64; DeepSpeed multiplies the loss by the integer "
+                                  r"2\*\*64, which torch cannot take .*: give 0 to 63"),
+    ({"initial_scale_power": 1000}, r"fp16.initial_scale_power is 1000; .*: give 0 to 63"),
+    ({"initial_scale_power": -1}, r"fp16.initial_scale_power is -1; the scale would start at 2\*\*-1, below 1"),
+    ({"min_loss_scale": 2**64}, r"fp16.min_loss_scale is 18446744073709551616; .*give 1 to 18446744073709551615"),
+    ({"loss_scale": 1e39}, r"fp16.loss_scale is 1e\+39; .* every update is skipped: give a static scale from 1 to "
+                           r"3.403e\+38, or 0"),
+]  # fmt: skip
+SCALES_KEPT = [
+    {"initial_scale_power": 63}, {"initial_scale_power": 0}, {"min_loss_scale": 2**64 - 1},
+    {"loss_scale": 2.0**64}, {"loss_scale": 128, "initial_scale_power": 99},  # static: the power is not read
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("fp16", "message"), SCALES_REFUSED, ids=["power-64", "power-1000", "power-neg", "floor",
+                                                                    "static"])  # fmt: skip
+def test_fp16_loss_scales_that_cannot_work_are_refused_at_start(fp16, message):
+    """DeepSpeed accepts these and fails at the first step (OverflowError: int too big to convert), or skips every
+    update; they had passed start-up and `llmasr check`. Under bf16 they are not read, and pass."""
+    ds = {**FP16, "fp16": {"enabled": "auto", **fp16}}
+    with pytest.raises(ConfigError, match=f"^my_ds.json: {message}"):
+        resolve_ds_config(ds, TrainConfig(precision="fp16", grad_accum=1), world_size=2, source="my_ds.json")
+    resolve_ds_config(ds, TrainConfig(precision="bf16", grad_accum=1), world_size=2)
+    for kept in SCALES_KEPT:
+        resolve_ds_config({**FP16, "fp16": {"enabled": "auto", **kept}}, TrainConfig(precision="fp16", grad_accum=1),
+                          world_size=2)  # fmt: skip
+
+
+def test_the_scale_bounds_are_where_deepspeed_s_loss_scaler_fails(monkeypatch):
+    """The bounds above are DeepSpeed's and torch's: the scaler built from the parsed config multiplies a float32
+    loss by 2**63 and fails on 2**64; a floor of 2**64 fails once two overflows (hysteresis 2) bring the scale to it."""
+    import torch
+    from deepspeed.runtime.fp16 import loss_scaler
+    from deepspeed.runtime.fp16.loss_scaler import CreateLossScaler
+    from deepspeed.runtime.precision_config import DeepSpeedFP16Config
+
+    monkeypatch.setattr(loss_scaler.dist, "get_rank", lambda: 0)  # its overflow message asks; no process group here
+
+    from llmasr.train.ds_keys import INT_SCALE_LIMIT, MAX_SCALE_POWER
+
+    def first_backward(overflows=0, **fp16):
+        args = DeepSpeedFP16Config(enabled=True, **fp16).dynamic_loss_scale_args()
+        scaler = CreateLossScaler(torch.float16, 0, True, args)
+        for _ in range(overflows):
+            scaler.update_scale(True)
+        loss = torch.tensor(2.5, requires_grad=True)
+        scaler.backward(loss)
+        return loss.grad.item()
+
+    assert first_backward(initial_scale_power=MAX_SCALE_POWER) == 2.0**MAX_SCALE_POWER
+    with pytest.raises(OverflowError, match="int too big to convert"):
+        first_backward(initial_scale_power=MAX_SCALE_POWER + 1)
+    assert first_backward(initial_scale_power=16, min_loss_scale=INT_SCALE_LIMIT - 1, overflows=2) > 2.0**63
+    with pytest.raises(OverflowError, match="int too big to convert"):
+        first_backward(initial_scale_power=16, min_loss_scale=INT_SCALE_LIMIT, overflows=2)

@@ -414,3 +414,70 @@ def test_another_zero_stage_is_refused_saying_how_to_resume(tmp_path, saved, pre
     message = str(err.value)
     assert f"{where}: saved at ZeRO stage {saved}, this run uses 3" in message
     assert f"--deepspeed {presets} or the run's own {tmp_path / 'run' / ck.DS_CONFIG_FILE}" in message
+
+
+def test_a_checkpoint_saved_all_but_its_latest_pointer_is_resumed(tiny_llm_dir, corpus, tmp_path):
+    """A job killed between update 2's meta (and best.json entry) and `latest` (still update 1): the resume
+    continues update 2 and `latest` names it. The resume had continued update 1 and set the complete update 2 aside
+    as a course left behind, training update 2 again. A folder without its meta is still no checkpoint."""
+    run = tmp_path / "run"
+    make = recipe(tiny_llm_dir, corpus, run, save_every_updates=1, overrides=["train.resume=auto"])
+    train(make, "zero0", stop_after_updates=3)  # saves 1 and 2
+    ckpts = ck.checkpoints_dir(run)
+    ck.write_atomic(ckpts / ck.LATEST, ck.tag_for(1) + "\n")
+    assert [h["update"] for h in train(make, "zero0")["history"]] == [3]
+    assert not list(ckpts.glob("abandoned_at_update_*")) and ck.latest(ckpts) == ck.tag_for(3)
+    assert (
+        f"{ckpts / ck.tag_for(2)} is complete (its meta is written) but `latest` did not"
+        in (run / ck.TRAIN_LOG).read_text()
+    )
+    # the same kill at the first save: no `latest` at all (auto had started afresh, and been refused the folder)
+    first = tmp_path / "first"
+    make = recipe(tiny_llm_dir, corpus, first, save_every_updates=1, overrides=["train.resume=auto"])
+    train(make, "zero0", stop_after_updates=2)  # saves 1
+    (ck.checkpoints_dir(first) / ck.LATEST).unlink()
+    assert [h["update"] for h in train(make, "zero0")["history"]] == [2, 3]
+    # a save cut short before its meta is not resumed: the run goes on from `latest` and saves that update afresh
+    cut = tmp_path / "cut"
+    make = recipe(tiny_llm_dir, corpus, cut, save_every_updates=1)
+    train(make, "zero0", stop_after_updates=3)
+    (ck.checkpoints_dir(cut) / ck.tag_for(2) / ck.META).unlink()
+    ck.write_atomic(ck.checkpoints_dir(cut) / ck.LATEST, ck.tag_for(1) + "\n")
+    assert [h["update"] for h in train(make, "zero0", resume="latest")["history"]] == [2, 3]
+    assert ck.read_meta(ck.checkpoints_dir(cut) / ck.tag_for(2)).update == 2
+
+
+def test_lr_schedule_csv_rows_before_a_resume_are_the_lrs_the_updates_used(tiny_llm_dir, corpus, tmp_path, monkeypatch):
+    """NaN batches skip update 1 (before the checkpoint at 2) and, after a resume, update 4 (before the checkpoint at
+    4): each held the schedules, so the updates after it used the lr of the one before on the plan. Every row of
+    lr_schedule.csv after two resumes is the lr that update used (train.log's). Rows written before a resume had kept
+    the plan of the run's start: update 2's lr (and, after the second resume, update 4's) one warmup step ahead."""
+    from llmasr.train.engine import TrainEngine
+
+    real, bad = TrainEngine.to_device, set()
+
+    def to_device(self, batch):
+        out = real(self, batch)
+        if self.module.training and self.global_steps + 1 in bad:
+            bad.discard(self.global_steps + 1)
+            out.feats[0, 0, 0] = float("nan")
+        return out
+
+    monkeypatch.setattr(TrainEngine, "to_device", to_device)
+    run = tmp_path / "run"
+    make = recipe(tiny_llm_dir, corpus, run, epochs=3, save_every_updates=2,
+                  overrides=["optim.scheduler.type=warmup_linear", "optim.scheduler.warmup_steps=4"])  # fmt: skip
+    used = {}
+    for skip, kw in (({1}, {"stop_after_updates": 3}), ({4}, {"stop_after_updates": 6, "resume": "latest"}),
+                     (set(), {"resume": "latest"})):  # fmt: skip
+        bad |= skip
+        latest = ck.latest(ck.checkpoints_dir(run))
+        done = ck.update_of(latest) if latest else 0
+        used = {u: lr for u, lr in used.items() if u <= done}  # the updates after the checkpoint are redone
+        used |= {h["update"]: h["lr"] for h in train(make, "zero0", **kw)["history"]}
+    assert sorted(used) == list(range(1, 10)) and used[2] == used[1] and used[5] == used[4] != used[3]
+    csv = np.genfromtxt(run / ck.LR_CSV, delimiter=",", names=True)
+    assert [int(u) for u in csv["update"]] == list(range(1, 10))
+    for row in csv:
+        for group, lr in used[int(row["update"])].items():
+            assert row[group] == pytest.approx(lr, rel=1e-12), (int(row["update"]), group)
