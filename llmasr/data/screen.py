@@ -80,7 +80,7 @@ def screen(
                 text_lens[0][share.indices(n, part)] = found["text_lens"]
     bad.sort(key=lambda b: b.index)
     took = time.perf_counter() - t0
-    if shares is not None and share.part == 0:
+    if shares is not None and share.part == 0 and share.parts > 1:
         log.info("%s: %d lines screened in %.1f s, shared by the %d ranks of this node", manifest.path, n, took,
                  share.parts)  # fmt: skip
     return bad, took

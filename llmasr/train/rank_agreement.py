@@ -34,10 +34,12 @@ def check_ranks_agree(digest: dict, manifest, all_gather, failure: Exception | N
     everyone = all_gather(digest)
     if failure is not None:
         raise failure
-    failed = [(rank, other["failed"]) for rank, other in enumerate(everyone) if "failed" in other]
+    failed = [(rank, other) for rank, other in enumerate(everyone) if "failed" in other]
     if failed:
-        rank, why = failed[0]
-        raise ConfigError(f"rank {rank} could not build its training data (the others stop with it):\n{why}")
+        rank, other = failed[0]
+        host = f" (node {other['node']})" if other.get("node") else ""
+        raise ConfigError(f"rank {rank}{host} could not build its training data (the others stop with it):\n"
+                          f"{other['failed']}")  # fmt: skip
     first, problems = everyone[0], []
     for rank, other in enumerate(everyone[1:], start=1):
         if other == first:
