@@ -78,11 +78,11 @@ def plan_run(recipe, ds: dict, *, rank: int, world_size: int, device=None, all_g
     sampler's pass over the training texts (llmasr.data.corpus_stats), and the ranks' findings on the data are
     compared (llmasr.train.rank_agreement)."""
     tc = recipe.train
-    side = text_side(recipe.model)
     window = int(ds.get("gradient_accumulation_steps") or tc.grad_accum or 1)
     together = all_gather is not None and world_size > 1
     share = ScreenShare.of_node(all_gather) if together else None
-    try:
+    try:  # the tokenizer too: a node may lack its copy of the LLM directory
+        side = text_side(recipe.model)
         loaders = build_loaders(recipe, side, rank=rank, world_size=world_size, device=device, window=window,
                                 share=share)  # fmt: skip
         per_epoch, failure = batches_per_epoch(loaders[1], tc.epochs), None
