@@ -83,7 +83,7 @@ class ScreenShare:
             mine = {"screen": found if self.parts > 1 else None, "node": self.node, "part": self.part,
                     "parts": self.parts}  # fmt: skip
         except Exception as err:
-            failure, mine = err, {"failed": str(err), "node": self.node}
+            failure, mine = err, {"failed": str(err), "node": node_name()}  # decoding's share names no node
         everyone = self.gather(mine)
         if failure is not None:
             failure.ranks_told = True

@@ -118,9 +118,8 @@ def test_a_rank_failing_in_its_part_stops_every_rank_in_the_same_gather(tmp_path
 
     zero, one = ranks(2, rank)
     assert isinstance(zero, PeerFailure) and zero.ranks_told
-    assert "rank 1 (node node) could not build its training data (the others stop with it):\nits disk is gone" in str(
-        zero
-    )
+    want = f"rank 1 (node {node_name()}) could not build its training data (the others stop with it):\nits disk is gone"
+    assert want in str(zero)
     assert isinstance(one, OSError) and one.ranks_told
 
 
@@ -265,5 +264,8 @@ def test_a_decoding_rank_that_fails_its_probes_stops_the_others_naming_decoding(
 
     zero, one = ranks(2, rank)
     assert isinstance(zero, PeerFailure), zero
-    assert "rank 1 could not build its data to decode (the others stop with it):\nits disk is gone" in str(zero)
+    assert (
+        f"rank 1 (node {node_name()}) could not build its data to decode (the others stop with it):\nits disk is gone"
+        in str(zero)
+    )
     assert isinstance(one, OSError) and one.ranks_told
