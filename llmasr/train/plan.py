@@ -91,7 +91,8 @@ def plan_run(recipe, ds: dict, *, rank: int, world_size: int, device=None, all_g
             raise
         loaders, per_epoch, failure = None, None, err
     if together:
-        digest = {"failed": str(failure), "node": node_name()} if failure else data_digest(loaders[1], per_epoch)
+        digest = {"failed": str(failure)} if failure else data_digest(loaders[1], per_epoch)
+        digest["node"] = node_name()
         check_ranks_agree(digest, loaders and loaders[0].dataset.manifest, all_gather, failure)
     plan = RunPlan(ds, world_size, tc.epochs, tc.max_updates, side, per_epoch, loaders)
     if tc.max_updates is not None and tc.max_updates > plan.natural:
