@@ -198,41 +198,73 @@ def _search_args(p: argparse.ArgumentParser) -> None:
     )  # fmt: skip
 
 
+class Refused(Exception):
+    """A refusal of `llmasr decode` before decoding: its message and exit status."""
+
+    def __init__(self, message: str, status: int = 2):
+        super().__init__(message)
+        self.status = status
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     check_model_args(parser, args)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:  # before the model loads: a bad list file fails at once
-        hotwords = read_phrase_file(args.hotwords) if args.hotwords else None
-    except PhraseFileError as err:
-        print(f"llmasr decode: error: --hotwords: {err}", file=sys.stderr)
-        return 2
     try:
         world = DecodeWorld.from_env()
     except ValueError as err:
         print(f"llmasr decode: error: {err}", file=sys.stderr)
-        return 2
-    unwritable = output_problem(Path(args.output))  # before the model loads, and not blamed on a manifest later
-    if unwritable:
-        print(f"llmasr decode: error: --output {args.output}: {unwritable}", file=sys.stderr)
-        return 2
-    missing = [f"{data}: {why}" for data in args.data if (why := file_problem(Path(data), "manifest file"))]
-    if missing:  # a mistyped manifest is named now, not after the model loads and the others are decoded
-        print(f"llmasr decode: error: --data: {'; '.join(missing)}", file=sys.stderr)
-        return 2
-    flags = {field: getattr(args, dest) for field, dest in DECODE_FLAGS.items()}
-    given = {"num_workers": args.num_workers, "max_bad_fraction": args.max_bad_fraction, "ctc": args.ctc,
-             "features_on": args.features_on, "hotwords": hotwords, "hotwords_file": args.hotwords,
-             "hotwords_unprompted": args.hotwords_unprompted or None}  # fmt: skip
-    if refused := refused_flag(flags, given):
-        print(f"llmasr decode: error: {refused}", file=sys.stderr)
         return 2
     try:
         device = world.device(args.device)
     except ValueError as err:
         print(f"llmasr decode: error: --device: {err}", file=sys.stderr)
         return 2
+    # Joined before the checks a node may fail alone (a file only it lacks): each rank's verdict is gathered, so no
+    # rank waits for one that has left (another node's launcher does not stop it)
+    world.start(device)
+    failure = ready = None
+    try:
+        ready = _prepare(args, world)
+    except Exception as err:
+        failure = err
+        if isinstance(err, Refused):
+            print(f"llmasr decode: error: {err}", file=sys.stderr)
+    peers = world.failures(failure)
+    if failure is not None:
+        if isinstance(failure, Refused):
+            return failure.status
+        raise failure
+    if peers:
+        rank, node, why, status = peers[0]
+        if world.leader:
+            print(f"llmasr decode: error: rank {rank} (node {node}) could not start (the others stop with it): {why}",
+                  file=sys.stderr)  # fmt: skip
+        return max(p[3] for p in peers)
+    model, cfg, opts = ready
+    model.to(device)
+    return _decode_all(model, args.data, Path(args.output), cfg, opts, device, world)
+
+
+def _prepare(args, world: DecodeWorld):
+    """(model, cfg, opts) for decoding, or Refused: what `args` ask for checked on this rank (its node's files)."""
+    try:  # before the model loads: a bad list file fails at once
+        hotwords = read_phrase_file(args.hotwords) if args.hotwords else None
+    except PhraseFileError as err:
+        raise Refused(f"--hotwords: {err}") from None
+    unwritable = output_problem(Path(args.output))  # before the model loads, and not blamed on a manifest later
+    if unwritable:
+        raise Refused(f"--output {args.output}: {unwritable}")
+    missing = [f"{data}: {why}" for data in args.data if (why := file_problem(Path(data), "manifest file"))]
+    if missing:  # a mistyped manifest is named now, not after the model loads and the others are decoded
+        raise Refused(f"--data: {'; '.join(missing)}")
+    flags = {field: getattr(args, dest) for field, dest in DECODE_FLAGS.items()}
+    given = {"num_workers": args.num_workers, "max_bad_fraction": args.max_bad_fraction, "ctc": args.ctc,
+             "features_on": args.features_on, "hotwords": hotwords, "hotwords_file": args.hotwords,
+             "hotwords_unprompted": args.hotwords_unprompted or None}  # fmt: skip
+    if refused := refused_flag(flags, given):
+        raise Refused(refused)
     if not world.leader:  # rank 0 says what happens; the others only on trouble
         logging.getLogger().setLevel(logging.WARNING)
     try:
@@ -240,30 +272,17 @@ def main(argv: list[str] | None = None) -> int:
             args.model, args.checkpoint, tag=args.tag, dtype=args.dtype, trust_remote_code=args.trust_remote_code
         )
     except (CheckpointError, ExportedModelError, FileNotFoundError) as err:
-        print(f"llmasr decode: error: {err}", file=sys.stderr)
-        return errors.exit_status(err)  # 2: what it was given is refused
+        raise Refused(str(err), errors.exit_status(err)) from None  # 2: what it was given is refused
     if args.ctc and model.ctc_head is None:
         where = f"model directory {args.model}" if args.model else f"checkpoint {args.checkpoint}"
-        print(
-            f"llmasr decode: error: --ctc: the {where} has no CTC head (trained with model.ctc.weight 0); "
-            "decode it without --ctc",
-            file=sys.stderr,
-        )
-        return 2
+        raise Refused(f"--ctc: the {where} has no CTC head (trained with model.ctc.weight 0); decode it without --ctc")
     try:
         cfg = decode_config(saved, **flags)
         search_boost(model, cfg, opts)  # refused here, before the model moves to its device
-    except (ConfigError, DecodeError) as err:
-        print(f"llmasr decode: error: {err}", file=sys.stderr)
-        return 2
-    try:
         opts = dataclasses.replace(opts, **{k: v for k, v in given.items() if v is not None})
-    except ConfigError as err:
-        print(f"llmasr decode: error: {err}", file=sys.stderr)
-        return 2
-    model.to(device)
-    world.start(device)
-    return _decode_all(model, args.data, Path(args.output), cfg, opts, device, world)
+    except (ConfigError, DecodeError) as err:
+        raise Refused(str(err)) from None
+    return model, cfg, opts
 
 
 def _decode_all(model, manifests: list[str], output: Path, cfg, opts, device, world: DecodeWorld) -> int:

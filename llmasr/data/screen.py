@@ -88,7 +88,7 @@ def screen(
             seen = unread.setdefault(name, [0, first])
             seen[0], seen[1] = seen[0] + lines, min(seen[1], first)
     took = time.perf_counter() - t0
-    if shares is not None and share.part == 0:
+    if shares is not None and share.part == 0 and share.parts > 1:
         log.info("%s: %d lines screened in %.1f s, shared by the %d ranks of this node", manifest.path, n, took,
                  share.parts)  # fmt: skip
     return bad, took

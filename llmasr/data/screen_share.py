@@ -9,7 +9,9 @@ still screens every line itself: the ranks' findings are compared across nodes b
 The hotword sampler's pass over the training texts (llmasr.data.corpus_stats) is split the same way, in an exchange
 of its own before the screen's.
 
-The exchange is one all_gather; a rank that failed before it (or in it) sends why instead of its share, and every
+Every rank of a multi-rank run takes part in every exchange, a rank alone on its node too (nodes may run different
+numbers of ranks): one that skipped it would meet its peers' gather with its next collective. The exchange is one
+all_gather; a rank that failed before it (or in it) sends why instead of its share, and every
 rank stops: the others with PeerFailure, that rank with its own error, both marked `ranks_told` so that no rank
 waits in a later gather for one that has left.
 """
@@ -24,6 +26,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from llmasr.config_io import ConfigError
+
+
+def node_name(environ=os.environ) -> str:
+    """This node: its host name, and the launcher's number for it where it gives one (deepspeed's CROSS_RANK,
+    torchrun's GROUP_RANK), which tells apart nodes whose hosts share a name."""
+    number = environ.get("CROSS_RANK") or environ.get("GROUP_RANK") or ""
+    return f"{socket.gethostname()}#{number}" if number else socket.gethostname()
 
 
 class PeerFailure(ConfigError):
@@ -44,17 +53,19 @@ class ScreenShare:
     data: str = "training data"
 
     @classmethod
-    def of_node(cls, gather, environ=os.environ) -> ScreenShare | None:
-        """From the launcher's LOCAL_RANK and LOCAL_WORLD_SIZE (torchrun) or LOCAL_SIZE (deepspeed); None when a
-        node runs one rank or the launcher does not say."""
+    def of_node(cls, gather, environ=os.environ) -> ScreenShare:
+        """From the launcher's LOCAL_RANK and LOCAL_WORLD_SIZE (torchrun) or LOCAL_SIZE (deepspeed), for a run of
+        more than one rank. A rank alone on its node (or one the launcher does not number) is a share of one part:
+        it screens everything, yet still takes part in each exchange, since every rank of the run gathers together
+        (a hostfile may give nodes different numbers of ranks)."""
         try:
             part = int(environ.get("LOCAL_RANK", ""))
             parts = int(environ.get("LOCAL_WORLD_SIZE") or environ.get("LOCAL_SIZE") or "")
         except ValueError:
-            return None
-        if parts <= 1 or not 0 <= part < parts:
-            return None
-        return cls(part, parts, gather, socket.gethostname())
+            part, parts = 0, 1
+        if not 0 <= part < parts:
+            part, parts = 0, 1
+        return cls(part, parts, gather, node_name(environ))
 
     def indices(self, n: int, part: int | None = None) -> np.ndarray:
         """The lines of `n` that `part` (default: this rank's) takes: every `parts`-th from it (lines of unknown
@@ -64,12 +75,15 @@ class ScreenShare:
     def exchange(self, work: Callable[[], dict]) -> list[dict] | None:
         """Run `work` (this rank's share -> a dict) and gather; returns the shares of this node's ranks by part, or
         None when the ranks that say they share this node are not exactly one of each part (two hosts of one name,
-        a launcher that numbers otherwise): the caller then screens everything itself. Raises as the module says."""
+        a launcher that numbers otherwise): the caller then screens everything itself. A share of one part keeps
+        its result and sends none (no rank needs it). Raises as the module says."""
         failure = None
         try:
-            mine = {"screen": work(), "node": self.node, "part": self.part, "parts": self.parts}
+            found = work()
+            mine = {"screen": found if self.parts > 1 else None, "node": self.node, "part": self.part,
+                    "parts": self.parts}  # fmt: skip
         except Exception as err:
-            failure, mine = err, {"failed": str(err)}
+            failure, mine = err, {"failed": str(err), "node": node_name()}  # decoding's share names no node
         everyone = self.gather(mine)
         if failure is not None:
             failure.ranks_told = True
@@ -77,7 +91,12 @@ class ScreenShare:
         for rank, other in enumerate(everyone):
             if not isinstance(other, dict) or "screen" not in other:
                 why = other.get("failed", other) if isinstance(other, dict) else other
-                raise PeerFailure(f"rank {rank} could not build its {self.data} (the others stop with it):\n{why}")
+                host = f" (node {other['node']})" if isinstance(other, dict) and other.get("node") else ""
+                raise PeerFailure(
+                    f"rank {rank}{host} could not build its {self.data} (the others stop with it):\n{why}"
+                )
+        if self.parts == 1:
+            return [found]
         node = [o for o in everyone if (o["node"], o["parts"]) == (self.node, self.parts)]
         if sorted(o["part"] for o in node) != list(range(self.parts)):
             return None

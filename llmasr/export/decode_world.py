@@ -7,6 +7,8 @@ rank may repeat to keep the count even is skipped). Rank 0 then gathers the deco
 ranks and writes the outputs alone, so they are those of one process: every line once, in manifest order, the bad
 lines counted once. Nothing is exchanged while decoding: one collective at the end of each manifest, and one before
 it when the ranks share reading the audio that long-audio windows or a VAD gate need (llmasr.data.window_plan).
+The ranks join before anything a node may lack is read (the manifests, the model) and gather their verdicts
+(`failures`): one node's launcher does not stop another's ranks, which would wait for a rank that has left.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from datetime import timedelta
 import torch
 
 from llmasr.data.bad_data import BadDataTracker
+from llmasr.data.screen_share import node_name
+from llmasr.errors import exit_status
 
 GATHER_TIMEOUT = timedelta(hours=2)
 
@@ -89,6 +93,17 @@ class DecodeWorld:
         everyone: list = [None] * self.size
         torch.distributed.all_gather_object(everyone, obj)
         return everyone
+
+    def failures(self, failure: BaseException | None) -> list[tuple[int, str, str, int]]:
+        """Every rank's start-up failure gathered (one collective: every rank calls it, failed or not): (rank, node,
+        message, exit status) of the other ranks that failed, so that every rank stops with them."""
+        if self.size == 1:
+            return []
+        mine = None
+        if failure is not None:
+            mine = (node_name(), str(failure), int(getattr(failure, "status", None) or exit_status(failure)))
+        everyone = self.gather(mine)
+        return [(rank, *other) for rank, other in enumerate(everyone) if other is not None and rank != self.rank]
 
     def merge(self, items: dict[int, dict], tracker: BadDataTracker) -> tuple[dict[int, dict], BadDataTracker, list]:
         """Every rank's decoded items (by item index) and bad lines, on every rank: the items joined, the bad lines

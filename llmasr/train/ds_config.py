@@ -207,6 +207,10 @@ _OWNED: tuple[tuple[str, tuple, str], ...] = (
                                             "when the world size changes on resume: remove it"),
     ("checkpoint.checkpoint_serialization", (True,), "llmasr reads checkpoints memory-mapped, which needs the zip "
                                                      "format: remove it"),
+    ("checkpoint.use_node_local_storage", (False,), "llmasr keeps a run's checkpoints in train.output_dir, one "
+                                                     "folder every node shares (checked at start), and node-local "
+                                                     "storage has each node's local rank 0 write the same model file "
+                                                     "into it at once: remove it"),
     ("checkpoint.writer.decoupled", (False,), "a decoupled writer finishes the files after save returns, and "
                                               "llmasr records and checks them as soon as it does: remove it"),
     ("datastates_ckpt", (False,), "DataStates writes checkpoints in the background, and llmasr records and checks "

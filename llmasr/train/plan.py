@@ -15,7 +15,7 @@ import logging
 import math
 from dataclasses import dataclass, field
 
-from llmasr.data.screen_share import ScreenShare
+from llmasr.data.screen_share import ScreenShare, node_name
 from llmasr.train.rank_agreement import check_ranks_agree, data_digest
 from llmasr.train.resolve import TextSide, batches_per_epoch, build_loaders, text_side
 
@@ -78,11 +78,11 @@ def plan_run(recipe, ds: dict, *, rank: int, world_size: int, device=None, all_g
     sampler's pass over the training texts (llmasr.data.corpus_stats), and the ranks' findings on the data are
     compared (llmasr.train.rank_agreement)."""
     tc = recipe.train
-    side = text_side(recipe.model)
     window = int(ds.get("gradient_accumulation_steps") or tc.grad_accum or 1)
     together = all_gather is not None and world_size > 1
     share = ScreenShare.of_node(all_gather) if together else None
-    try:
+    try:  # the tokenizer too: a node may lack its copy of the LLM directory
+        side = text_side(recipe.model)
         loaders = build_loaders(recipe, side, rank=rank, world_size=world_size, device=device, window=window,
                                 share=share)  # fmt: skip
         per_epoch, failure = batches_per_epoch(loaders[1], tc.epochs), None
@@ -92,6 +92,7 @@ def plan_run(recipe, ds: dict, *, rank: int, world_size: int, device=None, all_g
         loaders, per_epoch, failure = None, None, err
     if together:
         digest = {"failed": str(failure)} if failure else data_digest(loaders[1], per_epoch)
+        digest["node"] = node_name()
         check_ranks_agree(digest, loaders and loaders[0].dataset.manifest, all_gather, failure)
     plan = RunPlan(ds, world_size, tc.epochs, tc.max_updates, side, per_epoch, loaders)
     if tc.max_updates is not None and tc.max_updates > plan.natural:

@@ -27,6 +27,15 @@ def data_digest(sampler, per_epoch: list[int]) -> dict:
     }
 
 
+def _on(digest: dict) -> str:
+    """ " (node NAME)" for a digest that names its node (a rank's number alone does not say where to look)."""
+    return f" (node {digest['node']})" if digest.get("node") else ""
+
+
+def _findings(digest: dict) -> dict:
+    return {k: v for k, v in digest.items() if k != "node"}
+
+
 def check_ranks_agree(digest: dict, manifest, all_gather, failure: Exception | None = None) -> None:
     """Every rank's `digest` (data_digest, or {"failed": why} from a rank that could not build its data: its
     `failure`) gathered; every rank raises when one failed (that rank its own error) or when any differs from rank
@@ -34,26 +43,29 @@ def check_ranks_agree(digest: dict, manifest, all_gather, failure: Exception | N
     everyone = all_gather(digest)
     if failure is not None:
         raise failure
-    failed = [(rank, other["failed"]) for rank, other in enumerate(everyone) if "failed" in other]
+    failed = [(rank, other) for rank, other in enumerate(everyone) if "failed" in other]
     if failed:
-        rank, why = failed[0]
-        raise ConfigError(f"rank {rank} could not build its training data (the others stop with it):\n{why}")
+        rank, other = failed[0]
+        raise ConfigError(f"rank {rank}{_on(other)} could not build its training data (the others stop with it):\n"
+                          f"{other['failed']}")  # fmt: skip
     first, problems = everyone[0], []
+    zero = f"rank 0{_on(first)}"
     for rank, other in enumerate(everyone[1:], start=1):
-        if other == first:
+        if _findings(other) == _findings(first):
             continue
+        this = f"rank {rank}{_on(other)}"
         only = sorted(set(other["bad"]) - set(first["bad"]))
         missing = sorted(set(first["bad"]) - set(other["bad"]))
-        for ids, whose in ((only, f"rank {rank} only"), (missing, "rank 0 only")):
+        for ids, whose in ((only, f"{this} only"), (missing, f"{zero} only")):
             if ids:
                 lines = ", ".join(f"{path}:{line}" for path, line in (where(manifest, i) for i in ids[:SHOWN]))
                 problems.append(
                     f"{len(ids)} line(s) screened bad on {whose}: {lines}{', ...' if len(ids) > SHOWN else ''}"
                 )
         if other["durations"] != first["durations"] and not (only or missing):
-            problems.append(f"rank {rank} read other audio durations than rank 0")
+            problems.append(f"{this} read other audio durations than {zero}")
         if other["steps"] != first["steps"]:
-            problems.append(f"rank {rank} plans {other['steps']} steps per epoch, rank 0 {first['steps']}")
+            problems.append(f"{this} plans {other['steps']} steps per epoch, {zero} {first['steps']}")
     if problems:
         raise ConfigError(
             "the ranks do not see the same training data:\n  " + "\n  ".join(problems) + "\nEach rank reads the "

@@ -6,10 +6,11 @@
     lock.release()                                                                  # normal exit and error alike
 
 Rank 0 takes RUN_DIR/.lock (pid, host and the process's start time, created atomically) and checks the folder; the
-other ranks wait for its verdict, so a refusal reaches every rank and none hangs in a later collective. A lock whose
-process is gone (same host, pid not running or reused by another process) is stale: it is reported and taken over.
-A lock from another host cannot be checked and is refused with its owner named. What the folder holds (names,
-tags, `latest`, the checkpoint meta) is llmasr.run_dir's.
+other ranks wait for its verdict, so a refusal reaches every rank and none hangs in a later collective; then every
+rank checks that it sees the folder rank 0 locked (node-local disks give each node its own; llmasr.train.shared_dir).
+A lock whose process is gone (same host, pid not running or reused by another process) is stale: it is reported and
+taken over. A lock from another host cannot be checked and is refused with its owner named. What the folder holds
+(names, tags, `latest`, the checkpoint meta) is llmasr.run_dir's.
 """
 
 from __future__ import annotations
@@ -26,9 +27,10 @@ from pathlib import Path
 from llmasr import run_dir as ck
 from llmasr.config_io import ConfigError, dump_yaml
 from llmasr.config_paths import output_problem
-from llmasr.train.engine import barrier, broadcast_object
+from llmasr.train.engine import all_gather_object, barrier, broadcast_object
 from llmasr.train.progress import plot_lr, write_lr_csv
 from llmasr.train.resume import check_resume_recipe
+from llmasr.train.shared_dir import check_shared, plant_token
 
 
 class RunDirError(ConfigError):
@@ -291,21 +293,29 @@ def claim_run_dir(
     """Every rank calls this after the process group exists. Rank 0 takes the lock and checks (or, with
     `overwrite`, clears) the folder, and for a resume compares `recipe` with the run's (llmasr.train.resume); its
     verdict is broadcast, so on a refusal every rank raises RunDirError (only rank 0's is meant to be printed).
-    Returns the lock on rank 0, None elsewhere."""
+    Then every rank checks that it sees the folder rank 0 locked and would start as rank 0 does (`resume`: what
+    this rank made of train.resume; llmasr.train.shared_dir). Returns the lock on rank 0, None elsewhere."""
     run_dir = Path(run_dir)
-    lock, error, cause = None, None, None
+    lock, error, cause, token = None, None, None, None
     if rank == 0:
         try:
             lock = RunLock.acquire(run_dir)
             lock.notes += check_run_start(run_dir, resume, overwrite, recipe, key=key)
             ck.checkpoints_dir(run_dir).mkdir(parents=True, exist_ok=True)
+            token = plant_token(run_dir)
         except Exception as err:  # every rank must learn of it, or the others wait in the broadcast
             if lock is not None:
                 lock.release()
             lock, error, cause = None, _refusal_text(err, run_dir), err
-    error = broadcast_object(error)
+    error, token = broadcast_object((error, token))
     if error is not None:
         raise RunDirError(error, quiet=rank != 0) from cause  # rank 0 keeps the cause for --debug's traceback
+    try:
+        check_shared(run_dir, token, rank=rank, resume=resume, all_gather=all_gather_object)
+    except ConfigError as err:
+        if lock is not None:
+            lock.release()
+        raise RunDirError(str(err), quiet=rank != 0) from None
     return lock
 
 

@@ -19,7 +19,7 @@ from llmasr.data.config import DataConfig
 from llmasr.data.manifest import Manifest
 from llmasr.data.mixed_manifest import MixedManifest
 from llmasr.data.screen import screen
-from llmasr.data.screen_share import PeerFailure, ScreenShare
+from llmasr.data.screen_share import PeerFailure, ScreenShare, node_name
 from llmasr.testing.thread_ranks import run_ranks as ranks
 
 
@@ -119,7 +119,8 @@ def test_a_rank_failing_in_its_part_stops_every_rank_in_the_same_gather(tmp_path
 
     zero, one = ranks(2, rank)
     assert isinstance(zero, PeerFailure) and zero.ranks_told
-    assert "rank 1 could not build its training data (the others stop with it):\nits disk is gone" in str(zero)
+    want = f"rank 1 (node {node_name()}) could not build its training data (the others stop with it):\nits disk is gone"
+    assert want in str(zero)
     assert isinstance(one, OSError) and one.ranks_told
 
 
@@ -150,7 +151,7 @@ def test_a_rank_that_failed_before_the_screen_stops_the_others_in_it(tiny_llm_di
 
     zero, one = ranks(2, rank)
     assert isinstance(zero, PeerFailure), zero
-    assert "rank 1 could not build its training data" in str(zero) and "noise.jsonl" in str(zero)
+    assert f"rank 1 (node {node_name()}) could not build its training data" in str(zero) and "noise.jsonl" in str(zero)
     assert isinstance(one, ConfigError) and not isinstance(one, PeerFailure)
     assert str(one).startswith("data.augment.noise.manifest: ") and "noise.jsonl" in str(one)
 
@@ -160,15 +161,53 @@ def test_a_rank_that_failed_before_the_screen_stops_the_others_in_it(tiny_llm_di
     [
         ({"LOCAL_RANK": "1", "LOCAL_SIZE": "4"}, (1, 4)),  # deepspeed's launcher
         ({"LOCAL_RANK": "2", "LOCAL_WORLD_SIZE": "3", "LOCAL_SIZE": "8"}, (2, 3)),  # torchrun's, first
-        ({"LOCAL_RANK": "0", "LOCAL_SIZE": "1"}, None),
-        ({"LOCAL_SIZE": "4"}, None),
-        ({"LOCAL_RANK": "4", "LOCAL_SIZE": "4"}, None),
-        ({"LOCAL_RANK": "x", "LOCAL_SIZE": "4"}, None),
+        ({"LOCAL_RANK": "0", "LOCAL_SIZE": "1"}, (0, 1)),  # alone on its node: still in every exchange
+        ({"LOCAL_SIZE": "4"}, (0, 1)),
+        ({"LOCAL_RANK": "4", "LOCAL_SIZE": "4"}, (0, 1)),
+        ({"LOCAL_RANK": "x", "LOCAL_SIZE": "4"}, (0, 1)),
     ],
 )
 def test_a_share_is_the_launchers_local_rank_and_size(env, expected):
     share = ScreenShare.of_node(print, environ=env)
-    assert (share and (share.part, share.parts)) == expected if expected else share is None
+    assert (share.part, share.parts) == expected
+
+
+def test_the_launchers_node_number_tells_apart_hosts_of_one_name():
+    """deepspeed's CROSS_RANK, torchrun's GROUP_RANK: two nodes whose hosts share a name still share their screens."""
+    names = {ScreenShare.of_node(print, environ={"LOCAL_RANK": "0", "LOCAL_SIZE": "2", key: n}).node
+             for key in ("CROSS_RANK", "GROUP_RANK") for n in ("0", "1")}  # fmt: skip
+    assert len(names) == 2
+
+
+def test_nodes_of_different_sizes_plan_alike_a_rank_alone_on_its_node_in_every_exchange(
+    tiny_llm_dir, tmp_path, monkeypatch
+):
+    """plan_run on 3 ranks, as a hostfile of uneven slots launches them: node 0 runs 2 (LOCAL_SIZE=2), node 1 runs 1
+    (LOCAL_SIZE=1), with the hotword corpus pass and durations to probe. The lone rank joins each of node 0's
+    exchanges; had it skipped them, node 0's screen gather would meet its data check instead ("rank 2 could not
+    build its training data: {'steps': ...}" on node 0, a KeyError on node 1)."""
+    from llmasr.recipe import load_recipe
+    from llmasr.testing.tiny_corpus import tiny_recipe_dict, write_tiny_corpus
+    from llmasr.train import plan as plan_mod
+
+    data = write_tiny_corpus(tmp_path / "corpus", n=12, with_duration=False)
+    recipe = tiny_recipe_dict(tiny_llm_dir, train=[data], valid=[data], output_dir=tmp_path / "run")
+    recipe["data"]["hotwords"] = {"enable": True}
+    recipe = load_recipe(data=recipe)
+    env_of, of_node = {}, ScreenShare.of_node
+    monkeypatch.setattr(plan_mod.ScreenShare, "of_node", staticmethod(lambda gather: of_node(gather, env_of[gather])))
+    layout = [("0", "2", "0"), ("1", "2", "0"), ("0", "1", "1")]  # LOCAL_RANK, LOCAL_SIZE, CROSS_RANK of rank r
+
+    def rank(r, gather):
+        env_of[gather] = dict(zip(("LOCAL_RANK", "LOCAL_SIZE", "CROSS_RANK"), layout[r]))
+        plan = plan_mod.plan_run(recipe, {}, rank=r, world_size=3, all_gather=gather)
+        return plan.per_epoch, plan.loaders[1].durations
+
+    alone = plan_mod.plan_run(recipe, {}, rank=0, world_size=3)  # no exchange: every line screened here
+    for got in ranks(3, rank, timeout=60):
+        assert not isinstance(got, Exception), got
+        assert got[0] == alone.per_epoch
+        np.testing.assert_array_equal(got[1], alone.loaders[1].durations)
 
 
 def test_decodings_ranks_split_the_header_probes_and_all_end_with_every_duration(tmp_path, monkeypatch):
@@ -226,7 +265,10 @@ def test_a_decoding_rank_that_fails_its_probes_stops_the_others_naming_decoding(
 
     zero, one = ranks(2, rank)
     assert isinstance(zero, PeerFailure), zero
-    assert "rank 1 could not build its data to decode (the others stop with it):\nits disk is gone" in str(zero)
+    assert (
+        f"rank 1 (node {node_name()}) could not build its data to decode (the others stop with it):\nits disk is gone"
+        in str(zero)
+    )
     assert isinstance(one, OSError) and one.ranks_told
 
 

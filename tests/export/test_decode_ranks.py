@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from llmasr.commands.decode import main
+from llmasr.data.screen_share import node_name
 from llmasr.export.decode import DecodeOptions, decode_loader
 from llmasr.export.decode_world import DecodeWorld
 from llmasr.models.decoding import DecodeConfig
@@ -46,6 +47,9 @@ class ThreadWorld(DecodeWorld):
 
     def gather(self, obj) -> list:
         return self.gather_with(obj)
+
+    def start(self, device) -> None:
+        pass  # the threads are the world
 
 
 def test_ranks_share_the_batches_of_one_plan(model, manifest):
@@ -138,3 +142,28 @@ def test_the_world_comes_from_the_launcher_and_each_rank_takes_its_own_gpu(monke
         DecodeWorld.from_env({"RANK": "4", "WORLD_SIZE": "4"})
     with pytest.raises(ValueError, match="must be integers"):
         DecodeWorld.from_env({"RANK": "x", "WORLD_SIZE": "2"})
+
+
+def test_a_rank_whose_node_lacks_a_file_stops_every_rank_before_decoding(exported_dir, manifest, tmp_path, monkeypatch,
+                                                                         capsys):  # fmt: skip
+    """Rank 1's node has no copy of the manifest: it had refused alone before joining the others, and on another node
+    (whose launcher does not stop the rest) rank 0 waited for it in the process group's start for two hours."""
+    import threading
+
+    import llmasr.commands.decode as decode_cmd
+
+    mine = threading.local()
+    monkeypatch.setattr(decode_cmd.DecodeWorld, "from_env", classmethod(lambda cls: mine.world))
+    gone = tmp_path / "node1" / "test.jsonl"
+
+    def rank(r, gather):
+        mine.world = ThreadWorld(r, 2, gather_with=gather)
+        return main(["--model", str(exported_dir), "--data", str(gone if r else manifest), "--num-workers", "0",
+                     "--output", str(tmp_path / "out"), "--device", "cpu"])  # fmt: skip
+
+    assert run_ranks(2, rank, timeout=60) == [2, 2]
+    err = capsys.readouterr().err
+    assert f"llmasr decode: error: --data: {gone}: no such manifest file" in err
+    assert (f"llmasr decode: error: rank 1 (node {node_name()}) could not start (the others stop with it): --data: "
+            f"{gone}") in err  # fmt: skip
+    assert not (tmp_path / "out").exists()

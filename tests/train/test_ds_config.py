@@ -198,6 +198,9 @@ def test_settings_deepspeed_or_training_would_fail_on_later_are_refused(raw, mes
         ({"data_efficiency": {"enabled": True}}, "data_efficiency is .*DeepSpeed's own data loader"),
         ({"dataloader_drop_last": True}, "dataloader_drop_last is true; .*data.batching.drop_last"),
         ({"checkpoint": {"writer": {"decoupled": True}}}, "checkpoint.writer.decoupled is true; a decoupled writer"),
+        ({"checkpoint": {"use_node_local_storage": True}},
+         "checkpoint.use_node_local_storage is true; llmasr keeps a run's checkpoints in train.output_dir, one folder "
+         "every node shares"),
         ({"datastates_ckpt": {}}, "datastates_ckpt is {}; DataStates writes checkpoints in the background"),
         ({"steps_per_print": 100}, "steps_per_print is 100; DeepSpeed's progress lines are silenced .*train.log_every"),
         ({"data_types": {"grad_accum_dtype": "fp32"}}, r'grad_accum_dtype is "fp32" with train.precision bf16 at '
@@ -213,12 +216,16 @@ def test_settings_deepspeed_takes_but_llmasr_does_otherwise_are_refused(raw, mes
     size times larger; load_universal failed inside DeepSpeed on resume; the legacy format broke `llmasr check
     --resume`; the sections of DeepSpeed's own checkpointing and data loader, and steps_per_print (its log lines
     are silenced), did nothing; an enabled monitor (tensorboard, csv_monitor, ...) logged the first param group's
-    lr as the run's, the per-branch lrs collapsed into the encoder's; fp32 accumulation of bf16
+    lr as the run's, the per-branch lrs collapsed into the encoder's; node-local checkpoint storage had every node's
+    local rank 0 write mp_rank_00_model_states.pt into the one shared run folder at once; fp32 accumulation of bf16
     failed after the model was built (ZeRO-0) or wrote checkpoints no export could read (ZeRO-1)."""
     with pytest.raises(ConfigError, match=message):
         resolve_ds_config(raw, train_cfg(), world_size=2, source="ds.json")
     kept = [
-        {"gradient_allreduce_op": "mean", "checkpoint": {"load_universal": False, "checkpoint_serialization": True}},
+        {
+            "gradient_allreduce_op": "mean",
+            "checkpoint": {"load_universal": False, "checkpoint_serialization": True, "use_node_local_storage": False},
+        },
         {"zero_optimization": {"stage": 2}, "data_types": {"grad_accum_dtype": "fp32"}},
         {"zero_optimization": {"stage": 1}, "data_types": {"grad_accum_dtype": "bf16"}},
         # what switches nothing on passes: copied configs carry such blocks

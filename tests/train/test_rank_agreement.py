@@ -20,11 +20,16 @@ def recipe_for(tiny_llm_dir, manifest, run):
     return load_recipe(data=data)
 
 
+def alone(gather):
+    """`gather` for the data's check; each rank alone on its node, whose screen's exchanges send nothing to compare."""
+    return lambda d: [d, d] if "screen" in d else gather(d)
+
+
 def test_a_rank_missing_a_file_stops_every_rank_naming_the_line(tiny_llm_dir, tmp_path):
     corpus = write_tiny_corpus(tmp_path / "corpus", n=16, with_duration=False)  # durations probed from headers
     recipe = recipe_for(tiny_llm_dir, corpus, tmp_path / "run")
     digests = []
-    plan_run(recipe, {}, rank=0, world_size=2, all_gather=lambda d: digests.append(d) or [d, d])  # agree: no error
+    plan_run(recipe, {}, rank=0, world_size=2, all_gather=alone(lambda d: digests.append(d) or [d, d]))  # agree
     node = tmp_path / "node1"  # rank 1's node: the same manifest, one wav missing from its copy
     shutil.copytree(corpus.parent, node)
     lines = node.joinpath(corpus.name).read_text().splitlines()
@@ -36,7 +41,7 @@ def test_a_rank_missing_a_file_stops_every_rank_naming_the_line(tiny_llm_dir, tm
     with pytest.raises(ConfigError, match=r"the ranks do not see the same training data") as err:
         check_ranks_agree(digests[0], plan.loaders[0].dataset.manifest, lambda d: [d, {**other, "steps": d["steps"]}])
     assert f"1 line(s) screened bad on rank 1 only: {corpus}:7" in str(err.value)
-    with pytest.raises(ConfigError, match=r"rank 1 plans \[9\] steps per epoch, rank 0 \[3\]"):
+    with pytest.raises(ConfigError, match=r"rank 1 \(node .+\) plans \[9\] steps per epoch, rank 0 \(node .+\) \[3\]"):
         check_ranks_agree({**digests[0], "steps": [3]}, None, lambda d: [d, {**d, "steps": [9]}])
 
 
@@ -52,8 +57,19 @@ def test_a_rank_that_cannot_build_its_data_stops_the_others_too(tiny_llm_dir, tm
     bad = recipe_for(tiny_llm_dir, node / corpus.name, tmp_path / "run1")
     digests = {}
     with pytest.raises(Exception, match="unusable before training starts") as err:
-        plan_run(bad, {}, rank=1, world_size=2, all_gather=lambda d: digests.setdefault(1, d) and [{}, d])
+        plan_run(bad, {}, rank=1, world_size=2, all_gather=alone(lambda d: digests.setdefault(1, d) and [{}, d]))
     assert "failed" in digests[1]
-    with pytest.raises(ConfigError, match=r"rank 1 could not build its training data .*\n.*unusable"):
-        plan_run(good, {}, rank=0, world_size=2, all_gather=lambda d: [d, digests[1]])
+    with pytest.raises(ConfigError, match=r"rank 1 \(node .+\) could not build its training data .*\n.*unusable"):
+        plan_run(good, {}, rank=0, world_size=2, all_gather=alone(lambda d: [d, digests[1]]))
     assert err.type.__name__ == "TooMuchBadData"
+
+
+def test_the_ranks_that_disagree_are_named_with_their_nodes():
+    """A rank number alone does not say which node's copy of the data to look at; the node the digest came from does
+    (and ranks of different nodes that found the same agree)."""
+    mine = {"steps": [3], "bad": [], "durations": "d", "node": "gpu-a#0"}
+    check_ranks_agree(mine, None, lambda d: [d, {**d, "node": "gpu-b#1"}])
+    with pytest.raises(ConfigError) as err:
+        check_ranks_agree(mine, None, lambda d: [d, {**d, "steps": [9], "durations": "e", "node": "gpu-b#1"}])
+    assert "rank 1 (node gpu-b#1) plans [9] steps per epoch, rank 0 (node gpu-a#0) [3]" in str(err.value)
+    assert "rank 1 (node gpu-b#1) read other audio durations than rank 0 (node gpu-a#0)" in str(err.value)

@@ -265,3 +265,53 @@ def test_a_fresh_run_after_one_that_saved_nothing_keeps_its_own_log(tiny_llm_dir
     events = EventAccumulator(str(run / "tensorboard"))
     events.Reload()
     assert [e.step for e in events.Scalars("train/loss")] == [h["update"] for h in history]
+
+
+# -- a folder every node shares ---------------------------------------------------------------------------------------
+def claim_on_ranks(views, monkeypatch, resumes=(None, None)):
+    """claim_run_dir on thread ranks, rank r seeing the run folder at views[r] (one path on every node of a shared
+    filesystem; node-local disks give each node a folder of its own)."""
+    import threading
+
+    from llmasr.testing.thread_ranks import run_ranks
+
+    mine = threading.local()  # each thread rank's gather, behind the process group's collectives
+    monkeypatch.setattr(rd, "broadcast_object", lambda obj: mine.gather(obj)[0])
+    monkeypatch.setattr(rd, "all_gather_object", lambda obj: mine.gather(obj), raising=False)
+
+    def rank(r, gather):
+        mine.gather = gather
+        return rd.claim_run_dir(views[r], rank=r, resume=resumes[r], overwrite=False)
+
+    return run_ranks(len(views), rank, timeout=60)
+
+
+def test_ranks_of_one_shared_folder_claim_it_and_leave_nothing_behind(tmp_path, monkeypatch):
+    lock, other = claim_on_ranks([tmp_path / "run", tmp_path / "run"], monkeypatch)
+    assert isinstance(lock, rd.RunLock) and other is None
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [ck.LOCK_FILE, ck.CHECKPOINTS]
+    lock.release()
+
+
+def test_a_rank_that_does_not_see_rank0s_folder_stops_every_rank_naming_it(tmp_path, monkeypatch):
+    """Node-local disks: rank 1's train.output_dir is a folder of its own node. The run had trained on, each node's
+    shards on its own disk and the meta recording only the files rank 0's node held; its resume then continued on
+    node 0 and started afresh on node 1, whose ranks waited in different collectives until the job was killed."""
+    monkeypatch.setattr("llmasr.train.shared_dir.WAIT_S", 0.5)
+    node0, node1 = tmp_path / "node0" / "run", tmp_path / "node1" / "run"
+    node1.mkdir(parents=True)
+    zero, one = claim_on_ranks([node0, node1], monkeypatch)
+    for err in (zero, one):
+        assert isinstance(err, rd.RunDirError), err
+        assert f"train.output_dir {node0 if err is zero else node1} is not one folder every rank shares" in str(err)
+        assert f"rank 1 (node {socket.gethostname()}): no such file" in str(err)
+    assert not zero.quiet and one.quiet  # rank 0 says it, once
+    assert not (node0 / ck.LOCK_FILE).exists() and [p.name for p in node0.iterdir()] == [ck.CHECKPOINTS]
+
+
+def test_ranks_that_would_start_differently_stop_before_either_starts(tmp_path, monkeypatch):
+    lock_or_err = claim_on_ranks([tmp_path / "run", tmp_path / "run"], monkeypatch, resumes=(None, "latest"))
+    for err in lock_or_err:
+        assert isinstance(err, rd.RunDirError), err
+        assert "rank 0 would start afresh; rank 1 (node " in str(err) and "would resume from 'latest'" in str(err)
+    assert not (tmp_path / "run" / ck.LOCK_FILE).exists()
