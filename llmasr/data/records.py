@@ -352,18 +352,25 @@ CHATML_FIELDS = frozenset(
 
 
 def _edits(a: str, b: str) -> int:
-    """Levenshtein distance: a misspelt field name is a letter or two off the one it meant."""
-    row = list(range(len(b) + 1))
+    """Edits (a letter inserted, dropped, changed, or two neighbours swapped) from `a` to `b`: a misspelt field name
+    is a letter or two off the one it meant."""
+    rows = [list(range(len(b) + 1))]
     for i, ca in enumerate(a, start=1):
-        prev, row[0] = row[0], i
+        row = [i] + [0] * len(b)
         for j, cb in enumerate(b, start=1):
-            prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (ca != cb))
-    return row[-1]
+            row[j] = min(rows[-1][j] + 1, row[j - 1] + 1, rows[-1][j - 1] + (ca != cb))
+            if i > 1 and j > 1 and ca == b[j - 2] and a[i - 2] == cb:
+                row[j] = min(row[j], rows[-2][j - 2] + 1)
+        rows.append(row)
+    return rows[-1][-1]
 
 
 def near_field(name: str) -> str | None:
-    """The field llmasr reads that an unread field `name` may have meant: a letter or two (or its case) off."""
-    return next((k for k in sorted(FUNASR_FIELDS | CHATML_FIELDS) if _edits(name.lower(), k) <= 2), None)
+    """The field llmasr reads nearest an unread field `name`, where it is a letter or two (or its case) off: one for a
+    name of up to four letters, whose every field two edits away is another word ("id" is two from "end")."""
+    most = 1 if len(name) <= 4 else 2
+    scored = sorted((_edits(name.lower(), k), k) for k in FUNASR_FIELDS | CHATML_FIELDS)
+    return scored[0][1] if scored[0][0] <= most else None
 
 
 def unread_text(name: str, lines: int, first: str) -> str:

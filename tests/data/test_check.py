@@ -424,3 +424,16 @@ def test_the_llm_budget_s_hotword_pass_shares_the_manifests_the_check_opens(
     assert main(["--recipe", str(recipe), f"data.train=[{a},{missing}]"]) == 2
     out = capsys.readouterr().out
     assert f"{missing}: cannot open manifest" in out and "max_llm_tokens=400" in out and "result: ERROR" in out
+
+
+def test_a_corpus_s_own_short_fields_are_named_without_a_guess(tmp_path):
+    """`id`, `emo`, `sid` are a corpus's own metadata, two edits from `end` as any short word is from another: the
+    report had asked of each "did you mean 'end'?", and of `lng` too, one edit from `lang`."""
+    path = good_corpus(tmp_path, 2)
+    lines = path.read_text().splitlines()
+    extra = [{"id": "spk1-0001", "emo": "NEUTRAL", "sid": "7"}, {"lng": "en"}]
+    path = write_manifest(tmp_path / "m.jsonl", [json.dumps({**json.loads(x), **e}) for x, e in zip(lines, extra)])
+    text = format_report(check_data([path], data_cfg(), FrontendConfig()))
+    for name in ("id", "emo", "sid"):
+        assert f"  {name}: 1 line, first at {path}:1\n" in text + "\n"
+    assert f"  lng: 1 line, first at {path}:2 (did you mean 'lang'?)" in text
