@@ -51,6 +51,8 @@ DURATION_SLACK_S, DURATION_SLACK_FRACTION = 0.1, 0.01  # a stated duration off b
 def duration_slack(stated):
     """How far a line's audio may run from its `stated` duration and pass as right: max(0.1 s, 1 % of it); a float,
     or an array of them (what the LLM-position counts add to a stated duration, llmasr.train.line_positions)."""
+    if isinstance(stated, (int, float)):  # a line's, as every line is parsed: numpy's call costs as much as the parse
+        return max(DURATION_SLACK_S, DURATION_SLACK_FRACTION * stated)
     return np.maximum(DURATION_SLACK_S, DURATION_SLACK_FRACTION * np.asarray(stated, dtype=np.float64))
 
 
