@@ -115,6 +115,13 @@ class Utterance:
     system: str | None = None  # a ChatML line's own system message; None: the recipe's (model.prompt.system)
 
 
+def given_hotwords(utt, default=None) -> list[str]:
+    """A line's biasing list before the token cap where none is drawn: its own ([] included: it has none), else
+    `default` (decoding's --hotwords list). The dataset renders it, and decoding's counts of its prompt read it."""
+    own = getattr(utt, "hotwords", None)
+    return [str(h) for h in own] if own is not None else [str(h) for h in default or ()]
+
+
 def task_of(utt) -> str | None:
     """A line's own task prompt, None where it gives none or a blank one (the recipe's task is then rendered)."""
     task = getattr(utt, "prompt", None)
