@@ -383,9 +383,13 @@ def near_field(name: str) -> str | None:
 
 
 def unread_text(name: str, lines: int, first: str) -> str:
-    """A field no parser reads, on `lines` lines from `first` (manifest:line), and the field it may have meant."""
+    """A field no parser reads, on `lines` lines from `first` (manifest:line), and the field it may have meant; one
+    the other format reads (a FunASR line's `asr_hotwords`, a ChatML line's `target`) is said to be that format's."""
     near = near_field(name)
     text = f"{name}: {lines} line{'s' if lines != 1 else ''}, first at {first}"
+    if near == name:
+        other = "ChatML (messages)" if name in CHATML_FIELDS else "FunASR jsonl (source, target)"
+        return f"{text} (read in {other} lines only)"
     return text + (f" (did you mean '{near}'?)" if near else "")
 
 
