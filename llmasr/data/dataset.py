@@ -27,7 +27,7 @@ from llmasr.data.clip_lengths import draw_clip_lengths
 from llmasr.data.features import FeatureExtractor, content_rng
 from llmasr.data.frontend import FrontendConfig
 from llmasr.data.long_audio import speech_runs, speech_start
-from llmasr.data.records import BadRecord, task_of, wrong_duration
+from llmasr.data.records import BadRecord, given_hotwords, task_of, wrong_duration
 from llmasr.data.visit_keys import dataset_index
 
 
@@ -244,7 +244,7 @@ class SpeechDataset(Dataset):
         given = getattr(utt, "hotwords", None)
         if self.hotword_sampler is not None:
             return self.hotword_sampler.pick(given, target, visit, self.epoch)
-        return list(given) if given is not None else list(self.default_hotwords)
+        return given_hotwords(utt, self.default_hotwords)
 
     def ctc_labels(self, target: str) -> np.ndarray | str:
         """The CTC label ids of `target` (stripped), or why it has none the head can learn (ctc_label_ids)."""

@@ -51,6 +51,8 @@ DURATION_SLACK_S, DURATION_SLACK_FRACTION = 0.1, 0.01  # a stated duration off b
 def duration_slack(stated):
     """How far a line's audio may run from its `stated` duration and pass as right: max(0.1 s, 1 % of it); a float,
     or an array of them (what the LLM-position counts add to a stated duration, llmasr.train.line_positions)."""
+    if isinstance(stated, (int, float)):  # a line's, as every line is parsed: numpy's call costs as much as the parse
+        return max(DURATION_SLACK_S, DURATION_SLACK_FRACTION * stated)
     return np.maximum(DURATION_SLACK_S, DURATION_SLACK_FRACTION * np.asarray(stated, dtype=np.float64))
 
 
@@ -111,6 +113,13 @@ class Utterance:
     end: float | None = None
     hotwords: list[str] | None = None  # biasing phrases; None: the record has none (not even an empty list)
     system: str | None = None  # a ChatML line's own system message; None: the recipe's (model.prompt.system)
+
+
+def given_hotwords(utt, default=None) -> list[str]:
+    """A line's biasing list before the token cap where none is drawn: its own ([] included: it has none), else
+    `default` (decoding's --hotwords list). The dataset renders it, and decoding's counts of its prompt read it."""
+    own = getattr(utt, "hotwords", None)
+    return [str(h) for h in own] if own is not None else [str(h) for h in default or ()]
 
 
 def task_of(utt) -> str | None:
@@ -352,24 +361,35 @@ CHATML_FIELDS = frozenset(
 
 
 def _edits(a: str, b: str) -> int:
-    """Levenshtein distance: a misspelt field name is a letter or two off the one it meant."""
-    row = list(range(len(b) + 1))
+    """Edits (a letter inserted, dropped, changed, or two neighbours swapped) from `a` to `b`: a misspelt field name
+    is a letter or two off the one it meant."""
+    rows = [list(range(len(b) + 1))]
     for i, ca in enumerate(a, start=1):
-        prev, row[0] = row[0], i
+        row = [i] + [0] * len(b)
         for j, cb in enumerate(b, start=1):
-            prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (ca != cb))
-    return row[-1]
+            row[j] = min(rows[-1][j] + 1, row[j - 1] + 1, rows[-1][j - 1] + (ca != cb))
+            if i > 1 and j > 1 and ca == b[j - 2] and a[i - 2] == cb:
+                row[j] = min(row[j], rows[-2][j - 2] + 1)
+        rows.append(row)
+    return rows[-1][-1]
 
 
 def near_field(name: str) -> str | None:
-    """The field llmasr reads that an unread field `name` may have meant: a letter or two (or its case) off."""
-    return next((k for k in sorted(FUNASR_FIELDS | CHATML_FIELDS) if _edits(name.lower(), k) <= 2), None)
+    """The field llmasr reads nearest an unread field `name`, where it is a letter or two (or its case) off: one for a
+    name of up to four letters, whose every field two edits away is another word ("id" is two from "end")."""
+    most = 1 if len(name) <= 4 else 2
+    scored = sorted((_edits(name.lower(), k), k) for k in FUNASR_FIELDS | CHATML_FIELDS)
+    return scored[0][1] if scored[0][0] <= most else None
 
 
 def unread_text(name: str, lines: int, first: str) -> str:
-    """A field no parser reads, on `lines` lines from `first` (manifest:line), and the field it may have meant."""
+    """A field no parser reads, on `lines` lines from `first` (manifest:line), and the field it may have meant; one
+    the other format reads (a FunASR line's `asr_hotwords`, a ChatML line's `target`) is said to be that format's."""
     near = near_field(name)
     text = f"{name}: {lines} line{'s' if lines != 1 else ''}, first at {first}"
+    if near == name:
+        other = "ChatML (messages)" if name in CHATML_FIELDS else "FunASR jsonl (source, target)"
+        return f"{text} (read in {other} lines only)"
     return text + (f" (did you mean '{near}'?)" if near else "")
 
 

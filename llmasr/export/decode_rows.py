@@ -22,7 +22,7 @@ from types import SimpleNamespace
 import numpy as np
 
 from llmasr.data.manifest import BadRecord
-from llmasr.data.records import task_of
+from llmasr.data.records import given_hotwords, task_of
 from llmasr.models.context import audio_tokens
 from llmasr.train.line_positions import heard_seconds
 
@@ -73,9 +73,8 @@ class DecodeRows:
                 utt = manifest[i]
             except BadRecord:
                 continue
-            own = getattr(utt, "hotwords", None)
-            listed = (list(own) if own is not None else list(self.hotwords or [])) if self.prompted else []
-            how = (task_of(utt), getattr(utt, "system", None), tuple(str(h) for h in listed))
+            listed = given_hotwords(utt, self.hotwords) if self.prompted else []
+            how = (task_of(utt), getattr(utt, "system", None), tuple(listed))
             if how not in seen:
                 try:
                     seen[how] = len(prompt.encode(None, task=how[0], hotwords=list(how[2]), system=how[1]).ids)

@@ -100,7 +100,7 @@ def decoding_prompt(prompt, hotwords=None, manifest=None, *, lists: bool = True,
         )
     if manifest is None:
         return most, said
-    from llmasr.data.records import BadRecord, task_of
+    from llmasr.data.records import BadRecord, given_hotwords, task_of
 
     sizes = np.asarray(manifest.line_bytes(), dtype=np.int64)
     base, seams = most, 6 + len(prompt.hotwords_template.encode())  # a line's fields replace or join `hotwords`'
@@ -119,7 +119,7 @@ def decoding_prompt(prompt, hotwords=None, manifest=None, *, lists: bool = True,
             continue
         how = (task, system, None if own is None else tuple(str(h) for h in own))
         if how not in seen:
-            listed = hotwords if own is None and lists else own
+            listed = given_hotwords(utt, hotwords) if lists else None
             try:
                 seen[how] = len(prompt.encode(None, task=task, hotwords=listed, system=system).ids)
             except ValueError:  # the dataset counts it as a bad line

@@ -53,6 +53,7 @@ from llmasr.run_dir.layout import (
     resume_point,
     run_dir_of,
     tag_for,
+    unnamed_save,
     update_of,
 )
 from llmasr.run_dir.meta import CheckpointMeta, read_meta, write_meta
@@ -64,5 +65,5 @@ __all__ = [
     "abandoned_dir", "checkpoints_dir", "clear_tag", "finish_save", "finish_unnamed", "latest", "list_tags",
     "read_best", "read_meta", "record_metrics", "require_latest", "resolve_checkpoint", "resolve_resume",
     "resume_asked", "resume_or_start", "resume_point", "rotate", "run_dir_of", "select_tags", "set_aside_later",
-    "tag_for", "update_best", "update_of", "write_atomic", "write_meta",
+    "tag_for", "unnamed_save", "update_best", "update_of", "write_atomic", "write_meta",
 ]  # fmt: skip

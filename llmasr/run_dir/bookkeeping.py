@@ -27,6 +27,7 @@ from llmasr.run_dir.layout import (
     latest,
     list_tags,
     tag_update,
+    unnamed_save,
     update_of,
 )
 from llmasr.run_dir.meta import CheckpointMeta, read_meta, write_meta
@@ -141,12 +142,10 @@ def finish_save(ckpt_dir: Path, tag: str, meta: CheckpointMeta, policy: Checkpoi
 
 
 def finish_unnamed(ckpt_dir: Path, tag: str, policy: CheckpointPolicy) -> bool:
-    """Rank 0, resuming `tag` of `ckpt_dir`: when it is a complete checkpoint newer than `latest` (layout.resume_point:
-    its save was cut short after the meta), write its best.json entry and `latest`, as the save would have. Returns
-    whether it was such a checkpoint."""
-    named = latest(ckpt_dir)
-    newer = update_of(tag) is not None and (named is None or (update_of(named) or 0) < update_of(tag))
-    if not newer or not (ckpt_dir / tag / META).is_file():
+    """Rank 0, resuming `tag` of `ckpt_dir`: when it is the save `latest` does not name yet (layout.unnamed_save: a
+    save cut short after its meta), write its best.json entry and `latest`, as the save would have. Returns whether
+    it was that save."""
+    if unnamed_save(ckpt_dir) != tag:
         return False
     _rank(ckpt_dir, tag, read_meta(ckpt_dir / tag), policy)
     write_atomic(ckpt_dir / LATEST, tag + "\n")

@@ -73,27 +73,42 @@ def latest(ckpt_dir: str | Path) -> str | None:
 
 
 def resume_point(ckpt_dir: str | Path) -> str | None:
-    """The checkpoint a run continues: `latest`, or a complete checkpoint (its meta written: every rank saved and
-    its files are hashed) of a later update. A save writes its meta, then `latest`; a job killed between the two
-    (or a disk that filled writing `latest`) left the newest checkpoint complete but unnamed, and a resume from
-    `latest` set it aside as a course left behind. Tags a resume is moving aside (set_aside_later, cut short)
-    are no such checkpoint. None when there is neither."""
-    ckpt_dir = Path(ckpt_dir)
+    """The checkpoint a run continues: `latest`, or the save it does not name yet (unnamed_save). None when there is
+    neither."""
     named = latest(ckpt_dir)
     if named is not None and update_of(named) is None:
         return named  # a pointer edited to another name: as given
+    return unnamed_save(ckpt_dir) or named
+
+
+def unnamed_save(ckpt_dir: str | Path) -> str | None:
+    """The newest complete checkpoint (its meta written: every rank saved and its files are hashed) of an update
+    after `latest`'s whose meta was written after `latest` was, or None. A save writes its meta, then `latest`; a
+    job killed between the two (or a disk that filled writing `latest`) left the newest checkpoint complete but
+    unnamed, and a resume from `latest` set it aside as a course left behind. A `latest` written after the later
+    checkpoints' metas (a user who pointed it back to an earlier update) names the checkpoint to continue, and
+    those are the course it leaves; so are tags a resume is moving aside (set_aside_later, cut short)."""
+    ckpt_dir = Path(ckpt_dir)
+    named = latest(ckpt_dir)
+    if named is not None and update_of(named) is None:
+        return None
     leaving = {
         line.strip()
         for marker in ckpt_dir.glob(f"{ABANDONED_PREFIX}*/{SETTING_ASIDE}")
         for line in marker.read_text(encoding="utf-8").splitlines()
     }
     floor = update_of(named) if named is not None else -1
+    # a clock of coarse ticks may stamp the meta and the pointer written at the save before alike: that is a kill
+    pointed = (ckpt_dir / LATEST).stat().st_mtime_ns if named is not None else -1
     later = [
         (u, p.name)
         for p in (ckpt_dir.iterdir() if ckpt_dir.is_dir() else ())
         if (u := update_of(p.name)) is not None and u > floor and p.name not in leaving and (p / META).is_file()
     ]
-    return max(later)[1] if later else named
+    if not later:
+        return None
+    newest = max(later)[1]
+    return newest if (ckpt_dir / newest / META).stat().st_mtime_ns >= pointed else None
 
 
 def require_latest(ckpt_dir: str | Path) -> str:

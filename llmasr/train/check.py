@@ -290,7 +290,8 @@ def _llm_lines(sampler, st: dict) -> list[str]:
 
 def _decode_lines(recipe, model, valid_loader) -> list[str]:
     """decode.max_llm_tokens against data.valid as `llmasr decode` batches it under the recipe's decode section
-    (llmasr.export.decode_rows): the LLM positions its batches hold, and the utterances past the budget alone."""
+    (llmasr.export.decode_rows): the LLM positions its batches hold, and the utterances past the budget alone. Each
+    manifest of data.valid is previewed alone, as decode batches each."""
     from llmasr.export.decode_rows import decode_preview
 
     dc, budget = recipe.decode, recipe.decode.max_llm_tokens
@@ -298,20 +299,25 @@ def _decode_lines(recipe, model, valid_loader) -> list[str]:
         return []
     if valid_loader is None:
         return [f"  decode.max_llm_tokens {budget}: no data.valid to preview decoding's batches on"]
-    got = decode_preview(model, dc, valid_loader.dataset.manifest)
-    llm = got["llm_positions"] or {"max": 0, "mean": 0.0, "longest_row": 0}
-    lines = [
-        f"  decode.max_llm_tokens {budget}: data.valid as `llmasr decode` batches it (batch_seconds "
-        f"{dc.batch_seconds:g}, utterances whole): {got['batches']} batches; LLM positions per batch (B x beams x "
-        f"(prompt and audio tokens + new tokens)) at most {llm['max']}, mean {llm['mean']:.1f}; longest row "
-        f"{llm['longest_row']}"
-    ]
-    if got["over"]:
-        o = got["over"][0]
+    mix = valid_loader.dataset.manifest
+    manifests = getattr(mix, "manifests", [mix])  # several: a MixedManifest of them
+    lines = []
+    for manifest in manifests:
+        got = decode_preview(model, dc, manifest)
+        llm = got["llm_positions"] or {"max": 0, "mean": 0.0, "longest_row": 0}
+        which = "data.valid" if len(manifests) == 1 else f"data.valid {manifest.path}"
         lines.append(
-            f"  {len(got['over'])} utterance(s) past decode.max_llm_tokens alone, each decoded in a batch of its own "
-            f"(e.g. line {o['line']}, key {o['key']}: {o['positions']})"
+            f"  decode.max_llm_tokens {budget}: {which} as `llmasr decode` batches it (batch_seconds "
+            f"{dc.batch_seconds:g}, utterances whole): {got['batches']} batches; LLM positions per batch (B x beams x "
+            f"(prompt and audio tokens + new tokens)) at most {llm['max']}, mean {llm['mean']:.1f}; longest row "
+            f"{llm['longest_row']}"
         )
+        if got["over"]:
+            o = got["over"][0]
+            lines.append(
+                f"  {len(got['over'])} utterance(s) past decode.max_llm_tokens alone, each decoded in a batch of its "
+                f"own (e.g. {manifest.path} line {o['line']}, key {o['key']}: {o['positions']})"
+            )
     return lines
 
 

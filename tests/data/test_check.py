@@ -424,3 +424,30 @@ def test_the_llm_budget_s_hotword_pass_shares_the_manifests_the_check_opens(
     assert main(["--recipe", str(recipe), f"data.train=[{a},{missing}]"]) == 2
     out = capsys.readouterr().out
     assert f"{missing}: cannot open manifest" in out and "max_llm_tokens=400" in out and "result: ERROR" in out
+
+
+def test_a_corpus_s_own_short_fields_are_named_without_a_guess(tmp_path):
+    """`id`, `emo`, `sid` are a corpus's own metadata, two edits from `end` as any short word is from another: the
+    report had asked of each "did you mean 'end'?", and of `lng` too, one edit from `lang`."""
+    path = good_corpus(tmp_path, 2)
+    lines = path.read_text().splitlines()
+    extra = [{"id": "spk1-0001", "emo": "NEUTRAL", "sid": "7"}, {"lng": "en"}]
+    path = write_manifest(tmp_path / "m.jsonl", [json.dumps({**json.loads(x), **e}) for x, e in zip(lines, extra)])
+    text = format_report(check_data([path], data_cfg(), FrontendConfig()))
+    for name in ("id", "emo", "sid"):
+        assert f"  {name}: 1 line, first at {path}:1\n" in text + "\n"
+    assert f"  lng: 1 line, first at {path}:2 (did you mean 'lang'?)" in text
+
+
+def test_a_field_only_the_other_format_reads_is_said_to_be_that_format_s(tmp_path):
+    """A FunASR line's `asr_hotwords` (Fun-ASR-Nano's list) and a ChatML line's `target` go unread: the report had
+    asked "did you mean 'asr_hotwords'?" of the field itself."""
+    write_wav(tmp_path / "a.wav", 0.5)
+    recs = [{"key": "a", "source": "a.wav", "target": "hi", "asr_hotwords": ["alpha"]},
+            {"messages": [{"role": "user", "content": "<|startofspeech|>!a.wav<|endofspeech|>"},
+                          {"role": "assistant", "content": "hi"}], "key": "b", "target": "hi"}]  # fmt: skip
+    path = write_manifest(tmp_path / "m.jsonl", [json.dumps(r) for r in recs])
+    text = format_report(check_data([path], data_cfg(), FrontendConfig()))
+    assert f"  asr_hotwords: 1 line, first at {path}:1 (read in ChatML (messages) lines only)" in text
+    assert f"  target: 1 line, first at {path}:2 (read in FunASR jsonl (source, target) lines only)" in text
+    assert "did you mean" not in text

@@ -145,7 +145,47 @@ def test_the_decode_budget_is_reported_with_the_llm_positions_of_decodings_batch
     assert len(held) > 1 and max(held) <= 150
     code, out, err = run_check(capsys, *base, "decode.max_llm_tokens=30", *budget[1:])
     assert code == 0, err
-    assert "utterance(s) past decode.max_llm_tokens alone, each decoded in a batch of its own (e.g. line 1, " in out
+    where = recipe.data.valid[0].path
+    assert (
+        f"utterance(s) past decode.max_llm_tokens alone, each decoded in a batch of its own (e.g. {where} line 1, "
+        in out
+    )
+
+
+def test_the_decode_budget_is_previewed_on_each_manifest_of_data_valid_as_decode_batches_it(
+    tiny_llm_dir, tmp_path, capsys
+):
+    """data.valid of two manifests: `llmasr decode` batches each alone, and the report gives each its batches and
+    names the file of an utterance past the budget alone. The check had previewed the two as one and, with an
+    utterance past the budget, failed (AttributeError: 'MixedManifest' object has no attribute 'lineno')."""
+    import yaml
+
+    from llmasr.export.decode import DecodeOptions, decode_loader
+    from llmasr.recipe import load_recipe
+    from llmasr.testing.tiny_corpus import tiny_recipe_dict, write_tiny_corpus
+
+    train_m = write_tiny_corpus(tmp_path / "train", n=20)
+    dev = [write_tiny_corpus(tmp_path / "deva", n=4, seed=1), write_tiny_corpus(tmp_path / "devb", n=3, seed=2)]
+    data = tiny_recipe_dict(tiny_llm_dir, train=[train_m], valid=dev, output_dir=tmp_path / "run", epochs=1)
+    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(data))
+    base = ["--config", str(tmp_path / "recipe.yaml"), "--deepspeed", "zero2", "--world-size", "1"]
+    budget = ["decode.max_llm_tokens=30", "decode.max_new_tokens=20", "decode.max_window_seconds=0"]
+    code, out, err = run_check(capsys, *base, "--out", str(tmp_path / "o"), *budget)
+    assert code == 0, err
+    recipe = load_recipe(tmp_path / "recipe.yaml", budget)
+    torch.manual_seed(0)
+    model = llmasr.build_model(recipe.model)
+    for path in dev:
+        loader = decode_loader(model, path, recipe.decode, DecodeOptions(num_workers=0))
+        assert (
+            f"  decode.max_llm_tokens 30: data.valid {path} as `llmasr decode` batches it (batch_seconds 120, "
+            f"utterances whole): {len(loader.batch_sampler)} batches;" in out
+        ), out
+        first = loader.over_llm_budget[0]
+        assert (
+            f"utterance(s) past decode.max_llm_tokens alone, each decoded in a batch of its own (e.g. {path} line "
+            f"{first['line']}, key {first['key']}: {first['positions']})" in out
+        ), out
 
 
 def test_a_max_updates_beyond_the_epochs_shows_where_the_run_stops(recipe_file, tmp_path, capsys):

@@ -1,6 +1,7 @@
 """The run directory's format (llmasr.run_dir): tags, `latest`, the meta record, best list, rotation, resolving."""
 
 import json
+import os
 
 import pytest
 
@@ -161,10 +162,11 @@ def test_a_complete_checkpoint_newer_than_latest_is_the_resume_point(tmp_path):
     make_tags(ckpts, [1])
     assert ck.latest(ckpts) is None and ck.resume_point(ckpts) == ck.tag_for(1)
     assert ck.resume_or_start("auto", run) == "latest" and ck.resolve_resume("auto", run) == (ckpts, ck.tag_for(1))
-    make_tags(ckpts, [2, 4])
+    make_tags(ckpts, [2])
+    (ckpts / ck.LATEST).write_text(ck.tag_for(2) + "\n")  # update 2's save named it; update 4's was killed
+    make_tags(ckpts, [4])
     (ckpts / ck.tag_for(5)).mkdir()
     (ckpts / ck.tag_for(5) / "mp_rank_00_model_states.pt").write_bytes(b"cut short")
-    (ckpts / ck.LATEST).write_text(ck.tag_for(2) + "\n")
     assert ck.resolve_resume("latest", run) == (ckpts, ck.tag_for(4))
     assert ck.resolve_resume(str(ckpts), tmp_path) == (ckpts, ck.tag_for(4))
     assert ck.resolve_resume(ck.tag_for(2), run) == (ckpts, ck.tag_for(2))  # a tag asked for is that tag
@@ -358,3 +360,26 @@ def test_a_garbled_meta_names_the_file_and_the_field(tmp_path, edit, message):
     (tmp_path / ck.META).write_text('{"update": 1,')
     with pytest.raises(ck.CheckpointError, match=r"llmasr_meta.json: not valid JSON"):
         ck.read_meta(tmp_path)
+
+
+def test_a_latest_pointed_back_after_the_saves_is_the_resume_point(tmp_path):
+    """A user points `latest` back from update 3 to update 1 (a loss spike at 2): the resume continues update 1 and
+    leaves 2 and 3 as another course. It had continued update 3, the newest complete checkpoint after `latest`, and
+    `latest` was rewritten to name it, as if a job had died between that save's meta and its pointer."""
+    run = tmp_path / "run"
+    ckpts = ck.checkpoints_dir(run)
+    for u in (1, 2, 3):  # each save: its meta, then `latest`
+        make_tags(ckpts, [u])
+        ck.write_atomic(ckpts / ck.LATEST, ck.tag_for(u) + "\n")
+    saved = (ckpts / ck.tag_for(3) / ck.META).stat().st_mtime_ns
+    (ckpts / ck.LATEST).write_text(ck.tag_for(1) + "\n")
+    os.utime(ckpts / ck.LATEST, ns=(saved + 10**9, saved + 10**9))  # the user's edit, after the saves
+    assert ck.resume_point(ckpts) == ck.tag_for(1)
+    assert ck.resolve_resume("latest", run) == (ckpts, ck.tag_for(1))
+    assert not ck.finish_unnamed(ckpts, ck.tag_for(3), ck.CheckpointPolicy(best_k=2))
+    assert ck.latest(ckpts) == ck.tag_for(1)
+    assert ck.set_aside_later(ckpts, 1)[0] == [ck.tag_for(2), ck.tag_for(3)]
+    # the same pointer as a kill leaves it: written at update 1's save, before update 3's meta
+    make_tags(ckpts, [3])
+    os.utime(ckpts / ck.LATEST, ns=(saved - 10**9, saved - 10**9))
+    assert ck.resume_point(ckpts) == ck.tag_for(3)

@@ -416,6 +416,15 @@ def test_another_zero_stage_is_refused_saying_how_to_resume(tmp_path, saved, pre
     assert f"--deepspeed {presets} or the run's own {tmp_path / 'run' / ck.DS_CONFIG_FILE}" in message
 
 
+def killed_before_latest(ckpts, update: int) -> None:
+    """`latest` as the save of `update` left it, the next save killed before it rewrote the pointer."""
+    import os
+
+    ck.write_atomic(ckpts / ck.LATEST, ck.tag_for(update) + "\n")
+    saved = (ckpts / ck.tag_for(update) / ck.META).stat().st_mtime_ns
+    os.utime(ckpts / ck.LATEST, ns=(saved, saved))
+
+
 def test_a_checkpoint_saved_all_but_its_latest_pointer_is_resumed(tiny_llm_dir, corpus, tmp_path):
     """A job killed between update 2's meta (and best.json entry) and `latest` (still update 1): the resume
     continues update 2 and `latest` names it. The resume had continued update 1 and set the complete update 2 aside
@@ -424,7 +433,7 @@ def test_a_checkpoint_saved_all_but_its_latest_pointer_is_resumed(tiny_llm_dir, 
     make = recipe(tiny_llm_dir, corpus, run, save_every_updates=1, overrides=["train.resume=auto"])
     train(make, "zero0", stop_after_updates=3)  # saves 1 and 2
     ckpts = ck.checkpoints_dir(run)
-    ck.write_atomic(ckpts / ck.LATEST, ck.tag_for(1) + "\n")
+    killed_before_latest(ckpts, 1)
     assert [h["update"] for h in train(make, "zero0")["history"]] == [3]
     assert not list(ckpts.glob("abandoned_at_update_*")) and ck.latest(ckpts) == ck.tag_for(3)
     assert (
@@ -442,7 +451,7 @@ def test_a_checkpoint_saved_all_but_its_latest_pointer_is_resumed(tiny_llm_dir, 
     make = recipe(tiny_llm_dir, corpus, cut, save_every_updates=1)
     train(make, "zero0", stop_after_updates=3)
     (ck.checkpoints_dir(cut) / ck.tag_for(2) / ck.META).unlink()
-    ck.write_atomic(ck.checkpoints_dir(cut) / ck.LATEST, ck.tag_for(1) + "\n")
+    killed_before_latest(ck.checkpoints_dir(cut), 1)
     assert [h["update"] for h in train(make, "zero0", resume="latest")["history"]] == [2, 3]
     assert ck.read_meta(ck.checkpoints_dir(cut) / ck.tag_for(2)).update == 2
 

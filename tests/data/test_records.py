@@ -1,0 +1,40 @@
+"""llmasr.data.records: the field a manifest's unread field may have meant (near_field)."""
+
+import pytest
+
+from llmasr.data.records import near_field, unread_text
+
+
+@pytest.mark.parametrize("name", ["id", "emo", "sid", "lid", "sex", "snr", "ts", "spk", "text", "gender", "words"])
+def test_a_corpus_s_own_short_fields_are_not_taken_for_misspellings(name):
+    # two edits turn any short word into another ("id" -> "end", "sex" -> "key"): train.log warned of each as a typo
+    assert near_field(name) is None
+    assert "did you mean" not in unread_text(name, 3, "m.jsonl:1")
+
+
+@pytest.mark.parametrize(
+    "name, meant",
+    [("lng", "lang"), ("lnag", "lang"), ("hotword", "hotwords"), ("Prompt", "prompt"), ("tagret", "target"),
+     ("langauge", "language"), ("hot_words", "hotwords"), ("keys", "key"), ("duraton", "duration")],
+)  # fmt: skip
+def test_a_misspelt_field_is_given_the_nearest_field_llmasr_reads(name, meant):
+    # "lng" is one edit from "lang" and two from "end": the first field in sorted order within two had been named
+    assert near_field(name) == meant
+
+
+def test_a_line_s_durations_are_compared_without_numpy(monkeypatch, tmp_path):
+    """Every line of a segments manifest (duration beside start and end) is checked for agreeing durations as it is
+    parsed: the check had gone through numpy's array calls, half again the time of the whole parse."""
+    import numpy as np
+
+    from llmasr.data import records
+    from llmasr.data.manifest import Manifest
+
+    path = tmp_path / "seg.jsonl"
+    path.write_text('{"key": "s", "source": "a.wav", "target": "hi", "start": 1.0, "end": 3.5, "duration": 2.5}\n')
+    array_slack = records.duration_slack(np.array([2.5, 100.0]))
+    monkeypatch.setattr(records, "np", None)  # any numpy call on the way fails
+    assert Manifest.open(str(path))[0].duration == 2.5
+    assert records.durations_disagree(10.0, 10.2) is True and records.durations_disagree(10.0, 10.1) is False
+    assert records.duration_slack(2.5) == 0.1 and records.duration_slack(100.0) == 1.0
+    assert list(array_slack) == [0.1, 1.0]
