@@ -8,7 +8,7 @@ conversion, export and decode read through it.
                                                 knows which exist per ZeRO stage) + llmasr_meta.json (meta.py)
     RUN_DIR/checkpoints/latest                  newest complete tag (written atomically, after every rank saved)
     RUN_DIR/checkpoints/best.json               [{"tag", "metric", "value"}, ...] best first; never rotated away
-    RUN_DIR/checkpoints/update_00001200_universal/   that checkpoint converted for another world size
+    RUN_DIR/checkpoints/update_00001200_universal/   that checkpoint converted for another world size or ZeRO stage
 
 layout.py: names, tags, `latest`, resolving a checkpoint; meta.py: CheckpointMeta; bookkeeping.py: best list,
 rotation, finishing a save, choosing checkpoints to average; files.py: the sizes and checksums of a tag's files.

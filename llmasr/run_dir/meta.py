@@ -1,7 +1,7 @@
 """The record every checkpoint folder holds beside DeepSpeed's files: RUN_DIR/checkpoints/TAG/llmasr_meta.json.
 
     update, epoch          where the run was (epoch: the one to continue in)
-    world_size, zero_stage how DeepSpeed cut the files (a resume at another world size converts them)
+    world_size, zero_stage how DeepSpeed cut the files (a resume at another world size or ZeRO stage converts them)
     metrics                the validation metrics at this update ({} when it was not validated)
     base_fingerprint       the frozen base weights the trained tensors belong to (llmasr.models.fingerprint)
     trainable              SpeechLLM parameter names the checkpoint holds, in model order

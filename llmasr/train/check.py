@@ -125,7 +125,8 @@ def run_start(recipe, model, plan, folder: RunFolder, *, stage: int, world_size:
     verify_tag(where, meta)  # the files the save recorded, as training's ranks verify them before loading
     ranks = f"{meta.world_size} rank{'s' if meta.world_size != 1 else ''}"
     resized = "" if meta.world_size == world_size else f"; saved on {ranks}, resized to {world_size}"
-    head = f"  resumes {where} (update {meta.update}, epoch {meta.epoch}{resized}) into {run_dir}"
+    converted = "" if meta.zero_stage == stage else f"; saved at ZeRO stage {meta.zero_stage}, converted to {stage}"
+    head = f"  resumes {where} (update {meta.update}, epoch {meta.epoch}{resized}{converted}) into {run_dir}"
     client, saved_ds = read_client_state(where, meta)
     total, stop = resumed_total(recipe, plan, where, meta, world_size, client, changed)
     early = EarlyStop.of(recipe.train)

@@ -29,6 +29,7 @@ from llmasr.config_paths import resolve_paths
 from llmasr.models.fingerprint import base_fingerprint, fingerprint_differences
 from llmasr.run_dir import CheckpointMeta
 from llmasr.train.schedulers import NO_DECAY_SUFFIX
+from llmasr.train.universal_stages import stage_change_allowed
 
 log = logging.getLogger("llmasr.train")
 
@@ -190,10 +191,11 @@ def check_checkpoint(
     checkpoint are named in a warning and returned (for the position's refusal to name them too)."""
     changed = changed_manifests(meta.manifests, manifests)
     same_text = not changed and texts_known(meta.manifests, manifests)
-    if meta.zero_stage != stage:
+    if not stage_change_allowed(meta.zero_stage, stage):
         raise ConfigError(
-            f"{where}: saved at ZeRO stage {meta.zero_stage}, this run uses {stage}; a checkpoint continues at the "
-            "stage that saved it (another world size is converted, another stage is not): resume with a stage "
+            f"{where}: saved at ZeRO stage {meta.zero_stage}, this run uses {stage}; stages 1, 2 and 3 are converted "
+            "into one another (as another world size is), but ZeRO-0 saves its optimizer state whole, which no other "
+            "stage loads, and loads no other stage's: resume with a stage "
             f"{meta.zero_stage} DeepSpeed config, --deepspeed {STAGE_PRESETS.get(meta.zero_stage, '<file>')} or the "
             f"run's own {ck.run_dir_of(where.parent) / ck.DS_CONFIG_FILE}"
         )

@@ -150,8 +150,9 @@ class Run:
         )  # fmt: skip
         verify_ranks(where, meta, self.rank, self.world, all_gather_object)  # before DeepSpeed reads a byte
         with errors.context(f"loading checkpoint {where}"):
-            if universal.needs_conversion(saved_world, self.world, self.engine.stage):
-                client = universal.load(self.engine, *universal.prepare(load_dir, tag, self.ckpt_dir, self.rank))
+            if universal.needs_conversion(saved_world, self.world, self.engine.stage, meta.zero_stage):
+                copy = universal.prepare(load_dir, tag, self.ckpt_dir, self.rank)
+                client = universal.load(self.engine, *copy, saved_stage=meta.zero_stage)
             else:
                 client = self.engine.load(str(load_dir), tag)
         state = client.get(CLIENT_KEY) or {}

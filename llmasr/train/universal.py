@@ -1,4 +1,4 @@
-"""Resume at another world size through DeepSpeed's universal checkpoint.
+"""Resume at another world size or ZeRO stage through DeepSpeed's universal checkpoint.
 
 A ZeRO-1/2/3 checkpoint holds one flat partition of the fp32 weights and Adam moments per rank, cut for the world
 size that saved it, and DeepSpeed refuses to load it at another (engine._load_zero_checkpoint). Its universal
@@ -15,9 +15,11 @@ world size. Resuming a checkpoint saved by W0 ranks at W ranks therefore:
    restored and the scheduler writes the lrs again; and at ZeRO-3 it shares one Adam step tensor among all groups
    (`unshare_steps`).
 
-ZeRO-0 keeps no partitions (the optimizer state is saved whole with the module): it loads at any world size as it
-is. The position in the interrupted epoch is carried by the sampler (llmasr.data.regroup); `resized_total` counts
-the updates the run holds at the new world size, which the schedules are then sized by.
+Step 1 also rewrites the copy so that every ZeRO stage 1-3 loads it (llmasr.train.universal_stages): a resume at
+another stage goes the same way, at the same or another world size. ZeRO-0 keeps no partitions (the optimizer
+state is saved whole with the module): it loads at any world size as it is, and at no other stage. The position in
+the interrupted epoch is carried by the sampler (llmasr.data.regroup); `resized_total` counts the updates the run
+holds at the new world size, which the schedules are then sized by.
 """
 
 from __future__ import annotations
@@ -35,16 +37,20 @@ from pathlib import Path
 from llmasr.errors import free_bytes
 from llmasr.run_dir import UNIVERSAL_SUFFIX
 from llmasr.safe_load import weights_only_torch_load
+from llmasr.train import universal_stages
 from llmasr.train.checkpoint_space import size_text
 from llmasr.train.ds_files import OPTIM_STATES, STATE_FILES
 
 log = logging.getLogger("llmasr.train")
 
 MARKER = "llmasr_universal.json"
+LAYOUT = "any_stage"  # the marker's "layout": a copy every stage 1-3 loads (an older llmasr's copy is made again)
 
 
-def needs_conversion(saved_world: int, world: int, stage: int) -> bool:
-    return saved_world != world and stage > 0
+def needs_conversion(saved_world: int, world: int, stage: int, saved_stage: int | None = None) -> bool:
+    """Whether a checkpoint saved by `saved_world` ranks at ZeRO `saved_stage` loads through a universal copy at
+    `world` ranks and ZeRO `stage`: another stage, or another world size under ZeRO partitions."""
+    return (saved_world != world and stage > 0) or (saved_stage is not None and saved_stage != stage)
 
 
 def source_files(src: Path) -> dict[str, list[int]]:
@@ -61,7 +67,7 @@ def cached_copy(src: Path, dst: Path) -> bool:
         recorded = json.loads(marker.read_text(encoding="utf-8"))
     except ValueError:
         return False
-    return recorded.get("files") == source_files(src)
+    return recorded.get("files") == source_files(src) and recorded.get("layout") == LAYOUT
 
 
 def universal_dir(load_dir: Path, tag: str, fallback_dir: Path) -> Path:
@@ -97,7 +103,13 @@ def convert(src: Path, dst: Path) -> None:
         raise RuntimeError(f"converting {src} to a universal checkpoint failed: {err!r}\n{detail}") from err
     finally:
         _drop_latest_pointer(tmp)
-    (tmp / MARKER).write_text(json.dumps({"source": str(src.resolve()), "files": files}, indent=2), encoding="utf-8")
+    try:
+        universal_stages.any_stage(tmp)
+    except (ValueError, KeyError, OSError, RuntimeError) as err:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise RuntimeError(f"converting {src} to a universal checkpoint failed: {err!r}") from err
+    marker = {"source": str(src.resolve()), "files": files, "layout": LAYOUT}
+    (tmp / MARKER).write_text(json.dumps(marker, indent=2), encoding="utf-8")
     shutil.rmtree(dst, ignore_errors=True)
     os.replace(tmp, dst)
 
@@ -146,9 +158,14 @@ def prepare(load_dir: Path, tag: str, fallback_dir: Path, rank: int) -> tuple[Pa
     return dst.parent, dst.name
 
 
-def load(engine, load_dir: Path, tag: str) -> dict:
-    """Load a universal checkpoint into a TrainEngine; returns its client state."""
+def load(engine, load_dir: Path, tag: str, saved_stage: int | None = None) -> dict:
+    """Load a universal checkpoint (of a checkpoint saved at ZeRO `saved_stage`) into a TrainEngine; returns its
+    client state."""
     from deepspeed.utils import logger as ds_logger
+
+    if saved_stage is not None and saved_stage != engine.stage:
+        log.info("resume at ZeRO stage %d from a checkpoint saved at stage %d: its weights, Adam moments and step "
+                 "are converted", engine.stage, saved_stage)  # fmt: skip
 
     ds_engine = engine.engine
     groups = [{k: v for k, v in g.items() if k != "params"} for g in engine.optimizer.param_groups]

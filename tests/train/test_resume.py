@@ -404,15 +404,15 @@ def test_lr_schedule_csv_after_a_resume_follows_the_schedules_held_by_a_skipped_
         assert csv["llm"][h["update"] - 1] == pytest.approx(h["lr"]["llm"], rel=1e-12), h["update"]
 
 
-@pytest.mark.parametrize(("saved", "presets"), [(2, "zero2 or zero2_offload"), (0, "zero0")])
-def test_another_zero_stage_is_refused_saying_how_to_resume(tmp_path, saved, presets):
-    """The refusal names the DeepSpeed configs that continue the checkpoint (it had said only which stages differ)."""
+@pytest.mark.parametrize(("saved", "stage", "presets"), [(2, 0, "zero2 or zero2_offload"), (0, 3, "zero0")])
+def test_a_stage_change_to_or_from_zero0_is_refused_saying_how_to_resume(tmp_path, saved, stage, presets):
+    """The refusal names the stages that convert and the DeepSpeed configs that continue the checkpoint."""
     where = tmp_path / "run" / "checkpoints" / ck.tag_for(4)
     meta = ck.CheckpointMeta(update=4, epoch=0, world_size=2, zero_stage=saved, base_fingerprint={}, trainable=[])
     with pytest.raises(ConfigError) as err:
-        rs.check_checkpoint(meta, where, recipe=Recipe(), stage=3, world_size=2, per_epoch=[4], trainable=[])
+        rs.check_checkpoint(meta, where, recipe=Recipe(), stage=stage, world_size=2, per_epoch=[4], trainable=[])
     message = str(err.value)
-    assert f"{where}: saved at ZeRO stage {saved}, this run uses 3" in message
+    assert f"{where}: saved at ZeRO stage {saved}, this run uses {stage}; stages 1, 2 and 3 are converted" in message
     assert f"--deepspeed {presets} or the run's own {tmp_path / 'run' / ck.DS_CONFIG_FILE}" in message
 
 
@@ -490,3 +490,15 @@ def test_lr_schedule_csv_rows_before_a_resume_are_the_lrs_the_updates_used(tiny_
     for row in csv:
         for group, lr in used[int(row["update"])].items():
             assert row[group] == pytest.approx(lr, rel=1e-12), (int(row["update"]), group)
+
+
+@pytest.mark.parametrize(("saved", "stage"), [(2, 3), (3, 2), (1, 3), (3, 1), (1, 2), (2, 1)])
+def test_stages_1_2_and_3_resume_one_another(tmp_path, saved, stage):
+    """A checkpoint of ZeRO-1, 2 or 3 resumes at another of them (converted through a universal checkpoint)."""
+    from llmasr.models.fingerprint import base_fingerprint
+
+    where, recipe = tmp_path / "run" / "checkpoints" / ck.tag_for(4), Recipe()
+    meta = ck.CheckpointMeta(update=4, epoch=0, world_size=2, zero_stage=saved,
+                             base_fingerprint=base_fingerprint(recipe.model), trainable=[])  # fmt: skip
+    assert rs.check_checkpoint(meta, where, recipe=recipe, stage=stage, world_size=2, per_epoch=[4],
+                               trainable=[]) == []  # fmt: skip

@@ -22,6 +22,12 @@ def test_only_zero_partitions_need_conversion():
     assert universal.needs_conversion(2, 1, 2) and universal.needs_conversion(1, 4, 3)
     assert not universal.needs_conversion(2, 1, 0)  # ZeRO-0 saves the optimizer whole
     assert not universal.needs_conversion(2, 2, 3)
+    assert not universal.needs_conversion(2, 2, 3, 3)
+
+
+def test_another_stage_is_converted_at_any_world_size():
+    assert universal.needs_conversion(2, 2, 3, 2) and universal.needs_conversion(1, 1, 1, 3)
+    assert universal.needs_conversion(2, 1, 2, 3)
 
 
 def test_a_cached_copy_is_reused_until_its_source_changes(tmp_path):
@@ -31,6 +37,8 @@ def test_a_cached_copy_is_reused_until_its_source_changes(tmp_path):
     dst.mkdir()
     assert not universal.cached_copy(src, dst)  # no marker: an interrupted or foreign folder
     (dst / universal.MARKER).write_text(json.dumps({"files": universal.source_files(src)}))
+    assert not universal.cached_copy(src, dst)  # an older llmasr's copy: loads at the stage that saved it only
+    (dst / universal.MARKER).write_text(json.dumps({"files": universal.source_files(src), "layout": "any_stage"}))
     assert universal.cached_copy(src, dst)
     (src / "zero_pp_rank_1_mp_rank_00_optim_states.pt").write_bytes(b"another run saved this tag")
     assert not universal.cached_copy(src, dst)
