@@ -35,7 +35,7 @@ from argparse import Namespace
 from pathlib import Path
 
 from llmasr.errors import free_bytes
-from llmasr.run_dir import UNIVERSAL_SUFFIX
+from llmasr.run_dir import UNIVERSAL_SUFFIX, read_meta
 from llmasr.safe_load import weights_only_torch_load
 from llmasr.train import universal_stages
 from llmasr.train.checkpoint_space import size_text
@@ -78,18 +78,22 @@ def universal_dir(load_dir: Path, tag: str, fallback_dir: Path) -> Path:
     return fallback_dir / f"{tag}{UNIVERSAL_SUFFIX}"
 
 
-def convert(src: Path, dst: Path) -> None:
-    """ds_to_universal from checkpoint folder `src` into `dst`, atomically (a partial copy never has dst's name)."""
+def convert(src: Path, dst: Path, stage0_trainable: list[str] | None = None) -> None:
+    """ds_to_universal from checkpoint folder `src` into `dst`, atomically (a partial copy never has dst's name); a
+    ZeRO-0 checkpoint (its meta's `stage0_trainable` names given) is written by llmasr's own from_stage0."""
     from deepspeed.checkpoint import ds_to_universal
 
     files = source_files(src)
-    if not any(Path(name).match(OPTIM_STATES) for name in files):
+    if stage0_trainable is None and not any(Path(name).match(OPTIM_STATES) for name in files):
         raise FileNotFoundError(f"{src}: no {OPTIM_STATES} files; not a complete ZeRO checkpoint")
     dst.parent.mkdir(parents=True, exist_ok=True)
     _check_room(src, dst, files)
     for stale in dst.parent.glob(f".{dst.name}.tmp*"):  # left by a conversion that was killed
         shutil.rmtree(stale, ignore_errors=True)
     tmp = dst.with_name(f".{dst.name}.tmp{os.getpid()}")
+    if stage0_trainable is not None:
+        _finish(src, tmp, dst, files, lambda: universal_stages.from_stage0(src, tmp, stage0_trainable))
+        return
     args = Namespace(input_folder=str(src), output_folder=str(tmp), num_extract_workers=1, num_merge_workers=1,
                      keep_temp_folder=False, strict=True, inject_missing_state=True)  # fmt: skip
     out = io.StringIO()
@@ -103,8 +107,14 @@ def convert(src: Path, dst: Path) -> None:
         raise RuntimeError(f"converting {src} to a universal checkpoint failed: {err!r}\n{detail}") from err
     finally:
         _drop_latest_pointer(tmp)
+    _finish(src, tmp, dst, files, lambda: universal_stages.any_stage(tmp))
+
+
+def _finish(src: Path, tmp: Path, dst: Path, files: dict, write) -> None:
+    """Run `write` (which leaves in `tmp` a copy every stage 1-3 loads), mark the copy complete and give it dst's
+    name; on failure nothing is left."""
     try:
-        universal_stages.any_stage(tmp)
+        write()
     except (ValueError, KeyError, OSError, RuntimeError) as err:
         shutil.rmtree(tmp, ignore_errors=True)
         raise RuntimeError(f"converting {src} to a universal checkpoint failed: {err!r}") from err
@@ -149,7 +159,8 @@ def prepare(load_dir: Path, tag: str, fallback_dir: Path, rank: int) -> tuple[Pa
                 log.info("resume: using the universal checkpoint %s", dst)
             else:
                 log.info("resume: converting %s to a universal checkpoint in %s", load_dir / tag, dst)
-                convert(load_dir / tag, dst)
+                meta = read_meta(load_dir / tag)
+                convert(load_dir / tag, dst, meta.trainable if meta.zero_stage == 0 else None)
         except (OSError, RuntimeError) as err:
             error = str(err)
     dst, error = broadcast_object((dst, error))

@@ -15,8 +15,12 @@ link where the filesystem allows), each state in its parameter's shape in the Ze
 parameter, and an optimizer_state.pt with both stages' keys (rank 0's ZeRO-3 partitions left out: nothing reads
 them). The weights, moments and step are copied as they are, so a run continues exactly at any stage.
 
-ZeRO-0 has no universal form: DeepSpeed saves its optimizer state whole in the model-states file, and its engine
-reads no universal checkpoint (the module is not loaded from one), so a stage change to or from 0 is refused.
+ZeRO-0 keeps no partitions, so ds_to_universal has nothing to convert: DeepSpeed saves its module whole and, in fp32,
+torch's AdamW state as it is, per parameter, in the model-states file. `from_stage0` writes the same universal copy
+from that file (the optimizer numbers the parameters group by group; llmasr's groups hold them in model order, so
+each is named by param_groups.group_name and checked against its shape). A ZeRO-0 run under bf16/fp16 keeps fp32
+masters per group in a DeepSpeed wrapper instead, and DeepSpeed's ZeRO-0 engine loads no universal checkpoint (it
+skips the module there): those changes are refused (`stage_change_allowed`).
 """
 
 from __future__ import annotations
@@ -33,9 +37,10 @@ STATES = ("fp32", "exp_avg", "exp_avg_sq")
 CONVERTIBLE = (1, 2, 3)
 
 
-def stage_change_allowed(saved: int, stage: int) -> bool:
-    """Whether a checkpoint saved at ZeRO `saved` loads at `stage` (converted where they differ)."""
-    return saved == stage or (saved in CONVERTIBLE and stage in CONVERTIBLE)
+def stage_change_allowed(saved: int, stage: int, precision: str = "fp32") -> bool:
+    """Whether a checkpoint saved at ZeRO `saved` loads at `stage` (converted where they differ) in a run of
+    train.precision `precision` (which cannot change on resume: the checkpoint's own)."""
+    return saved == stage or (stage in CONVERTIBLE and (saved in CONVERTIBLE or (saved == 0 and precision == "fp32")))
 
 
 def _load(path: Path):
@@ -105,3 +110,45 @@ def any_stage(folder: Path) -> None:
     optim["optimizer_state_dict"] = {"state": {0: {"step": step}} if step is not None else {}, "param_groups": groups}
     torch.save(optim, optim_path)
     _link_or_copy(model_file, folder / (ZERO3_MODEL if model_file.name == ZERO12_MODEL else ZERO12_MODEL))
+
+
+def from_stage0(src: Path, dst: Path, trainable: list[str]) -> None:
+    """Write into `dst` the universal copy (as `any_stage` leaves one) of the fp32 ZeRO-0 checkpoint folder `src`,
+    whose meta lists the `trainable` parameters in model order; ValueError naming what does not line up."""
+    from llmasr.train.param_groups import group_name  # the grouping the trainer built the optimizer with
+
+    model_file = Path(src) / ZERO12_MODEL
+    from llmasr.train.ds_files import strip_module_prefix
+
+    states = _load(model_file)
+    module, optim = states.get("module"), states.get("optimizer")
+    module = strip_module_prefix(module) if isinstance(module, dict) else module
+    if not isinstance(module, dict) or not isinstance(optim, dict) or not {"state", "param_groups"} <= set(optim):
+        raise ValueError(f"{model_file}: no torch optimizer state beside the module; only a ZeRO-0 checkpoint trained "
+                         "in fp32 converts to another stage")  # fmt: skip
+    zero = Path(dst) / "zero"
+    names = [n for n in trainable if n in module]
+    step = next((s["step"] for s in optim["state"].values() if "step" in s), None)
+    for group in optim["param_groups"]:
+        members = [n for n in names if group_name(n, module[n].dim()) == group.get("name")]
+        if len(members) != len(group["params"]):
+            raise ValueError(f"{model_file}: param group {group.get('name')!r} holds {len(group['params'])} tensors, "
+                             f"the checkpoint's trainable parameters name {len(members)} for it")  # fmt: skip
+        for name, index in zip(members, group["params"]):
+            weight, saved = module[name].float(), optim["state"].get(index, {})
+            (zero / name).mkdir(parents=True)
+            for key in STATES:
+                value = weight if key == "fp32" else saved.get(key, torch.zeros_like(weight))  # no grad yet: none
+                if value.shape != weight.shape:
+                    raise ValueError(f"{model_file}: {key} of {name} (optimizer index {index}) has shape "
+                                     f"{tuple(value.shape)}, the weight {tuple(weight.shape)}")  # fmt: skip
+                torch.save({"param": value.float(), "cat_dim": 0}, zero / name / f"{key}.pt")
+            if step is not None:
+                torch.save(saved.get("step", step), zero / name / "step.pt")
+    groups = [dict(g) for g in optim["param_groups"]]
+    torch.save({"param_groups": groups, "ds_version": states.get("ds_version"), "zero_stage": 0,
+                "optimizer_state_dict": {"state": {0: {"step": step}} if step is not None else {},
+                                         "param_groups": groups}},
+               zero / "optimizer_state.pt")  # fmt: skip
+    _link_or_copy(model_file, Path(dst) / ZERO12_MODEL)
+    _link_or_copy(model_file, Path(dst) / ZERO3_MODEL)
