@@ -191,14 +191,13 @@ def check_checkpoint(
     checkpoint are named in a warning and returned (for the position's refusal to name them too)."""
     changed = changed_manifests(meta.manifests, manifests)
     same_text = not changed and texts_known(meta.manifests, manifests)
-    if not stage_change_allowed(meta.zero_stage, stage, recipe.train.precision):
+    if meta.zero_stage != stage and not stage_change_allowed(meta.zero_stage, stage, recipe.train.precision):
         raise ConfigError(
             f"{where}: saved at ZeRO stage {meta.zero_stage}, this run uses {stage}; stages 1, 2 and 3 are converted "
-            "into one another, and an fp32 ZeRO-0 checkpoint into any of them (as another world size is), but none "
-            "into ZeRO-0 (DeepSpeed's ZeRO-0 engine loads no universal checkpoint), nor a ZeRO-0 one of bf16/fp16 "
-            "(its fp32 masters are kept per group, unnamed): resume with a stage "
-            f"{meta.zero_stage} DeepSpeed config, --deepspeed {STAGE_PRESETS.get(meta.zero_stage, '<file>')} or the "
-            f"run's own {ck.run_dir_of(where.parent) / ck.DS_CONFIG_FILE}"
+            "into one another (as another world size is), and to or from ZeRO-0 in fp32, but not to or from ZeRO-0 "
+            f"in {recipe.train.precision} (there DeepSpeed keeps the fp32 masters per group, unnamed): resume with a "
+            f"stage {meta.zero_stage} DeepSpeed config, --deepspeed {STAGE_PRESETS.get(meta.zero_stage, '<file>')} or "
+            f"the run's own {ck.run_dir_of(where.parent) / ck.DS_CONFIG_FILE}"
         )
     if meta.world_size == world_size:  # at another world size the batches per rank differ by design
         check_batches(meta, per_epoch, where, changed, same_text=same_text)

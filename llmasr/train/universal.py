@@ -35,7 +35,7 @@ from argparse import Namespace
 from pathlib import Path
 
 from llmasr.errors import free_bytes
-from llmasr.run_dir import UNIVERSAL_SUFFIX, read_meta
+from llmasr.run_dir import UNIVERSAL_SUFFIX
 from llmasr.safe_load import weights_only_torch_load
 from llmasr.train import universal_stages
 from llmasr.train.checkpoint_space import size_text
@@ -44,6 +44,7 @@ from llmasr.train.ds_files import OPTIM_STATES, STATE_FILES
 log = logging.getLogger("llmasr.train")
 
 MARKER = "llmasr_universal.json"
+STAGE0_TAG = "zero0"  # inside a copy: the ZeRO-0 checkpoint a ZeRO-0 run loads (it reads no universal one)
 LAYOUT = "any_stage"  # the marker's "layout": a copy every stage 1-3 loads (an older llmasr's copy is made again)
 
 
@@ -70,10 +71,13 @@ def cached_copy(src: Path, dst: Path) -> bool:
     return recorded.get("files") == source_files(src) and recorded.get("layout") == LAYOUT
 
 
-def universal_dir(load_dir: Path, tag: str, fallback_dir: Path) -> Path:
-    """Where the converted copy of load_dir/tag lives: beside it, or in `fallback_dir` where load_dir is read-only."""
+def universal_dir(load_dir: Path, tag: str, fallback_dir: Path, writable: bool = False) -> Path:
+    """Where the converted copy of load_dir/tag lives: beside it, or in `fallback_dir` where load_dir is read-only
+    (also where a copy beside it is, if the copy must be `writable`: a ZeRO-0 run writes its checkpoint into it)."""
     beside = load_dir / f"{tag}{UNIVERSAL_SUFFIX}"
-    if cached_copy(load_dir / tag, beside) or os.access(load_dir, os.W_OK):
+    if cached_copy(load_dir / tag, beside) and (not writable or os.access(beside, os.W_OK)):
+        return beside
+    if os.access(load_dir, os.W_OK):
         return beside
     return fallback_dir / f"{tag}{UNIVERSAL_SUFFIX}"
 
@@ -146,27 +150,45 @@ def _drop_latest_pointer(out_dir: Path) -> None:
         pointer.unlink()
 
 
-def prepare(load_dir: Path, tag: str, fallback_dir: Path, rank: int) -> tuple[Path, str]:
-    """Rank 0 converts load_dir/tag unless a complete copy exists; every rank returns (load_dir, tag) of the copy,
-    or raises rank 0's error."""
+def prepare(load_dir: Path, tag: str, fallback_dir: Path, rank: int, meta=None, engine=None) -> tuple[Path, str]:
+    """Rank 0 converts load_dir/tag (its CheckpointMeta `meta`) unless a complete copy exists; every rank returns
+    (load_dir, tag) of the copy, or raises rank 0's error. For a ZeRO-0 TrainEngine `engine` that is the ZeRO-0
+    checkpoint written inside the copy for its optimizer."""
     from llmasr.train.engine import broadcast_object
 
     dst = error = None
     if rank == 0:  # rank 0 decides where: other ranks may see other permissions
-        dst = universal_dir(load_dir, tag, fallback_dir)
+        dst = universal_dir(load_dir, tag, fallback_dir, writable=engine is not None and engine.stage == 0)
         try:
             if cached_copy(load_dir / tag, dst):
                 log.info("resume: using the universal checkpoint %s", dst)
             else:
                 log.info("resume: converting %s to a universal checkpoint in %s", load_dir / tag, dst)
-                meta = read_meta(load_dir / tag)
-                convert(load_dir / tag, dst, meta.trainable if meta.zero_stage == 0 else None)
+                convert(load_dir / tag, dst, meta.trainable if meta is not None and meta.zero_stage == 0 else None)
+            if engine is not None and engine.stage == 0:
+                _write_stage0(dst, engine)
         except (OSError, RuntimeError) as err:
             error = str(err)
     dst, error = broadcast_object((dst, error))
     if error is not None:
         raise RuntimeError(error)
-    return dst.parent, dst.name
+    return (dst, STAGE0_TAG) if engine is not None and engine.stage == 0 else (dst.parent, dst.name)
+
+
+def _write_stage0(copy: Path, engine) -> None:
+    """The ZeRO-0 checkpoint `engine` loads, written into copy/STAGE0_TAG (atomically) from the universal copy."""
+    names = {id(p): n for n, p in engine.module.named_parameters()}
+    groups = [({k: v for k, v in g.items() if k != "params"}, [names[id(p)] for p in g["params"]])
+              for g in engine.optimizer.param_groups]  # fmt: skip
+    tmp, out = copy / f".{STAGE0_TAG}.tmp{os.getpid()}", copy / STAGE0_TAG
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        universal_stages.to_stage0(copy, tmp, groups)
+    except (ValueError, KeyError, OSError) as err:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise RuntimeError(f"writing the ZeRO-0 checkpoint of {copy} failed: {err!r}") from err
+    shutil.rmtree(out, ignore_errors=True)
+    os.replace(tmp, out)
 
 
 def load(engine, load_dir: Path, tag: str, saved_stage: int | None = None) -> dict:
@@ -182,7 +204,7 @@ def load(engine, load_dir: Path, tag: str, saved_stage: int | None = None) -> di
     groups = [{k: v for k, v in g.items() if k != "params"} for g in engine.optimizer.param_groups]
     level = ds_logger.level
     ds_logger.setLevel(logging.ERROR)  # "MPU is not provided" once per param group: there is no tensor parallelism
-    ds_engine._config.load_universal_checkpoint = True
+    ds_engine._config.load_universal_checkpoint = engine.stage > 0  # ZeRO-0 loads prepare's ZeRO-0 checkpoint
     try:
         with weights_only_torch_load():
             client = engine.load(str(load_dir), tag)

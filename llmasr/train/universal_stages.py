@@ -18,9 +18,11 @@ them). The weights, moments and step are copied as they are, so a run continues 
 ZeRO-0 keeps no partitions, so ds_to_universal has nothing to convert: DeepSpeed saves its module whole and, in fp32,
 torch's AdamW state as it is, per parameter, in the model-states file. `from_stage0` writes the same universal copy
 from that file (the optimizer numbers the parameters group by group; llmasr's groups hold them in model order, so
-each is named by param_groups.group_name and checked against its shape). A ZeRO-0 run under bf16/fp16 keeps fp32
-masters per group in a DeepSpeed wrapper instead, and DeepSpeed's ZeRO-0 engine loads no universal checkpoint (it
-skips the module there): those changes are refused (`stage_change_allowed`).
+each is named by param_groups.group_name and checked against its shape). DeepSpeed's ZeRO-0 engine loads no universal
+checkpoint (it skips the module there), so `to_stage0` writes, inside the universal copy, the ZeRO-0 checkpoint it
+does load: the weights whole and torch's AdamW state, numbered as this run's optimizer holds its parameters. A ZeRO-0
+run under bf16/fp16 keeps fp32 masters per group in a DeepSpeed wrapper instead: its changes are refused
+(`stage_change_allowed`).
 """
 
 from __future__ import annotations
@@ -40,7 +42,9 @@ CONVERTIBLE = (1, 2, 3)
 def stage_change_allowed(saved: int, stage: int, precision: str = "fp32") -> bool:
     """Whether a checkpoint saved at ZeRO `saved` loads at `stage` (converted where they differ) in a run of
     train.precision `precision` (which cannot change on resume: the checkpoint's own)."""
-    return saved == stage or (stage in CONVERTIBLE and (saved in CONVERTIBLE or (saved == 0 and precision == "fp32")))
+    if saved == stage or (saved in CONVERTIBLE and stage in CONVERTIBLE):
+        return True
+    return precision == "fp32" and {saved, stage} - {0} <= set(CONVERTIBLE)  # ZeRO-0 in fp32: torch's own state
 
 
 def _load(path: Path):
@@ -152,3 +156,25 @@ def from_stage0(src: Path, dst: Path, trainable: list[str]) -> None:
                zero / "optimizer_state.pt")  # fmt: skip
     _link_or_copy(model_file, Path(dst) / ZERO12_MODEL)
     _link_or_copy(model_file, Path(dst) / ZERO3_MODEL)
+
+
+def to_stage0(folder: Path, out: Path, groups: list[tuple[dict, list[str]]]) -> None:
+    """Write into `out` the fp32 ZeRO-0 checkpoint of the universal copy `folder` (as `any_stage` leaves it) for an
+    optimizer whose param groups are `groups`, (settings, names of its parameters in order): the model-states file
+    DeepSpeed's ZeRO-0 engine loads (the copy's client state, schedule and counters; its buffers)."""
+    folder, zero = Path(folder), Path(folder) / "zero"
+    states = _load(folder / ZERO12_MODEL)
+    named = {n for _, names in groups for n in names}
+    source = states.get("module") or {}
+    module = {k: v for k, v in source.items() if k not in named and torch.is_tensor(v) and v.numel() > 0}  # buffers
+    state, saved_groups, index = {}, [], 0
+    for settings, names in groups:
+        saved_groups.append({**settings, "params": list(range(index, index + len(names)))})
+        for name in names:
+            module[name] = _load(zero / name / "fp32.pt")["param"]
+            entry = {key: _load(zero / name / f"{key}.pt")["param"] for key in STATES[1:]}
+            state[index] = {"step": _load(zero / name / "step.pt"), **entry}
+            index += 1
+    out.mkdir(parents=True)
+    torch.save({**states, "module": module, "optimizer": {"state": state, "param_groups": saved_groups}},
+               out / ZERO12_MODEL)  # fmt: skip

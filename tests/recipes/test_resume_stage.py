@@ -1,5 +1,6 @@
-"""Resume at another ZeRO stage: a checkpoint of ZeRO-2 continued at ZeRO-3 and back, through the universal copy
-that every stage 1-3 loads, on the tiny model and corpus (1 rank in this process; 2 ranks under the launcher)."""
+"""Resume at another ZeRO stage: checkpoints of ZeRO-0, 2 and 3 continued at another stage, through the universal copy
+every stage 1-3 loads (and the ZeRO-0 checkpoint written from it), on the tiny model and corpus (1 rank in this
+process; 2 ranks under the launcher)."""
 
 import numpy as np
 import pytest
@@ -59,7 +60,7 @@ def resumed(recipe_file, run_dir, preset, source):
         run.close()
 
 
-@pytest.mark.parametrize(("saved", "stage"), [(2, 3), (3, 2), (0, 2), (0, 3)])
+@pytest.mark.parametrize(("saved", "stage"), [(2, 3), (3, 2), (0, 2), (0, 3), (2, 0), (3, 0)])
 def test_a_checkpoint_continues_exactly_at_another_stage(tiny_recipe_file, tmp_path, saved, stage):
     """The run saved at ZeRO-`saved` after update 2, resumed at ZeRO-`stage`, holds bit for bit the weights, moments
     and step that the same checkpoint resumed at its own stage holds; the rest of the run trains the same batches
@@ -90,16 +91,18 @@ def test_a_checkpoint_continues_exactly_at_another_stage(tiny_recipe_file, tmp_p
     np.testing.assert_allclose([h["loss"] for h in rest], [h["loss"] for h in whole["history"][2:]], rtol=1e-6)
 
 
-def test_two_ranks_at_zero2_continued_at_zero3(tiny_recipe_file, tmp_path):
-    """Under the launcher: 2 ranks of ZeRO-2 checkpoint update 1; 2 ranks of ZeRO-3 resume it (each rank loading its
-    own partition of the converted states) and train the rest of the run as the uninterrupted ZeRO-2 run did."""
-    two = tmp_path / "zero2"
-    launch(tiny_recipe_file, "zero2", two, "train.save_every_updates=1", "train.keep_last=0")
-    whole = log_rows(two)
-    source = two / "checkpoints" / ck.tag_for(1)
-    proc = launch(tiny_recipe_file, "zero3", tmp_path / "zero3", resume=source)
-    assert "resume at ZeRO stage 3 from a checkpoint saved at stage 2" in proc.stderr
-    rest = log_rows(tmp_path / "zero3")
+@pytest.mark.parametrize(("saved", "stage"), [(2, 3), (3, 0)])
+def test_two_ranks_continued_at_another_stage(tiny_recipe_file, tmp_path, saved, stage):
+    """Under the launcher: 2 ranks of ZeRO-`saved` checkpoint update 1; 2 ranks of ZeRO-`stage` resume it (each rank
+    loading its own partition of the converted states, or at ZeRO-0 the whole of them) and train the rest of the run
+    as the uninterrupted run did."""
+    first = tmp_path / "first"
+    launch(tiny_recipe_file, f"zero{saved}", first, "train.save_every_updates=1", "train.keep_last=0")
+    whole = log_rows(first)
+    source = first / "checkpoints" / ck.tag_for(1)
+    proc = launch(tiny_recipe_file, f"zero{stage}", tmp_path / "then", resume=source)
+    assert f"resume at ZeRO stage {stage} from a checkpoint saved at stage {saved}" in proc.stderr
+    rest = log_rows(tmp_path / "then")
     assert [(r["update"], r["epoch"]) for r in rest] == [(r["update"], r["epoch"]) for r in whole[1:]]
     np.testing.assert_allclose([r["loss"] for r in rest], [r["loss"] for r in whole[1:]], rtol=1e-5)
     for r, w in zip(rest, whole[1:]):

@@ -413,6 +413,7 @@ def test_a_stage_change_to_or_from_zero0_is_refused_saying_how_to_resume(tmp_pat
         rs.check_checkpoint(meta, where, recipe=Recipe(), stage=stage, world_size=2, per_epoch=[4], trainable=[])
     message = str(err.value)
     assert f"{where}: saved at ZeRO stage {saved}, this run uses {stage}; stages 1, 2 and 3 are converted" in message
+    assert "to or from ZeRO-0 in fp32, but not to or from ZeRO-0 in bf16" in message  # Recipe()'s precision
     assert f"--deepspeed {presets} or the run's own {tmp_path / 'run' / ck.DS_CONFIG_FILE}" in message
 
 

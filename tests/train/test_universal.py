@@ -53,6 +53,10 @@ def test_the_copy_goes_beside_the_checkpoint_unless_that_folder_is_read_only(tmp
     assert universal.universal_dir(src.parent, src.name, mine) == beside
     monkeypatch.setattr(os, "access", lambda path, mode: False)
     assert universal.universal_dir(src.parent, src.name, mine) == mine / beside.name
+    beside.mkdir()  # a complete copy beside a read-only checkpoint: read there, unless a ZeRO-0 run must write in it
+    (beside / universal.MARKER).write_text(json.dumps({"files": universal.source_files(src), "layout": "any_stage"}))
+    assert universal.universal_dir(src.parent, src.name, mine) == beside
+    assert universal.universal_dir(src.parent, src.name, mine, writable=True) == mine / beside.name
 
 
 def test_conversion_refuses_a_folder_without_optimizer_partitions(tmp_path):

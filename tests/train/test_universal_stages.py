@@ -87,7 +87,34 @@ def test_a_state_that_does_not_fit_its_parameter_is_named(tmp_path):
         us.any_stage(folder)
 
 
-def test_only_stages_1_to_3_convert_into_one_another():
-    assert all(us.stage_change_allowed(a, b) for a in (1, 2, 3) for b in (1, 2, 3))
-    assert us.stage_change_allowed(0, 0)
-    assert not any(us.stage_change_allowed(0, s) or us.stage_change_allowed(s, 0) for s in (1, 2, 3))
+@pytest.mark.parametrize("precision", ["fp32", "bf16", "fp16"])
+def test_stages_1_to_3_convert_into_one_another_and_to_or_from_zero0_in_fp32(precision):
+    assert all(us.stage_change_allowed(a, b, precision) for a in (1, 2, 3) for b in (1, 2, 3))
+    assert us.stage_change_allowed(0, 0, precision)
+    for s in (1, 2, 3):  # ZeRO-0 keeps torch's own state in fp32, DeepSpeed's fp32 masters per group otherwise
+        assert (
+            us.stage_change_allowed(0, s, precision)
+            == us.stage_change_allowed(s, 0, precision)
+            == (precision == "fp32")
+        )
+
+
+def test_a_zero0_checkpoint_without_torch_s_optimizer_state_is_named(tmp_path):
+    """bf16/fp16 ZeRO-0 keeps fp32 masters per group in DeepSpeed's wrapper: not a state this converts."""
+    src = tmp_path / "update_00000002"
+    src.mkdir()
+    torch.save({"module": {"enc.bias": torch.zeros(4)}, "optimizer": {"fp32_groups": [], "optimizer_state_dict": {}}},
+               src / us.ZERO12_MODEL)  # fmt: skip
+    with pytest.raises(ValueError, match="only a ZeRO-0 checkpoint trained in fp32 converts"):
+        us.from_stage0(src, tmp_path / "u", ["enc.bias"])
+
+
+def test_a_zero0_group_that_does_not_line_up_with_the_names_is_named(tmp_path):
+    src = tmp_path / "update_00000002"
+    src.mkdir()
+    optim = {"state": {}, "param_groups": [{"name": "encoder", "params": [0, 1]}]}  # 2 tensors; the meta names 1
+    torch.save({"module": {"encoder.w": torch.zeros(2, 2)}, "optimizer": optim}, src / us.ZERO12_MODEL)
+    with pytest.raises(
+        ValueError, match="param group 'encoder' holds 2 tensors, the checkpoint's trainable parameters"
+    ):
+        us.from_stage0(src, tmp_path / "u", ["encoder.w"])
