@@ -151,8 +151,7 @@ class Run:
         verify_ranks(where, meta, self.rank, self.world, all_gather_object)  # before DeepSpeed reads a byte
         with errors.context(f"loading checkpoint {where}"):
             if universal.needs_conversion(saved_world, self.world, self.engine.stage, meta.zero_stage):
-                copy = universal.prepare(load_dir, tag, self.ckpt_dir, self.rank, meta, self.engine)
-                client = universal.load(self.engine, *copy, saved_stage=meta.zero_stage)
+                client = universal.load_converted(self.engine, load_dir, tag, self.ckpt_dir, self.rank, meta)
             else:
                 client = self.engine.load(str(load_dir), tag)
         state = client.get(CLIENT_KEY) or {}

@@ -191,6 +191,12 @@ def _write_stage0(copy: Path, engine) -> None:
     os.replace(tmp, out)
 
 
+def load_converted(engine, load_dir: Path, tag: str, fallback_dir: Path, rank: int, meta) -> dict:
+    """Resume a TrainEngine from checkpoint load_dir/tag (its CheckpointMeta `meta`) through its converted copy
+    (`prepare`, then `load`); returns the client state."""
+    return load(engine, *prepare(load_dir, tag, fallback_dir, rank, meta, engine), saved_stage=meta.zero_stage)
+
+
 def load(engine, load_dir: Path, tag: str, saved_stage: int | None = None) -> dict:
     """Load a universal checkpoint (of a checkpoint saved at ZeRO `saved_stage`) into a TrainEngine; returns its
     client state."""
