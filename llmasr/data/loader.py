@@ -92,7 +92,7 @@ def make_sampler(
     """`keep_every_item` (decoding): no item is skipped for its length; the budget grows to the longest item's cost
     (a batch of its own) when it is smaller, and an item past max_llm_tokens alone is batched alone. `llm_lens`: the
     most LLM positions each item can take, which data.batching.max_llm_tokens bounds (llmasr.train.line_positions;
-    decoding's: llmasr.export.decode_rows, with `llm_new`, what generation adds); without them that budget is not
+    decoding's: llmasr.train.decode_rows, with `llm_new`, what generation adds); without them that budget is not
     applied."""
     b = data_cfg.batching
     max_duration = b.max_duration if keep_every_item else longest_kept(b, frontend)
@@ -345,7 +345,7 @@ def build_decode_loader(
     (its batch's `targets` hold None for it). `trim_leading_silence`: each item's leading pause is cut
     (llmasr.data.long_audio.speech_start; the batch's `leads` say by how much each starts later). `speech_runs`:
     each item's stretches of speech ride along (`Batch.speech_runs`, for word timestamps' ends). `llm_rows`: counts
-    each item's LLM positions for the budget `llm_rows.budget` (llmasr.export.decode_rows.DecodeRows; its counts are
+    each item's LLM positions for the budget `llm_rows.budget` (llmasr.train.decode_rows.DecodeRows; its counts are
     kept as `loader.llm_rows`, (inputs, new) per item); an item past it alone is decoded in a batch of its own.
     """
     probes = (

@@ -63,7 +63,7 @@ class DynamicBucketSampler(Sampler):
     target_lens: per-item target length (any unit consistent with max_target_len/max_target_tokens).
     llm_lens: per-item LLM positions (audio tokens, prompt and transcript: llmasr.train.line_positions), which
         max_llm_tokens bounds per batch (B * the longest); an item past it alone is skipped as over_batch_budget.
-    llm_new, llm_alone (decoding, llmasr.export.decode_rows): per-item positions the LLM adds after the padded batch
+    llm_new, llm_alone (decoding, llmasr.train.decode_rows): per-item positions the LLM adds after the padded batch
         (B * (the longest llm_lens + the largest llm_new) <= max_llm_tokens); an item past it alone batched alone.
     min_item_seconds: cost every item at least this long (fixed-length frontends such as Whisper's 30 s).
     cost_scale: multiply every item's cost (e.g. 1/0.9 when speed perturbation may stretch audio by 1/0.9);

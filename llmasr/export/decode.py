@@ -98,7 +98,6 @@ from llmasr.data.speech_loader import SpeechDataLoader
 from llmasr.data.window_plan import WindowRules
 from llmasr.data.windowed import utterance_rows, utterance_tracker
 from llmasr.export.decode_results import clear_outputs, ctc_summary, hotword_counts, llm_summary
-from llmasr.export.decode_rows import DecodeRows, over_budget
 from llmasr.export.decode_world import DecodeWorld
 from llmasr.export.exported import MODEL_FILE, ExportedModelError, llm_dtype_name, load_exported, read_description
 from llmasr.export.trained_model import load_checkpoint_model
@@ -109,6 +108,7 @@ from llmasr.models.ctc_vocab import LLMCTCTokenizer
 from llmasr.models.decoding import MIN_WINDOW_SECONDS, DecodeConfig
 from llmasr.models.fsmn_vad import load_vad
 from llmasr.models.llm import DTYPES
+from llmasr.train.decode_rows import DecodeRows, over_budget
 
 log = logging.getLogger(__name__)
 SOLO = DecodeWorld()  # one process decodes everything
@@ -228,7 +228,7 @@ def decode_loader(model, manifest_path, cfg: DecodeConfig, opts: DecodeOptions, 
     """The evaluation loader over one manifest, with `model`'s frontend and prompt builder; utterances longer
     than `limit` (default: window_limit's for the manifest) are cut into windows (llmasr.data.windowed), at
     cfg.vad's speech segments when it names a VAD, which then also gates every utterance (cfg.vad_gate); `world`:
-    this rank's share of the batches. cfg.max_llm_tokens bounds their LLM positions (llmasr.export.decode_rows);
+    this rank's share of the batches. cfg.max_llm_tokens bounds their LLM positions (llmasr.train.decode_rows);
     the items past it alone, each decoded alone, are `loader.over_llm_budget` (rank 0 logs them)."""
     limit = window_limit(model, cfg, opts, manifest=manifest_path) if limit is None else limit
     gate, segments = cfg.vad is not None and cfg.vad_gate, speech_segmenter(cfg, model.frontend.sample_rate)

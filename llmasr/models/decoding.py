@@ -33,7 +33,7 @@ class DecodeConfig:
     no_repeat_ngram_size: int = 0
     batch_seconds: float = 120.0  # audio seconds per decoding batch
     # LLM positions per decoding batch: B x num_beams x (the longest prompt with its audio tokens + the most tokens
-    # generation may add), the prefill and KV cache (llmasr.export.decode_rows); an utterance past it alone is decoded
+    # generation may add), the prefill and KV cache (llmasr.train.decode_rows); an utterance past it alone is decoded
     # in a batch of its own. None: batch_seconds alone cuts the batches.
     max_llm_tokens: int | None = None
     # Text normaliser before scoring: lowercase, strip punctuation; CER instead of WER for languages written

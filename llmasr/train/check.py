@@ -291,9 +291,9 @@ def _llm_lines(sampler, st: dict) -> list[str]:
 
 def _decode_lines(recipe, model, valid_loader) -> list[str]:
     """decode.max_llm_tokens against data.valid as `llmasr decode` batches it under the recipe's decode section
-    (llmasr.export.decode_rows): the LLM positions its batches hold, and the utterances past the budget alone. Each
+    (llmasr.train.decode_rows): the LLM positions its batches hold, and the utterances past the budget alone. Each
     manifest of data.valid is previewed alone, as decode batches each."""
-    from llmasr.export.decode_rows import decode_preview
+    from llmasr.train.decode_rows import decode_preview
 
     dc, budget = recipe.decode, recipe.decode.max_llm_tokens
     if budget is None:

@@ -1,4 +1,4 @@
-"""decode.max_llm_tokens (llmasr.export.decode_rows): the batches decode forms hold at most that many LLM positions
+"""decode.max_llm_tokens (llmasr.train.decode_rows): the batches decode forms hold at most that many LLM positions
 (measured at the LLM's generate: B x beams x (padded input + new tokens)), an utterance past it alone is decoded in a
 batch of its own and named, the transcripts are those decoded without the budget, and the ranks share one plan."""
 
