@@ -20,7 +20,7 @@ import numpy as np
 
 from llmasr.data.loader import longest_kept
 from llmasr.data.manifest import BadRecord
-from llmasr.data.records import duration_slack, task_of
+from llmasr.data.records import duration_slack, given_hotwords, task_of
 from llmasr.models.context import audio_tokens, capped_list_tokens
 
 log = logging.getLogger("llmasr.train")
@@ -66,7 +66,7 @@ def line_text_bound(prompt, utt, own_lists: bool) -> int:
     and its prompt's tokens; 0 for a line the dataset counts as bad (no transcript, a prompt that does not render)."""
     if not isinstance(utt.target, str) or not utt.target.strip():
         return 0
-    lists = _own_list(utt, own_lists)
+    lists = given_hotwords(utt) if own_lists else []
     try:
         bound = len(prompt.encode(None, task=task_of(utt), system=getattr(utt, "system", None)).ids)
     except ValueError:  # a prompt the template refuses: the dataset counts the line as bad
@@ -75,11 +75,6 @@ def line_text_bound(prompt, utt, own_lists: bool) -> int:
     if lists:  # at most its text's bytes and a token at each seam (the cap only drops phrases)
         bound += len(prompt.hotwords_text(lists).encode()) + 2
     return bound
-
-
-def _own_list(utt, own_lists: bool) -> list[str]:
-    """The line's own biasing list as its prompt renders it (none where `own_lists` is off)."""
-    return [str(h) for h in getattr(utt, "hotwords", None) or ()] if own_lists else []
 
 
 def _line_tokens(manifest, prompt, i: int, room: int, own_lists: bool) -> int:
@@ -92,7 +87,7 @@ def _line_tokens(manifest, prompt, i: int, room: int, own_lists: bool) -> int:
     bound = line_text_bound(prompt, utt, own_lists)
     if bound <= room or not bound:
         return bound
-    lists = _own_list(utt, own_lists)
+    lists = given_hotwords(utt) if own_lists else []
     try:
         return len(
             prompt.encode(
