@@ -74,11 +74,8 @@ def latest(ckpt_dir: str | Path) -> str | None:
 
 def resume_point(ckpt_dir: str | Path) -> str | None:
     """The checkpoint a run continues: `latest`, or the save it does not name yet (unnamed_save). None when there is
-    neither."""
-    named = latest(ckpt_dir)
-    if named is not None and update_of(named) is None:
-        return named  # a pointer edited to another name: as given
-    return unnamed_save(ckpt_dir) or named
+    neither. A pointer edited to another name than a tag's is taken as given (unnamed_save finds none beside it)."""
+    return unnamed_save(ckpt_dir) or latest(ckpt_dir)
 
 
 def unnamed_save(ckpt_dir: str | Path) -> str | None:
