@@ -35,10 +35,12 @@ class _FirstBatch(Exception):
 
 def write_manifest(path: Path, lines: int, seed: int) -> Path:
     rng = np.random.default_rng(seed)
-    words = [f"word{i}" for i in range(5000)]
+    words = np.asarray([f"word{i}" for i in range(5000)])  # an array: choice() would convert a list each call
+    picks = rng.integers(0, words.size, size=(lines, 9, 2))
+    sizes = rng.integers(3, 10, size=lines)
     with open(path, "w", encoding="utf-8") as f:
         for i in range(lines):
-            listed = [" ".join(rng.choice(words, 2)) for _ in range(int(rng.integers(3, 10)))]
+            listed = [f"{words[a]} {words[b]}" for a, b in picks[i, : sizes[i]].tolist()]
             rec = {"key": f"u{i}", "source": "a.wav", "duration": float(1 + i % 7), "hotwords": listed}
             f.write(json.dumps(rec) + "\n")
     return path
