@@ -107,6 +107,7 @@ from llmasr.models.ctc_align import sound_ends
 from llmasr.models.ctc_vocab import LLMCTCTokenizer
 from llmasr.models.decoding import MIN_WINDOW_SECONDS, DecodeConfig
 from llmasr.models.fsmn_vad import load_vad
+from llmasr.models.line_prompts import LinePrompts
 from llmasr.models.llm import DTYPES
 from llmasr.train.decode_rows import DecodeRows, over_budget
 
@@ -143,14 +144,16 @@ class DecodeError(RuntimeError):
     """Decoding cannot run as asked."""
 
 
-def window_limit(model, cfg: DecodeConfig, opts: DecodeOptions, *, quiet: bool = False, manifest=None) -> float:
+def window_limit(
+    model, cfg: DecodeConfig, opts: DecodeOptions, *, quiet: bool = False, manifest=None, lines=None
+) -> float:
     """The longest audio `model` decodes in one piece under `cfg` (0.0: any length), DecodeError when the settings
     cannot make windows. A Whisper encoder reads one fixed chunk and refuses more, so its windows never exceed the
     chunk (unless max_window_seconds is 0: a longer utterance is then a bad item). A window's audio tokens, the
     prompt (the longest of `manifest`'s lines', where given: a Manifest or its path) and the tokens decoding may
     write must fit the LLM's context (llmasr.models.context): a limit that is not set is lowered to the longest
     window that fits, with a warning unless `quiet`; a set one that does not fit is refused; 0 (never split) is
-    kept, with that warning."""
+    kept, with that warning. `lines`: line_prompts(model, opts), which keeps the counts for decode_loader's budget."""
     try:
         limit = cfg.window_seconds(opts.training_max_seconds)
     except ConfigError as err:
@@ -163,7 +166,9 @@ def window_limit(model, cfg: DecodeConfig, opts: DecodeOptions, *, quiet: bool =
     given = f"the biasing list of --hotwords {opts.hotwords_file}" if opts.hotwords_file else "the biasing list given"
     lists = not opts.hotwords_unprompted
     manifest = Manifest.open(manifest, need_target=False) if isinstance(manifest, (str, Path)) else manifest
-    prompt_tokens, said = decoding_prompt(model.prompt, opts.hotwords, manifest, lists=lists, given=given)
+    prompt_tokens, said = decoding_prompt(
+        model.prompt, opts.hotwords, manifest, lists=lists, given=given, counted=lines
+    )
     try:
         fit, why = decoding_fit(model, limit, prompt_tokens, cfg.new_token_cap, said)
     except ContextError as err:
@@ -185,6 +190,11 @@ def window_limit(model, cfg: DecodeConfig, opts: DecodeOptions, *, quiet: bool =
     if not quiet:
         log.warning("%s: long audio is decoded in windows of at most %g s", why, fit)
     return fit
+
+
+def line_prompts(model, opts: DecodeOptions) -> LinePrompts:
+    """What counts the manifest lines' prompts for both window_limit and decode_loader's budget (each line once)."""
+    return LinePrompts(model.prompt, opts.hotwords, not opts.hotwords_unprompted)
 
 
 def speech_segmenter(cfg: DecodeConfig, sample_rate: int):
@@ -224,19 +234,21 @@ def search_boost(model, cfg: DecodeConfig, opts: DecodeOptions) -> float:
 
 
 def decode_loader(model, manifest_path, cfg: DecodeConfig, opts: DecodeOptions, device=None,
-                  world: DecodeWorld = SOLO, limit: float | None = None) -> SpeechDataLoader:  # fmt: skip
+                  world: DecodeWorld = SOLO, limit: float | None = None, lines=None) -> SpeechDataLoader:  # fmt: skip
     """The evaluation loader over one manifest, with `model`'s frontend and prompt builder; utterances longer
     than `limit` (default: window_limit's for the manifest) are cut into windows (llmasr.data.windowed), at
     cfg.vad's speech segments when it names a VAD, which then also gates every utterance (cfg.vad_gate); `world`:
     this rank's share of the batches. cfg.max_llm_tokens bounds their LLM positions (llmasr.train.decode_rows);
-    the items past it alone, each decoded alone, are `loader.over_llm_budget` (rank 0 logs them)."""
-    limit = window_limit(model, cfg, opts, manifest=manifest_path) if limit is None else limit
+    the items past it alone, each decoded alone, are `loader.over_llm_budget` (rank 0 logs them). `lines`: the
+    line_prompts that window_limit counted the manifest's prompts with, where it did."""
+    lines = line_prompts(model, opts) if lines is None else lines
+    limit = window_limit(model, cfg, opts, manifest=manifest_path, lines=lines) if limit is None else limit
     gate, segments = cfg.vad is not None and cfg.vad_gate, speech_segmenter(cfg, model.frontend.sample_rate)
     rules = WindowRules(
         limit or math.inf, cfg.window_overlap, cfg.window_split_pause, from_speech=cfg.trim_leading_silence,
         speech_segments=segments, gate=gate, merge_seconds=cfg.vad_merge_seconds,
     )  # fmt: skip
-    rows = DecodeRows(model, cfg, opts.hotwords, not opts.hotwords_unprompted) if cfg.max_llm_tokens else None
+    rows = DecodeRows(model, cfg, opts.hotwords, not opts.hotwords_unprompted, lines) if cfg.max_llm_tokens else None
     name = f"decode {Path(manifest_path).name}"
     loader = build_decode_loader(
         manifest_path, model.frontend, prompt_builder=model.prompt, batch_seconds=cfg.batch_seconds, name=name,
@@ -265,8 +277,9 @@ def decode_manifest(
         raise DecodeError(str(err)) from err
     out_dir = Path(out_dir)
     t0, clock = time.perf_counter(), {}  # the clock counts the pass that reads long or gated audio for its windows
-    limit = window_limit(model, cfg, opts, manifest=manifest_path)  # a manifest refused leaves no folder
-    loader = decode_loader(model, manifest_path, cfg, opts, device, world, limit)
+    lines = line_prompts(model, opts)  # the lines' prompts, counted once for the window and the budget
+    limit = window_limit(model, cfg, opts, manifest=manifest_path, lines=lines)  # a manifest refused leaves no folder
+    loader = decode_loader(model, manifest_path, cfg, opts, device, world, limit, lines)
     planned = time.perf_counter() - t0
     model.eval()
     items, mode = transcribe_loader(model, loader, cfg, device, clock)

@@ -82,12 +82,16 @@ def capped_list_tokens(prompt) -> int | None:
     return prompt.hotwords_max_tokens + len(prompt.tokenizer.encode(template, add_special_tokens=False)) + 2
 
 
-def decoding_prompt(prompt, hotwords=None, manifest=None, *, lists: bool = True, given: str = "") -> tuple[int, str]:
+def decoding_prompt(
+    prompt, hotwords=None, manifest=None, *, lists: bool = True, given: str = "", counted=None
+) -> tuple[int, str]:
     """(the most tokens a decode prompt takes, what gives it: "" for the plain prompt) of `prompt` (a PromptBuilder):
     the plain prompt or, with `hotwords` (`given`: where they come from), that list's; with `manifest` each line's
     own list, task and system message as it renders (named by its line), else a line's own list at the cap
     (capped_list_tokens). `lists` False: no prompt renders a list. A line's prompt is within its bytes of the plain
-    one, `hotwords`' included (and the template's): only lines whose bytes could pass the most found are read."""
+    one, `hotwords`' included (and the template's): only lines whose bytes could pass the most found are read.
+    `counted`: the LinePrompts (of `prompt`, `hotwords` and `lists`) that keeps the lines' counts for decoding's
+    budget, so that start-up reads each line once."""
     plain = len(prompt.encode(None).ids)
     most, said = plain, ""
     if lists and hotwords:
@@ -100,33 +104,31 @@ def decoding_prompt(prompt, hotwords=None, manifest=None, *, lists: bool = True,
         )
     if manifest is None:
         return most, said
-    from llmasr.data.records import BadRecord, given_hotwords, task_of
+    from llmasr.models.line_prompts import CHUNK, GIVES, LinePrompts
 
+    if counted is None:
+        counted = LinePrompts(prompt, hotwords, lists)
+    elif not counted.agrees(prompt, hotwords, lists):
+        raise ValueError("decoding_prompt: `counted` counts the lines under another prompt builder, list or `lists`")
     sizes = np.asarray(manifest.line_bytes(), dtype=np.int64)
     base, seams = most, 6 + len(prompt.hotwords_template.encode())  # a line's fields replace or join `hotwords`'
-    seen: dict = {}
-    for i in np.argsort(-sizes, kind="stable").tolist():
-        if base + int(sizes[i]) + seams <= most:
+    order, found, stop = np.argsort(-sizes, kind="stable"), None, False
+    for start in range(0, order.size, CHUNK):
+        chunk = order[start : start + CHUNK]
+        chunk = chunk[base + sizes[chunk] + seams > most]  # the bytes descend: the lines that could still pass
+        tokens, fields = counted.counts(manifest, chunk)
+        for i, n, f in zip(chunk.tolist(), tokens.tolist(), fields.tolist()):
+            if base + int(sizes[i]) + seams <= most:  # nor can any line after it
+                stop = True
+                break
+            if f and n > most:  # a line that gives nothing of its own renders the prompt above (or is bad)
+                most, found = n, (i, f)
+        if stop or chunk.size < CHUNK:
             break
-        try:
-            utt = manifest[i]
-        except BadRecord:
-            continue
-        own = getattr(utt, "hotwords", None) if lists else None
-        task = task_of(utt)
-        system = getattr(utt, "system", None)
-        if own is None and task is None and system is None:
-            continue
-        how = (task, system, None if own is None else tuple(str(h) for h in own))
-        if how not in seen:
-            listed = given_hotwords(utt, hotwords) if lists else None
-            try:
-                seen[how] = len(prompt.encode(None, task=task, hotwords=listed, system=system).ids)
-            except ValueError:  # the dataset counts it as a bad line
-                seen[how] = 0
-        if seen[how] > most:
-            fields = " and ".join(f for f, v in zip(("prompt", "system", "hotwords"), how) if v is not None)
-            most, said = seen[how], f"{manifest.path}:{manifest.lineno(i)} (key {utt.key})'s {fields}"
+    if found is not None:
+        i, f = found
+        named = " and ".join(g for k, g in enumerate(GIVES) if f >> k & 1)
+        said = f"{manifest.path}:{manifest.lineno(i)} (key {manifest[i].key})'s {named}"
     return most, said
 
 

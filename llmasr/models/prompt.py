@@ -216,19 +216,23 @@ class PromptBuilder:
     def _split(self, text: str, spell: str = "") -> tuple[list[int], list[int]]:
         """The token ids of a rendered prompt before and after the audio placeholder; `spell`, a span of the text
         before it (the last), is tokenized as text even where it spells a special token."""
+        enc = self.tokenizer.encode
+        before, after = self._pieces(text, spell)
+        ids = [enc(t, add_special_tokens=False, **({"split_special_tokens": True} if s else {})) for t, s in before]
+        return [i for part in ids for i in part], enc(after[0][0], add_special_tokens=False)
+
+    def _pieces(self, text: str, spell: str = "") -> tuple[list[tuple[str, bool]], list[tuple[str, bool]]]:
+        """_split's texts, each with whether it is tokenized as text where it spells a special token."""
         if text.count(AUDIO_PLACEHOLDER) != 1:
             raise PromptError(
                 f"{self.source}: the chat template must keep the user message intact; the rendered prompt "
                 f"holds the audio placeholder {text.count(AUDIO_PLACEHOLDER)} times: {text!r}"
             )
         before, after = text.split(AUDIO_PLACEHOLDER)
-        enc = self.tokenizer.encode
         at = before.rfind(spell) if spell else -1
         if at < 0:
-            return enc(before, add_special_tokens=False), enc(after, add_special_tokens=False)
-        head, tail = before[:at], before[at + len(spell) :]
-        ids = enc(head, add_special_tokens=False) + enc(spell, add_special_tokens=False, split_special_tokens=True)
-        return ids + enc(tail, add_special_tokens=False), enc(after, add_special_tokens=False)
+            return [(before, False)], [(after, False)]
+        return [(before[:at], False), (spell, True), (before[at + len(spell) :], False)], [(after, False)]
 
     def _spells_special(self, text: str) -> bool:
         """Whether `text` holds the text of a special token ("<|im_end|>")."""
@@ -270,11 +274,7 @@ class PromptBuilder:
         kept, dropped = self.capped_hotwords(hotwords)
         task = task if task is not None else self.task
         if kept:  # a list makes a prompt of its own: not cached (training draws a new list per item and epoch)
-            # a phrase spelling a special token ("<|im_end|>", drawn from a transcript that holds it) is text, as in a
-            # transcript: as the token it would end the user's turn inside the list
-            joined = self.hotwords_separator.join(kept)
-            spell = joined if self._spells_special(joined) else ""
-            before, after = self._split(self._render(self.hotwords_text(kept) + task, None, system), spell)
+            before, after = self._split(*self._listed(task, kept, system))
         else:
             before, after = self._prompt_ids(task, system)
         ids = before + after
@@ -291,6 +291,59 @@ class PromptBuilder:
                     "before any audio token (a transcript of something longer than its audio?)"
                 )
         return EncodedPrompt(ids, len(before), target_start, tuple(kept), dropped)
+
+    def _listed(self, task: str, kept: list[str], system: str | None) -> tuple[str, str]:
+        """The rendered prompt of a (capped, not empty) list, and the span of it tokenized as text: a phrase spelling
+        a special token ("<|im_end|>", drawn from a transcript that holds it) is text, as in a transcript; as the
+        token it would end the user's turn inside the list."""
+        joined = self.hotwords_separator.join(kept)
+        spell = joined if self._spells_special(joined) else ""
+        return self._render(self.hotwords_text(kept) + task, None, system), spell
+
+    def prompt_sizes(self, asked) -> list[int | None]:
+        """len(encode(None, task, hotwords, system).ids) of each (task, hotwords, system) of `asked`, None where
+        encode raises a ValueError (a template that cannot render it). The texts of the prompts with a list are
+        tokenized together, each distinct text once (a fast tokenizer's batch, on its threads)."""
+        out: list[int | None] = [None] * len(asked)
+        pending = []  # (k, its texts)
+        for k, (task, hotwords, system) in enumerate(asked):
+            task = task if task is not None else self.task
+            try:
+                kept, _ = self.capped_hotwords(hotwords)
+                if kept:
+                    before, after = self._pieces(*self._listed(task, kept, system))
+                    pending.append((k, before + after))
+                else:
+                    out[k] = sum(map(len, self._prompt_ids(task, system)))
+            except ValueError:
+                continue
+        counted = self._token_counts(dict.fromkeys(p for _, pieces in pending for p in pieces))
+        for k, pieces in pending:
+            if all(p in counted for p in pieces):
+                out[k] = sum(counted[p] for p in pieces)
+        return out
+
+    def _token_counts(self, pieces) -> dict[tuple[str, bool], int]:
+        """The tokens of each (text, tokenized as text where it spells a special token) of `pieces`, as _split
+        encodes it; one the tokenizer refuses (ValueError) is left out."""
+        counted = {}
+        for split in (False, True):
+            texts = [t for t, s in pieces if s is split]
+            kw = {"split_special_tokens": True} if split else {}  # else the tokenizer's own setting, as in _split
+            if texts and getattr(self.tokenizer, "is_fast", False):
+                try:
+                    got = self.tokenizer(texts, add_special_tokens=False, **kw)["input_ids"]
+                except ValueError:
+                    got = None  # one by one below: the texts that encode count
+                if got is not None:
+                    counted.update(((t, split), len(ids)) for t, ids in zip(texts, got, strict=True))
+                    continue
+            for t in texts:
+                try:
+                    counted[t, split] = len(self.tokenizer.encode(t, add_special_tokens=False, **kw))
+                except ValueError:
+                    pass
+        return counted
 
     def decode(self, ids) -> str:
         """Text of generated ids, cut at the first end token, without a leading reasoning block (Qwen3 opens its

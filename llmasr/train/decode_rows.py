@@ -22,8 +22,9 @@ from types import SimpleNamespace
 import numpy as np
 
 from llmasr.data.manifest import BadRecord
-from llmasr.data.records import given_hotwords, task_of
+from llmasr.data.windowed import WindowedManifest
 from llmasr.models.context import audio_tokens
+from llmasr.models.line_prompts import LinePrompts
 from llmasr.train.line_positions import heard_seconds
 
 log = logging.getLogger(__name__)
@@ -33,12 +34,20 @@ log = logging.getLogger(__name__)
 class DecodeRows:
     """Counts the LLM positions of a decoding loader's items (`model`: a SpeechLLM, or anything with .frontend,
     .encoder, .adaptor and .prompt; `cfg`: the DecodeConfig; `hotwords`: the list of every line without its own;
-    `prompted`: whether prompts render the lists)."""
+    `prompted`: whether prompts render the lists; `lines`: a LinePrompts of them)."""
 
     model: object
     cfg: object
     hotwords: list[str] | None = None
     prompted: bool = True
+    # the lines' prompt counts, shared with decoding_prompt (start-up reads each line once); made where not given
+    lines: LinePrompts | None = None
+
+    def __post_init__(self):
+        if self.lines is None:
+            self.lines = LinePrompts(self.model.prompt, self.hotwords, self.prompted)
+        elif not self.lines.agrees(self.model.prompt, self.hotwords, self.prompted):
+            raise ValueError("DecodeRows: `lines` counts prompts under another prompt builder, list or `prompted`")
 
     @property
     def budget(self) -> int | None:
@@ -64,24 +73,11 @@ class DecodeRows:
 
     def prompts(self, manifest, items: np.ndarray) -> np.ndarray:
         """The prompt tokens of each of `items`, rendered as the dataset renders them (0 for a line that cannot be
-        read or rendered: loading reports it as bad). Each distinct (task, system, list) is encoded once."""
-        prompt = self.model.prompt
-        seen: dict = {}
-        out = np.zeros(len(items), dtype=np.int64)
-        for k, i in enumerate(items.tolist()):
-            try:
-                utt = manifest[i]
-            except BadRecord:
-                continue
-            listed = given_hotwords(utt, self.hotwords) if self.prompted else []
-            how = (task_of(utt), getattr(utt, "system", None), tuple(listed))
-            if how not in seen:
-                try:
-                    seen[how] = len(prompt.encode(None, task=how[0], hotwords=list(how[2]), system=how[1]).ids)
-                except ValueError:
-                    seen[how] = 0
-            out[k] = seen[how]
-        return out
+        read or rendered: loading reports it as bad). The windows of an utterance (a WindowedManifest's items) are
+        its line's."""
+        if isinstance(manifest, WindowedManifest):
+            manifest, items = manifest.base, manifest.origin[np.asarray(items, dtype=np.int64)]
+        return self.lines.counts(manifest, items)[0]
 
 
 def decode_preview(model, cfg, manifest) -> dict:

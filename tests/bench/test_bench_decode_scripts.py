@@ -1,5 +1,6 @@
 """The decoding benchmarks (decode_speed, hotword_lists, hotword_boost, ctc_guidance_cost, ctc_tiktoken, timestamps,
-vad_speed, vad_gate_plan): each --quick mode writes results of the right structure. No assertion is about speed."""
+vad_speed, vad_gate_plan, decode_startup): each --quick mode writes results of the right structure. No assertion is
+about speed."""
 
 from __future__ import annotations
 
@@ -170,3 +171,15 @@ def test_vad_gate_plan_quick_makes_one_plan_every_way(tmp_path, capsys):
     assert res["same_plan"] and sorted(res["runs"]) == ["0", "2"] and res["audio_seconds"] == 18.0
     assert all(r["seconds"] > 0 for r in res["runs"].values())
     assert "| loader workers | seconds | x real time |" in capsys.readouterr().out
+
+
+def test_decode_startup_quick_times_every_stage_per_line(tmp_path, capsys):
+    import decode_startup
+
+    assert decode_startup.main(["--quick", "--json-out", str(tmp_path / "s.json")]) == 0
+    res = json.loads((tmp_path / "s.json").read_text())
+    (run,) = res["runs"]
+    stages = ["Manifest.open", "decoding_prompt", "DecodeRows", "decode start-up"]
+    assert run["lines"] == 200 and list(run["seconds"]) == stages
+    assert all(run["seconds"][s] > 0 and run["us_per_line"][s] == run["seconds"][s] / 200 * 1e6 for s in stages)
+    assert "Reproduce: `python bench/decode_startup.py --quick`" in capsys.readouterr().out
