@@ -147,10 +147,19 @@ def zero3_model_context(ds_config: dict):
     return HfDeepSpeedConfig(ds_config)
 
 
-def build_model_for_training(model_cfg, ds_config: dict):
-    """SpeechLLM for `model_cfg`; under ZeRO-3 with the LLM created partitioned (see zero3_model_context)."""
-    from llmasr.models import builder
+def build_model_for_training(model_cfg, ds_config: dict, *, all_gather=None):
+    """SpeechLLM for `model_cfg`; under ZeRO-3 with the LLM created partitioned (see zero3_model_context).
 
+    The partitioned load is a series of collectives: a rank that fails before it (a weight file only its node lacks
+    or holds cut short) would leave the others waiting in it. So under ZeRO-3, with `all_gather` (the run's
+    all_gather_object, more than one rank), every rank first reads the names and shapes in every weight file the
+    build reads (build_model's "shapes", as `llmasr check` does), and a failure on any rank stops them all."""
+    from llmasr.models import builder
+    from llmasr.train.rank_verdict import run_together
+
+    if zero_stage(ds_config) == 3 and all_gather is not None:  # before HfDeepSpeedConfig: its meta build stays whole
+        run_together("read the model's weight files", lambda: builder.build_model(model_cfg, weights="shapes"),
+                     all_gather)  # fmt: skip
     hf_ds = zero3_model_context(ds_config)
     if hf_ds is not None:
         log.info("ZeRO-3: the LLM is created partitioned (deepspeed.zero.Init) as it loads")

@@ -37,6 +37,7 @@ from llmasr.train.param_groups import build_param_groups, describe_param_groups,
 from llmasr.train.plan import plan_run
 from llmasr.train.preemption import Preemption, signal_name
 from llmasr.train.progress import Progress, StartupLog, setup_logging
+from llmasr.train.rank_verdict import flat, run_together
 from llmasr.train.resume import check_checkpoint, continue_schedules, resuming
 from llmasr.train.run_checkpoints import RunCheckpoints
 from llmasr.train.run_dir import LrCourse, claim_run_dir, write_run_files
@@ -56,15 +57,14 @@ class Run:
         self.dist = eng.init_distributed()
         self.rank, self.world = self.dist.rank, self.dist.world_size
         self.startup_log = StartupLog.attach(self.rank)  # train.log starts with what is logged before it exists
-        self.ds = ds_config.resolve_ds_config(ds_config_path, tc, world_size=self.world)  # by module: tests patch it
-        eng.check_precision(tc.precision)
-        resolve.check_run_settings(recipe)
-        check_fused_kernels(recipe.model.llm, zero_stage=ds_config.zero_stage(self.ds), device=self.dist.device)
-        resolve.process_settings(tc)  # deterministic algorithms, attention kernels
+        self.gather = all_gather_object if self.world > 1 else None  # start-up steps a rank may fail alone
         self.run_dir = Path(tc.output_dir)
         self.ckpt_dir = ck.checkpoints_dir(self.run_dir)
-        asked, self.resume_key = ck.resume_asked(resume, tc.resume)
-        self.resume = ck.resume_or_start(asked, self.run_dir, overwrite=overwrite)
+        # every rank reads its own node's copy of the DeepSpeed JSON: a copy that differs, or that one node lacks,
+        # stops every rank here, before the run folder's broadcast
+        asked = run_together("check the run's configuration",
+                             lambda: self._configure(ds_config_path, resume, overwrite), self.gather,
+                             same=lambda _: flat(self.ds), same_what="DeepSpeed configs")  # fmt: skip
         if asked == "auto":
             fresh = "--overwrite: a fresh run" if overwrite else "no checkpoint yet, a fresh run"
             log.info("resume auto: %s", f"continuing {self.ckpt_dir}" if self.resume else fresh)
@@ -79,6 +79,18 @@ class Run:
         except BaseException:
             self.close()
             raise
+
+    def _configure(self, ds_config_path, resume, overwrite) -> str | None:
+        """The DeepSpeed config resolved and checked, and where the run starts; returns what was asked of resume."""
+        tc = self.recipe.train
+        self.ds = ds_config.resolve_ds_config(ds_config_path, tc, world_size=self.world)  # by module: tests patch it
+        eng.check_precision(tc.precision)
+        resolve.check_run_settings(self.recipe)
+        check_fused_kernels(self.recipe.model.llm, zero_stage=ds_config.zero_stage(self.ds), device=self.dist.device)
+        resolve.process_settings(tc)  # deterministic algorithms, attention kernels
+        asked, self.resume_key = ck.resume_asked(resume, tc.resume)
+        self.resume = ck.resume_or_start(asked, self.run_dir, overwrite=overwrite)
+        return asked
 
     def _prepare(self) -> None:
         recipe, tc = self.recipe, self.recipe.train
@@ -112,9 +124,21 @@ class Run:
         log.info("batches: %s (ZeRO stage %d, %s, %s)", self.plan.batch_line(), stage, precision, where)
 
     def _build_engine(self) -> None:
+        tc = self.recipe.train
+        # a weight file one node lacks or holds cut short fails that node's ranks only: all of them stop together
+        # before deepspeed.initialize's first collective (ZeRO-3's partitioned load checks the files before its own)
+        model, groups = run_together("build the model", self._build_model, self.gather)
+        self.engine = TrainEngine(model, groups, self.schedules, self.ds, self.dist.device)
+        self.checkpoints = RunCheckpoints(self.engine, self.recipe, self.ckpt_dir, trainable=self.trainable,
+                                          per_epoch=self.per_epoch, rank=self.rank, world=self.world,
+                                          manifest=self.train_loader.dataset.manifest)  # fmt: skip
+        resolve.seed_everything(tc.seed + self.rank)  # dropout differs per rank
+
+    def _build_model(self) -> tuple:
+        """(model, param groups), the schedules sized, with every check made before the engine's."""
         tc, optim = self.recipe.train, self.recipe.optim
         resolve.seed_everything(tc.seed)  # identical initial weights on every rank
-        model, self._hf_ds = build_model_for_training(self.recipe.model, self.ds)
+        model, self._hf_ds = build_model_for_training(self.recipe.model, self.ds, all_gather=self.gather)
         resolve.check_model_frontend(model, self.side.frontend)
         check_context_fit(model, self.recipe, self.plan.loaders)
         apply_fused_kernels(model, self.recipe.model.llm)
@@ -125,11 +149,7 @@ class Run:
         self.schedules = build_group_schedules(groups, optim, self.total)
         for line in optim_warnings(model, optim, groups, self.total) if self.rank == 0 else ():
             log.warning(line)
-        self.engine = TrainEngine(model, groups, self.schedules, self.ds, self.dist.device)
-        self.checkpoints = RunCheckpoints(self.engine, self.recipe, self.ckpt_dir, trainable=self.trainable,
-                                          per_epoch=self.per_epoch, rank=self.rank, world=self.world,
-                                          manifest=self.train_loader.dataset.manifest)  # fmt: skip
-        resolve.seed_everything(tc.seed + self.rank)  # dropout differs per rank
+        return model, groups
 
     # -- checkpoints ------------------------------------------------------------------------------------------------
     def save(self, epoch: int, loader_state: dict | None, metrics: dict | None, *, validation_owed=False) -> None:

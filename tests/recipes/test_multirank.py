@@ -4,11 +4,15 @@ import json
 import math
 import os
 import shutil
+import socket
+from pathlib import Path
 
 import pytest
 
+import llmasr
 from llmasr import run_dir as ck
 from llmasr.testing.launcher import launch_train
+from llmasr.train import ds_config
 from llmasr.train.progress import parse_log_line
 
 pytestmark = pytest.mark.slow
@@ -111,3 +115,57 @@ def test_an_error_only_rank_1_has_is_reported_by_rank_1(tiny_recipe_file, tmp_pa
     want = "llmasr train: error on rank 1: /data/node2/train.jsonl: no such file (this node only)"
     assert lines == [want], out[-3000:]
     assert "Traceback" not in out
+
+
+NODE1 = """
+import os
+
+if os.environ.get("RANK") == "1":  # the second rank runs on "another node": its own home and working folder
+    os.environ["HOME"] = {home!r}
+    os.chdir({home!r})
+"""
+
+
+def test_a_file_one_node_lacks_or_holds_otherwise_stops_every_rank_with_one_message(
+    tiny_recipe_file, tiny_encoder_dir, tmp_path, monkeypatch
+):
+    """Rank 1's node holds its own copy of the DeepSpeed JSON and of the encoder (~/enc). Before, a copy that
+    differed left both ranks waiting in deepspeed.initialize's collectives (mismatched by the ZeRO stage) until the
+    collective timeout, and a model.pt cut short on rank 1's node had rank 1 exit alone, which on another node
+    leaves rank 0 waiting there; now every rank stops at the same gather, with one message naming rank 1's node."""
+    homes = [tmp_path / "node0", tmp_path / "node1"]
+    for home in homes:
+        shutil.copytree(tiny_encoder_dir, home / "enc")
+        (home / "ds.json").write_text((ds_config.PRESET_DIR / "zero2.json").read_text())
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "sitecustomize.py").write_text(NODE1.format(home=str(homes[1])))
+    here = [str(Path(llmasr.__file__).parents[1])]  # this checkout, wherever the launch starts
+    paths = [tmp_path / "site", *here, *(os.path.abspath(p) for p in os.environ.get("PYTHONPATH", "").split(":") if p)]
+    monkeypatch.setenv("PYTHONPATH", ":".join(map(str, paths)))
+    monkeypatch.setenv("HOME", str(homes[0]))
+    monkeypatch.chdir(homes[0])  # rank 0's node: the launch's folder
+    node = f"(node {socket.gethostname()}"
+
+    def one_error(proc) -> str:
+        out = proc.stdout + proc.stderr
+        lines = [line for line in out.splitlines() if "llmasr train: error" in line]
+        assert len(lines) == 1 and "Traceback" not in out, out[-3000:]
+        return out
+
+    other = json.loads((homes[1] / "ds.json").read_text())
+    other["zero_optimization"]["stage"] = 3
+    (homes[1] / "ds.json").write_text(json.dumps(other))
+    proc = launch_train(tiny_recipe_file, "ds.json", tmp_path / "run", expect_rc=2, timeout=180)
+    out = one_error(proc)
+    assert f"llmasr train: error: rank 1 {node}" in out and "read different DeepSpeed configs" in out, out[-3000:]
+    assert "zero_optimization.stage: 3 on rank 1, 2 on rank 0" in out, out[-3000:]
+
+    (homes[1] / "ds.json").write_text((homes[0] / "ds.json").read_text())
+    weights = homes[1] / "enc" / "model.pt"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    for preset in ("zero2", "zero3"):  # ZeRO-3: before its partitioned load, whose collectives rank 1 would miss
+        proc = launch_train(tiny_recipe_file, preset, tmp_path / "run", "model.encoder.path=~/enc", "--overwrite",
+                            expect_rc=2, timeout=180)  # fmt: skip
+        out = one_error(proc)
+        assert f"llmasr train: error: rank 1 {node}" in out and "every rank stops with it" in out, out[-3000:]
+        assert f"{weights}: cannot be read as a weights-only torch checkpoint" in out, out[-3000:]

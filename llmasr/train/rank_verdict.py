@@ -1,0 +1,94 @@
+"""Start-up steps that one rank can fail alone end in one gather of every rank's verdict, so that a failure stops
+every rank with one message naming the rank, its node and the cause.
+
+A file only one node lacks, or holds cut short (an encoder's model.pt, the LLM's shards, that node's copy of the
+DeepSpeed JSON), fails the model build or the configuration on that node's ranks only. Before, those ranks exited
+and the others ran on into their next collective (deepspeed.initialize's broadcast, ZeRO-3's partitioning) and
+waited there: over NCCL until the collective timeout (30 minutes by default), over gloo as long when the ranks sat
+on other nodes (a launcher ends only its own node's ranks). Each step runs, then the ranks exchange what became of
+it before any of them goes on to a collective.
+
+    ds = run_together("read the DeepSpeed config", lambda: resolve(...), all_gather, same=lambda ds: flat(ds))
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from llmasr.config_io import ConfigError
+from llmasr.data.screen_share import node_name
+from llmasr.errors import describe
+
+T = TypeVar("T")
+SHOWN = 5  # differing keys listed; the rest are counted
+
+
+class RankFailure(ConfigError):
+    """Another rank failed a start-up step; every rank heard it in the same gather."""
+
+    ranks_told = True
+
+
+def _rank(rank: int, verdict: dict) -> str:
+    return f"rank {rank} (node {verdict['node']})"
+
+
+def flat(tree: Any, prefix: str = "") -> dict:
+    """A nested dict as {dotted key: leaf}: what two ranks' configs are compared by."""
+    if not isinstance(tree, dict) or (prefix and not tree):
+        return {prefix: tree}
+    out = {}
+    for key, value in tree.items():
+        out.update(flat(value, f"{prefix}.{key}" if prefix else str(key)))
+    return out
+
+
+def run_together(
+    what: str, work: Callable[[], T], all_gather, *, same: Callable[[T], dict] | None = None, same_what: str = ""
+) -> T:
+    """`work()` on this rank, then one gather of every rank's verdict (`all_gather`: the run's all_gather_object;
+    None for a run of one rank, which just runs `work`). When a rank failed, every rank raises: that rank its own
+    error, the others RankFailure naming it ("rank 1 (node b) could not `what`"). `same` (the result -> a flat dict,
+    `same_what` naming it) must give rank 0's dict on every rank, or every rank raises ConfigError naming the keys
+    that differ. Returns work()'s result."""
+    if all_gather is None:
+        return work()
+    try:
+        result, failure = work(), None
+    except Exception as err:  # noqa: BLE001 - every kind: the other ranks must hear of it, or they wait
+        result, failure = None, err
+    verdict: dict = {"node": node_name()}
+    if failure is not None:
+        verdict["failed"] = describe(failure)
+    elif same is not None:
+        verdict["same"] = same(result)
+    everyone = all_gather(verdict)
+    if failure is not None:
+        raise failure
+    failed = [(rank, other) for rank, other in enumerate(everyone) if "failed" in other]
+    if failed:
+        rank, other = failed[0]
+        also = f" (and {len(failed) - 1} other rank(s))" if len(failed) > 1 else ""
+        raise RankFailure(
+            f"{_rank(rank, other)}{also} could not {what}; every rank stops with it:\n  {other['failed']}"
+        )
+    if same is not None:
+        check_same(everyone, same_what or what)
+    return result
+
+
+def check_same(everyone: list[dict], what: str) -> None:
+    """ConfigError naming the keys of the first rank whose "same" dict is not rank 0's."""
+    first = everyone[0]
+    for rank, other in enumerate(everyone[1:], start=1):
+        a, b = first["same"], other["same"]
+        if a == b:
+            continue
+        keys = sorted(k for k in set(a) | set(b) if a.get(k, "(absent)") != b.get(k, "(absent)"))
+        lines = [f"{k}: {b.get(k, '(absent)')!r} on rank {rank}, {a.get(k, '(absent)')!r} on rank 0" for k in keys]
+        more = [f"... and {len(lines) - SHOWN} more"] if len(lines) > SHOWN else []
+        raise ConfigError(
+            f"{_rank(rank, other)} and {_rank(0, first)} read different {what}; every node needs the same one:\n  "
+            + "\n  ".join(lines[:SHOWN] + more)
+        )
