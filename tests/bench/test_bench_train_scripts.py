@@ -79,22 +79,19 @@ def _run(args, timeout=900):
     return proc.stdout
 
 
+@pytest.fixture(scope="module")
+def run_all_quick(tmp_path_factory):
+    """One `run_all.py --quick` of the benchmarks the tests below read (each section's own process either way; one
+    run_all start-up and render instead of two): (its stdout, the results directory)."""
+    tmp = tmp_path_factory.mktemp("run_all")
+    only = ["train_step", "data_pipeline", "device_features"]
+    stdout = _run([str(BENCH / "run_all.py"), "--quick", "--only", *only, "--out-dir", str(tmp), "--machine", "m"])
+    return stdout, tmp / "m"
+
+
 @pytest.mark.slow
-def test_run_all_quick_train_step_and_data(tmp_path):
-    stdout = _run(
-        [
-            str(BENCH / "run_all.py"),
-            "--quick",
-            "--only",
-            "train_step",
-            "data_pipeline",
-            "--out-dir",
-            str(tmp_path),
-            "--machine",
-            "m",
-        ]
-    )
-    out = tmp_path / "m"
+def test_run_all_quick_train_step_and_data(run_all_quick):
+    stdout, out = run_all_quick
     assert "wrote" in stdout
     for name in ("results.md", "results.json", "train_step.json", "train_step.png", "data_pipeline.png"):
         assert (out / name).is_file(), name
@@ -174,12 +171,12 @@ def test_device_features_quick_measures_every_path(tmp_path):
     assert "Reproduce: `python bench/device_features.py --quick --cpu-only`" in out.getvalue()
 
 
-def test_run_all_quick_device_features(tmp_path):
-    args = ["--quick", "--only", "device_features", "--out-dir", str(tmp_path), "--machine", "m"]
-    _run([str(BENCH / "run_all.py"), *args])
-    res = json.loads((tmp_path / "m" / "device_features.json").read_text())
+@pytest.mark.slow  # shares the train_step run above
+def test_run_all_quick_device_features(run_all_quick):
+    _, out = run_all_quick
+    res = json.loads((out / "device_features.json").read_text())
     assert res["command"] == "python bench/device_features.py --quick"
-    md = (tmp_path / "m" / "results.md").read_text()
+    md = (out / "results.md").read_text()
     assert "## 6. Features: loader workers vs the device" in md and "| torch batched | cpu | 1 |" in md
 
 
