@@ -29,6 +29,7 @@ from llmasr.export.decode_world import DecodeWorld
 from llmasr.export.exported import ExportedModelError
 from llmasr.models.decoding import AUTO_CTC_WEIGHT, AUTO_HOTWORD_BOOST, DecodeConfig, decode_config
 from llmasr.run_dir import CheckpointError
+from llmasr.train.rank_verdict import failure_message
 
 # DecodeConfig field -> the argparse dest of the flag that sets it (unset flags keep the model's saved value)
 DECODE_FLAGS = {
@@ -237,11 +238,9 @@ def main(argv: list[str] | None = None) -> int:
             return failure.status
         raise failure
     if peers:
-        rank, node, why, status = peers[0]
         if world.leader:
-            print(f"llmasr decode: error: rank {rank} (node {node}) could not start (the others stop with it): {why}",
-                  file=sys.stderr)  # fmt: skip
-        return max(p[3] for p in peers)
+            print(f"llmasr decode: error: {failure_message('start', peers)}", file=sys.stderr)
+        return max(other["status"] for _, other in peers)
     model, cfg, opts = ready
     model.to(device)
     return _decode_all(model, args.data, Path(args.output), cfg, opts, device, world)

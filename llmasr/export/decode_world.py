@@ -20,8 +20,8 @@ from datetime import timedelta
 import torch
 
 from llmasr.data.bad_data import BadDataTracker
-from llmasr.data.screen_share import node_name
 from llmasr.errors import exit_status
+from llmasr.train.rank_verdict import failed_ranks, verdict
 
 GATHER_TIMEOUT = timedelta(hours=2)
 
@@ -94,16 +94,17 @@ class DecodeWorld:
         torch.distributed.all_gather_object(everyone, obj)
         return everyone
 
-    def failures(self, failure: BaseException | None) -> list[tuple[int, str, str, int]]:
-        """Every rank's start-up failure gathered (one collective: every rank calls it, failed or not): (rank, node,
-        message, exit status) of the other ranks that failed, so that every rank stops with them."""
+    def failures(self, failure: BaseException | None) -> list[tuple[int, dict]]:
+        """Every rank's start-up verdict gathered (one collective: every rank calls it, failed or not;
+        llmasr.train.rank_verdict's shape, with the failure's exit status): (rank, verdict) of the other ranks that
+        failed, so that every rank stops with them (rank_verdict.failure_message says it)."""
         if self.size == 1:
             return []
-        mine = None
-        if failure is not None:
-            mine = (node_name(), str(failure), int(getattr(failure, "status", None) or exit_status(failure)))
+        mine = verdict(failure)
+        if failure is not None:  # the exit status every rank returns (the worst of the failed ranks')
+            mine["status"] = int(getattr(failure, "status", None) or exit_status(failure))
         everyone = self.gather(mine)
-        return [(rank, *other) for rank, other in enumerate(everyone) if other is not None and rank != self.rank]
+        return [(rank, other) for rank, other in failed_ranks(everyone) if rank != self.rank]
 
     def merge(self, items: dict[int, dict], tracker: BadDataTracker) -> tuple[dict[int, dict], BadDataTracker, list]:
         """Every rank's decoded items (by item index) and bad lines, on every rank: the items joined, the bad lines

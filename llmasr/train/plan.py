@@ -15,8 +15,9 @@ import logging
 import math
 from dataclasses import dataclass, field
 
-from llmasr.data.screen_share import ScreenShare, node_name
+from llmasr.data.screen_share import ScreenShare
 from llmasr.train.rank_agreement import check_ranks_agree, data_digest
+from llmasr.train.rank_verdict import verdict
 from llmasr.train.resolve import TextSide, batches_per_epoch, build_loaders, text_side
 
 log = logging.getLogger("llmasr.train")
@@ -91,8 +92,7 @@ def plan_run(recipe, ds: dict, *, rank: int, world_size: int, device=None, all_g
             raise
         loaders, per_epoch, failure = None, None, err
     if together:
-        digest = {"failed": str(failure)} if failure else data_digest(loaders[1], per_epoch)
-        digest["node"] = node_name()
+        digest = verdict(failure, **({} if failure else data_digest(loaders[1], per_epoch)))
         check_ranks_agree(digest, loaders and loaders[0].dataset.manifest, all_gather, failure)
     plan = RunPlan(ds, world_size, tc.epochs, tc.max_updates, side, per_epoch, loaders)
     if tc.max_updates is not None and tc.max_updates > plan.natural:

@@ -13,6 +13,7 @@ import numpy as np
 
 from llmasr.config_io import ConfigError
 from llmasr.data.screen import where
+from llmasr.train.rank_verdict import stop_together, who
 
 SHOWN = 5
 
@@ -27,33 +28,23 @@ def data_digest(sampler, per_epoch: list[int]) -> dict:
     }
 
 
-def _on(digest: dict) -> str:
-    """ " (node NAME)" for a digest that names its node (a rank's number alone does not say where to look)."""
-    return f" (node {digest['node']})" if digest.get("node") else ""
-
-
 def _findings(digest: dict) -> dict:
     return {k: v for k, v in digest.items() if k != "node"}
 
 
 def check_ranks_agree(digest: dict, manifest, all_gather, failure: Exception | None = None) -> None:
-    """Every rank's `digest` (data_digest, or {"failed": why} from a rank that could not build its data: its
-    `failure`) gathered; every rank raises when one failed (that rank its own error) or when any differs from rank
-    0's (ConfigError). Before, a rank that stopped alone left the others waiting in their next collective."""
+    """Every rank's `digest` (rank_verdict.verdict: data_digest's findings, or "failed" from a rank that could not
+    build its data: its `failure`) gathered once; every rank raises when one failed (rank_verdict.stop_together:
+    that rank its own error, the others RankFailure) or when any differs from rank 0's (ConfigError). Before, a
+    rank that stopped alone left the others waiting in their next collective."""
     everyone = all_gather(digest)
-    if failure is not None:
-        raise failure
-    failed = [(rank, other) for rank, other in enumerate(everyone) if "failed" in other]
-    if failed:
-        rank, other = failed[0]
-        raise ConfigError(f"rank {rank}{_on(other)} could not build its training data (the others stop with it):\n"
-                          f"{other['failed']}")  # fmt: skip
+    stop_together(everyone, failure, "build its training data")
     first, problems = everyone[0], []
-    zero = f"rank 0{_on(first)}"
+    zero = who(0, first)
     for rank, other in enumerate(everyone[1:], start=1):
         if _findings(other) == _findings(first):
             continue
-        this = f"rank {rank}{_on(other)}"
+        this = who(rank, other)
         only = sorted(set(other["bad"]) - set(first["bad"]))
         missing = sorted(set(first["bad"]) - set(other["bad"]))
         for ids, whose in ((only, f"{this} only"), (missing, f"{zero} only")):

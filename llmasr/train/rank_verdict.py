@@ -9,6 +9,12 @@ on other nodes (a launcher ends only its own node's ranks). Each step runs, then
 it before any of them goes on to a collective.
 
     ds = run_together("read the DeepSpeed config", lambda: resolve(...), all_gather, same=lambda ds: flat(ds))
+
+This module owns that exchange wherever a start-up step is gathered: the verdict each rank sends (`verdict`), who
+failed (`failed_ranks`) and the one message saying it (`failure_message`, "rank R (node N) could not WHAT; every
+rank stops with it: ..."). The data's check (llmasr.train.rank_agreement) and decoding's start
+(llmasr.export.decode_world) send the same verdicts in their own single gather, and add what is theirs: the data's
+comparison and its messages, decoding's exit status.
 """
 
 from __future__ import annotations
@@ -30,8 +36,44 @@ class RankFailure(ConfigError):
     ranks_told = True
 
 
-def _rank(rank: int, verdict: dict) -> str:
-    return f"rank {rank} (node {verdict['node']})"
+def who(rank: int, verdict: dict) -> str:
+    """ "rank R (node N)"; "rank R" for a verdict that names no node (a rank's number alone does not say where)."""
+    return f"rank {rank} (node {verdict['node']})" if verdict.get("node") else f"rank {rank}"
+
+
+def verdict(failure: BaseException | None, **found) -> dict:
+    """This rank's verdict for the gather: its node, and the failure's message ("failed") or what it `found`. Every
+    exchange of start-up verdicts (this module's, the data's check in llmasr.train.rank_agreement, decoding's in
+    llmasr.export.decode_world) sends this shape, so that a failure met at any of them reads alike."""
+    mine: dict = {"node": node_name()}
+    if failure is not None:
+        mine["failed"] = describe(failure)
+    else:
+        mine.update(found)
+    return mine
+
+
+def failed_ranks(everyone: list) -> list[tuple[int, dict]]:
+    """(rank, verdict) of every rank whose gathered verdict says it failed, in rank order."""
+    return [(rank, other) for rank, other in enumerate(everyone) if isinstance(other, dict) and "failed" in other]
+
+
+def failure_message(what: str, failed: list[tuple[int, dict]]) -> str:
+    """The one message for ranks that failed a step (`failed`, from failed_ranks): the first named, the rest
+    counted."""
+    rank, other = failed[0]
+    also = f" (and {len(failed) - 1} other rank(s))" if len(failed) > 1 else ""
+    return f"{who(rank, other)}{also} could not {what}; every rank stops with it:\n  {other['failed']}"
+
+
+def stop_together(everyone: list, failure: BaseException | None, what: str) -> None:
+    """After the gather of verdicts (`everyone`): this rank's own `failure` raised, else RankFailure when another
+    rank failed, else nothing. Every rank raises or none does."""
+    if failure is not None:
+        raise failure
+    failed = failed_ranks(everyone)
+    if failed:
+        raise RankFailure(failure_message(what, failed))
 
 
 def flat(tree: Any, prefix: str = "") -> dict:
@@ -58,21 +100,9 @@ def run_together(
         result, failure = work(), None
     except Exception as err:  # noqa: BLE001 - every kind: the other ranks must hear of it, or they wait
         result, failure = None, err
-    verdict: dict = {"node": node_name()}
-    if failure is not None:
-        verdict["failed"] = describe(failure)
-    elif same is not None:
-        verdict["same"] = same(result)
-    everyone = all_gather(verdict)
-    if failure is not None:
-        raise failure
-    failed = [(rank, other) for rank, other in enumerate(everyone) if "failed" in other]
-    if failed:
-        rank, other = failed[0]
-        also = f" (and {len(failed) - 1} other rank(s))" if len(failed) > 1 else ""
-        raise RankFailure(
-            f"{_rank(rank, other)}{also} could not {what}; every rank stops with it:\n  {other['failed']}"
-        )
+    found = {"same": same(result)} if failure is None and same is not None else {}
+    everyone = all_gather(verdict(failure, **found))
+    stop_together(everyone, failure, what)
     if same is not None:
         check_same(everyone, same_what or what)
     return result
@@ -89,6 +119,6 @@ def check_same(everyone: list[dict], what: str) -> None:
         lines = [f"{k}: {b.get(k, '(absent)')!r} on rank {rank}, {a.get(k, '(absent)')!r} on rank 0" for k in keys]
         more = [f"... and {len(lines) - SHOWN} more"] if len(lines) > SHOWN else []
         raise ConfigError(
-            f"{_rank(rank, other)} and {_rank(0, first)} read different {what}; every node needs the same one:\n  "
+            f"{who(rank, other)} and {who(0, first)} read different {what}; every node needs the same one:\n  "
             + "\n  ".join(lines[:SHOWN] + more)
         )

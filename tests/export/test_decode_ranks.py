@@ -164,6 +164,42 @@ def test_a_rank_whose_node_lacks_a_file_stops_every_rank_before_decoding(exporte
     assert run_ranks(2, rank, timeout=60) == [2, 2]
     err = capsys.readouterr().err
     assert f"llmasr decode: error: --data: {gone}: no such manifest file" in err
-    assert (f"llmasr decode: error: rank 1 (node {node_name()}) could not start (the others stop with it): --data: "
+    assert (f"llmasr decode: error: rank 1 (node {node_name()}) could not start; every rank stops with it:\n  --data: "
             f"{gone}") in err  # fmt: skip
     assert not (tmp_path / "out").exists()
+
+
+def test_several_ranks_that_cannot_start_stop_every_rank_with_the_worst_exit_status(exported_dir, tmp_path,
+                                                                                    monkeypatch, capsys):  # fmt: skip
+    """The start-up verdicts are llmasr.train.rank_verdict's: rank 0 names the first rank that failed and counts the
+    rest; a refused rank says its own refusal; a rank that failed otherwise raises its error; every rank that did not
+    fail returns the worst exit status of the failed ones (1 for an error that is not a refusal)."""
+    import threading
+
+    import llmasr.commands.decode as decode_cmd
+
+    mine = threading.local()
+    monkeypatch.setattr(decode_cmd.DecodeWorld, "from_env", classmethod(lambda cls: mine.world))
+    oom = RuntimeError("CUDA out of memory on this node")
+
+    def prepare(args, world):
+        if world.rank == 1:
+            raise decode_cmd.Refused("--output /out: not writable on this node")
+        if world.rank == 2:
+            raise oom
+        return "never used: another rank failed"
+
+    monkeypatch.setattr(decode_cmd, "_prepare", prepare)
+
+    def rank(r, gather):
+        mine.world = ThreadWorld(r, 4, gather_with=gather)
+        return main(["--model", str(exported_dir), "--data", "x.jsonl", "--output", str(tmp_path / "out"),
+                     "--device", "cpu"])  # fmt: skip
+
+    out = run_ranks(4, rank, timeout=60)
+    assert out[0] == 2 and out[1] == 2 and out[2] is oom and out[3] == 2  # rank 1's refusal: 2, rank 2's error: 1
+    err = capsys.readouterr().err
+    assert err.count("llmasr decode: error: --output /out: not writable on this node") == 1  # rank 1's own
+    said = [line for line in err.splitlines() if "could not start" in line]
+    assert said == [f"llmasr decode: error: rank 1 (node {node_name()}) (and 1 other rank(s)) could not start; "
+                    "every rank stops with it:"], err  # fmt: skip

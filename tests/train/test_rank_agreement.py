@@ -12,6 +12,7 @@ from llmasr.recipe import load_recipe
 from llmasr.testing.tiny_corpus import tiny_recipe_dict, write_tiny_corpus
 from llmasr.train.plan import plan_run
 from llmasr.train.rank_agreement import check_ranks_agree, data_digest
+from llmasr.train.rank_verdict import RankFailure
 
 
 def recipe_for(tiny_llm_dir, manifest, run):
@@ -59,7 +60,11 @@ def test_a_rank_that_cannot_build_its_data_stops_the_others_too(tiny_llm_dir, tm
     with pytest.raises(Exception, match="unusable before training starts") as err:
         plan_run(bad, {}, rank=1, world_size=2, all_gather=alone(lambda d: digests.setdefault(1, d) and [{}, d]))
     assert "failed" in digests[1]
-    with pytest.raises(ConfigError, match=r"rank 1 \(node .+\) could not build its training data .*\n.*unusable"):
+    with pytest.raises(
+        RankFailure,
+        match=r"rank 1 \(node .+\) could not build its training data; every rank stops "
+        r"with it:\n.*unusable",
+    ):
         plan_run(good, {}, rank=0, world_size=2, all_gather=alone(lambda d: [d, digests[1]]))
     assert err.type.__name__ == "TooMuchBadData"
 
