@@ -139,17 +139,24 @@ def _section(config: dict, key: str, path: Path) -> dict:
 
 
 def llm_dir(src: Path, config: dict) -> Path:
-    """The Qwen3 directory: configuration.json's file_path_metas.llm_conf.init_param_path (relative to SRC, as
-    FunASR's AutoModel maps it), else config.yaml's llm_conf.init_param_path."""
+    """The Qwen3 directory: configuration.json's file_path_metas.llm_conf.init_param_path (relative to SRC) where that
+    path exists, else config.yaml's llm_conf.init_param_path, as FunASR's AutoModel maps it (it skips a mapping whose
+    file is not there: a copied configuration.json may name a directory the copy lacks)."""
     mapped = ((file_path_metas(src) or {}).get("llm_conf") or {}).get("init_param_path")
-    stated = mapped if mapped is not None else _section(config, "llm_conf", src / "config.yaml").get("init_param_path")
-    where = "configuration.json file_path_metas.llm_conf" if mapped is not None else "config.yaml llm_conf"
-    if not stated:
-        raise ConfigError(f"{src}: {where}.init_param_path is not set; it names the LLM (Qwen3) directory")
-    path = Path(str(stated))
-    path = path if path.is_absolute() else src / path
+    own = _section(config, "llm_conf", src / "config.yaml").get("init_param_path")
+    named = [(s, w) for s, w in ((mapped, "configuration.json file_path_metas.llm_conf"), (own, "config.yaml llm_conf"))
+             if s]  # fmt: skip
+    if not named:
+        raise ConfigError(
+            f"{src}: config.yaml llm_conf.init_param_path is not set (nor configuration.json's); it names the LLM "
+            "(Qwen3) directory"
+        )
+    places = [(stated, where, Path(str(stated)) if Path(str(stated)).is_absolute() else src / str(stated))
+              for stated, where in named]  # fmt: skip
+    stated, where, path = next((p for p in places if p[2].exists()), places[-1])
     if not (path / "config.json").is_file():
-        raise ConfigError(f"{src}: {where}.init_param_path names {stated}, but {path / 'config.json'} does not exist")
+        tried = "; ".join(f"{w}.init_param_path names {s}" for s, w, _ in places)
+        raise ConfigError(f"{src}: {tried}, but {path / 'config.json'} does not exist")
     return path
 
 

@@ -151,3 +151,25 @@ def test_a_size_that_is_not_a_number_is_named_by_file_and_key(tmp_path, change, 
     with pytest.raises(ConfigError, match=re.escape(f"{src / 'config.yaml'}: {key}")):
         convert_funasr(src, tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_configuration_json_naming_an_llm_directory_the_copy_lacks_falls_back_to_config_yaml(tmp_path):
+    """A fine-tuned copy (config.yaml, configuration.json, model.pt) whose config.yaml names the release's Qwen3
+    directory: FunASR's AutoModel skips configuration.json's mapping to a directory that is not there, and so does
+    the converter (it had refused the copy)."""
+    import shutil
+
+    from llmasr.testing.tiny_nano import LLM_DIR
+
+    src = write_nano_dir(tmp_path / "src")
+    copy = tmp_path / "finetuned"
+    copy.mkdir()
+    for name in ("config.yaml", "configuration.json", "model.pt"):
+        shutil.copy(src / name, copy / name)
+    _edit_config(copy, llm_conf__init_param_path=str(src / LLM_DIR))
+    convert_funasr(copy, tmp_path / "out")
+    assert load_exported(tmp_path / "out").prompt.tokenizer is not None
+    _edit_config(copy, llm_conf__init_param_path=str(tmp_path / "nowhere"))
+    both = f"file_path_metas.llm_conf.init_param_path names {LLM_DIR}; config.yaml llm_conf.init_param_path names"
+    with pytest.raises(ConfigError, match=f"{both} {tmp_path / 'nowhere'}, but"):
+        convert_funasr(copy, tmp_path / "out2")
