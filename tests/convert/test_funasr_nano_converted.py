@@ -178,3 +178,16 @@ def test_audio_longer_than_nanos_segments_decodes_in_windows(converted, tmp_path
     assert rc == 0
     row = json.loads((tmp_path / "hyp" / "results.jsonl").read_text())
     assert row["duration"] == pytest.approx(83.0) and row["windows"] >= 3
+
+
+def test_every_converted_file_is_readable_as_the_umask_says(converted, tmp_path):
+    """safetensors writes 0600 whatever the umask: the converted weights had been readable by their writer alone
+    (a colleague's fine-tune or a container's other user could not read them), while the YAML beside them was not."""
+    import stat
+
+    _, out = converted
+    (tmp_path / "plain").write_text("x")  # the mode a new file gets here
+    expected = stat.S_IMODE((tmp_path / "plain").stat().st_mode)
+    modes = {str(p.relative_to(out)): oct(stat.S_IMODE(p.stat().st_mode)) for p in out.rglob("*") if p.is_file()}
+    assert "encoder.safetensors" in modes and "llm/model.safetensors" in modes
+    assert modes == dict.fromkeys(modes, oct(expected))
