@@ -191,3 +191,19 @@ def test_every_converted_file_is_readable_as_the_umask_says(converted, tmp_path)
     modes = {str(p.relative_to(out)): oct(stat.S_IMODE(p.stat().st_mode)) for p in out.rglob("*") if p.is_file()}
     assert "encoder.safetensors" in modes and "llm/model.safetensors" in modes
     assert modes == dict.fromkeys(modes, oct(expected))
+
+
+def test_llm_tensors_of_mixed_dtypes_keep_their_precision_at_fp32(tmp_path):
+    """A model.pt whose LLM holds float32 tensors beside bf16 ones: the LLM had been staged in the dtype of its first
+    tensor (bf16), so --dtype fp32 got the float32 ones rounded to bf16."""
+    from transformers import AutoModelForCausalLM
+
+    src = write_nano_dir(tmp_path / "src")
+    saved = torch.load(src / "model.pt", weights_only=True)
+    key = "llm.model.norm.weight"
+    exact = 1.0 + torch.arange(saved["state_dict"][key].numel(), dtype=torch.float32) * 1e-4  # not bf16 values
+    saved["state_dict"][key] = exact
+    torch.save(saved, src / "model.pt")
+    convert_funasr(src, tmp_path / "out", dtype="fp32")
+    llm = AutoModelForCausalLM.from_pretrained(str(tmp_path / "out" / "llm"))
+    assert torch.equal(llm.state_dict()["model.norm.weight"], exact)
