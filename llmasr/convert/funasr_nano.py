@@ -65,7 +65,7 @@ class ConvertError(RuntimeError):
     """The source directory cannot be converted as asked."""
 
 
-def read_nano_state(src: Path, config: dict) -> dict[str, torch.Tensor]:
+def read_nano_state(src: Path, config: dict, tied_head: bool = False) -> dict[str, torch.Tensor]:
     path = weights_file(src)
     if not path.is_file():
         raise ConfigError(f"{path}: missing; a Fun-ASR-Nano directory holds the whole model's weights there")
@@ -77,7 +77,7 @@ def read_nano_state(src: Path, config: dict) -> dict[str, torch.Tensor]:
             found = sorted({k.split(".", 1)[0] + "." for k in state})
             raise ConfigError(f"{path}: no tensors under {prefix!r}; top-level prefixes present: {found[:20]}")
     try:  # FunASR's own LoRA (llm_conf.use_lora): folded into the weights as FunASR's layers compute them
-        return fold_funasr_lora(state, config, path, src / "config.yaml")
+        return fold_funasr_lora(state, config, path, src / "config.yaml", tied_head=tied_head)
     except LoraError as err:
         raise ConvertError(str(err)) from None
 
@@ -276,7 +276,7 @@ def convert_funasr(src: str | Path, out: str | Path, *, dtype: str = "fp32", ove
                 )
         llm_config = read_llm_config(llm_src)
         tokenizer = read_llm_tokenizer(llm_src, llm_config)
-        state = read_nano_state(src, config)
+        state = read_nano_state(src, config, tied_head=bool(llm_config.get("tie_word_embeddings", False)))
         _check_dims(state, section, llm_config, src)
         check_speech_weights(
             state, section, weights_file(src), src / "config.yaml", int(llm_config.get("hidden_size", -1))

@@ -30,9 +30,12 @@ def _shown(keys: list[str]) -> str:
     return ", ".join(keys[:3]) + (", ..." if len(keys) > 3 else "")
 
 
-def fold_funasr_lora(state: dict[str, torch.Tensor], config: dict, ckpt: Path, cfg_path: Path) -> dict:
+def fold_funasr_lora(
+    state: dict[str, torch.Tensor], config: dict, ckpt: Path, cfg_path: Path, *, tied_head: bool = False
+) -> dict:
     """`state` with each FunASR LoRA layer of the LLM folded into its `weight` (lora_A / lora_B removed); `state`
-    itself when it holds none."""
+    itself when it holds none. `tied_head`: the LLM ties lm_head to its input embeddings, so a LoRA on lm_head (which
+    FunASR applies to the output alone) has no folded form and is refused."""
     lora = sorted(k for k in state if k.startswith("llm.") and k.endswith(LORA))
     foreign = sorted(k for k in state if k.startswith("llm.") and "lora_" in k and not k.endswith(LORA))
     if foreign:
@@ -54,6 +57,12 @@ def fold_funasr_lora(state: dict[str, torch.Tensor], config: dict, ckpt: Path, c
     alpha = number(lora_conf.get("lora_alpha", 32), f"{cfg_path}: llm_conf.lora_conf.lora_alpha", float)
     out = dict(state)
     layers = sorted({k[: -len(LORA[0])] for k in lora})
+    if tied_head and "llm.lm_head" in layers:
+        raise LoraError(
+            f"{ckpt}: llm.lm_head carries LoRA tensors, but the LLM ties lm_head to its input embeddings "
+            "(tie_word_embeddings): folded into the shared weight they would change the embeddings too, which "
+            "FunASR's LoRA layer leaves as they are"
+        )
     for layer in layers:
         a, b, w = (state.get(f"{layer}{part}") for part in (*LORA, ".weight"))
         if a is None or b is None or w is None:

@@ -16,7 +16,7 @@ from llmasr.testing.tiny_nano import LLM_DIR, write_nano_dir
 LAYERS = ("llm.model.layers.0.self_attn.q_proj", "llm.model.layers.1.mlp.down_proj")
 
 
-def with_lora(src: Path, *, use_lora=True, r=4, alpha=8, rank=4) -> dict:
+def with_lora(src: Path, *, use_lora=True, r=4, alpha=8, rank=4, layers=LAYERS) -> dict:
     """Give the LLM's LAYERS FunASR LoRA tensors of rank `rank` (config.yaml saying `r`, `alpha`); returns them."""
     config = yaml.safe_load((src / "config.yaml").read_text(encoding="utf-8"))
     config["llm_conf"].update(use_lora=use_lora, lora_conf={"r": r, "lora_alpha": alpha, "lora_dropout": 0.05})
@@ -24,7 +24,7 @@ def with_lora(src: Path, *, use_lora=True, r=4, alpha=8, rank=4) -> dict:
     saved = torch.load(src / "model.pt", weights_only=True)
     g = torch.Generator().manual_seed(1)
     added = {}
-    for layer in LAYERS:
+    for layer in layers:
         out_dim, in_dim = saved["state_dict"][f"{layer}.weight"].shape
         added[f"{layer}.lora_A"] = torch.randn(rank, in_dim, generator=g).to(torch.bfloat16)
         added[f"{layer}.lora_B"] = torch.randn(out_dim, rank, generator=g).to(torch.bfloat16)
@@ -72,6 +72,7 @@ def test_funasr_lora_is_folded_so_the_llm_computes_what_funasrs_lora_layers_comp
         ({"use_lora": False}, r"llm_conf.use_lora is False: FunASR builds the LLM without them"),
         ({"r": 8}, r"q_proj.lora_A is \[4, 64\] and .lora_B \[64, 4\], but .*config.yaml llm_conf.lora_conf.r is 8"),
         ({"alpha": "big"}, r"config.yaml: llm_conf.lora_conf.lora_alpha is 'big'; it must be a number"),
+        ({"layers": ["llm.lm_head"]}, r"llm.lm_head carries LoRA tensors, but the LLM ties lm_head to its input"),
     ],
 )
 def test_lora_funasr_would_not_run_as_stated_is_refused(tmp_path, kwargs, message):
