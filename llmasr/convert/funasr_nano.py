@@ -9,7 +9,8 @@ recipe fine-tunes from OUT's files. The steps:
   both numbers and both files, before anything is written.
 - model.pt ({"state_dict": ...}, bf16): `audio_encoder.*` -> the sensevoice encoder, `audio_adaptor.*` -> the
   transformer adaptor, `llm.*` -> the Qwen3 model built from the LLM directory's config.json (that directory holds
-  config and tokenizer only; tied embeddings may store no lm_head). FunASR's own LoRA tensors are refused.
+  config and tokenizer only; tied embeddings may store no lm_head). FunASR's own LoRA layers (llm_conf.use_lora)
+  are folded into the weights they adapt (llmasr.convert.nano_lora).
 - `ctc_decoder.*` + `ctc.ctc_lo.*`, Nano's CTC branch (a transformer stack at the encoder's width, then a linear
   layer over SenseVoice's tiktoken vocabulary) -> the CTC head (`model.ctc.decoder`, vocabulary
   `multilingual.tiktoken` found where FunASR finds it, copied into OUT), so `--timestamps` and the CTC output work
@@ -23,6 +24,7 @@ Everything is written under a hidden sibling of OUT and put in place at the end 
 
 from __future__ import annotations
 
+import functools
 import logging
 import shutil
 from pathlib import Path
@@ -38,6 +40,7 @@ from llmasr.convert.nano_config import (
     read_nano_config,
     stated_adaptor_dims,
 )
+from llmasr.convert.nano_lora import LoraError, fold_funasr_lora
 from llmasr.convert.nano_shapes import check_speech_weights, ctc_head_gaps, describe
 from llmasr.export.export import DTYPE_NAMES, write_model_dir
 from llmasr.export.exported import MODEL_FILE
@@ -62,7 +65,7 @@ class ConvertError(RuntimeError):
     """The source directory cannot be converted as asked."""
 
 
-def read_nano_state(src: Path) -> dict[str, torch.Tensor]:
+def read_nano_state(src: Path, config: dict, tied_head: bool = False) -> dict[str, torch.Tensor]:
     path = weights_file(src)
     if not path.is_file():
         raise ConfigError(f"{path}: missing; a Fun-ASR-Nano directory holds the whole model's weights there")
@@ -73,13 +76,10 @@ def read_nano_state(src: Path) -> dict[str, torch.Tensor]:
         if not select_prefix(state, prefix):
             found = sorted({k.split(".", 1)[0] + "." for k in state})
             raise ConfigError(f"{path}: no tensors under {prefix!r}; top-level prefixes present: {found[:20]}")
-    lora = [k for k in state if k.startswith("llm.") and "lora_" in k]
-    if lora:
-        raise ConvertError(
-            f"{path}: the LLM carries {len(lora)} LoRA tensor(s) of FunASR's own LoRA layers (e.g. {lora[0]}); "
-            "the converter takes plain Qwen3 weights. Fold them into the base weights (W + alpha/r * B @ A) first"
-        )
-    return state
+    try:  # FunASR's own LoRA (llm_conf.use_lora): folded into the weights as FunASR's layers compute them
+        return fold_funasr_lora(state, config, path, src / "config.yaml", tied_head=tied_head)
+    except LoraError as err:
+        raise ConvertError(str(err)) from None
 
 
 def read_llm_config(llm_src: Path) -> dict:
@@ -219,7 +219,7 @@ def write_llm(llm_state: dict, llm_src: Path, tokenizer, dest: Path) -> None:
     model = AutoModelForCausalLM.from_config(config)
     if (llm_src / "generation_config.json").is_file():  # from_config makes a default one: keep the LLM's own
         model.generation_config = GenerationConfig.from_pretrained(str(llm_src), local_files_only=True)
-    dtype = next(iter(llm_state.values())).dtype
+    dtype = functools.reduce(torch.promote_types, {v.dtype for v in llm_state.values()})  # staged without loss
     try:
         missing, unexpected = model.load_state_dict(llm_state, strict=False)
     except RuntimeError as err:  # shape mismatches: the config.json is not the one the weights were trained with
@@ -276,7 +276,7 @@ def convert_funasr(src: str | Path, out: str | Path, *, dtype: str = "fp32", ove
                 )
         llm_config = read_llm_config(llm_src)
         tokenizer = read_llm_tokenizer(llm_src, llm_config)
-        state = read_nano_state(src)
+        state = read_nano_state(src, config, tied_head=bool(llm_config.get("tie_word_embeddings", False)))
         _check_dims(state, section, llm_config, src)
         check_speech_weights(
             state, section, weights_file(src), src / "config.yaml", int(llm_config.get("hidden_size", -1))

@@ -90,6 +90,26 @@ def resolve(value: Any, config: dict, where: str, seen: tuple[str, ...] = ()) ->
     return _REF.sub(lambda m: str(_lookup(config, m.group(1), where, seen)), value)
 
 
+def number(value: Any, where: str, kind: type = int) -> Any:
+    """`value` as `kind` (int or float), or a ConfigError naming `where` (the file and key) and the value."""
+    try:
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+            raise ValueError
+        if kind is float:
+            return float(value)
+        if isinstance(value, float) and not value.is_integer():
+            raise ValueError
+        return int(value)
+    except ValueError:
+        what = "an integer" if kind is int else "a number"
+        raise ConfigError(f"{where} is {value!r}; it must be {what}") from None
+
+
+def stated(config: dict, key: str, path: Path, default: Any = None) -> Any:
+    """config.yaml's top-level `key` with its `${...}` references resolved (FunASR's OmegaConf resolves them too)."""
+    return resolve(config.get(key, default), config, f"{path}: {key}")
+
+
 def read_nano_config(src: Path) -> dict:
     """config.yaml of a Fun-ASR-Nano directory, checked to be one; references are resolved where used."""
     path = src / "config.yaml"
@@ -119,17 +139,24 @@ def _section(config: dict, key: str, path: Path) -> dict:
 
 
 def llm_dir(src: Path, config: dict) -> Path:
-    """The Qwen3 directory: configuration.json's file_path_metas.llm_conf.init_param_path (relative to SRC, as
-    FunASR's AutoModel maps it), else config.yaml's llm_conf.init_param_path."""
+    """The Qwen3 directory: configuration.json's file_path_metas.llm_conf.init_param_path (relative to SRC) where that
+    path exists, else config.yaml's llm_conf.init_param_path, as FunASR's AutoModel maps it (it skips a mapping whose
+    file is not there: a copied configuration.json may name a directory the copy lacks)."""
     mapped = ((file_path_metas(src) or {}).get("llm_conf") or {}).get("init_param_path")
-    stated = mapped if mapped is not None else _section(config, "llm_conf", src / "config.yaml").get("init_param_path")
-    where = "configuration.json file_path_metas.llm_conf" if mapped is not None else "config.yaml llm_conf"
-    if not stated:
-        raise ConfigError(f"{src}: {where}.init_param_path is not set; it names the LLM (Qwen3) directory")
-    path = Path(str(stated))
-    path = path if path.is_absolute() else src / path
+    own = _section(config, "llm_conf", src / "config.yaml").get("init_param_path")
+    named = [(s, w) for s, w in ((mapped, "configuration.json file_path_metas.llm_conf"), (own, "config.yaml llm_conf"))
+             if s]  # fmt: skip
+    if not named:
+        raise ConfigError(
+            f"{src}: config.yaml llm_conf.init_param_path is not set (nor configuration.json's); it names the LLM "
+            "(Qwen3) directory"
+        )
+    places = [(stated, where, Path(str(stated)) if Path(str(stated)).is_absolute() else src / str(stated))
+              for stated, where in named]  # fmt: skip
+    stated, where, path = next((p for p in places if p[2].exists()), places[-1])
     if not (path / "config.json").is_file():
-        raise ConfigError(f"{src}: {where}.init_param_path names {stated}, but {path / 'config.json'} does not exist")
+        tried = "; ".join(f"{w}.init_param_path names {s}" for s, w, _ in places)
+        raise ConfigError(f"{src}: {tried}, but {path / 'config.json'} does not exist")
     return path
 
 
@@ -142,12 +169,14 @@ def _encoder_section(config: dict, path: Path, frontend_dim: int) -> dict:
             + (f" from hub {conf['hub']!r}" if conf.get("hub") else "")
             + "; the converter builds Fun-ASR-Nano's SenseVoiceEncoderSmall from model.pt (audio_encoder.*) only"
         )
-    stated = config.get("input_size")
-    if stated is not None and int(stated) != frontend_dim:
+    size = stated(config, "input_size", path)
+    if size is not None and number(size, f"{path}: input_size") != frontend_dim:
         raise ConfigError(
-            f"{path}: input_size is {stated}, but frontend_conf gives n_mels * lfr_m = {frontend_dim} features"
+            f"{path}: input_size is {size}, but frontend_conf gives n_mels * lfr_m = {frontend_dim} features"
         )
     conf = {k: v for k, v in conf.items() if k not in (*_TRAINING_KEYS, *_NANO_ENCODER_KEYS)}
+    if "output_size" in conf:  # the encoder's width, which the adaptor and CTC head are checked against
+        conf["output_size"] = number(conf["output_size"], f"{path}: audio_encoder_conf.output_size")
     # `queries` is llmasr's own key (SenseVoiceSmall's query frames): FunASR's Nano runs the encoder without them
     known = (CONF_KEYS - {"queries"}) | {*_TRAINING_KEYS, *_NANO_ENCODER_KEYS}
     unknown = sorted(set(conf) - known)
@@ -162,7 +191,8 @@ def _encoder_section(config: dict, path: Path, frontend_dim: int) -> dict:
 def _dropout(conf: dict, section: str, path: Path) -> float:
     """The one dropout rate of llmasr's transformer blocks. FunASR's `Transformer` drops attention weights at
     attention_dropout_rate and the rest at dropout_rate (both 0.0 unless stated); llmasr uses one rate for both."""
-    rate, attention = float(conf.get("dropout_rate", 0.0)), float(conf.get("attention_dropout_rate", 0.0))
+    rate = number(conf.get("dropout_rate", 0.0), f"{path}: {section}.dropout_rate", float)
+    attention = number(conf.get("attention_dropout_rate", 0.0), f"{path}: {section}.attention_dropout_rate", float)
     if attention != rate:
         raise ConfigError(
             f"{path}: {section}.attention_dropout_rate is {attention:g} but {section}.dropout_rate is {rate:g}; "
@@ -185,12 +215,16 @@ def _adaptor_section(config: dict, path: Path) -> dict:
             f"{path}: audio_adaptor_conf has key(s) {unknown} that llmasr's transformer adaptor cannot express; "
             f"known: {sorted(_ADAPTOR_KEYS)}"
         )
+
+    def get(key: str, default: int) -> int:
+        return number(conf.get(key, default), f"{path}: audio_adaptor_conf.{key}")
+
     return {
         "type": "transformer",
-        "downsample": int(conf.get("downsample_rate", 2)),  # FunASR's defaults
-        "ffn_dim": int(conf.get("ffn_dim", 2048)),
-        "n_layer": int(conf.get("n_layer", 2)),
-        "n_head": int(conf.get("attention_heads", 8)),
+        "downsample": get("downsample_rate", 2),  # FunASR's defaults
+        "ffn_dim": get("ffn_dim", 2048),
+        "n_layer": get("n_layer", 2),
+        "n_head": get("attention_heads", 8),
         "dropout": _dropout(conf, "audio_adaptor_conf", path),
         "audio_token_cap": "funasr_nano" if conf.get("use_low_frame_rate", False) else "none",
     }
@@ -238,7 +272,11 @@ def ctc_section(config: dict, path: Path, encoder_dim: int) -> dict:
     unknown = sorted(set(conf) - _CTC_DECODER_KEYS)
     if unknown:
         raise ConfigError(f"{path}: ctc_decoder_conf has key(s) {unknown} that llmasr's CTC decoder cannot express")
-    k, width = int(conf.get("downsample_rate", 2)), int(conf.get("llm_dim", 4096))  # FunASR Transformer's defaults
+
+    def get(key: str, default: int) -> int:
+        return number(conf.get(key, default), f"{path}: ctc_decoder_conf.{key}")
+
+    k, width = get("downsample_rate", 2), get("llm_dim", 4096)  # FunASR Transformer's defaults
     if k != 1:
         raise ConfigError(
             f"{path}: ctc_decoder_conf.downsample_rate is {k}; the CTC head reads every encoder frame (1)"
@@ -246,20 +284,20 @@ def ctc_section(config: dict, path: Path, encoder_dim: int) -> dict:
     if width != encoder_dim:
         raise ConfigError(f"{path}: ctc_decoder_conf.llm_dim is {width} but the CTC layer (ctc.ctc_lo) takes the "
                           f"encoder's {encoder_dim}-dim frames")  # fmt: skip
-    vocab_size = int(config.get("ctc_vocab_size", 60515))  # FunASRNano's default
+    vocab_size = number(stated(config, "ctc_vocab_size", path, 60515), f"{path}: ctc_vocab_size")  # FunASRNano's
     blank = _section(config, "ctc_conf", path).get("blank_id")
-    if blank is not None and int(blank) != vocab_size - 1:
+    if blank is not None and number(blank, f"{path}: ctc_conf.blank_id") != vocab_size - 1:
         raise ConfigError(f"{path}: ctc_conf.blank_id is {blank}; llmasr's tiktoken CTC vocabulary has the blank last "
                           f"({vocab_size - 1} of ctc_vocab_size {vocab_size})")  # fmt: skip
-    weight = float(config.get("ctc_weight", 0.3))
+    weight = number(stated(config, "ctc_weight", path, 0.3), f"{path}: ctc_weight", float)
     return {
         "weight": weight if 0.0 < weight <= 1.0 else 0.3,  # the head exists only with a weight > 0
         "vocab_size": vocab_size,
-        "detach_encoder": bool(config.get("detach_ctc_decoder", True)),  # FunASRNano's default
+        "detach_encoder": bool(stated(config, "detach_ctc_decoder", path, True)),  # FunASRNano's default
         "decoder": {
-            "n_layer": int(conf.get("n_layer", 2)),  # FunASR Transformer adaptor's defaults
-            "ffn_dim": int(conf.get("ffn_dim", 2048)),
-            "n_head": int(conf.get("attention_heads", 8)),
+            "n_layer": get("n_layer", 2),  # FunASR Transformer adaptor's defaults
+            "ffn_dim": get("ffn_dim", 2048),
+            "n_head": get("attention_heads", 8),
             "dropout": _dropout(conf, "ctc_decoder_conf", path),
         },
     }
@@ -303,4 +341,8 @@ def nano_model_section(src: Path, config: dict) -> dict:
 def stated_adaptor_dims(config: dict, path: Path) -> dict[str, int]:
     """audio_adaptor_conf's encoder_dim / llm_dim where stated (FunASR overwrites them from the modules built)."""
     conf = _section(config, "audio_adaptor_conf", path)
-    return {k: int(conf[k]) for k in ("encoder_dim", "llm_dim") if conf.get(k) is not None}
+    return {
+        k: number(conf[k], f"{path}: audio_adaptor_conf.{k}")
+        for k in ("encoder_dim", "llm_dim")
+        if conf.get(k) is not None
+    }

@@ -23,6 +23,7 @@ import fcntl
 import os
 import shutil
 import signal
+import stat
 import threading
 from pathlib import Path
 
@@ -132,12 +133,27 @@ def discarded_on_error(*folders: Path):
         raise
 
 
+def readable_as_umask_says(tmp: Path) -> None:
+    """Give every file under `tmp` the mode a plain open() gives a new file there (0666 less the umask). safetensors
+    writes its files 0600 whatever the umask (a temporary file renamed into place), so a model folder meant for a
+    team or a container's other user was readable by its writer alone. The mode is read off a probe file: asking
+    the process for its umask means setting it, which other threads would see."""
+    probe = tmp / ".mode-probe"
+    probe.touch()
+    mode = stat.S_IMODE(probe.stat().st_mode)
+    probe.unlink()
+    for path in tmp.rglob("*"):
+        if path.is_file() and not path.is_symlink() and stat.S_IMODE(path.stat().st_mode) != mode:
+            path.chmod(mode)
+
+
 def publish(tmp: Path, out: Path, marker: str) -> None:
     """Put the finished folder `tmp` at `out` (see the module docstring). `marker`: the file whose presence says the
     folder is complete (its reader looks for it first): an existing OUT's goes first and the new one comes last, so
     an interrupted move never looks complete; what OUT held waits in a hidden folder until the new files are all in,
     and a move that fails puts it back. What OUT held is then deleted: the caller checks OUT with output_dir again
     first (files may have reached an empty OUT while the model was written)."""
+    readable_as_umask_says(tmp)
     where = Path(out).expanduser().resolve()
     if not where.exists():  # (output_dir refused a file there)
         tmp.rename(where)  # one rename: complete or not there

@@ -123,13 +123,20 @@ _SAFETENSORS_DTYPES = {
 
 
 def unwrap_state_dict(obj: dict, source: str = "checkpoint") -> dict[str, torch.Tensor]:
-    """FunASR model.pt files hold the state dict directly or under state_dict / model_state_dict / model."""
+    """FunASR model.pt files hold the state dict directly or under state_dict / model_state_dict / model, unwrapped in
+    that order as FunASR's load_pretrained_model does (a trainer's {"state_dict": {"model": ...}} too)."""
     for key in ("state_dict", "model_state_dict", "model"):
-        if isinstance(obj, dict) and key in obj and isinstance(obj[key], dict):
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]
-            break
-    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise CheckpointMismatchError(f"{source}: does not hold a state dict of tensors")
+    if not isinstance(obj, dict):
+        raise CheckpointMismatchError(f"{source}: holds a {type(obj).__name__}, not a state dict of tensors")
+    other = {k: type(v).__name__ for k, v in obj.items() if not isinstance(v, torch.Tensor)}
+    if other:
+        shown = ", ".join(f"{k!r} ({t})" for k, t in list(other.items())[:8])
+        raise CheckpointMismatchError(
+            f"{source}: does not hold a state dict of tensors: {len(other)} of its {len(obj)} entries are not "
+            f"tensors: {shown}; looked under state_dict, model_state_dict and model"
+        )
     return obj
 
 

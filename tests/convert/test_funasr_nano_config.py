@@ -4,6 +4,7 @@ with what and why, and OUT is checked against the source and written in place.""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -115,3 +116,60 @@ def test_audio_token_cap_refuses_ctc_compress():
 
     with pytest.raises(ConfigError, match="audio_token_cap: 'funasr_nano' counts the encoder's frames"):
         from_dict(AdaptorConfig, {"audio_token_cap": "funasr_nano", "ctc_compress": "avg"}, "model.adaptor")
+
+
+def test_top_level_references_resolve_as_funasr_resolves_them(tmp_path):
+    """`${...}` in config.yaml's top-level keys (OmegaConf resolves them for FunASR) are read as the values they
+    name: they had crashed with an internal ValueError, and `detach_ctc_decoder: ${...}` had read as true."""
+    src = write_nano_dir(tmp_path / "src")
+    refs = {"input_size": "feats", "ctc_vocab_size": "ctc", "detach_ctc_decoder": "detach", "ctc_weight": "weight"}
+    _edit_config(src, sizes={"feats": 560, "ctc": 300, "detach": False, "weight": 0.5},
+                 **{key: "${sizes." + name + "}" for key, name in refs.items()})  # fmt: skip
+    convert_funasr(src, tmp_path / "out")
+    desc = yaml.safe_load((tmp_path / "out" / "llmasr_model.yaml").read_text(encoding="utf-8"))
+    assert (desc["ctc"]["vocab_size"], desc["ctc"]["detach_encoder"], desc["ctc"]["weight"]) == (300, False, 0.5)
+
+
+@pytest.mark.parametrize(
+    "change, key",
+    [
+        ({"ctc_vocab_size": "abc"}, "ctc_vocab_size is 'abc'"),
+        ({"input_size": "${ctc_conf}"}, "input_size is {"),
+        ({"audio_encoder_conf__output_size": "wide"}, "audio_encoder_conf.output_size is 'wide'"),
+        ({"audio_adaptor_conf__ffn_dim": 2.5}, "audio_adaptor_conf.ffn_dim is 2.5"),
+        ({"ctc_decoder_conf__n_layer": None}, "ctc_decoder_conf.n_layer is None"),
+        ({"ctc_conf__blank_id": "last"}, "ctc_conf.blank_id is 'last'"),
+        (
+            {"audio_adaptor_conf__dropout_rate": "high"},
+            "audio_adaptor_conf.dropout_rate is 'high'; it must be a number",
+        ),
+    ],
+)
+def test_a_size_that_is_not_a_number_is_named_by_file_and_key(tmp_path, change, key):
+    src = write_nano_dir(tmp_path / "src")
+    _edit_config(src, **change)
+    with pytest.raises(ConfigError, match=re.escape(f"{src / 'config.yaml'}: {key}")):
+        convert_funasr(src, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_configuration_json_naming_an_llm_directory_the_copy_lacks_falls_back_to_config_yaml(tmp_path):
+    """A fine-tuned copy (config.yaml, configuration.json, model.pt) whose config.yaml names the release's Qwen3
+    directory: FunASR's AutoModel skips configuration.json's mapping to a directory that is not there, and so does
+    the converter (it had refused the copy)."""
+    import shutil
+
+    from llmasr.testing.tiny_nano import LLM_DIR
+
+    src = write_nano_dir(tmp_path / "src")
+    copy = tmp_path / "finetuned"
+    copy.mkdir()
+    for name in ("config.yaml", "configuration.json", "model.pt"):
+        shutil.copy(src / name, copy / name)
+    _edit_config(copy, llm_conf__init_param_path=str(src / LLM_DIR))
+    convert_funasr(copy, tmp_path / "out")
+    assert load_exported(tmp_path / "out").prompt.tokenizer is not None
+    _edit_config(copy, llm_conf__init_param_path=str(tmp_path / "nowhere"))
+    both = f"file_path_metas.llm_conf.init_param_path names {LLM_DIR}; config.yaml llm_conf.init_param_path names"
+    with pytest.raises(ConfigError, match=f"{both} {tmp_path / 'nowhere'}, but"):
+        convert_funasr(copy, tmp_path / "out2")

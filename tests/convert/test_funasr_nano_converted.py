@@ -178,3 +178,32 @@ def test_audio_longer_than_nanos_segments_decodes_in_windows(converted, tmp_path
     assert rc == 0
     row = json.loads((tmp_path / "hyp" / "results.jsonl").read_text())
     assert row["duration"] == pytest.approx(83.0) and row["windows"] >= 3
+
+
+def test_every_converted_file_is_readable_as_the_umask_says(converted, tmp_path):
+    """safetensors writes 0600 whatever the umask: the converted weights had been readable by their writer alone
+    (a colleague's fine-tune or a container's other user could not read them), while the YAML beside them was not."""
+    import stat
+
+    _, out = converted
+    (tmp_path / "plain").write_text("x")  # the mode a new file gets here
+    expected = stat.S_IMODE((tmp_path / "plain").stat().st_mode)
+    modes = {str(p.relative_to(out)): oct(stat.S_IMODE(p.stat().st_mode)) for p in out.rglob("*") if p.is_file()}
+    assert "encoder.safetensors" in modes and "llm/model.safetensors" in modes
+    assert modes == dict.fromkeys(modes, oct(expected))
+
+
+def test_llm_tensors_of_mixed_dtypes_keep_their_precision_at_fp32(tmp_path):
+    """A model.pt whose LLM holds float32 tensors beside bf16 ones: the LLM had been staged in the dtype of its first
+    tensor (bf16), so --dtype fp32 got the float32 ones rounded to bf16."""
+    from transformers import AutoModelForCausalLM
+
+    src = write_nano_dir(tmp_path / "src")
+    saved = torch.load(src / "model.pt", weights_only=True)
+    key = "llm.model.norm.weight"
+    exact = 1.0 + torch.arange(saved["state_dict"][key].numel(), dtype=torch.float32) * 1e-4  # not bf16 values
+    saved["state_dict"][key] = exact
+    torch.save(saved, src / "model.pt")
+    convert_funasr(src, tmp_path / "out", dtype="fp32")
+    llm = AutoModelForCausalLM.from_pretrained(str(tmp_path / "out" / "llm"))
+    assert torch.equal(llm.state_dict()["model.norm.weight"], exact)

@@ -269,3 +269,15 @@ def test_files_that_reach_an_empty_output_during_the_export_are_kept(runs, tmp_p
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]  # no staging folder left
     assert main(["--checkpoint", str(runs[0]), "--output", str(out), "--overwrite"]) == 0
     assert not (out / "notes.txt").exists()
+
+
+def test_exported_files_are_readable_as_the_umask_says(runs, tmp_path):
+    """safetensors writes 0600 whatever the umask; an export is meant for others (a team, a serving user) too."""
+    import stat
+
+    assert main(["--checkpoint", str(runs[0]), "--output", str(tmp_path / "out")]) == 0
+    (tmp_path / "plain").write_text("x")
+    expected = oct(stat.S_IMODE((tmp_path / "plain").stat().st_mode))
+    modes = {str(p.relative_to(tmp_path / "out")): oct(stat.S_IMODE(p.stat().st_mode))
+             for p in (tmp_path / "out").rglob("*") if p.is_file()}  # fmt: skip
+    assert "encoder.safetensors" in modes and modes == dict.fromkeys(modes, expected)

@@ -3,10 +3,11 @@ only their shapes."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 from safetensors.torch import save_file
 
-from llmasr.models.state_dict import read_safetensors, torch_load
+from llmasr.models.state_dict import CheckpointMismatchError, read_safetensors, torch_load
 
 
 def test_shapes_only_reads_meta_tensors_from_either_format(tmp_path):
@@ -36,3 +37,16 @@ def test_a_file_read_for_its_tensors_can_be_rewritten_while_they_live(tmp_path):
     torch.save(state, path)
     again = torch_load(path)
     assert torch.equal(again["w"], state["w"]) and torch.equal(again["x"], state["x"]) and "extra" in again
+
+
+def test_unwrap_follows_funasrs_wrappers_in_its_order_and_names_what_is_not_a_tensor():
+    from llmasr.models.state_dict import unwrap_state_dict
+
+    weights = {"a.weight": torch.zeros(2)}
+    # a trainer's checkpoint: FunASR's load_pretrained_model takes state_dict, then model (it had been refused)
+    assert unwrap_state_dict({"state_dict": {"model": weights}, "epoch": 3}) is weights
+    assert unwrap_state_dict({"model_state_dict": weights, "optimizer": {}}) is weights
+    with pytest.raises(CheckpointMismatchError, match=r"f.pt: .* 1 of its 2 entries are not tensors: 'step' \(int\)"):
+        unwrap_state_dict({"state_dict": {**weights, "step": 3}}, source="f.pt")
+    with pytest.raises(CheckpointMismatchError, match="f.pt: holds a list, not a state dict"):
+        unwrap_state_dict([weights], source="f.pt")
