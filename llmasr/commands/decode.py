@@ -28,8 +28,8 @@ from llmasr.export.decode_results import clear_earlier_folders, clear_outputs, w
 from llmasr.export.decode_world import DecodeWorld
 from llmasr.export.exported import ExportedModelError
 from llmasr.models.decoding import AUTO_CTC_WEIGHT, AUTO_HOTWORD_BOOST, DecodeConfig, decode_config
+from llmasr.rank_verdict import failure_message
 from llmasr.run_dir import CheckpointError
-from llmasr.train.rank_verdict import failure_message
 
 # DecodeConfig field -> the argparse dest of the flag that sets it (unset flags keep the model's saved value)
 DECODE_FLAGS = {

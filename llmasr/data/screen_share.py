@@ -11,34 +11,20 @@ of its own before the screen's.
 
 Every rank of a multi-rank run takes part in every exchange, a rank alone on its node too (nodes may run different
 numbers of ranks): one that skipped it would meet its peers' gather with its next collective. The exchange is one
-all_gather; a rank that failed before it (or in it) sends why instead of its share, and every
-rank stops: the others with PeerFailure, that rank with its own error, both marked `ranks_told` so that no rank
-waits in a later gather for one that has left.
+all_gather of llmasr.rank_verdict's verdicts; a rank that failed before it (or in it) sends why instead of its
+share, and every rank stops: the others with RankFailure, that rank with its own error, both marked `ranks_told` so
+that no rank waits in a later gather for one that has left.
 """
 
 from __future__ import annotations
 
 import os
-import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
-from llmasr.config_io import ConfigError
-
-
-def node_name(environ=os.environ) -> str:
-    """This node: its host name, and the launcher's number for it where it gives one (deepspeed's CROSS_RANK,
-    torchrun's GROUP_RANK), which tells apart nodes whose hosts share a name."""
-    number = environ.get("CROSS_RANK") or environ.get("GROUP_RANK") or ""
-    return f"{socket.gethostname()}#{number}" if number else socket.gethostname()
-
-
-class PeerFailure(ConfigError):
-    """Another rank could not build its data; every rank heard it in the same gather."""
-
-    ranks_told = True
+from llmasr.rank_verdict import RankFailure, failure_message, node_name, verdict
 
 
 @dataclass(frozen=True)
@@ -77,30 +63,35 @@ class ScreenShare:
         None when the ranks that say they share this node are not exactly one of each part (two hosts of one name,
         a launcher that numbers otherwise): the caller then screens everything itself. A share of one part keeps
         its result and sends none (no rank needs it). Raises as the module says."""
-        failure = None
         try:
-            found = work()
-            mine = {"screen": found if self.parts > 1 else None, "node": self.node, "part": self.part,
-                    "parts": self.parts}  # fmt: skip
+            found, failure = work(), None
+            mine = verdict(None, screen=found if self.parts > 1 else None, node=self.node, part=self.part,
+                           parts=self.parts)  # fmt: skip
         except Exception as err:
-            failure, mine = err, {"failed": str(err), "node": node_name()}  # decoding's share names no node
+            found, failure = None, err
+            mine = verdict(err)  # named by this node (decoding's share names none)
         everyone = self.gather(mine)
         if failure is not None:
             failure.ranks_told = True
             raise failure
-        for rank, other in enumerate(everyone):
-            if not isinstance(other, dict) or "screen" not in other:
-                why = other.get("failed", other) if isinstance(other, dict) else other
-                host = f" (node {other['node']})" if isinstance(other, dict) and other.get("node") else ""
-                raise PeerFailure(
-                    f"rank {rank}{host} could not build its {self.data} (the others stop with it):\n{why}"
-                )
+        # a peer that met this gather from another (a failure before it, in the data's check) sent no share either
+        failed = [(rank, _failed(other)) for rank, other in enumerate(everyone)
+                  if not isinstance(other, dict) or "screen" not in other]  # fmt: skip
+        if failed:
+            raise RankFailure(failure_message(f"build its {self.data}", failed))
         if self.parts == 1:
             return [found]
         node = [o for o in everyone if (o["node"], o["parts"]) == (self.node, self.parts)]
         if sorted(o["part"] for o in node) != list(range(self.parts)):
             return None
         return [o["screen"] for o in sorted(node, key=lambda o: o["part"])]
+
+
+def _failed(other) -> dict:
+    """A peer's gathered object that holds no share, as a failed verdict."""
+    if isinstance(other, dict) and "failed" in other:
+        return other
+    return {"node": other.get("node") if isinstance(other, dict) else None, "failed": other}
 
 
 def shared_fill(manifest, share: ScreenShare) -> list:

@@ -21,7 +21,7 @@ import torch
 
 from llmasr.data.bad_data import BadDataTracker
 from llmasr.errors import exit_status
-from llmasr.train.rank_verdict import failed_ranks, verdict
+from llmasr.rank_verdict import failed_ranks, verdict
 
 GATHER_TIMEOUT = timedelta(hours=2)
 
@@ -96,7 +96,7 @@ class DecodeWorld:
 
     def failures(self, failure: BaseException | None) -> list[tuple[int, dict]]:
         """Every rank's start-up verdict gathered (one collective: every rank calls it, failed or not;
-        llmasr.train.rank_verdict's shape, with the failure's exit status): (rank, verdict) of the other ranks that
+        llmasr.rank_verdict's shape, with the failure's exit status): (rank, verdict) of the other ranks that
         failed, so that every rank stops with them (rank_verdict.failure_message says it)."""
         if self.size == 1:
             return []

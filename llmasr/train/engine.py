@@ -155,7 +155,7 @@ def build_model_for_training(model_cfg, ds_config: dict, *, all_gather=None):
     all_gather_object, more than one rank), every rank first reads the names and shapes in every weight file the
     build reads (build_model's "shapes", as `llmasr check` does), and a failure on any rank stops them all."""
     from llmasr.models import builder
-    from llmasr.train.rank_verdict import run_together
+    from llmasr.rank_verdict import run_together
 
     if zero_stage(ds_config) == 3 and all_gather is not None:  # before HfDeepSpeedConfig: its meta build stays whole
         run_together("read the model's weight files", lambda: builder.build_model(model_cfg, weights="shapes"),

@@ -16,8 +16,8 @@ import math
 from dataclasses import dataclass, field
 
 from llmasr.data.screen_share import ScreenShare
+from llmasr.rank_verdict import verdict
 from llmasr.train.rank_agreement import check_ranks_agree, data_digest
-from llmasr.train.rank_verdict import verdict
 from llmasr.train.resolve import TextSide, batches_per_epoch, build_loaders, text_side
 
 log = logging.getLogger("llmasr.train")

@@ -13,7 +13,7 @@ import numpy as np
 
 from llmasr.config_io import ConfigError
 from llmasr.data.screen import where
-from llmasr.train.rank_verdict import stop_together, who
+from llmasr.rank_verdict import stop_together, who
 
 SHOWN = 5
 

@@ -20,7 +20,7 @@ import uuid
 from pathlib import Path
 
 from llmasr.config_io import ConfigError
-from llmasr.data.screen_share import node_name
+from llmasr.rank_verdict import node_name
 
 TOKEN_PREFIX = ".shared-by-rank0-"
 WAIT_S = 10.0  # how long a rank looks for the token: a network filesystem may show a new file a little late

@@ -23,6 +23,7 @@ import torch
 from llmasr import errors
 from llmasr import run_dir as ck
 from llmasr.models.fused_kernels import apply_fused_kernels, check_fused_kernels
+from llmasr.rank_verdict import flat, run_together
 from llmasr.run_dir.files import verify_ranks
 from llmasr.train import ds_config, resolve, universal
 from llmasr.train import engine as eng
@@ -37,7 +38,6 @@ from llmasr.train.param_groups import build_param_groups, describe_param_groups,
 from llmasr.train.plan import plan_run
 from llmasr.train.preemption import Preemption, signal_name
 from llmasr.train.progress import Progress, StartupLog, setup_logging
-from llmasr.train.rank_verdict import flat, run_together
 from llmasr.train.resume import check_checkpoint, continue_schedules, resuming
 from llmasr.train.run_checkpoints import RunCheckpoints
 from llmasr.train.run_dir import LrCourse, claim_run_dir, write_run_files

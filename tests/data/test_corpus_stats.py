@@ -17,7 +17,8 @@ from llmasr.data.corpus_stats import CorpusStats, occurrence_keys
 from llmasr.data.hotword_units import join_units, ngrams, units
 from llmasr.data.hotwords import HotwordsConfig
 from llmasr.data.manifest import Manifest
-from llmasr.data.screen_share import PeerFailure, ScreenShare, node_name
+from llmasr.data.screen_share import ScreenShare
+from llmasr.rank_verdict import RankFailure, node_name
 from llmasr.testing.thread_ranks import run_ranks
 
 WORDS = ["the", "cat", "Sat", "on", "a", "mat", "zanzibar", "dog", "and", "The", "通义", "千问", "很好"]
@@ -131,8 +132,8 @@ def test_a_rank_failing_in_its_count_stops_every_rank_in_the_same_gather(tmp_pat
 
     monkeypatch.setattr(cs, "units", failing_units)
     zero, one = run_ranks(2, lambda r, gather: CorpusStats.from_manifest(m, cfg, 5, ScreenShare(r, 2, gather, "n")))
-    assert isinstance(zero, PeerFailure) and zero.ranks_told
-    why = "could not build its training data (the others stop with it):\nits copy of the texts is gone"
+    assert isinstance(zero, RankFailure) and zero.ranks_told
+    why = "could not build its training data; every rank stops with it:\n  OSError: its copy of the texts is gone"
     assert f"rank 1 (node {node_name()}) {why}" in str(zero)
     assert isinstance(one, OSError) and one.ranks_told
 

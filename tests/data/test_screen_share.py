@@ -19,7 +19,8 @@ from llmasr.data.config import DataConfig
 from llmasr.data.manifest import Manifest
 from llmasr.data.mixed_manifest import MixedManifest
 from llmasr.data.screen import screen
-from llmasr.data.screen_share import PeerFailure, ScreenShare, node_name
+from llmasr.data.screen_share import ScreenShare
+from llmasr.rank_verdict import RankFailure, node_name
 from llmasr.testing.thread_ranks import run_ranks as ranks
 
 
@@ -118,9 +119,9 @@ def test_a_rank_failing_in_its_part_stops_every_rank_in_the_same_gather(tmp_path
         return ScreenShare(r, 2, gather, "node").exchange(work)
 
     zero, one = ranks(2, rank)
-    assert isinstance(zero, PeerFailure) and zero.ranks_told
-    want = f"rank 1 (node {node_name()}) could not build its training data (the others stop with it):\nits disk is gone"
-    assert want in str(zero)
+    assert isinstance(zero, RankFailure) and zero.ranks_told
+    want = f"rank 1 (node {node_name()}) could not build its training data; every rank stops with it:\n  OSError: its"
+    assert want in str(zero) and "its disk is gone" in str(zero)
     assert isinstance(one, OSError) and one.ranks_told
 
 
@@ -150,9 +151,9 @@ def test_a_rank_that_failed_before_the_screen_stops_the_others_in_it(tiny_llm_di
         return plan_mod.plan_run(bad if r else good, {}, rank=r, world_size=2, all_gather=gather)
 
     zero, one = ranks(2, rank)
-    assert isinstance(zero, PeerFailure), zero
+    assert isinstance(zero, RankFailure), zero
     assert f"rank 1 (node {node_name()}) could not build its training data" in str(zero) and "noise.jsonl" in str(zero)
-    assert isinstance(one, ConfigError) and not isinstance(one, PeerFailure)
+    assert isinstance(one, ConfigError) and not isinstance(one, RankFailure)
     assert str(one).startswith("data.augment.noise.manifest: ") and "noise.jsonl" in str(one)
 
 
@@ -264,10 +265,11 @@ def test_a_decoding_rank_that_fails_its_probes_stops_the_others_naming_decoding(
         )  # fmt: skip
 
     zero, one = ranks(2, rank)
-    assert isinstance(zero, PeerFailure), zero
+    assert isinstance(zero, RankFailure), zero
     assert (
-        f"rank 1 (node {node_name()}) could not build its data to decode (the others stop with it):\nits disk is gone"
+        f"rank 1 (node {node_name()}) could not build its data to decode; every rank stops with it:\n  OSError: its"
         in str(zero)
+        and "its disk is gone" in str(zero)
     )
     assert isinstance(one, OSError) and one.ranks_told
 

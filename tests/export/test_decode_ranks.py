@@ -13,11 +13,11 @@ import pytest
 import torch
 
 from llmasr.commands.decode import main
-from llmasr.data.screen_share import node_name
 from llmasr.export.decode import DecodeOptions, decode_loader
 from llmasr.export.decode_world import DecodeWorld
 from llmasr.models.decoding import DecodeConfig
 from llmasr.models.speech_llm import SpeechLLM
+from llmasr.rank_verdict import node_name
 from llmasr.testing.launcher import assert_no_shm_left, launcher_env
 from llmasr.testing.run_dirs import write_corpus, write_wav
 from llmasr.testing.thread_ranks import run_ranks
@@ -171,7 +171,7 @@ def test_a_rank_whose_node_lacks_a_file_stops_every_rank_before_decoding(exporte
 
 def test_several_ranks_that_cannot_start_stop_every_rank_with_the_worst_exit_status(exported_dir, tmp_path,
                                                                                     monkeypatch, capsys):  # fmt: skip
-    """The start-up verdicts are llmasr.train.rank_verdict's: rank 0 names the first rank that failed and counts the
+    """The start-up verdicts are llmasr.rank_verdict's: rank 0 names the first rank that failed and counts the
     rest; a refused rank says its own refusal; a rank that failed otherwise raises its error; every rank that did not
     fail returns the worst exit status of the failed ones (1 for an error that is not a refusal)."""
     import threading

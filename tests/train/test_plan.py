@@ -4,7 +4,7 @@ their gather a barrier)."""
 import shutil
 
 from llmasr.config_io import ConfigError
-from llmasr.data.screen_share import PeerFailure, node_name
+from llmasr.rank_verdict import RankFailure, node_name
 from llmasr.recipe import load_recipe
 from llmasr.testing.thread_ranks import run_ranks
 from llmasr.testing.tiny_corpus import tiny_recipe_dict, write_tiny_corpus
@@ -23,6 +23,6 @@ def test_a_rank_whose_node_lacks_the_llm_directory_stops_every_rank(tiny_llm_dir
 
     zero, one = run_ranks(2, lambda r, gather: plan_run(recipes[r], {}, rank=r, world_size=2, all_gather=gather),
                           timeout=20)  # fmt: skip
-    assert isinstance(zero, PeerFailure), zero
+    assert isinstance(zero, RankFailure), zero
     assert f"rank 1 (node {node_name()}) could not build its training data" in str(zero) and str(llm) in str(zero)
-    assert isinstance(one, ConfigError) and not isinstance(one, PeerFailure) and str(llm) in str(one)
+    assert isinstance(one, ConfigError) and not isinstance(one, RankFailure) and str(llm) in str(one)

@@ -8,11 +8,11 @@ import shutil
 import pytest
 
 from llmasr.config_io import ConfigError
+from llmasr.rank_verdict import RankFailure
 from llmasr.recipe import load_recipe
 from llmasr.testing.tiny_corpus import tiny_recipe_dict, write_tiny_corpus
 from llmasr.train.plan import plan_run
 from llmasr.train.rank_agreement import check_ranks_agree, data_digest
-from llmasr.train.rank_verdict import RankFailure
 
 
 def recipe_for(tiny_llm_dir, manifest, run):

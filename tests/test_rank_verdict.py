@@ -8,9 +8,9 @@ import pytest
 
 from llmasr.config_io import ConfigError
 from llmasr.models.state_dict import CheckpointMismatchError
+from llmasr.rank_verdict import RankFailure, flat, run_together
 from llmasr.testing.thread_ranks import run_ranks
 from llmasr.train import engine
-from llmasr.train.rank_verdict import RankFailure, flat, run_together
 
 
 def counted(gather, calls):

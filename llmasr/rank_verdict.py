@@ -13,21 +13,30 @@ it before any of them goes on to a collective.
 This module owns that exchange wherever a start-up step is gathered: the verdict each rank sends (`verdict`), who
 failed (`failed_ranks`) and the one message saying it (`failure_message`, "rank R (node N) could not WHAT; every
 rank stops with it: ..."). The data's check (llmasr.train.rank_agreement) and decoding's start
-(llmasr.export.decode_world) send the same verdicts in their own single gather, and add what is theirs: the data's
-comparison and its messages, decoding's exit status.
+(llmasr.export.decode_world) and the ranks' shares of the start-up screen (llmasr.data.screen_share) send the same
+verdicts in their own single gather, and add what is theirs: the data's comparison and its messages, decoding's exit
+status, the screen's shares.
 """
 
 from __future__ import annotations
 
+import os
+import socket
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 from llmasr.config_io import ConfigError
-from llmasr.data.screen_share import node_name
 from llmasr.errors import describe
 
 T = TypeVar("T")
 SHOWN = 5  # differing keys listed; the rest are counted
+
+
+def node_name(environ=os.environ) -> str:
+    """This node: its host name, and the launcher's number for it where it gives one (deepspeed's CROSS_RANK,
+    torchrun's GROUP_RANK), which tells apart nodes whose hosts share a name."""
+    number = environ.get("CROSS_RANK") or environ.get("GROUP_RANK") or ""
+    return f"{socket.gethostname()}#{number}" if number else socket.gethostname()
 
 
 class RankFailure(ConfigError):
@@ -42,9 +51,9 @@ def who(rank: int, verdict: dict) -> str:
 
 
 def verdict(failure: BaseException | None, **found) -> dict:
-    """This rank's verdict for the gather: its node, and the failure's message ("failed") or what it `found`. Every
-    exchange of start-up verdicts (this module's, the data's check in llmasr.train.rank_agreement, decoding's in
-    llmasr.export.decode_world) sends this shape, so that a failure met at any of them reads alike."""
+    """This rank's verdict for the gather: its node, and the failure's message ("failed") or what it `found` (a
+    `node` among them names the node otherwise). Every exchange of start-up verdicts (see the module's docstring)
+    sends this shape, so that a failure met at any of them reads alike."""
     mine: dict = {"node": node_name()}
     if failure is not None:
         mine["failed"] = describe(failure)
