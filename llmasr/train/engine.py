@@ -213,7 +213,9 @@ def make_optimizer(groups: list[dict], ds_config: dict):
 class TrainEngine:
     """A DeepSpeed engine around a SpeechLLM, with our optimizer and BranchLRScheduler."""
 
-    def __init__(self, model, groups: list[dict], schedules, ds_config: dict, device: torch.device):
+    def __init__(self, model, groups: list[dict], schedules, ds_config: dict, device: torch.device, optimizer=None):
+        """`optimizer`: make_optimizer(groups, ds_config), where the caller built it already (a run builds it in
+        the start-up step whose failure every rank hears, llmasr.rank_verdict: DeepSpeedCPUAdam compiles its op)."""
         import deepspeed
 
         from llmasr.train.schedulers import BranchLRScheduler
@@ -221,7 +223,7 @@ class TrainEngine:
         self.ds_config = ds_config
         self.stage = zero_stage(ds_config)
         self.device = device
-        optimizer = make_optimizer(groups, ds_config)
+        optimizer = make_optimizer(groups, ds_config) if optimizer is None else optimizer
         self.scheduler = BranchLRScheduler(optimizer, schedules)
         self.engine, self.optimizer, _, sched = deepspeed.initialize(
             model=model, optimizer=optimizer, lr_scheduler=self.scheduler, config=ds_config

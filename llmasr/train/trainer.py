@@ -32,7 +32,7 @@ from llmasr.train.context_fit import check_context_fit
 from llmasr.train.ds_files import CLIENT_KEY
 from llmasr.train.early_stop import EarlyStop
 from llmasr.train.efficiency import WaitClock, run_peaks
-from llmasr.train.engine import TrainEngine, all_gather_object, build_model_for_training
+from llmasr.train.engine import TrainEngine, all_gather_object, build_model_for_training, make_optimizer
 from llmasr.train.flops import FlopCounter
 from llmasr.train.param_groups import build_param_groups, describe_param_groups, numel, optim_warnings
 from llmasr.train.plan import plan_run
@@ -125,17 +125,18 @@ class Run:
 
     def _build_engine(self) -> None:
         tc = self.recipe.train
-        # a weight file one node lacks or holds cut short fails that node's ranks only: all of them stop together
-        # before deepspeed.initialize's first collective (ZeRO-3's partitioned load checks the files before its own)
-        model, groups = run_together("build the model", self._build_model, self.gather)
-        self.engine = TrainEngine(model, groups, self.schedules, self.ds, self.dist.device)
+        # a weight file one node lacks or holds cut short, or a CPU Adam op its node cannot build, fails that node's
+        # ranks only: all of them stop together before deepspeed.initialize's first collective (ZeRO-3's partitioned
+        # load checks the files before its own)
+        model, groups, optimizer = run_together("build the model and its optimizer", self._build_model, self.gather)
+        self.engine = TrainEngine(model, groups, self.schedules, self.ds, self.dist.device, optimizer)
         self.checkpoints = RunCheckpoints(self.engine, self.recipe, self.ckpt_dir, trainable=self.trainable,
                                           per_epoch=self.per_epoch, rank=self.rank, world=self.world,
                                           manifest=self.train_loader.dataset.manifest)  # fmt: skip
         resolve.seed_everything(tc.seed + self.rank)  # dropout differs per rank
 
     def _build_model(self) -> tuple:
-        """(model, param groups), the schedules sized, with every check made before the engine's."""
+        """(model, param groups, optimizer), the schedules sized, with every check made before the engine's."""
         tc, optim = self.recipe.train, self.recipe.optim
         resolve.seed_everything(tc.seed)  # identical initial weights on every rank
         model, self._hf_ds = build_model_for_training(self.recipe.model, self.ds, all_gather=self.gather)
@@ -149,7 +150,7 @@ class Run:
         self.schedules = build_group_schedules(groups, optim, self.total)
         for line in optim_warnings(model, optim, groups, self.total) if self.rank == 0 else ():
             log.warning(line)
-        return model, groups
+        return model, groups, make_optimizer(groups, self.ds)  # DeepSpeedCPUAdam: its op may not build on a node
 
     # -- checkpoints ------------------------------------------------------------------------------------------------
     def save(self, epoch: int, loader_state: dict | None, metrics: dict | None, *, validation_owed=False) -> None:

@@ -123,6 +123,9 @@ import os
 if os.environ.get("RANK") == "1":  # the second rank runs on "another node": its own home and working folder
     os.environ["HOME"] = {home!r}
     os.chdir({home!r})
+    if os.environ.get("NODE1_NO_COMPILER"):  # nor a C++ compiler: DeepSpeed's CPU Adam op cannot build there
+        os.environ["TORCH_EXTENSIONS_DIR"] = os.path.join({home!r}, "torch_extensions")
+        os.environ["CXX"] = "/nonexistent/c++"
 """
 
 
@@ -169,3 +172,12 @@ def test_a_file_one_node_lacks_or_holds_otherwise_stops_every_rank_with_one_mess
         out = one_error(proc)
         assert f"llmasr train: error: rank 1 {node}" in out and "every rank stops with it" in out, out[-3000:]
         assert f"{weights}: cannot be read as a weights-only torch checkpoint" in out, out[-3000:]
+
+    # the offloaded optimizer's CPU Adam op, which DeepSpeed compiles on each node, fails on rank 1's node alone
+    shutil.copy(tiny_encoder_dir / "model.pt", weights)
+    monkeypatch.setenv("NODE1_NO_COMPILER", "1")
+    proc = launch_train(tiny_recipe_file, "zero2_offload", tmp_path / "run", "model.encoder.path=~/enc", "--overwrite",
+                        expect_rc=1, timeout=180)  # fmt: skip
+    out = one_error(proc)
+    assert f"llmasr train: error: rank 1 {node}" in out and "could not build the model and its optimizer" in out
+    assert "cpu_adam" in out, out[-3000:]
