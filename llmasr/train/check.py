@@ -323,7 +323,14 @@ def _decode_lines(recipe, model, valid_loader) -> list[str]:
 
 
 def check(
-    recipe, ds_path, *, world_size: int, out: Path | None = None, resume: str | None = None, overwrite: bool = False
+    recipe,
+    ds_path,
+    *,
+    world_size: int,
+    out: Path | None = None,
+    resume: str | None = None,
+    overwrite: bool = False,
+    notes: list[str] | tuple = (),
 ) -> str:
     """The report text; writes lr_schedule.csv/png into `out` (default: `plot_dir` of the recipe's output_dir).
     `resume`, `overwrite`: as `llmasr train` is given them (the run directory section)."""
@@ -368,6 +375,7 @@ def check(
         lines.append(f"  update {u + 1} ({label}):")  # numbered from 1, as train.log does
         lines += [f"    {n:<{width}}  {curves[n][u]:.4e}" for n in names]
     lines += [f"  warning: {w}" for w in optim_warnings(model, recipe.optim, groups, total)]
+    lines += [f"  warning: {w}" for w in notes]  # the command's findings on the recipe (llmasr.export.start_from)
     lines += _early_stop_lines(tc, plan, stop)
     if stop < total:
         lines.append(

@@ -51,12 +51,14 @@ log = logging.getLogger("llmasr.train")
 class Run:
     """The state of one training run (built by `train`)."""
 
-    def __init__(self, recipe, ds_config_path, *, resume=None, overwrite=False):
+    def __init__(self, recipe, ds_config_path, *, resume=None, overwrite=False, notes=()):
         self.recipe = recipe
         tc = recipe.train
         self.dist = eng.init_distributed()
         self.rank, self.world = self.dist.rank, self.dist.world_size
         self.startup_log = StartupLog.attach(self.rank)  # train.log starts with what is logged before it exists
+        for note in notes:  # the command's findings on the recipe (llmasr.export.start_from)
+            log.warning(note)
         self.gather = all_gather_object if self.world > 1 else None  # start-up steps a rank may fail alone
         self.run_dir = Path(tc.output_dir)
         self.ckpt_dir = ck.checkpoints_dir(self.run_dir)
@@ -404,7 +406,13 @@ class Run:
 
 
 def train(
-    recipe, ds_config_path, *, resume: str | None = None, overwrite: bool = False, stop_after_updates: int | None = None
+    recipe,
+    ds_config_path,
+    *,
+    resume: str | None = None,
+    overwrite: bool = False,
+    stop_after_updates: int | None = None,
+    notes: list[str] | tuple = (),
 ) -> dict:
     """Train `recipe` with the DeepSpeed JSON `ds_config_path` (a path or preset name). `resume`: "latest", a tag
     or a checkpoint path. `overwrite`: a fresh run may replace an earlier run's checkpoints in train.output_dir.
@@ -414,7 +422,7 @@ def train(
     SIGTERM/SIGINT/SIGUSR1 during training stop every rank after the same update with a checkpoint ("interrupted": True,
     "signal": its number); during start-up they raise preemption.Interrupted (llmasr.train.preemption)."""
     with Preemption(int(os.environ.get("RANK", "0"))) as preemption:
-        run = Run(recipe, ds_config_path, resume=resume, overwrite=overwrite)
+        run = Run(recipe, ds_config_path, resume=resume, overwrite=overwrite, notes=notes)
         try:
             return run.fit(stop_after_updates, preemption)
         finally:

@@ -1,0 +1,113 @@
+"""A recipe that starts from a converted or exported folder is refused when what it shows the model (features, CMVN,
+prompt, adaptor frame cap) differs from the folder's llmasr_model.yaml, unless model.differs_from_start allows it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from llmasr.config_io import ConfigError
+from llmasr.data.frontend import write_kaldi_cmvn
+from llmasr.export.start_from import check_start_folder
+from llmasr.recipe import load_recipe
+from tests.recipes.test_real_recipes import nano_overrides
+
+RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "fun-asr-nano_lora_zero2.yaml"
+SHIFT, SCALE = np.full(56, -3.0, np.float32), np.full(56, 0.5, np.float32)  # 8 mels x lfr_m 7 (tiny Nano)
+
+
+@pytest.fixture(scope="module")
+def nano(tmp_path_factory):
+    """A tiny Fun-ASR-Nano whose configuration.json names an am.mvn, converted (its CMVN in llmasr_model.yaml)."""
+    from llmasr.convert.funasr_nano import convert_funasr
+    from llmasr.testing.tiny_corpus import write_tiny_corpus
+    from llmasr.testing.tiny_nano import write_nano_dir
+
+    root = tmp_path_factory.mktemp("start_from")
+    src = write_nano_dir(
+        root / "src",
+        frontend_conf={
+            "fs": 16000,
+            "window": "hamming",
+            "n_mels": 8,
+            "frame_length": 25,
+            "frame_shift": 10,
+            "lfr_m": 7,
+            "lfr_n": 6,
+        },
+    )
+    write_kaldi_cmvn(src / "am.mvn", SHIFT, SCALE)
+    conf = json.loads((src / "configuration.json").read_text(encoding="utf-8"))
+    conf["file_path_metas"]["frontend_conf"] = {"cmvn_file": "am.mvn"}
+    (src / "configuration.json").write_text(json.dumps(conf), encoding="utf-8")
+    out = convert_funasr(src, root / "nano")
+    corpus = write_tiny_corpus(root / "corpus", n=2)
+    return out, [*nano_overrides(out), "model.encoder.frontend.n_mels=8", f"data.train=[{corpus}]",
+                 f"data.valid=[{corpus}]"]  # fmt: skip
+
+
+def test_recipe_without_the_converted_cmvn_is_refused(nano):
+    out, overrides = nano
+    with pytest.raises(ConfigError) as err:
+        check_start_folder(load_recipe(RECIPE, overrides).model)  # the recipe as shipped: cmvn_file null
+    msg = str(err.value)
+    assert msg.startswith("model.encoder.frontend.cmvn_file: ")
+    assert f"model.encoder.frontend.cmvn_file: the recipe has None, {out / 'llmasr_model.yaml'} has " in msg
+    assert repr(str(out / "am.mvn")) in msg and "model.differs_from_start" in msg
+
+
+def test_same_cmvn_numbers_elsewhere_and_the_folder_prompt_agree(nano, tmp_path):
+    out, overrides = nano
+    write_kaldi_cmvn(tmp_path / "copy.mvn", SHIFT, SCALE)
+    for cmvn in (out / "am.mvn", tmp_path / "copy.mvn"):
+        assert (
+            check_start_folder(load_recipe(RECIPE, [*overrides, f"model.encoder.frontend.cmvn_file={cmvn}"]).model)
+            == []
+        )
+
+
+def test_other_cmvn_numbers_are_refused(nano, tmp_path):
+    out, overrides = nano
+    write_kaldi_cmvn(tmp_path / "other.mvn", SHIFT, SCALE * 2)
+    with pytest.raises(ConfigError, match=r"model.encoder.frontend.cmvn_file: the recipe has '.*other.mvn'"):
+        check_start_folder(
+            load_recipe(RECIPE, [*overrides, f"model.encoder.frontend.cmvn_file={tmp_path / 'other.mvn'}"]).model
+        )
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "theirs"),
+    [
+        ("model.prompt.system", "You are a pirate.", "'You are a helpful assistant.'"),
+        ("model.prompt.audio_separator", "'\\n'", "''"),
+        ("model.adaptor.audio_token_cap", "none", "'funasr_nano'"),
+        ("model.encoder.frontend.lfr_n", "7", "6"),
+    ],
+)
+def test_a_change_of_what_the_model_sees_is_refused_unless_allowed(nano, key, value, theirs):
+    out, overrides = nano
+    overrides = [*overrides, f"model.encoder.frontend.cmvn_file={out / 'am.mvn'}", f"{key}={value}"]
+    with pytest.raises(ConfigError) as err:
+        check_start_folder(load_recipe(RECIPE, overrides).model)
+    assert f"\n  {key}: the recipe has " in str(err.value) and f"{out / 'llmasr_model.yaml'} has {theirs}" in str(
+        err.value
+    )
+    notes = check_start_folder(load_recipe(RECIPE, [*overrides, f"model.differs_from_start=[{key}]"]).model)
+    assert len(notes) == 1 and notes[0].startswith(f"{key}: ") and theirs in notes[0]
+    assert "allowed by model.differs_from_start" in notes[0]
+
+
+def test_dither_is_the_recipe_choice(nano):
+    out, overrides = nano
+    recipe = load_recipe(RECIPE, [*overrides, f"model.encoder.frontend.cmvn_file={out / 'am.mvn'}",
+                                  "model.encoder.frontend.dither=0.0"])  # fmt: skip
+    assert check_start_folder(recipe.model) == []
+
+
+def test_unknown_allowed_key_is_refused(nano):
+    out, overrides = nano
+    with pytest.raises(ConfigError, match=r"model.differs_from_start: \['model.prompt.tsak'\]"):
+        check_start_folder(load_recipe(RECIPE, [*overrides, "model.differs_from_start=[model.prompt.tsak]"]).model)
