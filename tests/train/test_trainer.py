@@ -160,6 +160,15 @@ def test_max_updates_stops_and_keeps_the_loader_position(tiny_llm_dir, corpus, t
     assert meta.epoch == 0  # stopped inside epoch 0: resuming with a larger max_updates carries on there
 
 
+def test_a_difference_from_the_start_folder_the_recipe_allows_is_a_warning_in_train_log(tiny_llm_dir, corpus, tmp_path):
+    """`llmasr train` hands the allowed differences from the folder the recipe starts from (llmasr.export.start_from)
+    to the run, which logs them before train.log exists: they must be in it."""
+    run = tmp_path / "run"
+    note = "model.prompt.system: 'a pirate' here, 'an assistant' in OUT/llmasr_model.yaml (allowed by model.differs_…)"
+    train(recipe(tiny_llm_dir, corpus, run, valid=False, max_updates=1), "zero0", notes=[note])
+    assert f"WARNING llmasr.train: {note}" in (run / "train.log").read_text(encoding="utf-8")
+
+
 def test_loss_falls(tiny_llm_dir, corpus, tmp_path):
     r = recipe(tiny_llm_dir, corpus, tmp_path / "run", valid=False, epochs=4, grad_accum=1)
     r.optim.scheduler.type = "constant"
