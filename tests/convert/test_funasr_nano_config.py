@@ -62,12 +62,22 @@ def test_llm_hidden_size_that_disagrees_with_the_adaptor_is_named(tmp_path):
         convert_funasr(src, tmp_path / "out")
 
 
-def test_funasr_lora_tensors_are_refused(tmp_path):
+@pytest.mark.parametrize(
+    "key, message",
+    [  # FunASR's names where llm_conf.use_lora is off (FunASR never reads them then); peft's names, never FunASR's
+        (
+            "llm.model.layers.0.self_attn.q_proj.lora_A",
+            "llm_conf.use_lora is False: FunASR builds the LLM without them",
+        ),
+        ("llm.model.layers.0.self_attn.q_proj.lora_A.default.weight", "not named as FunASR's LoRA layers name them"),
+    ],
+)
+def test_lora_tensors_funasr_would_not_read_are_refused(tmp_path, key, message):
     src = write_nano_dir(tmp_path / "src")
     state = torch.load(src / "model.pt", weights_only=True)
-    state["state_dict"]["llm.model.layers.0.self_attn.q_proj.lora_A"] = torch.zeros(4, 64)
+    state["state_dict"][key] = torch.zeros(4, 64)
     torch.save(state, src / "model.pt")
-    with pytest.raises(ConvertError, match="LoRA tensor"):
+    with pytest.raises(ConvertError, match=message):
         convert_funasr(src, tmp_path / "out")
 
 
