@@ -129,6 +129,11 @@ def describe(err: BaseException) -> str:
 
 
 def exit_status(err: BaseException) -> int:
+    """2 for bad input, 1 otherwise; an error that carries its own `exit_code` (llmasr.rank_verdict.RankFailure: the
+    status of the rank that failed, so that every rank of a launch exits alike) exits with it."""
+    own = getattr(err, "exit_code", None)
+    if isinstance(own, int) and not isinstance(own, bool) and own in (1, 2):
+        return own
     names = {c.__name__ for c in type(err).__mro__}
     return 2 if names & INPUT_ERRORS or isinstance(err, FileNotFoundError) else 1
 

@@ -26,7 +26,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from llmasr.config_io import ConfigError
-from llmasr.errors import describe
+from llmasr.errors import describe, exit_status
 
 T = TypeVar("T")
 SHOWN = 5  # differing keys listed; the rest are counted
@@ -40,9 +40,14 @@ def node_name(environ=os.environ) -> str:
 
 
 class RankFailure(ConfigError):
-    """Another rank failed a start-up step; every rank heard it in the same gather."""
+    """Another rank failed a start-up step; every rank heard it in the same gather. `exit_code`: the failed ranks'
+    worst exit status, which every rank exits with (a launcher reports whichever rank's status it meets first)."""
 
     ranks_told = True
+
+    def __init__(self, message: str, exit_code: int = 2):
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 def who(rank: int, verdict: dict) -> str:
@@ -56,7 +61,7 @@ def verdict(failure: BaseException | None, **found) -> dict:
     sends this shape, so that a failure met at any of them reads alike."""
     mine: dict = {"node": node_name()}
     if failure is not None:
-        mine["failed"] = describe(failure)
+        mine["failed"], mine["status"] = describe(failure), exit_status(failure)
     else:
         mine.update(found)
     return mine
@@ -75,6 +80,12 @@ def failure_message(what: str, failed: list[tuple[int, dict]]) -> str:
     return f"{who(rank, other)}{also} could not {what}; every rank stops with it:\n  {other['failed']}"
 
 
+def rank_failure(what: str, failed: list[tuple[int, dict]]) -> RankFailure:
+    """The RankFailure a rank that did not fail raises: failure_message's, with the worst status of the failed."""
+    status = max(v["status"] if v.get("status") in (1, 2) else 2 for _, v in failed)
+    return RankFailure(failure_message(what, failed), status)
+
+
 def stop_together(everyone: list, failure: BaseException | None, what: str) -> None:
     """After the gather of verdicts (`everyone`): this rank's own `failure` raised, else RankFailure when another
     rank failed, else nothing. Every rank raises or none does."""
@@ -82,7 +93,7 @@ def stop_together(everyone: list, failure: BaseException | None, what: str) -> N
         raise failure
     failed = failed_ranks(everyone)
     if failed:
-        raise RankFailure(failure_message(what, failed))
+        raise rank_failure(what, failed)
 
 
 def flat(tree: Any, prefix: str = "") -> dict:

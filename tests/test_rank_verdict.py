@@ -38,6 +38,22 @@ def test_one_ranks_failure_stops_every_rank_naming_its_rank_node_and_cause(monke
                                f"with it:\n  {cause}")  # fmt: skip
 
 
+@pytest.mark.parametrize("cause, status", [(RuntimeError("cpu_adam failed to build"), 1), (ConfigError("bad key"), 2)])
+def test_every_rank_exits_with_the_failed_ranks_status(cause, status):
+    """A launcher reports the status of whichever rank it meets first: the ranks that did not fail exit with the
+    failed rank's status (1 for an internal error, 2 for bad input), not always 2."""
+    from llmasr.errors import exit_status
+
+    def step(rank):
+        if rank == 1:
+            raise cause
+        return "model"
+
+    out = run_ranks(2, lambda r, gather: run_together("build", lambda: step(r), gather))
+    assert isinstance(out[0], RankFailure) and out[1] is cause
+    assert exit_status(out[0]) == exit_status(out[1]) == status
+
+
 def test_ranks_that_all_succeed_go_on_after_one_gather_and_one_rank_does_not_gather():
     calls = []
     out = run_ranks(2, lambda r, gather: run_together("build", lambda: r * 10, counted(gather, calls)))

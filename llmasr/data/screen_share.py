@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from llmasr.rank_verdict import RankFailure, failure_message, node_name, verdict
+from llmasr.rank_verdict import node_name, rank_failure, verdict
 
 
 @dataclass(frozen=True)
@@ -78,7 +78,7 @@ class ScreenShare:
         failed = [(rank, _failed(other)) for rank, other in enumerate(everyone)
                   if not isinstance(other, dict) or "screen" not in other]  # fmt: skip
         if failed:
-            raise RankFailure(failure_message(f"build its {self.data}", failed))
+            raise rank_failure(f"build its {self.data}", failed)
         if self.parts == 1:
             return [found]
         node = [o for o in everyone if (o["node"], o["parts"]) == (self.node, self.parts)]

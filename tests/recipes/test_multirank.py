@@ -166,12 +166,13 @@ def test_a_file_one_node_lacks_or_holds_otherwise_stops_every_rank_with_one_mess
     (homes[1] / "ds.json").write_text((homes[0] / "ds.json").read_text())
     weights = homes[1] / "enc" / "model.pt"
     weights.write_bytes(weights.read_bytes()[:1000])
-    for preset in ("zero2", "zero3"):  # ZeRO-3: before its partitioned load, whose collectives rank 1 would miss
-        proc = launch_train(tiny_recipe_file, preset, tmp_path / "run", "model.encoder.path=~/enc", "--overwrite",
-                            expect_rc=2, timeout=180)  # fmt: skip
-        out = one_error(proc)
-        assert f"llmasr train: error: rank 1 {node}" in out and "every rank stops with it" in out, out[-3000:]
-        assert f"{weights}: cannot be read as a weights-only torch checkpoint" in out, out[-3000:]
+    # ZeRO-3: before its partitioned load, whose collectives rank 1 would miss (at ZeRO-0-2 the failure is met in
+    # the model's build, gathered after it as the optimizer's below is)
+    proc = launch_train(tiny_recipe_file, "zero3", tmp_path / "run", "model.encoder.path=~/enc", "--overwrite",
+                        expect_rc=2, timeout=180)  # fmt: skip
+    out = one_error(proc)
+    assert f"llmasr train: error: rank 1 {node}" in out and "every rank stops with it" in out, out[-3000:]
+    assert f"{weights}: cannot be read as a weights-only torch checkpoint" in out, out[-3000:]
 
     # the offloaded optimizer's CPU Adam op, which DeepSpeed compiles on each node, fails on rank 1's node alone
     shutil.copy(tiny_encoder_dir / "model.pt", weights)
