@@ -28,7 +28,7 @@ from llmasr.export.decode_results import clear_earlier_folders, clear_outputs, w
 from llmasr.export.decode_world import DecodeWorld
 from llmasr.export.exported import ExportedModelError
 from llmasr.models.decoding import AUTO_CTC_WEIGHT, AUTO_HOTWORD_BOOST, DecodeConfig, decode_config
-from llmasr.rank_verdict import failure_message
+from llmasr.rank_verdict import rank_failure
 from llmasr.run_dir import CheckpointError
 
 # DecodeConfig field -> the argparse dest of the flag that sets it (unset flags keep the model's saved value)
@@ -200,11 +200,12 @@ def _search_args(p: argparse.ArgumentParser) -> None:
 
 
 class Refused(Exception):
-    """A refusal of `llmasr decode` before decoding: its message and exit status."""
+    """A refusal of `llmasr decode` before decoding: its message and exit status (`exit_code`, which
+    errors.exit_status and so the ranks' verdicts honour)."""
 
-    def __init__(self, message: str, status: int = 2):
+    def __init__(self, message: str, exit_code: int = 2):
         super().__init__(message)
-        self.status = status
+        self.exit_code = exit_code
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -235,12 +236,13 @@ def main(argv: list[str] | None = None) -> int:
     peers = world.failures(failure)
     if failure is not None:
         if isinstance(failure, Refused):
-            return failure.status
+            return failure.exit_code
         raise failure
     if peers:
+        stop = rank_failure("start", peers)  # the worst exit status of the failed ranks
         if world.leader:
-            print(f"llmasr decode: error: {failure_message('start', peers)}", file=sys.stderr)
-        return max(other["status"] for _, other in peers)
+            print(f"llmasr decode: error: {stop}", file=sys.stderr)
+        return stop.exit_code
     model, cfg, opts = ready
     model.to(device)
     return _decode_all(model, args.data, Path(args.output), cfg, opts, device, world)

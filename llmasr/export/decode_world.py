@@ -20,7 +20,6 @@ from datetime import timedelta
 import torch
 
 from llmasr.data.bad_data import BadDataTracker
-from llmasr.errors import exit_status
 from llmasr.rank_verdict import failed_ranks, verdict
 
 GATHER_TIMEOUT = timedelta(hours=2)
@@ -96,14 +95,11 @@ class DecodeWorld:
 
     def failures(self, failure: BaseException | None) -> list[tuple[int, dict]]:
         """Every rank's start-up verdict gathered (one collective: every rank calls it, failed or not;
-        llmasr.rank_verdict's shape, with the failure's exit status): (rank, verdict) of the other ranks that
-        failed, so that every rank stops with them (rank_verdict.failure_message says it)."""
+        llmasr.rank_verdict's, with the failure's exit status): (rank, verdict) of the other ranks that failed, so
+        that every rank stops with them (rank_verdict.rank_failure says it)."""
         if self.size == 1:
             return []
-        mine = verdict(failure)
-        if failure is not None:  # the exit status every rank returns (the worst of the failed ranks')
-            mine["status"] = int(getattr(failure, "status", None) or exit_status(failure))
-        everyone = self.gather(mine)
+        everyone = self.gather(verdict(failure))  # with its exit status: every rank returns the worst one
         return [(rank, other) for rank, other in failed_ranks(everyone) if rank != self.rank]
 
     def merge(self, items: dict[int, dict], tracker: BadDataTracker) -> tuple[dict[int, dict], BadDataTracker, list]:
