@@ -121,7 +121,7 @@ def main() -> int:
 
     from llmasr.train.config import TrainConfig
     from llmasr.train.ds_config import resolve_ds_config, zero_stage
-    from llmasr.train.engine import init_distributed
+    from llmasr.train.process_group import init_distributed
 
     init_distributed()  # as `llmasr train` does: no shared-memory all-reduce buffers left in /dev/shm
 
@@ -186,6 +186,6 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    from llmasr.train.engine import exit_rank
+    from llmasr.train.process_group import exit_rank
 
     exit_rank(main())  # no gloo worker thread may abort the rank at exit

@@ -244,6 +244,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    from llmasr.train.engine import exit_rank
+    from llmasr.train.process_group import exit_rank
 
     exit_rank(main())  # no gloo worker thread may abort the process at exit

@@ -86,11 +86,12 @@ def main(argv: list[str] | None = None) -> int:
 
 def entry() -> int:
     """The process's entry point (`llmasr`, `python -m llmasr`, a launcher's rank). A process that joined a
-    process group ends through llmasr.train.engine.exit_rank, which keeps a gloo worker thread from aborting it."""
+    process group ends through llmasr.train.process_group.exit_rank, which keeps a gloo worker thread from aborting
+    it."""
     status = main()
     torch_distributed = sys.modules.get("torch.distributed")  # only a verb that used torch can hold a group
     if torch_distributed is not None and torch_distributed.is_available() and torch_distributed.is_initialized():
-        from llmasr.train.engine import exit_rank
+        from llmasr.train.process_group import exit_rank
 
         exit_rank(status)
     return status

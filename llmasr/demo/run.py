@@ -281,7 +281,7 @@ def stage_train(args, workdir: Path, state: State, corpus: dict, llm_dir: Path) 
     where = f"{ranks} GPU rank(s)" if gpus else f"{ranks} CPU rank(s) (gloo)"
     say(f"3/5 train: DeepSpeed ZeRO-2 on {where}{', resuming from the latest checkpoint' if resume else ''}")
     say("  $ " + shlex.join(cmd))
-    env = dict(os.environ)  # CPU ranks split the cores between them (llmasr.train.engine.share_cpu_cores)
+    env = dict(os.environ)  # CPU ranks split the cores between them (llmasr.train.process_group.share_cpu_cores)
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
     start = time.time()
     done = subprocess.run(cmd, env=env, cwd=str(REPO))

@@ -11,7 +11,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from llmasr.train.engine import _free_port
+from llmasr.train.process_group import free_port
 from llmasr.train.shm import run_buffers
 
 
@@ -33,7 +33,7 @@ def assert_no_shm_left(port: int) -> None:
 
 def launch_train(recipe_file, preset: str, run_dir, *overrides: str, resume=False, expect_rc: int = 0, timeout=400):
     """Run to the end; the launcher's exit status must be `expect_rc`. Returns the CompletedProcess."""
-    port = _free_port()
+    port = free_port()
     cmd = train_command(recipe_file, preset, run_dir, *overrides, port=port, resume=resume)
     proc = subprocess.run(cmd, env=launcher_env(), capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == expect_rc, proc.stdout[-4000:] + proc.stderr[-4000:]
@@ -45,7 +45,7 @@ class Started:
     """A launch in its own session (process group), its output in a file: for signals sent mid-run."""
 
     def __init__(self, recipe_file, preset: str, run_dir, *overrides: str, output: Path):
-        self.port = _free_port()
+        self.port = free_port()
         self.run_dir = Path(run_dir)
         self.output = Path(output)
         cmd = train_command(recipe_file, preset, run_dir, *overrides, port=self.port)

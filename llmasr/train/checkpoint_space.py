@@ -92,7 +92,7 @@ def check_run_space(train_cfg, rank: int, **estimate) -> None:
     """Every rank of a starting run, with CheckpointSpace.estimate's arguments: rank 0 decides whether the run folder
     holds a checkpoint, for every rank (RunDirError; rank 0 reports it), and warns where rotation's worth does not
     fit."""
-    from llmasr.train.engine import broadcast_object
+    from llmasr.train.process_group import broadcast_object
     from llmasr.train.run_dir import RunDirError
 
     space = CheckpointSpace.estimate(train_cfg, **estimate)

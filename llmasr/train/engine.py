@@ -1,7 +1,9 @@
-"""The DeepSpeed side of training: process group, ZeRO-3 model construction, the engine and its checkpoints.
+"""The DeepSpeed side of training: ZeRO-3 model construction, the optimizer, the engine and its checkpoints (the
+process group: process_group.py).
 
-In the training package, only this module, shm.py (process-group start-up) and ds_keys.py (DeepSpeed's own config
-reader) import deepspeed. The training loop (trainer.py) talks to a `TrainEngine`, which owns the accumulation
+In the training package, only this module, process_group.py and shm.py (process-group start-up), ds_keys.py and
+ds_files.py (DeepSpeed's own config reader and checkpoint files) and universal.py (its universal checkpoints)
+import deepspeed. The training loop (trainer.py) talks to a `TrainEngine`, which owns the accumulation
 boundary explicitly:
 
     engine.micro_step(batch, token_normalizer=..., utt_normalizer=..., boundary=last_of_window, zero_loss=empty)
@@ -13,16 +15,10 @@ DeepSpeed still averages gradients over the data-parallel ranks; the trainer mul
 
 from __future__ import annotations
 
-import atexit
 import logging
 import math
-import os
-import socket
-import sys
 from contextlib import nullcontext
-from dataclasses import dataclass
 from pathlib import Path
-from typing import NoReturn
 
 import torch
 
@@ -33,94 +29,6 @@ from llmasr.train.ds_config import zero_stage
 from llmasr.train.zero_memory import optimizer_state_bytes
 
 log = logging.getLogger("llmasr.train")
-
-
-@dataclass
-class DistInfo:
-    rank: int
-    world_size: int
-    local_rank: int
-    device: torch.device
-    backend: str
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def cpu_threads_per_rank(environ=os.environ, cpu_count: int | None = None) -> int | None:
-    """Intra-op threads for a CPU rank: the cores split between the ranks of this node, or None to leave torch's
-    default (OMP_NUM_THREADS set by the user, or one rank). Ranks that each take every core oversubscribe them;
-    measured on 2 cores with 2 ranks: 5.7x slower per step than one thread each."""
-    if environ.get("OMP_NUM_THREADS"):
-        return None
-    # deepspeed's launcher sets LOCAL_SIZE, torchrun LOCAL_WORLD_SIZE
-    local = int(environ.get("LOCAL_WORLD_SIZE") or environ.get("LOCAL_SIZE") or 1)
-    if local <= 1:
-        return None
-    return max(1, (cpu_count or os.cpu_count() or 1) // local)
-
-
-def share_cpu_cores() -> None:
-    threads = cpu_threads_per_rank()
-    if threads is not None:
-        torch.set_num_threads(threads)
-
-
-def init_distributed() -> DistInfo:
-    """Join (or, without a launcher, create) the process group: gloo on CPU, nccl on CUDA (DeepSpeed's accelerator
-    decides). Under `deepspeed` or `torchrun` the launcher's RANK/WORLD_SIZE/MASTER_* are used; a plain `llmasr
-    train` becomes a 1-rank group on a free local port."""
-    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
-        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK=os.environ.get("LOCAL_RANK", "0"))
-        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-        os.environ.setdefault("MASTER_PORT", str(_free_port()))
-    import deepspeed
-    from deepspeed.accelerator import get_accelerator
-    from deepspeed.utils import logger as ds_logger
-
-    ds_logger.setLevel(logging.WARNING)  # its per-step INFO lines drown the progress report
-    from llmasr.train import shm
-
-    acc = get_accelerator()
-    backend = acc.communication_backend_name()
-    with shm.without_shm_allreduce():  # training reduces through torch.distributed; see llmasr.train.shm
-        deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False)
-    shm.unlink_own_buffer(torch.distributed.get_rank(), barrier)
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if acc.device_name() == "cpu":
-        device = torch.device("cpu")
-        share_cpu_cores()
-    else:
-        acc.set_device(local_rank)
-        device = torch.device(acc.device_name(local_rank))
-    return DistInfo(
-        rank=torch.distributed.get_rank(),
-        world_size=torch.distributed.get_world_size(),
-        local_rank=local_rank,
-        device=device,
-        backend=backend,
-    )
-
-
-def exit_rank(status: int) -> NoReturn:
-    """End a rank's process without the interpreter's finalization, as multiprocessing ends its children: release
-    the process group (after a success only: a failed rank's peers may never join a shutdown), run the atexit
-    functions, flush, `os._exit`. A gloo worker thread that drops the last reference to a finished collective just
-    after the main thread has returned from waiting for it needs the GIL to free the collective's tensors; during
-    finalization it cannot take it and the rank aborts ("terminate called without an active exception", exit -6),
-    and `destroy_process_group` does not join those threads (the C++ side still holds the groups)."""
-    if status == 0 and torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.destroy_process_group()
-    atexit._run_exitfuncs()
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except (OSError, ValueError):  # closed or gone: nothing left to lose
-            pass
-    os._exit(status)
 
 
 def check_precision(precision: str) -> None:
@@ -380,32 +288,3 @@ class TrainEngine:
             for key, value in inner.defaults.items():
                 group.setdefault(key, value)
         return client_state or {}
-
-
-# -- collectives --------------------------------------------------------------------------------------------------
-def all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
-    t = torch.tensor(values, dtype=torch.float64, device=device)
-    if torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
-        torch.distributed.all_reduce(t)
-    return t.tolist()
-
-
-def barrier() -> None:
-    if torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
-        torch.distributed.barrier()
-
-
-def all_gather_object(obj) -> list:
-    if not torch.distributed.is_initialized() or torch.distributed.get_world_size() == 1:
-        return [obj]
-    out = [None] * torch.distributed.get_world_size()
-    torch.distributed.all_gather_object(out, obj)
-    return out
-
-
-def broadcast_object(obj, src: int = 0):
-    if not torch.distributed.is_initialized() or torch.distributed.get_world_size() == 1:
-        return obj
-    box = [obj]
-    torch.distributed.broadcast_object_list(box, src=src)
-    return box[0]

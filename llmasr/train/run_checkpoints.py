@@ -12,7 +12,7 @@ from llmasr.data.screen import longest_trained
 from llmasr.models.fingerprint import base_fingerprint
 from llmasr.run_dir.files import hash_share, merge_shares
 from llmasr.train.ds_files import CLIENT_KEY
-from llmasr.train.engine import all_gather_object, barrier
+from llmasr.train.process_group import all_gather_object, barrier
 from llmasr.train.resolve import rng_state
 from llmasr.train.resume import manifest_contents
 

@@ -32,11 +32,12 @@ from llmasr.train.context_fit import check_context_fit
 from llmasr.train.ds_files import CLIENT_KEY
 from llmasr.train.early_stop import EarlyStop
 from llmasr.train.efficiency import WaitClock, run_peaks
-from llmasr.train.engine import TrainEngine, all_gather_object, build_model_for_training, make_optimizer
+from llmasr.train.engine import TrainEngine, build_model_for_training, make_optimizer
 from llmasr.train.flops import FlopCounter
 from llmasr.train.param_groups import build_param_groups, describe_param_groups, numel, optim_warnings
 from llmasr.train.plan import plan_run
 from llmasr.train.preemption import Preemption, signal_name
+from llmasr.train.process_group import all_gather_object, init_distributed
 from llmasr.train.progress import Progress, StartupLog, setup_logging
 from llmasr.train.resume import check_checkpoint, continue_schedules, resuming
 from llmasr.train.run_checkpoints import RunCheckpoints
@@ -54,7 +55,7 @@ class Run:
     def __init__(self, recipe, ds_config_path, *, resume=None, overwrite=False, notes=()):
         self.recipe = recipe
         tc = recipe.train
-        self.dist = eng.init_distributed()
+        self.dist = init_distributed()
         self.rank, self.world = self.dist.rank, self.dist.world_size
         self.startup_log = StartupLog.attach(self.rank)  # train.log starts with what is logged before it exists
         for note in notes:  # the command's findings on the recipe (llmasr.export.start_from)

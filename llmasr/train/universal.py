@@ -154,7 +154,7 @@ def prepare(load_dir: Path, tag: str, fallback_dir: Path, rank: int, meta=None, 
     """Rank 0 converts load_dir/tag (its CheckpointMeta `meta`) unless a complete copy exists; every rank returns
     (load_dir, tag) of the copy, or raises rank 0's error. For a ZeRO-0 TrainEngine `engine` that is the ZeRO-0
     checkpoint written inside the copy for its optimizer."""
-    from llmasr.train.engine import broadcast_object
+    from llmasr.train.process_group import broadcast_object
 
     dst = error = None
     if rank == 0:  # rank 0 decides where: other ranks may see other permissions

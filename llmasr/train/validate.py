@@ -23,7 +23,7 @@ from collections.abc import Callable
 import torch
 
 from llmasr.scoring import score_corpus
-from llmasr.train.engine import all_reduce_sum
+from llmasr.train.process_group import all_reduce_sum
 
 # The sums each rank accumulates over its batches, all-reduced before the metrics are taken from them.
 SUMS = ("llm_loss", "ctc_loss", "tokens", "correct", "utts", "errors", "ref_len", "ctc_errors")

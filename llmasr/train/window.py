@@ -14,8 +14,8 @@ from itertools import islice
 import torch
 
 from llmasr.data.batch import Batch
-from llmasr.train.engine import all_gather_object, all_reduce_sum
 from llmasr.train.flops import FlopCounter, StepCount, host_values
+from llmasr.train.process_group import all_gather_object, all_reduce_sum
 
 
 def run_window(engine, window: list[Batch], world_size: int, counter: FlopCounter | None = None) -> dict:

@@ -117,9 +117,9 @@ def test_run_all_quick_train_step_and_data(run_all_quick):
 def test_zero_memory_quick_counts_the_states_deepspeed_holds(tmp_path):
     pytest.importorskip("deepspeed")
     from llmasr.testing.launcher import assert_no_shm_left
-    from llmasr.train.engine import _free_port
+    from llmasr.train.process_group import free_port
 
-    port = _free_port()
+    port = free_port()
     _run([str(BENCH / "zero_memory.py"), "--quick", "--master-port", str(port), "--json-out", str(tmp_path / "z.json")])
     assert_no_shm_left(port)  # the ranks start as `llmasr train` does: no shared-memory all-reduce buffers
     res = json.loads((tmp_path / "z.json").read_text())

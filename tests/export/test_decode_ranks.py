@@ -21,7 +21,7 @@ from llmasr.rank_verdict import node_name
 from llmasr.testing.launcher import assert_no_shm_left, launcher_env
 from llmasr.testing.run_dirs import write_corpus, write_wav
 from llmasr.testing.thread_ranks import run_ranks
-from llmasr.train.engine import _free_port
+from llmasr.train.process_group import free_port
 
 TEXTS = ["zero one two", "three four", "five six seven eight", "nine", "hello world", "the quick brown fox",
          "one one", "two three four five", "six", "seven eight nine"]  # fmt: skip
@@ -68,7 +68,7 @@ def test_two_ranks_write_what_one_process_writes(exported_dir, manifest, tmp_pat
               "--max-llm-tokens", "150",  # batches within it as well, the same plan on each rank
               "--max-new-tokens", "5", "--max-bad-fraction", "0.5", "--ctc", "--max-window-seconds", "2.5"]  # fmt: skip
     assert main([*common, "--output", str(tmp_path / "one")]) == 0
-    port = _free_port()
+    port = free_port()
     cmd = ["deepspeed", "--num_gpus", "2", "--master_port", str(port), "--module", "llmasr", "decode", *common,
            "--output", str(tmp_path / "two")]  # fmt: skip
     proc = subprocess.run(cmd, env=launcher_env(), capture_output=True, text=True, timeout=300)

@@ -23,7 +23,7 @@ from llmasr.models.fsmn_vad import FsmnVad
 from llmasr.testing.launcher import assert_no_shm_left, launcher_env
 from llmasr.testing.tiny_corpus import syllable_bursts
 from llmasr.testing.tiny_vad import write_fsmn_vad_dir
-from llmasr.train.engine import _free_port
+from llmasr.train.process_group import free_port
 
 SR = 16000
 LIMIT = 6.0
@@ -197,7 +197,7 @@ def test_two_ranks_share_the_vad_and_write_what_one_process_writes(exported_dir,
     common = ["--model", str(exported_dir), "--data", str(manifest), "--max-new-tokens", "3", "--batch-seconds", "8",
               "--max-window-seconds", str(LIMIT), "--vad", str(vad_dir), "--ctc"]  # fmt: skip
     assert main([*common, "--num-workers", "0", "--output", str(tmp_path / "one")]) == 0
-    port = _free_port()
+    port = free_port()
     cmd = ["deepspeed", "--num_gpus", "2", "--master_port", str(port), "--module", "llmasr", "decode", *common,
            "--num-workers", "1", "--output", str(tmp_path / "two")]  # fmt: skip
     proc = subprocess.run(cmd, env=launcher_env(), capture_output=True, text=True, timeout=300)

@@ -25,10 +25,10 @@ SETTINGS = ["train.epochs=2", "data.batching.max_seconds=2.0"]
 
 
 def launch(recipe_file, preset, run_dir, *overrides, resume=None):
-    from llmasr.train.engine import _free_port
+    from llmasr.train.process_group import free_port
 
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")}
-    cmd = ["deepspeed", "--num_gpus", "2", "--master_port", str(_free_port()), "--module", "llmasr", "train",
+    cmd = ["deepspeed", "--num_gpus", "2", "--master_port", str(free_port()), "--module", "llmasr", "train",
            "--config", str(recipe_file), "--deepspeed", preset, *(["--resume", str(resume)] if resume else []),
            f"train.output_dir={run_dir}", *SETTINGS, *overrides]  # fmt: skip
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400)

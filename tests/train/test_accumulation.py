@@ -44,8 +44,9 @@ def reference_grads(model, batch) -> dict:
 
 def make_engine(model, preset, grad_accum, world_size=1, lr=1e-3, optim=None):
     from llmasr.train.ds_config import resolve_ds_config
-    from llmasr.train.engine import TrainEngine, init_distributed
+    from llmasr.train.engine import TrainEngine
     from llmasr.train.param_groups import build_param_groups
+    from llmasr.train.process_group import init_distributed
     from llmasr.train.schedulers import build_group_schedules
 
     dist = init_distributed()
@@ -181,8 +182,9 @@ def test_a_window_of_stand_ins_only_stays_finite_where_zero_does_not_check_the_g
     """ZeRO-2 in fp32 with zero_optimization.compute_grad_norm false never checks the gradient: the stand-ins'
     skip by a NaN gradient had written NaN into every weight there; such a window steps its zero gradient."""
     from llmasr.train.ds_config import load_ds_config, resolve_ds_config
-    from llmasr.train.engine import TrainEngine, init_distributed
+    from llmasr.train.engine import TrainEngine
     from llmasr.train.param_groups import build_param_groups
+    from llmasr.train.process_group import init_distributed
     from llmasr.train.schedulers import build_group_schedules
     from llmasr.train.trainer import run_window
 
@@ -272,7 +274,7 @@ TWO_RANK_SCRIPT = """
 import json, sys
 sys.path.insert(0, {tests_dir!r})
 import torch
-from llmasr.train.engine import exit_rank
+from llmasr.train.process_group import exit_rank
 from test_accumulation import (TARGETS, FRAMES, build_model, rows, reference_grads, make_engine,
                                capture_boundary_grads, max_diff)
 from llmasr.testing.tiny_recipe import random_batch
@@ -296,13 +298,13 @@ exit_rank(0)  # as the llmasr entry point ends a rank: no abort at exit
 def test_two_rank_window_gradient_equals_one_batch(tiny_llm_dir, tmp_path):
     """Real `deepspeed` launcher, 2 CPU ranks (gloo), ZeRO-2: ranks hold 1+2 and 3+1 utterances."""
     from llmasr.testing.launcher import assert_no_shm_left
-    from llmasr.train.engine import _free_port
+    from llmasr.train.process_group import free_port
 
     script = tmp_path / "two_rank_grads.py"
     script.write_text(TWO_RANK_SCRIPT.format(tests_dir=str(Path(__file__).parent)))
     out = tmp_path / "result.json"
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")}
-    port = _free_port()
+    port = free_port()
     cmd = ["deepspeed", "--num_gpus", "2", "--master_port", str(port), str(script)]
     proc = subprocess.run([*cmd, str(tiny_llm_dir), "zero2", str(out)], env=env, capture_output=True, text=True,
                           timeout=300)  # fmt: skip

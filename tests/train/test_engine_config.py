@@ -12,8 +12,9 @@ OPTIM = {"scheduler": {"type": "constant"}, "branches": {"encoder": {"lr": 1e-3}
 
 
 def make_engine(model, ds, **train):
-    from llmasr.train.engine import TrainEngine, init_distributed
+    from llmasr.train.engine import TrainEngine
     from llmasr.train.param_groups import build_param_groups
+    from llmasr.train.process_group import init_distributed
     from llmasr.train.schedulers import build_group_schedules
 
     dist = init_distributed()

@@ -1,5 +1,6 @@
-"""How a rank's process ends (llmasr.train.engine.exit_rank, called by the `llmasr` entry point): a gloo worker thread
-still freeing a collective's tensors when the interpreter finalizes aborts the process; exit_rank ends it first."""
+"""How a rank's process ends (llmasr.train.process_group.exit_rank, called by the `llmasr` entry point): a gloo worker
+thread still freeing a collective's tensors when the interpreter finalizes aborts the process; exit_rank ends it
+first."""
 
 import subprocess
 import sys
@@ -7,7 +8,7 @@ import sys
 import pytest
 
 from llmasr import cli
-from llmasr.train.engine import _free_port
+from llmasr.train.process_group import free_port
 
 # A 1-rank gloo group and one collective nobody waits for: the worker thread frees the tensor after the main
 # thread has moved on, which at interpreter exit aborts the process (what two-rank runs hit now and then).
@@ -15,7 +16,7 @@ RACE = """
 import atexit, os, sys
 os.environ.update(RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=sys.argv[1])
 import torch
-from llmasr.train.engine import exit_rank
+from llmasr.train.process_group import exit_rank
 
 torch.distributed.init_process_group("gloo")
 atexit.register(lambda: print("atexit: group still up", torch.distributed.is_initialized()))
@@ -35,7 +36,7 @@ exit_rank(int(sys.argv[2]))
 def test_a_rank_with_a_collective_in_flight_exits_with_its_status(tmp_path, status):
     script = tmp_path / "race.py"
     script.write_text(RACE)
-    proc = subprocess.run([sys.executable, str(script), str(_free_port()), str(status)],
+    proc = subprocess.run([sys.executable, str(script), str(free_port()), str(status)],
                           capture_output=True, text=True, timeout=120)  # fmt: skip
     assert proc.returncode == status, proc.stderr[-2000:]
     assert "terminate called" not in proc.stderr
@@ -47,7 +48,7 @@ def test_a_rank_with_a_collective_in_flight_exits_with_its_status(tmp_path, stat
 def test_the_entry_point_ends_through_exit_rank_only_with_a_group(monkeypatch):
     import torch.distributed
 
-    import llmasr.train.engine as engine
+    import llmasr.train.process_group as process_group
 
     ended = []
 
@@ -56,7 +57,7 @@ def test_the_entry_point_ends_through_exit_rank_only_with_a_group(monkeypatch):
         raise SystemExit(status)
 
     monkeypatch.setattr(cli, "main", lambda: 5)
-    monkeypatch.setattr(engine, "exit_rank", fake_exit_rank)
+    monkeypatch.setattr(process_group, "exit_rank", fake_exit_rank)
     monkeypatch.setattr(torch.distributed, "is_initialized", lambda: False)
     assert cli.entry() == 5 and ended == []
     monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)

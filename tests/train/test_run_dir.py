@@ -205,10 +205,10 @@ def test_resume_and_overwrite_on_the_command_line(tiny_llm_dir, corpus, tmp_path
 
 # -- two ranks --------------------------------------------------------------------------------------------------------
 def launch(recipe_file, run, *options):
-    from llmasr.train.engine import _free_port
+    from llmasr.train.process_group import free_port
 
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")}
-    cmd = ["deepspeed", "--num_gpus", "2", "--master_port", str(_free_port()), "--module", "llmasr", "train",
+    cmd = ["deepspeed", "--num_gpus", "2", "--master_port", str(free_port()), "--module", "llmasr", "train",
            "--config", str(recipe_file), "--deepspeed", "zero0", *options, f"train.output_dir={run}"]  # fmt: skip
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
 

@@ -10,7 +10,7 @@ import textwrap
 import pytest
 
 from llmasr.train import shm
-from llmasr.train.engine import _free_port
+from llmasr.train.process_group import free_port
 
 pytestmark = pytest.mark.skipif(not shm.SHM_DIR.is_dir(), reason="no /dev/shm")
 
@@ -31,7 +31,7 @@ PLAIN_DEEPSPEED = textwrap.dedent(
 
 LLMASR = textwrap.dedent(
     """
-    from llmasr.train.engine import init_distributed
+    from llmasr.train.process_group import init_distributed
     from llmasr.train import shm
 
     init_distributed()
@@ -50,7 +50,7 @@ def one_rank(script: str, port: int) -> str:
 
 @pytest.mark.slow
 def test_deepspeed_leaves_a_buffer_that_unlink_own_buffer_finds_and_llmasr_makes_none():
-    port = _free_port()
+    port = free_port()
     out = one_rank(PLAIN_DEEPSPEED, port)
     if "no shm op" in out:
         pytest.skip("DeepSpeed cannot build its shared-memory op here")
@@ -58,7 +58,7 @@ def test_deepspeed_leaves_a_buffer_that_unlink_own_buffer_finds_and_llmasr_makes
     assert "made True" in out and "unlinked True False" in out, out
     assert not shm.run_buffers(port)
 
-    port = _free_port()
+    port = free_port()
     out = one_rank(LLMASR, port)
     assert "made False" in out and "built successfully" not in out, out  # the op is not even compiled or loaded
     assert not shm.run_buffers(port)

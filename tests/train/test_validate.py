@@ -51,8 +51,9 @@ def plain_engine(model):
 
 def make_engine(model, preset, world_size=1):
     from llmasr.train.ds_config import resolve_ds_config
-    from llmasr.train.engine import TrainEngine, init_distributed
+    from llmasr.train.engine import TrainEngine
     from llmasr.train.param_groups import build_param_groups
+    from llmasr.train.process_group import init_distributed
     from llmasr.train.schedulers import build_group_schedules
 
     dist = init_distributed()
@@ -221,7 +222,7 @@ TWO_RANK_SCRIPT = """
 import json, sys
 sys.path.insert(0, {tests_dir!r})
 import torch
-from llmasr.train.engine import exit_rank
+from llmasr.train.process_group import exit_rank
 from test_validate import DECODE, build_model, make_batches, make_engine, stand_in
 from llmasr.train.validate import validate
 
@@ -241,13 +242,13 @@ def test_two_rank_zero3_ctc_wer(tiny_llm_dir, tmp_path):
     """Real `deepspeed` launcher, 2 CPU ranks, ZeRO-3: rank 1 ends on an all-bad stand-in batch; both ranks report
     the CTC WER of all three batches."""
     from llmasr.testing.launcher import assert_no_shm_left
-    from llmasr.train.engine import _free_port
+    from llmasr.train.process_group import free_port
 
     script = tmp_path / "two_rank_validate.py"
     script.write_text(TWO_RANK_SCRIPT.format(tests_dir=str(Path(__file__).parent)))
     out = tmp_path / "metrics.json"
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")}
-    port = _free_port()
+    port = free_port()
     cmd = ["deepspeed", "--num_gpus", "2", "--master_port", str(port), str(script), str(tiny_llm_dir), str(out)]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

@@ -76,9 +76,10 @@ class ListReads(TorchFunctionMode):  # tolist reads a CPU tensor without an aten
 def window_reads(llm_dir, k: int) -> Counter:
     """The device reads of one window of `k` micro batches (after one unmeasured window), by where they happen."""
     from llmasr.train.ds_config import resolve_ds_config
-    from llmasr.train.engine import TrainEngine, init_distributed
+    from llmasr.train.engine import TrainEngine
     from llmasr.train.flops import FlopCounter
     from llmasr.train.param_groups import build_param_groups
+    from llmasr.train.process_group import init_distributed
     from llmasr.train.schedulers import build_group_schedules
     from llmasr.train.window import run_window
 

@@ -1,6 +1,6 @@
 import pytest
 
-from llmasr.train.engine import cpu_threads_per_rank
+from llmasr.train.process_group import cpu_threads_per_rank
 
 
 @pytest.mark.parametrize(
