@@ -6,74 +6,21 @@
                   [--ctc-weight W] [--repeat-limit N] [--hotwords FILE] [--hotwords-unprompted] [--hotword-boost B]
                   [--max-window-seconds S] [--window-overlap S] [--max-llm-tokens N]
 
-Batches come from the validation loader of training (llmasr.data.loader.build_decode_loader: SpeechDataset in
-evaluation mode, no augmentation, dithered as FunASR's frontend dithers when decoding, with noise drawn from the
-audio itself (llmasr.data.features.content_rng: the same audio, the same features); the same prompt builder, so
-the prompt a model is decoded with is the one it was trained with, the utterance's own `prompt` field included),
-cut by a duration-sorted, non-shuffled sampler under an audio-seconds budget (an utterance longer than the budget
-gets a batch of its own; none is skipped). The decoding settings are the one DecodeConfig (llmasr.models.decoding)
-that validation uses too: the model's saved settings with the flags given on top. SpeechLLM.transcribe stops each
-prompt at its target start, so the reference never leaks into the input.
+What each output file holds, and the decoding options, are the README's (Workflows, 5. Decode; Hotwords).
 
-Outputs (HYP_DIR, or HYP_DIR/<manifest name>/ when several manifests are given):
+Batches come from training's evaluation loader (llmasr.data.loader.build_decode_loader): no augmentation, dither
+drawn from the audio itself (the same audio, the same features), the prompt builder the model was trained with (a
+line's own `prompt` included), and a duration-sorted sampler under an audio-seconds budget that skips no utterance.
+The settings are the one DecodeConfig (llmasr.models.decoding) that validation uses too: the model's saved ones
+with the flags given on top. SpeechLLM.transcribe stops each prompt at its target start, so the reference never
+leaks into the input.
 
-    hyp.txt        key hypothesis          (manifest order)
-    ref.txt        key reference           (the lines with a transcript: one without is transcribed, not scored)
-    results.jsonl  {key, ref, hyp, unit, errors, sub, del, ins, ref_units, words, duration, wer, windows,
-                    truncated, hotwords, hotwords_dropped}
-                   windows: how many windows the utterance was decoded in (1: whole);
-                   truncated: null, "max_tokens" (the length cap ended a hypothesis) or "repetition";
-                   hotwords: the biasing phrases rendered into the utterance's prompt (after the token cap), []
-                   for none; with a biasing list, hotword_scores {b_errors, b_units, u_errors, u_units, recalled,
-                   ref_occurrences, hyp_occurrences, missed, leaked} (llmasr.scoring_bias)
-    wer.txt        summary: WER/CER, substitutions/deletions/insertions, #utterances, truncations by guard, the
-                   search mode (greedy, beam N, + CTC guidance), its real-time factor (decoding wall-clock seconds
-                   / audio seconds: from opening the manifest to the last batch decoded, the slowest rank's on N
-                   ranks, the pass that reads long or VAD-gated audio to place its windows included, its share
-                   given as window_plan_seconds; loading the model and scoring and writing the outputs not) and
-                   throughput (utterances/s), skipped lines, "N utterances decoded in M windows" with the window
-                   limit, those decoded alone past decode.max_llm_tokens; when any utterance has a biasing list
-                   (`hotwords`), how many had one and how many phrases the prompt's token cap dropped, B-WER /
-                   U-WER and hotword recall, precision and leaks
-    wer.json       the same, machine-readable (the hotword scores under "hotwords", the list counts as
-                   hotword_lists, hotword_phrases, hotwords_dropped, hotwords_file, hotwords_max_tokens;
-                   `transcribed` and `unscored` count the lines without a transcript; `rate` is null if all are)
-    bad.jsonl      manifest lines that could not be decoded (missing/corrupt audio, bad fields...)
-
-With several manifests, HYP_DIR/wer.txt gathers their summaries and HYP_DIR/manifests.json says which manifest
-each subfolder holds. Every file is written whole or not at all, and a decode into the same HYP_DIR first removes
-what an earlier one wrote there that it will not rewrite: its files, its ctc/, and the subfolders of an earlier
-decode of several manifests that this one does not decode again.
-
-With --ctc (a model with a CTC head on its encoder), HYP_DIR/ctc/ also gets hyp.txt, results.jsonl, wer.txt and
-wer.json for the CTC branch's greedy best path, scored the same way: a low CTC WER beside a high LLM WER says the
-encoder hears the words and the LLM side loses them. SpeechLLM.transcribe gives both from one encoder pass.
-
-On N ranks (a launcher's RANK / WORLD_SIZE) each decodes every N-th batch of the same plan and rank 0 writes the
-outputs, the same as one process's (llmasr.export.decode_world). Bad lines are skipped and reported; the command
-fails (exit 1, after writing the outputs) only when they are more than --max-bad-fraction of the lines.
-
-With `max_new_tokens` unset, each utterance's cap is `tokens_per_second` x its own duration + 8, so a model that
-loops stops at a length tied to its audio, and batched output equals one-by-one output; `repeat_limit` ends a
-hypothesis that repeats an n-gram. Both are counted (results.jsonl "truncated", wer.txt totals), never silent.
-A model with a CTC head decodes CTC-guided by default (DecodeConfig.ctc_weight; models.ctc_guidance).
-
-Long audio: an utterance longer than `window_limit` (decode.max_window_seconds, by default the longest audio the
-model was trained on: its longest training utterance within data.batching.max_duration) is cut at low-energy
-points into windows (llmasr.data.long_audio), each loaded, featurised and batched as an item of its own
-(llmasr.data.windowed); their texts are joined back in order, the words two overlapping windows both heard said
-once. A bad window makes its utterance one bad line. With decode.vad (a FunASR FSMN VAD directory) the windows are
-the VAD's speech segments instead (consecutive ones joined up to decode.vad_merge_seconds), a segment longer than
-the limit cut as above, and (decode.vad_gate) an utterance of any length in which the VAD finds no speech gets an
-empty transcript.
-
-Hotwords: a line's own `hotwords` field is its biasing list; `--hotwords FILE` (one phrase a line, UTF-8) gives the
-list of every line that has no such field. A line's own list wins, an explicit [] included ("no list for this
-one"): per-utterance lists are the more specific statement. The list is rendered by the model's prompt builder as in
-training (its wording and token cap are saved with the model). `--hotwords-unprompted` chooses the lists the same
-way but uses none: the B-/U- rates of the model unbiased, on the same lists (rows: `hotwords_scored`).
-The search boosts each listed phrase it completes (decode.hotword_boost, llmasr.models.hotword_boost; by default on
-when the search is CTC-guided); wer.txt says by how much.
+Before anything is written, search_boost refuses what the model cannot do (CTC guidance or timestamps without a
+CTC head, windows the LLM's context cannot hold, a VAD that does not load) and window_limit sets the longest audio
+decoded whole: longer utterances are cut into windows (llmasr.data.windowed, at the VAD's speech segments with
+decode.vad) and joined back in order. On N ranks (llmasr.export.decode_world) each decodes every N-th batch of the
+same plan and rank 0 writes what one process would. Every file is written whole or not at all, and a decode into
+the same folder first removes what an earlier one wrote there that it will not rewrite (decode_results).
 """
 
 from __future__ import annotations
