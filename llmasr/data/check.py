@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from llmasr.data.audio import AudioError, probe_span_header
+from llmasr.data.audio import AudioError, missing_audio, probe_span_header
 from llmasr.data.bad_data import as_record_dict, reason_category
 from llmasr.data.config import DataConfig, ManifestSpec
 from llmasr.data.features import FeatureExtractor
@@ -30,7 +30,7 @@ from llmasr.data.loader import evenly_spaced, longest_kept, make_sampler
 from llmasr.data.manifest import BadRecord, Manifest
 from llmasr.data.mixed_manifest import MixedManifest
 from llmasr.data.records import unread_fields, wrong_duration
-from llmasr.data.screen import spelling_check, static_visits, target_length
+from llmasr.data.screen import missing_hint, spelling_check, static_visits, target_length
 from llmasr.data.speech_check import SpeechFindings
 
 DURATION_TOLERANCE_S = 0.1  # a segment end past the header's duration before a line is noted
@@ -126,7 +126,8 @@ def _probe_line(utt, probe: bool, cap: float | None = None) -> tuple[float, dict
     try:  # as loading reads it: a start past the audio's end, or an end too far past it, is bad
         header, real = probe_span_header(utt.source, start, end, channel=channel)
     except AudioError as err:
-        return math.nan, {**where, "reason": f"audio: {err.reason} ({err.path})"}, None, None
+        hint = missing_hint(utt) if missing_audio(utt.source) is not None else ""
+        return math.nan, {**where, "reason": f"audio: {err.reason} ({err.path}){hint}"}, None, None
     file_dur, note = header.seconds, None
     form = (header.sample_rate, header.channels, header.channels > 1 and channel is None)
     if end is not None and end > file_dur + DURATION_TOLERANCE_S:  # training trims it to the file's end
