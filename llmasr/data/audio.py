@@ -80,7 +80,13 @@ def missing_audio(path: str | Path) -> AudioError | None:
 
 
 def _open_error(path: str | Path, err: Exception) -> AudioError:
-    return missing_audio(path) or AudioError(path, f"unreadable or corrupt audio ({type(err).__name__}: {err})")
+    gone = missing_audio(path)
+    if gone is None and os.path.getsize(path) == 0:  # libsndfile calls it "Format not recognised"
+        gone = AudioError(path, "empty audio (a file of 0 bytes)")
+    if gone is None and "Format not recognised" in str(err):  # damaged, or a format it lacks
+        gone = AudioError(path, f"unreadable or corrupt audio ({err}): no format libsndfile reads (wav, flac, ogg, "
+                          "mp3, ...); one of another (m4a, raw PCM) wants converting, e.g. with ffmpeg")  # fmt: skip
+    return gone or AudioError(path, f"unreadable or corrupt audio ({type(err).__name__}: {err})")
 
 
 def _overshoot(path: str | Path, start: float, end: float | None, total: float) -> AudioError | None:
@@ -131,8 +137,7 @@ def probe_duration(path: str | Path, channel: int | None = None) -> float:
 def probe_span_header(
     path: str | Path, start: float = 0.0, end: float | None = None, channel: int | None = None
 ) -> tuple[AudioHeader, float]:
-    """(the file's header, the seconds load_audio reads of [start, end)) with no decode. Raises AudioError as
-    probe_header does and as load_audio does for the span."""
+    """(header, the seconds load_audio reads of [start, end)); raises AudioError as probe_header and load_audio."""
     header = probe_header(path, channel)
     err = _overshoot(path, start, end, header.seconds)
     if err is not None:
