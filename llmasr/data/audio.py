@@ -11,6 +11,7 @@ import math
 import os
 import re
 import stat
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
@@ -79,7 +80,13 @@ def missing_audio(path: str | Path) -> AudioError | None:
 
 
 def _open_error(path: str | Path, err: Exception) -> AudioError:
-    return missing_audio(path) or AudioError(path, f"unreadable or corrupt audio ({type(err).__name__}: {err})")
+    gone = missing_audio(path)
+    if gone is None and os.path.getsize(path) == 0:  # libsndfile calls it "Format not recognised"
+        gone = AudioError(path, "empty audio (a file of 0 bytes)")
+    if gone is None and "Format not recognised" in str(err):  # damaged, or a format it lacks
+        gone = AudioError(path, f"unreadable or corrupt audio ({err}): no format libsndfile reads (wav, flac, ogg, "
+                          "mp3, ...); one of another (m4a, raw PCM) wants converting, e.g. with ffmpeg")  # fmt: skip
+    return gone or AudioError(path, f"unreadable or corrupt audio ({type(err).__name__}: {err})")
 
 
 def _overshoot(path: str | Path, start: float, end: float | None, total: float) -> AudioError | None:
@@ -95,9 +102,17 @@ def _overshoot(path: str | Path, start: float, end: float | None, total: float) 
     return None
 
 
-def probe_duration(path: str | Path, channel: int | None = None) -> float:
-    """Duration in seconds from the file header (no decode); `channel`: one the file must have, as load_audio
-    requires. Raises AudioError."""
+@dataclass(frozen=True)
+class AudioHeader:
+    """What a file's header says (no decode): its seconds, sample rate and channel count."""
+
+    seconds: float
+    sample_rate: int
+    channels: int
+
+
+def probe_header(path: str | Path, channel: int | None = None) -> AudioHeader:
+    """The file's header; `channel`: one the file must have, as load_audio requires. Raises AudioError."""
     try:
         info = sf.info(str(path))
     except Exception as err:  # soundfile raises LibsndfileError / RuntimeError / OSError
@@ -111,19 +126,31 @@ def probe_duration(path: str | Path, channel: int | None = None) -> float:
         raise AudioError(path, "empty audio (0 samples)")
     if channel is not None and not 0 <= channel < info.channels:
         raise AudioError(path, f"channel {channel} requested but the file has {info.channels} channel(s)")
-    return float(info.frames) / float(info.samplerate)
+    return AudioHeader(float(info.frames) / float(info.samplerate), int(info.samplerate), int(info.channels))
+
+
+def probe_duration(path: str | Path, channel: int | None = None) -> float:
+    """Duration in seconds from the file header (no decode); `channel` as probe_header. Raises AudioError."""
+    return probe_header(path, channel).seconds
+
+
+def probe_span_header(
+    path: str | Path, start: float = 0.0, end: float | None = None, channel: int | None = None
+) -> tuple[AudioHeader, float]:
+    """(header, the seconds load_audio reads of [start, end)); raises AudioError as probe_header and load_audio."""
+    header = probe_header(path, channel)
+    err = _overshoot(path, start, end, header.seconds)
+    if err is not None:
+        raise err
+    return header, (header.seconds if end is None else min(end, header.seconds)) - start
 
 
 def probe_span(
     path: str | Path, start: float = 0.0, end: float | None = None, channel: int | None = None
 ) -> tuple[float, float]:
-    """(the audio's duration, the seconds load_audio reads of [start, end)) from the file header (no decode).
-    Raises AudioError as probe_duration does and as load_audio does for the span."""
-    total = probe_duration(path, channel)
-    err = _overshoot(path, start, end, total)
-    if err is not None:
-        raise err
-    return total, (total if end is None else min(end, total)) - start
+    """(the audio's duration, the seconds load_audio reads of [start, end)): probe_span_header's."""
+    header, seconds = probe_span_header(path, start, end, channel)
+    return header.seconds, seconds
 
 
 def load_audio(

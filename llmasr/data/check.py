@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from llmasr.data.audio import AudioError, probe_span
+from llmasr.data.audio import AudioError, missing_audio, probe_span_header
 from llmasr.data.bad_data import as_record_dict, reason_category
 from llmasr.data.config import DataConfig, ManifestSpec
 from llmasr.data.features import FeatureExtractor
@@ -30,7 +30,7 @@ from llmasr.data.loader import evenly_spaced, longest_kept, make_sampler
 from llmasr.data.manifest import BadRecord, Manifest
 from llmasr.data.mixed_manifest import MixedManifest
 from llmasr.data.records import unread_fields, wrong_duration
-from llmasr.data.screen import spelling_check, static_visits, target_length
+from llmasr.data.screen import missing_hint, spelling_check, static_visits, target_length
 from llmasr.data.speech_check import SpeechFindings
 
 DURATION_TOLERANCE_S = 0.1  # a segment end past the header's duration before a line is noted
@@ -63,6 +63,9 @@ class DataReport:
     counted: tuple[int, int] | None = None
     counted_items: str = ""  # what those items are
     unread_fields: dict[str, list] = field(default_factory=dict)  # field no parser reads -> [lines, first one]
+    # (sample rate, channels, averaged: read without a `channel`) -> [lines, the first one's manifest:line]
+    audio_formats: dict[tuple[int, int, bool], list] = field(default_factory=dict)
+    sample_rate: int = 16000  # the encoder frontend's: what loading resamples to
 
     @property
     def num_bad(self) -> int:
@@ -107,27 +110,31 @@ def _parse_line(m, i: int, spell=None, unread: dict | None = None):
     return utt, target_length(utt), None
 
 
-def _probe_line(utt, probe: bool, cap: float | None = None) -> tuple[float, dict | None, dict | None]:
-    """(duration or NaN, bad record or None, segment-end note or None) from the audio header. Without `probe` a line
-    of unknown duration is NaN and not bad: training reads its duration from the header. `cap`: training's
-    truncation (data.batching.truncate_to_max), None without."""
+def _probe_line(utt, probe: bool, cap: float | None = None) -> tuple[float, dict | None, dict | None, tuple | None]:
+    """(duration or NaN, bad record or None, segment-end note or None, audio format or None) from the audio header;
+    the format: (sample rate, channels, whether loading averages them: no `channel`). Without `probe` a line of
+    unknown duration is NaN and not bad: training reads its duration from the header. `cap`: training's truncation
+    (data.batching.truncate_to_max), None without."""
     where = {"manifest": str(getattr(utt, "manifest", "?")), "line": int(getattr(utt, "line", 0)), "key": utt.key}
     start = float(utt.start) if getattr(utt, "start", None) is not None else 0.0
     end = float(utt.end) if getattr(utt, "end", None) is not None else None
     if not probe:
         if utt.duration is not None:
-            return float(utt.duration), None, None
-        return (end - start if end is not None else math.nan), None, None
+            return float(utt.duration), None, None, None
+        return (end - start if end is not None else math.nan), None, None, None
+    channel = getattr(utt, "channel", None)
     try:  # as loading reads it: a start past the audio's end, or an end too far past it, is bad
-        file_dur, real = probe_span(utt.source, start, end, channel=getattr(utt, "channel", None))
+        header, real = probe_span_header(utt.source, start, end, channel=channel)
     except AudioError as err:
-        return math.nan, {**where, "reason": f"audio: {err.reason} ({err.path})"}, None
-    note = None
+        hint = missing_hint(utt) if missing_audio(utt.source) is not None else ""
+        return math.nan, {**where, "reason": f"audio: {err.reason} ({err.path}){hint}"}, None, None
+    file_dur, note = header.seconds, None
+    form = (header.sample_rate, header.channels, header.channels > 1 and channel is None)
     if end is not None and end > file_dur + DURATION_TOLERANCE_S:  # training trims it to the file's end
         note = {**where, "reason": f"segment end {end:.2f}s is past the end of the audio ({file_dur:.2f}s), trimmed"}
     elif end is None and utt.duration is not None and (wrong := wrong_duration(float(utt.duration), real, cap)):
-        return math.nan, {**where, "reason": wrong}, None  # loading refuses it (SpeechDataset)
-    return real, None, note
+        return math.nan, {**where, "reason": wrong}, None, None  # loading refuses it (SpeechDataset)
+    return real, None, note, form
 
 
 def _too_short(utt, seconds: float, fx: FeatureExtractor) -> dict | None:
@@ -179,7 +186,11 @@ def check_data(
     weights = [p.weight if isinstance(p, ManifestSpec) else 1.0 for p in manifest_paths]
     opened: list[tuple[Manifest, float]] = []
     report = DataReport(
-        manifests=paths, world_size=world_size, max_bad_fraction=data_cfg.max_bad_fraction, for_decoding=not need_target
+        manifests=paths,
+        world_size=world_size,
+        max_bad_fraction=data_cfg.max_bad_fraction,
+        for_decoding=not need_target,
+        sample_rate=frontend.sample_rate,
     )
     durations, tlens, texts, starts = [], [], [], [0]  # per manifest opened; starts: its first line's position
     spots: list[tuple[str, Manifest]] = []
@@ -219,7 +230,9 @@ def check_data(
                     dur, note = math.nan, None
                     if utt is not None:
                         _note_key(report, first_seen, utt, starts[-1] + i, spot)
-                        dur, bad, note = next(probed)
+                        dur, bad, note, form = next(probed)
+                        if form is not None:  # what loading does to it: resampled, channels averaged
+                            report.audio_formats.setdefault(form, [0, f"{utt.manifest}:{utt.line}"])[0] += 1
                         if bad is None and (bad := _too_short(utt, dur, fx)) is not None:
                             dur = math.nan
                         elif bad is None:

@@ -63,6 +63,27 @@ def _unread_field_lines(report: DataReport) -> list[str]:
     return out
 
 
+def _audio_format_lines(report: DataReport) -> list[str]:
+    """The sample rates and channel counts of the lines' audio, and what loading does to each: a corpus of 8 kHz
+    telephone audio, or of two-channel calls read without a `channel`, is otherwise trained on without a word."""
+    if not report.audio_formats:
+        return []
+    sr = report.sample_rate
+    out = ["", f"## audio formats (loading reads every clip as mono at the encoder's {sr} Hz)"]
+    for (rate, channels, averaged), (lines, first) in sorted(report.audio_formats.items(), key=lambda kv: -kv[1][0]):
+        what = [f"{rate} Hz, {channels} channel{'s' if channels != 1 else ''}: {lines} line{'s' if lines != 1 else ''}"
+                f", first at {first}"]  # fmt: skip
+        if rate < sr:
+            what.append(f"upsampled to {sr} Hz (it holds nothing above {rate // 2} Hz)")
+        elif rate > sr:
+            what.append(f"downsampled to {sr} Hz")
+        if averaged:
+            what.append("its channels averaged (the lines give no `channel`: give one where each channel holds a "
+                        "speaker of its own)")  # fmt: skip
+        out.append("  " + "; ".join(what))
+    return out
+
+
 def format_report(report: DataReport, *, max_examples: int = 50) -> str:
     lines = ["# llmasr data check", ""]
     lines += [f"error: {e}" for e in report.errors]
@@ -103,6 +124,7 @@ def format_report(report: DataReport, *, max_examples: int = 50) -> str:
         lines += ["", f"## segment ends past the end of the audio by less than 0.5 s ({n}; trimmed to it)"]
         for b in report.duration_mismatches[:max_examples]:
             lines.append(f"  {b['manifest']}:{b['line']} key={b.get('key')}: {b['reason']}")
+    lines += _audio_format_lines(report)
     lines += _repeated_key_lines(report, max_examples)
     lines += _unread_field_lines(report)
     if report.batching:

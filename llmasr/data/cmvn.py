@@ -125,6 +125,7 @@ def _check_usable(bad: list[str], attempted: int, frames: int, max_bad_fraction:
         raise CMVNError(f"global CMVN: no usable frames in {attempted} utterance(s); first problems: {bad[:3]}")
     if attempted and len(bad) / attempted > max_bad_fraction:
         raise CMVNError(
-            f"global CMVN: {len(bad)} of {attempted} utterances unusable (more than "
-            f"{max_bad_fraction:.0%}); first problems: {bad[:3]}"
+            f"global CMVN: {len(bad)} of {attempted} utterances unusable (more than {max_bad_fraction:.0%}): fix or "
+            f"drop those lines (`llmasr data check` lists them all), or allow more (--max-bad-fraction, or the "
+            f"recipe's data.max_bad_fraction); first problems: {bad[:3]}"
         )

@@ -185,7 +185,7 @@ def _audio_sources(wavs: dict, wav_scp: Path, base: Path, skipped: _Skipped) -> 
         elif value == "-":
             why[key] = "'-' (standard input) is not an audio file"
         elif value.endswith("|"):
-            why[key] = f"pipe command {value[:60]!r} is not supported; convert the audio to files first"
+            why[key] = f"pipe command {value[:60]!r} is not supported; {_pipe_advice(value, base)}"
         elif "|" in value:  # Kaldi refuses it too: a pipe command missing its closing '|'
             why[key] = f"{value[:60]!r} holds a '|' but does not end with one (a pipe command ends with '|')"
         elif OFFSET.search(value) or ".ark:" in value or value.endswith(".ark"):
@@ -196,6 +196,23 @@ def _audio_sources(wavs: dict, wav_scp: Path, base: Path, skipped: _Skipped) -> 
             continue
         skipped.skip("unsupported", wav_scp, lineno, key, f"{key}: {why[key]}")
     return sources, why
+
+
+AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".opus", ".mp3", ".sph", ".aiff", ".aif", ".au")
+
+
+def _pipe_advice(command: str, base: Path) -> str:
+    """What to do with a wav.scp pipe command: where it only decodes an audio file llmasr reads itself (`flac -c -d
+    -s F |`, `sph2pipe -f wav F |`, `sox F -t wav - |`), name that file; else write the command's output to files."""
+    named = [w for w in command.rstrip("|").split() if w.lower().endswith(AUDIO_SUFFIXES)]
+    files = [w for w in named if (Path(w) if Path(w).is_absolute() else base / w).is_file()]
+    into = "run each command into a file (its closing '|' replaced by '> KEY.wav') and write those paths in wav.scp"
+    if len(files) == 1:
+        return (
+            f"it reads {files[0]}, which llmasr opens itself (and resamples): where the command only decodes it (no "
+            f"channel pick, no effect), write that path in wav.scp instead; else {into}"
+        )
+    return into
 
 
 def _recording_records(

@@ -247,6 +247,26 @@ def test_corrupt_file(tmp_path):
         load_audio(text, sample_rate=16000)
 
 
+def test_a_file_of_no_bytes_or_of_a_format_libsndfile_lacks_says_so(tmp_path):
+    # Both had read "unreadable or corrupt audio (... Format not recognised.)": a 0-byte file (a failed copy) and an
+    # m4a, which wants converting, not repairing.
+    empty = tmp_path / "empty.wav"
+    empty.write_bytes(b"")
+    for read in (probe_duration, lambda p: load_audio(p, sample_rate=16000)):
+        with pytest.raises(AudioError) as e:
+            read(empty)
+        assert e.value.reason == "empty audio (a file of 0 bytes)"
+    m4a = tmp_path / "clip.m4a"
+    m4a.write_bytes(b"\x00\x00\x00\x20ftypM4A \x00\x00\x02\x00M4A isommp42\x00\x00\x00\x08free")
+    with pytest.raises(AudioError) as e:
+        probe_duration(m4a)
+    assert e.value.reason.startswith("unreadable or corrupt audio (")
+    assert e.value.reason.endswith(
+        "Format not recognised.): no format libsndfile reads (wav, flac, ogg, mp3, ...); one of another (m4a, raw "
+        "PCM) wants converting, e.g. with ffmpeg"
+    )
+
+
 def test_empty_audio(tmp_path):
     path = tmp_path / "empty.wav"
     sf.write(path, np.zeros(0, dtype=np.float32), 16000)

@@ -451,3 +451,36 @@ def test_a_field_only_the_other_format_reads_is_said_to_be_that_format_s(tmp_pat
     assert f"  asr_hotwords: 1 line, first at {path}:1 (read in ChatML (messages) lines only)" in text
     assert f"  target: 1 line, first at {path}:2 (read in FunASR jsonl (source, target) lines only)" in text
     assert "did you mean" not in text
+
+
+def test_the_report_names_sample_rates_and_channels_that_loading_converts(tmp_path):
+    # A corpus of 8 kHz calls, or of two-channel files read without a `channel`, was resampled and averaged without
+    # a word: the report lists each format with its first line and what loading does to it.
+    import soundfile as sf
+
+    write_wav(tmp_path / "wide.wav", 1.0)
+    write_wav(tmp_path / "phone.wav", 1.0, sr=8000)
+    t = np.arange(16000) / 16000
+    sf.write(str(tmp_path / "call.wav"), np.stack([np.sin(2 * np.pi * 300 * t), 0 * t], 1) * 0.3, 16000)
+    lines = [
+        {"key": "a", "source": "wide.wav", "target": "hi"},
+        {"key": "b", "source": "phone.wav", "target": "hi"},
+        {"key": "c", "source": "call.wav", "target": "hi"},
+        {"key": "d", "source": "call.wav", "target": "hi", "channel": 0},
+        {"key": "e", "source": "wide.wav", "target": "hi"},
+    ]
+    path = write_manifest(tmp_path / "m.jsonl", lines)
+    report = check_data([path], data_cfg(), FrontendConfig())
+    assert report.audio_formats == {
+        (16000, 1, False): [2, f"{path}:1"],
+        (8000, 1, False): [1, f"{path}:2"],
+        (16000, 2, True): [1, f"{path}:3"],
+        (16000, 2, False): [1, f"{path}:4"],
+    }
+    text = format_report(report)
+    assert (
+        f"  8000 Hz, 1 channel: 1 line, first at {path}:2; upsampled to 16000 Hz (it holds nothing above 4000 Hz)"
+        in text
+    )
+    assert f"  16000 Hz, 2 channels: 1 line, first at {path}:3; its channels averaged" in text
+    assert f"  16000 Hz, 2 channels: 1 line, first at {path}:4\n" in text  # its channel picked: nothing done

@@ -103,6 +103,9 @@ def test_cmvn_short_clip_is_a_bad_line(tmp_path, caplog, capsys):
     err = capsys.readouterr().err
     assert "1 of 7 utterances unusable" in err and "train.jsonl:7: audio too short for one feature frame" in err
     assert "160 samples; the frontend needs at least 257" in err
+    # what to do: the refusal had named only the fraction
+    assert "(more than 5%): fix or drop those lines (`llmasr data check` lists them all), or allow more " in err
+    assert "(--max-bad-fraction, or the recipe's data.max_bad_fraction)" in err
     fe = FrontendConfig()
     shift, _ = compute_global_cmvn(path, fe, tmp_path / "x.mvn", max_bad_fraction=0.2)
     good = np.concatenate([FeatureExtractor(fe)(w, train=False) for w in waves])

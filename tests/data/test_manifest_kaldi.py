@@ -197,3 +197,22 @@ def test_kaldi_to_jsonl_cut_short_leaves_the_old_manifest(tmp_path, monkeypatch)
     with pytest.raises(KeyboardInterrupt):
         kaldi_to_jsonl(tmp_path / "wav.scp", tmp_path / "text", out)
     assert out.read_text() == "old\n" and sorted(p.name for p in tmp_path.glob("*o.jsonl*")) == ["o.jsonl"]
+
+
+def test_a_pipe_command_is_refused_with_what_to_do(tmp_path):
+    # "convert the audio to files first" left a LibriSpeech- or Switchboard-style folder (every line a pipe) with
+    # nothing written and no way named: the refusal names the file a decoding command reads, which llmasr opens itself.
+    d = tmp_path / "data"
+    d.mkdir()
+    (d / "a.flac").write_bytes(b"fLaC")  # only its name is read
+    (d / "wav.scp").write_text("a flac -c -d -s data/a.flac |\nb sph2pipe -f wav -p -c 1 gone.sph |\n")
+    (d / "text").write_text("a one\nb two\n")
+    counts = kaldi_to_jsonl(d / "wav.scp", d / "text", tmp_path / "out.jsonl", base_dir=tmp_path)
+    assert counts["written"] == 0 and counts["unsupported_keys"] == ["a", "b"]
+    into = "run each command into a file (its closing '|' replaced by '> KEY.wav') and write those paths in wav.scp"
+    assert [p.reason for p in counts["problems"]] == [
+        "unsupported: a: pipe command 'flac -c -d -s data/a.flac |' is not supported; it reads data/a.flac, which "
+        "llmasr opens itself (and resamples): where the command only decodes it (no channel pick, no effect), write "
+        f"that path in wav.scp instead; else {into}",
+        f"unsupported: b: pipe command 'sph2pipe -f wav -p -c 1 gone.sph |' is not supported; {into}",
+    ]

@@ -94,3 +94,41 @@ def test_every_lines_audio_file_is_checked_and_headers_probed_on_its_channel(tmp
         (3, "badchan", f"audio {tmp_path / 'a.wav'}: channel 3 requested but the file has 1 channel(s)"),
     ]
     assert [b.line for b in bad] == [2, 3, 4] and m.durations()[4] == pytest.approx(1.0)
+
+
+def test_a_missing_audio_file_says_what_the_line_may_have_meant(tmp_path, monkeypatch):
+    # FunASR opens `source` from the working directory; llmasr from the manifest's folder. A corpus written for
+    # FunASR was refused line by line as "file not found" naming a path that is not the one written, and a path
+    # ending in a space read as the right one.
+    from llmasr.data.check import check_data
+    from llmasr.data.frontend import FrontendConfig
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data" / "wav").mkdir(parents=True)
+    write_wav(tmp_path / "data" / "wav" / "a.wav", 0.5)
+    lines = [
+        {"key": "a", "source": "data/wav/a.wav", "target": "words", "duration": 0.5},
+        {"key": "b", "source": "wav/a.wav ", "target": "words", "duration": 0.5},
+        {"key": "c", "source": "wav/none.wav", "target": "words", "duration": 0.5},
+    ]
+    path = tmp_path / "data" / "train.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in lines))
+    base = tmp_path / "data"
+    cwd_hint = (
+        " (data/wav/a.wav is a file from the working directory, where FunASR looks; llmasr reads a relative path from "
+        f"the manifest's folder, {base}: write the paths absolute, or relative to that folder)"
+    )
+    space_hint = " (the path as written, 'wav/a.wav ', begins or ends with white space)"
+    bad, _ = screen(Manifest.open(path))
+    assert [b.reason for b in bad] == [
+        f"audio {base}/data/wav/a.wav: file not found{cwd_hint}",
+        f"audio {base}/wav/a.wav : file not found{space_hint}",
+        f"audio {base}/wav/none.wav: file not found",
+    ]
+    report = check_data([path], cfg([str(path)]), FrontendConfig())
+    assert [b["reason"] for b in report.bad] == [
+        f"audio: file not found ({base}/data/wav/a.wav){cwd_hint}",
+        f"audio: file not found ({base}/wav/a.wav ){space_hint}",
+        f"audio: file not found ({base}/wav/none.wav)",
+    ]
+    assert report.bad_by_reason == {"audio file not found": 3}
