@@ -134,7 +134,7 @@ def probe_duration(path: str | Path, channel: int | None = None) -> float:
     return probe_header(path, channel).seconds
 
 
-def probe_span_header(
+def probe_span(
     path: str | Path, start: float = 0.0, end: float | None = None, channel: int | None = None
 ) -> tuple[AudioHeader, float]:
     """(header, the seconds load_audio reads of [start, end)); raises AudioError as probe_header and load_audio."""
@@ -143,14 +143,6 @@ def probe_span_header(
     if err is not None:
         raise err
     return header, (header.seconds if end is None else min(end, header.seconds)) - start
-
-
-def probe_span(
-    path: str | Path, start: float = 0.0, end: float | None = None, channel: int | None = None
-) -> tuple[float, float]:
-    """(the audio's duration, the seconds load_audio reads of [start, end)): probe_span_header's."""
-    header, seconds = probe_span_header(path, start, end, channel)
-    return header.seconds, seconds
 
 
 def load_audio(

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from llmasr.data.audio import AudioError, missing_audio, probe_span_header
+from llmasr.data.audio import AudioError, missing_audio, probe_span
 from llmasr.data.bad_data import as_record_dict, reason_category
 from llmasr.data.config import DataConfig, ManifestSpec
 from llmasr.data.features import FeatureExtractor
@@ -124,7 +124,7 @@ def _probe_line(utt, probe: bool, cap: float | None = None) -> tuple[float, dict
         return (end - start if end is not None else math.nan), None, None, None
     channel = getattr(utt, "channel", None)
     try:  # as loading reads it: a start past the audio's end, or an end too far past it, is bad
-        header, real = probe_span_header(utt.source, start, end, channel=channel)
+        header, real = probe_span(utt.source, start, end, channel=channel)
     except AudioError as err:
         hint = missing_hint(utt) if missing_audio(utt.source) is not None else ""
         return math.nan, {**where, "reason": f"audio: {err.reason} ({err.path}){hint}"}, None, None

@@ -296,7 +296,8 @@ def test_a_segment_end_past_the_audio_is_trimmed_a_little_and_refused_by_more(tm
             load_audio(path, sample_rate=16000, start=2.0, end=end)
         with pytest.raises(AudioError, match="past the end of the audio"):
             audio.probe_span(path, 2.0, end)
-    assert audio.probe_span(path, 2.0, 3.3) == (3.0, pytest.approx(1.0))
+    header, seconds = audio.probe_span(path, 2.0, 3.3)
+    assert (header.seconds, header.sample_rate, header.channels, seconds) == (3.0, 16000, 1, pytest.approx(1.0))
     # a length cap is no segment end: it may pass the audio's end
     np.testing.assert_array_equal(load_audio(path, sample_rate=16000, start=2.0, limit=30.0), x[32000:])
     np.testing.assert_array_equal(load_audio(path, sample_rate=16000, start=2.0, end=3.3, limit=0.5), x[32000:40000])
