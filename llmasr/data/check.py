@@ -29,7 +29,8 @@ from llmasr.data.frontend import FrontendConfig
 from llmasr.data.loader import evenly_spaced, longest_kept, make_sampler
 from llmasr.data.manifest import BadRecord, Manifest
 from llmasr.data.mixed_manifest import MixedManifest
-from llmasr.data.records import unread_fields, wrong_duration
+from llmasr.data.record_fields import unread_fields
+from llmasr.data.records import wrong_duration
 from llmasr.data.screen import missing_hint, spelling_check, static_visits, target_length
 from llmasr.data.speech_check import SpeechFindings
 

@@ -9,7 +9,7 @@ import math
 import numpy as np
 
 from llmasr.data.check import DataReport
-from llmasr.data.records import unread_text
+from llmasr.data.record_fields import unread_text
 
 
 def histogram(durations: np.ndarray, *, bins: int = 20, width: int = 50) -> list[str]:

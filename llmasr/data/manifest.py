@@ -25,12 +25,12 @@ from pathlib import Path
 import numpy as np
 
 from llmasr.config_io import unique_keys
+from llmasr.data.record_fields import is_cut
 from llmasr.data.record_line import parse_line
 from llmasr.data.records import (
     FUNASR_FRAMES_PER_SECOND,
     BadRecord,
     Utterance,
-    _is_cut,
     _is_number,
     nano_speech_seconds,
 )
@@ -89,7 +89,7 @@ def _record_duration(rec) -> float:
     if not isinstance(rec, dict):
         return math.nan
     d = rec.get("duration")
-    if _is_cut(rec):  # what its one supervision covers, as the full parse cuts it
+    if is_cut(rec):  # what its one supervision covers, as the full parse cuts it
         sups = rec.get("supervisions")
         sup = sups[0] if isinstance(sups, list) and len(sups) == 1 and isinstance(sups[0], dict) else {}
         a, b = sup.get("start", 0.0), sup.get("duration")

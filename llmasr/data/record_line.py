@@ -6,7 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from llmasr.data.lhotse_cut import CutRecord
-from llmasr.data.records import BadRecord, Utterance, _is_cut, _Parser
+from llmasr.data.record_fields import is_cut
+from llmasr.data.records import BadRecord, Utterance, _Parser
 
 
 def parse_record(rec, *, manifest: str, line: int, base: Path, need_target: bool = True) -> Utterance:
@@ -15,7 +16,7 @@ def parse_record(rec, *, manifest: str, line: int, base: Path, need_target: bool
     p = _Parser(manifest, line, base, need_target)
     if not isinstance(rec, dict):
         raise p.bad(f"expected a JSON object, got {type(rec).__name__}")
-    if _is_cut(rec):
+    if is_cut(rec):
         return CutRecord(p).utterance(rec)
     if "messages" in rec:
         return p.chatml(rec)

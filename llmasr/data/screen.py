@@ -28,7 +28,7 @@ from llmasr.data.audio import missing_audio
 from llmasr.data.augment import cost_text
 from llmasr.data.bad_data import BadDataTracker, BadItem, TooMuchBadData
 from llmasr.data.manifest import BadRecord, Manifest
-from llmasr.data.records import near_field, unread_fields, unread_text
+from llmasr.data.record_fields import near_field, unread_fields, unread_text
 from llmasr.data.screen_share import ScreenShare
 
 log = logging.getLogger("llmasr.data")

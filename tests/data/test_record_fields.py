@@ -1,8 +1,8 @@
-"""llmasr.data.records: the field a manifest's unread field may have meant (near_field)."""
+"""llmasr.data.record_fields: the field a manifest's unread field may have meant (near_field)."""
 
 import pytest
 
-from llmasr.data.records import near_field, unread_text
+from llmasr.data.record_fields import near_field, unread_text
 
 
 @pytest.mark.parametrize("name", ["id", "emo", "sid", "lid", "sex", "snr", "ts", "spk", "text", "gender", "words"])

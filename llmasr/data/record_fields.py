@@ -1,0 +1,62 @@
+"""The top-level fields of a manifest line that its format's parser reads (llmasr.data.records), and what to say of
+any other: a field no parser reads changes nothing, so `llmasr data check` and train.log name it, with the field it
+may have meant (a letter or two, or its case, off) or the other format that reads it."""
+
+from __future__ import annotations
+
+# The top-level fields each format's parser reads (llmasr.data.records): any other is left unread. A misspelt one
+# ("hotword", "Prompt") would change nothing, so `llmasr data check` names them (unread_fields).
+FUNASR_FIELDS = frozenset(
+    ("key", "source", "target", "duration", "source_len", "target_len", "prompt", "task", "lang", "language",
+     "text_language", "channel", "start", "end", "hotwords")
+)  # fmt: skip
+CHATML_FIELDS = frozenset(
+    ("messages", "key", "duration", "speech_length", "text_length", "lang", "language", "text_language", "hotwords",
+     "asr_hotwords")
+)  # fmt: skip
+
+
+def _edits(a: str, b: str) -> int:
+    """Edits (a letter inserted, dropped, changed, or two neighbours swapped) from `a` to `b`: a misspelt field name
+    is a letter or two off the one it meant."""
+    rows = [list(range(len(b) + 1))]
+    for i, ca in enumerate(a, start=1):
+        row = [i] + [0] * len(b)
+        for j, cb in enumerate(b, start=1):
+            row[j] = min(rows[-1][j] + 1, row[j - 1] + 1, rows[-1][j - 1] + (ca != cb))
+            if i > 1 and j > 1 and ca == b[j - 2] and a[i - 2] == cb:
+                row[j] = min(row[j], rows[-2][j - 2] + 1)
+        rows.append(row)
+    return rows[-1][-1]
+
+
+def near_field(name: str) -> str | None:
+    """The field llmasr reads nearest an unread field `name`, where it is a letter or two (or its case) off: one for a
+    name of up to four letters, whose every field two edits away is another word ("id" is two from "end")."""
+    most = 1 if len(name) <= 4 else 2
+    scored = sorted((_edits(name.lower(), k), k) for k in FUNASR_FIELDS | CHATML_FIELDS)
+    return scored[0][1] if scored[0][0] <= most else None
+
+
+def unread_text(name: str, lines: int, first: str) -> str:
+    """A field no parser reads, on `lines` lines from `first` (manifest:line), and the field it may have meant; one
+    the other format reads (a FunASR line's `asr_hotwords`, a ChatML line's `target`) is said to be that format's."""
+    near = near_field(name)
+    text = f"{name}: {lines} line{'s' if lines != 1 else ''}, first at {first}"
+    if near == name:
+        other = "ChatML (messages)" if name in CHATML_FIELDS else "FunASR jsonl (source, target)"
+        return f"{text} (read in {other} lines only)"
+    return text + (f" (did you mean '{near}'?)" if near else "")
+
+
+def unread_fields(rec) -> list[str]:
+    """The top-level fields of a FunASR jsonl or ChatML record (a parsed line) that its parser does not read; a
+    lhotse cut's are lhotse's own, and not listed."""
+    if not isinstance(rec, dict) or is_cut(rec):
+        return []
+    known = CHATML_FIELDS if "messages" in rec else FUNASR_FIELDS
+    return [name for name in rec if name not in known]
+
+
+def is_cut(rec: dict) -> bool:
+    return "supervisions" in rec or "recording" in rec or str(rec.get("type", "")).endswith("Cut")
