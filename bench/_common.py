@@ -28,17 +28,18 @@ def git_commit() -> str:
     return "unknown"
 
 
-def reproduce_command(script: str, argv: list[str]) -> str:
-    """The command line that reproduces a run, without where its JSON went."""
+def reproduce_command(script: str, argv: list[str], *, drop=("--json-out",), runner: str = "python") -> str:
+    """The command line that reproduces a run, without the options in `drop` (where its files went) and their
+    values."""
     keep, skip = [], False
     for a in argv:
         if skip:
             skip = False
-        elif a == "--json-out":
+        elif a in drop:
             skip = True
-        elif not a.startswith("--json-out="):
+        elif not a.startswith(tuple(f"{d}=" for d in drop)):
             keep.append(shlex.quote(a))
-    return " ".join(["python", script, *keep])
+    return " ".join([runner, script, *keep])
 
 
 def emit(res: dict, lines: list[str], json_out: str | None) -> None:

@@ -41,7 +41,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
-from _common import COMMIT_ENV, git_commit  # noqa: E402
+from _common import COMMIT_ENV, git_commit, reproduce_command  # noqa: E402
 
 FIGURES = ("tok/s", "audio_s/s", "utt/s", "mfu", "tflops", "pad_audio", "pad_llm", "data_wait")
 LOG_TAIL = 60  # lines of each run's output kept in logs.txt
@@ -203,17 +203,9 @@ def train_figures(log: Path) -> dict:
     return out
 
 
-def reproduce_command(argv: list[str]) -> str:
+def suite_command(argv: list[str]) -> str:
     """bench/gpu_suite.sh with the arguments that change what is measured (not where files go)."""
-    keep, skip = [], False
-    for a in argv:
-        if skip:
-            skip = False
-        elif a in ("--out", "--work"):
-            skip = True
-        elif not a.startswith(("--out=", "--work=")):
-            keep.append(a)
-    return " ".join(["bash bench/gpu_suite.sh", *keep])
+    return reproduce_command("bench/gpu_suite.sh", argv, drop=("--out", "--work"), runner="bash")
 
 
 def fmt(value, spec: str = ".3g") -> str:
@@ -292,7 +284,7 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory(prefix="gpu_suite_") as tmp:
         args.work = args.work or tmp
         res = run_suite(args)
-    res["command"] = reproduce_command(argv)
+    res["command"] = suite_command(argv)
     res["commit"] = git_commit()
     if res["commit"] == "unknown":  # a copy of the tree without .git: the caller knows the commit it sent
         print(

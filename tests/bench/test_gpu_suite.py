@@ -98,7 +98,7 @@ def test_liger_variant_is_skipped_with_a_reason_without_cuda(monkeypatch):
 
 def test_reproduce_command_leaves_out_where_files_go():
     argv = ["--out", "/x", "--updates", "10", "--work=/w"]
-    assert gpu_suite.reproduce_command(argv) == "bash bench/gpu_suite.sh --updates 10"
+    assert gpu_suite.suite_command(argv) == "bash bench/gpu_suite.sh --updates 10"
 
 
 def test_a_suite_killed_midway_leaves_the_steps_it_finished(tmp_path, monkeypatch):
