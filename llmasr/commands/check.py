@@ -12,7 +12,7 @@ from llmasr.commands.train import parse_run_args, run_args
 from llmasr.config_io import ConfigError
 from llmasr.config_paths import output_problem
 from llmasr.errors import command
-from llmasr.export.start_from import check_start_folder
+from llmasr.models.start_from import check_start_folder
 from llmasr.recipe import load_recipe, located
 from llmasr.train.check import check
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from llmasr import errors
 from llmasr.config_io import ConfigError
-from llmasr.export.start_from import check_start_folder
+from llmasr.models.start_from import check_start_folder
 from llmasr.recipe import load_recipe, located
 from llmasr.train.preemption import exit_status
 from llmasr.train.run_dir import RunDirError

@@ -43,10 +43,10 @@ from llmasr.convert.nano_config import (
 from llmasr.convert.nano_lora import LoraError, fold_funasr_lora
 from llmasr.convert.nano_shapes import check_speech_weights, ctc_head_gaps, describe
 from llmasr.export.export import DTYPE_NAMES, write_model_dir
-from llmasr.export.exported import MODEL_FILE
 from llmasr.export.staged_dir import discarded_on_error, output_dir, publish, staging_dir, writing
 from llmasr.models.builder import build_model
 from llmasr.models.config import ModelConfig
+from llmasr.models.exported import MODEL_FILE
 from llmasr.models.funasr_dir import weights_file
 from llmasr.models.state_dict import select_prefix, torch_load, unwrap_state_dict
 from llmasr.recipe import Recipe

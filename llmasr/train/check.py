@@ -375,7 +375,7 @@ def check(
         lines.append(f"  update {u + 1} ({label}):")  # numbered from 1, as train.log does
         lines += [f"    {n:<{width}}  {curves[n][u]:.4e}" for n in names]
     lines += [f"  warning: {w}" for w in optim_warnings(model, recipe.optim, groups, total)]
-    lines += [f"  warning: {w}" for w in notes]  # the command's findings on the recipe (llmasr.export.start_from)
+    lines += [f"  warning: {w}" for w in notes]  # the command's findings on the recipe (llmasr.models.start_from)
     lines += _early_stop_lines(tc, plan, stop)
     if stop < total:
         lines.append(

@@ -57,7 +57,7 @@ class Run:
         self.dist = eng.init_distributed()
         self.rank, self.world = self.dist.rank, self.dist.world_size
         self.startup_log = StartupLog.attach(self.rank)  # train.log starts with what is logged before it exists
-        for note in notes:  # the command's findings on the recipe (llmasr.export.start_from)
+        for note in notes:  # the command's findings on the recipe (llmasr.models.start_from)
             log.warning(note)
         self.gather = all_gather_object if self.world > 1 else None  # start-up steps a rank may fail alone
         self.run_dir = Path(tc.output_dir)

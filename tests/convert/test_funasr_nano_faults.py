@@ -17,7 +17,7 @@ from llmasr.cli import main as cli_main
 from llmasr.config_io import ConfigError
 from llmasr.convert.funasr_nano import convert_funasr
 from llmasr.data.frontend import write_kaldi_cmvn
-from llmasr.export.exported import load_exported
+from llmasr.models.exported import load_exported
 from llmasr.testing.tiny_nano import LLM_DIR, write_nano_dir
 
 

@@ -161,7 +161,7 @@ def test_max_updates_stops_and_keeps_the_loader_position(tiny_llm_dir, corpus, t
 
 
 def test_a_difference_from_the_start_folder_the_recipe_allows_is_a_warning_in_train_log(tiny_llm_dir, corpus, tmp_path):
-    """`llmasr train` hands the allowed differences from the folder the recipe starts from (llmasr.export.start_from)
+    """`llmasr train` hands the allowed differences from the folder the recipe starts from (llmasr.models.start_from)
     to the run, which logs them before train.log exists: they must be in it."""
     run = tmp_path / "run"
     note = "model.prompt.system: 'a pirate' here, 'an assistant' in OUT/llmasr_model.yaml (allowed by model.differs_…)"

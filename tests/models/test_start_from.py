@@ -11,7 +11,7 @@ import pytest
 
 from llmasr.config_io import ConfigError
 from llmasr.data.frontend import write_kaldi_cmvn
-from llmasr.export.start_from import check_start_folder
+from llmasr.models.start_from import check_start_folder
 from llmasr.recipe import load_recipe
 from tests.recipes.test_real_recipes import nano_overrides
 

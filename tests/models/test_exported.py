@@ -1,10 +1,10 @@
-"""llmasr.export.exported: an export written by an earlier llmasr still loads."""
+"""llmasr.models.exported: an export written by an earlier llmasr still loads."""
 
 import shutil
 
 import yaml
 
-from llmasr.export.exported import MODEL_FILE, exported_model_config
+from llmasr.models.exported import MODEL_FILE, exported_model_config
 
 
 def test_an_export_with_an_adaptor_field_nothing_reads_still_loads(exported_dir, tmp_path, caplog):

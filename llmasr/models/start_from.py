@@ -4,8 +4,8 @@ llmasr_model.yaml beside the weights the recipe reads) must show the model what 
 The recipe restates the model's settings (the folder is reached only through `init_from` and `llm.path`), so a
 recipe's frontend, CMVN or prompt can differ from the ones the model was trained and decodes with, and fine-tuning
 would then train it on another input without a word. Compared, once, by `llmasr check` and `llmasr train` right
-after the recipe is loaded (the command layer: llmasr.train sits below llmasr.export), against the description
-as `llmasr decode` reads it (exported_model_config):
+after the recipe is loaded (the command layer), against the description as `llmasr decode` reads it
+(exported_model_config):
 
 - the features, when the recipe reads the folder's encoder, adaptor or CTC head: every frontend setting but the
   dither noise and a data filter (llmasr.models.builder.FRONTEND_REFINEMENTS), the CMVN by its numbers (not its
@@ -26,9 +26,9 @@ import numpy as np
 
 from llmasr.config_io import ConfigError
 from llmasr.data.frontend import FrontendConfig, read_kaldi_cmvn
-from llmasr.export.exported import MODEL_FILE, ExportedModelError, exported_model_config
 from llmasr.models.builder import FRONTEND_REFINEMENTS, encoder_frontend
 from llmasr.models.config import ModelConfig, PromptConfig
+from llmasr.models.exported import MODEL_FILE, ExportedModelError, exported_model_config
 
 # Every feature setting but those a recipe may refine over any pretrained encoder (its dither noise, a data
 # filter); the CMVN is compared here: the recipe restates the folder's frontend and cannot inherit its file.
