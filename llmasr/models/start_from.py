@@ -3,9 +3,9 @@ llmasr_model.yaml beside the weights the recipe reads) must show the model what 
 
 The recipe restates the model's settings (the folder is reached only through `init_from` and `llm.path`), so a
 recipe's frontend, CMVN or prompt can differ from the ones the model was trained and decodes with, and fine-tuning
-would then train it on another input without a word. Compared, once, by `llmasr check` and `llmasr train` right
-after the recipe is loaded (the command layer), against the description as `llmasr decode` reads it
-(exported_model_config):
+would then train it on another input without a word. Compared by llmasr.train's check (`llmasr check`) and its
+run's start-up (`llmasr train`, or llmasr.train.trainer.train called from Python) against the description as
+`llmasr decode` reads it (exported_model_config):
 
 - the features, when the recipe reads the folder's encoder, adaptor or CTC head: every frontend setting but the
   dither noise and a data filter (llmasr.models.builder.FRONTEND_REFINEMENTS), the CMVN by its numbers (not its
