@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.quick:
             model, manifest = quick_setup(root)
         else:
-            from llmasr.export.exported import load_exported
+            from llmasr.models.exported import load_exported
 
             model, manifest = load_exported(args.model), Path(args.data)
         manifest = limited(manifest, args.limit, root)

@@ -12,7 +12,6 @@ from llmasr.commands.train import parse_run_args, run_args
 from llmasr.config_io import ConfigError
 from llmasr.config_paths import output_problem
 from llmasr.errors import command
-from llmasr.export.start_from import check_start_folder
 from llmasr.recipe import load_recipe, located
 from llmasr.train.check import check
 
@@ -39,10 +38,9 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--out {args.out}: {problem}")
     recipe = load_recipe(args.config, args.overrides)
     try:
-        notes = check_start_folder(recipe.model)  # what the model sees, against the folder it starts from
         report = check(
             recipe, args.deepspeed, world_size=args.world_size, out=args.out, resume=args.resume,
-            overwrite=args.overwrite, notes=notes,
+            overwrite=args.overwrite,
         )  # fmt: skip
     except ConfigError as err:  # refused by the builder or the run's checks: named with where the recipe set it
         raise located(err, args.config, args.overrides) from None

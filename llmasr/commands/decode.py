@@ -26,8 +26,8 @@ from llmasr.export.decode import (
 )
 from llmasr.export.decode_results import clear_earlier_folders, clear_outputs, write_manifest_index
 from llmasr.export.decode_world import DecodeWorld
-from llmasr.export.exported import ExportedModelError
 from llmasr.models.decoding import AUTO_CTC_WEIGHT, AUTO_HOTWORD_BOOST, DecodeConfig, decode_config
+from llmasr.models.exported import ExportedModelError
 from llmasr.rank_verdict import rank_failure
 from llmasr.run_dir import CheckpointError
 

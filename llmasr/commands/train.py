@@ -11,7 +11,6 @@ from pathlib import Path
 
 from llmasr import errors
 from llmasr.config_io import ConfigError
-from llmasr.export.start_from import check_start_folder
 from llmasr.recipe import load_recipe, located
 from llmasr.train.preemption import exit_status
 from llmasr.train.run_dir import RunDirError
@@ -65,8 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(list(sys.argv[1:] if argv is None else argv))
     recipe = load_recipe(args.config, args.overrides)
     try:
-        notes = check_start_folder(recipe.model)  # what the model sees, against the folder it starts from
-        result = train(recipe, args.deepspeed, resume=args.resume, overwrite=args.overwrite, notes=notes)
+        result = train(recipe, args.deepspeed, resume=args.resume, overwrite=args.overwrite)
     except RunDirError as err:  # rank 0 refused the run folder for every rank
         errors.report("llmasr train", err)
         err.reported()  # no rank exits (and makes the launcher kill the rest) before rank 0 has said why

@@ -18,8 +18,8 @@ from llmasr.config_paths import file_problem
 from llmasr.data.hotwords import PhraseFileError, read_phrase_file
 from llmasr.export.decode import DecodeError
 from llmasr.export.decode_world import DecodeWorld
-from llmasr.export.exported import ExportedModelError
 from llmasr.export.transcribe import TranscribeError, Transcriber
+from llmasr.models.exported import ExportedModelError
 from llmasr.run_dir import CheckpointError
 
 

@@ -16,7 +16,8 @@ recipe fine-tunes from OUT's files. The steps:
   `multilingual.tiktoken` found where FunASR finds it, copied into OUT), so `--timestamps` and the CTC output work
   on OUT. Without that vocabulary file the branch is left out and the log says where it looked; so it is when its
   tensors do not fill the head config.yaml describes (FunASR, too, runs without an incomplete branch), the log naming
-  the keys.
+  the keys. A decoder tensor model.pt lacks comes from `ctc_decoder_conf.init_param_path` when config.yaml names
+  one, as FunASR loads that file into the decoder before model.pt.
 - Left out, in one log record: any other module of model.pt.
 
 Everything is written under a hidden sibling of OUT and put in place at the end (llmasr.export.staged_dir).
@@ -33,6 +34,7 @@ import torch
 
 from llmasr.config_io import ConfigError, from_dict, read_json
 from llmasr.convert.nano_config import (
+    ctc_decoder_file,
     ctc_section,
     ctc_vocab_file,
     llm_dir,
@@ -41,12 +43,12 @@ from llmasr.convert.nano_config import (
     stated_adaptor_dims,
 )
 from llmasr.convert.nano_lora import LoraError, fold_funasr_lora
-from llmasr.convert.nano_shapes import check_speech_weights, ctc_head_gaps, describe
+from llmasr.convert.nano_shapes import check_speech_weights, ctc_decoder_shapes, ctc_head_gaps, describe
 from llmasr.export.export import DTYPE_NAMES, write_model_dir
-from llmasr.export.exported import MODEL_FILE
 from llmasr.export.staged_dir import discarded_on_error, output_dir, publish, staging_dir, writing
 from llmasr.models.builder import build_model
 from llmasr.models.config import ModelConfig
+from llmasr.models.exported import MODEL_FILE
 from llmasr.models.funasr_dir import weights_file
 from llmasr.models.state_dict import select_prefix, torch_load, unwrap_state_dict
 from llmasr.recipe import Recipe
@@ -84,6 +86,34 @@ def read_nano_state(src: Path, config: dict, tied_head: bool = False) -> dict[st
 
 def read_llm_config(llm_src: Path) -> dict:
     return read_json(llm_src / "config.json", dict, "LLM configuration")
+
+
+def fill_ctc_decoder(src: Path, config: dict, state: dict, enc_dim: int) -> None:
+    """Add to `state` the CTC decoder tensors model.pt lacks from ctc_decoder_conf.init_param_path, as FunASRNano
+    loads that file into its ctc_decoder (the decoder's own keys, `module.` dropped) before model.pt, whose own
+    ctc_decoder.* tensors then replace it. A tensor of another shape is refused (FunASR's load fails on it); keys
+    that are not the decoder's are named and left out (FunASR's strict=False load skips them)."""
+    file = ctc_decoder_file(src, config) if config.get("ctc_decoder") else None
+    if file is None:
+        return
+    shapes = ctc_decoder_shapes(ctc_section(config, src / "config.yaml", enc_dim), enc_dim)
+    own = unwrap_state_dict(torch_load(file), source=str(file))
+    own = {k.removeprefix("module."): v for k, v in own.items()}
+    wrong = [f"  {k}: {list(v.shape)} in {file}, {list(shapes[k])} as ctc_decoder_conf sizes it"
+             for k, v in own.items() if k in shapes and tuple(v.shape) != shapes[k]]  # fmt: skip
+    if wrong:
+        raise ConfigError(
+            f"{src / 'config.yaml'}: ctc_decoder_conf.init_param_path {file} does not fit the CTC decoder "
+            "ctc_decoder_conf describes:\n" + "\n".join(wrong)
+        )
+    taken = {f"ctc_decoder.{k}": v for k, v in own.items() if k in shapes and f"ctc_decoder.{k}" not in state}
+    state.update(taken)
+    log.info("%s: ctc_decoder_conf.init_param_path: %d CTC decoder tensors taken, %d of the decoder's left to "
+             "model.pt", file, len(taken), len(shapes) - len(taken))  # fmt: skip
+    stray = sorted(k for k in own if k not in shapes)
+    if stray:
+        log.warning("%s: left out of the conversion: %d tensors that are not the CTC decoder's (%s%s)", file,
+                    len(stray), ", ".join(stray[:3]), ", ..." if len(stray) > 3 else "")  # fmt: skip
 
 
 def ctc_branch(src: Path, config: dict, state: dict, enc_dim: int) -> tuple[dict | None, str]:
@@ -281,6 +311,7 @@ def convert_funasr(src: str | Path, out: str | Path, *, dtype: str = "fp32", ove
         check_speech_weights(
             state, section, weights_file(src), src / "config.yaml", int(llm_config.get("hidden_size", -1))
         )
+        fill_ctc_decoder(src, config, state, encoder_dim(section))
         ctc, ctc_reason = ctc_branch(src, config, state, encoder_dim(section))
         left_out = log_left_out(state, weights_file(src), ctc_reason)
 

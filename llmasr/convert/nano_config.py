@@ -160,6 +160,25 @@ def llm_dir(src: Path, config: dict) -> Path:
     return path
 
 
+def ctc_decoder_file(src: Path, config: dict) -> Path | None:
+    """The CTC decoder's own weights file FunASRNano loads before model.pt (ctc_decoder_conf.init_param_path):
+    configuration.json's file_path_metas.ctc_decoder_conf.init_param_path (relative to SRC) where that file exists,
+    else config.yaml's (relative to SRC unless absolute); None when neither names one. A named file that is missing
+    is refused, as FunASR fails to build the model without it."""
+    mapped = ((file_path_metas(src) or {}).get("ctc_decoder_conf") or {}).get("init_param_path")
+    own = _section(config, "ctc_decoder_conf", src / "config.yaml").get("init_param_path")
+    named = [(s, w) for s, w in ((mapped, "configuration.json file_path_metas.ctc_decoder_conf"),
+                                 (own, "config.yaml ctc_decoder_conf")) if s]  # fmt: skip
+    if not named:
+        return None
+    places = [(s, w, Path(str(s)) if Path(str(s)).is_absolute() else src / str(s)) for s, w in named]
+    found = next((path for _, _, path in places if path.is_file()), None)
+    if found is None:
+        tried = "; ".join(f"{w}.init_param_path names {s} ({path})" for s, w, path in places)
+        raise ConfigError(f"{src}: {tried}, which does not exist: FunASR loads the CTC decoder from it")
+    return found
+
+
 def _encoder_section(config: dict, path: Path, frontend_dim: int) -> dict:
     name = funasr_class_name(config.get("audio_encoder", ""))
     conf = _section(config, "audio_encoder_conf", path)

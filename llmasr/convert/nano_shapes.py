@@ -70,3 +70,10 @@ def ctc_head_gaps(state: dict, ctc: dict, enc_dim: int) -> tuple[list, list, lis
     with torch.device("meta"):
         head = CTCHead(enc_dim, ctc["vocab_size"], decoder=CTCDecoderConfig(**ctc["decoder"]))
     return gaps(head, state, {"decoder.": "ctc_decoder.", "proj.": "ctc.ctc_lo."})
+
+
+def ctc_decoder_shapes(ctc: dict, enc_dim: int) -> dict[str, tuple]:
+    """{key as the CTC decoder's own state dict names it (FunASR's ctc_decoder.*, without the prefix): shape}."""
+    with torch.device("meta"):
+        head = CTCHead(enc_dim, ctc["vocab_size"], decoder=CTCDecoderConfig(**ctc["decoder"]))
+    return {k[len("decoder.") :]: tuple(v.shape) for k, v in head.state_dict().items() if k.startswith("decoder.")}

@@ -46,13 +46,13 @@ from llmasr.data.window_plan import WindowRules
 from llmasr.data.windowed import utterance_rows, utterance_tracker
 from llmasr.export.decode_results import clear_outputs, ctc_summary, hotword_counts, llm_summary
 from llmasr.export.decode_world import DecodeWorld
-from llmasr.export.exported import MODEL_FILE, ExportedModelError, llm_dtype_name, load_exported, read_description
 from llmasr.export.trained_model import load_checkpoint_model
 from llmasr.models.attention_kernels import choose_attention_kernels
 from llmasr.models.context import ContextError, decoding_fit, decoding_prompt
 from llmasr.models.ctc_align import sound_ends
 from llmasr.models.ctc_vocab import LLMCTCTokenizer
 from llmasr.models.decoding import MIN_WINDOW_SECONDS, DecodeConfig
+from llmasr.models.exported import MODEL_FILE, ExportedModelError, llm_dtype_name, load_exported, read_description
 from llmasr.models.fsmn_vad import load_vad
 from llmasr.models.line_prompts import LinePrompts
 from llmasr.models.llm import DTYPES

@@ -17,7 +17,7 @@ strictly, refusing a frozen branch whose weights were random (llmasr.export.trai
     DIR/am.mvn                 the CMVN of an fbank frontend, when it has one
     DIR/llmasr_model.yaml      architecture, frontend, prompt, decode settings, the longest audio trained on
                                (training.longest_seconds: longer audio is decoded in windows), source checkpoints
-                               (see llmasr.export.exported)
+                               (see llmasr.models.exported)
 
 `--adapter-only` writes DIR/adapter/ (a peft adapter: adapter_config.json + adapter_model.safetensors, plus the
 tokenizer) instead of DIR/llm/; it is applied to the base LLM at load time (`PeftModel.from_pretrained`). It is
@@ -38,12 +38,12 @@ from torch import nn
 
 from llmasr.config_io import to_dict
 from llmasr.config_paths import input_paths
-from llmasr.export.exported import DTYPE_NAMES, MODEL_FILE
 from llmasr.export.merge import ExportError, cast_llm, check_adapter_only, merge_llm, merge_lora_modules  # noqa: F401
 from llmasr.export.staged_dir import discarded_on_error, output_dir, publish, staging_dir, writing
 from llmasr.export.trained_model import load_checkpoint_model, load_trained, run_recipe  # noqa: F401  (public API)
 from llmasr.models.builder import encoder_spec, output_dim
 from llmasr.models.decode_guards import other_end_ids
+from llmasr.models.exported import DTYPE_NAMES, MODEL_FILE
 from llmasr.models.fingerprint import dir_fingerprint
 from llmasr.models.fsmn_vad import FsmnVad
 from llmasr.models.llm import DTYPES, base_lm

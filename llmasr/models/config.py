@@ -346,7 +346,7 @@ class ModelConfig:
     prompt: PromptConfig = field(default_factory=PromptConfig)
     ctc: CTCConfig = field(default_factory=CTCConfig)
     # Recipe keys (model.prompt.task, model.encoder.frontend.cmvn_file, ...) deliberately set otherwise than in the
-    # llmasr_model.yaml of the folder the recipe starts from (llmasr.export.start_from); any other difference there
+    # llmasr_model.yaml of the folder the recipe starts from (llmasr.models.start_from); any other difference there
     # is refused at start-up.
     differs_from_start: list[str] = field(default_factory=list)
 

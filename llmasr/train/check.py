@@ -22,6 +22,7 @@ from llmasr.data.augment import cost_text
 from llmasr.models.builder import build_model
 from llmasr.models.fsmn_vad import load_vad
 from llmasr.models.fused_kernels import check_fused_kernels
+from llmasr.models.start_from import check_start_folder
 from llmasr.run_dir import RECIPE_FILE, read_meta, resolve_resume, resume_asked, resume_or_start
 from llmasr.run_dir.files import verify_tag
 from llmasr.train.checkpoint_space import CheckpointSpace, size_text
@@ -330,13 +331,13 @@ def check(
     out: Path | None = None,
     resume: str | None = None,
     overwrite: bool = False,
-    notes: list[str] | tuple = (),
 ) -> str:
     """The report text; writes lr_schedule.csv/png into `out` (default: `plot_dir` of the recipe's output_dir).
     `resume`, `overwrite`: as `llmasr train` is given them (the run directory section)."""
     tc = recipe.train
     ds = resolve_ds_config(ds_path, tc, world_size=world_size)
     check_run_settings(recipe)
+    notes = check_start_folder(recipe.model)  # what the model sees, against the folder it starts from
     check_fused_kernels(recipe.model.llm, zero_stage=zero_stage(ds))  # the device is training's to check
     folder = run_folder(recipe, resume=resume, overwrite=overwrite)
     plan = plan_run(recipe, ds, rank=0, world_size=world_size)  # the same arithmetic `llmasr train` logs
@@ -375,7 +376,7 @@ def check(
         lines.append(f"  update {u + 1} ({label}):")  # numbered from 1, as train.log does
         lines += [f"    {n:<{width}}  {curves[n][u]:.4e}" for n in names]
     lines += [f"  warning: {w}" for w in optim_warnings(model, recipe.optim, groups, total)]
-    lines += [f"  warning: {w}" for w in notes]  # the command's findings on the recipe (llmasr.export.start_from)
+    lines += [f"  warning: {w}" for w in notes]  # allowed differences from the folder the recipe starts from
     lines += _early_stop_lines(tc, plan, stop)
     if stop < total:
         lines.append(

@@ -3,9 +3,10 @@
     llmasr train --config RECIPE --deepspeed ds_configs/zero2.json [--resume [TAG|PATH]] [key=value ...]
     deepspeed --num_gpus N --module llmasr train ...      torchrun --nproc_per_node N -m llmasr train ...
 
-Order of work: recipe + overrides, DeepSpeed JSON resolved ("auto" filled), precision checked; data built (the
-exact batches per rank per epoch give the update count the schedules are sized by); model built (under ZeRO-3
-partitioned as it loads); param groups, schedules, engine; resume; then epochs of accumulation windows.
+Order of work: recipe + overrides, DeepSpeed JSON resolved ("auto" filled), precision checked, the recipe compared
+with the folder it starts from (llmasr.models.start_from); data built (the exact batches per rank per epoch give
+the update count the schedules are sized by); model built (under ZeRO-3 partitioned as it loads); param groups,
+schedules, engine; resume; then epochs of accumulation windows.
 
 An update's micro batches and loss normalisation: llmasr.train.window. What each log line reports: progress.py.
 """
@@ -23,6 +24,7 @@ import torch
 from llmasr import errors
 from llmasr import run_dir as ck
 from llmasr.models.fused_kernels import apply_fused_kernels, check_fused_kernels
+from llmasr.models.start_from import check_start_folder
 from llmasr.rank_verdict import flat, run_together
 from llmasr.run_dir.files import verify_ranks
 from llmasr.train import ds_config, resolve, universal
@@ -52,14 +54,12 @@ log = logging.getLogger("llmasr.train")
 class Run:
     """The state of one training run (built by `train`)."""
 
-    def __init__(self, recipe, ds_config_path, *, resume=None, overwrite=False, notes=()):
+    def __init__(self, recipe, ds_config_path, *, resume=None, overwrite=False):
         self.recipe = recipe
         tc = recipe.train
         self.dist = init_distributed()
         self.rank, self.world = self.dist.rank, self.dist.world_size
         self.startup_log = StartupLog.attach(self.rank)  # train.log starts with what is logged before it exists
-        for note in notes:  # the command's findings on the recipe (llmasr.export.start_from)
-            log.warning(note)
         self.gather = all_gather_object if self.world > 1 else None  # start-up steps a rank may fail alone
         self.run_dir = Path(tc.output_dir)
         self.ckpt_dir = ck.checkpoints_dir(self.run_dir)
@@ -89,6 +89,8 @@ class Run:
         self.ds = ds_config.resolve_ds_config(ds_config_path, tc, world_size=self.world)  # by module: tests patch it
         eng.check_precision(tc.precision)
         resolve.check_run_settings(self.recipe)
+        for note in check_start_folder(self.recipe.model):  # what the model sees, against the folder it starts from
+            log.warning(note)
         check_fused_kernels(self.recipe.model.llm, zero_stage=ds_config.zero_stage(self.ds), device=self.dist.device)
         resolve.process_settings(tc)  # deterministic algorithms, attention kernels
         asked, self.resume_key = ck.resume_asked(resume, tc.resume)
@@ -413,7 +415,6 @@ def train(
     resume: str | None = None,
     overwrite: bool = False,
     stop_after_updates: int | None = None,
-    notes: list[str] | tuple = (),
 ) -> dict:
     """Train `recipe` with the DeepSpeed JSON `ds_config_path` (a path or preset name). `resume`: "latest", a tag
     or a checkpoint path. `overwrite`: a fresh run may replace an earlier run's checkpoints in train.output_dir.
@@ -423,7 +424,7 @@ def train(
     SIGTERM/SIGINT/SIGUSR1 during training stop every rank after the same update with a checkpoint ("interrupted": True,
     "signal": its number); during start-up they raise preemption.Interrupted (llmasr.train.preemption)."""
     with Preemption(int(os.environ.get("RANK", "0"))) as preemption:
-        run = Run(recipe, ds_config_path, resume=resume, overwrite=overwrite, notes=notes)
+        run = Run(recipe, ds_config_path, resume=resume, overwrite=overwrite)
         try:
             return run.fit(stop_after_updates, preemption)
         finally:

@@ -13,7 +13,7 @@ import yaml
 
 from llmasr.config_io import ConfigError
 from llmasr.convert.funasr_nano import ConvertError, convert_funasr
-from llmasr.export.exported import load_exported
+from llmasr.models.exported import load_exported
 from llmasr.testing.tiny_nano import write_nano_dir
 
 

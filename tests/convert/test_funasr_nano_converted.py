@@ -13,8 +13,8 @@ import yaml
 
 from llmasr.cli import main as cli_main
 from llmasr.convert.funasr_nano import convert_funasr
-from llmasr.export.exported import load_exported
 from llmasr.models.adaptor_blocks import funasr_nano_token_len
+from llmasr.models.exported import load_exported
 from llmasr.testing.tiny_nano import CTC_VOCAB, write_nano_dir
 
 

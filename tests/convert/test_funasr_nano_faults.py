@@ -17,7 +17,7 @@ from llmasr.cli import main as cli_main
 from llmasr.config_io import ConfigError
 from llmasr.convert.funasr_nano import convert_funasr
 from llmasr.data.frontend import write_kaldi_cmvn
-from llmasr.export.exported import load_exported
+from llmasr.models.exported import load_exported
 from llmasr.testing.tiny_nano import LLM_DIR, write_nano_dir
 
 
@@ -241,6 +241,68 @@ def test_incomplete_ctc_branch_converts_without_the_head(tmp_path, caplog, drop,
     assert "the converted model has no CTC head" in caplog.text
     assert yaml.safe_load((tmp_path / "out" / "llmasr_model.yaml").read_text())["ctc"] is None
     load_exported(tmp_path / "out")
+
+
+def split_ctc_decoder(src: Path, keep: tuple = (), file: str = "ctc_decoder.pt") -> dict:
+    """model.pt's ctc_decoder.* tensors (but `keep`) moved into SRC/`file` under the decoder's own keys, as FunASR's
+    ctc_decoder_conf.init_param_path holds them (DDP-saved: `module.`, under state_dict), named by config.yaml."""
+    moved = {}
+    edit_state(
+        src, lambda s: moved.update({k: s.pop(k) for k in list(s) if k.startswith("ctc_decoder.") and k not in keep})
+    )
+    own = {"module." + k[len("ctc_decoder.") :]: v for k, v in moved.items()}
+    torch.save({"state_dict": {**own, "module.not_the_decoder.weight": torch.zeros(2)}}, src / file)
+    edit_config(src, lambda c: c["ctc_decoder_conf"].update(init_param_path=file))
+    return moved
+
+
+def test_ctc_decoder_tensors_model_pt_lacks_come_from_its_init_param_path(tmp_path, caplog):
+    """FunASRNano loads ctc_decoder_conf.init_param_path into its CTC decoder before model.pt, whose own tensors
+    then replace it: the converted head holds the file's tensors where model.pt has none, model.pt's elsewhere, and
+    a key of the file that is not the decoder's is named as left out."""
+    from safetensors.torch import load_file
+
+    src = write_nano_dir(tmp_path / "src")
+    kept = "ctc_decoder.linear1.weight"
+    mine = torch.load(src / "model.pt", weights_only=True)["state_dict"][kept]
+    moved = split_ctc_decoder(src, keep=(kept,))
+    edit_state(src, lambda s: s.update({kept: mine * 2}))  # the file holds the old value: model.pt's must win
+    torch.save(
+        {"state_dict": {**torch.load(src / "ctc_decoder.pt", weights_only=True)["state_dict"],
+                        "module.linear1.weight": mine}}, src / "ctc_decoder.pt",
+    )  # fmt: skip
+    with caplog.at_level(logging.INFO, logger="llmasr.convert.funasr_nano"):
+        out = convert_funasr(src, tmp_path / "out")
+    desc = yaml.safe_load((out / "llmasr_model.yaml").read_text(encoding="utf-8"))
+    head = load_file(str(out / desc["ctc"]["file"]))
+    for key, value in moved.items():
+        assert torch.equal(head["decoder." + key[len("ctc_decoder.") :]], value.float()), key
+    assert torch.equal(head["decoder.linear1.weight"], (mine * 2).float())
+    assert f"{src / 'ctc_decoder.pt'}: left out of the conversion: 1 tensors that are not the CTC decoder's" in (
+        caplog.text
+    )
+    load_exported(out)
+
+
+def test_a_ctc_decoder_init_param_path_that_is_missing_or_does_not_fit_is_refused(tmp_path):
+    src = write_nano_dir(tmp_path / "src")
+    split_ctc_decoder(src)
+    (src / "ctc_decoder.pt").rename(src / "elsewhere.pt")
+    refused_before_writing(
+        src,
+        tmp_path,
+        re.escape(
+            f"config.yaml ctc_decoder_conf.init_param_path names ctc_decoder.pt "
+            f"({src / 'ctc_decoder.pt'}), which does not exist"
+        ),  # fmt: skip
+    )
+    state = torch.load(src / "elsewhere.pt", weights_only=True)
+    state["state_dict"]["module.linear1.weight"] = torch.zeros(40, 32)
+    torch.save(state, src / "ctc_decoder.pt")
+    (src / "elsewhere.pt").unlink()
+    refused_before_writing(
+        src, tmp_path, re.escape(f"linear1.weight: [40, 32] in {src / 'ctc_decoder.pt'}, [48, 32] as ctc_decoder_conf")
+    )
 
 
 def test_ctc_decoder_with_layers_config_yaml_does_not_name_converts_without_the_head(tmp_path, caplog):

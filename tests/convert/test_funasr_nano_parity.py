@@ -18,7 +18,7 @@ import torch
 
 from llmasr.convert.funasr_nano import convert_funasr
 from llmasr.data.collate import Collator
-from llmasr.export.exported import load_exported
+from llmasr.models.exported import load_exported
 from llmasr.testing.tiny_nano import write_nano_dir
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"

@@ -82,6 +82,6 @@ def exported_dir(runs, tmp_path_factory):
 @pytest.fixture(scope="module")
 def model(exported_dir):
     """The exported model loaded, once per test module (a module may swap its CTC head)."""
-    from llmasr.export.exported import load_exported
+    from llmasr.models.exported import load_exported
 
     return load_exported(exported_dir)

@@ -15,8 +15,8 @@ from llmasr.config_io import ConfigError
 from llmasr.export import decode_results
 from llmasr.export.decode import DecodeError, DecodeOptions, decode_manifest, load_decode_model
 from llmasr.export.export import export_model
-from llmasr.export.exported import load_exported
 from llmasr.models.decoding import DecodeConfig, decode_config
+from llmasr.models.exported import load_exported
 from llmasr.models.llm import base_lm
 from llmasr.testing.run_dirs import TEXTS, write_corpus
 from llmasr.testing.run_dirs import read_lines as _read

@@ -16,8 +16,8 @@ from llmasr.data.dataset import SpeechDataset
 from llmasr.data.hotwords import HotwordSampler, HotwordsConfig
 from llmasr.data.loader import open_manifests
 from llmasr.export.decode import DecodeOptions, decode_loader, decode_manifest
-from llmasr.export.exported import MODEL_FILE, load_exported
 from llmasr.models.decoding import AUTO_HOTWORD_BOOST, DecodeConfig
+from llmasr.models.exported import MODEL_FILE, load_exported
 from llmasr.testing.run_dirs import write_corpus
 
 TEXTS = ["zero one two", "three four", "five six seven eight", "nine", "hello world", "the quick brown fox"]

@@ -11,7 +11,7 @@ import torch
 from llmasr.commands.decode import main as decode_main
 from llmasr.commands.export import main as export_main
 from llmasr.export.export import export_model, load_checkpoint_model
-from llmasr.export.exported import load_exported, read_description
+from llmasr.models.exported import load_exported, read_description
 from llmasr.run_dir import CheckpointError
 from llmasr.testing.run_dirs import TARGETS, model_section, train_run, write_corpus
 from llmasr.testing.tiny_recipe import random_batch, speech_logits
@@ -131,7 +131,7 @@ def test_a_whisper_export_holds_the_encoder_settings_only_and_older_ones_still_l
     import yaml
     from transformers import WhisperConfig
 
-    from llmasr.export.exported import MODEL_FILE
+    from llmasr.models.exported import MODEL_FILE
     from llmasr.models.whisper import ENCODER_KEYS
 
     run, out = trained["whisper"]
@@ -223,8 +223,8 @@ def test_an_export_that_records_no_min_frames_gets_the_conformers(trained, tmp_p
 
     import yaml
 
-    from llmasr.export.exported import exported_model_config
     from llmasr.models.builder import encoder_frontend
+    from llmasr.models.exported import exported_model_config
 
     _, out = trained["conformer"]
     old = tmp_path / "old"

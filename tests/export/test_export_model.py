@@ -12,7 +12,7 @@ import yaml
 
 from llmasr.commands.export import main
 from llmasr.export.export import export_model, load_checkpoint_model
-from llmasr.export.exported import MODEL_FILE, ExportedModelError, load_exported
+from llmasr.models.exported import MODEL_FILE, ExportedModelError, load_exported
 from llmasr.testing.run_dirs import TARGETS, model_section, train_run
 from llmasr.testing.tiny_recipe import random_batch, speech_logits
 
@@ -152,7 +152,7 @@ def test_the_same_checkpoint_exports_to_the_same_bytes(runs, exported, tmp_path)
 def test_a_damaged_or_newer_description_is_refused_naming_the_file(exported, tmp_path):
     import yaml
 
-    from llmasr.export.exported import ExportedModelError
+    from llmasr.models.exported import ExportedModelError
 
     moved = shutil.copytree(exported[0], tmp_path / "moved")
     path = moved / "llmasr_model.yaml"
@@ -202,7 +202,7 @@ def test_the_chat_template_variables_travel_with_the_export(exported_dir, tmp_pa
     export renders its prompts with them, as training did."""
     import yaml
 
-    from llmasr.export.exported import MODEL_FILE
+    from llmasr.models.exported import MODEL_FILE
 
     out = tmp_path / "model"
     shutil.copytree(exported_dir, out)

@@ -14,7 +14,7 @@ import pytest
 from llmasr.commands.export import main
 from llmasr.export import staged_dir
 from llmasr.export.export import ExportError, shard_bytes
-from llmasr.export.exported import load_exported
+from llmasr.models.exported import load_exported
 from llmasr.run_dir import list_tags
 
 

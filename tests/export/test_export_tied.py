@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from llmasr.export.export import export_model, merge_llm
-from llmasr.export.exported import load_exported
+from llmasr.models.exported import load_exported
 from llmasr.testing.run_dirs import TARGETS, train_run
 from llmasr.testing.tiny_recipe import random_batch, speech_logits, tiny_model_section
 

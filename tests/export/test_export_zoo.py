@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from llmasr.export.export import export_model, load_checkpoint_model
-from llmasr.export.exported import load_exported, read_description
+from llmasr.models.exported import load_exported, read_description
 from llmasr.models.sanm_chunk import ChunkSettings
 from llmasr.testing.run_dirs import TARGETS, model_section, train_run
 from llmasr.testing.tiny_funasr import SENSEVOICE_BPE, tiny_sensevoice_conf, tiny_streaming_conf, write_funasr_dir

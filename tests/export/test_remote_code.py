@@ -12,7 +12,7 @@ import transformers.dynamic_module_utils
 import yaml
 
 from llmasr.commands import decode, export
-from llmasr.export.exported import ExportedModelError, load_exported
+from llmasr.models.exported import ExportedModelError, load_exported
 from llmasr.testing.run_dirs import model_section, train_run, write_corpus
 
 CUSTOM_CODE = """

@@ -155,7 +155,7 @@ def test_llmasr_check_resolves_recipe_with_its_preset(name, stand_ins, capsys):
 def test_fun_asr_nano_recipe_starts_from_the_converted_model(stand_ins):
     """The recipe's model keys rebuild what `llmasr convert funasr` wrote: same frontend, prompt and greedy ids
     (fresh LoRA changes nothing yet)."""
-    from llmasr.export.exported import load_exported
+    from llmasr.models.exported import load_exported
 
     out = stand_ins["nano"]
     overrides = [*nano_overrides(out), "model.llm.dtype=float32"]
@@ -212,7 +212,7 @@ def as_nano_chatml(manifest: Path, dest: Path) -> Path:
 def test_fun_asr_nano_recipe_trains_the_converted_ctc_branch(stand_ins, tmp_path):
     """A real training update from the converted Nano on data in Nano's own ChatML jsonl: its CTC branch reads the
     targets through the tiktoken vocabulary and trains beside LoRA and the adaptor (the encoder stays frozen)."""
-    from llmasr.export.exported import load_exported
+    from llmasr.models.exported import load_exported
     from llmasr.train.progress import parse_log_line
     from llmasr.train.trainer import train
 

@@ -12,7 +12,7 @@ import torch
 
 from llmasr.export.decode import decode_manifest, load_decode_model
 from llmasr.export.export import export_model, load_checkpoint_model
-from llmasr.export.exported import load_exported
+from llmasr.models.exported import load_exported
 from llmasr.run_dir import checkpoints_dir, latest, read_meta
 from llmasr.scoring import score_corpus
 from llmasr.testing.run_dirs import TARGETS, model_section, train_run, write_corpus

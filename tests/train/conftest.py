@@ -1,5 +1,7 @@
 """Fixtures of the train tests: a tiny stand-in for SpeechLLM with the same branch attributes (encoder, adaptor,
-ctc_head, llm), and the recipe file the `llmasr check` tests check."""
+ctc_head, llm), the recipe file the `llmasr check` tests check, and a converted tiny Nano a recipe starts from."""
+
+from pathlib import Path
 
 import pytest
 import torch
@@ -81,3 +83,27 @@ def recipe_file(tiny_llm_dir, tmp_path_factory):
     path = root / "recipe.yaml"
     path.write_text(yaml.safe_dump(data))
     return path
+
+
+NANO_RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "fun-asr-nano_lora_zero2.yaml"
+
+
+@pytest.fixture(scope="module")
+def nano_start(tmp_path_factory):
+    """A tiny Fun-ASR-Nano converted (llmasr_model.yaml beside its weights) and a function of overrides giving the
+    shipped Nano recipe that starts from it, sized for one CPU update into `run_dir`."""
+    from llmasr.convert.funasr_nano import convert_funasr
+    from llmasr.recipe import load_recipe
+    from llmasr.testing.tiny_nano import write_nano_dir
+    from tests.recipes.test_real_recipes import nano_overrides
+
+    root = tmp_path_factory.mktemp("nano_start")
+    out = convert_funasr(write_nano_dir(root / "src"), root / "nano")
+    corpus = write_tiny_corpus(root / "corpus", n=2)
+    base = [*nano_overrides(out), f"data.train=[{corpus}]", f"data.valid=[{corpus}]", "train.precision=fp32",
+            "data.num_workers=0", "model.llm.gradient_checkpointing=false", "train.max_updates=1"]  # fmt: skip
+
+    def recipe(run_dir, *overrides):
+        return load_recipe(NANO_RECIPE, [*base, f"train.output_dir={run_dir}", *overrides])
+
+    return out, recipe

@@ -160,12 +160,18 @@ def test_max_updates_stops_and_keeps_the_loader_position(tiny_llm_dir, corpus, t
     assert meta.epoch == 0  # stopped inside epoch 0: resuming with a larger max_updates carries on there
 
 
-def test_a_difference_from_the_start_folder_the_recipe_allows_is_a_warning_in_train_log(tiny_llm_dir, corpus, tmp_path):
-    """`llmasr train` hands the allowed differences from the folder the recipe starts from (llmasr.export.start_from)
-    to the run, which logs them before train.log exists: they must be in it."""
-    run = tmp_path / "run"
-    note = "model.prompt.system: 'a pirate' here, 'an assistant' in OUT/llmasr_model.yaml (allowed by model.differs_…)"
-    train(recipe(tiny_llm_dir, corpus, run, valid=False, max_updates=1), "zero0", notes=[note])
+def test_train_compares_the_recipe_with_the_folder_it_starts_from(nano_start, tmp_path):
+    """train() itself (the library entry point `llmasr train` calls) compares the recipe with the llmasr_model.yaml
+    of the folder it starts from: a frontend other than the folder's is refused before the run folder is made, and
+    a difference the recipe allows (model.differs_from_start) is a warning in train.log."""
+    out, nano_recipe = nano_start
+    other = "model.encoder.frontend.lfr_n=7"  # the folder's is 6
+    with pytest.raises(ConfigError, match=r"^model.encoder.frontend.lfr_n: the recipe differs from the model it st"):
+        train(nano_recipe(tmp_path / "refused", other), "zero0")
+    assert not (tmp_path / "refused").exists()
+    run = tmp_path / "allowed"
+    train(nano_recipe(run, other, "model.differs_from_start=[model.encoder.frontend.lfr_n]"), "zero0")
+    note = f"model.encoder.frontend.lfr_n: 7 here, 6 in {out / 'llmasr_model.yaml'}, the model the recipe starts from"
     assert f"WARNING llmasr.train: {note}" in (run / "train.log").read_text(encoding="utf-8")
 
 

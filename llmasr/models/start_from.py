@@ -3,9 +3,10 @@ llmasr_model.yaml beside the weights the recipe reads) must show the model what 
 
 The recipe restates the model's settings (the folder is reached only through `init_from` and `llm.path`), so a
 recipe's frontend, CMVN or prompt can differ from the ones the model was trained and decodes with, and fine-tuning
-would then train it on another input without a word. Compared, once, by `llmasr check` and `llmasr train` right
-after the recipe is loaded (the command layer: llmasr.train sits below llmasr.export), against the description
-as `llmasr decode` reads it (exported_model_config):
+would then train it on another input without a word. Compared by llmasr.train's check (`llmasr check`) and its
+run's start-up (`llmasr train`, or llmasr.train.trainer.train called from Python) against the description as
+`llmasr decode` reads it (exported_model_config), the base LLM of an adapter export looked for only when the
+recipe reads the LLM from that folder:
 
 - the features, when the recipe reads the folder's encoder, adaptor or CTC head: every frontend setting but the
   dither noise and a data filter (llmasr.models.builder.FRONTEND_REFINEMENTS), the CMVN by its numbers (not its
@@ -26,9 +27,9 @@ import numpy as np
 
 from llmasr.config_io import ConfigError
 from llmasr.data.frontend import FrontendConfig, read_kaldi_cmvn
-from llmasr.export.exported import MODEL_FILE, ExportedModelError, exported_model_config
 from llmasr.models.builder import FRONTEND_REFINEMENTS, encoder_frontend
 from llmasr.models.config import ModelConfig, PromptConfig
+from llmasr.models.exported import MODEL_FILE, ExportedModelError, exported_model_config
 
 # Every feature setting but those a recipe may refine over any pretrained encoder (its dither noise, a data
 # filter); the CMVN is compared here: the recipe restates the folder's frontend and cannot inherit its file.
@@ -39,6 +40,7 @@ CAP_KEY = "model.adaptor.audio_token_cap"
 KNOWN_KEYS = (*FRONTEND_KEYS, CAP_KEY, *PROMPT_KEYS)
 _FEATURE_READERS = ("model.encoder.init_from", "model.adaptor.init_from", "model.ctc.init_from")
 _PROMPT_READERS = ("model.adaptor.init_from", "model.llm.path", "model.llm.adapter", "model.llm.tokenizer")
+_LLM_READERS = ("model.llm.path", "model.llm.adapter")  # the weights an adapter export's base fingerprint guards
 
 
 def start_folders(m: ModelConfig) -> dict[Path, list[str]]:
@@ -115,7 +117,9 @@ def start_differences(m: ModelConfig) -> list[tuple[str, object, object, Path, l
     out = []
     for folder, readers in start_folders(m).items():
         try:  # nothing of the folder is run: its description is only read
-            theirs = exported_model_config(folder, trust_remote_code=True)
+            theirs = exported_model_config(
+                folder, trust_remote_code=True, read_llm=any(r in _LLM_READERS for r in readers)
+            )
         except ExportedModelError as err:
             raise ConfigError(f"{readers[0]}: reads {folder}, whose description cannot be read: {err}") from None
         diffs = []

@@ -4,6 +4,7 @@ prompt, adaptor frame cap) differs from the folder's llmasr_model.yaml, unless m
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,7 @@ import pytest
 
 from llmasr.config_io import ConfigError
 from llmasr.data.frontend import write_kaldi_cmvn
-from llmasr.export.start_from import check_start_folder
+from llmasr.models.start_from import check_start_folder
 from llmasr.recipe import load_recipe
 from tests.recipes.test_real_recipes import nano_overrides
 
@@ -111,3 +112,33 @@ def test_unknown_allowed_key_is_refused(nano):
     out, overrides = nano
     with pytest.raises(ConfigError, match=r"model.differs_from_start: \['model.prompt.tsak'\]"):
         check_start_folder(load_recipe(RECIPE, [*overrides, "model.differs_from_start=[model.prompt.tsak]"]).model)
+
+
+@pytest.mark.parametrize("base_now", ["moved", "another LLM"])
+def test_a_recipe_taking_only_the_encoder_of_an_adapter_export_does_not_need_its_base_llm(
+    tiny_run, tiny_llm_dir, tmp_path, base_now
+):
+    """The base LLM an adapter export applies to is looked for (and fingerprinted) when the recipe reads the LLM
+    from that folder, as decoding does; a recipe that takes only its encoder never reads it."""
+    from llmasr.config_io import to_dict
+    from llmasr.export.export import export_model
+    from llmasr.models.exported import exported_model_config
+    from llmasr.testing.tiny_corpus import tiny_recipe_dict, write_tiny_corpus
+    from llmasr.testing.tiny_llm import write_tiny_llm_dir
+
+    out = export_model(tiny_run.run_dir, tmp_path / "adapter_export", adapter_only=True)
+    corpus = write_tiny_corpus(tmp_path / "corpus", n=2)
+    data = tiny_recipe_dict(tiny_llm_dir, train=[corpus], output_dir=tmp_path / "run")
+    data["model"]["encoder"] = to_dict(exported_model_config(out).encoder)  # weights from OUT/encoder.safetensors
+    base = Path(tiny_run.recipe.model.llm.path)
+    shutil.move(base, tmp_path / "moved_llm")
+    try:
+        if base_now == "another LLM":
+            write_tiny_llm_dir(base, seed=7)
+        assert check_start_folder(load_recipe(data=data).model) == []
+        data["model"]["llm"].update(adapter=str(out / "adapter"), lora=None, freeze=True)  # the folder's LLM now
+        with pytest.raises(ConfigError, match=r"model.encoder.init_from: reads .*adapter_export, whose description"):
+            check_start_folder(load_recipe(data=data).model)
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+        shutil.move(tmp_path / "moved_llm", base)

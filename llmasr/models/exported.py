@@ -122,8 +122,9 @@ def remote_code_allowed(model_dir: Path, entry: dict, trust_remote_code: bool) -
     return True
 
 
-def _llm_section(model_dir: Path, entry: dict, dtype: str, *, trust_remote_code: bool) -> dict:
-    """The model.llm section of an exported LLM: merged weights in DIR, or the base plus DIR's adapter/tokenizer."""
+def _llm_section(model_dir: Path, entry: dict, dtype: str, *, trust_remote_code: bool, read_llm: bool) -> dict:
+    """The model.llm section of an exported LLM: merged weights in DIR, or the base plus DIR's adapter/tokenizer.
+    The base an adapter export names is looked for and fingerprinted only when the caller reads the LLM (`read_llm`)."""
     kind = entry.get("kind", "merged")
     sub = model_dir / entry.get("dir", "llm")
     if not sub.is_dir():
@@ -135,6 +136,16 @@ def _llm_section(model_dir: Path, entry: dict, dtype: str, *, trust_remote_code:
     if kind not in ("adapter", "base"):
         raise ExportedModelError(f"{model_dir / MODEL_FILE}: unknown llm.kind {kind!r}")
     base_path = Path(entry["base"])
+    if read_llm:
+        _check_base(model_dir, entry, base_path)
+    section.update(path=str(base_path), tokenizer=str(sub))
+    if kind == "adapter":
+        section["adapter"] = str(sub)
+    return section
+
+
+def _check_base(model_dir: Path, entry: dict, base_path: Path) -> None:
+    """The base LLM an adapter (or base) export applies to is there and holds the files it was trained on."""
     if not base_path.is_dir():
         raise ExportedModelError(f"{model_dir}: the base LLM {base_path} this adapter export applies to is missing")
     if entry.get("base_fingerprint"):
@@ -145,18 +156,20 @@ def _llm_section(model_dir: Path, entry: dict, dtype: str, *, trust_remote_code:
             raise ExportedModelError(
                 f"{base_path}: not the base LLM the adapter was trained on:\n  " + "\n  ".join(diffs)
             )
-    section.update(path=str(base_path), tokenizer=str(sub))
-    if kind == "adapter":
-        section["adapter"] = str(sub)
-    return section
 
 
 def exported_model_config(
-    model_dir: str | Path, *, dtype: str | torch.dtype | None = None, trust_remote_code: bool = False
+    model_dir: str | Path,
+    *,
+    dtype: str | torch.dtype | None = None,
+    trust_remote_code: bool = False,
+    read_llm: bool = True,
 ) -> ModelConfig:
     """The model section that rebuilds an exported directory: every part built by llmasr.models.builder from the
     architecture recorded in llmasr_model.yaml, its weights read from the files beside it. `trust_remote_code`:
-    allow an export that needs its LLM's own Python files to run them."""
+    allow an export that needs its LLM's own Python files to run them. `read_llm` False: the caller takes no LLM
+    from this directory (a recipe starting from its encoder), so the base LLM an adapter export applies to is
+    neither looked for nor fingerprinted."""
     model_dir = Path(model_dir).resolve()
     desc = read_description(model_dir)
     enc = desc["encoder"]
@@ -184,6 +197,7 @@ def exported_model_config(
             desc["llm"],
             llm_dtype_name(dtype, desc["llm"].get("dtype", "float32")),
             trust_remote_code=trust_remote_code,
+            read_llm=read_llm,
         ),
         "prompt": {
             "task": p.get("task", "Transcribe the audio."),

@@ -1,10 +1,13 @@
-"""llmasr.export.exported: an export written by an earlier llmasr still loads."""
+"""llmasr.models.exported: an export written by an earlier llmasr still loads; the base LLM an adapter export
+applies to is checked where its LLM is read."""
 
 import shutil
+from pathlib import Path
 
+import pytest
 import yaml
 
-from llmasr.export.exported import MODEL_FILE, exported_model_config
+from llmasr.models.exported import MODEL_FILE, ExportedModelError, exported_model_config
 
 
 def test_an_export_with_an_adaptor_field_nothing_reads_still_loads(exported_dir, tmp_path, caplog):
@@ -49,3 +52,26 @@ def test_an_export_with_heads_of_no_ctc_decoder_blocks_still_loads(exported_dir,
         cfg = exported_model_config(old)
     assert (cfg.ctc.decoder.n_layer, cfg.ctc.decoder.ffn_dim, cfg.ctc.decoder.n_head) == (0, 32, 8)
     assert f"{old / MODEL_FILE}: ctc.decoder.n_head: is read only by the transformer blocks" in caplog.text
+
+
+@pytest.fixture
+def moved_base(tiny_run, tmp_path):
+    """An adapter export of `tiny_run`, then its base LLM moved away (moved back after the test)."""
+    from llmasr.export.export import export_model
+
+    out = export_model(tiny_run.run_dir, tmp_path / "adapter_export", adapter_only=True)
+    base = Path(tiny_run.recipe.model.llm.path)
+    shutil.move(base, tmp_path / "moved_llm")
+    yield out, base
+    shutil.move(tmp_path / "moved_llm", base)
+
+
+def test_the_base_llm_of_an_adapter_export_is_checked_only_when_the_llm_is_read(moved_base):
+    """Decoding reads the LLM: a base that moved is refused. A caller that takes only the speech side (a recipe
+    starting from the export's encoder) gets the section without the base being looked for."""
+    out, base = moved_base
+    with pytest.raises(ExportedModelError, match=f"the base LLM {base} this adapter export applies to is missing"):
+        exported_model_config(out)
+    cfg = exported_model_config(out, read_llm=False)
+    assert cfg.encoder.init_from == str(out / "encoder.safetensors")
+    assert (cfg.llm.path, cfg.llm.adapter) == (str(base), str(out / "adapter"))
