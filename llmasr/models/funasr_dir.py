@@ -164,6 +164,19 @@ def weights_file(model_dir: Path) -> Path:
     return named_in_dir(model_dir, (file_path_metas(model_dir) or {}).get("init_param") or "model.pt")
 
 
+def missing_weights(ckpt_path: Path, needs: str) -> ConfigError:
+    """The error for a weights file that is not a file: `needs` says what the directory must hold there. FunASR's
+    DeepSpeed trainer saves its checkpoints as DeepSpeed folders under the weights' names (model.pt/ holding
+    mp_rank_*_model_states.pt), which no state-dict reader opens: named as such, not as missing."""
+    if ckpt_path.is_dir():
+        return ConfigError(
+            f"{ckpt_path}: a directory, not a weights file: FunASR's DeepSpeed trainer saves its checkpoints as "
+            "DeepSpeed folders under this name. Write its weights as one state dict with DeepSpeed's zero_to_fp32 "
+            f"(tag {ckpt_path.name}) and put that file in the folder's place. {needs}"
+        )
+    return ConfigError(f"{ckpt_path}: missing. {needs}")
+
+
 def _mapped_cmvn(model_dir: Path, frontend_conf: dict) -> tuple[bool, Path | None]:
     """(has configuration.json, the CMVN file its file_path_metas.frontend_conf.cmvn_file names or None). FunASR maps
     only a file that is there: a fine-tuned output directory holds the pretrained model's configuration.json (naming
@@ -328,10 +341,10 @@ def load_funasr_encoder(
 
     ckpt_path = weights_file(model_dir)
     if not ckpt_path.is_file():
-        raise ConfigError(
-            f"{ckpt_path}: missing. A FunASR model directory needs its weights there (model.pt, or the file "
-            f"configuration.json's init_param names): the model's state dict (torch.save), encoder tensors under "
-            f"'{prefix}'"
+        raise missing_weights(
+            ckpt_path,
+            "A FunASR model directory needs its weights there (model.pt, or the file configuration.json's init_param "
+            f"names): the model's state dict (torch.save), encoder tensors under '{prefix}'",
         )
     state = unwrap_state_dict(torch_load(ckpt_path, shapes_only=shapes_only), source=str(ckpt_path))
     if not select_prefix(state, prefix) and under_prefix(state, prefix):
