@@ -68,6 +68,14 @@ def read_funasr_config(model_dir: str | Path) -> dict:
         raise ConfigError(f"{path}: not valid YAML: {err}") from err
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping, got {type(data).__name__}")
+    if "encoder" not in data and "audio_encoder" in data:
+        # FunASR's LLM-based models (FunASRNano, LLMASR*) name their speech encoder `audio_encoder` and keep its
+        # tensors under `audio_encoder.`: not a directory the encoder loader reads.
+        raise ConfigError(
+            f"{path}: model {data.get('model')!r} names its speech encoder `audio_encoder` "
+            f"({data.get('audio_encoder')!r}), not `encoder`: an LLM-based FunASR model, not an ASR model directory "
+            "model.encoder.path reads. A Fun-ASR-Nano directory becomes an llmasr model with `llmasr convert funasr`"
+        )
     if "encoder" not in data:
         raise ConfigError(f"{path}: no `encoder` entry (the encoder class, e.g. SANMEncoder)")
     for key in ("encoder_conf", "frontend_conf"):

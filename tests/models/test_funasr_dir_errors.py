@@ -81,6 +81,23 @@ def test_weights_saved_as_a_deepspeed_folder_are_named_as_such(tmp_path, tiny_di
         load_funasr_encoder(d)
 
 
+def test_an_llm_based_funasr_directory_is_named_as_such(tmp_path, tiny_dir):
+    """A Fun-ASR-Nano directory names its encoder `audio_encoder`: the error suggested an `encoder: SANMEncoder`."""
+    d = _copy(tiny_dir, tmp_path / "d")
+
+    def as_nano(c):
+        c.update(model="FunASRNano", audio_encoder="SenseVoiceEncoderSmall", audio_encoder_conf=c.pop("encoder_conf"))
+        del c["encoder"]
+
+    _edit_config(d, as_nano)
+    with pytest.raises(
+        ConfigError,
+        match=r"config\.yaml: model 'FunASRNano' names its speech encoder `audio_encoder` "
+        r"\('SenseVoiceEncoderSmall'\).*`llmasr convert funasr`",
+    ):
+        load_funasr_encoder(d)
+
+
 def test_missing_config_and_directory(tmp_path, tiny_dir):
     with pytest.raises(ConfigError, match="not found"):
         load_funasr_encoder(tmp_path / "nowhere")
