@@ -25,7 +25,7 @@ from torch import nn
 from llmasr.config_io import ConfigError
 from llmasr.data.features import FeatureExtractor
 from llmasr.models.encoders import funasr_class_name
-from llmasr.models.funasr_dir import funasr_frontend, read_funasr_config, weights_file
+from llmasr.models.funasr_dir import funasr_frontend, missing_weights, read_funasr_config, weights_file
 from llmasr.models.state_dict import CheckpointMismatchError, load_into, select_prefix, torch_load, unwrap_state_dict
 from llmasr.models.vad_endpoints import CHUNK_MS, EndpointDetector, VadOptions
 
@@ -232,7 +232,7 @@ def _load(model_dir: str, _stamps: tuple) -> FsmnVad:
     net = FSMN(**{k: int(v) for k, v in conf.items() if k != "use_softmax"}, use_softmax=conf.get("use_softmax", True))
     ckpt = weights_file(path)
     if not ckpt.is_file():
-        raise ConfigError(f"{ckpt}: missing. A FunASR VAD directory needs its weights (FSMN tensors under 'encoder.')")
+        raise missing_weights(ckpt, "A FunASR VAD directory needs its weights (FSMN tensors under 'encoder.')")
     state = select_prefix(unwrap_state_dict(torch_load(ckpt), source=str(ckpt)), "encoder.")
     if not state:
         raise CheckpointMismatchError(f"{ckpt}: no tensors under 'encoder.' (the FSMN VAD's network)")

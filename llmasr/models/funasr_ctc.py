@@ -20,7 +20,7 @@ from pathlib import Path
 
 from llmasr.config_io import ConfigError
 from llmasr.models.ctc_vocab import read_token_list
-from llmasr.models.funasr_dir import file_path_metas, named_in_dir, read_funasr_config, weights_file
+from llmasr.models.funasr_dir import file_path_metas, missing_weights, named_in_dir, read_funasr_config, weights_file
 
 # FunASR prefixes every tensor of the CTC head with the module's name.
 CTC_PREFIX = "ctc."
@@ -111,7 +111,7 @@ def funasr_ctc_settings(model_dir: str | Path) -> dict[str, str]:
     vocab = _vocabulary(model_dir, config, metas)
     init_from = weights_file(model_dir)
     if not init_from.is_file():
-        raise ConfigError(f"{model_dir}: the model weights ({init_from.name}) are not a file there")
+        raise missing_weights(init_from, "model.ctc.from_encoder reads the CTC head (ctc.* tensors) from it")
     seg_dict = None
     if vocab.suffix != ".model":  # a CharTokenizer's token list, read through its seg_dict when it names one
         seg_dict = _tokenizer_file(model_dir, config, metas, ("seg_dict", "seg_dict_file"))

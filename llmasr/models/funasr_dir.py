@@ -68,6 +68,14 @@ def read_funasr_config(model_dir: str | Path) -> dict:
         raise ConfigError(f"{path}: not valid YAML: {err}") from err
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping, got {type(data).__name__}")
+    if "encoder" not in data and "audio_encoder" in data:
+        # FunASR's LLM-based models (FunASRNano, LLMASR*) name their speech encoder `audio_encoder` and keep its
+        # tensors under `audio_encoder.`: not a directory the encoder loader reads.
+        raise ConfigError(
+            f"{path}: model {data.get('model')!r} names its speech encoder `audio_encoder` "
+            f"({data.get('audio_encoder')!r}), not `encoder`: an LLM-based FunASR model, not an ASR model directory "
+            "model.encoder.path reads. A Fun-ASR-Nano directory becomes an llmasr model with `llmasr convert funasr`"
+        )
     if "encoder" not in data:
         raise ConfigError(f"{path}: no `encoder` entry (the encoder class, e.g. SANMEncoder)")
     for key in ("encoder_conf", "frontend_conf"):
@@ -162,6 +170,19 @@ def weights_file(model_dir: Path) -> Path:
     """The file FunASR's AutoModel reads a directory's weights from: configuration.json's file_path_metas.init_param,
     else model.pt (named_in_dir; it may be missing)."""
     return named_in_dir(model_dir, (file_path_metas(model_dir) or {}).get("init_param") or "model.pt")
+
+
+def missing_weights(ckpt_path: Path, needs: str) -> ConfigError:
+    """The error for a weights file that is not a file: `needs` says what the directory must hold there. FunASR's
+    DeepSpeed trainer saves its checkpoints as DeepSpeed folders under the weights' names (model.pt/ holding
+    mp_rank_*_model_states.pt), which no state-dict reader opens: named as such, not as missing."""
+    if ckpt_path.is_dir():
+        return ConfigError(
+            f"{ckpt_path}: a directory, not a weights file: FunASR's DeepSpeed trainer saves its checkpoints as "
+            "DeepSpeed folders under this name. Write its weights as one state dict with DeepSpeed's zero_to_fp32 "
+            f"(tag {ckpt_path.name}) and put that file in the folder's place. {needs}"
+        )
+    return ConfigError(f"{ckpt_path}: missing. {needs}")
 
 
 def _mapped_cmvn(model_dir: Path, frontend_conf: dict) -> tuple[bool, Path | None]:
@@ -328,10 +349,10 @@ def load_funasr_encoder(
 
     ckpt_path = weights_file(model_dir)
     if not ckpt_path.is_file():
-        raise ConfigError(
-            f"{ckpt_path}: missing. A FunASR model directory needs its weights there (model.pt, or the file "
-            f"configuration.json's init_param names): the model's state dict (torch.save), encoder tensors under "
-            f"'{prefix}'"
+        raise missing_weights(
+            ckpt_path,
+            "A FunASR model directory needs its weights there (model.pt, or the file configuration.json's init_param "
+            f"names): the model's state dict (torch.save), encoder tensors under '{prefix}'",
         )
     state = unwrap_state_dict(torch_load(ckpt_path, shapes_only=shapes_only), source=str(ckpt_path))
     if not select_prefix(state, prefix) and under_prefix(state, prefix):

@@ -16,7 +16,8 @@ tensors under their real names beside them), am.mvn in Kaldi nnet text format an
                            (SENSEVOICE_BPE, `<unk>` at 0, the CTC head's blank), trained on the tiny corpus'
                            words, sizes ctc.ctc_lo
 
-copy_model_dir, edit_config_yaml and rewrite_model_pt change a written directory, for tests of what loads it.
+copy_model_dir, edit_config_yaml, rewrite_model_pt and as_deepspeed_checkpoint change a written directory, for tests
+of what loads it.
 """
 
 from __future__ import annotations
@@ -282,6 +283,15 @@ def rewrite_model_pt(d, fn):
     state = torch.load(d / "model.pt", weights_only=True)
     fn(state)
     torch.save(state, d / "model.pt")
+
+
+def as_deepspeed_checkpoint(d):
+    """model.pt of directory `d` as FunASR's DeepSpeed trainer leaves it (engine.save_checkpoint(output_dir,
+    tag="model.pt")): a folder holding mp_rank_00_model_states.pt, the weights under `module`."""
+    state = torch.load(d / "model.pt", weights_only=True)
+    (d / "model.pt").unlink()
+    (d / "model.pt").mkdir()
+    torch.save({"module": state}, d / "model.pt" / "mp_rank_00_model_states.pt")
 
 
 def finetuned_output_dir(pretrained, out):

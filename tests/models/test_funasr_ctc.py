@@ -16,6 +16,8 @@ from llmasr.models.config import ModelConfig
 from llmasr.models.funasr_ctc import funasr_ctc_settings
 from llmasr.testing.tiny_funasr import (
     SENSEVOICE_BPE,
+    as_deepspeed_checkpoint,
+    copy_model_dir,
     finetuned_output_dir,
     tiny_sanm_conf,
     tiny_sensevoice_conf,
@@ -187,3 +189,14 @@ def test_finetuned_output_directory_takes_config_yaml_token_list(tmp_path, dirs)
     got = funasr_ctc_settings(out)
     assert got["vocab"] == str(dirs["conformer"].resolve() / "tokens.json")
     assert (got["blank"], got["init_from"]) == ("<blank>", str(out.resolve() / "model.pt"))
+
+
+def test_weights_saved_as_a_deepspeed_folder_are_named_as_such(dirs, tmp_path):
+    d = copy_model_dir(dirs["sensevoice"], tmp_path / "sv")
+    as_deepspeed_checkpoint(d)
+    with pytest.raises(
+        ConfigError,
+        match=r"model\.pt: a directory, not a weights file: FunASR's DeepSpeed trainer.*"
+        r"model\.ctc\.from_encoder reads the CTC head",
+    ):
+        funasr_ctc_settings(d)

@@ -13,6 +13,7 @@ import torch
 from llmasr.config_io import ConfigError
 from llmasr.models.funasr_dir import load_funasr_encoder
 from llmasr.models.state_dict import CheckpointMismatchError
+from llmasr.testing.tiny_funasr import as_deepspeed_checkpoint
 from llmasr.testing.tiny_funasr import copy_model_dir as _copy
 from llmasr.testing.tiny_funasr import edit_config_yaml as _edit_config
 from llmasr.testing.tiny_funasr import rewrite_model_pt as _rewrite_state
@@ -65,6 +66,35 @@ def test_missing_model_pt(tmp_path, tiny_dir):
     d = _copy(tiny_dir, tmp_path / "d")
     (d / "model.pt").unlink()
     with pytest.raises(ConfigError, match=r"model\.pt: missing.*state dict"):
+        load_funasr_encoder(d)
+
+
+def test_weights_saved_as_a_deepspeed_folder_are_named_as_such(tmp_path, tiny_dir):
+    """FunASR's DeepSpeed trainer leaves model.pt as a folder: it was called missing while `ls` shows it."""
+    d = _copy(tiny_dir, tmp_path / "d")
+    as_deepspeed_checkpoint(d)
+    with pytest.raises(
+        ConfigError,
+        match=r"model\.pt: a directory, not a weights file: FunASR's DeepSpeed trainer.*"
+        r"zero_to_fp32 \(tag model\.pt\).*encoder tensors under 'encoder\.'",
+    ):
+        load_funasr_encoder(d)
+
+
+def test_an_llm_based_funasr_directory_is_named_as_such(tmp_path, tiny_dir):
+    """A Fun-ASR-Nano directory names its encoder `audio_encoder`: the error suggested an `encoder: SANMEncoder`."""
+    d = _copy(tiny_dir, tmp_path / "d")
+
+    def as_nano(c):
+        c.update(model="FunASRNano", audio_encoder="SenseVoiceEncoderSmall", audio_encoder_conf=c.pop("encoder_conf"))
+        del c["encoder"]
+
+    _edit_config(d, as_nano)
+    with pytest.raises(
+        ConfigError,
+        match=r"config\.yaml: model 'FunASRNano' names its speech encoder `audio_encoder` "
+        r"\('SenseVoiceEncoderSmall'\).*`llmasr convert funasr`",
+    ):
         load_funasr_encoder(d)
 
 
