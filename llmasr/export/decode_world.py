@@ -5,8 +5,9 @@ Every rank plans the same duration-sorted batches of the manifest and decodes ev
 contract: rank r takes batch r of each group of N, so ranks get batches of about the same cost; the padding batch a
 rank may repeat to keep the count even is skipped). Rank 0 then gathers the decoded rows and the bad lines of all
 ranks and writes the outputs alone, so they are those of one process: every line once, in manifest order, the bad
-lines counted once. Nothing is exchanged while decoding: one collective at the end of each manifest, and one before
-it when the ranks share reading the audio that long-audio windows or a VAD gate need (llmasr.data.window_plan).
+lines counted once. Nothing is exchanged while decoding: one collective at the end of each manifest, and before it
+the prompt counts of the lines, each rank counting its share (line_share, merge_lines; llmasr.models.line_prompts),
+and the audio that long-audio windows or a VAD gate need, when the ranks share reading it (llmasr.data.window_plan).
 The ranks join before anything a node may lack is read (the manifests, the model) and gather their verdicts
 (`failures`): one node's launcher does not stop another's ranks, which would wait for a rank that has left.
 """

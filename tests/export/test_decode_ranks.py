@@ -8,6 +8,7 @@ import logging
 import subprocess
 import threading
 
+import numpy as np
 import pytest
 import torch
 
@@ -282,3 +283,18 @@ def test_several_ranks_that_cannot_start_stop_every_rank_with_the_worst_exit_sta
     said = [line for line in err.splitlines() if "could not start" in line]
     assert said == [f"llmasr decode: error: rank 1 (node {node_name()}) (and 1 other rank(s)) could not start; "
                     "every rank stops with it:"], err  # fmt: skip
+
+
+def test_ranks_that_ask_for_other_lines_all_refuse_to_merge_their_counts():
+    """Ranks reading different manifests ask for the counts of other lines: every rank says so, none merges them."""
+
+    def rank(r, gather):
+        lines = np.arange(6 if r else 5)
+        tokens, fields = np.full(6, -1), np.zeros(6, dtype=np.uint8)
+        tokens[thread_world(r, 2, gather).line_share(lines)] = 7
+        thread_world(r, 2, gather).merge_lines(lines, tokens, fields)
+        return tokens
+
+    out = run_ranks(2, rank, timeout=20)
+    assert all(isinstance(e, ValueError) for e in out), out
+    assert "rank 1 asked for the counts of 6 lines, rank 0 for 5" in str(out[0]) and str(out[0]) == str(out[1])
