@@ -100,7 +100,8 @@ def window_limit(
     prompt (the longest of `manifest`'s lines', where given: a Manifest or its path) and the tokens decoding may
     write must fit the LLM's context (llmasr.models.context): a limit that is not set is lowered to the longest
     window that fits, with a warning unless `quiet`; a set one that does not fit is refused; 0 (never split) is
-    kept, with that warning. `lines`: line_prompts(model, opts), which keeps the counts for decode_loader's budget."""
+    kept, with that warning. `lines`: line_prompts(model, opts, world), which keeps the counts for decode_loader's
+    budget."""
     try:
         limit = cfg.window_seconds(opts.training_max_seconds)
     except ConfigError as err:
@@ -113,8 +114,9 @@ def window_limit(
     given = f"the biasing list of --hotwords {opts.hotwords_file}" if opts.hotwords_file else "the biasing list given"
     lists = not opts.hotwords_unprompted
     manifest = Manifest.open(manifest, need_target=False) if isinstance(manifest, (str, Path)) else manifest
+    every = bool(cfg.max_llm_tokens)  # decode_loader's budget counts every line
     prompt_tokens, said = decoding_prompt(
-        model.prompt, opts.hotwords, manifest, lists=lists, given=given, counted=lines
+        model.prompt, opts.hotwords, manifest, lists=lists, given=given, counted=lines, every=every
     )
     try:
         fit, why = decoding_fit(model, limit, prompt_tokens, cfg.new_token_cap, said)
@@ -139,9 +141,10 @@ def window_limit(
     return fit
 
 
-def line_prompts(model, opts: DecodeOptions) -> LinePrompts:
-    """What counts the manifest lines' prompts for both window_limit and decode_loader's budget (each line once)."""
-    return LinePrompts(model.prompt, opts.hotwords, not opts.hotwords_unprompted)
+def line_prompts(model, opts: DecodeOptions, world: DecodeWorld = SOLO) -> LinePrompts:
+    """What counts the manifest lines' prompts for both window_limit and decode_loader's budget (each line once; on
+    N ranks each counts its share and they gather them)."""
+    return LinePrompts(model.prompt, opts.hotwords, not opts.hotwords_unprompted, world if world.size > 1 else None)
 
 
 def speech_segmenter(cfg: DecodeConfig, sample_rate: int):
@@ -188,7 +191,7 @@ def decode_loader(model, manifest_path, cfg: DecodeConfig, opts: DecodeOptions, 
     this rank's share of the batches. cfg.max_llm_tokens bounds their LLM positions (llmasr.train.decode_rows);
     the items past it alone, each decoded alone, are `loader.over_llm_budget` (rank 0 logs them). `lines`: the
     line_prompts that window_limit counted the manifest's prompts with, where it did."""
-    lines = line_prompts(model, opts) if lines is None else lines
+    lines = line_prompts(model, opts, world) if lines is None else lines
     limit = window_limit(model, cfg, opts, manifest=manifest_path, lines=lines) if limit is None else limit
     gate, segments = cfg.vad is not None and cfg.vad_gate, speech_segmenter(cfg, model.frontend.sample_rate)
     rules = WindowRules(
@@ -224,7 +227,7 @@ def decode_manifest(
         raise DecodeError(str(err)) from err
     out_dir = Path(out_dir)
     t0, clock = time.perf_counter(), {}  # the clock counts the pass that reads long or gated audio for its windows
-    lines = line_prompts(model, opts)  # the lines' prompts, counted once for the window and the budget
+    lines = line_prompts(model, opts, world)  # the lines' prompts, counted once for the window and the budget
     limit = window_limit(model, cfg, opts, manifest=manifest_path, lines=lines)  # a manifest refused leaves no folder
     loader = decode_loader(model, manifest_path, cfg, opts, device, world, limit, lines)
     planned = time.perf_counter() - t0

@@ -5,8 +5,9 @@ Every rank plans the same duration-sorted batches of the manifest and decodes ev
 contract: rank r takes batch r of each group of N, so ranks get batches of about the same cost; the padding batch a
 rank may repeat to keep the count even is skipped). Rank 0 then gathers the decoded rows and the bad lines of all
 ranks and writes the outputs alone, so they are those of one process: every line once, in manifest order, the bad
-lines counted once. Nothing is exchanged while decoding: one collective at the end of each manifest, and one before
-it when the ranks share reading the audio that long-audio windows or a VAD gate need (llmasr.data.window_plan).
+lines counted once. Nothing is exchanged while decoding: one collective at the end of each manifest, and before it
+the prompt counts of the lines, each rank counting its share (line_share, merge_lines; llmasr.models.line_prompts),
+and the audio that long-audio windows or a VAD gate need, when the ranks share reading it (llmasr.data.window_plan).
 The ranks join before anything a node may lack is read (the manifests, the model) and gather their verdicts
 (`failures`): one node's launcher does not stop another's ranks, which would wait for a rank that has left.
 """
@@ -14,13 +15,15 @@ The ranks join before anything a node may lack is read (the manifests, the model
 from __future__ import annotations
 
 import os
+import zlib
 from dataclasses import dataclass
 from datetime import timedelta
 
+import numpy as np
 import torch
 
 from llmasr.data.bad_data import BadDataTracker
-from llmasr.rank_verdict import failed_ranks, verdict
+from llmasr.rank_verdict import failed_ranks, stop_together, verdict
 
 GATHER_TIMEOUT = timedelta(hours=2)
 
@@ -101,6 +104,34 @@ class DecodeWorld:
             return []
         everyone = self.gather(verdict(failure))  # with its exit status: every rank returns the worst one
         return [(rank, other) for rank, other in failed_ranks(everyone) if rank != self.rank]
+
+    def line_share(self, lines: np.ndarray) -> np.ndarray:
+        """The lines of `lines` (every rank's the same) whose decode prompts this rank counts: every size-th one from
+        its rank, so that each rank gets lines of every length (decoding_prompt asks for the longest first)."""
+        return lines[self.rank :: self.size]
+
+    def merge_lines(self, lines: np.ndarray, tokens: np.ndarray, fields: np.ndarray, failure=None) -> None:
+        """Every rank's counts of its line_share of `lines` into `tokens` and `fields` (indexed by line; this rank's
+        share counted already, `failure`: what counting it raised), in one gather (llmasr.models.line_prompts). Every
+        rank raises where one failed (rank_verdict.stop_together), or where the ranks asked for other lines
+        (ValueError: they read different manifests)."""
+        if self.size == 1:
+            if failure is not None:
+                raise failure
+            return
+        mine = self.line_share(lines)
+        asked = (int(lines.size), zlib.crc32(np.ascontiguousarray(lines, dtype=np.int64).tobytes()))
+        everyone = self.gather(verdict(failure, asked=asked, tokens=tokens[mine], fields=fields[mine]))
+        stop_together(everyone, failure, "count the decode prompts of its share of the manifest's lines")
+        other = [rank for rank, theirs in enumerate(everyone) if theirs["asked"] != everyone[0]["asked"]]
+        if other:
+            raise ValueError(
+                f"decode prompts: rank {other[0]} asked for the counts of {everyone[other[0]]['asked'][0]} lines, "
+                f"rank 0 for {everyone[0]['asked'][0]} (or other lines): the ranks read different manifests"
+            )
+        for rank, theirs in enumerate(everyone):
+            share = lines[rank :: self.size]
+            tokens[share], fields[share] = theirs["tokens"], theirs["fields"]
 
     def merge(self, items: dict[int, dict], tracker: BadDataTracker) -> tuple[dict[int, dict], BadDataTracker, list]:
         """Every rank's decoded items (by item index) and bad lines, on every rank: the items joined, the bad lines

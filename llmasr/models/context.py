@@ -83,7 +83,7 @@ def capped_list_tokens(prompt) -> int | None:
 
 
 def decoding_prompt(
-    prompt, hotwords=None, manifest=None, *, lists: bool = True, given: str = "", counted=None
+    prompt, hotwords=None, manifest=None, *, lists: bool = True, given: str = "", counted=None, every: bool = False
 ) -> tuple[int, str]:
     """(the most tokens a decode prompt takes, what gives it: "" for the plain prompt) of `prompt` (a PromptBuilder):
     the plain prompt or, with `hotwords` (`given`: where they come from), that list's; with `manifest` each line's
@@ -91,7 +91,8 @@ def decoding_prompt(
     (capped_list_tokens). `lists` False: no prompt renders a list. A line's prompt is within its bytes of the plain
     one, `hotwords`' included (and the template's): only lines whose bytes could pass the most found are read.
     `counted`: the LinePrompts (of `prompt`, `hotwords` and `lists`) that keeps the lines' counts for decoding's
-    budget, so that start-up reads each line once."""
+    budget, so that start-up reads each line once. `every`: that budget counts every line anyway, so they are all
+    counted in one call (on N ranks, one gather of their shares) rather than in rounds that stop early."""
     plain = len(prompt.encode(None).ids)
     most, said = plain, ""
     if lists and hotwords:
@@ -113,8 +114,11 @@ def decoding_prompt(
     sizes = np.asarray(manifest.line_bytes(), dtype=np.int64)
     base, seams = most, 6 + len(prompt.hotwords_template.encode())  # a line's fields replace or join `hotwords`'
     order, found, stop = np.argsort(-sizes, kind="stable"), None, False
-    for start in range(0, order.size, CHUNK):
-        chunk = order[start : start + CHUNK]
+    if every:
+        counted.counts(manifest, order)
+    step = CHUNK * counted.ranks  # a round: each rank counts CHUNK lines, then one gather
+    for start in range(0, order.size, step):
+        chunk = order[start : start + step]
         chunk = chunk[base + sizes[chunk] + seams > most]  # the bytes descend: the lines that could still pass
         tokens, fields = counted.counts(manifest, chunk)
         for i, n, f in zip(chunk.tolist(), tokens.tolist(), fields.tolist()):
@@ -123,7 +127,7 @@ def decoding_prompt(
                 break
             if f and n > most:  # a line that gives nothing of its own renders the prompt above (or is bad)
                 most, found = n, (i, f)
-        if stop or chunk.size < CHUNK:
+        if stop or chunk.size < step:
             break
     if found is not None:
         i, f = found

@@ -6,6 +6,11 @@ each item's count goes into its LLM positions for decode.max_llm_tokens (llmasr.
 counts a line once for both: the two Manifest objects the steps open on one file (its path, the sha1 of its text and
 need_target alike) share the counts. Within a call, each distinct (task, system, list) is rendered once and the
 rendered texts are tokenized together (PromptBuilder.prompt_sizes).
+
+On N decoding ranks (`world`, llmasr.export.decode_world.DecodeWorld) each rank counts its share of the lines a call
+has not counted yet and one gather gives every rank all of them, so that every rank plans the same batches. A call
+is then a collective where it counts: every rank asks for the same lines in the same order (the same manifest, the
+same plan), and so has counted the same lines before it.
 """
 
 from __future__ import annotations
@@ -21,11 +26,18 @@ SEEN = 1 << 16  # prompts a call remembers (a list a line owns is seldom another
 
 class LinePrompts:
     """The decode prompt tokens of manifest lines under `prompt` (a PromptBuilder): a line's own biasing list, else
-    `hotwords` (the --hotwords list); no list at all when `lists` is False (the lists are scored, not prompted)."""
+    `hotwords` (the --hotwords list); no list at all when `lists` is False (the lists are scored, not prompted).
+    `world`: the decoding ranks that share the counting (line_share, merge_lines); None: this process counts all."""
 
-    def __init__(self, prompt, hotwords=None, lists: bool = True):
+    def __init__(self, prompt, hotwords=None, lists: bool = True, world=None):
         self.prompt, self.hotwords, self.lists = prompt, list(hotwords or ()), bool(lists)
+        self.world = world
         self._found: dict = {}  # manifest key -> (tokens int64 [N], -1 where not counted yet; fields uint8 [N])
+
+    @property
+    def ranks(self) -> int:
+        """How many ranks share a call's counting."""
+        return 1 if self.world is None else self.world.size
 
     def agrees(self, prompt, hotwords, lists: bool) -> bool:
         """Whether these counts are the ones `prompt`, `hotwords` and `lists` give."""
@@ -38,10 +50,23 @@ class LinePrompts:
         lines = np.asarray(lines, dtype=np.int64)
         tokens, fields = self._arrays(manifest)
         todo = np.unique(lines[tokens[lines] < 0])
-        seen: dict = {}  # (task, system, list) -> tokens, for this call
-        for start in range(0, todo.size, CHUNK):
-            self._count(manifest, todo[start : start + CHUNK].tolist(), tokens, fields, seen)
+        if todo.size:
+            self._count_share(manifest, todo, tokens, fields)
         return tokens[lines], fields[lines]
+
+    def _count_share(self, manifest, todo: np.ndarray, tokens: np.ndarray, fields: np.ndarray) -> None:
+        mine = todo if self.world is None else self.world.line_share(todo)
+        seen: dict = {}  # (task, system, list) -> tokens, for this call
+        failure = None
+        try:
+            for start in range(0, mine.size, CHUNK):
+                self._count(manifest, mine[start : start + CHUNK].tolist(), tokens, fields, seen)
+        except Exception as err:
+            if self.world is None:
+                raise
+            failure = err  # raised in the gather: the other ranks stop with it rather than wait for this one
+        if self.world is not None:
+            self.world.merge_lines(todo, tokens, fields, failure)
 
     def _arrays(self, manifest) -> tuple[np.ndarray, np.ndarray]:
         sha1 = getattr(manifest, "sha1", None)

@@ -1,5 +1,5 @@
 """Ranks as threads of one process, their all_gather_object a barrier: for tests of code that exchanges objects
-between ranks (a shared screen, decoding's window plans) without starting processes."""
+between ranks (a shared screen, decoding's window plans and prompt counts) without starting processes."""
 
 from __future__ import annotations
 
@@ -30,3 +30,18 @@ def run_ranks(size: int, work, timeout: float = 120.0) -> list:
     for t in threads:
         t.join(timeout=timeout)
     return out
+
+
+def thread_world(rank: int, size: int, gather):
+    """A DecodeWorld (llmasr.export.decode_world) of rank `rank` of `size` ranks that are threads of run_ranks: its
+    collectives are `gather`, and it joins no process group."""
+    from llmasr.export.decode_world import DecodeWorld
+
+    class ThreadWorld(DecodeWorld):
+        def gather(self, obj) -> list:
+            return gather(obj)
+
+        def start(self, device) -> None:
+            pass  # the threads are the world
+
+    return ThreadWorld(rank, size)

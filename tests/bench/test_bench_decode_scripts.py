@@ -183,3 +183,14 @@ def test_decode_startup_quick_times_every_stage_per_line(tmp_path, capsys):
     assert run["lines"] == 200 and list(run["seconds"]) == stages
     assert all(run["seconds"][s] > 0 and run["us_per_line"][s] == run["seconds"][s] / 200 * 1e6 for s in stages)
     assert "Reproduce: `python bench/decode_startup.py --quick`" in capsys.readouterr().out
+
+
+def test_decode_startup_ranks_times_each_rank_and_its_share(tmp_path, capsys):
+    import decode_startup
+
+    assert decode_startup.main(["--quick", "--ranks", "2", "--json-out", str(tmp_path / "s.json")]) == 0
+    (run,) = json.loads((tmp_path / "s.json").read_text())["runs"]
+    assert run["lines"] == 200 and run["ranks"] == 2 and len(run["rank_seconds"]) == 2
+    assert run["seconds"]["decode start-up"] == max(run["rank_seconds"]) > 0
+    assert sum(run["rank_prompts"]) >= 200 and max(run["rank_prompts"]) < 200  # each rank tokenized its share
+    assert "| 200 | 2 |" in capsys.readouterr().out

@@ -6,9 +6,9 @@ from __future__ import annotations
 import json
 import logging
 import subprocess
-from collections.abc import Callable
-from dataclasses import dataclass
+import threading
 
+import numpy as np
 import pytest
 import torch
 
@@ -16,11 +16,12 @@ from llmasr.commands.decode import main
 from llmasr.export.decode import DecodeOptions, decode_loader
 from llmasr.export.decode_world import DecodeWorld
 from llmasr.models.decoding import DecodeConfig
+from llmasr.models.line_prompts import LinePrompts
 from llmasr.models.speech_llm import SpeechLLM
-from llmasr.rank_verdict import node_name
+from llmasr.rank_verdict import RankFailure, node_name
 from llmasr.testing.launcher import assert_no_shm_left, launcher_env
 from llmasr.testing.run_dirs import write_corpus, write_wav
-from llmasr.testing.thread_ranks import run_ranks
+from llmasr.testing.thread_ranks import run_ranks, thread_world
 from llmasr.train.process_group import free_port
 
 TEXTS = ["zero one two", "three four", "five six seven eight", "nine", "hello world", "the quick brown fox",
@@ -39,34 +40,94 @@ def manifest(tmp_path_factory):
     return path
 
 
-@dataclass(frozen=True)
-class ThreadWorld(DecodeWorld):
-    """A rank of a world of threads (llmasr.testing.thread_ranks): the ranks exchange header probes and plans."""
-
-    gather_with: Callable | None = None
-
-    def gather(self, obj) -> list:
-        return self.gather_with(obj)
-
-    def start(self, device) -> None:
-        pass  # the threads are the world
-
-
 def test_ranks_share_the_batches_of_one_plan(model, manifest):
     cfg, opts = DecodeConfig(batch_seconds=1.6), DecodeOptions(num_workers=0)
     plan = [sorted(b) for b in decode_loader(model, manifest, cfg, opts).batch_sampler]
     shares = run_ranks(2, lambda r, gather: list(
-        decode_loader(model, manifest, cfg, opts, world=ThreadWorld(r, 2, gather_with=gather)).batch_sampler
+        decode_loader(model, manifest, cfg, opts, world=thread_world(r, 2, gather)).batch_sampler
     ))  # fmt: skip
     assert len(plan) % 2 == 1  # an odd count: one rank repeats a batch to keep the count even
     assert len(shares[0]) == len(shares[1]) == (len(plan) + 1) // 2
     assert {tuple(sorted(b)) for b in shares[0] + shares[1]} == {tuple(b) for b in plan}
 
 
-def test_two_ranks_write_what_one_process_writes(exported_dir, manifest, tmp_path):
-    common = ["--model", str(exported_dir), "--data", str(manifest), "--num-workers", "0", "--batch-seconds", "1.6",
-              "--max-llm-tokens", "150",  # batches within it as well, the same plan on each rank
-              "--max-new-tokens", "5", "--max-bad-fraction", "0.5", "--ctc", "--max-window-seconds", "2.5"]  # fmt: skip
+@pytest.fixture(scope="module")
+def listed(tmp_path_factory):
+    """The corpus with a biasing list of their own on most lines (an empty one on one), and its bad lines."""
+    root = tmp_path_factory.mktemp("listed_corpus")
+    path = write_corpus(root, TEXTS, extra_lines=BAD)
+    lines = path.read_text(encoding="utf-8").splitlines()
+    for i, text in enumerate(TEXTS):
+        if i % 4:
+            rec = json.loads(lines[i])
+            rec["hotwords"] = [] if i == 1 else [TEXTS[(i + 3) % len(TEXTS)], *text.split()[: i % 3 + 1]]
+            lines[i] = json.dumps(rec)
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def counted_by_thread(monkeypatch) -> dict[str, list[int]]:
+    """The lines whose prompts LinePrompts counts, by the thread that counts them (a rank of run_ranks: rank0, ...)."""
+    counted: dict[str, list[int]] = {}
+    real = LinePrompts._count
+
+    def count(self, manifest, lines, *rest):
+        counted.setdefault(threading.current_thread().name, []).extend(lines)
+        return real(self, manifest, lines, *rest)
+
+    monkeypatch.setattr(LinePrompts, "_count", count)
+    return counted
+
+
+def test_each_rank_counts_the_prompts_of_its_share_of_the_lines(model, listed, monkeypatch):
+    """Every rank read every line's prompt for the window and the budget (a 100k-line manifest of own lists: half a
+    minute a rank); now each reads its share and one gather gives every rank the counts one process has."""
+    cfg, opts = DecodeConfig(batch_seconds=1.6, max_llm_tokens=150, max_new_tokens=5), DecodeOptions(num_workers=0)
+    counted = counted_by_thread(monkeypatch)
+    one = decode_loader(model, listed, cfg, opts)
+    lines = list(range(len(TEXTS) + len(BAD)))
+    assert sorted(counted.pop(threading.current_thread().name)) == lines  # one process: each line once
+    gathers = []
+
+    def rank(r, gather):
+        def counting(obj):
+            gathers.append((r, isinstance(obj, dict) and "asked" in obj))  # a gather of prompt counts
+            return gather(obj)
+
+        return decode_loader(model, listed, cfg, opts, world=thread_world(r, 2, counting))
+
+    shares = run_ranks(2, rank)
+    assert sorted(counted["rank0"] + counted["rank1"]) == lines  # every line counted once, by one rank
+    assert len(counted["rank0"]) == (len(lines) + 1) // 2 and len(counted["rank1"]) == len(lines) // 2
+    assert gathers.count((0, True)) == gathers.count((1, True)) == 1  # the window's and the budget's counts at once
+    for loader in shares:
+        assert all((got == want).all() for got, want in zip(loader.llm_rows, one.llm_rows, strict=True))
+    assert sorted(sorted(b) for s in shares for b in s.batch_sampler) == sorted(sorted(b) for b in one.batch_sampler)
+
+
+def test_a_rank_that_fails_counting_its_share_stops_every_rank(model, listed, monkeypatch):
+    """A fault counting one rank's share of the prompts ends every rank in the gather of the counts: the others do
+    not wait there for it (over other nodes, until the process group's timeout)."""
+    real = LinePrompts._count
+
+    def count(self, *args):
+        if threading.current_thread().name == "rank1":
+            raise RuntimeError("this node's tokenizer is broken")
+        return real(self, *args)
+
+    monkeypatch.setattr(LinePrompts, "_count", count)
+    cfg, opts = DecodeConfig(max_llm_tokens=150), DecodeOptions(num_workers=0)
+    out = run_ranks(2, lambda r, gather: decode_loader(model, listed, cfg, opts, world=thread_world(r, 2, gather)))
+    assert isinstance(out[1], RuntimeError) and str(out[1]) == "this node's tokenizer is broken"
+    assert isinstance(out[0], RankFailure), out[0]
+    assert str(out[0]).startswith("rank 1 (node ") and "count the decode prompts" in str(out[0])
+    assert "this node's tokenizer is broken" in str(out[0])
+
+
+def two_ranks_write_what_one_process_writes(exported_dir, manifest, tmp_path, *flags: str) -> dict:
+    """`llmasr decode` of `manifest` under `flags` in one process and on 2 CPU ranks of the deepspeed launcher: the
+    same files, the same wer.json but for the timing. Returns the 2 ranks' wer.json."""
+    common = ["--model", str(exported_dir), "--data", str(manifest), "--num-workers", "0", *flags]
     assert main([*common, "--output", str(tmp_path / "one")]) == 0
     port = free_port()
     cmd = ["deepspeed", "--num_gpus", "2", "--master_port", str(port), "--module", "llmasr", "decode", *common,
@@ -76,19 +137,38 @@ def test_two_ranks_write_what_one_process_writes(exported_dir, manifest, tmp_pat
     assert_no_shm_left(port)
     assert proc.stdout.count("test.jsonl: WER") == 1  # rank 0 reports, once
     one, two = tmp_path / "one", tmp_path / "two"
-    for name in ("hyp.txt", "ref.txt", "results.jsonl", "bad.jsonl", "ctc/hyp.txt", "ctc/results.jsonl"):
+    ctc = ("ctc/hyp.txt", "ctc/results.jsonl") if "--ctc" in flags else ()
+    for name in ("hyp.txt", "ref.txt", "results.jsonl", "bad.jsonl", *ctc):
         assert (two / name).read_text() == (one / name).read_text(), name
     timing = {"decode_seconds", "rtf", "utts_per_second", "text", "rank_items", "first_batch_seconds"}
     timing |= {"rtf_after_first_batch", "window_plan_seconds"}
     got, want = (json.loads((d / "wer.json").read_text()) for d in (two, one))
     assert {k: v for k, v in got.items() if k not in timing} == {k: v for k, v in want.items() if k not in timing}
+    assert want["rank_items"] == [got["windows"]] and len(got["rank_items"]) == 2 and min(got["rank_items"]) > 0
+    assert sum(got["rank_items"]) == got["windows"]  # the batch a rank repeats to keep the count even is skipped
+    assert f"2 ranks, items decoded {got['rank_items'][0]} + {got['rank_items'][1]}" in (two / "wer.txt").read_text()
+    return got
+
+
+def test_two_ranks_write_what_one_process_writes(exported_dir, manifest, tmp_path):
+    got = two_ranks_write_what_one_process_writes(
+        exported_dir, manifest, tmp_path, "--batch-seconds", "1.6",
+        "--max-llm-tokens", "150",  # batches within it as well, the same plan on each rank
+        "--max-new-tokens", "5", "--max-bad-fraction", "0.5", "--ctc", "--max-window-seconds", "2.5",
+    )  # fmt: skip
     assert got["utterances"] == len(TEXTS) + 1 and got["skipped"] == len(BAD)
     assert got["split"] == 1 and got["windows"] > len(TEXTS) + 1  # the long line went in windows
-    items = got["windows"]  # every good line's item, the long one's windows each
-    assert want["rank_items"] == [items] and len(got["rank_items"]) == 2 and min(got["rank_items"]) > 0
-    assert sum(got["rank_items"]) == items  # the batch a rank repeats to keep the count even is skipped
-    assert f"2 ranks, items decoded {got['rank_items'][0]} + {got['rank_items'][1]}" in (two / "wer.txt").read_text()
-    assert len((two / "hyp.txt").read_text().splitlines()) == len(TEXTS) + 1
+    assert len((tmp_path / "two" / "hyp.txt").read_text().splitlines()) == len(TEXTS) + 1
+
+
+def test_two_ranks_with_lines_own_lists_and_a_budget_write_what_one_process_writes(exported_dir, listed, tmp_path):
+    """Each rank counts its share of the lines' prompts (their own lists) for the window and the budget."""
+    got = two_ranks_write_what_one_process_writes(
+        exported_dir, listed, tmp_path, "--batch-seconds", "1.2", "--max-llm-tokens", "120", "--max-new-tokens", "4",
+        "--max-bad-fraction", "0.5",
+    )  # fmt: skip
+    assert got["utterances"] == len(TEXTS) and got["skipped"] == len(BAD)
+    assert got["hotword_lists"] == sum(bool(i % 4) for i in range(len(TEXTS))) - 1  # the empty list is none
 
 
 def test_a_fault_met_decoding_ends_the_run_not_only_its_manifest(exported_dir, manifest, tmp_path, monkeypatch):
@@ -157,7 +237,7 @@ def test_a_rank_whose_node_lacks_a_file_stops_every_rank_before_decoding(exporte
     gone = tmp_path / "node1" / "test.jsonl"
 
     def rank(r, gather):
-        mine.world = ThreadWorld(r, 2, gather_with=gather)
+        mine.world = thread_world(r, 2, gather)
         return main(["--model", str(exported_dir), "--data", str(gone if r else manifest), "--num-workers", "0",
                      "--output", str(tmp_path / "out"), "--device", "cpu"])  # fmt: skip
 
@@ -192,7 +272,7 @@ def test_several_ranks_that_cannot_start_stop_every_rank_with_the_worst_exit_sta
     monkeypatch.setattr(decode_cmd, "_prepare", prepare)
 
     def rank(r, gather):
-        mine.world = ThreadWorld(r, 4, gather_with=gather)
+        mine.world = thread_world(r, 4, gather)
         return main(["--model", str(exported_dir), "--data", "x.jsonl", "--output", str(tmp_path / "out"),
                      "--device", "cpu"])  # fmt: skip
 
@@ -203,3 +283,18 @@ def test_several_ranks_that_cannot_start_stop_every_rank_with_the_worst_exit_sta
     said = [line for line in err.splitlines() if "could not start" in line]
     assert said == [f"llmasr decode: error: rank 1 (node {node_name()}) (and 1 other rank(s)) could not start; "
                     "every rank stops with it:"], err  # fmt: skip
+
+
+def test_ranks_that_ask_for_other_lines_all_refuse_to_merge_their_counts():
+    """Ranks reading different manifests ask for the counts of other lines: every rank says so, none merges them."""
+
+    def rank(r, gather):
+        lines = np.arange(6 if r else 5)
+        tokens, fields = np.full(6, -1), np.zeros(6, dtype=np.uint8)
+        tokens[thread_world(r, 2, gather).line_share(lines)] = 7
+        thread_world(r, 2, gather).merge_lines(lines, tokens, fields)
+        return tokens
+
+    out = run_ranks(2, rank, timeout=20)
+    assert all(isinstance(e, ValueError) for e in out), out
+    assert "rank 1 asked for the counts of 6 lines, rank 0 for 5" in str(out[0]) and str(out[0]) == str(out[1])

@@ -6,17 +6,15 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
 
 import pytest
 import torch
 
 import llmasr
 from llmasr.export.decode import DecodeOptions, decode_loader, decode_manifest
-from llmasr.export.decode_world import DecodeWorld
 from llmasr.models.decoding import DecodeConfig
 from llmasr.testing.run_dirs import read_lines, write_wav
-from llmasr.testing.thread_ranks import run_ranks
+from llmasr.testing.thread_ranks import run_ranks, thread_world
 from llmasr.testing.tiny_recipe import tiny_model_section
 
 OPTS = DecodeOptions(num_workers=0)
@@ -108,19 +106,11 @@ def test_an_utterance_over_the_budget_alone_is_decoded_alone_and_named(model, ma
     assert read_lines(tmp_path / "budget" / "hyp.txt") == read_lines(tmp_path / "free" / "hyp.txt")
 
 
-@dataclass(frozen=True)
-class ThreadWorld(DecodeWorld):
-    gather_with: object = None
-
-    def gather(self, obj) -> list:
-        return self.gather_with(obj)
-
-
 def test_ranks_share_the_batches_of_the_budgeted_plan(model, manifest):
     cfg = DecodeConfig(batch_seconds=1000.0, max_new_tokens=6, max_window_seconds=0, max_llm_tokens=90)
     plan = [sorted(b) for b in decode_loader(model, manifest, cfg, OPTS).batch_sampler]
     assert 2 < len(plan) < 11
     shares = run_ranks(2, lambda r, gather: list(
-        decode_loader(model, manifest, cfg, OPTS, world=ThreadWorld(r, 2, gather_with=gather)).batch_sampler
+        decode_loader(model, manifest, cfg, OPTS, world=thread_world(r, 2, gather)).batch_sampler
     ))  # fmt: skip
     assert {tuple(sorted(b)) for b in shares[0] + shares[1]} == {tuple(b) for b in plan}

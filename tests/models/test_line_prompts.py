@@ -5,6 +5,7 @@ tasks, system messages, own lists, empty lists, no lists, special-token text, li
 from __future__ import annotations
 
 import json
+import threading
 from types import SimpleNamespace
 
 import numpy as np
@@ -19,6 +20,7 @@ from llmasr.models.context import decoding_prompt
 from llmasr.models.line_prompts import LinePrompts
 from llmasr.models.llm import load_tokenizer
 from llmasr.models.prompt import AUDIO_PLACEHOLDER, PromptBuilder
+from llmasr.testing.thread_ranks import run_ranks, thread_world
 from llmasr.testing.tiny_llm import CHATML_TEMPLATE
 from llmasr.train.decode_rows import DecodeRows
 
@@ -193,3 +195,34 @@ def test_prompt_sizes_are_the_lengths_encode_gives(builders):
             except ValueError:
                 want.append(None)
         assert prompt.prompt_sizes(asked) == want and want.count(None) >= 2
+
+
+@pytest.mark.parametrize("every", [False, True], ids=["rounds", "every_line"])
+def test_ranks_count_their_shares_and_find_what_one_process_finds(builders, manifest, chunk, every, monkeypatch):
+    """On 2 decoding ranks (llmasr.export.decode_world) each counts its share of the lines a call has not counted, in
+    rounds of CHUNK lines a rank or all at once (`every`: the budget counts every line), and the gathers give every
+    rank one process's counts, bad lines and lines that cannot render 0."""
+    prompt, hotwords = builders[2], ["omega", "psi chi"]  # refusing: some lines cannot render
+    want = decoding_prompt(prompt, hotwords, manifest)
+    alone = LinePrompts(prompt, hotwords)
+    tokens, fields = alone.counts(manifest, np.arange(len(manifest)))
+    assert tokens.tolist() == reference(prompt, hotwords, True, manifest)
+    counted: dict[str, list[int]] = {}
+    real = LinePrompts._count
+
+    def count(self, manifest, lines, *rest):
+        counted.setdefault(threading.current_thread().name, []).extend(lines)
+        return real(self, manifest, lines, *rest)
+
+    monkeypatch.setattr(LinePrompts, "_count", count)
+
+    def rank(r, gather):
+        lines = LinePrompts(prompt, hotwords, world=thread_world(r, 2, gather))
+        found = decoding_prompt(prompt, hotwords, manifest, counted=lines, every=every)
+        return found, lines.counts(manifest, np.arange(len(manifest)))  # the rest of the lines, where any
+
+    for found, (got_tokens, got_fields) in run_ranks(2, rank):
+        assert found == want
+        assert got_tokens.tolist() == tokens.tolist() and got_fields.tolist() == fields.tolist()
+    assert sorted(counted["rank0"] + counted["rank1"]) == list(range(len(manifest)))  # each line by one rank
+    assert abs(len(counted["rank0"]) - len(counted["rank1"])) <= len(manifest) // chunk + 2
