@@ -49,7 +49,7 @@ from llmasr.export.staged_dir import discarded_on_error, output_dir, publish, st
 from llmasr.models.builder import build_model
 from llmasr.models.config import ModelConfig
 from llmasr.models.exported import MODEL_FILE
-from llmasr.models.funasr_dir import weights_file
+from llmasr.models.funasr_dir import missing_weights, weights_file
 from llmasr.models.state_dict import select_prefix, torch_load, unwrap_state_dict
 from llmasr.recipe import Recipe
 
@@ -70,7 +70,7 @@ class ConvertError(RuntimeError):
 def read_nano_state(src: Path, config: dict, tied_head: bool = False) -> dict[str, torch.Tensor]:
     path = weights_file(src)
     if not path.is_file():
-        raise ConfigError(f"{path}: missing; a Fun-ASR-Nano directory holds the whole model's weights there")
+        raise missing_weights(path, "A Fun-ASR-Nano directory holds the whole model's weights there")
     state = unwrap_state_dict(torch_load(path), source=str(path))
     if not any(k.startswith(TAKEN) for k in state) and any(k.startswith("module.") for k in state):
         state = select_prefix(state, "module.")  # saved from a DDP-wrapped model

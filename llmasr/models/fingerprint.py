@@ -118,7 +118,8 @@ def _tracked(f: Path) -> bool:
 
 def _funasr_weights(path: Path) -> Path | None:
     """The weights file a FunASR directory is read from (configuration.json's init_param may name model.pb or
-    model.pt.avg10, which no weight suffix matches), when it lies in the directory."""
+    model.pt.avg10, which no weight suffix matches), when it lies in the directory or in a DeepSpeed checkpoint
+    folder there (model.pt/mp_rank_00_model_states.pt)."""
     if not (path / "config.yaml").is_file():
         return None
     from llmasr.models.funasr_dir import weights_file
@@ -127,7 +128,10 @@ def _funasr_weights(path: Path) -> Path | None:
         found = weights_file(path)
     except (OSError, ValueError):
         return None
-    return found if found.is_file() and found.parent.resolve() == path.resolve() else None
+    from llmasr.models.ds_checkpoint import MODEL_STATES
+
+    in_ds_folder = found.name == MODEL_STATES and found.parent.parent.resolve() == path.resolve()
+    return found if found.is_file() and (found.parent.resolve() == path.resolve() or in_ds_folder) else None
 
 
 def dir_fingerprint(path: str | Path | None) -> dict | None:
@@ -145,6 +149,8 @@ def dir_fingerprint(path: str | Path | None) -> dict | None:
             out["files"][f.name] = weight_identity(f)
         elif _tracked(f):
             out["files"][f.name] = _sha16(f.read_bytes())
+    if read is not None and read.parent.resolve() != path.resolve():  # in a DeepSpeed checkpoint folder
+        out["files"][f"{read.parent.name}/{read.name}"] = weight_identity(read)
     return out
 
 

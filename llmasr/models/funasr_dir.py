@@ -26,6 +26,7 @@ from torch import nn
 from llmasr.config_io import ConfigError
 from llmasr.config_paths import not_found
 from llmasr.data.frontend import FrontendConfig
+from llmasr.models.ds_checkpoint import MODEL_STATES, weights_in, zero3_partitions, zero_to_fp32_advice
 from llmasr.models.encoders import EncoderEntry, funasr_class_name, funasr_entry
 from llmasr.models.funasr_checks import check_vocabulary, log_left_out
 from llmasr.models.sanm_chunk import CHUNK_KEYS
@@ -168,19 +169,26 @@ def named_in_dir(model_dir: Path, name: object) -> Path:
 
 def weights_file(model_dir: Path) -> Path:
     """The file FunASR's AutoModel reads a directory's weights from: configuration.json's file_path_metas.init_param,
-    else model.pt (named_in_dir; it may be missing)."""
-    return named_in_dir(model_dir, (file_path_metas(model_dir) or {}).get("init_param") or "model.pt")
+    else model.pt (named_in_dir; it may be missing). Where that is a DeepSpeed checkpoint folder holding whole weights
+    (FunASR's DeepSpeed trainer, ZeRO 0-2), its mp_rank_00_model_states.pt (llmasr.models.ds_checkpoint)."""
+    return weights_in(named_in_dir(model_dir, (file_path_metas(model_dir) or {}).get("init_param") or "model.pt"))
 
 
 def missing_weights(ckpt_path: Path, needs: str) -> ConfigError:
-    """The error for a weights file that is not a file: `needs` says what the directory must hold there. FunASR's
-    DeepSpeed trainer saves its checkpoints as DeepSpeed folders under the weights' names (model.pt/ holding
-    mp_rank_*_model_states.pt), which no state-dict reader opens: named as such, not as missing."""
+    """The error for a weights file that is not a file: `needs` says what the directory must hold there. A folder
+    there is a DeepSpeed checkpoint without whole weights (weights_file reads the others): ZeRO-3's partitions."""
     if ckpt_path.is_dir():
+        parts = zero3_partitions(ckpt_path)
+        zero3 = (
+            f"It is a ZeRO-3 checkpoint ({', '.join(p.name for p in parts[:2])}{', ...' if len(parts) > 2 else ''}): "
+            "its model states hold partition placeholders, the weights are partitioned in its *_optim_states.pt "
+            "files. "
+            if parts
+            else f"It holds no {MODEL_STATES} (the whole weights of a ZeRO 0-2 checkpoint). "
+        )
         return ConfigError(
             f"{ckpt_path}: a directory, not a weights file: FunASR's DeepSpeed trainer saves its checkpoints as "
-            "DeepSpeed folders under this name. Write its weights as one state dict with DeepSpeed's zero_to_fp32 "
-            f"(tag {ckpt_path.name}) and put that file in the folder's place. {needs}"
+            f"DeepSpeed folders under this name. {zero3}{zero_to_fp32_advice(ckpt_path)} {needs}"
         )
     return ConfigError(f"{ckpt_path}: missing. {needs}")
 

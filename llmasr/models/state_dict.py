@@ -8,11 +8,15 @@ from __future__ import annotations
 
 import fnmatch
 import logging
+import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch import nn
+
+from llmasr.models.ds_checkpoint import is_model_states, module_weights
+from llmasr.safe_load import allowed_globals, refusal, unsafe_globals
 
 log = logging.getLogger(__name__)
 
@@ -47,17 +51,35 @@ def torch_load(path: str | Path, *, shapes_only: bool = False) -> dict:
     backed by a mapping die with SIGBUS when the file is rewritten while they live.)"""
     try:
         try:
-            obj = torch.load(str(path), map_location="cpu", weights_only=True, mmap=shapes_only)
+            obj = _weights_only(path, mmap=shapes_only)
         except RuntimeError as err:
             if not shapes_only or "mmap" not in str(err):
                 raise
-            obj = torch.load(str(path), map_location="cpu", weights_only=True)  # the legacy (pre-zip) format
+            obj = _weights_only(path, mmap=False)  # the legacy (pre-zip) format
     except FileNotFoundError:
         raise
-    except Exception as err:  # pickle errors, truncated files
+    except pickle.UnpicklingError as err:  # a pickled object beyond tensors and DeepSpeed's data classes
+        refuse_lfs_pointer(path)
+        names = unsafe_globals(path)
+        if names:
+            raise CheckpointMismatchError(refusal(path, names)) from err
+        raise CheckpointMismatchError(f"{path}: cannot be read as a weights-only torch checkpoint: {err}") from err
+    except Exception as err:  # truncated files
         refuse_lfs_pointer(path)
         raise CheckpointMismatchError(f"{path}: cannot be read as a weights-only torch checkpoint: {err}") from err
     return as_meta(obj) if shapes_only else obj
+
+
+def _weights_only(path: str | Path, *, mmap: bool):
+    """torch.load weights-only; a DeepSpeed checkpoint file may pickle DeepSpeed's few data classes (loss scalers,
+    the ZeRO stage), allowed then as llmasr.safe_load allows them (importing DeepSpeed only for such a file)."""
+    try:
+        return torch.load(str(path), map_location="cpu", weights_only=True, mmap=mmap)
+    except pickle.UnpicklingError as err:
+        if "deepspeed." not in str(err):
+            raise
+    with torch.serialization.safe_globals(allowed_globals()):
+        return torch.load(str(path), map_location="cpu", weights_only=True, mmap=mmap)
 
 
 def refuse_lfs_pointer(path: str | Path) -> None:
@@ -124,7 +146,11 @@ _SAFETENSORS_DTYPES = {
 
 def unwrap_state_dict(obj: dict, source: str = "checkpoint") -> dict[str, torch.Tensor]:
     """FunASR model.pt files hold the state dict directly or under state_dict / model_state_dict / model, unwrapped in
-    that order as FunASR's load_pretrained_model does (a trainer's {"state_dict": {"model": ...}} too)."""
+    that order as FunASR's load_pretrained_model does (a trainer's {"state_dict": {"model": ...}} too). A DeepSpeed
+    checkpoint's model states (a FunASR DeepSpeed trainer's model.pt/mp_rank_00_model_states.pt) give their whole
+    weights (llmasr.models.ds_checkpoint)."""
+    if is_model_states(obj):
+        obj = module_weights(obj, source)
     for key in ("state_dict", "model_state_dict", "model"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]

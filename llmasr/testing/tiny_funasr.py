@@ -285,13 +285,20 @@ def rewrite_model_pt(d, fn):
     torch.save(state, d / "model.pt")
 
 
-def as_deepspeed_checkpoint(d):
-    """model.pt of directory `d` as FunASR's DeepSpeed trainer leaves it (engine.save_checkpoint(output_dir,
-    tag="model.pt")): a folder holding mp_rank_00_model_states.pt, the weights under `module`."""
-    state = torch.load(d / "model.pt", weights_only=True)
-    (d / "model.pt").unlink()
-    (d / "model.pt").mkdir()
-    torch.save({"module": state}, d / "model.pt" / "mp_rank_00_model_states.pt")
+def as_deepspeed_checkpoint(d, stage: int = 2):
+    """Directory `d`'s model.pt replaced by what FunASR's DeepSpeed trainer leaves in its output_dir: a real
+    DeepSpeed engine's save_checkpoint(d, tag="model.pt") of the same tensors under ZeRO `stage` (a folder holding
+    mp_rank_00_model_states.pt, or ZeRO-3's zero_pp_rank_0_* placeholders; llmasr.testing.tiny_deepspeed). Returns
+    the folder."""
+    from llmasr.testing.tiny_deepspeed import deepspeed_save
+
+    weights = d / "model.pt"
+    held = d / ".model.pt.plain"
+    weights.rename(held)
+    try:
+        return deepspeed_save(held, d, "model.pt", stage)
+    finally:
+        held.unlink()
 
 
 def finetuned_output_dir(pretrained, out):

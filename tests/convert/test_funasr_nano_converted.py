@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 
 import numpy as np
 import pytest
@@ -15,6 +16,7 @@ from llmasr.cli import main as cli_main
 from llmasr.convert.funasr_nano import convert_funasr
 from llmasr.models.adaptor_blocks import funasr_nano_token_len
 from llmasr.models.exported import load_exported
+from llmasr.testing.tiny_funasr import as_deepspeed_checkpoint
 from llmasr.testing.tiny_nano import CTC_VOCAB, write_nano_dir
 
 
@@ -110,6 +112,19 @@ def test_ctc_branch_converts_with_its_vocabulary(converted, caplog):
     assert torch.equal(head["proj.weight"], state["ctc.ctc_lo.weight"].float())
     assert torch.equal(head["decoder.blocks.0.norm1.weight"], state["ctc_decoder.blocks.0.norm1.weight"].float())
     assert len(head) == sum(k.startswith(("ctc_decoder.", "ctc.")) for k in state)
+
+
+def test_a_directory_whose_model_pt_deepspeed_saved_converts_as_the_file_does(converted, tmp_path):
+    """Fun-ASR-Nano fine-tuned with FunASR's DeepSpeed trainer leaves model.pt as a folder (ZeRO-2 here): the
+    conversion had called it missing; it converts to the same model as the weights file."""
+    src, out = converted
+    ds_src = shutil.copytree(src, tmp_path / "src")
+    as_deepspeed_checkpoint(ds_src)
+    assert cli_main(["convert", "funasr", str(ds_src), str(tmp_path / "out")]) == 0
+    want, got = load_exported(out).state_dict(), load_exported(tmp_path / "out").state_dict()
+    assert list(got) == list(want)
+    for key, value in want.items():
+        assert torch.equal(got[key], value), key
 
 
 def test_ctc_branch_without_its_vocabulary_is_left_out_naming_where_it_looked(tmp_path, caplog):

@@ -176,3 +176,23 @@ def test_the_files_export_copies_are_fingerprinted(tmp_path):
     cfg.prompt.chat_template = "{{ messages }}"  # the text itself: nothing to fingerprint
     assert "prompt_template" not in base_fingerprint(cfg)
     assert "prompt_template: a file when trained, none now" in fingerprint_differences(before, base_fingerprint(cfg))
+
+
+def test_weights_in_a_deepspeed_checkpoint_folder_are_fingerprinted(tmp_path):
+    """model.pt saved by FunASR's DeepSpeed trainer is a folder whose mp_rank_00_model_states.pt the encoder reads:
+    it went unhashed (only files directly in the directory were), so a changed base passed a resume unnoticed."""
+    enc = tmp_path / "enc"
+    (enc / "model.pt").mkdir(parents=True)
+    (enc / "config.yaml").write_text("encoder: SANMEncoder\n")
+    states = enc / "model.pt" / "mp_rank_00_model_states.pt"
+    states.write_bytes(b"a" * 10)
+    (enc / "model.pt" / "zero_pp_rank_0_mp_rank_00_optim_states.pt").write_bytes(b"o" * 10)
+    cfg = model_config(tmp_path)
+    cfg.encoder.path = str(enc)
+    before = base_fingerprint(cfg)
+    assert "model.pt/mp_rank_00_model_states.pt" in before["encoder"]["files"]
+    (enc / "model.pt" / "zero_pp_rank_0_mp_rank_00_optim_states.pt").write_bytes(b"p" * 10)  # not read
+    assert fingerprint_differences(before, base_fingerprint(cfg)) == []
+    states.write_bytes(b"b" * 10)
+    diffs = fingerprint_differences(before, base_fingerprint(cfg))
+    assert [d.split(":")[0] for d in diffs] == ["encoder/model.pt/mp_rank_00_model_states.pt"]

@@ -193,3 +193,20 @@ def test_weights_are_read_where_configuration_json_says(tmp_path):
     assert plain.extractor.frontend.cmvn_file is None
     plain.copy_to(tmp_path / "plain")
     assert FsmnVad.from_dir(tmp_path / "plain").segments_ms(wave) == plain.segments_ms(wave)
+
+
+def test_weights_saved_as_a_deepspeed_folder_are_read(tmp_path):
+    """FunASR's DeepSpeed trainer leaves model.pt as a folder (ZeRO-2): it was refused as 'a directory, not a
+    weights file'; its whole weights are read and the VAD's copy loads again."""
+    from llmasr.testing.tiny_funasr import as_deepspeed_checkpoint
+
+    d = write_fsmn_vad_dir(tmp_path / "ds")
+    plain = FsmnVad.from_dir(d)
+    as_deepspeed_checkpoint(d)
+    vad = FsmnVad.from_dir(d)
+    for key, value in plain.net.state_dict().items():
+        assert torch.equal(vad.net.state_dict()[key], value), key
+    wave = syllable_bursts(7.0, gaps=[(2.0, 5.0)], seed=1)
+    assert vad.segments_ms(wave) == plain.segments_ms(wave)
+    vad.copy_to(tmp_path / "copied")
+    assert FsmnVad.from_dir(tmp_path / "copied").segments_ms(wave) == plain.segments_ms(wave)

@@ -191,12 +191,24 @@ def test_finetuned_output_directory_takes_config_yaml_token_list(tmp_path, dirs)
     assert (got["blank"], got["init_from"]) == ("<blank>", str(out.resolve() / "model.pt"))
 
 
-def test_weights_saved_as_a_deepspeed_folder_are_named_as_such(dirs, tmp_path):
+def test_a_head_saved_in_a_deepspeed_folder_loads(dirs, tmp_path):
+    """FunASR's DeepSpeed trainer leaves model.pt as a folder (ZeRO-2 here): the head was refused as 'a directory,
+    not a weights file' while its whole weights are in the folder's mp_rank_00_model_states.pt."""
     d = copy_model_dir(dirs["sensevoice"], tmp_path / "sv")
+    state = torch.load(d / "model.pt", weights_only=True)
     as_deepspeed_checkpoint(d)
+    assert funasr_ctc_settings(d)["init_from"] == str(d.resolve() / "model.pt" / "mp_rank_00_model_states.pt")
+    model = build_model(from_dict(ModelConfig, model_section("sensevoice", d, dirs["llm"]), "model"))
+    assert torch.equal(model.ctc_head.proj.weight, state["ctc.ctc_lo.weight"])
+    assert torch.equal(model.ctc_head.proj.bias, state["ctc.ctc_lo.bias"])
+
+
+def test_weights_saved_as_a_zero3_deepspeed_folder_are_named_as_such(dirs, tmp_path):
+    d = copy_model_dir(dirs["sensevoice"], tmp_path / "sv")
+    as_deepspeed_checkpoint(d, stage=3)
     with pytest.raises(
         ConfigError,
-        match=r"model\.pt: a directory, not a weights file: FunASR's DeepSpeed trainer.*"
+        match=r"model\.pt: a directory, not a weights file: FunASR's DeepSpeed trainer.*ZeRO-3 checkpoint.*"
         r"model\.ctc\.from_encoder reads the CTC head",
     ):
         funasr_ctc_settings(d)

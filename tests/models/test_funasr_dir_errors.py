@@ -69,13 +69,13 @@ def test_missing_model_pt(tmp_path, tiny_dir):
         load_funasr_encoder(d)
 
 
-def test_weights_saved_as_a_deepspeed_folder_are_named_as_such(tmp_path, tiny_dir):
-    """FunASR's DeepSpeed trainer leaves model.pt as a folder: it was called missing while `ls` shows it."""
+def test_weights_saved_as_a_zero3_deepspeed_folder_are_named_as_such(tmp_path, tiny_dir):
+    """FunASR's DeepSpeed trainer leaves model.pt as a folder; under ZeRO-3 it holds no whole weights."""
     d = _copy(tiny_dir, tmp_path / "d")
-    as_deepspeed_checkpoint(d)
+    as_deepspeed_checkpoint(d, stage=3)
     with pytest.raises(
         ConfigError,
-        match=r"model\.pt: a directory, not a weights file: FunASR's DeepSpeed trainer.*"
+        match=r"model\.pt: a directory, not a weights file: FunASR's DeepSpeed trainer.*ZeRO-3 checkpoint.*"
         r"zero_to_fp32 \(tag model\.pt\).*encoder tensors under 'encoder\.'",
     ):
         load_funasr_encoder(d)
