@@ -29,6 +29,11 @@ def weights_in(path: Path) -> Path:
     return inner if path.is_dir() and inner.is_file() else path
 
 
+class NotWholeWeights(ValueError):
+    """A DeepSpeed model-states file that does not hold the whole weights (llmasr.models.state_dict reports it as a
+    checkpoint that does not fit)."""
+
+
 def zero3_partitions(folder: Path) -> list[Path]:
     """The ZeRO-3 model-state files of a DeepSpeed checkpoint folder ([] for any other folder)."""
     return sorted(folder.glob(ZERO3_MODEL_STATES)) if folder.is_dir() else []
@@ -66,18 +71,14 @@ def _saved_shapes(obj: dict) -> dict[str, tuple]:
 def module_weights(obj: dict, source: str) -> dict:
     """The whole weights of a DeepSpeed model-states dict: `module`, else the client state's `state_dict` (FunASR's
     trainer writes both). ZeRO-3's partition placeholders and one model-parallel shard of several are refused."""
-    from llmasr.models.state_dict import CheckpointMismatchError
-
     key = "module" if isinstance(obj.get("module"), dict) else "state_dict"
     weights = obj.get(key)
     if not isinstance(weights, dict):
-        raise CheckpointMismatchError(
-            f"{source}: a DeepSpeed checkpoint with neither `module` nor `state_dict` weights"
-        )
+        raise NotWholeWeights(f"{source}: a DeepSpeed checkpoint with neither `module` nor `state_dict` weights")
     folder = Path(source).parent
     mp = obj.get("mp_world_size")
     if isinstance(mp, int) and mp > 1:
-        raise CheckpointMismatchError(
+        raise NotWholeWeights(
             f"{source}: one of {mp} model-parallel shards of a DeepSpeed checkpoint, not the whole weights. "
             + zero_to_fp32_advice(folder)
         )
@@ -90,7 +91,7 @@ def module_weights(obj: dict, source: str) -> dict:
     if empty:
         example = empty[0]
         real = f", {list(shapes[example])} in the model" if example in shapes else ""
-        raise CheckpointMismatchError(
+        raise NotWholeWeights(
             f"{source}: a DeepSpeed ZeRO-3 checkpoint's partition placeholders, not weights: {len(empty)} of its "
             f"{len(weights)} tensors are empty (e.g. {example}: {list(weights[example].shape)}{real}); the weights "
             f"are partitioned in {folder}'s *_optim_states.pt files. " + zero_to_fp32_advice(folder)

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from llmasr.models.ds_checkpoint import is_model_states, module_weights
+from llmasr.models.ds_checkpoint import NotWholeWeights, is_model_states, module_weights
 from llmasr.safe_load import allowed_globals, refusal, unsafe_globals
 
 log = logging.getLogger(__name__)
@@ -150,7 +150,10 @@ def unwrap_state_dict(obj: dict, source: str = "checkpoint") -> dict[str, torch.
     checkpoint's model states (a FunASR DeepSpeed trainer's model.pt/mp_rank_00_model_states.pt) give their whole
     weights (llmasr.models.ds_checkpoint)."""
     if is_model_states(obj):
-        obj = module_weights(obj, source)
+        try:
+            obj = module_weights(obj, source)
+        except NotWholeWeights as err:
+            raise CheckpointMismatchError(str(err)) from None
     for key in ("state_dict", "model_state_dict", "model"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]
