@@ -183,3 +183,12 @@ def test_checker_passes_a_layered_package(fake_package):
     })  # fmt: skip
     graph, local = import_graph(mods)
     assert local == 0 and cycles(graph) == [] and graph["llmasr.commands.run"] == {"llmasr.b"}
+
+
+def test_no_two_test_files_share_a_name():
+    """The test folders are no packages, so pytest imports each test file by its base name: a second file of the same
+    name anywhere under tests/ stops the whole suite's collection, which a run of only some files does not show."""
+    seen: dict[str, list[str]] = {}
+    for f in sorted((ROOT.parent / "tests").rglob("test_*.py")):
+        seen.setdefault(f.name, []).append(str(f.relative_to(ROOT.parent)))
+    assert not {name: paths for name, paths in seen.items() if len(paths) > 1}
