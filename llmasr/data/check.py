@@ -30,8 +30,8 @@ from llmasr.data.loader import evenly_spaced, longest_kept, make_sampler
 from llmasr.data.manifest import BadRecord, Manifest
 from llmasr.data.mixed_manifest import MixedManifest
 from llmasr.data.record_fields import unread_fields
-from llmasr.data.records import wrong_duration
-from llmasr.data.screen import missing_hint, spelling_check, static_visits, target_length
+from llmasr.data.records import missing_hint, wrong_duration
+from llmasr.data.screen import spelling_check, static_visits, target_length
 from llmasr.data.speech_check import SpeechFindings
 
 DURATION_TOLERANCE_S = 0.1  # a segment end past the header's duration before a line is noted

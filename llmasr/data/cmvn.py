@@ -15,10 +15,11 @@ from pathlib import Path
 
 import numpy as np
 
-from llmasr.data.audio import AudioError, load_audio
+from llmasr.data.audio import AudioError, load_audio, missing_audio
 from llmasr.data.features import FeatureExtractor
 from llmasr.data.frontend import FrontendConfig, write_kaldi_cmvn
 from llmasr.data.manifest import BadRecord, Manifest
+from llmasr.data.records import missing_hint
 
 log = logging.getLogger(__name__)
 
@@ -96,8 +97,9 @@ def _features(manifest: Manifest, index: int, extractor: FeatureExtractor) -> np
         wav = load_audio(utt.source, sample_rate=sample_rate, start=utt.start, end=utt.end, channel=utt.channel)
     except BadRecord as err:
         return str(err)
-    except AudioError as err:
-        return f"{manifest.path}:{utt.line}: audio {err.path}: {err.reason}"
+    except AudioError as err:  # a missing file: what its path may have meant (a corpus written for FunASR)
+        hint = missing_hint(utt) if missing_audio(utt.source) is not None else ""
+        return f"{manifest.path}:{utt.line}: audio {err.path}: {err.reason}{hint}"
     if extractor.num_frames(wav.size) == 0:
         return (
             f"{manifest.path}:{utt.line}: audio too short for one feature frame ({wav.size} samples; the frontend "

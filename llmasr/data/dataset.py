@@ -20,14 +20,14 @@ from typing import Protocol
 import numpy as np
 from torch.utils.data import Dataset
 
-from llmasr.data.audio import AudioError, load_audio
+from llmasr.data.audio import AudioError, load_audio, missing_audio
 from llmasr.data.augment import Augmenter
 from llmasr.data.bad_data import BadItem
 from llmasr.data.clip_lengths import draw_clip_lengths
 from llmasr.data.features import FeatureExtractor, content_rng
 from llmasr.data.frontend import FrontendConfig
 from llmasr.data.long_audio import speech_runs, speech_start
-from llmasr.data.records import BadRecord, given_hotwords, task_of, wrong_duration
+from llmasr.data.records import BadRecord, given_hotwords, missing_hint, task_of, wrong_duration
 from llmasr.data.visit_keys import dataset_index
 
 
@@ -216,8 +216,9 @@ class SpeechDataset(Dataset):
                 utt.source, sample_rate=sr, start=start, end=end, channel=getattr(utt, "channel", None),
                 limit=self.max_duration_truncate,
             )  # fmt: skip
-        except AudioError as err:
-            return f"audio: {err.reason} ({err.path})"
+        except AudioError as err:  # a missing file: what its path may have meant (decoding screens no line first)
+            hint = missing_hint(utt) if missing_audio(utt.source) is not None else ""
+            return f"audio: {err.reason} ({err.path}){hint}"
         return wave if wave.size else f"audio: empty audio ({utt.source})"
 
     def _stated_duration(self, utt, seconds: float) -> str | None:

@@ -128,6 +128,23 @@ def task_of(utt) -> str | None:
     return task if isinstance(task, str) and task.strip() else None
 
 
+def missing_hint(utt) -> str:
+    """What a line whose audio file is not there may have meant, or "": a path that begins or ends with a space (not
+    seen in the message), or one written relative to the working directory, as FunASR opens it, which llmasr
+    resolves against the manifest's folder (lhotse's cuts excepted: those are opened from the working directory)."""
+    src, hint = str(utt.source), ""
+    base = str(Path(utt.manifest).resolve().parent)
+    written = src[len(base) + 1 :] if src.startswith(base + "/") else src
+    if written != written.strip():
+        hint += f" (the path as written, {written!r}, begins or ends with white space)"
+    if written != src and os.path.isfile(written):
+        hint += (
+            f" ({written} is a file from the working directory, where FunASR looks; llmasr reads a relative path "
+            f"from the manifest's folder, {base}: write the paths absolute, or relative to that folder)"
+        )
+    return hint
+
+
 # ------------------------------------------------------------------------------------------------------ parsing
 
 

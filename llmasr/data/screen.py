@@ -17,10 +17,8 @@ budget too small for one item), with examples, for the start of train.log.
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 
@@ -29,6 +27,7 @@ from llmasr.data.augment import cost_text
 from llmasr.data.bad_data import BadDataTracker, BadItem, TooMuchBadData
 from llmasr.data.manifest import BadRecord, Manifest
 from llmasr.data.record_fields import near_field, unread_fields, unread_text
+from llmasr.data.records import missing_hint
 from llmasr.data.screen_share import ScreenShare
 
 log = logging.getLogger("llmasr.data")
@@ -48,23 +47,6 @@ def target_length(utt) -> int:
     """An utterance's target length for batching: its target_len, else its transcript's characters (an upper bound
     on LLM tokens for most tokenizers)."""
     return int(utt.target_len) if utt.target_len is not None else len(str(utt.target))
-
-
-def missing_hint(utt) -> str:
-    """What a line whose audio file is not there may have meant, or "": a path that begins or ends with a space (not
-    seen in the message), or one written relative to the working directory, as FunASR opens it, which llmasr
-    resolves against the manifest's folder (lhotse's cuts excepted: those are opened from the working directory)."""
-    src, hint = str(utt.source), ""
-    base = str(Path(utt.manifest).resolve().parent)
-    written = src[len(base) + 1 :] if src.startswith(base + "/") else src
-    if written != written.strip():
-        hint += f" (the path as written, {written!r}, begins or ends with white space)"
-    if written != src and os.path.isfile(written):
-        hint += (
-            f" ({written} is a file from the working directory, where FunASR looks; llmasr reads a relative path "
-            f"from the manifest's folder, {base}: write the paths absolute, or relative to that folder)"
-        )
-    return hint
 
 
 def screen(

@@ -24,8 +24,9 @@ from llmasr.models.adaptors import build_adaptor
 from llmasr.models.config import CTCConfig, EncoderConfig, ModelConfig
 from llmasr.models.context import llm_context
 from llmasr.models.ctc import build_ctc_head, build_ctc_tokenizer
+from llmasr.models.ds_checkpoint import weights_in
 from llmasr.models.encoders import EncoderEntry, encoder_entry
-from llmasr.models.funasr_dir import construct_encoder, funasr_encoder_spec, load_funasr_encoder
+from llmasr.models.funasr_dir import construct_encoder, funasr_encoder_spec, load_funasr_encoder, missing_weights
 from llmasr.models.llm import apply_lora, embedding_shape, load_llm
 from llmasr.models.prompt import PromptBuilder
 from llmasr.models.speech_llm import SpeechLLM
@@ -173,8 +174,12 @@ def build_encoder(
 
 def read_weights(init_from: str, init_prefix: str, what: str, *, shapes_only: bool = False) -> dict:
     """Tensors of a .safetensors or weights-only .pt file, restricted to `init_prefix` (prefix removed);
-    `shapes_only`: meta tensors of their shapes."""
-    path = Path(init_from)
+    `shapes_only`: meta tensors of their shapes. A DeepSpeed checkpoint folder (FunASR's DeepSpeed trainer saves
+    model.pt as one) is read as the zoo loaders read it: its whole weights under ZeRO 0-2 (weights_in)."""
+    path = weights_in(Path(init_from))
+    if path.is_dir():  # ZeRO-3's partitions, or any other folder
+        takes = "init_from takes one weights file (.safetensors, or a torch state dict)."
+        raise ConfigError(f"{what}.init_from: {missing_weights(path, takes)}")
     if not path.is_file():
         raise ConfigError(f"{what}.init_from: file not found: {path}")
     if path.suffix == ".safetensors":

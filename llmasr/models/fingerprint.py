@@ -155,11 +155,15 @@ def dir_fingerprint(path: str | Path | None) -> dict | None:
 
 
 def file_fingerprint(path: str | Path) -> dict:
-    """One weight file (adaptor or CTC `init_from`)."""
-    path = Path(path)
+    """One weight file (adaptor or CTC `init_from`): the one read from a DeepSpeed checkpoint folder (read_weights)."""
+    from llmasr.models.ds_checkpoint import weights_in
+
+    given = Path(path)
+    path = weights_in(given)
     if not path.is_file():
         return {"missing": str(path)}
-    return {"scheme": SCHEME, "files": {path.name: weight_identity(path)}}
+    name = path.name if path == given else f"{given.name}/{path.name}"
+    return {"scheme": SCHEME, "files": {name: weight_identity(path)}}
 
 
 def base_fingerprint(model_cfg: ModelConfig) -> dict:

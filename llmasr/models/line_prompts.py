@@ -49,7 +49,9 @@ class LinePrompts:
         gives GIVES[k] itself (its list only where lists are prompted)."""
         lines = np.asarray(lines, dtype=np.int64)
         tokens, fields = self._arrays(manifest)
-        todo = np.unique(lines[tokens[lines] < 0])
+        asked = lines[tokens[lines] < 0]
+        _, first = np.unique(asked, return_index=True)
+        todo = asked[np.sort(first)]  # each line once, in the order asked: on N ranks a share has lines of every length
         if todo.size:
             self._count_share(manifest, todo, tokens, fields)
         return tokens[lines], fields[lines]

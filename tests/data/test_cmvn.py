@@ -198,3 +198,21 @@ def test_cmvn_refuses_an_out_that_is_one_of_its_manifests(tmp_path, capsys):
     assert main([str(path), "--out", str(path)]) == 2
     assert f"--out {path}: one of the inputs" in capsys.readouterr().err
     assert path.read_text() == before
+
+
+def test_cmvn_says_what_a_missing_files_path_may_have_meant(tmp_path, monkeypatch, caplog):
+    # `data cmvn` is the first command a corpus written for FunASR (audio paths from the working directory) meets:
+    # every line was "file not found" under the manifest's folder, without a word of where the file is.
+    monkeypatch.chdir(tmp_path)
+    path, _ = make_corpus(tmp_path, n=6)
+    (tmp_path / "lists").mkdir()
+    moved = tmp_path / "lists" / "train.jsonl"
+    moved.write_text(path.read_text())  # the same lines, now read from lists/: u0.wav is in the working directory
+    with pytest.raises(CMVNError, match="no usable frames in 6 utterance") as err:
+        compute_global_cmvn(moved, FrontendConfig(lfr_m=7, lfr_n=6), tmp_path / "x.mvn")
+    base = tmp_path / "lists"
+    assert (
+        f"train.jsonl:1: audio {base}/u0.wav: file not found (u0.wav is a file from the working directory, where "
+        f"FunASR looks; llmasr reads a relative path from the manifest's folder, {base}: write the paths absolute, or "
+        "relative to that folder)"
+    ) in str(err.value)

@@ -308,3 +308,27 @@ def test_prompt_builder_and_its_stand_ins_take_what_the_dataset_passes():
     want = list(inspect.signature(PromptEncoder.encode).parameters)
     for stand_in in (PromptBuilder, FakePromptBuilder, BenchPromptBuilder):
         assert list(inspect.signature(stand_in.encode).parameters) == want, stand_in.__name__
+
+
+def test_a_missing_audio_file_loaded_says_what_its_path_may_have_meant(tmp_path, monkeypatch):
+    # Decoding and transcribing screen no line before loading it: a FunASR corpus (paths from the working directory)
+    # was refused line by line as "file not found" naming a path that was not the one written, where the training
+    # screen and `llmasr data check` say why.
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "lists").mkdir()
+    (tmp_path / "wav").mkdir()
+    write_wav(tmp_path / "wav" / "a.wav", 0.5)
+    recs = [
+        {"key": "a", "source": "wav/a.wav", "target": "x", "duration": 0.5},
+        {"key": "b", "source": "a.wav ", "target": "x", "duration": 0.5},
+    ]
+    m = Manifest.open(write_manifest(tmp_path / "lists" / "m.jsonl", recs), need_target=False)
+    base = tmp_path / "lists"
+    got = [dataset(m)[i] for i in range(2)]
+    assert [g.reason for g in got] == [
+        f"audio: file not found ({base}/wav/a.wav) (wav/a.wav is a file from the working directory, where FunASR "
+        f"looks; llmasr reads a relative path from the manifest's folder, {base}: write the paths absolute, or "
+        "relative to that folder)",
+        f"audio: file not found ({base}/a.wav ) (the path as written, 'a.wav ', begins or ends with white space)",
+    ]
+    assert {reason_category(g.reason) for g in got} == {"audio file not found"}

@@ -118,3 +118,20 @@ def test_an_audio_path_with_a_nul_character_is_a_bad_line(tmp_path):
         m[1]
     assert e.value.key == "nul"
     assert [b.line for b in m.scan()] == [2]
+
+
+def test_a_missing_audio_file_probed_says_what_its_path_may_have_meant(tmp_path, monkeypatch):
+    # The header probes of lines without a duration (decoding's, and every loader's) named only the resolved path
+    # of a file written from the working directory, as FunASR opens it.
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "lists").mkdir()
+    (tmp_path / "wav").mkdir()
+    write_wav(tmp_path / "wav" / "a.wav", 0.5)
+    path = write_jsonl(tmp_path / "lists" / "m.jsonl", [{"key": "a", "source": "wav/a.wav", "target": "x"}])
+    base = tmp_path / "lists"
+    (bad,) = Manifest.open(path).fill_durations()
+    assert bad.reason == (
+        f"audio {base}/wav/a.wav: file not found (wav/a.wav is a file from the working directory, where FunASR looks; "
+        f"llmasr reads a relative path from the manifest's folder, {base}: write the paths absolute, or relative to "
+        "that folder)"
+    )

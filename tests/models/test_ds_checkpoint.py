@@ -87,3 +87,38 @@ def test_a_zero3_model_states_file_named_by_init_param_is_refused_naming_the_fol
         r"\(tag model\.pt\)",
     ):
         load_funasr_encoder(d)
+
+
+def test_an_init_from_naming_the_folder_reads_it_as_the_zoo_loaders_do(saved):
+    """model.encoder/adaptor/ctc.init_from naming a FunASR model.pt its DeepSpeed trainer saved had been refused as
+    'file not found' while the path is there; a ZeRO 0-2 folder now gives its weights, ZeRO-3 names zero_to_fp32."""
+    from llmasr.models.builder import read_weights
+
+    state = read_weights(str(saved[2] / "model.pt"), "encoder.", "model.encoder")
+    want = {k.removeprefix("encoder."): v for k, v in saved["weights"].items() if k.startswith("encoder.")}
+    assert state.keys() == want.keys() and all(torch.equal(state[k], want[k]) for k in want)
+    folder = saved[3] / "model.pt"
+    with pytest.raises(
+        ConfigError,
+        match=rf"^model\.adaptor\.init_from: {folder}: a directory, not a weights file: .* It is a ZeRO-3 checkpoint "
+        r".*zero_to_fp32 \(tag model\.pt\).* init_from takes one weights file",
+    ):
+        read_weights(str(folder), "", "model.adaptor")
+
+
+def test_an_init_from_folder_is_fingerprinted_by_the_weights_read(saved, tmp_path):
+    """Resume and export compare the init_from weights: a folder fingerprinted as 'missing' let changed weights pass."""
+    from llmasr.models.fingerprint import file_fingerprint
+
+    d = copy_model_dir(saved["plain"], tmp_path / "d")
+    (d / "model.pt").unlink()
+    (d / "model.pt").mkdir()
+    inner = d / "model.pt" / "mp_rank_00_model_states.pt"
+    inner.write_bytes((saved[2] / "model.pt" / "mp_rank_00_model_states.pt").read_bytes())
+    before = file_fingerprint(d / "model.pt")
+    assert list(before["files"]) == ["model.pt/mp_rank_00_model_states.pt"]
+    obj = torch.load(inner, weights_only=False)
+    key = next(iter(obj["module"]))
+    obj["module"][key] = obj["module"][key] + 1  # the weights the encoder reads, changed
+    torch.save(obj, inner)
+    assert file_fingerprint(d / "model.pt") != before

@@ -226,3 +226,32 @@ def test_ranks_count_their_shares_and_find_what_one_process_finds(builders, mani
         assert got_tokens.tolist() == tokens.tolist() and got_fields.tolist() == fields.tolist()
     assert sorted(counted["rank0"] + counted["rank1"]) == list(range(len(manifest)))  # each line by one rank
     assert abs(len(counted["rank0"]) - len(counted["rank1"])) <= len(manifest) // chunk + 2
+
+
+def test_each_rank_counts_lines_of_every_length(builders, tmp_path, monkeypatch):
+    """A rank's share was every N-th line by its place in the file: a manifest whose every other line carries a long
+    biasing list (two sources interleaved) gave one of 2 ranks every long prompt to render and tokenize. The share
+    is now every N-th line in the order asked (decoding_prompt: the longest lines first)."""
+    rows = [{"key": f"u{i}", "source": "a.wav", "duration": 1.0} for i in range(40)]
+    for i in range(1, 40, 2):
+        rows[i]["hotwords"] = [f"phrase {i} number {k}" for k in range(8)]
+    path = tmp_path / "m.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    manifest = Manifest.open(path, need_target=False)
+    counted: dict[str, list[int]] = {}
+    real = LinePrompts._count
+
+    def count(self, manifest, lines, *rest):
+        counted.setdefault(threading.current_thread().name, []).extend(lines)
+        return real(self, manifest, lines, *rest)
+
+    monkeypatch.setattr(LinePrompts, "_count", count)
+    prompt = builders[0]
+
+    def rank(r, gather):
+        lines = LinePrompts(prompt, None, world=thread_world(r, 2, gather))
+        return decoding_prompt(prompt, None, manifest, counted=lines, every=True)
+
+    assert run_ranks(2, rank) == [decoding_prompt(prompt, None, manifest)] * 2
+    listed = [sum(1 for i in counted[name] if rows[i].get("hotwords")) for name in ("rank0", "rank1")]
+    assert listed == [10, 10]
