@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from llmasr.data.audio import AudioError, missing_audio, probe_span
+from llmasr.data.audio import AudioError, probe_span
 from llmasr.data.bad_data import as_record_dict, reason_category
 from llmasr.data.config import DataConfig, ManifestSpec
 from llmasr.data.features import FeatureExtractor
@@ -127,8 +127,7 @@ def _probe_line(utt, probe: bool, cap: float | None = None) -> tuple[float, dict
     try:  # as loading reads it: a start past the audio's end, or an end too far past it, is bad
         header, real = probe_span(utt.source, start, end, channel=channel)
     except AudioError as err:
-        hint = missing_hint(utt) if missing_audio(utt.source) is not None else ""
-        return math.nan, {**where, "reason": f"audio: {err.reason} ({err.path}){hint}"}, None, None
+        return math.nan, {**where, "reason": f"audio: {err.reason} ({err.path}){missing_hint(utt)}"}, None, None
     file_dur, note = header.seconds, None
     form = (header.sample_rate, header.channels, header.channels > 1 and channel is None)
     if end is not None and end > file_dur + DURATION_TOLERANCE_S:  # training trims it to the file's end

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from llmasr.data.audio import AudioError, load_audio, missing_audio
+from llmasr.data.audio import AudioError, load_audio
 from llmasr.data.features import FeatureExtractor
 from llmasr.data.frontend import FrontendConfig, write_kaldi_cmvn
 from llmasr.data.manifest import BadRecord, Manifest
@@ -98,8 +98,7 @@ def _features(manifest: Manifest, index: int, extractor: FeatureExtractor) -> np
     except BadRecord as err:
         return str(err)
     except AudioError as err:  # a missing file: what its path may have meant (a corpus written for FunASR)
-        hint = missing_hint(utt) if missing_audio(utt.source) is not None else ""
-        return f"{manifest.path}:{utt.line}: audio {err.path}: {err.reason}{hint}"
+        return f"{manifest.path}:{utt.line}: audio {err.path}: {err.reason}{missing_hint(utt)}"
     if extractor.num_frames(wav.size) == 0:
         return (
             f"{manifest.path}:{utt.line}: audio too short for one feature frame ({wav.size} samples; the frontend "

@@ -20,7 +20,7 @@ from typing import Protocol
 import numpy as np
 from torch.utils.data import Dataset
 
-from llmasr.data.audio import AudioError, load_audio, missing_audio
+from llmasr.data.audio import AudioError, load_audio
 from llmasr.data.augment import Augmenter
 from llmasr.data.bad_data import BadItem
 from llmasr.data.clip_lengths import draw_clip_lengths
@@ -217,8 +217,7 @@ class SpeechDataset(Dataset):
                 limit=self.max_duration_truncate,
             )  # fmt: skip
         except AudioError as err:  # a missing file: what its path may have meant (decoding screens no line first)
-            hint = missing_hint(utt) if missing_audio(utt.source) is not None else ""
-            return f"audio: {err.reason} ({err.path}){hint}"
+            return f"audio: {err.reason} ({err.path}){missing_hint(utt)}"
         return wave if wave.size else f"audio: empty audio ({utt.source})"
 
     def _stated_duration(self, utt, seconds: float) -> str | None:

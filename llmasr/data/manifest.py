@@ -304,7 +304,7 @@ class Manifest:
         reads it (its channel, its span: llmasr.data.audio.probe_span); returns the records that failed (malformed,
         or audio missing, unreadable, empty, without the channel, or not holding the span). Their duration stays
         NaN."""
-        from llmasr.data.audio import AudioError, missing_audio, probe_span
+        from llmasr.data.audio import AudioError, probe_span
 
         bad: list[BadRecord] = []
         unknown = np.isnan(self._durations)
@@ -321,8 +321,8 @@ class Manifest:
             try:
                 _, seconds = probe_span(utt.source, utt.start, utt.end, utt.channel)
             except AudioError as err:  # a missing file says what its path may have meant, as the screen does
-                hint = missing_hint(utt) if missing_audio(utt.source) is not None else ""
-                bad.append(BadRecord(self.path, utt.line, f"audio {err.path}: {err.reason}{hint}", utt.key))
+                why = f"audio {err.path}: {err.reason}{missing_hint(utt)}"
+                bad.append(BadRecord(self.path, utt.line, why, utt.key))
                 continue
             self._durations[i] = seconds
         return bad

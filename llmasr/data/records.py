@@ -131,8 +131,11 @@ def task_of(utt) -> str | None:
 def missing_hint(utt) -> str:
     """What a line whose audio file is not there may have meant, or "": a path that begins or ends with a space (not
     seen in the message), or one written relative to the working directory, as FunASR opens it, which llmasr
-    resolves against the manifest's folder (lhotse's cuts excepted: those are opened from the working directory)."""
+    resolves against the manifest's folder (lhotse's cuts excepted: those are opened from the working directory).
+    "" for a file that is there (unreadable, corrupt: no path to question)."""
     src, hint = str(utt.source), ""
+    if os.path.isfile(src):
+        return hint
     base = str(Path(utt.manifest).resolve().parent)
     written = src[len(base) + 1 :] if src.startswith(base + "/") else src
     if written != written.strip():
