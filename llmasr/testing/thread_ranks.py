@@ -45,3 +45,21 @@ def thread_world(rank: int, size: int, gather):
             pass  # the threads are the world
 
     return ThreadWorld(rank, size)
+
+
+def lines_counted_by_thread(monkeypatch) -> dict[str, list[int]]:
+    """The manifest lines whose decode prompts LinePrompts (llmasr.models.line_prompts) counts from now on, by the
+    thread that counts them (a rank of run_ranks: rank0, ...); `monkeypatch`: pytest's, which undoes the watch."""
+    import threading
+
+    from llmasr.models.line_prompts import LinePrompts
+
+    counted: dict[str, list[int]] = {}
+    real = LinePrompts._count
+
+    def count(self, manifest, lines, *rest):
+        counted.setdefault(threading.current_thread().name, []).extend(lines)
+        return real(self, manifest, lines, *rest)
+
+    monkeypatch.setattr(LinePrompts, "_count", count)
+    return counted

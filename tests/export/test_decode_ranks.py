@@ -21,7 +21,7 @@ from llmasr.models.speech_llm import SpeechLLM
 from llmasr.rank_verdict import RankFailure, node_name
 from llmasr.testing.launcher import assert_no_shm_left, launcher_env
 from llmasr.testing.run_dirs import write_corpus, write_wav
-from llmasr.testing.thread_ranks import run_ranks, thread_world
+from llmasr.testing.thread_ranks import lines_counted_by_thread, run_ranks, thread_world
 from llmasr.train.process_group import free_port
 
 TEXTS = ["zero one two", "three four", "five six seven eight", "nine", "hello world", "the quick brown fox",
@@ -66,24 +66,11 @@ def listed(tmp_path_factory):
     return path
 
 
-def counted_by_thread(monkeypatch) -> dict[str, list[int]]:
-    """The lines whose prompts LinePrompts counts, by the thread that counts them (a rank of run_ranks: rank0, ...)."""
-    counted: dict[str, list[int]] = {}
-    real = LinePrompts._count
-
-    def count(self, manifest, lines, *rest):
-        counted.setdefault(threading.current_thread().name, []).extend(lines)
-        return real(self, manifest, lines, *rest)
-
-    monkeypatch.setattr(LinePrompts, "_count", count)
-    return counted
-
-
 def test_each_rank_counts_the_prompts_of_its_share_of_the_lines(model, listed, monkeypatch):
     """Every rank read every line's prompt for the window and the budget (a 100k-line manifest of own lists: half a
     minute a rank); now each reads its share and one gather gives every rank the counts one process has."""
     cfg, opts = DecodeConfig(batch_seconds=1.6, max_llm_tokens=150, max_new_tokens=5), DecodeOptions(num_workers=0)
-    counted = counted_by_thread(monkeypatch)
+    counted = lines_counted_by_thread(monkeypatch)
     one = decode_loader(model, listed, cfg, opts)
     lines = list(range(len(TEXTS) + len(BAD)))
     assert sorted(counted.pop(threading.current_thread().name)) == lines  # one process: each line once

@@ -5,7 +5,6 @@ tasks, system messages, own lists, empty lists, no lists, special-token text, li
 from __future__ import annotations
 
 import json
-import threading
 from types import SimpleNamespace
 
 import numpy as np
@@ -20,7 +19,7 @@ from llmasr.models.context import decoding_prompt
 from llmasr.models.line_prompts import LinePrompts
 from llmasr.models.llm import load_tokenizer
 from llmasr.models.prompt import AUDIO_PLACEHOLDER, PromptBuilder
-from llmasr.testing.thread_ranks import run_ranks, thread_world
+from llmasr.testing.thread_ranks import lines_counted_by_thread, run_ranks, thread_world
 from llmasr.testing.tiny_llm import CHATML_TEMPLATE
 from llmasr.train.decode_rows import DecodeRows
 
@@ -207,14 +206,7 @@ def test_ranks_count_their_shares_and_find_what_one_process_finds(builders, mani
     alone = LinePrompts(prompt, hotwords)
     tokens, fields = alone.counts(manifest, np.arange(len(manifest)))
     assert tokens.tolist() == reference(prompt, hotwords, True, manifest)
-    counted: dict[str, list[int]] = {}
-    real = LinePrompts._count
-
-    def count(self, manifest, lines, *rest):
-        counted.setdefault(threading.current_thread().name, []).extend(lines)
-        return real(self, manifest, lines, *rest)
-
-    monkeypatch.setattr(LinePrompts, "_count", count)
+    counted = lines_counted_by_thread(monkeypatch)
 
     def rank(r, gather):
         lines = LinePrompts(prompt, hotwords, world=thread_world(r, 2, gather))
@@ -238,14 +230,7 @@ def test_each_rank_counts_lines_of_every_length(builders, tmp_path, monkeypatch)
     path = tmp_path / "m.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     manifest = Manifest.open(path, need_target=False)
-    counted: dict[str, list[int]] = {}
-    real = LinePrompts._count
-
-    def count(self, manifest, lines, *rest):
-        counted.setdefault(threading.current_thread().name, []).extend(lines)
-        return real(self, manifest, lines, *rest)
-
-    monkeypatch.setattr(LinePrompts, "_count", count)
+    counted = lines_counted_by_thread(monkeypatch)
     prompt = builders[0]
 
     def rank(r, gather):
