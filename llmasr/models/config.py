@@ -60,8 +60,9 @@ class EncoderConfig:
     # A FunASR model directory (config.yaml + model.pt + am.mvn) for paraformer/conformer/sensevoice, an HF Whisper
     # directory for whisper. None builds the architecture from `conf` with random weights (tests, from-scratch demo).
     path: str | None = path_field(None)
-    # Constructor arguments (FunASR `encoder_conf` names). Over `path`: dropout rates, stochastic_depth_rate and
-    # `queries` override config.yaml's; any other key must equal it (the pretrained weights fix the architecture).
+    # Constructor arguments (FunASR `encoder_conf` names). Over `path`: dropout rates, stochastic_depth_rate,
+    # `queries` (SenseVoice) and `context` (Paraformer-streaming: chunked, its default, or full) override
+    # config.yaml's; any other key must equal it (the pretrained weights fix the architecture).
     # Whisper: WhisperConfig keys over config.json's; sizes and activation_function must equal it.
     conf: dict[str, Any] = field(default_factory=dict)
     # Frontend used when `path` carries none (fbank settings; see llmasr.data.features.FrontendConfig).

@@ -8,7 +8,8 @@
     whisper              (a Hugging Face directory)      llmasr.models.whisper        WhisperConfig keys
 
 Paraformer-streaming's SANMEncoderChunkOpt is the SAN-M architecture with chunk settings (kept on the encoder as
-`chunk`, see llmasr.models.sanm_chunk), so it is a FunASR name of the paraformer entry, not an entry of its own.
+`chunk` and run chunked as FunASR runs them unless conf `context` is full, see llmasr.models.sanm_chunk), so it is a
+FunASR name of the paraformer entry, not an entry of its own.
 
 The recipe builder, the FunASR directory loader, `llmasr check`, export (which records `type`, `class` and the
 constructor `conf`) and the exported-model loader all look encoders up here, so a new encoder family is one entry

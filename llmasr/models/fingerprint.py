@@ -20,6 +20,7 @@ import struct
 import zipfile
 from pathlib import Path
 
+from llmasr.config_io import ConfigError
 from llmasr.models.config import ModelConfig
 
 SCHEME = 4  # 3: a FunASR directory's weights file whatever its name; sentencepiece, tiktoken, seg_dict. 4: a peft
@@ -190,7 +191,24 @@ def base_fingerprint(model_cfg: ModelConfig) -> dict:
     for branch, path in recipe_files:
         if path:
             out[branch] = file_fingerprint(path)
+    if _streaming_chunked(m):
+        out["encoder_context"] = "chunked"  # absent: full context, as every llmasr before the setting ran it
     return out
+
+
+def _streaming_chunked(m: ModelConfig) -> bool:
+    """Whether the encoder is a FunASR SANMEncoderChunkOpt directory run chunked (model.encoder.conf.context,
+    chunked unless set to full): trained tensors on top of it belong to that context."""
+    if m.encoder.type != "paraformer" or m.encoder.path is None or not Path(m.encoder.path).is_dir():
+        return False
+    from llmasr.models.encoders import funasr_class_name
+    from llmasr.models.funasr_dir import read_funasr_config
+
+    try:
+        name = funasr_class_name(read_funasr_config(Path(m.encoder.path)).get("encoder"))
+    except (ConfigError, OSError):  # an unreadable config.yaml is the builder's error to report, with its reason
+        return False
+    return name == "SANMEncoderChunkOpt" and (m.encoder.conf or {}).get("context", "chunked") == "chunked"
 
 
 # Entries an older llmasr did not record: a checkpoint without them is compared on the rest.
@@ -224,6 +242,13 @@ def fingerprint_differences(saved: dict, current: dict) -> list[str]:
     for branch in sorted(set(saved) | set(current)):
         a, b = saved.get(branch), current.get(branch)
         if a == b or (a is None and branch in _LATER_ENTRIES):
+            continue
+        if branch == "encoder_context":
+            diffs.append(
+                f"encoder_context: trained with {a or 'full'} context, now {b or 'full'} (model.encoder.conf.context; "
+                "an llmasr before that setting ran a Paraformer-streaming encoder with full context: set "
+                "model.encoder.conf.context: full to go on as trained)"
+            )
             continue
         if b is None and branch in _LATER_ENTRIES:
             diffs.append(f"{branch}: a file when trained, none now")

@@ -29,7 +29,7 @@ from llmasr.data.frontend import FrontendConfig
 from llmasr.models.ds_checkpoint import MODEL_STATES, weights_in, zero3_partitions, zero_to_fp32_advice
 from llmasr.models.encoders import EncoderEntry, funasr_class_name, funasr_entry
 from llmasr.models.funasr_checks import check_vocabulary, log_left_out
-from llmasr.models.sanm_chunk import CHUNK_KEYS
+from llmasr.models.sanm_chunk import CHUNK_KEYS, ChunkSettings, check_context
 from llmasr.models.state_dict import (
     CheckpointMismatchError,
     load_into,
@@ -275,18 +275,18 @@ def _frontend(model_dir: Path, config: dict) -> FrontendConfig:
 
 def _check_overrides(stated: dict, overrides: dict, cfg_path: Path) -> None:
     """Over pretrained weights, model.encoder.conf may set regularisation (dropout rates, stochastic depth) and
-    llmasr's own `queries`; any other key must keep config.yaml's value: heads, FSMN shift, layer types change what
-    the weights compute without changing a tensor's shape, so the load would not notice."""
+    llmasr's own `queries` and `context`; any other key must keep config.yaml's value: heads, FSMN shift, layer types
+    change what the weights compute without changing a tensor's shape, so the load would not notice."""
     for key, value in overrides.items():
-        if "dropout" in key or key in ("stochastic_depth_rate", "queries"):
+        if "dropout" in key or key in ("stochastic_depth_rate", "queries", "context"):
             continue
         if key in stated and (value == stated[key] or str(value) == str(stated[key])):
             continue
         said = f"{stated[key]!r}" if key in stated else "nothing (the weights were trained with FunASR's default)"
         raise ConfigError(
             f"model.encoder.conf.{key}: {value!r}, but {cfg_path} states {said}; over a pretrained directory "
-            "model.encoder.conf may set dropout rates, stochastic_depth_rate and queries only (the weights fix the "
-            "rest)"
+            "model.encoder.conf may set dropout rates, stochastic_depth_rate, queries and context only (the weights "
+            "fix the rest)"
         )
 
 
@@ -303,11 +303,17 @@ def funasr_encoder_spec(
     _check_overrides(encoder_conf, conf_overrides or {}, cfg_path)
     encoder_conf.update(conf_overrides or {})
     chunk_keys = sorted(set(CHUNK_KEYS) & set(encoder_conf))
-    if chunk_keys and funasr_class_name(config["encoder"]) != "SANMEncoderChunkOpt":
+    streaming = funasr_class_name(config["encoder"]) == "SANMEncoderChunkOpt"
+    if chunk_keys and not streaming:
         raise ConfigError(
             f"{cfg_path}: encoder_conf has the chunk settings {', '.join(chunk_keys)}, which only "
             f"SANMEncoderChunkOpt (Paraformer-streaming) takes, but the encoder is {config['encoder']}"
         )
+    if streaming:  # FunASR never runs it otherwise; stated in the conf, so an export records it
+        encoder_conf.setdefault("context", "chunked")
+    if "context" in encoder_conf:
+        check_context(encoder_conf["context"], ChunkSettings.from_conf(encoder_conf) if streaming else None,
+                      "model.encoder.conf")  # fmt: skip
     feature_dim = frontend.feature_dim
     for where, stated in (
         ("input_size", config.get("input_size")),

@@ -15,7 +15,8 @@ with q, k, v from one `linear_q_k_v` and the depthwise `fsmn_block` convolution 
 LayerNorms use eps 1e-12, as FunASR's do.
 
 Frames past an item's length never influence the valid frames (keys and FSMN inputs are masked), so padding
-a batch does not change any item's output on its valid frames.
+a batch does not change any item's output on its valid frames. With `context: chunked` (Paraformer-streaming's
+default) the blocks run over FunASR's chunk layout instead of the frames (llmasr.models.sanm_chunk).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from torch.utils.checkpoint import checkpoint
 from llmasr.config_io import ConfigError
 from llmasr.errors import nearest_hint
 from llmasr.models.attention_kernels import key_padding_bias
-from llmasr.models.sanm_chunk import CHUNK_KEYS, ChunkSettings
+from llmasr.models.sanm_chunk import CHUNK_KEYS, ChunkSettings, check_context, chunk_layout
 
 # encoder_conf keys FunASR configs carry that have no effect on this encoder (or only at their default value).
 # value None: accepted with any value; otherwise the tuple of accepted values.
@@ -189,8 +190,11 @@ class SANMEncoder(nn.Module):
     """Paraformer encoder. Constructor arguments are FunASR's `encoder_conf` names (plus input_size).
 
     Paraformer-streaming's SANMEncoderChunkOpt builds this class too: its chunk settings (chunk_size, stride, ...)
-    are kept as `self.chunk` (llmasr.models.sanm_chunk) and the forward runs with full context; `self.chunk` is
-    None for a plain SANMEncoder.
+    are kept as `self.chunk` (llmasr.models.sanm_chunk), None for a plain SANMEncoder. `context` (llmasr's own key)
+    "chunked" runs the blocks as FunASR's SANMEncoderChunkOpt does in evaluation (chunk configuration 0; a FunASR
+    directory's SANMEncoderChunkOpt gets it by default, llmasr.models.funasr_dir), "full" over the whole utterance.
+    The constructor's default stays "full": an encoder described without the key (an export made before it
+    existed) was trained that way.
     """
 
     def __init__(
@@ -211,11 +215,14 @@ class SANMEncoder(nn.Module):
         kernel_size: int = 11,
         sanm_shfit: int = 0,
         selfattention_layer_type: str = "sanm",
+        context: str = "full",
         **extra,
     ):
         super().__init__()
         chunk_conf = {k: extra.pop(k) for k in CHUNK_KEYS if k in extra}
         self.chunk = ChunkSettings.from_conf(chunk_conf) if chunk_conf or input_layer == "pe_online" else None
+        self.context = check_context(context, self.chunk, "SANMEncoder")
+        self.kernel_size = kernel_size
         _check_extra(extra)
         _check_layer_types(input_layer, pos_enc_class, positionwise_layer_type, selfattention_layer_type)
         _check_sizes(input_size, output_size, num_blocks, input_layer, normalize_before, concat_after)
@@ -259,12 +266,24 @@ class SANMEncoder(nn.Module):
         if xs_lens.numel() != xs.size(0) or bool((xs_lens < 1).any()) or bool((xs_lens > t).any()):
             raise ValueError(f"SANMEncoder: lengths must be in [1, {t}] (one per item), got {xs_lens.tolist()}")
         mask = torch.arange(t, device=xs.device)[None, :] < xs_lens[:, None]  # [B, T] True = valid
-        key_mask = key_padding_bias(mask, xs.dtype)  # once for all blocks
         valid = mask[:, :, None].to(xs.dtype)
 
         xs = xs * self.output_size() ** 0.5
         if self.embed is not None:
-            xs = self.embed(xs)
+            xs = self.embed(xs)  # positions are the frames', before any chunking (as FunASR's)
+        if self.context == "chunked":
+            layout = chunk_layout(self.chunk, self.kernel_size, t, device=xs.device)
+            xs = layout.gather(xs, valid)
+            rows = layout.lengths(xs_lens)
+            in_rows = torch.arange(xs.size(1), device=xs.device)[None, :] < rows[:, None]
+            key_mask = layout.attention_bias(rows, xs.dtype)  # [B, 1, R, R], once for all blocks
+            valid = (in_rows & layout.content[None, :])[:, :, None].to(xs.dtype)  # FSMN: no gap rows
+            xs = self._blocks(xs, key_mask, valid)[:, layout.output_rows]
+        else:
+            xs = self._blocks(xs, key_padding_bias(mask, xs.dtype), valid)
+        return xs, xs_lens
+
+    def _blocks(self, xs: torch.Tensor, key_mask: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         for layer in (*self.encoders0, *self.encoders):
             if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
                 xs = checkpoint(layer, xs, key_mask, valid, use_reentrant=False)
@@ -272,7 +291,7 @@ class SANMEncoder(nn.Module):
                 xs = layer(xs, key_mask, valid)
         if self.normalize_before:
             xs = self.after_norm(xs)
-        return xs, xs_lens
+        return xs
 
 
 def _check_extra(extra: dict) -> None:
@@ -347,4 +366,5 @@ _CONSTRUCTOR_KEYS = (
     "kernel_size",
     "sanm_shfit",
     "selfattention_layer_type",
+    "context",
 )

@@ -27,7 +27,10 @@ self-attention over an utterance's frames by the share of squares, sum(T_i^2) / 
 does T^2 of the padded Tmax^2 pairs. Both are exact up to the rounding of lengths between frame rates. Whisper's
 encoder is the exception: it takes a fixed window (30 s) whatever the clip, so every utterance costs it one whole
 window, counted unscaled (a share of the batch's padded length would make the same clips cost less the more unequal
-the batch). The output head runs on labelled positions only (llmasr.models.losses), so its rows are exact. Embedding
+the batch). A Paraformer-streaming encoder run chunked (llmasr.models.sanm_chunk) runs its blocks over FunASR's chunk
+layout, (chunk_size + gap) / stride rows per frame, and attends densely under a mask: it is counted at the layout's
+shapes (what runs), scaled by the frames' shares, which the layout's differ from by each utterance's last, partial
+chunk. The output head runs on labelled positions only (llmasr.models.losses), so its rows are exact. Embedding
 lookups, norms, activations and the loss are not counted. Activation-checkpoint recomputation happens in the
 backward, outside the counted forward, so the count is model FLOPs, not hardware FLOPs.
 """

@@ -49,6 +49,9 @@ def test_trained_from_a_zoo_directory_exports_and_reloads(family, llm_dir, train
     if family == "streaming":
         assert got.encoder.chunk == ChunkSettings.from_conf(conf) and got.encoder.chunk.chunk_size == (12, 15)
         assert desc["encoder"]["conf"]["chunk_size"] == [12, 15]
+        assert (
+            desc["encoder"]["conf"]["context"] == "chunked" and got.encoder.context == ref.encoder.context == "chunked"
+        )
     else:
         assert desc["encoder"]["conf"]["queries"] == {"language": "en", "itn": True} and desc["ctc"]["blank"] == "<unk>"
         assert got.encoder.query_ids.tolist() == [4, 1, 2, 14] and got.ctc_tokenizer.blank_id == 0

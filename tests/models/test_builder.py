@@ -297,6 +297,14 @@ def test_streaming_chunk_settings_survive_a_rebuild_from_conf(tmp_path):
         )
     )
     assert rebuilt.chunk == loaded.chunk and rebuilt.chunk.stride == (8, 10)
+    # the context travels too (chunked: how FunASR runs it); a description from before the key was trained and
+    # exported with full context, and rebuilds so
+    assert conf["context"] == "chunked" and (loaded.context, rebuilt.context) == ("chunked", "chunked")
+    xs, lens = torch.randn(2, 30, 560), torch.tensor([30, 17])
+    with torch.no_grad():
+        torch.testing.assert_close(rebuilt.eval()(xs, lens)[0], loaded.eval()(xs, lens)[0], rtol=0, atol=0)
+    older = {k: v for k, v in conf.items() if k != "context"}
+    assert build_encoder(from_dict(EncoderConfig, {"conf": older, "frontend": {"lfr_m": 7}}, "e"))[0].context == "full"
 
 
 def test_a_recipe_path_reads_its_relative_paths_beside_the_recipe(tiny_llm_dir, tmp_path, monkeypatch):

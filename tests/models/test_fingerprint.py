@@ -196,3 +196,26 @@ def test_weights_in_a_deepspeed_checkpoint_folder_are_fingerprinted(tmp_path):
     states.write_bytes(b"b" * 10)
     diffs = fingerprint_differences(before, base_fingerprint(cfg))
     assert [d.split(":")[0] for d in diffs] == ["encoder/model.pt/mp_rank_00_model_states.pt"]
+
+
+def test_a_streaming_encoder_run_chunked_is_part_of_the_base(tmp_path):
+    """Trained tensors belong to the context the Paraformer-streaming encoder ran in: a run saved by an llmasr that
+    ran it with full context (no entry) is refused when it would now run chunked, naming the setting that goes on
+    as trained."""
+    from llmasr.testing.tiny_funasr import tiny_sanm_conf, tiny_streaming_conf, write_funasr_dir
+
+    enc = write_funasr_dir(tmp_path / "s", model="ParaformerStreaming", encoder_conf=tiny_streaming_conf())
+    cfg = model_config(tmp_path)
+    cfg.encoder.path = str(enc)
+    now = base_fingerprint(cfg)
+    assert now["encoder_context"] == "chunked"
+    older = {k: v for k, v in now.items() if k != "encoder_context"}
+    (diff,) = fingerprint_differences(older, now)
+    assert diff.startswith("encoder_context: trained with full context, now chunked") and "context: full" in diff
+    cfg.encoder.conf = {"context": "full"}
+    assert (
+        "encoder_context" not in base_fingerprint(cfg) and fingerprint_differences(older, base_fingerprint(cfg)) == []
+    )
+    assert fingerprint_differences(now, base_fingerprint(cfg))[0].startswith("encoder_context: trained with chunked")
+    cfg.encoder.path, cfg.encoder.conf = str(write_funasr_dir(tmp_path / "p", encoder_conf=tiny_sanm_conf())), {}
+    assert "encoder_context" not in base_fingerprint(cfg)

@@ -47,14 +47,25 @@ def test_zoo_directories_load_their_encoder(zoo):
     assert (fe.lfr_m, fe.lfr_n, fe.waveform_scale, fe.snip_edges) == (7, 6, 32768.0, True)
 
 
-def test_streaming_encoder_is_sanm_on_the_same_weights(zoo, tmp_path):
-    streaming, _ = load_funasr_encoder(zoo["ParaformerStreaming"])
+def test_streaming_encoder_with_full_context_is_sanm_on_the_same_weights(zoo, tmp_path):
+    streaming, _ = load_funasr_encoder(zoo["ParaformerStreaming"], conf_overrides={"context": "full"})
+    chunked, _ = load_funasr_encoder(zoo["ParaformerStreaming"])  # as FunASR runs it (tests/models/test_sanm_chunk.py)
     plain = write_funasr_dir(tmp_path / "plain", encoder_conf=tiny_sanm_conf(), seed=5)
     sanm, _ = load_funasr_encoder(plain)
     sanm.load_state_dict(streaming.state_dict())
+    assert (streaming.context, chunked.context, sanm.context) == ("full", "chunked", "full")
     xs, lens = torch.randn(2, 9, 560), torch.tensor([9, 5])
     with torch.no_grad():
         assert torch.equal(streaming.eval()(xs, lens)[0], sanm.eval()(xs, lens)[0])
+        assert not torch.allclose(chunked.eval()(xs, lens)[0][0], sanm(xs, lens)[0][0])  # 9 frames: two chunks
+
+
+def test_context_is_checked_against_the_directory(zoo):
+    with pytest.raises(ConfigError, match=r"model.encoder.conf: context must be one of full, chunked, got 'stream'"):
+        load_funasr_encoder(zoo["ParaformerStreaming"], conf_overrides={"context": "stream"})
+    with pytest.raises(ConfigError, match=r"context 'chunked' needs chunk settings .* this encoder has none"):
+        load_funasr_encoder(zoo["SeacoParaformer"], conf_overrides={"context": "chunked"})
+    assert load_funasr_encoder(zoo["SeacoParaformer"], conf_overrides={"context": "full"})[0].context == "full"
 
 
 def test_left_out_modules_named_once(zoo, caplog):

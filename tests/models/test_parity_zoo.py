@@ -1,9 +1,11 @@
 """FunASR model directories beyond Paraformer and Conformer, loaded by llmasr, against FunASR's own classes.
 
-Paraformer-streaming (SANMEncoderChunkOpt, full context, WavFrontendOnline), SeACo-Paraformer (its SAN-M encoder)
-and SenseVoiceSmall (SenseVoiceEncoderSmall): each written as a FunASR-layout directory holding FunASR's weights,
-loaded through `load_funasr_encoder`, and compared on a padded batch with FunASR's output for every utterance run
-alone (1e-5); llmasr's batched output equals its one-by-one output.
+Paraformer-streaming (SANMEncoderChunkOpt, WavFrontendOnline), SeACo-Paraformer (its SAN-M encoder) and
+SenseVoiceSmall (SenseVoiceEncoderSmall): each written as a FunASR-layout directory holding FunASR's weights, loaded
+through `load_funasr_encoder`, and compared on a padded batch with FunASR's output for every utterance run alone
+(1e-5); llmasr's batched output equals its one-by-one output. Paraformer-streaming twice: as loaded (context
+chunked: FunASR's forward with chunk configuration 0, frames taken back by its remove_chunk) and with context full
+(FunASR's chunk masks off). More chunk configurations: tests/models/test_parity_sanm_chunk.py.
 
 SenseVoiceSmall whole, with its query frames (encoder conf `queries`) and its own CTC head (`model.ctc.init_from`
 model.pt, prefix `ctc.`): the head's log-probabilities on the speech frames are those of FunASR's
@@ -23,6 +25,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch import nn
 
 from llmasr.config_io import ConfigError
 from llmasr.data.features import FeatureExtractor
@@ -48,7 +51,11 @@ def _fixture() -> dict:
     return torch_load(FIXTURE)
 
 
-def check_case(case: dict, tmp_path: Path, caplog) -> torch.nn.Module:
+# per case: (model.encoder.conf over the directory, the case's FunASR outputs that llmasr's then equal)
+RUNS = {"streaming": [(None, "chunked_outputs"), ({"context": "full"}, "outputs")]}
+
+
+def check_case(case: dict, tmp_path: Path, caplog, overrides: dict | None = None, key: str = "outputs") -> nn.Module:
     model_dir = write_funasr_dir(
         tmp_path / case["model"],
         model=case["model"],
@@ -58,17 +65,17 @@ def check_case(case: dict, tmp_path: Path, caplog) -> torch.nn.Module:
         encoder_state=case["state_dict"],
     )
     with caplog.at_level(logging.INFO, logger="llmasr.models.funasr_checks"):
-        encoder, _ = load_funasr_encoder(model_dir)
+        encoder, _ = load_funasr_encoder(model_dir, conf_overrides=overrides)
     encoder.eval()
     xs, lens = case["xs"], case["lens"]
     with torch.no_grad():
         batched, out_lens = encoder(xs, lens)
         alone = [encoder(xs[b : b + 1, :n], lens[b : b + 1])[0][0] for b, n in enumerate(lens.tolist())]
     assert out_lens.tolist() == lens.tolist()
-    for b, ref in enumerate(case["outputs"]):
+    for b, ref in enumerate(case[key]):
         n = ref.size(0)
         diff = (batched[b, :n] - ref).abs().max().item()
-        assert diff < TOL, f"{case['model']} utterance {b}: max abs diff {diff} against FunASR"
+        assert diff < TOL, f"{case['model']} {key} utterance {b}: max abs diff {diff} against FunASR"
         torch.testing.assert_close(alone[b], batched[b, :n], rtol=0, atol=1e-6)
     return encoder
 
@@ -85,15 +92,19 @@ def test_fixture_is_small_and_complete():
 @pytest.mark.parametrize("name", sorted(LEFT_OUT))
 def test_pinned_funasr_outputs(name, tmp_path, caplog):
     case = _fixture()["cases"][name]
-    encoder = check_case(case, tmp_path, caplog)
-    records = [r.getMessage() for r in caplog.records if "left out" in r.getMessage()]
-    assert len(records) == 1 and records[0].endswith(f"of the modules {LEFT_OUT[name]}"), records
-    if name == "streaming":
-        chunk = case["conf"]
-        assert encoder.chunk == ChunkSettings.from_conf(chunk)
-        assert list(encoder.chunk.chunk_size) == chunk["chunk_size"] and list(encoder.chunk.stride) == chunk["stride"]
-    else:
-        assert getattr(encoder, "chunk", None) is None
+    for i, (overrides, key) in enumerate(RUNS.get(name, [(None, "outputs")])):
+        caplog.clear()
+        encoder = check_case(case, tmp_path / str(i), caplog, overrides, key)
+        records = [r.getMessage() for r in caplog.records if "left out" in r.getMessage()]
+        assert len(records) == 1 and records[0].endswith(f"of the modules {LEFT_OUT[name]}"), records
+        if name == "streaming":
+            chunk = case["conf"]
+            assert encoder.chunk == ChunkSettings.from_conf(chunk)
+            assert list(encoder.chunk.chunk_size) == chunk["chunk_size"]
+            assert list(encoder.chunk.stride) == chunk["stride"]
+            assert encoder.context == (overrides or {}).get("context", "chunked")
+        else:
+            assert getattr(encoder, "chunk", None) is None
 
 
 def sensevoice_dir(encoder_case: dict, others: dict, tmp_path: Path) -> Path:
@@ -185,7 +196,9 @@ def _maker():
 @pytest.mark.parametrize("name", sorted(LEFT_OUT))
 def test_live_against_funasr(name, tmp_path, caplog):
     # fresh weights and inputs; for streaming the maker also checks FunASR's ChunkOpt without masks == SANMEncoder
-    check_case(_maker().encoder_case(name, seed=2024), tmp_path, caplog)
+    case = _maker().encoder_case(name, seed=2024)
+    for i, (overrides, key) in enumerate(RUNS.get(name, [(None, "outputs")])):
+        check_case(case, tmp_path / str(i), caplog, overrides, key)
 
 
 @pytest.mark.parity

@@ -103,6 +103,7 @@ def test_streaming_recipe_keeps_the_directory_chunk_settings_and_online_frontend
     model = llmasr.build_model(recipe.model)
     conf = tiny_streaming_conf()
     assert model.encoder.chunk.chunk_size == tuple(conf["chunk_size"])
+    assert model.encoder.context == "chunked"  # as FunASR runs SANMEncoderChunkOpt
     fe = model.frontend
     assert (fe.lfr_m, fe.lfr_n, fe.snip_edges, fe.waveform_scale) == (7, 6, True, 32768.0)
     assert Path(fe.cmvn_file) == (zoo["streaming"] / "am.mvn").resolve()
