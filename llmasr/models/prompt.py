@@ -19,6 +19,7 @@ import contextlib
 import datetime
 import json
 import math
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +28,9 @@ AUDIO_PLACEHOLDER = "<|llmasr_audio|>"
 # so that the prompt a model trains on is the prompt it decodes with, on any day (Llama's own fallback date).
 TEMPLATE_DATE = datetime.datetime(2024, 7, 26)
 HOTWORDS_PLACEHOLDER = "{hotwords}"
+# A fast tokenizer keeps whether it splits special-token text as state it sets on every call (transformers'
+# encode_special_tokens): two threads sharing one would tokenize with each other's setting.
+_TOKENIZING = threading.Lock()
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"  # a reasoning block an answer may open with (Qwen3)
 
 
@@ -196,7 +200,7 @@ class PromptBuilder:
         if marker not in full:
             raise PromptError(f"{self.source}: the chat template drops the assistant message: {full!r}")
         tail = full[full.rindex(marker) + len(marker) :]
-        tail_ids = self.tokenizer.encode(tail, add_special_tokens=False) if tail.strip() else []
+        tail_ids = self._encode(tail) if tail.strip() else []
         special = set(self.tokenizer.all_special_ids) | set(getattr(self.tokenizer, "added_tokens_decoder", {}))
         for tid in tail_ids:
             if tid in special:
@@ -216,10 +220,9 @@ class PromptBuilder:
     def _split(self, text: str, spell: str = "") -> tuple[list[int], list[int]]:
         """The token ids of a rendered prompt before and after the audio placeholder; `spell`, a span of the text
         before it (the last), is tokenized as text even where it spells a special token."""
-        enc = self.tokenizer.encode
         before, after = self._pieces(text, spell)
-        ids = [enc(t, add_special_tokens=False, **({"split_special_tokens": True} if s else {})) for t, s in before]
-        return [i for part in ids for i in part], enc(after[0][0], add_special_tokens=False)
+        ids = [self._encode(t, split=s) for t, s in before]
+        return [i for part in ids for i in part], self._encode(after[0][0])
 
     def _pieces(self, text: str, spell: str = "") -> tuple[list[tuple[str, bool]], list[tuple[str, bool]]]:
         """_split's texts, each with whether it is tokenized as text where it spells a special token."""
@@ -249,7 +252,7 @@ class PromptBuilder:
             return list(self._capped[1][0]), self._capped[1][1]
 
         def count(text: str) -> int:  # special-token text counts as the text encode renders it ("<|im_end|>")
-            return len(self.tokenizer.encode(text, add_special_tokens=False, split_special_tokens=True))
+            return len(self._encode(text, split=True))
 
         lengths = [count(h) for h in kept]
         dropped = 0
@@ -283,7 +286,7 @@ class PromptBuilder:
             if not isinstance(target, str) or not target.strip():
                 raise PromptError(f"empty or non-text transcript: {target!r}")
             # special-token text in a transcript ("<|im_end|>") is text: as a special token it would end the target
-            spelled = self.tokenizer.encode(target.strip(), add_special_tokens=False, split_special_tokens=True)
+            spelled = self._encode(target.strip(), split=True)
             ids = ids + spelled + [self.end_id]
             if self.max_tokens is not None and len(ids) > self.max_tokens:
                 raise PromptError(
@@ -323,6 +326,13 @@ class PromptBuilder:
                 out[k] = sum(counted[p] for p in pieces)
         return out
 
+    def _encode(self, text: str, split: bool = False) -> list[int]:
+        """The ids of `text` (`split`: where it spells a special token, as text), one tokenizing at a time."""
+        with _TOKENIZING:
+            return self.tokenizer.encode(
+                text, add_special_tokens=False, **({"split_special_tokens": True} if split else {})
+            )
+
     def _token_counts(self, pieces) -> dict[tuple[str, bool], int]:
         """The tokens of each (text, tokenized as text where it spells a special token) of `pieces`, as _split
         encodes it; one the tokenizer refuses (ValueError) is left out."""
@@ -332,7 +342,8 @@ class PromptBuilder:
             kw = {"split_special_tokens": True} if split else {}  # else the tokenizer's own setting, as in _split
             if texts and getattr(self.tokenizer, "is_fast", False):
                 try:
-                    got = self.tokenizer(texts, add_special_tokens=False, **kw)["input_ids"]
+                    with _TOKENIZING:
+                        got = self.tokenizer(texts, add_special_tokens=False, **kw)["input_ids"]
                 except ValueError:
                     got = None  # one by one below: the texts that encode count
                 if got is not None:
@@ -340,7 +351,7 @@ class PromptBuilder:
                     continue
             for t in texts:
                 try:
-                    counted[t, split] = len(self.tokenizer.encode(t, add_special_tokens=False, **kw))
+                    counted[t, split] = len(self._encode(t, split=split))
                 except ValueError:
                     pass
         return counted

@@ -317,3 +317,30 @@ def test_decoded_text_keeps_the_spaces_its_tokens_spell(tmp_path):
     assert pb.decode(enc.ids[enc.target_start :]) == transcript
     ctc = LLMCTCTokenizer(tok)
     assert ctc.decode(ctc.encode(transcript)) == transcript
+
+
+def test_threads_sharing_a_builder_count_what_one_counts(tiny_llm_dir):
+    """A fast tokenizer sets whether it splits special-token text on every call; two threads counting prompts with
+    one builder (ranks as threads, a server's workers) tokenized with each other's setting, and a prompt whose list
+    spells <|im_end|> counted as one whose special token it is (or the reverse)."""
+    import threading
+
+    builder = PromptBuilder(load_tokenizer(tiny_llm_dir))  # a tokenizer of its own: other tests set a template
+    asked = [(None, [f"say <|im_end|> {i}", f"word{i}"], None) for i in range(40)] + [(None, None, None)]
+    want = builder.prompt_sizes(asked)
+    got, start = [], threading.Barrier(4)
+
+    def count():
+        start.wait()
+        for _ in range(30):
+            got.append(
+                (builder.prompt_sizes(asked), [len(builder.encode(None, hotwords=h).ids) for _, h, _ in asked[:3]])
+            )
+
+    threads = [threading.Thread(target=count) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    alone = [len(builder.encode(None, hotwords=h).ids) for _, h, _ in asked[:3]]
+    assert len(got) == 120 and all(g == (want, alone) for g in got)
