@@ -65,15 +65,18 @@ def check_speech_weights(state: dict, section: dict, ckpt: Path, cfg_path: Path,
             )
 
 
+def _ctc_head(ctc: dict, enc_dim: int) -> CTCHead:
+    """The head `ctc` (ctc_section) describes, on the meta device: its names and shapes."""
+    with torch.device("meta"):
+        return CTCHead(enc_dim, ctc["vocab_size"], decoder=CTCDecoderConfig(**ctc["decoder"]))
+
+
 def ctc_head_gaps(state: dict, ctc: dict, enc_dim: int) -> tuple[list, list, list]:
     """gaps() of model.pt's CTC branch (ctc_decoder.*, ctc.ctc_lo.*) against the head `ctc` (ctc_section) builds."""
-    with torch.device("meta"):
-        head = CTCHead(enc_dim, ctc["vocab_size"], decoder=CTCDecoderConfig(**ctc["decoder"]))
-    return gaps(head, state, {"decoder.": "ctc_decoder.", "proj.": "ctc.ctc_lo."})
+    return gaps(_ctc_head(ctc, enc_dim), state, {"decoder.": "ctc_decoder.", "proj.": "ctc.ctc_lo."})
 
 
 def ctc_decoder_shapes(ctc: dict, enc_dim: int) -> dict[str, tuple]:
     """{key as the CTC decoder's own state dict names it (FunASR's ctc_decoder.*, without the prefix): shape}."""
-    with torch.device("meta"):
-        head = CTCHead(enc_dim, ctc["vocab_size"], decoder=CTCDecoderConfig(**ctc["decoder"]))
+    head = _ctc_head(ctc, enc_dim)
     return {k[len("decoder.") :]: tuple(v.shape) for k, v in head.state_dict().items() if k.startswith("decoder.")}

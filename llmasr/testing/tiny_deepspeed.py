@@ -14,7 +14,6 @@ keeps its process groups for the life of a process, which the test process must 
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -64,10 +63,9 @@ class StateHolder(nn.Module):
 def save_with_deepspeed(state_file: Path, out_dir: Path, tag: str, stage: int) -> None:
     """In this process: engine.save_checkpoint(out_dir, tag) of the state dict in `state_file` (a plain or
     {"state_dict": ...} torch file), ZeRO `stage`, FunASR's client state."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    from llmasr.train.process_group import free_port
+
+    os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
     import deepspeed
 
     state = torch.load(state_file, map_location="cpu", weights_only=True)
