@@ -8,6 +8,7 @@ import socket
 from pathlib import Path
 
 import pytest
+from torch.utils.cpp_extension import get_default_build_root
 
 import llmasr
 from llmasr import run_dir as ck
@@ -145,6 +146,9 @@ def test_a_file_one_node_lacks_or_holds_otherwise_stops_every_rank_with_one_mess
     here = [str(Path(llmasr.__file__).parents[1])]  # this checkout, wherever the launch starts
     paths = [tmp_path / "site", *here, *(os.path.abspath(p) for p in os.environ.get("PYTHONPATH", "").split(":") if p)]
     monkeypatch.setenv("PYTHONPATH", ":".join(map(str, paths)))
+    # DeepSpeed's JIT-built ops (its CPU shared-memory all-reduce, CPU Adam) stay in this machine's build cache: under
+    # each node's empty home every launch compiled them again, most of this test's time
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", os.environ.get("TORCH_EXTENSIONS_DIR") or get_default_build_root())
     monkeypatch.setenv("HOME", str(homes[0]))
     monkeypatch.chdir(homes[0])  # rank 0's node: the launch's folder
     node = f"(node {socket.gethostname()}"
