@@ -1,0 +1,153 @@
+"""A training run's start-up: everything checked and built before its first update.
+
+Order of work: recipe + overrides, DeepSpeed JSON resolved ("auto" filled), precision checked, the recipe compared
+with the folder it starts from (llmasr.models.start_from); data built (the exact batches per rank per epoch give
+the update count the schedules are sized by); model built (under ZeRO-3 partitioned as it loads); param groups,
+schedules, engine. A step one rank may fail alone (a node's own files, its compiler) is gathered, so that every rank
+stops together with one message (llmasr.rank_verdict). The loop that follows: llmasr.train.trainer.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+
+from llmasr import errors
+from llmasr import run_dir as ck
+from llmasr.models.fused_kernels import apply_fused_kernels, check_fused_kernels
+from llmasr.models.start_from import check_start_folder
+from llmasr.rank_verdict import flat, run_together
+from llmasr.train import ds_config, resolve
+from llmasr.train import engine as eng
+from llmasr.train.checkpoint_space import check_run_space
+from llmasr.train.context_fit import check_context_fit
+from llmasr.train.early_stop import EarlyStop
+from llmasr.train.engine import TrainEngine, build_model_for_training, make_optimizer
+from llmasr.train.param_groups import build_param_groups, describe_param_groups, numel, optim_warnings
+from llmasr.train.plan import plan_run
+from llmasr.train.process_group import all_gather_object, init_distributed
+from llmasr.train.progress import StartupLog, setup_logging
+from llmasr.train.run_checkpoints import RunCheckpoints
+from llmasr.train.run_dir import LrCourse, claim_run_dir, write_run_files
+from llmasr.train.schedulers import build_group_schedules
+
+log = logging.getLogger("llmasr.train")
+
+
+class RunSetup:
+    """A run's configuration, run folder, data, model and engine, built in that order (the loop: trainer.Run)."""
+
+    def __init__(self, recipe, ds_config_path, *, resume=None, overwrite=False):
+        self.recipe = recipe
+        tc = recipe.train
+        self.dist = init_distributed()
+        self.rank, self.world = self.dist.rank, self.dist.world_size
+        self.startup_log = StartupLog.attach(self.rank)  # train.log starts with what is logged before it exists
+        self.gather = all_gather_object if self.world > 1 else None  # start-up steps a rank may fail alone
+        self.run_dir = Path(tc.output_dir)
+        self.ckpt_dir = ck.checkpoints_dir(self.run_dir)
+        # every rank reads its own node's copy of the DeepSpeed JSON: a copy that differs, or that one node lacks,
+        # stops every rank here, before the run folder's broadcast
+        asked = run_together("check the run's configuration",
+                             lambda: self._configure(ds_config_path, resume, overwrite), self.gather,
+                             same=lambda _: flat(self.ds), same_what="DeepSpeed configs")  # fmt: skip
+        if asked == "auto":
+            fresh = "--overwrite: a fresh run" if overwrite else "no checkpoint yet, a fresh run"
+            log.info("resume auto: %s", f"continuing {self.ckpt_dir}" if self.resume else fresh)
+        self.log_handler = None
+        self.early = EarlyStop.of(tc)
+        # Once the configuration is known to be sound (--overwrite deletes the earlier run); a resume's recipe is
+        # compared with the run's here, before any data or model is loaded.
+        self.lock = claim_run_dir(self.run_dir, rank=self.rank, resume=self.resume, overwrite=overwrite,
+                                  recipe=recipe, key=self.resume_key)  # fmt: skip
+        try:
+            self._prepare()
+        except BaseException:
+            self.close()
+            raise
+
+    def _configure(self, ds_config_path, resume, overwrite) -> str | None:
+        """The DeepSpeed config resolved and checked, and where the run starts; returns what was asked of resume."""
+        tc = self.recipe.train
+        self.ds = ds_config.resolve_ds_config(ds_config_path, tc, world_size=self.world)  # by module: tests patch it
+        eng.check_precision(tc.precision)
+        resolve.check_run_settings(self.recipe)
+        for note in check_start_folder(self.recipe.model):  # what the model sees, against the folder it starts from
+            log.warning(note)
+        check_fused_kernels(self.recipe.model.llm, zero_stage=ds_config.zero_stage(self.ds), device=self.dist.device)
+        resolve.process_settings(tc)  # deterministic algorithms, attention kernels
+        asked, self.resume_key = ck.resume_asked(resume, tc.resume)
+        self.resume = ck.resume_or_start(asked, self.run_dir, overwrite=overwrite)
+        return asked
+
+    def _prepare(self) -> None:
+        recipe, tc = self.recipe, self.recipe.train
+        self.log_handler = setup_logging(self.run_dir, self.rank)
+        self.startup_log.replay(self.log_handler)
+        errors.traceback_to(self.run_dir / "train.log")  # a failure's traceback, beside the log of the run
+        for note in self.lock.notes if self.lock is not None else []:
+            log.warning(note)
+        resolve.seed_everything(tc.seed)
+        plan = self.plan = plan_run(recipe, self.ds, rank=self.rank, world_size=self.world, device=self.dist.device,
+                                    all_gather=all_gather_object)  # fmt: skip
+        self.k, self.side, self.per_epoch, self.total = plan.grad_accum, plan.side, plan.per_epoch, plan.total
+        self.train_loader, self.sampler, self.valid_loader = plan.loaders
+        self._log_batches()
+        self._build_engine()
+        check_run_space(self.recipe.train, self.rank, trainable=self.trainable_params, epochs=len(self.per_epoch),
+                        total=self.total, validates=self.valid_loader is not None, ds=self.ds)  # fmt: skip
+        if self.resume is None:
+            self._write_run_files(0)
+
+    def _write_run_files(self, start: int, course: LrCourse | None = None) -> None:
+        if self.rank == 0:
+            s = self.engine.scheduler  # behind `start` by the updates skipped so far, which held it
+            write_run_files(self.run_dir, self.recipe, self.ds, s.schedules, start, self.total, s.last_update, course)
+
+    def _log_batches(self) -> None:
+        device = self.dist.device
+        where = f"{torch.get_num_threads()} CPU threads per rank" if device.type == "cpu" else device
+        stage = int((self.ds.get("zero_optimization") or {}).get("stage", 0))
+        precision = self.recipe.train.precision
+        log.info("batches: %s (ZeRO stage %d, %s, %s)", self.plan.batch_line(), stage, precision, where)
+
+    def _build_engine(self) -> None:
+        tc = self.recipe.train
+        # a weight file one node lacks or holds cut short, or a CPU Adam op its node cannot build, fails that node's
+        # ranks only: all of them stop together before deepspeed.initialize's first collective (ZeRO-3's partitioned
+        # load checks the files before its own)
+        model, groups, optimizer = run_together("build the model and its optimizer", self._build_model, self.gather)
+        self.engine = TrainEngine(model, groups, self.schedules, self.ds, self.dist.device, optimizer)
+        self.checkpoints = RunCheckpoints(self.engine, self.recipe, self.ckpt_dir, trainable=self.trainable,
+                                          per_epoch=self.per_epoch, rank=self.rank, world=self.world,
+                                          manifest=self.train_loader.dataset.manifest)  # fmt: skip
+        resolve.seed_everything(tc.seed + self.rank)  # dropout differs per rank
+
+    def _build_model(self) -> tuple:
+        """(model, param groups, optimizer), the schedules sized, with every check made before the engine's."""
+        tc, optim = self.recipe.train, self.recipe.optim
+        resolve.seed_everything(tc.seed)  # identical initial weights on every rank
+        model, self._hf_ds = build_model_for_training(self.recipe.model, self.ds, all_gather=self.gather)
+        resolve.check_model_frontend(model, self.side.frontend)
+        check_context_fit(model, self.recipe, self.plan.loaders)
+        apply_fused_kernels(model, self.recipe.model.llm)
+        self.trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+        self.trainable_params = sum(numel(p) for p in model.parameters() if p.requires_grad)
+        groups = build_param_groups(model, optim)
+        log.info("param groups:\n%s", describe_param_groups(groups))
+        self.schedules = build_group_schedules(groups, optim, self.total)
+        for line in optim_warnings(model, optim, groups, self.total) if self.rank == 0 else ():
+            log.warning(line)
+        return model, groups, make_optimizer(groups, self.ds)  # DeepSpeedCPUAdam: its op may not build on a node
+
+    def close(self) -> None:
+        """Release the run directory's lock and the log file (normal exit and error alike; idempotent)."""
+        if self.log_handler is not None:
+            logging.getLogger("llmasr").removeHandler(self.log_handler)
+            self.log_handler.close()
+            self.log_handler = None
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
