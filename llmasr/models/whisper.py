@@ -224,6 +224,18 @@ def build_whisper_encoder(conf: dict[str, Any]) -> tuple[WhisperAudioEncoder, Fr
     return WhisperAudioEncoder(config), whisper_frontend(config)
 
 
+def _read_json(path: Path) -> dict:
+    """A JSON object file of the directory; one that does not parse is a ConfigError naming it (json's own error
+    names no file)."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ConfigError(f"{path}: not valid JSON: {err}") from err
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: must hold a JSON object, got {type(data).__name__}")
+    return data
+
+
 def _weight_files(path: Path) -> list[Path]:
     """The files transformers would read the weights from (safetensors before .bin, the single file before its
     index), only the shards an index maps encoder keys to; each must be there and not a Git LFS pointer."""
@@ -233,7 +245,7 @@ def _weight_files(path: Path) -> list[Path]:
             files = [single]
             break
         if index.is_file():
-            weight_map = json.loads(index.read_text(encoding="utf-8")).get("weight_map", {})
+            weight_map = _read_json(index).get("weight_map", {})
             names = sorted({f for k, f in weight_map.items() if k.startswith(("model.encoder.", "encoder."))})
             files = [path / name for name in names or sorted(set(weight_map.values()))]
             for f in files:
@@ -284,7 +296,7 @@ def whisper_dir_frontend(path: str | Path) -> FrontendConfig:
         if not (path / name).is_file():
             raise FileNotFoundError(f"{path / name}: missing from the Whisper directory")
     config = WhisperConfig.from_pretrained(str(path), local_files_only=True)
-    return whisper_frontend(config, json.loads((path / "preprocessor_config.json").read_text(encoding="utf-8")))
+    return whisper_frontend(config, _read_json(path / "preprocessor_config.json"))
 
 
 def load_whisper_encoder(
@@ -309,7 +321,7 @@ def load_whisper_encoder(
     config = whisper_config(path, conf or {})
     if getattr(config, "model_type", None) != "whisper":
         raise ConfigError(f"{path / 'config.json'}: model_type {config.model_type!r}, expected 'whisper'")
-    preprocessor = json.loads((path / "preprocessor_config.json").read_text(encoding="utf-8"))
+    preprocessor = _read_json(path / "preprocessor_config.json")
     frontend = whisper_frontend(config, preprocessor)
     state = _read_encoder_tensors(path, shapes_only)
     model = WhisperAudioEncoder(config)

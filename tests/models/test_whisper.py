@@ -334,3 +334,16 @@ def test_a_git_lfs_pointer_or_a_broken_weight_file_is_named(whisper_dir, tmp_pat
     (binned / "pytorch_model-00002-of-00003.bin").write_text(pointer)
     with pytest.raises(CheckpointMismatchError, match=r"pytorch_model-00002-of-00003\.bin: a Git LFS pointer"):
         load_whisper_encoder(binned)
+
+
+@pytest.mark.parametrize("text", ['{"feature_size": 80,', "[80]"])
+def test_a_broken_preprocessor_config_is_named(whisper_dir, tmp_path, text):
+    """json's bare 'Expecting property name ...' had named no file."""
+    from llmasr.models.whisper import whisper_dir_frontend
+
+    broken = tmp_path / "pre"
+    shutil.copytree(whisper_dir, broken)
+    (broken / "preprocessor_config.json").write_text(text)
+    for load in (load_whisper_encoder, whisper_dir_frontend):
+        with pytest.raises(ConfigError, match=r"preprocessor_config\.json: (not valid JSON|must hold a JSON object)"):
+            load(broken)
