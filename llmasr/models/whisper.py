@@ -1,8 +1,9 @@
 """Whisper's audio encoder (transformers' WhisperEncoder) behind the llmasr encoder interface.
 
-`load_whisper_encoder(path)` reads a local Hugging Face Whisper directory (config.json, model.safetensors or a
-sharded model.safetensors.index.json, preprocessor_config.json) and loads only the encoder tensors; the decoder is
-never built or read. Nothing is downloaded and no remote code runs.
+`load_whisper_encoder(path)` reads a local Hugging Face Whisper directory (config.json, preprocessor_config.json, and
+the weights as transformers finds them: model.safetensors, its sharded index, or pytorch_model.bin or its index,
+which older fine-tunes hold, read weights-only) and keeps only the encoder tensors; the decoder is never built.
+Nothing is downloaded and no remote code runs.
 
 Whisper's encoder takes a fixed number of frames (2 * max_source_positions: 3000 = 30 s for the released models)
 and has no padding mask. `WhisperAudioEncoder.forward` therefore pads or truncates to that length and fills every
@@ -26,7 +27,14 @@ from llmasr.config_io import ConfigError, coerce
 from llmasr.config_paths import not_found
 from llmasr.data.frontend import FrontendConfig
 from llmasr.errors import nearest_hint
-from llmasr.models.state_dict import CheckpointMismatchError, load_into, read_safetensors
+from llmasr.models.llm_files import WEIGHT_LAYOUTS
+from llmasr.models.state_dict import (
+    CheckpointMismatchError,
+    load_into,
+    read_safetensors,
+    refuse_lfs_pointer,
+    torch_load,
+)
 
 log = logging.getLogger(__name__)
 
@@ -216,42 +224,66 @@ def build_whisper_encoder(conf: dict[str, Any]) -> tuple[WhisperAudioEncoder, Fr
     return WhisperAudioEncoder(config), whisper_frontend(config)
 
 
-def _read_encoder_tensors(path: Path, shapes_only: bool = False) -> dict[str, torch.Tensor]:
-    """Encoder tensors only (prefix stripped), from model.safetensors or the shards an index lists; `shapes_only`:
-    meta tensors from the files' headers."""
-    from safetensors import safe_open
+def _read_json(path: Path) -> dict:
+    """A JSON object file of the directory; one that does not parse is a ConfigError naming it (json's own error
+    names no file)."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ConfigError(f"{path}: not valid JSON: {err}") from err
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: must hold a JSON object, got {type(data).__name__}")
+    return data
 
-    single = path / "model.safetensors"
-    index = path / "model.safetensors.index.json"
-    if single.is_file():
-        files = [single]
-    elif index.is_file():
-        weight_map = json.loads(index.read_text(encoding="utf-8")).get("weight_map", {})
-        names = sorted({f for k, f in weight_map.items() if k.startswith(("model.encoder.", "encoder."))})
-        names = names or sorted(set(weight_map.values()))
-        files = [path / name for name in names]
-        for f in files:
-            if not f.is_file():
-                raise FileNotFoundError(f"{f}: listed in {index.name} but missing")
+
+def _weight_files(path: Path) -> list[Path]:
+    """The files transformers would read the weights from (safetensors before .bin, the single file before its
+    index), only the shards an index maps encoder keys to; each must be there and not a Git LFS pointer."""
+    for index_name, single_name in WEIGHT_LAYOUTS:
+        single, index = path / single_name, path / index_name
+        if single.is_file():
+            files = [single]
+            break
+        if index.is_file():
+            weight_map = _read_json(index).get("weight_map", {})
+            names = sorted({f for k, f in weight_map.items() if k.startswith(("model.encoder.", "encoder."))})
+            files = [path / name for name in names or sorted(set(weight_map.values()))]
+            for f in files:
+                if not f.is_file():
+                    raise FileNotFoundError(f"{f}: listed in {index.name} but missing")
+            break
     else:
-        raise FileNotFoundError(
-            f"{path}: no model.safetensors (or model.safetensors.index.json) in the Whisper directory"
-        )
-
-    keys_by_file: dict[Path, list[str]] = {}
-    all_keys: list[str] = []
+        names = ", ".join(name for pair in WEIGHT_LAYOUTS for name in reversed(pair))
+        raise FileNotFoundError(f"{path}: no weights in the Whisper directory (none of {names})")
     for f in files:
-        with safe_open(str(f), framework="pt") as handle:
-            keys_by_file[f] = list(handle.keys())
-            all_keys += keys_by_file[f]
+        refuse_lfs_pointer(f)  # a clone without LFS: the readers' own errors (a header too large) do not say so
+    return files
+
+
+def _read_encoder_tensors(path: Path, shapes_only: bool = False) -> dict[str, torch.Tensor]:
+    """Encoder tensors only (prefix stripped), from the directory's weight files; `shapes_only`: meta tensors from
+    the files' headers (a .bin file is memory-mapped)."""
+    stored: dict[Path, dict[str, torch.Tensor]] = {}
+    for f in _weight_files(path):
+        if f.suffix == ".safetensors":
+            stored[f] = read_safetensors(f, shapes_only=True)  # names only: the header
+        else:
+            state = torch_load(f, shapes_only=shapes_only)
+            if not isinstance(state, dict):
+                raise CheckpointMismatchError(f"{f}: holds a {type(state).__name__}, not a state dict")
+            stored[f] = state
+    all_keys = [k for tensors in stored.values() for k in tensors]
     prefix = next((p for p in _PREFIXES if p + "conv1.weight" in all_keys), None)
     if prefix is None:
-        raise CheckpointMismatchError(f"{path}: no Whisper encoder weights (no *conv1.weight key) in {files[0].name}")
+        names = ", ".join(f.name for f in stored)
+        raise CheckpointMismatchError(f"{path}: no Whisper encoder weights (no *conv1.weight key) in {names}")
     out: dict[str, torch.Tensor] = {}
-    for f, keys in keys_by_file.items():
+    for f, tensors in stored.items():
         other = ("model.", "decoder.", "proj_out")  # with no prefix (a bare encoder's keys), the rest is skipped
-        wanted = [k for k in keys if k.startswith(prefix) and (prefix or not k.startswith(other))]
-        out.update((k[len(prefix) :], v) for k, v in read_safetensors(f, wanted, shapes_only=shapes_only).items())
+        wanted = [k for k in tensors if k.startswith(prefix) and (prefix or not k.startswith(other))]
+        if f.suffix == ".safetensors":
+            tensors = read_safetensors(f, wanted, shapes_only=shapes_only)
+        out.update((k[len(prefix) :], tensors[k]) for k in wanted)
     return out
 
 
@@ -264,7 +296,7 @@ def whisper_dir_frontend(path: str | Path) -> FrontendConfig:
         if not (path / name).is_file():
             raise FileNotFoundError(f"{path / name}: missing from the Whisper directory")
     config = WhisperConfig.from_pretrained(str(path), local_files_only=True)
-    return whisper_frontend(config, json.loads((path / "preprocessor_config.json").read_text(encoding="utf-8")))
+    return whisper_frontend(config, _read_json(path / "preprocessor_config.json"))
 
 
 def load_whisper_encoder(
@@ -289,7 +321,7 @@ def load_whisper_encoder(
     config = whisper_config(path, conf or {})
     if getattr(config, "model_type", None) != "whisper":
         raise ConfigError(f"{path / 'config.json'}: model_type {config.model_type!r}, expected 'whisper'")
-    preprocessor = json.loads((path / "preprocessor_config.json").read_text(encoding="utf-8"))
+    preprocessor = _read_json(path / "preprocessor_config.json")
     frontend = whisper_frontend(config, preprocessor)
     state = _read_encoder_tensors(path, shapes_only)
     model = WhisperAudioEncoder(config)

@@ -279,3 +279,71 @@ def test_whisper_options_the_encoder_never_reads_are_refused(whisper_dir, key, v
         encoder_spec(EncoderConfig(type="whisper", path=str(whisper_dir), conf={key: value}))
     with pytest.raises(ConfigError, match=rf"model.encoder.conf.{key}: "):
         build_whisper_encoder({key: value})
+
+
+def _as_bin_dir(whisper_dir, out, *, shards: int = 1):
+    """`whisper_dir` with its weights as pytorch_model.bin (or `shards` files and their index), as a fine-tune saved
+    before transformers wrote safetensors holds them."""
+    from safetensors.torch import load_file
+
+    shutil.copytree(whisper_dir, out)
+    state = load_file(str(out / "model.safetensors"))
+    (out / "model.safetensors").unlink()
+    if shards == 1:
+        torch.save(state, out / "pytorch_model.bin")
+        return out
+    keys = sorted(state)
+    weight_map = {}
+    for i in range(shards):
+        name = f"pytorch_model-{i + 1:05d}-of-{shards:05d}.bin"
+        part = {k: state[k] for k in keys[i::shards]}
+        torch.save(part, out / name)
+        weight_map.update(dict.fromkeys(part, name))
+    (out / "pytorch_model.bin.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    return out
+
+
+@pytest.mark.parametrize("shards", [1, 3])
+def test_a_pytorch_model_bin_directory_loads_as_its_safetensors_twin(whisper_dir, tmp_path, shards):
+    """A Whisper fine-tune saved as pytorch_model.bin (transformers loads it; so does llmasr's LLM loader) had been
+    refused for its missing model.safetensors."""
+    binned = _as_bin_dir(whisper_dir, tmp_path / "binned", shards=shards)
+    enc, frontend = load_whisper_encoder(binned)
+    ref, ref_frontend = load_whisper_encoder(whisper_dir)
+    assert frontend == ref_frontend
+    assert enc.state_dict().keys() == ref.state_dict().keys()
+    for key, value in ref.state_dict().items():
+        torch.testing.assert_close(enc.state_dict()[key], value, rtol=0, atol=0)
+    with torch.device("meta"):
+        load_whisper_encoder(binned, shapes_only=True)  # names and shapes checked, no data read
+
+
+def test_a_git_lfs_pointer_or_a_broken_weight_file_is_named(whisper_dir, tmp_path):
+    """A repository cloned without git-lfs had given safetensors' bare 'header too large', naming no file."""
+    broken = tmp_path / "lfs"
+    shutil.copytree(whisper_dir, broken)
+    pointer = "version https://git-lfs.github.com/spec/v1\noid sha256:0123abcd\nsize 1234567\n"
+    (broken / "model.safetensors").write_text(pointer)
+    for shapes_only in (False, True):
+        with pytest.raises(CheckpointMismatchError, match=r"model\.safetensors: a Git LFS pointer.*git lfs pull"):
+            load_whisper_encoder(broken, shapes_only=shapes_only)
+    (broken / "model.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{")
+    with pytest.raises(CheckpointMismatchError, match=r"model\.safetensors: not a readable safetensors file"):
+        load_whisper_encoder(broken)
+    binned = _as_bin_dir(whisper_dir, tmp_path / "binned_lfs", shards=3)
+    (binned / "pytorch_model-00002-of-00003.bin").write_text(pointer)
+    with pytest.raises(CheckpointMismatchError, match=r"pytorch_model-00002-of-00003\.bin: a Git LFS pointer"):
+        load_whisper_encoder(binned)
+
+
+@pytest.mark.parametrize("text", ['{"feature_size": 80,', "[80]"])
+def test_a_broken_preprocessor_config_is_named(whisper_dir, tmp_path, text):
+    """json's bare 'Expecting property name ...' had named no file."""
+    from llmasr.models.whisper import whisper_dir_frontend
+
+    broken = tmp_path / "pre"
+    shutil.copytree(whisper_dir, broken)
+    (broken / "preprocessor_config.json").write_text(text)
+    for load in (load_whisper_encoder, whisper_dir_frontend):
+        with pytest.raises(ConfigError, match=r"preprocessor_config\.json: (not valid JSON|must hold a JSON object)"):
+            load(broken)
