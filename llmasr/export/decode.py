@@ -46,6 +46,7 @@ from llmasr.data.window_plan import WindowRules
 from llmasr.data.windowed import utterance_rows, utterance_tracker
 from llmasr.export.decode_results import clear_outputs, ctc_summary, hotword_counts, llm_summary
 from llmasr.export.decode_world import DecodeWorld
+from llmasr.export.merge import ExportError, as_exported
 from llmasr.export.trained_model import load_checkpoint_model
 from llmasr.models.attention_kernels import choose_attention_kernels
 from llmasr.models.context import ContextError, decoding_fit, decoding_prompt
@@ -56,6 +57,7 @@ from llmasr.models.exported import MODEL_FILE, ExportedModelError, llm_dtype_nam
 from llmasr.models.fsmn_vad import load_vad
 from llmasr.models.line_prompts import LinePrompts
 from llmasr.models.llm import DTYPES
+from llmasr.run_dir import CheckpointError
 from llmasr.train.decode_rows import DecodeRows, over_budget
 
 log = logging.getLogger(__name__)
@@ -334,12 +336,12 @@ def load_decode_model(
         return model, cfg, DecodeOptions(training_max_seconds=None if longest is None else float(longest))
     model, info = load_checkpoint_model(checkpoint, tag=tag, trust_remote_code=trust_remote_code)
     recipe = info["recipe"]
-    # The LLM in the dtype asked for, else the run's model.llm.dtype, as an export's is by default (the speech
-    # branches stay float32): a checkpoint decodes as its default export does. Parameters only: the float32 buffers
-    # (rotary inv_freq) stay as a load in that dtype and training (DeepSpeed) keep them.
-    llm_dtype = DTYPES[llm_dtype_name(dtype, recipe.model.llm.dtype)]
-    for p in model.llm.parameters():
-        p.data = p.data.to(llm_dtype)
+    # LoRA merged and the LLM in the dtype asked for, else the run's model.llm.dtype, as an export's is by default
+    # (the speech branches stay float32): a checkpoint decodes as its default export does, weight for weight.
+    try:
+        as_exported(model, DTYPES[llm_dtype_name(dtype, recipe.model.llm.dtype)])
+    except ExportError as err:  # a weight float16 cannot hold, as the export refuses it
+        raise CheckpointError(f"checkpoint {checkpoint}: {err}") from None
     opts = DecodeOptions(max_bad_fraction=float(recipe.data.max_bad_fraction))
     return model, recipe.decode, dataclasses.replace(opts, training_max_seconds=info["longest_seconds"])
 

@@ -18,8 +18,9 @@ from llmasr.export.export import export_model
 from llmasr.models.decoding import DecodeConfig, decode_config
 from llmasr.models.exported import load_exported
 from llmasr.models.llm import base_lm
-from llmasr.testing.run_dirs import TEXTS, write_corpus
+from llmasr.testing.run_dirs import TARGETS, TEXTS, model_section, train_run, write_corpus
 from llmasr.testing.run_dirs import read_lines as _read
+from llmasr.testing.tiny_recipe import random_batch, speech_logits
 
 
 def test_cli_with_exported_model_and_checkpoint_agree(runs, exported_dir, corpus, tmp_path, capsys):
@@ -281,3 +282,23 @@ def test_a_checkpoint_decodes_in_its_recipes_llm_dtype_as_its_default_export(run
     assert buffers["model.rotary_emb.inv_freq"] == torch.float32
     model, _, _ = load_decode_model(checkpoint=run, dtype="fp32")
     assert {p.dtype for p in model.llm.parameters()} == {torch.float32}
+
+
+def test_a_bfloat16_checkpoint_decodes_with_the_weights_of_its_export(base_dirs, train_corpus, tmp_path):
+    """A run whose LLM is bfloat16 (model.llm.dtype, as Fun-ASR-Nano's recipe): its export merges LoRA in float32
+    and then rounds the merged weights, while `decode --checkpoint` had rounded base weights and adapters apart and
+    added them at each step: other logits (0.004 apart on the tiny model, a greedy token flipped), so a checkpoint
+    scored other texts than the model shipped from it. It now decodes with exactly the export's weights."""
+    section = model_section(*base_dirs)  # LoRA on the frozen encoder and the LLM
+    section["llm"]["dtype"] = "bfloat16"
+    run = train_run(tmp_path / "run", section, train_corpus, updates=2).run_dir
+    checkpoint, _, _ = load_decode_model(checkpoint=run)
+    exported, _, _ = load_decode_model(export_model(run, tmp_path / "export"))
+    assert {p.dtype for p in checkpoint.llm.parameters()} == {torch.bfloat16}
+    batch = random_batch(exported, TARGETS, seed=7)
+    torch.testing.assert_close(speech_logits(checkpoint, batch), speech_logits(exported, batch), rtol=0, atol=0)
+    with torch.no_grad():
+        torch.testing.assert_close(
+            checkpoint.ctc_head(*checkpoint.encoder(batch.feats, batch.feat_lens)),
+            exported.ctc_head(*exported.encoder(batch.feats, batch.feat_lens)), rtol=0, atol=0,
+        )  # fmt: skip
