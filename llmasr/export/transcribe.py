@@ -123,6 +123,8 @@ class Transcriber:
                 rows = utterance_rows(items, loader.dataset.manifest, self.cfg.window_overlap)
         keep = ("hyp", "ctc_hyp", "truncated", "windows", "duration", "timestamps", "no_speech")
         out = {int(r["key"]): {"audio": names[int(r["key"])], **{k: r[k] for k in keep if k in r}} for r in rows}
+        for row in out.values():  # as results.jsonl states it: 0.9365, not the batch's float32 0.9365000128746033
+            row["duration"] = round(row["duration"], 4)
         out.update({i: {"audio": names[i], "error": reason} for i, reason in bad.items()})
         return [out[i] for i in range(len(names))]
 
