@@ -151,6 +151,27 @@ def test_missing_model_dir_is_a_clear_error(tmp_path, capsys):
     assert rc == 2 and "not a directory written by `llmasr export`" in capsys.readouterr().err
 
 
+def test_a_run_or_checkpoint_given_as_the_model_is_pointed_to_checkpoint(runs, tmp_path, capsys):
+    """`decode --model RUN_DIR` (or a checkpoint's folder, or Transcriber.load(RUN_DIR)) had only said the folder
+    was no export: it now says how a run is decoded as it is, or exported."""
+    from llmasr.export.transcribe import Transcriber
+    from llmasr.models.exported import ExportedModelError
+
+    (tmp_path / "x.jsonl").write_text("{}\n")
+    for given in (runs[2], runs[2] / "checkpoints" / "update_00000001"):
+        rc = main(["--model", str(given), "--data", str(tmp_path / "x.jsonl"), "--output", str(tmp_path / "o")])
+        err = capsys.readouterr().err
+        assert (
+            rc == 2
+            and f"{given} is a training run or checkpoint, not an export: decode it with --checkpoint "
+            f"{given} (Transcriber.load(checkpoint=...)), or export it first (llmasr export --checkpoint {given} "
+            "--output DIR)"
+            in err
+        ), err
+    with pytest.raises(ExportedModelError, match="is a training run or checkpoint, not an export"):
+        Transcriber.load(runs[2])
+
+
 @pytest.mark.slow
 def test_export_and_decode_a_checkpoint_the_trainer_wrote(base_dirs, tmp_path):
     """The real trainer's run directory (ZeRO-2, LoRA, CTC head) exports and decodes to a WER."""
