@@ -79,6 +79,9 @@ class DecodeOptions:
     # The longest audio the model was trained on (its export's or checkpoint meta's training.longest_seconds):
     # decode.max_window_seconds unset means this. None: unknown.
     training_max_seconds: float | None = None
+    # False: bad lines are not logged, the caller names each by what its user gave (Transcriber: the audio, not the
+    # line of the manifest it wrote for it in a folder gone by then)
+    log_bad_lines: bool = True
 
     def __post_init__(self):
         if self.num_workers < 0:
@@ -208,6 +211,7 @@ def decode_loader(model, manifest_path, cfg: DecodeConfig, opts: DecodeOptions, 
         device=device, hotwords=opts.hotwords, prompt_hotwords=not opts.hotwords_unprompted,
         windows=rules if limit > 0 or gate else None, rank=world.rank, world_size=world.size, gather=world.gather,
         trim_leading_silence=cfg.trim_leading_silence, speech_runs=cfg.timestamps, llm_rows=rows,
+        quiet_bad=not opts.log_bad_lines,
     )  # fmt: skip
     loader.over_llm_budget = over_budget(loader, cfg, name, say=world.leader)
     return loader

@@ -46,7 +46,11 @@ class Transcriber:
 
     def __init__(self, model, cfg: DecodeConfig, opts: DecodeOptions | None = None, device="cpu"):
         self.model, self.cfg, self.device = model.eval(), cfg, device
-        self.opts = dataclasses.replace(opts or DecodeOptions(), num_workers=0, max_bad_fraction=1.0)
+        # a clip that cannot be read is named by its path in the error or its row, not logged by the line of the
+        # temporary manifest it stood on
+        self.opts = dataclasses.replace(
+            opts or DecodeOptions(), num_workers=0, max_bad_fraction=1.0, log_bad_lines=False
+        )
         search_boost(model, cfg, self.opts)  # settings this model cannot decode with fail here, not at the first clip
 
     @classmethod
