@@ -177,6 +177,12 @@ def test_settings_given_override_the_saved_ones_and_are_checked_at_load(exported
         Transcriber.load(exported_dir, num_beams=0)
     with pytest.raises(TypeError, match=r"unknown setting\(s\) \['beams'\]"):
         Transcriber.load(exported_dir, beams=4)
+    # a setting of the wrong type is named as a recipe's is: timestamps="false" had turned word times on (a true
+    # string), num_beams="4" failed as a bare comparison of str and int
+    with pytest.raises(ConfigError, match="decode.timestamps: expected true/false, got 'false'"):
+        Transcriber.load(exported_dir, timestamps="false")
+    with pytest.raises(ConfigError, match="decode.num_beams: expected an integer, got '4'"):
+        Transcriber.load(exported_dir, num_beams="4")
     model = asr.model
     head, model.ctc_head = model.ctc_head, None  # a model without a CTC head cannot be guided by one
     try:
