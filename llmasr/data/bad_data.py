@@ -126,11 +126,13 @@ class BadDataTracker:
         log_interval_s: float = 60.0,
         name: str = "train",
         enforce: bool = True,
+        quiet: bool = False,
     ):
         """`enforce`: False counts without ever raising (decoding checks `exceeded` itself, after its outputs are
-        written)."""
+        written). `quiet`: no bad item is logged (the caller names each one itself, by what its user gave)."""
         self.max_bad_fraction = float(max_bad_fraction)
         self.enforce = bool(enforce)
+        self.quiet = bool(quiet)
         self.min_items = int(min_items)
         self.keep_examples = int(keep_examples)
         self.log_first = int(log_first)
@@ -217,6 +219,8 @@ class BadDataTracker:
             self.examples.append(rec)
 
     def _log(self, rec: dict) -> None:
+        if self.quiet:
+            return
         where = f"{rec.get('manifest')}:{rec.get('line')}"
         if self._logged < self.log_first:
             self._logged += 1

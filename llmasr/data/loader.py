@@ -324,7 +324,7 @@ def build_decode_loader(
     manifest_path, frontend: FrontendConfig, *, prompt_builder, batch_seconds: float, num_workers: int,
     max_bad_fraction: float, name: str, features_on: str = "auto", device=None, hotwords: list[str] | None = None,
     prompt_hotwords: bool = True, windows: WindowRules | None = None, rank: int = 0, world_size: int = 1,
-    gather=None, trim_leading_silence: bool = False, speech_runs: bool = False, llm_rows=None,
+    gather=None, trim_leading_silence: bool = False, speech_runs: bool = False, llm_rows=None, quiet_bad: bool = False,
 ) -> SpeechDataLoader:  # fmt: skip
     """The validation loader over one manifest, for decoding: every line is batched once, in an eval-mode
     SpeechDataset; batches are cut from one duration-sorted window over the whole manifest (no buckets, no
@@ -332,8 +332,8 @@ def build_decode_loader(
     own.
 
     Bad lines are counted, never refused: the tracker (`loader.bad_data`) keeps every one, in the order found (the
-    lines whose audio header cannot be read, then the ones loading rejects), and the caller checks
-    max_bad_fraction at the end. An all-bad batch becomes a batch of no rows (no rank waits on another).
+    lines whose audio header cannot be read, then the ones loading rejects; `quiet_bad`: none logged), and the
+    caller checks max_bad_fraction at the end. An all-bad batch becomes a batch of no rows (no rank waits on another).
     `hotwords`: the list of every line that has no `hotwords` field of its own; `prompt_hotwords` False: no
     prompt renders the lists (`dataset.listed_hotwords` still gives them, for scoring). `windows`: utterances the
     rules cut are decoded in windows, each an item of its own, and the ones a VAD gate silences get an empty
@@ -367,8 +367,8 @@ def build_decode_loader(
         batching=batching, num_workers=int(num_workers), max_bad_fraction=float(max_bad_fraction),
         features_on=features_on,
     )  # fmt: skip
-    tracker = BadDataTracker(data_cfg.max_bad_fraction, name=name, keep_examples=n + 1, enforce=False)
-    tracker.add_static(fill_bad, quiet=rank != 0)  # every rank finds them; one says so
+    tracker = BadDataTracker(data_cfg.max_bad_fraction, name=name, keep_examples=n + 1, enforce=False, quiet=quiet_bad)
+    tracker.add_static(fill_bad, quiet=rank != 0 or quiet_bad)  # every rank finds them; one says so
     rows = None if budget is None else llm_rows(manifest, durations, data_cfg)  # the same on every rank
     sampler = make_sampler(
         data_cfg, durations, None, frontend, train=False, rank=rank, world_size=world_size, indices=known,

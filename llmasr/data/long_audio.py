@@ -358,24 +358,28 @@ def join_texts(texts: list[str], overlapped: list[bool], overlap: float) -> str:
 
 
 def shift_times(words: list | None, seconds: float, within: float | None = None) -> list | None:
-    """Timed units (unit, start s, end s) `seconds` later, and none past `within` seconds (the audio's length: the
-    last feature frame can reach past it); None stays None."""
+    """Timed units (unit, start s, end s) `seconds` later, in milliseconds, and none past `within` seconds (the
+    audio's length: the last feature frame can reach past it); None stays None."""
     if words is None:
         return None
-    cap = float("inf") if within is None else float(within)
-    return [(u, round(min(a + seconds, cap), 3), round(min(b + seconds, cap), 3)) for u, a, b in words]
+    # the last millisecond within the audio as rows state its length (4 decimals): 0.9375 s rounded had been 0.938
+    cap = float("inf") if within is None else math.floor(round(float(within), 4) * 1000 + 1e-6) / 1000
+    return [(u, min(round(a + seconds, 3), cap), min(round(b + seconds, 3), cap)) for u, a, b in words]
 
 
 def join_words(
-    texts: list[str], words: list[list | None], starts: list[float], overlapped: list[bool], overlap: float
-) -> list | None:
+    texts: list[str], words: list[list | None], starts: list[float], overlapped: list[bool], overlap: float,
+    within: float | None = None,
+) -> list | None:  # fmt: skip
     """The timed units (unit, start s, end s; llmasr.models.ctc_align) of join_texts' text: each window's `words`
     (one per token of its text, in window time) moved by its `starts` seconds into the utterance, cut where
-    join_texts cuts the texts (two edge units the seam glues into one unit of the text are one timed unit). None when
-    a window has none."""
+    join_texts cuts the texts (two edge units the seam glues into one unit of the text are one timed unit), none
+    past `within` (the utterance's seconds). None when a window has none."""
     if any(w is None or len(w) != len(UNIT.findall(t)) for t, w in zip(texts, words)):
         return None
-    return _join(texts, overlapped, overlap, [shift_times(w, s) for w, s in zip(words, starts)])[1]
+    return shift_times(
+        _join(texts, overlapped, overlap, [shift_times(w, s) for w, s in zip(words, starts)])[1], 0.0, within
+    )
 
 
 def _join(texts: list[str], overlapped: list[bool], overlap: float, words: list[list] | None = None):

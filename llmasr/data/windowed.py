@@ -112,7 +112,8 @@ def _joined_rows(items: dict[int, dict], manifest: WindowedManifest, overlap: fl
         ctc = None if got[0]["ctc_hyp"] is None else join_texts([g["ctc_hyp"] for g in got], flags, overlap)
         if "timestamps" in got[0]:  # each window's times from its own start, then cut where the texts are cut
             starts = [w.start / manifest.sample_rate for w in windows]  # in the utterance's time
-            timed = join_words([g["hyp"] for g in got], [g["timestamps"] for g in got], starts, flags, overlap)
+            seconds = manifest.lengths[i] / manifest.sample_rate
+            timed = join_words([g["hyp"] for g in got], [g["timestamps"] for g in got], starts, flags, overlap, seconds)
             got[0] = {**got[0], "timestamps": timed}
         rows.append((i, {
             **got[0], "hyp": join_texts([g["hyp"] for g in got], flags, overlap), "ctc_hyp": ctc,

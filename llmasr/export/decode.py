@@ -46,6 +46,7 @@ from llmasr.data.window_plan import WindowRules
 from llmasr.data.windowed import utterance_rows, utterance_tracker
 from llmasr.export.decode_results import clear_outputs, ctc_summary, hotword_counts, llm_summary
 from llmasr.export.decode_world import DecodeWorld
+from llmasr.export.merge import ExportError, as_exported
 from llmasr.export.trained_model import load_checkpoint_model
 from llmasr.models.attention_kernels import choose_attention_kernels
 from llmasr.models.context import ContextError, decoding_fit, decoding_prompt
@@ -56,6 +57,7 @@ from llmasr.models.exported import MODEL_FILE, ExportedModelError, llm_dtype_nam
 from llmasr.models.fsmn_vad import load_vad
 from llmasr.models.line_prompts import LinePrompts
 from llmasr.models.llm import DTYPES
+from llmasr.run_dir import CheckpointError
 from llmasr.train.decode_rows import DecodeRows, over_budget
 
 log = logging.getLogger(__name__)
@@ -77,6 +79,9 @@ class DecodeOptions:
     # The longest audio the model was trained on (its export's or checkpoint meta's training.longest_seconds):
     # decode.max_window_seconds unset means this. None: unknown.
     training_max_seconds: float | None = None
+    # False: bad lines are not logged, the caller names each by what its user gave (Transcriber: the audio, not the
+    # line of the manifest it wrote for it in a folder gone by then)
+    log_bad_lines: bool = True
 
     def __post_init__(self):
         if self.num_workers < 0:
@@ -206,6 +211,7 @@ def decode_loader(model, manifest_path, cfg: DecodeConfig, opts: DecodeOptions, 
         device=device, hotwords=opts.hotwords, prompt_hotwords=not opts.hotwords_unprompted,
         windows=rules if limit > 0 or gate else None, rank=world.rank, world_size=world.size, gather=world.gather,
         trim_leading_silence=cfg.trim_leading_silence, speech_runs=cfg.timestamps, llm_rows=rows,
+        quiet_bad=not opts.log_bad_lines,
     )  # fmt: skip
     loader.over_llm_budget = over_budget(loader, cfg, name, say=world.leader)
     return loader
@@ -334,12 +340,12 @@ def load_decode_model(
         return model, cfg, DecodeOptions(training_max_seconds=None if longest is None else float(longest))
     model, info = load_checkpoint_model(checkpoint, tag=tag, trust_remote_code=trust_remote_code)
     recipe = info["recipe"]
-    # The LLM in the dtype asked for, else the run's model.llm.dtype, as an export's is by default (the speech
-    # branches stay float32): a checkpoint decodes as its default export does. Parameters only: the float32 buffers
-    # (rotary inv_freq) stay as a load in that dtype and training (DeepSpeed) keep them.
-    llm_dtype = DTYPES[llm_dtype_name(dtype, recipe.model.llm.dtype)]
-    for p in model.llm.parameters():
-        p.data = p.data.to(llm_dtype)
+    # LoRA merged and the LLM in the dtype asked for, else the run's model.llm.dtype, as an export's is by default
+    # (the speech branches stay float32): a checkpoint decodes as its default export does, weight for weight.
+    try:
+        as_exported(model, DTYPES[llm_dtype_name(dtype, recipe.model.llm.dtype)])
+    except ExportError as err:  # a weight float16 cannot hold, as the export refuses it
+        raise CheckpointError(f"checkpoint {checkpoint}: {err}") from None
     opts = DecodeOptions(max_bad_fraction=float(recipe.data.max_bad_fraction))
     return model, recipe.decode, dataclasses.replace(opts, training_max_seconds=info["longest_seconds"])
 

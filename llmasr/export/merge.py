@@ -68,13 +68,15 @@ def cast_llm(llm: nn.Module, dtype: torch.dtype) -> None:
     """`llm.to(dtype)`, except the tensors its class keeps in float32 when from_pretrained loads it in `dtype`
     (`_keep_in_fp32_modules_strict` in fp16 and bf16: an MoE router's gate and score bias; `_keep_in_fp32_modules` in
     fp16; matched as it matches them): the trained model had them in float32, rounded they route tokens elsewhere.
-    A finite weight past the dtype's range (float16's 65504) is refused, naming it: it would be written as inf."""
+    A finite weight past the dtype's range (float16's 65504) is refused, naming it: it would be written as inf.
+    Buffers outside the state dict stay as they are, as a model loaded in `dtype` has them."""
     names = set(getattr(llm, "_keep_in_fp32_modules_strict", None) or []) if dtype != torch.float32 else set()
     if dtype == torch.float16:
         names |= set(getattr(llm, "_keep_in_fp32_modules", None) or [])
     keep = re.compile("|".join(name.replace("*", ".*") for name in sorted(names))) if names else None
     too_large = []
-    for name, tensor in [*llm.named_parameters(), *llm.named_buffers()]:
+    saved = set(llm.state_dict())  # buffers out of it (rotary inv_freq) are rebuilt in float32 by from_pretrained
+    for name, tensor in [*llm.named_parameters(), *((n, b) for n, b in llm.named_buffers() if n in saved)]:
         if tensor.is_floating_point() and not (keep and keep.search(name)):
             cast = tensor.data.to(dtype)
             if torch.isinf(cast).sum() > torch.isinf(tensor.data).sum():  # finite weights past the dtype's range
@@ -85,8 +87,18 @@ def cast_llm(llm: nn.Module, dtype: torch.dtype) -> None:
         raise ExportError(
             f"the LLM in {name}: {len(too_large)} tensor(s) hold values beyond its largest finite value {limit:g}, "
             f"which would be written as inf: {', '.join(too_large[:5])}"
-            f"{' ...' if len(too_large) > 5 else ''}; export with --dtype bf16 or fp32"
+            f"{' ...' if len(too_large) > 5 else ''}; choose --dtype bf16 or fp32"
         )
+
+
+def as_exported(model: nn.Module, dtype: torch.dtype) -> None:
+    """Make the trained SpeechLLM `model` (float32, LoRA unmerged) compute with the weights its export holds in
+    `dtype`: LoRA merged into the encoder and the LLM, then the LLM cast as the export casts it. Decoding a
+    checkpoint so gives the texts of its export: rounding base weights and adapters apart and adding them at each
+    step (a bfloat16 LLM) gave other logits."""
+    model.encoder = merge_lora_modules(model.encoder)
+    model.llm = merge_llm(model.llm)
+    cast_llm(model.llm, dtype)
 
 
 def check_adapter_only(model: nn.Module, recipe) -> None:

@@ -12,7 +12,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from llmasr.config_io import ConfigError
+from llmasr.config_io import ConfigError, from_dict
 from llmasr.config_paths import path_field
 
 METRICS = ("auto", "wer", "cer")
@@ -207,15 +207,14 @@ class DecodeConfig:
 
 
 def decode_config(saved: DecodeConfig, path: str = "decode", **given) -> DecodeConfig:
-    """`saved` with every `given` value that is not None put in its place, checked (ConfigError naming the
-    field under `path`). Unknown names are a TypeError: they are a caller's bug, not a user's input."""
+    """`saved` with every `given` value that is not None put in its place, checked, types too (ConfigError naming
+    the field under `path`). Unknown names are a TypeError: they are a caller's bug, not a user's input."""
     names = {f.name for f in dataclasses.fields(DecodeConfig)}
     unknown = sorted(set(given) - names)
     if unknown:
         raise TypeError(f"decode_config: unknown setting(s) {unknown}; known: {sorted(names)}")
-    cfg = dataclasses.replace(saved, **{k: v for k, v in given.items() if v is not None})
-    cfg.validate(path)
-    return cfg
+    fields = {**{name: getattr(saved, name) for name in names}, **{k: v for k, v in given.items() if v is not None}}
+    return from_dict(DecodeConfig, fields, path)  # each value's type checked as a recipe's (from_dict validates)
 
 
 @dataclass

@@ -37,6 +37,7 @@ from llmasr.models.builder import build_model
 from llmasr.models.config import AdaptorConfig, CTCDecoderConfig, ModelConfig
 from llmasr.models.encoders import entry_for_class
 from llmasr.models.whisper import encoder_conf as whisper_encoder_conf
+from llmasr.run_dir.layout import CHECKPOINTS, META
 from llmasr.unread_fields import drop_unread
 
 MODEL_FILE = "llmasr_model.yaml"
@@ -61,6 +62,12 @@ def read_description(model_dir: str | Path) -> dict:
     model_dir = Path(model_dir)
     path = model_dir / MODEL_FILE
     if not path.is_file():
+        if (model_dir / CHECKPOINTS).is_dir() or (model_dir / META).is_file():  # the run itself, or one checkpoint
+            raise ExportedModelError(
+                f"{path}: missing; {model_dir} is a training run or checkpoint, not an export: decode it with "
+                f"--checkpoint {model_dir} (Transcriber.load(checkpoint=...)), or export it first (llmasr export "
+                f"--checkpoint {model_dir} --output DIR)"
+            )
         raise ExportedModelError(f"{path}: missing; {model_dir} is not a directory written by `llmasr export`")
     try:
         desc = yaml.safe_load(path.read_text(encoding="utf-8"))

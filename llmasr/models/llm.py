@@ -74,9 +74,17 @@ def load_tokenizer(path: str | Path, *, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 
     try:
-        return AutoTokenizer.from_pretrained(str(path), local_files_only=True, trust_remote_code=trust_remote_code)
+        tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True, trust_remote_code=trust_remote_code)
     except ValueError as err:  # a cut-short or damaged tokenizer.json: its parser's error names no file
         raise LLMLoadError(f"{path}: its tokenizer files cannot be read ({type(err).__name__}: {err})") from err
+    if len(tok) and len(tok) == len(getattr(tok, "added_tokens_decoder", None) or {}):
+        # tokenizer_config.json alone: transformers builds a tokenizer of its special tokens that encodes every text
+        # to no token at all
+        raise LLMLoadError(
+            f"{path}: the tokenizer holds its {len(tok)} special tokens and no vocabulary: its vocabulary file is "
+            "missing (tokenizer.json, or vocab.json with merges.txt, or tokenizer.model)"
+        )
+    return tok
 
 
 def linear_module_names(model: nn.Module) -> list[str]:

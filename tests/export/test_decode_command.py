@@ -18,8 +18,9 @@ from llmasr.export.export import export_model
 from llmasr.models.decoding import DecodeConfig, decode_config
 from llmasr.models.exported import load_exported
 from llmasr.models.llm import base_lm
-from llmasr.testing.run_dirs import TEXTS, write_corpus
+from llmasr.testing.run_dirs import TARGETS, TEXTS, model_section, train_run, write_corpus
 from llmasr.testing.run_dirs import read_lines as _read
+from llmasr.testing.tiny_recipe import random_batch, speech_logits
 
 
 def test_cli_with_exported_model_and_checkpoint_agree(runs, exported_dir, corpus, tmp_path, capsys):
@@ -148,6 +149,27 @@ def test_missing_model_dir_is_a_clear_error(tmp_path, capsys):
     (tmp_path / "x.jsonl").write_text("{}\n")  # a manifest file is there: the model directory is at fault
     rc = main(["--model", str(tmp_path), "--data", str(tmp_path / "x.jsonl"), "--output", str(tmp_path / "o")])
     assert rc == 2 and "not a directory written by `llmasr export`" in capsys.readouterr().err
+
+
+def test_a_run_or_checkpoint_given_as_the_model_is_pointed_to_checkpoint(runs, tmp_path, capsys):
+    """`decode --model RUN_DIR` (or a checkpoint's folder, or Transcriber.load(RUN_DIR)) had only said the folder
+    was no export: it now says how a run is decoded as it is, or exported."""
+    from llmasr.export.transcribe import Transcriber
+    from llmasr.models.exported import ExportedModelError
+
+    (tmp_path / "x.jsonl").write_text("{}\n")
+    for given in (runs[2], runs[2] / "checkpoints" / "update_00000001"):
+        rc = main(["--model", str(given), "--data", str(tmp_path / "x.jsonl"), "--output", str(tmp_path / "o")])
+        err = capsys.readouterr().err
+        assert (
+            rc == 2
+            and f"{given} is a training run or checkpoint, not an export: decode it with --checkpoint "
+            f"{given} (Transcriber.load(checkpoint=...)), or export it first (llmasr export --checkpoint {given} "
+            "--output DIR)"
+            in err
+        ), err
+    with pytest.raises(ExportedModelError, match="is a training run or checkpoint, not an export"):
+        Transcriber.load(runs[2])
 
 
 @pytest.mark.slow
@@ -281,3 +303,23 @@ def test_a_checkpoint_decodes_in_its_recipes_llm_dtype_as_its_default_export(run
     assert buffers["model.rotary_emb.inv_freq"] == torch.float32
     model, _, _ = load_decode_model(checkpoint=run, dtype="fp32")
     assert {p.dtype for p in model.llm.parameters()} == {torch.float32}
+
+
+def test_a_bfloat16_checkpoint_decodes_with_the_weights_of_its_export(base_dirs, train_corpus, tmp_path):
+    """A run whose LLM is bfloat16 (model.llm.dtype, as Fun-ASR-Nano's recipe): its export merges LoRA in float32
+    and then rounds the merged weights, while `decode --checkpoint` had rounded base weights and adapters apart and
+    added them at each step: other logits (0.004 apart on the tiny model, a greedy token flipped), so a checkpoint
+    scored other texts than the model shipped from it. It now decodes with exactly the export's weights."""
+    section = model_section(*base_dirs)  # LoRA on the frozen encoder and the LLM
+    section["llm"]["dtype"] = "bfloat16"
+    run = train_run(tmp_path / "run", section, train_corpus, updates=2).run_dir
+    checkpoint, _, _ = load_decode_model(checkpoint=run)
+    exported, _, _ = load_decode_model(export_model(run, tmp_path / "export"))
+    assert {p.dtype for p in checkpoint.llm.parameters()} == {torch.bfloat16}
+    batch = random_batch(exported, TARGETS, seed=7)
+    torch.testing.assert_close(speech_logits(checkpoint, batch), speech_logits(exported, batch), rtol=0, atol=0)
+    with torch.no_grad():
+        torch.testing.assert_close(
+            checkpoint.ctc_head(*checkpoint.encoder(batch.feats, batch.feat_lens)),
+            exported.ctc_head(*exported.encoder(batch.feats, batch.feat_lens)), rtol=0, atol=0,
+        )  # fmt: skip

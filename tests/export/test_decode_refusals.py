@@ -68,7 +68,7 @@ def test_the_commands_refuse_a_missing_device_before_loading(exported_dir, manif
         ("--max-new-tokens", "0", "decode.max_new_tokens: must be >= 1 (or unset: by duration), got 0"),
         ("--repetition-penalty", "0", "decode.repetition_penalty: must be > 0 (1: off), got 0.0"),
         ("--no-repeat-ngram", "-1", "decode.no_repeat_ngram_size: must be >= 0 (0: off), got -1"),
-        ("--tokens-per-second", "nan", "decode.tokens_per_second: must be a number > 0, got nan"),
+        ("--tokens-per-second", "nan", "decode.tokens_per_second: expected a number, got nan"),  # as a recipe's NaN
         ("--tokens-per-second", "inf", "decode.tokens_per_second: must be a number > 0, got inf"),
         ("--repetition-penalty", "inf", "decode.repetition_penalty: must be > 0 (1: off), got inf"),
         ("--num-workers", "-1", "num_workers: must be >= 0 (0: load in the decoding process), got -1"),

@@ -143,3 +143,42 @@ def test_words_end_where_the_sound_ends_not_where_the_head_last_fires(model, cor
         sound = speech_runs(clips[row["key"]], 16000)
         assert start == pytest.approx(sound[0, 0], abs=FRAME_S), row  # after the trimmed lead
         assert end == pytest.approx(sound[-1, 1], abs=FRAME_S) and end - start > 0.3, row
+
+
+def test_no_word_ends_past_its_audio_where_the_length_falls_on_half_a_millisecond(
+    exported_dir, corpus, tmp_path, monkeypatch
+):
+    """Times are rounded to the millisecond, and a last word reaching the end of its audio had been rounded up past
+    it: a clip of 0.9375 s (15000 samples) ended its word at 0.938, 0.9365 s at 0.937, long audio's windows joined
+    (3.7505 s) at 3.751. Every time now lies within the audio as its row states it, the Transcriber's durations
+    those of results.jsonl (0.9365, where float32's 0.9365000128746033 had been given)."""
+    from llmasr.export.transcribe import Transcriber
+    from llmasr.models.decoding import Transcripts
+    from llmasr.testing.run_dirs import write_wav
+
+    wave = sf.read(write_wav(tmp_path / "tone.wav", 4.0, seed=2), dtype="float32")[0]  # no pause: windows overlap
+    lengths = (15000, 14984, 60008)
+    clips = [str(tmp_path / f"c{n}.wav") for n in lengths]
+    for n, clip in zip(lengths, clips):
+        sf.write(clip, wave[:n], 16000, subtype="FLOAT")
+    asr = Transcriber.load(exported_dir, timestamps=True, max_window_seconds=2.0, window_overlap=0.5)
+    real = type(asr.model).transcribe
+
+    def to_the_end(self, batch, cfg):  # each window one word of its own, heard up to its last frame and past it
+        got = real(self, batch, cfg)
+        words = [f"word{int(i)}" for i in batch.indices]
+        return Transcripts(**{**vars(got), "llm": words, "timestamps": [[(w, 0.0, 99.0)] for w in words]})
+
+    monkeypatch.setattr(type(asr.model), "transcribe", to_the_end)
+    rows = asr.transcripts(clips)
+    assert [r["windows"] for r in rows] == [1, 1, 3]
+    for n, row in zip(lengths, rows):
+        assert row["duration"] == round(n / 16000, 4), row
+        assert row["timestamps"] and all(0 <= a <= b <= n / 16000 for _, a, b in row["timestamps"]), row
+        assert row["timestamps"][-1][2] > n / 16000 - 0.001, row  # still to the end, the millisecond below it
+    (tmp_path / "m.jsonl").write_text(
+        "".join(json.dumps({"key": f"c{n}", "source": c}) + "\n" for n, c in zip(lengths, clips))
+    )
+    decode_manifest(asr.model, tmp_path / "m.jsonl", tmp_path / "o", asr.cfg, DecodeOptions(num_workers=0))
+    for row in map(json.loads, open(tmp_path / "o" / "results.jsonl")):
+        assert all(b <= row["duration"] for _, _, b in row["timestamps"]), row

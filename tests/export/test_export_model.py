@@ -11,8 +11,10 @@ import torch
 import yaml
 
 from llmasr.commands.export import main
+from llmasr.export.decode import load_decode_model
 from llmasr.export.export import export_model, load_checkpoint_model
 from llmasr.models.exported import MODEL_FILE, ExportedModelError, load_exported
+from llmasr.run_dir import CheckpointError
 from llmasr.testing.run_dirs import TARGETS, model_section, train_run
 from llmasr.testing.tiny_recipe import random_batch, speech_logits
 
@@ -353,10 +355,14 @@ def test_an_fp16_export_of_weights_float16_cannot_hold_is_refused_naming_them(ba
     run = train_run(tmp_path / "run", model_section(llm_dir, base_dirs[1], encoder_lora=False, ctc=False), train_corpus)
     why = (
         r"the LLM in float16: 1 tensor\(s\) hold values beyond its largest finite value 65504, which would be "
-        r"written as inf: model.layers.0.self_attn.k_proj.bias \(largest \|value\| 69632\); export with --dtype bf16"
+        r"written as inf: model.layers.0.self_attn.k_proj.bias \(largest \|value\| 69632\); choose --dtype bf16"
     )
     with pytest.raises(ExportError, match=why):
         export_model(run.run_dir, tmp_path / "fp16", dtype="fp16")
     assert not (tmp_path / "fp16").exists()
+    # `decode --checkpoint --dtype fp16` reads the weights the export writes: refused alike, where it had decoded
+    # with an inf weight
+    with pytest.raises(CheckpointError, match=f"checkpoint {run.run_dir}: {why}"):
+        load_decode_model(checkpoint=run.run_dir, dtype="fp16")
     out = export_model(run.run_dir, tmp_path / "bf16", dtype="bf16")
     assert load_exported(out).llm.model.layers[0].self_attn.k_proj.bias[3] == 69632

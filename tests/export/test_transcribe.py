@@ -177,6 +177,12 @@ def test_settings_given_override_the_saved_ones_and_are_checked_at_load(exported
         Transcriber.load(exported_dir, num_beams=0)
     with pytest.raises(TypeError, match=r"unknown setting\(s\) \['beams'\]"):
         Transcriber.load(exported_dir, beams=4)
+    # a setting of the wrong type is named as a recipe's is: timestamps="false" had turned word times on (a true
+    # string), num_beams="4" failed as a bare comparison of str and int
+    with pytest.raises(ConfigError, match="decode.timestamps: expected true/false, got 'false'"):
+        Transcriber.load(exported_dir, timestamps="false")
+    with pytest.raises(ConfigError, match="decode.num_beams: expected an integer, got '4'"):
+        Transcriber.load(exported_dir, num_beams="4")
     model = asr.model
     head, model.ctc_head = model.ctc_head, None  # a model without a CTC head cannot be guided by one
     try:
@@ -322,3 +328,27 @@ def test_32_bit_pcm_in_an_int64_array_is_refused_not_decoded_as_silence(asr, cli
     for wide in (pcm.astype(np.int64), torch.tensor(pcm.tolist())):
         with pytest.raises(TranscribeError, match=r"waveform 0: int64 samples that never pass 32-bit full scale"):
             asr(wide, sample_rate=rate)
+
+
+def test_a_clip_that_cannot_be_read_is_named_by_its_path_alone(exported_dir, asr, clips, tmp_path, caplog):
+    """A clip the loader cannot read or featurise had also been logged by the line of the temporary manifest the
+    Transcriber writes for it ("decode audio.jsonl: skipping bad item /tmp/llmasr-transcribe-…/audio.jsonl:1 (key 0)"),
+    a folder gone by then, beside the error that names the clip; `llmasr decode` still logs its bad lines."""
+    import logging
+
+    from llmasr.cli import main
+
+    manifest, paths = clips
+    short, corrupt = tmp_path / "short.wav", tmp_path / "corrupt.wav"
+    sf.write(short, np.zeros(160, dtype=np.float32), 16000)  # 10 ms: no feature frame
+    corrupt.write_bytes(b"RIFF\x00\x00\x00\x00WAVEjunk" * 8)
+    caplog.set_level(logging.INFO)
+    rows = asr.transcripts([short, corrupt, paths[0]], keep_going=True)
+    assert "audio too short for one feature frame" in rows[0]["error"] and "unreadable" in rows[1]["error"]
+    assert main(["transcribe", "--model", str(exported_dir), str(short), str(paths[0])]) == 1
+    logged = [r.getMessage() for r in caplog.records]
+    assert [m for m in logged if "llmasr-transcribe-" in m or "bad item" in m] == [], logged
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"key": "short", "source": str(short), "target": "x"}) + "\n")
+    decode_manifest(asr.model, bad, tmp_path / "o", asr.cfg, DecodeOptions(num_workers=0, max_bad_fraction=1.0))
+    assert any("skipping bad item" in r.getMessage() and "(key short)" in r.getMessage() for r in caplog.records)

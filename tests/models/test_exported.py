@@ -75,3 +75,18 @@ def test_the_base_llm_of_an_adapter_export_is_checked_only_when_the_llm_is_read(
     cfg = exported_model_config(out, read_llm=False)
     assert cfg.encoder.init_from == str(out / "encoder.safetensors")
     assert (cfg.llm.path, cfg.llm.adapter) == (str(base), str(out / "adapter"))
+
+
+def test_an_export_that_lost_its_tokenizer_vocabulary_is_refused_naming_it(exported_dir, tmp_path):
+    """DIR/llm without tokenizer.json (a copy that left it out) had loaded: transformers builds the tokenizer from
+    tokenizer_config.json alone, with its special tokens and no vocabulary, every text encoded to no token, so the
+    model was prompted with nothing and its answers decoded to nothing, or (with a CTC head on the LLM's
+    vocabulary) refused as a head of another vocabulary. It is refused, naming the folder and what is missing."""
+    from llmasr.models.exported import load_exported
+    from llmasr.models.llm import LLMLoadError
+
+    damaged = shutil.copytree(exported_dir, tmp_path / "damaged")
+    (damaged / "llm" / "tokenizer.json").unlink()
+    with pytest.raises(LLMLoadError, match=rf"{damaged / 'llm'}: the tokenizer holds its 3 special tokens and no "
+                                           r"vocabulary: its vocabulary file is missing \(tokenizer.json"):  # fmt: skip
+        load_exported(damaged)
