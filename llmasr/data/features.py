@@ -247,7 +247,8 @@ class FeatureExtractor:
         Equal to the first num_frames(N) frames of transformers' WhisperFeatureExtractor output (which pads the
         audio with zeros to the window first): the audio is zero-padded on the right here too, so the frames at the
         end see the same zeros (for audio that nearly fills the window, the window's own end), and the max used for the
-        8-decade dynamic-range floor is taken over the same values.
+        8-decade dynamic-range floor is taken over the same values (not over the STFT's last frame, which
+        transformers drops).
         """
         import torch
 
@@ -276,7 +277,9 @@ class FeatureExtractor:
                 pad_mode="reflect",
                 return_complex=True,
             )
-            power = spec.abs() ** 2  # [n_fft//2+1, frames]
+            # transformers drops the STFT's last frame, the one centred on the window's end: not in the max either
+            kept = spec.shape[-1] if n > window else self.chunk_frames
+            power = spec[:, :kept].abs() ** 2  # [n_fft//2+1, frames]
             filters = torch.from_numpy(whisper_mel_filters(fe.n_mels, n_fft, fe.sample_rate))
             mel = filters.T @ power
             logmel = torch.clamp(mel, min=1e-10).log10()

@@ -210,6 +210,22 @@ def test_whisper_logmel_matches_transformers(n_mels, n):
     assert np.max(np.abs(ours - ref[: len(ours)])) < 1e-4
 
 
+@pytest.mark.parametrize("n", [16000, 15990])
+def test_whisper_floor_ignores_the_frame_transformers_drops(n):
+    """A clip that fills the window and ends loud: the STFT frame centred on the window's end (which hears the end
+    twice, reflected) is the loudest, and transformers drops it before taking the max the 8-decade floor hangs on.
+    It had been in the max here, lifting the floor of every quiet frame."""
+    from transformers import WhisperFeatureExtractor
+
+    x = noise(n, 0, 1e-4)
+    x[-40:] = 0.9
+    ours = FeatureExtractor(FrontendConfig(kind="whisper", dither=0.0, chunk_seconds=1.0))(x, train=False)
+    ref = WhisperFeatureExtractor(feature_size=80, chunk_length=1)(x, sampling_rate=16000, return_tensors="np")
+    ref = ref["input_features"][0].T
+    assert ours.shape == (100, 80)
+    np.testing.assert_allclose(ours, ref, atol=2e-5, rtol=0)
+
+
 @pytest.mark.parametrize("n", [16000 + 77, 16000 * 30 - 20])
 def test_whisper_dither_as_transformers_adds_it(n, monkeypatch):
     """preprocessor_config.json's `dither` (it had been read and never applied): dither * N(0, 1) on the
