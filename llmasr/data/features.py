@@ -2,7 +2,11 @@
 
 kind "fbank" (FunASR WavFrontend): Kaldi fbank (kaldi-native-fbank) on the waveform scaled by
 `waveform_scale`, then low-frame-rate stacking (LFR m/n), then CMVN (x + shift) * scale from `cmvn_file`.
-kind "whisper": Whisper's log-mel spectrogram, unpadded (the encoder pads to 30 s itself).
+kind "whisper": Whisper's log-mel spectrogram, unpadded (the encoder pads to 30 s itself): the frames whose n_fft
+window, centred on frame t's t * hop, reaches the clip (`num_frames`: ceil((N + n_fft // 2) / hop), at most the
+window's). transformers' WhisperFeatureExtractor computes them over the clip zero-padded to the window, so the one or
+two frames after ceil(N / hop) still hold the clip's last samples; every frame after them is the silence floor the
+encoder pads with (WhisperAudioEncoder.prepare_features), and Whisper has no padding mask to ignore a difference.
 
 LFR follows FunASR's `apply_lfr`: the first fbank frame is repeated (m-1)//2 times on the left, output frame i
 stacks padded frames [i*n, i*n + m), frames past the end repeat the last fbank frame, and there are
@@ -125,6 +129,9 @@ class FeatureExtractor:
         if frontend.kind == "whisper":
             # Whisper's STFT: n_fft-sample periodic Hann window, hop = frame_shift (160 at 16 kHz).
             self.window_samples = frontend.n_fft
+            # The window the encoder pads to, and the frames it holds (those centred inside it).
+            self.chunk_samples = int(round(frontend.chunk_seconds * frontend.sample_rate))
+            self.chunk_frames = -(-self.chunk_samples // self.shift_samples)
         # Shortest clip that gives a frame: one whose every mel bin is filled (fbank_min_samples) and, without
         # snip_edges, that reaches the middle of the first frame shift. Any clip gives a Whisper frame.
         self.min_samples = 1
@@ -146,7 +153,11 @@ class FeatureExtractor:
         if num_samples < self.min_samples:
             return 0
         if fe.kind == "whisper":
-            return -(-num_samples // self.shift_samples)
+            # Every frame whose window (samples [t * hop - n_fft // 2, t * hop + n_fft // 2)) reaches the clip, within
+            # the window: ceil(N / hop) left the last one or two of them to the silence floor. A clip longer than
+            # the window counts on past it, and the encoder refuses it naming both counts.
+            t = -(-(num_samples + fe.n_fft // 2) // self.shift_samples)
+            return min(t, self.chunk_frames) if num_samples <= self.chunk_samples else t
         if fe.snip_edges:
             # FunASR shrinks the window to the whole clip when the clip is shorter than one window.
             if num_samples < self.window_samples:
@@ -230,24 +241,25 @@ class FeatureExtractor:
     def whisper_logmel(
         self, waveform: np.ndarray, *, dither: float = 0.0, rng: np.random.Generator | None = None
     ) -> np.ndarray:
-        """Whisper log-mel [ceil(N/hop), n_mels] for the unpadded waveform, plus `dither` times Gaussian noise from
-        `rng` on the zero-padded waveform (transformers adds it to the padded audio before the STFT).
+        """Whisper log-mel [num_frames(N), n_mels] for the unpadded waveform, plus `dither` times Gaussian noise
+        from `rng` on the zero-padded waveform (transformers adds it to the padded audio before the STFT).
 
-        Equal to the first ceil(N/hop) frames of transformers' WhisperFeatureExtractor output (which pads the audio
-        with zeros to 30 s first): the audio is zero-padded on the right here too, so the frames at the end see
-        the same zeros (for audio that nearly fills the window, the window's own end), and the max used for the
-        8-decade dynamic-range floor is taken over the same values.
+        Equal to the first num_frames(N) frames of transformers' WhisperFeatureExtractor output (which pads the
+        audio with zeros to the window first): the audio is zero-padded on the right here too, so the frames at the
+        end see the same zeros (for audio that nearly fills the window, the window's own end), and the max used for the
+        8-decade dynamic-range floor is taken over the same values (not over the STFT's last frame, which
+        transformers drops).
         """
         import torch
 
         fe = self.frontend
         n_fft, hop = fe.n_fft, self.shift_samples
         n = int(waveform.shape[0])
-        t_out = -(-n // hop)
+        t_out = self.num_frames(n)
         if n == 0:
             return np.zeros((0, fe.n_mels), dtype=np.float32)
         pad = n_fft + hop  # covers every frame that touches the audio, plus at least one all-zero frame
-        window = int(round(fe.chunk_seconds * fe.sample_rate))
+        window = self.chunk_samples
         # transformers pads to the window alone, and the last frames reflect that end: audio within `pad` of it too
         size = window if window - pad < n <= window else n + pad
         x = np.zeros(size, dtype=np.float32)
@@ -265,7 +277,9 @@ class FeatureExtractor:
                 pad_mode="reflect",
                 return_complex=True,
             )
-            power = spec.abs() ** 2  # [n_fft//2+1, frames]
+            # transformers drops the STFT's last frame, the one centred on the window's end: not in the max either
+            kept = spec.shape[-1] if n > window else self.chunk_frames
+            power = spec[:, :kept].abs() ** 2  # [n_fft//2+1, frames]
             filters = torch.from_numpy(whisper_mel_filters(fe.n_mels, n_fft, fe.sample_rate))
             mel = filters.T @ power
             logmel = torch.clamp(mel, min=1e-10).log10()

@@ -7,7 +7,8 @@ Nothing is downloaded and no remote code runs.
 
 Whisper's encoder takes a fixed number of frames (2 * max_source_positions: 3000 = 30 s for the released models)
 and has no padding mask. `WhisperAudioEncoder.forward` therefore pads or truncates to that length and fills every
-frame past an utterance's length with what Whisper's feature extractor produces for zero (silent) audio: the
+frame past an utterance's length (its frames whose window reaches the audio: FeatureExtractor.num_frames; those
+after them hear only the zero padding) with what Whisper's feature extractor produces for zero (silent) audio: the
 log-mel floor, i.e. the utterance's maximum feature value minus 2, or -1.5 when that is lower (the extractor's
 log10 of the power clamped at 1e-10, then at the maximum minus 8, then (x+4)/4): a quiet clip's padding is -1.5.
 Valid output frames are the conv-stack output frames of the valid input: (len - 1) // 2 + 1.

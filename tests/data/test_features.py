@@ -73,11 +73,51 @@ def test_shortest_clip_is_decided_from_the_options(snip_edges, n_mels, shortest)
         assert np.isclose(ref, np.log(np.finfo(np.float32).eps), atol=1e-4).any(axis=1).all()
 
 
+def whisper_frames_reaching(n: int, hop: int = 160, n_fft: int = 400, window: int = 480_000) -> int:
+    """The STFT frames (centred, transformers keeps those centred inside the window) whose n_fft samples
+    [t * hop - n_fft / 2, t * hop + n_fft / 2) reach a clip of n samples."""
+    return sum(1 for t in range(-(-window // hop)) if t * hop - n_fft // 2 < n)
+
+
 def test_num_frames_exact_whisper():
+    """The frames whose window reaches the clip, not ceil(N / hop): transformers computes the one or two after
+    that over the clip's last samples, and those frames had been left to the silence floor."""
     fe = FeatureExtractor(FrontendConfig(kind="whisper"))
     assert fe.min_samples == 1 and fe.num_frames(0) == 0  # no window shrinking: one sample makes a frame
-    for n in [1, 2, 3, 159, 160, 161, 400, 16000, 16077]:
-        assert fe(noise(n, n), train=False).shape == (fe.num_frames(n), 80) == (-(-n // 160), 80)
+    for n in [1, 2, 3, 159, 160, 161, 199, 200, 201, 240, 241, 400, 1600, 1601, 1640, 1641, 16000, 16077]:
+        assert fe(noise(n, n), train=False).shape == (fe.num_frames(n), 80) == (whisper_frames_reaching(n), 80)
+    assert fe.num_frames(1600) == 12 and fe.num_frames(1641) == 12 and fe.num_frames(1561) == 12
+
+
+@pytest.mark.parametrize("n", [479_400, 479_559, 479_560, 479_600, 479_700, 479_799, 479_800, 479_847, 479_999])
+def test_num_frames_whisper_near_the_window(n):
+    """Near the 30 s window the count stops at the window's 3000 frames (transformers drops the STFT frame centred
+    on the window's end); a clip past the window counts on, so the encoder refuses it rather than cut it."""
+    fe = FeatureExtractor(FrontendConfig(kind="whisper"))
+    assert fe.num_frames(n) == whisper_frames_reaching(n) == min(-(-(n + 200) // 160), 3000)
+    assert fe.num_frames(480_000) == 3000 and fe.num_frames(480_001) > 3000
+
+
+@pytest.mark.parametrize(
+    "n", [1, 41, 159, 160, 161, 199, 200, 201, 1561, 1600, 1601, 1640, 1641, 1760, 1761, 12345, 15439, 15440, 15441,
+          15600, 15700, 15799, 15800, 15847, 15959, 15960, 15999, 16000],
+)  # fmt: skip
+def test_whisper_frames_past_the_count_are_transformers_silence_floor(n):
+    """transformers' features (1 s window here) equal ours over num_frames(n) frames, and every frame after them
+    is the floor the encoder pads with: no frame that hears the clip is left to the padding."""
+    from transformers import WhisperFeatureExtractor
+
+    x = noise(n, n, 0.05)
+    x[-200:] *= 10  # a loud end: the frames after ceil(n / 160) hear it
+    fe = FeatureExtractor(FrontendConfig(kind="whisper", dither=0.0, chunk_seconds=1.0))
+    ours = fe(x, train=False)
+    ref = WhisperFeatureExtractor(feature_size=80, chunk_length=1)(x, sampling_rate=16000, return_tensors="np")
+    ref = ref["input_features"][0].T  # [100, 80]
+    t = fe.num_frames(n)
+    assert ours.shape == (t, 80) and t <= len(ref)
+    np.testing.assert_allclose(ours, ref[:t], atol=2e-5, rtol=0)
+    floor = max(float(ref.max()) - 2.0, -1.5)
+    np.testing.assert_allclose(ref[t:], np.full_like(ref[t:], floor), atol=1e-6, rtol=0)
 
 
 def test_lfr_layout():
@@ -166,8 +206,24 @@ def test_whisper_logmel_matches_transformers(n_mels, n):
     ours = FeatureExtractor(FrontendConfig(kind="whisper", n_mels=n_mels, dither=0.0))(x, train=True)
     ref = WhisperFeatureExtractor(feature_size=n_mels)(x, sampling_rate=16000, return_tensors="np")
     ref = ref["input_features"][0].T
-    assert ours.shape == (-(-n // 160), n_mels) and ref.shape == (3000, n_mels)
+    assert ours.shape == (whisper_frames_reaching(n), n_mels) and ref.shape == (3000, n_mels)
     assert np.max(np.abs(ours - ref[: len(ours)])) < 1e-4
+
+
+@pytest.mark.parametrize("n", [16000, 15990])
+def test_whisper_floor_ignores_the_frame_transformers_drops(n):
+    """A clip that fills the window and ends loud: the STFT frame centred on the window's end (which hears the end
+    twice, reflected) is the loudest, and transformers drops it before taking the max the 8-decade floor hangs on.
+    It had been in the max here, lifting the floor of every quiet frame."""
+    from transformers import WhisperFeatureExtractor
+
+    x = noise(n, 0, 1e-4)
+    x[-40:] = 0.9
+    ours = FeatureExtractor(FrontendConfig(kind="whisper", dither=0.0, chunk_seconds=1.0))(x, train=False)
+    ref = WhisperFeatureExtractor(feature_size=80, chunk_length=1)(x, sampling_rate=16000, return_tensors="np")
+    ref = ref["input_features"][0].T
+    assert ours.shape == (100, 80)
+    np.testing.assert_allclose(ours, ref, atol=2e-5, rtol=0)
 
 
 @pytest.mark.parametrize("n", [16000 + 77, 16000 * 30 - 20])

@@ -104,7 +104,8 @@ def test_truncate_to_max_cuts_whisper_audio_at_its_window(tmp_path, caplog):
         data_cfg, [str(m)], whisper, prompt_builder=FakePromptBuilder(), train=True, ctc_tokenizer=FakeCTCTokenizer()
     )
     lens = {k: int(n) for b in loader for k, n in zip(b.keys, b.feat_lens)}
-    assert lens == {"long": 300, "short": 200} and int(sampler.truncated_mask.sum()) == 1
+    # 2 s: the 202 frames whose window reaches the clip (features.py); the cut clip: the window's 300
+    assert lens == {"long": 300, "short": 202} and int(sampler.truncated_mask.sum()) == 1
     loader, _ = build_dataloader(
         cfg(batching={"max_seconds": 12.0}), [str(m)], whisper, prompt_builder=FakePromptBuilder(), train=True,
         ctc_tokenizer=FakeCTCTokenizer(),

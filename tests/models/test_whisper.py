@@ -108,12 +108,52 @@ def test_a_quiet_clip_is_padded_as_whispers_feature_extractor_pads_it(whisper_di
     ref = ref["input_features"][0]  # [80, 200]
     ours = torch.as_tensor(FeatureExtractor(FrontendConfig(kind="whisper", dither=0.0))(wave, train=False))
     feats, lens = enc.prepare_features(ours[None], torch.tensor([len(ours)]))
-    assert lens.tolist() == [100]
-    torch.testing.assert_close(feats[0, :, 110:], ref[:, 110:], atol=1e-5, rtol=0)
+    assert lens.tolist() == [102]  # the frames whose window reaches the clip's 16000 samples
+    torch.testing.assert_close(feats[0], ref, atol=1e-5, rtol=0)
     with torch.no_grad():
         ys, _ = enc.eval()(ours[None], torch.tensor([len(ours)]))
-        expected = hf_encoder(whisper_dir)(torch.cat([ours.T, ref[:, -1:].expand(80, 100)], dim=1)[None])
-    torch.testing.assert_close(ys[0], expected.last_hidden_state[0, :50], atol=1e-5, rtol=1e-5)
+        expected = hf_encoder(whisper_dir)(torch.cat([ours.T, ref[:, -1:].expand(80, 98)], dim=1)[None])
+    torch.testing.assert_close(ys[0], expected.last_hidden_state[0, :51], atol=1e-5, rtol=1e-5)
+
+
+def audio_through_both(path, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(llmasr's encoder output over its valid frames, transformers' over the same frames) for n samples of audio
+    ending loud: llmasr's frontend then WhisperAudioEncoder, against WhisperFeatureExtractor (the directory's
+    preprocessor_config.json) then WhisperEncoder, on the same weights."""
+    import numpy as np
+    from transformers import WhisperFeatureExtractor
+
+    from llmasr.data.features import FeatureExtractor
+
+    t = np.arange(n) / 16000
+    wave = (0.3 * np.sin(2 * np.pi * 440 * t) + np.random.default_rng(n).standard_normal(n) * 0.02).astype(np.float32)
+    wave[-400:] *= 3  # speech that ends at the clip's end: the frames after ceil(n / 160) hear it
+    enc, frontend = load_whisper_encoder(path)
+    feats = torch.from_numpy(FeatureExtractor(frontend)(wave, train=False))
+    ref_feats = WhisperFeatureExtractor.from_pretrained(str(path))(wave, sampling_rate=16000, return_tensors="pt")
+    with torch.no_grad():
+        ys, ys_lens = enc.eval()(feats[None], torch.tensor([len(feats)]))
+        ref = hf_encoder(path)(ref_feats["input_features"]).last_hidden_state
+    k = int(ys_lens[0])
+    assert ys.shape[1] == k
+    return ys[0], ref[0, :k]
+
+
+@pytest.mark.parametrize("n", [1600, 1601, 1640, 1641, 1761, 12345, 31_600, 31_700, 31_847, 31_999, 32_000])
+def test_encoder_output_from_audio_equals_transformers(whisper_dir, n):
+    """Whisper has no padding mask, so every frame counts: the one or two frames after ceil(n / 160), which
+    transformers computes over the clip's last samples, had been the silence floor here, and the encoder output
+    differed from transformers' (most at the last output frame)."""
+    ours, ref = audio_through_both(whisper_dir, n)
+    torch.testing.assert_close(ours, ref, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("n", [479_600, 479_847, 480_000])
+def test_encoder_output_from_audio_equals_transformers_near_30_s(tmp_path_factory, n):
+    path = write_tiny_whisper_dir(tmp_path_factory.mktemp("whisper_30s"), max_source_positions=1500)
+    ours, ref = audio_through_both(path, n)
+    assert len(ours) == 1500
+    torch.testing.assert_close(ours, ref, atol=1e-5, rtol=1e-5)
 
 
 def test_longer_input_is_refused_naming_both_frame_counts(whisper_dir):
