@@ -156,3 +156,27 @@ def test_a_lora_variant_is_refused_naming_the_layer(trained_run):
     layer.use_dora["default"] = True
     with pytest.raises(CheckpointError, match=rf"--average: {module} trains a LoRA variant \(DoRA\)"):
         average_lora(model, states, trainable)
+
+
+def test_lora_on_a_tied_output_head_averages_without_moving_the_input_embeddings(train_corpus, tmp_path):
+    """The part of the mean delta rank r cannot hold goes into the head's base weight: with the head tied to the
+    input embeddings it had gone into them too."""
+    from transformers import AutoModelForCausalLM
+
+    from llmasr.testing.run_dirs import train_run
+    from llmasr.testing.tiny_llm import write_tiny_llm_dir
+    from llmasr.testing.tiny_recipe import tiny_model_section
+
+    llm_dir = write_tiny_llm_dir(tmp_path / "llm", tie_word_embeddings=True)
+    section = tiny_model_section(llm_dir, ctc_weight=0.0)
+    section["llm"]["lora"]["target_modules"] = ["q_proj", "lm_head"]
+    run = train_run(tmp_path / "run", section, train_corpus, updates=2, save_every_updates=1, keep_last=0).run_dir
+    tags = ["update_00000001", "update_00000002"]
+    each = [_merged(run, t) for t in tags]
+    out = export_model(run, tmp_path / "avg", average=2, dtype="fp32")
+    plain = AutoModelForCausalLM.from_pretrained(str(out / "llm"))
+    original = load_file(str(llm_dir / "model.safetensors"))["model.embed_tokens.weight"]
+    assert torch.equal(plain.model.embed_tokens.weight.detach(), original)
+    head = torch.stack([w["llm/lm_head.weight"] for w in each]).mean(0)
+    assert not torch.equal(head, original.double())
+    torch.testing.assert_close(plain.lm_head.weight.detach().double(), head, rtol=0, atol=1e-6)
