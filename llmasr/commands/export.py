@@ -24,7 +24,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tag", help="checkpoint tag under RUN_DIR/checkpoints (instead of a path)")
     p.add_argument("--output", required=True, help="output directory (must not exist or be empty)")
     p.add_argument("--dtype", choices=("bf16", "fp16", "fp32"), help="LLM weight dtype (default: the recipe's)")
-    p.add_argument("--average", type=int, default=1, metavar="N", help="average the trained tensors of N checkpoints")
+    p.add_argument(
+        "--average",
+        type=int,
+        default=1,
+        metavar="N",
+        help="average N checkpoints: the mean of their models (LoRA: of its deltas B @ A)",
+    )
     p.add_argument(
         "--average-by",
         choices=("last", "best"),

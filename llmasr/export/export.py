@@ -5,8 +5,9 @@
 
 Steps: locate the checkpoint(s); reload the run's recipe; refuse if the pretrained base directories the recipe
 names are not the ones the run was trained on (fingerprints); read the trained tensors offline (any ZeRO stage,
-CPU only); optionally average N checkpoints; rebuild the model from the recipe and load the trained tensors
-strictly, refusing a frozen branch whose weights were random (llmasr.export.trained_model); merge LoRA; write
+CPU only); optionally average N checkpoints (the mean of their models: LoRA's deltas B @ A averaged, not its factors,
+llmasr.export.lora_average); rebuild the model from the recipe and load the trained tensors strictly, refusing a
+frozen branch whose weights were random (llmasr.export.trained_model); merge LoRA; write
 
     DIR/llm/                   the LLM with LoRA merged (HF format, safetensors, sharded when large), its tokenizer
                                with the chat template (defaulting the prompt's template_kwargs), generation_config.
@@ -22,6 +23,8 @@ strictly, refusing a frozen branch whose weights were random (llmasr.export.trai
 `--adapter-only` writes DIR/adapter/ (a peft adapter: adapter_config.json + adapter_model.safetensors, plus the
 tokenizer) instead of DIR/llm/; it is applied to the base LLM at load time (`PeftModel.from_pretrained`). It is
 refused when the run trained more of the LLM than LoRA (model.llm.freeze: false): the adapter could not carry that.
+Averaged, the adapter is the best rank-r approximation of the mean of the checkpoints' deltas (exact when they span
+rank r); the description's source.average.adapter_residual says how much of the worst layer's it leaves out.
 
 The directory is written under a hidden sibling and put in place at the end (llmasr.export.staged_dir), so an
 interrupted export never looks complete.
@@ -105,8 +108,10 @@ def export_model(
             checkpoint, tag=tag, average=average, average_by=average_by, trust_remote_code=trust_remote_code
         )
         recipe, longest = info.pop("recipe"), info.pop("longest_seconds")
+        residuals = info.pop("lora_residuals")
         if adapter_only:
             check_adapter_only(model, recipe)
+            _record_adapter_residual(info, residuals)
         dtype_name = DTYPE_NAMES[dtype] if dtype else recipe.model.llm.dtype
 
         tmp = staging_dir(out)
@@ -120,6 +125,22 @@ def export_model(
             publish(tmp, out, MODEL_FILE)
         log.info("exported %s (tags %s) to %s", info["run_dir"], ", ".join(info["tags"]), out)
         return Path(output).expanduser()
+
+
+def _record_adapter_residual(info: dict, residuals: dict[str, float]) -> None:
+    """An adapter of rank r holds the best rank-r part of the averaged LoRA deltas: record in the description (and
+    say) how much of the averaged model the LLM's adapter leaves out, the relative Frobenius norm of its worst
+    layer's remainder (0: the checkpoints' deltas spanned rank r; the encoder is merged, whole)."""
+    llm = {path: rel for path, rel in residuals.items() if path.startswith("llm.")}
+    if not llm:
+        return
+    worst = max(llm, key=llm.get)
+    info["average"]["adapter_residual"] = llm[worst]
+    (log.warning if llm[worst] > 1e-6 else log.info)(
+        "--adapter-only --average %d: the adapter holds the best rank-r approximation of the averaged LoRA; it leaves "
+        "out %.3g of %s's averaged delta (relative Frobenius norm; the merged export holds all of it)",
+        info["average"]["n"], llm[worst], worst,
+    )  # fmt: skip
 
 
 _SIZE_UNITS = {"KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12}  # decimal, as save_pretrained counts

@@ -35,25 +35,31 @@ def merge_lora_modules(module: nn.Module) -> nn.Module:
     return module
 
 
-def merge_llm(llm: nn.Module) -> nn.Module:
-    """A plain transformers model: LoRA merged (peft merge_and_unload) with tied embeddings kept consistent."""
-    from peft import PeftModel
+def untie_adapted_embeddings(llm: nn.Module) -> None:
+    """LoRA on one side of the tied embeddings of the peft-wrapped `llm`: give the output head its own weight and
+    untie them in the config, so that merging (or adding to) that side leaves the other as the trained model had
+    it, with the adapter on one side only."""
     from peft.tuners.lora import LoraLayer
 
-    if not isinstance(llm, PeftModel):
-        return llm
     base = llm.get_base_model()
     in_emb, out_emb = base.get_input_embeddings(), base.get_output_embeddings()
     tied = (
         out_emb is not None and getattr(base.config, "tie_word_embeddings", False) and out_emb.weight is in_emb.weight
     )
     if tied and (isinstance(out_emb, LoraLayer) or isinstance(in_emb, LoraLayer)):
-        # LoRA on one side of tied embeddings: after merging they differ, so untie (the trained model computed
-        # with the adapter on one side only).
         target = out_emb.get_base_layer() if isinstance(out_emb, LoraLayer) else out_emb
         target.weight = nn.Parameter(target.weight.detach().clone())
         base.config.tie_word_embeddings = False
         log.warning("LoRA was trained on one side of tied input/output embeddings: the export unties them")
+
+
+def merge_llm(llm: nn.Module) -> nn.Module:
+    """A plain transformers model: LoRA merged (peft merge_and_unload) with tied embeddings kept consistent."""
+    from peft import PeftModel
+
+    if not isinstance(llm, PeftModel):
+        return llm
+    untie_adapted_embeddings(llm)
     merged = llm.merge_and_unload(progressbar=False, safe_merge=True)
     left = [n for n, _ in merged.named_parameters() if "lora_" in n]
     if left:

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from llmasr.export.lora_average import average_lora
 from llmasr.run_dir import (
     META,
     RECIPE_FILE,
@@ -118,6 +119,7 @@ def load_trained(model: nn.Module, state: dict[str, torch.Tensor], trainable: li
 
 def average_states(states: list[dict[str, torch.Tensor]], names: list[str] | None = None) -> dict[str, torch.Tensor]:
     """Element-wise mean of the floating-point tensors of several checkpoints (in float64, returned as float32).
+    LoRA's factors are then replaced by llmasr.export.lora_average (the mean of their products).
 
     Non-floating tensors (integer buffers) are taken from the last checkpoint. All key sets and shapes must agree.
     """
@@ -262,7 +264,9 @@ def load_checkpoint_model(
     trust_remote_code: bool = False,
 ):
     """(SpeechLLM with the trained tensors loaded, LoRA not merged, float32, eval mode; info dict: the source of an
-    export, with its "recipe" and "longest_seconds", the longest audio trained on). `trust_remote_code`: allow a
+    export, with its "recipe", "longest_seconds", the longest audio trained on, and "lora_residuals"). `average` N
+    checkpoints: the model is their mean; its LoRA adapters the best rank-r part of the mean delta, the rest added
+    to the base weights ({module path: relative residual}, llmasr.export.lora_average). `trust_remote_code`: allow a
     run whose recipe loads the LLM's own Python files to do so."""
     from llmasr.models.builder import build_model
 
@@ -297,6 +301,7 @@ def load_checkpoint_model(
     source = f"checkpoint {ref.root / tags[0]}" + (f" (+{len(tags) - 1} averaged)" if len(tags) > 1 else "")
     _refuse_fresh_frozen(model, cfg, trainable, source)
     load_trained(model, state, trainable, source=source)
+    residuals = average_lora(model, states, trainable)  # the mean of the models, not of LoRA's two factors
     model.eval()
     info = {
         "run_dir": str(ref.run_dir.resolve()),
@@ -307,6 +312,7 @@ def load_checkpoint_model(
         "zero_stage": [m.zero_stage for m in metas],
         "average": {"n": len(tags), "by": (average_by or "last") if len(tags) > 1 or average_by else None},
         "recipe": recipe,
+        "lora_residuals": residuals,
         "longest_seconds": longest_seconds([ref.root / t for t in tags], metas, recipe),
     }
     return model, info
