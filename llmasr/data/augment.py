@@ -184,7 +184,11 @@ def cost_text(cost: tuple[float, float]) -> str | None:
 
 def read_noise_list(path: str | Path, *, must_exist: bool = False) -> list[str]:
     """Audio paths from a noise jsonl ({"key", "source"} a line; relative paths against the file's folder).
-    `must_exist` (the check before training starts): a listed file that is not there is refused, not skipped."""
+    `must_exist` (the check before training starts): a listed file that is not there, or whose header does not read
+    as audio with samples, is refused, not skipped: the workers would leave it out, and with every file left out
+    train without noise, saying so only in their logs."""
+    from llmasr.data.audio import AudioError, probe_header
+
     path = Path(path)
     base = path.resolve().parent
     out, missing = [], []
@@ -205,12 +209,21 @@ def read_noise_list(path: str | Path, *, must_exist: bool = False) -> list[str]:
                 raise ConfigError(f"{path}:{lineno}: a noise record needs 'source' (an audio path)")
             p = Path(src).expanduser()
             out.append(str(p if p.is_absolute() else base / p))
-            if must_exist and not Path(out[-1]).is_file():
-                missing.append(f"{path}:{lineno}: {out[-1]}")
+            if not must_exist:
+                continue
+            if not Path(out[-1]).is_file():
+                missing.append(f"{path}:{lineno}: not found: {out[-1]}")
+                continue
+            try:
+                probe_header(out[-1])
+            except AudioError as err:
+                missing.append(f"{path}:{lineno}: {err}")
     if not out:
         raise ConfigError(f"{path}: no noise files listed")
     if missing:
-        raise ConfigError(f"{len(missing)} of {len(out)} noise files not found:\n  " + "\n  ".join(missing[:10]))
+        raise ConfigError(
+            f"{len(missing)} of {len(out)} noise files not found or not usable audio:\n  " + "\n  ".join(missing[:10])
+        )
     return out
 
 

@@ -5,6 +5,7 @@ import json
 
 import numpy as np
 import pytest
+import soundfile as sf
 from speech_fakes import (
     FakeCTCTokenizer,
     FakePromptBuilder,
@@ -234,21 +235,29 @@ def test_batches_are_cut_on_the_length_augmentation_gives_each_clip(tmp_path):
     assert sum(len(v) > 1 for v in seen.values()) > 10  # each epoch draws its own lengths
 
 
-@pytest.mark.parametrize("case", ["malformed", "empty", "missing"])
+@pytest.mark.parametrize("case", ["malformed", "empty", "missing", "not_audio"])
 def test_a_noise_list_that_cannot_serve_is_refused_when_the_training_loader_is_built(tmp_path, case):
     """The workers read the noise list at their first noisy clip, in the training loop after the model loaded: a
-    malformed or empty list had failed there, and a list of files not there had let every epoch run without noise."""
+    malformed or empty list had failed there, and a list of files not there had let every epoch run without noise.
+    So had a list of files there that are no audio (an empty WAV, an HTML error page saved as .wav): each worker
+    left them out one by one at its first clips and trained on without noise, saying so only in its log."""
     path = good_corpus(tmp_path, 20)
     write_wav(tmp_path / "n1.wav", 3.0, seed=3)
+    sf.write(tmp_path / "empty.wav", np.zeros(0, np.float32), 16000)
+    (tmp_path / "page.wav").write_text("<html>404 not found</html>", encoding="utf-8")
     lines = {
         "malformed": ['{"key": "a", "source": "n1.wav"}', '{"key": "b", "source": '],
         "empty": [],
         "missing": [{"key": "a", "source": "n1.wav"}, {"key": "b", "source": "gone.wav"}],
+        "not_audio": [{"key": "a", "source": "empty.wav"}, {"key": "b", "source": "page.wav"}],
     }[case]
     noise = write_manifest(tmp_path / "noise.jsonl", lines)
     data_cfg = cfg(augment={"noise": {"enable": True, "manifest": str(noise), "prob": 0.01}})
+    head = "noise files not found or not usable audio:\n  "
     want = {"malformed": f"{noise}:2: malformed JSON", "empty": "no noise files listed",
-            "missing": f"1 of 2 noise files not found:\n  {noise}:2: {tmp_path / 'gone.wav'}"}[case]  # fmt: skip
+            "missing": f"1 of 2 {head}{noise}:2: not found: {tmp_path / 'gone.wav'}",
+            "not_audio": f"2 of 2 {head}{noise}:1: {tmp_path / 'empty.wav'}: empty audio (0 samples)\n  "
+                         f"{noise}:2: {tmp_path / 'page.wav'}: unreadable"}[case]  # fmt: skip
     with pytest.raises(ConfigError) as err:
         build(data_cfg, [str(path)])
     assert str(err.value).startswith("data.augment.noise.manifest: ") and want in str(err.value)
