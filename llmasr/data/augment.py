@@ -297,9 +297,12 @@ class Augmenter:
         if self._noise is None:
             self._noise = read_noise_list(self.cfg.noise.manifest)
         files = len(set(self._noise))
-        # A file that fails to read is drawn past (start-up checked that every file exists, not that it decodes),
-        # and named once. Every draw takes the same numbers from `rng` whether this worker knew the file was bad
-        # or learns it now, so a clip's noise depends on its own draw only (any worker count repeats it).
+        # A file that fails to read is drawn past (start-up checked that every file's header reads, not that it
+        # decodes), and named once. Every draw takes the same numbers whether this worker knew the file was bad or
+        # learns it now, so a clip's noise depends on its own draw only (any worker count repeats it). The draws
+        # come from a stream of their own, one number of `rng`'s taken for it: how many files a clip draws past
+        # (none once this worker knows every file fails) never shifts the draws after noise (gain).
+        rng = np.random.default_rng(int(rng.integers(2**63)))
         while len(self._bad_noise) < files:
             path = self._noise[int(rng.integers(len(self._noise)))]
             snr = rng.uniform(self.cfg.noise.snr_db[0], self.cfg.noise.snr_db[1])

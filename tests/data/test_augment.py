@@ -272,6 +272,37 @@ def test_a_clip_s_noise_does_not_depend_on_what_its_worker_met_before(tmp_path, 
         np.testing.assert_array_equal(clip(met, seed), clip(Augmenter(cfg, FrontendConfig()), seed))
 
 
+def test_a_clip_s_gain_does_not_depend_on_whether_its_worker_knew_every_noise_file_fails(tmp_path, caplog):
+    """Noise drew a file, its SNR and offset again after each file that failed to read, from the clip's Generator:
+    once a worker knew every file fails it drew none, while a worker meeting them now drew until it had met them all.
+    The gain drawn after noise then differed with what the worker had read before: another worker count or a resume
+    gave the clip another gain. Noise draws from a stream of its own, one number of the clip's taken for it."""
+    for name in ("a", "b", "c"):
+        (tmp_path / f"{name}.wav").write_bytes(b"RIFF not a wave")
+    (tmp_path / "noise.jsonl").write_text("".join(json.dumps({"key": n, "source": f"{n}.wav"}) + "\n" for n in "abc"))
+    cfg = from_dict(
+        AugmentConfig,
+        {"noise": {"enable": True, "manifest": str(tmp_path / "noise.jsonl"), "prob": 1.0},
+         "gain": {"enable": True, "db": [-6.0, 6.0], "prob": 1.0}},
+        "augment",
+    )  # fmt: skip
+    x = sine(300)
+
+    def clip(aug, seed):
+        return aug.wave(x, SR, np.random.default_rng(seed), drawn(cfg, 0))
+
+    met = Augmenter(cfg, FrontendConfig())
+    with caplog.at_level("WARNING"):
+        for seed in range(10):
+            clip(met, 100 + seed)
+    assert "0 files left: noise augmentation is off" in caplog.text
+    peaks = set()
+    for seed in range(10):
+        np.testing.assert_array_equal(clip(met, seed), clip(Augmenter(cfg, FrontendConfig()), seed))
+        peaks.add(round(float(np.abs(clip(met, seed)).max()), 4))
+    assert len(peaks) > 5  # the gain is drawn, per clip
+
+
 def test_a_noise_list_not_in_utf8_is_refused_naming_its_line(tmp_path):
     """A list saved in another encoding had stopped training with a bare UnicodeDecodeError naming no file."""
     from llmasr.data.augment import read_noise_list
