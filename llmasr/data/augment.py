@@ -20,7 +20,6 @@ recording going on; noise augmentation, applied after it, covers the pause as we
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from dataclasses import dataclass, field
@@ -32,6 +31,7 @@ from llmasr.config_io import ConfigError
 from llmasr.config_paths import path_field
 from llmasr.data.frontend import FrontendConfig
 from llmasr.data.long_audio import frame_energies
+from llmasr.data.noise_list import read_noise_list
 
 log = logging.getLogger(__name__)
 
@@ -180,51 +180,6 @@ def cost_text(cost: tuple[float, float]) -> str | None:
         f"its duration x {scale:.3g} + {pad:g} s (data.augment: speed_perturb's slowest factor, silence's "
         "lead[1] + trail[1])"
     )
-
-
-def read_noise_list(path: str | Path, *, must_exist: bool = False) -> list[str]:
-    """Audio paths from a noise jsonl ({"key", "source"} a line; relative paths against the file's folder).
-    `must_exist` (the check before training starts): a listed file that is not there, or whose header does not read
-    as audio with samples, is refused, not skipped: the workers would leave it out, and with every file left out
-    train without noise, saying so only in their logs."""
-    from llmasr.data.audio import AudioError, probe_header
-
-    path = Path(path)
-    base = path.resolve().parent
-    out, missing = [], []
-    with open(path, "rb") as f:
-        for lineno, data in enumerate(f, start=1):
-            try:
-                raw = data.decode("utf-8-sig" if lineno == 1 else "utf-8")
-            except UnicodeDecodeError as err:
-                raise ConfigError(f"{path}:{lineno}: not UTF-8 text ({err.reason} at byte {err.start})") from None
-            if not raw.strip():
-                continue
-            try:
-                rec = json.loads(raw)
-            except ValueError as err:
-                raise ConfigError(f"{path}:{lineno}: malformed JSON: {err}") from None
-            src = rec.get("source") if isinstance(rec, dict) else None
-            if not isinstance(src, str) or not src:
-                raise ConfigError(f"{path}:{lineno}: a noise record needs 'source' (an audio path)")
-            p = Path(src).expanduser()
-            out.append(str(p if p.is_absolute() else base / p))
-            if not must_exist:
-                continue
-            if not Path(out[-1]).is_file():
-                missing.append(f"{path}:{lineno}: not found: {out[-1]}")
-                continue
-            try:
-                probe_header(out[-1])
-            except AudioError as err:
-                missing.append(f"{path}:{lineno}: {err}")
-    if not out:
-        raise ConfigError(f"{path}: no noise files listed")
-    if missing:
-        raise ConfigError(
-            f"{len(missing)} of {len(out)} noise files not found or not usable audio:\n  " + "\n  ".join(missing[:10])
-        )
-    return out
 
 
 class Augmenter:

@@ -22,7 +22,6 @@ import numpy as np
 import torch
 
 from llmasr.config_io import ConfigError
-from llmasr.data.augment import read_noise_list
 from llmasr.data.bad_data import BadDataTracker, BadItem, TooMuchBadData
 from llmasr.data.clip_lengths import augmented_costs
 from llmasr.data.collate import Collator
@@ -31,6 +30,7 @@ from llmasr.data.dataset import SpeechDataset
 from llmasr.data.device_features import resolve_features_on
 from llmasr.data.frontend import FrontendConfig
 from llmasr.data.hotwords import HotwordSampler
+from llmasr.data.noise_list import read_noise_list
 from llmasr.data.sampler import DynamicBucketSampler
 from llmasr.data.screen import describe_skipped, start_tracker
 from llmasr.data.screen_share import ScreenShare, shared_fill

@@ -305,7 +305,7 @@ def test_a_clip_s_gain_does_not_depend_on_whether_its_worker_knew_every_noise_fi
 
 def test_a_noise_list_not_in_utf8_is_refused_naming_its_line(tmp_path):
     """A list saved in another encoding had stopped training with a bare UnicodeDecodeError naming no file."""
-    from llmasr.data.augment import read_noise_list
+    from llmasr.data.noise_list import read_noise_list
 
     sf.write(tmp_path / "a.wav", sine(300), SR)
     path = tmp_path / "noise.jsonl"
