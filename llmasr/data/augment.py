@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -154,6 +154,29 @@ class AugmentConfig:
         self.speed_perturb.validate(f"{path}.speed_perturb")
         self.silence.validate(f"{path}.silence")
         self.gain.validate(f"{path}.gain")
+
+    def idle_settings(self, frontend: FrontendConfig) -> list[str]:
+        """Settings that change nothing, one line each: a section's keys set away from their defaults while its
+        `enable` is false (`speed_perturb.factors` alone does not turn speed perturbation on), and
+        lfr_time_replicate on features that stack no frames."""
+        out = []
+        for f in fields(self):
+            section = getattr(self, f.name)
+            if section.enable:
+                continue
+            default = type(section)()
+            given = [k.name for k in fields(section) if getattr(section, k.name) != getattr(default, k.name)]
+            if given:
+                out.append(
+                    f"data.augment.{f.name}: {', '.join(given)} set, but {f.name}.enable is false: it does nothing"
+                )
+        sa = self.spec_augment
+        if sa.enable and sa.lfr_time_replicate and (frontend.kind != "fbank" or frontend.lfr_m == 1):
+            out.append(
+                "data.augment.spec_augment.lfr_time_replicate: the frontend stacks no frames (LFR m = 1): each time "
+                "mask is one span, as without it"
+            )
+        return out
 
     @property
     def stretch(self) -> float:

@@ -388,6 +388,16 @@ def test_time_masks_never_cover_a_short_clip_whole():
         from_dict(AugmentConfig, {"spec_augment": {"max_time_fraction": 0}}, "augment").validate("augment")
 
 
+def test_lfr_time_replicate_without_stacked_frames_is_named():
+    """lfr_time_replicate on features that stack no frames (Whisper's, fbank without LFR) changes nothing."""
+    cfg = from_dict(AugmentConfig, {"spec_augment": {"enable": True, "lfr_time_replicate": True}}, "augment")
+    said = "data.augment.spec_augment.lfr_time_replicate: the frontend stacks no frames"
+    assert any(said in s for s in cfg.idle_settings(FrontendConfig(lfr_m=1, lfr_n=1)))
+    assert any(said in s for s in cfg.idle_settings(FrontendConfig(kind="whisper")))
+    assert cfg.idle_settings(FrontendConfig(lfr_m=7, lfr_n=6)) == []
+    assert AugmentConfig().idle_settings(FrontendConfig()) == []
+
+
 def test_spec_augment_disabled_is_identity():
     aug = Augmenter(AugmentConfig(), FrontendConfig())
     feats = np.ones((5, 80), np.float32)

@@ -235,6 +235,34 @@ def test_batches_are_cut_on_the_length_augmentation_gives_each_clip(tmp_path):
     assert sum(len(v) > 1 for v in seen.values()) > 10  # each epoch draws its own lengths
 
 
+def test_augmentation_settings_left_off_by_enable_are_named_when_the_training_loader_is_built(tmp_path, caplog):
+    """A recipe that set speed factors, a noise list or SpecAugment's masks but not the section's `enable` had trained
+    without that augmentation, saying nothing of it."""
+    path = good_corpus(tmp_path, 8)
+    write_wav(tmp_path / "n1.wav", 1.0, seed=3)
+    noise = write_manifest(tmp_path / "noise.jsonl", [{"key": "a", "source": "n1.wav"}])
+    augment = {
+        "speed_perturb": {"factors": [0.95, 1.05]},
+        "noise": {"manifest": str(noise), "prob": 0.3},
+        "spec_augment": {"num_time_masks": 2},
+        "gain": {"enable": True, "db": [-3.0, 3.0]},
+    }
+    with caplog.at_level("WARNING", logger="llmasr.data"):
+        build(cfg(augment=augment), [str(path)])
+    said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("data.augment.")]
+    assert said == [
+        "data.augment.spec_augment: num_time_masks set, but spec_augment.enable is false: it does nothing",
+        "data.augment.noise: manifest, prob set, but noise.enable is false: it does nothing",
+        "data.augment.speed_perturb: factors set, but speed_perturb.enable is false: it does nothing",
+    ]
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="llmasr.data"):
+        build(cfg(augment=augment), [str(path)], train=False)  # validation augments nothing: no word
+        build(cfg(augment=augment), [str(path)], rank=1, world_size=2)  # rank 0 says it
+        build(cfg(augment={"speed_perturb": {"enable": True, "factors": [0.9, 1.1]}}), [str(path)])
+    assert not [r for r in caplog.records if r.getMessage().startswith("data.augment.")]
+
+
 @pytest.mark.parametrize("case", ["malformed", "empty", "missing", "not_audio"])
 def test_a_noise_list_that_cannot_serve_is_refused_when_the_training_loader_is_built(tmp_path, case):
     """The workers read the noise list at their first noisy clip, in the training loop after the model loaded: a
