@@ -41,7 +41,14 @@ from torch import nn
 
 from llmasr.config_io import to_dict
 from llmasr.config_paths import input_paths
-from llmasr.export.merge import ExportError, cast_llm, check_adapter_only, merge_llm, merge_lora_modules  # noqa: F401
+from llmasr.export.merge import (  # noqa: F401
+    ExportError,
+    cast_llm,
+    check_adapter_only,
+    exported_llm,
+    merge_llm,
+    merge_lora_modules,
+)
 from llmasr.export.staged_dir import discarded_on_error, output_dir, publish, staging_dir, writing
 from llmasr.export.trained_model import load_checkpoint_model, load_trained, run_recipe  # noqa: F401  (public API)
 from llmasr.models.builder import encoder_spec, output_dim
@@ -254,8 +261,7 @@ def _write_llm(model, recipe, tmp: Path, dtype_name: str, *, adapter_only: bool,
         base_path = str(Path(recipe.model.llm.path).resolve())
         llm_entry.update(base=base_path, base_fingerprint=dir_fingerprint(base_path))
     else:
-        merged = merge_llm(model.llm)
-        cast_llm(merged, DTYPES[dtype_name])
+        merged = exported_llm(model.llm, DTYPES[dtype_name])
         merged.config.use_cache = True
         gen = merged.generation_config
         end = int(model.prompt.end_id)  # first: the answer's end; the LLM's other ends stop generate as well

@@ -97,14 +97,21 @@ def cast_llm(llm: nn.Module, dtype: torch.dtype) -> None:
         )
 
 
+def exported_llm(llm: nn.Module, dtype: torch.dtype) -> nn.Module:
+    """The LLM as a merged export holds it in `dtype`: LoRA merged in float32, then cast. The export writes it and
+    `as_exported` decodes a checkpoint with it: one sequence, so the two never drift apart."""
+    merged = merge_llm(llm)
+    cast_llm(merged, dtype)
+    return merged
+
+
 def as_exported(model: nn.Module, dtype: torch.dtype) -> None:
     """Make the trained SpeechLLM `model` (float32, LoRA unmerged) compute with the weights its export holds in
-    `dtype`: LoRA merged into the encoder and the LLM, then the LLM cast as the export casts it. Decoding a
-    checkpoint so gives the texts of its export: rounding base weights and adapters apart and adding them at each
-    step (a bfloat16 LLM) gave other logits."""
+    `dtype`: LoRA merged into the encoder, the LLM as `exported_llm` makes it. Decoding a checkpoint so gives the
+    texts of its export: rounding base weights and adapters apart and adding them at each step (a bfloat16 LLM)
+    gave other logits."""
     model.encoder = merge_lora_modules(model.encoder)
-    model.llm = merge_llm(model.llm)
-    cast_llm(model.llm, dtype)
+    model.llm = exported_llm(model.llm, dtype)
 
 
 def check_adapter_only(model: nn.Module, recipe) -> None:
