@@ -58,7 +58,7 @@ def _trained_lora_layers(model: nn.Module, trainable: set[str]) -> list[tuple[st
     return found
 
 
-def _refuse_inexact(model: nn.Module, layers, trainable: set[str]) -> None:
+def _refuse_inexact(layers, trainable: set[str]) -> None:
     """Refuse a trained LoRA whose averaged model is not base + scale * mean(B_i @ A_i): a variant (DoRA's
     magnitude normalises the adapted weight), a LoRA layer of another kind, or LoRA tensors of no such layer."""
     from peft.tuners.lora import Linear
@@ -98,7 +98,7 @@ def average_lora(model: nn.Module, states: list[dict[str, torch.Tensor]], traina
     layers = _trained_lora_layers(model, wanted)
     if len(states) < 2 or not layers:
         return {}
-    _refuse_inexact(model, layers, wanted)
+    _refuse_inexact(layers, wanted)
     llm = getattr(model, "llm", None)
     if llm is not None and hasattr(llm, "get_base_model"):
         # the remainder goes into the base weight: LoRA on one side of tied embeddings must not change the other
