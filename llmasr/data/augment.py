@@ -184,6 +184,13 @@ class AugmentConfig:
         sp = self.speed_perturb
         return max(1.0, 1.0 / min(sp.factors)) if sp.enable and sp.factors else 1.0
 
+    @property
+    def squeeze(self) -> float:
+        """The most speed perturbation shortens a clip by: its fastest factor (at least 1). A clip sped up has fewer
+        encoder frames for the same transcript."""
+        sp = self.speed_perturb
+        return max(1.0, max(sp.factors)) if sp.enable and sp.factors else 1.0
+
     def cost(self, frontend: FrontendConfig) -> tuple[float, float]:
         """(scale, seconds): a clip of d seconds leaves the waveform augmentations at most d * scale + seconds long,
         what the batch budget reserves. In a Whisper frontend's window, which every clip costs anyway, speed and

@@ -156,7 +156,7 @@ class Progress:
 
     def __init__(self, run_dir: Path, rank: int, total_updates: int, start_update: int = 0, log_every: int = 1, *,
                  progress_every_s: float = 30.0, peak_total: dict | float | None = None, stream=None,
-                 device: torch.device | None = None):  # fmt: skip
+                 device: torch.device | None = None, speed_squeeze: float = 1.0):  # fmt: skip
         self.enabled = rank == 0
         self.device = device  # the rank's: its CUDA memory peak is logged
         self.total = total_updates
@@ -169,6 +169,7 @@ class Progress:
         self.stream = stream if stream is not None else sys.stderr
         self.next_line = self.t0 + progress_every_s
         self.unaligned_noted = False
+        self.speed_squeeze = speed_squeeze  # data.augment's fastest speed factor: it shortens audio, not transcripts
         self.unlogged = None  # the last update's line, until it is logged
         self.bar = None
         self.writer = None
@@ -238,12 +239,18 @@ class Progress:
         self.unaligned_noted = True
         keys = stats.get("ctc_unaligned_keys") or []
         shown = f" (on this rank: {', '.join(keys[:5])}{', ...' if len(keys) > 5 else ''})" if keys else ""
+        sped = (
+            f", or speed perturbation: data.augment.speed_perturb's fastest factor {self.speed_squeeze:g} leaves a "
+            f"clip 1/{self.speed_squeeze:g} of its frames, so a transcript that aligns at speed 1 may not"
+            if self.speed_squeeze > 1.0
+            else ""
+        )
         log.warning(
             "update %d: %d utterance(s) have more CTC labels than encoder frames%s: CTC has no path for them, so their "
             "CTC loss is 0 and the head learns nothing from them (the LLM still does). A transcript too long for its "
-            "audio is the usual cause (`llmasr data check --vad DIR` lists speaking rates far from the median); each "
+            "audio is the usual cause (`llmasr data check --vad DIR` lists speaking rates far from the median)%s; each "
             "train line counts them as ctc_unaligned",
-            update, n, shown,
+            update, n, shown, sped,
         )  # fmt: skip
 
     @staticmethod

@@ -231,7 +231,8 @@ class Run(RunSetup):
         for line in lines:
             log.info(line)
         return Progress(self.run_dir, self.rank, self.total, self.engine.global_steps, tc.log_every,
-                        progress_every_s=tc.progress_every_s, peak_total=peaks, device=self.engine.device)  # fmt: skip
+                        progress_every_s=tc.progress_every_s, peak_total=peaks, device=self.engine.device,
+                        speed_squeeze=self.recipe.data.augment.squeeze)  # fmt: skip
 
     def _update(self, window, epoch: int, history: list[dict]) -> int:
         """One optimizer update over `window` (its micro-batches), logged and appended to `history`; its number."""

@@ -171,10 +171,11 @@ def test_utterances_ctc_has_no_path_for_are_counted_and_named(tiny_llm_dir, tmp_
         tiny_llm_dir, train=[manifest], output_dir=tmp_path / "run", ctc_weight=0.3, epochs=1, grad_accum=1,
         max_seconds=100.0,
     )  # fmt: skip
+    data["data"]["augment"] = {"speed_perturb": {"enable": True, "factors": [1.0, 1.1]}}  # the run passes it on
     with caplog.at_level(logging.WARNING, logger="llmasr.train.progress"):
         train(load_recipe(data=data), "zero0")
     warned = [r.getMessage() for r in caplog.records if "more CTC labels than encoder frames" in r.getMessage()]
-    assert len(warned) == 1 and rows[3]["key"] in warned[0]
+    assert len(warned) == 1 and rows[3]["key"] in warned[0] and "speed_perturb's fastest factor 1.1" in warned[0]
     lines = [parse_log_line(line) for line in (tmp_path / "run" / "train.log").read_text().splitlines()]
     counted = [row.get("ctc_unaligned", 0) for row in lines if "update" in row and "loss" in row]
     assert sum(counted) == 1  # one epoch: the utterance is seen once, the others align
@@ -241,3 +242,28 @@ def test_mfu_is_not_known_without_a_peak_for_a_dtype_that_ran():
     assert mfu(count, 2.0, 5e12) == pytest.approx(1.0)  # train.peak_tflops: one peak for every dtype
     assert mfu(StepCount(flops=8e12, bf16_flops=8e12), 1.0, {torch.float32: None, torch.bfloat16: 16e12}) == 0.5
     assert mfu(count, 1.0, None) == mfu(StepCount(), 1.0, {torch.float32: None}) == "n/a"
+
+
+def test_the_unaligned_warning_names_speed_perturbation_when_it_is_on(tmp_path, caplog):
+    """A speed factor above 1 shortens the audio and not its transcript, so a line that aligns at speed 1 can lose
+    its CTC path: the once-a-run warning names speed perturbation as well as the transcript when it is on."""
+    import logging
+
+    from llmasr.data.augment import AugmentConfig
+
+    aug = AugmentConfig()
+    assert aug.squeeze == 1.0  # off by default
+    aug.speed_perturb.enable = True
+    aug.speed_perturb.factors = [0.9, 1.0, 1.15]
+    assert aug.squeeze == 1.15
+    stats = {"loss": 1.0, "ctc_unaligned": 1, "ctc_unaligned_keys": ["utt3"]}
+    messages = {}
+    for squeeze in (1.0, aug.squeeze):
+        caplog.clear()
+        progress = Progress(tmp_path / str(squeeze), 0, 1, stream=io.StringIO(), speed_squeeze=squeeze)
+        with caplog.at_level(logging.WARNING, logger="llmasr.train.progress"):
+            progress.update(1, 0, stats, {"llm": 1e-4}, {})
+        progress.close()
+        (messages[squeeze],) = [r.getMessage() for r in caplog.records if "CTC labels" in r.getMessage()]
+    assert "utt3" in messages[1.0] and "speed" not in messages[1.0]
+    assert "data.augment.speed_perturb" in messages[1.15] and "1.15" in messages[1.15]
