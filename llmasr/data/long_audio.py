@@ -399,6 +399,25 @@ def _join(texts: list[str], overlapped: list[bool], overlap: float, words: list[
                 # glued without a space ("。" + "「"), the edge units are one unit of the text: one timed unit too
                 (u, start, _), (v, _, end) = timed[-1], after.pop(0)
                 timed[-1] = (u + v, start, end)
-            timed += after
+            timed = _meet(timed, after)
         out = glued
     return out, timed
+
+
+def _meet(timed: list, after: list) -> list:
+    """`timed` (one window's units) then `after` (the next window's), with no unit starting before the one before it
+    ends: where the two windows timed the seam differently (each hears the overlap with its own context), the two
+    edge units meet at the middle of the time both claim (no earlier than the first one's start), and a later unit
+    of `after` starts no earlier."""
+    if not timed or not after:
+        return timed + after
+    (u, s0, e0), (v, s1, e1) = timed[-1], after[0]
+    if s1 < e0:  # the seam's units overlap in time
+        meet = round(max(s0, (max(s0, s1) + min(e0, e1)) / 2), 3)
+        timed, after = timed[:-1] + [(u, s0, meet)], [(v, meet, max(e1, meet))] + after[1:]
+    joined, end = list(timed), timed[-1][2]
+    for unit, start, stop in after:
+        start = max(start, end)
+        end = max(stop, start)
+        joined.append((unit, start, end))
+    return joined

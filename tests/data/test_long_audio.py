@@ -308,3 +308,21 @@ def test_a_pause_to_the_end_of_the_audio_ends_the_last_window(split_pause):
     windows = segment_windows(wave, SR, [(0, int(10.5 * SR))], 10.0, 1.0)
     check_cover(windows, wave[: int(10.5 * SR)], 10.0, 1.0)
     assert [(w.start, w.end) for w in windows] == [(0, windows[0].end)] and windows[0].end < 10 * SR
+
+
+def test_joined_word_times_never_go_back_at_a_seam():
+    """Each window times the overlap with its own context, so the left window's last kept word could end after the
+    right window's first word began (subtitle cues that overlap): the two meet at the middle of the time both claim,
+    and no later word starts before the one before it ends."""
+    left, right = "one two three four", "three four five six"
+    lw = [("one", 0.1, 0.2), ("two", 0.5, 0.6), ("three", 1.0, 1.1), ("four", 1.5, 2.3)]  # "four" heard long
+    rw = [("three", 0.1, 0.2), ("four", 0.6, 0.7), ("five", 1.0, 1.2), ("six", 1.6, 1.7)]
+    words = join_words([left, right], [lw, rw], [0.0, 0.9], [False, True], overlap=1.0)
+    assert [w[0] for w in words] == ["one", "two", "three", "four", "five", "six"]
+    assert words[3] == ("four", 1.5, 2.0) and words[4] == ("five", 2.0, 2.1)  # both claim 1.9-2.1: they meet at 2.0
+    assert all(a[2] <= b[1] and b[1] <= b[2] for a, b in zip(words, words[1:]))
+    # the left word claims past the right one's end: the right one is pushed after it, never before its start
+    lw[3] = ("four", 2.15, 2.4)
+    words = join_words([left, right], [lw, rw], [0.0, 0.9], [False, True], overlap=1.0)
+    assert words[3:] == [("four", 2.15, 2.15), ("five", 2.15, 2.15), ("six", 2.5, 2.6)]
+    assert all(a[2] <= b[1] and b[1] <= b[2] for a, b in zip(words, words[1:]))
