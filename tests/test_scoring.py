@@ -111,6 +111,19 @@ def test_code_switched_text_counts_words_whole_and_characters_one_each():
     assert score_utterance("hello world", "hello  world", metric="wer").errors == 0
 
 
+def test_a_number_with_a_decimal_point_or_digit_groups_is_one_word():
+    """ "3.5" is one reference word, as in jiwer, WeNet and sclite: split at its point it had counted two (N 5 for
+    "it costs 3.5 dollars", and "35" two errors in it); "1,000,000" had counted three, and "1000000" three errors."""
+    s = score_utterance("It costs 3.5 dollars.", "it costs 35 dollars")
+    assert (s.ref_len, s.substitutions, s.deletions, s.insertions) == (4, 1, 0, 0)
+    s = score_utterance("a population of 1,000,000 people", "A population of 1000000 people")
+    assert (s.ref_len, s.errors) == (5, 0)
+    assert normalize("version 2.0, released 2024.") == "version 2.0 released 2024"  # a point at a word's edge goes
+    assert normalize("1, 2, 3") == "1 2 3" and normalize("١٢٫٥") == "١٢٫٥"  # Arabic decimal separator
+    s = score_utterance("人口约2.5亿", "人口约2.5亿")
+    assert (s.unit, s.ref_len, s.errors) == ("cer", 5, 0)
+
+
 def test_corpus_totals_are_sums_not_means():
     corpus, scores = score_corpus([("a b c d", "a b x d"), ("e f", ""), ("g", "g h i")])
     assert [s.errors for s in scores] == [1, 2, 2]
