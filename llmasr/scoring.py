@@ -73,6 +73,9 @@ _NO_SPACE_CHAR = re.compile(f"[{_NO_SPACE}]")
 
 
 _APOSTROPHES = "'\u2019\u02bc"
+# The acute and grave accents typed for an apostrophe ("don´t", "don`t"): one between two letters is one. NFKC turns
+# the acute into a space and a combining accent, so they are read before it.
+_ACCENT_APOSTROPHE = re.compile("(?<=\\w)[\u00b4`](?=\\w)")
 # Between two digits: a decimal point is part of the number, a digit-group separator is dropped (as WeNet's and
 # Whisper's English scorers read them): split there, "3.5" and "1,000,000" had counted two and three words.
 _DECIMAL_POINTS = ".\u066b"  # and the Arabic decimal separator
@@ -89,11 +92,12 @@ def _is_variation_selector(ch: str) -> bool:
 
 def normalize(text: str) -> str:
     """NFKC, casefold, NFKC again, punctuation/symbols -> space (in-word apostrophes and decimal points kept,
-    digit-group commas dropped), format characters,
-    variation selectors and enclosing marks dropped (a zero-width space -> space), whitespace collapsed."""
+    digit-group commas dropped), format characters, variation selectors, enclosing marks and combining marks on no
+    letter dropped (a zero-width space -> space), whitespace collapsed."""
     # casefold turns the capital dotted I (Turkish "İ") into "i" and a combining dot: without the dot the two cases
     # meet. casefold can leave a letter decomposed ("ΐ" -> "ι" + two marks) that its other case keeps composed ("Ϊ́"
     # -> "ϊ" + a mark): NFKC again so that the two cases of a letter are one string
+    text = _ACCENT_APOSTROPHE.sub("'", text)
     text = unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", text).casefold().replace("i\u0307", "i"))
     out = []
     n = len(text)
@@ -108,6 +112,10 @@ def normalize(text: str) -> str:
         elif cat[0] in ("P", "S") or cat == "Cc" or ch in _WORD_BREAKS:
             out.append(" ")
         elif cat in ("Cf", "Me") or _is_variation_selector(ch):  # invisible, or drawn around a symbol (keycap)
+            continue
+        elif cat[0] == "M" and (not out or out[-1].isspace()):
+            # a combining mark on no letter: what NFKC leaves of a spacing accent ("¨" -> space + U+0308), or a mark
+            # on punctuation that went; alone it had been a word (or a character) of its own
             continue
         else:
             out.append(ch)
