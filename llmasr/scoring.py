@@ -2,7 +2,8 @@
 
 Normalisation (applied to reference and hypothesis alike): Unicode NFKC, lowercase (casefold), punctuation and
 symbols removed (apostrophes inside words kept: "don't"; beside Chinese or Japanese characters, "他说‘好’吧", they are
-quotation marks and go), whitespace collapsed.
+quotation marks and go; between two digits a decimal point stays and a digit-group comma goes: "3.5" and "1,000"
+are one number each, "3.5" and "1000"), whitespace collapsed.
 
 Units (the `metric` asked for):
 - "wer": words, i.e. the normalised text split on whitespace.
@@ -72,6 +73,13 @@ _NO_SPACE_CHAR = re.compile(f"[{_NO_SPACE}]")
 
 
 _APOSTROPHES = "'\u2019\u02bc"
+# The acute and grave accents typed for an apostrophe ("don´t", "don`t"): one between two letters is one. NFKC turns
+# the acute into a space and a combining accent, so they are read before it.
+_ACCENT_APOSTROPHE = re.compile("(?<=\\w)[\u00b4`](?=\\w)")
+# Between two digits: a decimal point is part of the number, a digit-group separator is dropped (as WeNet's and
+# Whisper's English scorers read them): split there, "3.5" and "1,000,000" had counted two and three words.
+_DECIMAL_POINTS = ".\u066b"  # and the Arabic decimal separator
+_GROUP_SEPARATORS = ",\u066c"  # and the Arabic thousands separator
 _WORD_BREAKS = "\u200b"  # the zero-width space: an invisible word boundary (Thai, Khmer); other format characters
 # (soft hyphen, zero-width joiner and non-joiner, direction marks, BOM) sit inside words and go
 
@@ -83,11 +91,13 @@ def _is_variation_selector(ch: str) -> bool:
 
 
 def normalize(text: str) -> str:
-    """NFKC, casefold, NFKC again, punctuation/symbols -> space (in-word apostrophes kept), format characters,
-    variation selectors and enclosing marks dropped (a zero-width space -> space), whitespace collapsed."""
+    """NFKC, casefold, NFKC again, punctuation/symbols -> space (in-word apostrophes and decimal points kept,
+    digit-group commas dropped), format characters, variation selectors, enclosing marks and combining marks on no
+    letter dropped (a zero-width space -> space), whitespace collapsed."""
     # casefold turns the capital dotted I (Turkish "İ") into "i" and a combining dot: without the dot the two cases
     # meet. casefold can leave a letter decomposed ("ΐ" -> "ι" + two marks) that its other case keeps composed ("Ϊ́"
     # -> "ϊ" + a mark): NFKC again so that the two cases of a letter are one string
+    text = _ACCENT_APOSTROPHE.sub("'", text)
     text = unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", text).casefold().replace("i\u0307", "i"))
     out = []
     n = len(text)
@@ -96,9 +106,16 @@ def normalize(text: str) -> str:
         if ch in _APOSTROPHES:  # beside a character of a script written without spaces it is a quotation mark
             inside = 0 < i < n - 1 and all(c.isalnum() and not is_no_space_char(c) for c in text[i - 1 : i + 2 : 2])
             out.append("'" if inside else " ")
+        elif ch in _DECIMAL_POINTS + _GROUP_SEPARATORS and 0 < i < n - 1 and text[i - 1 : i + 2 : 2].isdecimal():
+            if ch in _DECIMAL_POINTS:
+                out.append(ch)
         elif cat[0] in ("P", "S") or cat == "Cc" or ch in _WORD_BREAKS:
             out.append(" ")
         elif cat in ("Cf", "Me") or _is_variation_selector(ch):  # invisible, or drawn around a symbol (keycap)
+            continue
+        elif cat[0] == "M" and (not out or out[-1].isspace()):
+            # a combining mark on no letter: what NFKC leaves of a spacing accent ("¨" -> space + U+0308), or a mark
+            # on punctuation that went; alone it had been a word (or a character) of its own
             continue
         else:
             out.append(ch)

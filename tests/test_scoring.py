@@ -1,6 +1,7 @@
 """Scoring: normaliser, the alignment, hand-computed WER/CER, auto unit choice, corpus totals."""
 
 import random
+import unicodedata
 
 import pytest
 
@@ -45,6 +46,30 @@ def test_normalize():
     assert normalize("I \u2764\ufe0f you") == "i you" and normalize("1\ufe0f\u20e3 one") == "1 one"
     assert score_utterance("我爱你\u2764\ufe0f", "我爱你").errors == 0
     assert score_utterance("葛\U000e0100城", "葛城").ref_len == 2  # an ideographic variation sequence
+
+
+def test_a_spacing_accent_leaves_no_unit_and_one_typed_for_an_apostrophe_is_one():
+    """NFKC turns a spacing accent ("¨", "´", "¯") into a space and a combining mark: the mark alone had stood as a
+    word of the reference ("hello ¨ world": 3 words, one deleted) or glued onto the next ("don´t": "don" and "́t"). An
+    acute or grave accent between two letters is the apostrophe it was typed for."""
+    s = score_utterance("hello \u00a8 world", "hello world")
+    assert (s.ref_len, s.errors) == (2, 0)
+    assert normalize("don\u00b4t") == normalize("don`t") == normalize("don't") == "don't"
+    assert normalize("rock \u00b4n\u00b4 roll \u00af") == "rock n roll"
+    assert normalize("他说\u00b4好") == "他说 好" and score_utterance("他说\u00b4好", "他说好").ref_len == 3
+
+    # every code point alone leaves no lone combining mark
+    def lone_mark(cp: int) -> bool:
+        text = normalize(f"a {chr(cp)} b")
+        return any(unicodedata.category(c)[0] == "M" and text[j - 1] == " " for j, c in enumerate(text))
+
+    # the code points that are marks or that NFKC opens with a space (a spacing accent): the only ones that can
+    chars = (chr(cp) for cp in range(0x110000) if not 0xD800 <= cp <= 0xDFFF)
+    marks = [c for c in chars if unicodedata.category(c)[0] == "M" or unicodedata.normalize("NFKC", c)[:1] == " "]
+    assert len(marks) > 2000
+    lone = [hex(ord(c)) for c in marks if lone_mark(ord(c))]
+    assert lone == []
+    assert normalize("cafe\u0301") == "café" and normalize("नमस्ते") == "नमस्ते"  # marks on a letter stay
 
 
 def test_every_code_point_is_a_no_space_character_exactly_when_a_range_holds_it():
@@ -109,6 +134,19 @@ def test_code_switched_text_counts_words_whole_and_characters_one_each():
     s = score_utterance("hello", "你好世界")
     assert (s.unit, s.substitutions, s.insertions) == ("wer", 1, 3)
     assert score_utterance("hello world", "hello  world", metric="wer").errors == 0
+
+
+def test_a_number_with_a_decimal_point_or_digit_groups_is_one_word():
+    """ "3.5" is one reference word, as in jiwer, WeNet and sclite: split at its point it had counted two (N 5 for
+    "it costs 3.5 dollars", and "35" two errors in it); "1,000,000" had counted three, and "1000000" three errors."""
+    s = score_utterance("It costs 3.5 dollars.", "it costs 35 dollars")
+    assert (s.ref_len, s.substitutions, s.deletions, s.insertions) == (4, 1, 0, 0)
+    s = score_utterance("a population of 1,000,000 people", "A population of 1000000 people")
+    assert (s.ref_len, s.errors) == (5, 0)
+    assert normalize("version 2.0, released 2024.") == "version 2.0 released 2024"  # a point at a word's edge goes
+    assert normalize("1, 2, 3") == "1 2 3" and normalize("١٢٫٥") == "١٢٫٥"  # Arabic decimal separator
+    s = score_utterance("人口约2.5亿", "人口约2.5亿")
+    assert (s.unit, s.ref_len, s.errors) == ("cer", 5, 0)
 
 
 def test_corpus_totals_are_sums_not_means():

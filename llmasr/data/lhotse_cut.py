@@ -31,7 +31,10 @@ class CutRecord:
         self.p.key = cut_id
         kind = rec.get("type", "MonoCut")
         if kind not in ("MonoCut", "MultiCut", "Cut", "DataCut"):
-            raise self.p.bad(f"lhotse cut: type {kind!r} is not supported (only MonoCut / single-channel MultiCut)")
+            raise self.p.bad(
+                f"lhotse cut: type {kind!r} is not supported (only MonoCut, and MultiCut on one channel or on all the "
+                "channels of one file; a MixedCut or PaddingCut is audio made at load time: save it as a recording)"
+            )
         sup = self.cut_supervision(rec)
         target = self.p.optional_target(sup.get("text"), "supervisions[0].text")
         recording = rec.get("recording")
@@ -88,7 +91,10 @@ class CutRecord:
         if not sups and not self.p.need_target:
             return {}  # audio to transcribe
         if len(sups) != 1:
-            raise self.p.bad(f"lhotse cut has {len(sups)} supervisions; expected exactly one")
+            raise self.p.bad(
+                f"lhotse cut has {len(sups)} supervisions; expected exactly one (CutSet.trim_to_supervisions("
+                "keep_overlapping=False) makes a cut of each)"
+            )
         sup = sups[0]
         if not isinstance(sup, dict):
             raise self.p.bad("lhotse cut: the supervision is not an object")
