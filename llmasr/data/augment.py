@@ -220,7 +220,8 @@ class Augmenter:
         self.frontend = frontend
         self.lfr_m = frontend.lfr_m if frontend.kind == "fbank" else 1
         self._noise: list[str] | None = None
-        self._bad_noise: set[str] = set()  # noise files that failed to read
+        self._bad_noise: set[str] = set()  # noise files that failed to read, or that hold no sound at all
+        self._heard_noise: set[str] = set()  # noise files with sound somewhere (a silent stretch of them is noise too)
 
     @property
     def enabled(self) -> bool:
@@ -300,6 +301,8 @@ class Augmenter:
                 need = n / sr
                 start = offset_u * max(0.0, total - need)
                 noise = load_audio(path, sample_rate=sr, start=start, end=start + need if total > need else None)
+                if not noise.any() and self._all_silent(path, sr):
+                    raise AudioError(path, "every sample is 0 (digital silence): it would add nothing")
             except AudioError as err:
                 self._bad_noise.add(path)
                 left = files - len(self._bad_noise)
@@ -308,6 +311,17 @@ class Augmenter:
                 continue
             return mix_at_snr(x, noise, snr, speech)
         return x
+
+    def _all_silent(self, path: str, sr: int) -> bool:
+        """Whether noise file `path` holds no sound anywhere, read whole the first time one of its stretches drawn
+        is silent (start-up reads headers only: decoding every file of a long list there would take minutes)."""
+        from llmasr.data.audio import load_audio
+
+        if path not in self._heard_noise:
+            if not load_audio(path, sample_rate=sr).any():
+                return True
+            self._heard_noise.add(path)
+        return False
 
     # ----------------------------------------------------------------------------------------------- SpecAugment
     def spec(self, feats: np.ndarray, rng: np.random.Generator) -> np.ndarray:

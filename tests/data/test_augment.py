@@ -404,3 +404,27 @@ def test_spec_augment_disabled_is_identity():
     assert aug.spec(feats, np.random.default_rng(0)) is feats
     x = sine(100)
     np.testing.assert_array_equal(aug.wave(x, SR, np.random.default_rng(0), drawn(aug.cfg, 0)), x)
+
+
+def test_a_noise_file_of_digital_silence_is_left_out_and_named_once(tmp_path, caplog):
+    """A noise file whose every sample is 0 mixed nothing into each clip that drew it, with no word (start-up reads
+    headers only); it is named once and drawn past like a file that does not decode. A file that is silent only in
+    a stretch stays: a clip that draws the stretch gets its silence, as it would from any quiet noise."""
+    rng = np.random.default_rng(0)
+    sf.write(tmp_path / "good.wav", (rng.standard_normal(SR * 2) * 0.1).astype(np.float32), SR)
+    sf.write(tmp_path / "zeros.wav", np.zeros(SR * 2, dtype=np.float32), SR)
+    gapped = np.concatenate([np.zeros(SR * 3), rng.standard_normal(SR // 10) * 0.1]).astype(np.float32)
+    sf.write(tmp_path / "gapped.wav", gapped, SR)  # three seconds of digital silence, then sound
+    lines = [{"key": k, "source": f"{k}.wav"} for k in ("good", "zeros", "gapped")]
+    (tmp_path / "noise.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    cfg = from_dict(AugmentConfig, {"noise": {"enable": True, "manifest": str(tmp_path / "noise.jsonl"), "prob": 1.0}},
+                    "augment")  # fmt: skip
+    augmenter, x = Augmenter(cfg, FrontendConfig()), sine(300, seconds=0.5)
+    kept = 0
+    with caplog.at_level("WARNING"):
+        for seed in range(40):
+            kept += np.array_equal(augmenter.wave(x, SR, np.random.default_rng(seed), drawn(cfg, 0)), x)
+    assert caplog.text.count("left out of the noise list") == 1 and "(2 files left)" in caplog.text
+    assert str(tmp_path / "zeros.wav") in caplog.text and "digital silence" in caplog.text
+    assert augmenter._bad_noise == {str(tmp_path / "zeros.wav")}  # the gapped file's silent stretch is noise
+    assert 0 < kept < 40  # only draws of the gapped file's silent stretch leave a clip as it was
