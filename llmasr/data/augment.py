@@ -315,10 +315,12 @@ class Augmenter:
     def _all_silent(self, path: str, sr: int) -> bool:
         """Whether noise file `path` holds no sound anywhere, read whole the first time one of its stretches drawn
         is silent (start-up reads headers only: decoding every file of a long list there would take minutes)."""
-        from llmasr.data.audio import load_audio
+        from llmasr.data.audio import load_audio, probe_duration
 
         if path not in self._heard_noise:
-            if not load_audio(path, sample_rate=sr).any():
+            total, block = probe_duration(path), 60.0  # a block at a time: an hour of noise need not sit in memory
+            starts = [k * block for k in range(max(1, math.ceil(total / block)))]
+            if not any(load_audio(path, sample_rate=sr, start=a, end=min(a + block, total)).any() for a in starts):
                 return True
             self._heard_noise.add(path)
         return False
