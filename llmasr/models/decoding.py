@@ -80,26 +80,13 @@ class DecodeConfig:
     trim_leading_silence: bool = True
 
     def validate(self, path: str) -> None:
-        if self.num_beams < 1:
-            raise ConfigError(f"{path}.num_beams: must be >= 1, got {self.num_beams}")
+        self.validate_search(path)
         if self.metric not in METRICS:
             raise ConfigError(f"{path}.metric: one of {', '.join(METRICS)}; got {self.metric!r}")
-        if self.ctc_weight is not None and not 0.0 <= self.ctc_weight <= 1.0:
-            raise ConfigError(f"{path}.ctc_weight: must be in [0, 1] (or unset for the default), got {self.ctc_weight}")
-        if self.repeat_limit < 0:
-            raise ConfigError(f"{path}.repeat_limit: must be >= 0 (0: off), got {self.repeat_limit}")
         if not 0.0 < self.batch_seconds < math.inf:
             raise ConfigError(f"{path}.batch_seconds: must be > 0 seconds of audio a batch, got {self.batch_seconds}")
         if self.max_llm_tokens is not None and self.max_llm_tokens < 1:
             raise ConfigError(f"{path}.max_llm_tokens: must be >= 1 (or unset: no budget), got {self.max_llm_tokens}")
-        if self.max_new_tokens is not None and self.max_new_tokens < 1:
-            raise ConfigError(f"{path}.max_new_tokens: must be >= 1 (or unset: by duration), got {self.max_new_tokens}")
-        if not 0.0 < self.repetition_penalty < math.inf:
-            raise ConfigError(f"{path}.repetition_penalty: must be > 0 (1: off), got {self.repetition_penalty}")
-        if self.no_repeat_ngram_size < 0:
-            raise ConfigError(f"{path}.no_repeat_ngram_size: must be >= 0 (0: off), got {self.no_repeat_ngram_size}")
-        if not 0.0 < self.tokens_per_second < math.inf:
-            raise ConfigError(f"{path}.tokens_per_second: must be a number > 0, got {self.tokens_per_second}")
         if not 0.0 <= self.window_overlap < math.inf:
             raise ConfigError(f"{path}.window_overlap: must be a number of seconds >= 0, got {self.window_overlap}")
         if not 0.0 <= self.window_split_pause < math.inf:
@@ -119,6 +106,24 @@ class DecodeConfig:
             raise ConfigError(
                 f"{path}.vad_merge_seconds: must be seconds >= 0 (0: a window a segment), got {self.vad_merge_seconds}"
             )
+
+    def validate_search(self, path: str = "decode") -> None:
+        """The checks of the settings the search itself reads (SpeechLLM.transcribe makes them, so that a
+        DecodeConfig built in Python is held to a recipe's rules): ConfigError naming the field under `path`."""
+        if self.num_beams < 1:
+            raise ConfigError(f"{path}.num_beams: must be >= 1, got {self.num_beams}")
+        if self.ctc_weight is not None and not 0.0 <= self.ctc_weight <= 1.0:
+            raise ConfigError(f"{path}.ctc_weight: must be in [0, 1] (or unset for the default), got {self.ctc_weight}")
+        if self.repeat_limit < 0:
+            raise ConfigError(f"{path}.repeat_limit: must be >= 0 (0: off), got {self.repeat_limit}")
+        if self.max_new_tokens is not None and self.max_new_tokens < 1:
+            raise ConfigError(f"{path}.max_new_tokens: must be >= 1 (or unset: by duration), got {self.max_new_tokens}")
+        if not 0.0 < self.repetition_penalty < math.inf:
+            raise ConfigError(f"{path}.repetition_penalty: must be > 0 (1: off), got {self.repetition_penalty}")
+        if self.no_repeat_ngram_size < 0:
+            raise ConfigError(f"{path}.no_repeat_ngram_size: must be >= 0 (0: off), got {self.no_repeat_ngram_size}")
+        if not 0.0 < self.tokens_per_second < math.inf:
+            raise ConfigError(f"{path}.tokens_per_second: must be a number > 0, got {self.tokens_per_second}")
         if self.hotword_boost is not None and not 0.0 <= self.hotword_boost < math.inf:
             raise ConfigError(
                 f"{path}.hotword_boost: must be >= 0 (0: off; unset: the default), got {self.hotword_boost}"

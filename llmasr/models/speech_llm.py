@@ -296,6 +296,7 @@ class SpeechLLM(nn.Module):
         # deferred like every transformers import (models.llm)
         from transformers import LogitsProcessorList, RepetitionPenaltyLogitsProcessor
 
+        cfg.validate_search()  # a DecodeConfig built in Python has met no recipe's checks
         llm_vocab = self.ctc_on_llm_vocab
         weight = cfg.guidance(ctc is not None, llm_vocab)
         caps = [cfg.new_token_cap(s) for s in (feat_lens.double() * self.frontend.frame_seconds).tolist()]

@@ -366,3 +366,20 @@ def test_an_llm_generation_config_max_length_does_not_warn_at_every_batch(model)
         logger.removeHandler(handler)
     assert not [r for r in records if "max_length" in r.getMessage()]
     assert model.llm.generation_config.max_length == 4096
+
+
+@pytest.mark.parametrize(
+    "setting, value",
+    [("ctc_weight", 1.5), ("repeat_limit", -1), ("num_beams", 0), ("tokens_per_second", -2.0), ("max_new_tokens", 0)],
+)
+def test_a_decode_config_built_in_python_is_checked_by_name_before_the_search(model, setting, value):
+    """A DecodeConfig made in Python (the README's `model.transcribe(batch, DecodeConfig(...))`) meets no recipe's
+    checks: a ctc_weight of 1.5 had weighed the LLM by -0.5 and decoded garbage, a repeat_limit of -1 or num_beams 0
+    had stopped in a ZeroDivisionError, a negative tokens_per_second had decoded with a cap of its own making."""
+    from llmasr.models.decoding import DecodeConfig
+
+    batch = random_batch(model.eval(), TARGETS[:2], frames=[12, 20], seed=5)
+    with pytest.raises(ConfigError, match=rf"decode\.{setting}: must be"):
+        model.transcribe(batch, DecodeConfig(**{setting: value}))
+    with pytest.raises(ConfigError, match=rf"decode\.{setting}: must be"):
+        model.generate(batch, **{setting: value})
