@@ -212,6 +212,11 @@ def _is_cjk(piece: str) -> bool:
     return len(piece) == 1 and ord(piece) >= 0x2E80
 
 
+def _token_id(fields: list[str]) -> bool:
+    """Whether a token list's line (split) is "token id"."""
+    return len(fields) == 2 and fields[1].lstrip("-").isdigit()
+
+
 def read_token_list(path: str) -> list[str]:
     """A FunASR tokens.json (JSON list) or a text file with one token per line (optionally "token id")."""
     text = Path(path).read_text(encoding="utf-8-sig")  # -sig: a BOM is not part of the first token
@@ -227,7 +232,7 @@ def read_token_list(path: str) -> list[str]:
     if tokens is None:
         lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
         pairs = [ln.split() for ln in lines]
-        if pairs and all(len(p) == 2 and p[1].lstrip("-").isdigit() for p in pairs):
+        if pairs and all(_token_id(p) for p in pairs):
             ordered = sorted(pairs, key=lambda p: int(p[1]))
             for want, (token, given) in enumerate(ordered):  # an id is a head row: a gap would shift every later one
                 if int(given) != want:
@@ -237,6 +242,20 @@ def read_token_list(path: str) -> list[str]:
                     )
             tokens = [p[0] for p in ordered]
         else:
+            # a token is cut from text at spaces, so one holding a space is never met: a "token id" file with a
+            # line of another form had been read as a plain list, each "token id" line one token never met
+            with_ids = any(_token_id(p) for p in pairs)
+            for number, line in enumerate(text.splitlines(), 1):
+                fields = line.split()
+                if with_ids and fields and not _token_id(fields):
+                    raise ValueError(
+                        f"CTC vocabulary {path}, line {number}: {line.strip()!r} is not 'token id', as other lines are"
+                    )
+                if len(fields) > 1 and not with_ids:
+                    raise ValueError(
+                        f"CTC vocabulary {path}, line {number}: {line.strip()!r} is not one token (a token holds no "
+                        "space): one token a line, or 'token id' on every line"
+                    )
             tokens = lines
     if not tokens:
         raise ValueError(f"CTC vocabulary {path}: no tokens")

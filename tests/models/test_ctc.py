@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
@@ -158,6 +159,17 @@ def test_units_txt_with_ids(tmp_path):
                      ("<blk> 0\none 1\ntwo 1\n", "'two' with id 1 \\(expected 2\\)")):  # fmt: skip
         path.write_text(text)
         with pytest.raises((ConfigError, ValueError), match=f"ids must run 0, 1, 2, ... .*{at}"):
+            build_ctc_tokenizer(CTCConfig(vocab=str(path)))
+
+
+def test_a_token_list_of_mixed_line_forms_is_refused_naming_the_line(tmp_path):
+    """A "token id" list with one bare line had been read as a plain list: every "token id" line a token holding a
+    space, which text (cut at spaces) never meets, so the head trained on <unk>s with no word."""
+    path = tmp_path / "units.txt"
+    for text, at in (("<blk> 0\none 1\ntwo\n<unk> 3\n", "line 3: 'two' is not 'token id', as other lines are"),
+                     ("<blk>\n\none two\n", "line 3: 'one two' is not one token")):  # fmt: skip
+        path.write_text(text)
+        with pytest.raises((ConfigError, ValueError), match=re.escape(f"{path}, {at}")):
             build_ctc_tokenizer(CTCConfig(vocab=str(path)))
 
 
