@@ -25,6 +25,8 @@ still found; matches never overlap, so no token is paid twice.
 from __future__ import annotations
 
 import contextlib
+import weakref
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
 import torch
@@ -210,8 +212,8 @@ class HotwordBoost:
         self.joins = joining_tokens(tokenizer) if listed else torch.zeros(0, dtype=torch.bool)
         self.joining = _ids(self.joins)
         self.ending = _ids(word_ending_tokens(tokenizer)) if listed else frozenset()
-        self.tries = [phrase_trie(p, tokenizer, (self.joining, self.ending)) if p else None for p in phrases]
-        self.spelled = [sorted(_spelled(root)) if root is not None else [] for root in self.tries]
+        self.tries = [_shared_trie(tokenizer, p, (self.joining, self.ending)) if p else None for p in phrases]
+        self.spelled = [_spelled_ids(root) if root is not None else [] for root in self.tries]
         self.matches: dict[tuple[int, tuple[int, ...]], _Match] = {}
 
     def tokens(self, utt: int) -> torch.Tensor:
@@ -286,6 +288,37 @@ def beam_search_to_the_caps(model):
         yield
     finally:
         del model._check_early_stop_heuristic
+
+
+# A tokenizer's tries of its recent lists. A `--hotwords` list is every utterance's: its phrases had been spelled
+# again for each utterance of each batch, which for a list of thousands cost more than the search itself. Held by
+# the tokenizer weakly, not as its attribute: a tokenizer pickled into loader workers does not carry them.
+_TRIES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_TRIES_KEPT = 8
+
+
+def _shared_trie(tokenizer, phrases, edges) -> _Node:
+    """phrase_trie(phrases, tokenizer, edges), built once for each of the tokenizer's recent lists (a trie's memo
+    holds only what its phrases and the tokenizer decide, so utterances and batches may share it)."""
+    key = tuple(str(p) for p in phrases)
+    try:
+        kept = _TRIES.setdefault(tokenizer, OrderedDict())
+    except TypeError:  # a tokenizer that cannot be held weakly, or hashed: built afresh
+        return phrase_trie(key, tokenizer, edges)
+    root = kept.get(key)
+    if root is None:  # the edges are the tokenizer's own (_token_edges, cached on it): the key needs only the list
+        root = kept[key] = phrase_trie(key, tokenizer, edges)
+    kept.move_to_end(key)
+    while len(kept) > _TRIES_KEPT:
+        kept.popitem(last=False)
+    return root
+
+
+def _spelled_ids(root: _Node) -> list[int]:
+    known = root.memo.get("spelled")
+    if known is None:
+        known = root.memo["spelled"] = sorted(_spelled(root))
+    return known
 
 
 def _spelled(root: _Node) -> set[int]:
