@@ -33,6 +33,8 @@ import torch
 
 from llmasr.scoring import is_no_space_char
 
+ROWS_KEPT = 64  # score rows a HotwordBoost keeps (one batch's search): a row is the LLM's vocabulary wide
+
 
 @dataclass(eq=False)
 class _Node:
@@ -215,6 +217,10 @@ class HotwordBoost:
         self.tries = [_shared_trie(tokenizer, p, (self.joining, self.ending)) if p else None for p in phrases]
         self.spelled = [_spelled_ids(root) if root is not None else [] for root in self.tries]
         self.matches: dict[tuple[int, tuple[int, ...]], _Match] = {}
+        # (trie, node, after_word) -> what each token earns there, a row of scores: the same few states (the root
+        # above all) recur on every row and step, and writing thousands of a long list's gains anew each time had
+        # cost more than the step of a small LLM
+        self.rows: dict[tuple, torch.Tensor] = {}
 
     def tokens(self, utt: int) -> torch.Tensor:
         """Every token id that spells a phrase of utterance `utt` (for a search that scores only some candidates:
@@ -235,28 +241,28 @@ class HotwordBoost:
                 continue
             match = self._match(utt, tuple(ids), root)
             seen[(utt, tuple(ids))] = match
-            now = match.banked + match.node.depth
             after_word = bool(ids) and ids[-1] in self.ending
-            # A token no suffix of the match goes on with ends it (the end token too, which carries nothing on);
-            # the tokens some suffix of it does go on with are stepped one by one.
-            ended = self.boost * (_step(match, -1, False, after_word).banked - now)
-            add[r] = ended
-            add[r, joining] = self.boost * (_step(match, -1, True, after_word).banked - now)
-            gains: dict[int, float] = {}  # the tokens some phrase goes on with, from the first place in the chain
-            for joins in (False, True):
-                for banked, state in reversed(_chain(root, match.node, joins)):
-                    if state is root and joins and after_word:
-                        continue  # a joining token after a word's end goes on with that word, and begins no phrase
-                    for token, child in state.children.items():
-                        if token < vocab and (token in self.joining) == joins:
-                            gains[token] = self.boost * (match.banked + banked + child.depth - now)
-            if gains:
-                add[r, torch.tensor(list(gains))] = torch.tensor(list(gains.values()), dtype=add.dtype).to(add.device)
-            add[r, self.end_id] = ended
+            key = (root, match.node, after_word)
+            row = self.rows.get(key)
+            if row is None:
+                row = self._row(root, match.node, after_word, joining, add)
+                if len(self.rows) < ROWS_KEPT:
+                    self.rows[key] = row
+            add[r] = row
         self.matches = seen
         if not seen:
             return scores
         return torch.where(torch.isfinite(scores), scores + add, scores)
+
+    def _row(self, root: _Node, node: _Node, after_word: bool, joining: torch.Tensor, like: torch.Tensor):
+        """What each token earns after a match at `node` (_gains), as one row of `like`'s scores."""
+        ended, joined, tokens, gains = _gains(root, node, after_word)
+        row = torch.full_like(like[0], self.boost * ended)
+        row[joining] = self.boost * joined
+        inside = tokens < row.numel()
+        row[tokens[inside].to(row.device)] = (self.boost * gains[inside]).to(dtype=row.dtype, device=row.device)
+        row[self.end_id] = self.boost * ended
+        return row
 
     def _match(self, utt: int, prefix: tuple[int, ...], root: _Node) -> _Match:
         known = self.matches.get((utt, prefix))
@@ -266,6 +272,32 @@ class HotwordBoost:
             return _Match(0, root, root)
         token, after_word = prefix[-1], len(prefix) > 1 and prefix[-2] in self.ending
         return _step(self._match(utt, prefix[:-1], root), token, _joins(token, self.joining), after_word)
+
+
+def _gains(root: _Node, node: _Node, after_word: bool) -> tuple[int, int, torch.Tensor, torch.Tensor]:
+    """What each next token earns after a match standing at `node` (`after_word`: its last token ends inside a word),
+    in tokens, whatever was banked before it: (a token no phrase goes on with, the end token among them; a joining
+    one of those; the ids some phrase goes on with; what each of them earns). Kept on the root: the answer depends
+    on nothing else, and for a list of thousands its loop over the root's children had cost milliseconds a row and
+    step."""
+    key = ("gains", node, after_word)
+    known = root.memo.get(key)
+    if known is None:
+        # A token no suffix of the match goes on with ends it (the end token too, which carries nothing on); the
+        # tokens some suffix of it does go on with are stepped one by one.
+        ended = _transition(root, node, -1, False, after_word)[0] - node.depth
+        joined = _transition(root, node, -1, True, after_word)[0] - node.depth
+        gains: dict[int, int] = {}  # the tokens some phrase goes on with, from the first place in the chain
+        for joins in (False, True):
+            for banked, state in reversed(_chain(root, node, joins)):
+                if state is root and joins and after_word:
+                    continue  # a joining token after a word's end goes on with that word, and begins no phrase
+                for token, child in state.children.items():
+                    if (token in root.joining) == joins:
+                        gains[token] = banked + child.depth - node.depth
+        ids = torch.tensor(list(gains), dtype=torch.long)
+        known = root.memo[key] = (ended, joined, ids, torch.tensor(list(gains.values()), dtype=torch.float64))
+    return known
 
 
 def _keep_searching(is_early_stop_heuristic_unsatisfied, **_):
