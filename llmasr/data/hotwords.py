@@ -26,6 +26,7 @@ from llmasr.config_io import ConfigError
 from llmasr.config_paths import path_field
 from llmasr.data.corpus_stats import CorpusStats
 from llmasr.data.hotword_units import holds, join_units, ngrams, units
+from llmasr.data.records import phrase_text
 from llmasr.scoring import normalize
 
 log = logging.getLogger(__name__)
@@ -39,8 +40,9 @@ class PhraseFileError(ValueError):
 
 
 def read_phrase_file(path: str | Path) -> list[str]:
-    """The distinct phrases of a UTF-8 file, one a line, in order (surrounding spaces stripped; a trailing newline is
-    fine; a line ends at \n, \r\n or \r, as Python's universal newlines read it)."""
+    """The distinct phrases of a UTF-8 file, one a line, in order (each as phrase_text reads it: surrounding spaces
+    stripped, inner runs of spaces and tabs one space; a trailing newline is fine; a line ends at \n, \r\n or \r,
+    as Python's universal newlines read it)."""
     path = Path(path)
     if path.is_dir():
         raise PhraseFileError(f"{path}: a directory, not a hotword file")
@@ -52,7 +54,7 @@ def read_phrase_file(path: str | Path) -> list[str]:
     repeats = []
     for lineno, raw in enumerate(lines, start=1):
         try:
-            text = raw.decode("utf-8").strip()
+            text = phrase_text(raw.decode("utf-8"))
         except UnicodeDecodeError as err:
             raise PhraseFileError(f"{path}:{lineno}: not UTF-8 text ({err.reason} at byte {err.start})") from None
         if not text:

@@ -115,6 +115,13 @@ class Utterance:
     system: str | None = None  # a ChatML line's own system message; None: the recipe's (model.prompt.system)
 
 
+def phrase_text(text: str) -> str:
+    """A biasing phrase as the prompt, the search's boost and scoring read it: its words joined by one space. A tab,
+    a no-break space or a run of spaces inside it (or a BOM, from files joined end to end) had reached the prompt as
+    written, and the boost, which matches the phrase's own spelling, looked for it where no transcript writes it."""
+    return " ".join(text.replace("\ufeff", "").split())
+
+
 def given_hotwords(utt, default=None) -> list[str]:
     """A line's biasing list before the token cap where none is drawn: its own ([] included: it has none), else
     `default` (decoding's --hotwords list). The dataset renders it, and decoding's counts of its prompt read it."""
@@ -224,9 +231,9 @@ class _Parser:
         for i, phrase in enumerate(value):
             if not isinstance(phrase, str):
                 raise self.bad(f"field '{name}'[{i}] must be a string, got {type(phrase).__name__} {phrase!r:.60}")
-            if not phrase.strip():
+            if not phrase_text(phrase):
                 raise self.bad(f"field '{name}'[{i}] is an empty phrase")
-        return [p.strip() for p in value]
+        return [phrase_text(p) for p in value]
 
     def target(self, value, name: str) -> str:
         if not isinstance(value, str):

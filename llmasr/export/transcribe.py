@@ -27,6 +27,7 @@ import numpy as np
 import soundfile as sf
 
 from llmasr.config_paths import file_problem
+from llmasr.data.records import phrase_text
 from llmasr.data.windowed import utterance_rows
 from llmasr.export.decode import DecodeOptions, decode_loader, load_decode_model, search_boost, transcribe_loader
 from llmasr.export.decode_world import usable_device
@@ -95,9 +96,9 @@ class Transcriber:
         if isinstance(hotwords, (str, bytes)):  # list("Zhang Wei") would bias towards its letters
             raise TranscribeError(f"hotwords: a list of phrases, got the text {hotwords!r}; pass [{hotwords!r}]")
         for i, phrase in enumerate(hotwords or ()):  # named here, not as a fault of every clip
-            if not isinstance(phrase, str) or not phrase.strip():
+            if not isinstance(phrase, str) or not phrase_text(phrase):
                 raise TranscribeError(f"hotwords[{i}]: expected a non-empty phrase (text), got {phrase!r}")
-        hotwords = None if hotwords is None else [p.strip() for p in hotwords]  # as a manifest's or a file's are
+        hotwords = None if hotwords is None else [phrase_text(p) for p in hotwords]  # as a manifest's or a file's are
         kept, dropped = self.model.prompt.capped_hotwords(hotwords)
         if dropped:  # as decode's wer.txt counts them: the prompt renders only what fits the model's cap
             log.warning(

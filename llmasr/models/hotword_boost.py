@@ -25,11 +25,15 @@ still found; matches never overlap, so no token is paid twice.
 from __future__ import annotations
 
 import contextlib
+import weakref
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
 import torch
 
 from llmasr.scoring import is_no_space_char
+
+ROWS_KEPT = 64  # score rows a HotwordBoost keeps (one batch's search): a row is the LLM's vocabulary wide
 
 
 @dataclass(eq=False)
@@ -210,9 +214,13 @@ class HotwordBoost:
         self.joins = joining_tokens(tokenizer) if listed else torch.zeros(0, dtype=torch.bool)
         self.joining = _ids(self.joins)
         self.ending = _ids(word_ending_tokens(tokenizer)) if listed else frozenset()
-        self.tries = [phrase_trie(p, tokenizer, (self.joining, self.ending)) if p else None for p in phrases]
-        self.spelled = [sorted(_spelled(root)) if root is not None else [] for root in self.tries]
+        self.tries = [_shared_trie(tokenizer, p, (self.joining, self.ending)) if p else None for p in phrases]
+        self.spelled = [_spelled_ids(root) if root is not None else [] for root in self.tries]
         self.matches: dict[tuple[int, tuple[int, ...]], _Match] = {}
+        # (trie, node, after_word) -> what each token earns there, a row of scores: the same few states (the root
+        # above all) recur on every row and step, and writing thousands of a long list's gains anew each time had
+        # cost more than the step of a small LLM
+        self.rows: dict[tuple, torch.Tensor] = {}
 
     def tokens(self, utt: int) -> torch.Tensor:
         """Every token id that spells a phrase of utterance `utt` (for a search that scores only some candidates:
@@ -233,28 +241,28 @@ class HotwordBoost:
                 continue
             match = self._match(utt, tuple(ids), root)
             seen[(utt, tuple(ids))] = match
-            now = match.banked + match.node.depth
             after_word = bool(ids) and ids[-1] in self.ending
-            # A token no suffix of the match goes on with ends it (the end token too, which carries nothing on);
-            # the tokens some suffix of it does go on with are stepped one by one.
-            ended = self.boost * (_step(match, -1, False, after_word).banked - now)
-            add[r] = ended
-            add[r, joining] = self.boost * (_step(match, -1, True, after_word).banked - now)
-            gains: dict[int, float] = {}  # the tokens some phrase goes on with, from the first place in the chain
-            for joins in (False, True):
-                for banked, state in reversed(_chain(root, match.node, joins)):
-                    if state is root and joins and after_word:
-                        continue  # a joining token after a word's end goes on with that word, and begins no phrase
-                    for token, child in state.children.items():
-                        if token < vocab and (token in self.joining) == joins:
-                            gains[token] = self.boost * (match.banked + banked + child.depth - now)
-            if gains:
-                add[r, torch.tensor(list(gains))] = torch.tensor(list(gains.values()), dtype=add.dtype).to(add.device)
-            add[r, self.end_id] = ended
+            key = (root, match.node, after_word)
+            row = self.rows.get(key)
+            if row is None:
+                row = self._row(root, match.node, after_word, joining, add)
+                if len(self.rows) < ROWS_KEPT:
+                    self.rows[key] = row
+            add[r] = row
         self.matches = seen
         if not seen:
             return scores
         return torch.where(torch.isfinite(scores), scores + add, scores)
+
+    def _row(self, root: _Node, node: _Node, after_word: bool, joining: torch.Tensor, like: torch.Tensor):
+        """What each token earns after a match at `node` (_gains), as one row of `like`'s scores."""
+        ended, joined, tokens, gains = _gains(root, node, after_word)
+        row = torch.full_like(like[0], self.boost * ended)
+        row[joining] = self.boost * joined
+        inside = tokens < row.numel()
+        row[tokens[inside].to(row.device)] = (self.boost * gains[inside]).to(dtype=row.dtype, device=row.device)
+        row[self.end_id] = self.boost * ended
+        return row
 
     def _match(self, utt: int, prefix: tuple[int, ...], root: _Node) -> _Match:
         known = self.matches.get((utt, prefix))
@@ -264,6 +272,32 @@ class HotwordBoost:
             return _Match(0, root, root)
         token, after_word = prefix[-1], len(prefix) > 1 and prefix[-2] in self.ending
         return _step(self._match(utt, prefix[:-1], root), token, _joins(token, self.joining), after_word)
+
+
+def _gains(root: _Node, node: _Node, after_word: bool) -> tuple[int, int, torch.Tensor, torch.Tensor]:
+    """What each next token earns after a match standing at `node` (`after_word`: its last token ends inside a word),
+    in tokens, whatever was banked before it: (a token no phrase goes on with, the end token among them; a joining
+    one of those; the ids some phrase goes on with; what each of them earns). Kept on the root: the answer depends
+    on nothing else, and for a list of thousands its loop over the root's children had cost milliseconds a row and
+    step."""
+    key = ("gains", node, after_word)
+    known = root.memo.get(key)
+    if known is None:
+        # A token no suffix of the match goes on with ends it (the end token too, which carries nothing on); the
+        # tokens some suffix of it does go on with are stepped one by one.
+        ended = _transition(root, node, -1, False, after_word)[0] - node.depth
+        joined = _transition(root, node, -1, True, after_word)[0] - node.depth
+        gains: dict[int, int] = {}  # the tokens some phrase goes on with, from the first place in the chain
+        for joins in (False, True):
+            for banked, state in reversed(_chain(root, node, joins)):
+                if state is root and joins and after_word:
+                    continue  # a joining token after a word's end goes on with that word, and begins no phrase
+                for token, child in state.children.items():
+                    if (token in root.joining) == joins:
+                        gains[token] = banked + child.depth - node.depth
+        ids = torch.tensor(list(gains), dtype=torch.long)
+        known = root.memo[key] = (ended, joined, ids, torch.tensor(list(gains.values()), dtype=torch.float64))
+    return known
 
 
 def _keep_searching(is_early_stop_heuristic_unsatisfied, **_):
@@ -286,6 +320,37 @@ def beam_search_to_the_caps(model):
         yield
     finally:
         del model._check_early_stop_heuristic
+
+
+# A tokenizer's tries of its recent lists. A `--hotwords` list is every utterance's: its phrases had been spelled
+# again for each utterance of each batch, which for a list of thousands cost more than the search itself. Held by
+# the tokenizer weakly, not as its attribute: a tokenizer pickled into loader workers does not carry them.
+_TRIES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_TRIES_KEPT = 8
+
+
+def _shared_trie(tokenizer, phrases, edges) -> _Node:
+    """phrase_trie(phrases, tokenizer, edges), built once for each of the tokenizer's recent lists (a trie's memo
+    holds only what its phrases and the tokenizer decide, so utterances and batches may share it)."""
+    key = tuple(str(p) for p in phrases)
+    try:
+        kept = _TRIES.setdefault(tokenizer, OrderedDict())
+    except TypeError:  # a tokenizer that cannot be held weakly, or hashed: built afresh
+        return phrase_trie(key, tokenizer, edges)
+    root = kept.get(key)
+    if root is None:  # the edges are the tokenizer's own (_token_edges, cached on it): the key needs only the list
+        root = kept[key] = phrase_trie(key, tokenizer, edges)
+    kept.move_to_end(key)
+    while len(kept) > _TRIES_KEPT:
+        kept.popitem(last=False)
+    return root
+
+
+def _spelled_ids(root: _Node) -> list[int]:
+    known = root.memo.get("spelled")
+    if known is None:
+        known = root.memo["spelled"] = sorted(_spelled(root))
+    return known
 
 
 def _spelled(root: _Node) -> set[int]:

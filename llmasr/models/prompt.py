@@ -255,13 +255,26 @@ class PromptBuilder:
             return len(self._encode(text, split=True))
 
         lengths = [count(h) for h in kept]
-        dropped = 0
-        while kept and count(self.hotwords_separator.join(kept)) > cap:
-            j = lengths.index(max(lengths))
-            del kept[j], lengths[j]
-            dropped += 1
-        self._capped = given, (list(kept), dropped)
-        return kept, dropped
+        order = sorted(range(len(kept)), key=lambda j: -lengths[j])  # the drops in turn: longest, first of equals
+
+        def rest(k: int) -> list[str]:  # the list after the first k drops
+            out = set(order[:k])
+            return [h for j, h in enumerate(kept) if j not in out]
+
+        # The fewest drops that fit, found by halving: a drop only shortens the joined text, so each drop after
+        # that fits too. Dropping one at a time re-encoded the whole list per drop: minutes for a few thousand.
+        fits, over = len(kept), 0  # no phrase left always fits
+        if count(self.hotwords_separator.join(kept)) <= cap:
+            fits = 0
+        while fits - over > 1:
+            mid = (over + fits) // 2
+            if count(self.hotwords_separator.join(rest(mid))) <= cap:
+                fits = mid
+            else:
+                over = mid
+        kept = rest(fits)
+        self._capped = given, (list(kept), fits)
+        return kept, fits
 
     def hotwords_text(self, hotwords) -> str:
         """The text a (capped) list adds before the task: "" for none."""

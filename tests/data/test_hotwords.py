@@ -118,6 +118,19 @@ def test_a_phrase_repeated_in_a_file_is_read_once_with_a_warning(tmp_path, caplo
     assert f"{path}: 2 repeated phrase(s) left out, line (first line): 3 (1), 4 (1)" in caplog.text
 
 
+def test_a_phrase_is_read_as_its_words_one_space_apart(tmp_path, caplog):
+    """A tab, a no-break space or a run of spaces inside a phrase (or the BOM of a file joined on with `cat`) had
+    reached the prompt as written, and the search's boost, which matches the phrase's own token spelling, never
+    found it in a transcript: "quick\tbrown" earned nothing on "the quick brown fox". A file's phrases and a
+    manifest line's are read alike, and phrases equal once read are one phrase."""
+    path = tmp_path / "odd.txt"
+    path.write_bytes("Zhang\tWei\nNew  York\nSeACo\u00a0Paraformer\n\ufeffQwen\nNew York\n".encode())
+    assert read_phrase_file(path) == ["Zhang Wei", "New York", "SeACo Paraformer", "Qwen"]
+    assert f"{path}: 1 repeated phrase(s) left out, line (first line): 5 (2)" in caplog.text
+    m = Manifest.open(write_jsonl(tmp_path / "m.jsonl", [rec("u1", hotwords=["Zhang\tWei", " New \u00a0 York "])]))
+    assert m[0].hotwords == ["Zhang Wei", "New York"]
+
+
 def test_a_phrase_file_with_cr_line_ends_is_read_a_phrase_a_line(tmp_path):
     """A file whose lines end in \r alone had been read as one phrase holding every line; line numbers in errors
     count each \r, \n or \r\n once."""

@@ -242,6 +242,18 @@ def test_an_empty_hotword_is_named_as_the_lists_fault(asr, clips):
             asr.transcripts([str(paths[0])], hotwords=bad)
 
 
+def test_a_hotword_is_read_as_its_words_one_space_apart(asr, clips, monkeypatch):
+    """A phrase given with a tab or a run of spaces had reached the prompt and the search as written, a spelling no
+    transcript holds, so the boost never matched it; it is read as a manifest's or a list file's phrase is."""
+    _, paths = clips
+    seen = []
+    capped = asr.model.prompt.capped_hotwords
+    monkeypatch.setattr(asr.model.prompt, "capped_hotwords", lambda hw: seen.append(list(hw or ())) or capped(hw))
+    asr.transcripts([str(paths[0])], hotwords=["seven\teight", " nine  ten "])
+    listed = [hw for hw in seen if hw]  # the plain prompt is counted too
+    assert listed and all(hw == ["seven eight", "nine ten"] for hw in listed)
+
+
 def test_transcripts_takes_one_clip_as_a_list_of_one(asr, clips):
     """A path, a Path or a waveform given alone (its letters, a TypeError or its samples had been taken for clips)."""
     _, paths = clips

@@ -233,6 +233,52 @@ def test_ended_rows_and_rows_without_a_list_are_left_alone(model):
                        ruled_out)  # fmt: skip
 
 
+def test_a_list_every_utterance_shares_is_spelled_once(model, monkeypatch):
+    """A `--hotwords` list is every utterance's: each batch had spelled its phrases again for each utterance (a
+    list of three thousand names took 0.65 s an utterance, more than the search). The spellings are made once per
+    list and tokenizer; what each row earns is what a list spelled afresh gives it."""
+    tok, end = model.prompt.tokenizer, model.prompt.end_id
+    words = "zero one two three four five six seven eight nine".split()
+    phrases = [f"{a} {b}" for a in words for b in words]
+    spelled = []
+    real = tok.encode
+    monkeypatch.setattr(tok, "encode", lambda text, *a, **k: spelled.append(text) or real(text, *a, **k))
+    shared = HotwordBoost([phrases] * 3, tok, 1.0, end, 1)
+    again = HotwordBoost([phrases, [], phrases], tok, 1.0, end, 1)  # the next batch
+    assert sum(t.strip() in phrases for t in spelled) == 2 * len(phrases)  # each phrase's two spellings, once
+    monkeypatch.undo()
+    alone = HotwordBoost([list(reversed(phrases))], tok, 1.0, end, 1)  # another list: a trie of its own
+    seq = _ids(tok, "seven eight nine four")
+    vocab = len(tok)
+    rows = torch.tensor([seq[:3]] * 3)
+    for boost in (shared, again):
+        assert torch.equal(boost(rows, torch.zeros(3, vocab))[2], _gains(alone, seq[:3], vocab))
+
+
+def test_each_state_of_a_search_walks_the_list_once(model, monkeypatch):
+    """Every row at every step had walked the phrases that go on from its match (at the root: the first token of
+    every phrase, thousands for a long list) and written their gains anew: 32 rows of a list of ten thousand names
+    took 0.6 s a step on a CPU. What a state earns is kept for the batch; rows in the same state share it, with the
+    gains a row alone gets."""
+    import llmasr.models.hotword_boost as hb
+
+    tok, end = model.prompt.tokenizer, model.prompt.end_id
+    words = "zero one two three four five six seven eight nine".split()
+    phrases = [f"{a} {b}" for a in words for b in words]
+    walked = []
+    real = hb._chain
+    monkeypatch.setattr(hb, "_chain", lambda root, node, joins: walked.append(node) or real(root, node, joins))
+    seq = _ids(tok, "the quick brown fox seven eight nine")
+    rows, vocab = 6, len(tok)
+    boost = HotwordBoost([phrases] * rows, tok, 1.0, end, 1)
+    got = [boost(torch.tensor([seq[:k]] * rows).reshape(rows, -1), torch.zeros(rows, vocab)) for k in range(len(seq))]
+    assert len(walked) <= 2 * 2 * len(seq)  # (a state, after a word or not) once each, not once per row and step
+    monkeypatch.undo()
+    for k, out in enumerate(got):
+        alone = HotwordBoost([list(phrases)], tok, 1.0, end, 1)
+        assert torch.equal(out, _gains(alone, seq[:k], vocab).expand(rows, -1)), k
+
+
 def _near_miss_script(tok, end: int) -> dict:
     """An LLM that says "three nine", with "three four" a close second (two logits behind at the branch)."""
     first, nine, four = _ids(tok, "three"), _ids(tok, " nine"), _ids(tok, " four")

@@ -1,3 +1,6 @@
+import math
+import random
+
 import pytest
 
 from llmasr.models.llm import load_tokenizer
@@ -159,6 +162,40 @@ def test_a_list_every_utterance_shares_is_capped_once(hw_tokenizer, monkeypatch)
     assert again == first and len(calls) <= 2  # the rendered prompt's two sides only
     other = pb.encode(None, hotwords=phrases[:3])  # another list is capped afresh
     assert other.hotwords_dropped == len(phrases[:3]) - len(other.hotwords) and other.hotwords != first.hotwords
+
+
+def _capped_one_by_one(tokenizer, phrases, cap, separator=", "):
+    """The cap's rule as stated: the longest phrase (the first of equals) dropped until the joined list fits."""
+
+    def count(text):
+        return len(tokenizer.encode(text, add_special_tokens=False, split_special_tokens=True))
+
+    kept, lengths, dropped = list(phrases), [count(p) for p in phrases], 0
+    while kept and count(separator.join(kept)) > cap:
+        j = lengths.index(max(lengths))
+        del kept[j], lengths[j]
+        dropped += 1
+    return kept, dropped
+
+
+def test_a_long_list_is_capped_without_encoding_it_again_per_drop(hw_tokenizer, monkeypatch):
+    """Capping dropped one phrase at a time and encoded the whole joined list after each drop: a list of two
+    thousand phrases under a cap of 64 took most of a minute, and one of ten thousand (a name list for
+    `--hotwords`) many, in decode's start-up and in each loader worker. The same phrases are kept."""
+    words = "zero one two three four five six seven eight nine quick brown fox".split()
+    rng = random.Random(0)
+    phrases = [" ".join(rng.choices(words, k=rng.randint(1, 4))) for _ in range(300)]
+    for cap in (1, 5, 12, 40, 300, 100_000):
+        pb = PromptBuilder(hw_tokenizer, hotwords_max_tokens=cap)
+        assert pb.capped_hotwords(phrases) == _capped_one_by_one(hw_tokenizer, phrases, cap), cap
+    pb = PromptBuilder(hw_tokenizer, hotwords_max_tokens=12)
+    encoded = []
+    real = hw_tokenizer.encode
+    monkeypatch.setattr(hw_tokenizer, "encode", lambda text, *a, **k: encoded.append(text) or real(text, *a, **k))
+    kept, dropped = pb.capped_hotwords(phrases)
+    assert dropped > 250 and kept
+    lists = [t for t in encoded if ", " in t]  # the joined lists encoded: a few halvings, not one per drop
+    assert len(lists) <= 2 * math.ceil(math.log2(len(phrases))), len(lists)
 
 
 def test_a_phrase_spelling_a_special_token_is_text_in_the_prompt(hw_tokenizer):
