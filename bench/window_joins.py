@@ -1,4 +1,4 @@
-"""How well overlapping long-audio windows' texts are joined (llmasr.data.long_audio.seam): simulated seams scored by
+"""How well overlapping long-audio windows' texts are joined (llmasr.data.window_join.seam): simulated seams scored by
 WER against the full transcript, for the module's rule and for candidate rules.
 
     python bench/window_joins.py [--trials 200] [--overlap 0.5 1.0] [--seed 0] [--rules module previous ...]
@@ -13,7 +13,7 @@ spaces: itself, a wrong character, or nothing). Edge errors: `wrong`, one of eac
 misrecognised (or written twice); `dropped`, one window loses 1-2 words at its overlap edge (a model trained on whole
 utterances drops a cut word's neighbours): a word both texts hold is then likelier a chance match.
 
-Rules: `module` (long_audio.seam as it is), `previous` (the longest shared run near the edges, whatever its
+Rules: `module` (window_join.seam as it is), `previous` (the longest shared run near the edges, whatever its
 neighbours), `two_or_more` (that, one-token runs refused, as transformers' chunk merge asks for two matches),
 `disagree_N` (the module's rule with MAX_DISAGREE = N), `keep_both` (no join). Prints Markdown: per case and rule,
 WER % of the joined text over the span both windows cover, and (errors per seam); with --oracle, the fewest errors
@@ -31,8 +31,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from llmasr.data import long_audio  # noqa: E402
-from llmasr.data.long_audio import CHARS_PER_SECOND, EDGE_TOKENS, TOKENS_PER_SECOND, _glue, _norm  # noqa: E402
+from llmasr.data import window_join  # noqa: E402
+from llmasr.data.window_join import CHARS_PER_SECOND, EDGE_TOKENS, TOKENS_PER_SECOND, _glue, _norm  # noqa: E402
 from llmasr.demo.synth import CorpusConfig, make_text  # noqa: E402
 from llmasr.scoring import UNIT, score_utterance, uses_characters  # noqa: E402
 
@@ -175,11 +175,11 @@ def max_disagree(n: int) -> Callable:
     """The module's rule with MAX_DISAGREE at `n` (4: no one-token run refused; 0: only uncontradicted ones kept)."""
 
     def rule(left: str, right: str, max_tokens: int):
-        kept, long_audio.MAX_DISAGREE = long_audio.MAX_DISAGREE, n
+        kept, window_join.MAX_DISAGREE = window_join.MAX_DISAGREE, n
         try:
-            return long_audio.seam(left, right, max_tokens)
+            return window_join.seam(left, right, max_tokens)
         finally:
-            long_audio.MAX_DISAGREE = kept
+            window_join.MAX_DISAGREE = kept
 
     return rule
 
@@ -189,7 +189,7 @@ def keep_both(left: str, right: str, max_tokens: int):
 
 
 RULES: dict[str, Callable] = {
-    "module": long_audio.seam,
+    "module": window_join.seam,
     "previous": previous_seam,
     "two_or_more": two_or_more,
     "disagree_0": max_disagree(0),

@@ -19,7 +19,8 @@ import dataclasses
 import numpy as np
 
 from llmasr.data.bad_data import BadDataTracker
-from llmasr.data.long_audio import Window, join_texts, join_words
+from llmasr.data.long_audio import Window
+from llmasr.data.window_join import join_texts, join_words
 
 SILENT_ITEM_S = 0.5  # the piece of an utterance without speech that stands for it in the batches
 

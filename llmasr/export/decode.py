@@ -39,9 +39,9 @@ from llmasr.config_io import ConfigError, from_dict
 from llmasr.data.config import DataConfig
 from llmasr.data.device_features import resolve_features_on
 from llmasr.data.loader import build_decode_loader
-from llmasr.data.long_audio import shift_times
 from llmasr.data.manifest import Manifest
 from llmasr.data.speech_loader import SpeechDataLoader
+from llmasr.data.window_join import shift_times
 from llmasr.data.window_plan import WindowRules
 from llmasr.data.windowed import utterance_rows, utterance_tracker
 from llmasr.export.decode_results import clear_outputs, ctc_summary, hotword_counts, llm_summary

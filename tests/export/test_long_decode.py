@@ -17,7 +17,8 @@ from llmasr.config_io import ConfigError
 from llmasr.data.collate import Collator
 from llmasr.data.dataset import SpeechDataset
 from llmasr.data.loader import open_manifests
-from llmasr.data.long_audio import join_texts, plan_windows
+from llmasr.data.long_audio import plan_windows
+from llmasr.data.window_join import join_texts
 from llmasr.export.decode import DecodeOptions, decode_loader, decode_manifest, load_decode_model
 from llmasr.models.decoding import DecodeConfig
 from llmasr.testing.tiny_corpus import syllable_bursts

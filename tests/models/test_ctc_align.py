@@ -1,7 +1,7 @@
 """Word timestamps (llmasr.models.ctc_align): the Viterbi path is the best CTC path of the labels (against every path
 enumerated), units are spelled in each kind of CTC vocabulary, spikes become word times, words end where their
 sound ends (sound_ends over long_audio.speech_runs), and windows' times join where their texts join
-(llmasr.data.long_audio.join_words)."""
+(llmasr.data.window_join.join_words)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from llmasr.data.long_audio import join_texts, join_words
+from llmasr.data.window_join import join_texts, join_words
 from llmasr.models.config import CTCConfig
 from llmasr.models.ctc import build_ctc_tokenizer
 from llmasr.models.ctc_align import WORD_TAIL_S, align_words, sound_ends, unit_labels, viterbi_path
