@@ -20,7 +20,6 @@ recording going on; noise augmentation, applied after it, covers the pause as we
 
 from __future__ import annotations
 
-import logging
 import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -31,9 +30,7 @@ from llmasr.config_io import ConfigError
 from llmasr.config_paths import path_field
 from llmasr.data.frontend import FrontendConfig
 from llmasr.data.long_audio import frame_energies
-from llmasr.data.noise_list import read_noise_list
-
-log = logging.getLogger(__name__)
+from llmasr.data.noise_list import NoiseDraws
 
 
 def _check_range(path: str, name: str, values: list[float], lo: float | None = None, hi: float | None = None):
@@ -219,9 +216,7 @@ class Augmenter:
         self.cfg = cfg
         self.frontend = frontend
         self.lfr_m = frontend.lfr_m if frontend.kind == "fbank" else 1
-        self._noise: list[str] | None = None
-        self._bad_noise: set[str] = set()  # noise files that failed to read, or that hold no sound at all
-        self._heard_noise: set[str] = set()  # noise files with sound somewhere (a silent stretch of them is noise too)
+        self.noise = NoiseDraws(cfg.noise)  # reads its list when it first draws (in a loader worker)
 
     @property
     def enabled(self) -> bool:
@@ -252,7 +247,7 @@ class Augmenter:
             speech = slice(n_lead, n_lead + speech.stop)
         if c.noise.enable:
             if rng.random() < c.noise.prob:
-                x = self._add_noise(x, sr, rng, speech)
+                x = self.noise.mix(x, sr, rng, speech)
         if c.gain.enable:
             if rng.random() < c.gain.prob:
                 db = rng.uniform(c.gain.db[0], c.gain.db[1])
@@ -276,54 +271,6 @@ class Augmenter:
         floor_db = float(np.percentile(frame_energies(x, sr), 10)) + level_db
         pause = rng.standard_normal(n_lead + n_trail).astype(np.float32) * np.float32(10.0 ** (floor_db / 20.0))
         return np.concatenate([pause[:n_lead], x, pause[n_lead:]]), n_lead
-
-    def _add_noise(self, x: np.ndarray, sr: int, rng: np.random.Generator, speech: slice) -> np.ndarray:
-        from llmasr.data.audio import AudioError, load_audio, probe_duration
-
-        if self._noise is None:
-            self._noise = read_noise_list(self.cfg.noise.manifest)
-        files = len(set(self._noise))
-        # A file that fails to read is drawn past (start-up checked that every file's header reads, not that it
-        # decodes), and named once. Every draw takes the same numbers whether this worker knew the file was bad or
-        # learns it now, so a clip's noise depends on its own draw only (any worker count repeats it). The draws
-        # come from a stream of their own, one number of `rng`'s taken for it: how many files a clip draws past
-        # (none once this worker knows every file fails) never shifts the draws after noise (gain).
-        rng = np.random.default_rng(int(rng.integers(2**63)))
-        while len(self._bad_noise) < files:
-            path = self._noise[int(rng.integers(len(self._noise)))]
-            snr = rng.uniform(self.cfg.noise.snr_db[0], self.cfg.noise.snr_db[1])
-            offset_u = rng.random()
-            if path in self._bad_noise:
-                continue
-            n = x.shape[0]
-            try:
-                total = probe_duration(path)
-                need = n / sr
-                start = offset_u * max(0.0, total - need)
-                noise = load_audio(path, sample_rate=sr, start=start, end=start + need if total > need else None)
-                if not noise.any() and self._all_silent(path, sr):
-                    raise AudioError(path, "every sample is 0 (digital silence): it would add nothing")
-            except AudioError as err:
-                self._bad_noise.add(path)
-                left = files - len(self._bad_noise)
-                log.warning("noise augmentation: a file left out of the noise list (%d files left%s): %s", left,
-                            "" if left else ": noise augmentation is off", err)  # fmt: skip
-                continue
-            return mix_at_snr(x, noise, snr, speech)
-        return x
-
-    def _all_silent(self, path: str, sr: int) -> bool:
-        """Whether noise file `path` holds no sound anywhere, read whole the first time one of its stretches drawn
-        is silent (start-up reads headers only: decoding every file of a long list there would take minutes)."""
-        from llmasr.data.audio import load_audio, probe_duration
-
-        if path not in self._heard_noise:
-            total, block = probe_duration(path), 60.0  # a block at a time: an hour of noise need not sit in memory
-            starts = [k * block for k in range(max(1, math.ceil(total / block)))]
-            if not any(load_audio(path, sample_rate=sr, start=a, end=min(a + block, total)).any() for a in starts):
-                return True
-            self._heard_noise.add(path)
-        return False
 
     # ----------------------------------------------------------------------------------------------- SpecAugment
     def spec(self, feats: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -381,21 +328,3 @@ def speed_perturb(x: np.ndarray, sr: int, factor: float) -> np.ndarray:
     if factor == 1.0:
         return x
     return resample(x, int(round(sr * factor)), sr)
-
-
-def mix_at_snr(x: np.ndarray, noise: np.ndarray, snr_db: float, speech: slice = slice(None)) -> np.ndarray:
-    """x + noise scaled to the given signal-to-noise ratio (noise tiled/cropped to len(x)); clipped to [-1, 1]. The
-    signal's power is that of x[speech]: the pauses augmentation put around a clip would dilute it (and the noise
-    with it) by their share of the clip."""
-    n = x.shape[0]
-    if noise.shape[0] == 0 or n == 0:
-        return x
-    if noise.shape[0] < n:
-        noise = np.tile(noise, -(-n // noise.shape[0]))
-    noise = noise[:n]
-    p_sig = float(np.mean(np.square(x[speech], dtype=np.float64)))
-    p_noise = float(np.mean(np.square(noise, dtype=np.float64)))
-    if p_sig <= 0.0 or p_noise <= 0.0:
-        return x
-    gain = math.sqrt(p_sig / (p_noise * 10.0 ** (snr_db / 10.0)))
-    return np.clip(x + np.float32(gain) * noise.astype(np.float32), -1.0, 1.0)

@@ -1,11 +1,18 @@
-"""The noise list of data.augment.noise: a jsonl of {"key", "source"} records, one recording a line."""
+"""The noise list of data.augment.noise (a jsonl of {"key", "source"} records, one recording a line): read and
+checked at start-up, then drawn from and mixed into clips in the loader's workers."""
 
 from __future__ import annotations
 
 import json
+import logging
+import math
 from pathlib import Path
 
+import numpy as np
+
 from llmasr.config_io import ConfigError
+
+log = logging.getLogger(__name__)
 
 
 def read_noise_list(path: str | Path, *, must_exist: bool = False) -> list[str]:
@@ -51,3 +58,81 @@ def read_noise_list(path: str | Path, *, must_exist: bool = False) -> list[str]:
             f"{len(missing)} of {len(out)} noise files not found or not usable audio:\n  " + "\n  ".join(missing[:10])
         )
     return out
+
+
+class NoiseDraws:
+    """One worker's draws from a noise list (`cfg`: data.augment.noise, its `manifest` and `snr_db`). Start-up
+    checked that every file's header reads, not that it decodes or holds sound: a file found to fail, or to be
+    digital silence throughout, is named once and drawn past from then on."""
+
+    def __init__(self, cfg):
+        self.cfg = cfg
+        self.files: list[str] | None = None  # read at the first draw
+        self.bad: set[str] = set()  # files that failed to read, or that hold no sound at all
+        self.heard: set[str] = set()  # files with sound somewhere (a silent stretch of one is noise too)
+
+    def mix(self, x: np.ndarray, sr: int, rng: np.random.Generator, speech: slice) -> np.ndarray:
+        """`x` with a drawn stretch of a drawn file mixed in at a drawn SNR over `x[speech]`'s power; `x` itself
+        once every file is known bad."""
+        from llmasr.data.audio import AudioError, load_audio, probe_duration
+
+        if self.files is None:
+            self.files = read_noise_list(self.cfg.manifest)
+        files = len(set(self.files))
+        # Every draw takes the same numbers whether this worker knew the file was bad or learns it now, so a clip's
+        # noise depends on its own draw only (any worker count repeats it). The draws come from a stream of their
+        # own, one number of `rng`'s taken for it: how many files a clip draws past (none once this worker knows
+        # every file fails) never shifts the draws after noise (gain).
+        rng = np.random.default_rng(int(rng.integers(2**63)))
+        while len(self.bad) < files:
+            path = self.files[int(rng.integers(len(self.files)))]
+            snr = rng.uniform(self.cfg.snr_db[0], self.cfg.snr_db[1])
+            offset_u = rng.random()
+            if path in self.bad:
+                continue
+            try:
+                total = probe_duration(path)
+                need = x.shape[0] / sr
+                start = offset_u * max(0.0, total - need)
+                noise = load_audio(path, sample_rate=sr, start=start, end=start + need if total > need else None)
+                if not noise.any() and self._all_silent(path, sr):
+                    raise AudioError(path, "every sample is 0 (digital silence): it would add nothing")
+            except AudioError as err:
+                self.bad.add(path)
+                left = files - len(self.bad)
+                log.warning("noise augmentation: a file left out of the noise list (%d files left%s): %s", left,
+                            "" if left else ": noise augmentation is off", err)  # fmt: skip
+                continue
+            return mix_at_snr(x, noise, snr, speech)
+        return x
+
+    def _all_silent(self, path: str, sr: int) -> bool:
+        """Whether `path` holds no sound anywhere, read the first time a stretch drawn from it is silent (start-up
+        reads headers only: decoding every file of a long list there would take minutes)."""
+        from llmasr.data.audio import load_audio, probe_duration
+
+        if path not in self.heard:
+            total, block = probe_duration(path), 60.0  # a block at a time: an hour of noise need not sit in memory
+            starts = [k * block for k in range(max(1, math.ceil(total / block)))]
+            if not any(load_audio(path, sample_rate=sr, start=a, end=min(a + block, total)).any() for a in starts):
+                return True
+            self.heard.add(path)
+        return False
+
+
+def mix_at_snr(x: np.ndarray, noise: np.ndarray, snr_db: float, speech: slice = slice(None)) -> np.ndarray:
+    """x + noise scaled to the given signal-to-noise ratio (noise tiled/cropped to len(x)); clipped to [-1, 1]. The
+    signal's power is that of x[speech]: the pauses augmentation put around a clip would dilute it (and the noise
+    with it) by their share of the clip."""
+    n = x.shape[0]
+    if noise.shape[0] == 0 or n == 0:
+        return x
+    if noise.shape[0] < n:
+        noise = np.tile(noise, -(-n // noise.shape[0]))
+    noise = noise[:n]
+    p_sig = float(np.mean(np.square(x[speech], dtype=np.float64)))
+    p_noise = float(np.mean(np.square(noise, dtype=np.float64)))
+    if p_sig <= 0.0 or p_noise <= 0.0:
+        return x
+    gain = math.sqrt(p_sig / (p_noise * 10.0 ** (snr_db / 10.0)))
+    return np.clip(x + np.float32(gain) * noise.astype(np.float32), -1.0, 1.0)

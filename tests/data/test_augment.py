@@ -11,9 +11,10 @@ import pytest
 import soundfile as sf
 
 from llmasr.config_io import ConfigError, from_dict
-from llmasr.data.augment import AugmentConfig, Augmenter, mix_at_snr, speed_perturb
+from llmasr.data.augment import AugmentConfig, Augmenter, speed_perturb
 from llmasr.data.clip_lengths import draw_clip_lengths
 from llmasr.data.frontend import FrontendConfig
+from llmasr.data.noise_list import mix_at_snr
 
 SR = 16000
 
@@ -426,5 +427,5 @@ def test_a_noise_file_of_digital_silence_is_left_out_and_named_once(tmp_path, ca
             kept += np.array_equal(augmenter.wave(x, SR, np.random.default_rng(seed), drawn(cfg, 0)), x)
     assert caplog.text.count("left out of the noise list") == 1 and "(2 files left)" in caplog.text
     assert str(tmp_path / "zeros.wav") in caplog.text and "digital silence" in caplog.text
-    assert augmenter._bad_noise == {str(tmp_path / "zeros.wav")}  # the gapped file's silent stretch is noise
+    assert augmenter.noise.bad == {str(tmp_path / "zeros.wav")}  # the gapped file's silent stretch is noise
     assert 0 < kept < 40  # only draws of the gapped file's silent stretch leave a clip as it was
