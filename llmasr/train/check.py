@@ -340,7 +340,8 @@ def check(
     notes = check_start_folder(recipe.model)  # what the model sees, against the folder it starts from
     check_fused_kernels(recipe.model.llm, zero_stage=zero_stage(ds))  # the device is training's to check
     folder = run_folder(recipe, resume=resume, overwrite=overwrite)
-    plan = plan_run(recipe, ds, rank=0, world_size=world_size)  # the same arithmetic `llmasr train` logs
+    # the same arithmetic `llmasr train` logs; a resume's stop is counted from its checkpoint (resumed_total)
+    plan = plan_run(recipe, ds, rank=0, world_size=world_size, resuming=folder.resume is not None)
     _, sampler, valid_loader = plan.loaders
     k, per_epoch = plan.grad_accum, plan.per_epoch
     model = build_model(recipe.model, weights="shapes")  # exact counts; the pretrained files' shapes checked

@@ -91,7 +91,7 @@ class RunSetup:
             log.warning(note)
         resolve.seed_everything(tc.seed)
         plan = self.plan = plan_run(recipe, self.ds, rank=self.rank, world_size=self.world, device=self.dist.device,
-                                    all_gather=all_gather_object)  # fmt: skip
+                                    all_gather=all_gather_object, resuming=self.resume is not None)  # fmt: skip
         self.k, self.side, self.per_epoch, self.total = plan.grad_accum, plan.side, plan.per_epoch, plan.total
         self.train_loader, self.sampler, self.valid_loader = plan.loaders
         self._log_batches()

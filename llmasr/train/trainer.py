@@ -86,6 +86,10 @@ class Run(RunSetup):
             left = universal.batches_left(self.per_epoch, epoch, loader_state)
         done, max_updates = self.engine.global_steps, self.recipe.train.max_updates
         self.total = universal.resized_total(done, epoch, left, self.per_epoch, self.k, max_updates)
+        # counted here, not by the plan: the updates before the checkpoint were at its grad_accum and world size
+        held = universal.resized_total(done, epoch, left, self.per_epoch, self.k, None)
+        if (note := universal.short_of_max_updates(done, held, max_updates)) and self.rank == 0:
+            log.warning(note)
         self.schedules = [dataclasses.replace(s, total=self.total) for s in self.schedules]
         course = LrCourse.of(state.get("lr_course"), self.engine.scheduler.schedules)  # the restored schedules
         continue_schedules(self.engine.scheduler, self.schedules)  # the recipe's schedules, at the current update

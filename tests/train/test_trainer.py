@@ -245,6 +245,36 @@ def test_the_train_loader_keeps_a_window_of_batches_ready(tiny_llm_dir, tmp_path
     assert plan.loaders[0].prefetch_factor == 4
 
 
+@pytest.mark.parametrize(
+    ("first", "then", "short"),
+    [((2, 3), (1, 9), True), ((1, 5), (2, 8), False)],
+    ids=["accumulation-lowered", "accumulation-raised"],
+)
+def test_a_resume_warns_of_max_updates_past_what_its_epochs_now_hold(tiny_llm_dir, corpus, tmp_path, caplog, first,
+                                                                    then, short):  # fmt: skip
+    """5 batches an epoch, 2 epochs: stopped by max_updates at epoch 0's end, resumed at another grad_accum with a
+    larger max_updates. Lowered from 2 to 1, 3 updates + 5 left hold 8 (a fresh run at 1 would hold 10): max_updates 9
+    is never reached, which the resume had not said. Raised from 1 to 2, 5 + 3 reach max_updates 8 (a fresh run at 2
+    holds 6): no warning (the fresh count had warned falsely)."""
+    run = tmp_path / "run"
+    (k0, stop), (k1, max_updates) = first, then
+    train(recipe(tiny_llm_dir, corpus, run, valid=False, epochs=2, grad_accum=k0, max_updates=stop), "zero0")
+    with caplog.at_level(logging.WARNING, logger="llmasr"):
+        rest = train(recipe(tiny_llm_dir, corpus, run, valid=False, epochs=2, grad_accum=k1, max_updates=max_updates),
+                     "zero0", resume="latest")["history"]  # fmt: skip
+    last = rest[-1]["update"]
+    assert last == (8 if short else max_updates)
+    warned = [r.getMessage() for r in caplog.records if "max_updates" in r.getMessage() and "hold" in r.getMessage()]
+    warned += [r.getMessage() for r in caplog.records if f"train.max_updates={max_updates} sizes" in r.getMessage()]
+    if short:
+        assert warned == [
+            f"train.max_updates=9 sizes the schedules, but resumed at update 3 the epochs end after update {last}: the "
+            "run stops there, 89% of the way through them (raise train.epochs or lower max_updates)"
+        ]
+    else:
+        assert warned == []
+
+
 def test_the_last_update_is_logged_when_the_run_ends_before_its_total(tiny_llm_dir, corpus, tmp_path):
     """max_updates past what the epochs hold (only a warning): the run's last update is still a train.log line (it
     had been left out unless it fell on log_every)."""
