@@ -29,6 +29,7 @@ from llmasr.train.progress import Progress
 from llmasr.train.resume import check_checkpoint, continue_schedules, resuming
 from llmasr.train.run_dir import LrCourse
 from llmasr.train.run_setup import RunSetup
+from llmasr.train.schedulers import warmup_warnings
 from llmasr.train.validate import validate
 from llmasr.train.window import run_window, windows
 
@@ -90,6 +91,8 @@ class Run(RunSetup):
         held = universal.resized_total(done, epoch, left, self.per_epoch, self.k, None)
         if (note := universal.short_of_max_updates(done, held, max_updates)) and self.rank == 0:
             log.warning(note)
+        for line in warmup_warnings(self.recipe.optim, self.branches, self.total) if self.rank == 0 else ():
+            log.warning(line)  # against the updates this resume holds (the plan counted a fresh run's)
         self.schedules = [dataclasses.replace(s, total=self.total) for s in self.schedules]
         course = LrCourse.of(state.get("lr_course"), self.engine.scheduler.schedules)  # the restored schedules
         continue_schedules(self.engine.scheduler, self.schedules)  # the recipe's schedules, at the current update

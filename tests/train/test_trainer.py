@@ -275,6 +275,35 @@ def test_a_resume_warns_of_max_updates_past_what_its_epochs_now_hold(tiny_llm_di
         assert warned == []
 
 
+@pytest.mark.parametrize(
+    ("first", "then", "warmup", "warns"),
+    [((2, 3), 1, 9, True), ((1, 5), 2, 8, False)],
+    ids=["accumulation-lowered", "accumulation-raised"],
+)
+def test_a_resume_weighs_the_warmup_against_the_updates_it_holds(tiny_llm_dir, corpus, tmp_path, caplog, first, then,
+                                                                warmup, warns):  # fmt: skip
+    """5 batches an epoch, 2 epochs, stopped by max_updates at epoch 0's end and resumed at another grad_accum. Lowered
+    from 2 to 1: 3 updates + 5 hold 8, a warmup of 9 never reaches its peak (a fresh run at 1 holds 10, which had
+    passed it silently). Raised from 1 to 2: 5 + 3 hold 8, a warmup of 8 peaks at the last update (a fresh run at 2
+    holds 6, which had warned)."""
+    run = tmp_path / "run"
+
+    def make(k, **kw):
+        r = recipe(tiny_llm_dir, corpus, run, valid=False, epochs=2, grad_accum=k, **kw)
+        r.optim.scheduler.warmup_steps = warmup
+        return r
+
+    train(make(first[0], max_updates=first[1]), "zero0")
+    caplog.clear()  # (the first run's warmup was longer than its max_updates)
+    with caplog.at_level(logging.WARNING, logger="llmasr"):
+        rest = train(make(then), "zero0", resume="latest")["history"]
+    assert rest[-1]["update"] == 8
+    warned = [r.getMessage() for r in caplog.records if "warms up over" in r.getMessage()]
+    assert len(warned) == (3 if warns else 0)  # one a trained branch: encoder, adaptor, llm
+    assert all(f"warms up over {warmup} updates, but the run has 8" in w for w in warned)
+    assert (rest[-1]["lr"]["llm"] == pytest.approx(1e-3)) != warns  # the peak, at the last update
+
+
 def test_the_last_update_is_logged_when_the_run_ends_before_its_total(tiny_llm_dir, corpus, tmp_path):
     """max_updates past what the epochs hold (only a warning): the run's last update is still a train.log line (it
     had been left out unless it fell on log_every)."""
