@@ -93,6 +93,7 @@ class RunSetup:
         plan = self.plan = plan_run(recipe, self.ds, rank=self.rank, world_size=self.world, device=self.dist.device,
                                     all_gather=all_gather_object, resuming=self.resume is not None)  # fmt: skip
         self.k, self.side, self.per_epoch, self.total = plan.grad_accum, plan.side, plan.per_epoch, plan.total
+        self.ends_after = min(plan.total, plan.natural)  # where the run ends (a resume counts it again)
         self.train_loader, self.sampler, self.valid_loader = plan.loaders
         self._log_batches()
         self._build_engine()

@@ -89,6 +89,7 @@ class Run(RunSetup):
         self.total = universal.resized_total(done, epoch, left, self.per_epoch, self.k, max_updates)
         # counted here, not by the plan: the updates before the checkpoint were at its grad_accum and world size
         held = universal.resized_total(done, epoch, left, self.per_epoch, self.k, None)
+        self.ends_after = min(self.total, held)
         if (note := universal.short_of_max_updates(done, held, max_updates)) and self.rank == 0:
             log.warning(note)
         for line in warmup_warnings(self.recipe.optim, self.branches, self.total) if self.rank == 0 else ():
@@ -237,7 +238,8 @@ class Run(RunSetup):
         peaks, lines = run_peaks(self.engine.device, dtypes, tc.peak_tflops, self.world)
         for line in lines:
             log.info(line)
-        return Progress(self.run_dir, self.rank, self.total, self.engine.global_steps, tc.log_every,
+        # counted to the update the run ends after, not to a train.max_updates past the epochs' end (the schedules')
+        return Progress(self.run_dir, self.rank, self.ends_after, self.engine.global_steps, tc.log_every,
                         progress_every_s=tc.progress_every_s, peak_total=peaks, device=self.engine.device,
                         speed_squeeze=self.recipe.data.augment.squeeze)  # fmt: skip
 

@@ -314,6 +314,16 @@ def test_the_last_update_is_logged_when_the_run_ends_before_its_total(tiny_llm_d
     assert len(history) > 1 and [row["update"] for row in rows] == [history[-1]["update"]]
 
 
+def test_progress_counts_to_the_update_the_run_ends_after(tiny_llm_dir, corpus, tmp_path, capfd):
+    """max_updates past what the epochs hold: the progress lines count to the epochs' end, where the run stops (they
+    had counted to max_updates: no line at the last update, and an eta for updates that never come)."""
+    r = recipe(tiny_llm_dir, corpus, tmp_path / "run", valid=False, grad_accum=2, max_updates=1000,
+               progress_every_s=3600)  # fmt: skip
+    last = train(r, "zero0")["history"][-1]["update"]
+    lines = [line for line in capfd.readouterr().err.splitlines() if " progress update " in line]
+    assert len(lines) == 1 and f" progress update {last}/{last} (100%) " in lines[0]
+
+
 def test_a_batch_with_a_non_finite_loss_is_named_and_leaves_the_model_finite(
     tiny_llm_dir, corpus, tmp_path, monkeypatch, caplog
 ):
