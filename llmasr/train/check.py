@@ -132,7 +132,7 @@ def run_start(recipe, model, plan, folder: RunFolder, *, stage: int, world_size:
     total, stop = resumed_total(recipe, plan, where, meta, world_size, client, changed)
     early = EarlyStop.of(recipe.train)
     early.load_state_dict(client.get("early_stop"))
-    done = nothing_left(meta.update, total)
+    done = nothing_left(meta.update, stop)  # the epochs' end, where it comes before max_updates
     batch = global_batch_change(saved_ds, plan.ds, world_size) if resized else None
     if done is None and early.exhausted and int(client.get("epoch", meta.epoch)) < recipe.train.epochs:
         done = early.nothing_left()  # as the trainer says once it has loaded the count

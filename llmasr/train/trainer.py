@@ -99,7 +99,7 @@ class Run(RunSetup):
         continue_schedules(self.engine.scheduler, self.schedules)  # the recipe's schedules, at the current update
         self._write_run_files(self.engine.global_steps, course)  # the resume succeeded: RUN_DIR now describes this run
         self.lr_since, self.skipped = self.engine.global_steps, []  # lr_schedule.csv holds what happened up to here
-        if note := universal.nothing_left(self.engine.global_steps, self.total):
+        if note := universal.nothing_left(self.engine.global_steps, self.ends_after):  # (the epochs' end, too)
             log.info(note)
             return self.recipe.train.epochs, None
         return int(state.get("epoch", 0)), state.get("loader")

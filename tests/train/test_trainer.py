@@ -314,6 +314,21 @@ def test_the_last_update_is_logged_when_the_run_ends_before_its_total(tiny_llm_d
     assert len(history) > 1 and [row["update"] for row in rows] == [history[-1]["update"]]
 
 
+def test_a_resume_past_the_epochs_end_says_it_has_nothing_to_train(tiny_llm_dir, corpus, tmp_path, caplog):
+    """A run that trained its epochs, resumed with a max_updates past them and no more epochs: nothing trains, and
+    the log says so (it had said nothing: the check counted to max_updates)."""
+    run = tmp_path / "run"
+    done = train(recipe(tiny_llm_dir, corpus, run, valid=False, grad_accum=2), "zero0")["history"][-1]["update"]
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="llmasr"):
+        result = train(recipe(tiny_llm_dir, corpus, run, valid=False, grad_accum=2, max_updates=10), "zero0",
+                       resume="latest")  # fmt: skip
+    assert result["history"] == []
+    said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("nothing to train")]
+    assert said == [f"nothing to train: the run is at update {done} of {done} (raise train.epochs or train.max_updates "
+                    "to train on)"]  # fmt: skip
+
+
 def test_progress_counts_to_the_update_the_run_ends_after(tiny_llm_dir, corpus, tmp_path, capfd):
     """max_updates past what the epochs hold: the progress lines count to the epochs' end, where the run stops (they
     had counted to max_updates: no line at the last update, and an eta for updates that never come)."""
