@@ -132,7 +132,7 @@ def run_start(recipe, model, plan, folder: RunFolder, *, stage: int, world_size:
     total, stop = resumed_total(recipe, plan, where, meta, world_size, client, changed)
     early = EarlyStop.of(recipe.train)
     early.load_state_dict(client.get("early_stop"))
-    done = nothing_left(meta.update, total)
+    done = nothing_left(meta.update, stop)  # the epochs' end, where it comes before max_updates
     batch = global_batch_change(saved_ds, plan.ds, world_size) if resized else None
     if done is None and early.exhausted and int(client.get("epoch", meta.epoch)) < recipe.train.epochs:
         done = early.nothing_left()  # as the trainer says once it has loaded the count
@@ -340,7 +340,8 @@ def check(
     notes = check_start_folder(recipe.model)  # what the model sees, against the folder it starts from
     check_fused_kernels(recipe.model.llm, zero_stage=zero_stage(ds))  # the device is training's to check
     folder = run_folder(recipe, resume=resume, overwrite=overwrite)
-    plan = plan_run(recipe, ds, rank=0, world_size=world_size)  # the same arithmetic `llmasr train` logs
+    # the same arithmetic `llmasr train` logs; a resume's stop is counted from its checkpoint (resumed_total)
+    plan = plan_run(recipe, ds, rank=0, world_size=world_size, resuming=folder.resume is not None)
     _, sampler, valid_loader = plan.loaders
     k, per_epoch = plan.grad_accum, plan.per_epoch
     model = build_model(recipe.model, weights="shapes")  # exact counts; the pretrained files' shapes checked

@@ -72,12 +72,16 @@ class RunPlan:
         return f"per epoch: {per} x {self.epochs} epochs = {self.natural}; schedules sized by {self.total}{sized}"
 
 
-def plan_run(recipe, ds: dict, *, rank: int, world_size: int, device=None, all_gather=None) -> RunPlan:
+def plan_run(
+    recipe, ds: dict, *, rank: int, world_size: int, device=None, all_gather=None, resuming: bool = False
+) -> RunPlan:
     """Build the data side of `recipe` for `rank` and count what the run will do, once. `device`: the one the
     model trains on, which data.features_on auto follows (None: CUDA when available). `all_gather` (a run's ranks,
     all_gather_object): the ranks of a node share the manifests' screen (llmasr.data.screen_share) and the hotword
     sampler's pass over the training texts (llmasr.data.corpus_stats), and the ranks' findings on the data are
-    compared (llmasr.train.rank_agreement)."""
+    compared (llmasr.train.rank_agreement). `resuming`: the run continues a checkpoint, whose updates were counted at
+    the grad_accum and world size it was saved with: what the epochs hold is the resume's to count
+    (universal.short_of_max_updates), not this plan's, which counts a fresh run."""
     tc = recipe.train
     window = int(ds.get("gradient_accumulation_steps") or tc.grad_accum or 1)
     together = all_gather is not None and world_size > 1
@@ -95,6 +99,6 @@ def plan_run(recipe, ds: dict, *, rank: int, world_size: int, device=None, all_g
         digest = verdict(failure, **({} if failure else data_digest(loaders[1], per_epoch)))
         check_ranks_agree(digest, loaders and loaders[0].dataset.manifest, all_gather, failure)
     plan = RunPlan(ds, world_size, tc.epochs, tc.max_updates, side, per_epoch, loaders)
-    if tc.max_updates is not None and tc.max_updates > plan.natural:
+    if not resuming and tc.max_updates is not None and tc.max_updates > plan.natural:
         log.warning("train.max_updates=%d but %d epochs hold only %d updates", tc.max_updates, tc.epochs, plan.natural)
     return plan

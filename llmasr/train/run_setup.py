@@ -25,13 +25,13 @@ from llmasr.train.checkpoint_space import check_run_space
 from llmasr.train.context_fit import check_context_fit
 from llmasr.train.early_stop import EarlyStop
 from llmasr.train.engine import TrainEngine, build_model_for_training, make_optimizer
-from llmasr.train.param_groups import build_param_groups, describe_param_groups, numel, optim_warnings
+from llmasr.train.param_groups import build_param_groups, describe_param_groups, idle_branch_settings, numel
 from llmasr.train.plan import plan_run
 from llmasr.train.process_group import all_gather_object, init_distributed
 from llmasr.train.progress import StartupLog, setup_logging
 from llmasr.train.run_checkpoints import RunCheckpoints
 from llmasr.train.run_dir import LrCourse, claim_run_dir, write_run_files
-from llmasr.train.schedulers import build_group_schedules
+from llmasr.train.schedulers import build_group_schedules, warmup_warnings
 
 log = logging.getLogger("llmasr.train")
 
@@ -91,8 +91,9 @@ class RunSetup:
             log.warning(note)
         resolve.seed_everything(tc.seed)
         plan = self.plan = plan_run(recipe, self.ds, rank=self.rank, world_size=self.world, device=self.dist.device,
-                                    all_gather=all_gather_object)  # fmt: skip
+                                    all_gather=all_gather_object, resuming=self.resume is not None)  # fmt: skip
         self.k, self.side, self.per_epoch, self.total = plan.grad_accum, plan.side, plan.per_epoch, plan.total
+        self.ends_after = min(plan.total, plan.natural)  # where the run ends (a resume counts it again)
         self.train_loader, self.sampler, self.valid_loader = plan.loaders
         self._log_batches()
         self._build_engine()
@@ -138,7 +139,10 @@ class RunSetup:
         groups = build_param_groups(model, optim)
         log.info("param groups:\n%s", describe_param_groups(groups))
         self.schedules = build_group_schedules(groups, optim, self.total)
-        for line in optim_warnings(model, optim, groups, self.total) if self.rank == 0 else ():
+        self.branches = [g["branch"] for g in groups]
+        # a resume's warmups are weighed against the updates it holds, once it has counted them (trainer.Run.load)
+        warmups = warmup_warnings(optim, self.branches, self.total) if self.resume is None else []
+        for line in [*idle_branch_settings(model, optim), *warmups] if self.rank == 0 else ():
             log.warning(line)
         return model, groups, make_optimizer(groups, self.ds)  # DeepSpeedCPUAdam: its op may not build on a node
 

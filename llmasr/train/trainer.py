@@ -29,6 +29,7 @@ from llmasr.train.progress import Progress
 from llmasr.train.resume import check_checkpoint, continue_schedules, resuming
 from llmasr.train.run_dir import LrCourse
 from llmasr.train.run_setup import RunSetup
+from llmasr.train.schedulers import warmup_warnings
 from llmasr.train.validate import validate
 from llmasr.train.window import run_window, windows
 
@@ -86,12 +87,19 @@ class Run(RunSetup):
             left = universal.batches_left(self.per_epoch, epoch, loader_state)
         done, max_updates = self.engine.global_steps, self.recipe.train.max_updates
         self.total = universal.resized_total(done, epoch, left, self.per_epoch, self.k, max_updates)
+        # counted here, not by the plan: the updates before the checkpoint were at its grad_accum and world size
+        held = universal.resized_total(done, epoch, left, self.per_epoch, self.k, None)
+        self.ends_after = min(self.total, held)
+        if (note := universal.short_of_max_updates(done, held, max_updates)) and self.rank == 0:
+            log.warning(note)
+        for line in warmup_warnings(self.recipe.optim, self.branches, self.total) if self.rank == 0 else ():
+            log.warning(line)  # against the updates this resume holds (the plan counted a fresh run's)
         self.schedules = [dataclasses.replace(s, total=self.total) for s in self.schedules]
         course = LrCourse.of(state.get("lr_course"), self.engine.scheduler.schedules)  # the restored schedules
         continue_schedules(self.engine.scheduler, self.schedules)  # the recipe's schedules, at the current update
         self._write_run_files(self.engine.global_steps, course)  # the resume succeeded: RUN_DIR now describes this run
         self.lr_since, self.skipped = self.engine.global_steps, []  # lr_schedule.csv holds what happened up to here
-        if note := universal.nothing_left(self.engine.global_steps, self.total):
+        if note := universal.nothing_left(self.engine.global_steps, self.ends_after):  # (the epochs' end, too)
             log.info(note)
             return self.recipe.train.epochs, None
         return int(state.get("epoch", 0)), state.get("loader")
@@ -230,7 +238,8 @@ class Run(RunSetup):
         peaks, lines = run_peaks(self.engine.device, dtypes, tc.peak_tflops, self.world)
         for line in lines:
             log.info(line)
-        return Progress(self.run_dir, self.rank, self.total, self.engine.global_steps, tc.log_every,
+        # counted to the update the run ends after, not to a train.max_updates past the epochs' end (the schedules')
+        return Progress(self.run_dir, self.rank, self.ends_after, self.engine.global_steps, tc.log_every,
                         progress_every_s=tc.progress_every_s, peak_total=peaks, device=self.engine.device,
                         speed_squeeze=self.recipe.data.augment.squeeze)  # fmt: skip
 

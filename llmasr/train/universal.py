@@ -297,6 +297,19 @@ def nothing_left(done: int, total: int) -> str | None:
     )
 
 
+def short_of_max_updates(done: int, held: int, max_updates: int | None) -> str | None:
+    """The warning of a run resumed after `done` updates whose train.max_updates sizes the schedules past the `held`
+    updates its epochs now hold (resized_total without max_updates): the run stops at `held` with its lr short of
+    the schedules' end. None where max_updates is reached."""
+    if max_updates is None or held >= max_updates:
+        return None
+    return (
+        f"train.max_updates={max_updates} sizes the schedules, but resumed at update {done} the epochs end after "
+        f"update {held}: the run stops there, {held / max_updates:.0%} of the way through them (raise train.epochs "
+        "or lower max_updates)"
+    )
+
+
 def resized_total(done: int, epoch: int, first_epoch_batches: int, per_epoch: list[int], k: int, max_updates):
     """Updates of a run resumed after `done` updates, in `epoch` with `first_epoch_batches` batches left per rank,
     at the world size `per_epoch` (batches per rank of each full epoch) was counted for."""

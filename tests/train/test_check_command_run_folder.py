@@ -95,6 +95,25 @@ def test_a_resume_is_counted_as_training_counts_it(trained, tmp_path, capsys, wo
         assert history[-1]["update"] == held
 
 
+def test_a_resume_past_the_epochs_end_has_nothing_to_train_as_train_says(trained, tmp_path, capsys):
+    """The run trained to its epochs' end, resumed with a max_updates past it and no more epochs: check says there is
+    nothing to train, as training logs it (it had counted to max_updates and passed it)."""
+    import shutil
+
+    from llmasr.recipe import load_recipe
+    from llmasr.train.trainer import train
+
+    run_dir, recipe = trained
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    ended = [f"train.output_dir={copy}", "train.max_updates=null"]
+    last = train(load_recipe(recipe, ended), "zero2", resume="latest")["history"][-1]["update"]
+    base = ["--config", str(recipe), "--deepspeed", "zero2", "--out", str(tmp_path / "o"), "--resume"]
+    code, out, err = run_check(capsys, *base, f"train.output_dir={copy}", "train.max_updates=50")
+    assert code == 0, err
+    assert f"  warning: nothing to train: the run is at update {last} of {last} (raise train.epochs" in out
+
+
 def test_a_lock_on_the_run_folder_is_checked_as_train_meets_it(recipe_file, tmp_path, capsys):
     """A live run's lock or another host's refuses check as it refuses train (check had said "a fresh run"); a
     stale one is named as what training takes over."""

@@ -245,6 +245,65 @@ def test_the_train_loader_keeps_a_window_of_batches_ready(tiny_llm_dir, tmp_path
     assert plan.loaders[0].prefetch_factor == 4
 
 
+@pytest.mark.parametrize(
+    ("first", "then", "short"),
+    [((2, 3), (1, 9), True), ((1, 5), (2, 8), False)],
+    ids=["accumulation-lowered", "accumulation-raised"],
+)
+def test_a_resume_warns_of_max_updates_past_what_its_epochs_now_hold(tiny_llm_dir, corpus, tmp_path, caplog, first,
+                                                                    then, short):  # fmt: skip
+    """5 batches an epoch, 2 epochs: stopped by max_updates at epoch 0's end, resumed at another grad_accum with a
+    larger max_updates. Lowered from 2 to 1, 3 updates + 5 left hold 8 (a fresh run at 1 would hold 10): max_updates 9
+    is never reached, which the resume had not said. Raised from 1 to 2, 5 + 3 reach max_updates 8 (a fresh run at 2
+    holds 6): no warning (the fresh count had warned falsely)."""
+    run = tmp_path / "run"
+    (k0, stop), (k1, max_updates) = first, then
+    train(recipe(tiny_llm_dir, corpus, run, valid=False, epochs=2, grad_accum=k0, max_updates=stop), "zero0")
+    with caplog.at_level(logging.WARNING, logger="llmasr"):
+        rest = train(recipe(tiny_llm_dir, corpus, run, valid=False, epochs=2, grad_accum=k1, max_updates=max_updates),
+                     "zero0", resume="latest")["history"]  # fmt: skip
+    last = rest[-1]["update"]
+    assert last == (8 if short else max_updates)
+    warned = [r.getMessage() for r in caplog.records if "max_updates" in r.getMessage() and "hold" in r.getMessage()]
+    warned += [r.getMessage() for r in caplog.records if f"train.max_updates={max_updates} sizes" in r.getMessage()]
+    if short:
+        assert warned == [
+            f"train.max_updates=9 sizes the schedules, but resumed at update 3 the epochs end after update {last}: the "
+            "run stops there, 89% of the way through them (raise train.epochs or lower max_updates)"
+        ]
+    else:
+        assert warned == []
+
+
+@pytest.mark.parametrize(
+    ("first", "then", "warmup", "warns"),
+    [((2, 3), 1, 9, True), ((1, 5), 2, 8, False)],
+    ids=["accumulation-lowered", "accumulation-raised"],
+)
+def test_a_resume_weighs_the_warmup_against_the_updates_it_holds(tiny_llm_dir, corpus, tmp_path, caplog, first, then,
+                                                                warmup, warns):  # fmt: skip
+    """5 batches an epoch, 2 epochs, stopped by max_updates at epoch 0's end and resumed at another grad_accum. Lowered
+    from 2 to 1: 3 updates + 5 hold 8, a warmup of 9 never reaches its peak (a fresh run at 1 holds 10, which had
+    passed it silently). Raised from 1 to 2: 5 + 3 hold 8, a warmup of 8 peaks at the last update (a fresh run at 2
+    holds 6, which had warned)."""
+    run = tmp_path / "run"
+
+    def make(k, **kw):
+        r = recipe(tiny_llm_dir, corpus, run, valid=False, epochs=2, grad_accum=k, **kw)
+        r.optim.scheduler.warmup_steps = warmup
+        return r
+
+    train(make(first[0], max_updates=first[1]), "zero0")
+    caplog.clear()  # (the first run's warmup was longer than its max_updates)
+    with caplog.at_level(logging.WARNING, logger="llmasr"):
+        rest = train(make(then), "zero0", resume="latest")["history"]
+    assert rest[-1]["update"] == 8
+    warned = [r.getMessage() for r in caplog.records if "warms up over" in r.getMessage()]
+    assert len(warned) == (3 if warns else 0)  # one a trained branch: encoder, adaptor, llm
+    assert all(f"warms up over {warmup} updates, but the run has 8" in w for w in warned)
+    assert (rest[-1]["lr"]["llm"] == pytest.approx(1e-3)) != warns  # the peak, at the last update
+
+
 def test_the_last_update_is_logged_when_the_run_ends_before_its_total(tiny_llm_dir, corpus, tmp_path):
     """max_updates past what the epochs hold (only a warning): the run's last update is still a train.log line (it
     had been left out unless it fell on log_every)."""
@@ -253,6 +312,31 @@ def test_the_last_update_is_logged_when_the_run_ends_before_its_total(tiny_llm_d
     history = train(r, "zero0")["history"]
     rows = [parse_log_line(line) for line in (run / "train.log").read_text().splitlines() if " train update=" in line]
     assert len(history) > 1 and [row["update"] for row in rows] == [history[-1]["update"]]
+
+
+def test_a_resume_past_the_epochs_end_says_it_has_nothing_to_train(tiny_llm_dir, corpus, tmp_path, caplog):
+    """A run that trained its epochs, resumed with a max_updates past them and no more epochs: nothing trains, and
+    the log says so (it had said nothing: the check counted to max_updates)."""
+    run = tmp_path / "run"
+    done = train(recipe(tiny_llm_dir, corpus, run, valid=False, grad_accum=2), "zero0")["history"][-1]["update"]
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="llmasr"):
+        result = train(recipe(tiny_llm_dir, corpus, run, valid=False, grad_accum=2, max_updates=10), "zero0",
+                       resume="latest")  # fmt: skip
+    assert result["history"] == []
+    said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("nothing to train")]
+    assert said == [f"nothing to train: the run is at update {done} of {done} (raise train.epochs or train.max_updates "
+                    "to train on)"]  # fmt: skip
+
+
+def test_progress_counts_to_the_update_the_run_ends_after(tiny_llm_dir, corpus, tmp_path, capfd):
+    """max_updates past what the epochs hold: the progress lines count to the epochs' end, where the run stops (they
+    had counted to max_updates: no line at the last update, and an eta for updates that never come)."""
+    r = recipe(tiny_llm_dir, corpus, tmp_path / "run", valid=False, grad_accum=2, max_updates=1000,
+               progress_every_s=3600)  # fmt: skip
+    last = train(r, "zero0")["history"][-1]["update"]
+    lines = [line for line in capfd.readouterr().err.splitlines() if " progress update " in line]
+    assert len(lines) == 1 and f" progress update {last}/{last} (100%) " in lines[0]
 
 
 def test_a_batch_with_a_non_finite_loss_is_named_and_leaves_the_model_finite(
