@@ -53,9 +53,13 @@ def file_problem(path: Path, what: str = "file") -> str | None:
 
 def output_problem(output: Path) -> str | None:
     """Why the output folder cannot be written, found without creating anything (a refused run leaves no folder):
-    it is a file, or its nearest existing ancestor is a file or not writable; None when it can be."""
+    it is a file or a folder that may not be written into, or its nearest existing ancestor is a file or not
+    writable; None when it can be."""
     if output.exists():
-        return None if output.is_dir() else "a file, not a folder"
+        if not output.is_dir():
+            return "a file, not a folder"
+        # a folder of another user's, or on a read-only mount: the first file written into it fails
+        return None if os.access(output, os.W_OK | os.X_OK) else "a folder this user may not write into"
     parent = output.parent
     while not parent.exists() and parent != parent.parent:
         parent = parent.parent

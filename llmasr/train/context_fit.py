@@ -2,7 +2,8 @@
 (llmasr.models.context): `llmasr train` and `llmasr check` refuse a recipe whose longest utterances would reach
 positions the LLM was never trained on, instead of degrading (or failing) hours into the run. What a line takes of
 the context is counted by llmasr.train.line_positions, as the batch budget data.batching.max_llm_tokens counts it:
-its audio at the longest the dataset loads for its stated duration (records.duration_slack past it)."""
+its audio at the longest the dataset loads for its stated duration (records.duration_slack past it). Validation's
+greedy pass (its WER) reads the prompt and audio and then writes up to the decode section's cap: that must fit too."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import numpy as np
 
 from llmasr.data.screen import where
 from llmasr.models.context import ContextError, model_context, training_fit
-from llmasr.train.line_positions import LineRows
+from llmasr.train.line_positions import LineRows, prompt_tokens
 
 log = logging.getLogger("llmasr.train")
 
@@ -22,7 +23,8 @@ def check_context_fit(model, recipe, loaders) -> None:
     the LLM's context with its audio tokens; `loaders`: the run plan's (train loader, sampler, valid loader).
     Training's drawn biasing lists count at their cap (model.prompt.hotwords_max_tokens), else at the bound of
     list_size's longest lists (line_positions.hotword_bound); a line's own list, which validation (and training that
-    does not draw over it) renders, counts as its prompt renders it."""
+    does not draw over it) renders, counts as its prompt renders it. Validation lines count a second time as its
+    greedy pass reads them: prompt, audio and the tokens it may write (generation_fit)."""
     found = model_context(model)
     if found is None:
         return
@@ -53,3 +55,35 @@ def check_context_fit(model, recipe, loaders) -> None:
             if not drawn[int(np.argmax(audio + tokens))]:  # the worst line, as training_fit finds it
                 raise
             raise ContextError(f"{err} (its prompt tokens include {rule.extra} for {rule.said})") from None
+        if not train:
+            generation_fit(model, recipe.decode, manifest, lines, seconds[lines], audio, named, found)
+
+
+def generation_fit(model, decode_cfg, manifest, lines, seconds, audio, named, found) -> None:
+    """ContextError when validation's greedy pass over `lines` (heard as `seconds`, `audio` tokens each) could write
+    past the LLM's context (`found`: model_context): a row's prompt and audio, then up to the most tokens any row
+    may write (decode.max_new_tokens, else decode.tokens_per_second x its seconds + 8). The most, not the row's own
+    cap: a row that has ended keeps taking positions while the others of its batch (under ZeRO-3, of every rank)
+    still write. A learned position table fails there (an index past it, at the first validation); RoPE reads
+    positions it was never trained on."""
+    context, key = found
+    caps = np.array([decode_cfg.new_token_cap(s) for s in seconds.tolist()], dtype=np.int64)
+    most = int(caps.max())
+    prompts = prompt_tokens(manifest, model.prompt, lines, context - most - audio)
+    total = audio + prompts + most
+    worst = int(np.argmax(total))
+    if total[worst] <= context:
+        return
+    cap = (
+        f"decode.max_new_tokens {decode_cfg.max_new_tokens}"
+        if decode_cfg.max_new_tokens is not None
+        else f"decode.tokens_per_second {decode_cfg.tokens_per_second:g} x {float(seconds[int(np.argmax(caps))]):g} s "
+        "+ 8"
+    )
+    raise ContextError(
+        f"data.valid: validation's greedy pass (its WER) may write {most} tokens ({cap}) after the prompt and audio "
+        f"of {int(np.sum(total > context))} utterance(s), past the LLM's context of {context} tokens (config.json's "
+        f"{key}); the worst, {named(worst)}, is heard as {float(seconds[worst]):g} s of audio, {int(audio[worst])} "
+        f"audio tokens, beside {int(prompts[worst])} prompt tokens ({int(total[worst])} in all). Lower "
+        "decode.max_new_tokens (or decode.tokens_per_second), or data.batching.max_duration"
+    )

@@ -61,6 +61,31 @@ def text_tokens(manifest, prompt, lines: np.ndarray, room: np.ndarray, *, own_li
     return out
 
 
+def prompt_tokens(manifest, prompt, lines: np.ndarray, room: np.ndarray) -> np.ndarray:
+    """The tokens of each of `lines`' prompt as validation's greedy pass reads it (its own task, system message and
+    biasing list; no transcript): bounded by the line's bytes as text_tokens bounds a prompt and transcript, encoded
+    only where that bound passes `room`; 0 for a line the dataset counts as bad."""
+    seams = 6 + len(prompt.hotwords_template.encode()) + 2
+    out = len(prompt.encode(None).ids) + np.asarray(manifest.line_bytes(), dtype=np.int64)[lines] + seams
+    for j in np.flatnonzero(out > room).tolist():
+        out[j] = _prompt_only(manifest, prompt, int(lines[j]))
+    return out
+
+
+def _prompt_only(manifest, prompt, i: int) -> int:
+    try:
+        utt = manifest[i]
+    except BadRecord:
+        return 0
+    if not isinstance(utt.target, str) or not utt.target.strip():  # a bad line to validation
+        return 0
+    try:
+        lists = given_hotwords(utt) or None
+        return len(prompt.encode(None, task=task_of(utt), hotwords=lists, system=getattr(utt, "system", None)).ids)
+    except ValueError:  # a prompt the template refuses: the dataset counts the line as bad
+        return 0
+
+
 def line_text_bound(prompt, utt, own_lists: bool) -> int:
     """A bound on a parsed line's prompt and transcript tokens, from its transcript's (and own list's) UTF-8 bytes
     and its prompt's tokens; 0 for a line the dataset counts as bad (no transcript, a prompt that does not render)."""

@@ -257,3 +257,35 @@ def test_a_disk_too_small_is_named_before_a_resume_s_checkpoint_as_train_names_i
 
     gc.collect()  # the refused run's ZeRO-3 config must not outlive it (a later LLM load would be partitioned)
     assert not is_deepspeed_zero3_enabled()
+
+
+def test_a_run_folder_this_user_may_not_write_into_is_refused(recipe_file, tmp_path, capsys, monkeypatch):
+    """An existing train.output_dir that may not be written into (another user's folder, a read-only mount) passed
+    the check when --out put the lr curves elsewhere; `llmasr train` then stopped at its lock file with "Operation not
+    permitted". Both refuse it, naming the key."""
+    import os
+    from pathlib import Path
+
+    from llmasr.train.run_dir import RunDirError, check_output_dir
+
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    (tmp_path / "mine").mkdir()
+    real = os.access
+
+    def access(path, mode, **kwargs):  # as a read-only mount answers, whoever runs the test (root writes anywhere)
+        return False if Path(path) == shared and mode & os.W_OK else real(path, mode, **kwargs)
+
+    monkeypatch.setattr(os, "access", access)
+    out = tmp_path / "curves"
+    code, _, err = run_check(
+        capsys, "--config", str(recipe_file), "--deepspeed", "zero2", "--out", str(out), f"train.output_dir={shared}"
+    )
+    assert code == 2 and f"train.output_dir {shared}: a folder this user may not write into" in err
+    with pytest.raises(RunDirError, match="may not write into"):  # the first step of training's claim on it
+        check_output_dir(shared)
+    code, _, err = run_check(
+        capsys, "--config", str(recipe_file), "--deepspeed", "zero2", "--out", str(out),
+        f"train.output_dir={tmp_path / 'mine'}",
+    )  # fmt: skip
+    assert code == 0, err  # an existing folder it may write into

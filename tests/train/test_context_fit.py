@@ -237,3 +237,40 @@ def test_audio_a_little_longer_than_its_stated_duration_counts_against_the_conte
     with pytest.raises(ContextError) as err:
         check_context_fit(model, recipe, loaders)
     assert f"{audio} audio tokens, beside {text} prompt and transcript tokens ({audio + text} in all)" in str(err.value)
+
+
+def test_validation_s_greedy_pass_counts_the_tokens_it_may_write(tmp_path):
+    """Validation's WER comes from a greedy pass that reads a line's prompt and audio and writes up to
+    decode.max_new_tokens: the check had counted the transcript only, and passed an LLM whose context that pass runs
+    past (a learned position table: an IndexError at the first validation, hours into the run). Every row counts the
+    most any row may write, as a row that has ended keeps taking positions while its batch writes on."""
+    from llmasr.testing.tiny_corpus import tiny_recipe_dict, write_tiny_corpus
+
+    manifest = write_tiny_corpus(tmp_path / "corpus", n=3, max_words=2)
+    lines = [json.loads(line) for line in manifest.read_text().splitlines()]
+    probe = build_model(tiny_recipe_dict(write_tiny_llm_dir(tmp_path / "llm0"), train=[manifest],
+                                         output_dir=tmp_path / "run")["model"], weights="meta")  # fmt: skip
+    prompt = len(probe.prompt.encode(None).ids)
+    new = 40  # far more than any transcript here
+    rows = [prompt + audio_tokens(probe, loaded_at_most(line["duration"])) for line in lines]
+    worst = int(np.argmax(rows))
+    assert max(len(probe.prompt.encode(line["target"]).ids) for line in lines) < prompt + new
+    for slack, refused in ((0, False), (-1, True)):
+        llm = write_tiny_llm_dir(tmp_path / f"llm{slack}", max_position_embeddings=rows[worst] + new + slack)
+        data = tiny_recipe_dict(llm, train=[manifest], valid=[manifest], output_dir=tmp_path / "run", max_seconds=20.0)
+        data["decode"]["max_new_tokens"] = new
+        recipe = load_recipe(data=data)
+        loaders = build_loaders(recipe, text_side(recipe.model), rank=0, world_size=1)
+        model = build_model(recipe.model, weights="meta")
+        if not refused:
+            check_context_fit(model, recipe, loaders)
+            continue
+        with pytest.raises(ContextError) as err:
+            check_context_fit(model, recipe, loaders)
+        assert str(err.value).startswith(
+            f"data.valid: validation's greedy pass (its WER) may write {new} tokens (decode.max_new_tokens {new})"
+        )
+        assert f"the worst, {manifest}:{worst + 1}, is heard as" in str(err.value)
+        assert f"beside {prompt} prompt tokens ({rows[worst] + new} in all)" in str(err.value)
+        recipe.data.valid = []  # the same data without validation trains
+        check_context_fit(model, recipe, build_loaders(recipe, text_side(recipe.model), rank=0, world_size=1))
