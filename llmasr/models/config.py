@@ -52,6 +52,11 @@ class LoraConfig:
             )
         if isinstance(self.target_modules, list) and not self.target_modules:
             raise ConfigError(f"{path}.target_modules: empty list; name at least one module or use 'all-linear'")
+        if isinstance(self.target_modules, list) and "all-linear" in self.target_modules:
+            raise ConfigError(  # in a list it is a module's name, which no module has
+                f"{path}.target_modules: 'all-linear' in a list names a module called all-linear; write it alone, "
+                f"without brackets (target_modules: all-linear), got {self.target_modules!r}"
+            )
 
 
 @dataclass

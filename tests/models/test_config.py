@@ -17,6 +17,8 @@ from llmasr.recipe import load_recipe
         ("model.ctc.decoder.dropout=2", r"model.ctc.decoder.dropout: must be in \[0, 1\), got 2.0"),
         ("model.llm.lora.alpha=0", "model.llm.lora.alpha: must be positive .* at 0 they train nothing"),
         ("model.encoder.lora.alpha=-8", "model.encoder.lora.alpha: must be positive"),
+        # in a list it had been a module name, refused later as matching nothing with no word of the brackets
+        ("model.llm.lora.target_modules=[all-linear]", "model.llm.lora.target_modules: 'all-linear' in a list .*alone"),
     ],
 )
 def test_sizes_rates_and_scales_out_of_range_are_refused_by_key(override, message):
