@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import codecs
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -127,6 +127,25 @@ class HotwordsConfig:
     @property
     def samples(self) -> bool:
         return self.enable and self.source != "manifest"
+
+    def idle_settings(self) -> list[str]:
+        """Settings that change nothing, one line each: keys set away from their defaults where no list is drawn
+        (`enable` false, or `source: manifest`, which uses the manifest's lists as given, as no `enable` does)."""
+        if self.samples:
+            return []
+        default = HotwordsConfig()
+        given = [f.name for f in fields(self) if f.name not in ("enable", "source") and getattr(self, f.name)
+                 != getattr(default, f.name)]  # fmt: skip
+        out = []
+        if self.enable:  # source: manifest
+            out.append(
+                "data.hotwords.source: manifest draws no list: training uses the manifest's lists as given, as it "
+                "does with enable false (manifest_or_sample or sample draw lists)"
+            )
+        if given:
+            why = "source is manifest" if self.enable else "enable is false"
+            out.append(f"data.hotwords: {', '.join(given)} set, but {why}: no list is drawn, so it does nothing")
+        return out
 
 
 class HotwordSampler:

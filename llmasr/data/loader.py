@@ -261,8 +261,9 @@ def build_dataloader(
     name = "train" if train else "valid"
     manifest = manifests if hasattr(manifests, "durations") else open_manifests(manifests, mix=train, fill=False)[0]
     n = len(manifest)
-    for idle in data_cfg.augment.idle_settings(frontend) if train and rank == 0 else ():
-        log.warning("%s", idle)
+    idle = [*data_cfg.augment.idle_settings(frontend), *data_cfg.hotwords.idle_settings()]
+    for line in idle if train and rank == 0 else ():
+        log.warning("%s", line)
     if train and data_cfg.augment.noise.enable:  # the workers read it at their first noisy clip, after the model loads
         try:
             read_noise_list(data_cfg.augment.noise.manifest, must_exist=True)

@@ -171,6 +171,26 @@ def test_config_is_checked(section, match):
         from_dict(HotwordsConfig, section, "data.hotwords")
 
 
+def test_drawing_settings_where_no_list_is_drawn_are_named():
+    """enable with source manifest uses the manifest's lists as given, as enable false does: drawing settings set
+    there, or with enable false, had trained with no list drawn and no word."""
+
+    def idle(section):
+        return from_dict(HotwordsConfig, section, "data.hotwords").idle_settings()
+
+    assert idle({"enable": True, "source": "manifest"}) == [
+        "data.hotwords.source: manifest draws no list: training uses the manifest's lists as given, as it does with "
+        "enable false (manifest_or_sample or sample draw lists)"
+    ]
+    assert idle({"list_size": [3, 5], "rarity": 2.0}) == [
+        "data.hotwords: list_size, rarity set, but enable is false: no list is drawn, so it does nothing"
+    ]
+    assert idle({"enable": True, "source": "manifest", "empty_prob": 0.5})[1].endswith(
+        "empty_prob set, but source is manifest: no list is drawn, so it does nothing"
+    )
+    assert idle({}) == [] and idle({"enable": True, "list_size": [3, 5]}) == []  # drawn: every setting is read
+
+
 # ------------------------------------------------------------------------------------------------------ sampling
 
 CORPUS = ["the cat sat on the mat", "the dog and the cat", "zanzibar the cat", "the the the dog"]

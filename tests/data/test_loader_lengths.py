@@ -250,6 +250,9 @@ def test_augmentation_settings_left_off_by_enable_are_named_when_the_training_lo
     with caplog.at_level("WARNING", logger="llmasr.data"):
         build(cfg(augment=augment), [str(path)])
     said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("data.augment.")]
+    with caplog.at_level("WARNING", logger="llmasr.data"):  # the biasing lists' settings alike
+        build(cfg(hotwords={"list_size": [3, 5]}), [str(path)])
+    assert "data.hotwords: list_size set, but enable is false: no list is drawn, so it does nothing" in caplog.text
     assert said == [
         "data.augment.spec_augment: num_time_masks set, but spec_augment.enable is false: it does nothing",
         "data.augment.noise: manifest, prob set, but noise.enable is false: it does nothing",
