@@ -90,3 +90,14 @@ def test_the_real_time_factor_is_also_given_without_the_first_batch(tmp_path):
     one = llm_summary(tmp_path / "one", rows, dict(FOUND), DecodeConfig(), one_batch)
     assert one["rtf_after_first_batch"] is None
     assert "after the first batch" not in (tmp_path / "one" / "wer.txt").read_text()
+
+
+def test_each_row_holds_the_texts_as_they_were_scored(tmp_path):
+    """A user comparing the WER with another toolkit's needs the texts llmasr scored, after its normalisation; a row
+    without a reference has none."""
+    rows = [row("a", "It costs 3.5 Dollars.", "it costs 35 dollars"), row("b", None, "untranscribed")]
+    llm_summary(tmp_path, rows, dict(FOUND), DecodeConfig(), dict(TIMING))
+    scored, unscored = (json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines())
+    assert (scored["ref_norm"], scored["hyp_norm"]) == ("it costs 3.5 dollars", "it costs 35 dollars")
+    assert scored["errors"] == 1 and scored["hyp"] == "it costs 35 dollars"
+    assert unscored["ref_norm"] is None and unscored["hyp_norm"] is None
