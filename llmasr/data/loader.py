@@ -308,9 +308,17 @@ def build_dataloader(
     collator = Collator(prompt_builder.pad_id, with_ctc=ctc_tokenizer is not None, fallback=fallback)
     loader = _speech_loader(dataset, sampler, collator, data_cfg, tracker, window, device)
     st = sampler.stats()
+    # valid_max_utts' subset: the lines it leaves out are said, or "N items, skipped none" read as all of them heard
+    items = f"{n} items"
+    if indices is not None:
+        left = n - indices.size
+        items = (
+            f"{indices.size} of {items} (data.valid_max_utts {data_cfg.valid_max_utts}, evenly spaced: {left} left out)"
+        )
     log.info(
-        "%s data: %d items, %d batches per rank (world size %d), mean batch %.1f, padding efficiency %.3f, skipped %s",
-        name, n, len(sampler), world_size, st["mean_batch_size"], st["padding_efficiency"], st["filtered"] or "none",
+        "%s data: %s, %d batches per rank (world size %d), mean batch %.1f, padding efficiency %.3f, skipped %s",
+        name, items, len(sampler), world_size, st["mean_batch_size"], st["padding_efficiency"],
+        st["filtered"] or "none",
     )  # fmt: skip
     return loader, sampler
 

@@ -2,6 +2,7 @@
 mixes, and the workers that keep an accumulation window ready."""
 
 import json
+import logging
 
 import pytest
 from speech_fakes import build, cfg, good_corpus
@@ -75,6 +76,15 @@ def test_valid_subset_and_no_shuffle(tmp_path):
     assert len(keys) == 5
     loader2, _ = build(cfg(valid_max_utts=5), [str(path)], train=False, epoch=3)
     assert [k for b in loader2 for k in b.keys] == keys
+
+
+def test_the_valid_subset_says_how_many_lines_it_leaves_out(tmp_path, caplog):
+    """data.valid_max_utts hears 5 of 20 lines: the log had said "valid data: 20 items ... skipped none"."""
+    path = good_corpus(tmp_path, 20, name="dev")
+    with caplog.at_level(logging.INFO, logger="llmasr.data"):
+        build(cfg(valid_max_utts=5), [str(path)], train=False)
+    said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("valid data:")]
+    assert len(said) == 1 and "5 of 20 items (data.valid_max_utts 5, evenly spaced: 15 left out)" in said[0], said
 
 
 def test_weighted_mix(tmp_path):
