@@ -279,6 +279,11 @@ def build_dataloader(
     if train and hasattr(manifest, "epoch_indices"):
         seed = data_cfg.seed
         epoch_indices = lambda e: manifest.epoch_indices(e, seed)  # noqa: E731
+        if rank == 0 and hasattr(manifest, "visits_text"):  # a mix: what each manifest gives an epoch
+            said, sparse = manifest.visits_text()
+            log.info("%s: %s", name, said)
+            for line in sparse:
+                log.warning("%s: %s", name, line)
     b = data_cfg.batching
     # read in the screen's pass over the lines
     tl = np.zeros(n, dtype=np.int64) if (b.max_target_len is not None or b.max_target_tokens is not None) else None
