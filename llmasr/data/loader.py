@@ -279,6 +279,11 @@ def build_dataloader(
     if train and hasattr(manifest, "epoch_indices"):
         seed = data_cfg.seed
         epoch_indices = lambda e: manifest.epoch_indices(e, seed)  # noqa: E731
+        if rank == 0 and hasattr(manifest, "visits_text"):  # a mix: what each manifest gives an epoch
+            said, sparse = manifest.visits_text()
+            log.info("%s: %s", name, said)
+            for line in sparse:
+                log.warning("%s: %s", name, line)
     b = data_cfg.batching
     # read in the screen's pass over the lines
     tl = np.zeros(n, dtype=np.int64) if (b.max_target_len is not None or b.max_target_tokens is not None) else None
@@ -308,9 +313,17 @@ def build_dataloader(
     collator = Collator(prompt_builder.pad_id, with_ctc=ctc_tokenizer is not None, fallback=fallback)
     loader = _speech_loader(dataset, sampler, collator, data_cfg, tracker, window, device)
     st = sampler.stats()
+    # valid_max_utts' subset: the lines it leaves out are said, or "N items, skipped none" read as all of them heard
+    items = f"{n} items"
+    if indices is not None:
+        left = n - indices.size
+        items = (
+            f"{indices.size} of {items} (data.valid_max_utts {data_cfg.valid_max_utts}, evenly spaced: {left} left out)"
+        )
     log.info(
-        "%s data: %d items, %d batches per rank (world size %d), mean batch %.1f, padding efficiency %.3f, skipped %s",
-        name, n, len(sampler), world_size, st["mean_batch_size"], st["padding_efficiency"], st["filtered"] or "none",
+        "%s data: %s, %d batches per rank (world size %d), mean batch %.1f, padding efficiency %.3f, skipped %s",
+        name, items, len(sampler), world_size, st["mean_batch_size"], st["padding_efficiency"],
+        st["filtered"] or "none",
     )  # fmt: skip
     return loader, sampler
 

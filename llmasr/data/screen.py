@@ -236,7 +236,7 @@ def _say_unread(manifest, unread: dict[str, list[int]], name: str) -> None:
 
 def describe_skipped(sampler, manifest, batching, name: str) -> str | None:
     """A warning of the lines batching filters drop every epoch (for each filter: count, the setting, the first lines),
-    and of the ones it drops in some epochs (fits_sometimes), or None."""
+    of the ones truncate_to_max cuts, and of the ones it drops in some epochs (fits_sometimes), or None."""
     limits = {
         "too_long": f"longer than data.batching.max_duration = {batching.max_duration:g} s"
         + (
@@ -260,6 +260,13 @@ def describe_skipped(sampler, manifest, batching, name: str) -> str | None:
             parts.append(f"{idx.size} {text} (first: {_first(manifest, idx)})")
             count += int(idx.size)
     said = [f"{name}: {count} of {sampler.durations.size} lines are skipped every epoch: " + "; ".join(parts)]
+    pool = sampler.base_indices if sampler.epoch_indices is None else np.arange(sampler.durations.size)
+    cut = pool[sampler.truncated_mask[pool]]
+    if cut.size:  # batched, but not whole: the audio past the limit is never heard, its words still the target
+        said.append(
+            f"{name}: {cut.size} lines longer than {sampler.max_duration:g} s have their audio cut there "
+            f"(data.batching.truncate_to_max; their transcripts are kept whole) (first: {_first(manifest, cut)})"
+        )
     sometimes = sampler.fits_sometimes
     if sometimes.size:  # only with lengths drawn per epoch
         said.append(

@@ -2,6 +2,7 @@
 mixes, and the workers that keep an accumulation window ready."""
 
 import json
+import logging
 
 import pytest
 from speech_fakes import build, cfg, good_corpus
@@ -75,6 +76,35 @@ def test_valid_subset_and_no_shuffle(tmp_path):
     assert len(keys) == 5
     loader2, _ = build(cfg(valid_max_utts=5), [str(path)], train=False, epoch=3)
     assert [k for b in loader2 for k in b.keys] == keys
+
+
+def test_the_valid_subset_says_how_many_lines_it_leaves_out(tmp_path, caplog):
+    """data.valid_max_utts hears 5 of 20 lines: the log had said "valid data: 20 items ... skipped none"."""
+    path = good_corpus(tmp_path, 20, name="dev")
+    with caplog.at_level(logging.INFO, logger="llmasr.data"):
+        build(cfg(valid_max_utts=5), [str(path)], train=False)
+    said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("valid data:")]
+    assert len(said) == 1 and "5 of 20 items (data.valid_max_utts 5, evenly spaced: 15 left out)" in said[0], said
+
+
+def test_a_mix_weight_that_leaves_a_manifest_under_one_line_an_epoch_is_named(tmp_path, caplog):
+    """Weight 0.04 of a 10-line manifest is 0.4 lines an epoch: most epochs trained on none of it, and train.log said
+    only "train data: 30 items"."""
+    a = good_corpus(tmp_path, 20, name="a")
+    b = good_corpus(tmp_path, 10, name="b", seed=1)
+    data_cfg = cfg(train=[{"path": str(a)}, {"path": str(b), "weight": 0.04}])
+    with caplog.at_level(logging.INFO, logger="llmasr.data"):
+        build(data_cfg, data_cfg.train)
+    said = [r.getMessage() for r in caplog.records]
+    assert any(f"{a}: 20 lines x weight 1 = 20 visits; {b}: 10 lines x weight 0.04 = 0.4 visits" in m for m in said)
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and str(b) in r.getMessage()]
+    assert len(warned) == 1 and "0.4 visits an epoch in expectation" in warned[0] and "at least 0.1" in warned[0]
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="llmasr.data"):  # a whole line an epoch or more: no warning
+        whole = cfg(train=[{"path": str(a)}, {"path": str(b), "weight": 0.1}])
+        build(whole, whole.train)
+    assert any("10 lines x weight 0.1 = 1 visits" in r.getMessage() for r in caplog.records)
+    assert not [r for r in caplog.records if r.levelno == logging.WARNING]
 
 
 def test_weighted_mix(tmp_path):

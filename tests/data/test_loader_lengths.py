@@ -2,6 +2,7 @@
 per-visit draws), the length filters and truncation that keep it within the budget, and the noise list it mixes."""
 
 import json
+import logging
 
 import numpy as np
 import pytest
@@ -193,6 +194,22 @@ def test_truncated_lines_are_counted_in_the_epochs_that_batch_them(tmp_path):
         assert stats["filtered"].get("over_batch_budget", 0) == over.sum()
         assert stats["truncated"] == int(((durations > 1.0) & ~over).sum())
         assert stats["truncated"] + stats["filtered"].get("over_batch_budget", 0) <= durations.size
+
+
+def test_the_lines_truncate_to_max_cuts_are_named_in_the_log(tmp_path, caplog):
+    """truncate_to_max trains on the first max_duration seconds of a longer clip with its whole transcript: the log
+    had said "skipped none" and nothing of the clips cut."""
+    m = with_lines(tmp_path, 10, [])  # 0.3-2.0 s
+    _, sampler = build(cfg(batching={"max_duration": 1.0, "truncate_to_max": True}), [m])
+    cut = np.flatnonzero(np.asarray([json.loads(line)["duration"] for line in open(m)]) > 1.0)
+    assert cut.size and int(sampler.truncated_mask.sum()) == cut.size
+    first = ", ".join(f"{m}:{i + 1}" for i in cut[:5])
+    line = next(r for r in caplog.records if "have their audio cut" in r.getMessage())
+    assert line.levelno == logging.WARNING and line.getMessage() == (
+        f"train: {cut.size} lines longer than 1 s have their audio cut there (data.batching.truncate_to_max; their "
+        f"transcripts are kept whole) (first: {first})"
+    )
+    assert "skipped every epoch" not in caplog.text
 
 
 def test_lines_over_the_budget_at_every_draw_are_reported_with_the_reason(tmp_path, caplog):

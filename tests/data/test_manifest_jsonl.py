@@ -202,6 +202,28 @@ def test_a_field_given_twice_is_a_bad_line(tmp_path):
     assert [b.line for b in m.scan()] == [1, 3]
 
 
+def test_two_spellings_of_one_field_that_disagree_are_a_bad_line(tmp_path):
+    """`prompt` and `task`, `lang` and `language` / `text_language` name one setting each: a line giving both with
+    different texts had been read with the first and the other left out without a word; the same text twice is
+    fine."""
+    write_wav(tmp_path / "a.wav", 1.0)
+    line = {"key": "u", "source": "a.wav", "target": "hello"}
+    path = write_jsonl(tmp_path / "m.jsonl", [
+        {**line, "prompt": "Transcribe:", "task": "Translate into English:"},
+        {**line, "lang": "en", "text_language": "zh"},
+        {**line, "prompt": "Transcribe:", "task": "Transcribe:", "lang": "en", "language": "en"},
+        {"messages": [{"role": "user", "content": "<|startofspeech|>!a.wav<|endofspeech|>"},
+                      {"role": "assistant", "content": "hello"}], "language": "en", "lang": "de"},
+    ])  # fmt: skip
+    m = Manifest.open(path)
+    with pytest.raises(BadRecord, match=r"m.jsonl:1: fields 'prompt' \('Transcribe:'\) and 'task' \('Translate"):
+        m[0]
+    with pytest.raises(BadRecord, match=r"m.jsonl:2: fields 'lang' \('en'\) and 'text_language' \('zh'\)"):
+        m[1]
+    assert (m[2].prompt, m[2].lang) == ("Transcribe:", "en")
+    assert [b.line for b in m.scan()] == [1, 2, 4]
+
+
 def test_a_lone_surrogate_is_a_bad_line_naming_its_field(tmp_path):
     """JSON's \\ud800 escape without its pair decodes to a str no UTF-8 file holds: `llmasr data check` had called
     the line fine, the tokenizer then refused it at loading (a TypeError), and decoding failed writing ref.txt after
