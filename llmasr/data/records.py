@@ -8,8 +8,8 @@ FunASR jsonl, one JSON object a line:
             target (non-empty str; decoding takes a line without one, or with null, as audio to transcribe).
   optional: duration (seconds), source_len, target_len (int), prompt or task (str: task prompt override),
             lang / language / text_language (str), channel (int), start / end (seconds into the file),
-            hotwords (list of non-empty strings: the utterance's biasing phrases; [] says "none"). Two spellings
-            of one field (prompt and task, lang and language) that disagree are a bad line.
+            hotwords (list of non-empty strings: the utterance's biasing phrases; [] says "none"). prompt and
+            task that disagree are a bad line.
   `source_len` follows FunASR's scp2jsonl convention: the number of 10 ms frames of the 16 kHz waveform
   (int(num_samples_16k * 1000 / 16000 / 10)), so a record without `duration` gets duration = source_len / 100 s.
   `duration` wins when both are present. Neither is required: fill_durations() probes file headers. A `duration`
@@ -202,14 +202,14 @@ class _Parser:
             return str(p.resolve())
         return str(self.base / p)
 
-    def opt_str(self, rec: dict, *names: str) -> str | None:
-        """The first of the field's spellings `names` the record gives. Two of them with different texts ("prompt"
-        and "task", "lang" and "language") are a bad line: the one read first had hidden the other without a word."""
+    def opt_str(self, rec: dict, *names: str, agree: bool = True) -> str | None:
+        """The first of the field's spellings `names` the record gives. With `agree`, two of them with different
+        texts ("prompt" and "task") are a bad line: the one read first had hidden the other without a word."""
         given = [(name, rec[name]) for name in names if rec.get(name) is not None]
         for name, v in given:
             if not isinstance(v, str):
                 raise self.bad(f"field '{name}' must be a string, got {type(v).__name__} {v!r:.60}")
-        if len({v for _, v in given}) > 1:
+        if agree and len({v for _, v in given}) > 1:
             (first, a), (other, b) = given[0], next((n, v) for n, v in given if v != given[0][1])
             raise self.bad(f"fields '{first}' ({a!r:.40}) and '{other}' ({b!r:.40}) name one setting and disagree; "
                            "keep one")  # fmt: skip
@@ -299,7 +299,8 @@ class _Parser:
             duration=float(duration) if duration is not None else None,
             target_len=int(target_len) if target_len is not None else None,
             prompt=self.opt_str(rec, "prompt", "task"),
-            lang=self.opt_str(rec, "lang", "language", "text_language"),
+            # read, not used: a FunASR line may spell it two ways ("zh" and "<|zh|>") and mean one language
+            lang=self.opt_str(rec, "lang", "language", "text_language", agree=False),
             manifest=self.manifest,
             line=self.line,
             channel=int(channel) if channel is not None else None,
@@ -360,7 +361,8 @@ class _Parser:
             duration=float(duration) if duration is not None else None,
             target_len=int(target_len) if target_len is not None else None,
             prompt=task if task.strip() else None,
-            lang=self.opt_str(rec, "lang", "language", "text_language"),
+            # read, not used: a FunASR line may spell it two ways ("zh" and "<|zh|>") and mean one language
+            lang=self.opt_str(rec, "lang", "language", "text_language", agree=False),
             manifest=self.manifest,
             line=self.line,
             channel=None,
