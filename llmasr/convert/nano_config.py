@@ -119,6 +119,8 @@ def read_nano_config(src: Path) -> dict:
         config = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML: {err}") from err
+    except UnicodeDecodeError as err:  # a config.yaml resaved in a local code page (GBK comments)
+        raise ConfigError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start}); save it as UTF-8") from None
     if not isinstance(config, dict):
         raise ConfigError(f"{path}: the top level must be a mapping")
     model = funasr_class_name(config.get("model", ""))
@@ -256,7 +258,7 @@ def _frontend(config: dict, src: Path):
         raise ConfigError(f"{path}: frontend {config.get('frontend')!r}; Fun-ASR-Nano's WavFrontend is supported")
     conf = _section(config, "frontend_conf", path)
     # FunASR's AutoModel picks the CMVN file as for any FunASR directory: configuration.json's mapping, else am.mvn
-    return frontend_from_funasr_conf(conf, resolve_cmvn(src, conf))
+    return frontend_from_funasr_conf(conf, resolve_cmvn(src, conf), where=f"{path} frontend_conf")
 
 
 _CTC_DECODER_KEYS = {

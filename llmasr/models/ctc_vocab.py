@@ -119,7 +119,10 @@ class SentencePieceCTCTokenizer(CTCTokenizer):
         import sentencepiece as spm
 
         self.path = path
-        self.sp = spm.SentencePieceProcessor(model_file=path)
+        try:
+            self.sp = spm.SentencePieceProcessor(model_file=path)
+        except (RuntimeError, OSError) as err:  # sentencepiece's own error ("could not parse ModelProto")
+            raise ConfigError(f"CTC vocabulary {path}: not a readable sentencepiece model ({err})") from err
         size = self.sp.get_piece_size()
         pieces = [blank] if blank is not None else BLANK_NAMES
         own = [i for i in map(self.sp.piece_to_id, pieces) if self.sp.id_to_piece(i) in pieces]
@@ -219,16 +222,21 @@ def _token_id(fields: list[str]) -> bool:
 
 def read_token_list(path: str) -> list[str]:
     """A FunASR tokens.json (JSON list) or a text file with one token per line (optionally "token id")."""
-    text = Path(path).read_text(encoding="utf-8-sig")  # -sig: a BOM is not part of the first token
+    try:
+        text = Path(path).read_text(encoding="utf-8-sig")  # -sig: a BOM is not part of the first token
+    except UnicodeDecodeError as err:  # a list saved in a local code page (GBK): the raw error named no file
+        raise ConfigError(
+            f"CTC vocabulary {path}: not UTF-8 text ({err.reason} at byte {err.start}); save it as UTF-8"
+        ) from None
     tokens = None
     if text.lstrip().startswith("["):  # JSON, or a line list whose first token is e.g. [PAD]
         try:
             tokens = json.loads(text)
         except json.JSONDecodeError as err:
             if Path(path).suffix == ".json":
-                raise ValueError(f"CTC vocabulary {path}: not a valid JSON token list: {err}") from err
+                raise ConfigError(f"CTC vocabulary {path}: not a valid JSON token list: {err}") from err
         if tokens is not None and not (isinstance(tokens, list) and all(isinstance(t, str) for t in tokens)):
-            raise ValueError(f"CTC vocabulary {path}: the JSON list must hold only strings")
+            raise ConfigError(f"CTC vocabulary {path}: the JSON list must hold only strings")
     if tokens is None:
         lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
         pairs = [ln.split() for ln in lines]
@@ -236,7 +244,7 @@ def read_token_list(path: str) -> list[str]:
             ordered = sorted(pairs, key=lambda p: int(p[1]))
             for want, (token, given) in enumerate(ordered):  # an id is a head row: a gap would shift every later one
                 if int(given) != want:
-                    raise ValueError(
+                    raise ConfigError(
                         f"CTC vocabulary {path}: ids must run 0, 1, 2, ... without a gap or a repeat; after "
                         f"{want} tokens the next is {token!r} with id {given} (expected {want})"
                     )
@@ -248,15 +256,15 @@ def read_token_list(path: str) -> list[str]:
             for number, line in enumerate(text.splitlines(), 1):
                 fields = line.split()
                 if with_ids and fields and not _token_id(fields):
-                    raise ValueError(
+                    raise ConfigError(
                         f"CTC vocabulary {path}, line {number}: {line.strip()!r} is not 'token id', as other lines are"
                     )
                 if len(fields) > 1 and not with_ids:
-                    raise ValueError(
+                    raise ConfigError(
                         f"CTC vocabulary {path}, line {number}: {line.strip()!r} is not one token (a token holds no "
                         "space): one token a line, or 'token id' on every line"
                     )
             tokens = lines
     if not tokens:
-        raise ValueError(f"CTC vocabulary {path}: no tokens")
+        raise ConfigError(f"CTC vocabulary {path}: no tokens")
     return tokens

@@ -81,10 +81,15 @@ def read_description(model_dir: str | Path) -> dict:
             "newer llmasr? upgrade this one)"
         )
     missing = [key for key in ("encoder", "adaptor", "frontend", "llm") if not isinstance(desc.get(key), dict)]
-    if desc.get("ctc") is not None and not isinstance(desc["ctc"], dict):
-        missing.append("ctc")
     if missing:
         raise ExportedModelError(f"{path}: no {', '.join(missing)} section (a damaged or hand-edited file?)")
+    # optional sections (CTC head, prompt, decode settings, training facts): absent or null, else a mapping
+    for key in ("ctc", "prompt", "decode", "training"):
+        if desc.get(key) is not None and not isinstance(desc[key], dict):
+            raise ExportedModelError(
+                f"{path}: the {key} section is a {type(desc[key]).__name__}, not a mapping (a damaged or hand-edited "
+                "file?)"
+            )
     needed = {"encoder": ("type", "conf"), "adaptor": ("conf",), "ctc": ("weight", "vocab")}
     if desc["llm"].get("kind", "merged") in ("adapter", "base"):
         needed["llm"] = ("base",)

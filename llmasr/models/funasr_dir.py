@@ -67,6 +67,8 @@ def read_funasr_config(model_dir: str | Path) -> dict:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML: {err}") from err
+    except UnicodeDecodeError as err:  # a config.yaml resaved in a local code page (GBK comments)
+        raise ConfigError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start}); save it as UTF-8") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping, got {type(data).__name__}")
     if "encoder" not in data and "audio_encoder" in data:
@@ -94,10 +96,10 @@ def read_funasr_config(model_dir: str | Path) -> dict:
 
 
 def frontend_from_funasr_conf(
-    frontend_conf: dict, cmvn_file: str | Path | None, frontend: str = "WavFrontend"
+    frontend_conf: dict, cmvn_file: str | Path | None, frontend: str = "WavFrontend", where: str = "frontend_conf"
 ) -> FrontendConfig:
     """FunASR WavFrontend / WavFrontendOnline `frontend_conf` -> FrontendConfig (Kaldi fbank + LFR + CMVN from
-    `cmvn_file`)."""
+    `cmvn_file`); `where` names the section in errors (the config.yaml's path and `frontend_conf`)."""
     conf = dict(frontend_conf)
     conf.pop("cmvn_file", None)  # the caller resolves it (relative to the model directory)
     if frontend == "WavFrontendOnline":
@@ -107,21 +109,13 @@ def frontend_from_funasr_conf(
                     "frontend_conf.%s=%r is ignored: FunASR's WavFrontendOnline always uses %r", key, conf[key], fixed
                 )
             conf[key] = fixed
-    mapping = {
-        "fs": "sample_rate",
-        "window": "window",
-        "n_mels": "n_mels",
-        "frame_length": "frame_length_ms",
-        "frame_shift": "frame_shift_ms",
-        "lfr_m": "lfr_m",
-        "lfr_n": "lfr_n",
-        "dither": "dither",
-        "snip_edges": "snip_edges",
-    }
+    mapping = {"fs": "sample_rate", "window": "window", "n_mels": "n_mels", "frame_length": "frame_length_ms",
+               "frame_shift": "frame_shift_ms", "lfr_m": "lfr_m", "lfr_n": "lfr_n", "dither": "dither",
+               "snip_edges": "snip_edges"}  # fmt: skip
     kwargs: dict[str, Any] = {}
     for key, value in conf.items():
         if key in mapping:
-            kwargs[mapping[key]] = value
+            kwargs[mapping[key]] = _number(value, key, where) if key in _NUMBERS else value
         elif key == "upsacle_samples":  # FunASR's spelling: scale [-1, 1] samples to the int16 range
             kwargs["waveform_scale"] = 32768.0 if value else 1.0
         elif key in _FRONTEND_IGNORED:
@@ -129,19 +123,30 @@ def frontend_from_funasr_conf(
                 log.warning("frontend_conf.%s=%r is ignored (length filtering is the data loader's job)", key, value)
         else:
             log.warning("frontend_conf.%s=%r is not a WavFrontend setting llmasr knows; ignored", key, value)
-    if isinstance(kwargs.get("sample_rate"), str):
-        # FunASR accepts fs as "16k"
-        text = kwargs["sample_rate"].lower()
-        kwargs["sample_rate"] = int(float(text[:-1]) * 1000) if text.endswith("k") else int(text)
-    for key in ("sample_rate", "n_mels", "lfr_m", "lfr_n"):
-        if key in kwargs:
-            kwargs[key] = int(kwargs[key])
-    for key in ("frame_length_ms", "frame_shift_ms", "dither"):
-        if key in kwargs:
-            kwargs[key] = float(kwargs[key])
     fe = FrontendConfig(kind="fbank", cmvn_file=None if cmvn_file is None else str(Path(cmvn_file).resolve()), **kwargs)
-    fe.validate("frontend_conf")
+    fe.validate(where)
     return fe
+
+
+_NUMBERS = dict(fs=int, n_mels=int, lfr_m=int, lfr_n=int, frame_length=float, frame_shift=float, dither=float)
+
+
+def _number(given: Any, key: str, where: str) -> int | float:
+    """frontend_conf[key] as its int or float (YAML may give "80", FunASR takes fs as "16k"), else a ConfigError."""
+    kind, value = _NUMBERS[key], given
+    try:
+        if isinstance(given, str):
+            text = given.strip().lower()
+            scale, text = (1000, text[:-1]) if key == "fs" and text.endswith("k") else (1, text)
+            value = float(text) * scale if kind is float or scale > 1 or "." in text or "e" in text else int(text)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise TypeError
+        if kind is int and not float(value).is_integer():
+            raise ValueError
+        return kind(value)
+    except (TypeError, ValueError, OverflowError):
+        want = "an integer" if kind is int else "a number"
+        raise ConfigError(f"{where}.{key}: expected {want}, got {given!r}") from None
 
 
 def file_path_metas(model_dir: Path) -> dict | None:
@@ -270,7 +275,8 @@ def _frontend(model_dir: Path, config: dict) -> FrontendConfig:
             f"{', '.join(SUPPORTED_FRONTENDS)}"
         )
     cmvn = resolve_cmvn(model_dir, config["frontend_conf"])
-    return frontend_from_funasr_conf(config["frontend_conf"], cmvn, frontend_type)
+    where = f"{model_dir / 'config.yaml'} frontend_conf"
+    return frontend_from_funasr_conf(config["frontend_conf"], cmvn, frontend_type, where)
 
 
 def _check_overrides(stated: dict, overrides: dict, cfg_path: Path) -> None:

@@ -38,6 +38,17 @@ class PromptError(ValueError):
     """The tokenizer or the prompt settings cannot produce a usable prompt."""
 
 
+def read_chat_template(path: Path) -> str:
+    """The text of the chat template file model.prompt.chat_template names; one saved in a local code page is
+    refused naming it (the raw UnicodeDecodeError named no file)."""
+    try:
+        return Path(path).read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise PromptError(
+            f"model.prompt.chat_template: {path}: not UTF-8 text ({err.reason} at byte {err.start}); save it as UTF-8"
+        ) from None
+
+
 class _TemplateDay(datetime.datetime):
     @classmethod
     def now(cls, tz=None):
@@ -130,7 +141,7 @@ class PromptBuilder:
             if len(chat_template) < 4096 and "{" not in chat_template:
                 if not template_path.is_file():
                     raise PromptError(f"model.prompt.chat_template: file not found: {chat_template}")
-                chat_template = template_path.read_text(encoding="utf-8-sig")
+                chat_template = read_chat_template(template_path)
             tokenizer.chat_template = chat_template
         if not getattr(tokenizer, "chat_template", None):
             raise PromptError(

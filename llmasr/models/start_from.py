@@ -30,6 +30,7 @@ from llmasr.data.frontend import FrontendConfig, read_kaldi_cmvn
 from llmasr.models.builder import FRONTEND_REFINEMENTS, encoder_frontend
 from llmasr.models.config import ModelConfig, PromptConfig
 from llmasr.models.exported import MODEL_FILE, ExportedModelError, exported_model_config
+from llmasr.models.prompt import read_chat_template
 
 # Every feature setting but those a recipe may refine over any pretrained encoder (its dither noise, a data
 # filter); the CMVN is compared here: the recipe restates the folder's frontend and cannot inherit its file.
@@ -70,7 +71,7 @@ def _cmvn(path: str | None):
 def _template(text: str | None) -> str | None:
     """A chat template's text (a recipe may name a .jinja file, as PromptBuilder reads it)."""
     if text and len(text) < 4096 and "{" not in text and Path(text).is_file():
-        return Path(text).read_text(encoding="utf-8-sig")
+        return read_chat_template(Path(text))
     return text
 
 

@@ -163,6 +163,20 @@ def test_a_size_that_is_not_a_number_is_named_by_file_and_key(tmp_path, change, 
     assert not (tmp_path / "out").exists()
 
 
+def test_config_yaml_that_is_not_utf8_or_a_frontend_number_that_is_none_is_named(tmp_path):
+    """A config.yaml in a local code page, and a frontend_conf value int() cannot read, had reached the user as a
+    raw UnicodeDecodeError or ValueError naming neither the file nor the key."""
+    src = write_nano_dir(tmp_path / "src")
+    _edit_config(src, frontend_conf__lfr_m="seven")
+    with pytest.raises(ConfigError, match=re.escape(f"{src / 'config.yaml'} frontend_conf.lfr_m: expected an integ")):
+        convert_funasr(src, tmp_path / "out")
+    text = (src / "config.yaml").read_text(encoding="utf-8")
+    (src / "config.yaml").write_bytes(("# 模型\n" + text).encode("gbk"))
+    with pytest.raises(ConfigError, match=re.escape(f"{src / 'config.yaml'}: not UTF-8 text")):
+        convert_funasr(src, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
 def test_configuration_json_naming_an_llm_directory_the_copy_lacks_falls_back_to_config_yaml(tmp_path):
     """A fine-tuned copy (config.yaml, configuration.json, model.pt) whose config.yaml names the release's Qwen3
     directory: FunASR's AutoModel skips configuration.json's mapping to a directory that is not there, and so does

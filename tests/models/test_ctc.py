@@ -180,6 +180,25 @@ def test_missing_vocab_file_is_named(tmp_path):
         build_ctc_tokenizer(CTCConfig(vocab=str(tmp_path / "tokens.txt")))
 
 
+@pytest.mark.parametrize(
+    "name, content, said",
+    [("tokens.txt", "<blank>\na\n你\n".encode("gbk"), "not UTF-8 text"),
+     ("bpe.model", b"not a sentencepiece model", "not a readable sentencepiece model"),
+     ("empty.txt", b"\n", "no tokens")],
+)  # fmt: skip
+def test_a_vocab_file_that_cannot_be_read_is_named_as_bad_input(tmp_path, name, content, said):
+    """A token list saved in a local code page (GBK) reached the user as a raw UnicodeDecodeError naming no file, a
+    damaged sentencepiece model as sentencepiece's RuntimeError; a token list's own refusals exited 1 (a crash), not
+    2 (bad input), as ValueErrors."""
+    from llmasr.errors import exit_status
+
+    path = tmp_path / name
+    path.write_bytes(content)
+    with pytest.raises(ConfigError, match=re.escape(f"CTC vocabulary {path}: {said}")) as caught:
+        build_ctc_tokenizer(CTCConfig(vocab=str(path)))
+    assert exit_status(caught.value) == 2
+
+
 def batch(seed=0, b=3, t=20, v=7, s=5):
     g = torch.Generator().manual_seed(seed)
     logits = torch.randn(b, t, v, generator=g, requires_grad=True)

@@ -1,6 +1,7 @@
 """llmasr.models.exported: an export written by an earlier llmasr still loads; the base LLM an adapter export
 applies to is checked where its LLM is read."""
 
+import re
 import shutil
 from pathlib import Path
 
@@ -90,3 +91,18 @@ def test_an_export_that_lost_its_tokenizer_vocabulary_is_refused_naming_it(expor
     with pytest.raises(LLMLoadError, match=rf"{damaged / 'llm'}: the tokenizer holds its 3 special tokens and no "
                                            r"vocabulary: its vocabulary file is missing \(tokenizer.json"):  # fmt: skip
         load_exported(damaged)
+
+
+@pytest.mark.parametrize("section", ["decode", "training", "prompt", "ctc"])
+def test_an_optional_section_that_is_not_a_mapping_is_refused_naming_it(exported_dir, tmp_path, section):
+    """A hand-edited description whose decode (or training) section is a list passed the checks and reached the user
+    of `llmasr decode --model` / `transcribe` as a raw TypeError or AttributeError naming neither file nor section."""
+    from llmasr.models.exported import read_description
+
+    edited = shutil.copytree(exported_dir, tmp_path / "edited")
+    desc = yaml.safe_load((edited / MODEL_FILE).read_text())
+    desc[section] = ["num_beams", 4]
+    (edited / MODEL_FILE).write_text(yaml.safe_dump(desc))
+    said = f"{edited / MODEL_FILE}: the {section} section is a list, not a mapping"
+    with pytest.raises(ExportedModelError, match=re.escape(said)):
+        read_description(edited)

@@ -215,3 +215,43 @@ def test_encoder_conf_the_encoder_refuses_is_named_by_config_yaml(tiny_dir, tmp_
         load_funasr_encoder(d)
     with pytest.raises(ConfigError, match=rf"^{where}(: )?{said}"):
         build_encoder(EncoderConfig(type="paraformer", path=str(d)), pretrained=False)
+
+
+def test_config_yaml_that_is_not_utf8_is_named(tmp_path, tiny_dir):
+    """A config.yaml resaved in a local code page (comments in GBK): the raw UnicodeDecodeError named no file."""
+    d = _copy(tiny_dir, tmp_path / "d")
+    text = (d / "config.yaml").read_text(encoding="utf-8")
+    (d / "config.yaml").write_bytes(("# 模型配置\n" + text).encode("gbk"))
+    with pytest.raises(ConfigError, match=re.escape(f"{d / 'config.yaml'}: not UTF-8 text")):
+        load_funasr_encoder(d)
+
+
+@pytest.mark.parametrize(
+    "key, value, said",
+    [("fs", "16kHz", "expected an integer, got '16kHz'"), ("lfr_m", "seven", "expected an integer, got 'seven'"),
+     ("lfr_n", [6], r"expected an integer, got \[6\]"), ("n_mels", 80.5, "expected an integer, got 80.5"),
+     ("dither", None, "expected a number, got None"), ("frame_shift", "ten", "expected a number, got 'ten'")],
+)  # fmt: skip
+def test_frontend_conf_value_that_is_not_a_number_is_named_by_file_and_key(tmp_path, tiny_dir, key, value, said):
+    """A frontend_conf number that is none reached int()/float() raw (a ValueError or TypeError naming neither the
+    file nor the key); fs "16k" and numbers written as text still read as FunASR reads them."""
+    d = _copy(tiny_dir, tmp_path / "d")
+    _edit_config(d, lambda c: c["frontend_conf"].update({key: value}))
+    where = re.escape(f"{d / 'config.yaml'} frontend_conf.{key}: ")
+    with pytest.raises(ConfigError, match=rf"^{where}{said}"):
+        load_funasr_encoder(d)
+
+
+def test_frontend_conf_numbers_written_as_text_still_read(tmp_path, tiny_dir):
+    d = _copy(tiny_dir, tmp_path / "d")
+    _edit_config(d, lambda c: c["frontend_conf"].update(fs="16k", lfr_m="7", n_mels=80.0, dither="0.5"))
+    _, fe = load_funasr_encoder(d)
+    assert (fe.sample_rate, fe.lfr_m, fe.n_mels, fe.dither) == (16000, 7, 80, 0.5)
+
+
+def test_frontend_conf_out_of_range_is_named_by_file(tmp_path, tiny_dir):
+    """The frontend's own checks named `frontend_conf` but not the config.yaml it is in."""
+    d = _copy(tiny_dir, tmp_path / "d")
+    _edit_config(d, lambda c: c["frontend_conf"].update(n_mels=0))
+    with pytest.raises(ConfigError, match=re.escape(f"{d / 'config.yaml'} frontend_conf.n_mels: must be positive")):
+        load_funasr_encoder(d)

@@ -1,5 +1,6 @@
 import math
 import random
+import re
 
 import pytest
 
@@ -98,6 +99,16 @@ def test_chat_template_from_recipe_fixes_a_base_tokenizer(tiny_llm_no_template_d
     assert pb.encode("one").target_start > 0
     with pytest.raises(PromptError, match="file not found"):
         PromptBuilder(load_tokenizer(tiny_llm_no_template_dir), chat_template=str(tmp_path / "nope.jinja"))
+
+
+def test_chat_template_file_not_in_utf8_is_named(tiny_llm_no_template_dir, tmp_path):
+    """A template file saved in a local code page reached the user as a raw UnicodeDecodeError naming no file."""
+    from llmasr.testing.tiny_llm import CHATML_TEMPLATE
+
+    path = tmp_path / "chatml.jinja"
+    path.write_bytes(("{#- 聊天模板 -#}" + CHATML_TEMPLATE).encode("gbk"))
+    with pytest.raises(PromptError, match=re.escape(f"model.prompt.chat_template: {path}: not UTF-8 text")):
+        PromptBuilder(load_tokenizer(tiny_llm_no_template_dir), chat_template=str(path))
 
 
 def test_template_that_drops_user_content_is_rejected(tokenizer):

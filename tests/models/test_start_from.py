@@ -4,6 +4,7 @@ prompt, adaptor frame cap) differs from the folder's llmasr_model.yaml, unless m
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -99,6 +100,20 @@ def test_a_change_of_what_the_model_sees_is_refused_unless_allowed(nano, key, va
     notes = check_start_folder(load_recipe(RECIPE, [*overrides, f"model.differs_from_start=[{key}]"]).model)
     assert len(notes) == 1 and notes[0].startswith(f"{key}: ") and theirs in notes[0]
     assert "allowed by model.differs_from_start" in notes[0]
+
+
+def test_a_chat_template_file_not_in_utf8_is_named(nano, tmp_path):
+    """The recipe's template file is read to compare it with the folder's: one saved in a local code page reached
+    the user as a raw UnicodeDecodeError naming no file."""
+    from llmasr.models.prompt import PromptError
+
+    out, overrides = nano
+    path = tmp_path / "chat.jinja"
+    path.write_bytes("{#- 聊天模板 -#}{% for m in messages %}{{ m.content }}{% endfor %}".encode("gbk"))
+    recipe = load_recipe(RECIPE, [*overrides, f"model.encoder.frontend.cmvn_file={out / 'am.mvn'}",
+                                  f"model.prompt.chat_template={path}"])  # fmt: skip
+    with pytest.raises(PromptError, match=re.escape(f"model.prompt.chat_template: {path}: not UTF-8 text")):
+        check_start_folder(recipe.model)
 
 
 def test_dither_is_the_recipe_choice(nano):
