@@ -7,6 +7,7 @@ so `from_pretrained` partitions the weights as it reads them (zero.Init) and no 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import warnings
 from pathlib import Path
@@ -56,10 +57,25 @@ def check_llm_dir(path: str | Path, *, tokenizer: str | Path | None = None, key:
         raise LLMLoadError(not_found(key, "LLM directory", path))
     if not (path / "config.json").is_file():
         raise LLMLoadError(f"{path}: no config.json; expected a Hugging Face model directory (save_pretrained)")
+    _read_config(path / "config.json")
     tok_dir = Path(tokenizer) if tokenizer is not None else path
     if not any((tok_dir / name).is_file() for name in TOKENIZER_FILES):
         raise LLMLoadError(f"{tok_dir}: no tokenizer files (looked for {', '.join(TOKENIZER_FILES)})")
     return path
+
+
+def _read_config(file: Path) -> dict:
+    """config.json as a JSON object, else LLMLoadError naming the file and where it breaks (transformers' own error
+    had said only "not a valid JSON file", as an internal error)."""
+    try:
+        config = json.loads(file.read_bytes().decode("utf-8-sig"))
+    except UnicodeDecodeError as err:
+        raise LLMLoadError(f"{file}: not UTF-8 text ({err.reason} at byte {err.start}); save it as UTF-8") from None
+    except json.JSONDecodeError as err:
+        raise LLMLoadError(f"{file}: not valid JSON ({err.msg} at line {err.lineno}, column {err.colno})") from None
+    if not isinstance(config, dict):
+        raise LLMLoadError(f"{file}: a JSON {type(config).__name__}, not the object of a model's settings")
+    return config
 
 
 def warn_remote_code(path: str | Path, source: str) -> None:
@@ -215,7 +231,10 @@ def _causal_lm(path: Path, dtype: torch.dtype, trust_remote_code: bool, *, pretr
     files' names and shapes checked against it (`shapes_only`), or fresh ones alone."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    config = AutoConfig.from_pretrained(str(path), local_files_only=True, trust_remote_code=trust_remote_code)
+    try:
+        config = AutoConfig.from_pretrained(str(path), local_files_only=True, trust_remote_code=trust_remote_code)
+    except ValueError as err:  # no model_type, or one this transformers does not know: the folder's fault
+        raise LLMLoadError(f"{path / 'config.json'}: transformers cannot build a model from it: {err}") from None
     # The weight files there, not Git LFS pointers, not cut short (transformers' own errors do not name the file):
     # check_llm_weights reads their headers below; a model with its own code may not build on the meta device, so
     # for one the headers are read alone.

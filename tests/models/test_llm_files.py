@@ -56,6 +56,26 @@ def test_a_missing_or_partial_download_is_named(llm_dirs, tmp_path):
         check(d)
 
 
+def test_a_config_json_transformers_cannot_read_is_named_as_bad_input(llm_dirs, tmp_path):
+    """A config.json cut short, saved in a local code page, holding a list or lacking model_type had reached the user
+    as transformers' OSError or ValueError, an internal error (exit 1); each is the folder's fault, named."""
+    from llmasr.models.llm import LLMLoadError
+
+    d = copy_of(llm_dirs["untied"], tmp_path)
+    text = (d / "config.json").read_text()
+    without_type = json.dumps({k: v for k, v in json.loads(text).items() if k != "model_type"})
+    for written, said in (
+        (text[:-20].encode(), r"config.json: not valid JSON \(.* at line \d+, column \d+\)"),
+        (text.replace("{", '{"_name_or_path": "\u6a21\u578b",', 1).encode("gbk"), "config.json: not UTF-8 text"),
+        (b"[1, 2]", "config.json: a JSON list, not the object of a model's settings"),
+        (without_type.encode(), "config.json: transformers cannot build a model from it: .*model_type"),
+    ):
+        (d / "config.json").write_bytes(written)
+        for load in (check, lambda p: load_llm(p)):
+            with pytest.raises(LLMLoadError, match=said):
+                load(d)
+
+
 def test_git_lfs_pointers_are_named_as_such(llm_dirs, tmp_path):
     d = copy_of(llm_dirs["untied"], tmp_path)
     (d / "model.safetensors").write_text(LFS_POINTER)
