@@ -19,6 +19,7 @@ from pathlib import Path
 
 import regex
 
+from llmasr.config_io import ConfigError
 from llmasr.models.ctc_vocab import CTCTokenizer, byte_to_char_spans, label_owners
 
 # SenseVoice's (and Whisper's) pre-tokenizer: what tiktoken's Encoding gets as pat_str for multilingual.tiktoken.
@@ -29,25 +30,29 @@ PIECES = regex.compile(r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}
 def read_ranks(path: str | Path) -> dict[bytes, int]:
     """`<base64 token> <rank>` lines -> {token bytes: rank}; a bad line is named with its number."""
     ranks: dict[bytes, int] = {}
-    with open(path, encoding="utf-8-sig") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            fields = line.split()
-            try:
-                if len(fields) != 2:
-                    raise ValueError(f"expected `<base64 token> <rank>`, got {len(fields)} field(s)")
-                token, rank = base64.b64decode(fields[0], validate=True), int(fields[1])
-            except ValueError as err:  # binascii.Error (bad base64) is one
-                raise ValueError(f"CTC vocabulary {path}, line {n}: {err}: {line.strip()[:60]!r}") from err
-            if token in ranks:
-                raise ValueError(f"CTC vocabulary {path}, line {n}: token {token!r} is listed twice")
-            ranks[token] = rank
+    try:
+        lines = Path(path).read_text(encoding="utf-8-sig").splitlines()
+    except UnicodeDecodeError as err:  # base64 lines are ASCII: another kind of file
+        raise ConfigError(f"CTC vocabulary {path}: not a text file of `<base64 token> <rank>` lines ({err.reason} at "
+                          f"byte {err.start})") from None  # fmt: skip
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        fields = line.split()
+        try:
+            if len(fields) != 2:
+                raise ValueError(f"expected `<base64 token> <rank>`, got {len(fields)} field(s)")
+            token, rank = base64.b64decode(fields[0], validate=True), int(fields[1])
+        except ValueError as err:  # binascii.Error (bad base64) is one
+            raise ConfigError(f"CTC vocabulary {path}, line {n}: {err}: {line.strip()[:60]!r}") from err
+        if token in ranks:
+            raise ConfigError(f"CTC vocabulary {path}, line {n}: token {token!r} is listed twice")
+        ranks[token] = rank
     if not ranks:
-        raise ValueError(f"CTC vocabulary {path}: no tokens")
+        raise ConfigError(f"CTC vocabulary {path}: no tokens")
     missing = [b for b in range(256) if bytes([b]) not in ranks]
     if missing:
-        raise ValueError(
+        raise ConfigError(
             f"CTC vocabulary {path}: {len(missing)} of the 256 single bytes have no token (e.g. "
             f"{bytes(missing[:1])!r}); a byte-level BPE vocabulary needs all of them to spell any text"
         )
@@ -109,7 +114,7 @@ class TiktokenCTCTokenizer(CTCTokenizer):
         self.tokens = {rank: token for token, rank in ranks.items()}
         self.n_tokens = max(self.tokens) + 1
         if vocab_size is not None and vocab_size <= self.n_tokens:
-            raise ValueError(
+            raise ConfigError(
                 f"CTC vocabulary {path}: model.ctc.vocab_size is {vocab_size}, but the file's tokens alone take ids "
                 f"0..{self.n_tokens - 1}; the head needs at least {self.n_tokens + 1} outputs (the blank is the last)"
             )

@@ -56,7 +56,7 @@ def test_decode_joins_bytes_drops_specials_and_the_blank(vocab):
 def test_vocabulary_size(vocab):
     tok = build_ctc_tokenizer(CTCConfig(vocab=vocab))
     assert (tok.vocab_size, tok.blank_id) == (262, 261)  # unset: the file's tokens, then the blank
-    with pytest.raises(ValueError, match=r"model.ctc.vocab_size is 261, but the file's tokens alone take ids 0..260"):
+    with pytest.raises(ConfigError, match=r"model.ctc.vocab_size is 261, but the file's tokens alone take ids 0..260"):
         TiktokenCTCTokenizer(vocab, vocab_size=261)
 
 
@@ -69,12 +69,14 @@ def test_vocabulary_size(vocab):
         ("YQ== 0\nYQ== 1\n", r"line 2: token b'a' is listed twice"),
         ("YQ== 0\n", r"255 of the 256 single bytes have no token"),
         ("\n\n", r"no tokens"),
+        ("\xff\xfe binary", r"not a text file of `<base64 token> <rank>` lines"),
     ],
 )
 def test_a_bad_vocabulary_file_is_named_with_its_line(tmp_path, text, message):
+    """Each a ConfigError, bad input (exit status 2): they had been ValueErrors, an internal error's status 1."""
     path = tmp_path / "bad.tiktoken"
-    path.write_text(text, encoding="utf-8")
-    with pytest.raises(ValueError, match=message) as err:
+    path.write_bytes(text.encode("latin-1"))
+    with pytest.raises(ConfigError, match=message) as err:
         build_ctc_tokenizer(CTCConfig(vocab=str(path)))
     assert str(path) in str(err.value)
 
