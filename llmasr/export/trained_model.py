@@ -235,8 +235,9 @@ def run_recipe(run_dir: Path, *, trust_remote_code: bool = False):
         raise CheckpointError(f"{recipe_path}: missing; the run's resolved recipe is needed to rebuild the model")
     try:
         recipe = load_recipe(recipe_path, saved=True)
-    except ConfigError as err:
-        raise CheckpointError(f"{recipe_path}: {err}") from err
+    except ConfigError as err:  # named by the file once: a YAML error names it already
+        said = str(err)
+        raise CheckpointError(said if said.startswith(str(recipe_path)) else f"{recipe_path}: {said}") from err
     _check_remote_code(recipe, recipe_path, trust_remote_code)
     return recipe
 

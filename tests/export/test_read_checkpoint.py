@@ -9,7 +9,7 @@ import os
 import pytest
 import torch
 
-from llmasr.export.trained_model import average_states, load_checkpoint_model
+from llmasr.export.trained_model import average_states, load_checkpoint_model, run_recipe
 from llmasr.run_dir import (
     CheckpointError,
     CheckpointMeta,
@@ -166,3 +166,15 @@ def test_bf16_master_weights_read_as_the_trained_values_in_fp32(tmp_path, base_d
     model, _ = load_checkpoint_model(run.run_dir)
     params = dict(model.named_parameters())
     assert all(torch.equal(params[name].data.float(), run.trained[name]) for name in meta.trainable)
+
+
+def test_a_run_recipe_that_does_not_load_is_named_once(tmp_path):
+    """A run's recipe.yaml that is not a recipe is refused naming the file once (the path had been said twice,
+    "…/recipe.yaml: …/recipe.yaml: the top level must be a mapping"); an error naming only a key gets the path."""
+    (tmp_path / "recipe.yaml").write_text("[1, 2]\n")
+    with pytest.raises(CheckpointError) as err:
+        run_recipe(tmp_path)
+    assert str(err.value).count(str(tmp_path / "recipe.yaml")) == 1 and "must be a mapping" in str(err.value)
+    (tmp_path / "recipe.yaml").write_text("train:\n  epochs: many\n")
+    with pytest.raises(CheckpointError, match=r"recipe.yaml: .*train.epochs"):
+        run_recipe(tmp_path)
