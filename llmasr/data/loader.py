@@ -281,7 +281,8 @@ def build_dataloader(
         epoch_indices = lambda e: manifest.epoch_indices(e, seed)  # noqa: E731
         if rank == 0 and hasattr(manifest, "visits_text"):  # a mix: what each manifest gives an epoch
             said, sparse = manifest.visits_text()
-            log.info("%s: %s", name, said)
+            if said:
+                log.info("%s: %s", name, said)
             for line in sparse:
                 log.warning("%s: %s", name, line)
     b = data_cfg.batching

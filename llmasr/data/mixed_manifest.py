@@ -92,10 +92,10 @@ class MixedManifest:
                 parts.append(np.sort(rng.choice(base, size=extra, replace=False)))
         return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
 
-    def visits_text(self) -> tuple[str, list[str]]:
-        """What an epoch visits of each manifest (lines x weight, in expectation), and a warning for each manifest an
-        epoch visits less than once in expectation: most epochs then train on none of its lines, and nothing else
-        says so (its fraction of a line is a coin each epoch)."""
+    def visits_text(self) -> tuple[str | None, list[str]]:
+        """What an epoch visits of each manifest (lines x weight, in expectation; None when every weight is 1), and a
+        warning for each manifest an epoch visits less than once in expectation: most epochs then train on none of
+        its lines, and nothing else says so (its fraction of a line is a coin each epoch)."""
         parts, sparse = [], []
         for m, w in zip(self.manifests, self.weights):
             visits = w * len(m)
@@ -106,6 +106,8 @@ class MixedManifest:
                     f"trains on one of its lines with chance {visits:.2g}, else on none (raise its weight to at least "
                     f"{1 / len(m):.3g} for a line every epoch)"
                 )
+        if all(w == 1 for w in self.weights):  # each line once an epoch: "N items" says it all
+            return None, sparse
         return "mixed manifests, an epoch's visits in expectation: " + "; ".join(parts), sparse
 
     def __repr__(self) -> str:

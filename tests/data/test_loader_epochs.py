@@ -105,6 +105,11 @@ def test_a_mix_weight_that_leaves_a_manifest_under_one_line_an_epoch_is_named(tm
         build(whole, whole.train)
     assert any("10 lines x weight 0.1 = 1 visits" in r.getMessage() for r in caplog.records)
     assert not [r for r in caplog.records if r.levelno == logging.WARNING]
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="llmasr.data"):  # every weight 1: each line once, "N items" says it
+        plain = cfg(train=[{"path": str(a)}, {"path": str(b)}])
+        build(plain, plain.train)
+    assert not [r for r in caplog.records if "visits" in r.getMessage()]
 
 
 def test_weighted_mix(tmp_path):
