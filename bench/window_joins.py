@@ -32,7 +32,14 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from llmasr.data import window_join  # noqa: E402
-from llmasr.data.window_join import CHARS_PER_SECOND, EDGE_TOKENS, TOKENS_PER_SECOND, _glue, _norm  # noqa: E402
+from llmasr.data.window_join import (  # noqa: E402
+    CHARS_PER_SECOND,
+    TOKENS_PER_SECOND,
+    _glue,
+    _norm,
+    edge_tokens,
+    shared_runs,
+)
 from llmasr.demo.synth import CorpusConfig, make_text  # noqa: E402
 from llmasr.scoring import UNIT, score_utterance, uses_characters  # noqa: E402
 
@@ -142,20 +149,11 @@ def simulate(kind: str, cut: str, errors: str, overlap: float, rng) -> tuple[str
 def previous_seam(left: str, right: str, max_tokens: int):
     """The rule before this evaluation: the longest shared run within EDGE_TOKENS of both edges, whatever its
     neighbours (a lone chance "the" cut "i went to the sto" + "store and the car" to "i went to the car")."""
-    a = [m for m in UNIT.finditer(left) if _norm(m.group())][-max_tokens:]
-    b = [m for m in UNIT.finditer(right) if _norm(m.group())][:max_tokens]
-    na, nb = [_norm(m.group()) for m in a], [_norm(m.group()) for m in b]
+    a, b, na, nb = edge_tokens(left, right, max_tokens)
     best = None
-    run = [[0] * (len(b) + 1) for _ in range(len(a) + 1)]
-    for i in range(1, len(a) + 1):
-        for j in range(1, len(b) + 1):
-            if not (na[i - 1] and na[i - 1] == nb[j - 1]):
-                continue
-            run[i][j] = length = run[i - 1][j - 1] + 1
-            after, before = len(a) - i, j - length
-            if after <= EDGE_TOKENS and before <= EDGE_TOKENS:
-                key = (length, -(after + before), i, j)
-                best = key if best is None or key > best else best
+    for i, j, length, after, before in shared_runs(na, nb):  # the module's runs, ranked by length alone
+        key = (length, -(after + before), i, j)
+        best = key if best is None or key > best else best
     return None if best is None else (a[best[2] - 1].end(), b[best[3] - 1].end())
 
 

@@ -52,26 +52,39 @@ def seam(left: str, right: str, max_tokens: int) -> tuple[int, int] | None:
     first of `right`, at most EDGE_TOKENS from both edges, with the most tokens plus agreeing neighbours, then the
     longest, then the nearest the seam; no lone token that more than MAX_DISAGREE neighbours contradict and none
     confirms ("the" of "to the sto" + "store and the car"); with none, a cut word's part gives way to the whole word."""
-    a = [m for m in UNIT.finditer(left) if _norm(m.group())][-max_tokens:] if max_tokens > 0 else []
-    b = [m for m in UNIT.finditer(right) if _norm(m.group())][:max_tokens] if max_tokens > 0 else []
-    na, nb = [_norm(m.group()) for m in a], [_norm(m.group()) for m in b]
+    a, b, na, nb = edge_tokens(left, right, max_tokens)
     best: tuple = ()  # (length + agreeing neighbours, length, -tokens outside the run at the seam, end in a, end in b)
-    run = [[0] * (len(b) + 1) for _ in range(len(a) + 1)]
-    for i in range(1, len(a) + 1):
-        for j in range(1, len(b) + 1):
-            if not (na[i - 1] and na[i - 1] == nb[j - 1]):
-                continue
-            run[i][j] = length = run[i - 1][j - 1] + 1
-            after, before = len(a) - i, j - length
-            if max(after, before) <= EDGE_TOKENS:
-                agree, disagree = _neighbours(na, nb, i, j, length)
-                if length > 1 or agree or disagree <= MAX_DISAGREE:
-                    best = max(best, (length + agree, length, -(after + before), i, j))
+    for i, j, length, after, before in shared_runs(na, nb):
+        agree, disagree = _neighbours(na, nb, i, j, length)
+        if length > 1 or agree or disagree <= MAX_DISAGREE:
+            best = max(best, (length + agree, length, -(after + before), i, j))
     if best or not (a and b):
         return (a[best[3] - 1].end(), b[best[4] - 1].end()) if best else None
     cuts = [(a[-1].start(), m.start()) for m, w in zip(b[: EDGE_TOKENS + 1], nb) if _part(na[-1], w, True)]
     cuts += [(m.end(), b[0].end()) for m, w in zip(a[::-1][: EDGE_TOKENS + 1], na[::-1]) if _part(nb[0], w, False)]
     return cuts[0] if cuts else None
+
+
+def edge_tokens(left: str, right: str, max_tokens: int) -> tuple[list, list, list[str], list[str]]:
+    """(the last `max_tokens` token matches of `left`, the first of `right`, and their normalised texts): the
+    tokens a seam may share, punctuation looked past."""
+    a = [m for m in UNIT.finditer(left) if _norm(m.group())][-max_tokens:] if max_tokens > 0 else []
+    b = [m for m in UNIT.finditer(right) if _norm(m.group())][:max_tokens] if max_tokens > 0 else []
+    return a, b, [_norm(m.group()) for m in a], [_norm(m.group()) for m in b]
+
+
+def shared_runs(na: list[str], nb: list[str]):
+    """(i, j, length, after, before) of each run of equal tokens ending at token i of `na` and j of `nb` (1-based)
+    at most EDGE_TOKENS from both edges: `after` tokens of `na` follow it, `before` of `nb` precede it."""
+    run = [[0] * (len(nb) + 1) for _ in range(len(na) + 1)]
+    for i in range(1, len(na) + 1):
+        for j in range(1, len(nb) + 1):
+            if not (na[i - 1] and na[i - 1] == nb[j - 1]):
+                continue
+            run[i][j] = length = run[i - 1][j - 1] + 1
+            after, before = len(na) - i, j - length
+            if max(after, before) <= EDGE_TOKENS:
+                yield i, j, length, after, before
 
 
 def _part(part: str, word: str, head: bool) -> bool:
