@@ -31,6 +31,7 @@ from llmasr.config_paths import path_field
 from llmasr.data.frontend import FrontendConfig
 from llmasr.data.long_audio import frame_energies
 from llmasr.data.noise_list import NoiseDraws
+from llmasr.unread_fields import as_section, changed
 
 
 def _check_range(path: str, name: str, values: list[float], lo: float | None = None, hi: float | None = None):
@@ -161,8 +162,7 @@ class AugmentConfig:
             section = getattr(self, f.name)
             if section.enable:
                 continue
-            default = type(section)()
-            given = [k.name for k in fields(section) if getattr(section, k.name) != getattr(default, k.name)]
+            given = changed(type(section), as_section(section), [k.name for k in fields(section)])
             if given:
                 out.append(
                     f"data.augment.{f.name}: {', '.join(given)} set, but {f.name}.enable is false: it does nothing"

@@ -28,6 +28,7 @@ from llmasr.data.corpus_stats import CorpusStats
 from llmasr.data.hotword_units import holds, join_units, ngrams, units
 from llmasr.data.records import phrase_text
 from llmasr.scoring import normalize
+from llmasr.unread_fields import as_section, changed
 
 log = logging.getLogger(__name__)
 HOTWORD_STREAM = 0x686F74  # "hot": the Generator stream of hotword lists, apart from augmentation's
@@ -133,9 +134,9 @@ class HotwordsConfig:
         (`enable` false, or `source: manifest`, which uses the manifest's lists as given, as no `enable` does)."""
         if self.samples:
             return []
-        default = HotwordsConfig()
-        given = [f.name for f in fields(self) if f.name not in ("enable", "source") and getattr(self, f.name)
-                 != getattr(default, f.name)]  # fmt: skip
+        given = changed(
+            HotwordsConfig, as_section(self), [f.name for f in fields(self) if f.name not in ("enable", "source")]
+        )
         out = []
         if self.enable:  # source: manifest
             out.append(
