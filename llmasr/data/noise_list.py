@@ -68,6 +68,7 @@ class NoiseDraws:
     def __init__(self, cfg):
         self.cfg = cfg
         self.files: list[str] | None = None  # read at the first draw
+        self.distinct = 0  # how many files the list names (one listed twice is one)
         self.bad: set[str] = set()  # files that failed to read, or that hold no sound at all
         self.heard: set[str] = set()  # files with sound somewhere (a silent stretch of one is noise too)
 
@@ -76,9 +77,10 @@ class NoiseDraws:
         once every file is known bad."""
         from llmasr.data.audio import AudioError, load_audio, probe_duration
 
-        if self.files is None:
+        if self.files is None:  # once: a clip's draw must not rebuild a set of the list
             self.files = read_noise_list(self.cfg.manifest)
-        files = len(set(self.files))
+            self.distinct = len(set(self.files))
+        files = self.distinct
         # Every draw takes the same numbers whether this worker knew the file was bad or learns it now, so a clip's
         # noise depends on its own draw only (any worker count repeats it). The draws come from a stream of their
         # own, one number of `rng`'s taken for it: how many files a clip draws past (none once this worker knows
