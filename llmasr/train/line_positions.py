@@ -54,21 +54,25 @@ def text_tokens(manifest, prompt, lines: np.ndarray, room: np.ndarray, *, own_li
     A line's own transcript, task, system message and list are all within its bytes in the file (JSON escapes only
     lengthen them), so the default prompt's tokens plus the line's length bounds its count without reading it: only
     lines whose bound passes `room` are read and encoded (at millions of lines, those near the context)."""
-    seams = 6 + (len(prompt.hotwords_template.encode()) + 2 if own_lists else 0)
-    out = len(prompt.encode(None).ids) + np.asarray(manifest.line_bytes(), dtype=np.int64)[lines] + seams
-    for j in np.flatnonzero(out > room).tolist():
-        out[j] = _line_tokens(manifest, prompt, int(lines[j]), int(room[j]), own_lists)
-    return out
+    return _bounded(
+        manifest, prompt, lines, room, own_lists, lambda i, r: _line_tokens(manifest, prompt, i, r, own_lists)
+    )
 
 
 def prompt_tokens(manifest, prompt, lines: np.ndarray, room: np.ndarray) -> np.ndarray:
     """The tokens of each of `lines`' prompt as validation's greedy pass reads it (its own task, system message and
     biasing list; no transcript): bounded by the line's bytes as text_tokens bounds a prompt and transcript, encoded
     only where that bound passes `room`; 0 for a line the dataset counts as bad."""
-    seams = 6 + len(prompt.hotwords_template.encode()) + 2
+    return _bounded(manifest, prompt, lines, room, True, lambda i, _: _prompt_only(manifest, prompt, i))
+
+
+def _bounded(manifest, prompt, lines: np.ndarray, room: np.ndarray, own_lists: bool, exact) -> np.ndarray:
+    """Each of `lines`' bound from its bytes in the file (the default prompt's tokens, the line's bytes, a token at
+    each seam, the list's wording where `own_lists`), replaced by `exact(line, its room)` where it passes `room`."""
+    seams = 6 + (len(prompt.hotwords_template.encode()) + 2 if own_lists else 0)
     out = len(prompt.encode(None).ids) + np.asarray(manifest.line_bytes(), dtype=np.int64)[lines] + seams
     for j in np.flatnonzero(out > room).tolist():
-        out[j] = _prompt_only(manifest, prompt, int(lines[j]))
+        out[j] = exact(int(lines[j]), int(room[j]))
     return out
 
 
