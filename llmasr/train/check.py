@@ -38,7 +38,7 @@ from llmasr.train.resolve import check_run_settings
 from llmasr.train.resume import check_checkpoint, manifest_contents, resuming
 from llmasr.train.run_dir import RunDirError, check_lock, check_run_start
 from llmasr.train.schedulers import branch_of_group, lr_curve
-from llmasr.train.universal import batches_left, global_batch_change, nothing_left, resized_total
+from llmasr.train.universal import batches_left, global_batch_change, nothing_left, resumed_counts
 from llmasr.train.zero_memory import estimate_zero_memory, optimizer_state_bytes
 
 
@@ -153,8 +153,8 @@ def resumed_total(
             length = plan.loaders[1].length_after(loader_state["sampler"])
         resharded = length if meta.world_size != world_size else None
     left = batches_left(plan.per_epoch, epoch, loader_state, resharded)
-    total = resized_total(meta.update, epoch, left, plan.per_epoch, plan.grad_accum, recipe.train.max_updates)
-    return total, min(total, resized_total(meta.update, epoch, left, plan.per_epoch, plan.grad_accum, None))
+    total, held = resumed_counts(meta.update, epoch, left, plan.per_epoch, plan.grad_accum, recipe.train.max_updates)
+    return total, min(total, held)
 
 
 def _weights_lines(m) -> list[str]:

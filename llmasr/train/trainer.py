@@ -86,9 +86,8 @@ class Run(RunSetup):
         else:  # the epoch's batches not yet trained (another grad_accum counts them into other updates)
             left = universal.batches_left(self.per_epoch, epoch, loader_state)
         done, max_updates = self.engine.global_steps, self.recipe.train.max_updates
-        self.total = universal.resized_total(done, epoch, left, self.per_epoch, self.k, max_updates)
         # counted here, not by the plan: the updates before the checkpoint were at its grad_accum and world size
-        held = universal.resized_total(done, epoch, left, self.per_epoch, self.k, None)
+        self.total, held = universal.resumed_counts(done, epoch, left, self.per_epoch, self.k, max_updates)
         self.ends_after = min(self.total, held)
         if (note := universal.short_of_max_updates(done, held, max_updates)) and self.rank == 0:
             log.warning(note)

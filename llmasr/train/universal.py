@@ -310,6 +310,13 @@ def short_of_max_updates(done: int, held: int, max_updates: int | None) -> str |
     )
 
 
+def resumed_counts(done: int, epoch: int, first_epoch_batches: int, per_epoch: list[int], k: int, max_updates):
+    """(the updates the schedules of a resumed run are sized by, resized_total; the update its epochs end after,
+    which is where it stops when train.max_updates is more): `llmasr check` and the trainer count a resume alike."""
+    counted = (done, epoch, first_epoch_batches, per_epoch, k)
+    return resized_total(*counted, max_updates), resized_total(*counted, None)
+
+
 def resized_total(done: int, epoch: int, first_epoch_batches: int, per_epoch: list[int], k: int, max_updates):
     """Updates of a run resumed after `done` updates, in `epoch` with `first_epoch_batches` batches left per rank,
     at the world size `per_epoch` (batches per rank of each full epoch) was counted for."""
