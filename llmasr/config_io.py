@@ -130,6 +130,11 @@ def load_yaml(path: str | Path) -> dict:
     return _tree(data)
 
 
+def not_utf8(err: UnicodeDecodeError) -> str:
+    """What a file saved in a local code page (GBK, cp1252) is told, after its path."""
+    return f"not UTF-8 text ({err.reason} at byte {err.start}); save it as UTF-8"
+
+
 def read_json(path: Path, kind: type, what: str) -> Any:
     """The JSON file `path`, which must hold a `kind` (dict, list): a ConfigError naming the file and `what` it is
     meant to be otherwise (unreadable, not UTF-8, not JSON, another type at the top)."""

@@ -21,7 +21,7 @@ from typing import Any
 
 import yaml
 
-from llmasr.config_io import ConfigError, to_dict
+from llmasr.config_io import ConfigError, not_utf8, to_dict
 from llmasr.models.encoders import funasr_class_name
 from llmasr.models.funasr_dir import file_path_metas, frontend_from_funasr_conf, resolve_cmvn
 from llmasr.models.sensevoice import CONF_KEYS
@@ -120,7 +120,7 @@ def read_nano_config(src: Path) -> dict:
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML: {err}") from err
     except UnicodeDecodeError as err:  # a config.yaml resaved in a local code page (GBK comments)
-        raise ConfigError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start}); save it as UTF-8") from None
+        raise ConfigError(f"{path}: {not_utf8(err)}") from None
     if not isinstance(config, dict):
         raise ConfigError(f"{path}: the top level must be a mapping")
     model = funasr_class_name(config.get("model", ""))

@@ -22,7 +22,7 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
-from llmasr.config_io import ConfigError
+from llmasr.config_io import ConfigError, not_utf8
 from llmasr.models.prompt import spelled
 
 BLANK_NAMES = ("<blank>", "<blk>")
@@ -225,9 +225,7 @@ def read_token_list(path: str) -> list[str]:
     try:
         text = Path(path).read_text(encoding="utf-8-sig")  # -sig: a BOM is not part of the first token
     except UnicodeDecodeError as err:  # a list saved in a local code page (GBK): the raw error named no file
-        raise ConfigError(
-            f"CTC vocabulary {path}: not UTF-8 text ({err.reason} at byte {err.start}); save it as UTF-8"
-        ) from None
+        raise ConfigError(f"CTC vocabulary {path}: {not_utf8(err)}") from None
     tokens = None
     if text.lstrip().startswith("["):  # JSON, or a line list whose first token is e.g. [PAD]
         try:

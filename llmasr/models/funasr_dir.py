@@ -23,7 +23,7 @@ from typing import Any
 import yaml
 from torch import nn
 
-from llmasr.config_io import ConfigError
+from llmasr.config_io import ConfigError, not_utf8
 from llmasr.config_paths import not_found
 from llmasr.data.frontend import FrontendConfig
 from llmasr.models.ds_checkpoint import MODEL_STATES, weights_in, zero3_partitions, zero_to_fp32_advice
@@ -68,7 +68,7 @@ def read_funasr_config(model_dir: str | Path) -> dict:
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML: {err}") from err
     except UnicodeDecodeError as err:  # a config.yaml resaved in a local code page (GBK comments)
-        raise ConfigError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start}); save it as UTF-8") from None
+        raise ConfigError(f"{path}: {not_utf8(err)}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping, got {type(data).__name__}")
     if "encoder" not in data and "audio_encoder" in data:

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from llmasr.config_io import ConfigError
+from llmasr.config_io import ConfigError, not_utf8
 from llmasr.config_paths import not_found
 from llmasr.models.config import LoraConfig
 from llmasr.models.llm_files import (
@@ -70,7 +70,7 @@ def _read_config(file: Path) -> dict:
     try:
         config = json.loads(file.read_bytes().decode("utf-8-sig"))
     except UnicodeDecodeError as err:
-        raise LLMLoadError(f"{file}: not UTF-8 text ({err.reason} at byte {err.start}); save it as UTF-8") from None
+        raise LLMLoadError(f"{file}: {not_utf8(err)}") from None
     except json.JSONDecodeError as err:
         raise LLMLoadError(f"{file}: not valid JSON ({err.msg} at line {err.lineno}, column {err.colno})") from None
     if not isinstance(config, dict):

@@ -23,6 +23,8 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+from llmasr.config_io import not_utf8
+
 AUDIO_PLACEHOLDER = "<|llmasr_audio|>"
 # The date a chat template that stamps "today" (Llama 3.x, SmolLM3: strftime_now, date_string) renders: a fixed one,
 # so that the prompt a model trains on is the prompt it decodes with, on any day (Llama's own fallback date).
@@ -44,9 +46,7 @@ def read_chat_template(path: Path) -> str:
     try:
         return Path(path).read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as err:
-        raise PromptError(
-            f"model.prompt.chat_template: {path}: not UTF-8 text ({err.reason} at byte {err.start}); save it as UTF-8"
-        ) from None
+        raise PromptError(f"model.prompt.chat_template: {path}: {not_utf8(err)}") from None
 
 
 class _TemplateDay(datetime.datetime):
