@@ -259,12 +259,8 @@ class SANMEncoder(nn.Module):
 
     def forward(self, xs: torch.Tensor, xs_lens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """xs [B, T, input_size], xs_lens [B] -> ([B, T, output_size], xs_lens)."""
-        if xs.dim() != 3 or xs.size(-1) != self.input_size:
-            raise ValueError(f"SANMEncoder expects [B, T, {self.input_size}] features, got {list(xs.shape)}")
+        xs_lens = checked_input("SANMEncoder", xs, xs_lens, self.input_size)
         t = xs.size(1)
-        xs_lens = xs_lens.to(device=xs.device, dtype=torch.long)
-        if xs_lens.numel() != xs.size(0) or bool((xs_lens < 1).any()) or bool((xs_lens > t).any()):
-            raise ValueError(f"SANMEncoder: lengths must be in [1, {t}] (one per item), got {xs_lens.tolist()}")
         mask = torch.arange(t, device=xs.device)[None, :] < xs_lens[:, None]  # [B, T] True = valid
         valid = mask[:, :, None].to(xs.dtype)
 
@@ -292,6 +288,17 @@ class SANMEncoder(nn.Module):
         if self.normalize_before:
             xs = self.after_norm(xs)
         return xs
+
+
+def checked_input(name: str, xs: torch.Tensor, xs_lens: torch.Tensor, input_size: int) -> torch.Tensor:
+    """`xs_lens` as long on `xs`'s device, after checking that `xs` is [B, T, input_size] and each length in [1, T]."""
+    if xs.dim() != 3 or xs.size(-1) != input_size:
+        raise ValueError(f"{name} expects [B, T, {input_size}] features, got {list(xs.shape)}")
+    t = xs.size(1)
+    xs_lens = xs_lens.to(device=xs.device, dtype=torch.long)
+    if xs_lens.numel() != xs.size(0) or bool((xs_lens < 1).any()) or bool((xs_lens > t).any()):
+        raise ValueError(f"{name}: lengths must be in [1, {t}] (one per item), got {xs_lens.tolist()}")
+    return xs_lens
 
 
 def _check_extra(extra: dict) -> None:

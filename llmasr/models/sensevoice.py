@@ -40,6 +40,7 @@ from llmasr.models.sanm import (
     MultiHeadedAttentionSANM,
     PositionwiseFeedForward,
     SinusoidalPositionEncoder,
+    checked_input,
 )
 
 log = logging.getLogger(__name__)
@@ -157,14 +158,8 @@ class SenseVoiceEncoderSmall(nn.Module):
 
     def forward(self, xs: torch.Tensor, xs_lens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """xs [B, T, input_size], xs_lens [B] -> ([B, T, output_size], xs_lens)."""
-        if xs.dim() != 3 or xs.size(-1) != self.input_size:
-            raise ValueError(f"SenseVoiceEncoderSmall expects [B, T, {self.input_size}] features, got {list(xs.shape)}")
+        xs_lens = checked_input("SenseVoiceEncoderSmall", xs, xs_lens, self.input_size)
         t = xs.size(1)
-        xs_lens = xs_lens.to(device=xs.device, dtype=torch.long)
-        if xs_lens.numel() != xs.size(0) or bool((xs_lens < 1).any()) or bool((xs_lens > t).any()):
-            raise ValueError(
-                f"SenseVoiceEncoderSmall: lengths must be in [1, {t}] (one per item), got {xs_lens.tolist()}"
-            )
         n_query = 0
         if self.query_embed is not None:  # in front of every utterance, its padding stays at the end
             query = self.query_embed(self.query_ids).to(xs.dtype)

@@ -215,3 +215,17 @@ def test_shifted_fsmn_still_pads_left_more_than_right():
     assert attn.padding == (7, 3) and attn.fsmn_block.padding == (0,)
     plain = make().encoders[0].self_attn
     assert plain.padding is None and plain.fsmn_block.padding == (5,)
+
+
+@pytest.mark.parametrize(
+    ("shape", "lens", "message"),
+    [
+        ((2, 9, 80), [9, 5], r"SANMEncoder expects \[B, T, 560\] features, got \[2, 9, 80\]"),
+        ((2, 9, 560), [10, 5], r"SANMEncoder: lengths must be in \[1, 9\] \(one per item\), got \[10, 5\]"),
+        ((2, 9, 560), [0, 5], r"lengths must be in \[1, 9\].*got \[0, 5\]"),
+        ((2, 9, 560), [9], r"lengths must be in \[1, 9\] \(one per item\), got \[9\]"),
+    ],
+)
+def test_bad_features_or_lengths_are_named(shape, lens, message):
+    with pytest.raises(ValueError, match=message):
+        make()(torch.zeros(shape), torch.tensor(lens))

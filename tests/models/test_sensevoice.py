@@ -81,3 +81,12 @@ def test_gradient_checkpointing_same_gradients():
         grads.append([p.grad.clone() for p in enc.parameters()])
     for a, b in zip(*grads):
         torch.testing.assert_close(a, b)
+
+
+def test_bad_features_or_lengths_are_named():
+    enc = SenseVoiceEncoderSmall(**CONF)
+    size = enc.input_size
+    with pytest.raises(ValueError, match=rf"SenseVoiceEncoderSmall expects \[B, T, {size}\] features, got \[1, 4, 3\]"):
+        enc(torch.zeros(1, 4, 3), torch.tensor([4]))
+    with pytest.raises(ValueError, match=r"SenseVoiceEncoderSmall: lengths must be in \[1, 4\].*got \[5\]"):
+        enc(torch.zeros(1, 4, size), torch.tensor([5]))
