@@ -146,6 +146,8 @@ class DynamicBucketSampler(Sampler):
         """Per-item cost in budget units (`sizes`, `budget`), first filter reason (-1 = kept), truncation, and the
         cost buckets, all computed once."""
         d, n = self.durations, self.durations.size
+        # the manifest keeps durations in float32: a line at exactly a limit must not round past it
+        lo, hi = np.float32(self.min_duration), np.float32(self.max_duration)
         costs = ItemCosts(
             d, max_seconds=self.max_seconds, max_frames=self.max_frames, frames_per_second=self.frames_per_second,
             max_duration=self.max_duration, truncate_to_max=self.truncate_to_max, min_item_seconds=min_item_seconds,
@@ -164,9 +166,9 @@ class DynamicBucketSampler(Sampler):
                 bad[np.asarray(skip, dtype=np.int64)] = True
                 mark(bad, FILTER_REASONS.index("bad_line"))
             mark(np.isnan(d), 0)
-            mark(d < self.min_duration, 1)
+            mark(d < lo, 1)
             if not self.truncate_to_max:
-                mark(d > self.max_duration, 2)
+                mark(d > hi, 2)
             if tl is not None and max_target_len is not None:
                 mark(tl > max_target_len, 3)
             over = costs.least > self.budget  # at no draw of augmentation's lengths
@@ -182,7 +184,7 @@ class DynamicBucketSampler(Sampler):
         # the items that fit the budget only at some draws: each epoch batches those its draws let fit
         pool = self.base_indices
         self.fits_sometimes = pool[(reason[pool] < 0) & (self.sizes[pool] > self.budget)] if n else pool
-        self.truncated_mask = (~np.isnan(d)) & (d > self.max_duration) & (reason < 0)
+        self.truncated_mask = (~np.isnan(d)) & (d > hi) & (reason < 0)
         kept = self.base_indices[reason[self.base_indices] < 0] if n else self.base_indices
         self.bucket_of = quantile_buckets(self.sizes, kept, self.num_buckets)
 

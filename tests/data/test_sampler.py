@@ -105,6 +105,18 @@ def test_known_bad_lines_are_skipped_first_and_listed_by_reason():
     assert s.skipped_indices("too_short").tolist() == [0]
 
 
+def test_a_line_at_exactly_a_duration_limit_is_kept_though_the_manifest_holds_float32():
+    """A manifest keeps durations in float32: 20.1 s is held as 20.1000004, and a line of exactly
+    data.batching.max_duration = 20.1 was skipped as longer; 1.3 s is held as 1.2999999 and was shorter than
+    min_duration = 1.3. Neither may be dropped, nor truncated."""
+    d = np.array([1.3, 5.0, 20.1, 20.2, 1.2], dtype=np.float32).astype(np.float64)
+    s = make(d, max_seconds=100.0, min_duration=1.3, max_duration=20.1)
+    assert s.filtered == {"too_short": 1, "too_long": 1}
+    assert sorted(i for b in s for i in b) == [0, 1, 2]
+    t = make(d, max_seconds=100.0, min_duration=1.3, max_duration=20.1, truncate_to_max=True)
+    assert np.flatnonzero(t.truncated_mask).tolist() == [3]
+
+
 def test_truncate_to_max_keeps_long_items():
     d = np.array([2.0, 3.0, 50.0, 60.0])
     s = make(d, max_seconds=100.0, max_duration=30.0, truncate_to_max=True)
