@@ -259,8 +259,12 @@ def describe_skipped(sampler, manifest, batching, name: str) -> str | None:
         if idx.size:
             parts.append(f"{idx.size} {text} (first: {_first(manifest, idx)})")
             count += int(idx.size)
-    said = [f"{name}: {count} of {sampler.durations.size} lines are skipped every epoch: " + "; ".join(parts)]
     pool = sampler.base_indices if sampler.epoch_indices is None else np.arange(sampler.durations.size)
+    # of the lines drawn from: a subset (validation's data.valid_max_utts) counts its own lines, not the manifest's
+    whole = f"{pool.size} lines" + (
+        f" (a subset of {sampler.durations.size})" if pool.size < sampler.durations.size else ""
+    )
+    said = [f"{name}: {count} of {whole} are skipped every epoch: " + "; ".join(parts)]
     cut = pool[sampler.truncated_mask[pool]]
     if cut.size:  # batched, but not whole: the audio past the limit is never heard, its words still the target
         said.append(

@@ -9,6 +9,7 @@ from speech_fakes import build, cfg, good_corpus
 
 from llmasr.config_io import from_dict
 from llmasr.data.config import DataConfig
+from llmasr.data.loader import evenly_spaced
 
 
 def test_ranks_get_equal_counts_and_disjoint_keys(tmp_path):
@@ -85,6 +86,22 @@ def test_the_valid_subset_says_how_many_lines_it_leaves_out(tmp_path, caplog):
         build(cfg(valid_max_utts=5), [str(path)], train=False)
     said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("valid data:")]
     assert len(said) == 1 and "5 of 20 items (data.valid_max_utts 5, evenly spaced: 15 left out)" in said[0], said
+
+
+def test_lines_the_valid_subset_skips_are_counted_among_the_subsets_lines(tmp_path, caplog):
+    """The skip warning said "valid: 2 of 20 lines are skipped every epoch" of a 5-line valid_max_utts subset: a share
+    of the manifest where the share of what validation hears was meant."""
+    path = good_corpus(tmp_path, 20, name="dev")
+    lines = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+    subset = [lines[i] for i in evenly_spaced(20, 5)]
+    durations = sorted(r["duration"] for r in subset)
+    limit = (durations[2] + durations[3]) / 2
+    too_long = [r["key"] for r in subset if r["duration"] > limit]
+    with caplog.at_level(logging.WARNING, logger="llmasr.data"):
+        build(cfg(valid_max_utts=5, batching={"max_duration": limit}), [str(path)], train=False)
+    said = [r.getMessage() for r in caplog.records if "skipped every epoch" in r.getMessage()]
+    assert len(said) == 1 and len(too_long) == 2, said
+    assert said[0].startswith("valid: 2 of 5 lines (a subset of 20) are skipped every epoch: 2 longer than"), said
 
 
 def test_a_mix_weight_that_leaves_a_manifest_under_one_line_an_epoch_is_named(tmp_path, caplog):
