@@ -12,6 +12,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from llmasr.config_io import not_utf8
 from llmasr.safe_load import CheckpointError
 
 RECIPE_FILE = "recipe.yaml"
@@ -69,7 +70,10 @@ def latest(ckpt_dir: str | Path) -> str | None:
     f = Path(ckpt_dir) / LATEST
     if not f.is_file():
         return None
-    return f.read_text(encoding="utf-8").strip() or None
+    try:
+        return f.read_text(encoding="utf-8").strip() or None
+    except UnicodeDecodeError as err:  # a pointer saved by hand in a local code page: DeepSpeed writes the tag as UTF-8
+        raise CheckpointError(f"{f}: {not_utf8(err)}") from None
 
 
 def resume_point(ckpt_dir: str | Path) -> str | None:

@@ -320,6 +320,9 @@ def test_latest_is_none_without_a_checkpoint_and_require_latest_says_why(tmp_pat
         ck.require_latest(tmp_path)
     ck.write_atomic(tmp_path / ck.LATEST, ck.tag_for(12) + "\n")
     assert ck.require_latest(tmp_path) == ck.tag_for(12)
+    (tmp_path / ck.LATEST).write_bytes("update_0000001\xb2".encode("cp1252"))  # edited in a local code page
+    with pytest.raises(ck.CheckpointError, match=r"latest: not UTF-8 text \(invalid start byte at byte 14\)"):
+        ck.require_latest(tmp_path)
 
 
 def test_meta_round_trips_byte_for_byte_old_and_new(tmp_path):
