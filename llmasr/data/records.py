@@ -130,6 +130,14 @@ def given_hotwords(utt, default=None) -> list[str]:
     return [str(h) for h in own] if own is not None else [str(h) for h in default or ()]
 
 
+def language_of(utt) -> str | None:
+    """A line's language as results group it: FunASR's "<|en|>" and a plain "en" are one language, case aside; None
+    where the line gives none."""
+    lang = getattr(utt, "lang", None)
+    label = str(lang).strip().removeprefix("<|").removesuffix("|>").strip().lower() if lang is not None else ""
+    return label or None
+
+
 def task_of(utt) -> str | None:
     """A line's own task prompt, None where it gives none or a blank one (the recipe's task is then rendered)."""
     task = getattr(utt, "prompt", None)

@@ -40,6 +40,7 @@ from llmasr.data.config import DataConfig
 from llmasr.data.device_features import resolve_features_on
 from llmasr.data.loader import build_decode_loader
 from llmasr.data.manifest import Manifest
+from llmasr.data.records import language_of
 from llmasr.data.speech_loader import SpeechDataLoader
 from llmasr.data.window_join import shift_times
 from llmasr.data.window_plan import WindowRules
@@ -246,6 +247,8 @@ def decode_manifest(
     clear_outputs(out_dir)
     manifest = loader.dataset.manifest
     rows = utterance_rows(items, manifest, cfg.window_overlap)
+    for r in rows:  # the line's `lang`: wer.txt rates each language the manifest names apart
+        r["lang"] = language_of(manifest[int(r["index"])])
     if opts.hotwords_unprompted:  # the lists a prompted run would have used: capped as its prompt caps them
         for r in rows:
             r["hotwords_scored"] = model.prompt.capped_hotwords(loader.dataset.listed_hotwords(r["index"]))[0]

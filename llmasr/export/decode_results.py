@@ -1,6 +1,7 @@
 """The files a decoding run writes, for the LLM's hypotheses and for the CTC branch's: hyp.txt, ref.txt,
 results.jsonl (one row per utterance: its counts, truncation, windows, biasing list and hotword scores), and wer.txt /
-wer.json (corpus rate, bad-data counts, guards, speed, long-audio windows, biasing lists and B-/U- rates).
+wer.json (corpus rate, the rate of each language the lines name, bad-data counts, guards, speed, long-audio windows,
+biasing lists and B-/U- rates).
 """
 
 from __future__ import annotations
@@ -193,6 +194,7 @@ def llm_summary(out_dir: Path, rows: list[dict], found: dict, cfg: DecodeConfig,
         f"{_steady_text(summary)}, {summary['utts_per_second']:.2f} utterances/s (device {timing['device']}"
         f"{_ranks(timing)})",
     ]
+    _add_languages(summary, text, rows, "hyp", cfg.metric)
     if "windows" in found:  # decode_manifest's window counts (absent when a caller scores rows alone)
         text.append(_windows_line(found, len(rows)))
     if found.get("max_llm_tokens") is not None:
@@ -234,6 +236,7 @@ def ctc_summary(out_dir: Path, rows: list[dict], found: dict, cfg: DecodeConfig,
         _counts(found, len(rows)),
         f"audio {audio:.1f} s; the CTC head read the encoder output of the LLM pass (device {timing['device']})",
     ]
+    _add_languages(summary, text, rows, "ctc_hyp", cfg.metric)
     if "windows" in found:
         text.append(_windows_line(found, len(rows)))
     _add_hotwords(summary, text, hot)
@@ -260,6 +263,8 @@ def _write_results(out_dir: Path, rows: list[dict], hyp_key: str, metric: str, *
         hyp_lines.append(f"{_kaldi_key(r['key'])} {_one_line(r[hyp_key])}\n")
         rec = {"key": r["key"], "ref": r["ref"], "hyp": r[hyp_key], **_counts_of(s)}
         rec.update(duration=round(r["duration"], 4), wer=None if s is None else s.rate, windows=r.get("windows", 1))
+        if r.get("lang") is not None:
+            rec["lang"] = r["lang"]
         if "truncated" in r and hyp_key == "hyp":
             rec["truncated"] = r["truncated"]
         if r.get("no_speech"):  # the VAD's gate: not transcribed
@@ -314,6 +319,28 @@ def _interval_text(interval) -> str:
     if interval is None:
         return ""
     return f"; {LEVEL:.0%} CI {100 * interval[0]:.2f}-{100 * interval[1]:.2f}% ({RESAMPLES} utterance resamples)"
+
+
+NO_LANGUAGE = "(none)"  # the group of scored lines that give no `lang`
+
+
+def _add_languages(summary: dict, text: list[str], rows: list[dict], hyp_key: str, metric: str) -> None:
+    """The rate of each language the scored lines name (their `lang`, llmasr.data.records.language_of), most
+    utterances first, when they name more than one or only some name one: a mixed test set's one rate hides a
+    language that is far worse. Each group is scored as the whole is (`metric`: auto picks WER or CER per line)."""
+    groups: dict[str, list[tuple[str, str]]] = {}
+    for r in rows:
+        if r["ref"] is not None:
+            groups.setdefault(r.get("lang") or NO_LANGUAGE, []).append((r["ref"], r[hyp_key]))
+    if len(groups) < 2:
+        return
+    order = sorted(groups, key=lambda lang: (-len(groups[lang]), lang))
+    summary["by_language"] = {}
+    text.append("by language (the lines' `lang`):")
+    for lang in order:
+        corpus, _ = score_corpus(groups[lang], metric)
+        summary["by_language"][lang] = corpus.to_dict()
+        text.append(f"  {lang}: {corpus.summary()}")
 
 
 def _add_hotwords(summary: dict, text: list[str], hot: BiasedCorpus | None) -> None:

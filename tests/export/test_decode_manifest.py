@@ -103,6 +103,33 @@ def test_end_to_end_outputs_and_wer(model, tmp_path):
     assert summary["utts_per_second"] > 0
 
 
+def test_each_language_of_the_manifest_is_rated_apart(model, corpus, tmp_path):
+    """Lines naming their language (`lang`, FunASR's `text_language` "<|zh|>") are rated per language in wer.txt and
+    wer.json, and results.jsonl names each row's; the groups' counts add up to the whole."""
+    langs = ["en", "<|zh|>", "en", None, "zh", "en"]
+    lines = []
+    for line, lang in zip(corpus.read_text(encoding="utf-8").splitlines(), langs):
+        rec = json.loads(line)
+        rec["source"] = str(corpus.parent / rec["source"])
+        if lang is not None:
+            rec["text_language" if lang.startswith("<|") else "lang"] = lang
+        lines.append(json.dumps(rec))
+    manifest = tmp_path / "mixed.jsonl"
+    manifest.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    cfg = DecodeConfig(max_new_tokens=4, batch_seconds=100.0)
+    summary = decode_manifest(model, manifest, tmp_path / "out", cfg, DecodeOptions(num_workers=0))
+    rows = [json.loads(line) for line in open(tmp_path / "out" / "results.jsonl", encoding="utf-8")]
+    assert [r.get("lang") for r in rows] == ["en", "zh", "en", None, "zh", "en"]
+    groups = summary["by_language"]
+    assert list(groups) == ["en", "zh", "(none)"] and [g["utterances"] for g in groups.values()] == [3, 2, 1]
+    for lang, group in groups.items():
+        mine = [(r["ref"], r["hyp"]) for r in rows if (r.get("lang") or "(none)") == lang]
+        assert group == score_corpus(mine, "auto")[0].to_dict()
+    assert sum(g["errors"] for g in groups.values()) == summary["errors"]
+    text = (tmp_path / "out" / "wer.txt").read_text(encoding="utf-8")
+    assert "by language (the lines' `lang`):\n  en: WER " in text and "\n  zh: " in text and "\n  (none): " in text
+
+
 def test_a_batch_the_model_fails_on_is_named_by_its_items(model, corpus, tmp_path, monkeypatch):
     real = model.transcribe
 

@@ -4,9 +4,12 @@ that a scorer pairing hyp.txt and ref.txt by key would mismatch."""
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
+from llmasr.data.records import language_of
 from llmasr.export.decode_results import llm_summary
 from llmasr.models.decoding import DecodeConfig
+from llmasr.scoring import score_corpus
 
 FOUND = dict(manifest="data/test.jsonl", lines=3, skipped=0, skipped_by_reason={})
 TIMING = dict(audio_seconds=6.0, decode_seconds=1.0, device="cpu", mode="greedy")
@@ -101,3 +104,29 @@ def test_each_row_holds_the_texts_as_they_were_scored(tmp_path):
     assert (scored["ref_norm"], scored["hyp_norm"]) == ("it costs 3.5 dollars", "it costs 35 dollars")
     assert scored["errors"] == 1 and scored["hyp"] == "it costs 35 dollars"
     assert unscored["ref_norm"] is None and unscored["hyp_norm"] is None
+
+
+def test_each_language_the_lines_name_is_rated_apart(tmp_path):
+    """A mixed test set had one rate: a language far worse than the rest was hidden in it. FunASR's "<|zh|>" and a
+    plain "zh" are one language; lines without `lang` are a group of their own; one language alone adds nothing."""
+    rows = [row("a", "one two", "one two"), row("b", "three four", "three"), row("c", "五六七", "五六"),
+            row("d", "八九", "八九"), row("e", "ten", "ten"), row("f", "eleven", None)]  # fmt: skip
+    rows[-1]["ref"], rows[-1]["hyp"] = None, "eleven"  # transcribed, not scored: in no group
+    for r, lang in zip(rows, ["en", "EN", "<|zh|>", "zh", None, "fr"]):
+        r["lang"] = language_of(SimpleNamespace(lang=lang))
+    summary = llm_summary(tmp_path, rows, dict(FOUND), DecodeConfig(), dict(TIMING))
+    groups = summary["by_language"]
+    assert list(groups) == ["en", "zh", "(none)"]  # most utterances first
+    en, _ = score_corpus([("one two", "one two"), ("three four", "three")], "auto")
+    zh, _ = score_corpus([("五六七", "五六"), ("八九", "八九")], "auto")
+    assert groups["en"] == en.to_dict() and groups["en"]["rate"] == 0.25 and groups["zh"]["rate"] == 0.2
+    assert groups["zh"]["metric"] == "CER" and groups["(none)"]["errors"] == 0
+    lines = summary["text"].splitlines()
+    at = lines.index("by language (the lines' `lang`):")
+    none, _ = score_corpus([("ten", "ten")], "auto")
+    assert lines[at + 1 : at + 4] == [f"  en: {en.summary()}", f"  zh: {zh.summary()}", f"  (none): {none.summary()}"]
+    assert json.loads((tmp_path / "wer.json").read_text())["by_language"]["zh"] == zh.to_dict()
+    written = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]
+    assert [r.get("lang") for r in written] == ["en", "en", "zh", "zh", None, "fr"]
+    one = [dict(r, lang="en") for r in rows[:2]]
+    assert "by_language" not in llm_summary(tmp_path / "one", one, dict(FOUND), DecodeConfig(), dict(TIMING))
