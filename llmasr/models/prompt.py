@@ -159,6 +159,7 @@ class PromptBuilder:
         self._prompt_ids(task)  # render once now so template errors surface at start-up
         self.standalone_template()  # and variables an export's template could not carry
         self.end_id = self._find_end_id()
+        self.answer_lead, self.answer_trail = self._answer_spacing()
         pad = tokenizer.pad_token_id
         self.pad_id = int(pad if pad is not None else self.end_id)
 
@@ -222,6 +223,36 @@ class PromptBuilder:
             f"{self.source}: cannot tell which token ends an answer: the chat template closes the assistant turn "
             f"with {tail!r} (no special token) and the tokenizer has no eos_token"
         )
+
+    def _answer_spacing(self) -> tuple[str, str]:
+        """(the whitespace the template writes between the prompt and an answer's text, and between that text and
+        the end token), where the full conversation's tokens spell it: a template that writes "[/INST] " + answer
+        renders " the" as one token, which a transcript tokenized alone spelled "t", "he". ("", "") where the
+        template writes none, writes other text there (Qwen3's reasoning block), or the tokenizer already spells a
+        word's leading space itself (sentencepiece's "▁the")."""
+        marker = "llmasrprobe"
+        prompt, full = self._render(self.task, None), self._render(self.task, marker)
+        at = full.find(marker, len(prompt))
+        if not full.startswith(prompt) or at < 0:
+            return "", ""
+        lead = full[len(prompt) : at]
+        tail = full[at + len(marker) :]
+        end = self.tokenizer.convert_ids_to_tokens(self.end_id)
+        trail = tail[: tail.find(end)] if isinstance(end, str) and end in tail else ""
+        asked = self._split(prompt)[1]
+        rest = self._split(full)[1]
+        if rest[: len(asked)] != asked or self.end_id not in rest[len(asked) :]:
+            return "", ""  # the answer's first token joins the prompt's last: no spacing of ours can spell that
+        answer = rest[len(asked) : rest.index(self.end_id, len(asked))]
+        for lead_ in dict.fromkeys((lead if lead.isspace() else "", "")):
+            for trail_ in dict.fromkeys((trail if trail.isspace() else "", "")):
+                if self._encode(lead_ + marker + trail_, split=True) == answer:
+                    return lead_, trail_
+        return "", ""
+
+    def answer_text(self, target: str) -> str:
+        """The text a transcript's labels spell: stripped, with the template's spacing around it (_answer_spacing)."""
+        return self.answer_lead + target.strip() + self.answer_trail
 
     def _prompt_ids(self, task: str, system: str | None = None) -> tuple[list[int], list[int]]:
         if (task, system) not in self._cache:
@@ -310,7 +341,7 @@ class PromptBuilder:
             if not isinstance(target, str) or not target.strip():
                 raise PromptError(f"empty or non-text transcript: {target!r}")
             # special-token text in a transcript ("<|im_end|>") is text: as a special token it would end the target
-            spelled = self._encode(target.strip(), split=True)
+            spelled = self._encode(self.answer_text(target), split=True)
             ids = ids + spelled + [self.end_id]
             if self.max_tokens is not None and len(ids) > self.max_tokens:
                 raise PromptError(

@@ -100,7 +100,7 @@ def line_text_bound(prompt, utt, own_lists: bool) -> int:
         bound = len(prompt.encode(None, task=task_of(utt), system=getattr(utt, "system", None)).ids)
     except ValueError:  # a prompt the template refuses: the dataset counts the line as bad
         return 0
-    bound += len(utt.target.strip().encode()) + 2
+    bound += len(prompt.answer_text(utt.target).encode()) + 2  # the template's spacing around it counted too
     if lists:  # at most its text's bytes and a token at each seam (the cap only drops phrases)
         bound += len(prompt.hotwords_text(lists).encode()) + 2
     return bound

@@ -392,3 +392,73 @@ def test_threads_sharing_a_builder_count_what_one_counts(tiny_llm_dir):
         t.join()
     alone = [len(builder.encode(None, hotwords=h).ids) for _, h, _ in asked[:3]]
     assert len(got) == 120 and all(g == (want, alone) for g in got)
+
+
+# Llama 2's layout: the answer follows the instruction after a space and ends with " " + the end token.
+SPACED = (
+    "{%- for message in messages -%}"
+    "{%- if message['role'] == 'user' -%}{{- '<|im_start|>[INST] ' + message['content'] + ' [/INST]' -}}"
+    "{%- elif message['role'] == 'assistant' -%}{{- ' ' + message['content'].strip() + ' <|im_end|>' -}}"
+    "{%- endif -%}{%- endfor -%}"
+)
+# A generation prompt that stops before the space its answers start with.
+COLON = (
+    "{%- for message in messages -%}"
+    "{%- if message['role'] == 'user' -%}{{- 'User: ' + message['content'] + '\\n' -}}"
+    "{%- elif message['role'] == 'assistant' -%}{{- 'Assistant: ' + message['content'] + '<|im_end|>' -}}"
+    "{%- endif -%}{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{- 'Assistant:' -}}{%- endif -%}"
+)
+
+
+def _metaspace_tokenizer():
+    """A sentencepiece-style tokenizer (Metaspace: a word's space is its "▁"), as Llama 2 and Mistral have."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from llmasr.testing.tiny_llm import CHATML_SPECIALS, DEFAULT_CORPUS
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(prepend_scheme="first")
+    tok.decoder = decoders.Metaspace(prepend_scheme="first")
+    trainer = trainers.BpeTrainer(vocab_size=200, special_tokens=CHATML_SPECIALS, show_progress=False)
+    tok.train_from_iterator(DEFAULT_CORPUS, trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        additional_special_tokens=["<|im_start|>"],
+    )
+
+
+@pytest.mark.parametrize("template", [SPACED, COLON])
+@pytest.mark.parametrize("kind", ["byte_bpe", "metaspace"])
+def test_an_answer_is_tokenized_as_the_template_renders_the_whole_conversation(tiny_llm_dir, kind, template):
+    """A template that writes the answer after a space ("[/INST] the quick", "Assistant: the quick") renders " the"
+    as one token; the transcript tokenized on its own had trained "t", "he" (and no space before the end token):
+    not what the template, the LLM's instruction tuning or a plain apply_chat_template user writes there. The
+    decode prompt stays the training sequence's prefix, and the decoded text is the transcript."""
+    tok = load_tokenizer(tiny_llm_dir) if kind == "byte_bpe" else _metaspace_tokenizer()
+    pb = PromptBuilder(tok, chat_template=template)
+    target = "the quick brown fox"
+    enc = pb.encode(target)
+    rendered = tok.apply_chat_template(pb._messages(pb.task, target), tokenize=False)
+    after = rendered.split(AUDIO_PLACEHOLDER)[1]
+    whole = tok.encode(after, add_special_tokens=False)
+    assert enc.ids[enc.audio_pos :] == whole[: whole.index(pb.end_id) + 1]
+    assert pb.encode(None).ids == enc.ids[: enc.target_start]
+    assert pb.decode(enc.ids[enc.target_start :]) == target
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"enable_thinking": False}, {"enable_thinking": True}])
+def test_a_template_that_writes_the_answer_right_after_its_header_adds_no_spacing(tiny_llm_dir, kwargs):
+    """ChatML (Qwen2.5), the Qwen3 layout and Nano's write the answer right after "assistant\\n": its tokens are
+    the transcript's own, as the whole conversation renders them."""
+    from llmasr.convert.nano_config import NANO_CHAT_TEMPLATE
+
+    for template in (None, QWEN3_LIKE, NANO_CHAT_TEMPLATE):
+        tok = load_tokenizer(tiny_llm_dir)
+        pb = PromptBuilder(tok, chat_template=template, template_kwargs=kwargs)
+        assert (pb.answer_lead, pb.answer_trail) == ("", "")
+        enc = pb.encode(" zero one ")
+        assert enc.ids[enc.target_start :] == tok.encode("zero one", add_special_tokens=False) + [pb.end_id]

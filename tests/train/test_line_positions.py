@@ -158,3 +158,23 @@ def test_training_rows_hold_the_drawn_biasing_lists(tmp_path, tiny_llm_dir, cap)
         assert extra > 0  # every line carries a list
         if i == 3:
             assert extra >= own  # its own list, which training keeps (source manifest_or_sample), counts
+
+
+def test_a_transcript_bound_counts_the_spacing_the_template_puts_around_it(tiny_llm_dir):
+    """A template that writes "[/INST] " + answer + " <|im_end|>" adds the spaces to the answer's tokens; the bound
+    from the transcript's bytes alone had counted a one-letter transcript one token short of what the model reads."""
+    from types import SimpleNamespace
+
+    from llmasr.models.llm import load_tokenizer
+    from llmasr.models.prompt import PromptBuilder
+
+    spaced = (
+        "{%- for message in messages -%}"
+        "{%- if message['role'] == 'user' -%}{{- '<|im_start|>[INST] ' + message['content'] + ' [/INST]' -}}"
+        "{%- elif message['role'] == 'assistant' -%}{{- ' ' + message['content'].strip() + ' <|im_end|>' -}}"
+        "{%- endif -%}{%- endfor -%}"
+    )
+    prompt = PromptBuilder(load_tokenizer(tiny_llm_dir), chat_template=spaced)
+    for target in ("q", "z", "the quick"):
+        utt = SimpleNamespace(target=target, prompt=None, system=None, hotwords=None)
+        assert line_text_bound(prompt, utt, True) >= len(prompt.encode(target).ids), target
