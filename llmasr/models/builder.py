@@ -356,12 +356,13 @@ def build_model(cfg: ModelConfig | dict | str | Path, *, weights: str = "pretrai
             load_adaptor_weights(adaptor, cfg, output_dim(encoder), llm_dim, shapes_only=shapes_only)
         if cfg.adaptor.freeze:
             adaptor.requires_grad_(False)
-        ctc_tokenizer, ctc_head = _build_ctc(cfg, tokenizer, output_dim(encoder), pretrained, shapes_only)
+        prompt = build_prompt(cfg, tokenizer)
+        ctc_tokenizer, ctc_head = _build_ctc(cfg, prompt, output_dim(encoder), pretrained, shapes_only)
     return SpeechLLM(
         encoder,
         adaptor,
         llm,
-        build_prompt(cfg, tokenizer),
+        prompt,
         frontend,
         ctc_head=ctc_head,
         ctc_tokenizer=ctc_tokenizer,
@@ -371,11 +372,11 @@ def build_model(cfg: ModelConfig | dict | str | Path, *, weights: str = "pretrai
     )
 
 
-def _build_ctc(cfg: ModelConfig, tokenizer, encoder_dim: int, pretrained: bool, shapes_only: bool):
+def _build_ctc(cfg: ModelConfig, prompt: PromptBuilder, encoder_dim: int, pretrained: bool, shapes_only: bool):
     """(CTC tokenizer, CTC head), both None without a head (`model.ctc.weight` 0)."""
     if cfg.ctc.weight <= 0:
         return None, None
-    ctc_tokenizer = build_ctc_tokenizer(cfg.ctc, tokenizer)
+    ctc_tokenizer = build_ctc_tokenizer(cfg.ctc, prompt.tokenizer, prompt.answer_lead)
     head = build_ctc_head(cfg.ctc, encoder_dim, ctc_tokenizer.vocab_size)
     if pretrained and cfg.ctc.init_from:
         vocab, source = ctc_tokenizer.vocab_size, encoder_source(cfg.encoder)

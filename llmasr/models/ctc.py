@@ -28,15 +28,16 @@ log = logging.getLogger(__name__)
 _SEG_DICT_NOTED: set[str] = set()  # token lists whose unused seg_dict was pointed out (once a process)
 
 
-def build_ctc_tokenizer(cfg: CTCConfig, llm_tokenizer=None) -> CTCTokenizer:
+def build_ctc_tokenizer(cfg: CTCConfig, llm_tokenizer=None, lead: str = "") -> CTCTokenizer:
     """`model.ctc` -> its CTC tokenizer (the kinds: llmasr.models.ctc_vocab), from `vocab`, with `vocab_size`
     sizing a .tiktoken vocabulary's head and `blank` naming the entry of a sentencepiece model or token list that is
-    the blank. `llm_tokenizer`: the LLM's, for `vocab: llm`."""
+    the blank. `llm_tokenizer`: the LLM's, for `vocab: llm`, with `lead` the whitespace its chat template writes
+    before an answer (PromptBuilder.answer_lead)."""
     spec = cfg.vocab
     if cfg.vocab_kind == "llm":
         if llm_tokenizer is None:
             raise ConfigError("model.ctc.vocab: 'llm' needs the LLM tokenizer, none was given")
-        return LLMCTCTokenizer(llm_tokenizer)
+        return LLMCTCTokenizer(llm_tokenizer, lead)
     if not Path(spec).is_file():
         raise ConfigError(
             f"model.ctc.vocab: file not found: {spec} (use 'llm', a .model or .tiktoken file, or a token list)"

@@ -67,28 +67,36 @@ class CTCTokenizer:
 class LLMCTCTokenizer(CTCTokenizer):
     """The LLM's own (Hugging Face) tokenizer, with the blank appended after its last id."""
 
-    def __init__(self, tokenizer):
+    def __init__(self, tokenizer, lead: str = ""):
         self.tokenizer = tokenizer
         self.blank_id = len(tokenizer)
         self.vocab_size = self.blank_id + 1
+        # the whitespace the chat template writes before an answer (PromptBuilder.answer_lead): the LLM's target
+        # spells its first word with it (" the", not "t" "he"), and CTC guidance scores the LLM's tokens as labels
+        self.lead = lead
 
     def encode(self, text: str) -> list[int]:
         # spelled as the LLM's target is (prompt.PromptBuilder): special-token text is text
-        return list(self.tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"])
+        return list(self.tokenizer(self.lead + text, add_special_tokens=False, split_special_tokens=True)["input_ids"])
 
     def decode(self, ids: Sequence[int]) -> str:
-        return spelled(self.tokenizer, [int(i) for i in ids if int(i) != self.blank_id])
+        text = spelled(self.tokenizer, [int(i) for i in ids if int(i) != self.blank_id])
+        return text[len(self.lead) :] if self.lead and text.startswith(self.lead) else text
 
     def spell_units(self, text: str, spans: list[tuple[int, int]]) -> tuple[list[int], list[range]] | None:
         """`text`'s labels as the head learned them, the whole text tokenized at once (byte-level BPE merges the
         characters of a script written without spaces: "你好" is one token, not "你" and "好"), each with the units
         its characters cover (indices into `spans`, (start, end) characters); None from a tokenizer without
         offsets (a slow one: units are then spelled one by one)."""
+        n = len(self.lead)
         try:
-            enc = self.tokenizer(text, add_special_tokens=False, split_special_tokens=True, return_offsets_mapping=True)
+            enc = self.tokenizer(
+                self.lead + text, add_special_tokens=False, split_special_tokens=True, return_offsets_mapping=True
+            )
         except (NotImplementedError, ValueError, TypeError):
             return None
-        return label_owners([(t, a, b) for t, (a, b) in zip(enc["input_ids"], enc["offset_mapping"])], spans)
+        offsets = [(max(a - n, 0), max(b - n, 0)) for a, b in enc["offset_mapping"]]  # in `text`, the lead before it
+        return label_owners([(t, a, b) for t, (a, b) in zip(enc["input_ids"], offsets)], spans)
 
 
 def label_owners(tokens: list[tuple[int, int, int]], spans: list[tuple[int, int]]) -> tuple[list[int], list[range]]:

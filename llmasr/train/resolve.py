@@ -67,7 +67,7 @@ def text_side(model_cfg: ModelConfig) -> TextSide:
     if model_cfg.ctc.weight > 0:
         from llmasr.models.ctc import build_ctc_tokenizer
 
-        ctc = build_ctc_tokenizer(model_cfg.ctc, tokenizer)
+        ctc = build_ctc_tokenizer(model_cfg.ctc, tokenizer, prompt.answer_lead)
     return TextSide(encoder_frontend(model_cfg.encoder), prompt, ctc, tokenizer)
 
 

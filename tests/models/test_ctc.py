@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from llmasr.config_io import ConfigError, from_dict
-from llmasr.models.config import CTCConfig
+from llmasr.models.config import CTCConfig, ModelConfig
 from llmasr.models.ctc import CTCHead, build_ctc_tokenizer, ctc_greedy, ctc_loss, ctc_unalignable, validate_ctc_targets
 from llmasr.models.ctc_vocab import ctc_collapse
 
@@ -314,3 +314,35 @@ def test_decoder_heads_that_do_not_divide_the_encoder_width_name_their_key():
 
     with pytest.raises(ConfigError, match=r"model.ctc.decoder.n_head: .* encoder width 32, which n_head=3"):
         CTCHead(32, 6, decoder=CTCDecoderConfig(n_layer=1, ffn_dim=16, n_head=3))
+
+
+def test_an_llm_vocab_heads_labels_spell_the_answer_as_the_llm_target_does(tiny_llm_dir, tmp_path):
+    """A template that writes the answer after a space gives the LLM target " the" (one token): the CTC labels of
+    an LLM-vocabulary head had stayed "t", "he", so CTC guidance, scoring the LLM's tokens as labels, ruled out the
+    token the LLM was trained to write first. Both models build the labels with the template's lead; the CTC text
+    and the word owners are the transcript's."""
+    from llmasr.models.builder import build_model
+    from llmasr.testing.tiny_recipe import tiny_model_section
+    from llmasr.train.resolve import text_side
+
+    template = tmp_path / "spaced.jinja"
+    template.write_text(
+        "{%- for message in messages -%}"
+        "{%- if message['role'] == 'user' -%}{{- '<|im_start|>[INST] ' + message['content'] + ' [/INST]' -}}"
+        "{%- elif message['role'] == 'assistant' -%}{{- ' ' + message['content'].strip() + ' <|im_end|>' -}}"
+        "{%- endif -%}{%- endfor -%}",
+        encoding="utf-8",
+    )
+    section = tiny_model_section(tiny_llm_dir, ctc_weight=0.3)
+    section["prompt"] = {"chat_template": str(template)}
+    for built in (build_model(section, weights="meta"), text_side(from_dict(ModelConfig, section, "model"))):
+        prompt, ctc = built.prompt, built.ctc_tokenizer if hasattr(built, "ctc_tokenizer") else built.ctc
+        assert prompt.answer_lead == " "
+        target = "the quick brown fox"
+        enc = prompt.encode(target)
+        labels = ctc.encode(target)
+        assert labels == enc.ids[enc.target_start : enc.target_start + len(labels)]
+        assert prompt.tokenizer.convert_ids_to_tokens(labels[0]) == "Ġthe"
+        assert ctc.decode(labels) == target
+        units, owners = ctc.spell_units(target, [(0, 3), (4, 9), (10, 15), (16, 19)])
+        assert units == labels and owners[0] == range(0, 1) and owners[-1].stop == 4
