@@ -8,8 +8,8 @@ are one number each, "3.5" and "1000"), whitespace collapsed.
 Units (the `metric` asked for):
 - "wer": words, i.e. the normalised text split on whitespace.
 - "cer": characters of the normalised text with the whitespace removed (every character, Latin letters too).
-- "auto": each character of a script written without spaces (CJK ideographs, kana, Thai, Lao, Khmer, Myanmar,
-  Tibetan; Hangul is written with spaces) is a unit, and so is each run of other characters between spaces and
+- "auto": each character of a script written without spaces (CJK ideographs, kana, bopomofo, Thai, Lao, Khmer,
+  Myanmar, Tibetan; Hangul is written with spaces) is a unit, and so is each run of other characters between spaces and
   such characters (a word, a number): Chinese is scored in characters (spaces carry no information there, and
   FunASR-style references often put one between every character), English in words, and code-switched text in
   both, as the code-switching error rate counts it ("我喜欢python" against "我喜欢java" is one error in four).
@@ -47,11 +47,14 @@ NO_SPACE_RANGES = (
     (0x3038, 0x303C),
     (0x3040, 0x309F),  # Hiragana
     (0x30A0, 0x30FF),  # Katakana
+    (0x3100, 0x312F),  # Bopomofo (zhuyin: Taiwanese Mandarin's phonetic letters, "ㄉ" for 的)
+    (0x31A0, 0x31BF),  # Bopomofo extended (Hokkien, Hakka)
     (0x31F0, 0x31FF),  # Katakana phonetic extensions
     (0x3400, 0x4DBF),  # CJK extension A
     (0x4E00, 0x9FFF),  # CJK unified ideographs
     (0xF900, 0xFAFF),  # CJK compatibility ideographs
     (0xFF66, 0xFF9F),  # half-width katakana
+    (0x1B000, 0x1B16F),  # kana supplement, extended-A, small kana extension (hentaigana, archaic kana)
     (0x20000, 0x323AF),  # CJK extensions B-H, compatibility supplement
 )
 

@@ -120,6 +120,16 @@ def test_ideographic_zero_and_iteration_marks_count_one_character_each():
     assert uses_characters("〇") and uses_characters("\U00031350")  # CJK extension H
 
 
+def test_bopomofo_and_archaic_kana_count_one_character_each():
+    """Bopomofo (zhuyin) is written without spaces, in Taiwanese Mandarin transcripts too ("ㄉ" for 的), and so are
+    hentaigana: a run of them had been one word, so a missed letter cost the whole run and scored in words."""
+    s = score_utterance("好ㄉㄅㄆ", "好ㄉㄅ")
+    assert (s.unit, s.ref_len, s.deletions, s.substitutions) == ("cer", 4, 1, 0)
+    s = score_utterance("ㄅㄆㄇ", "ㄅㄆ")
+    assert (s.unit, s.ref_len, s.errors) == ("cer", 3, 1)
+    assert uses_characters("\U0001b002") and uses_characters("\u31a0") and not uses_characters("\u3130")
+
+
 def test_code_switched_text_counts_words_whole_and_characters_one_each():
     """auto: in an utterance scored in characters, an English word or a number is one unit (the code-switching
     convention): a wrong English word is one error, not one a letter; `cer` asked for counts letters."""

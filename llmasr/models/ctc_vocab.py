@@ -204,23 +204,35 @@ class TokenListCTCTokenizer(CTCTokenizer):
 
     def decode(self, ids: Sequence[int]) -> str:
         """Text as FunASR's sentence_postprocess writes it: <unk>, <s>, </s> and <OOV> left out, "@@" pieces glued
-        to the next one, words spaced, and no space next to a CJK character (a separator token is a space)."""
+        to the next one, words spaced, no space next to a CJK piece (a character, or a word of them) nor between two
+        pieces of digits (a number the seg_dict spells digit by digit, "35"), and letters spelled one by one ("a b c":
+        an abbreviation the seg_dict lacks) joined into one upper-case word, "ABC" (a separator token is a space).
+        Where FunASR glues digits to a Latin word too ("iphone15") or spaces a character outside the basic CJK block
+        ("𠮶 hello"), a space is kept, and none is added."""
         pieces = [self.tokens[int(i)] for i in ids if int(i) != self.blank_id and 0 <= int(i) < len(self.tokens)]
         pieces = [p for p in pieces if p not in DROPPED_PIECES]
         if self.sep is not None and self.spells_separator:
             return re.sub(r" +", " ", "".join(" " if p == self.sep else p.removesuffix("@@") for p in pieces)).strip()
         text = ""
         for prev, p in zip([None, *pieces], pieces):
-            glue = prev is None or prev.endswith("@@") or _is_cjk(prev) or _is_cjk(p)
+            glue = prev is None or prev.endswith("@@") or _is_cjk(prev) or _is_cjk(p) or _digits(prev) and _digits(p)
             text += ("" if glue else " ") + p.removesuffix("@@")
-        return text
+        # a reference's "ABC" is one unit, and "a b c" had scored as three (one substitution, two insertions)
+        return _SPELLED_LETTERS.sub(lambda m: m.group().replace(" ", "").upper(), text)
 
 
 DROPPED_PIECES = frozenset({"<unk>", "<s>", "</s>", "<OOV>"})  # sentence_postprocess leaves them out of the text
+# Two or more single Latin letters one space apart, as FunASR's abbr_dispose finds them
+_SPELLED_LETTERS = re.compile(r"(?<![A-Za-z])[A-Za-z](?: [A-Za-z])+(?![A-Za-z])")
+
+
+def _digits(piece: str) -> bool:
+    return piece.isascii() and piece.isdigit()
 
 
 def _is_cjk(piece: str) -> bool:
-    return len(piece) == 1 and ord(piece) >= 0x2E80
+    """A piece of CJK characters only: a word of them ("你好") glues to its neighbours as a character does."""
+    return bool(piece) and all(ord(ch) >= 0x2E80 for ch in piece)
 
 
 def _token_id(fields: list[str]) -> bool:

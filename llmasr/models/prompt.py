@@ -104,8 +104,11 @@ class EncodedPrompt:
 def spelled(tokenizer, ids) -> str:
     """The text LLM token ids spell, special tokens left out, without transformers' clean-up of spaces that a
     tokenizer_config.json may switch on (Llama 3's does): it joins " 's" and " ," to the word before, so "the word
-    'social'" had decoded as "the word'social'", not the transcript the tokens were trained on."""
-    return tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+    'social'" had decoded as "the word'social'", not the transcript the tokens were trained on.
+
+    Bytes that spell no character are left out: a byte-level tokenizer spells a Chinese character in up to three
+    tokens, and a hypothesis cut inside one (the length cap, the repetition stop) had ended in U+FFFD in hyp.txt."""
+    return tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False).replace("\ufffd", "")
 
 
 class PromptBuilder:

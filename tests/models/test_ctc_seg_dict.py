@@ -49,6 +49,66 @@ def test_text_is_cut_as_funasr_cuts_it(files):
     assert tok.blank_id == 0 and tok.vocab_size == len(TOKENS)
 
 
+# Paraformer-large's lists also hold single Latin letters and digits, which spell words and numbers the seg_dict lacks
+SPELLED = [
+    "<blank>",
+    "<s>",
+    "</s>",
+    "我",
+    "有",
+    "个",
+    "在",
+    "公",
+    "司",
+    "你好",
+    "世界",
+    "a",
+    "b",
+    "c",
+    "3",
+    "5",
+    "<unk>",
+]
+SPELLED_SEG = "".join(f"{t} {t}\n" for t in SPELLED[3:-1]) + "hello he@@ llo\n"
+# code-switched text as Chinese corpora write it, and its CTC branch text as FunASR's sentence_postprocess writes it
+ROUND_TRIPS = [
+    ("我有35个", "我有35个"),
+    ("我在ABC公司", "我在ABC公司"),
+    ("你好 世界", "你好世界"),
+    ("hello 你好", "hello你好"),
+]
+
+
+def spelled_tokenizer(tmp_path):
+    (tmp_path / "tokens.json").write_text(json.dumps(SPELLED + ["he@@", "llo"], ensure_ascii=False))
+    (tmp_path / "seg_dict").write_text(SPELLED_SEG, encoding="utf-8")
+    return build_ctc_tokenizer(CTCConfig(vocab=str(tmp_path / "tokens.json"), seg_dict=str(tmp_path / "seg_dict")))
+
+
+def test_numbers_and_abbreviations_spelled_piece_by_piece_read_back_whole(tmp_path):
+    """A number or an abbreviation the seg_dict lacks is spelled a digit or a letter a piece: the text read back had
+    put a space between each ("我有3 5个", "我在a b c公司"), which a reference's "35" and "ABC" score as one
+    substitution and one or two insertions; a word of CJK characters ("你好") had been spaced from its neighbours."""
+    tok = spelled_tokenizer(tmp_path)
+    for text, read_back in ROUND_TRIPS:
+        assert tok.decode(tok.encode(text)) == read_back, text
+    assert tok.decode(tok.encode("a hello b")) == "a hello b"  # a letter alone is a word
+
+
+@pytest.mark.parity
+@pytest.mark.skipif(
+    os.environ.get("LLMASR_PARITY") != "1" or importlib.util.find_spec("funasr") is None,
+    reason="opt-in: set LLMASR_PARITY=1 and install funasr",
+)
+def test_live_text_equals_funasr_sentence_postprocess(tmp_path):
+    from funasr.utils.postprocess_utils import sentence_postprocess
+
+    tok = spelled_tokenizer(tmp_path)
+    for text, _ in ROUND_TRIPS:
+        ids = tok.encode(text)
+        assert tok.decode(ids) == sentence_postprocess([tok.tokens[i] for i in ids])[0], text
+
+
 def test_a_list_with_a_separator_entry_decodes_seg_dict_pieces_as_funasr_does(tmp_path):
     """A token list that also holds a word separator (<space>): the seg_dict's pieces carry no separator, and the
     text they decode to is FunASR's ("@@" had stayed in it, and the words ran together); <unk> is left out."""

@@ -48,6 +48,20 @@ def test_end_token_is_template_end_of_turn_and_decode_stops_there(tokenizer):
     assert pb.decode(ids) == "nine"
 
 
+def test_a_hypothesis_cut_inside_a_character_decodes_without_a_replacement_character(tokenizer):
+    """The tiny tokenizer spells a Chinese character in three byte tokens, as Qwen's does a rare one: a hypothesis
+    cut after one or two of them (the length cap, the repetition stop) had ended in U+FFFD, written into hyp.txt
+    and results.jsonl; the CTC branch's text on the LLM's tokens likewise."""
+    from llmasr.models.ctc_vocab import LLMCTCTokenizer
+
+    pb, ctc = PromptBuilder(tokenizer), LLMCTCTokenizer(tokenizer)
+    ids = tokenizer.encode("天气", add_special_tokens=False)
+    assert len(ids) == 6 and tokenizer.decode(ids[:4]).endswith("\ufffd")  # bytes: the cut is inside 气
+    for cut, text in [(1, ""), (2, ""), (3, "天"), (4, "天"), (5, "天"), (6, "天气")]:
+        assert pb.decode(ids[:cut] + [pb.end_id]) == text and ctc.decode(ids[:cut]) == text
+    assert pb.decode(ids[1:]) == "气"  # a stray continuation byte in front spells nothing either
+
+
 def test_per_utterance_task_prompt(tokenizer):
     pb = PromptBuilder(tokenizer, task="Transcribe the audio.")
     a = pb.encode("one", task="Translate the audio.")
