@@ -7,7 +7,6 @@ start-up screen finds them (an LLM's own vocabulary spells any text and needs th
 from __future__ import annotations
 
 import argparse
-import functools
 import re
 from pathlib import Path
 
@@ -16,7 +15,7 @@ from llmasr.config_io import ConfigError, from_dict, to_dict
 from llmasr.data.check import check_data
 from llmasr.data.check_report import format_report
 from llmasr.data.config import DataConfig
-from llmasr.data.dataset import ctc_label_ids
+from llmasr.data.dataset import CTCRule
 from llmasr.data.frontend import FrontendConfig
 from llmasr.data.speech_check import hear_speech
 from llmasr.data.write_durations import check_out, write_durations
@@ -113,7 +112,7 @@ def ctc_rule(recipe: Recipe | None):
     ctc = recipe.model.ctc if recipe is not None else None
     if ctc is None or ctc.weight <= 0 or ctc.vocab == "llm":
         return None
-    return functools.partial(ctc_label_ids, build_ctc_tokenizer(ctc))
+    return CTCRule(build_ctc_tokenizer(ctc))
 
 
 def hear(args: argparse.Namespace, manifests: list[str], sample_rate: int):

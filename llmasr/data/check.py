@@ -64,6 +64,8 @@ class DataReport:
     counted: tuple[int, int] | None = None
     counted_items: str = ""  # what those items are
     unread_fields: dict[str, list] = field(default_factory=dict)  # field no parser reads -> [lines, first one]
+    # what the CTC vocabulary spells <unk> (a character or word of the transcripts) -> [lines, first manifest:line]
+    ctc_unknown: dict[str, list] = field(default_factory=dict)
     # (sample rate, channels, averaged: read without a `channel`) -> [lines, the first one's manifest:line]
     audio_formats: dict[tuple[int, int, bool], list] = field(default_factory=dict)
     sample_rate: int = 16000  # the encoder frontend's: what loading resamples to
@@ -88,10 +90,11 @@ class DataReport:
         return not self.errors and self.bad_fraction <= self.max_bad_fraction
 
 
-def _parse_line(m, i: int, spell=None, unread: dict | None = None):
+def _parse_line(m, i: int, spell=None, unread: dict | None = None, unknown: tuple | None = None):
     """(utterance, target_len, None) or (None, 0, bad record) for line i of manifest m (no audio access); `spell`:
     the CTC vocabulary's spelling check (llmasr.data.screen.spelling_check); `unread`: gathers the fields the line's
-    parser leaves unread (field -> [lines, the first one's manifest:line])."""
+    parser leaves unread (field -> [lines, the first one's manifest:line]); `unknown`: (the CTC rule's `unknown`,
+    where it gathers what the vocabulary spells <unk>, alike)."""
     try:
         rec, utt = m.parsed(i)
     except BadRecord as rec:
@@ -108,6 +111,9 @@ def _parse_line(m, i: int, spell=None, unread: dict | None = None):
         return None, 0, {**where, "reason": "empty target"}
     if spell is not None and (why := spell(utt.target)) is not None:
         return None, 0, {**where, "reason": why}
+    if unknown is not None:
+        for part in dict.fromkeys(unknown[0](utt.target)):
+            unknown[1].setdefault(part, [0, f"{m.path}:{m.lineno(i)}"])[0] += 1
     return utt, target_length(utt), None
 
 
@@ -212,6 +218,8 @@ def check_data(
     first_seen: dict[str, int] = {}  # key -> position of its first line, across all manifests
     fx = FeatureExtractor(dataclasses.replace(frontend, cmvn_file=None))  # counts frames only
     spell = spelling_check(ctc_labels) if ctc_labels is not None else None
+    ask = getattr(ctc_labels, "unknown", None)
+    unknown = (ask, report.ctc_unknown) if ask is not None else None
     cap = longest_kept(data_cfg.batching, frontend) if data_cfg.batching.truncate_to_max and need_target else None
     with ThreadPoolExecutor(max(1, threads)) as pool:  # header probes are I/O bound
         for path, m in spots:
@@ -222,7 +230,7 @@ def check_data(
             dur_of, tl_of, text_of = np.full(n, math.nan), np.zeros(n, dtype=np.int64), np.zeros(n, dtype=np.int64)
             for lo in range(0, n, CHUNK_LINES):  # a chunk's lines at a time: memory does not grow with the manifest
                 parsed = [
-                    _parse_line(m, i, spell, report.unread_fields) for i in range(lo, min(n, lo + CHUNK_LINES))
+                    _parse_line(m, i, spell, report.unread_fields, unknown) for i in range(lo, min(n, lo + CHUNK_LINES))
                 ]  # here: not across threads
                 good = [utt for utt, _, _ in parsed if utt is not None]
                 probed = pool.map(lambda u: _probe_line(u, probe, cap), good, chunksize=32)

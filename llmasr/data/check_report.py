@@ -10,6 +10,7 @@ import numpy as np
 
 from llmasr.data.check import DataReport
 from llmasr.data.record_fields import unread_text
+from llmasr.data.screen import ctc_unknown_text
 
 
 def histogram(durations: np.ndarray, *, bins: int = 20, width: int = 50) -> list[str]:
@@ -127,6 +128,9 @@ def format_report(report: DataReport, *, max_examples: int = 50) -> str:
     lines += _audio_format_lines(report)
     lines += _repeated_key_lines(report, max_examples)
     lines += _unread_field_lines(report)
+    if report.ctc_unknown:
+        found = [(part, n, first) for part, (n, first) in report.ctc_unknown.items()]
+        lines += ["", "## spelled <unk> by the CTC vocabulary", ctc_unknown_text(found)]
     if report.batching:
         s = report.batching
         lines += ["", f"## batching ({report.budget}, world size {report.world_size})"]

@@ -50,6 +50,29 @@ def ctc_label_ids(tokenizer, target: str) -> np.ndarray | str:
     return ids
 
 
+class CTCRule:
+    """The CTC rule of a vocabulary as the start-up screen and `llmasr data check` ask it: a transcript -> its label
+    ids, or why it has none (ctc_label_ids); `unknown(transcript)`: what of it the vocabulary spells <unk>, each
+    word asked once (the vocabularies spell a transcript word by word)."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+        self._unknown: dict[str, list[str]] = {}
+
+    def __call__(self, target: str) -> np.ndarray | str:
+        return ctc_label_ids(self.tokenizer, target)
+
+    def unknown(self, target: str) -> list[str]:
+        parts = []
+        for word in target.split():
+            known = self._unknown.get(word)
+            if known is None:
+                ask = getattr(self.tokenizer, "unknown_parts", None)  # a stand-in vocabulary has none
+                known = self._unknown[word] = ask(word) if ask is not None else []
+            parts += known
+        return parts
+
+
 class PromptEncoder(Protocol):
     """What the dataset asks of a prompt builder (llmasr.models.prompt.PromptBuilder is one, and the tests' and
     benchmarks' stand-ins): an utterance's LLM token ids, as an object with `ids`, `audio_pos`, `target_start`,

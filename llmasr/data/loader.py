@@ -26,7 +26,7 @@ from llmasr.data.bad_data import BadDataTracker, BadItem, TooMuchBadData
 from llmasr.data.clip_lengths import augmented_costs
 from llmasr.data.collate import Collator
 from llmasr.data.config import BatchingConfig, DataConfig, ManifestSpec
-from llmasr.data.dataset import SpeechDataset
+from llmasr.data.dataset import CTCRule, SpeechDataset
 from llmasr.data.device_features import resolve_features_on
 from llmasr.data.frontend import FrontendConfig
 from llmasr.data.hotwords import HotwordSampler
@@ -291,7 +291,7 @@ def build_dataloader(
     rows = llm_rows(train, dataset.hotword_sampler) if llm_rows is not None and b.max_llm_tokens is not None else None
     texts = None if rows is None else (np.zeros(n, dtype=np.int64), rows.text)
     tracker, static = start_tracker(manifest, data_cfg, name=name, indices=indices, rank=rank, world_size=world_size,
-                                    ctc_labels=dataset.ctc_labels if ctc_tokenizer is not None else None,
+                                    ctc_labels=CTCRule(ctc_tokenizer) if ctc_tokenizer is not None else None,
                                     epoch_items=epoch_indices(epoch) if epoch_indices else None,
                                     target_lens=tl, share=share, text_lens=texts)  # fmt: skip
     durations = np.asarray(manifest.durations(), dtype=np.float64)

@@ -52,6 +52,7 @@ def target_length(utt) -> int:
 def screen(
     manifest, ctc_labels: Callable[[str], object] | None = None, target_lens: np.ndarray | None = None,
     share: ScreenShare | None = None, text_lens: tuple[np.ndarray, Callable] | None = None, unread: dict | None = None,
+    unknown: dict | None = None,
 ) -> tuple[list[BadItem], float]:  # fmt: skip
     """Every line found unusable without loading audio (see the module docstring), sorted by index, and the seconds
     the screen took. `ctc_labels`: the dataset's CTC rule (a transcript -> ids, or why there are none). Fills
@@ -60,7 +61,8 @@ def screen(
     (an int64 array, a line's utterance -> its count), each line's LLM text positions (the max_llm_tokens budget).
     `share`: this rank screens its part of the lines and the ranks of its node exchange theirs
     (llmasr.data.screen_share). `unread`, when given, gathers the fields no parser reads (llmasr.data.records
-    .unread_fields): field -> [lines holding it, the first one's index]."""
+    .unread_fields): field -> [lines holding it, the first one's index]; `unknown`, alike, what the CTC vocabulary
+    spells <unk> (the rule's `unknown`, llmasr.data.dataset.CTCRule)."""
     t0 = time.perf_counter()
     n = len(manifest)
     shares = None
@@ -84,10 +86,11 @@ def screen(
             if text_lens is not None:
                 text_lens[0][share.indices(n, part)] = found["text_lens"]
     bad.sort(key=lambda b: b.index)
-    for part in screened if unread is not None else ():
-        for name, (lines, first) in part["unread"].items():
-            seen = unread.setdefault(name, [0, first])
-            seen[0], seen[1] = seen[0] + lines, min(seen[1], first)
+    for gathered, key in ((unread, "unread"), (unknown, "unknown")):
+        for part in screened if gathered is not None else ():
+            for name, (lines, first) in part[key].items():
+                seen = gathered.setdefault(name, [0, first])
+                seen[0], seen[1] = seen[0] + lines, min(seen[1], first)
     took = time.perf_counter() - t0
     if shares is not None and share.part == 0 and share.parts > 1:
         log.info("%s: %d lines screened in %.1f s, shared by the %d ranks of this node", manifest.path, n, took,
@@ -101,7 +104,9 @@ def _screen_part(manifest, lines: np.ndarray, ctc_labels, target_lens, text_lens
     "target_lens" and "text_lens": of `lines`}."""
     bad: list[BadItem] = []
     unread: dict[str, list[int]] = {}
+    spelled_unk: dict[str, list[int]] = {}  # what the CTC vocabulary spells <unk> -> [lines, first index]
     spell = spelling_check(ctc_labels) if ctc_labels is not None else None
+    ask = getattr(ctc_labels, "unknown", None)
     for i in lines.tolist():
         try:
             rec, utt = manifest.parsed(i)
@@ -118,6 +123,8 @@ def _screen_part(manifest, lines: np.ndarray, ctc_labels, target_lens, text_lens
         why = f"audio {gone.path}: {gone.reason}{missing_hint(utt)}" if gone is not None else None
         if why is None and spell is not None and isinstance(utt.target, str) and utt.target.strip():
             why = spell(utt.target)
+            for part in dict.fromkeys(ask(utt.target) if why is None and ask is not None else ()):
+                spelled_unk.setdefault(part, [0, i])[0] += 1
         if why:
             bad.append(BadItem(manifest=str(utt.manifest), line=int(utt.line), key=utt.key, reason=why, index=i))
     found = {b.index for b in bad}
@@ -135,7 +142,7 @@ def _screen_part(manifest, lines: np.ndarray, ctc_labels, target_lens, text_lens
                 bad.append(BadItem.from_record(rec, i))
     probed = np.flatnonzero(probe)
     seconds = np.asarray(manifest.durations(), dtype=np.float32)[probed]
-    return {"bad": bad, "unread": unread, "probed": (probed, seconds),
+    return {"bad": bad, "unread": unread, "unknown": spelled_unk, "probed": (probed, seconds),
             "target_lens": None if target_lens is None else target_lens[lines],
             "text_lens": None if text_lens is None else text_lens[0][lines]}  # fmt: skip
 
@@ -194,9 +201,13 @@ def start_tracker(manifest, data_cfg, *, name: str, indices, rank: int, world_si
     `text_lens`: screen's."""
     unknown = int(np.isnan(np.asarray(manifest.durations(), dtype=np.float64)).sum())
     unread: dict[str, list[int]] = {}
-    static, took = screen(manifest, ctc_labels, target_lens, share, text_lens, unread)
+    spelled_unk: dict[str, list[int]] = {}
+    static, took = screen(manifest, ctc_labels, target_lens, share, text_lens, unread, spelled_unk)
     if unread and rank == 0:
         _say_unread(manifest, unread, name)
+    if spelled_unk and rank == 0:
+        found = [(part, n, "{}:{}".format(*where(manifest, first))) for part, (n, first) in spelled_unk.items()]
+        log.warning("%s: %s", name, ctc_unknown_text(found))
     if unknown >= PROBES_WORTH_A_NOTE and rank == 0:
         who = f"shared by the {share.parts} ranks of each node" if share else "on every rank"
         log.info("%s: %d lines state no duration: their audio headers were probed (screen %.1f s, %s, at every "
@@ -219,6 +230,20 @@ def start_tracker(manifest, data_cfg, *, name: str, indices, rank: int, world_si
     # Each rank sees about 1/world_size of the items, so it counts that share of the lines known bad.
     tracker.add_static([b for b in counted if b.index % world_size == rank], quiet=True)
     return tracker, static
+
+
+def ctc_unknown_text(found: list[tuple[str, int, str]]) -> str:
+    """What the CTC vocabulary spells <unk> ((character or word, lines holding it, the first one's manifest:line)
+    each), most lines first: train.log's warning and `llmasr data check`'s section."""
+    shown = sorted(found, key=lambda f: (-f[1], f[0]))
+    parts = "; ".join(f"{part!r} in {lines} line{'s' * (lines != 1)} (first: {first})" for part, lines, first in
+                      shown[:EXAMPLES * 2])  # fmt: skip
+    more = f"; and {len(shown) - EXAMPLES * 2} more" if len(shown) > EXAMPLES * 2 else ""
+    return (
+        f"the CTC vocabulary has no token for {len(shown)} characters or words of the transcripts and spells them "
+        f"<unk> (the CTC head learns <unk> there and its text leaves them out; the LLM learns them as written): "
+        f"{parts}{more}"
+    )
 
 
 def _say_unread(manifest, unread: dict[str, list[int]], name: str) -> None:

@@ -66,6 +66,18 @@ class SegDictCTCTokenizer(TokenListCTCTokenizer):
                 out.append("<unk>")
         return out
 
+    def unknown_parts(self, word: str) -> list[str]:
+        """The word when the seg_dict lacks it, or spells it with a piece the list lacks; looked up by character
+        (a CJK word), its characters that are."""
+        if self.unk_id is None:  # encode refuses such a word instead
+            return []
+        if _LOOKED_UP_BY_CHARACTER.match(word.lower()) and word.lower() not in self.seg_dict:
+            return [ch for ch in word.lower() if "<unk>" in self.pieces(ch) or not self._spelled(ch)]
+        return [] if "<unk>" not in self.pieces(word) and self._spelled(word) else [word]
+
+    def _spelled(self, text: str) -> bool:
+        return all(p in self.index for p in self.pieces(text))
+
     def encode(self, text: str) -> list[int]:
         ids = []
         for piece in self.pieces(text):

@@ -63,6 +63,11 @@ class CTCTokenizer:
         text, after a space when `spaced`: (its labels, the word-separator labels before it)."""
         return self.encode((" " if spaced else "") + unit), []
 
+    def unknown_parts(self, word: str) -> list[str]:
+        """The characters or words of one whitespace-free `word` that encode spells <unk>: the head learns <unk>
+        for them and its text leaves them out. None here: a byte-level vocabulary spells every text."""
+        return []
+
 
 class LLMCTCTokenizer(CTCTokenizer):
     """The LLM's own (Hugging Face) tokenizer, with the blank appended after its last id."""
@@ -142,6 +147,16 @@ class SentencePieceCTCTokenizer(CTCTokenizer):
     def encode(self, text: str) -> list[int]:
         return list(self.sp.encode(text, out_type=int))
 
+    def unknown_parts(self, word: str) -> list[str]:
+        for kind in ("immutable_proto", "proto"):  # the name of the pieces' form before and after sentencepiece 0.2.1
+            try:
+                pieces = self.sp.encode(word, out_type=kind).pieces
+            except (ValueError, RuntimeError, TypeError, AttributeError):
+                continue
+            unk = self.sp.unk_id()
+            return [p.surface for p in pieces if p.id == unk and p.surface]
+        return []
+
     def decode(self, ids: Sequence[int]) -> str:
         return self.sp.decode([int(i) for i in ids if int(i) != self.blank_id])
 
@@ -184,6 +199,11 @@ class TokenListCTCTokenizer(CTCTokenizer):
             f"CTC vocabulary {self.path}: character {ch!r} (in {word!r}) is not in the token list and the list "
             f"has no <unk>; add it to the list or add an <unk> token"
         )
+
+    def unknown_parts(self, word: str) -> list[str]:
+        if word in self.index or self.unk_id is None:  # without <unk> encode refuses the word instead
+            return []
+        return [ch for ch in word if ch not in self.index]
 
     def encode(self, text: str) -> list[int]:
         ids: list[int] = []

@@ -221,6 +221,26 @@ def test_transcripts_a_ctc_vocabulary_cannot_spell_are_bad_lines(tmp_path, capsy
     assert main([str(m), "--max-seconds", "10"]) == 0 and "bad: 0 " in capsys.readouterr().out  # no recipe, no head
 
 
+def test_what_a_ctc_vocabulary_spells_unk_gets_a_section(tmp_path, capsys):
+    """A token list with <unk>: a character outside it is no bad line, but `llmasr data check` names it, with its
+    lines and the first, as train.log does."""
+    path = good_corpus(tmp_path, 6)
+    extra = [f'{{"key": "n{i}", "source": "wav_train/u0.wav", "target": "naïve"}}' for i in range(2)]
+    m = write_manifest(tmp_path / "m.jsonl", path.read_text().splitlines() + extra)
+    tokens = tmp_path / "tokens.json"
+    tokens.write_text(json.dumps(["<blank>", "<unk>", " ", *"abcdefghijklmnopqrstuvwxyz"]))
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump({
+        "data": {"train": [str(m)], "batching": {"max_seconds": 10}},
+        "model": {"encoder": {"frontend": {"lfr_m": 7, "lfr_n": 6}}, "ctc": {"weight": 0.3, "vocab": str(tokens)}},
+    }))  # fmt: skip
+    assert main(["--recipe", str(recipe)]) == 0
+    out = capsys.readouterr().out
+    assert "bad: 0 " in out and "## spelled <unk> by the CTC vocabulary\n" in out
+    assert "has no token for 1 characters or words of the transcripts and spells them <unk>" in out
+    assert f"'ï' in 2 lines (first: {m}:7)" in out
+
+
 def _recipe(tmp_path, data: dict) -> str:
     recipe = tmp_path / "r.yaml"
     recipe.write_text(yaml.safe_dump({"data": data, "model": {"encoder": {"frontend": {"lfr_m": 7, "lfr_n": 6}}}}))

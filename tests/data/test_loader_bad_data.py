@@ -2,6 +2,7 @@
 run, and the counts each rank keeps, resumes and shares over weighted visits."""
 
 import json
+import logging
 
 import pytest
 import torch
@@ -10,6 +11,7 @@ from speech_fakes import FRONTEND, build, cfg, good_corpus, with_lines, write_ma
 from llmasr.config_io import from_dict
 from llmasr.data.bad_data import TooMuchBadData
 from llmasr.data.loader import build_dataloader
+from llmasr.models.ctc_vocab import TokenListCTCTokenizer
 
 
 @pytest.fixture
@@ -191,6 +193,26 @@ def test_transcripts_the_ctc_vocabulary_cannot_spell_are_found_at_start(tmp_path
         build(cfg(max_bad_fraction=0.05), [m])
     _, plain = build(cfg(max_bad_fraction=0.05), [m], ctc_tokenizer=None)  # no CTC head: nothing to spell
     assert plain.filtered == {}
+
+
+def test_what_the_ctc_vocabulary_spells_unk_is_named_at_start(tmp_path, caplog):
+    """A token list with <unk> spells a character it lacks <unk>: no line is bad, but the CTC head learns <unk>
+    there and its text leaves the character out (Paraformer's tokens.json and a transcript's "，"), and nothing had
+    said so. Each such character is named with its lines and the first of them; the lines still train."""
+    tokens = tmp_path / "tokens.json"
+    tokens.write_text(json.dumps(["<blank>", "<unk>", " ", *"abcdefghijklmnopqrstuvwxyz"]), encoding="utf-8")
+    extra = [{"key": f"cafe{i}", "source": f"wav_train/u{i}.wav", "target": "café au lait"}
+             for i in range(3)] + [{"key": "naive", "source": "wav_train/u4.wav", "target": "naïve café"}]  # fmt: skip
+    m = with_lines(tmp_path, 40, extra)
+    with caplog.at_level(logging.WARNING, logger="llmasr.data"):
+        loader, sampler = build(cfg(max_bad_fraction=0.1), [m], ctc_tokenizer=TokenListCTCTokenizer(str(tokens)))
+    said = [r.getMessage() for r in caplog.records if "spells them <unk>" in r.getMessage()]
+    assert said == [
+        "train: the CTC vocabulary has no token for 2 characters or words of the transcripts and spells them <unk> "
+        "(the CTC head learns <unk> there and its text leaves them out; the LLM learns them as written): "
+        f"'é' in 4 lines (first: {m}:41); 'ï' in 1 line (first: {m}:44)"
+    ]
+    assert sampler.filtered == {} and len([k for b in loader for k in b.keys]) == 44
 
 
 def test_epoch_end_check_runs_when_the_loop_stops_at_the_last_batch(tmp_path):

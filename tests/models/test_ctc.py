@@ -70,6 +70,21 @@ def test_sentencepiece_vocab(tmp_path):
     assert tok.decode_ctc([ids[0], ids[0], tok.blank_id, *ids[1:]]) == "seven eight nine"
 
 
+def test_what_a_vocabulary_spells_unk_is_named(tmp_path):
+    """A token list with <unk> and a sentencepiece model name what they spell <unk> (a character each); a token list
+    without <unk> refuses the word instead, and the LLM's byte-level vocabulary spells everything."""
+    tokens = tmp_path / "tokens.json"
+    tokens.write_text(json.dumps(["<blank>", "<unk>", " ", *"abcdefghijklmnopqrstuvwxyz"]))
+    listed = build_ctc_tokenizer(CTCConfig(vocab=str(tokens)))
+    assert listed.unknown_parts("naïve") == ["ï"] and listed.unknown_parts("naive") == []
+    assert listed.encode("naïve")[2] == listed.unk_id
+    tokens.write_text(json.dumps(["<blank>", " ", *"abcdefghijklmnopqrstuvwxyz"]))
+    assert build_ctc_tokenizer(CTCConfig(vocab=str(tokens))).unknown_parts("naïve") == []
+    sp = build_ctc_tokenizer(CTCConfig(vocab=train_sentencepiece(tmp_path, "plain")))
+    assert sp.unknown_parts("seven") == [] and sp.unknown_parts("sev€n") == ["€"]
+    assert sp.sp.unk_id() in sp.encode("sev€n")
+
+
 def test_sentencepiece_own_blank(tmp_path):
     path = train_sentencepiece(tmp_path, "withblank", user_defined_symbols=["<blank>"])
     tok = build_ctc_tokenizer(CTCConfig(vocab=path))

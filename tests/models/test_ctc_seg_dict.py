@@ -49,6 +49,18 @@ def test_text_is_cut_as_funasr_cuts_it(files):
     assert tok.blank_id == 0 and tok.vocab_size == len(TOKENS)
 
 
+def test_what_is_spelled_unk_is_named_word_by_word(files):
+    """What `llmasr data check` and train.log name as spelled <unk>: a word looked up by character gives the
+    characters the seg_dict lacks, any other word it lacks is one <unk> as a whole, and each name is checked
+    against encode's own <unk> ids."""
+    tok = tokenizer(files)
+    unk = TOKENS.index("<unk>")
+    for word, parts in [("hello", []), ("你好", []), ("12", ["2"]), ("ok?", ["o", "k", "?"]), ("HELLO,", [*"hello,"]),
+                        (",hello", [",hello"]), ("你们", ["们"])]:  # fmt: skip
+        assert tok.unknown_parts(word) == parts, word
+        assert (unk in tok.encode(word)) == bool(parts), word
+
+
 # Paraformer-large's lists also hold single Latin letters and digits, which spell words and numbers the seg_dict lacks
 SPELLED = [
     "<blank>",
