@@ -313,6 +313,7 @@ def _decode_all(model, manifests: list[str], output: Path, cfg, opts, device, wo
         if summary["too_much_bad_data"]:
             print(f"llmasr decode: error: {summary['too_much_bad_data']}", file=sys.stderr)
             failed.append(data)
+            status = 2  # bad input, as training's TooMuchBadData and a manifest that cannot be read exit
     if len(manifests) > 1 and world.leader:
         summaries += [f"{data}: not decoded (see the error printed for it)" for data in undecoded]
         write_atomic(output / "wer.txt", "\n".join(summaries) + "\n")

@@ -21,11 +21,21 @@ def histogram(durations: np.ndarray, *, bins: int = 20, width: int = 50) -> list
     edges = np.linspace(0.0, math.ceil(hi), bins + 1)
     counts, _ = np.histogram(d, edges)
     top = max(1, int(counts.max()))
+    places = _edge_places(edges)
     out = []
     for lo, up, c in zip(edges[:-1], edges[1:], counts):
         bar = "#" * int(round(width * c / top))
-        out.append(f"{lo:6.1f}-{up:6.1f}s |{bar:<{width}}| {c}")
+        out.append(f"{lo:6.{places}f}-{up:6.{places}f}s |{bar:<{width}}| {c}")
     return out
+
+
+def _edge_places(edges: np.ndarray) -> int:
+    """Decimals that print every bin edge as it is (bins of 0.05 s or 0.75 s at one decimal read as "0.2-0.2s" or
+    "2.2-3.0s", two bins looking alike or a bin's edge off by 0.05); at least one, at most three."""
+    for places in (1, 2):
+        if np.allclose(np.round(edges, places), edges, rtol=0, atol=1e-9):
+            return places
+    return 3
 
 
 def _too_long_lines(report: DataReport, max_examples: int) -> list[str]:

@@ -9,6 +9,7 @@ the data side.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from contextlib import nullcontext
 from dataclasses import dataclass
 
@@ -33,6 +34,25 @@ from llmasr.models.losses import labels_only_cross_entropy
 from llmasr.models.prompt import PromptBuilder
 
 BRANCHES = ("encoder", "adaptor", "ctc_head", "llm")
+
+
+def _decoding(method):
+    """A search runs the model as decoding runs it, without dropout, in whatever mode the caller left it (the README's
+    Python API decodes right after a training step), and gives the caller's mode back."""
+
+    @functools.wraps(method)
+    def run(self, *args, **kwargs):
+        was_training = self.training
+        if was_training:
+            self.eval()
+        try:
+            with torch.no_grad():
+                return method(self, *args, **kwargs)
+        finally:
+            if was_training:
+                self.train(True)  # frozen branches back in eval mode, as train() leaves them
+
+    return run
 
 
 @dataclass(eq=False)
@@ -237,7 +257,7 @@ class SpeechLLM(nn.Module):
         return [tok.decode(ids) for ids in ctc_greedy(log_probs, lens, tok.blank_id)]
 
     # -- inference ----------------------------------------------------------------------------------------------
-    @torch.no_grad()
+    @_decoding
     def transcribe(self, batch: Batch, cfg: DecodeConfig | None = None, **generate_kwargs) -> Transcripts:
         """The LLM's transcripts of a batch under `cfg` (greedy or beam search, CTC-guided when cfg.guidance says
         so; the prompt ends at `target_start`), which guard ended each (decode_guards), and, with a CTC head, the
@@ -271,7 +291,7 @@ class SpeechLLM(nn.Module):
         go to the LLM's generate."""
         return [self.prompt.decode(ids) for ids in self.generate_ids(batch, **settings)]
 
-    @torch.no_grad()
+    @_decoding
     def generate_ids(self, batch: Batch, **settings) -> list[list[int]]:
         """`generate`'s token ids, before decoding (each row cut at its cap)."""
         names = {f.name for f in dataclasses.fields(DecodeConfig)}

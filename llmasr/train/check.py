@@ -26,6 +26,7 @@ from llmasr.models.start_from import check_start_folder
 from llmasr.run_dir import RECIPE_FILE, read_meta, resolve_resume, resume_asked, resume_or_start
 from llmasr.run_dir.files import verify_tag
 from llmasr.train.checkpoint_space import CheckpointSpace, size_text
+from llmasr.train.config import need_recipe
 from llmasr.train.context_fit import check_context_fit
 from llmasr.train.ds_config import resolve_ds_config, zero_stage
 from llmasr.train.ds_files import read_client_state
@@ -334,7 +335,7 @@ def check(
 ) -> str:
     """The report text; writes lr_schedule.csv/png into `out` (default: `plot_dir` of the recipe's output_dir).
     `resume`, `overwrite`: as `llmasr train` is given them (the run directory section)."""
-    tc = recipe.train
+    tc = need_recipe(recipe, "llmasr.train.check.check").train
     ds = resolve_ds_config(ds_path, tc, world_size=world_size)
     check_run_settings(recipe)
     notes = check_start_folder(recipe.model)  # what the model sees, against the folder it starts from

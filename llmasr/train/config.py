@@ -19,6 +19,7 @@ learning rate defaults to `DEFAULT_LRS[branch]`. Example recipe fragment::
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -284,3 +285,14 @@ class TrainConfig:
     def ranking_mode(self) -> str:
         """Whether a lower ("min") or higher ("max") best_metric is better."""
         return "max" if self.best_metric == "acc" else "min"
+
+
+def need_recipe(recipe, where: str):
+    """`recipe` when it is a loaded Recipe; a path or a dict, which `llmasr train --config` would read, is refused
+    naming the loader (this package sits below llmasr.recipe and does not read recipe files itself)."""
+    if isinstance(recipe, (str, os.PathLike, dict)):
+        raise TypeError(
+            f"{where}: recipe {recipe if not isinstance(recipe, dict) else 'dict'!r} is not a loaded recipe: pass "
+            "llmasr.recipe.load_recipe(path, overrides), which reads a recipe file (or data=dict) as --config does"
+        )
+    return recipe

@@ -20,6 +20,7 @@ from llmasr import errors
 from llmasr import run_dir as ck
 from llmasr.run_dir.files import verify_ranks
 from llmasr.train import resolve, universal
+from llmasr.train.config import need_recipe
 from llmasr.train.ds_files import CLIENT_KEY
 from llmasr.train.efficiency import WaitClock, run_peaks
 from llmasr.train.flops import FlopCounter
@@ -303,6 +304,7 @@ def train(
 
     SIGTERM/SIGINT/SIGUSR1 during training stop every rank after the same update with a checkpoint ("interrupted": True,
     "signal": its number); during start-up they raise preemption.Interrupted (llmasr.train.preemption)."""
+    need_recipe(recipe, "llmasr.train.trainer.train")
     with Preemption(int(os.environ.get("RANK", "0"))) as preemption:
         run = Run(recipe, ds_config_path, resume=resume, overwrite=overwrite)
         try:

@@ -504,3 +504,22 @@ def test_the_report_names_sample_rates_and_channels_that_loading_converts(tmp_pa
     )
     assert f"  16000 Hz, 2 channels: 1 line, first at {path}:3; its channels averaged" in text
     assert f"  16000 Hz, 2 channels: 1 line, first at {path}:4\n" in text  # its channel picked: nothing done
+
+
+@pytest.mark.parametrize(
+    ("longest", "labels"),
+    [
+        (0.96, ["  0.00-  0.05s", "  0.05-  0.10s", "  0.95-  1.00s"]),  # a clip corpus under a second: 0.05 s bins
+        (14.2, ["  0.00-  0.75s", "  2.25-  3.00s", " 14.25- 15.00s"]),  # 0.75 s bins
+        (20.0, ["   0.0-   1.0s", "  19.0-  20.0s"]),  # whole-second bins keep one decimal
+        (2.9, ["  0.00-  0.15s", "  2.85-  3.00s"]),
+    ],
+)
+def test_histogram_labels_name_each_bin_exactly(longest, labels):
+    # At one decimal, 0.05 s bins printed "0.1-0.1s" and "0.2-0.2s" twice over, and 0.75 s bins "2.2-3.0s" for
+    # 2.25-3.00: a reader could not tell which bin a count belonged to
+    rows = histogram(np.array([0.01, longest]))
+    names = [row.split(" |")[0] for row in rows]
+    assert len(set(names)) == len(names) == 20
+    for label in labels:
+        assert label in names, (label, names[:3])

@@ -47,7 +47,7 @@ def test_too_much_bad_data_fails_after_writing(exported_dir, tmp_path, capsys):
             "0",
         ]
     )
-    assert rc == 1
+    assert rc == 2  # bad input (README: "exits with 2 for bad input, 1 otherwise"), as train's TooMuchBadData exits
     err = capsys.readouterr().err
     assert "too much bad data: 2 of 4" in err and "above --max-bad-fraction = " in err  # decode's own flag
     assert "or raise --max-bad-fraction." in err and "data.max_bad_fraction" not in err and "epoch" not in err

@@ -3,6 +3,7 @@ import torch
 
 import llmasr
 from llmasr.config_io import ConfigError
+from llmasr.models.decoding import DecodeConfig
 from llmasr.models.losses import full_logits_cross_entropy
 from llmasr.testing.tiny_recipe import random_batch, tiny_model_section
 
@@ -383,3 +384,29 @@ def test_a_decode_config_built_in_python_is_checked_by_name_before_the_search(mo
         model.transcribe(batch, DecodeConfig(**{setting: value}))
     with pytest.raises(ConfigError, match=rf"decode\.{setting}: must be"):
         model.generate(batch, **{setting: value})
+
+
+def test_decoding_right_after_a_training_step_searches_the_model_without_dropout(tiny_llm_dir):
+    # The README's Python API runs model(batch), loss.backward(), then model.generate / model.transcribe on a model
+    # still in training mode: dropout stayed on, so "greedy" search gave another text at every call
+    section = tiny_model_section(tiny_llm_dir, ctc_weight=0.3)
+    section["encoder"]["conf"].update(dropout_rate=0.5, positional_dropout_rate=0.5, attention_dropout_rate=0.5)
+    section["llm"]["lora"]["dropout"] = 0.5
+    torch.manual_seed(0)
+    model = llmasr.build_model(section)
+    batch = random_batch(model, TARGETS)
+    model.eval()
+    want_ids = model.generate_ids(batch, max_new_tokens=6)
+    want = model.transcribe(batch, DecodeConfig(max_new_tokens=6))
+    model.train()
+    model(batch).loss.backward()
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        assert model.generate_ids(batch, max_new_tokens=6) == want_ids
+        got = model.transcribe(batch, DecodeConfig(max_new_tokens=6))
+        assert (got.llm, got.ctc) == (want.llm, want.ctc)
+    # the caller's mode comes back, frozen branches kept in eval mode as model.train() keeps them
+    assert model.training and model.encoder.training and model.adaptor.training
+    model.eval()
+    model.generate(batch, max_new_tokens=2)
+    assert not model.training and not model.encoder.training

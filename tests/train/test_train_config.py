@@ -109,3 +109,18 @@ def test_validation_errors(section, data, pattern):
     path = {OptimConfig: "optim", TrainConfig: "train", SchedulerConfig: "scheduler"}[section]
     with pytest.raises(ConfigError, match=pattern):
         from_dict(section, data, path)
+
+
+@pytest.mark.parametrize("given", ["recipes/demo.yaml", {"train": {"epochs": 1}}])
+def test_the_library_entry_points_name_the_loader_when_handed_a_recipe_file(given, tmp_path):
+    # The README's Python API calls llmasr.train.trainer.train and llmasr.train.check.check directly; handed the
+    # recipe path `llmasr train --config` takes, they failed on "'str' object has no attribute 'train'"
+    from pathlib import Path
+
+    from llmasr.train.check import check
+    from llmasr.train.trainer import train
+
+    for call in (lambda r: check(r, "zero2", world_size=1, out=tmp_path), lambda r: train(r, "zero2")):
+        for recipe in (given, Path(given)) if isinstance(given, str) else (given,):
+            with pytest.raises(TypeError, match=r"is not a loaded recipe: pass llmasr\.recipe\.load_recipe\(path"):
+                call(recipe)
