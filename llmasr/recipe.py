@@ -117,6 +117,17 @@ def located(err: ConfigError, path, overrides: list[str] | None) -> ConfigError:
     return err
 
 
+def _by_override(item: str, message: str) -> str:
+    """ " (set by the override 'KEY=VALUE')", and where a text field got a mapping from a value holding ": " or
+    ending in ":" (YAML's mapping: "Transcribe: the audio" is {Transcribe: the audio}), how to quote it."""
+    key, _, value = item.partition("=")
+    mapping = "expected a string, got {" in message and (": " in value or value.rstrip().endswith(":"))
+    quote = (
+        f"; YAML reads a ': ' or a closing ':' as a mapping: quote the value, {key}='\"{value}\"'" if mapping else ""
+    )
+    return f" (set by the override {item!r}{quote})"
+
+
 def where_set(message: str, path, overrides: list[str]) -> str:
     """Where the value an error names by its dotted key came from: " (set by the override 'KEY=VALUE')", or
     " (RECIPE, line N)"; "" when the message names no key, or the key is nowhere (a default)."""
@@ -129,12 +140,12 @@ def where_set(message: str, path, overrides: list[str]) -> str:
         given = item.split("=", 1)[0].strip().lstrip("-")
         given = re.sub(r"\.(\d+)(?=[.\[]|$)", r"[\1]", given)  # a list item as errors name it: a.0.b is a[0].b
         if key == given or key.startswith((given + ".", given + "[")):
-            return f" (set by the override {item!r})"
+            return _by_override(item, message)
         # a section's error about a key in it ("unknown key(s) ['x']; known keys are ..."): the override's if it
         # set that key
         inner = given.removeprefix(section).split(".")[0] if given.startswith(section) else None
         if inner and repr(inner) in message.split(";")[0]:
-            return f" (set by the override {item!r})"
+            return _by_override(item, message)
     if path is None:
         return ""
     try:

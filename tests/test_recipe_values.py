@@ -52,6 +52,20 @@ def test_a_hash_in_an_override_is_part_of_its_value():
         load_recipe(data={}, overrides=["data.train=[a.jsonl] # two"])
 
 
+def test_an_override_text_with_a_colon_says_how_to_quote_it():
+    """`model.prompt.task=Transcribe: the audio` is YAML's mapping {Transcribe: the audio}: the refusal named the key
+    and the override, but not that quoting gives the text; the quoted form it suggests loads."""
+    for value in ("Transcribe: the audio", "Transcribe:"):
+        with pytest.raises(ConfigError) as err:
+            load_recipe(data={}, overrides=[f"model.prompt.task={value}"])
+        quoted = f"""model.prompt.task='"{value}"'"""
+        assert str(err.value).endswith(f"a closing ':' as a mapping: quote the value, {quoted})"), str(err.value)
+        assert load_recipe(data={}, overrides=[f'model.prompt.task="{value}"']).model.prompt.task == value
+    with pytest.raises(ConfigError) as err:
+        load_recipe(data={}, overrides=["train.epochs=a: b"])  # not a text field: no quoting would help
+    assert "quote" not in str(err.value)
+
+
 def test_a_key_given_twice_is_refused_with_both_lines(tmp_path):
     """Plain YAML keeps the last of two equal keys: the first optim section, and its learning rate, would be gone."""
     path = tmp_path / "twice.yaml"

@@ -35,7 +35,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         description="Synthesize speech with espeak-ng, train a small speech LLM under DeepSpeed, export and decode.",
     )
     p.add_argument("--workdir", default="exp/demo", help="where everything goes (default exp/demo)")
-    p.add_argument("--quick", action="store_true", help="tiny corpus and a short run (a smoke test, 1-3 minutes)")
+    p.add_argument("--quick", action="store_true", help="tiny corpus and a short run (a smoke test, 3-5 minutes)")
     p.add_argument("--voices", type=_voice_list, help="training voices, comma-separated (espeak-ng accent+variant)")
     p.add_argument("--test-voices", type=_voice_list, help="held-out test voices, comma-separated")
     p.add_argument("--ranks", type=int, default=2, help="DeepSpeed ranks (CPU processes, or GPUs when present)")
