@@ -147,7 +147,10 @@ class RunSetup:
         return model, groups, make_optimizer(groups, self.ds)  # DeepSpeedCPUAdam: its op may not build on a node
 
     def close(self) -> None:
-        """Release the run directory's lock and the log file (normal exit and error alike; idempotent)."""
+        """Release the run directory's lock, the log file and ZeRO-3's HfDeepSpeedConfig (normal exit and error
+        alike; idempotent). While that config lives, transformers creates every LLM partitioned: a later run of
+        another stage in this process would have built its LLM so until the garbage collector found this run."""
+        self._hf_ds = None
         if self.log_handler is not None:
             logging.getLogger("llmasr").removeHandler(self.log_handler)
             self.log_handler.close()

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from transformers.integrations import is_deepspeed_zero3_enabled
 
 import llmasr
 from llmasr import run_dir as ck
@@ -198,6 +199,16 @@ def test_precision_on_cpu(tiny_llm_dir, corpus, tmp_path):
         assert math.isfinite(result["metrics"]["loss"])
     for a, b in zip(runs["zero2"]["history"], runs["zero3"]["history"]):
         assert a["loss"] == pytest.approx(b["loss"], rel=2e-2)  # the same bf16 model, sharded differently
+
+
+def test_a_zero3_run_leaves_no_partitioned_build_behind(tiny_llm_dir, corpus, tmp_path):
+    """train() at ZeRO-3, then at ZeRO-2, in one process (a notebook, a sweep): the first run's HfDeepSpeedConfig had
+    outlived it until the garbage collector found the run, so the second run's LLM was created partitioned and its
+    first forward failed ("'weight' must be 2-D"). A run's end releases it."""
+    train(recipe(tiny_llm_dir, corpus, tmp_path / "zero3", valid=False), "zero3", stop_after_updates=1)
+    assert not is_deepspeed_zero3_enabled()
+    history = train(recipe(tiny_llm_dir, corpus, tmp_path / "zero2", valid=False), "zero2", stop_after_updates=1)
+    assert len(history["history"]) == 1 and math.isfinite(history["history"][0]["loss"])
 
 
 def test_cli(tiny_llm_dir, corpus, tmp_path, capsys):
