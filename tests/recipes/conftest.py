@@ -36,3 +36,27 @@ def tiny_recipe_file(tiny_llm_dir, tiny_corpus_manifests, tiny_encoder_dir, tmp_
     path = root / "recipe.yaml"
     path.write_text(yaml.safe_dump(data))
     return path
+
+
+@pytest.fixture(scope="session")
+def launched_run(tiny_recipe_file, tmp_path_factory):
+    """`launched_run(preset, *overrides, into=DIR)`: DIR holds a copy of a finished 2-rank run of the tiny recipe
+    under the real launcher (llmasr.testing.launcher.launch_train). Each (preset, overrides) is launched once a
+    session, for the tests that read or resume the same run (test_resume_world.py, test_resume_stage.py); each test
+    gets its own copy, so what a resume writes beside the checkpoints (a universal copy) never reaches another."""
+    import shutil
+
+    from llmasr.testing.launcher import launch_train
+
+    runs = {}
+
+    def copy(preset: str, *overrides: str, into):
+        key = (preset, overrides)
+        if key not in runs:
+            run = tmp_path_factory.mktemp(f"launched_{preset}") / "run"
+            launch_train(tiny_recipe_file, preset, run, *overrides)
+            runs[key] = run
+        shutil.copytree(runs[key], into)
+        return into
+
+    return copy

@@ -5,7 +5,7 @@ process; 2 ranks under the launcher)."""
 import numpy as np
 import pytest
 import torch
-from test_resume_world import launch, log_rows
+from test_resume_world import EVERY_UPDATE, launch, log_rows
 
 from llmasr import run_dir as ck
 from llmasr.recipe import load_recipe
@@ -92,12 +92,11 @@ def test_a_checkpoint_continues_exactly_at_another_stage(tiny_recipe_file, tmp_p
 
 
 @pytest.mark.parametrize(("saved", "stage"), [(2, 3), (3, 0)])
-def test_two_ranks_continued_at_another_stage(tiny_recipe_file, tmp_path, saved, stage):
+def test_two_ranks_continued_at_another_stage(tiny_recipe_file, launched_run, tmp_path, saved, stage):
     """Under the launcher: 2 ranks of ZeRO-`saved` checkpoint update 1; 2 ranks of ZeRO-`stage` resume it (each rank
     loading its own partition of the converted states, or at ZeRO-0 the whole of them) and train the rest of the run
     as the uninterrupted run did."""
-    first = tmp_path / "first"
-    launch(tiny_recipe_file, f"zero{saved}", first, "train.save_every_updates=1", "train.keep_last=0")
+    first = launched_run(f"zero{saved}", *EVERY_UPDATE, into=tmp_path / "first")  # the run test_resume_world resumes
     whole = log_rows(first)
     source = first / "checkpoints" / ck.tag_for(1)
     proc = launch(tiny_recipe_file, f"zero{stage}", tmp_path / "then", resume=source)

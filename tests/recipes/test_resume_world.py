@@ -22,6 +22,9 @@ pytestmark = pytest.mark.slow
 # 24 utterances in batches of <= 2 s: 9 batches an epoch, 5 steps per rank at 2 ranks (one padding batch), so with
 # grad_accum 2 an epoch is 3 updates of 2, 2 and 1 steps; at 1 rank grad_accum 4 keeps the 4 batches per update.
 SETTINGS = ["train.epochs=2", "data.batching.max_seconds=2.0"]
+# the 2-rank run of these settings that checkpoints every update: launched once a session per preset (launched_run),
+# resumed here and by test_resume_stage.py
+EVERY_UPDATE = (*SETTINGS, "train.save_every_updates=1", "train.keep_last=0")
 
 
 def launch(recipe_file, preset, run_dir, *overrides, resume=None):
@@ -70,11 +73,10 @@ def check_moments_equal_the_converted_ones(run, zero_dir):
 
 
 @pytest.mark.parametrize("preset", ["zero0", "zero2", "zero3"])
-def test_two_ranks_continued_by_one_train_the_same_updates(tiny_recipe_file, tmp_path, preset):
+def test_two_ranks_continued_by_one_train_the_same_updates(tiny_recipe_file, launched_run, tmp_path, request, preset):
     """The 2-rank run checkpoints every update; 1 rank resumes from update 1 with twice the accumulation, so the
     rest of epoch 0 runs the same batches per update: same losses and lrs as the uninterrupted 2-rank run."""
-    two = tmp_path / "two"
-    launch(tiny_recipe_file, preset, two, "train.save_every_updates=1", "train.keep_last=0")
+    two = launched_run(preset, *EVERY_UPDATE, into=tmp_path / "two")
     whole = log_rows(two)
     assert [(r["update"], r["epoch"]) for r in whole] == [(1, 0), (2, 0), (3, 0), (4, 1), (5, 1), (6, 1)]
     source = two / "checkpoints" / ck.tag_for(1)
@@ -84,6 +86,7 @@ def test_two_ranks_continued_by_one_train_the_same_updates(tiny_recipe_file, tmp
         assert isinstance(shares, list) and len(shares) == 2 and all("good" in share for share in shares)
 
     run = Run(one_rank_recipe(tiny_recipe_file, tmp_path / "one", "train.grad_accum=4"), preset, resume=str(source))
+    request.addfinalizer(run.close)  # an open ZeRO-3 run would have the next test's LLM created partitioned
     assert run.world == 1
     run.load()
     converted = two / "checkpoints" / (ck.tag_for(1) + ck.UNIVERSAL_SUFFIX)
@@ -107,13 +110,13 @@ def test_two_ranks_continued_by_one_train_the_same_updates(tiny_recipe_file, tmp
     if preset == "zero2":  # a second resume at 1 rank reuses the converted copy
         again = Run(one_rank_recipe(tiny_recipe_file, tmp_path / "again", "train.grad_accum=4"), preset,
                     resume=str(source))  # fmt: skip
+        request.addfinalizer(again.close)
         again.load()
         assert "using the universal checkpoint" in (tmp_path / "again" / "train.log").read_text()
 
 
-def test_a_broken_checkpoint_fails_conversion_naming_it(tiny_recipe_file, tmp_path):
-    two = tmp_path / "two"
-    launch(tiny_recipe_file, "zero2", two, "train.max_updates=1")
+def test_a_broken_checkpoint_fails_conversion_naming_it(tiny_recipe_file, launched_run, tmp_path):
+    two = launched_run("zero2", *EVERY_UPDATE, into=tmp_path / "two")
     source = two / "checkpoints" / ck.tag_for(1)
     shard = source / "zero_pp_rank_1_mp_rank_00_optim_states.pt"
     whole = shard.read_bytes()
