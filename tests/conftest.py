@@ -2,13 +2,29 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
+import sys
 
 import pytest
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+def extensions_dir() -> str:
+    """A JIT-extension cache of this environment's own. DeepSpeed builds its CPU ops (the shared-memory all-reduce
+    every launched run loads, CPU Adam) in torch's cache, whose folder is per Python version, not per environment:
+    two virtual environments on one machine compile against other include paths, so each suite run after the other
+    environment's rebuilt both ops (half a minute to two minutes each, on whichever test came first)."""
+    python = f"py{sys.version_info.major}{sys.version_info.minor}"
+    digest = hashlib.sha256(os.path.realpath(sys.prefix).encode("utf-8")).hexdigest()[:12]
+    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(cache, "torch_extensions", f"llmasr-tests-{python}-{digest}")
+
+
+os.environ.setdefault("TORCH_EXTENSIONS_DIR", extensions_dir())  # the launched ranks inherit it
 
 
 @pytest.fixture(scope="session")
