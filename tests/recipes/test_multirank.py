@@ -180,7 +180,8 @@ def test_a_file_one_node_lacks_or_holds_otherwise_stops_every_rank_with_one_mess
     other = json.loads((homes[1] / "ds.json").read_text())
     other["zero_optimization"]["stage"] = 3
     (homes[1] / "ds.json").write_text(json.dumps(other))
-    proc = launch_train(tiny_recipe_file, "ds.json", tmp_path / "run", expect_rc=2, timeout=180)
+    # the launcher's default timeout: the first launch of a fresh machine compiles DeepSpeed's ops (minutes, loaded)
+    proc = launch_train(tiny_recipe_file, "ds.json", tmp_path / "run", expect_rc=2)
     out = one_error(proc)
     assert f"llmasr train: error: rank 1 {node}" in out and "read different DeepSpeed configs" in out, out[-3000:]
     assert "zero_optimization.stage: 3 on rank 1, 2 on rank 0" in out, out[-3000:]
@@ -191,7 +192,7 @@ def test_a_file_one_node_lacks_or_holds_otherwise_stops_every_rank_with_one_mess
     # ZeRO-3: before its partitioned load, whose collectives rank 1 would miss (at ZeRO-0-2 the failure is met in
     # the model's build, gathered after it as the optimizer's below is)
     proc = launch_train(tiny_recipe_file, "zero3", tmp_path / "run", "model.encoder.path=~/enc", "--overwrite",
-                        expect_rc=2, timeout=180)  # fmt: skip
+                        expect_rc=2)  # fmt: skip
     out = one_error(proc)
     assert f"llmasr train: error: rank 1 {node}" in out and "every rank stops with it" in out, out[-3000:]
     assert f"{weights}: cannot be read as a weights-only torch checkpoint" in out, out[-3000:]
@@ -200,7 +201,7 @@ def test_a_file_one_node_lacks_or_holds_otherwise_stops_every_rank_with_one_mess
     shutil.copy(tiny_encoder_dir / "model.pt", weights)
     monkeypatch.setenv("NODE1_NO_COMPILER", "1")
     proc = launch_train(tiny_recipe_file, "zero2_offload", tmp_path / "run", "model.encoder.path=~/enc", "--overwrite",
-                        expect_rc=1, timeout=180)  # fmt: skip
+                        expect_rc=1)  # fmt: skip
     out = one_error(proc)
     assert f"llmasr train: error: rank 1 {node}" in out and "could not build the model and its optimizer" in out
     assert "cpu_adam" in out, out[-3000:]
