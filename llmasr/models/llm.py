@@ -23,6 +23,7 @@ from llmasr.models.llm_files import (
     check_adapter_weights,
     check_llm_weights,
     refuse_misfit,
+    refuse_non_finite,
     stored_shapes,
     weight_files,
 )
@@ -261,6 +262,8 @@ def _causal_lm(path: Path, dtype: torch.dtype, trust_remote_code: bool, *, pretr
     except ValueError as err:
         raise LLMLoadError(f"{path}: not loadable as a causal LM ({config.model_type}): {err}") from err
     refuse_misfit(path, info.get("missing_keys"), info.get("mismatched_keys"))
+    if pretrained and dtype == torch.float16:
+        refuse_non_finite(path, model, "float16")
     if shapes_only:
         check_llm_weights(path, model, remote_code=trust_remote_code)
     return model

@@ -119,6 +119,21 @@ def refuse_misfit(path: Path, missing, mismatched) -> None:
         )
 
 
+def refuse_non_finite(path: Path, model: nn.Module, dtype_name: str) -> None:
+    """A model loaded in float16 whose weights are not all finite: what its files held past float16's largest value
+    (65504) loaded as inf, and every output was NaN (an export in bf16 or float32 decoded with --dtype fp16). Named
+    here, tensor by tensor. Parameters left empty (ZeRO-3's, created partitioned) are the engine's to check."""
+    import torch
+
+    bad = [name for name, p in model.named_parameters() if p.numel() and not bool(torch.isfinite(p.data).all())]
+    if bad:
+        raise LLMWeightsError(
+            f"{path}: loaded in {dtype_name}, {len(bad)} weight tensor(s) hold values beyond its largest finite value "
+            f"{torch.finfo(torch.float16).max:g}, now inf: {', '.join(bad[:_SHOWN])}"
+            f"{' ...' if len(bad) > _SHOWN else ''}; load the LLM in bfloat16 or float32 (model.llm.dtype, --dtype)"
+        )
+
+
 def _listed(missing: list[str], mismatched: list[str]) -> str:
     """The first _SHOWN keys of each kind, one a line, and how many more there are."""
     lines = [f"  missing: {k}" for k in missing[:_SHOWN]] + [f"  shape: {m}" for m in mismatched[:_SHOWN]]

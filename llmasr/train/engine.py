@@ -74,6 +74,7 @@ def build_model_for_training(model_cfg, ds_config: dict, *, all_gather=None):
     model = builder.build_model(model_cfg)
     if hf_ds is not None:
         cast_unpartitioned(model, ds_config)
+    check_half_range(model, ds_config)
     return model, hf_ds
 
 
@@ -99,6 +100,34 @@ def cast_unpartitioned(model: torch.nn.Module, ds_config: dict) -> int:
             p.data = p.data.to(dtype)
             cast += 1
     return cast
+
+
+def check_half_range(model: torch.nn.Module, ds_config: dict) -> None:
+    """Under fp16, refuse weights float16 cannot hold, naming them, before DeepSpeed casts the model: a finite weight
+    past 65504 became inf, every loss NaN, and every update was skipped with a warning that pointed at the data.
+    ZeRO-3's partitions, created in float16 as the LLM loaded, are checked for values that already became inf (each
+    rank its own). bf16 has float32's range."""
+    if half_dtype(ds_config) != torch.float16:
+        return
+    limit, too_large = torch.finfo(torch.float16).max, []
+    for name, p in model.named_parameters():
+        if not p.is_floating_point():
+            continue
+        held = p.ds_tensor if hasattr(p, "ds_id") else p.data
+        if held.numel() == 0:
+            continue
+        low, high = torch.aminmax(held.detach())  # no |x| copy of an embedding matrix
+        largest = (
+            max(abs(float(low)), abs(float(high))) if torch.isfinite(low) and torch.isfinite(high) else float("inf")
+        )
+        if not largest <= limit:  # past the range, or already inf / NaN
+            too_large.append(f"{name} (largest |value| {largest:.6g})")
+    if too_large:
+        raise ConfigError(
+            f"train.precision fp16: {len(too_large)} weight tensor(s) hold values beyond float16's largest finite "
+            f"value {limit:g}, which become inf in fp16 and make every loss NaN: {', '.join(too_large[:5])}"
+            f"{' ...' if len(too_large) > 5 else ''}; train in bf16 (float32's range) or fp32"
+        )
 
 
 def offloads_optimizer(ds_config: dict) -> bool:

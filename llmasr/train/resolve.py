@@ -43,6 +43,43 @@ def check_run_settings(recipe) -> None:
             f"weight rounds away; set train.precision {'bf16' if bf16 else 'fp16'} (DeepSpeed keeps fp32 master "
             "weights), model.llm.dtype float32, or freeze the LLM"
         )
+    check_llm_dtype(recipe.model, tc.precision)
+
+
+# train.precision -> the model.llm.dtype DeepSpeed casts the whole model to (fp32 keeps each weight's own dtype)
+_HALF = {"bf16": "bfloat16", "fp16": "float16"}
+
+
+def check_llm_dtype(model, precision: str) -> None:
+    """model.llm.dtype that disagrees with train.precision where the run would not train what the recipe says:
+    - a 16-bit dtype other than the precision's: DeepSpeed casts the loaded weights once more, so they reach
+      training rounded twice (float16 also turns what passes 65504 into inf and flushes the smallest weights);
+    - float16 under fp32 precision with anything trained: the LLM's backward runs in float16 with no loss scale
+      (only train.precision fp16 scales the loss), so the gradients it hands to LoRA, the adaptor and the encoder
+      underflow. bfloat16 has float32's range and no such loss."""
+    llm, half = model.llm, _HALF.get(precision)
+    if half is not None and llm.dtype not in ("float32", half):
+        raise ConfigError(
+            f"model.llm.dtype: {llm.dtype} with train.precision {precision}: DeepSpeed trains every weight in "
+            f"{half}, so the LLM's weights would be rounded to {llm.dtype} as they load and again to {half}; set "
+            f"model.llm.dtype {half} (or float32)"
+        )
+    if precision != "fp32" or llm.dtype != "float16":
+        return
+    trained = {
+        "model.llm.lora": llm.lora is not None,
+        "model.llm.freeze false": not llm.freeze,
+        "model.adaptor.freeze false": not model.adaptor.freeze,
+        "model.encoder.freeze false": not model.encoder.freeze,
+        "model.encoder.lora": model.encoder.lora is not None,
+    }
+    through = [key for key, trains in trained.items() if trains]
+    if through:
+        raise ConfigError(
+            f"model.llm.dtype: float16 with train.precision fp32 runs the LLM's backward in float16 with no loss "
+            f"scale, so the small gradients it passes on ({', '.join(through)}) underflow; set model.llm.dtype "
+            "bfloat16 (float32's range at the same memory) or float32, or train.precision fp16 (a loss scaler)"
+        )
 
 
 @dataclass

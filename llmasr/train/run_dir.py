@@ -386,6 +386,12 @@ def write_run_files(
     it has loaded, so a failed resume leaves them as they were."""
     dump_yaml(recipe, run_dir / ck.RECIPE_FILE)
     ck.write_atomic(run_dir / ck.DS_CONFIG_FILE, json.dumps(ds_config, indent=2))
-    curves = _lr_rows(run_dir / ck.LR_CSV, schedules, start, total, start if applied is None else applied, course)
+    write_lr_files(run_dir, schedules, start, total, start if applied is None else applied, course)
+
+
+def write_lr_files(run_dir: Path, schedules: list, start: int, total: int, applied: int, course=None) -> None:
+    """lr_schedule.csv/png as _lr_rows makes them (rank 0): at the run's start and resume, and after each update
+    skipped on a non-finite gradient, whose held schedules move every later row one update on."""
+    curves = _lr_rows(run_dir / ck.LR_CSV, schedules, start, total, applied, course)
     write_lr_csv(run_dir / ck.LR_CSV, curves)
     plot_lr(curves, run_dir / ck.LR_PNG)

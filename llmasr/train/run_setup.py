@@ -30,7 +30,7 @@ from llmasr.train.plan import plan_run
 from llmasr.train.process_group import all_gather_object, init_distributed
 from llmasr.train.progress import StartupLog, setup_logging
 from llmasr.train.run_checkpoints import RunCheckpoints
-from llmasr.train.run_dir import LrCourse, claim_run_dir, write_run_files
+from llmasr.train.run_dir import LrCourse, claim_run_dir, write_lr_files, write_run_files
 from llmasr.train.schedulers import build_group_schedules, warmup_warnings
 
 log = logging.getLogger("llmasr.train")
@@ -106,6 +106,14 @@ class RunSetup:
         if self.rank == 0:
             s = self.engine.scheduler  # behind `start` by the updates skipped so far, which held it
             write_run_files(self.run_dir, self.recipe, self.ds, s.schedules, start, self.total, s.last_update, course)
+
+    def _write_lr_course(self, update: int) -> None:
+        """lr_schedule.csv/png after update `update` was skipped: its rows since `lr_since` as the updates used them
+        (each skip held the schedules), the rows after it one update later on the plan."""
+        if self.rank == 0:
+            s = self.engine.scheduler
+            course = LrCourse(self.lr_since, tuple(self.skipped), s.schedules)
+            write_lr_files(self.run_dir, s.schedules, update, self.total, s.last_update, course)
 
     def _log_batches(self) -> None:
         device = self.dist.device

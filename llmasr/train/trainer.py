@@ -255,6 +255,7 @@ class Run(RunSetup):
         update = self.engine.global_steps
         if self.engine.skipped_steps > skipped:  # it held the schedules: lr_schedule.csv's plan moves on one later
             self.skipped.append(update)
+            self._write_lr_course(update)
         history.append({"update": update, "epoch": epoch, **stats, "lr": lrs})
         self.progress.update(update, epoch, stats, lrs, self._extra(), self.wait.take())
         return update

@@ -11,6 +11,7 @@ import torch
 import yaml
 
 from llmasr.commands.export import main
+from llmasr.config_io import ConfigError
 from llmasr.export.decode import load_decode_model
 from llmasr.export.export import export_model, load_checkpoint_model
 from llmasr.models.exported import MODEL_FILE, ExportedModelError, load_exported
@@ -366,3 +367,6 @@ def test_an_fp16_export_of_weights_float16_cannot_hold_is_refused_naming_them(ba
         load_decode_model(checkpoint=run.run_dir, dtype="fp16")
     out = export_model(run.run_dir, tmp_path / "bf16", dtype="bf16")
     assert load_exported(out).llm.model.layers[0].self_attn.k_proj.bias[3] == 69632
+    # the bf16 export decoded with --dtype fp16: refused alike, where it had decoded with the weight at inf
+    with pytest.raises(ConfigError, match=r"llm: loaded in float16, 1 weight tensor\(s\) hold values beyond its"):
+        load_decode_model(out, dtype="fp16")

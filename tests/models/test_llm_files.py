@@ -244,3 +244,21 @@ def test_a_head_transformers_renames_on_load_is_found(tmp_path):
         model = AutoModelForCausalLM.from_config(config)
     check_llm_weights(tmp_path / "neox", model)
     _causal_lm(tmp_path / "neox", torch.float32, False, pretrained=True, shapes_only=False)
+
+
+def test_weights_float16_cannot_hold_are_named_when_the_llm_loads_in_float16(llm_dirs, tmp_path):
+    """A weight past 65504 loaded as inf in float16 without a word (a bf16 export decoded with --dtype fp16 wrote NaN
+    logits); now it is named. bfloat16 and float32 hold it."""
+    path = copy_of(llm_dirs["untied"], tmp_path)
+    state = load_file(str(path / "model.safetensors"))
+    state["model.layers.0.self_attn.k_proj.bias"][3] = 69632.0
+    save_file(state, str(path / "model.safetensors"), metadata={"format": "pt"})
+    with pytest.raises(LLMWeightsError) as err:
+        load_llm(path, dtype="float16")
+    assert str(err.value) == (
+        f"{path}: loaded in float16, 1 weight tensor(s) hold values beyond its largest finite value 65504, now inf: "
+        "model.layers.0.self_attn.k_proj.bias; load the LLM in bfloat16 or float32 (model.llm.dtype, --dtype)"
+    )
+    model, _ = load_llm(path, dtype="bfloat16")
+    assert float(model.model.layers[0].self_attn.k_proj.bias[3]) == 69632.0
+    load_llm(llm_dirs["untied"], dtype="float16")  # weights it holds load as before

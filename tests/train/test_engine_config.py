@@ -190,3 +190,41 @@ def test_the_device_estimate_is_what_the_optimizer_holds(pure_bf16, stage, make_
                                     moment_bytes=moment_bytes)  # fmt: skip
     assert estimate["optimizer_states"] == sum(t.numel() * t.element_size() for t in masters + states)
     assert estimate["grads"] - 2 * trained == grads  # beside the 16-bit gradients
+
+
+@pytest.fixture(scope="module")
+def large_weight_llm(tmp_path_factory):
+    """A tiny LLM one of whose weights float16 cannot hold (bf16 and float32 can)."""
+    from transformers import AutoModelForCausalLM
+
+    from llmasr.testing.tiny_llm import write_tiny_llm_dir
+
+    path = write_tiny_llm_dir(tmp_path_factory.mktemp("large_weight_llm"))
+    llm = AutoModelForCausalLM.from_pretrained(str(path))
+    with torch.no_grad():
+        llm.model.layers[0].self_attn.k_proj.bias[3] = 69632.0
+    llm.save_pretrained(str(path))
+    return path
+
+
+@pytest.mark.parametrize("preset", ["zero2", "zero3"])
+def test_fp16_training_refuses_weights_float16_cannot_hold(preset, large_weight_llm):
+    """train.precision fp16 on an LLM with a weight past 65504: DeepSpeed cast it to inf (ZeRO-3 created it so),
+    every loss was NaN and every update skipped, with a warning that pointed at the data. Now the model build names
+    the tensor, before the engine starts; bf16 takes the same model."""
+    from llmasr.config_io import ConfigError
+    from llmasr.models.config import ModelConfig
+    from llmasr.testing.tiny_recipe import tiny_model_section
+    from llmasr.train.engine import build_model_for_training
+    from llmasr.train.process_group import init_distributed
+
+    init_distributed()
+    cfg = from_dict(ModelConfig, tiny_model_section(large_weight_llm), "model")
+    resolve = lambda precision: resolve_ds_config(preset, TrainConfig(grad_accum=1, precision=precision), world_size=1)  # noqa: E731
+    with pytest.raises(
+        ConfigError, match=r"^train.precision fp16: 1 weight tensor\(s\) hold values beyond float16's"
+    ) as err:
+        build_model_for_training(cfg, resolve("fp16"))
+    assert "llm.base_model.model.model.layers.0.self_attn.k_proj.bias (largest |value| " in str(err.value)
+    model, hf_ds = build_model_for_training(cfg, resolve("bf16"))
+    del model, hf_ds

@@ -152,3 +152,44 @@ def test_a_world_size_drop_last_leaves_without_batches_is_named(tiny_llm_dir, tw
         f"data.train: no batch for rank 0 of {n + 1} (data.batching.drop_last left out all {n} batch(es), fewer than "
         "the ranks: set it false, or train on fewer ranks)"
     )
+
+
+@pytest.mark.parametrize(
+    ("precision", "dtype", "why"),
+    [
+        ("bf16", "float16", "rounded to float16 as they load and again to bfloat16; set model.llm.dtype bfloat16"),
+        ("fp16", "bfloat16", "rounded to bfloat16 as they load and again to float16; set model.llm.dtype float16"),
+        ("fp32", "float16", "runs the LLM's backward in float16 with no loss scale, so the small gradients it passes "
+                            "on (model.llm.lora, model.adaptor.freeze false, model.encoder.freeze false) underflow"),
+    ],
+)  # fmt: skip
+def test_an_llm_dtype_the_run_would_not_train_in_is_refused(tiny_llm_dir, tmp_path, precision, dtype, why):
+    """model.llm.dtype a 16-bit type other than train.precision's had been accepted: DeepSpeed then cast the loaded
+    weights once more (a bfloat16 load trained in fp16 differed in 98,048 of the tiny LLM's 112,704 weights from its
+    float32 file cast once); a float16 LLM under fp32 precision backpropagated through float16 with no loss scale
+    (the adaptor's gradient 15% off at a real run's token count, 0.5% in bfloat16)."""
+    from llmasr.config_io import ConfigError
+    from llmasr.train.resolve import check_run_settings
+
+    d = tiny_recipe_dict(
+        tiny_llm_dir, train=[tmp_path / "train.jsonl"], output_dir=tmp_path / "run", precision=precision
+    )
+    d["model"]["llm"]["dtype"] = dtype
+    with pytest.raises(ConfigError) as refused:
+        check_run_settings(load_recipe(data=d))
+    assert str(refused.value).startswith(f"model.llm.dtype: {dtype} with train.precision {precision}")
+    assert why in str(refused.value)
+    for fine in ("float32", {"bf16": "bfloat16", "fp16": "float16", "fp32": "bfloat16"}[precision]):
+        d["model"]["llm"]["dtype"] = fine
+        check_run_settings(load_recipe(data=d))  # the training dtype itself, or float32, is what it trains
+
+
+def test_a_float16_llm_under_fp32_precision_that_passes_no_gradient_on_is_fine(tiny_llm_dir, tmp_path):
+    """Only the CTC head trains (no gradient runs back through the LLM): a float16 LLM there is just a forward."""
+    from llmasr.train.resolve import check_run_settings
+
+    d = tiny_recipe_dict(tiny_llm_dir, train=[tmp_path / "train.jsonl"], output_dir=tmp_path / "run", ctc_weight=0.3)
+    d["model"]["llm"].update(dtype="float16", lora=None)
+    d["model"]["adaptor"]["freeze"] = True
+    d["model"]["encoder"]["freeze"] = True
+    check_run_settings(load_recipe(data=d))
