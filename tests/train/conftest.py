@@ -107,3 +107,22 @@ def nano_start(tmp_path_factory):
         return load_recipe(NANO_RECIPE, [*base, f"train.output_dir={run_dir}", *overrides])
 
     return out, recipe
+
+
+@pytest.fixture
+def nan_updates(monkeypatch):
+    """A set of update numbers (add to it at any time) whose next training batch gets a NaN feature: its gradient is
+    not finite, so the update is skipped, as an fp16 loss-scale overflow is."""
+    from llmasr.train.engine import TrainEngine
+
+    real, bad = TrainEngine.to_device, set()
+
+    def to_device(self, batch):
+        out = real(self, batch)
+        if self.module.training and self.global_steps + 1 in bad:
+            bad.discard(self.global_steps + 1)
+            out.feats[0, 0, 0] = float("nan")
+        return out
+
+    monkeypatch.setattr(TrainEngine, "to_device", to_device)
+    return bad

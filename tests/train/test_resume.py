@@ -457,23 +457,12 @@ def test_a_checkpoint_saved_all_but_its_latest_pointer_is_resumed(tiny_llm_dir, 
     assert ck.read_meta(ck.checkpoints_dir(cut) / ck.tag_for(2)).update == 2
 
 
-def test_lr_schedule_csv_rows_before_a_resume_are_the_lrs_the_updates_used(tiny_llm_dir, corpus, tmp_path, monkeypatch):
+def test_lr_schedule_csv_rows_before_a_resume_are_the_lrs_the_updates_used(tiny_llm_dir, corpus, tmp_path, nan_updates):
     """NaN batches skip update 1 (before the checkpoint at 2) and, after a resume, update 4 (before the checkpoint at
     4): each held the schedules, so the updates after it used the lr of the one before on the plan. Every row of
     lr_schedule.csv after two resumes is the lr that update used (train.log's). Rows written before a resume had kept
     the plan of the run's start: update 2's lr (and, after the second resume, update 4's) one warmup step ahead."""
-    from llmasr.train.engine import TrainEngine
-
-    real, bad = TrainEngine.to_device, set()
-
-    def to_device(self, batch):
-        out = real(self, batch)
-        if self.module.training and self.global_steps + 1 in bad:
-            bad.discard(self.global_steps + 1)
-            out.feats[0, 0, 0] = float("nan")
-        return out
-
-    monkeypatch.setattr(TrainEngine, "to_device", to_device)
+    bad = nan_updates
     run = tmp_path / "run"
     make = recipe(tiny_llm_dir, corpus, run, epochs=3, save_every_updates=2,
                   overrides=["optim.scheduler.type=warmup_linear", "optim.scheduler.warmup_steps=4"])  # fmt: skip

@@ -415,23 +415,12 @@ def test_a_run_chooses_its_attention_kernels_before_it_trains(tiny_llm_dir, corp
 
 
 @pytest.mark.parametrize("skipped", [{1}, {2, 3}])
-def test_lr_schedule_csv_of_a_run_with_skipped_updates_holds_the_lrs_used(tiny_llm_dir, corpus, tmp_path, monkeypatch,
+def test_lr_schedule_csv_of_a_run_with_skipped_updates_holds_the_lrs_used(tiny_llm_dir, corpus, tmp_path, nan_updates,
                                                                           skipped):  # fmt: skip
     """An update skipped on a non-finite gradient (a NaN batch here, an fp16 loss-scale overflow alike) holds the
     schedules, so every later update uses the lr of the one before it on the plan. lr_schedule.csv had kept the
     plan written at the run's start unless the run was resumed: rows one warmup step ahead of train.log's lrs."""
-    from llmasr.train.engine import TrainEngine
-
-    real, bad = TrainEngine.to_device, set(skipped)
-
-    def to_device(self, batch):
-        out = real(self, batch)
-        if self.module.training and self.global_steps + 1 in bad:
-            bad.discard(self.global_steps + 1)
-            out.feats[0, 0, 0] = float("nan")
-        return out
-
-    monkeypatch.setattr(TrainEngine, "to_device", to_device)
+    nan_updates.update(skipped)
     run = tmp_path / "run"
     r = recipe(tiny_llm_dir, corpus, run, valid=False, epochs=2, grad_accum=1, max_updates=6)
     r.optim.scheduler.type, r.optim.scheduler.warmup_steps = "warmup_linear", 4
