@@ -25,6 +25,7 @@ from llmasr.train.checkpoint_space import check_run_space
 from llmasr.train.context_fit import check_context_fit
 from llmasr.train.early_stop import EarlyStop
 from llmasr.train.engine import TrainEngine, build_model_for_training, make_optimizer
+from llmasr.train.op_builds import warn_stale_build_locks
 from llmasr.train.param_groups import build_param_groups, describe_param_groups, idle_branch_settings, numel
 from llmasr.train.plan import plan_run
 from llmasr.train.process_group import all_gather_object, init_distributed
@@ -42,6 +43,7 @@ class RunSetup:
     def __init__(self, recipe, ds_config_path, *, resume=None, overwrite=False):
         self.recipe = recipe
         tc = recipe.train
+        warn_stale_build_locks()  # before DeepSpeed loads a JIT-built op, which would wait on one for ever
         self.dist = init_distributed()
         self.rank, self.world = self.dist.rank, self.dist.world_size
         self.startup_log = StartupLog.attach(self.rank)  # train.log starts with what is logged before it exists

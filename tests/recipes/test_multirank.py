@@ -5,17 +5,15 @@ import math
 import os
 import shutil
 import socket
-import sys
 from pathlib import Path
 
 import pytest
-import torch
-from torch.utils.cpp_extension import get_default_build_root
 
 import llmasr
 from llmasr import run_dir as ck
 from llmasr.testing.launcher import launch_train
 from llmasr.train import ds_config
+from llmasr.train.op_builds import build_cache
 from llmasr.train.progress import parse_log_line
 
 pytestmark = pytest.mark.slow
@@ -120,22 +118,6 @@ def test_an_error_only_rank_1_has_is_reported_by_rank_1(tiny_recipe_file, tmp_pa
     assert "Traceback" not in out
 
 
-def torch_build_cache() -> str:
-    """The folder torch builds JIT extensions in for this interpreter: TORCH_EXTENSIONS_DIR as set, else the default
-    root with the interpreter's and accelerator's folder torch appends to it (a variable set to the root alone would
-    be used as it is, a cache of its own)."""
-    if os.environ.get("TORCH_EXTENSIONS_DIR"):
-        return os.environ["TORCH_EXTENSIONS_DIR"]
-    if torch.version.hip is not None:
-        accelerator = "rocm" + torch.version.hip.replace(".", "")
-    elif torch.version.cuda is not None:
-        accelerator = "cu" + torch.version.cuda.replace(".", "")
-    else:
-        accelerator = "cpu"
-    python = f"py{sys.version_info.major}{sys.version_info.minor}{getattr(sys, 'abiflags', '')}"
-    return os.path.join(get_default_build_root(), f"{python}_{accelerator}")
-
-
 NODE1 = """
 import os
 
@@ -166,7 +148,7 @@ def test_a_file_one_node_lacks_or_holds_otherwise_stops_every_rank_with_one_mess
     monkeypatch.setenv("PYTHONPATH", ":".join(map(str, paths)))
     # DeepSpeed's JIT-built ops (its CPU shared-memory all-reduce, CPU Adam) stay in this machine's build cache: under
     # each node's empty home every launch compiled them again, most of this test's time
-    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", torch_build_cache())
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(build_cache()))
     monkeypatch.setenv("HOME", str(homes[0]))
     monkeypatch.chdir(homes[0])  # rank 0's node: the launch's folder
     node = f"(node {socket.gethostname()}"

@@ -434,3 +434,17 @@ def test_lr_schedule_csv_of_a_run_with_skipped_updates_holds_the_lrs_used(tiny_l
     for h, row in zip(history, csv):
         for group, lr in h["lr"].items():
             assert row[group] == pytest.approx(lr, rel=1e-12), (h["update"], group)
+
+
+def test_a_stale_build_lock_is_named_before_the_run_starts(tiny_llm_dir, corpus, tmp_path, monkeypatch, caplog):
+    """The start of a run names a lock torch left in the JIT-extension cache (llmasr.train.op_builds) before DeepSpeed
+    may load an op, which would wait on it for ever; the run itself goes on."""
+    from llmasr.train import op_builds
+
+    lock = tmp_path / "cache" / "cpu_adam" / "lock"
+    monkeypatch.setattr(op_builds, "stale_build_locks", lambda cache=None: [(lock, 5400.0)])
+    with caplog.at_level(logging.WARNING, logger="llmasr.train"):
+        out = train(recipe(tiny_llm_dir, corpus, tmp_path / "run", valid=False), "zero0", stop_after_updates=1)
+    assert [h["update"] for h in out["history"]] == [1]
+    said = [r.getMessage() for r in caplog.records if r.getMessage().startswith(f"{lock}: a lock torch left")]
+    assert len(said) == 1 and "'cpu_adam' 90 minutes ago" in said[0]
