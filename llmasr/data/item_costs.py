@@ -19,6 +19,12 @@ import numpy as np
 EpochCostFn = Callable[[int, np.ndarray], tuple[np.ndarray, np.ndarray]]
 
 
+def as_held(seconds: float) -> float:
+    """A duration limit as the manifests hold durations, in float32 (20.1 s as 20.1000004): a line of exactly the
+    limit then compares equal to it, not past it."""
+    return float(np.float32(seconds))
+
+
 class ItemCosts:
     """Per-item costs of `durations` (NaN: unknown, costed 0; the sampler skips those items) and the budget."""
 

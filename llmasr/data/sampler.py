@@ -46,7 +46,7 @@ from torch.utils.data import Sampler
 
 from llmasr.data import batch_cut
 from llmasr.data.batch_cut import EpochPlan, OrderedBatches, check_position, check_settings, cut_epoch, reorder
-from llmasr.data.item_costs import EpochCostFn, ItemCosts, per_batch, quantile_buckets
+from llmasr.data.item_costs import EpochCostFn, ItemCosts, as_held, per_batch, quantile_buckets
 from llmasr.data.regroup import repeated_steps, replay_history
 from llmasr.data.visit_keys import visit_keys
 
@@ -146,8 +146,7 @@ class DynamicBucketSampler(Sampler):
         """Per-item cost in budget units (`sizes`, `budget`), first filter reason (-1 = kept), truncation, and the
         cost buckets, all computed once."""
         d, n = self.durations, self.durations.size
-        # the manifest keeps durations in float32: a line at exactly a limit must not round past it
-        lo, hi = np.float32(self.min_duration), np.float32(self.max_duration)
+        lo, hi = as_held(self.min_duration), as_held(self.max_duration)  # the manifests' float32 durations
         costs = ItemCosts(
             d, max_seconds=self.max_seconds, max_frames=self.max_frames, frames_per_second=self.frames_per_second,
             max_duration=self.max_duration, truncate_to_max=self.truncate_to_max, min_item_seconds=min_item_seconds,

@@ -25,6 +25,7 @@ import numpy as np
 from llmasr.data.audio import missing_audio
 from llmasr.data.augment import cost_text
 from llmasr.data.bad_data import BadDataTracker, BadItem, TooMuchBadData
+from llmasr.data.item_costs import as_held
 from llmasr.data.manifest import BadRecord, Manifest
 from llmasr.data.record_fields import near_field, unread_fields, unread_text
 from llmasr.data.records import missing_hint
@@ -330,7 +331,7 @@ def longest_trained(data_cfg, durations=None) -> float | None:
     if durations.size == 0 or np.isnan(durations).any():
         longest = limit
     else:
-        kept = np.minimum(durations, limit) if b.truncate_to_max else durations[durations <= limit]
+        kept = np.minimum(durations, limit) if b.truncate_to_max else durations[durations <= as_held(limit)]
         longest = float(kept.max()) if kept.size else limit
     longest *= data_cfg.augment.stretch
     return round(float(longest), 4) if np.isfinite(longest) else None  # manifests keep float32 durations

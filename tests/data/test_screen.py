@@ -37,6 +37,9 @@ def test_the_longest_kept_training_utterance(tmp_path):
     assert longest_trained(cfg([path], max_duration=10.0)) == 3.25  # 12 s is skipped by training
     assert longest_trained(cfg([path], max_duration=10.0, truncate_to_max=True)) == 10.0  # ... or cut to 10 s
     assert longest_trained(cfg([path], max_duration=math.inf)) == 12.0
+    # a line of exactly max_duration is trained (the sampler keeps it): its float32 duration is not past the limit
+    exact = manifest(tmp_path, [1.5, 20.1], name="exact.jsonl")
+    assert longest_trained(cfg([exact], max_duration=20.1)) == pytest.approx(20.1)
     other = manifest(tmp_path, [4.0], name="other.jsonl")
     assert longest_trained(cfg([path, other], max_duration=10.0)) == 4.0  # every training manifest
     slow = from_dict(
