@@ -57,6 +57,7 @@ class CTCRule:
 
     def __init__(self, tokenizer):
         self.tokenizer = tokenizer
+        self._parts = getattr(tokenizer, "unknown_parts", None)  # a stand-in vocabulary has none
         self._unknown: dict[str, list[str]] = {}
 
     def __call__(self, target: str) -> np.ndarray | str:
@@ -67,8 +68,7 @@ class CTCRule:
         for word in target.split():
             known = self._unknown.get(word)
             if known is None:
-                ask = getattr(self.tokenizer, "unknown_parts", None)  # a stand-in vocabulary has none
-                known = self._unknown[word] = ask(word) if ask is not None else []
+                known = self._unknown[word] = self._parts(word) if self._parts is not None else []
             parts += known
         return parts
 
