@@ -72,11 +72,13 @@ class SegDictCTCTokenizer(TokenListCTCTokenizer):
         if self.unk_id is None:  # encode refuses such a word instead
             return []
         if _LOOKED_UP_BY_CHARACTER.match(word.lower()) and word.lower() not in self.seg_dict:
-            return [ch for ch in word.lower() if "<unk>" in self.pieces(ch) or not self._spelled(ch)]
-        return [] if "<unk>" not in self.pieces(word) and self._spelled(word) else [word]
+            return [ch for ch in word.lower() if not self._spelled(ch)]
+        return [] if self._spelled(word) else [word]
 
     def _spelled(self, text: str) -> bool:
-        return all(p in self.index for p in self.pieces(text))
+        """Whether encode spells `text` without <unk>: no piece of it is <unk> or missing from the list."""
+        pieces = self.pieces(text)
+        return "<unk>" not in pieces and all(p in self.index for p in pieces)
 
     def encode(self, text: str) -> list[int]:
         ids = []
