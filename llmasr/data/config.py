@@ -89,7 +89,7 @@ class BatchingConfig:
     drop_last: bool = False
     min_duration: float = 0.0  # seconds; shorter utterances are skipped (counted)
     max_duration: float = 40.0  # seconds; longer utterances are skipped (counted) unless truncate_to_max
-    max_target_len: int | None = None  # target_len above this is skipped (counted)
+    max_target_len: int | None = None  # target_len (else the transcript's characters) above this is skipped (counted)
     # Cut audio longer than max_duration to max_duration instead of skipping it. The transcript is NOT cut, so this
     # only suits data whose long utterances end in silence; off by default.
     truncate_to_max: bool = False
