@@ -42,13 +42,7 @@ def merge_audio_into_text(
     """
     batch, text_len, hidden = text_embeds.shape
     audio_len = audio_embeds.shape[1]
-    if audio_embeds.shape[0] != batch or audio_embeds.shape[2] != hidden:
-        raise ValueError(
-            f"audio embeddings {list(audio_embeds.shape)} do not fit text embeddings {list(text_embeds.shape)}: "
-            "the adaptor output size must equal the LLM hidden size"
-        )
-    if bool((audio_pos > text_lens).any()) or bool((audio_pos < 0).any()):
-        raise ValueError(f"audio_pos {audio_pos.tolist()} outside the text lengths {text_lens.tolist()}")
+    check_merge_inputs(text_embeds, text_ids, text_lens, audio_pos, target_start, audio_embeds, audio_lens)
     device = text_embeds.device
     total = text_lens + audio_lens
     width = int(total.max()) if batch else 0
@@ -87,3 +81,39 @@ def merge_audio_into_text(
         labels = torch.full((batch, width), IGNORE_INDEX, dtype=torch.long, device=device)
         labels[labelled[0], text_dest[labelled]] = text_ids[labelled]
     return MergedInputs(embeds, attention_mask, position_ids, labels, audio_mask)
+
+
+def check_merge_inputs(text_embeds, text_ids, text_lens, audio_pos, target_start, audio_embeds, audio_lens) -> None:
+    """ValueError naming the input and both shapes (or the row and both values) that do not fit together. A length
+    past its tensor's width had been taken as is: the missing positions became zeros the mask hides, so audio or text
+    went missing from the row without a word."""
+    batch, text_len, hidden = text_embeds.shape
+    audio_len = audio_embeds.shape[1]
+    if audio_embeds.dim() != 3 or audio_embeds.shape[0] != batch or audio_embeds.shape[2] != hidden:
+        raise ValueError(
+            f"audio embeddings {list(audio_embeds.shape)} do not fit text embeddings {list(text_embeds.shape)}: "
+            "the adaptor output size must equal the LLM hidden size"
+        )
+    if tuple(text_ids.shape) != (batch, text_len):
+        raise ValueError(f"text_ids {list(text_ids.shape)} do not fit text embeddings {list(text_embeds.shape)}")
+    named = {"text_lens": text_lens, "audio_pos": audio_pos, "target_start": target_start, "audio_lens": audio_lens}
+    for name, lens in named.items():
+        if tuple(lens.shape) != (batch,):
+            raise ValueError(f"{name} {list(lens.shape)} must be one value per row: [{batch}]")
+    # Every rule at once: one wait for the device, and only a failing batch looks further.
+    rules = {
+        f"text_lens outside [0, {text_len}] (text embeddings {list(text_embeds.shape)})": (text_lens < 0)
+        | (text_lens > text_len),
+        f"audio_lens outside [0, {audio_len}] (audio embeddings {list(audio_embeds.shape)})": (audio_lens < 0)
+        | (audio_lens > audio_len),
+        "audio_pos outside [0, text_lens]": (audio_pos < 0) | (audio_pos > text_lens),
+        "target_start outside [audio_pos, text_lens] (labels only after the audio)": (target_start < audio_pos)
+        | (target_start > text_lens),
+    }
+    if not bool(torch.stack(list(rules.values())).any()):
+        return
+    for rule, bad in rules.items():
+        if bool(bad.any()):
+            row = int(bad.nonzero()[0, 0])
+            values = ", ".join(f"{name} {int(lens[row])}" for name, lens in named.items())
+            raise ValueError(f"row {row} of the batch: {rule}; its values: {values}")

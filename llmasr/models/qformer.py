@@ -46,6 +46,11 @@ class QFormerAdaptor(Adaptor):
         super().__init__()
         if cfg.num_queries < 1:
             raise ConfigError(f"model.adaptor.num_queries: must be >= 1 for a qformer, got {cfg.num_queries}")
+        if cfg.n_layer < 1:  # the queries read the frames only in the blocks: without one, every output is the same
+            raise ConfigError(
+                f"model.adaptor.n_layer: must be >= 1 for a qformer (its queries read the audio only through its "
+                f"layers; with none the LLM gets the same embeddings for every utterance), got {cfg.n_layer}"
+            )
         if input_dim % cfg.n_head:
             raise ConfigError(
                 f"model.adaptor.n_head: the qformer works at the encoder dim {input_dim}, "

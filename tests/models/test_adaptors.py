@@ -143,3 +143,13 @@ def test_heads_that_do_not_divide_the_llm_width_name_their_key():
     """The transformer adaptor's blocks work at the LLM width; the error had named no recipe key."""
     with pytest.raises(ConfigError, match=r"model.adaptor.n_head: .* LLM width 24, which n_head=5"):
         build_adaptor(AdaptorConfig(type="transformer", n_head=5), IN_DIM, LLM_DIM)
+
+
+def test_a_qformer_without_layers_is_refused():
+    """The queries read the frames only through the Q-Former's layers: with n_layer 0 every utterance had become the
+    same embeddings (the learned queries, projected), whatever its audio, and training went on."""
+    with pytest.raises(ConfigError, match=r"model.adaptor.n_layer: must be >= 1 for a qformer.*got 0"):
+        build_adaptor(AdaptorConfig(type="qformer", n_layer=0, n_head=4, num_queries=2), IN_DIM, LLM_DIM)
+    one = build_adaptor(AdaptorConfig(type="qformer", n_layer=1, n_head=4, num_queries=2), IN_DIM, LLM_DIM).eval()
+    lens = torch.tensor([8])
+    assert not torch.allclose(one(torch.randn(1, 8, IN_DIM), lens)[0], one(torch.randn(1, 8, IN_DIM), lens)[0])

@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from llmasr.models.insert_audio import merge_audio_into_text
@@ -85,3 +86,27 @@ def test_each_mask_is_searched_once():
 
     assert aten_ops(merge)["aten::nonzero"] == 3
     assert aten_ops(merge, left_pad=True, with_labels=False)["aten::nonzero"] == 2
+
+
+@pytest.mark.parametrize(
+    "change,said",
+    [
+        ({"audio_lens": torch.tensor([2, 6, 3])}, r"row 1 of the batch: audio_lens outside \[0, 5\] .*\[3, 5, 4\]"),
+        ({"text_lens": torch.tensor([7, 4, 10])}, r"row 2 of the batch: text_lens outside \[0, 9\] .*\[3, 9, 4\]"),
+        ({"target_start": torch.tensor([2, 4, 6])}, r"row 0 .*target_start outside \[audio_pos, text_lens\]"),
+        ({"target_start": torch.tensor([5, 5, 6])}, r"row 1 .*target_start 5"),
+        ({"audio_pos": torch.tensor([3, 5, 0])}, r"row 1 of the batch: audio_pos outside \[0, text_lens\]"),
+        (
+            {"text_ids": torch.zeros(3, 8, dtype=torch.long)},
+            r"text_ids \[3, 8\] do not fit text embeddings \[3, 9, 4\]",
+        ),
+        ({"audio_lens": torch.tensor([2, 5])}, r"audio_lens \[2\] must be one value per row: \[3\]"),
+    ],
+)
+def test_lengths_that_do_not_fit_their_tensors_are_named(change, said):
+    """A length past its tensor's width had been taken as is: the audio or text it counted went missing from the row
+    (zeros the attention mask hides) or a row lost its labels, without a word."""
+    names = ["text_embeds", "text_ids", "text_lens", "audio_pos", "target_start", "audio_embeds", "audio_lens"]
+    args = dict(zip(names, make_batch())) | change
+    with pytest.raises(ValueError, match=said):
+        merge_audio_into_text(**args)
