@@ -4,15 +4,18 @@ one template (llmasr/convert/nano_finetune.yaml) that recipes/fun-asr-nano_lora_
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
 from llmasr.cli import main as cli_main
 from llmasr.config_io import to_dict
 from llmasr.convert.nano_recipe import RECIPE_NAME, TEMPLATE
+from llmasr.data.frontend import write_kaldi_cmvn
 from llmasr.models.exported import exported_model_config
 from llmasr.models.start_from import start_differences
 from llmasr.recipe import load_recipe
@@ -26,9 +29,14 @@ CHOICES = ("encoder.freeze", "adaptor.freeze", "llm.dtype", "llm.freeze", "llm.l
 
 @pytest.fixture(scope="module")
 def converted(tmp_path_factory):
-    """A tiny Nano (sizes unlike the release's) converted by the command; a manifest; the command's output."""
+    """A tiny Nano (sizes unlike the release's, an am.mvn beside config.yaml) converted by the command; a manifest;
+    the command's output."""
     root = tmp_path_factory.mktemp("nano_recipe")
     src = write_nano_dir(root / "src")
+    write_kaldi_cmvn(src / "am.mvn", np.full(560, -3.0, np.float32), np.full(560, 0.5, np.float32))  # 80 mels x 7
+    conf = json.loads((src / "configuration.json").read_text(encoding="utf-8"))
+    conf["file_path_metas"]["frontend_conf"] = {"cmvn_file": "am.mvn"}  # as the release names it
+    (src / "configuration.json").write_text(json.dumps(conf), encoding="utf-8")
     out = root / "out"
     capture = pytest.MonkeyPatch()  # (capsys is function-scoped: the command's stdout read through a file)
     printed = root / "stdout.txt"
@@ -60,6 +68,7 @@ def test_the_written_recipe_passes_check_wherever_the_folder_is_moved(converted,
     model = load_recipe(moved / RECIPE_NAME, data).model
     assert Path(model.encoder.init_from) == moved / "encoder.safetensors" and Path(model.llm.path) == moved / "llm"
     assert Path(model.ctc.vocab) == moved / "ctc_vocab.tiktoken"
+    assert Path(model.encoder.frontend["cmvn_file"]) == moved / "am.mvn"
     assert start_differences(model) == []  # the start-folder check: the folder's features and prompt
 
 
