@@ -27,6 +27,11 @@ class ConfigError(ValueError):
     """A recipe or override that cannot be turned into the typed config."""
 
 
+class UnsetError(ConfigError):
+    """A setting the run needs that the recipe leaves unset (its manifests): the recipe is named with it, as no
+    line of it can be (llmasr.recipe.located)."""
+
+
 class _Int(int):
     """An integer as YAML read it, with the text it was written as (`raw`): a string field takes that text, not
     the number's (`output_dir=0755` is the folder 0755, not 493)."""

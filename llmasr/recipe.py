@@ -15,7 +15,7 @@ from pathlib import Path
 
 import yaml
 
-from llmasr.config_io import ConfigError, apply_overrides, dump_yaml, from_dict, load_yaml, to_dict
+from llmasr.config_io import ConfigError, UnsetError, apply_overrides, dump_yaml, from_dict, load_yaml, to_dict
 from llmasr.config_paths import resolve_paths
 from llmasr.data.config import DataConfig, ValidManifestSpec
 from llmasr.models.config import AdaptorConfig, CTCConfig, CTCDecoderConfig, EncoderConfig, ModelConfig
@@ -112,6 +112,8 @@ def located(err: ConfigError, path, overrides: list[str] | None) -> ConfigError:
     first, *rest = str(err).split("\n", 1)
     colon = ":" if first.endswith(":") else ""  # (a list of reasons follows)
     at = where_set(first, path, overrides or [])
+    if not at and path is not None and isinstance(err, UnsetError):  # the key is nowhere: the recipe that lacks it
+        at = f" ({path} sets none)"
     if at:
         err.args = ("\n".join([first.removesuffix(":") + at + colon, *rest]), *err.args[1:])
     return err

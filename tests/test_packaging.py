@@ -26,6 +26,7 @@ def test_wheel_ships_the_presets_and_resolves_them(tmp_path):
     (wheel,) = wheels.glob("llmasr-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
     assert {f"llmasr/ds_configs/{p}.json" for p in PRESETS} <= names
+    assert "llmasr/convert/nano_finetune.yaml" in names  # what `llmasr convert funasr` writes its recipe from
 
     site = tmp_path / "site"
     install = [sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(site), str(wheel)]

@@ -7,6 +7,7 @@ import logging
 
 from llmasr import errors
 from llmasr.convert.funasr_nano import convert_funasr
+from llmasr.convert.nano_recipe import RECIPE_NAME
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -29,5 +30,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     out = convert_funasr(args.src, args.out, dtype=args.dtype, overwrite=args.overwrite)
-    print(f"converted {args.src} to {out}; decode with: llmasr decode --model {out} ...")
+    recipe = out / RECIPE_NAME
+    print(f"converted {args.src} to {out}; decode with: llmasr decode --model {out} ...; fine-tune with: "
+          f"llmasr train --config {recipe} --deepspeed zero2 data.train=[...] data.valid=[...] (check first: "
+          f"llmasr check, same arguments)")  # fmt: skip
     return 0

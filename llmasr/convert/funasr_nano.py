@@ -19,6 +19,8 @@ recipe fine-tunes from OUT's files. The steps:
   the keys. A decoder tensor model.pt lacks comes from `ctc_decoder_conf.init_param_path` when config.yaml names
   one, as FunASR loads that file into the decoder before model.pt.
 - Left out, in one log record: any other module of model.pt.
+- OUT/finetune_lora_zero2.yaml (llmasr.convert.nano_recipe): a fine-tuning recipe whose model section is the model
+  OUT describes, its files named relative to OUT; the manifests are the user's to give.
 
 Everything is written under a hidden sibling of OUT and put in place at the end (llmasr.export.staged_dir).
 """
@@ -43,6 +45,7 @@ from llmasr.convert.nano_config import (
     stated_adaptor_dims,
 )
 from llmasr.convert.nano_lora import LoraError, fold_funasr_lora
+from llmasr.convert.nano_recipe import write_finetune_recipe
 from llmasr.convert.nano_shapes import check_speech_weights, ctc_decoder_shapes, ctc_head_gaps, describe
 from llmasr.export.export import DTYPE_NAMES, write_model_dir
 from llmasr.export.staged_dir import discarded_on_error, output_dir, publish, staging_dir, writing
@@ -331,8 +334,10 @@ def convert_funasr(src: str | Path, out: str | Path, *, dtype: str = "fp32", ove
             write_model_dir(
                 model, info, Recipe(model=cfg), tmp, DTYPE_NAMES[dtype], training_max_duration=NANO_SEGMENT_SECONDS
             )
+            recipe = write_finetune_recipe(tmp, out, named)  # from the description just written: the same model
             output_dir(out, overwrite=overwrite, flag="OUT", error=ConvertError)  # filled meanwhile: kept
             publish(tmp, out, MODEL_FILE)
         shutil.rmtree(stage, ignore_errors=True)
-        log.info("converted %s to %s", src, out)
+        log.info("converted %s to %s; its fine-tuning recipe: %s (give data.train=[...] data.valid=[...])", src, out,
+                 recipe)  # fmt: skip
         return Path(named).expanduser()

@@ -183,6 +183,23 @@ def exported_model_config(
     from this directory (a recipe starting from its encoder), so the base LLM an adapter export applies to is
     neither looked for nor fingerprinted."""
     model_dir = Path(model_dir).resolve()
+    section = exported_model_section(model_dir, dtype=dtype, trust_remote_code=trust_remote_code, read_llm=read_llm)
+    try:
+        return from_dict(ModelConfig, section, "model")
+    except ConfigError as err:
+        raise ExportedModelError(f"{model_dir / MODEL_FILE}: {err}") from err
+
+
+def exported_model_section(
+    model_dir: str | Path,
+    *,
+    dtype: str | torch.dtype | None = None,
+    trust_remote_code: bool = False,
+    read_llm: bool = True,
+) -> dict:
+    """exported_model_config's section as the plain dict a recipe's `model` holds (files named absolutely), before
+    typing: what `llmasr convert funasr` writes into the fine-tuning recipe it puts beside the description."""
+    model_dir = Path(model_dir).resolve()
     desc = read_description(model_dir)
     enc = desc["encoder"]
     entry_for_class(enc.get("class", ""), f"{model_dir / MODEL_FILE}: encoder.class")
@@ -225,10 +242,7 @@ def exported_model_config(
             section["prompt"][key] = p[key]
     if c:
         section["ctc"] = _ctc_section(model_dir, c)
-    try:
-        return from_dict(ModelConfig, section, "model")
-    except ConfigError as err:
-        raise ExportedModelError(f"{model_dir / MODEL_FILE}: {err}") from err
+    return section
 
 
 def _ctc_section(model_dir: Path, c: dict) -> dict:

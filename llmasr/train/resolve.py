@@ -11,24 +11,41 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from llmasr.config_io import ConfigError, to_dict
+from llmasr.config_io import ConfigError, UnsetError, to_dict
 from llmasr.data.frontend import FrontendConfig
 from llmasr.models.attention_kernels import choose_attention_kernels
 from llmasr.models.builder import encoder_frontend
 from llmasr.models.config import ModelConfig
+
+# How to name the manifests: a recipe written without them (`llmasr convert funasr`'s) takes them on the command line.
+GIVE_TRAIN = ("name them on the command line after the recipe, data.train=[data/train.jsonl] (several: "
+              "data.train=[a.jsonl,b.jsonl]), or in the recipe's data.train")  # fmt: skip
+GIVE_VALID = "give one on the command line, data.valid=[data/dev.jsonl], or in the recipe's data.valid"
+
+
+def no_train_manifest() -> UnsetError:
+    return UnsetError(f"data.train: no training manifest given; {GIVE_TRAIN}")
 
 
 def check_run_settings(recipe) -> None:
     """Cross-section checks of the train section that the typed config cannot make on its own."""
     tc = recipe.train
     if not recipe.data.train:
-        raise ConfigError("data.train: no training manifest given")
+        raise no_train_manifest()
     if tc.valid_every_updates and not recipe.data.valid:
-        raise ConfigError("train.valid_every_updates is set but data.valid names no manifest")
+        raise ConfigError(
+            f"train.valid_every_updates is set but data.valid names no manifest; {GIVE_VALID} (or validate never: "
+            "train.valid_every_updates=0 train.best_k=0)"
+        )
     if tc.patience and not recipe.data.valid:
-        raise ConfigError(f"train.patience: {tc.patience} counts validations, but data.valid names no manifest")
+        raise ConfigError(
+            f"train.patience: {tc.patience} counts validations, but data.valid names no manifest; {GIVE_VALID}"
+        )
     if tc.best_metric == "wer" and tc.best_k and not recipe.data.valid:
-        raise ConfigError("train.best_metric is wer but data.valid names no manifest to compute it on")
+        raise ConfigError(
+            f"train.best_metric is wer but data.valid names no manifest to compute it on; {GIVE_VALID} (or rank no "
+            "checkpoints by it: train.best_k=0)"
+        )
     llm = recipe.model.llm
     # the base weights trained: all of them, or the biases LoRA trains (lora.bias all / lora_only)
     trained = "model.llm.freeze false" if not llm.freeze else None
@@ -125,7 +142,7 @@ def build_loaders(recipe, side: TextSide, *, rank: int, world_size: int, device=
 
     data = recipe.data
     if not data.train:
-        raise ConfigError("data.train: no training manifest given")
+        raise no_train_manifest()
     common = dict(
         prompt_builder=side.prompt, ctc_tokenizer=side.ctc_tokenizer, rank=rank, world_size=world_size, device=device,
         share=share, llm_rows=llm_rows(recipe.model, data, side),

@@ -222,3 +222,25 @@ def test_a_key_the_model_builder_refuses_is_named_where_the_recipe_sets_it(recip
     code, _, err = run_check(capsys, "--config", str(recipe_file), "--deepspeed", "zero0", "--out", str(tmp_path / "o"),
                              "model.encoder.frontend.n_mel=40")  # fmt: skip
     assert code == 2 and "(set by the override 'model.encoder.frontend.n_mel=40')" in err
+
+
+def test_a_recipe_without_training_manifests_is_told_how_to_give_them(recipe_file, tmp_path, capsys):
+    """A recipe with no data.train (the one `llmasr convert funasr` writes) is named, with the override that gives
+    them; the error had said only that none was given."""
+    data = yaml.safe_load(recipe_file.read_text())
+    del data["data"]["train"]
+    recipe = tmp_path / "no_train.yaml"
+    recipe.write_text(yaml.safe_dump(data))
+    code, _, err = run_check(capsys, "--config", str(recipe), "--deepspeed", "zero2", "--out", str(tmp_path))
+    assert code == 2
+    assert "data.train: no training manifest given; name them on the command line after the recipe, " in err
+    assert "data.train=[data/train.jsonl]" in err and f"({recipe} sets none)" in err
+    train = yaml.safe_load(recipe_file.read_text())["data"]["train"][0]
+    del data["data"]["valid"]
+    data["train"]["valid_every_updates"] = 5
+    recipe.write_text(yaml.safe_dump(data))
+    code, _, err = run_check(capsys, "--config", str(recipe), "--deepspeed", "zero2", "--out", str(tmp_path),
+                             f"data.train=[{train}]")  # fmt: skip
+    assert (
+        code == 2 and "data.valid names no manifest; give one on the command line, data.valid=[data/dev.jsonl]" in err
+    )
