@@ -80,10 +80,22 @@ def header(out: str) -> str:
     )
 
 
+class _Dumper(yaml.SafeDumper):
+    """Writes a multi-line string (Nano's hotword block, a chat template) as a literal block, readable as the prompt
+    renders it, where PyYAML would fold it into a quoted line with its newlines doubled."""
+
+
+def _text(dumper: yaml.SafeDumper, value: str):
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style="|" if "\n" in value else None)
+
+
+_Dumper.add_representer(str, _text)
+
+
 def write_finetune_recipe(model_dir: Path, out: Path, named: str | Path) -> Path:
     """Write RECIPE_NAME into `model_dir`, the staged folder that becomes `out` (named `named` on the command
     line); returns the path it will have in `out`."""
     recipe = finetune_recipe(model_dir, Path(out).name)
-    body = yaml.safe_dump(recipe, sort_keys=False, allow_unicode=True, width=120)
+    body = yaml.dump(recipe, Dumper=_Dumper, sort_keys=False, allow_unicode=True, width=120)
     (Path(model_dir) / RECIPE_NAME).write_text(header(str(named)) + body, encoding="utf-8")
     return Path(named).expanduser() / RECIPE_NAME
