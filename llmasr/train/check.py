@@ -268,11 +268,13 @@ def _data_lines(sampler, per_epoch: list[int], valid_loader) -> list[str]:
     return [
         "data",
         f"  batches per rank per epoch: {per_epoch[0] if len(set(per_epoch)) == 1 else per_epoch}",
-        f"  mean utterances per batch: {st['mean_batch_size']:.2f}; padding efficiency {st['padding_efficiency']:.3f}",
+        f"  mean utterances per batch: {st['mean_batch_size']:.2f} (padding duplicates not counted); padding "
+        f"efficiency {st['padding_efficiency']:.3f}",
         *([cost] if worst else []),
         *_llm_lines(sampler, st),
         f"  items kept {st['kept_items']} of {st['num_items']}; skipped: {st['filtered'] or 'none'}; "
         f"padding batches (world-size remainder): {st['num_padding_batches']}",
+        *([f"  warning: {st['padding_warning']}"] if st["padding_warning"] else []),
         f"  validation: {'none' if valid_loader is None else f'{len(valid_loader)} batches per rank'}",
     ]
 
