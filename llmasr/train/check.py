@@ -14,6 +14,7 @@ load would refuse it.
 from __future__ import annotations
 
 import itertools
+import warnings
 from pathlib import Path
 from typing import NamedTuple
 
@@ -41,6 +42,9 @@ from llmasr.train.run_dir import RunDirError, check_lock, check_run_start
 from llmasr.train.schedulers import branch_of_group, lr_curve
 from llmasr.train.universal import batches_left, global_batch_change, nothing_left, resumed_counts
 from llmasr.train.zero_memory import estimate_zero_memory, optimizer_state_bytes
+
+# what torch's DataLoader warns at its construction when data.num_workers is more than this machine's CPUs
+WORKERS_WARNING = r"This DataLoader will create \d+ worker processes in total"
 
 
 def param_counts(model) -> dict:
@@ -344,7 +348,9 @@ def check(
     check_fused_kernels(recipe.model.llm, zero_stage=zero_stage(ds))  # the device is training's to check
     folder = run_folder(recipe, resume=resume, overwrite=overwrite)
     # the same arithmetic `llmasr train` logs; a resume's stop is counted from its checkpoint (resumed_total)
-    plan = plan_run(recipe, ds, rank=0, world_size=world_size, resuming=folder.resume is not None)
+    with warnings.catch_warnings():  # check starts no worker: their count is for the machine that trains
+        warnings.filterwarnings("ignore", WORKERS_WARNING, UserWarning)
+        plan = plan_run(recipe, ds, rank=0, world_size=world_size, resuming=folder.resume is not None)
     _, sampler, valid_loader = plan.loaders
     k, per_epoch = plan.grad_accum, plan.per_epoch
     model = build_model(recipe.model, weights="shapes")  # exact counts; the pretrained files' shapes checked

@@ -325,3 +325,26 @@ def test_many_padding_batches_are_warned_and_not_counted_in_the_mean_batch(recip
     assert want in out and "are padding duplicates" in out
     code, out, err = run_check(capsys, "--config", str(recipe_file), "--deepspeed", "zero2", "--out", str(tmp_path))
     assert code == 0 and "padding duplicates, batches trained again" not in out, err
+
+
+def test_check_does_not_pass_on_torch_s_warning_of_more_workers_than_this_machine_has(recipe_file, tmp_path, capsys):
+    """data.num_workers is for the training machine; check, which starts no worker, had printed torch's "This
+    DataLoader will create N worker processes" warning on a smaller one. Training's loader still warns."""
+    import os
+    import warnings
+
+    from llmasr.recipe import load_recipe
+    from llmasr.train.resolve import build_loaders, text_side
+
+    workers = f"data.num_workers={len(os.sched_getaffinity(0)) + 1}"
+    with warnings.catch_warnings(record=True) as got:
+        warnings.simplefilter("always")
+        code, _, err = run_check(capsys, "--config", str(recipe_file), "--deepspeed", "zero2", "--out", str(tmp_path),
+                                 workers)  # fmt: skip
+    assert code == 0, err
+    assert [str(w.message) for w in got if "worker processes" in str(w.message)] == []
+    recipe = load_recipe(recipe_file, [workers])
+    with warnings.catch_warnings(record=True) as got:
+        warnings.simplefilter("always")
+        build_loaders(recipe, text_side(recipe.model), rank=0, world_size=1)
+    assert any("worker processes in total" in str(w.message) for w in got)
