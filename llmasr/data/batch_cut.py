@@ -145,15 +145,17 @@ class OrderedBatches:
     def __len__(self) -> int:
         return self.offsets.size - 1
 
-    def dealt_stats(self, positions: np.ndarray, slots: int) -> dict:
-        """The mean batch size over `slots` (batches per rank x ranks) and the share of the padded budget that is real
-        cost, of the batches `positions` deals; with LLM rows, the padded LLM positions (B x the longest row) of those
-        batches and the longest row batched."""
+    def dealt_stats(self, positions: np.ndarray) -> dict:
+        """Of the batches `positions` deals: the mean batch size of the real ones (a padding duplicate repeats a
+        batch: it adds no utterance) and the share of the padded budget that is real cost over all of them; with LLM
+        rows, the padded LLM positions (B x the longest row) of those batches and the longest row
+        batched."""
         dealt = positions.ravel()
-        lens = np.diff(self.offsets)[dealt]
+        sizes = np.diff(self.offsets)
+        lens, real_batches = sizes[dealt], np.unique(dealt)
         real, padded = float(self.cost[dealt].sum()), float((lens * self.longest[dealt]).sum())
         out = {
-            "mean_batch_size": int(lens.sum()) / max(1, slots),
+            "mean_batch_size": int(sizes[real_batches].sum()) / max(1, real_batches.size),
             "padding_efficiency": real / padded if padded else 1.0,
         }
         if self.llm_longest is not None:

@@ -129,6 +129,7 @@ def make_sampler(
         indices=indices,
         epoch_indices=epoch_indices,
         skip=skip,
+        padding_warns=train and not keep_every_item,
     )
 
 

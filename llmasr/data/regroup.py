@@ -51,6 +51,23 @@ def group_positions(
     return groups, padding
 
 
+PADDING_WARN_SHARE = 0.1  # of an epoch's rank-batches: past it, padding duplicates are warned of
+
+
+def padding_warning(real: int, world_size: int, padding: int) -> str | None:
+    """What `padding` duplicates among `real` batches dealt to `world_size` ranks cost, when they are more than
+    PADDING_WARN_SHARE of the rank-batches (every rank must take as many batches: the last group is padded with
+    repeats of its own); None otherwise."""
+    slots = real + padding
+    if not slots or padding / slots <= PADDING_WARN_SHARE:
+        return None
+    return (
+        f"{real} batches over {world_size} ranks: {padding} of the {slots} rank-batches ({padding / slots:.0%}) are "
+        "padding duplicates, batches trained again so that every rank takes as many (a world size that divides the "
+        "batches, or data.batching.drop_last, which leaves the left-over batches out instead, avoids them)"
+    )
+
+
 def repeated_steps(groups: np.ndarray, rank: int) -> frozenset[int]:
     """The steps at which `rank` yields a padding duplicate: a batch (position) that an earlier step or a lower
     rank of the same step also yields. Counting every step except these counts each batch once."""

@@ -47,7 +47,7 @@ from torch.utils.data import Sampler
 from llmasr.data import batch_cut
 from llmasr.data.batch_cut import EpochPlan, OrderedBatches, check_position, check_settings, cut_epoch, reorder
 from llmasr.data.item_costs import EpochCostFn, ItemCosts, as_held, per_batch, quantile_buckets
-from llmasr.data.regroup import repeated_steps, replay_history
+from llmasr.data.regroup import padding_warning, repeated_steps, replay_history
 from llmasr.data.visit_keys import visit_keys
 
 log = logging.getLogger("llmasr.data")
@@ -78,6 +78,8 @@ class DynamicBucketSampler(Sampler):
     epoch_indices: epoch -> dataset indices for that epoch (weighted mixing; repeats are visits with keys of their
         own); overrides `indices`.
     skip: dataset indices known to be unusable (lines found bad before loading); never batched.
+    padding_warns: training's sampler: an epoch whose padding duplicates are a large share of its rank-batches is
+        warned of (regroup.padding_warning; logged by rank 0, and in stats()["padding_warning"]).
     """
 
     def __init__(
@@ -111,6 +113,7 @@ class DynamicBucketSampler(Sampler):
         epoch_indices: Callable[[int], np.ndarray] | None = None,
         skip: np.ndarray | None = None,
         epoch_costs: EpochCostFn | None = None,
+        padding_warns: bool = False,
     ):
         check_settings(rank, world_size, max_seconds, max_frames, frames_per_second, num_buckets, seed)
         self.durations = np.asarray(durations, dtype=np.float64)
@@ -129,6 +132,7 @@ class DynamicBucketSampler(Sampler):
         self.min_duration, self.max_duration = float(min_duration), float(max_duration)
         self.max_target_len, self.truncate_to_max = max_target_len, bool(truncate_to_max)
         self.epoch_indices = epoch_indices
+        self.padding_warns, self._padding_told = bool(padding_warns), None  # the last padding warning logged
         self.base_indices = np.arange(n, dtype=np.int64) if indices is None else np.asarray(indices, dtype=np.int64)
         self._sort_items(min_item_seconds, cost_scale, cost_pad, epoch_costs, skip)
 
@@ -266,8 +270,10 @@ class DynamicBucketSampler(Sampler):
             "num_batches_global": len(o),
             "num_batches_per_rank": len(plan),
             "num_padding_batches": padding,
-            **o.dealt_stats(positions, len(plan) * self.world_size),
+            **o.dealt_stats(positions),
         }
+        real = len(plan) * self.world_size - padding
+        stats["padding_warning"] = padding_warning(real, self.world_size, padding) if self.padding_warns else None
         filtered = o.filtered
         if self.rank == 0 and (self._plan_cache is None or self._plan_cache[0][0] != epoch):
             if filtered:
@@ -275,6 +281,9 @@ class DynamicBucketSampler(Sampler):
             if dropped:
                 log.info("epoch %d: data.batching.drop_last left out %d batch(es) over the world size %d, drawn at "
                          "random", epoch, dropped, self.world_size)  # fmt: skip
+        if self.rank == 0 and stats["padding_warning"] and stats["padding_warning"] != self._padding_told:
+            log.warning("epoch %d: %s", epoch, stats["padding_warning"])  # once, and again only where it changes
+            self._padding_told = stats["padding_warning"]
         self._plan_cache = (key, plan, stats, o.sha1())
         return plan, stats
 

@@ -13,7 +13,7 @@ load would refuse it.
 
 from __future__ import annotations
 
-import itertools
+import warnings
 from pathlib import Path
 from typing import NamedTuple
 
@@ -25,6 +25,7 @@ from llmasr.models.fused_kernels import check_fused_kernels
 from llmasr.models.start_from import check_start_folder
 from llmasr.run_dir import RECIPE_FILE, read_meta, resolve_resume, resume_asked, resume_or_start
 from llmasr.run_dir.files import verify_tag
+from llmasr.train.check_course import Course, early_stop_lines, epoch_ends, fresh_course, key_updates
 from llmasr.train.checkpoint_space import CheckpointSpace, size_text
 from llmasr.train.config import need_recipe
 from llmasr.train.context_fit import check_context_fit
@@ -38,9 +39,12 @@ from llmasr.train.progress import plot_lr, write_lr_csv
 from llmasr.train.resolve import check_run_settings
 from llmasr.train.resume import check_checkpoint, manifest_contents, resuming
 from llmasr.train.run_dir import RunDirError, check_lock, check_run_start
-from llmasr.train.schedulers import branch_of_group, lr_curve
+from llmasr.train.schedulers import lr_curve
 from llmasr.train.universal import batches_left, global_batch_change, nothing_left, resumed_counts
 from llmasr.train.zero_memory import estimate_zero_memory, optimizer_state_bytes
+
+# what torch's DataLoader warns at its construction when data.num_workers is more than this machine's CPUs
+WORKERS_WARNING = r"This DataLoader will create \d+ worker processes in total"
 
 
 def param_counts(model) -> dict:
@@ -56,25 +60,6 @@ def param_counts(model) -> dict:
             per_branch[name] = (sum(p.numel() for p in ps), sum(p.numel() for p in ps if p.requires_grad))
     return {"total": total, "trainable": trainable, "largest_layer": largest, "branches": per_branch,
             "bytes": weight_bytes}  # fmt: skip
-
-
-def key_updates(optim_cfg, group_names: list[str], total: int, stop: int | None = None) -> list[tuple[str, int]]:
-    """(label, update) pairs of a run whose schedules are sized by `total` updates and which stops after `stop`
-    (default `total`): start, each distinct warmup end, middle, last update."""
-    stop = total if stop is None else stop
-    points = [("start", 0)]
-    for name in group_names:
-        sched = optim_cfg.branch(branch_of_group(name)).scheduler
-        end = int(total * sched.phase_ratio[0]) if sched.type == "tri_stage" else sched.warmup_updates(total)
-        if 0 < end < stop and all(u != end for _, u in points):
-            points.append((f"warmup end ({branch_of_group(name)})", end))
-    points += [("middle", stop // 2), ("last", stop - 1)]
-    seen, out = set(), []
-    for label, u in sorted(points, key=lambda p: p[1]):
-        if u not in seen:
-            seen.add(u)
-            out.append((label, u))
-    return out
 
 
 def plot_dir(run_dir: Path) -> Path:
@@ -107,14 +92,15 @@ def run_start(recipe, model, plan, folder: RunFolder, *, stage: int, world_size:
     """What `llmasr train` would do with train.output_dir (`folder`, as run_folder found it) once it has the data
     and the model: the checkpoint resumed fits this recipe, data, model and ZeRO stage, and its files are whole.
     Returns the report's lines, the updates the run's schedules are sized by (a resume counts those it holds, as
-    training does) and the update it stops after (fewer where train.max_updates is more than the epochs hold)."""
+    training does), the update it stops after (fewer where train.max_updates is more than the epochs hold) and its
+    course (check_course.Course: from the checkpoint for a resume)."""
     run_dir = Path(recipe.train.output_dir)
     asked, key, resume, notes = folder
     if resume is None:
         why = "--overwrite starts over" if overwrite else "no checkpoint yet"
         auto = f" (train.resume auto: {why})" if asked == "auto" else ""
         lines = ["run directory", f"  {run_dir}: a fresh run{auto}", *(f"  {n}" for n in notes)]
-        return lines, plan.total, min(plan.total, plan.natural)
+        return lines, plan.total, min(plan.total, plan.natural), fresh_course(recipe.train, plan.updates_per_epoch)
     load_dir, tag = resolve_resume(resume, run_dir, key)
     where = load_dir / tag
     meta = read_meta(where)
@@ -130,23 +116,25 @@ def run_start(recipe, model, plan, folder: RunFolder, *, stage: int, world_size:
     converted = "" if meta.zero_stage == stage else f"; saved at ZeRO stage {meta.zero_stage}, converted to {stage}"
     head = f"  resumes {where} (update {meta.update}, epoch {meta.epoch}{resized}{converted}) into {run_dir}"
     client, saved_ds = read_client_state(where, meta)
-    total, stop = resumed_total(recipe, plan, where, meta, world_size, client, changed)
+    total, stop, ends = resumed_total(recipe, plan, where, meta, world_size, client, changed)
     early = EarlyStop.of(recipe.train)
     early.load_state_dict(client.get("early_stop"))
+    course = Course(meta.update, ends, early, owed=bool(client.get("validation_owed")))
     done = nothing_left(meta.update, stop)  # the epochs' end, where it comes before max_updates
     batch = global_batch_change(saved_ds, plan.ds, world_size) if resized else None
     if done is None and early.exhausted and int(client.get("epoch", meta.epoch)) < recipe.train.epochs:
         done = early.nothing_left()  # as the trainer says once it has loaded the count
     warnings = [f"  warning: {w}" for w in (batch, done) if w]
-    return ["run directory", head, *(f"  {n}" for n in notes), *warnings], total, stop
+    return ["run directory", head, *(f"  {n}" for n in notes), *warnings], total, stop, course
 
 
 def resumed_total(
     recipe, plan, where: Path, meta, world_size: int, client: dict, changed: list[str] = ()
-) -> tuple[int, int]:
+) -> tuple[int, int, list[int]]:
     """The updates a resume from checkpoint `where` (its `client` state) holds, counted as the trainer counts them
     once it has loaded: the batches left in its epoch (dealt to this world size) and the epochs after it, at this
-    grad_accum; and the update the run stops after (the epochs' end where train.max_updates is more)."""
+    grad_accum; the update the run stops after (the epochs' end where train.max_updates is more); and the updates
+    after which its epochs end."""
     epoch, loader_state = int(client.get("epoch", meta.epoch)), client.get("loader")
     resharded = None
     if loader_state is not None:  # a position this data cannot continue is refused, as training's load refuses it
@@ -155,7 +143,7 @@ def resumed_total(
         resharded = length if meta.world_size != world_size else None
     left = batches_left(plan.per_epoch, epoch, loader_state, resharded)
     total, held = resumed_counts(meta.update, epoch, left, plan.per_epoch, plan.grad_accum, recipe.train.max_updates)
-    return total, min(total, held)
+    return total, min(total, held), epoch_ends(meta.update, left, plan.per_epoch, epoch, plan.grad_accum)
 
 
 def _weights_lines(m) -> list[str]:
@@ -210,33 +198,6 @@ def _checkpoint_lines(tc, ds: dict, counts: dict, plan, total: int) -> list[str]
     return ["checkpoints", f"  {space.line()}", *([f"  warning: {warning}"] if warning else [])]
 
 
-def validation_updates(tc, plan, stop: int) -> list[int]:
-    """The updates after which a run of `plan` that stops after `stop` validates: every train.valid_every_updates
-    and at each epoch's end (and where max_updates stops it)."""
-    every = tc.valid_every_updates
-    ends = set(itertools.accumulate(plan.updates_per_epoch))
-    due = set(range(every, stop + 1, every)) if every else set()
-    return sorted(u for u in due | ends | {stop} if u <= stop)
-
-
-def _early_stop_lines(tc, plan, stop: int) -> list[str]:
-    """What train.patience does over the validations the run holds, and a warning where it never can."""
-    if not tc.patience or plan.loaders[2] is None:
-        return []
-    left = validation_updates(tc, plan, stop)
-    lines = [
-        f"  early stopping: after {tc.patience} validation(s) in a row without a better valid {tc.best_metric} (by "
-        f"more than {tc.min_delta:g}); the run validates {len(left)} time(s)"
-    ]
-    if len(left) <= tc.patience:  # the first validation sets the best: patience more are needed after it
-        lines.append(
-            f"  warning: train.patience {tc.patience} needs {tc.patience + 1} validations and the run holds "
-            f"{len(left)}: it never stops early (lower train.patience, or validate more often with "
-            "train.valid_every_updates)"
-        )
-    return lines
-
-
 def _memory_lines(ds: dict, tc, counts: dict, world_size: int) -> list[str]:
     stage = zero_stage(ds)
     offload_param = ((ds.get("zero_optimization") or {}).get("offload_param") or {}).get("device") not in (None, "none")
@@ -268,11 +229,13 @@ def _data_lines(sampler, per_epoch: list[int], valid_loader) -> list[str]:
     return [
         "data",
         f"  batches per rank per epoch: {per_epoch[0] if len(set(per_epoch)) == 1 else per_epoch}",
-        f"  mean utterances per batch: {st['mean_batch_size']:.2f}; padding efficiency {st['padding_efficiency']:.3f}",
+        f"  mean utterances per batch: {st['mean_batch_size']:.2f} (padding duplicates not counted); padding "
+        f"efficiency {st['padding_efficiency']:.3f}",
         *([cost] if worst else []),
         *_llm_lines(sampler, st),
         f"  items kept {st['kept_items']} of {st['num_items']}; skipped: {st['filtered'] or 'none'}; "
         f"padding batches (world-size remainder): {st['num_padding_batches']}",
+        *([f"  warning: {st['padding_warning']}"] if st["padding_warning"] else []),
         f"  validation: {'none' if valid_loader is None else f'{len(valid_loader)} batches per rank'}",
     ]
 
@@ -342,7 +305,9 @@ def check(
     check_fused_kernels(recipe.model.llm, zero_stage=zero_stage(ds))  # the device is training's to check
     folder = run_folder(recipe, resume=resume, overwrite=overwrite)
     # the same arithmetic `llmasr train` logs; a resume's stop is counted from its checkpoint (resumed_total)
-    plan = plan_run(recipe, ds, rank=0, world_size=world_size, resuming=folder.resume is not None)
+    with warnings.catch_warnings():  # check starts no worker: their count is for the machine that trains
+        warnings.filterwarnings("ignore", WORKERS_WARNING, UserWarning)
+        plan = plan_run(recipe, ds, rank=0, world_size=world_size, resuming=folder.resume is not None)
     _, sampler, valid_loader = plan.loaders
     k, per_epoch = plan.grad_accum, plan.per_epoch
     model = build_model(recipe.model, weights="shapes")  # exact counts; the pretrained files' shapes checked
@@ -352,7 +317,9 @@ def check(
     counts = param_counts(model)
     stage = zero_stage(ds)
     space = _checkpoint_lines(tc, ds, counts, plan, plan.total)  # where train checks it: before loading a resume
-    start, total, stop = run_start(recipe, model, plan, folder, stage=stage, world_size=world_size, overwrite=overwrite)
+    start, total, stop, course = run_start(
+        recipe, model, plan, folder, stage=stage, world_size=world_size, overwrite=overwrite
+    )
     curves = lr_curve(recipe.optim, names, total)
     lines = [
         "batch arithmetic",
@@ -374,12 +341,14 @@ def check(
     lines += ["param groups", *("  " + row for row in describe_param_groups(groups).splitlines())]
     lines.append("learning rate at key updates")
     width = max(len(n) for n in names)
-    for label, u in key_updates(recipe.optim, names, total, stop):
+    points = key_updates(recipe.optim, names, total, stop, course.done)
+    lines += [] if points else ["  none: the run has nothing left to train"]
+    for label, u in points:
         lines.append(f"  update {u + 1} ({label}):")  # numbered from 1, as train.log does
         lines += [f"    {n:<{width}}  {curves[n][u]:.4e}" for n in names]
     lines += [f"  warning: {w}" for w in optim_warnings(model, recipe.optim, groups, total)]
     lines += [f"  warning: {w}" for w in notes]  # allowed differences from the folder the recipe starts from
-    lines += _early_stop_lines(tc, plan, stop)
+    lines += early_stop_lines(tc, course, stop, validates=plan.loaders[2] is not None)
     if stop < total:
         lines.append(
             f"  warning: train.max_updates {total} sizes the schedules, but the epochs end after update {stop}: the "

@@ -523,3 +523,21 @@ def test_histogram_labels_name_each_bin_exactly(longest, labels):
     assert len(set(names)) == len(names) == 20
     for label in labels:
         assert label in names, (label, names[:3])
+
+
+def test_the_batching_preview_counts_real_batches_and_warns_of_many_padding_duplicates(tmp_path):
+    """16 clips of 0.5 s (4 a batch) and 6 of 1.5 s (1 a batch) make 10 batches; over 8 ranks the last group is padded
+    with 6 repeats of its one-utterance batches. The mean batch size had counted them (1.8 utterances, where the
+    10 batches hold 2.2 each), and nothing said that 6 of the 16 rank-batches repeat a batch."""
+    lines = [json.dumps({"key": f"s{i}", "source": f"s{i}.wav", "target": "a b", "duration": 0.5}) for i in range(16)]
+    lines += [json.dumps({"key": f"l{i}", "source": f"l{i}.wav", "target": "a b", "duration": 1.5}) for i in range(6)]
+    manifest = write_manifest(tmp_path / "m.jsonl", lines)
+    cfg = data_cfg(max_seconds=2.0, num_buckets=1)
+    text = format_report(check_data([manifest], cfg, FrontendConfig(), world_size=8, probe=False))
+    assert "batches per rank: 2 (all ranks: 10, padding duplicates: 6)\nmean batch size: 2.2 utterances" in text
+    assert (
+        "\nwarning: 10 batches over 8 ranks: 6 of the 16 rank-batches (38%) are padding duplicates, batches trained "
+        "again" in text
+    )
+    even = format_report(check_data([manifest], cfg, FrontendConfig(), world_size=5, probe=False))
+    assert "mean batch size: 2.2 utterances" in even and "padding duplicates: 0" in even and "warning" not in even

@@ -419,3 +419,41 @@ def test_a_line_screened_unusable_since_the_state_is_named_as_the_cause():
         with pytest.raises(ValueError, match=said + r" .*restored since the checkpoint.* Restore the audio files"):
             make(d, world_size=2, seed=5, skip=np.array(now, dtype=np.int64)).load_state_dict(state)
     make(d, world_size=2, seed=5, skip=np.array([4])).load_state_dict(state)  # the same lines skipped: resumes
+
+
+def short_and_long_batches() -> np.ndarray:
+    """16 clips of 0.5 s (4 a batch at 2 s) and 6 of 1.5 s (1 a batch): 10 batches, of 4 and of 1 utterances."""
+    return np.array([0.5] * 16 + [1.5] * 6)
+
+
+def test_mean_batch_size_counts_the_real_batches_not_their_padding_duplicates():
+    """Over 8 ranks the last group's 2 one-utterance batches are padded with 6 repeats of themselves: the mean batch
+    size had counted them, 28 utterances over 16 rank-batches, where the epoch's 10 batches hold 22."""
+    s = make(short_and_long_batches(), max_seconds=2.0, num_buckets=1, world_size=8)
+    st = s.stats(0)
+    assert (st["num_batches_global"], st["num_batches_per_rank"], st["num_padding_batches"]) == (10, 2, 6)
+    assert st["mean_batch_size"] == pytest.approx(22 / 10)
+
+
+def test_padding_duplicates_past_a_tenth_of_the_rank_batches_are_warned_once(caplog):
+    """10 batches over 8 ranks: 6 of 16 rank-batches repeat a batch. Training's sampler says so with the numbers, in
+    its stats and once in the log (rank 0), however often its epochs are planned; 10 batches over 5 ranks, or a
+    sampler not training's, say nothing."""
+    d = short_and_long_batches()
+    with caplog.at_level("WARNING", logger="llmasr.data"):
+        s = make(d, max_seconds=2.0, num_buckets=1, world_size=8, padding_warns=True)
+        for epoch in (0, 1, 0, 2):
+            s.set_epoch(epoch)
+            len(s)
+    want = "10 batches over 8 ranks: 6 of the 16 rank-batches (38%) are padding duplicates"
+    assert s.stats(0)["padding_warning"].startswith(want)
+    assert [r.getMessage().startswith(f"epoch 0: {want}") for r in caplog.records] == [True]
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="llmasr.data"):
+        others = [
+            make(d, max_seconds=2.0, num_buckets=1, world_size=5, padding_warns=True),
+            make(d, max_seconds=2.0, num_buckets=1, world_size=8),  # validation's, decoding's
+            make(d, max_seconds=2.0, num_buckets=1, world_size=8, rank=1, padding_warns=True),
+        ]
+    assert [o.stats(0)["padding_warning"] is None for o in others] == [True, True, False]
+    assert caplog.records == []

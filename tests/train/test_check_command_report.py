@@ -303,3 +303,48 @@ def test_settings_for_a_frozen_branch_are_named_in_the_report(recipe_file, tmp_p
     assert "  warning: optim.branches.encoder: sets lr, but the encoder branch trains nothing (frozen (0 of " in out
     code, out, err = run_check(capsys, *base)
     assert code == 0 and "optim.branches" not in out, err
+
+
+def test_many_padding_batches_are_warned_and_not_counted_in_the_mean_batch(recipe_file, tmp_path, capsys):
+    """Over 8 ranks the tiny corpus's few batches are padded with repeats to a whole group: the report's mean had
+    counted the repeats, and nothing warned that they are a large share of what the ranks train."""
+    from llmasr.recipe import load_recipe
+    from llmasr.train.resolve import build_loaders, text_side
+
+    recipe = load_recipe(recipe_file)
+    sampler = build_loaders(recipe, text_side(recipe.model), rank=0, world_size=8)[1]
+    st, slots = sampler.stats(0), len(sampler) * 8
+    real = slots - st["num_padding_batches"]
+    assert st["num_padding_batches"] / slots > 0.1  # the case under test
+    assert len({tuple(b) for r in range(8) for b in sampler.batches(0, r)}) == real  # a repeat is a batch of a rank
+    code, out, err = run_check(capsys, "--config", str(recipe_file), "--deepspeed", "zero2", "--world-size", "8",
+                               "--out", str(tmp_path))  # fmt: skip
+    assert code == 0, err
+    assert f"mean utterances per batch: {st['kept_items'] / real:.2f} (padding duplicates not counted);" in out
+    want = f"  warning: {real} batches over 8 ranks: {st['num_padding_batches']} of the {slots} rank-batches ("
+    assert want in out and "are padding duplicates" in out
+    code, out, err = run_check(capsys, "--config", str(recipe_file), "--deepspeed", "zero2", "--out", str(tmp_path))
+    assert code == 0 and "padding duplicates, batches trained again" not in out, err
+
+
+def test_check_does_not_pass_on_torch_s_warning_of_more_workers_than_this_machine_has(recipe_file, tmp_path, capsys):
+    """data.num_workers is for the training machine; check, which starts no worker, had printed torch's "This
+    DataLoader will create N worker processes" warning on a smaller one. Training's loader still warns."""
+    import os
+    import warnings
+
+    from llmasr.recipe import load_recipe
+    from llmasr.train.resolve import build_loaders, text_side
+
+    workers = f"data.num_workers={len(os.sched_getaffinity(0)) + 1}"
+    with warnings.catch_warnings(record=True) as got:
+        warnings.simplefilter("always")
+        code, _, err = run_check(capsys, "--config", str(recipe_file), "--deepspeed", "zero2", "--out", str(tmp_path),
+                                 workers)  # fmt: skip
+    assert code == 0, err
+    assert [str(w.message) for w in got if "worker processes" in str(w.message)] == []
+    recipe = load_recipe(recipe_file, [workers])
+    with warnings.catch_warnings(record=True) as got:
+        warnings.simplefilter("always")
+        build_loaders(recipe, text_side(recipe.model), rank=0, world_size=1)
+    assert any("worker processes in total" in str(w.message) for w in got)

@@ -289,3 +289,38 @@ def test_a_run_folder_this_user_may_not_write_into_is_refused(recipe_file, tmp_p
         f"train.output_dir={tmp_path / 'mine'}",
     )  # fmt: skip
     assert code == 0, err  # an existing folder it may write into
+
+
+def test_a_resume_s_lr_points_and_validations_are_counted_from_its_checkpoint(trained, tmp_path, capsys):
+    """Resumed after update 1 with validation every update: check had labelled update 1 the start and counted its
+    validations from update 0 (9, where the run validates 8 times), so a train.patience of 8, which those 8 can never
+    reach, went unwarned; and the warmup was labelled as if ahead. Checked against the resumed run itself."""
+    import shutil
+
+    from llmasr.recipe import load_recipe
+    from llmasr.train.schedulers import branch_of_group
+    from llmasr.train.trainer import train
+
+    run_dir, recipe = trained
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    corpus = load_recipe(recipe).data.train[0].path
+    overrides = [f"train.output_dir={copy}", "train.max_updates=null", "train.epochs=3", f"data.valid=[{corpus}]",
+                 "train.valid_every_updates=1", "train.patience=8", "optim.scheduler.warmup_steps=1"]  # fmt: skip
+    base = ["--config", str(recipe), "--deepspeed", "zero2", "--out", str(tmp_path / "o"), "--resume"]
+    code, out, err = run_check(capsys, *base, *overrides)
+    assert code == 0, err
+    result = train(load_recipe(recipe, overrides), "zero2", resume="latest")
+    first, last = result["history"][0], result["history"][-1]
+    validated = re.findall(r"llmasr\.train: valid update=(\d+)", (copy / "train.log").read_text(encoding="utf-8"))
+    assert first["update"] == 2 and not result["stopped_early"] and len(validated) == last["update"] - 1
+    optim = load_recipe(recipe, overrides).optim  # its first update runs at every branch's peak: the warmup is done
+    assert all(lr == pytest.approx(optim.branch(branch_of_group(g)).lr) for g, lr in first["lr"].items())
+    assert "update 1 (start)" not in out and "warmup end" not in out
+    assert "update 2 (resumed; warmup done (encoder, adaptor, ctc, llm): the peak from update 2):" in out
+    assert f"update {last['update']} (last)" in out
+    assert (
+        "; resumed after update 1 with 0 such validation(s) counted (no best yet), the run validates "
+        f"{len(validated)} more time(s)\n  warning: train.patience 8 needs 9 more validations and the run holds "
+        f"{len(validated)}: it never stops early" in out
+    ), out
