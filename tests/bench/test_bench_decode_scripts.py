@@ -1,6 +1,6 @@
-"""The decoding benchmarks (decode_speed, hotword_lists, hotword_boost, ctc_guidance_cost, ctc_tiktoken, timestamps,
-vad_speed, vad_gate_plan, decode_startup): each --quick mode writes results of the right structure. No assertion is
-about speed."""
+"""The decoding benchmarks (decode_speed, hotword_lists, hotword_boost, hotword_search_cost, ctc_guidance_cost,
+ctc_tiktoken, timestamps, vad_speed, vad_gate_plan, decode_startup): each --quick mode writes results of the right
+structure. No assertion is about speed."""
 
 from __future__ import annotations
 
@@ -31,6 +31,15 @@ def test_decode_speed_quick_reports_every_mode(tmp_path, capsys):
         assert m["utterances"] == 6 and m["utts_per_second"] > 0 and m["rtf"] > 0 and 0 <= m["truncated"] <= 6
     out = capsys.readouterr().out
     assert "| beam 2 + CTC 0.5 |" in out and "Reproduce: `python bench/decode_speed.py --quick --beam 2" in out
+
+
+def test_hotword_search_cost_quick_times_both_matches(capsys):
+    import hotword_search_cost
+
+    assert hotword_search_cost.main(["--quick"]) == 0
+    out = capsys.readouterr().out
+    assert "| 10 | bytes (Chinese) |" in out and "| 10 | token ids (English) |" in out
+    assert "python bench/hotword_search_cost.py --quick" in out
 
 
 def test_hotword_lists_quick_prints_its_tables(capsys):

@@ -77,7 +77,7 @@ def test_a_phrase_is_complete_only_where_its_word_ends(model):
     assert _total(boost, four + teen + one, vocab, end) == 0.0
     joined = _ids(tok, "五")
     cjk = HotwordBoost([["四"]], tok, 1.0, end, 1)
-    assert _total(cjk, _ids(tok, "四") + joined, vocab, end) == len(_ids(tok, "四"))
+    assert _total(cjk, _ids(tok, "四") + joined, vocab, end) == 1.0  # one character (hotword_text), three byte tokens
 
 
 def test_a_completed_shorter_phrase_stays_earned_when_a_longer_one_breaks_off(model):
@@ -210,8 +210,8 @@ def test_every_tokens_gain_is_the_step_of_the_match(model):
     rng = random.Random(0)
 
     def worth(seq):
-        match = boost._match(0, tuple(seq), boost.tries[0])
-        return match.banked + match.node.depth
+        match = boost._match(0, tuple(seq), boost.tries[0].tokens)
+        return match.banked + match.node.weight
 
     for _ in range(40):
         seq = [rng.choice(alphabet) for _ in range(rng.randint(0, 8))]
@@ -266,8 +266,8 @@ def test_each_state_of_a_search_walks_the_list_once(model, monkeypatch):
     words = "zero one two three four five six seven eight nine".split()
     phrases = [f"{a} {b}" for a in words for b in words]
     walked = []
-    real = hb._chain
-    monkeypatch.setattr(hb, "_chain", lambda root, node, joins: walked.append(node) or real(root, node, joins))
+    real = hb.chain
+    monkeypatch.setattr(hb, "chain", lambda root, node, joins: walked.append(node) or real(root, node, joins))
     seq = _ids(tok, "the quick brown fox seven eight nine")
     rows, vocab = 6, len(tok)
     boost = HotwordBoost([phrases] * rows, tok, 1.0, end, 1)

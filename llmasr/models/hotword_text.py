@@ -1,0 +1,217 @@
+"""Hotword boosting for phrases of scripts written without spaces (Chinese, Japanese, Thai...), matched on the text's
+bytes rather than on token ids.
+
+A byte-level BPE tokenizer merges the characters of such a script across a phrase's edges: "通义千问" alone is two
+tokens, but "我用通义千问吧" may be "我用通义" "千问吧", and no token of the phrase's own spelling appears. Matching the
+bytes every token spells finds the phrase however the text around it was cut, a character split over two byte tokens
+included. The matching is llmasr.models.hotword_boost's (leftmost first, longest first, a broken-off match given back),
+over a trie of the phrases' UTF-8 bytes whose nodes are worth the characters they complete: such a phrase earns the
+boost once per character (its tokens depend on the text around it). A token steps the match through all its bytes.
+
+What each token earns after a match standing at a node is computed for the tokens that can change it: those that
+begin with a byte some place of the match (or a place it falls back to) goes on with, and those holding a phrase's
+first character; every other token ends the match, which earns what the end token earns (tested token by token).
+"""
+
+from __future__ import annotations
+
+import re
+
+import torch
+
+from llmasr.models.hotword_trie import Node, chain, transition
+from llmasr.scoring import is_no_space_char
+
+_BYTE_TOKEN = re.compile(r"<0x([0-9A-Fa-f]{2})>")  # SentencePiece's byte fallback
+
+
+def is_text_phrase(text: str) -> bool:
+    """A phrase matched on bytes: one that begins and ends with a character of a script written without spaces (no
+    word boundary to keep there, and the tokenizer's merges reach across both edges)."""
+    return bool(text) and is_no_space_char(text[0]) and is_no_space_char(text[-1])
+
+
+def _byte_level_alphabet() -> dict[str, int]:
+    """The printable stand-in of each byte in byte-level BPE vocabularies (GPT-2's convention, which Qwen and Llama-3
+    keep): printable Latin-1 bytes stand for themselves, the others for 256, 257, ... in byte order."""
+    printable = {*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)}
+    table, extra = {}, 0
+    for b in range(256):
+        if b in printable:
+            table[chr(b)] = b
+        else:
+            table[chr(256 + extra)] = b
+            extra += 1
+    return table
+
+
+def _decoded_after_anchor(tokenizer) -> list[str]:
+    """Each token's text as it reads after another token (SentencePiece drops a word's space when its token is decoded
+    alone); "" where a tokenizer cannot say."""
+    try:
+        anchor = tokenizer.encode("a", add_special_tokens=False)[-1:]
+        head = tokenizer.decode(anchor)
+        texts = tokenizer.batch_decode([anchor + [t] for t in range(len(tokenizer))])
+    except (AttributeError, TypeError, NotImplementedError, IndexError):
+        return [""] * len(tokenizer)
+    return [t[len(head) :] if t.startswith(head) else "" for t in texts]
+
+
+def token_bytes(tokenizer) -> list[bytes | None]:
+    """Per token id, the bytes its text adds (None: a special token, which spells no text). Read from the vocabulary
+    (byte-level pieces, or SentencePiece pieces with byte fallback), so a token holding part of a character has its
+    bytes too; checked against the tokenizer's own decoding, which stands in where the two disagree (a vocabulary of
+    another kind: a token that holds part of a character then spells nothing). Cached on the tokenizer."""
+    cached = getattr(tokenizer, "_llmasr_token_bytes", None)
+    if cached is not None:
+        return cached
+    size = len(tokenizer)
+    special = set(getattr(tokenizer, "all_special_ids", []) or []) | set(getattr(tokenizer, "added_tokens_decoder", {}))
+    pieces = tokenizer.convert_ids_to_tokens(list(range(size)))
+    table = _byte_level_alphabet()
+    plain = [i for i in range(size) if i not in special and pieces[i]]
+    if all(ch in table for i in plain for ch in pieces[i]):
+        spelled = {i: bytes(table[ch] for ch in pieces[i]) for i in plain}
+    else:
+        spelled = {}
+        for i in plain:
+            byte = _BYTE_TOKEN.fullmatch(pieces[i])
+            spelled[i] = bytes([int(byte.group(1), 16)]) if byte else pieces[i].replace("\u2581", " ").encode()
+    texts = _decoded_after_anchor(tokenizer)
+    out: list[bytes | None] = [None] * size
+    for i, data in spelled.items():
+        try:
+            agrees = data.decode("utf-8") == texts[i]
+        except UnicodeDecodeError:  # part of a character: its decoding cannot show its bytes
+            agrees = "\ufffd" in texts[i] or not texts[i]
+        if agrees:
+            out[i] = data
+        elif texts[i] and "\ufffd" not in texts[i]:
+            out[i] = texts[i].encode()
+    try:
+        tokenizer._llmasr_token_bytes = out
+    except AttributeError:
+        pass
+    return out
+
+
+class TokenIndex:
+    """A tokenizer's tokens by what they spell: `holding[ch]`, the ids whose text holds character `ch` (characters of
+    scripts written without spaces only: the only ones a text phrase begins with); `partial[b]`, the ids whose bytes
+    begin with byte `b` and are no whole text (part of a character at an edge); `first[ch]`, the ids whose text
+    begins with the whole character `ch`."""
+
+    def __init__(self, spelled: list[bytes | None]):
+        self.bytes = spelled
+        self.holding: dict[str, list[int]] = {}
+        self.partial: dict[int, list[int]] = {}
+        self.first: dict[str, list[int]] = {}
+        for i, data in enumerate(spelled):
+            if not data:
+                continue
+            text = data.decode("utf-8", errors="replace")
+            try:
+                data.decode("utf-8")
+            except UnicodeDecodeError:
+                self.partial.setdefault(data[0], []).append(i)
+            else:
+                self.first.setdefault(text[0], []).append(i)
+            for ch in set(text):
+                if is_no_space_char(ch):
+                    self.holding.setdefault(ch, []).append(i)
+
+
+def token_index(tokenizer) -> TokenIndex:
+    cached = getattr(tokenizer, "_llmasr_token_index", None)
+    if cached is None:
+        cached = TokenIndex(token_bytes(tokenizer))
+        try:
+            tokenizer._llmasr_token_index = cached
+        except AttributeError:
+            pass
+    return cached
+
+
+def text_trie(phrases) -> Node:
+    """The byte trie of `phrases` (each stripped; those is_text_phrase accepts): a node is worth the characters its
+    path completes."""
+    root = Node()
+    for phrase in phrases:
+        data = str(phrase).strip().encode("utf-8")
+        node = root
+        for k, byte in enumerate(data):
+            ends_char = k + 1 == len(data) or data[k + 1] & 0xC0 != 0x80
+            node = node.children.setdefault(byte, Node(node.path + (byte,), node.weight + ends_char))
+        if data:
+            node.complete = True
+    return root
+
+
+def step_token(root: Node, node: Node, spelled: bytes | None) -> tuple[int, Node]:
+    """(weight banked, the next node) of a token spelling `spelled` after a match at `node`: its bytes stepped one by
+    one; a token that spells nothing (a special token) ends the match."""
+    if not spelled:
+        return transition(root, node, -1, False, False)
+    key = ("token", node, spelled)
+    known = root.memo.get(key)
+    if known is None:
+        banked, state = 0, node
+        for byte in spelled:
+            gained, state = transition(root, state, byte, False, False)
+            banked += gained
+        known = root.memo[key] = (banked, state)
+    return known
+
+
+def _next_chars(node: Node) -> set[str]:
+    """The whole characters some phrase goes on with after `node` (a node between two characters)."""
+    found, todo = set(), [(child, (byte,)) for byte, child in node.children.items()]
+    while todo:
+        child, seq = todo.pop()
+        if child.weight > node.weight:
+            found.add(bytes(seq).decode("utf-8", errors="replace"))
+        else:
+            todo.extend((grand, seq + (byte,)) for byte, grand in child.children.items())
+    return found
+
+
+def text_gains(root: Node, node: Node, index: TokenIndex) -> tuple[int, torch.Tensor, torch.Tensor]:
+    """What each next token earns after a match at `node`, whatever was banked before it, as (a shift, ids, their
+    gains): every token earns the shift plus what it earns at the root (`text_gains(root, root)`: 0 but for the ids
+    given there), except the ids given, which earn their gains. Kept on the root.
+
+    At the root the ids are the tokens holding a phrase's first character: any other token leaves the root as it
+    found it. Elsewhere a token whose first byte goes on with no place of the match but the root ends the match
+    (banking what the end token banks: the shift) and then steps from the root, as it would there; so only the
+    tokens going on from a place past the root are stepped: those beginning with a character a phrase goes on with
+    there, or with a byte of one (a token that holds part of a character)."""
+    key = ("text_gains", node)
+    known = root.memo.get(key)
+    if known is None:
+        ended = transition(root, node, -1, False, False)[0] - node.weight
+        ids = set()
+        if node is root:
+            for ch in _next_chars(root):
+                ids.update(index.holding.get(ch, ()))
+        for _, state in chain(root, node, False)[:-1]:  # the places past the root
+            ids.update(t for byte in state.children for t in index.partial.get(byte, ()))
+            if _ends_char(state.path):
+                for ch in _next_chars(state):
+                    ids.update(index.first.get(ch, ()))
+        order = sorted(ids)
+        gains = []
+        for t in order:
+            banked, after = step_token(root, node, index.bytes[t])
+            gains.append(banked + after.weight - node.weight)
+        known = (ended, torch.tensor(order, dtype=torch.long), torch.tensor(gains, dtype=torch.float64))
+        root.memo[key] = known
+    return known
+
+
+def _ends_char(path: tuple[int, ...]) -> bool:
+    """Whether the UTF-8 bytes `path` end at a character's end (the next byte begins a character)."""
+    for back in range(1, min(4, len(path)) + 1):
+        lead = path[-back]
+        if lead & 0xC0 != 0x80:  # the last character's first byte: does it have all its bytes?
+            return back == (1 if lead < 0x80 else 2 if lead < 0xE0 else 3 if lead < 0xF0 else 4)
+    return not path

@@ -1,0 +1,101 @@
+"""The phrase matching the hotword boost runs (llmasr.models.hotword_boost over token ids, llmasr.models.hotword_text
+over the bytes of scripts written without spaces): a trie of the phrases' symbols whose nodes are worth what a match
+standing there earns, and the steps of a match over it.
+
+A symbol that continues the match extends it. Otherwise the match begun at its path's first symbol ends: the longest
+phrase it began that is complete there is banked, and the symbols after that (after the first one, when none is
+complete), this one last, are matched again from the root. So phrases are found leftmost first and longest first, a
+phrase that begins or ends inside a broken-off match among them, and matches never overlap: no symbol is paid twice.
+Every answer is kept on the root (`memo`): a search asks the same of every row at every step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(eq=False)
+class Node:
+    """A place in the trie. Symbols are token ids (hotword_boost) or bytes (hotword_text); -1 matches nothing."""
+
+    path: tuple[int, ...] = ()  # the symbols from the root to here
+    weight: int = 0  # what a match standing here is worth: its tokens (hotword_text's tries: its characters)
+    complete: bool = False  # a phrase ends here
+    word_end: bool = False  # that phrase ends in a letter or digit: a joining token carries it on
+    children: dict[int, Node] = field(default_factory=dict)
+    joining: frozenset[int] = frozenset()  # the root's: the tokenizer's joining token ids
+    ending: frozenset[int] = frozenset()  # the root's: the ids of tokens that end inside a word (word_ending_tokens)
+    memo: dict = field(default_factory=dict, repr=False)  # the root's: transition's answers
+
+    @property
+    def depth(self) -> int:
+        return len(self.path)
+
+
+def joins(token: int, joining: frozenset[int]) -> bool:
+    return token in joining
+
+
+def complete_prefix(root: Node, path: tuple[int, ...], joining: bool) -> tuple[int, int]:
+    """(symbols, weight) of the longest phrase that `path` begins with and that is complete there: not carried on
+    by the token after it (the path's next one, or one that is `joining` after the whole path); (0, 0): none."""
+    best, node = (0, 0), root
+    for i, token in enumerate(path):
+        node = node.children[token]
+        carried_on = joins(path[i + 1], root.joining) if i + 1 < len(path) else joining
+        if node.complete and not (node.word_end and carried_on):
+            best = (i + 1, node.weight)
+    return best
+
+
+def transition(root: Node, node: Node, token: int, joining: bool, after_word: bool) -> tuple[int, Node]:
+    """(weight banked, the next node) of symbol `token` after `node`, whatever was banked before (`joining`: the
+    token carries the word before it on; `after_word`: the token before it ends inside a word, so a phrase's
+    start-of-text spelling cannot begin at a joining token)."""
+    key = (node, token, joining, after_word)
+    known = root.memo.get(key)
+    if known is None:
+        child = node.children.get(token)
+        if child is not None and node is root and joining and after_word:
+            child = None  # a word under way: "ann" after " jo" is no match of the phrase "ann"
+        if child is not None:
+            known = (0, child)
+        elif node is root:
+            known = (0, root)
+        else:
+            banked, rest = broken(root, node, joining)
+            gained, after = transition(root, rest, token, joining, node.path[-1] in root.ending)
+            known = (banked + gained, after)
+        root.memo[key] = known
+    return known
+
+
+def broken(root: Node, node: Node, joining: bool) -> tuple[int, Node]:
+    """(weight banked, where the match stands) when the match at `node` ends before a symbol that continues none of
+    it: its longest complete phrase banked and the symbols after that matched again from the root."""
+    key = ("broken", node, joining)
+    known = root.memo.get(key)
+    if known is None:
+        done, banked = complete_prefix(root, node.path, joining)
+        state, path = root, node.path
+        for i in range(max(done, 1), len(path)):
+            gained, state = transition(root, state, path[i], joins(path[i], root.joining), path[i - 1] in root.ending)
+            banked += gained
+        known = root.memo[key] = (banked, state)
+    return known
+
+
+def chain(root: Node, node: Node, joining: bool) -> list[tuple[int, Node]]:
+    """(weight banked so far, node) of each place a token that is `joining` (or not) may go on from, in order: the
+    match itself, then where it stands after each break, down to the root. A token goes on from the first of them
+    that has it as a child (what transition finds, without a call per token); no phrase goes on with any other."""
+    key = ("chain", node, joining)
+    known = root.memo.get(key)
+    if known is None:
+        known, banked, state = [(0, node)], 0, node
+        while state is not root:
+            gained, state = broken(root, state, joining)
+            banked += gained
+            known.append((banked, state))
+        root.memo[key] = known
+    return known

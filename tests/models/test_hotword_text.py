@@ -1,0 +1,186 @@
+"""Hotword boosting of phrases in scripts written without spaces, matched on the bytes the tokens spell: found however
+the tokenizer merged the phrase's characters with the text around it."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from llmasr.models.hotword_boost import HotwordBoost
+from llmasr.models.hotword_text import is_text_phrase, token_bytes
+from llmasr.testing.tiny_llm import train_bpe_tokenizer
+
+PHRASES = ["通义千问", "千问", "阿里云", "千问模型", "语音识别"]
+# "我用通义" and "千问吧" recur as words of their own, so BPE learns tokens that reach across the phrase's edges, and
+# "他说通义千问好" as one token holding the whole phrase; "彧", never seen, stays three byte tokens
+CORPUS = ["我用通义", "千问吧", "他说通义千问好", "阿里云的语音识别", "千问模型很好", "你好世界"] * 40
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return train_bpe_tokenizer(CORPUS, vocab_size=420)
+
+
+def _ids(tok, text: str) -> list[int]:
+    return tok.encode(text, add_special_tokens=False)
+
+
+def _gains(boost: HotwordBoost, prefix: list[int], vocab: int) -> torch.Tensor:
+    return boost(torch.tensor([prefix], dtype=torch.long).reshape(1, -1), torch.zeros(1, vocab))[0]
+
+
+def _total(boost: HotwordBoost, seq: list[int], end: int) -> float:
+    vocab = len(boost.index.bytes)
+    steps = sum(float(_gains(boost, seq[:n], vocab)[seq[n]]) for n in range(len(seq)))
+    return steps + float(_gains(boost, seq, vocab)[end])
+
+
+def _end(tok) -> int:
+    return tok.convert_tokens_to_ids("<|im_end|>")
+
+
+def test_a_phrase_the_tokenizer_merged_with_its_neighbours_is_boosted(tok):
+    """ "我用通义千问吧" is spelled "我用通义" "千问吧", and "他说通义千问好" is one token: "通义千问"'s own
+    tokens ("通义" "千问") appear in neither, and the token-id match had earned nothing there. On bytes the phrase
+    earns one boost per character, as it does alone; begun inside a merged token and broken off ("我用通义大"), or
+    left unfinished at the end, it gives back what it had earned."""
+    end = _end(tok)
+    assert [tok.decode([t]) for t in _ids(tok, "我用通义千问吧")] == ["我用通义", "千问吧"]  # the cases
+    assert [tok.decode([t]) for t in _ids(tok, "他说通义千问好")] == ["他说通义千问好"]
+    assert [tok.decode([t]) for t in _ids(tok, "通义千问")] == ["通义", "千问"]
+    boost = HotwordBoost([["通义千问"]], tok, 1.0, end, 1)
+    for text in ("我用通义千问吧", "他说通义千问好", "通义千问"):
+        assert _total(boost, _ids(tok, text), end) == 4.0, text
+    assert _total(boost, _ids(tok, "我用通义大"), end) == 0.0
+    assert _total(boost, _ids(tok, "我用通义"), end) == 0.0
+    # while it lasts the partial match is worth its characters: "我用通义" earned two, which the end gives back
+    assert float(_gains(boost, _ids(tok, "我用通义"), len(tok))[end]) == -2.0
+
+
+def test_a_character_spelled_in_byte_tokens_is_matched(tok):
+    """A rare character is two or three byte tokens, none a whole character alone; the phrase still earns, one per
+    character, and a token that holds part of the next character does not complete a different one."""
+    end = _end(tok)
+    rare = _ids(tok, "彧")
+    assert len(rare) > 1 and all(b is not None for b in (token_bytes(tok)[t] for t in rare))
+    boost = HotwordBoost([["王彧"]], tok, 1.0, end, 1)
+    assert _total(boost, _ids(tok, "王") + rare, end) == 2.0
+    assert _total(boost, _ids(tok, "王") + rare[:-1], end) == 0.0
+
+
+def _leftmost_longest(data: bytes, phrases: list[bytes]) -> int:
+    """The reference: characters of the phrases found in `data` leftmost first, then longest first, never
+    overlapping."""
+    total, i = 0, 0
+    while i < len(data):
+        found = max((p for p in phrases if data.startswith(p, i)), key=len, default=b"")
+        total += len(found.decode("utf-8"))
+        i += len(found) or 1
+    return total
+
+
+def _hypotheses(tok, seed: int, count: int):
+    """Random token sequences: pieces of the corpus's texts as the tokenizer spells them, and single tokens of
+    every kind (byte tokens among them)."""
+    rng = random.Random(seed)
+    pieces = [
+        _ids(tok, t) for t in ["我用通义千问吧", "通义千问", "千问模型", "阿里云", "语音识别", "彧", "千问", "大"]
+    ]
+    singles = [[t] for t in range(3, len(tok))]
+    for _ in range(count):
+        seq = []
+        for _ in range(rng.randint(0, 5)):
+            seq += rng.choice(pieces) if rng.random() < 0.6 else rng.choice(singles)
+        yield seq
+
+
+def test_what_a_hypothesis_earns_is_its_leftmost_longest_phrases(tok):
+    """Over random hypotheses, the boost a finished one keeps is the characters of the phrases a leftmost-longest
+    scan of its bytes finds."""
+    end = _end(tok)
+    boost = HotwordBoost([PHRASES], tok, 1.0, end, 1)
+    spelled = token_bytes(tok)
+    wanted = [p.encode() for p in PHRASES]
+    for seq in _hypotheses(tok, 0, 150):
+        data = b"".join(spelled[t] or b"" for t in seq)
+        assert _total(boost, seq, end) == _leftmost_longest(data, wanted), tok.convert_ids_to_tokens(seq)
+
+
+def test_every_tokens_gain_is_the_step_of_the_match(tok):
+    """What the processor adds to each token of the whole vocabulary is that token's change of the match's worth,
+    stepped alone through its bytes: the tokens it computes (those that can go on with the match, or hold a
+    phrase's first character) and the one value every other token gets agree with the match token by token."""
+    end = _end(tok)
+    boost = HotwordBoost([PHRASES], tok, 1.0, end, 1)
+    vocab = len(tok)
+    root = boost.tries[0].text
+
+    def worth(seq):
+        match = boost._text_match(0, tuple(seq), root)
+        return match.banked + match.node.weight
+
+    for seq in _hypotheses(tok, 1, 30):
+        gains = _gains(boost, seq, vocab)
+        stepped = torch.tensor([worth(seq + [t]) - worth(seq) for t in range(vocab)], dtype=gains.dtype)
+        assert torch.equal(gains, stepped), tok.convert_ids_to_tokens(seq)
+
+
+def test_phrases_are_split_between_the_two_matches():
+    """A phrase with a character of a spaced script at an edge keeps the token-id match and its word rules."""
+    assert is_text_phrase("通义千问") and is_text_phrase("小米14手机") and is_text_phrase("ありがとう")
+    assert not is_text_phrase("Qwen") and not is_text_phrase("iPhone手机") and not is_text_phrase("小米14")
+    assert not is_text_phrase("")
+
+
+def test_both_matches_add_up_and_the_search_sees_every_spelling(tok):
+    """A list of both kinds: each phrase is paid by its own match, once; `tokens` holds the spelling of every
+    phrase alone (a search that scores only some candidates must see them)."""
+    end = _end(tok)
+    both = HotwordBoost([["千问", "hello"]], tok, 1.0, end, 1)
+    hello = _ids(tok, "hello")
+    assert _total(both, hello + _ids(tok, "千问"), end) == len(hello) + 2.0
+    listed = set(both.tokens(0).tolist())
+    assert set(_ids(tok, "千问")) <= listed and set(hello) <= listed
+
+
+def test_token_bytes_match_the_tokenizers_own_decoding(tok):
+    """The bytes read from the vocabulary are what the tokenizer decodes, for every token that decodes to whole
+    characters; special tokens spell nothing."""
+    spelled = token_bytes(tok)
+    for t in range(len(tok)):
+        data = spelled[t]
+        if t in tok.all_special_ids:
+            assert data is None
+            continue
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError:
+            continue
+        assert tok.decode([t]) == text, t
+
+
+@pytest.mark.parametrize("beams", [1, 2])
+def test_the_boost_turns_the_near_miss_into_the_merged_phrase(tmp_path_factory, beams):
+    """Through the model's search: an LLM that says "我用通义好", with "我用通义千问吧" two logits behind at the branch,
+    writes the listed "通义千问" once boosted, though its tokens ("我用通义" "千问吧") are none of the phrase's own."""
+    import llmasr
+    from llmasr.models.decoding import DecodeConfig
+    from llmasr.testing.scripted_llm import ScriptedLLM
+    from llmasr.testing.tiny_llm import write_tiny_llm_dir
+    from llmasr.testing.tiny_recipe import random_batch, tiny_model_section
+
+    llm_dir = write_tiny_llm_dir(tmp_path_factory.mktemp("tiny_zh"), texts=CORPUS, vocab_size=420)
+    torch.manual_seed(0)
+    model = llmasr.build_model(tiny_model_section(llm_dir, ctc_weight=0.3)).eval()
+    tok, end = model.prompt.tokenizer, model.prompt.end_id
+    (head,), (small,), (rest,) = (_ids(tok, t) for t in ("我用通义", "好", "千问吧"))
+    script = {None: {head: 30.0}, head: {small: 30.0, rest: 28.0}, small: {end: 30.0}, rest: {end: 30.0}}
+    batch = random_batch(model, ["我用通义千问吧"], frames=[30], seed=1)
+    cfg = DecodeConfig(num_beams=beams, ctc_weight=0.0, hotword_boost=1.5)
+    with torch.no_grad(), ScriptedLLM(model, script):
+        plain = model.transcribe(batch, cfg)
+        batch.hotwords = [["通义千问"]]
+        listed = model.transcribe(batch, cfg)
+    assert plain.llm == ["我用通义好"] and listed.llm == ["我用通义千问吧"]
