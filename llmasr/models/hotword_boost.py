@@ -35,7 +35,7 @@ from dataclasses import dataclass
 
 import torch
 
-from llmasr.models.hotword_text import is_text_phrase, step_token, text_gains, text_trie, token_index
+from llmasr.models.hotword_text import is_text_phrase, step_token, text_gains, text_trie, token_index, token_texts
 from llmasr.models.hotword_trie import Node, chain, joins, transition
 from llmasr.scoring import is_no_space_char
 
@@ -97,13 +97,7 @@ def _token_edges(tokenizer) -> tuple[torch.Tensor, torch.Tensor]:
     SentencePiece tokenizers drop a word's leading space when its token is decoded alone ("▁is" reads "is")."""
     cached = getattr(tokenizer, "_llmasr_token_edges", None)
     if cached is None:
-        try:
-            anchor = tokenizer.encode("a", add_special_tokens=False)[-1:]
-            head = tokenizer.decode(anchor)
-            texts = tokenizer.batch_decode([anchor + [t] for t in range(len(tokenizer))])
-            texts = [t[len(head) :] if t.startswith(head) else "" for t in texts]
-        except (AttributeError, TypeError, NotImplementedError, IndexError):
-            texts = []
+        texts = token_texts(tokenizer)
         cached = tuple(torch.tensor([bool(t) and _word_char(t[k]) for t in texts], dtype=torch.bool) for k in (0, -1))
         try:
             tokenizer._llmasr_token_edges = cached

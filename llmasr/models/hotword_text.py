@@ -16,6 +16,7 @@ first character; every other token ends the match, which earns what the end toke
 from __future__ import annotations
 
 import re
+import weakref
 
 import torch
 
@@ -45,26 +46,46 @@ def _byte_level_alphabet() -> dict[str, int]:
     return table
 
 
-def _decoded_after_anchor(tokenizer) -> list[str]:
-    """Each token's text as it reads after another token (SentencePiece drops a word's space when its token is decoded
-    alone); "" where a tokenizer cannot say."""
+def token_texts(tokenizer) -> list[str]:
+    """Each token's text as it reads after another token (SentencePiece drops a word's space when its token is
+    decoded alone, "▁is" reading "is"); "" where a tokenizer cannot say. Kept for the tokenizer (_kept)."""
+
+    def decoded():
+        try:
+            anchor = tokenizer.encode("a", add_special_tokens=False)[-1:]
+            head = tokenizer.decode(anchor)
+            texts = tokenizer.batch_decode([anchor + [t] for t in range(len(tokenizer))])
+        except (AttributeError, TypeError, NotImplementedError, IndexError):
+            return [""] * len(tokenizer)
+        return [t[len(head) :] if t.startswith(head) else "" for t in texts]
+
+    return _kept(tokenizer, "texts", decoded)
+
+
+# What is read once from a tokenizer's vocabulary (its texts, bytes and index), held weakly by the tokenizer rather than
+# as its attributes: a tokenizer pickled into loader workers does not carry them.
+_BY_TOKENIZER: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _kept(tokenizer, name: str, make):
     try:
-        anchor = tokenizer.encode("a", add_special_tokens=False)[-1:]
-        head = tokenizer.decode(anchor)
-        texts = tokenizer.batch_decode([anchor + [t] for t in range(len(tokenizer))])
-    except (AttributeError, TypeError, NotImplementedError, IndexError):
-        return [""] * len(tokenizer)
-    return [t[len(head) :] if t.startswith(head) else "" for t in texts]
+        kept = _BY_TOKENIZER.setdefault(tokenizer, {})
+    except TypeError:  # a tokenizer that cannot be held weakly, or hashed: read afresh
+        return make()
+    if name not in kept:
+        kept[name] = make()
+    return kept[name]
 
 
 def token_bytes(tokenizer) -> list[bytes | None]:
     """Per token id, the bytes its text adds (None: a special token, which spells no text). Read from the vocabulary
     (byte-level pieces, or SentencePiece pieces with byte fallback), so a token holding part of a character has its
     bytes too; checked against the tokenizer's own decoding, which stands in where the two disagree (a vocabulary of
-    another kind: a token that holds part of a character then spells nothing). Cached on the tokenizer."""
-    cached = getattr(tokenizer, "_llmasr_token_bytes", None)
-    if cached is not None:
-        return cached
+    another kind: a token that holds part of a character then spells nothing)."""
+    return _kept(tokenizer, "bytes", lambda: _read_bytes(tokenizer))
+
+
+def _read_bytes(tokenizer) -> list[bytes | None]:
     size = len(tokenizer)
     special = set(getattr(tokenizer, "all_special_ids", []) or []) | set(getattr(tokenizer, "added_tokens_decoder", {}))
     pieces = tokenizer.convert_ids_to_tokens(list(range(size)))
@@ -77,7 +98,7 @@ def token_bytes(tokenizer) -> list[bytes | None]:
         for i in plain:
             byte = _BYTE_TOKEN.fullmatch(pieces[i])
             spelled[i] = bytes([int(byte.group(1), 16)]) if byte else pieces[i].replace("\u2581", " ").encode()
-    texts = _decoded_after_anchor(tokenizer)
+    texts = token_texts(tokenizer)
     out: list[bytes | None] = [None] * size
     for i, data in spelled.items():
         try:
@@ -88,10 +109,6 @@ def token_bytes(tokenizer) -> list[bytes | None]:
             out[i] = data
         elif texts[i] and "\ufffd" not in texts[i]:
             out[i] = texts[i].encode()
-    try:
-        tokenizer._llmasr_token_bytes = out
-    except AttributeError:
-        pass
     return out
 
 
@@ -122,14 +139,7 @@ class TokenIndex:
 
 
 def token_index(tokenizer) -> TokenIndex:
-    cached = getattr(tokenizer, "_llmasr_token_index", None)
-    if cached is None:
-        cached = TokenIndex(token_bytes(tokenizer))
-        try:
-            tokenizer._llmasr_token_index = cached
-        except AttributeError:
-            pass
-    return cached
+    return _kept(tokenizer, "index", lambda: TokenIndex(token_bytes(tokenizer)))
 
 
 def text_trie(phrases) -> Node:

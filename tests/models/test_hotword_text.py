@@ -184,3 +184,22 @@ def test_the_boost_turns_the_near_miss_into_the_merged_phrase(tmp_path_factory, 
         batch.hotwords = [["通义千问"]]
         listed = model.transcribe(batch, cfg)
     assert plain.llm == ["我用通义好"] and listed.llm == ["我用通义千问吧"]
+
+
+def test_a_sentencepiece_vocabulary_is_read_as_its_text():
+    """A SentencePiece (Metaspace) vocabulary, as Llama's and Mistral's: "▁" reads as the space it stands for, and
+    a phrase merged with its neighbours is found there too."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    spm = Tokenizer(models.BPE(unk_token="<unk>"))
+    spm.pre_tokenizer, spm.decoder = pre_tokenizers.Metaspace(), decoders.Metaspace()
+    spm.train_from_iterator(CORPUS, trainers.BpeTrainer(vocab_size=120, special_tokens=["<unk>", "</s>"]))
+    sp = PreTrainedTokenizerFast(tokenizer_object=spm, unk_token="<unk>", eos_token="</s>")
+    end = sp.convert_tokens_to_ids("</s>")
+    merged = _ids(sp, "我用通义千问吧")
+    assert [sp.convert_ids_to_tokens(t) for t in merged] == ["▁我用通义", "千问", "吧"]
+    assert token_bytes(sp)[merged[0]] == " 我用通义".encode()
+    boost = HotwordBoost([["通义千问"]], sp, 1.0, end, 1)
+    assert _total(boost, merged, end) == 4.0
+    assert _total(boost, _ids(sp, "我用通义 你好"), end) == 0.0
