@@ -8,9 +8,10 @@ included. The matching is llmasr.models.hotword_boost's (leftmost first, longest
 over a trie of the phrases' UTF-8 bytes whose nodes are worth the characters they complete: such a phrase earns the
 boost once per character (its tokens depend on the text around it). A token steps the match through all its bytes.
 
-What each token earns after a match standing at a node is computed for the tokens that can change it: those that
-begin with a byte some place of the match (or a place it falls back to) goes on with, and those holding a phrase's
-first character; every other token ends the match, which earns what the end token earns (tested token by token).
+What each token earns after a match standing at a node is stepped only for the tokens that can go on with it: those
+beginning with a byte that the match, or a place past the root it falls back to, goes on with. Any other token ends
+the match, earning what the end token earns, and then earns what it would at the root, where only the tokens holding
+a phrase's first character earn anything (text_gains; tests/models/test_hotword_text.py checks every token).
 """
 
 from __future__ import annotations
