@@ -140,7 +140,8 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     p.add_argument(
         "--hotword-boost", type=float, default=None,
-        help="score per token of a listed phrase the hypothesis completes, in the search (0: the list is only in the "
+        help="score per token (per character in a script written without spaces) of a listed phrase the hypothesis "
+        "completes, in the search (0: the list is only in the "
         f"prompt; default: the model's, else {AUTO_HOTWORD_BOOST:g} when CTC-guided)",
     )  # fmt: skip
     return p

@@ -68,8 +68,9 @@ class DecodeConfig:
     # SenseVoice is run); 0: a window a segment.
     vad_merge_seconds: float = 0.0
     # Hotword boosting in the search (models.hotword_boost): score per token of an utterance's biasing phrase that
-    # the hypothesis completes; 0 = the list is only in the prompt; None = AUTO_HOTWORD_BOOST when the search is
-    # CTC prefix-guided (the audio then keeps a boosted phrase out unless it is heard), else 0.
+    # the hypothesis completes (per character of a phrase in a script written without spaces); 0 = the list is only
+    # in the prompt; None = AUTO_HOTWORD_BOOST when the search is CTC prefix-guided (the audio then keeps a boosted
+    # phrase out unless it is heard), else 0.
     hotword_boost: float | None = None
     # Word timestamps (models.ctc_align): the transcript force-aligned to the CTC head's frames, per word (or
     # character of a script without spaces); needs a CTC head.

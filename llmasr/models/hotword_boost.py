@@ -8,7 +8,8 @@ hypothesis h is worth
     Phi(h) = boost * (tokens of h inside completed phrase matches + tokens of the phrase match h ends in)
 
 and each step adds Phi(h c) - Phi(h) to candidate c's score (the end token: the unfinished match is given back).
-Summed over a hypothesis this is boost * (tokens of completed phrases): a phrase that is only begun earns nothing,
+Summed over a hypothesis this is boost * (tokens of completed phrases; characters, for a phrase matched on bytes
+below): a phrase that is only begun earns nothing,
 so the boost pulls towards a phrase only as far as the other scores (the LLM's, the CTC head's) let it finish. With
 CTC guidance the boost is added to the joint score of the candidates the audio supports; a distractor the audio
 does not support stays out of reach.
