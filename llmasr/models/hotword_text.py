@@ -80,32 +80,46 @@ def _kept(tokenizer, name: str, make):
 
 def token_bytes(tokenizer) -> list[bytes | None]:
     """Per token id, the bytes its text adds (None: a special token, which spells no text). Read from the vocabulary
-    (byte-level pieces, or SentencePiece pieces with byte fallback), so a token holding part of a character has its
-    bytes too; checked against the tokenizer's own decoding, which stands in where the two disagree (a vocabulary of
-    another kind: a token that holds part of a character then spells nothing)."""
+    (byte-level pieces, SentencePiece pieces with byte fallback, or pieces that are bytes, as tiktoken-based
+    tokenizers give), so a token holding part of a character has its bytes too; checked against the tokenizer's own
+    decoding, which stands in where the two disagree (a vocabulary of another kind: a token that holds part of a
+    character then spells nothing). An added token that is not special spells its decoded text."""
     return _kept(tokenizer, "bytes", lambda: _read_bytes(tokenizer))
 
 
 def _read_bytes(tokenizer) -> list[bytes | None]:
     size = len(tokenizer)
-    special = set(getattr(tokenizer, "all_special_ids", []) or []) | set(getattr(tokenizer, "added_tokens_decoder", {}))
+    added = getattr(tokenizer, "added_tokens_decoder", {}) or {}
+    special = set(getattr(tokenizer, "all_special_ids", []) or [])
+    special |= {i for i, token in added.items() if getattr(token, "special", True)}
     pieces = tokenizer.convert_ids_to_tokens(list(range(size)))
     table = _byte_level_alphabet()
-    plain = [i for i in range(size) if i not in special and pieces[i]]
-    if all(ch in table for i in plain for ch in pieces[i]):
-        spelled = {i: bytes(table[ch] for ch in pieces[i]) for i in plain}
-    else:
-        spelled = {}
-        for i in plain:
-            byte = _BYTE_TOKEN.fullmatch(pieces[i])
-            spelled[i] = bytes([int(byte.group(1), 16)]) if byte else pieces[i].replace("\u2581", " ").encode()
+    # an added token's piece is its text, not the vocabulary's spelling: its decoding says what it spells
+    plain = [i for i in range(size) if i not in special and i not in added and pieces[i]]
+    named = [i for i in plain if isinstance(pieces[i], str)]
+    byte_level = all(ch in table for i in named for ch in pieces[i])
+    spelled: dict[int, bytes | None] = {i: None for i in range(size) if i in added and i not in special}
+    for i in plain:
+        piece = pieces[i]
+        if isinstance(piece, (bytes, bytearray)):  # tiktoken-based tokenizers (Qwen-1's): the piece is its bytes
+            spelled[i] = bytes(piece)
+        elif not isinstance(piece, str):
+            spelled[i] = None  # a piece of no known kind: its decoding stands in
+        elif byte_level:
+            spelled[i] = bytes(table[ch] for ch in piece)
+        else:
+            byte = _BYTE_TOKEN.fullmatch(piece)
+            spelled[i] = bytes([int(byte.group(1), 16)]) if byte else piece.replace("\u2581", " ").encode()
     texts = token_texts(tokenizer)
     out: list[bytes | None] = [None] * size
     for i, data in spelled.items():
-        try:
-            agrees = data.decode("utf-8") == texts[i]
-        except UnicodeDecodeError:  # part of a character: its decoding cannot show its bytes
-            agrees = "\ufffd" in texts[i] or not texts[i]
+        if data is None:
+            agrees = False
+        else:
+            try:
+                agrees = data.decode("utf-8") == texts[i]
+            except UnicodeDecodeError:  # part of a character: its decoding cannot show its bytes
+                agrees = "\ufffd" in texts[i] or not texts[i]
         if agrees:
             out[i] = data
         elif texts[i] and "\ufffd" not in texts[i]:

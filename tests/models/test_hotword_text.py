@@ -203,3 +203,48 @@ def test_a_sentencepiece_vocabulary_is_read_as_its_text():
     boost = HotwordBoost([["通义千问"]], sp, 1.0, end, 1)
     assert _total(boost, merged, end) == 4.0
     assert _total(boost, _ids(sp, "我用通义 你好"), end) == 0.0
+
+
+def test_an_added_token_spells_its_text():
+    """A token added to the vocabulary (tokenizer.add_tokens, not special) spells its text: a phrase written with it
+    is found, as the token-id match had found it; a special one spells nothing."""
+    tok = train_bpe_tokenizer(CORPUS, vocab_size=420)
+    tok.add_tokens(["通义千问"])
+    tok.add_tokens(["<|audio|>"], special_tokens=True)
+    added, audio, end = tok.convert_tokens_to_ids("通义千问"), tok.convert_tokens_to_ids("<|audio|>"), _end(tok)
+    assert token_bytes(tok)[added] == "通义千问".encode() and token_bytes(tok)[audio] is None
+    boost = HotwordBoost([["通义千问"]], tok, 1.0, end, 1)
+    for text in ("我用通义千问吧", "通义千问"):
+        seq = _ids(tok, text)
+        assert added in seq and _total(boost, seq, end) == 4.0, text
+    assert _total(boost, _ids(tok, "通义") + [audio] + _ids(tok, "千问"), end) == 0.0
+
+
+def test_a_vocabulary_of_byte_pieces_is_read():
+    """A tokenizer whose pieces are the tokens' bytes (tiktoken-based, as Qwen-1's remote-code tokenizer) is read as
+    those bytes, a token holding part of a character included; it had failed the decode (a string pattern applied
+    to bytes)."""
+    from transformers import PreTrainedTokenizerFast
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    byte_of = {ch: b for b, ch in bytes_to_unicode().items()}
+
+    class BytePieces(PreTrainedTokenizerFast):
+        def convert_ids_to_tokens(self, ids, skip_special_tokens=False):
+            pieces = super().convert_ids_to_tokens(ids, skip_special_tokens)
+            special = {t.content for t in self.added_tokens_decoder.values()}
+            read = [
+                p if p in special else bytes(byte_of[c] for c in p)
+                for p in (pieces if isinstance(ids, list) else [pieces])
+            ]
+            return read if isinstance(ids, list) else read[0]
+
+    base = train_bpe_tokenizer(CORPUS, vocab_size=420)
+    tok = BytePieces(tokenizer_object=base.backend_tokenizer, eos_token="<|im_end|>", pad_token="<|endoftext|>")
+    rare = _ids(tok, "彧")
+    assert all(isinstance(tok.convert_ids_to_tokens(t), bytes) for t in rare)
+    assert token_bytes(tok) == token_bytes(base) and b"".join(token_bytes(tok)[t] for t in rare) == "彧".encode()
+    end = _end(tok)
+    boost = HotwordBoost([["通义千问", "王彧"]], tok, 1.0, end, 1)
+    assert _total(boost, _ids(tok, "我用通义千问吧"), end) == 4.0
+    assert _total(boost, _ids(tok, "王") + rare, end) == 2.0
