@@ -174,18 +174,16 @@ def text_trie(phrases) -> Node:
 
 def step_token(root: Node, node: Node, spelled: bytes | None) -> tuple[int, Node]:
     """(weight banked, the next node) of a token spelling `spelled` after a match at `node`: its bytes stepped one by
-    one; a token that spells nothing (a special token) ends the match."""
+    one; a token that spells nothing (a special token) ends the match. Not kept: what a byte does at a node is
+    (transition); kept per node and token, every token a row is computed for had stayed, up to the vocabulary times
+    the trie over a long decode."""
     if not spelled:
         return transition(root, node, -1, False, False)
-    key = ("token", node, spelled)
-    known = root.memo.get(key)
-    if known is None:
-        banked, state = 0, node
-        for byte in spelled:
-            gained, state = transition(root, state, byte, False, False)
-            banked += gained
-        known = root.memo[key] = (banked, state)
-    return known
+    banked, state = 0, node
+    for byte in spelled:
+        gained, state = transition(root, state, byte, False, False)
+        banked += gained
+    return banked, state
 
 
 def _next_chars(node: Node) -> set[str]:

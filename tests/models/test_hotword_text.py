@@ -248,3 +248,26 @@ def test_a_vocabulary_of_byte_pieces_is_read():
     boost = HotwordBoost([["通义千问", "王彧"]], tok, 1.0, end, 1)
     assert _total(boost, _ids(tok, "我用通义千问吧"), end) == 4.0
     assert _total(boost, _ids(tok, "王") + rare, end) == 2.0
+
+
+def test_what_a_list_keeps_is_bounded_by_its_trie_not_the_vocabulary():
+    """The answers a list keeps for the search (its trie's memo) are per place of the trie and per byte: with every
+    place's row computed, however many tokens begin with a phrase's character, there are at most 256 byte steps and
+    a few answers per place. A step per place and token had been kept too: up to the vocabulary times the trie over
+    a long decode."""
+    from llmasr.models.hotword_text import text_gains
+
+    rng = random.Random(0)
+    chars = [chr(0x4E00 + i) for i in rng.sample(range(20000), 1500)]
+    corpus = [f"千{c}" for c in chars] * 2 + [f"{c}千" for c in chars] * 2 + ["千问"] * 3
+    tok = train_bpe_tokenizer(corpus, vocab_size=3500)  # thousands of tokens hold 千
+    boost = HotwordBoost([["千问"]], tok, 1.0, _end(tok), 1)
+    root = boost.tries[0].text
+    places, todo = [], [root]
+    while todo:
+        places.append(todo.pop())
+        todo.extend(places[-1].children.values())
+    for place in places:
+        text_gains(root, place, boost.index)
+    assert len(boost.index.holding["千"]) > len(places) * 260
+    assert len(root.memo) <= len(places) * (256 + 4)
