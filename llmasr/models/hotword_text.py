@@ -17,6 +17,7 @@ a phrase's first character earn anything (text_gains; tests/models/test_hotword_
 from __future__ import annotations
 
 import re
+import unicodedata
 import weakref
 
 import torch
@@ -158,18 +159,24 @@ def token_index(tokenizer) -> TokenIndex:
 
 
 def text_trie(phrases) -> Node:
-    """The byte trie of `phrases` (each stripped; those is_text_phrase accepts): a node is worth the characters its
-    path completes."""
+    """The byte trie of `phrases` (each stripped; those is_text_phrase accepts), each as given and composed (NFC: the
+    form text is written in, and the one Qwen's tokenizers normalize to; a list copied from decomposed text, a macOS
+    file name's, had never matched): a node is worth the characters its path completes."""
     root = Node()
     for phrase in phrases:
-        data = str(phrase).strip().encode("utf-8")
-        node = root
-        for k, byte in enumerate(data):
-            ends_char = k + 1 == len(data) or data[k + 1] & 0xC0 != 0x80
-            node = node.children.setdefault(byte, Node(node.path + (byte,), node.weight + ends_char))
-        if data:
-            node.complete = True
+        text = str(phrase).strip()
+        for form in dict.fromkeys((text, unicodedata.normalize("NFC", text))):
+            _insert(root, form.encode("utf-8"))
     return root
+
+
+def _insert(root: Node, data: bytes) -> None:
+    node = root
+    for k, byte in enumerate(data):
+        ends_char = k + 1 == len(data) or data[k + 1] & 0xC0 != 0x80
+        node = node.children.setdefault(byte, Node(node.path + (byte,), node.weight + ends_char))
+    if data:
+        node.complete = True
 
 
 def step_token(root: Node, node: Node, spelled: bytes | None) -> tuple[int, Node]:

@@ -271,3 +271,21 @@ def test_what_a_list_keeps_is_bounded_by_its_trie_not_the_vocabulary():
         text_gains(root, place, boost.index)
     assert len(boost.index.holding["千"]) > len(places) * 260
     assert len(root.memo) <= len(places) * (256 + 4)
+
+
+def test_a_phrase_written_decomposed_is_found_composed():
+    """A list copied from decomposed text (NFD, as macOS writes file names: "ガ" as "カ" and a combining mark) is
+    matched in the composed form the LLM writes and Qwen's tokenizers normalize to (NFC); the token-id match had
+    found it through the tokenizer's normalizer, the byte match had not."""
+    import unicodedata
+
+    from tokenizers import normalizers
+
+    tok = train_bpe_tokenizer(["ガイドブックを読む", "東京ガイド", "ありがとう"] * 30, vocab_size=340)
+    tok.backend_tokenizer.normalizer = normalizers.NFC()
+    end = _end(tok)
+    decomposed = unicodedata.normalize("NFD", "ガイド")
+    assert decomposed != "ガイド" and is_text_phrase(decomposed)
+    boost = HotwordBoost([[decomposed]], tok, 1.0, end, 1)
+    for text in ("ガイド", "東京ガイド", "ガイドブック"):
+        assert _total(boost, _ids(tok, text), end) == 3.0, text
