@@ -96,7 +96,7 @@ def _token_edges(tokenizer) -> tuple[torch.Tensor, torch.Tensor]:
     """(joining_tokens, word_ending_tokens), cached on the tokenizer. A token's text is read after another token:
     SentencePiece tokenizers drop a word's leading space when its token is decoded alone ("▁is" reads "is")."""
     cached = getattr(tokenizer, "_llmasr_token_edges", None)
-    if cached is None:
+    if cached is None or len(cached[0]) != len(tokenizer):  # none yet, or tokens added since
         texts = token_texts(tokenizer)
         cached = tuple(torch.tensor([bool(t) and _word_char(t[k]) for t in texts], dtype=torch.bool) for k in (0, -1))
         try:
@@ -311,14 +311,15 @@ _TRIES_KEPT = 8
 def _shared_tries(tokenizer, phrases, edges) -> _ListTries:
     """list_tries(phrases, tokenizer, edges), built once for each of the tokenizer's recent lists (a trie's memo
     holds only what its phrases and the tokenizer decide, so utterances and batches may share it)."""
-    key = tuple(str(p) for p in phrases)
+    key = (len(tokenizer), *(str(p) for p in phrases))  # a tokenizer grown since (add_tokens) spells them anew
     try:
         kept = _TRIES.setdefault(tokenizer, OrderedDict())
     except TypeError:  # a tokenizer that cannot be held weakly, or hashed: built afresh
-        return list_tries(key, tokenizer, edges)
+        return list_tries(key[1:], tokenizer, edges)
     tries = kept.get(key)
-    if tries is None:  # the edges are the tokenizer's own (_token_edges, cached on it): the key needs only the list
-        tries = kept[key] = list_tries(key, tokenizer, edges)
+    # the edges are the tokenizer's own (_token_edges, cached on it): the key needs only its size and the list
+    if tries is None:
+        tries = kept[key] = list_tries(key[1:], tokenizer, edges)
     kept.move_to_end(key)
     while len(kept) > _TRIES_KEPT:
         kept.popitem(last=False)

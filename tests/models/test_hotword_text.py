@@ -289,3 +289,17 @@ def test_a_phrase_written_decomposed_is_found_composed():
     boost = HotwordBoost([[decomposed]], tok, 1.0, end, 1)
     for text in ("ガイド", "東京ガイド", "ガイドブック"):
         assert _total(boost, _ids(tok, text), end) == 3.0, text
+
+
+def test_tokens_added_after_a_decode_are_read():
+    """What is read from a tokenizer is read again once tokens are added to it (add_tokens after a first decode): the
+    added token had stayed unread, spelling nothing, and the phrase written with it earned nothing."""
+    tok = train_bpe_tokenizer(CORPUS, vocab_size=420)
+    end = _end(tok)
+    assert _total(HotwordBoost([["通义千问"]], tok, 1.0, end, 1), _ids(tok, "我用通义千问吧"), end) == 4.0
+    tok.add_tokens(["通义千问"])
+    seq = _ids(tok, "我用通义千问吧")
+    assert tok.convert_tokens_to_ids("通义千问") in seq
+    boost = HotwordBoost([["通义千问"]], tok, 1.0, end, 1)
+    earned = [float(_gains(boost, seq[:n], len(tok))[t]) for n, t in enumerate([*seq, end])]
+    assert sum(earned) == 4.0
