@@ -81,13 +81,14 @@ def _leftmost_longest(data: bytes, phrases: list[bytes]) -> int:
     return total
 
 
-def _hypotheses(tok, seed: int, count: int):
-    """Random token sequences: pieces of the corpus's texts as the tokenizer spells them, and single tokens of
-    every kind (byte tokens among them)."""
+TEXTS = ["我用通义千问吧", "通义千问", "千问模型", "阿里云", "语音识别", "彧", "千问", "大"]
+
+
+def _hypotheses(tok, seed: int, count: int, texts=TEXTS):
+    """Random token sequences: pieces of the texts as the tokenizer spells them, and single tokens of every kind
+    but the special ones (byte tokens among them)."""
     rng = random.Random(seed)
-    pieces = [
-        _ids(tok, t) for t in ["我用通义千问吧", "通义千问", "千问模型", "阿里云", "语音识别", "彧", "千问", "大"]
-    ]
+    pieces = [_ids(tok, t) for t in texts]
     singles = [[t] for t in range(3, len(tok))]
     for _ in range(count):
         seq = []
@@ -303,3 +304,80 @@ def test_tokens_added_after_a_decode_are_read():
     boost = HotwordBoost([["通义千问"]], tok, 1.0, end, 1)
     earned = [float(_gains(boost, seq[:n], len(tok))[t]) for n, t in enumerate([*seq, end])]
     assert sum(earned) == 4.0
+
+
+@pytest.mark.parametrize("beams", [1, 3])
+def test_boosted_batched_equals_one_by_one_with_chinese_lists(tmp_path_factory, beams):
+    """Chinese lists, a phrase of each match among them, under CTC guidance (the guide scores each list's
+    spellings): a batch decodes as its utterances alone, and the boost changes what it writes."""
+    import llmasr
+    from llmasr.models.decoding import DecodeConfig
+    from llmasr.testing.tiny_llm import write_tiny_llm_dir
+    from llmasr.testing.tiny_recipe import random_batch, tiny_model_section
+
+    llm_dir = write_tiny_llm_dir(tmp_path_factory.mktemp("tiny_zh_batch"), texts=CORPUS, vocab_size=420)
+    torch.manual_seed(0)
+    model = llmasr.build_model(tiny_model_section(llm_dir, ctc_weight=0.3)).eval()
+    targets = ["我用通义千问吧", "阿里云的语音识别", "他说通义千问好", "你好世界"]
+    batch = random_batch(model, targets, frames=[12, 20, 16, 9], seed=5)
+    batch.hotwords = [["通义千问", "千问"], [], ["阿里云", "语音识别", "hello"], ["你好世界", "世界"]]
+    cfg = DecodeConfig(num_beams=beams, ctc_weight=0.5, hotword_boost=6.0, max_new_tokens=8)
+    with torch.no_grad():
+        together = model.transcribe(batch, cfg).llm
+        alone = [model.transcribe(batch.select([i]), cfg).llm[0] for i in range(len(targets))]
+        unboosted = model.transcribe(batch, DecodeConfig(num_beams=beams, ctc_weight=0.5, hotword_boost=0.0,
+                                                         max_new_tokens=8)).llm  # fmt: skip
+    assert together == alone
+    assert unboosted != together
+
+
+# Other scripts and phrase lists: kana and kanji with nested, prefix and repeated phrases and one of one character;
+# Thai; digits, Latin, a space and full-width punctuation inside phrases; characters no token holds whole (彧, and
+# the four-byte 𠀀 of extension B).
+OTHER_LISTS = {
+    "japanese": (
+        ["東京都に住んでいます", "ありがとうございます", "音声認識の研究", "東京タワーへ行く", "京都大学"],
+        ["東京", "東京都", "京都", "京都大学", "ありがとう", "音声認識", "タワー", "研", "研"],
+        ["東京都", "京都大学", "ありがとう", "東京タワー", "音声認識", "研究", "東京京都"],
+    ),
+    "thai": (
+        ["สวัสดีครับ", "ภาษาไทย", "กรุงเทพมหานคร", "ขอบคุณมาก"],
+        ["สวัสดี", "กรุงเทพ", "กรุงเทพมหานคร", "ไทย", "ครับ"],
+        ["สวัสดีครับ", "กรุงเทพ", "ภาษาไทย", "กรุงเทพมหานคร"],
+    ),
+    "mixed": (
+        ["我的小米14手机", "华为P60 Pro手机很好", "你好，世界！", "通义 千问", "阿里云ECS服务"],
+        ["小米14手机", "华为P60 Pro手机", "你好，世界", "通义 千问", "阿里云ECS服务", "云", "米"],
+        ["我的小米14手机", "华为P60 Pro手机", "你好，世界！", "通义 千问", "阿里云ECS服务"],
+    ),
+    "rare": (
+        ["今天天气很好", "我们去公园", "你好世界"],
+        ["彧", "王彧", "𠀀𠀁", "鑫彧", "彧彧彧", "今天", "天天", "天"],
+        ["王彧", "彧彧", "𠀀𠀁", "鑫", "今天天气", "天天天"],
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(OTHER_LISTS))
+def test_other_scripts_and_lists_earn_their_leftmost_longest_phrases_token_by_token(name):
+    """For each corpus and list, the boost a finished hypothesis keeps is what a leftmost-longest scan of its bytes
+    finds, and every token's gain over the whole vocabulary is the match stepped through its bytes."""
+    corpus, phrases, texts = OTHER_LISTS[name]
+    tok = train_bpe_tokenizer(corpus * 30, vocab_size=400)
+    end = _end(tok)
+    boost = HotwordBoost([phrases], tok, 1.0, end, 1)
+    spelled = token_bytes(tok)
+    wanted = [p.encode() for p in phrases]
+    for seq in _hypotheses(tok, 0, 60, texts):
+        data = b"".join(spelled[t] for t in seq)
+        assert _total(boost, seq, end) == _leftmost_longest(data, wanted), tok.convert_ids_to_tokens(seq)
+    root, vocab = boost.tries[0].text, len(tok)
+
+    def worth(seq):
+        match = boost._text_match(0, tuple(seq), root)
+        return match.banked + match.node.weight
+
+    for seq in _hypotheses(tok, 1, 10, texts):
+        gains = _gains(boost, seq, vocab)
+        stepped = torch.tensor([worth(seq + [t]) - worth(seq) for t in range(vocab)], dtype=gains.dtype)
+        assert torch.equal(gains, stepped), tok.convert_ids_to_tokens(seq)
