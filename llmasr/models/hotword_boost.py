@@ -66,7 +66,7 @@ def phrase_trie(phrases, tokenizer, edges: tuple[frozenset[int], frozenset[int]]
 
 @dataclass(frozen=True)
 class _Match:
-    banked: int  # the weight of completed phrase matches so far
+    banked: float  # the weight of completed phrase matches so far
     node: Node  # where the current match stands (the root: none); Phi = boost * (banked + node.weight)
     root: Node
 

@@ -70,6 +70,23 @@ def test_a_character_spelled_in_byte_tokens_is_matched(tok):
     assert _total(boost, _ids(tok, "王") + rare[:-1], end) == 0.0
 
 
+def test_a_character_spelled_in_byte_tokens_pulls_from_its_first_byte(tok):
+    """Each byte token of a phrase's character earns a share of its boost as it is written, and any other token after
+    it gives what was earned back: the boost draws the search into "彧" from its first byte, as the token-id match
+    had drawn it token by token. Paid only at a character's last byte, nothing had drawn it to the first two."""
+    end = _end(tok)
+    rare = _ids(tok, "彧")
+    assert len(rare) == 3
+    other = _ids(tok, "好")[0]
+    boost = HotwordBoost([["彧"]], tok, 1.0, end, 1)
+    earned = 0.0
+    for n, token in enumerate(rare):
+        gains = _gains(boost, rare[:n], len(tok))
+        assert gains[token] > 0 and gains[other] == gains[end] == -earned
+        earned += float(gains[token])
+    assert earned == 1.0 and _gains(boost, rare, len(tok))[end] == 0.0
+
+
 def _leftmost_longest(data: bytes, phrases: list[bytes]) -> int:
     """The reference: characters of the phrases found in `data` leftmost first, then longest first, never
     overlapping."""
