@@ -157,7 +157,8 @@ class HotwordBoost:
         self.joins = joining_tokens(tokenizer) if listed else torch.zeros(0, dtype=torch.bool)
         self.joining = _ids(self.joins)
         self.ending = _ids(word_ending_tokens(tokenizer)) if listed else frozenset()
-        self.tries = [_shared_tries(tokenizer, p, (self.joining, self.ending)) if p else None for p in phrases]
+        size = len(tokenizer) if listed else 0  # read once for the batch, not per utterance
+        self.tries = [_shared_tries(tokenizer, p, (self.joining, self.ending), size) if p else None for p in phrases]
         self.index = None
         if any(t is not None and t.text is not None for t in self.tries):
             self.index = token_index(tokenizer)
@@ -308,10 +309,11 @@ _TRIES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _TRIES_KEPT = 8
 
 
-def _shared_tries(tokenizer, phrases, edges) -> _ListTries:
+def _shared_tries(tokenizer, phrases, edges, size: int) -> _ListTries:
     """list_tries(phrases, tokenizer, edges), built once for each of the tokenizer's recent lists (a trie's memo
-    holds only what its phrases and the tokenizer decide, so utterances and batches may share it)."""
-    key = (len(tokenizer), *(str(p) for p in phrases))  # a tokenizer grown since (add_tokens) spells them anew
+    holds only what its phrases and the tokenizer decide, so utterances and batches may share it). `size`: the
+    tokenizer's length, in the key: a tokenizer grown since (add_tokens) spells the list anew."""
+    key = (size, *(str(p) for p in phrases))
     try:
         kept = _TRIES.setdefault(tokenizer, OrderedDict())
     except TypeError:  # a tokenizer that cannot be held weakly, or hashed: built afresh

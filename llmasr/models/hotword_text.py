@@ -77,9 +77,10 @@ def _kept(tokenizer, name: str, make):
         kept = _BY_TOKENIZER.setdefault(tokenizer, {})
     except TypeError:  # a tokenizer that cannot be held weakly, or hashed: read afresh
         return make()
-    if kept.get("size") != len(tokenizer):  # tokens added since (add_tokens): what was read is stale
+    size = len(tokenizer)
+    if kept.get("size") != size:  # tokens added since (add_tokens): what was read is stale
         kept.clear()
-        kept["size"] = len(tokenizer)
+        kept["size"] = size
     if name not in kept:
         kept[name] = make()
     return kept[name]
