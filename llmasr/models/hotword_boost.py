@@ -67,7 +67,7 @@ def phrase_trie(phrases, tokenizer, edges: tuple[frozenset[int], frozenset[int]]
 
 @dataclass(frozen=True)
 class _Match:
-    banked: int  # the weight of completed phrase matches so far
+    banked: float  # the weight of completed phrase matches so far
     node: Node  # where the current match stands (the root: none); Phi = boost * (banked + node.weight)
     root: Node
 
@@ -97,7 +97,7 @@ def _token_edges(tokenizer) -> tuple[torch.Tensor, torch.Tensor]:
     """(joining_tokens, word_ending_tokens), cached on the tokenizer. A token's text is read after another token:
     SentencePiece tokenizers drop a word's leading space when its token is decoded alone ("▁is" reads "is")."""
     cached = getattr(tokenizer, "_llmasr_token_edges", None)
-    if cached is None:
+    if cached is None or len(cached[0]) != len(tokenizer):  # none yet, or tokens added since
         texts = token_texts(tokenizer)
         cached = tuple(torch.tensor([bool(t) and _word_char(t[k]) for t in texts], dtype=torch.bool) for k in (0, -1))
         try:
@@ -158,7 +158,8 @@ class HotwordBoost:
         self.joins = joining_tokens(tokenizer) if listed else torch.zeros(0, dtype=torch.bool)
         self.joining = _ids(self.joins)
         self.ending = _ids(word_ending_tokens(tokenizer)) if listed else frozenset()
-        self.tries = [_shared_tries(tokenizer, p, (self.joining, self.ending)) if p else None for p in phrases]
+        size = len(tokenizer) if listed else 0  # read once for the batch, not per utterance
+        self.tries = [_shared_tries(tokenizer, p, (self.joining, self.ending), size) if p else None for p in phrases]
         self.index = None
         if any(t is not None and t.text is not None for t in self.tries):
             self.index = token_index(tokenizer)
@@ -309,17 +310,19 @@ _TRIES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _TRIES_KEPT = 8
 
 
-def _shared_tries(tokenizer, phrases, edges) -> _ListTries:
+def _shared_tries(tokenizer, phrases, edges, size: int) -> _ListTries:
     """list_tries(phrases, tokenizer, edges), built once for each of the tokenizer's recent lists (a trie's memo
-    holds only what its phrases and the tokenizer decide, so utterances and batches may share it)."""
-    key = tuple(str(p) for p in phrases)
+    holds only what its phrases and the tokenizer decide, so utterances and batches may share it). `size`: the
+    tokenizer's length, in the key: a tokenizer grown since (add_tokens) spells the list anew."""
+    key = (size, *(str(p) for p in phrases))
     try:
         kept = _TRIES.setdefault(tokenizer, OrderedDict())
     except TypeError:  # a tokenizer that cannot be held weakly, or hashed: built afresh
-        return list_tries(key, tokenizer, edges)
+        return list_tries(key[1:], tokenizer, edges)
     tries = kept.get(key)
-    if tries is None:  # the edges are the tokenizer's own (_token_edges, cached on it): the key needs only the list
-        tries = kept[key] = list_tries(key, tokenizer, edges)
+    # the edges are the tokenizer's own (_token_edges, cached on it): the key needs only its size and the list
+    if tries is None:
+        tries = kept[key] = list_tries(key[1:], tokenizer, edges)
     kept.move_to_end(key)
     while len(kept) > _TRIES_KEPT:
         kept.popitem(last=False)

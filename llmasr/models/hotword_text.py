@@ -5,18 +5,22 @@ A byte-level BPE tokenizer merges the characters of such a script across a phras
 tokens, but "我用通义千问吧" may be "我用通义" "千问吧", and no token of the phrase's own spelling appears. Matching the
 bytes every token spells finds the phrase however the text around it was cut, a character split over two byte tokens
 included. The matching is llmasr.models.hotword_boost's (leftmost first, longest first, a broken-off match given back),
-over a trie of the phrases' UTF-8 bytes whose nodes are worth the characters they complete: such a phrase earns the
-boost once per character (its tokens depend on the text around it). A token steps the match through all its bytes.
+over a trie of the phrases' UTF-8 bytes whose nodes are worth the characters they hold: such a phrase earns the
+boost once per character (its tokens depend on the text around it), a character's share spread over its bytes, so
+that a character spelled in byte tokens pulls the search from its first byte on. A token steps the match through all
+its bytes.
 
 What each token earns after a match standing at a node is stepped only for the tokens that can go on with it: those
 beginning with a byte that the match, or a place past the root it falls back to, goes on with. Any other token ends
 the match, earning what the end token earns, and then earns what it would at the root, where only the tokens holding
-a phrase's first character earn anything (text_gains; tests/models/test_hotword_text.py checks every token).
+a phrase's first character, or ending in some of its bytes, earn anything (text_gains; tests/models/test_hotword_text.py
+checks every token).
 """
 
 from __future__ import annotations
 
 import re
+import unicodedata
 import weakref
 
 import torch
@@ -73,6 +77,10 @@ def _kept(tokenizer, name: str, make):
         kept = _BY_TOKENIZER.setdefault(tokenizer, {})
     except TypeError:  # a tokenizer that cannot be held weakly, or hashed: read afresh
         return make()
+    size = len(tokenizer)
+    if kept.get("size") != size:  # tokens added since (add_tokens): what was read is stale
+        kept.clear()
+        kept["size"] = size
     if name not in kept:
         kept[name] = make()
     return kept[name]
@@ -80,32 +88,46 @@ def _kept(tokenizer, name: str, make):
 
 def token_bytes(tokenizer) -> list[bytes | None]:
     """Per token id, the bytes its text adds (None: a special token, which spells no text). Read from the vocabulary
-    (byte-level pieces, or SentencePiece pieces with byte fallback), so a token holding part of a character has its
-    bytes too; checked against the tokenizer's own decoding, which stands in where the two disagree (a vocabulary of
-    another kind: a token that holds part of a character then spells nothing)."""
+    (byte-level pieces, SentencePiece pieces with byte fallback, or pieces that are bytes, as tiktoken-based
+    tokenizers give), so a token holding part of a character has its bytes too; checked against the tokenizer's own
+    decoding, which stands in where the two disagree (a vocabulary of another kind: a token that holds part of a
+    character then spells nothing). An added token that is not special spells its decoded text."""
     return _kept(tokenizer, "bytes", lambda: _read_bytes(tokenizer))
 
 
 def _read_bytes(tokenizer) -> list[bytes | None]:
     size = len(tokenizer)
-    special = set(getattr(tokenizer, "all_special_ids", []) or []) | set(getattr(tokenizer, "added_tokens_decoder", {}))
+    added = getattr(tokenizer, "added_tokens_decoder", {}) or {}
+    special = set(getattr(tokenizer, "all_special_ids", []) or [])
+    special |= {i for i, token in added.items() if getattr(token, "special", True)}
     pieces = tokenizer.convert_ids_to_tokens(list(range(size)))
     table = _byte_level_alphabet()
-    plain = [i for i in range(size) if i not in special and pieces[i]]
-    if all(ch in table for i in plain for ch in pieces[i]):
-        spelled = {i: bytes(table[ch] for ch in pieces[i]) for i in plain}
-    else:
-        spelled = {}
-        for i in plain:
-            byte = _BYTE_TOKEN.fullmatch(pieces[i])
-            spelled[i] = bytes([int(byte.group(1), 16)]) if byte else pieces[i].replace("\u2581", " ").encode()
+    # an added token's piece is its text, not the vocabulary's spelling: its decoding says what it spells
+    plain = [i for i in range(size) if i not in special and i not in added and pieces[i]]
+    named = [i for i in plain if isinstance(pieces[i], str)]
+    byte_level = all(ch in table for i in named for ch in pieces[i])
+    spelled: dict[int, bytes | None] = {i: None for i in range(size) if i in added and i not in special}
+    for i in plain:
+        piece = pieces[i]
+        if isinstance(piece, (bytes, bytearray)):  # tiktoken-based tokenizers (Qwen-1's): the piece is its bytes
+            spelled[i] = bytes(piece)
+        elif not isinstance(piece, str):
+            spelled[i] = None  # a piece of no known kind: its decoding stands in
+        elif byte_level:
+            spelled[i] = bytes(table[ch] for ch in piece)
+        else:
+            byte = _BYTE_TOKEN.fullmatch(piece)
+            spelled[i] = bytes([int(byte.group(1), 16)]) if byte else piece.replace("\u2581", " ").encode()
     texts = token_texts(tokenizer)
     out: list[bytes | None] = [None] * size
     for i, data in spelled.items():
-        try:
-            agrees = data.decode("utf-8") == texts[i]
-        except UnicodeDecodeError:  # part of a character: its decoding cannot show its bytes
-            agrees = "\ufffd" in texts[i] or not texts[i]
+        if data is None:
+            agrees = False
+        else:
+            try:
+                agrees = data.decode("utf-8") == texts[i]
+            except UnicodeDecodeError:  # part of a character: its decoding cannot show its bytes
+                agrees = "\ufffd" in texts[i] or not texts[i]
         if agrees:
             out[i] = data
         elif texts[i] and "\ufffd" not in texts[i]:
@@ -117,16 +139,21 @@ class TokenIndex:
     """A tokenizer's tokens by what they spell: `holding[ch]`, the ids whose text holds character `ch` (characters of
     scripts written without spaces only: the only ones a text phrase begins with); `partial[b]`, the ids whose bytes
     begin with byte `b` and are no whole text (part of a character at an edge); `first[ch]`, the ids whose text
-    begins with the whole character `ch`."""
+    begins with the whole character `ch`; `trailing[bs]`, the ids whose bytes end in `bs`, the first bytes of a
+    character they do not finish."""
 
     def __init__(self, spelled: list[bytes | None]):
         self.bytes = spelled
         self.holding: dict[str, list[int]] = {}
         self.partial: dict[int, list[int]] = {}
         self.first: dict[str, list[int]] = {}
+        self.trailing: dict[bytes, list[int]] = {}
         for i, data in enumerate(spelled):
             if not data:
                 continue
+            begun = _unfinished(data)
+            if begun:
+                self.trailing.setdefault(begun, []).append(i)
             text = data.decode("utf-8", errors="replace")
             try:
                 data.decode("utf-8")
@@ -143,35 +170,59 @@ def token_index(tokenizer) -> TokenIndex:
     return _kept(tokenizer, "index", lambda: TokenIndex(token_bytes(tokenizer)))
 
 
+# A character's share of the boost over its UTF-8 bytes, by its length: binary fractions, so that gains add up
+# exactly. The last byte's share is the largest: the byte that tells the character from its neighbours.
+_SHARES = {1: (1.0,), 2: (0.5, 0.5), 3: (0.25, 0.25, 0.5), 4: (0.25, 0.25, 0.25, 0.25)}
+
+
+def _unfinished(data: bytes) -> bytes:
+    """The bytes at the end of `data` that begin a character they do not finish (b"": none)."""
+    for back in range(1, min(4, len(data)) + 1):
+        lead = data[-back]
+        if lead & 0xC0 != 0x80:  # the last character's first byte: does it have all its bytes?
+            return data[-back:] if back < _char_length(lead) else b""
+    return b""
+
+
+def _char_length(lead: int) -> int:
+    return 1 if lead < 0x80 else 2 if lead < 0xE0 else 3 if lead < 0xF0 else 4
+
+
 def text_trie(phrases) -> Node:
-    """The byte trie of `phrases` (each stripped; those is_text_phrase accepts): a node is worth the characters its
-    path completes."""
+    """The byte trie of `phrases` (each stripped; those is_text_phrase accepts), each as given and composed (NFC: the
+    form text is written in, and the one Qwen's tokenizers normalize to; a list copied from decomposed text, a macOS
+    file name's, had never matched): a node is worth the characters its path holds, a character's share spread over
+    its bytes (_SHARES)."""
     root = Node()
     for phrase in phrases:
-        data = str(phrase).strip().encode("utf-8")
-        node = root
-        for k, byte in enumerate(data):
-            ends_char = k + 1 == len(data) or data[k + 1] & 0xC0 != 0x80
-            node = node.children.setdefault(byte, Node(node.path + (byte,), node.weight + ends_char))
-        if data:
-            node.complete = True
+        text = str(phrase).strip()
+        for form in dict.fromkeys((text, unicodedata.normalize("NFC", text))):
+            _insert(root, form.encode("utf-8"))
     return root
+
+
+def _insert(root: Node, data: bytes) -> None:
+    node = root
+    for ch in data.decode("utf-8"):
+        spelled = ch.encode("utf-8")
+        for byte, share in zip(spelled, _SHARES[len(spelled)]):
+            node = node.children.setdefault(byte, Node(node.path + (byte,), node.weight + share))
+    if data:
+        node.complete = True
 
 
 def step_token(root: Node, node: Node, spelled: bytes | None) -> tuple[int, Node]:
     """(weight banked, the next node) of a token spelling `spelled` after a match at `node`: its bytes stepped one by
-    one; a token that spells nothing (a special token) ends the match."""
+    one; a token that spells nothing (a special token) ends the match. Not kept: what a byte does at a node is
+    (transition); kept per node and token, every token a row is computed for had stayed, up to the vocabulary times
+    the trie over a long decode."""
     if not spelled:
         return transition(root, node, -1, False, False)
-    key = ("token", node, spelled)
-    known = root.memo.get(key)
-    if known is None:
-        banked, state = 0, node
-        for byte in spelled:
-            gained, state = transition(root, state, byte, False, False)
-            banked += gained
-        known = root.memo[key] = (banked, state)
-    return known
+    banked, state = 0, node
+    for byte in spelled:
+        gained, state = transition(root, state, byte, False, False)
+        banked += gained
+    return banked, state
 
 
 def _next_chars(node: Node) -> set[str]:
@@ -179,23 +230,23 @@ def _next_chars(node: Node) -> set[str]:
     found, todo = set(), [(child, (byte,)) for byte, child in node.children.items()]
     while todo:
         child, seq = todo.pop()
-        if child.weight > node.weight:
+        if _ends_char(child.path):
             found.add(bytes(seq).decode("utf-8", errors="replace"))
         else:
             todo.extend((grand, seq + (byte,)) for byte, grand in child.children.items())
     return found
 
 
-def text_gains(root: Node, node: Node, index: TokenIndex) -> tuple[int, torch.Tensor, torch.Tensor]:
+def text_gains(root: Node, node: Node, index: TokenIndex) -> tuple[float, torch.Tensor, torch.Tensor]:
     """What each next token earns after a match at `node`, whatever was banked before it, as (a shift, ids, their
     gains): every token earns the shift plus what it earns at the root (`text_gains(root, root)`: 0 but for the ids
     given there), except the ids given, which earn their gains. Kept on the root.
 
-    At the root the ids are the tokens holding a phrase's first character: any other token leaves the root as it
-    found it. Elsewhere a token whose first byte goes on with no place of the match but the root ends the match
-    (banking what the end token banks: the shift) and then steps from the root, as it would there; so only the
-    tokens going on from a place past the root are stepped: those beginning with a character a phrase goes on with
-    there, or with a byte of one (a token that holds part of a character)."""
+    At the root the ids are the tokens holding a phrase's first character, or ending in some of its first bytes: any
+    other token leaves the root as it found it. Elsewhere a token whose first byte goes on with no place of the match
+    but the root ends the match (banking what the end token banks: the shift) and then steps from the root, as it
+    would there; so only the tokens going on from a place past the root are stepped: those beginning with a
+    character a phrase goes on with there, or with a byte of one (a token that holds part of a character)."""
     key = ("text_gains", node)
     known = root.memo.get(key)
     if known is None:
@@ -204,6 +255,9 @@ def text_gains(root: Node, node: Node, index: TokenIndex) -> tuple[int, torch.Te
         if node is root:
             for ch in _next_chars(root):
                 ids.update(index.holding.get(ch, ()))
+                spelled = ch.encode("utf-8")
+                for k in range(1, len(spelled)):
+                    ids.update(index.trailing.get(spelled[:k], ()))
         for _, state in chain(root, node, False)[:-1]:  # the places past the root
             ids.update(t for byte in state.children for t in index.partial.get(byte, ()))
             if _ends_char(state.path):
@@ -224,5 +278,5 @@ def _ends_char(path: tuple[int, ...]) -> bool:
     for back in range(1, min(4, len(path)) + 1):
         lead = path[-back]
         if lead & 0xC0 != 0x80:  # the last character's first byte: does it have all its bytes?
-            return back == (1 if lead < 0x80 else 2 if lead < 0xE0 else 3 if lead < 0xF0 else 4)
+            return back == _char_length(lead)
     return not path

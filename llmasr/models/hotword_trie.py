@@ -19,7 +19,7 @@ class Node:
     """A place in the trie. Symbols are token ids (hotword_boost) or bytes (hotword_text); -1 matches nothing."""
 
     path: tuple[int, ...] = ()  # the symbols from the root to here
-    weight: int = 0  # what a match standing here is worth: its tokens (hotword_text's tries: its characters)
+    weight: float = 0  # what a match standing here is worth: its tokens (hotword_text's tries: its characters)
     complete: bool = False  # a phrase ends here
     word_end: bool = False  # that phrase ends in a letter or digit: a joining token carries it on
     children: dict[int, Node] = field(default_factory=dict)

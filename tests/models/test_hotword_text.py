@@ -70,6 +70,23 @@ def test_a_character_spelled_in_byte_tokens_is_matched(tok):
     assert _total(boost, _ids(tok, "王") + rare[:-1], end) == 0.0
 
 
+def test_a_character_spelled_in_byte_tokens_pulls_from_its_first_byte(tok):
+    """Each byte token of a phrase's character earns a share of its boost as it is written, and any other token after
+    it gives what was earned back: the boost draws the search into "彧" from its first byte, as the token-id match
+    had drawn it token by token. Paid only at a character's last byte, nothing had drawn it to the first two."""
+    end = _end(tok)
+    rare = _ids(tok, "彧")
+    assert len(rare) == 3
+    other = _ids(tok, "好")[0]
+    boost = HotwordBoost([["彧"]], tok, 1.0, end, 1)
+    earned = 0.0
+    for n, token in enumerate(rare):
+        gains = _gains(boost, rare[:n], len(tok))
+        assert gains[token] > 0 and gains[other] == gains[end] == -earned
+        earned += float(gains[token])
+    assert earned == 1.0 and _gains(boost, rare, len(tok))[end] == 0.0
+
+
 def _leftmost_longest(data: bytes, phrases: list[bytes]) -> int:
     """The reference: characters of the phrases found in `data` leftmost first, then longest first, never
     overlapping."""
@@ -81,13 +98,14 @@ def _leftmost_longest(data: bytes, phrases: list[bytes]) -> int:
     return total
 
 
-def _hypotheses(tok, seed: int, count: int):
-    """Random token sequences: pieces of the corpus's texts as the tokenizer spells them, and single tokens of
-    every kind (byte tokens among them)."""
+TEXTS = ["我用通义千问吧", "通义千问", "千问模型", "阿里云", "语音识别", "彧", "千问", "大"]
+
+
+def _hypotheses(tok, seed: int, count: int, texts=TEXTS):
+    """Random token sequences: pieces of the texts as the tokenizer spells them, and single tokens of every kind
+    but the special ones (byte tokens among them)."""
     rng = random.Random(seed)
-    pieces = [
-        _ids(tok, t) for t in ["我用通义千问吧", "通义千问", "千问模型", "阿里云", "语音识别", "彧", "千问", "大"]
-    ]
+    pieces = [_ids(tok, t) for t in texts]
     singles = [[t] for t in range(3, len(tok))]
     for _ in range(count):
         seq = []
@@ -203,3 +221,180 @@ def test_a_sentencepiece_vocabulary_is_read_as_its_text():
     boost = HotwordBoost([["通义千问"]], sp, 1.0, end, 1)
     assert _total(boost, merged, end) == 4.0
     assert _total(boost, _ids(sp, "我用通义 你好"), end) == 0.0
+
+
+def test_an_added_token_spells_its_text():
+    """A token added to the vocabulary (tokenizer.add_tokens, not special) spells its text: a phrase written with it
+    is found, as the token-id match had found it; a special one spells nothing."""
+    tok = train_bpe_tokenizer(CORPUS, vocab_size=420)
+    tok.add_tokens(["通义千问"])
+    tok.add_tokens(["<|audio|>"], special_tokens=True)
+    added, audio, end = tok.convert_tokens_to_ids("通义千问"), tok.convert_tokens_to_ids("<|audio|>"), _end(tok)
+    assert token_bytes(tok)[added] == "通义千问".encode() and token_bytes(tok)[audio] is None
+    boost = HotwordBoost([["通义千问"]], tok, 1.0, end, 1)
+    for text in ("我用通义千问吧", "通义千问"):
+        seq = _ids(tok, text)
+        assert added in seq and _total(boost, seq, end) == 4.0, text
+    assert _total(boost, _ids(tok, "通义") + [audio] + _ids(tok, "千问"), end) == 0.0
+
+
+def test_a_vocabulary_of_byte_pieces_is_read():
+    """A tokenizer whose pieces are the tokens' bytes (tiktoken-based, as Qwen-1's remote-code tokenizer) is read as
+    those bytes, a token holding part of a character included; it had failed the decode (a string pattern applied
+    to bytes)."""
+    from transformers import PreTrainedTokenizerFast
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    byte_of = {ch: b for b, ch in bytes_to_unicode().items()}
+
+    class BytePieces(PreTrainedTokenizerFast):
+        def convert_ids_to_tokens(self, ids, skip_special_tokens=False):
+            pieces = super().convert_ids_to_tokens(ids, skip_special_tokens)
+            special = {t.content for t in self.added_tokens_decoder.values()}
+            read = [
+                p if p in special else bytes(byte_of[c] for c in p)
+                for p in (pieces if isinstance(ids, list) else [pieces])
+            ]
+            return read if isinstance(ids, list) else read[0]
+
+    base = train_bpe_tokenizer(CORPUS, vocab_size=420)
+    tok = BytePieces(tokenizer_object=base.backend_tokenizer, eos_token="<|im_end|>", pad_token="<|endoftext|>")
+    rare = _ids(tok, "彧")
+    assert all(isinstance(tok.convert_ids_to_tokens(t), bytes) for t in rare)
+    assert token_bytes(tok) == token_bytes(base) and b"".join(token_bytes(tok)[t] for t in rare) == "彧".encode()
+    end = _end(tok)
+    boost = HotwordBoost([["通义千问", "王彧"]], tok, 1.0, end, 1)
+    assert _total(boost, _ids(tok, "我用通义千问吧"), end) == 4.0
+    assert _total(boost, _ids(tok, "王") + rare, end) == 2.0
+
+
+def test_what_a_list_keeps_is_bounded_by_its_trie_not_the_vocabulary():
+    """The answers a list keeps for the search (its trie's memo) are per place of the trie and per byte: with every
+    place's row computed, however many tokens begin with a phrase's character, there are at most 256 byte steps and
+    a few answers per place. A step per place and token had been kept too: up to the vocabulary times the trie over
+    a long decode."""
+    from llmasr.models.hotword_text import text_gains
+
+    rng = random.Random(0)
+    chars = [chr(0x4E00 + i) for i in rng.sample(range(20000), 1500)]
+    corpus = [f"千{c}" for c in chars] * 2 + [f"{c}千" for c in chars] * 2 + ["千问"] * 3
+    tok = train_bpe_tokenizer(corpus, vocab_size=3500)  # thousands of tokens hold 千
+    boost = HotwordBoost([["千问"]], tok, 1.0, _end(tok), 1)
+    root = boost.tries[0].text
+    places, todo = [], [root]
+    while todo:
+        places.append(todo.pop())
+        todo.extend(places[-1].children.values())
+    for place in places:
+        text_gains(root, place, boost.index)
+    assert len(boost.index.holding["千"]) > len(places) * 260
+    assert len(root.memo) <= len(places) * (256 + 4)
+
+
+def test_a_phrase_written_decomposed_is_found_composed():
+    """A list copied from decomposed text (NFD, as macOS writes file names: "ガ" as "カ" and a combining mark) is
+    matched in the composed form the LLM writes and Qwen's tokenizers normalize to (NFC); the token-id match had
+    found it through the tokenizer's normalizer, the byte match had not."""
+    import unicodedata
+
+    from tokenizers import normalizers
+
+    tok = train_bpe_tokenizer(["ガイドブックを読む", "東京ガイド", "ありがとう"] * 30, vocab_size=340)
+    tok.backend_tokenizer.normalizer = normalizers.NFC()
+    end = _end(tok)
+    decomposed = unicodedata.normalize("NFD", "ガイド")
+    assert decomposed != "ガイド" and is_text_phrase(decomposed)
+    boost = HotwordBoost([[decomposed]], tok, 1.0, end, 1)
+    for text in ("ガイド", "東京ガイド", "ガイドブック"):
+        assert _total(boost, _ids(tok, text), end) == 3.0, text
+
+
+def test_tokens_added_after_a_decode_are_read():
+    """What is read from a tokenizer is read again once tokens are added to it (add_tokens after a first decode): the
+    added token had stayed unread, spelling nothing, and the phrase written with it earned nothing."""
+    tok = train_bpe_tokenizer(CORPUS, vocab_size=420)
+    end = _end(tok)
+    assert _total(HotwordBoost([["通义千问"]], tok, 1.0, end, 1), _ids(tok, "我用通义千问吧"), end) == 4.0
+    tok.add_tokens(["通义千问"])
+    seq = _ids(tok, "我用通义千问吧")
+    assert tok.convert_tokens_to_ids("通义千问") in seq
+    boost = HotwordBoost([["通义千问"]], tok, 1.0, end, 1)
+    earned = [float(_gains(boost, seq[:n], len(tok))[t]) for n, t in enumerate([*seq, end])]
+    assert sum(earned) == 4.0
+
+
+@pytest.mark.parametrize("beams", [1, 3])
+def test_boosted_batched_equals_one_by_one_with_chinese_lists(tmp_path_factory, beams):
+    """Chinese lists, a phrase of each match among them, under CTC guidance (the guide scores each list's
+    spellings): a batch decodes as its utterances alone, and the boost changes what it writes."""
+    import llmasr
+    from llmasr.models.decoding import DecodeConfig
+    from llmasr.testing.tiny_llm import write_tiny_llm_dir
+    from llmasr.testing.tiny_recipe import random_batch, tiny_model_section
+
+    llm_dir = write_tiny_llm_dir(tmp_path_factory.mktemp("tiny_zh_batch"), texts=CORPUS, vocab_size=420)
+    torch.manual_seed(0)
+    model = llmasr.build_model(tiny_model_section(llm_dir, ctc_weight=0.3)).eval()
+    targets = ["我用通义千问吧", "阿里云的语音识别", "他说通义千问好", "你好世界"]
+    batch = random_batch(model, targets, frames=[12, 20, 16, 9], seed=5)
+    batch.hotwords = [["通义千问", "千问"], [], ["阿里云", "语音识别", "hello"], ["你好世界", "世界"]]
+    cfg = DecodeConfig(num_beams=beams, ctc_weight=0.5, hotword_boost=6.0, max_new_tokens=8)
+    with torch.no_grad():
+        together = model.transcribe(batch, cfg).llm
+        alone = [model.transcribe(batch.select([i]), cfg).llm[0] for i in range(len(targets))]
+        unboosted = model.transcribe(batch, DecodeConfig(num_beams=beams, ctc_weight=0.5, hotword_boost=0.0,
+                                                         max_new_tokens=8)).llm  # fmt: skip
+    assert together == alone
+    assert unboosted != together
+
+
+# Other scripts and phrase lists: kana and kanji with nested, prefix and repeated phrases and one of one character;
+# Thai; digits, Latin, a space and full-width punctuation inside phrases; characters no token holds whole (彧, and
+# the four-byte 𠀀 of extension B).
+OTHER_LISTS = {
+    "japanese": (
+        ["東京都に住んでいます", "ありがとうございます", "音声認識の研究", "東京タワーへ行く", "京都大学"],
+        ["東京", "東京都", "京都", "京都大学", "ありがとう", "音声認識", "タワー", "研", "研"],
+        ["東京都", "京都大学", "ありがとう", "東京タワー", "音声認識", "研究", "東京京都"],
+    ),
+    "thai": (
+        ["สวัสดีครับ", "ภาษาไทย", "กรุงเทพมหานคร", "ขอบคุณมาก"],
+        ["สวัสดี", "กรุงเทพ", "กรุงเทพมหานคร", "ไทย", "ครับ"],
+        ["สวัสดีครับ", "กรุงเทพ", "ภาษาไทย", "กรุงเทพมหานคร"],
+    ),
+    "mixed": (
+        ["我的小米14手机", "华为P60 Pro手机很好", "你好，世界！", "通义 千问", "阿里云ECS服务"],
+        ["小米14手机", "华为P60 Pro手机", "你好，世界", "通义 千问", "阿里云ECS服务", "云", "米"],
+        ["我的小米14手机", "华为P60 Pro手机", "你好，世界！", "通义 千问", "阿里云ECS服务"],
+    ),
+    "rare": (
+        ["今天天气很好", "我们去公园", "你好世界"],
+        ["彧", "王彧", "𠀀𠀁", "鑫彧", "彧彧彧", "今天", "天天", "天"],
+        ["王彧", "彧彧", "𠀀𠀁", "鑫", "今天天气", "天天天"],
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(OTHER_LISTS))
+def test_other_scripts_and_lists_earn_their_leftmost_longest_phrases_token_by_token(name):
+    """For each corpus and list, the boost a finished hypothesis keeps is what a leftmost-longest scan of its bytes
+    finds, and every token's gain over the whole vocabulary is the match stepped through its bytes."""
+    corpus, phrases, texts = OTHER_LISTS[name]
+    tok = train_bpe_tokenizer(corpus * 30, vocab_size=400)
+    end = _end(tok)
+    boost = HotwordBoost([phrases], tok, 1.0, end, 1)
+    spelled = token_bytes(tok)
+    wanted = [p.encode() for p in phrases]
+    for seq in _hypotheses(tok, 0, 60, texts):
+        data = b"".join(spelled[t] for t in seq)
+        assert _total(boost, seq, end) == _leftmost_longest(data, wanted), tok.convert_ids_to_tokens(seq)
+    root, vocab = boost.tries[0].text, len(tok)
+
+    def worth(seq):
+        match = boost._text_match(0, tuple(seq), root)
+        return match.banked + match.node.weight
+
+    for seq in _hypotheses(tok, 1, 10, texts):
+        gains = _gains(boost, seq, vocab)
+        stepped = torch.tensor([worth(seq + [t]) - worth(seq) for t in range(vocab)], dtype=gains.dtype)
+        assert torch.equal(gains, stepped), tok.convert_ids_to_tokens(seq)
