@@ -30,13 +30,20 @@ around it, so its own token ids need not appear where it is written.
 from __future__ import annotations
 
 import contextlib
-import weakref
 from collections import OrderedDict
 from dataclasses import dataclass
 
 import torch
 
-from llmasr.models.hotword_text import is_text_phrase, step_token, text_gains, text_trie, token_index, token_texts
+from llmasr.models.hotword_text import (
+    is_text_phrase,
+    kept_for,
+    step_token,
+    text_gains,
+    text_trie,
+    token_index,
+    token_texts,
+)
 from llmasr.models.hotword_trie import Node, chain, joins, transition
 from llmasr.scoring import is_no_space_char
 
@@ -94,17 +101,15 @@ def word_ending_tokens(tokenizer) -> torch.Tensor:
 
 
 def _token_edges(tokenizer) -> tuple[torch.Tensor, torch.Tensor]:
-    """(joining_tokens, word_ending_tokens), cached on the tokenizer. A token's text is read after another token:
-    SentencePiece tokenizers drop a word's leading space when its token is decoded alone ("▁is" reads "is")."""
-    cached = getattr(tokenizer, "_llmasr_token_edges", None)
-    if cached is None or len(cached[0]) != len(tokenizer):  # none yet, or tokens added since
+    """(joining_tokens, word_ending_tokens), kept for the tokenizer (hotword_text.kept_for). A token's text is read
+    after another token (token_texts): SentencePiece tokenizers drop a word's leading space when its token is decoded
+    alone ("▁is" reads "is")."""
+
+    def read():
         texts = token_texts(tokenizer)
-        cached = tuple(torch.tensor([bool(t) and _word_char(t[k]) for t in texts], dtype=torch.bool) for k in (0, -1))
-        try:
-            tokenizer._llmasr_token_edges = cached
-        except AttributeError:
-            pass
-    return cached
+        return tuple(torch.tensor([bool(t) and _word_char(t[k]) for t in texts], dtype=torch.bool) for k in (0, -1))
+
+    return kept_for(tokenizer, "edges", read)
 
 
 def _step(match: _Match, token: int, joining: bool, after_word: bool) -> _Match:
@@ -158,8 +163,8 @@ class HotwordBoost:
         self.joins = joining_tokens(tokenizer) if listed else torch.zeros(0, dtype=torch.bool)
         self.joining = _ids(self.joins)
         self.ending = _ids(word_ending_tokens(tokenizer)) if listed else frozenset()
-        size = len(tokenizer) if listed else 0  # read once for the batch, not per utterance
-        self.tries = [_shared_tries(tokenizer, p, (self.joining, self.ending), size) if p else None for p in phrases]
+        lists = kept_for(tokenizer, "lists", OrderedDict) if listed else None  # looked up once for the batch
+        self.tries = [_shared_tries(lists, tokenizer, p, (self.joining, self.ending)) if p else None for p in phrases]
         self.index = None
         if any(t is not None and t.text is not None for t in self.tries):
             self.index = token_index(tokenizer)
@@ -235,24 +240,32 @@ class HotwordBoost:
         return row
 
     def _match(self, utt: int, prefix: tuple[int, ...], root: Node) -> _Match:
-        known = self.matches.get((utt, prefix))
-        if known is not None:
-            return known
-        if not prefix:
-            return _Match(0, root, root)
-        token, after_word = prefix[-1], len(prefix) > 1 and prefix[-2] in self.ending
-        return _step(self._match(utt, prefix[:-1], root), token, joins(token, self.joining), after_word)
+        """The token-id match of `root`'s phrases over `prefix`."""
+        return self._walk(self.matches, utt, prefix, root, self._token_step)
 
     def _text_match(self, utt: int, prefix: tuple[int, ...], root: Node) -> _Match:
-        known = self.text_matches.get((utt, prefix))
+        """The byte match of `root`'s phrases (a hotword_text trie) over `prefix`."""
+        return self._walk(self.text_matches, utt, prefix, root, self._byte_step)
+
+    @staticmethod
+    def _walk(seen: dict, utt: int, prefix: tuple[int, ...], root: Node, step) -> _Match:
+        """The match over `prefix`, from the matches of the last call (`seen`: a row's prefix one token shorter is
+        among them) and `step` (the match before, the prefix) for what the last token adds."""
+        known = seen.get((utt, prefix))
         if known is not None:
             return known
         if not prefix:
             return _Match(0, root, root)
-        before = self._text_match(utt, prefix[:-1], root)
-        token = prefix[-1]
-        gained, node = step_token(root, before.node, self.index.bytes[token] if token < len(self.index.bytes) else None)
-        return _Match(before.banked + gained, node, root)
+        return step(HotwordBoost._walk(seen, utt, prefix[:-1], root, step), prefix)
+
+    def _token_step(self, before: _Match, prefix: tuple[int, ...]) -> _Match:
+        token, after_word = prefix[-1], len(prefix) > 1 and prefix[-2] in self.ending
+        return _step(before, token, joins(token, self.joining), after_word)
+
+    def _byte_step(self, before: _Match, prefix: tuple[int, ...]) -> _Match:
+        token, spelled = prefix[-1], self.index.bytes
+        gained, node = step_token(before.root, before.node, spelled[token] if token < len(spelled) else None)
+        return _Match(before.banked + gained, node, before.root)
 
 
 def _gains(root: Node, node: Node, after_word: bool) -> tuple[int, int, torch.Tensor, torch.Tensor]:
@@ -303,29 +316,24 @@ def beam_search_to_the_caps(model):
         del model._check_early_stop_heuristic
 
 
-# A tokenizer's tries of its recent lists. A `--hotwords` list is every utterance's: its phrases had been spelled
-# again for each utterance of each batch, which for a list of thousands cost more than the search itself. Held by
-# the tokenizer weakly, not as its attribute: a tokenizer pickled into loader workers does not carry them.
-_TRIES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+# The tries a tokenizer keeps of its recent lists (kept_for's "lists"). A `--hotwords` list is every utterance's: its
+# phrases had been spelled again for each utterance of each batch, which for a list of thousands cost more than the
+# search itself.
 _TRIES_KEPT = 8
 
 
-def _shared_tries(tokenizer, phrases, edges, size: int) -> _ListTries:
-    """list_tries(phrases, tokenizer, edges), built once for each of the tokenizer's recent lists (a trie's memo
-    holds only what its phrases and the tokenizer decide, so utterances and batches may share it). `size`: the
-    tokenizer's length, in the key: a tokenizer grown since (add_tokens) spells the list anew."""
-    key = (size, *(str(p) for p in phrases))
-    try:
-        kept = _TRIES.setdefault(tokenizer, OrderedDict())
-    except TypeError:  # a tokenizer that cannot be held weakly, or hashed: built afresh
-        return list_tries(key[1:], tokenizer, edges)
-    tries = kept.get(key)
-    # the edges are the tokenizer's own (_token_edges, cached on it): the key needs only its size and the list
+def _shared_tries(lists: OrderedDict, tokenizer, phrases, edges) -> _ListTries:
+    """list_tries(phrases, tokenizer, edges), built once for each of the tokenizer's recent lists (`lists`, the
+    tokenizer's kept tries: read anew with everything else once tokens are added to it). A trie's memo holds only what
+    its phrases and the tokenizer decide, so utterances and batches may share it; the edges are the tokenizer's own,
+    so the key needs only the list."""
+    key = tuple(str(p) for p in phrases)
+    tries = lists.get(key)
     if tries is None:
-        tries = kept[key] = list_tries(key[1:], tokenizer, edges)
-    kept.move_to_end(key)
-    while len(kept) > _TRIES_KEPT:
-        kept.popitem(last=False)
+        tries = lists[key] = list_tries(key, tokenizer, edges)
+    lists.move_to_end(key)
+    while len(lists) > _TRIES_KEPT:
+        lists.popitem(last=False)
     return tries
 
 

@@ -53,7 +53,7 @@ def _byte_level_alphabet() -> dict[str, int]:
 
 def token_texts(tokenizer) -> list[str]:
     """Each token's text as it reads after another token (SentencePiece drops a word's space when its token is
-    decoded alone, "▁is" reading "is"); "" where a tokenizer cannot say. Kept for the tokenizer (_kept)."""
+    decoded alone, "▁is" reading "is"); "" where a tokenizer cannot say. Kept for the tokenizer (kept_for)."""
 
     def decoded():
         try:
@@ -64,15 +64,18 @@ def token_texts(tokenizer) -> list[str]:
             return [""] * len(tokenizer)
         return [t[len(head) :] if t.startswith(head) else "" for t in texts]
 
-    return _kept(tokenizer, "texts", decoded)
+    return kept_for(tokenizer, "texts", decoded)
 
 
-# What is read once from a tokenizer's vocabulary (its texts, bytes and index), held weakly by the tokenizer rather than
-# as its attributes: a tokenizer pickled into loader workers does not carry them.
+# What is read once from a tokenizer's vocabulary (its texts, bytes, index and token edges, the tries of its recent
+# lists), held weakly by the tokenizer rather than as its attributes: a tokenizer pickled into loader workers does not
+# carry them.
 _BY_TOKENIZER: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def _kept(tokenizer, name: str, make):
+def kept_for(tokenizer, name: str, make):
+    """`make()`, made once for `tokenizer` and kept under `name` until tokens are added to it (add_tokens: all that
+    was read from it is then read again); a tokenizer that cannot be held weakly gets it made afresh."""
     try:
         kept = _BY_TOKENIZER.setdefault(tokenizer, {})
     except TypeError:  # a tokenizer that cannot be held weakly, or hashed: read afresh
@@ -92,7 +95,7 @@ def token_bytes(tokenizer) -> list[bytes | None]:
     tokenizers give), so a token holding part of a character has its bytes too; checked against the tokenizer's own
     decoding, which stands in where the two disagree (a vocabulary of another kind: a token that holds part of a
     character then spells nothing). An added token that is not special spells its decoded text."""
-    return _kept(tokenizer, "bytes", lambda: _read_bytes(tokenizer))
+    return kept_for(tokenizer, "bytes", lambda: _read_bytes(tokenizer))
 
 
 def _read_bytes(tokenizer) -> list[bytes | None]:
@@ -167,7 +170,7 @@ class TokenIndex:
 
 
 def token_index(tokenizer) -> TokenIndex:
-    return _kept(tokenizer, "index", lambda: TokenIndex(token_bytes(tokenizer)))
+    return kept_for(tokenizer, "index", lambda: TokenIndex(token_bytes(tokenizer)))
 
 
 # A character's share of the boost over its UTF-8 bytes, by its length: binary fractions, so that gains add up
@@ -175,13 +178,19 @@ def token_index(tokenizer) -> TokenIndex:
 _SHARES = {1: (1.0,), 2: (0.5, 0.5), 3: (0.25, 0.25, 0.5), 4: (0.25, 0.25, 0.25, 0.25)}
 
 
+def _last_lead(data) -> int:
+    """How far from the end of UTF-8 bytes `data` its last character's first byte stands (0: none within a
+    character's length)."""
+    for back in range(1, min(4, len(data)) + 1):
+        if data[-back] & 0xC0 != 0x80:
+            return back
+    return 0
+
+
 def _unfinished(data: bytes) -> bytes:
     """The bytes at the end of `data` that begin a character they do not finish (b"": none)."""
-    for back in range(1, min(4, len(data)) + 1):
-        lead = data[-back]
-        if lead & 0xC0 != 0x80:  # the last character's first byte: does it have all its bytes?
-            return data[-back:] if back < _char_length(lead) else b""
-    return b""
+    back = _last_lead(data)
+    return data[-back:] if back and back < _char_length(data[-back]) else b""
 
 
 def _char_length(lead: int) -> int:
@@ -275,8 +284,5 @@ def text_gains(root: Node, node: Node, index: TokenIndex) -> tuple[float, torch.
 
 def _ends_char(path: tuple[int, ...]) -> bool:
     """Whether the UTF-8 bytes `path` end at a character's end (the next byte begins a character)."""
-    for back in range(1, min(4, len(path)) + 1):
-        lead = path[-back]
-        if lead & 0xC0 != 0x80:  # the last character's first byte: does it have all its bytes?
-            return back == _char_length(lead)
-    return not path
+    back = _last_lead(path)
+    return back == _char_length(path[-back]) if back else not path
