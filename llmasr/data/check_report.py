@@ -156,8 +156,9 @@ def format_report(report: DataReport, *, max_examples: int = 50) -> str:
             f"batches per rank: {s['num_batches_per_rank']} (all ranks: {s['num_batches_global']}, "
             f"padding duplicates: {s['num_padding_batches']})"
         )
-        real = s["num_batches_per_rank"] * report.world_size - s["num_padding_batches"]
-        lines.append(f"mean batch size: {s['mean_batch_size']:.1f} utterances (of the {real} real batches)")
+        lines.append(
+            f"mean batch size: {s['mean_batch_size']:.1f} utterances (of the {s['num_real_batches']} real batches)"
+        )
         if s.get("padding_warning"):
             lines.append(f"warning: {s['padding_warning']}")
         lines.append(f"padding efficiency (real / padded audio): {s['padding_efficiency']:.3f}")

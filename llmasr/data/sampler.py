@@ -272,7 +272,7 @@ class DynamicBucketSampler(Sampler):
             "num_padding_batches": padding,
             **o.dealt_stats(positions),
         }
-        real = len(plan) * self.world_size - padding
+        real = stats["num_real_batches"]
         stats["padding_warning"] = padding_warning(real, self.world_size, padding) if self.padding_warns else None
         filtered = o.filtered
         if self.rank == 0 and (self._plan_cache is None or self._plan_cache[0][0] != epoch):
