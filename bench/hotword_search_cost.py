@@ -4,10 +4,11 @@
     python bench/hotword_search_cost.py --tokenizer models/Qwen2.5-1.5B-Instruct
     python bench/hotword_search_cost.py --quick    # smoke run (numbers mean nothing)
 
-For lists of 10, 100 and 1,000 phrases (Chinese words of 2-4 characters drawn from the corpus, and as many English
-names), a HotwordBoost steps 8 rows through tokenized sentences that hold listed phrases, as a greedy search of 8
-utterances would: the first list's set-up (the tokenizer's byte table and index, once per tokenizer; the list's trie,
-once per list) and the mean time of a step (what the processor adds to each of the 8 rows over the whole vocabulary).
+For lists of 10, 100 and 1,000 phrases (Chinese words of 2-4 characters drawn from the corpus, as many of them
+behind a Latin brand name, "Brand7手机", and as many English names), a HotwordBoost steps 8 rows through tokenized
+sentences that hold listed phrases, as a greedy search of 8 utterances would: the first list's set-up (the
+tokenizer's byte table and index, once per tokenizer; the list's trie, once per list) and the mean time of a step
+(what the processor adds to each of the 8 rows over the whole vocabulary).
 """
 
 from __future__ import annotations
@@ -88,7 +89,13 @@ def main(argv: list[str] | None = None) -> int:
         names = [f"Name{i} Surname{i}" for i in range(size)]
         holding = [listed[i % len(listed)].join(texts[i : i + 2]) for i in range(args.rows)]
         english = [f"we met {names[i % size]} today and {names[(i + 1) % size]} said hello" for i in range(args.rows)]
-        for kind, phrases, said in (("bytes (Chinese)", listed, holding), ("token ids (English)", names, english)):
+        brands = [f"Brand{i}{w}" for i, w in enumerate(listed)]  # ASCII start, Chinese end: bytes, with word rules
+        mixed = [brands[i % len(brands)].join(texts[i : i + 2]) for i in range(args.rows)]
+        for kind, phrases, said in (
+            ("bytes (Chinese)", listed, holding),
+            ("bytes (Latin + Chinese)", brands, mixed),
+            ("token ids (English)", names, english),
+        ):
             t0 = time.perf_counter()
             boost = HotwordBoost([phrases] * args.rows, tok, 2.0, end, 1)
             setup = time.perf_counter() - t0

@@ -22,9 +22,10 @@ that carries the word on ("Ann" then "a": Anna) gives its bonus back. Phrases
 are found leftmost first, then longest first: when a match breaks off, a phrase that begins or ends inside it is
 still found; matches never overlap, so no token is paid twice (llmasr.models.hotword_trie).
 
-A phrase that begins and ends in a script written without spaces ("通义千问") is matched on the bytes the tokens spell
-instead (llmasr.models.hotword_text), one boost per character: the tokenizer merges its characters with the text
-around it, so its own token ids need not appear where it is written.
+A phrase holding characters of a script written without spaces ("通义千问", "iPhone手机") is matched on the bytes the
+tokens spell instead (llmasr.models.hotword_text), one boost per character (a quarter per ASCII one), with the word
+rules above at its ASCII edges: the tokenizer merges its characters with the text around it, so its own token ids
+need not appear where it is written. A phrase that shares text with one of those ("iPhone") is matched with them.
 """
 
 from __future__ import annotations
@@ -36,7 +37,8 @@ from dataclasses import dataclass
 import torch
 
 from llmasr.models.hotword_text import (
-    is_text_phrase,
+    WORD_BYTES,
+    byte_phrases,
     kept_for,
     step_token,
     text_gains,
@@ -128,9 +130,9 @@ def _step(match: _Match, token: int, joining: bool, after_word: bool) -> _Match:
 
 @dataclass(eq=False)
 class _ListTries:
-    """One list's tries: `tokens`, its phrases matched on token ids (None: none); `text`, those of scripts written
-    without spaces, matched on bytes (llmasr.models.hotword_text; None: none); `spelled`, every token id that spells
-    a phrase alone (HotwordBoost.tokens)."""
+    """One list's tries: `tokens`, its phrases matched on token ids (None: none); `text`, those holding characters
+    of scripts written without spaces and those sharing text with them, matched on bytes (llmasr.models.hotword_text;
+    None: none); `spelled`, every token id that spells a phrase alone (HotwordBoost.tokens)."""
 
     tokens: Node | None
     text: Node | None
@@ -138,11 +140,12 @@ class _ListTries:
 
 
 def list_tries(phrases, tokenizer, edges) -> _ListTries:
-    """The tries of one list: each phrase (stripped) goes to the byte trie where is_text_phrase says so, else to the
+    """The tries of one list: each phrase (stripped) goes to the byte trie where byte_phrases chooses it, else to the
     token trie (phrase_trie)."""
     texts = [str(p).strip() for p in phrases]
-    on_bytes = [t for t in texts if is_text_phrase(t)]
-    on_tokens = [t for t in texts if t and not is_text_phrase(t)]
+    chosen = byte_phrases(texts)
+    on_bytes = [t for t in texts if t in chosen]
+    on_tokens = [t for t in texts if t and t not in chosen]
     tokens = phrase_trie(on_tokens, tokenizer, edges) if on_tokens else None
     spelled = _spelled(tokens) if tokens is not None else set()
     for text in on_bytes:  # the phrase alone, as a search that scores some candidates must see it
@@ -154,8 +157,8 @@ def list_tries(phrases, tokenizer, edges) -> _ListTries:
 class HotwordBoost:
     """A transformers logits processor (generated ids [rows, n], scores [rows, V]); row r belongs to utterance
     r // num_beams, whose phrases are `phrases[utterance]` (empty: no boost for it). Rows that have ended are
-    left alone. A phrase of a script written without spaces is matched on the text's bytes (hotword_text), any
-    other on token ids; a row earns what both give it."""
+    left alone. A phrase holding characters of a script written without spaces is matched on the text's bytes
+    (hotword_text.byte_phrases), any other on token ids; a row earns what both give it."""
 
     def __init__(self, phrases: list[list[str]], tokenizer, boost: float, end_id: int, num_beams: int):
         self.boost, self.end_id, self.num_beams = float(boost), int(end_id), int(num_beams)
@@ -202,7 +205,8 @@ class HotwordBoost:
                 add[r] = row if row is not None else self._keep(key, self._row(*key, joining, add))
             if tries.text is not None:
                 match = seen_text[(utt, prefix)] = self._text_match(utt, prefix, tries.text)
-                key = (tries.text, match.node)
+                after_word = match.node is tries.text and bool(ids) and self.index.ends_word(ids[-1])
+                key = (tries.text, match.node, after_word)
                 row = self.rows.get(key)
                 add[r] += row if row is not None else self._keep(key, self._text_row(*key, add))
         self.matches, self.text_matches = seen, seen_text
@@ -225,15 +229,20 @@ class HotwordBoost:
         row[self.end_id] = self.boost * ended
         return row
 
-    def _text_row(self, root: Node, node: Node, like: torch.Tensor):
-        """What each token earns after a match at `node` of a byte trie (hotword_text.text_gains), as a row: the
-        root's row shifted, the tokens that go on with the match set apart."""
-        shift, tokens, gains = text_gains(root, node, self.index)
+    def _text_row(self, root: Node, node: Node, after_word: bool, like: torch.Tensor):
+        """What each token earns after a match at `node` of a byte trie (hotword_text.text_gains; `after_word`: at
+        the root, the text ends in a letter or digit), as a row: the root's row shifted (a joining token's by its own
+        shift), the tokens that go on with the match set apart."""
+        shift, joined, tokens, gains = text_gains(root, node, self.index, after_word)
         if node is root:
             row = torch.zeros_like(like[0])
         else:
-            base = self.rows.get((root, root))
-            row = (base if base is not None else self._text_row(root, root, like)) + self.boost * shift
+            key = (root, root, node.path[-1] in WORD_BYTES)  # the root's row after the text the match ends
+            base = self.rows.get(key)
+            row = (base if base is not None else self._text_row(*key, like)) + self.boost * shift
+            if joined != shift:
+                joining = self.index.joining[: row.numel()].to(row.device)
+                row[: joining.numel()][joining] += self.boost * (joined - shift)
         inside = tokens < row.numel()
         row[tokens[inside].to(row.device)] = (self.boost * gains[inside]).to(dtype=row.dtype, device=row.device)
         row[self.end_id] = self.boost * shift
@@ -264,7 +273,9 @@ class HotwordBoost:
 
     def _byte_step(self, before: _Match, prefix: tuple[int, ...]) -> _Match:
         token, spelled = prefix[-1], self.index.bytes
-        gained, node = step_token(before.root, before.node, spelled[token] if token < len(spelled) else None)
+        after_word = len(prefix) > 1 and self.index.ends_word(prefix[-2])
+        data = spelled[token] if token < len(spelled) else None
+        gained, node = step_token(before.root, before.node, data, after_word)
         return _Match(before.banked + gained, node, before.root)
 
 

@@ -15,6 +15,11 @@ beginning with a byte that the match, or a place past the root it falls back to,
 the match, earning what the end token earns, and then earns what it would at the root, where only the tokens holding
 a phrase's first character, or ending in some of its bytes, earn anything (text_gains; tests/models/test_hotword_text.py
 checks every token).
+
+A phrase with Latin letters or digits at an edge ("iPhone手机", "小米14") keeps the token match's word rules on bytes:
+it begins only where no word is under way and is complete only where its word ends, a word's letters and digits
+being ASCII's here. A phrase of a spaced script that shares text with such a phrase ("iPhone" beside "iPhone手机")
+is matched on bytes with it (byte_phrases), so that no text is paid twice.
 """
 
 from __future__ import annotations
@@ -26,15 +31,54 @@ import weakref
 import torch
 
 from llmasr.models.hotword_trie import Node, chain, transition
-from llmasr.scoring import is_no_space_char
+from llmasr.scoring import is_no_space_char, uses_characters
 
 _BYTE_TOKEN = re.compile(r"<0x([0-9A-Fa-f]{2})>")  # SentencePiece's byte fallback
+# The bytes a word goes on with, on bytes: ASCII letters and digits (a byte of another script's letter cannot be told
+# from its punctuation's before the character is whole)
+WORD_BYTES = frozenset(b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
+
+
+def _ascii_word(ch: str) -> bool:
+    return ch.isascii() and ch.isalnum()
+
+
+def _byte_edge(ch: str) -> bool:
+    """A phrase's edge the byte match keeps the rules of: a character of a script written without spaces (none to
+    keep), an ASCII one (its word rules are kept on bytes) or no letter or digit (none to keep)."""
+    return is_no_space_char(ch) or ch.isascii() or not ch.isalnum()
 
 
 def is_text_phrase(text: str) -> bool:
-    """A phrase matched on bytes: one that begins and ends with a character of a script written without spaces (no
-    word boundary to keep there, and the tokenizer's merges reach across both edges)."""
-    return bool(text) and is_no_space_char(text[0]) and is_no_space_char(text[-1])
+    """A phrase matched on bytes: one that holds a character of a script written without spaces (the tokenizer's
+    merges reach across its characters) and whose edges the byte match keeps the rules of (_byte_edge). One with a
+    letter or digit of another spaced script at an edge ("Москва大学") stays on token ids, whose word rules read it."""
+    return bool(text) and uses_characters(text) and _byte_edge(text[0]) and _byte_edge(text[-1])
+
+
+def byte_phrases(texts) -> set[str]:
+    """The phrases of a list (stripped) matched on bytes: those is_text_phrase accepts, and with them every other
+    whose edges allow it that shares text with one of them: inside it, holding it, or overlapping its start or end
+    ("iPhone" beside "iPhone手机"; "Pro" beside "o手机"). On two matches both would pay for the text they share."""
+    chosen = {t for t in texts if is_text_phrase(t)}
+    rest = [t for t in dict.fromkeys(texts) if t and t not in chosen and _byte_edge(t[0]) and _byte_edge(t[-1])]
+    while rest:
+        inside = {t[i:j] for t in chosen for i in range(len(t)) for j in range(i + 1, len(t) + 1)}
+        starts = {t[:k] for t in chosen for k in range(1, len(t))}
+        ends = {t[k:] for t in chosen for k in range(1, len(t))}
+        shared = [
+            t
+            for t in rest
+            if t in inside
+            or any(t[i:j] in chosen for i in range(len(t)) for j in range(i + 1, len(t) + 1))
+            or any(t[k:] in starts for k in range(1, len(t)))
+            or any(t[:k] in ends for k in range(1, len(t)))
+        ]
+        if not shared:
+            break
+        chosen.update(shared)
+        rest = [t for t in rest if t not in chosen]
+    return chosen
 
 
 def _byte_level_alphabet() -> dict[str, int]:
@@ -140,10 +184,11 @@ def _read_bytes(tokenizer) -> list[bytes | None]:
 
 class TokenIndex:
     """A tokenizer's tokens by what they spell: `holding[ch]`, the ids whose text holds character `ch` (characters of
-    scripts written without spaces only: the only ones a text phrase begins with); `partial[b]`, the ids whose bytes
-    begin with byte `b` and are no whole text (part of a character at an edge); `first[ch]`, the ids whose text
-    begins with the whole character `ch`; `trailing[bs]`, the ids whose bytes end in `bs`, the first bytes of a
-    character they do not finish."""
+    scripts written without spaces: most text phrases begin with one; `starting` finds the others); `partial[b]`, the
+    ids whose bytes begin with byte `b` and are no whole text (part of a character at an edge); `first[ch]`, the ids
+    whose text begins with the whole character `ch`; `trailing[bs]`, the ids whose bytes end in `bs`, the first bytes
+    of a character they do not finish; `joining`, per id, whether its bytes begin with a WORD_BYTES byte (it carries
+    a word on)."""
 
     def __init__(self, spelled: list[bytes | None]):
         self.bytes = spelled
@@ -151,13 +196,16 @@ class TokenIndex:
         self.partial: dict[int, list[int]] = {}
         self.first: dict[str, list[int]] = {}
         self.trailing: dict[bytes, list[int]] = {}
+        self.texts = [data.decode("utf-8", errors="replace") if data else "" for data in spelled]
+        self.joining = torch.tensor([bool(data) and data[0] in WORD_BYTES for data in spelled], dtype=torch.bool)
+        self._starting: dict[str, list[int]] = {}
         for i, data in enumerate(spelled):
             if not data:
                 continue
             begun = _unfinished(data)
             if begun:
                 self.trailing.setdefault(begun, []).append(i)
-            text = data.decode("utf-8", errors="replace")
+            text = self.texts[i]
             try:
                 data.decode("utf-8")
             except UnicodeDecodeError:
@@ -168,6 +216,31 @@ class TokenIndex:
                 if is_no_space_char(ch):
                     self.holding.setdefault(ch, []).append(i)
 
+    def ends_word(self, token: int) -> bool:
+        """Whether token `token`'s bytes end in a WORD_BYTES byte (a joining token after it carries its word on)."""
+        data = self.bytes[token] if 0 <= token < len(self.bytes) else None
+        return bool(data) and data[-1] in WORD_BYTES
+
+    def starting(self, ch: str) -> list[int]:
+        """The ids whose text holds `ch` where a phrase may begin with it: anywhere, but for an ASCII letter or digit
+        only at a word's start (the text's first character, or after one that is no ASCII letter or digit). Found
+        once per character outside `holding`."""
+        if is_no_space_char(ch):
+            return self.holding.get(ch, [])
+        found = self._starting.get(ch)
+        if found is None:
+            found = self._starting[ch] = [i for i, text in enumerate(self.texts) if _begins_in(text, ch)]
+        return found
+
+
+def _begins_in(text: str, ch: str) -> bool:
+    k = text.find(ch)
+    while k >= 0:
+        if k == 0 or not _ascii_word(ch) or not _ascii_word(text[k - 1]):
+            return True
+        k = text.find(ch, k + 1)
+    return False
+
 
 def token_index(tokenizer) -> TokenIndex:
     return kept_for(tokenizer, "index", lambda: TokenIndex(token_bytes(tokenizer)))
@@ -176,6 +249,9 @@ def token_index(tokenizer) -> TokenIndex:
 # A character's share of the boost over its UTF-8 bytes, by its length: binary fractions, so that gains add up
 # exactly. The last byte's share is the largest: the byte that tells the character from its neighbours.
 _SHARES = {1: (1.0,), 2: (0.5, 0.5), 3: (0.25, 0.25, 0.5), 4: (0.25, 0.25, 0.25, 0.25)}
+# An ASCII character's worth: a byte-level BPE spells English text about four characters a token, a Chinese one
+# about a character a token, and the token match pays per token
+ASCII_WORTH = 0.25
 
 
 def _last_lead(data) -> int:
@@ -198,11 +274,12 @@ def _char_length(lead: int) -> int:
 
 
 def text_trie(phrases) -> Node:
-    """The byte trie of `phrases` (each stripped; those is_text_phrase accepts), each as given and composed (NFC: the
+    """The byte trie of `phrases` (each stripped; those byte_phrases chose), each as given and composed (NFC: the
     form text is written in, and the one Qwen's tokenizers normalize to; a list copied from decomposed text, a macOS
-    file name's, had never matched): a node is worth the characters its path holds, a character's share spread over
-    its bytes (_SHARES)."""
-    root = Node()
+    file name's, had never matched): a node is worth the characters its path holds (an ASCII one ASCII_WORTH), a
+    character's share spread over its bytes (_SHARES). The root's joining and ending symbols are WORD_BYTES: the
+    word rules of hotword_trie, kept on bytes."""
+    root = Node(joining=WORD_BYTES, ending=WORD_BYTES)
     for phrase in phrases:
         text = str(phrase).strip()
         for form in dict.fromkeys((text, unicodedata.normalize("NFC", text))):
@@ -211,26 +288,27 @@ def text_trie(phrases) -> Node:
 
 
 def _insert(root: Node, data: bytes) -> None:
-    node = root
-    for ch in data.decode("utf-8"):
-        spelled = ch.encode("utf-8")
+    node, text = root, data.decode("utf-8")
+    for ch in text:
+        spelled, worth = ch.encode("utf-8"), ASCII_WORTH if ch.isascii() else 1.0
         for byte, share in zip(spelled, _SHARES[len(spelled)]):
-            node = node.children.setdefault(byte, Node(node.path + (byte,), node.weight + share))
-    if data:
-        node.complete = True
+            node = node.children.setdefault(byte, Node(node.path + (byte,), node.weight + worth * share))
+    if text:
+        node.complete, node.word_end = True, node.word_end or _ascii_word(text[-1])
 
 
-def step_token(root: Node, node: Node, spelled: bytes | None) -> tuple[int, Node]:
-    """(weight banked, the next node) of a token spelling `spelled` after a match at `node`: its bytes stepped one by
-    one; a token that spells nothing (a special token) ends the match. Not kept: what a byte does at a node is
-    (transition); kept per node and token, every token a row is computed for had stayed, up to the vocabulary times
-    the trie over a long decode."""
+def step_token(root: Node, node: Node, spelled: bytes | None, after_word: bool) -> tuple[int, Node]:
+    """(weight banked, the next node) of a token spelling `spelled` after a match at `node` (`after_word`: the text
+    before it ends in a WORD_BYTES byte): its bytes stepped one by one; a token that spells nothing (a special token)
+    ends the match. Not kept: what a byte does at a node is (transition); kept per node and token, every token a row
+    is computed for had stayed, up to the vocabulary times the trie over a long decode."""
     if not spelled:
         return transition(root, node, -1, False, False)
     banked, state = 0, node
     for byte in spelled:
-        gained, state = transition(root, state, byte, False, False)
-        banked += gained
+        joining = byte in WORD_BYTES
+        gained, state = transition(root, state, byte, joining, after_word)
+        banked, after_word = banked + gained, joining
     return banked, state
 
 
@@ -246,38 +324,46 @@ def _next_chars(node: Node) -> set[str]:
     return found
 
 
-def text_gains(root: Node, node: Node, index: TokenIndex) -> tuple[float, torch.Tensor, torch.Tensor]:
-    """What each next token earns after a match at `node`, whatever was banked before it, as (a shift, ids, their
-    gains): every token earns the shift plus what it earns at the root (`text_gains(root, root)`: 0 but for the ids
-    given there), except the ids given, which earn their gains. Kept on the root.
+def text_gains(
+    root: Node, node: Node, index: TokenIndex, after_word: bool
+) -> tuple[float, float, torch.Tensor, torch.Tensor]:
+    """What each next token earns after a match at `node` (`after_word`: the text ends in a WORD_BYTES byte), whatever
+    was banked before it, as (a shift, the shift of a joining token, ids, their gains): every token earns its shift
+    plus what it earns at the root after that text (`text_gains(root, root, ...)`: 0 but for the ids given there),
+    except the ids given, which earn their gains. Kept on the root.
 
-    At the root the ids are the tokens holding a phrase's first character, or ending in some of its first bytes: any
-    other token leaves the root as it found it. Elsewhere a token whose first byte goes on with no place of the match
-    but the root ends the match (banking what the end token banks: the shift) and then steps from the root, as it
-    would there; so only the tokens going on from a place past the root are stepped: those beginning with a
+    At the root the ids are the tokens holding a phrase's first character where a phrase may begin (TokenIndex.
+    starting), or ending in some of its first bytes: any other token leaves the root as it found it. Elsewhere a token
+    whose first byte goes on with no place of the match but the root ends the match (banking what the end token
+    banks, or a joining token, which carries a phrase's last word on: the second shift) and then steps from the root,
+    as it would there; so only the tokens going on from a place past the root are stepped: those beginning with a
     character a phrase goes on with there, or with a byte of one (a token that holds part of a character)."""
-    key = ("text_gains", node)
+    after_word = after_word and node is root  # past the root, the match's own last byte says it
+    key = ("text_gains", node, after_word)
     known = root.memo.get(key)
     if known is None:
         ended = transition(root, node, -1, False, False)[0] - node.weight
+        joined = transition(root, node, -1, True, False)[0] - node.weight
         ids = set()
         if node is root:
             for ch in _next_chars(root):
-                ids.update(index.holding.get(ch, ()))
+                ids.update(index.starting(ch))
                 spelled = ch.encode("utf-8")
                 for k in range(1, len(spelled)):
                     ids.update(index.trailing.get(spelled[:k], ()))
-        for _, state in chain(root, node, False)[:-1]:  # the places past the root
-            ids.update(t for byte in state.children for t in index.partial.get(byte, ()))
-            if _ends_char(state.path):
-                for ch in _next_chars(state):
-                    ids.update(index.first.get(ch, ()))
+        for joining in (False, True):  # a joining token may break a word's match where another would not
+            for _, state in chain(root, node, joining)[:-1]:  # the places past the root
+                ids.update(t for byte in state.children for t in index.partial.get(byte, ()))
+                if _ends_char(state.path):
+                    for ch in _next_chars(state):
+                        ids.update(index.first.get(ch, ()))
         order = sorted(ids)
+        after = after_word if node is root else node.path[-1] in WORD_BYTES
         gains = []
         for t in order:
-            banked, after = step_token(root, node, index.bytes[t])
-            gains.append(banked + after.weight - node.weight)
-        known = (ended, torch.tensor(order, dtype=torch.long), torch.tensor(gains, dtype=torch.float64))
+            banked, reached = step_token(root, node, index.bytes[t], after)
+            gains.append(banked + reached.weight - node.weight)
+        known = (ended, joined, torch.tensor(order, dtype=torch.long), torch.tensor(gains, dtype=torch.float64))
         root.memo[key] = known
     return known
 

@@ -52,6 +52,7 @@ def transition(root: Node, node: Node, token: int, joining: bool, after_word: bo
     """(weight banked, the next node) of symbol `token` after `node`, whatever was banked before (`joining`: the
     token carries the word before it on; `after_word`: the token before it ends inside a word, so a phrase's
     start-of-text spelling cannot begin at a joining token)."""
+    after_word = after_word and node is root  # past the root the match's own last symbol says it (below)
     key = (node, token, joining, after_word)
     known = root.memo.get(key)
     if known is None:

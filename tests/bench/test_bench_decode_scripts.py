@@ -39,6 +39,7 @@ def test_hotword_search_cost_quick_times_both_matches(capsys):
     assert hotword_search_cost.main(["--quick"]) == 0
     out = capsys.readouterr().out
     assert "| 10 | bytes (Chinese) |" in out and "| 10 | token ids (English) |" in out
+    assert "| 10 | bytes (Latin + Chinese) |" in out
     assert "python bench/hotword_search_cost.py --quick" in out
 
 

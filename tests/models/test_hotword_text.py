@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from llmasr.models.hotword_boost import HotwordBoost
-from llmasr.models.hotword_text import is_text_phrase, token_bytes
+from llmasr.models.hotword_text import byte_phrases, is_text_phrase, token_bytes
 from llmasr.testing.tiny_llm import train_bpe_tokenizer
 
 PHRASES = ["通义千问", "千问", "阿里云", "千问模型", "语音识别"]
@@ -87,13 +87,29 @@ def test_a_character_spelled_in_byte_tokens_pulls_from_its_first_byte(tok):
     assert earned == 1.0 and _gains(boost, rare, len(tok))[end] == 0.0
 
 
-def _leftmost_longest(data: bytes, phrases: list[bytes]) -> int:
-    """The reference: characters of the phrases found in `data` leftmost first, then longest first, never
-    overlapping."""
-    total, i = 0, 0
+_WORD = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+
+
+def _worth(phrase: bytes) -> float:
+    """A phrase's worth: one a character, a quarter an ASCII one."""
+    return sum(0.25 if ch.isascii() else 1.0 for ch in phrase.decode("utf-8"))
+
+
+def _leftmost_longest(data: bytes, phrases: list[bytes]) -> float:
+    """The reference: the worth of the phrases found in `data` leftmost first, then longest first, never overlapping;
+    a phrase that begins with an ASCII letter or digit begins only where none is before it, and one that ends with
+    one is complete only where none follows it."""
+
+    def fits(p: bytes, i: int) -> bool:
+        j = i + len(p)
+        begins = not (p[0] in _WORD and i > 0 and data[i - 1] in _WORD)
+        ends = not (p[-1] in _WORD and j < len(data) and data[j] in _WORD)
+        return data.startswith(p, i) and begins and ends
+
+    total, i = 0.0, 0
     while i < len(data):
-        found = max((p for p in phrases if data.startswith(p, i)), key=len, default=b"")
-        total += len(found.decode("utf-8"))
+        found = max((p for p in phrases if fits(p, i)), key=len, default=b"")
+        total += _worth(found) if found else 0.0
         i += len(found) or 1
     return total
 
@@ -146,10 +162,22 @@ def test_every_tokens_gain_is_the_step_of_the_match(tok):
 
 
 def test_phrases_are_split_between_the_two_matches():
-    """A phrase with a character of a spaced script at an edge keeps the token-id match and its word rules."""
+    """A phrase holding a character of a script written without spaces is matched on bytes, with ASCII letters or
+    digits at an edge too (their word rules kept there); one with another spaced script's letter at an edge, or none
+    of those characters, keeps the token-id match and its word rules."""
     assert is_text_phrase("通义千问") and is_text_phrase("小米14手机") and is_text_phrase("ありがとう")
-    assert not is_text_phrase("Qwen") and not is_text_phrase("iPhone手机") and not is_text_phrase("小米14")
+    assert is_text_phrase("iPhone手机") and is_text_phrase("小米14") and is_text_phrase("《三体》")
+    assert not is_text_phrase("Qwen") and not is_text_phrase("Москва大学") and not is_text_phrase("咖啡é")
     assert not is_text_phrase("")
+
+
+def test_a_phrase_sharing_text_with_a_byte_phrase_joins_it_on_bytes():
+    """A phrase of a spaced script inside, around or overlapping a phrase matched on bytes is matched on bytes too
+    (on the token ids both matches had paid for the text they share); others, and those whose edges the byte match
+    cannot keep the rules of, stay on token ids."""
+    listed = ["iPhone手机", "iPhone", "iPhone Pro", "Pro Max", "o手", "Qwen", "Café", "华为"]
+    assert byte_phrases(listed) == {"iPhone手机", "iPhone", "iPhone Pro", "Pro Max", "o手", "华为"}
+    assert byte_phrases(["Qwen", "Kubernetes"]) == set()
 
 
 def test_both_matches_add_up_and_the_search_sees_every_spelling(tok):
@@ -286,7 +314,8 @@ def test_what_a_list_keeps_is_bounded_by_its_trie_not_the_vocabulary():
         places.append(todo.pop())
         todo.extend(places[-1].children.values())
     for place in places:
-        text_gains(root, place, boost.index)
+        for after_word in (False, True):
+            text_gains(root, place, boost.index, after_word)
     assert len(boost.index.holding["千"]) > len(places) * 260
     assert len(root.memo) <= len(places) * (256 + 4)
 
@@ -372,17 +401,39 @@ OTHER_LISTS = {
         ["彧", "王彧", "𠀀𠀁", "鑫彧", "彧彧彧", "今天", "天天", "天"],
         ["王彧", "彧彧", "𠀀𠀁", "鑫", "今天天气", "天天天"],
     ),
+    # ASCII letters and digits at the edges, with their word rules; "iPhone", "GPT4", "145" and "iPhone Pro" share
+    # text with phrases matched on bytes, and join them there; a digit after "小米14" breaks its match back to "小米"
+    # and "14", where "145" goes on
+    "latin_edges": (
+        ["我的iPhone", "机很好", "手", "iPhone手机", "小米14和", "小米145", "用Qwen大模型", "xiPhone", "GPT4模型"],
+        [
+            "iPhone手机",
+            "iPhone",
+            "小米14",
+            "小米",
+            "Qwen大模型",
+            "GPT4",
+            "4模型",
+            "iPhone Pro",
+            "机很",
+            "小米14手机",
+            "145",
+        ],
+        ["我的iPhone手机很好", "小米145", "小米14和", "用Qwen大模型", "xiPhone手机", "GPT4模型", "iPhone Pro", "4"],
+    ),
 }
 
 
 @pytest.mark.parametrize("name", sorted(OTHER_LISTS))
 def test_other_scripts_and_lists_earn_their_leftmost_longest_phrases_token_by_token(name):
     """For each corpus and list, the boost a finished hypothesis keeps is what a leftmost-longest scan of its bytes
-    finds, and every token's gain over the whole vocabulary is the match stepped through its bytes."""
+    finds, and every token's gain over the whole vocabulary is the match stepped through its bytes (after random
+    hypotheses, and after each token of the texts)."""
     corpus, phrases, texts = OTHER_LISTS[name]
     tok = train_bpe_tokenizer(corpus * 30, vocab_size=400)
     end = _end(tok)
     boost = HotwordBoost([phrases], tok, 1.0, end, 1)
+    assert boost.tries[0].tokens is None  # every phrase on bytes
     spelled = token_bytes(tok)
     wanted = [p.encode() for p in phrases]
     for seq in _hypotheses(tok, 0, 60, texts):
@@ -394,7 +445,29 @@ def test_other_scripts_and_lists_earn_their_leftmost_longest_phrases_token_by_to
         match = boost._text_match(0, tuple(seq), root)
         return match.banked + match.node.weight
 
-    for seq in _hypotheses(tok, 1, 10, texts):
+    prefixes = [ids[:n] for ids in (_ids(tok, t) for t in texts) for n in range(1, len(ids))]
+    for seq in [*_hypotheses(tok, 1, 10, texts), *prefixes]:
         gains = _gains(boost, seq, vocab)
         stepped = torch.tensor([worth(seq + [t]) - worth(seq) for t in range(vocab)], dtype=gains.dtype)
         assert torch.equal(gains, stepped), tok.convert_ids_to_tokens(seq)
+
+
+def test_latin_edges_keep_their_word_rules_on_bytes():
+    """A phrase with ASCII letters or digits at an edge is matched on bytes (the tokenizer merges its Chinese end with
+    the text after it: "我的iPhone" "手" "机很好") and keeps the word rules there: it begins only where no word is
+    under way ("xiPhone手机" holds none) and a phrase ending in a digit is complete only where its number ends ("小米14"
+    is not in "小米145"). On token ids "iPhone手机" had earned nothing in the merged text, and "小米14" with "小米"
+    listed had been paid twice, once by each match."""
+    corpus = OTHER_LISTS["latin_edges"][0]
+    tok = train_bpe_tokenizer(corpus * 30, vocab_size=400)
+    end = _end(tok)
+    assert [tok.decode([t]) for t in _ids(tok, "我的iPhone手机很好")] == ["我的iPhone", "手", "机很好"]
+    boost = HotwordBoost([["iPhone手机", "小米14", "小米"]], tok, 1.0, end, 1)
+    assert boost.tries[0].tokens is None
+    assert _total(boost, _ids(tok, "我的iPhone手机很好"), end) == 6 * 0.25 + 2
+    assert _total(boost, _ids(tok, "xiPhone手机"), end) == 0.0
+    assert _total(boost, _ids(tok, "小米145"), end) == 2.0
+    assert _total(boost, _ids(tok, "小米14和"), end) == 2 + 2 * 0.25
+    # a Latin phrase no byte phrase shares text with keeps the token match, as before
+    both = HotwordBoost([["小米", "Qwen"]], tok, 1.0, end, 1)
+    assert both.tries[0].tokens is not None and both.tries[0].text is not None
