@@ -19,7 +19,8 @@ checks every token).
 A phrase with Latin letters or digits at an edge ("iPhone手机", "小米14") keeps the token match's word rules on bytes:
 it begins only where no word is under way and is complete only where its word ends, a word's letters and digits
 being ASCII's here. A phrase of a spaced script that shares text with such a phrase ("iPhone" beside "iPhone手机")
-is matched on bytes with it (byte_phrases), so that no text is paid twice.
+is matched on bytes with it (byte_phrases), so that no text is paid twice; where one of them has another spaced
+script's letter at an edge ("Café" beside "Café咖啡"), they all stay on token ids.
 """
 
 from __future__ import annotations
@@ -51,34 +52,46 @@ def _byte_edge(ch: str) -> bool:
 
 def is_text_phrase(text: str) -> bool:
     """A phrase matched on bytes: one that holds a character of a script written without spaces (the tokenizer's
-    merges reach across its characters) and whose edges the byte match keeps the rules of (_byte_edge). One with a
-    letter or digit of another spaced script at an edge ("Москва大学") stays on token ids, whose word rules read it."""
+    merges reach across its characters) and whose edges the byte match keeps the rules of (_byte_edge), read composed
+    (NFC: a decomposed "é" ends in a combining mark, which is no letter). One with a letter or digit of another spaced
+    script at an edge ("Москва大学") stays on token ids, whose word rules read it."""
+    text = unicodedata.normalize("NFC", text)
     return bool(text) and uses_characters(text) and _byte_edge(text[0]) and _byte_edge(text[-1])
 
 
 def byte_phrases(texts) -> set[str]:
-    """The phrases of a list (stripped) matched on bytes: those is_text_phrase accepts, and with them every other
-    whose edges allow it that shares text with one of them: inside it, holding it, or overlapping its start or end
-    ("iPhone" beside "iPhone手机"; "Pro" beside "o手机"). On two matches both would pay for the text they share."""
-    chosen = {t for t in texts if is_text_phrase(t)}
-    rest = [t for t in dict.fromkeys(texts) if t and t not in chosen and _byte_edge(t[0]) and _byte_edge(t[-1])]
-    while rest:
-        inside = {t[i:j] for t in chosen for i in range(len(t)) for j in range(i + 1, len(t) + 1)}
-        starts = {t[:k] for t in chosen for k in range(1, len(t))}
-        ends = {t[k:] for t in chosen for k in range(1, len(t))}
-        shared = [
-            t
-            for t in rest
-            if t in inside
-            or any(t[i:j] in chosen for i in range(len(t)) for j in range(i + 1, len(t) + 1))
-            or any(t[k:] in starts for k in range(1, len(t)))
-            or any(t[:k] in ends for k in range(1, len(t)))
-        ]
-        if not shared:
-            break
-        chosen.update(shared)
-        rest = [t for t in rest if t not in chosen]
-    return chosen
+    """The phrases of a list (stripped) matched on bytes: those is_text_phrase accepts, each with the group of
+    phrases that share text with it, and with those in turn: inside it, holding it, or overlapping its start or end
+    ("iPhone" beside "iPhone手机"; "Pro" beside "o手机"). On two matches both would pay for the text they share, so a
+    group is matched by one of them: on bytes, unless one of it has an edge the byte match cannot keep the rules of
+    ("Café" beside "Café咖啡": all stay on token ids). Phrases are compared composed (NFC), as both matches find
+    them."""
+    forms = {t: unicodedata.normalize("NFC", t) for t in texts if t}
+    text = {form for form in forms.values() if is_text_phrase(form)}
+    if len(text) in (0, len(set(forms.values()))):  # every group holds a text phrase, or none does
+        return {t for t, form in forms.items() if form in text}
+    group = {form: form for form in forms.values()}  # union-find: each form's way to its group's representative
+
+    def find(form: str) -> str:
+        while group[form] != form:
+            group[form] = form = group[group[form]]
+        return form
+
+    lengths = sorted({len(form) for form in group})
+    starts: dict[str, list[str]] = {}  # a phrase's proper beginnings
+    for form in group:
+        for k in range(1, len(form)):
+            starts.setdefault(form[:k], []).append(form)
+    for form in group:
+        # another phrase inside this one, or this one's end overlapping another's start (and so, read from the other
+        # side, every start overlapping an end)
+        shared = [form[i : i + n] for i in range(len(form)) for n in lengths if i + n <= len(form)]
+        linked = [s for s in shared if s in group] + [o for k in range(1, len(form)) for o in starts.get(form[k:], ())]
+        for other in linked:
+            group[find(other)] = find(form)
+    on_bytes = {find(form) for form in text}
+    kept_off = {find(form) for form in group if not (_byte_edge(form[0]) and _byte_edge(form[-1]))}
+    return {t for t, form in forms.items() if find(form) in on_bytes - kept_off}
 
 
 def _byte_level_alphabet() -> dict[str, int]:
