@@ -521,3 +521,21 @@ def test_a_long_chain_of_phrases_sharing_text_is_sorted_at_once():
     start = time.perf_counter()
     assert byte_phrases(listed) == set(listed)
     assert time.perf_counter() - start < 2.0
+
+
+def test_a_phrase_held_on_token_ids_keeps_there_only_what_it_can_share_text_with():
+    """A phrase held on token ids by a letter of another spaced script at an edge ("Proé") keeps there with it the
+    phrases whose text it shares where the word rules let both be found ("Pro", inside it), but not those it reaches
+    only through text no match begins in: "o手机" does not begin after the "r" of "Pro", so "Pro" and "o手机" never
+    pay for the same "o", and "o手机" stays on bytes, found in "我o手机" however it was merged. It had been taken onto
+    token ids with them."""
+    tok = train_bpe_tokenizer(["Pro", "Proé", "我o手机很好"] * 30, vocab_size=330)
+    end = _end(tok)
+    listed = ["o手机", "Pro", "Proé"]
+    assert byte_phrases(listed) == {"o手机"}
+    boost = HotwordBoost([listed], tok, 1.0, end, 1)
+    assert _total(boost, _ids(tok, "我o手机很好"), end) == 0.25 + 2
+    proe = _ids(tok, "Proé")
+    assert _total(boost, proe, end) == _total(HotwordBoost([["Pro", "Proé"]], tok, 1.0, end, 1), proe, end) == len(proe)
+    # without "Proé", "Pro" joins "o手机" on bytes, as it shares text with it ("Pro手机" holds both)
+    assert byte_phrases(["o手机", "Pro"]) == {"o手机", "Pro"}
