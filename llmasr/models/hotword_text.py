@@ -19,7 +19,8 @@ checks every token).
 A phrase with Latin letters or digits at an edge ("iPhone手机", "小米14") keeps the token match's word rules on bytes:
 it begins only where no word is under way and is complete only where its word ends, a word's letters and digits
 being ASCII's here. A phrase of a spaced script that shares text with such a phrase ("iPhone" beside "iPhone手机")
-is matched on bytes with it (byte_phrases), so that no text is paid twice.
+is matched on bytes with it (byte_phrases), so that no text is paid twice; one with another spaced script's letter
+at an edge ("Café" beside "Café咖啡") keeps those it shares text with on token ids instead.
 """
 
 from __future__ import annotations
@@ -51,34 +52,70 @@ def _byte_edge(ch: str) -> bool:
 
 def is_text_phrase(text: str) -> bool:
     """A phrase matched on bytes: one that holds a character of a script written without spaces (the tokenizer's
-    merges reach across its characters) and whose edges the byte match keeps the rules of (_byte_edge). One with a
-    letter or digit of another spaced script at an edge ("Москва大学") stays on token ids, whose word rules read it."""
+    merges reach across its characters) and whose edges the byte match keeps the rules of (_byte_edge), read composed
+    (NFC: a decomposed "é" ends in a combining mark, which is no letter). One with a letter or digit of another spaced
+    script at an edge ("Москва大学") stays on token ids, whose word rules read it."""
+    text = unicodedata.normalize("NFC", text)
     return bool(text) and uses_characters(text) and _byte_edge(text[0]) and _byte_edge(text[-1])
 
 
+def _apart(text: str, at: int) -> bool:
+    """Whether no match begins or ends at `at` inside `text`: both characters around it are ASCII letters or digits
+    (the word rules of both matches)."""
+    return 0 < at < len(text) and _ascii_word(text[at - 1]) and _ascii_word(text[at])
+
+
 def byte_phrases(texts) -> set[str]:
-    """The phrases of a list (stripped) matched on bytes: those is_text_phrase accepts, and with them every other
-    whose edges allow it that shares text with one of them: inside it, holding it, or overlapping its start or end
-    ("iPhone" beside "iPhone手机"; "Pro" beside "o手机"). On two matches both would pay for the text they share."""
-    chosen = {t for t in texts if is_text_phrase(t)}
-    rest = [t for t in dict.fromkeys(texts) if t and t not in chosen and _byte_edge(t[0]) and _byte_edge(t[-1])]
-    while rest:
-        inside = {t[i:j] for t in chosen for i in range(len(t)) for j in range(i + 1, len(t) + 1)}
-        starts = {t[:k] for t in chosen for k in range(1, len(t))}
-        ends = {t[k:] for t in chosen for k in range(1, len(t))}
-        shared = [
-            t
-            for t in rest
-            if t in inside
-            or any(t[i:j] in chosen for i in range(len(t)) for j in range(i + 1, len(t) + 1))
-            or any(t[k:] in starts for k in range(1, len(t)))
-            or any(t[:k] in ends for k in range(1, len(t)))
-        ]
-        if not shared:
-            break
-        chosen.update(shared)
-        rest = [t for t in rest if t not in chosen]
-    return chosen
+    """The phrases of a list (stripped) matched on bytes: those is_text_phrase accepts, and with them every other whose
+    edges allow it that shares text with one of them, or with one that joins them: inside it, holding it, or
+    overlapping its start or end ("iPhone" beside "iPhone手机"; "Pro" beside "o手机"). On two matches both would pay
+    for the text they share. A phrase whose edge the byte match cannot keep the rules of ("Café", "Москва大学") stays
+    on token ids, and with it every phrase it shares text with where the word rules let both be found ("Café咖啡",
+    "大学"), and so on; "Proé" keeps "Pro" there, but not "o手机", which begins after no "r". Phrases are compared
+    composed (NFC), as both matches find them."""
+    forms = {t: unicodedata.normalize("NFC", t) for t in texts if t}
+    text = {form for form in forms.values() if is_text_phrase(form)}
+    if len(text) in (0, len(set(forms.values()))):  # every phrase is a text phrase, or none is
+        return {t for t, form in forms.items() if form in text}
+    shares, found = _Groups(forms.values()), _Groups(forms.values())  # sharing text; where both can be found
+    lengths = sorted({len(form) for form in forms.values()})
+    starts: dict[str, list[str]] = {}  # a phrase's proper beginnings
+    for form in shares.up:
+        for k in range(1, len(form)):
+            starts.setdefault(form[:k], []).append(form)
+    for form in shares.up:
+        # another phrase inside this one, or this one's end overlapping another's start (and so, read from the other
+        # side, every start overlapping an end); found where no ASCII letter or digit goes on across either end
+        for i in range(len(form)):
+            for n in lengths:
+                if i + n <= len(form) and form[i : i + n] in shares.up:
+                    shares.join(form, form[i : i + n])
+                    if not _apart(form, i) and not _apart(form, i + n):
+                        found.join(form, form[i : i + n])
+        for k in range(1, len(form)):
+            for other in starts.get(form[k:], ()):
+                shares.join(form, other)
+                both = form + other[len(form) - k :]
+                if not _apart(both, k) and not _apart(both, len(form)):
+                    found.join(form, other)
+    joined = {shares.find(form) for form in text}
+    kept_off = {found.find(form) for form in found.up if not (_byte_edge(form[0]) and _byte_edge(form[-1]))}
+    return {t for t, form in forms.items() if shares.find(form) in joined and found.find(form) not in kept_off}
+
+
+class _Groups:
+    """Union-find over strings: `up`, each one's way to its group's representative (find)."""
+
+    def __init__(self, items):
+        self.up = {item: item for item in items}
+
+    def find(self, item: str) -> str:
+        while self.up[item] != item:
+            self.up[item] = item = self.up[self.up[item]]
+        return item
+
+    def join(self, a: str, b: str) -> None:
+        self.up[self.find(a)] = self.find(b)
 
 
 def _byte_level_alphabet() -> dict[str, int]:

@@ -32,7 +32,7 @@ def _gains(boost: HotwordBoost, prefix: list[int], vocab: int) -> torch.Tensor:
 
 
 def _total(boost: HotwordBoost, seq: list[int], end: int) -> float:
-    vocab = len(boost.index.bytes)
+    vocab = len(boost.joins)  # the tokenizer's size, whichever match a list has
     steps = sum(float(_gains(boost, seq[:n], vocab)[seq[n]]) for n in range(len(seq)))
     return steps + float(_gains(boost, seq, vocab)[end])
 
@@ -471,3 +471,71 @@ def test_latin_edges_keep_their_word_rules_on_bytes():
     # a Latin phrase no byte phrase shares text with keeps the token match, as before
     both = HotwordBoost([["小米", "Qwen"]], tok, 1.0, end, 1)
     assert both.tries[0].tokens is not None and both.tries[0].text is not None
+
+
+def test_a_group_sharing_text_is_paid_once_where_one_of_it_cannot_be_matched_on_bytes():
+    """A phrase that shares text with a phrase matched on bytes but has a letter of another spaced script at an edge
+    ("Café" beside "Café咖啡", "Москва大学" beside "大学") keeps its word rules only on token ids: the phrases that
+    share text with it stay there with it, so that the text they share is paid once. "Café" had been paid by the
+    token match and again, inside "Café咖啡", by the byte match."""
+    from tokenizers import normalizers
+
+    corpus = ["Café", "咖啡", "Москва", "大学", "Café"] * 30
+    tok = train_bpe_tokenizer(corpus, vocab_size=360)
+    tok.backend_tokenizer.normalizer = normalizers.NFC()
+    end = _end(tok)
+    for listed, text in ((["Café咖啡", "Café"], "Café咖啡"), (["大学", "Москва大学"], "Москва大学")):
+        seq = _ids(tok, text)
+        assert [tok.decode([t]) for t in seq] == [text[:-2], text[-2:]]
+        assert _total(HotwordBoost([listed], tok, 1.0, end, 1), seq, end) == len(seq), listed
+        assert byte_phrases(listed) == set(), listed
+
+
+def test_phrases_share_text_as_composed():
+    """Phrases are told to share text as composed (NFC), the form both matches find them in: "Pokémon" typed
+    decomposed beside "Pokémon宝可梦" joins it on bytes, and "大学Café" typed decomposed, whose last character is a
+    letter once composed, is not matched on bytes (its word rules are the token match's). Read as written, the
+    first had been paid by both matches and the second had lost its word rule."""
+    import unicodedata
+
+    from tokenizers import normalizers
+
+    tok = train_bpe_tokenizer(["Pokémon", "宝可梦", "Pokémon"] * 30, vocab_size=340)
+    tok.backend_tokenizer.normalizer = normalizers.NFC()
+    end, seq = _end(tok), _ids(tok, "Pokémon宝可梦")
+    assert [tok.decode([t]) for t in seq] == ["Pokémon", "宝可梦"]
+    decomposed = unicodedata.normalize("NFD", "Pokémon")
+    once = _total(HotwordBoost([["Pokémon宝可梦"]], tok, 1.0, end, 1), seq, end)
+    assert _total(HotwordBoost([["Pokémon宝可梦", decomposed]], tok, 1.0, end, 1), seq, end) == once == 6 * 0.25 + 4
+    assert byte_phrases(["Pokémon宝可梦", decomposed]) == {"Pokémon宝可梦", decomposed}
+    assert not is_text_phrase(unicodedata.normalize("NFD", "大学Café"))
+
+
+def test_a_long_chain_of_phrases_sharing_text_is_sorted_at_once():
+    """Which phrases go on bytes is found in one pass over the list's text: a chain of 1,500 phrases, each
+    overlapping the next ("<2><1>", "<1><0>", "<0>手"), had been walked one link a round, every round rereading all
+    chosen so far (tens of seconds)."""
+    import time
+
+    listed = ["<0>手"] + [f"<{i + 1}><{i}>" for i in range(1500)]
+    start = time.perf_counter()
+    assert byte_phrases(listed) == set(listed)
+    assert time.perf_counter() - start < 2.0
+
+
+def test_a_phrase_held_on_token_ids_keeps_there_only_what_it_can_share_text_with():
+    """A phrase held on token ids by a letter of another spaced script at an edge ("Proé") keeps there with it the
+    phrases whose text it shares where the word rules let both be found ("Pro", inside it), but not those it reaches
+    only through text no match begins in: "o手机" does not begin after the "r" of "Pro", so "Pro" and "o手机" never
+    pay for the same "o", and "o手机" stays on bytes, found in "我o手机" however it was merged. It had been taken onto
+    token ids with them."""
+    tok = train_bpe_tokenizer(["Pro", "Proé", "我o手机很好"] * 30, vocab_size=330)
+    end = _end(tok)
+    listed = ["o手机", "Pro", "Proé"]
+    assert byte_phrases(listed) == {"o手机"}
+    boost = HotwordBoost([listed], tok, 1.0, end, 1)
+    assert _total(boost, _ids(tok, "我o手机很好"), end) == 0.25 + 2
+    proe = _ids(tok, "Proé")
+    assert _total(boost, proe, end) == _total(HotwordBoost([["Pro", "Proé"]], tok, 1.0, end, 1), proe, end) == len(proe)
+    # without "Proé", "Pro" joins "o手机" on bytes, as it shares text with it ("Pro手机" holds both)
+    assert byte_phrases(["o手机", "Pro"]) == {"o手机", "Pro"}
