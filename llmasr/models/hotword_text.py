@@ -19,8 +19,9 @@ checks every token).
 A phrase with Latin letters or digits at an edge ("iPhone手机", "小米14") keeps the token match's word rules on bytes:
 it begins only where no word is under way and is complete only where its word ends, a word's letters and digits
 being ASCII's here. A phrase of a spaced script that shares text with such a phrase ("iPhone" beside "iPhone手机")
-is matched on bytes with it (byte_phrases), so that no text is paid twice; one with another spaced script's letter
-at an edge ("Café" beside "Café咖啡") keeps those it shares text with on token ids instead.
+is matched on bytes with it where both can be found sharing it (byte_phrases), so that no text is paid twice; one
+with another spaced script's letter at an edge ("Café" beside "Café咖啡") keeps those it shares text with on token
+ids instead.
 """
 
 from __future__ import annotations
@@ -67,40 +68,38 @@ def _apart(text: str, at: int) -> bool:
 
 def byte_phrases(texts) -> set[str]:
     """The phrases of a list (stripped) matched on bytes: those is_text_phrase accepts, and with them every other whose
-    edges allow it that shares text with one of them, or with one that joins them: inside it, holding it, or
-    overlapping its start or end ("iPhone" beside "iPhone手机"; "Pro" beside "o手机"). On two matches both would pay
-    for the text they share. A phrase whose edge the byte match cannot keep the rules of ("Café", "Москва大学") stays
-    on token ids, and with it every phrase it shares text with where the word rules let both be found ("Café咖啡",
-    "大学"), and so on; "Proé" keeps "Pro" there, but not "o手机", which begins after no "r". Phrases are compared
-    composed (NFC), as both matches find them."""
+    edges allow it that shares text with one of them, or with one that joins them, where the word rules let both be
+    found there: inside it, holding it, or overlapping its start or end ("iPhone" beside "iPhone手机", not "iPhone"
+    beside "iPhone15手机", nor "Pro" beside "o手机": neither begins or ends inside a word). On two matches both would
+    pay for the text they share. A phrase whose edge the byte match cannot keep the rules of ("Café", "Москва大学")
+    stays on token ids, and with it every phrase it shares text with ("Café咖啡", "大学"), and so on. Phrases are
+    compared composed (NFC), as both matches find them."""
     forms = {t: unicodedata.normalize("NFC", t) for t in texts if t}
     text = {form for form in forms.values() if is_text_phrase(form)}
     if len(text) in (0, len(set(forms.values()))):  # every phrase is a text phrase, or none is
         return {t for t, form in forms.items() if form in text}
-    shares, found = _Groups(forms.values()), _Groups(forms.values())  # sharing text; where both can be found
+    shared = _Groups(forms.values())  # phrases that can be found sharing text
     lengths = sorted({len(form) for form in forms.values()})
     starts: dict[str, list[str]] = {}  # a phrase's proper beginnings
-    for form in shares.up:
+    for form in shared.up:
         for k in range(1, len(form)):
             starts.setdefault(form[:k], []).append(form)
-    for form in shares.up:
+    for form in shared.up:
         # another phrase inside this one, or this one's end overlapping another's start (and so, read from the other
         # side, every start overlapping an end); found where no ASCII letter or digit goes on across either end
         for i in range(len(form)):
             for n in lengths:
-                if i + n <= len(form) and form[i : i + n] in shares.up:
-                    shares.join(form, form[i : i + n])
+                if i + n <= len(form) and form[i : i + n] in shared.up:
                     if not _apart(form, i) and not _apart(form, i + n):
-                        found.join(form, form[i : i + n])
+                        shared.join(form, form[i : i + n])
         for k in range(1, len(form)):
             for other in starts.get(form[k:], ()):
-                shares.join(form, other)
                 both = form + other[len(form) - k :]
                 if not _apart(both, k) and not _apart(both, len(form)):
-                    found.join(form, other)
-    joined = {shares.find(form) for form in text}
-    kept_off = {found.find(form) for form in found.up if not (_byte_edge(form[0]) and _byte_edge(form[-1]))}
-    return {t for t, form in forms.items() if shares.find(form) in joined and found.find(form) not in kept_off}
+                    shared.join(form, other)
+    joined = {shared.find(form) for form in text}
+    kept_off = {shared.find(form) for form in shared.up if not (_byte_edge(form[0]) and _byte_edge(form[-1]))}
+    return {t for t, form in forms.items() if shared.find(form) in joined and shared.find(form) not in kept_off}
 
 
 class _Groups:

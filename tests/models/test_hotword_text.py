@@ -173,10 +173,11 @@ def test_phrases_are_split_between_the_two_matches():
 
 def test_a_phrase_sharing_text_with_a_byte_phrase_joins_it_on_bytes():
     """A phrase of a spaced script inside, around or overlapping a phrase matched on bytes is matched on bytes too
-    (on the token ids both matches had paid for the text they share); others, and those whose edges the byte match
-    cannot keep the rules of, stay on token ids."""
-    listed = ["iPhone手机", "iPhone", "iPhone Pro", "Pro Max", "o手", "Qwen", "Café", "华为"]
-    assert byte_phrases(listed) == {"iPhone手机", "iPhone", "iPhone Pro", "Pro Max", "o手", "华为"}
+    (on the token ids both matches had paid for the text they share); others stay on token ids: those the word rules
+    keep from sharing text with it ("GPT" is never found inside "GPT4模型"), and those whose edges the byte match
+    cannot keep the rules of."""
+    listed = ["iPhone手机", "iPhone", "iPhone Pro", "Pro Max", "e手", "Qwen", "Café", "华为", "GPT", "GPT4模型"]
+    assert byte_phrases(listed) == {"iPhone手机", "iPhone", "iPhone Pro", "Pro Max", "e手", "华为", "GPT4模型"}
     assert byte_phrases(["Qwen", "Kubernetes"]) == set()
 
 
@@ -401,25 +402,14 @@ OTHER_LISTS = {
         ["彧", "王彧", "𠀀𠀁", "鑫彧", "彧彧彧", "今天", "天天", "天"],
         ["王彧", "彧彧", "𠀀𠀁", "鑫", "今天天气", "天天天"],
     ),
-    # ASCII letters and digits at the edges, with their word rules; "iPhone", "GPT4", "145" and "iPhone Pro" share
-    # text with phrases matched on bytes, and join them there; a digit after "小米14" breaks its match back to "小米"
-    # and "14", where "145" goes on
+    # ASCII letters and digits at the edges, with their word rules; "iPhone", "GPT-4" and "iPhone Pro" share text
+    # with phrases matched on bytes, and join them there; a digit after "小米14" breaks its match back to "小米" and
+    # "14", where "145号" goes on
     "latin_edges": (
-        ["我的iPhone", "机很好", "手", "iPhone手机", "小米14和", "小米145", "用Qwen大模型", "xiPhone", "GPT4模型"],
-        [
-            "iPhone手机",
-            "iPhone",
-            "小米14",
-            "小米",
-            "Qwen大模型",
-            "GPT4",
-            "4模型",
-            "iPhone Pro",
-            "机很",
-            "小米14手机",
-            "145",
-        ],
-        ["我的iPhone手机很好", "小米145", "小米14和", "用Qwen大模型", "xiPhone手机", "GPT4模型", "iPhone Pro", "4"],
+        ["我的iPhone", "机很好", "手", "iPhone手机", "小米14和", "小米145号", "用Qwen大模型", "xiPhone", "GPT-4模型"],
+        ["iPhone手机", "iPhone", "小米14", "小米", "Qwen大模型", "GPT-4", "4模型", "iPhone Pro", "机很"]
+        + ["小米14手机", "145号"],
+        ["我的iPhone手机很好", "小米145号", "小米14和", "用Qwen大模型", "xiPhone手机", "GPT-4模型", "iPhone Pro", "4"],
     ),
 }
 
@@ -537,5 +527,5 @@ def test_a_phrase_held_on_token_ids_keeps_there_only_what_it_can_share_text_with
     assert _total(boost, _ids(tok, "我o手机很好"), end) == 0.25 + 2
     proe = _ids(tok, "Proé")
     assert _total(boost, proe, end) == _total(HotwordBoost([["Pro", "Proé"]], tok, 1.0, end, 1), proe, end) == len(proe)
-    # without "Proé", "Pro" joins "o手机" on bytes, as it shares text with it ("Pro手机" holds both)
-    assert byte_phrases(["o手机", "Pro"]) == {"o手机", "Pro"}
+    # nor does "Pro" join "o手机" on bytes without "Proé": the two are never found sharing an "o"
+    assert byte_phrases(["o手机", "Pro"]) == {"o手机"}
