@@ -49,6 +49,29 @@ def unread_text(name: str, lines: int, first: str) -> str:
     return text + (f" (did you mean '{near}'?)" if near else "")
 
 
+# What other toolkits' manifests call a FunASR field (WeNet's wav/txt, NeMo's audio_filepath/text, Kaldi's utterance
+# ids), said when a line lacks the field and holds one of these instead.
+OTHER_NAMES = {
+    "key": ("id", "utt", "utt_id", "uttid", "utterance_id", "audio_id"),
+    "source": ("wav", "audio", "audio_filepath", "audio_path", "wav_path", "path", "file"),
+    "target": ("text", "txt", "transcript", "transcription", "sentence"),
+}
+
+
+def missing_text(rec: dict, name: str, needs: str) -> str:
+    """A FunASR line's missing field `name`, and the field the line gives in its place: `name` misspelt, or another
+    toolkit's name for it."""
+    text = f"missing field '{name}' ({needs})"
+    unread = [f for f in rec if f not in FUNASR_FIELDS]
+    typo = next((f for f in unread if near_field(f) == name), None)
+    if typo is not None:
+        return f"{text}; the line has '{typo}': did you mean '{name}'?"
+    other = next((f for f in unread if f.lower() in OTHER_NAMES.get(name, ())), None)
+    if other is not None:
+        return f"{text}; the line has '{other}', which llmasr does not read: rename it '{name}'"
+    return text
+
+
 def unread_fields(rec) -> list[str]:
     """The top-level fields of a FunASR jsonl or ChatML record (a parsed line) that its parser does not read; a
     lhotse cut's are lhotse's own, and not listed."""
