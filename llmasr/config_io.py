@@ -307,7 +307,8 @@ def _coerce_container(value: Any, tp: Any, path: str) -> Any:
         _, val_tp = typing.get_args(tp) or (Any, Any)
         return {k: coerce(v, val_tp, f"{path}.{k}") for k, v in value.items()}
     if not isinstance(value, (list, tuple)):
-        raise ConfigError(f"{path}: expected a list, got {_shown(value)}")
+        one = f"; a list of one is written [{value}]" if isinstance(value, str) else ""
+        raise ConfigError(f"{path}: expected a list, got {_shown(value)}{one}")
     args = typing.get_args(tp)
     item_tp = args[0] if args else Any
     items = [coerce(v, item_tp, f"{path}[{i}]") for i, v in enumerate(value)]

@@ -40,6 +40,14 @@ def test_bad_override_and_bad_type_name_their_key(tmp_path):
         load_recipe(data={}, overrides=["data.train=1.5"])
 
 
+def test_one_item_where_a_list_is_wanted_is_shown_as_a_list():
+    """`data.train=data/train.jsonl` (the recipe headers write `data.train=[data/train.jsonl]`) was refused as
+    "expected a list" without the form that fixes it."""
+    said = r"^data.train: expected a list, got str 'a.jsonl'; a list of one is written \[a.jsonl\] \(set by the "
+    with pytest.raises(ConfigError, match=said + r"override 'data.train=a.jsonl'\)$"):
+        load_recipe(data={}, overrides=["data.train=a.jsonl"])
+
+
 def test_a_hash_in_an_override_is_part_of_its_value():
     """YAML reads ' #' as a comment: `train.output_dir=exp/run #2` had trained into exp/run, another run's folder.
     A value that reads as one string keeps its '#'; one that does not is refused."""
