@@ -230,7 +230,9 @@ def resolve_resume(resume: str, run_dir: str | Path, key: str = "--resume") -> t
     if not path.exists() and (ckpt_dir / resume).is_dir():
         path = ckpt_dir / resume
     if not path.is_dir():
-        raise FileNotFoundError(f"{key} {resume}: neither a checkpoint folder nor a tag in {ckpt_dir}")
+        tags = list_tags(ckpt_dir)
+        held = f"its checkpoints are {', '.join(tags)}" if tags else "it holds no checkpoint"
+        raise FileNotFoundError(f"{key} {resume}: neither a checkpoint folder nor a tag in {ckpt_dir}; {held}")
     if (path / META).is_file():
         return path.parent, path.name
     tag = resume_point(path)
