@@ -218,6 +218,13 @@ def decode_loader(model, manifest_path, cfg: DecodeConfig, opts: DecodeOptions, 
     return loader
 
 
+def bad_rows(examples: list[dict]) -> list[dict]:
+    """bad.jsonl's rows: manifest, line, key and reason of each bad line, in manifest order (the screen's finds come
+    before those met while loading, whatever their lines; the loader's own index is no line number)."""
+    rows = [{k: r.get(k) for k in ("manifest", "line", "key", "reason")} for r in examples]
+    return sorted(rows, key=lambda r: (str(r["manifest"]), r["line"] if isinstance(r["line"], int) else 0))
+
+
 def decode_manifest(
     model, manifest_path: str | Path, out_dir: str | Path, cfg: DecodeConfig, opts: DecodeOptions | None = None,
     *, device="cpu", world: DecodeWorld = SOLO,
@@ -257,9 +264,8 @@ def decode_manifest(
     timing["window_plan_seconds"] = planned
     timing.update(mode=mode, rank_items=shares, **clock)
     tracker = utterance_tracker(bad_data, manifest, len(rows))
-    write_atomic(
-        out_dir / "bad.jsonl", "".join(json.dumps(r, ensure_ascii=False, default=str) + "\n" for r in tracker.examples)
-    )
+    write_atomic(out_dir / "bad.jsonl", "".join(json.dumps(r, ensure_ascii=False, default=str) + "\n"
+                                                for r in bad_rows(tracker.examples)))  # fmt: skip
     found = dict(
         manifest=str(manifest_path), lines=len(getattr(manifest, "base", manifest)), skipped=tracker.bad,
         skipped_by_reason=dict(tracker.by_reason),
