@@ -40,6 +40,7 @@ from llmasr.data.config import DataConfig
 from llmasr.data.device_features import resolve_features_on
 from llmasr.data.loader import build_decode_loader
 from llmasr.data.manifest import Manifest
+from llmasr.data.record_fields import target_stand_in
 from llmasr.data.records import language_of
 from llmasr.data.speech_loader import SpeechDataLoader
 from llmasr.data.window_join import shift_times
@@ -274,6 +275,8 @@ def decode_manifest(
         no_speech=sum(bool(r.get("no_speech")) for r in rows), vad_merge_seconds=cfg.vad_merge_seconds,
         max_llm_tokens=cfg.max_llm_tokens, over_llm_budget=loader.over_llm_budget,
     )  # fmt: skip
+    if any(r["ref"] is None for r in rows):  # transcribed, not scored: a transcript the lines give by another name?
+        found["target_stand_in"] = target_stand_in(manifest)
     timing["hotwords"] = hotword_counts(rows, opts, model.prompt.hotwords_max_tokens, boost)
     summary = llm_summary(out_dir, rows, found, cfg, timing)
     summary["too_much_bad_data"] = tracker.message(setting="--max-bad-fraction") if tracker.exceeded else None
