@@ -19,6 +19,7 @@ from typing import Any, TypeVar, Union
 import yaml
 
 from llmasr.atomic_file import write_atomic
+from llmasr.funasr_keys import funasr_hint
 
 T = TypeVar("T")
 
@@ -374,8 +375,10 @@ def from_dict(cls: type[T], data: dict, path: str = "") -> T:
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(map(str, set(data) - set(fields)))  # (YAML keys may be numbers)
     if unknown:  # a typo's nearest known key first: the full list of a large section hides it
-        near = [m for k in unknown for m in difflib.get_close_matches(k, sorted(fields), n=1)]
-        hint = f"; did you mean {', '.join(map(repr, near))}?" if near else ""
+        funasr = [h for k in unknown if (h := funasr_hint(path, k))]  # FunASR's name: the key that does its work
+        typos = [k for k in unknown if not funasr_hint(path, k)]
+        near = [m for k in typos for m in difflib.get_close_matches(k, sorted(fields), n=1)]
+        hint = "".join(f"; {h}" for h in funasr) + (f"; did you mean {', '.join(map(repr, near))}?" if near else "")
         raise ConfigError(f"{path or 'top level'}: unknown key(s) {unknown}{hint}; known keys are {sorted(fields)}")
     kwargs = {name: coerce(value, hints[name], f"{path}.{name}" if path else name) for name, value in data.items()}
     try:
