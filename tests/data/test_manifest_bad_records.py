@@ -3,6 +3,7 @@ a transcript (bad for training, audio to transcribe for decoding)."""
 
 from __future__ import annotations
 
+import json
 import pickle
 
 import numpy as np
@@ -135,3 +136,16 @@ def test_a_missing_audio_file_probed_says_what_its_path_may_have_meant(tmp_path,
         f"llmasr reads a relative path from the manifest's folder, {base}: write the paths absolute, or relative to "
         "that folder)"
     )
+
+
+def test_a_manifest_in_a_local_code_page_is_told_to_be_saved_as_utf8(tmp_path):
+    """A manifest saved as GBK (a Windows editor's default in China) made each line with a Chinese transcript bad with
+    Python's codec message alone ("'utf-8' codec can't decode byte 0xc4 ..."), nothing saying what to do."""
+    path = tmp_path / "gbk.jsonl"
+    path.write_bytes(
+        (json.dumps({"key": "g", "source": "a.wav", "target": "你好"}, ensure_ascii=False) + "\n").encode("gbk")
+    )
+    with pytest.raises(BadRecord) as e:
+        Manifest.open(str(path))[0]
+    assert e.value.reason.startswith("not UTF-8 text (invalid continuation byte at byte ")
+    assert e.value.reason.endswith("); save it as UTF-8")
