@@ -161,13 +161,30 @@ def _tree(node: Any) -> Any:
     return [_tree(v) for v in node] if isinstance(node, list) else node
 
 
+def _split_hint(overrides: list[str], i: int) -> str:
+    """Where override `i` (no '=' in it) is a piece of one the shell split at its spaces: `train.epochs = 3`, or a
+    value with a space left unquoted (`model.prompt.task=Transcribe this`), how to write it."""
+    item, before, after = overrides[i], overrides[i - 1] if i else "", overrides[i + 1 : i + 3]
+    if after and after[0].startswith("="):  # key = value, key =value
+        pieces = [item, *after[: 2 if after[0] == "=" else 1]]
+    elif before.endswith("=") and before.count("=") == 1:  # key= value
+        pieces = [before, item]
+    elif "=" in before:  # key=two words
+        key, value = before.split("=", 1)
+        return (f"; the shell split the value of '{before} {item}' at its spaces: quote it, "
+                f"{key}='{value} {item}'")  # fmt: skip
+    else:
+        return ""
+    return f"; the shell split {' '.join(pieces)!r} at its spaces: write {''.join(pieces)}"
+
+
 def apply_overrides(data: dict, overrides: list[str]) -> dict:
     """Apply `a.b.c=value` strings (value parsed as YAML) to a nested dict, returning a new dict. A list item is
     named as errors name it, `data.train[0].weight`, or as OmegaConf does, `data.train.0.weight`."""
     out = _tree(data)
-    for item in overrides:
+    for i, item in enumerate(overrides):
         if "=" not in item:
-            raise ConfigError(f"override {item!r} is not of the form key.path=value")
+            raise ConfigError(f"override {item!r} is not of the form key.path=value{_split_hint(overrides, i)}")
         key, raw = item.split("=", 1)
         key = key.strip().lstrip("-")
         if not key:
