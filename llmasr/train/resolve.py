@@ -15,6 +15,7 @@ import torch
 from llmasr.config_io import ConfigError, UnsetError, to_dict
 from llmasr.config_paths import not_found
 from llmasr.data.frontend import FrontendConfig
+from llmasr.data.manifest import kaldi_folder_hint
 from llmasr.models.attention_kernels import choose_attention_kernels
 from llmasr.models.builder import encoder_frontend
 from llmasr.models.config import ModelConfig
@@ -141,7 +142,7 @@ def check_manifests_there(data) -> None:
         for i, spec in enumerate(specs):
             path = Path(spec.path)
             if path.is_dir():
-                raise ConfigError(f"{key}[{i}]: {path}: a directory, not a manifest file")
+                raise ConfigError(f"{key}[{i}]: {path}: a directory, not a manifest file{kaldi_folder_hint(path)}")
             if not path.is_file():
                 raise ConfigError(not_found(f"{key}[{i}]", "manifest", path))
 
