@@ -19,6 +19,7 @@ from typing import Any, TypeVar, Union
 import yaml
 
 from llmasr.atomic_file import write_atomic
+from llmasr.funasr_keys import funasr_hint
 
 T = TypeVar("T")
 
@@ -160,13 +161,30 @@ def _tree(node: Any) -> Any:
     return [_tree(v) for v in node] if isinstance(node, list) else node
 
 
+def _split_hint(overrides: list[str], i: int) -> str:
+    """Where override `i` (no '=' in it) is a piece of one the shell split at its spaces: `train.epochs = 3`, or a
+    value with a space left unquoted (`model.prompt.task=Transcribe this`), how to write it."""
+    item, before, after = overrides[i], overrides[i - 1] if i else "", overrides[i + 1 : i + 3]
+    if after and after[0].startswith("="):  # key = value, key =value
+        pieces = [item, *after[: 2 if after[0] == "=" else 1]]
+    elif before.endswith("=") and before.count("=") == 1:  # key= value
+        pieces = [before, item]
+    elif "=" in before:  # key=two words
+        key, value = before.split("=", 1)
+        return (f"; the shell split the value of '{before} {item}' at its spaces: quote it, "
+                f"{key}='{value} {item}'")  # fmt: skip
+    else:
+        return ""
+    return f"; the shell split {' '.join(pieces)!r} at its spaces: write {''.join(pieces)}"
+
+
 def apply_overrides(data: dict, overrides: list[str]) -> dict:
     """Apply `a.b.c=value` strings (value parsed as YAML) to a nested dict, returning a new dict. A list item is
     named as errors name it, `data.train[0].weight`, or as OmegaConf does, `data.train.0.weight`."""
     out = _tree(data)
-    for item in overrides:
+    for i, item in enumerate(overrides):
         if "=" not in item:
-            raise ConfigError(f"override {item!r} is not of the form key.path=value")
+            raise ConfigError(f"override {item!r} is not of the form key.path=value{_split_hint(overrides, i)}")
         key, raw = item.split("=", 1)
         key = key.strip().lstrip("-")
         if not key:
@@ -307,7 +325,8 @@ def _coerce_container(value: Any, tp: Any, path: str) -> Any:
         _, val_tp = typing.get_args(tp) or (Any, Any)
         return {k: coerce(v, val_tp, f"{path}.{k}") for k, v in value.items()}
     if not isinstance(value, (list, tuple)):
-        raise ConfigError(f"{path}: expected a list, got {_shown(value)}")
+        one = f"; a list of one is written [{value}]" if isinstance(value, str) else ""
+        raise ConfigError(f"{path}: expected a list, got {_shown(value)}{one}")
     args = typing.get_args(tp)
     item_tp = args[0] if args else Any
     items = [coerce(v, item_tp, f"{path}[{i}]") for i, v in enumerate(value)]
@@ -373,8 +392,10 @@ def from_dict(cls: type[T], data: dict, path: str = "") -> T:
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(map(str, set(data) - set(fields)))  # (YAML keys may be numbers)
     if unknown:  # a typo's nearest known key first: the full list of a large section hides it
-        near = [m for k in unknown for m in difflib.get_close_matches(k, sorted(fields), n=1)]
-        hint = f"; did you mean {', '.join(map(repr, near))}?" if near else ""
+        funasr = [h for k in unknown if (h := funasr_hint(path, k))]  # FunASR's name: the key that does its work
+        typos = [k for k in unknown if not funasr_hint(path, k)]
+        near = [m for k in typos for m in difflib.get_close_matches(k, sorted(fields), n=1)]
+        hint = "".join(f"; {h}" for h in funasr) + (f"; did you mean {', '.join(map(repr, near))}?" if near else "")
         raise ConfigError(f"{path or 'top level'}: unknown key(s) {unknown}{hint}; known keys are {sorted(fields)}")
     kwargs = {name: coerce(value, hints[name], f"{path}.{name}" if path else name) for name, value in data.items()}
     try:

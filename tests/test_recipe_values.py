@@ -40,6 +40,30 @@ def test_bad_override_and_bad_type_name_their_key(tmp_path):
         load_recipe(data={}, overrides=["data.train=1.5"])
 
 
+@pytest.mark.parametrize(
+    "overrides, said",
+    [(["train.epochs", "=", "3"], "the shell split 'train.epochs = 3' at its spaces: write train.epochs=3"),
+     (["train.epochs", "=3"], "the shell split 'train.epochs =3' at its spaces: write train.epochs=3"),
+     (["train.epochs=", "3"], "the shell split 'train.epochs= 3' at its spaces: write train.epochs=3"),
+     (["model.prompt.task=Transcribe", "this"], "the shell split the value of 'model.prompt.task=Transcribe this' "
+                                                "at its spaces: quote it, model.prompt.task='Transcribe this'")],
+)  # fmt: skip
+def test_an_override_the_shell_split_at_its_spaces_is_shown_whole(overrides, said):
+    """`train.epochs = 3` (spaces around '=', as in YAML) was refused as "override 'train.epochs' is not of the form
+    key.path=value", and an unquoted value with a space named only its second word."""
+    with pytest.raises(ConfigError) as err:
+        load_recipe(data={}, overrides=overrides)
+    assert "is not of the form key.path=value" in str(err.value) and said in str(err.value)
+
+
+def test_one_item_where_a_list_is_wanted_is_shown_as_a_list():
+    """`data.train=data/train.jsonl` (the recipe headers write `data.train=[data/train.jsonl]`) was refused as
+    "expected a list" without the form that fixes it."""
+    said = r"^data.train: expected a list, got str 'a.jsonl'; a list of one is written \[a.jsonl\] \(set by the "
+    with pytest.raises(ConfigError, match=said + r"override 'data.train=a.jsonl'\)$"):
+        load_recipe(data={}, overrides=["data.train=a.jsonl"])
+
+
 def test_a_hash_in_an_override_is_part_of_its_value():
     """YAML reads ' #' as a comment: `train.output_dir=exp/run #2` had trained into exp/run, another run's folder.
     A value that reads as one string keeps its '#'; one that does not is refused."""

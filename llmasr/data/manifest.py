@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from llmasr.config_io import unique_keys
+from llmasr.config_io import not_utf8, unique_keys
 from llmasr.data.record_fields import is_cut
 from llmasr.data.record_line import parse_line
 from llmasr.data.records import (
@@ -146,6 +146,18 @@ def _repeated_field(path: str, line: int, key: str) -> BadRecord:
 # ------------------------------------------------------------------------------------------------------ manifest
 
 
+KALDI_FILES = ("wav.scp", "text", "segments", "utt2spk", "spk2utt", "utt2dur", "reco2dur")
+
+
+def kaldi_folder_hint(path: Path) -> str:
+    """Where `path` is a Kaldi data folder or one of its files (a wav.scp beside it), the command that writes its
+    manifest; "" otherwise."""
+    folder = path if path.is_dir() else path.parent
+    if not (folder / "wav.scp").is_file() or (path != folder and path.name not in KALDI_FILES):
+        return ""
+    return f"; {folder} is a Kaldi data folder: `llmasr data kaldi {folder} OUT.jsonl` writes its manifest"
+
+
 def _cache_dir() -> Path:
     return Path(os.environ.get("LLMASR_CACHE_DIR") or Path.home() / ".cache" / "llmasr") / "manifests"
 
@@ -207,9 +219,11 @@ class Manifest:
     def open(cls, path: str | Path, *, need_target: bool = True) -> Manifest:
         path = Path(path)
         if path.is_dir():
-            raise FileNotFoundError(f"{path}: a directory, not a manifest file")
+            raise FileNotFoundError(f"{path}: a directory, not a manifest file{kaldi_folder_hint(path)}")
         if not path.is_file():
             raise FileNotFoundError(f"manifest not found: {path}")
+        if hint := kaldi_folder_hint(path):
+            raise BadManifest(f"manifest {path}: a Kaldi data file, not a jsonl manifest{hint}")
         data_path = _decompressed(path) if path.name.endswith(".gz") else path
         offsets = array.array("q", [0])  # 8 bytes a line while building, not a Python int each
         linenos = array.array("q")
@@ -276,7 +290,7 @@ class Manifest:
         try:  # a field given twice: JSON would keep the last without a word
             rec = json.loads(raw, object_pairs_hook=functools.partial(unique_keys, refuse))
         except UnicodeDecodeError as err:
-            raise BadRecord(self.path, line, f"not UTF-8 text: {err}") from None
+            raise BadRecord(self.path, line, not_utf8(err)) from None
         except ValueError as err:
             raise BadRecord(self.path, line, f"malformed JSON: {err}{_cr_hint(raw)}") from None
         if _SURROGATE_ESCAPE.search(raw) and (field := _lone_surrogate(rec)) is not None:

@@ -4,6 +4,8 @@ may have meant (a letter or two, or its case, off) or the other format that read
 
 from __future__ import annotations
 
+import json
+
 # The top-level fields each format's parser reads (llmasr.data.records): any other is left unread. A misspelt one
 # ("hotword", "Prompt") would change nothing, so `llmasr data check` names them (unread_fields).
 FUNASR_FIELDS = frozenset(
@@ -49,6 +51,38 @@ def unread_text(name: str, lines: int, first: str) -> str:
     return text + (f" (did you mean '{near}'?)" if near else "")
 
 
+# What other toolkits' manifests call a FunASR field (WeNet's wav/txt, NeMo's audio_filepath/text, Kaldi's utterance
+# ids), said when a line lacks the field and holds one of these instead.
+OTHER_NAMES = {
+    "key": ("id", "utt", "utt_id", "uttid", "utterance_id", "audio_id"),
+    "source": ("wav", "audio", "audio_filepath", "audio_path", "wav_path", "path", "file"),
+    "target": ("text", "txt", "transcript", "transcription", "sentence"),
+}
+
+
+def stand_in(rec: dict, name: str) -> tuple[str, bool] | None:
+    """The field a FunASR line lacking `name` gives in its place: (field, True) for `name` misspelt, (field, False)
+    for another toolkit's name for it (OTHER_NAMES); None when it gives neither."""
+    unread = [f for f in rec if f not in FUNASR_FIELDS]
+    typo = next((f for f in unread if near_field(f) == name), None)
+    if typo is not None:
+        return typo, True
+    other = next((f for f in unread if f.lower() in OTHER_NAMES.get(name, ())), None)
+    return None if other is None else (other, False)
+
+
+def missing_text(rec: dict, name: str, needs: str) -> str:
+    """A FunASR line's missing field `name`, and the field the line gives in its place (stand_in)."""
+    text = f"missing field '{name}' ({needs})"
+    found = stand_in(rec, name)
+    if found is None:
+        return text
+    field, typo = found
+    if typo:
+        return f"{text}; the line has '{field}': did you mean '{name}'?"
+    return f"{text}; the line has '{field}', which llmasr does not read: rename it '{name}'"
+
+
 def unread_fields(rec) -> list[str]:
     """The top-level fields of a FunASR jsonl or ChatML record (a parsed line) that its parser does not read; a
     lhotse cut's are lhotse's own, and not listed."""
@@ -60,3 +94,26 @@ def unread_fields(rec) -> list[str]:
 
 def is_cut(rec: dict) -> bool:
     return "supervisions" in rec or "recording" in rec or str(rec.get("type", "")).endswith("Cut")
+
+
+STAND_IN_LINES = 1000  # lines without a target looked at for a transcript under another name
+
+
+def target_stand_in(manifest) -> str | None:
+    """The field that lines without a `target` hold their transcript in (a misspelling, or another toolkit's name
+    such as NeMo's `text`), from the first such line that has one; None when none of the first lines does."""
+    base = getattr(manifest, "base", manifest)
+    seen = 0
+    for i in range(len(base) if hasattr(base, "raw_line") else 0):
+        try:
+            rec = json.loads(base.raw_line(i))
+        except ValueError:
+            continue
+        if not isinstance(rec, dict) or "target" in rec or "messages" in rec or is_cut(rec):
+            continue
+        if (found := stand_in(rec, "target")) is not None:
+            return found[0]
+        seen += 1
+        if seen >= STAND_IN_LINES:
+            break
+    return None

@@ -41,6 +41,8 @@ from pathlib import Path
 
 import numpy as np
 
+from llmasr.data.record_fields import missing_text
+
 FUNASR_FRAMES_PER_SECOND = 100.0  # source_len unit: 10 ms frames
 SPEECH_TAGS = re.compile(r"<\|startofspeech\|>(.*?)<\|endofspeech\|>", re.S)  # Fun-ASR-Nano's audio in a message
 ROLES = ("system", "user", "assistant")
@@ -270,7 +272,7 @@ class _Parser:
             self.key = rec["key"]  # named in every complaint below
         for name in ("key", "source", "target") if self.need_target else ("key", "source"):
             if name not in rec:
-                raise self.bad(f"missing field '{name}' (a FunASR jsonl record needs key, source, target)")
+                raise self.bad(missing_text(rec, name, "a FunASR jsonl record needs key, source, target"))
         key = rec["key"]
         if not isinstance(key, str) or not key:
             raise self.bad(f"field 'key' must be a non-empty string, got {type(key).__name__} {key!r:.60}")

@@ -40,6 +40,7 @@ from llmasr.data.config import DataConfig
 from llmasr.data.device_features import resolve_features_on
 from llmasr.data.loader import build_decode_loader
 from llmasr.data.manifest import Manifest
+from llmasr.data.record_fields import target_stand_in
 from llmasr.data.records import language_of
 from llmasr.data.speech_loader import SpeechDataLoader
 from llmasr.data.window_join import shift_times
@@ -218,6 +219,13 @@ def decode_loader(model, manifest_path, cfg: DecodeConfig, opts: DecodeOptions, 
     return loader
 
 
+def bad_rows(examples: list[dict]) -> list[dict]:
+    """bad.jsonl's rows: manifest, line, key and reason of each bad line, in manifest order (the screen's finds come
+    before those met while loading, whatever their lines; the loader's own index is no line number)."""
+    rows = [{k: r.get(k) for k in ("manifest", "line", "key", "reason")} for r in examples]
+    return sorted(rows, key=lambda r: (str(r["manifest"]), r["line"] if isinstance(r["line"], int) else 0))
+
+
 def decode_manifest(
     model, manifest_path: str | Path, out_dir: str | Path, cfg: DecodeConfig, opts: DecodeOptions | None = None,
     *, device="cpu", world: DecodeWorld = SOLO,
@@ -257,9 +265,8 @@ def decode_manifest(
     timing["window_plan_seconds"] = planned
     timing.update(mode=mode, rank_items=shares, **clock)
     tracker = utterance_tracker(bad_data, manifest, len(rows))
-    write_atomic(
-        out_dir / "bad.jsonl", "".join(json.dumps(r, ensure_ascii=False, default=str) + "\n" for r in tracker.examples)
-    )
+    write_atomic(out_dir / "bad.jsonl", "".join(json.dumps(r, ensure_ascii=False, default=str) + "\n"
+                                                for r in bad_rows(tracker.examples)))  # fmt: skip
     found = dict(
         manifest=str(manifest_path), lines=len(getattr(manifest, "base", manifest)), skipped=tracker.bad,
         skipped_by_reason=dict(tracker.by_reason),
@@ -268,6 +275,8 @@ def decode_manifest(
         no_speech=sum(bool(r.get("no_speech")) for r in rows), vad_merge_seconds=cfg.vad_merge_seconds,
         max_llm_tokens=cfg.max_llm_tokens, over_llm_budget=loader.over_llm_budget,
     )  # fmt: skip
+    if any(r["ref"] is None for r in rows):  # transcribed, not scored: a transcript the lines give by another name?
+        found["target_stand_in"] = target_stand_in(manifest)
     timing["hotwords"] = hotword_counts(rows, opts, model.prompt.hotwords_max_tokens, boost)
     summary = llm_summary(out_dir, rows, found, cfg, timing)
     summary["too_much_bad_data"] = tracker.message(setting="--max-bad-fraction") if tracker.exceeded else None

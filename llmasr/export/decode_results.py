@@ -307,11 +307,18 @@ def _scored(corpus, interval, transcribed: int) -> dict:
 def _rate_line(corpus, summary: dict) -> str:
     if summary["rate"] is None and not summary["transcribed"]:
         return "no utterance was transcribed (every line was bad: see bad.jsonl): not scored"
+    field = summary.get("target_stand_in")
+    named = (
+        f"; their lines give '{field}', which llmasr does not read: rename it 'target' to score them" if field else ""
+    )
     if summary["rate"] is None:
-        return f"{summary['transcribed']} utterances transcribed (hyp.txt); none has a reference transcript: not scored"
+        return (
+            f"{summary['transcribed']} utterances transcribed (hyp.txt); none has a reference transcript: not "
+            f"scored{named}"
+        )
     line = f"{corpus.summary()}{_interval_text(summary['rate_ci95'])}"
     if summary["unscored"]:
-        line += f"; {summary['unscored']} more transcribed without a reference, not scored"
+        line += f"; {summary['unscored']} more transcribed without a reference, not scored{named}"
     return line
 
 

@@ -68,6 +68,11 @@ def read_description(model_dir: str | Path) -> dict:
                 f"--checkpoint {model_dir} (Transcriber.load(checkpoint=...)), or export it first (llmasr export "
                 f"--checkpoint {model_dir} --output DIR)"
             )
+        if (model_dir.parent / MODEL_FILE).is_file():  # its llm/, adapter/ or vad/
+            raise ExportedModelError(
+                f"{path}: missing; {model_dir} is a folder inside the export {model_dir.parent}: give --model "
+                f"{model_dir.parent} (Transcriber.load({str(model_dir.parent)!r}))"
+            )
         raise ExportedModelError(f"{path}: missing; {model_dir} is not a directory written by `llmasr export`")
     try:
         desc = yaml.safe_load(path.read_text(encoding="utf-8"))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import re
 import warnings
 from pathlib import Path
 
@@ -55,14 +56,32 @@ def check_llm_dir(path: str | Path, *, tokenizer: str | Path | None = None, key:
         raise LLMLoadError(f"{key}: not set; the LLM directory (a Hugging Face model directory) is required")
     path = Path(path)
     if not path.is_dir():
-        raise LLMLoadError(not_found(key, "LLM directory", path))
+        # ORG/NAME, as from_pretrained takes a hub id, where no folder ORG is there
+        hub = re.fullmatch(r"\w[\w.-]*/[\w.-]+", str(path)) and not path.parent.exists()
+        fetch = (f"; llmasr reads a local folder and downloads nothing: `huggingface-cli download {path} --local-dir "
+                 "DIR` fetches it") if hub else ""  # fmt: skip
+        raise LLMLoadError(not_found(key, "LLM directory", path) + fetch)
     if not (path / "config.json").is_file():
-        raise LLMLoadError(f"{path}: no config.json; expected a Hugging Face model directory (save_pretrained)")
+        raise LLMLoadError(
+            f"{path}: no config.json; expected a Hugging Face model directory (save_pretrained){_snapshot(path)}"
+        )
     _read_config(path / "config.json")
     tok_dir = Path(tokenizer) if tokenizer is not None else path
     if not any((tok_dir / name).is_file() for name in TOKENIZER_FILES):
         raise LLMLoadError(f"{tok_dir}: no tokenizer files (looked for {', '.join(TOKENIZER_FILES)})")
     return path
+
+
+def _snapshot(path: Path) -> str:
+    """Where `path` is a Hugging Face cache folder (models--ORG--NAME: snapshots/HASH and refs/main), the snapshot
+    to give instead."""
+    snapshots = sorted(p for p in (path / "snapshots").glob("*") if (p / "config.json").is_file())
+    if not snapshots:
+        return ""
+    main = path / "refs" / "main"
+    named = main.read_text(encoding="utf-8").strip() if main.is_file() else ""
+    chosen = next((p for p in snapshots if p.name == named), snapshots[-1])
+    return f"; {path} is a Hugging Face cache folder: give its snapshot, {chosen}"
 
 
 def _read_config(file: Path) -> dict:

@@ -106,10 +106,32 @@ def _prompt_differences(mine: ModelConfig, theirs: ModelConfig, folder: Path) ->
         if name == "chat_template":
             if a is None and _own_tokenizer(mine, folder):
                 continue
-            a, b = _template(a), _template(b)
+            own = _tokenizer_template(mine) if a is None else None
+            if own is not None and own[1] == _template(b):
+                continue
+            a, b = (_Said(f"None, so {own[0]}'s own template {own[1]!r}") if own else _template(a)), _template(b)
         if a != b:
             out.append((key, a, b))
     return out
+
+
+class _Said(str):
+    """A value shown as written (the errors show each value by its repr)."""
+
+    __repr__ = str.__str__
+
+
+def _tokenizer_template(m: ModelConfig) -> tuple[str, str] | None:
+    """(tokenizer folder, its chat template's text): what a recipe that names no chat_template renders with; None
+    when its tokenizer does not load (the build names why)."""
+    from llmasr.models.llm import load_tokenizer
+
+    folder = m.llm.tokenizer or m.llm.path
+    try:
+        tokenizer = load_tokenizer(folder, trust_remote_code=m.llm.trust_remote_code)
+        return str(folder), tokenizer.get_chat_template()
+    except Exception:  # noqa: BLE001 - a tokenizer that does not load, or has no template: refused where it is built
+        return None
 
 
 def start_differences(m: ModelConfig) -> list[tuple[str, object, object, Path, list[str]]]:

@@ -245,8 +245,11 @@ def select_tags(ref: CheckpointRef, n: int, by: str = "last") -> list[str]:
     else:
         raise CheckpointError(f"--average-by must be 'last' or 'best', got {by!r}")
     if len(chosen) < n:
+        kept = ("train.best_k", "best.json keeps the run's train.best_k best") if by == "best" else (
+            "train.keep_last", "rotation keeps the last train.keep_last")  # fmt: skip
+        fix = f": give --average {len(chosen)}, or train with a larger {kept[0]} ({kept[1]})" if chosen else ""
         raise CheckpointError(
             f"asked to average {n} checkpoints ({by}) but only {len(chosen)} are available under {ref.root}: "
-            f"{', '.join(chosen) or 'none'}"
+            f"{', '.join(chosen) or 'none'}{fix}"
         )
     return chosen

@@ -169,13 +169,16 @@ class CheckpointRef:
 
 
 def resolve_checkpoint(spec: str | Path, tag: str | None = None) -> CheckpointRef:
-    """RUN_DIR, RUN_DIR/checkpoints, RUN_DIR/checkpoints/TAG or RUN_DIR/TAG (+ optional explicit tag).
+    """RUN_DIR, RUN_DIR/checkpoints, RUN_DIR/checkpoints/latest, RUN_DIR/checkpoints/TAG or RUN_DIR/TAG (+ optional
+    explicit tag).
     Without a tag, RUN_DIR/checkpoints/latest decides (export, decode --checkpoint)."""
     path = Path(spec)
     if not path.exists():
         raise CheckpointError(f"checkpoint path not found: {path}")
     if tag is None and is_tag_dir(path):
         return CheckpointRef(run_dir_of(path.parent), path.parent, path.name)
+    if path.name == LATEST and path.is_file():  # DeepSpeed's pointer file: the checkpoint it names
+        path = path.parent
     if (path / CHECKPOINTS).is_dir():
         root = path / CHECKPOINTS
     elif (path.name == CHECKPOINTS or abandoned_dir(path)) and path.is_dir():
@@ -183,7 +186,7 @@ def resolve_checkpoint(spec: str | Path, tag: str | None = None) -> CheckpointRe
     else:
         raise CheckpointError(
             f"{path}: not a run directory (no {CHECKPOINTS}/ folder) and not a checkpoint tag directory "
-            f"(no {META} or {MODEL_STATES})"
+            f"(no {META} or {MODEL_STATES}): give RUN_DIR (its newest checkpoint) or RUN_DIR/{CHECKPOINTS}/update_N"
         )
     if tag is None:
         tag = require_latest(root)
@@ -227,7 +230,9 @@ def resolve_resume(resume: str, run_dir: str | Path, key: str = "--resume") -> t
     if not path.exists() and (ckpt_dir / resume).is_dir():
         path = ckpt_dir / resume
     if not path.is_dir():
-        raise FileNotFoundError(f"{key} {resume}: neither a checkpoint folder nor a tag in {ckpt_dir}")
+        tags = list_tags(ckpt_dir)
+        held = f"its checkpoints are {', '.join(tags)}" if tags else "it holds no checkpoint"
+        raise FileNotFoundError(f"{key} {resume}: neither a checkpoint folder nor a tag in {ckpt_dir}; {held}")
     if (path / META).is_file():
         return path.parent, path.name
     tag = resume_point(path)

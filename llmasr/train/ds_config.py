@@ -50,9 +50,14 @@ def preset_path(name_or_path: str | Path) -> Path:
         return path
     path = Path(name_or_path)
     if not path.is_file():
-        raise ConfigError(
-            f"DeepSpeed config {str(name_or_path)!r} is neither a file nor a preset ({', '.join(PRESETS)})"
-        )
+        given = repr(str(name_or_path))
+        stem = path.name[: -len(".json")] if path.name.lower().endswith(".json") else path.name
+        if stem in PRESETS:  # a checkout's ds_configs/zero2.json, run where there is none (a pip install)
+            raise ConfigError(
+                f"DeepSpeed config {given} is neither a file nor a preset: no such file here, and the preset of that "
+                f"name (the same file, shipped in the package) is --deepspeed {stem}"
+            )
+        raise ConfigError(f"DeepSpeed config {given} is neither a file nor a preset ({', '.join(PRESETS)})")
     return path
 
 

@@ -7,12 +7,15 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from llmasr.config_io import ConfigError, UnsetError, to_dict
+from llmasr.config_paths import not_found
 from llmasr.data.frontend import FrontendConfig
+from llmasr.data.manifest import kaldi_folder_hint
 from llmasr.models.attention_kernels import choose_attention_kernels
 from llmasr.models.builder import encoder_frontend
 from llmasr.models.config import ModelConfig
@@ -132,6 +135,18 @@ def check_model_frontend(model, expected: FrontendConfig) -> None:
         raise ConfigError(f"the encoder's frontend differs from the one the data was prepared for: {diff}")
 
 
+def check_manifests_there(data) -> None:
+    """A data.train or data.valid manifest that is not there, named by its key (located adds the override or the
+    recipe line that gave it) before any is opened."""
+    for key, specs in (("data.train", data.train), ("data.valid", data.valid or [])):
+        for i, spec in enumerate(specs):
+            path = Path(spec.path)
+            if path.is_dir():
+                raise ConfigError(f"{key}[{i}]: {path}: a directory, not a manifest file{kaldi_folder_hint(path)}")
+            if not path.is_file():
+                raise ConfigError(not_found(f"{key}[{i}]", "manifest", path))
+
+
 def build_loaders(recipe, side: TextSide, *, rank: int, world_size: int, device=None, window: int | None = None,
                   share=None):  # fmt: skip
     """(train loader, train sampler, valid loader or None); `device`: the model's (data.features_on auto).
@@ -143,6 +158,7 @@ def build_loaders(recipe, side: TextSide, *, rank: int, world_size: int, device=
     data = recipe.data
     if not data.train:
         raise no_train_manifest()
+    check_manifests_there(data)
     common = dict(
         prompt_builder=side.prompt, ctc_tokenizer=side.ctc_tokenizer, rank=rank, world_size=world_size, device=device,
         share=share, llm_rows=llm_rows(recipe.model, data, side),

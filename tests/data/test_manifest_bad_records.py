@@ -3,6 +3,7 @@ a transcript (bad for training, audio to transcribe for decoding)."""
 
 from __future__ import annotations
 
+import json
 import pickle
 
 import numpy as np
@@ -135,3 +136,35 @@ def test_a_missing_audio_file_probed_says_what_its_path_may_have_meant(tmp_path,
         f"llmasr reads a relative path from the manifest's folder, {base}: write the paths absolute, or relative to "
         "that folder)"
     )
+
+
+def test_a_manifest_in_a_local_code_page_is_told_to_be_saved_as_utf8(tmp_path):
+    """A manifest saved as GBK (a Windows editor's default in China) made each line with a Chinese transcript bad with
+    Python's codec message alone ("'utf-8' codec can't decode byte 0xc4 ..."), nothing saying what to do."""
+    path = tmp_path / "gbk.jsonl"
+    path.write_bytes(
+        (json.dumps({"key": "g", "source": "a.wav", "target": "你好"}, ensure_ascii=False) + "\n").encode("gbk")
+    )
+    with pytest.raises(BadRecord) as e:
+        Manifest.open(str(path))[0]
+    assert e.value.reason.startswith("not UTF-8 text (invalid continuation byte at byte ")
+    assert e.value.reason.endswith("); save it as UTF-8")
+
+
+@pytest.mark.parametrize("given", ["", "wav.scp", "text"])
+def test_a_kaldi_data_folder_given_as_a_manifest_names_the_command_that_writes_one(tmp_path, given):
+    """`--data data/kaldi/test` (the folder) was "a directory, not a manifest file", and `--data .../wav.scp` made
+    every line a bad one ("malformed JSON"), neither naming `llmasr data kaldi`."""
+    from llmasr.data.manifest import BadManifest
+
+    folder = tmp_path / "kaldi"
+    folder.mkdir()
+    (folder / "wav.scp").write_text("u1 /audio/u1.wav\n")
+    (folder / "text").write_text("u1 hello\n")
+    hint = f"{folder} is a Kaldi data folder: `llmasr data kaldi {folder} OUT.jsonl` writes its manifest"
+    with pytest.raises((FileNotFoundError, BadManifest)) as e:
+        Manifest.open(str(folder / given) if given else str(folder))
+    assert str(e.value).endswith(hint)
+    other = tmp_path / "text"  # a file of that name outside a Kaldi folder is read as a manifest
+    other.write_text('{"key": "a", "source": "a.wav", "target": "hi"}\n')
+    assert len(Manifest.open(str(other))) == 1

@@ -38,3 +38,38 @@ def test_a_line_s_durations_are_compared_without_numpy(monkeypatch, tmp_path):
     assert records.durations_disagree(10.0, 10.2) is True and records.durations_disagree(10.0, 10.1) is False
     assert records.duration_slack(2.5) == 0.1 and records.duration_slack(100.0) == 1.0
     assert list(array_slack) == [0.1, 1.0]
+
+
+@pytest.mark.parametrize(
+    "line, missing, said",
+    [({"key": "a", "sorce": "a.wav", "target": "hi"}, "source", "the line has 'sorce': did you mean 'source'?"),
+     ({"key": "a", "source": "a.wav", "tagret": "hi"}, "target", "the line has 'tagret': did you mean 'target'?"),
+     ({"key": "a", "source": "a.wav", "text": "hi"}, "target", "the line has 'text'"),
+     ({"key": "a", "wav": "a.wav", "txt": "hi"}, "source", "the line has 'wav'"),
+     ({"key": "a", "audio_filepath": "a.wav", "text": "hi"}, "source", "the line has 'audio_filepath'"),
+     ({"id": "a", "source": "a.wav", "target": "hi"}, "key", "the line has 'id'")],
+)  # fmt: skip
+def test_a_missing_field_names_the_field_the_line_gives_in_its_place(tmp_path, line, missing, said):
+    """A manifest whose lines misspell `source` or use another toolkit's name for it (WeNet's `wav`/`txt`, NeMo's
+    `audio_filepath`/`text`) was refused line by line with "missing field 'source'" alone, and with every line bad
+    `llmasr data check` listed no unread field either: nothing said that the field was there under another name."""
+    import json
+
+    from llmasr.data.manifest import BadRecord, Manifest
+
+    path = tmp_path / "m.jsonl"
+    path.write_text(json.dumps(line) + "\n", encoding="utf-8")
+    with pytest.raises(BadRecord) as e:
+        Manifest.open(str(path))[0]
+    assert f"missing field '{missing}'" in e.value.reason and said in e.value.reason
+    assert f"rename it '{missing}'" in e.value.reason or "did you mean" in e.value.reason
+
+
+def test_a_missing_field_without_a_stand_in_says_only_what_is_missing(tmp_path):
+    from llmasr.data.manifest import BadRecord, Manifest
+
+    path = tmp_path / "m.jsonl"
+    path.write_text('{"key": "a", "source": "a.wav", "voice": "f1"}\n', encoding="utf-8")
+    with pytest.raises(BadRecord) as e:
+        Manifest.open(str(path))[0]
+    assert e.value.reason == "missing field 'target' (a FunASR jsonl record needs key, source, target)"

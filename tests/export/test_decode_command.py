@@ -151,6 +151,17 @@ def test_missing_model_dir_is_a_clear_error(tmp_path, capsys):
     assert rc == 2 and "not a directory written by `llmasr export`" in capsys.readouterr().err
 
 
+def test_a_kaldi_data_folder_given_as_data_names_the_command_that_writes_its_manifest(exported_dir, tmp_path, capsys):
+    """`--data data/kaldi/test` was refused as "a directory, not a manifest file" alone."""
+    kaldi = tmp_path / "kaldi"
+    kaldi.mkdir()
+    (kaldi / "wav.scp").write_text("u1 /audio/u1.wav\n")
+    rc = main(["--model", str(exported_dir), "--data", str(kaldi), "--output", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert rc == 2 and f"--data: {kaldi}: a directory, not a manifest file; {kaldi} is a Kaldi data folder: " in err
+    assert f"`llmasr data kaldi {kaldi} OUT.jsonl` writes its manifest" in err
+
+
 def test_a_run_or_checkpoint_given_as_the_model_is_pointed_to_checkpoint(runs, tmp_path, capsys):
     """`decode --model RUN_DIR` (or a checkpoint's folder, or Transcriber.load(RUN_DIR)) had only said the folder
     was no export: it now says how a run is decoded as it is, or exported."""

@@ -227,3 +227,17 @@ def test_ctc_wer_follows_the_ctc_head(model, long_corpus, tmp_path, monkeypatch,
     assert [r["hyp"] for r in rows] == [" ".join(t.split()[int(wrong) :]) for t in TEXTS]
     assert [r["errors"] for r in rows] == [int(wrong)] * len(TEXTS)
     assert "(CTC branch, greedy): WER" in (tmp_path / "o" / "ctc" / "wer.txt").read_text()
+
+
+def test_bad_jsonl_holds_each_bad_line_in_manifest_order_with_the_fields_the_readme_names(model, tmp_path):
+    """A line found bad while loading (a clip too short) came after those the start-up screen found (a missing
+    file), whatever their lines, and each row carried the loader's internal `index` (-1 for the screened ones)."""
+    bad_lines = ['{"key": "vad", "source": "wav/vad.wav", "target": "cut"}']  # 10 ms: no feature frame, at load
+    bad_lines.append('{"key": "gone", "source": "wav/nope.wav", "target": "lost"}')  # screened before decoding
+    manifest = write_corpus(tmp_path / "data", TEXTS[:2], extra_lines=bad_lines)
+    write_wav(tmp_path / "data" / "wav" / "vad.wav", 0.01, seed=0)
+    cfg = DecodeConfig(max_new_tokens=2)
+    decode_manifest(model, manifest, tmp_path / "out", cfg, DecodeOptions(max_bad_fraction=1.0, num_workers=0))
+    bad = [json.loads(line) for line in open(tmp_path / "out" / "bad.jsonl")]
+    assert [(b["line"], b["key"]) for b in bad] == [(3, "vad"), (4, "gone")]
+    assert all(list(b) == ["manifest", "line", "key", "reason"] for b in bad)

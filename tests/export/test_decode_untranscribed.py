@@ -84,3 +84,28 @@ def test_an_empty_reference_is_scored_its_insertions_counted(model, tmp_path):
     assert (summary["utterances"], summary["unscored"], summary["skipped"]) == (3, 0, 0)
     want = score_corpus([(r["ref"], r["hyp"]) for r in rows], "auto")[0]
     assert summary["errors"] == want.errors and summary["rate"] == want.rate
+
+
+def test_transcripts_under_another_toolkit_s_name_are_named_where_nothing_was_scored(exported_dir, tmp_path, capsys):
+    """A NeMo or WeNet test set (`text` or `txt` for the transcript) decoded with exit 0 and "none has a reference
+    transcript: not scored", nothing saying that every line held its transcript under a name llmasr does not read."""
+    corpus = write_corpus(tmp_path / "data", TEXTS)
+    lines = [json.loads(line) for line in corpus.read_text().splitlines()]
+    for i, rec in enumerate(lines):
+        if i % 2 == 0:
+            rec["text"] = rec.pop("target")
+    corpus.write_text("".join(json.dumps(r) + "\n" for r in lines))
+    out = tmp_path / "out"
+    assert main(["--model", str(exported_dir), "--data", str(corpus), "--output", str(out), "--num-workers", "0"]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    hint = "; their lines give 'text', which llmasr does not read: rename it 'target' to score them"
+    assert printed[0].endswith(f"; 3 more transcribed without a reference, not scored{hint}"), printed[0]
+    assert json.loads((out / "wer.json").read_text())["target_stand_in"] == "text"
+    for rec in lines[1::2]:
+        rec["text"] = rec.pop("target")
+    corpus.write_text("".join(json.dumps(r) + "\n" for r in lines))
+    assert main(["--model", str(exported_dir), "--data", str(corpus), "--output", str(out), "--num-workers", "0"]) == 0
+    assert capsys.readouterr().out.splitlines()[0].endswith(f"none has a reference transcript: not scored{hint}")
+    corpus.write_text("".join(json.dumps({**r, "target": None}) + "\n" for r in lines))  # `text` beside a target
+    assert main(["--model", str(exported_dir), "--data", str(corpus), "--output", str(out), "--num-workers", "0"]) == 0
+    assert "rename it" not in capsys.readouterr().out

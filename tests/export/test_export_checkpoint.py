@@ -67,6 +67,28 @@ def test_checkpoint_path_forms(trained_run):
     assert resolve_checkpoint(trained_run / "checkpoints").run_dir == trained_run
 
 
+def test_the_latest_file_names_the_newest_checkpoint(trained_run, tmp_path, copy_run):
+    """`--checkpoint RUN/checkpoints/latest`, DeepSpeed's pointer file, is the checkpoint it names: it had been
+    refused as "not a run directory and not a checkpoint tag directory", naming neither form to give instead."""
+    from llmasr.run_dir import resolve_checkpoint
+
+    latest = trained_run / "checkpoints" / "latest"
+    assert resolve_checkpoint(latest).tag == "update_00000004"
+    assert resolve_checkpoint(latest).run_dir == trained_run
+    run = copy_run(trained_run, tmp_path / "run")
+    (run / "checkpoints" / "latest").write_text("update_00000002")
+    assert resolve_checkpoint(run / "checkpoints" / "latest").tag == "update_00000002"
+    assert main(["--checkpoint", str(latest), "--output", str(tmp_path / "out")]) == 0
+
+
+def test_a_path_that_is_neither_a_run_nor_a_checkpoint_says_which_forms_are(tmp_path):
+    from llmasr.run_dir import resolve_checkpoint
+
+    (tmp_path / "notes.txt").write_text("x")
+    with pytest.raises(CheckpointError, match=r"give RUN_DIR .*RUN_DIR/checkpoints/update_N"):
+        resolve_checkpoint(tmp_path / "notes.txt")
+
+
 def test_missing_tag_and_no_latest(trained_run, tmp_path, copy_run):
     with pytest.raises(CheckpointError, match=r"tag 'update_00000099' not found .*available: update_00000001"):
         load_checkpoint_model(trained_run, tag="update_00000099")

@@ -102,6 +102,23 @@ def test_tag_listing_and_selection(trained_run):
         load_checkpoint_model(trained_run, average=0)  # not one checkpoint silently
 
 
+def test_averaging_more_than_the_run_kept_says_what_to_give(trained_run):
+    """FunASR's avg_nbest_model=5 given as `--average 5 --average-by best` to a run whose recipe kept 3 best
+    (train.best_k: 3, the shipped recipes') was refused naming the 3 alone: not the --average that works, nor the
+    recipe key that keeps more."""
+    ref = resolve_checkpoint(trained_run)
+    best = r"train.best_k \(best.json keeps the run's train.best_k best\)$"
+    with pytest.raises(
+        CheckpointError, match=r"\(best\) but only 3 .*: give --average 3, or train with a larger " + best
+    ):
+        select_tags(ref, 5, "best")
+    last = r"train.keep_last \(rotation keeps the last train.keep_last\)$"
+    with pytest.raises(
+        CheckpointError, match=r"\(last\) but only 4 .*: give --average 4, or train with a larger " + last
+    ):
+        select_tags(ref, 5, "last")
+
+
 def test_best_json_errors(trained_run, tmp_path, copy_run):
     run = copy_run(trained_run, tmp_path / "r")
     ref = resolve_checkpoint(run)

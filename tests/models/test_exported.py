@@ -106,3 +106,15 @@ def test_an_optional_section_that_is_not_a_mapping_is_refused_naming_it(exported
     said = f"{edited / MODEL_FILE}: the {section} section is a list, not a mapping"
     with pytest.raises(ExportedModelError, match=re.escape(said)):
         read_description(edited)
+
+
+@pytest.mark.parametrize("inside", ["llm", "adapter", "vad"])
+def test_a_folder_inside_an_export_names_the_export(exported_dir, tmp_path, inside):
+    """`--model exp/run/export/llm` (the folder that loads with from_pretrained alone) was refused as "not a
+    directory written by `llmasr export`", without a word that its parent is one."""
+    from llmasr.models.exported import read_description
+
+    export = shutil.copytree(exported_dir, tmp_path / "export")
+    (export / inside).mkdir(exist_ok=True)
+    with pytest.raises(ExportedModelError, match=rf"inside the export {re.escape(str(export))}: give --model "):
+        read_description(export / inside)

@@ -30,3 +30,30 @@ def test_a_transformers_from_before_the_dtype_rename_gets_torch_dtype(tiny_llm_d
         monkeypatch.setattr(AutoModelForCausalLM, name, older(getattr(AutoModelForCausalLM, name)))
     model, _ = load_llm(tiny_llm_dir, dtype="bfloat16", pretrained=pretrained)
     assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+
+
+def test_a_hub_id_or_a_hub_cache_folder_given_as_the_llm_says_what_to_give(tiny_llm_dir, tmp_path, monkeypatch):
+    """`model.llm.path: Qwen/Qwen2.5-1.5B-Instruct` (as from_pretrained takes it) was "LLM directory not found", and
+    the cache folder `huggingface-cli download` fills (models--Qwen--.../snapshots/HASH) given at its top "no
+    config.json", neither saying that llmasr reads a local folder, nor where the files are."""
+    import shutil
+
+    from llmasr.models.llm import LLMLoadError, check_llm_dir
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(LLMLoadError, match=r"not found: Qwen/Qwen2.5-1.5B-Instruct .*; llmasr reads a local folder "
+                                           r"and downloads nothing: `huggingface-cli download Qwen/Qwen2.5-1.5B-"
+                                           r"Instruct --local-dir DIR` fetches it"):  # fmt: skip
+        check_llm_dir("Qwen/Qwen2.5-1.5B-Instruct")
+    (tmp_path / "models").mkdir()
+    with pytest.raises(LLMLoadError) as err:  # a local folder's path, mistyped: no word of the hub
+        check_llm_dir("models/Qwen2.5")
+    assert "huggingface-cli" not in str(err.value)
+    cache = tmp_path / "models--Qwen--Qwen2.5-1.5B-Instruct"
+    shutil.copytree(tiny_llm_dir, cache / "snapshots" / "abc123")
+    (cache / "refs").mkdir()
+    (cache / "refs" / "main").write_text("abc123")
+    with pytest.raises(LLMLoadError, match=rf"{cache}: no config.json; .*a Hugging Face cache folder: give its "
+                                           rf"snapshot, {cache / 'snapshots' / 'abc123'}$"):  # fmt: skip
+        check_llm_dir(cache)
+    assert check_llm_dir(cache / "snapshots" / "abc123") == cache / "snapshots" / "abc123"

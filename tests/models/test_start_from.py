@@ -157,3 +157,20 @@ def test_a_recipe_taking_only_the_encoder_of_an_adapter_export_does_not_need_its
     finally:
         shutil.rmtree(base, ignore_errors=True)
         shutil.move(tmp_path / "moved_llm", base)
+
+
+def test_the_llm_s_own_template_is_compared_by_its_text_when_the_recipe_names_none(tiny_run, exported_dir, tmp_path):
+    """A second fine-tune from an export's adaptor over the same base LLM (`model.adaptor.init_from=EXPORT/
+    adaptor.safetensors`, the recipe's chat_template unset as the first run's was) was refused: "the recipe has None,
+    llmasr_model.yaml has '{%- for message ...'", the very template the base LLM's tokenizer renders with."""
+    from llmasr.testing.tiny_llm import CHATML_TEMPLATE, write_tiny_llm_dir
+
+    recipe = tiny_run.run_dir / "recipe.yaml"
+    start = f"model.adaptor.init_from={exported_dir / 'adaptor.safetensors'}"
+    assert load_recipe(recipe, [start]).model.prompt.chat_template is None
+    assert check_start_folder(load_recipe(recipe, [start]).model) == []
+    other = write_tiny_llm_dir(tmp_path / "other_llm", chat_template=CHATML_TEMPLATE.replace("'\\n'", "'\\n\\n'"))
+    with pytest.raises(
+        ConfigError, match=r"model.prompt.chat_template: the recipe has None, so .*other_llm's own template "
+    ):
+        check_start_folder(load_recipe(recipe, [start, f"model.llm.path={other}"]).model)

@@ -1,4 +1,5 @@
 import json
+import re
 import socket
 
 import pytest
@@ -353,3 +354,16 @@ def test_deepspeed_steps_branch_scheduler(preset, make_model, single_rank, tmp_p
     engine.load_checkpoint(str(tmp_path), tag="t")
     assert scheduler.last_update == 2
     assert {g["name"]: g["lr"] for g in engine.optimizer.param_groups} == saved
+
+
+@pytest.mark.parametrize("given", ["ds_configs/zero2.json", "zero2.json", "ds_configs/zero2", "configs/zero2.JSON"])
+def test_a_checkout_s_preset_path_missing_here_names_the_preset(tmp_path, monkeypatch, given):
+    """The README's `--deepspeed ds_configs/zero2.json`, run outside a checkout (a pip install), was refused as
+    "neither a file nor a preset" with the preset list alone: the preset of that name is what to give."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError, match=rf"^DeepSpeed config {re.escape(repr(given))} is neither a file nor a "
+                                          r"preset: no such file here, and the preset of that name \(the same file, "
+                                          r"shipped in the package\) is --deepspeed zero2$"):  # fmt: skip
+        load_ds_config(given)
+    with pytest.raises(ConfigError, match=r"'mine.json' is neither a file nor a preset \(zero0, zero1, zero2,"):
+        load_ds_config("mine.json")

@@ -193,3 +193,25 @@ def test_a_float16_llm_under_fp32_precision_that_passes_no_gradient_on_is_fine(t
     d["model"]["adaptor"]["freeze"] = True
     d["model"]["encoder"]["freeze"] = True
     check_run_settings(load_recipe(data=d))
+
+
+def test_a_manifest_that_is_not_there_is_named_by_its_key_and_where_it_was_set(recipe_file, tmp_path, capsys):
+    """`data.train=[data/trian.jsonl]` was refused as "manifest not found: data/trian.jsonl" alone: no key, no
+    override, no recipe line, and nothing on where a relative path is looked for."""
+    import yaml
+
+    from llmasr.commands.check import main
+
+    args = ["--config", str(recipe_file), "--deepspeed", "zero0", f"train.output_dir={tmp_path / 'run'}"]
+    assert main([*args, "data.valid=[dve.jsonl]"]) == 2
+    err = capsys.readouterr().err
+    assert "error: data.valid[0]: manifest not found: dve.jsonl (a relative path is looked for beside the recipe" in err
+    assert err.rstrip().endswith("(set by the override 'data.valid=[dve.jsonl]')")
+    recipe = yaml.safe_load(recipe_file.read_text())
+    recipe["data"]["train"].append({"path": str(tmp_path / "gone.jsonl"), "weight": 2.0})
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(recipe))
+    assert main(["--config", str(tmp_path / "r.yaml"), *args[2:]]) == 2
+    err = capsys.readouterr().err
+    assert f"error: data.train[1]: manifest not found: {tmp_path / 'gone.jsonl'} ({tmp_path / 'r.yaml'}, line " in err
+    assert main([*args, f"data.valid=[{tmp_path}]"]) == 2
+    assert f"error: data.valid[0]: {tmp_path}: a directory, not a manifest file" in capsys.readouterr().err

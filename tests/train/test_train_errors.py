@@ -112,3 +112,16 @@ def test_a_resume_that_finds_nothing_is_named_by_where_it_was_asked(recipe_file,
     assert "train.resume update_00000099: neither a checkpoint folder nor a tag" in capsys.readouterr().err
     assert main([*args, "--resume", "update_00000099"]) == 2
     assert "--resume update_00000099: neither a checkpoint folder nor a tag" in capsys.readouterr().err
+
+
+def test_a_resume_tag_that_is_not_there_lists_the_tags_that_are(recipe_file, capsys, tmp_path):
+    """`--resume update_4` (the update without its zeros) named the checkpoints folder but not what it holds."""
+    from llmasr.run_dir.layout import resolve_resume
+
+    run = tmp_path / "run"
+    for tag in ("update_00000002", "update_00000004"):
+        (run / "checkpoints" / tag).mkdir(parents=True)
+        (run / "checkpoints" / tag / "llmasr_meta.json").write_text("{}")
+    with pytest.raises(FileNotFoundError, match=r"--resume update_4: neither a checkpoint folder nor a tag in .*; "
+                                                r"its checkpoints are update_00000002, update_00000004$"):  # fmt: skip
+        resolve_resume("update_4", run)
