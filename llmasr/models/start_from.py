@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from llmasr.config_io import ConfigError
+from llmasr.config_paths import not_found
 from llmasr.data.frontend import FrontendConfig, read_kaldi_cmvn
 from llmasr.models.builder import FRONTEND_REFINEMENTS, encoder_frontend
 from llmasr.models.config import ModelConfig, PromptConfig
@@ -57,6 +58,8 @@ def start_folders(m: ModelConfig) -> dict[Path, list[str]]:
     found: dict[Path, list[str]] = {}
     for key, path in reads.items():
         if path and (Path(path).parent / MODEL_FILE).is_file():
+            if not Path(path).exists():  # a misspelt file in the folder: named, before its settings are compared
+                raise ConfigError(not_found(key, "file", path))
             found.setdefault(Path(path).parent.resolve(), []).append(key)
     return found
 

@@ -174,3 +174,16 @@ def test_the_llm_s_own_template_is_compared_by_its_text_when_the_recipe_names_no
         ConfigError, match=r"model.prompt.chat_template: the recipe has None, so .*other_llm's own template "
     ):
         check_start_folder(load_recipe(recipe, [start, f"model.llm.path={other}"]).model)
+
+
+def test_a_misspelt_file_in_the_start_folder_is_named_before_settings_are_compared(tiny_run, exported_dir, tmp_path):
+    """`model.adaptor.init_from` naming a file the export does not hold (adaptr.safetensors), with a recipe whose
+    prompt differs from the export's: the missing file is what is wrong, and is named; the settings' difference had
+    been reported instead, hiding it."""
+    from llmasr.testing.tiny_llm import CHATML_TEMPLATE, write_tiny_llm_dir
+
+    recipe = tiny_run.run_dir / "recipe.yaml"
+    other = write_tiny_llm_dir(tmp_path / "other_llm", chat_template=CHATML_TEMPLATE.replace("'\\n'", "'\\n\\n'"))
+    typo = f"model.adaptor.init_from={exported_dir / 'adaptr.safetensors'}"
+    with pytest.raises(ConfigError, match=r"model.adaptor.init_from: file not found: .*adaptr.safetensors"):
+        check_start_folder(load_recipe(recipe, [typo, f"model.llm.path={other}"]).model)
