@@ -102,7 +102,7 @@ def load_recipe(
         raise located(ConfigError(str(err)), path, overrides) from err
 
 
-def located(err: ConfigError, path, overrides: list[str] | None) -> ConfigError:
+def located(err: Exception, path, overrides: list[str] | None) -> Exception:
     """`err` (its own type kept) with where its key was set (where_set) on its first line: for refusals made once
     the recipe is loaded, by the model's builder or the run's checks (model.encoder.frontend's keys). An error
     located once (by another recipe's load: a resumed run's saved one) is left as it is."""

@@ -12,6 +12,7 @@ from llmasr.commands.train import parse_run_args, run_args
 from llmasr.config_io import ConfigError
 from llmasr.config_paths import output_problem
 from llmasr.errors import command
+from llmasr.models.prompt import PromptError
 from llmasr.recipe import load_recipe, located
 from llmasr.train.check import check
 
@@ -42,7 +43,10 @@ def main(argv: list[str] | None = None) -> int:
             recipe, args.deepspeed, world_size=args.world_size, out=args.out, resume=args.resume,
             overwrite=args.overwrite,
         )  # fmt: skip
-    except ConfigError as err:  # refused by the builder or the run's checks: named with where the recipe set it
+    except (
+        ConfigError,
+        PromptError,
+    ) as err:  # refused by the builder or the run's checks: named with where the recipe set it
         raise located(err, args.config, args.overrides) from None
     print(report)
     return 0

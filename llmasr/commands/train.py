@@ -11,6 +11,7 @@ from pathlib import Path
 
 from llmasr import errors
 from llmasr.config_io import ConfigError
+from llmasr.models.prompt import PromptError
 from llmasr.recipe import load_recipe, located
 from llmasr.train.preemption import exit_status
 from llmasr.train.run_dir import RunDirError
@@ -69,7 +70,10 @@ def main(argv: list[str] | None = None) -> int:
         errors.report("llmasr train", err)
         err.reported()  # no rank exits (and makes the launcher kill the rest) before rank 0 has said why
         return 2
-    except ConfigError as err:  # refused by the builder or the run's checks: named with where the recipe set it
+    except (
+        ConfigError,
+        PromptError,
+    ) as err:  # refused by the builder or the run's checks: named with where the recipe set it
         raise located(err, args.config, args.overrides) from None
     if result.get("signal"):
         return exit_status(result["signal"])  # stopped with a checkpoint: the job did not finish

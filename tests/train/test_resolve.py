@@ -215,3 +215,15 @@ def test_a_manifest_that_is_not_there_is_named_by_its_key_and_where_it_was_set(r
     assert f"error: data.train[1]: manifest not found: {tmp_path / 'gone.jsonl'} ({tmp_path / 'r.yaml'}, line " in err
     assert main([*args, f"data.valid=[{tmp_path}]"]) == 2
     assert f"error: data.valid[0]: {tmp_path}: a directory, not a manifest file" in capsys.readouterr().err
+
+
+def test_a_prompt_setting_refused_at_build_says_where_it_was_set(recipe_file, tmp_path, capsys):
+    """`model.prompt.chat_template=templ.jinja` (no such file) is refused as the builder reads it, naming the override
+    that set it, as the recipe's other refusals are; the prompt's own refusals had named the key alone."""
+    from llmasr.commands.check import main
+
+    args = ["--config", str(recipe_file), "--deepspeed", "zero0", f"train.output_dir={tmp_path / 'run'}"]
+    assert main([*args, "model.prompt.chat_template=templ.jinja"]) == 2
+    err = capsys.readouterr().err
+    assert "model.prompt.chat_template: file not found: templ.jinja" in err
+    assert err.rstrip().endswith("(set by the override 'model.prompt.chat_template=templ.jinja')")
