@@ -189,7 +189,7 @@ def _audio_sources(wavs: dict, wav_scp: Path, base: Path, skipped: _Skipped) -> 
         elif "|" in value:  # Kaldi refuses it too: a pipe command missing its closing '|'
             why[key] = f"{value[:60]!r} holds a '|' but does not end with one (a pipe command ends with '|')"
         elif OFFSET.search(value) or ".ark:" in value or value.endswith(".ark"):
-            why[key] = f"{value[:60]!r}: Kaldi ark offsets are not supported (FILE:OFFSET is read as one)"
+            why[key] = f"{value[:60]!r}: Kaldi ark offsets are not supported (FILE:OFFSET is read as one); {ARK_ADVICE}"
         else:
             p = Path(os.path.expanduser(value))
             sources[key] = str(p if p.is_absolute() else (base / p).resolve())
@@ -199,6 +199,10 @@ def _audio_sources(wavs: dict, wav_scp: Path, base: Path, skipped: _Skipped) -> 
 
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".opus", ".mp3", ".sph", ".aiff", ".aif", ".au")
+ARK_ADVICE = (
+    "write each utterance to its own file and list those paths in wav.scp (with kaldiio: `for key, (rate, wave) in "
+    "kaldiio.load_scp('wav.scp').items(): soundfile.write(f'{key}.wav', wave, rate)`)"
+)
 
 
 def _pipe_advice(command: str, base: Path) -> str:

@@ -32,6 +32,9 @@ def test_kaldi_to_jsonl_reports_mismatches(tmp_path):
     reasons = [str(p) for p in counts["problems"]]
     assert any(r.startswith(f"{d / 'wav.scp'}:3: unsupported: u3: pipe command") for r in reasons)
     assert any(r.startswith(f"{d / 'text'}:4: missing_audio: u5") for r in reasons)
+    # an ark offset is named with what to do instead: the audio written out one file an utterance
+    ark = next(r for r in reasons if r.startswith(f"{d / 'wav.scp'}:5: unsupported: u6"))
+    assert "ark offsets are not supported" in ark and "kaldiio.load_scp('wav.scp')" in ark
     m = Manifest.open(out)
     assert [m[i].key for i in range(len(m))] == ["u1", "u2"]
     assert m[0].target == "HELLO WORLD" and m[1].source == str(d / "u2.wav")
