@@ -136,9 +136,26 @@ def load_yaml(path: str | Path) -> dict:
     return _tree(data)
 
 
-def not_utf8(err: UnicodeDecodeError) -> str:
-    """What a file saved in a local code page (GBK, cp1252) is told, after its path."""
-    return f"not UTF-8 text ({err.reason} at byte {err.start}); save it as UTF-8"
+def not_utf8(err: UnicodeDecodeError, path: str | Path | None = None) -> str:
+    """What a file saved in a local code page (GBK, cp1252) is told, after its path: the encoding its bytes read in,
+    where they read as Chinese in GB18030 (Chinese Windows' code page) or start with a UTF-16 byte order mark."""
+    data = err.object if isinstance(err.object, bytes) else b""
+    how = "save it as UTF-8"
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        how = "it is UTF-16 (Windows Notepad's 'Unicode'): save it as UTF-8"
+    elif _reads_as_chinese(data):
+        name = Path(path).name if path is not None else "FILE"
+        how = f"it reads as GB18030/GBK Chinese: convert it, e.g. iconv -f GB18030 -t UTF-8 {name} > {name}.utf8"
+    return f"not UTF-8 text ({err.reason} at byte {err.start}); {how}"
+
+
+def _reads_as_chinese(data: bytes) -> bool:
+    try:
+        text = data.decode("gb18030")
+    except UnicodeDecodeError:
+        return False
+    # two Chinese characters at least: an accented letter of a cp1252 file before an ASCII one ("è" "s") decodes as one
+    return sum("\u4e00" <= ch <= "\u9fff" for ch in text) >= 2
 
 
 def read_json(path: Path, kind: type, what: str) -> Any:

@@ -6,6 +6,8 @@ read is named on stderr where it falls, the others still print, and the exit sta
 from __future__ import annotations
 
 import argparse
+import codecs
+import io
 import json
 import logging
 import sys
@@ -18,7 +20,7 @@ from llmasr.config_paths import file_problem
 from llmasr.data.hotwords import PhraseFileError, read_phrase_file
 from llmasr.export.decode import DecodeError
 from llmasr.export.decode_world import DecodeWorld
-from llmasr.export.transcribe import TranscribeError, Transcriber
+from llmasr.export.transcribe import TranscribeError, Transcriber, utf8
 from llmasr.models.exported import ExportedModelError
 from llmasr.run_dir import CheckpointError
 
@@ -43,7 +45,22 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _printable(err: UnicodeEncodeError) -> tuple[bytes | str, int]:
+    """A file name that is not UTF-8 (lone surrogates, as Python decodes one) is written as its own bytes, as `ls`
+    writes it; a character the locale cannot encode (Chinese under Latin-1) as an escape: the lines had failed to
+    print once every file was decoded."""
+    bad = err.object[err.start : err.end]
+    if all("\udc80" <= ch <= "\udcff" for ch in bad):
+        return bytes(ord(ch) - 0xDC00 for ch in bad), err.end
+    return codecs.backslashreplace_errors(err)
+
+
+codecs.register_error("llmasr.transcribe", _printable)
+
+
 def main(argv: list[str] | None = None) -> int:
+    if isinstance(sys.stdout, io.TextIOWrapper):
+        sys.stdout.reconfigure(errors="llmasr.transcribe")
     parser = build_parser()
     args = parser.parse_intermixed_args(argv)  # files after an option too
     check_model_args(parser, args)
@@ -82,7 +99,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"llmasr transcribe: error: {path}: {row['error']}", file=sys.stderr)
         elif args.timestamps:
             times = None if row["timestamps"] is None else [list(w) for w in row["timestamps"]]
-            print(json.dumps({"audio": path, "text": row["hyp"], "timestamps": times}, ensure_ascii=False))
+            line = {"audio": path, "text": row["hyp"], "timestamps": times}
+            # a name that is not UTF-8 as JSON escapes (\udcd2): its bytes would make the line no UTF-8 JSON
+            print(json.dumps(line, ensure_ascii=False) if utf8(path) else json.dumps(line))
         else:
             print(f"{path}\t{' '.join(row['hyp'].split())}")  # one line a file, whatever the LLM wrote
     failed = sum("error" in row for row in rows)

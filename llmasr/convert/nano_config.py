@@ -120,7 +120,7 @@ def read_nano_config(src: Path) -> dict:
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML: {err}") from err
     except UnicodeDecodeError as err:  # a config.yaml resaved in a local code page (GBK comments)
-        raise ConfigError(f"{path}: {not_utf8(err)}") from None
+        raise ConfigError(f"{path}: {not_utf8(err, path)}") from None
     if not isinstance(config, dict):
         raise ConfigError(f"{path}: the top level must be a mapping")
     model = funasr_class_name(config.get("model", ""))

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from llmasr.config_io import ConfigError
+from llmasr.config_io import ConfigError, not_utf8
 from llmasr.config_paths import path_field
 from llmasr.data.corpus_stats import CorpusStats
 from llmasr.data.hotword_units import holds, join_units, ngrams, units
@@ -57,7 +57,7 @@ def read_phrase_file(path: str | Path) -> list[str]:
         try:
             text = phrase_text(raw.decode("utf-8"))
         except UnicodeDecodeError as err:
-            raise PhraseFileError(f"{path}:{lineno}: not UTF-8 text ({err.reason} at byte {err.start})") from None
+            raise PhraseFileError(f"{path}:{lineno}: {not_utf8(err, path)}") from None
         if not text:
             raise PhraseFileError(f"{path}:{lineno}: empty line (one phrase a line; remove the empty line)")
         if text in phrases:

@@ -290,7 +290,7 @@ class Manifest:
         try:  # a field given twice: JSON would keep the last without a word
             rec = json.loads(raw, object_pairs_hook=functools.partial(unique_keys, refuse))
         except UnicodeDecodeError as err:
-            raise BadRecord(self.path, line, not_utf8(err)) from None
+            raise BadRecord(self.path, line, not_utf8(err, self.path)) from None
         except ValueError as err:
             raise BadRecord(self.path, line, f"malformed JSON: {err}{_cr_hint(raw)}") from None
         if _SURROGATE_ESCAPE.search(raw) and (field := _lone_surrogate(rec)) is not None:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from llmasr.config_io import ConfigError
+from llmasr.config_io import ConfigError, not_utf8
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +30,7 @@ def read_noise_list(path: str | Path, *, must_exist: bool = False) -> list[str]:
             try:
                 raw = data.decode("utf-8-sig" if lineno == 1 else "utf-8")
             except UnicodeDecodeError as err:
-                raise ConfigError(f"{path}:{lineno}: not UTF-8 text ({err.reason} at byte {err.start})") from None
+                raise ConfigError(f"{path}:{lineno}: {not_utf8(err, path)}") from None
             if not raw.strip():
                 continue
             try:

@@ -25,6 +25,11 @@ MAX_DISAGREE = 2  # neighbours of a true one-token run that errors at both windo
 _NO_SPACE = "".join(f"{chr(lo)}-{chr(hi)}" for lo, hi in NO_SPACE_RANGES)  # the scripts scoring counts in characters
 # Punctuation of those scripts (CJK symbols and punctuation, full-width forms): no space before or after it either.
 _NO_SPACE_PUNCT = "\u3000-\u303f\uff00-\uffef"
+# Chinese and Japanese (ideographs, kana, bopomofo and their punctuation) take no space beside a Latin word or a
+# number either ("我用iPhone手机", "2024年", "。2024年"), as FunASR's sentence_postprocess writes them: a seam there
+# had put a space into the text that no window wrote. Thai and the other scripts above keep one there.
+_CJK = "".join(f"{chr(lo)}-{chr(hi)}" for lo, hi in NO_SPACE_RANGES if lo >= 0x3000) + _NO_SPACE_PUNCT
+_EDGE, _CJK_EDGE = re.compile(f"[{_NO_SPACE}{_NO_SPACE_PUNCT}]"), re.compile(f"[{_CJK}]")
 
 
 def _norm(token: str) -> str:
@@ -35,8 +40,8 @@ def _glue(left: str, right: str) -> str:
     left, right = left.rstrip(), right.lstrip()
     if not left or not right:
         return left or right
-    edge = f"[{_NO_SPACE}{_NO_SPACE_PUNCT}]"
-    no_space = re.match(edge, left[-1]) and re.match(edge, right[0])
+    a, b = left[-1], right[0]
+    no_space = (_EDGE.match(a) and _EDGE.match(b)) or _CJK_EDGE.match(a) or _CJK_EDGE.match(b)
     return left + ("" if no_space else " ") + right
 
 

@@ -147,6 +147,10 @@ def _manifest(audio: list, sample_rate, tmp: Path) -> tuple[list[str], Path, dic
                 missing[i] = why
                 continue
             source = str(Path(clip).resolve())
+            if not utf8(source):  # a name in a legacy encoding (GBK from a Windows archive): no manifest holds it
+                link = tmp / f"{i}{Path(clip).suffix if utf8(Path(clip).suffix) else ''}"
+                link.symlink_to(source)  # so the clip is read under a name a manifest holds, and named as given
+                source = str(link)
         else:
             names.append(f"waveform {i}")
             source = str(tmp / f"{i}.wav")
@@ -157,10 +161,18 @@ def _manifest(audio: list, sample_rate, tmp: Path) -> tuple[list[str], Path, dic
                 continue
             sf.write(source, wave, int(sample_rate), subtype="FLOAT")
         line = {"key": str(i), "source": source}
-        lines.append(json.dumps(line))  # escaped: a file name in a legacy encoding (lone surrogates) survives
+        lines.append(json.dumps(line))
     path = tmp / "audio.jsonl"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return names, path, missing
+
+
+def utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # lone surrogates: the bytes of a name that is not UTF-8, as Python decodes it
+        return False
+    return True
 
 
 def _waveform(clip, name: str) -> np.ndarray:

@@ -265,7 +265,7 @@ def read_token_list(path: str) -> list[str]:
     try:
         text = Path(path).read_text(encoding="utf-8-sig")  # -sig: a BOM is not part of the first token
     except UnicodeDecodeError as err:  # a list saved in a local code page (GBK): the raw error named no file
-        raise ConfigError(f"CTC vocabulary {path}: {not_utf8(err)}") from None
+        raise ConfigError(f"CTC vocabulary {path}: {not_utf8(err, path)}") from None
     tokens = None
     if text.lstrip().startswith("["):  # JSON, or a line list whose first token is e.g. [PAD]
         try:

@@ -68,7 +68,7 @@ def read_funasr_config(model_dir: str | Path) -> dict:
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML: {err}") from err
     except UnicodeDecodeError as err:  # a config.yaml resaved in a local code page (GBK comments)
-        raise ConfigError(f"{path}: {not_utf8(err)}") from None
+        raise ConfigError(f"{path}: {not_utf8(err, path)}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping, got {type(data).__name__}")
     if "encoder" not in data and "audio_encoder" in data:

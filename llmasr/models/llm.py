@@ -90,7 +90,7 @@ def _read_config(file: Path) -> dict:
     try:
         config = json.loads(file.read_bytes().decode("utf-8-sig"))
     except UnicodeDecodeError as err:
-        raise LLMLoadError(f"{file}: {not_utf8(err)}") from None
+        raise LLMLoadError(f"{file}: {not_utf8(err, file)}") from None
     except json.JSONDecodeError as err:
         raise LLMLoadError(f"{file}: not valid JSON ({err.msg} at line {err.lineno}, column {err.colno})") from None
     if not isinstance(config, dict):

@@ -46,7 +46,7 @@ def read_chat_template(path: Path) -> str:
     try:
         return Path(path).read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as err:
-        raise PromptError(f"model.prompt.chat_template: {path}: {not_utf8(err)}") from None
+        raise PromptError(f"model.prompt.chat_template: {path}: {not_utf8(err, path)}") from None
 
 
 class _TemplateDay(datetime.datetime):

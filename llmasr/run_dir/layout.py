@@ -73,7 +73,7 @@ def latest(ckpt_dir: str | Path) -> str | None:
     try:
         return f.read_text(encoding="utf-8").strip() or None
     except UnicodeDecodeError as err:  # a pointer saved by hand in a local code page: DeepSpeed writes the tag as UTF-8
-        raise CheckpointError(f"{f}: {not_utf8(err)}") from None
+        raise CheckpointError(f"{f}: {not_utf8(err, f)}") from None
 
 
 def resume_point(ckpt_dir: str | Path) -> str | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
 
 import numpy as np
@@ -107,6 +108,26 @@ def test_phrase_file(tmp_path):
     windows = tmp_path / "notepad.txt"  # a BOM and CRLF line ends: the first phrase must not carry the BOM
     windows.write_bytes("\ufeffVelmont\r\n通义千问\r\n".encode("utf-8"))
     assert read_phrase_file(windows) == ["Velmont", "通义千问"]
+
+
+def test_a_phrase_file_in_gbk_or_utf16_says_how_to_convert_it(tmp_path):
+    """A list saved by a Chinese Windows editor (GBK, or Notepad's "Unicode", UTF-16) had been refused as "not UTF-8
+    text (invalid continuation byte at byte 2)", with no word of the encoding it is in or how to convert it."""
+    gbk = tmp_path / "热词.txt"
+    gbk.write_bytes("通义千问\r\n小米手机\r\n".encode("gbk"))
+    want = f"{gbk}:1: not UTF-8 text (invalid continuation byte at byte 2); it reads as GB18030/GBK Chinese: "
+    with pytest.raises(PhraseFileError, match=re.escape(want + "convert it, e.g. iconv -f GB18030 -t UTF-8 热词.txt")):
+        read_phrase_file(gbk)
+    utf16 = tmp_path / "notepad.txt"
+    utf16.write_bytes("通义千问\r\n".encode("utf-16"))
+    with pytest.raises(PhraseFileError, match=re.escape("notepad.txt:1: not UTF-8 text (invalid start byte at byte 0); "
+                       "it is UTF-16 (Windows Notepad's 'Unicode'): save it as UTF-8")):  # fmt: skip
+        read_phrase_file(utf16)
+    latin = tmp_path / "latin.txt"  # cp1252 whose "ès" decodes as one GB18030 character is not called Chinese
+    latin.write_bytes("Hermès\n".encode("cp1252"))
+    with pytest.raises(PhraseFileError, match=re.escape("latin.txt:1: not UTF-8 text (invalid continuation byte at "
+                       "byte 4); save it as UTF-8")):  # fmt: skip
+        read_phrase_file(latin)
 
 
 def test_a_phrase_repeated_in_a_file_is_read_once_with_a_warning(tmp_path, caplog):

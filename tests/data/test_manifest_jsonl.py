@@ -254,3 +254,16 @@ def test_a_line_with_cr_only_line_ends_is_named_as_such(tmp_path):
         m[0]
     path.write_bytes("\r\n".join(recs).encode() + b"\r\n")  # CRLF: three records, no complaint
     assert [u.key for u in Manifest.open(path)] == ["u0", "u1", "u2"]
+
+
+def test_a_gbk_line_says_how_to_convert_the_manifest(tmp_path):
+    """A manifest saved in GBK (a Chinese Windows tool's default) had each line refused with Python's own words
+    ("'utf-8' codec can't decode byte 0xbe in position 14"), naming neither the encoding nor the way out."""
+    write_wav(tmp_path / "a.wav", 1.0)
+    path = tmp_path / "训练.jsonl"
+    line = json.dumps({"key": "句子1", "source": "a.wav", "target": "今天天气很好"}, ensure_ascii=False)
+    path.write_bytes((line + "\n").encode("gbk"))
+    with pytest.raises(BadRecord, match="训练.jsonl:1: not UTF-8 text") as e:
+        Manifest.open(path)[0]
+    assert str(e.value).endswith("it reads as GB18030/GBK Chinese: convert it, e.g. iconv -f GB18030 -t UTF-8 "
+                                 "训练.jsonl > 训练.jsonl.utf8")  # fmt: skip

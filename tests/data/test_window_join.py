@@ -66,6 +66,28 @@ def test_a_fast_overlap_in_a_script_without_spaces_is_said_once():
     assert join_texts(thai, [False, True], 1.0) == "วันนี้อากาศดีมาก เราจะไปเที่ยวสวนสาธารณะกัน"
 
 
+@pytest.mark.parametrize("overlapped", [False, True])
+def test_chinese_takes_no_space_beside_latin_words_or_numbers_at_a_seam(overlapped):
+    """Chinese writes a Latin word or a number beside its characters without a space ("我用iPhone手机", "2024年", as
+    FunASR's sentence_postprocess writes them): a seam there had put one into the text that neither window wrote
+    ("我用 iPhone手机", "今天很好。 2024年"). English beside English, and Thai beside a Latin word, keep theirs."""
+    cases = [
+        (["我用", "iPhone手机打电话"], "我用iPhone手机打电话"),
+        (["我用iPhone", "手机打电话"], "我用iPhone手机打电话"),
+        (["价格是", "2999元"], "价格是2999元"),
+        (["今天天气很好。", "2024年会更好"], "今天天气很好。2024年会更好"),
+        (["他说OK", "，我们走"], "他说OK，我们走"),
+        (["東京の", "Tower"], "東京のTower"),
+        (["iPhone", "Pro"], "iPhone Pro"),
+        (["สวัสดี", "hello"], "สวัสดี hello"),
+    ]
+    for texts, joined in cases:
+        assert join_texts(texts, [False, overlapped], 1.0) == joined, texts
+        timed = [[(u, k, k + 0.5) for k, u in enumerate(UNIT.findall(t))] for t in texts]
+        words = join_words(texts, timed, [0.0, 5.0], [False, overlapped], 1.0)
+        assert [w[0] for w in words] == UNIT.findall(joined), texts  # one timed unit per unit of the text
+
+
 def test_join_texts_dedups_only_overlapped_seams():
     texts = ["we go to the", "the park and the", "the lake"]
     # The second seam met at a pause: "the the" was said twice, and stays

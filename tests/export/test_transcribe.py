@@ -148,18 +148,42 @@ def test_a_missing_file_among_many_gets_its_row_with_keep_going(asr, clips, tmp_
         asr.transcripts([paths[1], gone])
 
 
-def test_a_file_name_that_is_not_utf8_fails_alone(asr, clips, tmp_path):
-    """A name in a legacy encoding (Latin-1 bytes, as Python gives them: lone surrogates) had failed the whole call
-    with a UnicodeEncodeError naming no file; now it is that file's error, and the others are transcribed."""
+def test_a_file_name_that_is_not_utf8_is_transcribed(asr, clips, tmp_path):
+    """A name in a legacy encoding (Latin-1, or GBK as a Chinese Windows archive unpacks: bytes Python gives as lone
+    surrogates) had failed the whole call with a UnicodeEncodeError naming no file, then failed alone, refused by
+    the manifest its path went through; the audio is fine, and is transcribed under the name given."""
     import os
     import shutil
 
     _, paths = clips
-    latin1 = tmp_path / os.fsdecode(b"caf\xe9.wav")
+    latin1, gbk = tmp_path / os.fsdecode(b"caf\xe9.wav"), tmp_path / os.fsdecode("录音".encode("gbk") + b".wav")
     shutil.copy(paths[0], latin1)
-    rows = asr.transcripts([latin1, paths[1]], keep_going=True)
-    assert rows[0]["audio"] == str(latin1) and "error" in rows[0] and "hyp" not in rows[0]
-    assert rows[1]["hyp"] == asr(paths[1])
+    shutil.copy(paths[2], gbk)
+    rows = asr.transcripts([latin1, paths[1], gbk], keep_going=True)
+    assert [r["audio"] for r in rows] == [str(latin1), str(paths[1]), str(gbk)]
+    assert [r.get("hyp") for r in rows] == asr([paths[0], paths[1], paths[2]])
+
+
+def test_the_command_prints_a_name_that_is_not_utf8_as_its_bytes(exported_dir, clips, tmp_path):
+    """Under a UTF-8 locale's strict stdout, a file name in GBK had made `llmasr transcribe` fail once every file was
+    decoded (UnicodeEncodeError, nothing printed); it prints the name's own bytes, as `ls` does, and --timestamps
+    a JSON line whose name is escaped (still UTF-8 JSON)."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    _, paths = clips
+    name = os.path.join(os.fsencode(tmp_path), "录音".encode("gbk") + b".wav")
+    shutil.copy(paths[0], name)
+    run = [sys.executable, "-m", "llmasr", "transcribe", "--model", str(exported_dir), os.fsdecode(name)]
+    env = {**os.environ, "PYTHONIOENCODING": "utf-8:strict"}
+    out = subprocess.run(run, env=env, capture_output=True, timeout=300)
+    hyp = Transcriber.load(exported_dir)(paths[0])
+    assert out.returncode == 0, out.stderr.decode(errors="replace")[-2000:]
+    assert out.stdout == name + b"\t" + " ".join(hyp.split()).encode() + b"\n"
+    out = subprocess.run([*run[:6], "--timestamps", run[-1]], env=env, capture_output=True, timeout=300)
+    assert out.returncode == 0 and json.loads(out.stdout.decode("utf-8"))["audio"] == os.fsdecode(name)
 
 
 def test_a_bfloat16_waveform_is_read_as_its_float_values(asr, clips):
