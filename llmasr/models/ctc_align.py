@@ -4,7 +4,8 @@ The LLM writes text without times; the CTC head, trained on the same encoder out
 is heard. The transcript's units (words, and each character of scripts written without spaces: the tokens that
 long-audio joining works on, llmasr.data.long_audio) are spelled in the CTC vocabulary as the head was trained: in
 the LLM's own vocabulary, a sentencepiece model or a .tiktoken file the text is tokenized whole, and a token that
-merges several characters gives each of them its frames; a token list spells them one by one. The best CTC path
+merges several characters shares its frames among them in order, an equal part each; a token list spells them one by
+one. The best CTC path
 that spells exactly that label sequence (Viterbi over the usual blank-interleaved states) gives each unit the frames
 of its labels: start at its first label's first frame, end after its last label's last frame. A unit the vocabulary
 cannot spell, or a transcript longer than the frames can hold, gets no times (None).
@@ -100,14 +101,23 @@ def align_words(tokenizer: CTCTokenizer, text: str, log_probs: torch.Tensor, fra
     path = viterbi_path(picked, [index[c] for c in labels], index[tokenizer.blank_id])
     if path is None:
         return None
-    first, last = [-1] * len(units), [-1] * len(units)
+    begun, ended = [-1] * len(labels), [-1] * len(labels)  # each label's first and last frame on the path
     for t, state in enumerate(path.tolist()):
-        for k in owner[state // 2] if state % 2 else ():
-            first[k] = t if first[k] < 0 else first[k]
-            last[k] = t
-    if min(first) < 0:  # a unit no label spelled (offsets that skip a character): no times rather than wrong ones
+        if state % 2:
+            i = state // 2
+            begun[i] = t if begun[i] < 0 else begun[i]
+            ended[i] = t
+    start, end = [math.inf] * len(units), [-math.inf] * len(units)
+    for i, units_of in enumerate(owner):
+        # a label that merges characters shares its frames among them in order, as they are said: the same span for
+        # each had timed them all at once, and a long-audio seam then squeezed some to no time at all
+        width = (ended[i] + 1 - begun[i]) / max(len(units_of), 1)
+        for j, k in enumerate(units_of):
+            start[k] = min(start[k], begun[i] + j * width)
+            end[k] = max(end[k], begun[i] + (j + 1) * width)
+    if not all(math.isfinite(a) for a in start):  # a unit no label spelled (offsets that skip a character): no times
         return None
-    return [(u, round(a * frame_seconds, 3), round((b + 1) * frame_seconds, 3)) for u, a, b in zip(units, first, last)]
+    return [(u, round(a * frame_seconds, 3), round(b * frame_seconds, 3)) for u, a, b in zip(units, start, end)]
 
 
 def sound_ends(words: list[Word] | None, runs: np.ndarray | None) -> list[Word] | None:
