@@ -19,9 +19,10 @@ def histogram(durations: np.ndarray, *, bins: int = 20, width: int = 50) -> list
         return ["(no durations)"]
     hi = max(float(d.max()), 1e-3)
     edges = np.linspace(0.0, math.ceil(hi), bins + 1)
+    places = _edge_places(edges)
+    edges = np.round(edges, places)  # the edges as printed: linspace's 0.6000000000000001 had put 0.6 s below it
     counts, _ = np.histogram(d, edges)
     top = max(1, int(counts.max()))
-    places = _edge_places(edges)
     out = []
     for lo, up, c in zip(edges[:-1], edges[1:], counts):
         bar = "#" * int(round(width * c / top))

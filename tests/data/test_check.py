@@ -525,6 +525,13 @@ def test_histogram_labels_name_each_bin_exactly(longest, labels):
         assert label in names, (label, names[:3])
 
 
+def test_a_duration_on_a_bin_edge_is_counted_in_the_bin_it_begins():
+    """A 0.6 s clip is in the "0.60-0.65s" bin, as its labels read: the edge computed as 0.6000000000000001 had put
+    it in "0.55-0.60s"."""
+    rows = {row.split(" |")[0]: int(row.rsplit(" ", 1)[1]) for row in histogram(np.array([0.6, 0.3, 0.96]))}
+    assert rows["  0.60-  0.65s"] == 1 and rows["  0.55-  0.60s"] == 0 and rows["  0.30-  0.35s"] == 1
+
+
 def test_the_batching_preview_counts_real_batches_and_warns_of_many_padding_duplicates(tmp_path):
     """16 clips of 0.5 s (4 a batch) and 6 of 1.5 s (1 a batch) make 10 batches; over 8 ranks the last group is padded
     with 6 repeats of its one-utterance batches. The mean batch size had counted them (1.8 utterances, where the
