@@ -138,7 +138,7 @@ def test_a_missing_audio_file_probed_says_what_its_path_may_have_meant(tmp_path,
     )
 
 
-def test_a_manifest_in_a_local_code_page_is_told_to_be_saved_as_utf8(tmp_path):
+def test_a_manifest_in_a_local_code_page_is_told_how_to_convert_it(tmp_path):
     """A manifest saved as GBK (a Windows editor's default in China) made each line with a Chinese transcript bad with
     Python's codec message alone ("'utf-8' codec can't decode byte 0xc4 ..."), nothing saying what to do."""
     path = tmp_path / "gbk.jsonl"
@@ -148,7 +148,8 @@ def test_a_manifest_in_a_local_code_page_is_told_to_be_saved_as_utf8(tmp_path):
     with pytest.raises(BadRecord) as e:
         Manifest.open(str(path))[0]
     assert e.value.reason.startswith("not UTF-8 text (invalid continuation byte at byte ")
-    assert e.value.reason.endswith("); save it as UTF-8")
+    assert e.value.reason.endswith("); it reads as GB18030/GBK Chinese: convert it, e.g. iconv -f GB18030 -t UTF-8 "
+                                   "gbk.jsonl > gbk.jsonl.utf8")  # fmt: skip
 
 
 @pytest.mark.parametrize("given", ["", "wav.scp", "text"])
