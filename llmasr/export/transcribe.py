@@ -112,7 +112,7 @@ class Transcriber:
             name = next(f"waveform {i}" for i, c in enumerate(audio) if not isinstance(c, PATHS))
             raise TranscribeError(f"{name}: a waveform needs its sample_rate (Hz)")  # the call's fault, not a clip's
         with tempfile.TemporaryDirectory(prefix="llmasr-transcribe-") as tmp:
-            names, manifest, bad = _manifest(list(audio), sample_rate, Path(tmp))
+            names, manifest, bad, links = _manifest(list(audio), sample_rate, Path(tmp))
             opts = dataclasses.replace(self.opts, hotwords=None if hotwords is None else list(hotwords))
             if bad and not keep_going:  # a missing file or a bad waveform, named before anything is decoded
                 raise TranscribeError("; ".join(f"{names[i]}: {why}" for i, why in bad.items()))
@@ -121,6 +121,8 @@ class Transcriber:
                 loader = decode_loader(self.model, manifest, self.cfg, opts, self.device)  # the list: every clip's
                 items, _ = transcribe_loader(self.model, loader, self.cfg, self.device, name=lambda _, k: names[int(k)])
                 failed = {int(b["key"]): b["reason"] for b in loader.bad_data.examples}  # the loader keeps every one
+                # a clip read through a link is named as given, not by the link the loader read
+                failed = {i: why.replace(links[i], names[i]) if i in links else why for i, why in failed.items()}
                 if failed and not keep_going:
                     why = "; ".join(f"{names[i]}: {reason}" for i, reason in failed.items())
                     raise TranscribeError(f"cannot transcribe {len(failed)} of {len(names)} clips: {why}")
@@ -134,11 +136,11 @@ class Transcriber:
         return [out[i] for i in range(len(names))]
 
 
-def _manifest(audio: list, sample_rate, tmp: Path) -> tuple[list[str], Path, dict[int, str]]:
+def _manifest(audio: list, sample_rate, tmp: Path) -> tuple[list[str], Path, dict[int, str], dict[int, str]]:
     """The clips' names, a manifest of them in `tmp` (waveforms written there as float wav files) keyed by
-    position, and the clips left out of it ({position: why}: a file missing or a directory, a waveform that is
-    not one)."""
-    names, lines, missing = [], [], {}
+    position, the clips left out of it ({position: why}: a file missing or a directory, a waveform that is
+    not one), and the links in `tmp` the manifest reads a clip through ({position: link})."""
+    names, lines, missing, links = [], [], {}, {}
     for i, clip in enumerate(audio):
         if isinstance(clip, PATHS):
             clip = os.fsdecode(clip)  # any os.PathLike (py.path, UPath) is a path, not a waveform
@@ -150,7 +152,7 @@ def _manifest(audio: list, sample_rate, tmp: Path) -> tuple[list[str], Path, dic
             if not utf8(source):  # a name in a legacy encoding (GBK from a Windows archive): no manifest holds it
                 link = tmp / f"{i}{Path(clip).suffix if utf8(Path(clip).suffix) else ''}"
                 link.symlink_to(source)  # so the clip is read under a name a manifest holds, and named as given
-                source = str(link)
+                source = links[i] = str(link)
         else:
             names.append(f"waveform {i}")
             source = str(tmp / f"{i}.wav")
@@ -164,7 +166,7 @@ def _manifest(audio: list, sample_rate, tmp: Path) -> tuple[list[str], Path, dic
         lines.append(json.dumps(line))
     path = tmp / "audio.jsonl"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return names, path, missing
+    return names, path, missing, links
 
 
 def utf8(text: str) -> bool:

@@ -164,6 +164,19 @@ def test_a_file_name_that_is_not_utf8_is_transcribed(asr, clips, tmp_path):
     assert [r.get("hyp") for r in rows] == asr([paths[0], paths[1], paths[2]])
 
 
+def test_a_file_not_utf8_named_that_cannot_be_read_is_named_as_given(asr, clips, tmp_path):
+    """Such a clip is read through a link in the call's folder: when it cannot be decoded, its error names the path
+    given, not the link (a temporary file the caller never saw, gone once the call returns)."""
+    import os
+
+    _, paths = clips
+    broken = tmp_path / os.fsdecode("坏".encode("gbk") + b".wav")
+    broken.write_bytes(b"RIFF not a wav file at all")
+    rows = asr.transcripts([broken, paths[1]], keep_going=True)
+    assert rows[0]["audio"] == str(broken) and "error" in rows[0] and rows[1].get("hyp") is not None
+    assert str(broken) in rows[0]["error"] and "llmasr-transcribe-" not in rows[0]["error"], rows[0]["error"]
+
+
 def test_the_command_prints_a_name_that_is_not_utf8_as_its_bytes(exported_dir, clips, tmp_path):
     """Under a UTF-8 locale's strict stdout, a file name in GBK had made `llmasr transcribe` fail once every file was
     decoded (UnicodeEncodeError, nothing printed); it prints the name's own bytes, as `ls` does, and --timestamps
