@@ -13,9 +13,9 @@ from pathlib import Path
 from llmasr import errors
 from llmasr.atomic_file import write_atomic
 from llmasr.config_io import ConfigError
-from llmasr.config_paths import file_problem, output_problem
+from llmasr.config_paths import output_problem
 from llmasr.data.hotwords import PhraseFileError, read_phrase_file
-from llmasr.data.manifest import BadManifest, EmptyManifest, kaldi_folder_hint
+from llmasr.data.manifest import BadManifest, EmptyManifest, manifest_file_problem
 from llmasr.export.decode import (
     DecodeError,
     DecodeOptions,
@@ -258,8 +258,7 @@ def _prepare(args, world: DecodeWorld):
     unwritable = output_problem(Path(args.output))  # before the model loads, and not blamed on a manifest later
     if unwritable:
         raise Refused(f"--output {args.output}: {unwritable}")
-    missing = [f"{data}: {why}{kaldi_folder_hint(Path(data))}" for data in args.data
-               if (why := file_problem(Path(data), "manifest file"))]  # fmt: skip
+    missing = [f"{data}: {why}" for data in args.data if (why := manifest_file_problem(Path(data)))]
     if missing:  # a mistyped manifest is named now, not after the model loads and the others are decoded
         raise Refused(f"--data: {'; '.join(missing)}")
     flags = {field: getattr(args, dest) for field, dest in DECODE_FLAGS.items()}

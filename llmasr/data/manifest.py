@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from llmasr.config_io import not_utf8, unique_keys
+from llmasr.config_paths import file_problem
 from llmasr.data.record_fields import is_cut
 from llmasr.data.record_line import parse_line
 from llmasr.data.records import (
@@ -156,6 +157,13 @@ def kaldi_folder_hint(path: Path) -> str:
     if not (folder / "wav.scp").is_file() or (path != folder and path.name not in KALDI_FILES):
         return ""
     return f"; {folder} is a Kaldi data folder: `llmasr data kaldi {folder} OUT.jsonl` writes its manifest"
+
+
+def manifest_file_problem(path: Path) -> str | None:
+    """Why `path` is no manifest file to read (config_paths.file_problem), with the command that writes one where it is
+    a Kaldi data folder; None when it is a file."""
+    why = file_problem(path, "manifest file")
+    return None if why is None else why + kaldi_folder_hint(path)
 
 
 def _cache_dir() -> Path:

@@ -15,7 +15,7 @@ import torch
 from llmasr.config_io import ConfigError, UnsetError, to_dict
 from llmasr.config_paths import not_found
 from llmasr.data.frontend import FrontendConfig
-from llmasr.data.manifest import kaldi_folder_hint
+from llmasr.data.manifest import manifest_file_problem
 from llmasr.models.attention_kernels import choose_attention_kernels
 from llmasr.models.builder import encoder_frontend
 from llmasr.models.config import ModelConfig
@@ -141,10 +141,10 @@ def check_manifests_there(data) -> None:
     for key, specs in (("data.train", data.train), ("data.valid", data.valid or [])):
         for i, spec in enumerate(specs):
             path = Path(spec.path)
-            if path.is_dir():
-                raise ConfigError(f"{key}[{i}]: {path}: a directory, not a manifest file{kaldi_folder_hint(path)}")
-            if not path.is_file():
+            if not path.exists():
                 raise ConfigError(not_found(f"{key}[{i}]", "manifest", path))
+            if why := manifest_file_problem(path):  # a directory (a Kaldi data folder named so), a pipe
+                raise ConfigError(f"{key}[{i}]: {path}: {why}")
 
 
 def build_loaders(recipe, side: TextSide, *, rank: int, world_size: int, device=None, window: int | None = None,
