@@ -248,14 +248,17 @@ class CorpusScore:
         return self.errors / self.ref_len if self.ref_len else (float(self.errors) if self.errors else 0.0)
 
     @property
+    def units(self) -> dict:
+        """Utterances scored in each unit that name the metric: those with a reference, or, when no reference has a
+        script to go by, the empty ones by their hypotheses."""
+        return dict(self.by_unit if any(self.by_unit.values()) else self.empty_by_unit)
+
+    @property
     def name(self) -> str:
         """WER, CER, or MER when utterances were scored in both units (the requested unit, when one was)."""
         if self.metric in ("wer", "cer"):
             return self.metric.upper()
-        units = self.by_unit if any(self.by_unit.values()) else self.empty_by_unit
-        if units["wer"] and units["cer"]:
-            return "MER"
-        return "CER" if units["cer"] else "WER"
+        return rate_name(self.units["wer"], self.units["cer"])
 
     @property
     def unit_name(self) -> str:
@@ -285,6 +288,13 @@ class CorpusScore:
         if self.name == "MER":
             line += f" ({self.by_unit['wer']} scored in words, {self.by_unit['cer']} in characters)"
         return line
+
+
+def rate_name(in_words: int, in_characters: int) -> str:
+    """The error rate's name for utterances scored in words and in characters: WER, CER, or MER for both."""
+    if in_words and in_characters:
+        return "MER"
+    return "CER" if in_characters else "WER"
 
 
 def score_corpus(pairs, metric: str = "auto") -> tuple[CorpusScore, list[UttScore]]:

@@ -16,6 +16,7 @@ from llmasr.recipe import load_recipe, located
 from llmasr.train.preemption import exit_status
 from llmasr.train.run_dir import RunDirError
 from llmasr.train.trainer import train
+from llmasr.train.validate import rate_shown
 
 log = logging.getLogger("llmasr.train")
 
@@ -79,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
         return exit_status(result["signal"])  # stopped with a checkpoint: the job did not finish
     metrics = result.get("metrics") or {}
     last = result["history"][-1] if result["history"] else {}
-    summary = {k: v for k, v in metrics.items() if isinstance(v, float) and not math.isnan(v)}
+    summary = {k: v for k, v in rate_shown(metrics).items() if isinstance(v, float) and not math.isnan(v)}
     log.info("done%s: %d updates, last loss %s, validation %s", " (stopped early: train.patience)" if
              result.get("stopped_early") else "", last.get("update", 0), last.get("loss"), summary)  # fmt: skip
     return 0

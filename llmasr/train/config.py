@@ -235,9 +235,10 @@ class TrainConfig:
     keep_last: int = 3
     # Validate every this many updates (0: only at epoch ends).
     valid_every_updates: int = 0
-    # Keep the this many best checkpoints by `best_metric` (0: none).
+    # Keep this many best checkpoints by `best_metric` (0: none).
     best_k: int = 1
-    # Validation metric that ranks checkpoints: loss, wer (word error rate) or acc (token accuracy).
+    # Validation metric that ranks checkpoints: loss, wer (the error rate, counted in characters for a set scored in
+    # them: train.log shows it as cer, or mer) or acc (token accuracy).
     best_metric: Literal["loss", "wer", "acc"] = "loss"
     # Whether a lower or higher best_metric is better: min for loss and wer, max for acc (set, it must agree).
     best_mode: Literal["min", "max"] | None = None

@@ -20,6 +20,7 @@ import torch
 
 from llmasr.atomic_file import write_atomic
 from llmasr.train.efficiency import Interval
+from llmasr.train.validate import rate_shown
 
 log = logging.getLogger("llmasr.train")
 
@@ -292,10 +293,11 @@ class Progress:
     def validation(self, update: int, metrics: dict) -> None:
         if not self.enabled:
             return
-        for key, value in metrics.items():
+        shown = rate_shown(metrics)
+        for key, value in shown.items():
             if isinstance(value, (int, float)) and value == value:
                 self.writer.add_scalar(f"valid/{key}", value, update)
-        log.info("valid %s", format_pairs({"update": update, **metrics}))
+        log.info("valid %s", format_pairs({"update": update, **shown}))
         self.writer.flush()
 
     def finish(self) -> None:

@@ -22,11 +22,11 @@ from collections.abc import Callable
 
 import torch
 
-from llmasr.scoring import score_corpus
+from llmasr.scoring import rate_name, score_corpus
 from llmasr.train.process_group import all_reduce_sum
 
 # The sums each rank accumulates over its batches, all-reduced before the metrics are taken from them.
-SUMS = ("llm_loss", "ctc_loss", "tokens", "correct", "utts", "errors", "ref_len", "ctc_errors")
+SUMS = ("llm_loss", "ctc_loss", "tokens", "correct", "utts", "errors", "ref_len", "ctc_errors", "in_words", "in_chars")
 
 
 @torch.no_grad()
@@ -88,6 +88,7 @@ def _batch_sums(engine, batch, decode_cfg, with_wer: bool) -> dict[str, float]:
     hyps = model.transcribe(dev, decode_cfg.greedy(model.ctc_on_llm_vocab), synced_gpus=engine.stage == 3)
     corpus, _ = score_corpus(zip(batch.targets, hyps.llm), decode_cfg.metric)
     sums["errors"], sums["ref_len"] = corpus.errors, corpus.ref_len
+    sums["in_words"], sums["in_chars"] = corpus.units["wer"], corpus.units["cer"]
     if model.ctc_head is not None:
         # Same references and metric, so the same reference length as the LLM's score.
         ctc_corpus, _ = score_corpus(zip(batch.targets, hyps.ctc), decode_cfg.metric)
@@ -116,4 +117,21 @@ def _metrics(sums: dict[str, float], model, with_wer: bool) -> dict:
         metrics["wer"] = sums["errors"] / ref_len if ref_len > 0 else float("nan")
         if has_ctc:
             metrics["ctc_wer"] = sums["ctc_errors"] / ref_len if ref_len > 0 else float("nan")
+        # which units the error rate counts: train.log and TensorBoard name it by them (rate_shown)
+        metrics["utts_in_words"], metrics["utts_in_chars"] = int(sums["in_words"]), int(sums["in_chars"])
     return metrics
+
+
+def rate_shown(metrics: dict) -> dict:
+    """`metrics` as train.log and TensorBoard show them: the error rates named by the units they count (`cer`,
+    `ctc_cer` for a set scored in characters; `mer` for one scored in both), the unit counts left out. The
+    checkpoints' records and train.best_metric keep the name `wer` for the error rate, whatever its unit."""
+    if "utts_in_words" not in metrics:
+        return dict(metrics)
+    name = rate_name(metrics["utts_in_words"], metrics["utts_in_chars"]).lower()
+    shown = {}
+    for key, value in metrics.items():
+        if key in ("utts_in_words", "utts_in_chars"):
+            continue
+        shown[{"wer": name, "ctc_wer": f"ctc_{name}"}.get(key, key)] = value
+    return shown

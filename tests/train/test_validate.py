@@ -2,7 +2,9 @@
 ranks, and written to train.log and TensorBoard."""
 
 import dataclasses
+import io
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -321,3 +323,38 @@ def test_a_valid_set_the_batching_filters_away_is_refused_at_start(tiny_llm_dir,
     recipe = load_recipe(data=tiny_recipe_dict(tiny_llm_dir, train=[train], valid=[valid], output_dir=tmp_path / "r"))
     with pytest.raises(ConfigError, match=r"data.valid: no batch for rank 0 of 1 \(every item filtered\? .*too_long"):
         build_loaders(recipe, text_side(recipe.model), rank=0, world_size=1)
+
+
+@pytest.mark.parametrize(
+    ("targets", "name", "in_words", "in_chars"),
+    [
+        (["今天 天气很好", "你好"], "cer", 0, 2),
+        (["今天天气", "zero one"], "mer", 1, 1),
+        (["zero one", "nine"], "wer", 2, 0),
+    ],
+)
+def test_error_rate_named_by_its_units(tiny_llm_dir, tmp_path, caplog, targets, name, in_words, in_chars):
+    """A set scored in characters (Chinese) shows its error rate as `cer` (and the CTC head's as `ctc_cer`) in
+    train.log and TensorBoard, one scored in both as `mer`; the metrics the checkpoints record keep `wer`."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from llmasr.train.progress import Progress, parse_log_line
+
+    model = build_model(tiny_llm_dir)
+    batches = [random_batch(model, targets, frames=FRAMES[: len(targets)])]
+    metrics = validate(plain_engine(model), batches, DECODE)
+    assert (metrics["utts_in_words"], metrics["utts_in_chars"]) == (in_words, in_chars)
+    assert "wer" in metrics and "ctc_wer" in metrics
+    progress = Progress(tmp_path, 0, 10, log_every=1, stream=io.StringIO())
+    with caplog.at_level(logging.INFO, logger="llmasr"):
+        progress.validation(5, metrics)
+    progress.close()
+    shown = parse_log_line(next(r.getMessage() for r in caplog.records if r.getMessage().startswith("valid update=")))
+    assert shown[name] == pytest.approx(metrics["wer"], rel=1e-3)
+    assert shown[f"ctc_{name}"] == pytest.approx(metrics["ctc_wer"], rel=1e-3)
+    assert "utts_in_words" not in shown and (name == "wer" or "wer" not in shown)
+    events = EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    tags = events.Tags()["scalars"]
+    assert f"valid/{name}" in tags and f"valid/ctc_{name}" in tags
+    assert name == "wer" or "valid/wer" not in tags
