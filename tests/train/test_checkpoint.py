@@ -328,6 +328,29 @@ def test_a_latest_naming_no_complete_checkpoint_is_refused_naming_the_pointer_an
         ck.resolve_resume("latest", run)
 
 
+def test_a_damaged_checkpoint_names_the_other_complete_checkpoints_to_use(tmp_path):
+    """A shard truncated or deleted after its save: the refusal says what to do, naming the run's other complete
+    checkpoints (a save cut short, without its meta, is none of them)."""
+    from llmasr.run_dir.files import hash_share, verify_tag
+
+    for u in (2, 4, 6):
+        d = tmp_path / ck.tag_for(u)
+        d.mkdir()
+        (d / "mp_rank_00_model_states.pt").write_bytes(bytes(range(200)) * u)
+        ck.write_meta(d, meta(u, files=hash_share(d)))
+    (tmp_path / ck.tag_for(8)).mkdir()
+    (tmp_path / ck.tag_for(8) / "mp_rank_00_model_states.pt").write_bytes(b"cut short")
+    shard = tmp_path / ck.tag_for(6) / "mp_rank_00_model_states.pt"
+    shard.write_bytes(shard.read_bytes()[:100])
+    with pytest.raises(ck.CheckpointError) as err:
+        verify_tag(shard.parent, ck.read_meta(shard.parent))
+    assert str(err.value).endswith(
+        f"{shard}: 100 bytes, but the save wrote 1200: the file is truncated or was replaced (an interrupted copy? a "
+        "full disk?)\nRestore the files from a copy; or use another checkpoint of the run: update_00000002, "
+        "update_00000004"
+    ), err.value
+
+
 def test_latest_is_none_without_a_checkpoint_and_require_latest_says_why(tmp_path):
     assert ck.latest(tmp_path) is None
     with pytest.raises(ck.CheckpointError, match=r"latest: no 'latest' file, .*; no checkpoint tags either"):
