@@ -21,7 +21,7 @@ import zipfile
 from pathlib import Path
 
 from llmasr.atomic_file import sync_dir
-from llmasr.run_dir.layout import META
+from llmasr.run_dir.layout import META, list_tags
 from llmasr.run_dir.meta import CheckpointMeta
 from llmasr.safe_load import CheckpointError, refusal, unsafe_globals
 
@@ -127,8 +127,15 @@ def verify_share(tag_dir: str | Path, meta: CheckpointMeta, rank: int = 0, world
 
 
 def problems_error(tag_dir: str | Path, problems: list[str]) -> CheckpointError:
+    """The refusal of a damaged checkpoint, with what the user can do: restore its files, or use another checkpoint
+    of the run (the complete ones beside it are named)."""
+    tag_dir = Path(tag_dir)
     shown = problems[:20] + ([f"... and {len(problems) - 20} more"] if len(problems) > 20 else [])
-    return CheckpointError(f"checkpoint {tag_dir} cannot be used:\n  " + "\n  ".join(shown))
+    others = [t for t in list_tags(tag_dir.parent) if t != tag_dir.name and (tag_dir.parent / t / META).is_file()]
+    fix = f"; or use another checkpoint of the run: {', '.join(others[-5:])}" if others else ""
+    return CheckpointError(
+        f"checkpoint {tag_dir} cannot be used:\n  " + "\n  ".join(shown) + f"\nRestore the files from a copy{fix}"
+    )
 
 
 def verify_tag(tag_dir: str | Path, meta: CheckpointMeta) -> None:

@@ -225,7 +225,7 @@ def resolve_resume(resume: str, run_dir: str | Path, key: str = "--resume") -> t
         tag = resume_point(ckpt_dir)
         if tag is None:
             raise FileNotFoundError(f"{key}: no {ckpt_dir / LATEST}; nothing to resume in {run_dir}")
-        return ckpt_dir, tag
+        return ckpt_dir, _pointed(ckpt_dir, tag, key)
     path = Path(resume)
     if not path.exists() and (ckpt_dir / resume).is_dir():
         path = ckpt_dir / resume
@@ -237,5 +237,22 @@ def resolve_resume(resume: str, run_dir: str | Path, key: str = "--resume") -> t
         return path.parent, path.name
     tag = resume_point(path)
     if tag is not None:
-        return path, tag
+        return path, _pointed(path, tag, key)
     raise FileNotFoundError(f"{key} {resume}: {path} holds neither {META} nor a `{LATEST}` file")
+
+
+def _pointed(ckpt_dir: Path, tag: str, key: str) -> str:
+    """`tag`, the checkpoint `latest` names, when it is a complete one; else FileNotFoundError naming the pointer,
+    what it names and the complete checkpoints beside it (a folder deleted or moved by hand, a pointer edited)."""
+    if (ckpt_dir / tag / META).is_file():
+        return tag
+    what = "does not exist" if not (ckpt_dir / tag).is_dir() else f"holds no {META} (a save that did not finish)"
+    how = f"{key} TAG" if key.startswith("-") else f"{key}=TAG"
+    complete = [t for t in list_tags(ckpt_dir) if (ckpt_dir / t / META).is_file()]
+    fix = (
+        f"its complete checkpoints are {', '.join(complete[-5:])}: continue one with {how} (or write its tag "
+        f"into {ckpt_dir / LATEST})"
+        if complete
+        else "it holds no complete checkpoint: start afresh with --overwrite"
+    )
+    raise FileNotFoundError(f"{key}: {ckpt_dir / LATEST} names {tag!r}, but {ckpt_dir / tag} {what}; {fix}")

@@ -303,6 +303,54 @@ def test_resolve_resume_errors_name_the_problem(tmp_path):
         ck.read_meta(tmp_path / "plain")
 
 
+def test_a_latest_naming_no_complete_checkpoint_is_refused_naming_the_pointer_and_the_ones_there(tmp_path):
+    """`latest` edited, or its folder deleted by hand: the resume is refused at once, naming the pointer, what it
+    names and the complete checkpoints to continue instead (it had failed after building the model, on a missing
+    llmasr_meta.json that told the user to use the `latest` one)."""
+    run = tmp_path / "run"
+    ckpts = ck.checkpoints_dir(run)
+    make_tags(ckpts, [2, 4])
+    ck.write_atomic(ckpts / ck.LATEST, ck.tag_for(8) + "\n")
+    gone = r"--resume: .*latest names 'update_00000008', but .*update_00000008 does not exist; its complete "
+    with pytest.raises(FileNotFoundError, match=gone + r"checkpoints are update_00000002, update_00000004: continue"):
+        ck.resolve_resume("latest", run)
+    with pytest.raises(FileNotFoundError, match="train.resume: .*latest names 'update_00000008'"):
+        ck.resolve_resume("auto", run, "train.resume")
+    with pytest.raises(FileNotFoundError, match="names 'update_00000008'"):
+        ck.resolve_resume(str(ckpts), tmp_path / "elsewhere")
+    (ckpts / "mine").mkdir()
+    ck.write_atomic(ckpts / ck.LATEST, "mine\n")
+    with pytest.raises(FileNotFoundError, match=r"names 'mine', but .*mine holds no llmasr_meta.json"):
+        ck.resolve_resume("latest", run)
+    for u in (2, 4):
+        (ckpts / ck.tag_for(u) / ck.META).unlink()
+    with pytest.raises(FileNotFoundError, match="holds no complete checkpoint: start afresh with --overwrite"):
+        ck.resolve_resume("latest", run)
+
+
+def test_a_damaged_checkpoint_names_the_other_complete_checkpoints_to_use(tmp_path):
+    """A shard truncated or deleted after its save: the refusal says what to do, naming the run's other complete
+    checkpoints (a save cut short, without its meta, is none of them)."""
+    from llmasr.run_dir.files import hash_share, verify_tag
+
+    for u in (2, 4, 6):
+        d = tmp_path / ck.tag_for(u)
+        d.mkdir()
+        (d / "mp_rank_00_model_states.pt").write_bytes(bytes(range(200)) * u)
+        ck.write_meta(d, meta(u, files=hash_share(d)))
+    (tmp_path / ck.tag_for(8)).mkdir()
+    (tmp_path / ck.tag_for(8) / "mp_rank_00_model_states.pt").write_bytes(b"cut short")
+    shard = tmp_path / ck.tag_for(6) / "mp_rank_00_model_states.pt"
+    shard.write_bytes(shard.read_bytes()[:100])
+    with pytest.raises(ck.CheckpointError) as err:
+        verify_tag(shard.parent, ck.read_meta(shard.parent))
+    assert str(err.value).endswith(
+        f"{shard}: 100 bytes, but the save wrote 1200: the file is truncated or was replaced (an interrupted copy? a "
+        "full disk?)\nRestore the files from a copy; or use another checkpoint of the run: update_00000002, "
+        "update_00000004"
+    ), err.value
+
+
 def test_latest_is_none_without_a_checkpoint_and_require_latest_says_why(tmp_path):
     assert ck.latest(tmp_path) is None
     with pytest.raises(ck.CheckpointError, match=r"latest: no 'latest' file, .*; no checkpoint tags either"):

@@ -92,6 +92,7 @@ def test_resume_verifies_the_recorded_checksums(tiny_llm_dir, corpus, tmp_path, 
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert f"{shard}: {len(data) // 2} bytes, but the save wrote {len(data)}: the file is truncated" in err
+    assert "\nRestore the files from a copy\n" in err  # no other checkpoint of the run to name
     assert "Traceback" not in err
 
     flipped = bytearray(data)
