@@ -256,9 +256,11 @@ def report(prog: str, err: BaseException) -> None:
     tb = "".join(traceback.format_exception(err))
     store = _store()
     if store is not None and _peer_gone(err):
-        _to_log(f"{prog}: rank {rank} stopped", rank, tb)
-        print(f"{prog}: rank {rank} stopped: another rank left the run first (its message, if it gave one, says "
-              "why)", file=sys.stderr, flush=True)  # fmt: skip
+        # said in the log too: a stop signal's "saving a checkpoint" may stand above it there, and no save followed
+        said = (f"{prog}: rank {rank} stopped: another rank left the run first (its message, if it gave one, says "
+                "why); nothing was saved on the way out")  # fmt: skip
+        _to_log(said, rank, tb)
+        print(said, file=sys.stderr, flush=True)
         time.sleep(PEER_EXIT_WAIT_S)
         return
     if rank == 0 and store is not None:

@@ -105,7 +105,7 @@ def test_only_rank_0_reports_what_every_rank_has(monkeypatch, capsys, rank):
     assert "LLMASR_DEBUG=1" in err and "Traceback" not in err
 
 
-def test_a_rank_whose_peer_left_does_not_report_that_as_the_error(monkeypatch, capsys):
+def test_a_rank_whose_peer_left_does_not_report_that_as_the_error(monkeypatch, capsys, tmp_path):
     """Rank 0 waiting in a collective when rank 1 fails (a file its node lacks) gets gloo's 'Connection closed by
     peer': that is rank 1's error, which rank 1 reports; rank 0 says only that another rank left (it had printed the
     gloo error as the run's, beside rank 1's)."""
@@ -113,11 +113,21 @@ def test_a_rank_whose_peer_left_does_not_report_that_as_the_error(monkeypatch, c
     monkeypatch.setattr(errors, "_store", lambda: object())  # in a process group
     monkeypatch.setattr(errors, "PEER_EXIT_WAIT_S", 0.0)
     gone = RuntimeError("[gloo/transport/tcp/pair.cc:553] Connection closed by peer [127.0.0.1]:10888")
-    assert errors.run("llmasr train", fail_with(gone), []) == 1
+    log = tmp_path / "train.log"
+    # the run's log may hold a stop signal's "saving a checkpoint" above this: it says no save followed
+    log.write_text("SIGTERM received: finishing the current update, then saving a checkpoint and exiting\n")
+
+    def in_run(argv):
+        errors.traceback_to(log)
+        fail_with(gone)(argv)
+
+    assert errors.run("llmasr train", in_run, []) == 1
+    assert "another rank left the run first" in log.read_text() and "nothing was saved" in log.read_text()
     err = capsys.readouterr().err
     assert "llmasr train: error" not in err
-    assert (
-        err == "llmasr train: rank 0 stopped: another rank left the run first (its message, if it gave one, says why)\n"
+    assert err == (
+        "llmasr train: rank 0 stopped: another rank left the run first (its message, if it gave one, says why); "
+        "nothing was saved on the way out\n"
     )
     monkeypatch.setattr(errors, "_store", lambda: None)  # outside a process group it is the error itself
     errors.run("llmasr train", fail_with(gone), [])
