@@ -101,8 +101,10 @@ def _audio_format_lines(report: DataReport) -> list[str]:
         elif rate > sr:
             what.append(f"downsampled to {sr} Hz")
         if averaged:
-            what.append("its channels averaged (the lines give no `channel`: give one where each channel holds a "
-                        "speaker of its own)")  # fmt: skip
+            what.append(
+                "its channels averaged (the lines pick no one channel: where each channel holds a speaker of its own, "
+                "give a jsonl line a `channel`, a lhotse cut's supervision its own `channel`)"
+            )
         out.append("  " + "; ".join(what))
     return out
 

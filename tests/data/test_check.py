@@ -565,3 +565,20 @@ def test_report_names_the_whisper_window_that_caps_max_duration(tmp_path):
     assert "truncated to the Whisper window, 2 s (it caps data.batching.max_duration = 40 s) (data.batching" in cut
     # every clip (0.3-2 s) costs the 2 s window, which the encoder runs over whole
     assert "padding efficiency (real / padded audio): 1.000" not in text
+
+
+def test_the_channel_advice_fits_a_lhotse_multicut(tmp_path):
+    """A lhotse MultiCut over [0, 1] gives a `channel`, all of them: the advice had said the lines give none, and
+    named only the jsonl field."""
+    import soundfile as sf
+    from speech_fakes import cut, write_jsonl
+
+    t = np.arange(16000) / 16000
+    sf.write(str(tmp_path / "call.wav"), np.stack([np.sin(2 * np.pi * 300 * t), 0 * t], 1) * 0.3, 16000)
+    sup = {"id": "s", "start": 0.0, "duration": 1.0, "text": "hi", "channel": [0, 1]}
+    stereo = [{"type": "file", "channels": [0, 1], "source": "call.wav"}]
+    path = write_jsonl(tmp_path / "cuts.jsonl", [cut("c", "call.wav", channel=[0, 1], sources=stereo, sups=[sup],
+                                                      type="MultiCut")])  # fmt: skip
+    text = format_report(check_data([path], data_cfg(), FrontendConfig()))
+    assert f"16000 Hz, 2 channels: 1 line, first at {path}:1; its channels averaged" in text
+    assert "give no `channel`" not in text and "a lhotse cut's supervision its own `channel`" in text
