@@ -3,7 +3,9 @@
 Normalisation (applied to reference and hypothesis alike): Unicode NFKC, lowercase (casefold), punctuation and
 symbols removed (apostrophes inside words kept: "don't"; beside Chinese or Japanese characters, "他说‘好’吧", they are
 quotation marks and go; between two digits a decimal point stays and a digit-group comma goes: "3.5" and "1,000"
-are one number each, "3.5" and "1000"), whitespace collapsed.
+are one number each, "3.5" and "1000"), a corpus's bracketed non-lexical tags ("[noise]", "<unk>") dropped whole,
+whitespace collapsed. Numbers are not spelled out nor contractions expanded ("25" against "twenty five" is two
+errors), unlike Whisper's English normaliser.
 
 Units (the `metric` asked for):
 - "wer": words, i.e. the normalised text split on whitespace.
@@ -83,6 +85,10 @@ _ACCENT_APOSTROPHE = re.compile("(?<=\\w)[\u00b4`](?=\\w)")
 # Whisper's English scorers read them): split there, "3.5" and "1,000,000" had counted two and three words.
 _DECIMAL_POINTS = ".\u066b"  # and the Arabic decimal separator
 _GROUP_SEPARATORS = ",\u066c"  # and the Arabic thousands separator
+# A corpus's non-lexical tags ("[noise]", "[laughter]", "<unk>", GigaSpeech's "<COMMA>" and "<SIL>"): no word of
+# what was said, so they go whole, as Kaldi's scoring filter and Whisper's normalisers drop them; punctuation's rule
+# alone had kept their letters as words ("noise", "unk"). A "<...>" tag holds no space: "x < y > z" is no tag.
+_TAGS = re.compile(r"\[[^\[\]]*\]|<[^<>\s]+>")
 _WORD_BREAKS = "\u200b"  # the zero-width space: an invisible word boundary (Thai, Khmer); other format characters
 # (soft hyphen, zero-width joiner and non-joiner, direction marks, BOM) sit inside words and go
 
@@ -94,14 +100,16 @@ def _is_variation_selector(ch: str) -> bool:
 
 
 def normalize(text: str) -> str:
-    """NFKC, casefold, NFKC again, punctuation/symbols -> space (in-word apostrophes and decimal points kept,
-    digit-group commas dropped), format characters, variation selectors, enclosing marks and combining marks on no
-    letter dropped (a zero-width space -> space), whitespace collapsed."""
+    """NFKC, casefold, NFKC again, bracketed tags ("[noise]", "<unk>") dropped, punctuation/symbols -> space
+    (in-word apostrophes and decimal points kept, digit-group commas dropped), format characters, variation
+    selectors, enclosing marks and combining marks on no letter dropped (a zero-width space -> space), whitespace
+    collapsed."""
     # casefold turns the capital dotted I (Turkish "İ") into "i" and a combining dot: without the dot the two cases
     # meet. casefold can leave a letter decomposed ("ΐ" -> "ι" + two marks) that its other case keeps composed ("Ϊ́"
     # -> "ϊ" + a mark): NFKC again so that the two cases of a letter are one string
     text = _ACCENT_APOSTROPHE.sub("'", text)
     text = unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", text).casefold().replace("i\u0307", "i"))
+    text = _TAGS.sub(" ", text)
     out = []
     n = len(text)
     for i, ch in enumerate(text):

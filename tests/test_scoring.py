@@ -224,3 +224,16 @@ def test_alignment_covers_every_unit_once_and_counts_agree_with_jiwer():
         assert all((ref[op.ref] == hyp[op.hyp]) == (op.kind == "equal") for op in ops if op.kind in ("equal", "sub"))
         out = jiwer.process_words(" ".join(ref), " ".join(hyp))
         assert edit_counts(ops) == (out.substitutions, out.deletions, out.insertions)
+
+
+def test_non_lexical_tags_are_no_words():
+    """Kaldi, Switchboard and GigaSpeech transcripts mark noises and unknown words with bracketed tags; punctuation's
+    rule had kept their letters, so a model that writes no tag lost "noise" and "unk" as deleted words."""
+    assert normalize("Hello [noise] world <unk>") == "hello world"
+    assert normalize("[LAUGHTER] I SAID <COMMA> HELLO <PERIOD> [vocalized-noise]") == "i said hello"
+    assert normalize("［noise］ yes") == "yes"  # full-width brackets, as NFKC folds them
+    assert normalize("<SIL>") == "" and normalize("[inaudible speech] ok") == "ok"
+    s = score_utterance("so [noise] uh-huh <unk> right", "so uh huh right")
+    assert (s.ref_len, s.errors) == (4, 0)
+    # brackets that enclose no tag stay punctuation: their words are words
+    assert normalize("x < y > z") == "x y z" and normalize("a [b c") == "a b c" and normalize("<>") == ""

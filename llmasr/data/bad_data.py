@@ -73,6 +73,7 @@ REASON_CATEGORIES = (
     ("too short for one feature frame", "audio too short"),
     ("past the end", "segment outside the audio"),
     ("past the audio", "segment outside the audio"),
+    ("lhotse cut: type", "unsupported lhotse record"),  # its advice names channels: it is no channel of a cut
     ("channel", "bad channel"),
     ("malformed JSON", "malformed line"),
     ("not UTF-8", "malformed line"),

@@ -141,18 +141,20 @@ class OrderedBatches:
     kept: np.ndarray
     rng: np.random.Generator
     llm_longest: np.ndarray | None = None  # per batch its longest LLM row, where the sampler has llm_lens
+    heard: np.ndarray | None = None  # per batch the audio its items hold, where a fixed window costs more (Whisper's)
 
     def __len__(self) -> int:
         return self.offsets.size - 1
 
     def dealt_stats(self, positions: np.ndarray) -> dict:
         """Of the batches `positions` deals: how many are real and their mean batch size (a padding duplicate repeats
-        a batch: it adds no utterance), and the share of the padded budget that is real cost over all of them; with
+        a batch: it adds no utterance), and the share of the padded budget that is real audio over all of them; with
         LLM rows, the padded LLM positions (B x the longest row) of those batches and the longest row batched."""
         dealt = positions.ravel()
         sizes = np.diff(self.offsets)
         lens, real_batches = sizes[dealt], np.unique(dealt)
-        real, padded = float(self.cost[dealt].sum()), float((lens * self.longest[dealt]).sum())
+        real = float((self.cost if self.heard is None else self.heard)[dealt].sum())
+        padded = float((lens * self.longest[dealt]).sum())
         out = {
             "num_real_batches": int(real_batches.size),
             "mean_batch_size": int(sizes[real_batches].sum()) / max(1, real_batches.size),

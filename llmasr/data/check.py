@@ -51,7 +51,10 @@ class DataReport:
     max_bad_fraction: float = 0.01
     batching: dict = field(default_factory=dict)  # sampler stats: batches, mean batch size, padding efficiency
     budget: str = ""
-    max_duration: float = float("inf")  # data.batching.max_duration the report was made with
+    max_duration: float = float(
+        "inf"
+    )  # the longest line batching keeps: data.batching.max_duration or a Whisper window
+    max_duration_set: float = float("inf")  # data.batching.max_duration as the recipe sets it
     too_long: list[dict] = field(default_factory=list)  # lines past max_duration: manifest, line, duration
     errors: list[str] = field(default_factory=list)  # manifests that could not be opened at all
     repeated_keys: list[dict] = field(default_factory=list)  # a key seen before: manifest, line, key, first
@@ -308,6 +311,7 @@ def _preview_batching(report: DataReport, data_cfg, frontend, tlens, spot, plan:
     report.batching = sampler.stats(0)
     report.batching["filtered"].pop("unknown_duration", None)  # those are the bad lines, reported above
     report.max_duration = float(sampler.max_duration)
+    report.max_duration_set = float(data_cfg.batching.max_duration)
     report.too_long = [
         {"manifest": spot(i)[0], "line": spot(i)[1], "duration": float(report.durations[i])}
         for i in sampler.skipped_indices("too_long").tolist()

@@ -39,13 +39,24 @@ def _edge_places(edges: np.ndarray) -> int:
     return 3
 
 
+def _limit_text(report: DataReport) -> str:
+    """The longest line batching keeps, as the recipe's max_duration, or, where a Whisper window caps the
+    recipe's max_duration, named as that window: the report had named the recipe's key with the window's seconds."""
+    if report.max_duration < report.max_duration_set:
+        return (
+            f"the Whisper window, {report.max_duration:g} s (it caps data.batching.max_duration = "
+            f"{report.max_duration_set:g} s)"
+        )
+    return f"data.batching.max_duration = {report.max_duration:g} s"
+
+
 def _too_long_lines(report: DataReport, max_examples: int) -> list[str]:
     """What max_duration skips: count, the limit, and the first lines."""
     if not report.too_long:
         return []
     out = [
-        f"longer than data.batching.max_duration = {report.max_duration:g} s: {len(report.too_long)} lines, skipped "
-        "by training (not truncated; `llmasr decode` splits such audio into windows)"
+        f"longer than {_limit_text(report)}: {len(report.too_long)} lines, skipped by "
+        "training (not truncated; `llmasr decode` splits such audio into windows)"
     ]
     out += [f"  {t['manifest']}:{t['line']} ({t['duration']:.2f} s)" for t in report.too_long[:max_examples]]
     return out
@@ -90,8 +101,10 @@ def _audio_format_lines(report: DataReport) -> list[str]:
         elif rate > sr:
             what.append(f"downsampled to {sr} Hz")
         if averaged:
-            what.append("its channels averaged (the lines give no `channel`: give one where each channel holds a "
-                        "speaker of its own)")  # fmt: skip
+            what.append(
+                "its channels averaged (the lines pick no one channel: where each channel holds a speaker of its own, "
+                "give a jsonl line a `channel`, a lhotse cut's supervision its own `channel`)"
+            )
         out.append("  " + "; ".join(what))
     return out
 
@@ -152,6 +165,9 @@ def format_report(report: DataReport, *, max_examples: int = 50) -> str:
             lines.append(
                 f"truncated to max_duration ({report.max_duration:g} s; data.batching.truncate_to_max, the transcript "
                 f"is kept whole): {s['truncated']}"
+                if report.max_duration >= report.max_duration_set
+                else f"truncated to {_limit_text(report)} (data.batching.truncate_to_max, the transcript is kept "
+                f"whole): {s['truncated']}"
             )
         lines.append(
             f"batches per rank: {s['num_batches_per_rank']} (all ranks: {s['num_batches_global']}, "

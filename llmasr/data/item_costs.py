@@ -45,10 +45,16 @@ class ItemCosts:
         eff = np.where(np.isnan(durations), 0.0, durations)
         if truncate_to_max:
             eff = np.minimum(eff, max_duration)
+        heard = eff
         if min_item_seconds is not None:
+            heard = np.minimum(eff, float(min_item_seconds))
             eff = np.maximum(eff, float(min_item_seconds))
         self.unscaled = eff
         self.frames_per_second = frames_per_second if max_frames is not None else None
+        # the audio each item holds of what it costs, where a fixed window pads it (None: all of it): the window's
+        # rest is padding the encoder runs over, which the padding efficiency counts (every clip costing the window
+        # had read as no padding at all)
+        self.heard = None if min_item_seconds is None else self._units(heard)
         self.budget = float(max_frames if max_frames is not None else max_seconds)
         self.cost = (float(cost_scale), float(cost_pad))  # the worst augmentation adds: duration x scale + seconds
         self.sizes = self._units(eff * self.cost[0] + self.cost[1])

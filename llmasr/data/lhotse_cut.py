@@ -16,6 +16,12 @@ from llmasr.data.records import Utterance, _is_number
 
 SPAN_SLACK_S = 1e-3  # rounding in a cut's and its supervision's times
 RECORDING_SLACK_S = 0.025  # a cut past its recording's declared duration: lhotse's audio duration mismatch tolerance
+# A perturbed copy (icefall's cuts + cuts.perturb_speed(0.9) + ...) is what llmasr's own augmentation draws per clip
+# and epoch: the advice names it, where the refusal alone left the user to find it.
+TRANSFORM_ADVICE = {
+    name: f" (leave the perturbed copies out and set data.augment.{key}, which draws it per clip and epoch)"
+    for name, key in (("Speed", "speed_perturb"), ("Tempo", "speed_perturb"), ("Volume", "gain"))
+}
 
 
 class CutRecord:
@@ -49,7 +55,9 @@ class CutRecord:
         for tr in recording.get("transforms") or []:
             name = tr.get("name") if isinstance(tr, dict) else tr
             if name != "Resample":  # resampling happens anyway, to the model's rate
-                raise self.p.bad(f"lhotse recording transform {name!r} is not supported")
+                raise self.p.bad(
+                    f"lhotse recording transform {name!r} is not supported{TRANSFORM_ADVICE.get(name, '')}"
+                )
         path, file_channel = self.cut_source(recording, self.supervision_channel(sup, self.cut_channel(rec)))
         lang = sup.get("language")
         hotwords, hw_field = self.custom_field(rec, sup, "hotwords")

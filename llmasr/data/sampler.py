@@ -230,12 +230,14 @@ class DynamicBucketSampler(Sampler):
         longest = per_batch(flat, lens, sizes, np.maximum)
         order = np.lexsort((longest, per_batch(flat, lens, bucket_of, np.maximum)))
         cost = per_batch(flat, lens, sizes, np.add)
+        heard = None if self.costs.heard is None else per_batch(flat, lens, self.costs.heard[items], np.add)[order]
         llm = None if self.llm_lens is None else per_batch(flat, lens, self.llm_lens[items], np.maximum)[order]
         if llm is not None and self.llm_new is not None:  # the longest input padded, then the most written after it
             llm = llm + per_batch(flat, lens, self.llm_new[items], np.maximum)[order]
         flat, offsets = reorder(flat, lens, order)
         return OrderedBatches(keys=keys[flat], offsets=offsets, cost=cost[order], longest=longest[order],
-                              filtered=filtered, items=items, kept=items[keep], rng=rng, llm_longest=llm)  # fmt: skip
+                              filtered=filtered, items=items, kept=items[keep], rng=rng, llm_longest=llm,
+                              heard=heard)  # fmt: skip
 
     def _limits(self, items: np.ndarray) -> tuple[tuple[np.ndarray, int], ...]:
         """(each visit's length, its cap) for the caps besides the budget: max_target_tokens, max_llm_tokens."""

@@ -107,13 +107,14 @@ FRONTEND_REFINEMENTS = ("dither", "min_frames", "cmvn_file")
 def _kept(base: FrontendConfig, frontend: FrontendConfig, cfg: EncoderConfig, stated: str) -> None:
     """Refuse a model.encoder.frontend setting that gives a pretrained encoder other features than it was trained
     on (sample rate, window, frame length and shift, LFR step, scale), naming both values."""
+    # a Whisper frontend takes no CMVN file: naming it there sent the user to a setting that is refused in turn
+    refinements = [k for k in FRONTEND_REFINEMENTS if base.kind != "whisper" or k != "cmvn_file"]
     for key in sorted(set(cfg.frontend) - set(FRONTEND_REFINEMENTS)):
         ours, theirs = getattr(frontend, key, None), getattr(base, key, None)
         if ours != theirs:
             raise ConfigError(
                 f"model.encoder.frontend.{key}: {ours!r}, but the encoder of {cfg.path} was trained with {theirs!r} "
-                f"({stated}); over a pretrained encoder model.encoder.frontend may set "
-                f"{', '.join(FRONTEND_REFINEMENTS)} only"
+                f"({stated}); over a pretrained encoder model.encoder.frontend may set {', '.join(refinements)} only"
             )
 
 

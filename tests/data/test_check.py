@@ -548,3 +548,37 @@ def test_the_batching_preview_counts_real_batches_and_warns_of_many_padding_dupl
     )
     even = format_report(check_data([manifest], cfg, FrontendConfig(), world_size=5, probe=False))
     assert "mean batch size: 2.2 utterances" in even and "padding duplicates: 0" in even and "warning" not in even
+
+
+def test_report_names_the_whisper_window_that_caps_max_duration(tmp_path):
+    """Under a Whisper frontend a line longer than its window is skipped whatever data.batching.max_duration says:
+    the report named the recipe's key with the window's seconds ("max_duration = 2 s" for a recipe's 40)."""
+    m = good_corpus(tmp_path, 12)
+    write_wav(tmp_path / "long.wav", 3.0)
+    with open(m, "a") as f:
+        f.write('{"key": "long", "source": "long.wav", "target": "hello world"}\n')
+    whisper = FrontendConfig(kind="whisper", n_mels=80, chunk_seconds=2.0)
+    text = format_report(check_data([m], data_cfg(max_seconds=8.0, max_duration=40.0), whisper))
+    assert "longer than the Whisper window, 2 s (it caps data.batching.max_duration = 40 s): 1 lines" in text
+    assert "max_duration = 2 s" not in text
+    cut = format_report(check_data([m], data_cfg(max_seconds=8.0, max_duration=40.0, truncate_to_max=True), whisper))
+    assert "truncated to the Whisper window, 2 s (it caps data.batching.max_duration = 40 s) (data.batching" in cut
+    # every clip (0.3-2 s) costs the 2 s window, which the encoder runs over whole
+    assert "padding efficiency (real / padded audio): 1.000" not in text
+
+
+def test_the_channel_advice_fits_a_lhotse_multicut(tmp_path):
+    """A lhotse MultiCut over [0, 1] gives a `channel`, all of them: the advice had said the lines give none, and
+    named only the jsonl field."""
+    import soundfile as sf
+    from speech_fakes import cut, write_jsonl
+
+    t = np.arange(16000) / 16000
+    sf.write(str(tmp_path / "call.wav"), np.stack([np.sin(2 * np.pi * 300 * t), 0 * t], 1) * 0.3, 16000)
+    sup = {"id": "s", "start": 0.0, "duration": 1.0, "text": "hi", "channel": [0, 1]}
+    stereo = [{"type": "file", "channels": [0, 1], "source": "call.wav"}]
+    path = write_jsonl(tmp_path / "cuts.jsonl", [cut("c", "call.wav", channel=[0, 1], sources=stereo, sups=[sup],
+                                                      type="MultiCut")])  # fmt: skip
+    text = format_report(check_data([path], data_cfg(), FrontendConfig()))
+    assert f"16000 Hz, 2 channels: 1 line, first at {path}:1; its channels averaged" in text
+    assert "give no `channel`" not in text and "a lhotse cut's supervision its own `channel`" in text

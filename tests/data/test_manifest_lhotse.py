@@ -12,6 +12,7 @@ from speech_fakes import cut, write_jsonl
 from speech_fakes import write_tone_wav as write_wav
 
 from llmasr.data.audio import load_audio
+from llmasr.data.bad_data import reason_category
 from llmasr.data.manifest import BadRecord, Manifest
 
 pytestmark = pytest.mark.usefixtures("manifest_cache_dir")
@@ -105,7 +106,7 @@ def test_lhotse_per_channel_files_and_bad_cuts(tmp_path):
         1: "has 2 supervisions; expected exactly one (CutSet.trim_to_supervisions(keep_overlapping=False) makes",
         2: "source type 'url' is not supported",
         3: "missing field 'supervisions[0].text'",
-        4: "transform 'Speed' is not supported",
+        4: "transform 'Speed' is not supported (leave the perturbed copies out and set data.augment.speed_perturb",
         5: "lhotse recordings manifest",
         # the refusal had said "only MonoCut / single-channel MultiCut", though a MultiCut on all of one file's
         # channels is read
@@ -117,6 +118,9 @@ def test_lhotse_per_channel_files_and_bad_cuts(tmp_path):
         assert e.value.line == i + 1 and e.value.manifest == str(m.path)
         assert reason in e.value.reason and str(e.value).startswith(f"{m.path}:{i + 1}: ")
     assert len(m.scan()) == 6
+    # a MixedCut is an unsupported record, not a bad channel (its refusal names channels)
+    cats = {r.line: reason_category(r.reason) for r in m.scan()}
+    assert cats[7] == cats[5] == cats[3] == "unsupported lhotse record", cats
 
 
 def test_lhotse_supervision_span_and_channel_sets(tmp_path):

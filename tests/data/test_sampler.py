@@ -457,3 +457,19 @@ def test_padding_duplicates_past_a_tenth_of_the_rank_batches_are_warned_once(cap
         ]
     assert [o.stats(0)["padding_warning"] is None for o in others] == [True, True, False]
     assert caplog.records == []
+
+
+@pytest.mark.parametrize("budget", [{"max_seconds": 120.0}, {"max_seconds": None, "max_frames": 12000}])
+def test_padding_efficiency_counts_a_fixed_window_as_padding(budget):
+    """Every clip costs Whisper's 30 s window, and the encoder runs over all of it: 3-6 s clips fill a fifth of
+    what is padded. Counting each clip at its cost had reported 1.000, no padding at all."""
+    d = np.random.default_rng(0).uniform(3.0, 6.0, 400)
+    s = make(d, min_item_seconds=30.0, frames_per_second=100.0, **budget)
+    batches = list(s)
+    assert all(len(b) == 4 for b in batches)  # four windows of 30 s in 120 s
+    real = sum(d[b].sum() for b in batches) / (30.0 * sum(len(b) for b in batches))
+    assert s.stats()["padding_efficiency"] == pytest.approx(real, rel=0.01)
+    assert 0.1 < s.stats()["padding_efficiency"] < 0.2
+    # a clip cut at the window (truncate_to_max; the loader caps max_duration at the window) fills it
+    long = make(np.array([40.0, 10.0]), min_item_seconds=30.0, truncate_to_max=True, max_duration=30.0)
+    assert long.stats()["padding_efficiency"] == pytest.approx((30.0 + 10.0) / 60.0)

@@ -311,6 +311,26 @@ def test_long_audio_is_decoded_in_windows_as_decode_does(exported_dir, clips, tm
     assert row["hyp"] == decoded(asr, tmp_path / "long.jsonl", tmp_path / "d")[0]
 
 
+def test_the_command_sets_the_windows_of_long_audio(exported_dir, clips, tmp_path, capsys):
+    """`llmasr transcribe` of a long file had no window flag: a Whisper model's 30 s windows, or none, could be set
+    from Python only. The command's text is the Transcriber's with the same settings."""
+    from llmasr.cli import main
+
+    _, paths = clips
+    wave = np.concatenate([sf.read(p, dtype="float32")[0] for p in paths * 2])  # about 5 s
+    sf.write(tmp_path / "long.wav", wave, 16000)
+    long = str(tmp_path / "long.wav")
+    for flags, kw in ((["--max-window-seconds", "2.5", "--window-split-pause", "0"],
+                       {"max_window_seconds": 2.5, "window_split_pause": 0.0}),
+                      (["--max-window-seconds", "0"], {"max_window_seconds": 0.0})):  # fmt: skip
+        (row,) = Transcriber.load(exported_dir, **kw).transcripts([long])
+        assert (row["windows"] == 1) == (kw["max_window_seconds"] == 0), row
+        assert main(["transcribe", "--model", str(exported_dir), long, "--device", "cpu", *flags]) == 0
+        assert capsys.readouterr().out.splitlines() == [f"{long}\t{' '.join(row['hyp'].split())}"]
+    assert main(["transcribe", "--model", str(exported_dir), long, "--max-window-seconds", "-1"]) == 2
+    assert "--max-window-seconds" in capsys.readouterr().err
+
+
 def test_a_bad_waveform_among_many_gets_its_row_with_keep_going(asr, clips):
     """keep_going gives a clip that cannot be transcribed its error row; a waveform with NaN samples or of the wrong
     shape had raised for the whole call (a waveform too short for a frame already got its row)."""

@@ -174,6 +174,11 @@ def test_a_frontend_setting_that_changes_a_pretrained_encoders_features_is_refus
     w = write_tiny_whisper_dir(tmp_path / "w")
     with pytest.raises(ConfigError, match=r"model.encoder.frontend.frame_shift_ms: 20.0, but .* trained with 10.0"):
         encoder_spec(EncoderConfig(type="whisper", path=str(w), frontend={"frame_shift_ms": 20}))
+    # what may be set over it is what a Whisper frontend takes: no CMVN file, which it refuses
+    with pytest.raises(ConfigError, match=r"chunk_seconds: 10.0, .* may set dither, min_frames only$"):
+        encoder_spec(EncoderConfig(type="whisper", path=str(w), frontend={"chunk_seconds": 10}))
+    with pytest.raises(ConfigError, match=r"lfr_n: 3, .* may set dither, min_frames, cmvn_file only$"):
+        encoder_spec(EncoderConfig(type="paraformer", path=str(d), frontend={"lfr_n": 3}))
 
 
 def test_a_frontend_setting_that_resizes_the_features_is_refused_at_build(tmp_path):
