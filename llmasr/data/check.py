@@ -51,9 +51,8 @@ class DataReport:
     max_bad_fraction: float = 0.01
     batching: dict = field(default_factory=dict)  # sampler stats: batches, mean batch size, padding efficiency
     budget: str = ""
-    max_duration: float = float(
-        "inf"
-    )  # the longest line batching keeps: data.batching.max_duration or a Whisper window
+    # the longest line batching keeps: data.batching.max_duration, or a Whisper window below it
+    max_duration: float = float("inf")
     max_duration_set: float = float("inf")  # data.batching.max_duration as the recipe sets it
     too_long: list[dict] = field(default_factory=list)  # lines past max_duration: manifest, line, duration
     errors: list[str] = field(default_factory=list)  # manifests that could not be opened at all
