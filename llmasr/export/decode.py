@@ -114,8 +114,10 @@ def window_limit(
     except ConfigError as err:
         raise DecodeError(str(err)) from err
     frontend = model.frontend
-    if frontend.kind == "whisper" and cfg.max_window_seconds != 0:
-        limit = min(limit or math.inf, float(frontend.chunk_seconds))
+    # the longest audio one piece holds: a Whisper encoder refuses more than its chunk, also where windows are off
+    held = float(frontend.chunk_seconds) if frontend.kind == "whisper" else 0.0
+    if held and cfg.max_window_seconds != 0:
+        limit = min(limit or math.inf, held)
     if getattr(model, "llm", None) is None:  # a stand-in without an LLM: no context to fit
         return limit
     given = f"the biasing list of --hotwords {opts.hotwords_file}" if opts.hotwords_file else "the biasing list given"
@@ -125,11 +127,12 @@ def window_limit(
     prompt_tokens, said = decoding_prompt(
         model.prompt, opts.hotwords, manifest, lists=lists, given=given, counted=lines, every=every
     )
+    checked = limit or held  # never split (0) under Whisper: no utterance the encoder takes is longer than its chunk
     try:
-        fit, why = decoding_fit(model, limit, prompt_tokens, cfg.new_token_cap, said)
+        fit, why = decoding_fit(model, checked, prompt_tokens, cfg.new_token_cap, said)
     except ContextError as err:
         raise DecodeError(str(err)) from err
-    if fit == limit:
+    if fit == checked:
         return limit
     if cfg.max_window_seconds:
         raise DecodeError(f"decode.max_window_seconds: {why}; set it to at most {fit:g}")

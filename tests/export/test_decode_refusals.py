@@ -357,3 +357,37 @@ def test_a_transcriber_list_without_a_cap_counts(short_context, monkeypatch):
     asr = Transcriber(model, DecodeConfig(max_new_tokens=4), DecodeOptions(training_max_seconds=None))
     rows = asr.transcripts([str(manifest.parent / "long.wav")], hotwords=["one two three four"])
     assert rows[0]["windows"] > 1 and seen and max(seen) + 4 <= 80
+
+
+def test_whisper_decoded_whole_fits_the_context_at_its_chunk(tmp_path, caplog):
+    """decode.max_window_seconds 0 under Whisper: an utterance longer than the encoder's 30 s chunk is a bad item, so
+    the context need hold the chunk only. The warning had said an utterance of any length passes the context, and
+    how many seconds "fit" (98.52 s), beside the point where the encoder stops at its chunk."""
+    import logging
+
+    from llmasr.export.decode import window_limit
+    from llmasr.models.builder import build_model
+    from llmasr.models.context import audio_tokens
+    from llmasr.testing.tiny_llm import write_tiny_llm_dir
+    from llmasr.testing.tiny_recipe import tiny_model_section
+    from llmasr.testing.tiny_whisper import write_tiny_whisper_dir
+
+    encoder = write_tiny_whisper_dir(tmp_path / "w")
+
+    def whisper_model(context: int):
+        section = tiny_model_section(write_tiny_llm_dir(tmp_path / f"llm{context}", max_position_embeddings=context),
+                                     encoder_dir=encoder)  # fmt: skip
+        section["encoder"].update(type="whisper", conf={})
+        return build_model(section, weights="random")
+
+    cfg = DecodeConfig(max_new_tokens=4, max_window_seconds=0)
+    probe = whisper_model(4096)
+    chunk = float(probe.frontend.chunk_seconds)  # the tiny encoder's (Whisper's own: 30 s)
+    need = audio_tokens(probe, chunk) + len(probe.prompt.encode(None).ids) + 4
+    opts = DecodeOptions(num_workers=0, training_max_seconds=None)
+    with caplog.at_level(logging.WARNING, logger="llmasr"):
+        assert window_limit(whisper_model(need), cfg, opts) == 0.0
+    assert "fit" not in caplog.text  # the chunk fits: nothing to warn of
+    with caplog.at_level(logging.WARNING, logger="llmasr"):
+        assert window_limit(whisper_model(need - 8), cfg, opts) == 0.0
+    assert f"a decode window of {chunk:g} s gives" in caplog.text and "decodes longer utterances whole" in caplog.text
