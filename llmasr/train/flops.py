@@ -195,7 +195,10 @@ class FlopCounter:
         upstream = [getattr(model, b, None) for b in ("encoder", "adaptor", "llm")]
         encoder = getattr(model, "encoder", None)
         # an encoder over a fixed window runs the same whatever the batch's padding: its count is not scaled
-        self.whole_window = encoder is not None and any(isinstance(m, WhisperAudioEncoder) for m in encoder.modules())
+        windowed = [m for m in encoder.modules() if isinstance(m, WhisperAudioEncoder)] if encoder is not None else []
+        self.whole_window = bool(windowed)
+        # the frames it runs over a row, whatever the row holds: the audio slots the padding ratio counts
+        self.window_frames = windowed[0].n_frames if windowed else 0
         self.llm_backward = any(p.requires_grad for m in upstream if m is not None for p in m.parameters())
         self._llm_products: list[int] = []  # attention_products of each LLM attention block run in the forward
         self.llm_blocks = self._hook_llm_attention(decoder)
@@ -330,11 +333,13 @@ class FlopCounter:
             yield
         finally:
             self.armed = False
-        self.total.add(self._finish(batch.feat_lens, batch.feat_slots))
+        rows = int(batch.feat_lens.numel())
+        self.total.add(self._finish(batch.feat_lens, batch.feat_slots, rows * self.window_frames))
 
-    def _finish(self, feat_lens: torch.Tensor, feat_slots: int) -> StepCount:
+    def _finish(self, feat_lens: torch.Tensor, feat_slots: int, window_slots: int = 0) -> StepCount:
         """The count of one forward; its LLM terms stay float64 tensors on the mask's device until `take` reads them
-        (a read per micro batch would make the host wait for the device each time)."""
+        (a read per micro batch would make the host wait for the device each time). `window_slots`: the frames a
+        fixed-window encoder runs over (rows x its window), which the audio padding counts instead of the batch's."""
         lens = feat_lens.double()  # the host batch's lengths (TrainEngine.micro_step)
         frames = float(lens.sum())
         audio_share = frames / max(feat_slots, 1)
@@ -365,7 +370,8 @@ class FlopCounter:
 
         half = {d: real(*self.by_dtype[d]) + (llm_attention if self._llm_dtype == d else 0.0) for d in HALF}
         flops = real(self.padded, self.quadratic) + llm_attention
-        return StepCount(flops, tokens, slots, frames, float(feat_slots), half[torch.bfloat16], half[torch.float16])
+        audio_slots = float(max(window_slots, feat_slots))
+        return StepCount(flops, tokens, slots, frames, audio_slots, half[torch.bfloat16], half[torch.float16])
 
     def take_pending(self) -> list:
         """The StepCount since the last take as a list whose entries may still be device tensors (for a caller that

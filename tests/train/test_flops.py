@@ -214,6 +214,13 @@ def test_whisper_encoder_costs_a_whole_window_however_the_clips_are_batched(tiny
     together = counted(model, batch)
     apart = [counted(model, batch.select([i])) for i in range(2)]
     assert together.flops == pytest.approx(sum(c.flops for c in apart), rel=1e-6)
+    # so its padding (train.log's pad_audio) is the window's rest, as `llmasr check` counts it; the batch's own
+    # padding (40 of 180 frames) had read 0.39 batched and 0 alone
+    from llmasr.models.whisper import WhisperAudioEncoder
+
+    window = next(m.n_frames for m in model.encoder.modules() if isinstance(m, WhisperAudioEncoder))
+    assert together.audio_frames == 220 and together.audio_slots == 2 * window
+    assert [c.audio_slots for c in apart] == [window, window]
 
 
 def test_lora_on_the_attention_output_alone_adds_no_backward_through_the_scores(tiny_llm_dir, tmp_path):
