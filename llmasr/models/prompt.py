@@ -185,6 +185,11 @@ class PromptBuilder:
         except Exception as err:  # jinja errors, templates that reject a role
             raise PromptError(f"{self.source}: the chat template failed to render: {err}") from err
 
+    def rendered(self, target: str | None) -> str:
+        """The chat of the builder's task as the template writes it: the generation prompt (`target` None), or the
+        conversation with `target` as the assistant's finished answer."""
+        return self._render(self.task, target)
+
     def render_variables(self) -> dict:
         """The variables besides the chat llmasr renders every prompt with: template_kwargs and the fixed date."""
         return {"date_string": TEMPLATE_DATE.strftime("%d %b %Y"), **self.template_kwargs}

@@ -26,6 +26,7 @@ from llmasr.models.start_from import check_start_folder
 from llmasr.run_dir import RECIPE_FILE, read_meta, resolve_resume, resume_asked, resume_or_start
 from llmasr.run_dir.files import verify_tag
 from llmasr.train.check_course import Course, early_stop_lines, epoch_ends, fresh_course, key_updates
+from llmasr.train.check_prompt import prompt_lines
 from llmasr.train.checkpoint_space import CheckpointSpace, size_text
 from llmasr.train.config import need_recipe
 from llmasr.train.context_fit import check_context_fit
@@ -336,6 +337,7 @@ def check(
     for branch, (n, t) in counts["branches"].items():
         lines.append(f"  {branch}: {n:,} ({t:,} trainable)")
     lines += _weights_lines(recipe.model)
+    lines += prompt_lines(model, recipe.model)
     decoding = _vad_lines(recipe.decode, model.frontend.sample_rate) + _decode_lines(recipe, model, valid_loader)
     lines += (["decoding"] if decoding and decoding[0] != "decoding" else []) + decoding
     lines += ["param groups", *("  " + row for row in describe_param_groups(groups).splitlines())]

@@ -1,0 +1,78 @@
+"""The prompt section of `llmasr check`: the token sequence llmasr trains on and the prompt it decodes with, as the
+LLM's chat template renders them, the tokens an answer ends at, and a template that writes something before a
+finished answer that its generation prompt lacks (Qwen3's empty reasoning block with thinking left on)."""
+
+from __future__ import annotations
+
+import os
+
+from llmasr.models.decode_guards import other_end_ids
+
+PROBE = "llmasrprobe"
+
+
+def generation_config(llm_dir, llm):
+    """The LLM's generation_config.json, as the loads of training and decoding read it: check builds the LLM from
+    config.json alone, whose eos_token_id may list fewer end tokens (Qwen's lacks <|endoftext|>)."""
+    from transformers import GenerationConfig
+
+    try:
+        return GenerationConfig.from_pretrained(str(llm_dir), local_files_only=True)
+    except OSError:  # the folder has none: transformers derives one from config.json, as `llm` holds it
+        return llm.generation_config
+
+
+def _token(tokenizer, tid: int) -> str:
+    return f"{tokenizer.convert_ids_to_tokens(int(tid))} (id {int(tid)})"
+
+
+def answer_gap(prompt) -> tuple[str, str]:
+    """(what the template's generation prompt ends in, what it writes before a finished answer instead) where the
+    two differ past whitespace, else ("", "")."""
+    asked, full = prompt.rendered(None), prompt.rendered(PROBE)
+    common = len(os.path.commonprefix([asked, full]))
+    at = full.find(PROBE, common)
+    tail, head = asked[common:], full[common : at if at >= 0 else len(full)]
+    return ("", "") if not tail.strip() and not head.strip() else (tail, head)
+
+
+def prompt_lines(model, cfg) -> list[str]:
+    """The report's prompt section for the model built from the model section `cfg`."""
+    p = model.prompt
+    given = cfg.prompt.chat_template
+    if given:
+        where = "model.prompt.chat_template" + ("" if "{" in given else f" ({given})")
+    else:
+        where = f"{p.source} (its own)"
+    tok = p.tokenizer
+    enc = p.encode(None)
+    before = tok.decode(enc.ids[: enc.audio_pos], skip_special_tokens=False)
+    after = tok.decode(enc.ids[enc.audio_pos :], skip_special_tokens=False)
+    lead, trail = p.answer_lead, p.answer_trail
+    answer = (f" + {lead!r}" if lead else "") + " + transcript" + (f" + {trail!r}" if trail else "")
+    others = other_end_ids(generation_config(cfg.llm.path, model.llm), tok, p.end_id)
+    also = f"; also at {', '.join(_token(tok, i) for i in others)} (generation_config.json)" if others else ""
+    variables = ", ".join(f"{k}={v!r}" for k, v in p.render_variables().items())
+    lines = [
+        "prompt",
+        f"  chat template: {where}",
+        f"  trained on: {before!r} + audio + {after!r}{answer} + {_token(tok, p.end_id)}",
+        "  decoded with: the same up to the transcript (the prompt training saw, token for token)",
+        f"  an answer ends at {_token(tok, p.end_id)}{also}",
+        f"  padding: {_token(tok, p.pad_id)}; template variables: {variables}",
+    ]
+    tail, head = answer_gap(p)
+    if tail or head:
+        text = tok.chat_template if isinstance(tok.chat_template, str) else str(tok.chat_template)
+        hint = (
+            " (Qwen3: set model.prompt.template_kwargs: {enable_thinking: false}, whose prompt ends in that block)"
+            if "enable_thinking" in text and "enable_thinking" not in p.template_kwargs
+            else ""
+        )
+        instead = f"writes {tail!r} there" if tail.strip() else "does not write it"
+        lines.append(
+            f"  warning: the chat template writes {head!r} before a finished answer, and its generation prompt "
+            f"{instead}: llmasr trains and decodes after the generation prompt, so the LLM learns to answer in a turn "
+            f"its template does not render{hint}"
+        )
+    return lines

@@ -1,0 +1,80 @@
+"""`llmasr check` says which prompt a run trains and decodes with: the chat template it renders, the token sequence
+around the audio and the transcript, the tokens an answer ends at (the template's and generation_config.json's), the
+padding token and the template variables; and it warns where the template writes something before a finished answer
+that its generation prompt does not (Qwen3's empty reasoning block with thinking left on)."""
+
+import json
+
+import pytest
+from check_runner import run_check
+
+from llmasr.testing.tiny_llm import write_tiny_llm_dir
+
+# Qwen3's behaviour around a finished answer: its template writes an empty reasoning block before the answer of the
+# last turn, and its generation prompt writes that block only with enable_thinking false.
+QWEN3_TURNS = (
+    "{%- for m in messages -%}"
+    "{%- if m['role'] == 'assistant' -%}"
+    "{{- '<|im_start|>assistant\\n<think>\\n\\n</think>\\n\\n' + m['content'] + '<|im_end|>\\n' -}}"
+    "{%- else -%}{{- '<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>\\n' -}}{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{- '<|im_start|>assistant\\n' -}}"
+    "{%- if enable_thinking is defined and enable_thinking is false -%}{{- '<think>\\n\\n</think>\\n\\n' -}}"
+    "{%- endif -%}{%- endif -%}"
+)
+
+
+@pytest.fixture(scope="module")
+def qwen3_like(tmp_path_factory):
+    """(a tiny LLM directory whose generation_config.json ends answers at <|im_end|> and <|endoftext|>, as Qwen's
+    does, and a chat template file of Qwen3's answer turn)."""
+    root = tmp_path_factory.mktemp("qwen3_like")
+    llm = write_tiny_llm_dir(root / "llm")
+    gen = json.loads((llm / "generation_config.json").read_text())
+    tok = json.loads((llm / "tokenizer.json").read_text())
+    ids = {t["content"]: t["id"] for t in tok["added_tokens"]}
+    gen["eos_token_id"] = [ids["<|im_end|>"], ids["<|endoftext|>"]]
+    (llm / "generation_config.json").write_text(json.dumps(gen))
+    template = root / "qwen3.jinja"
+    template.write_text(QWEN3_TURNS)
+    return llm, template, ids
+
+
+def _prompt_section(out: str) -> list[str]:
+    lines = out.splitlines()
+    start = lines.index("prompt")
+    end = next(i for i in range(start + 1, len(lines)) if not lines[i].startswith("  "))
+    return lines[start:end]
+
+
+def test_check_names_the_prompt_and_the_end_tokens_and_warns_of_a_block_the_prompt_leaves_out(
+    recipe_file, qwen3_like, tmp_path, capsys
+):
+    llm, template, ids = qwen3_like
+    base = ["--config", str(recipe_file), "--deepspeed", "zero0", f"model.llm.path={llm}",
+            f"model.prompt.chat_template={template}"]  # fmt: skip
+    code, out, err = run_check(capsys, *base, "--out", str(tmp_path / "a"))
+    assert code == 0, err
+    section = _prompt_section(out)
+    end, other = f"<|im_end|> (id {ids['<|im_end|>']})", f"<|endoftext|> (id {ids['<|endoftext|>']})"
+    assert section[1] == f"  chat template: model.prompt.chat_template ({template})"
+    assert section[2] == (
+        "  trained on: '<|im_start|>user\\nTranscribe the audio.\\n' + audio + "
+        f"'<|im_end|>\\n<|im_start|>assistant\\n' + transcript + {end}"
+    )
+    assert f"  an answer ends at {end}; also at {other} (generation_config.json)" in section
+    assert f"  padding: {other}; template variables: date_string='26 Jul 2024'" in section
+    warning = [line for line in section if line.startswith("  warning:")]
+    assert len(warning) == 1 and "writes '<think>\\n\\n</think>\\n\\n' before a finished answer" in warning[0]
+    assert "template_kwargs: {enable_thinking: false}" in warning[0]
+
+    # enable_thinking false: the prompt ends in the block Qwen3 writes before an answer; nothing to warn of
+    code, out, err = run_check(capsys, *base, "model.prompt.template_kwargs={enable_thinking: false}",
+                               "--out", str(tmp_path / "b"))  # fmt: skip
+    assert code == 0, err
+    section = _prompt_section(out)
+    assert section[2].endswith(
+        f"'<|im_end|>\\n<|im_start|>assistant\\n<think>\\n\\n</think>\\n\\n' + transcript + {end}"
+    )
+    assert "template variables: date_string='26 Jul 2024', enable_thinking=False" in section[5]
+    assert not [line for line in section if "warning" in line]
