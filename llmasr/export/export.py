@@ -61,6 +61,10 @@ from llmasr.run_dir import CHECKPOINTS, resolve_checkpoint
 
 log = logging.getLogger(__name__)
 
+# generation_config.json's settings for sampling (and penalties) that an export leaves unset: greedy by default
+SAMPLING_KEYS = ("temperature", "top_p", "top_k", "min_p", "typical_p", "epsilon_cutoff", "eta_cutoff",
+                 "repetition_penalty", "no_repeat_ngram_size")  # fmt: skip
+
 FORMAT = "llmasr-exported-1"
 
 
@@ -268,6 +272,13 @@ def _write_llm(model, recipe, tmp: Path, dtype_name: str, *, adapter_only: bool,
         others = other_end_ids(gen, model.prompt.tokenizer, end)
         gen.eos_token_id = [end, *others] if others else end
         gen.pad_token_id = int(model.prompt.pad_id)
+        # a transcriber writes the likeliest text, as llmasr decodes: a chat model's published sampling settings
+        # (Qwen2.5-Instruct's do_sample, temperature 0.7, top_p 0.8, repetition_penalty 1.05) had made a plain
+        # `generate` on the export sample its transcripts
+        unset = type(gen)()
+        for key in SAMPLING_KEYS:
+            setattr(gen, key, getattr(unset, key, None))  # the version's default: use_diff then leaves it out
+        gen.do_sample = False
         # save_pretrained refuses a changed generation config its validation warns about, as many published ones do
         # (sampling flags beside do_sample: false, which generate ignores): written as the LLM's was, end tokens set
         merged.generation_config = type(gen)()

@@ -319,7 +319,9 @@ def test_an_llm_whose_generation_config_has_flags_greedy_search_ignores_exports(
     """Many published generation_config.json set sampling flags beside do_sample: false (transformers loads them with
     a warning and generate ignores them). A run trained on such an LLM had failed at the export's very end, after
     reading and merging, with transformers' ValueError: save_pretrained refuses a changed generation config its
-    validation warns about, and the export changes its end tokens. The LLM's settings are kept, end tokens set."""
+    validation warns about, and the export changes its end tokens. The export's end tokens are set, and its decoding
+    is greedy: a chat model's sampling settings (do_sample, temperature, top_p, repetition_penalty) had been kept, so
+    a plain `generate` on the export sampled its transcripts."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     llm = shutil.copytree(base_dirs[0], tmp_path / "llm")
@@ -333,9 +335,18 @@ def test_an_llm_whose_generation_config_has_flags_greedy_search_ignores_exports(
     assert main(["--checkpoint", str(run.run_dir), "--output", str(tmp_path / "model")]) == 0
     saved = json.loads((tmp_path / "model" / "llm" / "generation_config.json").read_text())
     assert saved["eos_token_id"] == [im_end, endoftext] and saved["pad_token_id"] == tok.pad_token_id
-    assert (saved["do_sample"], saved["temperature"], saved["top_p"]) == (False, 0.7, 0.8)
+    assert saved["do_sample"] is False and not {"temperature", "top_p", "repetition_penalty"} & set(saved)
     plain = AutoModelForCausalLM.from_pretrained(str(tmp_path / "model" / "llm"))
     assert plain.generation_config.eos_token_id == [im_end, endoftext]
+    # a published chat model's own sampling settings: the export decodes greedily all the same
+    gen.update(do_sample=True, temperature=0.7, top_p=0.8, top_k=20, repetition_penalty=1.05)
+    gen_file.write_text(json.dumps(gen))
+    assert main(["--checkpoint", str(run.run_dir), "--output", str(tmp_path / "sampled"), "--overwrite"]) == 0
+    saved = json.loads((tmp_path / "sampled" / "llm" / "generation_config.json").read_text())
+    assert saved["do_sample"] is False and not {"temperature", "top_p", "top_k", "repetition_penalty"} & set(saved)
+    plain = AutoModelForCausalLM.from_pretrained(str(tmp_path / "sampled" / "llm"))
+    x = torch.tensor([[1, 5, 9]])
+    assert torch.equal(plain.generate(x, max_new_tokens=4), plain.generate(x, max_new_tokens=4))
     assert plain.generate(torch.tensor([[1, 5, 9]]), max_new_tokens=2, do_sample=False).shape[1] > 3
 
 
