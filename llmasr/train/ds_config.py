@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from llmasr.config_io import ConfigError, unique_keys
+from llmasr.errors import nearest_hint
 from llmasr.train.config import TrainConfig
 from llmasr.train.ds_keys import check_ds_keys
 from llmasr.train.ds_owned import check_owned
@@ -37,6 +38,9 @@ PRESETS: tuple[str, ...] = ("zero0", "zero1", "zero2", "zero2_offload", "zero3",
 PRESET_DIR = Path(__file__).resolve().parents[1] / "ds_configs"
 
 AUTO = "auto"
+# ZeRO keys HF's Trainer fills from the model's hidden size h where its configs say "auto"
+_HF_FROM_HIDDEN = {"reduce_bucket_size": "h*h", "stage3_prefetch_bucket_size": "0.9*h*h",
+                   "stage3_param_persistence_threshold": "10*h"}  # fmt: skip
 
 
 def preset_path(name_or_path: str | Path) -> Path:
@@ -57,18 +61,25 @@ def preset_path(name_or_path: str | Path) -> Path:
                 f"DeepSpeed config {given} is neither a file nor a preset: no such file here, and the preset of that "
                 f"name (the same file, shipped in the package) is --deepspeed {stem}"
             )
-        raise ConfigError(f"DeepSpeed config {given} is neither a file nor a preset ({', '.join(PRESETS)})")
+        hint = nearest_hint(str(name_or_path), PRESETS) if not path.suffix and len(path.parts) == 1 else ""
+        raise ConfigError(f"DeepSpeed config {given} is neither a file nor a preset ({', '.join(PRESETS)}){hint}")
     return path
 
 
 def load_ds_config(path: str | Path) -> dict:
-    """Read a DeepSpeed JSON file (or a preset name); bad JSON is reported with file, line and column."""
+    """Read a DeepSpeed JSON file (or a preset name); bad JSON is reported with file, line and column. Comments
+    (// # /* */) and trailing commas are read as DeepSpeed's own reader (hjson) reads them; the rest of Hjson
+    (unquoted keys and text, which would read YAML as odd text values) is not."""
     path = preset_path(path)
     try:
         hook = functools.partial(unique_keys, functools.partial(_repeated, path))
-        data = json.loads(path.read_text(encoding="utf-8-sig"), object_pairs_hook=hook)
+        data = json.loads(without_comments(path.read_text(encoding="utf-8-sig")), object_pairs_hook=hook)
     except json.JSONDecodeError as err:
-        raise ConfigError(f"{path}:{err.lineno}:{err.colno}: not valid JSON: {err.msg}") from err
+        yaml = " (a YAML file? --deepspeed takes DeepSpeed's JSON; the recipe is --config)"
+        raise ConfigError(
+            f"{path}:{err.lineno}:{err.colno}: not valid JSON: {err.msg}"
+            + (yaml if path.suffix.lower() in (".yaml", ".yml") else "")
+        ) from err
     except UnicodeDecodeError as err:
         raise ConfigError(
             f"{path}: not a DeepSpeed JSON file (not UTF-8 text: {err.reason} at byte {err.start})"
@@ -76,6 +87,33 @@ def load_ds_config(path: str | Path) -> dict:
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a JSON object, got {type(data).__name__}")
     return data
+
+
+def without_comments(text: str) -> str:
+    """`text` with its comments (// and # to the line's end, /* */) and trailing commas (before } or ]) blanked out
+    outside strings, every other character where it was (JSON errors keep their line and column)."""
+    out, i, n, comma = list(text), 0, len(text), None
+    while i < n:
+        c = text[i]
+        if c == '"':  # past the string; the closing quote is the last character looked at
+            i += 1
+            while i < n and text[i] != '"':
+                i += 2 if text[i] == "\\" else 1
+        elif c == "#" or text.startswith(("//", "/*"), i):
+            block = text.startswith("/*", i)
+            end = text.find("*/", i + 2) + 2 if block else text.find("\n", i)
+            end = n if end < i + 2 * block else end  # unclosed: to the end of the text
+            out[i:end] = [ch if ch == "\n" else " " for ch in text[i:end]]
+            i = end
+            continue
+        if c == ",":
+            comma = i
+        elif c in "}]" and comma is not None:
+            out[comma] = " "
+        if not c.isspace() and c != ",":
+            comma = None
+        i += 1
+    return "".join(out)
 
 
 def _repeated(path: Path, key: str) -> ConfigError:
@@ -113,8 +151,8 @@ def resolve_ds_config(
     if world_size < 1:
         raise ValueError(f"world_size must be >= 1, got {world_size}")
     bf16_key = _check_blocks(ds, source)
+    check_owned(ds, source)  # first: a copied config's refusals all in one error
     _check_layout(ds, bf16_key, source)
-    check_owned(ds, source)
     _check_accumulation_dtype(ds, bf16_key, train_cfg.precision, source)
     _check_master_weights(ds, bf16_key, train_cfg.precision, source)
     _fill_from_recipe(ds, train_cfg, bf16_key, source)
@@ -122,27 +160,20 @@ def resolve_ds_config(
     _fill_batch_sizes(ds, world_size, source)
     left = _find_autos(ds)
     if left:
+        hf = [f"{key} with {_HF_FROM_HIDDEN[key.rpartition('.')[2]]}" for key in left
+              if key.rpartition(".")[2] in _HF_FROM_HIDDEN]  # fmt: skip
         raise ConfigError(
             f'{source}: "auto" left at {left}; llmasr fills only train_batch_size, train_micro_batch_size_per_gpu, '
-            "gradient_accumulation_steps, gradient_clipping, bf16.enabled and fp16.enabled: set a number there"
+            "gradient_accumulation_steps, gradient_clipping, bf16.enabled and fp16.enabled: remove each of those keys "
+            "for DeepSpeed's default, or set a number there"
+            + (f" (HF's Trainer fills {', '.join(hf)}, h the LLM's hidden_size)" if hf else "")
         )
     check_ds_keys(ds, source)  # misspelt keys: DeepSpeed ignores them, or refuses them only after the model loads
     return ds
 
 
 def _check_blocks(ds: dict, source: str) -> str:
-    """Refuse the blocks llmasr owns (scheduler, optimizer) and contradictory precision; return the bf16 key used."""
-    if "scheduler" in ds:
-        raise ConfigError(
-            f'{source}: remove the "scheduler" block. llmasr steps one schedule per param group (optim.scheduler and '
-            "optim.branches.<branch>.scheduler in the recipe); DeepSpeed's WarmupLR/WarmupDecayLR would write one lr "
-            "into every group and collapse the per-branch learning rates"
-        )
-    if "optimizer" in ds:
-        raise ConfigError(
-            f'{source}: remove the "optimizer" block. llmasr builds AdamW over its per-branch param groups itself; '
-            "set the type, lrs, betas, eps and weight decay in the recipe's optim section (optim.branches.<branch>)"
-        )
+    """Refuse contradictory precision; return the bf16 key used (the blocks llmasr owns: ds_owned)."""
     if "bf16" in ds and "bfloat16" in ds:
         raise ConfigError(f'{source}: both "bf16" and its alias "bfloat16" are set; keep "bf16" only')
     bf16_key = "bfloat16" if "bfloat16" in ds else "bf16"

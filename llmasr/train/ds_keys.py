@@ -202,7 +202,7 @@ def _explain(err: Exception, ds: dict) -> str:
     lines = []
     for item in err.errors():
         loc = tuple(str(p) for p in item["loc"])
-        path = _dotted(ds, loc) if loc else _whole_section(ds, model, item["msg"], err.title)
+        path = _dotted(ds, loc, err.title) if loc else _whole_section(ds, model, item["msg"], err.title)
         line = f"{path}: {item['msg']}"
         if item["type"] == "extra_forbidden":
             line = f"{path}: unknown key" + (nearest_hint(loc[-1], _fields_at(model, loc[:-1])) if model else "")
@@ -210,8 +210,9 @@ def _explain(err: Exception, ds: dict) -> str:
     return "\n  " + "\n  ".join(lines)
 
 
-def _dotted(ds: dict, loc: tuple[str, ...]) -> str:
-    """The top-level section whose nested keys hold `loc`, joined with it ("zero_optimization.stag")."""
+def _dotted(ds: dict, loc: tuple[str, ...], title: str | None = None) -> str:
+    """The top-level section whose nested keys hold `loc`, joined with it ("zero_optimization.stag"); where several
+    hold it ("enabled"), the one whose removal takes DeepSpeed's error of model `title` away."""
 
     def holds(node, parts) -> bool:
         for part in parts[:-1]:
@@ -221,9 +222,24 @@ def _dotted(ds: dict, loc: tuple[str, ...]) -> str:
         return isinstance(node, dict) and parts[-1] in node
 
     tops = [k for k, v in ds.items() if isinstance(v, dict) and holds(v, loc)]
+    if len(tops) > 1 and title is not None:
+        tops = [k for k in tops if _refused_at(ds, k, title, loc)]
     if len(tops) == 1:
         return ".".join((tops[0], *loc))
     return ".".join(loc) if loc and loc[0] in ds else "<section>." + ".".join(loc)
+
+
+def _refused_at(ds: dict, section: str, title: str, loc: tuple) -> bool:
+    """Whether DeepSpeed's error of model `title` at `loc` comes from `section`: it goes when the section does."""
+    from pydantic import ValidationError
+
+    try:
+        _read_with_deepspeed({k: copy.deepcopy(v) for k, v in ds.items() if k not in (section, "train_batch_size")})
+    except ValidationError as err:
+        return err.title != title or all(tuple(str(p) for p in item["loc"]) != loc for item in err.errors())
+    except Exception:  # another refusal: this section's is gone
+        return True
+    return True
 
 
 def _whole_section(ds: dict, model, msg: str, title: str) -> str:

@@ -1,5 +1,7 @@
-"""DeepSpeed config keys whose effect llmasr has or does otherwise (its schedules, checkpoints, data loader, logging):
-a copied config that sets one is refused with what to do instead, unless its value changes nothing."""
+"""DeepSpeed config keys whose effect llmasr has or does otherwise (its optimizer and schedules, checkpoints, data
+loader, logging): a copied config that sets one is refused with what to do instead, unless its value changes nothing.
+Every such key is named in one error, so a config copied from HF's or DeepSpeed's examples is fixed in one go; its
+"optimizer" and "scheduler" blocks are refused with the recipe settings that do what they did, values carried over."""
 
 from __future__ import annotations
 
@@ -54,6 +56,15 @@ _OWNED: tuple[tuple[str, tuple, str], ...] = (
     ("managed_gradient_accumulation", (True,), "llmasr marks the accumulation boundary before every micro batch "
                                                "(set_gradient_accumulation_boundary), which DeepSpeed refuses at the "
                                                "first one without it: remove it (train.grad_accum decides)"),
+    ("autotuning.enabled", (False,), "DeepSpeed's autotuner runs through `deepspeed --autotuning`; a run that only "
+                                     "carries the block ends its process (exit status 0, nothing saved since the "
+                                     "last checkpoint) after autotuning.end_profile_step + 1 updates: remove it"),
+    ("comms_logger.enabled", (False,), "DeepSpeed's info log is silenced and nothing prints its summary, so it "
+                                       "would only add a wait after every collective: remove it"),
+    ("compile.deepcompile", (False,), "DeepCompile acts only once engine.compile() is called, which llmasr does not "
+                                      "call (DeepSpeed says so in its silenced info log): remove it"),
+    ("dump_state", (False,), "it writes to DeepSpeed's info log, which llmasr silences (RUN_DIR/ds_config.json holds "
+                             "the config the run used): remove it"),
     *((f"{name}.enabled", (False,), "DeepSpeed's monitor logs the first param group's lr as the run's, against "
        "nominal sample counts (llmasr logs every group's lr in RUN_DIR/tensorboard and train.log): remove it")
       for name in ("tensorboard", "wandb", "csv_monitor", "comet")),
@@ -69,9 +80,63 @@ def _off(value) -> bool:
     return not value
 
 
+# DeepSpeed's lr schedules -> the recipe's nearest (optim.scheduler.type); OneCycle and LRRangeTest have none
+_SCHEDULES = {"WarmupLR": "constant", "WarmupDecayLR": "warmup_linear", "WarmupCosineLR": "warmup_cosine"}
+_BLOCKS = {
+    "scheduler": "llmasr steps one schedule per param group (optim.scheduler and optim.branches.<branch>.scheduler in "
+    "the recipe); DeepSpeed's WarmupLR/WarmupDecayLR would write one lr into every group and collapse the per-branch "
+    "learning rates",
+    "optimizer": "llmasr builds AdamW over its per-branch param groups itself; set the type, lrs, betas, eps and "
+    "weight decay in the recipe's optim section (optim.branches.<branch>)",
+}
+
+
+def _params(block) -> dict:
+    """A block's "params" without the "auto" values (HF's Trainer fills those; llmasr's recipe has its own)."""
+    params = block.get("params") if isinstance(block, dict) else None
+    return {k: v for k, v in params.items() if v != "auto"} if isinstance(params, dict) else {}
+
+
+def _flow(fields: dict) -> str:
+    """YAML flow text of `fields`, as a recipe would write it."""
+    return "{" + ", ".join(f"{k}: {v if isinstance(v, str) else json.dumps(v)}" for k, v in fields.items()) + "}"
+
+
+def _scheduler_in_recipe(block) -> str:
+    kind = block.get("type") if isinstance(block, dict) else None
+    ours, params = _SCHEDULES.get(kind), _params(block)
+    if ours is None:
+        return (f"llmasr has no schedule like {json.dumps(kind)}: optim.scheduler.type is one of tri_stage, warmup, "
+                "warmup_cosine, warmup_linear, constant")  # fmt: skip
+    fields = {"type": ours} | ({"warmup_steps": params["warmup_num_steps"]} if "warmup_num_steps" in params else {})
+    if kind == "WarmupCosineLR" and "cos_min_ratio" in params:
+        fields["min_lr_ratio"] = params["cos_min_ratio"]
+    said = [f"its {kind} in the recipe: optim.scheduler: {_flow(fields)}"]
+    if "warmup_max_lr" in params:
+        said.append(f"the peak (warmup_max_lr {json.dumps(params['warmup_max_lr'])}) is optim.branches.<branch>.lr")
+    if "total_num_steps" in params:
+        said.append(
+            f"the decay ends at the run's last update (total_num_steps {params['total_num_steps']} is not read)"
+        )
+    return "; ".join(said)
+
+
+def _optimizer_in_recipe(block) -> str:
+    kind, params = block.get("type") if isinstance(block, dict) else None, _params(block)
+    said = [] if str(kind).lower() in ("adam", "adamw") else [f"llmasr trains with AdamW only, not {json.dumps(kind)}"]
+    shared = {k: params[k] for k in ("betas", "eps", "weight_decay") if k in params}
+    if shared:
+        said.append(f"in the recipe: optim: {_flow(shared)}")
+    if "lr" in params:
+        lr = json.dumps(params["lr"])
+        said.append(f"lr {lr} is each branch's optim.branches.<branch>.lr (encoder, adaptor, ctc, llm)")
+    return "; ".join(said)
+
+
 def check_owned(ds: dict, source: str) -> None:
-    """Refuse the keys of _OWNED, and a zero_optimization that is true (DeepSpeed: stage 1; llmasr would count 0)
-    or neither false (dropped: stage 0) nor an object."""
+    """Refuse the "optimizer" and "scheduler" blocks and the keys of _OWNED, all in one error, and a
+    zero_optimization that is true (DeepSpeed: stage 1; llmasr would count 0) or neither false (dropped: stage 0)
+    nor an object."""
     if ds.get("zero_optimization") is False:  # DeepSpeed's stage 0, as no section at all
         del ds["zero_optimization"]
     zero = ds.get("zero_optimization")
@@ -80,6 +145,11 @@ def check_owned(ds: dict, source: str) -> None:
             f'{source}: "zero_optimization" is {json.dumps(zero)}; write it as an object, e.g. '
             '"zero_optimization": {"stage": 2}'
         )
+    refused = []
+    for block, why in _BLOCKS.items():
+        if block in ds:
+            advice = (_scheduler_in_recipe if block == "scheduler" else _optimizer_in_recipe)(ds[block])
+            refused.append(f'remove the "{block}" block. {why}' + (f"; {advice}" if advice else ""))
     for key, allowed, why in _OWNED:
         *parents, last = key.split(".")
         node = value_at(ds, ".".join(parents)) if parents else ds
@@ -88,4 +158,10 @@ def check_owned(ds: dict, source: str) -> None:
         value = node[last]
         if _off(value) if allowed == ("off",) else value in allowed and not isinstance(value, dict):
             continue
-        raise ConfigError(f"{source}: {key} is {json.dumps(value)}; {why}")
+        refused.append(f"{key} is {json.dumps(value)}; {why}")
+    if len(refused) == 1:
+        raise ConfigError(f"{source}: {refused[0]}")
+    if refused:
+        raise ConfigError(
+            f"{source}: {len(refused)} settings llmasr does otherwise or not at all:\n  - " + "\n  - ".join(refused)
+        )

@@ -262,11 +262,19 @@ def test_unknown_auto_key_named():
     raw = {"zero_optimization": {"stage": 3, "reduce_bucket_size": "auto"}}
     with pytest.raises(ConfigError, match=r"\"auto\" left at \['zero_optimization.reduce_bucket_size'\]"):
         resolve_ds_config(raw, train_cfg(), world_size=1)
+    # HF's ZeRO-3 example: what to write instead is said, HF's own formula included
+    raw = {"zero_optimization": {"stage": 3, "stage3_prefetch_bucket_size": "auto", "sub_group_size": "auto"}}
+    with pytest.raises(ConfigError) as err:
+        resolve_ds_config(raw, train_cfg(), world_size=1)
+    assert (
+        "remove each of those keys for DeepSpeed's default, or set a number there (HF's Trainer fills "
+        "zero_optimization.stage3_prefetch_bucket_size with 0.9*h*h, h the LLM's hidden_size)" in str(err.value)
+    )
 
 
 def test_bad_json_reports_line_and_column(tmp_path):
     path = tmp_path / "bad.json"
-    path.write_text('{\n  "train_batch_size": "auto",\n  "zero_optimization": {"stage": 2,}\n}\n')
+    path.write_text('{\n  "train_batch_size": "auto",\n  "zero_optimization": {stage: 2}\n}\n')
     with pytest.raises(ConfigError, match=rf"^{path}:3:\d+: not valid JSON"):
         load_ds_config(path)
     path.write_text("[1, 2]")
@@ -367,3 +375,38 @@ def test_a_checkout_s_preset_path_missing_here_names_the_preset(tmp_path, monkey
         load_ds_config(given)
     with pytest.raises(ConfigError, match=r"'mine.json' is neither a file nor a preset \(zero0, zero1, zero2,"):
         load_ds_config("mine.json")
+
+
+def test_comments_and_trailing_commas_read_as_deepspeed_reads_them(tmp_path):
+    """DeepSpeed reads its JSON with hjson, so configs carry comments and trailing commas; llmasr refused them as
+    invalid JSON."""
+    path = tmp_path / "mine.json"
+    path.write_text(
+        '{\n  // ZeRO-2, from the docs\n  "zero_optimization": {"stage": 2, /* buckets: default */},\n'
+        '  # HF style\n  "checkpoint": {"tag_validation": "Warn // not a comment"},\n  "gradient_clipping": 1.0,\n}\n'
+    )
+    assert load_ds_config(path) == {
+        "zero_optimization": {"stage": 2},
+        "checkpoint": {"tag_validation": "Warn // not a comment"},
+        "gradient_clipping": 1.0,
+    }
+    path.write_text('{\n  // a comment keeps the lines\n  "zero_optimization": {"stage": 2}\n  "x": 1\n}')
+    with pytest.raises(ConfigError, match=rf"^{path}:4:3: not valid JSON: Expecting ',' delimiter$"):
+        load_ds_config(path)
+
+
+def test_a_yaml_file_and_a_misspelt_preset_are_named(tmp_path):
+    path = tmp_path / "ds.yaml"
+    path.write_text("zero_optimization:\n  stage: 2\n")
+    with pytest.raises(
+        ConfigError,
+        match=r"ds.yaml:1:1: not valid JSON: .*a YAML file\? --deepspeed takes DeepSpeed's "
+        "JSON; the recipe is --config",
+    ):
+        load_ds_config(path)
+    with pytest.raises(
+        ConfigError,
+        match=r"'zero3offload' is neither a file nor a preset .*; did you mean "
+        "'zero3_offload'\\?",
+    ):
+        load_ds_config("zero3offload")

@@ -37,8 +37,10 @@ def test_every_preset_passes_at_any_world_size(preset):
          "checkpoint.load_univrsal: DeepSpeed never reads it; did you mean checkpoint.load_universal?"),
         ({"flops_profiler": {"enabld": True}},
          "flops_profiler.enabld: DeepSpeed never reads it; did you mean flops_profiler.enabled?"),
+        # "enabled" is in bf16 too: the section is the one DeepSpeed's error goes away without
+        ({"compile": {"enabled": True}, "bf16": {"enabled": False}}, "compile.enabled: unknown key"),
     ],
-    ids=["top-level", "zero", "nested", "bad-value", "bf16", "checkpoint", "flops_profiler"],
+    ids=["top-level", "zero", "nested", "bad-value", "bf16", "checkpoint", "flops_profiler", "compile"],
 )  # fmt: skip
 def test_misspelt_keys_are_refused_with_the_nearest(extra, message):
     with pytest.raises(ConfigError) as err:

@@ -37,6 +37,12 @@ def train_cfg(**kw) -> TrainConfig:
          "every node shares"),
         ({"datastates_ckpt": {}}, "datastates_ckpt is {}; DataStates writes checkpoints in the background"),
         ({"steps_per_print": 100}, "steps_per_print is 100; DeepSpeed's progress lines are silenced .*train.log_every"),
+        ({"autotuning": {"enabled": True}},
+         r"autotuning.enabled is true; .* ends its process \(exit status 0, nothing saved since the last checkpoint\)"),
+        ({"comms_logger": {"enabled": True, "verbose": True}},
+         "comms_logger.enabled is true; DeepSpeed's info log is silenced and nothing prints its summary"),
+        ({"dump_state": True}, "dump_state is true; it writes to DeepSpeed's info log, which llmasr silences"),
+        ({"compile": {"deepcompile": True}}, r"compile.deepcompile is true; DeepCompile acts only once engine.compile"),
     ],
 )  # fmt: skip
 def test_settings_deepspeed_takes_but_llmasr_does_otherwise_are_refused(raw, message):
@@ -47,7 +53,10 @@ def test_settings_deepspeed_takes_but_llmasr_does_otherwise_are_refused(raw, mes
     --resume`; the sections of DeepSpeed's own checkpointing and data loader, and steps_per_print (its log lines
     are silenced), did nothing; an enabled monitor (tensorboard, csv_monitor, ...) logged the first param group's
     lr as the run's, the per-branch lrs collapsed into the encoder's; node-local checkpoint storage had every node's
-    local rank 0 write mp_rank_00_model_states.pt into the one shared run folder at once."""
+    local rank 0 write mp_rank_00_model_states.pt into the one shared run folder at once; autotuning ended a run's
+    process mid-training with exit status 0 (DeepSpeed's exit() after end_profile_step + 1 updates); comms_logger,
+    dump_state and deepcompile did nothing visible (their output goes to DeepSpeed's silenced info log, and nothing
+    calls comms' log_summary or engine.compile)."""
     with pytest.raises(ConfigError, match=message):
         resolve_ds_config(raw, train_cfg(), world_size=2, source="ds.json")
     kept = [
@@ -67,8 +76,73 @@ def test_settings_deepspeed_takes_but_llmasr_does_otherwise_are_refused(raw, mes
         {"zero_optimization": {"stage": 2, "cpu_offload": False}},
         {"steps_per_print": None},
         {"tensorboard": {"enabled": False, "output_path": "logs/", "job_name": "run"}, "wandb": {"enabled": False}},
+        {
+            "autotuning": {"enabled": False},
+            "comms_logger": {"enabled": False},
+            "dump_state": False,
+            "compile": {"deepcompile": False},
+        },
     ]
     for ok in kept:
         assert resolve_ds_config(ok, train_cfg(), world_size=2)
     off = resolve_ds_config({"zero_optimization": False}, train_cfg(), world_size=2)  # DeepSpeed's stage 0
     assert "zero_optimization" not in off and zero_stage(off) == 0
+
+
+HF_ZERO2 = {  # transformers' docs' ZeRO-2 example, as users copy it
+    "fp16": {"enabled": "auto", "loss_scale": 0, "initial_scale_power": 16},
+    "bf16": {"enabled": "auto"},
+    "optimizer": {"type": "AdamW", "params": {"lr": "auto", "betas": [0.9, 0.98], "eps": "auto", "weight_decay": 0.1}},
+    "scheduler": {"type": "WarmupDecayLR", "params": {"warmup_min_lr": "auto", "warmup_max_lr": 3e-4,
+                                                      "warmup_num_steps": 500, "total_num_steps": "auto"}},
+    "zero_optimization": {"stage": 2, "overlap_comm": True, "contiguous_gradients": True},
+    "gradient_accumulation_steps": "auto",
+    "gradient_clipping": "auto",
+    "steps_per_print": 2000,
+    "train_batch_size": "auto",
+    "train_micro_batch_size_per_gpu": "auto",
+    "wall_clock_breakdown": False,
+}  # fmt: skip
+
+
+def test_a_copied_config_s_refusals_come_in_one_error_with_the_recipe_settings_that_replace_them():
+    """HF's example config was refused three times over, one key a run (scheduler, then optimizer, then
+    steps_per_print), and the optimizer's and scheduler's values had to be carried into the recipe by hand."""
+    with pytest.raises(ConfigError) as err:
+        resolve_ds_config(HF_ZERO2, train_cfg(), world_size=2, source="ds.json")
+    lines = str(err.value).splitlines()
+    assert lines[0] == "ds.json: 3 settings llmasr does otherwise or not at all:"
+    scheduler, optimizer, steps = lines[1:]
+    assert scheduler.startswith('  - remove the "scheduler" block.')
+    assert (
+        "its WarmupDecayLR in the recipe: optim.scheduler: {type: warmup_linear, warmup_steps: 500}; the peak "
+        "(warmup_max_lr 0.0003) is optim.branches.<branch>.lr" in scheduler
+    )
+    assert optimizer.startswith('  - remove the "optimizer" block.')
+    assert "in the recipe: optim: {betas: [0.9, 0.98], weight_decay: 0.1}" in optimizer  # "auto" ones left out
+    assert steps.startswith("  - steps_per_print is 2000;")
+    cleaned = {k: v for k, v in HF_ZERO2.items() if k not in ("optimizer", "scheduler", "steps_per_print")}
+    assert resolve_ds_config(cleaned, train_cfg(), world_size=2)["gradient_accumulation_steps"] == 4
+
+
+@pytest.mark.parametrize(
+    ("block", "said"),
+    [
+        ({"type": "WarmupLR", "params": {"warmup_num_steps": 100}},
+         "optim.scheduler: {type: constant, warmup_steps: 100}"),
+        ({"type": "WarmupCosineLR", "params": {"warmup_num_steps": 10, "cos_min_ratio": 0.1, "total_num_steps": 99}},
+         "optim.scheduler: {type: warmup_cosine, warmup_steps: 10, min_lr_ratio: 0.1}; the decay ends at the run's "
+         "last update (total_num_steps 99 is not read)"),
+        ({"type": "OneCycle", "params": {"cycle_max_lr": 1e-3}},
+         'llmasr has no schedule like "OneCycle": optim.scheduler.type is one of tri_stage, warmup'),
+    ],
+)  # fmt: skip
+def test_each_deepspeed_schedule_is_named_with_the_recipe_s_nearest(block, said):
+    with pytest.raises(ConfigError, match=r'^ds.json: remove the "scheduler" block\. ') as err:
+        resolve_ds_config({"scheduler": block}, train_cfg(), world_size=2, source="ds.json")
+    assert said in str(err.value)
+
+
+def test_an_optimizer_other_than_adamw_is_named():
+    with pytest.raises(ConfigError, match=r'llmasr trains with AdamW only, not "Lamb"; .*lr 0.01 is each branch'):
+        resolve_ds_config({"optimizer": {"type": "Lamb", "params": {"lr": 0.01}}}, train_cfg(), world_size=2)
