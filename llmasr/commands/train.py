@@ -76,6 +76,12 @@ def main(argv: list[str] | None = None) -> int:
         PromptError,
     ) as err:  # refused by the builder or the run's checks: named with where the recipe set it
         raise located(err, args.config, args.overrides) from None
+    except SystemExit as stop:  # a library's exit() inside training (DeepSpeed's autotuner calls one): not the run's
+        # end, whatever status it gives; a job that exits 0 there would be taken for a finished run
+        raise RuntimeError(
+            f"a library ended the process inside training (exit({stop.code!r})) before the run finished; nothing was "
+            "saved since the last checkpoint: --resume continues from it"
+        ) from stop
     if result.get("signal"):
         return exit_status(result["signal"])  # stopped with a checkpoint: the job did not finish
     metrics = result.get("metrics") or {}

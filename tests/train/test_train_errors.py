@@ -125,3 +125,23 @@ def test_a_resume_tag_that_is_not_there_lists_the_tags_that_are(recipe_file, cap
     with pytest.raises(FileNotFoundError, match=r"--resume update_4: neither a checkpoint folder nor a tag in .*; "
                                                 r"its checkpoints are update_00000002, update_00000004$"):  # fmt: skip
         resolve_resume("update_4", run)
+
+
+def test_a_library_exit_inside_training_is_no_finished_run(recipe_file, tmp_path, monkeypatch, capsys):
+    """DeepSpeed's autotuner calls exit() after its profile steps: inside training, that had ended `llmasr train` with
+    status 0 and no message, which a job scheduler takes for a finished run. It is an error naming what happened."""
+    from deepspeed.runtime.engine import DeepSpeedEngine
+
+    step, calls = DeepSpeedEngine.step, []
+
+    def exits_at_the_second(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            exit()  # what deepspeed's engine does at autotuning.end_profile_step
+        return step(self, *args, **kwargs)
+
+    monkeypatch.setattr(DeepSpeedEngine, "step", exits_at_the_second)
+    assert main(["train", "--config", str(recipe_file), "--deepspeed", "zero0", "train.max_updates=4"]) == 1
+    err = capsys.readouterr().err
+    assert "a library ended the process inside training (exit(None)) before the run finished" in err, err
+    assert "Traceback" in (tmp_path / "run" / "train.log").read_text()
