@@ -226,6 +226,7 @@ def test_two_ranks_learn_rank0s_refusal_and_exit_with_one_message(tiny_llm_dir, 
     write_lock(locked, **me())
     changed = tmp_path / "changed"  # a run saved under another seed, resumed with this recipe
     (ck.checkpoints_dir(changed) / ck.tag_for(3)).mkdir(parents=True)
+    (ck.checkpoints_dir(changed) / ck.tag_for(3) / ck.META).write_text("{}")  # complete: `latest` names a checkpoint
     ck.write_atomic(ck.checkpoints_dir(changed) / ck.LATEST, ck.tag_for(3))
     saved = tiny_recipe_dict(tiny_llm_dir, train=[corpus], output_dir=changed, seed=5)
     save_recipe(load_recipe(data=saved), changed / ck.RECIPE_FILE)
