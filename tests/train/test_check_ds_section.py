@@ -111,3 +111,26 @@ def test_hpz_that_divides_the_ranks_resolves():
     zero = {"zero_optimization": {"stage": 3, "zero_hpz_partition_size": 2}}
     for world in (1, 2, 4):
         resolve_ds(zero, TrainConfig(grad_accum=1, precision="fp32"), world_size=world)
+
+
+def test_nvme_offload_needs_deepspeed_s_async_io_op_on_this_machine(recipe_file, tmp_path, capsys):
+    """Before: check passed, and training failed once the model was built ("Unable to JIT load the async_io op")."""
+    from deepspeed.accelerator import get_accelerator
+    from deepspeed.git_version_info import installed_ops
+
+    builder = get_accelerator().create_op_builder("AsyncIOBuilder")
+    usable = builder is not None and (installed_ops.get(builder.name) or builder.is_compatible(verbose=False))
+    path = tmp_path / "nvme.json"
+    swap = str(tmp_path / "swap")
+    path.write_text(json.dumps({"zero_optimization": {"stage": 3, "offload_param": {"device": "nvme",
+                                                                                    "nvme_path": swap}}}))  # fmt: skip
+    code, out, err = run_check(capsys, "--config", str(recipe_file), "--deepspeed", str(path), "--out", str(tmp_path))
+    if usable:  # a machine with libaio: the section names the offload
+        assert code == 0 and "offload_param.device nvme" in out, err
+    else:
+        assert code == 2, err
+        assert (
+            f"{path}: zero_optimization.offload_param.device is 'nvme', but DeepSpeed's async_io op, which swaps to "
+            "NVMe, cannot be built on this machine (" in err
+        )
+        assert "apt install libaio-dev" in err
