@@ -26,14 +26,16 @@ from llmasr.models.start_from import check_start_folder
 from llmasr.run_dir import RECIPE_FILE, read_meta, resolve_resume, resume_asked, resume_or_start
 from llmasr.run_dir.files import verify_tag
 from llmasr.train.check_course import Course, early_stop_lines, epoch_ends, fresh_course, key_updates
+from llmasr.train.check_ds import ds_lines
 from llmasr.train.check_prompt import prompt_lines
 from llmasr.train.checkpoint_space import CheckpointSpace, size_text
 from llmasr.train.config import need_recipe
 from llmasr.train.context_fit import check_context_fit
-from llmasr.train.ds_config import resolve_ds_config, zero_stage
+from llmasr.train.ds_config import resolve_ds, zero_stage
 from llmasr.train.ds_files import read_client_state
 from llmasr.train.early_stop import EarlyStop
 from llmasr.train.engine import offloads_optimizer
+from llmasr.train.op_builds import check_nvme_offload
 from llmasr.train.param_groups import build_param_groups, describe_param_groups, optim_warnings
 from llmasr.train.plan import plan_run
 from llmasr.train.progress import plot_lr, write_lr_csv
@@ -300,7 +302,9 @@ def check(
     """The report text; writes lr_schedule.csv/png into `out` (default: `plot_dir` of the recipe's output_dir).
     `resume`, `overwrite`: as `llmasr train` is given them (the run directory section)."""
     tc = need_recipe(recipe, "llmasr.train.check.check").train
-    ds = resolve_ds_config(ds_path, tc, world_size=world_size)
+    resolved = resolve_ds(ds_path, tc, world_size=world_size)
+    ds = resolved.config
+    check_nvme_offload(ds, resolved.source)  # on this machine, as train's start-up checks it on each node
     check_run_settings(recipe)
     notes = check_start_folder(recipe.model)  # what the model sees, against the folder it starts from
     check_fused_kernels(recipe.model.llm, zero_stage=zero_stage(ds))  # the device is training's to check
@@ -356,7 +360,7 @@ def check(
             f"  warning: train.max_updates {total} sizes the schedules, but the epochs end after update {stop}: the "
             f"run stops there, {stop / total:.0%} of the way through them (raise train.epochs or lower max_updates)"
         )
-    lines += start + space + _memory_lines(ds, tc, counts, world_size)
+    lines += start + space + ds_lines(resolved, world_size) + _memory_lines(ds, tc, counts, world_size)
     out = Path(out) if out is not None else plot_dir(Path(tc.output_dir))
     out.mkdir(parents=True, exist_ok=True)
     write_lr_csv(out / "lr_schedule.csv", curves)

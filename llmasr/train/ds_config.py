@@ -11,12 +11,14 @@ stage, offload, buckets) and "auto" for what the recipe decides:
     gradient_clipping                train.grad_clip
     bf16.enabled / fp16.enabled      train.precision
 
-`resolve_ds_config` replaces every "auto", and refuses a concrete value that contradicts the recipe or is of the wrong
-JSON type (one error lists every such key) rather than letting one silently win, and a key DeepSpeed does not know
-(ds_keys.py). A key missing from the JSON is filled from the recipe like an "auto". The JSON holds no "scheduler" and
-no "optimizer" block: llmasr builds one AdamW param group per branch and one schedule per group (param_groups.py,
-schedulers.py); DeepSpeed's WarmupLR / WarmupDecayLR write one lr into every group, collapsing the per-branch lrs,
-and its "optimizer" block would group parameters its own way. The optimizer's settings live in the recipe's `optim`.
+`resolve_ds_config` replaces every "auto" (`resolve_ds` also records where each value it fills comes from, for
+`llmasr check`'s report: llmasr.train.check_ds), and refuses a concrete value that contradicts the recipe or is of
+the wrong JSON type (one error lists every such key) rather than letting one silently win, and a key DeepSpeed does
+not know (ds_keys.py). A key missing from the JSON is filled from the recipe like an "auto". The JSON holds no
+"scheduler" and no "optimizer" block: llmasr builds one AdamW param group per branch and one schedule per group
+(param_groups.py, schedulers.py); DeepSpeed's WarmupLR / WarmupDecayLR write one lr into every group, collapsing the
+per-branch lrs, and its "optimizer" block would group parameters its own way. The optimizer's settings live in the
+recipe's `optim`.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import copy
 import functools
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from llmasr.config_io import ConfigError, unique_keys
 from llmasr.errors import nearest_hint
@@ -137,11 +139,27 @@ def _set(ds: dict, dotted: str, value: Any) -> None:
     node[last] = value
 
 
+class ResolvedDs(NamedTuple):
+    """A resolved DeepSpeed config and what it was made from."""
+
+    config: dict  # what deepspeed.initialize gets
+    written: dict  # the JSON as read, before resolution
+    filled: dict[str, str]  # dotted key -> where llmasr took its value from (the keys llmasr filled or checked)
+    source: str  # the file or preset, as given
+
+
 def resolve_ds_config(
     ds: dict | str | Path, train_cfg: TrainConfig, *, world_size: int, source: str | None = None
 ) -> dict:
     """The DeepSpeed config to pass to deepspeed.initialize: every "auto" replaced from `train_cfg`, checked against
     it. `ds` is a dict, a path or a preset name; `source` names it in error messages. The input is not modified."""
+    return resolve_ds(ds, train_cfg, world_size=world_size, source=source).config
+
+
+def resolve_ds(
+    ds: dict | str | Path, train_cfg: TrainConfig, *, world_size: int, source: str | None = None
+) -> ResolvedDs:
+    """resolve_ds_config's config, with the JSON as written and where each value llmasr filled came from."""
     if isinstance(ds, dict):
         source = source or "DeepSpeed config"
         ds = copy.deepcopy(ds)
@@ -150,14 +168,15 @@ def resolve_ds_config(
         ds = load_ds_config(ds)
     if world_size < 1:
         raise ValueError(f"world_size must be >= 1, got {world_size}")
+    written, filled = copy.deepcopy(ds), {}
     bf16_key = _check_blocks(ds, source)
     check_owned(ds, source)  # first: a copied config's refusals all in one error
     _check_layout(ds, bf16_key, source)
     _check_accumulation_dtype(ds, bf16_key, train_cfg.precision, source)
     _check_master_weights(ds, bf16_key, train_cfg.precision, source)
-    _fill_from_recipe(ds, train_cfg, bf16_key, source)
+    _fill_from_recipe(ds, train_cfg, bf16_key, source, filled)
     _check_grad_norm(ds, source)
-    _fill_batch_sizes(ds, world_size, source)
+    _fill_batch_sizes(ds, world_size, source, filled)
     left = _find_autos(ds)
     if left:
         hf = [f"{key} with {_HF_FROM_HIDDEN[key.rpartition('.')[2]]}" for key in left
@@ -168,8 +187,10 @@ def resolve_ds_config(
             "for DeepSpeed's default, or set a number there"
             + (f" (HF's Trainer fills {', '.join(hf)}, h the LLM's hidden_size)" if hf else "")
         )
-    check_ds_keys(ds, source)  # misspelt keys: DeepSpeed ignores them, or refuses them only after the model loads
-    return ds
+    check_ds_keys(
+        ds, source, world_size
+    )  # misspelt keys: DeepSpeed ignores them, or refuses them only after the model loads
+    return ResolvedDs(ds, written, filled, source)
 
 
 def _check_blocks(ds: dict, source: str) -> str:
@@ -288,8 +309,9 @@ def _check_master_weights(ds: dict, bf16_key: str, precision: str, source: str) 
         raise ConfigError(f"{source}: {key} is {json.dumps(_get(ds, key))} but {why}")
 
 
-def _fill_from_recipe(ds: dict, train_cfg: TrainConfig, bf16_key: str, source: str) -> None:
-    """Fill each missing or "auto" key the recipe decides; one error lists every concrete value that disagrees."""
+def _fill_from_recipe(ds: dict, train_cfg: TrainConfig, bf16_key: str, source: str, filled: dict) -> None:
+    """Fill each missing or "auto" key the recipe decides, recording its recipe field in `filled`; one error lists
+    every concrete value that disagrees."""
     # (JSON key, recipe value or None where the recipe leaves it to the JSON, recipe field, recipe value shown)
     precision, disagreements = train_cfg.precision, []
     wanted = [
@@ -301,15 +323,19 @@ def _fill_from_recipe(ds: dict, train_cfg: TrainConfig, bf16_key: str, source: s
     ]
     for key, want, field, shown in wanted:
         have = _get(ds, key)
+        named = field if shown is None else f"{field} {shown}"
         if have is None or have == AUTO:
             if want is not None:
                 _set(ds, key, want)
+                filled[key] = f"from {named}"
         elif isinstance(have, bool) != key.endswith(".enabled") or isinstance(have, str):  # "true", or 1 as true
             kind = "true or false (a JSON boolean)" if key.endswith(".enabled") else "a number"
             disagreements.append(f'  {key}: {json.dumps(have)} in the JSON is not {kind}; write one, or "auto"')
         elif want is not None and have != want:
             shown = want if shown is None else shown
             disagreements.append(f"  {key}: {have!r} in the JSON, but {field} = {shown!r} in the recipe")
+        elif want is not None:
+            filled[key] = f"as written, as {named} says"
     if disagreements:
         raise ConfigError(
             f'{source}: concrete value(s) disagree with the recipe (set them to "auto", or make them agree):\n'
@@ -332,10 +358,11 @@ def _check_grad_norm(ds: dict, source: str) -> None:
     raise ConfigError(f"{source}: zero_optimization.compute_grad_norm is false with {why}")
 
 
-def _fill_batch_sizes(ds: dict, world_size: int, source: str) -> None:
+def _fill_batch_sizes(ds: dict, world_size: int, source: str, filled: dict) -> None:
     """Micro batch (nominal 1 when unset), accumulation (required) and train_batch_size = their product * ranks."""
     if _get(ds, "train_micro_batch_size_per_gpu") in (None, AUTO):
         ds["train_micro_batch_size_per_gpu"] = 1  # nominal: batches are dynamic
+        filled["train_micro_batch_size_per_gpu"] = "llmasr's 1, as train.micro_batch_per_gpu is not set"
     if _get(ds, "gradient_accumulation_steps") in (None, AUTO):
         raise ConfigError(
             f"{source}: gradient_accumulation_steps is not set: give train.grad_accum in the recipe "
@@ -347,8 +374,12 @@ def _fill_batch_sizes(ds: dict, world_size: int, source: str) -> None:
             raise ConfigError(f"{source}: {key} must be an integer >= 1, got {value!r}")
     expected = micro * accum * world_size
     tbs = ds.get("train_batch_size")
+    product = f"micro x accumulation x world size ({micro} x {accum} x {world_size})"
     if tbs is None or tbs == AUTO:
         ds["train_batch_size"] = expected
+        filled["train_batch_size"] = f"from {product}"
+    elif tbs == expected:
+        filled["train_batch_size"] = f"as written, = {product}"
     elif tbs != expected:
         raise ConfigError(
             f"{source}: train_batch_size is {tbs!r}, but train_micro_batch_size_per_gpu * "

@@ -9,8 +9,9 @@ forbid unknown keys themselves, but only inside deepspeed.initialize, after the 
 here runs that validation at start-up, and its errors get the dotted key and the nearest field. In the sections read
 key by key (checkpoint, flops_profiler, ...) a key DeepSpeed did not ask for but that nearly matches one it did is
 refused as a misspelling; one that matches nothing may be read later (an option of a disabled feature) and is kept.
-Settings each valid alone that DeepSpeed's ZeRO optimizers refuse together (zero_optimizer_problem), and fp16 loss
-scales that fail or skip every update at the first step (loss_scale_problem), are refused too, read as DeepSpeed
+Settings each valid alone that DeepSpeed's ZeRO optimizers refuse together (zero_optimizer_problem), ZeRO++ options
+that only stage 3 reads or whose group does not divide the ranks (zero_plus_problem), and fp16 loss scales that fail
+or skip every update at the first step (loss_scale_problem), are refused too, read as DeepSpeed
 parsed them.
 """
 
@@ -108,6 +109,39 @@ def zero_optimizer_problem(config) -> str | None:
     return None
 
 
+# ZeRO++: hpZ's secondary partition and quantized all-gathers / reduce-scatters, read by ZeRO-3's code only
+_ZERO_PLUS = ("zero_hpz_partition_size", "zero_quantized_weights", "zero_quantized_nontrainable_weights",
+              "zero_quantized_gradients")  # fmt: skip
+
+
+def zero_plus_problem(config, world_size: int | None) -> str | None:
+    """ZeRO++ options in the parsed `config` that do nothing (set at a ZeRO stage other than 3, whose code alone reads
+    them) or fail once the model is built (an hpZ group that does not divide `world_size`, as DeepSpeed asserts)."""
+    zero, stage = config.zero_config, config.zero_optimization_stage
+    if stage != 3:
+        on = [
+            f"zero_optimization.{name} {json.dumps(getattr(zero, name))}"
+            for name in _ZERO_PLUS
+            if getattr(zero, name) is True or type(getattr(zero, name)) is int and getattr(zero, name) > 1
+        ]
+        if not on:
+            return None
+        it, does, it_ = ("it", "does", "it") if len(on) == 1 else ("they", "do", "them")
+        return (
+            f"{', '.join(on)} at ZeRO stage {stage}: only ZeRO stage 3 reads ZeRO++ options, so here {it} {does} "
+            f"nothing: remove {it_}, or use stage 3 (zero3, zero3_offload)"
+        )
+    hpz = zero.zero_hpz_partition_size
+    group = min(hpz, world_size or 1)
+    if hpz > 1 and world_size and world_size % group:
+        return (
+            f"zero_optimization.zero_hpz_partition_size is {hpz} but the world size is {world_size}: DeepSpeed splits "
+            f"the ranks into hpZ groups of {group}, which must divide them (it asserts so once the model is built): "
+            "give the ranks per node, or a divisor of the world size"
+        )
+    return None
+
+
 # torch turns a Python int operand into a 64-bit number: 2**64 - 1 is the largest it takes ("int too big to convert")
 INT_SCALE_LIMIT = 2**64
 MAX_SCALE_POWER = 63
@@ -163,8 +197,9 @@ def nearest(key: str, known) -> str | None:
     return match[0] if match else None
 
 
-def check_ds_keys(ds: dict, source: str) -> None:
-    """Refuse what DeepSpeed would ignore or refuse late in the resolved config `ds` (see the module doc)."""
+def check_ds_keys(ds: dict, source: str, world_size: int | None = None) -> None:
+    """Refuse what DeepSpeed would ignore or refuse late in the resolved config `ds` (see the module doc), for
+    `world_size` ranks (None: unknown)."""
     known = known_top_level_keys()
     unknown = [f"  {k!r}: not a DeepSpeed key{nearest_hint(k, known)}" for k in ds if k not in known]
     if unknown:
@@ -188,7 +223,7 @@ def check_ds_keys(ds: dict, source: str) -> None:
                 misspelt.append(f"  {name}.{key}: DeepSpeed never reads it; did you mean {name}.{near}?")
     if misspelt:
         raise ConfigError(f"{source}: unknown key(s):\n" + "\n".join(misspelt))
-    if problem := zero_optimizer_problem(config) or loss_scale_problem(config):
+    if problem := zero_optimizer_problem(config) or zero_plus_problem(config, world_size) or loss_scale_problem(config):
         raise ConfigError(f"{source}: {problem}")
 
 

@@ -1,17 +1,22 @@
 """DeepSpeed's JIT-built ops (CPU Adam, fused Adam, the CPU shared-memory all-reduce) and torch's cache they are
 built in: a build killed mid-compile (a job's time limit) leaves torch's `lock` file in the op's folder, and every
 later launch that loads the op waits on it, silently and for ever. A lock older than any build is named at start-up.
+Offload to NVMe where the async_io op cannot be built is refused at start-up (`llmasr check` too), not once the model
+is built.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import platform
 import sys
 import time
 from pathlib import Path
 
 import torch
+
+from llmasr.config_io import ConfigError
 
 log = logging.getLogger("llmasr.train")
 
@@ -60,3 +65,31 @@ def warn_stale_build_locks(cache: Path | None = None) -> list[tuple[Path, float]
             lock, lock.parent.name, age / 60, lock.parent,
         )  # fmt: skip
     return found
+
+
+def check_nvme_offload(ds: dict, source: str) -> None:
+    """ConfigError for offload to NVMe (in a resolved DeepSpeed config `ds` from `source`) on a machine where
+    DeepSpeed's async_io op, which does the swapping, is neither installed prebuilt nor buildable: DeepSpeed loads it
+    only once the model is built, and fails there ("Unable to JIT load the async_io op")."""
+    from llmasr.train.ds_owned import value_at
+
+    keys = [f"zero_optimization.{block}.device" for block in ("offload_optimizer", "offload_param")
+            if value_at(ds, f"zero_optimization.{block}.device") == "nvme"]  # fmt: skip
+    if not keys:
+        return
+    from deepspeed.accelerator import get_accelerator
+    from deepspeed.git_version_info import accelerator_name, installed_ops
+
+    accelerator = get_accelerator()
+    builder = accelerator.create_op_builder("AsyncIOBuilder")
+    if builder is not None:
+        if installed_ops.get(builder.name) and accelerator_name == accelerator._name:  # as DeepSpeed's load decides
+            return
+        if builder.is_compatible(verbose=False):  # libaio's header and library found (it compiles a probe)
+            return
+    raise ConfigError(
+        f"{source}: {' and '.join(keys)} {'is' if len(keys) == 1 else 'are'} 'nvme', but DeepSpeed's async_io op, "
+        f"which swaps to NVMe, cannot be built on this machine ({platform.node()}, {accelerator._name}): it needs "
+        "libaio's header and library (apt install libaio-dev, or set CFLAGS and LDFLAGS to where they are), and "
+        "DeepSpeed would fail on it only once the model is built; or offload to 'cpu' (zero2_offload, zero3_offload)"
+    )

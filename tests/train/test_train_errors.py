@@ -1,6 +1,6 @@
 """`llmasr train` failures end in one message naming what is at fault, with the traceback in train.log (and on
 stderr with LLMASR_DEBUG=1): a full disk while saving, an output folder that cannot be made, a checkpoint that does
-not fit the model, a misspelt DeepSpeed key."""
+not fit the model, a misspelt DeepSpeed key, NVMe offload without DeepSpeed's async_io op."""
 
 import json
 import shutil
@@ -102,6 +102,24 @@ def test_a_misspelt_deepspeed_key_is_refused_with_the_nearest(recipe_file, tmp_p
     assert main(["train", "--config", str(recipe_file), "--deepspeed", str(ds)]) == 2
     err = capsys.readouterr().err
     assert f"llmasr train: error: {ds}: unknown key(s)" in err and "did you mean 'zero_optimization'?" in err
+    assert not (tmp_path / "run" / "checkpoints").exists()  # refused before anything ran
+
+
+def test_nvme_offload_without_deepspeed_s_async_io_op_is_refused_at_start(recipe_file, tmp_path, capsys):
+    """Before: DeepSpeed failed once the model was built ("Unable to JIT load the async_io op")."""
+    from deepspeed.accelerator import get_accelerator
+    from deepspeed.git_version_info import installed_ops
+
+    builder = get_accelerator().create_op_builder("AsyncIOBuilder")
+    if builder is not None and (installed_ops.get(builder.name) or builder.is_compatible(verbose=False)):
+        pytest.skip("this machine builds DeepSpeed's async_io op (libaio is installed)")
+    ds = tmp_path / "ds.json"
+    swap = {"device": "nvme", "nvme_path": str(tmp_path / "swap")}
+    ds.write_text(json.dumps({"zero_optimization": {"stage": 3, "offload_optimizer": swap}}))
+    assert main(["train", "--config", str(recipe_file), "--deepspeed", str(ds), "train.precision=fp32"]) == 2
+    err = capsys.readouterr().err
+    assert f"llmasr train: error: {ds}: zero_optimization.offload_optimizer.device is 'nvme', but DeepSpeed's " in err
+    assert "cannot be built on this machine" in err and "Unable to JIT load" not in err
     assert not (tmp_path / "run" / "checkpoints").exists()  # refused before anything ran
 
 
