@@ -187,9 +187,8 @@ def resolve_ds(
             "for DeepSpeed's default, or set a number there"
             + (f" (HF's Trainer fills {', '.join(hf)}, h the LLM's hidden_size)" if hf else "")
         )
-    check_ds_keys(
-        ds, source, world_size
-    )  # misspelt keys: DeepSpeed ignores them, or refuses them only after the model loads
+    # misspelt keys: DeepSpeed ignores them, or refuses them only after the model loads
+    check_ds_keys(ds, source, world_size)
     return ResolvedDs(ds, written, filled, source)
 
 
