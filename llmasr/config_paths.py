@@ -41,9 +41,13 @@ def not_found(key: str, what: str, path: str | Path) -> str:
     return f"{key}: {what} not found: {path}{where}"
 
 
-def file_problem(path: Path, what: str = "file") -> str | None:
-    """Why `path` is no `what` to read (a directory, a pipe or device, or nothing there); None when it is a file."""
+def file_problem(path: str | os.PathLike, what: str = "file") -> str | None:
+    """Why `path` is no `what` to read (empty, a directory, a pipe or device, or nothing there); None when it is a
+    file."""
     article = "an" if what[0] in "aeiou" else "a"
+    if not os.fspath(path):  # Path("") is ".", the working directory: an unset name, not a folder given
+        return f"an empty path, not {article} {what}"
+    path = Path(path)
     if path.is_dir():
         return f"a directory, not {article} {what}"
     if path.exists() and not path.is_file():  # read more than once (a header probe, then the data): not a stream

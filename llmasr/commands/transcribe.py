@@ -11,7 +11,6 @@ import io
 import json
 import logging
 import sys
-from pathlib import Path
 
 from llmasr import errors
 from llmasr.commands.decode import check_model_args, model_args, refused_flag
@@ -82,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     except PhraseFileError as err:
         print(f"llmasr transcribe: error: --hotwords: {err}", file=sys.stderr)
         return 2
-    missing = [f"{path}: {why}" for path in args.audio if (why := file_problem(Path(path), "audio file"))]
+    missing = [f"{path or repr(path)}: {why}" for path in args.audio if (why := file_problem(path, "audio file"))]
     if missing:  # named before the model loads
         print(f"llmasr transcribe: error: {'; '.join(missing)}", file=sys.stderr)
         return 2

@@ -35,6 +35,12 @@ def usable_device(device: str | torch.device) -> torch.device:
         device = torch.device(device)
     except (RuntimeError, TypeError) as err:
         raise ValueError(f"device {device!r} is not a device name (cpu, cuda, cuda:1, ...): {err}") from None
+    if device.type not in ("cuda", "cpu"):  # mps, xpu, ...: torch names them whether or not this build has them
+        try:
+            torch.empty(0, device=device)
+        except (RuntimeError, AssertionError) as err:
+            why = str(err).splitlines()[0].split(". ")[0]  # torch's first sentence, not its page of advice
+            raise ValueError(f"device {device}: not available on this machine ({why}); use cpu") from None
     if device.type != "cuda":
         return device
     count = torch.cuda.device_count() if torch.cuda.is_available() else 0

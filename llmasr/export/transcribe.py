@@ -36,6 +36,7 @@ from llmasr.models.decoding import DecodeConfig, decode_config
 log = logging.getLogger(__name__)
 PATHS = (str, os.PathLike)  # a clip that is an audio file
 MAX_FLOAT_PEAK = 4.0  # a float waveform louder than this is not in [-1, 1] full scale (a little clipping headroom)
+MIN_SAMPLE_RATE = 1000  # Hz; below it, a rate in kHz (sample_rate=16): hours of "audio" decoded into noise
 
 
 class TranscribeError(ValueError):
@@ -106,16 +107,15 @@ class Transcriber:
                 "the %d given are dropped, the longest first; kept %s", self.model.prompt.hotwords_max_tokens,
                 dropped, len(hotwords), kept,
             )  # fmt: skip
-        if sample_rate is not None and (isinstance(sample_rate, bool) or int(sample_rate) != sample_rate):
-            raise TranscribeError(f"sample_rate: a whole number of Hz, got {sample_rate!r}")
-        if (sample_rate is None or int(sample_rate) <= 0) and not all(isinstance(c, PATHS) for c in audio):
-            name = next(f"waveform {i}" for i, c in enumerate(audio) if not isinstance(c, PATHS))
-            raise TranscribeError(f"{name}: a waveform needs its sample_rate (Hz)")  # the call's fault, not a clip's
+        _check_rate(sample_rate)
+        waves = [i for i, c in enumerate(audio) if not isinstance(c, PATHS) and not _not_audio(c)]
+        if sample_rate is None and waves:  # the call's fault, not a clip's (a clip of neither kind is named as such)
+            raise TranscribeError(f"waveform {waves[0]}: a waveform needs its sample_rate (Hz)")
         with tempfile.TemporaryDirectory(prefix="llmasr-transcribe-") as tmp:
             names, manifest, bad, links = _manifest(list(audio), sample_rate, Path(tmp))
             opts = dataclasses.replace(self.opts, hotwords=None if hotwords is None else list(hotwords))
             if bad and not keep_going:  # a missing file or a bad waveform, named before anything is decoded
-                raise TranscribeError("; ".join(f"{names[i]}: {why}" for i, why in bad.items()))
+                raise TranscribeError("; ".join(f"{names[i] or repr('')}: {why}" for i, why in bad.items()))
             rows = []
             if len(bad) < len(names):
                 loader = decode_loader(self.model, manifest, self.cfg, opts, self.device)  # the list: every clip's
@@ -145,7 +145,7 @@ def _manifest(audio: list, sample_rate, tmp: Path) -> tuple[list[str], Path, dic
         if isinstance(clip, PATHS):
             clip = os.fsdecode(clip)  # any os.PathLike (py.path, UPath) is a path, not a waveform
             names.append(clip)
-            if why := file_problem(Path(clip), "audio file"):
+            if why := file_problem(clip, "audio file"):
                 missing[i] = why
                 continue
             source = str(Path(clip).resolve())
@@ -169,6 +169,43 @@ def _manifest(audio: list, sample_rate, tmp: Path) -> tuple[list[str], Path, dic
     return names, path, missing, links
 
 
+def _check_rate(sample_rate) -> None:
+    """A waveform's rate (the call's, None where it has none) in whole Hz, and one audio is recorded at."""
+    if sample_rate is None:
+        return
+    try:
+        whole = not isinstance(sample_rate, (bool, str)) and int(sample_rate) == sample_rate
+    except (TypeError, ValueError):
+        whole = False
+    if not whole:
+        raise TranscribeError(f"sample_rate: a whole number of Hz, got {sample_rate!r}")
+    rate = int(sample_rate)
+    if rate <= 0:
+        raise TranscribeError(f"sample_rate: a positive number of Hz, got {rate}")
+    if rate < MIN_SAMPLE_RATE:
+        khz = f"; in kHz? {rate} kHz is sample_rate={rate * 1000}" if 8 <= rate <= 192 else ""
+        raise TranscribeError(f"sample_rate: {rate} Hz is too low for audio (at least {MIN_SAMPLE_RATE} Hz){khz}")
+
+
+def _not_audio(clip) -> str | None:
+    """Why `clip`, not a path, is no waveform either (None when it may be one): named as such, not as a waveform
+    missing its sample rate."""
+    if isinstance(clip, (bytes, bytearray, memoryview)) or hasattr(clip, "read"):
+        what = "bytes" if isinstance(clip, (bytes, bytearray, memoryview)) else type(clip).__name__
+        return (
+            f"expected an audio file path (str, Path) or a waveform, got {what}: a file's contents? read them with "
+            "soundfile.read(io.BytesIO(data)) and pass the samples with their sample_rate; a file name in bytes? "
+            "os.fsdecode(name)"
+        )
+    if clip is None or isinstance(clip, (dict, set)) or hasattr(clip, "__next__"):
+        return f"expected an audio file path (str, Path) or a waveform, got {clip!r:.60}"
+    if isinstance(clip, np.ndarray) and clip.dtype.kind in "SU":
+        return (
+            f"expected an audio file path or a waveform, got an array of text ({clip.dtype}): file names? pass a list"
+        )
+    return None
+
+
 def utf8(text: str) -> bool:
     try:
         text.encode("utf-8")
@@ -178,6 +215,8 @@ def utf8(text: str) -> bool:
 
 
 def _waveform(clip, name: str) -> np.ndarray:
+    if why := _not_audio(clip):
+        raise TranscribeError(f"{name}: {why}")
     if hasattr(clip, "detach"):  # a torch tensor; numpy has no bfloat16
         clip = clip.detach().cpu()
         clip = clip.float() if clip.is_floating_point() else clip

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 
-from llmasr.config_io import ConfigError, from_dict
+from llmasr.config_io import ConfigError, coerce, from_dict
 from llmasr.config_paths import path_field
 
 METRICS = ("auto", "wer", "cer")
@@ -21,6 +22,9 @@ AUTO_CTC_WEIGHT = 0.7
 # hotword_boost when unset and the search is CTC prefix-guided (chosen on the demo's hotword_dev split by
 # bench/hotword_boost.py: the lowest WER within its leak and U-WER limits; README).
 AUTO_HOTWORD_BOOST = 2.0
+# the settings SpeechLLM.transcribe reads (the rest are the loader's and the scorer's, checked by validate)
+SEARCH_FIELDS = ("num_beams", "max_new_tokens", "tokens_per_second", "repetition_penalty", "no_repeat_ngram_size",
+                 "ctc_weight", "repeat_limit", "hotword_boost", "timestamps")  # fmt: skip
 MIN_WINDOW_SECONDS = 2.0  # shortest long-audio window: below it the join would hang on a word or two
 
 
@@ -111,6 +115,9 @@ class DecodeConfig:
     def validate_search(self, path: str = "decode") -> None:
         """The checks of the settings the search itself reads (SpeechLLM.transcribe makes them, so that a
         DecodeConfig built in Python is held to a recipe's rules): ConfigError naming the field under `path`."""
+        hints = typing.get_type_hints(DecodeConfig)
+        for name in SEARCH_FIELDS:  # types first, as a recipe's: num_beams="4" had been a '<' TypeError
+            setattr(self, name, coerce(getattr(self, name), hints[name], f"{path}.{name}"))
         if self.num_beams < 1:
             raise ConfigError(f"{path}.num_beams: must be >= 1, got {self.num_beams}")
         if self.ctc_weight is not None and not 0.0 <= self.ctc_weight <= 1.0:

@@ -118,6 +118,8 @@ def llm_dtype_name(name: str | torch.dtype | None, default: str) -> str:
     from llmasr.models.llm import DTYPES
 
     if isinstance(name, torch.dtype):
+        if name not in DTYPES.values():
+            raise ExportedModelError(f"dtype must be one of bf16, fp16, fp32 (or their torch dtypes); got {name}")
         return next(k for k, v in DTYPES.items() if v == name)
     name = name or default
     if name not in DTYPE_NAMES:

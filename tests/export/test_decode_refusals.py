@@ -38,6 +38,11 @@ def test_a_device_this_machine_lacks_is_named_with_what_it_has(monkeypatch):
         usable_device("cuda")
     with pytest.raises(ValueError, match=r"device 'gpu' is not a device name \(cpu, cuda, cuda:1, \.\.\.\)"):
         usable_device("gpu")
+    if not torch.backends.mps.is_available():  # a device type torch names that this build lacks: had moved the model
+        with pytest.raises(ValueError, match=r"^device mps: not available on this machine \(.*\); use cpu$"):
+            usable_device("mps")
+        with pytest.raises(TranscribeError, match=r"^device mps: not available on this machine"):
+            Transcriber.load("no-model-read", device="mps")
     _one_gpu(monkeypatch)
     assert usable_device("cuda:0") == torch.device("cuda", 0)
     with pytest.raises(ValueError, match=r"device cuda:3: this machine has 1 CUDA device\(s\), cuda:0 to cuda:0"):

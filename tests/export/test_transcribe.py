@@ -14,6 +14,7 @@ import torch
 from llmasr.config_io import ConfigError
 from llmasr.export.decode import DecodeOptions, decode_manifest, load_decode_model
 from llmasr.export.transcribe import TranscribeError, Transcriber
+from llmasr.models.exported import ExportedModelError
 from llmasr.testing.run_dirs import write_corpus
 
 TEXTS = ["zero one two", "three four", "five six seven eight", "nine"]
@@ -421,3 +422,48 @@ def test_a_clip_that_cannot_be_read_is_named_by_its_path_alone(exported_dir, asr
     bad.write_text(json.dumps({"key": "short", "source": str(short), "target": "x"}) + "\n")
     decode_manifest(asr.model, bad, tmp_path / "o", asr.cfg, DecodeOptions(num_workers=0, max_bad_fraction=1.0))
     assert any("skipping bad item" in r.getMessage() and "(key short)" in r.getMessage() for r in caplog.records)
+
+
+def test_a_rate_in_khz_is_refused_not_decoded_as_minutes_of_noise(asr, clips):
+    """sample_rate=16 (kHz meant) had stretched 0.1 s into 100 s of 'audio' and returned its noise as the text."""
+    _, paths = clips
+    wave = sf.read(paths[0], dtype="float32")[0][:1600]
+    with pytest.raises(TranscribeError, match=r"^sample_rate: 16 Hz is too low for audio .*sample_rate=16000$"):
+        asr(wave, sample_rate=16)
+    with pytest.raises(TranscribeError, match=r"^sample_rate: a positive number of Hz, got 0$"):  # not 'needs' one
+        asr(wave, sample_rate=0)
+    assert asr(wave, sample_rate=np.int64(16000)) == asr(wave, sample_rate=16000)
+
+
+def test_a_clip_of_neither_kind_is_named_as_such_without_a_sample_rate(asr, clips):
+    """None, a file's bytes, a BytesIO or an open file had been 'a waveform needs its sample_rate' when no rate was
+    given: the rate given, it then said they were no waveform."""
+    import io
+
+    _, paths = clips
+    data = paths[0].read_bytes()
+    with open(paths[0], "rb") as opened:
+        for odd in (None, data, io.BytesIO(data), opened, iter([paths[0]])):
+            with pytest.raises(TranscribeError, match=r"^waveform 1: expected an audio file path \(str, Path\) or a"):
+                asr([paths[1], odd])
+    with pytest.raises(TranscribeError, match=r"got bytes: a file's contents\? read them with soundfile.read"):
+        asr(data)
+    with pytest.raises(TranscribeError, match=r"waveform 0: .*got an array of text \(<U\d+\): file names\? pass a"):
+        asr(np.array([str(p) for p in paths]))
+
+
+def test_an_empty_path_is_named_as_empty_not_as_a_directory(exported_dir, asr, capsys):
+    """Path('') is '.': an empty name (an unset setting) had been ': a directory, not an audio file'."""
+    from llmasr.cli import main
+
+    with pytest.raises(TranscribeError, match=r"^'': an empty path, not an audio file$"):
+        asr("")
+    assert asr.transcripts([""], keep_going=True) == [{"audio": "", "error": "an empty path, not an audio file"}]
+    assert main(["transcribe", "--model", str(exported_dir), ""]) == 2
+    assert "llmasr transcribe: error: '': an empty path, not an audio file" in capsys.readouterr().err
+
+
+def test_a_dtype_of_no_llm_weights_is_named(exported_dir):
+    """A torch dtype other than float32 / bfloat16 / float16 had been a bare StopIteration."""
+    with pytest.raises(ExportedModelError, match=r"dtype must be one of bf16, fp16, fp32 .*got torch.int8"):
+        Transcriber.load(exported_dir, dtype=torch.int8)

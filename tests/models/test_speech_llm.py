@@ -410,3 +410,22 @@ def test_decoding_right_after_a_training_step_searches_the_model_without_dropout
     model.eval()
     model.generate(batch, max_new_tokens=2)
     assert not model.training and not model.encoder.training
+
+
+@pytest.mark.parametrize(
+    "setting, value, why",
+    [("num_beams", "4", "expected an integer, got '4'"), ("num_beams", 2.5, "expected an integer, got 2.5"),
+     ("timestamps", "false", "expected true/false, got 'false'"), ("ctc_weight", "a", "expected a number")],
+)  # fmt: skip
+def test_a_decode_config_built_in_python_is_checked_for_types_by_name(model, setting, value, why):
+    """The value checks alone had met a DecodeConfig made in Python: num_beams="4" stopped in a '<' TypeError,
+    timestamps="false" (a true string) would have aligned."""
+    from llmasr.models.decoding import DecodeConfig
+
+    batch = random_batch(model.eval(), TARGETS[:2], frames=[12, 20], seed=5)
+    with pytest.raises(ConfigError, match=rf"^decode\.{setting}: {why}"):
+        model.transcribe(batch, DecodeConfig(**{setting: value}))
+    assert (
+        model.transcribe(batch, DecodeConfig(num_beams=2.0, max_new_tokens=3)).llm
+        == model.transcribe(batch, DecodeConfig(num_beams=2, max_new_tokens=3)).llm
+    )  # a whole float is the integer, as in a recipe
