@@ -258,7 +258,7 @@ def _prepare(args, world: DecodeWorld):
     unwritable = output_problem(Path(args.output))  # before the model loads, and not blamed on a manifest later
     if unwritable:
         raise Refused(f"--output {args.output}: {unwritable}")
-    missing = [f"{data}: {why}" for data in args.data if (why := manifest_file_problem(Path(data)))]
+    missing = [f"{data or repr(data)}: {why}" for data in args.data if (why := manifest_file_problem(data))]
     if missing:  # a mistyped manifest is named now, not after the model loads and the others are decoded
         raise Refused(f"--data: {'; '.join(missing)}")
     flags = {field: getattr(args, dest) for field, dest in DECODE_FLAGS.items()}

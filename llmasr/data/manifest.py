@@ -159,11 +159,11 @@ def kaldi_folder_hint(path: Path) -> str:
     return f"; {folder} is a Kaldi data folder: `llmasr data kaldi {folder} OUT.jsonl` writes its manifest"
 
 
-def manifest_file_problem(path: Path) -> str | None:
-    """Why `path` is no manifest file to read (config_paths.file_problem), with the command that writes one where it is
-    a Kaldi data folder; None when it is a file."""
+def manifest_file_problem(path: str | os.PathLike) -> str | None:
+    """Why `path` is no manifest file to read (config_paths.file_problem: an empty one too), with the command that
+    writes one where it is a Kaldi data folder; None when it is a file."""
     why = file_problem(path, "manifest file")
-    return None if why is None else why + kaldi_folder_hint(path)
+    return None if why is None else why + (kaldi_folder_hint(Path(path)) if os.fspath(path) else "")
 
 
 def _cache_dir() -> Path:

@@ -164,6 +164,9 @@ def test_missing_inputs_are_named_before_the_model_loads(exported_dir, manifest,
     err = capsys.readouterr().err
     assert f"--data: {gone}: no such manifest file; {tmp_path}: a directory, not a manifest file" in err
     assert not out.exists()
+    # an empty name (an unset shell variable) is no directory: Path("") had been the working directory
+    assert decode_main(["--model", str(exported_dir), "--data", "", "--output", str(out)]) == 2
+    assert "--data: '': an empty path, not a manifest file" in capsys.readouterr().err
     clip = manifest.parent / "wav" / "test0.wav"
     assert transcribe_main(["--model", str(exported_dir), str(clip), str(tmp_path / "gone.wav"), str(tmp_path)]) == 2
     err = capsys.readouterr().err
