@@ -42,6 +42,14 @@ def ctc_label_ids(tokenizer, target: str) -> np.ndarray | str:
         return "target has no CTC tokens"
     vocab, blank = int(tokenizer.vocab_size), int(tokenizer.blank_id)
     out = (ids < 0) | (ids >= vocab) | (ids == blank)
+    parts = getattr(tokenizer, "unknown_parts", None)
+    unknown = [p for w in target.split() for p in parts(w)] if parts is not None and (ids == blank).any() else []
+    if unknown:  # <unk> is this head's blank (SenseVoiceSmall's, id 0): name the text, not the id
+        return (
+            f"target has text the CTC vocabulary spells <unk>, which is the head's blank (id {blank}), so no CTC "
+            f"label can stand for it: {', '.join(map(repr, dict.fromkeys(unknown)))}; write it with what the "
+            "vocabulary has, or leave the line out"
+        )
     if out.any():
         return (
             f"target has CTC ids outside the vocabulary (size {vocab}, blank {blank}): "

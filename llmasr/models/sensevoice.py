@@ -54,13 +54,25 @@ QUERY_ROWS = 16
 
 def query_ids(queries: dict) -> list[int]:
     """The four embedding rows SenseVoiceSmall prepends, in its order: language, event, emotion, text norm."""
-    if not isinstance(queries, dict) or set(queries) - {"language", "itn"}:
+    if not isinstance(queries, dict):
         raise ConfigError(f"SenseVoiceEncoderSmall: queries takes {{language, itn}}, got {queries!r}")
+    unknown = sorted(set(queries) - {"language", "itn"}, key=str)
+    if unknown:  # FunASR's generate() names them use_itn=True, textnorm="withitn"
+        key = unknown[0]
+        hint = "; FunASR's use_itn / textnorm is itn: true or false here" if key in ("use_itn", "textnorm") else ""
+        raise ConfigError(f"SenseVoiceEncoderSmall: queries.{key} is not a key of queries (it takes language, itn)"
+                          f"{hint or nearest_hint(str(key), ['language', 'itn'])}")  # fmt: skip
     language, itn = queries.get("language", "auto"), queries.get("itn", False)
     if language not in LANGUAGES:
-        raise ConfigError(f"SenseVoiceEncoderSmall: queries.language {language!r} is not one of {sorted(LANGUAGES)}")
+        bare = str(language).removeprefix("<|").removesuffix("|>")
+        hint = f" (write {bare!r}, not FunASR's tag {language!r})" if bare in LANGUAGES else ""
+        raise ConfigError(
+            f"SenseVoiceEncoderSmall: queries.language {language!r} is not one of {sorted(LANGUAGES)}{hint}"
+        )
     if not isinstance(itn, bool):
-        raise ConfigError(f"SenseVoiceEncoderSmall: queries.itn must be true or false, got {itn!r}")
+        hint = {"withitn": " (FunASR's withitn is itn: true)", "woitn": " (FunASR's woitn is itn: false)"}
+        bare = str(itn).removeprefix("<|").removesuffix("|>")
+        raise ConfigError(f"SenseVoiceEncoderSmall: queries.itn must be true or false, got {itn!r}{hint.get(bare, '')}")
     return [LANGUAGES[language], *EVENT_EMOTION, TEXT_NORM[itn]]
 
 

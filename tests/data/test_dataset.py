@@ -332,3 +332,18 @@ def test_a_missing_audio_file_loaded_says_what_its_path_may_have_meant(tmp_path,
         f"audio: file not found ({base}/a.wav ) (the path as written, 'a.wav ', begins or ends with white space)",
     ]
     assert {reason_category(g.reason) for g in got} == {"audio file not found"}
+
+
+def test_text_a_sensevoice_vocabulary_spells_as_its_blank_is_named(tmp_path):
+    """SenseVoiceSmall's head has <unk> (id 0) as its blank: a character its sentencepiece model lacks is spelled
+    with the blank, and the bad line names that text, not the bare id [0]."""
+    from llmasr.data.dataset import ctc_label_ids
+    from llmasr.models.ctc_vocab import SentencePieceCTCTokenizer
+    from llmasr.testing.tiny_funasr import SENSEVOICE_BPE, tiny_sensevoice_conf, write_funasr_dir
+
+    model_dir = write_funasr_dir(tmp_path / "sv", model="SenseVoiceSmall", encoder_conf=tiny_sensevoice_conf())
+    vocab = SentencePieceCTCTokenizer(str(model_dir / SENSEVOICE_BPE), blank="<unk>")
+    assert isinstance(ctc_label_ids(vocab, "six five"), np.ndarray)
+    why = ctc_label_ids(vocab, "six 5 five")
+    assert isinstance(why, str) and "'5'" in why and "<unk>" in why and "blank" in why, why
+    assert reason_category(why) == "target outside the CTC vocabulary"

@@ -90,3 +90,22 @@ def test_bad_features_or_lengths_are_named():
         enc(torch.zeros(1, 4, 3), torch.tensor([4]))
     with pytest.raises(ValueError, match=r"SenseVoiceEncoderSmall: lengths must be in \[1, 4\].*got \[5\]"):
         enc(torch.zeros(1, 4, size), torch.tensor([5]))
+
+
+@pytest.mark.parametrize(
+    "queries, named",
+    [
+        ({"language": "zh", "use_itn": True}, r"queries.use_itn is not a key .*FunASR's use_itn / textnorm is itn: tr"),
+        ({"textnorm": "withitn"}, r"queries.textnorm is not a key .*itn: true or false here"),
+        ({"languages": "zh"}, r"queries.languages is not a key .*did you mean 'language'"),
+        ({"language": "<|zh|>"}, r"queries.language '<\|zh\|>' is not one of .*write 'zh', not FunASR's tag"),
+        ({"itn": "woitn"}, r"queries.itn must be true or false, got 'woitn' \(FunASR's woitn is itn: false\)"),
+    ],
+)
+def test_funasr_spellings_of_the_queries_are_named_with_the_recipe_key(tmp_path, queries, named):
+    """FunASR's generate() spells the query settings language="<|zh|>"-style tags, use_itn=True or
+    textnorm="withitn": a recipe that copies them is told which key and value the queries take."""
+    d = write_funasr_dir(tmp_path / "sv", model="SenseVoiceSmall", encoder_conf=tiny_sensevoice_conf())
+    section = {"type": "sensevoice", "path": str(d), "conf": {"queries": queries}}
+    with pytest.raises(ConfigError, match=named):
+        build_encoder(from_dict(EncoderConfig, section, "model.encoder"))
