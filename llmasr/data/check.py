@@ -33,6 +33,7 @@ from llmasr.data.record_fields import unread_fields
 from llmasr.data.records import missing_hint, wrong_duration
 from llmasr.data.screen import spelling_check, static_visits, target_length
 from llmasr.data.speech_check import SpeechFindings
+from llmasr.data.transcript_tags import gather_tags
 
 DURATION_TOLERANCE_S = 0.1  # a segment end past the header's duration before a line is noted
 CHUNK_LINES = 8192  # lines parsed and probed together
@@ -68,6 +69,7 @@ class DataReport:
     unread_fields: dict[str, list] = field(default_factory=dict)  # field no parser reads -> [lines, first one]
     # what the CTC vocabulary spells <unk> (a character or word of the transcripts) -> [lines, first manifest:line]
     ctc_unknown: dict[str, list] = field(default_factory=dict)
+    tags: dict[str, list] = field(default_factory=dict)  # special-token tags in transcripts -> [lines, first one]
     # (sample rate, channels, averaged: read without a `channel`) -> [lines, the first one's manifest:line]
     audio_formats: dict[tuple[int, int, bool], list] = field(default_factory=dict)
     sample_rate: int = 16000  # the encoder frontend's: what loading resamples to
@@ -92,11 +94,12 @@ class DataReport:
         return not self.errors and self.bad_fraction <= self.max_bad_fraction
 
 
-def _parse_line(m, i: int, spell=None, unread: dict | None = None, unknown: tuple | None = None):
+def _parse_line(m, i: int, spell=None, unread: dict | None = None, unknown: tuple | None = None, tags=None):
     """(utterance, target_len, None) or (None, 0, bad record) for line i of manifest m (no audio access); `spell`:
     the CTC vocabulary's spelling check (llmasr.data.screen.spelling_check); `unread`: gathers the fields the line's
     parser leaves unread (field -> [lines, the first one's manifest:line]); `unknown`: (the CTC rule's `unknown`,
-    where it gathers what the vocabulary spells <unk>, alike)."""
+    where it gathers what the vocabulary spells <unk>, alike); `tags`: the special-token tags of the transcripts,
+    alike."""
     try:
         rec, utt = m.parsed(i)
     except BadRecord as rec:
@@ -113,6 +116,8 @@ def _parse_line(m, i: int, spell=None, unread: dict | None = None, unknown: tupl
         return None, 0, {**where, "reason": "empty target"}
     if spell is not None and (why := spell(utt.target)) is not None:
         return None, 0, {**where, "reason": why}
+    if tags is not None:
+        gather_tags(tags, utt.target, f"{m.path}:{m.lineno(i)}")
     if unknown is not None:
         for part in dict.fromkeys(unknown[0](utt.target)):
             unknown[1].setdefault(part, [0, f"{m.path}:{m.lineno(i)}"])[0] += 1
@@ -232,7 +237,8 @@ def check_data(
             dur_of, tl_of, text_of = np.full(n, math.nan), np.zeros(n, dtype=np.int64), np.zeros(n, dtype=np.int64)
             for lo in range(0, n, CHUNK_LINES):  # a chunk's lines at a time: memory does not grow with the manifest
                 parsed = [
-                    _parse_line(m, i, spell, report.unread_fields, unknown) for i in range(lo, min(n, lo + CHUNK_LINES))
+                    _parse_line(m, i, spell, report.unread_fields, unknown, report.tags)
+                    for i in range(lo, min(n, lo + CHUNK_LINES))
                 ]  # here: not across threads
                 good = [utt for utt, _, _ in parsed if utt is not None]
                 probed = pool.map(lambda u: _probe_line(u, probe, cap), good, chunksize=32)

@@ -11,6 +11,7 @@ import numpy as np
 from llmasr.data.check import DataReport
 from llmasr.data.record_fields import unread_text
 from llmasr.data.screen import ctc_unknown_text
+from llmasr.data.transcript_tags import tags_text
 
 
 def histogram(durations: np.ndarray, *, bins: int = 20, width: int = 50) -> list[str]:
@@ -155,6 +156,9 @@ def format_report(report: DataReport, *, max_examples: int = 50) -> str:
     if report.ctc_unknown:
         found = [(part, n, first) for part, (n, first) in report.ctc_unknown.items()]
         lines += ["", "## spelled <unk> by the CTC vocabulary", ctc_unknown_text(found)]
+    if report.tags:
+        found = [(tag, n, first) for tag, (n, first) in report.tags.items()]
+        lines += ["", "## special-token tags in transcripts", tags_text(found)]
     if report.batching:
         s = report.batching
         lines += ["", f"## batching ({report.budget}, world size {report.world_size})"]

@@ -30,6 +30,7 @@ from llmasr.data.manifest import BadRecord, Manifest
 from llmasr.data.record_fields import near_field, unread_fields, unread_text
 from llmasr.data.records import missing_hint
 from llmasr.data.screen_share import ScreenShare
+from llmasr.data.transcript_tags import gather_tags, tags_text
 
 log = logging.getLogger("llmasr.data")
 
@@ -53,7 +54,7 @@ def target_length(utt) -> int:
 def screen(
     manifest, ctc_labels: Callable[[str], object] | None = None, target_lens: np.ndarray | None = None,
     share: ScreenShare | None = None, text_lens: tuple[np.ndarray, Callable] | None = None, unread: dict | None = None,
-    unknown: dict | None = None,
+    unknown: dict | None = None, tags: dict | None = None,
 ) -> tuple[list[BadItem], float]:  # fmt: skip
     """Every line found unusable without loading audio (see the module docstring), sorted by index, and the seconds
     the screen took. `ctc_labels`: the dataset's CTC rule (a transcript -> ids, or why there are none). Fills
@@ -63,7 +64,8 @@ def screen(
     `share`: this rank screens its part of the lines and the ranks of its node exchange theirs
     (llmasr.data.screen_share). `unread`, when given, gathers the fields no parser reads (llmasr.data.records
     .unread_fields): field -> [lines holding it, the first one's index]; `unknown`, alike, what the CTC vocabulary
-    spells <unk> (the rule's `unknown`, llmasr.data.dataset.CTCRule)."""
+    spells <unk> (the rule's `unknown`, llmasr.data.dataset.CTCRule); `tags`, alike, the special-token tags the
+    transcripts hold (llmasr.data.transcript_tags)."""
     t0 = time.perf_counter()
     n = len(manifest)
     shares = None
@@ -87,7 +89,7 @@ def screen(
             if text_lens is not None:
                 text_lens[0][share.indices(n, part)] = found["text_lens"]
     bad.sort(key=lambda b: b.index)
-    for gathered, key in ((unread, "unread"), (unknown, "unknown")):
+    for gathered, key in ((unread, "unread"), (unknown, "unknown"), (tags, "tags")):
         for part in screened if gathered is not None else ():
             for name, (lines, first) in part[key].items():
                 seen = gathered.setdefault(name, [0, first])
@@ -106,6 +108,7 @@ def _screen_part(manifest, lines: np.ndarray, ctc_labels, target_lens, text_lens
     bad: list[BadItem] = []
     unread: dict[str, list[int]] = {}
     spelled_unk: dict[str, list[int]] = {}  # what the CTC vocabulary spells <unk> -> [lines, first index]
+    tags: dict[str, list[int]] = {}  # special-token tags in transcripts -> [lines, first index]
     spell = spelling_check(ctc_labels) if ctc_labels is not None else None
     ask = getattr(ctc_labels, "unknown", None)
     for i in lines.tolist():
@@ -116,6 +119,7 @@ def _screen_part(manifest, lines: np.ndarray, ctc_labels, target_lens, text_lens
             continue
         for name in unread_fields(rec):
             unread.setdefault(name, [0, i])[0] += 1
+        gather_tags(tags, utt.target, i)
         if target_lens is not None:
             target_lens[i] = target_length(utt)
         if text_lens is not None:
@@ -143,7 +147,7 @@ def _screen_part(manifest, lines: np.ndarray, ctc_labels, target_lens, text_lens
                 bad.append(BadItem.from_record(rec, i))
     probed = np.flatnonzero(probe)
     seconds = np.asarray(manifest.durations(), dtype=np.float32)[probed]
-    return {"bad": bad, "unread": unread, "unknown": spelled_unk, "probed": (probed, seconds),
+    return {"bad": bad, "unread": unread, "unknown": spelled_unk, "tags": tags, "probed": (probed, seconds),
             "target_lens": None if target_lens is None else target_lens[lines],
             "text_lens": None if text_lens is None else text_lens[0][lines]}  # fmt: skip
 
@@ -203,9 +207,14 @@ def start_tracker(manifest, data_cfg, *, name: str, indices, rank: int, world_si
     unknown = int(np.isnan(np.asarray(manifest.durations(), dtype=np.float64)).sum())
     unread: dict[str, list[int]] = {}
     spelled_unk: dict[str, list[int]] = {}
-    static, took = screen(manifest, ctc_labels, target_lens, share, text_lens, unread, spelled_unk)
+    tags: dict[str, list[int]] = {}
+    static, took = screen(manifest, ctc_labels, target_lens, share, text_lens, unread, spelled_unk, tags)
     if unread and rank == 0:
         _say_unread(manifest, unread, name)
+    if tags and rank == 0:
+        log.warning(
+            "%s: %s", name, tags_text([(t, n, "{}:{}".format(*where(manifest, i))) for t, (n, i) in tags.items()])
+        )
     if spelled_unk and rank == 0:
         found = [(part, n, "{}:{}".format(*where(manifest, first))) for part, (n, first) in spelled_unk.items()]
         log.warning("%s: %s", name, ctc_unknown_text(found))

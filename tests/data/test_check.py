@@ -582,3 +582,17 @@ def test_the_channel_advice_fits_a_lhotse_multicut(tmp_path):
     text = format_report(check_data([path], data_cfg(), FrontendConfig()))
     assert f"16000 Hz, 2 channels: 1 line, first at {path}:1; its channels averaged" in text
     assert "give no `channel`" not in text and "a lhotse cut's supervision its own `channel`" in text
+
+
+def test_data_check_names_special_token_tags_in_transcripts(tmp_path):
+    """SenseVoiceSmall's rich tags left in pseudo-labels: the lines are good, and the report names the tags."""
+    path = good_corpus(tmp_path, 3)
+    recs = [json.loads(line) for line in path.read_text().splitlines()]
+    recs[1]["target"] = "<|zh|><|HAPPY|><|Speech|><|withitn|>" + recs[1]["target"]
+    path = write_manifest(tmp_path / "m.jsonl", [json.dumps(r) for r in recs])
+    report = check_data([path], data_cfg(), FrontendConfig())
+    assert report.ok and report.num_bad == 0 and report.tags["<|HAPPY|>"] == [1, f"{path}:2"]
+    text = format_report(report)
+    assert "## special-token tags in transcripts" in text and f"<|withitn|> in 1 line (first: {path}:2)" in text
+    clean = check_data([good_corpus(tmp_path / "clean", 2)], data_cfg(), FrontendConfig())
+    assert clean.tags == {} and "special-token tags" not in format_report(clean)

@@ -307,3 +307,37 @@ def test_fields_no_parser_reads_are_counted_over_every_rank_s_part_and_said_once
     caplog.clear()
     screen_mod.start_tracker(Manifest.open(str(path)), cfg, name="train", indices=None, rank=1, world_size=2)
     assert "fields llmasr does not read" not in caplog.text  # rank 0 says it
+
+
+def test_special_token_tags_in_transcripts_are_counted_over_every_rank_s_part_and_said_once(tmp_path, caplog):
+    """Transcripts pseudo-labelled with SenseVoiceSmall begin with its rich tags; a vocabulary that holds them spells
+    them, so the lines are not bad and training taught the model to write the tags without a word. The screen counts
+    them, each rank its part, and rank 0 names them with how to strip them."""
+    caplog.set_level("INFO", logger="llmasr.data")
+    path = tmp_path / "train.jsonl"
+    corpus(tmp_path)
+    recs = [json.loads(line) for line in (tmp_path / "train.jsonl").read_text().splitlines() if line != "{not json"]
+    for i in (2, 7, 11):
+        recs[i]["target"] = "<|en|><|NEUTRAL|><|Speech|><|woitn|>" + recs[i]["target"]
+    recs[9]["target"] += " <|endoftext|>"
+    path.write_text("\n".join(json.dumps(r) for r in recs) + "\n")
+    whole: dict = {}
+    screen(Manifest.open(str(path)), tags=whole)
+    assert whole == {"<|en|>": [3, 2], "<|NEUTRAL|>": [3, 2], "<|Speech|>": [3, 2], "<|woitn|>": [3, 2],
+                     "<|endoftext|>": [1, 9]}  # fmt: skip
+
+    def rank(r, gather):
+        mine: dict = {}
+        screen(Manifest.open(str(path)), None, None, ScreenShare(r, 3, gather, "node"), tags=mine)
+        return mine
+
+    assert ranks(3, rank) == [whole] * 3
+    cfg = DataConfig(max_bad_fraction=0.5)
+    screen_mod.start_tracker(Manifest.open(str(path)), cfg, name="train", indices=None, rank=0, world_size=1)
+    said = [r.getMessage() for r in caplog.records if "special-token tags" in r.getMessage()]
+    assert len(said) == 1 and said[0].startswith("train: transcripts hold special-token tags")
+    assert f"<|NEUTRAL|> in 3 lines (first: {path}:3)" in said[0] and "<|endoftext|> in 1 line" in said[0]
+    assert "rich_transcription_postprocess" in said[0]
+    caplog.clear()
+    screen_mod.start_tracker(Manifest.open(str(path)), cfg, name="train", indices=None, rank=1, world_size=2)
+    assert "special-token tags" not in caplog.text  # rank 0 says it
