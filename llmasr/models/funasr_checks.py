@@ -62,12 +62,19 @@ def log_left_out(state: dict[str, torch.Tensor], taken: tuple[str, ...], source:
     left = sorted({key.split(".", 1)[0] for key in state if not key.startswith(taken)})
     if left:
         count = sum(1 for key in state if not key.startswith(taken))
+        # the encoder's load leaves `ctc` out; the CTC head's own load (model.ctc.from_encoder, init_from) takes it
+        ctc = (
+            " (the CTC head reads ctc.* itself where model.ctc.from_encoder or init_from names them)"
+            if "ctc" in left
+            else ""
+        )
         log.info(
-            "%s (%s): loaded the encoder (%s) only; left out %d tensors of the modules %s",
+            "%s (%s): loaded the encoder (%s) only; left out %d tensors of the modules %s%s",
             source,
             model_name,
             " and ".join(f"{t}*" for t in taken),
             count,
             ", ".join(left),
+            ctc,
         )
     return left

@@ -212,3 +212,13 @@ def test_weights_saved_as_a_zero3_deepspeed_folder_are_named_as_such(dirs, tmp_p
         r"model\.ctc\.from_encoder reads the CTC head",
     ):
         funasr_ctc_settings(d)
+
+
+def test_the_encoder_load_says_the_ctc_head_reads_what_it_leaves_out(dirs, caplog):
+    """The encoder's load names `ctc` among the modules it leaves out, though model.ctc.from_encoder loads exactly
+    those tensors as the CTC head: the log says the head reads them itself."""
+    cfg = from_dict(ModelConfig, model_section("sensevoice", dirs["sensevoice"], dirs["llm"]), "model")
+    with caplog.at_level("INFO", logger="llmasr"):
+        build_model(cfg)
+    said = next(r.getMessage() for r in caplog.records if "loaded the encoder" in r.getMessage())
+    assert "ctc" in said and "the CTC head reads ctc.* itself" in said
