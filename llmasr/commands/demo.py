@@ -64,6 +64,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(list(sys.argv[1:] if argv is None else argv))
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     workdir = Path(args.workdir).resolve()
+    if workdir.exists() and not workdir.is_dir():
+        print(f"llmasr demo: error: --workdir {args.workdir}: a file, not a folder; choose another --workdir",
+              file=sys.stderr)  # fmt: skip
+        return 2
     workdir.mkdir(parents=True, exist_ok=True)
     for path, what in ((RECIPE, "recipe"), (DS_CONFIG, "DeepSpeed config")):
         if not path.is_file():

@@ -153,3 +153,10 @@ def test_an_export_interrupted_under_another_run_is_not_reused_as_the_earlier_on
             pass
     assert exported == ["a", "b", "a"] and (tmp_path / "model" / "made_by").read_text() == "a"
 
+
+def test_a_workdir_that_is_a_file_is_named_as_such(tmp_path, capsys):
+    """`--workdir FILE` had said only "FILE: File exists"."""
+    (tmp_path / "notes.txt").write_text("x")
+    assert main(["--workdir", str(tmp_path / "notes.txt"), "--quick"]) == 2
+    err = capsys.readouterr().err
+    assert "notes.txt" in err and "a file, not a folder" in err and "--workdir" in err, err
