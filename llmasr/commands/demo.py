@@ -7,12 +7,14 @@ import argparse
 import json
 import logging
 import shlex
+import signal
 import sys
 import time
 from pathlib import Path
 
 from llmasr.config_io import ConfigError
 from llmasr.demo.hotword_eval import report_lines, stage_hotwords
+from llmasr.demo.launch import sigterm_raises
 from llmasr.demo.run import (
     DS_CONFIG,
     RECIPE,
@@ -27,6 +29,7 @@ from llmasr.demo.run import (
     stage_train,
 )
 from llmasr.demo.synth import SynthError
+from llmasr.errors import Interrupted, signal_name, signal_status
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -61,6 +64,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(list(sys.argv[1:] if argv is None else argv))
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     workdir = Path(args.workdir).resolve()
+    if workdir.exists() and not workdir.is_dir():
+        print(f"llmasr demo: error: --workdir {args.workdir}: a file, not a folder; choose another --workdir",
+              file=sys.stderr)  # fmt: skip
+        return 2
     workdir.mkdir(parents=True, exist_ok=True)
     for path, what in ((RECIPE, "recipe"), (DS_CONFIG, "DeepSpeed config")):
         if not path.is_file():
@@ -69,17 +76,24 @@ def main(argv: list[str] | None = None) -> int:
     state = State(workdir)
     t0 = time.time()
     try:
-        check_overrides(args, workdir)
-        corpus = stage_corpus(args, workdir, state)
-        llm_dir = stage_llm(args, workdir, state, corpus)
-        run_dir = stage_train(args, workdir, state, corpus, llm_dir)
-        model_dir = stage_export(workdir, state, run_dir)
-        scores = stage_decode(workdir, state, model_dir, corpus)
-        long_audio = stage_long_audio(args, workdir, state, model_dir, corpus)
-        hot = stage_hotwords(workdir, state, model_dir, corpus)
+        with sigterm_raises("during the demo"):
+            check_overrides(args, workdir)
+            corpus = stage_corpus(args, workdir, state)
+            llm_dir = stage_llm(args, workdir, state, corpus)
+            run_dir = stage_train(args, workdir, state, corpus, llm_dir)
+            model_dir = stage_export(workdir, state, run_dir)
+            scores = stage_decode(workdir, state, model_dir, corpus)
+            long_audio = stage_long_audio(args, workdir, state, model_dir, corpus)
+            hot = stage_hotwords(workdir, state, model_dir, corpus)
     except (SynthError, ConfigError, RuntimeError) as err:
         print(f"llmasr demo: error: {err}", file=sys.stderr)
         return 2 if isinstance(err, ConfigError) else 1  # a bad override: bad input, as train says it
+    except KeyboardInterrupt as err:  # Ctrl-C, or SIGTERM (Interrupted)
+        signum = err.signum if isinstance(err, Interrupted) else signal.SIGINT
+        print(f"llmasr demo: stopped by {signal_name(signum)}; rerun the same command to continue: the stages it "
+              "finished are reused, an unfinished one is made again, and training resumes from its latest "
+              "checkpoint", file=sys.stderr, flush=True)  # fmt: skip
+        return signal_status(signum)
     total = time.time() - t0
     summary = {
         "workdir": str(workdir),

@@ -29,7 +29,6 @@ import os
 import shlex
 import shutil
 import socket
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -40,6 +39,7 @@ from llmasr.config_io import ConfigError
 from llmasr.data.cmvn import compute_global_cmvn
 from llmasr.data.frontend import FrontendConfig
 from llmasr.demo.hotword_split import SYLLABLES
+from llmasr.demo.launch import run_launcher
 from llmasr.demo.long_audio import join_clips, score_long_audio
 from llmasr.demo.synth import (
     CorpusConfig,
@@ -284,11 +284,11 @@ def stage_train(args, workdir: Path, state: State, corpus: dict, llm_dir: Path) 
     env = dict(os.environ)  # CPU ranks split the cores between them (llmasr.train.process_group.share_cpu_cores)
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
     start = time.time()
-    done = subprocess.run(cmd, env=env, cwd=str(REPO))
-    if done.returncode != 0:
+    status = run_launcher(cmd, env, str(REPO), say)  # a stop signal stops the ranks too, with a checkpoint
+    if status != 0:
         log_file = run_dir / "train.log"
         where = f"see {log_file}" if log_file.is_file() else "its ranks' messages are above"
-        raise RuntimeError(f"training failed (exit {done.returncode}); {where}")
+        raise RuntimeError(f"training failed (exit {status}); {where}")
     state.mark("train", fp, time.time() - start, ranks=ranks, gpus=gpus)
     return run_dir
 

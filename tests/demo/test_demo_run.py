@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 import sys
 from argparse import Namespace
 from dataclasses import asdict
@@ -108,7 +107,7 @@ def test_a_run_interrupted_under_other_overrides_is_not_reused_as_the_finished_o
     A's 'train' entry had survived B's start, so the demo reported 'reusing' and exported B's half-trained run."""
     trained = []
 
-    def fake_launch(cmd, env, cwd):  # one checkpoint named after the run's overrides, then the end or a kill
+    def fake_launch(cmd, env, cwd, log):  # one checkpoint named after the run's overrides, then the end or a kill
         ckpt = tmp_path / "run" / "checkpoints"
         (ckpt / "update_00000001").mkdir(parents=True, exist_ok=True)
         (ckpt / "latest").write_text("update_00000001")
@@ -116,9 +115,9 @@ def test_a_run_interrupted_under_other_overrides_is_not_reused_as_the_finished_o
         trained.append(cmd)
         if "train.epochs=3" in cmd:
             raise KeyboardInterrupt
-        return subprocess.CompletedProcess(cmd, 0)
+        return 0
 
-    monkeypatch.setattr(run.subprocess, "run", fake_launch)
+    monkeypatch.setattr(run, "run_launcher", fake_launch)
     monkeypatch.setattr(run, "gpu_count", lambda: 0)
     corpus = {"manifests": {s: tmp_path / "corpus" / f"{s}.jsonl" for s in ("train", "dev")}}
     state = run.State(tmp_path)
@@ -153,3 +152,11 @@ def test_an_export_interrupted_under_another_run_is_not_reused_as_the_earlier_on
         except KeyboardInterrupt:
             pass
     assert exported == ["a", "b", "a"] and (tmp_path / "model" / "made_by").read_text() == "a"
+
+
+def test_a_workdir_that_is_a_file_is_named_as_such(tmp_path, capsys):
+    """`--workdir FILE` had said only "FILE: File exists"."""
+    (tmp_path / "notes.txt").write_text("x")
+    assert main(["--workdir", str(tmp_path / "notes.txt"), "--quick"]) == 2
+    err = capsys.readouterr().err
+    assert "notes.txt" in err and "a file, not a folder" in err and "--workdir" in err, err
