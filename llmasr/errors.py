@@ -192,6 +192,26 @@ class Interrupted(KeyboardInterrupt):
         self.when = when
 
 
+@contextmanager
+def sigterm_raises(when: str) -> Iterator[None]:
+    """SIGTERM raises Interrupted inside the block, as Ctrl-C raises KeyboardInterrupt (its default ends the process
+    at once: no cleanup, no word). Main thread only: Python allows handlers nowhere else."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum, frame):
+        raise Interrupted(signum, when)
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def signal_name(signum: int) -> str:
     return signal.Signals(signum).name
 

@@ -147,6 +147,25 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def window_args(p: argparse.ArgumentParser) -> None:
+    """Long audio's windows (decode and transcribe alike): a Whisper model's own 30 s, say, where the default is the
+    longest clip the model was trained on."""
+    p.add_argument(
+        "--max-window-seconds", type=float, default=None,
+        help="decode longer audio in windows cut at low-energy points (0: never split; default: the model's saved "
+        "value, else the longest audio it was trained on)",
+    )  # fmt: skip
+    p.add_argument(
+        "--window-overlap", type=float, default=None,
+        help=f"seconds two windows share where no pause separates them (default {DecodeConfig.window_overlap:g})",
+    )  # fmt: skip
+    p.add_argument(
+        "--window-split-pause", type=float, default=None,
+        help="a pause at least this long ends a window before the limit (0: fill windows to the limit; default "
+        f"{DecodeConfig.window_split_pause:g})",
+    )  # fmt: skip
+
+
 def _search_args(p: argparse.ArgumentParser) -> None:
     """Flags of the search and its guards beyond beam and length: CTC guidance, repetition stop, long-audio windows."""
     p.add_argument(
@@ -159,20 +178,7 @@ def _search_args(p: argparse.ArgumentParser) -> None:
         help=f"end a hypothesis whose n-gram repeats back to back more than this, an n-gram of 1 or 2 tokens more "
         f"than twice this plus one (0: off; default {DecodeConfig.repeat_limit})",
     )  # fmt: skip
-    p.add_argument(
-        "--max-window-seconds", type=float, default=None,
-        help="decode longer utterances in windows cut at low-energy points (0: never split; default: the model's "
-        "saved value, else the longest audio it was trained on)",
-    )  # fmt: skip
-    p.add_argument(
-        "--window-overlap", type=float, default=None,
-        help=f"seconds two windows share where no pause separates them (default {DecodeConfig.window_overlap:g})",
-    )  # fmt: skip
-    p.add_argument(
-        "--window-split-pause", type=float, default=None,
-        help="a pause at least this long ends a window before the limit (0: fill windows to the limit; default "
-        f"{DecodeConfig.window_split_pause:g})",
-    )  # fmt: skip
+    window_args(p)
     p.add_argument(
         "--vad", metavar="DIR", default=None,
         help="a FunASR FSMN VAD directory (fsmn-vad): long utterances are cut at the speech segments it finds, and an "

@@ -14,7 +14,6 @@ from pathlib import Path
 
 from llmasr.config_io import ConfigError
 from llmasr.demo.hotword_eval import report_lines, stage_hotwords
-from llmasr.demo.launch import sigterm_raises
 from llmasr.demo.run import (
     DS_CONFIG,
     RECIPE,
@@ -29,7 +28,7 @@ from llmasr.demo.run import (
     stage_train,
 )
 from llmasr.demo.synth import SynthError
-from llmasr.errors import Interrupted, signal_name, signal_status
+from llmasr.errors import Interrupted, signal_name, signal_status, sigterm_raises
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:

@@ -13,7 +13,7 @@ import logging
 import sys
 
 from llmasr import errors
-from llmasr.commands.decode import check_model_args, model_args, refused_flag
+from llmasr.commands.decode import check_model_args, model_args, refused_flag, window_args
 from llmasr.config_io import ConfigError
 from llmasr.config_paths import file_problem
 from llmasr.data.hotwords import PhraseFileError, read_phrase_file
@@ -36,18 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="a FunASR FSMN VAD directory: long audio is cut at the speech segments it finds, a file without speech "
         "gets an empty text (default: the model's)",
     )  # fmt: skip
-    # long audio's windows, as decode sets them: a Whisper model's own 30 s, say, where the default is the longest
-    # clip it was trained on (a transcribe of a long file had no way to set them but Python)
-    p.add_argument(
-        "--max-window-seconds", type=float, default=None,
-        help="decode longer audio in windows of at most this many seconds (0: never split; default: the model's "
-        "saved value, else the longest audio it was trained on)",
-    )  # fmt: skip
-    p.add_argument(
-        "--window-split-pause", type=float, default=None,
-        help="a pause at least this long ends a window before the limit (0: fill windows to the limit; default: "
-        "the model's)",
-    )  # fmt: skip
+    window_args(p)  # a long file's windows, as decode sets them (a transcribe had no way to set them but Python)
     p.add_argument(
         "--timestamps", action="store_true",
         help='one JSON line per file instead: {"audio", "text", "timestamps": [[word, start s, end s], ...]} (word '
@@ -92,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     # word times only when they are printed: the model's saved decode.timestamps does not change the output
     given = {"num_beams": args.beam, "ctc_weight": args.ctc_weight, "timestamps": bool(args.timestamps),
-             "vad": args.vad, "max_window_seconds": args.max_window_seconds,
+             "vad": args.vad, "max_window_seconds": args.max_window_seconds, "window_overlap": args.window_overlap,
              "window_split_pause": args.window_split_pause}  # fmt: skip
     if refused := refused_flag(given):  # before the model loads
         print(f"llmasr transcribe: error: {refused}", file=sys.stderr)

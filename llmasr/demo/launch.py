@@ -13,31 +13,11 @@ from __future__ import annotations
 import contextlib
 import signal
 import subprocess
-import threading
 from collections.abc import Callable
 
 from llmasr.errors import Interrupted
 
 STOP_WAIT_S = 300.0  # a rank finishes its update, then saves; a second Ctrl-C ends the wait (and the ranks) at once
-
-
-@contextlib.contextmanager
-def sigterm_raises(when: str):
-    """SIGTERM raises Interrupted in the block, as Ctrl-C raises KeyboardInterrupt: the demo stops where it is,
-    ending its synthesis pool and its training, and says how to go on (its default had ended the demo silently).
-    Main thread only: Python allows handlers nowhere else."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def stop(signum, frame):
-        raise Interrupted(signum, when)
-
-    previous = signal.signal(signal.SIGTERM, stop)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def run_launcher(cmd: list[str], env: dict, cwd: str, log: Callable[[str], None], wait_s: float = STOP_WAIT_S) -> int:

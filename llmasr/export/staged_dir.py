@@ -22,12 +22,10 @@ import contextlib
 import fcntl
 import os
 import shutil
-import signal
 import stat
-import threading
 from pathlib import Path
 
-from llmasr.errors import Interrupted, write_error
+from llmasr.errors import sigterm_raises, write_error
 
 
 def output_dir(out, *, overwrite: bool, flag: str, error=ValueError) -> Path:
@@ -89,7 +87,7 @@ def writing(out: Path, *, flag: str, error=ValueError):
             break
         os.close(fd)
     try:
-        with _sigterm_raises(f"while writing {out}"):
+        with sigterm_raises(f"while writing {out}"):
             yield
     finally:
         with contextlib.suppress(FileNotFoundError):
@@ -98,23 +96,6 @@ def writing(out: Path, *, flag: str, error=ValueError):
         for folder in made:  # innermost first; a refused write leaves no folders of a mistyped OUT behind
             with contextlib.suppress(OSError):
                 folder.rmdir()
-
-
-@contextlib.contextmanager
-def _sigterm_raises(when: str):
-    """SIGTERM raises Interrupted inside the block (main thread only: Python allows handlers nowhere else)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def stop(signum, frame):
-        raise Interrupted(signum, when)
-
-    previous = signal.signal(signal.SIGTERM, stop)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 @contextlib.contextmanager
