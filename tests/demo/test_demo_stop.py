@@ -53,8 +53,11 @@ def _start(tmp_path: Path) -> subprocess.Popen:
     for name, text in (("runner.py", RUNNER), ("launch.py", LAUNCH), ("demo.py", DEMO)):
         (tmp_path / name).write_text(textwrap.dedent(text))
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    # started as from a terminal: Ctrl-C's default action, even where this suite runs with SIGINT ignored (a shell
+    # starts a background job so, and the demo would inherit it)
     proc = subprocess.Popen([sys.executable, str(tmp_path / "demo.py"), str(tmp_path)], env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)  # fmt: skip
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # fmt: skip
     deadline = time.monotonic() + 120
     while not (tmp_path / "launch.pid").is_file():
         if proc.poll() is not None or time.monotonic() > deadline:
