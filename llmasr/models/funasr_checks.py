@@ -69,12 +69,12 @@ def log_left_out(state: dict[str, torch.Tensor], taken: tuple[str, ...], source:
             else ""
         )
         log.info(
-            "%s (%s): loaded the encoder (%s) only; left out %d tensors of the modules %s%s",
+            "%s (%s): loaded the encoder (%s) only%s; left out %d tensors of the modules %s",
             source,
             model_name,
             " and ".join(f"{t}*" for t in taken),
+            ctc,
             count,
             ", ".join(left),
-            ctc,
         )
     return left
