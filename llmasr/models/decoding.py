@@ -8,6 +8,7 @@ setting means the same in both and its default is written here only.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import typing
 from dataclasses import dataclass
@@ -115,7 +116,7 @@ class DecodeConfig:
     def validate_search(self, path: str = "decode") -> None:
         """The checks of the settings the search itself reads (SpeechLLM.transcribe makes them, so that a
         DecodeConfig built in Python is held to a recipe's rules): ConfigError naming the field under `path`."""
-        hints = typing.get_type_hints(DecodeConfig)
+        hints = _field_types()
         for name in SEARCH_FIELDS:  # types first, as a recipe's: num_beams="4" had been a '<' TypeError
             setattr(self, name, coerce(getattr(self, name), hints[name], f"{path}.{name}"))
         if self.num_beams < 1:
@@ -217,6 +218,12 @@ class DecodeConfig:
             "repetition_penalty": 1.0,
             "no_repeat_ngram_size": int(self.no_repeat_ngram_size),
         }
+
+
+@functools.cache
+def _field_types() -> dict:
+    """DecodeConfig's field types, resolved once (validate_search runs at every transcribe call)."""
+    return typing.get_type_hints(DecodeConfig)
 
 
 def decode_config(saved: DecodeConfig, path: str = "decode", **given) -> DecodeConfig:

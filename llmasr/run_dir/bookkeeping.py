@@ -24,8 +24,8 @@ from llmasr.run_dir.layout import (
     CheckpointRef,
     abandoned_at,
     abandoned_dir,
+    complete_tags,
     latest,
-    list_tags,
     tag_update,
     unnamed_save,
     update_of,
@@ -212,7 +212,7 @@ def _point_off(ckpt_dir: Path, tags: set[str]) -> tuple[bool, list[dict]]:
     checkpoint among the others (or goes). Returns (whether `latest` named one of them, the best entries dropped)."""
     named = latest(ckpt_dir) in tags
     if named:
-        older = [t for t in list_tags(ckpt_dir) if t not in tags and (ckpt_dir / t / META).is_file()]
+        older = [t for t in complete_tags(ckpt_dir) if t not in tags]
         if older:
             write_atomic(ckpt_dir / LATEST, older[-1] + "\n")
         else:
@@ -229,7 +229,7 @@ def select_tags(ref: CheckpointRef, n: int, by: str = "last") -> list[str]:
     if n < 1:
         raise CheckpointError(f"--average must be >= 1, got {n}")
     if by == "last":
-        tags = [t for t in list_tags(ref.root) if (ref.root / t / META).is_file()]  # not a save cut short
+        tags = complete_tags(ref.root)  # not a save cut short
         if ref.tag not in tags:
             tags.append(ref.tag)
         chosen = [t for t in tags if tag_update(ref.root / t) <= tag_update(ref.path)][-n:]

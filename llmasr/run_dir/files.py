@@ -21,7 +21,7 @@ import zipfile
 from pathlib import Path
 
 from llmasr.atomic_file import sync_dir
-from llmasr.run_dir.layout import META, list_tags
+from llmasr.run_dir.layout import META, complete_tags
 from llmasr.run_dir.meta import CheckpointMeta
 from llmasr.safe_load import CheckpointError, refusal, unsafe_globals
 
@@ -131,7 +131,7 @@ def problems_error(tag_dir: str | Path, problems: list[str]) -> CheckpointError:
     of the run (the complete ones beside it are named)."""
     tag_dir = Path(tag_dir)
     shown = problems[:20] + ([f"... and {len(problems) - 20} more"] if len(problems) > 20 else [])
-    others = [t for t in list_tags(tag_dir.parent) if t != tag_dir.name and (tag_dir.parent / t / META).is_file()]
+    others = [t for t in complete_tags(tag_dir.parent) if t != tag_dir.name]
     fix = f"; or use another checkpoint of the run: {', '.join(others[-5:])}" if others else ""
     return CheckpointError(
         f"checkpoint {tag_dir} cannot be used:\n  " + "\n  ".join(shown) + f"\nRestore the files from a copy{fix}"

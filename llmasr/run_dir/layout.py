@@ -157,6 +157,12 @@ def list_tags(ckpt_dir: str | Path) -> list[str]:
     return sorted(tags, key=lambda t: (tag_update(ckpt_dir / t), t))
 
 
+def complete_tags(ckpt_dir: str | Path) -> list[str]:
+    """list_tags' complete checkpoints (their meta written: not a save cut short), oldest first."""
+    ckpt_dir = Path(ckpt_dir)
+    return [t for t in list_tags(ckpt_dir) if (ckpt_dir / t / META).is_file()]
+
+
 @dataclass(frozen=True)
 class CheckpointRef:
     run_dir: Path  # holds recipe.yaml
@@ -248,7 +254,7 @@ def _pointed(ckpt_dir: Path, tag: str, key: str) -> str:
         return tag
     what = "does not exist" if not (ckpt_dir / tag).is_dir() else f"holds no {META} (a save that did not finish)"
     how = f"{key} TAG" if key.startswith("-") else f"{key}=TAG"
-    complete = [t for t in list_tags(ckpt_dir) if (ckpt_dir / t / META).is_file()]
+    complete = complete_tags(ckpt_dir)
     fix = (
         f"its complete checkpoints are {', '.join(complete[-5:])}: continue one with {how} (or write its tag "
         f"into {ckpt_dir / LATEST})"

@@ -8,7 +8,7 @@ import json
 import textwrap
 from pathlib import Path
 
-from llmasr.train.ds_config import PRESETS, ResolvedDs
+from llmasr.train.ds_config import PRESETS, ResolvedDs, preset_path
 from llmasr.train.ds_owned import value_at
 
 WIDTH = 140  # as the longest lines above it
@@ -44,8 +44,6 @@ def _source_name(resolved: ResolvedDs) -> tuple[str, str]:
     """(the header's name of the JSON, the short name "as written in" uses)."""
     given = resolved.source
     if given in PRESETS:
-        from llmasr.train.ds_config import preset_path
-
         return f"the preset {given} ({preset_path(given)})", f"{given}.json"
     return given, Path(given).name
 

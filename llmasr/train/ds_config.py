@@ -379,7 +379,7 @@ def _fill_batch_sizes(ds: dict, world_size: int, source: str, filled: dict) -> N
         filled["train_batch_size"] = f"from {product}"
     elif tbs == expected:
         filled["train_batch_size"] = f"as written, = {product}"
-    elif tbs != expected:
+    else:
         raise ConfigError(
             f"{source}: train_batch_size is {tbs!r}, but train_micro_batch_size_per_gpu * "
             f"gradient_accumulation_steps * world size = {micro} * {accum} * {world_size} = {expected}; "

@@ -194,10 +194,9 @@ class FlopCounter:
         # A gradient flows back through the LLM when anything before or in it is trained (not the CTC side head).
         upstream = [getattr(model, b, None) for b in ("encoder", "adaptor", "llm")]
         encoder = getattr(model, "encoder", None)
-        # an encoder over a fixed window runs the same whatever the batch's padding: its count is not scaled
+        # an encoder over a fixed window (0: none) runs the same whatever the batch's padding: its count is not
+        # scaled, and its frames a row, whatever the row holds, are the audio slots the padding ratio counts
         windowed = [m for m in encoder.modules() if isinstance(m, WhisperAudioEncoder)] if encoder is not None else []
-        self.whole_window = bool(windowed)
-        # the frames it runs over a row, whatever the row holds: the audio slots the padding ratio counts
         self.window_frames = windowed[0].n_frames if windowed else 0
         self.llm_backward = any(p.requires_grad for m in upstream if m is not None for p in m.parameters())
         self._llm_products: list[int] = []  # attention_products of each LLM attention block run in the forward
@@ -362,7 +361,7 @@ class FlopCounter:
         def real(padded: dict, quadratic: dict):
             out = padded["head"] + padded["llm"] * token_share
             for branch in AUDIO_BRANCHES:
-                if branch == "encoder" and self.whole_window:
+                if branch == "encoder" and self.window_frames:
                     out += padded[branch] + quadratic[branch]
                 else:
                     out += padded[branch] * audio_share + quadratic[branch] * square_share
