@@ -85,13 +85,23 @@ def model_args(p: argparse.ArgumentParser) -> None:
         "--trust-remote-code", action="store_true",
         help="allow a model that needs its LLM directory's own Python files (trust_remote_code) to run them",
     )  # fmt: skip
+    p.add_argument(
+        "--base-llm", metavar="DIR",
+        help="an adapter export's base LLM, where it is not where the export's description says (a copy on this "
+        "machine; checked against the base the adapter was trained on)",
+    )  # fmt: skip
 
 
 def check_model_args(p: argparse.ArgumentParser, args) -> None:
     """What argparse cannot say of model_args: --tag names a checkpoint of --checkpoint RUN_DIR (it had been ignored
-    beside --model)."""
+    beside --model), --base-llm the base of an exported --model."""
     if args.tag is not None and args.model is not None:
         p.error("--tag picks a checkpoint of --checkpoint RUN_DIR; an exported --model has none")
+    if args.base_llm is not None and args.checkpoint is not None:
+        p.error(
+            "--base-llm is the base LLM of an adapter export (--model DIR); a checkpoint reads its recipe's "
+            "model.llm.path"
+        )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -277,8 +287,9 @@ def _prepare(args, world: DecodeWorld):
         logging.getLogger().setLevel(logging.WARNING)
     try:
         model, saved, opts = load_decode_model(
-            args.model, args.checkpoint, tag=args.tag, dtype=args.dtype, trust_remote_code=args.trust_remote_code
-        )
+            args.model, args.checkpoint, tag=args.tag, dtype=args.dtype, trust_remote_code=args.trust_remote_code,
+            base_llm=args.base_llm,
+        )  # fmt: skip
     except (CheckpointError, ExportedModelError, FileNotFoundError) as err:
         raise Refused(str(err), errors.exit_status(err)) from None  # 2: what it was given is refused
     if args.ctc and model.ctc_head is None:

@@ -89,7 +89,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         asr = Transcriber.load(
             args.model, checkpoint=args.checkpoint, tag=args.tag, device=device, dtype=args.dtype,
-            trust_remote_code=args.trust_remote_code, **{k: v for k, v in given.items() if v is not None},
+            trust_remote_code=args.trust_remote_code, base_llm=args.base_llm,
+            **{k: v for k, v in given.items() if v is not None},
         )  # fmt: skip
         rows = asr.transcripts(args.audio, hotwords=hotwords, keep_going=True)
     except (CheckpointError, ExportedModelError, FileNotFoundError, ConfigError, TranscribeError, DecodeError) as err:

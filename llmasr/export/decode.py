@@ -333,13 +333,18 @@ def transcribe_loader(
 
 
 def load_decode_model(
-    model_dir=None, checkpoint=None, *, tag=None, dtype=None, trust_remote_code: bool = False
+    model_dir=None, checkpoint=None, *, tag=None, dtype=None, trust_remote_code: bool = False, base_llm=None
 ) -> tuple:
     """(model, its saved DecodeConfig, DecodeOptions with its bad-data tolerance) from an exported model directory
     (the decode section of its llmasr_model.yaml) or else a training checkpoint (its recipe's decode section and
-    data.max_bad_fraction)."""
+    data.max_bad_fraction). `base_llm`: where an adapter export's base LLM lies, if not where its description says."""
+    if base_llm is not None and model_dir is None:
+        raise ExportedModelError(
+            f"a base LLM was given ({base_llm}) with the checkpoint {checkpoint}: a base LLM is given only for an "
+            "adapter export (a checkpoint reads its run's recipe's model.llm.path)"
+        )
     if model_dir is not None:
-        model = load_exported(model_dir, dtype=dtype, trust_remote_code=trust_remote_code)
+        model = load_exported(model_dir, dtype=dtype, trust_remote_code=trust_remote_code, base_llm=base_llm)
         desc = read_description(model_dir)
         saved = dict(desc.get("decode") or {})
         if saved.get("vad") is not None:  # an export carries its VAD in a folder of its own (llmasr export)

@@ -57,10 +57,20 @@ class Transcriber:
 
     @classmethod
     def load(
-        cls, model_dir=None, *, checkpoint=None, tag=None, device="cpu", dtype=None, trust_remote_code=False, **decode
+        cls,
+        model_dir=None,
+        *,
+        checkpoint=None,
+        tag=None,
+        device="cpu",
+        dtype=None,
+        trust_remote_code=False,
+        base_llm=None,
+        **decode,
     ) -> Transcriber:
         """From an exported model directory (or a training checkpoint), on `device`; `decode`: DecodeConfig
-        fields to override the model's saved settings (num_beams=4, ctc_weight=0.5, ...)."""
+        fields to override the model's saved settings (num_beams=4, ctc_weight=0.5, ...). `base_llm`: the folder of
+        an adapter export's base LLM where it is not where the export's description says (a copy on this machine)."""
         if (model_dir is None) == (checkpoint is None):  # one source: neither had failed on None, both used one
             raise TranscribeError(
                 "Transcriber.load: give one model, an exported model directory (the first argument) or a training "
@@ -71,7 +81,7 @@ class Transcriber:
         except ValueError as err:
             raise TranscribeError(str(err)) from None
         model, saved, opts = load_decode_model(
-            model_dir, checkpoint, tag=tag, dtype=dtype, trust_remote_code=trust_remote_code
+            model_dir, checkpoint, tag=tag, dtype=dtype, trust_remote_code=trust_remote_code, base_llm=base_llm
         )
         return cls(model.to(device), decode_config(saved, **decode), opts, device)
 

@@ -141,10 +141,20 @@ def remote_code_allowed(model_dir: Path, entry: dict, trust_remote_code: bool) -
     return True
 
 
-def _llm_section(model_dir: Path, entry: dict, dtype: str, *, trust_remote_code: bool, read_llm: bool) -> dict:
+def _llm_section(
+    model_dir: Path, entry: dict, dtype: str, *, trust_remote_code: bool, read_llm: bool, base_llm: str | Path | None
+) -> dict:
     """The model.llm section of an exported LLM: merged weights in DIR, or the base plus DIR's adapter/tokenizer.
-    The base an adapter export names is looked for and fingerprinted only when the caller reads the LLM (`read_llm`)."""
+    The base an adapter export names is looked for and fingerprinted only when the caller reads the LLM (`read_llm`);
+    `base_llm` stands for the base the description names (a copy of it elsewhere), fingerprinted the same way."""
     kind = entry.get("kind", "merged")
+    if base_llm is not None:
+        if kind == "merged":
+            raise ExportedModelError(
+                f"{model_dir}: a base LLM was given ({base_llm}), but this export holds its whole LLM (llm.kind "
+                f"{kind!r}); a base LLM is given only for an adapter export (llmasr export --adapter-only)"
+            )
+        entry = {**entry, "base": str(Path(base_llm).resolve())}
     sub = model_dir / entry.get("dir", "llm")
     if not sub.is_dir():
         raise ExportedModelError(f"{sub}: missing (the exported {kind} LLM files)")
@@ -156,24 +166,31 @@ def _llm_section(model_dir: Path, entry: dict, dtype: str, *, trust_remote_code:
         raise ExportedModelError(f"{model_dir / MODEL_FILE}: unknown llm.kind {kind!r}")
     base_path = Path(entry["base"])
     if read_llm:
-        _check_base(model_dir, entry, base_path)
+        _check_base(model_dir, entry, base_path, given=base_llm is not None)
     section.update(path=str(base_path), tokenizer=str(sub))
     if kind == "adapter":
         section["adapter"] = str(sub)
     return section
 
 
-def _check_base(model_dir: Path, entry: dict, base_path: Path) -> None:
-    """The base LLM an adapter (or base) export applies to is there and holds the files it was trained on."""
+def _check_base(model_dir: Path, entry: dict, base_path: Path, *, given: bool) -> None:
+    """The base LLM an adapter (or base) export applies to is there and holds the files it was trained on
+    (`given`: the caller named a copy of it in place of the one the description names)."""
+    if given and not base_path.is_dir():
+        raise ExportedModelError(f"{base_path}: the base LLM given for the adapter export {model_dir} is not a folder")
     if not base_path.is_dir():
-        raise ExportedModelError(f"{model_dir}: the base LLM {base_path} this adapter export applies to is missing")
+        raise ExportedModelError(
+            f"{model_dir}: the base LLM {base_path} this adapter export applies to is missing; where a copy of it "
+            f"lies elsewhere (the export moved to another machine), give that folder: --base-llm DIR (llmasr decode, "
+            f"transcribe), base_llm=DIR (Transcriber.load), or model.llm.path (a recipe starting from the export)"
+        )
     if entry.get("base_fingerprint"):
         from llmasr.models.fingerprint import dir_fingerprint, fingerprint_differences
 
         diffs = fingerprint_differences({"llm": entry["base_fingerprint"]}, {"llm": dir_fingerprint(base_path)})
         if diffs:
             raise ExportedModelError(
-                f"{base_path}: not the base LLM the adapter was trained on:\n  " + "\n  ".join(diffs)
+                f"{base_path}: not the base LLM the adapter export {model_dir} was trained on:\n  " + "\n  ".join(diffs)
             )
 
 
@@ -183,6 +200,7 @@ def exported_model_config(
     dtype: str | torch.dtype | None = None,
     trust_remote_code: bool = False,
     read_llm: bool = True,
+    base_llm: str | Path | None = None,
 ) -> ModelConfig:
     """The model section that rebuilds an exported directory: every part built by llmasr.models.builder from the
     architecture recorded in llmasr_model.yaml, its weights read from the files beside it. `trust_remote_code`:
@@ -190,7 +208,9 @@ def exported_model_config(
     from this directory (a recipe starting from its encoder), so the base LLM an adapter export applies to is
     neither looked for nor fingerprinted."""
     model_dir = Path(model_dir).resolve()
-    section = exported_model_section(model_dir, dtype=dtype, trust_remote_code=trust_remote_code, read_llm=read_llm)
+    section = exported_model_section(
+        model_dir, dtype=dtype, trust_remote_code=trust_remote_code, read_llm=read_llm, base_llm=base_llm
+    )
     try:
         return from_dict(ModelConfig, section, "model")
     except ConfigError as err:
@@ -203,6 +223,7 @@ def exported_model_section(
     dtype: str | torch.dtype | None = None,
     trust_remote_code: bool = False,
     read_llm: bool = True,
+    base_llm: str | Path | None = None,
 ) -> dict:
     """exported_model_config's section as the plain dict a recipe's `model` holds (files named absolutely), before
     typing: what `llmasr convert funasr` writes into the fine-tuning recipe it puts beside the description."""
@@ -234,6 +255,7 @@ def exported_model_section(
             llm_dtype_name(dtype, desc["llm"].get("dtype", "float32")),
             trust_remote_code=trust_remote_code,
             read_llm=read_llm,
+            base_llm=base_llm,
         ),
         "prompt": {
             "task": p.get("task", "Transcribe the audio."),
@@ -294,10 +316,13 @@ def load_exported(
     dtype: str | torch.dtype | None = None,
     device: str | torch.device = "cpu",
     trust_remote_code: bool = False,
+    base_llm: str | Path | None = None,
 ):
     """SpeechLLM from an exported directory; `dtype` is the LLM's (default: the exported dtype). Eval mode, frozen.
-    `trust_remote_code`: allow an export that needs its LLM's own Python files to run them."""
-    model = build_model(exported_model_config(model_dir, dtype=dtype, trust_remote_code=trust_remote_code))
+    `trust_remote_code`: allow an export that needs its LLM's own Python files to run them. `base_llm`: the folder
+    of an adapter export's base LLM where it is not where the description says (checked against its fingerprint)."""
+    cfg = exported_model_config(model_dir, dtype=dtype, trust_remote_code=trust_remote_code, base_llm=base_llm)
+    model = build_model(cfg)
     model.requires_grad_(False)
     model.eval()
     return model.to(device)

@@ -142,9 +142,12 @@ def start_differences(m: ModelConfig) -> list[tuple[str, object, object, Path, l
     setting that shapes the model's input and differs from the folder the recipe starts from."""
     out = []
     for folder, readers in start_folders(m).items():
+        # a recipe that takes the folder's adapter over a base LLM of its own (model.llm.path elsewhere: the folder
+        # moved to another machine) is checked against that base, not the one the description names
+        base = m.llm.path if "model.llm.path" not in readers and "model.llm.adapter" in readers else None
         try:  # nothing of the folder is run: its description is only read
             theirs = exported_model_config(
-                folder, trust_remote_code=True, read_llm=any(r in _LLM_READERS for r in readers)
+                folder, trust_remote_code=True, read_llm=any(r in _LLM_READERS for r in readers), base_llm=base
             )
         except ExportedModelError as err:
             raise ConfigError(f"{readers[0]}: reads {folder}, whose description cannot be read: {err}") from None

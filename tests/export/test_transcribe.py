@@ -467,3 +467,57 @@ def test_a_dtype_of_no_llm_weights_is_named(exported_dir):
     """A torch dtype other than float32 / bfloat16 / float16 had been a bare StopIteration."""
     with pytest.raises(ExportedModelError, match=r"dtype must be one of bf16, fp16, fp32 .*got torch.int8"):
         Transcriber.load(exported_dir, dtype=torch.int8)
+
+
+def test_an_adapter_export_whose_base_moved_transcribes_over_a_copy_of_it_given(
+    runs, base_dirs, clips, tmp_path, capsys
+):
+    """An adapter export moved to another machine names a base LLM folder that is not there: the refusal says how
+    to give its copy, and `--base-llm` (base_llm=) decodes over the copy as over the base itself. The copy is
+    fingerprinted: another LLM is refused, as is a base given for a merged export or a checkpoint."""
+    import shutil
+
+    import yaml
+
+    from llmasr.cli import main
+    from llmasr.export.export import export_model
+    from llmasr.models.exported import MODEL_FILE
+    from llmasr.testing.tiny_llm import write_tiny_llm_dir
+
+    out = export_model(runs[2], tmp_path / "adapter", adapter_only=True)
+    files = [str(p) for p in clips[1][:2]]
+    want = Transcriber.load(out, max_new_tokens=4)(files)
+    copy = shutil.copytree(base_dirs[0], tmp_path / "elsewhere" / "llm")
+    desc = yaml.safe_load((out / MODEL_FILE).read_text())
+    gone = tmp_path / "gone" / "llm"
+    desc["llm"]["base"] = str(gone)  # as on a machine where the export's base path does not exist
+    (out / MODEL_FILE).write_text(yaml.safe_dump(desc))
+
+    with pytest.raises(ExportedModelError, match=f"the base LLM {gone} this adapter export applies to is missing.*"
+                                                 r"--base-llm DIR .*base_llm=DIR \(Transcriber.load\)"):  # fmt: skip
+        Transcriber.load(out)
+    assert Transcriber.load(out, base_llm=copy, max_new_tokens=4)(files) == want
+    assert main(["transcribe", "--model", str(out), "--base-llm", str(copy), *files, "--device", "cpu"]) == 0
+    got = [line.split("\t", 1)[1] for line in capsys.readouterr().out.splitlines()]
+    assert got == Transcriber.load(out, base_llm=copy)(files)
+    args = ["--model", str(out), "--data", str(clips[0]), "--num-workers", "0", "--device", "cpu"]
+    assert main(["decode", *args, "--base-llm", str(copy), "--output", str(tmp_path / "dec")]) == 0
+    assert (tmp_path / "dec" / "results.jsonl").is_file()
+    assert main(["decode", *args, "--output", str(tmp_path / "dec2")]) == 2
+    assert "--base-llm DIR (llmasr decode, transcribe)" in capsys.readouterr().err
+
+    other = write_tiny_llm_dir(tmp_path / "other_llm", seed=7)
+    with pytest.raises(ExportedModelError, match=f"{other}: not the base LLM the adapter export {out} was trained on"):
+        Transcriber.load(out, base_llm=other)
+    assert main(["transcribe", "--model", str(out), "--base-llm", str(tmp_path / "nowhere"), *files]) == 2
+    assert f"{tmp_path / 'nowhere'}: the base LLM given for the adapter export {out} is not a folder" in (
+        capsys.readouterr().err
+    )
+    merged = export_model(runs[2], tmp_path / "merged")
+    with pytest.raises(ExportedModelError, match=r"a base LLM was given .* this export holds its whole LLM"):
+        Transcriber.load(merged, base_llm=copy)
+    with pytest.raises(ExportedModelError, match="a base LLM is given only for an adapter export"):
+        Transcriber.load(checkpoint=runs[2], base_llm=copy)
+    with pytest.raises(SystemExit):
+        main(["transcribe", "--checkpoint", str(runs[2]), "--base-llm", str(copy), *files])
+    assert "--base-llm is the base LLM of an adapter export (--model DIR)" in capsys.readouterr().err

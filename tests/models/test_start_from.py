@@ -134,7 +134,8 @@ def test_a_recipe_taking_only_the_encoder_of_an_adapter_export_does_not_need_its
     tiny_run, tiny_llm_dir, tmp_path, base_now
 ):
     """The base LLM an adapter export applies to is looked for (and fingerprinted) when the recipe reads the LLM
-    from that folder, as decoding does; a recipe that takes only its encoder never reads it."""
+    from that folder, as decoding does (the recipe's model.llm.path is the base it reads); a recipe that takes only
+    its encoder never reads it."""
     from llmasr.config_io import to_dict
     from llmasr.export.export import export_model
     from llmasr.models.exported import exported_model_config
@@ -151,12 +152,46 @@ def test_a_recipe_taking_only_the_encoder_of_an_adapter_export_does_not_need_its
         if base_now == "another LLM":
             write_tiny_llm_dir(base, seed=7)
         assert check_start_folder(load_recipe(data=data).model) == []
-        data["model"]["llm"].update(adapter=str(out / "adapter"), lora=None, freeze=True)  # the folder's LLM now
+        # the folder's adapter now, over the base it was trained on, moved away or rewritten
+        data["model"]["llm"].update(path=str(base), adapter=str(out / "adapter"), lora=None, freeze=True)
         with pytest.raises(ConfigError, match=r"model.encoder.init_from: reads .*adapter_export, whose description"):
             check_start_folder(load_recipe(data=data).model)
     finally:
         shutil.rmtree(base, ignore_errors=True)
         shutil.move(tmp_path / "moved_llm", base)
+
+
+def test_a_recipe_taking_an_adapter_export_s_adapter_over_its_own_base_copy_is_checked_against_that_copy(
+    tiny_run, tmp_path
+):
+    """`model.llm.adapter: EXPORT/adapter` over `model.llm.path: COPY` (the export moved to another machine, its
+    base copied beside it): the copy is the base the run reads, so it is what the adapter's base fingerprint is
+    checked against. The check had looked for the description's base path instead: refused when that path did not
+    exist on this machine, and passed when it did, whatever LLM the recipe's own llm.path held."""
+    import yaml
+
+    from llmasr.config_io import to_dict
+    from llmasr.export.export import export_model
+    from llmasr.models.exported import MODEL_FILE
+    from llmasr.testing.tiny_llm import write_tiny_llm_dir
+
+    out = export_model(tiny_run.run_dir, tmp_path / "adapter_export", adapter_only=True)
+    data = to_dict(load_recipe(tiny_run.run_dir / "recipe.yaml"))
+    data["train"]["output_dir"] = str(tmp_path / "run")
+    copy = shutil.copytree(tiny_run.recipe.model.llm.path, tmp_path / "elsewhere" / "llm")
+    data["model"]["llm"].update(path=str(copy), adapter=str(out / "adapter"), lora=None, freeze=True)
+    assert check_start_folder(load_recipe(data=data).model) == []  # the description's base is there too
+
+    other = write_tiny_llm_dir(tmp_path / "other_llm", seed=7)
+    data["model"]["llm"]["path"] = str(other)
+    with pytest.raises(ConfigError, match=f"whose description cannot be read: {other}: not the base LLM the adapter"):
+        check_start_folder(load_recipe(data=data).model)
+
+    desc = yaml.safe_load((out / MODEL_FILE).read_text())
+    desc["llm"]["base"] = str(tmp_path / "gone")  # as on a machine without the base's first path
+    (out / MODEL_FILE).write_text(yaml.safe_dump(desc))
+    data["model"]["llm"]["path"] = str(copy)
+    assert check_start_folder(load_recipe(data=data).model) == []
 
 
 def test_the_llm_s_own_template_is_compared_by_its_text_when_the_recipe_names_none(tiny_run, exported_dir, tmp_path):
