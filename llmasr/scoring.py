@@ -71,9 +71,23 @@ def uses_characters(text: str) -> bool:
 
 
 _NO_SPACE = "".join(f"{chr(lo)}-{chr(hi)}" for lo, hi in NO_SPACE_RANGES)
-# The units of a text: a character of a script written without spaces, or a run of other non-space characters.
-# "auto" scoring counts these; long audio joins windows on them and word timestamps time them.
-UNIT = re.compile(f"[{_NO_SPACE}]|[^\\s{_NO_SPACE}]+")
+# The punctuation and symbols of those scripts (CJK symbols and punctuation, vertical, compatibility and small forms,
+# full-width forms): written with no space before or after, so they are units of their own, as their characters are
+# ("。2024" had been one unit, a number's time covering the full stop)
+FULL_WIDTH_PUNCT = "".join(
+    re.escape(chr(c))
+    for lo, hi in ((0x3000, 0x303F), (0xFE10, 0xFE1F), (0xFE30, 0xFE6F), (0xFF00, 0xFFEF))
+    for c in range(lo, hi + 1)
+    if unicodedata.category(chr(c))[0] in "PS" and not any(a <= c <= b for a, b in NO_SPACE_RANGES)
+)
+# ... but a full-width comma or full stop between two digits is part of the number, as "1,000" and "3.5" are
+_IN_NUMBER = "".join(re.escape(c) for c in "\uff0c\uff0e\ufe50\ufe52")
+# The units of a text: a character of a script written without spaces or its punctuation, or a run of other non-space
+# characters. "auto" scoring counts these; long audio joins windows on them and word timestamps time them.
+UNIT = re.compile(
+    f"[{_NO_SPACE}]|(?![{_IN_NUMBER}])[{FULL_WIDTH_PUNCT}]|(?<!\\d)[{_IN_NUMBER}]|[{_IN_NUMBER}](?!\\d)"
+    f"|(?:[^\\s{_NO_SPACE}{FULL_WIDTH_PUNCT}]|(?<=\\d)[{_IN_NUMBER}](?=\\d))+"
+)
 _NO_SPACE_CHAR = re.compile(f"[{_NO_SPACE}]")
 
 

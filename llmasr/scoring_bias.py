@@ -13,6 +13,12 @@ biasing):
 - an insertion is a B error when the inserted unit lies inside an occurrence of a list phrase in the hypothesis
   (a hotword said where nobody said it) or falls strictly inside an occurrence in the reference (it splits the
   phrase: "new big york"), else a U error;
+- where alignments of the same cost differ only in where a run of insertions or deletions sits beside matched or
+  substituted units ("new york" against "new new york": the first "new" or the second inserted), the one that
+  leaves each reference occurrence whole is read (whole_phrases): an insertion beside a phrase counts U, as does a
+  deletion of a unit repeated beside it, and the phrase is recalled. A phrase said whole is no biasing error, so
+  B errors and recall agree; Levenshtein's own tie-break had put the insertion inside a phrase at its left edge
+  (B, not recalled) and outside at its right edge (U, recalled);
 - B-WER = B errors / biased reference units, U-WER = U errors / the other reference units; B + U errors are the
   WER's errors, utterances without a list contributing to U only.
 The insertion rule is llmasr's: the scorer released with that paper (fbai-speech is21_deep_bias/score.py) counts an
@@ -25,10 +31,10 @@ it *leaks* when it occurs in the hypothesis: leak rate = leaked distractors / di
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 
-from llmasr.scoring import UttScore, normalize, tokens
+from llmasr.scoring import EditOp, UttScore, normalize, tokens
 
 
 @dataclass
@@ -155,6 +161,81 @@ def _spans(seq: Units, phrases) -> tuple[list[bool], list[bool]]:
     return inside, interior
 
 
+def _prev_ref(ops: list[EditOp], k: int) -> int:
+    """The reference unit the ops before `k` passed last (-1: none): an insertion at `k` sits after it."""
+    return next((op.ref for op in reversed(ops[:k]) if op.ref is not None), -1)
+
+
+def _transposed(ops: list[EditOp]) -> list[EditOp]:
+    """The alignment of hypothesis to reference: a deletion becomes an insertion, so _slide moves deletions too."""
+    return [EditOp({"ins": "del", "del": "ins"}.get(op.kind, op.kind), op.hyp, op.ref) for op in ops]
+
+
+def _slide(ops: list[EditOp], k: int, e: int, step: int, ref: list, hyp: list) -> list[EditOp] | None:
+    """The insertions ops[k:e] moved one op left (step -1) or right (+1) across the equal or substitution beside
+    them, where the alignment costs the same (its reference unit stays matched, or stays substituted); None where it
+    would cost more or no such op is there."""
+    at = k - 1 if step < 0 else e
+    if not 0 <= at < len(ops) or ops[at].kind not in ("equal", "sub"):
+        return None
+    i, j, n = ops[at].ref, ops[at].hyp, e - k
+    moved = j + n if step < 0 else j - n  # the hypothesis unit reference unit i pairs with after the move
+    if (ref[i] == hyp[j]) != (ref[i] == hyp[moved]):
+        return None
+    pair = EditOp("equal" if ref[i] == hyp[moved] else "sub", i, moved)
+    if step < 0:  # [X(i, j), ins j+1..j+n] -> [ins j..j+n-1, X(i, j+n)]
+        return ops[:at] + [EditOp("ins", None, j + m) for m in range(n)] + [pair] + ops[e:]
+    # [ins j-n..j-1, X(i, j)] -> [X(i, j-n), ins j-n+1..j]
+    return ops[:k] + [pair] + [EditOp("ins", None, moved + 1 + m) for m in range(n)] + ops[at + 1 :]
+
+
+def whole_phrases(ops: list[EditOp], ref: list, hyp: list, in_ref: list[bool], interior: list[bool]):
+    """`ops` with each run of insertions inside a reference phrase occurrence (`interior` of the unit before it),
+    and each run of deletions of biased units (`in_ref`), moved out of the phrase across matched or substituted
+    units where an alignment of the same cost has it there (the whole run, else the most of it from its edge; the
+    nearest such place, the left one on a tie). "new york" against "new new york" inserts "new" before the phrase,
+    "new new york" against "new york" deletes the "new" before it. The error counts stay; which of the equal-cost
+    alignments Levenshtein returned had decided B or U, and whether the phrase was recalled."""
+    ops, k = list(ops), 0
+    while k < len(ops):
+        kind, e = ops[k].kind, k
+        while e < len(ops) and ops[e].kind == kind:
+            e += 1
+        moved = None
+        if kind == "ins" and _inside(ops, k, interior):
+            moved = _out_of_phrase(ops, k, e, lambda o, a, b: not _inside(o, a, interior), ref, hyp)
+        elif kind == "del" and any(in_ref[op.ref] for op in ops[k:e]):
+            flipped = _out_of_phrase(
+                _transposed(ops), k, e, lambda o, a, b: not any(in_ref[op.hyp] for op in o[a:b]), hyp, ref
+            )
+            moved = None if flipped is None else _transposed(flipped)
+        ops, k = (ops, e) if moved is None else (moved, 0)  # a part moved: the rest of its run is looked at again
+    return ops
+
+
+def _inside(ops: list[EditOp], k: int, interior: list[bool]) -> bool:
+    prev = _prev_ref(ops, k)
+    return prev >= 0 and interior[prev]
+
+
+def _out_of_phrase(ops: list[EditOp], k: int, e: int, out, ref: list, hyp: list) -> list[EditOp] | None:
+    """`ops` with the insertions ops[k:e], or the most of them from one edge of the run, slid to the nearest place
+    `out`(ops, start, end) accepts where an alignment of the same cost has them; None where none is reached."""
+    for m in range(e - k, 0, -1):
+        found = []
+        for step, a0, b0 in ((-1, k, k + m), (1, e - m, e)):
+            moved, a, b = ops, a0, b0
+            while moved is not None:
+                moved = _slide(moved, a, b, step, ref, hyp)
+                a, b = a + step, b + step
+                if moved is not None and out(moved, a, b):
+                    found.append((abs(a - a0), moved))
+                    break
+        if found:
+            return min(found, key=lambda f: f[0])[1]
+    return None
+
+
 def split_errors(score: UttScore, ref: Units, hyp: Units, phrases) -> tuple[Side, Side]:
     """(biased, unbiased) units and errors of one scored utterance (its units `ref`, `hyp`) under its phrases
     (tuples of units)."""
@@ -205,6 +286,7 @@ def score_biased(score: UttScore, phrases) -> BiasedUttScore:
     """B/U split and phrase counts of one scored utterance under its biasing list (strings; may be empty)."""
     units, empty = phrase_units(phrases, score.metric)
     ref, hyp = Units(tokens(score.ref_norm, score.metric)), Units(tokens(score.hyp_norm, score.metric))
+    score = replace(score, alignment=whole_phrases(score.alignment, ref.seq, hyp.seq, *_spans(ref, units)))
     biased, unbiased = split_errors(score, ref, hyp, units)
     counts, missed, leaked = count_phrases(score, ref, hyp, units)
     return BiasedUttScore(biased, unbiased, counts, len(units), empty, missed, leaked)

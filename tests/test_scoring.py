@@ -237,3 +237,12 @@ def test_non_lexical_tags_are_no_words():
     assert (s.ref_len, s.errors) == (4, 0)
     # brackets that enclose no tag stay punctuation: their words are words
     assert normalize("x < y > z") == "x y z" and normalize("a [b c") == "a b c" and normalize("<>") == ""
+
+
+def test_a_full_width_comma_or_full_stop_between_digits_scores_as_the_half_width_one():
+    """NFKC reads "，" as "," and "．" as ".": "1，000" is the one number 1000 and "3，5" the number 35, as "1,000"
+    and "3,5" are; "3．5" keeps its point. The ideographic comma "、" separates items of a list: "1、000" is two."""
+    for full, half in (("1，000", "1,000"), ("3，5", "3,5"), ("3．5", "3.5"), ("共1，000元", "共1,000元")):
+        assert normalize(full) == normalize(half), full
+        assert score_utterance(half, full).errors == 0 and score_utterance(full, half, "wer").errors == 0
+    assert normalize("1，000") == "1000" and normalize("3．5") == "3.5" and normalize("1、000") == "1 000"

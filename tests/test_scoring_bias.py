@@ -128,6 +128,35 @@ def test_hand_built_alignments_decide_the_split():
         assert split(got) == want and got.biased.errors + got.unbiased.errors == 2
 
 
+def test_an_insertion_or_deletion_beside_a_phrase_is_u_whichever_equal_cost_alignment_was_given():
+    """ "new york" against "new new york" aligns at the same cost with either "new" inserted: inside the phrase at its
+    left edge (B, not recalled) or before it (U, recalled). Both ways round, and at either edge, it is read the
+    second way: the phrase was said whole."""
+    eq, ins, dele = (
+        (lambda i, j: EditOp("equal", i, j)),
+        (lambda j: EditOp("ins", None, j)),
+        (lambda i: EditOp("del", i, None)),
+    )
+    cases = [  # (ref, hyp, the two alignments of the same cost)
+        ("new york", "new new york", [eq(0, 0), ins(1), eq(1, 2)], [ins(0), eq(0, 1), eq(1, 2)]),
+        ("new york", "new york york", [eq(0, 0), ins(1), eq(1, 2)], [eq(0, 0), eq(1, 1), ins(2)]),
+        ("new new york", "new york", [eq(0, 0), dele(1), eq(2, 1)], [dele(0), eq(1, 0), eq(2, 1)]),
+        ("new york york", "new york", [eq(0, 0), dele(1), eq(2, 1)], [eq(0, 0), eq(1, 1), dele(2)]),
+    ]
+    for ref, hyp, *alignments in cases:
+        for ops in alignments:
+            n_ins, n_del = sum(op.kind == "ins" for op in ops), sum(op.kind == "del" for op in ops)
+            score = UttScore("wer", len(ref.split()), len(hyp.split()), 0, n_del, n_ins, ref, hyp, ops)
+            got = score_biased(score, ["New York"])
+            assert (got.biased.errors, got.unbiased.errors, got.phrases.recalled) == (0, 1, 1), (ref, hyp, ops)
+        assert split(biased(ref, hyp, ["New York"]))[0][:3] == (0, 0, 0), (ref, hyp)  # as Levenshtein aligns it
+    # an insertion no equal-cost alignment moves out of the phrase still splits it: B (the "new" beside it is U)
+    b = biased("new york", "new new a york", ["New York"])
+    assert (b.biased.insertions, b.unbiased.insertions, b.phrases.recalled) == (1, 1, 0)
+    b = biased("new york", "new a new york", ["New York"])  # the run "a new" moves out whole: the phrase is said
+    assert (b.biased.insertions, b.unbiased.insertions, b.phrases.recalled) == (0, 2, 1)
+
+
 def test_b_plus_u_is_every_error_on_random_pairs():
     rng = random.Random(4)
     vocab = ["new", "york", "anna", "bob", "call", "now", "the"]

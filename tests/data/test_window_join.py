@@ -99,16 +99,41 @@ def test_join_texts_dedups_only_overlapped_seams():
 
 
 def test_joined_times_stay_one_per_unit_where_punctuation_meets_at_a_seam():
-    """Two punctuation marks of a script without spaces meet at a seam without a space ("。" + "《"), and the text has
-    one unit there where the windows timed two: the times had kept both, one more than the text's units, and the
-    next overlapped seam then cut the times one unit short of the text ("好" lost)."""
+    """Two units meet at a seam without a space and the text has one unit there where the windows timed two
+    (full-width letters, "ＡＢ" + "cd"): the times had kept both, one more than the text's units, and the next
+    overlapped seam then cut the times one unit short of the text ("好" lost). Full-width punctuation meeting there
+    ("。" + "《") stays two units, each with its window's time."""
+    texts = ["他说ＡＢ", "cd很好", "很好看"]
+    timed = [[(u, 0.1 * k, 0.1 * k + 0.05) for k, u in enumerate(UNIT.findall(t))] for t in texts]
+    text = join_texts(texts, [False, False, True], 1.0)
+    words = join_words(texts, timed, [0.0, 5.0, 9.0], [False, False, True], 1.0)
+    assert text == "他说ＡＢcd很好看"
+    assert [w[0] for w in words] == UNIT.findall(text)
+    assert words[2] == ("ＡＢcd", 0.2, 5.05) and words[-2:] == [("好", 5.2, 5.25), ("看", 9.2, 9.25)]
     texts = ["他说。", "《红楼梦》很好", "很好看"]
     timed = [[(u, 0.1 * k, 0.1 * k + 0.05) for k, u in enumerate(UNIT.findall(t))] for t in texts]
     text = join_texts(texts, [False, False, True], 1.0)
     words = join_words(texts, timed, [0.0, 5.0, 9.0], [False, False, True], 1.0)
     assert text == "他说。《红楼梦》很好看"
     assert [w[0] for w in words] == UNIT.findall(text)
-    assert words[2] == ("。《", 0.2, 5.05) and words[-2:] == [("好", 5.6, 5.65), ("看", 9.2, 9.25)]
+    assert words[2:4] == [("。", 0.2, 0.25), ("《", 5.0, 5.05)]
+    assert words[-2:] == [("好", 5.6, 5.65), ("看", 9.2, 9.25)]
+
+
+def test_full_width_punctuation_is_a_unit_of_its_own_and_joins_chinese_and_mixed_text():
+    """Full-width punctuation glued to a Latin word or a number had made one unit of both ("。2024"), so the
+    number's time covered the full stop; a full-width comma or full stop inside a number stays in it ("1，000")."""
+    assert UNIT.findall("你好。2024年") == ["你", "好", "。", "2024", "年"]
+    assert UNIT.findall("我用iPhone，很好（真的）") == ["我", "用", "iPhone", "，", "很", "好", "（", "真", "的", "）"]
+    assert UNIT.findall("共1，000元，3．5折") == ["共", "1，000", "元", "，", "3．5", "折"]
+    assert UNIT.findall("1：2") == ["1", "：", "2"]
+    texts = ["今天是2024年。iPhone", "。iPhone发布了，价格1，000元"]  # the windows shared "。iPhone"
+    timed = [[(u, 0.1 * k, 0.1 * k + 0.05) for k, u in enumerate(UNIT.findall(t))] for t in texts]
+    text = join_texts(texts, [False, True], 1.0)
+    words = join_words(texts, timed, [0.0, 1.0], [False, True], 1.0)
+    assert text == "今天是2024年。iPhone发布了，价格1，000元"
+    assert [w[0] for w in words] == UNIT.findall(text)
+    assert ("2024", 0.3, 0.35) in words and ("1，000", 1.8, 1.85) in words
 
 
 def test_joined_word_times_never_go_back_at_a_seam():

@@ -160,3 +160,15 @@ def test_words_end_where_their_sound_ends():
     at_start = [("a", 0.0, 2.10)]  # an end at the very start of the next stretch is not in it
     assert sound_ends(at_start, runs) == at_start
     assert sound_ends(words, np.zeros((0, 2))) == words and sound_ends(None, runs) is None
+
+
+def test_full_width_punctuation_is_timed_apart_from_the_number_beside_it(tmp_path):
+    """ "。2024" had been one unit: the number's time began at the full stop's label."""
+    path = tmp_path / "tokens.txt"
+    path.write_text("\n".join(["<space>", "好", "。", "2", "0", "4", "年"]) + "\n")
+    tok = build_ctc_tokenizer(CTCConfig(vocab=str(path)))
+    units, labels, _ = unit_labels(tok, "好。2024年")
+    assert units == ["好", "。", "2024", "年"]
+    lp = _spikes(16, tok.vocab_size, tok.blank_id, dict(zip([1, 3, 8, 9, 10, 11, 14], labels)))
+    words = align_words(tok, "好。2024年", lp, 0.04)
+    assert [w[0] for w in words] == units and words[2][1] == 0.32  # from its first digit's frame, not the stop's
