@@ -134,7 +134,8 @@ class RunSetup:
         self.engine = TrainEngine(model, groups, self.schedules, self.ds, self.dist.device, optimizer)
         self.checkpoints = RunCheckpoints(self.engine, self.recipe, self.ckpt_dir, trainable=self.trainable,
                                           per_epoch=self.per_epoch, rank=self.rank, world=self.world,
-                                          manifest=self.train_loader.dataset.manifest)  # fmt: skip
+                                          manifest=self.train_loader.dataset.manifest,
+                                          sampler=self.sampler)  # fmt: skip
         resolve.seed_everything(tc.seed + self.rank)  # dropout differs per rank
 
     def _build_model(self) -> tuple:
