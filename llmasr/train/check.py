@@ -20,7 +20,7 @@ from typing import NamedTuple
 from llmasr import errors
 from llmasr.data import plan_record
 from llmasr.data.augment import cost_text
-from llmasr.models.builder import build_model
+from llmasr.models.builder import build_model, whisper_dither_note
 from llmasr.models.fsmn_vad import load_vad
 from llmasr.models.fused_kernels import check_fused_kernels
 from llmasr.models.start_from import check_start_folder
@@ -310,6 +310,7 @@ def check(
     check_nvme_offload(ds, resolved.source)  # on this machine, as train's start-up checks it on each node
     check_run_settings(recipe)
     notes = check_start_folder(recipe.model)  # what the model sees, against the folder it starts from
+    notes += [n for n in [whisper_dither_note(recipe.model.encoder)] if n]
     check_fused_kernels(recipe.model.llm, zero_stage=zero_stage(ds))  # the device is training's to check
     folder = run_folder(recipe, resume=resume, overwrite=overwrite)
     # the same arithmetic `llmasr train` logs; a resume's stop is counted from its checkpoint (resumed_total)

@@ -16,6 +16,7 @@ import torch
 
 from llmasr import errors
 from llmasr import run_dir as ck
+from llmasr.models.builder import whisper_dither_note
 from llmasr.models.fused_kernels import apply_fused_kernels, check_fused_kernels
 from llmasr.models.start_from import check_start_folder
 from llmasr.rank_verdict import flat, run_together
@@ -78,6 +79,8 @@ class RunSetup:
         check_nvme_offload(self.ds, str(ds_config_path))  # each node's own: DeepSpeed loads the op once built
         resolve.check_run_settings(self.recipe)
         for note in check_start_folder(self.recipe.model):  # what the model sees, against the folder it starts from
+            log.warning(note)
+        if note := whisper_dither_note(self.recipe.model.encoder):
             log.warning(note)
         check_fused_kernels(self.recipe.model.llm, zero_stage=ds_config.zero_stage(self.ds), device=self.dist.device)
         resolve.process_settings(tc)  # deterministic algorithms, attention kernels
