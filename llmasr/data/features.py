@@ -166,6 +166,17 @@ class FeatureExtractor:
             return 1 + (num_samples - self.window_samples) // self.shift_samples
         return (num_samples + self.shift_samples // 2) // self.shift_samples
 
+    def shortest_seconds(self) -> float:
+        """The shortest audio the encoder can take: the fewest samples giving frontend.min_frames frames (its
+        subsampling's need) less half a sample, so a stated duration rounded from that length passes."""
+        need, lo, hi = max(1, self.frontend.min_frames), 1, self.min_samples
+        while self.num_frames(hi) < need:
+            hi *= 2
+        while lo < hi:  # the frame count grows with the samples
+            mid = (lo + hi) // 2
+            lo, hi = (mid + 1, hi) if self.num_frames(mid) < need else (lo, mid)
+        return (lo - 0.5) / self.frontend.sample_rate
+
     def num_frames(self, num_samples: int) -> int:
         """Exact number of output frames for a waveform of `num_samples` samples (no features computed)."""
         t = self.num_fbank_frames(num_samples)
