@@ -211,12 +211,13 @@ def check_origin(state: dict, seed: int, num_items: int) -> None:
         )
 
 
-def check_position(state: dict, planned: int, sha1: str, unusable: list | None = None) -> None:
+def check_position(state: dict, planned: int, sha1: str, unusable: list | None = None, explain=None) -> None:
     """A saved sampler `state` must count into this epoch's plan: `planned` batches per rank (at the saved world
     size) made of the batches `sha1` hashes. Other batches of the same count come from manifests whose lines were
     reordered or with other durations: a resume would skip some utterances of the epoch and train others twice.
     `unusable` ([count, sha1 of their indices]): the lines screened unusable before loading now; where the saved
-    state's differ, that is what changed the batches (the manifests' text may be as it was)."""
+    state's differ, that is what changed the batches (the manifests' text may be as it was). `explain`: called on a
+    refusal, what differs batch by batch and line by line (llmasr.data.plan_record.explain), or None."""
     where = f"cannot resume epoch {state['epoch']} at batch {state['batches_yielded']}: the training data (data.train)"
     then = state.get("unusable")
     cause = None
@@ -228,7 +229,13 @@ def check_position(state: dict, planned: int, sha1: str, unusable: list | None =
             "restored since the checkpoint, or such a line edited"
         )
     restore = "the audio files or manifest lines" if cause else "the manifests"
-    if "num_batches" in state and int(state["num_batches"]) != planned:  # the recipe's batching cannot change
+    count = "num_batches" in state and int(state["num_batches"]) != planned  # the recipe's batching cannot change
+    if not count and state.get("batches_sha1", sha1) == sha1:
+        return
+    if explain is not None and (found := explain()):
+        cause = f"{cause}; {found}" if cause else found
+        restore = "what changed (the manifests, the audio, or the llmasr or tokenizer the run had)"
+    if count:
         raise ValueError(
             f"{where} now makes {planned} batches per rank of that epoch at the saved world size "
             f"{state.get('world_size', '?')}, the run had {state['num_batches']}: "
@@ -239,12 +246,11 @@ def check_position(state: dict, planned: int, sha1: str, unusable: list | None =
             )
             + f"; resuming would skip some utterances and train others twice. Restore {restore}, or start a new run"
         )
-    if state.get("batches_sha1", sha1) != sha1:
-        raise ValueError(
-            f"{where} now makes other batches of that epoch than the run had ("
-            + (cause or "a manifest's lines were reordered or their durations changed since the checkpoint")
-            + f"); resuming would skip some utterances and train others twice. Restore {restore}, or start a new run"
-        )
+    raise ValueError(
+        f"{where} now makes other batches of that epoch than the run had ("
+        + (cause or "a manifest's lines were reordered or their durations changed since the checkpoint")
+        + f"); resuming would skip some utterances and train others twice. Restore {restore}, or start a new run"
+    )
 
 
 def check_settings(rank, world_size, max_seconds, max_frames, frames_per_second, num_buckets, seed) -> None:

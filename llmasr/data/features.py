@@ -19,14 +19,15 @@ and older ones fill the empty bins with log(epsilon). The limit follows from the
 (`frontend.fbank_min_samples`: 257 samples for 80 bins at 16 kHz).
 
 Dither: Gaussian noise of standard deviation `dither` is added to the waveform before extraction. Fbank: in the
-scaled, int16-like domain, with the library's own dither at 0; Kaldi draws fresh noise per frame, adding it once
-per sample gives the same per-frame noise level (overlapping frames then share their noise). Whisper: in [-1, 1],
-on the zero-padded waveform before the STFT, as transformers' WhisperFeatureExtractor adds its `dither`
-(preprocessor_config.json's, 0 when absent). Training draws it from the caller's numpy Generator (a seeded run is
-reproducible). Validation and decoding dither too, as FunASR's frontend does: without it a digitally silent frame
-reads log(epsilon), far below anything training showed the model. Their noise is drawn from the audio itself
-(`content_rng`), so the same audio gives the same features whatever batch, rank or position it comes in. (CMVN
-statistics are taken without dither: llmasr.data.cmvn.)
+scaled, int16-like domain, with the library's own dither at 0; Kaldi draws fresh noise per frame, adding it once per
+sample gives the same per-frame noise level (overlapping frames then share their noise). Whisper: in [-1, 1], on the
+zero-padded waveform before the STFT, as transformers' WhisperFeatureExtractor adds its `dither`
+(preprocessor_config.json's, 0 when absent); the frames after the clip stay the encoder's silence floor, not
+dithered noise as transformers' are (the start-up says so: llmasr.models.builder.whisper_dither_note). Training
+draws it from the caller's numpy Generator (a seeded run is reproducible). Validation and decoding dither too, as
+FunASR's frontend does: without it a digitally silent frame reads log(epsilon), far below anything training showed
+the model. Their noise is drawn from the audio itself (`content_rng`), so the same audio gives the same features
+whatever batch, rank or position it comes in. (CMVN statistics are taken without dither: llmasr.data.cmvn.)
 """
 
 from __future__ import annotations
@@ -164,6 +165,17 @@ class FeatureExtractor:
                 return 1
             return 1 + (num_samples - self.window_samples) // self.shift_samples
         return (num_samples + self.shift_samples // 2) // self.shift_samples
+
+    def shortest_seconds(self) -> float:
+        """The shortest audio the encoder can take: the fewest samples giving frontend.min_frames frames (its
+        subsampling's need) less half a sample, so a stated duration rounded from that length passes."""
+        need, lo, hi = max(1, self.frontend.min_frames), 1, self.min_samples
+        while self.num_frames(hi) < need:
+            hi *= 2
+        while lo < hi:  # the frame count grows with the samples
+            mid = (lo + hi) // 2
+            lo, hi = (mid + 1, hi) if self.num_frames(mid) < need else (lo, mid)
+        return (lo - 0.5) / self.frontend.sample_rate
 
     def num_frames(self, num_samples: int) -> int:
         """Exact number of output frames for a waveform of `num_samples` samples (no features computed)."""

@@ -73,6 +73,14 @@ def evenly_spaced(n: int, k: int | None) -> np.ndarray | None:
     return np.unique(np.linspace(0, n - 1, k).round().astype(np.int64))
 
 
+def encoder_shortest(frontend: FrontendConfig) -> float:
+    """The shortest clip the frontend and encoder take (FeatureExtractor.shortest_seconds): batching's least
+    min_duration, where data.batching.min_duration is shorter."""
+    from llmasr.data.features import FeatureExtractor
+
+    return FeatureExtractor(frontend).shortest_seconds()
+
+
 def make_sampler(
     data_cfg: DataConfig,
     durations: np.ndarray,
@@ -120,7 +128,8 @@ def make_sampler(
         rank=rank,
         world_size=world_size,
         drop_last=train and b.drop_last,  # validation and decoding count every utterance
-        min_duration=b.min_duration,
+        # a clip shorter than the encoder takes cannot train: skipped as too short from the start, not when loaded
+        min_duration=b.min_duration if keep_every_item else max(b.min_duration, encoder_shortest(frontend)),
         max_duration=max_duration,
         max_target_len=b.max_target_len,
         truncate_to_max=b.truncate_to_max,

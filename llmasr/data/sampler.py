@@ -370,9 +370,10 @@ class DynamicBucketSampler(Sampler):
             "unusable": list(self._unusable),  # the lines screened unusable before loading: count, sha1 of indices
         }
 
-    def load_state_dict(self, state: dict) -> None:
+    def load_state_dict(self, state: dict, explain=None) -> None:
         """Resume at the saved position. Saved at another world size, the epoch continues with the batches no rank
-        had trained yet, dealt to this world size (llmasr.data.regroup); `.resharded` then says so."""
+        had trained yet, dealt to this world size (llmasr.data.regroup); `.resharded` then says so. `explain`: what
+        a refusal says differs (llmasr.data.plan_record.explainer)."""
         batch_cut.check_origin(state, self.seed, self.durations.size)
         epoch, done = int(state["epoch"]), int(state["batches_yielded"])
         history = tuple((int(w), int(d)) for w, d in state.get("history") or ())
@@ -381,7 +382,7 @@ class DynamicBucketSampler(Sampler):
         self.set_epoch(epoch)
         self._segment = (epoch, history)
         planned = len(self._plan_at(epoch, history, saved_ws)[0])
-        check_position(state, planned, self._sha1(epoch), self._unusable)
+        check_position(state, planned, self._sha1(epoch), self._unusable, explain)
         if not 0 <= done <= planned:
             raise ValueError(f"cannot resume at batch {done} of an epoch of {planned} batches")
         self.resharded = saved_ws != self.world_size
@@ -391,12 +392,12 @@ class DynamicBucketSampler(Sampler):
         self._resume = (epoch, done)
         self._yielded = done
 
-    def length_after(self, state: dict) -> int:
+    def length_after(self, state: dict, explain=None) -> int:
         """len() of the pass a `state_dict` (maybe of another world size) continues, this sampler left as it is
-        (`llmasr check` counts a resume's updates)."""
+        (`llmasr check` counts a resume's updates); `explain` as load_state_dict's."""
         other = copy.copy(self)
         other._epoch_listeners = []  # nor does its dataset's epoch move
-        other.load_state_dict(state)
+        other.load_state_dict(state, explain)
         return len(other)
 
     def _plan_at(self, epoch: int, history: tuple, world_size: int):

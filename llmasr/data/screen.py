@@ -279,7 +279,10 @@ def describe_skipped(sampler, manifest, batching, name: str) -> str | None:
             if sampler.max_duration < batching.max_duration
             else ""
         ),
-        "too_short": f"shorter than data.batching.min_duration = {batching.min_duration:g} s",
+        "too_short": f"shorter than data.batching.min_duration = {batching.min_duration:g} s"
+        if sampler.min_duration <= batching.min_duration
+        else f"shorter than {sampler.min_duration:.4g} s, the least audio the encoder takes (its frontend and "
+        f"subsampling; data.batching.min_duration = {batching.min_duration:g} s is below it)",
         "target_too_long": f"with target_len above data.batching.max_target_len = {batching.max_target_len}",
         "over_batch_budget": "too large for a batch of one under the batch budget (max_seconds / max_frames / "
         "max_target_tokens" + (" / max_llm_tokens" if sampler.max_llm_tokens is not None else "") + ")",

@@ -136,6 +136,28 @@ def _refine(base: FrontendConfig, settings: dict) -> FrontendConfig:
     return from_dict(FrontendConfig, {**to_dict(base), **settings}, "model.encoder.frontend")
 
 
+def whisper_dither_note(cfg: EncoderConfig) -> str | None:
+    """A Whisper frontend that dithers, said at start-up (train and check): the frames after a clip hold the encoder's
+    silence floor, where transformers' WhisperFeatureExtractor dithers the whole window (Whisper has no padding mask,
+    so the clip's own frames attend to them). Released Whisper checkpoints have dither 0; None at 0 or for fbank."""
+    if cfg.type != "whisper":
+        return None
+    frontend = encoder_frontend(cfg)
+    if frontend.dither <= 0:
+        return None
+    given = (
+        "model.encoder.frontend.dither" if "dither" in cfg.frontend else f'{cfg.path}/preprocessor_config.json "dither"'
+    )
+    return (
+        f"{given} is {frontend.dither:g}: llmasr dithers each clip and the frames its audio reaches, but the frames "
+        f"after it, to the encoder's {frontend.chunk_seconds:g} s window, hold the silence floor, where transformers' "
+        "WhisperFeatureExtractor fills them with dithered noise too; the encoder attends to them, so its features "
+        "differ from a transformers pipeline's at this dither. Set model.encoder.frontend.dither: 0 for "
+        "transformers' features (released Whisper checkpoints have dither 0), or keep it as augmentation of the "
+        "clip alone"
+    )
+
+
 def encoder_frontend(cfg: EncoderConfig) -> FrontendConfig:
     """The frontend the configured encoder expects, read from its files without loading any weights."""
     return encoder_spec(cfg).frontend

@@ -18,8 +18,9 @@ from pathlib import Path
 from typing import NamedTuple
 
 from llmasr import errors
+from llmasr.data import plan_record
 from llmasr.data.augment import cost_text
-from llmasr.models.builder import build_model
+from llmasr.models.builder import build_model, whisper_dither_note
 from llmasr.models.fsmn_vad import load_vad
 from llmasr.models.fused_kernels import check_fused_kernels
 from llmasr.models.start_from import check_start_folder
@@ -108,9 +109,11 @@ def run_start(recipe, model, plan, folder: RunFolder, *, stage: int, world_size:
     where = load_dir / tag
     meta = read_meta(where)
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    manifest = plan.loaders[0].dataset.manifest
+    explain = plan_record.explainer(where, plan.loaders[1], manifest)
     changed = check_checkpoint(
         meta, where, recipe=recipe, stage=stage, world_size=world_size, per_epoch=plan.per_epoch, trainable=trainable,
-        manifests=manifest_contents(plan.loaders[0].dataset.manifest),
+        manifests=manifest_contents(manifest), explain=explain,
     )  # fmt: skip
     notes += [f"data.train changed since the checkpoint: {c}" for c in changed]
     verify_tag(where, meta)  # the files the save recorded, as training's ranks verify them before loading
@@ -119,7 +122,7 @@ def run_start(recipe, model, plan, folder: RunFolder, *, stage: int, world_size:
     converted = "" if meta.zero_stage == stage else f"; saved at ZeRO stage {meta.zero_stage}, converted to {stage}"
     head = f"  resumes {where} (update {meta.update}, epoch {meta.epoch}{resized}{converted}) into {run_dir}"
     client, saved_ds = read_client_state(where, meta)
-    total, stop, ends = resumed_total(recipe, plan, where, meta, world_size, client, changed)
+    total, stop, ends = resumed_total(recipe, plan, where, meta, world_size, client, changed, explain)
     early = EarlyStop.of(recipe.train)
     early.load_state_dict(client.get("early_stop"))
     course = Course(meta.update, ends, early, owed=bool(client.get("validation_owed")))
@@ -132,7 +135,7 @@ def run_start(recipe, model, plan, folder: RunFolder, *, stage: int, world_size:
 
 
 def resumed_total(
-    recipe, plan, where: Path, meta, world_size: int, client: dict, changed: list[str] = ()
+    recipe, plan, where: Path, meta, world_size: int, client: dict, changed: list[str] = (), explain=None
 ) -> tuple[int, int, list[int]]:
     """The updates a resume from checkpoint `where` (its `client` state) holds, counted as the trainer counts them
     once it has loaded: the batches left in its epoch (dealt to this world size) and the epochs after it, at this
@@ -142,7 +145,7 @@ def resumed_total(
     resharded = None
     if loader_state is not None:  # a position this data cannot continue is refused, as training's load refuses it
         with errors.context(resuming(where, changed)):
-            length = plan.loaders[1].length_after(loader_state["sampler"])
+            length = plan.loaders[1].length_after(loader_state["sampler"], explain)
         resharded = length if meta.world_size != world_size else None
     left = batches_left(plan.per_epoch, epoch, loader_state, resharded)
     total, held = resumed_counts(meta.update, epoch, left, plan.per_epoch, plan.grad_accum, recipe.train.max_updates)
@@ -307,6 +310,7 @@ def check(
     check_nvme_offload(ds, resolved.source)  # on this machine, as train's start-up checks it on each node
     check_run_settings(recipe)
     notes = check_start_folder(recipe.model)  # what the model sees, against the folder it starts from
+    notes += [n for n in [whisper_dither_note(recipe.model.encoder)] if n]
     check_fused_kernels(recipe.model.llm, zero_stage=zero_stage(ds))  # the device is training's to check
     folder = run_folder(recipe, resume=resume, overwrite=overwrite)
     # the same arithmetic `llmasr train` logs; a resume's stop is counted from its checkpoint (resumed_total)

@@ -182,13 +182,14 @@ def check_resume_recipe(recipe, load_dir: Path) -> list[str]:
 
 def check_checkpoint(
     meta: CheckpointMeta, where: Path, *, recipe, stage: int, world_size: int, per_epoch: list[int], trainable: list,
-    manifests: list[dict] | None = None,
+    manifests: list[dict] | None = None, explain=None,
 ) -> list[str]:  # fmt: skip
     """The checkpoint `where` (its `meta`) can be resumed by a run of `recipe` at ZeRO `stage` on `world_size`
     ranks, whose data gives `per_epoch` batches a rank and whose model trains the parameters named `trainable`:
     ConfigError naming what differs. `llmasr train` checks this before loading, `llmasr check` before launching.
     `manifests`: the training files as this run reads them (manifest_contents); those edited since the
-    checkpoint are named in a warning and returned (for the position's refusal to name them too)."""
+    checkpoint are named in a warning and returned (for the position's refusal to name them too). `explain`: what a
+    refusal of the batches says differs (llmasr.data.plan_record.explainer)."""
     changed = changed_manifests(meta.manifests, manifests)
     same_text = not changed and texts_known(meta.manifests, manifests)
     if meta.zero_stage != stage and not stage_change_allowed(meta.zero_stage, stage, recipe.train.precision):
@@ -200,7 +201,7 @@ def check_checkpoint(
             f"the run's own {ck.run_dir_of(where.parent) / ck.DS_CONFIG_FILE}"
         )
     if meta.world_size == world_size:  # at another world size the batches per rank differ by design
-        check_batches(meta, per_epoch, where, changed, same_text=same_text)
+        check_batches(meta, per_epoch, where, changed, same_text=same_text, explain=explain)
     diffs = fingerprint_differences(meta.base_fingerprint, base_fingerprint(recipe.model))
     if diffs:
         raise ConfigError(f"{where}: the base model differs from the one trained on:\n  " + "\n  ".join(diffs))
@@ -251,11 +252,13 @@ def resuming(where: Path, changed: list[str]) -> str:
 
 
 def check_batches(
-    meta: CheckpointMeta, per_epoch: list[int], where: Path, changed: list[str] = (), *, same_text: bool = False
-) -> None:
+    meta: CheckpointMeta, per_epoch: list[int], where: Path, changed: list[str] = (), *, same_text: bool = False,
+    explain=None,
+) -> None:  # fmt: skip
     """The training data must give the batches the checkpoint's run had (the sampler position counts them);
     `changed`: the files edited since (changed_manifests), named in the refusal; `same_text`: every file's text is
-    known to be as the run read it, so what differs is what the lines point to."""
+    known to be as the run read it, so what differs is what the lines point to; `explain`: called on a refusal, what
+    differs batch by batch and line by line (llmasr.data.plan_record.explain), or None."""
     saved = meta.batches_per_epoch
     if not saved:
         return
@@ -264,20 +267,22 @@ def check_batches(
         # llmasr before each epoch's own count wrote the first epoch's for all: the same data, counted anew
         log.info("%s: counted %s batches per rank in every epoch; the data gives %s", where, saved[0], per_epoch[:n])
         return
-    if list(saved[:n]) != list(per_epoch[:n]):
-        raise ConfigError(
-            f"{where}: the training data (data.train) now gives {per_epoch[:n]} batches per rank per epoch, the run "
-            f"had {list(saved[:n])}: "
-            + (
-                f"changed since the checkpoint: {'; '.join(changed)}"
-                if changed
-                else UNEDITED_DATA
-                if same_text
-                else "a manifest changed since the checkpoint"
-            )
-            + ", or an llmasr that plans batches otherwise wrote it; resuming would skip or repeat utterances. "
-            f"Restore {'the audio' if same_text else 'the manifests'} (or that llmasr), or start a new run"
-        )
+    if list(saved[:n]) == list(per_epoch[:n]):
+        return
+    found = explain() if explain is not None else None
+    edited = f"changed since the checkpoint: {'; '.join(changed)}" if changed else ""
+    if found:
+        cause = f"{edited}; {found}" if edited else found
+        restore = "what changed (the manifests, the audio, or the llmasr or tokenizer the run had)"
+    else:
+        cause = edited or (UNEDITED_DATA if same_text else "a manifest changed since the checkpoint")
+        cause += ", or an llmasr that plans batches otherwise wrote it"
+        restore = f"{'the audio' if same_text else 'the manifests'} (or that llmasr)"
+    raise ConfigError(
+        f"{where}: the training data (data.train) now gives {per_epoch[:n]} batches per rank per epoch, the run "
+        f"had {list(saved[:n])}: {cause}; resuming would skip or repeat utterances. Restore {restore}, or start a new "
+        "run"
+    )
 
 
 def schedule_changes(saved: list, new: list) -> list[str]:

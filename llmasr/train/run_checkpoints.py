@@ -8,6 +8,7 @@ import logging
 
 from llmasr import errors
 from llmasr import run_dir as ck
+from llmasr.data import plan_record
 from llmasr.data.screen import longest_trained
 from llmasr.models.fingerprint import base_fingerprint
 from llmasr.run_dir.files import hash_share, merge_shares
@@ -22,11 +23,12 @@ log = logging.getLogger("llmasr.train")
 class RunCheckpoints:
     """Saves checkpoints of one run (`engine`, its recipe, rank and world) into RUN_DIR/checkpoints. From its
     training `manifest` each records the longest audio it trains on (llmasr.data.screen.longest_trained; None:
-    unlimited), for decoding, and its files as the run read them (llmasr.train.resume.manifest_contents)."""
+    unlimited), for decoding, and its files as the run read them (llmasr.train.resume.manifest_contents); with the
+    training `sampler`, what its batches were cut from (llmasr.data.plan_record), for a refused resume to explain."""
 
     def __init__(self, engine, recipe, ckpt_dir, *, trainable: list[str], per_epoch: list[int], rank: int, world: int,
-                 manifest):  # fmt: skip
-        self.engine, self.recipe, self.ckpt_dir = engine, recipe, ckpt_dir
+                 manifest, sampler=None):  # fmt: skip
+        self.engine, self.recipe, self.ckpt_dir, self.sampler = engine, recipe, ckpt_dir, sampler
         self.trainable, self.per_epoch, self.rank, self.world = trainable, per_epoch, rank, world
         self.longest = longest_trained(recipe.data, manifest.durations())
         self.manifests = manifest_contents(manifest)
@@ -55,6 +57,8 @@ class RunCheckpoints:
         barrier()
         with errors.context(f"saving checkpoint {tag}"):
             self.engine.save(str(self.ckpt_dir), tag, client)
+            if self.rank == 0 and self.sampler is not None:
+                plan_record.save(self.ckpt_dir / tag / plan_record.FILE, plan_record.record(self.sampler))
         barrier()
         files = merge_shares(all_gather_object(hash_share(self.ckpt_dir / tag, self.rank, self.world, sync=True)))
         if self.rank == 0:

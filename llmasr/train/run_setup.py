@@ -16,6 +16,7 @@ import torch
 
 from llmasr import errors
 from llmasr import run_dir as ck
+from llmasr.models.builder import whisper_dither_note
 from llmasr.models.fused_kernels import apply_fused_kernels, check_fused_kernels
 from llmasr.models.start_from import check_start_folder
 from llmasr.rank_verdict import flat, run_together
@@ -79,6 +80,8 @@ class RunSetup:
         resolve.check_run_settings(self.recipe)
         for note in check_start_folder(self.recipe.model):  # what the model sees, against the folder it starts from
             log.warning(note)
+        if note := whisper_dither_note(self.recipe.model.encoder):
+            log.warning(note)
         check_fused_kernels(self.recipe.model.llm, zero_stage=ds_config.zero_stage(self.ds), device=self.dist.device)
         resolve.process_settings(tc)  # deterministic algorithms, attention kernels
         asked, self.resume_key = ck.resume_asked(resume, tc.resume)
@@ -134,7 +137,8 @@ class RunSetup:
         self.engine = TrainEngine(model, groups, self.schedules, self.ds, self.dist.device, optimizer)
         self.checkpoints = RunCheckpoints(self.engine, self.recipe, self.ckpt_dir, trainable=self.trainable,
                                           per_epoch=self.per_epoch, rank=self.rank, world=self.world,
-                                          manifest=self.train_loader.dataset.manifest)  # fmt: skip
+                                          manifest=self.train_loader.dataset.manifest,
+                                          sampler=self.sampler)  # fmt: skip
         resolve.seed_everything(tc.seed + self.rank)  # dropout differs per rank
 
     def _build_model(self) -> tuple:

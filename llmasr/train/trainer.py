@@ -18,6 +18,7 @@ import time
 
 from llmasr import errors
 from llmasr import run_dir as ck
+from llmasr.data import plan_record
 from llmasr.run_dir.files import verify_ranks
 from llmasr.train import resolve, universal
 from llmasr.train.config import need_recipe
@@ -53,9 +54,10 @@ class Run(RunSetup):
         load_dir, tag = ck.resolve_resume(self.resume, self.run_dir, self.resume_key)
         meta = ck.read_meta(where := load_dir / tag)
         saved_world = meta.world_size
+        explain = plan_record.explainer(where, self.sampler, self.train_loader.dataset.manifest)
         changed = check_checkpoint(
             meta, where, recipe=self.recipe, stage=self.engine.stage, world_size=self.world, per_epoch=self.per_epoch,
-            trainable=self.trainable, manifests=self.checkpoints.manifests,
+            trainable=self.trainable, manifests=self.checkpoints.manifests, explain=explain,
         )  # fmt: skip
         verify_ranks(where, meta, self.rank, self.world, all_gather_object)  # before DeepSpeed reads a byte
         with errors.context(f"loading checkpoint {where}"):
@@ -66,7 +68,7 @@ class Run(RunSetup):
         state = client.get(CLIENT_KEY) or {}
         if state.get("loader") is not None:  # a position this data cannot continue: refused before anything moves
             with errors.context(resuming(where, changed)):
-                self.sampler.length_after(state["loader"]["sampler"])
+                self.sampler.length_after(state["loader"]["sampler"], explain)
         # a validation the stop put off goes into the checkpoint's meta where it is this folder's own (one of another
         # run's folder, or set aside, is not this run's to rank, and this folder may hold another course's tag)
         self.validation_owed = bool(state.get("validation_owed"))

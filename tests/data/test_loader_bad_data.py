@@ -222,14 +222,14 @@ def test_epoch_end_check_runs_when_the_loop_stops_at_the_last_batch(tmp_path):
     (tmp_path / "corrupt.wav").write_bytes(b"RIFF\x00\x00\x00\x00WAVEjunk" * 8)
     extra = [
         {"key": "corrupt", "source": "corrupt.wav", "target": "hello", "duration": 1.0},  # bad only when loaded
-        {"key": "vad", "source": "vad.wav", "target": "hello", "duration": 0.01},  # too short for a frame
+        {"key": "vad", "source": "vad.wav", "target": "hello", "duration": 1.0},  # its audio 0.01 s: bad when loaded
     ]
     loader, sampler = build(cfg(max_bad_fraction=0.01), [with_lines(tmp_path, 20, extra)])  # 2 of 22, < 1,000 seen
     with pytest.raises(TooMuchBadData, match="2 of 22 items .* at epoch end") as err:
         for _ in loader:
             if loader.consumed >= len(sampler):
                 break
-    assert "audio too short: 1" in str(err.value) and "unreadable or corrupt audio: 1" in str(err.value)
+    assert "unreadable or corrupt audio: 1, manifest duration wrong: 1" in str(err.value)
 
 
 def test_lines_known_bad_count_in_step_with_the_epoch(tmp_path):

@@ -52,7 +52,11 @@ def saved_run(tiny_llm_dir, corpus, run, preset):
 def test_save_records_every_file(tiny_llm_dir, corpus, tmp_path):
     tag = saved_run(tiny_llm_dir, corpus, tmp_path / "run", "zero2")
     files = ck.read_meta(tag).files
-    assert sorted(files) == ["mp_rank_00_model_states.pt", "zero_pp_rank_0_mp_rank_00_optim_states.pt"]
+    assert sorted(files) == [
+        "batch_plan.npz",
+        "mp_rank_00_model_states.pt",
+        "zero_pp_rank_0_mp_rank_00_optim_states.pt",
+    ]
     for name, entry in files.items():
         assert entry["bytes"] == (tag / name).stat().st_size and len(entry["sha256"]) == 64
 
