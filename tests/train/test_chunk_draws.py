@@ -3,6 +3,8 @@ training batch runs a chunk configuration drawn as FunASR draws it, the run's ch
 resumed run draws what the uninterrupted run drew (llmasr.models.sanm_chunk.ChunkDraw)."""
 
 import pytest
+import yaml
+from check_runner import run_check
 
 from llmasr.models import sanm
 from llmasr.recipe import load_recipe
@@ -59,3 +61,27 @@ def test_training_draws_configurations_and_a_resume_draws_the_same(tiny_llm_dir,
 def test_train_chunks_first_trains_configuration_0_only(tiny_llm_dir, streaming, drawn, tmp_path):
     train(recipe(tiny_llm_dir, streaming, tmp_path / "run", "model.encoder.conf.train_chunks=first"), "zero0")
     assert drawn == [0] * 5
+
+
+def test_check_shows_the_configurations_training_runs(tiny_llm_dir, streaming, tmp_path, capsys):
+    data = tiny_recipe_dict(tiny_llm_dir, train=[streaming[1]], output_dir=tmp_path / "run", encoder_dir=streaming[0])
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(data))
+    base = ["--config", str(path), "--deepspeed", "zero2", "--out", str(tmp_path / "out")]
+    code, out, err = run_check(capsys, *base)
+    assert code == 0, err
+    assert (
+        "streaming encoder chunks (model.encoder.conf.context: chunked)\n"
+        "  0: chunk_size 12, stride 8, pad_left 0, look-back 4\n"
+        "  1: chunk_size 15, stride 10, pad_left 0, look-back 4\n"
+        "  training: one of 2 configurations drawn per batch, alike on every rank (train_chunks: random, FunASR's)\n"
+        "  evaluation, validation, decoding, export: configuration 0\n"
+    ) in out
+    code, out, err = run_check(capsys, *base, "model.encoder.conf.train_chunks=first")
+    assert (
+        code == 0 and "  training: configuration 0 only (train_chunks: first; FunASR draws one of 2 per batch)" in out
+    )
+    code, out, err = run_check(capsys, *base, "model.encoder.freeze=true")
+    assert code == 0 and "  training: configuration 0 (the encoder is frozen: it runs as in evaluation)" in out
+    code, out, err = run_check(capsys, *base, "model.encoder.conf.train_chunks=al")
+    assert code != 0 and "model.encoder.conf: train_chunks must be one of random, first" in err + out
