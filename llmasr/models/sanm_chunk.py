@@ -132,9 +132,12 @@ def check_train_chunks(value: Any, context: str, where: str) -> str:
 
 class ChunkDraw:
     """The chunk configuration of each training forward: uniform over `n`, as FunASR's random_choice, from a stream
-    that is a function of (seed, draws so far) alone. Seeded by the run (train.seed, the same on every rank, so the
-    ranks of a data-parallel step draw alike) and saved in its checkpoints (state_dict), so that a resumed run draws
-    what the uninterrupted run would have drawn."""
+    that is a function of (seed, draws so far) alone. Seeded by the run with train.seed on every rank: every rank runs
+    the same number of forwards, so the ranks of a data-parallel step draw alike (FunASR's draw comes from torch's
+    global generator, which its trainers seed alike on every rank; llmasr offsets that one by rank for dropout, hence
+    a stream of its own), and one rank's longer layout does not keep the others waiting at the gradient all-reduce.
+    Saved in the run's checkpoints (state_dict), so that a resumed run draws what the uninterrupted run would have
+    drawn (FunASR keeps no RNG state in its checkpoints)."""
 
     def __init__(self, n: int, seed: int = 0):
         self.n, self.seed, self.drawn = n, seed, 0
