@@ -66,8 +66,9 @@ class EncoderConfig:
     # directory for whisper. None builds the architecture from `conf` with random weights (tests, from-scratch demo).
     path: str | None = path_field(None)
     # Constructor arguments (FunASR `encoder_conf` names). Over `path`: dropout rates, stochastic_depth_rate,
-    # `queries` (SenseVoice) and `context` (Paraformer-streaming: chunked, its default, or full) override
-    # config.yaml's; any other key must equal it (the pretrained weights fix the architecture).
+    # `queries` (SenseVoice), `context` (Paraformer-streaming: chunked, its default, or full) and `train_chunks`
+    # (Paraformer-streaming chunked: random, FunASR's draw of a chunk configuration per training batch, or first)
+    # override config.yaml's; any other key must equal it (the pretrained weights fix the architecture).
     # Whisper: WhisperConfig keys over config.json's; sizes and activation_function must equal it.
     conf: dict[str, Any] = field(default_factory=dict)
     # Frontend used when `path` carries none (fbank settings; see llmasr.data.features.FrontendConfig).

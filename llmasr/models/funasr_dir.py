@@ -281,18 +281,19 @@ def _frontend(model_dir: Path, config: dict) -> FrontendConfig:
 
 def _check_overrides(stated: dict, overrides: dict, cfg_path: Path) -> None:
     """Over pretrained weights, model.encoder.conf may set regularisation (dropout rates, stochastic depth) and
-    llmasr's own `queries` and `context`; any other key must keep config.yaml's value: heads, FSMN shift, layer types
-    change what the weights compute without changing a tensor's shape, so the load would not notice."""
+    llmasr's own `queries`, `context` and `train_chunks`; any other key must keep config.yaml's value: heads, FSMN
+    shift, layer types change what the weights compute without changing a tensor's shape, so the load would not
+    notice."""
     for key, value in overrides.items():
-        if "dropout" in key or key in ("stochastic_depth_rate", "queries", "context"):
+        if "dropout" in key or key in ("stochastic_depth_rate", "queries", "context", "train_chunks"):
             continue
         if key in stated and (value == stated[key] or str(value) == str(stated[key])):
             continue
         said = f"{stated[key]!r}" if key in stated else "nothing (the weights were trained with FunASR's default)"
         raise ConfigError(
             f"model.encoder.conf.{key}: {value!r}, but {cfg_path} states {said}; over a pretrained directory "
-            "model.encoder.conf may set dropout rates, stochastic_depth_rate, queries and context only (the weights "
-            "fix the rest)"
+            "model.encoder.conf may set dropout rates, stochastic_depth_rate, queries, context and train_chunks only "
+            "(the weights fix the rest)"
         )
 
 
@@ -317,9 +318,9 @@ def funasr_encoder_spec(
         )
     if streaming:  # FunASR never runs it otherwise; stated in the conf, so an export records it
         encoder_conf.setdefault("context", "chunked")
-    if "context" in encoder_conf:
-        check_context(encoder_conf["context"], ChunkSettings.from_conf(encoder_conf) if streaming else None,
-                      "model.encoder.conf")  # fmt: skip
+    if "context" in encoder_conf or "train_chunks" in encoder_conf:
+        check_context(encoder_conf.get("context", "full"), ChunkSettings.from_conf(encoder_conf) if streaming else None,
+                      "model.encoder.conf", encoder_conf.get("train_chunks"))  # fmt: skip
     feature_dim = frontend.feature_dim
     for where, stated in (
         ("input_size", config.get("input_size")),

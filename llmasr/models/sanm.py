@@ -31,7 +31,7 @@ from torch.utils.checkpoint import checkpoint
 from llmasr.config_io import ConfigError
 from llmasr.errors import nearest_hint
 from llmasr.models.attention_kernels import key_padding_bias
-from llmasr.models.sanm_chunk import CHUNK_KEYS, ChunkSettings, check_context, chunk_layout
+from llmasr.models.sanm_chunk import CHUNK_KEYS, ChunkDraw, ChunkSettings, check_context, chunk_layout
 
 # encoder_conf keys FunASR configs carry that have no effect on this encoder (or only at their default value).
 # value None: accepted with any value; otherwise the tuple of accepted values.
@@ -191,10 +191,11 @@ class SANMEncoder(nn.Module):
 
     Paraformer-streaming's SANMEncoderChunkOpt builds this class too: its chunk settings (chunk_size, stride, ...)
     are kept as `self.chunk` (llmasr.models.sanm_chunk), None for a plain SANMEncoder. `context` (llmasr's own key)
-    "chunked" runs the blocks as FunASR's SANMEncoderChunkOpt does in evaluation (chunk configuration 0; a FunASR
-    directory's SANMEncoderChunkOpt gets it by default, llmasr.models.funasr_dir), "full" over the whole utterance.
-    The constructor's default stays "full": an encoder described without the key (an export made before it
-    existed) was trained that way.
+    "chunked" runs the blocks as FunASR's SANMEncoderChunkOpt does (a FunASR directory's SANMEncoderChunkOpt gets it
+    by default, llmasr.models.funasr_dir), "full" over the whole utterance. The constructor's default stays "full":
+    an encoder described without the key (an export made before it existed) was trained that way. Chunked, it runs
+    chunk configuration 0 in evaluation; in training `train_chunks` (llmasr's own key) "random", the default, draws
+    one per forward from `self.chunk_draw` as FunASR does, "first" keeps configuration 0.
     """
 
     def __init__(
@@ -216,12 +217,16 @@ class SANMEncoder(nn.Module):
         sanm_shfit: int = 0,
         selfattention_layer_type: str = "sanm",
         context: str = "full",
+        train_chunks: str | None = None,
         **extra,
     ):
         super().__init__()
         chunk_conf = {k: extra.pop(k) for k in CHUNK_KEYS if k in extra}
         self.chunk = ChunkSettings.from_conf(chunk_conf) if chunk_conf or input_layer == "pe_online" else None
-        self.context = check_context(context, self.chunk, "SANMEncoder")
+        self.context = check_context(context, self.chunk, "SANMEncoder", train_chunks)
+        # a draw only with a choice to draw from (FunASR's random_choice draws nothing for one configuration)
+        draws = self.context == "chunked" and (train_chunks or "random") == "random" and len(self.chunk.chunk_size) > 1
+        self.chunk_draw = ChunkDraw(len(self.chunk.chunk_size)) if draws else None
         self.kernel_size = kernel_size
         _check_extra(extra)
         _check_layer_types(input_layer, pos_enc_class, positionwise_layer_type, selfattention_layer_type)
@@ -257,8 +262,11 @@ class SANMEncoder(nn.Module):
     def output_lengths(xs_lens: torch.Tensor) -> torch.Tensor:
         return xs_lens  # no subsampling: the frontend's LFR sets the frame rate
 
-    def forward(self, xs: torch.Tensor, xs_lens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """xs [B, T, input_size], xs_lens [B] -> ([B, T, output_size], xs_lens)."""
+    def forward(
+        self, xs: torch.Tensor, xs_lens: torch.Tensor, *, chunk_index: int | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """xs [B, T, input_size], xs_lens [B] -> ([B, T, output_size], xs_lens). `chunk_index` (context chunked):
+        the chunk configuration to run, as FunASR's `ind`; None draws one in training (train_chunks random), else 0."""
         xs_lens = checked_input("SANMEncoder", xs, xs_lens, self.input_size)
         t = xs.size(1)
         mask = torch.arange(t, device=xs.device)[None, :] < xs_lens[:, None]  # [B, T] True = valid
@@ -268,7 +276,8 @@ class SANMEncoder(nn.Module):
         if self.embed is not None:
             xs = self.embed(xs)  # positions are the frames', before any chunking (as FunASR's)
         if self.context == "chunked":
-            layout = chunk_layout(self.chunk, self.kernel_size, t, device=xs.device)
+            index = self._chunk_index(chunk_index)
+            layout = chunk_layout(self.chunk, self.kernel_size, t, index, device=xs.device)
             xs = layout.gather(xs, valid)
             rows = layout.lengths(xs_lens)
             in_rows = torch.arange(xs.size(1), device=xs.device)[None, :] < rows[:, None]
@@ -278,6 +287,14 @@ class SANMEncoder(nn.Module):
         else:
             xs = self._blocks(xs, key_padding_bias(mask, xs.dtype), valid)
         return xs, xs_lens
+
+    def _chunk_index(self, given: int | None) -> int:
+        if given is None:
+            return self.chunk_draw.next() if self.training and self.chunk_draw is not None else 0
+        if not 0 <= given < len(self.chunk.chunk_size):
+            raise ValueError(f"SANMEncoder: chunk_index {given}, but there are {len(self.chunk.chunk_size)} "
+                             "chunk configurations (chunk_size, stride, ...)")  # fmt: skip
+        return given
 
     def _blocks(self, xs: torch.Tensor, key_mask: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         for layer in (*self.encoders0, *self.encoders):
@@ -374,4 +391,5 @@ _CONSTRUCTOR_KEYS = (
     "sanm_shfit",
     "selfattention_layer_type",
     "context",
+    "train_chunks",
 )

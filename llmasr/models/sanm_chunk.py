@@ -4,27 +4,32 @@ FunASR's SANMEncoderChunkOpt is SANMEncoder with the same parameters plus chunk 
 chunked: it copies the frames into overlapping chunks (chunk_size[i] rows each, advancing by stride[i], pad_left[i]
 rows of left context, the rest look-ahead) behind a gap of (kernel_size - 1) // 2 zero rows each, so the FSMN
 memory stops at the gap; a row attends to its own chunk and, when it is one of a chunk's first stride[i] rows, to
-the first stride[i] rows of the encoder_att_look_back_factor[i] chunks before. Training picks a configuration i per
-batch, evaluation uses 0; FunASR's CTC branch reads each frame's output from the chunk in which it is new
-(`remove_chunk`).
+the first stride[i] rows of the encoder_att_look_back_factor[i] chunks before. FunASR's training draws a
+configuration i per batch (overlap_chunk.random_choice: uniform over the configurations when there are several),
+evaluation uses 0; its CTC branch reads each frame's output from the chunk in which it is new (`remove_chunk`).
 
-`context` (model.encoder.conf.context) chooses: "chunked" computes that, configuration 0 in training and evaluation
-alike, and returns each frame's output as FunASR's remove_chunk gives it (the default for a SANMEncoderChunkOpt
-directory); "full" runs every frame against the whole utterance (FunASR's SANMEncoder on the same weights). The
-layout here is built from index arithmetic (gathers and a boolean mask), not FunASR's dense 0/1 matrices.
+`context` (model.encoder.conf.context) chooses: "chunked" computes that and returns each frame's output as FunASR's
+remove_chunk gives it (the default for a SANMEncoderChunkOpt directory); "full" runs every frame against the whole
+utterance (FunASR's SANMEncoder on the same weights). `train_chunks` (model.encoder.conf.train_chunks) chooses the
+configuration of a chunked encoder in training: "random" draws one per forward as FunASR does (ChunkDraw), "first"
+keeps configuration 0; evaluation, validation, decoding and exports run configuration 0 either way. The layout here
+is built from index arithmetic (gathers and a boolean mask), not FunASR's dense 0/1 matrices.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import numpy as np
 import torch
 
 from llmasr.config_io import ConfigError
 
 CONTEXTS = ("full", "chunked")  # model.encoder.conf.context
+TRAIN_CHUNKS = ("random", "first")  # model.encoder.conf.train_chunks; random is FunASR's
 CHUNK_KEYS = ("chunk_size", "stride", "pad_left", "encoder_att_look_back_factor", "decoder_att_look_back_factor")
 
 
@@ -75,20 +80,24 @@ class ChunkSettings:
     def to_conf(self) -> dict[str, list[int]]:
         return {k: list(v) for k, v in asdict(self).items()}
 
-    def check_chunked(self, where: str) -> None:
-        """Refuse configuration 0 where FunASR's overlap_chunk cannot build it (it fails on a negative block)."""
-        size, step, left = self.chunk_size[0], self.stride[0], self.pad_left[0]
-        back = self.encoder_att_look_back_factor[0]
-        if step + left > size or back < 0:
-            raise ConfigError(
-                f"{where}: context 'chunked' needs stride + pad_left <= chunk_size and encoder_att_look_back_factor "
-                f">= 0 in chunk configuration 0, got chunk_size {size}, stride {step}, pad_left {left}, "
-                f"encoder_att_look_back_factor {back}"
-            )
+    def check_chunked(self, where: str, every: bool = False) -> None:
+        """Refuse a configuration FunASR's overlap_chunk cannot build (it fails on a negative block): configuration 0,
+        and with `every` (training draws them all) every other one too."""
+        for i in range(len(self.chunk_size) if every else 1):
+            size, step, left = self.chunk_size[i], self.stride[i], self.pad_left[i]
+            back = self.encoder_att_look_back_factor[i]
+            if step + left > size or back < 0:
+                drawn = " (train_chunks: random draws it in training; train_chunks: first keeps configuration 0)"
+                raise ConfigError(
+                    f"{where}: context 'chunked' needs stride + pad_left <= chunk_size and "
+                    f"encoder_att_look_back_factor >= 0 in chunk configuration {i}{drawn if i else ''}, got chunk_size "
+                    f"{size}, stride {step}, pad_left {left}, encoder_att_look_back_factor {back}"
+                )
 
 
-def check_context(value: Any, chunk: ChunkSettings | None, where: str) -> str:
-    """`value` of model.encoder.conf.context, refused unless one of CONTEXTS and, for "chunked", chunk settings."""
+def check_context(value: Any, chunk: ChunkSettings | None, where: str, train_chunks: Any = None) -> str:
+    """`value` of model.encoder.conf.context, refused unless one of CONTEXTS and, for "chunked", chunk settings
+    whose configurations run (check_train_chunks: `train_chunks` as given, None for the default)."""
     if value not in CONTEXTS:
         raise ConfigError(f"{where}: context must be one of {', '.join(CONTEXTS)}, got {value!r}")
     if value == "chunked":
@@ -97,13 +106,113 @@ def check_context(value: Any, chunk: ChunkSettings | None, where: str) -> str:
                 f"{where}: context 'chunked' needs chunk settings (chunk_size, stride, ...: a SANMEncoderChunkOpt, "
                 "Paraformer-streaming); this encoder has none"
             )
-        chunk.check_chunked(where)
+        chunk.check_chunked(where, every=check_train_chunks(train_chunks, value, where) == "random")
+    else:
+        check_train_chunks(train_chunks, value, where)
     return value
+
+
+def check_train_chunks(value: Any, context: str, where: str) -> str:
+    """model.encoder.conf.train_chunks: one of TRAIN_CHUNKS, given only with context chunked; None reads as FunASR's
+    "random"."""
+    if value is None:
+        return "random"
+    if value not in TRAIN_CHUNKS:
+        raise ConfigError(
+            f"{where}: train_chunks must be one of {', '.join(TRAIN_CHUNKS)} (random: a chunk configuration drawn "
+            f"per training batch, as FunASR trains Paraformer-streaming; first: configuration 0 only), got {value!r}"
+        )
+    if context != "chunked":
+        raise ConfigError(
+            f"{where}: train_chunks {value!r} chooses the chunk configuration of a chunked encoder in training, but "
+            f"context is {context!r}: remove train_chunks, or set context: chunked (Paraformer-streaming only)"
+        )
+    return value
+
+
+class ChunkDraw:
+    """The chunk configuration of each training forward: uniform over `n`, as FunASR's random_choice, from a stream
+    that is a function of (seed, draws so far) alone. Seeded by the run with train.seed on every rank: every rank runs
+    the same number of forwards, so the ranks of a data-parallel step draw alike (FunASR's draw comes from torch's
+    global generator, which its trainers seed alike on every rank; llmasr offsets that one by rank for dropout, hence
+    a stream of its own), and one rank's longer layout does not keep the others waiting at the gradient all-reduce.
+    Saved in the run's checkpoints (state_dict), so that a resumed run draws what the uninterrupted run would have
+    drawn (FunASR keeps no RNG state in its checkpoints)."""
+
+    def __init__(self, n: int, seed: int = 0):
+        self.n, self.seed, self.drawn = n, seed, 0
+
+    def next(self) -> int:
+        index = int(np.random.default_rng([self.seed % 2**64, self.drawn]).integers(self.n))
+        self.drawn += 1
+        return index
+
+    def state_dict(self) -> dict[str, int]:
+        return {"seed": self.seed, "drawn": self.drawn, "configurations": self.n}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        if int(state["configurations"]) != self.n:
+            raise ValueError(
+                f"chunk draw state for {state['configurations']} chunk configurations, but the encoder has {self.n}"
+            )
+        self.seed, self.drawn = int(state["seed"]), int(state["drawn"])
+
+
+def chunk_draws(model: torch.nn.Module) -> list[ChunkDraw]:
+    """The ChunkDraw of every encoder in `model` that draws a configuration per training batch."""
+    return [draw for m in model.modules() if (draw := getattr(m, "chunk_draw", None)) is not None]
+
+
+def seed_chunk_draws(model: torch.nn.Module, seed: int) -> None:
+    """A run's start: every draw from `seed` (train.seed, not offset by rank: the ranks draw alike)."""
+    for draw in chunk_draws(model):
+        draw.seed, draw.drawn = seed, 0
+
+
+def load_chunk_draws(model: torch.nn.Module, states: list[dict] | None, where: str) -> None:
+    """A resume: the draws where checkpoint `where` left them (`states`: what chunk_draws' state_dicts saved;
+    None from a checkpoint that kept none, which draws from the start)."""
+    draws = chunk_draws(model)
+    if states is None:
+        return
+    if len(states) != len(draws):
+        raise ValueError(f"{where}: holds {len(states)} chunk draw states, the model has {len(draws)} drawing encoders")
+    for draw, state in zip(draws, states):
+        draw.load_state_dict(state)
+
+
+def chunk_lines(model: torch.nn.Module, frozen: bool) -> list[str]:
+    """What `llmasr check` says of a chunked streaming encoder's configurations in training and evaluation (`frozen`:
+    the encoder trains nothing, so it runs in evaluation mode); none for any other encoder."""
+    enc = next((m for m in model.modules() if isinstance(getattr(m, "chunk", None), ChunkSettings)), None)
+    if enc is None or getattr(enc, "context", None) != "chunked":
+        return []
+    c = enc.chunk
+
+    def config(i: int) -> str:
+        return (f"{i}: chunk_size {c.chunk_size[i]}, stride {c.stride[i]}, pad_left {c.pad_left[i]}, "
+                f"look-back {c.encoder_att_look_back_factor[i]}")  # fmt: skip
+
+    n = len(c.chunk_size)
+    if frozen:
+        training = "configuration 0 (the encoder is frozen: it runs as in evaluation)"
+    elif enc.chunk_draw is not None:
+        training = f"one of {n} configurations drawn per batch, alike on every rank (train_chunks: random, FunASR's)"
+    elif n > 1:
+        training = f"configuration 0 only (train_chunks: first; FunASR draws one of {n} per batch)"
+    else:
+        training = "configuration 0 (the only one)"
+    return [
+        "streaming encoder chunks (model.encoder.conf.context: chunked)",
+        *(f"  {config(i)}" for i in range(n)),
+        f"  training: {training}",
+        "  evaluation, validation, decoding, export: configuration 0",
+    ]
 
 
 @dataclass(frozen=True)
 class ChunkLayout:
-    """Configuration 0 of `ChunkSettings` laid out over `frames` padded frames. Layout row r belongs to chunk
+    """One configuration of `ChunkSettings` laid out over `frames` padded frames. Layout row r belongs to chunk
     r // (chunk_size + gap); its first `gap` rows are the zero gap, the others hold frame `source[r]` (-1: zeros)."""
 
     source: torch.Tensor  # [R] long: the frame a row holds, -1 for a gap row or a frame outside [0, frames)
@@ -138,11 +247,19 @@ class ChunkLayout:
         return bias.masked_fill_(~allowed, torch.finfo(dtype).min)[:, None]
 
 
-def chunk_layout(chunk: ChunkSettings, kernel_size: int, frames: int, device=None) -> ChunkLayout:
-    """The layout of configuration 0 for `frames` padded frames (rows up to the last frame's, as FunASR cuts them);
-    `kernel_size` of the FSMN memory sets the gap, (kernel_size - 1) // 2 rows (FunASR's shfit_fsmn)."""
-    size, stride, left = chunk.chunk_size[0], chunk.stride[0], chunk.pad_left[0]
-    back, gap = chunk.encoder_att_look_back_factor[0], (kernel_size - 1) // 2
+def chunk_layout(chunk: ChunkSettings, kernel_size: int, frames: int, index: int = 0, device=None) -> ChunkLayout:
+    """The layout of configuration `index` for `frames` padded frames (rows up to the last frame's, as FunASR cuts
+    them); `kernel_size` of the FSMN memory sets the gap, (kernel_size - 1) // 2 rows (FunASR's shfit_fsmn). Kept
+    for the last few (configuration, frames, device): a batch of the same padded length reuses it. Tensors made
+    under inference mode are kept apart (autograd refuses to save them for a backward)."""
+    device = torch.device(device) if device is not None else None
+    return _layout(chunk, kernel_size, frames, index, device, torch.is_inference_mode_enabled())
+
+
+@functools.lru_cache(maxsize=32)
+def _layout(chunk: ChunkSettings, kernel_size: int, frames: int, index: int, device, _inference: bool) -> ChunkLayout:
+    size, stride, left = chunk.chunk_size[index], chunk.stride[index], chunk.pad_left[index]
+    back, gap = chunk.encoder_att_look_back_factor[index], (kernel_size - 1) // 2
     block = size + gap
     n = math.ceil(frames / stride)
     total = (n - 1) * (block - stride) + gap + left + frames

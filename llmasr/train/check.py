@@ -23,6 +23,7 @@ from llmasr.data.augment import cost_text
 from llmasr.models.builder import build_model, whisper_dither_note
 from llmasr.models.fsmn_vad import load_vad
 from llmasr.models.fused_kernels import check_fused_kernels
+from llmasr.models.sanm_chunk import chunk_lines
 from llmasr.models.start_from import check_start_folder
 from llmasr.run_dir import RECIPE_FILE, read_meta, resolve_resume, resume_asked, resume_or_start
 from llmasr.run_dir.files import verify_tag
@@ -345,6 +346,7 @@ def check(
     for branch, (n, t) in counts["branches"].items():
         lines.append(f"  {branch}: {n:,} ({t:,} trainable)")
     lines += _weights_lines(recipe.model)
+    lines += chunk_lines(model, frozen="encoder" in model.frozen_branches())
     lines += prompt_lines(model, recipe.model)
     decoding = _vad_lines(recipe.decode, model.frontend.sample_rate) + _decode_lines(recipe, model, valid_loader)
     lines += (["decoding"] if decoding and decoding[0] != "decoding" else []) + decoding

@@ -11,6 +11,7 @@ from llmasr import run_dir as ck
 from llmasr.data import plan_record
 from llmasr.data.screen import longest_trained
 from llmasr.models.fingerprint import base_fingerprint
+from llmasr.models.sanm_chunk import chunk_draws
 from llmasr.run_dir.files import hash_share, merge_shares
 from llmasr.train.ds_files import CLIENT_KEY
 from llmasr.train.process_group import all_gather_object, barrier
@@ -39,7 +40,8 @@ class RunCheckpoints:
         self, epoch: int, loader_state: dict | None, metrics: dict | None, *, validation_owed=False,
         early_stop: dict | None = None, lr_course: dict | None = None,
     ) -> int:  # fmt: skip
-        """Every rank: save the engine at its update with the loader position, every rank's RNG and `metrics`;
+        """Every rank: save the engine at its update with the loader position, every rank's RNG, the streaming
+        encoder's chunk draws (alike on every rank, llmasr.models.sanm_chunk.ChunkDraw) and `metrics`;
         `validation_owed`: a validation due at this update was put off by a stop (the resume runs it); `early_stop`:
         the early-stopping count (llmasr.train.early_stop); `lr_course`: the updates skipped since lr_schedule.csv
         was written (llmasr.train.run_dir.LrCourse). Returns the update saved."""
@@ -48,7 +50,8 @@ class RunCheckpoints:
         if loader_state is not None:  # DeepSpeed keeps one client state (rank 0's): each rank's bad-data counts go in
             loader_state = {**loader_state, "bad_data": all_gather_object(loader_state["bad_data"])}
         rngs = all_gather_object(rng_state(self.engine.device))
-        client = {CLIENT_KEY: {"epoch": epoch, "loader": loader_state, "rng": rngs,
+        draws = [draw.state_dict() for draw in chunk_draws(self.engine.module)]
+        client = {CLIENT_KEY: {"epoch": epoch, "loader": loader_state, "rng": rngs, "chunk_draws": draws,
                                "update": update, "validation_owed": bool(validation_owed),
                                "early_stop": early_stop, "lr_course": lr_course}}  # fmt: skip
         if self.rank == 0 and ck.clear_tag(self.ckpt_dir, tag):

@@ -18,6 +18,7 @@ from llmasr import errors
 from llmasr import run_dir as ck
 from llmasr.models.builder import whisper_dither_note
 from llmasr.models.fused_kernels import apply_fused_kernels, check_fused_kernels
+from llmasr.models.sanm_chunk import seed_chunk_draws
 from llmasr.models.start_from import check_start_folder
 from llmasr.rank_verdict import flat, run_together
 from llmasr.train import ds_config, resolve
@@ -146,6 +147,7 @@ class RunSetup:
         tc, optim = self.recipe.train, self.recipe.optim
         resolve.seed_everything(tc.seed)  # identical initial weights on every rank
         model, self._hf_ds = build_model_for_training(self.recipe.model, self.ds, all_gather=self.gather)
+        seed_chunk_draws(model, tc.seed)  # a streaming encoder's chunk configurations: alike on every rank
         resolve.check_model_frontend(model, self.side.frontend)
         check_context_fit(model, self.recipe, self.plan.loaders)
         apply_fused_kernels(model, self.recipe.model.llm)

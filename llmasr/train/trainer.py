@@ -19,6 +19,7 @@ import time
 from llmasr import errors
 from llmasr import run_dir as ck
 from llmasr.data import plan_record
+from llmasr.models.sanm_chunk import load_chunk_draws
 from llmasr.run_dir.files import verify_ranks
 from llmasr.train import resolve, universal
 from llmasr.train.config import need_recipe
@@ -74,6 +75,7 @@ class Run(RunSetup):
         self.validation_owed = bool(state.get("validation_owed"))
         self.early.load_state_dict(state.get("early_stop"))
         self.owed_here = self.validation_owed and where.resolve() == (self.ckpt_dir / tag).resolve()
+        load_chunk_draws(self.engine.module, state.get("chunk_draws"), str(where))  # at any world size
         rngs = state.get("rng") or []
         self.pending_rng = rngs[self.rank] if len(rngs) == self.world else None
         if self.pending_rng is not None and state.get("loader") is None:

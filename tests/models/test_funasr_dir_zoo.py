@@ -68,6 +68,25 @@ def test_context_is_checked_against_the_directory(zoo):
     assert load_funasr_encoder(zoo["SeacoParaformer"], conf_overrides={"context": "full"})[0].context == "full"
 
 
+def test_train_chunks_is_checked_against_the_directory(zoo, tmp_path):
+    # FunASR's draw by default, configuration 0 alone when asked; refused where it means nothing or names no choice
+    assert load_funasr_encoder(zoo["ParaformerStreaming"])[0].chunk_draw.n == 2
+    first, _ = load_funasr_encoder(zoo["ParaformerStreaming"], conf_overrides={"train_chunks": "first"})
+    assert first.chunk_draw is None and first.context == "chunked"
+    with pytest.raises(ConfigError, match=r"model.encoder.conf: train_chunks must be one of random, first .* 'frist'"):
+        load_funasr_encoder(zoo["ParaformerStreaming"], conf_overrides={"train_chunks": "frist"})
+    with pytest.raises(ConfigError, match=r"model.encoder.conf: train_chunks 'random' .* but context is 'full'"):
+        load_funasr_encoder(zoo["ParaformerStreaming"], conf_overrides={"context": "full", "train_chunks": "random"})
+    with pytest.raises(ConfigError, match=r"model.encoder.conf: train_chunks 'first' .* but context is 'full'"):
+        load_funasr_encoder(zoo["SeacoParaformer"], conf_overrides={"train_chunks": "first"})
+    # a directory whose configuration 1 FunASR cannot build trains under train_chunks: first only
+    bad = _copy(zoo["ParaformerStreaming"], tmp_path / "bad")
+    _edit_config(bad, lambda c: c["encoder_conf"].update(pad_left=[0, 6]))
+    with pytest.raises(ConfigError, match=r"in chunk configuration 1 \(train_chunks: random draws it .*pad_left 6"):
+        load_funasr_encoder(bad)
+    assert load_funasr_encoder(bad, conf_overrides={"train_chunks": "first"})[0].chunk_draw is None
+
+
 def test_left_out_modules_named_once(zoo, caplog):
     with caplog.at_level("INFO", logger="llmasr.models.funasr_checks"):
         load_funasr_encoder(zoo["SeacoParaformer"])

@@ -1,0 +1,87 @@
+"""A Paraformer-streaming encoder trained by `llmasr train` (a tiny FunASR SANMEncoderChunkOpt directory): each
+training batch runs a chunk configuration drawn as FunASR draws it, the run's checkpoints keep the draw, and a
+resumed run draws what the uninterrupted run drew (llmasr.models.sanm_chunk.ChunkDraw)."""
+
+import pytest
+import yaml
+from check_runner import run_check
+
+from llmasr.models import sanm
+from llmasr.recipe import load_recipe
+from llmasr.testing.tiny_corpus import tiny_recipe_dict, write_tiny_corpus
+from llmasr.testing.tiny_funasr import tiny_streaming_conf, write_funasr_dir
+from llmasr.train.trainer import train
+
+
+@pytest.fixture(scope="module")
+def streaming(tmp_path_factory):
+    root = tmp_path_factory.mktemp("streaming")
+    enc = write_funasr_dir(root / "enc", model="ParaformerStreaming", encoder_conf=tiny_streaming_conf())
+    return enc, write_tiny_corpus(root / "train", n=20)  # 5 batches: 3 updates of 2
+
+
+@pytest.fixture
+def drawn(monkeypatch):
+    """The chunk configuration of every encoder forward, in order (the real layout is built and run)."""
+    seen, real = [], sanm.chunk_layout
+
+    def spy(chunk, kernel_size, frames, index=0, device=None):
+        seen.append(index)
+        return real(chunk, kernel_size, frames, index, device)
+
+    monkeypatch.setattr(sanm, "chunk_layout", spy)
+    return seen
+
+
+def recipe(tiny_llm_dir, streaming, run, *overrides, **kw):
+    enc, corpus = streaming
+    data = tiny_recipe_dict(tiny_llm_dir, train=[corpus], output_dir=run, encoder_dir=enc, **kw)
+    return load_recipe(data=data, overrides=list(overrides))
+
+
+def test_training_draws_configurations_and_a_resume_draws_the_same(tiny_llm_dir, streaming, drawn, tmp_path):
+    whole = train(recipe(tiny_llm_dir, streaming, tmp_path / "whole"), "zero0")["history"]
+    assert [h["update"] for h in whole] == [1, 2, 3]
+    uninterrupted = list(drawn)
+    assert len(uninterrupted) == 5 and set(uninterrupted) == {0, 1}  # both configurations train (FunASR's draw)
+
+    drawn.clear()
+    cut = recipe(tiny_llm_dir, streaming, tmp_path / "cut", save_every_updates=1)
+    train(cut, "zero0", stop_after_updates=2)  # saved after update 1; update 2 is lost and redone by the resume
+    assert drawn == uninterrupted[:4]
+    drawn.clear()
+    assert [h["update"] for h in train(cut, "zero0", resume="latest")["history"]] == [2, 3]
+    assert drawn == uninterrupted[2:]  # the resume continues the draw of the checkpoint's update
+
+    drawn.clear()
+    train(recipe(tiny_llm_dir, streaming, tmp_path / "other", seed=1), "zero0")
+    assert drawn != uninterrupted  # the run's seed chooses the draw
+
+
+def test_train_chunks_first_trains_configuration_0_only(tiny_llm_dir, streaming, drawn, tmp_path):
+    train(recipe(tiny_llm_dir, streaming, tmp_path / "run", "model.encoder.conf.train_chunks=first"), "zero0")
+    assert drawn == [0] * 5
+
+
+def test_check_shows_the_configurations_training_runs(tiny_llm_dir, streaming, tmp_path, capsys):
+    data = tiny_recipe_dict(tiny_llm_dir, train=[streaming[1]], output_dir=tmp_path / "run", encoder_dir=streaming[0])
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(data))
+    base = ["--config", str(path), "--deepspeed", "zero2", "--out", str(tmp_path / "out")]
+    code, out, err = run_check(capsys, *base)
+    assert code == 0, err
+    assert (
+        "streaming encoder chunks (model.encoder.conf.context: chunked)\n"
+        "  0: chunk_size 12, stride 8, pad_left 0, look-back 4\n"
+        "  1: chunk_size 15, stride 10, pad_left 0, look-back 4\n"
+        "  training: one of 2 configurations drawn per batch, alike on every rank (train_chunks: random, FunASR's)\n"
+        "  evaluation, validation, decoding, export: configuration 0\n"
+    ) in out
+    code, out, err = run_check(capsys, *base, "model.encoder.conf.train_chunks=first")
+    assert (
+        code == 0 and "  training: configuration 0 only (train_chunks: first; FunASR draws one of 2 per batch)" in out
+    )
+    code, out, err = run_check(capsys, *base, "model.encoder.freeze=true")
+    assert code == 0 and "  training: configuration 0 (the encoder is frozen: it runs as in evaluation)" in out
+    code, out, err = run_check(capsys, *base, "model.encoder.conf.train_chunks=al")
+    assert code != 0 and "model.encoder.conf: train_chunks must be one of random, first" in err + out
