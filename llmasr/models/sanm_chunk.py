@@ -19,6 +19,7 @@ is built from index arithmetic (gathers and a boolean mask), not FunASR's dense 
 from __future__ import annotations
 
 import functools
+import logging
 import math
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -27,6 +28,8 @@ import numpy as np
 import torch
 
 from llmasr.config_io import ConfigError
+
+log = logging.getLogger(__name__)
 
 CONTEXTS = ("full", "chunked")  # model.encoder.conf.context
 TRAIN_CHUNKS = ("random", "first")  # model.encoder.conf.train_chunks; random is FunASR's
@@ -170,9 +173,27 @@ def seed_chunk_draws(model: torch.nn.Module, seed: int) -> None:
 
 
 def load_chunk_draws(model: torch.nn.Module, states: list[dict] | None, where: str) -> None:
-    """A resume: the draws where checkpoint `where` left them (`states`: what chunk_draws' state_dicts saved;
-    None from a checkpoint that kept none, which draws from the start)."""
+    """A resume: the draws where checkpoint `where` left them (`states`: what chunk_draws' state_dicts saved; None
+    from an llmasr that drew none). A run that trained on configuration 0 alone (that llmasr, or train_chunks: first)
+    and now draws, or the other way round, changes what the encoder trains on from here: said, not refused (the
+    weights are the same; model.encoder.conf.train_chunks may change on a resume)."""
     draws = chunk_draws(model)
+    if not states and draws:
+        why = "written by an llmasr that did not draw chunk configurations" if states is None else "train_chunks: first"
+        log.warning(
+            "%s: its run trained the streaming encoder on chunk configuration 0 alone (%s); from here training draws "
+            "one of %d configurations per batch (model.encoder.conf.train_chunks: random). To go on as it trained, "
+            "set model.encoder.conf.train_chunks: first",
+            where, why, draws[0].n,
+        )  # fmt: skip
+        return
+    if states and not draws:
+        log.warning(
+            "%s: its run drew a chunk configuration per training batch; from here the streaming encoder trains on "
+            "configuration 0 alone (model.encoder.conf.train_chunks: first)",
+            where,
+        )
+        return
     if states is None:
         return
     if len(states) != len(draws):

@@ -66,6 +66,7 @@ MAY_CHANGE: tuple[str, ...] = (
     "model.encoder.gradient_checkpointing",
     "model.llm.checkpoint_every",
     "model.llm.fused_kernels",  # the same weights and loss, other kernels
+    "model.encoder.conf.train_chunks",  # the same weights, another draw of streaming chunks from here (said at resume)
 )
 RESCHEDULE: tuple[str, ...] = (
     "train.epochs",

@@ -85,3 +85,34 @@ def test_check_shows_the_configurations_training_runs(tiny_llm_dir, streaming, t
     assert code == 0 and "  training: configuration 0 (the encoder is frozen: it runs as in evaluation)" in out
     code, out, err = run_check(capsys, *base, "model.encoder.conf.train_chunks=al")
     assert code != 0 and "model.encoder.conf: train_chunks must be one of random, first" in err + out
+
+
+def test_a_resume_may_switch_train_chunks_and_train_log_says_so(tiny_llm_dir, streaming, drawn, tmp_path):
+    """model.encoder.conf.train_chunks may change on a resume (the weights are the same): a run that trained on
+    configuration 0 alone (train_chunks: first, or an llmasr that drew none) draws from the seed's start from there,
+    one that drew goes on with configuration 0; train.log says which, and how to go on as it trained."""
+    from llmasr.models.sanm_chunk import ChunkDraw
+
+    run = tmp_path / "run"
+    first = recipe(tiny_llm_dir, streaming, run, "model.encoder.conf.train_chunks=first", save_every_updates=1)
+    train(first, "zero0", stop_after_updates=2)
+    drawn.clear()
+    drawing = recipe(tiny_llm_dir, streaming, run, save_every_updates=1)
+    assert [h["update"] for h in train(drawing, "zero0", resume="latest")["history"]] == [2, 3]
+    reference = ChunkDraw(2, seed=drawing.train.seed)
+    assert drawn == [reference.next() for _ in drawn]
+    log = (run / "train.log").read_text()
+    assert (
+        "its run trained the streaming encoder on chunk configuration 0 alone (train_chunks: first); from here "
+        "training draws one of 2 configurations per batch (model.encoder.conf.train_chunks: random). To go on as it "
+        "trained, set model.encoder.conf.train_chunks: first"
+    ) in log
+
+    drawn.clear()
+    again = recipe(tiny_llm_dir, streaming, run, "model.encoder.conf.train_chunks=first", epochs=2)
+    train(again, "zero0", resume="latest")
+    assert drawn and set(drawn) == {0}
+    assert (
+        "its run drew a chunk configuration per training batch; from here the streaming encoder trains on "
+        in (run / "train.log").read_text()
+    )
