@@ -35,7 +35,7 @@ from llmasr.train.ds_config import resolve_ds, zero_stage
 from llmasr.train.ds_files import read_client_state
 from llmasr.train.early_stop import EarlyStop
 from llmasr.train.engine import offloads_optimizer
-from llmasr.train.op_builds import check_nvme_offload
+from llmasr.train.op_builds import check_nvme_offload, check_quantizer
 from llmasr.train.param_groups import build_param_groups, describe_param_groups, optim_warnings
 from llmasr.train.plan import plan_run
 from llmasr.train.progress import plot_lr, write_lr_csv
@@ -305,6 +305,7 @@ def check(
     resolved = resolve_ds(ds_path, tc, world_size=world_size)
     ds = resolved.config
     check_nvme_offload(ds, resolved.source)  # on this machine, as train's start-up checks it on each node
+    check_quantizer(ds, resolved.source)
     check_run_settings(recipe)
     notes = check_start_folder(recipe.model)  # what the model sees, against the folder it starts from
     check_fused_kernels(recipe.model.llm, zero_stage=zero_stage(ds))  # the device is training's to check

@@ -25,7 +25,7 @@ from llmasr.train.checkpoint_space import check_run_space
 from llmasr.train.context_fit import check_context_fit
 from llmasr.train.early_stop import EarlyStop
 from llmasr.train.engine import TrainEngine, build_model_for_training, make_optimizer
-from llmasr.train.op_builds import check_nvme_offload, warn_stale_build_locks
+from llmasr.train.op_builds import check_nvme_offload, check_quantizer, warn_stale_build_locks
 from llmasr.train.param_groups import build_param_groups, describe_param_groups, idle_branch_settings, numel
 from llmasr.train.plan import plan_run
 from llmasr.train.process_group import all_gather_object, init_distributed
@@ -76,6 +76,7 @@ class RunSetup:
         self.ds = ds_config.resolve_ds_config(ds_config_path, tc, world_size=self.world)  # by module: tests patch it
         eng.check_precision(tc.precision)
         check_nvme_offload(self.ds, str(ds_config_path))  # each node's own: DeepSpeed loads the op once built
+        check_quantizer(self.ds, str(ds_config_path))  # each node's own: ZeRO-3 loads the op in the LLM's load
         resolve.check_run_settings(self.recipe)
         for note in check_start_folder(self.recipe.model):  # what the model sees, against the folder it starts from
             log.warning(note)
