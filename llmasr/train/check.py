@@ -21,6 +21,7 @@ from llmasr import errors
 from llmasr.data.augment import cost_text
 from llmasr.models.builder import build_model
 from llmasr.models.fsmn_vad import load_vad
+from llmasr.models.funasr_ctc import query_frames_warning
 from llmasr.models.fused_kernels import check_fused_kernels
 from llmasr.models.start_from import check_start_folder
 from llmasr.run_dir import RECIPE_FILE, read_meta, resolve_resume, resume_asked, resume_or_start
@@ -307,7 +308,8 @@ def check(
     check_nvme_offload(ds, resolved.source)  # on this machine, as train's start-up checks it on each node
     check_quantizer(ds, resolved.source)
     check_run_settings(recipe)
-    notes = check_start_folder(recipe.model)  # what the model sees, against the folder it starts from
+    notes = check_start_folder(recipe.model)  # what the model sees, against the folder it starts from (allowed)
+    notes += [said] if (said := query_frames_warning(recipe.model)) else []
     check_fused_kernels(recipe.model.llm, zero_stage=zero_stage(ds))  # the device is training's to check
     folder = run_folder(recipe, resume=resume, overwrite=overwrite)
     # the same arithmetic `llmasr train` logs; a resume's stop is counted from its checkpoint (resumed_total)

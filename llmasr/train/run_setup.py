@@ -16,6 +16,7 @@ import torch
 
 from llmasr import errors
 from llmasr import run_dir as ck
+from llmasr.models.funasr_ctc import query_frames_warning
 from llmasr.models.fused_kernels import apply_fused_kernels, check_fused_kernels
 from llmasr.models.start_from import check_start_folder
 from llmasr.rank_verdict import flat, run_together
@@ -77,6 +78,8 @@ class RunSetup:
         eng.check_precision(tc.precision)
         check_nvme_offload(self.ds, str(ds_config_path))  # each node's own: DeepSpeed loads the op once built
         check_quantizer(self.ds, str(ds_config_path))  # each node's own: ZeRO-3 loads the op in the LLM's load
+        if said := query_frames_warning(self.recipe.model):
+            log.warning("%s", said)
         resolve.check_run_settings(self.recipe)
         for note in check_start_folder(self.recipe.model):  # what the model sees, against the folder it starts from
             log.warning(note)
