@@ -112,11 +112,19 @@ def located(err: Exception, path, overrides: list[str] | None) -> Exception:
     first, *rest = str(err).split("\n", 1)
     colon = ":" if first.endswith(":") else ""  # (a list of reasons follows)
     at = where_set(first, path, overrides or [])
+    if not at.startswith(" (set by"):  # another key the line names, set by an override: the likelier change
+        at = next(filter(None, (where_set(f"{k}:", None, overrides or []) for k in _keys_named(first))), at)
     if not at and path is not None and isinstance(err, UnsetError):  # the key is nowhere: the recipe that lacks it
         at = f" ({path} sets none)"
     if at:
         err.args = ("\n".join([first.removesuffix(":") + at + colon, *rest]), *err.args[1:])
     return err
+
+
+def _keys_named(line: str) -> list[str]:
+    """The dotted recipe keys a message's line names after its leading one ("... but model.encoder.conf.input_size
+    is 80")."""
+    return re.findall(r"(?<![\w./])[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)+(?![\w/])", line.split(":", 1)[-1])
 
 
 def _by_override(item: str, message: str) -> str:

@@ -110,7 +110,8 @@ class BadDataTracker:
     The check runs after every update once `min_items` items have been seen, and unconditionally at epoch end
     (`end_epoch`). Counts and examples are per epoch (`new_epoch` resets them); `state_dict` carries them across a
     resume.
-    Each rank keeps its own tracker over its own share of the data.
+    Each rank keeps its own tracker over its own share of the data (`rank` of `world_size`), and says so: its counts
+    are not the whole data's, and ranks reach the limit at different times, so no collective can sum them there.
 
     The lines known bad before loading (`static`) are never batched, so an epoch counts them in step with its
     progress (`advance`): all at once at its start, beside the few good items seen by then, they would read as a
@@ -128,9 +129,17 @@ class BadDataTracker:
         name: str = "train",
         enforce: bool = True,
         quiet: bool = False,
+        rank: int = 0,
+        world_size: int = 1,
+        end_of: str = "epoch end",
     ):
         """`enforce`: False counts without ever raising (decoding checks `exceeded` itself, after its outputs are
-        written). `quiet`: no bad item is logged (the caller names each one itself, by what its user gave)."""
+        written). `quiet`: no bad item is logged (the caller names each one itself, by what its user gave). `rank`,
+        `world_size`: whose share of the data this tracker counts (decoding merges every rank's into one of world
+        size 1). `end_of`: what the final check ends ("epoch end", or a validation pass's end)."""
+        self.rank = int(rank)
+        self.world_size = int(world_size)
+        self.end_of = end_of
         self.max_bad_fraction = float(max_bad_fraction)
         self.enforce = bool(enforce)
         self.quiet = bool(quiet)
@@ -234,13 +243,13 @@ class BadDataTracker:
         now = time.monotonic()
         if now - self._last_log >= self.log_interval_s:
             log.warning(
-                "%s: %d more bad items (latest %s: %s); %d bad of %d seen (%.3f%%) by reason %s",
+                "%s: %d more bad items (latest %s: %s); %d bad of %s seen (%.3f%%) by reason %s",
                 self.name,
                 self._suppressed,
                 where,
                 rec.get("reason"),
                 self.bad,
-                self.seen,
+                self._whose(),
                 100 * self.fraction,
                 dict(self.by_reason),
             )
@@ -272,9 +281,9 @@ class BadDataTracker:
     def message(self, *, final: bool = False, setting: str = "data.max_bad_fraction") -> str:
         """What TooMuchBadData says; `setting`: the recipe key or flag that sets the limit (decode: its flag)."""
         lines = [
-            f"{self.name}: too much bad data: {self.bad} of {self.seen} items ({100 * self.fraction:.2f}%) are "
-            f"unusable, above {setting} = {self.max_bad_fraction} ({100 * self.max_bad_fraction:.2f}%)"
-            + (" at epoch end" if final else ""),
+            f"{self.name}: too much bad data: {self.bad} of {self._whose()} items ({100 * self.fraction:.2f}%"
+            f"{self._share()}) are unusable, above {setting} = {self.max_bad_fraction} "
+            f"({100 * self.max_bad_fraction:.2f}%)" + (f" at {self.end_of}" if final else ""),
             "by reason: " + ", ".join(f"{r}: {c}" for r, c in self.by_reason.most_common()),
             f"first {len(self.examples)} bad items:",
         ]
@@ -282,11 +291,18 @@ class BadDataTracker:
         lines.append(f"Fix or remove these lines (`llmasr data check MANIFEST` lists them all), or raise {setting}.")
         return "\n".join(lines)
 
+    def _whose(self) -> str:
+        """The items seen, as "rank R's N" where they are one rank's share of the data."""
+        return f"rank {self.rank}'s {self.seen}" if self.world_size > 1 else str(self.seen)
+
+    def _share(self) -> str:
+        return f"; each of the {self.world_size} ranks counts its own share of the data" if self.world_size > 1 else ""
+
     def summary(self) -> str:
         if not self.bad:
-            return f"{self.name}: no bad items in {self.seen} seen"
+            return f"{self.name}: no bad items in {self._whose()} seen"
         reasons = ", ".join(f"{r}: {c}" for r, c in self.by_reason.most_common())
-        return f"{self.name}: {self.bad} bad of {self.seen} items ({100 * self.fraction:.3f}%): {reasons}"
+        return f"{self.name}: {self.bad} bad of {self._whose()} items ({100 * self.fraction:.3f}%): {reasons}"
 
     def state_dict(self) -> dict:
         return {

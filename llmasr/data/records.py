@@ -41,6 +41,7 @@ from pathlib import Path
 
 import numpy as np
 
+from llmasr.data.languages import language_key
 from llmasr.data.record_fields import missing_text
 
 FUNASR_FRAMES_PER_SECOND = 100.0  # source_len unit: 10 ms frames
@@ -133,11 +134,10 @@ def given_hotwords(utt, default=None) -> list[str]:
 
 
 def language_of(utt) -> str | None:
-    """A line's language as results group it: FunASR's "<|en|>" and a plain "en" are one language, case aside; None
-    where the line gives none."""
+    """A line's language as results group it (llmasr.data.languages: a lhotse cut's "English", FunASR's "<|en|>" and
+    a plain "en" are one language); None where the line gives none."""
     lang = getattr(utt, "lang", None)
-    label = str(lang).strip().removeprefix("<|").removesuffix("|>").strip().lower() if lang is not None else ""
-    return label or None
+    return None if lang is None else language_key(lang)
 
 
 def task_of(utt) -> str | None:

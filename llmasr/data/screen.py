@@ -236,7 +236,8 @@ def start_tracker(manifest, data_cfg, *, name: str, indices, rank: int, world_si
     visits = static_visits([b.index for b in counted], epoch_items)
     refuse_at_start(counted, total if epoch_items is None else len(epoch_items), data_cfg.max_bad_fraction, name,
                     visits)  # fmt: skip
-    tracker = BadDataTracker(data_cfg.max_bad_fraction, name=name)
+    end_of = "epoch end" if name == "train" else "the end of the validation pass"
+    tracker = BadDataTracker(data_cfg.max_bad_fraction, name=name, rank=rank, world_size=world_size, end_of=end_of)
     # Each rank sees about 1/world_size of the items, so it counts that share of the lines known bad.
     tracker.add_static([b for b in counted if b.index % world_size == rank], quiet=True)
     return tracker, static

@@ -82,8 +82,8 @@ def encoder_spec(cfg: EncoderConfig) -> EncoderSpec:
     conf.setdefault("input_size", frontend.feature_dim)
     if conf["input_size"] != frontend.feature_dim:
         raise ConfigError(
-            f"model.encoder.conf.input_size is {conf['input_size']} but the frontend gives "
-            f"{frontend.feature_dim} dims (n_mels x lfr_m of model.encoder.frontend)"
+            f"{_sizing_key(cfg, 'model.encoder.conf.input_size')}: the frontend makes {_feature_size(frontend)}, "
+            f"but model.encoder.conf.input_size is {conf['input_size']}; make them agree (or leave input_size out)"
         )
     return EncoderSpec(entry, conf, _fewest_frames(frontend, cfg.type, conf))
 
@@ -93,10 +93,23 @@ def _matching(frontend: FrontendConfig, dims: int, cfg: EncoderConfig, what: str
     takes (it failed at the first batch, inside the encoder or the CMVN)."""
     if frontend.feature_dim != dims:
         raise ConfigError(
-            f"model.encoder.frontend gives {frontend.feature_dim}-dim features (n_mels x lfr_m), but the encoder of "
-            f"{cfg.path} takes {dims} ({what})"
+            f"{_sizing_key(cfg, 'model.encoder.frontend')}: the frontend makes {_feature_size(frontend)}, but the "
+            f"encoder{f' of {cfg.path}' if cfg.path else ''} takes {dims} ({what}); leave n_mels and lfr_m out of "
+            "model.encoder.frontend: the encoder's config gives them"
         )
     return frontend
+
+
+def _sizing_key(cfg: EncoderConfig, otherwise: str) -> str:
+    """The recipe key that sized the features (n_mels, else lfr_m), which a refusal leads with so that the recipe's
+    line or the dotted override setting it is named after it (llmasr.recipe.located); `otherwise` where neither is
+    set."""
+    key = next((k for k in ("n_mels", "lfr_m") if k in cfg.frontend), None)
+    return otherwise if key is None else f"model.encoder.frontend.{key}"
+
+
+def _feature_size(fe: FrontendConfig) -> str:
+    return f"{fe.feature_dim}-dim features (n_mels x lfr_m = {fe.n_mels} x {fe.lfr_m})"
 
 
 # What model.encoder.frontend may change over a pretrained encoder's own frontend: its noise, a data filter, and
@@ -134,6 +147,14 @@ def _refine(base: FrontendConfig, settings: dict) -> FrontendConfig:
     if not settings:
         return base
     return from_dict(FrontendConfig, {**to_dict(base), **settings}, "model.encoder.frontend")
+
+
+def start_notes(cfg: ModelConfig) -> list[str]:
+    """What the model's settings do that a user may not expect and that trains nonetheless: warned at start-up, in
+    train.log and `llmasr check`'s report alike."""
+    from llmasr.models.funasr_ctc import query_frames_warning
+
+    return [note for note in (whisper_dither_note(cfg.encoder), query_frames_warning(cfg)) if note]
 
 
 def whisper_dither_note(cfg: EncoderConfig) -> str | None:

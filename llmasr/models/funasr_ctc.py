@@ -122,3 +122,27 @@ def funasr_ctc_settings(model_dir: str | Path) -> dict[str, str]:
         "init_from": str(init_from),
         "init_prefix": CTC_PREFIX,
     }
+
+
+def query_frames_warning(model_cfg) -> str | None:
+    """A warning where SenseVoiceSmall's own CTC head (model.ctc.from_encoder) reads its encoder run without the four
+    query frames (model.encoder.conf.queries unset or null) that SenseVoiceSmall prepends whenever it runs, and so
+    trained the head with; None otherwise. A warning, not a refusal: the head still reads the encoder it was trained
+    on, and the CTC loss trains it on what it now reads."""
+    enc, ctc = model_cfg.encoder, model_cfg.ctc
+    if not ctc.from_encoder or enc.type != "sensevoice" or enc.path is None:
+        return None
+    queries = (
+        enc.conf["queries"]
+        if "queries" in enc.conf
+        else (read_funasr_config(enc.path).get("encoder_conf") or {}).get("queries")
+    )
+    if queries is not None:
+        return None
+    return (
+        "model.ctc.from_encoder takes SenseVoiceSmall's CTC head, trained on the frames its encoder makes after its "
+        "four query frames (language, event, emotion, ITN), but model.encoder.conf.queries is null, so the head reads "
+        "frames made without them: its CTC loss, `llmasr decode --ctc`, timestamps and rescoring start from a head "
+        "that does not match its input. Set model.encoder.conf.queries: {language: auto, itn: false} (as "
+        "SenseVoiceSmall runs), or train a head afresh (model.ctc.from_encoder: false, with model.ctc.vocab)"
+    )

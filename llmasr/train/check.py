@@ -20,7 +20,7 @@ from typing import NamedTuple
 from llmasr import errors
 from llmasr.data import plan_record
 from llmasr.data.augment import cost_text
-from llmasr.models.builder import build_model, whisper_dither_note
+from llmasr.models.builder import build_model, start_notes
 from llmasr.models.fsmn_vad import load_vad
 from llmasr.models.fused_kernels import check_fused_kernels
 from llmasr.models.sanm_chunk import chunk_lines
@@ -37,7 +37,7 @@ from llmasr.train.ds_config import resolve_ds, zero_stage
 from llmasr.train.ds_files import read_client_state
 from llmasr.train.early_stop import EarlyStop
 from llmasr.train.engine import offloads_optimizer
-from llmasr.train.op_builds import check_nvme_offload
+from llmasr.train.op_builds import check_nvme_offload, check_quantizer
 from llmasr.train.param_groups import build_param_groups, describe_param_groups, optim_warnings
 from llmasr.train.plan import plan_run
 from llmasr.train.progress import plot_lr, write_lr_csv
@@ -309,9 +309,10 @@ def check(
     resolved = resolve_ds(ds_path, tc, world_size=world_size)
     ds = resolved.config
     check_nvme_offload(ds, resolved.source)  # on this machine, as train's start-up checks it on each node
+    check_quantizer(ds, resolved.source)
     check_run_settings(recipe)
-    notes = check_start_folder(recipe.model)  # what the model sees, against the folder it starts from
-    notes += [n for n in [whisper_dither_note(recipe.model.encoder)] if n]
+    notes = check_start_folder(recipe.model)  # what the model sees, against the folder it starts from (allowed)
+    notes += start_notes(recipe.model)
     check_fused_kernels(recipe.model.llm, zero_stage=zero_stage(ds))  # the device is training's to check
     folder = run_folder(recipe, resume=resume, overwrite=overwrite)
     # the same arithmetic `llmasr train` logs; a resume's stop is counted from its checkpoint (resumed_total)

@@ -63,6 +63,9 @@ _OWNED: tuple[tuple[str, tuple, str], ...] = (
                                        "would only add a wait after every collective: remove it"),
     ("compile.deepcompile", (False,), "DeepCompile acts only once engine.compile() is called, which llmasr does not "
                                       "call (DeepSpeed says so in its silenced info log): remove it"),
+    ("hybrid_engine.enabled", (False,), "DeepSpeed-Chat's RLHF engine (generation rollouts between training steps) "
+                                        "is swapped in for the training engine llmasr drives, and llmasr decodes "
+                                        "with its own search: remove it"),
     ("dump_state", (False,), "it writes to DeepSpeed's info log, which llmasr silences (RUN_DIR/ds_config.json holds "
                              "the config the run used): remove it"),
     *((f"{name}.enabled", (False,), "DeepSpeed's monitor logs the first param group's lr as the run's, against "

@@ -16,7 +16,7 @@ import torch
 
 from llmasr import errors
 from llmasr import run_dir as ck
-from llmasr.models.builder import whisper_dither_note
+from llmasr.models.builder import start_notes
 from llmasr.models.fused_kernels import apply_fused_kernels, check_fused_kernels
 from llmasr.models.sanm_chunk import seed_chunk_draws
 from llmasr.models.start_from import check_start_folder
@@ -27,7 +27,7 @@ from llmasr.train.checkpoint_space import check_run_space
 from llmasr.train.context_fit import check_context_fit
 from llmasr.train.early_stop import EarlyStop
 from llmasr.train.engine import TrainEngine, build_model_for_training, make_optimizer
-from llmasr.train.op_builds import check_nvme_offload, warn_stale_build_locks
+from llmasr.train.op_builds import check_nvme_offload, check_quantizer, warn_stale_build_locks
 from llmasr.train.param_groups import build_param_groups, describe_param_groups, idle_branch_settings, numel
 from llmasr.train.plan import plan_run
 from llmasr.train.process_group import all_gather_object, init_distributed
@@ -78,11 +78,10 @@ class RunSetup:
         self.ds = ds_config.resolve_ds_config(ds_config_path, tc, world_size=self.world)  # by module: tests patch it
         eng.check_precision(tc.precision)
         check_nvme_offload(self.ds, str(ds_config_path))  # each node's own: DeepSpeed loads the op once built
+        check_quantizer(self.ds, str(ds_config_path))  # each node's own: ZeRO-3 loads the op in the LLM's load
         resolve.check_run_settings(self.recipe)
-        for note in check_start_folder(self.recipe.model):  # what the model sees, against the folder it starts from
-            log.warning(note)
-        if note := whisper_dither_note(self.recipe.model.encoder):
-            log.warning(note)
+        for note in check_start_folder(self.recipe.model) + start_notes(self.recipe.model):  # allowed, but said
+            log.warning("%s", note)
         check_fused_kernels(self.recipe.model.llm, zero_stage=ds_config.zero_stage(self.ds), device=self.dist.device)
         resolve.process_settings(tc)  # deterministic algorithms, attention kernels
         asked, self.resume_key = ck.resume_asked(resume, tc.resume)

@@ -232,6 +232,29 @@ def test_epoch_end_check_runs_when_the_loop_stops_at_the_last_batch(tmp_path):
     assert "unreadable or corrupt audio: 1, manifest duration wrong: 1" in str(err.value)
 
 
+def test_a_ranks_refusal_says_its_counts_are_its_share_and_which_pass_ended(tmp_path):
+    """On 2 ranks the refusal had said "2 of 12 items", one rank's share read as the whole data's 24, and "at epoch
+    end" where a validation pass had ended."""
+    write_wav(tmp_path / "vad.wav", 0.01)
+    (tmp_path / "corrupt.wav").write_bytes(b"RIFF\x00\x00\x00\x00WAVEjunk" * 8)
+    extra = [
+        {"key": f"corrupt{i}", "source": "corrupt.wav", "target": "hello", "duration": 1.0} for i in range(4)
+    ]  # bad only when loaded: each rank meets its own share
+    manifest = with_lines(tmp_path, 20, extra)
+    for train, end in ((True, "at epoch end"), (False, "at the end of the validation pass")):
+        loader, _ = build(cfg(max_bad_fraction=0.01), [manifest], train=train, rank=1, world_size=2)
+        with pytest.raises(TooMuchBadData) as err:
+            list(loader)
+        first = str(err.value).splitlines()[0]
+        bad, seen = loader.bad_data.bad, loader.bad_data.seen
+        assert 0 < bad and seen < 24  # its share of the 24
+        name = "train" if train else "valid"
+        assert first == (
+            f"{name}: too much bad data: {bad} of rank 1's {seen} items ({100 * bad / seen:.2f}%; each of the 2 ranks "
+            f"counts its own share of the data) are unusable, above data.max_bad_fraction = 0.01 (1.00%) {end}"
+        )
+
+
 def test_lines_known_bad_count_in_step_with_the_epoch(tmp_path):
     """20 blank transcripts in 4,020 lines (0.5%, under a 1% limit). Counted all at the epoch's start beside the few
     good items seen by then, they had read as 1.9% once the in-epoch check began (1,000 items) and stopped a run

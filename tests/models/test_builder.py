@@ -186,11 +186,15 @@ def test_a_frontend_setting_that_resizes_the_features_is_refused_at_build(tmp_pa
     than the encoder takes had built and checked fine, then failed at the first batch inside the encoder."""
     d = write_funasr_dir(tmp_path / "p", encoder_conf=tiny_sanm_conf())
     assert encoder_spec(EncoderConfig(type="paraformer", path=str(d), frontend={"dither": 0.5})).frontend.dither == 0.5
-    with pytest.raises(ConfigError, match=r"model.encoder.frontend gives 80-dim features \(n_mels x lfr_m\), but the "
-                                          r"encoder of .* takes 560 \(config.yaml's encoder input_size\)"):  # fmt: skip
+    with pytest.raises(ConfigError, match=r"^model.encoder.frontend.lfr_m: the frontend makes 80-dim features \(n_mels "
+                                          r"x lfr_m = 80 x 1\), but the encoder of .* takes 560 \(config.yaml's "
+                                          r"encoder input_size\)"):  # fmt: skip
         build_encoder(EncoderConfig(type="paraformer", path=str(d), frontend={"lfr_m": 1, "lfr_n": 1}))
     w = write_tiny_whisper_dir(tmp_path / "w")
-    with pytest.raises(ConfigError, match=r"gives 128-dim features .* takes 80 \(config.json's num_mel_bins\)"):
+    with pytest.raises(
+        ConfigError,
+        match=r"^model.encoder.frontend.n_mels: .* makes 128-dim features .* takes 80 \(config.json's num_mel_bins\)",
+    ):
         encoder_spec(EncoderConfig(type="whisper", path=str(w), frontend={"n_mels": 128}))
 
 

@@ -185,7 +185,10 @@ def test_missing_llm_dir_and_missing_tokenizer(tmp_path, tiny_llm_dir):
 def test_encoder_input_size_must_match_frontend(tiny_llm_dir):
     section = tiny_model_section(tiny_llm_dir)
     section["encoder"]["conf"]["input_size"] = 80
-    with pytest.raises(ConfigError, match="input_size is 80 but the frontend gives 560 dims"):
+    with pytest.raises(
+        ConfigError,
+        match=r"makes 560-dim features \(n_mels x lfr_m = 80 x 7\), but model.encoder.conf.input_size is 80",
+    ):
         llmasr.build_model(section)
 
 

@@ -122,3 +122,25 @@ def test_sensevoice_recipe_reads_cmvn_from_configuration_json_without_tokens_jso
     assert recipe.model.ctc.vocab == str(zoo["sensevoice"].resolve() / SENSEVOICE_BPE)
     assert torch.equal(model.ctc_head.proj.weight, state["ctc.ctc_lo.weight"])
     assert model.ctc_tokenizer.blank_id == 0 and model.ctc_tokenizer.vocab_size == state["ctc.ctc_lo.bias"].numel()
+
+
+def test_sensevoices_ctc_head_read_without_its_query_frames_is_warned_of(zoo, tmp_path, capsys):
+    """model.ctc.from_encoder takes SenseVoiceSmall's head, trained on the frames after its query frames; with
+    model.encoder.conf.queries null it reads frames made without them, and nothing said so."""
+    from llmasr.cli import main
+
+    enc, llm = ZOO["sensevoice-small_qwen3-1.7b_lora_zero2.yaml"]
+    args = ["check", "--config", str(RECIPES / "sensevoice-small_qwen3-1.7b_lora_zero2.yaml"), "--deepspeed", "zero0",
+            "--out", str(tmp_path), f"model.encoder.path={zoo[enc]}", f"model.llm.path={zoo[llm]}",
+            f"data.train=[{zoo['wavs']}]", f"data.valid=[{zoo['wavs']}]", "data.num_workers=0",
+            f"train.output_dir={tmp_path / 'run'}", "train.precision=fp32"]  # fmt: skip
+    assert main(args) == 0
+    assert "query frames" not in capsys.readouterr().out  # the recipe prepends them
+    assert main([*args, "model.encoder.conf.queries=null"]) == 0
+    out = capsys.readouterr().out
+    assert (
+        "  warning: model.ctc.from_encoder takes SenseVoiceSmall's CTC head, trained on the frames its encoder " in out
+    )
+    assert "but model.encoder.conf.queries is null, so the head reads frames made without them" in out
+    assert main([*args, "model.encoder.conf.queries=null", "model.ctc.weight=0", "model.ctc.from_encoder=false"]) == 0
+    assert "query frames" not in capsys.readouterr().out  # no CTC head: nothing reads them

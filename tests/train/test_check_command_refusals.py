@@ -224,6 +224,30 @@ def test_a_key_the_model_builder_refuses_is_named_where_the_recipe_sets_it(recip
     assert code == 2 and "(set by the override 'model.encoder.frontend.n_mel=40')" in err
 
 
+def test_features_sized_unlike_the_encoders_are_named_where_the_recipe_or_an_override_sizes_them(
+    pretrained_recipe, recipe_file, tmp_path, capsys
+):
+    """The refusal of n_mels (or lfr_m) that makes features of another size than the encoder takes began with no
+    key, so neither the override that set it nor the recipe's line was named."""
+    base = ["--deepspeed", "zero0", "--out", str(tmp_path / "o")]
+    code, _, err = run_check(capsys, "--config", str(pretrained_recipe), *base, "model.encoder.frontend.n_mels=64")
+    assert code == 2 and "error: model.encoder.frontend.n_mels: the frontend makes 448-dim features (n_mels x " in err
+    assert "takes 560 (config.yaml's encoder input_size)" in err
+    assert err.rstrip().endswith("(set by the override 'model.encoder.frontend.n_mels=64')")
+    data = yaml.safe_load(pretrained_recipe.read_text())
+    data["model"]["encoder"]["frontend"] = {"n_mels": 64}
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    line = next(i for i, text in enumerate(path.read_text().splitlines(), 1) if text.strip() == "n_mels: 64")
+    code, _, err = run_check(capsys, "--config", str(path), *base)
+    assert code == 2 and err.rstrip().endswith(f"({path}, line {line})")
+    # an encoder built from conf: the input_size an override set, though the line leads with the frontend's key
+    code, _, err = run_check(capsys, "--config", str(recipe_file), *base, "model.encoder.conf.input_size=80")
+    assert code == 2 and "model.encoder.frontend.n_mels: the frontend makes 560-dim features" in err
+    assert err.rstrip().endswith("but model.encoder.conf.input_size is 80; make them agree (or leave input_size out) "
+                                 "(set by the override 'model.encoder.conf.input_size=80')")  # fmt: skip
+
+
 def test_a_recipe_without_training_manifests_is_told_how_to_give_them(recipe_file, tmp_path, capsys):
     """A recipe with no data.train (the one `llmasr convert funasr` writes) is named, with the override that gives
     them; the error had said only that none was given."""

@@ -122,6 +122,7 @@ def test_nvme_offload_needs_deepspeed_s_async_io_op_on_this_machine(recipe_file,
     usable = builder is not None and (installed_ops.get(builder.name) or builder.is_compatible(verbose=False))
     path = tmp_path / "nvme.json"
     swap = str(tmp_path / "swap")
+    (tmp_path / "swap").mkdir()  # a folder to swap to: the op is what this test is about
     path.write_text(json.dumps({"zero_optimization": {"stage": 3, "offload_param": {"device": "nvme",
                                                                                     "nvme_path": swap}}}))  # fmt: skip
     code, out, err = run_check(capsys, "--config", str(recipe_file), "--deepspeed", str(path), "--out", str(tmp_path))
@@ -134,3 +135,36 @@ def test_nvme_offload_needs_deepspeed_s_async_io_op_on_this_machine(recipe_file,
             "NVMe, cannot be built on this machine (" in err
         )
         assert "apt install libaio-dev" in err
+
+
+@pytest.mark.parametrize("kind", ["missing", "file"])
+def test_an_nvme_path_that_is_not_a_folder_to_swap_to_is_named_by_its_key(recipe_file, tmp_path, capsys, kind):
+    """Before: check passed, and DeepSpeed failed once the model was built ("PATH: No such file or directory", no key
+    named), where the async_io op builds; or created a folder not there on the drive that holds its parent."""
+    swap = tmp_path / "swap"
+    if kind == "file":
+        swap.write_text("not a folder")
+    path = tmp_path / "nvme.json"
+    swap_at = {"device": "nvme", "nvme_path": str(swap)}
+    path.write_text(json.dumps({"zero_optimization": {"stage": 3, "offload_optimizer": swap_at}}))
+    code, _, err = run_check(capsys, "--config", str(recipe_file), "--deepspeed", str(path), "--out", str(tmp_path))
+    why = "is not there" if kind == "missing" else "is not a folder"
+    assert code == 2 and f"{path}: zero_optimization.offload_optimizer.nvme_path '{swap}' {why} on this node (" in err
+    assert "name a folder on the NVMe drive that this user can write in, there on every node (mkdir -p it)" in err
+
+
+def test_zero_plus_quantization_without_deepspeed_s_quantizer_op_is_refused(recipe_file, tmp_path, capsys):
+    """Before: check passed, and training failed inside the LLM's load, blaming the model ("not loadable as a causal
+    LM (qwen2): This op had not been implemented on CPU backend"): the CPU accelerator has no quantizer op."""
+    from deepspeed.accelerator import get_accelerator
+
+    if type(get_accelerator().create_op_builder("QuantizerBuilder")).__name__ != "NotImplementedBuilder":
+        pytest.skip("this accelerator has DeepSpeed's quantizer op")
+    path = tmp_path / "zpp.json"
+    zero = {"stage": 3, "zero_quantized_weights": True, "zero_quantized_gradients": True}
+    path.write_text(json.dumps({"zero_optimization": zero}))
+    code, _, err = run_check(capsys, "--config", str(recipe_file), "--deepspeed", str(path), "--out", str(tmp_path))
+    keys = "zero_optimization.zero_quantized_weights and zero_optimization.zero_quantized_gradients"
+    assert code == 2 and f"{path}: {keys} are true, but DeepSpeed's quantizer op, which ZeRO++ quantizes with" in err
+    assert "has no build for the cpu accelerator on this machine (" in err
+    assert "remove them (ZeRO++ quantization needs CUDA GPUs)" in err

@@ -43,6 +43,8 @@ def train_cfg(**kw) -> TrainConfig:
          "comms_logger.enabled is true; DeepSpeed's info log is silenced and nothing prints its summary"),
         ({"dump_state": True}, "dump_state is true; it writes to DeepSpeed's info log, which llmasr silences"),
         ({"compile": {"deepcompile": True}}, r"compile.deepcompile is true; DeepCompile acts only once engine.compile"),
+        ({"hybrid_engine": {"enabled": True, "max_out_tokens": 512}},
+         "hybrid_engine.enabled is true; DeepSpeed-Chat's RLHF engine .* is swapped in for the training engine"),
     ],
 )  # fmt: skip
 def test_settings_deepspeed_takes_but_llmasr_does_otherwise_are_refused(raw, message):
@@ -56,7 +58,7 @@ def test_settings_deepspeed_takes_but_llmasr_does_otherwise_are_refused(raw, mes
     local rank 0 write mp_rank_00_model_states.pt into the one shared run folder at once; autotuning ended a run's
     process mid-training with exit status 0 (DeepSpeed's exit() after end_profile_step + 1 updates); comms_logger,
     dump_state and deepcompile did nothing visible (their output goes to DeepSpeed's silenced info log, and nothing
-    calls comms' log_summary or engine.compile)."""
+    calls comms' log_summary or engine.compile); hybrid_engine trained with DeepSpeed's RLHF engine swapped in."""
     with pytest.raises(ConfigError, match=message):
         resolve_ds_config(raw, train_cfg(), world_size=2, source="ds.json")
     kept = [

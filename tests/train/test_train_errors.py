@@ -114,12 +114,35 @@ def test_nvme_offload_without_deepspeed_s_async_io_op_is_refused_at_start(recipe
     if builder is not None and (installed_ops.get(builder.name) or builder.is_compatible(verbose=False)):
         pytest.skip("this machine builds DeepSpeed's async_io op (libaio is installed)")
     ds = tmp_path / "ds.json"
+    (tmp_path / "swap").mkdir()  # a folder to swap to: the op is what this test is about
     swap = {"device": "nvme", "nvme_path": str(tmp_path / "swap")}
     ds.write_text(json.dumps({"zero_optimization": {"stage": 3, "offload_optimizer": swap}}))
     assert main(["train", "--config", str(recipe_file), "--deepspeed", str(ds), "train.precision=fp32"]) == 2
     err = capsys.readouterr().err
     assert f"llmasr train: error: {ds}: zero_optimization.offload_optimizer.device is 'nvme', but DeepSpeed's " in err
     assert "cannot be built on this machine" in err and "Unable to JIT load" not in err
+    assert not (tmp_path / "run" / "checkpoints").exists()  # refused before anything ran
+
+
+def test_an_nvme_path_and_zero_plus_quantization_that_cannot_work_here_are_refused_at_start(
+    recipe_file, tmp_path, capsys
+):
+    """Before: a swap folder not there failed once the model was built, naming the path but no key; quantized ZeRO-3
+    weights failed inside the LLM's load on a machine without DeepSpeed's quantizer op, blamed on the model."""
+    from deepspeed.accelerator import get_accelerator
+
+    ds = tmp_path / "ds.json"
+    swap = {"device": "nvme", "nvme_path": str(tmp_path / "swap")}
+    ds.write_text(json.dumps({"zero_optimization": {"stage": 3, "offload_param": swap}}))
+    assert main(["train", "--config", str(recipe_file), "--deepspeed", str(ds), "train.precision=fp32"]) == 2
+    err = capsys.readouterr().err
+    assert f"llmasr train: error: {ds}: zero_optimization.offload_param.nvme_path '{tmp_path / 'swap'}' is not " in err
+    if type(get_accelerator().create_op_builder("QuantizerBuilder")).__name__ == "NotImplementedBuilder":
+        ds.write_text(json.dumps({"zero_optimization": {"stage": 3, "zero_quantized_weights": True}}))
+        assert main(["train", "--config", str(recipe_file), "--deepspeed", str(ds), "train.precision=fp32"]) == 2
+        err = capsys.readouterr().err
+        assert f"llmasr train: error: {ds}: zero_optimization.zero_quantized_weights is true, but DeepSpeed's " in err
+        assert "not loadable as a causal LM" not in err
     assert not (tmp_path / "run" / "checkpoints").exists()  # refused before anything ran
 
 
