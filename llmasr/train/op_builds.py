@@ -124,8 +124,9 @@ def check_nvme_offload(ds: dict, source: str) -> None:
         return
     raise ConfigError(
         f"{source}: {' and '.join(keys)} {'is' if len(keys) == 1 else 'are'} 'nvme', but DeepSpeed's async_io op, "
-        f"which swaps to NVMe, {why}: it needs libaio's header and library (apt install libaio-dev, or set CFLAGS and "
-        "LDFLAGS to where they are), and DeepSpeed would fail on it only once the model is built; or offload to "
+        f"which swaps to NVMe, {why}: it needs libaio's header and library (apt install libaio-dev; installed "
+        "elsewhere, CPATH and LIBRARY_PATH naming its include and lib folders: DeepSpeed's build reads those, not "
+        "CFLAGS), and DeepSpeed would fail on it only once the model is built; or offload to "
         "'cpu' (zero2_offload, zero3_offload)"
     )
 
