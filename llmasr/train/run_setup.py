@@ -18,6 +18,7 @@ from llmasr import errors
 from llmasr import run_dir as ck
 from llmasr.models.builder import whisper_dither_note
 from llmasr.models.fused_kernels import apply_fused_kernels, check_fused_kernels
+from llmasr.models.llm import one_tokenizer_load
 from llmasr.models.start_from import check_start_folder
 from llmasr.rank_verdict import flat, run_together
 from llmasr.train import ds_config, resolve
@@ -41,6 +42,7 @@ log = logging.getLogger("llmasr.train")
 class RunSetup:
     """A run's configuration, run folder, data, model and engine, built in that order (the loop: trainer.Run)."""
 
+    @one_tokenizer_load()  # the start-up's checks, data plan and model build share the LLM's tokenizer
     def __init__(self, recipe, ds_config_path, *, resume=None, overwrite=False):
         self.recipe = recipe
         tc = recipe.train
