@@ -10,6 +10,8 @@ import re
 import torch
 from torch import nn
 
+from llmasr.models.llm_files import beyond_range
+
 log = logging.getLogger(__name__)
 
 
@@ -80,14 +82,13 @@ def cast_llm(llm: nn.Module, dtype: torch.dtype) -> None:
     if dtype == torch.float16:
         names |= set(getattr(llm, "_keep_in_fp32_modules", None) or [])
     keep = re.compile("|".join(name.replace("*", ".*") for name in sorted(names))) if names else None
-    too_large = []
     saved = set(llm.state_dict())  # buffers out of it (rotary inv_freq) are rebuilt in float32 by from_pretrained
-    for name, tensor in [*llm.named_parameters(), *((n, b) for n, b in llm.named_buffers() if n in saved)]:
-        if tensor.is_floating_point() and not (keep and keep.search(name)):
-            cast = tensor.data.to(dtype)
-            if torch.isinf(cast).sum() > torch.isinf(tensor.data).sum():  # finite weights past the dtype's range
-                too_large.append(f"{name} (largest |value| {tensor.data.abs().max().item():.6g})")
-            tensor.data = cast
+    cast = [(name, tensor) for name, tensor in [*llm.named_parameters(), *((n, b) for n, b in llm.named_buffers()
+            if n in saved)] if tensor.is_floating_point() and not (keep and keep.search(name))]  # fmt: skip
+    beyond = beyond_range(((name, tensor.data) for name, tensor in cast), dtype, held_inf=False)
+    too_large = [f"{name} (largest |value| {largest:.6g})" for name, largest in beyond]
+    for _, tensor in cast:
+        tensor.data = tensor.data.to(dtype)
     if too_large:
         name, limit = str(dtype).removeprefix("torch."), torch.finfo(dtype).max
         raise ExportError(

@@ -106,7 +106,34 @@ def warn_remote_code(path: str | Path, source: str) -> None:
     )  # fmt: skip
 
 
+_SHARED_TOKENIZERS: dict | None = None  # while one_tokenizer_load is entered: (folder, remote code) -> tokenizer
+
+
+@contextlib.contextmanager
+def one_tokenizer_load():
+    """Within it (a decorator too) load_tokenizer loads each folder's tokenizer once and gives every later caller
+    that same object: a start-up's comparison with the folder it starts from, data plan and model build each loaded
+    their own. For one recipe's start-up only: its PromptBuilders set the shared tokenizer's chat_template alike."""
+    global _SHARED_TOKENIZERS
+    outer = _SHARED_TOKENIZERS
+    _SHARED_TOKENIZERS = {} if outer is None else outer
+    try:
+        yield
+    finally:
+        _SHARED_TOKENIZERS = outer
+
+
 def load_tokenizer(path: str | Path, *, trust_remote_code: bool = False):
+    key = (str(Path(path).resolve()), trust_remote_code)
+    if _SHARED_TOKENIZERS is not None and key in _SHARED_TOKENIZERS:
+        return _SHARED_TOKENIZERS[key]
+    tok = _load_tokenizer(path, trust_remote_code)
+    if _SHARED_TOKENIZERS is not None:
+        _SHARED_TOKENIZERS[key] = tok
+    return tok
+
+
+def _load_tokenizer(path: str | Path, trust_remote_code: bool):
     from transformers import AutoTokenizer
 
     try:

@@ -12,6 +12,7 @@ import json
 import re
 from pathlib import Path
 
+import torch
 from torch import nn
 
 from llmasr.config_io import ConfigError
@@ -119,13 +120,35 @@ def refuse_misfit(path: Path, missing, mismatched) -> None:
         )
 
 
+def beyond_range(named, dtype: torch.dtype, *, held_inf: bool = True) -> list[tuple[str, float]]:
+    """The tensors of `named` ((name, tensor) pairs) that `dtype` cannot hold, each with its largest |value|: those
+    with a finite value a cast to `dtype` makes inf (float16's past 65504; a value below 65520 rounds to 65504), and
+    those already holding inf or NaN (largest inf: a load in float16 made them so). `held_inf` False leaves a tensor
+    its own inf, only its finite values counted: an export writes a buffer that holds -inf on purpose as it is.
+    Empty and integer tensors are left out. Each tensor is read by its min and max: no |x| copy of an embedding."""
+    out = []
+    for name, tensor in named:
+        if not tensor.is_floating_point() or tensor.numel() == 0:
+            continue
+        held = tensor.detach()
+        low, high = torch.aminmax(held)
+        if not (torch.isfinite(low) and torch.isfinite(high)):
+            finite = held[torch.isfinite(held)] if not held_inf else None  # copied only where inf or NaN is held
+            if finite is None or finite.numel() == 0:
+                if held_inf:
+                    out.append((name, float("inf")))
+                continue
+            low, high = torch.aminmax(finite)
+        if bool(torch.isinf(torch.stack([low, high]).to(dtype)).any()):
+            out.append((name, max(abs(float(low)), abs(float(high)))))
+    return out
+
+
 def refuse_non_finite(path: Path, model: nn.Module, dtype_name: str) -> None:
     """A model loaded in float16 whose weights are not all finite: what its files held past float16's largest value
     (65504) loaded as inf, and every output was NaN (an export in bf16 or float32 decoded with --dtype fp16). Named
     here, tensor by tensor. Parameters left empty (ZeRO-3's, created partitioned) are the engine's to check."""
-    import torch
-
-    bad = [name for name, p in model.named_parameters() if p.numel() and not bool(torch.isfinite(p.data).all())]
+    bad = [name for name, _ in beyond_range(model.named_parameters(), torch.float16)]
     if bad:
         raise LLMWeightsError(
             f"{path}: loaded in {dtype_name}, {len(bad)} weight tensor(s) hold values beyond its largest finite value "

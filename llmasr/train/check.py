@@ -23,6 +23,7 @@ from llmasr.data.augment import cost_text
 from llmasr.models.builder import build_model, start_notes
 from llmasr.models.fsmn_vad import load_vad
 from llmasr.models.fused_kernels import check_fused_kernels
+from llmasr.models.llm import one_tokenizer_load
 from llmasr.models.sanm_chunk import chunk_lines
 from llmasr.models.start_from import check_start_folder
 from llmasr.run_dir import RECIPE_FILE, read_meta, resolve_resume, resume_asked, resume_or_start
@@ -294,6 +295,7 @@ def _decode_lines(recipe, model, valid_loader) -> list[str]:
     return lines
 
 
+@one_tokenizer_load()  # the checks, data plan and model build share the LLM's tokenizer, as train's start-up does
 def check(
     recipe,
     ds_path,

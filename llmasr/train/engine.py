@@ -25,6 +25,7 @@ import torch
 from llmasr.config_io import ConfigError
 from llmasr.data.batch import Batch
 from llmasr.errors import write_error
+from llmasr.models.llm_files import beyond_range
 from llmasr.train.ds_config import zero_stage
 from llmasr.train.zero_memory import optimizer_state_bytes
 
@@ -109,19 +110,9 @@ def check_half_range(model: torch.nn.Module, ds_config: dict) -> None:
     rank its own). bf16 has float32's range."""
     if half_dtype(ds_config) != torch.float16:
         return
-    limit, too_large = torch.finfo(torch.float16).max, []
-    for name, p in model.named_parameters():
-        if not p.is_floating_point():
-            continue
-        held = p.ds_tensor if hasattr(p, "ds_id") else p.data
-        if held.numel() == 0:
-            continue
-        low, high = torch.aminmax(held.detach())  # no |x| copy of an embedding matrix
-        largest = (
-            max(abs(float(low)), abs(float(high))) if torch.isfinite(low) and torch.isfinite(high) else float("inf")
-        )
-        if not largest <= limit:  # past the range, or already inf / NaN
-            too_large.append(f"{name} (largest |value| {largest:.6g})")
+    held = ((name, p.ds_tensor if hasattr(p, "ds_id") else p.data) for name, p in model.named_parameters())
+    too_large = [f"{name} (largest |value| {largest:.6g})" for name, largest in beyond_range(held, torch.float16)]
+    limit = torch.finfo(torch.float16).max
     if too_large:
         raise ConfigError(
             f"train.precision fp16: {len(too_large)} weight tensor(s) hold values beyond float16's largest finite "

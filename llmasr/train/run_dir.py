@@ -390,8 +390,8 @@ def write_run_files(
 
 
 def write_lr_files(run_dir: Path, schedules: list, start: int, total: int, applied: int, course=None) -> None:
-    """lr_schedule.csv/png as _lr_rows makes them (rank 0): at the run's start and resume, and after each update
-    skipped on a non-finite gradient, whose held schedules move every later row one update on."""
+    """lr_schedule.csv/png as _lr_rows makes them (rank 0): at the run's start and resume, and at a save or the run's
+    end after updates skipped on a non-finite gradient, whose held schedules move every later row one update on."""
     curves = _lr_rows(run_dir / ck.LR_CSV, schedules, start, total, applied, course)
     write_lr_csv(run_dir / ck.LR_CSV, curves)
     plot_lr(curves, run_dir / ck.LR_PNG)

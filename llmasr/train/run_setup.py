@@ -18,6 +18,7 @@ from llmasr import errors
 from llmasr import run_dir as ck
 from llmasr.models.builder import start_notes
 from llmasr.models.fused_kernels import apply_fused_kernels, check_fused_kernels
+from llmasr.models.llm import one_tokenizer_load
 from llmasr.models.sanm_chunk import seed_chunk_draws
 from llmasr.models.start_from import check_start_folder
 from llmasr.rank_verdict import flat, run_together
@@ -42,6 +43,7 @@ log = logging.getLogger("llmasr.train")
 class RunSetup:
     """A run's configuration, run folder, data, model and engine, built in that order (the loop: trainer.Run)."""
 
+    @one_tokenizer_load()  # the start-up's checks, data plan and model build share the LLM's tokenizer
     def __init__(self, recipe, ds_config_path, *, resume=None, overwrite=False):
         self.recipe = recipe
         tc = recipe.train
@@ -113,13 +115,16 @@ class RunSetup:
             s = self.engine.scheduler  # behind `start` by the updates skipped so far, which held it
             write_run_files(self.run_dir, self.recipe, self.ds, s.schedules, start, self.total, s.last_update, course)
 
-    def _write_lr_course(self, update: int) -> None:
-        """lr_schedule.csv/png after update `update` was skipped: its rows since `lr_since` as the updates used them
-        (each skip held the schedules), the rows after it one update later on the plan."""
-        if self.rank == 0:
+    def _write_lr_course(self) -> None:
+        """lr_schedule.csv/png once updates were skipped since they were written (`lr_stale`): the rows since
+        `lr_since` as the updates used them (each skip held the schedules), the later rows one update on the plan
+        later per skip. At a save and the run's end, not at each skip: an fp16 run skips one update per loss-scale
+        window, and a resume rewrites the rows from its checkpoint's course however stale the file was left."""
+        if self.lr_stale and self.rank == 0:
             s = self.engine.scheduler
             course = LrCourse(self.lr_since, tuple(self.skipped), s.schedules)
-            write_lr_files(self.run_dir, s.schedules, update, self.total, s.last_update, course)
+            write_lr_files(self.run_dir, s.schedules, self.engine.global_steps, self.total, s.last_update, course)
+        self.lr_stale = False
 
     def _log_batches(self) -> None:
         device = self.dist.device

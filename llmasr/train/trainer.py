@@ -45,6 +45,7 @@ class Run(RunSetup):
     # -- checkpoints ------------------------------------------------------------------------------------------------
     def save(self, epoch: int, loader_state: dict | None, metrics: dict | None, *, validation_owed=False) -> None:
         start = time.monotonic()
+        self._write_lr_course()  # the run folder's lr course as of this checkpoint
         lr_course = {"since": self.lr_since, "skipped": list(self.skipped)}  # a resume rewrites lr_schedule.csv by it
         self.last_saved = self.checkpoints.save(epoch, loader_state, metrics, validation_owed=validation_owed,
                                                 early_stop=self.early.state_dict(), lr_course=lr_course)  # fmt: skip
@@ -151,6 +152,7 @@ class Run(RunSetup):
         start_epoch, loader_state, self.last_saved, self.valid_update = 0, None, -1, -1
         self.validation_owed = self.owed_here = False
         self.lr_since, self.skipped = 0, []  # the updates skipped since lr_schedule.csv was written (LrCourse)
+        self.lr_stale = False  # lr_schedule.csv/png lack a skip since (written at the next save or the run's end)
         if self.resume is not None:
             start_epoch, loader_state = self.load()
         self.progress = self._progress()
@@ -228,7 +230,10 @@ class Run(RunSetup):
             self.flops.remove()
             self.progress.finish()
             self.progress.close()
-            self.close()
+            try:
+                self._write_lr_course()  # skips after the last save: a failed run, or stop_after_updates
+            finally:
+                self.close()
         return {"history": history, "interrupted": False, "run_dir": str(self.run_dir), "metrics": last_metrics,
                 "stopped_early": self.cut_short}  # fmt: skip
 
@@ -259,7 +264,7 @@ class Run(RunSetup):
         update = self.engine.global_steps
         if self.engine.skipped_steps > skipped:  # it held the schedules: lr_schedule.csv's plan moves on one later
             self.skipped.append(update)
-            self._write_lr_course(update)
+            self.lr_stale = True
         history.append({"update": update, "epoch": epoch, **stats, "lr": lrs})
         self.progress.update(update, epoch, stats, lrs, self._extra(), self.wait.take())
         return update

@@ -18,3 +18,31 @@ def test_the_check_compares_the_recipe_with_the_folder_it_starts_from(nano_start
     allowed = nano_recipe(tmp_path / "run", other, "model.differs_from_start=[model.encoder.frontend.lfr_n]")
     report = check(allowed, "zero0", world_size=1, out=tmp_path / "plots")
     assert f"  warning: model.encoder.frontend.lfr_n: 7 here, 6 in {out / 'llmasr_model.yaml'}, the model" in report
+
+
+def test_check_and_train_start_up_load_the_llm_tokenizer_once(nano_start, tmp_path, monkeypatch):
+    """A recipe starting from a converted folder, its LLM read from a copy elsewhere: the comparison of its chat
+    template with the folder's, the data plan and the model build had each loaded the tokenizer (three loads of
+    `llmasr check` and of a train start-up); now one, shared by the three."""
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    from llmasr.train.trainer import train
+
+    out, nano_recipe = nano_start
+    llm = shutil.copytree(out / "llm", tmp_path / "elsewhere" / "llm")
+    loads, real = [], AutoTokenizer.from_pretrained.__func__
+
+    def counted(cls, path, *args, **kwargs):
+        loads.append(path)
+        return real(cls, path, *args, **kwargs)
+
+    monkeypatch.setattr(AutoTokenizer, "from_pretrained", classmethod(counted))
+    keys = [f"model.llm.path={llm}", "model.differs_from_start=[model.prompt.chat_template]"]
+    report = check(nano_recipe(tmp_path / "run", *keys), "zero0", world_size=1, out=tmp_path / "plots")
+    assert "warning: model.prompt.chat_template: None, so " in report  # the comparison read the tokenizer's template
+    assert loads == [str(llm)]
+    loads.clear()
+    assert [h["update"] for h in train(nano_recipe(tmp_path / "run", *keys), "zero0")["history"]] == [1]
+    assert loads == [str(llm)]

@@ -228,3 +228,43 @@ def test_fp16_training_refuses_weights_float16_cannot_hold(preset, large_weight_
     assert "llm.base_model.model.model.layers.0.self_attn.k_proj.bias (largest |value| " in str(err.value)
     model, hf_ds = build_model_for_training(cfg, resolve("bf16"))
     del model, hf_ds
+
+
+@pytest.mark.parametrize(("value", "held"), [(65519.0, True), (65520.0, False)])
+def test_fp16_training_load_and_export_agree_on_the_weights_float16_cannot_hold(tmp_path, value, held):
+    """float16 rounds a value below 65520 to its largest finite 65504, and one from 65520 to inf. fp16 training had
+    refused every value past 65504 (saying it became inf) while the export's cast and a float16 load took 65519:
+    the three now ask one owner (llm_files.beyond_range), and agree."""
+    from transformers import AutoModelForCausalLM
+
+    from llmasr.config_io import ConfigError
+    from llmasr.export.merge import ExportError, cast_llm
+    from llmasr.models.config import ModelConfig
+    from llmasr.models.llm import load_llm
+    from llmasr.testing.tiny_llm import write_tiny_llm_dir
+    from llmasr.testing.tiny_recipe import tiny_model_section
+    from llmasr.train.engine import build_model_for_training
+    from llmasr.train.process_group import init_distributed
+
+    path = write_tiny_llm_dir(tmp_path / "llm")
+    llm = AutoModelForCausalLM.from_pretrained(str(path))
+    with torch.no_grad():
+        llm.model.layers[0].self_attn.k_proj.bias[3] = value
+    llm.save_pretrained(str(path))
+    init_distributed()
+    cfg = from_dict(ModelConfig, tiny_model_section(path), "model")
+    fp16 = resolve_ds_config("zero2", TrainConfig(grad_accum=1, precision="fp16"), world_size=1)
+    checks = {
+        "train": lambda: build_model_for_training(cfg, fp16),
+        "load": lambda: load_llm(path, dtype="float16"),
+        "export": lambda: cast_llm(AutoModelForCausalLM.from_pretrained(str(path)), torch.float16),
+    }
+    refused = {}
+    for what, check in checks.items():
+        try:
+            check()
+        except (ConfigError, ExportError) as err:
+            refused[what] = str(err)
+    assert not refused if held else sorted(refused) == ["export", "load", "train"], refused
+    for message in refused.values():
+        assert "k_proj.bias" in message and ("65520" in message or "now inf" in message)

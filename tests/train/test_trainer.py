@@ -436,6 +436,28 @@ def test_lr_schedule_csv_of_a_run_with_skipped_updates_holds_the_lrs_used(tiny_l
             assert row[group] == pytest.approx(lr, rel=1e-12), (h["update"], group)
 
 
+def test_skipped_updates_rewrite_lr_schedule_files_once_at_the_save(tiny_llm_dir, corpus, tmp_path, nan_updates,
+                                                                      monkeypatch):  # fmt: skip
+    """Four skipped updates (an fp16 run skips one per loss-scale window) before the run's first save (update 5, the
+    epoch's end): lr_schedule.csv and .png are written at the start and once at that save, not rewritten and replotted
+    at every skip, and the CSV still holds the lr every update used."""
+    from llmasr.train import run_dir
+
+    plots, real = [], run_dir.plot_lr
+    monkeypatch.setattr(run_dir, "plot_lr", lambda curves, path: (plots.append(path), real(curves, path)))
+    nan_updates.update({1, 2, 3, 4})
+    run = tmp_path / "run"
+    r = recipe(tiny_llm_dir, corpus, run, valid=False, epochs=2, grad_accum=1, max_updates=6)
+    r.optim.scheduler.type, r.optim.scheduler.warmup_steps = "warmup_linear", 4
+    history = train(r, "zero0")["history"]
+    assert history[-1]["update"] == 6 and ck.list_tags(ck.checkpoints_dir(run)) == [ck.tag_for(5), ck.tag_for(6)]
+    assert plots == [run / ck.LR_PNG] * 2  # the start, then the save after the skips (none new by update 6's)
+    csv = np.genfromtxt(run / ck.LR_CSV, delimiter=",", names=True)
+    assert [int(u) for u in csv["update"]] == list(range(1, 7))
+    assert [row["llm"] for row in csv] == pytest.approx([h["lr"]["llm"] for h in history], rel=1e-12)
+    assert history[4]["lr"]["llm"] == history[0]["lr"]["llm"]  # updates 1-5 held the schedules at its start
+
+
 def test_a_stale_build_lock_is_named_before_the_run_starts(tiny_llm_dir, corpus, tmp_path, monkeypatch, caplog):
     """The start of a run names a lock torch left in the JIT-extension cache (llmasr.train.op_builds) before DeepSpeed
     may load an op, which would wait on it for ever; the run itself goes on."""
