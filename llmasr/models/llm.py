@@ -245,7 +245,7 @@ def load_llm(
     if trust_remote_code:
         warn_remote_code(path, "model.llm.trust_remote_code")
     model = _causal_lm(path, DTYPES[dtype], trust_remote_code, pretrained=pretrained, shapes_only=shapes_only)
-    tok = load_tokenizer(tokenizer or _adapter_tokenizer(adapter) or path, trust_remote_code=trust_remote_code)
+    tok = load_tokenizer(tokenizer_dir(path, tokenizer, adapter), trust_remote_code=trust_remote_code)
     vocab_rows = embedding_shape(model)[0]
     if len(tok) > vocab_rows:
         raise LLMLoadError(
@@ -354,6 +354,13 @@ def set_activation_checkpointing(model: nn.Module, every: int) -> int:
     for i, layer in enumerate(layers):
         layer.gradient_checkpointing = i % every == 0  # the per-layer flag transformers' layers read
     return sum(bool(layer.gradient_checkpointing) for layer in layers)
+
+
+def tokenizer_dir(path: str | Path, tokenizer: str | Path | None = None, adapter: str | Path | None = None) -> Path:
+    """Where an LLM's tokenizer is read from: model.llm.tokenizer, else an adapter directory that carries one, else
+    the LLM directory itself. The model's build and the data's text side both read it here, so training rows and
+    the model's prompts come from one tokenizer."""
+    return Path(tokenizer or _adapter_tokenizer(adapter) or path)
 
 
 def _adapter_tokenizer(adapter: str | Path | None) -> Path | None:

@@ -113,12 +113,14 @@ class TextSide:
 def text_side(model_cfg: ModelConfig) -> TextSide:
     """Frontend, prompt builder and CTC tokenizer, built as llmasr.models.builder builds them, without weights."""
     from llmasr.models.builder import build_prompt
-    from llmasr.models.llm import check_llm_dir, load_tokenizer, warn_remote_code
+    from llmasr.models.llm import check_llm_dir, load_tokenizer, tokenizer_dir, warn_remote_code
 
-    path = check_llm_dir(model_cfg.llm.path)
-    if model_cfg.llm.trust_remote_code:
+    llm = model_cfg.llm
+    path = check_llm_dir(llm.path, tokenizer=tokenizer_dir(llm.path, llm.tokenizer, llm.adapter))
+    if llm.trust_remote_code:
         warn_remote_code(path, "model.llm.trust_remote_code")
-    tokenizer = load_tokenizer(path, trust_remote_code=model_cfg.llm.trust_remote_code)
+    # the tokenizer the model is built with (model.llm.tokenizer, an adapter's own): it had been the LLM folder's
+    tokenizer = load_tokenizer(tokenizer_dir(path, llm.tokenizer, llm.adapter), trust_remote_code=llm.trust_remote_code)
     prompt = build_prompt(model_cfg, tokenizer)
     ctc = None
     if model_cfg.ctc.weight > 0:

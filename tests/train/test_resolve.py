@@ -227,3 +227,20 @@ def test_a_prompt_setting_refused_at_build_says_where_it_was_set(recipe_file, tm
     err = capsys.readouterr().err
     assert "model.prompt.chat_template: file not found: templ.jinja" in err
     assert err.rstrip().endswith("(set by the override 'model.prompt.chat_template=templ.jinja')")
+
+
+def test_the_data_s_text_side_reads_the_tokenizer_the_model_is_built_with(tiny_llm_dir, tmp_path):
+    """model.llm.tokenizer (or an adapter folder's own tokenizer) is the one the model is built with; the data's
+    text side, which renders the training rows' prompts, had read model.llm.path's instead, so the rows came from
+    another chat template than the model decodes with."""
+    from llmasr.models.builder import build_model
+    from llmasr.testing.tiny_llm import CHATML_TEMPLATE, write_tiny_llm_dir
+
+    other = write_tiny_llm_dir(tmp_path / "tok", chat_template=CHATML_TEMPLATE.replace("'\\n'", "'\\n\\n'"))
+    corpus = write_tiny_corpus(tmp_path / "corpus", n=2)
+    d = tiny_recipe_dict(tiny_llm_dir, train=[corpus], output_dir=tmp_path / "run")
+    d["model"]["llm"]["tokenizer"] = str(other)
+    recipe = load_recipe(data=d)
+    side, model = text_side(recipe.model), build_model(recipe.model)
+    assert side.prompt.rendered("seven") == model.prompt.rendered("seven")
+    assert "\n\n" in side.prompt.rendered("seven")  # the template of model.llm.tokenizer's folder
