@@ -36,6 +36,25 @@ def tiny_llm_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def word_level_llm_dir(tmp_path_factory):
+    """A 2-layer Llama whose WordLevel tokenizer has the tiny corpus's digit words (any other word is "<unk>")."""
+    from llmasr.testing.tiny_corpus import WORDS
+    from llmasr.testing.tiny_llm import train_word_level_tokenizer, write_unk_llm_dir
+
+    return write_unk_llm_dir(tmp_path_factory.mktemp("tiny_word_level"), train_word_level_tokenizer([" ".join(WORDS)]))
+
+
+@pytest.fixture(scope="session")
+def unigram_llm_dir(tmp_path_factory):
+    """A 2-layer Llama whose SentencePiece-style Unigram tokenizer (no byte fallback) has the characters of the tiny
+    corpus's words and of llmasr.testing.tiny_llm.DEFAULT_CORPUS (any other character is "<unk>")."""
+    from llmasr.testing.tiny_corpus import WORDS
+    from llmasr.testing.tiny_llm import train_unigram_tokenizer, write_unk_llm_dir
+
+    return write_unk_llm_dir(tmp_path_factory.mktemp("tiny_unigram"), train_unigram_tokenizer([" ".join(WORDS)]))
+
+
+@pytest.fixture(scope="session")
 def tiny_llm_no_template_dir(tmp_path_factory):
     from llmasr.testing.tiny_llm import write_tiny_llm_dir
 

@@ -2,7 +2,8 @@
 manifests, preview batches, and with a VAD list the transcripts their audio does not bear out.
 
 With a recipe whose CTC head spells a vocabulary file, transcripts it cannot spell are bad lines, as training's
-start-up screen finds them (an LLM's own vocabulary spells any text and needs the LLM's files: not checked here)."""
+start-up screen finds them. With the LLM (--llm DIR, or a recipe's model.llm.path), the transcripts its tokenizer
+cannot write (its unk token) are named, as training's start-up warns of them."""
 
 from __future__ import annotations
 
@@ -42,6 +43,11 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     p.add_argument("--recipe", help="recipe YAML: its data: section gives batching, filters and max_bad_fraction")
     p.add_argument("--valid", action="store_true", help="with --recipe and no manifests: check data.valid")
+    p.add_argument(
+        "--llm", metavar="DIR",
+        help="an LLM directory (default: the recipe's model.llm.path): name the transcripts its tokenizer cannot "
+        "write (spells as its unk token)",
+    )  # fmt: skip
     p.add_argument("--world-size", type=at_least_one, default=1)
     budget = p.add_mutually_exclusive_group()  # the batch budget is one or the other
     budget.add_argument("--max-seconds", type=float)
@@ -129,6 +135,32 @@ def hear(args: argparse.Namespace, manifests: list[str], sample_rate: int):
     return hear_speech(manifests, segments, sample_rate, vad=args.vad, workers=max(args.workers, 0))
 
 
+def llm_unk(args: argparse.Namespace, recipe: Recipe | None):
+    """What the LLM's tokenizer spells unk (llmasr.data.llm_unk.LLMUnk; a recipe's asks the text its labels spell,
+    through its prompt builder), a line saying why it is not asked, or None without an LLM to ask."""
+    from llmasr.data.llm_unk import LLMUnk, unk_of_prompt, unk_reach
+    from llmasr.models.llm import check_llm_dir, load_tokenizer
+    from llmasr.models.prompt import PromptError
+
+    if args.decode or (args.llm is None and recipe is None):
+        return None
+    where = args.llm if args.llm is not None else recipe.model.llm.path
+    try:
+        if args.llm is not None:
+            tokenizer = load_tokenizer(check_llm_dir(args.llm, key="--llm"))
+            found = LLMUnk.of(tokenizer, source=f"the tokenizer of {args.llm}")
+        else:
+            from llmasr.train.resolve import text_side
+
+            tokenizer = (side := text_side(recipe.model)).tokenizer
+            found = unk_of_prompt(side.prompt)
+    except (ConfigError, PromptError, OSError) as err:
+        if args.llm is not None:
+            raise
+        return f"not asked: the LLM {where} cannot be read here ({err})"
+    return found or f"{where}: its tokenizer spells any text ({unk_reach(tokenizer)[1]}): no transcript is unk"
+
+
 def budget_rows(recipe: Recipe | None, data_cfg: DataConfig):
     """The recipe's count of each line's LLM positions when data.batching.max_llm_tokens is set (its LLM's tokenizer
     and the encoder and adaptor on the meta device are read for it), else None."""
@@ -162,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     report = check_data(
         specs, data_cfg, frontend, world_size=args.world_size, probe=not args.no_probe, threads=args.threads,
         need_target=not args.decode, ctc_labels=None if args.decode else ctc_rule(recipe), train=not args.valid,
-        llm_rows=budget_rows(recipe, data_cfg),
+        llm_rows=budget_rows(recipe, data_cfg), llm_unk=llm_unk(args, recipe),
     )  # fmt: skip
     if args.vad:
         report.speech = hear(args, report.manifests, frontend.sample_rate)

@@ -26,6 +26,7 @@ from llmasr.data.bad_data import as_record_dict, reason_category
 from llmasr.data.config import DataConfig, ManifestSpec
 from llmasr.data.features import FeatureExtractor
 from llmasr.data.frontend import FrontendConfig
+from llmasr.data.llm_unk import gather_unk
 from llmasr.data.loader import evenly_spaced, longest_kept, make_sampler
 from llmasr.data.manifest import BadRecord, Manifest
 from llmasr.data.mixed_manifest import MixedManifest
@@ -70,6 +71,9 @@ class DataReport:
     # what the CTC vocabulary spells <unk> (a character or word of the transcripts) -> [lines, first manifest:line]
     ctc_unknown: dict[str, list] = field(default_factory=dict)
     tags: dict[str, list] = field(default_factory=dict)  # special-token tags in transcripts -> [lines, first one]
+    # the transcripts the LLM's tokenizer spells unk (llmasr.data.llm_unk.gather_unk, places as manifest:line)
+    llm_unk: dict = field(default_factory=dict)
+    llm_unk_text: str = ""  # what the report says of them, or why they were not asked
     # (sample rate, channels, averaged: read without a `channel`) -> [lines, the first one's manifest:line]
     audio_formats: dict[tuple[int, int, bool], list] = field(default_factory=dict)
     sample_rate: int = 16000  # the encoder frontend's: what loading resamples to
@@ -94,12 +98,13 @@ class DataReport:
         return not self.errors and self.bad_fraction <= self.max_bad_fraction
 
 
-def _parse_line(m, i: int, spell=None, unread: dict | None = None, unknown: tuple | None = None, tags=None):
+def _parse_line(m, i: int, spell=None, unread: dict | None = None, unknown: tuple | None = None, tags=None,
+                llm_unk: tuple | None = None):  # fmt: skip
     """(utterance, target_len, None) or (None, 0, bad record) for line i of manifest m (no audio access); `spell`:
     the CTC vocabulary's spelling check (llmasr.data.screen.spelling_check); `unread`: gathers the fields the line's
     parser leaves unread (field -> [lines, the first one's manifest:line]); `unknown`: (the CTC rule's `unknown`,
     where it gathers what the vocabulary spells <unk>, alike); `tags`: the special-token tags of the transcripts,
-    alike."""
+    alike; `llm_unk`: (an llmasr.data.llm_unk.LLMUnk, where gather_unk gathers the transcripts it finds unk in)."""
     try:
         rec, utt = m.parsed(i)
     except BadRecord as rec:
@@ -118,6 +123,8 @@ def _parse_line(m, i: int, spell=None, unread: dict | None = None, unknown: tupl
         return None, 0, {**where, "reason": why}
     if tags is not None:
         gather_tags(tags, utt.target, f"{m.path}:{m.lineno(i)}")
+    if llm_unk is not None:
+        gather_unk(llm_unk[1], llm_unk[0].unknown(utt.target), f"{m.path}:{m.lineno(i)}")
     if unknown is not None:
         for part in dict.fromkeys(unknown[0](utt.target)):
             unknown[1].setdefault(part, [0, f"{m.path}:{m.lineno(i)}"])[0] += 1
@@ -189,12 +196,14 @@ def check_data(
     ctc_labels=None,
     train: bool = True,
     llm_rows=None,
+    llm_unk=None,
 ) -> DataReport:
     """`manifest_paths`: paths or ManifestSpecs (training mixes those by their weights). `ctc_labels`: a CTC head's
     rule (transcript -> ids, or why there are none; llmasr.data.dataset.ctc_label_ids) whose refusals are bad lines,
     as training's start-up screen finds them. `train`: False previews validation's batches (its subset, no
     augmentation, no drop_last). `llm_rows`: a recipe's count of each line's LLM positions (build_dataloader's), so
-    that the preview applies data.batching.max_llm_tokens; without it that budget is left out."""
+    that the preview applies data.batching.max_llm_tokens; without it that budget is left out. `llm_unk`: what the
+    LLM's tokenizer spells unk (llmasr.data.llm_unk.LLMUnk), or a str saying why that is not asked."""
     paths = [p.path if isinstance(p, ManifestSpec) else str(p) for p in manifest_paths]
     weights = [p.weight if isinstance(p, ManifestSpec) else 1.0 for p in manifest_paths]
     opened: list[tuple[Manifest, float]] = []
@@ -227,6 +236,7 @@ def check_data(
     spell = spelling_check(ctc_labels) if ctc_labels is not None else None
     ask = getattr(ctc_labels, "unknown", None)
     unknown = (ask, report.ctc_unknown) if ask is not None else None
+    asks_unk = (llm_unk, report.llm_unk) if llm_unk is not None and not isinstance(llm_unk, str) else None
     cap = longest_kept(data_cfg.batching, frontend) if data_cfg.batching.truncate_to_max and need_target else None
     with ThreadPoolExecutor(max(1, threads)) as pool:  # header probes are I/O bound
         for path, m in spots:
@@ -237,7 +247,7 @@ def check_data(
             dur_of, tl_of, text_of = np.full(n, math.nan), np.zeros(n, dtype=np.int64), np.zeros(n, dtype=np.int64)
             for lo in range(0, n, CHUNK_LINES):  # a chunk's lines at a time: memory does not grow with the manifest
                 parsed = [
-                    _parse_line(m, i, spell, report.unread_fields, unknown, report.tags)
+                    _parse_line(m, i, spell, report.unread_fields, unknown, report.tags, asks_unk)
                     for i in range(lo, min(n, lo + CHUNK_LINES))
                 ]  # here: not across threads
                 good = [utt for utt, _, _ in parsed if utt is not None]
@@ -267,6 +277,12 @@ def check_data(
             texts.append(text_of)
             starts.append(starts[-1] + n)
     report.durations = np.concatenate(durations) if durations else np.zeros(0)
+    if isinstance(llm_unk, str) or not report.llm_unk:
+        report.llm_unk_text = llm_unk if isinstance(llm_unk, str) else ""
+    else:
+        found = report.llm_unk
+        parts = [(p, n) for p, (n, _) in found["parts"].items()]
+        report.llm_unk_text = llm_unk.text(found["lines"], report.num_lines, found["first"], parts)
     report.bad_by_reason = dict(Counter(reason_category(str(b["reason"])) for b in report.bad).most_common())
     b = data_cfg.batching
     report.budget = (

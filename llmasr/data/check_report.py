@@ -156,6 +156,9 @@ def format_report(report: DataReport, *, max_examples: int = 50) -> str:
     if report.ctc_unknown:
         found = [(part, n, first) for part, (n, first) in report.ctc_unknown.items()]
         lines += ["", "## spelled <unk> by the CTC vocabulary", ctc_unknown_text(found)]
+    if report.llm_unk_text:
+        head = "transcripts the LLM's tokenizer cannot write" if report.llm_unk else "the LLM's tokenizer"
+        lines += ["", f"## {head}", report.llm_unk_text]
     if report.tags:
         found = [(tag, n, first) for tag, (n, first) in report.tags.items()]
         lines += ["", "## special-token tags in transcripts", tags_text(found)]

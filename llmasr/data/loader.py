@@ -30,6 +30,7 @@ from llmasr.data.dataset import CTCRule, SpeechDataset
 from llmasr.data.device_features import resolve_features_on
 from llmasr.data.frontend import FrontendConfig
 from llmasr.data.hotwords import HotwordSampler
+from llmasr.data.llm_unk import unk_of_prompt
 from llmasr.data.noise_list import read_noise_list
 from llmasr.data.sampler import DynamicBucketSampler
 from llmasr.data.screen import describe_skipped, start_tracker
@@ -303,7 +304,8 @@ def build_dataloader(
     tracker, static = start_tracker(manifest, data_cfg, name=name, indices=indices, rank=rank, world_size=world_size,
                                     ctc_labels=CTCRule(ctc_tokenizer) if ctc_tokenizer is not None else None,
                                     epoch_items=epoch_indices(epoch) if epoch_indices else None,
-                                    target_lens=tl, share=share, text_lens=texts)  # fmt: skip
+                                    target_lens=tl, share=share, text_lens=texts,
+                                    llm_unk=unk_of_prompt(prompt_builder))  # fmt: skip
     durations = np.asarray(manifest.durations(), dtype=np.float64)
     skip = np.asarray([b.index for b in static], dtype=np.int64)
     llm_lens = None if rows is None else rows.rows(manifest, durations, texts[0])

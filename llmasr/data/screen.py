@@ -26,6 +26,7 @@ from llmasr.data.audio import missing_audio
 from llmasr.data.augment import cost_text
 from llmasr.data.bad_data import BadDataTracker, BadItem, TooMuchBadData
 from llmasr.data.item_costs import as_held
+from llmasr.data.llm_unk import LLMUnk, gather_unk, merge_unk
 from llmasr.data.manifest import BadRecord, Manifest
 from llmasr.data.record_fields import near_field, unread_fields, unread_text
 from llmasr.data.records import missing_hint
@@ -54,7 +55,7 @@ def target_length(utt) -> int:
 def screen(
     manifest, ctc_labels: Callable[[str], object] | None = None, target_lens: np.ndarray | None = None,
     share: ScreenShare | None = None, text_lens: tuple[np.ndarray, Callable] | None = None, unread: dict | None = None,
-    unknown: dict | None = None, tags: dict | None = None,
+    unknown: dict | None = None, tags: dict | None = None, llm_unk: tuple[LLMUnk, dict] | None = None,
 ) -> tuple[list[BadItem], float]:  # fmt: skip
     """Every line found unusable without loading audio (see the module docstring), sorted by index, and the seconds
     the screen took. `ctc_labels`: the dataset's CTC rule (a transcript -> ids, or why there are none). Fills
@@ -65,18 +66,20 @@ def screen(
     (llmasr.data.screen_share). `unread`, when given, gathers the fields no parser reads (llmasr.data.records
     .unread_fields): field -> [lines holding it, the first one's index]; `unknown`, alike, what the CTC vocabulary
     spells <unk> (the rule's `unknown`, llmasr.data.dataset.CTCRule); `tags`, alike, the special-token tags the
-    transcripts hold (llmasr.data.transcript_tags)."""
+    transcripts hold (llmasr.data.transcript_tags); `llm_unk`: (what the LLM's tokenizer spells unk, the dict where
+    the transcripts holding it are gathered: llmasr.data.llm_unk.gather_unk)."""
     t0 = time.perf_counter()
     n = len(manifest)
     shares = None
+    ask_unk = llm_unk[0] if llm_unk is not None else None
     if share is not None:
         mine = share.indices(n)
-        shares = share.exchange(lambda: _screen_part(manifest, mine, ctc_labels, target_lens, text_lens))
+        shares = share.exchange(lambda: _screen_part(manifest, mine, ctc_labels, target_lens, text_lens, ask_unk))
     if shares is None:
         if share is not None and share.part == 0:
             log.warning("%s: the ranks of this node are not LOCAL_RANK 0..%d once each (hosts of one name?): every "
                         "rank screens every line", manifest.path, share.parts - 1)  # fmt: skip
-        screened = [_screen_part(manifest, np.arange(n, dtype=np.int64), ctc_labels, target_lens, text_lens)]
+        screened = [_screen_part(manifest, np.arange(n, dtype=np.int64), ctc_labels, target_lens, text_lens, ask_unk)]
         bad = screened[0]["bad"]
     else:
         screened = shares
@@ -94,6 +97,8 @@ def screen(
             for name, (lines, first) in part[key].items():
                 seen = gathered.setdefault(name, [0, first])
                 seen[0], seen[1] = seen[0] + lines, min(seen[1], first)
+    for part in screened if llm_unk is not None else ():
+        merge_unk(llm_unk[1], part["llm_unk"])
     took = time.perf_counter() - t0
     if shares is not None and share.part == 0 and share.parts > 1:
         log.info("%s: %d lines screened in %.1f s, shared by the %d ranks of this node", manifest.path, n, took,
@@ -101,14 +106,16 @@ def screen(
     return bad, took
 
 
-def _screen_part(manifest, lines: np.ndarray, ctc_labels, target_lens, text_lens=None) -> dict:
+def _screen_part(manifest, lines: np.ndarray, ctc_labels, target_lens, text_lens=None, ask_unk=None) -> dict:
     """screen() of dataset indices `lines` (ascending): {"bad": BadItems, "probed": (indices, seconds) of the
     durations read from headers, "unread": the fields no parser reads (field -> [lines, first index]),
-    "target_lens" and "text_lens": of `lines`}."""
+    "llm_unk": the transcripts `ask_unk` finds unk in (llmasr.data.llm_unk.gather_unk), "target_lens" and
+    "text_lens": of `lines`}."""
     bad: list[BadItem] = []
     unread: dict[str, list[int]] = {}
     spelled_unk: dict[str, list[int]] = {}  # what the CTC vocabulary spells <unk> -> [lines, first index]
     tags: dict[str, list[int]] = {}  # special-token tags in transcripts -> [lines, first index]
+    llm_unk: dict = {}
     spell = spelling_check(ctc_labels) if ctc_labels is not None else None
     ask = getattr(ctc_labels, "unknown", None)
     for i in lines.tolist():
@@ -132,6 +139,8 @@ def _screen_part(manifest, lines: np.ndarray, ctc_labels, target_lens, text_lens
                 spelled_unk.setdefault(part, [0, i])[0] += 1
         if why:
             bad.append(BadItem(manifest=str(utt.manifest), line=int(utt.line), key=utt.key, reason=why, index=i))
+        elif ask_unk is not None and isinstance(utt.target, str) and utt.target.strip():
+            gather_unk(llm_unk, ask_unk.unknown(utt.target), i)
     found = {b.index for b in bad}
     unknown = np.isnan(np.asarray(manifest.durations(), dtype=np.float64))
     probe = np.zeros_like(unknown)
@@ -147,7 +156,8 @@ def _screen_part(manifest, lines: np.ndarray, ctc_labels, target_lens, text_lens
                 bad.append(BadItem.from_record(rec, i))
     probed = np.flatnonzero(probe)
     seconds = np.asarray(manifest.durations(), dtype=np.float32)[probed]
-    return {"bad": bad, "unread": unread, "unknown": spelled_unk, "tags": tags, "probed": (probed, seconds),
+    return {"bad": bad, "unread": unread, "unknown": spelled_unk, "tags": tags, "llm_unk": llm_unk,
+            "probed": (probed, seconds),
             "target_lens": None if target_lens is None else target_lens[lines],
             "text_lens": None if text_lens is None else text_lens[0][lines]}  # fmt: skip
 
@@ -198,23 +208,28 @@ PROBES_WORTH_A_NOTE = 10_000  # header probes at start-up that cost seconds a ra
 
 
 def start_tracker(manifest, data_cfg, *, name: str, indices, rank: int, world_size: int, ctc_labels=None,
-                  epoch_items=None, target_lens=None, share: ScreenShare | None = None, text_lens=None):  # fmt: skip
+                  epoch_items=None, target_lens=None, share: ScreenShare | None = None, text_lens=None,
+                  llm_unk: LLMUnk | None = None):  # fmt: skip
     """Screen `manifest` and refuse at start when its known-bad lines pass data.max_bad_fraction; returns (this
     rank's BadDataTracker, every line known bad). `indices`: a validation subset, which counts only its own;
     `ctc_labels`: the dataset's CTC rule, when the model has a CTC head; `epoch_items`: a weighted mix's visits of
     the first epoch, which the start-up check counts per visit, as training does; `target_lens`, `share`,
-    `text_lens`: screen's."""
+    `text_lens`: screen's; `llm_unk`: what the LLM's tokenizer spells unk (None: it spells any text)."""
     unknown = int(np.isnan(np.asarray(manifest.durations(), dtype=np.float64)).sum())
     unread: dict[str, list[int]] = {}
     spelled_unk: dict[str, list[int]] = {}
     tags: dict[str, list[int]] = {}
-    static, took = screen(manifest, ctc_labels, target_lens, share, text_lens, unread, spelled_unk, tags)
+    unk_found: dict = {}
+    static, took = screen(manifest, ctc_labels, target_lens, share, text_lens, unread, spelled_unk, tags,
+                          (llm_unk, unk_found) if llm_unk is not None else None)  # fmt: skip
     if unread and rank == 0:
         _say_unread(manifest, unread, name)
     if tags and rank == 0:
         log.warning(
             "%s: %s", name, tags_text([(t, n, "{}:{}".format(*where(manifest, i))) for t, (n, i) in tags.items()])
         )
+    if unk_found and rank == 0:
+        log.warning("%s: %s", name, unk_warning(llm_unk, unk_found, len(manifest), manifest))
     if spelled_unk and rank == 0:
         found = [(part, n, "{}:{}".format(*where(manifest, first))) for part, (n, first) in spelled_unk.items()]
         log.warning("%s: %s", name, ctc_unknown_text(found))
@@ -241,6 +256,12 @@ def start_tracker(manifest, data_cfg, *, name: str, indices, rank: int, world_si
     # Each rank sees about 1/world_size of the items, so it counts that share of the lines known bad.
     tracker.add_static([b for b in counted if b.index % world_size == rank], quiet=True)
     return tracker, static
+
+
+def unk_warning(llm_unk: LLMUnk, found: dict, total: int, manifest) -> str:
+    """llm_unk's warning of gather_unk's findings in `manifest` (places named manifest:line)."""
+    first = ["{}:{}".format(*where(manifest, i)) for i in found["first"]]
+    return llm_unk.text(found["lines"], total, first, [(p, n) for p, (n, _) in found["parts"].items()])
 
 
 def ctc_unknown_text(found: list[tuple[str, int, str]]) -> str:

@@ -55,6 +55,49 @@ def train_bpe_tokenizer(texts: list[str], vocab_size: int = 300, *, chat_templat
     return hf
 
 
+def _wrapped(tok, chat_template: str | None, **specials):
+    """`tok` (a tokenizers.Tokenizer) as a transformers fast tokenizer with the ChatML specials and template."""
+    from transformers import PreTrainedTokenizerFast
+
+    hf = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        additional_special_tokens=["<|im_start|>"],
+        **specials,
+    )
+    if chat_template is not None:
+        hf.chat_template = chat_template
+    return hf
+
+
+def train_word_level_tokenizer(texts: list[str], *, chat_template: str | None = CHATML_TEMPLATE):
+    """A WordLevel tokenizer (one token a word, split at whitespace and punctuation) of the words of `texts` and the
+    words of the prompt: any other word is its unk token, "<unk>"."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
+    prompt = "transcribe the audio . you are a helpful assistant user system \n"
+    words = dict.fromkeys(w for t in [*texts, prompt] for w in pre_tokenizers.Whitespace().pre_tokenize_str(t))
+    vocab = {w: i for i, w in enumerate(dict.fromkeys(["<unk>", *CHATML_SPECIALS, *(w for w, _ in words), "\n"]))}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.decoder = decoders.WordPiece(prefix="##")  # joins the words with spaces
+    return _wrapped(tok, chat_template, unk_token="<unk>")
+
+
+def train_unigram_tokenizer(texts: list[str], vocab_size: int = 120, *, chat_template: str | None = CHATML_TEMPLATE):
+    """A SentencePiece-style tokenizer (Unigram model, NFKC, Metaspace, no byte fallback) trained on `texts`: a
+    character the texts never hold is its unk token, "<unk>"."""
+    from tokenizers import SentencePieceUnigramTokenizer
+
+    sp = SentencePieceUnigramTokenizer()
+    sp.train_from_iterator(
+        [*texts, *DEFAULT_CORPUS], vocab_size=vocab_size, special_tokens=["<unk>", *CHATML_SPECIALS],
+        unk_token="<unk>", show_progress=False,
+    )  # fmt: skip
+    return _wrapped(sp._tokenizer, chat_template, unk_token="<unk>")
+
+
 def write_tiny_llm_dir(
     path: str | Path,
     *,
@@ -105,3 +148,11 @@ def write_tiny_llm_dir(
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
+
+
+def write_unk_llm_dir(path: str | Path, tokenizer, **kw) -> Path:
+    """A tiny LLM directory around a tokenizer that has an unk token (train_word_level_tokenizer's,
+    train_unigram_tokenizer's), as a Llama: transformers 5 loads a qwen2 directory's tokenizer with its own Qwen2
+    class, which rebuilds a byte-level BPE from the vocabulary, where a llama directory's tokenizer.json is read as
+    written."""
+    return write_tiny_llm_dir(path, tokenizer=tokenizer, arch="llama", **kw)
