@@ -160,15 +160,18 @@ def screen_and_decode(path: Path, name: str, want_lines: int, names: list[str], 
     from llmasr.data.loader import build_decode_loader
 
     try:  # training's loader over one epoch: the start-up screen, then every batch loaded
-        loader, sampler = build(
-            cfg(max_bad_fraction=1.0, batching={"max_seconds": 100.0}), [str(path)], train=True, ctc_tokenizer=None
-        )
+        data_cfg = cfg(max_bad_fraction=1.0, batching={"max_seconds": 100.0})
+        loader, sampler = build(data_cfg, [str(path)], train=True, ctc_tokenizer=None)
         rows = sum(b.size for b in loader)
         bad = loader.bad_data
         filtered = sum(
             int(v) for k, v in sampler.stats(0)["filtered"].items() if k not in ("bad_line", "unknown_duration")
         )
         text = "\n".join(f"{e.get('manifest')}:{e.get('line')} {e.get('reason')}" for e in bad.examples)
+        if filtered:  # batching's filters skip these from the start, named in the warning train.log starts with
+            from llmasr.data.screen import describe_skipped
+
+            text += "\n" + (describe_skipped(sampler, loader.dataset.manifest, data_cfg.batching, "train") or "")
         nm = names if not name.startswith(("duration 0", "source_len 0")) else []
         record("manifest", name, "train loader (epoch)", "ok", text, names=nm,
                accounted=rows + bad.bad + filtered == want_lines, expect=expect)  # fmt: skip

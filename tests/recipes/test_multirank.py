@@ -68,7 +68,7 @@ def test_two_ranks_zero2_resumes(tiny_recipe_file, tmp_path):
     # Both ranks' optimizer shards carry checksums; a cut-short one stops every rank before DeepSpeed loads.
     tag = run / "checkpoints" / ck.tag_for(2)
     shards = [f"zero_pp_rank_{r}_mp_rank_00_optim_states.pt" for r in (0, 1)]
-    assert sorted(ck.read_meta(tag).files) == ["mp_rank_00_model_states.pt", *shards]
+    assert sorted(ck.read_meta(tag).files) == ["batch_plan.npz", "mp_rank_00_model_states.pt", *shards]
     bad = tmp_path / "bad"
     shutil.copytree(run, bad)
     shard = bad / "checkpoints" / ck.tag_for(2) / shards[1]

@@ -23,8 +23,9 @@ def corpus_with(tmp_path, extra: list[dict]) -> str:
 
 
 def test_items_found_bad_while_loading_stop_the_run_at_epoch_end(tiny_llm_dir, tmp_path):
-    """A corrupt file (its duration given, so no header probe finds it) and a 10 ms clip, 2 of 22 items, fewer than
-    the 1,000 the in-epoch check waits for. With grad_accum 1 the epoch's batches divide into whole windows, so
+    """A corrupt file (its duration given, so no header probe finds it) and a 10 ms clip the manifest says is 1 s
+    long (batching would skip a clip known that short from the start), 2 of 22 items, fewer than the 1,000 the
+    in-epoch check waits for. With grad_accum 1 the epoch's batches divide into whole windows, so
     the training loop stops iterating right after the last batch: the epoch-end check must still run."""
     corpus = tmp_path / "corpus"
     corpus.mkdir()
@@ -35,7 +36,7 @@ def test_items_found_bad_while_loading_stop_the_run_at_epoch_end(tiny_llm_dir, t
         tmp_path,
         [
             {"key": "corrupt", "source": "corrupt.wav", "target": "one", "duration": 0.5},
-            {"key": "vad", "source": "vad.wav", "target": "two"},
+            {"key": "vad", "source": "vad.wav", "target": "two", "duration": 1.0},
             {"key": "long", "source": "long.wav", "target": "three", "duration": 7.0},  # over max_duration
         ],
     )
@@ -44,7 +45,7 @@ def test_items_found_bad_while_loading_stop_the_run_at_epoch_end(tiny_llm_dir, t
     data["data"]["batching"]["max_duration"] = 5.0
     with pytest.raises(TooMuchBadData, match=r"2 of 22 items \(9.09%\) are unusable.* at epoch end") as err:
         train(load_recipe(data=data), "zero0")
-    assert f"{manifest}:22 key=vad: audio too short for one feature frame (160 samples" in str(err.value)
+    assert f"{manifest}:22 key=vad: manifest duration 1.000 s, but its audio holds 0.010 s" in str(err.value)
     assert f"{manifest}:21 key=corrupt: audio: unreadable or corrupt audio (" in str(err.value)
     log = (run / "train.log").read_text()
     first_update = log.index(" train update=")  # updates ran: the check came at the epoch's end
@@ -70,9 +71,10 @@ def test_manifest_faults_refuse_the_run_before_it_starts(tiny_llm_dir, tmp_path,
     assert "train: 1 of 21 manifest lines are unusable before loading" in (run / "train.log").read_text()
 
 
-def test_a_clip_too_short_for_a_conformers_subsampling_is_a_bad_item(tiny_llm_dir, tmp_path):
-    """A Conformer's conv2d subsampling takes 7 frames at least (0.42 s at LFR 7/6). A 0.3 s clip batched with longer
-    ones gave the adaptor an empty utterance and stopped training mid-run; it is a bad item, counted and named."""
+def test_a_clip_too_short_for_a_conformers_subsampling_is_skipped_from_the_start_and_named(tiny_llm_dir, tmp_path):
+    """A Conformer's conv2d subsampling takes 7 LFR frames at least (0.385 s at LFR 7/6). A 0.3 s clip batched with
+    longer ones gave the adaptor an empty utterance and stopped training mid-run; it was then a bad item found as it
+    loaded, each epoch. Batching now skips it from the start as too short, named in train.log's start-up warning."""
     from llmasr.testing.tiny_whisper import tiny_conformer_conf
 
     corpus = tmp_path / "corpus"
@@ -86,5 +88,6 @@ def test_a_clip_too_short_for_a_conformers_subsampling_is_a_bad_item(tiny_llm_di
     result = train(load_recipe(data=data), "zero0")
     assert len(result["history"]) > 0
     log = (run / "train.log").read_text()
-    why = "audio too short for the encoder (5 feature frames = 0.300 s; its subsampling needs at least 7)"
-    assert f"(key clip): {why}" in log
+    skipped = log.index("shorter than 0.385 s, the least audio the encoder takes (its frontend and subsampling; ")
+    assert skipped < log.index(" train update=") and f"{manifest}:" in log[skipped : log.index("\n", skipped) + 200]
+    assert "audio too short for the encoder" not in log  # not loaded to be found bad
