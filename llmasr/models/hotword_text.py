@@ -16,64 +16,72 @@ the match, earning what the end token earns, and then earns what it would at the
 a phrase's first character, or ending in some of its bytes, earn anything (text_gains; tests/models/test_hotword_text.py
 checks every token).
 
-A phrase with Latin letters or digits at an edge ("iPhone手机", "小米14") keeps the token match's word rules on bytes:
-it begins only where no word is under way and is complete only where its word ends, a word's letters and digits
-being ASCII's here. A phrase of a spaced script that shares text with such a phrase ("iPhone" beside "iPhone手机")
-is matched on bytes with it where both can be found sharing it (byte_phrases), so that no text is paid twice; one
-with another spaced script's letter at an edge ("Café" beside "Café咖啡") keeps those it shares text with on token
-ids instead.
+A phrase with letters or digits of a script written with spaces at an edge ("iPhone手机", "小米14", "Москва大学")
+keeps the token match's word rules on bytes: it begins only where no word is under way and is complete only where its
+word ends, a word's characters being Unicode's letters, marks and digits (is_word_char). Those rules are read per
+whole character: a character's first bytes cannot tell a letter from punctuation ("，" is EF BC 8C, "Ａ" EF BC A1), so
+the character a text has begun and not finished (a byte token's) is stepped as no word character until it is whole,
+and stepped again, from the place before it, once it is (Place). A phrase of a spaced script that shares text with
+such a phrase ("iPhone" beside "iPhone手机") is matched on bytes with it where both can be found sharing it
+(byte_phrases), so that no text is paid twice.
 """
 
 from __future__ import annotations
 
+import functools
 import re
 import unicodedata
 import weakref
+from typing import NamedTuple
 
 import torch
 
-from llmasr.models.hotword_trie import Node, chain, transition
+from llmasr.models.hotword_trie import Node, chain, ends_word, transition
 from llmasr.scoring import is_no_space_char, uses_characters
 
 _BYTE_TOKEN = re.compile(r"<0x([0-9A-Fa-f]{2})>")  # SentencePiece's byte fallback
-# The bytes a word goes on with, on bytes: ASCII letters and digits (a byte of another script's letter cannot be told
-# from its punctuation's before the character is whole)
-WORD_BYTES = frozenset(b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
 
 
-def _ascii_word(ch: str) -> bool:
-    return ch.isascii() and ch.isalnum()
+def is_word_char(ch: str) -> bool:
+    """A character a word goes on with, for both matches' word rules: a letter, mark or digit (Unicode's L, M and N
+    categories, as a regular expression's \\w reads them) of a script written with spaces."""
+    return unicodedata.category(ch)[0] in "LMN" and not is_no_space_char(ch)
 
 
-def _byte_edge(ch: str) -> bool:
-    """A phrase's edge the byte match keeps the rules of: a character of a script written without spaces (none to
-    keep), an ASCII one (its word rules are kept on bytes) or no letter or digit (none to keep)."""
-    return is_no_space_char(ch) or ch.isascii() or not ch.isalnum()
+_is_word = functools.lru_cache(maxsize=1 << 14)(is_word_char)
+
+
+@functools.lru_cache(maxsize=4096)
+def _word_bytes(data: bytes) -> bool:
+    """Whether `data` is one whole character that is_word_char accepts (bytes that are none, or a character cut
+    short, are no word character)."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return len(text) == 1 and is_word_char(text)
 
 
 def is_text_phrase(text: str) -> bool:
     """A phrase matched on bytes: one that holds a character of a script written without spaces (the tokenizer's
-    merges reach across its characters) and whose edges the byte match keeps the rules of (_byte_edge), read composed
-    (NFC: a decomposed "é" ends in a combining mark, which is no letter). One with a letter or digit of another spaced
-    script at an edge ("Москва大学") stays on token ids, whose word rules read it."""
+    merges reach across its characters), read composed (NFC)."""
     text = unicodedata.normalize("NFC", text)
-    return bool(text) and uses_characters(text) and _byte_edge(text[0]) and _byte_edge(text[-1])
+    return bool(text) and uses_characters(text)
 
 
 def _apart(text: str, at: int) -> bool:
-    """Whether no match begins or ends at `at` inside `text`: both characters around it are ASCII letters or digits
-    (the word rules of both matches)."""
-    return 0 < at < len(text) and _ascii_word(text[at - 1]) and _ascii_word(text[at])
+    """Whether no match begins or ends at `at` inside `text`: both characters around it are word characters (the
+    word rules of both matches)."""
+    return 0 < at < len(text) and is_word_char(text[at - 1]) and is_word_char(text[at])
 
 
 def byte_phrases(texts) -> set[str]:
     """The phrases of a list (stripped) matched on bytes: those is_text_phrase accepts, and with them every other whose
     edges allow it that shares text with one of them, or with one that joins them, where the word rules let both be
-    found there: inside it, holding it, or overlapping its start or end ("iPhone" beside "iPhone手机", not "iPhone"
-    beside "iPhone15手机", nor "Pro" beside "o手机": neither begins or ends inside a word). On two matches both would
-    pay for the text they share. A phrase whose edge the byte match cannot keep the rules of ("Café", "Москва大学")
-    stays on token ids, and with it every phrase it shares text with ("Café咖啡", "大学"), and so on. Phrases are
-    compared composed (NFC), as both matches find them."""
+    found there: inside it, holding it, or overlapping its start or end ("iPhone" beside "iPhone手机", "Café" beside
+    "Café咖啡"; not "iPhone" beside "iPhone15手机", nor "Pro" beside "o手机": neither begins or ends inside a word). On
+    two matches both would pay for the text they share. Phrases are compared composed (NFC), as both matches find
+    them."""
     forms = {t: unicodedata.normalize("NFC", t) for t in texts if t}
     text = {form for form in forms.values() if is_text_phrase(form)}
     if len(text) in (0, len(set(forms.values()))):  # every phrase is a text phrase, or none is
@@ -86,7 +94,7 @@ def byte_phrases(texts) -> set[str]:
             starts.setdefault(form[:k], []).append(form)
     for form in shared.up:
         # another phrase inside this one, or this one's end overlapping another's start (and so, read from the other
-        # side, every start overlapping an end); found where no ASCII letter or digit goes on across either end
+        # side, every start overlapping an end); found where no word goes on across either end
         for i in range(len(form)):
             for n in lengths:
                 if i + n <= len(form) and form[i : i + n] in shared.up:
@@ -98,8 +106,7 @@ def byte_phrases(texts) -> set[str]:
                 if not _apart(both, k) and not _apart(both, len(form)):
                     shared.join(form, other)
     joined = {shared.find(form) for form in text}
-    kept_off = {shared.find(form) for form in shared.up if not (_byte_edge(form[0]) and _byte_edge(form[-1]))}
-    return {t for t, form in forms.items() if shared.find(form) in joined and shared.find(form) not in kept_off}
+    return {t for t, form in forms.items() if shared.find(form) in joined}
 
 
 class _Groups:
@@ -223,8 +230,8 @@ class TokenIndex:
     scripts written without spaces: most text phrases begin with one; `starting` finds the others); `partial[b]`, the
     ids whose bytes begin with byte `b` and are no whole text (part of a character at an edge); `first[ch]`, the ids
     whose text begins with the whole character `ch`; `trailing[bs]`, the ids whose bytes end in `bs`, the first bytes
-    of a character they do not finish; `joining`, per id, whether its bytes begin with a WORD_BYTES byte (it carries
-    a word on)."""
+    of a character they do not finish; `continuing`, the ids whose bytes begin inside a character (a continuation
+    byte); `joining`, per id, whether its bytes begin with a whole word character (it carries a word on)."""
 
     def __init__(self, spelled: list[bytes | None]):
         self.bytes = spelled
@@ -233,7 +240,8 @@ class TokenIndex:
         self.first: dict[str, list[int]] = {}
         self.trailing: dict[bytes, list[int]] = {}
         self.texts = [data.decode("utf-8", errors="replace") if data else "" for data in spelled]
-        self.joining = torch.tensor([bool(data) and data[0] in WORD_BYTES for data in spelled], dtype=torch.bool)
+        self.joining = torch.tensor([bool(data) and _joins(data) for data in spelled], dtype=torch.bool)
+        self.continuing = [i for i, data in enumerate(spelled) if data and data[0] & 0xC0 == 0x80]
         self._starting: dict[str, list[int]] = {}
         for i, data in enumerate(spelled):
             if not data:
@@ -252,15 +260,10 @@ class TokenIndex:
                 if is_no_space_char(ch):
                     self.holding.setdefault(ch, []).append(i)
 
-    def ends_word(self, token: int) -> bool:
-        """Whether token `token`'s bytes end in a WORD_BYTES byte (a joining token after it carries its word on)."""
-        data = self.bytes[token] if 0 <= token < len(self.bytes) else None
-        return bool(data) and data[-1] in WORD_BYTES
-
     def starting(self, ch: str) -> list[int]:
-        """The ids whose text holds `ch` where a phrase may begin with it: anywhere, but for an ASCII letter or digit
-        only at a word's start (the text's first character, or after one that is no ASCII letter or digit). Found
-        once per character outside `holding`."""
+        """The ids whose text holds `ch` where a phrase may begin with it: anywhere, but for a word character only at
+        a word's start (the text's first character, or after one that is no word character). Found once per
+        character outside `holding`."""
         if is_no_space_char(ch):
             return self.holding.get(ch, [])
         found = self._starting.get(ch)
@@ -269,10 +272,17 @@ class TokenIndex:
         return found
 
 
+def _joins(data: bytes) -> bool:
+    """Whether bytes `data` begin with a whole word character (a character they only begin is taken for none, as
+    step_token takes it until it is whole)."""
+    start, end, whole = next(_units(data))
+    return whole and _word_bytes(data[start:end])
+
+
 def _begins_in(text: str, ch: str) -> bool:
     k = text.find(ch)
     while k >= 0:
-        if k == 0 or not _ascii_word(ch) or not _ascii_word(text[k - 1]):
+        if k == 0 or not is_word_char(ch) or not is_word_char(text[k - 1]):
             return True
         k = text.find(ch, k + 1)
     return False
@@ -309,13 +319,53 @@ def _char_length(lead: int) -> int:
     return 1 if lead < 0x80 else 2 if lead < 0xE0 else 3 if lead < 0xF0 else 4
 
 
+def _units(data: bytes):
+    """(start, end, whole) of each character of UTF-8 bytes `data`: a first byte and the continuation bytes it asks
+    for. A character cut short by a byte that continues none, and a stray continuation byte, are characters of their
+    own (no word characters, and none a phrase holds); only the last may be unfinished (not whole: bytes to come may
+    finish it)."""
+    i, n = 0, len(data)
+    while i < n:
+        need = 1 if data[i] & 0xC0 == 0x80 else _char_length(data[i])
+        j = i + 1
+        while j < n and j - i < need and data[j] & 0xC0 == 0x80:
+            j += 1
+        yield i, j, j - i == need or j < n
+        i = j
+
+
+class _CharWords:
+    """The word rules of a byte trie (Node.words), read per whole character of its paths: a byte carries a word on,
+    or ends one, as its character does; a character a path has begun and not finished goes as the symbol after the
+    path says (`joining`: the text's character it is part of)."""
+
+    @staticmethod
+    def _lead(path: tuple[int, ...], i: int) -> int:
+        start = i
+        while start > 0 and i - start < 3 and path[start] & 0xC0 == 0x80:
+            start -= 1
+        return start
+
+    def carries(self, path: tuple[int, ...], i: int, joining: bool) -> bool:
+        start = self._lead(path, i)
+        end = start + _char_length(path[start])
+        return _word_bytes(bytes(path[start:end])) if end <= len(path) else joining
+
+    def ends(self, path: tuple[int, ...], i: int) -> bool:
+        start = self._lead(path, i)
+        return start + _char_length(path[start]) == i + 1 and _word_bytes(bytes(path[start : i + 1]))
+
+
+CHAR_WORDS = _CharWords()
+
+
 def text_trie(phrases) -> Node:
     """The byte trie of `phrases` (each stripped; those byte_phrases chose), each as given and composed (NFC: the
     form text is written in, and the one Qwen's tokenizers normalize to; a list copied from decomposed text, a macOS
     file name's, had never matched): a node is worth the characters its path holds (an ASCII one ASCII_WORTH), a
-    character's share spread over its bytes (_SHARES). The root's joining and ending symbols are WORD_BYTES: the
-    word rules of hotword_trie, kept on bytes."""
-    root = Node(joining=WORD_BYTES, ending=WORD_BYTES)
+    character's share spread over its bytes (_SHARES). The root reads the word rules of hotword_trie per whole
+    character (CHAR_WORDS)."""
+    root = Node(words=CHAR_WORDS)
     for phrase in phrases:
         text = str(phrase).strip()
         for form in dict.fromkeys((text, unicodedata.normalize("NFC", text))):
@@ -330,22 +380,99 @@ def _insert(root: Node, data: bytes) -> None:
         for byte, share in zip(spelled, _SHARES[len(spelled)]):
             node = node.children.setdefault(byte, Node(node.path + (byte,), node.weight + worth * share))
     if text:
-        node.complete, node.word_end = True, node.word_end or _ascii_word(text[-1])
+        node.complete, node.word_end = True, node.word_end or is_word_char(text[-1])
 
 
-def step_token(root: Node, node: Node, spelled: bytes | None, after_word: bool) -> tuple[int, Node]:
-    """(weight banked, the next node) of a token spelling `spelled` after a match at `node` (`after_word`: the text
-    before it ends in a WORD_BYTES byte): its bytes stepped one by one; a token that spells nothing (a special token)
-    ends the match. Not kept: what a byte does at a node is (transition); kept per node and token, every token a row
-    is computed for had stayed, up to the vocabulary times the trie over a long decode."""
+class Place(NamedTuple):
+    """Where a byte match stands after a text: `node`, the match at the text's last whole character; `unit`, the
+    bytes of a character the text has begun and not finished (b"": none), not stepped yet (its first bytes cannot
+    say whether it is a word character); `after`, at the root, whether the text's last whole character is a word
+    character (a phrase beginning with one cannot begin after it)."""
+
+    node: Node
+    unit: bytes = b""
+    after: bool = False
+
+
+def _place(root: Node, node: Node, unit: bytes, after: bool) -> Place:
+    return Place(node, unit, after and node is root)  # past the root the match's own path says it
+
+
+def reading(root: Node, place: Place) -> tuple[float, Node]:
+    """(weight banked, node) of the match at `place` as its text reads so far: an unfinished character's bytes
+    stepped as those of no word character, so that a character spelled in byte tokens pulls the search from its first
+    byte on. Stepped again from the place once the character is whole (step_token)."""
+    node, banked = place.node, 0
+    for byte in place.unit:
+        gained, node = transition(root, node, byte, False, place.after)
+        banked += gained
+    return banked, node
+
+
+def _settle(root: Node, node: Node, data: bytes, word: bool, after: bool) -> tuple[float, Node]:
+    """(weight banked, node) of one whole character's bytes `data` (or bytes that are none: a character cut short, a
+    stray byte) stepped from `node`, each carrying the word before it on as the character does (`word`). Bytes that
+    are no character no phrase holds: a match standing inside them ends there."""
+    banked = 0
+    for byte in data:
+        gained, node = transition(root, node, byte, word, after)
+        banked += gained
+    if node.path and not _ends_char(node.path):
+        gained, node = transition(root, node, -1, False, False)
+        banked += gained
+    return banked, node
+
+
+def step_token(root: Node, place: Place, spelled: bytes | None) -> tuple[float, Place]:
+    """(weight banked, the next place) of a token spelling `spelled` after a match at `place`: the bytes of each
+    character it finishes stepped one by one with that character's word rules (a character the place had begun among
+    them), a character it begins and does not finish kept unstepped in the place; a token that spells nothing (a
+    special token) ends the text, and the match. Not kept: what a byte does at a node is (transition); kept per place
+    and token, every token a row is computed for had stayed, up to the vocabulary times the trie over a long
+    decode."""
+    node, unit, after = place
     if not spelled:
-        return transition(root, node, -1, False, False)
-    banked, state = 0, node
-    for byte in spelled:
-        joining = byte in WORD_BYTES
-        gained, state = transition(root, state, byte, joining, after_word)
-        banked, after_word = banked + gained, joining
-    return banked, state
+        banked, node = _settle(root, node, unit, False, after) if unit else (0, node)
+        gained, node = transition(root, node, -1, False, False)
+        return banked + gained, Place(root)
+    banked = 0
+    for char, word, whole in _split(unit + spelled):
+        if whole is None:
+            return banked, _place(root, node, char, after)
+        if whole:  # a character: a match standing inside it goes on, or ended before it
+            for byte in char:
+                gained, node = transition(root, node, byte, word, after)
+                banked += gained
+        else:
+            gained, node = _settle(root, node, char, False, after)
+            banked += gained
+        after = word
+    return banked, _place(root, node, b"", after)
+
+
+@functools.lru_cache(maxsize=1 << 17)
+def _split(data: bytes) -> tuple[tuple[bytes, bool, bool | None], ...]:
+    """(bytes, a word character, whole) of each character of `data` (_units), kept per token's bytes: whole is True
+    for a character, False for bytes that are none, None for the last one when unfinished."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:  # part of a character, or bytes that are none
+        pass
+    else:
+        return tuple((ch.encode("utf-8"), _is_word(ch), True) for ch in text)
+    out = []
+    for start, end, whole in _units(data):
+        char = data[start:end]
+        one = whole and _word_bytes(char) or whole and _is_char(char)
+        out.append((char, whole and _word_bytes(char), True if one else False if whole else None))
+    return tuple(out)
+
+
+def _is_char(data: bytes) -> bool:
+    try:
+        return len(data.decode("utf-8")) == 1
+    except UnicodeDecodeError:
+        return False
 
 
 def _next_chars(node: Node) -> set[str]:
@@ -361,47 +488,58 @@ def _next_chars(node: Node) -> set[str]:
 
 
 def text_gains(
-    root: Node, node: Node, index: TokenIndex, after_word: bool
-) -> tuple[float, float, torch.Tensor, torch.Tensor]:
-    """What each next token earns after a match at `node` (`after_word`: the text ends in a WORD_BYTES byte), whatever
-    was banked before it, as (a shift, the shift of a joining token, ids, their gains): every token earns its shift
-    plus what it earns at the root after that text (`text_gains(root, root, ...)`: 0 but for the ids given there),
-    except the ids given, which earn their gains. Kept on the root.
+    root: Node, place: Place, index: TokenIndex
+) -> tuple[float, float, Place | None, torch.Tensor, torch.Tensor]:
+    """What each next token earns after a match at `place` (its worth: what `reading` reads), whatever was banked
+    before it, as (a shift, the shift of a joining token, a place at the root, ids, their gains): every token earns
+    its shift plus what it earns at that place (`text_gains(root, that place, ...)`; None: 0), except the ids given,
+    which earn their gains. Kept on the root.
 
     At the root the ids are the tokens holding a phrase's first character where a phrase may begin (TokenIndex.
-    starting), or ending in some of its first bytes: any other token leaves the root as it found it. Elsewhere a token
+    starting), or ending in some of its first bytes: any other token leaves the root as it found it. Past it a token
     whose first byte goes on with no place of the match but the root ends the match (banking what the end token
     banks, or a joining token, which carries a phrase's last word on: the second shift) and then steps from the root,
     as it would there; so only the tokens going on from a place past the root are stepped: those beginning with a
-    character a phrase goes on with there, or with a byte of one (a token that holds part of a character)."""
-    after_word = after_word and node is root  # past the root, the match's own last byte says it
-    key = ("text_gains", node, after_word)
+    character a phrase goes on with there, or with a byte of one (a token that holds part of a character). After an
+    unfinished character, a token going on with it is stepped; any other cuts it short, ending the match in it."""
+    key = ("text_gains", place)
     known = root.memo.get(key)
     if known is None:
+        known = root.memo[key] = _text_gains(root, place, index)
+    return known
+
+
+def _text_gains(root: Node, place: Place, index: TokenIndex):
+    node = place.node
+    read, at = reading(root, place)
+    if place.unit:
+        ended = joined = transition(root, at, -1, False, False)[0] - at.weight
+        base, ids = Place(root), set(index.continuing)
+    elif node is root:
+        ended = joined = 0
+        base, ids = None, set()
+        for ch in _next_chars(root):
+            ids.update(index.starting(ch))
+            spelled = ch.encode("utf-8")
+            for k in range(1, len(spelled)):
+                ids.update(index.trailing.get(spelled[:k], ()))
+    else:
         ended = transition(root, node, -1, False, False)[0] - node.weight
         joined = transition(root, node, -1, True, False)[0] - node.weight
-        ids = set()
-        if node is root:
-            for ch in _next_chars(root):
-                ids.update(index.starting(ch))
-                spelled = ch.encode("utf-8")
-                for k in range(1, len(spelled)):
-                    ids.update(index.trailing.get(spelled[:k], ()))
+        base, ids = Place(root, b"", ends_word(root, node.path, len(node.path) - 1)), set()
         for joining in (False, True):  # a joining token may break a word's match where another would not
             for _, state in chain(root, node, joining)[:-1]:  # the places past the root
                 ids.update(t for byte in state.children for t in index.partial.get(byte, ()))
                 if _ends_char(state.path):
                     for ch in _next_chars(state):
                         ids.update(index.first.get(ch, ()))
-        order = sorted(ids)
-        after = after_word if node is root else node.path[-1] in WORD_BYTES
-        gains = []
-        for t in order:
-            banked, reached = step_token(root, node, index.bytes[t], after)
-            gains.append(banked + reached.weight - node.weight)
-        known = (ended, joined, torch.tensor(order, dtype=torch.long), torch.tensor(gains, dtype=torch.float64))
-        root.memo[key] = known
-    return known
+    order = sorted(ids)
+    worth, gains = read + at.weight, []
+    for t in order:
+        banked, after = step_token(root, place, index.bytes[t])
+        gained, reached = reading(root, after)
+        gains.append(banked + gained + reached.weight - worth)
+    return ended, joined, base, torch.tensor(order, dtype=torch.long), torch.tensor(gains, dtype=torch.float64)
 
 
 def _ends_char(path: tuple[int, ...]) -> bool:
