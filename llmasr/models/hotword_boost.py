@@ -37,18 +37,8 @@ from dataclasses import dataclass
 
 import torch
 
-from llmasr.models.hotword_text import (
-    Place,
-    byte_phrases,
-    is_word_char,
-    kept_for,
-    reading,
-    step_token,
-    text_gains,
-    text_trie,
-    token_index,
-    token_texts,
-)
+from llmasr.models.hotword_text import Place, byte_phrases, reading, step_token, text_gains, text_trie
+from llmasr.models.hotword_tokens import is_word_char, kept_for, token_index, token_texts
 from llmasr.models.hotword_trie import Node, chain, joins, transition
 
 ROWS_KEPT = 64  # score rows a HotwordBoost keeps (one batch's search): a row is the LLM's vocabulary wide

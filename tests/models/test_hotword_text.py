@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from llmasr.models.hotword_boost import HotwordBoost
-from llmasr.models.hotword_text import byte_phrases, is_text_phrase, token_bytes
+from llmasr.models.hotword_text import byte_phrases, is_text_phrase
+from llmasr.models.hotword_tokens import token_bytes
 from llmasr.scoring import is_no_space_char
 from llmasr.testing.tiny_llm import train_bpe_tokenizer
 
