@@ -262,9 +262,10 @@ class HotwordBoost:
         return _step(before, token, joins(token, self.joining), after_word)
 
     def _byte_step(self, before: _Match, prefix: tuple[int, ...]) -> _Match:
-        token, spelled, root = prefix[-1], self.index.bytes, before.root
-        data = spelled[token] if token < len(spelled) else None
-        gained, place = step_token(root, before.place if before.place is not None else Place(root), data)
+        root = before.root
+        gained, place = step_token(
+            root, before.place if before.place is not None else Place(root), self.index, prefix[-1]
+        )
         settled = before.settled + gained
         read, node = reading(root, place)
         return _Match(settled + read, node, root, place, settled)

@@ -33,8 +33,17 @@ from typing import NamedTuple
 
 import torch
 
-from llmasr.models.hotword_tokens import TokenIndex, char_length, is_word_char, last_lead, split_chars, word_bytes
-from llmasr.models.hotword_trie import Node, chain, ends_word, transition
+from llmasr.models.hotword_tokens import (
+    Plan,
+    TokenIndex,
+    char_length,
+    char_word,
+    is_word_char,
+    last_lead,
+    split_chars,
+    word_bytes,
+)
+from llmasr.models.hotword_trie import Node, chain, ends_word, transition, walk, walk_steps
 from llmasr.scoring import uses_characters
 
 
@@ -176,52 +185,98 @@ def reading(root: Node, place: Place) -> tuple[float, Node]:
     """(weight banked, node) of the match at `place` as its text reads so far: an unfinished character's bytes
     stepped as those of no word character, so that a character spelled in byte tokens pulls the search from its first
     byte on. Stepped again from the place once the character is whole (step_token)."""
-    node, banked = place.node, 0
-    for byte in place.unit:
-        gained, node = transition(root, node, byte, False, place.after)
-        banked += gained
-    return banked, node
+    return walk(root, place.node, place.unit)
 
 
-def _settle(root: Node, node: Node, data: bytes, word: bool, after: bool) -> tuple[float, Node]:
-    """(weight banked, node) of one whole character's bytes `data` (or bytes that are none: a character cut short, a
-    stray byte) stepped from `node`, each carrying the word before it on as the character does (`word`). Bytes that
-    are no character no phrase holds: a match standing inside them ends there."""
-    banked = 0
-    for byte in data:
-        gained, node = transition(root, node, byte, word, after)
-        banked += gained
+def _settle(root: Node, node: Node, data: bytes) -> tuple[float, Node]:
+    """(weight banked, node) of bytes `data` that are no whole character (a character cut short, a stray byte, or
+    one the text ends inside) stepped from `node` as no word character's. No phrase holds them: a match standing
+    inside them ends there."""
+    banked, node = walk(root, node, data)
     if node.path and not _ends_char(node.path):
         gained, node = transition(root, node, -1, False, False)
         banked += gained
     return banked, node
 
 
-def step_token(root: Node, place: Place, spelled: bytes | None) -> tuple[float, Place]:
-    """(weight banked, the next place) of a token spelling `spelled` after a match at `place`: the bytes of each
-    character it finishes stepped one by one with that character's word rules (a character the place had begun among
-    them), a character it begins and does not finish kept unstepped in the place; a token that spells nothing (a
-    special token) ends the text, and the match. Not kept: what a byte does at a node is (transition); kept per place
-    and token, every token a row is computed for had stayed, up to the vocabulary times the trie over a long
-    decode."""
+def step_token(root: Node, place: Place, index: TokenIndex, token: int) -> tuple[float, Place]:
+    """(weight banked, the next place) of token id `token` (its bytes: index.bytes) after a match at `place`: the
+    bytes of each character it finishes stepped one by one with that character's word rules (a character the place
+    had begun among them), a character it begins and does not finish kept unstepped in the place; a token that
+    spells nothing (a special token) ends the text, and the match. Its characters and their classes are its Plan
+    (index.plans; after a character the place began, the Plan of what follows the bytes that finish it), else are
+    split here. Not kept: what a byte does at a node is (transition); kept per place and token, every token a row is
+    computed for had stayed, up to the vocabulary times the trie over a long decode."""
+    banked, node, unit, after = _advance(root, place, index, token)
+    return banked, _place(root, node, unit, after)
+
+
+def _advance(root: Node, place: Place, index: TokenIndex, token: int) -> tuple[float, Node, bytes, bool]:
+    """step_token's (weight banked, node, unit, after) before they are made a Place."""
     node, unit, after = place
+    spelled = index.bytes[token] if token < len(index.bytes) else None
     if not spelled:
-        banked, node = _settle(root, node, unit, False, after) if unit else (0, node)
+        banked, node = _settle(root, node, unit) if unit else (0, node)
         gained, node = transition(root, node, -1, False, False)
-        return banked + gained, Place(root)
-    banked = 0
-    for char, word, whole in split_chars(unit + spelled):
+        return banked + gained, root, b"", False
+    banked, plan = 0, index.plans[token]
+    if unit:  # the token's first continuation bytes finish the character begun, or it is cut short
+        lead, plan = index.continued.get(token, (0, plan))
+        need = char_length(unit[0]) - len(unit)
+        take = min(lead, need)
+        if take < need and take == len(spelled):  # still unfinished
+            return 0, node, unit + spelled, after
+        banked, node, after = _finish(root, node, unit + spelled[:take], after)
+        spelled = spelled[take:]
+        if not spelled:
+            return banked, node, b"", after
+        plan = plan if take == lead else None
+    if plan is not None:
+        gained, node, tail, after = _follow(root, node, after, plan)
+        return banked + gained, node, tail, after
+    for char, word, whole in split_chars(spelled):
         if whole is None:
-            return banked, _place(root, node, char, after)
+            return banked, node, char, after
         if whole:  # a character: a match standing inside it goes on, or ended before it
             for byte in char:
                 gained, node = transition(root, node, byte, word, after)
                 banked += gained
         else:
-            gained, node = _settle(root, node, char, False, after)
+            gained, node = _settle(root, node, char)
             banked += gained
         after = word
-    return banked, _place(root, node, b"", after)
+    return banked, node, b"", after
+
+
+def _finish(root: Node, node: Node, char: bytes, after: bool) -> tuple[float, Node, bool]:
+    """(weight banked, node, whether it is a word character) of the character a text had begun, finished by the
+    first bytes of a token (`char`: all its bytes) or cut short by them, stepped from `node`. Kept on the root: every
+    token that goes on with a character begun asks it, and few characters finish one."""
+    key = ("finish", node, char, after)
+    known = root.memo.get(key)
+    if known is None:
+        word = char_word(char) if len(char) == char_length(char[0]) else None
+        if word is None:  # cut short, or no character: no phrase holds it
+            known = (*_settle(root, node, char), False)
+        else:
+            banked = 0
+            for byte in char:
+                gained, node = transition(root, node, byte, word, after)
+                banked += gained
+            known = (banked, node, word)
+        root.memo[key] = known
+    return known
+
+
+def _follow(root: Node, node: Node, after: bool, plan: Plan) -> tuple[float, Node, bytes, bool]:
+    """(weight banked, node, the bytes of a character begun, whether the last whole character is a word character) of
+    a token's Plan stepped from `node` (`after`: the text before it ends in a word character)."""
+    steps, tail, last = plan
+    if steps.__class__ is bytes:  # no word character: a byte's word flags change nothing
+        banked, node = walk(root, node, steps)
+    else:
+        banked, node = walk_steps(root, node, steps, after)
+    return banked, node, tail, after if last is None else last
 
 
 def _next_chars(node: Node) -> set[str]:
@@ -250,7 +305,8 @@ def text_gains(
     banks, or a joining token, which carries a phrase's last word on: the second shift) and then steps from the root,
     as it would there; so only the tokens going on from a place past the root are stepped: those beginning with a
     character a phrase goes on with there, or with a byte of one (a token that holds part of a character). After an
-    unfinished character, a token going on with it is stepped; any other cuts it short, ending the match in it."""
+    unfinished character, a token that does not go on with it cuts it short, ending the match in it, and then steps
+    from the root; of those going on with it, only the ones that earn otherwise are stepped (_finishing)."""
     key = ("text_gains", place)
     known = root.memo.get(key)
     if known is None:
@@ -263,7 +319,7 @@ def _text_gains(root: Node, place: Place, index: TokenIndex):
     read, at = reading(root, place)
     if place.unit:
         ended = joined = transition(root, at, -1, False, False)[0] - at.weight
-        base, ids = Place(root), set(index.continuing)
+        base, ids = Place(root), _finishing(root, place, index, read + ended + at.weight)
     elif node is root:
         ended = joined = 0
         base, ids = None, set()
@@ -283,12 +339,38 @@ def _text_gains(root: Node, place: Place, index: TokenIndex):
                     for ch in _next_chars(state):
                         ids.update(index.first.get(ch, ()))
     order = sorted(ids)
-    worth, gains = read + at.weight, []
+    worth, gains, plans, unit, after = read + at.weight, [], index.plans, place.unit, place.after
     for t in order:
-        banked, after = step_token(root, place, index.bytes[t])
-        gained, reached = reading(root, after)
+        plan = None if unit else plans[t]
+        if plan is not None:  # _follow, inline: the common case, stepped thousands of times a row
+            steps, tail, _ = plan
+            if steps.__class__ is bytes:
+                banked, reached = walk(root, node, steps)
+            else:
+                banked, reached = walk_steps(root, node, steps, after)
+        else:
+            banked, reached, tail, _ = _advance(root, place, index, t)
+        gained, reached = walk(root, reached, tail) if tail else (0, reached)  # reading the place reached
         gains.append(banked + gained + reached.weight - worth)
     return ended, joined, base, torch.tensor(order, dtype=torch.long), torch.tensor(gains, dtype=torch.float64)
+
+
+def _finishing(root: Node, place: Place, index: TokenIndex, cut: float) -> set[int]:
+    """The tokens that go on with the character `place` has begun and earn other than what cutting it short earns
+    (`cut`, banked, then the token's own gain at the root, where its first continuation bytes are stray): those
+    whose finished (or cut short) character goes on with a match or begins one, or banks another weight (it carries
+    a phrase's last word on), or is a word character that a word character at the start of the rest carries on; and
+    those that leave the character unfinished, or whose rest has no Plan (TokenIndex.finishing)."""
+    node, unit, after = place
+    ids = set()
+    for head, (every, alone, worded) in index.finishing(char_length(unit[0]) - len(unit)).items():
+        ids.update(alone)
+        banked, reached, word = _finish(root, node, unit + head, after)
+        if reached is not root or banked != cut:
+            ids.update(every)
+        elif word:
+            ids.update(worded)
+    return ids
 
 
 def _ends_char(path: tuple[int, ...]) -> bool:

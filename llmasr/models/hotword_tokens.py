@@ -1,6 +1,7 @@
 """What a tokenizer's tokens spell, read once for the hotword boost (llmasr.models.hotword_boost, hotword_text): each
-token's text and bytes, and the tokens indexed by the characters they hold. Also the UTF-8 and word character rules
-both matches read.
+token's text and bytes, the tokens indexed by the characters they hold, and how each token steps a byte match (its
+characters and their word classes, worked out once here rather than at every search step). Also the UTF-8 and word
+character rules both matches read.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ import functools
 import re
 import unicodedata
 import weakref
+from typing import NamedTuple
 
 import torch
 
@@ -35,6 +37,17 @@ def word_bytes(data: bytes) -> bool:
     except UnicodeDecodeError:
         return False
     return len(text) == 1 and is_word_char(text)
+
+
+@functools.lru_cache(maxsize=1 << 14)
+def char_word(data: bytes) -> bool | None:
+    """Whether bytes `data`, as many as their first byte asks for, are a word character (None: they are no
+    character)."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    return is_word_char(text) if len(text) == 1 else None
 
 
 def last_lead(data) -> int:
@@ -71,10 +84,9 @@ def _units(data: bytes):
         i = j
 
 
-@functools.lru_cache(maxsize=1 << 17)
-def split_chars(data: bytes) -> tuple[tuple[bytes, bool, bool | None], ...]:
-    """(bytes, a word character, whole) of each character of `data` (_units), kept per token's bytes: whole is True
-    for a character, False for bytes that are none, None for the last one when unfinished."""
+def _chars(data: bytes) -> tuple[tuple[bytes, bool, bool | None], ...]:
+    """(bytes, a word character, whole) of each character of `data` (_units): whole is True for a character, False
+    for bytes that are none, None for the last one when unfinished."""
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError:  # part of a character, or bytes that are none
@@ -89,11 +101,56 @@ def split_chars(data: bytes) -> tuple[tuple[bytes, bool, bool | None], ...]:
     return tuple(out)
 
 
+# _chars kept per text: what a token with no Plan, or one finishing a character the text before it began, steps
+split_chars = functools.lru_cache(maxsize=1 << 15)(_chars)
+
+
 def _is_char(data: bytes) -> bool:
     try:
         return len(data.decode("utf-8")) == 1
     except UnicodeDecodeError:
         return False
+
+
+class Plan(NamedTuple):
+    """How a token steps a byte match where no character is begun (hotword_text.step_token), its characters and
+    their classes read once, with the tokenizer's index: `steps`, its bytes when none of its characters is a word
+    character (each stepped as no word's, the old per-byte stepping), else (byte, joining, after a word) per byte,
+    the last None where the text before the token says it; `tail`, the bytes of a character it begins and does not
+    finish; `after`, whether its last whole character is a word character (None: it has none)."""
+
+    steps: bytes | tuple[tuple[int, bool, bool | None], ...]
+    tail: bytes
+    after: bool | None
+
+
+_STEPS: dict[tuple, tuple] = {}  # Plan steps, one tuple each: a vocabulary's plans share them
+
+
+def token_plan(data: bytes | None) -> Plan | None:
+    """The Plan of a token spelling `data`; None for one that spells nothing, or holds bytes that are no character (a
+    character cut short, a stray continuation byte), which step_token splits as it meets them."""
+    if not data:
+        return None
+    try:
+        if not any(map(_is_word, data.decode("utf-8"))):  # most tokens: whole characters, none of a word
+            return Plan(data, b"", False)
+    except UnicodeDecodeError:
+        pass
+    parts = _chars(data)
+    tail = parts[-1][0] if parts[-1][2] is None else b""
+    chars = parts[:-1] if tail else parts
+    if not all(whole for _, _, whole in chars):
+        return None
+    if not any(word for _, word, _ in chars):
+        return Plan(data[: len(data) - len(tail)], tail, False if chars else None)
+    steps, after = [], None
+    for char, word, _ in chars:
+        for byte in char:
+            step = (byte, word, after if word else False)
+            steps.append(_STEPS.setdefault(step, step))
+        after = word
+    return Plan(tuple(steps), tail, after)
 
 
 def _byte_level_alphabet() -> dict[str, int]:
@@ -203,7 +260,9 @@ class TokenIndex:
     ids whose bytes begin with byte `b` and are no whole text (part of a character at an edge); `first[ch]`, the ids
     whose text begins with the whole character `ch`; `trailing[bs]`, the ids whose bytes end in `bs`, the first bytes
     of a character they do not finish; `continuing`, the ids whose bytes begin inside a character (a continuation
-    byte); `joining`, per id, whether its bytes begin with a whole word character (it carries a word on)."""
+    byte); `joining`, per id, whether its bytes begin with a whole word character (it carries a word on); `plans`,
+    per id, how it steps a byte match (token_plan); `continued`, per continuing id, its leading continuation bytes
+    (those that finish a character the text before it began) and the Plan of the bytes after them (steps b"": none)."""
 
     def __init__(self, spelled: list[bytes | None]):
         self.bytes = spelled
@@ -214,7 +273,15 @@ class TokenIndex:
         self.texts = [data.decode("utf-8", errors="replace") if data else "" for data in spelled]
         self.joining = torch.tensor([bool(data) and _joins(data) for data in spelled], dtype=torch.bool)
         self.continuing = [i for i, data in enumerate(spelled) if data and data[0] & 0xC0 == 0x80]
+        self.plans = [token_plan(data) for data in spelled]
+        self.continued: dict[int, tuple[int, Plan | None]] = {}
+        for i in self.continuing:
+            data, lead = spelled[i], 1
+            while lead < len(data) and data[lead] & 0xC0 == 0x80:
+                lead += 1
+            self.continued[i] = (lead, token_plan(data[lead:]) if lead < len(data) else Plan(b"", b"", None))
         self._starting: dict[str, list[int]] = {}
+        self._finishing: dict[int, dict[bytes, tuple[list[int], list[int], list[int]]]] = {}
         for i, data in enumerate(spelled):
             if not data:
                 continue
@@ -231,6 +298,24 @@ class TokenIndex:
             for ch in set(text):
                 if is_no_space_char(ch):
                     self.holding.setdefault(ch, []).append(i)
+
+    def finishing(self, need: int) -> dict[bytes, tuple[list[int], list[int], list[int]]]:
+        """The continuing ids by the bytes they give a character `need` bytes short of whole (their first `need`
+        continuation bytes, or all, when fewer), each group as (its ids; those whose step no group decides: the ones
+        leaving the character unfinished, and those whose rest has no Plan; those that finish it and go on with a
+        word character, which a word character finished carries on). Found once per `need`."""
+        found = self._finishing.get(need)
+        if found is None:
+            found = self._finishing[need] = {}
+            for i, (lead, rest) in self.continued.items():
+                data = self.bytes[i]
+                every, alone, worded = found.setdefault(data[: min(lead, need)], ([], [], []))
+                every.append(i)
+                if rest is None or lead < need and lead == len(data):
+                    alone.append(i)
+                elif lead == need and rest.steps.__class__ is not bytes and rest.steps[0][2] is None:
+                    worded.append(i)
+        return found
 
     def starting(self, ch: str) -> list[int]:
         """The ids whose text holds `ch` where a phrase may begin with it: anywhere, but for a word character only at

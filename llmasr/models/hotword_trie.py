@@ -69,7 +69,7 @@ def transition(root: Node, node: Node, token: int, joining: bool, after_word: bo
     token carries the word before it on; `after_word`: the token before it ends inside a word, so a phrase's
     start-of-text spelling cannot begin at a joining token)."""
     after_word = after_word and node is root  # past the root the match's own last symbol says it (below)
-    key = (node, token, joining, after_word)
+    key = (node, token, joining, after_word)  # walk and walk_steps read the memo by this key too
     known = root.memo.get(key)
     if known is None:
         child = node.children.get(token)
@@ -85,6 +85,35 @@ def transition(root: Node, node: Node, token: int, joining: bool, after_word: bo
             known = (banked + gained, after)
         root.memo[key] = known
     return known
+
+
+def walk(root: Node, node: Node, symbols) -> tuple[float, Node]:
+    """(weight banked, the node reached) of `symbols` stepped one by one after `node`, none of them joining (so no
+    word rule bars a phrase's start): transition's answers read from the memo without a call each, as a byte match
+    steps thousands of tokens' bytes for one row."""
+    memo, banked = root.memo, 0
+    for symbol in symbols:
+        known = memo.get((node, symbol, False, False))
+        if known is None:
+            known = transition(root, node, symbol, False, False)
+        banked += known[0]
+        node = known[1]
+    return banked, node
+
+
+def walk_steps(root: Node, node: Node, steps, after_word: bool) -> tuple[float, Node]:
+    """walk for symbols with word rules: `steps` are (symbol, joining, after_word) as transition takes them, an
+    after_word of None reading `after_word` (what the text before the steps ends in)."""
+    memo, banked = root.memo, 0
+    for symbol, joining, after in steps:
+        if after is None:
+            after = after_word
+        known = memo.get((node, symbol, joining, after and node is root))  # transition's key
+        if known is None:
+            known = transition(root, node, symbol, joining, after)
+        banked += known[0]
+        node = known[1]
+    return banked, node
 
 
 def broken(root: Node, node: Node, joining: bool) -> tuple[int, Node]:

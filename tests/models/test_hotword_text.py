@@ -607,3 +607,39 @@ def test_a_phrase_held_on_token_ids_keeps_there_only_what_it_can_share_text_with
     assert _total(boost, proe, end) == _total(HotwordBoost([["Pro", "Proé"]], tok, 1.0, end, 1), proe, end) == len(proe)
     # nor does "Pro" join "o手机" on bytes without "Proé": the two are never found sharing an "o"
     assert byte_phrases(["o手机", "Pro"]) == {"o手机"}
+
+
+def test_however_the_text_is_cut_into_tokens_the_match_finds_its_leftmost_longest_phrases():
+    """Tokens step the match through their characters and classes read once per token (TokenIndex.plans), and after
+    a character a token before them began, through the bytes that finish it and the Plan of the rest: over texts cut
+    into tokens at every byte (so characters split every way), with stray continuation bytes inside them, characters
+    cut short and bytes that are no character, the match banks what a leftmost-longest scan of the bytes finds."""
+    from llmasr.models.hotword_text import Place, step_token, text_trie
+    from llmasr.models.hotword_tokens import TokenIndex
+
+    rng = random.Random(0)
+    texts = OTHER_LISTS["unicode_edges"][2] + OTHER_LISTS["latin_edges"][2] + ["小米14Ａ手机", "xЯiPhone手机"]
+    said = [t.encode() for t in texts]
+    for data in list(said):  # a stray continuation byte inside a character or between two; a character cut short
+        for _ in range(6):
+            at = rng.randint(0, len(data))
+            said.append(data[:at] + rng.choice([b"\x80", b"\xa1"]) + data[at:])
+            said.append(data[: at - 1] + data[at:] if at else data[1:])
+    pieces = {data[i : i + n] for data in said for n in range(1, 7) for i in range(len(data) - n + 1)}
+    odd = [b"\xed\xa0\x80", b"\xff", b"\xe6\x89", b"\xbc\xa1\xe6"]  # no character; cut short
+    vocab = [None, *sorted(pieces), *odd]  # id 0 spells nothing: it ends the text
+    ids = {data: i for i, data in enumerate(vocab)}
+    phrases = OTHER_LISTS["unicode_edges"][1] + OTHER_LISTS["latin_edges"][1]
+    index, root, wanted = TokenIndex(vocab), text_trie(phrases), [p.encode() for p in phrases]
+    for _ in range(3000):
+        data, seq, at = rng.choice(said), [], 0
+        while at < len(data):
+            n = min(rng.randint(1, 6), len(data) - at)
+            seq.append(ids[data[at : at + n]] if rng.random() < 0.95 else rng.randrange(1, len(vocab)))
+            at += n
+        place, total = Place(root), 0.0
+        for token in [*seq, 0]:
+            gained, place = step_token(root, place, index, token)
+            total += gained
+        spelled = b"".join(vocab[t] for t in seq)
+        assert total == _leftmost_longest(spelled, wanted), [vocab[t] for t in seq]
