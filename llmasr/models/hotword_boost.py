@@ -23,10 +23,10 @@ are found leftmost first, then longest first: when a match breaks off, a phrase 
 still found; matches never overlap, so no token is paid twice (llmasr.models.hotword_trie).
 
 A phrase holding characters of a script written without spaces ("通义千问", "iPhone手机") is matched on the bytes the
-tokens spell instead (llmasr.models.hotword_text), one boost per character (a quarter per ASCII one), with the word
-rules above at its edges, read per whole character: the tokenizer merges its characters with the text around it, so
-its own token ids need not appear where it is written. A phrase that shares text with one of those ("iPhone") is
-matched with them.
+tokens spell instead (llmasr.models.hotword_text), one boost per character (a quarter per ASCII one, or letter,
+mark or digit of a spaced script), with the word rules above at its edges, read per whole character: the tokenizer
+merges its characters with the text around it, so its own token ids need not appear where it is written. A phrase
+that shares text with one of those ("iPhone") is matched with them.
 """
 
 from __future__ import annotations

@@ -112,9 +112,10 @@ class _Groups:
 # A character's share of the boost over its UTF-8 bytes, by its length: binary fractions, so that gains add up
 # exactly. The last byte's share is the largest: the byte that tells the character from its neighbours.
 _SHARES = {1: (1.0,), 2: (0.5, 0.5), 3: (0.25, 0.25, 0.5), 4: (0.25, 0.25, 0.25, 0.25)}
-# An ASCII character's worth: a byte-level BPE spells English text about four characters a token, a Chinese one
-# about a character a token, and the token match pays per token
-ASCII_WORTH = 0.25
+# The worth of an ASCII character or a word character (a letter, mark or digit of a script written with spaces: é,
+# Cyrillic, Greek): a byte-level BPE spells such words several characters a token (English about four), a Chinese
+# character or a full-width mark about one a token, and the token match pays per token
+SPACED_WORTH = 0.25
 
 
 class _CharWords:
@@ -145,9 +146,9 @@ CHAR_WORDS = _CharWords()
 def text_trie(phrases) -> Node:
     """The byte trie of `phrases` (each stripped; those byte_phrases chose), each as given and composed (NFC: the
     form text is written in, and the one Qwen's tokenizers normalize to; a list copied from decomposed text, a macOS
-    file name's, had never matched): a node is worth the characters its path holds (an ASCII one ASCII_WORTH), a
-    character's share spread over its bytes (_SHARES). The root reads the word rules of hotword_trie per whole
-    character (CHAR_WORDS)."""
+    file name's, had never matched): a node is worth the characters its path holds (an ASCII or word character
+    SPACED_WORTH), a character's share spread over its bytes (_SHARES). The root reads the word rules of
+    hotword_trie per whole character (CHAR_WORDS)."""
     root = Node(words=CHAR_WORDS)
     for phrase in phrases:
         text = str(phrase).strip()
@@ -159,7 +160,7 @@ def text_trie(phrases) -> Node:
 def _insert(root: Node, data: bytes) -> None:
     node, text = root, data.decode("utf-8")
     for ch in text:
-        spelled, worth = ch.encode("utf-8"), ASCII_WORTH if ch.isascii() else 1.0
+        spelled, worth = ch.encode("utf-8"), SPACED_WORTH if ch.isascii() or is_word_char(ch) else 1.0
         for byte, share in zip(spelled, _SHARES[len(spelled)]):
             node = node.children.setdefault(byte, Node(node.path + (byte,), node.weight + worth * share))
     if text:

@@ -122,8 +122,8 @@ def _char_at(data: bytes, j: int) -> bytes:
 
 
 def _worth(phrase: bytes) -> float:
-    """A phrase's worth: one a character, a quarter an ASCII one."""
-    return sum(0.25 if ch.isascii() else 1.0 for ch in phrase.decode("utf-8"))
+    """A phrase's worth: one a character, a quarter an ASCII one or a letter, mark or digit of a spaced script."""
+    return sum(0.25 if ch.isascii() or _word(ch.encode()) else 1.0 for ch in phrase.decode("utf-8"))
 
 
 def _leftmost_longest(data: bytes, phrases: list[bytes]) -> float:
@@ -538,7 +538,9 @@ def test_word_rules_read_whole_characters_of_every_script():
 def test_a_group_sharing_text_with_other_scripts_letters_at_its_edges_is_on_bytes_and_paid_once():
     """A phrase with a letter of another spaced script at an edge ("Café咖啡", "Москва大学") is matched on bytes with
     the phrases it shares text with ("Café", "大学"), the word rules read per whole character: the text they share is
-    paid once, and "Москва大学" is not found inside "ПодМосква大学". Held on token ids, where the merged "大学" of
+    paid once, and "Москва大学" is not found inside "ПодМосква大学". A spaced script's letters are paid a quarter each,
+    as ASCII's are (its words run several letters a token), a Chinese character one: "Москва大学" earns 3.5 (it had
+    earned 8, each Cyrillic letter a Chinese character's worth). Held on token ids, where the merged "大学" of
     "Москва大学" is no token of its own, the phrase had earned a token's worth per token."""
     from tokenizers import normalizers
 
@@ -547,8 +549,8 @@ def test_a_group_sharing_text_with_other_scripts_letters_at_its_edges_is_on_byte
     tok.backend_tokenizer.normalizer = normalizers.NFC()
     end = _end(tok)
     for listed, text, worth in (
-        (["Café咖啡", "Café"], "Café咖啡", 3 * 0.25 + 3),
-        (["大学", "Москва大学"], "Москва大学", 8),
+        (["Café咖啡", "Café"], "Café咖啡", 4 * 0.25 + 2),
+        (["大学", "Москва大学"], "Москва大学", 6 * 0.25 + 2),
     ):
         seq = _ids(tok, text)
         assert [tok.decode([t]) for t in seq] == [text[:-2], text[-2:]]
@@ -561,7 +563,8 @@ def test_a_group_sharing_text_with_other_scripts_letters_at_its_edges_is_on_byte
 
 def test_phrases_share_text_as_composed():
     """Phrases are told to share text as composed (NFC), the form both matches find them in: "Pokémon" typed
-    decomposed beside "Pokémon宝可梦" joins it on bytes. Read as written, it had been paid by both matches. "大学Café"
+    decomposed beside "Pokémon宝可梦" joins it on bytes. Read as written, it had been paid by both matches. "é" is
+    paid a quarter, as the other letters are (it had been paid one, 5.5 in all). "大学Café"
     typed decomposed ends in a combining mark, a word character as the composed "é" is: on bytes it keeps its word
     rule either way."""
     import unicodedata
@@ -574,7 +577,7 @@ def test_phrases_share_text_as_composed():
     assert [tok.decode([t]) for t in seq] == ["Pokémon", "宝可梦"]
     decomposed = unicodedata.normalize("NFD", "Pokémon")
     once = _total(HotwordBoost([["Pokémon宝可梦"]], tok, 1.0, end, 1), seq, end)
-    assert _total(HotwordBoost([["Pokémon宝可梦", decomposed]], tok, 1.0, end, 1), seq, end) == once == 6 * 0.25 + 4
+    assert _total(HotwordBoost([["Pokémon宝可梦", decomposed]], tok, 1.0, end, 1), seq, end) == once == 7 * 0.25 + 3
     assert byte_phrases(["Pokémon宝可梦", decomposed]) == {"Pokémon宝可梦", decomposed}
     assert is_text_phrase(unicodedata.normalize("NFD", "大学Café"))
 
