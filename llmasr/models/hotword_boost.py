@@ -23,9 +23,10 @@ are found leftmost first, then longest first: when a match breaks off, a phrase 
 still found; matches never overlap, so no token is paid twice (llmasr.models.hotword_trie).
 
 A phrase holding characters of a script written without spaces ("通义千问", "iPhone手机") is matched on the bytes the
-tokens spell instead (llmasr.models.hotword_text), one boost per character (a quarter per ASCII one), with the word
-rules above at its ASCII edges: the tokenizer merges its characters with the text around it, so its own token ids
-need not appear where it is written. A phrase that shares text with one of those ("iPhone") is matched with them.
+tokens spell instead (llmasr.models.hotword_text), one boost per character (a quarter per ASCII one, or letter,
+mark or digit of a spaced script), with the word rules above at its edges, read per whole character: the tokenizer
+merges its characters with the text around it, so its own token ids need not appear where it is written. A phrase
+that shares text with one of those ("iPhone") is matched with them.
 """
 
 from __future__ import annotations
@@ -36,18 +37,9 @@ from dataclasses import dataclass
 
 import torch
 
-from llmasr.models.hotword_text import (
-    WORD_BYTES,
-    byte_phrases,
-    kept_for,
-    step_token,
-    text_gains,
-    text_trie,
-    token_index,
-    token_texts,
-)
+from llmasr.models.hotword_text import Place, byte_phrases, reading, step_token, text_gains, text_trie
+from llmasr.models.hotword_tokens import is_word_char, kept_for, token_index, token_texts
 from llmasr.models.hotword_trie import Node, chain, joins, transition
-from llmasr.scoring import is_no_space_char
 
 ROWS_KEPT = 64  # score rows a HotwordBoost keeps (one batch's search): a row is the LLM's vocabulary wide
 
@@ -70,7 +62,7 @@ def phrase_trie(phrases, tokenizer, edges: tuple[frozenset[int], frozenset[int]]
             node = root
             for token in spelling:
                 node = node.children.setdefault(token, Node(node.path + (token,), node.weight + 1))
-            node.complete, node.word_end = True, node.word_end or _word_char(text[-1])
+            node.complete, node.word_end = True, node.word_end or is_word_char(text[-1])
     return root
 
 
@@ -79,11 +71,10 @@ class _Match:
     banked: float  # the weight of completed phrase matches so far
     node: Node  # where the current match stands (the root: none); Phi = boost * (banked + node.weight)
     root: Node
-
-
-def _word_char(ch: str) -> bool:
-    """A character a word goes on with (a letter or digit of a script written with spaces)."""
-    return ch.isalnum() and not is_no_space_char(ch)
+    # a byte match's place (hotword_text.Place), which `banked` and `node` read (hotword_text.reading), and what it
+    # had banked before the character the place has begun
+    place: Place | None = None
+    settled: float = 0
 
 
 def _ids(mask: torch.Tensor) -> frozenset[int]:
@@ -91,14 +82,14 @@ def _ids(mask: torch.Tensor) -> frozenset[int]:
 
 
 def joining_tokens(tokenizer) -> torch.Tensor:
-    """Per token id, whether its text starts with a letter or digit of a script written with spaces (it carries
-    the word before it on). A tokenizer that cannot decode ids: none."""
+    """Per token id, whether its text starts with a word character (hotword_text.is_word_char: it carries the word
+    before it on). A tokenizer that cannot decode ids: none."""
     return _token_edges(tokenizer)[0]
 
 
 def word_ending_tokens(tokenizer) -> torch.Tensor:
-    """Per token id, whether its text ends with a letter or digit of a script written with spaces (a joining token
-    after it goes on with its word)."""
+    """Per token id, whether its text ends with a word character (a joining token after it goes on with its
+    word)."""
     return _token_edges(tokenizer)[1]
 
 
@@ -109,7 +100,7 @@ def _token_edges(tokenizer) -> tuple[torch.Tensor, torch.Tensor]:
 
     def read():
         texts = token_texts(tokenizer)
-        return tuple(torch.tensor([bool(t) and _word_char(t[k]) for t in texts], dtype=torch.bool) for k in (0, -1))
+        return tuple(torch.tensor([bool(t) and is_word_char(t[k]) for t in texts], dtype=torch.bool) for k in (0, -1))
 
     return kept_for(tokenizer, "edges", read)
 
@@ -205,8 +196,7 @@ class HotwordBoost:
                 add[r] = row if row is not None else self._keep(key, self._row(*key, joining, add))
             if tries.text is not None:
                 match = seen_text[(utt, prefix)] = self._text_match(utt, prefix, tries.text)
-                after_word = match.node is tries.text and bool(ids) and self.index.ends_word(ids[-1])
-                key = (tries.text, match.node, after_word)
+                key = (tries.text, match.place if match.place is not None else Place(tries.text))
                 row = self.rows.get(key)
                 add[r] += row if row is not None else self._keep(key, self._text_row(*key, add))
         self.matches, self.text_matches = seen, seen_text
@@ -229,15 +219,15 @@ class HotwordBoost:
         row[self.end_id] = self.boost * ended
         return row
 
-    def _text_row(self, root: Node, node: Node, after_word: bool, like: torch.Tensor):
-        """What each token earns after a match at `node` of a byte trie (hotword_text.text_gains; `after_word`: at
-        the root, the text ends in a letter or digit), as a row: the root's row shifted (a joining token's by its own
-        shift), the tokens that go on with the match set apart."""
-        shift, joined, tokens, gains = text_gains(root, node, self.index, after_word)
-        if node is root:
+    def _text_row(self, root: Node, place: Place, like: torch.Tensor):
+        """What each token earns after a match at `place` of a byte trie (hotword_text.text_gains), as a row: the
+        row of a place at the root shifted (a joining token's by its own shift), the tokens that go on with the
+        match set apart."""
+        shift, joined, at, tokens, gains = text_gains(root, place, self.index)
+        if at is None:
             row = torch.zeros_like(like[0])
         else:
-            key = (root, root, node.path[-1] in WORD_BYTES)  # the root's row after the text the match ends
+            key = (root, at)  # the row at the root after the text the match ends
             base = self.rows.get(key)
             row = (base if base is not None else self._text_row(*key, like)) + self.boost * shift
             if joined != shift:
@@ -272,11 +262,13 @@ class HotwordBoost:
         return _step(before, token, joins(token, self.joining), after_word)
 
     def _byte_step(self, before: _Match, prefix: tuple[int, ...]) -> _Match:
-        token, spelled = prefix[-1], self.index.bytes
-        after_word = len(prefix) > 1 and self.index.ends_word(prefix[-2])
-        data = spelled[token] if token < len(spelled) else None
-        gained, node = step_token(before.root, before.node, data, after_word)
-        return _Match(before.banked + gained, node, before.root)
+        root = before.root
+        gained, place = step_token(
+            root, before.place if before.place is not None else Place(root), self.index, prefix[-1]
+        )
+        settled = before.settled + gained
+        read, node = reading(root, place)
+        return _Match(settled + read, node, root, place, settled)
 
 
 def _gains(root: Node, node: Node, after_word: bool) -> tuple[int, int, torch.Tensor, torch.Tensor]:

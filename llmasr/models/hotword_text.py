@@ -16,64 +16,57 @@ the match, earning what the end token earns, and then earns what it would at the
 a phrase's first character, or ending in some of its bytes, earn anything (text_gains; tests/models/test_hotword_text.py
 checks every token).
 
-A phrase with Latin letters or digits at an edge ("iPhone手机", "小米14") keeps the token match's word rules on bytes:
-it begins only where no word is under way and is complete only where its word ends, a word's letters and digits
-being ASCII's here. A phrase of a spaced script that shares text with such a phrase ("iPhone" beside "iPhone手机")
-is matched on bytes with it where both can be found sharing it (byte_phrases), so that no text is paid twice; one
-with another spaced script's letter at an edge ("Café" beside "Café咖啡") keeps those it shares text with on token
-ids instead.
+A phrase with letters or digits of a script written with spaces at an edge ("iPhone手机", "小米14", "Москва大学")
+keeps the token match's word rules on bytes: it begins only where no word is under way and is complete only where its
+word ends, a word's characters being Unicode's letters, marks and digits (is_word_char). Those rules are read per
+whole character: a character's first bytes cannot tell a letter from punctuation ("，" is EF BC 8C, "Ａ" EF BC A1), so
+the character a text has begun and not finished (a byte token's) is stepped as no word character until it is whole,
+and stepped again, from the place before it, once it is (Place). A phrase of a spaced script that shares text with
+such a phrase ("iPhone" beside "iPhone手机") is matched on bytes with it where both can be found sharing it
+(byte_phrases), so that no text is paid twice.
 """
 
 from __future__ import annotations
 
-import re
 import unicodedata
-import weakref
+from typing import NamedTuple
 
 import torch
 
-from llmasr.models.hotword_trie import Node, chain, transition
-from llmasr.scoring import is_no_space_char, uses_characters
-
-_BYTE_TOKEN = re.compile(r"<0x([0-9A-Fa-f]{2})>")  # SentencePiece's byte fallback
-# The bytes a word goes on with, on bytes: ASCII letters and digits (a byte of another script's letter cannot be told
-# from its punctuation's before the character is whole)
-WORD_BYTES = frozenset(b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
-
-
-def _ascii_word(ch: str) -> bool:
-    return ch.isascii() and ch.isalnum()
-
-
-def _byte_edge(ch: str) -> bool:
-    """A phrase's edge the byte match keeps the rules of: a character of a script written without spaces (none to
-    keep), an ASCII one (its word rules are kept on bytes) or no letter or digit (none to keep)."""
-    return is_no_space_char(ch) or ch.isascii() or not ch.isalnum()
+from llmasr.models.hotword_tokens import (
+    Plan,
+    TokenIndex,
+    char_length,
+    char_word,
+    is_word_char,
+    last_lead,
+    split_chars,
+    word_bytes,
+)
+from llmasr.models.hotword_trie import Node, chain, ends_word, transition, walk, walk_steps
+from llmasr.scoring import uses_characters
 
 
 def is_text_phrase(text: str) -> bool:
     """A phrase matched on bytes: one that holds a character of a script written without spaces (the tokenizer's
-    merges reach across its characters) and whose edges the byte match keeps the rules of (_byte_edge), read composed
-    (NFC: a decomposed "é" ends in a combining mark, which is no letter). One with a letter or digit of another spaced
-    script at an edge ("Москва大学") stays on token ids, whose word rules read it."""
+    merges reach across its characters), read composed (NFC)."""
     text = unicodedata.normalize("NFC", text)
-    return bool(text) and uses_characters(text) and _byte_edge(text[0]) and _byte_edge(text[-1])
+    return bool(text) and uses_characters(text)
 
 
 def _apart(text: str, at: int) -> bool:
-    """Whether no match begins or ends at `at` inside `text`: both characters around it are ASCII letters or digits
-    (the word rules of both matches)."""
-    return 0 < at < len(text) and _ascii_word(text[at - 1]) and _ascii_word(text[at])
+    """Whether no match begins or ends at `at` inside `text`: both characters around it are word characters (the
+    word rules of both matches)."""
+    return 0 < at < len(text) and is_word_char(text[at - 1]) and is_word_char(text[at])
 
 
 def byte_phrases(texts) -> set[str]:
     """The phrases of a list (stripped) matched on bytes: those is_text_phrase accepts, and with them every other whose
     edges allow it that shares text with one of them, or with one that joins them, where the word rules let both be
-    found there: inside it, holding it, or overlapping its start or end ("iPhone" beside "iPhone手机", not "iPhone"
-    beside "iPhone15手机", nor "Pro" beside "o手机": neither begins or ends inside a word). On two matches both would
-    pay for the text they share. A phrase whose edge the byte match cannot keep the rules of ("Café", "Москва大学")
-    stays on token ids, and with it every phrase it shares text with ("Café咖啡", "大学"), and so on. Phrases are
-    compared composed (NFC), as both matches find them."""
+    found there: inside it, holding it, or overlapping its start or end ("iPhone" beside "iPhone手机", "Café" beside
+    "Café咖啡"; not "iPhone" beside "iPhone15手机", nor "Pro" beside "o手机": neither begins or ends inside a word). On
+    two matches both would pay for the text they share. Phrases are compared composed (NFC), as both matches find
+    them."""
     forms = {t: unicodedata.normalize("NFC", t) for t in texts if t}
     text = {form for form in forms.values() if is_text_phrase(form)}
     if len(text) in (0, len(set(forms.values()))):  # every phrase is a text phrase, or none is
@@ -86,7 +79,7 @@ def byte_phrases(texts) -> set[str]:
             starts.setdefault(form[:k], []).append(form)
     for form in shared.up:
         # another phrase inside this one, or this one's end overlapping another's start (and so, read from the other
-        # side, every start overlapping an end); found where no ASCII letter or digit goes on across either end
+        # side, every start overlapping an end); found where no word goes on across either end
         for i in range(len(form)):
             for n in lengths:
                 if i + n <= len(form) and form[i : i + n] in shared.up:
@@ -98,8 +91,7 @@ def byte_phrases(texts) -> set[str]:
                 if not _apart(both, k) and not _apart(both, len(form)):
                     shared.join(form, other)
     joined = {shared.find(form) for form in text}
-    kept_off = {shared.find(form) for form in shared.up if not (_byte_edge(form[0]) and _byte_edge(form[-1]))}
-    return {t for t, form in forms.items() if shared.find(form) in joined and shared.find(form) not in kept_off}
+    return {t for t, form in forms.items() if shared.find(form) in joined}
 
 
 class _Groups:
@@ -117,205 +109,47 @@ class _Groups:
         self.up[self.find(a)] = self.find(b)
 
 
-def _byte_level_alphabet() -> dict[str, int]:
-    """The printable stand-in of each byte in byte-level BPE vocabularies (GPT-2's convention, which Qwen and Llama-3
-    keep): printable Latin-1 bytes stand for themselves, the others for 256, 257, ... in byte order."""
-    printable = {*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)}
-    table, extra = {}, 0
-    for b in range(256):
-        if b in printable:
-            table[chr(b)] = b
-        else:
-            table[chr(256 + extra)] = b
-            extra += 1
-    return table
-
-
-def token_texts(tokenizer) -> list[str]:
-    """Each token's text as it reads after another token (SentencePiece drops a word's space when its token is
-    decoded alone, "▁is" reading "is"); "" where a tokenizer cannot say. Kept for the tokenizer (kept_for)."""
-
-    def decoded():
-        try:
-            anchor = tokenizer.encode("a", add_special_tokens=False)[-1:]
-            head = tokenizer.decode(anchor)
-            texts = tokenizer.batch_decode([anchor + [t] for t in range(len(tokenizer))])
-        except (AttributeError, TypeError, NotImplementedError, IndexError):
-            return [""] * len(tokenizer)
-        return [t[len(head) :] if t.startswith(head) else "" for t in texts]
-
-    return kept_for(tokenizer, "texts", decoded)
-
-
-# What is read once from a tokenizer's vocabulary (its texts, bytes, index and token edges, the tries of its recent
-# lists), held weakly by the tokenizer rather than as its attributes: a tokenizer pickled into loader workers does not
-# carry them.
-_BY_TOKENIZER: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
-def kept_for(tokenizer, name: str, make):
-    """`make()`, made once for `tokenizer` and kept under `name` until tokens are added to it (add_tokens: all that
-    was read from it is then read again); a tokenizer that cannot be held weakly gets it made afresh."""
-    try:
-        kept = _BY_TOKENIZER.setdefault(tokenizer, {})
-    except TypeError:  # a tokenizer that cannot be held weakly, or hashed: read afresh
-        return make()
-    size = len(tokenizer)
-    if kept.get("size") != size:  # tokens added since (add_tokens): what was read is stale
-        kept.clear()
-        kept["size"] = size
-    if name not in kept:
-        kept[name] = make()
-    return kept[name]
-
-
-def token_bytes(tokenizer) -> list[bytes | None]:
-    """Per token id, the bytes its text adds (None: a special token, which spells no text). Read from the vocabulary
-    (byte-level pieces, SentencePiece pieces with byte fallback, or pieces that are bytes, as tiktoken-based
-    tokenizers give), so a token holding part of a character has its bytes too; checked against the tokenizer's own
-    decoding, which stands in where the two disagree (a vocabulary of another kind: a token that holds part of a
-    character then spells nothing). An added token that is not special spells its decoded text."""
-    return kept_for(tokenizer, "bytes", lambda: _read_bytes(tokenizer))
-
-
-def _read_bytes(tokenizer) -> list[bytes | None]:
-    size = len(tokenizer)
-    added = getattr(tokenizer, "added_tokens_decoder", {}) or {}
-    special = set(getattr(tokenizer, "all_special_ids", []) or [])
-    special |= {i for i, token in added.items() if getattr(token, "special", True)}
-    pieces = tokenizer.convert_ids_to_tokens(list(range(size)))
-    table = _byte_level_alphabet()
-    # an added token's piece is its text, not the vocabulary's spelling: its decoding says what it spells
-    plain = [i for i in range(size) if i not in special and i not in added and pieces[i]]
-    named = [i for i in plain if isinstance(pieces[i], str)]
-    byte_level = all(ch in table for i in named for ch in pieces[i])
-    spelled: dict[int, bytes | None] = {i: None for i in range(size) if i in added and i not in special}
-    for i in plain:
-        piece = pieces[i]
-        if isinstance(piece, (bytes, bytearray)):  # tiktoken-based tokenizers (Qwen-1's): the piece is its bytes
-            spelled[i] = bytes(piece)
-        elif not isinstance(piece, str):
-            spelled[i] = None  # a piece of no known kind: its decoding stands in
-        elif byte_level:
-            spelled[i] = bytes(table[ch] for ch in piece)
-        else:
-            byte = _BYTE_TOKEN.fullmatch(piece)
-            spelled[i] = bytes([int(byte.group(1), 16)]) if byte else piece.replace("\u2581", " ").encode()
-    texts = token_texts(tokenizer)
-    out: list[bytes | None] = [None] * size
-    for i, data in spelled.items():
-        if data is None:
-            agrees = False
-        else:
-            try:
-                agrees = data.decode("utf-8") == texts[i]
-            except UnicodeDecodeError:  # part of a character: its decoding cannot show its bytes
-                agrees = "\ufffd" in texts[i] or not texts[i]
-        if agrees:
-            out[i] = data
-        elif texts[i] and "\ufffd" not in texts[i]:
-            out[i] = texts[i].encode()
-    return out
-
-
-class TokenIndex:
-    """A tokenizer's tokens by what they spell: `holding[ch]`, the ids whose text holds character `ch` (characters of
-    scripts written without spaces: most text phrases begin with one; `starting` finds the others); `partial[b]`, the
-    ids whose bytes begin with byte `b` and are no whole text (part of a character at an edge); `first[ch]`, the ids
-    whose text begins with the whole character `ch`; `trailing[bs]`, the ids whose bytes end in `bs`, the first bytes
-    of a character they do not finish; `joining`, per id, whether its bytes begin with a WORD_BYTES byte (it carries
-    a word on)."""
-
-    def __init__(self, spelled: list[bytes | None]):
-        self.bytes = spelled
-        self.holding: dict[str, list[int]] = {}
-        self.partial: dict[int, list[int]] = {}
-        self.first: dict[str, list[int]] = {}
-        self.trailing: dict[bytes, list[int]] = {}
-        self.texts = [data.decode("utf-8", errors="replace") if data else "" for data in spelled]
-        self.joining = torch.tensor([bool(data) and data[0] in WORD_BYTES for data in spelled], dtype=torch.bool)
-        self._starting: dict[str, list[int]] = {}
-        for i, data in enumerate(spelled):
-            if not data:
-                continue
-            begun = _unfinished(data)
-            if begun:
-                self.trailing.setdefault(begun, []).append(i)
-            text = self.texts[i]
-            try:
-                data.decode("utf-8")
-            except UnicodeDecodeError:
-                self.partial.setdefault(data[0], []).append(i)
-            else:
-                self.first.setdefault(text[0], []).append(i)
-            for ch in set(text):
-                if is_no_space_char(ch):
-                    self.holding.setdefault(ch, []).append(i)
-
-    def ends_word(self, token: int) -> bool:
-        """Whether token `token`'s bytes end in a WORD_BYTES byte (a joining token after it carries its word on)."""
-        data = self.bytes[token] if 0 <= token < len(self.bytes) else None
-        return bool(data) and data[-1] in WORD_BYTES
-
-    def starting(self, ch: str) -> list[int]:
-        """The ids whose text holds `ch` where a phrase may begin with it: anywhere, but for an ASCII letter or digit
-        only at a word's start (the text's first character, or after one that is no ASCII letter or digit). Found
-        once per character outside `holding`."""
-        if is_no_space_char(ch):
-            return self.holding.get(ch, [])
-        found = self._starting.get(ch)
-        if found is None:
-            found = self._starting[ch] = [i for i, text in enumerate(self.texts) if _begins_in(text, ch)]
-        return found
-
-
-def _begins_in(text: str, ch: str) -> bool:
-    k = text.find(ch)
-    while k >= 0:
-        if k == 0 or not _ascii_word(ch) or not _ascii_word(text[k - 1]):
-            return True
-        k = text.find(ch, k + 1)
-    return False
-
-
-def token_index(tokenizer) -> TokenIndex:
-    return kept_for(tokenizer, "index", lambda: TokenIndex(token_bytes(tokenizer)))
-
-
 # A character's share of the boost over its UTF-8 bytes, by its length: binary fractions, so that gains add up
 # exactly. The last byte's share is the largest: the byte that tells the character from its neighbours.
 _SHARES = {1: (1.0,), 2: (0.5, 0.5), 3: (0.25, 0.25, 0.5), 4: (0.25, 0.25, 0.25, 0.25)}
-# An ASCII character's worth: a byte-level BPE spells English text about four characters a token, a Chinese one
-# about a character a token, and the token match pays per token
-ASCII_WORTH = 0.25
+# The worth of an ASCII character or a word character (a letter, mark or digit of a script written with spaces: é,
+# Cyrillic, Greek): a byte-level BPE spells such words several characters a token (English about four), a Chinese
+# character or a full-width mark about one a token, and the token match pays per token
+SPACED_WORTH = 0.25
 
 
-def _last_lead(data) -> int:
-    """How far from the end of UTF-8 bytes `data` its last character's first byte stands (0: none within a
-    character's length)."""
-    for back in range(1, min(4, len(data)) + 1):
-        if data[-back] & 0xC0 != 0x80:
-            return back
-    return 0
+class _CharWords:
+    """The word rules of a byte trie (Node.words), read per whole character of its paths: a byte carries a word on,
+    or ends one, as its character does; a character a path has begun and not finished goes as the symbol after the
+    path says (`joining`: the text's character it is part of)."""
+
+    @staticmethod
+    def _lead(path: tuple[int, ...], i: int) -> int:
+        start = i
+        while start > 0 and i - start < 3 and path[start] & 0xC0 == 0x80:
+            start -= 1
+        return start
+
+    def carries(self, path: tuple[int, ...], i: int, joining: bool) -> bool:
+        start = self._lead(path, i)
+        end = start + char_length(path[start])
+        return word_bytes(bytes(path[start:end])) if end <= len(path) else joining
+
+    def ends(self, path: tuple[int, ...], i: int) -> bool:
+        start = self._lead(path, i)
+        return start + char_length(path[start]) == i + 1 and word_bytes(bytes(path[start : i + 1]))
 
 
-def _unfinished(data: bytes) -> bytes:
-    """The bytes at the end of `data` that begin a character they do not finish (b"": none)."""
-    back = _last_lead(data)
-    return data[-back:] if back and back < _char_length(data[-back]) else b""
-
-
-def _char_length(lead: int) -> int:
-    return 1 if lead < 0x80 else 2 if lead < 0xE0 else 3 if lead < 0xF0 else 4
+CHAR_WORDS = _CharWords()
 
 
 def text_trie(phrases) -> Node:
     """The byte trie of `phrases` (each stripped; those byte_phrases chose), each as given and composed (NFC: the
     form text is written in, and the one Qwen's tokenizers normalize to; a list copied from decomposed text, a macOS
-    file name's, had never matched): a node is worth the characters its path holds (an ASCII one ASCII_WORTH), a
-    character's share spread over its bytes (_SHARES). The root's joining and ending symbols are WORD_BYTES: the
-    word rules of hotword_trie, kept on bytes."""
-    root = Node(joining=WORD_BYTES, ending=WORD_BYTES)
+    file name's, had never matched): a node is worth the characters its path holds (an ASCII or word character
+    SPACED_WORTH), a character's share spread over its bytes (_SHARES). The root reads the word rules of
+    hotword_trie per whole character (CHAR_WORDS)."""
+    root = Node(words=CHAR_WORDS)
     for phrase in phrases:
         text = str(phrase).strip()
         for form in dict.fromkeys((text, unicodedata.normalize("NFC", text))):
@@ -326,26 +160,124 @@ def text_trie(phrases) -> Node:
 def _insert(root: Node, data: bytes) -> None:
     node, text = root, data.decode("utf-8")
     for ch in text:
-        spelled, worth = ch.encode("utf-8"), ASCII_WORTH if ch.isascii() else 1.0
+        spelled, worth = ch.encode("utf-8"), SPACED_WORTH if ch.isascii() or is_word_char(ch) else 1.0
         for byte, share in zip(spelled, _SHARES[len(spelled)]):
             node = node.children.setdefault(byte, Node(node.path + (byte,), node.weight + worth * share))
     if text:
-        node.complete, node.word_end = True, node.word_end or _ascii_word(text[-1])
+        node.complete, node.word_end = True, node.word_end or is_word_char(text[-1])
 
 
-def step_token(root: Node, node: Node, spelled: bytes | None, after_word: bool) -> tuple[int, Node]:
-    """(weight banked, the next node) of a token spelling `spelled` after a match at `node` (`after_word`: the text
-    before it ends in a WORD_BYTES byte): its bytes stepped one by one; a token that spells nothing (a special token)
-    ends the match. Not kept: what a byte does at a node is (transition); kept per node and token, every token a row
-    is computed for had stayed, up to the vocabulary times the trie over a long decode."""
+class Place(NamedTuple):
+    """Where a byte match stands after a text: `node`, the match at the text's last whole character; `unit`, the
+    bytes of a character the text has begun and not finished (b"": none), not stepped yet (its first bytes cannot
+    say whether it is a word character); `after`, at the root, whether the text's last whole character is a word
+    character (a phrase beginning with one cannot begin after it)."""
+
+    node: Node
+    unit: bytes = b""
+    after: bool = False
+
+
+def _place(root: Node, node: Node, unit: bytes, after: bool) -> Place:
+    return Place(node, unit, after and node is root)  # past the root the match's own path says it
+
+
+def reading(root: Node, place: Place) -> tuple[float, Node]:
+    """(weight banked, node) of the match at `place` as its text reads so far: an unfinished character's bytes
+    stepped as those of no word character, so that a character spelled in byte tokens pulls the search from its first
+    byte on. Stepped again from the place once the character is whole (step_token)."""
+    return walk(root, place.node, place.unit)
+
+
+def _settle(root: Node, node: Node, data: bytes) -> tuple[float, Node]:
+    """(weight banked, node) of bytes `data` that are no whole character (a character cut short, a stray byte, or
+    one the text ends inside) stepped from `node` as no word character's. No phrase holds them: a match standing
+    inside them ends there."""
+    banked, node = walk(root, node, data)
+    if node.path and not _ends_char(node.path):
+        gained, node = transition(root, node, -1, False, False)
+        banked += gained
+    return banked, node
+
+
+def step_token(root: Node, place: Place, index: TokenIndex, token: int) -> tuple[float, Place]:
+    """(weight banked, the next place) of token id `token` (its bytes: index.bytes) after a match at `place`: the
+    bytes of each character it finishes stepped one by one with that character's word rules (a character the place
+    had begun among them), a character it begins and does not finish kept unstepped in the place; a token that
+    spells nothing (a special token) ends the text, and the match. Its characters and their classes are its Plan
+    (index.plans; after a character the place began, the Plan of what follows the bytes that finish it), else are
+    split here. Not kept: what a byte does at a node is (transition); kept per place and token, every token a row is
+    computed for had stayed, up to the vocabulary times the trie over a long decode."""
+    banked, node, unit, after = _advance(root, place, index, token)
+    return banked, _place(root, node, unit, after)
+
+
+def _advance(root: Node, place: Place, index: TokenIndex, token: int) -> tuple[float, Node, bytes, bool]:
+    """step_token's (weight banked, node, unit, after) before they are made a Place."""
+    node, unit, after = place
+    spelled = index.bytes[token] if token < len(index.bytes) else None
     if not spelled:
-        return transition(root, node, -1, False, False)
-    banked, state = 0, node
-    for byte in spelled:
-        joining = byte in WORD_BYTES
-        gained, state = transition(root, state, byte, joining, after_word)
-        banked, after_word = banked + gained, joining
-    return banked, state
+        banked, node = _settle(root, node, unit) if unit else (0, node)
+        gained, node = transition(root, node, -1, False, False)
+        return banked + gained, root, b"", False
+    banked, plan = 0, index.plans[token]
+    if unit:  # the token's first continuation bytes finish the character begun, or it is cut short
+        lead, plan = index.continued.get(token, (0, plan))
+        need = char_length(unit[0]) - len(unit)
+        take = min(lead, need)
+        if take < need and take == len(spelled):  # still unfinished
+            return 0, node, unit + spelled, after
+        banked, node, after = _finish(root, node, unit + spelled[:take], after)
+        spelled = spelled[take:]
+        if not spelled:
+            return banked, node, b"", after
+        plan = plan if take == lead else None
+    if plan is not None:
+        gained, node, tail, after = _follow(root, node, after, plan)
+        return banked + gained, node, tail, after
+    for char, word, whole in split_chars(spelled):
+        if whole is None:
+            return banked, node, char, after
+        if whole:  # a character: a match standing inside it goes on, or ended before it
+            for byte in char:
+                gained, node = transition(root, node, byte, word, after)
+                banked += gained
+        else:
+            gained, node = _settle(root, node, char)
+            banked += gained
+        after = word
+    return banked, node, b"", after
+
+
+def _finish(root: Node, node: Node, char: bytes, after: bool) -> tuple[float, Node, bool]:
+    """(weight banked, node, whether it is a word character) of the character a text had begun, finished by the
+    first bytes of a token (`char`: all its bytes) or cut short by them, stepped from `node`. Kept on the root: every
+    token that goes on with a character begun asks it, and few characters finish one."""
+    key = ("finish", node, char, after)
+    known = root.memo.get(key)
+    if known is None:
+        word = char_word(char) if len(char) == char_length(char[0]) else None
+        if word is None:  # cut short, or no character: no phrase holds it
+            known = (*_settle(root, node, char), False)
+        else:
+            banked = 0
+            for byte in char:
+                gained, node = transition(root, node, byte, word, after)
+                banked += gained
+            known = (banked, node, word)
+        root.memo[key] = known
+    return known
+
+
+def _follow(root: Node, node: Node, after: bool, plan: Plan) -> tuple[float, Node, bytes, bool]:
+    """(weight banked, node, the bytes of a character begun, whether the last whole character is a word character) of
+    a token's Plan stepped from `node` (`after`: the text before it ends in a word character)."""
+    steps, tail, last = plan
+    if steps.__class__ is bytes:  # no word character: a byte's word flags change nothing
+        banked, node = walk(root, node, steps)
+    else:
+        banked, node = walk_steps(root, node, steps, after)
+    return banked, node, tail, after if last is None else last
 
 
 def _next_chars(node: Node) -> set[str]:
@@ -361,50 +293,88 @@ def _next_chars(node: Node) -> set[str]:
 
 
 def text_gains(
-    root: Node, node: Node, index: TokenIndex, after_word: bool
-) -> tuple[float, float, torch.Tensor, torch.Tensor]:
-    """What each next token earns after a match at `node` (`after_word`: the text ends in a WORD_BYTES byte), whatever
-    was banked before it, as (a shift, the shift of a joining token, ids, their gains): every token earns its shift
-    plus what it earns at the root after that text (`text_gains(root, root, ...)`: 0 but for the ids given there),
-    except the ids given, which earn their gains. Kept on the root.
+    root: Node, place: Place, index: TokenIndex
+) -> tuple[float, float, Place | None, torch.Tensor, torch.Tensor]:
+    """What each next token earns after a match at `place` (its worth: what `reading` reads), whatever was banked
+    before it, as (a shift, the shift of a joining token, a place at the root, ids, their gains): every token earns
+    its shift plus what it earns at that place (`text_gains(root, that place, ...)`; None: 0), except the ids given,
+    which earn their gains. Kept on the root.
 
     At the root the ids are the tokens holding a phrase's first character where a phrase may begin (TokenIndex.
-    starting), or ending in some of its first bytes: any other token leaves the root as it found it. Elsewhere a token
+    starting), or ending in some of its first bytes: any other token leaves the root as it found it. Past it a token
     whose first byte goes on with no place of the match but the root ends the match (banking what the end token
     banks, or a joining token, which carries a phrase's last word on: the second shift) and then steps from the root,
     as it would there; so only the tokens going on from a place past the root are stepped: those beginning with a
-    character a phrase goes on with there, or with a byte of one (a token that holds part of a character)."""
-    after_word = after_word and node is root  # past the root, the match's own last byte says it
-    key = ("text_gains", node, after_word)
+    character a phrase goes on with there, or with a byte of one (a token that holds part of a character). After an
+    unfinished character, a token that does not go on with it cuts it short, ending the match in it, and then steps
+    from the root; of those going on with it, only the ones that earn otherwise are stepped (_finishing)."""
+    key = ("text_gains", place)
     known = root.memo.get(key)
     if known is None:
+        known = root.memo[key] = _text_gains(root, place, index)
+    return known
+
+
+def _text_gains(root: Node, place: Place, index: TokenIndex):
+    node = place.node
+    read, at = reading(root, place)
+    if place.unit:
+        ended = joined = transition(root, at, -1, False, False)[0] - at.weight
+        base, ids = Place(root), _finishing(root, place, index, read + ended + at.weight)
+    elif node is root:
+        ended = joined = 0
+        base, ids = None, set()
+        for ch in _next_chars(root):
+            ids.update(index.starting(ch))
+            spelled = ch.encode("utf-8")
+            for k in range(1, len(spelled)):
+                ids.update(index.trailing.get(spelled[:k], ()))
+    else:
         ended = transition(root, node, -1, False, False)[0] - node.weight
         joined = transition(root, node, -1, True, False)[0] - node.weight
-        ids = set()
-        if node is root:
-            for ch in _next_chars(root):
-                ids.update(index.starting(ch))
-                spelled = ch.encode("utf-8")
-                for k in range(1, len(spelled)):
-                    ids.update(index.trailing.get(spelled[:k], ()))
+        base, ids = Place(root, b"", ends_word(root, node.path, len(node.path) - 1)), set()
         for joining in (False, True):  # a joining token may break a word's match where another would not
             for _, state in chain(root, node, joining)[:-1]:  # the places past the root
                 ids.update(t for byte in state.children for t in index.partial.get(byte, ()))
                 if _ends_char(state.path):
                     for ch in _next_chars(state):
                         ids.update(index.first.get(ch, ()))
-        order = sorted(ids)
-        after = after_word if node is root else node.path[-1] in WORD_BYTES
-        gains = []
-        for t in order:
-            banked, reached = step_token(root, node, index.bytes[t], after)
-            gains.append(banked + reached.weight - node.weight)
-        known = (ended, joined, torch.tensor(order, dtype=torch.long), torch.tensor(gains, dtype=torch.float64))
-        root.memo[key] = known
-    return known
+    order = sorted(ids)
+    worth, gains, plans, unit, after = read + at.weight, [], index.plans, place.unit, place.after
+    for t in order:
+        plan = None if unit else plans[t]
+        if plan is not None:  # _follow, inline: the common case, stepped thousands of times a row
+            steps, tail, _ = plan
+            if steps.__class__ is bytes:
+                banked, reached = walk(root, node, steps)
+            else:
+                banked, reached = walk_steps(root, node, steps, after)
+        else:
+            banked, reached, tail, _ = _advance(root, place, index, t)
+        gained, reached = walk(root, reached, tail) if tail else (0, reached)  # reading the place reached
+        gains.append(banked + gained + reached.weight - worth)
+    return ended, joined, base, torch.tensor(order, dtype=torch.long), torch.tensor(gains, dtype=torch.float64)
+
+
+def _finishing(root: Node, place: Place, index: TokenIndex, cut: float) -> set[int]:
+    """The tokens that go on with the character `place` has begun and earn other than what cutting it short earns
+    (`cut`, banked, then the token's own gain at the root, where its first continuation bytes are stray): those
+    whose finished (or cut short) character goes on with a match or begins one, or banks another weight (it carries
+    a phrase's last word on), or is a word character that a word character at the start of the rest carries on; and
+    those that leave the character unfinished, or whose rest has no Plan (TokenIndex.finishing)."""
+    node, unit, after = place
+    ids = set()
+    for head, (every, alone, worded) in index.finishing(char_length(unit[0]) - len(unit)).items():
+        ids.update(alone)
+        banked, reached, word = _finish(root, node, unit + head, after)
+        if reached is not root or banked != cut:
+            ids.update(every)
+        elif word:
+            ids.update(worded)
+    return ids
 
 
 def _ends_char(path: tuple[int, ...]) -> bool:
     """Whether the UTF-8 bytes `path` end at a character's end (the next byte begins a character)."""
-    back = _last_lead(path)
-    return back == _char_length(path[-back]) if back else not path
+    back = last_lead(path)
+    return back == char_length(path[-back]) if back else not path

@@ -25,6 +25,9 @@ class Node:
     children: dict[int, Node] = field(default_factory=dict)
     joining: frozenset[int] = frozenset()  # the root's: the tokenizer's joining token ids
     ending: frozenset[int] = frozenset()  # the root's: the ids of tokens that end inside a word (word_ending_tokens)
+    # the root's, for symbols that are UTF-8 bytes: read whole characters for the word rules (carries, ends_word)
+    # rather than `joining` and `ending` (hotword_text.CHAR_WORDS); None: symbols are read alone
+    words: object | None = None
     memo: dict = field(default_factory=dict, repr=False)  # the root's: transition's answers
 
     @property
@@ -36,13 +39,26 @@ def joins(token: int, joining: frozenset[int]) -> bool:
     return token in joining
 
 
+def carries(root: Node, path: tuple[int, ...], i: int, joining: bool) -> bool:
+    """Whether the symbol at path[i] carries the word before it on; `joining` says it for the symbol after the path
+    (i == len(path)) and, on bytes, for a character the path begins and that symbol goes on with."""
+    if i >= len(path):
+        return joining
+    return root.words.carries(path, i, joining) if root.words is not None else path[i] in root.joining
+
+
+def ends_word(root: Node, path: tuple[int, ...], i: int) -> bool:
+    """Whether the text up to path[i] ends inside a word (a joining symbol after it goes on with that word)."""
+    return root.words.ends(path, i) if root.words is not None else path[i] in root.ending
+
+
 def complete_prefix(root: Node, path: tuple[int, ...], joining: bool) -> tuple[int, int]:
     """(symbols, weight) of the longest phrase that `path` begins with and that is complete there: not carried on
     by the token after it (the path's next one, or one that is `joining` after the whole path); (0, 0): none."""
     best, node = (0, 0), root
     for i, token in enumerate(path):
         node = node.children[token]
-        carried_on = joins(path[i + 1], root.joining) if i + 1 < len(path) else joining
+        carried_on = carries(root, path, i + 1, joining)
         if node.complete and not (node.word_end and carried_on):
             best = (i + 1, node.weight)
     return best
@@ -53,7 +69,7 @@ def transition(root: Node, node: Node, token: int, joining: bool, after_word: bo
     token carries the word before it on; `after_word`: the token before it ends inside a word, so a phrase's
     start-of-text spelling cannot begin at a joining token)."""
     after_word = after_word and node is root  # past the root the match's own last symbol says it (below)
-    key = (node, token, joining, after_word)
+    key = (node, token, joining, after_word)  # walk and walk_steps read the memo by this key too
     known = root.memo.get(key)
     if known is None:
         child = node.children.get(token)
@@ -65,10 +81,39 @@ def transition(root: Node, node: Node, token: int, joining: bool, after_word: bo
             known = (0, root)
         else:
             banked, rest = broken(root, node, joining)
-            gained, after = transition(root, rest, token, joining, node.path[-1] in root.ending)
+            gained, after = transition(root, rest, token, joining, ends_word(root, node.path, len(node.path) - 1))
             known = (banked + gained, after)
         root.memo[key] = known
     return known
+
+
+def walk(root: Node, node: Node, symbols) -> tuple[float, Node]:
+    """(weight banked, the node reached) of `symbols` stepped one by one after `node`, none of them joining (so no
+    word rule bars a phrase's start): transition's answers read from the memo without a call each, as a byte match
+    steps thousands of tokens' bytes for one row."""
+    memo, banked = root.memo, 0
+    for symbol in symbols:
+        known = memo.get((node, symbol, False, False))
+        if known is None:
+            known = transition(root, node, symbol, False, False)
+        banked += known[0]
+        node = known[1]
+    return banked, node
+
+
+def walk_steps(root: Node, node: Node, steps, after_word: bool) -> tuple[float, Node]:
+    """walk for symbols with word rules: `steps` are (symbol, joining, after_word) as transition takes them, an
+    after_word of None reading `after_word` (what the text before the steps ends in)."""
+    memo, banked = root.memo, 0
+    for symbol, joining, after in steps:
+        if after is None:
+            after = after_word
+        known = memo.get((node, symbol, joining, after and node is root))  # transition's key
+        if known is None:
+            known = transition(root, node, symbol, joining, after)
+        banked += known[0]
+        node = known[1]
+    return banked, node
 
 
 def broken(root: Node, node: Node, joining: bool) -> tuple[int, Node]:
@@ -80,7 +125,9 @@ def broken(root: Node, node: Node, joining: bool) -> tuple[int, Node]:
         done, banked = complete_prefix(root, node.path, joining)
         state, path = root, node.path
         for i in range(max(done, 1), len(path)):
-            gained, state = transition(root, state, path[i], joins(path[i], root.joining), path[i - 1] in root.ending)
+            gained, state = transition(
+                root, state, path[i], carries(root, path, i, joining), ends_word(root, path, i - 1)
+            )
             banked += gained
         known = root.memo[key] = (banked, state)
     return known

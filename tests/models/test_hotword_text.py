@@ -4,12 +4,15 @@ the tokenizer merged the phrase's characters with the text around it."""
 from __future__ import annotations
 
 import random
+import unicodedata
 
 import pytest
 import torch
 
 from llmasr.models.hotword_boost import HotwordBoost
-from llmasr.models.hotword_text import byte_phrases, is_text_phrase, token_bytes
+from llmasr.models.hotword_text import byte_phrases, is_text_phrase
+from llmasr.models.hotword_tokens import token_bytes
+from llmasr.scoring import is_no_space_char
 from llmasr.testing.tiny_llm import train_bpe_tokenizer
 
 PHRASES = ["通义千问", "千问", "阿里云", "千问模型", "语音识别"]
@@ -87,23 +90,52 @@ def test_a_character_spelled_in_byte_tokens_pulls_from_its_first_byte(tok):
     assert earned == 1.0 and _gains(boost, rare, len(tok))[end] == 0.0
 
 
-_WORD = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+def _word(char: bytes) -> bool:
+    """Whether bytes are one whole letter, mark or digit of a script written with spaces (bytes that are no character,
+    or a character cut short, are none)."""
+    try:
+        text = char.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return len(text) == 1 and unicodedata.category(text)[0] in "LMN" and not is_no_space_char(text)
+
+
+def _char_before(data: bytes, i: int) -> bytes:
+    """The character of `data` that ends at byte `i` (the longest of up to four bytes that is one; else the byte)."""
+    for k in range(min(4, i), 0, -1):
+        if _one_char(data[i - k : i]):
+            return data[i - k : i]
+    return data[i - 1 : i]
+
+
+def _one_char(data: bytes) -> bool:
+    try:
+        return len(data.decode("utf-8")) == 1
+    except UnicodeDecodeError:
+        return False
+
+
+def _char_at(data: bytes, j: int) -> bytes:
+    """The character of `data` that begins at byte `j`: as many bytes as its first byte asks for."""
+    lead = data[j]
+    return data[j : j + (1 if lead < 0xC0 else 2 if lead < 0xE0 else 3 if lead < 0xF0 else 4)]
 
 
 def _worth(phrase: bytes) -> float:
-    """A phrase's worth: one a character, a quarter an ASCII one."""
-    return sum(0.25 if ch.isascii() else 1.0 for ch in phrase.decode("utf-8"))
+    """A phrase's worth: one a character, a quarter an ASCII one or a letter, mark or digit of a spaced script."""
+    return sum(0.25 if ch.isascii() or _word(ch.encode()) else 1.0 for ch in phrase.decode("utf-8"))
 
 
 def _leftmost_longest(data: bytes, phrases: list[bytes]) -> float:
     """The reference: the worth of the phrases found in `data` leftmost first, then longest first, never overlapping;
-    a phrase that begins with an ASCII letter or digit begins only where none is before it, and one that ends with
-    one is complete only where none follows it."""
+    a phrase that begins with a word character (a letter, mark or digit of a script written with spaces) begins only
+    where none is before it, and one that ends with one is complete only where none follows it, read as whole
+    characters."""
 
     def fits(p: bytes, i: int) -> bool:
-        j = i + len(p)
-        begins = not (p[0] in _WORD and i > 0 and data[i - 1] in _WORD)
-        ends = not (p[-1] in _WORD and j < len(data) and data[j] in _WORD)
+        j, text = i + len(p), p.decode("utf-8")
+        begins = not (_word(text[0].encode()) and i > 0 and _word(_char_before(data, i)))
+        ends = not (_word(text[-1].encode()) and j < len(data) and _word(_char_at(data, j)))
         return data.startswith(p, i) and begins and ends
 
     total, i = 0.0, 0
@@ -162,13 +194,13 @@ def test_every_tokens_gain_is_the_step_of_the_match(tok):
 
 
 def test_phrases_are_split_between_the_two_matches():
-    """A phrase holding a character of a script written without spaces is matched on bytes, with ASCII letters or
-    digits at an edge too (their word rules kept there); one with another spaced script's letter at an edge, or none
-    of those characters, keeps the token-id match and its word rules."""
+    """A phrase holding a character of a script written without spaces is matched on bytes, with letters or digits of
+    any spaced script at an edge too (their word rules kept there, per whole character); one with none of those
+    characters keeps the token-id match and its word rules."""
     assert is_text_phrase("通义千问") and is_text_phrase("小米14手机") and is_text_phrase("ありがとう")
     assert is_text_phrase("iPhone手机") and is_text_phrase("小米14") and is_text_phrase("《三体》")
-    assert not is_text_phrase("Qwen") and not is_text_phrase("Москва大学") and not is_text_phrase("咖啡é")
-    assert not is_text_phrase("")
+    assert is_text_phrase("Москва大学") and is_text_phrase("咖啡é") and is_text_phrase("Ａ手机")
+    assert not is_text_phrase("Qwen") and not is_text_phrase("Москва") and not is_text_phrase("")
 
 
 def test_a_phrase_sharing_text_with_a_byte_phrase_joins_it_on_bytes():
@@ -302,7 +334,7 @@ def test_what_a_list_keeps_is_bounded_by_its_trie_not_the_vocabulary():
     place's row computed, however many tokens begin with a phrase's character, there are at most 256 byte steps and
     a few answers per place. A step per place and token had been kept too: up to the vocabulary times the trie over
     a long decode."""
-    from llmasr.models.hotword_text import text_gains
+    from llmasr.models.hotword_text import Place, text_gains
 
     rng = random.Random(0)
     chars = [chr(0x4E00 + i) for i in rng.sample(range(20000), 1500)]
@@ -316,7 +348,7 @@ def test_what_a_list_keeps_is_bounded_by_its_trie_not_the_vocabulary():
         todo.extend(places[-1].children.values())
     for place in places:
         for after_word in (False, True):
-            text_gains(root, place, boost.index, after_word)
+            text_gains(root, Place(place, b"", after_word), boost.index)
     assert len(boost.index.holding["千"]) > len(places) * 260
     assert len(root.memo) <= len(places) * (256 + 4)
 
@@ -411,6 +443,24 @@ OTHER_LISTS = {
         + ["小米14手机", "145号"],
         ["我的iPhone手机很好", "小米145号", "小米14和", "用Qwen大模型", "xiPhone手机", "GPT-4模型", "iPhone Pro", "4"],
     ),
+    # letters of other spaced scripts at the edges (Latin with diacritics, Cyrillic, Greek, full-width), read per
+    # whole character: many are spelled in byte tokens here, so a character's first bytes come before it is known to
+    # be a letter or punctuation ("Ａ" is EF BC A1, "，" EF BC 8C)
+    "unicode_edges": (
+        ["我在Москва大学", "Café咖啡很好", "大学Café，好", "ＡＢ手机", "手机Ωμέγα", "小米14，", "αβ手机"],
+        ["Москва大学", "Café咖啡", "Café", "大学Café", "Ａ手机", "手机Ω", "小米14", "小米", "αβ手机", "β手"],
+        [
+            "我在Москва大学",
+            "ПодМосква大学",
+            "xCafé咖啡",
+            "大学Cafés",
+            "大学Café，好",
+            "ＡＡ手机",
+            "，Ａ手机",
+            "ÜαβＡ手机Ωβ",
+        ]
+        + ["小米14ü", "小米14я", "小米14Ａ", "小米14，", "ЯiPhone手机", "αβ手机ü"],
+    ),
 }
 
 
@@ -463,29 +513,60 @@ def test_latin_edges_keep_their_word_rules_on_bytes():
     assert both.tries[0].tokens is not None and both.tries[0].text is not None
 
 
-def test_a_group_sharing_text_is_paid_once_where_one_of_it_cannot_be_matched_on_bytes():
-    """A phrase that shares text with a phrase matched on bytes but has a letter of another spaced script at an edge
-    ("Café" beside "Café咖啡", "Москва大学" beside "大学") keeps its word rules only on token ids: the phrases that
-    share text with it stay there with it, so that the text they share is paid once. "Café" had been paid by the
-    token match and again, inside "Café咖啡", by the byte match."""
+def test_word_rules_read_whole_characters_of_every_script():
+    """The word rules on bytes read whole characters, a word character being a letter, mark or digit of any script
+    written with spaces: "iPhone手机" does not begin after "ü", "Я", "α" or a full-width "Ａ" (all spelled in byte
+    tokens here) as it does not after "x", and "小米14" is not complete before them, while a full-width comma ends
+    its word as a space does. Read as ASCII's, the letters had been no word characters: "MüiPhone手机" earned the
+    phrase, and "小米14ü" "小米14" too."""
+    corpus = OTHER_LISTS["latin_edges"][0]
+    tok = train_bpe_tokenizer(corpus * 30, vocab_size=400)
+    end = _end(tok)
+    assert all(token_bytes(tok)[t] in (b"\xc3", b"\xbc") for t in _ids(tok, "ü"))  # two byte tokens
+    boost = HotwordBoost([["iPhone手机", "小米14", "小米"]], tok, 1.0, end, 1)
+    phrase = 6 * 0.25 + 2
+    for before in ("x", "Mü", "Я", "α", "Ａ", "é"):
+        assert _total(boost, _ids(tok, before + "iPhone手机"), end) == 0.0, before
+    for before in ("，", "。", " ", "手"):
+        assert _total(boost, _ids(tok, before + "iPhone手机"), end) == phrase, before
+    for after in ("x", "ü", "я", "Ａ", "５"):
+        assert _total(boost, _ids(tok, "小米14" + after), end) == 2.0, after
+    for after in ("，", "。", "!", "手"):
+        assert _total(boost, _ids(tok, "小米14" + after), end) == 2 + 2 * 0.25, after
+
+
+def test_a_group_sharing_text_with_other_scripts_letters_at_its_edges_is_on_bytes_and_paid_once():
+    """A phrase with a letter of another spaced script at an edge ("Café咖啡", "Москва大学") is matched on bytes with
+    the phrases it shares text with ("Café", "大学"), the word rules read per whole character: the text they share is
+    paid once, and "Москва大学" is not found inside "ПодМосква大学". A spaced script's letters are paid a quarter each,
+    as ASCII's are (its words run several letters a token), a Chinese character one: "Москва大学" earns 3.5 (it had
+    earned 8, each Cyrillic letter a Chinese character's worth). Held on token ids, where the merged "大学" of
+    "Москва大学" is no token of its own, the phrase had earned a token's worth per token."""
     from tokenizers import normalizers
 
-    corpus = ["Café", "咖啡", "Москва", "大学", "Café"] * 30
+    corpus = ["Café", "咖啡", "Москва", "大学", "Café", "ПодМосква"] * 30
     tok = train_bpe_tokenizer(corpus, vocab_size=360)
     tok.backend_tokenizer.normalizer = normalizers.NFC()
     end = _end(tok)
-    for listed, text in ((["Café咖啡", "Café"], "Café咖啡"), (["大学", "Москва大学"], "Москва大学")):
+    for listed, text, worth in (
+        (["Café咖啡", "Café"], "Café咖啡", 4 * 0.25 + 2),
+        (["大学", "Москва大学"], "Москва大学", 6 * 0.25 + 2),
+    ):
         seq = _ids(tok, text)
         assert [tok.decode([t]) for t in seq] == [text[:-2], text[-2:]]
-        assert _total(HotwordBoost([listed], tok, 1.0, end, 1), seq, end) == len(seq), listed
-        assert byte_phrases(listed) == set(), listed
+        assert byte_phrases(listed) == set(listed), listed
+        boost = HotwordBoost([listed], tok, 1.0, end, 1)
+        assert boost.tries[0].tokens is None and _total(boost, seq, end) == worth, listed
+    boost = HotwordBoost([["Москва大学"]], tok, 1.0, end, 1)
+    assert _total(boost, _ids(tok, "ПодМосква大学"), end) == 0.0
 
 
 def test_phrases_share_text_as_composed():
     """Phrases are told to share text as composed (NFC), the form both matches find them in: "Pokémon" typed
-    decomposed beside "Pokémon宝可梦" joins it on bytes, and "大学Café" typed decomposed, whose last character is a
-    letter once composed, is not matched on bytes (its word rules are the token match's). Read as written, the
-    first had been paid by both matches and the second had lost its word rule."""
+    decomposed beside "Pokémon宝可梦" joins it on bytes. Read as written, it had been paid by both matches. "é" is
+    paid a quarter, as the other letters are (it had been paid one, 5.5 in all). "大学Café"
+    typed decomposed ends in a combining mark, a word character as the composed "é" is: on bytes it keeps its word
+    rule either way."""
     import unicodedata
 
     from tokenizers import normalizers
@@ -496,9 +577,9 @@ def test_phrases_share_text_as_composed():
     assert [tok.decode([t]) for t in seq] == ["Pokémon", "宝可梦"]
     decomposed = unicodedata.normalize("NFD", "Pokémon")
     once = _total(HotwordBoost([["Pokémon宝可梦"]], tok, 1.0, end, 1), seq, end)
-    assert _total(HotwordBoost([["Pokémon宝可梦", decomposed]], tok, 1.0, end, 1), seq, end) == once == 6 * 0.25 + 4
+    assert _total(HotwordBoost([["Pokémon宝可梦", decomposed]], tok, 1.0, end, 1), seq, end) == once == 7 * 0.25 + 3
     assert byte_phrases(["Pokémon宝可梦", decomposed]) == {"Pokémon宝可梦", decomposed}
-    assert not is_text_phrase(unicodedata.normalize("NFD", "大学Café"))
+    assert is_text_phrase(unicodedata.normalize("NFD", "大学Café"))
 
 
 def test_a_long_chain_of_phrases_sharing_text_is_sorted_at_once():
@@ -529,3 +610,39 @@ def test_a_phrase_held_on_token_ids_keeps_there_only_what_it_can_share_text_with
     assert _total(boost, proe, end) == _total(HotwordBoost([["Pro", "Proé"]], tok, 1.0, end, 1), proe, end) == len(proe)
     # nor does "Pro" join "o手机" on bytes without "Proé": the two are never found sharing an "o"
     assert byte_phrases(["o手机", "Pro"]) == {"o手机"}
+
+
+def test_however_the_text_is_cut_into_tokens_the_match_finds_its_leftmost_longest_phrases():
+    """Tokens step the match through their characters and classes read once per token (TokenIndex.plans), and after
+    a character a token before them began, through the bytes that finish it and the Plan of the rest: over texts cut
+    into tokens at every byte (so characters split every way), with stray continuation bytes inside them, characters
+    cut short and bytes that are no character, the match banks what a leftmost-longest scan of the bytes finds."""
+    from llmasr.models.hotword_text import Place, step_token, text_trie
+    from llmasr.models.hotword_tokens import TokenIndex
+
+    rng = random.Random(0)
+    texts = OTHER_LISTS["unicode_edges"][2] + OTHER_LISTS["latin_edges"][2] + ["小米14Ａ手机", "xЯiPhone手机"]
+    said = [t.encode() for t in texts]
+    for data in list(said):  # a stray continuation byte inside a character or between two; a character cut short
+        for _ in range(6):
+            at = rng.randint(0, len(data))
+            said.append(data[:at] + rng.choice([b"\x80", b"\xa1"]) + data[at:])
+            said.append(data[: at - 1] + data[at:] if at else data[1:])
+    pieces = {data[i : i + n] for data in said for n in range(1, 7) for i in range(len(data) - n + 1)}
+    odd = [b"\xed\xa0\x80", b"\xff", b"\xe6\x89", b"\xbc\xa1\xe6"]  # no character; cut short
+    vocab = [None, *sorted(pieces), *odd]  # id 0 spells nothing: it ends the text
+    ids = {data: i for i, data in enumerate(vocab)}
+    phrases = OTHER_LISTS["unicode_edges"][1] + OTHER_LISTS["latin_edges"][1]
+    index, root, wanted = TokenIndex(vocab), text_trie(phrases), [p.encode() for p in phrases]
+    for _ in range(3000):
+        data, seq, at = rng.choice(said), [], 0
+        while at < len(data):
+            n = min(rng.randint(1, 6), len(data) - at)
+            seq.append(ids[data[at : at + n]] if rng.random() < 0.95 else rng.randrange(1, len(vocab)))
+            at += n
+        place, total = Place(root), 0.0
+        for token in [*seq, 0]:
+            gained, place = step_token(root, place, index, token)
+            total += gained
+        spelled = b"".join(vocab[t] for t in seq)
+        assert total == _leftmost_longest(spelled, wanted), [vocab[t] for t in seq]
