@@ -14,6 +14,7 @@ tokenizer's byte table and index, once per tokenizer; the list's trie, once per 
 from __future__ import annotations
 
 import argparse
+import gc
 import sys
 import time
 
@@ -44,6 +45,9 @@ def step_cost(boost, tok, texts: list[str], rows: int, steps: int) -> float:
     vocab = len(tok)
     seqs = [tok.encode(t, add_special_tokens=False) for t in texts[:rows]]
     width = min(steps, min(len(s) for s in seqs))
+    # the set-up's objects collected first: a full collection landing inside these few steps (where the set-up's
+    # allocations happen to trigger it) had doubled the mean, a cost a long decode pays once, not per step
+    gc.collect()
     took = 0.0
     for k in range(width):
         ids = torch.tensor([s[:k] for s in seqs], dtype=torch.long).reshape(rows, k)
