@@ -32,7 +32,6 @@ DEFAULT_CORPUS = [
 def train_bpe_tokenizer(texts: list[str], vocab_size: int = 300, *, chat_template: str | None = CHATML_TEMPLATE):
     """A byte-level BPE tokenizer (Qwen-style) trained on `texts`, wrapped as a transformers fast tokenizer."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -44,15 +43,7 @@ def train_bpe_tokenizer(texts: list[str], vocab_size: int = 300, *, chat_templat
         show_progress=False,
     )
     tok.train_from_iterator(texts, trainer=trainer)
-    hf = PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        eos_token="<|im_end|>",
-        pad_token="<|endoftext|>",
-        additional_special_tokens=["<|im_start|>"],
-    )
-    if chat_template is not None:
-        hf.chat_template = chat_template
-    return hf
+    return _wrapped(tok, chat_template)
 
 
 def _wrapped(tok, chat_template: str | None, **specials):
