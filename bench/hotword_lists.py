@@ -47,7 +47,7 @@ def per_call_us(fn, n: int) -> float:
 
 
 def tokenizer(path: str | None):
-    from llmasr.models.llm import load_tokenizer
+    from llmasr.models.tokenizer import load_tokenizer
 
     if path:
         return load_tokenizer(path)

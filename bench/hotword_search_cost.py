@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     texts = sentences(rng, words, args.sentences)
     t0 = time.perf_counter()
     if args.tokenizer:
-        from llmasr.models.llm import load_tokenizer
+        from llmasr.models.tokenizer import load_tokenizer
 
         tok = load_tokenizer(args.tokenizer)
     else:

@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     from llmasr.data.llm_unk import LLMUnk
-    from llmasr.models.llm import load_tokenizer
+    from llmasr.models.tokenizer import load_tokenizer
     from llmasr.testing.tiny_llm import write_tiny_llm_dir
 
     rows = {}

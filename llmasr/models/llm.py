@@ -28,11 +28,11 @@ from llmasr.models.llm_files import (
     stored_shapes,
     weight_files,
 )
+from llmasr.models.tokenizer import TOKENIZER_FILES, load_tokenizer, tokenizer_dir
 
 log = logging.getLogger(__name__)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json")
 
 
 # load_llm honours a live HfDeepSpeedConfig: under ZeRO-3 from_pretrained partitions weights as it reads them.
@@ -104,50 +104,6 @@ def warn_remote_code(path: str | Path, source: str) -> None:
         "trust_remote_code is on (%s): transformers may import and run the Python files in %s; "
         "use it only for a directory you trust", source, path,
     )  # fmt: skip
-
-
-_SHARED_TOKENIZERS: dict | None = None  # while one_tokenizer_load is entered: (folder, remote code) -> tokenizer
-
-
-@contextlib.contextmanager
-def one_tokenizer_load():
-    """Within it (a decorator too) load_tokenizer loads each folder's tokenizer once and gives every later caller
-    that same object: a start-up's comparison with the folder it starts from, data plan and model build each loaded
-    their own. For one recipe's start-up only: its PromptBuilders set the shared tokenizer's chat_template alike."""
-    global _SHARED_TOKENIZERS
-    outer = _SHARED_TOKENIZERS
-    _SHARED_TOKENIZERS = {} if outer is None else outer
-    try:
-        yield
-    finally:
-        _SHARED_TOKENIZERS = outer
-
-
-def load_tokenizer(path: str | Path, *, trust_remote_code: bool = False):
-    key = (str(Path(path).resolve()), trust_remote_code)
-    if _SHARED_TOKENIZERS is not None and key in _SHARED_TOKENIZERS:
-        return _SHARED_TOKENIZERS[key]
-    tok = _load_tokenizer(path, trust_remote_code)
-    if _SHARED_TOKENIZERS is not None:
-        _SHARED_TOKENIZERS[key] = tok
-    return tok
-
-
-def _load_tokenizer(path: str | Path, trust_remote_code: bool):
-    from transformers import AutoTokenizer
-
-    try:
-        tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True, trust_remote_code=trust_remote_code)
-    except ValueError as err:  # a cut-short or damaged tokenizer.json: its parser's error names no file
-        raise LLMLoadError(f"{path}: its tokenizer files cannot be read ({type(err).__name__}: {err})") from err
-    if len(tok) and len(tok) == len(getattr(tok, "added_tokens_decoder", None) or {}):
-        # tokenizer_config.json alone: transformers builds a tokenizer of its special tokens that encodes every text
-        # to no token at all
-        raise LLMLoadError(
-            f"{path}: the tokenizer holds its {len(tok)} special tokens and no vocabulary: its vocabulary file is "
-            "missing (tokenizer.json, or vocab.json with merges.txt, or tokenizer.model)"
-        )
-    return tok
 
 
 def linear_module_names(model: nn.Module) -> list[str]:
@@ -239,7 +195,7 @@ def load_llm(
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
-    path = check_llm_dir(path, tokenizer=tokenizer or _adapter_tokenizer(adapter))
+    path = check_llm_dir(path, tokenizer=tokenizer_dir(path, tokenizer, adapter))
     if dtype not in DTYPES:
         raise LLMLoadError(f"model.llm.dtype: {dtype!r} is not one of {sorted(DTYPES)}")
     if trust_remote_code:
@@ -354,21 +310,6 @@ def set_activation_checkpointing(model: nn.Module, every: int) -> int:
     for i, layer in enumerate(layers):
         layer.gradient_checkpointing = i % every == 0  # the per-layer flag transformers' layers read
     return sum(bool(layer.gradient_checkpointing) for layer in layers)
-
-
-def tokenizer_dir(path: str | Path, tokenizer: str | Path | None = None, adapter: str | Path | None = None) -> Path:
-    """Where an LLM's tokenizer is read from: model.llm.tokenizer, else an adapter directory that carries one, else
-    the LLM directory itself. The model's build and the data's text side both read it here, so training rows and
-    the model's prompts come from one tokenizer."""
-    return Path(tokenizer or _adapter_tokenizer(adapter) or path)
-
-
-def _adapter_tokenizer(adapter: str | Path | None) -> Path | None:
-    """An adapter directory that carries tokenizer files (an llmasr adapter export does) supplies the tokenizer."""
-    if adapter is None:
-        return None
-    adapter = Path(adapter)
-    return adapter if any((adapter / name).is_file() for name in TOKENIZER_FILES) else None
 
 
 def load_adapter(model: nn.Module, adapter: Path, *, pretrained: bool) -> nn.Module:

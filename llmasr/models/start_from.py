@@ -127,7 +127,7 @@ class _Said(str):
 def _tokenizer_template(m: ModelConfig) -> tuple[str, str] | None:
     """(tokenizer folder, its chat template's text): what a recipe that names no chat_template renders with; None
     when its tokenizer does not load (the build names why)."""
-    from llmasr.models.llm import load_tokenizer
+    from llmasr.models.tokenizer import load_tokenizer
 
     folder = m.llm.tokenizer or m.llm.path
     try:

@@ -23,9 +23,9 @@ from llmasr.data.augment import cost_text
 from llmasr.models.builder import build_model, start_notes
 from llmasr.models.fsmn_vad import load_vad
 from llmasr.models.fused_kernels import check_fused_kernels
-from llmasr.models.llm import one_tokenizer_load
 from llmasr.models.sanm_chunk import chunk_lines
 from llmasr.models.start_from import check_start_folder
+from llmasr.models.tokenizer import one_tokenizer_load
 from llmasr.run_dir import RECIPE_FILE, read_meta, resolve_resume, resume_asked, resume_or_start
 from llmasr.run_dir.files import verify_tag
 from llmasr.train.check_course import Course, early_stop_lines, epoch_ends, fresh_course, key_updates

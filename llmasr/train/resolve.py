@@ -113,7 +113,8 @@ class TextSide:
 def text_side(model_cfg: ModelConfig) -> TextSide:
     """Frontend, prompt builder and CTC tokenizer, built as llmasr.models.builder builds them, without weights."""
     from llmasr.models.builder import build_prompt
-    from llmasr.models.llm import check_llm_dir, load_tokenizer, tokenizer_dir, warn_remote_code
+    from llmasr.models.llm import check_llm_dir, warn_remote_code
+    from llmasr.models.tokenizer import load_tokenizer, tokenizer_dir
 
     llm = model_cfg.llm
     path = check_llm_dir(llm.path, tokenizer=tokenizer_dir(llm.path, llm.tokenizer, llm.adapter))

@@ -16,7 +16,7 @@ from llmasr.data.llm_unk import LLMUnk, unk_reach
 from llmasr.data.manifest import Manifest
 from llmasr.data.screen import screen
 from llmasr.data.screen_share import ScreenShare
-from llmasr.models.llm import load_tokenizer
+from llmasr.models.tokenizer import load_tokenizer
 from llmasr.testing.thread_ranks import run_ranks as ranks
 from llmasr.testing.tiny_corpus import WORDS, tiny_recipe_dict, write_tiny_corpus
 from llmasr.testing.tiny_llm import train_bpe_tokenizer, write_unk_llm_dir

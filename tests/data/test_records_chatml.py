@@ -105,8 +105,8 @@ def test_a_lines_system_message_reaches_its_prompt(tmp_path, tiny_llm_dir):
     """The dataset renders a ChatML line with its own system message; a line without one gets the recipe's."""
     from llmasr.data.dataset import SpeechDataset
     from llmasr.data.frontend import FrontendConfig
-    from llmasr.models.llm import load_tokenizer
     from llmasr.models.prompt import PromptBuilder
+    from llmasr.models.tokenizer import load_tokenizer
 
     sf.write(tmp_path / "a.wav", np.zeros(8000, dtype=np.float32), 16000)
     own = nano_line("a.wav", "hello")

@@ -17,8 +17,8 @@ from llmasr.data.records import given_hotwords, task_of
 from llmasr.data.windowed import WindowedManifest
 from llmasr.models.context import decoding_prompt
 from llmasr.models.line_prompts import LinePrompts
-from llmasr.models.llm import load_tokenizer
 from llmasr.models.prompt import AUDIO_PLACEHOLDER, PromptBuilder
+from llmasr.models.tokenizer import load_tokenizer
 from llmasr.testing.thread_ranks import lines_counted_by_thread, run_ranks, thread_world
 from llmasr.testing.tiny_llm import CHATML_TEMPLATE
 from llmasr.train.decode_rows import DecodeRows

@@ -92,7 +92,8 @@ def test_git_lfs_pointers_are_named_as_such(llm_dirs, tmp_path):
 def test_weights_or_a_tokenizer_cut_short_are_named(llm_dirs, tmp_path):
     """A copy cut short (a full disk, an interrupted rsync) of the weights or of tokenizer.json: the load had failed
     with the parsers' own errors, which name no file."""
-    from llmasr.models.llm import LLMLoadError, load_tokenizer
+    from llmasr.models.llm import LLMLoadError
+    from llmasr.models.tokenizer import load_tokenizer
 
     d = copy_of(llm_dirs["untied"], tmp_path)
     for name in ("model.safetensors", "tokenizer.json"):

@@ -4,8 +4,8 @@ import re
 
 import pytest
 
-from llmasr.models.llm import load_tokenizer
 from llmasr.models.prompt import AUDIO_PLACEHOLDER, PromptBuilder, PromptError
+from llmasr.models.tokenizer import load_tokenizer
 
 
 @pytest.fixture(scope="module")

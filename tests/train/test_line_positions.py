@@ -165,8 +165,8 @@ def test_a_transcript_bound_counts_the_spacing_the_template_puts_around_it(tiny_
     from the transcript's bytes alone had counted a one-letter transcript one token short of what the model reads."""
     from types import SimpleNamespace
 
-    from llmasr.models.llm import load_tokenizer
     from llmasr.models.prompt import PromptBuilder
+    from llmasr.models.tokenizer import load_tokenizer
 
     spaced = (
         "{%- for message in messages -%}"
