@@ -28,7 +28,7 @@ from llmasr.models.llm_files import (
     stored_shapes,
     weight_files,
 )
-from llmasr.models.tokenizer import TOKENIZER_FILES, load_tokenizer, tokenizer_dir
+from llmasr.models.tokenizer import TOKENIZER_FILES, LLMLoadError, load_tokenizer, tokenizer_dir
 
 log = logging.getLogger(__name__)
 
@@ -43,10 +43,6 @@ def embedding_shape(model: nn.Module) -> tuple[int, ...]:
     """[vocab, hidden] of the input embeddings, also when ZeRO-3 has partitioned them (weight.shape is [0])."""
     weight = model.get_input_embeddings().weight
     return tuple(getattr(weight, "ds_shape", weight.shape))
-
-
-class LLMLoadError(ConfigError):
-    """The LLM directory cannot be used."""
 
 
 def check_llm_dir(path: str | Path, *, tokenizer: str | Path | None = None, key: str = "model.llm.path") -> Path:

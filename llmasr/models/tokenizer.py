@@ -6,7 +6,13 @@ from __future__ import annotations
 import contextlib
 from pathlib import Path
 
+from llmasr.config_io import ConfigError
+
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json")
+
+
+class LLMLoadError(ConfigError):
+    """The LLM directory (its tokenizer or its model) cannot be used."""
 
 
 _SHARED_TOKENIZERS: dict | None = None  # while one_tokenizer_load is entered: (folder, remote code) -> tokenizer
@@ -38,8 +44,6 @@ def load_tokenizer(path: str | Path, *, trust_remote_code: bool = False):
 
 def _load_tokenizer(path: str | Path, trust_remote_code: bool):
     from transformers import AutoTokenizer
-
-    from llmasr.models.llm import LLMLoadError  # llm imports this module
 
     try:
         tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True, trust_remote_code=trust_remote_code)
