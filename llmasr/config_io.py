@@ -1,4 +1,4 @@
-"""YAML + dotted command-line overrides -> typed dataclasses, checked once.
+"""Recipe YAML -> typed dataclasses, checked once (dotted command-line overrides: llmasr.config_overrides).
 
 Every unknown key and every wrongly typed value is an error naming its dotted path, so a typo in a recipe fails
 at start-up instead of being ignored for a whole run."""
@@ -44,7 +44,7 @@ class _Float(float):
     raw: str
 
 
-class _Loader(yaml.SafeLoader):
+class RecipeLoader(yaml.SafeLoader):
     """YAML that refuses a key given twice in one mapping (plain YAML keeps the last silently: a recipe with two
     `optim:` sections lost the first) and keeps the text of every number (_Int, _Float)."""
 
@@ -94,12 +94,12 @@ def _none(loader, node):
                                             "nothing, or quote it for the text", node.start_mark)  # fmt: skip
 
 
-_Loader.add_implicit_resolver("tag:llmasr,none", re.compile(r"^None$"), ["N"])  # unquoted only
-_Loader.add_constructor("tag:llmasr,none", _none)
-_Loader.add_constructor("tag:yaml.org,2002:int", _number(_Int, yaml.SafeLoader.construct_yaml_int))
-_Loader.add_constructor("tag:yaml.org,2002:float", _number(_Float, yaml.SafeLoader.construct_yaml_float))
+RecipeLoader.add_implicit_resolver("tag:llmasr,none", re.compile(r"^None$"), ["N"])  # unquoted only
+RecipeLoader.add_constructor("tag:llmasr,none", _none)
+RecipeLoader.add_constructor("tag:yaml.org,2002:int", _number(_Int, yaml.SafeLoader.construct_yaml_int))
+RecipeLoader.add_constructor("tag:yaml.org,2002:float", _number(_Float, yaml.SafeLoader.construct_yaml_float))
 # a date is its text (output_dir=2026-01-02 names a folder; no recipe value is a date)
-_Loader.add_constructor("tag:yaml.org,2002:timestamp", yaml.SafeLoader.construct_yaml_str)
+RecipeLoader.add_constructor("tag:yaml.org,2002:timestamp", yaml.SafeLoader.construct_yaml_str)
 
 
 def _plain(value: Any) -> Any:
@@ -122,7 +122,7 @@ def load_yaml(path: str | Path) -> dict:
     if not path.is_file():
         raise ConfigError(f"recipe not found: {path}")
     try:
-        data = yaml.load(path.read_text(encoding="utf-8-sig"), Loader=_Loader)  # UTF-8 whatever the locale
+        data = yaml.load(path.read_text(encoding="utf-8-sig"), Loader=RecipeLoader)  # UTF-8 whatever the locale
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML: {err}") from err
     except UnicodeDecodeError as err:
@@ -133,7 +133,7 @@ def load_yaml(path: str | Path) -> dict:
         return {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping, got {type(data).__name__}")
-    return _tree(data)
+    return unshared(data)
 
 
 def not_utf8(err: UnicodeDecodeError, path: str | Path | None = None) -> str:
@@ -170,107 +170,12 @@ def read_json(path: Path, kind: type, what: str) -> Any:
     return data
 
 
-def _tree(node: Any) -> Any:
+def unshared(node: Any) -> Any:
     """A copy in which no two places share a mapping or list: a YAML alias (`*sched`) is the very object its anchor
     (`&sched`) names, so an override of one place had changed every place that shares it."""
     if isinstance(node, dict):
-        return {k: _tree(v) for k, v in node.items()}
-    return [_tree(v) for v in node] if isinstance(node, list) else node
-
-
-def _split_hint(overrides: list[str], i: int) -> str:
-    """Where override `i` (no '=' in it) is a piece of one the shell split at its spaces: `train.epochs = 3`, or a
-    value with a space left unquoted (`model.prompt.task=Transcribe this`), how to write it."""
-    item, before, after = overrides[i], overrides[i - 1] if i else "", overrides[i + 1 : i + 3]
-    if after and after[0].startswith("="):  # key = value, key =value
-        pieces = [item, *after[: 2 if after[0] == "=" else 1]]
-    elif before.endswith("=") and before.count("=") == 1:  # key= value
-        pieces = [before, item]
-    elif "=" in before:  # key=two words
-        key, value = before.split("=", 1)
-        return (f"; the shell split the value of '{before} {item}' at its spaces: quote it, "
-                f"{key}='{value} {item}'")  # fmt: skip
-    else:
-        return ""
-    return f"; the shell split {' '.join(pieces)!r} at its spaces: write {''.join(pieces)}"
-
-
-def apply_overrides(data: dict, overrides: list[str]) -> dict:
-    """Apply `a.b.c=value` strings (value parsed as YAML) to a nested dict, returning a new dict. A list item is
-    named as errors name it, `data.train[0].weight`, or as OmegaConf does, `data.train.0.weight`."""
-    out = _tree(data)
-    for i, item in enumerate(overrides):
-        if "=" not in item:
-            raise ConfigError(f"override {item!r} is not of the form key.path=value{_split_hint(overrides, i)}")
-        key, raw = item.split("=", 1)
-        key = key.strip().lstrip("-")
-        if not key:
-            raise ConfigError(f"override {item!r} has an empty key")
-        try:
-            value = yaml.load(raw, Loader=_Loader) if raw != "" else ""
-        except yaml.YAMLError as err:
-            raise ConfigError(f"override {item!r}: value is not valid YAML: {err}") from err
-        if any(isinstance(token, yaml.AnchorToken) for token in yaml.scan(raw)):  # `&x y` reads as y
-            raise ConfigError(f"override {item!r}: YAML reads &NAME as an anchor and drops it; quote the value")
-        value = _without_comment(item, raw, value)
-        parts = [int(p[1:-1]) if p[0] == "[" else p for p in re.findall(r"\[\d+\]|[^.\[\]]+", key)]
-        if _dotted(parts) != key:
-            raise ConfigError(f"override {item!r}: {key!r} is no key (a.b.c, or a.b[0].c for a list item)")
-        node = out
-        for i, part in enumerate(parts):
-            here = _dotted(parts[:i])
-            if isinstance(node, list):
-                if not str(part).isdigit():
-                    raise ConfigError(f"override {item!r}: {here} is a list: name an item, {here}[0].{part}")
-                if (part := int(part)) >= len(node):
-                    raise ConfigError(f"override {item!r}: {here}[{part}] is past the end of a list of {len(node)}")
-                parts[i] = part
-            elif isinstance(part, int):
-                raise ConfigError(f"override {item!r}: {here} is no list here: set the whole list ({here}=[...])")
-            if i == len(parts) - 1:
-                node[part] = value
-            else:
-                if isinstance(node, dict) and node.get(part) is None:
-                    node[part] = {}  # a section the recipe leaves out or sets to null
-                node = node[part]
-                if not isinstance(node, (dict, list)):
-                    raise ConfigError(f"override {item!r}: {_dotted(parts[: i + 1])} is a value, not a section")
-    return out
-
-
-def _dotted(parts: list[str | int]) -> str:
-    return "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in parts).lstrip(".")
-
-
-_HASH = "\ue000"  # a private-use character standing in for '#' while YAML reads the value
-
-
-def _without_comment(item: str, raw: str, value: Any) -> Any:
-    """An override's value as written: YAML reads ' #' as a comment and drops the rest (`output_dir=exp/run #2`
-    would be exp/run, another run's folder). A value that reads as one string with its '#' is that string; one
-    that does not is refused."""
-    if "#" not in raw:
-        return value
-    try:
-        literal = _restore_hash(yaml.load(raw.replace("#", _HASH), Loader=_Loader))
-    except yaml.YAMLError:
-        literal = None
-    if literal == value:
-        return value
-    if isinstance(literal, str):
-        return literal
-    raise ConfigError(f"override {item!r}: YAML reads ' #' as the start of a comment, which would drop what follows; "
-                      "quote the value, or leave the comment out")  # fmt: skip
-
-
-def _restore_hash(value: Any) -> Any:
-    if isinstance(value, str):
-        return value.replace(_HASH, "#")
-    if isinstance(value, list):
-        return [_restore_hash(v) for v in value]
-    if isinstance(value, dict):
-        return {_restore_hash(k): _restore_hash(v) for k, v in value.items()}
-    return value
+        return {k: unshared(v) for k, v in node.items()}
+    return [unshared(v) for v in node] if isinstance(node, list) else node
 
 
 def _shown(value: Any) -> str:
@@ -436,7 +341,7 @@ def to_dict(obj: Any) -> Any:
 
 
 class _Dumper(yaml.SafeDumper):
-    """Quotes what _Loader would not read back as the text it is (None)."""
+    """Quotes what RecipeLoader would not read back as the text it is (None)."""
 
 
 _Dumper.add_implicit_resolver("tag:llmasr,none", re.compile(r"^None$"), ["N"])

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import yaml
 
-from llmasr.config_io import ConfigError, UnsetError, apply_overrides, dump_yaml, from_dict, load_yaml, to_dict
+from llmasr.config_io import ConfigError, UnsetError, dump_yaml, from_dict, load_yaml, to_dict
+from llmasr.config_overrides import apply_overrides
 from llmasr.config_paths import resolve_paths
 from llmasr.data.config import DataConfig, ValidManifestSpec
 from llmasr.models.config import AdaptorConfig, CTCConfig, CTCDecoderConfig, EncoderConfig, ModelConfig

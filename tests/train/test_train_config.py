@@ -1,7 +1,8 @@
 import pytest
 import yaml
 
-from llmasr.config_io import ConfigError, apply_overrides, from_dict, to_dict
+from llmasr.config_io import ConfigError, from_dict, to_dict
+from llmasr.config_overrides import apply_overrides
 from llmasr.train.config import DEFAULT_LRS, OptimConfig, SchedulerConfig, TrainConfig
 
 RECIPE = """
