@@ -12,7 +12,7 @@ from llmasr.commands.train import parse_run_args, run_args
 from llmasr.config_io import ConfigError
 from llmasr.config_paths import output_problem
 from llmasr.errors import command
-from llmasr.models.prompt import PromptError
+from llmasr.models.chat_template import PromptError
 from llmasr.recipe import load_recipe, located
 from llmasr.train.check import check
 

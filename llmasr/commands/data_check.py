@@ -139,8 +139,8 @@ def llm_unk(args: argparse.Namespace, recipe: Recipe | None):
     """What the LLM's tokenizer spells unk (llmasr.data.llm_unk.LLMUnk; a recipe's asks the text its labels spell,
     through its prompt builder), a line saying why it is not asked, or None without an LLM to ask."""
     from llmasr.data.llm_unk import LLMUnk, unk_of_prompt, unk_reach
+    from llmasr.models.chat_template import PromptError
     from llmasr.models.llm import check_llm_dir
-    from llmasr.models.prompt import PromptError
     from llmasr.models.tokenizer import load_tokenizer
 
     if args.decode or (args.llm is None and recipe is None):

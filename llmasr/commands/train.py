@@ -11,7 +11,7 @@ from pathlib import Path
 
 from llmasr import errors
 from llmasr.config_io import ConfigError
-from llmasr.models.prompt import PromptError
+from llmasr.models.chat_template import PromptError
 from llmasr.recipe import load_recipe, located
 from llmasr.train.preemption import exit_status
 from llmasr.train.run_dir import RunDirError

@@ -1,4 +1,4 @@
-"""Prompt building from the tokenizer's own chat template, shared by training and inference.
+"""Prompt building from the tokenizer's chat template (llmasr.models.chat_template), shared by training and inference.
 
 The chat is rendered once with a placeholder where the audio goes; the text on either side of the placeholder is
 tokenized separately, and the model writes the audio embeddings at `audio_pos`. Training appends the target
@@ -15,81 +15,17 @@ as it is in a transcript.
 
 from __future__ import annotations
 
-import contextlib
-import datetime
-import json
-import math
 import threading
 from dataclasses import dataclass
-from pathlib import Path
 
-from llmasr.config_io import not_utf8
+from llmasr.models.chat_template import PromptError, fixed_today, render_variables, set_chat_template, standalone
 
 AUDIO_PLACEHOLDER = "<|llmasr_audio|>"
-# The date a chat template that stamps "today" (Llama 3.x, SmolLM3: strftime_now, date_string) renders: a fixed one,
-# so that the prompt a model trains on is the prompt it decodes with, on any day (Llama's own fallback date).
-TEMPLATE_DATE = datetime.datetime(2024, 7, 26)
 HOTWORDS_PLACEHOLDER = "{hotwords}"
 # A fast tokenizer keeps whether it splits special-token text as state it sets on every call (transformers'
 # encode_special_tokens): two threads sharing one would tokenize with each other's setting.
 _TOKENIZING = threading.Lock()
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"  # a reasoning block an answer may open with (Qwen3)
-
-
-class PromptError(ValueError):
-    """The tokenizer or the prompt settings cannot produce a usable prompt."""
-
-
-def read_chat_template(path: Path) -> str:
-    """The text of the chat template file model.prompt.chat_template names; one saved in a local code page is
-    refused naming it (the raw UnicodeDecodeError named no file)."""
-    try:
-        return Path(path).read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError as err:
-        raise PromptError(f"model.prompt.chat_template: {path}: {not_utf8(err, path)}") from None
-
-
-class _TemplateDay(datetime.datetime):
-    @classmethod
-    def now(cls, tz=None):
-        return cls.fromtimestamp(TEMPLATE_DATE.timestamp(), tz)
-
-
-@contextlib.contextmanager
-def _fixed_today():
-    """transformers renders a template's strftime_now() from its module's `datetime.now()` (a template may call it
-    whatever date_string says; a callable passed in is replaced by a placeholder): TEMPLATE_DATE while rendering."""
-    try:
-        from transformers.utils import chat_template_utils as ctu
-    except ImportError:
-        yield
-        return
-    real = getattr(ctu, "datetime", None)
-    if not (isinstance(real, type) and issubclass(real, datetime.datetime)):  # another layout: leave it alone
-        yield
-        return
-    ctu.datetime = _TemplateDay
-    try:
-        yield
-    finally:
-        ctu.datetime = real
-
-
-def _jinja_literal(value) -> str:
-    """`value` (what a YAML recipe holds) written as a Jinja expression."""
-    if value is None or isinstance(value, bool):
-        return {None: "none", True: "true", False: "false"}[value]
-    if isinstance(value, (int, float)):
-        if value != value or value in (math.inf, -math.inf):
-            raise PromptError(f"model.prompt.template_kwargs: {value!r} cannot be written into a chat template")
-        return repr(value)
-    if isinstance(value, str):
-        return json.dumps(value)
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(_jinja_literal(v) for v in value) + "]"
-    if isinstance(value, dict):
-        return "{" + ", ".join(f"{json.dumps(str(k))}: {_jinja_literal(v)}" for k, v in value.items()) + "}"
-    raise PromptError(f"model.prompt.template_kwargs: a {type(value).__name__} cannot be written into a chat template")
 
 
 @dataclass(frozen=True)
@@ -139,18 +75,7 @@ class PromptBuilder:
         self.source = source
         self.template_kwargs = dict(template_kwargs or {})
         self.max_tokens = max_tokens  # the LLM's context: a prompt and transcript past it are refused
-        if chat_template:
-            template_path = Path(chat_template)
-            if len(chat_template) < 4096 and "{" not in chat_template:
-                if not template_path.is_file():
-                    raise PromptError(f"model.prompt.chat_template: file not found: {chat_template}")
-                chat_template = read_chat_template(template_path)
-            tokenizer.chat_template = chat_template
-        if not getattr(tokenizer, "chat_template", None):
-            raise PromptError(
-                f"{source} has no chat template (tokenizer_config.json / chat_template.jinja). Use an instruct "
-                "tokenizer, or set model.prompt.chat_template to a Jinja template (text or file path)."
-            )
+        set_chat_template(tokenizer, chat_template, source)
         if AUDIO_PLACEHOLDER in tokenizer.get_vocab():
             raise PromptError(f"{source} already defines the token {AUDIO_PLACEHOLDER!r}, which llmasr reserves")
         self._cache: dict[tuple[str, str | None], tuple[list[int], list[int]]] = {}
@@ -177,7 +102,7 @@ class PromptBuilder:
 
     def _render(self, task: str, target: str | None, system: str | None = None) -> str:
         try:
-            with _fixed_today():
+            with fixed_today():
                 return self.tokenizer.apply_chat_template(
                     self._messages(task, target, system), tokenize=False, add_generation_prompt=target is None,
                     **self.render_variables(),
@@ -191,27 +116,13 @@ class PromptBuilder:
         return self._render(self.task, target)
 
     def render_variables(self) -> dict:
-        """The variables besides the chat llmasr renders every prompt with: template_kwargs and the fixed date."""
-        return {"date_string": TEMPLATE_DATE.strftime("%d %b %Y"), **self.template_kwargs}
+        """The variables besides the chat llmasr renders every prompt with (llmasr.models.chat_template)."""
+        return render_variables(self.template_kwargs)
 
     def standalone_template(self) -> str | dict:
-        """The chat template with render_variables set at its top where a caller passes none of them, so a plain
-        `apply_chat_template` renders llmasr's prompt (Qwen3's enable_thinking: false included) and a caller can
-        still pass its own values (a dict of named templates: each of them)."""
-        odd = [name for name in self.template_kwargs if not str(name).isidentifier()]
-        if odd:
-            raise PromptError(f"model.prompt.template_kwargs: {odd} are not names a chat template can read")
-        prelude = (
-            "".join(
-                f"{{%- if {name} is not defined %}}{{%- set {name} = {_jinja_literal(value)} %}}{{%- endif %}}"
-                for name, value in self.render_variables().items()
-            )
-            + "{{ '' }}"
-        )  # what follows a block tag loses its first newline (trim_blocks): the template's own stays
-        template = self.tokenizer.chat_template
-        if isinstance(template, dict):
-            return {name: prelude + text for name, text in template.items()}
-        return prelude + template
+        """The tokenizer's chat template with render_variables set at its top (llmasr.models.chat_template.standalone),
+        for an export's plain `apply_chat_template`."""
+        return standalone(self.tokenizer.chat_template, self.template_kwargs)
 
     def _find_end_id(self) -> int:
         """The token the template closes an assistant turn with (Qwen: <|im_end|>), else the tokenizer's EOS."""

@@ -29,9 +29,9 @@ from llmasr.config_io import ConfigError
 from llmasr.config_paths import not_found
 from llmasr.data.frontend import FrontendConfig, read_kaldi_cmvn
 from llmasr.models.builder import FRONTEND_REFINEMENTS, encoder_frontend
+from llmasr.models.chat_template import read_chat_template
 from llmasr.models.config import ModelConfig, PromptConfig
 from llmasr.models.exported import MODEL_FILE, ExportedModelError, exported_model_config
-from llmasr.models.prompt import read_chat_template
 
 # Every feature setting but those a recipe may refine over any pretrained encoder (its dither noise, a data
 # filter); the CMVN is compared here: the recipe restates the folder's frontend and cannot inherit its file.

@@ -4,7 +4,8 @@ import re
 
 import pytest
 
-from llmasr.models.prompt import AUDIO_PLACEHOLDER, PromptBuilder, PromptError
+from llmasr.models.chat_template import PromptError
+from llmasr.models.prompt import AUDIO_PLACEHOLDER, PromptBuilder
 from llmasr.models.tokenizer import load_tokenizer
 
 
@@ -266,7 +267,7 @@ def test_a_template_that_stamps_today_renders_one_fixed_date(stamp, monkeypatch)
 
     import transformers.utils.chat_template_utils as ctu
 
-    from llmasr.models.prompt import TEMPLATE_DATE
+    from llmasr.models.chat_template import TEMPLATE_DATE
     from llmasr.testing.tiny_llm import CHATML_TEMPLATE, train_bpe_tokenizer
 
     template = stamp + "{{- '<|im_start|>system\\nToday Date: ' + date_string + '<|im_end|>\\n' -}}" + CHATML_TEMPLATE

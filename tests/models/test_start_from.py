@@ -105,7 +105,7 @@ def test_a_change_of_what_the_model_sees_is_refused_unless_allowed(nano, key, va
 def test_a_chat_template_file_not_in_utf8_is_named(nano, tmp_path):
     """The recipe's template file is read to compare it with the folder's: one saved in a local code page reached
     the user as a raw UnicodeDecodeError naming no file."""
-    from llmasr.models.prompt import PromptError
+    from llmasr.models.chat_template import PromptError
 
     out, overrides = nano
     path = tmp_path / "chat.jinja"
