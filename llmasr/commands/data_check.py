@@ -21,8 +21,8 @@ from llmasr.data.frontend import FrontendConfig
 from llmasr.data.speech_check import hear_speech
 from llmasr.data.write_durations import check_out, write_durations
 from llmasr.errors import command
-from llmasr.models.builder import encoder_frontend
 from llmasr.models.ctc import build_ctc_tokenizer
+from llmasr.models.encoder_spec import encoder_frontend
 from llmasr.models.fsmn_vad import load_vad
 from llmasr.recipe import Recipe, load_recipe
 

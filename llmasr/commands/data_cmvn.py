@@ -10,7 +10,7 @@ from llmasr.config_io import ConfigError, from_dict
 from llmasr.config_paths import output_file_problem
 from llmasr.data.cmvn import CMVNError, compute_global_cmvn
 from llmasr.data.frontend import FrontendConfig
-from llmasr.models.builder import encoder_frontend
+from llmasr.models.encoder_spec import encoder_frontend
 from llmasr.recipe import load_recipe
 
 

@@ -51,8 +51,9 @@ from llmasr.export.merge import (  # noqa: F401
 )
 from llmasr.export.staged_dir import discarded_on_error, output_dir, publish, staging_dir, writing
 from llmasr.export.trained_model import load_checkpoint_model, load_trained, run_recipe  # noqa: F401  (public API)
-from llmasr.models.builder import encoder_spec, output_dim
+from llmasr.models.builder import output_dim
 from llmasr.models.decode_guards import other_end_ids
+from llmasr.models.encoder_spec import encoder_spec
 from llmasr.models.exported import DTYPE_NAMES, MODEL_FILE
 from llmasr.models.fingerprint import dir_fingerprint
 from llmasr.models.fsmn_vad import FsmnVad

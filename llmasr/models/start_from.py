@@ -9,7 +9,7 @@ run's start-up (`llmasr train`, or llmasr.train.trainer.train called from Python
 recipe reads the LLM from that folder:
 
 - the features, when the recipe reads the folder's encoder, adaptor or CTC head: every frontend setting but the
-  dither noise and a data filter (llmasr.models.builder.FRONTEND_REFINEMENTS), the CMVN by its numbers (not its
+  dither noise and a data filter (llmasr.models.encoder_spec.FRONTEND_REFINEMENTS), the CMVN by its numbers (not its
   path);
 - the prompt and `model.adaptor.audio_token_cap`, when it reads the folder's adaptor or LLM.
 
@@ -28,9 +28,9 @@ import numpy as np
 from llmasr.config_io import ConfigError
 from llmasr.config_paths import not_found
 from llmasr.data.frontend import FrontendConfig, read_kaldi_cmvn
-from llmasr.models.builder import FRONTEND_REFINEMENTS, encoder_frontend
 from llmasr.models.chat_template import read_chat_template
 from llmasr.models.config import ModelConfig, PromptConfig
+from llmasr.models.encoder_spec import FRONTEND_REFINEMENTS, encoder_frontend
 from llmasr.models.exported import MODEL_FILE, ExportedModelError, exported_model_config
 
 # Every feature setting but those a recipe may refine over any pretrained encoder (its dither noise, a data

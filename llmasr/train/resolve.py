@@ -17,8 +17,8 @@ from llmasr.config_paths import not_found
 from llmasr.data.frontend import FrontendConfig
 from llmasr.data.manifest import manifest_file_problem
 from llmasr.models.attention_kernels import choose_attention_kernels
-from llmasr.models.builder import encoder_frontend
 from llmasr.models.config import ModelConfig
+from llmasr.models.encoder_spec import encoder_frontend
 
 # How to name the manifests: a recipe written without them (`llmasr convert funasr`'s) takes them on the command line.
 GIVE_TRAIN = ("name them on the command line after the recipe, data.train=[data/train.jsonl] (several: "

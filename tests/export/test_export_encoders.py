@@ -223,7 +223,7 @@ def test_an_export_that_records_no_min_frames_gets_the_conformers(trained, tmp_p
 
     import yaml
 
-    from llmasr.models.builder import encoder_frontend
+    from llmasr.models.encoder_spec import encoder_frontend
     from llmasr.models.exported import exported_model_config
 
     _, out = trained["conformer"]

@@ -8,8 +8,9 @@ import torch
 from safetensors.torch import save_file
 
 from llmasr.config_io import ConfigError, from_dict
-from llmasr.models.builder import build_encoder, build_model, encoder_spec
+from llmasr.models.builder import build_encoder, build_model
 from llmasr.models.config import EncoderConfig
+from llmasr.models.encoder_spec import encoder_spec
 from llmasr.models.encoders import ENCODERS, encoder_entry, entry_for_class, funasr_entry
 from llmasr.testing.tiny_funasr import tiny_sanm_conf, write_funasr_dir
 from llmasr.testing.tiny_recipe import tiny_model_section
@@ -291,7 +292,7 @@ def test_ctc_weights_for_another_encoder_named(tiny_llm_dir, tmp_path):
 
 
 def test_streaming_chunk_settings_survive_a_rebuild_from_conf(tmp_path):
-    from llmasr.models.builder import encoder_spec
+    from llmasr.models.encoder_spec import encoder_spec
     from llmasr.testing.tiny_funasr import tiny_streaming_conf
 
     enc_dir = write_funasr_dir(tmp_path / "s", model="ParaformerStreaming", encoder_conf=tiny_streaming_conf())

@@ -258,8 +258,8 @@ def test_ctc_head_of_another_vocabulary_fails_at_load_not_in_the_loss(tiny_llm_d
 
 
 def test_whisper_encoder_from_an_hf_directory(tiny_llm_dir, tmp_path):
-    from llmasr.models.builder import encoder_frontend
     from llmasr.models.config import EncoderConfig
+    from llmasr.models.encoder_spec import encoder_frontend
     from llmasr.testing.tiny_whisper import write_tiny_whisper_dir
 
     wdir = write_tiny_whisper_dir(tmp_path / "whisper")
@@ -277,8 +277,8 @@ def test_whisper_encoder_from_an_hf_directory(tiny_llm_dir, tmp_path):
 
 
 def test_conformer_encoder_from_a_funasr_directory(tiny_llm_dir, tmp_path):
-    from llmasr.models.builder import encoder_frontend
     from llmasr.models.config import EncoderConfig
+    from llmasr.models.encoder_spec import encoder_frontend
     from llmasr.testing.tiny_funasr import write_funasr_dir
     from llmasr.testing.tiny_whisper import tiny_conformer_conf
 

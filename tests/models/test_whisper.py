@@ -271,8 +271,9 @@ def test_conf_over_a_directory_sets_what_leaves_the_shapes_alone(whisper_dir):
     """model.encoder.conf over a Whisper directory: dropout and layerdrop apply (they had been dropped without a
     word, and unknown keys passed), typed as WhisperConfig's (YAML reads 1e-1 as a string); a key that would
     change the pretrained shapes is refused with both values."""
-    from llmasr.models.builder import build_encoder, encoder_spec
+    from llmasr.models.builder import build_encoder
     from llmasr.models.config import EncoderConfig
+    from llmasr.models.encoder_spec import encoder_spec
 
     cfg = EncoderConfig(type="whisper", path=str(whisper_dir), conf={"dropout": "1e-1", "encoder_layerdrop": 0.2})
     encoder, _ = build_encoder(cfg)
@@ -295,8 +296,8 @@ def test_conf_over_a_directory_sets_what_leaves_the_shapes_alone(whisper_dir):
 def test_an_activation_other_than_the_pretrained_ones_is_refused(whisper_dir):
     """activation_function changes no tensor's shape, so the load passed and the pretrained weights ran through
     another nonlinearity; the directory's own value is fine."""
-    from llmasr.models.builder import encoder_spec
     from llmasr.models.config import EncoderConfig
+    from llmasr.models.encoder_spec import encoder_spec
 
     stated = json.loads((whisper_dir / "config.json").read_text())["activation_function"]
     assert load_whisper_encoder(whisper_dir, conf={"activation_function": stated})[0] is not None
@@ -312,8 +313,8 @@ def test_an_activation_other_than_the_pretrained_ones_is_refused(whisper_dir):
 def test_whisper_options_the_encoder_never_reads_are_refused(whisper_dir, key, value, hint):
     """WhisperConfig keys that WhisperEncoder never reads (SpecAugment's, applied only by WhisperModel; the
     decoder's; a classification head's) had been accepted and silently unused."""
-    from llmasr.models.builder import encoder_spec
     from llmasr.models.config import EncoderConfig
+    from llmasr.models.encoder_spec import encoder_spec
 
     with pytest.raises(ConfigError, match=rf"model.encoder.conf.{key}: .*{hint}"):
         encoder_spec(EncoderConfig(type="whisper", path=str(whisper_dir), conf={key: value}))
