@@ -72,8 +72,8 @@ def startup_seconds(model, path: Path, cfg, opts, out: Path, world=None) -> floa
 
 def measure(model, root: Path, lines: int, seed: int) -> dict:
     from llmasr.data.config import DataConfig
-    from llmasr.data.loader import decode_batching
     from llmasr.data.manifest import Manifest
+    from llmasr.data.sampler_settings import decode_batching
     from llmasr.export.decode import DecodeOptions
     from llmasr.models.context import decoding_prompt
     from llmasr.models.decoding import DecodeConfig

@@ -27,11 +27,12 @@ from llmasr.data.config import DataConfig, ManifestSpec
 from llmasr.data.features import FeatureExtractor
 from llmasr.data.frontend import FrontendConfig
 from llmasr.data.llm_unk import gather_unk
-from llmasr.data.loader import evenly_spaced, longest_kept, make_sampler
+from llmasr.data.loader import evenly_spaced
 from llmasr.data.manifest import BadRecord, Manifest
 from llmasr.data.mixed_manifest import MixedManifest
 from llmasr.data.record_fields import unread_fields
 from llmasr.data.records import missing_hint, wrong_duration
+from llmasr.data.sampler_settings import longest_kept, make_sampler
 from llmasr.data.screen import spelling_check, static_visits, target_length
 from llmasr.data.speech_check import SpeechFindings
 from llmasr.data.transcript_tags import gather_tags

@@ -1,4 +1,5 @@
-"""DataLoader assembly: manifests -> durations -> DynamicBucketSampler -> SpeechDataset -> Collator.
+"""DataLoader assembly: manifests -> durations -> DynamicBucketSampler (llmasr.data.sampler_settings) -> SpeechDataset
+-> Collator.
 
 `build_dataloader` returns (loader, sampler). The loader is a `SpeechDataLoader` (llmasr.data.speech_loader): it
 accounts bad data, resumes exactly, and keeps an accumulation window's batches ready (DataConfig.prefetch).
@@ -15,7 +16,6 @@ from __future__ import annotations
 
 import itertools
 import logging
-import math
 from collections.abc import Iterable, Sequence
 
 import numpy as np
@@ -23,9 +23,8 @@ import torch
 
 from llmasr.config_io import ConfigError
 from llmasr.data.bad_data import BadDataTracker, BadItem, TooMuchBadData
-from llmasr.data.clip_lengths import augmented_costs
 from llmasr.data.collate import Collator
-from llmasr.data.config import BatchingConfig, DataConfig, ManifestSpec
+from llmasr.data.config import DataConfig, ManifestSpec
 from llmasr.data.dataset import CTCRule, SpeechDataset
 from llmasr.data.device_features import resolve_features_on
 from llmasr.data.frontend import FrontendConfig
@@ -33,6 +32,7 @@ from llmasr.data.hotwords import HotwordSampler
 from llmasr.data.llm_unk import unk_of_prompt
 from llmasr.data.noise_list import read_noise_list
 from llmasr.data.sampler import DynamicBucketSampler
+from llmasr.data.sampler_settings import decode_batching, longest_kept, make_sampler
 from llmasr.data.screen import describe_skipped, start_tracker
 from llmasr.data.screen_share import ScreenShare, shared_fill
 from llmasr.data.speech_loader import SpeechDataLoader
@@ -72,95 +72,6 @@ def evenly_spaced(n: int, k: int | None) -> np.ndarray | None:
     if k is None or k >= n:
         return None
     return np.unique(np.linspace(0, n - 1, k).round().astype(np.int64))
-
-
-def encoder_shortest(frontend: FrontendConfig) -> float:
-    """The shortest clip the frontend and encoder take (FeatureExtractor.shortest_seconds): batching's least
-    min_duration, where data.batching.min_duration is shorter."""
-    from llmasr.data.features import FeatureExtractor
-
-    return FeatureExtractor(frontend).shortest_seconds()
-
-
-def make_sampler(
-    data_cfg: DataConfig,
-    durations: np.ndarray,
-    target_lens,
-    frontend: FrontendConfig,
-    *,
-    train: bool,
-    rank: int,
-    world_size: int,
-    indices=None,
-    epoch_indices=None,
-    skip=None,
-    keep_every_item: bool = False,
-    llm_lens=None,
-    llm_new=None,
-) -> DynamicBucketSampler:
-    """`keep_every_item` (decoding): no item is skipped for its length; the budget grows to the longest item's cost
-    (a batch of its own) when it is smaller, and an item past max_llm_tokens alone is batched alone. `llm_lens`: the
-    most LLM positions each item can take, which data.batching.max_llm_tokens bounds (llmasr.train.line_positions;
-    decoding's: llmasr.train.decode_rows, with `llm_new`, what generation adds); without them that budget is not
-    applied."""
-    b = data_cfg.batching
-    max_duration = b.max_duration if keep_every_item else longest_kept(b, frontend)
-    min_item = None
-    if frontend.kind == "whisper":  # features are padded/cut to one fixed window: every item costs that much
-        min_item = frontend.chunk_seconds
-    max_seconds, max_frames = b.budget_seconds, b.max_frames
-    if keep_every_item:
-        max_seconds, max_frames = _fit_longest(durations, min_item, max_seconds, max_frames, frontend.frame_seconds)
-    return DynamicBucketSampler(
-        durations,
-        target_lens,
-        max_seconds=max_seconds,
-        max_frames=max_frames,
-        frames_per_second=1.0 / frontend.frame_seconds,
-        max_target_tokens=b.max_target_tokens,
-        llm_lens=llm_lens,
-        max_llm_tokens=b.max_llm_tokens if llm_lens is not None else None,
-        llm_new=llm_new,
-        llm_alone=keep_every_item,
-        num_buckets=b.num_buckets,
-        shuffle=train and b.shuffle,
-        shuffle_buffer=b.shuffle_buffer,
-        seed=data_cfg.seed,
-        rank=rank,
-        world_size=world_size,
-        drop_last=train and b.drop_last,  # validation and decoding count every utterance
-        # a clip shorter than the encoder takes cannot train: skipped as too short from the start, not when loaded
-        min_duration=b.min_duration if keep_every_item else max(b.min_duration, encoder_shortest(frontend)),
-        max_duration=max_duration,
-        max_target_len=b.max_target_len,
-        truncate_to_max=b.truncate_to_max,
-        min_item_seconds=min_item,
-        **(augmented_costs(data_cfg.augment, data_cfg.seed, frontend) if train else {}),
-        indices=indices,
-        epoch_indices=epoch_indices,
-        skip=skip,
-        padding_warns=train and not keep_every_item,
-    )
-
-
-def longest_kept(batching, frontend: FrontendConfig) -> float:
-    """The longest audio (seconds) training keeps whole: data.batching.max_duration, and at most the window of a
-    Whisper frontend (which cuts what passes it); the sampler skips or, with truncate_to_max, the dataset cuts the
-    rest there."""
-    if frontend.kind == "whisper":
-        return min(batching.max_duration, frontend.chunk_seconds)
-    return batching.max_duration
-
-
-def _fit_longest(durations, min_item, max_seconds, max_frames, frame_seconds: float):
-    """(max_seconds, max_frames) raised to the longest known duration (at least `min_item`)."""
-    known = durations[~np.isnan(durations)]
-    longest = float(known.max()) if known.size else 1.0
-    if min_item is not None:
-        longest = max(longest, min_item)
-    if max_seconds is not None:
-        return max(float(max_seconds), longest), None
-    return None, max(int(max_frames), math.ceil(longest / frame_seconds - 1e-9))
 
 
 def find_fallback(dataset: SpeechDataset, candidates: Iterable[int]):
@@ -339,14 +250,6 @@ def build_dataloader(
         st["filtered"] or "none",
     )  # fmt: skip
     return loader, sampler
-
-
-def decode_batching(batch_seconds: float, n: int, max_llm_tokens: int | None = None) -> BatchingConfig:
-    """Decoding's batching of `n` items: one duration-sorted window, no buckets, no shuffling, no length limit."""
-    return BatchingConfig(
-        max_seconds=float(batch_seconds), num_buckets=1, shuffle=False, shuffle_buffer=max(n, 1), max_duration=math.inf,
-        max_llm_tokens=max_llm_tokens,
-    )  # fmt: skip
 
 
 def build_decode_loader(

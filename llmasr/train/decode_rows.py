@@ -85,7 +85,7 @@ def decode_preview(model, cfg, manifest) -> dict:
     batches (one rank), llm_positions (max and mean B x beams x (input + new) of a batch, the longest row), and the
     utterances past cfg.max_llm_tokens alone (`over`, as over_budget)."""
     from llmasr.data.config import DataConfig
-    from llmasr.data.loader import decode_batching, make_sampler
+    from llmasr.data.sampler_settings import decode_batching, make_sampler
 
     durations = np.asarray(manifest.durations(), dtype=np.float64)
     data_cfg = DataConfig(batching=decode_batching(cfg.batch_seconds, len(durations), cfg.max_llm_tokens))

@@ -18,9 +18,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from llmasr.data.loader import longest_kept
 from llmasr.data.manifest import BadRecord
 from llmasr.data.records import duration_slack, given_hotwords, task_of
+from llmasr.data.sampler_settings import longest_kept
 from llmasr.models.context import audio_tokens, capped_list_tokens
 
 log = logging.getLogger("llmasr.train")
