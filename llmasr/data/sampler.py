@@ -2,13 +2,10 @@
 
 How an epoch's batches are made (identically on every rank, from (seed, epoch) only):
 
-1. Filters: items the caller already knows are bad (`skip`, reason bad_line), items with an unknown (NaN)
-   duration, shorter than min_duration, longer than max_duration (unless
-   truncate_to_max, which then counts them as `truncated` and costs them at max_duration), with target_len above
-   max_target_len, or too big to fit a batch on their own are skipped; `.filtered` holds reason -> count for the
-   current epoch and the counts are logged once per epoch. When augmentation draws each clip's length per epoch
-   (epoch_costs), a clip too big at its shortest draw is skipped every epoch, and one that fits only at some draws
-   (`fits_sometimes`) is skipped in the epochs whose draws put it over the budget.
+1. Filters (llmasr.data.item_filters): items known bad, of unknown duration, too short or long, or too big to fit
+   a batch on their own are skipped; `.filtered` holds reason -> count for the current epoch and the counts are
+   logged once per epoch. A clip that fits only at some of augmentation's draws (`fits_sometimes`) is skipped in the
+   epochs whose draws put it over the budget.
 2. Buckets: duration quantiles of the kept items (computed once) split them into `num_buckets` buckets.
 3. In each bucket the items are shuffled, then taken in windows of `shuffle_buffer` items; each window is sorted
    by duration and cut greedily into batches that respect the budget (llmasr.data.batch_cut). The budget is in
@@ -36,7 +33,6 @@ count to `state_dict(consumed=...)`.
 from __future__ import annotations
 
 import copy
-import hashlib
 import logging
 import math
 from collections.abc import Callable, Iterator
@@ -47,12 +43,11 @@ from torch.utils.data import Sampler
 from llmasr.data import batch_cut
 from llmasr.data.batch_cut import EpochPlan, OrderedBatches, check_position, check_settings, cut_epoch, reorder
 from llmasr.data.item_costs import EpochCostFn, ItemCosts, as_held, per_batch, quantile_buckets
+from llmasr.data.item_filters import FILTER_REASONS, filter_counts, filter_items, unusable_signature
 from llmasr.data.regroup import padding_warning, repeated_steps, replay_history
 from llmasr.data.visit_keys import visit_keys
 
 log = logging.getLogger("llmasr.data")
-
-FILTER_REASONS = ("unknown_duration", "too_short", "too_long", "target_too_long", "over_batch_budget", "bad_line")
 
 
 class DynamicBucketSampler(Sampler):
@@ -157,33 +152,13 @@ class DynamicBucketSampler(Sampler):
             cost_scale=cost_scale, cost_pad=cost_pad, epoch_costs=epoch_costs,
         )  # fmt: skip
         self.costs, self.sizes, self.budget, self.cost = costs, costs.sizes, costs.budget, costs.cost
-        reason = np.full(n, -1, dtype=np.int8)
-
-        def mark(mask: np.ndarray, code: int) -> None:
-            reason[(reason < 0) & mask] = code
-
-        tl, max_target_len, max_target_tokens = self.target_lens, self.max_target_len, self.max_target_tokens
-        with np.errstate(invalid="ignore"):
-            if skip is not None and len(skip):
-                bad = np.zeros(n, dtype=bool)
-                bad[np.asarray(skip, dtype=np.int64)] = True
-                mark(bad, FILTER_REASONS.index("bad_line"))
-            mark(np.isnan(d), 0)
-            mark(d < lo, 1)
-            if not self.truncate_to_max:
-                mark(d > hi, 2)
-            if tl is not None and max_target_len is not None:
-                mark(tl > max_target_len, 3)
-            over = costs.least > self.budget  # at no draw of augmentation's lengths
-            if tl is not None and max_target_tokens is not None:
-                over |= tl > max_target_tokens
-            if self.max_llm_tokens is not None and not self.llm_alone:
-                over |= self.llm_lens + (0 if self.llm_new is None else self.llm_new) > self.max_llm_tokens
-            mark(over, 4)
-        self._reason = reason
-        # what a saved position names when the data now plans other batches (a line's audio gone since, or back)
-        unusable = np.flatnonzero(reason == FILTER_REASONS.index("bad_line")).astype(np.int64)
-        self._unusable = [int(unusable.size), hashlib.sha1(unusable.tobytes()).hexdigest()]
+        self._reason = reason = filter_items(
+            d, costs.least, self.budget, skip=skip, min_duration=lo, max_duration=hi,
+            truncate_to_max=self.truncate_to_max, target_lens=self.target_lens, max_target_len=self.max_target_len,
+            max_target_tokens=self.max_target_tokens, llm_lens=self.llm_lens, llm_new=self.llm_new,
+            max_llm_tokens=None if self.llm_alone else self.max_llm_tokens,
+        )  # fmt: skip
+        self._unusable = unusable_signature(reason)  # what a saved position names
         # the items that fit the budget only at some draws: each epoch batches those its draws let fit
         pool = self.base_indices
         self.fits_sometimes = pool[(reason[pool] < 0) & (self.sizes[pool] > self.budget)] if n else pool
@@ -211,8 +186,7 @@ class DynamicBucketSampler(Sampler):
         items = self._epoch_items(epoch)
         keys = visit_keys(items, self.durations.size)
         reasons = self._reason[items]
-        counts = np.bincount(reasons[reasons >= 0], minlength=len(FILTER_REASONS))
-        filtered = {name: int(c) for name, c in zip(FILTER_REASONS, counts) if c}
+        filtered = filter_counts(reasons)
         # Planned by position in the epoch's visits: two visits of one line may cost differently (their own draws)
         keep = np.flatnonzero(reasons < 0)
         sizes, bucket_of, keep, late = self.costs.fitting(epoch, items, keys, keep, self.num_buckets, self.bucket_of)
@@ -299,6 +273,19 @@ class DynamicBucketSampler(Sampler):
     def filtered(self) -> dict[str, int]:
         """reason -> number of this epoch's items skipped for it."""
         return dict(self._plan(self.epoch)[1]["filtered"])
+
+    @property
+    def filter_codes(self) -> np.ndarray:
+        """Each dataset item's filter (read-only): its index in FILTER_REASONS, or -1 for an item batched (in the
+        epochs whose draws let it fit: fits_sometimes); llmasr.data.item_filters."""
+        codes = self._reason.view()
+        codes.flags.writeable = False  # the filters are decided once: a caller's edit would go unseen by the plan
+        return codes
+
+    def epoch_plan(self, epoch: int | None = None) -> EpochPlan:
+        """The ranks' batches of `epoch` (default: the current one), as every rank holds them: what a checkpoint's
+        plan record keeps (llmasr.data.plan_record)."""
+        return self._plan(self.epoch if epoch is None else epoch)[0]
 
     def skipped_indices(self, reason: str) -> np.ndarray:
         """Dataset indices (among those the sampler draws from) that the filter `reason` skips in every epoch."""

@@ -3,6 +3,7 @@ import math
 import numpy as np
 import pytest
 
+from llmasr.data.item_filters import FILTER_REASONS
 from llmasr.data.sampler import DynamicBucketSampler
 
 
@@ -103,6 +104,22 @@ def test_known_bad_lines_are_skipped_first_and_listed_by_reason():
     assert sorted(i for b in s for i in b) == [2, 3, 6]
     assert s.skipped_indices("too_long").tolist() == [7] and s.skipped_indices("bad_line").tolist() == [1, 4, 5]
     assert s.skipped_indices("too_short").tolist() == [0]
+
+
+def test_filter_codes_and_epoch_plan_are_what_the_sampler_batches_by():
+    """The public view llmasr.data.plan_record reads: each item's filter code (read-only) and the ranks' batches."""
+    d = np.array([0.05, 0.5, 2.0, 3.0, 50.0, np.nan, 4.0, 60.0])
+    s = make(d, max_seconds=8.0, min_duration=0.1, max_duration=40.0, skip=np.array([1, 4, 5]), world_size=2, rank=1)
+    codes = s.filter_codes
+    assert [FILTER_REASONS[c] if c >= 0 else None for c in codes.tolist()] == [
+        "too_short", "bad_line", None, None, "bad_line", "bad_line", None, "too_long"
+    ]  # fmt: skip
+    with pytest.raises(ValueError, match="read-only"):
+        codes[2] = 1
+    assert s.filter_codes[2] == -1 and s.filtered == {"bad_line": 3, "too_short": 1, "too_long": 1}
+    s.set_epoch(1)
+    assert list(s.epoch_plan().rank_batches(1)) == s.batches(1, 1) == list(s)
+    assert list(s.epoch_plan(0).rank_batches(0)) == s.batches(0, 0)
 
 
 def test_a_line_at_exactly_a_duration_limit_is_kept_though_the_manifest_holds_float32():
