@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from llmasr.atomic_file import atomic_writer
+from llmasr.data.item_filters import reason_text
 from llmasr.data.visit_keys import dataset_index
 
 FILE = "batch_plan.npz"
@@ -26,14 +27,14 @@ SHOWN = 5  # lines named in an explanation
 
 def record(sampler) -> dict[str, np.ndarray]:
     """The arrays `explain` compares, for the sampler's current epoch."""
-    plan, _ = sampler._plan(sampler.epoch)
+    plan = sampler.epoch_plan()
     out = {
         "epoch": np.asarray(sampler.epoch, np.int64),
         "keys": plan.keys.astype(np.int64),
         "offsets": plan.offsets.astype(np.int64),
         "groups": np.asarray(plan.groups, np.int64),
         "durations": sampler.durations.astype(np.float32),
-        "reason": sampler._reason.astype(np.int8),
+        "reason": sampler.filter_codes.astype(np.int8),
     }
     if sampler.target_lens is not None:
         out["target_lens"] = sampler.target_lens
@@ -76,36 +77,25 @@ def _name(i: int, manifest) -> str:
     return f"{path}:{line}"
 
 
-def _reason(code: int) -> str:
-    from llmasr.data.sampler import FILTER_REASONS
-
-    return "batched" if code < 0 else f"skipped as {FILTER_REASONS[code]}"
-
-
-def _item_changes(saved: dict, sampler, i: int) -> list[str]:
-    parts = []
-    for key, now, what in (
-        ("llm_lens", sampler.llm_lens, "LLM positions"),
-        ("target_lens", sampler.target_lens, "target length"),
-    ):
-        if key in saved and now is not None and int(saved[key][i]) != int(now[i]):
-            parts.append(f"{what} {int(saved[key][i])} -> {int(now[i])}")
-    old, new = float(saved["durations"][i]), float(np.float32(sampler.durations[i]))
-    if old != new and not (np.isnan(old) and np.isnan(new)):
-        parts.append(f"duration {old:g} -> {new:g} s")
-    if int(saved["reason"][i]) != int(sampler._reason[i]):
-        parts.append(f"{_reason(int(saved['reason'][i]))} -> {_reason(int(sampler._reason[i]))}")
-    return parts
+def _fields(sampler) -> tuple:
+    """(the record's key, the sampler's values now, how a line's two values are worded) of each input a line's
+    batching reads, in the order an explanation names them."""
+    return (
+        ("llm_lens", sampler.llm_lens, lambda a, b: f"LLM positions {int(a)} -> {int(b)}"),
+        ("target_lens", sampler.target_lens, lambda a, b: f"target length {int(a)} -> {int(b)}"),
+        ("durations", sampler.durations.astype(np.float32), lambda a, b: f"duration {float(a):g} -> {float(b):g} s"),
+        ("reason", sampler.filter_codes, lambda a, b: f"{reason_text(int(a))} -> {reason_text(int(b))}"),
+    )
 
 
-def _changed(saved: dict, sampler, n: int) -> np.ndarray:
-    """Which of the first `n` lines' inputs differ (what _item_changes names)."""
-    old, new = saved["durations"][:n], sampler.durations[:n].astype(np.float32)
-    out = (old != new) & ~(np.isnan(old) & np.isnan(new))
-    out |= saved["reason"][:n] != sampler._reason[:n]
-    for key, now in (("llm_lens", sampler.llm_lens), ("target_lens", sampler.target_lens)):
+def _compared(saved: dict, sampler, n: int) -> list[tuple[np.ndarray, np.ndarray, np.ndarray, Callable]]:
+    """(values then, values now, which differ, wording) of the first `n` lines, for each input both sides hold; a
+    duration unknown (NaN) then and now is no change."""
+    out = []
+    for key, now, word in _fields(sampler):
         if key in saved and now is not None:
-            out |= saved[key][:n] != now[:n]
+            old, new = saved[key][:n], now[:n]
+            out.append((old, new, (old != new) & ~(np.isnan(old) & np.isnan(new)), word))
     return out
 
 
@@ -114,7 +104,7 @@ def explain(saved: dict, sampler, manifest=None) -> str:
     differs (its step and rank in the run, its lines then and now) and the lines whose inputs differ (both values),
     or that none do (the cut itself differs). `manifest` names lines by file and line."""
     epoch = int(saved["epoch"])
-    plan, _ = sampler._plan(epoch)
+    plan = sampler.epoch_plan(epoch)
     old, new = _batches(saved["keys"], saved["offsets"]), _batches(plan.keys, plan.offsets)
     n = min(len(old), len(new))
     first = next((p for p in range(n) if not np.array_equal(old[p], new[p])), n if len(old) != len(new) else None)
@@ -131,14 +121,15 @@ def explain(saved: dict, sampler, manifest=None) -> str:
             f"epoch {epoch}'s batch {first} of {len(old)} in cost order{at} held items {was}, now {now} "
             f"({len(new)} batches)"
         )
-    changed = np.flatnonzero(_changed(saved, sampler, n_items)).tolist()
+    compared = _compared(saved, sampler, n_items)
+    changed = np.flatnonzero(np.logical_or.reduce([differ for _, _, differ, _ in compared])).tolist()
     if first is not None:  # the lines of the differing batch first
         keys = (old[first].tolist() if first < len(old) else []) + (new[first].tolist() if first < len(new) else [])
         near = {dataset_index(k, sampler.durations.size) for k in keys}
         changed.sort(key=lambda i: i not in near)
     budget = f" (data.batching.max_llm_tokens {sampler.max_llm_tokens})" if sampler.max_llm_tokens is not None else ""
     for i in changed[:SHOWN]:
-        text = ", ".join(_item_changes(saved, sampler, i))
+        text = ", ".join(word(then[i], now_[i]) for then, now_, differ, word in compared if differ[i])
         parts.append(f"item {i} ({_name(i, manifest)}): {text}{budget if 'LLM positions' in text else ''}")
     if len(changed) > SHOWN:
         parts.append(f"and {len(changed) - SHOWN} more item(s) with other inputs")
