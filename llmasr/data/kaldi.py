@@ -23,7 +23,8 @@ def _read_kaldi_table(path: Path, what: str, dups: list[BadRecord]) -> dict[str,
     with open(path, "rb") as f:
         for lineno, data in enumerate(f, start=1):
             try:
-                raw = data.decode("utf-8-sig" if lineno == 1 else "utf-8")  # -sig: a BOM is not part of a key
+                # a BOM is no part of a key: it opens the file, or a line where `cat` joined files saved with one
+                raw = data.decode("utf-8").removeprefix("\ufeff")
             except UnicodeDecodeError as err:
                 raise KaldiError(
                     f"{path}:{lineno}: not UTF-8 ({err.reason} at byte {err.start}); convert the file first, e.g. "

@@ -219,3 +219,20 @@ def test_a_pipe_command_is_refused_with_what_to_do(tmp_path):
         f"that path in wav.scp instead; else {into}",
         f"unsupported: b: pipe command 'sph2pipe -f wav -p -c 1 gone.sph |' is not supported; {into}",
     ]
+
+
+def test_kaldi_files_joined_by_cat_keep_the_key_after_a_bom_mid_file(tmp_path, capsys):
+    # `cat a/text b/text > text` of two files saved with a BOM put one at the start of b's first line: that key read
+    # as "\ufeffb", and its utterance was skipped as in text but not in wav.scp (jsonl manifests read it as a key).
+    from llmasr.commands.data_kaldi import main
+
+    d = tmp_path / "data"
+    d.mkdir()
+    for k in ("a", "b"):
+        write_wav(d / f"{k}.wav", 1.0)
+    bom = "\ufeff"
+    (d / "wav.scp").write_text(f"{bom}a {d / 'a.wav'}\n{bom}b {d / 'b.wav'}\n", encoding="utf-8")
+    (d / "text").write_text(f"{bom}a one two\n{bom}b three\n", encoding="utf-8")
+    assert main([str(d), str(tmp_path / "k.jsonl")]) == 0
+    assert json.loads(capsys.readouterr().out)["written"] == 2
+    assert [(u.key, u.target) for u in Manifest.open(tmp_path / "k.jsonl")] == [("a", "one two"), ("b", "three")]
