@@ -11,6 +11,7 @@ import re
 from pathlib import Path
 
 from llmasr.atomic_file import atomic_writer
+from llmasr.data.audio import missing_audio
 from llmasr.data.records import BadRecord
 
 log = logging.getLogger(__name__)
@@ -23,7 +24,8 @@ def _read_kaldi_table(path: Path, what: str, dups: list[BadRecord]) -> dict[str,
     with open(path, "rb") as f:
         for lineno, data in enumerate(f, start=1):
             try:
-                raw = data.decode("utf-8-sig" if lineno == 1 else "utf-8")  # -sig: a BOM is not part of a key
+                # a BOM is no part of a key: it opens the file, or a line where `cat` joined files saved with one
+                raw = data.decode("utf-8").removeprefix("\ufeff")
             except UnicodeDecodeError as err:
                 raise KaldiError(
                     f"{path}:{lineno}: not UTF-8 ({err.reason} at byte {err.start}); convert the file first, e.g. "
@@ -117,9 +119,10 @@ def kaldi_to_jsonl(
       unsupported    wav.scp entries that are pipe commands (`... |`) or offsets (`FILE:123`), not plain paths
       bad_segments   segments lines that do not parse
       duplicate_keys a key repeated within one file (the first is kept)
-    plus `problems`: the first 20 BadRecords (file:line: reason), and with `utt2dur`, `durations_from_utt2dur` and
-    `durations_unknown` (records written without a duration: utt2dur lacks their key). Every reason is also logged
-    once as a warning.
+    plus `audio_not_found` and its first keys: wav.scp lines whose audio file is not there (their records written
+    all the same), `problems`: the first 20 BadRecords (file:line: reason), and with `utt2dur`,
+    `durations_from_utt2dur` and `durations_unknown` (records written without a duration: utt2dur lacks their key).
+    Every reason is also logged once as a warning.
     """
     wav_scp, out_jsonl = Path(wav_scp), Path(out_jsonl)
     text = Path(text) if text is not None else None
@@ -139,8 +142,11 @@ def kaldi_to_jsonl(
     else:
         records = _segment_records(segs, wavs, texts, (sources, why), (wav_scp, Path(segments)), text, skipped)
     found = _fill_durations(records, durs, Path(utt2dur)) if durs is not None else None
+    gone = _audio_not_found(records, wavs, sources, wav_scp, base)
     written = _write_jsonl(records, texts, text, out_jsonl, skipped)
     counts = skipped.counts(written)
+    counts.update(audio_not_found=len(gone), audio_not_found_keys=[bad.key for bad in gone[:5]])
+    counts["problems"] = (gone + skipped.problems)[:20]
     if found is not None:
         unknown = sum(1 for r in records if "duration" not in r)
         counts.update(durations_from_utt2dur=found, durations_unknown=unknown)
@@ -148,6 +154,28 @@ def kaldi_to_jsonl(
             log.warning("kaldi_to_jsonl: %d record(s) not in %s: written without a duration (training probes their "
                         "audio headers)", unknown, utt2dur)  # fmt: skip
     return counts
+
+
+def _audio_not_found(records: list[dict], wavs: dict, sources: dict, wav_scp: Path, base: Path) -> list[BadRecord]:
+    """The wav.scp lines whose audio file is not there (one stat per recording a record reads). Their records are
+    written all the same (training names each such line's missing file), but named here: a wav.scp of relative
+    paths read from another folder than the recipe's gives a manifest of files that are not there."""
+    used = {r["source"] for r in records}
+    gone: list[BadRecord] = []
+    for key, path in sources.items():
+        if path not in used or (why := missing_audio(path)) is None:
+            continue
+        lineno, value = wavs[key]
+        hint = "" if Path(os.path.expanduser(value)).is_absolute() else (
+            f" (relative wav.scp paths are read from {base}: run from the folder the Kaldi recipe ran in, or pass "
+            "--base-dir)"
+        )  # fmt: skip
+        gone.append(BadRecord(str(wav_scp), lineno, f"audio_not_found: {key}: {path} is not there ({why.reason})"
+                              f"{hint}", key))  # fmt: skip
+    if gone:
+        log.warning("kaldi_to_jsonl: %d recording(s) whose audio file is not there, written all the same (e.g. %s)",
+                    len(gone), gone[0])  # fmt: skip
+    return gone
 
 
 def _fill_durations(records: list[dict], table: dict, utt2dur: Path) -> int:

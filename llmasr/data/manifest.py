@@ -26,7 +26,7 @@ import numpy as np
 
 from llmasr.config_io import not_utf8, unique_keys
 from llmasr.config_paths import file_problem
-from llmasr.data.record_fields import is_cut
+from llmasr.data.record_fields import is_cut, json_document
 from llmasr.data.record_line import parse_line
 from llmasr.data.records import (
     FUNASR_FRAMES_PER_SECOND,
@@ -257,6 +257,10 @@ class Manifest:
                 offsets.append(pos)
         if not linenos:  # a wrong path or a failed export upstream, never a set to train on or decode
             raise EmptyManifest(f"manifest {path}: no records (the file is empty or holds only blank lines)")
+        with open(data_path, "rb") as f:
+            f.seek(offsets[0])
+            if why := json_document(f.readline(4096)):
+                raise BadManifest(f"manifest {path}: {why}")
         off = np.frombuffer(offsets, dtype=np.int64).copy()
         lines = np.frombuffer(linenos, dtype=np.int64).copy() if saw_blank else None
         durations = np.frombuffer(durations, dtype=np.float32).copy()

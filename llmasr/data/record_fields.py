@@ -117,3 +117,22 @@ def target_stand_in(manifest) -> str | None:
         if seen >= STAND_IN_LINES:
             break
     return None
+
+
+NOT_JSON_LINES = "one JSON document, not JSON Lines (one JSON object a line)"
+SEGMENT_LINES = (
+    "a corpus index such as WenetSpeech.json (audios[].segments[]) wants one line per segment: key (its sid), source "
+    "(the audio's path), target (text), start and end (begin_time, end_time)"
+)
+
+
+def json_document(first: bytes) -> str | None:
+    """Why a file whose first line is `first` is one JSON document rather than JSON Lines (a pretty-printed object
+    opening with '{' alone, or an array), with what to write instead; None otherwise. Every line of such a file had
+    been a bad line of its own, none saying so."""
+    head = first.strip().removeprefix(b"\xef\xbb\xbf").lstrip()
+    if head.startswith(b"["):
+        return f"{NOT_JSON_LINES}: it is a JSON array; write each element on a line of its own, e.g. jq -c '.[]'"
+    if head == b"{":
+        return f"{NOT_JSON_LINES}: an object over many lines; {SEGMENT_LINES}"
+    return None

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from llmasr.data.lhotse_cut import CutRecord
-from llmasr.data.record_fields import is_cut
+from llmasr.data.record_fields import NOT_JSON_LINES, SEGMENT_LINES, is_cut
 from llmasr.data.records import BadRecord, Utterance, _Parser
 
 
@@ -22,6 +22,8 @@ def parse_record(rec, *, manifest: str, line: int, base: Path, need_target: bool
         return p.chatml(rec)
     if "sources" in rec and "sampling_rate" in rec:
         raise p.bad("this is a lhotse recordings manifest; pass a cuts manifest (CutSet) instead")
+    if isinstance(rec.get("audios"), list) and "key" not in rec:  # WenetSpeech.json written on one line
+        raise p.bad(f"{NOT_JSON_LINES}; {SEGMENT_LINES}")
     if "recording_id" in rec and "key" not in rec:
         raise p.bad("this is a lhotse supervisions manifest; pass a cuts manifest (CutSet) instead")
     return p.funasr(rec)

@@ -169,3 +169,25 @@ def test_a_kaldi_data_folder_given_as_a_manifest_names_the_command_that_writes_o
     other = tmp_path / "text"  # a file of that name outside a Kaldi folder is read as a manifest
     other.write_text('{"key": "a", "source": "a.wav", "target": "hi"}\n')
     assert len(Manifest.open(str(other))) == 1
+
+
+@pytest.mark.parametrize("shape", ["pretty", "array", "one_line"])
+def test_a_json_document_given_as_a_manifest_is_told_it_is_no_json_lines(tmp_path, shape, capsys):
+    """WenetSpeech.json (one document, audios[].segments[]) or a JSON array export, given to `llmasr data check`:
+    every line of it was a bad line of its own ("malformed JSON: Extra data", "missing field 'key'"), nothing
+    saying the file is no JSON Lines at all."""
+    from llmasr.cli import main
+
+    seg = {"sid": "S1", "begin_time": 0.0, "end_time": 1.0, "text": "hello"}
+    doc = {"dataset": "WenetSpeech", "audios": [{"aid": "Y1", "path": "audio/y1.opus", "segments": [seg]}]}
+    rows = [{"key": "a", "source": "a.wav", "target": "hi"}, {"key": "b", "source": "b.wav", "target": "ho"}]
+    path = tmp_path / "WenetSpeech.json"
+    text = {"pretty": json.dumps(doc, indent=4), "array": json.dumps(rows, indent=2), "one_line": json.dumps(doc)}
+    path.write_text("\ufeff" + text[shape] + "\n", encoding="utf-8")
+    # a file of many lines is refused whole (2); one line of WenetSpeech's is one bad line, too much bad data (1)
+    assert main(["data", "check", str(path), "--no-probe"]) == (1 if shape == "one_line" else 2)
+    said = "".join(capsys.readouterr())
+    where = f"{path}: cannot open manifest" if shape != "one_line" else "WenetSpeech.json:1 key=None: "
+    assert where in said and "one JSON document, not JSON Lines (one JSON object a line)" in said
+    assert ("jq -c '.[]'" in said) == (shape == "array")
+    assert ("audios[].segments[]" in said) == (shape != "array")

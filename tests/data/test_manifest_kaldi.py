@@ -219,3 +219,46 @@ def test_a_pipe_command_is_refused_with_what_to_do(tmp_path):
         f"that path in wav.scp instead; else {into}",
         f"unsupported: b: pipe command 'sph2pipe -f wav -p -c 1 gone.sph |' is not supported; {into}",
     ]
+
+
+def test_kaldi_files_joined_by_cat_keep_the_key_after_a_bom_mid_file(tmp_path, capsys):
+    # `cat a/text b/text > text` of two files saved with a BOM put one at the start of b's first line: that key read
+    # as "\ufeffb", and its utterance was skipped as in text but not in wav.scp (jsonl manifests read it as a key).
+    from llmasr.commands.data_kaldi import main
+
+    d = tmp_path / "data"
+    d.mkdir()
+    for k in ("a", "b"):
+        write_wav(d / f"{k}.wav", 1.0)
+    bom = "\ufeff"
+    (d / "wav.scp").write_text(f"{bom}a {d / 'a.wav'}\n{bom}b {d / 'b.wav'}\n", encoding="utf-8")
+    (d / "text").write_text(f"{bom}a one two\n{bom}b three\n", encoding="utf-8")
+    assert main([str(d), str(tmp_path / "k.jsonl")]) == 0
+    assert json.loads(capsys.readouterr().out)["written"] == 2
+    assert [(u.key, u.target) for u in Manifest.open(tmp_path / "k.jsonl")] == [("a", "one two"), ("b", "three")]
+
+
+def test_kaldi_audio_not_there_is_named_with_its_wav_scp_line(tmp_path, monkeypatch, capsys, caplog):
+    # wav.scp's relative paths are read from the working directory (Kaldi's recipe folder): run from another folder,
+    # every line was written as a path to no file, exit status 0, without a word until the manifest was read.
+    from llmasr.commands.data_kaldi import main
+
+    d = tmp_path / "recipe" / "data" / "train"
+    d.mkdir(parents=True)
+    write_wav(tmp_path / "recipe" / "a.wav", 1.0)
+    write_wav(tmp_path / "recipe" / "b.wav", 1.0)
+    (d / "wav.scp").write_text("a a.wav\nb b.wav\n")
+    (d / "text").write_text("a one\nb two\n")
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "k.jsonl"
+    assert main([str(d), str(out)]) == 0
+    counts = json.loads(capsys.readouterr().out)
+    assert counts["written"] == 2  # written all the same: training names each line's missing file too
+    assert (counts["audio_not_found"], counts["audio_not_found_keys"]) == (2, ["a", "b"])
+    first = str(counts["problems"][0])
+    assert first.startswith(f"{d / 'wav.scp'}:1: audio_not_found: a: {tmp_path / 'a.wav'} is not there")
+    assert f"relative wav.scp paths are read from {tmp_path}" in first and "--base-dir" in first
+    assert "2 recording(s) whose audio file is not there, written all the same" in caplog.text
+    # from the recipe folder (or with --base-dir) they are found
+    assert main([str(d), str(out), "--base-dir", str(tmp_path / "recipe")]) == 0
+    assert json.loads(capsys.readouterr().out)["audio_not_found"] == 0
