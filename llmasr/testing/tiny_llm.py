@@ -96,6 +96,21 @@ def train_unigram_tokenizer(texts: list[str], vocab_size: int = 120, *, chat_tem
     return _wrapped(sp._tokenizer, chat_template, unk_token="<unk>")
 
 
+def train_char_bpe_tokenizer(texts: list[str], vocab_size: int = 120, *, chat_template: str | None = CHATML_TEMPLATE):
+    """A BPE tokenizer over characters (NFKC, Metaspace, as a SentencePiece BPE) with no unk token and no byte
+    fallback, trained on `texts`, the default corpus and the prompt's line breaks: a character they never hold it
+    writes no token for at all."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.normalizer = normalizers.NFKC()
+    tok.pre_tokenizer = pre_tokenizers.Metaspace()
+    tok.decoder = decoders.Metaspace()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=CHATML_SPECIALS, show_progress=False)
+    tok.train_from_iterator([*texts, *DEFAULT_CORPUS, "user\nsystem\nassistant\n"], trainer=trainer)
+    return _wrapped(tok, chat_template)
+
+
 def write_tiny_llm_dir(
     path: str | Path,
     *,
@@ -206,7 +221,7 @@ def write_qwen_layout_llm_dir(
 
 def write_unk_llm_dir(path: str | Path, tokenizer, **kw) -> Path:
     """A tiny LLM directory around a tokenizer that is not byte-level (train_word_level_tokenizer's,
-    train_unigram_tokenizer's), as a Llama: transformers 5 loads a qwen2 directory's
+    train_unigram_tokenizer's, train_char_bpe_tokenizer's), as a Llama: transformers 5 loads a qwen2 directory's
     tokenizer with its own Qwen2 class, which rebuilds a byte-level BPE from the vocabulary (llmasr's loader reads
     tokenizer.json as written all the same: llmasr.models.tokenizer.as_written)."""
     return write_tiny_llm_dir(path, tokenizer=tokenizer, arch="llama", **kw)
