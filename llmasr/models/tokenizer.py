@@ -77,12 +77,14 @@ def as_written(tok, folder: Path):
     pre-tokenizer, and only the added tokens tokenizer_config.json lists. The file is what the LLM was trained with,
     and what the tokenizers library, transformers 4 and tokenizer.json readers elsewhere use, so it is read here as
     written (TokenizersBackend) with tokenizer_config.json's special tokens and template. A class from the folder's
-    own code (trust_remote_code) is the folder's word and is kept."""
+    own code (trust_remote_code) is the folder's word and is kept. Other classes transformers picks (LlamaTokenizer's
+    Metaspace for a legacy Prepend/Replace normaliser, ...) write the same text as their files in other words, and
+    transformers chooses among them on purpose: they are kept."""
     from transformers import TokenizersBackend
 
     file = folder / "tokenizer.json"
     backend = getattr(tok, "backend_tokenizer", None)
-    if type(tok) is TokenizersBackend or backend is None or not file.is_file():
+    if type(tok).__name__ != "Qwen2Tokenizer" or backend is None or not file.is_file():
         return tok
     if not type(tok).__module__.startswith("transformers."):
         return tok
