@@ -55,6 +55,16 @@ def unigram_llm_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def char_bpe_llm_dir(tmp_path_factory):
+    """A 2-layer Llama whose BPE tokenizer over characters has no unk token and no byte fallback, trained on the tiny
+    corpus's words and llmasr.testing.tiny_llm.DEFAULT_CORPUS: it writes no token for any other character."""
+    from llmasr.testing.tiny_corpus import WORDS
+    from llmasr.testing.tiny_llm import train_char_bpe_tokenizer, write_unk_llm_dir
+
+    return write_unk_llm_dir(tmp_path_factory.mktemp("tiny_char_bpe"), train_char_bpe_tokenizer([" ".join(WORDS)]))
+
+
+@pytest.fixture(scope="session")
 def tiny_llm_no_template_dir(tmp_path_factory):
     from llmasr.testing.tiny_llm import write_tiny_llm_dir
 

@@ -18,6 +18,13 @@ CHATML_TEMPLATE = (
     "{%- if add_generation_prompt -%}{{- '<|im_start|>assistant\\n' -}}{%- endif -%}"
 )
 CHATML_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+# A Qwen2.5 / Qwen3 tokenizer.json's pre-tokenizer regex (before its ByteLevel), and added tokens as such a release
+# lists them: the ChatML specials and two that are not special
+QWEN_PRETOKENIZE = (
+    r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"""
+    r"""|\s*[\r\n]+|\s+(?!\S)|\s+"""
+)
+QWEN_ADDED = {**dict.fromkeys(CHATML_SPECIALS, True), "<tool_call>": False, "</tool_call>": False}
 
 DEFAULT_CORPUS = [
     "zero one two three four five six seven eight nine",
@@ -89,6 +96,21 @@ def train_unigram_tokenizer(texts: list[str], vocab_size: int = 120, *, chat_tem
     return _wrapped(sp._tokenizer, chat_template, unk_token="<unk>")
 
 
+def train_char_bpe_tokenizer(texts: list[str], vocab_size: int = 120, *, chat_template: str | None = CHATML_TEMPLATE):
+    """A BPE tokenizer over characters (NFKC, Metaspace, as a SentencePiece BPE) with no unk token and no byte
+    fallback, trained on `texts`, the default corpus and the prompt's line breaks: a character they never hold it
+    writes no token for at all."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.normalizer = normalizers.NFKC()
+    tok.pre_tokenizer = pre_tokenizers.Metaspace()
+    tok.decoder = decoders.Metaspace()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=CHATML_SPECIALS, show_progress=False)
+    tok.train_from_iterator([*texts, *DEFAULT_CORPUS, "user\nsystem\nassistant\n"], trainer=trainer)
+    return _wrapped(tok, chat_template)
+
+
 def write_tiny_llm_dir(
     path: str | Path,
     *,
@@ -141,9 +163,65 @@ def write_tiny_llm_dir(
     return path
 
 
+def write_qwen_layout_llm_dir(
+    path: str | Path, *, arch: str = "qwen2", texts: list[str] | None = None, added: tuple[str, ...] = ()
+) -> Path:
+    """A tiny LLM directory in the on-disk layout of a Qwen2.5 / Qwen3 release: tokenizer.json with Qwen's pipeline
+    (NFC; the Split regex, then ByteLevel) and its added tokens after the vocabulary, vocab.json with merges.txt,
+    and a tokenizer_config.json naming Qwen2Tokenizer, with added_tokens_decoder and the chat template. `added`:
+    further tokens tokenizer.json holds and tokenizer_config.json does not list (added with the tokenizers library)."""
+    import json
+
+    from tokenizers import (
+        AddedToken,
+        Regex,
+        Tokenizer,
+        decoders,
+        models,
+        normalizers,
+        pre_tokenizers,
+        processors,
+        trainers,
+    )
+
+    tok = Tokenizer(models.BPE())
+    tok.normalizer = normalizers.NFC()
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.Split(Regex(QWEN_PRETOKENIZE), behavior="isolated"),
+         pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)]
+    )  # fmt: skip
+    tok.decoder = decoders.ByteLevel()
+    tok.post_processor = processors.ByteLevel(trim_offsets=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=300, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
+    )
+    tok.train_from_iterator(texts or DEFAULT_CORPUS, trainer=trainer)
+    tok.model.continuing_subword_prefix = tok.model.end_of_word_suffix = ""  # as a release's file writes them
+    tok.add_tokens([AddedToken(t, special=s, normalized=False) for t, s in QWEN_ADDED.items()])
+    tok.add_tokens(list(added))
+    path = write_tiny_llm_dir(path, tokenizer=_wrapped(tok, None), arch=arch)
+    tok.save(str(path / "tokenizer.json"))
+    tok.model.save(str(path))  # vocab.json, merges.txt
+    listed = {
+        str(tok.token_to_id(t)): {"content": t, "lstrip": False, "normalized": False, "rstrip": False,
+                                  "single_word": False, "special": s}
+        for t, s in QWEN_ADDED.items()
+    }  # fmt: skip
+    config = {
+        "add_bos_token": False, "add_prefix_space": False, "added_tokens_decoder": listed,
+        "additional_special_tokens": ["<|im_start|>", "<|im_end|>"], "bos_token": None,
+        "chat_template": CHATML_TEMPLATE, "clean_up_tokenization_spaces": False, "eos_token": "<|im_end|>",
+        "errors": "replace", "model_max_length": 131072, "pad_token": "<|endoftext|>", "split_special_tokens": False,
+        "tokenizer_class": "Qwen2Tokenizer", "unk_token": None,
+    }  # fmt: skip
+    (path / "tokenizer_config.json").write_text(json.dumps(config, indent=2, ensure_ascii=False), encoding="utf-8")
+    (path / "chat_template.jinja").unlink(missing_ok=True)
+    return path
+
+
 def write_unk_llm_dir(path: str | Path, tokenizer, **kw) -> Path:
-    """A tiny LLM directory around a tokenizer that has an unk token (train_word_level_tokenizer's,
-    train_unigram_tokenizer's), as a Llama: transformers 5 loads a qwen2 directory's tokenizer with its own Qwen2
-    class, which rebuilds a byte-level BPE from the vocabulary, where a llama directory's tokenizer.json is read as
-    written."""
+    """A tiny LLM directory around a tokenizer that is not byte-level (train_word_level_tokenizer's,
+    train_unigram_tokenizer's, train_char_bpe_tokenizer's), as a Llama: transformers 5 loads a qwen2 directory's
+    tokenizer with its own Qwen2 class, which rebuilds a byte-level BPE from the vocabulary (llmasr's loader reads
+    tokenizer.json as written all the same: llmasr.models.tokenizer.as_written)."""
     return write_tiny_llm_dir(path, tokenizer=tokenizer, arch="llama", **kw)

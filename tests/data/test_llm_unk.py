@@ -19,7 +19,7 @@ from llmasr.data.screen_share import ScreenShare
 from llmasr.models.tokenizer import load_tokenizer
 from llmasr.testing.thread_ranks import run_ranks as ranks
 from llmasr.testing.tiny_corpus import WORDS, tiny_recipe_dict, write_tiny_corpus
-from llmasr.testing.tiny_llm import train_bpe_tokenizer, write_unk_llm_dir
+from llmasr.testing.tiny_llm import train_bpe_tokenizer, train_char_bpe_tokenizer, write_unk_llm_dir
 
 PLANTED = {3: "one cat two", 7: "zéro 猫", 11: "cat nine", 15: "cat"}  # line index -> transcript
 
@@ -43,9 +43,10 @@ def byte_level_unk_llm_dir(tmp_path_factory):
 
 
 def test_whether_unk_is_reachable_is_read_from_the_tokenizer(
-    word_level_llm_dir, unigram_llm_dir, byte_level_unk_llm_dir, tiny_llm_dir
+    word_level_llm_dir, unigram_llm_dir, byte_level_unk_llm_dir, tiny_llm_dir, char_bpe_llm_dir
 ):
     assert unk_reach(load_tokenizer(word_level_llm_dir))[0] == "word"
+    assert unk_reach(load_tokenizer(char_bpe_llm_dir)) == ("char", "a BPE without an unk token or byte fallback")
     assert unk_reach(load_tokenizer(unigram_llm_dir))[0] == "char"
     tok = load_tokenizer(byte_level_unk_llm_dir)
     assert tok.unk_token_id is not None and unk_reach(tok) == (None, "a byte-level BPE (every byte has a token)")
@@ -90,6 +91,41 @@ def test_data_check_names_the_lines_and_what_became_unk_most_lines_first(
     out = capsys.readouterr().out
     assert "## the LLM's tokenizer\n" in out and "spells any text (a byte-level BPE" in out
     assert "cannot write" not in out
+
+
+def test_data_check_names_the_characters_a_bpe_without_unk_drops(char_bpe_llm_dir, tmp_path, capsys):
+    """A BPE with no unk token writes no token at all for a character it lacks: the line had trained the LLM to leave
+    it out, and the pass had skipped such a tokenizer as one that "spells any text"."""
+    planted = {3: "one cat two", 7: "zéro 猫", 11: "ze\u0301ro nine", 15: "señor"}
+    manifest = unk_corpus(tmp_path, planted)
+    assert data_check([str(manifest), "--no-probe", "--llm", str(char_bpe_llm_dir)]) == 0  # a warning, not bad
+    out = capsys.readouterr().out
+    assert "## transcripts the LLM's tokenizer cannot write" in out and "bad: 0" in out
+    assert f"3 of 20 transcripts (15.00%) hold characters the tokenizer of {char_bpe_llm_dir} drops" in out
+    assert "(a BPE without an unk token or byte fallback): it writes no token for them" in out
+    assert f"First: {manifest}:8, {manifest}:12, {manifest}:16." in out
+    assert "Dropped: 'é' in 2 lines; 'ñ' in 1 line; '猫' in 1 line." in out  # the accent composed by its NFKC
+
+
+def test_the_characters_dropped_asked_once_each_are_those_the_whole_lines_lose(char_bpe_llm_dir, tmp_path):
+    """Against each line's round trip (encode, decode, compare what is left but spaces), on lines of known letters,
+    letters it lacks written whole and as a combining accent, a ligature NFKC splits, CJK, and a word it lacks added
+    as a token of its own (then nothing of it is dropped)."""
+    pieces = [*WORDS, "cat", "zéro", "ze\u0301ro", "ﬁve", "猫", "señor", "one,two", "ñ猫ñ"]
+    rng = np.random.default_rng(0)
+    lines = [" ".join(rng.choice(pieces, size=int(rng.integers(1, 5)))) for _ in range(400)]
+    added = train_char_bpe_tokenizer([" ".join(WORDS)])
+    added.add_tokens(["señor"])
+    for path in (char_bpe_llm_dir, write_unk_llm_dir(tmp_path / "added", added)):
+        tok = load_tokenizer(path)
+        asker = LLMUnk.of(tok)
+        norm = tok.backend_tokenizer.normalizer.normalize_str
+        for line in lines:
+            back = tok.decode(tok(line, add_special_tokens=False, split_special_tokens=True)["input_ids"])
+            lost = "".join(back.split()) != "".join(norm(line).split())
+            assert bool(asker.unknown(line)) == lost, (path.name, line)
+        assert len(asker._units) < 40  # asked once each, not once a line
+    assert LLMUnk.of(tok).unknown("señor ñ") == ["ñ"]
 
 
 def test_data_check_with_a_recipe_asks_its_llm(word_level_llm_dir, tmp_path, capsys):

@@ -49,6 +49,19 @@ def test_llmasr_check_warns_of_unk_transcripts_in_training_and_validation(
     assert "cannot write" not in caplog.text
 
 
+def test_llmasr_check_warns_of_the_characters_a_bpe_without_unk_drops(char_bpe_llm_dir, tmp_path, capsys, caplog):
+    caplog.set_level("WARNING", logger="llmasr.data")
+    recipe, (train, valid) = recipe_with_unk(tmp_path, char_bpe_llm_dir)
+    recs = [json.loads(line) for line in train.read_text().splitlines()]
+    recs[6]["target"] = "three 猫"
+    train.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in recs))
+    code, out, err = run_check(capsys, "--config", str(recipe), "--deepspeed", "zero0", "--out", str(tmp_path / "c"))
+    assert code == 0, err
+    said = f"train: 1 of 20 transcripts (5.00%) hold characters the tokenizer of {char_bpe_llm_dir} drops"
+    assert said in caplog.text and f"First: {train}:7. Dropped: '猫' in 1 line." in caplog.text
+    assert "valid:" not in caplog.text  # its "cat" is written
+
+
 def test_a_training_start_up_warns_of_unk_transcripts_in_train_log(unigram_llm_dir, tmp_path):
     """The SentencePiece-style LLM lacks "猫": its line trains, and train.log says so before the first update."""
     recipe, (train, _) = recipe_with_unk(tmp_path, unigram_llm_dir)
