@@ -1,9 +1,10 @@
 """A tiny Paraformer-streaming training under the real launcher (`deepspeed --num_gpus 2`, CPU ranks) on a manifest
-with bad lines: every rank draws the same chunk configuration for each batch (ranks that drew apart would run
-different graphs: wrong gradients under ZeRO, or a hang), and a resume at one rank draws on where the checkpoint left
-the draw."""
+with bad lines, launched once for both tests: every rank draws the same chunk configuration for each batch (ranks
+that drew apart would run different graphs: wrong gradients under ZeRO, or a hang), a resume at one rank draws on
+where the checkpoint left the draw, and train.log reports the bad data of every rank summed at each epoch's end."""
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -80,3 +81,19 @@ def test_both_ranks_draw_alike_and_a_resume_at_one_rank_draws_on(launched, drawn
     history = train(one, "zero0", resume=str(run / "checkpoints" / ck.tag_for(1)))["history"]
     assert history[0]["update"] == 2
     assert len(drawn) >= len(rank0) - 1 and drawn[: len(rank0) - 1] == rank0[1:]
+
+
+def test_train_log_reports_every_ranks_bad_data_summed_at_each_epoch_end(launched):
+    """Each rank counts (and data.max_bad_fraction checks) its own share; rank 0's train.log had shown only its own
+    bad items, one by one. The sum comes where every rank is anyway: the end of an epoch."""
+    run = launched[0]
+    log = (run / "train.log").read_text()
+    for epoch in (0, 1):
+        found = re.search(rf"train: epoch {epoch}: 5 bad of 25 items on the 2 ranks together \(20\.00%; "
+                          r"rank 0: (\d+) of (\d+), rank 1: (\d+) of (\d+)\).*", log)  # fmt: skip
+        assert found, log[-3000:]
+        b0, s0, b1, s1 = map(int, found.groups())
+        assert (b0 + b1, s0 + s1) == (5, 25) and min(b0, b1) > 0  # both ranks met bad lines
+        line = found.group(0)
+        assert "unreadable or corrupt audio: 4, audio file not found: 1" in line
+        assert all(f"key={key}:" in line for key in BAD_KEYS)  # rank 1's named too
