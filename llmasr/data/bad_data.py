@@ -1,6 +1,7 @@
 """The accounting of unusable data: `BadItem` (what SpeechDataset returns for a line it cannot use), the classes of
 reasons, and `BadDataTracker`, which the main process feeds every batch: it logs bad items (rate-limited), keeps
-the first few as examples, and raises `TooMuchBadData` once the bad fraction passes `max_bad_fraction`.
+the first few as examples, and raises `TooMuchBadData` once the bad fraction passes `max_bad_fraction`; and
+`ranks_summary`, the line of every rank's counts summed.
 """
 
 from __future__ import annotations
@@ -111,7 +112,8 @@ class BadDataTracker:
     (`end_epoch`). Counts and examples are per epoch (`new_epoch` resets them); `state_dict` carries them across a
     resume.
     Each rank keeps its own tracker over its own share of the data (`rank` of `world_size`), and says so: its counts
-    are not the whole data's, and ranks reach the limit at different times, so no collective can sum them there.
+    are not the whole data's, and ranks reach the limit at different times, so no collective can sum them there (the
+    trainer sums them where every rank is, at the end of each epoch: `share`, `ranks_summary`).
 
     The lines known bad before loading (`static`) are never batched, so an epoch counts them in step with its
     progress (`advance`): all at once at its start, beside the few good items seen by then, they would read as a
@@ -304,6 +306,11 @@ class BadDataTracker:
         reasons = ", ".join(f"{r}: {c}" for r, c in self.by_reason.most_common())
         return f"{self.name}: {self.bad} bad of {self._whose()} items ({100 * self.fraction:.3f}%): {reasons}"
 
+    def share(self, examples: int = 5) -> dict:
+        """This rank's counts and first `examples` bad items, for `ranks_summary` (gathered from every rank)."""
+        return {"good": self.good, "bad": self.bad, "by_reason": dict(self.by_reason),
+                "examples": self.examples[:examples]}  # fmt: skip
+
     def state_dict(self) -> dict:
         return {
             "good": self.good,
@@ -322,3 +329,28 @@ class BadDataTracker:
         self.examples = list(state.get("examples", []))[: self.keep_examples]
         # already in bad and by_reason (a state saved before the in-step counting counted them all at the start)
         self._take(int(state.get("static_counted", self.static_epoch)), count=False)
+
+
+def ranks_summary(shares: list[dict], name: str, when: str, max_bad_fraction: float, examples: int = 5) -> str | None:
+    """The log line of the bad data every rank counted in `when` ("epoch 0"), summed over `shares` (each rank's
+    BadDataTracker.share(), in rank order); None when there was none. Each rank checks data.max_bad_fraction against
+    its own share as it loads (the others are elsewhere then: no collective can sum there), so the sum is reported
+    where every rank is anyway, and names the ranks' shares beside it."""
+    bad, seen = sum(s["bad"] for s in shares), sum(s["good"] + s["bad"] for s in shares)
+    if not bad:
+        return None
+    reasons: Counter[str] = Counter()
+    for share in shares:
+        reasons.update(share["by_reason"])
+    head = f"{name}: {when}: {bad} bad of {seen} items"
+    if len(shares) > 1:
+        each = ", ".join(f"rank {r}: {s['bad']} of {s['good'] + s['bad']}" for r, s in enumerate(shares))
+        head += f" on the {len(shares)} ranks together ({100 * bad / seen:.2f}%; {each})"
+        limit = f"data.max_bad_fraction = {max_bad_fraction} holds each rank's share to it"
+    else:
+        head += f" ({100 * bad / seen:.2f}%)"
+        limit = f"data.max_bad_fraction = {max_bad_fraction}"
+    first = [e for s in shares for e in s["examples"]][:examples]
+    named = "; ".join(f"{e.get('manifest')}:{e.get('line')} key={e.get('key')}: {e.get('reason')}" for e in first)
+    return (f"{head}, {limit}. By reason: " + ", ".join(f"{r}: {c}" for r, c in reasons.most_common())
+            + f". First: {named}")  # fmt: skip

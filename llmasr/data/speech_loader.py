@@ -1,7 +1,8 @@
 """`SpeechDataLoader`: the torch DataLoader training and decoding iterate. Beyond torch's, it
 - feeds every batch to its `bad_data` tracker in the main process (workers cannot share counters), raising
   TooMuchBadData when data.max_bad_fraction is passed (after enough items, and at the end of every epoch); the lines
-  screened bad before loading count in step with the epoch's batches;
+  screened bad before loading count in step with the epoch's batches, and a padding repeat of a batch (to keep the
+  ranks in step) counts nothing again;
 - counts the batches the training loop has received, so `state_dict()` resumes exactly even though workers
   prefetch ahead of the loop, and each rank takes up its own bad-data counts on a resume;
 - `set_epoch(e)` sets the sampler's epoch and the dataset's (augmentation randomness follows it);
@@ -61,7 +62,8 @@ class SpeechDataLoader(DataLoader):
             self.consumed += 1
             batch.duplicate = self.consumed - 1 in duplicates
             self.bad_data.advance(self.consumed / max(len(sampler), 1))
-            self.bad_data.update(batch)
+            if not batch.duplicate:  # a padding repeat of a batch another rank counts: its items are no new data
+                self.bad_data.update(batch)
             if self.consumed >= len(sampler):
                 # Before the epoch's last batch reaches the loop: a loop that stops after it (the training loop
                 # does, at the end of its last window) never resumes this generator past the yield.

@@ -15,8 +15,10 @@ from llmasr.train.process_group import free_port
 from llmasr.train.shm import run_buffers
 
 
-def train_command(recipe_file, preset: str, run_dir, *overrides: str, port: int, ranks: int = 2, resume=False):
-    return ["deepspeed", "--num_gpus", str(ranks), "--master_port", str(port), "--module", "llmasr", "train",
+def train_command(recipe_file, preset: str, run_dir, *overrides: str, port: int, ranks: int = 2, resume=False,
+                  entry=("--module", "llmasr")):  # fmt: skip
+    """`entry`: what each rank runs, llmasr's own entry point or a script that ends by calling it."""
+    return ["deepspeed", "--num_gpus", str(ranks), "--master_port", str(port), *entry, "train",
             "--config", str(recipe_file), "--deepspeed", preset, *(["--resume"] if resume else []),
             f"train.output_dir={run_dir}", *overrides]  # fmt: skip
 
@@ -31,10 +33,12 @@ def assert_no_shm_left(port: int) -> None:
     assert not left, f"shared-memory buffers left in /dev/shm: {[p.name for p in left]}"
 
 
-def launch_train(recipe_file, preset: str, run_dir, *overrides: str, resume=False, expect_rc: int = 0, timeout=400):
-    """Run to the end; the launcher's exit status must be `expect_rc`. Returns the CompletedProcess."""
+def launch_train(recipe_file, preset: str, run_dir, *overrides: str, resume=False, expect_rc: int = 0, timeout=400,
+                 entry=("--module", "llmasr")):  # fmt: skip
+    """Run to the end; the launcher's exit status must be `expect_rc`. Returns the CompletedProcess. `entry`:
+    train_command's."""
     port = free_port()
-    cmd = train_command(recipe_file, preset, run_dir, *overrides, port=port, resume=resume)
+    cmd = train_command(recipe_file, preset, run_dir, *overrides, port=port, resume=resume, entry=entry)
     proc = subprocess.run(cmd, env=launcher_env(), capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == expect_rc, proc.stdout[-4000:] + proc.stderr[-4000:]
     assert_no_shm_left(port)

@@ -19,6 +19,7 @@ import time
 from llmasr import errors
 from llmasr import run_dir as ck
 from llmasr.data import plan_record
+from llmasr.data.bad_data import ranks_summary
 from llmasr.models.sanm_chunk import load_chunk_draws
 from llmasr.run_dir.files import verify_ranks
 from llmasr.train import resolve, universal
@@ -197,6 +198,7 @@ class Run(RunSetup):
                     if self.early.exhausted:
                         self.cut_short = True
                         break  # saved below, mid-epoch: raising train.patience and resuming carries on from here
+                self._report_bad_data(epoch)  # every rank is here (its refusals count its own share alone)
                 # Epoch end (or max_updates): validate unless just done or stopping, and save. A stop inside the
                 # epoch keeps the loader position, so raising max_updates and resuming carries on mid-epoch.
                 signum = preemption.agreed_stop(self.engine.device)
@@ -281,6 +283,19 @@ class Run(RunSetup):
         if (tc.save_every_updates and update % tc.save_every_updates == 0) or (metrics and tc.best_k):
             self.save(epoch, self.train_loader.state_dict(), metrics)
         return metrics
+
+    def _report_bad_data(self, epoch: int) -> None:
+        """Every rank, where the epoch's loop ended: rank 0's train.log gets the bad data all ranks counted in it,
+        summed (each rank counts its own share, which rank 0's warnings and a rank's refusal name alone)."""
+        tracker = self.train_loader.bad_data
+        shares = all_gather_object(tracker.share())
+        when = f"epoch {epoch}"
+        if self.train_loader.consumed < len(self.sampler):  # max_updates or patience ended it
+            when += f" up to update {self.engine.global_steps}"
+        if self.sampler.remainder_pass:  # the counts start afresh at another world size
+            when += " (since the resume at another world size)"
+        if self.rank == 0 and (line := ranks_summary(shares, tracker.name, when, tracker.max_bad_fraction)):
+            log.warning(line)
 
     def _stopped(self, signum: int, epoch: int, loader_state: dict | None, history: list[dict], owed=False) -> dict:
         """Every rank, after the same update: save (unless this update was just saved) and report one line. `owed`:

@@ -304,7 +304,7 @@ def test_each_rank_resumes_its_own_bad_data_counts(tmp_path):
     # saved at another world size, no rank's counts apply: the remainder counts afresh (its known-bad lines not again)
     one, _ = build(data_cfg, [str(m)], epoch=0)
     one.load_state_dict(gathered)
-    batches = list(one)
+    batches = [b for b in one if not b.duplicate]  # the 2-rank plan's padding repeat, kept in order, counts once
     assert one.bad_data.bad == sum(b.n_bad for b in batches) and one.bad_data.good == sum(b.size for b in batches)
 
 
@@ -366,3 +366,18 @@ def test_a_transcript_past_the_llms_context_is_counted_not_batched(tmp_path, tin
     assert "past the LLM's context of 2048" in bad[0]["reason"]
     assert loader.bad_data.by_reason == {"transcript past the LLM's context": 1}
     assert side.prompt.max_tokens == 2048  # the tiny LLM's max_position_embeddings
+
+
+def test_the_ranks_counts_add_up_to_the_epochs_items_without_the_padding_repeats(tmp_path):
+    """11 good lines and a corrupt one at 2 ranks: 5 batches, one trained again by the rank short of a batch to keep
+    the ranks in step. Its items had been counted again (the two ranks together had seen 15 of the 12 items), so the
+    ranks' counts summed in train.log had overstated the epoch."""
+    (tmp_path / "corrupt.wav").write_bytes(b"RIFF\x00\x00\x00\x00WAVEjunk" * 8)
+    manifest = with_lines(tmp_path, 11, [{"key": "corrupt", "source": "corrupt.wav", "target": "hello", "duration": 1}])
+    trackers, repeats = [], 0
+    for rank in (0, 1):
+        loader, _ = build(cfg(max_bad_fraction=0.5), [manifest], rank=rank, world_size=2)
+        repeats += sum(b.duplicate for b in loader)
+        trackers.append(loader.bad_data)
+    assert repeats == 1
+    assert sum(t.seen for t in trackers) == 12 and sum(t.bad for t in trackers) == 1

@@ -126,3 +126,19 @@ def nan_updates(monkeypatch):
 
     monkeypatch.setattr(TrainEngine, "to_device", to_device)
     return bad
+
+
+@pytest.fixture
+def drawn(monkeypatch):
+    """The chunk configuration of every streaming encoder forward in this process, in order (the real layout is
+    built and run)."""
+    from llmasr.models import sanm
+
+    seen, real = [], sanm.chunk_layout
+
+    def spy(chunk, kernel_size, frames, index=0, device=None):
+        seen.append(index)
+        return real(chunk, kernel_size, frames, index, device)
+
+    monkeypatch.setattr(sanm, "chunk_layout", spy)
+    return seen

@@ -6,7 +6,6 @@ import pytest
 import yaml
 from check_runner import run_check
 
-from llmasr.models import sanm
 from llmasr.recipe import load_recipe
 from llmasr.testing.tiny_corpus import tiny_recipe_dict, write_tiny_corpus
 from llmasr.testing.tiny_funasr import tiny_streaming_conf, write_funasr_dir
@@ -18,19 +17,6 @@ def streaming(tmp_path_factory):
     root = tmp_path_factory.mktemp("streaming")
     enc = write_funasr_dir(root / "enc", model="ParaformerStreaming", encoder_conf=tiny_streaming_conf())
     return enc, write_tiny_corpus(root / "train", n=20)  # 5 batches: 3 updates of 2
-
-
-@pytest.fixture
-def drawn(monkeypatch):
-    """The chunk configuration of every encoder forward, in order (the real layout is built and run)."""
-    seen, real = [], sanm.chunk_layout
-
-    def spy(chunk, kernel_size, frames, index=0, device=None):
-        seen.append(index)
-        return real(chunk, kernel_size, frames, index, device)
-
-    monkeypatch.setattr(sanm, "chunk_layout", spy)
-    return seen
 
 
 def recipe(tiny_llm_dir, streaming, run, *overrides, **kw):
