@@ -62,7 +62,7 @@ def gather_text(found: dict, text, where) -> None:
     Chinese or Japanese characters and spaces between two of them."""
     if not isinstance(text, str):
         return
-    for tag in tags_in(text):
+    for tag in tags_in(text) if "<|" in text else ():
         found.setdefault(tag, [0, where])[0] += 1
     if not text.isprintable() or "  " in text:  # every whitespace character but the space is not printable
         inner = text.strip()
@@ -76,7 +76,7 @@ def gather_text(found: dict, text, where) -> None:
         found.setdefault(DECOMPOSED, [0, where])[0] += 1
     if _CJK_CHAR.search(text) is not None:
         found.setdefault(CJK, [0, where])[0] += 1
-        if _CJK_SPACED.search(text) is not None:
+        if " " in text and _CJK_SPACED.search(text) is not None:
             found.setdefault(CJK_SPACED, [0, where])[0] += 1
 
 
