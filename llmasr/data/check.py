@@ -240,6 +240,7 @@ def check_data(
     ask = getattr(ctc_labels, "unknown", None)
     unknown = (ask, report.ctc_unknown) if ask is not None else None
     asks_unk = (llm_unk, report.llm_unk) if llm_unk is not None and not isinstance(llm_unk, str) else None
+    found_text = report.text_found if need_target else None  # references are scored normalised: their shape is moot
     cap = longest_kept(data_cfg.batching, frontend) if data_cfg.batching.truncate_to_max and need_target else None
     with ThreadPoolExecutor(max(1, threads)) as pool:  # header probes are I/O bound
         for path, m in spots:
@@ -250,7 +251,7 @@ def check_data(
             dur_of, tl_of, text_of = np.full(n, math.nan), np.zeros(n, dtype=np.int64), np.zeros(n, dtype=np.int64)
             for lo in range(0, n, CHUNK_LINES):  # a chunk's lines at a time: memory does not grow with the manifest
                 parsed = [
-                    _parse_line(m, i, spell, report.unread_fields, unknown, report.text_found, asks_unk)
+                    _parse_line(m, i, spell, report.unread_fields, unknown, found_text, asks_unk)
                     for i in range(lo, min(n, lo + CHUNK_LINES))
                 ]  # here: not across threads
                 good = [utt for utt, _, _ in parsed if utt is not None]

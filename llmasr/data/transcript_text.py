@@ -106,8 +106,8 @@ def text_warnings(found: dict, place: Callable = str) -> list[tuple[str, str]]:
             "whitespace in transcripts",
             f"transcripts hold whitespace other than one space between words ({_lines(found[WHITESPACE][0])}), "
             "which training teaches the LLM to write as it stands (scoring collapses whitespace, so the WER does not "
-            f"show it): {parts}. Collapse it: `' '.join(text.split())`{APPLY}, as `llmasr data kaldi` writes Kaldi's "
-            "text",
+            f"show it): {parts}. Collapse it, as `llmasr data kaldi` does for Kaldi's text: `' '.join(text.split())`"
+            f"{APPLY}",
         ))  # fmt: skip
     if DECOMPOSED in found:
         n, first = found[DECOMPOSED]

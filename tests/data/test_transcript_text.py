@@ -57,6 +57,15 @@ def test_data_check_names_whitespace_decomposed_text_and_spaced_chinese_with_the
     assert "result: OK" in out
 
 
+def test_references_of_a_manifest_to_decode_say_nothing(tmp_path, capsys):
+    """Scoring normalises a reference (whitespace collapsed, NFKC, tags dropped): its shape trains nothing."""
+    path = planted_corpus(tmp_path)
+    assert main([str(path), "--decode"]) == 0
+    out = capsys.readouterr().out
+    for heading in ("whitespace in", "not in Unicode NFC", "spaces between Chinese"):
+        assert heading not in out
+
+
 def test_clean_transcripts_and_stripped_ends_say_nothing(tmp_path, capsys):
     path = good_corpus(tmp_path, 4)
     recs = [json.loads(line) for line in path.read_text().splitlines()]
