@@ -40,11 +40,11 @@ WHITESPACE = "whitespace"  # lines holding any of those
 DECOMPOSED = "not NFC"
 # Chinese and Japanese characters (kana, CJK extension A and the unified ideographs, compatibility ideographs): the
 # class the fix given in the warning removes spaces between
-_CJK_CLASS = "[\u3040-\u30ff\u3400-\u9fff\uf900-\ufaff]"
+_CJK_CLASS = r"[\u3040-\u30ff\u3400-\u9fff\uf900-\ufaff]"  # escapes re reads, as the warning writes them
 _CJK_SPACED = re.compile(f"{_CJK_CLASS} +{_CJK_CLASS}")
 _CJK_CHAR = re.compile(_CJK_CLASS)
 CJK, CJK_SPACED = "CJK", "spaced CJK"  # lines holding those characters; lines with spaces between two of them
-CJK_FIX = r"re.sub(r'(?<=[\u3040-\u30ff\u3400-\u9fff\uf900-\ufaff]) +(?=[\u3040-\u30ff\u3400-\u9fff\uf900-\ufaff])', '', text)"  # noqa: E501
+CJK_FIX = f"re.sub(r'(?<={_CJK_CLASS}) +(?={_CJK_CLASS})', '', text)"
 APPLY = (
     " on each transcript (a FunASR jsonl line's `target`, a ChatML line's assistant content; lhotse cuts: "
     "`CutSet.from_file(IN).transform_text(f).to_file(OUT)`)"

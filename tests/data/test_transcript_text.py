@@ -101,3 +101,26 @@ def test_the_screen_s_ranks_add_up_their_parts_and_rank_0_says_it(tmp_path):
         return mine
 
     assert ranks(3, rank) == [whole] * 3
+
+
+def test_the_fixes_the_warnings_give_leave_nothing_to_warn_of(tmp_path, capsys):
+    import re
+    import unicodedata
+
+    from llmasr.data.transcript_text import CJK_FIX
+
+    path = planted_corpus(tmp_path)
+    assert main([str(path)]) == 0
+    out = capsys.readouterr().out
+    fixes = ["unicodedata.normalize('NFC', text)", "' '.join(text.split())", CJK_FIX]
+    assert all(f"`{fix}`" in out for fix in fixes)
+    recs = [json.loads(line) for line in path.read_text().splitlines()]
+    for r in recs:
+        for fix in fixes:
+            r["target"] = eval(fix, {"re": re, "unicodedata": unicodedata, "text": r["target"]})
+    assert recs[4]["target"] == "而对楼市成交抑制作用" and recs[5]["target"] == "我用 iPhone 手机"
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in recs))
+    assert main([str(path)]) == 0
+    out = capsys.readouterr().out
+    for heading in ("whitespace in", "not in Unicode NFC", "spaces between Chinese"):
+        assert heading not in out
