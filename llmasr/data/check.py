@@ -35,7 +35,7 @@ from llmasr.data.records import missing_hint, wrong_duration
 from llmasr.data.sampler_settings import longest_kept, make_sampler
 from llmasr.data.screen import spelling_check, static_visits, target_length
 from llmasr.data.speech_check import SpeechFindings
-from llmasr.data.transcript_tags import gather_tags
+from llmasr.data.transcript_text import gather_text
 
 DURATION_TOLERANCE_S = 0.1  # a segment end past the header's duration before a line is noted
 CHUNK_LINES = 8192  # lines parsed and probed together
@@ -71,7 +71,8 @@ class DataReport:
     unread_fields: dict[str, list] = field(default_factory=dict)  # field no parser reads -> [lines, first one]
     # what the CTC vocabulary spells <unk> (a character or word of the transcripts) -> [lines, first manifest:line]
     ctc_unknown: dict[str, list] = field(default_factory=dict)
-    tags: dict[str, list] = field(default_factory=dict)  # special-token tags in transcripts -> [lines, first one]
+    # what is wrong with the text of the transcripts (llmasr.data.transcript_text) -> [lines, first manifest:line]
+    text_found: dict[str, list] = field(default_factory=dict)
     # the transcripts the LLM's tokenizer spells unk (llmasr.data.llm_unk.gather_unk, places as manifest:line)
     llm_unk: dict = field(default_factory=dict)
     llm_unk_text: str = ""  # what the report says of them, or why they were not asked
@@ -99,13 +100,14 @@ class DataReport:
         return not self.errors and self.bad_fraction <= self.max_bad_fraction
 
 
-def _parse_line(m, i: int, spell=None, unread: dict | None = None, unknown: tuple | None = None, tags=None,
+def _parse_line(m, i: int, spell=None, unread: dict | None = None, unknown: tuple | None = None, text=None,
                 llm_unk: tuple | None = None):  # fmt: skip
     """(utterance, target_len, None) or (None, 0, bad record) for line i of manifest m (no audio access); `spell`:
     the CTC vocabulary's spelling check (llmasr.data.screen.spelling_check); `unread`: gathers the fields the line's
     parser leaves unread (field -> [lines, the first one's manifest:line]); `unknown`: (the CTC rule's `unknown`,
-    where it gathers what the vocabulary spells <unk>, alike); `tags`: the special-token tags of the transcripts,
-    alike; `llm_unk`: (an llmasr.data.llm_unk.LLMUnk, where gather_unk gathers the transcripts it finds unk in)."""
+    where it gathers what the vocabulary spells <unk>, alike); `text`: what is wrong with the text of the transcripts
+    (llmasr.data.transcript_text), alike; `llm_unk`: (an llmasr.data.llm_unk.LLMUnk, where gather_unk gathers the
+    transcripts it finds unk in)."""
     try:
         rec, utt = m.parsed(i)
     except BadRecord as rec:
@@ -122,8 +124,8 @@ def _parse_line(m, i: int, spell=None, unread: dict | None = None, unknown: tupl
         return None, 0, {**where, "reason": "empty target"}
     if spell is not None and (why := spell(utt.target)) is not None:
         return None, 0, {**where, "reason": why}
-    if tags is not None:
-        gather_tags(tags, utt.target, f"{m.path}:{m.lineno(i)}")
+    if text is not None:
+        gather_text(text, utt.target, f"{m.path}:{m.lineno(i)}")
     if llm_unk is not None:
         gather_unk(llm_unk[1], llm_unk[0].unknown(utt.target), f"{m.path}:{m.lineno(i)}")
     if unknown is not None:
@@ -238,6 +240,7 @@ def check_data(
     ask = getattr(ctc_labels, "unknown", None)
     unknown = (ask, report.ctc_unknown) if ask is not None else None
     asks_unk = (llm_unk, report.llm_unk) if llm_unk is not None and not isinstance(llm_unk, str) else None
+    found_text = report.text_found if need_target else None  # references are scored normalised: their shape is moot
     cap = longest_kept(data_cfg.batching, frontend) if data_cfg.batching.truncate_to_max and need_target else None
     with ThreadPoolExecutor(max(1, threads)) as pool:  # header probes are I/O bound
         for path, m in spots:
@@ -248,7 +251,7 @@ def check_data(
             dur_of, tl_of, text_of = np.full(n, math.nan), np.zeros(n, dtype=np.int64), np.zeros(n, dtype=np.int64)
             for lo in range(0, n, CHUNK_LINES):  # a chunk's lines at a time: memory does not grow with the manifest
                 parsed = [
-                    _parse_line(m, i, spell, report.unread_fields, unknown, report.tags, asks_unk)
+                    _parse_line(m, i, spell, report.unread_fields, unknown, found_text, asks_unk)
                     for i in range(lo, min(n, lo + CHUNK_LINES))
                 ]  # here: not across threads
                 good = [utt for utt, _, _ in parsed if utt is not None]

@@ -11,7 +11,7 @@ import numpy as np
 from llmasr.data.check import DataReport
 from llmasr.data.record_fields import unread_text
 from llmasr.data.screen import ctc_unknown_text
-from llmasr.data.transcript_tags import tags_text
+from llmasr.data.transcript_text import text_warnings
 
 
 def histogram(durations: np.ndarray, *, bins: int = 20, width: int = 50) -> list[str]:
@@ -159,9 +159,8 @@ def format_report(report: DataReport, *, max_examples: int = 50) -> str:
     if report.llm_unk_text:
         head = "transcripts the LLM's tokenizer cannot write" if report.llm_unk else "the LLM's tokenizer"
         lines += ["", f"## {head}", report.llm_unk_text]
-    if report.tags:
-        found = [(tag, n, first) for tag, (n, first) in report.tags.items()]
-        lines += ["", "## special-token tags in transcripts", tags_text(found)]
+    for head, said in text_warnings(report.text_found):
+        lines += ["", f"## {head}", said]
     if report.batching:
         s = report.batching
         lines += ["", f"## batching ({report.budget}, world size {report.world_size})"]

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from llmasr.atomic_file import atomic_writer
 from llmasr.data.audio import missing_audio
+from llmasr.data.audio_commands import piped_file
 from llmasr.data.records import BadRecord
 
 log = logging.getLogger(__name__)
@@ -226,7 +227,6 @@ def _audio_sources(wavs: dict, wav_scp: Path, base: Path, skipped: _Skipped) -> 
     return sources, why
 
 
-AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".opus", ".mp3", ".sph", ".aiff", ".aif", ".au")
 ARK_ADVICE = (
     "write each utterance to its own file and list those paths in wav.scp (with kaldiio: `for key, (rate, wave) in "
     "kaldiio.load_scp('wav.scp').items(): soundfile.write(f'{key}.wav', wave, rate)`)"
@@ -236,12 +236,11 @@ ARK_ADVICE = (
 def _pipe_advice(command: str, base: Path) -> str:
     """What to do with a wav.scp pipe command: where it only decodes an audio file llmasr reads itself (`flac -c -d
     -s F |`, `sph2pipe -f wav F |`, `sox F -t wav - |`), name that file; else write the command's output to files."""
-    named = [w for w in command.rstrip("|").split() if w.lower().endswith(AUDIO_SUFFIXES)]
-    files = [w for w in named if (Path(w) if Path(w).is_absolute() else base / w).is_file()]
+    file = piped_file(command, [base])
     into = "run each command into a file (its closing '|' replaced by '> KEY.wav') and write those paths in wav.scp"
-    if len(files) == 1:
+    if file is not None:
         return (
-            f"it reads {files[0]}, which llmasr opens itself (and resamples): where the command only decodes it (no "
+            f"it reads {file}, which llmasr opens itself (and resamples): where the command only decodes it (no "
             f"channel pick, no effect), write that path in wav.scp instead; else {into}"
         )
     return into

@@ -12,6 +12,7 @@ supervision on a channel its cut lacks are bad records (llmasr.data.records.BadR
 
 from __future__ import annotations
 
+from llmasr.data.audio_commands import lhotse_source_advice
 from llmasr.data.records import Utterance, _is_number
 
 SPAN_SLACK_S = 1e-3  # rounding in a cut's and its supervision's times
@@ -205,7 +206,10 @@ class CutRecord:
         if chosen is None:
             raise self.p.bad(f"lhotse recording has no source for channel {channel}")
         if chosen.get("type") != "file":
-            raise self.p.bad(f"lhotse recording source type {chosen.get('type')!r} is not supported (only 'file')")
+            raise self.p.bad(
+                f"lhotse recording source type {chosen.get('type')!r} is not supported (only 'file'): "
+                + lhotse_source_advice(chosen, self.p.base)
+            )
         path = chosen.get("source")
         if not isinstance(path, str) or not path:
             raise self.p.bad("lhotse recording source has no file path")

@@ -31,7 +31,7 @@ from llmasr.data.manifest import BadRecord, Manifest
 from llmasr.data.record_fields import near_field, unread_fields, unread_text
 from llmasr.data.records import missing_hint
 from llmasr.data.screen_share import ScreenShare
-from llmasr.data.transcript_tags import gather_tags, tags_text
+from llmasr.data.transcript_text import gather_text, text_warnings
 
 log = logging.getLogger("llmasr.data")
 
@@ -55,7 +55,7 @@ def target_length(utt) -> int:
 def screen(
     manifest, ctc_labels: Callable[[str], object] | None = None, target_lens: np.ndarray | None = None,
     share: ScreenShare | None = None, text_lens: tuple[np.ndarray, Callable] | None = None, unread: dict | None = None,
-    unknown: dict | None = None, tags: dict | None = None, llm_unk: tuple[LLMUnk, dict] | None = None,
+    unknown: dict | None = None, text: dict | None = None, llm_unk: tuple[LLMUnk, dict] | None = None,
 ) -> tuple[list[BadItem], float]:  # fmt: skip
     """Every line found unusable without loading audio (see the module docstring), sorted by index, and the seconds
     the screen took. `ctc_labels`: the dataset's CTC rule (a transcript -> ids, or why there are none). Fills
@@ -65,9 +65,10 @@ def screen(
     `share`: this rank screens its part of the lines and the ranks of its node exchange theirs
     (llmasr.data.screen_share). `unread`, when given, gathers the fields no parser reads (llmasr.data.records
     .unread_fields): field -> [lines holding it, the first one's index]; `unknown`, alike, what the CTC vocabulary
-    spells <unk> (the rule's `unknown`, llmasr.data.dataset.CTCRule); `tags`, alike, the special-token tags the
-    transcripts hold (llmasr.data.transcript_tags); `llm_unk`: (what the LLM's tokenizer spells unk, the dict where
-    the transcripts holding it are gathered: llmasr.data.llm_unk.gather_unk)."""
+    spells <unk> (the rule's `unknown`, llmasr.data.dataset.CTCRule); `text`, alike, what is wrong with the text of
+    the transcripts (llmasr.data.transcript_text: tags, whitespace, Unicode form, spaced CJK); `llm_unk`: (what the
+    LLM's tokenizer spells unk, the dict where the transcripts holding it are gathered: llmasr.data.llm_unk
+    .gather_unk)."""
     t0 = time.perf_counter()
     n = len(manifest)
     shares = None
@@ -92,7 +93,7 @@ def screen(
             if text_lens is not None:
                 text_lens[0][share.indices(n, part)] = found["text_lens"]
     bad.sort(key=lambda b: b.index)
-    for gathered, key in ((unread, "unread"), (unknown, "unknown"), (tags, "tags")):
+    for gathered, key in ((unread, "unread"), (unknown, "unknown"), (text, "text")):
         for part in screened if gathered is not None else ():
             for name, (lines, first) in part[key].items():
                 seen = gathered.setdefault(name, [0, first])
@@ -114,7 +115,7 @@ def _screen_part(manifest, lines: np.ndarray, ctc_labels, target_lens, text_lens
     bad: list[BadItem] = []
     unread: dict[str, list[int]] = {}
     spelled_unk: dict[str, list[int]] = {}  # what the CTC vocabulary spells <unk> -> [lines, first index]
-    tags: dict[str, list[int]] = {}  # special-token tags in transcripts -> [lines, first index]
+    text: dict[str, list[int]] = {}  # what is wrong with the transcripts' text -> [lines, first index]
     llm_unk: dict = {}
     spell = spelling_check(ctc_labels) if ctc_labels is not None else None
     ask = getattr(ctc_labels, "unknown", None)
@@ -126,7 +127,7 @@ def _screen_part(manifest, lines: np.ndarray, ctc_labels, target_lens, text_lens
             continue
         for name in unread_fields(rec):
             unread.setdefault(name, [0, i])[0] += 1
-        gather_tags(tags, utt.target, i)
+        gather_text(text, utt.target, i)
         if target_lens is not None:
             target_lens[i] = target_length(utt)
         if text_lens is not None:
@@ -156,7 +157,7 @@ def _screen_part(manifest, lines: np.ndarray, ctc_labels, target_lens, text_lens
                 bad.append(BadItem.from_record(rec, i))
     probed = np.flatnonzero(probe)
     seconds = np.asarray(manifest.durations(), dtype=np.float32)[probed]
-    return {"bad": bad, "unread": unread, "unknown": spelled_unk, "tags": tags, "llm_unk": llm_unk,
+    return {"bad": bad, "unread": unread, "unknown": spelled_unk, "text": text, "llm_unk": llm_unk,
             "probed": (probed, seconds),
             "target_lens": None if target_lens is None else target_lens[lines],
             "text_lens": None if text_lens is None else text_lens[0][lines]}  # fmt: skip
@@ -218,16 +219,14 @@ def start_tracker(manifest, data_cfg, *, name: str, indices, rank: int, world_si
     unknown = int(np.isnan(np.asarray(manifest.durations(), dtype=np.float64)).sum())
     unread: dict[str, list[int]] = {}
     spelled_unk: dict[str, list[int]] = {}
-    tags: dict[str, list[int]] = {}
+    text: dict[str, list[int]] = {}
     unk_found: dict = {}
-    static, took = screen(manifest, ctc_labels, target_lens, share, text_lens, unread, spelled_unk, tags,
+    static, took = screen(manifest, ctc_labels, target_lens, share, text_lens, unread, spelled_unk, text,
                           (llm_unk, unk_found) if llm_unk is not None else None)  # fmt: skip
     if unread and rank == 0:
         _say_unread(manifest, unread, name)
-    if tags and rank == 0:
-        log.warning(
-            "%s: %s", name, tags_text([(t, n, "{}:{}".format(*where(manifest, i))) for t, (n, i) in tags.items()])
-        )
+    for _, said in text_warnings(text, lambda i: "{}:{}".format(*where(manifest, i))) if rank == 0 else ():
+        log.warning("%s: %s", name, said)
     if unk_found and rank == 0:
         log.warning("%s: %s", name, unk_warning(llm_unk, unk_found, len(manifest), manifest))
     if spelled_unk and rank == 0:

@@ -1,5 +1,5 @@
-"""bench/feature_throughput.py, long_audio_plan.py, resample.py and window_joins.py in small runs. No assertion is
-about speed, but one about dividing by the reads made."""
+"""bench/feature_throughput.py, long_audio_plan.py, resample.py, window_joins.py and transcript_text.py in small
+runs. No assertion is about speed, but one about dividing by the reads made."""
 
 from __future__ import annotations
 
@@ -48,3 +48,18 @@ def test_window_joins_scores_every_case_for_every_rule(capsys):
         line for line in capsys.readouterr().out.splitlines() if line.startswith("| 0.5 ") or line.startswith("| 1 ")
     ]
     assert len(rows) == 48 and all(line.count("(") == 3 for line in rows), rows
+
+
+def test_transcript_text_finds_what_the_plain_pass_finds(tmp_path):
+    """The text pass of the start-up screen (llmasr.data.transcript_text) against normalising every line: the same
+    lines in each corpus, every segmented line spaced, and the screen timed with it and without."""
+    import json
+
+    import transcript_text
+
+    out = tmp_path / "r.json"
+    assert transcript_text.main(["--lines", "400", "--odd", "0.05", "--json-out", str(out)]) == 0
+    rows = json.loads(out.read_text())["results"]
+    assert all(rows[k]["same"] for k in ("english", "chinese", "segmented"))
+    assert rows["segmented"]["found"]["spaced CJK"] == 400 and rows["chinese"]["found"]["spaced CJK"] == 0
+    assert rows["english"]["found"]["whitespace"] > 0 and rows["screen"]["with_text_pass_s"] > 0

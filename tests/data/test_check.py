@@ -591,8 +591,8 @@ def test_data_check_names_special_token_tags_in_transcripts(tmp_path):
     recs[1]["target"] = "<|zh|><|HAPPY|><|Speech|><|withitn|>" + recs[1]["target"]
     path = write_manifest(tmp_path / "m.jsonl", [json.dumps(r) for r in recs])
     report = check_data([path], data_cfg(), FrontendConfig())
-    assert report.ok and report.num_bad == 0 and report.tags["<|HAPPY|>"] == [1, f"{path}:2"]
+    assert report.ok and report.num_bad == 0 and report.text_found["<|HAPPY|>"] == [1, f"{path}:2"]
     text = format_report(report)
     assert "## special-token tags in transcripts" in text and f"<|withitn|> in 1 line (first: {path}:2)" in text
     clean = check_data([good_corpus(tmp_path / "clean", 2)], data_cfg(), FrontendConfig())
-    assert clean.tags == {} and "special-token tags" not in format_report(clean)
+    assert clean.text_found == {} and "special-token tags" not in format_report(clean)

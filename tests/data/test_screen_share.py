@@ -322,13 +322,13 @@ def test_special_token_tags_in_transcripts_are_counted_over_every_rank_s_part_an
     recs[9]["target"] += " <|endoftext|>"
     path.write_text("\n".join(json.dumps(r) for r in recs) + "\n")
     whole: dict = {}
-    screen(Manifest.open(str(path)), tags=whole)
+    screen(Manifest.open(str(path)), text=whole)
     assert whole == {"<|en|>": [3, 2], "<|NEUTRAL|>": [3, 2], "<|Speech|>": [3, 2], "<|woitn|>": [3, 2],
                      "<|endoftext|>": [1, 9]}  # fmt: skip
 
     def rank(r, gather):
         mine: dict = {}
-        screen(Manifest.open(str(path)), None, None, ScreenShare(r, 3, gather, "node"), tags=mine)
+        screen(Manifest.open(str(path)), None, None, ScreenShare(r, 3, gather, "node"), text=mine)
         return mine
 
     assert ranks(3, rank) == [whole] * 3

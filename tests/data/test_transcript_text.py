@@ -1,0 +1,126 @@
+"""What is wrong with the text of the transcripts (llmasr.data.transcript_text): whitespace other than one space
+between words, decomposed Unicode and spaces between Chinese characters are trained as written (a byte-level
+tokenizer spells a tab, each space of a run, a combining accent) while scoring hides them. `llmasr data check` names
+them with their lines and the one-line fix, in FunASR jsonl and lhotse cuts alike; the screen's ranks add up their
+parts; clean transcripts, and spaces only at a transcript's ends (stripped before tokenizing), say nothing."""
+
+import json
+
+import pytest
+from speech_fakes import cut, good_corpus, write_jsonl, write_manifest
+from speech_fakes import write_tone_wav as write_tone
+
+from llmasr.commands.data_check import main
+from llmasr.data.manifest import Manifest
+from llmasr.data.screen import screen
+from llmasr.data.screen_share import ScreenShare
+from llmasr.testing.thread_ranks import run_ranks as ranks
+
+pytestmark = pytest.mark.usefixtures("manifest_cache_dir")
+
+PLANTED = {
+    1: "hello\tworld",
+    2: "hello  world\r\nagain",
+    3: "cafe\u0301 world",  # "café", decomposed
+    4: "而 对 楼市 成交 抑制 作用",  # AISHELL's word-segmented transcript
+    5: "我用 iPhone 手机",  # spaces beside a Latin word: unsegmented Chinese writes them so
+    6: "  hello world \t",  # stripped ends: trained as "hello world"
+    7: "hello\u00a0world",
+}
+
+
+def planted_corpus(tmp_path):
+    path = good_corpus(tmp_path, 9)
+    recs = [json.loads(line) for line in path.read_text().splitlines()]
+    for i, text in PLANTED.items():
+        recs[i]["target"] = text
+    return write_manifest(tmp_path / "m.jsonl", [json.dumps(r, ensure_ascii=False) for r in recs])
+
+
+def test_data_check_names_whitespace_decomposed_text_and_spaced_chinese_with_their_lines_and_fix(tmp_path, capsys):
+    path = planted_corpus(tmp_path)
+    assert main([str(path)]) == 0  # warnings, not bad lines: every line trains
+    out = capsys.readouterr().out
+    assert "## whitespace in transcripts" in out
+    assert "whitespace other than one space between words (3 lines)" in out
+    assert f"tab in 1 line (first: {path}:2)" in out and f"newline in 1 line (first: {path}:3)" in out
+    assert (
+        f"carriage return in 1 line (first: {path}:3)" in out and f"spaces in a row in 1 line (first: {path}:3)" in out
+    )
+    assert f"U+00A0 NO-BREAK SPACE in 1 line (first: {path}:8)" in out
+    assert "`' '.join(text.split())`" in out and "transform_text" in out
+    assert "## transcripts not in Unicode NFC" in out and f"(1 line, first: {path}:4)" in out
+    assert "`unicodedata.normalize('NFC', text)`" in out
+    assert "## spaces between Chinese or Japanese characters" in out
+    assert f"1 of the 2 transcripts holding Chinese or Japanese characters (50.0%) have spaces between two of them " \
+           f"(first: {path}:5): word-segmented text, as AISHELL's transcripts are" in out  # fmt: skip
+    assert "result: OK" in out
+
+
+def test_references_of_a_manifest_to_decode_say_nothing(tmp_path, capsys):
+    """Scoring normalises a reference (whitespace collapsed, NFKC, tags dropped): its shape trains nothing."""
+    path = planted_corpus(tmp_path)
+    assert main([str(path), "--decode"]) == 0
+    out = capsys.readouterr().out
+    for heading in ("whitespace in", "not in Unicode NFC", "spaces between Chinese"):
+        assert heading not in out
+
+
+def test_clean_transcripts_and_stripped_ends_say_nothing(tmp_path, capsys):
+    path = good_corpus(tmp_path, 4)
+    recs = [json.loads(line) for line in path.read_text().splitlines()]
+    recs[1]["target"] = " hello world\n"  # its ends are stripped before it is tokenized
+    recs[2]["target"] = "我用iPhone手机，很好。"
+    path = write_manifest(tmp_path / "m.jsonl", [json.dumps(r, ensure_ascii=False) for r in recs])
+    assert main([str(path)]) == 0
+    out = capsys.readouterr().out
+    for heading in ("whitespace in", "not in Unicode NFC", "spaces between Chinese"):
+        assert heading not in out
+
+
+def test_lhotse_cut_texts_are_checked_as_jsonl_transcripts_are(tmp_path, capsys):
+    write_tone(tmp_path / "rec.wav", 3.0)
+    cuts = [cut("a", "rec.wav", text="hello world"), cut("b", "rec.wav", text="hello\tworld"),
+            cut("c", "rec.wav", text="nai\u0308ve")]  # fmt: skip
+    path = write_jsonl(tmp_path / "cuts.jsonl", cuts)
+    assert main([str(path)]) == 0
+    out = capsys.readouterr().out
+    assert f"tab in 1 line (first: {path}:2)" in out and f"(1 line, first: {path}:3)" in out
+
+
+def test_the_screen_s_ranks_add_up_their_parts_and_rank_0_says_it(tmp_path):
+    path = planted_corpus(tmp_path)
+    whole: dict = {}
+    screen(Manifest.open(str(path)), text=whole)
+    assert whole["whitespace"] == [3, 1] and whole["tab"] == [1, 1] and whole["not NFC"] == [1, 3]
+    assert whole["CJK"] == [2, 4] and whole["spaced CJK"] == [1, 4]
+
+    def rank(r, gather):
+        mine: dict = {}
+        screen(Manifest.open(str(path)), None, None, ScreenShare(r, 3, gather, "node"), text=mine)
+        return mine
+
+    assert ranks(3, rank) == [whole] * 3
+
+
+def test_the_fixes_the_warnings_give_leave_nothing_to_warn_of(tmp_path, capsys):
+    import re
+    import unicodedata
+
+    from llmasr.data.transcript_text import CJK_FIX
+
+    path = planted_corpus(tmp_path)
+    assert main([str(path)]) == 0
+    out = capsys.readouterr().out
+    fixes = ["unicodedata.normalize('NFC', text)", "' '.join(text.split())", CJK_FIX]
+    assert all(f"`{fix}`" in out for fix in fixes)
+    recs = [json.loads(line) for line in path.read_text().splitlines()]
+    for r in recs:
+        for fix in fixes:
+            r["target"] = eval(fix, {"re": re, "unicodedata": unicodedata, "text": r["target"]})
+    assert recs[4]["target"] == "而对楼市成交抑制作用" and recs[5]["target"] == "我用 iPhone 手机"
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in recs))
+    assert main([str(path)]) == 0
+    out = capsys.readouterr().out
+    for heading in ("whitespace in", "not in Unicode NFC", "spaces between Chinese"):
+        assert heading not in out
