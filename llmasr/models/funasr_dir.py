@@ -25,7 +25,7 @@ from torch import nn
 
 from llmasr.config_io import ConfigError, not_utf8
 from llmasr.config_paths import not_found
-from llmasr.data.frontend import FrontendConfig
+from llmasr.data.frontend import FrontendConfig, check_cmvn_size
 from llmasr.models.ds_checkpoint import MODEL_STATES, weights_in, zero3_partitions, zero_to_fp32_advice
 from llmasr.models.encoders import EncoderEntry, funasr_class_name, funasr_entry
 from llmasr.models.funasr_checks import check_vocabulary, log_left_out
@@ -125,6 +125,7 @@ def frontend_from_funasr_conf(
             log.warning("frontend_conf.%s=%r is not a WavFrontend setting llmasr knows; ignored", key, value)
     fe = FrontendConfig(kind="fbank", cmvn_file=None if cmvn_file is None else str(Path(cmvn_file).resolve()), **kwargs)
     fe.validate(where)
+    check_cmvn_size(fe, where)
     return fe
 
 
