@@ -41,6 +41,20 @@ def not_found(key: str, what: str, path: str | Path) -> str:
     return f"{key}: {what} not found: {path}{where}"
 
 
+def nested_hint(folder: Path, marker: str, key: str) -> str:
+    """Where `folder` lacks `marker` (config.yaml, config.json) but folders under it hold one, as ModelScope's cache
+    nests a model (hub/[models/]OWNER/NAME, with a name's dots written "___"): a sentence naming them for `key`;
+    else ""."""
+    found = sorted({p.parent for depth in ("*/", "*/*/", "*/*/*/") for p in folder.glob(depth + marker)})
+    if not found:
+        return ""
+    more = f" and {len(found) - 3} more" if len(found) > 3 else ""
+    return (
+        f". Folders under it hold one: {', '.join(map(str, found[:3]))}{more}: set {key} to the model's own folder "
+        "(a ModelScope download nests it as [models/]OWNER/NAME)"
+    )
+
+
 def file_problem(path: str | os.PathLike, what: str = "file") -> str | None:
     """Why `path` is no `what` to read (empty, a directory, a pipe or device, or nothing there); None when it is a
     file."""

@@ -24,7 +24,7 @@ import yaml
 from torch import nn
 
 from llmasr.config_io import ConfigError, not_utf8
-from llmasr.config_paths import not_found
+from llmasr.config_paths import nested_hint, not_found
 from llmasr.data.frontend import FrontendConfig, check_cmvn_size
 from llmasr.models.ds_checkpoint import MODEL_STATES, weights_in, zero3_partitions, zero_to_fp32_advice
 from llmasr.models.encoders import EncoderEntry, funasr_class_name, funasr_entry
@@ -62,6 +62,7 @@ def read_funasr_config(model_dir: str | Path) -> dict:
         raise ConfigError(
             f"{path}: missing. A FunASR model directory needs config.yaml naming `encoder` (e.g. SANMEncoder), "
             "`encoder_conf`, `frontend` (WavFrontend) and `frontend_conf`"
+            + nested_hint(model_dir, "config.yaml", "model.encoder.path")
         )
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))

@@ -287,3 +287,20 @@ def test_cmvn_of_another_feature_size_is_refused_naming_both_sizes(tmp_path, tin
     section = EncoderConfig(type="paraformer", path=str(good), frontend={"cmvn_file": str(d / "am.mvn")})
     with pytest.raises(ConfigError, match=r"^model.encoder.frontend.cmvn_file: the features are .* = 560 .* holds 400"):
         encoder_spec(section)
+
+
+def test_a_modelscope_cache_folder_given_at_its_top_names_the_nested_model(tmp_path, tiny_dir):
+    """ModelScope's cache nests a FunASR model as hub/[models/]iic/NAME; `model.encoder.path` at hub had been told
+    only that config.yaml is missing."""
+    hub = tmp_path / "hub"
+    nested = hub / "models" / "iic" / "speech_seaco_paraformer_large_asr_nat-zh-cn-16k-common-vocab8404-pytorch"
+    nested.parent.mkdir(parents=True)
+    _copy(tiny_dir, nested)
+    for top in (hub, hub / "models", hub / "models" / "iic"):
+        with pytest.raises(ConfigError, match=rf"^{top}/config.yaml: missing\. .*Folders under it hold one: {nested}: "
+                                              r"set model.encoder.path to the model's own folder"):  # fmt: skip
+            load_funasr_encoder(top)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ConfigError, match=r"config.yaml: missing\. .*`frontend_conf`$"):  # no folder to name
+        load_funasr_encoder(empty)
