@@ -217,9 +217,11 @@ def _mapped_cmvn(model_dir: Path, frontend_conf: dict) -> tuple[bool, Path | Non
     fallback = None if stated is None else named_in_dir(model_dir, stated)
     if fallback is not None and fallback.is_file():
         return True, fallback
+    said = "names none" if stated is None else f"names {stated}, not here either"
     raise ConfigError(
         f"{model_dir / 'configuration.json'}: file_path_metas.frontend_conf.cmvn_file names {name}, which is not "
-        f"in {model_dir}, and {model_dir / 'config.yaml'} frontend_conf.cmvn_file ({stated}) names no file here either"
+        f"in {model_dir}, and {model_dir / 'config.yaml'} frontend_conf.cmvn_file {said}. Put the Kaldi nnet CMVN "
+        f"(<AddShift>/<Rescale> rows, one value per LFR feature) the encoder was trained with at {mapped}"
     )
 
 

@@ -304,3 +304,17 @@ def test_a_modelscope_cache_folder_given_at_its_top_names_the_nested_model(tmp_p
     empty.mkdir()
     with pytest.raises(ConfigError, match=r"config.yaml: missing\. .*`frontend_conf`$"):  # no folder to name
         load_funasr_encoder(empty)
+
+
+def test_am_mvn_missing_where_configuration_json_names_it_says_what_to_put_there(tmp_path, tiny_dir):
+    """A zoo directory (configuration.json mapping cmvn_file to am.mvn, config.yaml naming none) without its am.mvn:
+    the error had ended "config.yaml frontend_conf.cmvn_file (None) names no file here either"."""
+    d = _copy(tiny_dir, tmp_path / "d")
+    (d / "configuration.json").write_text(json.dumps({"file_path_metas": {"frontend_conf": {"cmvn_file": "am.mvn"}}}))
+    (d / "am.mvn").unlink()
+    said = (
+        r"configuration.json: file_path_metas.frontend_conf.cmvn_file names am.mvn, which is not in .*, and "
+        rf".*config.yaml frontend_conf.cmvn_file names none\. Put the Kaldi nnet CMVN .* trained with at {d}/am.mvn$"
+    )
+    with pytest.raises(ConfigError, match=said):
+        load_funasr_encoder(d)
