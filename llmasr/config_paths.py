@@ -41,6 +41,20 @@ def not_found(key: str, what: str, path: str | Path) -> str:
     return f"{key}: {what} not found: {path}{where}"
 
 
+def nested_hint(folder: Path, marker: str, key: str) -> str:
+    """Where `folder` lacks `marker` (config.yaml, config.json) but folders under it hold one, as ModelScope's cache
+    nests a model (hub/[models/]OWNER/NAME, with a name's dots written "___"): a sentence naming them for `key`;
+    else ""."""
+    found = sorted(_holding(folder, marker))
+    if not found:
+        return ""
+    more = f" and {len(found) - 3} more" if len(found) > 3 else ""
+    return (
+        f". Folders under it hold one: {', '.join(map(str, found[:3]))}{more}: set {key} to the model's own folder "
+        "(a ModelScope download nests it as [models/]OWNER/NAME)"
+    )
+
+
 def file_problem(path: str | os.PathLike, what: str = "file") -> str | None:
     """Why `path` is no `what` to read (empty, a directory, a pipe or device, or nothing there); None when it is a
     file."""
@@ -153,3 +167,22 @@ def resolve_paths(cls: type, data: dict, base: Path) -> None:
             subs = _dataclass_args(hints[f.name])
             if subs:
                 resolve_paths(subs[0], value, base)
+
+
+def _holding(folder: Path, marker: str, depth: int = 3, budget: int = 2000) -> list[Path]:
+    """The folders up to `depth` levels under `folder` that hold `marker`, looking into at most `budget` folders: an
+    error's hint, never a crawl of a corpus tree the path was set to by mistake."""
+    found, level = [], [folder]
+    for _ in range(depth):
+        below = []
+        for d in level:
+            try:
+                with os.scandir(d) as entries:
+                    below += [Path(e.path) for e in entries if e.is_dir(follow_symlinks=True)]
+            except OSError:
+                continue
+            if len(below) > budget:
+                return found
+        found += [d for d in below if (d / marker).is_file()]
+        level = below
+    return found

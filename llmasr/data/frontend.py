@@ -110,6 +110,28 @@ class FrontendConfig:
                 raise ConfigError(f"{path}.cmvn_file: {err}") from None
 
 
+def check_cmvn_size(fe: FrontendConfig, path: str) -> None:
+    """Refuse a CMVN file of another size than `fe`'s features (`path` names the settings that sized them), once
+    the features' size is settled: it had passed, and the first batch failed in the loader naming neither source."""
+    if fe.kind != "fbank" or fe.cmvn_file is None:
+        return
+    dims = read_kaldi_cmvn(fe.cmvn_file)[0].size
+    if dims == fe.feature_dim:
+        return
+    why = (
+        "a CMVN of the fbank frames before LFR stacking"
+        if dims == fe.n_mels and fe.lfr_m > 1
+        else "a CMVN of other features (another model's)"
+    )
+    raise ConfigError(
+        f"{path}: the features are n_mels x lfr_m = {fe.n_mels} x {fe.lfr_m} = {fe.feature_dim} values a frame, but "
+        f"the CMVN file {fe.cmvn_file} holds {dims} ({why}). Use the CMVN the encoder was trained with (a FunASR "
+        "directory's own am.mvn: one <AddShift>/<Rescale> value per LFR feature); for an encoder trained from "
+        f"scratch, `llmasr data cmvn --n-mels {fe.n_mels} --lfr-m {fe.lfr_m} --lfr-n {fe.lfr_n}` computes one over "
+        "these features"
+    )
+
+
 def _mel(hz: float) -> float:
     return 1127.0 * math.log(1.0 + hz / 700.0)
 

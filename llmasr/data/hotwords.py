@@ -48,7 +48,15 @@ def read_phrase_file(path: str | Path) -> list[str]:
     if path.is_dir():
         raise PhraseFileError(f"{path}: a directory, not a hotword file")
     if not path.is_file():
-        raise PhraseFileError(f"hotword file not found: {path}")
+        # FunASR's generate(hotword="魔搭 达摩院") reads text that names no .txt file as the phrases, split at spaces
+        text = str(path)
+        funasr = (
+            f"; FunASR's hotword text form (phrases split at spaces) is not read here: write the phrases "
+            f"{text.split()} one a line into a UTF-8 file and give its path"
+            if len(text.split()) > 1 and "/" not in text and not text.endswith(".txt")
+            else ""
+        )
+        raise PhraseFileError(f"hotword file not found: {path}{funasr}")
     data = path.read_bytes().removeprefix(codecs.BOM_UTF8)  # a BOM (Windows editors) is no part of the first phrase
     lines = data.splitlines()  # CR-only line ends (classic Mac editors) had made the whole file one phrase
     phrases: dict[str, int] = {}  # phrase -> its first line

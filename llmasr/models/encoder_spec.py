@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from llmasr.config_io import ConfigError, from_dict, to_dict
-from llmasr.data.frontend import FrontendConfig
+from llmasr.data.frontend import FrontendConfig, check_cmvn_size
 from llmasr.models.config import EncoderConfig
 from llmasr.models.encoders import EncoderEntry, encoder_entry
 from llmasr.models.funasr_dir import funasr_encoder_spec
@@ -54,6 +54,8 @@ def encoder_spec(cfg: EncoderConfig) -> EncoderSpec:
         if "input_size" in conf:
             frontend = _matching(frontend, int(conf["input_size"]), cfg, "config.yaml's encoder input_size")
         _kept(base, frontend, cfg, "its config.yaml frontend_conf")
+        if "cmvn_file" in cfg.frontend:  # the directory's own was checked with its frontend
+            check_cmvn_size(frontend, "model.encoder.frontend.cmvn_file")
         return EncoderSpec(entry, conf, _fewest_frames(frontend, cfg.type, conf))
     frontend = _refine(FrontendConfig(), cfg.frontend)
     conf = dict(cfg.conf)
@@ -63,6 +65,7 @@ def encoder_spec(cfg: EncoderConfig) -> EncoderSpec:
             f"{_sizing_key(cfg, 'model.encoder.conf.input_size')}: the frontend makes {_feature_size(frontend)}, "
             f"but model.encoder.conf.input_size is {conf['input_size']}; make them agree (or leave input_size out)"
         )
+    check_cmvn_size(frontend, "model.encoder.frontend")
     return EncoderSpec(entry, conf, _fewest_frames(frontend, cfg.type, conf))
 
 

@@ -24,8 +24,8 @@ import yaml
 from torch import nn
 
 from llmasr.config_io import ConfigError, not_utf8
-from llmasr.config_paths import not_found
-from llmasr.data.frontend import FrontendConfig
+from llmasr.config_paths import nested_hint, not_found
+from llmasr.data.frontend import FrontendConfig, check_cmvn_size
 from llmasr.models.ds_checkpoint import MODEL_STATES, weights_in, zero3_partitions, zero_to_fp32_advice
 from llmasr.models.encoders import EncoderEntry, funasr_class_name, funasr_entry
 from llmasr.models.funasr_checks import check_vocabulary, log_left_out
@@ -62,6 +62,7 @@ def read_funasr_config(model_dir: str | Path) -> dict:
         raise ConfigError(
             f"{path}: missing. A FunASR model directory needs config.yaml naming `encoder` (e.g. SANMEncoder), "
             "`encoder_conf`, `frontend` (WavFrontend) and `frontend_conf`"
+            + nested_hint(model_dir, "config.yaml", "model.encoder.path")
         )
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
@@ -125,6 +126,7 @@ def frontend_from_funasr_conf(
             log.warning("frontend_conf.%s=%r is not a WavFrontend setting llmasr knows; ignored", key, value)
     fe = FrontendConfig(kind="fbank", cmvn_file=None if cmvn_file is None else str(Path(cmvn_file).resolve()), **kwargs)
     fe.validate(where)
+    check_cmvn_size(fe, where)
     return fe
 
 
@@ -215,9 +217,11 @@ def _mapped_cmvn(model_dir: Path, frontend_conf: dict) -> tuple[bool, Path | Non
     fallback = None if stated is None else named_in_dir(model_dir, stated)
     if fallback is not None and fallback.is_file():
         return True, fallback
+    said = "names none" if stated is None else f"names {stated}, not here either"
     raise ConfigError(
         f"{model_dir / 'configuration.json'}: file_path_metas.frontend_conf.cmvn_file names {name}, which is not "
-        f"in {model_dir}, and {model_dir / 'config.yaml'} frontend_conf.cmvn_file ({stated}) names no file here either"
+        f"in {model_dir}, and {model_dir / 'config.yaml'} frontend_conf.cmvn_file {said}. Put the Kaldi nnet CMVN "
+        f"(<AddShift>/<Rescale> rows, one value per LFR feature) the encoder was trained with at {mapped}"
     )
 
 

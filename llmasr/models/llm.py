@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from llmasr.config_io import ConfigError, not_utf8
-from llmasr.config_paths import not_found
+from llmasr.config_paths import nested_hint, not_found
 from llmasr.models.config import LoraConfig
 from llmasr.models.llm_files import (
     LLMWeightsError,
@@ -59,7 +59,8 @@ def check_llm_dir(path: str | Path, *, tokenizer: str | Path | None = None, key:
         raise LLMLoadError(not_found(key, "LLM directory", path) + fetch)
     if not (path / "config.json").is_file():
         raise LLMLoadError(
-            f"{path}: no config.json; expected a Hugging Face model directory (save_pretrained){_snapshot(path)}"
+            f"{path}: no config.json; expected a Hugging Face model directory (save_pretrained)"
+            f"{_snapshot(path) or nested_hint(path, 'config.json', key)}"
         )
     _read_config(path / "config.json")
     tok_dir = Path(tokenizer) if tokenizer is not None else path

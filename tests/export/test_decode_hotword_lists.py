@@ -199,3 +199,20 @@ def test_unprompted_lists_are_scored_not_rendered(model, corpus, tmp_path):
     capped = [r["hotwords"] for r in _rows(tmp_path / "cb" / "results.jsonl")]
     assert [r["hotwords_scored"] for r in _rows(tmp_path / "cu" / "results.jsonl")] == capped
     assert capped != expected_lists(["world", "nine"])
+
+
+def test_hotwords_given_as_funasr_text_say_to_write_a_file(exported_dir, corpus, tmp_path, capsys, monkeypatch):
+    """`--hotwords "魔搭 达摩院"`, as FunASR's generate(hotword=...) takes the phrases themselves: the error had said
+    only "hotword file not found: 魔搭 达摩院"."""
+    monkeypatch.chdir(tmp_path)
+    args = ["--model", str(exported_dir), "--data", str(corpus), "--output", str(tmp_path / "o")]
+    assert main([*args, "--hotwords", "魔搭 达摩院"]) == 2
+    err = capsys.readouterr().err
+    assert (
+        "--hotwords: hotword file not found: 魔搭 达摩院; FunASR's hotword text form (phrases split at spaces) is "
+        "not read here: write the phrases ['魔搭', '达摩院'] one a line into a UTF-8 file and give its path" in err
+    )
+    for path in ("my hot.txt", "lists/a b"):  # a file's name, mistyped: no word of FunASR's text form
+        assert main([*args, "--hotwords", path]) == 2
+        assert "FunASR" not in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()

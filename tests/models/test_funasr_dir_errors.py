@@ -255,3 +255,66 @@ def test_frontend_conf_out_of_range_is_named_by_file(tmp_path, tiny_dir):
     _edit_config(d, lambda c: c["frontend_conf"].update(n_mels=0))
     with pytest.raises(ConfigError, match=re.escape(f"{d / 'config.yaml'} frontend_conf.n_mels: must be positive")):
         load_funasr_encoder(d)
+
+
+def test_cmvn_of_another_feature_size_is_refused_naming_both_sizes(tmp_path, tiny_dir):
+    """An am.mvn over the 80 fbank bins (before LFR) beside an encoder of 80 x 7 features: it loaded, and the first
+    batch failed in the loader ("CMVN has 80 dims, features have 560", no config named, exit 1 from llmasr check)."""
+    import numpy as np
+
+    from llmasr.data.frontend import write_kaldi_cmvn
+    from llmasr.models.funasr_dir import funasr_frontend
+
+    d = _copy(tiny_dir, tmp_path / "d")
+    write_kaldi_cmvn(d / "am.mvn", np.zeros(80, np.float32), np.ones(80, np.float32))
+    said = (
+        rf"{re.escape(str(d.resolve() / 'config.yaml'))} frontend_conf: the features are n_mels x lfr_m = 80 x 7 = "
+        rf"560 values a frame, but the CMVN file {re.escape(str(d.resolve() / 'am.mvn'))} holds 80 \(a CMVN of the "
+        r"fbank frames before LFR stacking\)"
+    )
+    with pytest.raises(ConfigError, match=said):
+        load_funasr_encoder(d)
+    with pytest.raises(ConfigError, match=said):
+        funasr_frontend(d)
+    write_kaldi_cmvn(d / "am.mvn", np.zeros(400, np.float32), np.ones(400, np.float32))
+    with pytest.raises(ConfigError, match=r"holds 400 \(a CMVN of other features \(another model's\)\)"):
+        load_funasr_encoder(d)
+    # a recipe's own CMVN file over the directory's is held to the same size, named by its recipe key
+    from llmasr.models.config import EncoderConfig
+    from llmasr.models.encoder_spec import encoder_spec
+
+    good = _copy(tiny_dir, tmp_path / "good")
+    section = EncoderConfig(type="paraformer", path=str(good), frontend={"cmvn_file": str(d / "am.mvn")})
+    with pytest.raises(ConfigError, match=r"^model.encoder.frontend.cmvn_file: the features are .* = 560 .* holds 400"):
+        encoder_spec(section)
+
+
+def test_a_modelscope_cache_folder_given_at_its_top_names_the_nested_model(tmp_path, tiny_dir):
+    """ModelScope's cache nests a FunASR model as hub/[models/]iic/NAME; `model.encoder.path` at hub had been told
+    only that config.yaml is missing."""
+    hub = tmp_path / "hub"
+    nested = hub / "models" / "iic" / "speech_seaco_paraformer_large_asr_nat-zh-cn-16k-common-vocab8404-pytorch"
+    nested.parent.mkdir(parents=True)
+    _copy(tiny_dir, nested)
+    for top in (hub, hub / "models", hub / "models" / "iic"):
+        with pytest.raises(ConfigError, match=rf"^{top}/config.yaml: missing\. .*Folders under it hold one: {nested}: "
+                                              r"set model.encoder.path to the model's own folder"):  # fmt: skip
+            load_funasr_encoder(top)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ConfigError, match=r"config.yaml: missing\. .*`frontend_conf`$"):  # no folder to name
+        load_funasr_encoder(empty)
+
+
+def test_am_mvn_missing_where_configuration_json_names_it_says_what_to_put_there(tmp_path, tiny_dir):
+    """A zoo directory (configuration.json mapping cmvn_file to am.mvn, config.yaml naming none) without its am.mvn:
+    the error had ended "config.yaml frontend_conf.cmvn_file (None) names no file here either"."""
+    d = _copy(tiny_dir, tmp_path / "d")
+    (d / "configuration.json").write_text(json.dumps({"file_path_metas": {"frontend_conf": {"cmvn_file": "am.mvn"}}}))
+    (d / "am.mvn").unlink()
+    said = (
+        r"configuration.json: file_path_metas.frontend_conf.cmvn_file names am.mvn, which is not in .*, and "
+        rf".*config.yaml frontend_conf.cmvn_file names none\. Put the Kaldi nnet CMVN .* trained with at {d}/am.mvn$"
+    )
+    with pytest.raises(ConfigError, match=said):
+        load_funasr_encoder(d)

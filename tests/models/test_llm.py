@@ -57,3 +57,20 @@ def test_a_hub_id_or_a_hub_cache_folder_given_as_the_llm_says_what_to_give(tiny_
                                            rf"snapshot, {cache / 'snapshots' / 'abc123'}$"):  # fmt: skip
         check_llm_dir(cache)
     assert check_llm_dir(cache / "snapshots" / "abc123") == cache / "snapshots" / "abc123"
+
+
+def test_a_modelscope_download_given_at_its_top_names_the_nested_model(tiny_llm_dir, tmp_path):
+    """`modelscope download Qwen/Qwen2.5-1.5B-Instruct --cache_dir models` nests the model as
+    models/Qwen/Qwen2___5-1___5B-Instruct (dots written "___"); given as `models`, the error had said "no
+    config.json" and nothing of the folder holding one."""
+    import shutil
+
+    from llmasr.models.llm import LLMLoadError, check_llm_dir
+
+    nested = tmp_path / "models" / "Qwen" / "Qwen2___5-1___5B-Instruct"
+    shutil.copytree(tiny_llm_dir, nested)
+    for top in (tmp_path / "models", tmp_path / "models" / "Qwen"):
+        with pytest.raises(LLMLoadError, match=rf"^{top}: no config.json; .*Folders under it hold one: {nested}: set "
+                                               r"model.llm.path to the model's own folder"):  # fmt: skip
+            check_llm_dir(top)
+    assert check_llm_dir(nested) == nested
