@@ -149,6 +149,16 @@ def not_utf8(err: UnicodeDecodeError, path: str | Path | None = None) -> str:
     return f"not UTF-8 text ({err.reason} at byte {err.start}); {how}"
 
 
+def malformed_json(err: ValueError) -> str:
+    """A JSON-lines record's parse error, placed in its line: json's own "line 2 column 1" counts the lines of the
+    text it parsed (the record and its line end), which beside FILE:LINE reads as another line of the file."""
+    if not isinstance(err, json.JSONDecodeError):
+        return f"malformed JSON: {err}"
+    end = len(err.doc.rstrip())
+    where = "at the end of the line" if err.pos >= end else f"at column {err.pos + 1} of the line"
+    return f"malformed JSON: {err.msg} {where}"
+
+
 def _reads_as_chinese(data: bytes) -> bool:
     try:
         text = data.decode("gb18030")

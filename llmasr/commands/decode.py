@@ -55,6 +55,13 @@ DECODE_FLAGS = {
     "vad_merge_seconds": "vad_merge_seconds",
 }
 
+# The flags that only set how a VAD cuts (decode.vad); without one each would change nothing
+VAD_FLAGS = {
+    "vad_max_end_silence_ms": "--vad-max-end-silence-ms",
+    "vad_merge_seconds": "--vad-merge-seconds",
+    "vad_gate": "--no-vad-gate",
+}
+
 
 def refused_flag(settings: dict, options: dict | None = None) -> str | None:
     """Why a decoding flag is out of its own range (the setting's error and the flag), found before the model loads
@@ -297,6 +304,13 @@ def _prepare(args, world: DecodeWorld):
         raise Refused(f"--ctc: the {where} has no CTC head (trained with model.ctc.weight 0); decode it without --ctc")
     try:
         cfg = decode_config(saved, **flags)
+        vad_only = [flag for field, flag in VAD_FLAGS.items() if flags[field] is not None]
+        if vad_only and cfg.vad is None:  # each would change nothing, and the decode would not say so
+            raise DecodeError(
+                f"{', '.join(vad_only)}: {'settings' if len(vad_only) > 1 else 'a setting'} of the VAD's segments, "
+                "and this decode has no VAD (no --vad DIR, and the model's decode.vad is unset): give --vad DIR, or "
+                f"leave {'them' if len(vad_only) > 1 else 'it'} out"
+            )
         search_boost(model, cfg, opts)  # refused here, before the model moves to its device
         opts = dataclasses.replace(opts, **{k: v for k, v in given.items() if v is not None})
     except (ConfigError, DecodeError) as err:

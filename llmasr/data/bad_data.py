@@ -82,6 +82,10 @@ REASON_CATEGORIES = (
     ("missing field", "missing field"),
     ("empty target", "empty target"),
     ("is empty", "empty target"),
+    # a list's field by any name (hotwords, a cut's custom.hotwords, asr_hotwords); an item's index had made a
+    # category of its own ("field 'hotwords'[] is an empty phrase")
+    ("hotwords'[", "bad hotwords list"),
+    ("hotwords' must be", "bad hotwords list"),
     ("non-text target", "non-text target"),
     ("is not text", "non-text target"),
     ("must be", "wrong field type or value"),

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from llmasr.config_io import not_utf8, unique_keys
+from llmasr.config_io import malformed_json, not_utf8, unique_keys
 from llmasr.config_paths import file_problem
 from llmasr.data.record_fields import is_cut, json_document
 from llmasr.data.record_line import parse_line
@@ -304,7 +304,7 @@ class Manifest:
         except UnicodeDecodeError as err:
             raise BadRecord(self.path, line, not_utf8(err, self.path)) from None
         except ValueError as err:
-            raise BadRecord(self.path, line, f"malformed JSON: {err}{_cr_hint(raw)}") from None
+            raise BadRecord(self.path, line, f"{malformed_json(err)}{_cr_hint(raw)}") from None
         if _SURROGATE_ESCAPE.search(raw) and (field := _lone_surrogate(rec)) is not None:
             key = rec.get("key") if isinstance(rec, dict) and field != "'key'" else None
             raise BadRecord(self.path, line, f"field {field} holds a lone surrogate (a \\ud800-\\udfff escape "

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from llmasr.config_io import ConfigError, not_utf8
+from llmasr.config_io import ConfigError, malformed_json, not_utf8
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ def read_noise_list(path: str | Path, *, must_exist: bool = False) -> list[str]:
             try:
                 rec = json.loads(raw)
             except ValueError as err:
-                raise ConfigError(f"{path}:{lineno}: malformed JSON: {err}") from None
+                raise ConfigError(f"{path}:{lineno}: {malformed_json(err)}") from None
             src = rec.get("source") if isinstance(rec, dict) else None
             if not isinstance(src, str) or not src:
                 raise ConfigError(f"{path}:{lineno}: a noise record needs 'source' (an audio path)")

@@ -152,9 +152,12 @@ class DecodeConfig:
         if not limit > 0:
             raise ConfigError(f"{path}.max_window_seconds: must be > 0 seconds (0: never split), got {limit}")
         if limit < MIN_WINDOW_SECONDS or limit <= 2 * self.window_overlap:
+            # no value beside an overlap of 0: `llmasr decode` checks its flags before the model's own overlap is
+            # known, with 0 in its place, and "(0 s)" named an overlap the decode would not have used
+            overlap = f" ({self.window_overlap:g} s)" if self.window_overlap else ""
             raise ConfigError(
                 f"{path}.max_window_seconds: a window of {limit:g} s must be at least {MIN_WINDOW_SECONDS:g} s and "
-                f"longer than twice {path}.window_overlap ({self.window_overlap:g} s)"
+                f"longer than twice {path}.window_overlap{overlap}"
             )
         return float(limit)
 

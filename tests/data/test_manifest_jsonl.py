@@ -267,3 +267,22 @@ def test_a_gbk_line_says_how_to_convert_the_manifest(tmp_path):
         Manifest.open(path)[0]
     assert str(e.value).endswith("it reads as GB18030/GBK Chinese: convert it, e.g. iconv -f GB18030 -t UTF-8 "
                                  "训练.jsonl > 训练.jsonl.utf8")  # fmt: skip
+
+
+def test_a_malformed_line_is_placed_in_its_own_line_not_in_json_s_count_of_lines(tmp_path):
+    """json counts the lines of the text it parsed, the record and its line end: a record cut short at file line 2
+    had read "m.jsonl:2: malformed JSON: Expecting value: line 2 column 1", another line than the file's."""
+    write_wav(tmp_path / "a.wav")
+    rec = json.dumps({"key": "k1", "source": "a.wav", "target": "x"})
+    path = tmp_path / "m.jsonl"
+    path.write_text(f'{rec}\n{{"key": "k2", "source": \n{{"key": "k3", "source": "a.wav", "target": x}}\n{rec}\n')
+    m = Manifest.open(path)
+    reasons = []
+    for i in (1, 2):
+        with pytest.raises(BadRecord) as e:
+            m[i]
+        reasons.append(str(e.value))
+    assert reasons == [
+        f"{path}:2: malformed JSON: Expecting value at the end of the line",
+        f"{path}:3: malformed JSON: Expecting value at column 44 of the line",
+    ]

@@ -216,3 +216,17 @@ def test_hotwords_given_as_funasr_text_say_to_write_a_file(exported_dir, corpus,
         assert main([*args, "--hotwords", path]) == 2
         assert "FunASR" not in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_bad_hotwords_lines_are_counted_under_one_reason(exported_dir, corpus, tmp_path, capsys):
+    """A line whose `hotwords` held an empty phrase was counted as "field 'hotwords'[] is an empty phrase" (its
+    index cut out of the reason), one that was not a list as "wrong field type or value"."""
+    recs = [json.loads(line) for line in corpus.read_text().splitlines()]
+    recs[1]["hotwords"], recs[4]["hotwords"] = ["ok", ""], "one"
+    path = corpus.parent / "bad_lists.jsonl"  # beside the audio its lines name
+    path.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    args = ["--model", str(exported_dir), "--data", str(path), "--output", str(tmp_path / "o"), "--num-workers", "0"]
+    assert main([*args, "--max-new-tokens", "2", "--max-bad-fraction", "1"]) == 0
+    summary = json.loads((tmp_path / "o" / "wer.json").read_text())
+    assert summary["skipped_by_reason"] == {"bad hotwords list": 2}
+    assert "skipped (bad data): 2 (bad hotwords list: 2)" in capsys.readouterr().out

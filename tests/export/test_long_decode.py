@@ -204,6 +204,11 @@ def test_window_settings_are_refused_clearly(exported_dir, model, long_manifest,
     assert main([*args, "--max-window-seconds", "4", "--window-overlap", "2.5"]) == 2
     assert "decode.max_window_seconds: a window of 4 s must be at least 2 s" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+    # checked before the model loads, with no --window-overlap: no overlap value the decode would not use
+    assert main([*args, "--max-window-seconds", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "decode.max_window_seconds: a window of 1 s must be at least 2 s and longer than twice" in err
+    assert "window_overlap (0 s)" not in err and not (tmp_path / "o").exists()
 
 
 def test_a_whisper_encoder_never_gets_a_window_past_its_chunk():

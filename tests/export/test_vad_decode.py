@@ -211,3 +211,23 @@ def test_two_ranks_share_the_vad_and_write_what_one_process_writes(exported_dir,
         assert (two / name).read_text() == (one / name).read_text(), name
     rows = {r["key"]: r for r in map(json.loads, open(two / "results.jsonl"))}
     assert rows["silent"]["no_speech"] and rows["hush"]["no_speech"] and rows["pause"]["windows"] == 2
+
+
+def test_vad_flags_without_a_vad_are_refused(exported_dir, long_manifest, vad_dir, tmp_path, capsys):
+    """--vad-merge-seconds, --vad-max-end-silence-ms and --no-vad-gate set how a VAD cuts: without --vad (and no
+    decode.vad saved with the model) they had decoded as if not given, the windows cut by frame energies."""
+    manifest, _ = long_manifest
+    args = ["--model", str(exported_dir), "--data", str(manifest), "--output", str(tmp_path / "o")]
+    assert main([*args, "--vad-merge-seconds", "10"]) == 2
+    assert (
+        capsys.readouterr()
+        .err.strip()
+        .endswith(
+            "--vad-merge-seconds: a setting of the VAD's segments, and this decode has no VAD (no --vad DIR, and the "
+            "model's decode.vad is unset): give --vad DIR, or leave it out"
+        )
+    )
+    assert main([*args, "--no-vad-gate", "--vad-max-end-silence-ms", "300"]) == 2
+    assert "--vad-max-end-silence-ms, --no-vad-gate: settings of the VAD's segments" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+    assert main([*args, "--vad", str(vad_dir), "--no-vad-gate", "--max-new-tokens", "2"]) == 0
