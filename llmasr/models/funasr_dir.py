@@ -27,7 +27,7 @@ from llmasr.config_io import ConfigError, not_utf8
 from llmasr.config_paths import nested_hint, not_found
 from llmasr.data.frontend import FrontendConfig, check_cmvn_size
 from llmasr.models.ds_checkpoint import MODEL_STATES, weights_in, zero3_partitions, zero_to_fp32_advice
-from llmasr.models.encoders import EncoderEntry, funasr_class_name, funasr_entry
+from llmasr.models.encoders import EncoderEntry, funasr_0x_advice, funasr_class_name, funasr_entry
 from llmasr.models.funasr_checks import check_vocabulary, log_left_out
 from llmasr.models.sanm_chunk import CHUNK_KEYS, ChunkSettings, check_context
 from llmasr.models.state_dict import (
@@ -82,6 +82,8 @@ def read_funasr_config(model_dir: str | Path) -> dict:
         )
     if "encoder" not in data:
         raise ConfigError(f"{path}: no `encoder` entry (the encoder class, e.g. SANMEncoder)")
+    if advice := funasr_0x_advice(data):  # every 0.x name at once, not one per attempt
+        raise ConfigError(f"{path}: {advice}")
     for key in ("encoder_conf", "frontend_conf"):
         if data.get(key) is None:
             data[key] = {}

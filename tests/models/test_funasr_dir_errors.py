@@ -318,3 +318,35 @@ def test_am_mvn_missing_where_configuration_json_names_it_says_what_to_put_there
     )
     with pytest.raises(ConfigError, match=said):
         load_funasr_encoder(d)
+
+
+def test_a_funasr_0x_config_yaml_names_the_class_of_each_0x_name(tmp_path, tiny_dir):
+    """FunASR 0.x's config.yaml names classes by registry key (encoder: sanm, frontend: wav_frontend); the loader had
+    said only "encoder 'sanm' is not supported", one key at a time."""
+    from llmasr.models.encoders import funasr_entry
+    from llmasr.models.fsmn_vad import FsmnVad
+    from llmasr.testing.tiny_vad import write_fsmn_vad_dir
+
+    d = _copy(tiny_dir, tmp_path / "d")
+    _edit_config(d, lambda c: c.update(model="paraformer", encoder="sanm", frontend="wav_frontend"))
+    with pytest.raises(ConfigError, match=rf"^{d}/config.yaml: a FunASR 0.x config.yaml: model 'paraformer' is "
+                       r"FunASR 0.x's name of Paraformer, encoder 'sanm' of SANMEncoder, frontend 'wav_frontend' of "
+                       r"WavFrontend\. .*write `model: Paraformer`, `encoder: SANMEncoder`, `frontend: WavFrontend` "
+                       "there"):  # fmt: skip
+        load_funasr_encoder(d)
+    _edit_config(d, lambda c: c.update(model="Paraformer", encoder="SANMEncoder"))  # the frontend alone
+    with pytest.raises(ConfigError, match=r"frontend 'wav_frontend' is FunASR 0.x's name of WavFrontend\. .*"
+                                          r"write `frontend: WavFrontend` there"):  # fmt: skip
+        load_funasr_encoder(d)
+    _edit_config(d, lambda c: c.update(frontend="WavFrontend"))
+    load_funasr_encoder(d)
+    with pytest.raises(ConfigError, match=r"^here: a FunASR 0.x .*encoder 'sanm_chunk_opt' is FunASR 0.x's name of "
+                                          r"SANMEncoderChunkOpt\. .*`encoder: SANMEncoderChunkOpt`"):  # fmt: skip
+        funasr_entry("sanm_chunk_opt", "here")
+    with pytest.raises(ConfigError, match=r"encoder 'transformer' is not supported; supported: SANMEncoder"):
+        funasr_entry("transformer", "here")  # a 0.x name of a class llmasr does not load: as before
+    vad = write_fsmn_vad_dir(tmp_path / "vad")
+    _edit_config(vad, lambda c: c.update(model="e2evad", encoder="fsmn", frontend="wav_frontend"))
+    with pytest.raises(ConfigError, match=r"model 'e2evad' is FunASR 0.x's name of FsmnVADStreaming, encoder 'fsmn' "
+                                          r"of FSMN, frontend 'wav_frontend' of WavFrontend"):  # fmt: skip
+        FsmnVad.from_dir(vad)
