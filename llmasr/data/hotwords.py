@@ -52,7 +52,8 @@ def read_phrase_file(path: str | Path) -> list[str]:
         text = str(path)
         funasr = (
             f"; FunASR's hotword text form (phrases split at spaces) is not read here: write the phrases "
-            f"{text.split()} one a line into a UTF-8 file and give its path"
+            f"{text.split()} one a line into a UTF-8 file and give its path (or, for one phrase with a space, the "
+            f"line {' '.join(text.split())!r})"
             if len(text.split()) > 1 and "/" not in text and not text.endswith(".txt")
             else ""
         )

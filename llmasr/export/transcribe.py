@@ -105,7 +105,11 @@ class Transcriber:
         if not audio:
             return []
         if isinstance(hotwords, (str, bytes)):  # list("Zhang Wei") would bias towards its letters
-            raise TranscribeError(f"hotwords: a list of phrases, got the text {hotwords!r}; pass [{hotwords!r}]")
+            words = hotwords.split()
+            # FunASR's generate(hotword="魔搭 达摩院") is two phrases: which was meant, only the caller knows
+            both = (f" for one phrase with a space, or {words} for {len(words)} phrases (FunASR's "
+                    "generate(hotword=...) splits its text at spaces)") if len(words) > 1 else ""  # fmt: skip
+            raise TranscribeError(f"hotwords: a list of phrases, got the text {hotwords!r}; pass [{hotwords!r}]{both}")
         for i, phrase in enumerate(hotwords or ()):  # named here, not as a fault of every clip
             if not isinstance(phrase, str) or not phrase_text(phrase):
                 raise TranscribeError(f"hotwords[{i}]: expected a non-empty phrase (text), got {phrase!r}")
