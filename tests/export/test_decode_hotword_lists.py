@@ -216,3 +216,16 @@ def test_hotwords_given_as_funasr_text_say_to_write_a_file(exported_dir, corpus,
         assert main([*args, "--hotwords", path]) == 2
         assert "FunASR" not in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_a_funasr_runtime_hotword_file_is_decoded_as_written_with_a_warning(exported_dir, corpus, tmp_path, caplog):
+    """`--hotwords` given FunASR-runtime's `PHRASE WEIGHT` lines: each line had been a phrase, its weight included,
+    without a word. The file is still read as written (the numbers may be part of the phrases), with a warning."""
+    path = tmp_path / "hot.txt"
+    path.write_text("world 20\nnine 15\n", encoding="utf-8")
+    args = ["--model", str(exported_dir), "--data", str(corpus), "--output", str(tmp_path / "o"), "--num-workers", "0"]
+    assert main([*args, "--max-new-tokens", "2", "--hotwords", str(path)]) == 0
+    assert (
+        f"{path}: every phrase ends in a number after a space ({path}:1 'world 20', {path}:2 'nine 15')" in caplog.text
+    )
+    assert [r["hotwords"] for r in _rows(tmp_path / "o" / "results.jsonl")] == expected_lists(["world 20", "nine 15"])

@@ -539,3 +539,15 @@ def test_hotwords_given_as_funasr_text_offer_one_phrase_or_several(exported_dir,
     err = capsys.readouterr().err.strip()
     assert err.endswith("write the phrases ['魔搭', '达摩院'] one a line into a UTF-8 file and give its path (or, "
                         "for one phrase with a space, the line '魔搭 达摩院')")  # fmt: skip
+
+
+def test_a_list_of_funasr_runtime_lines_is_used_as_given_with_a_warning(asr, clips, caplog):
+    """A FunASR-runtime hotword file read into a list (["阿里巴巴 20", ...]) is used as given, with a warning naming
+    the entries; a list where only some phrases end in a number is not warned of."""
+    _, paths = clips
+    weighted = asr([paths[0]], hotwords=["world 20", "nine\t15"])
+    assert "hotwords: every phrase ends in a number after a space ([0] 'world 20', [1] 'nine 15')" in caplog.text
+    assert weighted == asr([paths[0]], hotwords=["world 20", "nine 15"])
+    caplog.clear()
+    asr([paths[0]], hotwords=["iPhone 15", "world"])
+    assert "FunASR-runtime" not in caplog.text
