@@ -350,3 +350,26 @@ def test_a_funasr_0x_config_yaml_names_the_class_of_each_0x_name(tmp_path, tiny_
     with pytest.raises(ConfigError, match=r"model 'e2evad' is FunASR 0.x's name of FsmnVADStreaming, encoder 'fsmn' "
                                           r"of FSMN, frontend 'wav_frontend' of WavFrontend"):  # fmt: skip
         FsmnVad.from_dir(vad)
+
+
+def test_a_shape_mismatch_names_the_config_yaml_key_that_sizes_it_and_the_full_reinit_key(tmp_path, tiny_dir):
+    """The error had ended "list keys ... under `reinit_keys`" (no section) and named no setting: config.yaml's
+    key whose value is the model's size is named with the checkpoint's size; a module without a reinit option (the
+    adaptor, the CTC head) is told only to fix its config."""
+    from torch import nn
+
+    from llmasr.models.state_dict import load_into
+
+    d = _copy(tiny_dir, tmp_path / "d")
+    _edit_config(d, lambda c: c["encoder_conf"].update(linear_units=48, kernel_size=9))
+    with pytest.raises(CheckpointMismatchError) as err:
+        load_funasr_encoder(d)
+    lines = str(err.value).splitlines()
+    assert f"  {d}/config.yaml encoder_conf.linear_units is 48, the checkpoint's tensors 64: set it to 64" in lines
+    assert f"  {d}/config.yaml encoder_conf.kernel_size is 9, the checkpoint's tensors 11: set it to 11" in lines
+    assert lines[-1] == (
+        "Fix the config to match the checkpoint, or list keys that should start fresh under "
+        "`model.encoder.reinit_keys`."
+    )
+    with pytest.raises(CheckpointMismatchError, match=r"vs model \[4, 3\]\nFix the config to match the checkpoint\.$"):
+        load_into(nn.Linear(3, 4), {"weight": torch.zeros(5, 3), "bias": torch.zeros(4)}, source="adaptor.pt")
