@@ -373,3 +373,20 @@ def test_a_shape_mismatch_names_the_config_yaml_key_that_sizes_it_and_the_full_r
     )
     with pytest.raises(CheckpointMismatchError, match=r"vs model \[4, 3\]\nFix the config to match the checkpoint\.$"):
         load_into(nn.Linear(3, 4), {"weight": torch.zeros(5, 3), "bias": torch.zeros(4)}, source="adaptor.pt")
+
+
+def test_a_directory_without_tokens_json_says_once_that_its_vocabulary_is_not_checked(tmp_path, tiny_dir, caplog):
+    """Without tokens.json the comparison of the token list with model.pt's output layers had been skipped without a
+    word; it is said once a directory, however often it is loaded."""
+    import logging
+
+    d = _copy(tiny_dir, tmp_path / "d")
+    (d / "tokens.json").unlink()
+    with caplog.at_level(logging.INFO, logger="llmasr.models.funasr_checks"):
+        load_funasr_encoder(d)
+        load_funasr_encoder(d)
+    said = [r.getMessage() for r in caplog.records if "no tokens.json" in r.getMessage()]
+    assert said == [
+        f"{d}: no tokens.json, so the vocabulary-sized tensors of {d / 'model.pt'} (decoder.output_layer.weight, "
+        "decoder.embed.0.weight) are not compared with a token list"
+    ]
