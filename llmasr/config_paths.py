@@ -34,11 +34,40 @@ def path_field(
 
 
 def not_found(key: str, what: str, path: str | Path) -> str:
-    """The error for a recipe path with nothing there: the key, and for a relative path where it was looked for."""
+    """The error for a recipe path with nothing there: the key, for a relative path where it was looked for, and
+    the path as ModelScope spells it where that is there (modelscope_spelling)."""
     where = ""
     if not Path(path).is_absolute():
         where = f" (a relative path is looked for beside the recipe, then in the working directory {Path.cwd()})"
-    return f"{key}: {what} not found: {path}{where}"
+    return f"{key}: {what} not found: {path}{where}{_spelling_hint(key, Path(path))}"
+
+
+def modelscope_spelling(path: Path) -> Path | None:
+    """Where `path` is missing but is there with a name's dots written "___", as a ModelScope download writes them
+    (Qwen/Qwen2___5-1___5B-Instruct), or with such "___" written back as dots: that path; else None. Only the
+    names that are missing are respelled (a .cache folder above them keeps its dot)."""
+    found, respelled = Path(path.anchor), False
+    for part in path.parts[1:] if path.anchor else path.parts:
+        if not (found / part).exists():
+            other = next((o for o in (part.replace(".", "___"), part.replace("___", ".")) if o != part
+                          and (found / o).exists()), None)  # fmt: skip
+            if other is None:
+                return None
+            part, respelled = other, True
+        found = found / part
+    return found if respelled else None
+
+
+def _spelling_hint(key: str, path: Path) -> str:
+    try:
+        spelled = modelscope_spelling(path)
+    except OSError:  # a name too long for the filesystem: no hint
+        return ""
+    if spelled is None:
+        return ""
+    more = str(spelled).count("___") > str(path).count("___")
+    how = "a name's dots written ___ (as a ModelScope download writes them)" if more else "___ written as dots"
+    return f". {spelled} is there, the same path with {how}: set {key} to that path"
 
 
 def nested_hint(folder: Path, marker: str, key: str) -> str:
@@ -133,7 +162,13 @@ def _resolve_one(value: Any, kind: str, base: Path) -> Any:
     if kind == "output":
         return str((base / value).resolve()) if value.startswith(("./", "../")) else value
     try:
-        return str((base / value).resolve()) if (base / value).exists() else value
+        if (base / value).exists():
+            return str((base / value).resolve())
+        if not Path(value).exists() and modelscope_spelling(base / value):
+            # missing, but there beside the recipe as ModelScope spells it: named where it was looked for, so that
+            # not_found's hint finds that spelling (it is never read in its place)
+            return str((base / value).resolve())
+        return value
     except (OSError, ValueError):  # a name too long for the filesystem, a NUL: text, not a path
         return value
 

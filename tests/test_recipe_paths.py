@@ -196,3 +196,44 @@ def test_every_recipe_the_docs_name_exists():
         for name in re.findall(r"\b(?:recipes/[\w.\-]+\.yaml|ds_configs/[\w.\-]+\.json)", path.read_text("utf-8"))
     }
     assert named and not sorted((where, name) for where, name in named if not (root / name).is_file())
+
+
+def test_a_path_missing_beside_its_modelscope_spelling_names_that_spelling(tmp_path, monkeypatch, tiny_llm_dir):
+    """A ModelScope download writes a name's dots as ___ (models/Qwen2___5-1___5B-Instruct); a recipe's
+    ../models/Qwen2.5-1.5B-Instruct had been told only "not found". The spelling is named, never read in its place."""
+    import shutil
+
+    from llmasr.models.funasr_dir import read_funasr_config
+    from llmasr.models.llm import check_llm_dir
+
+    hub = tmp_path / ".cache" / "modelscope" / "hub"  # a dot above the missing name stays a dot
+    spelled = hub / "Qwen" / "Qwen2___5-1___5B-Instruct"
+    shutil.copytree(tiny_llm_dir, spelled)
+    recipes = tmp_path / "recipes"
+    recipes.mkdir()
+    (recipes / "r.yaml").write_text(
+        yaml.safe_dump({"model": {"llm": {"path": "../.cache/modelscope/hub/Qwen/Qwen2.5-1.5B-Instruct"}}})
+    )
+    monkeypatch.chdir(tmp_path / ".cache")  # not the recipe's folder: the recipe-relative spelling is the one named
+    r = load_recipe(recipes / "r.yaml")
+    hint = rf"\. {spelled} is there, the same path with a name's dots written ___ .*: set model.llm.path to that path$"
+    with pytest.raises(
+        ConfigError, match=rf"^model.llm.path: LLM directory not found: {hub}/Qwen/Qwen2.5-1.5B-Instruct{hint}"
+    ):
+        check_llm_dir(r.model.llm.path)
+    monkeypatch.chdir(hub)  # relative to the working directory; and ___ written where the folder has dots
+    with pytest.raises(
+        ConfigError, match=r"not found: Qwen/Qwen2.5-1.5B-Instruct \(.*\)\. Qwen/Qwen2___5-1___5B-Instruct is there"
+    ):
+        check_llm_dir("Qwen/Qwen2.5-1.5B-Instruct")
+    (hub / "iic" / "paraformer-v2.0").mkdir(parents=True)  # the ___ of a ModelScope path copied, the folder dotted
+    with pytest.raises(
+        ConfigError,
+        match=r"not found: iic/paraformer-v2___0 \(.*\)\. iic/paraformer-v2.0 is there, the "
+        r"same path with ___ written as dots: set model.encoder.path to that path$",
+    ):
+        read_funasr_config("iic/paraformer-v2___0")
+    with pytest.raises(
+        ConfigError, match=r"not found: Qwen/Qwen3\.5 \(.*directory .*\)$"
+    ):  # no spelling there: no hint
+        check_llm_dir("Qwen/Qwen3.5")

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import codecs
 import logging
+import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
@@ -52,7 +53,8 @@ def read_phrase_file(path: str | Path) -> list[str]:
         text = str(path)
         funasr = (
             f"; FunASR's hotword text form (phrases split at spaces) is not read here: write the phrases "
-            f"{text.split()} one a line into a UTF-8 file and give its path"
+            f"{text.split()} one a line into a UTF-8 file and give its path (or, for one phrase with a space, the "
+            f"line {' '.join(text.split())!r})"
             if len(text.split()) > 1 and "/" not in text and not text.endswith(".txt")
             else ""
         )
@@ -73,11 +75,36 @@ def read_phrase_file(path: str | Path) -> list[str]:
         phrases.setdefault(text, lineno)
     if not phrases:
         raise PhraseFileError(f"{path}: no phrases (one phrase a line)")
+    warn_weighted([f"{path}:{line} {text!r}" for text, line in phrases.items()], list(phrases), str(path))
     if repeats:  # a prompt would render it twice (a drawn training list never does), its tokens spent again
         more = f" and {len(repeats) - 5} more" if len(repeats) > 5 else ""
         log.warning("%s: %d repeated phrase(s) left out, line (first line): %s%s", path, len(repeats),
                     ", ".join(repeats[:5]), more)  # fmt: skip
     return list(phrases)
+
+
+# FunASR-runtime's hotword files write a weight after each phrase ("阿里巴巴 20"), and its readers skip a line without
+# one, so such a file has a weight on every line. Where only some phrases end in a number they are phrases ("iPhone
+# 15", "Windows 11"), and so may a single one be: two or more, every one ending so, are warned of.
+_WEIGHTED = re.compile(r" [+-]?\d+$")
+_WARNED: set[tuple] = set()  # the lists warned of (a training start reads a distractor file twice)
+
+
+def warn_weighted(shown: list[str], phrases: list[str], where: str) -> bool:
+    """Warn (once per list and `where`) where `phrases` look like FunASR-runtime's `PHRASE WEIGHT` lines: at least
+    two, every one ending in a space and an integer (`shown`: how to name each, its file and line). Nothing is
+    stripped: the numbers may be part of the phrases. Returns whether it warned."""
+    if len(phrases) < 2 or not all(_WEIGHTED.search(p) for p in phrases) or (where, *phrases) in _WARNED:
+        return False
+    _WARNED.add((where, *phrases))
+    log.warning(
+        "%s: every phrase ends in a number after a space (%s%s), as FunASR-runtime's hotword files write a weight "
+        "after each phrase (PHRASE WEIGHT). llmasr reads a line as one phrase, the number included, and biases "
+        "towards it too; it weighs every phrase alike (--hotword-boost, or hotword_boost, sets that weight). If "
+        "these are weights, remove them (sed -E 's/[[:space:]]+[+-]?[0-9]+$//'); if the numbers are part of the "
+        "phrases, nothing is wrong", where, ", ".join(shown[:3]), ", ..." if len(shown) > 3 else "",
+    )  # fmt: skip
+    return True
 
 
 def _pair(path: str, name: str, values: list[int], low: int) -> None:

@@ -27,6 +27,7 @@ import numpy as np
 import soundfile as sf
 
 from llmasr.config_paths import file_problem
+from llmasr.data.hotwords import warn_weighted
 from llmasr.data.records import phrase_text
 from llmasr.data.windowed import utterance_rows
 from llmasr.export.decode import DecodeOptions, decode_loader, load_decode_model, search_boost, transcribe_loader
@@ -105,11 +106,17 @@ class Transcriber:
         if not audio:
             return []
         if isinstance(hotwords, (str, bytes)):  # list("Zhang Wei") would bias towards its letters
-            raise TranscribeError(f"hotwords: a list of phrases, got the text {hotwords!r}; pass [{hotwords!r}]")
+            words = hotwords.split()
+            # FunASR's generate(hotword="魔搭 达摩院") is two phrases: which was meant, only the caller knows
+            both = (f" for one phrase with a space, or {words} for {len(words)} phrases (FunASR's "
+                    "generate(hotword=...) splits its text at spaces)") if len(words) > 1 else ""  # fmt: skip
+            raise TranscribeError(f"hotwords: a list of phrases, got the text {hotwords!r}; pass [{hotwords!r}]{both}")
         for i, phrase in enumerate(hotwords or ()):  # named here, not as a fault of every clip
             if not isinstance(phrase, str) or not phrase_text(phrase):
                 raise TranscribeError(f"hotwords[{i}]: expected a non-empty phrase (text), got {phrase!r}")
         hotwords = None if hotwords is None else [phrase_text(p) for p in hotwords]  # as a manifest's or a file's are
+        if hotwords:  # a FunASR-runtime file's lines read into a list: "阿里巴巴 20"
+            warn_weighted([f"[{i}] {p!r}" for i, p in enumerate(hotwords)], hotwords, "hotwords")
         kept, dropped = self.model.prompt.capped_hotwords(hotwords)
         if dropped:  # as decode's wer.txt counts them: the prompt renders only what fits the model's cap
             log.warning(

@@ -89,7 +89,8 @@ def build_encoder(
             encoder = spec.entry.construct(spec.conf)
         if pretrained and cfg.init_from:
             state = read_weights(cfg.init_from, cfg.init_prefix, "model.encoder", shapes_only=shapes_only)
-            load_into(encoder, state, source=f"encoder weights {cfg.init_from}", **reinit)
+            where = f"encoder weights {cfg.init_from}"
+            load_into(encoder, state, source=where, reinit_option="model.encoder.reinit_keys", **reinit)
         elif pretrained:
             log.info("%s encoder built from conf with fresh weights", cfg.type)
     if cfg.freeze:

@@ -65,6 +65,34 @@ def funasr_class_name(value: Any) -> str:
     return str(value).rsplit(".", 1)[-1].rsplit(":", 1)[-1]
 
 
+# FunASR 0.x's config.yaml named classes by the registry keys of its tasks (funasr/tasks/asr.py, vad.py
+# ClassChoices); FunASR 1.x's by the class name, which is what llmasr reads. Those of the classes llmasr loads:
+FUNASR_0X_NAMES = {
+    "model": {"paraformer": "Paraformer", "paraformer_online": "ParaformerStreaming",
+              "contextual_paraformer": "ContextualParaformer", "bicif_paraformer": "BiCifParaformer",
+              "e2evad": "FsmnVADStreaming"},
+    "encoder": {"sanm": "SANMEncoder", "sanm_chunk_opt": "SANMEncoderChunkOpt", "conformer": "ConformerEncoder",
+                "fsmn": "FSMN"},
+    "frontend": {"wav_frontend": "WavFrontend", "wav_frontend_online": "WavFrontendOnline"},
+}  # fmt: skip
+
+
+def funasr_0x_advice(config: dict) -> str:
+    """Where config.yaml's `encoder` or `frontend` is a FunASR 0.x name (FUNASR_0X_NAMES): a sentence naming the
+    class each 0.x name of `model`, `encoder` and `frontend` stands for and what to write; else ""."""
+    named = {key: (config[key], FUNASR_0X_NAMES[key][config[key]]) for key in FUNASR_0X_NAMES
+             if isinstance(config.get(key), str) and config[key] in FUNASR_0X_NAMES[key]}  # fmt: skip
+    if not named.keys() & {"encoder", "frontend"}:
+        return ""
+    said = [f"{key} {old!r} of {new}" for key, (old, new) in named.items()]
+    said[0] = said[0].replace(" of ", " is FunASR 0.x's name of ", 1)  # the others: "..., encoder 'sanm' of ..."
+    write = ", ".join(f"`{key}: {new}`" for key, (_, new) in named.items())
+    return (
+        f"a FunASR 0.x config.yaml: {', '.join(said)}. llmasr reads FunASR 1.x's class names: write {write} there "
+        "(or download the model's FunASR 1.x revision, whose config.yaml names the classes)"
+    )
+
+
 def encoder_entry(kind: str, where: str = "model.encoder.type") -> EncoderEntry:
     if kind not in ENCODERS:
         raise ConfigError(f"{where}: unknown encoder {kind!r}; choose one of {', '.join(ENCODER_TYPES)}")
@@ -77,6 +105,8 @@ def funasr_entry(value: Any, where: str) -> EncoderEntry:
     for entry in ENCODERS.values():
         if name in entry.funasr_classes:
             return entry
+    if advice := funasr_0x_advice({"encoder": value}):
+        raise ConfigError(f"{where}: {advice}")
     supported = [c for e in ENCODERS.values() for c in e.funasr_classes]
     raise ConfigError(f"{where}: encoder {value!r} is not supported; supported: {', '.join(supported)}")
 

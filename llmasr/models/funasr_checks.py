@@ -32,6 +32,9 @@ VOCAB_ROWS = (
 )
 
 
+_UNCHECKED: set[Path] = set()  # directories without tokens.json, logged
+
+
 def read_token_list(path: Path) -> list:
     return read_json(path, list, "token list")
 
@@ -42,6 +45,11 @@ def check_vocabulary(model_dir: Path, state: dict[str, torch.Tensor], ckpt_path:
     Returns the vocabulary size (None without tokens.json); raises ConfigError on the first disagreement."""
     tokens_path = model_dir / "tokens.json"
     if not tokens_path.is_file():
+        if model_dir not in _UNCHECKED:  # said once: check, build and export each load the directory
+            _UNCHECKED.add(model_dir)
+            rows = [k for k in VOCAB_ROWS if k in state]
+            log.info("%s: no tokens.json, so the vocabulary-sized tensors of %s (%s) are not compared with a token "
+                     "list", model_dir, ckpt_path, ", ".join(rows) or "none here")  # fmt: skip
         return None
     size = len(read_token_list(tokens_path))
     for key in VOCAB_ROWS:

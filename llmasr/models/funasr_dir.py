@@ -27,7 +27,7 @@ from llmasr.config_io import ConfigError, not_utf8
 from llmasr.config_paths import nested_hint, not_found
 from llmasr.data.frontend import FrontendConfig, check_cmvn_size
 from llmasr.models.ds_checkpoint import MODEL_STATES, weights_in, zero3_partitions, zero_to_fp32_advice
-from llmasr.models.encoders import EncoderEntry, funasr_class_name, funasr_entry
+from llmasr.models.encoders import EncoderEntry, funasr_0x_advice, funasr_class_name, funasr_entry
 from llmasr.models.funasr_checks import check_vocabulary, log_left_out
 from llmasr.models.sanm_chunk import CHUNK_KEYS, ChunkSettings, check_context
 from llmasr.models.state_dict import (
@@ -82,6 +82,8 @@ def read_funasr_config(model_dir: str | Path) -> dict:
         )
     if "encoder" not in data:
         raise ConfigError(f"{path}: no `encoder` entry (the encoder class, e.g. SANMEncoder)")
+    if advice := funasr_0x_advice(data):  # every 0.x name at once, not one per attempt
+        raise ConfigError(f"{path}: {advice}")
     for key in ("encoder_conf", "frontend_conf"):
         if data.get(key) is None:
             data[key] = {}
@@ -265,6 +267,11 @@ def resolve_cmvn(model_dir: Path, frontend_conf: dict) -> Path | None:
     )
 
 
+# encoder_conf settings that size an encoder's tensors (input_size: the frontend's n_mels * lfr_m), named where
+# model.pt's tensors have other sizes
+_SIZING = ("input_size", "output_size", "linear_units", "kernel_size", "cnn_module_kernel")
+
+
 def funasr_frontend(model_dir: str | Path) -> FrontendConfig:
     """The frontend (CMVN included) a FunASR model directory expects, without reading model.pt."""
     model_dir = Path(model_dir).resolve()
@@ -397,6 +404,10 @@ def load_funasr_encoder(
             )
         encoder_state["query_embed.weight"] = state["embed.weight"]
         taken += ("embed.",)
-    load_into(encoder, encoder_state, source=f"{ckpt_path} ({prefix}*)", reinit_keys=reinit_keys, frozen_by=frozen_by)
+    cfg = model_dir / "config.yaml"
+    sizes = {f"{cfg} " + ("frontend_conf n_mels * lfr_m" if k == "input_size" else f"encoder_conf.{k}"): conf[k]
+             for k in _SIZING if isinstance(conf.get(k), int)}  # fmt: skip
+    load_into(encoder, encoder_state, source=f"{ckpt_path} ({prefix}*)", reinit_keys=reinit_keys, frozen_by=frozen_by,
+              reinit_option="model.encoder.reinit_keys", sizes=sizes)  # fmt: skip
     log_left_out(state, taken, ckpt_path, str(read_funasr_config(model_dir).get("model", "model")))
     return encoder, frontend

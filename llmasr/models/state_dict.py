@@ -189,11 +189,16 @@ def load_into(
     source: str,
     reinit_keys: list[str] | tuple[str, ...] = (),
     frozen_by: str | None = None,
+    reinit_option: str | None = None,
+    sizes: dict[str, int] | None = None,
 ) -> LoadReport:
     """Copy `state` into `module` strictly; keys matching a `reinit_keys` glob may be missing or mismatched.
 
     Raises CheckpointMismatchError naming every offending key (and both shapes) otherwise. `frozen_by`: the recipe
     key that freezes the module; a key re-initialised under it would train never and stay random, so it is refused.
+    `reinit_option`: the recipe key that lists `reinit_keys` (model.encoder.reinit_keys), named in the error where
+    the module has one. `sizes`: the settings the module was built with that size its tensors ({"config.yaml
+    encoder_conf.linear_units": 2048}), named where a mismatched dimension has their value.
     """
     own = module.state_dict()
     report = LoadReport()
@@ -221,20 +226,38 @@ def load_into(
             else:
                 report.missing.append(key)
     if report.missing or report.unexpected or report.mismatched:
+        fresh = f", or list keys that should start fresh under `{reinit_option}`" if reinit_option else ""
         raise CheckpointMismatchError(
             f"{source} does not match the {type(module).__name__} built from the config:\n{report.describe()}\n"
-            "Fix the config to match the checkpoint, or list keys that should start fresh under `reinit_keys`."
+            f"{''.join(line + chr(10) for line in _sized_by(report.mismatched, sizes or {}))}"
+            f"Fix the config to match the checkpoint{fresh}."
         )
     if report.reinitialised and frozen_by is not None:
         from llmasr.config_io import ConfigError
 
         raise ConfigError(
-            f"{source}: {', '.join(sorted(report.reinitialised)[:8])} would be re-initialised (reinit_keys) but "
+            f"{source}: {', '.join(sorted(report.reinitialised)[:8])} would be re-initialised "
+            f"({reinit_option or 'reinit_keys'}) but "
             f"never trained: {frozen_by} is true. Set it to false to train them, or fix the config to match the "
             "checkpoint"
         )
     module.load_state_dict(to_load, strict=False)
     report.loaded = sorted(to_load)
     if report.reinitialised:
-        log.warning("%s: re-initialised (per reinit_keys): %s", source, ", ".join(sorted(report.reinitialised)))
+        log.warning("%s: re-initialised (per %s): %s", source, reinit_option or "reinit_keys",
+                    ", ".join(sorted(report.reinitialised)))  # fmt: skip
     return report
+
+
+def _sized_by(mismatched: list[tuple[str, tuple, tuple]], sizes: dict[str, int]) -> list[str]:
+    """A line for each setting in `sizes` whose value is the model's size of a dimension the checkpoint sizes
+    otherwise, with the checkpoint's size (settings of equal value named together: either may be the one)."""
+    found: dict[tuple, None] = {}
+    for _, ckpt, mine in mismatched:
+        if len(ckpt) == len(mine):
+            for theirs, ours in zip(ckpt, mine):
+                names = tuple(n for n, v in sizes.items() if v == ours) if theirs != ours else ()
+                if names:
+                    found[(names, ours, theirs)] = None
+    return [f"  {' or '.join(names)} is {ours}, the checkpoint's tensors {theirs}: set it to {theirs}"
+            for names, ours, theirs in found]  # fmt: skip

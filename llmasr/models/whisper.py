@@ -326,5 +326,6 @@ def load_whisper_encoder(
     frontend = whisper_frontend(config, preprocessor)
     state = _read_encoder_tensors(path, shapes_only)
     model = WhisperAudioEncoder(config)
-    load_into(model.encoder, state, source=str(path), reinit_keys=reinit_keys, frozen_by=frozen_by)
+    load_into(model.encoder, state, source=str(path), reinit_keys=reinit_keys, frozen_by=frozen_by,
+              reinit_option="model.encoder.reinit_keys")  # fmt: skip
     return model, frontend

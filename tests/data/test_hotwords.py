@@ -367,3 +367,28 @@ def test_readme_documents_every_hotword_key():
     wanted |= {f.name for f in dataclasses.fields(PromptConfig) if f.name.startswith("hotwords")}
     assert wanted == rows, (wanted - rows, rows - wanted)
     assert "--hotwords FILE" in section
+
+
+def test_a_funasr_runtime_hotword_file_is_read_as_written_with_a_warning(tmp_path, caplog):
+    """FunASR-runtime's hotword files write a weight after each phrase ("阿里巴巴 20"): read as phrases, they had biased
+    towards "20" too, without a word. Every line so (two or more) is warned of once, naming the file and its first
+    lines; nothing is stripped (the numbers may be part of the phrases)."""
+    runtime = tmp_path / "hotwords.txt"
+    runtime.write_text("阿里巴巴 20\n达摩院\t15\n魔搭 10\nParaformer 5\n", encoding="utf-8")
+    cfg = from_dict(HotwordsConfig, {"enable": True, "distractors": str(runtime)}, "data.hotwords")
+    cfg.validate("data.hotwords")  # data.hotwords.distractors: checked at config time, read again by the sampler
+    s = sampler(tmp_path, distractors=str(runtime))
+    assert s.pool == ["阿里巴巴 20", "达摩院 15", "魔搭 10", "Paraformer 5"]  # as written
+    warned = [r.getMessage() for r in caplog.records if "FunASR-runtime" in r.getMessage()]
+    assert len(warned) == 1  # once, though the file is read twice
+    assert warned[0].startswith(
+        f"{runtime}: every phrase ends in a number after a space ({runtime}:1 '阿里巴巴 20', {runtime}:2 '达摩院 15', "
+        f"{runtime}:3 '魔搭 10', ...), as FunASR-runtime's hotword files write a weight after each phrase"
+    )
+    assert "remove them (sed -E 's/[[:space:]]+[+-]?[0-9]+$//')" in warned[0]
+    caplog.clear()
+    for name, text in (("one.txt", "阿里巴巴 20\n"), ("some.txt", "iPhone 15\nWindows 11\nPixel\n")):
+        path = tmp_path / name  # a lone phrase, or only some: phrases that end in a number
+        path.write_text(text, encoding="utf-8")
+        read_phrase_file(path)
+    assert "FunASR-runtime" not in caplog.text

@@ -230,3 +230,16 @@ def test_bad_hotwords_lines_are_counted_under_one_reason(exported_dir, corpus, t
     summary = json.loads((tmp_path / "o" / "wer.json").read_text())
     assert summary["skipped_by_reason"] == {"bad hotwords list": 2}
     assert "skipped (bad data): 2 (bad hotwords list: 2)" in capsys.readouterr().out
+
+
+def test_a_funasr_runtime_hotword_file_is_decoded_as_written_with_a_warning(exported_dir, corpus, tmp_path, caplog):
+    """`--hotwords` given FunASR-runtime's `PHRASE WEIGHT` lines: each line had been a phrase, its weight included,
+    without a word. The file is still read as written (the numbers may be part of the phrases), with a warning."""
+    path = tmp_path / "hot.txt"
+    path.write_text("world 20\nnine 15\n", encoding="utf-8")
+    args = ["--model", str(exported_dir), "--data", str(corpus), "--output", str(tmp_path / "o"), "--num-workers", "0"]
+    assert main([*args, "--max-new-tokens", "2", "--hotwords", str(path)]) == 0
+    assert (
+        f"{path}: every phrase ends in a number after a space ({path}:1 'world 20', {path}:2 'nine 15')" in caplog.text
+    )
+    assert [r["hotwords"] for r in _rows(tmp_path / "o" / "results.jsonl")] == expected_lists(["world 20", "nine 15"])

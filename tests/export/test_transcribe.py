@@ -521,3 +521,33 @@ def test_an_adapter_export_whose_base_moved_transcribes_over_a_copy_of_it_given(
     with pytest.raises(SystemExit):
         main(["transcribe", "--checkpoint", str(runs[2]), "--base-llm", str(copy), *files])
     assert "--base-llm is the base LLM of an adapter export (--model DIR)" in capsys.readouterr().err
+
+
+def test_hotwords_given_as_funasr_text_offer_one_phrase_or_several(exported_dir, asr, clips, capsys):
+    """FunASR's generate(hotword="魔搭 达摩院") is two phrases; hotwords="魔搭 达摩院" had been told to pass it as one,
+    and `llmasr transcribe --hotwords "魔搭 达摩院"` to write two lines: each now offers both forms."""
+    from llmasr.cli import main
+
+    _, paths = clips
+    with pytest.raises(TranscribeError, match=r"^hotwords: a list of phrases, got the text '魔搭 达摩院'; pass "
+                       r"\['魔搭 达摩院'\] for one phrase with a space, or \['魔搭', '达摩院'\] for 2 phrases "
+                       r"\(FunASR's generate\(hotword=\.\.\.\) splits its text at spaces\)$"):  # fmt: skip
+        asr(paths[0], hotwords="魔搭 达摩院")
+    with pytest.raises(TranscribeError, match=r"^hotwords: a list of phrases, got the text '魔搭'; pass \['魔搭'\]$"):
+        asr(paths[0], hotwords="魔搭")
+    assert main(["transcribe", "--model", str(exported_dir), str(paths[0]), "--hotwords", "魔搭 达摩院"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.endswith("write the phrases ['魔搭', '达摩院'] one a line into a UTF-8 file and give its path (or, "
+                        "for one phrase with a space, the line '魔搭 达摩院')")  # fmt: skip
+
+
+def test_a_list_of_funasr_runtime_lines_is_used_as_given_with_a_warning(asr, clips, caplog):
+    """A FunASR-runtime hotword file read into a list (["阿里巴巴 20", ...]) is used as given, with a warning naming
+    the entries; a list where only some phrases end in a number is not warned of."""
+    _, paths = clips
+    weighted = asr([paths[0]], hotwords=["world 20", "nine\t15"])
+    assert "hotwords: every phrase ends in a number after a space ([0] 'world 20', [1] 'nine 15')" in caplog.text
+    assert weighted == asr([paths[0]], hotwords=["world 20", "nine 15"])
+    caplog.clear()
+    asr([paths[0]], hotwords=["iPhone 15", "world"])
+    assert "FunASR-runtime" not in caplog.text

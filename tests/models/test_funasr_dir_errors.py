@@ -318,3 +318,75 @@ def test_am_mvn_missing_where_configuration_json_names_it_says_what_to_put_there
     )
     with pytest.raises(ConfigError, match=said):
         load_funasr_encoder(d)
+
+
+def test_a_funasr_0x_config_yaml_names_the_class_of_each_0x_name(tmp_path, tiny_dir):
+    """FunASR 0.x's config.yaml names classes by registry key (encoder: sanm, frontend: wav_frontend); the loader had
+    said only "encoder 'sanm' is not supported", one key at a time."""
+    from llmasr.models.encoders import funasr_entry
+    from llmasr.models.fsmn_vad import FsmnVad
+    from llmasr.testing.tiny_vad import write_fsmn_vad_dir
+
+    d = _copy(tiny_dir, tmp_path / "d")
+    _edit_config(d, lambda c: c.update(model="paraformer", encoder="sanm", frontend="wav_frontend"))
+    with pytest.raises(ConfigError, match=rf"^{d}/config.yaml: a FunASR 0.x config.yaml: model 'paraformer' is "
+                       r"FunASR 0.x's name of Paraformer, encoder 'sanm' of SANMEncoder, frontend 'wav_frontend' of "
+                       r"WavFrontend\. .*write `model: Paraformer`, `encoder: SANMEncoder`, `frontend: WavFrontend` "
+                       "there"):  # fmt: skip
+        load_funasr_encoder(d)
+    _edit_config(d, lambda c: c.update(model="Paraformer", encoder="SANMEncoder"))  # the frontend alone
+    with pytest.raises(ConfigError, match=r"frontend 'wav_frontend' is FunASR 0.x's name of WavFrontend\. .*"
+                                          r"write `frontend: WavFrontend` there"):  # fmt: skip
+        load_funasr_encoder(d)
+    _edit_config(d, lambda c: c.update(frontend="WavFrontend"))
+    load_funasr_encoder(d)
+    with pytest.raises(ConfigError, match=r"^here: a FunASR 0.x .*encoder 'sanm_chunk_opt' is FunASR 0.x's name of "
+                                          r"SANMEncoderChunkOpt\. .*`encoder: SANMEncoderChunkOpt`"):  # fmt: skip
+        funasr_entry("sanm_chunk_opt", "here")
+    with pytest.raises(ConfigError, match=r"encoder 'transformer' is not supported; supported: SANMEncoder"):
+        funasr_entry("transformer", "here")  # a 0.x name of a class llmasr does not load: as before
+    vad = write_fsmn_vad_dir(tmp_path / "vad")
+    _edit_config(vad, lambda c: c.update(model="e2evad", encoder="fsmn", frontend="wav_frontend"))
+    with pytest.raises(ConfigError, match=r"model 'e2evad' is FunASR 0.x's name of FsmnVADStreaming, encoder 'fsmn' "
+                                          r"of FSMN, frontend 'wav_frontend' of WavFrontend"):  # fmt: skip
+        FsmnVad.from_dir(vad)
+
+
+def test_a_shape_mismatch_names_the_config_yaml_key_that_sizes_it_and_the_full_reinit_key(tmp_path, tiny_dir):
+    """The error had ended "list keys ... under `reinit_keys`" (no section) and named no setting: config.yaml's
+    key whose value is the model's size is named with the checkpoint's size; a module without a reinit option (the
+    adaptor, the CTC head) is told only to fix its config."""
+    from torch import nn
+
+    from llmasr.models.state_dict import load_into
+
+    d = _copy(tiny_dir, tmp_path / "d")
+    _edit_config(d, lambda c: c["encoder_conf"].update(linear_units=48, kernel_size=9))
+    with pytest.raises(CheckpointMismatchError) as err:
+        load_funasr_encoder(d)
+    lines = str(err.value).splitlines()
+    assert f"  {d}/config.yaml encoder_conf.linear_units is 48, the checkpoint's tensors 64: set it to 64" in lines
+    assert f"  {d}/config.yaml encoder_conf.kernel_size is 9, the checkpoint's tensors 11: set it to 11" in lines
+    assert lines[-1] == (
+        "Fix the config to match the checkpoint, or list keys that should start fresh under "
+        "`model.encoder.reinit_keys`."
+    )
+    with pytest.raises(CheckpointMismatchError, match=r"vs model \[4, 3\]\nFix the config to match the checkpoint\.$"):
+        load_into(nn.Linear(3, 4), {"weight": torch.zeros(5, 3), "bias": torch.zeros(4)}, source="adaptor.pt")
+
+
+def test_a_directory_without_tokens_json_says_once_that_its_vocabulary_is_not_checked(tmp_path, tiny_dir, caplog):
+    """Without tokens.json the comparison of the token list with model.pt's output layers had been skipped without a
+    word; it is said once a directory, however often it is loaded."""
+    import logging
+
+    d = _copy(tiny_dir, tmp_path / "d")
+    (d / "tokens.json").unlink()
+    with caplog.at_level(logging.INFO, logger="llmasr.models.funasr_checks"):
+        load_funasr_encoder(d)
+        load_funasr_encoder(d)
+    said = [r.getMessage() for r in caplog.records if "no tokens.json" in r.getMessage()]
+    assert said == [
+        f"{d}: no tokens.json, so the vocabulary-sized tensors of {d / 'model.pt'} (decoder.output_layer.weight, "
+        "decoder.embed.0.weight) are not compared with a token list"
+    ]
