@@ -393,6 +393,8 @@ def load_funasr_encoder(
             )
         encoder_state["query_embed.weight"] = state["embed.weight"]
         taken += ("embed.",)
-    load_into(encoder, encoder_state, source=f"{ckpt_path} ({prefix}*)", reinit_keys=reinit_keys, frozen_by=frozen_by)
+    built_from = f"{model_dir / 'config.yaml'} encoder_conf"
+    load_into(encoder, encoder_state, source=f"{ckpt_path} ({prefix}*)", reinit_keys=reinit_keys, frozen_by=frozen_by,
+              built_from=built_from, reinit_key="model.encoder.reinit_keys")  # fmt: skip
     log_left_out(state, taken, ckpt_path, str(read_funasr_config(model_dir).get("model", "model")))
     return encoder, frontend

@@ -189,11 +189,15 @@ def load_into(
     source: str,
     reinit_keys: list[str] | tuple[str, ...] = (),
     frozen_by: str | None = None,
+    built_from: str = "the config",
+    reinit_key: str = "reinit_keys",
 ) -> LoadReport:
     """Copy `state` into `module` strictly; keys matching a `reinit_keys` glob may be missing or mismatched.
 
-    Raises CheckpointMismatchError naming every offending key (and both shapes) otherwise. `frozen_by`: the recipe
-    key that freezes the module; a key re-initialised under it would train never and stay random, so it is refused.
+    Raises CheckpointMismatchError naming every offending key (and both shapes) otherwise, and `built_from`, the
+    settings the module was built from (a FunASR directory's config.yaml), and `reinit_key`, the recipe key that lists
+    keys to start fresh. `frozen_by`: the recipe key that freezes the module; a key re-initialised under it would train
+    never and stay random, so it is refused.
     """
     own = module.state_dict()
     report = LoadReport()
@@ -222,8 +226,8 @@ def load_into(
                 report.missing.append(key)
     if report.missing or report.unexpected or report.mismatched:
         raise CheckpointMismatchError(
-            f"{source} does not match the {type(module).__name__} built from the config:\n{report.describe()}\n"
-            "Fix the config to match the checkpoint, or list keys that should start fresh under `reinit_keys`."
+            f"{source} does not match the {type(module).__name__} built from {built_from}:\n{report.describe()}\n"
+            f"Fix {built_from} to match the checkpoint, or list keys that should start fresh under `{reinit_key}`."
         )
     if report.reinitialised and frozen_by is not None:
         from llmasr.config_io import ConfigError
