@@ -52,6 +52,28 @@ class PositionwiseFeedForward(nn.Module):
         return self.w_2(self.dropout(self.activation(self.w_1(x))))
 
 
+class BatchNorm1d(nn.BatchNorm1d):
+    """nn.BatchNorm1d (same tensors and statistics) computed in float32 when its running statistics are float32 and
+    its input or parameters are not. DeepSpeed's bf16/fp16 engine casts a model's parameters but keeps its buffers,
+    and torch's batch_norm refuses a bf16 weight beside float32 statistics: every Conformer trained in bf16 failed at
+    its first batch. Float32 statistics are also what autocast keeps."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        stats = self.running_mean  # (None without track_running_stats; an affine norm: ConvolutionModule's)
+        if stats is None or stats.dtype != torch.float32 or x.dtype == self.weight.dtype == torch.float32:
+            return super().forward(x)
+        momentum = self.momentum
+        if self.training:
+            self.num_batches_tracked.add_(1)
+            if momentum is None:  # a cumulative moving average, as nn.BatchNorm1d keeps it
+                momentum = 1.0 / float(self.num_batches_tracked)
+        out = nn.functional.batch_norm(
+            x.float(), self.running_mean, self.running_var, self.weight.float(), self.bias.float(), self.training,
+            0.0 if momentum is None else momentum, self.eps,
+        )  # fmt: skip
+        return out.to(x.dtype)
+
+
 class ConvolutionModule(nn.Module):
     """pointwise_conv1 -> GLU -> (mask) -> depthwise_conv -> BatchNorm -> activation -> pointwise_conv2."""
 
@@ -61,7 +83,7 @@ class ConvolutionModule(nn.Module):
         self.depthwise_conv = nn.Conv1d(
             channels, channels, kernel_size, padding=(kernel_size - 1) // 2, groups=channels, bias=bias
         )
-        self.norm = nn.BatchNorm1d(channels)
+        self.norm = BatchNorm1d(channels)
         self.pointwise_conv2 = nn.Conv1d(channels, channels, 1, bias=bias)
         self.activation = activation
 

@@ -9,10 +9,11 @@ the encoder was trained on. llmasr.models.builder builds the encoder from this s
 from __future__ import annotations
 
 import dataclasses
+import typing
 from dataclasses import dataclass
 from typing import Any
 
-from llmasr.config_io import ConfigError, from_dict, to_dict
+from llmasr.config_io import ConfigError, coerce, from_dict, to_dict
 from llmasr.data.frontend import FrontendConfig, check_cmvn_size
 from llmasr.models.config import EncoderConfig
 from llmasr.models.encoders import EncoderEntry, encoder_entry
@@ -39,9 +40,11 @@ def encoder_spec(cfg: EncoderConfig) -> EncoderSpec:
     if cfg.type == "whisper":
         config = whisper_config(cfg.path, cfg.conf)
         base = whisper_frontend(config) if cfg.path is None else whisper_dir_frontend(cfg.path)
-        frontend = _matching(_refine(base, cfg.frontend), int(config.num_mel_bins), cfg, "config.json's num_mel_bins")
+        stated = "its config.json / preprocessor_config.json"
+        refined = _refine(base, cfg.frontend) if cfg.path is None else _refine_pretrained(base, cfg, stated)
+        frontend = _matching(refined, int(config.num_mel_bins), cfg, "config.json's num_mel_bins")
         if cfg.path is not None:
-            _kept(base, frontend, cfg, "its config.json / preprocessor_config.json")
+            _kept(base, frontend, cfg, stated)
         return EncoderSpec(entry, whisper_encoder_conf(config.to_dict()), check_whisper_window(frontend, config))
     if cfg.path is not None:
         found, conf, base = funasr_encoder_spec(cfg.path, cfg.conf or None)
@@ -50,10 +53,11 @@ def encoder_spec(cfg: EncoderConfig) -> EncoderSpec:
                 f"model.encoder.type is {cfg.type!r} but {cfg.path}/config.yaml holds a {found.class_name} "
                 f"({found.type!r})"
             )
-        frontend = _refine(base, cfg.frontend)
+        stated = "its config.yaml frontend_conf"
+        frontend = _refine_pretrained(base, cfg, stated)
         if "input_size" in conf:
             frontend = _matching(frontend, int(conf["input_size"]), cfg, "config.yaml's encoder input_size")
-        _kept(base, frontend, cfg, "its config.yaml frontend_conf")
+        _kept(base, frontend, cfg, stated)
         if "cmvn_file" in cfg.frontend:  # the directory's own was checked with its frontend
             check_cmvn_size(frontend, "model.encoder.frontend.cmvn_file")
         return EncoderSpec(entry, conf, _fewest_frames(frontend, cfg.type, conf))
@@ -98,9 +102,22 @@ def _feature_size(fe: FrontendConfig) -> str:
 FRONTEND_REFINEMENTS = ("dither", "min_frames", "cmvn_file")
 
 
+def _refine_pretrained(base: FrontendConfig, cfg: EncoderConfig, stated: str) -> FrontendConfig:
+    """_refine over a pretrained encoder's frontend `base`. Where the refined frontend does not validate, a setting
+    that changes the features the encoder was trained on is named first (_kept): `kind: whisper` over an fbank
+    encoder was refused for a dither the recipe never set, `n_mels: 128` for its 25 ms window."""
+    try:
+        return _refine(base, cfg.frontend)
+    except ConfigError:
+        hints = typing.get_type_hints(FrontendConfig)
+        written = {k: coerce(v, hints[k], f"model.encoder.frontend.{k}") for k, v in cfg.frontend.items() if k in hints}
+        _kept(base, FrontendConfig(**{**to_dict(base), **written}), cfg, stated)  # (no validation: it failed)
+        raise
+
+
 def _kept(base: FrontendConfig, frontend: FrontendConfig, cfg: EncoderConfig, stated: str) -> None:
     """Refuse a model.encoder.frontend setting that gives a pretrained encoder other features than it was trained
-    on (sample rate, window, frame length and shift, LFR step, scale), naming both values."""
+    on (kind, sample rate, window, frame length and shift, LFR, scale), naming both values."""
     # a Whisper frontend takes no CMVN file: naming it there sent the user to a setting that is refused in turn
     refinements = [k for k in FRONTEND_REFINEMENTS if base.kind != "whisper" or k != "cmvn_file"]
     for key in sorted(set(cfg.frontend) - set(FRONTEND_REFINEMENTS)):

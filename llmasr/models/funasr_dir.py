@@ -408,6 +408,6 @@ def load_funasr_encoder(
     sizes = {f"{cfg} " + ("frontend_conf n_mels * lfr_m" if k == "input_size" else f"encoder_conf.{k}"): conf[k]
              for k in _SIZING if isinstance(conf.get(k), int)}  # fmt: skip
     load_into(encoder, encoder_state, source=f"{ckpt_path} ({prefix}*)", reinit_keys=reinit_keys, frozen_by=frozen_by,
-              reinit_option="model.encoder.reinit_keys", sizes=sizes)  # fmt: skip
+              reinit_option="model.encoder.reinit_keys", sizes=sizes, built_from=f"{cfg} encoder_conf")  # fmt: skip
     log_left_out(state, taken, ckpt_path, str(read_funasr_config(model_dir).get("model", "model")))
     return encoder, frontend

@@ -191,11 +191,13 @@ def load_into(
     frozen_by: str | None = None,
     reinit_option: str | None = None,
     sizes: dict[str, int] | None = None,
+    built_from: str = "the config",
 ) -> LoadReport:
     """Copy `state` into `module` strictly; keys matching a `reinit_keys` glob may be missing or mismatched.
 
-    Raises CheckpointMismatchError naming every offending key (and both shapes) otherwise. `frozen_by`: the recipe
-    key that freezes the module; a key re-initialised under it would train never and stay random, so it is refused.
+    Raises CheckpointMismatchError naming every offending key (and both shapes) otherwise, and `built_from`, the
+    settings the module was built from (a FunASR directory's config.yaml encoder_conf). `frozen_by`: the recipe key
+    that freezes the module; a key re-initialised under it would train never and stay random, so it is refused.
     `reinit_option`: the recipe key that lists `reinit_keys` (model.encoder.reinit_keys), named in the error where
     the module has one. `sizes`: the settings the module was built with that size its tensors ({"config.yaml
     encoder_conf.linear_units": 2048}), named where a mismatched dimension has their value.
@@ -228,9 +230,9 @@ def load_into(
     if report.missing or report.unexpected or report.mismatched:
         fresh = f", or list keys that should start fresh under `{reinit_option}`" if reinit_option else ""
         raise CheckpointMismatchError(
-            f"{source} does not match the {type(module).__name__} built from the config:\n{report.describe()}\n"
+            f"{source} does not match the {type(module).__name__} built from {built_from}:\n{report.describe()}\n"
             f"{''.join(line + chr(10) for line in _sized_by(report.mismatched, sizes or {}))}"
-            f"Fix the config to match the checkpoint{fresh}."
+            f"Fix {built_from} to match the checkpoint{fresh}."
         )
     if report.reinitialised and frozen_by is not None:
         from llmasr.config_io import ConfigError

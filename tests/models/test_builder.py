@@ -182,6 +182,27 @@ def test_a_frontend_setting_that_changes_a_pretrained_encoders_features_is_refus
         encoder_spec(EncoderConfig(type="paraformer", path=str(d), frontend={"lfr_n": 3}))
 
 
+@pytest.mark.parametrize(
+    "setting, said",
+    [({"kind": "whisper"}, "kind: 'whisper', but the encoder of .* was trained with 'fbank'"),
+     ({"n_mels": 128}, "n_mels: 128, but the encoder of .* was trained with 80"),
+     ({"frame_length_ms": "5"}, "frame_length_ms: 5.0, but the encoder of .* was trained with 25.0")],
+)  # fmt: skip
+def test_a_changed_frontend_setting_is_named_where_the_changed_frontend_does_not_validate(tmp_path, setting, said):
+    """`kind: whisper` over a Conformer directory was refused for a dither the recipe never set (fbank's default,
+    past Whisper's range), `n_mels: 128` and a 5 ms window because the mel bins do not fit the window: the user was
+    sent to change another setting, refused in turn. The setting that changes the features is named, with both
+    values."""
+    fe = {"fs": 16000, "window": "hamming", "n_mels": 80, "frame_length": 25, "frame_shift": 10, "lfr_m": 1, "lfr_n": 1}
+    d = write_funasr_dir(tmp_path / "c", encoder_type="ConformerEncoder", encoder_conf=tiny_conformer_conf(80),
+                         frontend_conf=fe)  # fmt: skip
+    with pytest.raises(ConfigError, match=rf"^model.encoder.frontend.{said} \(its config.yaml frontend_conf\)"):
+        encoder_spec(EncoderConfig(type="conformer", path=str(d), frontend=setting))
+    w = write_tiny_whisper_dir(tmp_path / "w")
+    with pytest.raises(ConfigError, match=r"^model.encoder.frontend.kind: 'fbank', but .* trained with 'whisper'"):
+        encoder_spec(EncoderConfig(type="whisper", path=str(w), frontend={"kind": "fbank"}))
+
+
 def test_a_frontend_setting_that_resizes_the_features_is_refused_at_build(tmp_path):
     """model.encoder.frontend over a pretrained directory may refine (dither), not resize: features of another size
     than the encoder takes had built and checked fine, then failed at the first batch inside the encoder."""

@@ -137,6 +137,26 @@ def test_gradient_checkpointing_same_outputs_and_grads(rel_pos_type):
         torch.testing.assert_close(g0[name], g1[name], msg=name)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_parameters_beside_float32_buffers_run_the_batch_norm_in_float32(dtype):
+    """DeepSpeed's bf16/fp16 engine casts the parameters and keeps the buffers: the BatchNorm's weight is then half
+    and its running statistics float32, which torch's batch_norm refused. It runs in float32: the output is the
+    float32 encoder's within half precision, and the statistics stay float32 and move as the float32 encoder's."""
+    ref = randomised(small_conf(dropout_rate=0.0, positional_dropout_rate=0.0)).train()
+    half = copy.deepcopy(ref)
+    for p in half.parameters():
+        p.data = p.data.to(dtype)
+    xs, lens = torch.randn(2, 40, 24), torch.tensor([40, 31])
+    for mode in ("train", "eval"):
+        ref.train(mode == "train"), half.train(mode == "train")
+        want, _ = ref(xs, lens)
+        got, _ = half(xs.to(dtype), lens)
+        assert got.dtype == dtype and torch.allclose(got.float(), want, atol=0.1, rtol=0.05), mode
+    for (name, a), b in zip(ref.named_buffers(), half.buffers()):
+        assert b.dtype == a.dtype and torch.allclose(a.float(), b.float(), atol=1e-2), name
+    assert int(half.encoders[0].conv_module.norm.num_batches_tracked) == 1
+
+
 def test_state_dict_names_follow_funasr():
     enc = ConformerEncoder(**small_conf())
     keys = set(enc.state_dict())

@@ -138,6 +138,34 @@ def test_shape_mismatch_names_key_and_shapes(tmp_path, tiny_dir):
         load_funasr_encoder(d)
 
 
+@pytest.mark.parametrize(
+    "edit, said",
+    [({"cnn_module_kernel": 31}, r"shape mismatch: encoders\.0\.conv_module\.depthwise_conv\.weight: checkpoint "
+                                 r"\[32, 1, 15\] vs model \[32, 1, 31\]"),
+     ({"input_layer": "conv2d6"}, r"shape mismatch: embed\.out\.0\.weight: checkpoint \[32, 608\] vs model "
+                                  r"\[32, 384\]"),
+     ({"macaron_style": False}, r"unexpected in checkpoint: encoders\.0\.feed_forward_macaron\.w_1\.weight"),
+     ({"normalize_before": False}, r"unexpected in checkpoint: after_norm\.weight")],
+)  # fmt: skip
+def test_conformer_config_yaml_that_does_not_fit_its_model_pt_is_named(tmp_path, edit, said):
+    """A Conformer config.yaml whose kernel, subsampling, macaron or norm placement is not its model.pt's: the error
+    names the key with both shapes, and config.yaml as what to fix (it said "the config", which a recipe user reads
+    as the recipe) and the recipe key that starts keys fresh."""
+    from llmasr.testing.tiny_funasr import write_funasr_dir
+    from llmasr.testing.tiny_whisper import tiny_conformer_conf
+
+    fe = {"fs": 16000, "window": "hamming", "n_mels": 80, "frame_length": 25, "frame_shift": 10, "lfr_m": 1, "lfr_n": 1}
+    d = write_funasr_dir(tmp_path / "c", encoder_type="ConformerEncoder", encoder_conf=tiny_conformer_conf(80),
+                         frontend_conf=fe)  # fmt: skip
+    _edit_config(d, lambda c: c["encoder_conf"].update(edit))
+    with pytest.raises(CheckpointMismatchError) as err:
+        load_funasr_encoder(d)
+    text, config = str(err.value), re.escape(str((d / "config.yaml").resolve()))
+    assert re.search(said, text), text
+    assert re.search(rf"built from {config} encoder_conf:\n", text), text
+    assert re.search(rf"Fix {config} encoder_conf to match .* under `model\.encoder\.reinit_keys`", text), text
+
+
 def test_reinit_keys_allow_listed_mismatch(tmp_path, tiny_dir):
     d = _copy(tiny_dir, tmp_path / "d")
     _rewrite_state(d, lambda s: s.update({"encoder.after_norm.weight": torch.ones(7)}))

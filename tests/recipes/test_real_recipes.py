@@ -195,6 +195,27 @@ def test_hotword_recipe_trains_through_its_data_path(name, stand_ins, tmp_path):
     assert recipe.decode.boost(recipe.decode.guidance(True, True), True) > 0
 
 
+@pytest.mark.parametrize("name", [n for n in REAL if "conformer" in n])
+def test_conformer_recipe_trains_in_its_own_precision_under_its_own_preset(name, stand_ins, tmp_path):
+    """A real update of each Conformer recipe as shipped: bf16 under its header's ZeRO-3 preset, the encoder trained
+    (its CTC head too) or frozen. DeepSpeed casts the parameters to bf16 and keeps the buffers, and the convolution
+    module's BatchNorm refused its bf16 weight beside float32 running statistics at the first batch of either."""
+    from llmasr.train.trainer import train
+
+    header = (RECIPES / name).read_text().split("\nmodel:")[0]
+    preset = RECIPES.parent / re.search(r"--deepspeed (ds_configs/\S+\.json)", header).group(1)
+    overrides = [*stand_in_overrides(name, stand_ins), f"data.train=[{stand_ins['train']}]",
+                 f"data.valid=[{stand_ins['dev']}]", "data.num_workers=0", "data.pin_memory=false",
+                 "data.batching.max_seconds=4", "data.valid_max_utts=2", "train.max_updates=1", "train.grad_accum=1",
+                 f"train.output_dir={tmp_path / 'run'}"]  # fmt: skip
+    recipe = load_recipe(RECIPES / name, overrides)
+    assert recipe.train.precision == "bf16" and "zero3" in preset.name
+    result = train(recipe, str(preset))
+    row = result["history"][0]
+    assert torch.isfinite(torch.tensor(row["loss"]))
+    assert (row.get("ctc_loss", 0) > 0) == (recipe.model.ctc.weight > 0)
+
+
 def as_nano_chatml(manifest: Path, dest: Path) -> Path:
     """The FunASR jsonl `manifest` written as Fun-ASR-Nano's ChatML lines (what its scp2jsonl writes)."""
     import json

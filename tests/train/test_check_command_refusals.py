@@ -78,7 +78,10 @@ def test_pretrained_files_that_do_not_fit_the_model_are_refused_before_training(
     config["encoder_conf"]["num_blocks"] = 3
     (deeper / "config.yaml").write_text(yaml.safe_dump(config))
     code, _, err = run_check(capsys, *base, f"model.encoder.path={deeper}")
-    assert code == 2 and "model.pt (encoder.*) does not match the SANMEncoder built from the config" in err
+    assert (
+        code == 2
+        and f"model.pt (encoder.*) does not match the SANMEncoder built from {deeper.resolve()}/config.yaml" in err
+    )
     assert "missing from checkpoint: encoders.1." in err, err
     code, _, err = run_check(capsys, *base, "model.encoder.conf.num_blocks=3")  # over the directory's 2
     assert code == 2 and "model.encoder.conf.num_blocks: 3, but " in err and "config.yaml states 2" in err, err
