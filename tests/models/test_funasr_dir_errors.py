@@ -396,7 +396,7 @@ def test_a_shape_mismatch_names_the_config_yaml_key_that_sizes_it_and_the_full_r
     assert f"  {d}/config.yaml encoder_conf.linear_units is 48, the checkpoint's tensors 64: set it to 64" in lines
     assert f"  {d}/config.yaml encoder_conf.kernel_size is 9, the checkpoint's tensors 11: set it to 11" in lines
     assert lines[-1] == (
-        "Fix the config to match the checkpoint, or list keys that should start fresh under "
+        f"Fix {d}/config.yaml encoder_conf to match the checkpoint, or list keys that should start fresh under "
         "`model.encoder.reinit_keys`."
     )
     with pytest.raises(CheckpointMismatchError, match=r"vs model \[4, 3\]\nFix the config to match the checkpoint\.$"):
