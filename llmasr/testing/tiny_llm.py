@@ -37,11 +37,17 @@ DEFAULT_CORPUS = [
 
 
 def train_bpe_tokenizer(texts: list[str], vocab_size: int = 300, *, chat_template: str | None = CHATML_TEMPLATE):
-    """A byte-level BPE tokenizer (Qwen-style) trained on `texts`, wrapped as a transformers fast tokenizer."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    """A byte-level BPE tokenizer with Qwen2.5's pipeline (NFC; its Split regex, then ByteLevel) trained on `texts`,
+    wrapped as a transformers fast tokenizer. The pipeline is Qwen's so that transformers' Qwen2Tokenizer, which it
+    loads a qwen2 folder with, tokenizes as the folder's tokenizer.json does: the class a real Qwen folder gets."""
+    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
     tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.normalizer = normalizers.NFC()
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.Split(Regex(QWEN_PRETOKENIZE), behavior="isolated"),
+         pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)]
+    )  # fmt: skip
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
