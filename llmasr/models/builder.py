@@ -91,7 +91,12 @@ def build_encoder(
             state = read_weights(cfg.init_from, cfg.init_prefix, "model.encoder", shapes_only=shapes_only)
             load_into(encoder, state, source=f"encoder weights {cfg.init_from}", **reinit)
         elif pretrained:
-            log.info("%s encoder built from conf with fresh weights", cfg.type)
+            log.info(
+                "%s encoder built from conf with random initial weights (no model.encoder.path or init_from): a new "
+                "run trains it from these; a checkpoint read next (a resume, llmasr export, decode --checkpoint) "
+                "replaces them with its own",
+                cfg.type,
+            )
     if cfg.freeze:
         encoder.requires_grad_(False)
     if cfg.lora is not None:
