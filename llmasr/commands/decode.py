@@ -24,12 +24,18 @@ from llmasr.export.decode import (
     out_dirs,
     search_boost,
 )
-from llmasr.export.decode_results import clear_earlier_folders, clear_outputs, write_manifest_index
+from llmasr.export.decode_folders import (
+    clear_earlier_folders,
+    clear_outputs,
+    write_manifest_index,
+)
 from llmasr.export.decode_world import DecodeWorld
 from llmasr.models.decoding import AUTO_CTC_WEIGHT, AUTO_HOTWORD_BOOST, DecodeConfig, decode_config
 from llmasr.models.exported import ExportedModelError
 from llmasr.rank_verdict import rank_failure
 from llmasr.run_dir import CheckpointError
+
+log = logging.getLogger(__name__)
 
 # DecodeConfig field -> the argparse dest of the flag that sets it (unset flags keep the model's saved value)
 DECODE_FLAGS = {
@@ -321,10 +327,12 @@ def _prepare(args, world: DecodeWorld):
 def _decode_all(model, manifests: list[str], output: Path, cfg, opts, device, world: DecodeWorld) -> int:
     failed, undecoded, summaries, status = [], [], [], 0
     folders = out_dirs(manifests, output)
-    if world.leader:  # files of an earlier decode that this one does not rewrite would read as its results
+    if world.leader:  # an earlier decode's files would read as this one's, were it stopped before writing its own
         clear_earlier_folders(output, folders)
-        if len(manifests) > 1:
-            clear_outputs(output)  # a single manifest's
+        for folder in dict.fromkeys([output, *folders]):  # a single manifest's in OUTPUT, where several are decoded
+            if removed := clear_outputs(folder):
+                log.info("removed an earlier decode's %s from %s: this decode writes its own, and one stopped before "
+                         "it ends leaves none", ", ".join(removed), folder)  # fmt: skip
     for data, out_dir in zip(manifests, folders):
         try:
             summary = decode_manifest(model, data, out_dir, cfg, opts, device=device, world=world)

@@ -6,7 +6,6 @@ biasing lists and B-/U- rates).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 from collections import Counter
@@ -18,47 +17,6 @@ from llmasr.models.decoding import DecodeConfig
 from llmasr.scoring import score_corpus
 from llmasr.scoring_bias import BiasedCorpus, hotword_list, score_lists
 from llmasr.scoring_bootstrap import LEVEL, RESAMPLES, rate_interval
-
-# What a decode writes into its output folder (and into its ctc/ folder with --ctc).
-OUTPUT_FILES = ("hyp.txt", "ref.txt", "results.jsonl", "wer.txt", "wer.json", "bad.jsonl")
-# A decode of several manifests: the subfolder each has, so that a later decode into the same place knows them.
-MANIFEST_INDEX = "manifests.json"
-
-
-def clear_outputs(out_dir: Path) -> None:
-    """Remove what an earlier decode wrote into `out_dir`, so that none of it sits stale beside this decode's (a
-    ref.txt this manifest has no references for, a ctc/ folder this run does not write)."""
-    for folder in (out_dir, out_dir / "ctc"):
-        for name in OUTPUT_FILES:
-            (folder / name).unlink(missing_ok=True)
-    if (out_dir / "ctc").is_dir() and not any((out_dir / "ctc").iterdir()):
-        (out_dir / "ctc").rmdir()  # an empty ctc/ would say this decode ran --ctc
-
-
-def clear_earlier_folders(output: Path, keep: list[Path]) -> None:
-    """Before a decode into `output`: the per-manifest subfolders an earlier decode of several manifests wrote there
-    (it named them in MANIFEST_INDEX) that this decode does not write again lose that decode's files, so that no
-    folder of stale results sits beside this decode's. Files of the user's own in such a folder stay, and so does
-    the folder then."""
-    index = output / MANIFEST_INDEX
-    try:
-        names = list(json.loads(index.read_text(encoding="utf-8")))
-    except (OSError, ValueError, TypeError):  # none, or not one this code wrote: nothing is known to be stale
-        return
-    for name in names:
-        folder = output / str(name)
-        if folder in keep or Path(str(name)).name != name or not folder.is_dir():  # only subfolders it named
-            continue
-        clear_outputs(folder)
-        with contextlib.suppress(OSError):
-            folder.rmdir()
-    index.unlink(missing_ok=True)
-
-
-def write_manifest_index(output: Path, manifests: list[str], folders: list[Path]) -> None:
-    """MANIFEST_INDEX: which manifest each subfolder of a decode of several holds, {folder name: manifest path}."""
-    text = json.dumps({f.name: m for f, m in zip(folders, manifests)}, indent=2, ensure_ascii=False)
-    write_atomic(output / MANIFEST_INDEX, text + "\n")
 
 
 def hotword_counts(rows: list[dict], opts, cap: int | None, boost: float = 0.0) -> dict:

@@ -125,6 +125,41 @@ def test_subfolders_of_an_earlier_decode_of_several_manifests_are_removed(export
     assert (out / "hyp.txt").is_file() and (out / "test" / "notes.txt").is_file()
 
 
+def test_a_decode_stopped_part_way_leaves_no_earlier_decode_s_files(exported_dir, tmp_path, monkeypatch, caplog):
+    """A decode stopped while decoding (Ctrl-C, a preempted job, a crash) had left the previous decode's complete
+    hyp.txt, wer.txt, ctc/ ... in OUTPUT, read as its own results. Once its start-up checks pass, decode removes
+    the files it writes, in every folder it writes, and says so; the user's own files stay."""
+    from llmasr.models.speech_llm import SpeechLLM
+
+    a = write_corpus(tmp_path / "a", TEXTS[:2], name="dev")
+    b = write_corpus(tmp_path / "b", TEXTS[2:4], name="test")
+    out, out2 = tmp_path / "o", tmp_path / "o2"
+    common = ["--model", str(exported_dir), "--max-new-tokens", "2", "--num-workers", "0"]
+    assert main([*common, "--output", str(out), "--data", str(a), "--ctc"]) == 0
+    assert main([*common, "--output", str(out2), "--data", str(a), "--data", str(b)]) == 0
+    (out / "notes.txt").write_text("mine")
+    real = SpeechLLM.transcribe
+
+    def stopped_at_test(self, batch, *args, **kwargs):  # Ctrl-C while the manifest test.jsonl is decoded
+        if any(str(key).startswith("test") for key in batch.keys):
+            raise KeyboardInterrupt
+        return real(self, batch, *args, **kwargs)
+
+    monkeypatch.setattr(SpeechLLM, "transcribe", stopped_at_test)
+    with caplog.at_level("INFO", logger="llmasr"), pytest.raises(KeyboardInterrupt):
+        main([*common, "--output", str(out), "--data", str(b)])
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+    assert (
+        f"removed an earlier decode's bad.jsonl, hyp.txt, ref.txt, results.jsonl, wer.json, wer.txt, ctc/hyp.txt, "
+        f"ctc/results.jsonl, ctc/wer.json, ctc/wer.txt from {out}: this decode writes its own, and one stopped before "
+        "it ends leaves none" in caplog.text
+    )
+    with pytest.raises(KeyboardInterrupt):  # several manifests: dev/ decoded anew, then stopped in test/
+        main([*common, "--output", str(out2), "--data", str(a), "--data", str(b)])
+    assert (out2 / "dev" / "hyp.txt").is_file() and not any((out2 / "test").iterdir())
+    assert sorted(p.name for p in out2.iterdir()) == ["dev", "test"]  # no wer.txt, no manifests.json of the earlier
+
+
 def test_a_decode_that_fails_while_writing_leaves_no_cut_short_file(exported_dir, tmp_path, monkeypatch):
     """A write that dies part-way (a full disk, a kill) leaves the earlier file or none, never a cut-short hyp.txt
     that a scorer would read as the whole decode."""
