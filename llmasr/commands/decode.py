@@ -27,6 +27,7 @@ from llmasr.export.decode import (
 from llmasr.export.decode_folders import (
     clear_earlier_folders,
     clear_outputs,
+    manifest_folder_problem,
     write_manifest_index,
 )
 from llmasr.export.decode_world import DecodeWorld
@@ -290,6 +291,11 @@ def _prepare(args, world: DecodeWorld):
     missing = [f"{data or repr(data)}: {why}" for data in args.data if (why := manifest_file_problem(data))]
     if missing:  # a mistyped manifest is named now, not after the model loads and the others are decoded
         raise Refused(f"--data: {'; '.join(missing)}")
+    if len(args.data) > 1:  # a manifest's subfolder of something else's (an export's llm/ for llm.jsonl)
+        taken = [why for data, d in zip(args.data, out_dirs(args.data, Path(args.output)))
+                 if (why := manifest_folder_problem(d, data))]  # fmt: skip
+        if taken:
+            raise Refused(f"--output {args.output}: {'; '.join(taken)}")
     flags = {field: getattr(args, dest) for field, dest in DECODE_FLAGS.items()}
     given = {"num_workers": args.num_workers, "max_bad_fraction": args.max_bad_fraction, "ctc": args.ctc,
              "features_on": args.features_on, "hotwords": hotwords, "hotwords_file": args.hotwords,

@@ -1,7 +1,8 @@
 """The folders a decode writes into, and what it may remove there: its own files (OUTPUT_FILES, a ctc/ folder of
 them, a decode of several manifests' MANIFEST_INDEX), never another file. A decode removes its own earlier files
 from every folder it writes once its start-up checks pass, so that a decode stopped part-way (Ctrl-C, a preempted
-job, a crash) leaves no complete-looking results of an earlier decode that would read as its own."""
+job, a crash) leaves no complete-looking results of an earlier decode that would read as its own; and it refuses a
+manifest's subfolder that holds files it does not write (an export's llm/ for a manifest named llm.jsonl)."""
 
 from __future__ import annotations
 
@@ -40,6 +41,39 @@ def clear_outputs(out_dir: Path) -> list[str]:
     if (out_dir / CTC_DIR).is_dir() and not any((out_dir / CTC_DIR).iterdir()):
         (out_dir / CTC_DIR).rmdir()  # an empty ctc/ would say this decode ran --ctc
     return removed
+
+
+def foreign_files(folder: Path, *, ctc: bool = True) -> list[str]:
+    """What `folder` holds that no decode writes, as sorted paths under it (a folder other than ctc/ by its name and
+    a slash): a user's own files, or another tool's. `ctc`: a ctc/ folder of a decode's files is its own."""
+    found = []
+    for path in sorted(folder.iterdir()):
+        if ctc and path.name == CTC_DIR and path.is_dir():
+            found += [f"{CTC_DIR}/{name}" for name in foreign_files(path, ctc=False)]
+        elif path.is_dir():
+            found.append(f"{path.name}/")
+        elif not _owned(path.name):
+            found.append(path.name)
+    return found
+
+
+def manifest_folder_problem(folder: Path, manifest: str) -> str | None:
+    """Why the subfolder a decode of several manifests writes `manifest` into may not be written (it is named by
+    the manifest's stem, so an unlucky name lands in a folder of something else's: an export's llm/ for
+    llm.jsonl); None when it is new, empty, or holds only a decode's files."""
+    if not folder.exists():
+        return None
+    where = f"{folder} (the folder of --data {manifest}: one subfolder per manifest, named by its file name)"
+    if not folder.is_dir():
+        return f"{where} is a file, not a folder"
+    found = foreign_files(folder)
+    if not found:
+        return None
+    more = f" and {len(found) - 3} more" if len(found) > 3 else ""
+    return (
+        f"{where} already holds files llmasr decode does not write ({', '.join(found[:3])}{more}), which its "
+        "results would sit among: give another --output, or rename the manifest so that its folder is a new one"
+    )
 
 
 def clear_earlier_folders(output: Path, keep: list[Path]) -> None:
