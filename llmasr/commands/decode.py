@@ -299,7 +299,8 @@ def _prepare(args, world: DecodeWorld):
     flags = {field: getattr(args, dest) for field, dest in DECODE_FLAGS.items()}
     given = {"num_workers": args.num_workers, "max_bad_fraction": args.max_bad_fraction, "ctc": args.ctc,
              "features_on": args.features_on, "hotwords": hotwords, "hotwords_file": args.hotwords,
-             "hotwords_unprompted": args.hotwords_unprompted or None}  # fmt: skip
+             "hotwords_unprompted": args.hotwords_unprompted or None,
+             "hotword_flags": _hotword_flags(args) or None}  # fmt: skip
     if refused := refused_flag(flags, given):
         raise Refused(refused)
     if not world.leader:  # rank 0 says what happens; the others only on trouble
@@ -328,6 +329,12 @@ def _prepare(args, world: DecodeWorld):
     except (ConfigError, DecodeError) as err:
         raise Refused(str(err)) from None
     return model, cfg, opts
+
+
+def _hotword_flags(args) -> tuple[str, ...]:
+    """The flags given that act on the lines' biasing lists alone, as given (DecodeOptions.hotword_flags)."""
+    unprompted = ("--hotwords-unprompted",) if args.hotwords_unprompted else ()
+    return unprompted + (() if args.hotword_boost is None else (f"--hotword-boost {args.hotword_boost:g}",))
 
 
 def _decode_all(model, manifests: list[str], output: Path, cfg, opts, device, world: DecodeWorld) -> int:

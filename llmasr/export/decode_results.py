@@ -21,8 +21,11 @@ from llmasr.scoring_bootstrap import LEVEL, RESAMPLES, rate_interval
 
 def hotword_counts(rows: list[dict], opts, cap: int | None, boost: float = 0.0) -> dict:
     """How the utterances were biased: lists, phrases rendered, phrases the token cap dropped, the search's boost
-    per phrase token; unprompted, the lists scored (none used). `opts`: the run's DecodeOptions."""
+    per phrase token; unprompted, the lists scored (none used); the hotword flags given that had no list to act on.
+    `opts`: the run's DecodeOptions."""
+    listed = any(r.get("hotwords_scored") or r["hotwords"] or r["hotwords_dropped"] for r in rows)
     return {
+        "hotword_flags_unused": [] if listed else list(opts.hotword_flags),
         "hotword_boost": boost,
         "hotwords_unprompted": opts.hotwords_unprompted,
         "hotword_lists_scored": sum(bool(r.get("hotwords_scored")) for r in rows),
@@ -32,6 +35,24 @@ def hotword_counts(rows: list[dict], opts, cap: int | None, boost: float = 0.0) 
         "hotwords_file": opts.hotwords_file,
         "hotwords_max_tokens": cap,
     }
+
+
+def unused_flags_line(h: dict, manifest) -> str | None:
+    """The warning that the hotword flags given had nothing to act on (hotword_counts' hotword_flags_unused), None
+    when they had or none was given."""
+    flags = h["hotword_flags_unused"]
+    if not flags:
+        return None
+    why = (
+        f"each gives `hotwords: []`, which wins over --hotwords {h['hotwords_file']}"
+        if h["hotwords_file"]
+        else "none gives a `hotwords` field with a phrase, and no --hotwords FILE was given"
+    )
+    return (
+        f"hotwords: {' and '.join(flags)} given, but no decoded line of {manifest} has a biasing list ({why}): "
+        f"{'they' if len(flags) > 1 else 'it'} had nothing to act on; give --hotwords FILE, or decode a manifest "
+        "whose lines have lists"
+    )
 
 
 def _hotword_line(h: dict, n_utts: int) -> str:
@@ -172,6 +193,8 @@ def llm_summary(out_dir: Path, rows: list[dict], found: dict, cfg: DecodeConfig,
     lists = timing.get("hotwords")  # decode_manifest's list counts (absent when a caller scores rows alone)
     if lists and (lists["hotword_lists"] or lists["hotword_lists_scored"] or lists["hotwords_file"]):
         text.append(_hotword_line(lists, len(rows)))
+    if lists and (unused := unused_flags_line(lists, found["manifest"])):
+        text.append(unused)
     _add_hotwords(summary, text, hot)
     _write_summary(out_dir, summary, text)
     return summary
