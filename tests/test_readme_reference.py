@@ -21,7 +21,7 @@ from llmasr.config_io import from_dict, to_dict
 from llmasr.data.augment import SpecAugmentConfig
 from llmasr.data.config import DataConfig
 from llmasr.data.hotwords import HotwordsConfig
-from llmasr.export.decode_results import MANIFEST_INDEX, OUTPUT_FILES
+from llmasr.export.decode_folders import MANIFEST_INDEX, OUTPUT_FILES
 from llmasr.models.config import LLMConfig, ModelConfig, PromptConfig
 from llmasr.models.decoding import AUTO_CTC_WEIGHT, AUTO_HOTWORD_BOOST, DecodeConfig
 from llmasr.models.speech_llm import SpeechLLM

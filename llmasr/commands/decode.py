@@ -24,12 +24,19 @@ from llmasr.export.decode import (
     out_dirs,
     search_boost,
 )
-from llmasr.export.decode_results import clear_earlier_folders, clear_outputs, write_manifest_index
+from llmasr.export.decode_folders import (
+    clear_earlier_folders,
+    clear_outputs,
+    manifest_folder_problem,
+    write_manifest_index,
+)
 from llmasr.export.decode_world import DecodeWorld
 from llmasr.models.decoding import AUTO_CTC_WEIGHT, AUTO_HOTWORD_BOOST, DecodeConfig, decode_config
 from llmasr.models.exported import ExportedModelError
 from llmasr.rank_verdict import rank_failure
 from llmasr.run_dir import CheckpointError
+
+log = logging.getLogger(__name__)
 
 # DecodeConfig field -> the argparse dest of the flag that sets it (unset flags keep the model's saved value)
 DECODE_FLAGS = {
@@ -284,10 +291,16 @@ def _prepare(args, world: DecodeWorld):
     missing = [f"{data or repr(data)}: {why}" for data in args.data if (why := manifest_file_problem(data))]
     if missing:  # a mistyped manifest is named now, not after the model loads and the others are decoded
         raise Refused(f"--data: {'; '.join(missing)}")
+    if len(args.data) > 1:  # a manifest's subfolder of something else's (an export's llm/ for llm.jsonl)
+        taken = [why for data, d in zip(args.data, out_dirs(args.data, Path(args.output)))
+                 if (why := manifest_folder_problem(d, data))]  # fmt: skip
+        if taken:
+            raise Refused(f"--output {args.output}: {'; '.join(taken)}")
     flags = {field: getattr(args, dest) for field, dest in DECODE_FLAGS.items()}
     given = {"num_workers": args.num_workers, "max_bad_fraction": args.max_bad_fraction, "ctc": args.ctc,
              "features_on": args.features_on, "hotwords": hotwords, "hotwords_file": args.hotwords,
-             "hotwords_unprompted": args.hotwords_unprompted or None}  # fmt: skip
+             "hotwords_unprompted": args.hotwords_unprompted or None,
+             "hotword_flags": _hotword_flags(args) or None}  # fmt: skip
     if refused := refused_flag(flags, given):
         raise Refused(refused)
     if not world.leader:  # rank 0 says what happens; the others only on trouble
@@ -318,13 +331,21 @@ def _prepare(args, world: DecodeWorld):
     return model, cfg, opts
 
 
+def _hotword_flags(args) -> tuple[str, ...]:
+    """The flags given that act on the lines' biasing lists alone, as given (DecodeOptions.hotword_flags)."""
+    unprompted = ("--hotwords-unprompted",) if args.hotwords_unprompted else ()
+    return unprompted + (() if args.hotword_boost is None else (f"--hotword-boost {args.hotword_boost:g}",))
+
+
 def _decode_all(model, manifests: list[str], output: Path, cfg, opts, device, world: DecodeWorld) -> int:
     failed, undecoded, summaries, status = [], [], [], 0
     folders = out_dirs(manifests, output)
-    if world.leader:  # files of an earlier decode that this one does not rewrite would read as its results
+    if world.leader:  # an earlier decode's files would read as this one's, were it stopped before writing its own
         clear_earlier_folders(output, folders)
-        if len(manifests) > 1:
-            clear_outputs(output)  # a single manifest's
+        for folder in dict.fromkeys([output, *folders]):  # a single manifest's in OUTPUT, where several are decoded
+            if removed := clear_outputs(folder):
+                log.info("removed an earlier decode's %s from %s: this decode writes its own, and one stopped before "
+                         "it ends leaves none", ", ".join(removed), folder)  # fmt: skip
     for data, out_dir in zip(manifests, folders):
         try:
             summary = decode_manifest(model, data, out_dir, cfg, opts, device=device, world=world)

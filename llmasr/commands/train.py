@@ -87,6 +87,9 @@ def main(argv: list[str] | None = None) -> int:
     metrics = result.get("metrics") or {}
     last = result["history"][-1] if result["history"] else {}
     summary = {k: v for k, v in rate_shown(metrics).items() if isinstance(v, float) and not math.isnan(v)}
-    log.info("done%s: %d updates, last loss %s, validation %s", " (stopped early: train.patience)" if
-             result.get("stopped_early") else "", last.get("update", 0), last.get("loss"), summary)  # fmt: skip
+    here, total = len(result["history"]), result.get("updates", last.get("update", 0))
+    # a resume's history holds its own updates, the update numbers count the run's from its start
+    updates = f"{here} update{'s' * (here != 1)}" + ("" if here == total else f" this run, {total} in all")
+    log.info("done%s: %s, last loss %s, validation %s", " (stopped early: train.patience)" if
+             result.get("stopped_early") else "", updates, last.get("loss"), summary)  # fmt: skip
     return 0

@@ -19,8 +19,9 @@ Before anything is written, search_boost refuses what the model cannot do (CTC g
 CTC head, windows the LLM's context cannot hold, a VAD that does not load) and window_limit sets the longest audio
 decoded whole: longer utterances are cut into windows (llmasr.data.windowed, at the VAD's speech segments with
 decode.vad) and joined back in order. On N ranks (llmasr.export.decode_world) each decodes every N-th batch of the
-same plan and rank 0 writes what one process would. Every file is written whole or not at all, and a decode into
-the same folder first removes what an earlier one wrote there that it will not rewrite (decode_results).
+same plan and rank 0 writes what one process would. Every file is written whole or not at all, and an earlier
+decode's files in the folder go before this one's are written (decode_folders; `llmasr decode` removes them once its
+start-up checks pass, so that a decode stopped part-way leaves none).
 """
 
 from __future__ import annotations
@@ -46,7 +47,8 @@ from llmasr.data.speech_loader import SpeechDataLoader
 from llmasr.data.window_join import shift_times
 from llmasr.data.window_plan import WindowRules
 from llmasr.data.windowed import utterance_rows, utterance_tracker
-from llmasr.export.decode_results import clear_outputs, ctc_summary, hotword_counts, llm_summary
+from llmasr.export.decode_folders import clear_outputs
+from llmasr.export.decode_results import ctc_summary, hotword_counts, llm_summary, unused_flags_line
 from llmasr.export.decode_world import DecodeWorld
 from llmasr.export.merge import ExportError, as_exported
 from llmasr.export.trained_model import load_checkpoint_model
@@ -78,6 +80,9 @@ class DecodeOptions:
     hotwords_file: str | None = None  # where that list came from (reported in wer.txt)
     # --hotwords-unprompted: the lists are scored but no prompt renders them (the unbiased baseline of the same lists)
     hotwords_unprompted: bool = False
+    # The hotword flags given (--hotwords-unprompted, --hotword-boost B): each acts on the lines' lists alone, so where
+    # no decoded line has one they are named in a warning (the log, wer.txt, wer.json's hotword_flags_unused)
+    hotword_flags: tuple[str, ...] = ()
     # The longest audio the model was trained on (its export's or checkpoint meta's training.longest_seconds):
     # decode.max_window_seconds unset means this. None: unknown.
     training_max_seconds: float | None = None
@@ -281,6 +286,8 @@ def decode_manifest(
     if any(r["ref"] is None for r in rows):  # transcribed, not scored: a transcript the lines give by another name?
         found["target_stand_in"] = target_stand_in(manifest)
     timing["hotwords"] = hotword_counts(rows, opts, model.prompt.hotwords_max_tokens, boost)
+    if unused := unused_flags_line(timing["hotwords"], manifest_path):
+        log.warning("%s", unused)
     summary = llm_summary(out_dir, rows, found, cfg, timing)
     summary["too_much_bad_data"] = tracker.message(setting="--max-bad-fraction") if tracker.exceeded else None
     if opts.ctc:

@@ -6,7 +6,6 @@ biasing lists and B-/U- rates).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 from collections import Counter
@@ -19,52 +18,14 @@ from llmasr.scoring import score_corpus
 from llmasr.scoring_bias import BiasedCorpus, hotword_list, score_lists
 from llmasr.scoring_bootstrap import LEVEL, RESAMPLES, rate_interval
 
-# What a decode writes into its output folder (and into its ctc/ folder with --ctc).
-OUTPUT_FILES = ("hyp.txt", "ref.txt", "results.jsonl", "wer.txt", "wer.json", "bad.jsonl")
-# A decode of several manifests: the subfolder each has, so that a later decode into the same place knows them.
-MANIFEST_INDEX = "manifests.json"
-
-
-def clear_outputs(out_dir: Path) -> None:
-    """Remove what an earlier decode wrote into `out_dir`, so that none of it sits stale beside this decode's (a
-    ref.txt this manifest has no references for, a ctc/ folder this run does not write)."""
-    for folder in (out_dir, out_dir / "ctc"):
-        for name in OUTPUT_FILES:
-            (folder / name).unlink(missing_ok=True)
-    if (out_dir / "ctc").is_dir() and not any((out_dir / "ctc").iterdir()):
-        (out_dir / "ctc").rmdir()  # an empty ctc/ would say this decode ran --ctc
-
-
-def clear_earlier_folders(output: Path, keep: list[Path]) -> None:
-    """Before a decode into `output`: the per-manifest subfolders an earlier decode of several manifests wrote there
-    (it named them in MANIFEST_INDEX) that this decode does not write again lose that decode's files, so that no
-    folder of stale results sits beside this decode's. Files of the user's own in such a folder stay, and so does
-    the folder then."""
-    index = output / MANIFEST_INDEX
-    try:
-        names = list(json.loads(index.read_text(encoding="utf-8")))
-    except (OSError, ValueError, TypeError):  # none, or not one this code wrote: nothing is known to be stale
-        return
-    for name in names:
-        folder = output / str(name)
-        if folder in keep or Path(str(name)).name != name or not folder.is_dir():  # only subfolders it named
-            continue
-        clear_outputs(folder)
-        with contextlib.suppress(OSError):
-            folder.rmdir()
-    index.unlink(missing_ok=True)
-
-
-def write_manifest_index(output: Path, manifests: list[str], folders: list[Path]) -> None:
-    """MANIFEST_INDEX: which manifest each subfolder of a decode of several holds, {folder name: manifest path}."""
-    text = json.dumps({f.name: m for f, m in zip(folders, manifests)}, indent=2, ensure_ascii=False)
-    write_atomic(output / MANIFEST_INDEX, text + "\n")
-
 
 def hotword_counts(rows: list[dict], opts, cap: int | None, boost: float = 0.0) -> dict:
     """How the utterances were biased: lists, phrases rendered, phrases the token cap dropped, the search's boost
-    per phrase token; unprompted, the lists scored (none used). `opts`: the run's DecodeOptions."""
+    per phrase token; unprompted, the lists scored (none used); the hotword flags given that had no list to act on.
+    `opts`: the run's DecodeOptions."""
+    listed = any(r.get("hotwords_scored") or r["hotwords"] or r["hotwords_dropped"] for r in rows)
     return {
+        "hotword_flags_unused": [] if listed else list(opts.hotword_flags),
         "hotword_boost": boost,
         "hotwords_unprompted": opts.hotwords_unprompted,
         "hotword_lists_scored": sum(bool(r.get("hotwords_scored")) for r in rows),
@@ -74,6 +35,24 @@ def hotword_counts(rows: list[dict], opts, cap: int | None, boost: float = 0.0) 
         "hotwords_file": opts.hotwords_file,
         "hotwords_max_tokens": cap,
     }
+
+
+def unused_flags_line(h: dict, manifest) -> str | None:
+    """The warning that the hotword flags given had nothing to act on (hotword_counts' hotword_flags_unused), None
+    when they had or none was given."""
+    flags = h["hotword_flags_unused"]
+    if not flags:
+        return None
+    why = (
+        f"each gives `hotwords: []`, which wins over --hotwords {h['hotwords_file']}"
+        if h["hotwords_file"]
+        else "none gives a `hotwords` field with a phrase, and no --hotwords FILE was given"
+    )
+    return (
+        f"hotwords: {' and '.join(flags)} given, but no decoded line of {manifest} has a biasing list ({why}): "
+        f"{'they' if len(flags) > 1 else 'it'} had nothing to act on; give --hotwords FILE, or decode a manifest "
+        "whose lines have lists"
+    )
 
 
 def _hotword_line(h: dict, n_utts: int) -> str:
@@ -214,6 +193,8 @@ def llm_summary(out_dir: Path, rows: list[dict], found: dict, cfg: DecodeConfig,
     lists = timing.get("hotwords")  # decode_manifest's list counts (absent when a caller scores rows alone)
     if lists and (lists["hotword_lists"] or lists["hotword_lists_scored"] or lists["hotwords_file"]):
         text.append(_hotword_line(lists, len(rows)))
+    if lists and (unused := unused_flags_line(lists, found["manifest"])):
+        text.append(unused)
     _add_hotwords(summary, text, hot)
     _write_summary(out_dir, summary, text)
     return summary

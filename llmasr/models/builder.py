@@ -92,7 +92,12 @@ def build_encoder(
             where = f"encoder weights {cfg.init_from}"
             load_into(encoder, state, source=where, reinit_option="model.encoder.reinit_keys", **reinit)
         elif pretrained:
-            log.info("%s encoder built from conf with fresh weights", cfg.type)
+            log.info(
+                "%s encoder built from conf with random initial weights (no model.encoder.path or init_from): a new "
+                "run trains it from these; a checkpoint read next (a resume, llmasr export, decode --checkpoint) "
+                "replaces them with its own",
+                cfg.type,
+            )
     if cfg.freeze:
         encoder.requires_grad_(False)
     if cfg.lora is not None:

@@ -237,7 +237,7 @@ class Run(RunSetup):
             finally:
                 self.close()
         return {"history": history, "interrupted": False, "run_dir": str(self.run_dir), "metrics": last_metrics,
-                "stopped_early": self.cut_short}  # fmt: skip
+                "stopped_early": self.cut_short, "updates": self.engine.global_steps}  # fmt: skip
 
     def _progress(self) -> Progress:
         """The run's reporting, with the FLOP counter and loader clock behind its efficiency figures."""
@@ -325,7 +325,8 @@ def train(
     """Train `recipe` with the DeepSpeed JSON `ds_config_path` (a path or preset name). `resume`: "latest", a tag
     or a checkpoint path. `overwrite`: a fresh run may replace an earlier run's checkpoints in train.output_dir.
     `stop_after_updates` ends the run right after that update without saving (tests use it to simulate an
-    interruption). Returns {"history": per-update stats, "metrics": last validation, ...}.
+    interruption). Returns {"history": per-update stats of this run's updates, "metrics": last validation, "updates":
+    the run's updates in all (a resume's before it included), ...}.
 
     SIGTERM/SIGINT/SIGUSR1 during training stop every rank after the same update with a checkpoint ("interrupted": True,
     "signal": its number); during start-up they raise preemption.Interrupted (llmasr.train.preemption)."""

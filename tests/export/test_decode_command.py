@@ -125,6 +125,71 @@ def test_subfolders_of_an_earlier_decode_of_several_manifests_are_removed(export
     assert (out / "hyp.txt").is_file() and (out / "test" / "notes.txt").is_file()
 
 
+def test_a_decode_stopped_part_way_leaves_no_earlier_decode_s_files(exported_dir, tmp_path, monkeypatch, caplog):
+    """A decode stopped while decoding (Ctrl-C, a preempted job, a crash) had left the previous decode's complete
+    hyp.txt, wer.txt, ctc/ ... in OUTPUT, read as its own results. Once its start-up checks pass, decode removes
+    the files it writes, in every folder it writes, and says so; the user's own files stay."""
+    from llmasr.models.speech_llm import SpeechLLM
+
+    a = write_corpus(tmp_path / "a", TEXTS[:2], name="dev")
+    b = write_corpus(tmp_path / "b", TEXTS[2:4], name="test")
+    out, out2 = tmp_path / "o", tmp_path / "o2"
+    common = ["--model", str(exported_dir), "--max-new-tokens", "2", "--num-workers", "0"]
+    assert main([*common, "--output", str(out), "--data", str(a), "--ctc"]) == 0
+    assert main([*common, "--output", str(out2), "--data", str(a), "--data", str(b)]) == 0
+    (out / "notes.txt").write_text("mine")
+    real = SpeechLLM.transcribe
+
+    def stopped_at_test(self, batch, *args, **kwargs):  # Ctrl-C while the manifest test.jsonl is decoded
+        if any(str(key).startswith("test") for key in batch.keys):
+            raise KeyboardInterrupt
+        return real(self, batch, *args, **kwargs)
+
+    monkeypatch.setattr(SpeechLLM, "transcribe", stopped_at_test)
+    with caplog.at_level("INFO", logger="llmasr"), pytest.raises(KeyboardInterrupt):
+        main([*common, "--output", str(out), "--data", str(b)])
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+    assert (
+        f"removed an earlier decode's bad.jsonl, hyp.txt, ref.txt, results.jsonl, wer.json, wer.txt, ctc/hyp.txt, "
+        f"ctc/results.jsonl, ctc/wer.json, ctc/wer.txt from {out}: this decode writes its own, and one stopped before "
+        "it ends leaves none" in caplog.text
+    )
+    with pytest.raises(KeyboardInterrupt):  # several manifests: dev/ decoded anew, then stopped in test/
+        main([*common, "--output", str(out2), "--data", str(a), "--data", str(b)])
+    assert (out2 / "dev" / "hyp.txt").is_file() and not any((out2 / "test").iterdir())
+    assert sorted(p.name for p in out2.iterdir()) == ["dev", "test"]  # no wer.txt, no manifests.json of the earlier
+
+
+def test_a_manifest_s_subfolder_of_other_files_is_refused_before_decoding(exported_dir, tmp_path, capsys):
+    """Several manifests are written into OUTPUT/<stem>/: a manifest named llm.jsonl decoded into an export folder
+    had written hyp.txt, wer.json ... into the export's llm/ (the LLM). A subfolder that holds files decode does not
+    write is refused before decoding, named; one of an earlier decode's files alone is decoded into again."""
+    import shutil
+
+    export = shutil.copytree(exported_dir, tmp_path / "export")
+    llm_files = sorted(p.name for p in (export / "llm").iterdir())
+    a = write_corpus(tmp_path / "a", TEXTS[:1], name="llm")
+    b = write_corpus(tmp_path / "b", TEXTS[1:2], name="dev")
+    common = ["--model", str(export), "--max-new-tokens", "2", "--num-workers", "0", "--data", str(a), "--data", str(b)]
+    assert main([*common, "--output", str(export)]) == 2
+    err = capsys.readouterr().err
+    assert (
+        f"--output {export}: {export / 'llm'} (the folder of --data {a}: one subfolder per manifest, named by its "
+        "file name) already holds files llmasr decode does not write (" in err
+    )
+    assert "give another --output, or rename the manifest so that its folder is a new one" in err
+    assert sorted(p.name for p in (export / "llm").iterdir()) == llm_files and not (export / "dev").exists()
+    out = tmp_path / "o"
+    assert main([*common, "--output", str(out), "--ctc"]) == 0
+    assert main([*common, "--output", str(out)]) == 0  # only a decode's own files there (ctc/ among them)
+    (out / "dev" / "ctc").mkdir()
+    (out / "dev" / "ctc" / "mine.txt").write_text("mine")
+    capsys.readouterr()
+    assert main([*common, "--output", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert f"{out / 'dev'} (the folder of --data {b}" in err and "does not write (ctc/mine.txt)" in err
+
+
 def test_a_decode_that_fails_while_writing_leaves_no_cut_short_file(exported_dir, tmp_path, monkeypatch):
     """A write that dies part-way (a full disk, a kill) leaves the earlier file or none, never a cut-short hyp.txt
     that a scorer would read as the whole decode."""

@@ -243,3 +243,52 @@ def test_a_funasr_runtime_hotword_file_is_decoded_as_written_with_a_warning(expo
         f"{path}: every phrase ends in a number after a space ({path}:1 'world 20', {path}:2 'nine 15')" in caplog.text
     )
     assert [r["hotwords"] for r in _rows(tmp_path / "o" / "results.jsonl")] == expected_lists(["world 20", "nine 15"])
+
+
+def test_hotword_flags_without_any_list_are_named(exported_dir, corpus, phrase_file, tmp_path, capsys, caplog):
+    """--hotwords-unprompted and --hotword-boost act on the lines' lists alone: with no --hotwords and no line with
+    a list they had changed nothing and said nothing. Lists are known once the manifest is read: the log, wer.txt
+    and wer.json say it then, naming the flags; a decode with lists, or without the flags, says nothing of it."""
+    recs = [json.loads(line) for line in corpus.read_text().splitlines()]
+    plain = corpus.parent / "no_lists.jsonl"  # beside the audio its lines name
+    plain.write_text("".join(json.dumps({k: v for k, v in r.items() if k != "hotwords"}) + "\n" for r in recs))
+    args = [
+        "--model",
+        str(exported_dir),
+        "--output",
+        str(tmp_path / "o"),
+        "--num-workers",
+        "0",
+        "--max-new-tokens",
+        "2",
+    ]
+    flags = ["--hotwords-unprompted", "--hotword-boost", "2"]
+    with caplog.at_level("WARNING", logger="llmasr"):
+        assert main([*args, "--data", str(plain), *flags]) == 0
+    said = (
+        f"hotwords: --hotwords-unprompted and --hotword-boost 2 given, but no decoded line of {plain} has a biasing "
+        "list (none gives a `hotwords` field with a phrase, and no --hotwords FILE was given): they had nothing to "
+        "act on; give --hotwords FILE, or decode a manifest whose lines have lists"
+    )
+    assert said in caplog.text
+    assert said in (tmp_path / "o" / "wer.txt").read_text().splitlines()
+    summary = json.loads((tmp_path / "o" / "wer.json").read_text())
+    assert summary["hotword_flags_unused"] == ["--hotwords-unprompted", "--hotword-boost 2"]
+    # every line's own [] wins over --hotwords FILE: no list either
+    empty = corpus.parent / "empty_lists.jsonl"
+    empty.write_text("".join(json.dumps({**r, "hotwords": []}) + "\n" for r in recs))
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="llmasr"):
+        assert main([*args, "--data", str(empty), "--hotword-boost", "0", "--hotwords", str(phrase_file)]) == 0
+    assert (
+        f"hotwords: --hotword-boost 0 given, but no decoded line of {empty} has a biasing list (each gives "
+        in (caplog.text)
+        and f"`hotwords: []`, which wins over --hotwords {phrase_file}): it had nothing to act on" in caplog.text
+    )
+    capsys.readouterr()
+    caplog.clear()
+    for given in ([str(corpus), *flags], [str(plain)]):  # lists, or no flag: nothing said
+        with caplog.at_level("WARNING", logger="llmasr"):
+            assert main([*args, "--data", *given]) == 0
+        assert "had nothing to act on" not in caplog.text + capsys.readouterr().out
+        assert json.loads((tmp_path / "o" / "wer.json").read_text())["hotword_flags_unused"] == []

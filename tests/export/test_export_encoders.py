@@ -178,15 +178,22 @@ def test_decoding_the_export_equals_decoding_the_checkpoint(trained, kind, tmp_p
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_encoder_built_from_conf_exports_under_zero3(bases, train_corpus, kind, tmp_path):
+def test_encoder_built_from_conf_exports_under_zero3(bases, train_corpus, kind, tmp_path, caplog):
     """An encoder without a pretrained directory, trained fully: described from its conf (no FunASR config.yaml
     to read), and equal to the trainer's own model (its tensors, not the checkpoint reader's). Whisper's frozen
-    sinusoidal positions are not random and do not block the export."""
-    run = train_run(tmp_path / "run", fresh_section(bases, kind), train_corpus, preset="zero3")
+    sinusoidal positions are not random and do not block the export. The log line of its build, shared by the
+    run's start and the export, had said "built from conf with fresh weights", as if the export's were."""
+    with caplog.at_level("INFO", logger="llmasr.models.builder"):
+        run = train_run(tmp_path / "run", fresh_section(bases, kind), train_corpus, preset="zero3")
+        built = f"{kind} encoder built from conf with random initial weights (no model.encoder.path or init_from): "
+        assert built + "a new run trains it from these; " in caplog.text
+        caplog.clear()
+        out = export_model(run.run_dir, tmp_path / "model", dtype="fp32")
+    assert "a checkpoint read next (a resume, llmasr export, decode --checkpoint) replaces them" in caplog.text
+    assert "fresh weights" not in caplog.text
     ref = run.reference_model()
     if kind == "whisper":
         assert not ref.encoder.encoder.embed_positions.weight.requires_grad
-    out = export_model(run.run_dir, tmp_path / "model", dtype="fp32")
     desc = read_description(out)
     assert desc["encoder"]["class"] == CLASS[kind]
     if kind == "whisper":

@@ -498,3 +498,24 @@ def test_stages_1_2_and_3_resume_one_another(tmp_path, saved, stage):
                              base_fingerprint=base_fingerprint(recipe.model), trainable=[])  # fmt: skip
     assert rs.check_checkpoint(meta, where, recipe=recipe, stage=stage, world_size=2, per_epoch=[4],
                                trainable=[]) == []  # fmt: skip
+
+
+def test_llmasr_train_s_last_line_counts_this_run_s_updates_and_the_run_s(tiny_llm_dir, corpus, tmp_path, caplog):
+    """A resumed run's last line had said "done: 3 updates" where it trained 1: the update number counts the run's
+    updates from its start, a resume's history its own."""
+    import yaml
+
+    from llmasr.commands.train import main
+
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(tiny_recipe_dict(tiny_llm_dir, train=[corpus], output_dir=tmp_path / "run")))
+    args = ["--config", str(path), "--deepspeed", "zero0"]
+    with caplog.at_level("INFO", logger="llmasr"):
+        assert main([*args, "train.max_updates=2"]) == 0
+        assert "done: 2 updates, last loss" in caplog.text
+        caplog.clear()
+        assert main([*args, "--resume", "train.max_updates=3"]) == 0
+        assert "done: 1 update this run, 3 in all, last loss" in caplog.text
+        caplog.clear()
+        assert main([*args, "--resume", "train.max_updates=3"]) == 0  # at its end: nothing to train
+        assert "done: 0 updates this run, 3 in all, last loss None" in caplog.text

@@ -1,0 +1,102 @@
+"""The folders a decode writes into, and what it may remove there: its own files (OUTPUT_FILES, a ctc/ folder of
+them, a decode of several manifests' MANIFEST_INDEX), never another file. A decode removes its own earlier files
+from every folder it writes once its start-up checks pass, so that a decode stopped part-way (Ctrl-C, a preempted
+job, a crash) leaves no complete-looking results of an earlier decode that would read as its own; and it refuses a
+manifest's subfolder that holds files it does not write (an export's llm/ for a manifest named llm.jsonl)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+from pathlib import Path
+
+from llmasr.atomic_file import write_atomic
+
+# What a decode writes into its output folder (and into its ctc/ folder with --ctc).
+OUTPUT_FILES = ("hyp.txt", "ref.txt", "results.jsonl", "wer.txt", "wer.json", "bad.jsonl")
+# A decode of several manifests: the subfolder each has, so that a later decode into the same place knows them.
+MANIFEST_INDEX = "manifests.json"
+CTC_DIR = "ctc"
+# write_atomic's hidden sibling of one of them, left behind only by a kill during its write (.hyp.txt.tmp1234)
+_HALF_WRITTEN = re.compile(rf"\.({'|'.join(map(re.escape, OUTPUT_FILES))})\.tmp\d+")
+
+
+def _owned(name: str) -> bool:
+    return name in OUTPUT_FILES or bool(_HALF_WRITTEN.fullmatch(name))
+
+
+def clear_outputs(out_dir: Path) -> list[str]:
+    """Remove what an earlier decode wrote into `out_dir`, so that none of it sits stale beside this decode's (a
+    ref.txt this manifest has no references for, a ctc/ folder this run does not write); returns what went, as
+    paths under `out_dir`."""
+    removed = []
+    for folder in (out_dir, out_dir / CTC_DIR):
+        if not folder.is_dir():
+            continue
+        for path in sorted(folder.iterdir()):
+            if _owned(path.name) and not path.is_dir():
+                path.unlink(missing_ok=True)
+                removed.append(path.relative_to(out_dir).as_posix())
+    if (out_dir / CTC_DIR).is_dir() and not any((out_dir / CTC_DIR).iterdir()):
+        (out_dir / CTC_DIR).rmdir()  # an empty ctc/ would say this decode ran --ctc
+    return removed
+
+
+def foreign_files(folder: Path, *, ctc: bool = True) -> list[str]:
+    """What `folder` holds that no decode writes, as sorted paths under it (a folder other than ctc/ by its name and
+    a slash): a user's own files, or another tool's. `ctc`: a ctc/ folder of a decode's files is its own."""
+    found = []
+    for path in sorted(folder.iterdir()):
+        if ctc and path.name == CTC_DIR and path.is_dir():
+            found += [f"{CTC_DIR}/{name}" for name in foreign_files(path, ctc=False)]
+        elif path.is_dir():
+            found.append(f"{path.name}/")
+        elif not _owned(path.name):
+            found.append(path.name)
+    return found
+
+
+def manifest_folder_problem(folder: Path, manifest: str) -> str | None:
+    """Why the subfolder a decode of several manifests writes `manifest` into may not be written (it is named by
+    the manifest's stem, so an unlucky name lands in a folder of something else's: an export's llm/ for
+    llm.jsonl); None when it is new, empty, or holds only a decode's files."""
+    if not folder.exists():
+        return None
+    where = f"{folder} (the folder of --data {manifest}: one subfolder per manifest, named by its file name)"
+    if not folder.is_dir():
+        return f"{where} is a file, not a folder"
+    found = foreign_files(folder)
+    if not found:
+        return None
+    more = f" and {len(found) - 3} more" if len(found) > 3 else ""
+    return (
+        f"{where} already holds files llmasr decode does not write ({', '.join(found[:3])}{more}), which its "
+        "results would sit among: give another --output, or rename the manifest so that its folder is a new one"
+    )
+
+
+def clear_earlier_folders(output: Path, keep: list[Path]) -> None:
+    """Before a decode into `output`: the per-manifest subfolders an earlier decode of several manifests wrote there
+    (it named them in MANIFEST_INDEX) that this decode does not write again lose that decode's files, so that no
+    folder of stale results sits beside this decode's. Files of the user's own in such a folder stay, and so does
+    the folder then."""
+    index = output / MANIFEST_INDEX
+    try:
+        names = list(json.loads(index.read_text(encoding="utf-8")))
+    except (OSError, ValueError, TypeError):  # none, or not one this code wrote: nothing is known to be stale
+        return
+    for name in names:
+        folder = output / str(name)
+        if folder in keep or Path(str(name)).name != name or not folder.is_dir():  # only subfolders it named
+            continue
+        clear_outputs(folder)
+        with contextlib.suppress(OSError):
+            folder.rmdir()
+    index.unlink(missing_ok=True)
+
+
+def write_manifest_index(output: Path, manifests: list[str], folders: list[Path]) -> None:
+    """MANIFEST_INDEX: which manifest each subfolder of a decode of several holds, {folder name: manifest path}."""
+    text = json.dumps({f.name: m for f, m in zip(folders, manifests)}, indent=2, ensure_ascii=False)
+    write_atomic(output / MANIFEST_INDEX, text + "\n")
