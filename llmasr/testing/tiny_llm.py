@@ -36,19 +36,27 @@ DEFAULT_CORPUS = [
 ]
 
 
-def train_bpe_tokenizer(texts: list[str], vocab_size: int = 300, *, chat_template: str | None = CHATML_TEMPLATE):
-    """A byte-level BPE tokenizer with Qwen2.5's pipeline (NFC; its Split regex, then ByteLevel) trained on `texts`,
-    wrapped as a transformers fast tokenizer. The pipeline is Qwen's so that transformers' Qwen2Tokenizer, which it
-    loads a qwen2 folder with, tokenizes as the folder's tokenizer.json does: the class a real Qwen folder gets."""
-    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+def _qwen_pipeline(tok) -> None:
+    """Give tokenizers.Tokenizer `tok` Qwen2.5's / Qwen3's pipeline: NFC; its Split regex, then ByteLevel; ByteLevel
+    decoding."""
+    from tokenizers import Regex, decoders, normalizers, pre_tokenizers
 
-    tok = Tokenizer(models.BPE())
     tok.normalizer = normalizers.NFC()
     tok.pre_tokenizer = pre_tokenizers.Sequence(
         [pre_tokenizers.Split(Regex(QWEN_PRETOKENIZE), behavior="isolated"),
          pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)]
     )  # fmt: skip
     tok.decoder = decoders.ByteLevel()
+
+
+def train_bpe_tokenizer(texts: list[str], vocab_size: int = 300, *, chat_template: str | None = CHATML_TEMPLATE):
+    """A byte-level BPE tokenizer with Qwen2.5's pipeline (NFC; its Split regex, then ByteLevel) trained on `texts`,
+    wrapped as a transformers fast tokenizer. The pipeline is Qwen's so that transformers' Qwen2Tokenizer, which it
+    loads a qwen2 folder with, tokenizes as the folder's tokenizer.json does: the class a real Qwen folder gets."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    _qwen_pipeline(tok)
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
         special_tokens=CHATML_SPECIALS,
@@ -180,23 +188,15 @@ def write_qwen_layout_llm_dir(
 
     from tokenizers import (
         AddedToken,
-        Regex,
         Tokenizer,
-        decoders,
         models,
-        normalizers,
         pre_tokenizers,
         processors,
         trainers,
     )
 
     tok = Tokenizer(models.BPE())
-    tok.normalizer = normalizers.NFC()
-    tok.pre_tokenizer = pre_tokenizers.Sequence(
-        [pre_tokenizers.Split(Regex(QWEN_PRETOKENIZE), behavior="isolated"),
-         pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)]
-    )  # fmt: skip
-    tok.decoder = decoders.ByteLevel()
+    _qwen_pipeline(tok)
     tok.post_processor = processors.ByteLevel(trim_offsets=False)
     trainer = trainers.BpeTrainer(
         vocab_size=300, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
