@@ -139,3 +139,25 @@ def tiny_recipe_dict(
         "train": train_cfg,
         "decode": {"max_new_tokens": 6},
     }
+
+
+def recipe_with_targets(tmp_path, llm_dir, planted: dict[str, dict[int, str]]) -> tuple[Path, list[Path]]:
+    """recipe.yaml under `tmp_path` training `llm_dir` on a tiny corpus ("train", 20 lines) and validating on another
+    ("valid", 6), with the transcripts `planted` names ({"train": {line index: text}, "valid": {...}}) in place of
+    theirs; returns the recipe's path and the two manifests."""
+    import yaml
+
+    manifests = []
+    for name in ("train", "valid"):
+        manifest = write_tiny_corpus(tmp_path / name, n=20 if name == "train" else 6, seed=len(name))
+        recs = [json.loads(line) for line in manifest.read_text().splitlines()]
+        for i, text in planted.get(name, {}).items():
+            recs[i]["target"] = text
+        manifest.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in recs))
+        manifests.append(manifest)
+    recipe = tiny_recipe_dict(
+        llm_dir, train=[str(manifests[0])], valid=[str(manifests[1])], output_dir=tmp_path / "run"
+    )
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    return path, manifests

@@ -3,30 +3,16 @@ token), training and validation manifests alike (llmasr.data.llm_unk); a byte-le
 
 import json
 
-import yaml
 from check_runner import run_check
 
 from llmasr.commands.train import main as train_main
-from llmasr.testing.tiny_corpus import tiny_recipe_dict, write_tiny_corpus
+from llmasr.testing.tiny_corpus import recipe_with_targets
 
 
 def recipe_with_unk(tmp_path, llm_dir):
     """A recipe training `llm_dir` on the tiny corpus, 2 of its 20 transcripts holding "cat" (not a digit word), and
     validating on a manifest of its own with one."""
-    manifests = []
-    for name, planted in (("train", {4: "one cat", 9: "cat"}), ("valid", {1: "two cat"})):
-        manifest = write_tiny_corpus(tmp_path / name, n=20 if name == "train" else 6, seed=len(name))
-        recs = [json.loads(line) for line in manifest.read_text().splitlines()]
-        for i, text in planted.items():
-            recs[i]["target"] = text
-        manifest.write_text("".join(json.dumps(r) + "\n" for r in recs))
-        manifests.append(manifest)
-    recipe = tiny_recipe_dict(
-        llm_dir, train=[str(manifests[0])], valid=[str(manifests[1])], output_dir=tmp_path / "run"
-    )
-    path = tmp_path / "recipe.yaml"
-    path.write_text(yaml.safe_dump(recipe))
-    return path, manifests
+    return recipe_with_targets(tmp_path, llm_dir, {"train": {4: "one cat", 9: "cat"}, "valid": {1: "two cat"}})
 
 
 def test_llmasr_check_warns_of_unk_transcripts_in_training_and_validation(

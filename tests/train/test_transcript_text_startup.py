@@ -2,31 +2,15 @@
 written (a tab, decomposed "é", word-segmented Chinese), training and validation manifests alike, with their lines
 and the fix (llmasr.data.transcript_text); the lines still train."""
 
-import json
-
-import yaml
 from check_runner import run_check
 
 from llmasr.commands.train import main as train_main
-from llmasr.testing.tiny_corpus import tiny_recipe_dict, write_tiny_corpus
+from llmasr.testing.tiny_corpus import recipe_with_targets
 
 
 def recipe_with_shapes(tmp_path, llm_dir):
-    manifests = []
     planted = {"train": {2: "one\ttwo", 5: "cafe\u0301 one", 8: "而 对 楼市"}, "valid": {3: "two  three"}}
-    for name, texts in planted.items():
-        manifest = write_tiny_corpus(tmp_path / name, n=20 if name == "train" else 6, seed=len(name))
-        recs = [json.loads(line) for line in manifest.read_text().splitlines()]
-        for i, text in texts.items():
-            recs[i]["target"] = text
-        manifest.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in recs))
-        manifests.append(manifest)
-    recipe = tiny_recipe_dict(
-        llm_dir, train=[str(manifests[0])], valid=[str(manifests[1])], output_dir=tmp_path / "run"
-    )
-    path = tmp_path / "recipe.yaml"
-    path.write_text(yaml.safe_dump(recipe))
-    return path, manifests
+    return recipe_with_targets(tmp_path, llm_dir, planted)
 
 
 def test_llmasr_check_warns_of_transcript_shapes_in_training_and_validation(tiny_llm_dir, tmp_path, capsys, caplog):
