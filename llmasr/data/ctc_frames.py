@@ -45,10 +45,13 @@ class CTCSpelling:
                 return ids
             self.need = frames_needed(ids)
             return None
-        chars = set(target)
-        for c in chars - self.spelled.keys():
-            self.spelled[c] = c.isspace() or not isinstance(self.rule(c), str)
-        if all(self.spelled[c] for c in chars):
+        spelled, ok = self.spelled, True
+        for c in set(target):  # not `chars - spelled.keys()`: that copies every character asked so far, each line
+            known = spelled.get(c)
+            if known is None:
+                known = spelled[c] = c.isspace() or not isinstance(self.rule(c), str)
+            ok = ok and known
+        if ok:
             return None
         refused = self.rule(target.strip())
         return refused if isinstance(refused, str) else None
