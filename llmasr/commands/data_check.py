@@ -2,8 +2,9 @@
 manifests, preview batches, and with a VAD list the transcripts their audio does not bear out.
 
 With a recipe whose CTC head spells a vocabulary file, transcripts it cannot spell are bad lines, as training's
-start-up screen finds them. With the LLM (--llm DIR, or a recipe's model.llm.path), the transcripts its tokenizer
-cannot write (its unk token) are named, as training's start-up warns of them."""
+start-up screen finds them; with a CTC branch (model.ctc.weight > 0), the lines whose CTC labels outnumber their
+encoder frames are named (their CTC loss would be 0). With the LLM (--llm DIR, or a recipe's model.llm.path), the
+transcripts its tokenizer cannot write (its unk token) are named, as training's start-up warns of them."""
 
 from __future__ import annotations
 
@@ -121,6 +122,24 @@ def ctc_rule(recipe: Recipe | None):
     return CTCRule(build_ctc_tokenizer(ctc))
 
 
+def ctc_frames(args: argparse.Namespace, recipe: Recipe | None, rule):
+    """(the CTC rule, seconds -> the encoder frames its head reads, or why they are not counted) for a recipe that
+    trains a CTC branch, so that the lines whose labels outnumber their frames are named (llmasr.data.ctc_frames);
+    (rule, None) otherwise. A head over the LLM's vocabulary spells with the LLM's tokenizer, as training does."""
+    if recipe is None or args.decode or recipe.model.ctc.weight <= 0:
+        return rule, None
+    from llmasr.models.builder import audio_side
+    from llmasr.models.context import encoder_frames
+    from llmasr.train.resolve import text_side
+
+    try:
+        rule = rule if rule is not None else CTCRule(text_side(recipe.model).ctc_tokenizer)
+        audio = audio_side(recipe.model)
+    except (ConfigError, OSError) as err:
+        return rule, f"not counted: the model {recipe.model.llm.path} cannot be read here ({err})"
+    return rule, lambda seconds: encoder_frames(audio, seconds)
+
+
 def hear(args: argparse.Namespace, manifests: list[str], sample_rate: int):
     """--vad's findings (llmasr.data.speech_check); ConfigError for a VAD that does not load or reads audio at
     another sample rate than the encoder's frontend."""
@@ -192,11 +211,14 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--write-durations: check one manifest, with its audio probed (not --no-probe)")
     if args.write_durations:  # refused before the audio is probed, not after
         check_out(Path(getattr(specs[0], "path", specs[0])), Path(args.write_durations))
+    rule, frames = ctc_frames(args, recipe, None if args.decode else ctc_rule(recipe))
     report = check_data(
         specs, data_cfg, frontend, world_size=args.world_size, probe=not args.no_probe, threads=args.threads,
-        need_target=not args.decode, ctc_labels=None if args.decode else ctc_rule(recipe), train=not args.valid,
-        llm_rows=budget_rows(recipe, data_cfg), llm_unk=llm_unk(args, recipe),
+        need_target=not args.decode, ctc_labels=rule, train=not args.valid, llm_rows=budget_rows(recipe, data_cfg),
+        llm_unk=llm_unk(args, recipe), ctc_frames=None if isinstance(frames, str) else frames,
     )  # fmt: skip
+    if isinstance(frames, str):
+        report.ctc_frames_text = frames
     if args.vad:
         report.speech = hear(args, report.manifests, frontend.sample_rate)
     print(format_report(report, max_examples=args.show))

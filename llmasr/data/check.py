@@ -24,6 +24,7 @@ import numpy as np
 from llmasr.data.audio import AudioError, probe_span
 from llmasr.data.bad_data import as_record_dict, reason_category
 from llmasr.data.config import DataConfig, ManifestSpec
+from llmasr.data.ctc_frames import CTCSpelling, heard_lines, unaligned_text
 from llmasr.data.features import FeatureExtractor
 from llmasr.data.frontend import FrontendConfig
 from llmasr.data.llm_unk import gather_unk
@@ -33,7 +34,7 @@ from llmasr.data.mixed_manifest import MixedManifest
 from llmasr.data.record_fields import unread_fields
 from llmasr.data.records import missing_hint, wrong_duration
 from llmasr.data.sampler_settings import longest_kept, make_sampler
-from llmasr.data.screen import spelling_check, static_visits, target_length
+from llmasr.data.screen import static_visits, target_length
 from llmasr.data.speech_check import SpeechFindings
 from llmasr.data.transcript_text import gather_text
 
@@ -76,6 +77,7 @@ class DataReport:
     # the transcripts the LLM's tokenizer spells unk (llmasr.data.llm_unk.gather_unk, places as manifest:line)
     llm_unk: dict = field(default_factory=dict)
     llm_unk_text: str = ""  # what the report says of them, or why they were not asked
+    ctc_frames_text: str = ""  # the lines whose CTC labels outnumber their encoder frames (llmasr.data.ctc_frames)
     # (sample rate, channels, averaged: read without a `channel`) -> [lines, the first one's manifest:line]
     audio_formats: dict[tuple[int, int, bool], list] = field(default_factory=dict)
     sample_rate: int = 16000  # the encoder frontend's: what loading resamples to
@@ -101,9 +103,10 @@ class DataReport:
 
 
 def _parse_line(m, i: int, spell=None, unread: dict | None = None, unknown: tuple | None = None, text=None,
-                llm_unk: tuple | None = None):  # fmt: skip
+                llm_unk: tuple | None = None, need=None):  # fmt: skip
     """(utterance, target_len, None) or (None, 0, bad record) for line i of manifest m (no audio access); `spell`:
-    the CTC vocabulary's spelling check (llmasr.data.screen.spelling_check); `unread`: gathers the fields the line's
+    the CTC vocabulary's spelling check (llmasr.data.ctc_frames.CTCSpelling; with `need`, an array, need[i] its
+    count of the line's labels); `unread`: gathers the fields the line's
     parser leaves unread (field -> [lines, the first one's manifest:line]); `unknown`: (the CTC rule's `unknown`,
     where it gathers what the vocabulary spells <unk>, alike); `text`: what is wrong with the text of the transcripts
     (llmasr.data.transcript_text), alike; `llm_unk`: (an llmasr.data.llm_unk.LLMUnk, where gather_unk gathers the
@@ -124,6 +127,8 @@ def _parse_line(m, i: int, spell=None, unread: dict | None = None, unknown: tupl
         return None, 0, {**where, "reason": "empty target"}
     if spell is not None and (why := spell(utt.target)) is not None:
         return None, 0, {**where, "reason": why}
+    if need is not None:
+        need[i] = spell.need
     if text is not None:
         gather_text(text, utt.target, f"{m.path}:{m.lineno(i)}")
     if llm_unk is not None:
@@ -200,13 +205,16 @@ def check_data(
     train: bool = True,
     llm_rows=None,
     llm_unk=None,
+    ctc_frames=None,
 ) -> DataReport:
     """`manifest_paths`: paths or ManifestSpecs (training mixes those by their weights). `ctc_labels`: a CTC head's
     rule (transcript -> ids, or why there are none; llmasr.data.dataset.ctc_label_ids) whose refusals are bad lines,
     as training's start-up screen finds them. `train`: False previews validation's batches (its subset, no
     augmentation, no drop_last). `llm_rows`: a recipe's count of each line's LLM positions (build_dataloader's), so
     that the preview applies data.batching.max_llm_tokens; without it that budget is left out. `llm_unk`: what the
-    LLM's tokenizer spells unk (llmasr.data.llm_unk.LLMUnk), or a str saying why that is not asked."""
+    LLM's tokenizer spells unk (llmasr.data.llm_unk.LLMUnk), or a str saying why that is not asked. `ctc_frames`
+    (with `ctc_labels`): seconds -> the encoder frames a CTC head reads (llmasr.models.context.encoder_frames), to
+    name the lines whose CTC labels outnumber them (llmasr.data.ctc_frames)."""
     paths = [p.path if isinstance(p, ManifestSpec) else str(p) for p in manifest_paths]
     weights = [p.weight if isinstance(p, ManifestSpec) else 1.0 for p in manifest_paths]
     opened: list[tuple[Manifest, float]] = []
@@ -236,7 +244,9 @@ def check_data(
 
     first_seen: dict[str, int] = {}  # key -> position of its first line, across all manifests
     fx = FeatureExtractor(dataclasses.replace(frontend, cmvn_file=None))  # counts frames only
-    spell = spelling_check(ctc_labels) if ctc_labels is not None else None
+    counting = ctc_frames is not None and ctc_labels is not None
+    spell = CTCSpelling(ctc_labels, count=counting) if ctc_labels is not None else None
+    needs = []  # per manifest opened: the frames each line's CTC labels need (0: not counted)
     ask = getattr(ctc_labels, "unknown", None)
     unknown = (ask, report.ctc_unknown) if ask is not None else None
     asks_unk = (llm_unk, report.llm_unk) if llm_unk is not None and not isinstance(llm_unk, str) else None
@@ -249,9 +259,12 @@ def check_data(
             report.lines_per_manifest[path] = report.lines_per_manifest.get(path, 0) + n  # listed twice: counted twice
             report.num_lines += n
             dur_of, tl_of, text_of = np.full(n, math.nan), np.zeros(n, dtype=np.int64), np.zeros(n, dtype=np.int64)
+            need_of = np.zeros(n, dtype=np.int64)
             for lo in range(0, n, CHUNK_LINES):  # a chunk's lines at a time: memory does not grow with the manifest
                 parsed = [
-                    _parse_line(m, i, spell, report.unread_fields, unknown, found_text, asks_unk)
+                    _parse_line(
+                        m, i, spell, report.unread_fields, unknown, found_text, asks_unk, need_of if counting else None
+                    )
                     for i in range(lo, min(n, lo + CHUNK_LINES))
                 ]  # here: not across threads
                 good = [utt for utt, _, _ in parsed if utt is not None]
@@ -279,6 +292,7 @@ def check_data(
             durations.append(dur_of)
             tlens.append(tl_of)
             texts.append(text_of)
+            needs.append(need_of)
             starts.append(starts[-1] + n)
     report.durations = np.concatenate(durations) if durations else np.zeros(0)
     if isinstance(llm_unk, str) or not report.llm_unk:
@@ -311,7 +325,13 @@ def check_data(
             # the lines as one manifest, in the order checked, where a line past the budget is counted exactly
             whole = opened[0][0] if len(opened) == 1 else MixedManifest([m for m, _ in opened])
             plan["llm_lens"] = rows.rows(whole, report.durations, np.concatenate(texts))
-        _preview_batching(report, data_cfg, frontend, np.concatenate(tlens), spot, plan)
+        sampler = _preview_batching(report, data_cfg, frontend, np.concatenate(tlens), spot, plan)
+        if counting:
+            lines, seconds = heard_lines(sampler)
+            report.ctc_frames_text = unaligned_text(
+                np.concatenate(needs), lines, seconds, ctc_frames, lambda i: "{}:{}".format(*spot(i)),
+                name=f"data.{'train' if train else 'valid'}", squeeze=data_cfg.augment.squeeze if train else 1.0,
+            ) or ""  # fmt: skip
     return report
 
 
@@ -329,9 +349,10 @@ def _llm_rows(llm_rows, opened: list[tuple[Manifest, float]], data_cfg, *, train
     return llm_rows(train, sampler)
 
 
-def _preview_batching(report: DataReport, data_cfg, frontend, tlens, spot, plan: dict) -> None:
+def _preview_batching(report: DataReport, data_cfg, frontend, tlens, spot, plan: dict):
     """The recipe's batching over the report's durations (`plan`: make_sampler's train, rank, world size and the
-    indices it draws): stats, and the lines max_duration skips (`spot(position)`: a line's manifest and line)."""
+    indices it draws): stats, and the lines max_duration skips (`spot(position)`: a line's manifest and line); returns
+    the sampler."""
     sampler = make_sampler(data_cfg, report.durations, tlens, frontend, **plan)
     report.batching = sampler.stats(0)
     report.batching["filtered"].pop("unknown_duration", None)  # those are the bad lines, reported above
@@ -341,3 +362,4 @@ def _preview_batching(report: DataReport, data_cfg, frontend, tlens, spot, plan:
         {"manifest": spot(i)[0], "line": spot(i)[1], "duration": float(report.durations[i])}
         for i in sampler.skipped_indices("too_long").tolist()
     ]
+    return sampler

@@ -159,6 +159,13 @@ def format_report(report: DataReport, *, max_examples: int = 50) -> str:
     if report.llm_unk_text:
         head = "transcripts the LLM's tokenizer cannot write" if report.llm_unk else "the LLM's tokenizer"
         lines += ["", f"## {head}", report.llm_unk_text]
+    if report.ctc_frames_text:
+        said = report.ctc_frames_text
+        lines += [
+            "",
+            "## CTC labels against encoder frames",
+            said if said.startswith("not counted") else f"warning: {said}",
+        ]
     for head, said in text_warnings(report.text_found):
         lines += ["", f"## {head}", said]
     if report.batching:

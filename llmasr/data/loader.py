@@ -212,11 +212,12 @@ def build_dataloader(
     tl = np.zeros(n, dtype=np.int64) if (b.max_target_len is not None or b.max_target_tokens is not None) else None
     rows = llm_rows(train, dataset.hotword_sampler) if llm_rows is not None and b.max_llm_tokens is not None else None
     texts = None if rows is None else (np.zeros(n, dtype=np.int64), rows.text)
+    ctc_need = np.zeros(n, dtype=np.int64) if ctc_tokenizer is not None else None  # the screen counts the labels
     tracker, static = start_tracker(manifest, data_cfg, name=name, indices=indices, rank=rank, world_size=world_size,
                                     ctc_labels=CTCRule(ctc_tokenizer) if ctc_tokenizer is not None else None,
                                     epoch_items=epoch_indices(epoch) if epoch_indices else None,
                                     target_lens=tl, share=share, text_lens=texts,
-                                    llm_unk=unk_of_prompt(prompt_builder))  # fmt: skip
+                                    llm_unk=unk_of_prompt(prompt_builder), ctc_need=ctc_need)  # fmt: skip
     durations = np.asarray(manifest.durations(), dtype=np.float64)
     skip = np.asarray([b.index for b in static], dtype=np.int64)
     llm_lens = None if rows is None else rows.rows(manifest, durations, texts[0])
@@ -236,6 +237,7 @@ def build_dataloader(
     fallback = find_fallback(dataset, candidates)
     collator = Collator(prompt_builder.pad_id, with_ctc=ctc_tokenizer is not None, fallback=fallback)
     loader = _speech_loader(dataset, sampler, collator, data_cfg, tracker, window, device)
+    loader.ctc_need = ctc_need  # each line's CTC labels in frames (llmasr.data.ctc_frames), for the model's check
     st = sampler.stats()
     # valid_max_utts' subset: the lines it leaves out are said, or "N items, skipped none" read as all of them heard
     items = f"{n} items"

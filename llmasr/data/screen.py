@@ -25,6 +25,7 @@ import numpy as np
 from llmasr.data.audio import missing_audio
 from llmasr.data.augment import cost_text
 from llmasr.data.bad_data import BadDataTracker, BadItem, TooMuchBadData
+from llmasr.data.ctc_frames import CTCSpelling
 from llmasr.data.item_costs import as_held
 from llmasr.data.llm_unk import LLMUnk, gather_unk, merge_unk
 from llmasr.data.manifest import BadRecord, Manifest
@@ -56,6 +57,7 @@ def screen(
     manifest, ctc_labels: Callable[[str], object] | None = None, target_lens: np.ndarray | None = None,
     share: ScreenShare | None = None, text_lens: tuple[np.ndarray, Callable] | None = None, unread: dict | None = None,
     unknown: dict | None = None, text: dict | None = None, llm_unk: tuple[LLMUnk, dict] | None = None,
+    ctc_need: np.ndarray | None = None,
 ) -> tuple[list[BadItem], float]:  # fmt: skip
     """Every line found unusable without loading audio (see the module docstring), sorted by index, and the seconds
     the screen took. `ctc_labels`: the dataset's CTC rule (a transcript -> ids, or why there are none). Fills
@@ -68,19 +70,23 @@ def screen(
     spells <unk> (the rule's `unknown`, llmasr.data.dataset.CTCRule); `text`, alike, what is wrong with the text of
     the transcripts (llmasr.data.transcript_text: tags, whitespace, Unicode form, spaced CJK); `llm_unk`: (what the
     LLM's tokenizer spells unk, the dict where the transcripts holding it are gathered: llmasr.data.llm_unk
-    .gather_unk)."""
+    .gather_unk). `ctc_need` (int64, one a line, with `ctc_labels`): filled with the encoder frames each line's CTC
+    labels need (llmasr.data.ctc_frames.frames_needed; 0 where it has none), from the spelling pass's encoding."""
     t0 = time.perf_counter()
     n = len(manifest)
     shares = None
     ask_unk = llm_unk[0] if llm_unk is not None else None
     if share is not None:
         mine = share.indices(n)
-        shares = share.exchange(lambda: _screen_part(manifest, mine, ctc_labels, target_lens, text_lens, ask_unk))
+        shares = share.exchange(
+            lambda: _screen_part(manifest, mine, ctc_labels, target_lens, text_lens, ask_unk, ctc_need)
+        )
     if shares is None:
         if share is not None and share.part == 0:
             log.warning("%s: the ranks of this node are not LOCAL_RANK 0..%d once each (hosts of one name?): every "
                         "rank screens every line", manifest.path, share.parts - 1)  # fmt: skip
-        screened = [_screen_part(manifest, np.arange(n, dtype=np.int64), ctc_labels, target_lens, text_lens, ask_unk)]
+        every = np.arange(n, dtype=np.int64)
+        screened = [_screen_part(manifest, every, ctc_labels, target_lens, text_lens, ask_unk, ctc_need)]
         bad = screened[0]["bad"]
     else:
         screened = shares
@@ -92,6 +98,8 @@ def screen(
                 target_lens[share.indices(n, part)] = found["target_lens"]
             if text_lens is not None:
                 text_lens[0][share.indices(n, part)] = found["text_lens"]
+            if ctc_need is not None:
+                ctc_need[share.indices(n, part)] = found["ctc_need"]
     bad.sort(key=lambda b: b.index)
     for gathered, key in ((unread, "unread"), (unknown, "unknown"), (text, "text")):
         for part in screened if gathered is not None else ():
@@ -107,17 +115,18 @@ def screen(
     return bad, took
 
 
-def _screen_part(manifest, lines: np.ndarray, ctc_labels, target_lens, text_lens=None, ask_unk=None) -> dict:
+def _screen_part(manifest, lines: np.ndarray, ctc_labels, target_lens, text_lens=None, ask_unk=None,
+                 ctc_need=None) -> dict:  # fmt: skip
     """screen() of dataset indices `lines` (ascending): {"bad": BadItems, "probed": (indices, seconds) of the
     durations read from headers, "unread": the fields no parser reads (field -> [lines, first index]),
-    "llm_unk": the transcripts `ask_unk` finds unk in (llmasr.data.llm_unk.gather_unk), "target_lens" and
-    "text_lens": of `lines`}."""
+    "llm_unk": the transcripts `ask_unk` finds unk in (llmasr.data.llm_unk.gather_unk), "target_lens",
+    "text_lens" and "ctc_need": of `lines`}."""
     bad: list[BadItem] = []
     unread: dict[str, list[int]] = {}
     spelled_unk: dict[str, list[int]] = {}  # what the CTC vocabulary spells <unk> -> [lines, first index]
     text: dict[str, list[int]] = {}  # what is wrong with the transcripts' text -> [lines, first index]
     llm_unk: dict = {}
-    spell = spelling_check(ctc_labels) if ctc_labels is not None else None
+    spell = CTCSpelling(ctc_labels, count=ctc_need is not None) if ctc_labels is not None else None
     ask = getattr(ctc_labels, "unknown", None)
     for i in lines.tolist():
         try:
@@ -136,6 +145,8 @@ def _screen_part(manifest, lines: np.ndarray, ctc_labels, target_lens, text_lens
         why = f"audio {gone.path}: {gone.reason}{missing_hint(utt)}" if gone is not None else None
         if why is None and spell is not None and isinstance(utt.target, str) and utt.target.strip():
             why = spell(utt.target)
+            if ctc_need is not None:
+                ctc_need[i] = spell.need
             for part in dict.fromkeys(ask(utt.target) if why is None and ask is not None else ()):
                 spelled_unk.setdefault(part, [0, i])[0] += 1
         if why:
@@ -160,25 +171,13 @@ def _screen_part(manifest, lines: np.ndarray, ctc_labels, target_lens, text_lens
     return {"bad": bad, "unread": unread, "unknown": spelled_unk, "text": text, "llm_unk": llm_unk,
             "probed": (probed, seconds),
             "target_lens": None if target_lens is None else target_lens[lines],
-            "text_lens": None if text_lens is None else text_lens[0][lines]}  # fmt: skip
+            "text_lens": None if text_lens is None else text_lens[0][lines],
+            "ctc_need": None if ctc_need is None else ctc_need[lines]}  # fmt: skip
 
 
 def spelling_check(ctc_labels: Callable[[str], object]) -> Callable[[str], str | None]:
-    """A transcript -> why `ctc_labels` (the dataset's CTC rule) refuses it, or None. A character that a vocabulary
-    spells alone it spells in any line, so each distinct character is asked once, and only a transcript holding one
-    refused alone is encoded whole."""
-    spelled: dict[str, bool] = {}
-
-    def why(target: str) -> str | None:
-        chars = set(target)
-        for c in chars - spelled.keys():
-            spelled[c] = c.isspace() or not isinstance(ctc_labels(c), str)
-        if all(spelled[c] for c in chars):
-            return None
-        refused = ctc_labels(target.strip())
-        return refused if isinstance(refused, str) else None
-
-    return why
+    """A transcript -> why `ctc_labels` (the dataset's CTC rule) refuses it, or None (CTCSpelling without counts)."""
+    return CTCSpelling(ctc_labels)
 
 
 def refuse_at_start(bad: list[BadItem], total: int, max_bad_fraction: float, name: str, visits=None) -> None:
@@ -210,19 +209,19 @@ PROBES_WORTH_A_NOTE = 10_000  # header probes at start-up that cost seconds a ra
 
 def start_tracker(manifest, data_cfg, *, name: str, indices, rank: int, world_size: int, ctc_labels=None,
                   epoch_items=None, target_lens=None, share: ScreenShare | None = None, text_lens=None,
-                  llm_unk: LLMUnk | None = None):  # fmt: skip
+                  llm_unk: LLMUnk | None = None, ctc_need=None):  # fmt: skip
     """Screen `manifest` and refuse at start when its known-bad lines pass data.max_bad_fraction; returns (this
     rank's BadDataTracker, every line known bad). `indices`: a validation subset, which counts only its own;
     `ctc_labels`: the dataset's CTC rule, when the model has a CTC head; `epoch_items`: a weighted mix's visits of
     the first epoch, which the start-up check counts per visit, as training does; `target_lens`, `share`,
-    `text_lens`: screen's; `llm_unk`: what the LLM's tokenizer spells unk (None: it spells any text)."""
+    `text_lens`, `ctc_need`: screen's; `llm_unk`: what the LLM's tokenizer spells unk (None: it spells any text)."""
     unknown = int(np.isnan(np.asarray(manifest.durations(), dtype=np.float64)).sum())
     unread: dict[str, list[int]] = {}
     spelled_unk: dict[str, list[int]] = {}
     text: dict[str, list[int]] = {}
     unk_found: dict = {}
     static, took = screen(manifest, ctc_labels, target_lens, share, text_lens, unread, spelled_unk, text,
-                          (llm_unk, unk_found) if llm_unk is not None else None)  # fmt: skip
+                          (llm_unk, unk_found) if llm_unk is not None else None, ctc_need)  # fmt: skip
     if unread and rank == 0:
         _say_unread(manifest, unread, name)
     for _, said in text_warnings(text, lambda i: "{}:{}".format(*where(manifest, i))) if rank == 0 else ():

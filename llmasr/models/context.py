@@ -136,16 +136,27 @@ def decoding_prompt(
     return most, said
 
 
-def audio_tokens(model, seconds):
-    """The audio tokens an utterance of `seconds` (a number, or an array of them) puts into `model`'s LLM (at most,
-    under CTC compression); an int for a number, an int64 array for an array."""
+def encoder_frames(model, seconds) -> np.ndarray:
+    """The encoder frames (what a CTC head reads) of utterances of `seconds` (an array) in `model` (a SpeechLLM or
+    builder.AudioSide): the frontend's frame count (frame shift, LFR), then the encoder's subsampling; int64, one a
+    value, each distinct length computed once."""
     from llmasr.data.features import FeatureExtractor
 
     fx = FeatureExtractor(model.frontend)
     secs = np.asarray(seconds, dtype=np.float64)
     samples = np.round(np.nan_to_num(secs.ravel()) * model.frontend.sample_rate).astype(np.int64)
-    frames = torch.tensor([fx.num_frames(int(n)) for n in samples], dtype=torch.long)
-    counts = model.adaptor.token_lengths(model.encoder.output_lengths(frames).clamp(min=1))
+    distinct, back = np.unique(samples, return_inverse=True)
+    frames = torch.tensor([fx.num_frames(int(n)) for n in distinct], dtype=torch.long)
+    out = model.encoder.output_lengths(frames).numpy().astype(np.int64)
+    return out[back].reshape(secs.shape)
+
+
+def audio_tokens(model, seconds):
+    """The audio tokens an utterance of `seconds` (a number, or an array of them) puts into `model`'s LLM (at most,
+    under CTC compression); an int for a number, an int64 array for an array."""
+    secs = np.asarray(seconds, dtype=np.float64)
+    frames = torch.from_numpy(encoder_frames(model, secs.ravel()))
+    counts = model.adaptor.token_lengths(frames.clamp(min=1))
     out = counts.numpy().astype(np.int64).reshape(secs.shape)
     return int(out) if out.ndim == 0 else out
 

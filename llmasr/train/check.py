@@ -34,6 +34,7 @@ from llmasr.train.check_prompt import prompt_lines
 from llmasr.train.checkpoint_space import CheckpointSpace, size_text
 from llmasr.train.config import need_recipe
 from llmasr.train.context_fit import check_context_fit
+from llmasr.train.ctc_fit import ctc_frames_warnings
 from llmasr.train.ds_config import resolve_ds, zero_stage
 from llmasr.train.ds_files import read_client_state
 from llmasr.train.early_stop import EarlyStop
@@ -325,6 +326,7 @@ def check(
     k, per_epoch = plan.grad_accum, plan.per_epoch
     model = build_model(recipe.model, weights="shapes")  # exact counts; the pretrained files' shapes checked
     check_context_fit(model, recipe, plan.loaders)
+    unaligned = ctc_frames_warnings(model, recipe, plan.loaders)
     groups = build_param_groups(model, recipe.optim)
     names = [g["name"] for g in groups]
     counts = param_counts(model)
@@ -341,6 +343,7 @@ def check(
         f"  world size: {world_size}",
         f"  train_batch_size: {ds['train_batch_size']}",
         *_data_lines(sampler, per_epoch, valid_loader),
+        *(f"  warning: {w}" for w in unaligned),
         "updates",
         f"  {plan.update_line(resumed=total)}",
         "parameters",

@@ -26,6 +26,7 @@ from llmasr.train import ds_config, resolve
 from llmasr.train import engine as eng
 from llmasr.train.checkpoint_space import check_run_space
 from llmasr.train.context_fit import check_context_fit
+from llmasr.train.ctc_fit import ctc_frames_warnings
 from llmasr.train.early_stop import EarlyStop
 from llmasr.train.engine import TrainEngine, build_model_for_training, make_optimizer
 from llmasr.train.op_builds import check_nvme_offload, check_quantizer, warn_stale_build_locks
@@ -154,6 +155,8 @@ class RunSetup:
         seed_chunk_draws(model, tc.seed)  # a streaming encoder's chunk configurations: alike on every rank
         resolve.check_model_frontend(model, self.side.frontend)
         check_context_fit(model, self.recipe, self.plan.loaders)
+        for line in ctc_frames_warnings(model, self.recipe, self.plan.loaders) if self.rank == 0 else ():
+            log.warning("%s", line)
         apply_fused_kernels(model, self.recipe.model.llm)
         self.trainable = [n for n, p in model.named_parameters() if p.requires_grad]
         self.trainable_params = sum(numel(p) for p in model.parameters() if p.requires_grad)

@@ -341,3 +341,25 @@ def test_special_token_tags_in_transcripts_are_counted_over_every_rank_s_part_an
     caplog.clear()
     screen_mod.start_tracker(Manifest.open(str(path)), cfg, name="train", indices=None, rank=1, world_size=2)
     assert "special-token tags" not in caplog.text  # rank 0 says it
+
+
+def test_each_line_s_ctc_label_count_comes_from_its_screener(tmp_path):
+    """The frames each line's CTC labels need (llmasr.data.ctc_frames), counted by the rank that screens it, are
+    every rank's after the exchange, as one rank counting everything finds them."""
+
+    def rule(text):  # a character vocabulary without "z": a line holding one is refused
+        return "no z" if "z" in text else np.asarray([ord(c) for c in text if not c.isspace()])
+
+    path = corpus(tmp_path)
+    whole = mix(path)
+    need = np.zeros(len(whole), dtype=np.int64)
+    expected, _ = screen(whole, rule, ctc_need=need)
+    assert need.max() > 0 and (need == 0).sum() >= len(expected)
+
+    def rank(r, gather):
+        mine = np.zeros(len(whole), dtype=np.int64)
+        screen(mix(path), rule, None, ScreenShare(r, 3, gather, "node"), ctc_need=mine)
+        return mine
+
+    for mine in ranks(3, rank):
+        np.testing.assert_array_equal(mine, need)
