@@ -20,14 +20,26 @@ from llmasr.testing.tiny_funasr import rewrite_model_pt as _rewrite_state
 
 
 def test_missing_am_mvn(tmp_path, tiny_dir):
+    """Without configuration.json (a directory laid out by hand) FunASR reads am.mvn beside config.yaml."""
+    d = _copy(tiny_dir, tmp_path / "d")
+    (d / "configuration.json").unlink()
+    (d / "am.mvn").unlink()
+    with pytest.raises(ConfigError, match=rf"^{re.escape(str(d.resolve() / 'am.mvn'))}: missing\..*AddShift"):
+        load_funasr_encoder(d)
+
+
+def test_missing_am_mvn_the_zoo_configuration_json_maps(tmp_path, tiny_dir):
+    """As the zoo ships it, configuration.json maps frontend_conf.cmvn_file to am.mvn: the error names that mapping."""
     d = _copy(tiny_dir, tmp_path / "d")
     (d / "am.mvn").unlink()
-    with pytest.raises(ConfigError, match=r"am\.mvn.*missing.*AddShift"):
+    named = re.escape(f"{d}/configuration.json: file_path_metas.frontend_conf.cmvn_file names am.mvn, which is not in")
+    with pytest.raises(ConfigError, match=rf"^{named} .*config.yaml frontend_conf.cmvn_file names none\..*AddShift"):
         load_funasr_encoder(d)
 
 
 def test_cmvn_file_from_config_when_am_mvn_absent(tmp_path, tiny_dir):
     d = _copy(tiny_dir, tmp_path / "d")
+    (d / "configuration.json").unlink()  # config.yaml's cmvn_file is read when configuration.json maps none
     (d / "am.mvn").rename(d / "cmvn.txt")
     _edit_config(d, lambda c: c["frontend_conf"].update(cmvn_file="cmvn.txt"))
     _, fe = load_funasr_encoder(d)
