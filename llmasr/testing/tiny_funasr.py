@@ -7,7 +7,8 @@ modules the encoder loader leaves out), model.pt holding the whole model's state
 `encoder.`, the other modules' tensors under their real names beside them), am.mvn in Kaldi nnet text format,
 tokens.json as a JSON list and configuration.json, whose file_path_metas map init_param, config, the CMVN file and
 the tokenizer's files. The Paraformer family's CharTokenizer reads its token list through a seg_dict beside it
-(configuration.json's tokenizer_conf.seg_dict_file), as Paraformer-large's vocab8404 directories have one.
+(configuration.json's tokenizer_conf.seg_dict_file), as Paraformer-large's vocab8404 directories have one; a
+directory of another encoder (`encoder_type`: a Conformer aishell model's) has none.
 `zoo_metas=False` leaves configuration.json and seg_dict out, for tests of a directory without them.
 
     Paraformer             SANMEncoder; decoder + CIF predictor tensors
@@ -171,10 +172,11 @@ def write_funasr_dir(
     if model == "SenseVoiceSmall":
         tokenizer_files = {"bpemodel": SENSEVOICE_BPE}
     else:
-        tokenizer_files = {"token_list": "tokens.json", "seg_dict_file": "seg_dict"}
+        tokenizer_files = {"token_list": "tokens.json"}
         tokens = ["<blank>", "<s>", "</s>", *[chr(ord("a") + i) for i in range(_VOCAB - 4)], "<unk>"]
         (model_dir / "tokens.json").write_text(json.dumps(tokens, ensure_ascii=False, indent=4), encoding="utf-8")
-        if zoo_metas:
+        if zoo_metas and encoder_type == default_encoder:  # the family's vocab8404 list; a Conformer's has none
+            tokenizer_files["seg_dict_file"] = "seg_dict"
             _write_seg_dict(model_dir / "seg_dict", tokens)
     if zoo_metas:
         metas = {"init_param": "model.pt", "config": "config.yaml", "tokenizer_conf": tokenizer_files,
