@@ -21,8 +21,8 @@ directory of another encoder (`encoder_type`: a Conformer aishell model's) has n
                            (SENSEVOICE_BPE, `<unk>` at 0, the CTC head's blank), trained on the tiny corpus'
                            words, sizes ctc.ctc_lo
 
-copy_model_dir, edit_config_yaml, rewrite_model_pt and as_deepspeed_checkpoint change a written directory, for tests
-of what loads it.
+copy_model_dir, edit_config_yaml, rewrite_model_pt, as_deepspeed_checkpoint and as_funasr_0x change a written
+directory, for tests of what loads it.
 """
 
 from __future__ import annotations
@@ -315,6 +315,24 @@ def as_deepspeed_checkpoint(d, stage: int = 2):
         return deepspeed_save(held, d, "model.pt", stage)
     finally:
         held.unlink()
+
+
+def as_funasr_0x(d):
+    """Directory `d` rewritten as a FunASR 0.x revision of it: config.yaml naming classes by 0.x registry keys
+    (encoders.FUNASR_0X_NAMES), the weights (the same state dict) in model.pb, and a configuration.json of the
+    ModelScope pipeline (`model.am_model_name`, `model.model_config.mvn_file`) with no file_path_metas."""
+    from llmasr.models.encoders import FUNASR_0X_NAMES
+
+    names = {key: {new: old for old, new in named.items()} for key, named in FUNASR_0X_NAMES.items()}
+    edit_config_yaml(d, lambda c: c.update({k: names[k].get(c.get(k), c.get(k)) for k in names if k in c}))
+    (d / "model.pt").rename(d / "model.pb")
+    model_config = {"type": "pytorch", "code_base": "funasr", "mode": "paraformer", "lang": "zh-cn",
+                    "am_model_config": "config.yaml", "mvn_file": "am.mvn"}  # fmt: skip
+    model = {"type": "generic-asr", "am_model_name": "model.pb", "model_config": model_config}
+    configuration = {"framework": "pytorch", "task": "auto-speech-recognition", "model": model,
+                     "pipeline": {"type": "asr-inference"}}  # fmt: skip
+    (d / "configuration.json").write_text(json.dumps(configuration, indent=4), encoding="utf-8")
+    return d
 
 
 def finetuned_output_dir(pretrained, out):
