@@ -153,17 +153,41 @@ def _number(given: Any, key: str, where: str) -> int | float:
         raise ConfigError(f"{where}.{key}: expected {want}, got {given!r}") from None
 
 
-def file_path_metas(model_dir: Path) -> dict | None:
-    """configuration.json's `file_path_metas`: the files FunASR's AutoModel resolves against the directory
-    ({} when it names none); None without configuration.json."""
+def _configuration_json(model_dir: Path) -> dict | None:
+    """configuration.json as a dict; None without one."""
     path = model_dir / "configuration.json"
     if not path.is_file():
         return None
     try:
-        metas = json.loads(path.read_text(encoding="utf-8")).get("file_path_metas") or {}
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError) as err:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise ConfigError(f"{path}: not a readable JSON object: {err}") from err
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: not a readable JSON object: the top level is a {type(data).__name__}")
+    return data
+
+
+def file_path_metas(model_dir: Path) -> dict | None:
+    """configuration.json's `file_path_metas`: the files FunASR's AutoModel resolves against the directory
+    ({} when it names none); None without configuration.json, or with FunASR 0.x's, which maps its files under
+    `model` (am_model_name, model_config.mvn_file) and has no file_path_metas: such a directory is read as FunASR
+    reads one without configuration.json (am.mvn, tokens.json beside config.yaml), the files 0.x's maps."""
+    data = _configuration_json(model_dir)
+    if data is None or "file_path_metas" not in data:
+        return None
+    metas = data["file_path_metas"]
     return metas if isinstance(metas, dict) else {}
+
+
+def _funasr_0x_weights(model_dir: Path) -> Path | None:
+    """FunASR 0.x's weights file in `model_dir`: the file its configuration.json's model.am_model_name names, else
+    model.pb; None where there is none."""
+    model = (_configuration_json(model_dir) or {}).get("model")
+    named = model.get("am_model_name") if isinstance(model, dict) else None
+    for name in (named, "model.pb"):
+        if isinstance(name, str) and name and (model_dir / name).is_file():
+            return model_dir / name
+    return None
 
 
 def named_in_dir(model_dir: Path, name: object) -> Path:
@@ -198,6 +222,12 @@ def missing_weights(ckpt_path: Path, needs: str) -> ConfigError:
         return ConfigError(
             f"{ckpt_path}: a directory, not a weights file: FunASR's DeepSpeed trainer saves its checkpoints as "
             f"DeepSpeed folders under this name. {zero3}{zero_to_fp32_advice(ckpt_path)} {needs}"
+        )
+    pb = _funasr_0x_weights(ckpt_path.parent)
+    if pb is not None:  # funasr 0.x build_model_from_file: model.load_state_dict(torch.load(model.pb))
+        needs += (
+            f"; {pb} is there: FunASR 0.x's weights file, the whole model's state dict under {ckpt_path.name}'s tensor "
+            f"names, which llmasr reads as it is: rename it to {ckpt_path.name}"
         )
     return ConfigError(f"{ckpt_path}: missing. {needs}")
 

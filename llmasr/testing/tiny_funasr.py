@@ -1,14 +1,19 @@
-"""Write a tiny FunASR model directory (config.yaml, model.pt, am.mvn, tokens.json) with random weights.
+"""Write a tiny FunASR model directory (config.yaml, model.pt, am.mvn, tokens.json, configuration.json, seg_dict)
+with random weights.
 
-The files follow the layout of the real directories of each model family (`model` below): config.yaml with
-`model`/`encoder`/`encoder_conf`/`frontend`/`frontend_conf` (plus the sections of the modules the encoder loader
-leaves out), model.pt holding the whole model's state dict (encoder tensors under `encoder.`, the other modules'
-tensors under their real names beside them), am.mvn in Kaldi nnet text format and tokens.json as a JSON list.
+The files follow the layout of the real directories of each model family (`model` below) as the ModelScope zoo
+ships them: config.yaml with `model`/`encoder`/`encoder_conf`/`frontend`/`frontend_conf` (plus the sections of the
+modules the encoder loader leaves out), model.pt holding the whole model's state dict (encoder tensors under
+`encoder.`, the other modules' tensors under their real names beside them), am.mvn in Kaldi nnet text format,
+tokens.json as a JSON list and configuration.json, whose file_path_metas map init_param, config, the CMVN file and
+the tokenizer's files. The Paraformer family's CharTokenizer reads its token list through a seg_dict beside it
+(configuration.json's tokenizer_conf.seg_dict_file), as Paraformer-large's vocab8404 directories have one; a
+directory of another encoder (`encoder_type`: a Conformer aishell model's) has none.
+`zoo_metas=False` leaves configuration.json and seg_dict out, for tests of a directory without them.
 
     Paraformer             SANMEncoder; decoder + CIF predictor tensors
     ParaformerStreaming    SANMEncoderChunkOpt (input_layer pe_online, chunk settings), WavFrontendOnline; no ctc.
-    SeacoParaformer        SANMEncoder; + bias_encoder (LSTM), bias_embed, seaco_decoder, hotword_output_layer;
-                           seg_dict beside tokens.json
+    SeacoParaformer        SANMEncoder; + bias_encoder (LSTM), bias_embed, seaco_decoder, hotword_output_layer
     ContextualParaformer   SANMEncoder; + bias_encoder (LSTM), bias_embed, the decoder's bias_decoder
     SenseVoiceSmall        SenseVoiceEncoderSmall (tp_encoders); ctc.ctc_lo and the query `embed`; no tokens.json,
                            configuration.json maps frontend_conf.cmvn_file to am.mvn and tokenizer_conf.bpemodel
@@ -16,8 +21,8 @@ tensors under their real names beside them), am.mvn in Kaldi nnet text format an
                            (SENSEVOICE_BPE, `<unk>` at 0, the CTC head's blank), trained on the tiny corpus'
                            words, sizes ctc.ctc_lo
 
-copy_model_dir, edit_config_yaml, rewrite_model_pt and as_deepspeed_checkpoint change a written directory, for tests
-of what loads it.
+copy_model_dir, edit_config_yaml, rewrite_model_pt, as_deepspeed_checkpoint and as_funasr_0x change a written
+directory, for tests of what loads it.
 """
 
 from __future__ import annotations
@@ -125,13 +130,14 @@ def write_funasr_dir(
     nest_under: str | None = None,
     cmvn: tuple[np.ndarray, np.ndarray] | None = None,
     encoder_state: dict[str, torch.Tensor] | None = None,
+    zoo_metas: bool = True,
 ) -> Path:
     """Build the encoder of `model` (or `encoder_type`) with seeded random weights, or `encoder_state`, and write
     a FunASR model directory of that family for it.
 
     `nest_under` ("state_dict", "model_state_dict" or "model") wraps the state dict the way training
-    checkpoints do. `cmvn` is (add_shift, rescale), each [n_mels * lfr_m]; random by default.
-    Returns the directory.
+    checkpoints do. `cmvn` is (add_shift, rescale), each [n_mels * lfr_m]; random by default. `zoo_metas=False`
+    writes no configuration.json and no seg_dict. Returns the directory.
     """
     model_dir = Path(model_dir)
     model_dir.mkdir(parents=True, exist_ok=True)
@@ -164,16 +170,26 @@ def write_funasr_dir(
         )
     write_kaldi_cmvn(model_dir / "am.mvn", *cmvn)
     if model == "SenseVoiceSmall":
-        metas = {"init_param": "model.pt", "config": "config.yaml", "tokenizer_conf": {"bpemodel": SENSEVOICE_BPE},
+        tokenizer_files = {"bpemodel": SENSEVOICE_BPE}
+    else:
+        tokenizer_files = {"token_list": "tokens.json"}
+        tokens = ["<blank>", "<s>", "</s>", *[chr(ord("a") + i) for i in range(_VOCAB - 4)], "<unk>"]
+        (model_dir / "tokens.json").write_text(json.dumps(tokens, ensure_ascii=False, indent=4), encoding="utf-8")
+        if zoo_metas and encoder_type == default_encoder:  # the family's vocab8404 list; a Conformer's has none
+            tokenizer_files["seg_dict_file"] = "seg_dict"
+            _write_seg_dict(model_dir / "seg_dict", tokens)
+    if zoo_metas:
+        metas = {"init_param": "model.pt", "config": "config.yaml", "tokenizer_conf": tokenizer_files,
                  "frontend_conf": {"cmvn_file": "am.mvn"}}  # fmt: skip
         configuration = {"framework": "pytorch", "task": "auto-speech-recognition", "file_path_metas": metas}
         (model_dir / "configuration.json").write_text(json.dumps(configuration, indent=2), encoding="utf-8")
-        return model_dir
-    tokens = ["<blank>", "<s>", "</s>", *[chr(ord("a") + i) for i in range(_VOCAB - 4)], "<unk>"]
-    (model_dir / "tokens.json").write_text(json.dumps(tokens, ensure_ascii=False, indent=4), encoding="utf-8")
-    if model == "SeacoParaformer":
-        (model_dir / "seg_dict").write_text("".join(f"{t} {t}\n" for t in tokens[3:-1]), encoding="utf-8")
     return model_dir
+
+
+def _write_seg_dict(path: Path, tokens: list[str]) -> None:
+    """A seg_dict as Paraformer-large's spells the characters of its token list: each entry (but <blank>, <s>, </s>
+    and <unk>) by itself."""
+    path.write_text("".join(f"{t} {t}\n" for t in tokens[3:-1]), encoding="utf-8")
 
 
 def _config(model: str, encoder_type: str, encoder_conf: dict, frontend: str, frontend_conf: dict, out: int) -> dict:
@@ -301,22 +317,53 @@ def as_deepspeed_checkpoint(d, stage: int = 2):
         held.unlink()
 
 
+def as_funasr_0x(d):
+    """Directory `d` rewritten as a FunASR 0.x revision of it: config.yaml naming classes by 0.x registry keys
+    (encoders.FUNASR_0X_NAMES), the weights (the same state dict) in model.pb, and a configuration.json of the
+    ModelScope pipeline (`model.am_model_name`, `model.model_config.mvn_file`) with no file_path_metas."""
+    from llmasr.models.encoders import FUNASR_0X_NAMES
+
+    names = {key: {new: old for old, new in named.items()} for key, named in FUNASR_0X_NAMES.items()}
+    edit_config_yaml(d, lambda c: c.update({k: names[k].get(c.get(k), c.get(k)) for k in names if k in c}))
+    (d / "model.pt").rename(d / "model.pb")
+    model_config = {"type": "pytorch", "code_base": "funasr", "mode": "paraformer", "lang": "zh-cn",
+                    "am_model_config": "config.yaml", "mvn_file": "am.mvn"}  # fmt: skip
+    model = {"type": "generic-asr", "am_model_name": "model.pb", "model_config": model_config}
+    configuration = {"framework": "pytorch", "task": "auto-speech-recognition", "model": model,
+                     "pipeline": {"type": "asr-inference"}}  # fmt: skip
+    (d / "configuration.json").write_text(json.dumps(configuration, indent=4), encoding="utf-8")
+    return d
+
+
 def finetuned_output_dir(pretrained, out):
     """`out` laid out as FunASR's trainer leaves its output_dir after fine-tuning from directory `pretrained`:
-    model.pt (the trainer's checkpoint, weights under state_dict), the pretrained configuration.json copied
-    (funasr.utils.misc.prepare_model_dir) and config.yaml holding the run's settings, in which the CMVN file and the
-    token list are the pretrained directory's files by full path; no am.mvn or tokens.json of its own."""
+    model.pt (the trainer's checkpoint, weights under state_dict), the pretrained configuration.json copied where
+    there is one (funasr.utils.misc.prepare_model_dir) and config.yaml holding the run's settings, in which the files
+    FunASR's download_model took from the pretrained directory (those its configuration.json maps, else the CMVN file,
+    token list, seg_dict and bpe.model beside config.yaml) are named by full path; no file of its own beside them."""
     pretrained = Path(pretrained).resolve()
     out.mkdir()
     state = torch.load(pretrained / "model.pt", weights_only=True)
     torch.save({"epoch": 1, "state_dict": state, "optimizer": {"state": {}, "param_groups": []}}, out / "model.pt")
-    metas = {"init_param": "model.pt", "config": "config.yaml", "frontend_conf": {"cmvn_file": "am.mvn"},
-             "tokenizer_conf": {"token_list": "tokens.json", "seg_dict_file": "seg_dict"}}  # fmt: skip
-    configuration = {"framework": "pytorch", "task": "auto-speech-recognition", "file_path_metas": metas}
-    (out / "configuration.json").write_text(json.dumps(configuration, indent=2), encoding="utf-8")
     config = yaml.safe_load((pretrained / "config.yaml").read_text(encoding="utf-8"))
-    config["frontend_conf"]["cmvn_file"] = str(pretrained / "am.mvn")
-    config["tokenizer_conf"]["token_list"] = str(pretrained / "tokens.json")
-    config["init_param"] = str(pretrained / "model.pt")
+    if (pretrained / "configuration.json").is_file():
+        (out / "configuration.json").write_bytes((pretrained / "configuration.json").read_bytes())
+        metas = json.loads((pretrained / "configuration.json").read_text(encoding="utf-8"))["file_path_metas"]
+    else:
+        tokenizer = {"token_list": "tokens.json", "seg_dict": "seg_dict", "bpemodel": "bpe.model"}
+        metas = {"init_param": "model.pt", "frontend_conf": {"cmvn_file": "am.mvn"}, "tokenizer_conf": tokenizer}
+    _root_paths(pretrained, metas, config)
     (out / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
     return out
+
+
+def _root_paths(model_dir: Path, metas: dict, config: dict) -> None:
+    """funasr.download.download_model_from_hub.add_file_root_path: each file `metas` names that `model_dir` holds,
+    into `config` at the same keys by full path."""
+    for key, value in metas.items():
+        if isinstance(value, dict):
+            if not isinstance(config.get(key), dict):
+                config[key] = {}
+            _root_paths(model_dir, value, config[key])
+        elif isinstance(value, str) and (model_dir / value).exists():
+            config[key] = str(model_dir / value)

@@ -19,6 +19,7 @@ from llmasr.testing.tiny_funasr import (
     as_deepspeed_checkpoint,
     copy_model_dir,
     finetuned_output_dir,
+    rewrite_model_pt,
     tiny_sanm_conf,
     tiny_sensevoice_conf,
     write_funasr_dir,
@@ -84,10 +85,27 @@ def test_conformer_head_comes_with_its_tokens_json_and_blank(dirs):
     d = dirs["conformer"]
     cfg = from_dict(ModelConfig, model_section("conformer", d, dirs["llm"]), "model")
     assert cfg.ctc.vocab == str(d.resolve() / "tokens.json") and cfg.ctc.blank == "<blank>"
+    assert cfg.ctc.seg_dict is None  # a Conformer's character list: configuration.json names no seg_dict
     model = build_model(cfg)
     state = torch.load(d / "model.pt", weights_only=True)
     assert torch.equal(model.ctc_head.proj.bias, state["ctc.ctc_lo.bias"])
     assert model.ctc_tokenizer.blank_id == 0 and model.ctc_tokenizer.vocab_size == 16
+    assert type(model.ctc_tokenizer).__name__ == "TokenListCTCTokenizer"
+    assert model.ctc_tokenizer.encode("Bad fez") == [15, 3, 6, 8, 7, 15]  # "B" is no entry of the list: <unk>
+
+
+def test_a_paraformer_head_reads_its_token_list_through_the_seg_dict(tmp_path, dirs):
+    """Paraformer-large's layout (configuration.json's tokenizer_conf.seg_dict_file) with a CTC head (ctc_weight >
+    0): the head's text is cut as FunASR's CharTokenizer cuts it, through the seg_dict."""
+    d = copy_model_dir(dirs["paraformer"], tmp_path / "pa")
+    rewrite_model_pt(
+        d, lambda s: s.update({"ctc.ctc_lo.weight": torch.randn(16, 32), "ctc.ctc_lo.bias": torch.randn(16)})
+    )
+    cfg = from_dict(ModelConfig, model_section("paraformer", d, dirs["llm"]), "model")
+    assert (cfg.ctc.vocab, cfg.ctc.seg_dict) == (str(d.resolve() / "tokens.json"), str(d.resolve() / "seg_dict"))
+    tokenizer = build_model(cfg).ctc_tokenizer
+    assert type(tokenizer).__name__ == "SegDictCTCTokenizer"
+    assert tokenizer.encode("Bad fez") == [4, 3, 6, 8, 7, 15]  # lower-cased, by character; "z" it lacks: <unk>
 
 
 def test_the_derived_section_loads_again_as_a_saved_recipe_does(dirs):
@@ -189,6 +207,9 @@ def test_finetuned_output_directory_takes_config_yaml_token_list(tmp_path, dirs)
     got = funasr_ctc_settings(out)
     assert got["vocab"] == str(dirs["conformer"].resolve() / "tokens.json")
     assert (got["blank"], got["init_from"]) == ("<blank>", str(out.resolve() / "model.pt"))
+    assert got["seg_dict"] is None
+    out = finetuned_output_dir(dirs["paraformer"], tmp_path / "finetuned_pa")  # config.yaml's seg_dict_file
+    assert funasr_ctc_settings(out)["seg_dict"] == str(dirs["paraformer"].resolve() / "seg_dict")
 
 
 def test_a_head_saved_in_a_deepspeed_folder_loads(dirs, tmp_path):

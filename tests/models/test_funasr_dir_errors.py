@@ -13,21 +13,33 @@ import torch
 from llmasr.config_io import ConfigError
 from llmasr.models.funasr_dir import load_funasr_encoder
 from llmasr.models.state_dict import CheckpointMismatchError
-from llmasr.testing.tiny_funasr import as_deepspeed_checkpoint
+from llmasr.testing.tiny_funasr import as_deepspeed_checkpoint, as_funasr_0x
 from llmasr.testing.tiny_funasr import copy_model_dir as _copy
 from llmasr.testing.tiny_funasr import edit_config_yaml as _edit_config
 from llmasr.testing.tiny_funasr import rewrite_model_pt as _rewrite_state
 
 
 def test_missing_am_mvn(tmp_path, tiny_dir):
+    """Without configuration.json (a directory laid out by hand) FunASR reads am.mvn beside config.yaml."""
+    d = _copy(tiny_dir, tmp_path / "d")
+    (d / "configuration.json").unlink()
+    (d / "am.mvn").unlink()
+    with pytest.raises(ConfigError, match=rf"^{re.escape(str(d.resolve() / 'am.mvn'))}: missing\..*AddShift"):
+        load_funasr_encoder(d)
+
+
+def test_missing_am_mvn_the_zoo_configuration_json_maps(tmp_path, tiny_dir):
+    """As the zoo ships it, configuration.json maps frontend_conf.cmvn_file to am.mvn: the error names that mapping."""
     d = _copy(tiny_dir, tmp_path / "d")
     (d / "am.mvn").unlink()
-    with pytest.raises(ConfigError, match=r"am\.mvn.*missing.*AddShift"):
+    named = re.escape(f"{d}/configuration.json: file_path_metas.frontend_conf.cmvn_file names am.mvn, which is not in")
+    with pytest.raises(ConfigError, match=rf"^{named} .*config.yaml frontend_conf.cmvn_file names none\..*AddShift"):
         load_funasr_encoder(d)
 
 
 def test_cmvn_file_from_config_when_am_mvn_absent(tmp_path, tiny_dir):
     d = _copy(tiny_dir, tmp_path / "d")
+    (d / "configuration.json").unlink()  # config.yaml's cmvn_file is read when configuration.json maps none
     (d / "am.mvn").rename(d / "cmvn.txt")
     _edit_config(d, lambda c: c["frontend_conf"].update(cmvn_file="cmvn.txt"))
     _, fe = load_funasr_encoder(d)
@@ -378,6 +390,31 @@ def test_a_funasr_0x_config_yaml_names_the_class_of_each_0x_name(tmp_path, tiny_
     with pytest.raises(ConfigError, match=r"model 'e2evad' is FunASR 0.x's name of FsmnVADStreaming, encoder 'fsmn' "
                                           r"of FSMN, frontend 'wav_frontend' of WavFrontend"):  # fmt: skip
         FsmnVad.from_dir(vad)
+
+
+def test_a_funasr_0x_directory_names_its_model_pb_and_loads_once_renamed(tmp_path, tiny_dir, caplog):
+    """A FunASR 0.x revision keeps its weights in model.pb (torch.save of the whole model's state dict, the tensor
+    names of model.pt). Past the config.yaml refusal the error had said only "model.pt: missing"; and once renamed,
+    its configuration.json (0.x's, mapping files under `model`, no file_path_metas) had been taken as mapping no CMVN:
+    am.mvn, which FunASR 0.x reads (model_config.mvn_file), was left out with a warning."""
+    d = as_funasr_0x(_copy(tiny_dir, tmp_path / "d"))
+    with pytest.raises(ConfigError, match=r"a FunASR 0.x config.yaml: model 'paraformer' .*encoder 'sanm'"):
+        load_funasr_encoder(d)
+    _edit_config(d, lambda c: c.update(model="Paraformer", encoder="SANMEncoder", frontend="WavFrontend"))
+    pt, pb = re.escape(str(d / "model.pt")), re.escape(str(d / "model.pb"))
+    said = (
+        rf"^{pt}: missing\. A FunASR model directory needs its weights there .*'encoder\.'; {pb} is there: FunASR "
+        r"0\.x's weights file, the whole model's state dict under model\.pt's tensor names, which llmasr reads as it "
+        r"is: rename it to model\.pt$"
+    )
+    with pytest.raises(ConfigError, match=said):
+        load_funasr_encoder(d)
+    (d / "model.pb").rename(d / "model.pt")
+    with caplog.at_level("WARNING"):
+        enc, fe = load_funasr_encoder(d)
+    assert fe.cmvn_file == str(d / "am.mvn") and "not normalised" not in caplog.text
+    ref, _ = load_funasr_encoder(tiny_dir)
+    assert all(torch.equal(a, b) for a, b in zip(enc.state_dict().values(), ref.state_dict().values(), strict=True))
 
 
 def test_a_shape_mismatch_names_the_config_yaml_key_that_sizes_it_and_the_full_reinit_key(tmp_path, tiny_dir):

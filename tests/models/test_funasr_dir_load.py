@@ -18,7 +18,11 @@ from llmasr.testing.tiny_funasr import copy_model_dir as _copy
 
 
 def test_directory_layout(tiny_dir):
-    assert sorted(p.name for p in tiny_dir.iterdir()) == ["am.mvn", "config.yaml", "model.pt", "tokens.json"]
+    files = ["am.mvn", "config.yaml", "configuration.json", "model.pt", "seg_dict", "tokens.json"]
+    assert sorted(p.name for p in tiny_dir.iterdir()) == files
+    metas = json.loads((tiny_dir / "configuration.json").read_text())["file_path_metas"]
+    assert metas == {"init_param": "model.pt", "config": "config.yaml", "frontend_conf": {"cmvn_file": "am.mvn"},
+                     "tokenizer_conf": {"token_list": "tokens.json", "seg_dict_file": "seg_dict"}}  # fmt: skip
     cfg = read_funasr_config(tiny_dir)
     assert cfg["encoder"] == "SANMEncoder" and cfg["frontend"] == "WavFrontend"
     assert cfg["frontend_conf"]["lfr_m"] == 7

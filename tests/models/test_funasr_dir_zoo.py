@@ -47,6 +47,21 @@ def test_zoo_directories_load_their_encoder(zoo):
     assert (fe.lfr_m, fe.lfr_n, fe.waveform_scale, fe.snip_edges) == (7, 6, 32768.0, True)
 
 
+def test_zoo_directories_hold_configuration_json_and_seg_dict_as_the_zoo_ships_them(zoo, tmp_path):
+    """Paraformer-large's family (streaming, SeACo, contextual) ships configuration.json mapping the CMVN file, the
+    token list and the seg_dict the CharTokenizer reads it through; SenseVoiceSmall's maps its sentencepiece model."""
+    for m in ("ParaformerStreaming", "SeacoParaformer", "ContextualParaformer"):
+        metas = json.loads((zoo[m] / "configuration.json").read_text())["file_path_metas"]
+        assert metas["tokenizer_conf"] == {"token_list": "tokens.json", "seg_dict_file": "seg_dict"}, m
+        assert metas["frontend_conf"] == {"cmvn_file": "am.mvn"} and metas["init_param"] == "model.pt", m
+        tokens = json.loads((zoo[m] / "tokens.json").read_text())
+        lines = (zoo[m] / "seg_dict").read_text().splitlines()
+        assert lines == [f"{t} {t}" for t in tokens if not t.startswith("<")], m
+    assert not (zoo["SenseVoiceSmall"] / "seg_dict").exists()
+    bare = write_funasr_dir(tmp_path / "bare", model="SeacoParaformer", encoder_conf=tiny_sanm_conf(), zoo_metas=False)
+    assert sorted(p.name for p in bare.iterdir()) == ["am.mvn", "config.yaml", "model.pt", "tokens.json"]
+
+
 def test_streaming_encoder_with_full_context_is_sanm_on_the_same_weights(zoo, tmp_path):
     streaming, _ = load_funasr_encoder(zoo["ParaformerStreaming"], conf_overrides={"context": "full"})
     chunked, _ = load_funasr_encoder(zoo["ParaformerStreaming"])  # as FunASR runs it (tests/models/test_sanm_chunk.py)
