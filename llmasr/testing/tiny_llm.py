@@ -67,6 +67,23 @@ def train_bpe_tokenizer(texts: list[str], vocab_size: int = 300, *, chat_templat
     return _wrapped(tok, chat_template)
 
 
+def train_gpt2_style_bpe_tokenizer(texts: list[str], vocab_size: int = 300, *, chat_template: str | None = None):
+    """A byte-level BPE with GPT-2's pipeline (ByteLevel's own split, no normaliser) trained on `texts` and the
+    default corpus: punctuation stands alone where Qwen's split joins one such character to the letters after it
+    ("(ann" one pre-token), for tests of a tokenizer of that shape."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=CHATML_SPECIALS, initial_alphabet=alphabet, show_progress=False
+    )
+    tok.train_from_iterator([*texts, *DEFAULT_CORPUS], trainer=trainer)
+    return _wrapped(tok, chat_template)
+
+
 def _wrapped(tok, chat_template: str | None, **specials):
     """`tok` (a tokenizers.Tokenizer) as a transformers fast tokenizer with the ChatML specials and template."""
     from transformers import PreTrainedTokenizerFast

@@ -154,10 +154,12 @@ def test_what_a_hypothesis_earns_is_its_leftmost_longest_phrases(model):
 def test_a_phrase_inside_a_longer_word_earns_nothing():
     """A phrase's start-of-text spelling ("ann") begins a match only where no word is under way: " jo" + "ann"
     (Joann) and " " + "x" + "ann" had earned the boost of the hotword "ann"; at the start of the text, after a
-    space and after punctuation it still does."""
-    from llmasr.testing.tiny_llm import train_bpe_tokenizer
+    space and after punctuation it still does. A GPT-2 style split, where "(" stands alone: Qwen's joins it to the
+    word after it ("(ann" one token, which no spelling of the phrase holds)."""
+    from llmasr.testing.tiny_llm import train_gpt2_style_bpe_tokenizer
 
-    tok = train_bpe_tokenizer(["ann ann ann ann", "hello ann", "ann said jo", "jo went", "(ann)"] * 20, vocab_size=280)
+    texts = ["ann ann ann ann", "hello ann", "ann said jo", "jo went", "(ann)"] * 20
+    tok = train_gpt2_style_bpe_tokenizer(texts, vocab_size=280)
     end = tok.convert_tokens_to_ids("<|im_end|>")
     vocab = len(tok)
 

@@ -12,7 +12,7 @@ from tokenizers import Tokenizer
 
 from llmasr.models.llm import load_llm
 from llmasr.models.tokenizer import load_tokenizer
-from llmasr.testing.tiny_llm import write_qwen_layout_llm_dir, write_tiny_llm_dir
+from llmasr.testing.tiny_llm import train_gpt2_style_bpe_tokenizer, write_qwen_layout_llm_dir, write_tiny_llm_dir
 
 TEXTS = [
     "the quick brown fox jumps over the lazy dog",
@@ -61,29 +61,11 @@ def test_a_token_added_to_tokenizer_json_alone_is_kept(arch, tmp_path, caplog):
     assert prompt == "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
 
 
-def gpt2_style_tokenizer():
-    """A byte-level BPE with GPT-2's pipeline (ByteLevel's own split, no normaliser), as the tiny qwen2 folders of
-    llmasr.testing were written before they took Qwen's pipeline."""
-    from tokenizers import decoders, models, pre_tokenizers, trainers
-
-    from llmasr.testing.tiny_llm import CHATML_SPECIALS, DEFAULT_CORPUS, _wrapped
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    alphabet = pre_tokenizers.ByteLevel.alphabet()
-    trainer = trainers.BpeTrainer(
-        vocab_size=300, special_tokens=CHATML_SPECIALS, initial_alphabet=alphabet, show_progress=False
-    )
-    tok.train_from_iterator(DEFAULT_CORPUS, trainer=trainer)
-    return _wrapped(tok, None)
-
-
 def test_a_qwen2_folder_with_another_pipeline_is_read_as_written(tmp_path, caplog):
     """A qwen2 folder whose tokenizer.json has a GPT-2 style ByteLevel pipeline, no normaliser. Qwen2Tokenizer had
     imposed NFC and Qwen's split on it (a combining accent composed into a letter the model never saw that way), and
     the model build and the data's text side both read it so."""
-    folder = write_tiny_llm_dir(tmp_path / "qwen2", tokenizer=gpt2_style_tokenizer())
+    folder = write_tiny_llm_dir(tmp_path / "qwen2", tokenizer=train_gpt2_style_bpe_tokenizer([]))
     with caplog.at_level(logging.WARNING, logger="llmasr.models.tokenizer"):
         assert_as_written(folder)
     assert "its normalizer; its pre_tokenizer" in caplog.text
