@@ -52,7 +52,7 @@ from llmasr.export.staged_dir import discarded_on_error, output_dir, publish, st
 from llmasr.models.builder import build_model
 from llmasr.models.config import ModelConfig
 from llmasr.models.exported import MODEL_FILE
-from llmasr.models.funasr_dir import missing_weights, weights_file
+from llmasr.models.funasr_files import missing_weights, weights_file
 from llmasr.models.state_dict import select_prefix, torch_load, unwrap_state_dict
 from llmasr.recipe import Recipe
 

@@ -23,7 +23,8 @@ import yaml
 
 from llmasr.config_io import ConfigError, not_utf8, to_dict
 from llmasr.models.encoders import funasr_class_name
-from llmasr.models.funasr_dir import file_path_metas, frontend_from_funasr_conf, resolve_cmvn
+from llmasr.models.funasr_dir import frontend_from_funasr_conf
+from llmasr.models.funasr_files import file_path_metas, resolve_cmvn
 from llmasr.models.sensevoice import CONF_KEYS
 
 NANO_MODEL = "FunASRNano"

@@ -25,7 +25,8 @@ from llmasr.models.context import llm_context
 from llmasr.models.ctc import build_ctc_head, build_ctc_tokenizer
 from llmasr.models.ds_checkpoint import weights_in
 from llmasr.models.encoder_spec import encoder_frontend, encoder_spec
-from llmasr.models.funasr_dir import construct_encoder, load_funasr_encoder, missing_weights
+from llmasr.models.funasr_dir import construct_encoder, load_funasr_encoder
+from llmasr.models.funasr_files import missing_weights
 from llmasr.models.llm import apply_lora, embedding_shape, load_llm
 from llmasr.models.prompt import PromptBuilder
 from llmasr.models.speech_llm import SpeechLLM

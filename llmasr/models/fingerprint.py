@@ -123,7 +123,7 @@ def _funasr_weights(path: Path) -> Path | None:
     folder there (model.pt/mp_rank_00_model_states.pt)."""
     if not (path / "config.yaml").is_file():
         return None
-    from llmasr.models.funasr_dir import weights_file
+    from llmasr.models.funasr_files import weights_file
 
     try:
         found = weights_file(path)

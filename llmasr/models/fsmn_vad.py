@@ -25,7 +25,8 @@ from torch import nn
 from llmasr.config_io import ConfigError
 from llmasr.data.features import FeatureExtractor
 from llmasr.models.encoders import funasr_class_name
-from llmasr.models.funasr_dir import funasr_frontend, missing_weights, read_funasr_config, weights_file
+from llmasr.models.funasr_dir import funasr_frontend, read_funasr_config
+from llmasr.models.funasr_files import missing_weights, weights_file
 from llmasr.models.state_dict import CheckpointMismatchError, load_into, select_prefix, torch_load, unwrap_state_dict
 from llmasr.models.vad_endpoints import CHUNK_MS, EndpointDetector, VadOptions
 

@@ -20,7 +20,8 @@ from pathlib import Path
 
 from llmasr.config_io import ConfigError
 from llmasr.models.ctc_vocab import read_token_list
-from llmasr.models.funasr_dir import file_path_metas, missing_weights, named_in_dir, read_funasr_config, weights_file
+from llmasr.models.funasr_dir import read_funasr_config
+from llmasr.models.funasr_files import file_path_metas, missing_weights, named_in_dir, weights_file
 
 # FunASR prefixes every tensor of the CTC head with the module's name.
 CTC_PREFIX = "ctc."
@@ -31,7 +32,7 @@ BESIDE_CONFIG = (("token_list", "tokens.txt"), ("token_list", "tokens.json"), ("
 
 
 def _named_file(model_dir: Path, name: object, where: str) -> Path:
-    """A file a FunASR config names (funasr_dir.named_in_dir), ConfigError naming `where` when it is not there."""
+    """A file a FunASR config names (funasr_files.named_in_dir), ConfigError naming `where` when it is not there."""
     path = named_in_dir(model_dir, name)
     if path.is_file():
         return path

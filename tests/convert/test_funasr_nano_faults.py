@@ -84,7 +84,7 @@ def test_llm_tokenizer_far_smaller_than_the_llms_vocabulary_is_refused(tmp_path)
 def test_cmvn_is_the_file_funasr_applies(tmp_path, how):
     """config.yaml says cmvn_file: null, but FunASR's AutoModel applies am.mvn when configuration.json maps
     file_path_metas.frontend_conf.cmvn_file to it, or, without configuration.json, when it lies beside config.yaml:
-    the converter picks it as llmasr's own FunASR-directory loader does (funasr_dir.resolve_cmvn)."""
+    the converter picks it as llmasr's own FunASR-directory loader does (funasr_files.resolve_cmvn)."""
     src = write_nano_dir(tmp_path / "src")
     dim = 80 * 7  # the fixture frontend's n_mels * lfr_m
     write_kaldi_cmvn(src / "am.mvn", np.full(dim, -1.0), np.full(dim, 0.5))
