@@ -14,13 +14,14 @@ so the boost pulls towards a phrase only as far as the other scores (the LLM's, 
 CTC guidance the boost is added to the joint score of the candidates the audio supports; a distractor the audio
 does not support stays out of reach.
 
-Phrases are matched as token ids of the LLM tokenizer, as they would be written at the start of the text and after
-a space (byte-level BPE tokenizers spell the two differently). The start-of-text spelling begins a match only where
-no word is under way: at the start of the text, or after a token that does not end in a letter or digit (" jo" then
-"ann" is Joann, not Ann). A phrase that ends in a letter or digit is complete only where its word ends: a token
-that carries the word on ("Ann" then "a": Anna) gives its bonus back. Phrases
-are found leftmost first, then longest first: when a match breaks off, a phrase that begins or ends inside it is
-still found; matches never overlap, so no token is paid twice (llmasr.models.hotword_trie).
+Phrases are matched as token ids of the LLM tokenizer, as they would be written at the start of the text and after a
+space (byte-level BPE tokenizers spell the two differently), and after each character that a token of the tokenizer
+joins to a word ('(ann': Qwen's split keeps one such character with the letters after it). The start-of-text
+spelling begins a match only where no word is under way: at the start of the text, or after a token that does not
+end in a letter or digit (" jo" then "ann" is Joann, not Ann). A phrase that ends in a letter or digit is complete
+only where its word ends: a token that carries the word on ("Ann" then "a": Anna) gives its bonus back. Phrases are
+found leftmost first, then longest first: when a match breaks off, a phrase that begins or ends inside it is still
+found; matches never overlap, so no token is paid twice (llmasr.models.hotword_trie).
 
 A phrase holding characters of a script written without spaces ("通义千问", "iPhone手机") is matched on the bytes the
 tokens spell instead (llmasr.models.hotword_text), one boost per character (a quarter per ASCII one, or letter,
@@ -38,7 +39,7 @@ from dataclasses import dataclass
 import torch
 
 from llmasr.models.hotword_text import Place, byte_phrases, reading, step_token, text_gains, text_trie
-from llmasr.models.hotword_tokens import is_word_char, kept_for, token_index, token_texts
+from llmasr.models.hotword_tokens import is_word_char, kept_for, opener_chars, token_index, token_texts
 from llmasr.models.hotword_trie import Node, chain, joins, transition
 
 ROWS_KEPT = 64  # score rows a HotwordBoost keeps (one batch's search): a row is the LLM's vocabulary wide
@@ -58,12 +59,33 @@ def phrase_trie(phrases, tokenizer, edges: tuple[frozenset[int], frozenset[int]]
         spellings = {
             tuple(tokenizer.encode(t, add_special_tokens=False, split_special_tokens=True)) for t in (text, " " + text)
         }
+        spellings.update(_after_openers(text, tokenizer))
         for spelling in spellings:
             node = root
             for token in spelling:
                 node = node.children.setdefault(token, Node(node.path + (token,), node.weight + 1))
             node.complete, node.word_end = True, node.word_end or is_word_char(text[-1])
     return root
+
+
+def _after_openers(text: str, tokenizer) -> list[tuple[int, ...]]:
+    """The spellings of phrase `text` right after a character that the tokenizer's pre-tokenizer joins to the word
+    after it ('(' in '(ann', Qwen's split): where the phrase's first token then holds that character too, no
+    start-of-text or after-a-space spelling is in the text. Such a spelling pays its first token as the phrase's (a
+    token that is that character alone is no such spelling: the phrase's own spellings match after it). Only where
+    the pre-tokenizer joins the character to the phrase's first word: Qwen's splits "'tea" as "'t" "ea" (English
+    contractions), and a phrase "tea" does not begin inside "don't"."""
+    openers = sorted(opener_chars(tokenizer).get(text[0], ())) if is_word_char(text[0]) else []
+    pre = getattr(getattr(tokenizer, "backend_tokenizer", None), "pre_tokenizer", None)
+    if not openers or pre is None:
+        return []
+    pieces = len(pre.pre_tokenize_str(text))
+    openers = [c for c in openers if len(pre.pre_tokenize_str(c + text)) == pieces]
+    if not openers:
+        return []
+    texts = token_texts(tokenizer)
+    encoded = tokenizer([c + text for c in openers], add_special_tokens=False, split_special_tokens=True)["input_ids"]
+    return [tuple(ids) for c, ids in zip(openers, encoded) if ids and texts[ids[0]] not in ("", c)]
 
 
 @dataclass(frozen=True)

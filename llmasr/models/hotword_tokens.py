@@ -183,6 +183,22 @@ def token_texts(tokenizer) -> list[str]:
     return kept_for(tokenizer, "texts", decoded)
 
 
+def opener_chars(tokenizer) -> dict[str, frozenset[str]]:
+    """Per word character w, the characters c that one of the tokenizer's tokens joins to a word beginning with w
+    (its text c, w, ...; c neither a word character nor whitespace). Qwen's and GPT-4-style pre-tokenizers keep one
+    such character with the letters after it ('(ann', '"Qwen', '-based'), so a phrase written right after it may
+    begin inside a token that starts with c. Kept for the tokenizer (kept_for)."""
+
+    def read():
+        found: dict[str, set[str]] = {}
+        for t in token_texts(tokenizer):
+            if len(t) >= 2 and not t[0].isspace() and not _is_word(t[0]) and _is_word(t[1]):
+                found.setdefault(t[1], set()).add(t[0])
+        return {w: frozenset(cs) for w, cs in found.items()}
+
+    return kept_for(tokenizer, "openers", read)
+
+
 # What is read once from a tokenizer's vocabulary (its texts, bytes, index and token edges, the tries of its recent
 # lists), held weakly by the tokenizer rather than as its attributes: a tokenizer pickled into loader workers does not
 # carry them.

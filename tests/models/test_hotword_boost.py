@@ -174,6 +174,30 @@ def test_a_phrase_inside_a_longer_word_earns_nothing():
     assert earned("hello joann ann") == len(_ids(tok, " ann"))
 
 
+def test_a_phrase_right_after_a_character_qwen_joins_to_it_earns_its_boost():
+    """Qwen's split keeps one character that is no letter, digit or space with the letters after it ("(ann" one
+    pre-token), and its BPE merges them ("(ann" one token): no spelling of the phrase had been in "(ann) went", which
+    earned nothing. A token that is the character alone still leaves the phrase's own spellings to match."""
+    from llmasr.testing.tiny_llm import train_bpe_tokenizer
+
+    tok = train_bpe_tokenizer(["ann ann ann ann", "hello ann", "ann said jo", "jo went", "(ann)", "[x"] * 20, 280)
+    end = tok.convert_tokens_to_ids("<|im_end|>")
+
+    def earned(text):
+        return _total(HotwordBoost([["ann"]], tok, 1.0, end, 1), _ids(tok, text), len(tok), end)
+
+    assert tok.convert_ids_to_tokens(_ids(tok, "(ann) went"))[0] == "(ann"  # the case: the opener merged
+    assert earned("(ann) went") == len(_ids(tok, "(ann"))
+    assert earned("hello (ann) went") == len(_ids(tok, "ann"))  # " (" a pre-token: "ann" after it, alone
+    assert earned("[ann went") == len(_ids(tok, "ann"))  # "[" alone a token: the start-of-text spelling after it
+    assert earned("(anna) went") == 0.0  # the word goes on past the phrase
+    tea = train_bpe_tokenizer(["don't tea", "don'tea", "'tea", "tea"] * 20, 280)  # "'t" a token, a contraction
+    assert "'t" in tea.convert_ids_to_tokens(_ids(tea, "don'tea"))
+    tea_end = tea.convert_tokens_to_ids("<|im_end|>")
+    assert _total(HotwordBoost([["tea"]], tea, 1.0, tea_end, 1), _ids(tea, "don'tea"), len(tea), tea_end) == 0.0
+    assert earned("hello joann went") == 0.0
+
+
 def test_sentencepiece_words_are_not_read_as_joining(tmp_path):
     """A SentencePiece (Metaspace) tokenizer, as Llama's and Mistral's: a word's first token decoded alone loses its
     space ("▁is" reads "is"), which had made every word-initial token 'joining', so a phrase ending in a letter
