@@ -150,14 +150,14 @@ def recipe_with_targets(tmp_path, llm_dir, planted: dict[str, dict[int, str]]) -
     manifests = []
     for name in ("train", "valid"):
         manifest = write_tiny_corpus(tmp_path / name, n=20 if name == "train" else 6, seed=len(name))
-        recs = [json.loads(line) for line in manifest.read_text().splitlines()]
+        recs = [json.loads(line) for line in manifest.read_text(encoding="utf-8").splitlines()]
         for i, text in planted.get(name, {}).items():
             recs[i]["target"] = text
-        manifest.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in recs))
+        manifest.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in recs), encoding="utf-8")
         manifests.append(manifest)
     recipe = tiny_recipe_dict(
         llm_dir, train=[str(manifests[0])], valid=[str(manifests[1])], output_dir=tmp_path / "run"
     )
     path = tmp_path / "recipe.yaml"
-    path.write_text(yaml.safe_dump(recipe))
+    path.write_text(yaml.safe_dump(recipe), encoding="utf-8")
     return path, manifests
