@@ -5,11 +5,10 @@ config.yaml's cmvn_file, am.mvn), each missing one an error that says what belon
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
-from llmasr.config_io import ConfigError
+from llmasr.config_io import ConfigError, read_json
 from llmasr.models.ds_checkpoint import MODEL_STATES, weights_in, zero3_partitions, zero_to_fp32_advice
 
 log = logging.getLogger(__name__)
@@ -20,13 +19,7 @@ def _configuration_json(model_dir: Path) -> dict | None:
     path = model_dir / "configuration.json"
     if not path.is_file():
         return None
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ConfigError(f"{path}: not a readable JSON object: {err}") from err
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: not a readable JSON object: the top level is a {type(data).__name__}")
-    return data
+    return read_json(path, dict, "FunASR's file mapping")
 
 
 def file_path_metas(model_dir: Path) -> dict | None:
