@@ -42,14 +42,20 @@ def _drops(model: dict) -> bool:
     return model.get("type") == "BPE" and not model.get("unk_token")
 
 
-def unk_reach(tokenizer) -> tuple[str | None, str]:
+def pipeline_spec(tokenizer) -> dict:
+    """The tokenizer's tokenizers pipeline as its tokenizer.json writes it ({} for a slow tokenizer)."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    return json.loads(backend.to_str()) if backend is not None else {}
+
+
+def unk_reach(tokenizer, spec: dict | None = None) -> tuple[str | None, str]:
     """(how transcripts are asked: "char", "word" or "line"; None where the tokenizer writes every character, or
     has no unk token and drops none), and why, in words. Read from the tokenizer's pipeline (its tokenizer.json), not
-    from its name."""
+    from its name. `spec`: its pipeline_spec, where already read."""
     backend, unk = getattr(tokenizer, "backend_tokenizer", None), getattr(tokenizer, "unk_token_id", None)
     if backend is None:  # a slow (Python) tokenizer: no pipeline to read, each transcript tokenized whole
         return ("line", "a tokenizer without a tokenizers pipeline") if unk is not None else (None, "no unk token")
-    spec = json.loads(backend.to_str())
+    spec = pipeline_spec(tokenizer) if spec is None else spec
     model, vocab = spec.get("model") or {}, backend.get_vocab(with_added_tokens=False)
     kind = model.get("type")
     pre, norm = _types(spec.get("pre_tokenizer")), _types(spec.get("normalizer"))
@@ -87,11 +93,11 @@ class LLMUnk:
     llmasr.models.prompt.PromptBuilder.answer_text); [] for none. Build it with `of`, which gives None where the
     tokenizer writes any text."""
 
-    def __init__(self, tokenizer, mode: str, why: str, wrap: Callable[[str], str] | None = None, source: str = ""):
+    def __init__(self, tokenizer, mode: str, why: str, wrap: Callable[[str], str] | None = None, source: str = "",
+                 spec: dict | None = None):  # fmt: skip
         self.tokenizer, self.mode, self.why, self.source = tokenizer, mode, why, source
         self.wrap = wrap or str.strip
-        backend = getattr(tokenizer, "backend_tokenizer", None)
-        spec = json.loads(backend.to_str()) if backend is not None else {}
+        spec = pipeline_spec(tokenizer) if spec is None else spec
         self.drops = _drops(spec.get("model") or {})
         self.unk_id = None if self.drops else int(tokenizer.unk_token_id)
         self.unk = "" if self.drops else str(tokenizer.unk_token)
@@ -104,8 +110,9 @@ class LLMUnk:
 
     @classmethod
     def of(cls, tokenizer, wrap=None, source: str = "the LLM's tokenizer") -> LLMUnk | None:
-        mode, why = unk_reach(tokenizer)
-        return None if mode is None else cls(tokenizer, mode, why, wrap, source)
+        spec = pipeline_spec(tokenizer)  # read once, for the reach and the pass
+        mode, why = unk_reach(tokenizer, spec)
+        return None if mode is None else cls(tokenizer, mode, why, wrap, source, spec=spec)
 
     def _ids(self, text: str) -> list[int]:
         return self.tokenizer.encode(text, add_special_tokens=False, split_special_tokens=True)
