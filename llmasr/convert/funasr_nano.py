@@ -129,7 +129,7 @@ def ctc_branch(src: Path, config: dict, state: dict, enc_dim: int) -> tuple[dict
         return None, f"{path} names no ctc_decoder to build it from"
     vocab, places = ctc_vocab_file(src, config)
     if vocab is None:
-        return None, f"its vocabulary is missing (looked for {', '.join(str(p) for p in places)})"
+        return None, f"its vocabulary is missing (looked for {', '.join(dict.fromkeys(str(p) for p in places))})"
     section = ctc_section(config, path, enc_dim)
     rows = state.get("ctc.ctc_lo.weight")
     if rows is not None and tuple(rows.shape) != (section["vocab_size"], enc_dim):

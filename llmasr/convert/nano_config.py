@@ -22,6 +22,7 @@ from typing import Any
 import yaml
 
 from llmasr.config_io import ConfigError, not_utf8, to_dict
+from llmasr.config_paths import nested_hint
 from llmasr.models.encoders import funasr_class_name
 from llmasr.models.funasr_dir import frontend_from_funasr_conf
 from llmasr.models.funasr_files import file_path_metas, resolve_cmvn
@@ -111,11 +112,22 @@ def stated(config: dict, key: str, path: Path, default: Any = None) -> Any:
     return resolve(config.get(key, default), config, f"{path}: {key}")
 
 
+def _llm_folder_hint(src: Path) -> str:
+    """Where SRC is the LLM folder inside a Nano directory (its config.json, the parent's config.yaml): a sentence
+    naming the parent; else ""."""
+    if (src / "config.json").is_file() and (src.parent / "config.yaml").is_file():
+        return f". {src} is an LLM folder (config.json); give the Fun-ASR-Nano directory that holds it: {src.parent}"
+    return ""
+
+
 def read_nano_config(src: Path) -> dict:
     """config.yaml of a Fun-ASR-Nano directory, checked to be one; references are resolved where used."""
     path = src / "config.yaml"
     if not path.is_file():
-        raise ConfigError(f"{path}: missing; a Fun-ASR-Nano directory holds config.yaml, model.pt and an LLM directory")
+        raise ConfigError(
+            f"{path}: missing; a Fun-ASR-Nano directory holds config.yaml, model.pt and an LLM directory"
+            f"{_llm_folder_hint(src) or nested_hint(src, 'config.yaml', 'SRC')}"
+        )
     try:
         config = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as err:

@@ -3,9 +3,11 @@
 FunASRNano with `llm_conf.use_lora` swaps the LLM's target linear layers for funasr.models.lora.layers.Linear: the
 base `weight` (and `bias`) keep their names, `lora_A` [r, in] and `lora_B` [out, r] sit beside them, and the layer
 computes x W^T + scaling * x A^T B^T with scaling = lora_alpha / r (`llm_conf.lora_conf`; FunASR's defaults 32 and
-16). Its state dict holds the unmerged weight (a model's eval() reaches the layer through train(False), which
-unmerges), so W + scaling * B @ A is the layer FunASR runs. Without use_lora FunASR builds plain linear layers and
-never reads the LoRA tensors: such a model.pt is refused rather than guessed at, and so are peft's LoRA names.
+16). Its targets are the layers a name of `lora_conf.target_modules` (default q_proj, v_proj) is a dotted part of;
+FunASR's loader drops LoRA tensors of any other layer, so they are refused here. Its state dict holds the unmerged
+weight (a model's eval() reaches the layer through train(False), which unmerges), so W + scaling * B @ A is the
+layer FunASR runs. Without use_lora FunASR builds plain linear layers and never reads the LoRA tensors: such a
+model.pt is refused rather than guessed at, and so are peft's LoRA names.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from llmasr.convert.nano_config import _section, number
 log = logging.getLogger(__name__)
 
 LORA = (".lora_A", ".lora_B")
+DEFAULT_TARGETS = ["q_proj", "v_proj"]  # FunASRNano._apply_lora_to_llm's, when lora_conf names none
 
 
 class LoraError(RuntimeError):
@@ -28,6 +31,24 @@ class LoraError(RuntimeError):
 
 def _shown(keys: list[str]) -> str:
     return ", ".join(keys[:3]) + (", ..." if len(keys) > 3 else "")
+
+
+def _check_targeted(layers: list[str], lora_conf: dict, ckpt: Path, cfg_path: Path) -> None:
+    """Refuse LoRA tensors on layers FunASR gives no LoRA layer: it swaps in one where a name of
+    lora_conf.target_modules (default q_proj, v_proj) is a dotted part of the layer's name, and its loader drops
+    model.pt's tensors that the model has no place for, so it runs such a layer without them."""
+    targets = lora_conf.get("target_modules", DEFAULT_TARGETS)
+    stated = "target_modules" in lora_conf
+    if not isinstance(targets, list) or not all(isinstance(t, str) for t in targets):
+        raise LoraError(f"{cfg_path}: llm_conf.lora_conf.target_modules is {targets!r}; it must be a list of names")
+    untargeted = [layer for layer in layers if not any(t in layer[len("llm.") :].split(".") for t in targets)]
+    if untargeted:
+        said = f"is {targets}" if stated else f"is not set (FunASR's default {DEFAULT_TARGETS})"
+        raise LoraError(
+            f"{ckpt}: {len(untargeted)} layer(s) carry LoRA tensors ({_shown(untargeted)}) that FunASR never loads: "
+            f"{cfg_path} llm_conf.lora_conf.target_modules {said}, so FunASR builds those layers without LoRA. "
+            "Add their names to target_modules if the model was trained with them, or remove the tensors"
+        )
 
 
 def fold_funasr_lora(
@@ -57,6 +78,7 @@ def fold_funasr_lora(
     alpha = number(lora_conf.get("lora_alpha", 32), f"{cfg_path}: llm_conf.lora_conf.lora_alpha", float)
     out = dict(state)
     layers = sorted({k[: -len(LORA[0])] for k in lora})
+    _check_targeted(layers, lora_conf, ckpt, cfg_path)
     if tied_head and "llm.lm_head" in layers:
         raise LoraError(
             f"{ckpt}: llm.lm_head carries LoRA tensors, but the LLM ties lm_head to its input embeddings "

@@ -345,3 +345,21 @@ def test_files_that_reach_an_empty_out_during_the_conversion_are_kept(tmp_path, 
         convert_funasr(src, out)
     assert [p.name for p in out.iterdir()] == ["notes.txt"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "src"]  # no staging folder left
+
+
+@pytest.mark.parametrize("given", ["cache", "llm"])
+def test_a_folder_above_the_model_or_its_llm_folder_names_the_directory_to_give(tmp_path, capsys, given):
+    """SRC set to a ModelScope cache folder above the model, or to the Qwen3 folder inside it: the error names the
+    Fun-ASR-Nano directory to give instead."""
+    src = write_nano_dir(tmp_path / "hub" / "models" / "FunAudioLLM" / "Fun-ASR-Nano-2512")
+    given_path = tmp_path / "hub" if given == "cache" else src / LLM_DIR
+    assert cli_main(["convert", "funasr", str(given_path), str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert f"{given_path / 'config.yaml'}: missing" in err
+    if given == "cache":
+        assert f"Folders under it hold one: {src}: set SRC to the model's own folder" in err
+    else:
+        assert (
+            f"{given_path} is an LLM folder (config.json); give the Fun-ASR-Nano directory that holds it: {src}" in err
+        )
+    assert not (tmp_path / "out").exists()
