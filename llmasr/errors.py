@@ -57,8 +57,10 @@ def traceback_to(path: str | Path | None) -> None:
 
 
 def rank_specific(err: BaseException, rank: int) -> None:
-    """Mark `err` as possibly this rank's alone: every rank that has it reports it."""
-    err.llmasr_rank = rank  # type: ignore[attr-defined]
+    """Mark `err` as possibly this rank's alone: every rank that has it reports it. One that says `every_rank` (the
+    ranks raised it together, from what they shared) stays rank 0's to report."""
+    if not getattr(err, "every_rank", False):
+        err.llmasr_rank = rank  # type: ignore[attr-defined]
 
 
 @contextmanager

@@ -8,6 +8,7 @@ import pytest
 
 from llmasr import errors
 from llmasr.config_io import ConfigError, from_dict
+from llmasr.data.bad_data import TooMuchBadData
 from llmasr.train.preemption import Interrupted
 
 
@@ -103,6 +104,20 @@ def test_only_rank_0_reports_what_every_rank_has(monkeypatch, capsys, rank):
     prefix = "llmasr train: error on rank 1" if rank == "1" else "llmasr train: error"
     assert err.startswith(f"{prefix}: RuntimeError: CUDA out of memory")
     assert "LLMASR_DEBUG=1" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("rank", ["0", "1"])
+def test_an_error_every_rank_raised_together_is_rank_0s_to_report(monkeypatch, capsys, rank):
+    """Validation's refusal on the ranks' summed bad data: every rank raises it inside the training loop, which marks
+    its errors as maybe one rank's; each rank had printed it."""
+    monkeypatch.setenv("RANK", rank)
+    monkeypatch.setenv(errors.DEBUG_ENV, "")
+    together = TooMuchBadData("valid: too much bad data: 9 of 29 items")
+    together.every_rank = True
+    errors.rank_specific(together, int(rank))
+    assert errors.run("llmasr train", fail_with(together), []) == 2
+    expected = "llmasr train: error: valid: too much bad data: 9 of 29 items\n" if rank == "0" else ""
+    assert capsys.readouterr().err == expected
 
 
 def test_a_rank_whose_peer_left_does_not_report_that_as_the_error(monkeypatch, capsys, tmp_path):

@@ -1,7 +1,7 @@
 """The accounting of unusable data: `BadItem` (what SpeechDataset returns for a line it cannot use), the classes of
 reasons, and `BadDataTracker`, which the main process feeds every batch: it logs bad items (rate-limited), keeps
-the first few as examples, and raises `TooMuchBadData` once the bad fraction passes `max_bad_fraction`; and
-`ranks_summary`, the line of every rank's counts summed.
+the first few as examples, and raises `TooMuchBadData` once the bad fraction passes `max_bad_fraction`; and across
+ranks, `ranks_summary` (the line of every rank's counts summed) and `refuse_summed` (validation's limit, on the sum).
 """
 
 from __future__ import annotations
@@ -117,7 +117,8 @@ class BadDataTracker:
     resume.
     Each rank keeps its own tracker over its own share of the data (`rank` of `world_size`), and says so: its counts
     are not the whole data's, and ranks reach the limit at different times, so no collective can sum them there (the
-    trainer sums them where every rank is, at the end of each epoch: `share`, `ranks_summary`).
+    trainer sums them where every rank is, at the end of each epoch: `share`, `ranks_summary`). Validation's tracker
+    only counts: the trainer sums the ranks' after each pass and checks the sum (`refuse_summed`).
 
     The lines known bad before loading (`static`) are never batched, so an epoch counts them in step with its
     progress (`advance`): all at once at its start, beside the few good items seen by then, they would read as a
@@ -140,9 +141,10 @@ class BadDataTracker:
         end_of: str = "epoch end",
     ):
         """`enforce`: False counts without ever raising (decoding checks `exceeded` itself, after its outputs are
-        written). `quiet`: no bad item is logged (the caller names each one itself, by what its user gave). `rank`,
-        `world_size`: whose share of the data this tracker counts (decoding merges every rank's into one of world
-        size 1). `end_of`: what the final check ends ("epoch end", or a validation pass's end)."""
+        written; validation checks the ranks' sum, `refuse_summed`). `quiet`: no bad item is logged (the caller
+        names each one itself, by what its user gave). `rank`, `world_size`: whose share of the data this tracker
+        counts (decoding merges every rank's into one of world size 1). `end_of`: what the final check ends ("epoch
+        end", or a validation pass's end)."""
         self.rank = int(rank)
         self.world_size = int(world_size)
         self.end_of = end_of
@@ -163,6 +165,7 @@ class BadDataTracker:
         self.static_epoch = 0  # the epoch's visits to static lines
         self.static_counted = 0  # how many of them `advance` has counted so far
         self._logged = 0
+        self._named: set[str] = set()  # the places a warning has named: a later epoch or pass meets them again
         self._suppressed = 0
         self._last_log = 0.0
 
@@ -238,7 +241,10 @@ class BadDataTracker:
         if self.quiet:
             return
         where = f"{rec.get('manifest')}:{rec.get('line')}"
+        if where in self._named:  # named once: each validation pass (or epoch) meets the same bad lines again
+            return
         if self._logged < self.log_first:
+            self._named.add(where)
             self._logged += 1
             log.warning("%s: skipping bad item %s (key %s): %s", self.name, where, rec.get("key"), rec.get("reason"))
             if self._logged == self.log_first:
@@ -335,11 +341,14 @@ class BadDataTracker:
         self._take(int(state.get("static_counted", self.static_epoch)), count=False)
 
 
-def ranks_summary(shares: list[dict], name: str, when: str, max_bad_fraction: float, examples: int = 5) -> str | None:
+def ranks_summary(shares: list[dict], name: str, when: str, max_bad_fraction: float, examples: int = 5, *,
+                  summed: bool = False, full_list: str | None = None) -> str | None:  # fmt: skip
     """The log line of the bad data every rank counted in `when` ("epoch 0"), summed over `shares` (each rank's
-    BadDataTracker.share(), in rank order); None when there was none. Each rank checks data.max_bad_fraction against
-    its own share as it loads (the others are elsewhere then: no collective can sum there), so the sum is reported
-    where every rank is anyway, and names the ranks' shares beside it."""
+    BadDataTracker.share(), in rank order); None when there was none. Training checks data.max_bad_fraction against
+    each rank's own share as it loads (the others are elsewhere then: no collective can sum there), so the sum is
+    reported where every rank is anyway, and names the ranks' shares beside it. `summed`: the limit holds the sum
+    (validation: `refuse_summed`). `examples`: the bad lines named (0: none, a line before named them). `full_list`:
+    the command that lists every bad line."""
     bad, seen = sum(s["bad"] for s in shares), sum(s["good"] + s["bad"] for s in shares)
     if not bad:
         return None
@@ -347,14 +356,31 @@ def ranks_summary(shares: list[dict], name: str, when: str, max_bad_fraction: fl
     for share in shares:
         reasons.update(share["by_reason"])
     head = f"{name}: {when}: {bad} bad of {seen} items"
+    limit = f"data.max_bad_fraction = {max_bad_fraction}"
     if len(shares) > 1:
         each = ", ".join(f"rank {r}: {s['bad']} of {s['good'] + s['bad']}" for r, s in enumerate(shares))
         head += f" on the {len(shares)} ranks together ({100 * bad / seen:.2f}%; {each})"
-        limit = f"data.max_bad_fraction = {max_bad_fraction} holds each rank's share to it"
+        limit += " holds their sum" if summed else " holds each rank's share to it"
     else:
         head += f" ({100 * bad / seen:.2f}%)"
-        limit = f"data.max_bad_fraction = {max_bad_fraction}"
     first = [e for s in shares for e in s["examples"]][:examples]
     named = "; ".join(f"{e.get('manifest')}:{e.get('line')} key={e.get('key')}: {e.get('reason')}" for e in first)
+    tail = f". All {bad}: `{full_list}` lists them" if full_list and bad > len(first) else ""
     return (f"{head}, {limit}. By reason: " + ", ".join(f"{r}: {c}" for r, c in reasons.most_common())
-            + f". First: {named}")  # fmt: skip
+            + (f". First: {named}" if first else "") + tail)  # fmt: skip
+
+
+def refuse_summed(shares: list[dict], tracker: BadDataTracker) -> None:
+    """TooMuchBadData on every rank alike when the ranks' `shares` (BadDataTracker.share(), in rank order) together
+    pass `tracker`'s max_bad_fraction. Validation's check: a rank that refused its own share at the pass's last
+    batch left the others in that batch's collectives (and a share's fraction is not the validation set's)."""
+    whole = BadDataTracker(tracker.max_bad_fraction, name=tracker.name, end_of=tracker.end_of,
+                           keep_examples=tracker.keep_examples)  # fmt: skip
+    whole.good, whole.bad = sum(s["good"] for s in shares), sum(s["bad"] for s in shares)
+    for share in shares:
+        whole.by_reason.update(share["by_reason"])
+    whole.examples = [e for s in shares for e in s["examples"]][: whole.keep_examples]
+    if whole.exceeded:
+        err = TooMuchBadData(whole.message(final=True))  # the validation set's counts: no rank's share
+        err.every_rank = True  # every rank raises it: rank 0 alone reports it (llmasr.errors.rank_specific)
+        raise err

@@ -217,7 +217,8 @@ def build_dataloader(
                                     ctc_labels=CTCRule(ctc_tokenizer) if ctc_tokenizer is not None else None,
                                     epoch_items=epoch_indices(epoch) if epoch_indices else None,
                                     target_lens=tl, share=share, text_lens=texts,
-                                    llm_unk=unk_of_prompt(prompt_builder), ctc_need=ctc_need)  # fmt: skip
+                                    llm_unk=unk_of_prompt(prompt_builder), ctc_need=ctc_need,
+                                    enforce=train)  # fmt: skip
     durations = np.asarray(manifest.durations(), dtype=np.float64)
     skip = np.asarray([b.index for b in static], dtype=np.int64)
     llm_lens = None if rows is None else rows.rows(manifest, durations, texts[0])

@@ -209,12 +209,13 @@ PROBES_WORTH_A_NOTE = 10_000  # header probes at start-up that cost seconds a ra
 
 def start_tracker(manifest, data_cfg, *, name: str, indices, rank: int, world_size: int, ctc_labels=None,
                   epoch_items=None, target_lens=None, share: ScreenShare | None = None, text_lens=None,
-                  llm_unk: LLMUnk | None = None, ctc_need=None):  # fmt: skip
+                  llm_unk: LLMUnk | None = None, ctc_need=None, enforce: bool = True):  # fmt: skip
     """Screen `manifest` and refuse at start when its known-bad lines pass data.max_bad_fraction; returns (this
     rank's BadDataTracker, every line known bad). `indices`: a validation subset, which counts only its own;
     `ctc_labels`: the dataset's CTC rule, when the model has a CTC head; `epoch_items`: a weighted mix's visits of
     the first epoch, which the start-up check counts per visit, as training does; `target_lens`, `share`,
-    `text_lens`, `ctc_need`: screen's; `llm_unk`: what the LLM's tokenizer spells unk (None: it spells any text)."""
+    `text_lens`, `ctc_need`: screen's; `llm_unk`: what the LLM's tokenizer spells unk (None: it spells any text);
+    `enforce`: the tracker's (validation's is False: the trainer checks the ranks' sum at the pass's end)."""
     unknown = int(np.isnan(np.asarray(manifest.durations(), dtype=np.float64)).sum())
     unread: dict[str, list[int]] = {}
     spelled_unk: dict[str, list[int]] = {}
@@ -250,7 +251,8 @@ def start_tracker(manifest, data_cfg, *, name: str, indices, rank: int, world_si
     refuse_at_start(counted, total if epoch_items is None else len(epoch_items), data_cfg.max_bad_fraction, name,
                     visits)  # fmt: skip
     end_of = "epoch end" if name == "train" else "the end of the validation pass"
-    tracker = BadDataTracker(data_cfg.max_bad_fraction, name=name, rank=rank, world_size=world_size, end_of=end_of)
+    tracker = BadDataTracker(data_cfg.max_bad_fraction, name=name, rank=rank, world_size=world_size, end_of=end_of,
+                             enforce=enforce)  # fmt: skip
     # Each rank sees about 1/world_size of the items, so it counts that share of the lines known bad.
     tracker.add_static([b for b in counted if b.index % world_size == rank], quiet=True)
     return tracker, static

@@ -1,6 +1,7 @@
 """`SpeechDataLoader`: the torch DataLoader training and decoding iterate. Beyond torch's, it
 - feeds every batch to its `bad_data` tracker in the main process (workers cannot share counters), raising
-  TooMuchBadData when data.max_bad_fraction is passed (after enough items, and at the end of every epoch); the lines
+  TooMuchBadData when data.max_bad_fraction is passed (after enough items, and at the end of every epoch; a
+  validation loader's tracker only counts: the trainer checks the ranks' sum at the pass's end); the lines
   screened bad before loading count in step with the epoch's batches, and a padding repeat of a batch (to keep the
   ranks in step) counts nothing again;
 - counts the batches the training loop has received, so `state_dict()` resumes exactly even though workers

@@ -19,7 +19,7 @@ import time
 from llmasr import errors
 from llmasr import run_dir as ck
 from llmasr.data import plan_record
-from llmasr.data.bad_data import ranks_summary
+from llmasr.data.bad_data import ranks_summary, refuse_summed
 from llmasr.models.sanm_chunk import load_chunk_draws
 from llmasr.run_dir.files import verify_ranks
 from llmasr.train import resolve, universal
@@ -139,6 +139,7 @@ class Run(RunSetup):
             return None
         self.valid_update = self.engine.global_steps
         self.progress.validation(self.engine.global_steps, metrics)
+        self._valid_bad_data()  # every rank is here: validate() ends in an all-reduce
         self.early.observe(self.engine.global_steps, metrics)  # every rank: the metrics are all-reduced
         return metrics
 
@@ -152,6 +153,7 @@ class Run(RunSetup):
         self.pending_rng = self.preemption = self.stop_signal = None  # the resume's owed validation is start-up
         start_epoch, loader_state, self.last_saved, self.valid_update = 0, None, -1, -1
         self.validation_owed = self.owed_here = False
+        self.valid_named = False  # a validation pass's bad-data line has named the first bad lines
         self.lr_since, self.skipped = 0, []  # the updates skipped since lr_schedule.csv was written (LrCourse)
         self.lr_stale = False  # lr_schedule.csv/png lack a skip since (written at the next save or the run's end)
         if self.resume is not None:
@@ -294,8 +296,25 @@ class Run(RunSetup):
             when += f" up to update {self.engine.global_steps}"
         if self.sampler.remainder_pass:  # the counts start afresh at another world size
             when += " (since the resume at another world size)"
-        if self.rank == 0 and (line := ranks_summary(shares, tracker.name, when, tracker.max_bad_fraction)):
+        full = f"llmasr data check --recipe {self.run_dir / ck.RECIPE_FILE}"
+        if self.rank == 0 and (line := ranks_summary(shares, tracker.name, when, tracker.max_bad_fraction,
+                                                     full_list=full)):  # fmt: skip
             log.warning(line)
+
+    def _valid_bad_data(self) -> None:
+        """Every rank, after a validation pass: rank 0's train.log gets the bad data all ranks met in it, summed,
+        and every rank refuses alike when the sum passes data.max_bad_fraction (refuse_summed). The first pass's
+        line names the first bad lines; each later pass meets the same ones, and counts them only."""
+        tracker = self.valid_loader.bad_data
+        shares = all_gather_object(tracker.share(tracker.keep_examples))
+        when = f"validation at update {self.engine.global_steps}"
+        full = f"llmasr data check --recipe {self.run_dir / ck.RECIPE_FILE} --valid"
+        shown = 0 if self.valid_named else 5
+        if self.rank == 0 and (line := ranks_summary(shares, tracker.name, when, tracker.max_bad_fraction, shown,
+                                                     summed=True, full_list=full)):  # fmt: skip
+            log.warning(line)
+            self.valid_named = True
+        refuse_summed(shares, tracker)
 
     def _stopped(self, signum: int, epoch: int, loader_state: dict | None, history: list[dict], owed=False) -> dict:
         """Every rank, after the same update: save (unless this update was just saved) and report one line. `owed`:

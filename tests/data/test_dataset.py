@@ -232,6 +232,20 @@ def test_tracker_below_threshold_counts_and_continues():
     assert "5 bad of 205" in t.summary()
 
 
+def test_tracker_names_each_bad_line_once_over_its_epochs_and_passes(caplog):
+    """A validation pass meets the same bad lines every time: each pass had named them again."""
+    t = BadDataTracker(1.0, name="valid", min_items=1)
+    for _ in range(3):  # three passes
+        t.new_epoch()
+        t.update(collated(4, [bad(1), bad(2)]))
+        t.end_epoch()
+        assert t.bad == 2
+    named = [r.getMessage() for r in caplog.records if "skipping bad item" in r.getMessage()]
+    assert named == [
+        f"valid: skipping bad item m.jsonl:{i} (key k{i}): audio: file not found (/x/y.wav)" for i in (1, 2)
+    ]
+
+
 def test_tracker_above_threshold_raises_with_counts_and_examples():
     t = BadDataTracker(0.01, min_items=50, keep_examples=3)
     with pytest.raises(TooMuchBadData) as err:

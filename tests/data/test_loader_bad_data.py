@@ -9,7 +9,7 @@ import torch
 from speech_fakes import FRONTEND, build, cfg, good_corpus, with_lines, write_manifest, write_wav
 
 from llmasr.config_io import from_dict
-from llmasr.data.bad_data import TooMuchBadData
+from llmasr.data.bad_data import TooMuchBadData, ranks_summary, refuse_summed
 from llmasr.data.loader import build_dataloader
 from llmasr.models.ctc_vocab import TokenListCTCTokenizer
 
@@ -234,25 +234,74 @@ def test_epoch_end_check_runs_when_the_loop_stops_at_the_last_batch(tmp_path):
 
 def test_a_ranks_refusal_says_its_counts_are_its_share_and_which_pass_ended(tmp_path):
     """On 2 ranks the refusal had said "2 of 12 items", one rank's share read as the whole data's 24, and "at epoch
-    end" where a validation pass had ended."""
+    end" where a validation pass had ended. A validation pass refuses on the ranks' sum instead (no rank alone, at
+    its last batch, while the others run that batch's collectives)."""
     write_wav(tmp_path / "vad.wav", 0.01)
     (tmp_path / "corrupt.wav").write_bytes(b"RIFF\x00\x00\x00\x00WAVEjunk" * 8)
     extra = [
         {"key": f"corrupt{i}", "source": "corrupt.wav", "target": "hello", "duration": 1.0} for i in range(4)
     ]  # bad only when loaded: each rank meets its own share
     manifest = with_lines(tmp_path, 20, extra)
-    for train, end in ((True, "at epoch end"), (False, "at the end of the validation pass")):
-        loader, _ = build(cfg(max_bad_fraction=0.01), [manifest], train=train, rank=1, world_size=2)
-        with pytest.raises(TooMuchBadData) as err:
-            list(loader)
-        first = str(err.value).splitlines()[0]
-        bad, seen = loader.bad_data.bad, loader.bad_data.seen
-        assert 0 < bad and seen < 24  # its share of the 24
-        name = "train" if train else "valid"
-        assert first == (
-            f"{name}: too much bad data: {bad} of rank 1's {seen} items ({100 * bad / seen:.2f}%; each of the 2 ranks "
-            f"counts its own share of the data) are unusable, above data.max_bad_fraction = 0.01 (1.00%) {end}"
-        )
+    loader, _ = build(cfg(max_bad_fraction=0.01), [manifest], train=True, rank=1, world_size=2)
+    with pytest.raises(TooMuchBadData) as err:
+        list(loader)
+    first = str(err.value).splitlines()[0]
+    bad, seen = loader.bad_data.bad, loader.bad_data.seen
+    assert 0 < bad and seen < 24  # its share of the 24
+    assert first == (
+        f"train: too much bad data: {bad} of rank 1's {seen} items ({100 * bad / seen:.2f}%; each of the 2 ranks "
+        "counts its own share of the data) are unusable, above data.max_bad_fraction = 0.01 (1.00%) at epoch end"
+    )
+    shares = []
+    for rank in (0, 1):
+        valid, _ = build(cfg(max_bad_fraction=0.01), [manifest], train=False, rank=rank, world_size=2)
+        list(valid)  # the pass ends on every rank: no rank refuses its share
+        assert valid.bad_data.seen < 24  # its share of the 24
+        shares.append(valid.bad_data.share(20))
+    assert sum(s["bad"] for s in shares) == 4
+    with pytest.raises(TooMuchBadData) as err:
+        refuse_summed(shares, valid.bad_data)
+    assert str(err.value).splitlines()[0] == (
+        "valid: too much bad data: 4 of 24 items (16.67%) are unusable, above data.max_bad_fraction = 0.01 (1.00%) "
+        "at the end of the validation pass"
+    )
+    assert all(f"key=corrupt{i}:" in str(err.value) for i in range(4))  # both ranks' lines named
+    assert getattr(err.value, "every_rank", False)  # every rank raises it: rank 0 alone reports it
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_validation_scores_and_counts_the_same_items_at_any_world_size(tmp_path, world):
+    """The validation set's items, dealt to 1, 2 or 3 ranks (padding repeats among them): every good item is scored
+    once and every bad one counted once, on the ranks together, and the summed line says the same totals."""
+    (tmp_path / "corrupt.wav").write_bytes(b"RIFF\x00\x00\x00\x00WAVEjunk" * 8)
+    extra = [{"key": f"corrupt{i}", "source": "corrupt.wav", "target": "hello", "duration": 0.4 + 0.3 * i}
+             for i in range(5)]  # fmt: skip
+    extra += [{"key": "gone", "source": "gone.wav", "target": "hello", "duration": 0.7},
+              {"key": "blank", "source": "wav_train/u0.wav", "target": " ", "duration": 0.7}]  # fmt: skip
+    manifest = with_lines(tmp_path, 23, extra)
+
+    def dealt(world_size):
+        keys, shares, repeats = [], [], 0
+        for rank in range(world_size):
+            loader, _ = build(cfg(max_bad_fraction=0.5), [manifest], train=False, rank=rank, world_size=world_size)
+            for batch in loader:
+                repeats += batch.duplicate
+                if not (batch.empty or batch.duplicate):  # what validate() scores
+                    keys += batch.keys
+            shares.append(loader.bad_data.share(20))
+        return keys, shares, repeats
+
+    keys1, shares1, _ = dealt(1)
+    keys, shares, repeats = dealt(world)
+    assert repeats > 0  # the case at stake: some rank ran a padding repeat
+    assert len(keys1) == 23 and sorted(keys) == sorted(keys1)  # each good item scored once
+    assert sum(s["bad"] for s in shares) == shares1[0]["bad"] == 7
+    assert sum(s["good"] for s in shares) == 23
+    line = ranks_summary(shares, "valid", "validation at update 1", 0.5, summed=True, full_list="CMD")
+    assert line.startswith(f"valid: validation at update 1: 7 bad of 30 items on the {world} ranks together")
+    assert "data.max_bad_fraction = 0.5 holds their sum" in line and line.endswith(". All 7: `CMD` lists them")
+    assert "unreadable or corrupt audio: 5, audio file not found: 1, empty target: 1" in line
+    assert line.count("key=") == 5 and "key=" not in ranks_summary(shares, "valid", "pass 2", 0.5, 0, summed=True)
 
 
 def test_lines_known_bad_count_in_step_with_the_epoch(tmp_path):
