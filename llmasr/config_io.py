@@ -122,9 +122,16 @@ def load_yaml(path: str | Path) -> dict:
     if not path.is_file():
         raise ConfigError(f"recipe not found: {path}")
     try:
-        data = yaml.load(path.read_text(encoding="utf-8-sig"), Loader=RecipeLoader)  # UTF-8 whatever the locale
+        loader = RecipeLoader(path.read_text(encoding="utf-8-sig"))  # UTF-8 whatever the locale
+        loader.name = str(path)  # the file its marks name (PyYAML's own: "<unicode string>")
+        try:
+            data = loader.get_single_data()
+        finally:
+            loader.dispose()
     except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML: {err}") from err
+        tab = getattr(err, "problem", None) == "found character '\\t' that cannot start any token"
+        hint = "\nYAML indents with spaces only: replace the tab at that line with spaces" if tab else ""
+        raise ConfigError(f"{path}: not valid YAML: {err}{hint}") from err
     except UnicodeDecodeError as err:
         raise ConfigError(
             f"{path}: not UTF-8 text ({err.reason} at byte {err.start}); save the recipe as UTF-8"

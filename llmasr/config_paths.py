@@ -3,7 +3,9 @@ input paths a config names (what an export must not overwrite).
 
 A relative input path is looked for beside the recipe, then in the working directory; `resolve_paths` makes one
 that exists there absolute, so that RUN_DIR/recipe.yaml names the same file from any folder (export, decode and
-resume read it later, from wherever they are started).
+resume read it later, from wherever they are started). One that names two different files, one beside the recipe
+and one in the working directory, is refused unless written ./x or ../x (beside the recipe): which one a run reads
+must not depend on the folder it is started from.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ import os
 import typing
 from pathlib import Path
 from typing import Any
+
+from llmasr.config_io import ConfigError
 
 
 def path_field(
@@ -154,54 +158,63 @@ def _dataclass_args(tp: Any) -> list[type]:
     return [a for arg in typing.get_args(tp) for a in _dataclass_args(arg)]
 
 
-def _resolve_one(value: Any, kind: str, base: Path) -> Any:
+def _resolve_one(value: Any, kind: str, base: Path, key: str, cwd: Path | None) -> Any:
     if isinstance(value, str) and value.startswith("~"):
         value = os.path.expanduser(value)  # the home folder, as manifests and export read it (not a folder named ~)
     if not isinstance(value, str) or not value or "\n" in value or Path(value).is_absolute():
         return value  # (a field that takes a path or text, as a chat template, may hold the text itself)
+    marked = value.startswith(("./", "../"))  # beside the recipe, said so
     if kind == "output":
-        return str((base / value).resolve()) if value.startswith(("./", "../")) else value
+        return str((base / value).resolve()) if marked else value
     try:
-        if (base / value).exists():
-            return str((base / value).resolve())
-        if not Path(value).exists() and modelscope_spelling(base / value):
+        here = (base / value).resolve() if (base / value).exists() else None
+        there = (cwd / value).resolve() if cwd is not None and not marked and (cwd / value).exists() else None
+        if here is None and not Path(value).exists() and modelscope_spelling(base / value):
             # missing, but there beside the recipe as ModelScope spells it: named where it was looked for, so that
             # not_found's hint finds that spelling (it is never read in its place)
             return str((base / value).resolve())
-        return value
     except (OSError, ValueError):  # a name too long for the filesystem, a NUL: text, not a path
         return value
+    if here is not None and there not in (None, here):
+        raise ConfigError(
+            f"{key}: {value} names two different files, {here} beside the recipe and {there} in the working "
+            "directory; a recipe's relative path is read beside the recipe first, so the run would read the first: "
+            f"write ./{value} for it, or the absolute path of the other"
+        )
+    return value if here is None else str(here)
 
 
-def resolve_paths(cls: type, data: dict, base: Path) -> None:
+def resolve_paths(cls: type, data: dict, base: Path, *, cwd: Path | None = None, prefix: str = "") -> None:
     """Make the path fields (those declared with `path_field`) of a raw recipe dict for dataclass `cls` absolute
     against `base`, in place, through nested sections and lists of sections. Input paths are changed only where
-    the recipe-relative file exists, so absolute and working-directory paths keep working."""
+    the recipe-relative file exists, so absolute and working-directory paths keep working. `cwd`: the working
+    directory, where a relative path naming another file than beside `base` is refused (ConfigError naming its
+    dotted key, `prefix` + the field's)."""
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         if f.name not in data:
             continue
-        value, kind = data[f.name], f.metadata.get("path")
+        value, kind, key = data[f.name], f.metadata.get("path"), prefix + f.name
         if isinstance(value, str) and value in f.metadata.get("path_keywords", ()):
             continue
         if kind == "keys":
             if isinstance(value, dict):
-                for key in f.metadata["path_keys"]:
-                    if key in value:
-                        value[key] = _resolve_one(value[key], "input", base)
+                for k in f.metadata["path_keys"]:
+                    if k in value:
+                        value[k] = _resolve_one(value[k], "input", base, f"{key}.{k}", cwd)
         elif kind is not None and isinstance(value, list):
             subs = _dataclass_args(hints[f.name])
             for i, item in enumerate(value):
                 if isinstance(item, dict) and subs:
-                    resolve_paths(subs[0], item, base)
+                    resolve_paths(subs[0], item, base, cwd=cwd, prefix=f"{key}[{i}].")
                 else:
-                    value[i] = _resolve_one(item, kind, base)
+                    value[i] = _resolve_one(item, kind, base, f"{key}[{i}]", cwd)
         elif kind is not None:
-            data[f.name] = _resolve_one(value, kind, base)
+            data[f.name] = _resolve_one(value, kind, base, key, cwd)
         elif isinstance(value, dict):
             subs = _dataclass_args(hints[f.name])
             if subs:
-                resolve_paths(subs[0], value, base)
+                resolve_paths(subs[0], value, base, cwd=cwd, prefix=key + ".")
 
 
 def _holding(folder: Path, marker: str, depth: int = 3, budget: int = 2000) -> list[Path]:

@@ -92,7 +92,10 @@ def load_recipe(
         data = load_yaml(path)
         data = Recipe.saved_data(data, path) if saved else data
         # paths are relative to the recipe file, so recipes can be moved with their assets
-        resolve_paths(Recipe, data, Path(path).resolve().parent)
+        try:
+            resolve_paths(Recipe, data, Path(path).resolve().parent, cwd=None if saved else Path.cwd())
+        except ConfigError as err:
+            raise located(err, path, overrides) from None
     data = apply_overrides(data, list(overrides or []))
     # the rest (overrides among them) from the working directory, named absolutely: RUN_DIR/recipe.yaml is read
     # again by export, decode and resume, started from anywhere

@@ -237,3 +237,33 @@ def test_a_path_missing_beside_its_modelscope_spelling_names_that_spelling(tmp_p
         ConfigError, match=r"not found: Qwen/Qwen3\.5 \(.*directory .*\)$"
     ):  # no spelling there: no hint
         check_llm_dir("Qwen/Qwen3.5")
+
+
+def test_a_relative_path_naming_two_files_is_refused(tmp_path, monkeypatch):
+    """A recipe in conf/ naming data/train.jsonl, with conf/data/train.jsonl (a stale 5-line copy) and the working
+    directory's data/train.jsonl both there: the copy beside the recipe had been read without a word, while the
+    same recipe's data/dev.jsonl, found only in the working directory, was read there. Written ./x it is the
+    recipe's, and a path both places resolve to one file (started from the recipe's own folder) is no conflict."""
+    conf, data = tmp_path / "conf", tmp_path / "data"
+    (conf / "data").mkdir(parents=True)
+    data.mkdir()
+    for folder in (conf / "data", data):
+        (folder / "train.jsonl").write_text(f"{folder}\n")
+    (data / "dev.jsonl").write_text("")
+    recipe = conf / "r.yaml"
+    recipe.write_text("data:\n  train:\n    - {path: data/train.jsonl, weight: 2}\n  valid: [data/dev.jsonl]\n")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError) as err:
+        load_recipe(recipe)
+    assert str(err.value) == (
+        f"data.train[0].path: data/train.jsonl names two different files, {conf}/data/train.jsonl beside the recipe "
+        f"and {data}/train.jsonl in the working directory; a recipe's relative path is read beside the recipe first, "
+        "so the run would read the first: write ./data/train.jsonl for it, or the absolute path of the other "
+        f"({recipe}, line 3)"
+    )
+    recipe.write_text("data:\n  train: [./data/train.jsonl]\n  valid: [data/dev.jsonl]\n")
+    r = load_recipe(recipe)
+    assert (r.data.train[0].path, r.data.valid[0].path) == (str(conf / "data" / "train.jsonl"), str(data / "dev.jsonl"))
+    monkeypatch.chdir(conf)
+    recipe.write_text("data:\n  train: [data/train.jsonl]\n")
+    assert load_recipe(recipe).data.train[0].path == str(conf / "data" / "train.jsonl")

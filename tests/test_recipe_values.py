@@ -320,3 +320,19 @@ def test_an_unknown_key_suggests_the_nearest_known_one(tmp_path):
     with pytest.raises(ConfigError) as err:
         load_recipe(data={}, overrides=["decode.zzzz=1"])
     assert "did you mean" not in str(err.value) and "(set by the override 'decode.zzzz=1')" in str(err.value)
+
+
+def test_a_yaml_error_names_the_recipe_at_its_mark_and_a_tab_is_explained(tmp_path):
+    """PyYAML's marks had said `in "<unicode string>", line 3` (the file was named only before them), and a tab
+    indent (an editor's) was told only that '\\t' cannot start any token."""
+    path = tmp_path / "r.yaml"
+    path.write_text("train:\n  epochs: 2\n\tgrad_accum: 1\n")
+    with pytest.raises(ConfigError) as err:
+        load_recipe(path)
+    message = str(err.value)
+    assert "<unicode string>" not in message and f'in "{path}", line 3, column 1' in message
+    assert message.endswith("YAML indents with spaces only: replace the tab at that line with spaces")
+    path.write_text("train:\n  grad_accum: [1\n  epochs: 2\n")
+    with pytest.raises(ConfigError) as err:
+        load_recipe(path)
+    assert f'in "{path}", line 2, column 15' in str(err.value) and "tab" not in str(err.value)

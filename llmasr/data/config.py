@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from dataclasses import dataclass, field
 
 from llmasr.config_io import ConfigError
@@ -181,6 +182,14 @@ class DataConfig:
         for name in ("train", "valid"):
             for i, spec in enumerate(getattr(self, name)):
                 spec.validate(f"{path}.{name}[{i}]")
+        seen: dict[str, int] = {}
+        for i, spec in enumerate(self.valid_manifests):  # validation pools its manifests into one score
+            first = seen.setdefault(os.path.realpath(spec.path), i)
+            if first != i:
+                raise ConfigError(
+                    f"{path}.valid[{i}]: {spec.path} is {path}.valid[{first}] again; validation pools every manifest "
+                    "into one score, so its lines would be decoded and counted twice: list it once"
+                )
         if self.num_workers < 0:
             raise ConfigError(f"{path}.num_workers: must be >= 0, got {self.num_workers}")
         if self.prefetch_factor is not None and self.prefetch_factor < 1:

@@ -267,7 +267,7 @@ def build_model(cfg: ModelConfig | dict | str | Path, *, weights: str = "pretrai
         path, cfg = cfg, load_yaml(cfg)
         cfg = cfg.get("model", cfg)
         if isinstance(cfg, dict):  # relative paths beside the recipe first, as `llmasr train` reads them
-            resolve_paths(ModelConfig, cfg, Path(path).resolve().parent)
+            resolve_paths(ModelConfig, cfg, Path(path).resolve().parent, cwd=Path.cwd(), prefix="model.")
     if isinstance(cfg, dict):
         cfg = from_dict(ModelConfig, cfg.get("model", cfg), "model")
     if weights not in WEIGHTS:

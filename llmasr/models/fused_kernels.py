@@ -54,7 +54,7 @@ def liger_transformers():
     try:
         return importlib.import_module("liger_kernel.transformers")
     except ImportError as err:
-        why = f"model.llm.fused_kernels=liger: liger_kernel is not importable ({err}); {INSTALL_HINT}"
+        why = f"model.llm.fused_kernels: liger: liger_kernel is not importable ({err}); {INSTALL_HINT}"
         raise FusedKernelError(why) from err
 
 
@@ -86,7 +86,7 @@ def check_fused_kernels(llm_cfg, *, zero_stage: int, device: torch.device | None
     check` on a login node), ZeRO-3, liger-kernel missing, too old, or without kernels for the LLM's model type."""
     if llm_cfg.fused_kernels == "none":
         return
-    key = f"model.llm.fused_kernels={llm_cfg.fused_kernels}"
+    key = f"model.llm.fused_kernels: {llm_cfg.fused_kernels}"  # the key first: errors name where it was set
     if device is not None and device.type != "cuda":
         raise FusedKernelError(
             f"{key}: liger-kernel's fused kernels are Triton kernels that run on CUDA only; this run is on "
@@ -191,7 +191,7 @@ def apply_fused_kernels(model: nn.Module, llm_cfg) -> None:
     head = base.get_output_embeddings()
     if not isinstance(head, nn.Linear):
         raise FusedKernelError(
-            f"model.llm.fused_kernels=liger: the output head is a {type(head).__name__}, not a plain Linear (LoRA on "
+            f"model.llm.fused_kernels: liger: the output head is a {type(head).__name__}, not a plain Linear (LoRA on "
             "lm_head?); the fused loss reads its weight directly. Leave lm_head out of lora.target_modules"
         )
     model.fused_head = LigerLabelsHead(head, api.LigerFusedLinearCrossEntropyLoss)

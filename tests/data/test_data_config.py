@@ -41,3 +41,24 @@ def test_a_saved_run_with_a_valid_manifest_weight_still_loads(tmp_path, caplog):
 def test_an_llm_budget_must_be_positive(value):
     with pytest.raises(ConfigError, match=rf"data.batching.max_llm_tokens: must be positive, got {value}"):
         load_recipe(data={"model": {"llm": {"path": "llm"}}, "data": {"batching": {"max_llm_tokens": value}}})
+
+
+def test_a_validation_manifest_listed_twice_is_refused(tmp_path, monkeypatch):
+    """`data.valid: [dev.jsonl, ./dev.jsonl]` (two dev sets meant, one copied twice) had been taken without a word:
+    validation pools its manifests into one score, so each line was decoded and counted twice. Two files are two
+    sets, whatever their names."""
+    for name in ("dev.jsonl", "other.jsonl"):
+        (tmp_path / name).write_text("")
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("data:\n  valid:\n    - dev.jsonl\n    - other.jsonl\n    - {path: ./dev.jsonl}\n")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError) as err:
+        load_recipe(recipe)
+    assert str(err.value) == (
+        f"data.valid[2]: {tmp_path}/dev.jsonl is data.valid[0] again; validation pools every manifest into one score, "
+        f"so its lines would be decoded and counted twice: list it once ({recipe}, line 5)"
+    )
+    with pytest.raises(ConfigError, match=r"^data.valid\[1\]: .* \(set by the override 'data.valid=\[dev.jsonl, "):
+        load_recipe(recipe, ["data.valid=[dev.jsonl, dev.jsonl]"])
+    recipe.write_text("data:\n  valid: [dev.jsonl, other.jsonl]\n")
+    assert len(load_recipe(recipe).data.valid) == 2

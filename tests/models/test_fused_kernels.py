@@ -236,3 +236,21 @@ def test_refused_for_an_llm_that_transforms_its_logits(tmp_path, fake_liger):
     fake_liger.api.apply_liger_kernel_to_gemma2 = lambda **kw: None
     with pytest.raises(FusedKernelError, match="transforms its output head's logits"):
         check_fused_kernels(liger_cfg(tmp_path), zero_stage=2, device=CUDA)
+
+
+def test_a_refusal_names_the_recipe_line_that_asks_for_the_kernels(tiny_llm_dir, tmp_path, monkeypatch, capsys):
+    """`fused_kernels: liger` written in a recipe, refused by `llmasr check` where liger-kernel does not import: the
+    error had named the key as `model.llm.fused_kernels=liger`, which no recipe line or override could be matched
+    to, so it alone of the check's refusals named no file and line."""
+    monkeypatch.setitem(sys.modules, "liger_kernel", None)
+    monkeypatch.setitem(sys.modules, "liger_kernel.transformers", None)
+    manifest = write_tiny_corpus(tmp_path / "c", n=4)
+    data = tiny_recipe_dict(tiny_llm_dir, train=[manifest], output_dir=tmp_path / "run")
+    data["model"]["llm"]["fused_kernels"] = "liger"
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump(data, sort_keys=False))
+    line = next(i for i, text in enumerate(recipe.read_text().splitlines(), 1) if "fused_kernels" in text)
+    assert check_main(["--config", str(recipe), "--deepspeed", "zero2", "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "error: model.llm.fused_kernels: liger: liger_kernel is not importable" in err
+    assert err.splitlines()[0].endswith(f"or set model.llm.fused_kernels=none ({recipe}, line {line})")
