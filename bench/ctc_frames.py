@@ -1,13 +1,16 @@
 """The start-up count of each line's CTC labels against its encoder frames (llmasr.data.ctc_frames), on a large
 corpus: the start-up screen of a FunASR jsonl with a character CTC vocabulary (a token list), with the spelling check
-as it was (each distinct character asked once) and with the count (every line encoded whole, once, by the same
-pass); then the frame count and the warning over every line's duration for a Conformer under conv2d8.
+as it was (each distinct character asked once) and with the count (each distinct word spelled once where the
+vocabulary spells word by word, by the same pass); then the frame count and the warning over every line's duration
+for a Conformer under conv2d8. The count alone, for that token list and for `vocab: llm` with a byte-level BPE of
+Qwen's pipeline trained on the corpus: every line encoded whole (the count before) against word by word, whose
+verdicts and counts must be the same.
 
     python bench/ctc_frames.py                      # 300k lines a corpus
     python bench/ctc_frames.py --lines 1000000
 
 Reported: the screen's seconds without and with the count (the fastest of three, alternated), the frames pass's
-seconds, and the lines found unaligned.
+seconds, the lines found unaligned, and the count's seconds each way.
 """
 
 from __future__ import annotations
@@ -60,6 +63,27 @@ def screen_seconds(path: Path, rule) -> tuple[float, float, np.ndarray]:
     return took[0], took[1], need
 
 
+def count_seconds(rule, texts: list[str]) -> tuple[float, float]:
+    """Seconds to count every line's labels whole (ctc_label_ids, then frames_needed) and word by word
+    (CTCSpelling's count); the two must give each line the same verdict and count."""
+    from llmasr.data.ctc_frames import CTCSpelling, frames_needed
+
+    t0 = time.perf_counter()
+    whole = []
+    for text in texts:
+        ids = rule(text.strip())
+        whole.append((ids, 0) if isinstance(ids, str) else (None, frames_needed(ids)))
+    t1 = time.perf_counter()
+    spell = CTCSpelling(rule, count=True)
+    assert spell.words is not None, "the vocabulary is not spelled word by word"
+    words = []
+    for text in texts:
+        words.append((spell(text), spell.need))
+    t2 = time.perf_counter()
+    assert words == whole, "word by word counted otherwise than whole lines"
+    return t1 - t0, t2 - t1
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--lines", type=int, default=300_000)
@@ -71,8 +95,9 @@ def main(argv: list[str] | None = None) -> int:
     from llmasr.data.frontend import FrontendConfig
     from llmasr.data.manifest import Manifest
     from llmasr.models.context import encoder_frames
-    from llmasr.models.ctc_vocab import TokenListCTCTokenizer
+    from llmasr.models.ctc_vocab import LLMCTCTokenizer, TokenListCTCTokenizer
     from llmasr.models.subsampling import subsampled_lengths
+    from llmasr.testing.tiny_llm import train_bpe_tokenizer
 
     # a Conformer under conv2d8: the frontend and the subsampling its output_lengths computes
     subsampling = SimpleNamespace(output_lengths=lambda t: subsampled_lengths(t, "conv2d8"))
@@ -91,15 +116,28 @@ def main(argv: list[str] | None = None) -> int:
             lines = np.arange(durations.size)
             said = unaligned_text(need, lines, durations, lambda s: encoder_frames(conformer, s), str, name="train")
             frames_s = time.perf_counter() - t0
+            counts = {"token list": count_seconds(rule, texts[kind])}
+        bpe = CTCRule(LLMCTCTokenizer(train_bpe_tokenizer(texts[kind][:2000], 2000)))
+        counts["llm (byte-level BPE)"] = count_seconds(bpe, texts[kind])
         found = said.split(" lines (")[0].split(": ")[1] if said else "none"
         rows[kind] = {"lines": args.lines, "screen_s": round(before, 2), "screen_with_count_s": round(after, 2),
-                      "frames_pass_s": round(frames_s, 2), "unaligned": found}  # fmt: skip
+                      "frames_pass_s": round(frames_s, 2), "unaligned": found,
+                      "count_s": {v: {"whole_lines": round(a, 2), "word_by_word": round(b, 2)}
+                                  for v, (a, b) in counts.items()}}  # fmt: skip
         print(f"{kind}: {rows[kind]}", flush=True)
     table = ["| transcripts | lines | screen, spelling check only (s) | screen with the count (s) | frames and warning "
              "(s) | unaligned at 12.5 frames/s |", "|---|---:|---:|---:|---:|---|"]  # fmt: skip
     for kind, r in rows.items():
         table.append(f"| {kind} | {r['lines']} | {r['screen_s']} | {r['screen_with_count_s']} | {r['frames_pass_s']} | "
                      f"{r['unaligned']} |")  # fmt: skip
+    table += [
+        "",
+        "| transcripts | CTC vocabulary | count, lines whole (s) | count, word by word (s) |",
+        "|---|---|---:|---:|",
+    ]
+    for kind, r in rows.items():
+        for vocab, c in r["count_s"].items():
+            table.append(f"| {kind} | {vocab} | {c['whole_lines']} | {c['word_by_word']} |")
     emit({"lines": args.lines, "results": rows}, table, args.json_out)
     return 0
 

@@ -12,10 +12,13 @@ outnumber the frames their duration gives.
 from __future__ import annotations
 
 from collections.abc import Callable
+from operator import eq
 
 import numpy as np
 
 EXAMPLES = 5
+WORDS_KEPT = 100_000  # distinct words whose labels' summary is kept (an unspaced line is one word: kept briefly)
+_ASK = object()
 
 
 def frames_needed(ids) -> int:
@@ -25,22 +28,93 @@ def frames_needed(ids) -> int:
     return int(ids.size + np.count_nonzero(ids[1:] == ids[:-1])) if ids.size > 1 else int(ids.size)
 
 
+class WordCounts:
+    """A transcript -> frames_needed of its labels, asking the vocabulary each distinct word once, where it spells
+    word by word (the rule's word_spelling, llmasr.models.ctc_vocab.WordSpelling): a word is summed up as (its
+    frames, its first label, its last), and two neighbours need one more frame where the one's last label is the
+    other's first. None where the transcript must be encoded whole: a word refused or spelled with an id the head
+    cannot learn (the whole line then says why, as the dataset does), no labels at all, or whitespace other than one
+    space between words where the spelling holds only for that (`spaced`)."""
+
+    def __init__(self, spelling, vocab_size: int, blank: int):
+        self.spelling, self.vocab_size, self.blank = spelling, int(vocab_size), int(blank)
+        self.rest: dict[str, tuple[int, int, int] | None] = {}
+        self.first = self.rest if spelling.first == spelling.rest else {}  # one spelling: one dict
+        between = list(spelling.between)
+        self.between = self._summary(between) if between else None
+
+    @classmethod
+    def of(cls, ctc_labels) -> WordCounts | None:
+        """The count for the dataset's CTC rule (llmasr.data.dataset.CTCRule), None where it spells no word alone."""
+        spelling = ctc_labels.word_spelling() if hasattr(ctc_labels, "word_spelling") else None
+        if spelling is None:
+            return None
+        tokenizer = ctc_labels.tokenizer
+        counts = cls(spelling, tokenizer.vocab_size, tokenizer.blank_id)
+        return None if spelling.between and counts.between is None else counts
+
+    def _summary(self, ids: list[int]) -> tuple[int, int, int] | None:
+        """(frames_needed, first, last) of a word's labels; (0, -1, -1) for none; None for an id the head cannot
+        learn (outside the vocabulary, or the blank: ctc_label_ids refuses it)."""
+        if not ids:
+            return 0, -1, -1
+        if min(ids) < 0 or max(ids) >= self.vocab_size or self.blank in ids:
+            return None
+        return len(ids) + sum(map(eq, ids, ids[1:])), ids[0], ids[-1]
+
+    def _ask(self, word: str, first: bool) -> tuple[int, int, int] | None:
+        try:
+            ids = list((self.spelling.first if first else self.spelling.rest)(word))
+        except (ValueError, KeyError):  # the whole line gives ctc_label_ids's refusal
+            return None
+        kept = self.first if first else self.rest
+        if len(kept) >= WORDS_KEPT:
+            kept.clear()
+        kept[word] = found = self._summary(ids)
+        return found
+
+    def __call__(self, text: str) -> int | None:
+        words = text.split()
+        if not words or (self.spelling.spaced and " ".join(words) != text):
+            return None
+        between, total, last = self.between, 0, -1
+        for k, word in enumerate(words):
+            kept = (self.rest if k else self.first).get(word, _ASK)
+            found = self._ask(word, not k) if kept is _ASK else kept
+            if found is None:
+                return None
+            if k and between is not None:
+                total += between[0] + (last == between[1])
+                last = between[2]
+            if found[0]:
+                total += found[0] + (last == found[1])
+                last = found[2]
+        return total or None
+
+
 class CTCSpelling:
     """A transcript -> why `ctc_labels` (the dataset's CTC rule: a transcript -> ids, or why there are none) refuses
     it, or None. Without `count`, a character that a vocabulary spells alone it spells in any line, so each distinct
     character is asked once, and only a transcript holding one refused alone is encoded whole. With `count`, every
-    transcript is encoded whole, once, as the dataset encodes it: `need` then holds the frames its labels need
-    (frames_needed), 0 where it was refused."""
+    transcript's labels are counted as the dataset encodes it: `need` then holds the frames they need
+    (frames_needed), 0 where it was refused. Where the vocabulary spells word by word the count asks each distinct
+    word once (WordCounts); a transcript it cannot count so is encoded whole."""
 
     def __init__(self, ctc_labels: Callable[[str], object], count: bool = False):
         self.rule, self.count = ctc_labels, count
         self.spelled: dict[str, bool] = {}
         self.need = 0
+        self.words = WordCounts.of(ctc_labels) if count else None
 
     def __call__(self, target: str) -> str | None:
         self.need = 0
         if self.count:
-            ids = self.rule(target.strip())
+            text = target.strip()
+            need = self.words(text) if self.words is not None else None
+            if need is not None:
+                self.need = need
+                return None
+            ids = self.rule(text)
             if isinstance(ids, str):
                 return ids
             self.need = frames_needed(ids)

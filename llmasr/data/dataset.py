@@ -71,6 +71,11 @@ class CTCRule:
     def __call__(self, target: str) -> np.ndarray | str:
         return ctc_label_ids(self.tokenizer, target)
 
+    def word_spelling(self):
+        """How the vocabulary spells a transcript word by word (llmasr.models.ctc_vocab.WordSpelling), or None."""
+        spelling = getattr(self.tokenizer, "word_spelling", None)  # a stand-in vocabulary has none
+        return spelling() if spelling is not None else None
+
     def unknown(self, target: str) -> list[str]:
         parts = []
         for word in target.split():

@@ -16,7 +16,7 @@ import re
 from pathlib import Path
 
 from llmasr.config_io import ConfigError
-from llmasr.models.ctc_vocab import TokenListCTCTokenizer
+from llmasr.models.ctc_vocab import TokenListCTCTokenizer, WordSpelling
 
 # FunASR's pattern: the word starts with a Chinese character, a Latin letter or a digit
 _LOOKED_UP_BY_CHARACTER = re.compile(r"[\u4E00-\u9FA5A-Za-z0-9]")
@@ -95,6 +95,10 @@ class SegDictCTCTokenizer(TokenListCTCTokenizer):
         return ids
 
     spells_separator = False  # pieces carry their own joins ("@@"): decode spaces words as FunASR does
+
+    def word_spelling(self) -> WordSpelling:
+        """Word by word by construction (pieces looks each word up alone), no separator between."""
+        return WordSpelling(self.encode, self.encode)
 
     def encode_unit(self, unit: str, spaced: bool) -> tuple[list[int], list[int]]:
         return self.encode(unit), []  # pieces carry their own joins ("@@"): no separator token

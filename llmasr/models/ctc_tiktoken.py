@@ -20,7 +20,7 @@ from pathlib import Path
 import regex
 
 from llmasr.config_io import ConfigError
-from llmasr.models.ctc_vocab import CTCTokenizer, byte_to_char_spans, label_owners
+from llmasr.models.ctc_vocab import CTCTokenizer, WordSpelling, byte_to_char_spans, label_owners
 
 # SenseVoice's (and Whisper's) pre-tokenizer: what tiktoken's Encoding gets as pat_str for multilingual.tiktoken.
 CACHE_PIECES = 20_000  # pieces whose ids are kept between calls (a worker holds a few MB of them)
@@ -124,6 +124,11 @@ class TiktokenCTCTokenizer(CTCTokenizer):
 
     def encode(self, text: str) -> list[int]:
         return [i for piece in PIECES.findall(text) for i in self._piece_ids(piece)]
+
+    def word_spelling(self) -> WordSpelling:
+        """Word by word where the words stand one space apart: PIECES (GPT-2's regex) never spans a space but for
+        starting at one, and each piece is merged alone."""
+        return WordSpelling(self.encode, lambda word: self.encode(" " + word), spaced=True)
 
     def _piece_ids(self, piece: str) -> list[int]:
         cached = self._cache.get(piece)

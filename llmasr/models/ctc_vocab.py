@@ -19,14 +19,27 @@ from __future__ import annotations
 import bisect
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 from llmasr.config_io import ConfigError, not_utf8
 from llmasr.models.prompt import spelled
 
 BLANK_NAMES = ("<blank>", "<blk>")
 SEPARATOR_NAMES = ("<space>", "▁", "|")
+# The pre-tokenizer regexes (GPT-2's, Qwen2's, Llama 3's) under which a piece never spans a space but for starting
+# at one, and no match looks behind: a line's pieces are its words', each but the first with the space before it
+WORDWISE_SPLITS = frozenset(
+    {
+        r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+""",
+        r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"""
+        r"""|\s*[\r\n]+|\s+(?!\S)|\s+""",
+        r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"""
+        r"""|\s*[\r\n]+|\s+(?!\S)|\s+""",
+    }
+)
+_WORDWISE_NORMALIZERS = {"NFC", "NFD", "NFKC", "NFKD"}  # nothing composes across a space
 
 
 def ctc_collapse(ids: Sequence[int], blank_id: int) -> list[int]:
@@ -39,6 +52,17 @@ def ctc_collapse(ids: Sequence[int], blank_id: int) -> list[int]:
             out.append(i)
         prev = i
     return out
+
+
+class WordSpelling(NamedTuple):
+    """How a vocabulary spells a transcript word by word: encode(text) is first(w1), between, rest(w2), between,
+    rest(w3), ... over text.split(), a word's labels independent of its neighbours'. `spaced`: only where the words
+    stand one " " apart (rest spells a word with the space before it); other whitespace is encoded whole."""
+
+    first: Callable[[str], list[int]]
+    rest: Callable[[str], list[int]]
+    between: tuple[int, ...] = ()
+    spaced: bool = False
 
 
 class CTCTokenizer:
@@ -68,6 +92,11 @@ class CTCTokenizer:
         for them and its text leaves them out. None here: a byte-level vocabulary spells every text."""
         return []
 
+    def word_spelling(self) -> WordSpelling | None:
+        """How encode spells a transcript word by word (so a count of its labels may ask each distinct word once);
+        None where a word's labels may depend on its neighbours."""
+        return None
+
 
 class LLMCTCTokenizer(CTCTokenizer):
     """The LLM's own (Hugging Face) tokenizer, with the blank appended after its last id."""
@@ -83,6 +112,30 @@ class LLMCTCTokenizer(CTCTokenizer):
     def encode(self, text: str) -> list[int]:
         # spelled as the LLM's target is (prompt.PromptBuilder): special-token text is text
         return list(self.tokenizer(self.lead + text, add_special_tokens=False, split_special_tokens=True)["input_ids"])
+
+    def word_spelling(self) -> WordSpelling | None:
+        """Word by word where the pipeline is one whose pieces never span a space (a byte-level BPE split by GPT-2's,
+        Qwen2's or Llama 3's regex, a Unicode normal form at most) and no added token it matches (the non-special
+        ones: special-token text is text) holds whitespace or strips it; read from its tokenizer.json."""
+        backend = getattr(self.tokenizer, "backend_tokenizer", None)
+        if backend is None:  # a slow tokenizer: no pipeline to read
+            return None
+        spec = json.loads(backend.to_str())
+        model, pre = spec.get("model") or {}, _components(spec.get("pre_tokenizer"))
+        if model.get("type") != "BPE" or model.get("dropout") or not (_gpt2_split(pre) or _regex_then_bytes(pre)):
+            return None
+        if any(n.get("type") not in _WORDWISE_NORMALIZERS for n in _components(spec.get("normalizer"))):
+            return None
+        for token in spec.get("added_tokens") or []:  # matched before the pipeline: one may join or strip a space
+            if not token.get("special") and (
+                token.get("lstrip") or token.get("rstrip") or any(c.isspace() for c in token["content"])
+            ):
+                return None
+
+        def rest(word: str) -> list[int]:
+            return list(self.tokenizer(" " + word, add_special_tokens=False, split_special_tokens=True)["input_ids"])
+
+        return WordSpelling(self.encode, rest, spaced=True)
 
     def decode(self, ids: Sequence[int]) -> str:
         text = spelled(self.tokenizer, [int(i) for i in ids if int(i) != self.blank_id])
@@ -102,6 +155,28 @@ class LLMCTCTokenizer(CTCTokenizer):
             return None
         offsets = [(max(a - n, 0), max(b - n, 0)) for a, b in enc["offset_mapping"]]  # in `text`, the lead before it
         return label_owners([(t, a, b) for t, (a, b) in zip(enc["input_ids"], offsets)], spans)
+
+
+def _components(node) -> list[dict]:
+    """The components of a tokenizer.json normalizer or pre-tokenizer (a Sequence's, flattened)."""
+    if not node:
+        return []
+    inner = node.get("normalizers") or node.get("pretokenizers")
+    return [c for n in inner for c in _components(n)] if inner is not None else [node]
+
+
+def _gpt2_split(pre: list[dict]) -> bool:
+    """ByteLevel alone, splitting by its own (GPT-2's) regex."""
+    return len(pre) == 1 and pre[0].get("type") == "ByteLevel" and pre[0].get("use_regex", True)
+
+
+def _regex_then_bytes(pre: list[dict]) -> bool:
+    """A Split by one of WORDWISE_SPLITS keeping each match a piece, then ByteLevel without its own split."""
+    if len(pre) != 2 or [p.get("type") for p in pre] != ["Split", "ByteLevel"] or pre[1].get("use_regex", True):
+        return False
+    split = pre[0]
+    regex = (split.get("pattern") or {}).get("Regex")
+    return regex in WORDWISE_SPLITS and split.get("behavior") == "Isolated" and not split.get("invert")
 
 
 def label_owners(tokens: list[tuple[int, int, int]], spans: list[tuple[int, int]]) -> tuple[list[int], list[range]]:
@@ -207,14 +282,24 @@ class TokenListCTCTokenizer(CTCTokenizer):
 
     def encode(self, text: str) -> list[int]:
         ids: list[int] = []
+        index = self.index
         for n, word in enumerate(text.split()):
             if n and self.sep is not None:
-                ids.append(self.index[self.sep])
-            if word in self.index:
-                ids.append(self.index[word])
+                ids.append(index[self.sep])
+            if word in index:
+                ids.append(index[word])
             else:
-                ids.extend(self._char_id(ch, word) for ch in word)
+                try:
+                    chars = list(map(index.__getitem__, word))
+                except KeyError:  # a character the list lacks: <unk>, or the error naming it
+                    chars = [self._char_id(ch, word) for ch in word]
+                ids += chars
         return ids
+
+    def word_spelling(self) -> WordSpelling:
+        """Word by word by construction: each word is looked up (or spelled in characters) alone, the separator
+        token between two."""
+        return WordSpelling(self.encode, self.encode, (self.index[self.sep],) if self.sep is not None else ())
 
     spells_separator = True  # encode puts the list's separator token between words (a seg_dict's pieces do not)
 
