@@ -26,7 +26,7 @@ from llmasr.export.decode import (
 )
 from llmasr.export.decode_folders import (
     clear_earlier_folders,
-    clear_outputs,
+    clear_for_decode,
     manifest_folder_problem,
     write_manifest_index,
 )
@@ -343,17 +343,14 @@ def _decode_all(model, manifests: list[str], output: Path, cfg, opts, device, wo
     if world.leader:  # an earlier decode's files would read as this one's, were it stopped before writing its own
         clear_earlier_folders(output, folders)
         for folder in dict.fromkeys([output, *folders]):  # a single manifest's in OUTPUT, where several are decoded
-            if removed := clear_outputs(folder):
-                log.info("removed an earlier decode's %s from %s: this decode writes its own, and one stopped before "
-                         "it ends leaves none", ", ".join(removed), folder)  # fmt: skip
+            clear_for_decode(folder)  # every folder before the first manifest: decode_manifest clears none again
     for data, out_dir in zip(manifests, folders):
         try:
-            summary = decode_manifest(model, data, out_dir, cfg, opts, device=device, world=world)
+            summary = decode_manifest(model, data, out_dir, cfg, opts, device=device, world=world, cleared=True)
         except (FileNotFoundError, EmptyManifest, BadManifest) as err:  # every rank meets these alike; a fault met
             # decoding may be one rank's, which going on to the next manifest would pair with another's rows
-            if world.leader:  # rank 0 says it, once; an earlier decode's files there would read as its results
+            if world.leader:  # rank 0 says it, once (its folder was cleared at the start: nothing written there)
                 print(f"llmasr decode: error: {data}: {err}", file=sys.stderr)
-                clear_outputs(out_dir)
             failed.append(data)
             undecoded.append(data)
             status = max(status, errors.exit_status(err))  # 2: a manifest missing, empty or unreadable

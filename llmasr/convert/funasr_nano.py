@@ -54,6 +54,7 @@ from llmasr.models.config import ModelConfig
 from llmasr.models.exported import MODEL_FILE
 from llmasr.models.funasr_files import missing_weights, weights_file
 from llmasr.models.state_dict import select_prefix, torch_load, unwrap_state_dict
+from llmasr.models.tokenizer import load_tokenizer
 from llmasr.recipe import Recipe
 
 log = logging.getLogger(__name__)
@@ -216,17 +217,17 @@ CHAT_MARKERS = ("<|im_start|>", "<|im_end|>")  # Nano's prompt (FunASRNano.data_
 
 def read_llm_tokenizer(llm_src: Path, llm_config: dict):
     """The LLM directory's tokenizer, checked to be the one Nano's prompt was written in."""
-    from transformers import AutoTokenizer
-
     if not any(all((llm_src / name).is_file() for name in names) for names in TOKENIZER_FILES):
         wanted = " or ".join(" + ".join(names) for names in TOKENIZER_FILES)
         raise ConfigError(
             f"{llm_src}: no tokenizer vocabulary ({wanted} missing); the LLM directory holds the tokenizer Nano's "
             "prompt and transcripts are written in"
         )
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(str(llm_src), local_files_only=True)
-    except Exception as err:  # a corrupt tokenizer.json, a tokenizer class this transformers lacks
+    try:  # llmasr's loader: the file as written where transformers' class rebuilds it, as training and decode read it
+        tokenizer = load_tokenizer(llm_src)
+    except ConfigError:  # named already
+        raise
+    except Exception as err:  # a tokenizer class this transformers lacks
         raise ConfigError(f"{llm_src}: the tokenizer does not load: {type(err).__name__}: {err}") from err
     for marker in CHAT_MARKERS:
         ids = tokenizer.encode(marker, add_special_tokens=False)

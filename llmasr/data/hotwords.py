@@ -16,8 +16,11 @@ text that is not UTF-8 is an error naming the file and line; a phrase repeated i
 from __future__ import annotations
 
 import codecs
+import hashlib
 import logging
 import re
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
@@ -87,16 +90,28 @@ def read_phrase_file(path: str | Path) -> list[str]:
 # one, so such a file has a weight on every line. Where only some phrases end in a number they are phrases ("iPhone
 # 15", "Windows 11"), and so may a single one be: two or more, every one ending so, are warned of.
 _WEIGHTED = re.compile(r" [+-]?\d+$")
-_WARNED: set[tuple] = set()  # the lists warned of (a training start reads a distractor file twice)
+# The lists warned of (a training start reads a distractor file twice), by a digest each and the latest few only: a
+# long-lived Transcriber given a list per call had kept every list, its phrases too.
+_WARNED: OrderedDict[bytes, None] = OrderedDict()
+WARNED_KEPT = 1024
+_WARNED_LOCK = threading.Lock()
 
 
 def warn_weighted(shown: list[str], phrases: list[str], where: str) -> bool:
-    """Warn (once per list and `where`) where `phrases` look like FunASR-runtime's `PHRASE WEIGHT` lines: at least
-    two, every one ending in a space and an integer (`shown`: how to name each, its file and line). Nothing is
-    stripped: the numbers may be part of the phrases. Returns whether it warned."""
-    if len(phrases) < 2 or not all(_WEIGHTED.search(p) for p in phrases) or (where, *phrases) in _WARNED:
+    """Warn (once per list and `where`, of the latest WARNED_KEPT lists warned of) where `phrases` look like
+    FunASR-runtime's `PHRASE WEIGHT` lines: at least two, every one ending in a space and an integer (`shown`: how to
+    name each, its file and line). Nothing is stripped: the numbers may be part of the phrases. Returns whether it
+    warned."""
+    if len(phrases) < 2 or not all(_WEIGHTED.search(p) for p in phrases):
         return False
-    _WARNED.add((where, *phrases))
+    key = hashlib.blake2b(repr((where, *phrases)).encode(), digest_size=16).digest()
+    with _WARNED_LOCK:  # a Transcriber called from several threads
+        if key in _WARNED:
+            _WARNED.move_to_end(key)
+            return False
+        _WARNED[key] = None
+        if len(_WARNED) > WARNED_KEPT:
+            _WARNED.popitem(last=False)
     log.warning(
         "%s: every phrase ends in a number after a space (%s%s), as FunASR-runtime's hotword files write a weight "
         "after each phrase (PHRASE WEIGHT). llmasr reads a line as one phrase, the number included, and biases "

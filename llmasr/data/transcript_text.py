@@ -10,6 +10,10 @@ name them with how to fix them (`text_warnings`); nothing is rewritten.
   spaces in a row): a byte-level tokenizer spells each as written. A transcript's ends are stripped before it is
   tokenized (llmasr.models.prompt.PromptBuilder.answer_text), so only whitespace inside it counts. `llmasr data
   kaldi` writes Kaldi's text collapsed.
+- Invisible format characters: zero-width space, word joiner, a byte-order mark, soft hyphen, and the bidirectional
+  controls (Unicode's Bidi_Control: marks, embeddings, overrides, isolates). Text pasted from web pages and word
+  processors carries them; a tokenizer spells each, so the model learns to write characters nobody sees. The joiners
+  U+200C and U+200D are left alone: Persian, the Indic scripts and emoji are written with them.
 - Decomposed Unicode (not NFC: "e" and a combining U+0301 for "é"): a tokenizer that does not compose it (Llama 3's,
   a WordLevel vocabulary; Qwen's applies NFC itself) trains the decomposed form, and the model then writes text that
   looks right but matches no composed text (hotwords, search).
@@ -18,7 +22,8 @@ name them with how to fix them (`text_warnings`); nothing is rewritten.
   is a segmented corpus, whose spaces the LLM learns to write.
 
 Cheap at scale: a line is tested by a few C-level scans ("<|" in it, str.isprintable, two spaces in a row, and for
-non-ASCII lines NFC's quick check and one regular expression); only a line that fails one is looked at closer.
+non-ASCII lines NFC's quick check and one regular expression); only a line that fails one is looked at closer (the
+format characters are not printable, so only such a line is searched for them).
 Findings are counts: name -> [lines holding it, the first one's place] (an index, or manifest:line), which the
 ranks sharing a screen add up as they add up the fields no parser reads.
 """
@@ -38,6 +43,12 @@ _ODD_SPACE = re.compile(r"[^\S ]")  # whitespace other than a space: each is not
 RUN = "spaces in a row"
 WHITESPACE = "whitespace"  # lines holding any of those
 DECOMPOSED = "not NFC"
+# Invisible format characters, as re reads them (the fix the warning gives uses this class): soft hyphen, Arabic letter
+# mark, zero-width space, LRM/RLM, the embeddings and overrides, word joiner, the isolates, BOM. Not U+200C/U+200D.
+_INVISIBLE_CLASS = r"[\u00ad\u061c\u200b\u200e\u200f\u202a-\u202e\u2060\u2066-\u2069\ufeff]"
+_INVISIBLE = re.compile(_INVISIBLE_CLASS)
+INVISIBLE = "invisible"  # lines holding any; each character is counted as "invisible U+XXXX NAME"
+INVISIBLE_FIX = f"re.sub(r'{_INVISIBLE_CLASS}', '', text)"
 # Chinese and Japanese characters (kana, CJK extension A and the unified ideographs, compatibility ideographs): the
 # class the fix given in the warning removes spaces between
 _CJK_CLASS = r"[\u3040-\u30ff\u3400-\u9fff\uf900-\ufaff]"  # escapes re reads, as the warning writes them
@@ -58,8 +69,8 @@ def tags_in(text: str) -> list[str]:
 
 def gather_text(found: dict, text, where) -> None:
     """Count what is wrong with transcript `text` into `found` (name -> [lines holding it, `where` of the first]):
-    its tags, the whitespace in it other than one space between words, whether it is not NFC, whether it holds
-    Chinese or Japanese characters and spaces between two of them."""
+    its tags, the whitespace in it other than one space between words, its invisible format characters, whether it
+    is not NFC, whether it holds Chinese or Japanese characters and spaces between two of them."""
     if not isinstance(text, str):
         return
     for tag in tags_in(text) if "<|" in text else ():
@@ -70,6 +81,9 @@ def gather_text(found: dict, text, where) -> None:
         kinds.update([RUN] if "  " in inner else [])
         for kind in kinds | ({WHITESPACE} if kinds else set()):
             found.setdefault(kind, [0, where])[0] += 1
+        if not text.isascii() and (hidden := _INVISIBLE.findall(text)):  # a second scan: one regex of both is slower
+            for kind in {f"{INVISIBLE} {_code_name(c)}" for c in hidden} | {INVISIBLE}:
+                found.setdefault(kind, [0, where])[0] += 1
     if text.isascii():
         return
     if not unicodedata.is_normalized("NFC", text):
@@ -93,8 +107,8 @@ def _lines(n: int) -> str:
 
 
 def text_warnings(found: dict, place: Callable = str) -> list[tuple[str, str]]:
-    """(heading, warning) for each shape that `found` (gather_text's) holds: tags, whitespace, decomposed Unicode,
-    spaced Chinese or Japanese. `place`: a finding's first place -> manifest:line."""
+    """(heading, warning) for each shape that `found` (gather_text's) holds: tags, whitespace, invisible format
+    characters, decomposed Unicode, spaced Chinese or Japanese. `place`: a finding's first place -> manifest:line."""
     said = []
     tags = [(t, n, place(first)) for t, (n, first) in found.items() if TAG.fullmatch(t)]
     if tags:
@@ -108,6 +122,19 @@ def text_warnings(found: dict, place: Callable = str) -> list[tuple[str, str]]:
             "which training teaches the LLM to write as it stands (scoring collapses whitespace, so the WER does not "
             f"show it): {parts}. Collapse it, as `llmasr data kaldi` does for Kaldi's text: `' '.join(text.split())`"
             f"{APPLY}",
+        ))  # fmt: skip
+    if INVISIBLE in found:
+        kinds = sorted((-n, k, first) for k, (n, first) in found.items() if k.startswith(f"{INVISIBLE} U+"))
+        parts = "; ".join(f"{k.removeprefix(INVISIBLE + ' ')} in {_lines(-n)} (first: {place(first)})"
+                          for n, k, first in kinds)  # fmt: skip
+        said.append((
+            "invisible characters in transcripts",
+            f"transcripts hold invisible format characters ({_lines(found[INVISIBLE][0])}): {parts}. Text pasted from "
+            "web pages and word processors carries them; a tokenizer spells each, so training teaches the LLM to "
+            "write characters nobody sees (scoring drops them, a zero-width space as a space, so the WER does not "
+            "show it). The joiners U+200C and U+200D, which Persian, Indic scripts and emoji need, are not among "
+            f"them. Remove them: `{INVISIBLE_FIX}`{APPLY} (where a zero-width space stands for a space between two "
+            "words, replace it with one first)",
         ))  # fmt: skip
     if DECOMPOSED in found:
         n, first = found[DECOMPOSED]

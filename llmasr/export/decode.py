@@ -20,8 +20,8 @@ CTC head, windows the LLM's context cannot hold, a VAD that does not load) and w
 decoded whole: longer utterances are cut into windows (llmasr.data.windowed, at the VAD's speech segments with
 decode.vad) and joined back in order. On N ranks (llmasr.export.decode_world) each decodes every N-th batch of the
 same plan and rank 0 writes what one process would. Every file is written whole or not at all, and an earlier
-decode's files in the folder go before this one's are written (decode_folders; `llmasr decode` removes them once its
-start-up checks pass, so that a decode stopped part-way leaves none).
+decode's files in the folder go once the start-up checks pass, before anything is decoded (decode_folders, for
+decode_manifest and `llmasr decode` alike), so that a decode stopped part-way leaves none.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ from llmasr.data.speech_loader import SpeechDataLoader
 from llmasr.data.window_join import shift_times
 from llmasr.data.window_plan import WindowRules
 from llmasr.data.windowed import utterance_rows, utterance_tracker
-from llmasr.export.decode_folders import clear_outputs
+from llmasr.export.decode_folders import clear_for_decode
 from llmasr.export.decode_results import ctc_summary, hotword_counts, llm_summary, unused_flags_line
 from llmasr.export.decode_world import DecodeWorld
 from llmasr.export.merge import ExportError, as_exported
@@ -236,11 +236,13 @@ def bad_rows(examples: list[dict]) -> list[dict]:
 
 def decode_manifest(
     model, manifest_path: str | Path, out_dir: str | Path, cfg: DecodeConfig, opts: DecodeOptions | None = None,
-    *, device="cpu", world: DecodeWorld = SOLO,
+    *, device="cpu", world: DecodeWorld = SOLO, cleared: bool = False,
 ) -> dict | None:  # fmt: skip
     """Decode one manifest into `out_dir`; returns the summary dict (also written to wer.json), with the CTC
     branch's under "ctc" when opts.ctc, and "too_much_bad_data" (the message, or None). On N ranks (`world`) each
-    decodes its share and rank 0 writes the whole; the other ranks return None."""
+    decodes its share and rank 0 writes the whole; the other ranks return None. An earlier decode's files in
+    `out_dir` go once the model's checks pass, unless `cleared` (the caller removed them: `llmasr decode` clears
+    every folder it writes before its first manifest)."""
     opts = DecodeOptions() if opts is None else opts
     if opts.ctc and getattr(model, "ctc_head", None) is None:
         raise DecodeError("--ctc: the model has no CTC head (it was trained with model.ctc.weight 0)")
@@ -249,6 +251,8 @@ def decode_manifest(
     except ConfigError as err:
         raise DecodeError(str(err)) from err
     out_dir = Path(out_dir)
+    if world.leader and not cleared:  # before decoding: one stopped part-way leaves no earlier results to read as its
+        clear_for_decode(out_dir)
     t0, clock = time.perf_counter(), {}  # the clock counts the pass that reads long or gated audio for its windows
     lines = line_prompts(model, opts, world)  # the lines' prompts, counted once for the window and the budget
     limit = window_limit(model, cfg, opts, manifest=manifest_path, lines=lines)  # a manifest refused leaves no folder
@@ -260,7 +264,6 @@ def decode_manifest(
     if not world.leader:
         return None
     out_dir.mkdir(parents=True, exist_ok=True)
-    clear_outputs(out_dir)
     manifest = loader.dataset.manifest
     rows = utterance_rows(items, manifest, cfg.window_overlap)
     for r in rows:  # the line's `lang`: wer.txt rates each language the manifest names apart

@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import re
 from pathlib import Path
 
 from llmasr.atomic_file import write_atomic
+
+log = logging.getLogger(__name__)
 
 # What a decode writes into its output folder (and into its ctc/ folder with --ctc).
 OUTPUT_FILES = ("hyp.txt", "ref.txt", "results.jsonl", "wer.txt", "wer.json", "bad.jsonl")
@@ -40,6 +43,16 @@ def clear_outputs(out_dir: Path) -> list[str]:
                 removed.append(path.relative_to(out_dir).as_posix())
     if (out_dir / CTC_DIR).is_dir() and not any((out_dir / CTC_DIR).iterdir()):
         (out_dir / CTC_DIR).rmdir()  # an empty ctc/ would say this decode ran --ctc
+    return removed
+
+
+def clear_for_decode(out_dir: Path) -> list[str]:
+    """clear_outputs at a decode's start, once its checks pass (the library's decode_manifest and `llmasr decode`
+    alike), saying what went."""
+    removed = clear_outputs(out_dir)
+    if removed:
+        log.info("removed an earlier decode's %s from %s: this decode writes its own, and one stopped before it ends "
+                 "leaves none", ", ".join(removed), out_dir)  # fmt: skip
     return removed
 
 

@@ -231,6 +231,22 @@ def utf8(text: str) -> bool:
     return True
 
 
+def _channels_hint(shape: tuple[int, int]) -> str:
+    """How to pass an array of several channels. None is guessed: a file's header says how many channels it has
+    (load_audio averages them), an array does not say which axis holds them, and torchaudio.load's [channels,
+    frames] looks as a batch of clips [clips, samples] does, which averaged would be one wrong transcript."""
+    n = min(shape)
+    if shape[1] == n:  # [frames, channels], as soundfile.read gives them
+        pick, mean, clips = "wave[:, 0]", "wave.mean(axis=1)", ""
+    else:
+        pick, mean, clips = "wave[0]", "wave.mean(axis=0)", f"; {n} clips? pass them as a list, list(wave)"
+    return (
+        f" (several channels: average them as a file of {n} channels is read, {mean}, or pick one, {pick}{clips}. "
+        "An array, unlike a file, does not say which axis holds channels: torchaudio.load's [channels, frames] "
+        "looks as a batch of clips [clips, samples] does, so none is guessed)"
+    )
+
+
 def _waveform(clip, name: str) -> np.ndarray:
     if why := _not_audio(clip):
         raise TranscribeError(f"{name}: {why}")
@@ -241,7 +257,7 @@ def _waveform(clip, name: str) -> np.ndarray:
     if wave.ndim == 2 and min(wave.shape) == 1:  # one channel, first or last: torchaudio.load's mono is [1, N]
         wave = wave.reshape(-1)
     if wave.ndim != 1 or wave.size == 0:
-        hint = " (several channels: average them, or pick one)" if wave.ndim == 2 and min(wave.shape) <= 8 else ""
+        hint = _channels_hint(wave.shape) if wave.ndim == 2 and min(wave.shape) <= 8 else ""
         if wave.ndim == 0 and wave.dtype.kind not in "biuf":  # None, bytes: neither a path nor samples
             raise TranscribeError(f"{name}: expected an audio file path (str, Path) or a waveform, got {clip!r:.60}")
         if wave.ndim == 0:  # a list is a list of clips: a plain list of samples gives one number per clip

@@ -17,6 +17,7 @@ tensors into FunASR's classes). Sizes are tiny; names and layout are the real on
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import torch
@@ -26,6 +27,7 @@ from llmasr.models.adaptors import TransformerAdaptor
 from llmasr.models.config import AdaptorConfig
 from llmasr.models.ctc_tiktoken import write_ranks
 from llmasr.models.sensevoice import SenseVoiceEncoderSmall
+from llmasr.models.tokenizer import load_tokenizer
 from llmasr.testing.tiny_funasr import _randomise, paraformer_frontend_conf, tiny_sensevoice_conf
 from llmasr.testing.tiny_llm import DEFAULT_CORPUS, train_bpe_tokenizer
 
@@ -34,6 +36,7 @@ CTC_MERGES = 40  # byte pairs merged into tokens after the 256 single bytes
 CTC_SPECIALS = 3  # stand-ins for SenseVoice's special tokens, between the BPE tokens and the blank
 CTC_VOCAB = 256 + CTC_MERGES + CTC_SPECIALS + 1  # stands in for the 60,515 outputs of Nano's CTC head (blank = last)
 CTC_TEXT = DEFAULT_CORPUS + ["语音转写：你好世界"]
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt", "chat_template.jinja")
 
 
 def write_tiktoken(path: Path, texts: list[str], merges: int = CTC_MERGES) -> Path:
@@ -123,8 +126,11 @@ def write_nano_dir(
     frontend_conf: dict | None = None,
     llm_hidden: int = 64,
     seed: int = 0,
+    tokenizer_from: str | Path | None = None,
 ) -> Path:
-    """A Nano directory with seeded random weights (see the module docstring); returns it."""
+    """A Nano directory with seeded random weights (see the module docstring); returns it. `tokenizer_from`: an LLM
+    folder whose tokenizer files the LLM folder gets, as they are (a Qwen release's layout:
+    llmasr.testing.tiny_llm.write_qwen_layout_llm_dir), instead of a tokenizer trained here."""
     src = Path(src)
     (src / LLM_DIR).mkdir(parents=True, exist_ok=True)
     encoder_conf = dict(encoder_conf or tiny_sensevoice_conf())
@@ -143,7 +149,7 @@ def write_nano_dir(
     )
     for module in (encoder, adaptor, ctc_decoder):
         _randomise(module, g)
-    tokenizer = train_bpe_tokenizer(CTC_TEXT, 300)
+    tokenizer = train_bpe_tokenizer(CTC_TEXT, 300) if tokenizer_from is None else load_tokenizer(tokenizer_from)
     llm = _tiny_qwen3(tokenizer, llm_hidden, seed)
     _randomise(llm, g)  # larger than HF's init, so that the greedy ids depend on the audio and vary per step
     state = {}
@@ -166,5 +172,10 @@ def write_nano_dir(
     write_tiktoken(src / "multilingual.tiktoken", CTC_TEXT)
     llm.config.save_pretrained(src / LLM_DIR)
     llm.generation_config.save_pretrained(src / LLM_DIR)
-    tokenizer.save_pretrained(src / LLM_DIR)
+    if tokenizer_from is None:
+        tokenizer.save_pretrained(src / LLM_DIR)
+    else:  # the files as written: a tokenizer saved by transformers' class need not be them
+        for name in _TOKENIZER_FILES:
+            if (Path(tokenizer_from) / name).is_file():
+                shutil.copyfile(Path(tokenizer_from) / name, src / LLM_DIR / name)
     return src

@@ -80,6 +80,26 @@ def test_llm_tokenizer_far_smaller_than_the_llms_vocabulary_is_refused(tmp_path)
         convert_funasr(src, tmp_path / "out")
 
 
+def test_the_llm_tokenizer_is_read_and_written_as_its_tokenizer_json_writes(tmp_path):
+    """A Qwen release's tokenizer.json may add a token its tokenizer_config.json does not list (its embedding row is
+    in the weights). The converter had loaded the folder with transformers' AutoTokenizer, whose Qwen2Tokenizer drops
+    it: OUT/llm's tokenizer spelled the word in pieces. It reads it with llmasr's loader, as training and decode do."""
+    from tokenizers import Tokenizer
+
+    from llmasr.testing.tiny_llm import write_qwen_layout_llm_dir
+
+    release = write_qwen_layout_llm_dir(tmp_path / "qwen3", arch="qwen3", added=("zanzibar",))
+    src = write_nano_dir(tmp_path / "src", tokenizer_from=release)
+    convert_funasr(src, tmp_path / "out")
+    text = "to zanzibar and back"
+    written = Tokenizer.from_file(str(src / LLM_DIR / "tokenizer.json")).encode(text, add_special_tokens=False).ids
+    assert 305 in written  # the added token, one id
+    out_file = Tokenizer.from_file(str(tmp_path / "out" / "llm" / "tokenizer.json"))
+    assert out_file.encode(text, add_special_tokens=False).ids == written
+    tok = load_exported(tmp_path / "out").prompt.tokenizer
+    assert tok.encode(text, add_special_tokens=False) == written
+
+
 @pytest.mark.parametrize("how", ["configuration.json maps it", "no configuration.json"])
 def test_cmvn_is_the_file_funasr_applies(tmp_path, how):
     """config.yaml says cmvn_file: null, but FunASR's AutoModel applies am.mvn when configuration.json maps

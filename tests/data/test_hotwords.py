@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import re
 from collections import Counter
 
@@ -17,6 +18,7 @@ from llmasr.data.hotwords import (
     PhraseFileError,
     read_phrase_file,
     units,
+    warn_weighted,
 )
 from llmasr.data.manifest import BadRecord, Manifest
 from llmasr.data.screen import screen
@@ -367,6 +369,35 @@ def test_readme_documents_every_hotword_key():
     wanted |= {f.name for f in dataclasses.fields(PromptConfig) if f.name.startswith("hotwords")}
     assert wanted == rows, (wanted - rows, rows - wanted)
     assert "--hotwords FILE" in section
+
+
+def test_weighted_lists_are_warned_of_once_each_in_bounded_memory(caplog):
+    """A long-lived Transcriber given a FunASR-runtime list per call had kept every list warned of, its phrases too,
+    for as long as it ran. A digest of each of the latest lists is kept (WARNED_KEPT of them): a list is still warned of
+    once with a thousand others between."""
+    import tracemalloc
+
+    from llmasr.data import hotwords
+
+    def weighted(n: int, size: int = 50) -> list[str]:
+        return [f"phrase {n} word {i} {i}" for i in range(size)]
+
+    caplog.set_level(logging.ERROR, logger=hotwords.__name__)  # no log records kept while memory is measured
+    first = weighted(-1)
+    assert warn_weighted(first, first, "hotwords")
+    assert all(warn_weighted(weighted(n), weighted(n), "hotwords") for n in range(1000))
+    assert not warn_weighted(first, first, "hotwords")  # once, with a thousand others between
+    assert warn_weighted(first, first, "other")  # another place: warned of there too
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for n in range(3000):
+            phrases = weighted(n + 10**6)
+            assert warn_weighted(phrases, phrases, "hotwords")
+        kept = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert kept < 2**20, kept  # every list's phrases had stayed: 11 MiB
 
 
 def test_a_funasr_runtime_hotword_file_is_read_as_written_with_a_warning(tmp_path, caplog):

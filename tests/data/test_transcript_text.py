@@ -124,3 +124,51 @@ def test_the_fixes_the_warnings_give_leave_nothing_to_warn_of(tmp_path, capsys):
     out = capsys.readouterr().out
     for heading in ("whitespace in", "not in Unicode NFC", "spaces between Chinese"):
         assert heading not in out
+
+
+def test_invisible_format_characters_are_named_with_their_lines_and_the_fix_removes_them(tmp_path, capsys):
+    """Zero-width space, word joiner, soft hyphen, a byte-order mark inside a transcript and the bidirectional
+    controls had trained unseen and unsaid (scoring drops them): named by code point with the first line of each, and
+    the fix given removes them. The joiners U+200C (Persian) and U+200D (emoji, Indic scripts) are left alone."""
+    import re
+
+    hidden = {
+        1: "hello\u200bworld",
+        2: "hel\u00adlo world",
+        3: "\u202bhello world\u202c and \u2067x\u2069",
+        4: "hello\ufeffworld \u200eok\u200f",
+        5: "a\u2060b hello\u200bagain",
+        6: "می\u200cخواهم",  # ZWNJ: Persian is written with it
+        7: "👩\u200d💻 hello",  # ZWJ: one emoji
+        8: "\u061chello",
+    }
+    path = good_corpus(tmp_path, 9)
+    recs = [json.loads(line) for line in path.read_text().splitlines()]
+    for i, text in hidden.items():
+        recs[i]["target"] = text
+    path = write_manifest(tmp_path / "m.jsonl", [json.dumps(r, ensure_ascii=False) for r in recs])
+    assert main([str(path)]) == 0  # warnings: every line trains
+    out = capsys.readouterr().out
+    assert "## invisible characters in transcripts" in out
+    assert "transcripts hold invisible format characters (6 lines): U+200B ZERO WIDTH SPACE in 2 lines (first: " \
+           f"{path}:2); U+00AD SOFT HYPHEN in 1 line (first: {path}:3); " in out  # fmt: skip
+    for name, line in (("U+202B RIGHT-TO-LEFT EMBEDDING", 4), ("U+202C POP DIRECTIONAL FORMATTING", 4),
+                       ("U+2067 RIGHT-TO-LEFT ISOLATE", 4), ("U+2069 POP DIRECTIONAL ISOLATE", 4),
+                       ("U+FEFF ZERO WIDTH NO-BREAK SPACE", 5), ("U+200E LEFT-TO-RIGHT MARK", 5),
+                       ("U+200F RIGHT-TO-LEFT MARK", 5), ("U+2060 WORD JOINER", 6),
+                       ("U+061C ARABIC LETTER MARK", 9)):  # fmt: skip
+        assert f"{name} in 1 line (first: {path}:{line})" in out, name
+    assert "U+200C" not in out.replace("U+200C and U+200D", "") and "ZERO WIDTH JOINER" not in out
+    assert "whitespace in" not in out  # not whitespace: a heading of their own
+    from llmasr.data.transcript_text import INVISIBLE_FIX
+
+    assert f"`{INVISIBLE_FIX}`" in out
+    whole: dict = {}  # the start-up screen finds the same
+    screen(Manifest.open(str(path)), text=whole)
+    assert whole["invisible"] == [6, 1] and whole["invisible U+200B ZERO WIDTH SPACE"] == [2, 1]
+    for r in recs:
+        r["target"] = eval(INVISIBLE_FIX, {"re": re, "text": r["target"]})
+    assert recs[1]["target"] == "helloworld" and recs[6]["target"] == "می\u200cخواهم"
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in recs))
+    assert main([str(path)]) == 0
+    assert "## invisible characters" not in capsys.readouterr().out

@@ -160,6 +160,29 @@ def test_a_decode_stopped_part_way_leaves_no_earlier_decode_s_files(exported_dir
     assert sorted(p.name for p in out2.iterdir()) == ["dev", "test"]  # no wer.txt, no manifests.json of the earlier
 
 
+def test_the_cli_clears_each_folder_once(exported_dir, tmp_path, monkeypatch):
+    """`llmasr decode` clears every folder it writes before its first manifest, through decode_folders as the library's
+    decode_manifest does; decode_manifest, told so, does not clear it again (it had, just before writing)."""
+    import llmasr.commands.decode as command
+    import llmasr.export.decode as library
+    from llmasr.export import decode_folders
+
+    a = write_corpus(tmp_path / "a", TEXTS[:2], name="dev")
+    cleared = []
+    real = decode_folders.clear_outputs
+
+    def counted(folder):
+        cleared.append(folder)
+        return real(folder)
+
+    for module in (decode_folders, command, library):  # wherever a decode may call it from
+        monkeypatch.setattr(module, "clear_outputs", counted, raising=False)
+    out = tmp_path / "o"
+    common = ["--model", str(exported_dir), "--max-new-tokens", "2", "--num-workers", "0", "--data", str(a)]
+    assert main([*common, "--output", str(out)]) == 0 and (out / "hyp.txt").is_file()
+    assert cleared == [out]
+
+
 def test_a_manifest_s_subfolder_of_other_files_is_refused_before_decoding(exported_dir, tmp_path, capsys):
     """Several manifests are written into OUTPUT/<stem>/: a manifest named llm.jsonl decoded into an export folder
     had written hyp.txt, wer.json ... into the export's llm/ (the LLM). A subfolder that holds files decode does not

@@ -145,6 +145,29 @@ def test_a_batch_the_model_fails_on_is_named_by_its_items(model, corpus, tmp_pat
     assert raised.value.__notes__ == [f"while decoding the batch of {corpus}:4 (key test003)"]
 
 
+def test_a_decode_stopped_part_way_leaves_no_earlier_decode_s_files(model, corpus, tmp_path, monkeypatch, caplog):
+    """The library's decode_manifest (the demo's) removed an earlier decode's files only just before writing its own:
+    one stopped while decoding (Ctrl-C, a preempted job, a crash) left the earlier hyp.txt, wer.json ... complete,
+    read as its results. It removes them once the model's checks pass, as `llmasr decode` does, and says so; the
+    user's own files stay."""
+    cfg, opts = DecodeConfig(max_new_tokens=2), DecodeOptions(num_workers=0)
+    out = tmp_path / "o"
+    decode_manifest(model, corpus, out, cfg, opts)
+    (out / "notes.txt").write_text("mine")
+
+    def stopped(batch, cfg):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(model, "transcribe", stopped)
+    with caplog.at_level("INFO", logger="llmasr"), pytest.raises(KeyboardInterrupt):
+        decode_manifest(model, corpus, out, cfg, opts)
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+    assert (
+        f"removed an earlier decode's bad.jsonl, hyp.txt, ref.txt, results.jsonl, wer.json, wer.txt from {out}: this "
+        "decode writes its own, and one stopped before it ends leaves none" in caplog.text
+    )
+
+
 def _independent_ctc(model, corpus) -> dict:
     """key -> (reference, CTC greedy transcript, encoder length), one utterance per batch: encoder -> head ->
     ctc_greedy."""

@@ -379,6 +379,32 @@ def test_a_single_channel_waveform_first_or_last_is_mono(asr, clips):
     assert asr(torch.from_numpy(wave)[None], sample_rate=rate) == want == asr(wave[:, None], sample_rate=rate)
 
 
+def test_an_array_of_several_channels_is_refused_saying_why_and_how_a_file_of_them_is_read(asr, clips, tmp_path):
+    """A two-channel file is read with its channels averaged; a two-channel array is refused, as an array does not say
+    which axis holds channels (torchaudio.load's [channels, frames] looks as a batch of clips does, which averaged
+    would be one wrong transcript). The error had said "average them, or pick one" without why or along which axis:
+    it gives the expression for the layout given, which transcribes as the file does."""
+    _, paths = clips
+    left, rate = sf.read(paths[0], dtype="float32")
+    right, _ = sf.read(paths[1], dtype="float32", frames=len(left), fill_value=0.0)
+    stereo = np.stack([left, right], axis=1)  # [frames, channels], as soundfile.read gives them
+    sf.write(tmp_path / "stereo.wav", stereo, rate, subtype="FLOAT")
+    why = (
+        "An array, unlike a file, does not say which axis holds channels: torchaudio.load's [channels, frames] looks as"
+    )
+    with pytest.raises(TranscribeError) as refused:
+        asr(stereo, sample_rate=rate)
+    assert f"got shape {stereo.shape} (several channels: average them as a file of 2 channels is read, " \
+           "wave.mean(axis=1), or pick one, wave[:, 0]. " + why in str(refused.value)  # fmt: skip
+    first = torch.from_numpy(stereo.T.copy())  # [channels, frames], as torchaudio.load gives them
+    with pytest.raises(TranscribeError) as refused:
+        asr(first, sample_rate=rate)
+    assert "(several channels: average them as a file of 2 channels is read, wave.mean(axis=0), or pick one, " \
+           "wave[0]; 2 clips? pass them as a list, list(wave). " + why in str(refused.value)  # fmt: skip
+    want = asr(tmp_path / "stereo.wav")
+    assert asr(stereo.mean(axis=1), sample_rate=rate) == want == asr(first.mean(axis=0), sample_rate=rate)
+
+
 def test_a_pipe_is_named_as_a_pipe_not_as_missing(exported_dir, tmp_path, capsys):
     """`llmasr transcribe --model DIR /dev/stdin` (or <(...)) fed by a pipe had said 'no such audio file'."""
     import os
