@@ -18,6 +18,9 @@ recipe fine-tunes from OUT's files. The steps:
   tensors do not fill the head config.yaml describes (FunASR, too, runs without an incomplete branch), the log naming
   the keys. A decoder tensor model.pt lacks comes from `ctc_decoder_conf.init_param_path` when config.yaml names
   one, as FunASR loads that file into the decoder before model.pt.
+- `llm_conf.llm_dtype` bf16 (fp16): FunASR casts the whole LLM to it as it builds the model, rounding the rotary
+  frequencies it then trains and decodes with; OUT's description says so (llm.rotary_dtype, the recipe key
+  model.llm.rotary_dtype; llmasr.models.rotary), so OUT decodes and fine-tunes with the same frequencies.
 - Left out, in one log record: any other module of model.pt.
 - OUT/finetune_lora_zero2.yaml (llmasr.convert.nano_recipe): a fine-tuning recipe whose model section is the model
   OUT describes, its files named relative to OUT; the manifests are the user's to give.
@@ -327,7 +330,7 @@ def convert_funasr(src: str | Path, out: str | Path, *, dtype: str = "fp32", ove
             section["adaptor"]["init_from"] = str(files["adaptor"])
             if ctc is not None:
                 section["ctc"] = {**ctc, "init_from": str(files["ctc"])}
-            section["llm"] = {"path": str(files["llm"]), "dtype": DTYPE_NAMES[dtype], "freeze": True}
+            section["llm"] = {**section["llm"], "path": str(files["llm"]), "dtype": DTYPE_NAMES[dtype], "freeze": True}
             cfg = from_dict(ModelConfig, section, "model")
             model = build_model(cfg)
             tmp.mkdir(parents=True)

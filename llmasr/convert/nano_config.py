@@ -358,15 +358,34 @@ def _prompt_section(config: dict, path: Path) -> dict:
     }
 
 
+# FunASRNano's dtype_map: the dtype it casts the whole LLM to when it builds the model (llm_conf.llm_dtype)
+_LLM_DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": None}
+
+
+def rotary_dtype(config: dict, path: Path) -> str | None:
+    """model.llm.rotary_dtype: FunASRNano's build casts its LLM to llm_conf.llm_dtype, rounding the rotary frequencies
+    it trains and decodes with (llmasr.models.rotary); None for fp32."""
+    dtype = _section(config, "llm_conf", path).get("llm_dtype", "fp32")
+    if dtype not in _LLM_DTYPES:
+        raise ConfigError(
+            f"{path}: llm_conf.llm_dtype is {dtype!r}; FunASR builds Fun-ASR-Nano with one of "
+            f"{', '.join(_LLM_DTYPES)} (its dtype_map), so this config.yaml does not load there either"
+        )
+    return _LLM_DTYPES[dtype]
+
+
 def nano_model_section(src: Path, config: dict) -> dict:
-    """The llmasr model section (a dict for ModelConfig) of a Nano config; weights and LLM path filled by the caller."""
+    """The llmasr model section (a dict for ModelConfig) of a Nano config; weights and LLM path filled by the caller
+    (over `llm`, which holds the rotary frequencies' dtype where FunASR rounds them)."""
     path = src / "config.yaml"
     frontend = _frontend(config, src)
     encoder = _encoder_section(config, path, frontend.feature_dim)
     encoder.update(frontend=to_dict(frontend))
+    rotary = rotary_dtype(config, path)
     return {
         "encoder": encoder,
         "adaptor": _adaptor_section(config, path),
+        "llm": {"rotary_dtype": rotary} if rotary else {},
         "prompt": _prompt_section(config, path),
         "ctc": {"weight": 0.0},
     }

@@ -58,6 +58,7 @@ from llmasr.models.exported import DTYPE_NAMES, MODEL_FILE
 from llmasr.models.fingerprint import dir_fingerprint
 from llmasr.models.fsmn_vad import FsmnVad
 from llmasr.models.llm import DTYPES, base_lm
+from llmasr.models.rotary import plain_transformers_line
 from llmasr.run_dir import CHECKPOINTS, resolve_checkpoint
 
 log = logging.getLogger(__name__)
@@ -291,6 +292,15 @@ def _write_llm(model, recipe, tmp: Path, dtype_name: str, *, adapter_only: bool,
         _save_tokenizer(model.prompt, tmp / "llm")
         llm_entry = {"kind": "merged", "dir": "llm"}
     llm_entry.update(dtype=dtype_name, trust_remote_code=bool(recipe.model.llm.trust_remote_code))
+    rotary = recipe.model.llm.rotary_dtype
+    if rotary is not None:
+        llm_entry["rotary_dtype"] = rotary
+        log.info(
+            "the exported LLM (%s/) computes with its rotary frequencies rounded to %s (model.llm.rotary_dtype, "
+            "recorded in %s and applied by llmasr decode); transformers' from_pretrained recomputes them exactly, so "
+            "for the same outputs with plain transformers run after loading it (model: the AutoModelForCausalLM): %s",
+            llm_entry["dir"], rotary, MODEL_FILE, plain_transformers_line(base_lm(model.llm), rotary),
+        )  # fmt: skip
     return llm_entry
 
 

@@ -2,7 +2,8 @@
 
 Training, `llmasr check` (on the meta device), export, the exported-model loader (whose llmasr_model.yaml becomes a
 model section pointing into the exported directory), decoding and the benchmarks all build through `build_model`;
-where the weights come from is its `weights` argument.
+where the weights come from is its `weights` argument, and the LLM's rotary frequencies are rounded here where
+`model.llm.rotary_dtype` says so (llmasr.models.rotary).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from llmasr.models.funasr_dir import construct_encoder, load_funasr_encoder
 from llmasr.models.funasr_files import missing_weights
 from llmasr.models.llm import apply_lora, embedding_shape, load_llm
 from llmasr.models.prompt import PromptBuilder
+from llmasr.models.rotary import round_rotary
 from llmasr.models.speech_llm import SpeechLLM
 from llmasr.models.state_dict import (
     load_into,
@@ -288,6 +290,8 @@ def build_model(cfg: ModelConfig | dict | str | Path, *, weights: str = "pretrai
             pretrained=weights == "pretrained",
             shapes_only=shapes_only,
         )
+        if cfg.llm.rotary_dtype is not None:  # non-persistent buffers: every build rounds them again
+            round_rotary(llm, cfg.llm.rotary_dtype, llm=f"the LLM {cfg.llm.path}")
         llm_dim = int(embedding_shape(llm)[-1])
         adaptor = build_adaptor(cfg.adaptor, output_dim(encoder), llm_dim)
         if pretrained and cfg.adaptor.init_from:

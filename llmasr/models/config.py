@@ -184,6 +184,10 @@ class LLMConfig:
     # activation memory for about half the recompute time (selective checkpointing).
     checkpoint_every: int = 1
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    # The rotary frequencies (inv_freq) rounded to this dtype, as a framework that cast the whole LLM computed them
+    # when the weights were trained (FunASR's Fun-ASR-Nano with llm_conf.llm_dtype bf16: `llmasr convert funasr`
+    # sets it); null: exact, as transformers computes them (llmasr.models.rotary).
+    rotary_dtype: Literal["float32", "bfloat16", "float16"] | None = None
     trust_remote_code: bool = False
     # A saved peft LoRA adapter (e.g. `llmasr export --adapter-only`'s DIR/adapter) applied to `path` and frozen with
     # it; train new adapters with `lora` instead.

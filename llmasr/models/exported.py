@@ -15,6 +15,7 @@ DIR/llmasr_model.yaml says how to rebuild each part:
     llm:      {kind: merged, dir: llm}            plain transformers AutoModelForCausalLM (no peft)
               {kind: adapter, dir: adapter, base} peft adapter applied to the base directory `base`
               {kind: base, dir: tokenizer, base}  the unchanged base LLM (only the speech side was trained)
+              rotary_dtype (optional)             the rotary frequencies rounded to it (llmasr.models.rotary)
 
 The description becomes a recipe model section (`exported_model_config`: encoder `conf` + `init_from`, adaptor
 `init_from`, llm `path` / `adapter` / `tokenizer`, ...) that llmasr.models.builder builds like any other, so an
@@ -36,6 +37,7 @@ from llmasr.data.frontend import FrontendConfig
 from llmasr.models.builder import build_model
 from llmasr.models.config import AdaptorConfig, CTCDecoderConfig, ModelConfig
 from llmasr.models.encoders import entry_for_class
+from llmasr.models.rotary import ROTARY_DTYPES
 from llmasr.models.whisper import encoder_conf as whisper_encoder_conf
 from llmasr.run_dir.layout import CHECKPOINTS, META
 from llmasr.unread_fields import drop_unread
@@ -104,6 +106,11 @@ def read_description(model_dir: str | Path) -> dict:
         raise ExportedModelError(f"{path}: {', '.join(gone)} missing or not a mapping (a damaged or hand-edited file?)")
     if desc["llm"].get("dtype", "float32") not in DTYPE_NAMES:
         raise ExportedModelError(f"{path}: llm.dtype must be one of bf16, fp16, fp32; got {desc['llm']['dtype']!r}")
+    if desc["llm"].get("rotary_dtype") not in (None, *ROTARY_DTYPES):
+        raise ExportedModelError(
+            f"{path}: llm.rotary_dtype must be one of {', '.join(ROTARY_DTYPES)} or null; got "
+            f"{desc['llm']['rotary_dtype']!r}"
+        )
     return desc
 
 
@@ -160,6 +167,8 @@ def _llm_section(
         raise ExportedModelError(f"{sub}: missing (the exported {kind} LLM files)")
     trust = remote_code_allowed(model_dir, entry, trust_remote_code)
     section = {"dtype": dtype, "trust_remote_code": trust, "freeze": True}
+    if entry.get("rotary_dtype"):  # the frequencies the weights were trained with (llmasr.models.rotary)
+        section["rotary_dtype"] = entry["rotary_dtype"]
     if kind == "merged":
         return {**section, "path": str(sub)}
     if kind not in ("adapter", "base"):

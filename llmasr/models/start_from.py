@@ -11,7 +11,8 @@ recipe reads the LLM from that folder:
 - the features, when the recipe reads the folder's encoder, adaptor or CTC head: every frontend setting but the
   dither noise and a data filter (llmasr.models.encoder_spec.FRONTEND_REFINEMENTS), the CMVN by its numbers (not its
   path);
-- the prompt and `model.adaptor.audio_token_cap`, when it reads the folder's adaptor or LLM.
+- the prompt and `model.adaptor.audio_token_cap`, when it reads the folder's adaptor or LLM;
+- `model.llm.rotary_dtype` (the rotary frequencies the LLM's weights were trained with), when it reads its LLM.
 
 A difference is refused, naming the recipe key, both values and the file, unless the recipe lists the key in
 `model.differs_from_start` (a deliberate change, e.g. another task prompt): then it is a warning in train.log and
@@ -39,7 +40,8 @@ FRONTEND_KEYS = tuple(f"model.encoder.frontend.{f.name}" for f in dataclasses.fi
                       if f.name == "cmvn_file" or f.name not in FRONTEND_REFINEMENTS)  # fmt: skip
 PROMPT_KEYS = tuple(f"model.prompt.{f.name}" for f in dataclasses.fields(PromptConfig))
 CAP_KEY = "model.adaptor.audio_token_cap"
-KNOWN_KEYS = (*FRONTEND_KEYS, CAP_KEY, *PROMPT_KEYS)
+ROTARY_KEY = "model.llm.rotary_dtype"
+KNOWN_KEYS = (*FRONTEND_KEYS, CAP_KEY, *PROMPT_KEYS, ROTARY_KEY)
 _FEATURE_READERS = ("model.encoder.init_from", "model.adaptor.init_from", "model.ctc.init_from")
 _PROMPT_READERS = ("model.adaptor.init_from", "model.llm.path", "model.llm.adapter", "model.llm.tokenizer")
 _LLM_READERS = ("model.llm.path", "model.llm.adapter")  # the weights an adapter export's base fingerprint guards
@@ -156,6 +158,8 @@ def start_differences(m: ModelConfig) -> list[tuple[str, object, object, Path, l
             diffs += _frontend_differences(encoder_frontend(m.encoder), encoder_frontend(theirs.encoder))
         if any(r in _PROMPT_READERS for r in readers):
             diffs += _prompt_differences(m, theirs, folder)
+        if any(r in _LLM_READERS for r in readers) and m.llm.rotary_dtype != theirs.llm.rotary_dtype:
+            diffs.append((ROTARY_KEY, m.llm.rotary_dtype, theirs.llm.rotary_dtype))
         out += [(key, a, b, folder / MODEL_FILE, readers) for key, a, b in diffs]
     return out
 

@@ -383,3 +383,22 @@ def test_a_folder_above_the_model_or_its_llm_folder_names_the_directory_to_give(
             f"{given_path} is an LLM folder (config.json); give the Fun-ASR-Nano directory that holds it: {src}" in err
         )
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("llm_dtype,rotary", [("fp32", None), ("fp16", "float16"), ("bf16", "bfloat16")])
+def test_the_rotary_frequencies_are_those_funasr_rounds_to_llm_dtype(tmp_path, llm_dtype, rotary):
+    src = write_nano_dir(tmp_path / "src")
+    edit_config(src, lambda c: c["llm_conf"].update(llm_dtype=llm_dtype))
+    convert_funasr(src, tmp_path / "out")
+    desc = yaml.safe_load((tmp_path / "out" / "llmasr_model.yaml").read_text(encoding="utf-8"))
+    assert desc["llm"].get("rotary_dtype") == rotary
+    rotary_emb = load_exported(tmp_path / "out").llm.model.rotary_emb
+    exact = rotary_emb.compute_default_rope_parameters(rotary_emb.config)[0]
+    assert torch.equal(rotary_emb.inv_freq, exact.to(getattr(torch, rotary)).float() if rotary else exact)
+
+
+def test_an_llm_dtype_funasr_cannot_build_is_refused(tmp_path):
+    src = write_nano_dir(tmp_path / "src")
+    edit_config(src, lambda c: c["llm_conf"].update(llm_dtype="bfloat16"))
+    said = r"config\.yaml: llm_conf\.llm_dtype is 'bfloat16'; FunASR builds Fun-ASR-Nano with one of bf16, fp16, fp32"
+    refused_before_writing(src, tmp_path, said)

@@ -1,7 +1,8 @@
 """`llmasr convert funasr`: the converted Fun-ASR-Nano decodes as FunASR does.
 
 Always on: tests/fixtures/funasr_nano_parity.pt (written by tests/fixtures/make_nano_fixture.py with FunASR's own
-FunASRNano): the converted model's greedy ids on the pinned features equal FunASR's, batched and one by one.
+FunASRNano): the converted model's greedy ids on the pinned features equal FunASR's, batched and one by one, and
+its logits over each answer are FunASR's.
 Opt-in (LLMASR_PARITY=1 and funasr importable): the same on a fresh directory, against FunASR now.
 """
 
@@ -94,6 +95,21 @@ def test_pinned_funasr_greedy_ids(tmp_path):
     src = unpack_fixture(fixture, tmp_path / "nano")
     check_parity(src, tmp_path / "out", fixture["feats"], fixture["ids"], fixture["max_new"])
     check_ctc_parity(tmp_path / "out", fixture["feats"], fixture["ctc_log_probs"], fixture["ctc_texts"])
+
+
+def test_pinned_funasr_logits_with_the_rotary_frequencies_funasr_rounds(tmp_path):
+    """FunASR casts Nano's LLM to llm_conf.llm_dtype (bf16) as it builds it, rounding the rotary frequencies it decodes
+    and trains with; the converted LLM computes with the same ones (model.llm.rotary_dtype), so on FunASR's prompt
+    embeddings followed by its greedy ids its logits over the answer are FunASR's (exact frequencies: ~5e-3 apart)."""
+    fixture = torch.load(FIXTURE, weights_only=True)
+    src = unpack_fixture(fixture, tmp_path / "nano")
+    convert_funasr(src, tmp_path / "out")
+    llm = load_exported(tmp_path / "out").llm
+    for prompt, ids, want in zip(fixture["prompt_embeds"], fixture["ids"], fixture["logits"], strict=True):
+        with torch.no_grad():
+            answer = llm.get_input_embeddings()(torch.tensor([ids]))
+            logits = llm(inputs_embeds=torch.cat([prompt[None], answer], 1)).logits[0]
+        torch.testing.assert_close(logits[prompt.shape[0] - 1 :], want, atol=2e-5, rtol=0)
 
 
 def test_pinned_funasr_greedy_ids_with_hotwords_in_nanos_own_prompt(tmp_path):

@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from llmasr.cli import main as cli_main
-from llmasr.config_io import to_dict
+from llmasr.config_io import ConfigError, to_dict
 from llmasr.convert.nano_recipe import RECIPE_NAME, TEMPLATE
 from llmasr.data.frontend import write_kaldi_cmvn
 from llmasr.models.exported import exported_model_config
@@ -129,3 +129,24 @@ def test_the_shipped_nano_recipe_states_the_templates_choices():
         for part in dotted.split("."):
             node = node[part]
         assert node == value, dotted
+
+
+def test_the_folder_and_its_recipe_carry_the_rotary_frequencies_funasr_trained_with(converted):
+    """The tiny Nano's llm_conf.llm_dtype is bf16, as the release's: FunASR rounded its rotary frequencies."""
+    out, manifest, _ = converted
+    desc = yaml.safe_load((out / "llmasr_model.yaml").read_text(encoding="utf-8"))
+    assert desc["llm"]["rotary_dtype"] == "bfloat16"
+    assert load_recipe(out / RECIPE_NAME, [f"data.train=[{manifest}]"]).model.llm.rotary_dtype == "bfloat16"
+    shipped = yaml.safe_load(SHIPPED.read_text(encoding="utf-8"))
+    assert shipped["model"]["llm"]["rotary_dtype"] == "bfloat16"  # the release's llm_dtype
+
+
+def test_a_recipe_that_reads_the_folders_llm_without_its_rotary_dtype_is_refused(converted):
+    from llmasr.models.start_from import check_start_folder
+
+    out, manifest, _ = converted
+    model = load_recipe(out / RECIPE_NAME, [f"data.train=[{manifest}]", "model.llm.rotary_dtype=null"]).model
+    with pytest.raises(ConfigError, match=r"model\.llm\.rotary_dtype: the recipe has None, .* has 'bfloat16'"):
+        check_start_folder(model)
+    model.differs_from_start = ["model.llm.rotary_dtype"]
+    assert [w for w in check_start_folder(model) if w.startswith("model.llm.rotary_dtype: None here")]
