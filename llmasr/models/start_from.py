@@ -33,6 +33,7 @@ from llmasr.models.chat_template import read_chat_template
 from llmasr.models.config import ModelConfig, PromptConfig
 from llmasr.models.encoder_spec import FRONTEND_REFINEMENTS, encoder_frontend
 from llmasr.models.exported import MODEL_FILE, ExportedModelError, exported_model_config
+from llmasr.models.rotary import KEY as ROTARY_KEY
 
 # Every feature setting but those a recipe may refine over any pretrained encoder (its dither noise, a data
 # filter); the CMVN is compared here: the recipe restates the folder's frontend and cannot inherit its file.
@@ -40,7 +41,6 @@ FRONTEND_KEYS = tuple(f"model.encoder.frontend.{f.name}" for f in dataclasses.fi
                       if f.name == "cmvn_file" or f.name not in FRONTEND_REFINEMENTS)  # fmt: skip
 PROMPT_KEYS = tuple(f"model.prompt.{f.name}" for f in dataclasses.fields(PromptConfig))
 CAP_KEY = "model.adaptor.audio_token_cap"
-ROTARY_KEY = "model.llm.rotary_dtype"
 KNOWN_KEYS = (*FRONTEND_KEYS, CAP_KEY, *PROMPT_KEYS, ROTARY_KEY)
 _FEATURE_READERS = ("model.encoder.init_from", "model.adaptor.init_from", "model.ctc.init_from")
 _PROMPT_READERS = ("model.adaptor.init_from", "model.llm.path", "model.llm.adapter", "model.llm.tokenizer")
