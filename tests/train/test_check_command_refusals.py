@@ -217,7 +217,7 @@ def test_a_key_the_model_builder_refuses_is_named_where_the_recipe_sets_it(recip
     data["model"]["encoder"].setdefault("frontend", {})["n_mel"] = 80
     path = tmp_path / "recipe.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
-    line = next(i for i, text in enumerate(path.read_text().splitlines(), 1) if text.strip() == "frontend:")
+    line = next(i for i, text in enumerate(path.read_text().splitlines(), 1) if text.strip() == "n_mel: 80")
     code, _, err = run_check(capsys, "--config", str(path), "--deepspeed", "zero0", "--out", str(tmp_path / "o"))
     assert code == 2 and "unknown key(s) ['n_mel']" in err and f"({path}, line {line})" in err
     assert train_main(["--config", str(path), "--deepspeed", "zero0"]) == 2
@@ -271,3 +271,16 @@ def test_a_recipe_without_training_manifests_is_told_how_to_give_them(recipe_fil
     assert (
         code == 2 and "data.valid names no manifest; give one on the command line, data.valid=[data/dev.jsonl]" in err
     )
+
+
+def test_an_unknown_key_is_named_by_its_own_line_not_its_sections(recipe_file, tmp_path, capsys):
+    """`model.encoder.freez` on the recipe's line 6 was named at line 3, `encoder:`: in a long section the reader
+    searched for it."""
+    lines = recipe_file.read_text().splitlines()
+    at = next(i for i, text in enumerate(lines) if text.strip() == "encoder:")
+    lines.insert(at + 1, "    freez: true")
+    path = tmp_path / "recipe.yaml"
+    path.write_text("\n".join(lines) + "\n")
+    code, _, err = run_check(capsys, "--config", str(path), "--deepspeed", "zero0", "--out", str(tmp_path / "o"))
+    assert code == 2 and "model.encoder: unknown key(s) ['freez']; did you mean 'freeze'?" in err
+    assert err.rstrip().endswith(f"({path}, line {at + 2})"), err
