@@ -336,3 +336,15 @@ def test_a_yaml_error_names_the_recipe_at_its_mark_and_a_tab_is_explained(tmp_pa
     with pytest.raises(ConfigError) as err:
         load_recipe(path)
     assert f'in "{path}", line 2, column 15' in str(err.value) and "tab" not in str(err.value)
+
+
+def test_an_empty_section_is_named_as_empty(tmp_path):
+    """`prompt:` with nothing under it was refused as "expected a mapping for PromptConfig, got NoneType None": a
+    Python class the recipe never names."""
+    path = tmp_path / "r.yaml"
+    path.write_text("model:\n  llm: {path: llm}\n  prompt:\ntrain:\n  epochs: 1\n")
+    with pytest.raises(ConfigError) as err:
+        load_recipe(path)
+    assert str(err.value) == f"model.prompt: empty section: give its keys or remove it ({path}, line 3)"
+    path.write_text("model:\n  llm: {path: llm}\ntrain:\n  epochs: 1\n")
+    assert load_recipe(path).model.prompt.task  # removed: its defaults
