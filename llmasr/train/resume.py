@@ -210,8 +210,22 @@ def check_resume_recipe(recipe, load_dir: Path) -> list[str]:
             f"--resume: the recipe differs from {saved_path} (the run being resumed) in keys that cannot change "
             "on resume:\n" + "\n".join(lines) + "\nResume with the run's values, or start a new run (another "
             "train.output_dir, or --overwrite); README.md (Resume) lists the keys that may change"
+            + _from_this_run(refused, saved_path.parent)
         )
     return [f"resume: recipe changes since the run was saved: {describe(changes)}"] if changes else []
+
+
+def _from_this_run(refused: list, run_dir: Path) -> str:
+    """For a branch unfrozen (or frozen) on resume: the route that trains it on from this run's weights."""
+    keys = [k for k, _, _ in refused if fnmatchcase(k, "model.*.freeze")]
+    if not keys:
+        return ""
+    return (
+        f"\nTo train on from this run's weights with {', '.join(keys)} changed: `llmasr export --checkpoint {run_dir} "
+        "--output DIR`, then a new run (another train.output_dir) whose recipe starts from DIR: "
+        "model.encoder.init_from: DIR/encoder.safetensors, model.adaptor.init_from: DIR/adaptor.safetensors, "
+        "model.llm.path: DIR/llm (or model.llm.adapter: DIR/adapter from an --adapter-only export)"
+    )
 
 
 def check_checkpoint(

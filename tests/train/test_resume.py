@@ -168,6 +168,23 @@ def test_another_grad_accum_on_resume_counts_the_updates_left(tiny_llm_dir, corp
         assert h["lr"]["llm"] > 0
 
 
+def test_a_branch_unfrozen_on_resume_is_told_the_route_from_this_run_s_weights(tiny_llm_dir, corpus, tmp_path):
+    """The refusal had said only "start a new run", which starts from the base weights again."""
+    run = tmp_path / "run"
+    first = recipe(tiny_llm_dir, corpus, run, max_updates=1)
+    train(first, "zero0")
+    frozen = first.model.encoder.freeze
+    changed = recipe(tiny_llm_dir, corpus, run, max_updates=2, overrides=[f"model.encoder.freeze={not frozen}"])
+    with pytest.raises(ConfigError) as err:
+        train(changed, "zero0", resume="latest")
+    route = str(err.value).splitlines()[-1]
+    assert route.startswith("To train on from this run's weights with model.encoder.freeze changed: `llmasr export ")
+    assert f"--checkpoint {run} --output DIR`, then a new run (another train.output_dir)" in route
+    for key in ("model.encoder.init_from: DIR/encoder.safetensors", "model.adaptor.init_from: DIR/adaptor.safetensors",
+                "model.llm.path: DIR/llm"):  # fmt: skip
+        assert key in route
+
+
 def test_a_refused_or_failed_resume_leaves_the_run_folder_as_it_was(tiny_llm_dir, corpus, tmp_path):
     run = tmp_path / "run"
     train(recipe(tiny_llm_dir, corpus, run, max_updates=2), "zero0")
