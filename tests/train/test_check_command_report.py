@@ -361,3 +361,23 @@ def test_check_does_not_pass_on_torch_s_warning_of_more_workers_than_this_machin
         warnings.simplefilter("always")
         build_loaders(recipe, text_side(recipe.model), rank=0, world_size=1)
     assert any("worker processes in total" in str(w.message) for w in got)
+
+
+def test_a_precision_this_machine_cannot_run_passes_check_with_a_note(recipe_file, tmp_path, capsys):
+    """`llmasr check` passed train.precision fp16 on a CPU-only machine and `llmasr train` then refused it: check
+    still passes (it checks for the cluster) and says what train would do here."""
+    from llmasr.commands.train import main as train_main
+
+    base = ["--config", str(recipe_file), "--deepspeed", "zero2", "--out", str(tmp_path)]
+    code, out, err = run_check(capsys, *base, "train.precision=fp16")
+    assert code == 0, err
+    note = "note: on this machine `llmasr train` would refuse fp16 (no CUDA device): "
+    if torch.cuda.is_available():
+        assert "would refuse fp16" not in out
+        return
+    assert note in out
+    refused = out.split(note, 1)[1].splitlines()[0]
+    assert train_main(["--config", str(recipe_file), "--deepspeed", "zero2", "train.precision=fp16"]) == 2
+    assert refused in capsys.readouterr().err  # train's own words
+    code, out, _ = run_check(capsys, *base)
+    assert code == 0 and "would refuse" not in out
