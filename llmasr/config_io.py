@@ -216,6 +216,8 @@ def coerce(value: Any, tp: Any, path: str) -> Any:
             raise ConfigError(f"{path}: {_plain(value)!r} is not one of {list(choices)}")
         return _plain(value)
     if dataclasses.is_dataclass(tp):
+        if value is None:  # `prompt:` with nothing under it (its keys' indent lost, or all of them removed)
+            raise ConfigError(f"{path}: empty section: give its keys or remove it")
         if not isinstance(value, dict):
             raise ConfigError(f"{path}: expected a mapping for {tp.__name__}, got {_shown(value)}")
         return from_dict(tp, value, path)

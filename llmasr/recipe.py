@@ -167,8 +167,10 @@ def where_set(message: str, path, overrides: list[str]) -> str:
     except (OSError, yaml.YAMLError):
         return ""
     mark = None  # where the key (or the list item) is written
-    # an unknown section is named by its own line (the first of them; a section's unknown key, by the section's)
-    parts = re.findall(r"'(\w+)'", message.split(";")[0])[:1] if top else re.findall(r"\w+|\[\d+\]", key)
+    # an unknown key is named by its own line (the first of them; the section's where a merge `<<:` brought it)
+    head = message.split(";")[0]
+    unknown = re.findall(r"'([^']+)'", head)[:1] if "unknown key(s)" in head else []
+    parts = [] if top else re.findall(r"\w+|\[\d+\]", key)
     for part in parts:
         if isinstance(node, yaml.MappingNode) and not part.startswith("["):
             pair = next(((k, v) for k, v in node.value if isinstance(k, yaml.ScalarNode) and k.value == part), None)
@@ -180,6 +182,11 @@ def where_set(message: str, path, overrides: list[str]) -> str:
             node = None
         if node is None:
             return ""  # not written in the file: a default
+    pairs = node.value if isinstance(node, yaml.MappingNode) else []
+    own = [k for k, _ in pairs if isinstance(k, yaml.ScalarNode) and [k.value] == unknown]
+    mark = own[0].start_mark if own else mark
+    if top and mark is None:
+        return ""
     return f" ({path}, line {mark.line + 1})" if mark else f" ({path})"
 
 

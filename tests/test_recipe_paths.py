@@ -32,8 +32,8 @@ def test_paths_resolve_against_the_recipe_and_overrides_apply(tmp_path):
 def test_every_path_field_resolves_against_the_recipe(tmp_path):
     files = {
         "enc/model_dir": None, "llm": None, "adaptor.pt": "", "ctc.pt": "", "tokens.json": "[]",
-        "noise.jsonl": "", "chat.jinja": "{{ messages }}", "am.mvn": "", "train.jsonl": "", "valid.jsonl": "",
-        "vad/config.yaml": "",
+        "noise.jsonl": "", "chat.jinja": "{{ messages }}", "am.mvn": "", "train.jsonl": "", "train2.jsonl": "",
+        "valid.jsonl": "", "vad/config.yaml": "",
     }  # fmt: skip
     for name, text in files.items():
         target = tmp_path / "assets" / name
@@ -51,7 +51,7 @@ def test_every_path_field_resolves_against_the_recipe(tmp_path):
             "ctc": {"weight": 0.3, "vocab": a + "tokens.json", "init_from": a + "ctc.pt"},
         },
         "data": {
-            "train": [a + "train.jsonl", {"path": a + "train.jsonl", "weight": 2.0}],
+            "train": [a + "train.jsonl", {"path": a + "train2.jsonl", "weight": 2.0}],
             "valid": [{"path": a + "valid.jsonl"}],
             "augment": {"noise": {"prob": 0.5, "manifest": a + "noise.jsonl"}},
         },
@@ -66,7 +66,7 @@ def test_every_path_field_resolves_against_the_recipe(tmp_path):
     assert m.adaptor.init_from == str(assets / "adaptor.pt")
     assert m.prompt.chat_template == str(assets / "chat.jinja")
     assert (m.ctc.vocab, m.ctc.init_from) == (str(assets / "tokens.json"), str(assets / "ctc.pt"))
-    assert [s.path for s in r.data.train] == [str(assets / "train.jsonl")] * 2
+    assert [s.path for s in r.data.train] == [str(assets / "train.jsonl"), str(assets / "train2.jsonl")]
     assert r.data.valid[0].path == str(assets / "valid.jsonl")
     assert r.data.augment.noise.manifest == str(assets / "noise.jsonl")
     assert r.decode.vad == str(assets / "vad")

@@ -204,8 +204,8 @@ def test_an_error_says_where_its_value_was_set(tmp_path):
         ConfigError, match=r"^optim.branches: unknown branch.*\(set by the override 'optim.branches.enc.lr=1'\)$"
     ):
         load_recipe(path, ["train.epochs=2", "data.train=[a.jsonl]", "optim.branches.enc.lr=1"])
-    path.write_text("train:\n  seed: 0\n  bogus: 1\n")  # the section's error is the file's, not the override's
-    with pytest.raises(ConfigError, match=rf"^train: unknown key\(s\) \['bogus'\]; .* \({path}, line 1\)$"):
+    path.write_text("train:\n  seed: 0\n  bogus: 1\n")  # the file's (the key's own line), not the override's
+    with pytest.raises(ConfigError, match=rf"^train: unknown key\(s\) \['bogus'\]; .* \({path}, line 3\)$"):
         load_recipe(path, ["train.epochs=2"])
     with pytest.raises(ConfigError, match=r"^train.best_mode: min ranks acc the wrong way round.*best_mode unset$"):
         load_recipe(data={"train": {"best_metric": "acc", "best_mode": "min"}})  # no file: no line to name
@@ -316,7 +316,7 @@ def test_an_unknown_key_suggests_the_nearest_known_one(tmp_path):
     assert str(err.value).startswith(
         "train: unknown key(s) ['epochz', 'grad_acum']; did you mean 'epochs', 'grad_accum'?"
     )
-    assert str(err.value).endswith(f"({path}, line 1)")
+    assert str(err.value).endswith(f"({path}, line 2)")  # the first unknown key's own line
     with pytest.raises(ConfigError) as err:
         load_recipe(data={}, overrides=["decode.zzzz=1"])
     assert "did you mean" not in str(err.value) and "(set by the override 'decode.zzzz=1')" in str(err.value)
@@ -336,3 +336,15 @@ def test_a_yaml_error_names_the_recipe_at_its_mark_and_a_tab_is_explained(tmp_pa
     with pytest.raises(ConfigError) as err:
         load_recipe(path)
     assert f'in "{path}", line 2, column 15' in str(err.value) and "tab" not in str(err.value)
+
+
+def test_an_empty_section_is_named_as_empty(tmp_path):
+    """`prompt:` with nothing under it was refused as "expected a mapping for PromptConfig, got NoneType None": a
+    Python class the recipe never names."""
+    path = tmp_path / "r.yaml"
+    path.write_text("model:\n  llm: {path: llm}\n  prompt:\ntrain:\n  epochs: 1\n")
+    with pytest.raises(ConfigError) as err:
+        load_recipe(path)
+    assert str(err.value) == f"model.prompt: empty section: give its keys or remove it ({path}, line 3)"
+    path.write_text("model:\n  llm: {path: llm}\ntrain:\n  epochs: 1\n")
+    assert load_recipe(path).model.prompt.task  # removed: its defaults

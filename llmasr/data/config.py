@@ -183,6 +183,16 @@ class DataConfig:
             for i, spec in enumerate(getattr(self, name)):
                 spec.validate(f"{path}.{name}[{i}]")
         seen: dict[str, int] = {}
+        for i, spec in enumerate(self.train_manifests):  # each listing is a share of the mix of its own
+            first = seen.setdefault(os.path.realpath(spec.path), i)
+            if first != i:
+                weight = f"{self.train[first].weight + spec.weight:g}"
+                raise ConfigError(
+                    f"{path}.train[{i}]: {spec.path} is {path}.train[{first}] again; each listing draws from it "
+                    f"apart, so its share of the mix would silently double: list it once, with weight: {weight} "
+                    "(the two weights summed) to draw it as often"
+                )
+        seen = {}
         for i, spec in enumerate(self.valid_manifests):  # validation pools its manifests into one score
             first = seen.setdefault(os.path.realpath(spec.path), i)
             if first != i:

@@ -17,6 +17,8 @@ import warnings
 from pathlib import Path
 from typing import NamedTuple
 
+import torch
+
 from llmasr import errors
 from llmasr.data import plan_record
 from llmasr.data.augment import cost_text
@@ -38,7 +40,7 @@ from llmasr.train.ctc_fit import ctc_frames_warnings
 from llmasr.train.ds_config import resolve_ds, zero_stage
 from llmasr.train.ds_files import read_client_state
 from llmasr.train.early_stop import EarlyStop
-from llmasr.train.engine import offloads_optimizer
+from llmasr.train.engine import offloads_optimizer, precision_problem
 from llmasr.train.op_builds import check_nvme_offload, check_quantizer
 from llmasr.train.param_groups import build_param_groups, describe_param_groups, optim_warnings
 from llmasr.train.plan import plan_run
@@ -373,6 +375,9 @@ def check(
             f"run stops there, {stop / total:.0%} of the way through them (raise train.epochs or lower max_updates)"
         )
     lines += start + space + ds_lines(resolved, world_size) + _memory_lines(ds, tc, counts, world_size)
+    if problem := precision_problem(tc.precision):  # passed: the recipe is checked for the cluster it runs on
+        device = "no CUDA device" if not torch.cuda.is_available() else "its accelerator"
+        lines.append(f"note: on this machine `llmasr train` would refuse {tc.precision} ({device}): {problem}")
     out = Path(out) if out is not None else plot_dir(Path(tc.output_dir))
     out.mkdir(parents=True, exist_ok=True)
     write_lr_csv(out / "lr_schedule.csv", curves)

@@ -10,7 +10,7 @@ import math
 from typing import NamedTuple
 
 from llmasr.train.early_stop import EarlyStop
-from llmasr.train.schedulers import branch_of_group
+from llmasr.train.schedulers import branch_of_group, peak_update
 
 
 class Course(NamedTuple):
@@ -41,11 +41,10 @@ def key_updates(optim_cfg, group_names: list[str], total: int, stop: int | None 
     points, behind = [], {}  # behind: warmup end -> the branches whose lr peaked before the resume (or at it)
     for name in group_names:
         branch = branch_of_group(name)
-        sched = optim_cfg.branch(branch).scheduler
-        end = int(total * sched.phase_ratio[0]) if sched.type == "tri_stage" else sched.warmup_updates(total)
-        if 0 < end <= done:
+        end = peak_update(optim_cfg.branch(branch).scheduler, total)  # (a fresh run's first update at the peak: none)
+        if end is not None and end <= done and done > 0:
             behind.setdefault(end, dict())[branch] = None
-        elif done < end < stop and all(u != end for _, u in points):
+        elif end is not None and done < end < stop and all(u != end for _, u in points):
             points.append((f"warmup end ({branch})", end))
     first = "start" if done == 0 else "resumed"
     for end, branches in sorted(behind.items()):

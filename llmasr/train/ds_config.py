@@ -33,7 +33,7 @@ from llmasr.config_io import ConfigError, unique_keys
 from llmasr.errors import nearest_hint
 from llmasr.train.config import TrainConfig
 from llmasr.train.ds_keys import check_ds_keys
-from llmasr.train.ds_owned import check_owned
+from llmasr.train.ds_owned import BLOCKS, check_owned
 from llmasr.train.ds_owned import value_at as _get
 
 PRESETS: tuple[str, ...] = ("zero0", "zero1", "zero2", "zero2_offload", "zero3", "zero3_offload")
@@ -170,14 +170,39 @@ def resolve_ds(
         raise ValueError(f"world_size must be >= 1, got {world_size}")
     written, filled = copy.deepcopy(ds), {}
     bf16_key = _check_blocks(ds, source)
-    check_owned(ds, source)  # first: a copied config's refusals all in one error
-    _check_layout(ds, bf16_key, source)
-    _check_accumulation_dtype(ds, bf16_key, train_cfg.precision, source)
-    _check_master_weights(ds, bf16_key, train_cfg.precision, source)
-    _fill_from_recipe(ds, train_cfg, bf16_key, source, filled)
-    _check_grad_norm(ds, source)
-    _fill_batch_sizes(ds, world_size, source, filled)
-    left = _find_autos(ds)
+    # a copied config's refusals all in one error (it had taken a run each: the owned blocks, then the values that
+    # disagree with the recipe, then train_batch_size); each check below sees the recipe's value where the JSON's
+    # disagreed, as it will once mended
+    checks = (
+        lambda: check_owned(ds, source),
+        lambda: _check_layout(ds, source),
+        lambda: _check_accumulation_dtype(ds, bf16_key, train_cfg.precision, source),
+        lambda: _check_master_weights(ds, bf16_key, train_cfg.precision, source),
+        lambda: _fill_from_recipe(ds, train_cfg, bf16_key, source, filled),
+        lambda: _check_grad_norm(ds, source),
+        lambda: _fill_batch_sizes(ds, world_size, source, filled),
+        lambda: _check_autos(ds, source),
+    )
+    refusals = []
+    for check in checks:
+        try:
+            check()
+        except ConfigError as err:
+            refusals.append(str(err).removeprefix(f"{source}: "))
+    if len(refusals) == 1:
+        raise ConfigError(f"{source}: {refusals[0]}")
+    if refusals:
+        groups = "\n".join("- " + text.replace("\n", "\n  ") for text in refusals)
+        raise ConfigError(f"{source}: {len(refusals)} groups of refusals; mend them all before the next run:\n{groups}")
+    # misspelt keys: DeepSpeed ignores them, or refuses them only after the model loads (its reader needs a config
+    # that passed the checks above)
+    check_ds_keys(ds, source, world_size)
+    return ResolvedDs(ds, written, filled, source)
+
+
+def _check_autos(ds: dict, source: str) -> None:
+    """Refuse an "auto" llmasr does not fill (HF's Trainer fills some of ZeRO's from the model's hidden size)."""
+    left = [key for key in _find_autos(ds) if key.split(".")[0] not in BLOCKS]
     if left:
         hf = [f"{key} with {_HF_FROM_HIDDEN[key.rpartition('.')[2]]}" for key in left
               if key.rpartition(".")[2] in _HF_FROM_HIDDEN]  # fmt: skip
@@ -187,29 +212,27 @@ def resolve_ds(
             "for DeepSpeed's default, or set a number there"
             + (f" (HF's Trainer fills {', '.join(hf)}, h the LLM's hidden_size)" if hf else "")
         )
-    # misspelt keys: DeepSpeed ignores them, or refuses them only after the model loads
-    check_ds_keys(ds, source, world_size)
-    return ResolvedDs(ds, written, filled, source)
 
 
 def _check_blocks(ds: dict, source: str) -> str:
-    """Refuse contradictory precision; return the bf16 key used (the blocks llmasr owns: ds_owned)."""
+    """Refuse contradictory precision and a precision block that is not an object; return the bf16 key used (the
+    blocks llmasr owns: ds_owned)."""
     if "bf16" in ds and "bfloat16" in ds:
         raise ConfigError(f'{source}: both "bf16" and its alias "bfloat16" are set; keep "bf16" only')
     bf16_key = "bfloat16" if "bfloat16" in ds else "bf16"
+    for key in (bf16_key, "fp16"):  # (the checks after this one read and fill their "enabled")
+        if key in ds and not isinstance(ds[key], dict):
+            raise ConfigError(f'{source}: "{key}" is {json.dumps(ds[key])}; write it as an object, e.g. '
+                              f'"{key}": {{"enabled": "auto"}}')  # fmt: skip
     if _get(ds, f"{bf16_key}.enabled") is True and _get(ds, "fp16.enabled") is True:
         raise ConfigError(f"{source}: fp16.enabled and {bf16_key}.enabled are both true; pick one (train.precision)")
     return bf16_key
 
 
-def _check_layout(ds: dict, bf16_key: str, source: str) -> None:
-    """Refuse what would pass here and fail or mislead later: a precision block that is not an object, model
-    parallelism (llmasr trains data-parallel: DeepSpeed would count fewer data ranks than the batch sizes assume),
-    offload at a ZeRO stage that does not take it, and partial optimizer offload."""
-    for key in (bf16_key, "fp16"):
-        if key in ds and not isinstance(ds[key], dict):
-            raise ConfigError(f'{source}: "{key}" is {json.dumps(ds[key])}; write it as an object, e.g. '
-                              f'"{key}": {{"enabled": "auto"}}')  # fmt: skip
+def _check_layout(ds: dict, source: str) -> None:
+    """Refuse what would pass here and fail or mislead later: model parallelism (llmasr trains data-parallel:
+    DeepSpeed would count fewer data ranks than the batch sizes assume), offload at a ZeRO stage that does not take
+    it, and partial optimizer offload."""
     for key in ("sequence_parallel_size", "data_parallel_size", "tensor_parallel.autotp_size", "pipeline.stages"):
         value = _get(ds, key)
         if value not in (None, 0, 1):
@@ -330,9 +353,12 @@ def _fill_from_recipe(ds: dict, train_cfg: TrainConfig, bf16_key: str, source: s
         elif isinstance(have, bool) != key.endswith(".enabled") or isinstance(have, str):  # "true", or 1 as true
             kind = "true or false (a JSON boolean)" if key.endswith(".enabled") else "a number"
             disagreements.append(f'  {key}: {json.dumps(have)} in the JSON is not {kind}; write one, or "auto"')
+            if want is not None:
+                _set(ds, key, want)  # (the later checks see it mended)
         elif want is not None and have != want:
             shown = want if shown is None else shown
             disagreements.append(f"  {key}: {have!r} in the JSON, but {field} = {shown!r} in the recipe")
+            _set(ds, key, want)
         elif want is not None:
             filled[key] = f"as written, as {named} says"
     if disagreements:

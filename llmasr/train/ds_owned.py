@@ -85,7 +85,7 @@ def _off(value) -> bool:
 
 # DeepSpeed's lr schedules -> the recipe's nearest (optim.scheduler.type); OneCycle and LRRangeTest have none
 _SCHEDULES = {"WarmupLR": "constant", "WarmupDecayLR": "warmup_linear", "WarmupCosineLR": "warmup_cosine"}
-_BLOCKS = {
+BLOCKS = {  # refused whole (their keys' "auto" too: the blocks go)
     "scheduler": "llmasr steps one schedule per param group (optim.scheduler and optim.branches.<branch>.scheduler in "
     "the recipe); DeepSpeed's WarmupLR/WarmupDecayLR would write one lr into every group and collapse the per-branch "
     "learning rates",
@@ -149,7 +149,7 @@ def check_owned(ds: dict, source: str) -> None:
             '"zero_optimization": {"stage": 2}'
         )
     refused = []
-    for block, why in _BLOCKS.items():
+    for block, why in BLOCKS.items():
         if block in ds:
             advice = (_scheduler_in_recipe if block == "scheduler" else _optimizer_in_recipe)(ds[block])
             refused.append(f'remove the "{block}" block. {why}' + (f"; {advice}" if advice else ""))

@@ -34,16 +34,24 @@ log = logging.getLogger("llmasr.train")
 
 def check_precision(precision: str) -> None:
     """Refuse a precision the accelerator cannot run, before any model is loaded (DeepSpeed would fail later)."""
+    if problem := precision_problem(precision):
+        raise ConfigError(problem)
+
+
+def precision_problem(precision: str) -> str | None:
+    """Why this machine's accelerator cannot run `precision` (llmasr check, which checks for the cluster, says it
+    as a note); None where it can."""
     from deepspeed.accelerator import get_accelerator
 
     acc = get_accelerator()
     supported = {"fp32": True, "bf16": bool(acc.is_bf16_supported()), "fp16": bool(acc.is_fp16_supported())}
-    if not supported.get(precision, False):
-        ok = [p for p, yes in supported.items() if yes]
-        raise ConfigError(
-            f"train.precision: {precision} is not supported by DeepSpeed's {acc.device_name()} accelerator on this "
-            f"machine; use one of {ok} (e.g. train.precision=fp32)"
-        )
+    if supported.get(precision, False):
+        return None
+    ok = [p for p, yes in supported.items() if yes]
+    return (
+        f"train.precision: {precision} is not supported by DeepSpeed's {acc.device_name()} accelerator on this "
+        f"machine; use one of {ok} (e.g. train.precision=fp32)"
+    )
 
 
 def zero3_model_context(ds_config: dict):

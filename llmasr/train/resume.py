@@ -28,6 +28,7 @@ from llmasr.config_io import ConfigError, from_dict, to_dict
 from llmasr.config_paths import resolve_paths
 from llmasr.models.fingerprint import base_fingerprint, fingerprint_differences
 from llmasr.run_dir import CheckpointMeta
+from llmasr.train.config import TYPE_FIELDS
 from llmasr.train.schedulers import NO_DECAY_SUFFIX
 from llmasr.train.universal_stages import stage_change_allowed
 
@@ -127,9 +128,41 @@ def flatten(data: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def recipe_changes(saved: dict, new: dict) -> list[tuple[str, Any, Any]]:
-    """(key, saved value, new value) for every leaf that differs; a key absent on one side reads as None."""
+    """(key, saved value, new value) for every leaf that differs; a key absent on one side reads as None. A
+    scheduler's field that neither side's type reads is left out: a branch's `scheduler: {type: constant}` over an
+    inherited one had listed tri_stage's init_lr_scale null -> 0.01 and the like, defaults nothing reads. A branch's
+    scheduler set on one side only is compared with the optim-wide one the other side's branch inherits."""
+    saved, new = _inherited(saved, new), _inherited(new, saved)
     a, b = flatten(saved), flatten(new)
-    return [(k, a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+    return [
+        (k, a.get(k), b.get(k))
+        for k in sorted(set(a) | set(b))
+        if a.get(k) != b.get(k) and not (_unread_by(k, a) and _unread_by(k, b))
+    ]
+
+
+def _inherited(side: dict, other: dict) -> dict:
+    """`side` with each branch scheduler it leaves unset, and `other` sets, as the optim-wide one it inherits."""
+    optim, others = side.get("optim"), (other.get("optim") or {}).get("branches") or {}
+    if not isinstance(optim, dict) or not isinstance(optim.get("branches"), dict):
+        return side
+    branches = {
+        name: {**branch, "scheduler": optim.get("scheduler")}
+        if isinstance(branch, dict) and branch.get("scheduler") is None and (others.get(name) or {}).get("scheduler")
+        else branch
+        for name, branch in optim["branches"].items()
+    }
+    return {**side, "optim": {**optim, "branches": branches}}
+
+
+def _unread_by(key: str, flat: dict) -> bool:
+    """Whether `key` is a scheduler's field its type in `flat` (the optim-wide one's for a branch's unset
+    scheduler) does not read."""
+    section, _, name = key.rpartition(".")
+    if not (section == "optim.scheduler" or fnmatchcase(section, "optim.branches.*.scheduler")):
+        return False
+    kind = flat.get(f"{section}.type") or flat.get("optim.scheduler.type")
+    return name in TYPE_FIELDS and kind not in TYPE_FIELDS[name]
 
 
 def _show(value: Any) -> str:
@@ -177,8 +210,22 @@ def check_resume_recipe(recipe, load_dir: Path) -> list[str]:
             f"--resume: the recipe differs from {saved_path} (the run being resumed) in keys that cannot change "
             "on resume:\n" + "\n".join(lines) + "\nResume with the run's values, or start a new run (another "
             "train.output_dir, or --overwrite); README.md (Resume) lists the keys that may change"
+            + _from_this_run(refused, saved_path.parent)
         )
     return [f"resume: recipe changes since the run was saved: {describe(changes)}"] if changes else []
+
+
+def _from_this_run(refused: list, run_dir: Path) -> str:
+    """For a branch unfrozen (or frozen) on resume: the route that trains it on from this run's weights."""
+    keys = [k for k, _, _ in refused if fnmatchcase(k, "model.*.freeze")]
+    if not keys:
+        return ""
+    return (
+        f"\nTo train on from this run's weights with {', '.join(keys)} changed: `llmasr export --checkpoint {run_dir} "
+        "--output DIR`, then a new run (another train.output_dir) whose recipe starts from DIR: "
+        "model.encoder.init_from: DIR/encoder.safetensors, model.adaptor.init_from: DIR/adaptor.safetensors, "
+        "model.llm.path: DIR/llm (or model.llm.adapter: DIR/adapter from an --adapter-only export)"
+    )
 
 
 def check_checkpoint(

@@ -94,6 +94,16 @@ def schedule_lr(cfg: SchedulerConfig, u: int, peak: float, total: int) -> float:
     raise ConfigError(f"unknown scheduler type {cfg.type!r}")
 
 
+def peak_update(cfg: SchedulerConfig, total: int) -> int | None:
+    """The update (counted from 0, as schedule_lr's u) whose lr first reaches the peak; None without a warmup. A
+    linear warmup's (u+1)/warmup and WarmupLR's s = u + 1 peak at u = warmup - 1; TriStageLR's holds at u = warmup."""
+    if cfg.type == "tri_stage":
+        warmup = int(total * cfg.phase_ratio[0])
+        return warmup or None
+    warmup = cfg.warmup_updates(total)
+    return warmup - 1 if warmup > 0 else None
+
+
 @dataclass
 class GroupSchedule:
     """The schedule of one param group, found in the optimizer by its "name"."""

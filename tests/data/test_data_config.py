@@ -62,3 +62,25 @@ def test_a_validation_manifest_listed_twice_is_refused(tmp_path, monkeypatch):
         load_recipe(recipe, ["data.valid=[dev.jsonl, dev.jsonl]"])
     recipe.write_text("data:\n  valid: [dev.jsonl, other.jsonl]\n")
     assert len(load_recipe(recipe).data.valid) == 2
+
+
+def test_a_training_manifest_listed_twice_is_refused_with_the_weight_that_does_it(tmp_path, monkeypatch):
+    """The same manifest twice in data.train had silently doubled its share of the mix (each listing is drawn from
+    apart): the weight says that openly."""
+    for name in ("train.jsonl", "cuts.jsonl"):
+        (tmp_path / name).write_text("")
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(
+        "data:\n  train:\n    - {path: train.jsonl, weight: 1.5}\n    - {path: cuts.jsonl, weight: 0.5}\n"
+        "    - ./train.jsonl\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError) as err:
+        load_recipe(recipe)
+    assert str(err.value) == (
+        f"data.train[2]: {tmp_path}/train.jsonl is data.train[0] again; each listing draws from it apart, so its "
+        "share of the mix would silently double: list it once, with weight: 2.5 (the two weights summed) to draw it "
+        f"as often ({recipe}, line 5)"
+    )
+    recipe.write_text("data:\n  train: [train.jsonl, cuts.jsonl]\n  valid: [train.jsonl]\n")
+    assert len(load_recipe(recipe).data.train) == 2  # a manifest in train and in valid is not listed twice

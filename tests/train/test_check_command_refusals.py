@@ -217,7 +217,7 @@ def test_a_key_the_model_builder_refuses_is_named_where_the_recipe_sets_it(recip
     data["model"]["encoder"].setdefault("frontend", {})["n_mel"] = 80
     path = tmp_path / "recipe.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
-    line = next(i for i, text in enumerate(path.read_text().splitlines(), 1) if text.strip() == "frontend:")
+    line = next(i for i, text in enumerate(path.read_text().splitlines(), 1) if text.strip() == "n_mel: 80")
     code, _, err = run_check(capsys, "--config", str(path), "--deepspeed", "zero0", "--out", str(tmp_path / "o"))
     assert code == 2 and "unknown key(s) ['n_mel']" in err and f"({path}, line {line})" in err
     assert train_main(["--config", str(path), "--deepspeed", "zero0"]) == 2
@@ -271,3 +271,39 @@ def test_a_recipe_without_training_manifests_is_told_how_to_give_them(recipe_fil
     assert (
         code == 2 and "data.valid names no manifest; give one on the command line, data.valid=[data/dev.jsonl]" in err
     )
+
+
+def test_an_unknown_key_is_named_by_its_own_line_not_its_sections(recipe_file, tmp_path, capsys):
+    """`model.encoder.freez` on the recipe's line 6 was named at line 3, `encoder:`: in a long section the reader
+    searched for it."""
+    lines = recipe_file.read_text().splitlines()
+    at = next(i for i, text in enumerate(lines) if text.strip() == "encoder:")
+    lines.insert(at + 1, "    freez: true")
+    path = tmp_path / "recipe.yaml"
+    path.write_text("\n".join(lines) + "\n")
+    code, _, err = run_check(capsys, "--config", str(path), "--deepspeed", "zero0", "--out", str(tmp_path / "o"))
+    assert code == 2 and "model.encoder: unknown key(s) ['freez']; did you mean 'freeze'?" in err
+    assert err.rstrip().endswith(f"({path}, line {at + 2})"), err
+
+
+def test_a_copied_deepspeed_json_is_refused_once_with_every_key(recipe_file, tmp_path, capsys):
+    """A copied HF/DeepSpeed config took three runs to mend: its optimizer and scheduler blocks, then the values that
+    disagree with the recipe, then train_batch_size (checked against the JSON's accumulation, which was to go)."""
+    copied = {
+        "train_batch_size": 64, "train_micro_batch_size_per_gpu": 8, "gradient_accumulation_steps": 4,
+        "gradient_clipping": 0.5, "bf16": {"enabled": True},
+        "optimizer": {"type": "AdamW", "params": {"lr": 2e-4, "weight_decay": 0.01}},
+        "scheduler": {"type": "WarmupDecayLR", "params": {"warmup_num_steps": 100, "total_num_steps": 1000}},
+        "zero_optimization": {"stage": 2},
+    }  # fmt: skip
+    ds = tmp_path / "copied.json"
+    ds.write_text(json.dumps(copied))
+    code, _, err = run_check(capsys, "--config", str(recipe_file), "--deepspeed", str(ds), "--out", str(tmp_path))
+    assert code == 2 and f"{ds}: 3 groups of refusals; mend them all before the next run:" in err
+    assert '- remove the "scheduler" block.' in err and '- remove the "optimizer" block.' in err
+    assert "gradient_accumulation_steps: 4 in the JSON, but train.grad_accum = 2 in the recipe" in err
+    assert "gradient_clipping: 0.5 in the JSON, but train.grad_clip = 1.0 in the recipe" in err
+    assert "bf16.enabled: True in the JSON, but train.precision = 'fp32' in the recipe" in err
+    # the product the JSON will have once its accumulation agrees with the recipe's
+    assert "train_batch_size is 64, but train_micro_batch_size_per_gpu * gradient_accumulation_steps * world " in err
+    assert "= 8 * 2 * 1 = 16" in err

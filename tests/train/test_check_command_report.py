@@ -17,7 +17,7 @@ from llmasr.commands.check import main
 def test_report_matches_the_trainer_numbers(recipe_file, tmp_path, capsys):
     from llmasr.recipe import load_recipe
     from llmasr.train.resolve import build_loaders, text_side
-    from llmasr.train.schedulers import lr_curve
+    from llmasr.train.schedulers import BranchLRScheduler, branch_of_group, build_group_schedules, lr_curve
 
     code, out, err = run_check(capsys, "--config", str(recipe_file), "--deepspeed", "zero2", "--world-size", "2",
                                "--out", str(tmp_path))  # fmt: skip
@@ -38,8 +38,8 @@ def test_report_matches_the_trainer_numbers(recipe_file, tmp_path, capsys):
     total = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     assert f"total {total:,}; trainable {trainable:,}" in out
-    # numbered from 1, as train.log: the first update at the warmup's peak is update 3
-    assert "update 1 (start)" in out and "update 3 (warmup end" in out and f"update {updates} (last)" in out
+    # numbered from 1, as train.log: warmup_steps 2 peaks at update 2 (it had been labelled update 3)
+    assert "update 1 (start)" in out and "update 2 (warmup end" in out and f"update {updates} (last)" in out
     assert "ZeRO stage 2" in out and "on the device:" in out
 
     names = ["encoder", "encoder_no_decay", "adaptor", "adaptor_no_decay", "ctc", "ctc_no_decay", "llm"]
@@ -49,8 +49,21 @@ def test_report_matches_the_trainer_numbers(recipe_file, tmp_path, capsys):
     assert len(csv) == updates and list(csv["update"]) == list(range(1, updates + 1))
     for name in names:
         np.testing.assert_allclose(csv[name], want[name], rtol=1e-12)
-    line = re.search(r"update 3 \(warmup end[^\n]*\n(?:.*\n)*?\s+llm\s+(\S+)", out)
-    assert float(line.group(1)) == pytest.approx(want["llm"][2], rel=1e-4)
+    line = re.search(r"update 2 \(warmup end[^\n]*\n(?:.*\n)*?\s+llm\s+(\S+)", out)
+    assert float(line.group(1)) == pytest.approx(want["llm"][1], rel=1e-4)
+    # the trainer's scheduler, stepped: the labelled update is the first whose lr is the peak
+    groups = [
+        {"name": n, "branch": branch_of_group(n), "lr": recipe.optim.branch(branch_of_group(n)).lr} for n in names
+    ]
+    optimizer = torch.optim.SGD([{"params": [torch.zeros(1)], "name": g["name"], "lr": 0.0} for g in groups])
+    scheduler = BranchLRScheduler(optimizer, build_group_schedules(groups, recipe.optim, updates))
+    used = []  # the llm group's lr each update runs with, from update 1
+    for _ in range(updates):
+        used.append(next(g["lr"] for g in optimizer.param_groups if g["name"] == "llm"))
+        scheduler.step()
+    peak = recipe.optim.branch("llm").lr
+    first_peak = next(u for u, lr in enumerate(used, 1) if lr == pytest.approx(peak, rel=1e-12))
+    assert first_peak == 2 and f"update {first_peak} (warmup end" in out
     png = (tmp_path / "lr_schedule.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 1000
 
@@ -348,3 +361,23 @@ def test_check_does_not_pass_on_torch_s_warning_of_more_workers_than_this_machin
         warnings.simplefilter("always")
         build_loaders(recipe, text_side(recipe.model), rank=0, world_size=1)
     assert any("worker processes in total" in str(w.message) for w in got)
+
+
+def test_a_precision_this_machine_cannot_run_passes_check_with_a_note(recipe_file, tmp_path, capsys):
+    """`llmasr check` passed train.precision fp16 on a CPU-only machine and `llmasr train` then refused it: check
+    still passes (it checks for the cluster) and says what train would do here."""
+    from llmasr.commands.train import main as train_main
+
+    base = ["--config", str(recipe_file), "--deepspeed", "zero2", "--out", str(tmp_path)]
+    code, out, err = run_check(capsys, *base, "train.precision=fp16")
+    assert code == 0, err
+    note = "note: on this machine `llmasr train` would refuse fp16 (no CUDA device): "
+    if torch.cuda.is_available():
+        assert "would refuse fp16" not in out
+        return
+    assert note in out
+    refused = out.split(note, 1)[1].splitlines()[0]
+    assert train_main(["--config", str(recipe_file), "--deepspeed", "zero2", "train.precision=fp16"]) == 2
+    assert refused in capsys.readouterr().err  # train's own words
+    code, out, _ = run_check(capsys, *base)
+    assert code == 0 and "would refuse" not in out

@@ -317,7 +317,8 @@ def test_a_resume_s_lr_points_and_validations_are_counted_from_its_checkpoint(tr
     optim = load_recipe(recipe, overrides).optim  # its first update runs at every branch's peak: the warmup is done
     assert all(lr == pytest.approx(optim.branch(branch_of_group(g)).lr) for g, lr in first["lr"].items())
     assert "update 1 (start)" not in out and "warmup end" not in out
-    assert "update 2 (resumed; warmup done (encoder, adaptor, ctc, llm): the peak from update 2):" in out
+    # warmup_steps 1: update 1 ran at the peak (it had been said to be update 2)
+    assert "update 2 (resumed; warmup done (encoder, adaptor, ctc, llm): the peak from update 1):" in out
     assert f"update {last['update']} (last)" in out
     assert (
         "; resumed after update 1 with 0 such validation(s) counted (no best yet), the run validates "

@@ -92,6 +92,37 @@ def test_recipe_changes_read_absent_as_none():
     assert rs.recipe_changes(saved, new) == [("optim.branches.llm.lr", None, 2e-5)]
 
 
+def test_a_branch_s_new_scheduler_lists_only_the_fields_a_type_reads(tiny_llm_dir, corpus, tmp_path):
+    """A branch's `scheduler: {type: constant}` over the inherited warmup_cosine had listed tri_stage's
+    init_lr_scale, final_lr_scale and phase_ratio and the cosine's min_lr_ratio, null -> their defaults, as changes:
+    fields neither schedule reads."""
+    from llmasr.recipe import save_recipe
+
+    run = tmp_path / "run"
+    run.mkdir()
+    save_recipe(recipe(tiny_llm_dir, corpus, run), run / ck.RECIPE_FILE)
+    new = recipe(tiny_llm_dir, corpus, run, overrides=["optim.branches.llm.scheduler={type: constant}"])
+    assert rs.check_resume_recipe(new, run / "checkpoints") == [
+        'resume: recipe changes since the run was saved: optim.branches.llm.scheduler.type: "warmup_cosine" -> '
+        '"constant"'
+    ]  # (the optim-wide schedule the branch had inherited)
+    new = recipe(
+        tiny_llm_dir,
+        corpus,
+        run,
+        overrides=["optim.branches.llm.scheduler={type: tri_stage, phase_ratio: [0.1, 0.4, 0.5]}"],
+    )
+    (note,) = rs.check_resume_recipe(new, run / "checkpoints")
+    for read in ("phase_ratio: null -> [", 'type: "warmup_cosine" -> "tri_stage"'):
+        assert f"optim.branches.llm.scheduler.{read}" in note  # the new type reads them
+    # min_lr_ratio: the old type reads it, 0.0 on both sides; init_lr_scale: 0.01, the default, on both
+    assert "min_lr_ratio" not in note and "init_lr_scale" not in note
+    # a saved run's field its type never read (such runs still load), gone from the new recipe: neither reads it
+    saved = {"optim": {"scheduler": {"type": "tri_stage", "min_lr_ratio": 0.1}, "branches": {}}}
+    new = {"optim": {"scheduler": {"type": "tri_stage", "min_lr_ratio": 0.0}, "branches": {}}}
+    assert rs.recipe_changes(saved, new) == []
+
+
 # -- real runs ----------------------------------------------------------------------------------------------------
 def test_more_epochs_and_a_new_lr_rebuild_the_schedules_at_the_current_update(tiny_llm_dir, corpus, tmp_path):
     """Resuming a finished 3-update run with 2 epochs and another LLM lr trains updates 4-6 on the new recipe's
@@ -135,6 +166,23 @@ def test_another_grad_accum_on_resume_counts_the_updates_left(tiny_llm_dir, corp
     for h in rest:
         assert h["lr"]["llm"] == pytest.approx(schedule_lr(cfg, h["update"] - 1, 1e-3, total), rel=1e-12)
         assert h["lr"]["llm"] > 0
+
+
+def test_a_branch_unfrozen_on_resume_is_told_the_route_from_this_run_s_weights(tiny_llm_dir, corpus, tmp_path):
+    """The refusal had said only "start a new run", which starts from the base weights again."""
+    run = tmp_path / "run"
+    first = recipe(tiny_llm_dir, corpus, run, max_updates=1)
+    train(first, "zero0")
+    frozen = first.model.encoder.freeze
+    changed = recipe(tiny_llm_dir, corpus, run, max_updates=2, overrides=[f"model.encoder.freeze={not frozen}"])
+    with pytest.raises(ConfigError) as err:
+        train(changed, "zero0", resume="latest")
+    route = str(err.value).splitlines()[-1]
+    assert route.startswith("To train on from this run's weights with model.encoder.freeze changed: `llmasr export ")
+    assert f"--checkpoint {run} --output DIR`, then a new run (another train.output_dir)" in route
+    for key in ("model.encoder.init_from: DIR/encoder.safetensors", "model.adaptor.init_from: DIR/adaptor.safetensors",
+                "model.llm.path: DIR/llm"):  # fmt: skip
+        assert key in route
 
 
 def test_a_refused_or_failed_resume_leaves_the_run_folder_as_it_was(tiny_llm_dir, corpus, tmp_path):
