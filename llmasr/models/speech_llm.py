@@ -68,6 +68,8 @@ class SpeechLLMOutput(dict):
     ctc_loss_sum: torch.Tensor  # 0 when the CTC head is off
     n_utts: int
     ctc_unaligned: torch.Tensor | None = None  # [B] bool: rows too long for CTC (ctc.ctc_unalignable); None: no head
+    # forward(groups=...): [G, 5] float32, each group's rows' (llm_loss_sum, n_tokens, n_correct, ctc_loss_sum, n_utts)
+    by_group: torch.Tensor | None = None
 
     def __setattr__(self, name, value):
         super().__setattr__(name, value)
@@ -75,6 +77,16 @@ class SpeechLLMOutput(dict):
 
     def __setitem__(self, key, value):
         setattr(self, key, value)
+
+
+def _with_rows(token_sums, ctc_rows, groups, n_groups: int) -> torch.Tensor:
+    """SpeechLLMOutput.by_group: the token sums of each group beside its rows' CTC loss (0 without a head) and rows."""
+    groups = groups.to(token_sums.device)
+    rows = torch.zeros(groups.shape[0], 2, dtype=torch.float32, device=token_sums.device)
+    rows[:, 1] = 1.0
+    if ctc_rows is not None:
+        rows[:, 0] = ctc_rows.float().to(rows.device)
+    return torch.cat([token_sums, rows.new_zeros(n_groups, 2).index_add_(0, groups, rows)], dim=1)
 
 
 class SpeechLLM(nn.Module):
@@ -214,41 +226,56 @@ class SpeechLLM(nn.Module):
         *,
         token_normalizer: torch.Tensor | float | None = None,
         utt_normalizer: torch.Tensor | float | None = None,
+        groups: torch.Tensor | None = None,
+        n_groups: int = 0,
     ) -> SpeechLLMOutput:
         """Loss for one batch.
 
         The LLM loss is summed over labelled tokens and divided by `token_normalizer` (default: this batch's token
         count); the CTC loss is summed over utterances and divided by `utt_normalizer` (default: batch size). The
         trainer passes the counts of a whole accumulation window across ranks, which makes the accumulated
-        gradient equal to that of one batch holding all of it.
+        gradient equal to that of one batch holding all of it. `groups` ([B] int64 in 0..n_groups-1: validation's
+        manifest of each row): each group's sums too (`by_group`), the batch's computed as without them.
         """
         enc, enc_lens, log_probs, merged = self._embed(batch, for_generation=False)
         head = causal_lm_parts(self.llm)[2]
         hidden = self._llm_hidden(merged)
-        token = labels_only_cross_entropy(hidden, merged.labels, head, self.fused_head, self.logit_transform)
+        token = labels_only_cross_entropy(
+            hidden, merged.labels, head, self.fused_head, self.logit_transform, groups=groups, n_groups=n_groups
+        )
         n_tok = token.n_tokens.clamp(min=1) if token_normalizer is None else token_normalizer
         loss = token.loss_sum / n_tok
         n_utts = int(batch.text_ids.shape[0])
         ctc_sum = loss.new_zeros(())
+        ctc_rows = None  # each row's CTC loss, for `groups`
         if self.ctc_head is not None:
             if log_probs is None:  # not already computed for compression
                 log_probs = self.ctc_head(enc, enc_lens)
-            ctc_sum = ctc_loss(
+            per_utt = ctc_loss(
                 log_probs,
                 enc_lens,
                 batch.ctc_ids,
                 batch.ctc_lens,
                 blank_id=self.ctc_tokenizer.blank_id,
                 label_smoothing=self.ctc_label_smoothing,
-                reduction="sum",
+                reduction="none",
             )
+            ctc_sum, ctc_rows = per_utt.sum(), per_utt.detach()  # the sum ctc_loss(reduction="sum") takes
             n_utt = max(n_utts, 1) if utt_normalizer is None else utt_normalizer
             loss = loss + self.ctc_weight * ctc_sum / n_utt
             unaligned = ctc_unalignable(enc_lens, batch.ctc_ids, batch.ctc_lens)  # a mask: read back by the trainer
         else:
             unaligned = None
+        by_group = None if groups is None else _with_rows(token.by_group, ctc_rows, groups, n_groups)
         return SpeechLLMOutput(
-            loss, token.loss_sum.detach(), token.n_tokens, token.n_correct, ctc_sum.detach(), n_utts, unaligned
+            loss,
+            token.loss_sum.detach(),
+            token.n_tokens,
+            token.n_correct,
+            ctc_sum.detach(),
+            n_utts,
+            unaligned,
+            by_group,
         )
 
     def ctc_texts(self, log_probs: torch.Tensor, lens: torch.Tensor) -> list[str]:
