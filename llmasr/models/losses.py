@@ -78,6 +78,17 @@ def _fused_by_group(fused, selected, target_ids, token_group, n_groups: int) -> 
     return out
 
 
+def group_rows(token_sums, ctc_rows, groups, n_groups: int) -> torch.Tensor:
+    """SpeechLLMOutput.by_group: `token_sums` (TokenLoss.by_group) beside each group's CTC loss (`ctc_rows`, each
+    row's; None without a head: 0) and rows."""
+    groups = groups.to(token_sums.device)
+    rows = torch.zeros(groups.shape[0], 2, dtype=torch.float32, device=token_sums.device)
+    rows[:, 1] = 1.0
+    if ctc_rows is not None:
+        rows[:, 0] = ctc_rows.float().to(rows.device)
+    return torch.cat([token_sums, rows.new_zeros(n_groups, 2).index_add_(0, groups, rows)], dim=1)
+
+
 def full_logits_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Reference: summed next-token CE from full logits (what HF's model(labels=...) computes, unreduced)."""
     return F.cross_entropy(

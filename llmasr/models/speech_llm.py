@@ -30,7 +30,7 @@ from llmasr.models.decoding import DecodeConfig, Transcripts
 from llmasr.models.hotword_boost import HotwordBoost, beam_search_to_the_caps
 from llmasr.models.insert_audio import merge_audio_into_text
 from llmasr.models.llm import base_lm, causal_lm_parts, logit_transform
-from llmasr.models.losses import labels_only_cross_entropy
+from llmasr.models.losses import group_rows, labels_only_cross_entropy
 from llmasr.models.prompt import PromptBuilder
 
 BRANCHES = ("encoder", "adaptor", "ctc_head", "llm")
@@ -77,16 +77,6 @@ class SpeechLLMOutput(dict):
 
     def __setitem__(self, key, value):
         setattr(self, key, value)
-
-
-def _with_rows(token_sums, ctc_rows, groups, n_groups: int) -> torch.Tensor:
-    """SpeechLLMOutput.by_group: the token sums of each group beside its rows' CTC loss (0 without a head) and rows."""
-    groups = groups.to(token_sums.device)
-    rows = torch.zeros(groups.shape[0], 2, dtype=torch.float32, device=token_sums.device)
-    rows[:, 1] = 1.0
-    if ctc_rows is not None:
-        rows[:, 0] = ctc_rows.float().to(rows.device)
-    return torch.cat([token_sums, rows.new_zeros(n_groups, 2).index_add_(0, groups, rows)], dim=1)
 
 
 class SpeechLLM(nn.Module):
@@ -266,7 +256,7 @@ class SpeechLLM(nn.Module):
             unaligned = ctc_unalignable(enc_lens, batch.ctc_ids, batch.ctc_lens)  # a mask: read back by the trainer
         else:
             unaligned = None
-        by_group = None if groups is None else _with_rows(token.by_group, ctc_rows, groups, n_groups)
+        by_group = None if groups is None else group_rows(token.by_group, ctc_rows, groups, n_groups)
         return SpeechLLMOutput(
             loss,
             token.loss_sum.detach(),
