@@ -30,7 +30,7 @@ from llmasr.models.decoding import DecodeConfig, Transcripts
 from llmasr.models.hotword_boost import HotwordBoost, beam_search_to_the_caps
 from llmasr.models.insert_audio import merge_audio_into_text
 from llmasr.models.llm import base_lm, causal_lm_parts, logit_transform
-from llmasr.models.losses import labels_only_cross_entropy
+from llmasr.models.losses import group_rows, labels_only_cross_entropy
 from llmasr.models.prompt import PromptBuilder
 
 BRANCHES = ("encoder", "adaptor", "ctc_head", "llm")
@@ -68,6 +68,8 @@ class SpeechLLMOutput(dict):
     ctc_loss_sum: torch.Tensor  # 0 when the CTC head is off
     n_utts: int
     ctc_unaligned: torch.Tensor | None = None  # [B] bool: rows too long for CTC (ctc.ctc_unalignable); None: no head
+    # forward(groups=...): [G, 5] float32, each group's rows' (llm_loss_sum, n_tokens, n_correct, ctc_loss_sum, n_utts)
+    by_group: torch.Tensor | None = None
 
     def __setattr__(self, name, value):
         super().__setattr__(name, value)
@@ -214,41 +216,56 @@ class SpeechLLM(nn.Module):
         *,
         token_normalizer: torch.Tensor | float | None = None,
         utt_normalizer: torch.Tensor | float | None = None,
+        groups: torch.Tensor | None = None,
+        n_groups: int = 0,
     ) -> SpeechLLMOutput:
         """Loss for one batch.
 
         The LLM loss is summed over labelled tokens and divided by `token_normalizer` (default: this batch's token
         count); the CTC loss is summed over utterances and divided by `utt_normalizer` (default: batch size). The
         trainer passes the counts of a whole accumulation window across ranks, which makes the accumulated
-        gradient equal to that of one batch holding all of it.
+        gradient equal to that of one batch holding all of it. `groups` ([B] int64 in 0..n_groups-1: validation's
+        manifest of each row): each group's sums too (`by_group`), the batch's computed as without them.
         """
         enc, enc_lens, log_probs, merged = self._embed(batch, for_generation=False)
         head = causal_lm_parts(self.llm)[2]
         hidden = self._llm_hidden(merged)
-        token = labels_only_cross_entropy(hidden, merged.labels, head, self.fused_head, self.logit_transform)
+        token = labels_only_cross_entropy(
+            hidden, merged.labels, head, self.fused_head, self.logit_transform, groups=groups, n_groups=n_groups
+        )
         n_tok = token.n_tokens.clamp(min=1) if token_normalizer is None else token_normalizer
         loss = token.loss_sum / n_tok
         n_utts = int(batch.text_ids.shape[0])
         ctc_sum = loss.new_zeros(())
+        ctc_rows = None  # each row's CTC loss, for `groups`
         if self.ctc_head is not None:
             if log_probs is None:  # not already computed for compression
                 log_probs = self.ctc_head(enc, enc_lens)
-            ctc_sum = ctc_loss(
+            per_utt = ctc_loss(
                 log_probs,
                 enc_lens,
                 batch.ctc_ids,
                 batch.ctc_lens,
                 blank_id=self.ctc_tokenizer.blank_id,
                 label_smoothing=self.ctc_label_smoothing,
-                reduction="sum",
+                reduction="none",
             )
+            ctc_sum, ctc_rows = per_utt.sum(), per_utt.detach()  # the sum ctc_loss(reduction="sum") takes
             n_utt = max(n_utts, 1) if utt_normalizer is None else utt_normalizer
             loss = loss + self.ctc_weight * ctc_sum / n_utt
             unaligned = ctc_unalignable(enc_lens, batch.ctc_ids, batch.ctc_lens)  # a mask: read back by the trainer
         else:
             unaligned = None
+        by_group = None if groups is None else group_rows(token.by_group, ctc_rows, groups, n_groups)
         return SpeechLLMOutput(
-            loss, token.loss_sum.detach(), token.n_tokens, token.n_correct, ctc_sum.detach(), n_utts, unaligned
+            loss,
+            token.loss_sum.detach(),
+            token.n_tokens,
+            token.n_correct,
+            ctc_sum.detach(),
+            n_utts,
+            unaligned,
+            by_group,
         )
 
     def ctc_texts(self, log_probs: torch.Tensor, lens: torch.Tensor) -> list[str]:

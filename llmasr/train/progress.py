@@ -290,14 +290,18 @@ class Progress:
         """`seconds` spent on something other than training (validation, saving): out of the efficiency figures."""
         self.interval.aside_s += seconds
 
-    def validation(self, update: int, metrics: dict) -> None:
+    def validation(self, update: int, metrics: dict, by_set: dict | None = None) -> None:
+        """The pool's metrics (`valid` line, valid/KEY), then each manifest's of `by_set` ({name: metrics}, empty
+        for one manifest: llmasr.train.valid_sets) as a `valid[NAME]` line and valid/NAME/KEY scalars."""
         if not self.enabled:
             return
-        shown = rate_shown(metrics)
-        for key, value in shown.items():
-            if isinstance(value, (int, float)) and value == value:
-                self.writer.add_scalar(f"valid/{key}", value, update)
-        log.info("valid %s", format_pairs({"update": update, **shown}))
+        shown_sets = [(f"valid/{name}", f"valid[{name}]", m) for name, m in (by_set or {}).items()]
+        for prefix, label, values in [("valid", "valid", metrics), *shown_sets]:
+            shown = rate_shown(values)
+            for key, value in shown.items():
+                if isinstance(value, (int, float)) and value == value:
+                    self.writer.add_scalar(f"{prefix}/{key}", value, update)
+            log.info("%s %s", label, format_pairs({"update": update, **shown}))
         self.writer.flush()
 
     def finish(self) -> None:

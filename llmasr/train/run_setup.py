@@ -37,6 +37,7 @@ from llmasr.train.progress import StartupLog, setup_logging
 from llmasr.train.run_checkpoints import RunCheckpoints
 from llmasr.train.run_dir import LrCourse, claim_run_dir, write_lr_files, write_run_files
 from llmasr.train.schedulers import build_group_schedules, warmup_warnings
+from llmasr.train.valid_sets import ValidSets
 
 log = logging.getLogger("llmasr.train")
 
@@ -104,6 +105,10 @@ class RunSetup:
         self.k, self.side, self.per_epoch, self.total = plan.grad_accum, plan.side, plan.per_epoch, plan.total
         self.ends_after = min(plan.total, plan.natural)  # where the run ends (a resume counts it again)
         self.train_loader, self.sampler, self.valid_loader = plan.loaders
+        # each data.valid manifest's own metrics beside the pool's (None: one manifest, or none)
+        self.valid_sets = None if self.valid_loader is None else ValidSets.of(
+            [spec.path for spec in recipe.data.valid_manifests], self.valid_loader.dataset.manifest
+        )  # fmt: skip
         self._log_batches()
         self._build_engine()
         check_run_space(self.recipe.train, self.rank, trainable=self.trainable_params, epochs=len(self.per_epoch),

@@ -34,7 +34,7 @@ from llmasr.train.resume import check_checkpoint, continue_schedules, resuming
 from llmasr.train.run_dir import LrCourse
 from llmasr.train.run_setup import RunSetup
 from llmasr.train.schedulers import warmup_warnings
-from llmasr.train.validate import validate
+from llmasr.train.validate import validate_by_set
 from llmasr.train.window import run_window, windows
 
 log = logging.getLogger("llmasr.train")
@@ -130,15 +130,17 @@ class Run(RunSetup):
         start = time.monotonic()
         course = resolve.rng_state(self.engine.device)  # the valid loader's iterator seeds itself from torch's RNG
         try:
-            metrics = validate(self.engine, self.valid_loader, self.recipe.decode, stop=self._stop_asked)
+            result = validate_by_set(self.engine, self.valid_loader, self.recipe.decode, self.valid_sets,
+                                     stop=self._stop_asked)  # fmt: skip
         finally:  # so validating (or a stop before a due one) leaves training's course, dropout's too, alone
             resolve.set_rng_state(course, self.engine.device)
         self.progress.aside(time.monotonic() - start)
         self.engine.train(True)
-        if metrics is None:  # stopped
+        if result is None:  # stopped
             return None
+        metrics, by_set = result  # the pool's metrics rank checkpoints; each manifest's are logged beside them
         self.valid_update = self.engine.global_steps
-        self.progress.validation(self.engine.global_steps, metrics)
+        self.progress.validation(self.engine.global_steps, metrics, by_set)
         self._valid_bad_data()  # every rank is here: validate() ends in an all-reduce
         self.early.observe(self.engine.global_steps, metrics)  # every rank: the metrics are all-reduced
         return metrics

@@ -22,24 +22,39 @@ from collections.abc import Callable
 
 import torch
 
-from llmasr.scoring import rate_name, score_corpus
+from llmasr.scoring import CorpusScore, rate_name, score_corpus
 from llmasr.train.process_group import all_reduce_sum
+from llmasr.train.valid_sets import ValidSets
 
 # The sums each rank accumulates over its batches, all-reduced before the metrics are taken from them.
 SUMS = ("llm_loss", "ctc_loss", "tokens", "correct", "utts", "errors", "ref_len", "ctc_errors", "in_words", "in_chars")
 
 
-@torch.no_grad()
 def validate(engine, loader, decode_cfg, *, with_wer: bool = True, stop: Callable[[], object] | None = None):
     """Metrics over `loader`: loss (token-level mean LLM cross-entropy, plus the weighted CTC loss per utterance
     when the CTC head is on), acc (token accuracy), wer (greedy), ctc_wer (the CTC head's greedy best path, when
     the model has one), and the counts they come from. `stop`, asked before every batch on every rank (each has
     as many), answers alike on all of them: when it answers true the pass is abandoned and None returned (a stop
     signal: a whole pass could outlast the scheduler's grace period)."""
+    result = _validate(engine, loader, decode_cfg, with_wer, stop, None)
+    return None if result is None else result[0]
+
+
+def validate_by_set(engine, loader, decode_cfg, sets: ValidSets | None, *, stop: Callable[[], object] | None = None):
+    """validate()'s metrics of the pool (what train.best_metric ranks), and {name: the same metrics of that
+    manifest's utterances, with `errors` and `ref_units` beside its error rate} for each of `sets` ({} for None: one
+    manifest). One pass: each set's sums ride the pool's all-reduce."""
+    result = _validate(engine, loader, decode_cfg, True, stop, sets)
+    return None if result is None else (result[0], result[1])
+
+
+@torch.no_grad()
+def _validate(engine, loader, decode_cfg, with_wer: bool, stop, sets: ValidSets | None):
     model = engine.module
     was_training = model.training
     model.eval()
     sums = dict.fromkeys(SUMS, 0.0)
+    by_set = [dict.fromkeys(SUMS, 0.0) for _ in range(sets.n if sets else 0)]
     try:
         for batch in loader:
             if stop is not None and stop():
@@ -54,12 +69,24 @@ def validate(engine, loader, decode_cfg, *, with_wer: bool = True, stop: Callabl
                         dev, decode_cfg.greedy(model.ctc_on_llm_vocab, max_new_tokens=1), synced_gpus=engine.stage == 3
                     )
                 continue
-            for key, value in _batch_sums(engine, batch, decode_cfg, with_wer).items():
+            whole, parts = _batch_sums(engine, batch, decode_cfg, with_wer, sets)
+            for key, value in whole.items():
                 sums[key] += value
+            for total, part in zip(by_set, parts):
+                for key, value in part.items():
+                    total[key] += value
     finally:
         model.train(was_training)
-    sums = dict(zip(SUMS, all_reduce_sum([sums[k] for k in SUMS], engine.device)))
-    return _metrics(sums, model, with_wer)
+    # one all-reduce, the same length on every rank (every rank has the recipe's manifests)
+    flat = [sums[k] for k in SUMS] + [s[k] for s in by_set for k in SUMS]
+    reduced = all_reduce_sum(flat, engine.device)
+    rows = [dict(zip(SUMS, reduced[i : i + len(SUMS)])) for i in range(0, len(reduced), len(SUMS))]
+    per_set = {}
+    for name, row in zip(sets.names if sets else (), rows[1:]):
+        per_set[name] = _metrics(row, model, with_wer)
+        if with_wer:
+            per_set[name].update(errors=int(row["errors"]), ref_units=int(row["ref_len"]))
+    return _metrics(rows[0], model, with_wer), per_set
 
 
 def _features_once(model, dev):
@@ -71,11 +98,14 @@ def _features_once(model, dev):
     return dataclasses.replace(dev, feats=feats, wave=dev.wave[:, :0])
 
 
-def _batch_sums(engine, batch, decode_cfg, with_wer: bool) -> dict[str, float]:
-    """One batch's share of SUMS: the teacher-forced forward, and with `with_wer` the greedy pass scored."""
+def _batch_sums(engine, batch, decode_cfg, with_wer: bool, sets: ValidSets | None) -> tuple[dict, list[dict]]:
+    """One batch's share of SUMS: the teacher-forced forward, and with `with_wer` the greedy pass scored; and the
+    share of each of `sets` ([] for None)."""
     model = engine.module
     dev = _features_once(model, engine.to_device(batch))
-    out = model(dev)
+    row_set = None if sets is None else sets.of_rows(batch.indices)
+    groups = None if row_set is None else torch.as_tensor(row_set, dtype=torch.int64)
+    out = model(dev) if groups is None else model(dev, groups=groups, n_groups=sets.n)
     sums = {
         "llm_loss": float(out.llm_loss_sum),
         "ctc_loss": float(out.ctc_loss_sum),
@@ -83,17 +113,37 @@ def _batch_sums(engine, batch, decode_cfg, with_wer: bool) -> dict[str, float]:
         "correct": float(out.n_correct),
         "utts": out.n_utts,
     }
+    parts = []
+    if sets is not None:
+        keys = ("llm_loss", "tokens", "correct", "ctc_loss", "utts")  # SpeechLLMOutput.by_group's columns
+        parts = [dict(zip(keys, row)) for row in out.by_group.tolist()]
     if not with_wer:
-        return sums
+        return sums, parts
     hyps = model.transcribe(dev, decode_cfg.greedy(model.ctc_on_llm_vocab), synced_gpus=engine.stage == 3)
-    corpus, _ = score_corpus(zip(batch.targets, hyps.llm), decode_cfg.metric)
+    corpus, llm_scores = score_corpus(zip(batch.targets, hyps.llm), decode_cfg.metric)
     sums["errors"], sums["ref_len"] = corpus.errors, corpus.ref_len
     sums["in_words"], sums["in_chars"] = corpus.units["wer"], corpus.units["cer"]
+    ctc_scores = None
     if model.ctc_head is not None:
         # Same references and metric, so the same reference length as the LLM's score.
-        ctc_corpus, _ = score_corpus(zip(batch.targets, hyps.ctc), decode_cfg.metric)
+        ctc_corpus, ctc_scores = score_corpus(zip(batch.targets, hyps.ctc), decode_cfg.metric)
         sums["ctc_errors"] = ctc_corpus.errors
-    return sums
+    for g, part in enumerate(parts):
+        rows = [i for i, s in enumerate(row_set) if s == g]
+        mine = _corpus([llm_scores[i] for i in rows], decode_cfg.metric)
+        part["errors"], part["ref_len"] = mine.errors, mine.ref_len
+        part["in_words"], part["in_chars"] = mine.units["wer"], mine.units["cer"]
+        if ctc_scores is not None:
+            part["ctc_errors"] = _corpus([ctc_scores[i] for i in rows], decode_cfg.metric).errors
+    return sums, parts
+
+
+def _corpus(scores, metric: str) -> CorpusScore:
+    """The corpus totals of some utterances' scores (score_corpus's, of one set's rows)."""
+    corpus = CorpusScore(metric)
+    for score in scores:
+        corpus.add(score)
+    return corpus
 
 
 def _metrics(sums: dict[str, float], model, with_wer: bool) -> dict:

@@ -93,3 +93,43 @@ def test_the_label_mask_is_searched_once():
     labels = torch.tensor([[IGNORE_INDEX] * 3 + [4, 5, 6], [IGNORE_INDEX] * 4 + [7, 8]])
     head = nn.Linear(8, 10)
     assert aten_ops(labels_only_cross_entropy, hidden, labels, head)["aten::nonzero"] == 1
+
+
+class _SumsCE(nn.Module):
+    """What liger's fused linear cross-entropy returns (the summed CE of `_input @ lin_weight.T`, the token
+    accuracy), for LigerLabelsHead without CUDA."""
+
+    def __init__(self, reduction="sum", return_token_accuracy=True):
+        super().__init__()
+
+    def forward(self, lin_weight, _input, target, bias=None):
+        from types import SimpleNamespace
+
+        logits = nn.functional.linear(_input, lin_weight, bias).float()
+        hits = (logits.argmax(-1) == target).float().mean()
+        return SimpleNamespace(loss=nn.functional.cross_entropy(logits, target, reduction="sum"), token_accuracy=hits)
+
+
+def test_group_sums_are_each_groups_rows_alone():
+    """`groups`: each group's (loss, tokens, hits) equal its rows' own call, plain and fused alike; the batch's sums
+    are those without groups, and a group with no row sums to 0."""
+    from llmasr.models.fused_kernels import LigerLabelsHead
+
+    torch.manual_seed(2)
+    head = nn.Linear(8, 40, bias=False)
+    hidden = torch.randn(4, 14, 8)
+    labels = torch.full((4, 14), IGNORE_INDEX)
+    labels[:, 7:] = torch.randint(0, 40, (4, 7))
+    labels[2, 11:] = IGNORE_INDEX
+    with torch.no_grad():  # some hits in rows of both groups
+        labels[:2, 8:11] = head(hidden[:2, 7:10]).argmax(-1)
+    groups = torch.tensor([2, 0, 2, 0])
+    for fused in (None, LigerLabelsHead(head, _SumsCE)):
+        whole = labels_only_cross_entropy(hidden, labels, head, fused)
+        got = labels_only_cross_entropy(hidden, labels, head, fused, groups=groups, n_groups=3)
+        assert torch.equal(got.loss_sum, whole.loss_sum) and int(got.n_correct) == int(whole.n_correct) >= 6
+        assert got.by_group[1].tolist() == [0.0, 0.0, 0.0]
+        for g, rows in [(0, [1, 3]), (2, [0, 2])]:
+            alone = labels_only_cross_entropy(hidden[rows], labels[rows], head, fused)
+            torch.testing.assert_close(got.by_group[g, 0], alone.loss_sum.float(), rtol=1e-5, atol=1e-5)
+            assert got.by_group[g, 1:].tolist() == [float(alone.n_tokens), float(alone.n_correct)]

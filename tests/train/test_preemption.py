@@ -217,8 +217,8 @@ def test_a_stop_saves_before_it_would_validate(tiny_llm_dir, corpus, tmp_path, m
     from llmasr.train import trainer
 
     validated = []
-    original = trainer.validate
-    monkeypatch.setattr(trainer, "validate", lambda *a, **k: validated.append(1) or original(*a, **k))
+    original = trainer.validate_by_set  # the trainer's validation pass
+    monkeypatch.setattr(trainer, "validate_by_set", lambda *a, **k: validated.append(1) or original(*a, **k))
     data = tiny_recipe_dict(tiny_llm_dir, train=[corpus], valid=[corpus], output_dir=tmp_path / "run", epochs=2,
                             grad_accum=1, valid_every_updates=2)  # fmt: skip
     signal_at(monkeypatch, 2, signal.SIGTERM)

@@ -22,7 +22,8 @@ from llmasr.scoring import score_corpus
 from llmasr.testing.tiny_recipe import OracleCTCHead, random_batch, tiny_model_section
 from llmasr.train import validate as validate_mod
 from llmasr.train.config import OptimConfig, TrainConfig
-from llmasr.train.validate import validate
+from llmasr.train.valid_sets import ValidSets
+from llmasr.train.validate import validate, validate_by_set
 
 TARGETS = ["zero one two", "three four", "five six seven eight", "nine", "one one", "two three four five"]
 FRAMES = [34, 40, 46, 30, 38, 44]  # distinct: the oracle heads below know an utterance by its length
@@ -39,6 +40,14 @@ def build_model(llm_dir, *, ctc=True, seed=0):
 
 def make_batches(model, splits=SPLITS):
     return [random_batch(model, TARGETS[lo:hi], frames=FRAMES[lo:hi], seed=k) for k, (lo, hi) in enumerate(splits)]
+
+
+def pooled_rows(batches, splits=SPLITS):
+    """`batches` with each row's index in the pool of TARGETS (what a loader over several manifests gives)."""
+    return [dataclasses.replace(b, indices=list(range(lo, hi))) for b, (lo, hi) in zip(batches, splits)]
+
+
+SETS = ValidSets(["a", "b"], [3, 3])  # TARGETS[:3] and TARGETS[3:]: the second batch holds rows of both
 
 
 def stand_in(batch):
@@ -176,6 +185,28 @@ def test_ranks_sum_error_counts_not_rates(tiny_llm_dir, monkeypatch):
     assert abs((rank_a["ctc_wer"] + rank_b_alone["ctc_wer"]) / 2 - whole["ctc_wer"]) > 1e-3
 
 
+def test_each_set_is_scored_from_its_own_rows(tiny_llm_dir):
+    """validate_by_set: the pool's metrics are validate()'s, and each set's come from its rows alone, a batch that
+    mixes the sets split between them (the oracle CTC head drops each first word: 3 of 9 words, 3 of 7)."""
+    model = build_model(tiny_llm_dir)
+    model.ctc_head = oracle_head(model, drop_first_word)
+    batches = pooled_rows(make_batches(model))
+    engine = plain_engine(model)
+    pooled, by_set = validate_by_set(engine, [*batches, stand_in(batches[0])], DECODE, SETS)
+    assert pooled == validate(engine, batches, DECODE)
+    assert list(by_set) == ["a", "b"] and [s["n_utts"] for s in by_set.values()] == [3, 3]
+    assert by_set["a"]["ctc_wer"] == pytest.approx(3 / 9, abs=1e-12)
+    assert by_set["b"]["ctc_wer"] == pytest.approx(3 / 7, abs=1e-12)
+    for name, rows in [("a", [[0, 1], [0], []]), ("b", [[], [1, 2], [0]])]:
+        alone = [b.select(r) for b, r in zip(batches, rows) if r]
+        want = validate(engine, alone, DECODE)
+        assert by_set[name]["wer"] == pytest.approx(want["wer"], abs=1e-12)
+        assert by_set[name]["llm_loss"] == pytest.approx(want["llm_loss"], rel=1e-5)
+        assert by_set[name]["ctc_loss"] == pytest.approx(want["ctc_loss"], rel=1e-5)
+        assert (by_set[name]["n_tokens"], by_set[name]["acc"]) == (want["n_tokens"], want["acc"])
+    assert validate_by_set(engine, batches, DECODE, None) == (pooled, {})  # one manifest: the pool alone
+
+
 def test_trainer_logs_ctc_wer(tiny_llm_dir, tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -198,6 +229,8 @@ def test_trainer_logs_ctc_wer(tiny_llm_dir, tmp_path):
     events = EventAccumulator(str(run / "tensorboard"))
     events.Reload()
     assert "valid/ctc_wer" in events.Tags()["scalars"]
+    assert not any(" valid[" in line for line in lines)  # one manifest: its pool's line alone
+    assert not any(tag.count("/") > 1 for tag in events.Tags()["scalars"] if tag.startswith("valid/"))
 
 
 def test_validating_leaves_the_training_course_as_it_was(tiny_llm_dir, tmp_path):
@@ -225,16 +258,17 @@ import json, sys
 sys.path.insert(0, {tests_dir!r})
 import torch
 from llmasr.train.process_group import exit_rank
-from test_validate import DECODE, build_model, make_batches, make_engine, stand_in
-from llmasr.train.validate import validate
+from test_validate import DECODE, SETS, build_model, make_batches, make_engine, pooled_rows, stand_in
+from llmasr.train.validate import validate, validate_by_set
 
 llm_dir, out = [a for a in sys.argv[1:] if not a.startswith("--local_rank")]
-batches = make_batches(build_model(llm_dir))
+batches = pooled_rows(make_batches(build_model(llm_dir)))
 engine = make_engine(build_model(llm_dir), "zero3", world_size=2)
 rank = torch.distributed.get_rank()
 mine = [batches[0], batches[1]] if rank == 0 else [batches[2], stand_in(batches[2])]
 metrics = validate(engine, mine, DECODE)
-json.dump(metrics, open(out + f".{{rank}}", "w"))
+pooled, by_set = validate_by_set(engine, mine, DECODE, SETS)  # rank 1 holds no row of set a
+json.dump({{"metrics": metrics, "pooled": pooled, "by_set": by_set}}, open(out + f".{{rank}}", "w"))
 exit_rank(0)  # as the llmasr entry point ends a rank: no abort at exit
 """
 
@@ -242,7 +276,7 @@ exit_rank(0)  # as the llmasr entry point ends a rank: no abort at exit
 @pytest.mark.slow
 def test_two_rank_zero3_ctc_wer(tiny_llm_dir, tmp_path):
     """Real `deepspeed` launcher, 2 CPU ranks, ZeRO-3: rank 1 ends on an all-bad stand-in batch; both ranks report
-    the CTC WER of all three batches."""
+    the CTC WER of all three batches, and each set's of its rows (rank 1 holds rows of one set only)."""
     from llmasr.testing.launcher import assert_no_shm_left
     from llmasr.train.process_group import free_port
 
@@ -255,11 +289,23 @@ def test_two_rank_zero3_ctc_wer(tiny_llm_dir, tmp_path):
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert_no_shm_left(port)
-    got = [json.loads(Path(f"{out}.{rank}").read_text()) for rank in (0, 1)]
+    results = [json.loads(Path(f"{out}.{rank}").read_text()) for rank in (0, 1)]
+    got = [r["metrics"] for r in results]
     want = independent_ctc_wer(build_model(tiny_llm_dir), make_batches(build_model(tiny_llm_dir)))
     assert got[0] == got[1]
     assert got[0]["n_utts"] == len(TARGETS)
     assert got[0]["ctc_wer"] == pytest.approx(want, abs=1e-12)
+    assert results[0]["by_set"] == results[1]["by_set"] and results[0]["pooled"] == got[0]
+    by_set = results[0]["by_set"]
+    model = build_model(tiny_llm_dir)
+    rows = pooled_rows(make_batches(model))
+    for name, lo, hi in [("a", 0, 3), ("b", 3, 6)]:
+        picked = [[i for i, k in enumerate(b.indices) if lo <= k < hi] for b in rows]
+        want_set = independent_ctc_wer(model, [b.select(p) for b, p in zip(rows, picked) if p])
+        assert by_set[name]["n_utts"] == 3 and by_set[name]["ctc_wer"] == pytest.approx(want_set, abs=1e-12)
+    assert sum(s["errors"] for s in by_set.values()) / sum(s["ref_units"] for s in by_set.values()) == pytest.approx(
+        got[0]["wer"], abs=1e-12
+    )
 
 
 if __name__ == "__main__":
