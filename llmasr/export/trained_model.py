@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 def _check_fingerprint(meta: CheckpointMeta, recipe, where: str) -> None:
     from llmasr.models.fingerprint import base_fingerprint, fingerprint_differences
 
-    diffs = fingerprint_differences(meta.base_fingerprint, base_fingerprint(recipe.model))
+    diffs = fingerprint_differences(meta.base_fingerprint, base_fingerprint(recipe.model), now=recipe.model)
     if diffs:
         raise CheckpointError(
             f"{where}: the base model changed since this checkpoint was trained; LoRA and the other trained tensors "

@@ -236,31 +236,73 @@ def _file_differences(branch: str, a: dict, b: dict) -> list[str]:
     return diffs
 
 
-def fingerprint_differences(saved: dict, current: dict) -> list[str]:
-    """Human-readable differences between two base fingerprints ([] when they agree)."""
+# The recipe key naming what each fingerprint entry hashes (base_fingerprint), for refusals to name
+ENTRY_KEYS = {
+    "llm": "model.llm.path", "encoder": "model.encoder.path", "encoder_init": "model.encoder.init_from",
+    "adaptor": "model.adaptor.init_from", "ctc": "model.ctc.init_from", "llm_adapter": "model.llm.adapter",
+    "llm_tokenizer": "model.llm.tokenizer", "prompt_template": "model.prompt.chat_template",
+    "ctc_vocab": "model.ctc.vocab", "ctc_seg_dict": "model.ctc.seg_dict", "cmvn": "model.encoder.frontend.cmvn_file",
+    "encoder_context": "model.encoder.conf.context",
+}  # fmt: skip
+
+
+def _key_value(model, key: str):
+    """The value of a `model.` key in a model section, a ModelConfig or a recipe's plain dict alike."""
+    node = model
+    for part in key.split(".")[1:]:
+        node = node.get(part) if isinstance(node, dict) else getattr(node, part, None)
+        if node is None:
+            return None
+    return node
+
+
+def _key_line(branch: str, now, trained) -> str | None:
+    """Which recipe key gives the entry `branch`, with its value now and when trained (either model section may be
+    None: not known)."""
+    key = ENTRY_KEYS.get(branch)
+    if key is None or now is None:
+        return None
+    value = _key_value(now, key)
+    if trained is None:
+        return f"  ({key}: {value})"
+    was = _key_value(trained, key)
+    if str(was) == str(value):
+        return f"  ({key}: {value}, as when trained: its files changed since)"
+    return f"  ({key}: {value} now, {was} when trained)"
+
+
+def fingerprint_differences(saved: dict, current: dict, *, now=None, trained=None) -> list[str]:
+    """Human-readable differences between two base fingerprints ([] when they agree). `now`: the model section
+    `current` was taken from, and `trained` (where known) the one the run was trained under: each differing entry
+    then names its recipe key with both values."""
     diffs = []
     for branch in sorted(set(saved) | set(current)):
         a, b = saved.get(branch), current.get(branch)
         if a == b or (a is None and branch in _LATER_ENTRIES):
             continue
-        if branch == "encoder_context":
-            diffs.append(
-                f"encoder_context: trained with {a or 'full'} context, now {b or 'full'} (model.encoder.conf.context; "
-                "an llmasr before that setting ran a Paraformer-streaming encoder with full context: set "
-                "model.encoder.conf.context: full to go on as trained)"
-            )
-            continue
-        if b is None and branch in _LATER_ENTRIES:
-            diffs.append(f"{branch}: a file when trained, none now")
-            continue
-        if a is None or b is None:
-            diffs.append(
-                f"{branch}: trained {'without' if a is None else 'with'} a pretrained directory, "
-                f"now {'without' if b is None else 'with'} one"
-            )
-            continue
-        if "missing" in b:
-            diffs.append(f"{branch}: not found: {b['missing']}")
-            continue
-        diffs += _file_differences(branch, a, b)
+        before = len(diffs)
+        diffs += _entry_differences(branch, a, b)
+        key_line = _key_line(branch, now, trained)
+        if key_line and len(diffs) > before and branch != "encoder_context":  # that line names its key already
+            diffs.append(key_line)
     return diffs
+
+
+def _entry_differences(branch: str, a, b) -> list[str]:
+    """fingerprint_differences' lines for one entry whose fingerprints `a` (saved) and `b` (now) differ."""
+    if branch == "encoder_context":
+        return [
+            f"encoder_context: trained with {a or 'full'} context, now {b or 'full'} (model.encoder.conf.context; "
+            "an llmasr before that setting ran a Paraformer-streaming encoder with full context: set "
+            "model.encoder.conf.context: full to go on as trained)"
+        ]
+    if b is None and branch in _LATER_ENTRIES:
+        return [f"{branch}: a file when trained, none now"]
+    if a is None or b is None:
+        return [
+            f"{branch}: trained {'without' if a is None else 'with'} a pretrained directory, "
+            f"now {'without' if b is None else 'with'} one"
+        ]
+    if "missing" in b:
+        return [f"{branch}: not found: {b['missing']}"]
+    return _file_differences(branch, a, b)

@@ -194,12 +194,27 @@ def _plain(recipe) -> dict:
     return yaml.safe_load(yaml.safe_dump(to_dict(recipe), sort_keys=False))
 
 
+def saved_recipe_path(load_dir: Path) -> Path:
+    """RUN_DIR/recipe.yaml of the run whose checkpoints folder (or abandoned_at_update_N folder) is `load_dir`."""
+    return (ck.run_dir_of(load_dir) if ck.abandoned_dir(load_dir) else load_dir.parent) / ck.RECIPE_FILE
+
+
+def _trained_model(where: Path, recipe) -> dict | None:
+    """The model section the checkpoint `where`'s run was saved under; None where its recipe.yaml is not there or
+    does not load (check_resume_recipe names that)."""
+    path = saved_recipe_path(where.parent)
+    try:
+        return saved_recipe_dict(path, type(recipe)).get("model") if path.is_file() else None
+    except ConfigError:
+        return None
+
+
 def check_resume_recipe(recipe, load_dir: Path) -> list[str]:
     """Compare `recipe` with the recipe of the run `load_dir` (its checkpoints folder) belongs to. Refuses keys
     that cannot change on resume (each with both values and why); returns notes for the run's log (the changes
     that may happen, or that there was nothing to compare with)."""
     load_dir = Path(load_dir)
-    saved_path = (ck.run_dir_of(load_dir) if ck.abandoned_dir(load_dir) else load_dir.parent) / ck.RECIPE_FILE
+    saved_path = saved_recipe_path(load_dir)
     if not saved_path.is_file():
         return [f"resume: no {saved_path} beside {load_dir}; the recipe cannot be compared with the run's"]
     changes = recipe_changes(saved_recipe_dict(saved_path, type(recipe)), _plain(recipe))
@@ -250,9 +265,14 @@ def check_checkpoint(
         )
     if meta.world_size == world_size:  # at another world size the batches per rank differ by design
         check_batches(meta, per_epoch, where, changed, same_text=same_text, explain=explain)
-    diffs = fingerprint_differences(meta.base_fingerprint, base_fingerprint(recipe.model))
+    diffs = fingerprint_differences(meta.base_fingerprint, base_fingerprint(recipe.model), now=recipe.model,
+                                    trained=_trained_model(where, recipe))  # fmt: skip
     if diffs:
-        raise ConfigError(f"{where}: the base model differs from the one trained on:\n  " + "\n  ".join(diffs))
+        raise ConfigError(
+            f"{where}: the base model differs from the one trained on:\n  " + "\n  ".join(diffs) + "\nPoint each "
+            "key named at the files the run was trained on (the trained tensors only make sense on those), or start "
+            "a new run"
+        )
     if meta.trainable != trainable:
         saved, now = set(meta.trainable), set(trainable)
         raise ConfigError(

@@ -148,3 +148,30 @@ def test_resume_refuses_same_shape_other_base_weights(tiny_llm_dir, corpus, tmp_
     changed = r"base model differs.*\n  llm/model.safetensors: trained on \d+ bytes sha256:"
     with pytest.raises(ConfigError, match=changed):
         train(recipe(llm, corpus, run, max_updates=2), "zero0", resume="latest")
+
+
+def test_a_same_shape_other_base_is_refused_naming_its_key_and_both_folders(tiny_llm_dir, corpus, tmp_path):
+    """A preempted job restarted with model.llm.path pointing at another copy of the LLM (another revision, say)."""
+    from safetensors.torch import load_file, save_file
+
+    from llmasr.config_io import ConfigError
+
+    llm, other = tmp_path / "llm", tmp_path / "llm_other"
+    shutil.copytree(tiny_llm_dir, llm)
+    shutil.copytree(tiny_llm_dir, other)
+    state = load_file(str(other / "model.safetensors"))
+    name = next(k for k in state if "v_proj.weight" in k)
+    state[name] = state[name].flip(0)
+    save_file(state, str(other / "model.safetensors"), metadata={"format": "pt"})
+    run = tmp_path / "run"
+    train(recipe(llm, corpus, run, max_updates=1), "zero0")
+    with pytest.raises(ConfigError) as err:
+        train(recipe(other, corpus, run, max_updates=2), "zero0", resume="latest")
+    text = str(err.value)
+    assert "llm/model.safetensors: trained on" in text
+    assert f"(model.llm.path: {other} now, {llm} when trained)" in text
+    assert "Point each key named at the files the run was trained on" in text
+
+    shutil.copy(other / "model.safetensors", llm / "model.safetensors")  # the trained-on folder changed in place
+    with pytest.raises(ConfigError, match=rf"\(model.llm.path: {llm}, as when trained: its files changed since\)"):
+        train(recipe(llm, corpus, run, max_updates=2), "zero0", resume="latest")
