@@ -30,7 +30,7 @@ from llmasr.train.flops import FlopCounter
 from llmasr.train.preemption import Preemption, signal_name
 from llmasr.train.process_group import all_gather_object
 from llmasr.train.progress import Progress
-from llmasr.train.resume import check_checkpoint, continue_schedules, resuming
+from llmasr.train.resume import check_checkpoint, continue_schedules, resuming, warn_changed
 from llmasr.train.run_dir import LrCourse
 from llmasr.train.run_setup import RunSetup
 from llmasr.train.schedulers import warmup_warnings
@@ -72,6 +72,7 @@ class Run(RunSetup):
         if state.get("loader") is not None:  # a position this data cannot continue: refused before anything moves
             with errors.context(resuming(where, changed)):
                 self.sampler.length_after(state["loader"]["sampler"], explain)
+        warn_changed(where, changed)  # the position counts into the files as they are now
         # a validation the stop put off goes into the checkpoint's meta where it is this folder's own (one of another
         # run's folder, or set aside, is not this run's to rank, and this folder may hold another course's tag)
         self.validation_owed = bool(state.get("validation_owed"))
