@@ -242,7 +242,8 @@ class Run(RunSetup):
             finally:
                 self.close()
         return {"history": history, "interrupted": False, "run_dir": str(self.run_dir), "metrics": last_metrics,
-                "stopped_early": self.cut_short, "updates": self.engine.global_steps}  # fmt: skip
+                "stopped_early": self.cut_short, "updates": self.engine.global_steps,
+                "ends_after": self.ends_after}  # fmt: skip
 
     def _progress(self) -> Progress:
         """The run's reporting, with the FLOP counter and loader clock behind its efficiency figures."""

@@ -594,7 +594,8 @@ def test_stages_1_2_and_3_resume_one_another(tmp_path, saved, stage):
 
 def test_llmasr_train_s_last_line_counts_this_run_s_updates_and_the_run_s(tiny_llm_dir, corpus, tmp_path, caplog):
     """A resumed run's last line had said "done: 3 updates" where it trained 1: the update number counts the run's
-    updates from its start, a resume's history its own."""
+    updates from its start, a resume's history its own. One with nothing left to train says so, and where the run
+    is (it had said "0 updates this run, 3 in all, last loss None, validation {}")."""
     import yaml
 
     from llmasr.commands.train import main
@@ -610,4 +611,7 @@ def test_llmasr_train_s_last_line_counts_this_run_s_updates_and_the_run_s(tiny_l
         assert "done: 1 update this run, 3 in all, last loss" in caplog.text
         caplog.clear()
         assert main([*args, "--resume", "train.max_updates=3"]) == 0  # at its end: nothing to train
-        assert "done: 0 updates this run, 3 in all, last loss None" in caplog.text
+        assert "done: nothing to train (the run had reached update 3 of 3)\n" in caplog.text
+        caplog.clear()
+        assert main([*args, "--resume", "train.max_updates=2"]) == 0
+        assert "done: nothing to train (the run is at update 3, past the 2 it ends after now)\n" in caplog.text
