@@ -46,7 +46,7 @@ from llmasr.train.param_groups import build_param_groups, describe_param_groups,
 from llmasr.train.plan import plan_run
 from llmasr.train.progress import plot_lr, write_lr_csv
 from llmasr.train.resolve import check_run_settings
-from llmasr.train.resume import check_checkpoint, manifest_contents, resuming
+from llmasr.train.resume import check_checkpoint, manifest_contents, resuming, warn_changed
 from llmasr.train.run_dir import RunDirError, check_lock, check_run_start
 from llmasr.train.schedulers import lr_curve
 from llmasr.train.universal import batches_left, global_batch_change, nothing_left, resumed_counts
@@ -128,6 +128,7 @@ def run_start(recipe, model, plan, folder: RunFolder, *, stage: int, world_size:
     head = f"  resumes {where} (update {meta.update}, epoch {meta.epoch}{resized}{converted}) into {run_dir}"
     client, saved_ds = read_client_state(where, meta)
     total, stop, ends = resumed_total(recipe, plan, where, meta, world_size, client, changed, explain)
+    warn_changed(where, changed)  # as training warns, once the position counts into the files as they are now
     early = EarlyStop.of(recipe.train)
     early.load_state_dict(client.get("early_stop"))
     course = Course(meta.update, ends, early, owed=bool(client.get("validation_owed")))

@@ -251,8 +251,8 @@ def check_checkpoint(
     ranks, whose data gives `per_epoch` batches a rank and whose model trains the parameters named `trainable`:
     ConfigError naming what differs. `llmasr train` checks this before loading, `llmasr check` before launching.
     `manifests`: the training files as this run reads them (manifest_contents); those edited since the
-    checkpoint are named in a warning and returned (for the position's refusal to name them too). `explain`: what a
-    refusal of the batches says differs (llmasr.data.plan_record.explainer)."""
+    checkpoint are returned, for the position's refusal to name them and, once it passed, warn_changed.
+    `explain`: what a refusal of the batches says differs (llmasr.data.plan_record.explainer)."""
     changed = changed_manifests(meta.manifests, manifests)
     same_text = not changed and texts_known(meta.manifests, manifests)
     if meta.zero_stage != stage and not stage_change_allowed(meta.zero_stage, stage, recipe.train.precision):
@@ -282,10 +282,15 @@ def check_checkpoint(
             "whole base encoder frozen under encoder LoRA whatever encoder.freeze said, and trained no encoder bias "
             "under lora.bias); resume with that llmasr, or start a new run"
         )
+    return changed
+
+
+def warn_changed(where: Path, changed: list[str]) -> None:
+    """The warning for the training files `changed` since checkpoint `where` (check_checkpoint's), logged once the
+    saved position is known to count into them: a resume refused after it would contradict it."""
     if changed:
         log.warning("resume: the training data changed since %s was saved: %s; what trains from here reads them as "
                     "they are now", where, "; ".join(changed))  # fmt: skip
-    return changed
 
 
 def manifest_contents(manifest) -> list[dict]:

@@ -30,7 +30,7 @@ from llmasr.train.flops import FlopCounter
 from llmasr.train.preemption import Preemption, signal_name
 from llmasr.train.process_group import all_gather_object
 from llmasr.train.progress import Progress
-from llmasr.train.resume import check_checkpoint, continue_schedules, resuming
+from llmasr.train.resume import check_checkpoint, continue_schedules, resuming, warn_changed
 from llmasr.train.run_dir import LrCourse
 from llmasr.train.run_setup import RunSetup
 from llmasr.train.schedulers import warmup_warnings
@@ -72,6 +72,7 @@ class Run(RunSetup):
         if state.get("loader") is not None:  # a position this data cannot continue: refused before anything moves
             with errors.context(resuming(where, changed)):
                 self.sampler.length_after(state["loader"]["sampler"], explain)
+        warn_changed(where, changed)  # the position counts into the files as they are now
         # a validation the stop put off goes into the checkpoint's meta where it is this folder's own (one of another
         # run's folder, or set aside, is not this run's to rank, and this folder may hold another course's tag)
         self.validation_owed = bool(state.get("validation_owed"))
@@ -241,7 +242,8 @@ class Run(RunSetup):
             finally:
                 self.close()
         return {"history": history, "interrupted": False, "run_dir": str(self.run_dir), "metrics": last_metrics,
-                "stopped_early": self.cut_short, "updates": self.engine.global_steps}  # fmt: skip
+                "stopped_early": self.cut_short, "updates": self.engine.global_steps,
+                "ends_after": self.ends_after}  # fmt: skip
 
     def _progress(self) -> Progress:
         """The run's reporting, with the FLOP counter and loader clock behind its efficiency figures."""

@@ -104,6 +104,10 @@ def test_llmasr_train_says_the_run_stopped_early(tiny_llm_dir, corpus, tmp_path,
                             epochs=3, grad_accum=1, max_seconds=2.0, valid_every_updates=1)  # fmt: skip
     path = tmp_path / "recipe.yaml"
     path.write_text(yaml.safe_dump(data))
+    args = ["--config", str(path), "--deepspeed", "zero0", "train.patience=1", "train.min_delta=1e9"]
     with caplog.at_level("INFO", logger="llmasr"):
-        assert main(["--config", str(path), "--deepspeed", "zero0", "train.patience=1", "train.min_delta=1e9"]) == 0
-    assert "done (stopped early: train.patience): 2 updates" in caplog.text
+        assert main(args) == 0
+        assert "done (stopped early: train.patience): 2 updates" in caplog.text
+        caplog.clear()
+        assert main([*args, "--resume"]) == 0  # it had said "0 updates this run, 2 in all, last loss None"
+    assert "done (stopped early: train.patience): nothing to train (the run had stopped at update 2)\n" in caplog.text

@@ -425,6 +425,50 @@ def test_a_training_manifest_edited_since_the_checkpoint_is_named(tiny_llm_dir, 
     assert f"{second} (8 -> 7 lines)" in errors.describe(err.value)
 
 
+def test_a_line_added_since_the_checkpoint_is_refused_without_the_edited_file_s_warning(
+    tiny_llm_dir, tmp_path, caplog, capsys
+):
+    """A manifest that gained a line (as many batches: the position check refuses it) had been warned of first, "what
+    trains from here reads them as they are now", then refused: the warning comes once the position check passed
+    (in `llmasr check` too, which still warns of a transcript edited alone)."""
+    import yaml
+    from check_runner import run_check
+
+    from llmasr import errors
+    from llmasr.train.resolve import build_loaders, text_side
+
+    manifest, run = write_tiny_corpus(tmp_path / "corpus", n=24), tmp_path / "run"
+
+    def make(max_updates):
+        return recipe(tiny_llm_dir, manifest, run, grad_accum=1, max_updates=max_updates, save_every_updates=1)
+
+    def batches() -> int:
+        return len(build_loaders(make(3), text_side(make(3).model), rank=0, world_size=1)[1])
+
+    train(make(2), "zero0")
+    count, lines = batches(), manifest.read_text().splitlines()
+    for line in lines:  # a copy of a line that makes as many batches
+        manifest.write_text("\n".join([*lines, line]) + "\n")
+        if batches() == count:
+            break
+    assert batches() == count
+    with caplog.at_level(logging.WARNING, logger="llmasr.train"), pytest.raises(ValueError) as err:
+        train(make(3), "zero0", resume="latest")
+    assert f"{manifest} (24 -> 25 lines)" in errors.describe(err.value) and "now holds 25 lines" in str(err.value)
+    assert "the training data changed since" not in caplog.text
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(to_dict(make(3))))
+    with caplog.at_level(logging.WARNING, logger="llmasr.train"):
+        code, _, stderr = run_check(capsys, "--config", str(path), "--deepspeed", "zero0", "--resume")
+    assert code != 0 and "now holds 25 lines" in stderr, stderr
+    assert "the training data changed since" not in caplog.text + stderr
+    manifest.write_text("\n".join([lines[0].replace('"target": "', '"target": "nine '), *lines[1:]]) + "\n")
+    with caplog.at_level(logging.WARNING, logger="llmasr.train"):  # a transcript edited alone: warned, goes on
+        assert run_check(capsys, "--config", str(path), "--deepspeed", "zero0", "--resume")[0] == 0
+    assert f"the training data changed since {ck.checkpoints_dir(run) / ck.tag_for(2)} was saved: {manifest}" \
+           in caplog.text  # fmt: skip
+
+
 def test_lr_schedule_csv_after_a_resume_follows_the_schedules_held_by_a_skipped_update(
     tiny_llm_dir, corpus, tmp_path, monkeypatch
 ):
@@ -550,7 +594,8 @@ def test_stages_1_2_and_3_resume_one_another(tmp_path, saved, stage):
 
 def test_llmasr_train_s_last_line_counts_this_run_s_updates_and_the_run_s(tiny_llm_dir, corpus, tmp_path, caplog):
     """A resumed run's last line had said "done: 3 updates" where it trained 1: the update number counts the run's
-    updates from its start, a resume's history its own."""
+    updates from its start, a resume's history its own. One with nothing left to train says so, and where the run
+    is (it had said "0 updates this run, 3 in all, last loss None, validation {}")."""
     import yaml
 
     from llmasr.commands.train import main
@@ -566,4 +611,7 @@ def test_llmasr_train_s_last_line_counts_this_run_s_updates_and_the_run_s(tiny_l
         assert "done: 1 update this run, 3 in all, last loss" in caplog.text
         caplog.clear()
         assert main([*args, "--resume", "train.max_updates=3"]) == 0  # at its end: nothing to train
-        assert "done: 0 updates this run, 3 in all, last loss None" in caplog.text
+        assert "done: nothing to train (the run had reached update 3 of 3)\n" in caplog.text
+        caplog.clear()
+        assert main([*args, "--resume", "train.max_updates=2"]) == 0
+        assert "done: nothing to train (the run is at update 3, past the 2 it ends after now)\n" in caplog.text
