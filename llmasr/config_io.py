@@ -44,9 +44,16 @@ class _Float(float):
     raw: str
 
 
+class _Quoted(str):
+    """Text written in quotes that YAML reads as a number unquoted (`"5e-4"`, `'2'`): the text itself for a string
+    field, refused where a number is typed (a number read from text there as well had made `lr: "5e-4"` a number
+    and `epochs: "2"` an error)."""
+
+
 class RecipeLoader(yaml.SafeLoader):
     """YAML that refuses a key given twice in one mapping (plain YAML keeps the last silently: a recipe with two
-    `optim:` sections lost the first) and keeps the text of every number (_Int, _Float)."""
+    `optim:` sections lost the first), keeps the text of every number (_Int, _Float), reads YAML 1.2's floats (1e-4)
+    as numbers, and marks a quoted number as text (_Quoted)."""
 
     def construct_mapping(self, node, deep=False):
         seen: dict = {}
@@ -94,7 +101,22 @@ def _none(loader, node):
                                             "nothing, or quote it for the text", node.start_mark)  # fmt: skip
 
 
+# YAML 1.2's floats that YAML 1.1 (PyYAML) reads as text: an exponent without a dot or its sign (1e-4, 5E-4, -1e3,
+# 1.0e4), a signed leading dot (-.5); the forms YAML 1.1 reads as numbers are resolved before these
+_FLOAT_12 = re.compile(r"^(?:[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)[eE][-+]?[0-9]+|[-+]\.[0-9]+)$")
+
+
+def _text(loader, node):
+    text = loader.construct_scalar(node)
+    reads = loader.resolve(yaml.ScalarNode, text, (True, False))
+    if node.style in ("'", '"') and reads in ("tag:yaml.org,2002:int", "tag:yaml.org,2002:float"):
+        return _Quoted(text)
+    return text
+
+
 RecipeLoader.add_implicit_resolver("tag:llmasr,none", re.compile(r"^None$"), ["N"])  # unquoted only
+RecipeLoader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT_12, list("-+.0123456789"))
+RecipeLoader.add_constructor("tag:yaml.org,2002:str", _text)
 RecipeLoader.add_constructor("tag:llmasr,none", _none)
 RecipeLoader.add_constructor("tag:yaml.org,2002:int", _number(_Int, yaml.SafeLoader.construct_yaml_int))
 RecipeLoader.add_constructor("tag:yaml.org,2002:float", _number(_Float, yaml.SafeLoader.construct_yaml_float))
@@ -103,7 +125,8 @@ RecipeLoader.add_constructor("tag:yaml.org,2002:timestamp", yaml.SafeLoader.cons
 
 
 def _plain(value: Any) -> Any:
-    """`value` with every _Int or _Float made a plain int or float again (what the typed config holds)."""
+    """`value` with every _Int, _Float or _Quoted made a plain int, float or str again (what the typed config
+    holds)."""
     if isinstance(value, dict):
         return {_plain(k): _plain(v) for k, v in value.items()}
     if isinstance(value, list):
@@ -112,6 +135,8 @@ def _plain(value: Any) -> Any:
         return int(value)
     if isinstance(value, _Float):
         return float(value)
+    if isinstance(value, _Quoted):
+        return str(value)
     return value
 
 
@@ -264,7 +289,7 @@ def _coerce_container(value: Any, tp: Any, path: str) -> Any:
         if not isinstance(value, dict):
             raise ConfigError(f"{path}: expected a mapping, got {_shown(value)}")
         _, val_tp = typing.get_args(tp) or (Any, Any)
-        return {k: coerce(v, val_tp, f"{path}.{k}") for k, v in value.items()}
+        return {_plain(k): coerce(v, val_tp, f"{path}.{k}") for k, v in value.items()}
     if not isinstance(value, (list, tuple)):
         one = f"; a list of one is written [{value}]" if isinstance(value, str) else ""
         raise ConfigError(f"{path}: expected a list, got {_shown(value)}{one}")
@@ -299,6 +324,10 @@ def _coerce_scalar(value: Any, tp: type, path: str) -> Any:
         raise ConfigError(f"{path}: expected true/false, got {shown}")
     if tp in (int, float):
         _written_in_decimal(value, path)
+        if isinstance(value, _Quoted):  # (a list item is written as itself)
+            written = value if path.endswith("]") else f"{re.sub(r'.*[.]', '', path)}: {value}"
+            raise ConfigError(f"{path}: expected {'an integer' if tp is int else 'a number'}, got the text {shown}: "
+                              f"the quotes make it text; write the number without them, {written}")  # fmt: skip
     if tp is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return int(value)
@@ -311,14 +340,14 @@ def _coerce_scalar(value: Any, tp: type, path: str) -> Any:
             number = float(value)
         elif isinstance(value, str):
             try:
-                number = float(value)  # YAML reads "1e-4" as a string
+                number = float(value)  # text from a dict given in Python, or YAML's unquoted inf
             except ValueError:
                 pass
         if number is None or math.isnan(number):
             raise ConfigError(f"{path}: expected a number, got {shown}")
         return number
     if isinstance(value, str):
-        return value
+        return str(value)
     if is_number:
         return getattr(value, "raw", str(value))
     if isinstance(value, bool):  # YAML 1.1 reads yes/no/on/off unquoted as true/false
@@ -364,6 +393,7 @@ class _Dumper(yaml.SafeDumper):
 
 
 _Dumper.add_implicit_resolver("tag:llmasr,none", re.compile(r"^None$"), ["N"])
+_Dumper.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT_12, list("-+.0123456789"))  # text "1e-4" quoted
 
 
 def dump_yaml(obj: Any, path: str | Path) -> None:

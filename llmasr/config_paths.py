@@ -159,6 +159,9 @@ def _dataclass_args(tp: Any) -> list[type]:
 
 
 def _resolve_one(value: Any, kind: str, base: Path, key: str, cwd: Path | None) -> Any:
+    if isinstance(getattr(value, "raw", None), str):  # a name YAML reads as a number (2026, 1e3): found as written
+        found = _resolve_one(value.raw, kind, base, key, cwd)
+        return value if found == value.raw else found
     if isinstance(value, str) and value.startswith("~"):
         value = os.path.expanduser(value)  # the home folder, as manifests and export read it (not a folder named ~)
     if not isinstance(value, str) or not value or "\n" in value or Path(value).is_absolute():

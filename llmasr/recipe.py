@@ -139,6 +139,8 @@ def _by_override(item: str, message: str) -> str:
     quote = (
         f"; YAML reads a ': ' or a closing ':' as a mapping: quote the value, {key}='\"{value}\"'" if mapping else ""
     )
+    if "the quotes make it text" in message:  # (a number quoted: config_io._Quoted)
+        quote = f"; write {key.strip()}={value.strip().strip(chr(34) + chr(39))}"
     return f" (set by the override {item!r}{quote})"
 
 

@@ -183,6 +183,54 @@ def test_yaml_1_1_spellings_that_change_a_value_are_refused(tmp_path):
         load_recipe(tmp_path / "r.yaml")
 
 
+def test_yaml_1_2_floats_are_numbers_and_a_quoted_number_is_text(tmp_path):
+    """PyYAML (YAML 1.1) read 5e-4, 1.0e4 and -.5 as text, which a float field turned into a number: `lr: "5e-4"`
+    passed as a number while `epochs: "2"` was refused, and `encoder.conf` (typed only when the model is built)
+    kept the text '1e-4'. Unquoted, each is a number; quoted, a text, refused where a number is typed."""
+    path = tmp_path / "r.yaml"
+    path.write_text(
+        "model:\n  encoder:\n    conf: {dropout_rate: 1e-1, eps: 5E-4, shift: -.5, big: 1.0e4, name: '1e5'}\n"
+        "optim:\n  weight_decay: 1E-3\n  branches:\n    llm: {lr: 5e-4}\n"
+    )
+    r = load_recipe(path, ["optim.branches.llm.lr=1e-4"])
+    assert (r.optim.weight_decay, r.optim.branches["llm"].lr) == (1e-3, 1e-4)
+    conf = r.model.encoder.conf
+    assert conf == {"dropout_rate": 0.1, "eps": 5e-4, "shift": -0.5, "big": 1e4, "name": "1e5"}
+    assert type(conf["name"]) is str
+    for where, text in (("train", 'epochs: "2"'), ("optim", "weight_decay: '5e-4'"), ("train", 'seed: "0"')):
+        path.write_text(f"model:\n  prompt: {{task: hi}}\n{where}:\n  {text}\n")
+        key, number = text.split(": ")
+        number = number.strip("'\"")
+        with pytest.raises(ConfigError) as err:
+            load_recipe(path)
+        assert str(err.value) == (
+            f"{where}.{key}: expected {'an integer' if key != 'weight_decay' else 'a number'}, got the text "
+            f"'{number}': the quotes make it text; write the number without them, {key}: {number} ({path}, line 4)"
+        )
+    with pytest.raises(ConfigError) as err:
+        load_recipe(data={}, overrides=["optim.branches.llm.lr='5e-4'"])
+    assert str(err.value).endswith(
+        "(set by the override \"optim.branches.llm.lr='5e-4'\"; write optim.branches.llm.lr=5e-4)"
+    )
+    path.write_text("optim:\n  scheduler: {type: tri_stage, phase_ratio: [0.3, '0.3', 0.4]}\n")
+    with pytest.raises(ConfigError, match=r"optim.scheduler.phase_ratio\[1\]: .*without them, 0.3 \("):
+        load_recipe(path)  # (a list item is written as itself)
+
+
+def test_text_that_reads_as_a_number_stays_text_in_a_string_field(tmp_path):
+    """A prompt, a folder or a file named 1e5 (a number in YAML 1.2) is the text as written, quoted or not, beside
+    the recipe where it is a path there; RUN_DIR/recipe.yaml writes such text quoted, so it reads back as text."""
+    (tmp_path / "1e3").mkdir()
+    path = tmp_path / "r.yaml"
+    path.write_text("model:\n  llm: {path: 1e3}\n  prompt: {task: 1e5, system: '2.5e-3'}\ntrain:\n  output_dir: 1E4\n")
+    r = load_recipe(path, ["model.encoder.conf.name='-1e3'"])
+    assert (r.model.llm.path, r.model.prompt.task, r.model.prompt.system) == (str(tmp_path / "1e3"), "1e5", "2.5e-3")
+    assert r.train.output_dir == "1E4" and r.model.encoder.conf == {"name": "-1e3"}
+    save_recipe(r, tmp_path / "saved.yaml")
+    again = load_recipe(tmp_path / "saved.yaml", saved=True)
+    assert (again.model.prompt.task, again.model.encoder.conf["name"]) == ("1e5", "-1e3")
+
+
 def test_an_error_says_where_its_value_was_set(tmp_path):
     """A bad value is named by its key, and by the recipe line or the override that set it (the same key could come
     from either, and a recipe may be long)."""
