@@ -396,3 +396,21 @@ def test_an_empty_section_is_named_as_empty(tmp_path):
     assert str(err.value) == f"model.prompt: empty section: give its keys or remove it ({path}, line 3)"
     path.write_text("model:\n  llm: {path: llm}\ntrain:\n  epochs: 1\n")
     assert load_recipe(path).model.prompt.task  # removed: its defaults
+
+
+def test_a_saved_recipe_reads_its_numbers_as_the_recipe_does(tmp_path):
+    """RUN_DIR/recipe.yaml was read with plain YAML 1.1 on resume while the recipe reads YAML 1.2's floats: a
+    free-form `model.encoder.conf` value written 1e-1 (as an earlier llmasr saved it: text) was text on one side and
+    a number on the other, and the resume was refused for a key nobody changed."""
+    from llmasr.recipe import load_recipe
+    from llmasr.train import resume as rs
+
+    text = "model:\n  encoder:\n    conf: {dropout_rate: 1e-1}\n"
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(text, encoding="utf-8")
+    r = load_recipe(recipe)
+    assert r.model.encoder.conf["dropout_rate"] == 0.1
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "recipe.yaml").write_text(text, encoding="utf-8")
+    assert rs.check_resume_recipe(r, run / "checkpoints") == []

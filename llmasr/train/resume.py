@@ -24,7 +24,7 @@ from typing import Any
 import yaml
 
 from llmasr import run_dir as ck
-from llmasr.config_io import ConfigError, from_dict, to_dict
+from llmasr.config_io import ConfigError, from_dict, load_yaml, to_dict
 from llmasr.config_paths import resolve_paths
 from llmasr.models.fingerprint import base_fingerprint, fingerprint_differences
 from llmasr.run_dir import CheckpointMeta
@@ -178,7 +178,7 @@ def saved_recipe_dict(path: Path, recipe_type: type) -> dict:
     """The recipe a run was saved under, parsed as a `recipe_type` (defaults filled in, as the new one is). The
     type comes from the caller's recipe: the training library stays below the recipe loader."""
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = load_yaml(path)  # as load_recipe reads a recipe: the same numbers (1e-4) on both sides
         if isinstance(data, dict) and hasattr(recipe_type, "saved_data"):
             data = recipe_type.saved_data(data, path)
         for base in (path.parent, Path.cwd()):  # as load_recipe reads paths: a run saved with relative ones compares
