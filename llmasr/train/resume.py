@@ -265,9 +265,10 @@ def check_checkpoint(
         )
     if meta.world_size == world_size:  # at another world size the batches per rank differ by design
         check_batches(meta, per_epoch, where, changed, same_text=same_text, explain=explain)
-    diffs = fingerprint_differences(meta.base_fingerprint, base_fingerprint(recipe.model), now=recipe.model,
-                                    trained=_trained_model(where, recipe))  # fmt: skip
-    if diffs:
+    current = base_fingerprint(recipe.model)
+    if fingerprint_differences(meta.base_fingerprint, current):  # the saved recipe is read to name keys, only then
+        diffs = fingerprint_differences(meta.base_fingerprint, current, now=recipe.model,
+                                        trained=_trained_model(where, recipe))  # fmt: skip
         raise ConfigError(
             f"{where}: the base model differs from the one trained on:\n  " + "\n  ".join(diffs) + "\nPoint each "
             "key named at the files the run was trained on (the trained tensors only make sense on those), or start "
