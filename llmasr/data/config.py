@@ -182,24 +182,20 @@ class DataConfig:
         for name in ("train", "valid"):
             for i, spec in enumerate(getattr(self, name)):
                 spec.validate(f"{path}.{name}[{i}]")
-        seen: dict[str, int] = {}
-        for i, spec in enumerate(self.train_manifests):  # each listing is a share of the mix of its own
-            first = seen.setdefault(os.path.realpath(spec.path), i)
-            if first != i:
-                weight = f"{self.train[first].weight + spec.weight:g}"
-                raise ConfigError(
-                    f"{path}.train[{i}]: {spec.path} is {path}.train[{first}] again; each listing draws from it "
-                    f"apart, so its share of the mix would silently double: list it once, with weight: {weight} "
-                    "(the two weights summed) to draw it as often"
-                )
-        seen = {}
-        for i, spec in enumerate(self.valid_manifests):  # validation pools its manifests into one score
-            first = seen.setdefault(os.path.realpath(spec.path), i)
-            if first != i:
-                raise ConfigError(
-                    f"{path}.valid[{i}]: {spec.path} is {path}.valid[{first}] again; validation pools every manifest "
-                    "into one score, so its lines would be decoded and counted twice: list it once"
-                )
+        if twice := _listed_twice(self.train_manifests):  # each listing is a share of the mix of its own
+            first, i = twice
+            weight = f"{self.train[first].weight + self.train[i].weight:g}"
+            raise ConfigError(
+                f"{path}.train[{i}]: {self.train_manifests[i].path} is {path}.train[{first}] again; each listing draws "
+                f"from it apart, so its share of the mix would silently double: list it once, with weight: {weight} "
+                "(the two weights summed) to draw it as often"
+            )
+        if twice := _listed_twice(self.valid_manifests):  # validation pools its manifests into one score
+            first, i = twice
+            raise ConfigError(
+                f"{path}.valid[{i}]: {self.valid_manifests[i].path} is {path}.valid[{first}] again; validation pools "
+                "every manifest into one score, so its lines would be decoded and counted twice: list it once"
+            )
         if self.num_workers < 0:
             raise ConfigError(f"{path}.num_workers: must be >= 0, got {self.num_workers}")
         if self.prefetch_factor is not None and self.prefetch_factor < 1:
@@ -212,3 +208,14 @@ class DataConfig:
             raise ConfigError(f"{path}.features_on: expected worker, device or auto, got {self.features_on!r}")
         if self.valid_max_utts is not None and self.valid_max_utts <= 0:
             raise ConfigError(f"{path}.valid_max_utts: must be positive, got {self.valid_max_utts}")
+
+
+def _listed_twice(specs) -> tuple[int, int] | None:
+    """(first, i): the first manifest of `specs` that names the file of an earlier one (by its real path), and that
+    earlier one's place; None where each file is listed once."""
+    seen: dict[str, int] = {}
+    for i, spec in enumerate(specs):
+        first = seen.setdefault(os.path.realpath(spec.path), i)
+        if first != i:
+            return first, i
+    return None
