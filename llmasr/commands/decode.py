@@ -27,6 +27,7 @@ from llmasr.export.decode import (
 from llmasr.export.decode_folders import (
     clear_earlier_folders,
     clear_for_decode,
+    earlier_folders,
     manifest_folder_problem,
     write_manifest_index,
 )
@@ -292,8 +293,9 @@ def _prepare(args, world: DecodeWorld):
     if missing:  # a mistyped manifest is named now, not after the model loads and the others are decoded
         raise Refused(f"--data: {'; '.join(missing)}")
     if len(args.data) > 1:  # a manifest's subfolder of something else's (an export's llm/ for llm.jsonl)
-        taken = [why for data, d in zip(args.data, out_dirs(args.data, Path(args.output)))
-                 if (why := manifest_folder_problem(d, data))]  # fmt: skip
+        folders = out_dirs(args.data, Path(args.output))
+        ours = frozenset(folders + earlier_folders(Path(args.output)))  # dev/x/ in dev/ is a decode's own folder
+        taken = [why for data, d in zip(args.data, folders) if (why := manifest_folder_problem(d, data, ours))]
         if taken:
             raise Refused(f"--output {args.output}: {'; '.join(taken)}")
     flags = {field: getattr(args, dest) for field, dest in DECODE_FLAGS.items()}
@@ -345,8 +347,10 @@ def _decode_all(model, manifests: list[str], output: Path, cfg, opts, device, wo
         for folder in dict.fromkeys([output, *folders]):  # a single manifest's in OUTPUT, where several are decoded
             clear_for_decode(folder)  # every folder before the first manifest: decode_manifest clears none again
     for data, out_dir in zip(manifests, folders):
+        name = out_dir.relative_to(output).as_posix() if len(manifests) > 1 else None  # its folder: clean/test
         try:
-            summary = decode_manifest(model, data, out_dir, cfg, opts, device=device, world=world, cleared=True)
+            summary = decode_manifest(model, data, out_dir, cfg, opts, device=device, world=world, cleared=True,
+                                      name=name)  # fmt: skip
         except (FileNotFoundError, EmptyManifest, BadManifest) as err:  # every rank meets these alike; a fault met
             # decoding may be one rank's, which going on to the next manifest would pair with another's rows
             if world.leader:  # rank 0 says it, once (its folder was cleared at the start: nothing written there)

@@ -41,6 +41,7 @@ from llmasr.data.config import DataConfig
 from llmasr.data.device_features import resolve_features_on
 from llmasr.data.loader import build_decode_loader
 from llmasr.data.manifest import Manifest
+from llmasr.data.manifest_names import set_names
 from llmasr.data.record_fields import target_stand_in
 from llmasr.data.records import language_of
 from llmasr.data.speech_loader import SpeechDataLoader
@@ -236,13 +237,14 @@ def bad_rows(examples: list[dict]) -> list[dict]:
 
 def decode_manifest(
     model, manifest_path: str | Path, out_dir: str | Path, cfg: DecodeConfig, opts: DecodeOptions | None = None,
-    *, device="cpu", world: DecodeWorld = SOLO, cleared: bool = False,
+    *, device="cpu", world: DecodeWorld = SOLO, cleared: bool = False, name: str | None = None,
 ) -> dict | None:  # fmt: skip
     """Decode one manifest into `out_dir`; returns the summary dict (also written to wer.json), with the CTC
     branch's under "ctc" when opts.ctc, and "too_much_bad_data" (the message, or None). On N ranks (`world`) each
     decodes its share and rank 0 writes the whole; the other ranks return None. An earlier decode's files in
     `out_dir` go once the model's checks pass, unless `cleared` (the caller removed them: `llmasr decode` clears
-    every folder it writes before its first manifest)."""
+    every folder it writes before its first manifest). `name`: what the summary calls the manifest (its set name in
+    a decode of several, llmasr.data.manifest_names), else its file name."""
     opts = DecodeOptions() if opts is None else opts
     if opts.ctc and getattr(model, "ctc_head", None) is None:
         raise DecodeError("--ctc: the model has no CTC head (it was trained with model.ctc.weight 0)")
@@ -279,8 +281,8 @@ def decode_manifest(
     write_atomic(out_dir / "bad.jsonl", "".join(json.dumps(r, ensure_ascii=False, default=str) + "\n"
                                                 for r in bad_rows(tracker.examples)))  # fmt: skip
     found = dict(
-        manifest=str(manifest_path), lines=len(getattr(manifest, "base", manifest)), skipped=tracker.bad,
-        skipped_by_reason=dict(tracker.by_reason),
+        manifest=str(manifest_path), name=name or Path(manifest_path).name,
+        lines=len(getattr(manifest, "base", manifest)), skipped=tracker.bad, skipped_by_reason=dict(tracker.by_reason),
         windows=sum(r["windows"] for r in rows), split=sum(r["windows"] > 1 for r in rows),
         max_window_seconds=limit or None, window_overlap=cfg.window_overlap, vad=cfg.vad,
         no_speech=sum(bool(r.get("no_speech")) for r in rows), vad_merge_seconds=cfg.vad_merge_seconds,
@@ -381,18 +383,9 @@ def load_decode_model(
 
 
 def out_dirs(data: list[str], output: Path) -> list[Path]:
-    """One output folder per manifest: OUTPUT itself for one, OUTPUT/<manifest name>[_k] for several."""
+    """One output folder per manifest: OUTPUT itself for one, OUTPUT/NAME for several, NAME the manifest's set name
+    (llmasr.data.manifest_names: the `valid[NAME]` of training on them), its folders nested as the manifests' are
+    (OUTPUT/clean/test/ for clean/test.jsonl beside other/test.jsonl)."""
     if len(data) == 1:
         return [output]
-    names, out = set(), []
-    for path in data:
-        stem = Path(path).name
-        for suffix in (".gz", ".jsonl", ".json"):
-            stem = stem.removesuffix(suffix)
-        name, k = stem, 1
-        while name in names:
-            k += 1
-            name = f"{stem}_{k}"
-        names.add(name)
-        out.append(output / name)
-    return out
+    return [output.joinpath(*name.split("/")) for name in set_names(data)]

@@ -6,7 +6,6 @@ manifest's subfolder that holds files it does not write (an export's llm/ for a 
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import re
@@ -56,13 +55,16 @@ def clear_for_decode(out_dir: Path) -> list[str]:
     return removed
 
 
-def foreign_files(folder: Path, *, ctc: bool = True) -> list[str]:
+def foreign_files(folder: Path, *, ctc: bool = True, ours: frozenset[Path] = frozenset()) -> list[str]:
     """What `folder` holds that no decode writes, as sorted paths under it (a folder other than ctc/ by its name and
-    a slash): a user's own files, or another tool's. `ctc`: a ctc/ folder of a decode's files is its own."""
+    a slash): a user's own files, or another tool's. `ctc`: a ctc/ folder of a decode's files is its own; `ours`:
+    the manifest folders of a decode of several, whose subfolders (clean/ of clean/test/) are their own too."""
     found = []
     for path in sorted(folder.iterdir()):
         if ctc and path.name == CTC_DIR and path.is_dir():
             found += [f"{CTC_DIR}/{name}" for name in foreign_files(path, ctc=False)]
+        elif path.is_dir() and any(path == f or path in f.parents for f in ours):
+            continue  # a manifest's folder nested in this one (dev/ and dev/x/ for dev.jsonl and dev/x.jsonl)
         elif path.is_dir():
             found.append(f"{path.name}/")
         elif not _owned(path.name):
@@ -70,16 +72,20 @@ def foreign_files(folder: Path, *, ctc: bool = True) -> list[str]:
     return found
 
 
-def manifest_folder_problem(folder: Path, manifest: str) -> str | None:
+def manifest_folder_problem(folder: Path, manifest: str, ours: frozenset[Path] = frozenset()) -> str | None:
     """Why the subfolder a decode of several manifests writes `manifest` into may not be written (it is named by
-    the manifest's stem, so an unlucky name lands in a folder of something else's: an export's llm/ for
-    llm.jsonl); None when it is new, empty, or holds only a decode's files."""
+    the manifest's set name, so an unlucky name lands in a folder of something else's: an export's llm/ for
+    llm.jsonl); None when it is new, empty, or holds only a decode's files. `ours`: every manifest folder of this
+    decode and the one before it (earlier_folders), which may sit inside `folder`."""
+    where = f"{folder} (the folder of --data {manifest}: one subfolder per manifest, named as training names it)"
+    above = next((p for p in folder.parents if p.exists()), None)  # clean/ of clean/test/, which mkdir needs a folder
+    if above is not None and not above.is_dir():
+        return f"{where} cannot be made: {above} is a file, not a folder"
     if not folder.exists():
         return None
-    where = f"{folder} (the folder of --data {manifest}: one subfolder per manifest, named by its file name)"
     if not folder.is_dir():
         return f"{where} is a file, not a folder"
-    found = foreign_files(folder)
+    found = foreign_files(folder, ours=ours)
     if not found:
         return None
     more = f" and {len(found) - 3} more" if len(found) > 3 else ""
@@ -89,27 +95,37 @@ def manifest_folder_problem(folder: Path, manifest: str) -> str | None:
     )
 
 
+def earlier_folders(output: Path) -> list[Path]:
+    """The manifest folders an earlier decode of several into `output` wrote (it named them in MANIFEST_INDEX): only
+    folders under `output`, a name that would lead out of it (.., an absolute path) is no folder of a decode's."""
+    try:
+        names = list(json.loads((output / MANIFEST_INDEX).read_text(encoding="utf-8")))
+    except (OSError, ValueError, TypeError):  # none, or not one this code wrote: nothing is known to be stale
+        return []
+    parts = [str(name).split("/") for name in names]
+    return [output.joinpath(*p) for p in parts if all(x not in ("", ".", "..") for x in p)]
+
+
 def clear_earlier_folders(output: Path, keep: list[Path]) -> None:
     """Before a decode into `output`: the per-manifest subfolders an earlier decode of several manifests wrote there
-    (it named them in MANIFEST_INDEX) that this decode does not write again lose that decode's files, so that no
-    folder of stale results sits beside this decode's. Files of the user's own in such a folder stay, and so does
-    the folder then."""
-    index = output / MANIFEST_INDEX
-    try:
-        names = list(json.loads(index.read_text(encoding="utf-8")))
-    except (OSError, ValueError, TypeError):  # none, or not one this code wrote: nothing is known to be stale
-        return
-    for name in names:
-        folder = output / str(name)
-        if folder in keep or Path(str(name)).name != name or not folder.is_dir():  # only subfolders it named
+    (earlier_folders) that this decode does not write again lose that decode's files, so that no folder of stale
+    results sits beside this decode's. Files of the user's own in such a folder stay, and so does the folder then;
+    a nested one's emptied parents (clean/ of clean/test/) go with it."""
+    for folder in earlier_folders(output):
+        if folder in keep or not folder.is_dir():
             continue
         clear_outputs(folder)
-        with contextlib.suppress(OSError):
-            folder.rmdir()
-    index.unlink(missing_ok=True)
+        for empty in (folder, *folder.parents):
+            if empty == output or empty in keep:
+                break
+            try:
+                empty.rmdir()
+            except OSError:  # not empty: files of the user's own, or another manifest's folder
+                break
+    (output / MANIFEST_INDEX).unlink(missing_ok=True)
 
 
 def write_manifest_index(output: Path, manifests: list[str], folders: list[Path]) -> None:
-    """MANIFEST_INDEX: which manifest each subfolder of a decode of several holds, {folder name: manifest path}."""
-    text = json.dumps({f.name: m for f, m in zip(folders, manifests)}, indent=2, ensure_ascii=False)
-    write_atomic(output / MANIFEST_INDEX, text + "\n")
+    """MANIFEST_INDEX: which manifest each subfolder of a decode of several holds, {folder under output: manifest}."""
+    index = {f.relative_to(output).as_posix(): m for f, m in zip(folders, manifests)}
+    write_atomic(output / MANIFEST_INDEX, json.dumps(index, indent=2, ensure_ascii=False) + "\n")

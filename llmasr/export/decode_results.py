@@ -165,7 +165,7 @@ def llm_summary(out_dir: Path, rows: list[dict], found: dict, cfg: DecodeConfig,
         **timing.get("hotwords", {}),
     )
     text = [
-        f"{Path(found['manifest']).name}: {_rate_line(corpus, summary)}",
+        f"{found.get('name') or Path(found['manifest']).name}: {_rate_line(corpus, summary)}",
         _counts(found, len(rows)),
         f"truncated: {summary['truncated']} (length cap {truncated[MAX_TOKENS]}, repetition {truncated[REPETITION]})",
         f"mode {timing['mode']}: audio {audio:.1f} s, decoding {took:.1f} s{_plan_text(summary)}, real-time factor "
@@ -213,7 +213,7 @@ def ctc_summary(out_dir: Path, rows: list[dict], found: dict, cfg: DecodeConfig,
     summary = _scored(corpus, interval, len(rows))
     summary.update(branch="ctc", decoding="greedy best path", **found, audio_seconds=round(audio, 3))
     text = [
-        f"{Path(found['manifest']).name} (CTC branch, greedy): {_rate_line(corpus, summary)}",
+        f"{found.get('name') or Path(found['manifest']).name} (CTC branch, greedy): {_rate_line(corpus, summary)}",
         _counts(found, len(rows)),
         f"audio {audio:.1f} s; the CTC head read the encoder output of the LLM pass (device {timing['device']})",
     ]

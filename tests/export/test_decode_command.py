@@ -78,6 +78,53 @@ def test_several_manifests_get_their_own_directories(exported_dir, tmp_path):
     assert len(_read(tmp_path / "o" / "wer.txt")) == 2 * 5  # five summary lines each
 
 
+def test_manifests_of_one_file_name_get_the_folders_training_names_them_by(exported_dir, tmp_path, capsys):
+    """clean/test.jsonl and other/test.list: training logs them as valid[clean/test] and valid[other/test]; decode
+    had written them to test/ and test.list/ (test/ and test_2/ for two .jsonl), and both wer.txt summaries began
+    "test...:". Now each folder is its set name, nested as the manifests' folders are, and its summary says so."""
+    a = write_corpus(tmp_path / "data" / "clean", TEXTS[:2])
+    b = write_corpus(tmp_path / "data" / "other", TEXTS[2:4]).rename(tmp_path / "data" / "other" / "test.list")
+    out = tmp_path / "o"
+    common = ["--model", str(exported_dir), "--output", str(out), "--max-new-tokens", "2", "--num-workers", "0"]
+    assert main([*common, "--data", str(a), "--data", str(b)]) == 0
+    names = ["clean/test", "other/test"]  # their valid[NAME] in train.log, valid/NAME/* in TensorBoard
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("hyp.txt")) == [f"{n}/hyp.txt" for n in names]
+    assert json.loads((out / "manifests.json").read_text()) == {"clean/test": str(a), "other/test": str(b)}
+    firsts = [line.split(":")[0] for line in _read(out / "wer.txt") if " WER " in line]
+    assert firsts == names and firsts == [line.split(":")[0] for line in capsys.readouterr().out.splitlines()[::5]]
+    assert [json.loads((out / n / "wer.json").read_text())["name"] for n in names] == names
+    assert main([*common, "--data", str(a), "--data", str(b)]) == 0  # decoded into again: its own folders
+    (tmp_path / "o2").mkdir()
+    (tmp_path / "o2" / "clean").write_text("mine")  # the folder clean/test/ needs
+    capsys.readouterr()
+    assert main([*common[:2], "--output", str(tmp_path / "o2"), *common[4:], "--data", str(a), "--data", str(b)]) == 2
+    assert f"{tmp_path / 'o2' / 'clean'} is a file, not a folder" in capsys.readouterr().err
+
+
+def test_a_manifest_s_folder_may_hold_another_s(exported_dir, tmp_path):
+    """a/clean.jsonl, b/clean/test.jsonl and c/test.jsonl are clean/, clean/test/ and c/test/: decoding them again is
+    not refused for the clean/test/ inside clean/, and a decode that no longer writes clean/test/ clears it and the
+    emptied clean/ with it; a manifests.json name leading out of OUTPUT is left alone."""
+    a = write_corpus(tmp_path / "a", TEXTS[:1], name="clean")
+    b = write_corpus(tmp_path / "b" / "clean", TEXTS[1:2])
+    c = write_corpus(tmp_path / "c", TEXTS[2:3])
+    out = tmp_path / "o"
+    common = ["--model", str(exported_dir), "--output", str(out), "--max-new-tokens", "2", "--num-workers", "0"]
+    assert main([*common, "--data", str(b), "--data", str(c), "--data", str(a)]) == 0
+    assert sorted(json.loads((out / "manifests.json").read_text())) == ["c/test", "clean", "clean/test"]
+    assert (out / "clean" / "hyp.txt").is_file() and (out / "clean" / "test" / "hyp.txt").is_file()
+    assert main([*common, "--data", str(a), "--data", str(b), "--data", str(c)]) == 0
+    assert main([*common, "--data", str(a), "--data", str(c)]) == 0  # clean and test now
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_dir()) == ["clean", "test"]
+    assert main([*common, "--data", str(b), "--data", str(c)]) == 0  # clean/test and c/test: clean/ a parent only
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("hyp.txt")) == ["c/test/hyp.txt",
+                                                                                  "clean/test/hyp.txt"]  # fmt: skip
+    (tmp_path / "hyp.txt").write_text("mine")
+    (out / "manifests.json").write_text(json.dumps({"..": "x", "/tmp": "y", "c/test": str(c)}))
+    assert main([*common, "--data", str(a)]) == 0
+    assert (tmp_path / "hyp.txt").read_text() == "mine" and not (out / "c").exists() and (out / "clean").is_dir()
+
+
 def test_a_second_decode_into_the_same_folder_leaves_nothing_stale(exported_dir, tmp_path, capsys):
     """One manifest decoded into OUT, then two: OUT's own hyp.txt, results.jsonl and wer.json from the first run are
     gone (they had stayed beside the new combined wer.txt); a missing manifest is an input error (exit 2), and so
@@ -197,8 +244,8 @@ def test_a_manifest_s_subfolder_of_other_files_is_refused_before_decoding(export
     assert main([*common, "--output", str(export)]) == 2
     err = capsys.readouterr().err
     assert (
-        f"--output {export}: {export / 'llm'} (the folder of --data {a}: one subfolder per manifest, named by its "
-        "file name) already holds files llmasr decode does not write (" in err
+        f"--output {export}: {export / 'llm'} (the folder of --data {a}: one subfolder per manifest, named as "
+        "training names it) already holds files llmasr decode does not write (" in err
     )
     assert "give another --output, or rename the manifest so that its folder is a new one" in err
     assert sorted(p.name for p in (export / "llm").iterdir()) == llm_files and not (export / "dev").exists()

@@ -9,7 +9,7 @@ from llmasr.recipe import load_recipe
 from llmasr.testing.tiny_corpus import tiny_recipe_dict, write_tiny_corpus
 from llmasr.train.progress import parse_log_line
 from llmasr.train.trainer import train
-from llmasr.train.valid_sets import ValidSets, set_names
+from llmasr.train.valid_sets import ValidSets
 
 NAMES = ["clean/dev", "other/dev"]  # both manifests are dev.jsonl: named by their folders too
 
@@ -72,14 +72,6 @@ def test_two_valid_manifests_each_get_their_line_and_scalars(tiny_llm_dir, tmp_p
         assert {f"valid/{name}/wer", f"valid/{name}/loss", f"valid/{name}/acc", f"valid/{name}/n_utts"} <= set(tags)
         assert [e.step for e in events.Scalars(f"valid/{name}/wer")] == [1, 2, 3, 4]
     assert [e.step for e in events.Scalars("valid/wer")] == [1, 2, 3, 4]
-
-
-def test_set_names():
-    assert set_names(["/d/dev_clean.jsonl", "/d/dev_other.jsonl.gz"]) == ["dev_clean", "dev_other"]
-    assert set_names(["/d/clean/dev.jsonl", "/d/other/dev.jsonl", "/e/x.jsonl"]) == ["clean/dev", "other/dev", "x"]
-    assert set_names(["/a/in/dev.jsonl", "/b/in/dev.jsonl"]) == ["a/in/dev", "b/in/dev"]
-    assert set_names(["/d/my dev.jsonl", "/d/dev.v2.jsonl"]) == ["my_dev", "dev.v2"]  # log lines split on spaces
-    assert set_names(["/d/dev.jsonl", "/d/dev.jsonl.gz"]) == ["d/dev#0", "d/dev#1"]  # data.valid's places
 
 
 def test_rows_map_to_their_manifest():
