@@ -16,14 +16,17 @@ EXTENSIONS = (".gz", ".jsonl", ".json", ".txt", ".list", ".scp")
 def set_names(paths: Sequence[str | os.PathLike]) -> list[str]:
     """A name for each manifest: its file name without extensions (dev_clean for dev_clean.jsonl.gz), with parent
     folders before it where two share it (clean/dev, other/dev), and its place in the list where even the whole
-    path does not tell them apart (dev.jsonl beside dev.jsonl.gz). Whitespace becomes _ (log lines split on it).
-    Two manifests never share a name; a name's parts are never empty, `.` or `..`."""
+    path does not tell them apart (dev#0 and dev#1 for dev.jsonl beside dev.jsonl.gz: folders both have say
+    nothing). Whitespace becomes _ (log lines split on it). Two manifests never share a name; a name's parts are
+    never empty, `.` or `..`."""
     tails = [_tail(p) for p in paths]
     depth = [1] * len(tails)
     while True:
         names = ["/".join(t[-d:]) for t, d in zip(tails, depth)]
         clash = [i for i, name in enumerate(names) if names.count(name) > 1]
-        grown = [i for i in clash if depth[i] < len(tails[i])]
+        # a name grows only while a manifest of another path shares it: a parent folder tells those apart
+        grown = [i for i in clash if depth[i] < len(tails[i])
+                 and any(names[j] == names[i] and tails[j] != tails[i] for j in clash)]  # fmt: skip
         if not grown:
             break
         for i in grown:
