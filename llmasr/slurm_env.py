@@ -12,9 +12,9 @@ MASTER_PORT come from the batch script (`MASTER_HINT`), or the task refuses.
 Which process is which (srun's and sbatch's OUTPUT ENVIRONMENT VARIABLES): srun sets SLURM_STEP_ID,
 SLURM_STEP_NUM_TASKS and SLURM_STEP_TASKS_PER_NODE for the tasks of its step, and SLURM_PROCID, SLURM_LOCALID and
 SLURM_NODEID (step-relative) for each task. The batch script's own process has SLURM_NTASKS (the job's), and
-SLURM_PROCID=0, but no SLURM_STEP_ID (slurmstepd sets it only for a step's tasks): `python -m llmasr train` run in
-the script itself stays a plain 1-process run. RANK or WORLD_SIZE already set (srun running torchrun or deepspeed,
-one per node) win: that launcher numbers the ranks.
+SLURM_PROCID=0, but neither SLURM_STEP_ID (slurmstepd sets it only for a step's tasks) nor SLURM_STEP_NUM_TASKS
+(srun's alone): `python -m llmasr train` run in the script itself stays a plain 1-process run. RANK or WORLD_SIZE
+already set (srun running torchrun or deepspeed, one per node) win: that launcher numbers the ranks.
 """
 
 from __future__ import annotations
@@ -86,7 +86,7 @@ def slurm_step(environ=os.environ) -> SlurmStep | None:
     ConfigError when SLURM's variables contradict each other (which ones, and their values)."""
     if "RANK" in environ or "WORLD_SIZE" in environ or not environ.get("SLURM_STEP_ID", "").strip():
         return None
-    tasks = _int(environ, "SLURM_STEP_NUM_TASKS", "SLURM_NTASKS")
+    tasks = _int(environ, "SLURM_STEP_NUM_TASKS")  # not SLURM_NTASKS: the batch script has the job's, srun -E too
     if tasks is None or tasks[1] <= 1:
         return None
     size_name, size = tasks
@@ -97,8 +97,8 @@ def slurm_step(environ=os.environ) -> SlurmStep | None:
             raise ConfigError(f"srun step of {size} tasks ({size_name}={size}) without {names[0]} in the environment: "
                               "cannot tell which rank this task is")  # fmt: skip
         found[key] = value[1]
-    per_name = next((n for n in ("SLURM_STEP_TASKS_PER_NODE", "SLURM_TASKS_PER_NODE") if environ.get(n)), None)
-    if per_name is None:
+    per_name = "SLURM_STEP_TASKS_PER_NODE"
+    if not environ.get(per_name):
         raise ConfigError(f"srun step of {size} tasks ({size_name}={size}) without SLURM_STEP_TASKS_PER_NODE in the "
                           "environment: cannot tell how many ranks share this node")  # fmt: skip
     try:

@@ -60,6 +60,8 @@ def test_the_batch_scripts_own_process_is_no_srun_task():
     not wait for 7 ranks that never come."""
     batch = {k: v for k, v in task(0, 0, 0).items() if not k.startswith(("SLURM_STEP", "SLURM_STEPID"))}
     assert "SLURM_NTASKS" in batch and slurm_step(batch) is None
+    batch["SLURM_STEP_ID"] = "4294967291"  # the batch step's own id, should a Slurm write it: still no srun step
+    assert slurm_step(batch) is None
 
 
 @pytest.mark.parametrize(
