@@ -1,7 +1,8 @@
 """`llmasr VERB ...`: one console command; the verb table, each verb's main in llmasr.commands.
 
 Works under the DeepSpeed launcher (`deepspeed --num_gpus N --module llmasr train ...`), which adds
-`--local_rank=N` to the arguments, and under torchrun, which sets LOCAL_RANK in the environment.
+`--local_rank=N` to the arguments, under torchrun, which sets LOCAL_RANK in the environment, and as the tasks of an
+srun step (`srun -n N python -m llmasr train ...`, llmasr.slurm_env).
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import os
 import sys
 from importlib import import_module
 
-from llmasr import errors
+from llmasr import errors, slurm_env
 
 VERBS = {
     "train": ("llmasr.commands.train", "fine-tune a speech LLM under DeepSpeed (1..N ranks)"),
@@ -22,6 +23,8 @@ VERBS = {
     "data": ("", "data tools: `llmasr data check|cmvn|kaldi ...` (validate manifests, global CMVN, Kaldi -> jsonl)"),
     "demo": ("llmasr.commands.demo", "synthesize speech, train, export and decode a tiny model on this machine"),
 }
+
+RANKED = ("train", "decode")  # the verbs whose ranks join one process group
 
 DATA_TOOLS = {
     "check": "llmasr.commands.data_check",
@@ -79,9 +82,14 @@ def main(argv: list[str] | None = None) -> int:
                   else sys.stderr)  # fmt: skip
             return 0 if asked else 2
         module_name, rest = DATA_TOOLS[rest[0]], rest[1:]
+
+    def run_verb(args: list[str]):
+        if verb in RANKED:  # an srun task's rank, before anything can fail: rank 0 alone reports (errors.report)
+            slurm_env.adopt()
+        return import_module(module_name).main(args)
+
     # Commands decorated with errors.command report their own errors; this catches the rest (an import that fails).
-    return errors.run(f"llmasr {verb}" if verb != "data" else f"llmasr data {argv[1]}",
-                      lambda args: import_module(module_name).main(args), rest)  # fmt: skip
+    return errors.run(f"llmasr {verb}" if verb != "data" else f"llmasr data {argv[1]}", run_verb, rest)
 
 
 def entry() -> int:

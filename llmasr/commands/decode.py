@@ -10,7 +10,7 @@ import logging
 import sys
 from pathlib import Path
 
-from llmasr import errors
+from llmasr import errors, slurm_env
 from llmasr.atomic_file import write_atomic
 from llmasr.config_io import ConfigError
 from llmasr.config_paths import output_problem
@@ -250,6 +250,8 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as err:
         print(f"llmasr decode: error: {err}", file=sys.stderr)
         return 2
+    if slurm_env.adopted() is not None and world.leader:
+        log.info("%s", slurm_env.adopted().describe())
     try:
         device = world.device(args.device)
     except ValueError as err:

@@ -22,6 +22,7 @@ from datetime import timedelta
 import numpy as np
 import torch
 
+from llmasr import slurm_env
 from llmasr.data.bad_data import BadDataTracker
 from llmasr.rank_verdict import failed_ranks, stop_together, verdict
 
@@ -64,7 +65,9 @@ class DecodeWorld:
 
     @classmethod
     def from_env(cls, environ=os.environ) -> DecodeWorld:
-        """The launcher's RANK / WORLD_SIZE / LOCAL_RANK (one process without them)."""
+        """The launcher's RANK / WORLD_SIZE / LOCAL_RANK, or an srun step's (llmasr.slurm_env); one process without
+        them."""
+        slurm_env.adopt(environ)
         try:
             size, rank = int(environ.get("WORLD_SIZE", "1")), int(environ.get("RANK", "0"))
             local = int(environ.get("LOCAL_RANK", "0"))
@@ -80,7 +83,8 @@ class DecodeWorld:
             requested = "cuda" if torch.cuda.is_available() else "cpu"
         device = usable_device(requested)
         if device.type == "cuda" and device.index is None:
-            device = usable_device(torch.device("cuda", self.local_rank if self.size > 1 else 0))
+            index = slurm_env.device_index(self.local_rank, torch.cuda.device_count()) if self.size > 1 else 0
+            device = usable_device(torch.device("cuda", index))
         return device
 
     def start(self, device: torch.device) -> None:

@@ -13,6 +13,8 @@ from typing import NoReturn
 
 import torch
 
+from llmasr import slurm_env
+
 
 @dataclass
 class DistInfo:
@@ -50,8 +52,9 @@ def share_cpu_cores() -> None:
 
 def init_distributed() -> DistInfo:
     """Join (or, without a launcher, create) the process group: gloo on CPU, nccl on CUDA (DeepSpeed's accelerator
-    decides). Under `deepspeed` or `torchrun` the launcher's RANK/WORLD_SIZE/MASTER_* are used; a plain `llmasr
-    train` becomes a 1-rank group on a free local port."""
+    decides). Under `deepspeed` or `torchrun` the launcher's RANK/WORLD_SIZE/MASTER_* are used, in an srun step of
+    several tasks SLURM's (llmasr.slurm_env); a plain `llmasr train` becomes a 1-rank group on a free local port."""
+    slurm_env.adopt()
     if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
         os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK=os.environ.get("LOCAL_RANK", "0"))
         os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
@@ -73,8 +76,9 @@ def init_distributed() -> DistInfo:
         device = torch.device("cpu")
         share_cpu_cores()
     else:
-        acc.set_device(local_rank)
-        device = torch.device(acc.device_name(local_rank))
+        index = slurm_env.device_index(local_rank, acc.device_count())
+        acc.set_device(index)
+        device = torch.device(acc.device_name(index))
     return DistInfo(
         rank=torch.distributed.get_rank(),
         world_size=torch.distributed.get_world_size(),

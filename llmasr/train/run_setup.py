@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from llmasr import errors
+from llmasr import errors, slurm_env
 from llmasr import run_dir as ck
 from llmasr.models.builder import start_notes
 from llmasr.models.fused_kernels import apply_fused_kernels, check_fused_kernels
@@ -53,6 +53,8 @@ class RunSetup:
         self.dist = init_distributed()
         self.rank, self.world = self.dist.rank, self.dist.world_size
         self.startup_log = StartupLog.attach(self.rank)  # train.log starts with what is logged before it exists
+        if slurm_env.adopted() is not None:
+            log.info("%s", slurm_env.adopted().describe())
         self.gather = all_gather_object if self.world > 1 else None  # start-up steps a rank may fail alone
         self.run_dir = Path(tc.output_dir)
         self.ckpt_dir = ck.checkpoints_dir(self.run_dir)

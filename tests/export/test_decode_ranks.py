@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from llmasr import slurm_env
 from llmasr.commands.decode import main
 from llmasr.export.decode import DecodeOptions, decode_loader
 from llmasr.export.decode_world import DecodeWorld
@@ -209,6 +210,22 @@ def test_the_world_comes_from_the_launcher_and_each_rank_takes_its_own_gpu(monke
         DecodeWorld.from_env({"RANK": "4", "WORLD_SIZE": "4"})
     with pytest.raises(ValueError, match="must be integers"):
         DecodeWorld.from_env({"RANK": "x", "WORLD_SIZE": "2"})
+
+
+def test_the_tasks_of_an_srun_step_are_the_ranks_of_one_decode(monkeypatch):
+    """`srun -n 4` on 2 nodes sets SLURM_* only: task 3 decodes every 4th batch as rank 3, not everything alone. With
+    --gpus-per-task=1 it sees one GPU, its own, as cuda:0."""
+    monkeypatch.setattr(slurm_env, "_adopted", None)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    environ = {"SLURM_STEP_ID": "0", "SLURM_STEP_NUM_TASKS": "4", "SLURM_STEP_TASKS_PER_NODE": "2(x2)",
+               "SLURM_PROCID": "3", "SLURM_LOCALID": "1", "SLURM_NODEID": "1", "MASTER_ADDR": "gpu01",
+               "MASTER_PORT": "29500"}  # fmt: skip
+    unset = {k: v for k, v in environ.items() if not k.startswith("MASTER")}
+    world = DecodeWorld.from_env(environ)
+    assert world == DecodeWorld(3, 4, 1) and str(world.device("cuda")) == "cuda:0"
+    with pytest.raises(ValueError, match="needs MASTER_ADDR and MASTER_PORT"):  # decode's main prints it, status 2
+        DecodeWorld.from_env(unset)
 
 
 def test_a_rank_whose_node_lacks_a_file_stops_every_rank_before_decoding(exported_dir, manifest, tmp_path, monkeypatch,

@@ -1,0 +1,78 @@
+"""`srun -n 2 python -m llmasr train ...`: two processes given the environment srun gives the two tasks of one step
+(SLURM_* only; MASTER_ADDR / MASTER_PORT from the batch script) train as one 2-rank run. Before, each task made a
+1-rank run of its own in the same folder: one trained alone, the other failed on the folder's lock."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from llmasr import run_dir as ck
+from llmasr.testing.tiny_corpus import tiny_recipe_dict, write_tiny_corpus
+from llmasr.train.process_group import free_port
+
+pytestmark = pytest.mark.slow
+
+LAUNCHERS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_SIZE", "LOCAL_WORLD_SIZE", "CROSS_RANK", "MASTER_ADDR",
+             "MASTER_PORT")  # fmt: skip
+
+
+def srun_env(procid: int, **extra) -> dict:
+    """What srun sets for task `procid` of a 2-task step on one node (sbatch -n 2), over this environment."""
+    env = {k: v for k, v in os.environ.items() if k not in LAUNCHERS and not k.startswith("SLURM")}
+    env.update(SLURM_JOB_ID="4242", SLURM_JOBID="4242", SLURM_STEP_ID="0", SLURM_STEPID="0", SLURM_NTASKS="2",
+               SLURM_NPROCS="2", SLURM_STEP_NUM_TASKS="2", SLURM_STEP_NUM_NODES="1", SLURM_NNODES="1",
+               SLURM_TASKS_PER_NODE="2", SLURM_STEP_TASKS_PER_NODE="2", SLURM_JOB_NODELIST="node01",
+               SLURM_STEP_NODELIST="node01", SLURM_NODEID="0", SLURM_PROCID=str(procid), SLURM_LOCALID=str(procid),
+               PYTHONPATH=os.pathsep.join(sys.path), **extra)  # fmt: skip
+    return env
+
+
+def start_tasks(recipe_file, out_dir, **extra) -> list[tuple[int, str]]:
+    """(exit status, output) of each task of the step."""
+    cmd = [sys.executable, "-m", "llmasr", "train", "--config", str(recipe_file), "--deepspeed", "zero0"]
+    procs = []
+    for rank in range(2):
+        out = open(out_dir / f"task{rank}.txt", "w+", encoding="utf-8")  # noqa: SIM115 - read back below
+        procs.append((subprocess.Popen(cmd, env=srun_env(rank, **extra), stdout=out, stderr=subprocess.STDOUT), out))
+    try:
+        for proc, _ in procs:
+            proc.wait(timeout=180)
+    finally:
+        for proc, _ in procs:
+            proc.kill()
+    done = []
+    for proc, out in procs:
+        out.seek(0)
+        done.append((proc.returncode, out.read()))
+        out.close()
+    return done
+
+
+def test_the_tasks_of_an_srun_step_train_as_one_run(tiny_llm_dir, tmp_path):
+    corpus = write_tiny_corpus(tmp_path / "corpus", n=8)
+    run = tmp_path / "run"
+    recipe_file = tmp_path / "recipe.yaml"
+    recipe_file.write_text(yaml.safe_dump(tiny_recipe_dict(tiny_llm_dir, train=[corpus], output_dir=run, grad_accum=1,
+                                                           epochs=2)))  # fmt: skip
+    tasks = start_tasks(recipe_file, tmp_path, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
+    assert [code for code, _ in tasks] == [0, 0], tasks[0][1][-3000:] + tasks[1][1][-3000:]
+    log = (run / ck.TRAIN_LOG).read_text(encoding="utf-8")
+    assert "ranks from SLURM (job 4242, srun step 0): rank 0 of 2 tasks on 1 node(s)" in log
+    assert "(world size 2)" in log and "x world 2 = train_batch_size 2" in log and "1 CPU threads per rank" in log
+    assert log.count(" train update=") == 2  # 8 lines, 4 per rank: 1 update an epoch
+    assert "train update=" not in tasks[1][1]  # rank 1 reports nothing of its own
+
+
+def test_an_srun_step_without_master_addr_is_refused_once_with_how_to_set_it(tiny_llm_dir, tmp_path):
+    corpus = write_tiny_corpus(tmp_path / "corpus", n=4)
+    recipe_file = tmp_path / "recipe.yaml"
+    recipe_file.write_text(yaml.safe_dump(tiny_recipe_dict(tiny_llm_dir, train=[corpus], output_dir=tmp_path / "run")))
+    tasks = start_tasks(recipe_file, tmp_path)
+    assert [code for code, _ in tasks] == [2, 2], tasks[0][1][-3000:] + tasks[1][1][-3000:]
+    out = tasks[0][1] + tasks[1][1]
+    assert out.count("llmasr train: error: an srun step of 2 tasks needs MASTER_ADDR and MASTER_PORT") == 1, out
+    assert 'export MASTER_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)' in out
+    assert not (tmp_path / "run").exists() and "Traceback" not in out
