@@ -15,6 +15,10 @@ SLURM_NODEID (step-relative) for each task. The batch script's own process has S
 SLURM_PROCID=0, but neither SLURM_STEP_ID (slurmstepd sets it only for a step's tasks) nor SLURM_STEP_NUM_TASKS
 (srun's alone): `python -m llmasr train` run in the script itself stays a plain 1-process run. RANK or WORLD_SIZE
 already set (srun running torchrun or deepspeed, one per node) win: that launcher numbers the ranks.
+
+A task bound to one GPU of its node (`--gpus-per-task=1`, or cgroups that show each task its own) sees it as device
+0, while DeepSpeed takes a rank's device by LOCAL_RANK (the engine, ZeRO-3's partitioning): such a task is written as
+local rank 0 of 1, a node of its own GPU to every reader (its start-up screen is then its own, not shared).
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import MutableMapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from llmasr.config_io import ConfigError
 
@@ -56,17 +60,21 @@ class SlurmStep:
     nodes: int
     step: str = ""
     job: str = ""
+    bound: bool = False  # the task sees one GPU, its own, as device 0 (see the module's docstring)
 
     def launcher_env(self) -> dict[str, str]:
-        return {"RANK": str(self.rank), "WORLD_SIZE": str(self.world_size), "LOCAL_RANK": str(self.local_rank),
-                "LOCAL_SIZE": str(self.local_size), "CROSS_RANK": str(self.node)}  # fmt: skip
+        local, size = (0, 1) if self.bound else (self.local_rank, self.local_size)
+        return {"RANK": str(self.rank), "WORLD_SIZE": str(self.world_size), "LOCAL_RANK": str(local),
+                "LOCAL_SIZE": str(size), "CROSS_RANK": str(self.node)}  # fmt: skip
 
     def describe(self, environ=os.environ) -> str:
         """The one log line saying where the ranks come from."""
         where = f"{environ.get('MASTER_ADDR', '?')}:{environ.get('MASTER_PORT', '?')}"
         return (f"ranks from SLURM (job {self.job or '?'}, srun step {self.step or '?'}): rank {self.rank} of "
                 f"{self.world_size} tasks on {self.nodes} node(s), local rank {self.local_rank} of {self.local_size} "
-                f"on node {self.node}; the ranks meet at {where} (MASTER_ADDR:MASTER_PORT)")  # fmt: skip
+                f"on node {self.node}; the ranks meet at {where} (MASTER_ADDR:MASTER_PORT)"
+                + ("; the task sees one GPU, its own: device 0, local rank 0 of 1 to DeepSpeed" if self.bound
+                   else ""))  # fmt: skip
 
 
 def _int(environ, *names: str) -> tuple[str, int] | None:
@@ -128,6 +136,8 @@ def adopt(environ: MutableMapping[str, str] = os.environ) -> SlurmStep | None:
     step = slurm_step(environ)
     if step is None:
         return None
+    if step.local_size > 1 and visible_gpus() == 1:
+        step = replace(step, bound=True)
     environ.update(step.launcher_env())
     missing = [name for name in ("MASTER_ADDR", "MASTER_PORT") if not environ.get(name, "").strip()]
     if missing:
@@ -143,7 +153,8 @@ def adopted() -> SlurmStep | None:
     return _adopted
 
 
-def device_index(local_rank: int, visible: int) -> int:
-    """The accelerator a rank takes among the `visible` ones: its local rank, except for an srun task that sees one
-    device only (`--gpus-per-task=1` binds one GPU to each task, which then sees it as device 0)."""
-    return 0 if _adopted is not None and visible == 1 else local_rank
+def visible_gpus() -> int:
+    """How many CUDA devices this process sees (0 without CUDA); counting them starts no CUDA context."""
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0

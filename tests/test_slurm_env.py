@@ -4,12 +4,13 @@ import pytest
 
 from llmasr import slurm_env
 from llmasr.config_io import ConfigError
-from llmasr.slurm_env import SlurmStep, adopt, device_index, slurm_step, tasks_per_node
+from llmasr.slurm_env import SlurmStep, adopt, slurm_step, tasks_per_node
 
 
 @pytest.fixture(autouse=True)
 def not_adopted(monkeypatch):
     monkeypatch.setattr(slurm_env, "_adopted", None)
+    monkeypatch.setattr(slurm_env, "visible_gpus", lambda: 0)  # a CPU node, wherever the tests run
 
 
 def task(procid, localid, nodeid, *, ntasks=8, per_node="4(x2)", **extra):
@@ -130,7 +131,15 @@ def test_adopt_refuses_to_guess_where_the_ranks_meet(given, missing):
     assert environ["RANK"] == "0" and slurm_env.adopted() is None  # the rank is known: only rank 0 reports it
 
 
-def test_an_srun_task_bound_to_one_gpu_takes_it_whatever_its_local_rank():
-    assert device_index(3, 1) == 3  # no srun step: the launcher's local rank, as before
-    adopt(task(3, 3, 0, MASTER_ADDR="gpu01", MASTER_PORT="29500"))
-    assert (device_index(3, 1), device_index(3, 4), device_index(3, 8)) == (0, 3, 3)  # --gpus-per-task=1: sees one
+@pytest.mark.parametrize(("gpus", "local"), [(1, ("0", "1")), (4, ("3", "4")), (0, ("3", "4"))])
+def test_an_srun_task_bound_to_one_gpu_is_local_rank_0_of_1(monkeypatch, gpus, local):
+    """--gpus-per-task=1 shows each task its own GPU as device 0, and DeepSpeed takes a rank's device by LOCAL_RANK
+    (set_device(3) there had failed): such a task is local rank 0 of 1. A task that sees the node's GPUs, or none
+    (CPU ranks), keeps its local rank and the node's size."""
+    monkeypatch.setattr(slurm_env, "visible_gpus", lambda: gpus)
+    environ = task(3, 3, 0, MASTER_ADDR="gpu01", MASTER_PORT="29500")
+    step = adopt(environ)
+    assert (environ["LOCAL_RANK"], environ["LOCAL_SIZE"], environ["RANK"], environ["CROSS_RANK"]) == (*local, "3", "0")
+    assert step.bound == (gpus == 1)
+    assert ("the task sees one GPU, its own: device 0, local rank 0 of 1 to DeepSpeed" in step.describe(environ)) == (
+        gpus == 1)  # fmt: skip

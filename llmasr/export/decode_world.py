@@ -83,8 +83,7 @@ class DecodeWorld:
             requested = "cuda" if torch.cuda.is_available() else "cpu"
         device = usable_device(requested)
         if device.type == "cuda" and device.index is None:
-            index = slurm_env.device_index(self.local_rank, torch.cuda.device_count()) if self.size > 1 else 0
-            device = usable_device(torch.device("cuda", index))
+            device = usable_device(torch.device("cuda", self.local_rank if self.size > 1 else 0))
         return device
 
     def start(self, device: torch.device) -> None:

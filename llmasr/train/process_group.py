@@ -76,9 +76,8 @@ def init_distributed() -> DistInfo:
         device = torch.device("cpu")
         share_cpu_cores()
     else:
-        index = slurm_env.device_index(local_rank, acc.device_count())
-        acc.set_device(index)
-        device = torch.device(acc.device_name(index))
+        acc.set_device(local_rank)
+        device = torch.device(acc.device_name(local_rank))
     return DistInfo(
         rank=torch.distributed.get_rank(),
         world_size=torch.distributed.get_world_size(),

@@ -223,7 +223,7 @@ def test_the_tasks_of_an_srun_step_are_the_ranks_of_one_decode(monkeypatch):
                "MASTER_PORT": "29500"}  # fmt: skip
     unset = {k: v for k, v in environ.items() if not k.startswith("MASTER")}
     world = DecodeWorld.from_env(environ)
-    assert world == DecodeWorld(3, 4, 1) and str(world.device("cuda")) == "cuda:0"
+    assert world == DecodeWorld(3, 4, 0) and str(world.device("cuda")) == "cuda:0"  # local rank 0 of its own GPU
     with pytest.raises(ValueError, match="needs MASTER_ADDR and MASTER_PORT"):  # decode's main prints it, status 2
         DecodeWorld.from_env(unset)
 
