@@ -127,8 +127,10 @@ def located(err: Exception, path, overrides: list[str] | None) -> Exception:
 
 def _keys_named(line: str) -> list[str]:
     """The dotted recipe keys a message's line names after its leading one ("... but model.encoder.conf.input_size
-    is 80")."""
-    return re.findall(r"(?<![\w./])[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)+(?![\w/])", line.split(":", 1)[-1])
+    is 80"), in what it says is wrong: not in the advice after a ";" (a DeepSpeed key's refusal that says why,
+    naming train.output_dir, is not that key's fault)."""
+    said = line.split(":", 1)[-1].split(";")[0]
+    return re.findall(r"(?<![\w./])[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)+(?![\w/])", said)
 
 
 def _by_override(item: str, message: str) -> str:

@@ -299,7 +299,8 @@ class BadDataTracker:
             "by reason: " + ", ".join(f"{r}: {c}" for r, c in self.by_reason.most_common()),
             f"first {len(self.examples)} bad items:",
         ]
-        lines += [f"  {e.get('manifest')}:{e.get('line')} key={e.get('key')}: {e.get('reason')}" for e in self.examples]
+        lines += [f"  {e.get('manifest')}:{e.get('line')} key={e.get('key')}: {e.get('reason')}"
+                  + (f" (met by {e['found_on']})" if e.get("found_on") else "") for e in self.examples]  # fmt: skip
         lines.append(f"Fix or remove these lines (`llmasr data check MANIFEST` lists them all), or raise {setting}.")
         return "\n".join(lines)
 

@@ -24,7 +24,7 @@ import torch
 
 from llmasr import slurm_env
 from llmasr.data.bad_data import BadDataTracker
-from llmasr.rank_verdict import failed_ranks, stop_together, verdict
+from llmasr.rank_verdict import failed_ranks, node_name, stop_together, verdict
 
 GATHER_TIMEOUT = timedelta(hours=2)
 
@@ -149,7 +149,10 @@ class DecodeWorld:
         if self.size == 1:
             return items, tracker, [len(items)]
         static = len(tracker.static)
-        everyone = self.gather((items, tracker.examples[static:]))
+        # each with the rank that met it: a clip one node's copy lacks is met only by the rank that decodes it, at a
+        # path that reads the same on every node
+        mine = [{**rec, "found_on": f"rank {self.rank} (node {node_name()})"} for rec in tracker.examples[static:]]
+        everyone = self.gather((items, mine))
         merged: dict[int, dict] = {}
         keep = static + sum(len(found) for _, found in everyone) + 1  # every rank's, not this one's times the ranks
         out = BadDataTracker(tracker.max_bad_fraction, name=tracker.name, keep_examples=keep, enforce=False)

@@ -6,8 +6,11 @@ run's master port must be gone when it ends (llmasr.train.shm).
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -43,6 +46,45 @@ def launch_train(recipe_file, preset: str, run_dir, *overrides: str, resume=Fals
     assert proc.returncode == expect_rc, proc.stdout[-4000:] + proc.stderr[-4000:]
     assert_no_shm_left(port)
     return proc
+
+
+def launch_nodes(args: list[str], cwds: list, *, ranks: list[int] | None = None, timeout=300) -> list[tuple[int, str]]:
+    """`llmasr ARGS` on simulated nodes of this machine: one `deepspeed.launcher.launch` a node, as DeepSpeed's
+    multi-node runner starts it on each host (its --world_info, --node_rank, CROSS_RANK), node i in its own working
+    directory `cwds[i]` with `ranks[i]` ranks (1 each by default). Every node has this host's name: the launcher's
+    node number tells them apart. Returns each node's (exit status, output); no shm buffer may be left."""
+    ranks = ranks or [1] * len(cwds)
+    port = free_port()
+    world = json.dumps({f"node{i}": list(range(n)) for i, n in enumerate(ranks)})
+    info = base64.urlsafe_b64encode(world.encode()).decode()
+    env = launcher_env()
+    here = str(Path(__file__).resolve().parents[2])  # this checkout: the nodes start elsewhere
+    env["PYTHONPATH"] = os.pathsep.join(
+        [here, *(os.path.abspath(p) for p in env.get("PYTHONPATH", "").split(":") if p)]
+    )
+    procs, outs = [], []
+    for node, cwd in enumerate(cwds):
+        out = open(Path(cwd) / f".node{node}.out", "w+", encoding="utf-8")  # noqa: SIM115 - read back below
+        cmd = [sys.executable, "-u", "-m", "deepspeed.launcher.launch", f"--world_info={info}", f"--node_rank={node}",
+               "--master_addr=127.0.0.1", f"--master_port={port}", "--module", "llmasr", *args]  # fmt: skip
+        procs.append(subprocess.Popen(cmd, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                      start_new_session=True))  # fmt: skip
+        outs.append(out)
+    try:
+        deadline = time.monotonic() + timeout
+        codes = [p.wait(timeout=max(1.0, deadline - time.monotonic())) for p in procs]
+    finally:
+        for p in procs:  # a node left waiting for another: its launcher and ranks
+            if p.poll() is None:
+                os.killpg(p.pid, 9)
+                p.wait()
+    texts = []
+    for out in outs:
+        out.seek(0)
+        texts.append(out.read())
+        out.close()
+    assert_no_shm_left(port)
+    return list(zip(codes, texts, strict=True))
 
 
 class Started:

@@ -56,7 +56,10 @@ def check_shared(run_dir: str | Path, token: str, *, rank: int, resume: str | No
     token."""
     path = Path(run_dir) / token
     try:
-        mine = {"node": node_name(), "missing": None if rank == 0 else _sees(path, wait_s), "resume": resume}
+        # the folder as this rank resolves it: a relative train.output_dir is read from each rank's working directory
+        folder = os.path.abspath(run_dir)
+        mine = {"node": node_name(), "missing": None if rank == 0 else _sees(path, wait_s), "resume": resume,
+                "folder": folder}  # fmt: skip
         everyone = all_gather(mine)
     finally:
         if rank == 0:
@@ -64,12 +67,13 @@ def check_shared(run_dir: str | Path, token: str, *, rank: int, resume: str | No
     first = everyone[0]
     unseen = [(r, o) for r, o in enumerate(everyone) if o["missing"] is not None]
     if unseen:
-        who = "; ".join(f"rank {r} (node {o['node']}): {o['missing']}" for r, o in unseen)
+        who = "; ".join(f"rank {r} (node {o['node']}) in {o['folder']}: {o['missing']}" for r, o in unseen)
+        relative = "" if os.path.isabs(run_dir) else " (a relative path is read from each rank's working directory)"
         raise ConfigError(
             f"train.output_dir {run_dir} is not one folder every rank shares: rank 0 (node {first['node']}) wrote "
-            f"{token} in it, which these ranks do not see: {who}. Every rank writes its checkpoint shards there and "
-            "rank 0 the checkpoints' meta and `latest`, which every rank reads to resume: put train.output_dir on a "
-            "filesystem every node mounts at the same path"
+            f"{token} in {first['folder']}, which these ranks do not see: {who}. Every rank writes its checkpoint "
+            "shards there and rank 0 the checkpoints' meta and `latest`, which every rank reads to resume: put "
+            f"train.output_dir on a filesystem every node mounts at the same path{relative}"
         )
     differ = [(r, o) for r, o in enumerate(everyone) if o["resume"] != first["resume"]]
     if differ:

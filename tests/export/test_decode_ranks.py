@@ -302,3 +302,19 @@ def test_ranks_that_ask_for_other_lines_all_refuse_to_merge_their_counts():
     out = run_ranks(2, rank, timeout=20)
     assert all(isinstance(e, ValueError) for e in out), out
     assert "rank 1 asked for the counts of 6 lines, rank 0 for 5" in str(out[0]) and str(out[0]) == str(out[1])
+
+
+def test_a_bad_line_met_decoding_is_named_with_the_rank_and_node_that_met_it():
+    """A clip one node's copy lacks is met only by the rank that decodes it, at a path that reads the same on every
+    node: the refusal named the line and that path, not which node lacks the file."""
+    from llmasr.data.bad_data import BadDataTracker
+
+    def rank(r, gather):
+        tracker = BadDataTracker(0.0, name="decode test.jsonl", enforce=False)
+        if r == 1:
+            tracker.add_bad({"manifest": "test.jsonl", "line": 4, "key": "u3", "reason": "audio: file not found"})
+        return thread_world(r, 2, gather).merge({r: {"hyp": "x"}}, tracker)[1]
+
+    for merged in run_ranks(2, rank, timeout=20):
+        assert merged.bad == 1 and merged.exceeded
+        assert f"test.jsonl:4 key=u3: audio: file not found (met by rank 1 (node {node_name()}))" in merged.message()

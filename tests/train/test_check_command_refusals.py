@@ -251,6 +251,19 @@ def test_features_sized_unlike_the_encoders_are_named_where_the_recipe_or_an_ove
                                  "(set by the override 'model.encoder.conf.input_size=80')")  # fmt: skip
 
 
+def test_a_deepspeed_key_refused_with_advice_naming_a_recipe_key_is_not_pinned_on_that_keys_override(
+    recipe_file, tmp_path, capsys
+):
+    """checkpoint.use_node_local_storage is refused saying why, in words naming train.output_dir: the refusal ended
+    "(set by the override 'train.output_dir=...')", as if the run folder given on the command line were at fault."""
+    ds = tmp_path / "nls.json"
+    ds.write_text(json.dumps({"zero_optimization": {"stage": 2}, "checkpoint": {"use_node_local_storage": True}}))
+    code, _, err = run_check(capsys, "--config", str(recipe_file), "--deepspeed", str(ds), "--out", str(tmp_path),
+                             f"train.output_dir={tmp_path / 'run'}")  # fmt: skip
+    assert code == 2 and f"{ds}: checkpoint.use_node_local_storage is true; llmasr keeps" in err
+    assert "set by the override" not in err and err.rstrip().endswith("at once: remove it"), err
+
+
 def test_a_recipe_without_training_manifests_is_told_how_to_give_them(recipe_file, tmp_path, capsys):
     """A recipe with no data.train (the one `llmasr convert funasr` writes) is named, with the override that gives
     them; the error had said only that none was given."""

@@ -305,7 +305,8 @@ def test_a_rank_that_does_not_see_rank0s_folder_stops_every_rank_naming_it(tmp_p
     for err in (zero, one):
         assert isinstance(err, rd.RunDirError), err
         assert f"train.output_dir {node0 if err is zero else node1} is not one folder every rank shares" in str(err)
-        assert f"rank 1 (node {socket.gethostname()}): no such file" in str(err)
+        assert f"rank 1 (node {socket.gethostname()}) in {node1}: no such file" in str(err)  # the folders it sees
+        assert f" in {node0}, which these ranks do not see" in str(err)  # and the one rank 0 wrote in
     assert not zero.quiet and one.quiet  # rank 0 says it, once
     assert not (node0 / ck.LOCK_FILE).exists() and [p.name for p in node0.iterdir()] == [ck.CHECKPOINTS]
 
