@@ -10,9 +10,10 @@ import codecs
 import io
 import json
 import logging
+import os
 import sys
 
-from llmasr import errors
+from llmasr import errors, slurm_env
 from llmasr.commands.decode import check_model_args, model_args, refused_flag, window_args
 from llmasr.config_io import ConfigError
 from llmasr.config_paths import file_problem
@@ -58,6 +59,22 @@ def _printable(err: UnicodeEncodeError) -> tuple[bytes | str, int]:
 codecs.register_error("llmasr.transcribe", _printable)
 
 
+def _several_ranks(environ=os.environ) -> str | None:
+    """Why this process is one of several ranks that would each transcribe every file (transcribe runs as one
+    process and prints each transcript: N tasks of an srun step, or a launcher's N ranks, would print N copies)."""
+    try:
+        step = slurm_env.slurm_step(environ)
+    except ConfigError as err:
+        return str(err)
+    ranks = step.world_size if step is not None else environ.get("WORLD_SIZE", "1")
+    if str(ranks).strip() in ("", "1"):
+        return None
+    launched = f"an srun step of {ranks} tasks" if step is not None else f"a launcher's {ranks} ranks (WORLD_SIZE)"
+    return (f"started as one of {launched}: transcribe runs as one process, and each would transcribe every file. "
+            "Run it once (`srun -n 1`, or without a launcher), or give the files to `llmasr decode` as a manifest, "
+            "which splits them between ranks")  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> int:
     if isinstance(sys.stdout, io.TextIOWrapper):
         sys.stdout.reconfigure(errors="llmasr.transcribe")
@@ -65,6 +82,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_intermixed_args(argv)  # files after an option too
     check_model_args(parser, args)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if ranked := _several_ranks():
+        print(f"llmasr transcribe: error: {ranked}", file=sys.stderr)
+        return 2
     try:
         hotwords = read_phrase_file(args.hotwords) if args.hotwords else None
     except PhraseFileError as err:

@@ -577,3 +577,26 @@ def test_a_list_of_funasr_runtime_lines_is_used_as_given_with_a_warning(asr, cli
     caplog.clear()
     asr([paths[0]], hotwords=["iPhone 15", "world"])
     assert "FunASR-runtime" not in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("environ", "said"),
+    [({"SLURM_STEP_ID": "0", "SLURM_STEP_NUM_TASKS": "2", "SLURM_STEP_TASKS_PER_NODE": "2", "SLURM_PROCID": "1",
+       "SLURM_LOCALID": "1", "SLURM_NODEID": "0"}, "an srun step of 2 tasks"),
+     ({"RANK": "0", "WORLD_SIZE": "4", "LOCAL_RANK": "0"}, "a launcher's 4 ranks (WORLD_SIZE)")],
+)  # fmt: skip
+def test_the_command_refuses_to_run_as_one_of_several_ranks(exported_dir, clips, monkeypatch, capsys, environ, said):
+    """`srun -n 2 llmasr transcribe ...` (or a launcher's ranks) ran one whole transcription a task: every
+    transcript printed twice. Refused before the model loads, saying how to run it."""
+    from llmasr.cli import main
+
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(key, raising=False)
+    for key, value in environ.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setattr(Transcriber, "load", lambda *a, **k: pytest.fail("the model loaded"))
+    _, paths = clips
+    assert main(["transcribe", "--model", str(exported_dir), str(paths[0]), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert f"llmasr transcribe: error: started as one of {said}: transcribe runs as one process" in err, err
+    assert "`srun -n 1`" in err and "`llmasr decode`" in err
