@@ -25,6 +25,8 @@ VERBS = {
 }
 
 RANKED = ("train", "decode")  # the verbs whose ranks join one process group
+ONE_PROCESS_HINTS = {"transcribe": ", or give the files to `llmasr decode` as a manifest, which splits them between "
+                                   "the tasks"}  # fmt: skip
 
 DATA_TOOLS = {
     "check": "llmasr.commands.data_check",
@@ -83,13 +85,20 @@ def main(argv: list[str] | None = None) -> int:
             return 0 if asked else 2
         module_name, rest = DATA_TOOLS[rest[0]], rest[1:]
 
+    prog = f"llmasr {verb}" if verb != "data" else f"llmasr data {argv[1]}"
+    if verb not in RANKED and not {"-h", "--help"} & set(rest):
+        if refused := slurm_env.one_process_refusal(f"`{prog}`", ONE_PROCESS_HINTS.get(verb, "")):
+            if os.environ.get("SLURM_PROCID", "0").strip() == "0":  # one task says it, not every one
+                print(f"{prog}: error: {refused}", file=sys.stderr)
+            return 2
+
     def run_verb(args: list[str]):
         if verb in RANKED:  # an srun task's rank, before anything can fail: rank 0 alone reports (errors.report)
             slurm_env.adopt()
         return import_module(module_name).main(args)
 
     # Commands decorated with errors.command report their own errors; this catches the rest (an import that fails).
-    return errors.run(f"llmasr {verb}" if verb != "data" else f"llmasr data {argv[1]}", run_verb, rest)
+    return errors.run(prog, run_verb, rest)
 
 
 def entry() -> int:

@@ -125,6 +125,22 @@ def slurm_step(environ=os.environ) -> SlurmStep | None:
                      environ.get("SLURM_JOB_ID", "").strip())  # fmt: skip
 
 
+def one_process_refusal(command: str, hint: str = "", environ=os.environ) -> str | None:
+    """Why `command`, which runs as one process, may not start here: it is one of several tasks of an srun step (a
+    batch script's plain `srun llmasr export ...` starts one a task of the job), and each would run it whole into
+    the same files; None elsewhere, and where SLURM's variables do not describe a step (nothing to go on)."""
+    try:
+        step = slurm_step(environ)
+    except ConfigError:
+        return None
+    if step is None:
+        return None
+    return (
+        f"started as one of an srun step of {step.world_size} tasks: {command} runs as one process, and each "
+        "task would run it whole, into the same files. Run it once (`srun -n 1`, or without srun)" + hint
+    )
+
+
 _adopted: SlurmStep | None = None
 
 

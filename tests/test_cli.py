@@ -98,3 +98,42 @@ def test_data_kaldi_refuses_a_table_that_is_no_file(tmp_path, capsys, name):
     assert main(["data", "kaldi", str(d), str(out)]) == 2
     assert f"llmasr data kaldi: error: {d / name}: a directory, not a Kaldi table" in capsys.readouterr().err
     assert not out.exists()
+
+
+SRUN_TASK = {"SLURM_STEP_ID": "0", "SLURM_STEP_NUM_TASKS": "8", "SLURM_STEP_TASKS_PER_NODE": "8",
+             "SLURM_LOCALID": "0", "SLURM_NODEID": "0"}  # fmt: skip
+
+
+@pytest.mark.parametrize("argv", [["export", "--checkpoint", "run", "--output", "out"], ["check", "--config", "r.yaml"],
+                                  ["demo"], ["data", "check", "m.jsonl"]])  # fmt: skip
+def test_a_one_process_verb_refuses_to_start_as_one_of_several_srun_tasks(monkeypatch, capsys, tmp_path, argv):
+    """A batch script's plain `srun llmasr export ...` starts one a task of the job: 8 exports into one folder. Each
+    task stops before the verb runs; task 0 alone says why and how to run it once."""
+    monkeypatch.chdir(tmp_path)
+    for key in ("RANK", "WORLD_SIZE"):
+        monkeypatch.delenv(key, raising=False)
+    for key, value in SRUN_TASK.items():
+        monkeypatch.setenv(key, value)
+    for procid, said in (("0", True), ("5", False)):
+        monkeypatch.setenv("SLURM_PROCID", procid)
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        prog = "llmasr " + " ".join(argv[:2] if argv[0] == "data" else argv[:1])
+        want = (f"{prog}: error: started as one of an srun step of 8 tasks: `{prog}` runs as one process, and each "
+                "task would run it whole, into the same files. Run it once (`srun -n 1`, or without srun)")  # fmt: skip
+        assert (want in err) == said and (err == "") != said, err
+        assert not list(tmp_path.iterdir())  # nothing ran
+
+
+def test_a_one_process_verb_runs_in_a_batch_script_and_in_a_step_of_one_task(monkeypatch, capsys):
+    """The batch script's own process (no SLURM_STEP_ID) and `srun -n 1` are one process: the verb runs."""
+    for key in ("RANK", "WORLD_SIZE"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("SLURM_NTASKS", "8")
+    monkeypatch.setenv("SLURM_PROCID", "0")
+    assert main(["data", "check", "missing.jsonl"]) == 2  # the verb ran, and refused its manifest
+    assert "started as one of" not in capsys.readouterr().err
+    for key, value in {**SRUN_TASK, "SLURM_STEP_NUM_TASKS": "1", "SLURM_STEP_TASKS_PER_NODE": "1"}.items():
+        monkeypatch.setenv(key, value)
+    assert main(["data", "check", "missing.jsonl"]) == 2  # the verb ran, and refused its manifest
+    assert "started as one of" not in capsys.readouterr().err

@@ -41,7 +41,7 @@ FLAG = re.compile(r"(?<![\w-])--[a-z][\w-]*")
 # SLURM's sbatch and scancel, and the global --debug that llmasr.cli takes before any verb.
 OTHER_PROGRAMS = {"--num_gpus", "--module", "--hostfile", "--nproc_per_node", "--logdir", "--max-overshoot", "--debug",
                   "--signal", "--autotuning", "--nodes", "--ntasks-per-node", "--gpus-per-node",
-                  "--cpus-per-task", "--gpus-per-task"}  # fmt: skip
+                  "--cpus-per-task", "--gpus-per-task", "--kill-on-bad-exit"}  # fmt: skip
 
 # The commands whose flags each section may name (a section may also name the flags of a bench/ script it names).
 SECTION_VERBS = {

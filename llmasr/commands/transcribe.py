@@ -13,7 +13,7 @@ import logging
 import os
 import sys
 
-from llmasr import errors, slurm_env
+from llmasr import errors
 from llmasr.commands.decode import check_model_args, model_args, refused_flag, window_args
 from llmasr.config_io import ConfigError
 from llmasr.config_paths import file_problem
@@ -60,19 +60,15 @@ codecs.register_error("llmasr.transcribe", _printable)
 
 
 def _several_ranks(environ=os.environ) -> str | None:
-    """Why this process is one of several ranks that would each transcribe every file (transcribe runs as one
-    process and prints each transcript: N tasks of an srun step, or a launcher's N ranks, would print N copies)."""
-    try:
-        step = slurm_env.slurm_step(environ)
-    except ConfigError as err:
-        return str(err)
-    ranks = step.world_size if step is not None else environ.get("WORLD_SIZE", "1")
-    if str(ranks).strip() in ("", "1"):
+    """Why this process is one of a launcher's several ranks, which would each transcribe every file (transcribe
+    runs as one process and prints each transcript: N ranks, N copies); the tasks of an srun step are refused
+    before any verb that runs as one process starts (llmasr.cli)."""
+    ranks = environ.get("WORLD_SIZE", "1").strip()
+    if ranks in ("", "1"):
         return None
-    launched = f"an srun step of {ranks} tasks" if step is not None else f"a launcher's {ranks} ranks (WORLD_SIZE)"
-    return (f"started as one of {launched}: transcribe runs as one process, and each would transcribe every file. "
-            "Run it once (`srun -n 1`, or without a launcher), or give the files to `llmasr decode` as a manifest, "
-            "which splits them between ranks")  # fmt: skip
+    return (f"started as one of a launcher's {ranks} ranks (WORLD_SIZE): transcribe runs as one process, and each "
+            "would transcribe every file. Run it once, without a launcher, or give the files to `llmasr decode` as a "
+            "manifest, which splits them between ranks")  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
