@@ -238,6 +238,7 @@ def build_dataloader(
     fallback = find_fallback(dataset, candidates)
     collator = Collator(prompt_builder.pad_id, with_ctc=ctc_tokenizer is not None, fallback=fallback)
     loader = _speech_loader(dataset, sampler, collator, data_cfg, tracker, window, device)
+    loader.screened = static  # each bad line's reason, as this rank found it: for the ranks' comparison of findings
     loader.ctc_need = ctc_need  # each line's CTC labels in frames (llmasr.data.ctc_frames), for the model's check
     st = sampler.stats()
     # valid_max_utts' subset: the lines it leaves out are said, or "N items, skipped none" read as all of them heard

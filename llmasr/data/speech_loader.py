@@ -29,6 +29,7 @@ class SpeechDataLoader(DataLoader):
     bad_data: BadDataTracker
     _bad_state: dict | None = None  # this rank's saved counts, taken up when the resumed epoch starts
     consumed: int
+    screened: list | tuple = ()  # every line the start-up screen found bad (BadItems, by index), not this rank's share
     fork_hazard: bool = False  # this Python can deadlock a worker forked beside a collective's thread (worker_start)
 
     def set_epoch(self, epoch: int) -> None:

@@ -97,7 +97,8 @@ def plan_run(
         loaders, per_epoch, failure = None, None, err
     if together:
         digest = verdict(failure, **({} if failure else data_digest(loaders[1], per_epoch)))
-        check_ranks_agree(digest, loaders and loaders[0].dataset.manifest, all_gather, failure)
+        check_ranks_agree(digest, loaders and loaders[0].dataset.manifest, all_gather, failure,
+                          loaders[0].screened if loaders else ())  # fmt: skip
     plan = RunPlan(ds, world_size, tc.epochs, tc.max_updates, side, per_epoch, loaders)
     if not resuming and tc.max_updates is not None and tc.max_updates > plan.natural:
         log.warning("train.max_updates=%d but %d epochs hold only %d updates", tc.max_updates, tc.epochs, plan.natural)

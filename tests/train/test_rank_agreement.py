@@ -8,11 +8,13 @@ import shutil
 import pytest
 
 from llmasr.config_io import ConfigError
-from llmasr.rank_verdict import RankFailure
+from llmasr.data.bad_data import BadItem
+from llmasr.rank_verdict import RankFailure, node_name
 from llmasr.recipe import load_recipe
+from llmasr.testing.thread_ranks import run_ranks
 from llmasr.testing.tiny_corpus import tiny_recipe_dict, write_tiny_corpus
 from llmasr.train.plan import plan_run
-from llmasr.train.rank_agreement import check_ranks_agree, data_digest
+from llmasr.train.rank_agreement import SHOWN, check_ranks_agree
 
 
 def recipe_for(tiny_llm_dir, manifest, run):
@@ -27,23 +29,56 @@ def alone(gather):
 
 
 def test_a_rank_missing_a_file_stops_every_rank_naming_the_line(tiny_llm_dir, tmp_path):
+    """Two ranks (threads, their gathers real) on nodes with their own copies of the data: rank 1's lacks one wav.
+    Both stop naming the line as rank 1 read it (its node's manifest, not rank 0's), why it is bad there and the
+    audio path it looked for; the message had named rank 0's manifest:line alone."""
     corpus = write_tiny_corpus(tmp_path / "corpus", n=16, with_duration=False)  # durations probed from headers
-    recipe = recipe_for(tiny_llm_dir, corpus, tmp_path / "run")
-    digests = []
-    plan_run(recipe, {}, rank=0, world_size=2, all_gather=alone(lambda d: digests.append(d) or [d, d]))  # agree
     node = tmp_path / "node1"  # rank 1's node: the same manifest, one wav missing from its copy
     shutil.copytree(corpus.parent, node)
     lines = node.joinpath(corpus.name).read_text().splitlines()
     gone = json.loads(lines[6])["source"]
     (node / gone).unlink()
-    other = data_digest(plan_run(recipe_for(tiny_llm_dir, node / corpus.name, tmp_path / "run1"), {}, rank=1,
-                                 world_size=2).loaders[1], [])  # fmt: skip
-    plan = plan_run(recipe, {}, rank=0, world_size=2)
-    with pytest.raises(ConfigError, match=r"the ranks do not see the same training data") as err:
-        check_ranks_agree(digests[0], plan.loaders[0].dataset.manifest, lambda d: [d, {**other, "steps": d["steps"]}])
-    assert f"1 line(s) screened bad on rank 1 only: {corpus}:7" in str(err.value)
+    recipes = [recipe_for(tiny_llm_dir, corpus, tmp_path / "run"), recipe_for(tiny_llm_dir, node / corpus.name,
+                                                                               tmp_path / "run")]  # fmt: skip
+    said = run_ranks(2, lambda r, gather: plan_run(recipes[r], {}, rank=r, world_size=2, all_gather=gather))
+    assert all(isinstance(e, ConfigError) and str(e) == str(said[0]) for e in said), said
+    assert "the ranks do not see the same training data" in str(said[0])
+    assert (
+        f"1 line(s) screened bad on rank 1 (node {node_name()}) only:\n    {node / corpus.name}:7 key=utt00_0006: "
+        f"audio {node / gone}: file not found" in str(said[0])
+    ), said[0]
     with pytest.raises(ConfigError, match=r"rank 1 \(node .+\) plans \[9\] steps per epoch, rank 0 \(node .+\) \[3\]"):
-        check_ranks_agree({**digests[0], "steps": [3]}, None, lambda d: [d, {**d, "steps": [9]}])
+        check_ranks_agree(
+            {"steps": [3], "bad": [], "durations": "d", "node": node_name()}, None, lambda d: [d, {**d, "steps": [9]}]
+        )
+
+
+def test_only_the_shown_lines_reasons_travel_each_from_the_rank_that_found_it(tmp_path):
+    """The reasons come in a second gather, only when the ranks' bad lines differ, and only for the lines shown:
+    rank 1's first SHOWN of its 8 lines alone bad, rank 0's one; a rank's reason for a line that both found bad
+    is not asked for."""
+    bad = [[BadItem("m0", 3, "k2", "r0 says", 2), BadItem("m0", 10, "k9", "both", 9)],
+           [BadItem("m1", i + 1, f"k{i}", f"r1 says {i}", i) for i in range(10, 18)]
+           + [BadItem("m1", 10, "k9", "both", 9)]]  # fmt: skip
+    sent = [[], []]
+
+    def work(rank, gather):
+        digest = {"steps": [3], "bad": sorted(b.index for b in bad[rank]), "durations": "d", "node": f"n{rank}"}
+        check_ranks_agree(digest, None, lambda d: sent[rank].append(d) or gather(d), None, bad[rank])
+
+    said = run_ranks(2, work)
+    assert [len(s) for s in sent] == [2, 2] and sent[0][1] == {2: "m0:3 key=k2: r0 says"}
+    assert sorted(sent[1][1]) == list(range(10, 10 + SHOWN))
+    text = str(said[0])
+    assert str(said[1]) == text
+    assert "8 line(s) screened bad on rank 1 (node n1) only:\n    m1:11 key=k10: r1 says 10\n" in text
+    assert "\n    m1:15 key=k14: r1 says 14\n    ... and 3 more\n" in text
+    assert "1 line(s) screened bad on rank 0 (node n0) only:\n    m0:3 key=k2: r0 says\n" in text
+    sent = [[], []]
+    bad = [[], []]
+    said = run_ranks(2, lambda r, g: check_ranks_agree({"steps": [3 + 6 * r], "bad": [], "durations": "d"}, None,
+                                                       lambda d: sent[r].append(d) or g(d)))  # fmt: skip
+    assert [len(s) for s in sent] == [1, 1] and "plans [9] steps per epoch" in str(said[0])
 
 
 def test_a_rank_that_cannot_build_its_data_stops_the_others_too(tiny_llm_dir, tmp_path):
