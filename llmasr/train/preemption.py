@@ -81,7 +81,11 @@ class Preemption:
         self._reader.close()
 
     def arm(self, armed: bool = True) -> None:
-        """While armed (the training loop), a first signal only requests a stop at the next update boundary."""
+        """While armed (the training loop), a first signal only requests a stop at the next update boundary. A
+        start-up signal whose Interrupted never reached the start-up code (raised inside a finalizer or a callback,
+        where Python prints "Exception ignored" and goes on) is raised again here, before training starts."""
+        if armed and self._raised and not self._trained and self.signum is not None:
+            raise Interrupted(self.signum, "before training started")
         self._armed = armed
         self._trained = self._trained or armed
 

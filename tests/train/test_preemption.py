@@ -194,6 +194,23 @@ def test_after_training_a_signal_interrupts_at_once_and_says_so():
     assert err.value.signum == signal.SIGTERM and err.value.when == "after training ended"
 
 
+def test_a_start_up_signal_python_dropped_inside_a_finalizer_stops_the_run_when_training_would_start():
+    """The start-up signal's Interrupted raised inside a __del__ (a regex or a tokenizer freed just then), where
+    Python prints "Exception ignored" and goes on: the rank trained on, against "stops at once, nothing to save"."""
+
+    class Freed:
+        def __del__(self):
+            os.kill(os.getpid(), signal.SIGUSR1)
+            time.sleep(0.5)  # the handler runs here, in the finalizer
+
+    with pre.Preemption() as p:
+        Freed()  # freed at once: the Interrupted goes to sys.unraisablehook, not to this frame
+        assert p.signum == signal.SIGUSR1
+        with pytest.raises(pre.Interrupted) as err:
+            p.arm()
+    assert err.value.signum == signal.SIGUSR1 and err.value.when == "before training started"
+
+
 def test_the_launchers_copy_after_a_saved_stop_is_ignored():
     """Ctrl-C reaches the rank during an update: the loop saves and ends (disarmed); the launcher's forwarded
     SIGTERM arrives within FORWARDED_WITHIN_S. It is the same request, already honoured: it had raised Interrupted
