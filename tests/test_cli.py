@@ -79,7 +79,7 @@ def test_data_kaldi_then_cmvn_then_check(tmp_path, capsys):
     assert "missing field 'target'" in capsys.readouterr().out
     assert main(["data", "check", "--decode", str(tmp_path / "decode.jsonl")]) == 1  # the orphan has no audio
     out = capsys.readouterr().out
-    assert "lines: 5, usable: 4, bad: 1 " in out and "key=orphan: audio: file not found" in out
+    assert "lines: 5, usable: 4, bad: 1 " in out and "key=orphan: audio /nowhere.wav: file not found" in out
     assert out.rstrip().endswith("result: TOO MUCH BAD DATA: llmasr decode would fail (after writing its outputs)")
     (d / "wav.scp").write_text("u0 sox u0.flac -t wav - |\n")  # nothing convertible: a failure, not an empty success
     assert main(["data", "kaldi", str(d), str(tmp_path / "none.jsonl")]) == 2  # bad input, as a KaldiError

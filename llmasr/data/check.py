@@ -32,7 +32,7 @@ from llmasr.data.loader import evenly_spaced
 from llmasr.data.manifest import BadRecord, Manifest
 from llmasr.data.mixed_manifest import MixedManifest
 from llmasr.data.record_fields import unread_fields
-from llmasr.data.records import missing_hint, wrong_duration
+from llmasr.data.records import audio_reason, wrong_duration
 from llmasr.data.sampler_settings import longest_kept, make_sampler
 from llmasr.data.screen import static_visits, target_length
 from llmasr.data.speech_check import SpeechFindings
@@ -155,7 +155,7 @@ def _probe_line(utt, probe: bool, cap: float | None = None) -> tuple[float, dict
     try:  # as loading reads it: a start past the audio's end, or an end too far past it, is bad
         header, real = probe_span(utt.source, start, end, channel=channel)
     except AudioError as err:
-        return math.nan, {**where, "reason": f"audio: {err.reason} ({err.path}){missing_hint(utt)}"}, None, None
+        return math.nan, {**where, "reason": audio_reason(err, utt)}, None, None
     file_dur, note = header.seconds, None
     form = (header.sample_rate, header.channels, header.channels > 1 and channel is None)
     if end is not None and end > file_dur + DURATION_TOLERANCE_S:  # training trims it to the file's end
@@ -170,15 +170,10 @@ def _too_short(utt, seconds: float, fx: FeatureExtractor) -> dict | None:
     if math.isnan(seconds):
         return None
     n = math.ceil(seconds * fx.frontend.sample_rate - 1e-6)  # as loading resamples: ceil(frames x new / old)
-    t = fx.num_frames(n)
-    if t >= fx.frontend.min_frames:
+    if (reason := fx.too_short(n)) is None:
         return None
     where = {"manifest": str(getattr(utt, "manifest", "?")), "line": int(getattr(utt, "line", 0)), "key": utt.key}
-    if t > 0:
-        reason = f"audio too short for the encoder ({t} feature frames = {seconds:.3f} s; its subsampling needs at "
-        return {**where, "reason": reason + f"least {fx.frontend.min_frames})"}
-    reason = f"audio too short for one feature frame ({n} samples = {seconds:.3f} s; the frontend needs at least "
-    return {**where, "reason": reason + f"{fx.min_samples})"}
+    return {**where, "reason": reason}
 
 
 def _note_key(report: DataReport, first_seen: dict[str, int], utt, here: int, spot) -> None:

@@ -10,7 +10,7 @@ import numpy as np
 
 from llmasr.data.check import DataReport
 from llmasr.data.record_fields import unread_text
-from llmasr.data.screen import ctc_unknown_text
+from llmasr.data.screen import ctc_unknown_text, longest_kept_text
 from llmasr.data.transcript_text import text_warnings
 
 
@@ -41,14 +41,9 @@ def _edge_places(edges: np.ndarray) -> int:
 
 
 def _limit_text(report: DataReport) -> str:
-    """The longest line batching keeps, as the recipe's max_duration, or, where a Whisper window caps the
-    recipe's max_duration, named as that window: the report had named the recipe's key with the window's seconds."""
-    if report.max_duration < report.max_duration_set:
-        return (
-            f"the Whisper window, {report.max_duration:g} s (it caps data.batching.max_duration = "
-            f"{report.max_duration_set:g} s)"
-        )
-    return f"data.batching.max_duration = {report.max_duration:g} s"
+    """The longest line batching keeps, worded as train.log words it (a Whisper window that caps the recipe's
+    max_duration named beside it)."""
+    return longest_kept_text(report.max_duration_set, report.max_duration)
 
 
 def _too_long_lines(report: DataReport, max_examples: int) -> list[str]:

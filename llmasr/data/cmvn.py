@@ -19,7 +19,7 @@ from llmasr.data.audio import AudioError, load_audio
 from llmasr.data.features import FeatureExtractor
 from llmasr.data.frontend import FrontendConfig, write_kaldi_cmvn
 from llmasr.data.manifest import BadRecord, Manifest
-from llmasr.data.records import missing_hint
+from llmasr.data.records import audio_reason
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +98,7 @@ def _features(manifest: Manifest, index: int, extractor: FeatureExtractor) -> np
     except BadRecord as err:
         return str(err)
     except AudioError as err:  # a missing file: what its path may have meant (a corpus written for FunASR)
-        return f"{manifest.path}:{utt.line}: audio {err.path}: {err.reason}{missing_hint(utt)}"
+        return f"{manifest.path}:{utt.line}: {audio_reason(err, utt)}"
     if extractor.num_frames(wav.size) == 0:
         return (
             f"{manifest.path}:{utt.line}: audio too short for one feature frame ({wav.size} samples; the frontend "

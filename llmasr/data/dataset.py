@@ -27,7 +27,7 @@ from llmasr.data.clip_lengths import draw_clip_lengths
 from llmasr.data.features import FeatureExtractor, content_rng
 from llmasr.data.frontend import FrontendConfig
 from llmasr.data.long_audio import speech_runs, speech_start
-from llmasr.data.records import BadRecord, given_hotwords, missing_hint, task_of, wrong_duration
+from llmasr.data.records import BadRecord, audio_reason, given_hotwords, task_of, wrong_duration
 from llmasr.data.visit_keys import dataset_index
 
 
@@ -253,8 +253,8 @@ class SpeechDataset(Dataset):
                 limit=self.max_duration_truncate,
             )  # fmt: skip
         except AudioError as err:  # a missing file: what its path may have meant (decoding screens no line first)
-            return f"audio: {err.reason} ({err.path}){missing_hint(utt)}"
-        return wave if wave.size else f"audio: empty audio ({utt.source})"
+            return audio_reason(err, utt)
+        return wave if wave.size else audio_reason(AudioError(utt.source, "empty audio"), utt)
 
     def _stated_duration(self, utt, seconds: float) -> str | None:
         """Why the line's stated duration (what batching budgets) is not the `seconds` of audio loaded for it, or
@@ -309,17 +309,9 @@ class SpeechDataset(Dataset):
                 sped = f", sped up by data.augment.speed_perturb's factor {lengths[0]:g} from {heard / sr:.3f} s"
         if window is not None:  # augmentation holds a clip in the window up to rounding
             wave = wave[:window]
+        if short := fx.too_short(wave.size, sped):  # decided from the sample count: no feature library is asked
+            return short
         t = fx.num_frames(wave.size)
-        if t == 0:  # decided from the sample count: no feature library is asked
-            return (
-                f"audio too short for one feature frame ({wave.size} samples = {wave.size / sr:.3f} s{sped}; the "
-                f"frontend needs at least {fx.min_samples})"
-            )
-        if t < self.frontend.min_frames:
-            return (
-                f"audio too short for the encoder ({t} feature frames = {wave.size / sr:.3f} s{sped}; its subsampling "
-                f"needs at least {self.frontend.min_frames})"
-            )
         if self.features_on == "device":
             scaled = fx.scaled_wave(wave, dither=self.frontend.dither, rng=rng if self.train else content_rng(wave))
             d = self.frontend.feature_dim

@@ -184,6 +184,22 @@ class FeatureExtractor:
             return lfr_num_frames(t, self.frontend.lfr_n)
         return t
 
+    def too_short(self, num_samples: int, sped: str = "") -> str | None:
+        """Why a clip of `num_samples` samples (at the frontend's rate) gives the encoder too few frames, or None:
+        the one wording of `llmasr data check` and of loading. `sped`: what shortened it (speed perturbation)."""
+        t, seconds = self.num_frames(num_samples), num_samples / self.frontend.sample_rate
+        if t == 0:
+            return (
+                f"audio too short for one feature frame ({num_samples} samples = {seconds:.3f} s{sped}; the frontend "
+                f"needs at least {self.min_samples})"
+            )
+        if t < self.frontend.min_frames:
+            return (
+                f"audio too short for the encoder ({t} feature frames = {seconds:.3f} s{sped}; its subsampling needs "
+                f"at least {self.frontend.min_frames})"
+            )
+        return None
+
     # ---------------------------------------------------------------------------------------------------- features
     def __call__(self, waveform: np.ndarray, *, train: bool, rng: np.random.Generator | None = None) -> np.ndarray:
         """Features of `waveform`, dithered from `rng` in training, else from the audio itself (content_rng)."""

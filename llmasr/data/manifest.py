@@ -33,7 +33,7 @@ from llmasr.data.records import (
     BadRecord,
     Utterance,
     _is_number,
-    missing_hint,
+    audio_reason,
     nano_speech_seconds,
 )
 
@@ -347,8 +347,7 @@ class Manifest:
             try:
                 _, seconds = probe_span(utt.source, utt.start, utt.end, utt.channel)
             except AudioError as err:  # a missing file says what its path may have meant, as the screen does
-                why = f"audio {err.path}: {err.reason}{missing_hint(utt)}"
-                bad.append(BadRecord(self.path, utt.line, why, utt.key))
+                bad.append(BadRecord(self.path, utt.line, audio_reason(err, utt), utt.key))
                 continue
             self._durations[i] = seconds
         return bad

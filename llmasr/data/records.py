@@ -146,6 +146,14 @@ def task_of(utt) -> str | None:
     return task if isinstance(task, str) and task.strip() else None
 
 
+def audio_reason(err, utt) -> str:
+    """A bad line's reason for its audio (`err`: an llmasr.data.audio.AudioError for `utt`'s source): the one
+    wording of every path that finds it (`llmasr data check`, training's start-up screen and its batches, decoding,
+    CMVN), so a node's `llmasr data check` says what training's refusal said. A missing file says what its path may
+    have meant."""
+    return f"audio {err.path}: {err.reason}{missing_hint(utt)}"
+
+
 def missing_hint(utt) -> str:
     """What a line whose audio file is not there may have meant, or "": a path that begins or ends with a space (not
     seen in the message), or one written relative to the working directory, as FunASR opens it, which llmasr

@@ -30,7 +30,7 @@ from llmasr.data.item_costs import as_held
 from llmasr.data.llm_unk import LLMUnk, gather_unk, merge_unk
 from llmasr.data.manifest import BadRecord, Manifest
 from llmasr.data.record_fields import near_field, unread_fields, unread_text
-from llmasr.data.records import missing_hint
+from llmasr.data.records import audio_reason
 from llmasr.data.screen_share import ScreenShare
 from llmasr.data.transcript_text import gather_text, text_warnings
 
@@ -142,7 +142,7 @@ def _screen_part(manifest, lines: np.ndarray, ctc_labels, target_lens, text_lens
         if text_lens is not None:
             text_lens[0][i] = text_lens[1](utt)
         gone = missing_audio(utt.source)  # a stat a line, known durations too: a missing file named now, not hours in
-        why = f"audio {gone.path}: {gone.reason}{missing_hint(utt)}" if gone is not None else None
+        why = audio_reason(gone, utt) if gone is not None else None
         if why is None and spell is not None and isinstance(utt.target, str) and utt.target.strip():
             why = spell(utt.target)
             if ctc_need is not None:
@@ -291,16 +291,18 @@ def _say_unread(manifest, unread: dict[str, list[int]], name: str) -> None:
                     "nothing): %s", name, "; ".join(said))  # fmt: skip
 
 
+def longest_kept_text(max_duration: float, kept: float) -> str:
+    """The longest line batching keeps, `kept` seconds, as the recipe's data.batching.max_duration and the Whisper
+    window that caps it below that: the one wording of train.log's skipped lines and `llmasr data check`'s."""
+    said = f"data.batching.max_duration = {max_duration:g} s"
+    return said + (f" (the Whisper window, {kept:g} s, caps it)" if kept < max_duration else "")
+
+
 def describe_skipped(sampler, manifest, batching, name: str) -> str | None:
     """A warning of the lines batching filters drop every epoch (for each filter: count, the setting, the first lines),
     of the ones truncate_to_max cuts, and of the ones it drops in some epochs (fits_sometimes), or None."""
     limits = {
-        "too_long": f"longer than data.batching.max_duration = {batching.max_duration:g} s"
-        + (
-            f" (the Whisper window, {sampler.max_duration:g} s, caps it)"
-            if sampler.max_duration < batching.max_duration
-            else ""
-        ),
+        "too_long": f"longer than {longest_kept_text(batching.max_duration, sampler.max_duration)}",
         "too_short": f"shorter than data.batching.min_duration = {batching.min_duration:g} s"
         if sampler.min_duration <= batching.min_duration
         else f"shorter than {sampler.min_duration:.4g} s, the least audio the encoder takes (its frontend and "

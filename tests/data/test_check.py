@@ -312,9 +312,9 @@ def test_lines_training_takes_are_not_called_bad(tmp_path, capsys):
     report = check_data([m], data_cfg(max_duration=10.0), FrontendConfig())
     wav = tmp_path / "three.wav"
     assert [(b["key"], b["reason"]) for b in report.bad] == [
-        ("ch1", f"audio: channel 1 requested but the file has 1 channel(s) ({wav})"),
-        ("over", "audio: segment end 3.500s is past the end of the audio (3.000s) by 0.500s (at least 0.5s: its "
-         f"transcript runs past the audio; a smaller overshoot is trimmed) ({wav})"),
+        ("ch1", f"audio {wav}: channel 1 requested but the file has 1 channel(s)"),
+        ("over", f"audio {wav}: segment end 3.500s is past the end of the audio (3.000s) by 0.500s (at least 0.5s: "
+         "its transcript runs past the audio; a smaller overshoot is trimmed)"),
     ]  # fmt: skip
     assert [(n["key"], n["reason"]) for n in report.duration_mismatches] == [
         ("near", "segment end 3.30s is past the end of the audio (3.00s), trimmed")
@@ -559,10 +559,10 @@ def test_report_names_the_whisper_window_that_caps_max_duration(tmp_path):
         f.write('{"key": "long", "source": "long.wav", "target": "hello world"}\n')
     whisper = FrontendConfig(kind="whisper", n_mels=80, chunk_seconds=2.0)
     text = format_report(check_data([m], data_cfg(max_seconds=8.0, max_duration=40.0), whisper))
-    assert "longer than the Whisper window, 2 s (it caps data.batching.max_duration = 40 s): 1 lines" in text
+    assert "longer than data.batching.max_duration = 40 s (the Whisper window, 2 s, caps it): 1 lines" in text
     assert "max_duration = 2 s" not in text
     cut = format_report(check_data([m], data_cfg(max_seconds=8.0, max_duration=40.0, truncate_to_max=True), whisper))
-    assert "truncated to the Whisper window, 2 s (it caps data.batching.max_duration = 40 s) (data.batching" in cut
+    assert "truncated to data.batching.max_duration = 40 s (the Whisper window, 2 s, caps it) (data.batching" in cut
     # every clip (0.3-2 s) costs the 2 s window, which the encoder runs over whole
     assert "padding efficiency (real / padded audio): 1.000" not in text
 

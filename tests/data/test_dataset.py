@@ -340,10 +340,10 @@ def test_a_missing_audio_file_loaded_says_what_its_path_may_have_meant(tmp_path,
     base = tmp_path / "lists"
     got = [dataset(m)[i] for i in range(2)]
     assert [g.reason for g in got] == [
-        f"audio: file not found ({base}/wav/a.wav) (wav/a.wav is a file from the working directory, where FunASR "
+        f"audio {base}/wav/a.wav: file not found (wav/a.wav is a file from the working directory, where FunASR "
         f"looks; llmasr reads a relative path from the manifest's folder, {base}: write the paths absolute, or "
         "relative to that folder)",
-        f"audio: file not found ({base}/a.wav ) (the path as written, 'a.wav ', begins or ends with white space)",
+        f"audio {base}/a.wav : file not found (the path as written, 'a.wav ', begins or ends with white space)",
     ]
     assert {reason_category(g.reason) for g in got} == {"audio file not found"}
 

@@ -46,7 +46,10 @@ def test_items_found_bad_while_loading_stop_the_run_at_epoch_end(tiny_llm_dir, t
     with pytest.raises(TooMuchBadData, match=r"2 of 22 items \(9.09%\) are unusable.* at epoch end") as err:
         train(load_recipe(data=data), "zero0")
     assert f"{manifest}:22 key=vad: manifest duration 1.000 s, but its audio holds 0.010 s" in str(err.value)
-    assert f"{manifest}:21 key=corrupt: audio: unreadable or corrupt audio (" in str(err.value)
+    assert (
+        f"{manifest}:21 key=corrupt: audio {tmp_path / 'corpus' / 'corrupt.wav'}: unreadable or corrupt audio ("
+        in str(err.value)
+    )
     log = (run / "train.log").read_text()
     first_update = log.index(" train update=")  # updates ran: the check came at the epoch's end
     skipped = log.index("train: 1 of 23 lines are skipped every epoch: 1 longer than data.batching.max_duration")

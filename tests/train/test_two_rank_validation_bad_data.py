@@ -64,7 +64,8 @@ def test_train_log_sums_every_ranks_validation_bad_data_once_per_pass(recipe_fil
     # each rank names the bad lines it loads once (its first pass), rank 0's in train.log too
     console = proc.stdout + proc.stderr
     for key in CORRUPT:
-        assert console.count(f"(key {key}): audio: unreadable or corrupt audio") == 1, console[-3000:]
+        said = f"(key {key}): audio {recipe_file.parent / 'vcorpus' / 'corrupt.wav'}: unreadable or corrupt audio"
+        assert console.count(said) == 1, console[-3000:]
     # the command the line names lists all 9
     listed = subprocess.run([sys.executable, "-m", "llmasr", "data", "check", "--recipe", str(run / "recipe.yaml"),
                              "--valid"], capture_output=True, text=True, timeout=120)  # fmt: skip
