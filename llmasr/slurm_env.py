@@ -89,13 +89,19 @@ def _int(environ, *names: str) -> tuple[str, int] | None:
     return None
 
 
-def slurm_step(environ=os.environ) -> SlurmStep | None:
-    """This task's place, when it is one of several tasks of an srun step and no launcher numbered it; else None.
-    ConfigError when SLURM's variables contradict each other (which ones, and their values)."""
+def _step_tasks(environ) -> tuple[str, int] | None:
+    """(name, count) of the tasks of this srun step, when it has several and no launcher numbered them; else None."""
     if "RANK" in environ or "WORLD_SIZE" in environ or not environ.get("SLURM_STEP_ID", "").strip():
         return None
     tasks = _int(environ, "SLURM_STEP_NUM_TASKS")  # not SLURM_NTASKS: the batch script has the job's, srun -E too
-    if tasks is None or tasks[1] <= 1:
+    return tasks if tasks is not None and tasks[1] > 1 else None
+
+
+def slurm_step(environ=os.environ) -> SlurmStep | None:
+    """This task's place, when it is one of several tasks of an srun step and no launcher numbered it; else None.
+    ConfigError when SLURM's variables contradict each other (which ones, and their values)."""
+    tasks = _step_tasks(environ)
+    if tasks is None:
         return None
     size_name, size = tasks
     found = {}
@@ -128,15 +134,16 @@ def slurm_step(environ=os.environ) -> SlurmStep | None:
 def one_process_refusal(command: str, hint: str = "", environ=os.environ) -> str | None:
     """Why `command`, which runs as one process, may not start here: it is one of several tasks of an srun step (a
     batch script's plain `srun llmasr export ...` starts one a task of the job), and each would run it whole into
-    the same files; None elsewhere, and where SLURM's variables do not describe a step (nothing to go on)."""
+    the same files; None elsewhere. The step's task count alone decides: a task whose other SLURM variables are
+    missing or contradict it (which `train` and `decode` refuse) would still be one of several running it whole."""
     try:
-        step = slurm_step(environ)
-    except ConfigError:
+        tasks = _step_tasks(environ)
+    except ConfigError:  # SLURM_STEP_NUM_TASKS not an integer: no count to go on
         return None
-    if step is None:
+    if tasks is None:
         return None
     return (
-        f"started as one of an srun step of {step.world_size} tasks: {command} runs as one process, and each "
+        f"started as one of an srun step of {tasks[1]} tasks: {command} runs as one process, and each "
         "task would run it whole, into the same files. Run it once (`srun -n 1`, or without srun)" + hint
     )
 
