@@ -159,3 +159,17 @@ def test_a_one_process_verb_refuses_in_a_step_of_several_tasks_whose_other_varia
     err = capsys.readouterr().err
     assert "llmasr export: error: started as one of an srun step of 8 tasks: `llmasr export` runs as one" in err, err
     assert not list(tmp_path.iterdir())  # nothing ran
+
+
+@pytest.mark.parametrize("verb", ["train", "decode"])
+def test_a_ranked_verbs_help_prints_in_an_srun_step_without_master_addr(monkeypatch, capsys, verb):
+    """`srun llmasr train --help` had stopped with the MASTER_ADDR / MASTER_PORT refusal: help needs no ranks."""
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_SIZE", "CROSS_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(key, raising=False)  # and restored at the end, whatever the verb wrote
+    for key, value in {**SRUN_TASK, "SLURM_PROCID": "0"}.items():
+        monkeypatch.setenv(key, value)
+    with pytest.raises(SystemExit) as raised:
+        main([verb, "--help"])
+    assert raised.value.code == 0
+    out = capsys.readouterr()
+    assert out.out.startswith(f"usage: llmasr {verb} ") and "MASTER_ADDR" not in out.err, out.err
