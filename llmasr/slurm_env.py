@@ -34,6 +34,10 @@ MASTER_HINT = ("set them in the batch script before srun, e.g.\n"
                '    export MASTER_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)\n'
                "    export MASTER_PORT=29500  # a free port; another for each job that shares that node")  # fmt: skip
 
+OWN_RANKS = (
+    "run llmasr as the tasks of one srun step, or set RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and "
+    "MASTER_PORT yourself"
+)
 _REPEAT = re.compile(r"^(\d+)(?:\(x(\d+)\))?$")
 
 
@@ -109,24 +113,22 @@ def slurm_step(environ=os.environ) -> SlurmStep | None:
         value = _int(environ, *names)
         if value is None:
             raise ConfigError(f"srun step of {size} tasks ({size_name}={size}) without {names[0]} in the environment: "
-                              "cannot tell which rank this task is")  # fmt: skip
+                              f"cannot tell which rank this task is: {OWN_RANKS}")  # fmt: skip
         found[key] = value[1]
     per_name = "SLURM_STEP_TASKS_PER_NODE"
     if not environ.get(per_name):
         raise ConfigError(f"srun step of {size} tasks ({size_name}={size}) without SLURM_STEP_TASKS_PER_NODE in the "
-                          "environment: cannot tell how many ranks share this node")  # fmt: skip
+                          f"environment: cannot tell how many ranks share this node: {OWN_RANKS}")  # fmt: skip
     try:
         per_node = tasks_per_node(environ[per_name])
     except ValueError as err:
-        raise ConfigError(f"{per_name}={environ[per_name]!r} in the environment: {err}") from None
+        raise ConfigError(f"{per_name}={environ[per_name]!r} in the environment: {err}: {OWN_RANKS}") from None
     rank, local_rank, node = found["rank"], found["local_rank"], found["node"]
     said = (f"{size_name}={size}, {per_name}={environ[per_name]!r}, SLURM_PROCID={rank}, SLURM_LOCALID={local_rank}, "
             f"SLURM_NODEID={node}")  # fmt: skip
     if sum(per_node) != size or not 0 <= rank < size or not 0 <= node < len(per_node) \
             or not 0 <= local_rank < per_node[node]:  # fmt: skip
-        raise ConfigError(f"SLURM's variables do not describe one rank of one srun step ({said}): run llmasr as the "
-                          "tasks of one srun step, or set RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT "
-                          "yourself")  # fmt: skip
+        raise ConfigError(f"SLURM's variables do not describe one rank of one srun step ({said}): {OWN_RANKS}")
     return SlurmStep(rank, size, local_rank, per_node[node], node, len(per_node), environ["SLURM_STEP_ID"].strip(),
                      environ.get("SLURM_JOB_ID", "").strip())  # fmt: skip
 
