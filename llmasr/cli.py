@@ -86,14 +86,15 @@ def main(argv: list[str] | None = None) -> int:
         module_name, rest = DATA_TOOLS[rest[0]], rest[1:]
 
     prog = f"llmasr {verb}" if verb != "data" else f"llmasr data {argv[1]}"
-    if verb not in RANKED and not {"-h", "--help"} & set(rest):
+    helps = bool({"-h", "--help"} & set(rest))  # help alone: no refusal, no rank to take, nothing to meet
+    if verb not in RANKED and not helps:
         if refused := slurm_env.one_process_refusal(f"`{prog}`", ONE_PROCESS_HINTS.get(verb, "")):
             if os.environ.get("SLURM_PROCID", "0").strip() == "0":  # one task says it, not every one
                 print(f"{prog}: error: {refused}", file=sys.stderr)
             return 2
 
     def run_verb(args: list[str]):
-        if verb in RANKED:  # an srun task's rank, before anything can fail: rank 0 alone reports (errors.report)
+        if verb in RANKED and not helps:  # an srun task's rank, before anything can fail: rank 0 alone reports
             slurm_env.adopt()
         return import_module(module_name).main(args)
 

@@ -34,6 +34,10 @@ MASTER_HINT = ("set them in the batch script before srun, e.g.\n"
                '    export MASTER_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)\n'
                "    export MASTER_PORT=29500  # a free port; another for each job that shares that node")  # fmt: skip
 
+OWN_RANKS = (
+    "run llmasr as the tasks of one srun step, or set RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and "
+    "MASTER_PORT yourself"
+)
 _REPEAT = re.compile(r"^(\d+)(?:\(x(\d+)\))?$")
 
 
@@ -89,13 +93,19 @@ def _int(environ, *names: str) -> tuple[str, int] | None:
     return None
 
 
-def slurm_step(environ=os.environ) -> SlurmStep | None:
-    """This task's place, when it is one of several tasks of an srun step and no launcher numbered it; else None.
-    ConfigError when SLURM's variables contradict each other (which ones, and their values)."""
+def _step_tasks(environ) -> tuple[str, int] | None:
+    """(name, count) of the tasks of this srun step, when it has several and no launcher numbered them; else None."""
     if "RANK" in environ or "WORLD_SIZE" in environ or not environ.get("SLURM_STEP_ID", "").strip():
         return None
     tasks = _int(environ, "SLURM_STEP_NUM_TASKS")  # not SLURM_NTASKS: the batch script has the job's, srun -E too
-    if tasks is None or tasks[1] <= 1:
+    return tasks if tasks is not None and tasks[1] > 1 else None
+
+
+def slurm_step(environ=os.environ) -> SlurmStep | None:
+    """This task's place, when it is one of several tasks of an srun step and no launcher numbered it; else None.
+    ConfigError when SLURM's variables contradict each other (which ones, and their values)."""
+    tasks = _step_tasks(environ)
+    if tasks is None:
         return None
     size_name, size = tasks
     found = {}
@@ -103,24 +113,22 @@ def slurm_step(environ=os.environ) -> SlurmStep | None:
         value = _int(environ, *names)
         if value is None:
             raise ConfigError(f"srun step of {size} tasks ({size_name}={size}) without {names[0]} in the environment: "
-                              "cannot tell which rank this task is")  # fmt: skip
+                              f"cannot tell which rank this task is: {OWN_RANKS}")  # fmt: skip
         found[key] = value[1]
     per_name = "SLURM_STEP_TASKS_PER_NODE"
     if not environ.get(per_name):
         raise ConfigError(f"srun step of {size} tasks ({size_name}={size}) without SLURM_STEP_TASKS_PER_NODE in the "
-                          "environment: cannot tell how many ranks share this node")  # fmt: skip
+                          f"environment: cannot tell how many ranks share this node: {OWN_RANKS}")  # fmt: skip
     try:
         per_node = tasks_per_node(environ[per_name])
     except ValueError as err:
-        raise ConfigError(f"{per_name}={environ[per_name]!r} in the environment: {err}") from None
+        raise ConfigError(f"{per_name}={environ[per_name]!r} in the environment: {err}: {OWN_RANKS}") from None
     rank, local_rank, node = found["rank"], found["local_rank"], found["node"]
     said = (f"{size_name}={size}, {per_name}={environ[per_name]!r}, SLURM_PROCID={rank}, SLURM_LOCALID={local_rank}, "
             f"SLURM_NODEID={node}")  # fmt: skip
     if sum(per_node) != size or not 0 <= rank < size or not 0 <= node < len(per_node) \
             or not 0 <= local_rank < per_node[node]:  # fmt: skip
-        raise ConfigError(f"SLURM's variables do not describe one rank of one srun step ({said}): run llmasr as the "
-                          "tasks of one srun step, or set RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT "
-                          "yourself")  # fmt: skip
+        raise ConfigError(f"SLURM's variables do not describe one rank of one srun step ({said}): {OWN_RANKS}")
     return SlurmStep(rank, size, local_rank, per_node[node], node, len(per_node), environ["SLURM_STEP_ID"].strip(),
                      environ.get("SLURM_JOB_ID", "").strip())  # fmt: skip
 
@@ -128,15 +136,16 @@ def slurm_step(environ=os.environ) -> SlurmStep | None:
 def one_process_refusal(command: str, hint: str = "", environ=os.environ) -> str | None:
     """Why `command`, which runs as one process, may not start here: it is one of several tasks of an srun step (a
     batch script's plain `srun llmasr export ...` starts one a task of the job), and each would run it whole into
-    the same files; None elsewhere, and where SLURM's variables do not describe a step (nothing to go on)."""
+    the same files; None elsewhere. The step's task count alone decides: a task whose other SLURM variables are
+    missing or contradict it (which `train` and `decode` refuse) would still be one of several running it whole."""
     try:
-        step = slurm_step(environ)
-    except ConfigError:
+        tasks = _step_tasks(environ)
+    except ConfigError:  # SLURM_STEP_NUM_TASKS not an integer: no count to go on
         return None
-    if step is None:
+    if tasks is None:
         return None
     return (
-        f"started as one of an srun step of {step.world_size} tasks: {command} runs as one process, and each "
+        f"started as one of an srun step of {tasks[1]} tasks: {command} runs as one process, and each "
         "task would run it whole, into the same files. Run it once (`srun -n 1`, or without srun)" + hint
     )
 

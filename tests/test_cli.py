@@ -137,3 +137,39 @@ def test_a_one_process_verb_runs_in_a_batch_script_and_in_a_step_of_one_task(mon
         monkeypatch.setenv(key, value)
     assert main(["data", "check", "missing.jsonl"]) == 2  # the verb ran, and refused its manifest
     assert "started as one of" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("broken", [{"SLURM_STEP_TASKS_PER_NODE": None}, {"SLURM_STEP_TASKS_PER_NODE": "8(x"},
+                                    {"SLURM_LOCALID": "9"}, {"SLURM_NODEID": None}])  # fmt: skip
+def test_a_one_process_verb_refuses_in_a_step_of_several_tasks_whose_other_variables_are_broken(
+    monkeypatch, capsys, tmp_path, broken
+):
+    """`train` and `decode` refuse a task whose SLURM variables are missing or contradict each other; `export` had
+    then taken it for no step at all and run whole in each task, racing for its output folder. The step's task
+    count alone says it is one of several."""
+    monkeypatch.chdir(tmp_path)
+    for key in ("RANK", "WORLD_SIZE"):
+        monkeypatch.delenv(key, raising=False)
+    for key, value in {**SRUN_TASK, "SLURM_PROCID": "0", **broken}.items():
+        if value is None:
+            monkeypatch.delenv(key, raising=False)
+        else:
+            monkeypatch.setenv(key, value)
+    assert main(["export", "--checkpoint", "run", "--output", "out"]) == 2
+    err = capsys.readouterr().err
+    assert "llmasr export: error: started as one of an srun step of 8 tasks: `llmasr export` runs as one" in err, err
+    assert not list(tmp_path.iterdir())  # nothing ran
+
+
+@pytest.mark.parametrize("verb", ["train", "decode"])
+def test_a_ranked_verbs_help_prints_in_an_srun_step_without_master_addr(monkeypatch, capsys, verb):
+    """`srun llmasr train --help` had stopped with the MASTER_ADDR / MASTER_PORT refusal: help needs no ranks."""
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_SIZE", "CROSS_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(key, raising=False)  # and restored at the end, whatever the verb wrote
+    for key, value in {**SRUN_TASK, "SLURM_PROCID": "0"}.items():
+        monkeypatch.setenv(key, value)
+    with pytest.raises(SystemExit) as raised:
+        main([verb, "--help"])
+    assert raised.value.code == 0
+    out = capsys.readouterr()
+    assert out.out.startswith(f"usage: llmasr {verb} ") and "MASTER_ADDR" not in out.err, out.err

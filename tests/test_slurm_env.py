@@ -105,6 +105,22 @@ def test_unreadable_slurm_variables_are_named():
         slurm_step(without)
 
 
+BROKEN = [
+    ({"SLURM_STEP_TASKS_PER_NODE": None}, "without SLURM_STEP_TASKS_PER_NODE"),
+    ({"SLURM_STEP_TASKS_PER_NODE": "4(x"}, "'4(x' is not a count"),
+    ({"SLURM_NODEID": None}, "without SLURM_NODEID"),
+]
+
+
+@pytest.mark.parametrize(("change", "said"), BROKEN)
+def test_a_missing_or_unreadable_slurm_variable_is_refused_with_how_to_go_on(change, said):
+    """These had said only what was missing or unreadable, not what to do about it."""
+    environ = {k: v for k, v in {**task(0, 0, 0), **change}.items() if v is not None}
+    with pytest.raises(ConfigError) as err:
+        slurm_step(environ)
+    assert said in str(err.value) and str(err.value).endswith(": " + slurm_env.OWN_RANKS), str(err.value)
+
+
 def test_adopt_writes_the_launcher_variables_once():
     environ = task(5, 1, 1, MASTER_ADDR="gpu01", MASTER_PORT="29500")
     step = adopt(environ)

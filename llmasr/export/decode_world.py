@@ -25,6 +25,7 @@ import torch
 from llmasr import slurm_env
 from llmasr.data.bad_data import BadDataTracker
 from llmasr.rank_verdict import failed_ranks, node_name, stop_together, verdict
+from llmasr.train.process_group import meeting_port_errors
 
 GATHER_TIMEOUT = timedelta(hours=2)
 
@@ -95,7 +96,8 @@ class DecodeWorld:
         backend = "nccl" if device.type == "cuda" else "gloo"
         # The collectives are gathers (a manifest's window plans, its decoded rows): a rank that finishes its share
         # first waits there for the slowest (a rank that fails ends the launch: the launcher stops the others).
-        torch.distributed.init_process_group(backend, rank=self.rank, world_size=self.size, timeout=GATHER_TIMEOUT)
+        with meeting_port_errors():
+            torch.distributed.init_process_group(backend, rank=self.rank, world_size=self.size, timeout=GATHER_TIMEOUT)
 
     def gather(self, obj) -> list:
         """Every rank's `obj`, in rank order, on every rank (one collective: every rank calls it)."""

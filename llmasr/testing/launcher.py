@@ -31,6 +31,22 @@ def launcher_env() -> dict:
     return {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")}
 
 
+LAUNCHER_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_SIZE", "LOCAL_WORLD_SIZE", "CROSS_RANK", "MASTER_ADDR",
+                      "MASTER_PORT")  # fmt: skip
+
+
+def srun_env(procid: int, **extra) -> dict:
+    """What srun sets for task `procid` of a 2-task step on one node (sbatch -n 2), over this environment without
+    any launcher's or SLURM's variables; `extra` (MASTER_ADDR, MASTER_PORT: the batch script's) over that."""
+    env = {k: v for k, v in os.environ.items() if k not in LAUNCHER_VARIABLES and not k.startswith("SLURM")}
+    env.update(SLURM_JOB_ID="4242", SLURM_JOBID="4242", SLURM_STEP_ID="0", SLURM_STEPID="0", SLURM_NTASKS="2",
+               SLURM_NPROCS="2", SLURM_STEP_NUM_TASKS="2", SLURM_STEP_NUM_NODES="1", SLURM_NNODES="1",
+               SLURM_TASKS_PER_NODE="2", SLURM_STEP_TASKS_PER_NODE="2", SLURM_JOB_NODELIST="node01",
+               SLURM_STEP_NODELIST="node01", SLURM_NODEID="0", SLURM_PROCID=str(procid), SLURM_LOCALID=str(procid),
+               PYTHONPATH=os.pathsep.join(sys.path), **extra)  # fmt: skip
+    return env
+
+
 def assert_no_shm_left(port: int) -> None:
     left = run_buffers(port)
     assert not left, f"shared-memory buffers left in /dev/shm: {[p.name for p in left]}"

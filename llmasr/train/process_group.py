@@ -8,12 +8,15 @@ import logging
 import os
 import socket
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import NoReturn
 
 import torch
 
 from llmasr import slurm_env
+from llmasr.config_io import ConfigError
 
 
 @dataclass
@@ -50,6 +53,24 @@ def share_cpu_cores() -> None:
         torch.set_num_threads(threads)
 
 
+@contextmanager
+def meeting_port_errors(environ=os.environ) -> Iterator[None]:
+    """Rank 0's store failing to listen on MASTER_PORT (another job's ranks hold it on this node, say), as an error
+    naming the port and how to choose another rather than torch's socket error alone. The other ranks cannot tell:
+    they wait for rank 0 until their launcher ends them (srun: --kill-on-bad-exit=1) or the timeout."""
+    try:
+        yield
+    except torch.distributed.DistNetworkError as err:
+        if "EADDRINUSE" not in str(err):
+            raise
+        raise ConfigError(
+            f"MASTER_PORT={environ.get('MASTER_PORT', '?')}, where the ranks meet, is taken on "
+            f"{environ.get('MASTER_ADDR', '?')} (MASTER_ADDR) by another process, another job's ranks say: choose "
+            "another free port, one for each job that shares the node (a batch script's `export MASTER_PORT=...`, "
+            f"e.g. $((20000 + SLURM_JOB_ID % 20000)); a launcher's --master_port)"
+        ) from None
+
+
 def init_distributed() -> DistInfo:
     """Join (or, without a launcher, create) the process group: gloo on CPU, nccl on CUDA (DeepSpeed's accelerator
     decides). Under `deepspeed` or `torchrun` the launcher's RANK/WORLD_SIZE/MASTER_* are used, in an srun step of
@@ -68,7 +89,7 @@ def init_distributed() -> DistInfo:
 
     acc = get_accelerator()
     backend = acc.communication_backend_name()
-    with shm.without_shm_allreduce():  # training reduces through torch.distributed; see llmasr.train.shm
+    with shm.without_shm_allreduce(), meeting_port_errors():  # see llmasr.train.shm: reduced by torch.distributed
         deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False)
     shm.unlink_own_buffer(torch.distributed.get_rank(), barrier)
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))

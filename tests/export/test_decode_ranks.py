@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import subprocess
+import sys
 import threading
 
 import numpy as np
@@ -20,7 +21,7 @@ from llmasr.models.decoding import DecodeConfig
 from llmasr.models.line_prompts import LinePrompts
 from llmasr.models.speech_llm import SpeechLLM
 from llmasr.rank_verdict import RankFailure, node_name
-from llmasr.testing.launcher import assert_no_shm_left, launcher_env
+from llmasr.testing.launcher import assert_no_shm_left, launcher_env, srun_env
 from llmasr.testing.run_dirs import write_corpus, write_wav
 from llmasr.testing.thread_ranks import lines_counted_by_thread, run_ranks, thread_world
 from llmasr.train.process_group import free_port
@@ -112,18 +113,41 @@ def test_a_rank_that_fails_counting_its_share_stops_every_rank(model, listed, mo
     assert "this node's tokenizer is broken" in str(out[0])
 
 
-def two_ranks_write_what_one_process_writes(exported_dir, manifest, tmp_path, *flags: str) -> dict:
-    """`llmasr decode` of `manifest` under `flags` in one process and on 2 CPU ranks of the deepspeed launcher: the
-    same files, the same wer.json but for the timing. Returns the 2 ranks' wer.json."""
+def srun_decode(common: list[str], output, port: int) -> tuple[int, str, str]:
+    """`srun -n 2 python -m llmasr decode ...` in a batch script that set MASTER_ADDR / MASTER_PORT: the two tasks
+    (llmasr.testing.launcher.srun_env), each told only its SLURM_* place. (worst exit status, stdout, stderr)."""
+    cmd = [sys.executable, "-m", "llmasr", "decode", *common, "--output", str(output)]
+    meet = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+    procs = [subprocess.Popen(cmd, env=srun_env(r, **meet), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for r in range(2)]  # fmt: skip
+    try:
+        outs = [p.communicate(timeout=300) for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+    return max(p.returncode for p in procs), "".join(o for o, _ in outs), "".join(e for _, e in outs)
+
+
+def two_ranks_write_what_one_process_writes(exported_dir, manifest, tmp_path, *flags: str, srun=False) -> dict:
+    """`llmasr decode` of `manifest` under `flags` in one process and on 2 CPU ranks of the deepspeed launcher (or
+    as the 2 tasks of an srun step): the same files, the same wer.json but for the timing. Returns the 2 ranks'
+    wer.json."""
     common = ["--model", str(exported_dir), "--data", str(manifest), "--num-workers", "0", *flags]
     assert main([*common, "--output", str(tmp_path / "one")]) == 0
     port = free_port()
-    cmd = ["deepspeed", "--num_gpus", "2", "--master_port", str(port), "--module", "llmasr", "decode", *common,
-           "--output", str(tmp_path / "two")]  # fmt: skip
-    proc = subprocess.run(cmd, env=launcher_env(), capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    if srun:
+        code, stdout, stderr = srun_decode(common, tmp_path / "two", port)
+        said = "INFO llmasr.commands.decode: ranks from SLURM (job 4242, srun step 0): rank 0 of 2 tasks on 1 node(s)"
+        assert stderr.count(said) == 1, stderr[-3000:]  # rank 0 alone
+    else:
+        cmd = ["deepspeed", "--num_gpus", "2", "--master_port", str(port), "--module", "llmasr", "decode", *common,
+               "--output", str(tmp_path / "two")]  # fmt: skip
+        proc = subprocess.run(cmd, env=launcher_env(), capture_output=True, text=True, timeout=300)
+        code, stdout, stderr = proc.returncode, proc.stdout, proc.stderr
+        assert "ranks from SLURM" not in stderr
+    assert code == 0, stdout[-3000:] + stderr[-3000:]
     assert_no_shm_left(port)
-    assert proc.stdout.count("test.jsonl: WER") == 1  # rank 0 reports, once
+    assert stdout.count("test.jsonl: WER") == 1  # rank 0 reports, once
     one, two = tmp_path / "one", tmp_path / "two"
     ctc = ("ctc/hyp.txt", "ctc/results.jsonl") if "--ctc" in flags else ()
     for name in ("hyp.txt", "ref.txt", "results.jsonl", "bad.jsonl", *ctc):
@@ -147,6 +171,16 @@ def test_two_ranks_write_what_one_process_writes(exported_dir, manifest, tmp_pat
     assert got["utterances"] == len(TEXTS) + 1 and got["skipped"] == len(BAD)
     assert got["split"] == 1 and got["windows"] > len(TEXTS) + 1  # the long line went in windows
     assert len((tmp_path / "two" / "hyp.txt").read_text().splitlines()) == len(TEXTS) + 1
+
+
+def test_the_two_tasks_of_an_srun_step_write_what_one_process_writes(exported_dir, manifest, tmp_path):
+    """A batch script's `srun python -m llmasr decode ...` (2 tasks, MASTER_ADDR / MASTER_PORT exported): one decode
+    of 2 ranks, rank 0 writing the files one process writes, not two whole decodes into one folder."""
+    got = two_ranks_write_what_one_process_writes(
+        exported_dir, manifest, tmp_path, "--batch-seconds", "1.6", "--max-new-tokens", "5", "--max-bad-fraction",
+        "0.5", "--max-window-seconds", "2.5", srun=True,
+    )  # fmt: skip
+    assert got["utterances"] == len(TEXTS) + 1 and got["skipped"] == len(BAD) and got["split"] == 1
 
 
 def test_two_ranks_with_lines_own_lists_and_a_budget_write_what_one_process_writes(exported_dir, listed, tmp_path):

@@ -5,6 +5,7 @@ preemption story on that path: SIGUSR1 to every task, then the requeued job's st
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -13,25 +14,12 @@ import pytest
 import yaml
 
 from llmasr import run_dir as ck
+from llmasr.testing.launcher import srun_env
 from llmasr.testing.tiny_corpus import tiny_recipe_dict, write_tiny_corpus
 from llmasr.train.process_group import free_port
 from llmasr.train.progress import parse_log_line
 
 pytestmark = pytest.mark.slow
-
-LAUNCHERS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_SIZE", "LOCAL_WORLD_SIZE", "CROSS_RANK", "MASTER_ADDR",
-             "MASTER_PORT")  # fmt: skip
-
-
-def srun_env(procid: int, **extra) -> dict:
-    """What srun sets for task `procid` of a 2-task step on one node (sbatch -n 2), over this environment."""
-    env = {k: v for k, v in os.environ.items() if k not in LAUNCHERS and not k.startswith("SLURM")}
-    env.update(SLURM_JOB_ID="4242", SLURM_JOBID="4242", SLURM_STEP_ID="0", SLURM_STEPID="0", SLURM_NTASKS="2",
-               SLURM_NPROCS="2", SLURM_STEP_NUM_TASKS="2", SLURM_STEP_NUM_NODES="1", SLURM_NNODES="1",
-               SLURM_TASKS_PER_NODE="2", SLURM_STEP_TASKS_PER_NODE="2", SLURM_JOB_NODELIST="node01",
-               SLURM_STEP_NODELIST="node01", SLURM_NODEID="0", SLURM_PROCID=str(procid), SLURM_LOCALID=str(procid),
-               PYTHONPATH=os.pathsep.join(sys.path), **extra)  # fmt: skip
-    return env
 
 
 def launch_tasks(recipe_file, out_dir, tag="task", **extra) -> list[tuple[subprocess.Popen, object]]:
@@ -138,3 +126,28 @@ def test_sigusr1_to_every_task_stops_the_step_and_the_requeued_step_resumes_it(t
     assert [code for code, _ in whole] == [0, 0], whole[0][1][-3000:] + whole[1][1][-3000:]
     assert update < max(losses(tmp_path / "whole")), f"the stop came too late to test a resume: after update {update}"
     assert losses(run) == losses(tmp_path / "whole")
+
+
+def test_a_master_port_another_job_holds_is_named_with_how_to_choose_another(tiny_llm_dir, tmp_path):
+    """Task 0 of a train step and of a decode step, MASTER_PORT held by another process on this node (another job's
+    ranks): each stops at once naming the port and how to choose one per job, not with torch's socket error
+    (`DistNetworkError: The server socket has failed to listen ... EADDRINUSE`) alone."""
+    corpus = write_tiny_corpus(tmp_path / "corpus", n=4)
+    recipe_file = tmp_path / "recipe.yaml"
+    recipe_file.write_text(yaml.safe_dump(tiny_recipe_dict(tiny_llm_dir, train=[corpus], output_dir=tmp_path / "run")))
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen(1)
+        port = held.getsockname()[1]
+        meet = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+        for verb, args in (("train", ["--config", str(recipe_file), "--deepspeed", "zero0"]),
+                           ("decode", ["--model", str(tmp_path / "model"), "--data", str(corpus / "data.jsonl"),
+                                       "--output", str(tmp_path / "out"), "--device", "cpu"])):  # fmt: skip
+            proc = subprocess.run([sys.executable, "-m", "llmasr", verb, *args], env=srun_env(0, **meet),
+                                  capture_output=True, text=True, timeout=120)  # fmt: skip
+            said = [line for line in proc.stderr.splitlines() if line.startswith(f"llmasr {verb}: error: ")]
+            assert proc.returncode == 2 and len(said) == 1, proc.stderr[-3000:]
+            assert said[0] == (f"llmasr {verb}: error: MASTER_PORT={port}, where the ranks meet, is taken on 127.0.0.1 "
+                               "(MASTER_ADDR) by another process, another job's ranks say: choose another free port, "
+                               "one for each job that shares the node (a batch script's `export MASTER_PORT=...`, "
+                               "e.g. $((20000 + SLURM_JOB_ID % 20000)); a launcher's --master_port)")  # fmt: skip
