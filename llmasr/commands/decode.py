@@ -56,6 +56,7 @@ DECODE_FLAGS = {
     "window_split_pause": "window_split_pause",
     "hotword_boost": "hotword_boost",
     "timestamps": "timestamps",
+    "confidence": "confidence",
     "trim_leading_silence": "trim_leading_silence",
     "vad": "vad",
     "vad_max_end_silence_ms": "vad_max_end_silence_ms",
@@ -152,6 +153,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--timestamps", action=argparse.BooleanOptionalAction, default=None,
         help="word times in results.jsonl (`timestamps`: [word, start s, end s] each), the transcript force-aligned "
         "to the CTC head's frames",
+    )  # fmt: skip
+    p.add_argument(
+        "--confidence", action=argparse.BooleanOptionalAction, default=None,
+        help="each transcript's log-probability under the LLM in results.jsonl (`avg_logprob` per token, `logprob`), "
+        "from one more forward of each batch (default: the model's decode.confidence, else off)",
     )  # fmt: skip
     p.add_argument(
         "--hotwords", metavar="FILE",

@@ -1,7 +1,8 @@
 """`llmasr transcribe --model DIR | --checkpoint RUN_DIR AUDIO... [--hotwords FILE] [--beam N] [--device D]
-[--timestamps]`: print each audio file's transcript, one "AUDIO<TAB>TEXT" line per file in the order given
-(llmasr.export.transcribe); with --timestamps one JSON line per file with its words' times. A file that cannot be
-read is named on stderr where it falls, the others still print, and the exit status is 1."""
+[--timestamps] [--confidence]`: print each audio file's transcript, one "AUDIO<TAB>TEXT" line per file in the order
+given (llmasr.export.transcribe); with --timestamps or --confidence one JSON line per file with its words' times or
+the LLM's log-probability of its text. A file that cannot be read is named on stderr where it falls, the others still
+print, and the exit status is 1."""
 
 from __future__ import annotations
 
@@ -42,6 +43,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--timestamps", action="store_true",
         help='one JSON line per file instead: {"audio", "text", "timestamps": [[word, start s, end s], ...]} (word '
         "times from the CTC head)",
+    )  # fmt: skip
+    p.add_argument(
+        "--confidence", action="store_true",
+        help='one JSON line per file instead, with "avg_logprob" and "logprob": the LLM\'s log-probability of the text '
+        "(per token, the end included; summed), from one more forward",
     )  # fmt: skip
     return p
 
@@ -95,8 +101,10 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as err:
         print(f"llmasr transcribe: error: --device: {err}", file=sys.stderr)
         return 2
-    # word times only when they are printed: the model's saved decode.timestamps does not change the output
+    # word times and confidence only when they are printed: the model's saved decode.timestamps and decode.confidence
+    # do not change the output
     given = {"num_beams": args.beam, "ctc_weight": args.ctc_weight, "timestamps": bool(args.timestamps),
+             "confidence": bool(args.confidence),
              "vad": args.vad, "max_window_seconds": args.max_window_seconds, "window_overlap": args.window_overlap,
              "window_split_pause": args.window_split_pause}  # fmt: skip
     if refused := refused_flag(given):  # before the model loads
@@ -115,9 +123,12 @@ def main(argv: list[str] | None = None) -> int:
     for path, row in zip(args.audio, rows):
         if "error" in row:  # named where it falls; the other files' lines still print
             print(f"llmasr transcribe: error: {path}: {row['error']}", file=sys.stderr)
-        elif args.timestamps:
-            times = None if row["timestamps"] is None else [list(w) for w in row["timestamps"]]
-            line = {"audio": path, "text": row["hyp"], "timestamps": times}
+        elif args.timestamps or args.confidence:
+            line = {"audio": path, "text": row["hyp"]}
+            if args.timestamps:
+                line["timestamps"] = None if row["timestamps"] is None else [list(w) for w in row["timestamps"]]
+            if args.confidence:
+                line.update(avg_logprob=row["avg_logprob"], logprob=row["logprob"])
             # a name that is not UTF-8 as JSON escapes (\udcd2): its bytes would make the line no UTF-8 JSON
             print(json.dumps(line, ensure_ascii=False) if utf8(path) else json.dumps(line))
         else:

@@ -80,8 +80,9 @@ class WindowedManifest:
 def utterance_rows(items: dict[int, dict], manifest, overlap: float) -> list[dict]:
     """Decoded rows by item index ({key, ref, hyp, ctc_hyp, truncated, duration, ...}) -> one row per utterance in
     manifest order, with `windows` (how many it was decoded in): the windows' texts joined (join_texts) and, when
-    rows have `timestamps`, their word times in the utterance's time (join_words), the first guard that ended one of
-    them, the utterance's own duration, the rest as its first window has them. An utterance missing a window (the
+    rows have `timestamps`, their word times in the utterance's time (join_words), where they have `logprob` (the
+    LLM's log-probability of the text, over `logprob_tokens` tokens) the windows' sums, the first guard that ended one
+    of them, the utterance's own duration, the rest as its first window has them. An utterance missing a window (the
     window was bad data) has no row: utterance_tracker counts it."""
     if not isinstance(manifest, WindowedManifest):
         return [{**items[j], "windows": 1} for j in sorted(items)]
@@ -91,6 +92,8 @@ def utterance_rows(items: dict[int, dict], manifest, overlap: float) -> list[dic
             row.update(hyp="", ctc_hyp=None if row["ctc_hyp"] is None else "", truncated=None, no_speech=True)
             if "timestamps" in row:
                 row["timestamps"] = []
+            if "logprob" in row:  # no text the LLM wrote: none to be sure of
+                row.update(logprob=None, logprob_tokens=0)
         rows.append(row)
     return rows
 
@@ -116,6 +119,9 @@ def _joined_rows(items: dict[int, dict], manifest: WindowedManifest, overlap: fl
             seconds = manifest.lengths[i] / manifest.sample_rate
             timed = join_words([g["hyp"] for g in got], [g["timestamps"] for g in got], starts, flags, overlap, seconds)
             got[0] = {**got[0], "timestamps": timed}
+        if "logprob" in got[0]:  # every window's tokens as written (the join's cuts in overlaps not taken out)
+            total = sum(g["logprob_tokens"] for g in got)
+            got[0] = {**got[0], "logprob": sum(g["logprob"] for g in got), "logprob_tokens": total}
         rows.append((i, {
             **got[0], "hyp": join_texts([g["hyp"] for g in got], flags, overlap), "ctc_hyp": ctc,
             "truncated": next((g["truncated"] for g in got if g["truncated"]), None),

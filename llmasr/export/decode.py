@@ -303,8 +303,9 @@ def decode_manifest(
 def transcribe_loader(
     model, loader: SpeechDataLoader, cfg: DecodeConfig, device, clock: dict | None = None, name=None
 ) -> tuple[dict[int, dict], str]:
-    """Rows {key, ref, hyp, ctc_hyp, truncated, duration, index, hotwords, hotwords_dropped} of every decoded item
-    (an utterance or a window of one) by item index, and the search mode; ctc_hyp is None without a CTC head.
+    """Rows {key, ref, hyp, ctc_hyp, truncated, duration, index, hotwords, hotwords_dropped, with cfg.timestamps
+    timestamps, with cfg.confidence logprob and logprob_tokens} of every decoded item (an utterance or a window of
+    one) by item index, and the search mode; ctc_hyp is None without a CTC head.
     `clock`: gets "first_batch" (seconds from the call until the first batch was decoded: the loader's start and
     the device's warm-up are in it) and "first_batch_share" (its share of the audio of the items decoded).
     A batch the model fails on is named in the error by its items, `name(item index, key)` each (default: the
@@ -329,6 +330,8 @@ def transcribe_loader(
             rows[idx] = {"key": key, "ref": ref, "hyp": got.llm[i], "ctc_hyp": ctc[i], "duration": dur}
             rows[idx]["index"] = int(idx)
             rows[idx]["truncated"] = got.truncated[i]
+            if got.confidence is not None:  # the LLM's log-probability of the item's text (models.confidence)
+                rows[idx].update(logprob=got.confidence[i].logprob, logprob_tokens=got.confidence[i].tokens)
             rows[idx].update(hotwords=list(batch.hotwords[i]), hotwords_dropped=int(batch.hotwords_dropped[i]))
             if got.timestamps is not None:  # ends where the sound ends; in the item's time (its trimmed lead back)
                 words = sound_ends(got.timestamps[i], batch.speech_runs[i])

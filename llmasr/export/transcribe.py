@@ -31,6 +31,7 @@ from llmasr.data.hotwords import warn_weighted
 from llmasr.data.records import phrase_text
 from llmasr.data.windowed import utterance_rows
 from llmasr.export.decode import DecodeOptions, decode_loader, load_decode_model, search_boost, transcribe_loader
+from llmasr.export.decode_confidence import confidence_fields
 from llmasr.export.decode_world import usable_device
 from llmasr.models.decoding import DecodeConfig, decode_config
 
@@ -97,10 +98,11 @@ class Transcriber:
     ) -> list:
         """Per clip, in order: {"audio" (the path, or "waveform i"), "hyp", "ctc_hyp" (the CTC branch's greedy
         text, None without a head), "truncated" (the guard that ended it, or None), "windows", "duration", with
-        decode.timestamps "timestamps" ([word, start s, end s] each, or None), and "no_speech" (True) where the VAD's
-        gate (decode.vad) found none}. One clip (a path or a waveform) is taken as a list of one. A clip that cannot
-        be read raises TranscribeError naming it, or with `keep_going` gets the row {"audio", "error": why} while
-        the others are transcribed."""
+        decode.timestamps "timestamps" ([word, start s, end s] each, or None), with decode.confidence "avg_logprob" and
+        "logprob" (the LLM's log-probability of "hyp", per token and summed; None where no text was written), and
+        "no_speech" (True) where the VAD's gate (decode.vad) found none}. One clip (a path or a waveform) is taken as
+        a list of one. A clip that cannot be read raises TranscribeError naming it, or with `keep_going` gets the row
+        {"audio", "error": why} while the others are transcribed."""
         if not isinstance(audio, (list, tuple)):  # a path's letters or a waveform's samples are no list of clips
             audio = [audio]
         if not audio:
@@ -147,6 +149,8 @@ class Transcriber:
                 rows = utterance_rows(items, loader.dataset.manifest, self.cfg.window_overlap)
         keep = ("hyp", "ctc_hyp", "truncated", "windows", "duration", "timestamps", "no_speech")
         out = {int(r["key"]): {"audio": names[int(r["key"])], **{k: r[k] for k in keep if k in r}} for r in rows}
+        for r in rows:  # with decode.confidence: avg_logprob and logprob
+            out[int(r["key"])].update(confidence_fields(r))
         for row in out.values():  # as results.jsonl states it: 0.9365, not the batch's float32 0.9365000128746033
             row["duration"] = round(row["duration"], 4)
         out.update({i: {"audio": names[i], "error": reason} for i, reason in bad.items()})

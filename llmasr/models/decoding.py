@@ -25,7 +25,7 @@ AUTO_CTC_WEIGHT = 0.7
 AUTO_HOTWORD_BOOST = 2.0
 # the settings SpeechLLM.transcribe reads (the rest are the loader's and the scorer's, checked by validate)
 SEARCH_FIELDS = ("num_beams", "max_new_tokens", "tokens_per_second", "repetition_penalty", "no_repeat_ngram_size",
-                 "ctc_weight", "repeat_limit", "hotword_boost", "timestamps")  # fmt: skip
+                 "ctc_weight", "repeat_limit", "hotword_boost", "timestamps", "confidence")  # fmt: skip
 MIN_WINDOW_SECONDS = 2.0  # shortest long-audio window: below it the join would hang on a word or two
 
 
@@ -80,6 +80,9 @@ class DecodeConfig:
     # Word timestamps (models.ctc_align): the transcript force-aligned to the CTC head's frames, per word (or
     # character of a script without spaces); needs a CTC head.
     timestamps: bool = False
+    # Each transcript's log-probability under the LLM, from its raw logits (models.confidence): `avg_logprob` per token
+    # and `logprob` in results.jsonl. One more forward of each batch after the search.
+    confidence: bool = False
     # Start each utterance (and window) where its speech starts, after a leading pause, as long-audio windows after a
     # pause start (data.long_audio.speech_start): a model trained on clips that start with their speech inserts
     # words into silence before it.
@@ -204,10 +207,11 @@ class DecodeConfig:
 
     def greedy(self, llm_vocab: bool = True, **changes) -> DecodeConfig:
         """This configuration as validation decodes: greedy search with neither repetition penalty nor n-gram
-        blocking (their defaults) nor timestamps; length cap and metric as set here; `changes` on top. Without
-        `llm_vocab` (a CTC head over its own vocabulary) also unguided: its guidance rescores a beam's n-best, and a
-        greedy search has none."""
+        blocking (their defaults) nor timestamps nor confidence; length cap and metric as set here; `changes` on top.
+        Without `llm_vocab` (a CTC head over its own vocabulary) also unguided: its guidance rescores a beam's n-best,
+        and a greedy search has none."""
         plain = {"num_beams": 1, "repetition_penalty": DecodeConfig.repetition_penalty, "timestamps": False}
+        plain["confidence"] = False
         plain["no_repeat_ngram_size"] = DecodeConfig.no_repeat_ngram_size
         if not llm_vocab and self.ctc_weight:
             plain["ctc_weight"] = 0.0
@@ -253,3 +257,5 @@ class Transcripts:
     # With DecodeConfig.timestamps: per utterance, the (unit, start s, end s) of `llm`'s units, or None where the
     # CTC alignment could not spell or fit them.
     timestamps: list | None = None
+    # With DecodeConfig.confidence: per utterance, its models.confidence.Confidence (the LLM's log-probability of it)
+    confidence: list | None = None

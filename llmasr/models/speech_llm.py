@@ -19,6 +19,7 @@ from torch import nn
 from llmasr.data.batch import Batch
 from llmasr.data.device_features import DeviceFeatures
 from llmasr.data.frontend import FrontendConfig
+from llmasr.models.confidence import hypothesis_logprobs
 from llmasr.models.ctc import ctc_greedy, ctc_loss, ctc_unalignable
 from llmasr.models.ctc_align import align_words
 from llmasr.models.ctc_compress import ctc_compress
@@ -279,7 +280,8 @@ class SpeechLLM(nn.Module):
         """The LLM's transcripts of a batch under `cfg` (greedy or beam search, CTC-guided when cfg.guidance says
         so; the prompt ends at `target_start`), which guard ended each (decode_guards), and, with a CTC head, the
         head's greedy best path over the same encoder pass and (cfg.timestamps) each transcript's word times, its text
-        force-aligned to the head's frames (models.ctc_align).
+        force-aligned to the head's frames (models.ctc_align), and (cfg.confidence) each transcript's log-probability
+        under the LLM (models.confidence).
 
         With `cfg.max_new_tokens` unset, each utterance's cap is `cfg.tokens_per_second` times its own duration plus
         8, so a model that loops stops at a length tied to its audio rather than at a global maximum.
@@ -290,7 +292,7 @@ class SpeechLLM(nn.Module):
         if self.ctc_head is not None and log_probs is None:  # not already computed for compression
             log_probs = self.ctc_head(enc, enc_lens)
         ctc = None if self.ctc_head is None else (log_probs, enc_lens)
-        rows, truncated, mode = self._search(merged, batch.feat_lens, cfg, generate_kwargs, ctc, batch.hotwords)
+        rows, truncated, mode, scores = self._search(merged, batch.feat_lens, cfg, generate_kwargs, ctc, batch.hotwords)
         llm = [self.prompt.decode(ids) for ids in rows]
         ctc_texts = None if ctc is None else self.ctc_texts(log_probs, enc_lens)
         times = None
@@ -300,7 +302,7 @@ class SpeechLLM(nn.Module):
                 align_words(self.ctc_tokenizer, text, log_probs[i, : int(enc_lens[i])], float(shifts[i]))
                 for i, text in enumerate(llm)
             ]
-        return Transcripts(llm, ctc_texts, truncated, mode, times)
+        return Transcripts(llm, ctc_texts, truncated, mode, times, scores)
 
     @torch.no_grad()
     def generate(self, batch: Batch, **settings) -> list[str]:
@@ -327,9 +329,9 @@ class SpeechLLM(nn.Module):
         return isinstance(self.ctc_tokenizer, LLMCTCTokenizer)
 
     def _search(self, merged, feat_lens, cfg: DecodeConfig, generate_kwargs: dict, ctc, hotwords=None) -> tuple:
-        """(token ids per row, each cut at its cap; truncation per row; mode name) of the search `cfg` asks for;
-        `ctc`: (CTC log-probs, lengths) of a model with a CTC head, else None; `hotwords`: each row's biasing
-        phrases (boosted in the search by cfg.hotword_boost)."""
+        """(token ids per row, each cut at its cap; truncation per row; mode name; with cfg.confidence each row's
+        Confidence, of the row before the cut) of the search `cfg` asks for; `ctc`: (CTC log-probs, lengths) of a
+        model with a CTC head, else None; `hotwords`: each row's phrases (cfg.hotword_boost boosts them)."""
         # deferred like every transformers import (models.llm)
         from transformers import LogitsProcessorList, RepetitionPenaltyLogitsProcessor
 
@@ -342,7 +344,8 @@ class SpeechLLM(nn.Module):
         boosts = []
         if boost > 0 and hotwords is not None and any(hotwords):
             boosts.append(HotwordBoost(hotwords, self.prompt.tokenizer, boost, end, cfg.num_beams))
-        processors = [EndTokens(end, other_end_ids(self.llm.generation_config, self.prompt.tokenizer, end))]
+        ends = [end, *other_end_ids(self.llm.generation_config, self.prompt.tokenizer, end)]
+        processors = [EndTokens(end, ends[1:])]
         if cfg.repetition_penalty != 1.0:  # generate's own skips as many first tokens of a row as it has left padding
             processors.insert(0, RepetitionPenaltyLogitsProcessor(float(cfg.repetition_penalty)))
         if weight > 0 and llm_vocab:
@@ -378,7 +381,8 @@ class SpeechLLM(nn.Module):
             rows = self._rescored(rows, out.sequences_scores, nbest, ctc, weight, penalty)
         # Each row is cut at its own cap, so a looping utterance yields the same text in a batch as alone.
         truncated = [guards.truncation(row, cap) for row, cap in zip(rows, caps)]
-        return [row[:cap] for row, cap in zip(rows, caps)], truncated, cfg.mode(weight, llm_vocab)
+        scores = hypothesis_logprobs(self.llm, merged, rows, ends, self.logit_transform) if cfg.confidence else None
+        return [row[:cap] for row, cap in zip(rows, caps)], truncated, cfg.mode(weight, llm_vocab), scores
 
     def _rescored(self, rows: list, scores: torch.Tensor, nbest: int, ctc, weight: float, penalty=None) -> list:
         """The best of each utterance's `nbest` rows by LLM log-probability joined with the CTC score of its text.

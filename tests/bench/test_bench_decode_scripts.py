@@ -1,6 +1,6 @@
 """The decoding benchmarks (decode_speed, hotword_lists, hotword_boost, hotword_search_cost, ctc_guidance_cost,
-ctc_tiktoken, timestamps, vad_speed, vad_gate_plan, decode_startup): each --quick mode writes results of the right
-structure. No assertion is about speed."""
+ctc_tiktoken, timestamps, vad_speed, vad_gate_plan, decode_startup, confidence_cost): each --quick mode writes
+results of the right structure. No assertion is about speed."""
 
 from __future__ import annotations
 
@@ -31,6 +31,16 @@ def test_decode_speed_quick_reports_every_mode(tmp_path, capsys):
         assert m["utterances"] == 6 and m["utts_per_second"] > 0 and m["rtf"] > 0 and 0 <= m["truncated"] <= 6
     out = capsys.readouterr().out
     assert "| beam 2 + CTC 0.5 |" in out and "Reproduce: `python bench/decode_speed.py --quick --beam 2" in out
+
+
+def test_confidence_cost_times_decoding_with_and_without(tmp_path, capsys):
+    import confidence_cost
+
+    argv = ["--clips", "2", "--rounds", "1", "--beams", "1", "--json-out", str(tmp_path / "c.json")]
+    assert confidence_cost.main(argv) == 0
+    (mode,) = json.loads((tmp_path / "c.json").read_text())["modes"]
+    assert mode["beams"] == 1 and mode["without"] > 0 and mode["with"] > 0
+    assert "| beam 1 |" in capsys.readouterr().out
 
 
 def test_hotword_search_cost_quick_times_both_matches(capsys):
