@@ -122,6 +122,21 @@ def test_the_gate_gives_silence_an_empty_transcript(model, long_manifest, vad_di
     assert rows["hush"]["hyp"] == "" and rows["hush"]["no_speech"] and rows["pause"]["windows"] == 1
 
 
+def test_the_gate_s_empty_transcripts_have_no_confidence(model, long_manifest, vad_dir, tmp_path):
+    """decode.confidence beside the gate: a recording it wrote nothing for has null avg_logprob and logprob (no text
+    the LLM wrote to be sure of), the others a finite one, and wer.txt's median counts only those."""
+    manifest, _ = long_manifest
+    cfg = DecodeConfig(max_new_tokens=3, max_window_seconds=LIMIT, vad=str(vad_dir), ctc_weight=0.0, confidence=True)
+    decode_manifest(model, manifest, tmp_path / "c", cfg, DecodeOptions(num_workers=0))
+    rows = {r["key"]: r for r in map(json.loads, open(tmp_path / "c" / "results.jsonl"))}
+    for key, row in rows.items():
+        if key in ("silent", "hush"):
+            assert row["no_speech"] and (row["avg_logprob"], row["logprob"]) == (None, None)
+        else:
+            assert row["logprob"] < 0 and row["avg_logprob"] < 0, row
+    assert f" over {len(rows) - 2} utterances" in (tmp_path / "c" / "wer.txt").read_text()
+
+
 def test_decode_with_a_vad_scores_each_recording_once(model, long_manifest, vad_dir, tmp_path):
     manifest, _ = long_manifest
     cfg = DecodeConfig(max_new_tokens=2, max_window_seconds=LIMIT, vad=str(vad_dir))
