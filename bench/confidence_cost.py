@@ -71,16 +71,8 @@ def timed(model, manifest: Path, cfg, confidence: bool) -> float:
     return time.perf_counter() - t0
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--size", choices=("tiny", "qwen0.5b"), default="tiny")
-    ap.add_argument("--clips", type=int, default=8)
-    ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--beams", type=int, nargs="+", default=[1, 4])
-    ap.add_argument("--json-out")
-    args = ap.parse_args(argv)
-    logging.getLogger("llmasr").setLevel(logging.ERROR)  # random weights: the context warning of every pass
+def measure(args) -> list[dict]:
+    """The best decode time of each search, with and without confidence, rounds alternating."""
     from llmasr.models.decoding import DecodeConfig
 
     rows = []
@@ -95,6 +87,25 @@ def main(argv: list[str] | None = None) -> int:
                 for on in (False, True):
                     best[on] = min(best[on], timed(model, manifest, cfg, on))
             rows.append({"beams": beams, "without": best[False], "with": best[True]})
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--size", choices=("tiny", "qwen0.5b"), default="tiny")
+    ap.add_argument("--clips", type=int, default=8)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--beams", type=int, nargs="+", default=[1, 4])
+    ap.add_argument("--json-out")
+    args = ap.parse_args(argv)
+    quiet = logging.getLogger("llmasr")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)  # random weights: the context warning of every pass
+    try:
+        rows = measure(args)
+    finally:  # run in-process (the bench tests), a level left at ERROR silenced every later test's llmasr warnings
+        quiet.setLevel(level)
     res = {"size": args.size, "clips": args.clips, "threads": torch.get_num_threads(), "modes": rows}
     res["command"] = reproduce_command("bench/confidence_cost.py", argv)
     lines = [f"Confidence cost ({args.size}, {args.clips} clips in one batch, CPU, {res['threads']} threads)", "",

@@ -5,6 +5,7 @@ results of the right structure. No assertion is about speed."""
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import sys
 from pathlib import Path
@@ -37,7 +38,9 @@ def test_confidence_cost_times_decoding_with_and_without(tmp_path, capsys):
     import confidence_cost
 
     argv = ["--clips", "2", "--rounds", "1", "--beams", "1", "--json-out", str(tmp_path / "c.json")]
+    level = logging.getLogger("llmasr").level
     assert confidence_cost.main(argv) == 0
+    assert logging.getLogger("llmasr").level == level  # left at ERROR, it silenced every later test's warnings
     (mode,) = json.loads((tmp_path / "c.json").read_text())["modes"]
     assert mode["beams"] == 1 and mode["without"] > 0 and mode["with"] > 0
     assert "| beam 1 |" in capsys.readouterr().out
