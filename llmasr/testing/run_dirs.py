@@ -140,6 +140,20 @@ def write_corpus(directory: Path, texts: list[str], *, name: str = "test", extra
     return path
 
 
+def write_joined_recording(directory: Path, texts: list[str], *, name: str = "test", gap_s: float = 0.5):
+    """One recording of write_corpus's clips back to back, `gap_s` of silence after each (long audio, decoded in
+    windows), and its manifest `long.jsonl` (key "long", the texts joined); returns (manifest, seconds)."""
+    import soundfile as sf
+
+    waves = [sf.read(directory / "wav" / f"{name}{i}.wav", dtype="float32")[0] for i in range(len(texts))]
+    gap = np.zeros(int(round(gap_s * 16000)), dtype=np.float32)
+    joined = np.concatenate([w for wave in waves for w in (wave, gap)])
+    sf.write(directory / "long.wav", joined, 16000, subtype="FLOAT")
+    path = directory / "long.jsonl"
+    path.write_text(json.dumps({"key": "long", "source": "long.wav", "target": " ".join(texts)}) + "\n")
+    return path, len(joined) / 16000
+
+
 def read_lines(path):
     """The lines of a text file (hyp.txt, ref.txt, ...) without their newlines."""
     return [line.rstrip("\n") for line in open(path, encoding="utf-8")]

@@ -8,9 +8,7 @@ from __future__ import annotations
 import json
 import math
 
-import numpy as np
 import pytest
-import soundfile as sf
 import torch
 
 from llmasr.commands.decode import main as decode_main
@@ -21,7 +19,7 @@ from llmasr.export.decode import DecodeOptions, decode_loader, decode_manifest, 
 from llmasr.export.transcribe import Transcriber
 from llmasr.models.confidence import scored_tokens
 from llmasr.models.decoding import DecodeConfig, decode_config
-from llmasr.testing.run_dirs import write_corpus
+from llmasr.testing.run_dirs import write_corpus, write_joined_recording
 
 OPTS = DecodeOptions(num_workers=0)
 TEXTS = ["zero one two", "three four", "five six seven eight", "nine", "hello world", "the quick brown fox"]
@@ -32,12 +30,7 @@ def corpus(tmp_path_factory):
     """The short clips, and one 6 s recording of them back to back (decoded in windows)."""
     root = tmp_path_factory.mktemp("confidence")
     manifest = write_corpus(root, TEXTS)
-    waves = [sf.read(root / "wav" / f"test{i}.wav", dtype="float32")[0] for i in range(len(TEXTS))]
-    gap = np.zeros(8000, dtype=np.float32)
-    sf.write(root / "long.wav", np.concatenate([w for wave in waves for w in (wave, gap)]), 16000, subtype="FLOAT")
-    long = root / "long.jsonl"
-    long.write_text(json.dumps({"key": "long", "source": "long.wav", "target": " ".join(TEXTS)}) + "\n")
-    return manifest, long
+    return manifest, write_joined_recording(root, TEXTS)[0]
 
 
 def raw_reference(model, out) -> list[list[float]]:

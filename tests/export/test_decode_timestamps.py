@@ -17,7 +17,7 @@ from llmasr.config_io import ConfigError
 from llmasr.export.decode import DecodeOptions, decode_manifest, search_boost
 from llmasr.models.decoding import DecodeConfig
 from llmasr.scoring import UNIT
-from llmasr.testing.run_dirs import write_corpus
+from llmasr.testing.run_dirs import write_corpus, write_joined_recording
 
 TEXTS = ["zero one two", "three four", "five six seven eight", "nine"]
 
@@ -26,12 +26,8 @@ TEXTS = ["zero one two", "three four", "five six seven eight", "nine"]
 def corpus(tmp_path_factory):
     root = tmp_path_factory.mktemp("timestamps")
     manifest = write_corpus(root, TEXTS)
-    waves = [sf.read(root / "wav" / f"test{i}.wav", dtype="float32")[0] for i in range(len(TEXTS))]
-    gap = np.zeros(8000, dtype=np.float32)
-    long = np.concatenate([w for wave in waves for w in (wave, gap)])  # about 5 s: windows of at most 2 s
-    sf.write(root / "long.wav", long, 16000, subtype="FLOAT")
-    (root / "long.jsonl").write_text(json.dumps({"key": "long", "source": "long.wav", "target": " ".join(TEXTS)}))
-    return manifest, root / "long.jsonl", len(long) / 16000
+    long, seconds = write_joined_recording(root, TEXTS)  # about 5 s: windows of at most 2 s
+    return manifest, long, seconds
 
 
 def _check_words(row: dict, duration: float) -> None:
