@@ -30,9 +30,10 @@ from dataclasses import dataclass, replace
 
 from llmasr.config_io import ConfigError
 
+JOB_PORT = "$((20000 + SLURM_JOB_ID % 20000))"  # a port of this job's own, as a batch script writes it
 MASTER_HINT = ("set them in the batch script before srun, e.g.\n"
                '    export MASTER_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)\n'
-               "    export MASTER_PORT=29500  # a free port; another for each job that shares that node")  # fmt: skip
+               f"    export MASTER_PORT={JOB_PORT}  # a free port, one for each job that shares the node")  # fmt: skip
 
 OWN_RANKS = (
     "run llmasr as the tasks of one srun step, or set RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and "

@@ -67,7 +67,7 @@ def meeting_port_errors(environ=os.environ) -> Iterator[None]:
             f"MASTER_PORT={environ.get('MASTER_PORT', '?')}, where the ranks meet, is taken on "
             f"{environ.get('MASTER_ADDR', '?')} (MASTER_ADDR) by another process, another job's ranks say: choose "
             "another free port, one for each job that shares the node (a batch script's `export MASTER_PORT=...`, "
-            f"e.g. $((20000 + SLURM_JOB_ID % 20000)); a launcher's --master_port)"
+            f"e.g. {slurm_env.JOB_PORT}; a launcher's --master_port)"
         ) from None
 
 
