@@ -150,7 +150,9 @@ def write_joined_recording(directory: Path, texts: list[str], *, name: str = "te
     joined = np.concatenate([w for wave in waves for w in (wave, gap)])
     sf.write(directory / "long.wav", joined, 16000, subtype="FLOAT")
     path = directory / "long.jsonl"
-    path.write_text(json.dumps({"key": "long", "source": "long.wav", "target": " ".join(texts)}) + "\n")
+    path.write_text(
+        json.dumps({"key": "long", "source": "long.wav", "target": " ".join(texts)}) + "\n", encoding="utf-8"
+    )
     return path, len(joined) / 16000
 
 
