@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import sys
 
@@ -25,6 +26,38 @@ def extensions_dir() -> str:
 
 
 os.environ.setdefault("TORCH_EXTENSIONS_DIR", extensions_dir())  # the launched ranks inherit it
+
+
+def _llmasr_logger_states() -> dict[str, tuple[int, bool, bool]]:
+    named = {
+        name: logger for name, logger in logging.root.manager.loggerDict.items() if isinstance(logger, logging.Logger)
+    }
+    named["llmasr"] = logging.getLogger("llmasr")
+    return {name: (logger.level, logger.disabled, logger.propagate) for name, logger in named.items()
+            if name == "llmasr" or name.startswith("llmasr.")}  # fmt: skip
+
+
+@pytest.fixture(autouse=True)
+def _logging_left_as_found():
+    """Fails the test that leaves an llmasr logger's level, disabled flag or propagation changed, or logging disabled,
+    and puts them back: a command or bench script run in-process that set the llmasr logger to ERROR and kept it there
+    once silenced every later test's warnings, failing 20 unrelated caplog tests far from the cause."""
+    before, disabled = _llmasr_logger_states(), logging.root.manager.disable
+    yield
+    after = _llmasr_logger_states()
+    changed = {name: (before.get(name, (logging.NOTSET, False, True)), state) for name, state in after.items()
+               if state != before.get(name, (logging.NOTSET, False, True))}  # fmt: skip
+    for name, (old, _) in changed.items():
+        logger = logging.getLogger(name)
+        logger.setLevel(old[0])  # setLevel, not the attribute: it also clears the loggers' cached isEnabledFor answers
+        logger.disabled, logger.propagate = old[1], old[2]
+    now_disabled = logging.root.manager.disable
+    logging.disable(disabled)
+    faults = [f"logger {name!r}: (level, disabled, propagate) {old} -> {new}" for name, (old, new) in changed.items()]
+    if now_disabled != disabled:
+        faults.append(f"logging.disable level {disabled} -> {now_disabled}")
+    if faults:
+        pytest.fail("the test left logging changed (later tests would run under it): " + "; ".join(faults))
 
 
 @pytest.fixture(scope="session")
