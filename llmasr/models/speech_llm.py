@@ -314,6 +314,11 @@ class SpeechLLM(nn.Module):
     def generate_ids(self, batch: Batch, **settings) -> list[list[int]]:
         """`generate`'s token ids, before decoding (each row cut at its cap)."""
         names = {f.name for f in dataclasses.fields(DecodeConfig)}
+        extras = [k for k in ("timestamps", "confidence") if settings.get(k)]
+        if extras:  # ids have no place for them: they would be dropped, the confidence pass paid for nothing
+            asked = ", ".join(f"{k}=True" for k in extras)
+            raise ValueError(f"generate and generate_ids return the transcripts alone; {' and '.join(extras)} come "
+                             f"from transcribe(batch, DecodeConfig({asked}))")  # fmt: skip
         cfg = DecodeConfig(**{k: v for k, v in settings.items() if k in names})
         enc, enc_lens, log_probs, merged = self._embed(batch, for_generation=True)
         ctc = None

@@ -96,3 +96,12 @@ def test_a_forced_end_keeps_the_models_score_floored_where_it_is_ruled_out():
     assert torch.equal(out[1], scores[1])  # row 1 below its cap: untouched
     scores[0, 3] = -4.5
     assert guards(torch.tensor([[5, 6], [5, 6]]), scores.clone())[0, 3] == -4.5
+
+
+@pytest.mark.parametrize("setting", ["confidence", "timestamps"])
+def test_generate_refuses_what_only_transcribe_returns(tiny_llm_dir, setting):
+    model = llmasr.build_model(tiny_model_section(tiny_llm_dir, ctc_weight=0.3)).eval()
+    batch = random_batch(model, ["three four"], frames=[60], seed=1)
+    with pytest.raises(ValueError, match=rf"{setting}.*transcribe\(batch, DecodeConfig\({setting}=True\)\)"):
+        model.generate(batch, max_new_tokens=4, **{setting: True})
+    assert len(model.generate_ids(batch, max_new_tokens=4, **{setting: False})) == 1
