@@ -21,7 +21,7 @@ from llmasr.config_paths import resolve_paths
 from llmasr.data.config import DataConfig, ValidManifestSpec
 from llmasr.models.config import AdaptorConfig, CTCConfig, CTCDecoderConfig, EncoderConfig, ModelConfig
 from llmasr.models.decoding import DecodeConfig
-from llmasr.train.config import OptimConfig, SchedulerConfig, TrainConfig
+from llmasr.train.config import OptimConfig, SchedulerConfig, TrainConfig, refuse_untyped_branch_schedulers
 from llmasr.unread_fields import drop_unread_at
 
 log = logging.getLogger(__name__)
@@ -101,6 +101,7 @@ def load_recipe(
     # again by export, decode and resume, started from anywhere
     resolve_paths(Recipe, data, Path.cwd())
     try:
+        refuse_untyped_branch_schedulers(data.get("optim"))  # before from_dict fills in the default type
         return from_dict(Recipe, data)
     except ConfigError as err:
         raise located(ConfigError(str(err)), path, overrides) from err

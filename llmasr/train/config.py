@@ -25,7 +25,7 @@ from typing import Literal
 
 from llmasr.config_io import ConfigError
 from llmasr.config_paths import path_field
-from llmasr.unread_fields import other_types_fields, refuse_unread
+from llmasr.unread_fields import default_of, other_types_fields, refuse_unread
 
 BRANCHES: tuple[str, ...] = ("encoder", "adaptor", "ctc", "llm")
 
@@ -191,6 +191,26 @@ class OptimConfig:
             eps=own.eps if own.eps is not None else self.eps,
             scheduler=own.scheduler if own.scheduler is not None else self.scheduler,
         )
+
+
+def refuse_untyped_branch_schedulers(optim) -> None:
+    """Refuse a branch's scheduler section, as written, that names no type where `optim.scheduler` names another: it
+    replaces optim.scheduler as a whole, so it was the default type, silently (a recipe with a tri_stage
+    optim.scheduler given `optim.branches.llm.scheduler.warmup_steps=500` trained its LLM on a cosine curve)."""
+    if not isinstance(optim, dict) or not isinstance(optim.get("branches"), dict):
+        return  # not a section: the typed load names it
+    default = default_of(SchedulerConfig, "type")
+    wide = optim.get("scheduler")
+    wide_type = wide.get("type", default) if isinstance(wide, dict) else default
+    for name, own in optim["branches"].items():
+        sched = own.get("scheduler") if isinstance(own, dict) else None
+        if isinstance(sched, dict) and "type" not in sched and wide_type != default:
+            raise ConfigError(
+                f"optim.branches.{name}.scheduler: sets {sorted(map(str, sched))} but no type, so it is {default} "
+                f"(the default), not optim.scheduler's {wide_type}: a branch's scheduler replaces optim.scheduler as "
+                f"a whole, its fields are not merged; write its type (type: {wide_type} with the fields it needs, or "
+                f"type: {default})"
+            )
 
 
 @dataclass

@@ -125,3 +125,28 @@ def test_the_library_entry_points_name_the_loader_when_handed_a_recipe_file(give
         for recipe in (given, Path(given)) if isinstance(given, str) else (given,):
             with pytest.raises(TypeError, match=r"is not a loaded recipe: pass llmasr\.recipe\.load_recipe\(path"):
                 call(recipe)
+
+
+def test_a_branch_scheduler_without_a_type_under_another_optimizer_wide_type_is_refused(tmp_path):
+    """A branch's scheduler replaces optim.scheduler as a whole: one that names no type was the default
+    warmup_cosine, so a recipe with a tri_stage optim.scheduler whose LLM branch set only its warmup trained the LLM
+    on a cosine curve, without a word. It is refused, naming the key and where it was set; a type written, or both
+    sections at the default type, load as before."""
+    from llmasr.recipe import load_recipe
+
+    path = tmp_path / "recipe.yaml"
+    path.write_text(RECIPE.replace("{type: warmup_cosine, warmup_ratio: 0.05", "{warmup_ratio: 0.05"), encoding="utf-8")
+    with pytest.raises(ConfigError) as err:
+        load_recipe(path)
+    message = str(err.value)
+    assert message.startswith("optim.branches.llm.scheduler: sets ['min_lr_ratio', 'warmup_ratio'] but no type")
+    assert "warmup_cosine (the default), not optim.scheduler's tri_stage" in message
+    assert "recipe.yaml, line 7" in message  # the llm branch
+    path.write_text(RECIPE, encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"sets \['warmup_steps'\] .* \(set by the override "):
+        load_recipe(path, ["optim.branches.encoder.scheduler.warmup_steps=10"])
+    assert load_recipe(path).optim.branch("llm").scheduler.type == "warmup_cosine"  # written: as before
+    same = load_recipe(
+        path, ["optim.scheduler={warmup_ratio: 0.1}", "optim.branches.encoder.scheduler.warmup_steps=10"]
+    )
+    assert same.optim.branch("encoder").scheduler.type == "warmup_cosine"  # no type anywhere: the default for both
