@@ -155,11 +155,15 @@ def where_set(message: str, path, overrides: list[str]) -> str:
     if not top and not re.fullmatch(r"[A-Za-z_]\w*(?:\.\w+|\[\d+\])*", key):
         return ""
     section = "" if top else key + "."
+    head = message.split(";")[0]
+    itself_unknown = head.startswith(f"{key}: unknown ") and "unknown key(s)" not in head  # not one of its keys
     for item in reversed(overrides):
         given = item.split("=", 1)[0].strip().lstrip("-")
         given = re.sub(r"\.(\d+)(?=[.\[]|$)", r"[\1]", given)  # a list item as errors name it: a.0.b is a[0].b
         if key == given or key.startswith((given + ".", given + "[")):
             return _by_override(item, message)
+        if given.startswith((key + ".", key + "[")) and itself_unknown:
+            return _by_override(item, message)  # a key unknown as a whole (optim.branches.enc), set by one inside it
         # a section's error about a key in it ("unknown key(s) ['x']; known keys are ..."): the override's if it
         # set that key
         inner = given.removeprefix(section).split(".")[0] if given.startswith(section) else None
@@ -173,7 +177,6 @@ def where_set(message: str, path, overrides: list[str]) -> str:
         return ""
     mark = None  # where the key (or the list item) is written
     # an unknown key is named by its own line (the first of them; the section's where a merge `<<:` brought it)
-    head = message.split(";")[0]
     unknown = re.findall(r"'([^']+)'", head)[:1] if "unknown key(s)" in head else []
     parts = [] if top else re.findall(r"\w+|\[\d+\]", key)
     for part in parts:

@@ -249,7 +249,7 @@ def test_an_error_says_where_its_value_was_set(tmp_path):
     ):
         load_recipe(path, ["train.epochs=2"])
     with pytest.raises(
-        ConfigError, match=r"^optim.branches: unknown branch.*\(set by the override 'optim.branches.enc.lr=1'\)$"
+        ConfigError, match=r"^optim.branches.enc: unknown branch;.*\(set by the override 'optim.branches.enc.lr=1'\)$"
     ):
         load_recipe(path, ["train.epochs=2", "data.train=[a.jsonl]", "optim.branches.enc.lr=1"])
     path.write_text("train:\n  seed: 0\n  bogus: 1\n")  # the file's (the key's own line), not the override's
@@ -414,3 +414,10 @@ def test_a_saved_recipe_reads_its_numbers_as_the_recipe_does(tmp_path):
     (run / "checkpoints").mkdir(parents=True)
     (run / "recipe.yaml").write_text(text, encoding="utf-8")
     assert rs.check_resume_recipe(r, run / "checkpoints") == []
+
+
+def test_a_misspelled_branch_is_located_at_its_own_line(tmp_path):
+    path = tmp_path / "r.yaml"
+    path.write_text("optim:\n  branches:\n    llm: {lr: 1.0e-4}\n    encodr: {lr: 1.0e-5}\n")
+    with pytest.raises(ConfigError, match=rf"^optim.branches.encodr: unknown branch; .*'llm'\] \({path}, line 4\)$"):
+        load_recipe(path)

@@ -176,7 +176,8 @@ class OptimConfig:
     def validate(self, path: str) -> None:
         unknown = sorted(set(self.branches) - set(BRANCHES))
         if unknown:
-            raise ConfigError(f"{path}.branches: unknown branch(es) {unknown}; the branches are {list(BRANCHES)}")
+            named = "unknown branch" if len(unknown) == 1 else f"unknown branches {unknown}"  # the first one's key:
+            raise ConfigError(f"{path}.branches.{unknown[0]}: {named}; the branches are {list(BRANCHES)}")  # its line
         _check_optim_values(path, None, self.weight_decay, self.betas, self.eps)
 
     def branch(self, name: str) -> ResolvedBranch:

@@ -66,7 +66,11 @@ def test_the_ranking_follows_the_metric_of_a_recipe_saved_with_another():
 @pytest.mark.parametrize(
     "section, data, pattern",
     [
-        (OptimConfig, {"branches": {"decoder": {}}}, r"optim.branches: unknown branch\(es\) \['decoder'\]"),
+        (
+            OptimConfig,
+            {"branches": {"decoder": {}}},
+            r"optim.branches.decoder: unknown branch; the branches are \['encoder'",
+        ),
         (OptimConfig, {"branches": {"llm": {"lr": 0}}}, r"optim.branches.llm.lr: must be > 0"),
         (OptimConfig, {"branches": {"llm": {"betas": [0.9]}}}, r"optim.branches.llm.betas"),
         (OptimConfig, {"type": "sgd"}, r"optim.type: 'sgd' is not one of \['adamw'\]"),
