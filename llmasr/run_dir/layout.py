@@ -17,6 +17,7 @@ from llmasr.config_io import not_utf8
 from llmasr.safe_load import CheckpointError
 
 log = logging.getLogger(__name__)
+_SAID: set[tuple[str, str]] = set()  # the unnamed saves resolve_checkpoint has warned of (export resolves twice)
 
 RECIPE_FILE = "recipe.yaml"
 DS_CONFIG_FILE = "ds_config.json"
@@ -201,12 +202,14 @@ def resolve_checkpoint(spec: str | Path, tag: str | None = None) -> CheckpointRe
     if tag is None:
         tag = require_latest(root)
         unnamed = unnamed_save(root)
-        if unnamed is not None:  # `latest` is one save behind: exporting it had silently dropped the last
+        if unnamed is not None and (str(root), unnamed) not in _SAID:
+            _SAID.add((str(root), unnamed))
             log.warning(
                 "%s: %s is complete but its save was cut short before `latest` (which names %s) named it; taking "
                 "it, the run's newest checkpoint, which a resume continues (give --tag %s for the other)",
                 root, unnamed, tag, tag,
             )  # fmt: skip
+        if unnamed is not None:  # `latest` is one save behind: exporting it had silently dropped the last
             tag = unnamed
     if not (root / tag).is_dir():
         tags = list_tags(root)
