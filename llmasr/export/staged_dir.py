@@ -8,7 +8,8 @@ Everything is written under a hidden `.NAME.partial` beside OUT and put in place
 folder that exists keeps its own inode (it may be the shell's current folder or a mount point): what it held
 (nothing, or --overwrite said so) moves aside into `.NAME.old`, completion marker first, the new files move in,
 marker last, and the old ones are deleted; a move that fails puts OUT back as it was. A mount point's sibling is on
-another filesystem, where the renames fail, so there the staging folder is `OUT/.partial` (and `OUT/.old`).
+another filesystem, where the renames fail, and a folder of one's own inside a shared one has no sibling one may
+make, so there the staging folder is `OUT/.partial` (and `OUT/.old`, `OUT/.lock`).
 
 `writing(OUT)` holds a lock file beside OUT (`.NAME.lock`) for the whole write: a second export or conversion to the
 same OUT while the first runs would clear and fill the same staging folder, so it is refused at once instead. Meanwhile
@@ -48,10 +49,15 @@ def _mount_point(where: Path) -> bool:
     return where.is_dir() and os.stat(where).st_dev != os.stat(where.parent).st_dev
 
 
+def _inside(where: Path) -> bool:
+    """OUT's companions go inside it: a mount point, or a folder in a parent this process may not write in."""
+    return _mount_point(where) or (where.is_dir() and not os.access(where.parent, os.W_OK | os.X_OK))
+
+
 def _hidden(out: Path, what: str) -> Path:
-    """OUT's hidden companion `what`: a sibling, or inside OUT when it is a mount point."""
+    """OUT's hidden companion `what`: a sibling, or inside OUT (_inside)."""
     where = Path(out).expanduser().resolve()
-    return where / f".{what}" if _mount_point(where) else where.parent / f".{where.name}.{what}"
+    return where / f".{what}" if _inside(where) else where.parent / f".{where.name}.{what}"
 
 
 def staging_dir(out: Path, what: str = "partial") -> Path:
@@ -68,9 +74,13 @@ def writing(out: Path, *, flag: str, error=ValueError):
     The lock file goes when the block ends; one that a killed writer left is taken over (the lock died with it)."""
     path = _hidden(out, "lock")
     made = [d for d in (path.parent, *path.parent.parents) if not d.exists()]  # removed again if nothing is written
-    path.parent.mkdir(parents=True, exist_ok=True)
     while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except PermissionError as err:  # before any work, naming what the user gave rather than the lock file
+            denied = path.parent if err.filename in (None, str(path)) else Path(err.filename).parent
+            raise error(f"{flag} {out}: no permission to write in {denied}; choose another {flag}") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

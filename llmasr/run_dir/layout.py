@@ -8,12 +8,16 @@ caller that needs one (export, decode) and raises CheckpointError naming what is
 from __future__ import annotations
 
 import json
+import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from llmasr.config_io import not_utf8
 from llmasr.safe_load import CheckpointError
+
+log = logging.getLogger(__name__)
+_SAID: set[tuple[str, str]] = set()  # the unnamed saves resolve_checkpoint has warned of (export resolves twice)
 
 RECIPE_FILE = "recipe.yaml"
 DS_CONFIG_FILE = "ds_config.json"
@@ -177,7 +181,8 @@ class CheckpointRef:
 def resolve_checkpoint(spec: str | Path, tag: str | None = None) -> CheckpointRef:
     """RUN_DIR, RUN_DIR/checkpoints, RUN_DIR/checkpoints/latest, RUN_DIR/checkpoints/TAG or RUN_DIR/TAG (+ optional
     explicit tag).
-    Without a tag, RUN_DIR/checkpoints/latest decides (export, decode --checkpoint)."""
+    Without a tag, RUN_DIR/checkpoints/latest decides (export, decode --checkpoint), unless a newer complete save
+    was cut short before it named itself there (unnamed_save): that one, the run's newest, which a resume continues."""
     path = Path(spec)
     if not path.exists():
         raise CheckpointError(f"checkpoint path not found: {path}")
@@ -196,6 +201,16 @@ def resolve_checkpoint(spec: str | Path, tag: str | None = None) -> CheckpointRe
         )
     if tag is None:
         tag = require_latest(root)
+        unnamed = unnamed_save(root)
+        if unnamed is not None and (str(root), unnamed) not in _SAID:
+            _SAID.add((str(root), unnamed))
+            log.warning(
+                "%s: %s is complete but its save was cut short before `latest` (which names %s) named it; taking "
+                "it, the run's newest checkpoint, which a resume continues (give --tag %s for the other)",
+                root, unnamed, tag, tag,
+            )  # fmt: skip
+        if unnamed is not None:  # `latest` is one save behind: exporting it had silently dropped the last
+            tag = unnamed
     if not (root / tag).is_dir():
         tags = list_tags(root)
         aside = sorted(str(p.parent) for p in root.glob(f"{ABANDONED_PREFIX}*/{tag}") if is_tag_dir(p))

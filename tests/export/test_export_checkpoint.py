@@ -4,6 +4,7 @@ mismatched checkpoint refused with a clear error."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 
 import pytest
@@ -11,6 +12,7 @@ import torch
 
 from llmasr.commands.export import main
 from llmasr.export.export import export_model, load_checkpoint_model
+from llmasr.models.exported import read_description
 from llmasr.run_dir import CheckpointError
 from llmasr.run_dir.files import hash_share
 from llmasr.testing.run_dirs import model_section, train_run
@@ -171,3 +173,20 @@ def test_trained_tensor_mismatch_names_keys_and_shapes(runs, tmp_path, copy_run)
     assert f"shape mismatch: {key}: checkpoint [3, 3] vs model [64, " in msg
     assert f"missing from checkpoint: {dropped}" in msg
     assert "unexpected in checkpoint: adaptor.bogus [2]" in msg
+
+
+def test_a_save_killed_before_it_named_itself_latest_is_the_one_exported(trained_run, tmp_path, copy_run, caplog):
+    """A save writes its meta, then `latest`; a job killed between the two leaves the newest checkpoint complete but
+    unnamed, the one a resume continues from. RUN_DIR had exported the save before it, silently (and --average 2
+    counted one checkpoint): it exports the newest, saying so; a `latest` pointed back by hand is still obeyed."""
+    run = copy_run(trained_run, tmp_path / "run")
+    ckpts = run / "checkpoints"
+    (ckpts / "latest").write_text("update_00000003")
+    os.utime(ckpts / "update_00000004" / "llmasr_meta.json")  # written before `latest` would have been
+    with caplog.at_level("WARNING", logger="llmasr.run_dir"):
+        assert main(["--checkpoint", str(run), "--output", str(tmp_path / "out"), "--average", "2"]) == 0
+    assert read_description(tmp_path / "out")["source"]["tags"] == ["update_00000003", "update_00000004"]
+    assert any("update_00000004" in r.getMessage() and "latest" in r.getMessage() for r in caplog.records)
+    (ckpts / "latest").write_text("update_00000003")  # pointed back after the saves: obeyed
+    assert main(["--checkpoint", str(run), "--output", str(tmp_path / "back")]) == 0
+    assert read_description(tmp_path / "back")["source"]["tags"] == ["update_00000003"]

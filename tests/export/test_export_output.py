@@ -281,3 +281,30 @@ def test_exported_files_are_readable_as_the_umask_says(runs, tmp_path):
     modes = {str(p.relative_to(tmp_path / "out")): oct(stat.S_IMODE(p.stat().st_mode))
              for p in (tmp_path / "out").rglob("*") if p.is_file()}  # fmt: skip
     assert "encoder.safetensors" in modes and modes == dict.fromkeys(modes, expected)
+
+
+def test_a_writable_output_folder_in_a_folder_the_user_may_not_write_in_is_written(runs, tmp_path, capsys):
+    """A folder of one's own inside a shared one (/shared/models/alice, /shared/models not writable) had been
+    refused, naming a lock file beside it, since the lock and the staging folder were made in its parent: they go
+    inside it, as for a mount point, and a second export with --overwrite replaces the first there."""
+    shared = tmp_path / "shared"
+    (shared / "mine").mkdir(parents=True)
+    subprocess.run(["chattr", "+i", str(shared)], capture_output=True)
+    if os.access(shared, os.W_OK):
+        shared.chmod(0o555)
+    try:
+        if os.access(shared, os.W_OK):
+            pytest.skip("no way to make a folder unwritable for this user here")
+        out = shared / "mine"
+        assert main(["--checkpoint", str(runs[0]), "--output", str(out)]) == 0, capsys.readouterr().err
+        load_exported(out)
+        assert main(["--checkpoint", str(runs[0]), "--output", str(out), "--overwrite"]) == 0
+        assert not [p.name for p in out.iterdir() if p.name.startswith(".")]  # no staging, lock or old files left
+        assert sorted(p.name for p in shared.iterdir()) == ["mine"]
+        load_exported(out)
+        # a new folder there cannot be made: refused, naming --output
+        assert main(["--checkpoint", str(runs[0]), "--output", str(shared / "new")]) == 2
+        assert f"--output {shared / 'new'}" in capsys.readouterr().err
+    finally:
+        subprocess.run(["chattr", "-i", str(shared)], capture_output=True)
+        shared.chmod(0o755)
