@@ -81,6 +81,9 @@ def writing(out: Path, *, flag: str, error=ValueError):
         except PermissionError as err:  # before any work, naming what the user gave rather than the lock file
             denied = path.parent if err.filename in (None, str(path)) else Path(err.filename).parent
             raise error(f"{flag} {out}: no permission to write in {denied}; choose another {flag}") from None
+        except (FileExistsError, NotADirectoryError):  # a file where a folder of the path must be
+            file = next(d for d in reversed([path.parent, *path.parent.parents]) if d.exists() and not d.is_dir())
+            raise error(f"{flag} {out}: {file} is a file, not a folder; choose another {flag}") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -308,3 +308,13 @@ def test_a_writable_output_folder_in_a_folder_the_user_may_not_write_in_is_writt
     finally:
         subprocess.run(["chattr", "-i", str(shared)], capture_output=True)
         shared.chmod(0o755)
+
+
+def test_an_output_under_a_file_is_refused_naming_the_file(runs, tmp_path, capsys):
+    """`--output FILE/sub` had ended with a bare "FILE: File exists" naming neither --output nor what was wrong."""
+    (tmp_path / "notes.txt").write_text("a file\n")
+    for out in (tmp_path / "notes.txt" / "export", tmp_path / "notes.txt" / "a" / "export"):
+        assert main(["--checkpoint", str(runs[0]), "--output", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert f"--output {out}: {tmp_path / 'notes.txt'} is a file, not a folder; choose another --output" in err
+    assert (tmp_path / "notes.txt").read_text() == "a file\n"
