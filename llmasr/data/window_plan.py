@@ -143,6 +143,8 @@ def _plan(wave, sample_rate: int, rules: WindowRules, segments, where: str) -> l
         log.warning("long audio: the VAD finds no speech in %s; it is cut by energies", where)
     skip = speech_start(wave, sample_rate) if rules.from_speech else 0
     planned = plan_windows(wave[skip:], sample_rate, *limits)
-    if len(planned) == 1:  # a leading pause alone is the loader's to trim (from_speech)
+    # one window to the end: a leading pause alone is the loader's to trim (from_speech); one that ends before it
+    # leaves out a pause that runs to the end, which decoded whole would be heard past the limit (words into silence)
+    if len(planned) == 1 and planned[0].end == len(wave) - skip:
         return None
     return [dataclasses.replace(w, start=w.start + skip, end=w.end + skip) for w in planned]

@@ -121,3 +121,25 @@ def test_a_gated_recording_is_cut_by_its_audio_not_its_line(tmp_path, vad):
     assert windowed.windows.keys() == {0, 1} and all(len(ws) >= 2 for ws in windowed.windows.values())
     assert windowed.lengths == {0: 12 * SR, 1: 12 * SR}
     assert max(windowed.durations()) <= 5.0
+
+
+@pytest.mark.parametrize("from_speech", [False, True], ids=["kept", "from_speech"])
+def test_speech_then_a_long_silence_is_not_decoded_whole(tmp_path, from_speech):
+    """Speech that fits one window, then silence far past the limit: the window is the speech (the pause that runs to
+    the end is in none, as after a long recording's last window), not the whole recording, which the model would hear
+    past the longest clip it trained on, writing words into the silence up to the length cap of its duration."""
+    quiet = np.zeros(int(20.0 * SR), dtype=np.float32)
+    lead = np.zeros(int(1.0 * SR), dtype=np.float32)
+    speech = syllable_bursts(1.5, seed=6, level=0.2, floor=0.002)
+    sf.write(str(tmp_path / "a.wav"), np.concatenate([speech, quiet]), SR, subtype="FLOAT")
+    sf.write(str(tmp_path / "b.wav"), np.concatenate([lead, speech, quiet]), SR, subtype="FLOAT")
+    lines = [{"key": k, "source": f"{k}.wav", "target": "x"} for k in ("a", "b")]
+    (tmp_path / "m.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    manifest, _ = open_manifests([str(tmp_path / "m.jsonl")], mix=False)
+    windowed = split_long(manifest, [0, 1], sample_rate=SR, rules=WindowRules(3.0, 0.5, 0.2, from_speech=from_speech))
+    assert windowed.windows.keys() == {0, 1} and all(len(ws) == 1 for ws in windowed.windows.values())
+    assert max(windowed.durations()) <= 3.0
+    for i, start in ((0, 0.0), (1, 1.0)):
+        (w,) = windowed.windows[i]
+        assert start + 1.5 <= w.end / SR <= start + 1.5 + 0.35  # the speech and the pause a window keeps after it
+        assert w.start / SR <= (start if from_speech else 0.0) + 0.01
