@@ -7,7 +7,6 @@ biasing lists and B-/U- rates).
 from __future__ import annotations
 
 import json
-import math
 from collections import Counter
 from pathlib import Path
 
@@ -135,6 +134,14 @@ def _plan_text(summary: dict) -> str:
     return f" ({plan:.1f} s of it reading the manifest and placing the windows)" if plan >= 0.05 else ""
 
 
+def _speed_text(summary: dict) -> str:
+    if summary["rtf"] is None:
+        return "real-time factor n/a (no audio decoded)"
+    per_second = summary["utts_per_second"]
+    return (f"real-time factor {summary['rtf']:.4f}{_steady_text(summary)}, "
+            f"{'n/a' if per_second is None else f'{per_second:.2f}'} utterances/s")  # fmt: skip
+
+
 def _steady_text(summary: dict) -> str:
     after = summary.get("rtf_after_first_batch")
     if after is None:
@@ -154,9 +161,9 @@ def llm_summary(out_dir: Path, rows: list[dict], found: dict, cfg: DecodeConfig,
         audio_seconds=round(audio, 3),
         decode_seconds=round(took, 3),
         window_plan_seconds=round(timing.get("window_plan_seconds", 0.0), 3),
-        rtf=took / audio if audio > 0 else math.nan,
+        rtf=took / audio if audio > 0 else None,  # None, not NaN: wer.json stays JSON that strict readers take
         **_steady(timing),
-        utts_per_second=len(rows) / took if took > 0 else math.nan,
+        utts_per_second=len(rows) / took if took > 0 else None,
         truncated=sum(truncated.values()),
         truncated_by_guard=truncated,
         num_beams=cfg.num_beams,
@@ -169,10 +176,8 @@ def llm_summary(out_dir: Path, rows: list[dict], found: dict, cfg: DecodeConfig,
         f"{found.get('name') or Path(found['manifest']).name}: {_rate_line(corpus, summary)}",
         _counts(found, len(rows)),
         f"truncated: {summary['truncated']} (length cap {truncated[MAX_TOKENS]}, repetition {truncated[REPETITION]})",
-        f"mode {timing['mode']}: audio {audio:.1f} s, decoding {took:.1f} s{_plan_text(summary)}, real-time factor "
-        f"{summary['rtf']:.4f}"
-        f"{_steady_text(summary)}, {summary['utts_per_second']:.2f} utterances/s (device {timing['device']}"
-        f"{_ranks(timing)})",
+        f"mode {timing['mode']}: audio {audio:.1f} s, decoding {took:.1f} s{_plan_text(summary)}, "
+        f"{_speed_text(summary)} (device {timing['device']}{_ranks(timing)})",
     ]
     _add_languages(summary, text, rows, "hyp", cfg.metric)
     if line := confidence_summary(summary, rows, cfg.metric):

@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 from types import SimpleNamespace
 
+import pytest
+
 from llmasr.data.records import language_of
 from llmasr.export.decode_results import llm_summary
 from llmasr.models.decoding import DecodeConfig
@@ -48,9 +50,13 @@ def test_a_manifest_of_bad_lines_only_has_no_rate():
 
     with tempfile.TemporaryDirectory() as tmp:
         found = dict(FOUND, skipped=3, skipped_by_reason={"audio: file not found": 3})
-        summary = llm_summary(Path(tmp), [], found, DecodeConfig(), dict(TIMING))
+        summary = llm_summary(Path(tmp), [], found, DecodeConfig(), dict(TIMING, audio_seconds=0.0))
         assert summary["rate"] is None
         assert "no utterance was transcribed (every line was bad: see bad.jsonl): not scored" in summary["text"]
+        # no audio, no rate: wer.json stays JSON that jq and strict readers take (Python had written NaN there)
+        strict = json.loads((Path(tmp) / "wer.json").read_text(), parse_constant=lambda c: pytest.fail(f"{c} written"))
+        assert strict["rtf"] is None and "nan" not in summary["text"]
+        assert "real-time factor n/a (no audio decoded)" in summary["text"]
 
 
 def test_ranks_bad_lines_are_all_kept_whichever_rank_found_them():
