@@ -12,6 +12,14 @@ from pathlib import Path
 
 from llmasr import errors, slurm_env
 from llmasr.atomic_file import write_atomic
+from llmasr.commands.decode_flags import (
+    DECODE_FLAGS,
+    check_model_args,
+    model_args,
+    refused_flag,
+    search_args,
+    vad_flags_problem,
+)
 from llmasr.config_io import ConfigError
 from llmasr.config_paths import output_problem
 from llmasr.data.hotwords import PhraseFileError, read_phrase_file
@@ -32,92 +40,12 @@ from llmasr.export.decode_folders import (
     write_manifest_index,
 )
 from llmasr.export.decode_world import DecodeWorld
-from llmasr.models.decoding import AUTO_CTC_WEIGHT, AUTO_HOTWORD_BOOST, DecodeConfig, decode_config
+from llmasr.models.decoding import decode_config
 from llmasr.models.exported import ExportedModelError
 from llmasr.rank_verdict import rank_failure
 from llmasr.run_dir import CheckpointError
 
 log = logging.getLogger(__name__)
-
-# DecodeConfig field -> the argparse dest of the flag that sets it (unset flags keep the model's saved value)
-DECODE_FLAGS = {
-    "num_beams": "beam",
-    "batch_seconds": "batch_seconds",
-    "max_llm_tokens": "max_llm_tokens",
-    "max_new_tokens": "max_new_tokens",
-    "tokens_per_second": "tokens_per_second",
-    "repetition_penalty": "repetition_penalty",
-    "no_repeat_ngram_size": "no_repeat_ngram",
-    "metric": "metric",
-    "ctc_weight": "ctc_weight",
-    "repeat_limit": "repeat_limit",
-    "max_window_seconds": "max_window_seconds",
-    "window_overlap": "window_overlap",
-    "window_split_pause": "window_split_pause",
-    "hotword_boost": "hotword_boost",
-    "timestamps": "timestamps",
-    "confidence": "confidence",
-    "trim_leading_silence": "trim_leading_silence",
-    "vad": "vad",
-    "vad_max_end_silence_ms": "vad_max_end_silence_ms",
-    "vad_gate": "vad_gate",
-    "vad_merge_seconds": "vad_merge_seconds",
-}
-
-# The flags that only set how a VAD cuts (decode.vad); without one each would change nothing
-VAD_FLAGS = {
-    "vad_max_end_silence_ms": "--vad-max-end-silence-ms",
-    "vad_merge_seconds": "--vad-merge-seconds",
-    "vad_gate": "--no-vad-gate",
-}
-
-
-def refused_flag(settings: dict, options: dict | None = None) -> str | None:
-    """Why a decoding flag is out of its own range (the setting's error and the flag), found before the model loads
-    (window_overlap 0 there: the model's own may be below the default); None when every one is in range.
-    `settings`: DecodeConfig fields (DECODE_FLAGS), `options`: DecodeOptions fields."""
-    try:
-        decode_config(DecodeConfig(window_overlap=0.0), **settings)
-        DecodeOptions(**{k: v for k, v in (options or {}).items() if v is not None})
-    except ConfigError as err:
-        key = str(err).split(":", 1)[0]  # decode.FIELD, or an option's own name (num_workers)
-        return f"{err} (--{DECODE_FLAGS.get(key.removeprefix('decode.'), key).replace('_', '-')})"
-    return None
-
-
-def model_args(p: argparse.ArgumentParser) -> None:
-    """The model to decode with (an exported directory or a checkpoint) and where it runs: decode's and transcribe's."""
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--model", help="an exported model directory (llmasr export)")
-    src.add_argument("--checkpoint", help="RUN_DIR[/checkpoints/TAG]: decode a training checkpoint directly")
-    p.add_argument("--tag", help="checkpoint tag (with --checkpoint RUN_DIR)")
-    p.add_argument(
-        "--dtype",
-        choices=("bf16", "fp16", "fp32"),
-        help="LLM dtype (default: as exported; a checkpoint: its recipe's model.llm.dtype, as a default export)",
-    )
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
-    p.add_argument(
-        "--trust-remote-code", action="store_true",
-        help="allow a model that needs its LLM directory's own Python files (trust_remote_code) to run them",
-    )  # fmt: skip
-    p.add_argument(
-        "--base-llm", metavar="DIR",
-        help="an adapter export's base LLM, where it is not where the export's description says (a copy on this "
-        "machine; checked against the base the adapter was trained on)",
-    )  # fmt: skip
-
-
-def check_model_args(p: argparse.ArgumentParser, args) -> None:
-    """What argparse cannot say of model_args: --tag names a checkpoint of --checkpoint RUN_DIR (it had been ignored
-    beside --model), --base-llm the base of an exported --model."""
-    if args.tag is not None and args.model is not None:
-        p.error("--tag picks a checkpoint of --checkpoint RUN_DIR; an exported --model has none")
-    if args.base_llm is not None and args.checkpoint is not None:
-        p.error(
-            "--base-llm is the base LLM of an adapter export (--model DIR); a checkpoint reads its recipe's "
-            "model.llm.path"
-        )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -125,22 +53,14 @@ def build_parser() -> argparse.ArgumentParser:
     model_args(p)
     p.add_argument("--data", action="append", required=True, help="manifest (FunASR jsonl or lhotse cuts); repeatable")
     p.add_argument("--output", required=True, help="output directory for hyp/ref/results/wer files")
-    p.add_argument("--beam", type=int, default=None, help="beam size (1: greedy)")
     p.add_argument("--batch-seconds", type=float, default=None, help="audio seconds per batch (padded)")
     p.add_argument(
         "--max-llm-tokens", type=int, default=None,
         help="LLM positions per batch: B x beams x (longest prompt and audio tokens + most new tokens); an utterance "
         "past it alone is decoded alone (default: the model's decode.max_llm_tokens, else none)",
     )  # fmt: skip
-    p.add_argument("--max-new-tokens", type=int, default=None, help="cap on generated tokens per utterance")
-    p.add_argument(
-        "--tokens-per-second", type=float, default=None,
-        help=f"length cap per audio second (default: the model's, else {DecodeConfig.tokens_per_second:g})",
-    )  # fmt: skip
-    p.add_argument("--repetition-penalty", type=float, default=None)
-    p.add_argument("--no-repeat-ngram", type=int, default=None, help="no_repeat_ngram_size for generate")
     p.add_argument("--metric", choices=("auto", "wer", "cer"), default=None)
-    _search_args(p)
+    search_args(p)  # beam, length cap, repetition stop, CTC guidance, hotword boost, windows, VAD: transcribe's too
     p.add_argument("--max-bad-fraction", type=float, default=None, help="fail when more lines than this are bad")
     workers = f"data loader workers, also for the VAD's pass before batching (default {DecodeOptions.num_workers})"
     p.add_argument("--num-workers", type=int, default=None, help=workers)
@@ -169,72 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="score B-/U- rates against the lists (the manifest's, --hotwords) without using them (neither prompt "
         "nor boost): the unbiased baseline of the same lists",
     )  # fmt: skip
-    p.add_argument(
-        "--hotword-boost", type=float, default=None,
-        help="score per token (per character in a script written without spaces) of a listed phrase the hypothesis "
-        "completes, in the search (0: the list is only in the "
-        f"prompt; default: the model's, else {AUTO_HOTWORD_BOOST:g} when CTC-guided)",
-    )  # fmt: skip
     return p
-
-
-def window_args(p: argparse.ArgumentParser) -> None:
-    """Long audio's windows (decode and transcribe alike): a Whisper model's own 30 s, say, where the default is the
-    longest clip the model was trained on."""
-    p.add_argument(
-        "--max-window-seconds", type=float, default=None,
-        help="decode longer audio in windows cut at low-energy points (0: never split; default: the model's saved "
-        "value, else the longest audio it was trained on)",
-    )  # fmt: skip
-    p.add_argument(
-        "--window-overlap", type=float, default=None,
-        help=f"seconds two windows share where no pause separates them (default {DecodeConfig.window_overlap:g})",
-    )  # fmt: skip
-    p.add_argument(
-        "--window-split-pause", type=float, default=None,
-        help="a pause at least this long ends a window before the limit (0: fill windows to the limit; default "
-        f"{DecodeConfig.window_split_pause:g})",
-    )  # fmt: skip
-
-
-def _search_args(p: argparse.ArgumentParser) -> None:
-    """Flags of the search and its guards beyond beam and length: CTC guidance, repetition stop, long-audio windows."""
-    p.add_argument(
-        "--ctc-weight", type=float, default=None,
-        help="CTC-guided decoding: weight of the CTC head's score against the LLM's (0: off; default: the model's, "
-        f"else {AUTO_CTC_WEIGHT:g} with a CTC head)",
-    )  # fmt: skip
-    p.add_argument(
-        "--repeat-limit", type=int, default=None,
-        help=f"end a hypothesis whose n-gram repeats back to back more than this, an n-gram of 1 or 2 tokens more "
-        f"than twice this plus one (0: off; default {DecodeConfig.repeat_limit})",
-    )  # fmt: skip
-    window_args(p)
-    p.add_argument(
-        "--vad", metavar="DIR", default=None,
-        help="a FunASR FSMN VAD directory (fsmn-vad): long utterances are cut at the speech segments it finds, and an "
-        "utterance without speech gets an empty text (default: the model's saved decode.vad, else cuts by frame "
-        "energies)",
-    )  # fmt: skip
-    p.add_argument(
-        "--vad-max-end-silence-ms", type=int, default=None,
-        help="silence (ms) that ends a VAD segment, FunASR's max_end_silence_time (default: FunASR's schedule)",
-    )  # fmt: skip
-    p.add_argument(
-        "--vad-merge-seconds", type=float, default=None,
-        help="join consecutive VAD segments into windows of up to this many seconds, pauses included (FunASR's "
-        "merge_vad / merge_length_s; default 0: a window a segment)",
-    )  # fmt: skip
-    p.add_argument(
-        "--no-vad-gate", dest="vad_gate", action="store_const", const=False, default=None,
-        help="with --vad, decode an utterance even where the VAD finds no speech (default: its transcript is empty; "
-        "decode.vad_gate)",
-    )  # fmt: skip
-    p.add_argument(
-        "--keep-leading-silence", dest="trim_leading_silence", action="store_const", const=False, default=None,
-        help="decode each utterance from its first sample, not from where its speech starts after a leading pause "
-        "(decode.trim_leading_silence)",
-    )  # fmt: skip
 
 
 class Refused(Exception):
@@ -327,13 +182,8 @@ def _prepare(args, world: DecodeWorld):
         raise Refused(f"--ctc: the {where} has no CTC head (trained with model.ctc.weight 0); decode it without --ctc")
     try:
         cfg = decode_config(saved, **flags)
-        vad_only = [flag for field, flag in VAD_FLAGS.items() if flags[field] is not None]
-        if vad_only and cfg.vad is None:  # each would change nothing, and the decode would not say so
-            raise DecodeError(
-                f"{', '.join(vad_only)}: {'settings' if len(vad_only) > 1 else 'a setting'} of the VAD's segments, "
-                "and this decode has no VAD (no --vad DIR, and the model's decode.vad is unset): give --vad DIR, or "
-                f"leave {'them' if len(vad_only) > 1 else 'it'} out"
-            )
+        if vad_only := vad_flags_problem(flags, cfg):
+            raise DecodeError(vad_only)
         search_boost(model, cfg, opts)  # refused here, before the model moves to its device
         opts = dataclasses.replace(opts, **{k: v for k, v in given.items() if v is not None})
     except (ConfigError, DecodeError) as err:

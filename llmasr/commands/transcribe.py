@@ -1,8 +1,9 @@
-"""`llmasr transcribe --model DIR | --checkpoint RUN_DIR AUDIO... [--hotwords FILE] [--beam N] [--device D]
-[--timestamps] [--confidence]`: print each audio file's transcript, one "AUDIO<TAB>TEXT" line per file in the order
-given (llmasr.export.transcribe); with --timestamps or --confidence one JSON line per file with its words' times or
-the LLM's log-probability of its text. A file that cannot be read is named on stderr where it falls, the others still
-print, and the exit status is 1."""
+"""`llmasr transcribe --model DIR | --checkpoint RUN_DIR AUDIO... [--hotwords FILE] [decode's search and guard flags]
+[--device D] [--timestamps] [--confidence]`: print each audio file's transcript, one "AUDIO<TAB>TEXT" line per file
+in the order given (llmasr.export.transcribe); with --timestamps or --confidence one JSON line per file with its
+words' times or the LLM's log-probability of its text, and "truncated". A transcript a guard cut (the length cap, the
+repetition stop) is named on stderr, stdout's line unchanged. A file that cannot be read is named on stderr where it
+falls, the others still print, and the exit status is 1."""
 
 from __future__ import annotations
 
@@ -15,13 +16,22 @@ import os
 import sys
 
 from llmasr import errors
-from llmasr.commands.decode import check_model_args, model_args, refused_flag, window_args
+from llmasr.commands.decode_flags import (
+    check_model_args,
+    model_args,
+    refused_flag,
+    search_args,
+    search_settings,
+    vad_flags_problem,
+)
 from llmasr.config_io import ConfigError
 from llmasr.config_paths import file_problem
 from llmasr.data.hotwords import PhraseFileError, read_phrase_file
 from llmasr.export.decode import DecodeError
 from llmasr.export.decode_world import DecodeWorld
 from llmasr.export.transcribe import TranscribeError, Transcriber, utf8
+from llmasr.models.decode_guards import MAX_TOKENS, REPETITION
+from llmasr.models.decoding import DecodeConfig
 from llmasr.models.exported import ExportedModelError
 from llmasr.run_dir import CheckpointError
 
@@ -31,18 +41,11 @@ def build_parser() -> argparse.ArgumentParser:
     model_args(p)
     p.add_argument("audio", nargs="+", help="audio files (wav, flac, ogg, mp3: what libsndfile reads)")
     p.add_argument("--hotwords", metavar="FILE", help="biasing list for every file (UTF-8, one phrase a line)")
-    p.add_argument("--beam", type=int, default=None, help="beam size (default: the model's decode settings)")
-    p.add_argument("--ctc-weight", type=float, default=None, help="CTC guidance weight (default: the model's)")
-    p.add_argument(
-        "--vad", metavar="DIR", default=None,
-        help="a FunASR FSMN VAD directory: long audio is cut at the speech segments it finds, a file without speech "
-        "gets an empty text (default: the model's)",
-    )  # fmt: skip
-    window_args(p)  # a long file's windows, as decode sets them (a transcribe had no way to set them but Python)
+    search_args(p)  # decode's search and guards (length cap, repetition stop, windows, VAD), from one owner
     p.add_argument(
         "--timestamps", action="store_true",
-        help='one JSON line per file instead: {"audio", "text", "timestamps": [[word, start s, end s], ...]} (word '
-        "times from the CTC head)",
+        help='one JSON line per file instead: {"audio", "text", "truncated", "timestamps": [[word, start s, end s], '
+        '...]} (word times from the CTC head)',
     )  # fmt: skip
     p.add_argument(
         "--confidence", action="store_true",
@@ -77,6 +80,22 @@ def _several_ranks(environ=os.environ) -> str | None:
             "manifest, which splits them between ranks")  # fmt: skip
 
 
+def stopped_by(row: dict, cfg: DecodeConfig) -> str:
+    """Which guard ended a file's transcript (its row's "truncated"), and the flag that moves it."""
+    each = " a window" if row.get("windows", 1) > 1 else ""  # long audio: each window has its own cap
+    if row["truncated"] == MAX_TOKENS and cfg.max_new_tokens is not None:
+        return (f"transcript cut at the length cap, decode.max_new_tokens {cfg.max_new_tokens} tokens{each}: raise "
+                "--max-new-tokens, or give 0 for the cap by duration")  # fmt: skip
+    if row["truncated"] == MAX_TOKENS:
+        return (f"transcript cut at the length cap, tokens_per_second {cfg.tokens_per_second:g} x seconds + 8 "
+                f"tokens{each}: raise --tokens-per-second (an LLM that spells a character in several tokens needs "
+                "more)")  # fmt: skip
+    if row["truncated"] == REPETITION:
+        return (f"transcript ended by the repetition stop, an n-gram repeated back to back more than "
+                f"{cfg.repeat_limit} times: --repeat-limit sets it (0: off)")  # fmt: skip
+    return f"transcript ended by the guard {row['truncated']!r}"
+
+
 def main(argv: list[str] | None = None) -> int:
     if isinstance(sys.stdout, io.TextIOWrapper):
         sys.stdout.reconfigure(errors="llmasr.transcribe")
@@ -103,12 +122,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     # word times and confidence only when they are printed: the model's saved decode.timestamps and decode.confidence
     # do not change the output
-    given = {"num_beams": args.beam, "ctc_weight": args.ctc_weight, "timestamps": bool(args.timestamps),
-             "confidence": bool(args.confidence),
-             "vad": args.vad, "max_window_seconds": args.max_window_seconds, "window_overlap": args.window_overlap,
-             "window_split_pause": args.window_split_pause}  # fmt: skip
+    given = {**search_settings(args), "timestamps": bool(args.timestamps), "confidence": bool(args.confidence)}
     if refused := refused_flag(given):  # before the model loads
         print(f"llmasr transcribe: error: {refused}", file=sys.stderr)
+        return 2
+    if args.hotword_boost is not None and hotwords is None:  # it would change nothing, and nothing would say so
+        print("llmasr transcribe: error: --hotword-boost scores the phrases of --hotwords, and none is given: give "
+              "--hotwords FILE, or leave it out", file=sys.stderr)  # fmt: skip
         return 2
     try:
         asr = Transcriber.load(
@@ -116,6 +136,8 @@ def main(argv: list[str] | None = None) -> int:
             trust_remote_code=args.trust_remote_code, base_llm=args.base_llm,
             **{k: v for k, v in given.items() if v is not None},
         )  # fmt: skip
+        if vad_only := vad_flags_problem(given, asr.cfg):
+            raise DecodeError(vad_only)
         rows = asr.transcripts(args.audio, hotwords=hotwords, keep_going=True)
     except (CheckpointError, ExportedModelError, FileNotFoundError, ConfigError, TranscribeError, DecodeError) as err:
         print(f"llmasr transcribe: error: {err}", file=sys.stderr)
@@ -123,8 +145,11 @@ def main(argv: list[str] | None = None) -> int:
     for path, row in zip(args.audio, rows):
         if "error" in row:  # named where it falls; the other files' lines still print
             print(f"llmasr transcribe: error: {path}: {row['error']}", file=sys.stderr)
-        elif args.timestamps or args.confidence:
-            line = {"audio": path, "text": row["hyp"]}
+            continue
+        if row.get("truncated"):  # the text printed is cut: said where a script can see it, stdout's format kept
+            print(f"llmasr transcribe: warning: {path}: {stopped_by(row, asr.cfg)}", file=sys.stderr)
+        if args.timestamps or args.confidence:
+            line = {"audio": path, "text": row["hyp"], "truncated": row.get("truncated")}
             if args.timestamps:
                 line["timestamps"] = None if row["timestamps"] is None else [list(w) for w in row["timestamps"]]
             if args.confidence:

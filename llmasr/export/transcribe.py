@@ -71,7 +71,8 @@ class Transcriber:
         **decode,
     ) -> Transcriber:
         """From an exported model directory (or a training checkpoint), on `device`; `decode`: DecodeConfig
-        fields to override the model's saved settings (num_beams=4, ctc_weight=0.5, ...). `base_llm`: the folder of
+        fields to override the model's saved settings (num_beams=4, ctc_weight=0.5, ...; max_new_tokens=0 unsets a
+        saved cap: the cap by duration). `base_llm`: the folder of
         an adapter export's base LLM where it is not where the export's description says (a copy on this machine)."""
         if (model_dir is None) == (checkpoint is None):  # one source: neither had failed on None, both used one
             raise TranscribeError(

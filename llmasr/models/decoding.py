@@ -235,12 +235,22 @@ def _field_types() -> dict:
 
 def decode_config(saved: DecodeConfig, path: str = "decode", **given) -> DecodeConfig:
     """`saved` with every `given` value that is not None put in its place, checked, types too (ConfigError naming
-    the field under `path`). Unknown names are a TypeError: they are a caller's bug, not a user's input."""
+    the field under `path`). Unknown names are a TypeError: they are a caller's bug, not a user's input.
+    max_new_tokens given as 0 unsets a saved cap (the cap by duration again): None means "keep the saved value"
+    here, so a flag or a Transcriber.load setting has no other way to say it."""
     names = {f.name for f in dataclasses.fields(DecodeConfig)}
     unknown = sorted(set(given) - names)
     if unknown:
         raise TypeError(f"decode_config: unknown setting(s) {unknown}; known: {sorted(names)}")
     fields = {**{name: getattr(saved, name) for name in names}, **{k: v for k, v in given.items() if v is not None}}
+    cap = given.get("max_new_tokens")
+    if isinstance(cap, int) and not isinstance(cap, bool) and cap <= 0:
+        if cap < 0:  # the recipe's own message says "unset", which a given value cannot be
+            raise ConfigError(
+                f"{path}.max_new_tokens: must be >= 1, or 0 for the cap by duration (tokens_per_second x seconds + "
+                f"8), got {cap}"
+            )
+        fields["max_new_tokens"] = None
     return from_dict(DecodeConfig, fields, path)  # each value's type checked as a recipe's (from_dict validates)
 
 

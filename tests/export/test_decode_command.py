@@ -411,6 +411,9 @@ def test_cli_flags_override_the_exported_decode_settings(exported_dir, corpus, t
     got = {k: json.loads((tmp_path / k / "wer.json").read_text()) for k in ("saved", "given")}
     assert (got["saved"]["max_new_tokens"], got["saved"]["num_beams"], got["saved"]["batch_seconds"]) == (2, 2, 0.01)
     assert (got["given"]["max_new_tokens"], got["given"]["num_beams"], got["given"]["batch_seconds"]) == (3, 1, 0.01)
+    # 0 unsets the saved cap: the cap by duration again (0 had been refused, and no other spelling unset it)
+    assert main([*common, "--output", str(tmp_path / "unset"), "--max-new-tokens", "0"]) == 0
+    assert json.loads((tmp_path / "unset" / "wer.json").read_text())["max_new_tokens"] is None
     capsys.readouterr()
     assert main([*common, "--output", str(tmp_path / "zero"), "--beam", "0"]) == 2
     assert "llmasr decode: error: decode.num_beams: must be >= 1, got 0" in capsys.readouterr().err

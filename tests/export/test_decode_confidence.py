@@ -146,6 +146,6 @@ def test_the_commands_write_and_print_it(exported_dir, corpus, tmp_path, capsys)
     clip = str(manifest.parent / "wav" / "test0.wav")
     assert transcribe_main(["--model", str(exported_dir), "--confidence", "--max-window-seconds", "0", clip]) == 0
     printed = json.loads(capsys.readouterr().out)
-    assert set(printed) == {"audio", "text", "avg_logprob", "logprob"} and printed["avg_logprob"] < 0
+    assert set(printed) == {"audio", "text", "truncated", "avg_logprob", "logprob"} and printed["avg_logprob"] < 0
     (row,) = Transcriber.load(exported_dir, confidence=True).transcripts([clip])
     assert (row["avg_logprob"], row["logprob"]) == (printed["avg_logprob"], printed["logprob"])

@@ -70,7 +70,12 @@ def test_the_commands_refuse_a_missing_device_before_loading(exported_dir, manif
     "flag, value, message",
     [
         ("--batch-seconds", "-1", "decode.batch_seconds: must be > 0 seconds of audio a batch, got -1.0"),
-        ("--max-new-tokens", "0", "decode.max_new_tokens: must be >= 1 (or unset: by duration), got 0"),
+        (
+            "--max-new-tokens",
+            "-1",
+            "decode.max_new_tokens: must be >= 1, or 0 for the cap by duration (tokens_per_"
+            "second x seconds + 8), got -1 (--max-new-tokens)",
+        ),
         ("--repetition-penalty", "0", "decode.repetition_penalty: must be > 0 (1: off), got 0.0"),
         ("--no-repeat-ngram", "-1", "decode.no_repeat_ngram_size: must be >= 0 (0: off), got -1"),
         ("--tokens-per-second", "nan", "decode.tokens_per_second: expected a number, got nan"),  # as a recipe's NaN
