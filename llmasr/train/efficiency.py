@@ -149,9 +149,10 @@ class Interval:
 
     def figures(self, peak_total: dict | float | None) -> dict:
         """utt/s, audio_s/s, tok/s (LLM positions, audio + text), mfu ("n/a" without a peak), padding shares of
-        audio frames and LLM positions, and the share of the interval spent waiting for data; with biasing lists in
-        the interval, how many utterances had one (hw_lists) and the phrases the token cap dropped (hw_dropped); with
-        utterances the CTC head had no path for, how many (ctc_unaligned)."""
+        audio frames and LLM positions, and the share of the interval spent waiting for data (each update's wait on
+        its slowest rank's loader); with biasing lists in the interval, how many utterances had one (hw_lists) and the
+        phrases the token cap dropped (hw_dropped); with utterances the CTC head had no path for, how many
+        (ctc_unaligned)."""
         dt = max(time.monotonic() - self.start - self.aside_s, 1e-9)
         c = self.count
         hot = {"hw_lists": self.hotword_lists, "hw_dropped": self.hotwords_dropped} if self.hotword_lists else {}

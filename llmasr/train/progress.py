@@ -188,7 +188,7 @@ class Progress:
 
     def update(self, update: int, epoch: int, stats: dict, lrs: dict, extra: dict, wait_s: float = 0.0) -> None:
         """One optimizer update: `stats` are the window's (already all-reduced) losses and counts, `wait_s` the
-        seconds rank 0 waited for its batches."""
+        seconds the rank that waited longest for its batches waited (run_window's data_wait_s)."""
         if not self.enabled:
             return
         self.interval.add(stats, wait_s)

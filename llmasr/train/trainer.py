@@ -268,13 +268,14 @@ class Run(RunSetup):
             self.pending_rng = None
         lrs = self.engine.lrs()  # the lrs this update uses (the scheduler moves them on at its end)
         skipped = self.engine.skipped_steps
-        stats = run_window(self.engine, window, self.world, self.flops)
+        waited = self.wait.take()  # the window's batches are in hand: this rank's wait for them is over
+        stats = run_window(self.engine, window, self.world, self.flops, wait_s=waited)
         update = self.engine.global_steps
         if self.engine.skipped_steps > skipped:  # it held the schedules: lr_schedule.csv's plan moves on one later
             self.skipped.append(update)
             self.lr_stale = True
         history.append({"update": update, "epoch": epoch, **stats, "lr": lrs})
-        self.progress.update(update, epoch, stats, lrs, self._extra(), self.wait.take())
+        self.progress.update(update, epoch, stats, lrs, self._extra(), stats["data_wait_s"])
         return update
 
     def _validate_and_save(self, epoch: int, update: int) -> dict | None:

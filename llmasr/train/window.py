@@ -18,9 +18,12 @@ from llmasr.train.flops import FlopCounter, StepCount, host_values
 from llmasr.train.process_group import all_gather_object, all_reduce_sum
 
 
-def run_window(engine, window: list[Batch], world_size: int, counter: FlopCounter | None = None) -> dict:
+def run_window(engine, window: list[Batch], world_size: int, counter: FlopCounter | None = None,
+               wait_s: float = 0.0) -> dict:  # fmt: skip
     """Forward/backward every micro batch of one window and apply the update; returns window-wide stats. With a
-    `counter`, stats["count"] is the window's StepCount (FLOPs, tokens, frames) summed over all ranks."""
+    `counter`, stats["count"] is the window's StepCount (FLOPs, tokens, frames) summed over all ranks. `wait_s`: the
+    seconds this rank waited for the window's batches; stats["data_wait_s"] is the longest any rank waited (a slow
+    loader on one rank holds every rank up in the gradient all-reduce, where no loader clock sees it)."""
     real = [b for b in window if not b.empty]
     n_tok, n_utt = all_reduce_sum([sum(b.labelled_tokens for b in real), sum(b.size for b in real)], engine.device)
     tok_norm = max(n_tok, 1.0) / world_size
@@ -65,9 +68,12 @@ def run_window(engine, window: list[Batch], world_size: int, counter: FlopCounte
         unaligned += [key for key, bad in zip(batch.keys, rows or []) if bad]  # rows None: no CTC head
     lists = sum(bool(h) for b in real for h in b.hotwords)
     dropped = sum(sum(b.hotwords_dropped) for b in real)
-    llm_sum, ctc_sum, correct, audio, lists, dropped, n_unaligned, n_nonfinite, *count = all_reduce_sum(
-        [llm_sum, ctc_sum, correct, audio, lists, dropped, len(unaligned), len(nonfinite), *count], engine.device
+    waits = rank_slots(wait_s)  # each rank's wait in its own slot: the sum holds every rank's
+    llm_sum, ctc_sum, correct, audio, lists, dropped, n_unaligned, n_nonfinite, *rest = all_reduce_sum(
+        [llm_sum, ctc_sum, correct, audio, lists, dropped, len(unaligned), len(nonfinite), *waits, *count],
+        engine.device,
     )
+    waits, count = rest[: len(waits)], rest[len(waits) :]
     # a window of stand-ins only (every batch bad on every rank) has no loss: NaN, not a 0 that draws a false dip
     nan = float("nan")
     stats = {"llm_loss": llm_sum / n_tok if n_tok > 0 else nan, "acc": correct / n_tok if n_tok > 0 else nan}
@@ -79,11 +85,22 @@ def run_window(engine, window: list[Batch], world_size: int, counter: FlopCounte
         stats.update(ctc_unaligned=int(n_unaligned), ctc_unaligned_keys=unaligned)  # all ranks; this rank's keys
     stats.update(loss=loss, n_tokens=int(n_tok), n_utts=int(n_utt), audio_seconds=audio)
     stats.update(hotword_lists=int(lists), hotwords_dropped=int(dropped))  # the token cap's drops, logged
+    stats["data_wait_s"] = max(waits)
     if n_nonfinite:  # every rank knows it from the sum, so every rank joins the gather; the keys name the data
         stats["nonfinite_keys"] = all_gather_object(nonfinite)  # per rank: its micro batches' keys
     if counter is not None:
         stats["count"] = StepCount.from_list(count)
     return stats
+
+
+def rank_slots(value: float) -> list[float]:
+    """[world size] zeros with `value` in this rank's slot (one slot outside a process group)."""
+    dist = torch.distributed
+    if not (dist.is_initialized() and dist.get_world_size() > 1):
+        return [value]
+    slots = [0.0] * dist.get_world_size()
+    slots[dist.get_rank()] = value
+    return slots
 
 
 def skips_nonfinite(engine) -> bool:

@@ -181,6 +181,45 @@ def test_utterances_ctc_has_no_path_for_are_counted_and_named(tiny_llm_dir, tmp_
     assert sum(counted) == 1  # one epoch: the utterance is seen once, the others align
 
 
+SLOW_LOADER_RANK = """
+import os, sys, time
+sys.path.insert(0, {root!r})
+from llmasr.cli import entry
+from llmasr.data import dataset
+
+if os.environ["RANK"] == "1":  # this rank's loader takes 0.15 s an utterance; rank 0's is as fast as ever
+    real = dataset.SpeechDataset._features
+
+    def slow(self, *args, **kwargs):
+        time.sleep(0.15)
+        return real(self, *args, **kwargs)
+
+    dataset.SpeechDataset._features = slow
+sys.exit(entry())
+"""
+
+
+@pytest.mark.slow
+def test_data_wait_is_the_slowest_ranks(tiny_llm_dir, corpus, tmp_path):
+    """A loader that is slow on rank 1 alone holds every rank up, rank 0 in the gradient all-reduce, where its loader
+    clock does not see it: data_wait read 0.02 (rank 0's own wait) while the run trained at rank 1's loading pace."""
+    from pathlib import Path
+
+    import yaml
+
+    from llmasr.testing.launcher import launch_train
+
+    data = tiny_recipe_dict(tiny_llm_dir, train=[corpus], output_dir=tmp_path / "unused", epochs=1)
+    recipe_file = tmp_path / "recipe.yaml"
+    recipe_file.write_text(yaml.safe_dump(data))
+    script = tmp_path / "rank.py"
+    script.write_text(SLOW_LOADER_RANK.format(root=str(Path(__file__).resolve().parents[2])))
+    launch_train(recipe_file, "zero0", tmp_path / "run", entry=(str(script),))
+    lines = (tmp_path / "run" / "train.log").read_text().splitlines()
+    rows = [parse_log_line(line) for line in lines if " train update=" in line]
+    assert rows and all(row["data_wait"] > 0.5 for row in rows), [row["data_wait"] for row in rows]
+
+
 def test_device_memory_is_logged_for_a_cuda_rank_only(tmp_path, monkeypatch):
     """A CPU run on a host with CUDA (DS_ACCELERATOR=cpu) had logged mem/device_peak_gb=0 for a device it never
     used; a CUDA rank logs its own device's peak."""
