@@ -53,14 +53,10 @@ def build_parser() -> argparse.ArgumentParser:
     model_args(p)
     p.add_argument("--data", action="append", required=True, help="manifest (FunASR jsonl or lhotse cuts); repeatable")
     p.add_argument("--output", required=True, help="output directory for hyp/ref/results/wer files")
-    p.add_argument("--batch-seconds", type=float, default=None, help="audio seconds per batch (padded)")
-    p.add_argument(
-        "--max-llm-tokens", type=int, default=None,
-        help="LLM positions per batch: B x beams x (longest prompt and audio tokens + most new tokens); an utterance "
-        "past it alone is decoded alone (default: the model's decode.max_llm_tokens, else none)",
-    )  # fmt: skip
     p.add_argument("--metric", choices=("auto", "wer", "cer"), default=None)
-    search_args(p)  # beam, length cap, repetition stop, CTC guidance, hotword boost, windows, VAD: transcribe's too
+    search_args(
+        p
+    )  # batches, beam, length cap, repetition stop, CTC guidance, hotword boost, windows, VAD: transcribe's too
     p.add_argument("--max-bad-fraction", type=float, default=None, help="fail when more lines than this are bad")
     workers = f"data loader workers, also for the VAD's pass before batching (default {DecodeOptions.num_workers})"
     p.add_argument("--num-workers", type=int, default=None, help=workers)

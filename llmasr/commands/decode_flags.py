@@ -1,6 +1,6 @@
-"""The flags `llmasr decode` and `llmasr transcribe` share, defined once: the model to load (model_args), the search
-and its guards against runaway output (search_args: beam, CTC guidance, length cap, repetition stop, long audio's
-windows, the VAD), and their mapping onto DecodeConfig overrides (search_settings, refused_flag)."""
+"""The flags `llmasr decode` and `llmasr transcribe` share, defined once: the model to load (model_args), the batches,
+the search and its guards against runaway output (search_args: batch size, beam, CTC guidance, length cap, repetition
+stop, long audio's windows, the VAD), and their mapping onto DecodeConfig overrides (search_settings, refused_flag)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,8 @@ from llmasr.models.decoding import AUTO_CTC_WEIGHT, AUTO_HOTWORD_BOOST, DecodeCo
 
 # DecodeConfig field -> the argparse dest of its flag in search_args (unset flags keep the model's saved value)
 SEARCH_FLAGS = {
+    "batch_seconds": "batch_seconds",
+    "max_llm_tokens": "max_llm_tokens",
     "num_beams": "beam",
     "max_new_tokens": "max_new_tokens",
     "tokens_per_second": "tokens_per_second",
@@ -32,8 +34,6 @@ SEARCH_FLAGS = {
 # every DecodeConfig field -> its flag's dest: the shared ones, then decode's own (batching, scoring, outputs)
 DECODE_FLAGS = {
     **SEARCH_FLAGS,
-    "batch_seconds": "batch_seconds",
-    "max_llm_tokens": "max_llm_tokens",
     "metric": "metric",
     "timestamps": "timestamps",
     "confidence": "confidence",
@@ -122,8 +122,14 @@ def check_model_args(p: argparse.ArgumentParser, args) -> None:
 
 
 def search_args(p: argparse.ArgumentParser) -> None:
-    """The search and its guards (SEARCH_FLAGS): beam, length cap, repetition, CTC guidance, hotword boost, long
-    audio's windows, the VAD. Each unset keeps the model's saved decode value."""
+    """The batches, the search and its guards (SEARCH_FLAGS): batch size, beam, length cap, repetition, CTC guidance,
+    hotword boost, long audio's windows, the VAD. Each unset keeps the model's saved decode value."""
+    p.add_argument("--batch-seconds", type=float, default=None, help="audio seconds per batch (padded)")
+    p.add_argument(
+        "--max-llm-tokens", type=int, default=None,
+        help="LLM positions per batch: B x beams x (longest prompt and audio tokens + most new tokens); an utterance "
+        "past it alone is decoded alone (default: the model's decode.max_llm_tokens, else none)",
+    )  # fmt: skip
     p.add_argument("--beam", type=int, default=None, help="beam size (1: greedy; default: the model's)")
     p.add_argument(
         "--max-new-tokens", type=int, default=None,

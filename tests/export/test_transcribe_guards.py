@@ -66,12 +66,14 @@ def test_the_command_takes_decodes_search_and_guard_flags(exported_dir, clip, tm
     "unrecognized arguments": only a model's saved values or Transcriber.load could set them."""
     seen = _settings_seen(monkeypatch)
     flags = ["--max-new-tokens", "3", "--tokens-per-second", "5", "--repeat-limit", "2", "--repetition-penalty",
-             "1.5", "--no-repeat-ngram", "3", "--keep-leading-silence", "--beam", "2"]  # fmt: skip
+             "1.5", "--no-repeat-ngram", "3", "--keep-leading-silence", "--beam", "2", "--batch-seconds", "50",
+             "--max-llm-tokens", "4000"]  # fmt: skip
     assert main(["--model", str(exported_dir), clip, "--device", "cpu", *flags]) == 0
     cfg = seen[-1]
     got = (cfg.max_new_tokens, cfg.tokens_per_second, cfg.repeat_limit, cfg.repetition_penalty,
-           cfg.no_repeat_ngram_size, cfg.trim_leading_silence, cfg.num_beams)  # fmt: skip
-    assert got == (3, 5.0, 2, 1.5, 3, False, 2)
+           cfg.no_repeat_ngram_size, cfg.trim_leading_silence, cfg.num_beams, cfg.batch_seconds,
+           cfg.max_llm_tokens)  # fmt: skip
+    assert got == (3, 5.0, 2, 1.5, 3, False, 2, 50.0, 4000)
     # a flag that would change nothing is refused naming it, as decode refuses it
     assert main(["--model", str(exported_dir), clip, "--no-vad-gate"]) == 2
     assert "llmasr transcribe: error: --no-vad-gate: a setting of the VAD's segments" in capsys.readouterr().err
