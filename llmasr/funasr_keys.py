@@ -19,6 +19,7 @@ _TRAIN = {
     "accum_grad": "train.grad_accum",
     "max_epoch": "train.epochs",
     "keep_nbest_models": "train.best_k",
+    "avg_keep_nbest_models_type": "train.best_metric (acc, loss or wer)",  # FunASR ranks by acc unless told
     "avg_nbest_model": "`llmasr export --average N --average-by best`",
     "validate_interval": "train.valid_every_updates",
     "save_checkpoint_interval": "train.save_every_updates",

@@ -11,6 +11,8 @@ from llmasr.recipe import load_recipe
     "override, said",
     [("train.accum_grad=4", "FunASR's train_conf.accum_grad is train.grad_accum here"),
      ("train.keep_nbest_models=5", "FunASR's train_conf.keep_nbest_models is train.best_k here"),
+     ("train.avg_keep_nbest_models_type=acc",
+      "FunASR's train_conf.avg_keep_nbest_models_type is train.best_metric (acc, loss or wer) here"),
      ("train.max_epoch=20", "FunASR's train_conf.max_epoch is train.epochs here"),
      ("train.validate_interval=500", "FunASR's train_conf.validate_interval is train.valid_every_updates here"),
      ("train.use_deepspeed=true", "FunASR's train_conf.use_deepspeed is the --deepspeed flag here"),

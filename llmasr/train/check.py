@@ -198,10 +198,10 @@ def _vad_lines(decode, sample_rate: int) -> list[str]:
     ]
 
 
-def _checkpoint_lines(tc, ds: dict, counts: dict, plan, total: int) -> list[str]:
+def _checkpoint_lines(tc, ds: dict, counts: dict, plan) -> list[str]:
     """The disk the run's checkpoints take against the run folder's free space; RunDirError where one cannot fit."""
     space = CheckpointSpace.estimate(
-        tc, trainable=counts["trainable"], epochs=len(plan.per_epoch), total=total,
+        tc, trainable=counts["trainable"], epochs=plan.epochs_reached, total=plan.ends_after,
         validates=plan.loaders[2] is not None, ds=ds,
     )  # fmt: skip
     problem, warning = space.problem(), space.warning()
@@ -334,7 +334,7 @@ def check(
     names = [g["name"] for g in groups]
     counts = param_counts(model)
     stage = zero_stage(ds)
-    space = _checkpoint_lines(tc, ds, counts, plan, plan.total)  # where train checks it: before loading a resume
+    space = _checkpoint_lines(tc, ds, counts, plan)  # where train checks it: before loading a resume
     start, total, stop, course = run_start(
         recipe, model, plan, folder, stage=stage, world_size=world_size, overwrite=overwrite
     )

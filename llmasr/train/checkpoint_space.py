@@ -45,7 +45,8 @@ class CheckpointSpace:
         """For a run of `train_cfg` (train.*) under DeepSpeed config `ds` training `trainable` parameters in `total`
         updates over `epochs` epochs: a save at every epoch end, every save_every_updates, and after every
         valid_every_updates validation when best_k ranks checkpoints and there is validation data (`validates`); an
-        upper bound on the count."""
+        upper bound on the count. `epochs` and `total` are what the run trains (RunPlan.epochs_reached, ends_after),
+        not the epochs train.max_updates cuts off."""
         master, moment = optimizer_state_bytes(ds or {})
         per = trainable * (WEIGHT_BYTES[train_cfg.precision] + master + 2 * moment)
         every, valid_every = train_cfg.save_every_updates, train_cfg.valid_every_updates

@@ -11,6 +11,7 @@ A partial accumulation window at an epoch end completes an update, so an epoch o
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 from dataclasses import dataclass, field
@@ -50,6 +51,17 @@ class RunPlan:
     def total(self) -> int:
         """Updates the schedules are sized by."""
         return self.max_updates if self.max_updates is not None else self.natural
+
+    @property
+    def ends_after(self) -> int:
+        """The update a fresh run ends after: the epochs' end, or train.max_updates where it comes first."""
+        return min(self.total, self.natural)
+
+    @property
+    def epochs_reached(self) -> int:
+        """The epochs a fresh run trains in: train.max_updates may end it in an earlier one than the last."""
+        starts = itertools.accumulate(self.updates_per_epoch[:-1], initial=0)
+        return sum(1 for start in starts if start < self.ends_after)
 
     def batch_line(self) -> str:
         ds, k = self.ds, self.grad_accum

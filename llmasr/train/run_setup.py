@@ -105,7 +105,7 @@ class RunSetup:
         plan = self.plan = plan_run(recipe, self.ds, rank=self.rank, world_size=self.world, device=self.dist.device,
                                     all_gather=all_gather_object, resuming=self.resume is not None)  # fmt: skip
         self.k, self.side, self.per_epoch, self.total = plan.grad_accum, plan.side, plan.per_epoch, plan.total
-        self.ends_after = min(plan.total, plan.natural)  # where the run ends (a resume counts it again)
+        self.ends_after = plan.ends_after  # where the run ends (a resume counts it again)
         self.train_loader, self.sampler, self.valid_loader = plan.loaders
         # each data.valid manifest's own metrics beside the pool's (None: one manifest, or none)
         self.valid_sets = None if self.valid_loader is None else ValidSets.of(
@@ -113,8 +113,8 @@ class RunSetup:
         )  # fmt: skip
         self._log_batches()
         self._build_engine()
-        check_run_space(self.recipe.train, self.rank, trainable=self.trainable_params, epochs=len(self.per_epoch),
-                        total=self.total, validates=self.valid_loader is not None, ds=self.ds)  # fmt: skip
+        check_run_space(self.recipe.train, self.rank, trainable=self.trainable_params, epochs=plan.epochs_reached,
+                        total=plan.ends_after, validates=self.valid_loader is not None, ds=self.ds)  # fmt: skip
         if self.resume is None:
             self._write_run_files(0)
 

@@ -95,3 +95,32 @@ def test_too_little_for_rotation_is_warned_of(base, tmp_path, monkeypatch, caplo
     with caplog.at_level(logging.WARNING, logger="llmasr.train"):
         train_run(tmp_path / "run", *base[:1], base[1], preset="zero2", keep_last=3, best_k=1, save_every_updates=1)
     assert "a later save may fail for lack of space; lower train.keep_last" in caplog.text
+
+
+def test_epochs_past_max_updates_are_not_counted(base, tmp_path, monkeypatch, capsys, caplog):
+    """train.max_updates 1 ends a 40-epoch run in its first epoch, with one save: keeping every checkpoint
+    (keep_last 0), one is on disk. The estimate had counted a save at each of the 40 epoch ends: `llmasr check`
+    printed "up to 40 on disk at once", and `llmasr train` warned that a later save may not fit where one does."""
+    from check_runner import run_check
+
+    from llmasr.config_io import dump_yaml
+    from llmasr.models.builder import build_model
+    from llmasr.testing.run_dirs import train_run
+    from llmasr.testing.tiny_corpus import tiny_recipe_dict
+
+    keys = {"epochs": 40, "keep_last": 0, "best_k": 0}
+    data = tiny_recipe_dict(base[0]["llm"]["path"], train=[base[1]], output_dir=tmp_path / "checked", max_updates=1,
+                            **keys)  # fmt: skip
+    data["model"] = base[0]
+    dump_yaml(data, tmp_path / "recipe.yaml")
+    code, out, err = run_check(capsys, "--config", str(tmp_path / "recipe.yaml"), "--deepspeed", "zero0",
+                               "--out", str(tmp_path / "o"))  # fmt: skip
+    assert code == 0 and ", up to 1 on disk at once (" in out, out + err
+
+    model = build_model(base[0], weights="meta")
+    per = 16 * sum(p.numel() for p in model.parameters() if p.requires_grad)
+    monkeypatch.setattr(space_mod, "free_bytes", lambda path: int(1.5 * per))  # the run's one save fits
+    with caplog.at_level(logging.WARNING, logger="llmasr.train"):
+        run = train_run(tmp_path / "run", *base[:1], base[1], preset="zero0", updates=1, **keys)
+    assert len(list((run.run_dir / "checkpoints").glob("update_*"))) == 1
+    assert "a later save may fail" not in caplog.text
