@@ -281,6 +281,8 @@ def load_checkpoint_model(
         )
     if average > 1 or average_by == "best":
         tags = select_tags(ref, average, average_by or "last")
+        # by last, a best checkpoint kept past rotation can be among them, far older than the rest: named
+        log.info("averaging %d checkpoints (by %s): %s", len(tags), average_by or "last", ", ".join(tags))
     else:
         tags = [ref.tag]
     recipe = run_recipe(ref.run_dir, trust_remote_code=trust_remote_code)

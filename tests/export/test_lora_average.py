@@ -59,13 +59,15 @@ def _exported_name(module: str) -> str:
     return module.replace(".", "/", 1) + ".weight"
 
 
-def test_averaged_merged_export_is_the_mean_of_the_checkpoints_merged_models(trained_run, tmp_path):
+def test_averaged_merged_export_is_the_mean_of_the_checkpoints_merged_models(trained_run, tmp_path, caplog):
     """Before, A and B were averaged apart: s * mean(B) @ mean(A), another weight than the mean of the models."""
+    caplog.set_level("INFO", logger="llmasr")
     assert select_tags(resolve_checkpoint(trained_run), 3, "last") == TAGS
     states = _states(trained_run, TAGS)
     each = [_merged(trained_run, t) for t in TAGS]
     exact = {k: torch.stack([w[k] for w in each]).mean(0) for k in each[0]}
     out = export_model(trained_run, tmp_path / "avg", average=3, dtype="fp32")
+    assert f"averaging 3 checkpoints (by last): {', '.join(TAGS)}" in caplog.text  # which ones, named
     got = {f"llm/{k}": v for k, v in load_file(str(out / "llm" / "model.safetensors")).items()}
     got.update({f"encoder/{k}": v for k, v in load_file(str(out / "encoder.safetensors")).items()})
     assert set(got) == set(exact)
