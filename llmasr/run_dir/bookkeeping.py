@@ -239,6 +239,11 @@ def select_tags(ref: CheckpointRef, n: int, by: str = "last") -> list[str]:
                 f"{ref.root / BEST}: missing; best-N averaging needs the validation ranking the trainer writes"
             )
         chosen = [b["tag"] for b in read_best(ref.root)][:n]
+        if not chosen:  # a run without validation data (or a list emptied since) ranks none: "0 available" said not why
+            raise CheckpointError(
+                f"{ref.root / BEST} ranks no checkpoint: the run has no validation result to rank by (no data.valid, "
+                f"or no validation yet); average the last checkpoints instead (--average {n} without --average-by best)"
+            )
         for t in chosen:
             if not (ref.root / t).is_dir():
                 raise CheckpointError(f"{ref.root / BEST} lists tag {t!r}, but {ref.root / t} does not exist")

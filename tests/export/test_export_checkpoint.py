@@ -48,6 +48,18 @@ def test_averaging_equals_mean_of_tensors(trained_run, tmp_path):
     assert desc["source"]["average"] == {"n": 2, "by": "best"}
 
 
+def test_average_by_best_of_a_run_that_ranked_nothing_says_why(trained_run, tmp_path, capsys):
+    """A run without validation data keeps an empty best.json: this had said "only 0 are available ...: none"."""
+    run = shutil.copytree(trained_run, tmp_path / "run")
+    (run / "checkpoints" / "best.json").write_text("[]\n")
+    assert (
+        main(["--checkpoint", str(run), "--average", "2", "--average-by", "best", "--output", str(tmp_path / "o")]) == 2
+    )
+    err = capsys.readouterr().err
+    assert f"{run / 'checkpoints' / 'best.json'} ranks no checkpoint: the run has no validation result" in err
+    assert "(--average 2 without --average-by best)" in err and not (tmp_path / "o").exists()
+
+
 def test_average_by_best_with_a_checkpoint_named_is_refused(trained_run, tmp_path, capsys):
     """--average-by best with a tag named had exported best.json's best checkpoint instead, saying nothing."""
     named = trained_run / "checkpoints" / "update_00000001"
