@@ -79,6 +79,11 @@ def writing(out: Path, *, flag: str, error=ValueError):
             path.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         except PermissionError as err:  # before any work, naming what the user gave rather than the lock file
+            if err.filename == str(path) and os.path.lexists(path):  # the lock file refuses, not the folder
+                raise error(
+                    f"{flag} {out}: its lock file {path} is not this user's to open (another user's export or "
+                    f"conversion holds it or left it): remove it if none is running, or choose another {flag}"
+                ) from None
             denied = path.parent if err.filename in (None, str(path)) else Path(err.filename).parent
             raise error(f"{flag} {out}: no permission to write in {denied}; choose another {flag}") from None
         except (FileExistsError, NotADirectoryError):  # a file where a folder of the path must be

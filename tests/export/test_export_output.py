@@ -318,3 +318,24 @@ def test_an_output_under_a_file_is_refused_naming_the_file(runs, tmp_path, capsy
         err = capsys.readouterr().err
         assert f"--output {out}: {tmp_path / 'notes.txt'} is a file, not a folder; choose another --output" in err
     assert (tmp_path / "notes.txt").read_text() == "a file\n"
+
+
+def test_a_lock_file_the_user_may_not_open_is_named_not_its_writable_folder(tmp_path, capsys):
+    """Another user's export killed while writing leaves its lock file (0644, theirs) beside OUT: opening it was
+    refused as "no permission to write in FOLDER", a folder this user can write in, naming neither the lock file nor
+    what to do about it. Refused before the checkpoint is read."""
+    lock = tmp_path / ".mine.lock"
+    lock.touch()
+    subprocess.run(["chattr", "+i", str(lock)], capture_output=True)
+    if os.access(lock, os.W_OK):
+        lock.chmod(0o444)
+    try:
+        if os.access(lock, os.W_OK):
+            pytest.skip("no way to make a file unwritable for this user here")
+        assert main(["--checkpoint", str(tmp_path / "run"), "--output", str(tmp_path / "mine")]) == 2
+        err = capsys.readouterr().err
+        assert f"--output {tmp_path / 'mine'}: its lock file {lock} is not this user's to open" in err
+        assert "remove it if none is running, or choose another --output" in err and "permission to write" not in err
+    finally:
+        subprocess.run(["chattr", "-i", str(lock)], capture_output=True)
+        lock.chmod(0o644)
