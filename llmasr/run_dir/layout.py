@@ -182,13 +182,15 @@ def resolve_checkpoint(spec: str | Path, tag: str | None = None) -> CheckpointRe
     """RUN_DIR, RUN_DIR/checkpoints, RUN_DIR/checkpoints/latest, RUN_DIR/checkpoints/TAG or RUN_DIR/TAG (+ optional
     explicit tag).
     Without a tag, RUN_DIR/checkpoints/latest decides (export, decode --checkpoint), unless a newer complete save
-    was cut short before it named itself there (unnamed_save): that one, the run's newest, which a resume continues."""
+    was cut short before it named itself there (unnamed_save): that one, the run's newest, which a resume continues;
+    the pointer file given itself (RUN_DIR/checkpoints/latest) is what it names."""
     path = Path(spec)
     if not path.exists():
         raise CheckpointError(f"checkpoint path not found: {path}")
     if tag is None and is_tag_dir(path):
         return CheckpointRef(run_dir_of(path.parent), path.parent, path.name)
-    if path.name == LATEST and path.is_file():  # DeepSpeed's pointer file: the checkpoint it names
+    pointer = path.name == LATEST and path.is_file()  # DeepSpeed's pointer file named: the checkpoint it names
+    if pointer:
         path = path.parent
     if (path / CHECKPOINTS).is_dir():
         root = path / CHECKPOINTS
@@ -201,7 +203,7 @@ def resolve_checkpoint(spec: str | Path, tag: str | None = None) -> CheckpointRe
         )
     if tag is None:
         tag = require_latest(root)
-        unnamed = unnamed_save(root)
+        unnamed = None if pointer else unnamed_save(root)
         if unnamed is not None and (str(root), unnamed) not in _SAID:
             _SAID.add((str(root), unnamed))
             log.warning(

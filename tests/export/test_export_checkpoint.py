@@ -199,6 +199,9 @@ def test_a_save_killed_before_it_named_itself_latest_is_the_one_exported(trained
         assert main(["--checkpoint", str(run), "--output", str(tmp_path / "out"), "--average", "2"]) == 0
     assert read_description(tmp_path / "out")["source"]["tags"] == ["update_00000003", "update_00000004"]
     assert any("update_00000004" in r.getMessage() and "latest" in r.getMessage() for r in caplog.records)
+    from llmasr.run_dir import resolve_checkpoint
+
+    assert resolve_checkpoint(ckpts / "latest").tag == "update_00000003"  # the pointer file named: what it names
     (ckpts / "latest").write_text("update_00000003")  # pointed back after the saves: obeyed
     assert main(["--checkpoint", str(run), "--output", str(tmp_path / "back")]) == 0
     assert read_description(tmp_path / "back")["source"]["tags"] == ["update_00000003"]
