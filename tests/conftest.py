@@ -33,8 +33,9 @@ def _llmasr_logger_states() -> dict[str, tuple[int, bool, bool]]:
         name: logger for name, logger in logging.root.manager.loggerDict.items() if isinstance(logger, logging.Logger)
     }
     named["llmasr"] = logging.getLogger("llmasr")
+    named["root"] = logging.root  # an llmasr logger left at NOTSET takes the root's level: at ERROR, it is silenced
     return {name: (logger.level, logger.disabled, logger.propagate) for name, logger in named.items()
-            if name == "llmasr" or name.startswith("llmasr.")}  # fmt: skip
+            if name in ("llmasr", "root") or name.startswith("llmasr.")}  # fmt: skip
 
 
 def _silenced(old: tuple[int, bool, bool], new: tuple[int, bool, bool]) -> bool:
@@ -54,13 +55,13 @@ def _warnings_left_audible():
     changed = {name: (before.get(name, unset), state) for name, state in _llmasr_logger_states().items()
                if _silenced(before.get(name, unset), state)}  # fmt: skip
     for name, (old, _) in changed.items():
-        logger = logging.getLogger(name)
+        logger = logging.root if name == "root" else logging.getLogger(name)
         logger.setLevel(old[0])  # setLevel, not the attribute: it also clears the loggers' cached isEnabledFor answers
         logger.disabled, logger.propagate = old[1], old[2]
-    now_disabled = logging.root.manager.disable
-    logging.disable(disabled)
     faults = [f"logger {name!r}: (level, disabled, propagate) {old} -> {new}" for name, (old, new) in changed.items()]
-    if now_disabled > disabled:
+    now_disabled = logging.root.manager.disable
+    if now_disabled >= logging.WARNING and now_disabled > disabled:  # logging.disable(INFO) leaves warnings audible
+        logging.disable(disabled)
         faults.append(f"logging.disable level {disabled} -> {now_disabled}")
     if faults:
         pytest.fail("the test left llmasr's warnings silenced (later tests would run under it): " + "; ".join(faults))
