@@ -3,6 +3,7 @@ written (permissions, another export, the run's own files), staged and published
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import shutil
@@ -30,21 +31,29 @@ def test_output_must_be_new(runs, tmp_path):
     assert (tmp_path / "precious.txt").read_text() == "important"
 
 
+@contextlib.contextmanager
+def made_unwritable(path, mode: int):
+    """`path` (a folder or a file) this process cannot write: `mode` (555, 444), and immutable (chattr +i) where that
+    alone does not stop it (root); the test is skipped where neither does. Writable again afterwards."""
+    path.chmod(mode)
+    immutable = os.access(path, os.W_OK)
+    try:
+        if immutable and (subprocess.run(["chattr", "+i", str(path)], capture_output=True).returncode != 0
+                          or os.access(path, os.W_OK)):  # fmt: skip
+            pytest.skip(f"no way to make a {'folder' if path.is_dir() else 'file'} unwritable for this user here")
+        yield path
+    finally:
+        if immutable:
+            subprocess.run(["chattr", "-i", str(path)], capture_output=True)
+        path.chmod(0o755 if path.is_dir() else 0o644)
+
+
 @pytest.fixture
 def unwritable(tmp_path):
-    """A folder this process cannot write in: mode 555, and immutable (chattr +i) where that alone does not stop
-    it (root)."""
-    folder = tmp_path / "unwritable"
-    folder.mkdir()
-    folder.chmod(0o555)
-    immutable = os.access(folder, os.W_OK)
-    if immutable and (subprocess.run(["chattr", "+i", str(folder)], capture_output=True).returncode != 0
-                      or os.access(folder, os.W_OK)):  # fmt: skip
-        pytest.skip("no way to make a folder unwritable for this user here")
-    yield folder
-    if immutable:
-        subprocess.run(["chattr", "-i", str(folder)], check=True)
-    folder.chmod(0o755)
+    """A folder this process cannot write in."""
+    (tmp_path / "unwritable").mkdir()
+    with made_unwritable(tmp_path / "unwritable", 0o555) as folder:
+        yield folder
 
 
 @pytest.mark.parametrize("overwrite", [False, True])
@@ -289,12 +298,7 @@ def test_a_writable_output_folder_in_a_folder_the_user_may_not_write_in_is_writt
     inside it, as for a mount point, and a second export with --overwrite replaces the first there."""
     shared = tmp_path / "shared"
     (shared / "mine").mkdir(parents=True)
-    subprocess.run(["chattr", "+i", str(shared)], capture_output=True)
-    if os.access(shared, os.W_OK):
-        shared.chmod(0o555)
-    try:
-        if os.access(shared, os.W_OK):
-            pytest.skip("no way to make a folder unwritable for this user here")
+    with made_unwritable(shared, 0o555):
         out = shared / "mine"
         assert main(["--checkpoint", str(runs[0]), "--output", str(out)]) == 0, capsys.readouterr().err
         load_exported(out)
@@ -305,9 +309,6 @@ def test_a_writable_output_folder_in_a_folder_the_user_may_not_write_in_is_writt
         # a new folder there cannot be made: refused, naming --output
         assert main(["--checkpoint", str(runs[0]), "--output", str(shared / "new")]) == 2
         assert f"--output {shared / 'new'}" in capsys.readouterr().err
-    finally:
-        subprocess.run(["chattr", "-i", str(shared)], capture_output=True)
-        shared.chmod(0o755)
 
 
 def test_an_output_under_a_file_is_refused_naming_the_file(runs, tmp_path, capsys):
@@ -326,16 +327,8 @@ def test_a_lock_file_the_user_may_not_open_is_named_not_its_writable_folder(tmp_
     what to do about it. Refused before the checkpoint is read."""
     lock = tmp_path / ".mine.lock"
     lock.touch()
-    subprocess.run(["chattr", "+i", str(lock)], capture_output=True)
-    if os.access(lock, os.W_OK):
-        lock.chmod(0o444)
-    try:
-        if os.access(lock, os.W_OK):
-            pytest.skip("no way to make a file unwritable for this user here")
+    with made_unwritable(lock, 0o444):
         assert main(["--checkpoint", str(tmp_path / "run"), "--output", str(tmp_path / "mine")]) == 2
         err = capsys.readouterr().err
         assert f"--output {tmp_path / 'mine'}: its lock file {lock} is not this user's to open" in err
         assert "remove it if none is running, or choose another --output" in err and "permission to write" not in err
-    finally:
-        subprocess.run(["chattr", "-i", str(lock)], capture_output=True)
-        lock.chmod(0o644)
