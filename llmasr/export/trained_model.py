@@ -274,6 +274,12 @@ def load_checkpoint_model(
     if average < 1:
         raise CheckpointError(f"--average {average}: the number of checkpoints to average must be >= 1")
     ref = resolve_checkpoint(checkpoint, tag)
+    if ref.passed_over is not None:
+        log.warning(
+            "%s: %s is complete but its save was cut short before `latest` (which names %s) named it; taking it, the "
+            "run's newest checkpoint, which a resume continues (give --tag %s for the other)",
+            ref.root, ref.tag, ref.passed_over, ref.passed_over,
+        )  # fmt: skip
     if average_by == "best" and (tag is not None or Path(checkpoint).resolve() == ref.path.resolve()):
         raise CheckpointError(  # best.json's ranking picks the checkpoints: the one named would be left out silently
             f"--average-by best takes the best checkpoints of {ref.root / 'best.json'}, not the one named "

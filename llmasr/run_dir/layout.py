@@ -8,16 +8,12 @@ caller that needs one (export, decode) and raises CheckpointError naming what is
 from __future__ import annotations
 
 import json
-import logging
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from llmasr.config_io import not_utf8
 from llmasr.safe_load import CheckpointError
-
-log = logging.getLogger(__name__)
-_SAID: set[tuple[str, str]] = set()  # the unnamed saves resolve_checkpoint has warned of (export resolves twice)
 
 RECIPE_FILE = "recipe.yaml"
 DS_CONFIG_FILE = "ds_config.json"
@@ -172,6 +168,8 @@ class CheckpointRef:
     run_dir: Path  # holds recipe.yaml
     root: Path  # RUN_DIR/checkpoints
     tag: str
+    # the tag `latest` names, where `tag` is a newer save a killed job did not get to name there (unnamed_save)
+    passed_over: str | None = field(default=None, compare=False)
 
     @property
     def path(self) -> Path:
@@ -182,9 +180,10 @@ def resolve_checkpoint(spec: str | Path, tag: str | None = None) -> CheckpointRe
     """RUN_DIR, RUN_DIR/checkpoints, RUN_DIR/checkpoints/latest, RUN_DIR/checkpoints/TAG or RUN_DIR/TAG (+ optional
     explicit tag).
     Without a tag, RUN_DIR/checkpoints/latest decides (export, decode --checkpoint), unless a newer complete save
-    was cut short before it named itself there (unnamed_save): that one, the run's newest, which a resume continues;
-    the pointer file given itself (RUN_DIR/checkpoints/latest) is what it names."""
-    path = Path(spec)
+    was cut short before it named itself there (unnamed_save): that one, the run's newest, which a resume continues
+    (`passed_over` then names latest's, for the loader's warning); the pointer file given itself
+    (RUN_DIR/checkpoints/latest) is what it names."""
+    path, passed_over = Path(spec), None
     if not path.exists():
         raise CheckpointError(f"checkpoint path not found: {path}")
     if tag is None and is_tag_dir(path):
@@ -204,15 +203,8 @@ def resolve_checkpoint(spec: str | Path, tag: str | None = None) -> CheckpointRe
     if tag is None:
         tag = require_latest(root)
         unnamed = None if pointer else unnamed_save(root)
-        if unnamed is not None and (str(root), unnamed) not in _SAID:
-            _SAID.add((str(root), unnamed))
-            log.warning(
-                "%s: %s is complete but its save was cut short before `latest` (which names %s) named it; taking "
-                "it, the run's newest checkpoint, which a resume continues (give --tag %s for the other)",
-                root, unnamed, tag, tag,
-            )  # fmt: skip
         if unnamed is not None:  # `latest` is one save behind: exporting it had silently dropped the last
-            tag = unnamed
+            tag, passed_over = unnamed, tag
     if not (root / tag).is_dir():
         tags = list_tags(root)
         aside = sorted(str(p.parent) for p in root.glob(f"{ABANDONED_PREFIX}*/{tag}") if is_tag_dir(p))
@@ -220,7 +212,7 @@ def resolve_checkpoint(spec: str | Path, tag: str | None = None) -> CheckpointRe
             f"checkpoint tag {tag!r} not found under {root}; available: {', '.join(tags) if tags else 'none'}"
             + (f"; a resume set it aside in {', '.join(aside)} (pass that folder)" if aside else "")
         )
-    return CheckpointRef(run_dir_of(root), root, tag)
+    return CheckpointRef(run_dir_of(root), root, tag, passed_over)
 
 
 def resume_asked(cli: str | None, recipe_resume: str | None) -> tuple[str | None, str]:
