@@ -109,7 +109,7 @@ def run_start(recipe, model, plan, folder: RunFolder, *, stage: int, world_size:
         why = "--overwrite starts over" if overwrite else "no checkpoint yet"
         auto = f" (train.resume auto: {why})" if asked == "auto" else ""
         lines = ["run directory", f"  {run_dir}: a fresh run{auto}", *(f"  {n}" for n in notes)]
-        return lines, plan.total, min(plan.total, plan.natural), fresh_course(recipe.train, plan.updates_per_epoch)
+        return lines, plan.total, plan.ends_after, fresh_course(recipe.train, plan.updates_per_epoch)
     load_dir, tag = resolve_resume(resume, run_dir, key)
     where = load_dir / tag
     meta = read_meta(where)
