@@ -54,9 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", action="append", required=True, help="manifest (FunASR jsonl or lhotse cuts); repeatable")
     p.add_argument("--output", required=True, help="output directory for hyp/ref/results/wer files")
     p.add_argument("--metric", choices=("auto", "wer", "cer"), default=None)
-    search_args(
-        p
-    )  # batches, beam, length cap, repetition stop, CTC guidance, hotword boost, windows, VAD: transcribe's too
+    # batches, beam, length cap, repetition stop, CTC guidance, hotword boost, windows, VAD: transcribe's too
+    search_args(p)
     p.add_argument("--max-bad-fraction", type=float, default=None, help="fail when more lines than this are bad")
     workers = f"data loader workers, also for the VAD's pass before batching (default {DecodeOptions.num_workers})"
     p.add_argument("--num-workers", type=int, default=None, help=workers)

@@ -39,12 +39,8 @@ DECODE_FLAGS = {
     "confidence": "confidence",
 }
 
-# The flags that only set how a VAD cuts (decode.vad); without one each would change nothing
-VAD_FLAGS = {
-    "vad_max_end_silence_ms": "--vad-max-end-silence-ms",
-    "vad_merge_seconds": "--vad-merge-seconds",
-    "vad_gate": "--no-vad-gate",
-}
+# The fields whose flags only set how a VAD cuts (decode.vad); without one each would change nothing
+VAD_FIELDS = ("vad_max_end_silence_ms", "vad_merge_seconds", "vad_gate")
 # the flag of a field whose flag is not --FIELD-NAME
 _FLAG_NAMES = {"vad_gate": "--no-vad-gate", "trim_leading_silence": "--keep-leading-silence"}
 
@@ -75,7 +71,7 @@ def search_settings(args) -> dict:
 def vad_flags_problem(settings: dict, cfg: DecodeConfig) -> str | None:
     """Why VAD flags given are refused: `cfg` (the settings in force) has no VAD, so each would change nothing, and
     the decode would not say so. None when none is given or there is a VAD."""
-    given = [flag for field, flag in VAD_FLAGS.items() if settings.get(field) is not None]
+    given = [flag_name(field) for field in VAD_FIELDS if settings.get(field) is not None]
     if not given or cfg.vad is not None:
         return None
     several = len(given) > 1
