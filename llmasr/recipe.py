@@ -62,6 +62,11 @@ class Recipe:
                 "decode.timestamps: word times come from the CTC head, and this recipe trains none (model.ctc.weight "
                 f"{ctc.weight}); set model.ctc.weight > 0 or decode.timestamps false"
             )
+        if self.decode.ctc_gate and ctc.weight <= 0:
+            raise ConfigError(
+                "decode.ctc_gate: the gate reads the CTC head's best path, and this recipe trains none "
+                f"(model.ctc.weight {ctc.weight}); set model.ctc.weight > 0 or decode.ctc_gate false"
+            )
 
     @staticmethod
     def saved_data(data: dict, where) -> dict:

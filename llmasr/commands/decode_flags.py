@@ -22,6 +22,7 @@ SEARCH_FLAGS = {
     "ctc_weight": "ctc_weight",
     "repeat_limit": "repeat_limit",
     "hotword_boost": "hotword_boost",
+    "ctc_gate": "ctc_gate",
     "max_window_seconds": "max_window_seconds",
     "window_overlap": "window_overlap",
     "window_split_pause": "window_split_pause",
@@ -119,7 +120,7 @@ def check_model_args(p: argparse.ArgumentParser, args) -> None:
 
 def search_args(p: argparse.ArgumentParser) -> None:
     """The batches, the search and its guards (SEARCH_FLAGS): batch size, beam, length cap, repetition, CTC guidance,
-    hotword boost, long audio's windows, the VAD. Each unset keeps the model's saved decode value."""
+    hotword boost, the CTC gate, long audio's windows, the VAD. Each unset keeps the model's saved decode value."""
     p.add_argument("--batch-seconds", type=float, default=None, help="audio seconds per batch (padded)")
     p.add_argument(
         "--max-llm-tokens", type=int, default=None,
@@ -153,6 +154,12 @@ def search_args(p: argparse.ArgumentParser) -> None:
         help="score per token (per character in a script written without spaces) of a listed phrase the hypothesis "
         "completes, in the search (0: the list is only in the "
         f"prompt; default: the model's, else {AUTO_HOTWORD_BOOST:g} when CTC-guided)",
+    )  # fmt: skip
+    p.add_argument(
+        "--ctc-gate", action=argparse.BooleanOptionalAction, default=None,
+        help="leave empty, unsearched, an utterance or window whose CTC best path is empty (the CTC head heard no "
+        "word: silence, noise, music), where an LLM writes words; needs a CTC head (default: the model's "
+        "decode.ctc_gate, else off; wer.txt counts what it would empty)",
     )  # fmt: skip
     window_args(p)
     p.add_argument(

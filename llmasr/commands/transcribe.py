@@ -150,6 +150,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"llmasr transcribe: warning: {path}: {stopped_by(row, asr.cfg)}", file=sys.stderr)
         if args.timestamps or args.confidence:
             line = {"audio": path, "text": row["hyp"], "truncated": row.get("truncated")}
+            if row.get("no_speech"):  # a gate (the VAD's, the CTC head's) found none: the text is empty for that
+                line["no_speech"] = True
             if args.timestamps:
                 line["timestamps"] = None if row["timestamps"] is None else [list(w) for w in row["timestamps"]]
             if args.confidence:

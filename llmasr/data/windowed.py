@@ -8,8 +8,9 @@ utterances; and the way back, from decoded items to one row per utterance.
     windowed.windows[i]    the Windows utterance i was cut into (one covering it all when it fits)
 
 An utterance in which a VAD gate finds no speech is in `windowed.silent`: its rows get an empty transcript
-(utterance_rows). An utterance whose record or audio cannot be read stays one item: loading it reports the same fault
-through the bad-data accounting, once.
+(utterance_rows), marked `no_speech`; one whose every window the CTC gate emptied (models.ctc_gate) is marked
+`no_speech` and `ctc_gated`. An utterance whose record or audio cannot be read stays one item: loading it reports
+the same fault through the bad-data accounting, once.
 """
 
 from __future__ import annotations
@@ -88,7 +89,8 @@ def utterance_rows(items: dict[int, dict], manifest, overlap: float) -> list[dic
         return [{**items[j], "windows": 1} for j in sorted(items)]
     rows = []
     for i, row in _joined_rows(items, manifest, overlap):
-        if i in manifest.silent:
+        if i in manifest.silent:  # the VAD's gate, whatever the CTC gate made of the piece that stood for it
+            row.pop("ctc_gated", None)
             row.update(hyp="", ctc_hyp=None if row["ctc_hyp"] is None else "", truncated=None, no_speech=True)
             if "timestamps" in row:
                 row["timestamps"] = []
@@ -120,8 +122,13 @@ def _joined_rows(items: dict[int, dict], manifest: WindowedManifest, overlap: fl
             timed = join_words([g["hyp"] for g in got], [g["timestamps"] for g in got], starts, flags, overlap, seconds)
             got[0] = {**got[0], "timestamps": timed}
         if "logprob" in got[0]:  # every window's tokens as written (the join's cuts in overlaps not taken out)
+            sums = [g["logprob"] for g in got if g["logprob"] is not None]  # None: a window the CTC gate emptied
             total = sum(g["logprob_tokens"] for g in got)
-            got[0] = {**got[0], "logprob": sum(g["logprob"] for g in got), "logprob_tokens": total}
+            got[0] = {**got[0], "logprob": sum(sums) if sums else None, "logprob_tokens": total}
+        emptied = all(g.get("ctc_gated") for g in got)  # the CTC gate emptied every window: the utterance as one
+        got[0] = {k: v for k, v in got[0].items() if k not in ("no_speech", "ctc_gated")}
+        if emptied:
+            got[0].update(no_speech=True, ctc_gated=True)
         rows.append((i, {
             **got[0], "hyp": join_texts([g["hyp"] for g in got], flags, overlap), "ctc_hyp": ctc,
             "truncated": next((g["truncated"] for g in got if g["truncated"]), None),

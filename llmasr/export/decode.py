@@ -183,7 +183,8 @@ def speech_segmenter(cfg: DecodeConfig, sample_rate: int):
 
 def search_boost(model, cfg: DecodeConfig, opts: DecodeOptions) -> float:
     """The hotword boost `cfg` searches `model` with, once it is known that `cfg` can decode `model`: ConfigError for
-    CTC guidance or timestamps the model cannot give, DecodeError for long-audio windows it cannot make."""
+    CTC guidance, timestamps or the CTC gate the model cannot give, DecodeError for long-audio windows it cannot
+    make."""
     llm_vocab = isinstance(getattr(model, "ctc_tokenizer", None), LLMCTCTokenizer)
     has_head = getattr(model, "ctc_head", None) is not None
     boost = cfg.boost(cfg.guidance(has_head, llm_vocab), llm_vocab)
@@ -192,6 +193,7 @@ def search_boost(model, cfg: DecodeConfig, opts: DecodeOptions) -> float:
             "decode.timestamps: word times come from the CTC head's frames, and this model has none (trained with "
             "model.ctc.weight 0)"
         )
+    cfg.gate(has_head)
     window_limit(model, cfg, opts, quiet=True)
     if cfg.vad is not None:
         speech_segmenter(cfg, model.frontend.sample_rate)
@@ -285,7 +287,8 @@ def decode_manifest(
         lines=len(getattr(manifest, "base", manifest)), skipped=tracker.bad, skipped_by_reason=dict(tracker.by_reason),
         windows=sum(r["windows"] for r in rows), split=sum(r["windows"] > 1 for r in rows),
         max_window_seconds=limit or None, window_overlap=cfg.window_overlap, vad=cfg.vad,
-        no_speech=sum(bool(r.get("no_speech")) for r in rows), vad_merge_seconds=cfg.vad_merge_seconds,
+        no_speech=sum(bool(r.get("no_speech")) and not r.get("ctc_gated") for r in rows),
+        vad_merge_seconds=cfg.vad_merge_seconds,
         max_llm_tokens=cfg.max_llm_tokens, over_llm_budget=loader.over_llm_budget,
     )  # fmt: skip
     if any(r["ref"] is None for r in rows):  # transcribed, not scored: a transcript the lines give by another name?
@@ -331,7 +334,12 @@ def transcribe_loader(
             rows[idx]["index"] = int(idx)
             rows[idx]["truncated"] = got.truncated[i]
             if got.confidence is not None:  # the LLM's log-probability of the item's text (models.confidence)
-                rows[idx].update(logprob=got.confidence[i].logprob, logprob_tokens=got.confidence[i].tokens)
+                sure = got.confidence[i]  # None: the CTC gate left it empty, no text the LLM wrote
+                rows[idx].update(
+                    logprob=None if sure is None else sure.logprob, logprob_tokens=sure.tokens if sure else 0
+                )
+            if got.no_speech is not None and got.no_speech[i]:  # the CTC gate (models.ctc_gate)
+                rows[idx].update(no_speech=True, ctc_gated=True)
             rows[idx].update(hotwords=list(batch.hotwords[i]), hotwords_dropped=int(batch.hotwords_dropped[i]))
             if got.timestamps is not None:  # ends where the sound ends; in the item's time (its trimmed lead back)
                 words = sound_ends(got.timestamps[i], batch.speech_runs[i])

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from llmasr.atomic_file import write_atomic
 from llmasr.export.decode_confidence import confidence_fields, confidence_summary
+from llmasr.export.decode_gate import ctc_gate_summary
 from llmasr.models.decode_guards import MAX_TOKENS, REPETITION
 from llmasr.models.decoding import DecodeConfig
 from llmasr.scoring import score_corpus
@@ -182,6 +183,8 @@ def llm_summary(out_dir: Path, rows: list[dict], found: dict, cfg: DecodeConfig,
     _add_languages(summary, text, rows, "hyp", cfg.metric)
     if line := confidence_summary(summary, rows, cfg.metric):
         text.append(line)
+    if line := ctc_gate_summary(summary, rows, cfg.ctc_gate, cfg.metric):
+        text.append(line)
     if "windows" in found:  # decode_manifest's window counts (absent when a caller scores rows alone)
         text.append(_windows_line(found, len(rows)))
     if found.get("max_llm_tokens") is not None:
@@ -258,7 +261,7 @@ def _write_results(out_dir: Path, rows: list[dict], hyp_key: str, metric: str, *
             rec["truncated"] = r["truncated"]
         if hyp_key == "hyp":
             rec.update(confidence_fields(r))
-        if r.get("no_speech"):  # the VAD's gate: not transcribed
+        if r.get("no_speech"):  # the VAD's gate or the CTC head's: not transcribed
             rec["no_speech"] = True
         if "timestamps" in r and hyp_key == "hyp":  # decode.timestamps: [unit, start s, end s] each, or null
             rec["timestamps"] = None if r["timestamps"] is None else [list(w) for w in r["timestamps"]]

@@ -101,9 +101,9 @@ class Transcriber:
         text, None without a head), "truncated" (the guard that ended it, or None), "windows", "duration", with
         decode.timestamps "timestamps" ([word, start s, end s] each, or None), with decode.confidence "avg_logprob" and
         "logprob" (the LLM's log-probability of "hyp", per token and summed; None where no text was written), and
-        "no_speech" (True) where the VAD's gate (decode.vad) found none}. One clip (a path or a waveform) is taken as
-        a list of one. A clip that cannot be read raises TranscribeError naming it, or with `keep_going` gets the row
-        {"audio", "error": why} while the others are transcribed."""
+        "no_speech" (True) where a gate found none: the VAD's (decode.vad) or the CTC head's (decode.ctc_gate)}. One
+        clip (a path or a waveform) is taken as a list of one. A clip that cannot be read raises TranscribeError naming
+        it, or with `keep_going` gets the row {"audio", "error": why} while the others are transcribed."""
         if not isinstance(audio, (list, tuple)):  # a path's letters or a waveform's samples are no list of clips
             audio = [audio]
         if not audio:

@@ -25,7 +25,7 @@ AUTO_CTC_WEIGHT = 0.7
 AUTO_HOTWORD_BOOST = 2.0
 # the settings SpeechLLM.transcribe reads (the rest are the loader's and the scorer's, checked by validate)
 SEARCH_FIELDS = ("num_beams", "max_new_tokens", "tokens_per_second", "repetition_penalty", "no_repeat_ngram_size",
-                 "ctc_weight", "repeat_limit", "hotword_boost", "timestamps", "confidence")  # fmt: skip
+                 "ctc_weight", "repeat_limit", "hotword_boost", "timestamps", "confidence", "ctc_gate")  # fmt: skip
 MIN_WINDOW_SECONDS = 2.0  # shortest long-audio window: below it the join would hang on a word or two
 
 
@@ -72,6 +72,11 @@ class DecodeConfig:
     # (and the window limit), the pauses between them decoded too (FunASR's merge_vad with merge_length_s, as
     # SenseVoice is run); 0: a window a segment.
     vad_merge_seconds: float = 0.0
+    # With a CTC head: an utterance (or long-audio window) whose CTC greedy best path is empty, the head hearing no
+    # word in it, gets an empty transcript and is not searched (the LLM writes words into silence and noise that the
+    # head, trained to emit blank there, does not); needs no VAD. Off by default: a CTC head trained less than the LLM
+    # can miss a short word the LLM gets right (wer.txt counts the utterances it would empty, with their errors).
+    ctc_gate: bool = False
     # Hotword boosting in the search (models.hotword_boost): score per token of an utterance's biasing phrase that
     # the hypothesis completes (per character of a phrase in a script written without spaces); 0 = the list is only
     # in the prompt; None = AUTO_HOTWORD_BOOST when the search is CTC prefix-guided (the audio then keeps a boosted
@@ -189,6 +194,16 @@ class DecodeConfig:
             )
         return float(self.ctc_weight)
 
+    def gate(self, has_ctc_head: bool) -> bool:
+        """Whether this configuration gates rows by the CTC head's best path (ctc_gate); ConfigError when it is asked
+        of a model without a head."""
+        if self.ctc_gate and not has_ctc_head:
+            raise ConfigError(
+                "decode.ctc_gate: the gate reads the CTC head's best path, and this model has none (trained with "
+                "model.ctc.weight 0); set ctc_gate false, or gate with a VAD (decode.vad)"
+            )
+        return bool(self.ctc_gate)
+
     def boost(self, weight: float, llm_vocab: bool) -> float:
         """The hotword boost this configuration decodes with, under CTC weight `weight`: the set value, else
         AUTO_HOTWORD_BOOST when the search is CTC prefix-guided, else 0 (an LLM alone, boosted, writes listed
@@ -267,5 +282,8 @@ class Transcripts:
     # With DecodeConfig.timestamps: per utterance, the (unit, start s, end s) of `llm`'s units, or None where the
     # CTC alignment could not spell or fit them.
     timestamps: list | None = None
-    # With DecodeConfig.confidence: per utterance, its models.confidence.Confidence (the LLM's log-probability of it)
+    # With DecodeConfig.confidence: per utterance, its models.confidence.Confidence (the LLM's log-probability of it),
+    # None where the CTC gate left it empty
     confidence: list | None = None
+    # With DecodeConfig.ctc_gate: per utterance, True where the gate emptied it (the CTC head heard no word)
+    no_speech: list[bool] | None = None

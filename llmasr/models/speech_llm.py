@@ -23,6 +23,7 @@ from llmasr.models.confidence import hypothesis_logprobs
 from llmasr.models.ctc import ctc_greedy, ctc_loss, ctc_unalignable
 from llmasr.models.ctc_align import align_words
 from llmasr.models.ctc_compress import ctc_compress
+from llmasr.models.ctc_gate import heard_rows, searched_rows_only
 from llmasr.models.ctc_guidance import CTCPrefixGuide, rescore_nbest
 from llmasr.models.ctc_prefix import CTCPrefixScorer
 from llmasr.models.ctc_vocab import LLMCTCTokenizer
@@ -288,21 +289,21 @@ class SpeechLLM(nn.Module):
         `generate_kwargs` go to the LLM's generate (e.g. synced_gpus=True under ZeRO-3).
         """
         cfg = DecodeConfig() if cfg is None else cfg
-        enc, enc_lens, log_probs, merged = self._embed(batch, for_generation=True)
-        if self.ctc_head is not None and log_probs is None:  # not already computed for compression
-            log_probs = self.ctc_head(enc, enc_lens)
-        ctc = None if self.ctc_head is None else (log_probs, enc_lens)
-        rows, truncated, mode, scores = self._search(merged, batch.feat_lens, cfg, generate_kwargs, ctc, batch.hotwords)
-        llm = [self.prompt.decode(ids) for ids in rows]
-        ctc_texts = None if ctc is None else self.ctc_texts(log_probs, enc_lens)
+        merged, ctc, ctc_texts, heard = self._prepare(batch, cfg)
+        rows, truncated, mode, scores = self._gated_search(merged, batch, cfg, generate_kwargs, ctc, heard)
+        llm = [self.prompt.decode(ids) if ok else "" for ids, ok in zip(rows, heard)]
         times = None
         if cfg.timestamps and ctc is not None:
+            log_probs, enc_lens = ctc
             shifts = batch.feat_lens.double() * self.frontend.frame_seconds / enc_lens.clamp(min=1).double()
             times = [
                 align_words(self.ctc_tokenizer, text, log_probs[i, : int(enc_lens[i])], float(shifts[i]))
+                if heard[i]
+                else []
                 for i, text in enumerate(llm)
             ]
-        return Transcripts(llm, ctc_texts, truncated, mode, times, scores)
+        no_speech = [not h for h in heard] if cfg.ctc_gate else None
+        return Transcripts(llm, ctc_texts, truncated, mode, times, scores, no_speech)
 
     @torch.no_grad()
     def generate(self, batch: Batch, **settings) -> list[str]:
@@ -320,12 +321,35 @@ class SpeechLLM(nn.Module):
             raise ValueError(f"generate and generate_ids return the transcripts alone; {' and '.join(extras)} come "
                              f"from transcribe(batch, DecodeConfig({asked}))")  # fmt: skip
         cfg = DecodeConfig(**{k: v for k, v in settings.items() if k in names})
-        enc, enc_lens, log_probs, merged = self._embed(batch, for_generation=True)
-        ctc = None
-        if self.ctc_head is not None:
-            ctc = (self.ctc_head(enc, enc_lens) if log_probs is None else log_probs, enc_lens)
+        merged, ctc, _, heard = self._prepare(batch, cfg)
         kwargs = {k: v for k, v in settings.items() if k not in names}
-        return self._search(merged, batch.feat_lens, cfg, kwargs, ctc, batch.hotwords)[0]
+        return self._gated_search(merged, batch, cfg, kwargs, ctc, heard)[0]
+
+    def _prepare(self, batch: Batch, cfg: DecodeConfig) -> tuple:
+        """What a search of `batch` starts from: (the left-padded prompts with their audio (MergedInputs), the CTC
+        head's (log-probs, lengths) or None without a head, its greedy texts or None, per row whether the search
+        takes it: all rows, or with cfg.ctc_gate those whose CTC text holds a word (models.ctc_gate))."""
+        cfg.validate_search()  # a DecodeConfig built in Python has met no recipe's checks
+        gate = cfg.gate(self.ctc_head is not None)
+        enc, enc_lens, log_probs, merged = self._embed(batch, for_generation=True)
+        ctc = texts = None
+        if self.ctc_head is not None:  # log_probs: already computed when the adaptor compresses by CTC
+            ctc = (self.ctc_head(enc, enc_lens) if log_probs is None else log_probs, enc_lens)
+            texts = self.ctc_texts(*ctc)
+        return merged, ctc, texts, heard_rows(texts) if gate else [True] * len(batch.feat_lens)
+
+    def _gated_search(self, merged, batch: Batch, cfg: DecodeConfig, generate_kwargs: dict, ctc, heard) -> tuple:
+        """_search's (ids, truncation, mode, confidence) per row of `batch`, over the rows `heard` holds true only
+        (models.ctc_gate): a row it holds false has no tokens, no guard and no confidence."""
+        if all(heard):
+            return self._search(merged, batch.feat_lens, cfg, generate_kwargs, ctc, batch.hotwords)
+        mode = cfg.mode(cfg.guidance(True, self.ctc_on_llm_vocab), self.ctc_on_llm_vocab)
+
+        def search(merged, feat_lens, ctc, hotwords):
+            return self._search(merged, feat_lens, cfg, generate_kwargs, ctc, hotwords)
+
+        synced = bool(generate_kwargs.get("synced_gpus"))
+        return searched_rows_only(search, merged, batch, ctc, heard, synced, cfg.confidence, mode)
 
     @property
     def ctc_on_llm_vocab(self) -> bool:

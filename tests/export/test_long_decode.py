@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 
@@ -112,6 +113,12 @@ def test_long_utterances_decode_in_windows_and_join(model, long_manifest, tmp_pa
 def _windows_alone(model, manifest, waves, cfg) -> dict[str, str]:
     """key -> the join of its windows' LLM texts, each window a manifest line of its own (start/end) decoded in a
     batch of one outside the decode loop."""
+    texts = _window_texts(model, manifest, waves, cfg)
+    return {k: join_texts([t for t, _ in v], [o for _, o in v], OVERLAP) for k, v in texts.items()}
+
+
+def _window_texts(model, manifest, waves, cfg) -> dict[str, list[tuple[str, bool]]]:
+    """key -> (LLM text, overlapped) of each of its windows, each decoded alone (see _windows_alone)."""
     lines = []
     for key, wave in waves.items():
         for w in plan_windows(wave, SR, LIMIT, OVERLAP):
@@ -127,7 +134,32 @@ def _windows_alone(model, manifest, waves, cfg) -> dict[str, str]:
         item = dataset[i]
         text = model.transcribe(collate([item]), cfg).llm[0]
         texts.setdefault(item["key"], []).append((text, json.loads(line)["overlapped"]))
-    return {k: join_texts([t for t, _ in v], [o for _, o in v], OVERLAP) for k, v in texts.items()}
+    return texts
+
+
+def test_the_ctc_gate_empties_a_window_and_an_utterance_only_when_it_hears_nothing_in_all_its_windows(
+    model, long_manifest, tmp_path, monkeypatch
+):
+    manifest, waves = long_manifest
+    cfg = DecodeConfig(batch_seconds=100.0, max_new_tokens=3, ctc_weight=0.0, max_window_seconds=LIMIT,
+                       window_overlap=OVERLAP, ctc_gate=True, confidence=True)  # fmt: skip
+    opts = DecodeOptions(num_workers=0, ctc=True)
+    lengths = _window_lengths(model, manifest, cfg, opts)
+    heard = {"paused": ["one two", "", "five"], "steady": ["", ""], "short": [""], "brief": ["hello world"]}
+    by_len = {lengths[(k, i)]: text for k, parts in heard.items() for i, text in enumerate(parts)}
+    alone = _window_texts(model, manifest, waves, dataclasses.replace(cfg, ctc_gate=False))
+    monkeypatch.setitem(model._modules, "ctc_head", OracleCTCHead(model.ctc_tokenizer, by_len))
+    summary = decode_manifest(model, manifest, tmp_path / "o", cfg, opts)
+    rows = {r["key"]: r for r in map(json.loads, open(tmp_path / "o" / "results.jsonl"))}
+    paused = [t if h else "" for (t, _), h in zip(alone["paused"], heard["paused"])]
+    assert rows["paused"]["hyp"] == join_texts(paused, [o for _, o in alone["paused"]], OVERLAP)
+    assert rows["paused"]["hyp"] and "no_speech" not in rows["paused"]  # one window of three emptied
+    assert rows["paused"]["logprob"] is not None  # the windows the LLM wrote, summed
+    assert rows["brief"]["hyp"] == alone["brief"][0][0] and "no_speech" not in rows["brief"]
+    for key in ("steady", "short"):
+        assert rows[key]["hyp"] == "" and rows[key]["no_speech"] is True and rows[key]["logprob"] is None
+    assert [rows[k]["windows"] for k in heard] == [3, 2, 1, 1]
+    assert summary["ctc_gate"]["utterances"] == 2 and summary["no_speech"] == 0  # the VAD's count apart
 
 
 def test_the_real_time_factor_counts_placing_the_windows(model, long_manifest, tmp_path, monkeypatch):

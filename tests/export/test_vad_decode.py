@@ -8,6 +8,7 @@ import json
 import logging
 import shutil
 import subprocess
+from collections import defaultdict
 
 import numpy as np
 import pytest
@@ -22,6 +23,7 @@ from llmasr.models.decoding import DecodeConfig
 from llmasr.models.fsmn_vad import FsmnVad
 from llmasr.testing.launcher import assert_no_shm_left, launcher_env
 from llmasr.testing.tiny_corpus import syllable_bursts
+from llmasr.testing.tiny_recipe import OracleCTCHead
 from llmasr.testing.tiny_vad import write_fsmn_vad_dir
 from llmasr.train.process_group import free_port
 
@@ -135,6 +137,22 @@ def test_the_gate_s_empty_transcripts_have_no_confidence(model, long_manifest, v
         else:
             assert row["logprob"] < 0 and row["avg_logprob"] < 0, row
     assert f" over {len(rows) - 2} utterances" in (tmp_path / "c" / "wer.txt").read_text()
+
+
+def test_beside_the_ctc_gate_the_vad_s_silence_is_counted_as_the_vad_s(model, long_manifest, vad_dir, tmp_path,
+                                                                         monkeypatch):  # fmt: skip
+    """A head that hears nothing anywhere: the CTC gate empties every recording the VAD let through, and the two the
+    VAD found silent (whose half-second stand-ins the CTC gate emptied too) are the VAD's in wer.txt's counts."""
+    manifest, _ = long_manifest
+    monkeypatch.setitem(model._modules, "ctc_head", OracleCTCHead(model.ctc_tokenizer, defaultdict(str)))
+    cfg = DecodeConfig(max_new_tokens=3, max_window_seconds=LIMIT, vad=str(vad_dir), ctc_weight=0.0, ctc_gate=True)
+    summary = decode_manifest(model, manifest, tmp_path / "g", cfg, DecodeOptions(num_workers=0))
+    rows = list(map(json.loads, open(tmp_path / "g" / "results.jsonl")))
+    assert all(r["hyp"] == "" and r["no_speech"] is True for r in rows)
+    assert summary["no_speech"] == 2 and summary["ctc_gate"]["utterances"] == len(rows) - 2
+    text = (tmp_path / "g" / "wer.txt").read_text()
+    assert "; 2 without speech (the VAD's gate): empty transcripts" in text
+    assert f"CTC gate: {len(rows) - 2} utterances where the CTC head heard no word, left empty" in text
 
 
 def test_decode_with_a_vad_scores_each_recording_once(model, long_manifest, vad_dir, tmp_path):

@@ -1,0 +1,57 @@
+"""decode.ctc_gate in validation under ZeRO-3 (synced_gpus): a rank whose batch the gate empties whole still runs
+generate beside the other ranks (models.ctc_gate.searched_rows), or the rank that searches would wait for it."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from llmasr.scoring import score_corpus
+
+SCRIPT = """
+import json, sys
+sys.path.insert(0, {tests_dir!r})
+import torch
+from llmasr.models.decoding import DecodeConfig
+from llmasr.train.process_group import exit_rank
+from test_validate import TARGETS, build_model, make_batches, make_engine, oracle_head, pooled_rows
+from llmasr.train.validate import validate
+
+llm_dir, out = [a for a in sys.argv[1:] if not a.startswith("--local_rank")]
+model = build_model(llm_dir)
+batches = pooled_rows(make_batches(model))
+model._modules["ctc_head"] = oracle_head(model, lambda t: "" if t == TARGETS[5] else t)  # the last batch: silence
+engine = make_engine(model, "zero3", world_size=2)
+rank = torch.distributed.get_rank()
+cfg = DecodeConfig(max_new_tokens=4, ctc_gate=True)
+metrics = validate(engine, [batches[0]] if rank == 0 else [batches[2]], cfg)
+json.dump(metrics, open(out + f".{{rank}}", "w"))
+exit_rank(0)
+"""
+
+
+@pytest.mark.slow
+def test_a_rank_whose_batch_the_gate_empties_still_searches_beside_the_other(tiny_llm_dir, tmp_path):
+    from test_validate import TARGETS  # beside this file (pytest puts its folder on sys.path)
+
+    from llmasr.testing.launcher import assert_no_shm_left
+    from llmasr.train.process_group import free_port
+
+    script = tmp_path / "gated_validate.py"
+    script.write_text(SCRIPT.format(tests_dir=str(Path(__file__).parent)))
+    out = tmp_path / "metrics.json"
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")}
+    port = free_port()
+    cmd = ["deepspeed", "--num_gpus", "2", "--master_port", str(port), str(script), str(tiny_llm_dir), str(out)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert_no_shm_left(port)
+    got = [json.loads(Path(f"{out}.{rank}").read_text()) for rank in (0, 1)]
+    assert got[0] == got[1] and got[0]["n_utts"] == 3
+    # the gated utterance scored as empty, every word of it deleted, whatever the LLM wrote for the other two
+    ref_len = score_corpus([(t, "") for t in [*TARGETS[:2], TARGETS[5]]], "auto")[0].ref_len
+    assert round(got[0]["wer"] * ref_len) >= len(TARGETS[5].split())
