@@ -348,11 +348,13 @@ def transcribe_loader(
 
 
 def load_decode_model(
-    model_dir=None, checkpoint=None, *, tag=None, dtype=None, trust_remote_code: bool = False, base_llm=None
-) -> tuple:
+    model_dir=None, checkpoint=None, *, tag=None, dtype=None, trust_remote_code: bool = False, base_llm=None,
+    say: bool = True,
+) -> tuple:  # fmt: skip
     """(model, its saved DecodeConfig, DecodeOptions with its bad-data tolerance) from an exported model directory
     (the decode section of its llmasr_model.yaml) or else a training checkpoint (its recipe's decode section and
-    data.max_bad_fraction). `base_llm`: where an adapter export's base LLM lies, if not where its description says."""
+    data.max_bad_fraction). `base_llm`: where an adapter export's base LLM lies, if not where its description says.
+    `say`: load_checkpoint_model's (False: another rank says it)."""
     if base_llm is not None and model_dir is None:
         raise ExportedModelError(
             f"a base LLM was given ({base_llm}) with the checkpoint {checkpoint}: a base LLM is given only for an "
@@ -373,7 +375,7 @@ def load_decode_model(
             where = Path(model_dir) / MODEL_FILE
             log.info("%s: no training.longest_seconds: long audio is not split unless max_window_seconds is set", where)
         return model, cfg, DecodeOptions(training_max_seconds=None if longest is None else float(longest))
-    model, info = load_checkpoint_model(checkpoint, tag=tag, trust_remote_code=trust_remote_code)
+    model, info = load_checkpoint_model(checkpoint, tag=tag, trust_remote_code=trust_remote_code, say=say)
     recipe = info["recipe"]
     # LoRA merged and the LLM in the dtype asked for, else the run's model.llm.dtype, as an export's is by default
     # (the speech branches stay float32): a checkpoint decodes as its default export does, weight for weight.
