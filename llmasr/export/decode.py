@@ -47,7 +47,7 @@ from llmasr.data.records import language_of
 from llmasr.data.speech_loader import SpeechDataLoader
 from llmasr.data.window_join import shift_times
 from llmasr.data.window_plan import WindowRules
-from llmasr.data.windowed import utterance_rows, utterance_tracker
+from llmasr.data.windowed import cut_to_one_window, utterance_rows, utterance_tracker
 from llmasr.export.decode_folders import clear_for_decode
 from llmasr.export.decode_results import ctc_summary, hotword_counts, llm_summary, unused_flags_line
 from llmasr.export.decode_world import DecodeWorld
@@ -284,6 +284,7 @@ def decode_manifest(
         manifest=str(manifest_path), name=name or Path(manifest_path).name,
         lines=len(getattr(manifest, "base", manifest)), skipped=tracker.bad, skipped_by_reason=dict(tracker.by_reason),
         windows=sum(r["windows"] for r in rows), split=sum(r["windows"] > 1 for r in rows),
+        cut_to_one_window=cut_to_one_window(rows, manifest),
         max_window_seconds=limit or None, window_overlap=cfg.window_overlap, vad=cfg.vad,
         no_speech=sum(bool(r.get("no_speech")) for r in rows), vad_merge_seconds=cfg.vad_merge_seconds,
         max_llm_tokens=cfg.max_llm_tokens, over_llm_budget=loader.over_llm_budget,
