@@ -165,6 +165,26 @@ def test_the_decode_budget_is_reported_with_the_llm_positions_of_decodings_batch
     )
 
 
+def test_a_recipe_s_max_new_tokens_0_is_the_cap_by_duration_as_the_flag_s_is(recipe_file, tmp_path, capsys):
+    """`--max-new-tokens 0` means the cap by duration; a recipe's `decode.max_new_tokens: 0` had been refused ("must
+    be >= 1 (or unset: by duration)"). The check now previews decode's batches as with the key unset (their new
+    tokens by duration), and a negative cap is refused naming the key."""
+    base = ["--config", str(recipe_file), "--deepspeed", "zero2", "--world-size", "1", "--out", str(tmp_path)]
+    budget = ["decode.max_llm_tokens=150", "decode.max_window_seconds=0"]
+    previews = {}
+    for cap in ("null", "6", "0"):  # the tiny recipe's own cap is 6
+        code, out, err = run_check(capsys, *base, *budget, f"decode.max_new_tokens={cap}")
+        assert code == 0, err
+        previews[cap] = [line for line in out.splitlines() if "decode.max_llm_tokens 150" in line]
+    assert previews["0"] == previews["null"] != previews["6"] and previews["0"]
+    code, _, err = run_check(capsys, *base, "decode.max_new_tokens=-2")
+    assert code == 2
+    assert (
+        "decode.max_new_tokens: must be >= 1, or 0 for the cap by duration (tokens_per_second x seconds + 8), got -2 "
+        "(set by the override 'decode.max_new_tokens=-2')"
+    ) in err
+
+
 def test_the_decode_budget_is_previewed_on_each_manifest_of_data_valid_as_decode_batches_it(
     tiny_llm_dir, tmp_path, capsys
 ):
