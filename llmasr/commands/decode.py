@@ -168,7 +168,7 @@ def _prepare(args, world: DecodeWorld):
     try:
         model, saved, opts = load_decode_model(
             args.model, args.checkpoint, tag=args.tag, dtype=args.dtype, trust_remote_code=args.trust_remote_code,
-            base_llm=args.base_llm,
+            base_llm=args.base_llm, say=world.leader,  # a newer save than `latest` names: said once
         )  # fmt: skip
     except (CheckpointError, ExportedModelError, FileNotFoundError) as err:
         raise Refused(str(err), errors.exit_status(err)) from None  # 2: what it was given is refused

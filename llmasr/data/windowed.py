@@ -100,6 +100,15 @@ def utterance_rows(items: dict[int, dict], manifest, overlap: float) -> list[dic
     return rows
 
 
+def cut_to_one_window(rows: list[dict], manifest) -> int:
+    """How many of utterance_rows' `rows` were decoded in one window that leaves part of their audio out: a long
+    utterance whose speech fits the limit, the pause past it (to its end, or the VAD's non-speech) not decoded
+    (llmasr.data.window_plan). A row's `index` is its first item's."""
+    if not isinstance(manifest, WindowedManifest):
+        return 0
+    return sum(r["windows"] == 1 and not r.get("no_speech") and manifest.window(r["index"]) is not None for r in rows)
+
+
 def _joined_rows(items: dict[int, dict], manifest: WindowedManifest, overlap: float) -> list[tuple[int, dict]]:
     """(utterance index, its row) in manifest order (see utterance_rows)."""
     groups: dict[int, list[int]] = {}

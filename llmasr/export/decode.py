@@ -47,7 +47,7 @@ from llmasr.data.records import language_of
 from llmasr.data.speech_loader import SpeechDataLoader
 from llmasr.data.window_join import shift_times
 from llmasr.data.window_plan import WindowRules
-from llmasr.data.windowed import utterance_rows, utterance_tracker
+from llmasr.data.windowed import cut_to_one_window, utterance_rows, utterance_tracker
 from llmasr.export.decode_folders import clear_for_decode
 from llmasr.export.decode_results import ctc_summary, hotword_counts, llm_summary, unused_flags_line
 from llmasr.export.decode_world import DecodeWorld
@@ -286,6 +286,7 @@ def decode_manifest(
         manifest=str(manifest_path), name=name or Path(manifest_path).name,
         lines=len(getattr(manifest, "base", manifest)), skipped=tracker.bad, skipped_by_reason=dict(tracker.by_reason),
         windows=sum(r["windows"] for r in rows), split=sum(r["windows"] > 1 for r in rows),
+        cut_to_one_window=cut_to_one_window(rows, manifest),
         max_window_seconds=limit or None, window_overlap=cfg.window_overlap, vad=cfg.vad,
         no_speech=sum(bool(r.get("no_speech")) and not r.get("ctc_gated") for r in rows),
         vad_merge_seconds=cfg.vad_merge_seconds,
@@ -356,11 +357,13 @@ def transcribe_loader(
 
 
 def load_decode_model(
-    model_dir=None, checkpoint=None, *, tag=None, dtype=None, trust_remote_code: bool = False, base_llm=None
-) -> tuple:
+    model_dir=None, checkpoint=None, *, tag=None, dtype=None, trust_remote_code: bool = False, base_llm=None,
+    say: bool = True,
+) -> tuple:  # fmt: skip
     """(model, its saved DecodeConfig, DecodeOptions with its bad-data tolerance) from an exported model directory
     (the decode section of its llmasr_model.yaml) or else a training checkpoint (its recipe's decode section and
-    data.max_bad_fraction). `base_llm`: where an adapter export's base LLM lies, if not where its description says."""
+    data.max_bad_fraction). `base_llm`: where an adapter export's base LLM lies, if not where its description says.
+    `say`: load_checkpoint_model's (False: another rank says it)."""
     if base_llm is not None and model_dir is None:
         raise ExportedModelError(
             f"a base LLM was given ({base_llm}) with the checkpoint {checkpoint}: a base LLM is given only for an "
@@ -381,7 +384,7 @@ def load_decode_model(
             where = Path(model_dir) / MODEL_FILE
             log.info("%s: no training.longest_seconds: long audio is not split unless max_window_seconds is set", where)
         return model, cfg, DecodeOptions(training_max_seconds=None if longest is None else float(longest))
-    model, info = load_checkpoint_model(checkpoint, tag=tag, trust_remote_code=trust_remote_code)
+    model, info = load_checkpoint_model(checkpoint, tag=tag, trust_remote_code=trust_remote_code, say=say)
     recipe = info["recipe"]
     # LoRA merged and the LLM in the dtype asked for, else the run's model.llm.dtype, as an export's is by default
     # (the speech branches stay float32): a checkpoint decodes as its default export does, weight for weight.

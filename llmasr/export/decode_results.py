@@ -108,6 +108,8 @@ def _windows_line(found: dict, n_utts: int) -> str:
         if limit
         else "no window limit"
     )
+    if limit and (one := found.get("cut_to_one_window")):  # its speech fits one window: no split, yet not whole
+        how += f"; {one} longer than {limit:g} s cut to one window, the rest of its audio a pause, not decoded"
     silent = found.get("no_speech") or 0
     gated = f"; {silent} without speech (the VAD's gate): empty transcripts" if silent else ""
     return f"long audio: {n_utts} utterances decoded in {found['windows']} windows ({how}){gated}"

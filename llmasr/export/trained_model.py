@@ -263,18 +263,20 @@ def load_checkpoint_model(
     average: int = 1,
     average_by: str | None = None,
     trust_remote_code: bool = False,
+    say: bool = True,
 ):
     """(SpeechLLM with the trained tensors loaded, LoRA not merged, float32, eval mode; info dict: the source of an
     export, with its "recipe", "longest_seconds", the longest audio trained on, and "lora_residuals"). `average` N
     checkpoints: the model is their mean; its LoRA adapters the best rank-r part of the mean delta, the rest added
     to the base weights ({module path: relative residual}, llmasr.export.lora_average). `trust_remote_code`: allow a
-    run whose recipe loads the LLM's own Python files to do so."""
+    run whose recipe loads the LLM's own Python files to do so. `say`: warn of a newer save `latest` does not name
+    (False on a decode's ranks but rank 0, which says it once)."""
     from llmasr.models.builder import build_model
 
     if average < 1:
         raise CheckpointError(f"--average {average}: the number of checkpoints to average must be >= 1")
     ref = resolve_checkpoint(checkpoint, tag)
-    if ref.passed_over is not None:
+    if ref.passed_over is not None and say:
         log.warning(
             "%s: %s is complete but its save was cut short before `latest` (which names %s) named it; taking it, the "
             "run's newest checkpoint, which a resume continues (give --tag %s for the other)",

@@ -32,7 +32,8 @@ MIN_WINDOW_SECONDS = 2.0  # shortest long-audio window: below it the join would 
 @dataclass
 class DecodeConfig:
     num_beams: int = 1
-    max_new_tokens: int | None = None  # None: tied to audio duration (tokens_per_second * seconds + 8)
+    # None (0 is read as None, as the flag's 0 is): tied to audio duration (tokens_per_second * seconds + 8)
+    max_new_tokens: int | None = None
     tokens_per_second: float = 8.0
     repetition_penalty: float = 1.0
     no_repeat_ngram_size: int = 0
@@ -133,8 +134,13 @@ class DecodeConfig:
             raise ConfigError(f"{path}.ctc_weight: must be in [0, 1] (or unset for the default), got {self.ctc_weight}")
         if self.repeat_limit < 0:
             raise ConfigError(f"{path}.repeat_limit: must be >= 0 (0: off), got {self.repeat_limit}")
+        if self.max_new_tokens == 0:  # the flag's spelling of the cap by duration, read alike in a recipe (null)
+            self.max_new_tokens = None
         if self.max_new_tokens is not None and self.max_new_tokens < 1:
-            raise ConfigError(f"{path}.max_new_tokens: must be >= 1 (or unset: by duration), got {self.max_new_tokens}")
+            raise ConfigError(
+                f"{path}.max_new_tokens: must be >= 1, or 0 for the cap by duration (tokens_per_second x seconds + 8), "
+                f"got {self.max_new_tokens}"
+            )
         if not 0.0 < self.repetition_penalty < math.inf:
             raise ConfigError(f"{path}.repetition_penalty: must be > 0 (1: off), got {self.repetition_penalty}")
         if self.no_repeat_ngram_size < 0:
@@ -251,21 +257,13 @@ def _field_types() -> dict:
 def decode_config(saved: DecodeConfig, path: str = "decode", **given) -> DecodeConfig:
     """`saved` with every `given` value that is not None put in its place, checked, types too (ConfigError naming
     the field under `path`). Unknown names are a TypeError: they are a caller's bug, not a user's input.
-    max_new_tokens given as 0 unsets a saved cap (the cap by duration again): None means "keep the saved value"
-    here, so a flag or a Transcriber.load setting has no other way to say it."""
+    max_new_tokens given as 0 unsets a saved cap (the cap by duration again, as a recipe's 0 is: validate_search):
+    None means "keep the saved value" here, so a flag or a Transcriber.load setting has no other way to say it."""
     names = {f.name for f in dataclasses.fields(DecodeConfig)}
     unknown = sorted(set(given) - names)
     if unknown:
         raise TypeError(f"decode_config: unknown setting(s) {unknown}; known: {sorted(names)}")
     fields = {**{name: getattr(saved, name) for name in names}, **{k: v for k, v in given.items() if v is not None}}
-    cap = given.get("max_new_tokens")
-    if isinstance(cap, int) and not isinstance(cap, bool) and cap <= 0:
-        if cap < 0:  # the recipe's own message says "unset", which a given value cannot be
-            raise ConfigError(
-                f"{path}.max_new_tokens: must be >= 1, or 0 for the cap by duration (tokens_per_second x seconds + "
-                f"8), got {cap}"
-            )
-        fields["max_new_tokens"] = None
     return from_dict(DecodeConfig, fields, path)  # each value's type checked as a recipe's (from_dict validates)
 
 

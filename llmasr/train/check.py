@@ -30,7 +30,7 @@ from llmasr.models.start_from import check_start_folder
 from llmasr.models.tokenizer import one_tokenizer_load
 from llmasr.run_dir import RECIPE_FILE, read_meta, resolve_resume, resume_asked, resume_or_start
 from llmasr.run_dir.files import verify_tag
-from llmasr.train.check_course import Course, early_stop_lines, epoch_ends, fresh_course, key_updates
+from llmasr.train.check_course import Course, best_k_lines, early_stop_lines, epoch_ends, fresh_course, key_updates
 from llmasr.train.check_ds import ds_lines
 from llmasr.train.check_prompt import prompt_lines
 from llmasr.train.checkpoint_space import CheckpointSpace, size_text
@@ -375,6 +375,7 @@ def check(
             f"  warning: train.max_updates {total} sizes the schedules, but the epochs end after update {stop}: the "
             f"run stops there, {stop / total:.0%} of the way through them (raise train.epochs or lower max_updates)"
         )
+    space += best_k_lines(tc, course, stop, validates=plan.loaders[2] is not None)  # which saves best.json ranks
     lines += start + space + ds_lines(resolved, world_size) + _memory_lines(ds, tc, counts, world_size)
     if problem := precision_problem(tc.precision):  # passed: the recipe is checked for the cluster it runs on
         device = "no CUDA device" if not torch.cuda.is_available() else "its accelerator"

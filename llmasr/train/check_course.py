@@ -95,3 +95,35 @@ def early_stop_lines(tc, course: Course, stop: int, validates: bool) -> list[str
             "train.valid_every_updates)"
         )
     return lines
+
+
+def best_k_lines(tc, course: Course, stop: int, validates: bool) -> list[str]:
+    """What train.best_k ranks over the saves the run holds: the saves at validation updates alone (each validation
+    saves, to be ranked), by valid best_metric; a save every save_every_updates between them has no metrics. A
+    warning where no save can be ranked (no validation data: best.json stays empty)."""
+    if not tc.best_k:
+        return []
+    if not validates:
+        return [
+            f"  warning: train.best_k {tc.best_k} ranks saves by their valid {tc.best_metric}, but data.valid names no "
+            "manifest: no save is validated, none is ranked (best.json stays empty; --average-by best has nothing to "
+            "average); give data.valid, or train.best_k=0"
+        ]
+    valid = validation_updates(tc, course, stop)
+    every = tc.save_every_updates
+    unranked = (
+        [u for u in range(every * (course.done // every + 1), stop + 1, every) if u not in valid] if every else []
+    )
+    better = "higher" if tc.ranking_mode == "max" else "lower"
+    when = f"every {tc.valid_every_updates} updates and at" if tc.valid_every_updates else "at"
+    line = (
+        f"  train.best_k {tc.best_k} keeps the best by valid {tc.best_metric} ({better} is better) of the saves at "
+        f"validation updates only: the run's {len(valid)} validation(s), {when} each epoch's end"
+    )
+    if unranked:
+        more = ", ..." if len(unranked) > 1 else ""
+        line += (
+            f"; its {len(unranked)} save(s) every {every} updates at no validation (update {unranked[0]}{more}) have "
+            "no metrics and are never ranked (train.keep_last rotates them)"
+        )
+    return [line]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import subprocess
 import sys
 import threading
@@ -352,3 +353,22 @@ def test_a_bad_line_met_decoding_is_named_with_the_rank_and_node_that_met_it():
     for merged in run_ranks(2, rank, timeout=20):
         assert merged.bad == 1 and merged.exceeded
         assert f"test.jsonl:4 key=u3: audio: file not found (met by rank 1 (node {node_name()}))" in merged.message()
+
+
+def test_a_save_latest_does_not_name_is_said_once_on_two_ranks(trained_run, corpus, tmp_path, copy_run):
+    """`decode --checkpoint RUN_DIR` where `latest` is one save behind a complete one takes the newer and warns of
+    it: every rank loads the model, and each rank said it (the launcher interleaves them); rank 0 says it, once."""
+    run = copy_run(trained_run, tmp_path / "run")
+    ckpts = run / "checkpoints"
+    (ckpts / "latest").write_text("update_00000003")
+    os.utime(ckpts / "update_00000004" / "llmasr_meta.json")  # written before `latest` would have been
+    port = free_port()
+    cmd = ["deepspeed", "--num_gpus", "2", "--master_port", str(port), "--module", "llmasr", "decode", "--checkpoint",
+           str(run), "--data", str(corpus), "--num-workers", "0", "--max-new-tokens", "2", "--output",
+           str(tmp_path / "out")]  # fmt: skip
+    proc = subprocess.run(cmd, env=launcher_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert_no_shm_left(port)
+    said = [line for line in (proc.stdout + proc.stderr).splitlines() if "cut short before `latest`" in line]
+    assert len(said) == 1, said
+    assert "update_00000004 is complete" in said[0] and "--tag update_00000003" in said[0]

@@ -206,3 +206,20 @@ def test_a_save_killed_before_it_named_itself_latest_is_the_one_exported(trained
     (ckpts / "latest").write_text("update_00000003")  # pointed back after the saves: obeyed
     assert main(["--checkpoint", str(run), "--output", str(tmp_path / "back")]) == 0
     assert read_description(tmp_path / "back")["source"]["tags"] == ["update_00000003"]
+
+
+def test_a_run_s_max_new_tokens_0_exports_as_the_cap_by_duration(runs, tmp_path, copy_run):
+    """A recipe's `decode.max_new_tokens: 0` means what `--max-new-tokens 0` does, the cap by duration: the export
+    saves it unset (null) and decodes by duration; it had been refused ("must be >= 1 (or unset: by duration)")."""
+    import yaml
+
+    from llmasr.export.decode import load_decode_model
+
+    run = copy_run(runs[2], tmp_path / "run")
+    recipe = yaml.safe_load((run / "recipe.yaml").read_text())
+    recipe["decode"]["max_new_tokens"] = 0
+    (run / "recipe.yaml").write_text(yaml.safe_dump(recipe))
+    assert main(["--checkpoint", str(run), "--output", str(tmp_path / "out")]) == 0
+    assert read_description(tmp_path / "out")["decode"]["max_new_tokens"] is None
+    cfg = load_decode_model(tmp_path / "out")[1]
+    assert cfg.max_new_tokens is None and cfg.new_token_cap(2.0) == 2 * cfg.tokens_per_second + 8

@@ -291,3 +291,28 @@ def test_a_checkpoint_records_the_training_maximum_so_decode_needs_no_manifest(
         _, _, opts = load_decode_model(checkpoint=old)
     assert opts.training_max_seconds == longest
     assert "no training.longest_seconds in its llmasr_meta.json (saved by an older llmasr)" in caplog.text
+
+
+def test_a_long_clip_cut_to_one_window_is_counted_as_cut(exported_dir, long_manifest, tmp_path):
+    """Speech that fits one window, then a pause far past the limit: decoded as one window of its speech, the pause
+    left out. wer.txt's "N longer than L s split" had not counted it (one window is no split), so the line read as if
+    every utterance but the split ones had been decoded whole."""
+    root = long_manifest[0].parent
+    speech = syllable_bursts(1.5, seed=6, sample_rate=SR, level=0.2, floor=0.002)
+    sf.write(str(tmp_path / "tail.wav"), np.concatenate([speech, np.zeros(20 * SR, np.float32)]), SR, subtype="FLOAT")
+    manifest = tmp_path / "tail.jsonl"
+    lines = long_manifest[0].read_text().splitlines()
+    tail = json.dumps({"key": "tail", "source": str(tmp_path / "tail.wav"), "target": "one"})
+    manifest.write_text("\n".join(json.dumps({**json.loads(line), "source": str(root / json.loads(line)["source"])})
+                                  for line in lines) + "\n" + tail + "\n")  # fmt: skip
+    out = tmp_path / "out"
+    args = ["--model", str(exported_dir), "--data", str(manifest), "--output", str(out), "--num-workers", "0"]
+    assert main([*args, "--max-new-tokens", "2", "--max-window-seconds", str(LIMIT), "--window-overlap",
+                 str(OVERLAP)]) == 0  # fmt: skip
+    rows = {r["key"]: r for r in map(json.loads, open(out / "results.jsonl"))}
+    assert rows["tail"]["windows"] == 1 and rows["tail"]["duration"] == pytest.approx(21.5, abs=1e-3)
+    summary = json.loads((out / "wer.json").read_text())
+    assert summary["windows"] == 8 and summary["split"] == 2 and summary["cut_to_one_window"] == 1
+    want = ("long audio: 5 utterances decoded in 8 windows (2 longer than 3 s split at low-energy points, overlap "
+            "0.5 s; 1 longer than 3 s cut to one window, the rest of its audio a pause, not decoded)")  # fmt: skip
+    assert (out / "wer.txt").read_text().splitlines()[-1] == want

@@ -165,6 +165,26 @@ def test_the_decode_budget_is_reported_with_the_llm_positions_of_decodings_batch
     )
 
 
+def test_a_recipe_s_max_new_tokens_0_is_the_cap_by_duration_as_the_flag_s_is(recipe_file, tmp_path, capsys):
+    """`--max-new-tokens 0` means the cap by duration; a recipe's `decode.max_new_tokens: 0` had been refused ("must
+    be >= 1 (or unset: by duration)"). The check now previews decode's batches as with the key unset (their new
+    tokens by duration), and a negative cap is refused naming the key."""
+    base = ["--config", str(recipe_file), "--deepspeed", "zero2", "--world-size", "1", "--out", str(tmp_path)]
+    budget = ["decode.max_llm_tokens=150", "decode.max_window_seconds=0"]
+    previews = {}
+    for cap in ("null", "6", "0"):  # the tiny recipe's own cap is 6
+        code, out, err = run_check(capsys, *base, *budget, f"decode.max_new_tokens={cap}")
+        assert code == 0, err
+        previews[cap] = [line for line in out.splitlines() if "decode.max_llm_tokens 150" in line]
+    assert previews["0"] == previews["null"] != previews["6"] and previews["0"]
+    code, _, err = run_check(capsys, *base, "decode.max_new_tokens=-2")
+    assert code == 2
+    assert (
+        "decode.max_new_tokens: must be >= 1, or 0 for the cap by duration (tokens_per_second x seconds + 8), got -2 "
+        "(set by the override 'decode.max_new_tokens=-2')"
+    ) in err
+
+
 def test_the_decode_budget_is_previewed_on_each_manifest_of_data_valid_as_decode_batches_it(
     tiny_llm_dir, tmp_path, capsys
 ):
@@ -381,3 +401,47 @@ def test_a_precision_this_machine_cannot_run_passes_check_with_a_note(recipe_fil
     assert refused in capsys.readouterr().err  # train's own words
     code, out, _ = run_check(capsys, *base)
     assert code == 0 and "would refuse" not in out
+
+
+def test_the_checkpoint_lines_say_which_saves_best_k_ranks(recipe_file, tmp_path, capsys):
+    """best.json ranks only the saves at validation updates (each validation saves, to be ranked); a save every
+    save_every_updates at no validation has no metrics. The check had said neither, nor that a run without data.valid
+    ranks nothing. What it says is what the trainer does: a real run's best.json holds the validation updates."""
+    from llmasr.config_io import dump_yaml, to_dict
+    from llmasr.run_dir import read_best, read_meta
+    from llmasr.testing.run_dirs import model_section, train_run
+    from llmasr.testing.tiny_corpus import write_tiny_corpus
+    from llmasr.testing.tiny_funasr import tiny_sanm_conf, write_funasr_dir
+    from llmasr.testing.tiny_llm import write_tiny_llm_dir
+
+    base = ["--config", str(recipe_file), "--deepspeed", "zero2", "--out", str(tmp_path / "o")]
+    code, out, err = run_check(capsys, *base, "data.valid=[]", "train.best_k=2")
+    assert code == 0, err
+    assert (
+        "  warning: train.best_k 2 ranks saves by their valid loss, but data.valid names no manifest: no save is "
+        "validated, none is ranked"
+    ) in out
+    code, out, err = run_check(capsys, *base, "data.valid=[]", "train.best_k=0")
+    assert code == 0 and "best_k" not in out, err
+    code, out, err = run_check(capsys, *base, "train.best_metric=acc", "train.valid_every_updates=2",
+                               "train.save_every_updates=4")  # fmt: skip
+    assert code == 0, err
+    assert "  train.best_k 1 keeps the best by valid acc (higher is better) of the saves at validation updates" in out
+    assert "never ranked" not in out  # every save every 4 updates is at a validation
+
+    llm, enc = write_tiny_llm_dir(tmp_path / "llm"), write_funasr_dir(tmp_path / "enc", encoder_conf=tiny_sanm_conf())
+    corpus = write_tiny_corpus(tmp_path / "corpus", n=16)
+    run = train_run(tmp_path / "run", model_section(llm, enc), corpus, preset="zero2", updates=6, valid=corpus,
+                    save_every_updates=3, valid_every_updates=2, keep_last=0, best_k=10)  # fmt: skip
+    dump_yaml(to_dict(run.recipe), tmp_path / "recipe.yaml")
+    code, out, err = run_check(capsys, "--config", str(tmp_path / "recipe.yaml"), "--deepspeed", "zero2", "--out",
+                               str(tmp_path / "o2"), f"train.output_dir={tmp_path / 'again'}")  # fmt: skip
+    assert code == 0, err
+    assert (
+        "  train.best_k 10 keeps the best by valid loss (lower is better) of the saves at validation updates only: "
+        "the run's 3 validation(s), every 2 updates and at each epoch's end; its 1 save(s) every 3 updates at no "
+        "validation (update 3) have no metrics and are never ranked (train.keep_last rotates them)\n"
+    ) in out
+    ckpts = run.run_dir / "checkpoints"
+    assert sorted(read_meta(ckpts / e["tag"]).update for e in read_best(ckpts)) == [2, 4, 6]
+    assert not read_meta(ckpts / "update_00000003").metrics  # no validation at update 3: nothing to rank it by
