@@ -103,9 +103,10 @@ def best_k_lines(tc, course: Course, stop: int, validates: bool) -> list[str]:
     warning where no save can be ranked (no validation data: best.json stays empty)."""
     if not tc.best_k:
         return []
-    if not validates:
+    if not validates:  # a warning where best_k was set: the default's is a note (a run without data.valid is fine)
+        said = "warning: " if tc.best_k != type(tc).best_k else ""
         return [
-            f"  warning: train.best_k {tc.best_k} ranks saves by their valid {tc.best_metric}, but data.valid names no "
+            f"  {said}train.best_k {tc.best_k} ranks saves by their valid {tc.best_metric}, but data.valid names no "
             "manifest: no save is validated, none is ranked (best.json stays empty; --average-by best has nothing to "
             "average); give data.valid, or train.best_k=0"
         ]

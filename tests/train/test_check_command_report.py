@@ -421,6 +421,9 @@ def test_the_checkpoint_lines_say_which_saves_best_k_ranks(recipe_file, tmp_path
         "  warning: train.best_k 2 ranks saves by their valid loss, but data.valid names no manifest: no save is "
         "validated, none is ranked"
     ) in out
+    code, out, err = run_check(capsys, *base, "data.valid=[]")  # the default best_k: a note, not a warning
+    assert code == 0, err
+    assert "\n  train.best_k 1 ranks saves by their valid loss, but data.valid names no manifest" in out
     code, out, err = run_check(capsys, *base, "data.valid=[]", "train.best_k=0")
     assert code == 0 and "best_k" not in out, err
     code, out, err = run_check(capsys, *base, "train.best_metric=acc", "train.valid_every_updates=2",
