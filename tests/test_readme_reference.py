@@ -300,5 +300,12 @@ def test_log_section_names_every_logged_field():
     logs = sections()["### 6. Read the logs"]
     named = set(re.findall(r"`([^`\s]+)`", logs))
     interval = Interval(hotword_lists=1, hotwords_dropped=1, ctc_unaligned=1)
-    fields = {*interval.figures(None), *memory_gb(None), "mem/device_peak_gb", "eta_s", "skipped_steps"}
+    fields = {
+        *interval.figures(None),
+        *memory_gb(None),
+        "mem/device_peak_gb",
+        "eta_s",
+        "eta_untimed_valid",
+        "skipped_steps",
+    }
     assert fields <= named, sorted(fields - named)

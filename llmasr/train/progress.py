@@ -9,6 +9,7 @@ The rates and shares after grad_norm are over the interval since the previous lo
 
 from __future__ import annotations
 
+import bisect
 import logging
 import math
 import resource
@@ -157,13 +158,17 @@ class Progress:
 
     def __init__(self, run_dir: Path, rank: int, total_updates: int, start_update: int = 0, log_every: int = 1, *,
                  progress_every_s: float = 30.0, peak_total: dict | float | None = None, stream=None,
-                 device: torch.device | None = None, speed_squeeze: float = 1.0):  # fmt: skip
+                 device: torch.device | None = None, speed_squeeze: float = 1.0,
+                 validations: list[int] = ()):  # fmt: skip
         self.enabled = rank == 0
         self.device = device  # the rank's: its CUDA memory peak is logged
         self.total = total_updates
         self.log_every = max(1, log_every)
         self.start_update = start_update
         self.t0 = time.monotonic()
+        # The updates after which the run validates (check_course.validation_updates); each pass's seconds, once timed,
+        # count into the eta as validations, not as training pace (which, before the first, knew none of them).
+        self.validations, self.valid_s, self.valid_n = sorted(validations), 0.0, 0
         self.interval = Interval()
         self.peak_total = peak_total  # summed over the ranks: {dtype: FLOP/s} or one for every dtype
         self.every_s = progress_every_s
@@ -194,9 +199,8 @@ class Progress:
         self.interval.add(stats, wait_s)
         self._note_unaligned(update, stats)
         self._note_nonfinite(update, stats, extra)
-        done = update - self.start_update
-        eta = (self.total - update) * (time.monotonic() - self.t0) / done if done > 0 else math.nan
-        self._show(update, stats, lrs, eta)
+        eta, untimed = self._eta(update)
+        self._show(update, stats, lrs, eta, untimed)
         w = self.writer
         for key in ("loss", "llm_loss", "ctc_loss", "acc"):
             if key in stats:
@@ -209,11 +213,23 @@ class Progress:
         mem = memory_gb(self.device)
         for key, value in mem.items():
             w.add_scalar(key, value, update)
-        self.unlogged = (update, epoch, stats, lrs, extra, eta, mem)
+        self.unlogged = (update, epoch, stats, lrs, extra, (eta, untimed), mem)
         if update % self.log_every == 0 or update == self.total:
             self._log_line(*self.unlogged)
 
-    def _log_line(self, update: int, epoch: int, stats: dict, lrs: dict, extra: dict, eta: float, mem: dict) -> None:
+    def _eta(self, update: int) -> tuple[float, int]:
+        """(seconds left after `update`: the updates left at the training pace so far, with the validations still to
+        come at their mean so far; the validations ahead not in it, as none has been timed yet)."""
+        done = update - self.start_update
+        if done <= 0:
+            return math.nan, 0
+        ahead = len(self.validations) - bisect.bisect_left(self.validations, update)  # this update's is still ahead
+        pace = max(time.monotonic() - self.t0 - self.valid_s, 0.0) / done
+        if not self.valid_n:
+            return (self.total - update) * pace, ahead
+        return (self.total - update) * pace + ahead * self.valid_s / self.valid_n, 0
+
+    def _log_line(self, update: int, epoch: int, stats: dict, lrs: dict, extra: dict, eta: tuple, mem: dict) -> None:
         """train.log's line for `update`, with the throughput of the updates since the last line."""
         self.unlogged = None
         w = self.writer
@@ -227,7 +243,10 @@ class Progress:
         row.update({f"lr/{k}": v for k, v in lrs.items()})
         row.update({k: float(v) for k, v in extra.items() if v is not None})
         row.update(figures)
-        row["eta_s"] = round(eta, 1) if eta == eta else -1.0
+        seconds, untimed = eta
+        row["eta_s"] = round(seconds, 1) if seconds == seconds else -1.0
+        if untimed:  # validations ahead and none timed yet: eta_s holds the training alone
+            row["eta_untimed_valid"] = untimed
         row.update(mem)
         log.info("train %s", format_pairs(row))
 
@@ -270,7 +289,7 @@ class Progress:
             update, shown, int(extra.get("skipped_steps") or 0),
         )  # fmt: skip
 
-    def _show(self, update: int, stats: dict, lrs: dict, eta: float) -> None:
+    def _show(self, update: int, stats: dict, lrs: dict, eta: float, untimed: int = 0) -> None:
         """The bar on a terminal; elsewhere a plain line when `progress_every_s` has passed (and at the last update)."""
         text = f"loss {stats['loss']:.3f} " + " ".join(f"{k} {v:.1e}" for k, v in lrs.items())
         if self.bar is not None:
@@ -283,12 +302,19 @@ class Progress:
         self.next_line = now + self.every_s
         stamp = time.strftime("%Y-%m-%d %H:%M:%S")
         left = f"{eta:.0f}s" if eta == eta else "?"
+        if untimed:
+            left += f" + {untimed} validation(s)"
         print(f"{stamp} progress update {update}/{self.total} ({100 * update / max(self.total, 1):.0f}%) {text} "
               f"eta {left}", file=self.stream, flush=True)  # fmt: skip
 
     def aside(self, seconds: float) -> None:
         """`seconds` spent on something other than training (validation, saving): out of the efficiency figures."""
         self.interval.aside_s += seconds
+
+    def validated(self, seconds: float) -> None:
+        """A validation pass that took `seconds`: aside, and timed for the eta of those still to come."""
+        self.aside(seconds)
+        self.valid_s, self.valid_n = self.valid_s + seconds, self.valid_n + 1
 
     def validation(self, update: int, metrics: dict, by_set: dict | None = None) -> None:
         """The pool's metrics (`valid` line, valid/KEY), then each manifest's of `by_set` ({name: metrics}, empty

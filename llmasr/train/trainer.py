@@ -23,6 +23,7 @@ from llmasr.data.bad_data import ranks_summary, refuse_summed
 from llmasr.models.sanm_chunk import load_chunk_draws
 from llmasr.run_dir.files import verify_ranks
 from llmasr.train import resolve, universal
+from llmasr.train.check_course import Course, epoch_ends, validation_updates
 from llmasr.train.config import need_recipe
 from llmasr.train.ds_files import CLIENT_KEY
 from llmasr.train.efficiency import WaitClock, run_peaks
@@ -96,6 +97,7 @@ class Run(RunSetup):
         done, max_updates = self.engine.global_steps, self.recipe.train.max_updates
         # counted here, not by the plan: the updates before the checkpoint were at its grad_accum and world size
         self.total, held = universal.resumed_counts(done, epoch, left, self.per_epoch, self.k, max_updates)
+        self.resumed_ends = epoch_ends(done, left, self.per_epoch, epoch, self.k)  # the validations ahead (eta)
         self.ends_after = min(self.total, held)
         if (note := universal.short_of_max_updates(done, held, max_updates)) and self.rank == 0:
             log.warning(note)
@@ -135,10 +137,11 @@ class Run(RunSetup):
                                      stop=self._stop_asked)  # fmt: skip
         finally:  # so validating (or a stop before a due one) leaves training's course, dropout's too, alone
             resolve.set_rng_state(course, self.engine.device)
-        self.progress.aside(time.monotonic() - start)
         self.engine.train(True)
         if result is None:  # stopped
+            self.progress.aside(time.monotonic() - start)
             return None
+        self.progress.validated(time.monotonic() - start)
         metrics, by_set = result  # the pool's metrics rank checkpoints; each manifest's are logged beside them
         self.valid_update = self.engine.global_steps
         self.progress.validation(self.engine.global_steps, metrics, by_set)
@@ -159,6 +162,7 @@ class Run(RunSetup):
         self.valid_named = False  # a validation pass's bad-data line has named the first bad lines
         self.lr_since, self.skipped = 0, []  # the updates skipped since lr_schedule.csv was written (LrCourse)
         self.lr_stale = False  # lr_schedule.csv/png lack a skip since (written at the next save or the run's end)
+        self.resumed_ends = None  # a resume's epoch ends (load)
         if self.resume is not None:
             start_epoch, loader_state = self.load()
         self.progress = self._progress()
@@ -255,10 +259,17 @@ class Run(RunSetup):
         peaks, lines = run_peaks(self.engine.device, dtypes, tc.peak_tflops, self.world)
         for line in lines:
             log.info(line)
+        # the validations still to come, timed as they run, go into the eta beside the training pace
+        done = self.engine.global_steps
+        ends = self.resumed_ends
+        if ends is None:  # a fresh run
+            ends = epoch_ends(0, self.per_epoch[0], self.per_epoch, 0, self.k)
+        course = Course(done, ends, self.early)
+        ahead = validation_updates(tc, course, self.ends_after) if self.valid_loader is not None else []
         # counted to the update the run ends after, not to a train.max_updates past the epochs' end (the schedules')
-        return Progress(self.run_dir, self.rank, self.ends_after, self.engine.global_steps, tc.log_every,
+        return Progress(self.run_dir, self.rank, self.ends_after, done, tc.log_every,
                         progress_every_s=tc.progress_every_s, peak_total=peaks, device=self.engine.device,
-                        speed_squeeze=self.recipe.data.augment.squeeze)  # fmt: skip
+                        speed_squeeze=self.recipe.data.augment.squeeze, validations=ahead)  # fmt: skip
 
     def _update(self, window, epoch: int, history: list[dict]) -> int:
         """One optimizer update over `window` (its micro-batches), logged and appended to `history`; its number."""

@@ -306,3 +306,56 @@ def test_the_unaligned_warning_names_speed_perturbation_when_it_is_on(tmp_path, 
         (messages[squeeze],) = [r.getMessage() for r in caplog.records if "CTC labels" in r.getMessage()]
     assert "utt3" in messages[1.0] and "speed" not in messages[1.0]
     assert "data.augment.speed_perturb" in messages[1.15] and "1.15" in messages[1.15]
+
+
+def test_the_eta_counts_the_validations_ahead_once_one_is_timed(tmp_path, monkeypatch, caplog):
+    """Before the first validation eta_s is the training left and the validations ahead are counted apart
+    (eta_untimed_valid); after it, each one ahead adds the mean pass, and the training pace leaves the passes out
+    (the pace over all the time had held no validation before the first, and one too many on its way out)."""
+    import logging
+    import types
+
+    now = [100.0]
+    monkeypatch.setattr(
+        progress_module, "time", types.SimpleNamespace(monotonic=lambda: now[0], strftime=time.strftime)
+    )
+    p = Progress(tmp_path, 0, total_updates=10, validations=[5, 10], stream=io.StringIO(), progress_every_s=0)
+    stats, rows = {"loss": 1.0}, []
+    caplog.set_level(logging.INFO, logger="llmasr.train")
+    for update in range(1, 11):
+        now[0] += 2.0  # two seconds an update
+        p.update(update, 0, dict(stats), {}, {})
+        rows.append(parse_log_line(caplog.records[-1].getMessage()))
+        if update in (5, 10):
+            now[0] += 30.0  # the validation pass
+            p.validated(30.0)
+    p.close()
+    assert rows[0]["eta_s"] == 18.0 and rows[0]["eta_untimed_valid"] == 2  # 9 updates x 2 s; 2 passes untimed
+    assert rows[4]["eta_s"] == 10.0 and rows[4]["eta_untimed_valid"] == 2  # update 5's own pass is still ahead
+    assert rows[5]["eta_s"] == 8.0 + 30.0 and "eta_untimed_valid" not in rows[5]  # 4 updates and the last pass
+    assert rows[9]["eta_s"] == 30.0  # the last update: its validation left
+    assert "eta 18s + 2 validation(s)" in p.stream.getvalue()
+
+
+def test_a_real_run_s_untimed_validations_are_the_ones_it_runs(tiny_llm_dir, corpus, tmp_path):
+    """The trainer tells the eta the validations it will run (check_course.validation_updates): at update 1 every
+    one of them is ahead and untimed, and the key goes once the first has run."""
+    data = tiny_recipe_dict(tiny_llm_dir, train=[corpus], valid=[corpus], output_dir=tmp_path / "run", epochs=2,
+                            max_updates=5, valid_every_updates=2, save_every_updates=2, keep_last=0)  # fmt: skip
+    data["data"]["valid_max_utts"] = 2
+    train(load_recipe(data=data), "zero0")
+    lines = (tmp_path / "run" / "train.log").read_text().splitlines()
+    rows = [parse_log_line(line) for line in lines if " train update=" in line]
+    validated = [parse_log_line(line)["update"] for line in lines if " valid update=" in line]
+    assert validated[0] == 2 and len(validated) >= 2  # every 2 updates, and where the run ends
+    assert rows[0]["eta_untimed_valid"] == len(validated)
+    assert rows[1]["eta_untimed_valid"] == len(validated)  # update 2's pass runs after its line
+    assert all("eta_untimed_valid" not in r for r in rows[2:])
+    # resumed after update 2 (its checkpoint): the validations still ahead of the resumed run, counted from it
+    train(load_recipe(data=data), "zero0", resume="update_00000002")
+    lines = (tmp_path / "run" / "train.log").read_text().splitlines()
+    start = max(i for i, line in enumerate(lines) if "resumed from" in line)
+    rows = [parse_log_line(line) for line in lines[start:] if " train update=" in line]
+    again = [parse_log_line(line)["update"] for line in lines[start:] if " valid update=" in line]
+    assert rows[0]["update"] == 3 and again == validated[1:]
+    assert rows[0]["eta_untimed_valid"] == len(again)
