@@ -1,4 +1,4 @@
-"""`llmasr train` under the real `deepspeed` launcher with N CPU ranks, for end-to-end tests.
+"""`llmasr train` (or a test's own script) under the real `deepspeed` launcher with N CPU ranks, for end-to-end tests.
 
 Every run is checked for what DeepSpeed's CPU shared-memory all-reduce would leave in /dev/shm: the buffers of the
 run's master port must be gone when it ends (llmasr.train.shm).
@@ -60,6 +60,17 @@ def launch_train(recipe_file, preset: str, run_dir, *overrides: str, resume=Fals
     cmd = train_command(recipe_file, preset, run_dir, *overrides, port=port, resume=resume, entry=entry)
     proc = subprocess.run(cmd, env=launcher_env(), capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == expect_rc, proc.stdout[-4000:] + proc.stderr[-4000:]
+    assert_no_shm_left(port)
+    return proc
+
+
+def launch_script(script, *args, ranks: int = 2, timeout=300) -> subprocess.CompletedProcess:
+    """`script` with `args` on `ranks` CPU ranks under the deepspeed launcher, run to a clean end (exit 0, no
+    shared-memory buffers left): a test's own code on several ranks."""
+    port = free_port()
+    cmd = ["deepspeed", "--num_gpus", str(ranks), "--master_port", str(port), str(script), *map(str, args)]
+    proc = subprocess.run(cmd, env=launcher_env(), capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert_no_shm_left(port)
     return proc
 

@@ -4,8 +4,6 @@ windows at epoch ends, empty batches, and overflow-skipped steps."""
 import dataclasses
 import json
 import math
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -297,19 +295,12 @@ exit_rank(0)  # as the llmasr entry point ends a rank: no abort at exit
 @pytest.mark.slow
 def test_two_rank_window_gradient_equals_one_batch(tiny_llm_dir, tmp_path):
     """Real `deepspeed` launcher, 2 CPU ranks (gloo), ZeRO-2: ranks hold 1+2 and 3+1 utterances."""
-    from llmasr.testing.launcher import assert_no_shm_left
-    from llmasr.train.process_group import free_port
+    from llmasr.testing.launcher import launch_script
 
     script = tmp_path / "two_rank_grads.py"
     script.write_text(TWO_RANK_SCRIPT.format(tests_dir=str(Path(__file__).parent)))
     out = tmp_path / "result.json"
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")}
-    port = free_port()
-    cmd = ["deepspeed", "--num_gpus", "2", "--master_port", str(port), str(script)]
-    proc = subprocess.run([*cmd, str(tiny_llm_dir), "zero2", str(out)], env=env, capture_output=True, text=True,
-                          timeout=300)  # fmt: skip
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert_no_shm_left(port)
+    launch_script(script, tiny_llm_dir, "zero2", out)
     result = json.loads(out.read_text())
     assert result["steps"] == 1
     assert result["max_diff"] < 1e-5, result

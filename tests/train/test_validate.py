@@ -5,8 +5,6 @@ import dataclasses
 import io
 import json
 import logging
-import os
-import subprocess
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -277,18 +275,12 @@ exit_rank(0)  # as the llmasr entry point ends a rank: no abort at exit
 def test_two_rank_zero3_ctc_wer(tiny_llm_dir, tmp_path):
     """Real `deepspeed` launcher, 2 CPU ranks, ZeRO-3: rank 1 ends on an all-bad stand-in batch; both ranks report
     the CTC WER of all three batches, and each set's of its rows (rank 1 holds rows of one set only)."""
-    from llmasr.testing.launcher import assert_no_shm_left
-    from llmasr.train.process_group import free_port
+    from llmasr.testing.launcher import launch_script
 
     script = tmp_path / "two_rank_validate.py"
     script.write_text(TWO_RANK_SCRIPT.format(tests_dir=str(Path(__file__).parent)))
     out = tmp_path / "metrics.json"
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")}
-    port = free_port()
-    cmd = ["deepspeed", "--num_gpus", "2", "--master_port", str(port), str(script), str(tiny_llm_dir), str(out)]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert_no_shm_left(port)
+    launch_script(script, tiny_llm_dir, out, timeout=400)
     results = [json.loads(Path(f"{out}.{rank}").read_text()) for rank in (0, 1)]
     got = [r["metrics"] for r in results]
     want = independent_ctc_wer(build_model(tiny_llm_dir), make_batches(build_model(tiny_llm_dir)))

@@ -4,8 +4,6 @@ generate beside the other ranks (models.ctc_gate.searched_rows), or the rank tha
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -38,18 +36,12 @@ exit_rank(0)
 def test_a_rank_whose_batch_the_gate_empties_still_searches_beside_the_other(tiny_llm_dir, tmp_path):
     from test_validate import TARGETS  # beside this file (pytest puts its folder on sys.path)
 
-    from llmasr.testing.launcher import assert_no_shm_left
-    from llmasr.train.process_group import free_port
+    from llmasr.testing.launcher import launch_script
 
     script = tmp_path / "gated_validate.py"
     script.write_text(SCRIPT.format(tests_dir=str(Path(__file__).parent)))
     out = tmp_path / "metrics.json"
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")}
-    port = free_port()
-    cmd = ["deepspeed", "--num_gpus", "2", "--master_port", str(port), str(script), str(tiny_llm_dir), str(out)]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert_no_shm_left(port)
+    launch_script(script, tiny_llm_dir, out)
     got = [json.loads(Path(f"{out}.{rank}").read_text()) for rank in (0, 1)]
     assert got[0] == got[1] and got[0]["n_utts"] == 3
     # the gated utterance scored as empty, every word of it deleted, whatever the LLM wrote for the other two
