@@ -1,5 +1,5 @@
 """The decoding benchmarks (decode_speed, hotword_lists, hotword_boost, hotword_search_cost, ctc_guidance_cost,
-ctc_tiktoken, timestamps, vad_speed, vad_gate_plan, decode_startup, confidence_cost): each --quick mode writes
+ctc_tiktoken, timestamps, vad_speed, vad_gate_plan, decode_startup, confidence_cost, ctc_gate): each --quick mode writes
 results of the right structure. No assertion is about speed."""
 
 from __future__ import annotations
@@ -217,3 +217,19 @@ def test_decode_startup_ranks_times_each_rank_and_its_share(tmp_path, capsys):
     assert run["seconds"]["decode start-up"] == max(run["rank_seconds"]) > 0
     assert sum(run["rank_prompts"]) >= 200 and max(run["rank_prompts"]) < 200  # each rank tokenized its share
     assert "| 200 | 2 |" in capsys.readouterr().out
+
+
+def test_ctc_gate_quick_decodes_every_set_both_ways(tmp_path, capsys):
+    import ctc_gate
+
+    assert ctc_gate.main(["--quick", "--json-out", str(tmp_path / "g.json")]) == 0
+    res = json.loads((tmp_path / "g.json").read_text())
+    assert [s["set"] for s in res["sets"]] == ["utterances", "one-word clips"]
+    whole, words = res["sets"]
+    assert whole["utterances"] == 6 and words["utterances"] > 0  # the first and last word of each timed utterance
+    for s in res["sets"]:
+        assert 0 <= s["emptied_with_words"] <= s["emptied"] <= s["utterances"]
+    assert list(res["non_speech"]) == ["silence", "noise_low", "noise_loud", "tone_440hz"]
+    for texts in res["non_speech"].values():  # the gate only ever empties a text
+        assert texts["on"] in ("", texts["off"])
+    assert "Reproduce: `python bench/ctc_gate.py --quick`" in capsys.readouterr().out
