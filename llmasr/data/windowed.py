@@ -9,8 +9,9 @@ utterances; and the way back, from decoded items to one row per utterance.
 
 An utterance in which a VAD gate finds no speech is in `windowed.silent`: its rows get an empty transcript
 (utterance_rows), marked `no_speech`; one whose every window the CTC gate emptied (models.ctc_gate) is marked
-`no_speech` and `ctc_gated`. An utterance whose record or audio cannot be read stays one item: loading it reports
-the same fault through the bad-data accounting, once.
+`no_speech` and `ctc_gated`, one with only some emptied (or, the gate off, that it would empty) counts them. An
+utterance whose record or audio cannot be read stays one item: loading it reports the same fault through the
+bad-data accounting, once.
 """
 
 from __future__ import annotations
@@ -90,7 +91,8 @@ def utterance_rows(items: dict[int, dict], manifest, overlap: float) -> list[dic
     rows = []
     for i, row in _joined_rows(items, manifest, overlap):
         if i in manifest.silent:  # the VAD's gate, whatever the CTC gate made of the piece that stood for it
-            row.pop("ctc_gated", None)
+            for key in ("ctc_gated", "ctc_gated_windows", "ctc_empty_windows", "hyp_ctc_gated"):
+                row.pop(key, None)
             row.update(hyp="", ctc_hyp=None if row["ctc_hyp"] is None else "", truncated=None, no_speech=True)
             if "timestamps" in row:
                 row["timestamps"] = []
@@ -138,12 +140,28 @@ def _joined_rows(items: dict[int, dict], manifest: WindowedManifest, overlap: fl
         got[0] = {k: v for k, v in got[0].items() if k not in ("no_speech", "ctc_gated")}
         if emptied:
             got[0].update(no_speech=True, ctc_gated=True)
+        got[0].update(_gated_windows(got, flags, overlap, emptied))
         rows.append((i, {
             **got[0], "hyp": join_texts([g["hyp"] for g in got], flags, overlap), "ctc_hyp": ctc,
             "truncated": next((g["truncated"] for g in got if g["truncated"]), None),
             "duration": manifest.lengths[i] / manifest.sample_rate, "windows": len(windows),
         }))  # fmt: skip
     return rows
+
+
+def _gated_windows(got: list[dict], flags: list, overlap: float, emptied: bool) -> dict:
+    """What the CTC gate did, or would do, to some of an utterance's windows, the rest heard (decode_gate counts it):
+    `ctc_gated_windows`, those it emptied; with the gate off `ctc_empty_windows`, those whose CTC best path is empty
+    while the LLM wrote words there, and `hyp_ctc_gated`, the utterance's text with them emptied."""
+    gated = sum(bool(g.get("ctc_gated")) for g in got)
+    if gated and not emptied:
+        return {"ctc_gated_windows": gated}
+    silent = [g["ctc_hyp"] is not None and not g["ctc_hyp"].strip() for g in got]
+    would = [s and bool(g["hyp"].strip()) for s, g in zip(silent, got)]
+    if gated or not any(would) or all(silent):  # all silent: the utterance's own CTC text is empty, counted as one
+        return {}
+    texts = ["" if w else g["hyp"] for w, g in zip(would, got)]
+    return {"ctc_empty_windows": sum(would), "hyp_ctc_gated": join_texts(texts, flags, overlap)}
 
 
 def utterance_tracker(tracker: BadDataTracker, manifest, decoded: int) -> BadDataTracker:

@@ -206,7 +206,8 @@ class DecodeConfig:
         if self.ctc_gate and not has_ctc_head:
             raise ConfigError(
                 "decode.ctc_gate: the gate reads the CTC head's best path, and this model has none (trained with "
-                "model.ctc.weight 0); set ctc_gate false, or gate with a VAD (decode.vad)"
+                "model.ctc.weight 0); decode without the gate (no --ctc-gate; ctc_gate false), or gate silence out "
+                "with a VAD (--vad DIR; decode.vad)"
             )
         return bool(self.ctc_gate)
 

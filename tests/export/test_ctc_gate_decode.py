@@ -64,13 +64,14 @@ def test_the_gate_empties_what_the_head_heard_nothing_in_and_wer_counts_both_way
     written = score_corpus([(refs[k], rows_off[k]["hyp"]) for k in GATED], "auto")[0].errors
     emptied = sum(len(refs[k].split()) for k in GATED)
     assert off["ctc_gate"] == {"on": False, "would_empty": 2, "empty_references": 0, "errors_written": written,
-                               "errors_emptied": emptied}  # fmt: skip
+                               "errors_emptied": emptied, "windows": 0, "window_utterances": 0}  # fmt: skip
     wer_off = (tmp_path / "off" / "wer.txt").read_text()
     assert (f"CTC best path empty in 2 utterances the LLM wrote words for (e.g. key 'test001'); {written} errors "
             f"(words) as written, {emptied} if emptied, 0 of them with an empty reference; decode.ctc_gate "
             "(--ctc-gate) would leave them empty") in wer_off  # fmt: skip
     # with it: what it did; the rest of the corpus scored as before
-    assert on["ctc_gate"] == {"on": True, "utterances": 2, "with_reference_words": 2, "reference_units": emptied}
+    assert on["ctc_gate"] == {"on": True, "utterances": 2, "with_reference_words": 2, "reference_units": emptied,
+                              "windows": 0, "window_utterances": 0}  # fmt: skip
     assert ("CTC gate: 2 utterances where the CTC head heard no word, left empty, 2 of them with reference words "
             f"({emptied} words deleted)") in (tmp_path / "on" / "wer.txt").read_text()  # fmt: skip
     assert on["errors"] == off["errors"] - written + emptied

@@ -380,6 +380,12 @@ def test_ctc_on_a_model_without_a_ctc_head_is_a_clear_error(base_dirs, train_cor
         decode_manifest(load_exported(exported), corpus, tmp_path / "o4", DecodeConfig(ctc_weight=0.5))
     summary = decode_manifest(load_exported(exported), corpus, tmp_path / "o5", DecodeConfig(max_new_tokens=2))
     assert summary["mode"] == "greedy"
+    # so is the CTC gate: the refusal names the flag given and the way to gate without a head
+    rc = main(["--model", str(exported), "--data", str(corpus), "--output", str(tmp_path / "o6"), "--ctc-gate"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "decode.ctc_gate: the gate reads the CTC head's best path, and this model has none" in err
+    assert "decode without the gate (no --ctc-gate; ctc_gate false)" in err and "(--vad DIR; decode.vad)" in err
+    assert not (tmp_path / "o6").exists()
 
 
 def test_decode_config_given_then_saved_then_defaults():
