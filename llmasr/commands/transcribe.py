@@ -2,8 +2,9 @@
 [--device D] [--timestamps] [--confidence]`: print each audio file's transcript, one "AUDIO<TAB>TEXT" line per file
 in the order given (llmasr.export.transcribe); with --timestamps or --confidence one JSON line per file with its
 words' times or the LLM's log-probability of its text, and "truncated". A transcript a guard cut (the length cap, the
-repetition stop) is named on stderr, stdout's line unchanged. A file that cannot be read is named on stderr where it
-falls, the others still print, and the exit status is 1."""
+repetition stop) is named on stderr, stdout's line unchanged, as is one a gate left empty (the VAD's, the CTC
+head's). A file that cannot be read is named on stderr where it falls, the others still print, and the exit status
+is 1."""
 
 from __future__ import annotations
 
@@ -80,6 +81,13 @@ def _several_ranks(environ=os.environ) -> str | None:
             "manifest, which splits them between ranks")  # fmt: skip
 
 
+def gates(cfg) -> str:
+    """The gates in force that can leave a file's text empty: the VAD's, the CTC head's."""
+    found = ["the VAD (--vad)"] if cfg.vad is not None and cfg.vad_gate else []
+    found += ["the CTC gate (--ctc-gate)"] if cfg.ctc_gate else []
+    return " or ".join(found) or "a gate"
+
+
 def stopped_by(row: dict, cfg: DecodeConfig) -> str:
     """Which guard ended a file's transcript (its row's "truncated"), and the flag that moves it."""
     each = " a window" if row.get("windows", 1) > 1 else ""  # long audio: each window has its own cap
@@ -148,6 +156,9 @@ def main(argv: list[str] | None = None) -> int:
             continue
         if row.get("truncated"):  # the text printed is cut: said where a script can see it, stdout's format kept
             print(f"llmasr transcribe: warning: {path}: {stopped_by(row, asr.cfg)}", file=sys.stderr)
+        if row.get("no_speech"):  # an empty line on stdout is no failure: said why
+            print(f"llmasr transcribe: note: {path}: no speech found by {gates(asr.cfg)}: its text is empty",
+                  file=sys.stderr)  # fmt: skip
         if args.timestamps or args.confidence:
             line = {"audio": path, "text": row["hyp"], "truncated": row.get("truncated")}
             if row.get("no_speech"):  # a gate (the VAD's, the CTC head's) found none: the text is empty for that

@@ -116,9 +116,18 @@ def test_transcribe_marks_a_gated_clip_and_no_ctc_gate_turns_it_off(exported_dir
     monkeypatch.setattr(decode_module, "load_exported", with_oracle)
     flags = ["--model", str(exported_dir), "--confidence", "--ctc-weight", "0", "--max-new-tokens", "3"]
     assert transcribe_main([*flags, "--ctc-gate", *map(str, clips)]) == 0
-    short, long = map(json.loads, capsys.readouterr().out.splitlines())
+    out, err = capsys.readouterr()
+    short, long = map(json.loads, out.splitlines())
     assert short["text"] == "" and short["no_speech"] is True and short["avg_logprob"] is None
     assert long["text"].strip() and "no_speech" not in long
+    # plain lines too: the empty one is said on stderr, stdout's format kept
+    assert (
+        f"llmasr transcribe: note: {clips[0]}: no speech found by the CTC gate (--ctc-gate): its text is empty" in err
+    )
+    assert f"note: {clips[1]}" not in err
+    assert transcribe_main([*flags[:2], "--ctc-gate", *map(str, clips)]) == 0
+    out, err = capsys.readouterr()
+    assert out.splitlines()[0] == f"{clips[0]}\t" and f"note: {clips[0]}: no speech found" in err
     assert transcribe_main([*flags, "--no-ctc-gate", *map(str, clips)]) == 0
     short, long = map(json.loads, capsys.readouterr().out.splitlines())
     assert short["text"].strip() and "no_speech" not in short
