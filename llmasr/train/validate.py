@@ -27,7 +27,8 @@ from llmasr.train.process_group import all_reduce_sum
 from llmasr.train.valid_sets import ValidSets
 
 # The sums each rank accumulates over its batches, all-reduced before the metrics are taken from them.
-SUMS = ("llm_loss", "ctc_loss", "tokens", "correct", "utts", "errors", "ref_len", "ctc_errors", "in_words", "in_chars")
+SUMS = ("llm_loss", "ctc_loss", "tokens", "correct", "utts", "errors", "ref_len", "ctc_errors", "in_words", "in_chars",
+        "ctc_gated")  # fmt: skip
 
 
 def validate(engine, loader, decode_cfg, *, with_wer: bool = True, stop: Callable[[], object] | None = None):
@@ -86,7 +87,10 @@ def _validate(engine, loader, decode_cfg, with_wer: bool, stop, sets: ValidSets 
         per_set[name] = _metrics(row, model, with_wer)
         if with_wer:
             per_set[name].update(errors=int(row["errors"]), ref_units=int(row["ref_len"]))
-    return _metrics(rows[0], model, with_wer), per_set
+    whole = _metrics(rows[0], model, with_wer)
+    if with_wer and decode_cfg.ctc_gate:  # a head still emitting blank everywhere empties all: said, not only wer 1
+        whole["ctc_gated"] = int(rows[0]["ctc_gated"])
+    return whole, per_set
 
 
 def _features_once(model, dev):
@@ -123,6 +127,8 @@ def _batch_sums(engine, batch, decode_cfg, with_wer: bool, sets: ValidSets | Non
     corpus, llm_scores = score_corpus(zip(batch.targets, hyps.llm), decode_cfg.metric)
     sums["errors"], sums["ref_len"] = corpus.errors, corpus.ref_len
     sums["in_words"], sums["in_chars"] = corpus.units["wer"], corpus.units["cer"]
+    if hyps.no_speech is not None:  # decode.ctc_gate: the utterances it left empty, logged beside the rate
+        sums["ctc_gated"] = sum(hyps.no_speech)
     ctc_scores = None
     if model.ctc_head is not None:
         # Same references and metric, so the same reference length as the LLM's score.
