@@ -374,7 +374,7 @@ def test_an_llm_generation_config_max_length_does_not_warn_at_every_batch(model)
 
 @pytest.mark.parametrize(
     "setting, value",
-    [("ctc_weight", 1.5), ("repeat_limit", -1), ("num_beams", 0), ("tokens_per_second", -2.0), ("max_new_tokens", 0)],
+    [("ctc_weight", 1.5), ("repeat_limit", -1), ("num_beams", 0), ("tokens_per_second", -2.0), ("max_new_tokens", -1)],
 )
 def test_a_decode_config_built_in_python_is_checked_by_name_before_the_search(model, setting, value):
     """A DecodeConfig made in Python (the README's `model.transcribe(batch, DecodeConfig(...))`) meets no recipe's
@@ -387,6 +387,15 @@ def test_a_decode_config_built_in_python_is_checked_by_name_before_the_search(mo
         model.transcribe(batch, DecodeConfig(**{setting: value}))
     with pytest.raises(ConfigError, match=rf"decode\.{setting}: must be"):
         model.generate(batch, **{setting: value})
+
+
+def test_max_new_tokens_0_built_in_python_is_the_cap_by_duration_as_a_recipe_s_and_the_flag_s(model):
+    from llmasr.models.decoding import DecodeConfig
+
+    batch = random_batch(model.eval(), TARGETS[:2], frames=[12, 20], seed=5)
+    zero = DecodeConfig(max_new_tokens=0, ctc_weight=0.0)
+    assert model.transcribe(batch, zero).llm == model.transcribe(batch, DecodeConfig(ctc_weight=0.0)).llm
+    assert zero.max_new_tokens is None  # read as unset by the checks every search makes
 
 
 def test_decoding_right_after_a_training_step_searches_the_model_without_dropout(tiny_llm_dir):
