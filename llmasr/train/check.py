@@ -358,6 +358,9 @@ def check(
     lines += chunk_lines(model, frozen="encoder" in model.frozen_branches())
     lines += prompt_lines(model, recipe.model)
     decoding = _vad_lines(recipe.decode, model.frontend.sample_rate) + _decode_lines(recipe, model, valid_loader)
+    if recipe.decode.ctc_gate:  # validation too: early on, a head that hears nothing empties every utterance
+        decoding.append("  decode.ctc_gate: validation and decoding leave empty what the CTC head hears no word in "
+                        "(train.log's valid line counts it: ctc_gated)")  # fmt: skip
     lines += (["decoding"] if decoding and decoding[0] != "decoding" else []) + decoding
     lines += ["param groups", *("  " + row for row in describe_param_groups(groups).splitlines())]
     lines.append("learning rate at key updates")

@@ -185,6 +185,18 @@ def test_a_recipe_s_max_new_tokens_0_is_the_cap_by_duration_as_the_flag_s_is(rec
     ) in err
 
 
+def test_the_check_says_the_ctc_gate_empties_validation_too_and_refuses_it_without_a_head(recipe_file, tmp_path,
+                                                                                        capsys):  # fmt: skip
+    base = ["--config", str(recipe_file), "--deepspeed", "zero2", "--world-size", "1", "--out", str(tmp_path)]
+    code, out, err = run_check(capsys, *base, "model.ctc.weight=0.3", "decode.ctc_gate=true")
+    assert code == 0, err
+    assert "  decode.ctc_gate: validation and decoding leave empty what the CTC head hears no word in" in out
+    code, out, _ = run_check(capsys, *base, "model.ctc.weight=0.3")
+    assert code == 0 and "ctc_gate" not in out
+    code, _, err = run_check(capsys, *base, "model.ctc.weight=0", "decode.ctc_gate=true")
+    assert code == 2 and "decode.ctc_gate: the gate reads the CTC head's best path, and this recipe trains none" in err
+
+
 def test_the_decode_budget_is_previewed_on_each_manifest_of_data_valid_as_decode_batches_it(
     tiny_llm_dir, tmp_path, capsys
 ):
