@@ -162,7 +162,7 @@ def test_the_ctc_gate_empties_a_window_and_an_utterance_only_when_it_hears_nothi
     assert summary["ctc_gate"]["utterances"] == 2 and summary["no_speech"] == 0  # the VAD's count apart
     # the window it emptied of "paused" is counted too, in wer.json and wer.txt
     assert (summary["ctc_gate"]["windows"], summary["ctc_gate"]["window_utterances"]) == (1, 1)
-    assert "; and 1 windows of 1 long utterances it transcribed the rest of (e.g. key 'paused')" in (
+    assert "; and 1 window of 1 long utterance it transcribed the rest of (e.g. key 'paused')" in (
         tmp_path / "o" / "wer.txt").read_text()  # fmt: skip
     # without the gate: that window among what it would empty, its errors what turning it on changes
     off = decode_manifest(model, manifest, tmp_path / "off", dataclasses.replace(cfg, ctc_gate=False), opts)
@@ -170,7 +170,7 @@ def test_the_ctc_gate_empties_a_window_and_an_utterance_only_when_it_hears_nothi
     assert (gate["windows"], gate["window_utterances"]) == (1, 1) and gate["would_empty"] >= 1
     assert summary["errors"] == off["errors"] - gate["errors_written"] + gate["errors_emptied"]
     assert "CTC best path empty in " in (text := (tmp_path / "off" / "wer.txt").read_text())
-    assert " and in 1 windows of 1 long utterances (e.g. key 'paused'); " in text
+    assert " and in 1 window of 1 long utterance (e.g. key 'paused'); " in text
 
 
 def test_the_real_time_factor_counts_placing_the_windows(model, long_manifest, tmp_path, monkeypatch):
