@@ -312,6 +312,11 @@ class CorpusScore:
         return line
 
 
+def plural(n: int, noun: str) -> str:
+    """A count in a report line: "1 window", "2 windows"."""
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
 def rate_name(in_words: int, in_characters: int) -> str:
     """The error rate's name for utterances scored in words and in characters: WER, CER, or MER for both."""
     if in_words and in_characters:

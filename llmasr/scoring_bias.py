@@ -34,7 +34,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
 
-from llmasr.scoring import EditOp, UttScore, normalize, tokens
+from llmasr.scoring import EditOp, UttScore, normalize, plural, tokens
 
 
 @dataclass
@@ -292,10 +292,6 @@ def score_biased(score: UttScore, phrases) -> BiasedUttScore:
     return BiasedUttScore(biased, unbiased, counts, len(units), empty, missed, leaked)
 
 
-def _plural(n: int, word: str) -> str:
-    return f"{n} {word}" + ("" if n == 1 else "s")
-
-
 def _pct(num: int, den: int) -> str:
     return f"{100 * num / den:.2f}%" if den else "n/a"
 
@@ -348,7 +344,7 @@ class BiasedCorpus:
             f"hotwords: recall {_pct(p.recalled, p.ref_occurrences)} ({p.recalled}/{p.ref_occurrences} in the "
             f"references), precision {_pct(p.recalled, p.hyp_occurrences)} ({p.recalled}/{p.hyp_occurrences} in "
             f"the hypotheses), leaks {p.leaked} of {p.distractors} distractors ({_pct(p.leaked, p.distractors)}, "
-            f"{_plural(p.leak_occurrences, 'occurrence')}); {self.listed} phrases in {self.utterances_with_list} lists",
+            f"{plural(p.leak_occurrences, 'occurrence')}); {self.listed} phrases in {self.utterances_with_list} lists",
         ]
         if self.unscorable:
             lines[-1] += f"; {self.unscorable} phrases with nothing left after normalisation not scored"

@@ -7,7 +7,7 @@ kind of audio.
 
 from __future__ import annotations
 
-from llmasr.scoring import score_corpus
+from llmasr.scoring import plural, score_corpus
 
 
 def ctc_gate_summary(summary: dict, rows: list[dict], gate: bool, metric: str) -> str | None:
@@ -27,11 +27,11 @@ def ctc_gate_summary(summary: dict, rows: list[dict], gate: bool, metric: str) -
         summary["ctc_gate"] = {"on": True, "utterances": len(gated), "with_reference_words": held,
                                "reference_units": corpus.ref_len, "windows": windows,
                                "window_utterances": len(part)}  # fmt: skip
-        deleted = _count(corpus.ref_len, corpus.unit_name.removesuffix("s"))
+        deleted = plural(corpus.ref_len, corpus.unit_name.removesuffix("s"))
         words = f", {held} of them with reference words ({deleted} deleted)" if held else ""
-        more = (f"; and {_count(windows, 'window')} of {_count(len(part), 'long utterance')} it transcribed the rest "
+        more = (f"; and {plural(windows, 'window')} of {plural(len(part), 'long utterance')} it transcribed the rest "
                 f"of (e.g. key {part[0]['key']!r})") if part else ""  # fmt: skip
-        return f"CTC gate: {_count(len(gated), 'utterance')} where the CTC head heard no word, left empty{words}{more}"
+        return f"CTC gate: {plural(len(gated), 'utterance')} where the CTC head heard no word, left empty{words}{more}"
     would = [r for r in rows if r.get("ctc_hyp") is not None and not r["ctc_hyp"].strip() and r["hyp"].strip()]
     part = [r for r in rows if r.get("ctc_empty_windows")]
     if not would and not part:
@@ -46,17 +46,12 @@ def ctc_gate_summary(summary: dict, rows: list[dict], gate: bool, metric: str) -
                            "errors_written": written.errors, "errors_emptied": emptied.errors, "windows": windows,
                            "window_utterances": len(part)}  # fmt: skip
     where = (
-        [f"{_count(len(would), 'utterance')} the LLM wrote words for (e.g. key {would[0]['key']!r})"] if would else []
+        [f"{plural(len(would), 'utterance')} the LLM wrote words for (e.g. key {would[0]['key']!r})"] if would else []
     )
     if part:
-        where.append(f"{_count(windows, 'window')} of {_count(len(part), 'long utterance')} (e.g. key "
+        where.append(f"{plural(windows, 'window')} of {plural(len(part), 'long utterance')} (e.g. key "
                      f"{part[0]['key']!r})")  # fmt: skip
     errors = (f"; {written.errors} errors ({written.unit_name}) as written, {emptied.errors} if emptied, {silent} "
               "of them with an empty reference") if scored else ""  # fmt: skip
     return (f"CTC best path empty in {' and in '.join(where)}{errors}; decode.ctc_gate (--ctc-gate) would leave them "
             "empty")  # fmt: skip
-
-
-def _count(n: int, noun: str) -> str:
-    """ "1 window", "2 windows"."""
-    return f"{n} {noun}" + ("" if n == 1 else "s")
