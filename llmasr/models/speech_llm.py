@@ -321,22 +321,23 @@ class SpeechLLM(nn.Module):
             raise ValueError(f"generate and generate_ids return the transcripts alone; {' and '.join(extras)} come "
                              f"from transcribe(batch, DecodeConfig({asked}))")  # fmt: skip
         cfg = DecodeConfig(**{k: v for k, v in settings.items() if k in names})
-        merged, ctc, _, heard = self._prepare(batch, cfg)
+        merged, ctc, _, heard = self._prepare(batch, cfg, texts=False)
         kwargs = {k: v for k, v in settings.items() if k not in names}
         return self._gated_search(merged, batch, cfg, kwargs, ctc, heard)[0]
 
-    def _prepare(self, batch: Batch, cfg: DecodeConfig) -> tuple:
+    def _prepare(self, batch: Batch, cfg: DecodeConfig, texts: bool = True) -> tuple:
         """What a search of `batch` starts from: (the left-padded prompts with their audio (MergedInputs), the CTC
-        head's (log-probs, lengths) or None without a head, its greedy texts or None, per row whether the search
-        takes it: all rows, or with cfg.ctc_gate those whose CTC text holds a word (models.ctc_gate))."""
+        head's (log-probs, lengths) or None without a head, its greedy texts (None without a head, or unless `texts`
+        or cfg.ctc_gate asks for them), per row whether the search takes it: all rows, or with cfg.ctc_gate those whose
+        CTC text holds a word (models.ctc_gate))."""
         cfg.validate_search()  # a DecodeConfig built in Python has met no recipe's checks
         gate = cfg.gate(self.ctc_head is not None)
         enc, enc_lens, log_probs, merged = self._embed(batch, for_generation=True)
-        ctc = texts = None
+        ctc = said = None
         if self.ctc_head is not None:  # log_probs: already computed when the adaptor compresses by CTC
             ctc = (self.ctc_head(enc, enc_lens) if log_probs is None else log_probs, enc_lens)
-            texts = self.ctc_texts(*ctc)
-        return merged, ctc, texts, heard_rows(texts) if gate else [True] * len(batch.feat_lens)
+            said = self.ctc_texts(*ctc) if texts or gate else None  # generate_ids without the gate reads none
+        return merged, ctc, said, heard_rows(said) if gate else [True] * len(batch.feat_lens)
 
     def _gated_search(self, merged, batch: Batch, cfg: DecodeConfig, generate_kwargs: dict, ctc, heard) -> tuple:
         """_search's (ids, truncation, mode, confidence) per row of `batch`, over the rows `heard` holds true only
