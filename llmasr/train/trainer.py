@@ -23,7 +23,7 @@ from llmasr.data.bad_data import ranks_summary, refuse_summed
 from llmasr.models.sanm_chunk import load_chunk_draws
 from llmasr.run_dir.files import verify_ranks
 from llmasr.train import resolve, universal
-from llmasr.train.check_course import Course, epoch_ends, validation_updates
+from llmasr.train.check_course import Course, epoch_ends, fresh_course, validation_updates
 from llmasr.train.config import need_recipe
 from llmasr.train.ds_files import CLIENT_KEY
 from llmasr.train.efficiency import WaitClock, run_peaks
@@ -97,7 +97,8 @@ class Run(RunSetup):
         done, max_updates = self.engine.global_steps, self.recipe.train.max_updates
         # counted here, not by the plan: the updates before the checkpoint were at its grad_accum and world size
         self.total, held = universal.resumed_counts(done, epoch, left, self.per_epoch, self.k, max_updates)
-        self.resumed_ends = epoch_ends(done, left, self.per_epoch, epoch, self.k)  # the validations ahead (eta)
+        # the validations still ahead, for the eta (the owed one runs before the first update: timed, not ahead)
+        self.course = Course(done, epoch_ends(done, left, self.per_epoch, epoch, self.k), self.early)
         self.ends_after = min(self.total, held)
         if (note := universal.short_of_max_updates(done, held, max_updates)) and self.rank == 0:
             log.warning(note)
@@ -162,7 +163,7 @@ class Run(RunSetup):
         self.valid_named = False  # a validation pass's bad-data line has named the first bad lines
         self.lr_since, self.skipped = 0, []  # the updates skipped since lr_schedule.csv was written (LrCourse)
         self.lr_stale = False  # lr_schedule.csv/png lack a skip since (written at the next save or the run's end)
-        self.resumed_ends = None  # a resume's epoch ends (load)
+        self.course = None  # a resume's (load); a fresh run's is the plan's
         if self.resume is not None:
             start_epoch, loader_state = self.load()
         self.progress = self._progress()
@@ -259,15 +260,12 @@ class Run(RunSetup):
         peaks, lines = run_peaks(self.engine.device, dtypes, tc.peak_tflops, self.world)
         for line in lines:
             log.info(line)
-        # the validations still to come, timed as they run, go into the eta beside the training pace
-        done = self.engine.global_steps
-        ends = self.resumed_ends
-        if ends is None:  # a fresh run
-            ends = epoch_ends(0, self.per_epoch[0], self.per_epoch, 0, self.k)
-        course = Course(done, ends, self.early)
+        # the validations still to come, timed as they run, go into the eta beside the training pace (as check counts
+        # them: the same course)
+        course = fresh_course(tc, self.plan.updates_per_epoch) if self.course is None else self.course
         ahead = validation_updates(tc, course, self.ends_after) if self.valid_loader is not None else []
         # counted to the update the run ends after, not to a train.max_updates past the epochs' end (the schedules')
-        return Progress(self.run_dir, self.rank, self.ends_after, done, tc.log_every,
+        return Progress(self.run_dir, self.rank, self.ends_after, self.engine.global_steps, tc.log_every,
                         progress_every_s=tc.progress_every_s, peak_total=peaks, device=self.engine.device,
                         speed_squeeze=self.recipe.data.augment.squeeze, validations=ahead)  # fmt: skip
 
