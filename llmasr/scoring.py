@@ -305,7 +305,8 @@ class CorpusScore:
     def summary(self) -> str:
         line = (
             f"{self.name} {100 * self.rate:.2f}% [ {self.errors} / {self.ref_len} {self.unit_name}, "
-            f"{self.substitutions} sub, {self.deletions} del, {self.insertions} ins ] over {self.n_utts} utterances"
+            f"{self.substitutions} sub, {self.deletions} del, {self.insertions} ins ] "
+            f"over {plural(self.n_utts, 'utterance')}"
         )
         if self.name == "MER":
             line += f" ({self.by_unit['wer']} scored in words, {self.by_unit['cer']} in characters)"

@@ -343,11 +343,12 @@ class BiasedCorpus:
             f"{self.unbiased.summary(f'U-{self.metric}', f'other {self.unit_name}')}",
             f"hotwords: recall {_pct(p.recalled, p.ref_occurrences)} ({p.recalled}/{p.ref_occurrences} in the "
             f"references), precision {_pct(p.recalled, p.hyp_occurrences)} ({p.recalled}/{p.hyp_occurrences} in "
-            f"the hypotheses), leaks {p.leaked} of {p.distractors} distractors ({_pct(p.leaked, p.distractors)}, "
-            f"{plural(p.leak_occurrences, 'occurrence')}); {self.listed} phrases in {self.utterances_with_list} lists",
+            f"the hypotheses), leaks {p.leaked} of {plural(p.distractors, 'distractor')} "
+            f"({_pct(p.leaked, p.distractors)}, {plural(p.leak_occurrences, 'occurrence')}); "
+            f"{plural(self.listed, 'phrase')} in {plural(self.utterances_with_list, 'list')}",
         ]
         if self.unscorable:
-            lines[-1] += f"; {self.unscorable} phrases with nothing left after normalisation not scored"
+            lines[-1] += f"; {plural(self.unscorable, 'phrase')} with nothing left after normalisation not scored"
         return lines
 
 

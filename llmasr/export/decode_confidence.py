@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import statistics
 
-from llmasr.scoring import score_corpus
+from llmasr.scoring import plural, score_corpus
 
 LOW_SHARE = 0.25  # the least confident share of the scored utterances whose rate wer.txt sets apart
 MIN_SPLIT = 8  # fewer scored utterances with a confidence: no split (a quarter of fewer says nothing)
@@ -36,7 +36,9 @@ def confidence_summary(summary: dict, rows: list[dict], metric: str) -> str | No
         return None
     median = statistics.median(avg for avg, _ in rated)
     found = summary["confidence"] = {"utterances": len(rated), "median_avg_logprob": round(median, 4)}
-    line = f"confidence (avg_logprob per token, results.jsonl): median {median:.3f} over {len(rated)} utterances"
+    line = (
+        f"confidence (avg_logprob per token, results.jsonl): median {median:.3f} over {plural(len(rated), 'utterance')}"
+    )
     scored = [(avg, r) for avg, r in rated if r["ref"] is not None]
     if len(scored) < MIN_SPLIT:
         return line

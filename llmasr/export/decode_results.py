@@ -15,7 +15,7 @@ from llmasr.export.decode_confidence import confidence_fields, confidence_summar
 from llmasr.export.decode_gate import ctc_gate_summary
 from llmasr.models.decode_guards import MAX_TOKENS, REPETITION
 from llmasr.models.decoding import DecodeConfig
-from llmasr.scoring import score_corpus
+from llmasr.scoring import plural, score_corpus
 from llmasr.scoring_bias import BiasedCorpus, hotword_list, score_lists
 from llmasr.scoring_bootstrap import LEVEL, RESAMPLES, rate_interval
 
@@ -63,25 +63,27 @@ def _hotword_line(h: dict, n_utts: int) -> str:
         else ("the manifest's lists")
     )
     if h["hotwords_unprompted"]:
+        listed = h["hotword_lists_scored"]
         return (
-            f"hotwords: {h['hotword_lists_scored']} of {n_utts} utterances have a list ({source}), scored but not "
-            "used, neither in the prompt nor in the search (--hotwords-unprompted: the unbiased baseline of the same "
-            "lists)"
+            f"hotwords: {listed} of {plural(n_utts, 'utterance')} {'has' if listed == 1 else 'have'} a list "
+            f"({source}), scored but not used, neither in the prompt nor in the search (--hotwords-unprompted: the "
+            "unbiased baseline of the same lists)"
         )
     cap = h["hotwords_max_tokens"]
     dropped = "no token cap" if cap is None else f"{h['hotwords_dropped']} dropped by the token cap {cap}"
     boost = h.get("hotword_boost") or 0.0
     search = f"boosted in the search by {boost:g} per phrase token" if boost else "not boosted in the search"
     return (
-        f"hotwords: {h['hotword_lists']} of {n_utts} utterances decoded with a list ({source}), "
-        f"{h['hotword_phrases']} phrases, {dropped}; {search}"
+        f"hotwords: {h['hotword_lists']} of {plural(n_utts, 'utterance')} decoded with a list ({source}), "
+        f"{plural(h['hotword_phrases'], 'phrase')}, {dropped}; {search}"
     )
 
 
 def _counts(found: dict, n_utts: int) -> str:
     by_reason = found["skipped_by_reason"]
-    return f"utterances decoded: {n_utts} of {found['lines']} lines; skipped (bad data): {found['skipped']}" + (
-        f" ({', '.join(f'{k}: {v}' for k, v in by_reason.items())})" if found["skipped"] else ""
+    return (
+        f"utterances decoded: {n_utts} of {plural(found['lines'], 'line')}; skipped (bad data): {found['skipped']}"
+        + (f" ({', '.join(f'{k}: {v}' for k, v in by_reason.items())})" if found["skipped"] else "")
     )
 
 
@@ -112,7 +114,7 @@ def _windows_line(found: dict, n_utts: int) -> str:
         how += f"; {one} longer than {limit:g} s cut to one window, the rest of its audio a pause, not decoded"
     silent = found.get("no_speech") or 0
     gated = f"; {silent} without speech (the VAD's gate): empty transcripts" if silent else ""
-    return f"long audio: {n_utts} utterances decoded in {found['windows']} windows ({how}){gated}"
+    return f"long audio: {plural(n_utts, 'utterance')} decoded in {plural(found['windows'], 'window')} ({how}){gated}"
 
 
 def _ranks(timing: dict) -> str:

@@ -4,6 +4,7 @@ that a scorer pairing hyp.txt and ref.txt by key would mismatch."""
 from __future__ import annotations
 
 import json
+import re
 from types import SimpleNamespace
 
 import pytest
@@ -136,3 +137,16 @@ def test_each_language_the_lines_name_is_rated_apart(tmp_path):
     assert [r.get("lang") for r in written] == ["en", "en", "zh", "zh", None, "fr"]
     one = [dict(r, lang="en") for r in rows[:2]]
     assert "by_language" not in llm_summary(tmp_path / "one", one, dict(FOUND), DecodeConfig(), dict(TIMING))
+
+
+def test_counts_of_one_are_written_in_the_singular(tmp_path):
+    """wer.txt read "over 1 utterances" and "1 of 1 lines" for a one-clip decode; a count of one is singular."""
+    summary = llm_summary(tmp_path, [row("a", "one two", "one")], dict(FOUND, lines=1), DecodeConfig(), dict(TIMING))
+    assert (
+        re.search(r"ins \] over 1 utterance$", summary["text"], re.M)
+        and "utterances decoded: 1 of 1 line;" in (summary["text"])
+    )
+    assert not re.search(r"\b1 (utterances|lines)\b", (tmp_path / "wer.txt").read_text())
+    two = [row("a", "x", "x"), row("b", "y", "y")]
+    many = llm_summary(tmp_path / "many", two, dict(FOUND), DecodeConfig(), dict(TIMING))["text"]
+    assert "ins ] over 2 utterances" in many and "utterances decoded: 2 of 3 lines;" in many
