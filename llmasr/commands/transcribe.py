@@ -51,7 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--confidence", action="store_true",
         help='one JSON line per file instead, with "avg_logprob" and "logprob": the LLM\'s log-probability of the text '
-        "(per token, the end included; summed), from one more forward",
+        "(per token, the end included; summed), from one more forward; a file decoded in windows adds "
+        '"window_confidence": [{"start", "end", "avg_logprob"}, ...]',
     )  # fmt: skip
     return p
 
@@ -167,6 +168,8 @@ def main(argv: list[str] | None = None) -> int:
                 line["timestamps"] = None if row["timestamps"] is None else [list(w) for w in row["timestamps"]]
             if args.confidence:
                 line.update(avg_logprob=row["avg_logprob"], logprob=row["logprob"])
+                if "window_confidence" in row:  # a long file decoded in windows: each window's own
+                    line["window_confidence"] = row["window_confidence"]
             # a name that is not UTF-8 as JSON escapes (\udcd2): its bytes would make the line no UTF-8 JSON
             print(json.dumps(line, ensure_ascii=False) if utf8(path) else json.dumps(line))
         else:

@@ -98,6 +98,7 @@ def utterance_rows(items: dict[int, dict], manifest, overlap: float) -> list[dic
                 row["timestamps"] = []
             if "logprob" in row:  # no text the LLM wrote: none to be sure of
                 row.update(logprob=None, logprob_tokens=0)
+                row.pop("window_logprobs", None)
         rows.append(row)
     return rows
 
@@ -135,7 +136,12 @@ def _joined_rows(items: dict[int, dict], manifest: WindowedManifest, overlap: fl
         if "logprob" in got[0]:  # every window's tokens as written (the join's cuts in overlaps not taken out)
             sums = [g["logprob"] for g in got if g["logprob"] is not None]  # None: a window the CTC gate emptied
             total = sum(g["logprob_tokens"] for g in got)
+            # each window's own, in the utterance's time: one unsure window in an hour is lost in the utterance's mean
+            own = [(w.start / manifest.sample_rate, w.end / manifest.sample_rate, g["logprob"], g["logprob_tokens"])
+                   for w, g in zip(windows, got)]  # fmt: skip
             got[0] = {**got[0], "logprob": sum(sums) if sums else None, "logprob_tokens": total}
+            if len(got) > 1:
+                got[0]["window_logprobs"] = own
         emptied = all(g.get("ctc_gated") for g in got)  # the CTC gate emptied every window: the utterance as one
         got[0] = {k: v for k, v in got[0].items() if k not in ("no_speech", "ctc_gated")}
         if emptied:

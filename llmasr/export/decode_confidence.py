@@ -17,10 +17,20 @@ MIN_SPLIT = 8  # fewer scored utterances with a confidence: no split (a quarter 
 def confidence_fields(row: dict) -> dict:
     """A decoded row's confidence as results.jsonl and the Transcriber write it: `avg_logprob` (per token, the end
     token included) and `logprob` (their sum) of the LLM's text, None each where no text was written (the VAD's gate);
-    {} where the decode computed none (decode.confidence off)."""
+    for long audio decoded in windows, `window_confidence` as well: each window's start and end (s) and its own
+    avg_logprob (None where the CTC gate emptied it); {} where the decode computed none (decode.confidence off)."""
     if "logprob" not in row:
         return {}
-    total, tokens = row["logprob"], row["logprob_tokens"]
+    fields = _rated(row["logprob"], row["logprob_tokens"])
+    if row.get("window_logprobs"):
+        fields["window_confidence"] = [
+            {"start": round(start, 3), "end": round(end, 3), "avg_logprob": _rated(total, tokens)["avg_logprob"]}
+            for start, end, total, tokens in row["window_logprobs"]
+        ]
+    return fields
+
+
+def _rated(total: float | None, tokens: int) -> dict:
     if total is None or not tokens:
         return {"avg_logprob": None, "logprob": None}
     return {"avg_logprob": round(total / tokens, 4), "logprob": round(total, 4)}

@@ -128,6 +128,14 @@ def test_results_carry_it_only_when_asked_and_windows_add_up(model, corpus, tmp_
     assert row["windows"] == len(items)
     assert row["avg_logprob"] == round(joined["logprob"] / joined["logprob_tokens"], 4)
     assert row["logprob"] == round(joined["logprob"], 4)
+    # and each window's own, in the utterance's time: one unsure window is not lost in a long recording's mean
+    rate = loader.dataset.manifest.sample_rate
+    own = [(round(w.start / rate, 3), round(w.end / rate, 3)) for w in loader.dataset.manifest.windows[0]]
+    assert [(w["start"], w["end"]) for w in row["window_confidence"]] == own and own[-1][1] == round(row["duration"], 3)
+    avg = [round(items[j]["logprob"] / items[j]["logprob_tokens"], 4) for j in sorted(items)]
+    assert [w["avg_logprob"] for w in row["window_confidence"]] == avg
+    short = [json.loads(line) for line in open(tmp_path / "on" / "results.jsonl")]
+    assert not any("window_confidence" in r for r in short)  # one window: its avg_logprob is the utterance's
 
 
 def test_validation_decodes_without_it_and_the_key_is_checked():
@@ -149,3 +157,14 @@ def test_the_commands_write_and_print_it(exported_dir, corpus, tmp_path, capsys)
     assert set(printed) == {"audio", "text", "truncated", "avg_logprob", "logprob"} and printed["avg_logprob"] < 0
     (row,) = Transcriber.load(exported_dir, confidence=True).transcripts([clip])
     assert (row["avg_logprob"], row["logprob"]) == (printed["avg_logprob"], printed["logprob"])
+    # a long file decoded in windows: each window's own confidence as well, as results.jsonl has it
+    recording = str(manifest.parent / "long.wav")
+    window = ["--max-window-seconds", "2", "--window-overlap", "0.5", "--max-new-tokens", "4"]
+    assert transcribe_main(["--model", str(exported_dir), "--confidence", *window, recording]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert len(printed["window_confidence"]) >= 3 and printed["window_confidence"][0]["start"] == 0.0
+    assert all(w["avg_logprob"] < 0 and w["end"] > w["start"] for w in printed["window_confidence"])
+    args = ["--data", str(manifest.parent / "long.jsonl"), "--output", str(tmp_path / "long"), *window]
+    assert decode_main(["--model", str(exported_dir), "--confidence", *args]) == 0
+    (row,) = [json.loads(line) for line in open(tmp_path / "long" / "results.jsonl")]
+    assert row["window_confidence"] == printed["window_confidence"]

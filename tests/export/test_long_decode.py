@@ -155,6 +155,7 @@ def test_the_ctc_gate_empties_a_window_and_an_utterance_only_when_it_hears_nothi
     assert rows["paused"]["hyp"] == join_texts(paused, [o for _, o in alone["paused"]], OVERLAP)
     assert rows["paused"]["hyp"] and "no_speech" not in rows["paused"]  # one window of three emptied
     assert rows["paused"]["logprob"] is not None  # the windows the LLM wrote, summed
+    assert [w["avg_logprob"] is None for w in rows["paused"]["window_confidence"]] == [False, True, False]
     assert rows["brief"]["hyp"] == alone["brief"][0][0] and "no_speech" not in rows["brief"]
     for key in ("steady", "short"):
         assert rows[key]["hyp"] == "" and rows[key]["no_speech"] is True and rows[key]["logprob"] is None
