@@ -100,7 +100,8 @@ class Transcriber:
         """Per clip, in order: {"audio" (the path, or "waveform i"), "hyp", "ctc_hyp" (the CTC branch's greedy
         text, None without a head), "truncated" (the guard that ended it, or None), "windows", "duration", with
         decode.timestamps "timestamps" ([word, start s, end s] each, or None), with decode.confidence "avg_logprob" and
-        "logprob" (the LLM's log-probability of "hyp", per token and summed; None where no text was written), and
+        "logprob" (the LLM's log-probability of "hyp", per token and summed; None where no text was written) and,
+        decoded in windows, "window_confidence" ([{"start", "end", "avg_logprob"}] a window), and
         "no_speech" (True) where a gate found none: the VAD's (decode.vad) or the CTC head's (decode.ctc_gate)}. One
         clip (a path or a waveform) is taken as a list of one. A clip that cannot be read raises TranscribeError naming
         it, or with `keep_going` gets the row {"audio", "error": why} while the others are transcribed."""
