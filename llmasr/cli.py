@@ -20,7 +20,11 @@ VERBS = {
     "decode": ("llmasr.commands.decode", "decode a manifest with an exported model or a checkpoint; WER/CER"),
     "transcribe": ("llmasr.commands.transcribe", "print the transcripts of audio files (no manifest, no scoring)"),
     "convert": ("llmasr.commands.convert", "convert a FunASR Fun-ASR-Nano directory into an llmasr model directory"),
-    "data": ("", "data tools: `llmasr data check|cmvn|kaldi ...` (validate manifests, global CMVN, Kaldi -> jsonl)"),
+    "data": (
+        "",
+        "data tools: `llmasr data check|cmvn|kaldi|pseudo-label ...` (validate manifests, global CMVN, Kaldi -> "
+        "jsonl, a decode's transcripts as training lines)",
+    ),
     "demo": ("llmasr.commands.demo", "synthesize speech, train, export and decode a tiny model on this machine"),
 }
 
@@ -32,6 +36,7 @@ DATA_TOOLS = {
     "check": "llmasr.commands.data_check",
     "cmvn": "llmasr.commands.data_cmvn",
     "kaldi": "llmasr.commands.data_kaldi",
+    "pseudo-label": "llmasr.commands.data_pseudo_label",
 }
 
 

@@ -50,11 +50,11 @@ SECTION_VERBS = {
     "## Coming from FunASR": ("train", "export"),
     "### Fun-ASR-Nano: `llmasr convert funasr`": ("convert", "decode"),
     "## Python API": ("transcribe", "decode"),
-    "### 1. Prepare data": ("data check", "data cmvn", "data kaldi", "decode"),
+    "### 1. Prepare data": ("data check", "data cmvn", "data kaldi", "data pseudo-label", "decode"),
     "### 2. Check, then launch": ("check", "train"),
     "### 3. Resume": ("train", "check"),
     "### 4. Export": ("export", "decode"),
-    "### 5. Decode": ("decode", "transcribe"),
+    "### 5. Decode": ("decode", "transcribe", "data pseudo-label"),
     "### 6. Read the logs": ("train",),
     "## Hotwords": ("decode", "transcribe"),
     "### Scoring": ("decode",),
@@ -115,7 +115,7 @@ def command_lines(text: str) -> list[tuple[str, list[str]]]:
     out = []
     for block in re.findall(r"```bash\n(.*?)```", text, re.S):
         for line in block.splitlines():
-            m = re.search(r"(?:^|-m |--module )llmasr (data \w+|\w+)(.*)", line.split(" #")[0].strip())
+            m = re.search(r"(?:^|-m |--module )llmasr (data [\w-]+|\w+)(.*)", line.split(" #")[0].strip())
             if m:
                 out.append((m.group(1), shlex.split(m.group(2))))
     return out
@@ -123,7 +123,7 @@ def command_lines(text: str) -> list[tuple[str, list[str]]]:
 
 def command_spans(text: str) -> list[tuple[str, str]]:
     """(verb, rest) of each inline `llmasr VERB ...` span."""
-    return [(m.group(1), m.group(2)) for m in re.finditer(r"`[^`\n]*?llmasr (data \w+|\w+)([^`\n]*)`", text)]
+    return [(m.group(1), m.group(2)) for m in re.finditer(r"`[^`\n]*?llmasr (data [\w-]+|\w+)([^`\n]*)`", text)]
 
 
 def test_each_section_names_only_flags_of_its_commands(parsers):
@@ -150,7 +150,7 @@ def test_an_inline_command_names_its_own_verb_s_flags(parsers):
 def test_command_lines_in_code_blocks_parse(parsers):
     lines = command_lines(REFERENCE)
     verbs = {verb for verb, _ in lines}
-    assert {"train", "check", "export", "decode", "data check", "data cmvn", "data kaldi"} <= verbs, verbs
+    assert {"train", "check", "export", "decode", "data check", "data cmvn", "data kaldi", "data pseudo-label"} <= verbs
     for verb, argv in lines:
         parser = parsers[verb]
         parse = parser.parse_intermixed_args if verb in ("train", "check") else parser.parse_args

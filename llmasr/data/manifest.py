@@ -273,6 +273,13 @@ class Manifest:
     def lineno(self, i: int) -> int:
         return int(self._linenos[i]) if self._linenos is not None else int(i) + 1
 
+    def index_of_line(self, line: int) -> int | None:
+        """The record on file line `line` (1-based), None where that line is blank or past the end."""
+        if self._linenos is None:
+            return line - 1 if 1 <= line <= len(self) else None
+        i = int(np.searchsorted(self._linenos, line))
+        return i if i < len(self) and int(self._linenos[i]) == line else None
+
     def _read(self, i: int) -> bytes:
         pid = os.getpid()
         if self._fd is None or self._fd_pid != pid:

@@ -307,9 +307,9 @@ def decode_manifest(
 def transcribe_loader(
     model, loader: SpeechDataLoader, cfg: DecodeConfig, device, clock: dict | None = None, name=None
 ) -> tuple[dict[int, dict], str]:
-    """Rows {key, ref, hyp, ctc_hyp, truncated, duration, index, hotwords, hotwords_dropped, with cfg.timestamps
-    timestamps, with cfg.confidence logprob and logprob_tokens} of every decoded item (an utterance or a window of
-    one) by item index, and the search mode; ctc_hyp is None without a CTC head.
+    """Rows {key, ref, hyp, ctc_hyp, truncated, duration, index, line (the manifest's), hotwords, hotwords_dropped,
+    with cfg.timestamps timestamps, with cfg.confidence logprob and logprob_tokens} of every decoded item (an
+    utterance or a window of one) by item index, and the search mode; ctc_hyp is None without a CTC head.
     `clock`: gets "first_batch" (seconds from the call until the first batch was decoded: the loader's start and
     the device's warm-up are in it) and "first_batch_share" (its share of the audio of the items decoded).
     A batch the model fails on is named in the error by its items, `name(item index, key)` each (default: the
@@ -333,6 +333,7 @@ def transcribe_loader(
             dur = float(batch.durations[i])
             rows[idx] = {"key": key, "ref": ref, "hyp": got.llm[i], "ctc_hyp": ctc[i], "duration": dur}
             rows[idx]["index"] = int(idx)
+            rows[idx]["line"] = manifest.lineno(int(idx))  # results.jsonl's way back to the manifest line
             rows[idx]["truncated"] = got.truncated[i]
             if got.confidence is not None:  # the LLM's log-probability of the item's text (models.confidence)
                 sure = got.confidence[i]  # None: the CTC gate left it empty, no text the LLM wrote

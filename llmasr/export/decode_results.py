@@ -257,7 +257,8 @@ def _write_results(out_dir: Path, rows: list[dict], hyp_key: str, metric: str, *
     for r in rows:
         s, b, phrases = next(scoring) if r["ref"] is not None else (None, None, None)
         hyp_lines.append(f"{_kaldi_key(r['key'])} {_one_line(r[hyp_key])}\n")
-        rec = {"key": r["key"], "ref": r["ref"], "hyp": r[hyp_key], **_counts_of(s)}
+        rec = {"key": r["key"], **({"line": r["line"]} if "line" in r else {}), "ref": r["ref"], "hyp": r[hyp_key]}
+        rec.update(_counts_of(s))
         rec.update(duration=round(r["duration"], 4), wer=None if s is None else s.rate, windows=r.get("windows", 1))
         if r.get("lang") is not None:
             rec["lang"] = r["lang"]

@@ -175,3 +175,17 @@ def test_ranks_opening_a_gzip_manifest_at_once_decompress_it_once(tmp_path, monk
     assert lengths == [200] * ranks and len(opened) == 1
     left = sorted(p.name for p in (tmp_path / "cache" / "manifests").iterdir())
     assert len([n for n in left if not n.startswith(".")]) == 1 and not [n for n in left if n.startswith(".tmp-")]
+
+
+@pytest.mark.parametrize("blank", [False, True])
+def test_a_file_line_leads_back_to_its_record(tmp_path, blank):
+    """index_of_line inverts lineno (results.jsonl's `line` back to the record decoded), blank lines or none."""
+    lines = [json.dumps({"key": f"u{i}", "source": f"{i}.wav", "target": "x"}) for i in range(4)]
+    if blank:
+        lines[2:2] = ["", "  "]
+    path = tmp_path / "m.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    m = Manifest.open(path)
+    assert [m.index_of_line(m.lineno(i)) for i in range(len(m))] == list(range(4))
+    assert [m.lineno(i) for i in range(len(m))] == ([1, 2, 5, 6] if blank else [1, 2, 3, 4])
+    assert [m.index_of_line(n) for n in (0, 3, 7, 99)] == ([None, None, None, None] if blank else [None, 2, None, None])

@@ -1,0 +1,199 @@
+"""Pseudo-labels from a decode: the manifest lines whose transcripts the LLM wrote whole and was sure of, as a FunASR
+jsonl training manifest with the LLM's text as each line's target (noisy-student training on untranscribed audio).
+
+A line is taken from the decoded manifest by results.jsonl's `line`, so its audio, span, channel, language, task
+prompt and biasing list are the ones decoded; its key must be the one decoded there. Left out, each counted by its
+reason: what a gate found no speech in, an empty transcript, one a guard cut (the length cap, the repetition stop: a
+cut text is a wrong label), and with a threshold on decode.confidence's `avg_logprob` the utterances, or the windows
+of a long recording, below it. With references (a labelled dev set decoded the same way) the report gives the error
+rate of the lines kept against all of them: what the threshold buys.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from llmasr.atomic_file import write_atomic
+from llmasr.data.manifest import Manifest
+from llmasr.data.records import BadRecord
+from llmasr.scoring import plural, score_corpus
+
+RESULTS, SUMMARY = "results.jsonl", "wer.json"
+REASONS = {
+    "no_speech": "no speech (a gate)",
+    "empty": "empty transcript",
+    "truncated": "cut by a guard (length cap, repetition stop)",
+    "low_confidence": "avg_logprob below the threshold",
+    "low_confidence_window": "a window's avg_logprob below the threshold",
+}
+
+
+class PseudoLabelError(ValueError):
+    """A decode folder, manifest or threshold that cannot give pseudo-labels."""
+
+
+@dataclass(frozen=True)
+class LabelFilter:
+    """Which decoded lines become training lines. `min_avg_logprob`: the utterance's and, decoded in windows, each
+    window's avg_logprob (decode --confidence) must reach it; None takes every transcript written whole."""
+
+    min_avg_logprob: float | None = None
+    keep_truncated: bool = False
+
+    def reason(self, row: dict) -> str | None:
+        """Why results.jsonl's `row` is left out, or None."""
+        if row.get("no_speech"):
+            return "no_speech"
+        if not str(row.get("hyp") or "").strip():
+            return "empty"
+        if row.get("truncated") and not self.keep_truncated:
+            return "truncated"
+        if self.min_avg_logprob is None:
+            return None
+        avg = row.get("avg_logprob")
+        if avg is None or avg < self.min_avg_logprob:
+            return "low_confidence"
+        windows = [w["avg_logprob"] for w in row.get("window_confidence") or ()]
+        if any(w is not None and w < self.min_avg_logprob for w in windows):
+            return "low_confidence_window"
+        return None
+
+
+@dataclass
+class PseudoLabels:
+    """What pseudo_labels wrote: lines kept of the rows decoded, seconds kept, rows left out by reason, and with
+    references the error rates of the kept rows and of all."""
+
+    output: Path
+    decoded: int = 0
+    kept: int = 0
+    seconds: float = 0.0
+    left_out: Counter = field(default_factory=Counter)
+    rate_kept: str | None = None
+    rate_all: str | None = None
+    not_decoded: int = 0
+    own_system: int = 0  # kept ChatML lines whose own system message a FunASR jsonl line has no field for
+
+    def report(self, filt: LabelFilter) -> str:
+        lines = [
+            f"pseudo-labels: {self.kept} of {plural(self.decoded, 'decoded line')} kept ({self.seconds / 3600:.2f} h) "
+            f"in {self.output}" + ("" if filt.min_avg_logprob is None else f", avg_logprob >= {filt.min_avg_logprob:g}")
+        ]
+        lines += [f"  left out, {REASONS[k]}: {n}" for k, n in self.left_out.most_common()]
+        if self.not_decoded:
+            lines.append(f"  manifest lines not in {RESULTS} (bad at decoding, see bad.jsonl): {self.not_decoded}")
+        if self.own_system:
+            lines.append(
+                f"  note: {plural(self.own_system, 'line')} had a system message of its own (ChatML), not "
+                "carried: FunASR jsonl has no field for it, so training renders model.prompt.system"
+            )
+        if self.rate_all is not None:
+            lines.append(f"  against the references: kept {self.rate_kept}; all decoded {self.rate_all}")
+        return "\n".join(lines)
+
+
+def pseudo_labels(decoded: Path, output: Path, filt: LabelFilter, manifest: Path | None = None) -> PseudoLabels:
+    """Write `output` from the decode folder `decoded` (its results.jsonl, and its wer.json's manifest unless
+    `manifest` is given) and return what was written."""
+    rows = _results(decoded)
+    if filt.min_avg_logprob is not None and rows and "avg_logprob" not in rows[0]:
+        raise PseudoLabelError(
+            f"{decoded / RESULTS}: no avg_logprob: decode with --confidence (decode.confidence: true) to set "
+            "--min-avg-logprob"
+        )
+    source = manifest or _decoded_manifest(decoded)
+    lines = Manifest.open(source, need_target=False)
+    got = PseudoLabels(output=output, decoded=len(rows), not_decoded=max(len(lines) - len(rows), 0))
+    written, scored, kept = [], [], []
+    for n, row in enumerate(rows, start=1):
+        utt = _line_of(lines, row, f"{decoded / RESULTS}:{n}")
+        if row.get("ref") is not None:
+            scored.append(row)
+        if why := filt.reason(row):
+            got.left_out[why] += 1
+            continue
+        kept.append(row)
+        written.append(json.dumps(_training_line(utt, row), ensure_ascii=False) + "\n")
+        got.own_system += getattr(utt, "system", None) is not None
+        got.seconds += float(row["duration"])
+    got.kept = len(kept)
+    if scored:
+        got.rate_all = _rate(scored)
+        got.rate_kept = _rate([r for r in kept if r.get("ref") is not None]) or "none kept"
+    if not kept:  # an empty manifest is refused by every tool that reads one: said here, with why
+        raise PseudoLabelError(f"no line kept, nothing written:\n{got.report(filt)}")
+    write_atomic(output, "".join(written))
+    return got
+
+
+def _results(decoded: Path) -> list[dict]:
+    path = decoded / RESULTS
+    if not path.is_file():
+        raise PseudoLabelError(f"{decoded}: no {RESULTS}: not the output folder of `llmasr decode`")
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for n, text in enumerate(f, start=1):
+            try:
+                row = json.loads(text)
+            except ValueError as err:
+                raise PseudoLabelError(f"{path}:{n}: not JSON ({err})") from None
+            if "line" not in row:
+                raise PseudoLabelError(
+                    f"{path}:{n}: no `line` (a decode by an older llmasr): decode again to take lines back to the "
+                    "manifest"
+                )
+            rows.append(row)
+    return rows
+
+
+def _decoded_manifest(decoded: Path) -> Path:
+    path = decoded / SUMMARY
+    try:
+        named = json.loads(path.read_text(encoding="utf-8"))["manifest"]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise PseudoLabelError(f"{path}: no manifest named there: give the decoded manifest with --manifest") from None
+    return Path(named)
+
+
+def _line_of(lines: Manifest, row: dict, where: str):
+    """The manifest line results.jsonl's `row` was decoded from, checked to be it."""
+    i = lines.index_of_line(int(row["line"]))
+    try:
+        utt = None if i is None else lines[i]
+    except BadRecord as bad:  # a line that no longer parses
+        utt = bad
+    if isinstance(utt, BadRecord) or getattr(utt, "key", None) != row["key"]:
+        held = "no record" if utt is None else "a bad line" if isinstance(utt, BadRecord) else f"key {utt.key!r}"
+        raise PseudoLabelError(
+            f"{where}: key {row['key']!r} was decoded from line {row['line']} of {lines.path}, which now holds "
+            f"{held}: the manifest changed since the decode, or another was named (--manifest)"
+        )
+    return utt
+
+
+def _training_line(utt, row: dict) -> dict:
+    """A FunASR jsonl line: the decoded line's audio and fields, the LLM's text as its target."""
+    line = {"key": utt.key, "source": str(Path(utt.source).resolve()), "target": row["hyp"]}
+    line["duration"] = round(float(row["duration"]), 4)
+    if utt.start:
+        line["start"] = utt.start
+    if utt.end is not None:
+        line["end"] = utt.end
+    for name in ("channel", "lang", "prompt", "hotwords"):
+        if getattr(utt, name) is not None:
+            line[name] = getattr(utt, name)
+    return line
+
+
+def _rate(rows: list[dict]) -> str | None:
+    """The error rate of `rows` in the unit the decode scored them in (results.jsonl's `unit`: all words, all
+    characters, or both as --metric auto counts a mixed set); None for no rows."""
+    if not rows:
+        return None
+    units = {r.get("unit") for r in rows}
+    metric = "wer" if units == {"word"} else "cer" if units == {"char"} else "auto"
+    corpus, _ = score_corpus([(r["ref"], r["hyp"]) for r in rows], metric)
+    return f"{corpus.name} {100 * corpus.rate:.2f}% over {plural(len(rows), 'line')}"

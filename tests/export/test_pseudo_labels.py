@@ -1,0 +1,128 @@
+"""`llmasr data pseudo-label`: a real decode's transcripts as a training manifest. Each decoded line comes back from
+the manifest by results.jsonl's `line` with its audio and fields, the LLM's text as its target; gated, empty, cut and
+(with a threshold) unsure transcripts are left out and counted; with references the kept lines' rate is reported."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from llmasr.commands.data_check import main as data_check_main
+from llmasr.commands.data_pseudo_label import main as pseudo_main
+from llmasr.commands.decode import main as decode_main
+from llmasr.data.manifest import Manifest
+from llmasr.export.decode import DecodeOptions, decode_manifest
+from llmasr.models.decoding import DecodeConfig
+from llmasr.scoring import score_corpus
+from llmasr.testing.run_dirs import TEXTS, write_corpus, write_joined_recording
+from llmasr.testing.scripted_llm import ScriptedLLM
+
+
+@pytest.fixture(scope="module")
+def decoded(exported_dir, tmp_path_factory):
+    """A manifest (TEXTS, plus one line for a recording of them all, decoded in windows) decoded with confidence."""
+    root = tmp_path_factory.mktemp("pseudo")
+    manifest = write_corpus(root, TEXTS)
+    long_manifest, _ = write_joined_recording(root, TEXTS)
+    lines = manifest.read_text() + "\n" + long_manifest.read_text()  # a blank line: lines and records differ
+    manifest.write_text(lines, encoding="utf-8")
+    out = root / "decoded"
+    flags = ["--max-new-tokens", "4", "--max-window-seconds", "2", "--window-overlap", "0.5", "--confidence"]
+    assert decode_main(["--model", str(exported_dir), "--data", str(manifest), "--output", str(out), *flags]) == 0
+    return manifest, out
+
+
+def results(out) -> list[dict]:
+    return [json.loads(line) for line in open(out / "results.jsonl", encoding="utf-8")]
+
+
+def test_every_line_written_whole_becomes_a_training_line_of_its_audio(decoded, tmp_path, capsys):
+    manifest, out = decoded
+    rows = results(out)
+    assert [r["line"] for r in rows] == [1, 2, 3, 4, 5, 6, 8]  # the manifest's own line numbers
+    target = tmp_path / "pl.jsonl"
+    assert pseudo_main([str(out), "--output", str(target), "--keep-truncated"]) == 0
+    report = capsys.readouterr().out
+    written = Manifest.open(target)
+    kept = [r for r in rows if r["hyp"].strip()]
+    assert [u.target for u in written] == [r["hyp"] for r in kept] and len(written) == len(kept)
+    source = Manifest.open(manifest, need_target=False)
+    by_key = {u.key: u for u in source}
+    for utt, row in zip(written, kept):
+        assert utt.key == row["key"] and utt.source == by_key[row["key"]].source and utt.duration == row["duration"]
+    # a training tool takes it: every line parses and its audio opens
+    assert data_check_main([str(target)]) == 0
+    assert f"pseudo-labels: {len(kept)} of 7 decoded lines kept" in report
+    corpus, _ = score_corpus([(r["ref"], r["hyp"]) for r in kept])
+    assert f"kept {corpus.name} {100 * corpus.rate:.2f}% over {len(kept)} lines" in report
+
+
+def test_cut_transcripts_are_left_out_and_an_end_of_the_llms_own_is_kept(decoded, model, tmp_path, capsys):
+    manifest, out = decoded
+    rows = results(out)
+    assert all(r["truncated"] == "max_tokens" for r in rows)  # the tiny LLM writes on to the cap
+    assert pseudo_main([str(out), "--output", str(tmp_path / "cut.jsonl")]) == 2
+    err = capsys.readouterr().err
+    assert "no line kept, nothing written" in err and "cut by a guard (length cap, repetition stop): 7" in err
+    assert not (tmp_path / "cut.jsonl").exists()
+    # the LLM made to say "three four" and end: every line is kept, none of them cut
+    tok = model.prompt.tokenizer
+    said = tok.encode("three four", add_special_tokens=False)
+    steps = [None, *said, model.prompt.end_id]
+    cfg = DecodeConfig(max_new_tokens=16, max_window_seconds=2.0, window_overlap=0.5, ctc_weight=0.0)
+    with torch.no_grad(), ScriptedLLM(model, {a: {b: 30.0} for a, b in zip(steps, steps[1:])}):
+        decode_manifest(model, manifest, tmp_path / "said", cfg, DecodeOptions(num_workers=0))
+    said_rows = results(tmp_path / "said")
+    assert all(r["truncated"] is None and r["hyp"] for r in said_rows)
+    assert pseudo_main([str(tmp_path / "said"), "--output", str(tmp_path / "said.jsonl")]) == 0
+    assert "pseudo-labels: 7 of 7 decoded lines kept" in capsys.readouterr().out
+    assert [u.target for u in Manifest.open(tmp_path / "said.jsonl")] == [r["hyp"] for r in said_rows]
+
+
+def test_unsure_transcripts_and_windows_are_left_out_below_the_threshold(decoded, tmp_path, capsys):
+    manifest, out = decoded
+    rows = results(out)
+    # a threshold between the long recording's worst window and its own mean: that window alone leaves it out
+    (long,) = [r for r in rows if r["windows"] > 1]
+    worst = min(w["avg_logprob"] for w in long["window_confidence"])
+    assert worst < long["avg_logprob"]
+    threshold = (worst + long["avg_logprob"]) / 2
+    assert pseudo_main([str(out), "--output", str(tmp_path / "sure.jsonl"), "--keep-truncated",
+                        "--min-avg-logprob", f"{threshold}"]) == 0  # fmt: skip
+    report = capsys.readouterr().out
+    kept = {u.key for u in Manifest.open(tmp_path / "sure.jsonl")}
+    expected = {r["key"] for r in rows if r["avg_logprob"] >= threshold and r["windows"] == 1}
+    assert kept == expected and long["key"] not in kept
+    low = sum(r["avg_logprob"] < threshold for r in rows)
+    assert "left out, a window's avg_logprob below the threshold: 1" in report
+    assert (f"left out, avg_logprob below the threshold: {low}" in report) == (low > 0)
+
+
+def test_what_cannot_give_pseudo_labels_is_refused_naming_it(decoded, exported_dir, tmp_path, capsys):
+    manifest, out = decoded
+    assert pseudo_main([str(tmp_path), "--output", str(tmp_path / "x.jsonl")]) == 2
+    assert f"{tmp_path}: no results.jsonl: not the output folder of `llmasr decode`" in capsys.readouterr().err
+    assert pseudo_main([str(out), "--output", str(manifest), "--manifest", str(manifest)]) == 2
+    assert "one of the inputs" in capsys.readouterr().err
+    # decoded without --confidence: a threshold has nothing to read
+    plain = tmp_path / "plain"
+    assert decode_main(["--model", str(exported_dir), "--data", str(manifest), "--output", str(plain),
+                        "--max-new-tokens", "2"]) == 0  # fmt: skip
+    capsys.readouterr()
+    assert pseudo_main([str(plain), "--output", str(tmp_path / "y.jsonl"), "--min-avg-logprob", "-1"]) == 2
+    assert "no avg_logprob: decode with --confidence" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        pseudo_main([str(out), "--output", str(tmp_path / "z.jsonl"), "--min-avg-logprob", "0.5"])
+    assert "a log-probability is a finite number <= 0, got 0.5" in capsys.readouterr().err
+    # the manifest edited since the decode: its lines no longer the ones decoded
+    moved = tmp_path / "moved.jsonl"
+    shutil.copy(manifest, moved)
+    lines = moved.read_text().splitlines()
+    moved.write_text("\n".join([lines[1], lines[0], *lines[2:]]) + "\n")
+    assert pseudo_main([str(out), "--output", str(tmp_path / "w.jsonl"), "--manifest", str(moved)]) == 2
+    err = capsys.readouterr().err
+    assert f"{out / 'results.jsonl'}:1: key 'test000' was decoded from line 1 of {moved}, which now holds key" in err
+    assert not (tmp_path / "w.jsonl").exists()
