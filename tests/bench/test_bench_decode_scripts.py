@@ -1,6 +1,6 @@
 """The decoding benchmarks (decode_speed, hotword_lists, hotword_boost, hotword_search_cost, ctc_guidance_cost,
-ctc_tiktoken, timestamps, vad_speed, vad_gate_plan, decode_startup, confidence_cost, ctc_gate): each --quick mode writes
-results of the right structure. No assertion is about speed."""
+ctc_tiktoken, timestamps, vad_speed, vad_gate_plan, decode_startup, confidence_cost, ctc_gate, pseudo_labels): each
+--quick mode writes results of the right structure. No assertion is about speed."""
 
 from __future__ import annotations
 
@@ -233,3 +233,17 @@ def test_ctc_gate_quick_decodes_every_set_both_ways(tmp_path, capsys):
     for texts in res["non_speech"].values():  # the gate only ever empties a text
         assert texts["on"] in ("", texts["off"])
     assert "Reproduce: `python bench/ctc_gate.py --quick`" in capsys.readouterr().out
+
+
+def test_pseudo_labels_quick_runs_every_threshold_on_each_set(tmp_path, capsys):
+    import pseudo_labels
+
+    assert pseudo_labels.main(["--quick", "--snr-db", "0", "--json-out", str(tmp_path / "p.json")]) == 0
+    res = json.loads((tmp_path / "p.json").read_text())
+    assert [s["set"] for s in res["sets"]] == ["as recorded", "white noise at 0 dB SNR"]
+    for s in res["sets"]:
+        got = s["thresholds"]
+        assert [t["threshold"] for t in got] == list(pseudo_labels.THRESHOLDS)
+        assert got[0]["lines"] == 6 and got[0]["kept"] > 0  # no threshold: every transcript written (not empty)
+        assert all(a["kept"] >= b["kept"] for a, b in zip(got, got[1:]))  # a higher bar keeps fewer
+    assert "Reproduce: `python bench/pseudo_labels.py --quick --snr-db 0`" in capsys.readouterr().out
