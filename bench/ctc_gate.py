@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from _common import emit, reproduce_command
+from decode_speed import decode_setup
 
 NON_SPEECH_SECONDS = 3.0
 
@@ -135,17 +136,7 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("give --model and --data, or --quick")
     with tempfile.TemporaryDirectory() as tmp, torch.no_grad():
         root = Path(tmp)
-        if args.quick:
-            from decode_speed import quick_setup
-
-            from llmasr.export.decode import DecodeOptions
-            from llmasr.models.decoding import DecodeConfig
-
-            (model, manifest), cfg, opts = quick_setup(root), DecodeConfig(max_new_tokens=4), DecodeOptions()
-        else:
-            from llmasr.export.decode import load_decode_model
-
-            (model, cfg, opts), manifest = load_decode_model(args.model), Path(args.data)
+        model, cfg, opts, manifest = decode_setup(root, args)
         res = run(model, cfg, opts, manifest, args.margin, root / "out", exact=not args.quick)
     res["command"] = reproduce_command("bench/ctc_gate.py", argv)
     emit(res, [*table(res), "", f"Reproduce: `{res['command']}`"], args.json_out)

@@ -41,6 +41,19 @@ def quick_setup(root: Path):
     return model, write_corpus(root / "data", texts)
 
 
+def decode_setup(root: Path, args) -> tuple:
+    """(model, DecodeConfig, DecodeOptions, manifest): quick_setup's with a 4-token cap under `args.quick`, else
+    `args.model` with its saved settings and `args.data`."""
+    from llmasr.export.decode import DecodeOptions, load_decode_model
+    from llmasr.models.decoding import DecodeConfig
+
+    if args.quick:
+        model, manifest = quick_setup(root)
+        return model, DecodeConfig(max_new_tokens=4), DecodeOptions(), manifest
+    model, cfg, opts = load_decode_model(args.model)
+    return model, cfg, opts, Path(args.data)
+
+
 def limited(manifest: Path, limit: int | None, root: Path) -> Path:
     """The manifest's first `limit` lines, in a copy beside it (relative audio paths keep working)."""
     if not limit:

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from _common import emit, reproduce_command
+from decode_speed import decode_setup
 
 THRESHOLDS = (None, -0.05, -0.1, -0.2, -0.3, -0.5, -1.0)
 
@@ -119,17 +120,8 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("give --model and --data, or --quick")
     with tempfile.TemporaryDirectory() as tmp, torch.no_grad():
         root = Path(tmp)
-        if args.quick:  # the random model writes on to the length cap: its cut transcripts kept, to have lines
-            from decode_speed import quick_setup
-
-            from llmasr.export.decode import DecodeOptions
-            from llmasr.models.decoding import DecodeConfig
-
-            (model, manifest), cfg, opts = quick_setup(root), DecodeConfig(max_new_tokens=4), DecodeOptions()
-        else:
-            from llmasr.export.decode import load_decode_model
-
-            (model, cfg, opts), manifest = load_decode_model(args.model), Path(args.data)
+        model, cfg, opts, manifest = decode_setup(root, args)
+        # the random model writes on to the length cap: under --quick its cut transcripts are kept, to have lines
         res = run(model, cfg, opts, manifest, args.snr_db, root / "out", keep_truncated=args.quick)
     res["command"] = reproduce_command("bench/pseudo_labels.py", argv)
     emit(res, [*table(res), f"Reproduce: `{res['command']}`"], args.json_out)
