@@ -76,6 +76,7 @@ class PseudoLabels:
     rate_all: str | None = None
     not_decoded: int = 0
     own_system: int = 0  # kept ChatML lines whose own system message a FunASR jsonl line has no field for
+    windowed: int = 0  # kept lines decoded in windows: long recordings, one target each
 
     def report(self, filt: LabelFilter) -> str:
         lines = [
@@ -85,6 +86,12 @@ class PseudoLabels:
         lines += [f"  left out, {REASONS[k]}: {n}" for k, n in self.left_out.most_common()]
         if self.not_decoded:
             lines.append(f"  manifest lines not in {RESULTS} (bad at decoding, see bad.jsonl): {self.not_decoded}")
+        if self.windowed:
+            lines.append(
+                f"  note: {plural(self.windowed, 'kept line')} {'was' if self.windowed == 1 else 'were'} decoded in "
+                "windows (long recordings), each written whole with one target: training skips a line past "
+                "data.batching.max_duration (`llmasr data check` counts them)"
+            )
         if self.own_system:
             lines.append(
                 f"  note: {plural(self.own_system, 'line')} had a system message of its own (ChatML), not "
@@ -118,6 +125,7 @@ def pseudo_labels(decoded: Path, output: Path, filt: LabelFilter, manifest: Path
         kept.append(row)
         written.append(json.dumps(_training_line(utt, row), ensure_ascii=False) + "\n")
         got.own_system += getattr(utt, "system", None) is not None
+        got.windowed += int(row.get("windows", 1)) > 1
         got.seconds += float(row["duration"])
     got.kept = len(kept)
     if scored:
