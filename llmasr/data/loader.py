@@ -62,9 +62,9 @@ def open_manifests(specs: Sequence[ManifestSpec | str], *, mix: bool, fill: bool
         if fill:
             bad.extend(m.fill_durations())
         opened.append(m)
-    if len(opened) == 1:
-        return opened[0], bad
     weights = [s.weight if mix else 1.0 for s in specs]
+    if len(opened) == 1 and weights == [1.0]:  # a weight of its own (2: two passes an epoch) makes a mix of one
+        return opened[0], bad
     return MixedManifest(opened, weights), bad
 
 
