@@ -30,6 +30,7 @@ from llmasr.data.device_features import resolve_features_on
 from llmasr.data.frontend import FrontendConfig
 from llmasr.data.hotwords import HotwordSampler
 from llmasr.data.llm_unk import unk_of_prompt
+from llmasr.data.mixed_manifest import epoch_mix
 from llmasr.data.noise_list import read_noise_list
 from llmasr.data.sampler import DynamicBucketSampler
 from llmasr.data.sampler_settings import decode_batching, longest_kept, make_sampler
@@ -229,6 +230,11 @@ def build_dataloader(
     skipped = describe_skipped(sampler, manifest, b, name)
     if skipped and rank == 0:
         log.warning("%s", skipped)
+    mix, gone = epoch_mix(manifest, sampler, epoch) if train and rank == 0 else ([], [])
+    if mix and any(w != 1 for w in manifest.weights):  # as `llmasr check` counts it (each line once: "N items")
+        log.info("%s: epoch %d of the mix as the ranks train it: %s", name, epoch, "; ".join(mix))
+    for line in gone:
+        log.warning("%s: %s", name, line)
     hazard = fork_deadlock_warning(world_size, data_cfg.num_workers) if train and rank == 0 else None
     if hazard:
         log.warning("%s", hazard)

@@ -22,6 +22,7 @@ import torch
 from llmasr import errors
 from llmasr.data import plan_record
 from llmasr.data.augment import cost_text
+from llmasr.data.mixed_manifest import epoch_mix
 from llmasr.models.builder import build_model, start_notes
 from llmasr.models.fsmn_vad import load_vad
 from llmasr.models.fused_kernels import check_fused_kernels
@@ -229,8 +230,9 @@ def _memory_lines(ds: dict, tc, counts: dict, world_size: int) -> list[str]:
     ]
 
 
-def _data_lines(sampler, per_epoch: list[int], valid_loader) -> list[str]:
+def _data_lines(manifest, sampler, per_epoch: list[int], valid_loader) -> list[str]:
     st = sampler.stats(0)
+    mix, gone = epoch_mix(manifest, sampler, 0)
     worst = cost_text(sampler.cost)  # the most augmentation can add; batches are cut on each epoch's own draws
     cost = f"  an utterance costs the budget its length after this epoch's speed factor and pauses; at most {worst}"
     if sampler.fits_sometimes.size:
@@ -248,6 +250,9 @@ def _data_lines(sampler, per_epoch: list[int], valid_loader) -> list[str]:
         f"  items kept {st['kept_items']} of {st['num_items']}; skipped: {st['filtered'] or 'none'}; "
         f"padding batches (world-size remainder): {st['num_padding_batches']}",
         *([f"  warning: {st['padding_warning']}"] if st["padding_warning"] else []),
+        *(["  data.train's mix, epoch 0 as the ranks train it (padding duplicates not counted):"] if mix else []),
+        *(f"    {line}" for line in mix),
+        *(f"  warning: {line}" for line in gone),
         f"  validation: {'none' if valid_loader is None else f'{len(valid_loader)} batches per rank'}",
     ]
 
@@ -345,7 +350,7 @@ def check(
         f"  gradient accumulation: {k}",
         f"  world size: {world_size}",
         f"  train_batch_size: {ds['train_batch_size']}",
-        *_data_lines(sampler, per_epoch, valid_loader),
+        *_data_lines(plan.loaders[0].dataset.manifest, sampler, per_epoch, valid_loader),
         *(f"  warning: {w}" for w in unaligned),
         "updates",
         f"  {plan.update_line(resumed=total)}",
