@@ -17,7 +17,7 @@ import yaml
 
 from llmasr.config_io import ConfigError, UnsetError, dump_yaml, from_dict, load_yaml, to_dict
 from llmasr.config_overrides import apply_overrides
-from llmasr.config_paths import resolve_paths
+from llmasr.config_paths import override_not_found, resolve_paths
 from llmasr.data.config import DataConfig, ValidManifestSpec
 from llmasr.models.config import AdaptorConfig, CTCConfig, CTCDecoderConfig, EncoderConfig, ModelConfig
 from llmasr.models.decoding import DecodeConfig
@@ -126,6 +126,8 @@ def located(err: Exception, path, overrides: list[str] | None) -> Exception:
         at = next(filter(None, (where_set(f"{k}:", None, overrides or []) for k in _keys_named(first))), at)
     if not at and path is not None and isinstance(err, UnsetError):  # the key is nowhere: the recipe that lacks it
         at = f" ({path} sets none)"
+    if at.startswith(" (set by the override"):
+        first = override_not_found(first)
     if at:
         err.args = ("\n".join([first.removesuffix(":") + at + colon, *rest]), *err.args[1:])
     return err
