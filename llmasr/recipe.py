@@ -154,6 +154,14 @@ def _by_override(item: str, message: str) -> str:
     return f" (set by the override {item!r}{quote})"
 
 
+def _is_number_text(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
 def where_set(message: str, path, overrides: list[str]) -> str:
     """Where the value an error names by its dotted key came from: " (set by the override 'KEY=VALUE')", or
     " (RECIPE, line N)"; "" when the message names no key, or the key is nowhere (a default)."""
@@ -175,6 +183,10 @@ def where_set(message: str, path, overrides: list[str]) -> str:
         # set that key
         inner = given.removeprefix(section).split(".")[0] if given.startswith(section) else None
         if inner and repr(inner) in message.split(";")[0]:
+            return _by_override(item, message)
+        # a key inside it whose value the error quotes (data.train[1].path=x.jsonl, "data.train[1]: ... x.jsonl")
+        value = item.split("=", 1)[1].strip() if "=" in item else ""
+        if inner and len(value) > 2 and not _is_number_text(value) and f" {value}" in head:
             return _by_override(item, message)
     if path is None:
         return ""

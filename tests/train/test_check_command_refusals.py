@@ -47,6 +47,16 @@ def test_an_override_s_missing_relative_path_says_it_was_read_from_the_working_d
         f"data.train[0]: manifest not found: train/data.jsonl (an override's relative path is read from the working "
         f"directory {tmp_path} alone) (set by the override 'data.train=[train/data.jsonl]')"
     ) in err
+    # the item's path alone, in a recipe that gives its manifests as {path, weight}: it had been named by the
+    # recipe's line, which holds another path
+    weighted = tmp_path / "weighted.yaml"
+    data = yaml.safe_load(recipe_file.read_text())
+    data["data"]["train"] = [{"path": str(recipe_file.parent / "train" / "data.jsonl"), "weight": 2.0}]
+    weighted.write_text(yaml.safe_dump(data))
+    code, _, err = run_check(capsys, "--config", str(weighted), "--deepspeed", "zero2", "--out", str(tmp_path),
+                             "data.train[0].path=train/data.jsonl")  # fmt: skip
+    assert code == 2 and "line" not in err, err
+    assert "alone) (set by the override 'data.train[0].path=train/data.jsonl')" in err
 
 
 @pytest.fixture(scope="module")
