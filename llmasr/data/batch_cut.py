@@ -196,9 +196,9 @@ class EpochPlan:
     def trained_keys(self) -> np.ndarray:
         """The visit keys of the batches the ranks train, a padding duplicate's once (drop_last's left-over batches
         are in no group): what the epoch trains on, at any world size."""
-        dealt = np.unique(self.groups)
-        starts, ends = self.offsets[dealt], self.offsets[dealt + 1]
-        return np.concatenate([self.keys[a:b] for a, b in zip(starts.tolist(), ends.tolist())] or [self.keys[:0]])
+        dealt = np.zeros(self.offsets.size - 1, dtype=bool)
+        dealt[self.groups.ravel()] = True
+        return self.keys[np.repeat(dealt, np.diff(self.offsets))]
 
 
 def check_origin(state: dict, seed: int, num_items: int) -> None:
