@@ -97,3 +97,29 @@ def test_a_manifest_whose_lines_the_filters_all_skip_is_named(mix_recipe, tmp_pa
     said = [r.getMessage() for r in caplog.records]
     assert any(m.startswith(f"train: {want}") for m in said if "every epoch skips" in m), said
     assert any(f"{half}: weight 0.5, 6 lines: 0 visits" in m for m in said if "epoch 0 of the mix" in m), said
+
+
+def test_lines_with_a_prompt_of_their_own_are_named_beside_the_recipe_s_prompt(mix_recipe, tmp_path, capsys, caplog):
+    """A Chinese corpus whose lines each carry `prompt: 语音转写：` beside an English one on model.prompt's: the check's
+    prompt section had said only "trained on: ... 'Transcribe the audio.'", as if every line trained on it, and a
+    test set without those prompts decodes them with the recipe's."""
+    path, (big, small, half) = mix_recipe
+    recs = [json.loads(line) for line in open(half, encoding="utf-8")]
+    own = tmp_path / "own.jsonl"
+    own.write_text("".join(json.dumps(dict(r, source=str(half.parent / r["source"]), prompt="语音转写："),
+                                      ensure_ascii=False) + "\n" for r in recs[:4]), encoding="utf-8")  # fmt: skip
+    code, out, err = run_check(capsys, "--config", str(path), "--deepspeed", "zero2", "--out", str(tmp_path),
+                               f"data.train[2].path={own}")  # fmt: skip
+    assert code == 0, err
+    said = (f"lines with a prompt of their own, trained on it instead of model.prompt's: {own}: 4 of its lines "
+            f"(first: {own}:1 '语音转写：')")  # fmt: skip
+    assert f"\n  {said} (a test set is decoded with its lines' own prompts" in out, out
+    recipe = load_recipe(path, [f"data.train[2].path={own}"])
+    with caplog.at_level(logging.INFO, logger="llmasr.data"):
+        build_loaders(recipe, text_side(recipe.model), rank=0, world_size=1)
+    assert [r.getMessage() for r in caplog.records if "of their own" in r.getMessage()] == [f"train: {said} (a test "
+            "set is decoded with its lines' own prompts, else the recipe's: give its lines the prompt they trained "
+            "on)"]  # fmt: skip
+    caplog.clear()
+    code, out, _ = run_check(capsys, "--config", str(path), "--deepspeed", "zero2", "--out", str(tmp_path))
+    assert code == 0 and "of their own" not in out  # no line has one: nothing said
