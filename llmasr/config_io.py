@@ -290,11 +290,15 @@ def _coerce_container(value: Any, tp: Any, path: str) -> Any:
             raise ConfigError(f"{path}: expected a mapping, got {_shown(value)}")
         _, val_tp = typing.get_args(tp) or (Any, Any)
         return {_plain(k): coerce(v, val_tp, f"{path}.{k}") for k, v in value.items()}
-    if not isinstance(value, (list, tuple)):
-        one = f"; a list of one is written [{value}]" if isinstance(value, str) else ""
-        raise ConfigError(f"{path}: expected a list, got {_shown(value)}{one}")
     args = typing.get_args(tp)
     item_tp = args[0] if args else Any
+    if not isinstance(value, (list, tuple)):
+        one = ""
+        sections = [a for a in typing.get_args(item_tp) or [item_tp] if dataclasses.is_dataclass(a)]
+        if isinstance(value, str) or (isinstance(value, dict) and sections):  # a manifest's path, or {path, weight}
+            flow = value if isinstance(value, str) else "{" + ", ".join(f"{k}: {v}" for k, v in value.items()) + "}"
+            one = f"; a list of one is written [{flow}]"
+        raise ConfigError(f"{path}: expected a list, got {_shown(value)}{one}")
     items = [coerce(v, item_tp, f"{path}[{i}]") for i, v in enumerate(value)]
     return items if origin is list else tuple(items)
 

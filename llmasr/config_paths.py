@@ -37,13 +37,21 @@ def path_field(
     return dataclasses.field(default=default, default_factory=default_factory, metadata=metadata)
 
 
+_LOOKED = " (a relative path is looked for beside the recipe, then in the working directory {})"
+
+
 def not_found(key: str, what: str, path: str | Path) -> str:
     """The error for a recipe path with nothing there: the key, for a relative path where it was looked for, and
     the path as ModelScope spells it where that is there (modelscope_spelling)."""
-    where = ""
-    if not Path(path).is_absolute():
-        where = f" (a relative path is looked for beside the recipe, then in the working directory {Path.cwd()})"
+    where = _LOOKED.format(Path.cwd()) if not Path(path).is_absolute() else ""
     return f"{key}: {what} not found: {path}{where}{_spelling_hint(key, Path(path))}"
+
+
+def override_not_found(message: str) -> str:
+    """not_found's `message` for a path an override gave: that is read from the working directory alone (the
+    recipe's folder was never looked in, though the file may be there)."""
+    return message.replace(_LOOKED.format(Path.cwd()), f" (an override's relative path is read from the working "
+                                                       f"directory {Path.cwd()} alone)")  # fmt: skip
 
 
 def modelscope_spelling(path: Path) -> Path | None:

@@ -17,7 +17,7 @@ import yaml
 
 from llmasr.config_io import ConfigError, UnsetError, dump_yaml, from_dict, load_yaml, to_dict
 from llmasr.config_overrides import apply_overrides
-from llmasr.config_paths import resolve_paths
+from llmasr.config_paths import override_not_found, resolve_paths
 from llmasr.data.config import DataConfig, ValidManifestSpec
 from llmasr.models.config import AdaptorConfig, CTCConfig, CTCDecoderConfig, EncoderConfig, ModelConfig
 from llmasr.models.decoding import DecodeConfig
@@ -126,6 +126,8 @@ def located(err: Exception, path, overrides: list[str] | None) -> Exception:
         at = next(filter(None, (where_set(f"{k}:", None, overrides or []) for k in _keys_named(first))), at)
     if not at and path is not None and isinstance(err, UnsetError):  # the key is nowhere: the recipe that lacks it
         at = f" ({path} sets none)"
+    if at.startswith(" (set by the override"):
+        first = override_not_found(first)
     if at:
         err.args = ("\n".join([first.removesuffix(":") + at + colon, *rest]), *err.args[1:])
     return err
@@ -152,6 +154,14 @@ def _by_override(item: str, message: str) -> str:
     return f" (set by the override {item!r}{quote})"
 
 
+def _is_number_text(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
 def where_set(message: str, path, overrides: list[str]) -> str:
     """Where the value an error names by its dotted key came from: " (set by the override 'KEY=VALUE')", or
     " (RECIPE, line N)"; "" when the message names no key, or the key is nowhere (a default)."""
@@ -173,6 +183,10 @@ def where_set(message: str, path, overrides: list[str]) -> str:
         # set that key
         inner = given.removeprefix(section).split(".")[0] if given.startswith(section) else None
         if inner and repr(inner) in message.split(";")[0]:
+            return _by_override(item, message)
+        # a key inside it whose value the error quotes (data.train[1].path=x.jsonl, "data.train[1]: ... x.jsonl")
+        value = item.split("=", 1)[1].strip() if "=" in item else ""
+        if inner and len(value) > 2 and not _is_number_text(value) and f" {value}" in head:
             return _by_override(item, message)
     if path is None:
         return ""

@@ -62,6 +62,10 @@ def test_one_item_where_a_list_is_wanted_is_shown_as_a_list():
     said = r"^data.train: expected a list, got str 'a.jsonl'; a list of one is written \[a.jsonl\] \(set by the "
     with pytest.raises(ConfigError, match=said + r"override 'data.train=a.jsonl'\)$"):
         load_recipe(data={}, overrides=["data.train=a.jsonl"])
+    # a weighted one, {path, weight}, had been refused without the form at all
+    said = r"^data.train: expected a list, got dict .*; a list of one is written \[\{path: a.jsonl, weight: 2\}\] \(set"
+    with pytest.raises(ConfigError, match=said):
+        load_recipe(data={}, overrides=["data.train={path: a.jsonl, weight: 2}"])
 
 
 def test_a_hash_in_an_override_is_part_of_its_value():

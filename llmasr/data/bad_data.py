@@ -234,7 +234,7 @@ class BadDataTracker:
     def _count_bad(self, rec: dict) -> None:
         self.bad += 1
         self.by_reason[reason_category(str(rec.get("reason", "")))] += 1
-        if len(self.examples) < self.keep_examples:
+        if len(self.examples) < self.keep_examples and not _named_in(rec, self.examples):
             self.examples.append(rec)
 
     def _log(self, rec: dict) -> None:
@@ -364,7 +364,7 @@ def ranks_summary(shares: list[dict], name: str, when: str, max_bad_fraction: fl
         limit += " holds their sum" if summed else " holds each rank's share to it"
     else:
         head += f" ({100 * bad / seen:.2f}%)"
-    first = [e for s in shares for e in s["examples"]][:examples]
+    first = _distinct(e for s in shares for e in s["examples"])[:examples]
     named = "; ".join(f"{e.get('manifest')}:{e.get('line')} key={e.get('key')}: {e.get('reason')}" for e in first)
     tail = f". All {bad}: `{full_list}` lists them" if full_list and bad > len(first) else ""
     return (f"{head}, {limit}. By reason: " + ", ".join(f"{r}: {c}" for r, c in reasons.most_common())
@@ -380,8 +380,24 @@ def refuse_summed(shares: list[dict], tracker: BadDataTracker) -> None:
     whole.good, whole.bad = sum(s["good"] for s in shares), sum(s["bad"] for s in shares)
     for share in shares:
         whole.by_reason.update(share["by_reason"])
-    whole.examples = [e for s in shares for e in s["examples"]][: whole.keep_examples]
+    whole.examples = _distinct(e for s in shares for e in s["examples"])[: whole.keep_examples]
     if whole.exceeded:
         err = TooMuchBadData(whole.message(final=True))  # the validation set's counts: no rank's share
         err.every_rank = True  # every rank raises it: rank 0 alone reports it (llmasr.errors.rank_specific)
         raise err
+
+
+def _named_in(rec: dict, examples: list[dict]) -> bool:
+    """Whether `examples` already name `rec`'s manifest line: a line a weighted mix visits twice, or two ranks meet,
+    is one bad line, named once (its visits are counted apart)."""
+    if rec.get("line") is None:  # no line to name it by: each is its own
+        return False
+    return any(e.get("manifest") == rec.get("manifest") and e.get("line") == rec.get("line") for e in examples)
+
+
+def _distinct(examples) -> list[dict]:
+    out: list[dict] = []
+    for e in examples:
+        if not _named_in(e, out):
+            out.append(e)
+    return out

@@ -193,6 +193,13 @@ class EpochPlan:
         for p in self.groups[start:, rank].tolist():
             yield self.keys[self.offsets[p] : self.offsets[p + 1]].tolist()
 
+    def trained_keys(self) -> np.ndarray:
+        """The visit keys of the batches the ranks train, a padding duplicate's once (drop_last's left-over batches
+        are in no group): what the epoch trains on, at any world size."""
+        dealt = np.zeros(self.offsets.size - 1, dtype=bool)
+        dealt[self.groups.ravel()] = True
+        return self.keys[np.repeat(dealt, np.diff(self.offsets))]
+
 
 def check_origin(state: dict, seed: int, num_items: int) -> None:
     """A saved sampler `state` must come from a sampler of this `seed` over `num_items` lines: another seed deals

@@ -30,7 +30,7 @@ from llmasr.data.frontend import FrontendConfig
 from llmasr.data.llm_unk import gather_unk
 from llmasr.data.loader import evenly_spaced
 from llmasr.data.manifest import BadRecord, Manifest
-from llmasr.data.mixed_manifest import MixedManifest
+from llmasr.data.mixed_manifest import MixedManifest, epoch_mix
 from llmasr.data.record_fields import unread_fields
 from llmasr.data.records import audio_reason, wrong_duration
 from llmasr.data.sampler_settings import longest_kept, make_sampler
@@ -69,6 +69,8 @@ class DataReport:
     # or validation's subset; None: per line.
     counted: tuple[int, int] | None = None
     counted_items: str = ""  # what those items are
+    mix: list[str] = field(default_factory=list)  # what the weighted mix's first epoch trains of each manifest
+    mix_warnings: list[str] = field(default_factory=list)  # its manifests that epoch trains none of
     unread_fields: dict[str, list] = field(default_factory=dict)  # field no parser reads -> [lines, first one]
     # what the CTC vocabulary spells <unk> (a character or word of the transcripts) -> [lines, first manifest:line]
     ctc_unknown: dict[str, list] = field(default_factory=dict)
@@ -321,6 +323,8 @@ def check_data(
             whole = opened[0][0] if len(opened) == 1 else MixedManifest([m for m, _ in opened])
             plan["llm_lens"] = rows.rows(whole, report.durations, np.concatenate(texts))
         sampler = _preview_batching(report, data_cfg, frontend, np.concatenate(tlens), spot, plan)
+        if "epoch_indices" in plan:  # as `llmasr check` and train.log count it
+            report.mix, report.mix_warnings = epoch_mix(mix, sampler, 0)
         if counting:
             lines, seconds = heard_lines(sampler)
             report.ctc_frames_text = unaligned_text(

@@ -169,6 +169,9 @@ def format_report(report: DataReport, *, max_examples: int = 50) -> str:
         filtered = s["filtered"]
         lines.append("skipped by filters: " + (", ".join(f"{k}: {v}" for k, v in filtered.items()) or "none"))
         lines += _too_long_lines(report, max_examples)
+        if report.mix:
+            lines += ["the weighted mix's first epoch, as training batches it:", *(f"  {m}" for m in report.mix)]
+        lines += [f"warning: {m}" for m in report.mix_warnings]
         if s.get("truncated"):
             lines.append(
                 f"truncated to max_duration ({report.max_duration:g} s; data.batching.truncate_to_max, the transcript "

@@ -30,6 +30,7 @@ from llmasr.data.device_features import resolve_features_on
 from llmasr.data.frontend import FrontendConfig
 from llmasr.data.hotwords import HotwordSampler
 from llmasr.data.llm_unk import unk_of_prompt
+from llmasr.data.mixed_manifest import epoch_mix
 from llmasr.data.noise_list import read_noise_list
 from llmasr.data.sampler import DynamicBucketSampler
 from llmasr.data.sampler_settings import decode_batching, longest_kept, make_sampler
@@ -62,9 +63,9 @@ def open_manifests(specs: Sequence[ManifestSpec | str], *, mix: bool, fill: bool
         if fill:
             bad.extend(m.fill_durations())
         opened.append(m)
-    if len(opened) == 1:
-        return opened[0], bad
     weights = [s.weight if mix else 1.0 for s in specs]
+    if len(opened) == 1 and weights == [1.0]:  # a weight of its own (2: two passes an epoch) makes a mix of one
+        return opened[0], bad
     return MixedManifest(opened, weights), bad
 
 
@@ -218,7 +219,7 @@ def build_dataloader(
                                     epoch_items=epoch_indices(epoch) if epoch_indices else None,
                                     target_lens=tl, share=share, text_lens=texts,
                                     llm_unk=unk_of_prompt(prompt_builder), ctc_need=ctc_need,
-                                    enforce=train)  # fmt: skip
+                                    enforce=train, prompts=(own_prompts := {}))  # fmt: skip
     durations = np.asarray(manifest.durations(), dtype=np.float64)
     skip = np.asarray([b.index for b in static], dtype=np.int64)
     llm_lens = None if rows is None else rows.rows(manifest, durations, texts[0])
@@ -229,6 +230,11 @@ def build_dataloader(
     skipped = describe_skipped(sampler, manifest, b, name)
     if skipped and rank == 0:
         log.warning("%s", skipped)
+    mix, gone = epoch_mix(manifest, sampler, epoch) if train and rank == 0 else ([], [])
+    if mix and any(w != 1 for w in manifest.weights):  # as `llmasr check` counts it (each line once: "N items")
+        log.info("%s: epoch %d of the mix as the ranks train it: %s", name, epoch, "; ".join(mix))
+    for line in gone:
+        log.warning("%s: %s", name, line)
     hazard = fork_deadlock_warning(world_size, data_cfg.num_workers) if train and rank == 0 else None
     if hazard:
         log.warning("%s", hazard)
@@ -240,6 +246,7 @@ def build_dataloader(
     loader = _speech_loader(dataset, sampler, collator, data_cfg, tracker, window, device)
     loader.screened = static  # each bad line's reason, as this rank found it: for the ranks' comparison of findings
     loader.ctc_need = ctc_need  # each line's CTC labels in frames (llmasr.data.ctc_frames), for the model's check
+    loader.own_prompts = own_prompts  # the lines with a prompt of their own, by manifest (llmasr check names them)
     st = sampler.stats()
     # valid_max_utts' subset: the lines it leaves out are said, or "N items, skipped none" read as all of them heard
     items = f"{n} items"

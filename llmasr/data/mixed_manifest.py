@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from llmasr.data.item_filters import FILTER_REASONS
 from llmasr.data.manifest import BadRecord, Manifest, Utterance
 
 
@@ -110,5 +111,50 @@ class MixedManifest:
             return None, sparse
         return "mixed manifests, an epoch's visits in expectation: " + "; ".join(parts), sparse
 
+    def epoch_lines(
+        self, visited: np.ndarray, seconds: np.ndarray, codes: np.ndarray, epoch: int
+    ) -> tuple[list[str], list[str]]:
+        """What an epoch trains of each manifest, counted from its batches: `visited`, the dataset index of each
+        visit the ranks train (a padding duplicate's once); `seconds`, each line's duration as batching holds it;
+        `codes`, each line's filter (llmasr.data.item_filters). Lines: each manifest's weight, lines, visits, passes
+        and hours, then the total; warnings: each manifest of weight > 0 that the epoch trains none of although it
+        expects a visit or more (its lines all skipped: the weight alone would hide that it is gone)."""
+        owner = np.searchsorted(self.offsets, np.asarray(visited, dtype=np.int64), side="right") - 1
+        counts = np.bincount(owner, minlength=len(self.manifests))
+        secs = np.bincount(owner, weights=np.asarray(seconds, dtype=np.float64)[visited], minlength=len(counts))
+        lines, warnings = [], []
+        for k, (m, w) in enumerate(zip(self.manifests, self.weights)):
+            n, got = len(m), int(counts[k])
+            passes = "no lines" if not n else "1 pass" if got == n else f"{got / n:.3g} passes"
+            lines.append(f"{m.path}: weight {w:g}, {n} lines: {got} visits ({passes}), {_hours(secs[k])}")
+            if got or w * n < 1:  # under one visit expected: visits_text warns of that
+                continue
+            own = codes[self.offsets[k] : self.offsets[k + 1]]
+            if (own >= 0).all():
+                why = ", ".join(f"{int((own == c).sum())} {FILTER_REASONS[c]}" for c in np.unique(own).tolist())
+                warnings.append(f"{m.path}: every epoch skips all {n} of its lines ({why}): whatever its weight "
+                                f"({w:g}), the mix trains on the other manifests alone")  # fmt: skip
+            else:
+                warnings.append(
+                    f"{m.path}: epoch {epoch} trains none of its lines, though weight {w:g} x {n} lines expects "
+                    f"{w * n:g} visits (skipped or left out: see the skipped counts)"
+                )
+        lines.append(f"total: {int(counts.sum())} visits, {_hours(secs.sum())}")
+        return lines, warnings
+
     def __repr__(self) -> str:
         return f"MixedManifest({len(self.manifests)} manifests, {len(self)} records, weights={self.weights})"
+
+
+def epoch_mix(manifest, sampler, epoch: int) -> tuple[list[str], list[str]]:
+    """MixedManifest.epoch_lines over the batches `sampler` deals in `epoch` (`llmasr check` and train.log say it
+    alike); nothing where `manifest` is one manifest read once."""
+    if not isinstance(manifest, MixedManifest):
+        return [], []
+    visited = sampler.epoch_plan(epoch).trained_keys() % sampler.durations.size  # a visit key reads its line mod n
+    return manifest.epoch_lines(visited, sampler.durations, sampler.filter_codes, epoch)
+
+
+def _hours(seconds: float) -> str:
+    """Hours, or seconds where that would read 0.00 h (a tiny or a mostly skipped manifest)."""
+    return f"{seconds / 3600:.2f} h" if seconds >= 36 else f"{seconds:.1f} s"

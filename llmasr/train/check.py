@@ -22,6 +22,8 @@ import torch
 from llmasr import errors
 from llmasr.data import plan_record
 from llmasr.data.augment import cost_text
+from llmasr.data.mixed_manifest import epoch_mix
+from llmasr.data.screen import own_prompts_text
 from llmasr.models.builder import build_model, start_notes
 from llmasr.models.fsmn_vad import load_vad
 from llmasr.models.fused_kernels import check_fused_kernels
@@ -229,8 +231,9 @@ def _memory_lines(ds: dict, tc, counts: dict, world_size: int) -> list[str]:
     ]
 
 
-def _data_lines(sampler, per_epoch: list[int], valid_loader) -> list[str]:
+def _data_lines(manifest, sampler, per_epoch: list[int], valid_loader) -> list[str]:
     st = sampler.stats(0)
+    mix, gone = epoch_mix(manifest, sampler, 0)
     worst = cost_text(sampler.cost)  # the most augmentation can add; batches are cut on each epoch's own draws
     cost = f"  an utterance costs the budget its length after this epoch's speed factor and pauses; at most {worst}"
     if sampler.fits_sometimes.size:
@@ -248,6 +251,9 @@ def _data_lines(sampler, per_epoch: list[int], valid_loader) -> list[str]:
         f"  items kept {st['kept_items']} of {st['num_items']}; skipped: {st['filtered'] or 'none'}; "
         f"padding batches (world-size remainder): {st['num_padding_batches']}",
         *([f"  warning: {st['padding_warning']}"] if st["padding_warning"] else []),
+        *(["  data.train's mix, epoch 0 as the ranks train it (padding duplicates not counted):"] if mix else []),
+        *(f"    {line}" for line in mix),
+        *(f"  warning: {line}" for line in gone),
         f"  validation: {'none' if valid_loader is None else f'{len(valid_loader)} batches per rank'}",
     ]
 
@@ -325,7 +331,7 @@ def check(
     with warnings.catch_warnings():  # check starts no worker: their count is for the machine that trains
         warnings.filterwarnings("ignore", WORKERS_WARNING, UserWarning)
         plan = plan_run(recipe, ds, rank=0, world_size=world_size, resuming=folder.resume is not None)
-    _, sampler, valid_loader = plan.loaders
+    train_loader, sampler, valid_loader = plan.loaders
     k, per_epoch = plan.grad_accum, plan.per_epoch
     model = build_model(recipe.model, weights="shapes")  # exact counts; the pretrained files' shapes checked
     check_context_fit(model, recipe, plan.loaders)
@@ -345,7 +351,7 @@ def check(
         f"  gradient accumulation: {k}",
         f"  world size: {world_size}",
         f"  train_batch_size: {ds['train_batch_size']}",
-        *_data_lines(sampler, per_epoch, valid_loader),
+        *_data_lines(train_loader.dataset.manifest, sampler, per_epoch, valid_loader),
         *(f"  warning: {w}" for w in unaligned),
         "updates",
         f"  {plan.update_line(resumed=total)}",
@@ -357,6 +363,8 @@ def check(
     lines += _weights_lines(recipe.model)
     lines += chunk_lines(model, frozen="encoder" in model.frozen_branches())
     lines += prompt_lines(model, recipe.model)
+    if train_loader.own_prompts:  # what "trained on" above is not, for those lines
+        lines.append(f"  {own_prompts_text(train_loader.dataset.manifest, train_loader.own_prompts)}")
     decoding = _vad_lines(recipe.decode, model.frontend.sample_rate) + _decode_lines(recipe, model, valid_loader)
     if recipe.decode.ctc_gate:  # validation too: early on, a head that hears nothing empties every utterance
         decoding.append("  decode.ctc_gate: validation and decoding leave empty what the CTC head hears no word in "

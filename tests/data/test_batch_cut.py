@@ -79,3 +79,15 @@ def test_every_ranks_plan_is_held_in_arrays():
     finally:
         tracemalloc.stop()
     assert held / durations.size < 24, f"{held / durations.size:.0f} bytes an item"
+
+
+def test_the_keys_an_epoch_trains_count_a_padding_repeat_once_and_no_dropped_batch():
+    """EpochPlan.trained_keys is what `llmasr check` and train.log count a mix's visits from: 4 batches over 3 ranks,
+    one step of them; drop_last's left-over batch is in no group, a padding repeat in two."""
+    from llmasr.data.batch_cut import EpochPlan
+
+    keys, offsets = np.array([5, 6, 7, 8, 9, 10]), np.array([0, 2, 3, 5, 6])  # batches [5 6] [7] [8 9] [10]
+    padded = EpochPlan(keys, offsets, np.array([[0, 1, 2], [3, 0, 1]]))  # 4 batches, 2 repeated to fill a step
+    assert padded.trained_keys().tolist() == [5, 6, 7, 8, 9, 10]
+    dropped = EpochPlan(keys, offsets, np.array([[2, 0, 3]]))  # batch 1 left out
+    assert dropped.trained_keys().tolist() == [5, 6, 8, 9, 10]

@@ -272,6 +272,31 @@ def test_the_preview_is_of_the_batches_training_and_validation_make(tmp_path, ca
     assert f"batches per rank: {len(validated)} " in capsys.readouterr().out
 
 
+def test_the_report_says_what_the_mix_s_first_epoch_trains_of_each_manifest(tmp_path, capsys):
+    """The report had given the mix's visits as one count and its hours per line, never each manifest's share, and
+    a weighted manifest whose every line max_duration skips showed only as lines "longer than max_duration"."""
+    a = good_corpus(tmp_path / "a", 10)  # 0.3-2.0 s
+    cut = float(max(json.loads(line)["duration"] for line in a.read_text().splitlines())) + 1e-3
+    (tmp_path / "b").mkdir()
+    for i in range(4):
+        write_wav(tmp_path / "b" / f"long{i}.wav", 3.0, seed=i)
+    b = write_manifest(tmp_path / "b" / "long.jsonl", [json.dumps({"key": f"long{i}", "source": f"long{i}.wav",
+                                                                   "target": "hello", "duration": 3.0})
+                                                       for i in range(4)])  # fmt: skip
+    recipe = _recipe(tmp_path, {"train": [{"path": str(a)}, {"path": str(b), "weight": 3.0}],
+                                "batching": {"max_seconds": 4.0, "max_duration": cut}, "num_workers": 0})  # fmt: skip
+    r = load_recipe(recipe)
+    _, trained = build_dataloader(r.data, r.data.train, FrontendConfig(lfr_m=7, lfr_n=6),
+                                  prompt_builder=FakePromptBuilder(), train=True)  # fmt: skip
+    seconds = sum(float(trained.durations[k % 14]) for batch in trained.batches(0) for k in batch)
+    assert main(["--recipe", recipe]) == 0
+    out = capsys.readouterr().out
+    assert "the weighted mix's first epoch, as training batches it:\n" in out
+    assert f"  {a}: weight 1, 10 lines: 10 visits (1 pass), {seconds:.1f} s\n" in out
+    assert f"  {b}: weight 3, 4 lines: 0 visits (0 passes), 0.0 s\n  total: 10 visits, {seconds:.1f} s\n" in out
+    assert f"warning: {b}: every epoch skips all 4 of its lines (4 too_long): whatever its weight (3)" in out
+
+
 def test_the_bad_fraction_is_of_the_items_training_counts(tmp_path, capsys):
     """Bad lines in a manifest of weight 3 count three times, as training counts them (per visit), and --valid
     counts validation's subset only: the verdict is training's own, where per line it had been another."""

@@ -430,3 +430,21 @@ def test_the_ranks_counts_add_up_to_the_epochs_items_without_the_padding_repeats
         trackers.append(loader.bad_data)
     assert repeats == 1
     assert sum(t.seen for t in trackers) == 12 and sum(t.bad for t in trackers) == 1
+
+
+def test_a_bad_line_a_weighted_mix_visits_three_times_is_named_once_and_counted_three_times(tmp_path):
+    """A corrupt clip in a manifest of weight 3: train.log's epoch line had named it three times over as the "first"
+    bad lines ("b.jsonl:3 ...; b.jsonl:3 ...; b.jsonl:3 ..."), hiding any other, while counting it right."""
+    a = good_corpus(tmp_path, 10, name="a")
+    (tmp_path / "corrupt.wav").write_bytes(b"RIFF\x00\x00\x00\x00WAVEjunk" * 8)
+    b = with_lines(tmp_path, 6, [{"key": "corrupt", "source": "corrupt.wav", "target": "hello", "duration": 0.8}])
+    data_cfg = cfg(train=[{"path": str(a)}, {"path": b, "weight": 3.0}], max_bad_fraction=0.5)
+    shares = []
+    for rank in (0, 1):
+        loader, _ = build(data_cfg, data_cfg.train, rank=rank, world_size=2)
+        list(loader)
+        shares.append(loader.bad_data.share())
+        assert len({(e["manifest"], e["line"]) for e in loader.bad_data.examples}) == len(loader.bad_data.examples)
+    assert sum(s["bad"] for s in shares) == 3
+    line = ranks_summary(shares, "train", "epoch 0", 0.5)
+    assert "3 bad of 31 items" in line and line.count(f"{b}:7 key=corrupt") == 1, line

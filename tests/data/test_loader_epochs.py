@@ -147,6 +147,18 @@ def test_weighted_mix(tmp_path):
     assert sum(k.startswith("b") for k in keys) == 20
 
 
+@pytest.mark.parametrize("weight, visits", [(3.0, 30), (0.5, 5)])
+def test_a_single_training_manifest_keeps_its_weight(tmp_path, weight, visits):
+    """`data.train: [{path: a.jsonl, weight: 3}]` (one corpus, three passes an epoch) had trained each line once: the
+    weight of a manifest listed alone was dropped without a word, while the same weight beside a second manifest
+    counted."""
+    a = good_corpus(tmp_path, 10, name="a")
+    data_cfg = cfg(train=[{"path": str(a), "weight": weight}])
+    loader, sampler = build(data_cfg, data_cfg.train)
+    keys = [k for batch in loader for k in batch.keys]
+    assert len(keys) == visits and sampler.stats(0)["num_items"] == visits
+
+
 @pytest.mark.parametrize("drop_last", [False, True])
 def test_valid_ranks_flag_padding_repeats_so_each_utterance_counts_once(tmp_path, drop_last):
     """Validation at 3 ranks: the batches that do not divide by the world size are padded with repeats; the loader

@@ -33,6 +33,32 @@ def test_errors_exit_non_zero_with_the_reason(recipe_file, tmp_path, capsys):
     assert exit_.value.code == 2 and f"--out {tmp_path / 'a_file'}: a file, not a folder" in capsys.readouterr().err
 
 
+def test_an_override_s_missing_relative_path_says_it_was_read_from_the_working_directory(
+    recipe_file, tmp_path, capsys, monkeypatch
+):
+    """`data.train=[train/data.jsonl]` given from another folder than the recipe's, where that file is beside the
+    recipe: the refusal had said it was looked for beside the recipe too, which it never is for an override."""
+    assert (recipe_file.parent / "train" / "data.jsonl").is_file()
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run_check(capsys, "--config", str(recipe_file), "--deepspeed", "zero2", "--out", str(tmp_path),
+                             "data.train=[train/data.jsonl]")  # fmt: skip
+    assert code == 2 and "beside the recipe" not in err, err
+    assert (
+        f"data.train[0]: manifest not found: train/data.jsonl (an override's relative path is read from the working "
+        f"directory {tmp_path} alone) (set by the override 'data.train=[train/data.jsonl]')"
+    ) in err
+    # the item's path alone, in a recipe that gives its manifests as {path, weight}: it had been named by the
+    # recipe's line, which holds another path
+    weighted = tmp_path / "weighted.yaml"
+    data = yaml.safe_load(recipe_file.read_text())
+    data["data"]["train"] = [{"path": str(recipe_file.parent / "train" / "data.jsonl"), "weight": 2.0}]
+    weighted.write_text(yaml.safe_dump(data))
+    code, _, err = run_check(capsys, "--config", str(weighted), "--deepspeed", "zero2", "--out", str(tmp_path),
+                             "data.train[0].path=train/data.jsonl")  # fmt: skip
+    assert code == 2 and "line" not in err, err
+    assert "alone) (set by the override 'data.train[0].path=train/data.jsonl')" in err
+
+
 @pytest.fixture(scope="module")
 def pretrained_recipe(tiny_llm_dir, tmp_path_factory):
     """A recipe whose encoder is a FunASR directory (model.pt) and whose adaptor starts from a file."""

@@ -205,7 +205,8 @@ def test_a_manifest_that_is_not_there_is_named_by_its_key_and_where_it_was_set(r
     args = ["--config", str(recipe_file), "--deepspeed", "zero0", f"train.output_dir={tmp_path / 'run'}"]
     assert main([*args, "data.valid=[dve.jsonl]"]) == 2
     err = capsys.readouterr().err
-    assert "error: data.valid[0]: manifest not found: dve.jsonl (a relative path is looked for beside the recipe" in err
+    # an override's path is read from the working directory alone (not beside the recipe, as a recipe's is)
+    assert "error: data.valid[0]: manifest not found: dve.jsonl (an override's relative path is read from the " in err
     assert err.rstrip().endswith("(set by the override 'data.valid=[dve.jsonl]')")
     recipe = yaml.safe_load(recipe_file.read_text())
     recipe["data"]["train"].append({"path": str(tmp_path / "gone.jsonl"), "weight": 2.0})
