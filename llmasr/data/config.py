@@ -46,7 +46,8 @@ class ManifestSpec:
         if not self.path:
             raise ConfigError(f"{path}.path: empty manifest path")
         if not (self.weight > 0 and math.isfinite(self.weight)):
-            raise ConfigError(f"{path}.weight: must be a positive number, got {self.weight}")
+            leave = "; to train without this manifest, remove its entry" if self.weight == 0 else ""
+            raise ConfigError(f"{path}.weight: must be a positive number, got {self.weight}{leave}")
 
 
 @dataclass

@@ -84,3 +84,11 @@ def test_a_training_manifest_listed_twice_is_refused_with_the_weight_that_does_i
     )
     recipe.write_text("data:\n  train: [train.jsonl, cuts.jsonl]\n  valid: [train.jsonl]\n")
     assert len(load_recipe(recipe).data.train) == 2  # a manifest in train and in valid is not listed twice
+
+
+@pytest.mark.parametrize("weight, hint", [(0, True), (-1, False), (float("inf"), False)])
+def test_a_training_weight_must_be_positive_and_zero_says_how_to_leave_a_manifest_out(weight, hint):
+    data = {"model": {"llm": {"path": "llm"}}, "data": {"train": ["a.jsonl", {"path": "b.jsonl", "weight": weight}]}}
+    with pytest.raises(ConfigError, match=r"data.train\[1\].weight: must be a positive number") as err:
+        load_recipe(data=data)
+    assert ("to train without this manifest, remove its entry" in str(err.value)) == hint
