@@ -87,7 +87,7 @@ def sequence_lines(model, recipe, longest: list[LongestRow]) -> list[str]:
     lines = [
         "LLM sequences",
         f"  audio tokens: {audio_tokens(model, 10.0)} for 10 s of audio (the encoder's frames through the {a.type} "
-        f"adaptor, downsample {a.downsample})",
+        f"adaptor, downsample {a.downsample}{'' if a.audio_token_cap == 'none' else ', capped: ' + a.audio_token_cap})",
     ]
     found = model_context(model)
     for row in longest:

@@ -141,13 +141,16 @@ def test_the_llm_sequences_of_each_adaptor_are_reported_and_ctc_compression_is_s
     base = ["--config", str(recipe_file), "--deepspeed", "zero2", "--world-size", "1", "--out", str(tmp_path)]
     qformer = ["model.adaptor.type=qformer", "model.adaptor.n_layer=1", "model.adaptor.n_head=4",
                "model.adaptor.num_queries=3", "model.adaptor.downsample=3"]  # fmt: skip
-    for overrides in ([], qformer, ["model.adaptor.ctc_compress=avg_no_blank"]):
+    capped = ["model.adaptor.audio_token_cap=funasr_nano"]
+    for overrides in ([], qformer, ["model.adaptor.ctc_compress=avg_no_blank"], capped):
         code, out, err = run_check(capsys, *base, *overrides)
         assert code == 0, err
         recipe = load_recipe(recipe_file, overrides)
         a = recipe.model.adaptor
         ten = audio_tokens(build_model(recipe.model, weights="meta"), 10.0)
-        through = f"the encoder's frames through the {a.type} adaptor, downsample {a.downsample}"
+        through = f"the encoder's frames through the {a.type} adaptor, downsample {a.downsample}" + (
+            ", capped: funasr_nano" if overrides == capped else ""
+        )
         assert f"LLM sequences\n  audio tokens: {ten} for 10 s of audio ({through})\n" in out, out
         for name in ("data.train", "data.valid"):
             row = re.search(rf"  {name}: most audio tokens (\d+) \(.*:\d+, heard as [\d.]+ s\), with its (\d+) prompt "
