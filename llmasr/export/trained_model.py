@@ -27,6 +27,7 @@ from llmasr.run_dir import (
     resolve_checkpoint,
     select_tags,
 )
+from llmasr.scoring import plural
 from llmasr.train.ds_files import read_trained_state
 
 log = logging.getLogger(__name__)
@@ -293,7 +294,7 @@ def load_checkpoint_model(
         kept = CheckpointPolicy(keep_last=recipe.train.keep_last, best_k=recipe.train.best_k)  # why fewer are kept
         tags = select_tags(ref, average, average_by or "last", kept)
         # by last, a best checkpoint kept past rotation can be among them, far older than the rest: named
-        log.info("averaging %d checkpoints (by %s): %s", len(tags), average_by or "last", ", ".join(tags))
+        log.info("averaging %s (by %s): %s", plural(len(tags), "checkpoint"), average_by or "last", ", ".join(tags))
     else:
         tags = [ref.tag]
     metas = [read_meta(ref.root / t) for t in tags]

@@ -184,6 +184,13 @@ def test_lora_on_a_tied_output_head_averages_without_moving_the_input_embeddings
     torch.testing.assert_close(plain.lm_head.weight.detach().double(), head, rtol=0, atol=1e-6)
 
 
+def test_the_best_checkpoint_alone_is_named_as_one(trained_run, caplog):
+    """--average-by best without --average takes the best one: the log had said "averaging 1 checkpoints"."""
+    caplog.set_level("INFO", logger="llmasr")
+    _, info = load_checkpoint_model(trained_run, average_by="best")
+    assert f"averaging 1 checkpoint (by best): {info['tags'][0]}\n" in caplog.text
+
+
 def test_an_average_of_copies_of_one_checkpoint_is_that_checkpoint_bit_for_bit(trained_run):
     """N copies of one checkpoint were refactored through the SVD: the merged weights came out a rounding off the
     checkpoint's and the adapter's factors another pair of the same product."""
