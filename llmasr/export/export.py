@@ -48,6 +48,7 @@ from llmasr.export.merge import (  # noqa: F401
     exported_llm,
     merge_llm,
     merge_lora_modules,
+    refuse_adapter_only_of,
 )
 from llmasr.export.staged_dir import discarded_on_error, output_dir, publish, staging_dir, writing
 from llmasr.export.trained_model import load_checkpoint_model, load_trained, run_recipe  # noqa: F401  (public API)
@@ -59,7 +60,7 @@ from llmasr.models.fingerprint import dir_fingerprint
 from llmasr.models.fsmn_vad import FsmnVad
 from llmasr.models.llm import DTYPES, base_lm
 from llmasr.models.rotary import plain_transformers_line
-from llmasr.run_dir import CHECKPOINTS, resolve_checkpoint
+from llmasr.run_dir import CHECKPOINTS, read_meta, resolve_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +117,8 @@ def export_model(
         run = _refuse_the_run_itself(out, checkpoint, tag)
         recipe_read = run_recipe(run, trust_remote_code=trust_remote_code)
         _refuse_what_the_run_reads(out, recipe_read)  # before any weight is read
+        if adapter_only:  # a run that trained the base LLM: refused before its checkpoints are read and averaged
+            refuse_adapter_only_of(recipe_read, read_meta(resolve_checkpoint(checkpoint, tag).path).trainable)
 
         model, info = load_checkpoint_model(
             checkpoint, tag=tag, average=average, average_by=average_by, trust_remote_code=trust_remote_code

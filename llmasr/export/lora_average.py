@@ -107,6 +107,11 @@ def average_lora(model: nn.Module, states: list[dict[str, torch.Tensor]], traina
     with torch.no_grad():
         for path, layer, adapter in layers:
             a_key, b_key = f"{path}.lora_A.{adapter}.weight", f"{path}.lora_B.{adapter}.weight"
+            if all(
+                torch.equal(st[a_key], states[0][a_key]) and torch.equal(st[b_key], states[0][b_key]) for st in states
+            ):
+                residuals[path] = 0.0  # one delta N times: its factors as trained (refactored, they round otherwise)
+                continue
             lora_a, lora_b = layer.lora_A[adapter].weight, layer.lora_B[adapter].weight
             b_new, a_new, remainder, residuals[path] = rank_r_mean(
                 [st[b_key].double() for st in states], [st[a_key].double() for st in states], lora_a.shape[0]

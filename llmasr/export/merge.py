@@ -115,6 +115,13 @@ def as_exported(model: nn.Module, dtype: torch.dtype) -> None:
     model.llm = exported_llm(model.llm, dtype)
 
 
+def refuse_adapter_only_of(recipe, trainable: list[str]) -> None:
+    """--adapter-only of a run whose recipe trains the base LLM (model.llm.freeze: false), refused from the recipe and
+    the checkpoint's list of its trained tensors (`trainable`, its meta's) before any weight is read."""
+    if not recipe.model.llm.freeze:
+        _refuse_trained_base([n for n in trainable if n.startswith("llm.") and "lora_" not in n], recipe)
+
+
 def check_adapter_only(model: nn.Module, recipe) -> None:
     """--adapter-only writes what peft's adapter file holds (the LoRA tensors, and the biases lora.bias trains):
     refuse when more of the LLM was trained."""
@@ -124,6 +131,10 @@ def check_adapter_only(model: nn.Module, recipe) -> None:
     trained = [
         f"llm.{n}" for n, p in model.llm.named_parameters() if p.requires_grad and "lora_" not in n and n not in saved
     ]
+    _refuse_trained_base(trained, recipe)
+
+
+def _refuse_trained_base(trained: list[str], recipe) -> None:
     if not trained:
         return
     why = " (model.llm.freeze: false in the run's recipe)" if not recipe.model.llm.freeze else ""

@@ -22,10 +22,12 @@ from llmasr.run_dir import (
     RECIPE_FILE,
     CheckpointError,
     CheckpointMeta,
+    CheckpointPolicy,
     read_meta,
     resolve_checkpoint,
     select_tags,
 )
+from llmasr.scoring import plural
 from llmasr.train.ds_files import read_trained_state
 
 log = logging.getLogger(__name__)
@@ -287,13 +289,14 @@ def load_checkpoint_model(
             f"--average-by best takes the best checkpoints of {ref.root / 'best.json'}, not the one named "
             f"({ref.tag}); give the run directory {ref.run_dir}, or leave out --average-by best to export {ref.tag}"
         )
+    recipe = run_recipe(ref.run_dir, trust_remote_code=trust_remote_code)
     if average > 1 or average_by == "best":
-        tags = select_tags(ref, average, average_by or "last")
+        kept = CheckpointPolicy(keep_last=recipe.train.keep_last, best_k=recipe.train.best_k)  # why fewer are kept
+        tags = select_tags(ref, average, average_by or "last", kept)
         # by last, a best checkpoint kept past rotation can be among them, far older than the rest: named
-        log.info("averaging %d checkpoints (by %s): %s", len(tags), average_by or "last", ", ".join(tags))
+        log.info("averaging %s (by %s): %s", plural(len(tags), "checkpoint"), average_by or "last", ", ".join(tags))
     else:
         tags = [ref.tag]
-    recipe = run_recipe(ref.run_dir, trust_remote_code=trust_remote_code)
     metas = [read_meta(ref.root / t) for t in tags]
     for t, meta in zip(tags, metas):
         _check_fingerprint(meta, recipe, str(ref.root / t))

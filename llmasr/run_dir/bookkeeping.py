@@ -224,8 +224,9 @@ def _point_off(ckpt_dir: Path, tags: set[str]) -> tuple[bool, list[dict]]:
     return named, dropped
 
 
-def select_tags(ref: CheckpointRef, n: int, by: str = "last") -> list[str]:
-    """The `n` checkpoints to average: the last n up to and including `ref.tag`, or the best n of best.json."""
+def select_tags(ref: CheckpointRef, n: int, by: str = "last", policy: CheckpointPolicy | None = None) -> list[str]:
+    """The `n` checkpoints to average: the last n up to and including `ref.tag`, or the best n of best.json.
+    `policy`: the run's keep_last and best_k, which say why fewer are there (None: not known)."""
     if n < 1:
         raise CheckpointError(f"--average must be >= 1, got {n}")
     if by == "last":
@@ -235,8 +236,12 @@ def select_tags(ref: CheckpointRef, n: int, by: str = "last") -> list[str]:
         chosen = [t for t in tags if tag_update(ref.root / t) <= tag_update(ref.path)][-n:]
     elif by == "best":
         if not (ref.root / BEST).is_file():
+            why = "best-N averaging needs the validation ranking the trainer writes"
+            if policy is not None and not policy.best_k:
+                why = "the run ranked none (train.best_k: 0)"
             raise CheckpointError(
-                f"{ref.root / BEST}: missing; best-N averaging needs the validation ranking the trainer writes"
+                f"{ref.root / BEST}: missing; {why}; average the last checkpoints instead (--average {n} without "
+                "--average-by best)"
             )
         chosen = [b["tag"] for b in read_best(ref.root)][:n]
         if not chosen:  # a run without validation data (or a list emptied since) ranks none: "0 available" said not why
@@ -250,11 +255,29 @@ def select_tags(ref: CheckpointRef, n: int, by: str = "last") -> list[str]:
     else:
         raise CheckpointError(f"--average-by must be 'last' or 'best', got {by!r}")
     if len(chosen) < n:
-        kept = ("train.best_k", "best.json keeps the run's train.best_k best") if by == "best" else (
-            "train.keep_last", "rotation keeps the last train.keep_last")  # fmt: skip
-        fix = f": give --average {len(chosen)}, or train with a larger {kept[0]} ({kept[1]})" if chosen else ""
+        fix = f": give --average {len(chosen)}, or {_to_keep_more(ref, by, policy)}" if chosen else ""
         raise CheckpointError(
             f"asked to average {n} checkpoints ({by}) but only {len(chosen)} are available under {ref.root}: "
             f"{', '.join(chosen) or 'none'}{fix}"
         )
     return chosen
+
+
+def _to_keep_more(ref: CheckpointRef, by: str, policy: CheckpointPolicy | None) -> str:
+    """How a run keeps more checkpoints to average: a larger train.keep_last or best_k where those limits removed
+    some; where the run kept all it saved or ranked (keep_last 0, fewer validations than best_k), saving or
+    validating more often. Without the policy, the keys that limit them."""
+    if by == "best":
+        if policy is not None and len(read_best(ref.root)) < policy.best_k:
+            return (
+                f"validate more often (train.valid_every_updates) or train longer: best.json ranks every checkpoint "
+                f"saved at a validation, up to train.best_k {policy.best_k}, and the run saved fewer"
+            )
+        return "train with a larger train.best_k (best.json keeps the run's train.best_k best)"
+    if policy is not None and (not policy.keep_last or len(complete_tags(ref.root)) < policy.keep_last):
+        kept = "0 keeps all" if not policy.keep_last else f"{policy.keep_last} is more than it saved"
+        return (
+            f"save more often (train.save_every_updates) or train longer: the run kept all it saved (train.keep_last "
+            f"{kept})"
+        )
+    return "train with a larger train.keep_last (rotation keeps the last train.keep_last)"

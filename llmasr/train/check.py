@@ -37,7 +37,7 @@ from llmasr.train.check_ds import ds_lines
 from llmasr.train.check_prompt import prompt_lines
 from llmasr.train.checkpoint_space import CheckpointSpace, size_text
 from llmasr.train.config import need_recipe
-from llmasr.train.context_fit import check_context_fit
+from llmasr.train.context_fit import check_context_fit, sequence_lines
 from llmasr.train.ctc_fit import ctc_frames_warnings
 from llmasr.train.ds_config import resolve_ds, zero_stage
 from llmasr.train.ds_files import read_client_state
@@ -334,7 +334,7 @@ def check(
     train_loader, sampler, valid_loader = plan.loaders
     k, per_epoch = plan.grad_accum, plan.per_epoch
     model = build_model(recipe.model, weights="shapes")  # exact counts; the pretrained files' shapes checked
-    check_context_fit(model, recipe, plan.loaders)
+    longest = check_context_fit(model, recipe, plan.loaders, report=True)
     unaligned = ctc_frames_warnings(model, recipe, plan.loaders)
     groups = build_param_groups(model, recipe.optim)
     names = [g["name"] for g in groups]
@@ -353,6 +353,7 @@ def check(
         f"  train_batch_size: {ds['train_batch_size']}",
         *_data_lines(train_loader.dataset.manifest, sampler, per_epoch, valid_loader),
         *(f"  warning: {w}" for w in unaligned),
+        *sequence_lines(model, recipe, longest),
         "updates",
         f"  {plan.update_line(resumed=total)}",
         "parameters",

@@ -8,26 +8,40 @@ greedy pass (its WER) reads the prompt and audio and then writes up to the decod
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 import numpy as np
 
 from llmasr.data.screen import where
-from llmasr.models.context import ContextError, model_context, training_fit
+from llmasr.models.context import ContextError, audio_tokens, model_context, training_fit
 from llmasr.train.line_positions import LineRows, prompt_tokens
 
 log = logging.getLogger("llmasr.train")
 
 
-def check_context_fit(model, recipe, loaders) -> None:
+@dataclass(frozen=True)
+class LongestRow:
+    """The line of a data set with the most audio tokens, as the context check counts it."""
+
+    name: str  # data.train or data.valid
+    where: str  # manifest:line
+    seconds: float  # the longest it is heard as
+    audio: int  # its audio tokens (without CTC compression: the most it gives)
+    text: int  # its prompt and transcript tokens
+
+
+def check_context_fit(model, recipe, loaders, *, report: bool = False) -> list[LongestRow]:
     """ContextError when an utterance of the training or validation manifests (as batching keeps them) does not fit
     the LLM's context with its audio tokens; `loaders`: the run plan's (train loader, sampler, valid loader).
     Training's drawn biasing lists count at their cap (model.prompt.hotwords_max_tokens), else at the bound of
     list_size's longest lists (line_positions.hotword_bound); a line's own list, which validation (and training that
     does not draw over it) renders, counts as its prompt renders it. Validation lines count a second time as its
-    greedy pass reads them: prompt, audio and the tokens it may write (generation_fit)."""
-    found = model_context(model)
+    greedy pass reads them: prompt, audio and the tokens it may write (generation_fit). With `report` (llmasr check)
+    it returns the line of data.train and of data.valid with the most audio tokens, its text encoded (training's
+    start-up reads no line it need not); none where the LLM states no context."""
+    found, longest = model_context(model), []
     if found is None:
-        return
+        return longest
     for name, loader in (("data.train", loaders[0]), ("data.valid", loaders[2])):
         if loader is None:
             continue
@@ -57,6 +71,38 @@ def check_context_fit(model, recipe, loaders) -> None:
             raise ContextError(f"{err} (its prompt tokens include {rule.extra} for {rule.said})") from None
         if not train:
             generation_fit(model, recipe.decode, manifest, lines, seconds[lines], audio, named, found)
+        if not report:
+            continue
+        j = int(np.argmax(audio))
+        text = int(rule.tokens(manifest, lines[j : j + 1], np.zeros(1, dtype=np.int64))[0][0])  # encoded, no bound
+        longest.append(LongestRow(name, named(j), float(seconds[lines][j]), int(audio[j]), text))
+    return longest
+
+
+def sequence_lines(model, recipe, longest: list[LongestRow]) -> list[str]:
+    """`llmasr check`'s report of the LLM sequences a recipe makes: the audio tokens of 10 s, each data set's line of
+    the most audio tokens against the LLM's context, and, under model.adaptor.ctc_compress, that those counts are
+    without it."""
+    a = recipe.model.adaptor
+    lines = [
+        "LLM sequences",
+        f"  audio tokens: {audio_tokens(model, 10.0)} for 10 s of audio (the encoder's frames through the {a.type} "
+        f"adaptor, downsample {a.downsample}{'' if a.audio_token_cap == 'none' else ', capped: ' + a.audio_token_cap})",
+    ]
+    found = model_context(model)
+    for row in longest:
+        lines.append(
+            f"  {row.name}: most audio tokens {row.audio} ({row.where}, heard as {row.seconds:g} s), with its "
+            f"{row.text} prompt and transcript tokens {row.audio + row.text} of the LLM's context of {found[0]}"
+        )
+    if a.ctc_compress != "none":
+        kept = "blank runs dropped: about one a token" if a.ctc_compress == "avg_no_blank" else "blank runs kept"
+        lines.append(
+            f"  model.adaptor.ctc_compress {a.ctc_compress}: the adaptor reads the encoder frames averaged over the "
+            f"CTC head's best-path segments ({kept}), which the head decides as it trains: the audio tokens above are "
+            "without it, the most an utterance gives"
+        )
+    return lines
 
 
 def generation_fit(model, decode_cfg, manifest, lines, seconds, audio, named, found) -> None:

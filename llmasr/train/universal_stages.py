@@ -13,7 +13,8 @@ and Adam moments whole, but in two layouts, each read by its own stage's loader 
 `any_stage` rewrites a converted copy into what both loaders read: the model-states file under both names (a hard
 link where the filesystem allows), each state in its parameter's shape in the ZeRO-1/2 dict, a `step.pt` per
 parameter, and an optimizer_state.pt with both stages' keys (rank 0's ZeRO-3 partitions left out: nothing reads
-them). The weights, moments and step are copied as they are, so a run continues exactly at any stage.
+them). The weights, moments and step are copied as they are (an offloaded optimizer's int step as the tensor
+torch's Adam steps with), so a run continues exactly at any stage.
 
 ZeRO-0 keeps no partitions, so ds_to_universal has nothing to convert: DeepSpeed saves its module whole and, in fp32,
 torch's AdamW state as it is, per parameter, in the model-states file. `from_stage0` writes the same universal copy
@@ -95,6 +96,8 @@ def any_stage(folder: Path) -> None:
     optim = _load(optim_path)
     names = list(shapes)
     step = _step_of(optim, zero, names)
+    if step is not None and not torch.is_tensor(step):  # DeepSpeedCPUAdam's count (offload): torch's Adam, which
+        step = torch.tensor(float(step))  # ZeRO-3 loads it into as it is, steps only with a tensor
     for name, shape in shapes.items():
         for key in STATES:
             path = zero / name / f"{key}.pt"
@@ -104,8 +107,9 @@ def any_stage(folder: Path) -> None:
                     raise ValueError(f"{path}: {value.numel()} values, the parameter's shape {tuple(shape)} holds "
                                      f"{shape.numel()}")  # fmt: skip
                 torch.save({"param": value.reshape(shape), "cat_dim": 0}, path)
-        if step is not None and not (zero / name / "step.pt").is_file():
-            torch.save(step, zero / name / "step.pt")
+        counted = zero / name / "step.pt"
+        if step is not None and not (counted.is_file() and torch.is_tensor(_load(counted))):
+            torch.save(step, counted)
     inner = optim.pop("optimizer_state_dict", None) or {}
     groups = optim.get("param_groups") or inner.get("param_groups") or []
     optim["param_groups"] = groups

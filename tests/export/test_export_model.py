@@ -100,6 +100,29 @@ def test_adapter_only_is_refused_when_the_base_llm_was_trained_too(base_dirs, tr
     assert main(["--checkpoint", str(run), "--output", str(tmp_path / "merged")]) == 0
 
 
+def test_adapter_only_of_a_run_that_trained_the_base_llm_is_refused_before_its_checkpoints_are_read(
+    base_dirs, train_corpus, tmp_path, capsys, monkeypatch
+):
+    """The refusal came after the checkpoints were read, the model rebuilt and --average's N averaged (minutes and
+    the memory of N models at LLM size): the recipe and the checkpoint's list of trained tensors say it first."""
+    import llmasr.export.trained_model as trained_model
+
+    llm, enc = base_dirs
+    section = model_section(llm, enc, encoder_lora=False, ctc=False)
+    section["llm"]["freeze"] = False
+    run = train_run(tmp_path / "run", section, train_corpus, updates=2, save_every_updates=1, keep_last=0).run_dir
+
+    def read(*args, **kwargs):
+        raise AssertionError("a checkpoint's weights were read")
+
+    monkeypatch.setattr(trained_model, "read_trained_state", read)
+    out = tmp_path / "adapter"
+    assert main(["--checkpoint", str(run), "--output", str(out), "--adapter-only", "--average", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "--adapter-only: the base LLM's own weights were trained beside LoRA (model.llm.freeze: false" in err
+    assert "llm.base_model.model.model.embed_tokens.weight" in err and not out.exists()
+
+
 def test_adapter_only_carries_the_biases_lora_bias_trains(base_dirs, train_corpus, tmp_path):
     """lora.bias: all trains the LLM's biases beside LoRA, and peft's adapter file holds them: --adapter-only had
     been refused as if base weights were trained."""

@@ -182,3 +182,30 @@ def test_lora_on_a_tied_output_head_averages_without_moving_the_input_embeddings
     head = torch.stack([w["llm/lm_head.weight"] for w in each]).mean(0)
     assert not torch.equal(head, original.double())
     torch.testing.assert_close(plain.lm_head.weight.detach().double(), head, rtol=0, atol=1e-6)
+
+
+def test_the_best_checkpoint_alone_is_named_as_one(trained_run, caplog):
+    """--average-by best without --average takes the best one: the log had said "averaging 1 checkpoints"."""
+    caplog.set_level("INFO", logger="llmasr")
+    _, info = load_checkpoint_model(trained_run, average_by="best")
+    assert f"averaging 1 checkpoint (by best): {info['tags'][0]}\n" in caplog.text
+
+
+def test_an_average_of_copies_of_one_checkpoint_is_that_checkpoint_bit_for_bit(trained_run):
+    """N copies of one checkpoint were refactored through the SVD: the merged weights came out a rounding off the
+    checkpoint's and the adapter's factors another pair of the same product."""
+    single, _ = load_checkpoint_model(trained_run)
+    model, _ = load_checkpoint_model(trained_run)
+    state = _states(trained_run, [resolve_checkpoint(trained_run).tag])[0]
+    trainable = read_meta(resolve_checkpoint(trained_run).path).trainable
+    residuals = average_lora(model, [state, dict(state), dict(state)], trainable)
+    assert set(residuals) == set(_lora_modules(state)) and set(residuals.values()) == {0.0}
+    want = dict(single.named_parameters())
+    for k, p in model.named_parameters():
+        assert torch.equal(p, want[k]), k
+    for got, exact in (
+        (merge_llm(model.llm), merge_llm(single.llm)),
+        (merge_lora_modules(model.encoder), merge_lora_modules(single.encoder)),
+    ):
+        exact = exact.state_dict()
+        assert all(torch.equal(v, exact[k]) for k, v in got.state_dict().items())

@@ -119,6 +119,48 @@ def test_averaging_more_than_the_run_kept_says_what_to_give(trained_run):
         select_tags(ref, 5, "last")
 
 
+def _recipe_train(run, **train) -> None:
+    """Set train.* keys in RUN_DIR/recipe.yaml (what export reads of the run's checkpoint policy)."""
+    import yaml
+
+    path = run / "recipe.yaml"
+    recipe = yaml.safe_load(path.read_text(encoding="utf-8"))
+    recipe["train"].update(train)
+    path.write_text(yaml.safe_dump(recipe), encoding="utf-8")
+
+
+def test_averaging_more_than_a_run_saved_says_to_save_more_not_to_keep_more(trained_run, tmp_path, copy_run):
+    """A run that kept every checkpoint it saved (train.keep_last: 0, as trained_run) or ranked every one it saved
+    at a validation (fewer than train.best_k) had been told to train with a larger keep_last or best_k, which it
+    already had: the advice follows the run's recipe. The recipe is edited below to stand for the other policies."""
+    with pytest.raises(
+        CheckpointError,
+        match=r"\(last\) but only 4 .*: give --average 4, or save more often \(train.save_every_updates\) or train "
+        r"longer: the run kept all it saved \(train.keep_last 0 keeps all\)$",
+    ):
+        load_checkpoint_model(trained_run, average=5)
+    run = copy_run(trained_run, tmp_path / "r")
+    _recipe_train(run, keep_last=2)  # fewer than the 4 kept: rotation is what limits them
+    with pytest.raises(CheckpointError, match=r"give --average 4, or train with a larger train.keep_last"):
+        load_checkpoint_model(run, average=5)
+    _recipe_train(run, best_k=5)  # best.json ranks 3
+    with pytest.raises(
+        CheckpointError,
+        match=r"\(best\) but only 3 .*: give --average 3, or validate more often \(train.valid_every_updates\) or "
+        r"train longer: best.json ranks every checkpoint saved at a validation, up to train.best_k 5, and the run "
+        r"saved fewer$",
+    ):
+        load_checkpoint_model(run, average=4, average_by="best")
+    _recipe_train(run, best_k=0)
+    (run / "checkpoints" / "best.json").unlink()
+    with pytest.raises(
+        CheckpointError,
+        match=r"best.json: missing; the run ranked none \(train.best_k: 0\); average the last checkpoints instead "
+        r"\(--average 2 without --average-by best\)$",
+    ):
+        load_checkpoint_model(run, average=2, average_by="best")
+
+
 def test_best_json_errors(trained_run, tmp_path, copy_run):
     run = copy_run(trained_run, tmp_path / "r")
     ref = resolve_checkpoint(run)

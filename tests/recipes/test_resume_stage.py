@@ -91,6 +91,30 @@ def test_a_checkpoint_continues_exactly_at_another_stage(tiny_recipe_file, tmp_p
     np.testing.assert_allclose([h["loss"] for h in rest], [h["loss"] for h in whole["history"][2:]], rtol=1e-6)
 
 
+def test_an_offloaded_checkpoint_continues_at_zero3(tiny_recipe_file, tmp_path):
+    """ZeRO-2 with the optimizer offloaded (DeepSpeedCPUAdam, whose step is an int) resumed at ZeRO-3, which loads
+    the step into torch's Adam as it is: its first update had failed ("`state_steps` argument must contain a list of
+    singleton tensors"). It loads the checkpoint's weights and step and trains the rest of the run."""
+    from llmasr.train.ds_files import read_trained_state
+
+    whole = train(
+        recipe(tiny_recipe_file, tmp_path / "run", "train.save_every_updates=1", "train.keep_last=0"), "zero2_offload"
+    )
+    source = tmp_path / "run" / "checkpoints" / ck.tag_for(2)
+    saved = read_trained_state(source, ck.read_meta(source))
+    run = Run(recipe(tiny_recipe_file, tmp_path / "other"), "zero3", resume=str(source))
+    try:
+        run.load()
+        weights = {k.removesuffix("/fp32"): v for k, v in full_state(run).items() if k.endswith("/fp32")}
+        rest = run.fit()["history"]
+    finally:
+        run.close()
+    assert len(weights) > 10 and all(torch.equal(v, saved[k]) for k, v in weights.items())
+    assert [h["update"] for h in rest] == [3, 4, 5]
+    # torch's Adam from here, DeepSpeedCPUAdam in the uninterrupted run: the same updates to their rounding
+    np.testing.assert_allclose([h["loss"] for h in rest], [h["loss"] for h in whole["history"][2:]], rtol=1e-4)
+
+
 @pytest.mark.parametrize(("saved", "stage"), [(2, 3), (3, 0)])
 def test_two_ranks_continued_at_another_stage(tiny_recipe_file, launched_run, tmp_path, saved, stage):
     """Under the launcher: 2 ranks of ZeRO-`saved` checkpoint update 1; 2 ranks of ZeRO-`stage` resume it (each rank

@@ -128,6 +128,39 @@ def test_the_llm_budget_is_reported_with_the_padded_llm_positions_of_the_batches
     assert mean_batch(out) < mean_batch(plain)
 
 
+def test_the_llm_sequences_of_each_adaptor_are_reported_and_ctc_compression_is_said_to_be_uncounted(
+    recipe_file, tmp_path, capsys
+):
+    """Without data.batching.max_llm_tokens the report said nothing of the LLM sequences a recipe makes, and a
+    ctc_compress recipe, chosen to shorten them, showed no sign that its counts leave the compression out: it gives
+    the audio tokens of 10 s and each data set's line of the most audio tokens, through the recipe's adaptor."""
+    from llmasr.models.builder import build_model
+    from llmasr.models.context import audio_tokens
+    from llmasr.recipe import load_recipe
+
+    base = ["--config", str(recipe_file), "--deepspeed", "zero2", "--world-size", "1", "--out", str(tmp_path)]
+    qformer = ["model.adaptor.type=qformer", "model.adaptor.n_layer=1", "model.adaptor.n_head=4",
+               "model.adaptor.num_queries=3", "model.adaptor.downsample=3"]  # fmt: skip
+    capped = ["model.adaptor.audio_token_cap=funasr_nano"]
+    for overrides in ([], qformer, ["model.adaptor.ctc_compress=avg_no_blank"], capped):
+        code, out, err = run_check(capsys, *base, *overrides)
+        assert code == 0, err
+        recipe = load_recipe(recipe_file, overrides)
+        a = recipe.model.adaptor
+        ten = audio_tokens(build_model(recipe.model, weights="meta"), 10.0)
+        through = f"the encoder's frames through the {a.type} adaptor, downsample {a.downsample}" + (
+            ", capped: funasr_nano" if overrides == capped else ""
+        )
+        assert f"LLM sequences\n  audio tokens: {ten} for 10 s of audio ({through})\n" in out, out
+        for name in ("data.train", "data.valid"):
+            row = re.search(rf"  {name}: most audio tokens (\d+) \(.*:\d+, heard as [\d.]+ s\), with its (\d+) prompt "
+                            r"and transcript tokens (\d+) of the LLM's context of (\d+)\n", out)  # fmt: skip
+            assert row and int(row[1]) + int(row[2]) == int(row[3]) and int(row[4]) > 0, out
+        said = "model.adaptor.ctc_compress avg_no_blank: the adaptor reads the encoder frames averaged over the CTC"
+        assert (said in out) == (a.ctc_compress != "none")
+        assert "the audio tokens above are without it, the most an utterance gives" in out or a.ctc_compress == "none"
+
+
 def test_the_decode_budget_is_reported_with_the_llm_positions_of_decodings_batches(recipe_file, tmp_path, capsys):
     """decode.max_llm_tokens: the report gives the LLM positions `llmasr decode` batches of data.valid hold under
     the recipe's decode section (B x beams x (prompt and audio tokens + new tokens)), and names an utterance past it

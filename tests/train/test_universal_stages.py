@@ -79,6 +79,18 @@ def test_a_zero2_copy_gets_what_the_zero3_loader_reads(tmp_path):
     assert float(again["optimizer_state_dict"]["state"][0]["step"]) == 5.0
 
 
+def test_an_offloaded_optimizer_s_int_step_becomes_the_tensor_torch_s_adam_steps_with(tmp_path):
+    """DeepSpeedCPUAdam (offload) counts its step in an int, which ZeRO-3's loader put into torch's Adam as it is."""
+    folder = zero2_copy(tmp_path / "u")
+    for name in SHAPES:
+        torch.save(5, folder / "zero" / name / "step.pt")
+    us.any_stage(folder)
+    optim = torch.load(folder / "zero" / "optimizer_state.pt", weights_only=True)
+    steps = [optim["optimizer_state_dict"]["state"][0]["step"]]
+    steps += [torch.load(folder / "zero" / name / "step.pt", weights_only=True) for name in SHAPES]
+    assert all(torch.is_tensor(s) and s.dtype == torch.float32 and float(s) == 5.0 for s in steps), steps
+
+
 def test_a_state_that_does_not_fit_its_parameter_is_named(tmp_path):
     folder = zero3_copy(tmp_path / "u")
     bad = folder / "zero" / "enc.bias" / "exp_avg.pt"
