@@ -17,8 +17,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from llmasr.atomic_file import write_atomic
+from llmasr.config_paths import output_file_problem
 from llmasr.data.manifest import Manifest
 from llmasr.data.records import BadRecord
+from llmasr.export.decode_folders import earlier_folders
 from llmasr.scoring import plural, score_corpus
 
 RESULTS, SUMMARY = "results.jsonl", "wer.json"
@@ -104,14 +106,20 @@ class PseudoLabels:
 
 def pseudo_labels(decoded: Path, output: Path, filt: LabelFilter, manifest: Path | None = None) -> PseudoLabels:
     """Write `output` from the decode folder `decoded` (its results.jsonl, and its wer.json's manifest unless
-    `manifest` is given) and return what was written."""
+    `manifest` is given) and return what was written. An `output` that is a folder, cannot be made, or is one of
+    the inputs is refused before any work."""
     rows = _results(decoded)
     if filt.min_avg_logprob is not None and rows and "avg_logprob" not in rows[0]:
-        raise PseudoLabelError(
-            f"{decoded / RESULTS}: no avg_logprob: decode with --confidence (decode.confidence: true) to set "
-            "--min-avg-logprob"
+        why = (
+            "the CTC branch's transcripts have none (the LLM's, in the folder above, do): leave out "
+            "--min-avg-logprob, or give that folder"
+            if _summary(decoded).get("branch") == "ctc"
+            else "decode with --confidence (decode.confidence: true) to set --min-avg-logprob"
         )
+        raise PseudoLabelError(f"{decoded / RESULTS}: no avg_logprob: {why}")
     source = manifest or _decoded_manifest(decoded)
+    if unwritable := output_file_problem(output, [decoded / RESULTS, source]):  # the manifest wer.json names too
+        raise PseudoLabelError(f"--output {output}: {unwritable}")
     lines = Manifest.open(source, need_target=False)
     got = PseudoLabels(output=output, decoded=len(rows), not_decoded=max(len(lines) - len(rows), 0))
     written, scored, kept = [], [], []
@@ -130,15 +138,21 @@ def pseudo_labels(decoded: Path, output: Path, filt: LabelFilter, manifest: Path
     got.kept = len(kept)
     if scored:
         got.rate_all = _rate(scored)
-        got.rate_kept = _rate([r for r in kept if r.get("ref") is not None]) or "none kept"
+        got.rate_kept = _rate([r for r in kept if r.get("ref") is not None]) or "no line with a reference"
     if not kept:  # an empty manifest is refused by every tool that reads one: said here, with why
         raise PseudoLabelError(f"no line kept, nothing written:\n{got.report(filt)}")
+    output.parent.mkdir(parents=True, exist_ok=True)  # a new folder, as output_file_problem allowed
     write_atomic(output, "".join(written))
     return got
 
 
 def _results(decoded: Path) -> list[dict]:
     path = decoded / RESULTS
+    if not path.is_file() and (folders := [f for f in earlier_folders(decoded) if (f / RESULTS).is_file()]):
+        raise PseudoLabelError(
+            f"{decoded}: a decode of several manifests, with the {RESULTS} of each in a folder of its own: give one "
+            f"of {', '.join(map(str, folders))}"
+        )
     if not path.is_file():
         raise PseudoLabelError(f"{decoded}: no {RESULTS}: not the output folder of `llmasr decode`")
     rows = []
@@ -157,12 +171,27 @@ def _results(decoded: Path) -> list[dict]:
     return rows
 
 
-def _decoded_manifest(decoded: Path) -> Path:
-    path = decoded / SUMMARY
+def _summary(decoded: Path) -> dict:
+    """The decode folder's wer.json, {} where there is none or it is no JSON object."""
     try:
-        named = json.loads(path.read_text(encoding="utf-8"))["manifest"]
-    except (OSError, ValueError, KeyError, TypeError):
-        raise PseudoLabelError(f"{path}: no manifest named there: give the decoded manifest with --manifest") from None
+        summary = json.loads((decoded / SUMMARY).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return summary if isinstance(summary, dict) else {}
+
+
+def _decoded_manifest(decoded: Path) -> Path:
+    """The manifest the decode folder's wer.json names (an older decode wrote it as given, relative to the folder
+    the decode ran in), which must still be there."""
+    path = decoded / SUMMARY
+    named = _summary(decoded).get("manifest")
+    if not isinstance(named, str) or not named:
+        raise PseudoLabelError(f"{path}: no manifest named there: give the decoded manifest with --manifest")
+    if not Path(named).is_file():
+        raise PseudoLabelError(
+            f"{path}: the decoded manifest it names, {named}, is not there (moved, or a relative path from another "
+            "working directory): give it with --manifest"
+        )
     return Path(named)
 
 

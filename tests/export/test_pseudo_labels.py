@@ -127,3 +127,68 @@ def test_what_cannot_give_pseudo_labels_is_refused_naming_it(decoded, exported_d
     err = capsys.readouterr().err
     assert f"{out / 'results.jsonl'}:1: key 'test000' was decoded from line 1 of {moved}, which now holds key" in err
     assert not (tmp_path / "w.jsonl").exists()
+
+
+def test_a_decode_is_read_from_any_folder_and_its_folders_named(exported_dir, tmp_path, monkeypatch, capsys):
+    # decoded with relative paths, as a recipe folder's commands are run: wer.json names the manifest whole
+    root = tmp_path / "recipe"
+    write_corpus(root / "data", TEXTS[:2], name="dev")
+    write_corpus(root / "data", TEXTS[2:4], name="eval")
+    monkeypatch.chdir(root)
+    flags = ["--max-new-tokens", "2", "--confidence", "--ctc"]
+    assert decode_main(["--model", str(exported_dir), "--data", "data/dev.jsonl", "--data", "data/eval.jsonl",
+                        "--output", "out", *flags]) == 0  # fmt: skip
+    monkeypatch.chdir(tmp_path)
+    capsys.readouterr()
+    assert pseudo_main(["recipe/out/dev", "--output", "dev.jsonl", "--keep-truncated"]) == 0
+    written = [r["key"] for r in results(tmp_path / "recipe/out/dev") if r["hyp"].strip()]
+    assert [u.key for u in Manifest.open(tmp_path / "dev.jsonl")] == written and written
+    assert "kept WER" in capsys.readouterr().out
+    # the decode of both: its folders named
+    assert pseudo_main(["recipe/out", "--output", "x.jsonl"]) == 2
+    err = capsys.readouterr().err
+    assert "recipe/out: a decode of several manifests" in err and "recipe/out/dev, recipe/out/eval" in err
+    # the CTC branch's transcripts have no confidence of their own: not a decode to rerun
+    assert pseudo_main(["recipe/out/dev/ctc", "--output", "y.jsonl", "--min-avg-logprob", "-1"]) == 2
+    assert "no avg_logprob: the CTC branch's transcripts have none" in capsys.readouterr().err
+    assert pseudo_main(["recipe/out/dev/ctc", "--output", "ctc.jsonl"]) == 0
+    assert not any(tmp_path.glob("[xy].jsonl"))
+
+
+def test_the_manifest_wer_json_names_is_an_input_and_must_be_there(decoded, tmp_path, capsys):
+    manifest, out = decoded
+    before = manifest.read_bytes()
+    assert pseudo_main([str(out), "--output", str(manifest), "--keep-truncated"]) == 2  # the one wer.json names
+    assert f"--output {manifest}: one of the inputs" in capsys.readouterr().err
+    assert manifest.read_bytes() == before
+    # moved since the decode: wer.json named, and the way out
+    copy = tmp_path / "decoded"
+    shutil.copytree(out, copy)
+    summary = json.loads((copy / "wer.json").read_text())
+    summary["manifest"] = str(tmp_path / "gone.jsonl")
+    (copy / "wer.json").write_text(json.dumps(summary))
+    assert pseudo_main([str(copy), "--output", str(tmp_path / "pl.jsonl")]) == 2
+    err = capsys.readouterr().err
+    assert f"{copy / 'wer.json'}: the decoded manifest it names, {tmp_path / 'gone.jsonl'}, is not there" in err
+    assert "give it with --manifest" in err and not (tmp_path / "pl.jsonl").exists()
+
+
+def test_kept_lines_without_references_are_said_so(decoded, tmp_path, capsys):
+    manifest, out = decoded
+    rows = results(out)
+    copy = tmp_path / "decoded"
+    shutil.copytree(out, copy)
+    # the one line kept (sure of itself) has no reference; the others are scored and left out
+    edited = [{**r, "ref": None, "avg_logprob": -0.5} if n == 0 else {**r, "avg_logprob": -100.0}
+              for n, r in enumerate(rows)]  # fmt: skip
+    (copy / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in edited))
+    assert pseudo_main([str(copy), "--output", str(tmp_path / "pl.jsonl"), "--keep-truncated", "--min-avg-logprob",
+                        "-1"]) == 0  # fmt: skip
+    assert "against the references: kept no line with a reference; all decoded" in capsys.readouterr().out
+
+
+def test_an_output_folder_not_made_yet_is_made(decoded, tmp_path, capsys):
+    manifest, out = decoded
+    target = tmp_path / "pl" / "new" / "pl.jsonl"  # as a decode's --output is made
+    assert pseudo_main([str(out), "--output", str(target), "--keep-truncated"]) == 0
+    assert len(Manifest.open(target)) == sum(bool(r["hyp"].strip()) for r in results(out))
