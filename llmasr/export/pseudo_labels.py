@@ -19,7 +19,7 @@ from pathlib import Path
 from llmasr.atomic_file import write_atomic
 from llmasr.config_paths import output_file_problem
 from llmasr.data.manifest import Manifest
-from llmasr.data.records import BadRecord
+from llmasr.data.records import BadRecord, _is_number
 from llmasr.export.decode_folders import earlier_folders
 from llmasr.scoring import plural, score_corpus
 
@@ -162,13 +162,46 @@ def _results(decoded: Path) -> list[dict]:
                 row = json.loads(text)
             except ValueError as err:
                 raise PseudoLabelError(f"{path}:{n}: not JSON ({err})") from None
-            if "line" not in row:
+            if isinstance(row, dict) and "line" not in row:
                 raise PseudoLabelError(
                     f"{path}:{n}: no `line` (a decode by an older llmasr): decode again to take lines back to the "
                     "manifest"
                 )
+            if problem := _row_problem(row):  # an edited or foreign file: named here, not a bare error mid-way
+                raise PseudoLabelError(f"{path}:{n}: {problem}")
             rows.append(row)
     return rows
+
+
+def _row_problem(row) -> str | None:
+    """What a results.jsonl row lacks that pseudo-labels read, or None."""
+    if not isinstance(row, dict):
+        return f"not a row of `llmasr decode` (a JSON object), got {type(row).__name__}"
+    wrong = [
+        (name, want)
+        for name, want, ok in (
+            ("line", "a line number", isinstance(row["line"], int) and not isinstance(row["line"], bool)),
+            ("key", "a non-empty string", isinstance(row.get("key"), str) and row["key"] != ""),
+            ("hyp", "a string or null", row.get("hyp") is None or isinstance(row["hyp"], str)),
+            ("duration", "a number of seconds", _is_number(row.get("duration"))),
+            ("avg_logprob", "a number or null", row.get("avg_logprob") is None or _is_number(row["avg_logprob"])),
+            ("windows", "a count of windows", row.get("windows") is None or _is_number(row["windows"])),
+        )
+        if not ok
+    ]
+    windows = row.get("window_confidence")
+    if windows is not None and not (
+        isinstance(windows, list)
+        and all(
+            isinstance(w, dict) and "avg_logprob" in w and (w["avg_logprob"] is None or _is_number(w["avg_logprob"]))
+            for w in windows
+        )
+    ):
+        wrong.append(("window_confidence", "a list of {start, end, avg_logprob}"))
+    if not wrong:
+        return None
+    name, want = wrong[0]
+    return f"field '{name}' must be {want}, got {row.get(name)!r:.60}"
 
 
 def _summary(decoded: Path) -> dict:

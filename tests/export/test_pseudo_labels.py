@@ -192,3 +192,27 @@ def test_an_output_folder_not_made_yet_is_made(decoded, tmp_path, capsys):
     target = tmp_path / "pl" / "new" / "pl.jsonl"  # as a decode's --output is made
     assert pseudo_main([str(out), "--output", str(target), "--keep-truncated"]) == 0
     assert len(Manifest.open(target)) == sum(bool(r["hyp"].strip()) for r in results(out))
+
+
+@pytest.mark.parametrize(
+    "edit, said",
+    [
+        ({"line": "2"}, "field 'line' must be a line number, got '2'"),
+        ({"key": None}, "field 'key' must be a non-empty string, got None"),
+        ({"hyp": ["three"]}, "field 'hyp' must be a string or null, got ['three']"),
+        ({"duration": "0.5"}, "field 'duration' must be a number of seconds, got '0.5'"),
+        ({"avg_logprob": "low"}, "field 'avg_logprob' must be a number or null, got 'low'"),
+        ({"window_confidence": [{"start": 0.0}]}, "field 'window_confidence' must be a list of {start, end, avg"),
+    ],
+)
+def test_an_edited_results_row_is_refused_naming_its_field(decoded, tmp_path, capsys, edit, said):
+    manifest, out = decoded
+    rows = results(out)
+    rows[1].update(edit)
+    copy = tmp_path / "decoded"
+    shutil.copytree(out, copy)
+    (copy / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert pseudo_main([str(copy), "--output", str(tmp_path / "pl.jsonl"), "--keep-truncated",
+                        "--min-avg-logprob", "-100"]) == 2  # fmt: skip
+    assert f"{copy / 'results.jsonl'}:2: {said}" in capsys.readouterr().err
+    assert not (tmp_path / "pl.jsonl").exists()
