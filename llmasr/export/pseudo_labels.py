@@ -155,7 +155,7 @@ def _results(decoded: Path) -> list[dict]:
         )
     if not path.is_file():
         raise PseudoLabelError(f"{decoded}: no {RESULTS}: not the output folder of `llmasr decode`")
-    rows = []
+    rows, first = [], {}
     with open(path, encoding="utf-8") as f:
         for n, text in enumerate(f, start=1):
             try:
@@ -169,6 +169,11 @@ def _results(decoded: Path) -> list[dict]:
                 )
             if problem := _row_problem(row):  # an edited or foreign file: named here, not a bare error mid-way
                 raise PseudoLabelError(f"{path}:{n}: {problem}")
+            if (seen := first.setdefault(row["line"], n)) != n:  # one decode writes a line once: a file of two
+                raise PseudoLabelError(
+                    f"{path}:{n}: manifest line {row['line']} (key {row['key']!r}) again, first at line {seen}: the "
+                    "rows of two decodes in one file would write its training line twice"
+                )
             rows.append(row)
     return rows
 

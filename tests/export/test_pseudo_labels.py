@@ -216,3 +216,16 @@ def test_an_edited_results_row_is_refused_naming_its_field(decoded, tmp_path, ca
                         "--min-avg-logprob", "-100"]) == 2  # fmt: skip
     assert f"{copy / 'results.jsonl'}:2: {said}" in capsys.readouterr().err
     assert not (tmp_path / "pl.jsonl").exists()
+
+
+def test_a_line_decoded_twice_in_one_results_file_is_refused(decoded, tmp_path, capsys):
+    manifest, out = decoded
+    copy = tmp_path / "decoded"
+    shutil.copytree(out, copy)
+    text = (copy / "results.jsonl").read_text()
+    (copy / "results.jsonl").write_text(text + text)  # two runs' rows appended: each line would train twice
+    n = len(text.splitlines())
+    assert pseudo_main([str(copy), "--output", str(tmp_path / "pl.jsonl"), "--keep-truncated"]) == 2
+    err = capsys.readouterr().err
+    assert f"{copy / 'results.jsonl'}:{n + 1}: manifest line 1 (key 'test000') again, first at line 1" in err
+    assert not (tmp_path / "pl.jsonl").exists()
