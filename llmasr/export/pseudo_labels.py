@@ -12,6 +12,7 @@ rate of the lines kept against all of them: what the threshold buys.
 from __future__ import annotations
 
 import json
+import os
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +20,7 @@ from pathlib import Path
 from llmasr.atomic_file import write_atomic
 from llmasr.config_paths import output_file_problem
 from llmasr.data.manifest import Manifest
-from llmasr.data.records import BadRecord, _is_number
+from llmasr.data.records import BadRecord, _is_number, missing_hint
 from llmasr.export.decode_folders import earlier_folders
 from llmasr.scoring import plural, score_corpus
 
@@ -122,7 +123,7 @@ def pseudo_labels(decoded: Path, output: Path, filt: LabelFilter, manifest: Path
         raise PseudoLabelError(f"--output {output}: {unwritable}")
     lines = Manifest.open(source, need_target=False)
     got = PseudoLabels(output=output, decoded=len(rows), not_decoded=max(len(lines) - len(rows), 0))
-    written, scored, kept = [], [], []
+    written, scored, kept, missing = [], [], [], []
     for n, row in enumerate(rows, start=1):
         utt = _line_of(lines, row, f"{decoded / RESULTS}:{n}")
         if row.get("ref") is not None:
@@ -131,6 +132,8 @@ def pseudo_labels(decoded: Path, output: Path, filt: LabelFilter, manifest: Path
             got.left_out[why] += 1
             continue
         kept.append(row)
+        if not os.path.isfile(utt.source):  # read by the decode, but not from here: a training line of no audio
+            missing.append(utt)
         written.append(json.dumps(_training_line(utt, row), ensure_ascii=False) + "\n")
         got.own_system += getattr(utt, "system", None) is not None
         got.windowed += int(row.get("windows", 1)) > 1
@@ -139,11 +142,23 @@ def pseudo_labels(decoded: Path, output: Path, filt: LabelFilter, manifest: Path
     if scored:
         got.rate_all = _rate(scored)
         got.rate_kept = _rate([r for r in kept if r.get("ref") is not None]) or "no line with a reference"
+    if missing:
+        raise PseudoLabelError(_missing_audio(missing))
     if not kept:  # an empty manifest is refused by every tool that reads one: said here, with why
         raise PseudoLabelError(f"no line kept, nothing written:\n{got.report(filt)}")
     output.parent.mkdir(parents=True, exist_ok=True)  # a new folder, as output_file_problem allowed
     write_atomic(output, "".join(written))
     return got
+
+
+def _missing_audio(missing: list) -> str:
+    first, more = missing[0], len(missing) - 1
+    return (
+        f"{first.manifest}:{first.line} (key {first.key!r}): audio {first.source} is not there{missing_hint(first)}"
+        + (f", nor that of {plural(more, 'more line')} kept" if more else "")
+        + ": a lhotse cut's relative path is read from the working directory (run from the one the decode ran "
+        "in), a manifest's from its folder (give the decoded manifest itself with --manifest); nothing written"
+    )
 
 
 def _results(decoded: Path) -> list[dict]:

@@ -229,3 +229,14 @@ def test_a_line_decoded_twice_in_one_results_file_is_refused(decoded, tmp_path, 
     err = capsys.readouterr().err
     assert f"{copy / 'results.jsonl'}:{n + 1}: manifest line 1 (key 'test000') again, first at line 1" in err
     assert not (tmp_path / "pl.jsonl").exists()
+
+
+def test_lines_whose_audio_is_not_where_this_reads_it_are_refused(decoded, tmp_path, capsys):
+    manifest, out = decoded
+    away = tmp_path / "copy.jsonl"  # the decoded lines, copied away from the audio their relative paths name
+    shutil.copy(manifest, away)
+    assert pseudo_main([str(out), "--output", str(tmp_path / "pl.jsonl"), "--manifest", str(away),
+                        "--keep-truncated"]) == 2  # fmt: skip
+    err = capsys.readouterr().err
+    assert f"{away}:1 (key 'test000'): audio {tmp_path / 'wav/test0.wav'} is not there, nor that of 6 more lines" in err
+    assert "give the decoded manifest itself with --manifest" in err and not (tmp_path / "pl.jsonl").exists()
