@@ -205,7 +205,7 @@ def _row_problem(row) -> str | None:
             ("hyp", "a string or null", row.get("hyp") is None or isinstance(row["hyp"], str)),
             ("duration", "a number of seconds", _is_number(row.get("duration"))),
             ("avg_logprob", "a number or null", row.get("avg_logprob") is None or _is_number(row["avg_logprob"])),
-            ("windows", "a count of windows", row.get("windows") is None or _is_number(row["windows"])),
+            ("windows", "a count of windows", "windows" not in row or _is_number(row["windows"])),
         )
         if not ok
     ]

@@ -202,6 +202,7 @@ def test_an_output_folder_not_made_yet_is_made(decoded, tmp_path, capsys):
         ({"hyp": ["three"]}, "field 'hyp' must be a string or null, got ['three']"),
         ({"duration": "0.5"}, "field 'duration' must be a number of seconds, got '0.5'"),
         ({"avg_logprob": "low"}, "field 'avg_logprob' must be a number or null, got 'low'"),
+        ({"windows": None}, "field 'windows' must be a count of windows, got None"),
         ({"window_confidence": [{"start": 0.0}]}, "field 'window_confidence' must be a list of {start, end, avg"),
     ],
 )
