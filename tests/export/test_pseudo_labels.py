@@ -241,3 +241,11 @@ def test_lines_whose_audio_is_not_where_this_reads_it_are_refused(decoded, tmp_p
     err = capsys.readouterr().err
     assert f"{away}:1 (key 'test000'): audio {tmp_path / 'wav/test0.wav'} is not there, nor that of 6 more lines" in err
     assert "give the decoded manifest itself with --manifest" in err and not (tmp_path / "pl.jsonl").exists()
+
+
+def test_a_gz_output_is_written_gzipped(decoded, tmp_path, capsys):
+    manifest, out = decoded
+    target = tmp_path / "pl.jsonl.gz"  # as lhotse's cut sets are kept: every manifest reader takes it as gzip
+    assert pseudo_main([str(out), "--output", str(target), "--keep-truncated"]) == 0
+    assert [u.target for u in Manifest.open(target)] == [r["hyp"] for r in results(out) if r["hyp"].strip()]
+    assert data_check_main([str(target)]) == 0
