@@ -11,14 +11,13 @@ rate of the lines kept against all of them: what the threshold buys.
 
 from __future__ import annotations
 
-import gzip
 import json
 import os
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from llmasr.atomic_file import atomic_writer
+from llmasr.atomic_file import manifest_writer
 from llmasr.config_paths import output_file_problem
 from llmasr.data.manifest import Manifest
 from llmasr.data.records import BadRecord, _is_number, missing_hint
@@ -148,9 +147,8 @@ def pseudo_labels(decoded: Path, output: Path, filt: LabelFilter, manifest: Path
     if not kept:  # an empty manifest is refused by every tool that reads one: said here, with why
         raise PseudoLabelError(f"no line kept, nothing written:\n{got.report(filt)}")
     output.parent.mkdir(parents=True, exist_ok=True)  # a new folder, as output_file_problem allowed
-    data = "".join(written).encode("utf-8")
-    with atomic_writer(output, binary=True) as f:  # a .gz name is read back as gzip by every manifest reader
-        f.write(gzip.compress(data, mtime=0) if output.name.endswith(".gz") else data)
+    with manifest_writer(output) as f:
+        f.write("".join(written).encode("utf-8"))
     return got
 
 
