@@ -19,8 +19,9 @@ from pathlib import Path
 
 from llmasr.atomic_file import manifest_writer
 from llmasr.config_paths import output_file_problem
+from llmasr.data.audio import MAX_OVERSHOOT_S, AudioError, probe_duration
 from llmasr.data.manifest import Manifest
-from llmasr.data.records import BadRecord, _is_number, missing_hint
+from llmasr.data.records import DURATION_SLACK_S, BadRecord, _is_number, durations_disagree, missing_hint
 from llmasr.export.decode_folders import earlier_folders
 from llmasr.scoring import plural, score_corpus
 
@@ -126,6 +127,7 @@ def pseudo_labels(decoded: Path, output: Path, filt: LabelFilter, manifest: Path
     written, scored, kept, missing = [], [], [], []
     for n, row in enumerate(rows, start=1):
         utt = _line_of(lines, row, f"{decoded / RESULTS}:{n}")
+        end = _decoded_end(utt, row, f"{decoded / RESULTS}:{n}")
         if row.get("ref") is not None:
             scored.append(row)
         if why := filt.reason(row):
@@ -134,7 +136,7 @@ def pseudo_labels(decoded: Path, output: Path, filt: LabelFilter, manifest: Path
         kept.append(row)
         if not os.path.isfile(utt.source):  # read by the decode, but not from here: a training line of no audio
             missing.append(utt)
-        written.append(json.dumps(_training_line(utt, row), ensure_ascii=False) + "\n")
+        written.append(json.dumps(_training_line(utt, row, end), ensure_ascii=False) + "\n")
         got.own_system += getattr(utt, "system", None) is not None
         got.windowed += int(row.get("windows", 1)) > 1
         got.seconds += float(row["duration"])
@@ -265,14 +267,35 @@ def _line_of(lines: Manifest, row: dict, where: str):
     return utt
 
 
-def _training_line(utt, row: dict) -> dict:
-    """A FunASR jsonl line: the decoded line's audio and fields, the LLM's text as its target."""
+def _decoded_end(utt, row: dict, where: str) -> float | None:
+    """Where the audio decoded from a span line ends: its `end`, or the file's end where the span ran past it (the
+    loader trims up to audio.MAX_OVERSHOOT_S; written as stated, the line's `duration` would contradict its span).
+    A span that is not the audio decoded is a manifest changed since the decode. None: the line has no span."""
+    seconds = float(row["duration"])
+    if utt.end is None or not durations_disagree(utt.end - utt.start, seconds):
+        return utt.end
+    if 0 < utt.end - utt.start - seconds <= MAX_OVERSHOOT_S + DURATION_SLACK_S:
+        try:
+            if not durations_disagree(probe_duration(utt.source, utt.channel), utt.start + seconds):
+                return round(utt.start + seconds, 4)
+        except AudioError:  # not there: refused with the other lines whose audio is missing
+            return utt.end
+    raise PseudoLabelError(
+        f"{where}: key {row['key']!r} (line {row['line']} of {utt.manifest}) now spans {utt.start:g}-{utt.end:g} s "
+        f"({utt.end - utt.start:g} s), where the decode read {seconds:g} s of audio: the manifest changed since the "
+        "decode (decode it again)"
+    )
+
+
+def _training_line(utt, row: dict, end: float | None) -> dict:
+    """A FunASR jsonl line: the decoded line's audio (`end`: its span's, as _decoded_end) and fields, the LLM's
+    text as its target."""
     line = {"key": utt.key, "source": str(Path(utt.source).resolve()), "target": row["hyp"]}
     line["duration"] = round(float(row["duration"]), 4)
     if utt.start:
         line["start"] = utt.start
-    if utt.end is not None:
-        line["end"] = utt.end
+    if end is not None:
+        line["end"] = end
     for name in ("channel", "lang", "prompt", "hotwords"):
         if getattr(utt, name) is not None:
             line[name] = getattr(utt, name)

@@ -249,3 +249,29 @@ def test_a_gz_output_is_written_gzipped(decoded, tmp_path, capsys):
     assert pseudo_main([str(out), "--output", str(target), "--keep-truncated"]) == 0
     assert [u.target for u in Manifest.open(target)] == [r["hyp"] for r in results(out) if r["hyp"].strip()]
     assert data_check_main([str(target)]) == 0
+
+
+def test_a_span_past_its_files_end_is_written_as_decoded_and_an_edited_one_refused(decoded, exported_dir, tmp_path,
+                                                                                   capsys):  # fmt: skip
+    manifest, out = decoded
+    clip = manifest.parent / "wav" / "test5.wav"  # 1 s
+    spans = tmp_path / "spans.jsonl"  # 0.3 s past the end: the loader trims it, and training takes the line
+    spans.write_text(json.dumps({"key": "tail", "source": str(clip), "start": 0.5, "end": 1.3}) + "\n")
+    assert decode_main(["--model", str(exported_dir), "--data", str(spans), "--output", str(tmp_path / "d"),
+                        "--max-new-tokens", "2"]) == 0  # fmt: skip
+    assert pseudo_main([str(tmp_path / "d"), "--output", str(tmp_path / "pl.jsonl"), "--keep-truncated"]) == 0
+    (line,) = [json.loads(t) for t in (tmp_path / "pl.jsonl").read_text().splitlines()]
+    assert (line["start"], line["end"], line["duration"]) == (0.5, 1.0, 0.5)  # the audio decoded, one span
+    capsys.readouterr()
+    assert data_check_main([str(tmp_path / "pl.jsonl")]) == 0
+    # a span edited since the decode: the transcript is of other audio
+    edited = manifest.parent / "edited.jsonl"
+    lines = manifest.read_text().splitlines()
+    lines[0] = json.dumps({**json.loads(lines[0]), "start": 0.0, "end": 0.3})
+    edited.write_text("\n".join(lines) + "\n")
+    assert pseudo_main([str(out), "--output", str(tmp_path / "e.jsonl"), "--manifest", str(edited)]) == 2
+    err = capsys.readouterr().err
+    assert (
+        f"results.jsonl:1: key 'test000' (line 1 of {edited}) now spans 0-0.3 s (0.3 s), where the decode read " in err
+    )
+    assert "the manifest changed since the decode" in err and not (tmp_path / "e.jsonl").exists()
