@@ -94,7 +94,8 @@ class PseudoLabels:
             lines.append(
                 f"  note: {plural(self.windowed, 'kept line')} {'was' if self.windowed == 1 else 'were'} decoded in "
                 "windows (long recordings), each written whole with one target: training skips a line past "
-                "data.batching.max_duration (`llmasr data check` counts them)"
+                "data.batching.max_duration or longer than one batch may hold (max_seconds, max_frames; `llmasr "
+                "data check --recipe` counts them)"
             )
         if self.own_system:
             lines.append(

@@ -57,6 +57,7 @@ def test_every_line_written_whole_becomes_a_training_line_of_its_audio(decoded, 
     assert data_check_main([str(target)]) == 0
     assert f"pseudo-labels: {len(kept)} of 7 decoded lines kept" in report
     assert "note: 1 kept line was decoded in windows (long recordings), each written whole" in report
+    assert "training skips a line past data.batching.max_duration or longer than one batch may hold" in report
     corpus, _ = score_corpus([(r["ref"], r["hyp"]) for r in kept])
     assert f"kept {corpus.name} {100 * corpus.rate:.2f}% over {len(kept)} lines" in report
 
