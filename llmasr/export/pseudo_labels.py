@@ -2,7 +2,8 @@
 jsonl training manifest with the LLM's text as each line's target (noisy-student training on untranscribed audio).
 
 A line is taken from the decoded manifest by results.jsonl's `line`, so its audio, span, channel, language, task
-prompt and biasing list are the ones decoded; its key must be the one decoded there. Left out, each counted by its
+prompt and biasing list are the ones decoded; its key, and its span's length, must be the ones decoded there, and
+its audio where this run reads it (a line of no audio would only be found by training). Left out, each counted by its
 reason: what a gate found no speech in, an empty transcript, one a guard cut (the length cap, the repetition stop: a
 cut text is a wrong label), and with a threshold on decode.confidence's `avg_logprob` the utterances, or the windows
 of a long recording, below it. With references (a labelled dev set decoded the same way) the report gives the error
