@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import gzip
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -42,6 +43,18 @@ def atomic_writer(path: str | Path, *, binary: bool = False) -> Iterator[IO]:
             raise OSError(err.errno, err.strerror, str(path)) from err
         raise
     sync_dir(path.parent)
+
+
+@contextlib.contextmanager
+def manifest_writer(path: str | Path) -> Iterator[IO[bytes]]:
+    """A binary file to write a manifest's lines to, as atomic_writer writes it: gzipped where the name ends in .gz,
+    as every manifest reader opens such a name (plain text under it was refused as "not a complete gzip file")."""
+    with atomic_writer(path, binary=True) as f:
+        if not str(path).endswith(".gz"):
+            yield f
+            return
+        with gzip.GzipFile(fileobj=f, mode="wb", mtime=0) as z:
+            yield z
 
 
 def sync_dir(path: str | Path) -> None:

@@ -8,7 +8,6 @@ import math
 import sys
 from pathlib import Path
 
-from llmasr.config_paths import output_file_problem
 from llmasr.data.manifest import BadManifest, EmptyManifest
 from llmasr.export.pseudo_labels import RESULTS, LabelFilter, PseudoLabelError, pseudo_labels
 
@@ -46,10 +45,6 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     output = Path(args.output)
     decoded = Path(args.decoded)
-    inputs = [decoded / RESULTS] + ([args.manifest] if args.manifest else [])
-    if unwritable := output_file_problem(output, inputs):
-        print(f"llmasr data pseudo-label: error: --output {args.output}: {unwritable}", file=sys.stderr)
-        return 2
     filt = LabelFilter(min_avg_logprob=args.min_avg_logprob, keep_truncated=args.keep_truncated)
     try:
         got = pseudo_labels(decoded, output, filt, Path(args.manifest) if args.manifest else None)

@@ -10,7 +10,7 @@ import os
 import re
 from pathlib import Path
 
-from llmasr.atomic_file import atomic_writer
+from llmasr.atomic_file import manifest_writer
 from llmasr.data.audio import missing_audio
 from llmasr.data.audio_commands import piped_file
 from llmasr.data.records import BadRecord
@@ -329,7 +329,7 @@ def _write_jsonl(records: list[dict], texts: dict | None, text: Path | None, out
     written."""
     out_jsonl.parent.mkdir(parents=True, exist_ok=True)
     written = 0
-    with atomic_writer(out_jsonl) as f:  # a cut-short manifest would read as a smaller corpus
+    with manifest_writer(out_jsonl) as f:  # a cut-short manifest would read as a smaller corpus
         for r in records:
             lineno, target = texts[r["key"]] if texts is not None else (0, None)
             if target is not None and not target.strip():
@@ -337,6 +337,6 @@ def _write_jsonl(records: list[dict], texts: dict | None, text: Path | None, out
                 continue
             said = {"target": " ".join(target.split())} if texts is not None else {}  # Kaldi: any blank run splits
             rec = {"key": r.pop("key"), "source": r.pop("source"), **said, **r}
-            f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+            f.write((json.dumps(rec, ensure_ascii=False) + "\n").encode("utf-8"))
             written += 1
     return written

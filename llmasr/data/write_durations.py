@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from llmasr.atomic_file import atomic_writer
+from llmasr.atomic_file import manifest_writer
 from llmasr.config_io import ConfigError
 from llmasr.config_paths import output_file_problem
 from llmasr.data.manifest import Manifest
@@ -51,7 +51,7 @@ def write_durations(manifest_path: str | Path, durations, out: str | Path) -> di
     if durations.shape != (len(m),):
         raise ValueError(f"{len(durations)} durations for the {len(m)} lines of {src}")
     counts = {"added": 0, "stated": int(stated.sum()), "left": 0}
-    with atomic_writer(out, binary=True) as f:
+    with manifest_writer(out) as f:
         for i in range(len(m)):
             raw = m.raw_line(i)
             if not stated[i] and math.isfinite(durations[i]) and durations[i] > 0:

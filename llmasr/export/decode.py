@@ -283,7 +283,7 @@ def decode_manifest(
     write_atomic(out_dir / "bad.jsonl", "".join(json.dumps(r, ensure_ascii=False, default=str) + "\n"
                                                 for r in bad_rows(tracker.examples)))  # fmt: skip
     found = dict(
-        manifest=str(manifest_path), name=name or Path(manifest_path).name,
+        manifest=str(Path(manifest_path).absolute()), name=name or Path(manifest_path).name,  # read from any folder
         lines=len(getattr(manifest, "base", manifest)), skipped=tracker.bad, skipped_by_reason=dict(tracker.by_reason),
         windows=sum(r["windows"] for r in rows), split=sum(r["windows"] > 1 for r in rows),
         cut_to_one_window=cut_to_one_window(rows, manifest),

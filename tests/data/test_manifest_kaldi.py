@@ -174,6 +174,15 @@ def test_kaldi_command_refuses_an_out_it_would_destroy_or_cannot_write(tmp_path,
     assert (tmp_path / "text").read_text() == "a hello\n" and (tmp_path / "wav.scp").read_text().startswith("a ")
 
 
+def test_kaldi_to_jsonl_gz_is_gzipped(tmp_path):
+    write_wav(tmp_path / "a.wav", 1.0)
+    (tmp_path / "wav.scp").write_text(f"a {tmp_path / 'a.wav'}\n")
+    (tmp_path / "text").write_text("a one\n")
+    out = tmp_path / "o.jsonl.gz"  # every manifest reader opens a .gz name as gzip
+    assert kaldi_to_jsonl(tmp_path / "wav.scp", tmp_path / "text", out)["written"] == 1
+    assert [u.target for u in Manifest.open(out)] == ["one"]
+
+
 def test_kaldi_to_jsonl_cut_short_leaves_the_old_manifest(tmp_path, monkeypatch):
     """A write that fails half-way leaves the manifest there before, not the first lines of a new one (which would
     read as a smaller corpus)."""

@@ -1,6 +1,7 @@
 """`llmasr data check MANIFEST --write-durations OUT`: the manifest again, each line without a duration given the
 one its audio probes to, every other byte kept and every line written."""
 
+import gzip
 import json
 
 import numpy as np
@@ -42,6 +43,15 @@ def test_lines_without_a_duration_get_the_probed_one_and_nothing_else_changes(tm
     durations = Manifest.open(out).durations()
     assert np.isnan(durations).tolist() == [False, False, True, False, False]
     assert Manifest.open(out)[3].duration == pytest.approx(2.0)  # a segment from its start to the file's end
+
+
+def test_a_gz_out_is_written_gzipped(tmp_path, capsys):
+    path = corpus(tmp_path)
+    out = tmp_path / "train_dur.jsonl.gz"  # every manifest reader opens a .gz name as gzip
+    assert main([str(path), "--write-durations", str(out)]) == 1
+    capsys.readouterr()
+    assert Manifest.open(out).durations()[[0, 1, 3, 4]].tolist() == pytest.approx([1.0, 1.5, 2.0, 2.25])
+    assert gzip.decompress(out.read_bytes()).decode().splitlines()[0] == path.read_text().splitlines()[0]
 
 
 def test_write_durations_goes_beside_its_one_manifest(tmp_path, capsys):

@@ -57,6 +57,7 @@ def test_every_line_written_whole_becomes_a_training_line_of_its_audio(decoded, 
     assert data_check_main([str(target)]) == 0
     assert f"pseudo-labels: {len(kept)} of 7 decoded lines kept" in report
     assert "note: 1 kept line was decoded in windows (long recordings), each written whole" in report
+    assert "training skips a line past data.batching.max_duration or longer than one batch may hold" in report
     corpus, _ = score_corpus([(r["ref"], r["hyp"]) for r in kept])
     assert f"kept {corpus.name} {100 * corpus.rate:.2f}% over {len(kept)} lines" in report
 
@@ -127,3 +128,151 @@ def test_what_cannot_give_pseudo_labels_is_refused_naming_it(decoded, exported_d
     err = capsys.readouterr().err
     assert f"{out / 'results.jsonl'}:1: key 'test000' was decoded from line 1 of {moved}, which now holds key" in err
     assert not (tmp_path / "w.jsonl").exists()
+
+
+def test_a_decode_is_read_from_any_folder_and_its_folders_named(exported_dir, tmp_path, monkeypatch, capsys):
+    # decoded with relative paths, as a recipe folder's commands are run: wer.json names the manifest whole
+    root = tmp_path / "recipe"
+    write_corpus(root / "data", TEXTS[:2], name="dev")
+    write_corpus(root / "data", TEXTS[2:4], name="eval")
+    monkeypatch.chdir(root)
+    flags = ["--max-new-tokens", "2", "--confidence", "--ctc"]
+    assert decode_main(["--model", str(exported_dir), "--data", "data/dev.jsonl", "--data", "data/eval.jsonl",
+                        "--output", "out", *flags]) == 0  # fmt: skip
+    monkeypatch.chdir(tmp_path)
+    capsys.readouterr()
+    assert pseudo_main(["recipe/out/dev", "--output", "dev.jsonl", "--keep-truncated"]) == 0
+    written = [r["key"] for r in results(tmp_path / "recipe/out/dev") if r["hyp"].strip()]
+    assert [u.key for u in Manifest.open(tmp_path / "dev.jsonl")] == written and written
+    assert "kept WER" in capsys.readouterr().out
+    # the decode of both: its folders named
+    assert pseudo_main(["recipe/out", "--output", "x.jsonl"]) == 2
+    err = capsys.readouterr().err
+    assert "recipe/out: a decode of several manifests" in err and "recipe/out/dev, recipe/out/eval" in err
+    # the CTC branch's transcripts have no confidence of their own: not a decode to rerun
+    assert pseudo_main(["recipe/out/dev/ctc", "--output", "y.jsonl", "--min-avg-logprob", "-1"]) == 2
+    assert "no avg_logprob: the CTC branch's transcripts have none" in capsys.readouterr().err
+    assert pseudo_main(["recipe/out/dev/ctc", "--output", "ctc.jsonl"]) == 0
+    assert not any(tmp_path.glob("[xy].jsonl"))
+
+
+def test_the_manifest_wer_json_names_is_an_input_and_must_be_there(decoded, tmp_path, capsys):
+    manifest, out = decoded
+    before = manifest.read_bytes()
+    assert pseudo_main([str(out), "--output", str(manifest), "--keep-truncated"]) == 2  # the one wer.json names
+    assert f"--output {manifest}: one of the inputs" in capsys.readouterr().err
+    assert manifest.read_bytes() == before
+    # moved since the decode: wer.json named, and the way out
+    copy = tmp_path / "decoded"
+    shutil.copytree(out, copy)
+    summary = json.loads((copy / "wer.json").read_text())
+    summary["manifest"] = str(tmp_path / "gone.jsonl")
+    (copy / "wer.json").write_text(json.dumps(summary))
+    assert pseudo_main([str(copy), "--output", str(tmp_path / "pl.jsonl")]) == 2
+    err = capsys.readouterr().err
+    assert f"{copy / 'wer.json'}: the decoded manifest it names, {tmp_path / 'gone.jsonl'}, is not there" in err
+    assert "give it with --manifest" in err and not (tmp_path / "pl.jsonl").exists()
+
+
+def test_kept_lines_without_references_are_said_so(decoded, tmp_path, capsys):
+    manifest, out = decoded
+    rows = results(out)
+    copy = tmp_path / "decoded"
+    shutil.copytree(out, copy)
+    # the one line kept (sure of itself) has no reference; the others are scored and left out
+    edited = [{**r, "ref": None, "avg_logprob": -0.5} if n == 0 else {**r, "avg_logprob": -100.0}
+              for n, r in enumerate(rows)]  # fmt: skip
+    (copy / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in edited))
+    assert pseudo_main([str(copy), "--output", str(tmp_path / "pl.jsonl"), "--keep-truncated", "--min-avg-logprob",
+                        "-1"]) == 0  # fmt: skip
+    assert "against the references: kept no line with a reference; all decoded" in capsys.readouterr().out
+
+
+def test_an_output_folder_not_made_yet_is_made(decoded, tmp_path, capsys):
+    manifest, out = decoded
+    target = tmp_path / "pl" / "new" / "pl.jsonl"  # as a decode's --output is made
+    assert pseudo_main([str(out), "--output", str(target), "--keep-truncated"]) == 0
+    assert len(Manifest.open(target)) == sum(bool(r["hyp"].strip()) for r in results(out))
+
+
+@pytest.mark.parametrize(
+    "edit, said",
+    [
+        ({"line": "2"}, "field 'line' must be a line number, got '2'"),
+        ({"key": None}, "field 'key' must be a non-empty string, got None"),
+        ({"hyp": ["three"]}, "field 'hyp' must be a string or null, got ['three']"),
+        ({"duration": "0.5"}, "field 'duration' must be a number of seconds, got '0.5'"),
+        ({"avg_logprob": "low"}, "field 'avg_logprob' must be a number or null, got 'low'"),
+        ({"windows": None}, "field 'windows' must be a count of windows, got None"),
+        ({"window_confidence": [{"start": 0.0}]}, "field 'window_confidence' must be a list of {start, end, avg"),
+    ],
+)
+def test_an_edited_results_row_is_refused_naming_its_field(decoded, tmp_path, capsys, edit, said):
+    manifest, out = decoded
+    rows = results(out)
+    rows[1].update(edit)
+    copy = tmp_path / "decoded"
+    shutil.copytree(out, copy)
+    (copy / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert pseudo_main([str(copy), "--output", str(tmp_path / "pl.jsonl"), "--keep-truncated",
+                        "--min-avg-logprob", "-100"]) == 2  # fmt: skip
+    assert f"{copy / 'results.jsonl'}:2: {said}" in capsys.readouterr().err
+    assert not (tmp_path / "pl.jsonl").exists()
+
+
+def test_a_line_decoded_twice_in_one_results_file_is_refused(decoded, tmp_path, capsys):
+    manifest, out = decoded
+    copy = tmp_path / "decoded"
+    shutil.copytree(out, copy)
+    text = (copy / "results.jsonl").read_text()
+    (copy / "results.jsonl").write_text(text + text)  # two runs' rows appended: each line would train twice
+    n = len(text.splitlines())
+    assert pseudo_main([str(copy), "--output", str(tmp_path / "pl.jsonl"), "--keep-truncated"]) == 2
+    err = capsys.readouterr().err
+    assert f"{copy / 'results.jsonl'}:{n + 1}: manifest line 1 (key 'test000') again, first at line 1" in err
+    assert not (tmp_path / "pl.jsonl").exists()
+
+
+def test_lines_whose_audio_is_not_where_this_reads_it_are_refused(decoded, tmp_path, capsys):
+    manifest, out = decoded
+    away = tmp_path / "copy.jsonl"  # the decoded lines, copied away from the audio their relative paths name
+    shutil.copy(manifest, away)
+    assert pseudo_main([str(out), "--output", str(tmp_path / "pl.jsonl"), "--manifest", str(away),
+                        "--keep-truncated"]) == 2  # fmt: skip
+    err = capsys.readouterr().err
+    assert f"{away}:1 (key 'test000'): audio {tmp_path / 'wav/test0.wav'} is not there, nor that of 6 more lines" in err
+    assert "give the decoded manifest itself with --manifest" in err and not (tmp_path / "pl.jsonl").exists()
+
+
+def test_a_gz_output_is_written_gzipped(decoded, tmp_path, capsys):
+    manifest, out = decoded
+    target = tmp_path / "pl.jsonl.gz"  # as lhotse's cut sets are kept: every manifest reader takes it as gzip
+    assert pseudo_main([str(out), "--output", str(target), "--keep-truncated"]) == 0
+    assert [u.target for u in Manifest.open(target)] == [r["hyp"] for r in results(out) if r["hyp"].strip()]
+    assert data_check_main([str(target)]) == 0
+
+
+def test_a_span_past_its_files_end_is_written_as_decoded_and_an_edited_one_refused(decoded, exported_dir, tmp_path,
+                                                                                   capsys):  # fmt: skip
+    manifest, out = decoded
+    clip = manifest.parent / "wav" / "test5.wav"  # 1 s
+    spans = tmp_path / "spans.jsonl"  # 0.3 s past the end: the loader trims it, and training takes the line
+    spans.write_text(json.dumps({"key": "tail", "source": str(clip), "start": 0.5, "end": 1.3}) + "\n")
+    assert decode_main(["--model", str(exported_dir), "--data", str(spans), "--output", str(tmp_path / "d"),
+                        "--max-new-tokens", "2"]) == 0  # fmt: skip
+    assert pseudo_main([str(tmp_path / "d"), "--output", str(tmp_path / "pl.jsonl"), "--keep-truncated"]) == 0
+    (line,) = [json.loads(t) for t in (tmp_path / "pl.jsonl").read_text().splitlines()]
+    assert (line["start"], line["end"], line["duration"]) == (0.5, 1.0, 0.5)  # the audio decoded, one span
+    capsys.readouterr()
+    assert data_check_main([str(tmp_path / "pl.jsonl")]) == 0
+    # a span edited since the decode: the transcript is of other audio
+    edited = manifest.parent / "edited.jsonl"
+    lines = manifest.read_text().splitlines()
+    lines[0] = json.dumps({**json.loads(lines[0]), "start": 0.0, "end": 0.3})
+    edited.write_text("\n".join(lines) + "\n")
+    assert pseudo_main([str(out), "--output", str(tmp_path / "e.jsonl"), "--manifest", str(edited)]) == 2
+    err = capsys.readouterr().err
+    assert (
+        f"results.jsonl:1: key 'test000' (line 1 of {edited}) now spans 0-0.3 s (0.3 s), where the decode read " in err
+    )
+    assert "the manifest changed since the decode" in err and not (tmp_path / "e.jsonl").exists()
