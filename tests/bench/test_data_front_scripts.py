@@ -62,4 +62,6 @@ def test_transcript_text_finds_what_the_plain_pass_finds(tmp_path):
     rows = json.loads(out.read_text())["results"]
     assert all(rows[k]["same"] for k in ("english", "chinese", "segmented"))
     assert rows["segmented"]["found"]["spaced CJK"] == 400 and rows["chinese"]["found"]["spaced CJK"] == 0
-    assert rows["english"]["found"]["whitespace"] > 0 and rows["screen"]["with_text_pass_s"] > 0
+    assert rows["english"]["found"]["whitespace"] > 0
+    # timed, not judged: 400 lines can screen in under the 10 ms the table rounds to (0.0 on a quiet machine)
+    assert all(rows["screen"][k] >= 0 for k in ("with_text_pass_s", "without_s"))
