@@ -61,6 +61,12 @@ def padding_warning(real: int, world_size: int, padding: int) -> str | None:
     slots = real + padding
     if not slots or padding / slots <= PADDING_WARN_SHARE:
         return None
+    if world_size == 1:  # one rank pads nothing of its own: an epoch cut for more ranks, which a resume continues
+        return (
+            f"{real} batches on 1 rank: {padding} of the {slots} batches ({padding / slots:.0%}) are padding "
+            "duplicates of the epoch as the run cut it for its earlier ranks, trained again as they were there (the "
+            "next epoch is cut for 1 rank)"
+        )
     return (
         f"{real} batches over {world_size} ranks: {padding} of the {slots} rank-batches ({padding / slots:.0%}) are "
         "padding duplicates, batches trained again so that every rank takes as many (a world size that divides the "

@@ -490,3 +490,17 @@ def test_padding_efficiency_counts_a_fixed_window_as_padding(budget):
     # a clip cut at the window (truncate_to_max; the loader caps max_duration at the window) fills it
     long = make(np.array([40.0, 10.0]), min_item_seconds=30.0, truncate_to_max=True, max_duration=30.0)
     assert long.stats()["padding_efficiency"] == pytest.approx((30.0 + 10.0) / 60.0)
+
+
+def test_padding_duplicates_a_resume_on_one_rank_continues_are_said_to_be_the_earlier_ranks():
+    """An epoch cut for 8 ranks, resumed on 1: the duplicates it still trains are the 8-rank cut's, which the warning
+    had blamed on "1 ranks" and a world size that does not divide the batches."""
+    d = short_and_long_batches()
+    eight = make(d, max_seconds=2.0, num_buckets=1, world_size=8, padding_warns=True)
+    eight.set_epoch(0)
+    one = make(d, max_seconds=2.0, num_buckets=1, padding_warns=True)
+    one.load_state_dict(eight.state_dict(consumed=0))  # saved as the epoch began: its 8-rank cut continues
+    said = one.stats(0)["padding_warning"]
+    assert one.resharded and said.startswith("10 batches on 1 rank: ") and "over 1 ranks" not in said
+    assert "duplicates of the epoch as the run cut it for its earlier ranks" in said
+    assert one.stats(1)["padding_warning"] is None  # the next epoch is cut for 1 rank
