@@ -82,6 +82,8 @@ class PseudoLabels:
     not_decoded: int = 0
     own_system: int = 0  # kept ChatML lines whose own system message a FunASR jsonl line has no field for
     windowed: int = 0  # kept lines decoded in windows: long recordings, one target each
+    hotwords_file: str | None = None  # the decode's --hotwords FILE, the list of lines without their own
+    file_listed: int = 0  # kept lines decoded with it, which their training lines do not carry
 
     def report(self, filt: LabelFilter) -> str:
         lines = [
@@ -97,6 +99,13 @@ class PseudoLabels:
                 "windows (long recordings), each written whole with one target: training skips a line past "
                 "data.batching.max_duration or longer than one batch may hold (max_seconds, max_frames; `llmasr "
                 "data check --recipe` counts them)"
+            )
+        if self.file_listed:
+            one = self.file_listed == 1
+            lines.append(
+                f"  note: {plural(self.file_listed, 'kept line')} {'was' if one else 'were'} decoded with --hotwords "
+                f"{self.hotwords_file}'s list (none of {'its' if one else 'their'} own), which the training lines do "
+                "not carry: give it to training as a line's `hotwords`, or let data.hotwords draw lists"
             )
         if self.own_system:
             lines.append(
@@ -126,6 +135,7 @@ def pseudo_labels(decoded: Path, output: Path, filt: LabelFilter, manifest: Path
         raise PseudoLabelError(f"--output {output}: {unwritable}")
     lines = Manifest.open(source, need_target=False)
     got = PseudoLabels(output=output, decoded=len(rows), not_decoded=max(len(lines) - len(rows), 0))
+    got.hotwords_file = _summary(decoded).get("hotwords_file")
     written, scored, kept, missing = [], [], [], []
     for n, row in enumerate(rows, start=1):
         utt = _line_of(lines, row, f"{decoded / RESULTS}:{n}")
@@ -141,6 +151,7 @@ def pseudo_labels(decoded: Path, output: Path, filt: LabelFilter, manifest: Path
         written.append(json.dumps(_training_line(utt, row, end), ensure_ascii=False) + "\n")
         got.own_system += getattr(utt, "system", None) is not None
         got.windowed += int(row.get("windows", 1)) > 1
+        got.file_listed += bool(got.hotwords_file) and utt.hotwords is None
         got.seconds += float(row["duration"])
     got.kept = len(kept)
     if scored:

@@ -276,3 +276,22 @@ def test_a_span_past_its_files_end_is_written_as_decoded_and_an_edited_one_refus
         f"results.jsonl:1: key 'test000' (line 1 of {edited}) now spans 0-0.3 s (0.3 s), where the decode read " in err
     )
     assert "the manifest changed since the decode" in err and not (tmp_path / "e.jsonl").exists()
+
+
+def test_a_decode_wide_hotword_list_is_said_not_to_be_carried(exported_dir, tmp_path, capsys):
+    """--hotwords FILE biased the lines without a list of their own; their training lines do not carry it: said."""
+    manifest = write_corpus(tmp_path / "data", TEXTS[:3])
+    lines = [json.loads(line) for line in manifest.read_text().splitlines()]
+    lines[0]["hotwords"] = ["zero"]  # a list of its own: the file's is not its
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in lines))
+    (tmp_path / "hot.txt").write_text("quick brown\n")
+    out = tmp_path / "decoded"
+    assert decode_main(["--model", str(exported_dir), "--data", str(manifest), "--output", str(out),
+                        "--max-new-tokens", "2", "--hotwords", str(tmp_path / "hot.txt")]) == 0  # fmt: skip
+    capsys.readouterr()
+    assert pseudo_main([str(out), "--output", str(tmp_path / "pl.jsonl"), "--keep-truncated"]) == 0
+    report = capsys.readouterr().out
+    assert (
+        f"note: 2 kept lines were decoded with --hotwords {tmp_path / 'hot.txt'}'s list (none of their own)" in report
+    )
+    assert [u.hotwords for u in Manifest.open(tmp_path / "pl.jsonl")] == [["zero"], None, None]
