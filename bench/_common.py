@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import shlex
@@ -70,3 +71,22 @@ def train_probed(make_probe, recipe: str, run_dir, *, deepspeed: str, updates: i
     finally:
         trainer_mod.run_window = inner
     return rc, time.perf_counter() - t0, probe
+
+
+def decode_bench_parser(doc: str, model: str, data: str) -> argparse.ArgumentParser:
+    """A decoding benchmark's arguments: --model (help `model`), --data (help `data`), --quick and --json-out; the
+    script adds its own, then parses with parse_decode_bench."""
+    ap = argparse.ArgumentParser(description=doc.split("\n")[0])
+    ap.add_argument("--model", help=model)
+    ap.add_argument("--data", help=data)
+    ap.add_argument("--quick", action="store_true", help="a tiny random model on synthetic audio (smoke run)")
+    ap.add_argument("--json-out", help="also write the results as JSON here")
+    return ap
+
+
+def parse_decode_bench(ap: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
+    """decode_bench_parser's arguments, refused without --model and --data unless --quick."""
+    args = ap.parse_args(argv)
+    if not args.quick and not (args.model and args.data):
+        ap.error("give --model and --data, or --quick")
+    return args

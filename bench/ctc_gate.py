@@ -13,7 +13,6 @@ and of a 440 Hz tone at the model's sample rate.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import sys
@@ -22,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from _common import emit, reproduce_command
+from _common import decode_bench_parser, emit, parse_decode_bench, reproduce_command
 from decode_speed import decode_setup
 
 NON_SPEECH_SECONDS = 3.0
@@ -125,15 +124,11 @@ def table(res: dict) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--model", help="an exported model directory (llmasr export) with a CTC head")
-    ap.add_argument("--data", help="a test manifest with transcripts")
+    ap = decode_bench_parser(
+        __doc__, "an exported model directory (llmasr export) with a CTC head", "a test manifest with transcripts"
+    )
     ap.add_argument("--margin", type=float, default=0.05, help="seconds kept either side of a one-word clip's word")
-    ap.add_argument("--quick", action="store_true", help="a tiny random model on synthetic audio (smoke run)")
-    ap.add_argument("--json-out", help="also write the results as JSON here")
-    args = ap.parse_args(argv)
-    if not args.quick and not (args.model and args.data):
-        ap.error("give --model and --data, or --quick")
+    args = parse_decode_bench(ap, argv)
     with tempfile.TemporaryDirectory() as tmp, torch.no_grad():
         root = Path(tmp)
         model, cfg, opts, manifest = decode_setup(root, args)

@@ -10,13 +10,12 @@ the truncations the guards made. Modes: greedy, beam N, greedy + CTC, beam N + C
 
 from __future__ import annotations
 
-import argparse
 import sys
 import tempfile
 from pathlib import Path
 
 import torch
-from _common import emit, reproduce_command
+from _common import decode_bench_parser, emit, parse_decode_bench, reproduce_command
 
 
 def modes(beam: int, weight: float, has_ctc: bool) -> list[tuple[str, dict]]:
@@ -102,19 +101,13 @@ def table(res: dict) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--model", help="an exported model directory (llmasr export)")
-    ap.add_argument("--data", help="a manifest to decode")
-    ap.add_argument("--quick", action="store_true", help="a tiny random model on synthetic audio (smoke run)")
+    ap = decode_bench_parser(__doc__, "an exported model directory (llmasr export)", "a manifest to decode")
     ap.add_argument("--limit", type=int, default=None, help="decode only the manifest's first N lines")
     ap.add_argument("--beam", type=int, default=4)
     ap.add_argument("--ctc-weight", type=float, default=0.5)
     ap.add_argument("--batch-seconds", type=float, default=120.0)
     ap.add_argument("--num-workers", type=int, default=1)
-    ap.add_argument("--json-out", help="also write the results as JSON here")
-    args = ap.parse_args(argv)
-    if not args.quick and not (args.model and args.data):
-        ap.error("give --model and --data, or --quick")
+    args = parse_decode_bench(ap, argv)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         if args.quick:

@@ -14,7 +14,6 @@ from (the demo's `hotword_dev`, in training voices), then report on the held-out
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import sys
@@ -22,7 +21,7 @@ import tempfile
 from pathlib import Path
 
 import torch
-from _common import emit, reproduce_command
+from _common import decode_bench_parser, emit, parse_decode_bench, reproduce_command
 
 MAX_LEAK_RATE = 0.02
 MAX_U_WER_RISE = 0.005
@@ -95,15 +94,11 @@ def table(res: dict) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--model", help="an exported model directory (llmasr export)")
-    ap.add_argument("--data", help="a manifest whose lines carry `hotwords` lists")
+    ap = decode_bench_parser(
+        __doc__, "an exported model directory (llmasr export)", "a manifest whose lines carry `hotwords` lists"
+    )
     ap.add_argument("--boosts", type=float, nargs="+", default=[0.0, 1.0, 1.5, 2.0, 2.5, 3.0])
-    ap.add_argument("--quick", action="store_true", help="a tiny random model on synthetic audio (smoke run)")
-    ap.add_argument("--json-out", help="also write the results as JSON here")
-    args = ap.parse_args(argv)
-    if not args.quick and not (args.model and args.data):
-        ap.error("give --model and --data, or --quick")
+    args = parse_decode_bench(ap, argv)
     if any(b < 0 for b in args.boosts):
         ap.error(f"--boosts: a boost is >= 0, got {args.boosts}")
     if 0 not in args.boosts:  # the U-WER limit is set by boost 0's: without it the rule could not hold

@@ -12,7 +12,6 @@ pseudo-label filter (llmasr.export.pseudo_labels) over that decode's results.jso
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import sys
@@ -21,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from _common import emit, reproduce_command
+from _common import decode_bench_parser, emit, parse_decode_bench, reproduce_command
 from decode_speed import decode_setup
 
 THRESHOLDS = (None, -0.05, -0.1, -0.2, -0.3, -0.5, -1.0)
@@ -109,15 +108,9 @@ def table(res: dict) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--model", help="an exported model directory (llmasr export)")
-    ap.add_argument("--data", help="a test manifest with transcripts")
+    ap = decode_bench_parser(__doc__, "an exported model directory (llmasr export)", "a test manifest with transcripts")
     ap.add_argument("--snr-db", type=float, nargs="*", default=[], help="also decode it with white noise at these SNRs")
-    ap.add_argument("--quick", action="store_true", help="a tiny random model on synthetic audio (smoke run)")
-    ap.add_argument("--json-out", help="also write the results as JSON here")
-    args = ap.parse_args(argv)
-    if not args.quick and not (args.model and args.data):
-        ap.error("give --model and --data, or --quick")
+    args = parse_decode_bench(ap, argv)
     with tempfile.TemporaryDirectory() as tmp, torch.no_grad():
         root = Path(tmp)
         model, cfg, opts, manifest = decode_setup(root, args)
