@@ -121,21 +121,21 @@ def pseudo_labels(decoded: Path, output: Path, filt: LabelFilter, manifest: Path
     """Write `output` from the decode folder `decoded` (its results.jsonl, and its wer.json's manifest unless
     `manifest` is given) and return what was written. An `output` that is a folder, cannot be made, or is one of
     the inputs is refused before any work."""
-    rows = _results(decoded)
+    rows, summary = _results(decoded), _summary(decoded)
     if filt.min_avg_logprob is not None and rows and "avg_logprob" not in rows[0]:
         why = (
             "the CTC branch's transcripts have none (the LLM's, in the folder above, do): leave out "
             "--min-avg-logprob, or give that folder"
-            if _summary(decoded).get("branch") == "ctc"
+            if summary.get("branch") == "ctc"
             else "decode with --confidence (decode.confidence: true) to set --min-avg-logprob"
         )
         raise PseudoLabelError(f"{decoded / RESULTS}: no avg_logprob: {why}")
-    source = manifest or _decoded_manifest(decoded)
+    source = manifest or _decoded_manifest(decoded, summary)
     if unwritable := output_file_problem(output, [decoded / RESULTS, source]):  # the manifest wer.json names too
         raise PseudoLabelError(f"--output {output}: {unwritable}")
     lines = Manifest.open(source, need_target=False)
     got = PseudoLabels(output=output, decoded=len(rows), not_decoded=max(len(lines) - len(rows), 0))
-    got.hotwords_file = _summary(decoded).get("hotwords_file")
+    got.hotwords_file = summary.get("hotwords_file")
     written, scored, kept, missing = [], [], [], []
     for n, row in enumerate(rows, start=1):
         utt = _line_of(lines, row, f"{decoded / RESULTS}:{n}")
@@ -249,11 +249,11 @@ def _summary(decoded: Path) -> dict:
     return summary if isinstance(summary, dict) else {}
 
 
-def _decoded_manifest(decoded: Path) -> Path:
-    """The manifest the decode folder's wer.json names (an older decode wrote it as given, relative to the folder
-    the decode ran in), which must still be there."""
+def _decoded_manifest(decoded: Path, summary: dict) -> Path:
+    """The manifest the decode folder's wer.json (`summary`) names (an older decode wrote it as given, relative to
+    the folder the decode ran in), which must still be there."""
     path = decoded / SUMMARY
-    named = _summary(decoded).get("manifest")
+    named = summary.get("manifest")
     if not isinstance(named, str) or not named:
         raise PseudoLabelError(f"{path}: no manifest named there: give the decoded manifest with --manifest")
     if not Path(named).is_file():
