@@ -26,16 +26,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="llmasr data pseudo-label",
         description="write a decode's transcripts as a FunASR jsonl training manifest: the decoded lines with the "
-        "LLM's text as target, less those a gate found no speech in, empty ones, those a guard cut, and with "
-        "--min-avg-logprob the unsure ones",
+        "LLM's text as target (a line a window of a recording decoded in windows), less those a gate found no "
+        "speech in, empty ones, those a guard cut, and with --min-avg-logprob the unsure ones",
     )
     p.add_argument("decoded", help=f"the output folder of `llmasr decode` (its {RESULTS} and wer.json)")
     p.add_argument("--output", required=True, help="the manifest to write")
     p.add_argument("--manifest", help="the manifest that was decoded (default: the one the folder's wer.json names)")
     p.add_argument(
         "--min-avg-logprob", type=_logprob,
-        help="keep a line only where its avg_logprob, and each of its windows', is at least this (the decode needs "
-        "--confidence); wer.txt's confidence line on a labelled dev set says what a threshold buys",
+        help="keep a line (a window of a long recording) only where its avg_logprob is at least this (the decode "
+        "needs --confidence); wer.txt's confidence line on a labelled dev set says what a threshold buys",
     )  # fmt: skip
     p.add_argument("--keep-truncated", action="store_true", help="keep transcripts the length cap or repetition cut")
     return p

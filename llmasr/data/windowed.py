@@ -98,7 +98,7 @@ def utterance_rows(items: dict[int, dict], manifest, overlap: float) -> list[dic
                 row["timestamps"] = []
             if "logprob" in row:  # no text the LLM wrote: none to be sure of
                 row.update(logprob=None, logprob_tokens=0)
-                row.pop("window_logprobs", None)
+            row.pop("window_parts", None)
         rows.append(row)
     return rows
 
@@ -133,15 +133,13 @@ def _joined_rows(items: dict[int, dict], manifest: WindowedManifest, overlap: fl
             seconds = manifest.lengths[i] / manifest.sample_rate
             timed = join_words([g["hyp"] for g in got], [g["timestamps"] for g in got], starts, flags, overlap, seconds)
             got[0] = {**got[0], "timestamps": timed}
+        parts = _window_parts(windows, got, manifest.sample_rate) if len(got) > 1 else None
         if "logprob" in got[0]:  # every window's tokens as written (the join's cuts in overlaps not taken out)
             sums = [g["logprob"] for g in got if g["logprob"] is not None]  # None: a window the CTC gate emptied
             total = sum(g["logprob_tokens"] for g in got)
-            # each window's own, in the utterance's time: one unsure window in an hour is lost in the utterance's mean
-            own = [(w.start / manifest.sample_rate, w.end / manifest.sample_rate, g["logprob"], g["logprob_tokens"])
-                   for w, g in zip(windows, got)]  # fmt: skip
             got[0] = {**got[0], "logprob": sum(sums) if sums else None, "logprob_tokens": total}
-            if len(got) > 1:
-                got[0]["window_logprobs"] = own
+        if parts:
+            got[0]["window_parts"] = parts
         emptied = all(g.get("ctc_gated") for g in got)  # the CTC gate emptied every window: the utterance as one
         got[0] = {k: v for k, v in got[0].items() if k not in ("no_speech", "ctc_gated")}
         if emptied:
@@ -152,6 +150,35 @@ def _joined_rows(items: dict[int, dict], manifest: WindowedManifest, overlap: fl
             "truncated": next((g["truncated"] for g in got if g["truncated"]), None),
             "duration": manifest.lengths[i] / manifest.sample_rate, "windows": len(windows),
         }))  # fmt: skip
+    return rows
+
+
+def _window_parts(windows: list, got: list[dict], sample_rate: int) -> list[dict]:
+    """Each window's own decode, in the utterance's time (seconds): its texts, the guard that ended it, whether the
+    CTC gate emptied it, its log-probability where computed, and `cut_in_speech` where a neighbour overlaps it (cut
+    without a pause: a word at that edge may be heard in part). One unsure window is lost in an hour's mean, and a
+    long recording becomes training lines a window each (llmasr.export.pseudo_labels)."""
+    parts = []
+    for k, (w, g) in enumerate(zip(windows, got)):
+        cut = w.overlapped or (k + 1 < len(windows) and windows[k + 1].overlapped)
+        part = {"start": w.start / sample_rate, "end": w.end / sample_rate, "hyp": g["hyp"], "ctc_hyp": g["ctc_hyp"],
+                "truncated": g["truncated"], "ctc_gated": bool(g.get("ctc_gated")), "cut_in_speech": cut}  # fmt: skip
+        if "logprob" in g:
+            part.update(logprob=g["logprob"], logprob_tokens=g["logprob_tokens"])
+        parts.append(part)
+    return parts
+
+
+def window_texts(parts: list[dict], hyp_key: str) -> list[dict]:
+    """results.jsonl's `window_texts` of a row decoded in windows (its `window_parts`): each window's start and end
+    (s), its text of the branch written (`hyp_key`), and what pseudo-labels judge a window by."""
+    rows = []
+    for p in parts:
+        row = {"start": round(p["start"], 3), "end": round(p["end"], 3), "hyp": p[hyp_key]}
+        if hyp_key == "hyp":
+            row.update(truncated=p["truncated"], ctc_gated=p["ctc_gated"])
+        row["cut_in_speech"] = p["cut_in_speech"]
+        rows.append(row)
     return rows
 
 

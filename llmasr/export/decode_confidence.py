@@ -22,11 +22,12 @@ def confidence_fields(row: dict) -> dict:
     if "logprob" not in row:
         return {}
     fields = _rated(row["logprob"], row["logprob_tokens"])
-    if row.get("window_logprobs"):
+    if row.get("window_parts"):  # llmasr.data.windowed's, each window's own
         fields["window_confidence"] = [
-            {"start": round(start, 3), "end": round(end, 3), "avg_logprob": _rated(total, tokens)["avg_logprob"]}
-            for start, end, total, tokens in row["window_logprobs"]
-        ]
+            {"start": round(p["start"], 3), "end": round(p["end"], 3),
+             "avg_logprob": _rated(p["logprob"], p["logprob_tokens"])["avg_logprob"]}
+            for p in row["window_parts"]
+        ]  # fmt: skip
     return fields
 
 

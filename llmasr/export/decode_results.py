@@ -11,6 +11,7 @@ from collections import Counter
 from pathlib import Path
 
 from llmasr.atomic_file import write_atomic
+from llmasr.data.windowed import window_texts
 from llmasr.export.decode_confidence import confidence_fields, confidence_summary
 from llmasr.export.decode_gate import ctc_gate_summary
 from llmasr.models.decode_guards import MAX_TOKENS, REPETITION
@@ -266,6 +267,8 @@ def _write_results(out_dir: Path, rows: list[dict], hyp_key: str, metric: str, *
             rec["truncated"] = r["truncated"]
         if hyp_key == "hyp":
             rec.update(confidence_fields(r))
+        if r.get("window_parts"):  # a long recording: each window's own text, for pseudo-labels a window each
+            rec["window_texts"] = window_texts(r["window_parts"], hyp_key)
         if r.get("no_speech"):  # the VAD's gate or the CTC head's: not transcribed
             rec["no_speech"] = True
         if "timestamps" in r and hyp_key == "hyp":  # decode.timestamps: [unit, start s, end s] each, or null

@@ -39,6 +39,16 @@ def results(out) -> list[dict]:
     return [json.loads(line) for line in open(out / "results.jsonl", encoding="utf-8")]
 
 
+def targets(rows: list[dict]) -> list[str]:
+    """The texts a pseudo-label run keeping every written transcript writes: a row's, or each of its windows'."""
+    return [w["hyp"] for r in rows for w in r.get("window_texts", [r]) if w["hyp"].strip()]
+
+
+def window_keys(row: dict) -> list[str]:
+    """The training line keys of a row decoded in windows: KEY-START-END in centiseconds, as Kaldi keys segments."""
+    return [f"{row['key']}-{round(w['start'] * 100):07d}-{round(w['end'] * 100):07d}" for w in row["window_texts"]]
+
+
 def test_every_line_written_whole_becomes_a_training_line_of_its_audio(decoded, tmp_path, capsys):
     manifest, out = decoded
     rows = results(out)
@@ -47,19 +57,32 @@ def test_every_line_written_whole_becomes_a_training_line_of_its_audio(decoded, 
     assert pseudo_main([str(out), "--output", str(target), "--keep-truncated"]) == 0
     report = capsys.readouterr().out
     written = Manifest.open(target)
-    kept = [r for r in rows if r["hyp"].strip()]
-    assert [u.target for u in written] == [r["hyp"] for r in kept] and len(written) == len(kept)
+    whole = [r for r in rows if r["windows"] == 1]
+    assert all(r["hyp"].strip() for r in whole)
+    (long,) = [r for r in rows if r["windows"] > 1]
+    assert [u.target for u in written][: len(whole)] == [r["hyp"] for r in whole]
     source = Manifest.open(manifest, need_target=False)
     by_key = {u.key: u for u in source}
-    for utt, row in zip(written, kept):
+    for utt, row in zip(written, whole):
         assert utt.key == row["key"] and utt.source == by_key[row["key"]].source and utt.duration == row["duration"]
+    # the long recording: a training line a window, its span of the recording and its own text
+    windows = [w for w in long["window_texts"] if w["hyp"].strip()]
+    assert len(long["window_texts"]) == long["windows"] >= 3 and len(windows) >= 3
+    pieces = list(written)[len(whole) :]
+    assert [u.key for u in pieces] == [k for k, w in zip(window_keys(long), long["window_texts"]) if w["hyp"].strip()]
+    assert [u.target for u in pieces] == [w["hyp"] for w in windows]
+    assert [(u.start, u.end) for u in pieces] == [(w["start"], w["end"]) for w in windows]
+    assert all(u.source == by_key["long"].source and u.duration == pytest.approx(u.end - u.start) for u in pieces)
     # a training tool takes it: every line parses and its audio opens
     assert data_check_main([str(target)]) == 0
-    assert f"pseudo-labels: {len(kept)} of 7 decoded lines kept" in report
-    assert "note: 1 kept line was decoded in windows (long recordings), each written whole" in report
-    assert "training skips a line past data.batching.max_duration or longer than one batch may hold" in report
-    corpus, _ = score_corpus([(r["ref"], r["hyp"]) for r in kept])
-    assert f"kept {corpus.name} {100 * corpus.rate:.2f}% over {len(kept)} lines" in report
+    offered = len(whole) + long["windows"]
+    assert f"pseudo-labels: {len(whole) + len(windows)} of {offered} lines kept" in report
+    assert (
+        f"1 long recording of the 7 decoded lines was decoded in windows: a line a window ({long['windows']} " in report
+    )
+    assert "cut without a pause" not in report  # the recording's windows meet at its pauses
+    corpus, _ = score_corpus([(r["ref"], r["hyp"]) for r in rows])
+    assert f"kept {corpus.name} {100 * corpus.rate:.2f}% over 7 lines" in report and "kept in part" not in report
 
 
 def test_cut_transcripts_are_left_out_and_an_end_of_the_llms_own_is_kept(decoded, model, tmp_path, capsys):
@@ -68,7 +91,8 @@ def test_cut_transcripts_are_left_out_and_an_end_of_the_llms_own_is_kept(decoded
     assert all(r["truncated"] == "max_tokens" for r in rows)  # the tiny LLM writes on to the cap
     assert pseudo_main([str(out), "--output", str(tmp_path / "cut.jsonl")]) == 2
     err = capsys.readouterr().err
-    assert "no line kept, nothing written" in err and "cut by a guard (length cap, repetition stop): 7" in err
+    offered = sum(len(r.get("window_texts", [r])) for r in rows)  # a window of the long recording each
+    assert "no line kept, nothing written" in err and f"cut by a guard (length cap, repetition stop): {offered}" in err
     assert not (tmp_path / "cut.jsonl").exists()
     # the LLM made to say "three four" and end: every line is kept, none of them cut
     tok = model.prompt.tokenizer
@@ -80,27 +104,32 @@ def test_cut_transcripts_are_left_out_and_an_end_of_the_llms_own_is_kept(decoded
     said_rows = results(tmp_path / "said")
     assert all(r["truncated"] is None and r["hyp"] for r in said_rows)
     assert pseudo_main([str(tmp_path / "said"), "--output", str(tmp_path / "said.jsonl")]) == 0
-    assert "pseudo-labels: 7 of 7 decoded lines kept" in capsys.readouterr().out
-    assert [u.target for u in Manifest.open(tmp_path / "said.jsonl")] == [r["hyp"] for r in said_rows]
+    assert f"pseudo-labels: {offered} of {offered} lines kept" in capsys.readouterr().out
+    targets = [w["hyp"] for r in said_rows for w in r.get("window_texts", [r])]
+    assert [u.target for u in Manifest.open(tmp_path / "said.jsonl")] == targets and set(targets) == {"three four"}
 
 
 def test_unsure_transcripts_and_windows_are_left_out_below_the_threshold(decoded, tmp_path, capsys):
     manifest, out = decoded
     rows = results(out)
-    # a threshold between the long recording's worst window and its own mean: that window alone leaves it out
+    # a threshold between the long recording's worst window and its own mean: that window alone is left out
     (long,) = [r for r in rows if r["windows"] > 1]
-    worst = min(w["avg_logprob"] for w in long["window_confidence"])
-    assert worst < long["avg_logprob"]
-    threshold = (worst + long["avg_logprob"]) / 2
+    sure = [w["avg_logprob"] for w in long["window_confidence"]]
+    assert min(sure) < long["avg_logprob"]
+    threshold = (min(sure) + long["avg_logprob"]) / 2
     assert pseudo_main([str(out), "--output", str(tmp_path / "sure.jsonl"), "--keep-truncated",
                         "--min-avg-logprob", f"{threshold}"]) == 0  # fmt: skip
     report = capsys.readouterr().out
-    kept = {u.key for u in Manifest.open(tmp_path / "sure.jsonl")}
-    expected = {r["key"] for r in rows if r["avg_logprob"] >= threshold and r["windows"] == 1}
-    assert kept == expected and long["key"] not in kept
-    low = sum(r["avg_logprob"] < threshold for r in rows)
-    assert "left out, a window's avg_logprob below the threshold: 1" in report
-    assert (f"left out, avg_logprob below the threshold: {low}" in report) == (low > 0)
+    kept = [u.key for u in Manifest.open(tmp_path / "sure.jsonl")]
+    whole = [r for r in rows if r["windows"] == 1]
+    windows = [k for k, avg in zip(window_keys(long), sure) if avg >= threshold]
+    assert kept == [r["key"] for r in whole if r["avg_logprob"] >= threshold] + windows
+    assert 0 < len(windows) < len(sure)
+    low = sum(r["avg_logprob"] < threshold for r in whole) + len(sure) - len(windows)
+    assert f"left out, avg_logprob below the threshold: {low}" in report
+    # the recording kept in part is scored in neither rate: its windows have no references of their own
+    assert "(1 recording kept in part, in neither: a window has no reference of its own)" in report
+    assert "all decoded WER" in report and " over 7 lines" in report
 
 
 def test_what_cannot_give_pseudo_labels_is_refused_naming_it(decoded, exported_dir, tmp_path, capsys):
@@ -192,7 +221,7 @@ def test_an_output_folder_not_made_yet_is_made(decoded, tmp_path, capsys):
     manifest, out = decoded
     target = tmp_path / "pl" / "new" / "pl.jsonl"  # as a decode's --output is made
     assert pseudo_main([str(out), "--output", str(target), "--keep-truncated"]) == 0
-    assert len(Manifest.open(target)) == sum(bool(r["hyp"].strip()) for r in results(out))
+    assert [u.target for u in Manifest.open(target)] == targets(results(out))
 
 
 @pytest.mark.parametrize(
@@ -205,6 +234,9 @@ def test_an_output_folder_not_made_yet_is_made(decoded, tmp_path, capsys):
         ({"avg_logprob": "low"}, "field 'avg_logprob' must be a number or null, got 'low'"),
         ({"windows": None}, "field 'windows' must be a count of windows, got None"),
         ({"window_confidence": [{"start": 0.0}]}, "field 'window_confidence' must be a list of {start, end, avg"),
+        ({"window_texts": [{"start": 1.0, "end": 0.5, "hyp": "x"}]}, "field 'window_texts' must be a list of {start"),
+        ({"window_texts": [], "windows": 2}, "field 'window_texts' must be a list of {start, end, hyp}, got []"),
+        ({"windows": 3}, "decoded in 3 windows, with no `window_texts` (a decode by an older llmasr): decode again"),
     ],
 )
 def test_an_edited_results_row_is_refused_naming_its_field(decoded, tmp_path, capsys, edit, said):
@@ -248,7 +280,7 @@ def test_a_gz_output_is_written_gzipped(decoded, tmp_path, capsys):
     manifest, out = decoded
     target = tmp_path / "pl.jsonl.gz"  # as lhotse's cut sets are kept: every manifest reader takes it as gzip
     assert pseudo_main([str(out), "--output", str(target), "--keep-truncated"]) == 0
-    assert [u.target for u in Manifest.open(target)] == [r["hyp"] for r in results(out) if r["hyp"].strip()]
+    assert [u.target for u in Manifest.open(target)] == targets(results(out))
     assert data_check_main([str(target)]) == 0
 
 
@@ -295,3 +327,39 @@ def test_a_decode_wide_hotword_list_is_said_not_to_be_carried(exported_dir, tmp_
         f"note: 2 kept lines were decoded with --hotwords {tmp_path / 'hot.txt'}'s list (none of their own)" in report
     )
     assert [u.hotwords for u in Manifest.open(tmp_path / "pl.jsonl")] == [["zero"], None, None]
+
+
+def test_windows_cut_inside_speech_are_named_and_window_keys_must_be_free(exported_dir, tmp_path, capsys):
+    manifest = write_corpus(tmp_path, TEXTS)
+    long_manifest, _ = write_joined_recording(tmp_path, TEXTS, gap_s=0.0)  # no pause: windows overlap at their cuts
+    out = tmp_path / "decoded"
+    flags = ["--max-new-tokens", "4", "--max-window-seconds", "2", "--window-overlap", "0.5"]
+    assert decode_main(["--model", str(exported_dir), "--data", str(long_manifest), "--output", str(out), *flags,
+                        "--ctc"]) == 0  # fmt: skip
+    (row,) = results(out)
+    cut = [w["cut_in_speech"] for w in row["window_texts"]]
+    assert any(cut), cut
+    # the CTC branch's folder: its own texts a window, which no guard ends
+    (ctc,) = results(out / "ctc")
+    assert [(w["start"], w["end"], w["cut_in_speech"]) for w in ctc["window_texts"]] == [
+        (w["start"], w["end"], w["cut_in_speech"]) for w in row["window_texts"]
+    ]
+    assert all(set(w) == {"start", "end", "hyp", "cut_in_speech"} for w in ctc["window_texts"])
+    assert "".join(w["hyp"] for w in ctc["window_texts"]).replace(" ", "") != ""
+    assert pseudo_main([str(out), "--output", str(tmp_path / "pl.jsonl"), "--keep-truncated"]) == 0
+    kept = sum(c for c, w in zip(cut, row["window_texts"]) if w["hyp"].strip())
+    said = f"note: {kept} kept window{'s' if kept > 1 else ''} {'were' if kept > 1 else 'was'} cut without a pause"
+    assert said in capsys.readouterr().out
+    # a window's key that a line of the manifest holds: two training lines of one key, refused naming both
+    first = window_keys(row)[0]
+    lines = [json.loads(text) for text in manifest.read_text().splitlines()] + [json.loads(long_manifest.read_text())]
+    lines[0]["key"] = first
+    both = tmp_path / "both.jsonl"
+    both.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    out2 = tmp_path / "decoded2"
+    assert decode_main(["--model", str(exported_dir), "--data", str(both), "--output", str(out2), *flags]) == 0
+    capsys.readouterr()
+    assert pseudo_main([str(out2), "--output", str(tmp_path / "pl2.jsonl"), "--keep-truncated"]) == 2
+    err = capsys.readouterr().err
+    assert f"{out2 / 'results.jsonl'}:{len(lines)}: training line key {first!r} is {out2 / 'results.jsonl'}:1's" in err
+    assert not (tmp_path / "pl2.jsonl").exists()
