@@ -257,7 +257,8 @@ def select_tags(ref: CheckpointRef, n: int, by: str = "last", policy: Checkpoint
     if len(chosen) < n:
         fix = f": give --average {len(chosen)}, or {_to_keep_more(ref, by, policy)}" if chosen else ""
         raise CheckpointError(
-            f"asked to average {n} checkpoints ({by}) but only {len(chosen)} are available under {ref.root}: "
+            f"asked to average {n} checkpoints ({by}) but only {len(chosen)} {'is' if len(chosen) == 1 else 'are'} "
+            f"available under {ref.root}: "
             f"{', '.join(chosen) or 'none'}{fix}"
         )
     return chosen
