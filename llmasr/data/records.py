@@ -8,7 +8,8 @@ FunASR jsonl, one JSON object a line:
             target (non-empty str; decoding takes a line without one, or with null, as audio to transcribe).
   optional: duration (seconds), source_len, target_len (int), prompt or task (str: task prompt override),
             lang / language / text_language (str), channel (int), start / end (seconds into the file),
-            hotwords (list of non-empty strings: the utterance's biasing phrases; [] says "none"). prompt and
+            hotwords (list of non-empty strings: the utterance's biasing phrases; [] says "none"), system (str:
+            the line's own system message, as a ChatML line's; pseudo-labels of one write it so). prompt and
             task that disagree are a bad line.
   `source_len` follows FunASR's scp2jsonl convention: the number of 10 ms frames of the 16 kHz waveform
   (int(num_samples_16k * 1000 / 16000 / 10)), so a record without `duration` gets duration = source_len / 100 s.
@@ -116,7 +117,7 @@ class Utterance:
     start: float = 0.0
     end: float | None = None
     hotwords: list[str] | None = None  # biasing phrases; None: the record has none (not even an empty list)
-    system: str | None = None  # a ChatML line's own system message; None: the recipe's (model.prompt.system)
+    system: str | None = None  # the line's own system message (ChatML, `system`); None: model.prompt.system
 
 
 def phrase_text(text: str) -> str:
@@ -325,6 +326,7 @@ class _Parser:
             start=float(start),
             end=float(end) if end is not None else None,
             hotwords=self.hotwords(rec),
+            system=self.opt_str(rec, "system"),  # a ChatML line's system message, kept when one is written as this
         )
 
     # Fun-ASR-Nano ChatML jsonl ------------------------------------------------------------------------------

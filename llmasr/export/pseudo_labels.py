@@ -85,7 +85,6 @@ class PseudoLabels:
     windows: int = 0  # their windows
     cut_in_speech: int = 0  # kept windows a neighbour overlaps (cut without a pause)
     part_kept: int = 0  # scored lines decoded in windows of which some windows were left out
-    own_system: int = 0  # kept ChatML lines whose own system message a FunASR jsonl line has no field for
     hotwords_file: str | None = None  # the decode's --hotwords FILE, the list of lines without their own
     file_listed: int = 0  # kept lines decoded with it, which their training lines do not carry
 
@@ -117,11 +116,6 @@ class PseudoLabels:
                 f"  note: {plural(self.file_listed, 'kept line')} {'was' if one else 'were'} decoded with --hotwords "
                 f"{self.hotwords_file}'s list (none of {'its' if one else 'their'} own), which the training lines do "
                 "not carry: give it to training as a line's `hotwords`, or let data.hotwords draw lists"
-            )
-        if self.own_system:
-            lines.append(
-                f"  note: {plural(self.own_system, 'line')} had a system message of its own (ChatML), not "
-                "carried: FunASR jsonl has no field for it, so training renders model.prompt.system"
             )
         if self.rate_all is not None:
             part = (
@@ -188,7 +182,6 @@ def pseudo_labels(decoded: Path, output: Path, filt: LabelFilter, manifest: Path
             got.cut_in_speech += bool(piece.get("cut_in_speech"))
         got.kept += len(kept)
         if kept:
-            got.own_system += getattr(utt, "system", None) is not None
             got.file_listed += bool(got.hotwords_file) and utt.hotwords is None
     if scored:
         got.rate_all = _rate(scored)
@@ -244,7 +237,7 @@ def _training_line(utt, piece: dict, end: float | None) -> dict:
         offset = float(utt.start or 0.0)
         line["key"] = f"{utt.key}-{round(start * 100):07d}-{round(stop * 100):07d}"
         line.update(duration=round(stop - start, 4), start=round(offset + start, 4), end=round(offset + stop, 4))
-    for name in ("channel", "lang", "prompt", "hotwords"):
+    for name in ("channel", "lang", "prompt", "hotwords", "system"):
         if getattr(utt, name) is not None:
             line[name] = getattr(utt, name)
     return line

@@ -120,3 +120,25 @@ def test_a_lines_system_message_reaches_its_prompt(tmp_path, tiny_llm_dir):
     texts = [tok.decode(ds[i]["text_ids"]) for i in range(2)]
     assert "court hearings" in texts[0] and "helpful" not in texts[0]
     assert "helpful" in texts[1]
+
+
+def test_a_funasr_lines_own_system_message_reaches_its_prompt(tmp_path, tiny_llm_dir):
+    """A FunASR jsonl line's `system` (how pseudo-labels write a ChatML line's) is rendered as the ChatML line's is."""
+    from llmasr.data.dataset import SpeechDataset
+    from llmasr.data.frontend import FrontendConfig
+    from llmasr.models.prompt import PromptBuilder
+    from llmasr.models.tokenizer import load_tokenizer
+
+    sf.write(tmp_path / "a.wav", np.zeros(8000, dtype=np.float32), 16000)
+    own = {"key": "a", "source": "a.wav", "target": "hello", "system": "You transcribe court hearings."}
+    plain = {"key": "b", "source": "a.wav", "target": "hello"}
+    m = Manifest.open(write_lines(tmp_path / "m.jsonl", [own, plain]))
+    assert (m[0].system, m[1].system) == ("You transcribe court hearings.", None)
+    tok = load_tokenizer(tiny_llm_dir)
+    pb = PromptBuilder(tok, task="语音转写：", system="You are a helpful assistant.")
+    ds = SpeechDataset(m, FrontendConfig(), train=False, prompt_builder=pb)
+    texts = [tok.decode(ds[i]["text_ids"]) for i in range(2)]
+    assert "court hearings" in texts[0] and "helpful" not in texts[0]
+    assert "helpful" in texts[1]
+    with pytest.raises(BadRecord, match=r"m2.jsonl:1: field 'system' must be a string, got int 3"):
+        Manifest.open(write_lines(tmp_path / "m2.jsonl", [{**own, "system": 3}]))[0]

@@ -363,3 +363,26 @@ def test_windows_cut_inside_speech_are_named_and_window_keys_must_be_free(export
     err = capsys.readouterr().err
     assert f"{out2 / 'results.jsonl'}:{len(lines)}: training line key {first!r} is {out2 / 'results.jsonl'}:1's" in err
     assert not (tmp_path / "pl2.jsonl").exists()
+
+
+def test_a_chatml_lines_own_system_message_is_carried(model, tmp_path, capsys):
+    write_corpus(tmp_path, TEXTS[:2])
+    turn = [{"role": "user", "content": "Transcribe:<|startofspeech|>!wav/test0.wav<|endofspeech|>"}]
+    lines = [
+        {"messages": [{"role": "system", "content": "You transcribe court hearings."}, *turn]},
+        {"messages": [{"role": "user", "content": "<|startofspeech|>!wav/test1.wav<|endofspeech|>"}]},
+    ]
+    nano = tmp_path / "nano.jsonl"
+    nano.write_text("".join(json.dumps(line) + "\n" for line in lines), encoding="utf-8")
+    out = tmp_path / "decoded"
+    said = model.prompt.tokenizer.encode("three four", add_special_tokens=False)  # the LLM made to say it, and end
+    steps = [None, *said, model.prompt.end_id]
+    with torch.no_grad(), ScriptedLLM(model, {a: {b: 30.0} for a, b in zip(steps, steps[1:])}):
+        decode_manifest(model, nano, out, DecodeConfig(max_new_tokens=8, ctc_weight=0.0), DecodeOptions(num_workers=0))
+    assert pseudo_main([str(out), "--output", str(tmp_path / "pl.jsonl")]) == 0
+    assert "system message" not in capsys.readouterr().out
+    written = [json.loads(text) for text in open(tmp_path / "pl.jsonl", encoding="utf-8")]
+    assert [w.get("system") for w in written] == ["You transcribe court hearings.", None]
+    assert [w.get("prompt") for w in written] == ["Transcribe:", None]
+    read = Manifest.open(tmp_path / "pl.jsonl")  # training renders the line's own, as the ChatML line had it
+    assert [u.system for u in read] == ["You transcribe court hearings.", None]
