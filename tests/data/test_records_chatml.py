@@ -101,43 +101,39 @@ def test_bad_nano_lines_name_the_line_and_the_fault(tmp_path, change, message):
         m[1]
 
 
-def test_a_lines_system_message_reaches_its_prompt(tmp_path, tiny_llm_dir):
-    """The dataset renders a ChatML line with its own system message; a line without one gets the recipe's."""
+def rendered_prompts(tmp_path, tiny_llm_dir, lines: list[dict]) -> list[str]:
+    """The texts the dataset renders for `lines` (on a.wav, written here) with the recipe's system message
+    "You are a helpful assistant."."""
     from llmasr.data.dataset import SpeechDataset
     from llmasr.data.frontend import FrontendConfig
     from llmasr.models.prompt import PromptBuilder
     from llmasr.models.tokenizer import load_tokenizer
 
     sf.write(tmp_path / "a.wav", np.zeros(8000, dtype=np.float32), 16000)
+    m = Manifest.open(write_lines(tmp_path / "m.jsonl", lines))
+    tok = load_tokenizer(tiny_llm_dir)
+    pb = PromptBuilder(tok, task="语音转写：", system="You are a helpful assistant.")
+    ds = SpeechDataset(m, FrontendConfig(), train=False, prompt_builder=pb)
+    return [tok.decode(ds[i]["text_ids"]) for i in range(len(lines))]
+
+
+def test_a_lines_system_message_reaches_its_prompt(tmp_path, tiny_llm_dir):
+    """The dataset renders a ChatML line with its own system message; a line without one gets the recipe's."""
     own = nano_line("a.wav", "hello")
     own["messages"][0]["content"] = "You transcribe court hearings."
     plain = nano_line("a.wav", "hello")
     del plain["messages"][0]
-    m = Manifest.open(write_lines(tmp_path / "m.jsonl", [own, plain]))
-    tok = load_tokenizer(tiny_llm_dir)
-    pb = PromptBuilder(tok, task="语音转写：", system="You are a helpful assistant.")
-    ds = SpeechDataset(m, FrontendConfig(), train=False, prompt_builder=pb)
-    texts = [tok.decode(ds[i]["text_ids"]) for i in range(2)]
+    texts = rendered_prompts(tmp_path, tiny_llm_dir, [own, plain])
     assert "court hearings" in texts[0] and "helpful" not in texts[0]
     assert "helpful" in texts[1]
 
 
 def test_a_funasr_lines_own_system_message_reaches_its_prompt(tmp_path, tiny_llm_dir):
     """A FunASR jsonl line's `system` (how pseudo-labels write a ChatML line's) is rendered as the ChatML line's is."""
-    from llmasr.data.dataset import SpeechDataset
-    from llmasr.data.frontend import FrontendConfig
-    from llmasr.models.prompt import PromptBuilder
-    from llmasr.models.tokenizer import load_tokenizer
-
-    sf.write(tmp_path / "a.wav", np.zeros(8000, dtype=np.float32), 16000)
     own = {"key": "a", "source": "a.wav", "target": "hello", "system": "You transcribe court hearings."}
     plain = {"key": "b", "source": "a.wav", "target": "hello"}
-    m = Manifest.open(write_lines(tmp_path / "m.jsonl", [own, plain]))
-    assert (m[0].system, m[1].system) == ("You transcribe court hearings.", None)
-    tok = load_tokenizer(tiny_llm_dir)
-    pb = PromptBuilder(tok, task="语音转写：", system="You are a helpful assistant.")
-    ds = SpeechDataset(m, FrontendConfig(), train=False, prompt_builder=pb)
-    texts = [tok.decode(ds[i]["text_ids"]) for i in range(2)]
+    texts = rendered_prompts(tmp_path, tiny_llm_dir, [own, plain])
+    assert [u.system for u in Manifest.open(tmp_path / "m.jsonl")] == ["You transcribe court hearings.", None]
     assert "court hearings" in texts[0] and "helpful" not in texts[0]
     assert "helpful" in texts[1]
     with pytest.raises(BadRecord, match=r"m2.jsonl:1: field 'system' must be a string, got int 3"):
