@@ -19,6 +19,7 @@ class PseudoLabelError(ValueError):
 
 
 def read_results(decoded: Path) -> list[dict]:
+    """The decode folder's results.jsonl rows, each checked (_row_problem), each manifest line once."""
     path = decoded / RESULTS
     if not path.is_file() and (folders := [f for f in earlier_folders(decoded) if (f / RESULTS).is_file()]):
         raise PseudoLabelError(
