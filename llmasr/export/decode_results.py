@@ -335,9 +335,12 @@ def _add_languages(summary: dict, text: list[str], rows: list[dict], hyp_key: st
     utterances first, when they name more than one or only some name one: a mixed test set's one rate hides a
     language that is far worse. Each group is scored as the whole is (`metric`: auto picks WER or CER per line)."""
     groups: dict[str, list[tuple[str, str]]] = {}
+    labels: dict[str, set[str]] = {}  # the spellings each group gathers ("zh", "zh-CN", "<|zh|>"), said where many
     for r in rows:
         if r["ref"] is not None:
-            groups.setdefault(r.get("lang") or NO_LANGUAGE, []).append((r["ref"], r[hyp_key]))
+            lang = r.get("lang") or NO_LANGUAGE
+            groups.setdefault(lang, []).append((r["ref"], r[hyp_key]))
+            labels.setdefault(lang, set()).add(" ".join(str(r.get("lang_label") or lang).split()))
     if len(groups) < 2:
         return
     order = sorted(groups, key=lambda lang: (-len(groups[lang]), lang))
@@ -346,7 +349,11 @@ def _add_languages(summary: dict, text: list[str], rows: list[dict], hyp_key: st
     for lang in order:
         corpus, _ = score_corpus(groups[lang], metric)
         summary["by_language"][lang] = corpus.to_dict()
-        text.append(f"  {lang}: {corpus.summary()}")
+        written, spelled = sorted(labels[lang]), ""
+        if written != [lang]:
+            summary["by_language"][lang]["labels"] = written
+            spelled = f" (written {', '.join(written)})"
+        text.append(f"  {lang}{spelled}: {corpus.summary()}")
 
 
 def _add_hotwords(summary: dict, text: list[str], hot: BiasedCorpus | None) -> None:
