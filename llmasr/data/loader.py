@@ -172,6 +172,7 @@ def build_dataloader(
     window: int = 1,
     share: ScreenShare | None = None,
     llm_rows=None,
+    say_mix: bool = True,
 ) -> tuple[SpeechDataLoader, DynamicBucketSampler]:
     """`manifests`: a list of ManifestSpec / paths (e.g. data_cfg.train), or an opened Manifest/MixedManifest.
     `device`: the model's, which data.features_on auto follows (None: CUDA when available). `trim_leading_silence`:
@@ -180,7 +181,8 @@ def build_dataloader(
     `share`: the ranks of a node split the start-up screen (llmasr.data.screen_share) and the hotword sampler's pass
     over the training texts (llmasr.data.corpus_stats). `llm_rows(train, hotword_sampler)`: what counts each line's
     LLM positions for data.batching.max_llm_tokens (llmasr.train.line_positions.LineRows: `.text(utterance)` in the
-    screen's pass, `.rows(manifest, durations, texts)` after it); None: that budget is not applied."""
+    screen's pass, `.rows(manifest, durations, texts)` after it); None: that budget is not applied. `say_mix`: log
+    what `epoch` trains of a weighted mix (say_epoch_mix); a resume says it once it knows its epoch."""
     name = "train" if train else "valid"
     manifest = manifests if hasattr(manifests, "durations") else open_manifests(manifests, mix=train, fill=False)[0]
     n = len(manifest)
@@ -230,11 +232,8 @@ def build_dataloader(
     skipped = describe_skipped(sampler, manifest, b, name)
     if skipped and rank == 0:
         log.warning("%s", skipped)
-    mix, gone = epoch_mix(manifest, sampler, epoch) if train and rank == 0 else ([], [])
-    if mix and any(w != 1 for w in manifest.weights):  # as `llmasr check` counts it (each line once: "N items")
-        log.info("%s: epoch %d of the mix as the ranks train it: %s", name, epoch, "; ".join(mix))
-    for line in gone:
-        log.warning("%s: %s", name, line)
+    if train and rank == 0 and say_mix:
+        say_epoch_mix(manifest, sampler, epoch)
     hazard = fork_deadlock_warning(world_size, data_cfg.num_workers) if train and rank == 0 else None
     if hazard:
         log.warning("%s", hazard)
@@ -261,6 +260,17 @@ def build_dataloader(
         st["filtered"] or "none",
     )  # fmt: skip
     return loader, sampler
+
+
+def say_epoch_mix(manifest, sampler, epoch: int, *, warn: bool = True) -> None:
+    """train.log's line of what `epoch` trains of each manifest of a weighted mix (as `llmasr check` counts it; a
+    fraction of a weight draws other lines, and maybe another count, each epoch), and with `warn` the manifests it
+    trains none of. Nothing where every weight is 1 (each line once: "N items" says it)."""
+    mix, gone = epoch_mix(manifest, sampler, epoch)
+    if mix and any(w != 1 for w in manifest.weights):
+        log.info("train: epoch %d of the mix as the ranks train it: %s", epoch, "; ".join(mix))
+    for line in gone if warn else ():
+        log.warning("train: %s", line)
 
 
 def build_decode_loader(
