@@ -203,6 +203,7 @@ def check_data(
     llm_rows=None,
     llm_unk=None,
     ctc_frames=None,
+    key: str | None = None,
 ) -> DataReport:
     """`manifest_paths`: paths or ManifestSpecs (training mixes those by their weights). `ctc_labels`: a CTC head's
     rule (transcript -> ids, or why there are none; llmasr.data.dataset.ctc_label_ids) whose refusals are bad lines,
@@ -211,7 +212,8 @@ def check_data(
     that the preview applies data.batching.max_llm_tokens; without it that budget is left out. `llm_unk`: what the
     LLM's tokenizer spells unk (llmasr.data.llm_unk.LLMUnk), or a str saying why that is not asked. `ctc_frames`
     (with `ctc_labels`): seconds -> the encoder frames a CTC head reads (llmasr.models.context.encoder_frames), to
-    name the lines whose CTC labels outnumber them (llmasr.data.ctc_frames)."""
+    name the lines whose CTC labels outnumber them (llmasr.data.ctc_frames). `key`: the recipe key that lists
+    `manifest_paths` ("data.train"), which a manifest that cannot be opened is named by, as training names it."""
     paths = [p.path if isinstance(p, ManifestSpec) else str(p) for p in manifest_paths]
     weights = [p.weight if isinstance(p, ManifestSpec) else 1.0 for p in manifest_paths]
     opened: list[tuple[Manifest, float]] = []
@@ -224,11 +226,11 @@ def check_data(
     )
     durations, tlens, texts, starts = [], [], [], [0]  # per manifest opened; starts: its first line's position
     spots: list[tuple[str, Manifest]] = []
-    for path, weight in zip(paths, weights):  # opened once (each reads its whole file), for the rows and the lines
+    for i, (path, weight) in enumerate(zip(paths, weights)):  # opened once (each reads its whole file)
         try:
             m = Manifest.open(path, need_target=need_target)  # False: manifests for decoding
         except (OSError, ValueError) as err:
-            report.errors.append(f"{path}: cannot open manifest: {err}")
+            report.errors.append(f"{f'{key}[{i}]: ' if key else ''}{path}: cannot open manifest: {err}")
             continue
         opened.append((m, weight))
         spots.append((path, m))

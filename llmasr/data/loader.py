@@ -45,21 +45,29 @@ log = logging.getLogger("llmasr.data")
 FALLBACK_TRIES = 256
 
 
-def open_manifests(specs: Sequence[ManifestSpec | str], *, mix: bool, fill: bool = True, need_target: bool = True):
+def open_manifests(specs: Sequence[ManifestSpec | str], *, mix: bool, fill: bool = True, need_target: bool = True,
+                   key: str | None = None):  # fmt: skip
     """Open manifests and (with `fill`) fill unknown durations from headers. Returns (manifest, bad records from
-    the fill). `need_target` False (decoding): lines without a transcript are utterances to transcribe.
+    the fill). `need_target` False (decoding): lines without a transcript are utterances to transcribe. `key`: the
+    recipe key that lists `specs` ("data.train"), which names a manifest that cannot be one (empty, a JSON
+    document) by its place in a mix, as a missing one is named.
 
     One manifest is used as is; several become a MixedManifest (weights used when `mix`, i.e. for training).
     """
-    from llmasr.data.manifest import Manifest
+    from llmasr.data.manifest import BadManifest, EmptyManifest, Manifest
     from llmasr.data.mixed_manifest import MixedManifest
 
     specs = [ManifestSpec(s) if isinstance(s, str) else s for s in specs]
     if not specs:
         raise ValueError("no manifests given")
     opened, bad = [], []
-    for spec in specs:
-        m = Manifest.open(spec.path, need_target=need_target)
+    for i, spec in enumerate(specs):
+        try:
+            m = Manifest.open(spec.path, need_target=need_target)
+        except (EmptyManifest, BadManifest) as err:
+            if key is None:
+                raise
+            raise type(err)(f"{key}[{i}]: {err}") from None
         if fill:
             bad.extend(m.fill_durations())
         opened.append(m)
@@ -184,7 +192,10 @@ def build_dataloader(
     screen's pass, `.rows(manifest, durations, texts)` after it); None: that budget is not applied. `say_mix`: log
     what `epoch` trains of a weighted mix (say_epoch_mix); a resume says it once it knows its epoch."""
     name = "train" if train else "valid"
-    manifest = manifests if hasattr(manifests, "durations") else open_manifests(manifests, mix=train, fill=False)[0]
+    if hasattr(manifests, "durations"):  # opened already
+        manifest = manifests
+    else:
+        manifest = open_manifests(manifests, mix=train, fill=False, key=f"data.{name}")[0]
     n = len(manifest)
     idle = [*data_cfg.augment.idle_settings(frontend), *data_cfg.hotwords.idle_settings()]
     for line in idle if train and rank == 0 else ():
