@@ -80,6 +80,8 @@ class DataReport:
     llm_unk: dict = field(default_factory=dict)
     llm_unk_text: str = ""  # what the report says of them, or why they were not asked
     ctc_frames_text: str = ""  # the lines whose CTC labels outnumber their encoder frames (llmasr.data.ctc_frames)
+    # the lines that give a prompt of their own: manifest -> [lines, the first's manifest:line, its prompt]
+    own_prompts: dict[str, list] = field(default_factory=dict)
     # (sample rate, channels, averaged: read without a `channel`) -> [lines, the first one's manifest:line]
     audio_formats: dict[tuple[int, int, bool], list] = field(default_factory=dict)
     sample_rate: int = 16000  # the encoder frontend's: what loading resamples to
@@ -105,14 +107,15 @@ class DataReport:
 
 
 def _parse_line(m, i: int, spell=None, unread: dict | None = None, unknown: tuple | None = None, text=None,
-                llm_unk: tuple | None = None, need=None):  # fmt: skip
+                llm_unk: tuple | None = None, need=None, prompts: dict | None = None):  # fmt: skip
     """(utterance, target_len, None) or (None, 0, bad record) for line i of manifest m (no audio access); `spell`:
     the CTC vocabulary's spelling check (llmasr.data.ctc_frames.CTCSpelling; with `need`, an array, need[i] its
     count of the line's labels); `unread`: gathers the fields the line's
     parser leaves unread (field -> [lines, the first one's manifest:line]); `unknown`: (the CTC rule's `unknown`,
     where it gathers what the vocabulary spells <unk>, alike); `text`: what is wrong with the text of the transcripts
     (llmasr.data.transcript_text), alike; `llm_unk`: (an llmasr.data.llm_unk.LLMUnk, where gather_unk gathers the
-    transcripts it finds unk in)."""
+    transcripts it finds unk in); `prompts`: gathers the lines that give a prompt of their own (manifest ->
+    [lines, the first's manifest:line, its prompt])."""
     try:
         rec, utt = m.parsed(i)
     except BadRecord as rec:
@@ -131,6 +134,8 @@ def _parse_line(m, i: int, spell=None, unread: dict | None = None, unknown: tupl
         return None, 0, {**where, "reason": why}
     if need is not None:
         need[i] = spell.need
+    if prompts is not None and utt.prompt is not None:  # trained on it, not on model.prompt's (train.log says so)
+        prompts.setdefault(m.path, [0, f"{m.path}:{m.lineno(i)}", utt.prompt])[0] += 1
     if text is not None:
         gather_text(text, utt.target, f"{m.path}:{m.lineno(i)}")
     if llm_unk is not None:
@@ -262,8 +267,16 @@ def check_data(
             for lo in range(0, n, CHUNK_LINES):  # a chunk's lines at a time: memory does not grow with the manifest
                 parsed = [
                     _parse_line(
-                        m, i, spell, report.unread_fields, unknown, found_text, asks_unk, need_of if counting else None
-                    )
+                        m,
+                        i,
+                        spell,
+                        report.unread_fields,
+                        unknown,
+                        found_text,
+                        asks_unk,
+                        need_of if counting else None,
+                        report.own_prompts if need_target else None,
+                    )  # fmt: skip
                     for i in range(lo, min(n, lo + CHUNK_LINES))
                 ]  # here: not across threads
                 good = [utt for utt, _, _ in parsed if utt is not None]
