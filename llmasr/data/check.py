@@ -292,7 +292,8 @@ def check_data(
                             dur = math.nan
                         elif bad is None:
                             report.unprobed += int(math.isnan(dur))
-                            dur = known[i] if not math.isnan(known[i]) else dur  # what training budgets
+                            # what training budgets: the manifest's, else the probe's as its float32 array holds it
+                            dur = known[i] if not math.isnan(known[i]) else float(np.float32(dur))
                     dur_of[i], tl_of[i] = dur, tl
                     if rows is not None and utt is not None and bad is None:
                         text_of[i] = rows.text(utt)

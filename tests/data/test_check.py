@@ -273,6 +273,24 @@ def test_the_preview_is_of_the_batches_training_and_validation_make(tmp_path, ca
     assert f"batches per rank: {len(validated)} " in capsys.readouterr().out
 
 
+def test_lines_without_a_duration_are_batched_at_the_duration_training_holds(tmp_path, capsys):
+    """Five 0.6 s clips without a `duration` and a 3 s budget: training holds their probed durations as float32
+    (0.60000002: five pass 3 s, a batch of four and one of one), the preview had kept the float64 0.6 and batched all
+    five together, one batch where training makes two."""
+    for i in range(5):
+        write_wav(tmp_path / f"c{i}.wav", 0.6, seed=i)
+    m = write_manifest(tmp_path / "m.jsonl", [{"key": f"c{i}", "source": f"c{i}.wav", "target": "hello"}
+                                               for i in range(5)])  # fmt: skip
+    recipe = _recipe(tmp_path, {"train": [str(m)], "batching": {"max_seconds": 3.0}, "num_workers": 0})
+    r = load_recipe(recipe)
+    fe = FrontendConfig(lfr_m=7, lfr_n=6)
+    _, trained = build_dataloader(r.data, r.data.train, fe, prompt_builder=FakePromptBuilder(), train=True)
+    assert sorted(len(b) for b in trained.batches(0)) == [1, 4]
+    report = check_data(r.data.train_manifests, r.data, fe, train=True)
+    assert report.batching["num_batches_global"] == 2
+    assert main(["--recipe", recipe]) == 0 and "batches per rank: 2 " in capsys.readouterr().out
+
+
 def test_the_report_says_what_the_mix_s_first_epoch_trains_of_each_manifest(tmp_path, capsys):
     """The report had given the mix's visits as one count and its hours per line, never each manifest's share, and
     a weighted manifest whose every line max_duration skips showed only as lines "longer than max_duration"."""
