@@ -171,10 +171,11 @@ def text_warnings(found: dict, place: Callable = str) -> list[tuple[str, str]]:
         n, first = found[WIDE]
         said.append((
             "full-width letters and digits",
-            f"{_lines(n)} hold full-width Latin letters or digits ('２０２４', 'ＡＩ'; first: {place(first)}), which "
-            "training teaches the LLM to write as they stand; where other lines write '2024', it learns two "
-            "spellings of one number (scoring's NFKC reads them alike, so the WER does not show it; a biasing "
-            "phrase is boosted in the spelling it is listed in). Unless the model is to write them, make them ASCII "
+            f"{_lines(n)} hold{'s' * (n == 1)} full-width Latin letters or digits ('２０２４', 'ＡＩ'; first: "
+            f"{place(first)}), which training teaches the LLM to write as they stand; where other lines write "
+            "'2024', it learns two spellings of one number (scoring's NFKC reads them alike, so the WER does not "
+            "show it; a biasing phrase is boosted in the spelling it is listed in). Unless the model is to write "
+            "them, make them ASCII "
             f"(full-width punctuation, '，。', stays): `{WIDE_FIX}`{APPLY}",
         ))  # fmt: skip
     return said

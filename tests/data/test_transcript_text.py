@@ -204,3 +204,5 @@ def test_full_width_letters_and_digits_are_named_and_the_fix_leaves_full_width_p
         r["target"] = text
     path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in recs), encoding="utf-8")
     assert main([str(path)]) == 0 and "full-width" not in capsys.readouterr().out
+    one = write_manifest(tmp_path / "one.jsonl", [json.dumps(dict(recs[0], target=texts[0]), ensure_ascii=False)])
+    assert main([str(one)]) == 0 and "\n1 line holds full-width Latin letters" in capsys.readouterr().out
