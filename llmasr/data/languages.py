@@ -70,8 +70,13 @@ uz va vc ve vg vi vn vu wf ws ye yt za zm zw
 def language_key(label) -> str | None:
     """The key of a line's language label (FunASR's "<|en|>", "en", "EN", "eng" and "English" are all "en", and so
     are "en-US" and "en_GB"); a label not in the table as written, case-folded; None for a blank one."""
-    text = str(label).strip().removeprefix("<|").removesuffix("|>").strip().casefold()
+    text = bare_label(label)
     return _KEYS.get(text) or _tagged(text) or text or None
+
+
+def bare_label(label) -> str:
+    """A label as the table is looked up by: FunASR's tag brackets and the case gone ("<|EN|>" -> "en")."""
+    return str(label).strip().removeprefix("<|").removesuffix("|>").strip().casefold()
 
 
 def _tagged(text: str) -> str | None:

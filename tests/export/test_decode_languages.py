@@ -74,8 +74,8 @@ def test_a_region_tag_is_its_language_and_the_summary_names_the_spellings_it_gat
     groups in wer.txt, each rated apart, and "en-US" beside "en" two English ones; one group now, and the summary
     says which labels it gathered, so that a merge is seen."""
     wavs = [write_wav(tmp_path / f"u{i}.wav", 0.5, seed=i) for i in range(6)]
-    labels = [("lang", "zh"), ("lang", "zh-CN"), ("language", "zh_TW"), ("lang", "en"), ("lang", "en-US"),
-              ("lang", "zh-en")]  # fmt: skip
+    labels = [("lang", "zh"), ("lang", "zh-CN"), ("language", "zh_TW"), ("text_language", "<|EN|>"),
+              ("lang", "en-US"), ("lang", "zh-en")]  # fmt: skip
     targets = ["你好", "你好", "你好", "hello", "hello", "你好hello"]
     lines = [{"key": f"j{i}", "source": str(wav), "target": text, field: label}
              for i, (wav, text, (field, label)) in enumerate(zip(wavs, targets, labels))]  # fmt: skip
@@ -87,8 +87,9 @@ def test_a_region_tag_is_its_language_and_the_summary_names_the_spellings_it_gat
     assert [r["lang"] for r in rows] == ["zh", "zh", "zh", "en", "en", "zh-en"]
     groups = summary["by_language"]
     assert {lang: g["utterances"] for lang, g in groups.items()} == {"zh": 3, "en": 2, "zh-en": 1}
-    assert groups["zh"]["labels"] == ["zh", "zh-CN", "zh_TW"] and groups["en"]["labels"] == ["en", "en-US"]
-    assert "labels" not in groups["zh-en"]  # written as its key
+    # the labels merged, beside the groups; "<|EN|>" is "en" as written, and "zh-en" its own key
+    assert summary["language_labels"] == {"zh": ["zh-CN", "zh_TW"], "en": ["en-US"]}
     text = (out / "wer.txt").read_text(encoding="utf-8")
-    assert "\n  zh (written zh, zh-CN, zh_TW): CER " in text and "\n  en (written en, en-US): WER " in text
+    assert "\n  zh (written zh-CN, zh_TW): CER " in text and "\n  en (written en-US): WER " in text
     assert "\n  zh-en: CER " in text
+    assert json.loads((out / "wer.json").read_text(encoding="utf-8"))["language_labels"] == summary["language_labels"]
