@@ -99,7 +99,7 @@ class Run(RunSetup):
         # counted here, not by the plan: the updates before the checkpoint were at its grad_accum and world size
         self.total, held = universal.resumed_counts(done, epoch, left, self.per_epoch, self.k, max_updates)
         # the validations still ahead, for the eta (the owed one runs before the first update: timed, not ahead)
-        self.course = Course(done, epoch_ends(done, left, self.per_epoch, epoch, self.k), self.early)
+        self.course = Course(done, epoch_ends(done, left, self.per_epoch, epoch, self.k), self.early, epoch=epoch)
         self.ends_after = min(self.total, held)
         if (note := universal.short_of_max_updates(done, held, max_updates)) and self.rank == 0:
             log.warning(note)
