@@ -236,14 +236,15 @@ class _Parser:
     def language(self, rec: dict) -> str | None:
         """The line's language label: `lang`, FunASR's `language` or SenseVoice's `text_language`. Two spellings of
         one language agree ("zh" and "<|zh|>"); two languages are a bad line, naming both fields: decoding would
-        have grouped the line under whichever was read first, without a word."""
-        label = self.opt_str(rec, "lang", "language", "text_language", agree=False)
-        names = [name for name in ("lang", "language", "text_language") if rec.get(name) is not None]
-        other = next((n for n in names[1:] if language_key(rec[n]) != language_key(label)), None)
+        have grouped the line under whichever was read first, without a word. A blank one names none: the others
+        are read ("lang": "" had hidden "language": "zh")."""
+        label = self.opt_str(rec, "lang", "language", "text_language", agree=False)  # each field's type checked
+        names = [n for n in ("lang", "language", "text_language") if language_key(rec.get(n) or "") is not None]
+        other = next((n for n in names[1:] if language_key(rec[n]) != language_key(rec[names[0]])), None)
         if other is not None:
-            raise self.bad(f"fields '{names[0]}' ({label!r:.40}) and '{other}' ({rec[other]!r:.40}) name two "
+            raise self.bad(f"fields '{names[0]}' ({rec[names[0]]!r:.40}) and '{other}' ({rec[other]!r:.40}) name two "
                            "languages for one line; keep one")  # fmt: skip
-        return label
+        return rec[names[0]] if names else label
 
     def opt_num(self, rec: dict, name: str, *, integer: bool = False, minimum: float = 0.0) -> float | None:
         if name not in rec or rec[name] is None:

@@ -235,6 +235,7 @@ def test_two_languages_for_one_line_are_a_bad_line_naming_both_fields(tmp_path):
         {**line, "lang": "zh", "text_language": "<|ja|>"},
         {**chat, "language": "<|ko|>", "text_language": "<|ko|>"},
         {**chat, "lang": "ko", "text_language": "<|en|>"},
+        {**line, "lang": " ", "language": "zh"},  # a blank one names none: it had hidden the other
     ])  # fmt: skip
     m = Manifest.open(path)
     with pytest.raises(BadRecord, match=r"m.jsonl:1: fields 'lang' \('en'\) and 'language' \('zh'\) name two lang"):
@@ -243,7 +244,7 @@ def test_two_languages_for_one_line_are_a_bad_line_naming_both_fields(tmp_path):
         m[2]
     with pytest.raises(BadRecord, match=r"m.jsonl:5: fields 'lang' \('ko'\) and 'text_language' \('<\|en\|>'\)"):
         m[4]
-    assert (m[1].lang, m[3].lang) == ("Chinese", "<|ko|>")
+    assert (m[1].lang, m[3].lang, m[5].lang) == ("Chinese", "<|ko|>", "zh")
     bad = m.scan()
     assert [b.line for b in bad] == [1, 3, 5]
     assert {reason_category(b.reason) for b in bad} == {"two languages for one line"}  # by_reason's key
