@@ -202,9 +202,9 @@ def main(argv: list[str] | None = None) -> int:
     # is not read here
     recipe = load_recipe(args.recipe, [*overrides, "model.encoder.frontend.cmvn_file=null"]) if args.recipe else None
     data_cfg, frontend = configs(args, recipe)
-    specs = [a for a in args.manifests if a not in overrides] or list(
-        data_cfg.valid_manifests if args.valid else data_cfg.train_manifests
-    )
+    named = [a for a in args.manifests if a not in overrides]
+    key = None if named else f"data.{'valid' if args.valid else 'train'}"  # the recipe's list: named by its place
+    specs = named or list(data_cfg.valid_manifests if args.valid else data_cfg.train_manifests)
     if not specs:
         p.error(f"no manifests: name them, or give --recipe with data.{'valid' if args.valid else 'train'}")
     if args.write_durations and (len(specs) != 1 or args.no_probe):
@@ -215,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     report = check_data(
         specs, data_cfg, frontend, world_size=args.world_size, probe=not args.no_probe, threads=args.threads,
         need_target=not args.decode, ctc_labels=rule, train=not args.valid, llm_rows=budget_rows(recipe, data_cfg),
-        llm_unk=llm_unk(args, recipe), ctc_frames=None if isinstance(frames, str) else frames,
+        llm_unk=llm_unk(args, recipe), ctc_frames=None if isinstance(frames, str) else frames, key=key,
     )  # fmt: skip
     if isinstance(frames, str):
         report.ctc_frames_text = frames

@@ -1,4 +1,5 @@
-"""`llmasr data kaldi DATA_DIR OUT.jsonl` (wav.scp, text and optional segments inside DATA_DIR)."""
+"""`llmasr data kaldi DATA_DIR OUT.jsonl` (wav.scp, text and optional segments, utt2dur and utt2lang inside
+DATA_DIR)."""
 
 from __future__ import annotations
 
@@ -14,8 +15,9 @@ from llmasr.data.kaldi import KaldiError, kaldi_to_jsonl
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="llmasr data kaldi", description="Kaldi data directory -> FunASR-style jsonl")
     p.add_argument(
-        "data_dir", help="Kaldi data directory with wav.scp, and text, segments and utt2dur where present (no text: a "
-        "manifest of audio to transcribe, for llmasr decode; utt2dur: durations written, no header probed in training)",
+        "data_dir", help="Kaldi data directory with wav.scp, and text, segments, utt2dur and utt2lang where present "
+        "(no text: a manifest of audio to transcribe, for llmasr decode; utt2dur: durations written, no header probed "
+        "in training; utt2lang: each line's `lang`, which decode rates each language by)",
     )  # fmt: skip
     p.add_argument("out", help="jsonl manifest to write")
     p.add_argument("--base-dir", help="directory relative wav.scp paths resolve against (default: cwd)")
@@ -23,19 +25,19 @@ def main(argv: list[str] | None = None) -> int:
     d = Path(args.data_dir)
     if not (d / "wav.scp").is_file():
         p.error(f"{d / 'wav.scp'}: missing")
-    segments, text, utt2dur = d / "segments", d / "text", d / "utt2dur"
-    for path in (text, segments, utt2dur):  # one that is there but no file had been read as absent: whole
+    segments, text, utt2dur, utt2lang = d / "segments", d / "text", d / "utt2dur", d / "utt2lang"
+    for path in (text, segments, utt2dur, utt2lang):  # one that is there but no file had been read as absent: whole
         if path.exists() and (problem := file_problem(path, "Kaldi table")):  # recordings, no transcripts
             print(f"llmasr data kaldi: error: {path}: {problem}", file=sys.stderr)
             return 2
-    if unwritable := output_file_problem(Path(args.out), [d / "wav.scp", segments, text, utt2dur]):
+    if unwritable := output_file_problem(Path(args.out), [d / "wav.scp", segments, text, utt2dur, utt2lang]):
         print(f"llmasr data kaldi: error: {args.out}: {unwritable}", file=sys.stderr)
         return 2
     try:
         counts = kaldi_to_jsonl(
             d / "wav.scp", text if text.is_file() else None, args.out,
             segments=segments if segments.is_file() else None, base_dir=args.base_dir,
-            utt2dur=utt2dur if utt2dur.is_file() else None,
+            utt2dur=utt2dur if utt2dur.is_file() else None, utt2lang=utt2lang if utt2lang.is_file() else None,
         )  # fmt: skip
     except KaldiError as err:
         print(f"llmasr data kaldi: error: {err}", file=sys.stderr)

@@ -80,6 +80,8 @@ REASON_CATEGORIES = (
     ("not UTF-8", "malformed line"),
     ("expected a JSON object", "malformed line"),
     ("missing field", "missing field"),
+    ("name two languages", "two languages for one line"),  # its head had been the category "fields 'lang'"
+    ("name one setting and disagree", "fields that disagree"),
     ("empty target", "empty target"),
     ("is empty", "empty target"),
     # a list's field by any name (hotwords, a cut's custom.hotwords, asr_hotwords); an item's index had made a

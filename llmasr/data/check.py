@@ -80,6 +80,8 @@ class DataReport:
     llm_unk: dict = field(default_factory=dict)
     llm_unk_text: str = ""  # what the report says of them, or why they were not asked
     ctc_frames_text: str = ""  # the lines whose CTC labels outnumber their encoder frames (llmasr.data.ctc_frames)
+    # the lines that give a prompt of their own: manifest -> [lines, the first's manifest:line, its prompt]
+    own_prompts: dict[str, list] = field(default_factory=dict)
     # (sample rate, channels, averaged: read without a `channel`) -> [lines, the first one's manifest:line]
     audio_formats: dict[tuple[int, int, bool], list] = field(default_factory=dict)
     sample_rate: int = 16000  # the encoder frontend's: what loading resamples to
@@ -105,14 +107,15 @@ class DataReport:
 
 
 def _parse_line(m, i: int, spell=None, unread: dict | None = None, unknown: tuple | None = None, text=None,
-                llm_unk: tuple | None = None, need=None):  # fmt: skip
+                llm_unk: tuple | None = None, need=None, prompts: dict | None = None):  # fmt: skip
     """(utterance, target_len, None) or (None, 0, bad record) for line i of manifest m (no audio access); `spell`:
     the CTC vocabulary's spelling check (llmasr.data.ctc_frames.CTCSpelling; with `need`, an array, need[i] its
     count of the line's labels); `unread`: gathers the fields the line's
     parser leaves unread (field -> [lines, the first one's manifest:line]); `unknown`: (the CTC rule's `unknown`,
     where it gathers what the vocabulary spells <unk>, alike); `text`: what is wrong with the text of the transcripts
     (llmasr.data.transcript_text), alike; `llm_unk`: (an llmasr.data.llm_unk.LLMUnk, where gather_unk gathers the
-    transcripts it finds unk in)."""
+    transcripts it finds unk in); `prompts`: gathers the lines that give a prompt of their own (manifest ->
+    [lines, the first's manifest:line, its prompt])."""
     try:
         rec, utt = m.parsed(i)
     except BadRecord as rec:
@@ -131,6 +134,8 @@ def _parse_line(m, i: int, spell=None, unread: dict | None = None, unknown: tupl
         return None, 0, {**where, "reason": why}
     if need is not None:
         need[i] = spell.need
+    if prompts is not None and utt.prompt is not None:  # trained on it, not on model.prompt's (train.log says so)
+        prompts.setdefault(m.path, [0, f"{m.path}:{m.lineno(i)}", utt.prompt])[0] += 1
     if text is not None:
         gather_text(text, utt.target, f"{m.path}:{m.lineno(i)}")
     if llm_unk is not None:
@@ -203,6 +208,7 @@ def check_data(
     llm_rows=None,
     llm_unk=None,
     ctc_frames=None,
+    key: str | None = None,
 ) -> DataReport:
     """`manifest_paths`: paths or ManifestSpecs (training mixes those by their weights). `ctc_labels`: a CTC head's
     rule (transcript -> ids, or why there are none; llmasr.data.dataset.ctc_label_ids) whose refusals are bad lines,
@@ -211,7 +217,8 @@ def check_data(
     that the preview applies data.batching.max_llm_tokens; without it that budget is left out. `llm_unk`: what the
     LLM's tokenizer spells unk (llmasr.data.llm_unk.LLMUnk), or a str saying why that is not asked. `ctc_frames`
     (with `ctc_labels`): seconds -> the encoder frames a CTC head reads (llmasr.models.context.encoder_frames), to
-    name the lines whose CTC labels outnumber them (llmasr.data.ctc_frames)."""
+    name the lines whose CTC labels outnumber them (llmasr.data.ctc_frames). `key`: the recipe key that lists
+    `manifest_paths` ("data.train"), which a manifest that cannot be opened is named by, as training names it."""
     paths = [p.path if isinstance(p, ManifestSpec) else str(p) for p in manifest_paths]
     weights = [p.weight if isinstance(p, ManifestSpec) else 1.0 for p in manifest_paths]
     opened: list[tuple[Manifest, float]] = []
@@ -224,11 +231,11 @@ def check_data(
     )
     durations, tlens, texts, starts = [], [], [], [0]  # per manifest opened; starts: its first line's position
     spots: list[tuple[str, Manifest]] = []
-    for path, weight in zip(paths, weights):  # opened once (each reads its whole file), for the rows and the lines
+    for i, (path, weight) in enumerate(zip(paths, weights)):  # opened once (each reads its whole file)
         try:
             m = Manifest.open(path, need_target=need_target)  # False: manifests for decoding
         except (OSError, ValueError) as err:
-            report.errors.append(f"{path}: cannot open manifest: {err}")
+            report.errors.append(f"{f'{key}[{i}]: ' if key else ''}{path}: cannot open manifest: {err}")
             continue
         opened.append((m, weight))
         spots.append((path, m))
@@ -260,8 +267,16 @@ def check_data(
             for lo in range(0, n, CHUNK_LINES):  # a chunk's lines at a time: memory does not grow with the manifest
                 parsed = [
                     _parse_line(
-                        m, i, spell, report.unread_fields, unknown, found_text, asks_unk, need_of if counting else None
-                    )
+                        m,
+                        i,
+                        spell,
+                        report.unread_fields,
+                        unknown,
+                        found_text,
+                        asks_unk,
+                        need_of if counting else None,
+                        report.own_prompts if need_target else None,
+                    )  # fmt: skip
                     for i in range(lo, min(n, lo + CHUNK_LINES))
                 ]  # here: not across threads
                 good = [utt for utt, _, _ in parsed if utt is not None]
@@ -277,7 +292,8 @@ def check_data(
                             dur = math.nan
                         elif bad is None:
                             report.unprobed += int(math.isnan(dur))
-                            dur = known[i] if not math.isnan(known[i]) else dur  # what training budgets
+                            # what training budgets: the manifest's, else the probe's as its float32 array holds it
+                            dur = known[i] if not math.isnan(known[i]) else float(np.float32(dur))
                     dur_of[i], tl_of[i] = dur, tl
                     if rows is not None and utt is not None and bad is None:
                         text_of[i] = rows.text(utt)

@@ -10,7 +10,7 @@ import numpy as np
 
 from llmasr.data.check import DataReport
 from llmasr.data.record_fields import unread_text
-from llmasr.data.screen import ctc_unknown_text, longest_kept_text
+from llmasr.data.screen import ctc_unknown_text, longest_kept_text, own_prompts_said
 from llmasr.data.transcript_text import text_warnings
 
 
@@ -148,6 +148,9 @@ def format_report(report: DataReport, *, max_examples: int = 50) -> str:
     lines += _audio_format_lines(report)
     lines += _repeated_key_lines(report, max_examples)
     lines += _unread_field_lines(report)
+    if report.own_prompts:  # what the recipe's prompt is not, for those lines
+        found = [(path, n, first, own) for path, (n, first, own) in report.own_prompts.items()]
+        lines += ["", "## prompts", own_prompts_said(found)]
     if report.ctc_unknown:
         found = [(part, n, first) for part, (n, first) in report.ctc_unknown.items()]
         lines += ["", "## spelled <unk> by the CTC vocabulary", ctc_unknown_text(found)]

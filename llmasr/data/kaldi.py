@@ -102,6 +102,7 @@ def kaldi_to_jsonl(
     segments: str | Path | None = None,
     base_dir: str | Path | None = None,
     utt2dur: str | Path | None = None,
+    utt2lang: str | Path | None = None,
 ) -> dict:
     """Convert a Kaldi data dir (wav.scp + text [+ segments]) to FunASR-style jsonl.
 
@@ -111,6 +112,8 @@ def kaldi_to_jsonl(
     `text` None: every recording (or segment) is written without a target, for decoding. `utt2dur` (Kaldi's
     `<key> <seconds>` lines, utils/data/get_utt2dur.sh) gives the records whose duration the rest leaves unknown
     theirs, so that training does not open every file's header at start-up; a segment's own end - start stays.
+    `utt2lang` (`<key> <language>` lines, as Kaldi's language-ID recipes write them) gives each record its `lang`,
+    which decoding rates each language by.
 
     Nothing is dropped silently. The returned dict has `written` and, for each reason a key is skipped, a count
     and the first five keys (`<reason>` and `<reason>_keys`):
@@ -122,7 +125,8 @@ def kaldi_to_jsonl(
       duplicate_keys a key repeated within one file (the first is kept)
     plus `audio_not_found` and its first keys: wav.scp lines whose audio file is not there (their records written
     all the same), `problems`: the first 20 BadRecords (file:line: reason), and with `utt2dur`,
-    `durations_from_utt2dur` and `durations_unknown` (records written without a duration: utt2dur lacks their key).
+    `durations_from_utt2dur` and `durations_unknown` (records written without a duration: utt2dur lacks their key),
+    and with `utt2lang`, `languages_from_utt2lang` and `languages_unknown` (records written without a `lang`).
     Every reason is also logged once as a warning.
     """
     wav_scp, out_jsonl = Path(wav_scp), Path(out_jsonl)
@@ -134,6 +138,7 @@ def kaldi_to_jsonl(
     texts = _read_kaldi_table(text, "text", dups) if text is not None else None
     segs = _read_kaldi_table(Path(segments), "segments", dups) if segments is not None else {}
     durs = _read_kaldi_table(Path(utt2dur), "utt2dur", dups) if utt2dur is not None else None
+    langs = _read_kaldi_table(Path(utt2lang), "utt2lang", dups) if utt2lang is not None else None
     skipped.duplicates(dups)
 
     # With segments, a recording without a usable path is counted by its segments (or as no_segments), not twice.
@@ -143,6 +148,7 @@ def kaldi_to_jsonl(
     else:
         records = _segment_records(segs, wavs, texts, (sources, why), (wav_scp, Path(segments)), text, skipped)
     found = _fill_durations(records, durs, Path(utt2dur)) if durs is not None else None
+    named = _fill_languages(records, langs, Path(utt2lang)) if langs is not None else None
     gone = _audio_not_found(records, wavs, sources, wav_scp, base)
     written = _write_jsonl(records, texts, text, out_jsonl, skipped)
     counts = skipped.counts(written)
@@ -154,6 +160,12 @@ def kaldi_to_jsonl(
         if unknown:
             log.warning("kaldi_to_jsonl: %d record(s) not in %s: written without a duration (training probes their "
                         "audio headers)", unknown, utt2dur)  # fmt: skip
+    if named is not None:
+        unnamed = sum(1 for r in records if "lang" not in r)
+        counts.update(languages_from_utt2lang=named, languages_unknown=unnamed)
+        if unnamed:
+            log.warning("kaldi_to_jsonl: %d record(s) not in %s: written without a lang (decode's results rate them "
+                        "as a group of their own)", unnamed, utt2lang)  # fmt: skip
     return counts
 
 
@@ -201,6 +213,21 @@ def _fill_durations(records: list[dict], table: dict, utt2dur: Path) -> int:
         r["duration"] = seconds
         found += 1
     return found
+
+
+def _fill_languages(records: list[dict], table: dict, utt2lang: Path) -> int:
+    """Give each record its language from utt2lang, as written (decoding reads "en", "English" and "en-US" alike);
+    returns how many it gave. A key with no language is refused with its line."""
+    named = 0
+    for r in records:
+        if r["key"] not in table:
+            continue
+        lineno, value = table[r["key"]]
+        if not value.strip():
+            raise KaldiError(f"{utt2lang}:{lineno}: {r['key']}: expected '<key> <language>', got no language")
+        r["lang"] = " ".join(value.split())
+        named += 1
+    return named
 
 
 def _audio_sources(wavs: dict, wav_scp: Path, base: Path, skipped: _Skipped) -> tuple[dict[str, str], dict]:

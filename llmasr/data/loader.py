@@ -45,21 +45,29 @@ log = logging.getLogger("llmasr.data")
 FALLBACK_TRIES = 256
 
 
-def open_manifests(specs: Sequence[ManifestSpec | str], *, mix: bool, fill: bool = True, need_target: bool = True):
+def open_manifests(specs: Sequence[ManifestSpec | str], *, mix: bool, fill: bool = True, need_target: bool = True,
+                   key: str | None = None):  # fmt: skip
     """Open manifests and (with `fill`) fill unknown durations from headers. Returns (manifest, bad records from
-    the fill). `need_target` False (decoding): lines without a transcript are utterances to transcribe.
+    the fill). `need_target` False (decoding): lines without a transcript are utterances to transcribe. `key`: the
+    recipe key that lists `specs` ("data.train"), which names a manifest that cannot be one (empty, a JSON
+    document) by its place in a mix, as a missing one is named.
 
     One manifest is used as is; several become a MixedManifest (weights used when `mix`, i.e. for training).
     """
-    from llmasr.data.manifest import Manifest
+    from llmasr.data.manifest import BadManifest, EmptyManifest, Manifest
     from llmasr.data.mixed_manifest import MixedManifest
 
     specs = [ManifestSpec(s) if isinstance(s, str) else s for s in specs]
     if not specs:
         raise ValueError("no manifests given")
     opened, bad = [], []
-    for spec in specs:
-        m = Manifest.open(spec.path, need_target=need_target)
+    for i, spec in enumerate(specs):
+        try:
+            m = Manifest.open(spec.path, need_target=need_target)
+        except (EmptyManifest, BadManifest) as err:
+            if key is None:
+                raise
+            raise type(err)(f"{key}[{i}]: {err}") from None
         if fill:
             bad.extend(m.fill_durations())
         opened.append(m)
@@ -172,6 +180,7 @@ def build_dataloader(
     window: int = 1,
     share: ScreenShare | None = None,
     llm_rows=None,
+    say_mix: bool = True,
 ) -> tuple[SpeechDataLoader, DynamicBucketSampler]:
     """`manifests`: a list of ManifestSpec / paths (e.g. data_cfg.train), or an opened Manifest/MixedManifest.
     `device`: the model's, which data.features_on auto follows (None: CUDA when available). `trim_leading_silence`:
@@ -180,9 +189,13 @@ def build_dataloader(
     `share`: the ranks of a node split the start-up screen (llmasr.data.screen_share) and the hotword sampler's pass
     over the training texts (llmasr.data.corpus_stats). `llm_rows(train, hotword_sampler)`: what counts each line's
     LLM positions for data.batching.max_llm_tokens (llmasr.train.line_positions.LineRows: `.text(utterance)` in the
-    screen's pass, `.rows(manifest, durations, texts)` after it); None: that budget is not applied."""
+    screen's pass, `.rows(manifest, durations, texts)` after it); None: that budget is not applied. `say_mix`: log
+    what `epoch` trains of a weighted mix (say_epoch_mix); a resume says it once it knows its epoch."""
     name = "train" if train else "valid"
-    manifest = manifests if hasattr(manifests, "durations") else open_manifests(manifests, mix=train, fill=False)[0]
+    if hasattr(manifests, "durations"):  # opened already
+        manifest = manifests
+    else:
+        manifest = open_manifests(manifests, mix=train, fill=False, key=f"data.{name}")[0]
     n = len(manifest)
     idle = [*data_cfg.augment.idle_settings(frontend), *data_cfg.hotwords.idle_settings()]
     for line in idle if train and rank == 0 else ():
@@ -230,11 +243,8 @@ def build_dataloader(
     skipped = describe_skipped(sampler, manifest, b, name)
     if skipped and rank == 0:
         log.warning("%s", skipped)
-    mix, gone = epoch_mix(manifest, sampler, epoch) if train and rank == 0 else ([], [])
-    if mix and any(w != 1 for w in manifest.weights):  # as `llmasr check` counts it (each line once: "N items")
-        log.info("%s: epoch %d of the mix as the ranks train it: %s", name, epoch, "; ".join(mix))
-    for line in gone:
-        log.warning("%s: %s", name, line)
+    if train and rank == 0 and say_mix:
+        say_epoch_mix(manifest, sampler, epoch)
     hazard = fork_deadlock_warning(world_size, data_cfg.num_workers) if train and rank == 0 else None
     if hazard:
         log.warning("%s", hazard)
@@ -261,6 +271,17 @@ def build_dataloader(
         st["filtered"] or "none",
     )  # fmt: skip
     return loader, sampler
+
+
+def say_epoch_mix(manifest, sampler, epoch: int, *, warn: bool = True) -> None:
+    """train.log's line of what `epoch` trains of each manifest of a weighted mix (as `llmasr check` counts it; a
+    fraction of a weight draws other lines, and maybe another count, each epoch), and with `warn` the manifests it
+    trains none of. Nothing where every weight is 1 (each line once: "N items" says it)."""
+    mix, gone = epoch_mix(manifest, sampler, epoch)
+    if mix and any(w != 1 for w in manifest.weights):
+        log.info("train: epoch %d of the mix as the ranks train it: %s", epoch, "; ".join(mix))
+    for line in gone if warn else ():
+        log.warning("train: %s", line)
 
 
 def build_decode_loader(

@@ -10,7 +10,7 @@ FunASR jsonl, one JSON object a line:
             lang / language / text_language (str), channel (int), start / end (seconds into the file),
             hotwords (list of non-empty strings: the utterance's biasing phrases; [] says "none"), system (str:
             the line's own system message, as a ChatML line's; pseudo-labels of one write it so). prompt and
-            task that disagree are a bad line.
+            task that disagree are a bad line, and so are two language fields that name two languages.
   `source_len` follows FunASR's scp2jsonl convention: the number of 10 ms frames of the 16 kHz waveform
   (int(num_samples_16k * 1000 / 16000 / 10)), so a record without `duration` gets duration = source_len / 100 s.
   `duration` wins when both are present. Neither is required: fill_durations() probes file headers. A `duration`
@@ -234,6 +234,19 @@ class _Parser:
                            "keep one")  # fmt: skip
         return given[0][1] if given else None
 
+    def language(self, rec: dict) -> str | None:
+        """The line's language label: `lang`, FunASR's `language` or SenseVoice's `text_language`. Two spellings of
+        one language agree ("zh" and "<|zh|>"); two languages are a bad line, naming both fields: decoding would
+        have grouped the line under whichever was read first, without a word. A blank one names none: the others
+        are read ("lang": "" had hidden "language": "zh")."""
+        label = self.opt_str(rec, "lang", "language", "text_language", agree=False)  # each field's type checked
+        names = [n for n in ("lang", "language", "text_language") if language_key(rec.get(n) or "") is not None]
+        other = next((n for n in names[1:] if language_key(rec[n]) != language_key(rec[names[0]])), None)
+        if other is not None:
+            raise self.bad(f"fields '{names[0]}' ({rec[names[0]]!r:.40}) and '{other}' ({rec[other]!r:.40}) name two "
+                           "languages for one line; keep one")  # fmt: skip
+        return rec[names[0]] if names else label
+
     def opt_num(self, rec: dict, name: str, *, integer: bool = False, minimum: float = 0.0) -> float | None:
         if name not in rec or rec[name] is None:
             return None
@@ -318,8 +331,7 @@ class _Parser:
             duration=float(duration) if duration is not None else None,
             target_len=int(target_len) if target_len is not None else None,
             prompt=self.opt_str(rec, "prompt", "task"),
-            # read, not used: a FunASR line may spell it two ways ("zh" and "<|zh|>") and mean one language
-            lang=self.opt_str(rec, "lang", "language", "text_language", agree=False),
+            lang=self.language(rec),
             manifest=self.manifest,
             line=self.line,
             channel=int(channel) if channel is not None else None,
@@ -381,8 +393,7 @@ class _Parser:
             duration=float(duration) if duration is not None else None,
             target_len=int(target_len) if target_len is not None else None,
             prompt=task if task.strip() else None,
-            # read, not used: a FunASR line may spell it two ways ("zh" and "<|zh|>") and mean one language
-            lang=self.opt_str(rec, "lang", "language", "text_language", agree=False),
+            lang=self.language(rec),
             manifest=self.manifest,
             line=self.line,
             channel=None,

@@ -268,12 +268,18 @@ def start_tracker(manifest, data_cfg, *, name: str, indices, rank: int, world_si
 
 
 def own_prompts_text(manifest, prompts: dict[str, list[int]]) -> str:
+    """own_prompts_said of screen's `prompts` (manifest path -> [lines, the first's index in `manifest`])."""
+    return own_prompts_said(
+        [(path, lines, "{}:{}".format(*where(manifest, first)), manifest.parsed(first)[1].prompt)
+         for path, (lines, first) in prompts.items()]
+    )  # fmt: skip
+
+
+def own_prompts_said(found: list[tuple[str, int, str, str]]) -> str:
     """The lines that train on a prompt of their own (a `prompt` or `task` field) instead of model.prompt's, by
-    manifest, with the first's: decoding asks each line of a test set with its own prompt, else with the recipe's."""
-    said = []
-    for path, (lines, first) in prompts.items():
-        own = manifest.parsed(first)[1].prompt
-        said.append(f"{path}: {lines} of its lines (first: {'{}:{}'.format(*where(manifest, first))} {own!r:.60})")
+    manifest ((path, lines, the first's manifest:line, its prompt) each): decoding asks each line of a test set with
+    its own prompt, else with the recipe's. train.log, `llmasr check` and `llmasr data check` say it alike."""
+    said = [f"{path}: {lines} of its lines (first: {first} {own!r:.60})" for path, lines, first, own in found]
     return (
         "lines with a prompt of their own, trained on it instead of model.prompt's: " + "; ".join(said) + " (a test "
         "set is decoded with its lines' own prompts, else the recipe's: give its lines the prompt they trained on)"

@@ -20,6 +20,9 @@ name them with how to fix them (`text_warnings`); nothing is rewritten.
 - Spaces between Chinese or Japanese characters: word-segmented text, as AISHELL's transcripts are. Unsegmented
   corpora hardly hold any (spaces sit beside Latin words and numbers there), so a share of the lines holding them
   is a segmented corpus, whose spaces the LLM learns to write.
+- Full-width Latin letters and digits ("２０２４年", "ＡＩ"): Chinese and Japanese corpora write some, others the
+  ASCII forms, and a mix of them teaches the LLM both spellings of one number; scoring's NFKC reads them alike, a
+  biasing phrase's boost does not. Full-width punctuation ("，。！？") is how those scripts are written: not named.
 
 Cheap at scale: a line is tested by a few C-level scans ("<|" in it, str.isprintable, two spaces in a row, and for
 non-ASCII lines NFC's quick check and one regular expression); only a line that fails one is looked at closer (the
@@ -56,6 +59,10 @@ _CJK_SPACED = re.compile(f"{_CJK_CLASS} +{_CJK_CLASS}")
 _CJK_CHAR = re.compile(_CJK_CLASS)
 CJK, CJK_SPACED = "CJK", "spaced CJK"  # lines holding those characters; lines with spaces between two of them
 CJK_FIX = f"re.sub(r'(?<={_CJK_CLASS}) +(?={_CJK_CLASS})', '', text)"
+_WIDE_CLASS = r"[\uff10-\uff19\uff21-\uff3a\uff41-\uff5a]"  # full-width digits and Latin letters
+_WIDE = re.compile(_WIDE_CLASS)
+WIDE = "full-width"  # lines holding any
+WIDE_FIX = f"re.sub(r'{_WIDE_CLASS}', lambda m: chr(ord(m[0]) - 0xFEE0), text)"
 APPLY = (
     " on each transcript (a FunASR jsonl line's `target`, a ChatML line's assistant content; lhotse cuts: "
     "`CutSet.from_file(IN).transform_text(f).to_file(OUT)`)"
@@ -70,7 +77,8 @@ def tags_in(text: str) -> list[str]:
 def gather_text(found: dict, text, where) -> None:
     """Count what is wrong with transcript `text` into `found` (name -> [lines holding it, `where` of the first]):
     its tags, the whitespace in it other than one space between words, its invisible format characters, whether it
-    is not NFC, whether it holds Chinese or Japanese characters and spaces between two of them."""
+    is not NFC, whether it holds Chinese or Japanese characters and spaces between two of them, and full-width
+    letters or digits."""
     if not isinstance(text, str):
         return
     for tag in tags_in(text) if "<|" in text else ():
@@ -92,6 +100,8 @@ def gather_text(found: dict, text, where) -> None:
         found.setdefault(CJK, [0, where])[0] += 1
         if " " in text and _CJK_SPACED.search(text) is not None:
             found.setdefault(CJK_SPACED, [0, where])[0] += 1
+    if _WIDE.search(text) is not None:
+        found.setdefault(WIDE, [0, where])[0] += 1
 
 
 def _code_name(c: str) -> str:
@@ -108,7 +118,8 @@ def _lines(n: int) -> str:
 
 def text_warnings(found: dict, place: Callable = str) -> list[tuple[str, str]]:
     """(heading, warning) for each shape that `found` (gather_text's) holds: tags, whitespace, invisible format
-    characters, decomposed Unicode, spaced Chinese or Japanese. `place`: a finding's first place -> manifest:line."""
+    characters, decomposed Unicode, spaced Chinese or Japanese, full-width letters and digits. `place`: a finding's
+    first place -> manifest:line."""
     said = []
     tags = [(t, n, place(first)) for t, (n, first) in found.items() if TAG.fullmatch(t)]
     if tags:
@@ -155,6 +166,17 @@ def text_warnings(found: dict, place: Callable = str) -> list[tuple[str, str]]:
             f"between two of them (first: {place(first)}): word-segmented text, as AISHELL's transcripts are. "
             "Training teaches the LLM to write those spaces (character error rates ignore them, so the CER does not "
             f"show it). Unless the model is to write segmented text, remove them: `{CJK_FIX}`{APPLY}",
+        ))  # fmt: skip
+    if WIDE in found:
+        n, first = found[WIDE]
+        said.append((
+            "full-width letters and digits",
+            f"{_lines(n)} hold{'s' * (n == 1)} full-width Latin letters or digits ('２０２４', 'ＡＩ'; first: "
+            f"{place(first)}), which training teaches the LLM to write as they stand; where other lines write "
+            "'2024', it learns two spellings of one number (scoring's NFKC reads them alike, so the WER does not "
+            "show it; a biasing phrase is boosted in the spelling it is listed in). Unless the model is to write "
+            "them, make them ASCII "
+            f"(full-width punctuation, '，。', stays): `{WIDE_FIX}`{APPLY}",
         ))  # fmt: skip
     return said
 

@@ -271,7 +271,8 @@ def decode_manifest(
     manifest = loader.dataset.manifest
     rows = utterance_rows(items, manifest, cfg.window_overlap)
     for r in rows:  # the line's `lang`: wer.txt rates each language the manifest names apart
-        r["lang"] = language_of(manifest[int(r["index"])])
+        utt = manifest[int(r["index"])]
+        r["lang"], r["lang_label"] = language_of(utt), utt.lang
     if opts.hotwords_unprompted:  # the lists a prompted run would have used: capped as its prompt caps them
         for r in rows:
             r["hotwords_scored"] = model.prompt.capped_hotwords(loader.dataset.listed_hotwords(r["index"]))[0]

@@ -11,6 +11,7 @@ from collections import Counter
 from pathlib import Path
 
 from llmasr.atomic_file import write_atomic
+from llmasr.data.languages import bare_label
 from llmasr.data.windowed import window_texts
 from llmasr.export.decode_confidence import confidence_fields, confidence_summary
 from llmasr.export.decode_gate import ctc_gate_summary
@@ -338,9 +339,14 @@ def _add_languages(summary: dict, text: list[str], rows: list[dict], hyp_key: st
     utterances first, when they name more than one or only some name one: a mixed test set's one rate hides a
     language that is far worse. Each group is scored as the whole is (`metric`: auto picks WER or CER per line)."""
     groups: dict[str, list[tuple[str, str]]] = {}
+    labels: dict[str, set[str]] = {}  # the labels a group gathers that are more than its key's spelling ("zh-CN")
     for r in rows:
         if r["ref"] is not None:
-            groups.setdefault(r.get("lang") or NO_LANGUAGE, []).append((r["ref"], r[hyp_key]))
+            lang = r.get("lang") or NO_LANGUAGE
+            groups.setdefault(lang, []).append((r["ref"], r[hyp_key]))
+            label = " ".join(str(r.get("lang_label") or lang).split())
+            if bare_label(label) != lang:  # "<|zh|>" and "ZH" are "zh" written alike; "zh-CN" and "Chinese" merged
+                labels.setdefault(lang, set()).add(label)
     if len(groups) < 2:
         return
     order = sorted(groups, key=lambda lang: (-len(groups[lang]), lang))
@@ -349,7 +355,11 @@ def _add_languages(summary: dict, text: list[str], rows: list[dict], hyp_key: st
     for lang in order:
         corpus, _ = score_corpus(groups[lang], metric)
         summary["by_language"][lang] = corpus.to_dict()
-        text.append(f"  {lang}: {corpus.summary()}")
+        spelled = ""
+        if lang in labels:  # wer.json beside the groups, which stay score_corpus's
+            summary.setdefault("language_labels", {})[lang] = sorted(labels[lang])
+            spelled = f" (written {', '.join(sorted(labels[lang]))})"
+        text.append(f"  {lang}{spelled}: {corpus.summary()}")
 
 
 def _add_hotwords(summary: dict, text: list[str], hot: BiasedCorpus | None) -> None:

@@ -88,15 +88,19 @@ class Transcriber:
         )
         return cls(model.to(device), decode_config(saved, **decode), opts, device)
 
-    def __call__(self, audio, *, sample_rate: int | None = None, hotwords: list[str] | None = None):
+    def __call__(
+        self, audio, *, sample_rate: int | None = None, hotwords: list[str] | None = None, task: str | None = None
+    ):
         """The text of one clip (a path or a waveform), or the texts of a list of them, in order."""
         single = not isinstance(audio, (list, tuple))
-        texts = [row["hyp"] for row in self.transcripts([audio] if single else audio, sample_rate, hotwords)]
+        rows = self.transcripts([audio] if single else audio, sample_rate, hotwords, task=task)
+        texts = [row["hyp"] for row in rows]
         return texts[0] if single else texts
 
     def transcripts(
-        self, audio: list, sample_rate: int | None = None, hotwords: list[str] | None = None, *, keep_going=False
-    ) -> list:
+        self, audio: list, sample_rate: int | None = None, hotwords: list[str] | None = None, *, keep_going=False,
+        task: str | None = None,
+    ) -> list:  # fmt: skip
         """Per clip, in order: {"audio" (the path, or "waveform i"), "hyp", "ctc_hyp" (the CTC branch's greedy
         text, None without a head), "truncated" (the guard that ended it, or None), "windows", "duration", with
         decode.timestamps "timestamps" ([word, start s, end s] each, or None), with decode.confidence "avg_logprob" and
@@ -104,11 +108,15 @@ class Transcriber:
         decoded in windows, "window_confidence" ([{"start", "end", "avg_logprob"}] a window), and
         "no_speech" (True) where a gate found none: the VAD's (decode.vad) or the CTC head's (decode.ctc_gate)}. One
         clip (a path or a waveform) is taken as a list of one. A clip that cannot be read raises TranscribeError naming
-        it, or with `keep_going` gets the row {"audio", "error": why} while the others are transcribed."""
+        it, or with `keep_going` gets the row {"audio", "error": why} while the others are transcribed. `task`: the
+        prompt's task text for every clip instead of the model's (model.prompt.task), as a manifest line's own
+        `prompt` is decoded: the one a model trained on lines with prompts of their own ("语音转写：") was given."""
         if not isinstance(audio, (list, tuple)):  # a path's letters or a waveform's samples are no list of clips
             audio = [audio]
         if not audio:
             return []
+        if task is not None and (not isinstance(task, str) or not task.strip()):  # a blank one would be the model's
+            raise TranscribeError(f"task: the prompt's task text, got {task!r}; leave it out for the model's")
         if isinstance(hotwords, (str, bytes)):  # list("Zhang Wei") would bias towards its letters
             words = hotwords.split()
             # FunASR's generate(hotword="魔搭 达摩院") is two phrases: which was meant, only the caller knows
@@ -133,7 +141,7 @@ class Transcriber:
         if sample_rate is None and waves:  # the call's fault, not a clip's (a clip of neither kind is named as such)
             raise TranscribeError(f"waveform {waves[0]}: a waveform needs its sample_rate (Hz)")
         with tempfile.TemporaryDirectory(prefix="llmasr-transcribe-") as tmp:
-            names, manifest, bad, links = _manifest(list(audio), sample_rate, Path(tmp))
+            names, manifest, bad, links = _manifest(list(audio), sample_rate, Path(tmp), task)
             opts = dataclasses.replace(self.opts, hotwords=None if hotwords is None else list(hotwords))
             if bad and not keep_going:  # a missing file or a bad waveform, named before anything is decoded
                 raise TranscribeError("; ".join(f"{names[i] or repr('')}: {why}" for i, why in bad.items()))
@@ -159,10 +167,13 @@ class Transcriber:
         return [out[i] for i in range(len(names))]
 
 
-def _manifest(audio: list, sample_rate, tmp: Path) -> tuple[list[str], Path, dict[int, str], dict[int, str]]:
+def _manifest(
+    audio: list, sample_rate, tmp: Path, task: str | None = None
+) -> tuple[list[str], Path, dict[int, str], dict[int, str]]:
     """The clips' names, a manifest of them in `tmp` (waveforms written there as float wav files) keyed by
-    position, the clips left out of it ({position: why}: a file missing or a directory, a waveform that is
-    not one), and the links in `tmp` the manifest reads a clip through ({position: link})."""
+    position, each line with `task` as its own prompt where given, the clips left out of it ({position: why}: a
+    file missing or a directory, a waveform that is not one), and the links in `tmp` the manifest reads a clip
+    through ({position: link})."""
     names, lines, missing, links = [], [], {}, {}
     for i, clip in enumerate(audio):
         if isinstance(clip, PATHS):
@@ -185,7 +196,7 @@ def _manifest(audio: list, sample_rate, tmp: Path) -> tuple[list[str], Path, dic
                 missing[i] = str(err).removeprefix(f"{names[-1]}: ")
                 continue
             sf.write(source, wave, int(sample_rate), subtype="FLOAT")
-        line = {"key": str(i), "source": source}
+        line = {"key": str(i), "source": source, **({"prompt": task} if task is not None else {})}
         lines.append(json.dumps(line))
     path = tmp / "audio.jsonl"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")

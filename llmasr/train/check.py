@@ -112,8 +112,7 @@ def run_start(recipe, model, plan, folder: RunFolder, *, stage: int, world_size:
         auto = f" (train.resume auto: {why})" if asked == "auto" else ""
         lines = ["run directory", f"  {run_dir}: a fresh run{auto}", *(f"  {n}" for n in notes)]
         return lines, plan.total, plan.ends_after, fresh_course(recipe.train, plan.updates_per_epoch)
-    load_dir, tag = resolve_resume(resume, run_dir, key)
-    where = load_dir / tag
+    where = Path(*resolve_resume(resume, run_dir, key))
     meta = read_meta(where)
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
     manifest = plan.loaders[0].dataset.manifest
@@ -130,13 +129,14 @@ def run_start(recipe, model, plan, folder: RunFolder, *, stage: int, world_size:
     head = f"  resumes {where} (update {meta.update}, epoch {meta.epoch}{resized}{converted}) into {run_dir}"
     client, saved_ds = read_client_state(where, meta)
     total, stop, ends = resumed_total(recipe, plan, where, meta, world_size, client, changed, explain)
+    epoch = int(client.get("epoch", meta.epoch))  # the one it resumes in
     warn_changed(where, changed)  # as training warns, once the position counts into the files as they are now
     early = EarlyStop.of(recipe.train)
     early.load_state_dict(client.get("early_stop"))
-    course = Course(meta.update, ends, early, owed=bool(client.get("validation_owed")))
+    course = Course(meta.update, ends, early, owed=bool(client.get("validation_owed")), epoch=epoch)
     done = nothing_left(meta.update, stop)  # the epochs' end, where it comes before max_updates
     batch = global_batch_change(saved_ds, plan.ds, world_size) if resized else None
-    if done is None and early.exhausted and int(client.get("epoch", meta.epoch)) < recipe.train.epochs:
+    if done is None and early.exhausted and epoch < recipe.train.epochs:
         done = early.nothing_left()  # as the trainer says once it has loaded the count
     warnings = [f"  warning: {w}" for w in (batch, done) if w]
     return ["run directory", head, *(f"  {n}" for n in notes), *warnings], total, stop, course
@@ -231,9 +231,9 @@ def _memory_lines(ds: dict, tc, counts: dict, world_size: int) -> list[str]:
     ]
 
 
-def _data_lines(manifest, sampler, per_epoch: list[int], valid_loader) -> list[str]:
-    st = sampler.stats(0)
-    mix, gone = epoch_mix(manifest, sampler, 0)
+def _data_lines(manifest, sampler, per_epoch: list[int], valid_loader, epoch: int) -> list[str]:
+    st = sampler.stats(0)  # `epoch`: the one the run starts in (a resume's), whose mix is said; none past the last
+    mix, gone = epoch_mix(manifest, sampler, epoch) if epoch < len(per_epoch) else ([], [])
     worst = cost_text(sampler.cost)  # the most augmentation can add; batches are cut on each epoch's own draws
     cost = f"  an utterance costs the budget its length after this epoch's speed factor and pauses; at most {worst}"
     if sampler.fits_sometimes.size:
@@ -251,7 +251,7 @@ def _data_lines(manifest, sampler, per_epoch: list[int], valid_loader) -> list[s
         f"  items kept {st['kept_items']} of {st['num_items']}; skipped: {st['filtered'] or 'none'}; "
         f"padding batches (world-size remainder): {st['num_padding_batches']}",
         *([f"  warning: {st['padding_warning']}"] if st["padding_warning"] else []),
-        *(["  data.train's mix, epoch 0 as the ranks train it (padding duplicates not counted):"] if mix else []),
+        *([f"  data.train's mix, epoch {epoch} as the ranks train it (padding duplicates not counted):"] * bool(mix)),
         *(f"    {line}" for line in mix),
         *(f"  warning: {line}" for line in gone),
         f"  validation: {'none' if valid_loader is None else f'{len(valid_loader)} batches per rank'}",
@@ -351,7 +351,7 @@ def check(
         f"  gradient accumulation: {k}",
         f"  world size: {world_size}",
         f"  train_batch_size: {ds['train_batch_size']}",
-        *_data_lines(train_loader.dataset.manifest, sampler, per_epoch, valid_loader),
+        *_data_lines(train_loader.dataset.manifest, sampler, per_epoch, valid_loader, course.epoch),
         *(f"  warning: {w}" for w in unaligned),
         *sequence_lines(model, recipe, longest),
         "updates",

@@ -18,6 +18,7 @@ class Course(NamedTuple):
     ends: list[int]  # the updates after which its epochs end, in order
     early: EarlyStop  # the early-stopping count it starts with
     owed: bool = False  # a stop put off the validation due at `done`: the resume runs it first
+    epoch: int = 0  # the epoch it starts in: a resume's, from its checkpoint
 
 
 def fresh_course(tc, updates_per_epoch: list[int]) -> Course:

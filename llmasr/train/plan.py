@@ -101,7 +101,7 @@ def plan_run(
     try:  # the tokenizer too: a node may lack its copy of the LLM directory
         side = text_side(recipe.model)
         loaders = build_loaders(recipe, side, rank=rank, world_size=world_size, device=device, window=window,
-                                share=share)  # fmt: skip
+                                share=share, say_mix=not resuming)  # fmt: skip
         per_epoch, failure = batches_per_epoch(loaders[1], tc.epochs), None
     except Exception as err:  # one rank's refusal (its data too bad, a file it cannot read) stops all of them
         if not together or getattr(err, "ranks_told", False):  # the screen's gather told every rank already

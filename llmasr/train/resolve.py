@@ -151,11 +151,12 @@ def check_manifests_there(data) -> None:
 
 
 def build_loaders(recipe, side: TextSide, *, rank: int, world_size: int, device=None, window: int | None = None,
-                  share=None):  # fmt: skip
+                  share=None, say_mix: bool = True):  # fmt: skip
     """(train loader, train sampler, valid loader or None); `device`: the model's (data.features_on auto).
     `window`: the micro batches of an update (the resolved DeepSpeed config's; default train.grad_accum or 1).
     `share`: the ranks of a node split the manifests' start-up screen and the hotword sampler's pass over the
-    training texts (llmasr.data.screen_share.ScreenShare)."""
+    training texts (llmasr.data.screen_share.ScreenShare). `say_mix`: build_dataloader's (a resume says its epoch's
+    mix once it has loaded it)."""
     from llmasr.data.loader import build_dataloader
 
     data = recipe.data
@@ -167,7 +168,13 @@ def build_loaders(recipe, side: TextSide, *, rank: int, world_size: int, device=
         share=share, llm_rows=llm_rows(recipe.model, data, side),
     )  # fmt: skip
     train_loader, sampler = build_dataloader(
-        data, data.train, side.frontend, train=True, window=window or recipe.train.grad_accum or 1, **common
+        data,
+        data.train,
+        side.frontend,
+        train=True,
+        window=window or recipe.train.grad_accum or 1,
+        say_mix=say_mix,
+        **common,
     )
     if len(sampler) == 0:
         dropped = sampler.stats(sampler.epoch)["dropped_batches"]

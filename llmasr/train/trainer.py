@@ -20,6 +20,7 @@ from llmasr import errors
 from llmasr import run_dir as ck
 from llmasr.data import plan_record
 from llmasr.data.bad_data import ranks_summary, refuse_summed
+from llmasr.data.loader import say_epoch_mix
 from llmasr.models.sanm_chunk import load_chunk_draws
 from llmasr.run_dir.files import verify_ranks
 from llmasr.train import resolve, universal
@@ -98,7 +99,7 @@ class Run(RunSetup):
         # counted here, not by the plan: the updates before the checkpoint were at its grad_accum and world size
         self.total, held = universal.resumed_counts(done, epoch, left, self.per_epoch, self.k, max_updates)
         # the validations still ahead, for the eta (the owed one runs before the first update: timed, not ahead)
-        self.course = Course(done, epoch_ends(done, left, self.per_epoch, epoch, self.k), self.early)
+        self.course = Course(done, epoch_ends(done, left, self.per_epoch, epoch, self.k), self.early, epoch=epoch)
         self.ends_after = min(self.total, held)
         if (note := universal.short_of_max_updates(done, held, max_updates)) and self.rank == 0:
             log.warning(note)
@@ -182,6 +183,8 @@ class Run(RunSetup):
         preemption.arm()
         try:
             for epoch in range(start_epoch, tc.epochs):
+                if self.rank == 0 and (epoch or self.resume is not None):  # epoch 0's said as the data was built
+                    say_epoch_mix(self.train_loader.dataset.manifest, self.sampler, epoch, warn=epoch == start_epoch)
                 if loader_state is not None and epoch == start_epoch:
                     self.train_loader.load_state_dict(loader_state)
                 else:

@@ -1,4 +1,5 @@
 import json
+import logging
 
 import numpy as np
 import pytest
@@ -272,6 +273,24 @@ def test_the_preview_is_of_the_batches_training_and_validation_make(tmp_path, ca
     assert f"batches per rank: {len(validated)} " in capsys.readouterr().out
 
 
+def test_lines_without_a_duration_are_batched_at_the_duration_training_holds(tmp_path, capsys):
+    """Five 0.6 s clips without a `duration` and a 3 s budget: training holds their probed durations as float32
+    (0.60000002: five pass 3 s, a batch of four and one of one), the preview had kept the float64 0.6 and batched all
+    five together, one batch where training makes two."""
+    for i in range(5):
+        write_wav(tmp_path / f"c{i}.wav", 0.6, seed=i)
+    m = write_manifest(tmp_path / "m.jsonl", [{"key": f"c{i}", "source": f"c{i}.wav", "target": "hello"}
+                                               for i in range(5)])  # fmt: skip
+    recipe = _recipe(tmp_path, {"train": [str(m)], "batching": {"max_seconds": 3.0}, "num_workers": 0})
+    r = load_recipe(recipe)
+    fe = FrontendConfig(lfr_m=7, lfr_n=6)
+    _, trained = build_dataloader(r.data, r.data.train, fe, prompt_builder=FakePromptBuilder(), train=True)
+    assert sorted(len(b) for b in trained.batches(0)) == [1, 4]
+    report = check_data(r.data.train_manifests, r.data, fe, train=True)
+    assert report.batching["num_batches_global"] == 2
+    assert main(["--recipe", recipe]) == 0 and "batches per rank: 2 " in capsys.readouterr().out
+
+
 def test_the_report_says_what_the_mix_s_first_epoch_trains_of_each_manifest(tmp_path, capsys):
     """The report had given the mix's visits as one count and its hours per line, never each manifest's share, and
     a weighted manifest whose every line max_duration skips showed only as lines "longer than max_duration"."""
@@ -295,6 +314,27 @@ def test_the_report_says_what_the_mix_s_first_epoch_trains_of_each_manifest(tmp_
     assert f"  {a}: weight 1, 10 lines: 10 visits (1 pass), {seconds:.1f} s\n" in out
     assert f"  {b}: weight 3, 4 lines: 0 visits (0 passes), 0.0 s\n  total: 10 visits, {seconds:.1f} s\n" in out
     assert f"warning: {b}: every epoch skips all 4 of its lines (4 too_long): whatever its weight (3)" in out
+
+
+def test_the_lines_with_a_prompt_of_their_own_are_named_as_train_log_names_them(tmp_path, capsys, caplog):
+    """A code-switched corpus whose lines carry `prompt: 转写中英混合语音：` in a mix with one on model.prompt's:
+    train.log and `llmasr check` named them, `llmasr data check` said nothing of them."""
+    a = good_corpus(tmp_path / "a", 4)
+    recs = [json.loads(line) for line in good_corpus(tmp_path / "b", 5).read_text().splitlines()]
+    recs[1]["prompt"] = recs[3]["task"] = "转写中英混合语音："
+    b = write_manifest(tmp_path / "b" / "cs.jsonl", [json.dumps(r, ensure_ascii=False) for r in recs])
+    recipe = _recipe(tmp_path, {"train": [{"path": str(a)}, {"path": str(b), "weight": 2.0}], "num_workers": 0})
+    r = load_recipe(recipe)
+    with caplog.at_level(logging.INFO, logger="llmasr.data"):
+        build_dataloader(r.data, r.data.train, FrontendConfig(lfr_m=7, lfr_n=6), prompt_builder=FakePromptBuilder(),
+                         train=True)  # fmt: skip
+    logged = [m.getMessage().removeprefix("train: ") for m in caplog.records if "of their own" in m.getMessage()]
+    assert main(["--recipe", recipe]) == 0
+    out = capsys.readouterr().out
+    said = f"{b}: 2 of its lines (first: {b}:2 '转写中英混合语音：')"
+    assert f"\n## prompts\nlines with a prompt of their own, trained on it instead of model.prompt's: {said} (a " in out
+    assert len(logged) == 1 and f"\n{logged[0]}\n" in out  # train.log's words
+    assert main([str(a), "--max-seconds", "10"]) == 0 and "## prompts" not in capsys.readouterr().out
 
 
 def test_the_bad_fraction_is_of_the_items_training_counts(tmp_path, capsys):

@@ -11,6 +11,7 @@ from speech_fakes import write_jsonl
 from speech_fakes import write_tone_wav as write_wav
 
 from llmasr.data.audio import load_audio
+from llmasr.data.bad_data import reason_category
 from llmasr.data.manifest import BadManifest, BadRecord, EmptyManifest, Manifest
 
 pytestmark = pytest.mark.usefixtures("manifest_cache_dir")
@@ -204,8 +205,8 @@ def test_a_field_given_twice_is_a_bad_line(tmp_path):
 
 def test_a_prompt_and_a_task_that_disagree_are_a_bad_line(tmp_path):
     """`prompt` and `task` name one setting: a line giving both with different texts had been read with the first
-    and the other left out without a word; the same text twice is fine. The language's spellings are read, not used,
-    and a FunASR line may spell one language two ways ("zh", "<|zh|>"): they never make a line bad."""
+    and the other left out without a word; the same text twice is fine. A FunASR line may spell one language two
+    ways ("zh", "<|zh|>"): that never makes a line bad."""
     write_wav(tmp_path / "a.wav", 1.0)
     line = {"key": "u", "source": "a.wav", "target": "hello"}
     path = write_jsonl(tmp_path / "m.jsonl", [
@@ -218,6 +219,35 @@ def test_a_prompt_and_a_task_that_disagree_are_a_bad_line(tmp_path):
         m[0]
     assert m[1].lang == "zh" and (m[2].prompt, m[2].lang) == ("Transcribe:", "en")
     assert [b.line for b in m.scan()] == [1]
+
+
+def test_two_languages_for_one_line_are_a_bad_line_naming_both_fields(tmp_path):
+    """`"lang": "en"` beside `"language": "zh"` had been read as "en" without a word, and decode's results grouped
+    the line under whichever field was read first. Spellings of one language agree, a region tag included; a line of
+    a ChatML manifest is held to the same rule."""
+    write_wav(tmp_path / "a.wav", 1.0)
+    line = {"key": "u", "source": "a.wav", "target": "hello"}
+    chat = {"messages": [{"role": "user", "content": "<|startofspeech|>!a.wav<|endofspeech|>"},
+                         {"role": "assistant", "content": "hello"}]}  # fmt: skip
+    path = write_jsonl(tmp_path / "m.jsonl", [
+        {**line, "lang": "en", "language": "zh"},
+        {**line, "lang": "Chinese", "language": "zh-CN", "text_language": "<|zh|>"},
+        {**line, "lang": "zh", "text_language": "<|ja|>"},
+        {**chat, "language": "<|ko|>", "text_language": "<|ko|>"},
+        {**chat, "lang": "ko", "text_language": "<|en|>"},
+        {**line, "lang": " ", "language": "zh"},  # a blank one names none: it had hidden the other
+    ])  # fmt: skip
+    m = Manifest.open(path)
+    with pytest.raises(BadRecord, match=r"m.jsonl:1: fields 'lang' \('en'\) and 'language' \('zh'\) name two lang"):
+        m[0]
+    with pytest.raises(BadRecord, match=r"m.jsonl:3: fields 'lang' \('zh'\) and 'text_language' \('<\|ja\|>'\)"):
+        m[2]
+    with pytest.raises(BadRecord, match=r"m.jsonl:5: fields 'lang' \('ko'\) and 'text_language' \('<\|en\|>'\)"):
+        m[4]
+    assert (m[1].lang, m[3].lang, m[5].lang) == ("Chinese", "<|ko|>", "zh")
+    bad = m.scan()
+    assert [b.line for b in bad] == [1, 3, 5]
+    assert {reason_category(b.reason) for b in bad} == {"two languages for one line"}  # by_reason's key
 
 
 def test_a_lone_surrogate_is_a_bad_line_naming_its_field(tmp_path):

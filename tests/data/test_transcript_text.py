@@ -172,3 +172,37 @@ def test_invisible_format_characters_are_named_with_their_lines_and_the_fix_remo
     path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in recs))
     assert main([str(path)]) == 0
     assert "## invisible characters" not in capsys.readouterr().out
+
+
+def test_full_width_letters_and_digits_are_named_and_the_fix_leaves_full_width_punctuation(tmp_path, capsys):
+    """A Chinese corpus writing "２０２４年" mixed with one writing "2024年": nothing had said that the LLM learns two
+    spellings of one number (scoring's NFKC reads them alike). Full-width punctuation is how Chinese is written and
+    says nothing; neither do a Korean line and kana."""
+    import re
+
+    from llmasr.data.transcript_text import WIDE_FIX
+
+    path = good_corpus(tmp_path, 6)
+    recs = [json.loads(line) for line in path.read_text().splitlines()]
+    texts = [
+        "２０２４年，ＡＩ很好！",
+        "2024年，AI很好！",
+        "今日はいい天気ですね。",
+        "안녕하세요 반갑습니다",
+        "ｈｅｌｌｏ world",
+    ]
+    for r, text in zip(recs[1:], texts):
+        r["target"] = text
+    path = write_manifest(tmp_path / "m.jsonl", [json.dumps(r, ensure_ascii=False) for r in recs])
+    assert main([str(path)]) == 0  # a warning, not a bad line
+    out = capsys.readouterr().out
+    assert "## full-width letters and digits\n2 lines hold full-width Latin letters or digits ('２０２４', 'ＡＩ'; " \
+           f"first: {path}:2)" in out and f"`{WIDE_FIX}`" in out  # fmt: skip
+    fixed = [eval(WIDE_FIX, {"re": re, "text": r["target"]}) for r in recs]
+    assert fixed[1:] == ["2024年，AI很好！", "2024年，AI很好！", texts[2], texts[3], "hello world"]
+    for r, text in zip(recs, fixed):
+        r["target"] = text
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in recs), encoding="utf-8")
+    assert main([str(path)]) == 0 and "full-width" not in capsys.readouterr().out
+    one = write_manifest(tmp_path / "one.jsonl", [json.dumps(dict(recs[0], target=texts[0]), ensure_ascii=False)])
+    assert main([str(one)]) == 0 and "\n1 line holds full-width Latin letters" in capsys.readouterr().out

@@ -57,8 +57,39 @@ def test_a_lhotse_manifests_language_names_and_a_jsonl_ones_codes_are_one_key(mo
     "label, key",
     [("English", "en"), (" <|EN|> ", "en"), ("deu", "de"), ("ger", "de"), ("Français", "fr"), ("普通话", "zh"),
      ("Cantonese", "yue"), ("<|yue|>", "yue"), ("jw", "jv"),
-     # not in the table: kept as written, case-folded (a region tag or a dialect may be a group the user wants)
-     ("en-US", "en-us"), ("Swiss German", "swiss german"), ("  ", None)],
+     # a script or region subtag: the language (SenseVoice's and Whisper's tokens have no regions)
+     ("en-US", "en"), ("zh_CN", "zh"), ("zh-Hant-TW", "zh"), ("cmn_hans_cn", "zh"), ("es-419", "es"),
+     ("zh-yue", "yue"), ("<|ko-KR|>", "ko"),
+     # not in the table: kept as written, case-folded (a dialect, a code-switched label, a variant: a group the
+     # user may want apart; "en" is no region)
+     ("zh-en", "zh-en"), ("en-uk", "en-uk"), ("de-CH-1901", "de-ch-1901"), ("Swiss German", "swiss german"),
+     ("  ", None)],
 )  # fmt: skip
 def test_language_key(label, key):
     assert language_key(label) == key
+
+
+def test_a_region_tag_is_its_language_and_the_summary_names_the_spellings_it_gathered(model, tmp_path):
+    """A test set joined from a corpus that writes "zh" and one that writes "zh-CN" (Common Voice's) had two Chinese
+    groups in wer.txt, each rated apart, and "en-US" beside "en" two English ones; one group now, and the summary
+    says which labels it gathered, so that a merge is seen."""
+    wavs = [write_wav(tmp_path / f"u{i}.wav", 0.5, seed=i) for i in range(6)]
+    labels = [("lang", "zh"), ("lang", "zh-CN"), ("language", "zh_TW"), ("text_language", "<|EN|>"),
+              ("lang", "en-US"), ("lang", "zh-en")]  # fmt: skip
+    targets = ["你好", "你好", "你好", "hello", "hello", "你好hello"]
+    lines = [{"key": f"j{i}", "source": str(wav), "target": text, field: label}
+             for i, (wav, text, (field, label)) in enumerate(zip(wavs, targets, labels))]  # fmt: skip
+    (tmp_path / "m.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in lines), "utf-8")
+    out = tmp_path / "out"
+    cfg = DecodeConfig(max_new_tokens=2, batch_seconds=100.0)
+    summary = decode_manifest(model, tmp_path / "m.jsonl", out, cfg, DecodeOptions(num_workers=0))
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert [r["lang"] for r in rows] == ["zh", "zh", "zh", "en", "en", "zh-en"]
+    groups = summary["by_language"]
+    assert {lang: g["utterances"] for lang, g in groups.items()} == {"zh": 3, "en": 2, "zh-en": 1}
+    # the labels merged, beside the groups; "<|EN|>" is "en" as written, and "zh-en" its own key
+    assert summary["language_labels"] == {"zh": ["zh-CN", "zh_TW"], "en": ["en-US"]}
+    text = (out / "wer.txt").read_text(encoding="utf-8")
+    assert "\n  zh (written zh-CN, zh_TW): CER " in text and "\n  en (written en-US): WER " in text
+    assert "\n  zh-en: CER " in text
+    assert json.loads((out / "wer.json").read_text(encoding="utf-8"))["language_labels"] == summary["language_labels"]

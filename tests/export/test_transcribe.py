@@ -88,6 +88,30 @@ def test_a_hotword_list_is_used_as_decode_uses_a_list_file(asr, clips, tmp_path)
     assert asr(paths, hotwords=phrases) == decoded(asr, manifest, tmp_path / "h", hotwords=phrases)
 
 
+def test_a_task_prompt_is_used_as_decode_uses_a_line_s_own_prompt(exported_dir, asr, clips, tmp_path, capsys):
+    """A model trained on lines that carry their own prompt (a Chinese corpus's `prompt: 语音转写：`) could be decoded
+    with it from a manifest, but `llmasr transcribe` and Transcriber always asked with model.prompt.task: the
+    task given is what such a line's prompt gives, and a blank one is refused, not read as the model's."""
+    from llmasr.cli import main
+
+    manifest, paths = clips
+    task = "语音转写："
+    recs = [json.loads(line) for line in manifest.read_text().splitlines()]
+    own = tmp_path / "own.jsonl"
+    own.write_text("".join(json.dumps(dict(r, source=str(manifest.parent / r["source"]), prompt=task),
+                                      ensure_ascii=False) + "\n" for r in recs), encoding="utf-8")  # fmt: skip
+    want = decoded(asr, own, tmp_path / "d")
+    assert asr(paths, task=task) == want and asr(paths[1], task=task) == want[1]
+    assert asr(paths) == decoded(asr, manifest, tmp_path / "p")  # no task: the model's
+    sure = Transcriber.load(exported_dir, max_new_tokens=4, confidence=True)  # the prompt moves what the LLM reads
+    assert sure.transcripts(paths[:1], task=task)[0]["logprob"] != sure.transcripts(paths[:1])[0]["logprob"]
+    with pytest.raises(TranscribeError, match=r"task: the prompt's task text, got ' '; leave it out"):
+        asr(paths[0], task=" ")
+    files = [str(p) for p in paths[:2]]
+    assert main(["transcribe", "--model", str(exported_dir), *files, "--task", task, "--max-new-tokens", "4"]) == 0
+    assert capsys.readouterr().out.splitlines() == [f"{f}\t{' '.join(t.split())}" for f, t in zip(files, want)]
+
+
 def test_audio_that_cannot_be_transcribed_is_named(asr, clips, tmp_path):
     _, paths = clips
     with pytest.raises(TranscribeError, match="nope.wav: no such audio file"):

@@ -1,6 +1,7 @@
 """`llmasr check` on a weighted mix of training manifests: what an epoch trains of each (visits, passes, hours) is
 the loaders' own batches, at any world size; a manifest the filters empty is named, not lost behind its weight."""
 
+import itertools
 import json
 import logging
 import re
@@ -9,9 +10,11 @@ import pytest
 import yaml
 from check_runner import run_check
 
+from llmasr.data.mixed_manifest import epoch_mix
 from llmasr.recipe import load_recipe
 from llmasr.testing.tiny_corpus import tiny_recipe_dict, write_tiny_corpus
 from llmasr.train.resolve import build_loaders, text_side
+from llmasr.train.trainer import train
 
 
 @pytest.fixture(scope="module")
@@ -124,3 +127,30 @@ def test_lines_with_a_prompt_of_their_own_are_named_beside_the_recipe_s_prompt(m
     caplog.clear()
     code, out, _ = run_check(capsys, "--config", str(path), "--deepspeed", "zero2", "--out", str(tmp_path))
     assert code == 0 and "of their own" not in out  # no line has one: nothing said
+
+
+def test_train_log_says_the_mix_of_the_epoch_each_starts_and_a_resume_of_the_epoch_it_resumes(
+    mix_recipe, tmp_path, capsys
+):
+    """A resume into epoch 1 had logged "epoch 0 of the mix" (the loaders are built before the checkpoint says its
+    epoch), and so had `llmasr check --resume`; later epochs said nothing, though a fraction of a weight draws other
+    lines each epoch."""
+    path, (big, small, half) = mix_recipe
+    run = tmp_path / "run"
+    first = load_recipe(path, [f"train.output_dir={run}", "train.epochs=1"])
+    train(first, "zero0")
+    code, out, err = run_check(capsys, "--config", str(path), "--deepspeed", "zero0", "--resume", "--out",
+                               str(tmp_path), f"train.output_dir={run}", "train.epochs=3")  # fmt: skip
+    assert code == 0, err
+    below = out[out.index("  data.train's mix, epoch 1 as the ranks train it") :].splitlines()[1:]
+    checked = list(itertools.takewhile(lambda line: line.startswith("    "), below))
+    train(load_recipe(path, [f"train.output_dir={run}", "train.epochs=3"]), "zero0", resume="latest")
+    log = (run / "train.log").read_text(encoding="utf-8")
+    said = re.findall(r"train: epoch (\d+) of the mix as the ranks train it: (.*)", log)
+    resumed = log.index("resumed from")
+    assert [int(e) for e, _ in said] == [0, 1, 2], said
+    assert log.index("epoch 1 of the mix") > resumed  # said once the resume knows its epoch, not before
+    loader, sampler, _ = build_loaders(first, text_side(first.model), rank=0, world_size=1)
+    for epoch, line in said:  # each the loaders' own count of its epoch (a weight of 0.5 draws 3 of 6 lines anew)
+        assert line == "; ".join(epoch_mix(loader.dataset.manifest, sampler, int(epoch))[0]), epoch
+    assert [c.strip() for c in checked] == said[1][1].split("; ")  # the check's epoch is the one the resume trains

@@ -3,6 +3,7 @@ sampler's exact per-epoch plans, equal to the batches the loader yields and to t
 makes."""
 
 import math
+import re
 from collections import Counter
 
 import numpy as np
@@ -216,6 +217,33 @@ def test_a_manifest_that_is_not_there_is_named_by_its_key_and_where_it_was_set(r
     assert f"error: data.train[1]: manifest not found: {tmp_path / 'gone.jsonl'} ({tmp_path / 'r.yaml'}, line " in err
     assert main([*args, f"data.valid=[{tmp_path}]"]) == 2
     assert f"error: data.valid[0]: {tmp_path}: a directory, not a manifest file" in capsys.readouterr().err
+
+
+def test_an_empty_manifest_of_a_mix_is_named_by_its_key_in_check_data_check_and_train(recipe_file, tmp_path, capsys):
+    """An empty dialect manifest listed third in a weighted mix: `llmasr check`, `llmasr train` and `llmasr data
+    check --recipe` had named its file alone, where a missing one is named by its data.train[i] key."""
+    import yaml
+
+    from llmasr.commands.check import main as check_main
+    from llmasr.commands.data_check import main as data_check_main
+
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n")
+    recipe = yaml.safe_load(recipe_file.read_text())
+    recipe["data"]["train"] = [recipe["data"]["train"][0], {"path": str(empty), "weight": 2.0}]
+    recipe["train"]["output_dir"] = str(tmp_path / "run")
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(recipe))
+    said = f"data.train[1]: manifest {empty}: no records (the file is empty or holds only blank lines)"
+    assert check_main(["--config", str(tmp_path / "r.yaml"), "--deepspeed", "zero0"]) == 2
+    assert f"error: {said}" in capsys.readouterr().err
+    with pytest.raises(ValueError, match=re.escape(said)):
+        train(load_recipe(tmp_path / "r.yaml"), "zero0")
+    assert data_check_main(["--recipe", str(tmp_path / "r.yaml")]) != 0
+    assert (
+        f"error: data.train[1]: {empty}: cannot open manifest: manifest {empty}: no records" in capsys.readouterr().out
+    )
+    assert data_check_main([str(empty)]) != 0  # named on the command line: no recipe key to give
+    assert f"error: {empty}: cannot open manifest" in capsys.readouterr().out
 
 
 def test_a_prompt_setting_refused_at_build_says_where_it_was_set(recipe_file, tmp_path, capsys):
