@@ -47,10 +47,13 @@ def test_smoke_suite_trains_decodes_and_summarises(tmp_path):
     d = res["decode"]
     assert d["status"] == "ok" and d["rtf"] > 0 and d["max_new_tokens"] == 48 and d["audio_seconds"] > 0
     assert d["first_batch_seconds"] > 0 and "rtf_after_first_batch" in d
+    # random weights repeat a token: the repetition stop had ended every utterance early, not the length cap
+    assert d["truncated_by_guard"] == {"max_tokens": 3, "repetition": 0} and d["utterances"] == 3
     paths = [p["path"] for p in res["features"]["paths"]]
     assert paths[0] == "worker (kaldi-native-fbank)" and "torch batched" in paths
     md = (out / "summary.md").read_text()
     assert "| zero2_fp32 | ok |" in md and "| fp16_zero2 | skipped: fp16" in md and "Decoding (ok): RTF" in md
+    assert "length cap 48 tokens: 3 of 3 utterances ran to it" in md
     assert "Reproduce: `bash bench/gpu_suite.sh`" in md  # the output paths are not part of it
     head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=BENCH, capture_output=True, text=True)
     assert res["commit"].removesuffix("+dirty") == head.stdout.strip() and f"at commit {res['commit']}" in md
@@ -146,3 +149,22 @@ def test_a_dependency_that_does_not_import_is_named_with_its_error(tmp_path):
                           text=True, timeout=120, env=env)  # fmt: skip
     assert proc.returncode == 2 and "deepspeed: ImportError: stand-in: no pydantic here" in proc.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_a_failed_step_is_named_with_its_error_in_the_summary(tmp_path):
+    """A run that failed read "failed (exit 2)" in summary.md, its cause only in logs.txt among the other steps'
+    output: the line that names the error is the step's "error", shown beside its status."""
+    args = gpu_suite.argparse.Namespace(out=str(tmp_path / "out"), work=str(tmp_path), budget_s=120.0)
+    suite = gpu_suite.Suite(args)
+    refusal = "llmasr train: error: train.precision: fp16 is not supported (set by the override 'a|b')"
+    script = f"import sys; print('loading'); print({refusal!r}); print('bye', file=sys.stderr); sys.exit(2)"
+    res = suite.run("fp16_zero2", [sys.executable, "-c", script], timeout=60)
+    assert res["status"] == "failed (exit 2)" and res["error"] == refusal
+    crash = "import torch; raise RuntimeError('CUDA error: an illegal memory access was encountered')"
+    res2 = suite.run("decode", [sys.executable, "-c", crash], timeout=60)
+    assert res2["error"] == "RuntimeError: CUDA error: an illegal memory access was encountered"
+    assert "error" not in suite.run("ok", [sys.executable, "-c", "print('fine')"], timeout=60)
+    from _gpu_suite_report import status_text
+
+    assert status_text(res) == "failed (exit 2): " + refusal.replace("|", "/")  # one table cell
+    assert status_text({"status": "skipped", "reason": "--only"}) == "skipped: --only"
