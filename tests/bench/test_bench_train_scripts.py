@@ -113,6 +113,34 @@ def test_run_all_quick_train_step_and_data(run_all_quick):
     assert res["benchmarks"]["data_pipeline"]["padding"]
 
 
+def test_run_all_goes_on_past_a_failed_benchmark_and_names_it(tmp_path, monkeypatch, capsys):
+    """One benchmark failing (a CUDA error on the lent GPU) had stopped run_all there: the benchmarks after it never
+    ran and no results.md was written. Each failure is named, the others run, and run_all exits 1."""
+    import run_all
+
+    scripts = tmp_path / "bench"
+    scripts.mkdir()
+    for name, error in (("data_pipeline", "ValueError: first"), ("device_features", "RuntimeError: second")):
+        kind, text = error.split(": ")
+        (scripts / f"{name}.py").write_text(f"print('working'); raise {kind}({text!r})\n")
+    out = tmp_path / "results" / "m"
+    out.mkdir(parents=True)
+    (out / "data_pipeline.json").write_text(json.dumps({"commit": "old"}))  # an earlier run's result, not this one's
+    (out / "data_pipeline.md").write_text("stale table\n")
+    monkeypatch.setattr(run_all, "HERE", scripts)
+    argv = ["--quick", "--only", "data_pipeline", "device_features", "--out-dir", str(tmp_path / "results")]
+    assert run_all.main([*argv, "--machine", "m"]) == 1
+    assert "[run_all] failed: data_pipeline, device_features" in capsys.readouterr().out
+    res = json.loads((out / "results.json").read_text())
+    assert res["failed"] == {
+        "data_pipeline": "exit 1: ValueError: first",
+        "device_features": "exit 1: RuntimeError: second",
+    }
+    md = (out / "results.md").read_text()
+    assert "Failed in this run (exit 1: ValueError: first)" in md and "stale table" not in md
+    assert "Failed in this run (exit 1: RuntimeError: second)" in md
+
+
 @pytest.mark.slow
 def test_zero_memory_quick_counts_the_states_deepspeed_holds(tmp_path):
     pytest.importorskip("deepspeed")
