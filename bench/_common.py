@@ -46,6 +46,11 @@ def reproduce_command(script: str, argv: list[str], *, drop=("--json-out",), run
     return " ".join([runner, script, *keep])
 
 
+def print_commit() -> None:
+    """The `Commit:` line that closes a report a script prints line by line (emit prints it for the others)."""
+    print(f"Commit: {git_commit()}")
+
+
 def failure_line(output: str) -> str | None:
     """The line of a failed run's output that names its error: the last exception or `error:` line (a traceback's
     last line, llmasr's refusals), else the last line it wrote (where a run that timed out had got to)."""

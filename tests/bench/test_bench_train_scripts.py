@@ -56,6 +56,7 @@ def test_manifest_scale_reports_every_stage_and_the_workers_memory():
     ):
         assert f"| {stage}" in text
     assert "| 40 | " in text and "worker 0 USS / PSS" in text
+    assert text.rstrip().splitlines()[-1].startswith("Commit: ")  # the commit it measured
     assert "| epoch plan, world size | held (MiB) |" in text and "| 64 | " in text
 
 
