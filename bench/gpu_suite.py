@@ -1,7 +1,7 @@
 """Every GPU measurement the project needs, in one run through the real commands (bench/gpu_suite.sh calls this).
 
     bash bench/gpu_suite.sh                      # on a lent GPU: results under $OUT (or bench/results/gpu-suite)
-    python bench/gpu_suite.py --smoke --out DIR  # tiny shapes on CPU, 3 updates a run: the suite's own test
+    python bench/gpu_suite.py --smoke --out DIR  # tiny shapes on CPU in bf16, 3 updates a run: its own test
 
 Writes the Paraformer-large + Qwen2.5-1.5B shapes with random weights to disk in the real formats and synthetic
 audio manifests (bench/_gpu_suite_prepare.py), then runs, each as its own `python -m llmasr ...` process with a
@@ -52,7 +52,7 @@ LOG_TAIL = 60  # lines of each run's output kept in logs.txt
 def train_runs(smoke: bool, liger: str | None) -> list[dict]:
     """The training runs: name, DeepSpeed preset, overrides, share of --updates, and the reason to skip (None: run
     it)."""
-    half = "fp32" if smoke else "bf16"  # DeepSpeed's bf16/fp16 engines want an accelerator
+    half = "bf16"  # the smoke run's too: DeepSpeed's CPU accelerator runs bf16 (slowly), fp16 alone needs CUDA
     cuda_reason = "needs CUDA (smoke run on CPU)" if smoke else None
     big = 4 * (4.0 if smoke else 240.0)  # the recipe's data.batching.max_seconds (the smoke recipe's), 4x
     run = {"preset": "zero2", "share": 1.0, "skip": None}

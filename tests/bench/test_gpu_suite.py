@@ -32,8 +32,8 @@ def test_smoke_suite_trains_decodes_and_summarises(tmp_path):
     res = json.loads((out / "summary.json").read_text())
     assert res["smoke"] is True and res["updates"] == 3
     train = res["train"]
-    assert list(train) == ["zero2_fp32", "zero2_fp32_cudnn", "zero2_fp32_4x", "zero3_fp32", "fp16_zero2", "liger_zero2"]
-    for name in ("zero2_fp32", "zero2_fp32_4x", "zero3_fp32"):
+    assert list(train) == ["zero2_bf16", "zero2_bf16_cudnn", "zero2_bf16_4x", "zero3_bf16", "fp16_zero2", "liger_zero2"]
+    for name in ("zero2_bf16", "zero2_bf16_4x", "zero3_bf16"):
         r = train[name]
         assert r["status"] == "ok", r
         assert r["updates"] == 3 and r["lines"] == 3 and r["steady_lines"] == 2
@@ -41,9 +41,9 @@ def test_smoke_suite_trains_decodes_and_summarises(tmp_path):
             assert r[key] > 0, (name, key)
         assert r["mfu"] is None  # "n/a" on a CPU: no peak figure
         assert 0 <= r["pad_llm"] < 1 and 0 <= r["data_wait"] <= 1
-    for name in ("zero2_fp32_cudnn", "fp16_zero2", "liger_zero2"):
+    for name in ("zero2_bf16_cudnn", "fp16_zero2", "liger_zero2"):
         assert "needs CUDA" in train[name]["reason"], name
-    assert train["zero2_fp32_4x"]["audio_s/s"] > 0  # its larger batches: data.batching.max_seconds took
+    assert train["zero2_bf16_4x"]["audio_s/s"] > 0  # its larger batches: data.batching.max_seconds took
     d = res["decode"]
     assert d["status"] == "ok" and d["rtf"] > 0 and d["max_new_tokens"] == 48 and d["audio_seconds"] > 0
     assert d["first_batch_seconds"] > 0 and "rtf_after_first_batch" in d
@@ -52,20 +52,22 @@ def test_smoke_suite_trains_decodes_and_summarises(tmp_path):
     paths = [p["path"] for p in res["features"]["paths"]]
     assert paths[0] == "worker (kaldi-native-fbank)" and "torch batched" in paths
     md = (out / "summary.md").read_text()
-    assert "| zero2_fp32 | ok |" in md and "| fp16_zero2 | skipped: fp16" in md and "Decoding (ok): RTF" in md
+    assert "| zero2_bf16 | ok |" in md and "| fp16_zero2 | skipped: fp16" in md and "Decoding (ok): RTF" in md
     assert "length cap 48 tokens: 3 of 3 utterances ran to it" in md
     assert "Reproduce: `bash bench/gpu_suite.sh`" in md  # the output paths are not part of it
     head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=BENCH, capture_output=True, text=True)
     assert res["commit"].removesuffix("+dirty") == head.stdout.strip() and f"at commit {res['commit']}" in md
     logs = (out / "logs.txt").read_text()
-    assert "==== zero3_fp32: ok" in logs and "==== decode: ok" in logs and "==== profile: ok" in logs
-    assert logs.index("==== profile:") < logs.index("==== zero2_fp32_4x:")  # the shipped recipe's profile first
+    assert "==== zero3_bf16: ok" in logs and "==== decode: ok" in logs and "==== profile: ok" in logs
+    assert logs.index("==== profile:") < logs.index("==== zero2_bf16_4x:")  # the shipped recipe's profile first
     assert res["profile"] == {**res["profile"], "status": "ok", "file": "profile.md"}
     assert "Profile (ok)" in md
     prof = (out / "profile.md").read_text()
     # the smoke run's one warm-up update, then one under each profiler
     assert re.search(r"^\| 1 \| timed \|.*\n\| 2 \| torch.profiler \|.*\n\| 3 \| cProfile \|", prof, re.M)
-    assert "### cProfile by tottime" in prof
+    assert "### cProfile by tottime" in prof and f"; commit {res['commit']}" in prof
+    # the GPU run's path: bf16 weights (DeepSpeed's CPU accelerator runs bf16) and fbank in the training step
+    assert "- params torch.bfloat16 trained on cpu" in prof and "(_fbank_group)" in prof
 
 
 def test_train_figures_skip_the_first_line_and_take_the_peak(tmp_path):
@@ -132,10 +134,10 @@ def test_a_suite_killed_midway_leaves_the_steps_it_finished(tmp_path, monkeypatc
     with pytest.raises(Killed):
         gpu_suite.run_suite(args)
     partial = json.loads((tmp_path / "out" / gpu_suite.PARTIAL).read_text())
-    assert partial["train"] == {"zero2_fp32": {"status": "ok", "updates": 3}} and partial["decode"] is None
+    assert partial["train"] == {"zero2_bf16": {"status": "ok", "updates": 3}} and partial["decode"] is None
     assert partial["profile"] == {"status": "ok", "file": "profile.md"}
     logs = (tmp_path / "out" / gpu_suite.LOGS).read_text()
-    assert logs == "==== zero2_fp32: ok\nloss 1.0\n==== profile: ok\n"  # to diagnose by
+    assert logs == "==== zero2_bf16: ok\nloss 1.0\n==== profile: ok\n"  # to diagnose by
 
 
 def test_a_dependency_that_does_not_import_is_named_with_its_error(tmp_path):
