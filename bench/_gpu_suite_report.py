@@ -62,8 +62,9 @@ def markdown(res: dict) -> list[str]:
     lines += ["", decode_line(res["decode"])]
     f = res["features"]
     lines += ["", f"Features ({status_text(f)}), audio s/s and multiple of a step's need:", ""]
-    lines += [f"- {r['path']} on {r['device']} x{r['threads']}: {fmt(r['audio_s_per_s'], ',.0f')} "
-              f"({fmt(r['x_step'], '.2f')}x)" for r in f.get("paths", [])]  # fmt: skip
+    for r in f.get("paths", []):  # the GPU path has no thread count
+        where = f"{r['device']} x{r['threads']}" if r["threads"] else r["device"]
+        lines.append(f"- {r['path']} on {where}: {fmt(r['audio_s_per_s'], ',.0f')} ({fmt(r['x_step'], '.2f')}x)")
     pr = res["profile"]
     lines += [
         "",

@@ -170,3 +170,27 @@ def test_a_failed_step_is_named_with_its_error_in_the_summary(tmp_path):
 
     assert status_text(res) == "failed (exit 2): " + refusal.replace("|", "/")  # one table cell
     assert status_text({"status": "skipped", "reason": "--only"}) == "skipped: --only"
+
+
+def test_summary_names_why_a_step_did_not_run_and_the_gpu_features_path_has_no_thread_count():
+    """The H200's summary read "torch batched on cuda (NVIDIA H200) xNone" (the GPU path has no thread count) and a
+    skipped decode read "Decoding (skipped)" without its reason."""
+    from _gpu_suite_report import markdown
+
+    res = {
+        "device": "NVIDIA H200", "smoke": False, "updates": 16, "wall_s": 400.0, "command": "bash bench/gpu_suite.sh",
+        "commit": "abc1234", "prepare": {"wall_s": 20.0},
+        "train": {"zero2_bf16": {"status": "timed out after 150 s", "error": "train update=12 loss=7.1", "updates": 12,
+                                 "wall_s": 150.0, "loss_first": 10.4, "loss_last": 7.1}},
+        "decode": {"status": "skipped", "reason": "the suite's 480 s budget is spent"},
+        "features": {"status": "ok", "paths": [
+            {"path": "torch batched", "device": "cpu", "threads": 16, "audio_s_per_s": 2988.0, "x_step": 0.7},
+            {"path": "torch batched", "device": "cuda (NVIDIA H200)", "threads": None, "audio_s_per_s": 81803.0,
+             "x_step": 19.1}]},
+        "profile": {"status": "failed (exit 1)", "error": "torch.OutOfMemoryError: CUDA out of memory."},
+    }  # fmt: skip
+    md = "\n".join(markdown(res))
+    assert "| zero2_bf16 | timed out after 150 s: train update=12 loss=7.1 | 150 | 12 |" in md
+    assert "Decoding (skipped: the suite's 480 s budget is spent): RTF -" in md
+    assert "- torch batched on cpu x16: 2,988 (0.70x)" in md and "- torch batched on cuda (NVIDIA H200): 81,803" in md
+    assert "Profile (failed (exit 1): torch.OutOfMemoryError: CUDA out of memory.)" in md
