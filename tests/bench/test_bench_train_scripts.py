@@ -129,6 +129,7 @@ def test_run_all_goes_on_past_a_failed_benchmark_and_names_it(tmp_path, monkeypa
     (out / "data_pipeline.json").write_text(json.dumps({"commit": "old"}))  # an earlier run's result, not this one's
     (out / "data_pipeline.md").write_text("stale table\n")
     monkeypatch.setattr(run_all, "HERE", scripts)
+    monkeypatch.setattr(sys, "path", list(sys.path))  # render puts HERE first: the stand-ins must not stay importable
     argv = ["--quick", "--only", "data_pipeline", "device_features", "--out-dir", str(tmp_path / "results")]
     assert run_all.main([*argv, "--machine", "m"]) == 1
     assert "[run_all] failed: data_pipeline, device_features" in capsys.readouterr().out
