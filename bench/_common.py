@@ -5,12 +5,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shlex
 import subprocess
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 COMMIT_ENV = "LLMASR_BENCH_COMMIT"
+ERROR_LINE = re.compile(r"^\w*(Error|Exception)\b|\w(Error|Exception): |: error: |out of memory")
+ERROR_CHARS = 400  # of a failed step's error line kept in a summary
 
 
 def git_commit() -> str:
@@ -41,6 +44,21 @@ def reproduce_command(script: str, argv: list[str], *, drop=("--json-out",), run
         elif not a.startswith(tuple(f"{d}=" for d in drop)):
             keep.append(shlex.quote(a))
     return " ".join([runner, script, *keep])
+
+
+def print_commit() -> None:
+    """The `Commit:` line that closes a report a script prints line by line (emit prints it for the others)."""
+    print(f"Commit: {git_commit()}")
+
+
+def failure_line(output: str) -> str | None:
+    """The line of a failed run's output that names its error: the last exception or `error:` line (a traceback's
+    last line, llmasr's refusals), else the last line it wrote (where a run that timed out had got to)."""
+    lines = [ln.strip() for ln in output.splitlines() if ln.strip()]
+    for ln in reversed(lines):
+        if ERROR_LINE.search(ln):
+            return ln[:ERROR_CHARS]
+    return lines[-1][:ERROR_CHARS] if lines else None
 
 
 def emit(res: dict, lines: list[str], json_out: str | None) -> None:

@@ -142,7 +142,8 @@ def write_corpus(out: Path, sizes: Sizes, seed: int = 0) -> dict[str, Path]:
 
 def write_recipe(work: Path, encoder: Path, llm: Path, smoke: bool) -> Path:
     """The shipped Paraformer-large + Qwen2.5-1.5B recipe with its model and data paths pointed at `work`; the
-    smoke run also drops the workers and SpecAugment's speed perturbation (fewer moving parts on 2 cores)."""
+    smoke run also drops the workers and SpecAugment's speed perturbation (fewer moving parts on 2 cores) and puts
+    the features where a GPU run's data.features_on auto puts them (in the training step)."""
     recipe = yaml.safe_load(RECIPE.read_text())
     recipe["model"]["encoder"]["path"] = str(encoder)
     recipe["model"]["llm"]["path"] = str(llm)
@@ -152,6 +153,7 @@ def write_recipe(work: Path, encoder: Path, llm: Path, smoke: bool) -> Path:
     if smoke:
         data["batching"]["max_seconds"] = 4.0
         data["augment"]["speed_perturb"] = {"enable": False}
+        data["features_on"] = "device"  # what auto is on a GPU: fbank in the training step, batched
     recipe["train"].update(best_metric="loss", best_k=0, valid_every_updates=0, save_every_updates=0)
     path = work / "recipe.yaml"
     path.write_text(yaml.safe_dump(recipe, sort_keys=False))

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _common import print_commit
 
 
 def best(fn, repeat=5):
@@ -77,6 +78,7 @@ def main(argv: list[str] | None = None) -> None:
         t_open = time.perf_counter() - t
         t_get = read_seconds(m)
         print(f"manifest open: {args.records / t_open:,.0f} records/s; record read: {t_get * 1e6:.1f} us")
+    print_commit()
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
-from _common import train_probed  # noqa: E402
+from _common import git_commit, train_probed  # noqa: E402
 
 SYNC_OPS = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize", "aten::_local_scalar_dense",
             "aten::item", "aten::nonzero", "cudaMemcpyAsync")  # fmt: skip
@@ -170,7 +170,7 @@ def main(argv=None) -> int:
     torch_n, py_n = (0, 0) if args.timing_only else (1, 1)
     rc, run_s, probe = train_probed(
         lambda inner: Probe(inner, args.warm, torch_n, py_n), files["recipe"], work / "run", deepspeed=args.preset,
-        updates=args.warm + torch_n + py_n + (0 if args.timing_only else 1), precision="fp32" if args.smoke else "bf16",
+        updates=args.warm + torch_n + py_n + (0 if args.timing_only else 1), precision="bf16",
         overrides=[*(["train.grad_accum=1"] if args.smoke else []), *args.overrides],
     )  # fmt: skip
     out = Path(args.out)
@@ -180,7 +180,8 @@ def main(argv=None) -> int:
     lines = [
         f"# Training-update profile ({what}), preset {args.preset}",
         "",
-        f"overrides: {overrides}; exit {rc}; prepare {prep_s:.0f} s, train command {run_s:.0f} s",
+        f"overrides: {overrides}; exit {rc}; prepare {prep_s:.0f} s, train command {run_s:.0f} s; "
+        f"commit {git_commit()}",
         "",
         *probe.facts,
         "",

@@ -1,7 +1,7 @@
 """Every GPU measurement the project needs, in one run through the real commands (bench/gpu_suite.sh calls this).
 
     bash bench/gpu_suite.sh                      # on a lent GPU: results under $OUT (or bench/results/gpu-suite)
-    python bench/gpu_suite.py --smoke --out DIR  # tiny shapes on CPU, 3 updates a run: the suite's own test
+    python bench/gpu_suite.py --smoke --out DIR  # tiny shapes on CPU in bf16, 3 updates a run: its own test
 
 Writes the Paraformer-large + Qwen2.5-1.5B shapes with random weights to disk in the real formats and synthetic
 audio manifests (bench/_gpu_suite_prepare.py), then runs, each as its own `python -m llmasr ...` process with a
@@ -16,7 +16,8 @@ timeout, in this order (a run the time budget no longer allows is reported as sk
   zero3_bf16        the same under zero3 (the LLM loaded partitioned through zero.Init), half the updates
   fp16_zero2        fp16 with dynamic loss scaling, once (half the updates)
   decode            llmasr decode of the first finished run's last checkpoint: real-time factor (random weights never
-                    emit EOS, so every utterance runs to the length cap: an upper bound on decoding time)
+                    emit EOS and the repetition stop is off, so every utterance runs to the length cap: an upper
+                    bound on decoding time; summary.md counts the utterances that did)
   features          bench/device_features.py: fbank on loader workers vs on the device
   liger_zero2       zero2_bf16 with model.llm.fused_kernels=liger, when liger_kernel imports (else skipped, saying so)
 
@@ -41,7 +42,8 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
-from _common import COMMIT_ENV, git_commit, reproduce_command  # noqa: E402
+from _common import COMMIT_ENV, failure_line, git_commit, reproduce_command  # noqa: E402
+from _gpu_suite_report import markdown  # noqa: E402
 
 FIGURES = ("tok/s", "audio_s/s", "utt/s", "mfu", "tflops", "pad_audio", "pad_llm", "data_wait")
 LOG_TAIL = 60  # lines of each run's output kept in logs.txt
@@ -50,7 +52,7 @@ LOG_TAIL = 60  # lines of each run's output kept in logs.txt
 def train_runs(smoke: bool, liger: str | None) -> list[dict]:
     """The training runs: name, DeepSpeed preset, overrides, share of --updates, and the reason to skip (None: run
     it)."""
-    half = "fp32" if smoke else "bf16"  # DeepSpeed's bf16/fp16 engines want an accelerator
+    half = "bf16"  # the smoke run's too: DeepSpeed's CPU accelerator runs bf16 (slowly), fp16 alone needs CUDA
     cuda_reason = "needs CUDA (smoke run on CPU)" if smoke else None
     big = 4 * (4.0 if smoke else 240.0)  # the recipe's data.batching.max_seconds (the smoke recipe's), 4x
     run = {"preset": "zero2", "share": 1.0, "skip": None}
@@ -116,7 +118,10 @@ class Suite:
         took = time.monotonic() - t0
         tail = output.splitlines()[-LOG_TAIL:]
         self.logs += [f"==== {name}: {status}, {took:.1f} s: {' '.join(cmd)}", *tail, ""]
-        return {"status": status, "wall_s": round(took, 1)}
+        res = {"status": status, "wall_s": round(took, 1)}
+        if status != "ok":  # summary.md names the cause; logs.txt holds the rest
+            res["error"] = failure_line(output)
+        return res
 
     def prepare(self) -> dict:
         from _gpu_suite_prepare import prepare
@@ -143,8 +148,11 @@ class Suite:
 
     def decode(self, run_dir: str, manifest: str) -> dict:
         out = self.work / "decode"
+        # The repetition stop off: random weights repeat a token and were stopped after a few (all 64 utterances on
+        # the lent H200), while a real transcript of these clips runs to about the cap; off, every one runs to it.
         cmd = [sys.executable, "-m", "llmasr", "decode", "--checkpoint", run_dir, "--data", manifest,
-               "--output", str(out), "--max-new-tokens", str(self.args.max_new_tokens)]  # fmt: skip
+               "--output", str(out), "--max-new-tokens", str(self.args.max_new_tokens),
+               "--repeat-limit", "0"]  # fmt: skip
         if self.args.smoke:
             cmd += ["--num-workers", "0", "--device", "cpu"]
         res = self.run("decode", cmd, self.args.step_timeout_s)
@@ -152,7 +160,8 @@ class Suite:
         if summary.is_file():
             got = json.loads(summary.read_text())
             keys = ("rtf", "rtf_after_first_batch", "first_batch_seconds", "utts_per_second", "audio_seconds",
-                    "decode_seconds", "mode", "max_new_tokens", "truncated", "batch_seconds")  # fmt: skip
+                    "decode_seconds", "mode", "max_new_tokens", "truncated", "truncated_by_guard", "utterances",
+                    "batch_seconds")  # fmt: skip
             res.update({k: got.get(k) for k in keys})
         return res
 
@@ -206,60 +215,6 @@ def train_figures(log: Path) -> dict:
 def suite_command(argv: list[str]) -> str:
     """bench/gpu_suite.sh with the arguments that change what is measured (not where files go)."""
     return reproduce_command("bench/gpu_suite.sh", argv, drop=("--out", "--work"), runner="bash")
-
-
-def fmt(value, spec: str = ".3g") -> str:
-    return "-" if value is None else format(value, spec)
-
-
-def markdown(res: dict) -> list[str]:
-    p = res["prepare"]
-    lines = [
-        f"# GPU suite on {res['device']} ({'CPU smoke run, numbers mean nothing' if res['smoke'] else 'real shapes'})",
-        "",
-        f"Model: {p.get('encoder_conf')} + {p.get('llm_conf')}, random weights, recipe "
-        "recipes/paraformer-large_qwen2.5-1.5b_lora_zero2.yaml (LoRA r16 on every projection, gradient checkpointing).",
-        f"{res['updates']} updates for zero2_bf16 and liger_zero2, half for the other runs; "
-        "medians of the train.log lines after the first; "
-        "peak memory: "
-        "the device's (torch.cuda.max_memory_allocated), the process's resident peak on CPU. Suite wall time "
-        f"{res['wall_s']:.0f} s (prepare {p.get('wall_s', 0):.0f} s).",
-        "",
-        "| run | status | wall s | LLM tok/s | audio s/s | MFU | TFLOP/s | peak GiB | pad audio | pad LLM | "
-        "data wait | loss first -> last |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
-    ]
-    for name, r in res["train"].items():
-        status = r["status"] if r["status"] != "skipped" else f"skipped: {r['reason']}"
-        mfu = r.get("mfu")
-        mfu = f"{100 * mfu:.1f}%" if isinstance(mfu, (int, float)) else "n/a"
-        loss = f"{fmt(r.get('loss_first'), '.3f')} -> {fmt(r.get('loss_last'), '.3f')}" if "loss_first" in r else "-"
-        lines.append(
-            f"| {name} | {status} | {fmt(r.get('wall_s'), '.0f')} | {fmt(r.get('tok/s'), ',.0f')} | "
-            f"{fmt(r.get('audio_s/s'), ',.0f')} | {mfu} | {fmt(r.get('tflops'))} | "
-            f"{fmt(r.get('mem/device_peak_gb') or r.get('mem/host_peak_gb'), '.1f')} | "
-            f"{fmt(r.get('pad_audio'), '.2f')} | "
-            f"{fmt(r.get('pad_llm'), '.2f')} | {fmt(r.get('data_wait'), '.2f')} | {loss} |"
-        )
-    d = res["decode"]
-    steady = fmt(d.get("rtf_after_first_batch"), ".4f")
-    lines += ["", f"Decoding ({d['status']}): RTF {fmt(d.get('rtf'), '.4f')} ({steady} after the first batch, "
-              f"which took {fmt(d.get('first_batch_seconds'))} s), "
-              f"{fmt(d.get('utts_per_second'))} utt/s, "
-              f"{fmt(d.get('audio_seconds'), '.0f')} s of audio, {d.get('mode')}, length cap "
-              f"{d.get('max_new_tokens')} tokens (random weights: every utterance runs to the cap)."]  # fmt: skip
-    f = res["features"]
-    lines += ["", f"Features ({f['status']}), audio s/s and multiple of a step's need:", ""]
-    lines += [f"- {r['path']} on {r['device']} x{r['threads']}: {fmt(r['audio_s_per_s'], ',.0f')} "
-              f"({fmt(r['x_step'], '.2f')}x)" for r in f.get("paths", [])]  # fmt: skip
-    pr = res["profile"]
-    lines += [
-        "",
-        f"Profile ({pr['status']}): where an update's time goes, device and host, in "
-        f"{pr.get('file') or 'no file'} beside this summary.",
-    ]
-    lines += ["", f"Reproduce: `{res['command']}` at commit {res['commit']}"]
-    return lines
 
 
 def main(argv=None) -> int:

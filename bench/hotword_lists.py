@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _common import print_commit
 
 
 def write_manifest(path: Path, n: int, vocab: int, seed: int) -> Path:
@@ -105,6 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     head = [f"# hotword lists: {args.utts} utterances, Zipf vocabulary {args.vocab}", ""]
     command = "python bench/hotword_lists.py " + " ".join(sys.argv[1:] if argv is None else argv)
     print("\n".join([*head, *rows, "", command]))
+    print_commit()
     return 0
 
 

@@ -20,6 +20,7 @@ import time
 
 import numpy as np
 import torch
+from _common import print_commit
 
 COMMON = 3000  # the CJK characters the synthetic text draws from
 
@@ -109,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
             + ("" if args.tokenizer else f" (trained in {trained:.0f} s)"), ""]  # fmt: skip
     command = "python bench/hotword_search_cost.py " + " ".join(sys.argv[1:] if argv is None else argv)
     print("\n".join([*head, *rows, "", command]))
+    print_commit()
     return 0
 
 

@@ -13,6 +13,7 @@ import statistics
 import time
 
 import numpy as np
+from _common import print_commit
 
 from llmasr.data.long_audio import plan_windows
 
@@ -51,6 +52,7 @@ def main() -> None:
         ms = 1000 * statistics.median(times)
         overlapped = sum(w.overlapped for w in windows)
         print(f"| {minutes:g} | {len(windows)} | {overlapped} | {ms:.1f} | {ms * 60 / minutes:.1f} |")
+    print_commit()
 
 
 if __name__ == "__main__":

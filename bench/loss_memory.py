@@ -17,6 +17,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import print_commit  # noqa: E402
+
 
 def run_variant(variant: str, args) -> dict:
     import torch
@@ -80,6 +83,7 @@ def main(argv=None) -> int:
     for name, r in (("full logits + CrossEntropy", full), ("labels-only (llmasr)", lab)):
         print(f"| {name} | {r['peak_bytes'] / 2**20:.0f} | {r['loss']:.4f} |")
     print(f"ratio labels-only / full: {ratio:.3f} (goal <= 0.20)")
+    print_commit()
     return 0
 
 

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import print_commit  # noqa: E402
 from data_pipeline import BenchPromptBuilder  # noqa: E402
 
 WORDS = "the quick brown fox jumps over a lazy dog and then some more words here".split()
@@ -171,6 +172,7 @@ def main(argv=None) -> int:
         "Reproduce: `python bench/manifest_scale.py " + " ".join(argv if argv is not None else sys.argv[1:]) + "`",
     ]
     print("\n".join(lines))
+    print_commit()
     return 0
 
 

@@ -20,6 +20,8 @@ import subprocess
 import sys
 import time
 
+from _common import print_commit
+
 
 def one_rate(orig: int, new: int, seconds: list[float], repeat: int, threads: int | None) -> dict:
     import numpy as np
@@ -70,6 +72,7 @@ def main() -> None:
         res = json.loads(done.stdout.strip().splitlines()[-1])
         cells = " | ".join(f"{res[c]:.2f}" for c in cols)
         print(f"| {rate} -> {args.new} | {cells} | {res['first_ms']:.1f} |")
+    print_commit()
 
 
 if __name__ == "__main__":

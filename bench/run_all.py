@@ -31,7 +31,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from _common import git_commit  # noqa: E402
+from _common import ERROR_CHARS, failure_line, git_commit  # noqa: E402
 
 BENCHES = ("train_step", "data_pipeline", "zero_memory", "gpu_mfu", "device_features")
 QUICK_ARGS = {
@@ -125,6 +125,10 @@ def data_pipeline_json(text: str, argv: list[str]) -> dict:
     return out
 
 
+class BenchFailed(RuntimeError):
+    """A benchmark's script failed: the message is its exit status and the line that names its error."""
+
+
 def run_bench(name: str, extra: list[str], out_dir: Path) -> dict:
     script = HERE / f"{name}.py"
     json_path = out_dir / f"{name}.json"
@@ -135,7 +139,8 @@ def run_bench(name: str, extra: list[str], out_dir: Path) -> dict:
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
-        raise RuntimeError(f"{name} failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
+        sys.stderr.write(proc.stderr[-4000:])
+        raise BenchFailed(f"exit {proc.returncode}: {failure_line(proc.stderr + proc.stdout)}")
     text = proc.stdout
     if name == "data_pipeline":
         res = data_pipeline_json(text, extra)
@@ -180,7 +185,9 @@ TITLES = {
 }
 
 
-def render(out_dir: Path, machine: str, skipped: dict[str, str]) -> Path:
+def render(out_dir: Path, machine: str, skipped: dict[str, str], failed: dict[str, str] | None = None) -> Path:
+    """results.md / results.json from the JSONs in `out_dir`; a benchmark in `failed` (this run's failures) shows its
+    error, not a result an earlier run left there."""
     sys.path.insert(0, str(HERE))
     from plots import PLOTTERS
 
@@ -194,6 +201,9 @@ def render(out_dir: Path, machine: str, skipped: dict[str, str]) -> Path:
     for name in BENCHES:
         lines += ["", f"## {TITLES[name]}", ""]
         json_path, md_path = out_dir / f"{name}.json", out_dir / f"{name}.md"
+        if name in (failed or {}):
+            lines.append(f"Failed in this run ({failed[name]}); the command it ran and its error are in the log.")
+            continue
         if not json_path.is_file():
             lines.append(f"Not measured: {skipped.get(name, 'no result in this directory')}.")
             continue
@@ -208,7 +218,8 @@ def render(out_dir: Path, machine: str, skipped: dict[str, str]) -> Path:
             if png is not None:
                 lines += ["", f"![{name}]({png.name})"]
     (out_dir / "results.md").write_text("\n".join(lines) + "\n")
-    summary = {"machine": machine, "commit": git_commit(), "benchmarks": results, "skipped": skipped}
+    summary = {"machine": machine, "commit": git_commit(), "benchmarks": results, "skipped": skipped,
+               "failed": failed or {}}  # fmt: skip
     (out_dir / "results.json").write_text(json.dumps(summary, indent=1))
     return out_dir / "results.md"
 
@@ -226,19 +237,27 @@ def main(argv=None) -> int:
     out_dir = Path(args.out_dir) / machine
     out_dir.mkdir(parents=True, exist_ok=True)
     skipped: dict[str, str] = {}
+    failed: dict[str, str] = {}  # one benchmark failing leaves the others to run, and says so in results.md
     cuda = has_cuda()
     if not args.render_only:
         for name in args.only or BENCHES:
             if name == "gpu_mfu" and not cuda and not args.quick:
                 skipped[name] = "no CUDA device on this machine (`python bench/gpu_mfu.py --quick` is a CPU smoke run)"
                 continue
-            run_bench(name, QUICK_ARGS[name] if args.quick else [], out_dir)
+            try:
+                run_bench(name, QUICK_ARGS[name] if args.quick else [], out_dir)
+            except Exception as err:  # its exit status, or what run_all found wrong in its output
+                failed[name] = str(err) if isinstance(err, BenchFailed) else f"{type(err).__name__}: {err}"
+                failed[name] = failed[name].splitlines()[0][:ERROR_CHARS]
+                print(f"[run_all] {name}: FAILED ({err}); going on with the others", flush=True)
     elif not cuda and not (out_dir / "gpu_mfu.json").is_file():
         skipped["gpu_mfu"] = "no CUDA device on this machine"
-    path = render(out_dir, machine, skipped)
+    path = render(out_dir, machine, skipped, failed)
     print(f"[run_all] wrote {path} and results.json, PNGs beside it")
     print(f"[run_all] reproduce: python bench/run_all.py {' '.join(shlex.quote(a) for a in argv)}".rstrip())
-    return 0
+    if failed:
+        print(f"[run_all] failed: {', '.join(failed)}", flush=True)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

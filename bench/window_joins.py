@@ -30,6 +30,9 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import print_commit  # noqa: E402
 
 from llmasr.data import window_join  # noqa: E402
 from llmasr.data.window_join import (  # noqa: E402
@@ -249,6 +252,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"| {overlap:g} | {kind} | {cut} | {errors} | " + " | ".join(cells) + " |")
     cells = [f"{100 * e / r:.2f} ({e / (args.trials * len(cases)):.2f})" for e, r in totals.values()]
     print("| all | | | | " + " | ".join(cells) + " |")
+    print_commit()
 
 
 if __name__ == "__main__":

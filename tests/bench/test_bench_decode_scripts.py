@@ -53,7 +53,8 @@ def test_hotword_search_cost_quick_times_both_matches(capsys):
     out = capsys.readouterr().out
     assert "| 10 | bytes (Chinese) |" in out and "| 10 | token ids (English) |" in out
     assert "| 10 | bytes (Latin + Chinese) |" in out
-    assert "python bench/hotword_search_cost.py --quick" in out
+    assert out.rstrip().splitlines()[-2:][0] == "python bench/hotword_search_cost.py --quick"
+    assert out.rstrip().splitlines()[-1].startswith("Commit: ")  # the commit it measured, last
 
 
 def test_hotword_lists_quick_prints_its_tables(capsys):
@@ -62,7 +63,8 @@ def test_hotword_lists_quick_prints_its_tables(capsys):
     assert hotword_lists.main(["--quick"]) == 0
     out = capsys.readouterr().out
     rows = [line for line in out.splitlines() if line.startswith(("| word |", "| char |", "| 10-phrase"))]
-    assert len(rows) == 3 and out.rstrip().endswith("python bench/hotword_lists.py --quick")
+    last = out.rstrip().splitlines()[-2:]
+    assert len(rows) == 3 and last[0] == "python bench/hotword_lists.py --quick" and last[1].startswith("Commit: ")
 
 
 def test_ctc_guidance_cost_quick_decodes_every_row(tmp_path, capsys):

@@ -123,3 +123,12 @@ def test_loss_memory_measures_above_what_is_resident_when_the_loss_starts(dtype)
         for v in ("full", "labels")
     )  # fmt: skip
     assert full["peak_bytes"] > positions * vocab * 2 and 0 < labels["peak_bytes"] < full["peak_bytes"]
+
+
+def test_loss_memory_report_names_the_commit_it_measured():
+    """The report (both variants, each in its own process, and their ratio) ends with the commit, as every bench
+    script's does: the README quotes its numbers."""
+    sizes = ["--vocab", "500", "--hidden", "32", "--batch", "1", "--audio", "10", "--text", "4", "--cpu"]
+    out = subprocess.run([sys.executable, str(BENCH / "loss_memory.py"), *sizes], capture_output=True, text=True,
+                         check=True).stdout.rstrip().splitlines()  # fmt: skip
+    assert out[-2].startswith("ratio labels-only / full: ") and out[-1].startswith("Commit: ")

@@ -56,6 +56,7 @@ def test_manifest_scale_reports_every_stage_and_the_workers_memory():
     ):
         assert f"| {stage}" in text
     assert "| 40 | " in text and "worker 0 USS / PSS" in text
+    assert text.rstrip().splitlines()[-1].startswith("Commit: ")  # the commit it measured
     assert "| epoch plan, world size | held (MiB) |" in text and "| 64 | " in text
 
 
@@ -111,6 +112,35 @@ def test_run_all_quick_train_step_and_data(run_all_quick):
     assert "## 1-2. Training step" in md and "## 3. Data pipeline" in md and "![train_step](train_step.png)" in md
     assert "## 4. ZeRO per-rank memory" in md  # present, reported as not measured
     assert res["benchmarks"]["data_pipeline"]["padding"]
+
+
+def test_run_all_goes_on_past_a_failed_benchmark_and_names_it(tmp_path, monkeypatch, capsys):
+    """One benchmark failing (a CUDA error on the lent GPU) had stopped run_all there: the benchmarks after it never
+    ran and no results.md was written. Each failure is named, the others run, and run_all exits 1."""
+    import run_all
+
+    scripts = tmp_path / "bench"
+    scripts.mkdir()
+    for name, error in (("data_pipeline", "ValueError: first"), ("device_features", "RuntimeError: second")):
+        kind, text = error.split(": ")
+        (scripts / f"{name}.py").write_text(f"print('working'); raise {kind}({text!r})\n")
+    out = tmp_path / "results" / "m"
+    out.mkdir(parents=True)
+    (out / "data_pipeline.json").write_text(json.dumps({"commit": "old"}))  # an earlier run's result, not this one's
+    (out / "data_pipeline.md").write_text("stale table\n")
+    monkeypatch.setattr(run_all, "HERE", scripts)
+    monkeypatch.setattr(sys, "path", list(sys.path))  # render puts HERE first: the stand-ins must not stay importable
+    argv = ["--quick", "--only", "data_pipeline", "device_features", "--out-dir", str(tmp_path / "results")]
+    assert run_all.main([*argv, "--machine", "m"]) == 1
+    assert "[run_all] failed: data_pipeline, device_features" in capsys.readouterr().out
+    res = json.loads((out / "results.json").read_text())
+    assert res["failed"] == {
+        "data_pipeline": "exit 1: ValueError: first",
+        "device_features": "exit 1: RuntimeError: second",
+    }
+    md = (out / "results.md").read_text()
+    assert "Failed in this run (exit 1: ValueError: first)" in md and "stale table" not in md
+    assert "Failed in this run (exit 1: RuntimeError: second)" in md
 
 
 @pytest.mark.slow

@@ -28,6 +28,7 @@ def test_feature_throughput_runs_and_divides_by_the_records_it_read(capsys):
     feature_throughput.main(["--seconds", "0.5", "--records", "50"])
     out = capsys.readouterr().out
     assert "resample 44100 -> 16000" in out and "whisper log-mel 128" in out and "record read" in out
+    assert out.rstrip().splitlines()[-1].startswith("Commit: ")  # the commit it measured
 
 
 def test_long_audio_plan_and_resample_print_their_tables():
@@ -36,6 +37,7 @@ def test_long_audio_plan_and_resample_print_their_tables():
         out = subprocess.run([sys.executable, str(BENCH / script), *args], capture_output=True, text=True, check=True)
         rows = [line for line in out.stdout.splitlines() if line.startswith("| 0.5 ") or line.startswith("| 22050")]
         assert len(rows) == 1, out.stdout
+        assert out.stdout.rstrip().splitlines()[-1].startswith("Commit: "), script
 
 
 def test_window_joins_scores_every_case_for_every_rule(capsys):
@@ -44,10 +46,10 @@ def test_window_joins_scores_every_case_for_every_rule(capsys):
     import window_joins
 
     window_joins.main(["--trials", "3", "--overlap", "0.5", "1.0", "--rules", "module", "previous", "--oracle"])
-    rows = [
-        line for line in capsys.readouterr().out.splitlines() if line.startswith("| 0.5 ") or line.startswith("| 1 ")
-    ]
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if line.startswith("| 0.5 ") or line.startswith("| 1 ")]
     assert len(rows) == 48 and all(line.count("(") == 3 for line in rows), rows
+    assert out.rstrip().splitlines()[-1].startswith("Commit: ")
 
 
 def test_transcript_text_finds_what_the_plain_pass_finds(tmp_path):
