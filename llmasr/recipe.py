@@ -82,7 +82,19 @@ class Recipe:
             data = {**data, "decode": {**decode, "timestamps": False}}
         for keys, cls in UNREAD_PLACES:  # fields nothing reads (llmasr.unread_fields), dropped with a warning
             data = drop_unread_at(data, keys, cls, where)
+        return _trained_without_cap(data)
+
+
+def _trained_without_cap(data: dict) -> dict:
+    """A saved recipe written before data.augment.spec_augment.max_time_fraction existed (every llmasr since writes
+    each key) trained its SpecAugment time masks uncapped: read as 1, so a resume is compared with what it trained
+    with, not with today's default."""
+    augment = (data.get("data") or {}).get("augment") if isinstance(data.get("data"), dict) else None
+    sa = augment.get("spec_augment") if isinstance(augment, dict) else None
+    if not isinstance(sa, dict) or not sa.get("enable") or "max_time_fraction" in sa:
         return data
+    augment = {**augment, "spec_augment": {**sa, "max_time_fraction": 1.0}}
+    return {**data, "data": {**data["data"], "augment": augment}}
 
 
 def load_recipe(
