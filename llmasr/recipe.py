@@ -18,6 +18,7 @@ import yaml
 from llmasr.config_io import ConfigError, UnsetError, dump_yaml, from_dict, load_yaml, to_dict
 from llmasr.config_overrides import apply_overrides
 from llmasr.config_paths import override_not_found, resolve_paths
+from llmasr.data.augment import SpecAugmentConfig
 from llmasr.data.config import DataConfig, ValidManifestSpec
 from llmasr.models.config import AdaptorConfig, CTCConfig, CTCDecoderConfig, EncoderConfig, ModelConfig
 from llmasr.models.decoding import DecodeConfig
@@ -87,11 +88,17 @@ class Recipe:
 
 def _trained_without_cap(data: dict) -> dict:
     """A saved recipe written before data.augment.spec_augment.max_time_fraction existed (every llmasr since writes
-    each key) trained its SpecAugment time masks uncapped: read as 1, so a resume is compared with what it trained
-    with, not with today's default."""
+    each key) trained its SpecAugment time masks uncapped: read as 1 where the default cap would draw other masks, so
+    a resume is compared with what it trained with. Where it draws the same (no time mask, or each at most a share
+    of the utterance within the cap's), the default stands."""
     augment = (data.get("data") or {}).get("augment") if isinstance(data.get("data"), dict) else None
     sa = augment.get("spec_augment") if isinstance(augment, dict) else None
     if not isinstance(sa, dict) or not sa.get("enable") or "max_time_fraction" in sa:
+        return data
+    masks, width = sa.get("num_time_masks", 1), sa.get("max_time_width", 12)
+    if not isinstance(masks, int) or not isinstance(width, (int, float)):
+        return data  # (the recipe's own check names them)
+    if masks <= 0 or width < 1 and width <= SpecAugmentConfig.max_time_fraction / masks:
         return data
     augment = {**augment, "spec_augment": {**sa, "max_time_fraction": 1.0}}
     return {**data, "data": {**data["data"], "augment": augment}}

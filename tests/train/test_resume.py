@@ -101,7 +101,7 @@ def test_a_run_saved_before_spec_augment_s_time_cap_resumes_uncapped_only(tiny_l
 
     run = tmp_path / "run"
     (run / ck.CHECKPOINTS).mkdir(parents=True)
-    on = ["data.augment.spec_augment.enable=true"]
+    on = ["data.augment.spec_augment.enable=true", "data.augment.spec_augment.max_time_width=40"]
     saved = to_dict(recipe(tiny_llm_dir, corpus, run, overrides=on))
     del saved["data"]["augment"]["spec_augment"]["max_time_fraction"]
     (run / ck.RECIPE_FILE).write_text(yaml.safe_dump(saved, sort_keys=False), encoding="utf-8")
@@ -110,9 +110,13 @@ def test_a_run_saved_before_spec_augment_s_time_cap_resumes_uncapped_only(tiny_l
         rs.check_resume_recipe(recipe(tiny_llm_dir, corpus, run, overrides=on), run / ck.CHECKPOINTS)
     same = recipe(tiny_llm_dir, corpus, run, overrides=[*on, "data.augment.spec_augment.max_time_fraction=1"])
     assert rs.check_resume_recipe(same, run / ck.CHECKPOINTS) == []
-    saved["data"]["augment"]["spec_augment"]["enable"] = False  # no masks drawn: nothing to read otherwise
-    (run / ck.RECIPE_FILE).write_text(yaml.safe_dump(saved, sort_keys=False), encoding="utf-8")
-    assert rs.check_resume_recipe(recipe(tiny_llm_dir, corpus, run), run / ck.CHECKPOINTS) == []
+    sa = "data.augment.spec_augment."
+    for section in ({"enable": False}, {"enable": True, "num_time_masks": 2, "max_time_width": 0.1}):
+        # no masks drawn, or the masks the cap draws too (each within 0.25 of the utterance): the default stands
+        saved["data"]["augment"]["spec_augment"].update(section)
+        (run / ck.RECIPE_FILE).write_text(yaml.safe_dump(saved, sort_keys=False), encoding="utf-8")
+        now = recipe(tiny_llm_dir, corpus, run, overrides=[*on, *(f"{sa}{k}={v}" for k, v in section.items())])
+        assert rs.check_resume_recipe(now, run / ck.CHECKPOINTS) == []
 
 
 def test_a_branch_s_new_scheduler_lists_only_the_fields_a_type_reads(tiny_llm_dir, corpus, tmp_path):
