@@ -138,7 +138,7 @@ def run_start(recipe, model, plan, folder: RunFolder, *, stage: int, world_size:
     batch = global_batch_change(saved_ds, plan.ds, world_size) if resized else None
     if done is None and early.exhausted and int(client.get("epoch", meta.epoch)) < recipe.train.epochs:
         done = early.nothing_left()  # as the trainer says once it has loaded the count
-    warnings = [f"  warning: {w}" for w in (batch, done) if w]
+    warnings = [f"  warning: {w}" for w in (batch, done, recipe.data.hotwords.redrawn(client.get("loader"))) if w]
     return ["run directory", head, *(f"  {n}" for n in notes), *warnings], total, stop, course
 
 
