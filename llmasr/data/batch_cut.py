@@ -271,6 +271,24 @@ def check_position(
     )
 
 
+def unverified(loader_state: dict | None) -> str | None:
+    """What a resume says of a position saved mid-epoch by an llmasr that kept no hash of the epoch's batches (no
+    `batches_sha1`): check_position can then compare their count only. None otherwise."""
+    position = loader_state.get("sampler") if isinstance(loader_state, dict) else None
+    if not isinstance(position, dict) or "batches_sha1" in position:
+        return None
+    done, planned = int(position.get("batches_yielded", 0)), int(position.get("num_batches", 0))
+    if not 0 < done < planned:
+        return None
+    return (
+        f"data.train: the checkpoint's position (epoch {position.get('epoch')}, batch {done} of {planned}) was saved "
+        "by an older llmasr, which kept no hash of the epoch's batches: this llmasr checked their count only, not "
+        "that they are the ones the position counts into. Where it keeps or skips other lines than that llmasr did "
+        "(a line it screens as bad now, or no longer), the rest of this epoch skips some utterances and trains others "
+        "twice; resume from a checkpoint saved at an epoch's end, or finish the epoch with that llmasr, to be sure"
+    )
+
+
 def check_settings(rank, world_size, max_seconds, max_frames, frames_per_second, num_buckets, seed) -> None:
     """The sampler's settings, refused with what is wrong: ranks, a budget in seconds or frames, buckets, seed."""
     if world_size < 1 or not 0 <= rank < world_size:
