@@ -18,6 +18,7 @@ import yaml
 from llmasr.config_io import ConfigError, UnsetError, dump_yaml, from_dict, load_yaml, to_dict
 from llmasr.config_overrides import apply_overrides
 from llmasr.config_paths import override_not_found, resolve_paths
+from llmasr.data.augment import SpecAugmentConfig
 from llmasr.data.config import DataConfig, ValidManifestSpec
 from llmasr.models.config import AdaptorConfig, CTCConfig, CTCDecoderConfig, EncoderConfig, ModelConfig
 from llmasr.models.decoding import DecodeConfig
@@ -72,7 +73,8 @@ class Recipe:
     def saved_data(data: dict, where) -> dict:
         """A run's saved recipe (RUN_DIR/recipe.yaml) as read now: what an older llmasr let a run keep and a new
         run is refused is turned off, with a warning, so that its run still resumes, exports and decodes
-        (decode.timestamps without a CTC head: nothing could time its words)."""
+        (decode.timestamps without a CTC head: nothing could time its words; data.hotwords.true_phrases past
+        list_size, _lists_within_size)."""
         decode = data.get("decode") if isinstance(data.get("decode"), dict) else {}
         ctc = ((data.get("model") or {}).get("ctc") or {}) if isinstance(data.get("model"), dict) else {}
         weight = ctc.get("weight", 0.0) if isinstance(ctc, dict) else 0.0
@@ -82,7 +84,41 @@ class Recipe:
             data = {**data, "decode": {**decode, "timestamps": False}}
         for keys, cls in UNREAD_PLACES:  # fields nothing reads (llmasr.unread_fields), dropped with a warning
             data = drop_unread_at(data, keys, cls, where)
+        return _lists_within_size(_trained_without_cap(data), where)
+
+
+def _lists_within_size(data: dict, where) -> dict:
+    """data.hotwords.true_phrases whose maximum is past list_size's, which an older llmasr drew (lists longer than
+    list_size) and this one refuses, read as list_size's maximum, with a warning: the run still exports and decodes
+    (neither draws lists), and a resume, from a recipe the same refusal has led to that value, draws within it."""
+    hot = (data.get("data") or {}).get("hotwords") if isinstance(data.get("data"), dict) else None
+    true, size = (hot.get("true_phrases"), hot.get("list_size")) if isinstance(hot, dict) else (None, None)
+    pairs = all(isinstance(p, list) and len(p) == 2 and all(isinstance(v, int) for v in p) for p in (true, size))
+    if not pairs or true[1] <= size[1]:
+        return data  # (any other value: the recipe's own check names it)
+    lowered = [min(true[0], size[1]), size[1]]
+    log.warning("%s: data.hotwords.true_phrases %s goes past list_size %s, which an older llmasr let a run keep (its "
+                "lists held up to %d phrases): read as true_phrases %s; a resume draws lists within list_size",
+                where, true, size, true[1], lowered)  # fmt: skip
+    return {**data, "data": {**data["data"], "hotwords": {**hot, "true_phrases": lowered}}}
+
+
+def _trained_without_cap(data: dict) -> dict:
+    """A saved recipe written before data.augment.spec_augment.max_time_fraction existed (every llmasr since writes
+    each key) trained its SpecAugment time masks uncapped: read as 1 where the default cap would draw other masks, so
+    a resume is compared with what it trained with. Where it draws the same (no time mask, or each at most a share
+    of the utterance within the cap's), the default stands."""
+    augment = (data.get("data") or {}).get("augment") if isinstance(data.get("data"), dict) else None
+    sa = augment.get("spec_augment") if isinstance(augment, dict) else None
+    if not isinstance(sa, dict) or not sa.get("enable") or "max_time_fraction" in sa:
         return data
+    masks, width = sa.get("num_time_masks", 1), sa.get("max_time_width", 12)
+    if not isinstance(masks, int) or not isinstance(width, (int, float)):
+        return data  # (the recipe's own check names them)
+    if masks <= 0 or width < 1 and width <= SpecAugmentConfig.max_time_fraction / masks:
+        return data
+    augment = {**augment, "spec_augment": {**sa, "max_time_fraction": 1.0}}
+    return {**data, "data": {**data["data"], "augment": augment}}
 
 
 def load_recipe(

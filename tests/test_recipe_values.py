@@ -297,6 +297,30 @@ def test_a_saved_run_with_a_schedule_field_its_type_does_not_read_still_loads(tm
     assert "dropped" not in caplog.text
 
 
+def test_a_run_an_older_llmasr_let_keep_true_phrases_past_list_size_still_reads(tmp_path, caplog):
+    """That llmasr drew such lists (longer than list_size) and wrote the values into RUN_DIR/recipe.yaml; this one
+    refuses them, and export and decode of the run (which draw no list) had been refused with them. The saved recipe
+    reads true_phrases at list_size's maximum, with a warning, as the refusal leads a resumed recipe to set it."""
+    (tmp_path / "train.jsonl").write_text("")
+    hot = {"enable": True, "true_phrases": [1, 4], "list_size": [2, 3]}
+    data = {"model": {"llm": {"path": str(tmp_path / "llm")}},
+            "data": {"train": [str(tmp_path / "train.jsonl")], "hotwords": hot}}  # fmt: skip
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(ConfigError, match=r"true_phrases: up to 4 reference phrases a list, but data.hotwords"):
+        load_recipe(path)
+    with caplog.at_level("WARNING"):
+        r = load_recipe(path, saved=True)
+    assert r.data.hotwords.true_phrases == [1, 3] and r.data.hotwords.list_size == [2, 3]
+    assert ("data.hotwords.true_phrases [1, 4] goes past list_size [2, 3], which an older llmasr let a run keep (its "
+            "lists held up to 4 phrases): read as true_phrases [1, 3]") in caplog.text  # fmt: skip
+    caplog.clear()
+    with caplog.at_level("WARNING"):  # a run this llmasr saved reads back without a word
+        save_recipe(r, tmp_path / "saved.yaml")
+        assert load_recipe(tmp_path / "saved.yaml", saved=True).data.hotwords.true_phrases == [1, 3]
+    assert "true_phrases" not in caplog.text
+
+
 def test_an_override_value_starting_with_an_anchor_is_refused(tmp_path):
     """YAML takes `&NAME` off a value as an anchor: `model.prompt.task=&x y` had set the task to "y"."""
     path = tmp_path / "r.yaml"

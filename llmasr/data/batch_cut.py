@@ -218,14 +218,25 @@ def check_origin(state: dict, seed: int, num_items: int) -> None:
         )
 
 
-def check_position(state: dict, planned: int, sha1: str, unusable: list | None = None, explain=None) -> None:
+def check_position(
+    state: dict, planned: int, sha1: str, unusable: list | None = None, explain=None, at_limit: str = ""
+) -> None:
     """A saved sampler `state` must count into this epoch's plan: `planned` batches per rank (at the saved world
     size) made of the batches `sha1` hashes. Other batches of the same count come from manifests whose lines were
     reordered or with other durations: a resume would skip some utterances of the epoch and train others twice.
     `unusable` ([count, sha1 of their indices]): the lines screened unusable before loading now; where the saved
     state's differ, that is what changed the batches (the manifests' text may be as it was). `explain`: called on a
-    refusal, what differs batch by batch and line by line (llmasr.data.plan_record.explain), or None."""
+    refusal, what differs batch by batch and line by line (llmasr.data.plan_record.explain), or None. `at_limit`:
+    the epoch's lines batched at a duration limit, which an llmasr before item_costs.as_held skipped (its at_limit)."""
     where = f"cannot resume epoch {state['epoch']} at batch {state['batches_yielded']}: the training data (data.train)"
+    if "batches_sha1" not in state and at_limit and 0 < int(state["batches_yielded"]) < planned:
+        raise ValueError(
+            f"cannot resume epoch {state['epoch']} at batch {state['batches_yielded']} of {planned}: the checkpoint "
+            f"was saved by an older llmasr, which skipped the epoch's {at_limit}; this llmasr trains them, so the "
+            "epoch's batches are not the ones the saved position counts into (that llmasr kept no hash of them to "
+            "compare), and resuming would skip some utterances and train others twice. Resume from a checkpoint "
+            "saved at an epoch's end, finish this epoch with the llmasr that saved it, or start a new run"
+        )
     then = state.get("unusable")
     cause = None
     if then is not None and unusable is not None and list(then) != list(unusable):
@@ -257,6 +268,24 @@ def check_position(state: dict, planned: int, sha1: str, unusable: list | None =
         f"{where} now makes other batches of that epoch than the run had ("
         + (cause or "a manifest's lines were reordered or their durations changed since the checkpoint")
         + f"); resuming would skip some utterances and train others twice. Restore {restore}, or start a new run"
+    )
+
+
+def unverified(loader_state: dict | None) -> str | None:
+    """What a resume says of a position saved mid-epoch by an llmasr that kept no hash of the epoch's batches (no
+    `batches_sha1`): check_position can then compare their count only. None otherwise."""
+    position = loader_state.get("sampler") if isinstance(loader_state, dict) else None
+    if not isinstance(position, dict) or "batches_sha1" in position:
+        return None
+    done, planned = int(position.get("batches_yielded", 0)), int(position.get("num_batches", 0))
+    if not 0 < done < planned:
+        return None
+    return (
+        f"data.train: the checkpoint's position (epoch {position.get('epoch')}, batch {done} of {planned}) was saved "
+        "by an older llmasr, which kept no hash of the epoch's batches: this llmasr checked their count only, not "
+        "that they are the ones the position counts into. Where it keeps or skips other lines than that llmasr did "
+        "(a line it screens as bad now, or no longer), the rest of this epoch skips some utterances and trains others "
+        "twice; resume from a checkpoint saved at an epoch's end, or finish the epoch with that llmasr, to be sure"
     )
 
 

@@ -179,6 +179,23 @@ class HotwordsConfig:
     def samples(self) -> bool:
         return self.enable and self.source != "manifest"
 
+    def redrawn(self, loader_state: dict | None) -> str | None:
+        """What a resume from a checkpoint's `loader_state` says where the llmasr that saved it drew the lists' corpus
+        distractors from its earlier sample (a sequential reservoir; since, a bottom-k sample by hashed keys,
+        llmasr.data.corpus_stats): told by a saved sampler position without `unusable`, which every llmasr since
+        records. None otherwise (also for a checkpoint at an epoch's end, which holds no position)."""
+        position = loader_state.get("sampler") if isinstance(loader_state, dict) else None
+        if not (self.samples and self.distractors == "corpus") or not isinstance(position, dict):
+            return None
+        if "unusable" in position:
+            return None
+        return (
+            "data.hotwords: the checkpoint was saved by an older llmasr, which drew the biasing lists' corpus "
+            "distractors from another sample of the training texts: the lists drawn from here on are not the ones "
+            "it would have drawn (the batches and the model's state are), so the losses differ from an uninterrupted "
+            "run's. Finish the run with the llmasr that saved it to keep its draws"
+        )
+
     def idle_settings(self) -> list[str]:
         """Settings that change nothing, one line each: keys set away from their defaults where no list is drawn
         (`enable` false, or `source: manifest`, which uses the manifest's lists as given, as no `enable` does)."""

@@ -25,6 +25,23 @@ def as_held(seconds: float) -> float:
     return float(np.float32(seconds))
 
 
+def at_limit(sampler, items: np.ndarray) -> str:
+    """The lines among `items` (a DynamicBucketSampler's) that it batches at a duration limit as the manifests hold
+    it (as_held) but past the limit as written, as "N line(s) of exactly data.batching.KEY (S s)", or "": an llmasr
+    before as_held skipped them, so a sampler position it saved counts batches without them."""
+    d, kept = sampler.durations[items], sampler.filter_codes[items] < 0
+    limits = [("min_duration", sampler.min_duration, np.less)]
+    if not sampler.truncate_to_max:  # (with it, longer lines are cut, not skipped)
+        limits.append(("max_duration", sampler.max_duration, np.greater))
+    said = []
+    for key, limit, past in limits:
+        with np.errstate(invalid="ignore"):
+            n = int((kept & past(d, limit) & ~past(d, as_held(limit))).sum())
+        if n:
+            said.append(f"{n} line(s) of exactly data.batching.{key} ({limit:g} s)")
+    return " and ".join(said)
+
+
 class ItemCosts:
     """Per-item costs of `durations` (NaN: unknown, costed 0; the sampler skips those items) and the budget."""
 

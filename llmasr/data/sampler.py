@@ -42,7 +42,7 @@ from torch.utils.data import Sampler
 
 from llmasr.data import batch_cut
 from llmasr.data.batch_cut import EpochPlan, OrderedBatches, check_position, check_settings, cut_epoch, reorder
-from llmasr.data.item_costs import EpochCostFn, ItemCosts, as_held, per_batch, quantile_buckets
+from llmasr.data.item_costs import EpochCostFn, ItemCosts, as_held, at_limit, per_batch, quantile_buckets
 from llmasr.data.item_filters import FILTER_REASONS, filter_counts, filter_items, unusable_signature
 from llmasr.data.regroup import padding_warning, repeated_steps, replay_history
 from llmasr.data.visit_keys import visit_keys
@@ -369,15 +369,15 @@ class DynamicBucketSampler(Sampler):
         self.set_epoch(epoch)
         self._segment = (epoch, history)
         planned = len(self._plan_at(epoch, history, saved_ws)[0])
-        check_position(state, planned, self._sha1(epoch), self._unusable, explain)
+        items = self._epoch_items(epoch)  # those at a duration limit: an older llmasr's position counts without them
+        check_position(state, planned, self._sha1(epoch), self._unusable, explain, at_limit(self, items))
         if not 0 <= done <= planned:
             raise ValueError(f"cannot resume at batch {done} of an epoch of {planned} batches")
         self.resharded = saved_ws != self.world_size
         if self.resharded:
             self._segment = (epoch, (*history, (saved_ws, done)))
             done = 0
-        self._resume = (epoch, done)
-        self._yielded = done
+        self._resume, self._yielded = (epoch, done), done
 
     def length_after(self, state: dict, explain=None) -> int:
         """len() of the pass a `state_dict` (maybe of another world size) continues, this sampler left as it is

@@ -20,6 +20,7 @@ from llmasr.models.decoding import DecodeConfig
 from llmasr.scoring import plural, score_corpus
 from llmasr.scoring_bias import BiasedCorpus, hotword_list, score_lists
 from llmasr.scoring_bootstrap import LEVEL, RESAMPLES, rate_interval
+from llmasr.written_by import KEY, written_by
 
 
 def hotword_counts(rows: list[dict], opts, cap: int | None, boost: float = 0.0) -> dict:
@@ -372,6 +373,7 @@ def _add_hotwords(summary: dict, text: list[str], hot: BiasedCorpus | None) -> N
 def _write_summary(out_dir: Path, summary: dict, text: list[str]) -> None:
     """wer.txt and wer.json; the text joins the summary under "text"."""
     write_atomic(out_dir / "wer.txt", "\n".join(text) + "\n")
+    summary[KEY] = written_by()  # so that a later llmasr that cannot read the decode names its writer
     write_atomic(out_dir / "wer.json", json.dumps(summary, indent=2, ensure_ascii=False, default=str) + "\n")
     summary["text"] = "\n".join(text)
 

@@ -61,6 +61,7 @@ from llmasr.models.fsmn_vad import FsmnVad
 from llmasr.models.llm import DTYPES, base_lm
 from llmasr.models.rotary import plain_transformers_line
 from llmasr.run_dir import CHECKPOINTS, read_meta, resolve_checkpoint
+from llmasr.written_by import written_by
 
 log = logging.getLogger(__name__)
 
@@ -336,6 +337,7 @@ def write_model_dir(
 
     description = {
         "format": FORMAT,
+        "written_by": written_by(),
         "encoder": {**enc_spec, "file": "encoder.safetensors"},
         "adaptor": {
             "conf": adaptor_conf,

@@ -41,6 +41,7 @@ from llmasr.models.rotary import ROTARY_DTYPES
 from llmasr.models.whisper import encoder_conf as whisper_encoder_conf
 from llmasr.run_dir.layout import CHECKPOINTS, META
 from llmasr.unread_fields import drop_unread
+from llmasr.written_by import writer
 
 MODEL_FILE = "llmasr_model.yaml"
 DTYPE_NAMES = {
@@ -84,8 +85,8 @@ def read_description(model_dir: str | Path) -> dict:
         raise ExportedModelError(f"{path}: not an llmasr export description")
     if desc["format"] not in READABLE_FORMATS:
         raise ExportedModelError(
-            f"{path}: format {desc['format']!r}, but this llmasr reads {', '.join(READABLE_FORMATS)} (written by a "
-            "newer llmasr? upgrade this one)"
+            f"{path}: format {desc['format']!r}, but this llmasr reads {', '.join(READABLE_FORMATS)} (written by "
+            f"{writer(desc.get('written_by'))}, newer than this llmasr? upgrade this one)"
         )
     missing = [key for key in ("encoder", "adaptor", "frontend", "llm") if not isinstance(desc.get(key), dict)]
     if missing:

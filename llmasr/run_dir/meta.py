@@ -11,10 +11,11 @@
                            null: unlimited}, as an export records it: decoding splits longer audio into windows
     manifests              [{"path", "lines", "sha1"}] of each data.train file as the run read it
                            (llmasr.train.resume.manifest_contents): a resume names the ones edited since
+    written_by             the llmasr that saved it (llmasr.written_by)
 
-`files`, `batches_per_epoch`, `training` and `manifests` are absent from checkpoints written before llmasr recorded
-them (None here). The JSON is written with sorted keys and an indent of 2; a field that is None is left out, so such a
-file reads back and writes out unchanged.
+`files`, `batches_per_epoch`, `training`, `manifests` and `written_by` are absent from checkpoints written before
+llmasr recorded them (None here). The JSON is written with sorted keys and an indent of 2; a field that is None is
+left out, so such a file reads back and writes out unchanged.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from pathlib import Path
 from llmasr.atomic_file import write_atomic
 from llmasr.run_dir.layout import META
 from llmasr.safe_load import CheckpointError
+from llmasr.written_by import writer
 
 
 def _int(v) -> bool:
@@ -63,8 +65,9 @@ _CHECKS = {
         lambda v: isinstance(v, list) and all(_manifest(m) for m in v),
         'a list of {"path", "lines", "sha1"}',
     ),
+    "written_by": (lambda v: isinstance(v, dict), "an object"),
 }
-OPTIONAL = ("files", "batches_per_epoch", "training", "manifests")
+OPTIONAL = ("files", "batches_per_epoch", "training", "manifests", "written_by")
 
 
 @dataclass
@@ -80,6 +83,7 @@ class CheckpointMeta:
     batches_per_epoch: list[int] | None = None
     training: dict | None = None
     manifests: list[dict] | None = None
+    written_by: dict | None = None
 
     @classmethod
     def from_json(cls, data: object, where: str | Path = META) -> CheckpointMeta:
@@ -101,7 +105,10 @@ class CheckpointMeta:
             values[f.name] = data[f.name]
         unknown = sorted(set(data) - {f.name for f in fields(cls)})
         if unknown:
-            raise CheckpointError(f"{where}: unknown entries {unknown}; written by a newer llmasr?")
+            raise CheckpointError(
+                f"{where}: unknown entries {unknown}; written by {writer(data.get('written_by'))}, newer than this "
+                "llmasr? Upgrade it to read the checkpoint"
+            )
         return cls(**values)
 
     def to_json(self) -> dict:

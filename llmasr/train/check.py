@@ -51,7 +51,7 @@ from llmasr.train.resolve import check_run_settings
 from llmasr.train.resume import check_checkpoint, manifest_contents, resuming, warn_changed
 from llmasr.train.run_dir import RunDirError, check_lock, check_run_start
 from llmasr.train.schedulers import lr_curve
-from llmasr.train.universal import batches_left, global_batch_change, nothing_left, resumed_counts
+from llmasr.train.universal import batches_left, global_batch_change, nothing_left, older_saves, resumed_counts
 from llmasr.train.zero_memory import estimate_zero_memory, optimizer_state_bytes
 
 # what torch's DataLoader warns at its construction when data.num_workers is more than this machine's CPUs
@@ -138,7 +138,7 @@ def run_start(recipe, model, plan, folder: RunFolder, *, stage: int, world_size:
     batch = global_batch_change(saved_ds, plan.ds, world_size) if resized else None
     if done is None and early.exhausted and epoch < recipe.train.epochs:
         done = early.nothing_left()  # as the trainer says once it has loaded the count
-    warnings = [f"  warning: {w}" for w in (batch, done) if w]
+    warnings = [f"  warning: {w}" for w in (batch, done, *older_saves(recipe, client.get("loader"))) if w]
     return ["run directory", head, *(f"  {n}" for n in notes), *warnings], total, stop, course
 
 

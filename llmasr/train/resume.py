@@ -82,6 +82,11 @@ _REFUSED_WHY: tuple[tuple[str, str], ...] = (
     ("model", "the model the checkpoint holds"),
     ("train.seed", "the random streams the run continues"),
     ("data.seed", "the batch order the saved sampler position points into"),
+    (
+        "data.augment.spec_augment.max_time_fraction",
+        "the cap the run's time masks were drawn under; an llmasr before this key capped none, as 1 does: set "
+        "data.augment.spec_augment.max_time_fraction=1 to resume such a run as it trained",
+    ),
     ("data", "the batches the saved sampler position points into"),
     ("optim", "the saved optimizer state restores the old value"),
     ("train.precision", "the precision of the saved optimizer state"),

@@ -17,6 +17,7 @@ from llmasr.train.ds_files import CLIENT_KEY
 from llmasr.train.process_group import all_gather_object, barrier
 from llmasr.train.resolve import rng_state
 from llmasr.train.resume import manifest_contents
+from llmasr.written_by import written_by
 
 log = logging.getLogger("llmasr.train")
 
@@ -77,6 +78,7 @@ class RunCheckpoints:
                 batches_per_epoch=self.per_epoch,  # a resume checks the data still gives them
                 training={"longest_seconds": self.longest},  # decode and export need not read the manifests again
                 manifests=self.manifests,
+                written_by=written_by(),
             )
             with errors.context(f"saving checkpoint {tag}"):  # its meta, best.json, `latest`: a full disk, too
                 deleted = ck.finish_save(self.ckpt_dir, tag, meta, self.policy)

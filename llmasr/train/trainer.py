@@ -75,6 +75,8 @@ class Run(RunSetup):
             with errors.context(resuming(where, changed)):
                 self.sampler.length_after(state["loader"]["sampler"], explain)
         warn_changed(where, changed)  # the position counts into the files as they are now
+        for note in universal.older_saves(self.recipe, state.get("loader")) if self.rank == 0 else ():
+            log.warning("resume: %s", note)
         # a validation the stop put off goes into the checkpoint's meta where it is this folder's own (one of another
         # run's folder, or set aside, is not this run's to rank, and this folder may hold another course's tag)
         self.validation_owed = bool(state.get("validation_owed"))

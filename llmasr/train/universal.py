@@ -34,6 +34,7 @@ import shutil
 from argparse import Namespace
 from pathlib import Path
 
+from llmasr.data.batch_cut import unverified
 from llmasr.errors import free_bytes
 from llmasr.run_dir import UNIVERSAL_SUFFIX
 from llmasr.safe_load import weights_only_torch_load
@@ -236,6 +237,12 @@ def unshare_steps(ds_optimizer) -> None:
         step = state.get("step")
         if torch.is_tensor(step):
             state["step"] = step.clone()
+
+
+def older_saves(recipe, loader_state: dict | None) -> list[str]:
+    """What a resume of a checkpoint an older llmasr saved mid-epoch (its `loader_state`) cannot continue as that
+    llmasr would have: batches it kept no hash of, biasing lists it drew from another sample."""
+    return [n for n in (unverified(loader_state), recipe.data.hotwords.redrawn(loader_state)) if n]
 
 
 def describe_resize(saved_world: int, world: int, epoch: int, loader_state: dict | None, left: int) -> str:

@@ -10,6 +10,7 @@ import tracemalloc
 import numpy as np
 import pytest
 
+from llmasr.data.batch_cut import unverified
 from llmasr.data.sampler import DynamicBucketSampler
 
 
@@ -91,3 +92,26 @@ def test_the_keys_an_epoch_trains_count_a_padding_repeat_once_and_no_dropped_bat
     assert padded.trained_keys().tolist() == [5, 6, 7, 8, 9, 10]
     dropped = EpochPlan(keys, offsets, np.array([[2, 0, 3]]))  # batch 1 left out
     assert dropped.trained_keys().tolist() == [5, 6, 8, 9, 10]
+
+
+def test_a_position_an_older_llmasr_saved_mid_epoch_is_said_to_be_checked_by_its_count_only():
+    """Such a position (no batches_sha1) could count into other batches of the same count, unsaid: the resume
+    says so; one at an epoch's start or end, or one with the hash, has nothing to say."""
+    old = {
+        "epoch": 2,
+        "batches_yielded": 8,
+        "seed": 0,
+        "world_size": 2,
+        "rank": 0,
+        "num_items": 300,
+        "num_batches": 16,
+        "history": [],
+        "plan": 2,
+    }  # fmt: skip  (as that llmasr wrote it)
+    said = unverified({"sampler": old, "bad_data": []})
+    assert said.startswith("data.train: the checkpoint's position (epoch 2, batch 8 of 16) was saved by an older "
+                           "llmasr, which kept no hash of the epoch's batches")  # fmt: skip
+    for done in (0, 16):
+        assert unverified({"sampler": {**old, "batches_yielded": done}}) is None
+    assert unverified({"sampler": {**old, "batches_sha1": "ab12"}}) is None
+    assert unverified(None) is None

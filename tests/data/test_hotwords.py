@@ -423,3 +423,31 @@ def test_a_funasr_runtime_hotword_file_is_read_as_written_with_a_warning(tmp_pat
         path.write_text(text, encoding="utf-8")
         read_phrase_file(path)
     assert "FunASR-runtime" not in caplog.text
+
+
+def test_a_resume_of_a_position_an_older_llmasr_saved_says_the_lists_are_drawn_otherwise(tmp_path):
+    """An llmasr before the bottom-k pool drew corpus distractors from a reservoir sample: resumed, the same line's
+    list at the same epoch differs (32 of 40 lists of the demo's corpus), and that had gone unsaid. Its positions are
+    those without `unusable`; a checkpoint at an epoch's end holds none, and lists from a phrase file or the
+    manifest's own lists are drawn as before."""
+    old = {
+        "epoch": 2,
+        "batches_yielded": 8,
+        "seed": 0,
+        "world_size": 2,
+        "rank": 0,
+        "num_items": 300,
+        "num_batches": 16,
+        "history": [],
+        "plan": 2,
+    }  # fmt: skip  (as that llmasr wrote it)
+    drawn = HotwordsConfig(enable=True)
+    said = drawn.redrawn({"sampler": old, "bad_data": []})
+    assert said.startswith("data.hotwords: the checkpoint was saved by an older llmasr, which drew the biasing lists' "
+                           "corpus distractors from another sample")  # fmt: skip
+    assert drawn.redrawn({"sampler": {**old, "unusable": [0, "da39a3ee"]}}) is None
+    assert drawn.redrawn(None) is None
+    (tmp_path / "names.txt").write_text("alpha\nbeta\n")
+    for cfg in (HotwordsConfig(), HotwordsConfig(enable=True, source="manifest"),
+                HotwordsConfig(enable=True, distractors=str(tmp_path / "names.txt"))):  # fmt: skip
+        assert cfg.redrawn({"sampler": old}) is None

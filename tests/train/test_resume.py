@@ -92,6 +92,33 @@ def test_recipe_changes_read_absent_as_none():
     assert rs.recipe_changes(saved, new) == [("optim.branches.llm.lr", None, 2e-5)]
 
 
+def test_a_run_saved_before_spec_augment_s_time_cap_resumes_uncapped_only(tiny_llm_dir, corpus, tmp_path):
+    """RUN_DIR/recipe.yaml as an llmasr before data.augment.spec_augment.max_time_fraction wrote it: SpecAugment on,
+    the key absent, the time masks drawn uncapped. It had read as today's default 0.5 on both sides, so the resume
+    went on drawing other masks, unsaid; it reads as 1, and the recipe that leaves the key at 0.5 is refused
+    naming it and the value that resumes the run as it trained."""
+    import yaml
+
+    run = tmp_path / "run"
+    (run / ck.CHECKPOINTS).mkdir(parents=True)
+    on = ["data.augment.spec_augment.enable=true", "data.augment.spec_augment.max_time_width=40"]
+    saved = to_dict(recipe(tiny_llm_dir, corpus, run, overrides=on))
+    del saved["data"]["augment"]["spec_augment"]["max_time_fraction"]
+    (run / ck.RECIPE_FILE).write_text(yaml.safe_dump(saved, sort_keys=False), encoding="utf-8")
+    said = r"max_time_fraction: 1.0 -> 0.5 \(.*before this key capped none, as 1 does: set data.augment.spec_augment"
+    with pytest.raises(ConfigError, match=said + r".max_time_fraction=1"):
+        rs.check_resume_recipe(recipe(tiny_llm_dir, corpus, run, overrides=on), run / ck.CHECKPOINTS)
+    same = recipe(tiny_llm_dir, corpus, run, overrides=[*on, "data.augment.spec_augment.max_time_fraction=1"])
+    assert rs.check_resume_recipe(same, run / ck.CHECKPOINTS) == []
+    sa = "data.augment.spec_augment."
+    for section in ({"enable": False}, {"enable": True, "num_time_masks": 2, "max_time_width": 0.1}):
+        # no masks drawn, or the masks the cap draws too (each within 0.25 of the utterance): the default stands
+        saved["data"]["augment"]["spec_augment"].update(section)
+        (run / ck.RECIPE_FILE).write_text(yaml.safe_dump(saved, sort_keys=False), encoding="utf-8")
+        now = recipe(tiny_llm_dir, corpus, run, overrides=[*on, *(f"{sa}{k}={v}" for k, v in section.items())])
+        assert rs.check_resume_recipe(now, run / ck.CHECKPOINTS) == []
+
+
 def test_a_branch_s_new_scheduler_lists_only_the_fields_a_type_reads(tiny_llm_dir, corpus, tmp_path):
     """A branch's `scheduler: {type: constant}` over the inherited warmup_cosine had listed tri_stage's
     init_lr_scale, final_lr_scale and phase_ratio and the cosine's min_lr_ratio, null -> their defaults, as changes:

@@ -1,0 +1,49 @@
+"""Which llmasr wrote a file: the `written_by` record a checkpoint's llmasr_meta.json, an export's
+llmasr_model.yaml and a decode's wer.json carry, {"llmasr": the installed version, "commit": the checkout's git
+commit}, either null where unknown (a wheel install has no checkout). A later llmasr that cannot read such a file
+names its writer with `writer`; a file without the record was written before llmasr kept one.
+
+Nothing here imports llmasr: every layer that writes a file may use it.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from functools import lru_cache
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+KEY = "written_by"
+BEFORE = "an llmasr from before files recorded their writer"
+
+
+@lru_cache(maxsize=1)
+def written_by() -> dict:
+    """This llmasr's record (asked once a process: a git call costs milliseconds)."""
+    try:
+        installed = version("llmasr")
+    except PackageNotFoundError:  # run from a checkout on PYTHONPATH
+        installed = None
+    return {"llmasr": installed, "commit": _commit(Path(__file__).resolve().parent.parent)}
+
+
+def _commit(root: Path) -> str | None:
+    """The commit checked out at `root` when it is a git checkout (a clone, or an editable install of one)."""
+    if not (root / ".git").exists():
+        return None
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True, timeout=10
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def writer(record: object) -> str:
+    """A file's `written_by` record as a message names it: "llmasr 0.1.0 (commit 1a2b3c4d5e6f)", or BEFORE where the
+    file has none (or not one this llmasr reads)."""
+    if not isinstance(record, dict) or not (record.get("llmasr") or record.get("commit")):
+        return BEFORE
+    name = f"llmasr {record['llmasr']}" if record.get("llmasr") else "llmasr"
+    return f"{name} (commit {record['commit']})" if record.get("commit") else name

@@ -1,0 +1,69 @@
+"""Which llmasr wrote a file: the record a checkpoint's meta, an export's description and a decode's wer.json
+carry, and how a refusal of a file written by another llmasr names that writer."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from llmasr import run_dir as ck
+from llmasr.export.decode_results import llm_summary
+from llmasr.models.decoding import DecodeConfig
+from llmasr.models.exported import MODEL_FILE, ExportedModelError, read_description
+from llmasr.written_by import BEFORE, _commit, writer, written_by
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_this_llmasr_names_its_version_and_the_commit_checked_out():
+    record = written_by()
+    assert set(record) == {"llmasr", "commit"}
+    head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True)
+    if head.returncode == 0:  # the suite runs from a clone: the record names its commit
+        assert record["commit"] == head.stdout.strip()
+        assert writer(record).endswith(f"(commit {record['commit']})")
+
+
+def test_a_folder_that_is_no_checkout_has_no_commit_and_a_file_without_the_record_is_from_before_it(tmp_path):
+    assert _commit(tmp_path) is None
+    assert writer({"llmasr": "0.1.0", "commit": None}) == "llmasr 0.1.0"
+    assert writer({"llmasr": "0.2.0", "commit": "1a2b3c4d5e6f"}) == "llmasr 0.2.0 (commit 1a2b3c4d5e6f)"
+    for absent in (None, {}, "0.1.0", {"llmasr": None, "commit": None}):
+        assert writer(absent) == BEFORE
+
+
+def test_a_checkpoint_meta_keeps_its_writer_and_a_newer_one_s_entries_are_refused_naming_it(tmp_path):
+    meta = ck.CheckpointMeta(
+        update=1, epoch=0, world_size=1, zero_stage=0, base_fingerprint={}, trainable=["adaptor.w"],
+        written_by=written_by(),
+    )  # fmt: skip
+    ck.write_meta(tmp_path, meta)
+    assert ck.read_meta(tmp_path).written_by == written_by()
+    newer = {**meta.to_json(), "written_by": {"llmasr": "9.0.0", "commit": "abcdef123456"}, "shards": 3}
+    (tmp_path / ck.META).write_text(json.dumps(newer))
+    with pytest.raises(ck.CheckpointError, match=r"unknown entries \['shards'\]; written by llmasr 9.0.0 \(commit "
+                       r"abcdef123456\), newer than this llmasr\? Upgrade it"):  # fmt: skip
+        ck.read_meta(tmp_path)
+    (tmp_path / ck.META).write_text(json.dumps({k: v for k, v in newer.items() if k != "written_by"}))
+    with pytest.raises(ck.CheckpointError, match=rf"written by {BEFORE}, newer than"):
+        ck.read_meta(tmp_path)
+
+
+def test_a_decode_s_wer_json_names_its_writer(tmp_path):
+    rows = [dict(key="a", ref="one", hyp="one", duration=2.0, truncated=None, hotwords=None)]
+    found = dict(manifest="data/test.jsonl", lines=1, skipped=0, skipped_by_reason={})
+    timing = dict(audio_seconds=2.0, decode_seconds=1.0, device="cpu", mode="greedy")
+    llm_summary(tmp_path, rows, found, DecodeConfig(), timing)
+    assert json.loads((tmp_path / "wer.json").read_text())["written_by"] == written_by()
+
+
+def test_an_export_description_of_a_newer_format_is_refused_naming_its_writer(tmp_path):
+    desc = {"format": "llmasr-exported-2", "written_by": {"llmasr": "9.0.0", "commit": "abcdef123456"}}
+    (tmp_path / MODEL_FILE).write_text(yaml.safe_dump(desc))
+    said = r"format 'llmasr-exported-2', but this llmasr reads llmasr-exported-1 \(written by llmasr 9.0.0 \(commit "
+    with pytest.raises(ExportedModelError, match=said + r"abcdef123456\), newer than this llmasr\? upgrade"):
+        read_description(tmp_path)
