@@ -274,6 +274,7 @@ def stage_train(args, workdir: Path, state: State, corpus: dict, llm_dir: Path) 
     resume = previous == fp and has_checkpoint
     state.forget("train")  # the run directory is about to hold another run, or more of this one
     if run_dir.exists() and not resume:
+        say(f"3/5 train: {run_dir} is removed and trained again from the start: {_retrain_reason(previous, fp)}")
         shutil.rmtree(run_dir)
     state.mark("train_started", fp, 0.0)
     cmd = [*launcher(), "--num_gpus", str(ranks), "--master_port", str(free_port()), "--module", "llmasr", "train"]
@@ -291,6 +292,18 @@ def stage_train(args, workdir: Path, state: State, corpus: dict, llm_dir: Path) 
         raise RuntimeError(f"training failed (exit {status}); {where}")
     state.mark("train", fp, time.time() - start, ranks=ranks, gpus=gpus)
     return run_dir
+
+
+def _retrain_reason(previous: str | None, fp: str) -> str:
+    """Why the demo's run folder is not reused nor resumed (`previous`: the fingerprint of the run it holds)."""
+    if previous is None:
+        return "demo_state.json vouches for no run there"
+    if previous == fp:
+        return "its run saved no checkpoint to resume"
+    return (
+        "its settings differ from this run's (the recipe, the DeepSpeed preset, the overrides, the ranks, the "
+        "corpus or the LLM: an upgraded llmasr may ship another recipe)"
+    )
 
 
 def stage_export(workdir: Path, state: State, run_dir: Path) -> Path:

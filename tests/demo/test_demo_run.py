@@ -125,9 +125,17 @@ def test_a_run_interrupted_under_other_overrides_is_not_reused_as_the_finished_o
     run.stage_train(_args(), tmp_path, state, corpus, tmp_path / "llm")
     with pytest.raises(KeyboardInterrupt):
         run.stage_train(_args(overrides=["train.epochs=3"]), tmp_path, run.State(tmp_path), corpus, tmp_path / "llm")
+    said = []
+    monkeypatch.setattr(run, "say", said.append)
     run.stage_train(_args(), tmp_path, run.State(tmp_path), corpus, tmp_path / "llm")
     assert len(trained) == 3  # A trained again, from scratch
     assert "train.epochs=3" not in (tmp_path / "run" / "made_by").read_text()
+    # and the folder removed is said to be, with why: a rerun after an upgrade had retrained without a word
+    assert said[0] == (
+        f"3/5 train: {tmp_path / 'run'} is removed and trained again from the start: its settings differ from this "
+        "run's (the recipe, the DeepSpeed preset, the overrides, the ranks, the corpus or the LLM: an upgraded llmasr "
+        "may ship another recipe)"
+    )
 
 
 def test_an_export_interrupted_under_another_run_is_not_reused_as_the_earlier_one(tmp_path, monkeypatch):
