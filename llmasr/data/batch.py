@@ -29,6 +29,8 @@ class Batch:
     hotwords_dropped  per row: phrases the token cap left out of its list
     leads         per row: seconds of leading silence decoding cut off (decode.trim_leading_silence; 0.0 elsewhere), by
                   which its times (word timestamps) are later than its features'
+    languages     per row: its line's language key (llmasr.data.languages; None where it names none): a SenseVoice
+                  encoder with queries.language per_line makes it the row's language query
     speech_runs   per row: [K, 2] seconds where its speech runs, in its features' time (decode.timestamps), or None
     n_bad, bad                     bad items dropped from this batch (manifest, line, key, reason, index each)
     empty         True when every item was bad and the rows are the collator's stand-in fallback item
@@ -57,6 +59,7 @@ class Batch:
     hotwords_dropped: list[int] | None = None
     leads: list[float] | None = None
     speech_runs: list | None = None
+    languages: list[str | None] | None = None
     n_bad: int = 0
     bad: list[dict] = field(default_factory=list)
     empty: bool = False
@@ -75,6 +78,8 @@ class Batch:
             self.leads = [0.0] * n
         if self.speech_runs is None:
             self.speech_runs = [None] * n
+        if self.languages is None:
+            self.languages = [None] * n
         if self.wave is None:
             self.wave = torch.zeros(n, 0)
         if self.wave_lens is None:
@@ -145,6 +150,6 @@ class Batch:
         out["text_ids"] = out["text_ids"][:, : int(out["text_lens"].max())]
         out["ctc_ids"] = out["ctc_ids"][:, : int(out["ctc_lens"].max())]
         out["wave"] = out["wave"][:, : int(out["wave_lens"].max())]
-        names = ("keys", "targets", "indices", "hotwords", "hotwords_dropped", "leads", "speech_runs")
+        names = ("keys", "targets", "indices", "hotwords", "hotwords_dropped", "leads", "speech_runs", "languages")
         lists = {name: [getattr(self, name)[r] for r in rows] for name in names}
         return replace(self, **out, **lists, n_bad=0, bad=[])

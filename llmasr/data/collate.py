@@ -122,4 +122,5 @@ class Collator:
             "hotwords_dropped": [int(it.get("hotwords_dropped", 0)) for it in items],
             "leads": [float(it.get("lead", 0.0)) for it in items],
             "speech_runs": [it.get("speech_runs") for it in items],
+            "languages": [it.get("lang") for it in items],
         }

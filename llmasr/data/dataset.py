@@ -27,7 +27,7 @@ from llmasr.data.clip_lengths import draw_clip_lengths
 from llmasr.data.features import FeatureExtractor, content_rng
 from llmasr.data.frontend import FrontendConfig
 from llmasr.data.long_audio import speech_runs, speech_start
-from llmasr.data.records import BadRecord, audio_reason, given_hotwords, task_of, wrong_duration
+from llmasr.data.records import BadRecord, audio_reason, given_hotwords, language_of, task_of, wrong_duration
 from llmasr.data.visit_keys import dataset_index
 
 
@@ -239,6 +239,7 @@ class SpeechDataset(Dataset):
             "speech_runs": speech_runs(wave, sr) if self.speech_runs else None,
             "hotwords": list(enc.hotwords),
             "hotwords_dropped": int(enc.hotwords_dropped),
+            "lang": language_of(utt),
         }
 
     def _audio(self, utt) -> np.ndarray | str:

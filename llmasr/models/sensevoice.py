@@ -21,6 +21,9 @@ normalisation) to the features, and decodes the encoder's output with `ctc.ctc_l
 constructor key beside FunASR's: `{language: auto, itn: false}`) it prepends SenseVoiceSmall's four query frames
 the way its inference does (the loader takes `embed.weight` for them) and returns the frames after them: the
 encoder then sees what it was trained on, and SenseVoice's own CTC head reads its output as in FunASR.
+`language: per_line` gives each row its line's language (Batch.languages; "auto" for a line without one or in a
+language SenseVoiceSmall has no query for) and, in training, "auto" with probability `auto_rate` (FunASR's
+SenseVoiceSmall.encode: 0.2), so the model still runs on audio whose language nobody states.
 """
 
 from __future__ import annotations
@@ -52,28 +55,57 @@ TEXT_NORM = {True: 14, False: 15}  # withitn, woitn
 QUERY_ROWS = 16
 
 
+PER_LINE = "per_line"  # queries.language: each line's own language (Batch.languages), as FunASR's training reads it
+AUTO_RATE = 0.2  # FunASR's SenseVoiceSmall.encode: in training a line's language query is "auto" this often
+
+
 def query_ids(queries: dict) -> list[int]:
-    """The four embedding rows SenseVoiceSmall prepends, in its order: language, event, emotion, text norm."""
+    """The four embedding rows SenseVoiceSmall prepends, in its order: language, event, emotion, text norm. With
+    language per_line the first is "auto"'s, each row's own replacing it in the forward."""
     if not isinstance(queries, dict):
-        raise ConfigError(f"SenseVoiceEncoderSmall: queries takes {{language, itn}}, got {queries!r}")
-    unknown = sorted(set(queries) - {"language", "itn"}, key=str)
+        raise ConfigError(f"SenseVoiceEncoderSmall: queries takes {{language, itn, auto_rate}}, got {queries!r}")
+    keys = ["language", "itn", "auto_rate"]
+    unknown = sorted(set(queries) - set(keys), key=str)
     if unknown:  # FunASR's generate() names them use_itn=True, textnorm="withitn"
         key = unknown[0]
         hint = "; FunASR's use_itn / textnorm is itn: true or false here" if key in ("use_itn", "textnorm") else ""
-        raise ConfigError(f"SenseVoiceEncoderSmall: queries.{key} is not a key of queries (it takes language, itn)"
-                          f"{hint or nearest_hint(str(key), ['language', 'itn'])}")  # fmt: skip
+        raise ConfigError(f"SenseVoiceEncoderSmall: queries.{key} is not a key of queries (it takes "
+                          f"{', '.join(keys)}){hint or nearest_hint(str(key), keys)}")  # fmt: skip
     language, itn = queries.get("language", "auto"), queries.get("itn", False)
-    if language not in LANGUAGES:
+    if language not in LANGUAGES and language != PER_LINE:
         bare = str(language).removeprefix("<|").removesuffix("|>")
         hint = f" (write {bare!r}, not FunASR's tag {language!r})" if bare in LANGUAGES else ""
         raise ConfigError(
-            f"SenseVoiceEncoderSmall: queries.language {language!r} is not one of {sorted(LANGUAGES)}{hint}"
+            f"SenseVoiceEncoderSmall: queries.language {language!r} is not one of {sorted(LANGUAGES)} or "
+            f"{PER_LINE!r} (each line's own){hint}"
         )
     if not isinstance(itn, bool):
         hint = {"withitn": " (FunASR's withitn is itn: true)", "woitn": " (FunASR's woitn is itn: false)"}
         bare = str(itn).removeprefix("<|").removesuffix("|>")
         raise ConfigError(f"SenseVoiceEncoderSmall: queries.itn must be true or false, got {itn!r}{hint.get(bare, '')}")
-    return [LANGUAGES[language], *EVENT_EMOTION, TEXT_NORM[itn]]
+    auto_rate(queries)
+    return [LANGUAGES.get(language, LANGUAGES["auto"]), *EVENT_EMOTION, TEXT_NORM[itn]]
+
+
+def auto_rate(queries: dict) -> float:
+    """How often training gives a line "auto" instead of its language (queries.auto_rate, language per_line only)."""
+    if "auto_rate" not in queries:
+        return AUTO_RATE
+    rate = queries["auto_rate"]
+    if queries.get("language") != PER_LINE:
+        raise ConfigError(
+            f"SenseVoiceEncoderSmall: queries.auto_rate {rate!r} is for language {PER_LINE!r} (each line's language, "
+            f"'auto' that often in training); queries.language is {queries.get('language', 'auto')!r}"
+        )
+    if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0.0 <= rate <= 1.0:
+        raise ConfigError(f"SenseVoiceEncoderSmall: queries.auto_rate must be a number in [0, 1], got {rate!r}")
+    return float(rate)
+
+
+def language_query(language: str | None) -> str:
+    """The query a line's language key (llmasr.data.languages.language_key) gets: its own where SenseVoiceSmall has
+    one, else "auto" (no language, or one it has no query for: llmasr check names those lines)."""
+    return language if language in LANGUAGES else "auto"
 
 
 # encoder_conf keys FunASR's class takes and never reads: (value it would mean nothing unusual with, ...).
@@ -152,6 +184,8 @@ class SenseVoiceEncoderSmall(nn.Module):
         if queries is not None:  # SenseVoiceSmall's `embed` table; its rows are the four query frames
             self.query_embed = nn.Embedding(QUERY_ROWS, input_size)
             self.register_buffer("query_ids", torch.tensor(query_ids(queries)), persistent=False)
+        self.per_line = queries is not None and queries.get("language") == PER_LINE
+        self.auto_rate = auto_rate(queries) if queries is not None else 0.0
 
     def output_size(self) -> int:
         return self._output_size
@@ -168,15 +202,21 @@ class SenseVoiceEncoderSmall(nn.Module):
     def output_lengths(xs_lens: torch.Tensor) -> torch.Tensor:
         return xs_lens  # no subsampling: the frontend's LFR sets the frame rate
 
-    def forward(self, xs: torch.Tensor, xs_lens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """xs [B, T, input_size], xs_lens [B] -> ([B, T, output_size], xs_lens)."""
+    def forward(
+        self, xs: torch.Tensor, xs_lens: torch.Tensor, languages: list[str | None] | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """xs [B, T, input_size], xs_lens [B] -> ([B, T, output_size], xs_lens). `languages`: each row's language
+        key (None: none), read with queries.language per_line (else ignored; None there: "auto" for every row)."""
         xs_lens = checked_input("SenseVoiceEncoderSmall", xs, xs_lens, self.input_size)
         t = xs.size(1)
         n_query = 0
         if self.query_embed is not None:  # in front of every utterance, its padding stays at the end
-            query = self.query_embed(self.query_ids).to(xs.dtype)
-            xs = torch.cat([query.expand(xs.size(0), -1, -1), xs], dim=1)
-            n_query = query.size(0)
+            ids = self.query_ids.expand(xs.size(0), -1)
+            if self.per_line and languages is not None:
+                ids = torch.cat([self._language_ids(languages, xs.size(0)), ids[:, 1:]], dim=1)
+            query = self.query_embed(ids).to(xs.dtype)
+            xs = torch.cat([query, xs], dim=1)
+            n_query = query.size(1)
             t += n_query
         mask = torch.arange(t, device=xs.device)[None, :] < (xs_lens + n_query)[:, None]
         key_mask = key_padding_bias(mask, xs.dtype)  # once for all blocks
@@ -186,6 +226,17 @@ class SenseVoiceEncoderSmall(nn.Module):
         xs = self.after_norm(self._run(self.encoders, xs, key_mask, valid))
         xs = self.tp_norm(self._run(self.tp_encoders, xs, key_mask, valid))
         return xs[:, n_query:], xs_lens
+
+    def _language_ids(self, languages: list[str | None], rows: int) -> torch.Tensor:
+        """[rows, 1] query rows of the lines' languages; in training each is "auto" with probability auto_rate,
+        drawn per row as FunASR's encode does."""
+        if len(languages) != rows:
+            raise ValueError(f"SenseVoiceEncoderSmall: {len(languages)} languages for a batch of {rows} rows")
+        device = self.query_ids.device
+        ids = torch.tensor([LANGUAGES[language_query(lang)] for lang in languages], device=device)
+        if self.training and self.auto_rate > 0:
+            ids = ids.masked_fill(torch.rand(rows, device=device) < self.auto_rate, LANGUAGES["auto"])
+        return ids[:, None]
 
 
 def _check_ignored(ignored: dict) -> None:

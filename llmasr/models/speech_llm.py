@@ -145,13 +145,21 @@ class SpeechLLM(nn.Module):
         return self
 
     # -- forward ------------------------------------------------------------------------------------------------
-    def encode_audio(self, feats: torch.Tensor, feat_lens: torch.Tensor):
-        """(encoder output, its lengths, audio embeddings, their lengths)."""
-        enc, enc_lens, _, audio, audio_lens = self._encode(feats, feat_lens)
+    def encode_audio(self, feats: torch.Tensor, feat_lens: torch.Tensor, languages: list[str | None] | None = None):
+        """(encoder output, its lengths, audio embeddings, their lengths); `languages` as Batch.languages."""
+        enc, enc_lens, _, audio, audio_lens = self._encode(feats, feat_lens, languages)
         return enc, enc_lens, audio, audio_lens
 
-    def _encode(self, feats: torch.Tensor, feat_lens: torch.Tensor):
-        enc, enc_lens = self.encoder(feats, feat_lens)
+    @property
+    def per_line_language(self) -> bool:
+        """Whether the encoder reads each row's language (SenseVoice with queries.language per_line)."""
+        return bool(getattr(self.encoder, "per_line", False))
+
+    def _encode(self, feats: torch.Tensor, feat_lens: torch.Tensor, languages: list[str | None] | None = None):
+        if self.per_line_language:
+            enc, enc_lens = self.encoder(feats, feat_lens, languages)
+        else:
+            enc, enc_lens = self.encoder(feats, feat_lens)
         log_probs = None
         frames, frame_lens = enc, enc_lens
         if self.ctc_compress != "none":
@@ -186,7 +194,7 @@ class SpeechLLM(nn.Module):
         return feats.to(batch.feats.dtype), batch.feat_lens
 
     def _embed(self, batch: Batch, for_generation: bool):
-        enc, enc_lens, log_probs, audio, audio_lens = self._encode(*self.batch_features(batch))
+        enc, enc_lens, log_probs, audio, audio_lens = self._encode(*self.batch_features(batch), batch.languages)
         embed, _, _ = causal_lm_parts(self.llm)
         text_ids = batch.text_ids
         merged = merge_audio_into_text(
