@@ -34,6 +34,7 @@ from llmasr.run_dir import RECIPE_FILE, read_meta, resolve_resume, resume_asked,
 from llmasr.run_dir.files import verify_tag
 from llmasr.train.check_course import Course, best_k_lines, early_stop_lines, epoch_ends, fresh_course, key_updates
 from llmasr.train.check_ds import ds_lines
+from llmasr.train.check_languages import language_query_lines
 from llmasr.train.check_prompt import prompt_lines
 from llmasr.train.checkpoint_space import CheckpointSpace, size_text
 from llmasr.train.config import need_recipe
@@ -364,6 +365,7 @@ def check(
     lines += _weights_lines(recipe.model)
     lines += chunk_lines(model, frozen="encoder" in model.frozen_branches())
     lines += prompt_lines(model, recipe.model)
+    lines += language_query_lines(model, plan.loaders)
     if train_loader.own_prompts:  # what "trained on" above is not, for those lines
         lines.append(f"  {own_prompts_text(train_loader.dataset.manifest, train_loader.own_prompts)}")
     decoding = _vad_lines(recipe.decode, model.frontend.sample_rate) + _decode_lines(recipe, model, valid_loader)
